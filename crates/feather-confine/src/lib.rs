@@ -1,0 +1,3 @@
+//! Confinement applied to every process that enters a VM.
+
+pub mod capabilities;

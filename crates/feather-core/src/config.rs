@@ -1,0 +1,100 @@
+//! A VM's configuration: what `feather create` was asked for. Written once at creation
+//! (`config.toml`), read by every later command.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Error, VmName};
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct VmConfig {
+    pub name: VmName,
+    /// A random identifier, unique across state roots; names the VM's cgroups so that VMs of
+    /// the same name under different state roots never collide.
+    pub id: String,
+    /// The root tree the VM sees copy-on-write (`/` unless `--base` was given).
+    pub base: PathBuf,
+    #[serde(default)]
+    pub limits: Limits,
+    /// Seconds since the epoch.
+    pub created: u64,
+    /// Removed with everything in it when its first run ends (`feather run --rm`).
+    #[serde(default)]
+    pub ephemeral: bool,
+    /// Mount points feather had to create in the VM's layer because the base lacks them;
+    /// they are feather's, not the VM's, and `diff` leaves them out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub scaffold: Vec<PathBuf>,
+}
+
+/// Resource limits, enforced through the VM's cgroup. `None` means unlimited.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+pub struct Limits {
+    /// Bytes of memory (the kernel OOM-kills inside the VM beyond it).
+    pub memory: Option<u64>,
+    /// Number of tasks (fork fails with EAGAIN beyond it).
+    pub pids: Option<u64>,
+    /// CPU bandwidth in cores, e.g. 0.5 or 2.
+    pub cpus: Option<f64>,
+}
+
+impl Limits {
+    pub fn parse_cpus(text: &str) -> Result<f64, Error> {
+        let cpus: f64 = text.parse().map_err(|_| Error::InvalidValue {
+            what: "--cpus",
+            value: text.to_owned(),
+            why: "expected a number of cores such as 0.5 or 2".into(),
+        })?;
+        if !(0.01..=1024.0).contains(&cpus) {
+            return Err(Error::InvalidValue {
+                what: "--cpus",
+                value: text.to_owned(),
+                why: "must be between 0.01 and 1024".into(),
+            });
+        }
+        Ok(cpus)
+    }
+
+    pub fn validate_pids(pids: u64) -> Result<u64, Error> {
+        if pids == 0 {
+            return Err(Error::InvalidValue {
+                what: "--pids",
+                value: "0".into(),
+                why: "the VM needs at least one process".into(),
+            });
+        }
+        Ok(pids)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_toml() {
+        let config = VmConfig {
+            name: "web1".parse().unwrap(),
+            id: "0123456789ab".into(),
+            base: "/".into(),
+            limits: Limits {
+                memory: Some(512 << 20),
+                pids: Some(256),
+                cpus: Some(1.5),
+            },
+            created: 1,
+            ephemeral: false,
+            scaffold: vec!["/proc".into()],
+        };
+        let text = toml::to_string(&config).unwrap();
+        assert_eq!(toml::from_str::<VmConfig>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn cpus_must_be_sane() {
+        assert_eq!(Limits::parse_cpus("0.5").unwrap(), 0.5);
+        assert!(Limits::parse_cpus("0").is_err());
+        assert!(Limits::parse_cpus("lots").is_err());
+    }
+}

@@ -1,0 +1,67 @@
+use std::path::PathBuf;
+
+/// Errors a user can act on. Each message names the VM or path involved and, where there is
+/// one, what to do next; the CLI prints them as one line.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid VM name {name:?}: {why}")]
+    InvalidName { name: String, why: &'static str },
+
+    #[error("VM {0} already exists (pick another name, or `feather rm {0}` first)")]
+    AlreadyExists(String),
+
+    #[error("no VM named {0} (see `feather ls`)")]
+    NotFound(String),
+
+    #[error("VM {0} is not running (start it with `feather start {0}`)")]
+    NotRunning(String),
+
+    #[error("VM {0} is running (stop it first with `feather stop {0}`)")]
+    Running(String),
+
+    #[error("base {0}: not a directory (give --base an existing root tree)")]
+    MissingBase(PathBuf),
+
+    #[error("invalid {what} {value:?}: {why}")]
+    InvalidValue {
+        what: &'static str,
+        value: String,
+        why: String,
+    },
+
+    #[error("feather must run as root (try `sudo feather ...`)")]
+    NotRoot,
+
+    #[error("state of VM {vm} is damaged: {path}: {why}")]
+    CorruptState {
+        vm: String,
+        path: PathBuf,
+        why: String,
+    },
+
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Attaches the path to an I/O error, so that every failure says where it happened.
+pub trait IoContext<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T>;
+}
+
+impl<T> IoContext<T> for std::io::Result<T> {
+    fn at(self, path: impl Into<PathBuf>) -> Result<T> {
+        self.map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })
+    }
+}

@@ -1,0 +1,19 @@
+//! feather's vocabulary, shared by every other crate: what a VM is called, how it is
+//! configured, where its state lives and how that state is changed safely.
+//!
+//! Nothing here touches namespaces, mounts or cgroups; those live in `feather-sys` and
+//! `feather-vm`. Everything here can be unit-tested without root.
+
+pub mod atomic;
+pub mod config;
+pub mod error;
+pub mod name;
+pub mod size;
+pub mod state;
+pub mod store;
+
+pub use config::{Limits, VmConfig};
+pub use error::{Error, Result};
+pub use name::VmName;
+pub use state::{VmState, VmStatus};
+pub use store::{StateRoot, VmDir};

@@ -1,0 +1,367 @@
+//! The state store: where each VM's files live, and the only code that reads or writes them.
+//!
+//! ```text
+//! <root>/vms/<name>/config.toml   what the VM is (VmConfig)
+//!                  /state.json    what it is doing (VmState)
+//!                  /upper/        its private copy-on-write layer over the base
+//!                  /work/         overlayfs's work folder for upper/
+//!                  /mounts/<n>/   upper/ and work/ for the n-th other filesystem under the base
+//!                  /rootfs/       where the VM's root is assembled (inside its mount namespace)
+//!                  /keeper.lock   held by the keeper for its whole life
+//!                  /keeper.log    the keeper's own messages
+//!                  /op.lock       serialises start, stop, rm, reset and commit
+//! <run>/<name>/control.sock       the keeper's control socket
+//! ```
+
+use std::fs::{self, File, OpenOptions};
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+
+use crate::atomic::{write_atomic, Durability};
+use crate::error::{Error, IoContext, Result};
+use crate::{VmConfig, VmName, VmState, VmStatus};
+
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/feather";
+pub const DEFAULT_RUN_DIR: &str = "/run/feather";
+
+/// A state root: the folder holding every VM, and the run folder holding their sockets.
+#[derive(Clone, Debug)]
+pub struct StateRoot {
+    dir: PathBuf,
+    run: PathBuf,
+}
+
+impl StateRoot {
+    /// The default root (`/var/lib/feather`, sockets in `/run/feather`), or `dir` with its
+    /// sockets in `dir/run`, so that separate roots (one per test) never share anything.
+    pub fn new(dir: Option<PathBuf>) -> Self {
+        match dir {
+            Some(dir) => StateRoot {
+                run: dir.join("run"),
+                dir,
+            },
+            None => StateRoot {
+                dir: DEFAULT_STATE_DIR.into(),
+                run: DEFAULT_RUN_DIR.into(),
+            },
+        }
+    }
+
+    /// A root with both folders given, as a keeper receives them from `feather start`.
+    pub fn with_dirs(dir: PathBuf, run: PathBuf) -> Self {
+        StateRoot { dir, run }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn run_dir(&self) -> &Path {
+        &self.run
+    }
+
+    fn vms_dir(&self) -> PathBuf {
+        self.dir.join("vms")
+    }
+
+    /// The folder a VM of this name has or would have; it may not exist.
+    pub fn vm(&self, name: &VmName) -> VmDir {
+        VmDir {
+            name: name.clone(),
+            path: self.vms_dir().join(name.as_str()),
+            run: self.run.join(name.as_str()),
+        }
+    }
+
+    /// An existing VM, or [`Error::NotFound`].
+    pub fn open(&self, name: &VmName) -> Result<VmDir> {
+        let vm = self.vm(name);
+        if vm.config_path().exists() {
+            Ok(vm)
+        } else {
+            Err(Error::NotFound(name.to_string()))
+        }
+    }
+
+    /// Every VM, sorted by name. Folders that are not complete VMs (a create that died
+    /// half-way) are skipped; [`StateRoot::sweep_incomplete`] removes them.
+    pub fn list(&self) -> Result<Vec<VmDir>> {
+        let entries = match fs::read_dir(self.vms_dir()) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(e).at(self.vms_dir()),
+        };
+        let mut vms: Vec<VmDir> = entries
+            .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+            .filter_map(|name| name.parse::<VmName>().ok())
+            .map(|name| self.vm(&name))
+            .filter(|vm| vm.config_path().exists())
+            .collect();
+        vms.sort_by(|a, b| a.name.cmp(&b.name));
+        Ok(vms)
+    }
+
+    /// Creates a VM's folder with its config and initial state, atomically: it is assembled
+    /// under a temporary name and renamed into place, so a crash leaves no half-made VM and
+    /// two racing creates of one name cannot both succeed.
+    pub fn create(&self, config: &VmConfig, durability: Durability) -> Result<VmDir> {
+        let vm = self.vm(&config.name);
+        if vm.path.exists() {
+            return Err(Error::AlreadyExists(config.name.to_string()));
+        }
+        let vms_dir = self.vms_dir();
+        fs::create_dir_all(&vms_dir).at(&vms_dir)?;
+        let temp = vms_dir.join(format!(".creating-{}-{}", config.name, config.id));
+        let assemble = || -> Result<()> {
+            fs::create_dir(&temp).at(&temp)?;
+            for sub in ["upper", "work", "rootfs", "mounts"] {
+                fs::create_dir(temp.join(sub)).at(temp.join(sub))?;
+            }
+            let staged = VmDir {
+                name: config.name.clone(),
+                path: temp.clone(),
+                run: vm.run.clone(),
+            };
+            staged.write_config(config, durability)?;
+            staged.write_state(&VmState::created(), durability)
+        };
+        if let Err(e) = assemble() {
+            let _ = fs::remove_dir_all(&temp);
+            return Err(e);
+        }
+        // rename(2) refuses to replace a non-empty directory, and ours is never empty.
+        if let Err(e) = fs::rename(&temp, &vm.path) {
+            let _ = fs::remove_dir_all(&temp);
+            return match e.kind() {
+                ErrorKind::AlreadyExists | ErrorKind::DirectoryNotEmpty => {
+                    Err(Error::AlreadyExists(config.name.to_string()))
+                }
+                _ => Err(e).at(&vm.path),
+            };
+        }
+        Ok(vm)
+    }
+
+    /// Removes what creates that died half-way left behind.
+    pub fn sweep_incomplete(&self) {
+        let Ok(entries) = fs::read_dir(self.vms_dir()) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry
+                .file_name()
+                .to_string_lossy()
+                .starts_with(".creating-")
+            {
+                let _ = fs::remove_dir_all(entry.path());
+            }
+        }
+    }
+}
+
+/// One VM's folder.
+#[derive(Clone, Debug)]
+pub struct VmDir {
+    name: VmName,
+    path: PathBuf,
+    run: PathBuf,
+}
+
+impl VmDir {
+    pub fn name(&self) -> &VmName {
+        &self.name
+    }
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    pub fn config_path(&self) -> PathBuf {
+        self.path.join("config.toml")
+    }
+    pub fn state_path(&self) -> PathBuf {
+        self.path.join("state.json")
+    }
+    pub fn upper(&self) -> PathBuf {
+        self.path.join("upper")
+    }
+    pub fn work(&self) -> PathBuf {
+        self.path.join("work")
+    }
+    pub fn rootfs(&self) -> PathBuf {
+        self.path.join("rootfs")
+    }
+    /// Layers of the other filesystems mounted under the base, one folder each.
+    pub fn mounts(&self) -> PathBuf {
+        self.path.join("mounts")
+    }
+    pub fn keeper_log(&self) -> PathBuf {
+        self.path.join("keeper.log")
+    }
+    pub fn run_dir(&self) -> &Path {
+        &self.run
+    }
+    pub fn control_socket(&self) -> PathBuf {
+        self.run.join("control.sock")
+    }
+    /// A record of what `commit` wrote to the base, so that a later commit can tell the host's
+    /// own changes from feather's.
+    pub fn commit_journal(&self) -> PathBuf {
+        self.path.join("committed.json")
+    }
+
+    pub fn read_config(&self) -> Result<VmConfig> {
+        let path = self.config_path();
+        let text = fs::read_to_string(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => Error::NotFound(self.name.to_string()),
+            _ => Error::Io {
+                path: path.clone(),
+                source: e,
+            },
+        })?;
+        toml::from_str(&text).map_err(|e| self.corrupt(path, e.to_string()))
+    }
+
+    pub fn write_config(&self, config: &VmConfig, durability: Durability) -> Result<()> {
+        let text = toml::to_string(config).map_err(|e| Error::Other(e.to_string()))?;
+        write_atomic(&self.config_path(), text.as_bytes(), durability)
+    }
+
+    /// The recorded state, with a dead keeper turned into [`VmStatus::Crashed`].
+    pub fn read_state(&self) -> Result<VmState> {
+        let path = self.state_path();
+        let text = fs::read(&path).at(&path)?;
+        let mut state: VmState =
+            serde_json::from_slice(&text).map_err(|e| self.corrupt(path, e.to_string()))?;
+        if state.status == VmStatus::Running && !self.keeper_alive()? {
+            state.status = VmStatus::Crashed;
+        }
+        Ok(state)
+    }
+
+    pub fn write_state(&self, state: &VmState, durability: Durability) -> Result<()> {
+        let text = serde_json::to_vec_pretty(state).map_err(|e| Error::Other(e.to_string()))?;
+        write_atomic(&self.state_path(), &text, durability)
+    }
+
+    /// Takes the keeper lock, which the keeper holds for as long as it lives. The kernel drops
+    /// it when the keeper dies, however it dies, which is how a crash is noticed.
+    pub fn lock_keeper(&self) -> Result<Option<File>> {
+        try_lock(&self.path.join("keeper.lock"))
+    }
+
+    /// Whether a keeper holds the keeper lock right now.
+    pub fn keeper_alive(&self) -> Result<bool> {
+        Ok(self.lock_keeper()?.is_none())
+    }
+
+    /// Serialises the commands that change a VM (start, stop, rm, reset, commit); waits for
+    /// one already under way.
+    pub fn lock_operations(&self) -> Result<File> {
+        let path = self.path.join("op.lock");
+        let file = open_lock_file(&path)?;
+        file.lock().at(&path)?;
+        Ok(file)
+    }
+
+    fn corrupt(&self, path: PathBuf, why: String) -> Error {
+        Error::CorruptState {
+            vm: self.name.to_string(),
+            path,
+            why,
+        }
+    }
+}
+
+fn open_lock_file(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(path)
+        .at(path)
+}
+
+/// Some(file) holding the lock, or None when someone else holds it.
+fn try_lock(path: &Path) -> Result<Option<File>> {
+    let file = open_lock_file(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).at(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Limits;
+
+    fn scratch() -> StateRoot {
+        let dir = std::env::temp_dir().join(format!(
+            "feather-store-{}-{}",
+            std::process::id(),
+            rand_suffix()
+        ));
+        StateRoot::new(Some(dir))
+    }
+
+    fn rand_suffix() -> u128 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    }
+
+    fn config(name: &str) -> VmConfig {
+        VmConfig {
+            name: name.parse().unwrap(),
+            id: "abc".into(),
+            base: "/".into(),
+            limits: Limits::default(),
+            created: 0,
+            ephemeral: false,
+            scaffold: vec![],
+        }
+    }
+
+    #[test]
+    fn create_then_list_then_refuse_duplicate() {
+        let root = scratch();
+        root.create(&config("b"), Durability::Volatile).unwrap();
+        root.create(&config("a"), Durability::Volatile).unwrap();
+        let names: Vec<_> = root
+            .list()
+            .unwrap()
+            .iter()
+            .map(|vm| vm.name().to_string())
+            .collect();
+        assert_eq!(names, ["a", "b"]);
+        assert!(matches!(
+            root.create(&config("a"), Durability::Volatile),
+            Err(Error::AlreadyExists(_))
+        ));
+        assert_eq!(
+            root.open(&"a".parse().unwrap())
+                .unwrap()
+                .read_config()
+                .unwrap(),
+            config("a")
+        );
+        fs::remove_dir_all(root.dir()).unwrap();
+    }
+
+    #[test]
+    fn running_without_a_keeper_reads_as_crashed() {
+        let root = scratch();
+        let vm = root.create(&config("c"), Durability::Volatile).unwrap();
+        let mut state = VmState::created();
+        state.status = VmStatus::Running;
+        vm.write_state(&state, Durability::Volatile).unwrap();
+        assert_eq!(vm.read_state().unwrap().status, VmStatus::Crashed);
+        let held = vm.lock_keeper().unwrap().expect("lock is free");
+        // flock is per open file description: a second open of the same file sees it held.
+        assert_eq!(vm.read_state().unwrap().status, VmStatus::Running);
+        drop(held);
+        fs::remove_dir_all(root.dir()).unwrap();
+    }
+}

@@ -1,0 +1,358 @@
+//! Cgroups, v1, v2 and the hybrid of both.
+//!
+//! A machine may mount each controller on its own v1 hierarchy, all of them on the single v2
+//! hierarchy, or a mix ("hybrid": v1 controllers plus a v2 hierarchy holding few or none).
+//! A [`Cgroup`] is the set of folders of one group across every hierarchy that matters, and
+//! each limit is written to whichever hierarchy holds its controller.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::mountinfo;
+use crate::{Context, Result, SysError};
+
+/// The v1 controllers feather uses when the machine mounts them as v1.
+const V1_CONTROLLERS: [&str; 5] = ["memory", "pids", "cpu", "cpuacct", "devices"];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Where each controller lives on this machine.
+#[derive(Clone, Debug, Default)]
+pub struct Hierarchies {
+    /// controller name → mount point of its v1 hierarchy.
+    v1: Vec<(String, PathBuf)>,
+    /// The v2 hierarchy's mount point and the controllers it offers.
+    v2: Option<(PathBuf, Vec<String>)>,
+}
+
+impl Hierarchies {
+    pub fn detect() -> Self {
+        let mut found = Hierarchies::default();
+        for entry in mountinfo::mounts().unwrap_or_default() {
+            match entry.fs_type.as_str() {
+                "cgroup" => {
+                    for option in entry.super_options.split(',') {
+                        if V1_CONTROLLERS.contains(&option) {
+                            found
+                                .v1
+                                .push((option.to_owned(), entry.mount_point.clone()));
+                        }
+                    }
+                }
+                "cgroup2" => {
+                    let controllers =
+                        fs::read_to_string(entry.mount_point.join("cgroup.controllers"))
+                            .unwrap_or_default();
+                    found.v2 = Some((
+                        entry.mount_point,
+                        controllers.split_whitespace().map(str::to_owned).collect(),
+                    ));
+                }
+                _ => {}
+            }
+        }
+        found
+    }
+
+    /// Where `controller` is: its v1 mount point, or the v2 mount point if v2 offers it.
+    fn locate(&self, controller: &str) -> Option<(Version, &Path)> {
+        if let Some((_, mount)) = self.v1.iter().find(|(name, _)| name == controller) {
+            return Some((Version::V1, mount));
+        }
+        match &self.v2 {
+            Some((mount, offered)) if offered.iter().any(|c| c == controller) => {
+                Some((Version::V2, mount))
+            }
+            _ => None,
+        }
+    }
+
+    /// A short description for `feather check` and error messages, e.g. "v1: memory pids; v2: none".
+    pub fn describe(&self) -> String {
+        let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
+        let v2 = match &self.v2 {
+            Some((_, offered)) if !offered.is_empty() => offered.join(" "),
+            Some(_) => "mounted, no controllers".to_owned(),
+            None => "not mounted".to_owned(),
+        };
+        format!(
+            "v1: {}; v2: {v2}",
+            if v1.is_empty() {
+                "none".to_owned()
+            } else {
+                v1.join(" ")
+            }
+        )
+    }
+}
+
+/// What a VM may use. `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Limits {
+    pub memory_bytes: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+}
+
+/// The CFS period used for CPU limits, in microseconds (the kernel's default).
+const CPU_PERIOD_US: u64 = 100_000;
+
+/// One cgroup, named by a path relative to each hierarchy's root (e.g. `feather/4f2a…`).
+#[derive(Clone, Debug)]
+pub struct Cgroup {
+    hierarchies: Hierarchies,
+    relative: PathBuf,
+}
+
+impl Cgroup {
+    pub fn new(hierarchies: Hierarchies, relative: impl Into<PathBuf>) -> Self {
+        Cgroup {
+            hierarchies,
+            relative: relative.into(),
+        }
+    }
+
+    /// Every folder of this group: one per v1 hierarchy used, and the v2 one when v2 is mounted
+    /// (even without controllers, it gives a single list of members and `cgroup.kill`).
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        let mut dirs: Vec<PathBuf> = Vec::new();
+        for (_, mount) in &self.hierarchies.v1 {
+            let dir = mount.join(&self.relative);
+            if !dirs.contains(&dir) {
+                dirs.push(dir);
+            }
+        }
+        if let Some((mount, _)) = &self.hierarchies.v2 {
+            dirs.push(mount.join(&self.relative));
+        }
+        dirs
+    }
+
+    fn v2_dir(&self) -> Option<PathBuf> {
+        self.hierarchies
+            .v2
+            .as_ref()
+            .map(|(mount, _)| mount.join(&self.relative))
+    }
+
+    pub fn exists(&self) -> bool {
+        self.dirs().iter().any(|dir| dir.exists())
+    }
+
+    /// Creates the group in every hierarchy and applies `limits`. A limit whose controller the
+    /// machine lacks is an error naming the controller, not a silent no-op.
+    pub fn create(&self, limits: &Limits) -> Result<()> {
+        for dir in self.dirs() {
+            fs::create_dir_all(&dir).ctx("create cgroup", dir.display())?;
+        }
+        if let Some(bytes) = limits.memory_bytes {
+            self.write_limit(
+                "memory",
+                "memory.limit_in_bytes",
+                "memory.max",
+                &bytes.to_string(),
+            )?;
+        }
+        if let Some(pids) = limits.pids {
+            self.write_limit("pids", "pids.max", "pids.max", &pids.to_string())?;
+        }
+        if let Some(cpus) = limits.cpus {
+            let quota = ((cpus * CPU_PERIOD_US as f64) as u64).max(1000);
+            match self.hierarchies.locate("cpu") {
+                Some((Version::V1, mount)) => {
+                    let dir = mount.join(&self.relative);
+                    write(&dir.join("cpu.cfs_period_us"), &CPU_PERIOD_US.to_string())?;
+                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+                Some((Version::V2, _)) => {
+                    self.write_limit("cpu", "", "cpu.max", &format!("{quota} {CPU_PERIOD_US}"))?
+                }
+                None => return Err(missing_controller("cpu")),
+            }
+        }
+        Ok(())
+    }
+
+    fn write_limit(
+        &self,
+        controller: &str,
+        v1_file: &str,
+        v2_file: &str,
+        value: &str,
+    ) -> Result<()> {
+        match self.hierarchies.locate(controller) {
+            Some((Version::V1, mount)) => write(&mount.join(&self.relative).join(v1_file), value),
+            Some((Version::V2, mount)) => {
+                self.enable_v2_controller(mount, controller)?;
+                write(&mount.join(&self.relative).join(v2_file), value)
+            }
+            None => Err(missing_controller(controller)),
+        }
+    }
+
+    /// v2 delegates a controller to a group only if every ancestor enables it for its children.
+    fn enable_v2_controller(&self, mount: &Path, controller: &str) -> Result<()> {
+        let mut dir = mount.to_path_buf();
+        for component in self
+            .relative
+            .parent()
+            .into_iter()
+            .flat_map(|p| p.components())
+            .map(Some)
+            .chain([None])
+        {
+            write(
+                &dir.join("cgroup.subtree_control"),
+                &format!("+{controller}"),
+            )?;
+            match component {
+                Some(component) => dir.push(component),
+                None => break,
+            }
+        }
+        Ok(())
+    }
+
+    /// Allows only the devices a VM's /dev holds (null, zero, full, random, urandom, tty, ptys)
+    /// where the v1 devices controller exists. On v2, device access is controlled by BPF
+    /// programs instead; feather relies there on nodev mounts and the capability set.
+    pub fn restrict_devices(&self) -> Result<()> {
+        let Some((Version::V1, mount)) = self.hierarchies.locate("devices") else {
+            return Ok(());
+        };
+        let dir = mount.join(&self.relative);
+        write(&dir.join("devices.deny"), "a")?;
+        for rule in [
+            "c 1:3 rwm",
+            "c 1:5 rwm",
+            "c 1:7 rwm",
+            "c 1:8 rwm",
+            "c 1:9 rwm",
+            "c 5:0 rwm",
+            "c 5:2 rwm",
+            "c 136:* rwm",
+        ] {
+            write(&dir.join("devices.allow"), rule)?;
+        }
+        Ok(())
+    }
+
+    /// Moves `pid` into the group in every hierarchy.
+    pub fn add(&self, pid: Pid) -> Result<()> {
+        for dir in self.dirs() {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    /// The processes in the group (host pids).
+    pub fn members(&self) -> Vec<Pid> {
+        let procs = self
+            .dirs()
+            .into_iter()
+            .map(|dir| fs::read_to_string(dir.join("cgroup.procs")));
+        let mut pids: Vec<Pid> = procs
+            .flatten()
+            .flat_map(|text| {
+                text.lines()
+                    .filter_map(|l| l.parse().ok())
+                    .collect::<Vec<i32>>()
+            })
+            .map(Pid::from_raw)
+            .collect();
+        pids.sort();
+        pids.dedup();
+        pids
+    }
+
+    /// Kills every process in the group. Uses `cgroup.kill` where the kernel has it, which also
+    /// catches processes forking while we kill.
+    pub fn kill_all(&self) {
+        if let Some(dir) = self.v2_dir() {
+            if write(&dir.join("cgroup.kill"), "1").is_ok() {
+                return;
+            }
+        }
+        for _ in 0..10 {
+            let members = self.members();
+            if members.is_empty() {
+                return;
+            }
+            for pid in members {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// Removes the group from every hierarchy. Dying processes leave a group a moment after
+    /// their last signal, so an occupied group is retried for up to `patience`.
+    pub fn remove(&self, patience: Duration) -> Result<()> {
+        let deadline = Instant::now() + patience;
+        for dir in self.dirs() {
+            loop {
+                match fs::remove_dir(&dir) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::NotFound => break,
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    Err(e) => return Err(e).ctx("remove cgroup", dir.display()),
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of memory the group uses now, from the kernel's accounting.
+    pub fn memory_usage(&self) -> Option<u64> {
+        let (version, mount) = self.hierarchies.locate("memory")?;
+        let file = if version == Version::V1 {
+            "memory.usage_in_bytes"
+        } else {
+            "memory.current"
+        };
+        fs::read_to_string(mount.join(&self.relative).join(file))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// The number of periods in which the group was throttled for exceeding its CPU limit.
+    pub fn cpu_throttled_periods(&self) -> Option<u64> {
+        let (_, mount) = self.hierarchies.locate("cpu")?;
+        let stat = fs::read_to_string(mount.join(&self.relative).join("cpu.stat")).ok()?;
+        stat.lines()
+            .find_map(|line| line.strip_prefix("nr_throttled ")?.trim().parse().ok())
+    }
+
+    /// Path of `file` in the hierarchy that holds `controller`, for inspection by tests and tools.
+    pub fn controller_file(&self, controller: &str, file: &str) -> Option<PathBuf> {
+        let (_, mount) = self.hierarchies.locate(controller)?;
+        Some(mount.join(&self.relative).join(file))
+    }
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).ctx("write", format_args!("{value:?} to {}", path.display()))
+}
+
+fn missing_controller(controller: &str) -> SysError {
+    SysError {
+        op: "limit",
+        target: format!("the {controller} cgroup controller is not available on this machine"),
+        errno: nix::errno::Errno::ENOTSUP,
+    }
+}

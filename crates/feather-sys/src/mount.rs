@@ -1,0 +1,90 @@
+//! Mount operations, each named for what it is used for.
+
+use std::path::Path;
+
+use nix::mount::{mount, umount2, MntFlags, MsFlags};
+
+use crate::{Context, Result};
+
+const NONE: Option<&str> = None;
+
+/// Stops mount events from travelling between the caller's new mount namespace and the host:
+/// without it, mounts made for the VM would appear on the host (shared propagation), and the
+/// host's later mounts would appear in the VM.
+pub fn make_all_private() -> Result<()> {
+    mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE).ctx("make private", "/")
+}
+
+/// Mounts an overlay of `lower` (read-only) and `upper` (where writes go) at `target`.
+/// `nodev`: a device node written into the layer can never be opened, so a VM cannot reach a
+/// raw disk by creating one.
+pub fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<()> {
+    // redirect_dir, metacopy and index off: every change is a plain file, directory or
+    // whiteout in the upper layer, which `diff` and `commit` read directly; xino off keeps
+    // inode numbers those of the layers.
+    let options = format!(
+        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off,xino=off",
+        escape_option(lower),
+        escape_option(upper),
+        escape_option(work)
+    );
+    mount(
+        Some("feather"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(options.as_str()),
+    )
+    .ctx("mount overlay", target.display())
+}
+
+/// overlayfs separates options with ',' and lower layers with ':'; both may be escaped.
+fn escape_option(path: &Path) -> String {
+    path.to_string_lossy()
+        .replace('\\', "\\\\")
+        .replace(',', "\\,")
+        .replace(':', "\\:")
+}
+
+pub fn bind(source: &Path, target: &Path) -> Result<()> {
+    mount(Some(source), target, NONE, MsFlags::MS_BIND, NONE).ctx("bind mount", target.display())
+}
+
+/// Makes an existing bind mount read-only (a bind mount takes its flags only on remount).
+pub fn remount_bind_readonly(target: &Path) -> Result<()> {
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV;
+    mount(NONE, target, NONE, flags, NONE).ctx("remount read-only", target.display())
+}
+
+pub fn tmpfs(target: &Path, flags: MsFlags, options: &str) -> Result<()> {
+    mount(Some("tmpfs"), target, Some("tmpfs"), flags, Some(options))
+        .ctx("mount tmpfs", target.display())
+}
+
+/// Mounts a kernel filesystem such as proc, sysfs, devpts or mqueue.
+pub fn api_filesystem(
+    fs_type: &str,
+    target: &Path,
+    flags: MsFlags,
+    options: Option<&str>,
+) -> Result<()> {
+    mount(Some(fs_type), target, Some(fs_type), flags, options)
+        .ctx("mount", format_args!("{fs_type} on {}", target.display()))
+}
+
+/// Makes `new_root` the caller's root and detaches the old root entirely, so that no path
+/// inside the VM leads back to the host's tree.
+pub fn pivot_into(new_root: &Path) -> Result<()> {
+    nix::unistd::chdir(new_root).ctx("chdir", new_root.display())?;
+    // pivot_root(".", ".") stacks the old root on top of the new one at "/"; unmounting "."
+    // then removes the old root without needing a folder to park it in.
+    nix::unistd::pivot_root(".", ".").ctx("pivot_root", new_root.display())?;
+    umount2(".", MntFlags::MNT_DETACH).ctx("detach old root", "/")?;
+    nix::unistd::chdir("/").ctx("chdir", "/")
+}
+
+pub use nix::mount::MsFlags as Flags;

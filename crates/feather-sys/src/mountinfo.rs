@@ -1,0 +1,110 @@
+//! Reading /proc/self/mountinfo: which filesystems are mounted where.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct MountEntry {
+    pub mount_point: PathBuf,
+    pub fs_type: String,
+    pub source: String,
+    pub super_options: String,
+}
+
+/// The mounts of the caller's mount namespace, in mount order.
+pub fn mounts() -> std::io::Result<Vec<MountEntry>> {
+    Ok(parse(&fs::read_to_string("/proc/self/mountinfo")?))
+}
+
+/// Parses mountinfo text (proc(5)): `id parent major:minor root mount-point options
+/// [optional fields...] - fs-type source super-options`.
+pub fn parse(text: &str) -> Vec<MountEntry> {
+    text.lines()
+        .filter_map(|line| {
+            let (before, after) = line.split_once(" - ")?;
+            let mount_point = before.split(' ').nth(4)?;
+            let mut after = after.split(' ');
+            Some(MountEntry {
+                mount_point: PathBuf::from(unescape(mount_point)),
+                fs_type: after.next()?.to_owned(),
+                source: unescape(after.next().unwrap_or("")),
+                super_options: after.next().unwrap_or("").to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
+fn unescape(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\'
+            && i + 3 < bytes.len()
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value =
+                (bytes[i + 1] - b'0') * 64 + (bytes[i + 2] - b'0') * 8 + (bytes[i + 3] - b'0');
+            out.push(value);
+            i += 4;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Filesystem types that are kernel interfaces rather than stored files: a VM gets its own
+/// instance of the ones it needs and never a copy-on-write view of them.
+pub fn is_api_filesystem(fs_type: &str) -> bool {
+    matches!(
+        fs_type,
+        "proc"
+            | "sysfs"
+            | "devtmpfs"
+            | "devpts"
+            | "cgroup"
+            | "cgroup2"
+            | "mqueue"
+            | "tracefs"
+            | "debugfs"
+            | "securityfs"
+            | "pstore"
+            | "bpf"
+            | "configfs"
+            | "fusectl"
+            | "binfmt_misc"
+            | "hugetlbfs"
+            | "autofs"
+            | "efivarfs"
+            | "nsfs"
+            | "rpc_pipefs"
+            | "nfsd"
+            | "selinuxfs"
+    )
+}
+
+/// Whether `path` is `dir` or lies below it.
+pub fn is_within(path: &Path, dir: &Path) -> bool {
+    path.starts_with(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_mountinfo_lines() {
+        let text = "27 1 254:0 / / rw,relatime - ext4 /dev/vda rw\n\
+                    28 27 0:25 / /mnt/with\\040space ro shared:1 - tmpfs none ro\n";
+        let mounts = parse(text);
+        assert_eq!(mounts.len(), 2);
+        assert_eq!(mounts[0].mount_point, PathBuf::from("/"));
+        assert_eq!(mounts[1].mount_point, PathBuf::from("/mnt/with space"));
+        assert_eq!(mounts[1].fs_type, "tmpfs");
+    }
+}

@@ -1,0 +1,134 @@
+//! Creating, joining and signalling processes.
+
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+
+use crate::raw::{self, Cloned};
+use crate::{Context, Result};
+
+/// The namespaces every VM gets: its own mounts, pids, System V IPC, hostname, network and
+/// cgroup view.
+pub fn vm_namespaces() -> CloneFlags {
+    CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWPID
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWNET
+        | CloneFlags::CLONE_NEWCGROUP
+}
+
+/// A child process held by a pidfd, so that signals and waits can never hit a stranger that
+/// reused its pid.
+#[derive(Debug)]
+pub struct ChildProcess {
+    pub pid: Pid,
+    pub pidfd: OwnedFd,
+}
+
+pub enum Forked {
+    Parent(ChildProcess),
+    Child,
+}
+
+/// Forks into new `namespaces`. With CLONE_NEWPID the child is pid 1 of its namespace.
+/// The caller must be single-threaded.
+pub fn fork_into(namespaces: CloneFlags) -> Result<Forked> {
+    match raw::clone3(namespaces.bits()).ctx("clone3", "new VM namespaces")? {
+        Cloned::Parent { pid, pidfd } => Ok(Forked::Parent(ChildProcess {
+            pid: Pid::from_raw(pid),
+            pidfd,
+        })),
+        Cloned::Child => Ok(Forked::Child),
+    }
+}
+
+/// Plain fork for a single-threaded caller: `Some(pid)` in the parent, `None` in the child.
+pub fn fork() -> Result<Option<Pid>> {
+    Ok(raw::fork().ctx("fork", "process")?.map(Pid::from_raw))
+}
+
+pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
+    raw::pidfd_open(pid.as_raw()).ctx("pidfd_open", pid)
+}
+
+pub fn signal(pidfd: &impl AsFd, signal: Signal) -> Result<()> {
+    raw::pidfd_send_signal(pidfd.as_fd().as_raw_fd(), signal as i32)
+        .ctx("pidfd_send_signal", signal)
+}
+
+/// Moves the caller into every namespace in `namespaces` of the process behind `pidfd`, in one
+/// atomic step. A new pid namespace applies to the caller's children, not to the caller.
+pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> {
+    nix::sched::setns(pidfd.as_fd(), namespaces).ctx("setns", "VM namespaces")
+}
+
+/// The start time of `pid` in clock ticks since boot, or None if there is no such process.
+/// A (pid, start time) pair names one process for the whole uptime of the machine.
+pub fn start_ticks(pid: Pid) -> Option<u64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
+    let after_comm = &stat[stat.rfind(')')? + 1..];
+    after_comm.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Asks the kernel to send `signal` to the caller when its parent dies.
+pub fn set_parent_death_signal(signal: Signal) -> Result<()> {
+    nix::sys::prctl::set_pdeathsig(signal).ctx("prctl(PR_SET_PDEATHSIG)", signal)
+}
+
+/// Closes every descriptor of the caller except stdin, stdout, stderr and `keep`: a VM must not
+/// inherit a descriptor of the host side (a lock, a socket, a directory outside its root).
+pub fn close_other_fds(keep: &[RawFd]) {
+    let Ok(entries) = fs::read_dir("/proc/self/fd") else {
+        return;
+    };
+    let fds: Vec<RawFd> = entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    for fd in fds {
+        if fd > 2 && !keep.contains(&fd) {
+            let _ = nix::unistd::close(fd);
+        }
+    }
+}
+
+/// Makes `fd` the caller's stdin, stdout and stderr.
+pub fn redirect_stdio(fd: &impl AsFd) -> Result<()> {
+    nix::unistd::dup2_stdin(fd).ctx("dup2", "stdin")?;
+    nix::unistd::dup2_stdout(fd).ctx("dup2", "stdout")?;
+    nix::unistd::dup2_stderr(fd).ctx("dup2", "stderr")
+}
+
+/// The pids of processes whose pid namespace is the one of `pid`, as host pids.
+pub fn same_pid_namespace(pid: Pid) -> Vec<Pid> {
+    let Ok(target) = fs::read_link(format!("/proc/{pid}/ns/pid")) else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| fs::read_link(format!("/proc/{p}/ns/pid")).is_ok_and(|ns| ns == target))
+        .map(Pid::from_raw)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn start_ticks_of_self_is_stable_and_of_nobody_is_none() {
+        let me = Pid::this();
+        assert!(start_ticks(me).is_some());
+        assert_eq!(start_ticks(me), start_ticks(me));
+        assert_eq!(start_ticks(Pid::from_raw(i32::MAX)), None);
+    }
+}

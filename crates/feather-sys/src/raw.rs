@@ -1,0 +1,159 @@
+//! Every `unsafe` call of feather-sys. Each wrapper is the smallest safe interface over one
+//! system call that nix does not offer safely.
+
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::libc;
+
+/// `struct clone_args` of clone3(2), as the kernel's uapi defines it.
+#[repr(C)]
+#[derive(Default)]
+struct CloneArgs {
+    flags: u64,
+    pidfd: u64,
+    child_tid: u64,
+    parent_tid: u64,
+    exit_signal: u64,
+    stack: u64,
+    stack_size: u64,
+    tls: u64,
+    set_tid: u64,
+    set_tid_size: u64,
+    cgroup: u64,
+}
+
+/// What clone3 returned: in the parent the child's pid and a pidfd for it, in the child 0.
+pub enum Cloned {
+    Parent { pid: libc::pid_t, pidfd: OwnedFd },
+    Child,
+}
+
+/// Forks like fork(2), but into the new namespaces named by `flags`, and returns a pidfd for
+/// the child. With a null stack, clone3 continues the child on a copy of the parent's stack,
+/// exactly as fork does.
+///
+/// The caller must be single-threaded: after a fork of a multi-threaded process the child may
+/// only call async-signal-safe functions, and feather's children do much more.
+pub fn clone3(namespaces: libc::c_int) -> Result<Cloned, Errno> {
+    let mut pidfd: RawFd = -1;
+    let args = CloneArgs {
+        flags: namespaces as u64 | libc::CLONE_PIDFD as u64,
+        pidfd: &mut pidfd as *mut RawFd as u64,
+        exit_signal: libc::SIGCHLD as u64,
+        ..Default::default()
+    };
+    // SAFETY: `args` is a valid, fully initialised clone_args that lives across the call, and its
+    // size is passed with it. With stack 0 the child resumes here on a private copy of our
+    // stack (fork semantics). The kernel writes the pidfd into `pidfd`, which outlives the call.
+    // Callers are single-threaded (documented above), so the child's copy of the address space
+    // holds no lock owned by another thread.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
+    };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(Cloned::Child),
+        pid => {
+            // SAFETY: the kernel just created this descriptor for us (CLONE_PIDFD); nothing else
+            // owns it.
+            let pidfd = unsafe { OwnedFd::from_raw_fd(pidfd) };
+            Ok(Cloned::Parent {
+                pid: pid as libc::pid_t,
+                pidfd,
+            })
+        }
+    }
+}
+
+/// pidfd_open(2): a descriptor that refers to one process for as long as it is held, immune to
+/// pid reuse.
+pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the descriptor is new and owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// pidfd_send_signal(2): signals exactly the process the pidfd refers to.
+pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> Result<(), Errno> {
+    // SAFETY: plain integers and a null siginfo, which the kernel fills in itself.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(())
+}
+
+/// fork(2), for a single-threaded caller (see [`clone3`]).
+pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
+    // SAFETY: feather calls this only from single-threaded processes (the CLI and the keeper),
+    // so the child inherits no lock held by another thread.
+    match unsafe { libc::fork() } {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
+/// Makes `fd`, a terminal, the controlling terminal of the calling session leader.
+pub fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
+    // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal from another session).
+    Errno::result(unsafe { libc::ioctl(fd, libc::TIOCSCTTY, 0) }).map(drop)
+}
+
+pub fn window_size(fd: RawFd) -> Result<libc::winsize, Errno> {
+    let mut size = libc::winsize {
+        ws_row: 0,
+        ws_col: 0,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCGWINSZ writes one winsize into the valid, exclusively borrowed `size`.
+    Errno::result(unsafe { libc::ioctl(fd, libc::TIOCGWINSZ, &mut size) })?;
+    Ok(size)
+}
+
+pub fn set_window_size(fd: RawFd, size: &libc::winsize) -> Result<(), Errno> {
+    // SAFETY: TIOCSWINSZ reads one winsize from the valid `size`.
+    Errno::result(unsafe { libc::ioctl(fd, libc::TIOCSWINSZ, size) }).map(drop)
+}
+
+/// Sets the flags of a network interface (SIOCSIFFLAGS) through a socket.
+pub fn set_interface_flags(socket: RawFd, name: &str, up: bool) -> Result<(), Errno> {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFFLAGS fills the flags of the valid, NUL-terminated request.
+    Errno::result(unsafe { libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) })?;
+    // SAFETY: the union member written by SIOCGIFFLAGS is ifru_flags.
+    let flags = unsafe { &mut request.ifr_ifru.ifru_flags };
+    if up {
+        *flags |= libc::IFF_UP as libc::c_short;
+    } else {
+        *flags &= !(libc::IFF_UP as libc::c_short);
+    }
+    // SAFETY: as above, with the flags changed.
+    Errno::result(unsafe { libc::ioctl(socket, libc::SIOCSIFFLAGS, &request) }).map(drop)
+}

@@ -1,0 +1,150 @@
+//! What a VM is and holds: the summaries behind `ls`, `ps` and `inspect`.
+
+use std::fs;
+use std::path::PathBuf;
+
+use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
+use nix::unistd::Pid;
+use serde::Serialize;
+
+use crate::error::Result;
+use crate::keeper::cgroup_of;
+use crate::layers;
+
+/// One row of `feather ls`.
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub name: String,
+    pub status: VmStatus,
+    pub base: PathBuf,
+    /// Processes in the VM now.
+    pub processes: usize,
+    /// Bytes of memory charged to the VM's cgroup now.
+    pub memory_bytes: Option<u64>,
+    pub created: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+}
+
+pub fn summaries(root: &StateRoot) -> Result<Vec<Summary>> {
+    let mut rows = Vec::new();
+    for vm in root.list()? {
+        // A VM removed while we looked is simply not listed.
+        let (Ok(config), Ok(state)) = (vm.read_config(), vm.read_state()) else {
+            continue;
+        };
+        rows.push(summary(&config, state));
+    }
+    Ok(rows)
+}
+
+fn summary(config: &VmConfig, state: VmState) -> Summary {
+    let cgroup = cgroup_of(config);
+    let running = state.status == VmStatus::Running;
+    Summary {
+        name: config.name.to_string(),
+        status: state.status,
+        base: config.base.clone(),
+        processes: if running { cgroup.members().len() } else { 0 },
+        memory_bytes: if running { cgroup.memory_usage() } else { None },
+        created: config.created,
+        last_exit: state.last_exit,
+    }
+}
+
+/// One process of a VM, for `feather ps`.
+#[derive(Debug, Serialize)]
+pub struct Process {
+    /// Its pid inside the VM.
+    pub pid: i32,
+    /// Its pid on the host.
+    pub host_pid: i32,
+    pub uid: u32,
+    pub command: String,
+}
+
+pub fn processes(root: &StateRoot, name: &VmName) -> Result<Vec<Process>> {
+    let vm = root.open(name)?;
+    let config = vm.read_config()?;
+    if vm.read_state()?.status != VmStatus::Running {
+        return Err(feather_core::Error::NotRunning(name.to_string()).into());
+    }
+    let mut rows: Vec<Process> = cgroup_of(&config)
+        .members()
+        .into_iter()
+        .filter_map(describe_process)
+        .collect();
+    rows.sort_by_key(|p| p.pid);
+    Ok(rows)
+}
+
+fn describe_process(host_pid: Pid) -> Option<Process> {
+    let status = fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(str::trim)
+    };
+    // NSpid lists the pid in each nested namespace, outermost first: the last is the VM's.
+    let pid = field("NSpid:")?.split_whitespace().last()?.parse().ok()?;
+    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+    let cmdline = fs::read(format!("/proc/{host_pid}/cmdline")).unwrap_or_default();
+    let command = if cmdline.is_empty() {
+        format!("[{}]", field("Name:").unwrap_or("?"))
+    } else {
+        String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .replace('\0', " ")
+    };
+    Some(Process {
+        pid,
+        host_pid: host_pid.as_raw(),
+        uid,
+        command,
+    })
+}
+
+/// Everything about a VM, for `feather inspect`.
+#[derive(Debug, Serialize)]
+pub struct Inspection {
+    pub config: VmConfig,
+    pub state: VmState,
+    pub path: PathBuf,
+    pub layers: Vec<LayerInfo>,
+    pub cgroup: Vec<PathBuf>,
+    pub control_socket: PathBuf,
+    pub capabilities: Vec<String>,
+    pub namespaces: Vec<&'static str>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct LayerInfo {
+    pub mount_point: PathBuf,
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+}
+
+pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
+    let vm: VmDir = root.open(name)?;
+    let config = vm.read_config()?;
+    let state = vm.read_state()?;
+    let layers = layers::existing(&vm, &config)
+        .into_iter()
+        .map(|l| LayerInfo {
+            mount_point: l.mount_point,
+            lower: l.lower,
+            upper: l.upper,
+        })
+        .collect();
+    Ok(Inspection {
+        cgroup: cgroup_of(&config).dirs(),
+        config,
+        state,
+        path: vm.path().to_path_buf(),
+        layers,
+        control_socket: vm.control_socket(),
+        capabilities: feather_confine::capabilities::default_set_names(),
+        namespaces: vec!["mount", "pid", "ipc", "uts", "net", "cgroup"],
+    })
+}

@@ -1,0 +1,398 @@
+//! The keeper: one small process per running VM, on the host side. It builds the VM (cgroup,
+//! namespaces, init), answers on the control socket, and when the VM ends, for whatever reason,
+//! removes everything the VM held on the host.
+//!
+//! ```text
+//! keeper ── clone3(new namespaces) ──▶ init (pid 1 inside)
+//!   │  1. create the cgroup, apply limits        │  waits for GO
+//!   │  2. move init into it, send GO  ─────────▶ │  3. unshare cgroupns, assemble root, pivot
+//!   │  5. record state, open control.sock ◀───── │  4. report Ready (or Failed: why)
+//!   └─ serve until init exits, then clean up     └─ supervise
+//! ```
+
+use std::fs::{self, File};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::time::{Duration, Instant};
+
+use feather_core::atomic::Durability;
+use feather_core::error::IoContext;
+use feather_core::state::now;
+use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
+use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
+use feather_sys::process::{self, ChildProcess, Forked};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitStatus};
+
+use crate::error::{failed, InVm, Result};
+use crate::init::{self, InitPlan, InitReport};
+use crate::layers;
+use crate::protocol::{self, Request, Response};
+use crate::rootfs::RootfsPlan;
+use crate::workload::Workload;
+
+/// The hidden subcommand of the `feather` binary that runs a background keeper.
+pub const KEEPER_SUBCOMMAND: &str = "__keeper";
+
+/// How long processes get to exit after SIGTERM when a VM stops, unless told otherwise.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a VM may take from clone to its init's report before the start is abandoned.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The cgroup of a VM, named by its id so VMs of one name under two state roots never meet.
+pub fn cgroup_of(config: &VmConfig) -> Cgroup {
+    Cgroup::new(Hierarchies::detect(), format!("feather/{}", config.id))
+}
+
+pub struct Keeper {
+    vm: VmDir,
+    config: VmConfig,
+    cgroup: Cgroup,
+    init: ChildProcess,
+    listener: UnixListener,
+    durability: Durability,
+    /// Held for the keeper's whole life; its release tells others the keeper is gone.
+    _lock: File,
+}
+
+/// How a VM's run ended.
+pub struct Ended {
+    /// The init's exit code: the workload's for a foreground run, 0 after an orderly stop.
+    pub code: i32,
+    pub how: String,
+}
+
+impl Keeper {
+    /// Builds and starts the VM. On failure nothing it made is left behind.
+    pub fn boot(
+        root: &StateRoot,
+        vm: &VmDir,
+        workload: Option<Workload>,
+        attached: bool,
+    ) -> Result<Keeper> {
+        let name = vm.name().clone();
+        let lock = vm
+            .lock_keeper()?
+            .ok_or_else(|| failed(&name, "is already running"))?;
+        let config = vm.read_config()?;
+        let durability = if config.ephemeral {
+            Durability::Volatile
+        } else {
+            Durability::Durable
+        };
+        let cgroup = cgroup_of(&config);
+        remove_leftovers(vm, &cgroup);
+        let plan = InitPlan {
+            rootfs: RootfsPlan {
+                hostname: name.to_string(),
+                base: config.base.clone(),
+                rootfs: vm.rootfs(),
+                layers: layers::for_start(root, vm, &config)?,
+                hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
+            },
+            workload,
+            grace: DEFAULT_GRACE,
+            attached,
+        };
+        cgroup.create(&limits_of(&config)).in_vm(&name)?;
+        let booted = start_init(&name, &cgroup, plan).and_then(|init| {
+            let listener = listen(vm)?;
+            Ok((init, listener))
+        });
+        let (init, listener) = match booted {
+            Ok(parts) => parts,
+            Err(e) => {
+                cgroup.kill_all();
+                let _ = cgroup.remove(Duration::from_secs(5));
+                let _ = fs::remove_dir_all(vm.run_dir());
+                return Err(e);
+            }
+        };
+        let keeper = Keeper {
+            vm: vm.clone(),
+            config,
+            cgroup,
+            init,
+            listener,
+            durability,
+            _lock: lock,
+        };
+        keeper.record_running()?;
+        Ok(keeper)
+    }
+
+    fn record_running(&self) -> Result<()> {
+        let mut state = VmState::created();
+        state.status = VmStatus::Running;
+        state.keeper_pid = Some(std::process::id() as i32);
+        state.init_pid = Some(self.init.pid.as_raw());
+        state.init_start_ticks = process::start_ticks(self.init.pid);
+        state.started = Some(now());
+        Ok(self.vm.write_state(&state, self.durability)?)
+    }
+
+    /// Serves the control socket until the VM's init exits, then cleans up. `foreground`:
+    /// the keeper is the user's `feather run --rm`, and signals it receives go to the workload.
+    pub fn serve(self, foreground: bool) -> Result<Ended> {
+        let signals =
+            block_signals().map_err(|e| failed(self.vm.name(), format!("signalfd: {e}")))?;
+        let mut stop_requests: Vec<UnixStream> = Vec::new();
+        let mut kill_deadline: Option<Instant> = None;
+        let status = loop {
+            let timeout = match kill_deadline {
+                Some(deadline) => {
+                    PollTimeout::try_from(deadline.saturating_duration_since(Instant::now()))
+                        .unwrap_or(PollTimeout::MAX)
+                }
+                None => PollTimeout::NONE,
+            };
+            let mut fds = [
+                PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                PollFd::new(signals.as_fd(), PollFlags::POLLIN),
+            ];
+            let _ = poll(&mut fds, timeout);
+            let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            let (init_ended, connection, signalled) =
+                (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
+            if init_ended {
+                break waitpid(self.init.pid, None);
+            }
+            if connection {
+                if let Ok((stream, _)) = self.listener.accept() {
+                    if let Some(grace) = self.answer(&stream) {
+                        kill_deadline.get_or_insert_with(|| self.begin_stop(grace));
+                        stop_requests.push(stream);
+                    }
+                }
+            }
+            if signalled {
+                if let Ok(Some(info)) = signals.read_signal() {
+                    let signal = Signal::try_from(info.ssi_signo as i32).ok();
+                    match signal {
+                        Some(Signal::SIGINT | Signal::SIGQUIT) if foreground => {}
+                        Some(signal) if foreground => {
+                            let _ = process::signal(&self.init.pidfd, signal);
+                        }
+                        Some(_) => {
+                            kill_deadline.get_or_insert_with(|| self.begin_stop(DEFAULT_GRACE));
+                        }
+                        None => {}
+                    }
+                }
+            }
+            if kill_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+                let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+                kill_deadline = Some(Instant::now() + Duration::from_secs(3600));
+            }
+        };
+        let ended = describe(status, foreground);
+        self.tear_down(&ended.how);
+        for stream in stop_requests {
+            let _ = protocol::write_response(
+                &stream,
+                &Response::Stopped {
+                    how: ended.how.clone(),
+                },
+            );
+        }
+        Ok(ended)
+    }
+
+    /// Answers one request; returns the grace period if it asked the VM to stop.
+    fn answer(&self, stream: &UnixStream) -> Option<Duration> {
+        match protocol::read_request(stream) {
+            Ok(Request::Status) => {
+                let _ = protocol::write_response(
+                    stream,
+                    &Response::Running {
+                        init_pid: self.init.pid.as_raw(),
+                    },
+                );
+                None
+            }
+            Ok(Request::Stop { grace_secs }) => Some(Duration::from_secs(grace_secs)),
+            Err(e) => {
+                let _ = protocol::write_response(
+                    stream,
+                    &Response::Error {
+                        message: format!("bad request: {e}"),
+                    },
+                );
+                None
+            }
+        }
+    }
+
+    /// Asks init to stop the VM; returns when to give up waiting and kill it.
+    fn begin_stop(&self, grace: Duration) -> Instant {
+        let _ = process::signal(&self.init.pidfd, Signal::SIGTERM);
+        Instant::now() + grace + Duration::from_secs(2)
+    }
+
+    fn tear_down(&self, how: &str) {
+        self.cgroup.kill_all();
+        if let Err(e) = self.cgroup.remove(Duration::from_secs(5)) {
+            eprintln!("feather keeper {}: {e}", self.vm.name());
+        }
+        let _ = fs::remove_dir_all(self.vm.run_dir());
+        if self.config.ephemeral {
+            let _ = fs::remove_dir_all(self.vm.path());
+            return;
+        }
+        let mut state = self.vm.read_state().unwrap_or_else(|_| VmState::created());
+        state.status = VmStatus::Stopped;
+        state.keeper_pid = None;
+        state.init_pid = None;
+        state.init_start_ticks = None;
+        state.stopped = Some(now());
+        state.last_exit = Some(how.to_owned());
+        if let Err(e) = self.vm.write_state(&state, self.durability) {
+            eprintln!("feather keeper {}: {e}", self.vm.name());
+        }
+    }
+}
+
+fn limits_of(config: &VmConfig) -> Limits {
+    Limits {
+        memory_bytes: config.limits.memory,
+        pids: config.limits.pids,
+        cpus: config.limits.cpus,
+    }
+}
+
+/// Removes what a keeper that died without cleaning up left: its cgroup (and any process still
+/// in it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
+/// namespace, which the kernel dropped with its last process.
+pub fn remove_leftovers(vm: &VmDir, cgroup: &Cgroup) {
+    if cgroup.exists() {
+        cgroup.kill_all();
+        let _ = cgroup.remove(Duration::from_secs(5));
+    }
+    let _ = fs::remove_dir_all(vm.run_dir());
+}
+
+/// Clones init into the VM's namespaces, moves it into the cgroup, and waits for its report.
+fn start_init(name: &VmName, cgroup: &Cgroup, plan: InitPlan) -> Result<ChildProcess> {
+    let (mut ours, theirs) =
+        UnixStream::pair().map_err(|e| failed(name, format!("socketpair: {e}")))?;
+    // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
+    let namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
+    let init = match process::fork_into(namespaces).in_vm(name)? {
+        Forked::Child => {
+            drop(ours);
+            process::close_other_fds(&[std::os::fd::AsRawFd::as_raw_fd(&theirs)]);
+            init::run(plan, theirs)
+        }
+        Forked::Parent(init) => init,
+    };
+    drop(theirs);
+    let mut boot = || -> Result<()> {
+        cgroup.add(init.pid).in_vm(name)?;
+        cgroup.restrict_devices().in_vm(name)?;
+        ours.write_all(&[init::GO])
+            .map_err(|e| failed(name, format!("init did not start: {e}")))?;
+        ours.set_read_timeout(Some(BOOT_TIMEOUT))
+            .map_err(|e| failed(name, e.to_string()))?;
+        let mut line = String::new();
+        BufReader::new(&ours)
+            .read_line(&mut line)
+            .map_err(|e| failed(name, format!("init did not report: {e}")))?;
+        match serde_json::from_str::<InitReport>(&line) {
+            Ok(InitReport::Ready) => Ok(()),
+            Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
+            Err(_) => Err(failed(
+                name,
+                "init died while setting up the VM (see its keeper.log)",
+            )),
+        }
+    };
+    match boot() {
+        Ok(()) => Ok(init),
+        Err(e) => {
+            let _ = process::signal(&init.pidfd, Signal::SIGKILL);
+            let _ = waitpid(init.pid, None);
+            Err(e)
+        }
+    }
+}
+
+fn listen(vm: &VmDir) -> Result<UnixListener> {
+    let run_dir = vm.run_dir();
+    fs::create_dir_all(run_dir).at(run_dir)?;
+    let socket = vm.control_socket();
+    let _ = fs::remove_file(&socket);
+    let listener = UnixListener::bind(&socket).at(&socket)?;
+    Ok(listener)
+}
+
+fn block_signals() -> nix::Result<SignalFd> {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGHUP,
+        Signal::SIGQUIT,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+    ] {
+        set.add(signal);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)
+}
+
+fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {
+    match status {
+        Ok(WaitStatus::Exited(_, code)) if foreground => Ended {
+            code,
+            how: format!("command exited with status {code}"),
+        },
+        Ok(WaitStatus::Exited(_, 0)) => Ended {
+            code: 0,
+            how: "stopped".into(),
+        },
+        Ok(WaitStatus::Exited(_, code)) => Ended {
+            code,
+            how: format!("init exited with status {code}"),
+        },
+        Ok(WaitStatus::Signaled(_, signal, _)) => Ended {
+            code: 128 + signal as i32,
+            how: format!("init killed by {signal}"),
+        },
+        other => Ended {
+            code: 1,
+            how: format!("init ended: {other:?}"),
+        },
+    }
+}
+
+/// The background keeper's main: boots the VM, tells the waiting `feather start` through
+/// `ready` whether it worked, then serves until the VM ends.
+pub fn main_background(root: StateRoot, name: VmName, ready: OwnedFd) -> i32 {
+    // A session of its own: the terminal that ran `feather start` may close without taking
+    // the VM with it.
+    let _ = nix::unistd::setsid();
+    let mut ready = File::from(ready);
+    let vm = root.vm(&name);
+    let keeper = match Keeper::boot(&root, &vm, None, false) {
+        Ok(keeper) => keeper,
+        Err(e) => {
+            let _ = writeln!(ready, "{e}");
+            return 1;
+        }
+    };
+    let _ = writeln!(ready, "ok");
+    drop(ready);
+    match keeper.serve(false) {
+        Ok(_) => 0,
+        Err(e) => {
+            eprintln!("feather keeper {name}: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! A VM's copy-on-write layers: one overlay for the base's own filesystem, and one for each
+//! other real filesystem mounted under the base (a separate /home, /boot, a tmpfs under /mnt).
+//! overlayfs does not descend into submounts of its lower layer, so without these a VM would
+//! see empty folders where the host has mounted filesystems.
+
+use std::fs;
+use std::path::{Component, Path, PathBuf};
+
+use feather_core::error::IoContext;
+use feather_core::{StateRoot, VmConfig, VmDir};
+use feather_sys::mountinfo::{self, is_api_filesystem};
+
+use crate::error::Result;
+
+/// Folders under which the VM gets fresh kernel filesystems of its own instead of a view of
+/// the host's: nothing mounted there on the host is layered.
+const OWN_TREES: [&str; 4] = ["proc", "sys", "dev", "run"];
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct Layer {
+    /// Where the layer appears inside the VM: `/` or, for a submount, its path.
+    pub mount_point: PathBuf,
+    /// The host folder seen read-only beneath the layer.
+    pub lower: PathBuf,
+    pub upper: PathBuf,
+    pub work: PathBuf,
+}
+
+impl Layer {
+    fn root(vm: &VmDir, config: &VmConfig) -> Layer {
+        Layer {
+            mount_point: "/".into(),
+            lower: config.base.clone(),
+            upper: vm.upper(),
+            work: vm.work(),
+        }
+    }
+
+    fn submount(vm: &VmDir, config: &VmConfig, mount_point: PathBuf) -> Layer {
+        let dir = vm.mounts().join(escape(&mount_point));
+        Layer {
+            lower: config.base.join(relative(&mount_point)),
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            mount_point,
+        }
+    }
+
+    /// The host path beneath `path`, a path relative to this layer's mount point.
+    pub fn lower_path(&self, path: &Path) -> PathBuf {
+        self.lower.join(path)
+    }
+
+    /// The VM path of `path`, a path relative to this layer's mount point.
+    pub fn vm_path(&self, path: &Path) -> PathBuf {
+        self.mount_point.join(path)
+    }
+}
+
+/// The layers a VM starting now needs, given what is mounted under its base on the host.
+/// Their folders are created.
+pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<Layer>> {
+    let base = &config.base;
+    let mut submounts: Vec<PathBuf> = Vec::new();
+    for entry in mountinfo::mounts().at("/proc/self/mountinfo")? {
+        let Ok(rel) = entry.mount_point.strip_prefix(base) else {
+            continue;
+        };
+        let own_tree = rel
+            .components()
+            .next()
+            .is_some_and(|c| OWN_TREES.iter().any(|t| c.as_os_str() == *t));
+        let is_state = entry.mount_point.starts_with(root.dir())
+            || entry.mount_point.starts_with(root.run_dir());
+        if rel.as_os_str().is_empty() || own_tree || is_state || is_api_filesystem(&entry.fs_type) {
+            continue;
+        }
+        let mount_point = Path::new("/").join(rel);
+        // A later mount on the same point hides the earlier one; keep one layer per point.
+        submounts.retain(|m| m != &mount_point);
+        submounts.push(mount_point);
+    }
+    let mut layers = vec![Layer::root(vm, config)];
+    for mount_point in submounts {
+        let layer = Layer::submount(vm, config, mount_point);
+        for dir in [&layer.upper, &layer.work] {
+            fs::create_dir_all(dir).at(dir)?;
+        }
+        layers.push(layer);
+    }
+    Ok(layers)
+}
+
+/// The layers that hold a VM's changes, whether or not it runs: the root layer and every
+/// submount layer it has ever had.
+pub fn existing(vm: &VmDir, config: &VmConfig) -> Vec<Layer> {
+    let mut layers = vec![Layer::root(vm, config)];
+    if let Ok(entries) = fs::read_dir(vm.mounts()) {
+        let mut points: Vec<PathBuf> = entries
+            .flatten()
+            .filter_map(|e| unescape(&e.file_name().to_string_lossy()))
+            .collect();
+        points.sort();
+        layers.extend(points.into_iter().map(|p| Layer::submount(vm, config, p)));
+    }
+    layers
+}
+
+fn relative(path: &Path) -> PathBuf {
+    path.components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect()
+}
+
+/// Names a submount layer's folder after its mount point, reversibly, in the style of
+/// systemd-escape: `/mnt/data-1` becomes `mnt-data\x2d1`.
+fn escape(mount_point: &Path) -> String {
+    let mut name = String::new();
+    for (i, component) in relative(mount_point).components().enumerate() {
+        if i > 0 {
+            name.push('-');
+        }
+        for byte in component.as_os_str().as_encoded_bytes() {
+            match byte {
+                b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' => name.push(*byte as char),
+                other => name.push_str(&format!("\\x{other:02x}")),
+            }
+        }
+    }
+    name
+}
+
+fn unescape(name: &str) -> Option<PathBuf> {
+    let mut bytes = vec![b'/'];
+    let mut rest = name.as_bytes();
+    while let Some((&first, tail)) = rest.split_first() {
+        match first {
+            b'-' => {
+                bytes.push(b'/');
+                rest = tail;
+            }
+            b'\\' => {
+                let hex = std::str::from_utf8(tail.get(1..3)?).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &tail[3..];
+            }
+            other => {
+                bytes.push(other);
+                rest = tail;
+            }
+        }
+    }
+    String::from_utf8(bytes).ok().map(PathBuf::from)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_round_trips() {
+        for path in ["/mnt/data", "/mnt/data-1", "/srv/with space/x\\y", "/a.b_c"] {
+            let name = escape(Path::new(path));
+            assert!(!name.contains('/'), "{name}");
+            assert_eq!(unescape(&name).unwrap(), PathBuf::from(path));
+        }
+    }
+}

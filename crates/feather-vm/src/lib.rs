@@ -1,0 +1,25 @@
+//! feather VMs: a copy-on-write view of a base tree (the host's `/` by default) in private
+//! namespaces, kept by a keeper process on the host side and run by an init inside.
+//!
+//! - [`lifecycle`]: create, start, stop, rm, and the throw-away `run --rm`
+//! - [`keeper`] and [`init`]: the two processes of a running VM
+//! - [`rootfs`]: the isolation recipe, step by step
+//! - [`layers`]: which overlays a VM needs
+//! - [`exec`]: entering a running VM
+//! - [`diff`] and [`commit`]: what a VM changed, applying it, dropping it
+//! - [`inspect`]: what a VM is and holds, for `ls`, `ps` and `inspect`
+
+pub mod commit;
+pub mod diff;
+pub mod error;
+pub mod exec;
+pub mod init;
+pub mod inspect;
+pub mod keeper;
+pub mod layers;
+pub mod lifecycle;
+pub mod protocol;
+pub mod rootfs;
+pub mod workload;
+
+pub use error::{Result, VmError};

@@ -1,0 +1,259 @@
+//! A VM's life: create, start, stop, remove, and the throw-away run. These are the functions the
+//! CLI calls; they talk to a running VM only through its keeper.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use feather_core::atomic::Durability;
+use feather_core::error::IoContext;
+use feather_core::state::now;
+use feather_core::{Error, Limits, StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
+
+use crate::error::{failed, Result};
+use crate::keeper::{self, Keeper, KEEPER_SUBCOMMAND};
+use crate::protocol::{self, Request, Response};
+use crate::rootfs::MOUNT_POINTS;
+use crate::workload::Workload;
+
+/// What `feather create` is asked for.
+#[derive(Clone, Debug, Default)]
+pub struct CreateOptions {
+    pub base: Option<PathBuf>,
+    pub limits: Limits,
+    pub ephemeral: bool,
+}
+
+/// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
+pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Result<VmDir> {
+    let base = match &options.base {
+        Some(base) => fs::canonicalize(base).map_err(|_| Error::MissingBase(base.clone()))?,
+        None => PathBuf::from("/"),
+    };
+    if !base.is_dir() {
+        return Err(Error::MissingBase(base).into());
+    }
+    if base.starts_with(root.dir()) {
+        return Err(Error::InvalidValue {
+            what: "--base",
+            value: base.display().to_string(),
+            why: "it lies inside feather's state folder".into(),
+        }
+        .into());
+    }
+    let scaffold: Vec<PathBuf> = MOUNT_POINTS
+        .iter()
+        .filter(|dir| !base.join(dir).is_dir())
+        .map(|dir| PathBuf::from("/").join(dir))
+        .collect();
+    let config = VmConfig {
+        name: name.clone(),
+        id: new_id(),
+        base,
+        limits: options.limits.clone(),
+        created: now(),
+        ephemeral: options.ephemeral,
+        scaffold,
+    };
+    let durability = if options.ephemeral {
+        Durability::Volatile
+    } else {
+        Durability::Durable
+    };
+    root.sweep_incomplete();
+    let vm = root.create(&config, durability)?;
+    for dir in &config.scaffold {
+        let path = vm.upper().join(dir.strip_prefix("/").unwrap_or(dir));
+        fs::create_dir(&path).at(&path)?;
+    }
+    Ok(vm)
+}
+
+/// 12 random hex digits from the kernel's generator.
+fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    let _ = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Starts a VM in the background: spawns its keeper and waits until the VM is up or has failed.
+pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
+    let vm = root.open(name)?;
+    let _op = vm.lock_operations()?;
+    match vm.read_state()?.status {
+        VmStatus::Running => return Err(failed(name, "is already running")),
+        VmStatus::Crashed => recover(&vm)?,
+        VmStatus::Created | VmStatus::Stopped => {}
+    }
+    spawn_keeper(root, &vm)
+}
+
+fn spawn_keeper(root: &StateRoot, vm: &VmDir) -> Result<()> {
+    let name = vm.name();
+    let (mut ready_read, ready_write) =
+        std::io::pipe().map_err(|e| failed(name, format!("pipe: {e}")))?;
+    // The write end must survive the exec into the keeper: std's pipe is close-on-exec.
+    nix::fcntl::fcntl(
+        &ready_write,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map_err(|e| failed(name, format!("fcntl: {e}")))?;
+    let log = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(vm.keeper_log())
+        .at(vm.keeper_log())?;
+    let exe = std::env::current_exe()
+        .map_err(|e| failed(name, format!("cannot find the feather binary: {e}")))?;
+    let mut command = Command::new(exe);
+    command
+        .arg(KEEPER_SUBCOMMAND)
+        .arg("--state-dir")
+        .arg(root.dir())
+        .arg("--run-dir")
+        .arg(root.run_dir())
+        .arg("--ready-fd")
+        .arg(ready_write.as_raw_fd().to_string())
+        .arg(name.as_str())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().at(vm.keeper_log())?)
+        .stderr(log);
+    let mut child = command
+        .spawn()
+        .map_err(|e| failed(name, format!("cannot start its keeper: {e}")))?;
+    drop(ready_write);
+    let mut answer = String::new();
+    let _ = ready_read.read_to_string(&mut answer);
+    match answer.trim() {
+        "ok" => Ok(()),
+        "" => {
+            let _ = child.wait();
+            Err(failed(
+                name,
+                format!(
+                    "its keeper died while starting it (see {})",
+                    vm.keeper_log().display()
+                ),
+            ))
+        }
+        why => {
+            let _ = child.wait();
+            Err(failed(
+                name,
+                why.strip_prefix(&format!("VM {name}: ")).unwrap_or(why),
+            ))
+        }
+    }
+}
+
+/// Stops a running VM: its processes get SIGTERM, then SIGKILL after `grace`. A crashed VM
+/// is cleaned up instead.
+pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<String> {
+    let vm = root.open(name)?;
+    let _op = vm.lock_operations()?;
+    match vm.read_state()?.status {
+        VmStatus::Running => {}
+        VmStatus::Crashed => {
+            recover(&vm)?;
+            return Ok("was crashed; cleaned up".into());
+        }
+        VmStatus::Created | VmStatus::Stopped => {
+            return Err(Error::NotRunning(name.to_string()).into())
+        }
+    }
+    let answer = protocol::call(
+        &vm.control_socket(),
+        &Request::Stop {
+            grace_secs: grace.as_secs(),
+        },
+        grace + Duration::from_secs(30),
+    );
+    match answer {
+        Ok(Response::Stopped { how }) => Ok(how),
+        Ok(other) => Err(failed(
+            name,
+            format!("unexpected answer from its keeper: {other:?}"),
+        )),
+        // The keeper closes the socket as it exits; the state tells how the VM ended.
+        Err(_) if !vm.keeper_alive()? => Ok(vm
+            .read_state()?
+            .last_exit
+            .unwrap_or_else(|| "stopped".into())),
+        Err(e) => Err(failed(name, format!("its keeper did not answer: {e}"))),
+    }
+}
+
+/// Cleans up after a keeper that died without doing so itself, and records it. Loses no data:
+/// the VM's layer is untouched.
+pub fn recover(vm: &VmDir) -> Result<()> {
+    let config = vm.read_config()?;
+    keeper::remove_leftovers(vm, &keeper::cgroup_of(&config));
+    let mut state = vm.read_state()?;
+    if state.status == VmStatus::Crashed {
+        state.status = VmStatus::Stopped;
+        state.keeper_pid = None;
+        state.init_pid = None;
+        state.init_start_ticks = None;
+        state.stopped = Some(now());
+        state.last_exit = Some("its keeper died; cleaned up by feather".into());
+        vm.write_state(&state, Durability::Durable)?;
+    }
+    Ok(())
+}
+
+/// Removes a VM and its layer. A running VM is refused unless `force`, which stops it first.
+pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
+    let vm = root.open(name)?;
+    match vm.read_state()?.status {
+        VmStatus::Running if !force => return Err(Error::Running(name.to_string()).into()),
+        VmStatus::Running => {
+            stop(root, name, Duration::from_secs(2))?;
+        }
+        _ => {}
+    }
+    let _op = vm.lock_operations()?;
+    if vm.read_state()?.status == VmStatus::Running {
+        return Err(Error::Running(name.to_string()).into());
+    }
+    let config = vm.read_config()?;
+    keeper::remove_leftovers(&vm, &keeper::cgroup_of(&config));
+    // Renamed out of the way first, so a half-finished removal never looks like a VM.
+    let doomed = root
+        .dir()
+        .join("vms")
+        .join(format!(".creating-removed-{}-{}", name, config.id));
+    fs::rename(vm.path(), &doomed).at(vm.path())?;
+    fs::remove_dir_all(&doomed).at(&doomed)?;
+    Ok(())
+}
+
+/// `feather run --rm`: a throw-away VM for one command, kept by this very process, removed
+/// when the command ends. Returns the command's exit code.
+pub fn run_ephemeral(
+    root: &StateRoot,
+    name: &VmName,
+    options: &CreateOptions,
+    workload: Workload,
+) -> Result<i32> {
+    let options = CreateOptions {
+        ephemeral: true,
+        ..options.clone()
+    };
+    let vm = create(root, name, &options)?;
+    let keeper = match Keeper::boot(root, &vm, Some(workload), true) {
+        Ok(keeper) => keeper,
+        Err(e) => {
+            let _ = fs::remove_dir_all(vm.path());
+            return Err(e);
+        }
+    };
+    Ok(keeper.serve(true)?.code)
+}
+
+/// A VM's recorded state, for `ls` and `inspect`.
+pub fn status(vm: &VmDir) -> Result<VmState> {
+    Ok(vm.read_state()?)
+}

@@ -1,0 +1,177 @@
+//! The isolation recipe: how a VM's root is assembled inside its new mount namespace.
+//! Runs in the VM's init before anything of the VM runs. Each step says what it prevents.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use feather_sys::mount::{self, Flags};
+use feather_sys::Result;
+
+use crate::layers::Layer;
+
+/// Everything the recipe needs, computed by the keeper before the fork.
+#[derive(Clone, Debug)]
+pub struct RootfsPlan {
+    pub hostname: String,
+    pub base: PathBuf,
+    /// The host folder where the root is assembled (the VM's `rootfs/`).
+    pub rootfs: PathBuf,
+    pub layers: Vec<Layer>,
+    /// Host paths that must not be visible inside the VM: feather's state and run folders,
+    /// which hold every VM's private layer and control socket.
+    pub hidden: Vec<PathBuf>,
+}
+
+/// Host devices a VM gets, bound into its own small /dev. Everything else (disks, /dev/mem,
+/// /dev/kmsg, input devices) simply does not exist inside.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// The kernel interfaces under /proc that reveal or control the host, masked with /dev/null
+/// as Docker does.
+const MASKED_PROC_FILES: [&str; 5] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "sysrq-trigger",
+];
+
+pub fn assemble(plan: &RootfsPlan) -> Result<()> {
+    // 1. Mounts made from here on stay in this namespace, and the host's later mounts stay out.
+    mount::make_all_private()?;
+    // 2. The copy-on-write view of the base: lower = the base, upper = the VM's layer.
+    let root = &plan.rootfs;
+    mount::overlay(
+        &plan.layers[0].lower,
+        &plan.layers[0].upper,
+        &plan.layers[0].work,
+        root,
+    )?;
+    // 3. Other filesystems under the base get layers of their own, or the VM would see empty
+    //    folders (overlayfs does not cross mount points of its lower layer).
+    for layer in &plan.layers[1..] {
+        let target = inside(root, &layer.mount_point);
+        if target.is_dir() {
+            mount::overlay(&layer.lower, &layer.upper, &layer.work, &target)?;
+        }
+    }
+    // 4. feather's own state (every VM's layer, the control sockets) is replaced by an empty
+    //    read-only folder: a VM sees neither its own layer from below nor any other VM's.
+    for hidden in &plan.hidden {
+        if let Ok(rel) = hidden.strip_prefix(&plan.base) {
+            let target = root.join(rel);
+            if target.is_dir() {
+                mount::tmpfs(
+                    &target,
+                    Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
+                    "size=4k,mode=0755",
+                )?;
+            }
+        }
+    }
+    mount_proc(root)?;
+    // 6. sysfs read-only: it shows this VM's network devices, and nothing in it can be written.
+    let ro = Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC;
+    mount::api_filesystem("sysfs", &root.join("sys"), ro, None)?;
+    mount_dev(root)?;
+    // 8. A private /run: the host's sockets and pid files there are not the VM's.
+    mount::tmpfs(
+        &root.join("run"),
+        Flags::MS_NOSUID | Flags::MS_NODEV,
+        "mode=0755,size=10%",
+    )?;
+    let _ = fs::create_dir(root.join("run/lock"));
+    let _ = fs::set_permissions(
+        root.join("run/lock"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o1777),
+    );
+    // 9. The VM's own hostname, in its own UTS namespace.
+    nix::unistd::sethostname(&plan.hostname).map_err(|errno| feather_sys::SysError {
+        op: "sethostname",
+        target: plan.hostname.clone(),
+        errno,
+    })?;
+    // 10. Loopback works inside; no other interface exists in the VM's network namespace.
+    feather_sys::net::loopback_up()?;
+    // 11. Make the assembled tree the root and drop every path back to the host's.
+    mount::pivot_into(root)
+}
+
+/// 5. A /proc of the VM's own pid namespace; the parts that speak about or to the host kernel
+///    are masked or read-only.
+fn mount_proc(root: &Path) -> Result<()> {
+    let proc_dir = root.join("proc");
+    mount::api_filesystem(
+        "proc",
+        &proc_dir,
+        Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
+        None,
+    )?;
+    for file in MASKED_PROC_FILES {
+        let target = proc_dir.join(file);
+        if target.exists() {
+            mount::bind(Path::new("/dev/null"), &target)?;
+        }
+    }
+    let sys = proc_dir.join("sys");
+    mount::bind(&sys, &sys)?;
+    mount::remount_bind_readonly(&sys)
+}
+
+/// 7. A minimal /dev: a few harmless devices, a devpts instance of the VM's own (its terminals
+///    are not the host's), a private /dev/shm and a POSIX message-queue filesystem that shows
+///    only the VM's IPC namespace.
+fn mount_dev(root: &Path) -> Result<()> {
+    let dev = root.join("dev");
+    mount::tmpfs(
+        &dev,
+        Flags::MS_NOSUID | Flags::MS_NOEXEC,
+        "mode=0755,size=64k",
+    )?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        let _ = fs::File::create(&target);
+        mount::bind(&Path::new("/dev").join(name), &target)?;
+    }
+    let pts = dev.join("pts");
+    let _ = fs::create_dir(&pts);
+    mount::api_filesystem(
+        "devpts",
+        &pts,
+        Flags::MS_NOSUID | Flags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )?;
+    let _ = symlink("pts/ptmx", dev.join("ptmx"));
+    for dir in ["shm", "mqueue"] {
+        let _ = fs::create_dir(dev.join(dir));
+    }
+    mount::tmpfs(
+        &dev.join("shm"),
+        Flags::MS_NOSUID | Flags::MS_NODEV,
+        "mode=1777,size=50%",
+    )?;
+    mount::api_filesystem(
+        "mqueue",
+        &dev.join("mqueue"),
+        Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
+        None,
+    )?;
+    for (link, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        let _ = symlink(target, dev.join(link));
+    }
+    Ok(())
+}
+
+fn inside(root: &Path, vm_path: &Path) -> PathBuf {
+    root.join(vm_path.strip_prefix("/").unwrap_or(vm_path))
+}
+
+/// Mount points the recipe needs in the VM's tree. A base that lacks one (a bare tree made for
+/// a test) gets it in the VM's layer at create time; `diff` does not report those.
+pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "run"];

@@ -1,0 +1,141 @@
+//! Starting a program inside a VM: the last steps every process takes before it becomes the
+//! user's program, whether init starts it or `feather exec` does.
+
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::path::PathBuf;
+
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::unistd::{execvpe, setgid, setgroups, setuid, Gid, Uid, User};
+use serde::{Deserialize, Serialize};
+
+/// The search path given to programs in a VM (Debian's default for root).
+pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A program to run inside a VM, and how.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Workload {
+    pub argv: Vec<String>,
+    /// Variables added to (or replacing ones in) the VM's default environment.
+    pub env: Vec<(String, String)>,
+    /// Working directory inside the VM; `/` (or the user's home) by default.
+    pub cwd: Option<PathBuf>,
+    /// A user name or numeric uid from the VM's /etc/passwd; root by default.
+    pub user: Option<String>,
+}
+
+/// What a process inside needs to know to run a workload: the user it becomes, and the
+/// environment assembled from defaults, the terminal and the request.
+struct Resolved {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+    home: PathBuf,
+    env: Vec<CString>,
+}
+
+/// Turns the calling process, already inside the VM, into the workload. Returns only on
+/// failure, with a message naming what could not be done.
+pub fn become_workload(workload: &Workload, terminal: Option<&str>) -> String {
+    match try_become(workload, terminal) {
+        Ok(never) => match never {},
+        Err(why) => why,
+    }
+}
+
+fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible, String> {
+    let program = workload.argv.first().ok_or("no command given")?;
+    // The parent blocked signals to read them from a signalfd; the program must not inherit that.
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    let resolved = resolve(workload, terminal)?;
+    feather_confine::capabilities::reduce_to_default().map_err(|e| e.to_string())?;
+    // Groups first: once the uid is not 0, the process may no longer change them.
+    setgroups(&resolved.groups).map_err(|e| format!("setgroups: {e}"))?;
+    setgid(resolved.gid).map_err(|e| format!("setgid {}: {e}", resolved.gid))?;
+    setuid(resolved.uid).map_err(|e| format!("setuid {}: {e}", resolved.uid))?;
+    let cwd = workload.cwd.clone().unwrap_or(resolved.home);
+    nix::unistd::chdir(&cwd).map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
+    let argv: Vec<CString> = workload
+        .argv
+        .iter()
+        .map(|a| cstring(a))
+        .collect::<Result<_, _>>()?;
+    let program_c = cstring(program)?;
+    let errno = execvpe(&program_c, &argv, &resolved.env).unwrap_err();
+    Err(match errno {
+        nix::errno::Errno::ENOENT => format!("{program}: command not found"),
+        other => format!("{program}: {}", other.desc()),
+    })
+}
+
+fn resolve(workload: &Workload, terminal: Option<&str>) -> Result<Resolved, String> {
+    let (uid, gid, home, name) = match &workload.user {
+        None => (
+            Uid::from_raw(0),
+            Gid::from_raw(0),
+            PathBuf::from("/root"),
+            "root".to_owned(),
+        ),
+        Some(user) => {
+            let found = match user.parse::<u32>() {
+                Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+                Err(_) => User::from_name(user),
+            };
+            match found {
+                Ok(Some(entry)) => (entry.uid, entry.gid, entry.dir, entry.name),
+                Ok(None) if user.parse::<u32>().is_ok() => {
+                    let id = user.parse::<u32>().unwrap_or(0);
+                    (
+                        Uid::from_raw(id),
+                        Gid::from_raw(id),
+                        PathBuf::from("/"),
+                        user.clone(),
+                    )
+                }
+                _ => {
+                    return Err(format!(
+                        "user {user:?} does not exist in the VM's /etc/passwd"
+                    ))
+                }
+            }
+        }
+    };
+    let groups = supplementary_groups(&name, gid);
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), DEFAULT_PATH.into()),
+        ("HOME".into(), home.to_string_lossy().into_owned()),
+        ("USER".into(), name.clone()),
+        ("LOGNAME".into(), name),
+        // The convention systemd and others use to recognise they run in a container.
+        ("container".into(), "feather".into()),
+    ];
+    if let Some(term) = terminal {
+        env.push(("TERM".into(), term.to_owned()));
+    }
+    for (key, value) in &workload.env {
+        env.retain(|(k, _)| k != key);
+        env.push((key.clone(), value.clone()));
+    }
+    let env = env
+        .iter()
+        .map(|(k, v)| cstring(&format!("{k}={v}")))
+        .collect::<Result<_, _>>()?;
+    Ok(Resolved {
+        uid,
+        gid,
+        groups,
+        home,
+        env,
+    })
+}
+
+fn supplementary_groups(user: &str, gid: Gid) -> Vec<Gid> {
+    let Ok(name) = CString::new(user) else {
+        return vec![gid];
+    };
+    nix::unistd::getgrouplist(&name, gid).unwrap_or_else(|_| vec![gid])
+}
+
+fn cstring(text: &str) -> Result<CString, String> {
+    CString::new(text).map_err(|_| format!("{text:?} contains a NUL byte"))
+}

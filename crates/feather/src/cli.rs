@@ -1,0 +1,155 @@
+//! The command line: clap structures only.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "feather",
+    version,
+    about = "Feather-weight virtual machines: copy-on-write views of this host, in milliseconds"
+)]
+#[command(
+    after_help = "Exit status: 0 success; 1 feather failed; 2 bad usage. `run` and `exec` return the command's own status, \
+                        125 if feather could not run it, 126 if it could not be executed, 127 if it was not found."
+)]
+pub struct Cli {
+    /// State folder (VMs, layers, sockets) [default: /var/lib/feather, sockets in /run/feather]
+    #[arg(long, global = true, env = "FEATHER_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a VM: an empty copy-on-write layer over the host (or --base); nothing is copied
+    Create {
+        name: String,
+        #[command(flatten)]
+        options: CreateArgs,
+    },
+    /// Start a VM in the background
+    Start { name: String },
+    /// Stop a VM: SIGTERM to its processes, SIGKILL after --time seconds
+    Stop {
+        name: String,
+        /// Seconds to wait before killing
+        #[arg(short, long, default_value_t = 10)]
+        time: u64,
+    },
+    /// Remove a VM and its layer
+    Rm {
+        name: String,
+        /// Stop it first if it is running
+        #[arg(short, long)]
+        force: bool,
+    },
+    /// Run a command in a VM (created and started as needed); with --rm, in a throw-away VM
+    Run(RunArgs),
+    /// Run a command in a running VM
+    Exec {
+        #[command(flatten)]
+        process: ProcessArgs,
+        name: String,
+        #[arg(last = true, required = true, value_name = "COMMAND")]
+        command: Vec<String>,
+    },
+    /// List VMs
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the processes of a running VM
+    Ps {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Everything about a VM, as JSON
+    Inspect { name: String },
+    /// What a VM changed: A(dded), M(odified), D(eleted) paths
+    Diff {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Apply a VM's changes (all, or those at or below PATHS) to its base
+    Commit {
+        name: String,
+        paths: Vec<PathBuf>,
+        /// Overwrite host files changed after the VM copied them
+        #[arg(long)]
+        force: bool,
+    },
+    /// Drop all changes of a stopped VM
+    Reset { name: String },
+    #[command(name = "__keeper", hide = true)]
+    Keeper {
+        #[arg(long)]
+        state_dir: PathBuf,
+        #[arg(long)]
+        run_dir: PathBuf,
+        #[arg(long)]
+        ready_fd: i32,
+        name: String,
+    },
+}
+
+#[derive(Debug, Args, Clone, Default)]
+pub struct CreateArgs {
+    /// Root tree the VM sees copy-on-write [default: /]
+    #[arg(long, value_name = "DIR")]
+    pub base: Option<PathBuf>,
+    /// Memory limit, e.g. 512M or 2G
+    #[arg(long, value_name = "SIZE")]
+    pub memory: Option<String>,
+    /// Largest number of processes and threads
+    #[arg(long, value_name = "N")]
+    pub pids: Option<u64>,
+    /// CPU limit in cores, e.g. 0.5
+    #[arg(long, value_name = "CORES")]
+    pub cpus: Option<String>,
+}
+
+impl CreateArgs {
+    pub fn is_empty(&self) -> bool {
+        self.base.is_none() && self.memory.is_none() && self.pids.is_none() && self.cpus.is_none()
+    }
+}
+
+#[derive(Debug, Args, Clone)]
+pub struct ProcessArgs {
+    /// Give the command a terminal (the VM's own)
+    #[arg(short = 't', long)]
+    pub tty: bool,
+    /// Keep stdin attached (it always is; accepted for habit)
+    #[arg(short = 'i', long)]
+    pub interactive: bool,
+    /// Set an environment variable
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Run as this user (name or uid from the VM's /etc/passwd)
+    #[arg(short = 'u', long)]
+    pub user: Option<String>,
+    /// Working directory inside the VM
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// Use a throw-away VM, removed when the command ends
+    #[arg(long)]
+    pub rm: bool,
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    #[command(flatten)]
+    pub create: CreateArgs,
+    /// The VM (created if it does not exist); optional with --rm
+    pub name: Option<String>,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}

@@ -1,0 +1,198 @@
+//! `feather`: the command-line front of feather VMs. It parses, calls `feather-vm`, and
+//! formats; everything else lives in the libraries.
+
+mod cli;
+mod output;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use feather_core::size::parse_bytes;
+use feather_core::{Error, Limits, StateRoot, VmName};
+use feather_vm::exec::exec;
+use feather_vm::lifecycle::{self, CreateOptions};
+use feather_vm::workload::Workload;
+use feather_vm::{commit, inspect};
+
+use cli::{Cli, Command, CreateArgs, ProcessArgs, RunArgs};
+
+/// Exit status when feather itself failed while asked to run a command.
+const EXIT_FEATHER_FAILED_RUN: u8 = 125;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runs_a_command = matches!(cli.command, Command::Run(_) | Command::Exec { .. });
+    match dispatch(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("feather: {e:#}");
+            ExitCode::from(if runs_a_command {
+                EXIT_FEATHER_FAILED_RUN
+            } else {
+                1
+            })
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot.into());
+    }
+    let root = StateRoot::new(cli.root);
+    match cli.command {
+        Command::Create { name, options } => {
+            lifecycle::create(&root, &name.parse()?, &create_options(&options)?)?;
+        }
+        Command::Start { name } => lifecycle::start(&root, &name.parse()?)?,
+        Command::Stop { name, time } => {
+            lifecycle::stop(&root, &name.parse()?, Duration::from_secs(time))?;
+        }
+        Command::Rm { name, force } => lifecycle::remove(&root, &name.parse()?, force)?,
+        Command::Run(args) => return run(&root, args),
+        Command::Exec {
+            process,
+            name,
+            command,
+        } => {
+            let code = exec(
+                &root,
+                &name.parse()?,
+                &workload(&process, command)?,
+                process.tty,
+            )?;
+            return Ok(exit_code(code));
+        }
+        Command::Ls { json } => {
+            let rows = inspect::summaries(&root)?;
+            if json {
+                output::json(&rows)?
+            } else {
+                output::vms(&rows)
+            }
+        }
+        Command::Ps { name, json } => {
+            let rows = inspect::processes(&root, &name.parse()?)?;
+            if json {
+                output::json(&rows)?
+            } else {
+                output::processes(&rows)
+            }
+        }
+        Command::Inspect { name } => output::json(&inspect::inspect(&root, &name.parse()?)?)?,
+        Command::Diff { name, json } => {
+            let changes = commit::changes(&root, &name.parse()?)?;
+            if json {
+                output::json(&changes)?
+            } else {
+                output::changes(&changes)
+            }
+        }
+        Command::Commit { name, paths, force } => {
+            let applied = commit::commit(&root, &name.parse()?, &paths, force)?;
+            output::changes(&applied);
+        }
+        Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
+        Command::Keeper {
+            state_dir,
+            run_dir,
+            ready_fd,
+            name,
+        } => {
+            let ready = ready_pipe(ready_fd)?;
+            let root = StateRoot::with_dirs(state_dir, run_dir);
+            let code = feather_vm::keeper::main_background(root, name.parse()?, ready);
+            return Ok(exit_code(code));
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run`: a throw-away VM with --rm; otherwise the named VM, created and started as needed.
+fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let workload = workload(&args.process, args.command)?;
+    if args.rm {
+        let name = match &args.name {
+            Some(name) => name.parse()?,
+            None => format!("run-{}", std::process::id()).parse()?,
+        };
+        if args.process.tty {
+            anyhow::bail!(
+                "--rm with -t is not supported yet; create the VM, then `feather exec -t`"
+            );
+        }
+        let code = lifecycle::run_ephemeral(root, &name, &create_options(&args.create)?, workload)?;
+        return Ok(exit_code(code));
+    }
+    let Some(name) = args.name else {
+        anyhow::bail!("name the VM to run in, or use --rm for a throw-away one");
+    };
+    let name: VmName = name.parse()?;
+    match root.open(&name) {
+        Ok(_) if !args.create.is_empty() => {
+            anyhow::bail!("VM {name} exists: --base, --memory, --pids and --cpus apply only when run creates it")
+        }
+        Ok(_) => {}
+        Err(Error::NotFound(_)) => {
+            lifecycle::create(root, &name, &create_options(&args.create)?)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    if !lifecycle::status(&root.open(&name)?)?
+        .status
+        .eq(&feather_core::VmStatus::Running)
+    {
+        lifecycle::start(root, &name)?;
+    }
+    Ok(exit_code(exec(root, &name, &workload, args.process.tty)?))
+}
+
+fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
+    let limits = Limits {
+        memory: args.memory.as_deref().map(parse_bytes).transpose()?,
+        pids: args.pids.map(Limits::validate_pids).transpose()?,
+        cpus: args.cpus.as_deref().map(Limits::parse_cpus).transpose()?,
+    };
+    Ok(CreateOptions {
+        base: args.base.clone(),
+        limits,
+        ephemeral: false,
+    })
+}
+
+fn workload(args: &ProcessArgs, argv: Vec<String>) -> anyhow::Result<Workload> {
+    let env = args
+        .env
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+            _ => Err(Error::InvalidValue {
+                what: "--env",
+                value: pair.clone(),
+                why: "expected KEY=VALUE".into(),
+            }),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Workload {
+        argv,
+        env,
+        cwd: args.workdir.clone(),
+        user: args.user.clone(),
+    })
+}
+
+fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+/// Takes the pipe that `feather start` left open for its keeper to report on.
+fn ready_pipe(fd: i32) -> anyhow::Result<OwnedFd> {
+    if fd < 3 || !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+        anyhow::bail!("--ready-fd {fd} is not an open descriptor");
+    }
+    // SAFETY: the descriptor is open (checked above) and was left to this process by its
+    // parent, `feather start`, for exactly this use; nothing else in the process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}

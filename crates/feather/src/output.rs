@@ -1,0 +1,85 @@
+//! How results are shown: tables for people, JSON for programs.
+
+use comfy_table::presets::NOTHING;
+use comfy_table::{Cell, Table};
+use feather_core::size::format_bytes;
+use feather_vm::diff::Change;
+use feather_vm::inspect::{Process, Summary};
+use serde::Serialize;
+
+pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+fn table(header: &[&str]) -> Table {
+    let mut table = Table::new();
+    table
+        .load_preset(NOTHING)
+        .set_header(header.iter().map(|h| Cell::new(h)));
+    table
+}
+
+pub fn vms(rows: &[Summary]) {
+    let mut t = table(&[
+        "NAME",
+        "STATUS",
+        "PROCS",
+        "MEMORY",
+        "BASE",
+        "CREATED",
+        "LAST EXIT",
+    ]);
+    let now = feather_core::state::now();
+    for vm in rows {
+        t.add_row(vec![
+            vm.name.clone(),
+            vm.status.to_string(),
+            vm.processes.to_string(),
+            vm.memory_bytes
+                .map(human_bytes)
+                .unwrap_or_else(|| "-".into()),
+            vm.base.display().to_string(),
+            format!("{} ago", age(now.saturating_sub(vm.created))),
+            vm.last_exit.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+pub fn processes(rows: &[Process]) {
+    let mut t = table(&["PID", "HOST PID", "UID", "COMMAND"]);
+    for p in rows {
+        t.add_row(vec![
+            p.pid.to_string(),
+            p.host_pid.to_string(),
+            p.uid.to_string(),
+            p.command.clone(),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+pub fn changes(changes: &[Change]) {
+    for change in changes {
+        println!("{} {}", change.kind.letter(), change.path.display());
+    }
+}
+
+fn human_bytes(bytes: u64) -> String {
+    match bytes {
+        b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
+        b if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
+        b if b >= 1 << 10 => format!("{}K", b >> 10),
+        b => format_bytes(b),
+    }
+}
+
+fn age(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
