@@ -1,0 +1,14 @@
+//! Functional tests: what a user of feather VMs relies on, end to end, as root, against the
+//! real kernel. Each test has its own state root and cleans up after itself.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod bad_input;
+mod commit;
+mod copy_on_write;
+mod exec;
+mod isolation;
+mod lifecycle;
+mod limits;
+mod recovery;

@@ -1,0 +1,6 @@
+//! Security tests: what a VM's root must not be able to do or see.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod capabilities;

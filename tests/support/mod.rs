@@ -1,0 +1,212 @@
+//! What every integration test stands on: a private state root per test, a way to call the
+//! real `feather` binary, and scratch base trees. Everything a test makes is removed when its
+//! fixture is dropped, also when the test fails.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+/// A folder of its own under /tmp/feather-tests, removed on drop.
+fn unique_dir(kind: &str, label: &str) -> PathBuf {
+    let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+    let dir = PathBuf::from("/tmp/feather-tests").join(format!("{kind}-{label}-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The result of one `feather` call.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Outcome {
+    fn from(output: Output) -> Self {
+        Outcome {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+/// A private feather state root. Dropping it removes every VM in it (stopping the running ones)
+/// and the root itself.
+pub struct Feather {
+    pub root: PathBuf,
+}
+
+impl Feather {
+    pub fn new(label: &str) -> Self {
+        Feather { root: unique_dir("root", label) }
+    }
+
+    pub fn bin() -> &'static str {
+        env!("CARGO_BIN_EXE_feather")
+    }
+
+    /// A `feather --root <this root>` command, ready for more arguments.
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(Self::bin());
+        command.arg("--root").arg(&self.root).stdin(Stdio::null());
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Outcome {
+        self.command().args(args).output().expect("feather runs").into()
+    }
+
+    /// Runs `feather args…` and returns its stdout; panics with its stderr if it failed.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let outcome = self.run(args);
+        assert_eq!(outcome.code, 0, "feather {args:?} failed: {}{}", outcome.stderr, outcome.stdout);
+        outcome.stdout
+    }
+
+    /// Runs `feather args…`, asserts it failed, and returns its stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let outcome = self.run(args);
+        assert_ne!(outcome.code, 0, "feather {args:?} should have failed, printed: {}", outcome.stdout);
+        outcome.stderr
+    }
+
+    /// Runs a shell command line inside a running (or startable) VM; returns its stdout.
+    pub fn sh(&self, vm: &str, script: &str) -> String {
+        self.ok(&["exec", vm, "--", "sh", "-c", script])
+    }
+
+    pub fn inspect(&self, vm: &str) -> serde_json::Value {
+        serde_json::from_str(&self.ok(&["inspect", vm])).expect("inspect prints JSON")
+    }
+
+    pub fn status(&self, vm: &str) -> String {
+        self.inspect(vm)["state"]["status"].as_str().unwrap_or_default().to_owned()
+    }
+
+    pub fn vm_dir(&self, vm: &str) -> PathBuf {
+        self.root.join("vms").join(vm)
+    }
+
+    /// The VM's cgroup folders on the host (in every hierarchy).
+    pub fn cgroup_dirs(&self, vm: &str) -> Vec<PathBuf> {
+        self.inspect(vm)["cgroup"].as_array().unwrap().iter().map(|p| PathBuf::from(p.as_str().unwrap())).collect()
+    }
+
+    /// Waits up to 10 s for `check` to hold.
+    pub fn eventually(&self, what: &str, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !check() {
+            assert!(Instant::now() < deadline, "timed out waiting until {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn vm_names(&self) -> Vec<String> {
+        fs::read_dir(self.root.join("vms"))
+            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Feather {
+    fn drop(&mut self) {
+        for vm in self.vm_names() {
+            let removed = self.run(&["rm", "--force", &vm]).code == 0;
+            if !removed {
+                kill_recorded_processes(&self.vm_dir(&vm));
+            }
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+/// Last resort when `rm` failed: kill the keeper and init this VM recorded, by pid, after
+/// checking they are still ours.
+fn kill_recorded_processes(vm_dir: &Path) {
+    let Ok(text) = fs::read_to_string(vm_dir.join("state.json")) else { return };
+    let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else { return };
+    for key in ["init_pid", "keeper_pid"] {
+        if let Some(pid) = state[key].as_i64() {
+            let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmdline.contains("feather") {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+            }
+        }
+    }
+}
+
+/// A minimal root tree: busybox (static) as every command, plus whatever the test adds.
+/// VMs over it can run shell scripts, and `commit` writes only into it.
+pub struct ScratchBase {
+    pub path: PathBuf,
+    mounts: Vec<PathBuf>,
+}
+
+const BUSYBOX_COMMANDS: [&str; 36] = [
+    "sh", "cat", "echo", "ls", "rm", "mv", "cp", "mkdir", "rmdir", "chmod", "chown", "ln", "touch", "stat", "test", "true",
+    "false", "sleep", "ps", "id", "hostname", "head", "tail", "wc", "grep", "sed", "printf", "kill", "readlink", "seq",
+    "tr", "env", "pwd", "mknod", "mount", "dd",
+];
+
+impl ScratchBase {
+    pub fn new(label: &str) -> Self {
+        let path = unique_dir("base", label);
+        for dir in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "run", "data"] {
+            fs::create_dir_all(path.join(dir)).unwrap();
+        }
+        fs::copy("/bin/busybox", path.join("bin/busybox")).expect("busybox-static is installed (./setup.sh)");
+        for command in BUSYBOX_COMMANDS {
+            symlink("busybox", path.join("bin").join(command)).unwrap();
+        }
+        fs::write(path.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n").unwrap();
+        fs::write(path.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+        ScratchBase { path, mounts: Vec::new() }
+    }
+
+    pub fn as_str(&self) -> &str {
+        self.path.to_str().unwrap()
+    }
+
+    pub fn file(&self, rel: &str) -> PathBuf {
+        self.path.join(rel)
+    }
+
+    pub fn write(&self, rel: &str, contents: &str) {
+        let path = self.file(rel);
+        fs::create_dir_all(path.parent().unwrap()).unwrap();
+        fs::write(path, contents).unwrap();
+    }
+
+    pub fn read(&self, rel: &str) -> Option<String> {
+        fs::read_to_string(self.file(rel)).ok()
+    }
+
+    /// Mounts a tmpfs at `rel` (a separate filesystem under the base); unmounted on drop.
+    pub fn mount_tmpfs(&mut self, rel: &str) -> PathBuf {
+        let target = self.file(rel);
+        fs::create_dir_all(&target).unwrap();
+        let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "feather-test"]).arg(&target).status().unwrap();
+        assert!(status.success(), "mount tmpfs at {}", target.display());
+        self.mounts.push(target.clone());
+        target
+    }
+}
+
+impl Drop for ScratchBase {
+    fn drop(&mut self) {
+        for target in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg(target).status();
+        }
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
