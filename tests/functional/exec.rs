@@ -76,3 +76,14 @@ fn exec_into_a_stopped_vm_is_refused() {
     assert_eq!(outcome.code, 125);
     assert_eq!(outcome.stderr, "feather: VM idle is not running (start it with `feather start idle`)\n");
 }
+
+#[test]
+fn commands_get_default_signal_actions() {
+    let (feather, _base) = running("exec-sigpipe");
+    // With SIGPIPE ignored (as Rust leaves it), `yes` would see EPIPE and report an error
+    // instead of dying quietly when `head` exits.
+    let outcome = feather.run(&["exec", "vm", "--", "sh", "-c", "yes | head -n 2"]);
+    assert_eq!((outcome.stdout.as_str(), outcome.stderr.as_str()), ("y\ny\n", ""));
+    let masks = feather.ok(&["exec", "vm", "--", "grep", "-E", "^(SigIgn|SigBlk)", "/proc/self/status"]);
+    assert_eq!(masks, "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n");
+}

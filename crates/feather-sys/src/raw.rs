@@ -111,6 +111,19 @@ pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
     }
 }
 
+/// Restores the default action of every catchable signal. Rust's runtime ignores SIGPIPE in its
+/// own processes; a program started by plain exec would inherit that and misbehave in pipelines.
+pub fn reset_signal_dispositions() {
+    for signal in 1..libc::SIGRTMIN() {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: SIG_DFL is always a valid disposition; the call touches only this process's
+        // signal table, and no handler of ours is running (the caller is about to exec).
+        unsafe { libc::signal(signal, libc::SIG_DFL) };
+    }
+}
+
 /// Makes `fd`, a terminal, the controlling terminal of the calling session leader.
 pub fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
     // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal from another session).

@@ -47,6 +47,7 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
     let program = workload.argv.first().ok_or("no command given")?;
     // The parent blocked signals to read them from a signalfd; the program must not inherit that.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    feather_sys::process::reset_signal_dispositions();
     let resolved = resolve(workload, terminal)?;
     feather_confine::capabilities::reduce_to_default().map_err(|e| e.to_string())?;
     // Groups first: once the uid is not 0, the process may no longer change them.
