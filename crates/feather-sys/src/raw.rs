@@ -111,16 +111,28 @@ pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
     }
 }
 
-/// Restores the default action of every catchable signal. Rust's runtime ignores SIGPIPE in its
-/// own processes; a program started by plain exec would inherit that and misbehave in pipelines.
+/// `struct sigaction` as the kernel's rt_sigaction(2) takes it on x86-64 and aarch64.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Restores the default action of every catchable signal, the real-time ones glibc reserves for
+/// itself (32, 33) included. Rust's runtime ignores SIGPIPE, and a parent may have ignored
+/// others; a program started by plain exec would inherit that and misbehave.
 pub fn reset_signal_dispositions() {
-    for signal in 1..libc::SIGRTMIN() {
+    let default = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    for signal in 1..=64 {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
         }
-        // SAFETY: SIG_DFL is always a valid disposition; the call touches only this process's
-        // signal table, and no handler of ours is running (the caller is about to exec).
-        unsafe { libc::signal(signal, libc::SIG_DFL) };
+        // SAFETY: `default` is a valid kernel sigaction for SIG_DFL (no handler, no restorer
+        // needed), the old action pointer is null, and the mask size is the kernel's 8 bytes.
+        // Only this process's signal table changes; it is about to exec.
+        unsafe { libc::syscall(libc::SYS_rt_sigaction, signal, &default as *const KernelSigaction, std::ptr::null_mut::<KernelSigaction>(), 8) };
     }
 }
 
