@@ -22,18 +22,37 @@ fn writes_deletes_renames_and_chmods_stay_in_the_vm() {
          && echo new > /data/new && rm -r /data/tree && mkdir /data/tree && echo fresh > /data/tree/other",
     );
     // The VM sees its own changes...
-    assert_eq!(feather.sh("cow", "cat /data/edit /data/moved /data/new /data/tree/other"), "vm\nhost\nnew\nfresh\n");
-    assert_eq!(feather.sh("cow", "ls /data/tree; stat -c %a /data/mode; ls /data"), "other\n600\nedit\nkeep\nmode\nmoved\nnew\ntree\n");
+    assert_eq!(
+        feather.sh(
+            "cow",
+            "cat /data/edit /data/moved /data/new /data/tree/other"
+        ),
+        "vm\nhost\nnew\nfresh\n"
+    );
+    assert_eq!(
+        feather.sh("cow", "ls /data/tree; stat -c %a /data/mode; ls /data"),
+        "other\n600\nedit\nkeep\nmode\nmoved\nnew\ntree\n"
+    );
     // ...and the host none of them.
     assert_eq!(base.read("data/edit").unwrap(), "host\n");
     assert!(base.file("data/gone").exists() && base.file("data/move").exists());
     assert!(!base.file("data/moved").exists() && !base.file("data/new").exists());
-    assert_eq!(fs::metadata(base.file("data/mode")).unwrap().permissions().mode() & 0o777, 0o644);
+    assert_eq!(
+        fs::metadata(base.file("data/mode"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
     assert_eq!(base.read("data/tree/sub/leaf").unwrap(), "host\n");
     // The changes live in the VM's layer and survive a restart.
     feather.ok(&["stop", "cow"]);
     feather.ok(&["start", "cow"]);
-    assert_eq!(feather.sh("cow", "cat /data/edit; test -e /data/gone || echo gone"), "vm\ngone\n");
+    assert_eq!(
+        feather.sh("cow", "cat /data/edit; test -e /data/gone || echo gone"),
+        "vm\ngone\n"
+    );
 }
 
 #[test]
@@ -69,7 +88,10 @@ fn two_vms_do_not_see_each_others_changes() {
         feather.ok(&["start", vm]);
     }
     feather.sh("left", "echo left > /data/mine; rm /etc/passwd");
-    assert_eq!(feather.sh("right", "ls /data; test -e /etc/passwd && echo has-passwd"), "has-passwd\n");
+    assert_eq!(
+        feather.sh("right", "ls /data; test -e /etc/passwd && echo has-passwd"),
+        "has-passwd\n"
+    );
     assert_eq!(feather.sh("left", "cat /data/mine"), "left\n");
 }
 
@@ -81,9 +103,21 @@ fn other_filesystems_under_the_base_are_copy_on_write_too() {
     fs::write(mounted.join("on-tmpfs"), "host\n").unwrap();
     feather.ok(&["create", "sub", "--base", base.as_str()]);
     feather.ok(&["start", "sub"]);
-    assert_eq!(feather.sh("sub", "cat /srv/on-tmpfs; echo vm > /srv/on-tmpfs; echo x > /srv/added; cat /srv/on-tmpfs"), "host\nvm\n");
-    assert_eq!(fs::read_to_string(mounted.join("on-tmpfs")).unwrap(), "host\n");
+    assert_eq!(
+        feather.sh(
+            "sub",
+            "cat /srv/on-tmpfs; echo vm > /srv/on-tmpfs; echo x > /srv/added; cat /srv/on-tmpfs"
+        ),
+        "host\nvm\n"
+    );
+    assert_eq!(
+        fs::read_to_string(mounted.join("on-tmpfs")).unwrap(),
+        "host\n"
+    );
     assert!(!mounted.join("added").exists());
-    assert_eq!(feather.ok(&["diff", "sub"]), "A /srv/added\nM /srv/on-tmpfs\n");
+    assert_eq!(
+        feather.ok(&["diff", "sub"]),
+        "A /srv/added\nM /srv/on-tmpfs\n"
+    );
     feather.ok(&["stop", "sub"]);
 }

@@ -12,7 +12,10 @@ fn the_vm_has_its_own_pids_hostname_and_network() {
     let pids = feather.sh("box1", "ls /proc | grep -E '^[0-9]+$'");
     let pids: Vec<u32> = pids.lines().map(|l| l.parse().unwrap()).collect();
     assert!(pids.contains(&1), "{pids:?}");
-    assert!(pids.len() <= 4, "only the VM's processes are visible: {pids:?}");
+    assert!(
+        pids.len() <= 4,
+        "only the VM's processes are visible: {pids:?}"
+    );
     assert_eq!(feather.sh("box1", "cat /proc/1/comm"), "feather-init\n");
     assert_eq!(feather.sh("box1", "hostname"), "box1\n");
     assert_eq!(feather.sh("box1", "ls /sys/class/net"), "lo\n");
@@ -24,14 +27,31 @@ fn the_vm_has_its_own_pids_hostname_and_network() {
 fn system_v_ipc_of_the_host_is_invisible() {
     let feather = Feather::new("iso-ipc");
     let base = ScratchBase::new("iso-ipc");
-    let made = Command::new("ipcmk").args(["-M", "4096"]).output().expect("ipcmk (util-linux) runs");
-    let id: String = String::from_utf8_lossy(&made.stdout).chars().filter(|c| c.is_ascii_digit()).collect();
+    let made = Command::new("ipcmk")
+        .args(["-M", "4096"])
+        .output()
+        .expect("ipcmk (util-linux) runs");
+    let id: String = String::from_utf8_lossy(&made.stdout)
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
     let _cleanup = scopeguard(move || {
         let _ = Command::new("ipcrm").args(["-m", &id]).status();
     });
-    let host_segments = std::fs::read_to_string("/proc/sysvipc/shm").unwrap().lines().count();
+    let host_segments = std::fs::read_to_string("/proc/sysvipc/shm")
+        .unwrap()
+        .lines()
+        .count();
     assert!(host_segments >= 2, "the host has the segment just made");
-    let out = feather.ok(&["run", "--rm", "--base", base.as_str(), "--", "cat", "/proc/sysvipc/shm"]);
+    let out = feather.ok(&[
+        "run",
+        "--rm",
+        "--base",
+        base.as_str(),
+        "--",
+        "cat",
+        "/proc/sysvipc/shm",
+    ]);
     assert_eq!(out.lines().count(), 1, "only the header: {out}");
 }
 
@@ -43,7 +63,11 @@ fn the_state_folder_and_other_vms_layers_are_hidden() {
     feather.sh("peer", "echo secret > /root/peer-secret");
     let root = feather.root.to_str().unwrap().to_owned();
     let script = format!("ls -A {root} | wc -l; cat {root}/vms/peer/upper/root/peer-secret >/dev/null 2>&1 && echo visible || echo hidden");
-    assert_eq!(feather.ok(&["run", "--rm", "--", "sh", "-c", &script]), "0\nhidden\n", "the state root is an empty folder inside");
+    assert_eq!(
+        feather.ok(&["run", "--rm", "--", "sh", "-c", &script]),
+        "0\nhidden\n",
+        "the state root is an empty folder inside"
+    );
 }
 
 /// Runs `f` when dropped, also when the test panics.

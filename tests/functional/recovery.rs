@@ -10,7 +10,10 @@ fn pid_of(feather: &Feather, vm: &str, key: &str) -> Pid {
 }
 
 fn alive(pid: Pid) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists() && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
 }
 
 #[test]
@@ -20,9 +23,14 @@ fn a_killed_keeper_shows_as_crashed_and_start_recovers_without_losing_data() {
     feather.ok(&["create", "vm", "--base", base.as_str()]);
     feather.ok(&["start", "vm"]);
     feather.sh("vm", "echo precious > /data/kept");
-    let (keeper, init) = (pid_of(&feather, "vm", "keeper_pid"), pid_of(&feather, "vm", "init_pid"));
+    let (keeper, init) = (
+        pid_of(&feather, "vm", "keeper_pid"),
+        pid_of(&feather, "vm", "init_pid"),
+    );
     kill(keeper, Signal::SIGKILL).unwrap();
-    feather.eventually("the VM shows as crashed", || feather.status("vm") == "crashed");
+    feather.eventually("the VM shows as crashed", || {
+        feather.status("vm") == "crashed"
+    });
     feather.eventually("its init is gone with its keeper", || !alive(init));
     let listing = feather.ok(&["ls"]);
     assert!(listing.contains("crashed"), "{listing}");
@@ -42,9 +50,15 @@ fn a_killed_init_stops_the_vm_and_its_keeper_cleans_up() {
     let keeper = pid_of(&feather, "vm", "keeper_pid");
     kill(pid_of(&feather, "vm", "init_pid"), Signal::SIGKILL).unwrap();
     feather.eventually("the VM is stopped", || feather.status("vm") == "stopped");
-    assert_eq!(feather.inspect("vm")["state"]["last_exit"], "init killed by SIGKILL");
+    assert_eq!(
+        feather.inspect("vm")["state"]["last_exit"],
+        "init killed by SIGKILL"
+    );
     feather.eventually("the keeper exits", || !alive(keeper));
-    assert!(cgroups.iter().all(|d| !d.exists()), "cgroup removed: {cgroups:?}");
+    assert!(
+        cgroups.iter().all(|d| !d.exists()),
+        "cgroup removed: {cgroups:?}"
+    );
 }
 
 #[test]
@@ -56,11 +70,19 @@ fn rm_of_a_crashed_vm_leaves_no_cgroup_socket_or_state() {
     feather.sh("vm", "sleep 1000 >/dev/null 2>&1 &");
     let cgroups = feather.cgroup_dirs("vm");
     kill(pid_of(&feather, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
-    feather.eventually("the VM shows as crashed", || feather.status("vm") == "crashed");
+    feather.eventually("the VM shows as crashed", || {
+        feather.status("vm") == "crashed"
+    });
     feather.ok(&["rm", "vm"]);
-    assert!(cgroups.iter().all(|d| !d.exists()), "cgroup removed: {cgroups:?}");
+    assert!(
+        cgroups.iter().all(|d| !d.exists()),
+        "cgroup removed: {cgroups:?}"
+    );
     assert!(!feather.root.join("run/vm").exists());
     assert!(!feather.vm_dir("vm").exists());
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    assert!(!mounts.contains(feather.root.to_str().unwrap()), "no mount of this root on the host");
+    assert!(
+        !mounts.contains(feather.root.to_str().unwrap()),
+        "no mount of this root on the host"
+    );
 }

@@ -124,7 +124,12 @@ struct KernelSigaction {
 /// itself (32, 33) included. Rust's runtime ignores SIGPIPE, and a parent may have ignored
 /// others; a program started by plain exec would inherit that and misbehave.
 pub fn reset_signal_dispositions() {
-    let default = KernelSigaction { handler: libc::SIG_DFL, flags: 0, restorer: 0, mask: 0 };
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
     for signal in 1..=64 {
         if signal == libc::SIGKILL || signal == libc::SIGSTOP {
             continue;
@@ -132,7 +137,15 @@ pub fn reset_signal_dispositions() {
         // SAFETY: `default` is a valid kernel sigaction for SIG_DFL (no handler, no restorer
         // needed), the old action pointer is null, and the mask size is the kernel's 8 bytes.
         // Only this process's signal table changes; it is about to exec.
-        unsafe { libc::syscall(libc::SYS_rt_sigaction, signal, &default as *const KernelSigaction, std::ptr::null_mut::<KernelSigaction>(), 8) };
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8,
+            )
+        };
     }
 }
 

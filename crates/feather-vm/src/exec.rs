@@ -22,6 +22,8 @@ use crate::workload::{become_workload, Workload};
 /// Exit code when feather itself could not run the command (as `docker exec` uses).
 pub const EXIT_CANNOT_EXEC: i32 = 126;
 
+/// Runs `workload` in the running VM `name` and returns its exit code. The caller is left in the
+/// VM's namespaces: call this last, or from a child process.
 pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> Result<i32> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;

@@ -55,7 +55,11 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
     setgid(resolved.gid).map_err(|e| format!("setgid {}: {e}", resolved.gid))?;
     setuid(resolved.uid).map_err(|e| format!("setuid {}: {e}", resolved.uid))?;
     // Like login(1): the home folder if it exists, else the root.
-    let cwd = workload.cwd.clone().unwrap_or(if resolved.home.is_dir() { resolved.home } else { PathBuf::from("/") });
+    let cwd = workload.cwd.clone().unwrap_or(if resolved.home.is_dir() {
+        resolved.home
+    } else {
+        PathBuf::from("/")
+    });
     nix::unistd::chdir(&cwd).map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
     let argv: Vec<CString> = workload
         .argv
