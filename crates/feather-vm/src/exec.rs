@@ -38,7 +38,9 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     if process::start_ticks(init) != state.init_start_ticks {
         return Err(Error::NotRunning(name.to_string()).into());
     }
-    cgroup_of(&config).add(Pid::this()).in_vm(name)?;
+    if let Some(cgroup) = cgroup_of(&config) {
+        cgroup.add(Pid::this()).in_vm(name)?;
+    }
     process::join_namespaces(&pidfd, process::vm_namespaces()).in_vm(name)?;
     // From here on, paths resolve inside the VM.
     let terminal = if tty {

@@ -190,7 +190,7 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<String> 
 /// the VM's layer is untouched.
 pub fn recover(vm: &VmDir) -> Result<()> {
     let config = vm.read_config()?;
-    keeper::remove_leftovers(vm, &keeper::cgroup_of(&config));
+    keeper::remove_leftovers(vm, &config);
     let mut state = vm.read_state()?;
     if state.status == VmStatus::Crashed {
         state.status = VmStatus::Stopped;
@@ -219,7 +219,7 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         return Err(Error::Running(name.to_string()).into());
     }
     let config = vm.read_config()?;
-    keeper::remove_leftovers(&vm, &keeper::cgroup_of(&config));
+    keeper::remove_leftovers(&vm, &config);
     // Renamed out of the way first, so a half-finished removal never looks like a VM.
     let doomed = root
         .dir()
