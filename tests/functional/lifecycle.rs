@@ -175,11 +175,28 @@ fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
         args.extend(limits);
         args.extend(["tmp", "--", "sleep", "60"]);
         let mut run = feather.command().args(&args).spawn().unwrap();
-        feather.eventually("the throw-away VM runs", || feather.run(&["inspect", "tmp"]).stdout.contains("\"running\""));
+        feather.eventually("the throw-away VM runs", || {
+            feather
+                .run(&["inspect", "tmp"])
+                .stdout
+                .contains("\"running\"")
+        });
         // Without limits it skips the cgroup (faster start); its processes are found all the same.
-        assert_eq!(feather.inspect("tmp")["cgroup"].as_array().unwrap().is_empty(), !has_cgroup);
-        let ps: serde_json::Value = serde_json::from_str(&feather.ok(&["ps", "tmp", "--json"])).unwrap();
-        let commands: Vec<&str> = ps.as_array().unwrap().iter().map(|p| p["command"].as_str().unwrap()).collect();
+        assert_eq!(
+            feather.inspect("tmp")["cgroup"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            !has_cgroup
+        );
+        let ps: serde_json::Value =
+            serde_json::from_str(&feather.ok(&["ps", "tmp", "--json"])).unwrap();
+        let commands: Vec<&str> = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["command"].as_str().unwrap())
+            .collect();
         assert_eq!(commands.len(), 2, "{commands:?}");
         assert_eq!(commands[1], "sleep 60");
         assert_eq!(feather.sh("tmp", "echo inside"), "inside\n");

@@ -21,6 +21,7 @@ use feather_core::error::IoContext;
 use feather_core::state::now;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
+use feather_sys::mount::LayerSync;
 use feather_sys::process::{self, ChildProcess, Forked};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -107,6 +108,11 @@ impl Keeper {
                 rootfs: vm.rootfs(),
                 layers: layers::for_start(root, vm, &config)?,
                 hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
+                sync: if config.ephemeral {
+                    LayerSync::Volatile
+                } else {
+                    LayerSync::Durable
+                },
             },
             workload,
             grace: DEFAULT_GRACE,
