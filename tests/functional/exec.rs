@@ -1,19 +1,11 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use crate::support::{Feather, ScratchBase};
-
-fn running(label: &str) -> (Feather, ScratchBase) {
-    let feather = Feather::new(label);
-    let base = ScratchBase::new(label);
-    feather.ok(&["create", "vm", "--base", base.as_str()]);
-    feather.ok(&["start", "vm"]);
-    (feather, base)
-}
+use crate::support::{running_vm, Feather, ScratchBase};
 
 #[test]
 fn exec_joins_the_same_running_vm() {
-    let (feather, _base) = running("exec-same");
+    let (feather, _base) = running_vm("exec-same");
     // /run is private to the VM and not in its layer: only the same VM sees the file.
     feather.sh("vm", "echo here > /run/marker");
     assert_eq!(
@@ -26,7 +18,7 @@ fn exec_joins_the_same_running_vm() {
 
 #[test]
 fn exec_takes_user_environment_and_working_directory() {
-    let (feather, _base) = running("exec-opts");
+    let (feather, _base) = running_vm("exec-opts");
     assert_eq!(
         feather.ok(&["exec", "-u", "nobody", "vm", "--", "id", "-u"]),
         "65534\n"
@@ -59,7 +51,7 @@ fn exec_takes_user_environment_and_working_directory() {
 
 #[test]
 fn exec_passes_stdin_and_exit_codes() {
-    let (feather, _base) = running("exec-stdio");
+    let (feather, _base) = running_vm("exec-stdio");
     let mut child = feather
         .command()
         .args([
@@ -82,7 +74,7 @@ fn exec_passes_stdin_and_exit_codes() {
 
 #[test]
 fn exec_with_a_terminal_gets_one_of_the_vms_own() {
-    let (feather, _base) = running("exec-tty");
+    let (feather, _base) = running_vm("exec-tty");
     let out = feather.ok(&[
         "exec",
         "-t",
@@ -97,7 +89,7 @@ fn exec_with_a_terminal_gets_one_of_the_vms_own() {
 
 #[test]
 fn signals_reach_the_command() {
-    let (feather, _base) = running("exec-signal");
+    let (feather, _base) = running_vm("exec-signal");
     let child = feather
         .command()
         .args([
@@ -139,7 +131,7 @@ fn exec_into_a_stopped_vm_is_refused() {
 
 #[test]
 fn commands_get_default_signal_actions() {
-    let (feather, _base) = running("exec-sigpipe");
+    let (feather, _base) = running_vm("exec-sigpipe");
     // With SIGPIPE ignored (as Rust leaves it), `yes` would see EPIPE and report an error
     // instead of dying quietly when `head` exits.
     let outcome = feather.run(&["exec", "vm", "--", "sh", "-c", "yes | head -n 2"]);

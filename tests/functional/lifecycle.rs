@@ -117,8 +117,7 @@ fn run_rm_leaves_nothing_behind() {
 fn stop_ends_every_process_of_the_vm() {
     let feather = Feather::new("stop-all");
     let base = ScratchBase::new("stop-all");
-    feather.ok(&["create", "busy", "--base", base.as_str()]);
-    feather.ok(&["start", "busy"]);
+    feather.start_over("busy", &base, &[]);
     // Daemons that ignore SIGTERM are killed after the grace period.
     feather.sh(
         "busy",

@@ -24,8 +24,7 @@ use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
 use feather_sys::mount::LayerSync;
 use feather_sys::process::{self, ChildProcess, Forked};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::error::{failed, InVm, Result};
@@ -43,6 +42,16 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a VM may take from clone to its init's report before the start is abandoned.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Signals that stop the VM (or, in the foreground, go to its workload).
+const HANDLED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
 
 /// The cgroup of a VM, named by its id so VMs of one name under two state roots never meet.
 /// `None` for a VM that has none (see [`uses_cgroup`]).
@@ -158,8 +167,7 @@ impl Keeper {
     /// Serves the control socket until the VM's init exits, then cleans up. `foreground`:
     /// the keeper is the user's `feather run --rm`, and signals it receives go to the workload.
     pub fn serve(self, foreground: bool) -> Result<Ended> {
-        let signals =
-            block_signals().map_err(|e| failed(self.vm.name(), format!("signalfd: {e}")))?;
+        let signals = process::block_signals(&HANDLED).in_vm(self.vm.name())?;
         let mut stop_requests: Vec<UnixStream> = Vec::new();
         let mut kill_deadline: Option<Instant> = None;
         let status = loop {
@@ -353,22 +361,6 @@ fn listen(vm: &VmDir) -> Result<UnixListener> {
     let _ = fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).at(&socket)?;
     Ok(listener)
-}
-
-fn block_signals() -> nix::Result<SignalFd> {
-    let mut set = SigSet::empty();
-    for signal in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        set.add(signal);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)
 }
 
 fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {
