@@ -13,6 +13,8 @@ packages=(
     iproute2         # `ip`, used by tests to look for leftover links
     procps           # `ps` inside VMs in tests
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
+    tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
+    iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -24,6 +26,10 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# CRIU >= 4.1 (Debian 13's, with its own glibc, in /opt/feather/criu; the system's packages and
+# apt sources are not changed): checkpoint and restore of VMs. Quick when already installed.
+scripts/install-criu
 
 cargo build --workspace --all-targets
 cargo build --release -p feather

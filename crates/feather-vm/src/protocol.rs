@@ -15,6 +15,8 @@ pub enum Request {
     Status,
     /// Stop the VM: SIGTERM to every process, SIGKILL after `grace_secs`.
     Stop { grace_secs: u64 },
+    /// Save the VM's processes with CRIU; unless `leave_running`, they end once saved.
+    Checkpoint { leave_running: bool },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -22,6 +24,7 @@ pub enum Request {
 pub enum Response {
     Running { init_pid: i32 },
     Stopped { how: String },
+    Checkpointed { leave_running: bool },
     Error { message: String },
 }
 

@@ -86,6 +86,28 @@ pub enum Command {
     },
     /// Drop all changes of a stopped VM
     Reset { name: String },
+    /// Save a running VM's processes with CRIU (they end, unless --leave-running)
+    Checkpoint {
+        name: String,
+        /// Keep the VM running after saving it
+        #[arg(long)]
+        leave_running: bool,
+        /// Also write the VM (config, layers, checkpoint) to FILE, a zstd-compressed tar
+        #[arg(long, value_name = "FILE")]
+        export: Option<PathBuf>,
+    },
+    /// Bring a checkpointed VM back, where it was
+    Restore {
+        name: String,
+        /// First add the VM to this state root from FILE (made by `checkpoint --export`)
+        #[arg(long, value_name = "FILE")]
+        import: Option<PathBuf>,
+    },
+    /// Check what feather needs from this machine: a CRIU that works on this kernel
+    Check {
+        #[arg(long)]
+        json: bool,
+    },
     #[command(name = "__keeper", hide = true)]
     Keeper {
         #[arg(long)]
@@ -94,8 +116,14 @@ pub enum Command {
         run_dir: PathBuf,
         #[arg(long)]
         ready_fd: i32,
+        /// Restore the VM from its checkpoint instead of booting it
+        #[arg(long)]
+        restore: bool,
         name: String,
     },
+    /// A VM's init after it re-executed itself from inside the VM
+    #[command(name = "__init", hide = true)]
+    Init { keeper_fd: i32, resumed: String },
 }
 
 #[derive(Debug, Args, Clone, Default)]

@@ -14,7 +14,7 @@ use feather_core::{Error, Limits, StateRoot, VmName};
 use feather_vm::exec::exec;
 use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::workload::Workload;
-use feather_vm::{commit, inspect};
+use feather_vm::{checkpoint, commit, inspect};
 
 use cli::{Cli, Command, CreateArgs, ProcessArgs, RunArgs};
 
@@ -95,15 +95,37 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output::changes(&applied);
         }
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
+        Command::Checkpoint {
+            name,
+            leave_running,
+            export,
+        } => {
+            let images =
+                checkpoint::checkpoint(&root, &name.parse()?, leave_running, export.as_deref())?;
+            eprintln!("checkpoint of {name} in {}", images.display());
+            if let Some(file) = export {
+                eprintln!("exported to {}", file.display());
+            }
+        }
+        Command::Restore { name, import } => {
+            checkpoint::restore(&root, &name.parse()?, import.as_deref())?
+        }
+        Command::Check { json } => return check(json),
+        Command::Init { keeper_fd, resumed } => {
+            let keeper = ready_pipe(keeper_fd)?;
+            let resumed = serde_json::from_str(&resumed)?;
+            feather_vm::init::resume(keeper.into(), resumed)
+        }
         Command::Keeper {
             state_dir,
             run_dir,
             ready_fd,
+            restore,
             name,
         } => {
             let ready = ready_pipe(ready_fd)?;
             let root = StateRoot::with_dirs(state_dir, run_dir);
-            let code = feather_vm::keeper::main_background(root, name.parse()?, ready);
+            let code = feather_vm::keeper::main_background(root, name.parse()?, ready, restore);
             return Ok(exit_code(code));
         }
     }
@@ -147,6 +169,23 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         lifecycle::start(root, &name)?;
     }
     Ok(exit_code(exec(root, &name, &workload, args.process.tty)?))
+}
+
+/// `feather check`: is there a CRIU that works here, and which kernel features does it lack.
+/// Exits 1 when checkpoints cannot work.
+fn check(json: bool) -> anyhow::Result<ExitCode> {
+    let criu = feather_migrate::criu::Criu::locate()?;
+    let report = criu.report();
+    if json {
+        output::json(&report)?;
+    } else {
+        output::criu_report(&report);
+    }
+    if report.works {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
+    }
 }
 
 fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {

@@ -1,0 +1,304 @@
+//! Checkpoint and restore of a whole VM with CRIU: its init and every process under it, with
+//! their memory, open files, sockets, pids (inside the VM), hostname and namespaces.
+//!
+//! ```text
+//! feather checkpoint ──Checkpoint──▶ keeper ── criu dump --tree <init> ──▶ images in
+//!                                      │          <vm>/checkpoint/, the VM's processes end
+//!                                      └─ records "checkpointed" once init is gone
+//! feather restore ── spawns a keeper in restore mode:
+//!   keeper: cgroup with the VM's limits ─ fork ─▶ child: own mount namespace, the VM's root
+//!      ▲                                           overlay mounted at <vm>/rootfs, joins the
+//!      │                                           cgroup, execs `criu restore --root <vm>/rootfs
+//!      │                                           --restore-sibling`
+//!      └── the restored init is the keeper's own child (a sibling of criu), held by a pidfd
+//!          like a booted one; ls, exec, ps, stop and rm work as before.
+//! ```
+//!
+//! The VM's root overlay is mounted by the restoring side, because CRIU rebuilds the VM's mount
+//! namespace on top of a root it is given (`--root`); every other mount of the VM (its /proc,
+//! /dev, /run with its content, devpts, mqueue) CRIU recreates from its images.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use feather_core::atomic::Durability;
+use feather_core::error::IoContext;
+use feather_core::{Error, StateRoot, VmConfig, VmDir, VmName, VmStatus};
+use feather_migrate::archive;
+use feather_migrate::criu::{self, Criu, Dump, Restore};
+use feather_sys::cgroup::Cgroup;
+use feather_sys::mount::{self, LayerSync};
+use feather_sys::process::{self, ChildProcess};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{failed, InVm, Result};
+use crate::layers;
+use crate::lifecycle;
+use crate::protocol::{self, Request, Response};
+
+/// How long a dump may take before `feather checkpoint` stops waiting for the keeper.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The file in an images folder that says a dump completed.
+const INVENTORY: &str = "inventory.img";
+
+/// The restored init's host pid, written by CRIU.
+const PIDFILE: &str = "restored.pid";
+
+/// `feather checkpoint`: saves the running VM `name` to its checkpoint folder. Unless
+/// `leave_running`, its processes end and the VM is recorded as checkpointed. With `export`,
+/// the VM (config, layers, images) is also written to that file.
+pub fn checkpoint(
+    root: &StateRoot,
+    name: &VmName,
+    leave_running: bool,
+    export: Option<&Path>,
+) -> Result<PathBuf> {
+    let vm = root.open(name)?;
+    let _op = vm.lock_operations()?;
+    match vm.read_state()?.status {
+        VmStatus::Running => {}
+        VmStatus::Checkpointed => {
+            return Err(failed(
+                name,
+                format!("is already checkpointed (resume it with `feather restore {name}`)"),
+            ))
+        }
+        _ => return Err(Error::NotRunning(name.to_string()).into()),
+    }
+    // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
+    Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    let answer = protocol::call(
+        &vm.control_socket(),
+        &Request::Checkpoint { leave_running },
+        DUMP_TIMEOUT,
+    )
+    .map_err(|e| failed(name, format!("its keeper did not answer: {e}")))?;
+    match answer {
+        Response::Checkpointed { .. } => {}
+        Response::Error { message } => {
+            let prefix = format!("VM {name}: ");
+            return Err(failed(
+                name,
+                message.strip_prefix(&prefix).unwrap_or(&message),
+            ));
+        }
+        other => {
+            return Err(failed(
+                name,
+                format!("unexpected answer from its keeper: {other:?}"),
+            ))
+        }
+    }
+    if let Some(file) = export {
+        archive::export(vm.path(), file).map_err(|e| failed(name, e.to_string()))?;
+    }
+    Ok(vm.checkpoint_dir())
+}
+
+/// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder.
+pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool) -> Result<()> {
+    let name = vm.name();
+    let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    let images = vm.checkpoint_dir();
+    // A checkpoint taken now replaces the last one; a failed one leaves none behind.
+    if images.exists() {
+        fs::remove_dir_all(&images).at(&images)?;
+    }
+    let dumped = criu.dump(&Dump {
+        vm: name.as_str(),
+        pid: init.as_raw(),
+        images: &images,
+        leave_running,
+    });
+    if let Err(e) = dumped {
+        // Keep only the log, which the error points to.
+        if let Ok(entries) = fs::read_dir(&images) {
+            for entry in entries.flatten() {
+                if entry.file_name() != criu::DUMP_LOG {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        return Err(failed(name, e.to_string()));
+    }
+    Ok(())
+}
+
+/// `feather restore`: brings a checkpointed VM back; with `import`, first adds it to this state
+/// root from an archive made by `feather checkpoint --export`.
+pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result<()> {
+    if let Some(file) = import {
+        import_archive(root, name, file)?;
+    }
+    let vm = root.open(name)?;
+    let _op = vm.lock_operations()?;
+    match vm.read_state()?.status {
+        VmStatus::Checkpointed => {}
+        VmStatus::Running => return Err(Error::Running(name.to_string()).into()),
+        _ => {
+            return Err(failed(
+                name,
+                format!("has no checkpoint to restore (take one with `feather checkpoint {name}` while it runs)"),
+            ))
+        }
+    }
+    if !vm.checkpoint_dir().join(INVENTORY).exists() {
+        return Err(failed(
+            name,
+            format!(
+                "its checkpoint in {} is incomplete; `feather rm {name}` removes the VM",
+                vm.checkpoint_dir().display()
+            ),
+        ));
+    }
+    Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    lifecycle::spawn_keeper(root, &vm, true)
+}
+
+/// Adds the VM in `file` to this state root under its recorded name, which must be `name`, as a
+/// checkpointed VM with a new id (its cgroup must not meet the original's, which may still run).
+fn import_archive(root: &StateRoot, name: &VmName, file: &Path) -> Result<()> {
+    if root.open(name).is_ok() {
+        return Err(failed(
+            name,
+            format!(
+                "exists already here; restore it without --import, or `feather rm {name}` first"
+            ),
+        ));
+    }
+    let vms = root.dir().join("vms");
+    fs::create_dir_all(&vms).at(&vms)?;
+    let staging = vms.join(format!(".creating-import-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    let mut config = archive::unpack(file, &staging).map_err(|e| failed(name, e.to_string()))?;
+    let placed = (|| -> Result<()> {
+        if config.name != *name {
+            return Err(failed(
+                name,
+                format!("{} holds VM {}, not {name}", file.display(), config.name),
+            ));
+        }
+        if !staging.join("checkpoint").join(INVENTORY).exists() {
+            return Err(failed(
+                name,
+                format!(
+                    "{} holds no checkpoint (export it with `feather checkpoint {name} --export`)",
+                    file.display()
+                ),
+            ));
+        }
+        config.id = lifecycle::new_id();
+        let text = toml::to_string(&config).map_err(|e| failed(name, e.to_string()))?;
+        feather_core::atomic::write_atomic(
+            &staging.join("config.toml"),
+            text.as_bytes(),
+            Durability::Durable,
+        )?;
+        let mut state = feather_core::VmState::created();
+        state.status = VmStatus::Checkpointed;
+        state.last_exit = Some(format!("imported from {}", file.display()));
+        let text = serde_json::to_vec_pretty(&state).map_err(|e| failed(name, e.to_string()))?;
+        feather_core::atomic::write_atomic(
+            &staging.join("state.json"),
+            &text,
+            Durability::Durable,
+        )?;
+        let target = root.vm(name);
+        fs::rename(&staging, target.path()).at(target.path())?;
+        Ok(())
+    })();
+    if placed.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    placed
+}
+
+/// In a keeper started in restore mode: restores the VM's process tree from its checkpoint
+/// folder and returns its init, now a child of this process.
+pub(crate) fn restore_tree(
+    root: &StateRoot,
+    vm: &VmDir,
+    config: &VmConfig,
+    cgroup: Option<&Cgroup>,
+) -> Result<ChildProcess> {
+    let name = vm.name();
+    let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    let images = vm.checkpoint_dir();
+    let pidfile = images.join(PIDFILE);
+    let _ = fs::remove_file(&pidfile);
+    let layers = layers::for_start(root, vm, config)?;
+    let rootfs = vm.rootfs();
+    let (program, args) = criu.restore_command(&Restore {
+        images: &images,
+        root: &rootfs,
+        pidfile: &pidfile,
+    });
+    let sync = if config.ephemeral {
+        LayerSync::Volatile
+    } else {
+        LayerSync::Durable
+    };
+    let child = match process::fork().in_vm(name)? {
+        None => {
+            // In the child: a mount namespace of its own, so that the VM's root overlay, which
+            // CRIU needs mounted to rebuild the VM's mounts on, never appears on the host.
+            let prepared = (|| -> std::result::Result<(), String> {
+                unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mounts: {e}"))?;
+                mount::make_all_private().map_err(|e| e.to_string())?;
+                let top = &layers[0];
+                mount::overlay(&top.lower, &top.upper, &top.work, &rootfs, sync)
+                    .map_err(|e| e.to_string())?;
+                if let Some(cgroup) = cgroup {
+                    cgroup.add(Pid::this()).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })();
+            if let Err(why) = prepared {
+                eprintln!("feather keeper {name}: cannot prepare the restore: {why}");
+                std::process::exit(125);
+            }
+            process::close_other_fds(&[0, 1, 2]);
+            let why = exec(&program, &args);
+            eprintln!(
+                "feather keeper {name}: cannot run {}: {why}",
+                program.display()
+            );
+            std::process::exit(126);
+        }
+        Some(pid) => pid,
+    };
+    let status = waitpid(child, None);
+    if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+        return Err(failed(
+            name,
+            criu::failure(name.as_str(), "restore", &images.join(criu::RESTORE_LOG)).to_string(),
+        ));
+    }
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .at(&pidfile)?
+        .trim()
+        .parse()
+        .map_err(|_| failed(name, format!("CRIU wrote no pid to {}", pidfile.display())))?;
+    let pid = Pid::from_raw(pid);
+    let pidfd = process::pidfd_open(pid).in_vm(name)?;
+    Ok(ChildProcess { pid, pidfd })
+}
+
+fn exec(program: &Path, args: &[std::ffi::OsString]) -> String {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let argv: std::result::Result<Vec<CString>, _> = std::iter::once(program.as_os_str())
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .map(|a| CString::new(a.as_bytes()))
+        .collect();
+    match argv {
+        Ok(argv) => match nix::unistd::execv(&argv[0], &argv) {
+            Err(e) => e.to_string(),
+        },
+        Err(_) => "an argument contains a NUL byte".into(),
+    }
+}
