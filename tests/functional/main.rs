@@ -5,6 +5,7 @@
 mod support;
 
 mod bad_input;
+mod checkpoint;
 mod commit;
 mod copy_on_write;
 mod exec;

@@ -313,6 +313,9 @@ pub fn failure(vm: &str, action: &'static str, log: &Path) -> MigrateError {
         .collect();
     errors.dedup();
     errors.truncate(6);
+    if let Some(hint) = errors.iter().find_map(|e| hint(e)) {
+        errors.insert(0, hint.to_owned());
+    }
     if errors.is_empty() {
         errors.push("it exited without saying why".into());
     }
@@ -322,6 +325,21 @@ pub fn failure(vm: &str, action: &'static str, log: &Path) -> MigrateError {
         errors,
         log: log.to_path_buf(),
     }
+}
+
+/// What some of CRIU's errors mean for a feather VM, in its user's words.
+fn hint(error: &str) -> Option<&'static str> {
+    const HINTS: [(&str, &str); 5] = [
+        ("Can't lookup mount", "a process of the VM holds a file that lies outside the VM's filesystems (opened on the host and passed in); end that process or have it close the file"),
+        ("io_uring", "a process of the VM uses io_uring, which CRIU cannot save"),
+        ("external socket", "a process of the VM is connected to a unix socket outside the VM"),
+        ("is outside of its pid namespace", "a process of the VM belongs to a session or process group that started outside the VM (run it with `setsid`)"),
+        ("Unexpected rt vDSO area bounds", "this CRIU is too old for this kernel; run feather's scripts/install-criu"),
+    ];
+    HINTS
+        .iter()
+        .find(|(pattern, _)| error.contains(pattern))
+        .map(|(_, hint)| *hint)
 }
 
 /// "Version: 4.1.1" → "4.1.1".

@@ -69,6 +69,12 @@ pub fn checkpoint(
         }
         _ => return Err(Error::NotRunning(name.to_string()).into()),
     }
+    if vm.read_config()?.ephemeral {
+        return Err(failed(
+            name,
+            "is a throw-away VM (run --rm): it goes away with its processes and cannot be checkpointed",
+        ));
+    }
     // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
     Criu::locate().map_err(|e| failed(name, e.to_string()))?;
     let answer = protocol::call(
@@ -123,7 +129,7 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool) -> Result<()> {
                 }
             }
         }
-        return Err(failed(name, e.to_string()));
+        return Err(e.into());
     }
     Ok(())
 }
@@ -273,10 +279,9 @@ pub(crate) fn restore_tree(
     };
     let status = waitpid(child, None);
     if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
-        return Err(failed(
-            name,
-            criu::failure(name.as_str(), "restore", &images.join(criu::RESTORE_LOG)).to_string(),
-        ));
+        return Err(
+            criu::failure(name.as_str(), "restore", &images.join(criu::RESTORE_LOG)).into(),
+        );
     }
     let pid: i32 = fs::read_to_string(&pidfile)
         .at(&pidfile)?

@@ -64,6 +64,11 @@ fn run_child(workload: &Workload, terminal: Option<&Terminal>) -> ! {
             eprintln!("feather: {why}");
             std::process::exit(EXIT_CANNOT_EXEC);
         }
+    } else {
+        // A session of its own inside the VM (with a terminal, attaching made one): what it
+        // leaves running belongs to no session on the host, so the VM can be checkpointed.
+        // Signals from the user's terminal still arrive: exec relays them.
+        let _ = nix::unistd::setsid();
     }
     let why = become_workload(workload, term_name);
     eprintln!("feather: {why}");

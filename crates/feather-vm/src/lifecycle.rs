@@ -85,12 +85,14 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
     let _op = vm.lock_operations()?;
     match vm.read_state()?.status {
         VmStatus::Running => return Err(failed(name, "is already running")),
-        VmStatus::Checkpointed => return Err(failed(
-            name,
-            format!(
+        VmStatus::Checkpointed => {
+            return Err(failed(
+                name,
+                format!(
                 "is checkpointed: resume it with `feather restore {name}` (or `feather rm {name}`)"
             ),
-        )),
+            ))
+        }
         VmStatus::Crashed => recover(&vm)?,
         VmStatus::Created | VmStatus::Stopped => {}
     }

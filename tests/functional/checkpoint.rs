@@ -1,0 +1,282 @@
+//! Checkpoint and restore of whole VMs with CRIU: a VM's processes, with what they hold in
+//! memory, come back where they were — same pids inside, same hostname, same files in /run —
+//! kept by a keeper like any running VM. These tests need a working CRIU (setup.sh installs
+//! one); without it they fail and say why, they never skip.
+
+use std::fs;
+use std::path::Path;
+use std::process::Stdio;
+
+use crate::support::{running_vm, Feather, ScratchBase};
+
+/// Fails the test, with the reason, unless `feather check` finds a CRIU that works here.
+fn require_criu(feather: &Feather) {
+    let check = feather.run(&["check"]);
+    assert_eq!(
+        check.code, 0,
+        "checkpoint tests need a working CRIU (run ./setup.sh, which installs it with scripts/install-criu): {}{}",
+        check.stderr, check.stdout
+    );
+}
+
+/// A running VM `vm` whose shell loop counts in memory and writes each value to /run/count
+/// every 50 ms, started by a plain `feather exec` as a user would (exec gives it a session
+/// inside the VM); its stdio is the VM's /dev/null, as a daemon's would be.
+fn counting_vm(label: &str) -> (Feather, ScratchBase) {
+    let (feather, base) = running_vm(label);
+    require_criu(&feather);
+    feather.sh(
+        "vm",
+        "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /run/count; sleep 0.05; done' \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    feather.eventually("the counter has counted", || count(&feather, "vm") >= 3);
+    (feather, base)
+}
+
+fn count(feather: &Feather, vm: &str) -> u64 {
+    let outcome = feather.run(&["exec", vm, "--", "cat", "/run/count"]);
+    outcome.stdout.trim().parse().unwrap_or(0)
+}
+
+/// (pid inside the VM, command) of the VM's init and of the counting loop.
+fn lasting_processes(feather: &Feather, vm: &str) -> Vec<(i64, String)> {
+    let rows: serde_json::Value = serde_json::from_str(&feather.ok(&["ps", vm, "--json"])).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_i64().unwrap(),
+                p["command"].as_str().unwrap().to_owned(),
+            )
+        })
+        .filter(|(_, command)| !command.starts_with("sleep") && !command.starts_with("cat"))
+        .collect()
+}
+
+fn state_pid(feather: &Feather, vm: &str, key: &str) -> i64 {
+    feather.inspect(vm)["state"][key]
+        .as_i64()
+        .unwrap_or_else(|| panic!("inspect shows no {key}: {}", feather.inspect(vm)))
+}
+
+/// The parent of host process `pid`.
+fn parent_of(pid: i64) -> i64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after_name = &stat[stat.rfind(')').unwrap() + 2..];
+    after_name.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn checkpoint_and_restore_continue_where_the_vm_was() {
+    let (feather, _base) = counting_vm("ckpt-restore");
+    let processes = lasting_processes(&feather, "vm");
+    assert_eq!(processes.len(), 2, "init and the loop: {processes:?}");
+    let old_init = state_pid(&feather, "vm", "init_pid");
+
+    let before = count(&feather, "vm");
+    feather.ok(&["checkpoint", "vm"]);
+    assert_eq!(feather.status("vm"), "checkpointed");
+    assert!(
+        !Path::new(&format!("/proc/{old_init}")).exists(),
+        "the VM's processes ended with the checkpoint"
+    );
+    assert!(feather
+        .vm_dir("vm")
+        .join("checkpoint/inventory.img")
+        .exists());
+    let not_running = feather.fails(&["exec", "vm", "--", "true"]);
+    assert!(not_running.contains("not running"), "{not_running}");
+    let start = feather.fails(&["start", "vm"]);
+    assert!(
+        start.contains("checkpointed") && start.contains("feather restore vm"),
+        "start says how to resume: {start}"
+    );
+
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    let resumed = count(&feather, "vm");
+    assert!(
+        resumed >= before,
+        "the counter resumed from its value ({before}), not from 0: {resumed}"
+    );
+    feather.eventually("the restored loop counts on", || {
+        count(&feather, "vm") > resumed
+    });
+    assert_eq!(
+        lasting_processes(&feather, "vm"),
+        processes,
+        "same pids inside the VM"
+    );
+    assert_eq!(feather.sh("vm", "hostname").trim(), "vm");
+    let init = state_pid(&feather, "vm", "init_pid");
+    assert_eq!(
+        parent_of(init),
+        state_pid(&feather, "vm", "keeper_pid"),
+        "the VM's keeper owns the restored init"
+    );
+
+    feather.ok(&["stop", "vm"]);
+    assert_eq!(feather.status("vm"), "stopped");
+    assert!(!Path::new(&format!("/proc/{init}")).exists());
+    feather.ok(&["rm", "vm"]);
+    assert!(!feather.vm_dir("vm").exists());
+}
+
+#[test]
+fn leave_running_keeps_the_vm_running() {
+    let (feather, _base) = counting_vm("ckpt-leave");
+    let init = state_pid(&feather, "vm", "init_pid");
+    feather.ok(&["checkpoint", "vm", "--leave-running"]);
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(state_pid(&feather, "vm", "init_pid"), init);
+    assert!(feather
+        .vm_dir("vm")
+        .join("checkpoint/inventory.img")
+        .exists());
+    let after = count(&feather, "vm");
+    feather.eventually("the loop counts on", || count(&feather, "vm") > after);
+    let refused = feather.fails(&["restore", "vm"]);
+    assert!(refused.contains("is running"), "{refused}");
+}
+
+#[test]
+fn an_exported_vm_is_restored_in_another_state_root() {
+    let (feather, _base) = counting_vm("ckpt-export");
+    let archive = feather.root.join("vm.tar.zst");
+    let archive = archive.to_str().unwrap();
+    let before = count(&feather, "vm");
+    feather.ok(&["checkpoint", "vm", "--export", archive]);
+    assert_eq!(feather.status("vm"), "checkpointed");
+    let bytes = fs::read(archive).unwrap();
+    assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd archive");
+
+    let elsewhere = Feather::new("ckpt-import");
+    elsewhere.ok(&["restore", "vm", "--import", archive]);
+    assert_eq!(elsewhere.status("vm"), "running");
+    let resumed = count(&elsewhere, "vm");
+    assert!(
+        resumed >= before,
+        "resumed at {resumed}, checkpointed at {before}"
+    );
+    elsewhere.eventually("the imported loop counts on", || {
+        count(&elsewhere, "vm") > resumed
+    });
+    assert_eq!(elsewhere.sh("vm", "hostname").trim(), "vm");
+    assert_ne!(
+        elsewhere.inspect("vm")["config"]["id"],
+        feather.inspect("vm")["config"]["id"],
+        "the imported VM gets an id (and cgroup) of its own"
+    );
+    assert_eq!(
+        feather.status("vm"),
+        "checkpointed",
+        "the original is untouched"
+    );
+
+    let again = elsewhere.fails(&["restore", "vm", "--import", archive]);
+    assert!(again.contains("exists already"), "{again}");
+    let damaged = feather.root.join("damaged.tar.zst");
+    fs::write(&damaged, b"not an archive").unwrap();
+    let bad = Feather::new("ckpt-import-bad");
+    let refused = bad.fails(&["restore", "vm", "--import", damaged.to_str().unwrap()]);
+    assert!(
+        refused.contains("damaged or not a feather archive"),
+        "{refused}"
+    );
+    assert!(
+        bad.ok(&["ls", "--json"]).trim() == "[]",
+        "nothing half-imported"
+    );
+}
+
+#[test]
+fn a_resource_criu_cannot_dump_is_named_and_the_vm_keeps_running() {
+    let (feather, _base) = counting_vm("ckpt-undumpable");
+    // A process of the VM holding a host file, which lies outside every mount of the VM.
+    let host_file = feather.root.join("host-file.txt");
+    let status = feather
+        .command()
+        .args(["exec", "vm", "--", "sh", "-c", "sleep 1000 &"])
+        .stdout(fs::File::create(&host_file).unwrap())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let refused = feather.fails(&["checkpoint", "vm"]);
+    assert!(
+        refused.contains("CRIU cannot checkpoint it")
+            && refused.contains(host_file.to_str().unwrap()),
+        "the error names the file: {refused}"
+    );
+    assert!(
+        refused.contains("dump.log"),
+        "and points to CRIU's log: {refused}"
+    );
+    assert_eq!(feather.status("vm"), "running");
+    let after = count(&feather, "vm");
+    feather.eventually("the VM runs on", || count(&feather, "vm") > after);
+    assert!(!feather
+        .vm_dir("vm")
+        .join("checkpoint/inventory.img")
+        .exists());
+}
+
+#[test]
+fn checkpoint_errors_say_what_to_do() {
+    let feather = Feather::new("ckpt-errors");
+    let base = ScratchBase::new("ckpt-errors");
+    feather.ok(&["create", "idle", "--base", base.as_str()]);
+    let not_running = feather.fails(&["checkpoint", "idle"]);
+    assert!(
+        not_running.contains("VM idle is not running"),
+        "{not_running}"
+    );
+    let nothing = feather.fails(&["restore", "idle"]);
+    assert!(
+        nothing.contains("has no checkpoint to restore"),
+        "{nothing}"
+    );
+
+    feather.ok(&["start", "idle"]);
+    let missing = feather
+        .command()
+        .env("FEATHER_CRIU", "/nonexistent/criu")
+        .args(["checkpoint", "idle"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert_ne!(missing.status.code(), Some(0));
+    assert!(
+        stderr.contains("CRIU is not installed") && stderr.contains("install-criu"),
+        "{stderr}"
+    );
+    assert_eq!(feather.status("idle"), "running", "the VM keeps running");
+    let check = feather
+        .command()
+        .env("FEATHER_CRIU", "/nonexistent/criu")
+        .arg("check")
+        .output()
+        .unwrap();
+    assert_eq!(check.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&check.stderr).contains("CRIU is not installed"));
+}
+
+#[test]
+fn check_reports_criu_and_the_kernel_features_it_lacks() {
+    let feather = Feather::new("ckpt-check");
+    let report: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["check", "--json"])).unwrap();
+    assert_eq!(report["works"], true, "{report}");
+    let version = report["version"].as_str().unwrap();
+    let major: u32 = version.split('.').next().unwrap().parse().unwrap();
+    assert!(major >= 4, "CRIU 4.1 or newer: {version}");
+    let features = report["features"].as_array().unwrap();
+    assert!(features
+        .iter()
+        .any(|f| f["name"] == "clone3_set_tid" && f["supported"] == true));
+    let text = feather.ok(&["check"]);
+    assert!(text.contains("works on this kernel"), "{text}");
+    assert!(text.contains("mem_dirty_track"), "{text}");
+}
