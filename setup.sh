@@ -15,6 +15,7 @@ packages=(
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
     tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
     iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
+    python3          # checkpoint tests: a unix-socket server and client inside a VM over /
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -101,6 +101,9 @@ pub struct Dump<'a> {
     pub images: &'a Path,
     /// Keep the VM running after the dump (otherwise CRIU ends its processes).
     pub leave_running: bool,
+    /// Mounts of the VM not to dump but to expect back at restore, as (mount point inside the
+    /// VM, key): the VM's layers over other host filesystems, which the restoring side mounts.
+    pub external_mounts: &'a [(String, String)],
 }
 
 /// A restore of a dumped tree.
@@ -111,6 +114,8 @@ pub struct Restore<'a> {
     pub root: &'a Path,
     /// Where CRIU writes the host pid of the restored init.
     pub pidfile: &'a Path,
+    /// The external mounts of the dump, as (key, where the restoring side has mounted it).
+    pub external_mounts: &'a [(String, PathBuf)],
 }
 
 impl Criu {
@@ -233,6 +238,10 @@ impl Criu {
         if dump.leave_running {
             args.push("--leave-running".into());
         }
+        for (mount_point, key) in dump.external_mounts {
+            args.push("--external".into());
+            args.push(format!("mnt[{mount_point}]:{key}").into());
+        }
         args.extend(common_options());
         let status = Command::new(&self.path)
             .args(&args)
@@ -269,6 +278,12 @@ impl Criu {
             "--restore-detached".into(),
             "--restore-sibling".into(),
         ];
+        for (key, path) in restore.external_mounts {
+            args.push("--external".into());
+            let mut spec = OsString::from(format!("mnt[{key}]:"));
+            spec.push(path);
+            args.push(spec);
+        }
         args.extend(common_options());
         (self.path.clone(), args)
     }
@@ -329,7 +344,8 @@ pub fn failure(vm: &str, action: &'static str, log: &Path) -> MigrateError {
 
 /// What some of CRIU's errors mean for a feather VM, in its user's words.
 fn hint(error: &str) -> Option<&'static str> {
-    const HINTS: [(&str, &str); 5] = [
+    const HINTS: [(&str, &str); 6] = [
+        ("Can't get 1:16 opt", "a process of the VM has a TCP or UDP socket, which this CRIU cannot save on Linux 6.16 or later (it asks for SO_PASSCRED, which these kernels refuse for IP sockets; fixed in CRIU after 4.2.1)"),
         ("Can't lookup mount", "a process of the VM holds a file that lies outside the VM's filesystems (opened on the host and passed in); end that process or have it close the file"),
         ("io_uring", "a process of the VM uses io_uring, which CRIU cannot save"),
         ("external socket", "a process of the VM is connected to a unix socket outside the VM"),

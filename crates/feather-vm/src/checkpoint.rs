@@ -48,6 +48,19 @@ const INVENTORY: &str = "inventory.img";
 /// The restored init's host pid, written by CRIU.
 const PIDFILE: &str = "restored.pid";
 
+/// The VM's layers over other host filesystems at the time of the dump (see [`ExternalLayer`]).
+const LAYERS: &str = "layers.json";
+
+/// A layer of the VM over another host filesystem (a separate /home, a tmpfs under /mnt). CRIU
+/// does not dump these overlays (it could not mount them again: their options name host
+/// folders in feather's escaped spelling, which it mangles); the restoring side mounts each
+/// from the VM's own folder and hands it to CRIU under its key.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ExternalLayer {
+    key: String,
+    mount_point: PathBuf,
+}
+
 /// `feather checkpoint`: saves the running VM `name` to its checkpoint folder. Unless
 /// `leave_running`, its processes end and the VM is recorded as checkpointed. With `export`,
 /// the VM (config, layers, images) is also written to that file.
@@ -84,7 +97,17 @@ pub fn checkpoint(
     )
     .map_err(|e| failed(name, format!("its keeper did not answer: {e}")))?;
     match answer {
-        Response::Checkpointed { .. } => {}
+        Response::Checkpointed { leave_running: true } => {}
+        // The keeper answers once the VM's processes are gone, just before it exits itself; a
+        // restore right after must not find its lock still held.
+        Response::Checkpointed {
+            leave_running: false,
+        } => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while vm.keeper_alive()? && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
         Response::Error { message } => {
             let prefix = format!("VM {name}: ");
             return Err(failed(
@@ -114,11 +137,27 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool) -> Result<()> {
     if images.exists() {
         fs::remove_dir_all(&images).at(&images)?;
     }
+    let mountinfo = format!("/proc/{init}/mountinfo");
+    let text = fs::read_to_string(&mountinfo).at(&mountinfo)?;
+    let layers: Vec<ExternalLayer> = feather_sys::mountinfo::parse(&text)
+        .into_iter()
+        .filter(|m| m.fs_type == "overlay" && m.mount_point != Path::new("/"))
+        .enumerate()
+        .map(|(i, m)| ExternalLayer {
+            key: format!("feather-layer-{i}"),
+            mount_point: m.mount_point,
+        })
+        .collect();
+    let external: Vec<(String, String)> = layers
+        .iter()
+        .map(|l| (l.mount_point.display().to_string(), l.key.clone()))
+        .collect();
     let dumped = criu.dump(&Dump {
         vm: name.as_str(),
         pid: init.as_raw(),
         images: &images,
         leave_running,
+        external_mounts: &external,
     });
     if let Err(e) = dumped {
         // Keep only the log, which the error points to.
@@ -131,6 +170,8 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool) -> Result<()> {
         }
         return Err(e.into());
     }
+    let list = serde_json::to_vec_pretty(&layers).map_err(|e| failed(name, e.to_string()))?;
+    feather_core::atomic::write_atomic(&images.join(LAYERS), &list, Durability::Durable)?;
     Ok(())
 }
 
@@ -236,12 +277,32 @@ pub(crate) fn restore_tree(
     let images = vm.checkpoint_dir();
     let pidfile = images.join(PIDFILE);
     let _ = fs::remove_file(&pidfile);
-    let layers = layers::for_start(root, vm, config)?;
+    let top = layers::for_start(root, vm, config)?.swap_remove(0);
     let rootfs = vm.rootfs();
+    let list = images.join(LAYERS);
+    let external: Vec<ExternalLayer> = match fs::read(&list) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| failed(name, format!("{}: {e}", list.display())))?,
+        Err(_) => Vec::new(),
+    };
+    let others: Vec<(layers::Layer, PathBuf)> = external
+        .iter()
+        .map(|l| {
+            let layer = layers::Layer::submount(vm, config, l.mount_point.clone());
+            let at = rootfs.join(l.mount_point.strip_prefix("/").unwrap_or(&l.mount_point));
+            (layer, at)
+        })
+        .collect();
+    let mapping: Vec<(String, PathBuf)> = external
+        .iter()
+        .zip(&others)
+        .map(|(l, (_, at))| (l.key.clone(), at.clone()))
+        .collect();
     let (program, args) = criu.restore_command(&Restore {
         images: &images,
         root: &rootfs,
         pidfile: &pidfile,
+        external_mounts: &mapping,
     });
     let sync = if config.ephemeral {
         LayerSync::Volatile
@@ -255,9 +316,12 @@ pub(crate) fn restore_tree(
             let prepared = (|| -> std::result::Result<(), String> {
                 unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mounts: {e}"))?;
                 mount::make_all_private().map_err(|e| e.to_string())?;
-                let top = &layers[0];
                 mount::overlay(&top.lower, &top.upper, &top.work, &rootfs, sync)
                     .map_err(|e| e.to_string())?;
+                for (layer, at) in &others {
+                    mount::overlay(&layer.lower, &layer.upper, &layer.work, at, sync)
+                        .map_err(|e| e.to_string())?;
+                }
                 if let Some(cgroup) = cgroup {
                     cgroup.add(Pid::this()).map_err(|e| e.to_string())?;
                 }
