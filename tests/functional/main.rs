@@ -12,4 +12,5 @@ mod exec;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod migrate;
 mod recovery;

@@ -32,6 +32,9 @@ pub enum MigrateError {
         why: String,
     },
 
+    #[error("migration to/from {peer}: {why}")]
+    Transfer { peer: String, why: String },
+
     #[error("{}: {source}", .path.display())]
     Io {
         path: PathBuf,

@@ -34,7 +34,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
 
-use crate::error::{failed, InVm, Result};
+use crate::error::{failed, InVm, Result, VmError};
 use crate::layers;
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
@@ -97,7 +97,9 @@ pub fn checkpoint(
     )
     .map_err(|e| failed(name, format!("its keeper did not answer: {e}")))?;
     match answer {
-        Response::Checkpointed { leave_running: true } => {}
+        Response::Checkpointed {
+            leave_running: true,
+        } => {}
         // The keeper answers once the VM's processes are gone, just before it exits itself; a
         // restore right after must not find its lock still held.
         Response::Checkpointed {
@@ -369,5 +371,100 @@ fn exec(program: &Path, args: &[std::ffi::OsString]) -> String {
             Err(e) => e.to_string(),
         },
         Err(_) => "an argument contains a NUL byte".into(),
+    }
+}
+
+/// What a migration moved and how long the VM was frozen: from the start of its checkpoint
+/// to the receiver's word that it runs there.
+#[derive(Debug)]
+pub struct Migrated {
+    pub bytes: u64,
+    pub frozen: Duration,
+}
+
+/// `feather migrate`: moves the running VM `name` to the receiver at `to` (a `feather serve`
+/// knowing `token`). The receiver is asked first, so an unreachable one or a wrong token leaves
+/// the VM untouched. Then the VM is checkpointed, its archive sent and checksummed, and the VM
+/// is removed here only once the receiver says it runs there; if anything fails after the
+/// checkpoint, the VM is restored here.
+pub fn migrate(root: &StateRoot, name: &VmName, to: &str, token: &str) -> Result<Migrated> {
+    let vm = root.open(name)?;
+    if vm.read_state()?.status != VmStatus::Running {
+        return Err(Error::NotRunning(name.to_string()).into());
+    }
+    let accepted = feather_migrate::transfer::offer(to, token, name.as_str())?;
+    let archive = root.dir().join(format!(".migrating-{name}.tar.zst"));
+    let started = std::time::Instant::now();
+    let sent = match checkpoint(root, name, false, Some(&archive)) {
+        Ok(_) => accepted.send_archive(&archive).map_err(VmError::from),
+        Err(e) => Err(e),
+    };
+    let _ = fs::remove_file(&archive);
+    match sent {
+        Ok(bytes) => {
+            let frozen = started.elapsed();
+            lifecycle::remove(root, name, false)?;
+            Ok(Migrated { bytes, frozen })
+        }
+        // The checkpoint itself failed: CRIU left the VM running.
+        Err(e) if vm.read_state()?.status != VmStatus::Checkpointed => Err(e),
+        Err(e) => match restore(root, name, None) {
+            Ok(()) => Err(failed(
+                name,
+                format!("migration failed, the VM runs here again: {e}"),
+            )),
+            Err(again) => Err(failed(
+                name,
+                format!("migration failed ({e}) and so did restoring it here ({again}); it stays checkpointed: `feather restore {name}`"),
+            )),
+        },
+    }
+}
+
+/// `feather serve`: receives VMs sent by `feather migrate` with `token` on `listen` and runs
+/// them in this state root; with `once`, returns after the first (its error, if it failed).
+pub fn serve(
+    root: &StateRoot,
+    listen: &str,
+    token: &str,
+    once: bool,
+    mut on_ready: impl FnMut(&str),
+) -> Result<()> {
+    let receiver =
+        feather_migrate::transfer::Receiver::bind(listen, token, &root.dir().join("incoming"))?;
+    on_ready(&receiver.local_addr());
+    loop {
+        let exists = |vm: &str| vm.parse::<VmName>().is_ok_and(|n| root.open(&n).is_ok());
+        let outcome = match receiver.next(exists) {
+            Ok(incoming) => {
+                let restored = incoming
+                    .vm
+                    .parse::<VmName>()
+                    .map_err(VmError::from)
+                    .and_then(|name| restore(root, &name, Some(&incoming.archive)));
+                match &restored {
+                    Ok(()) => eprintln!("feather serve: VM {} received and running", incoming.vm),
+                    Err(e) => {
+                        eprintln!("feather serve: {e}");
+                        // The sender restores it at home; a copy left here would be a second.
+                        if let Ok(name) = incoming.vm.parse::<VmName>() {
+                            let leftover = root.open(&name).and_then(|vm| vm.read_state());
+                            if leftover.is_ok_and(|s| s.status == VmStatus::Checkpointed) {
+                                let _ = lifecycle::remove(root, &name, false);
+                            }
+                        }
+                    }
+                }
+                incoming.finish(restored.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                restored
+            }
+            Err(e) => {
+                eprintln!("feather serve: {e}");
+                Err(e.into())
+            }
+        };
+        if once {
+            return outcome;
+        }
     }
 }

@@ -103,6 +103,27 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         import: Option<PathBuf>,
     },
+    /// Move a running VM to another host's `feather serve` (stop, send, run there)
+    Migrate {
+        name: String,
+        /// The receiver, ADDR:PORT
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: String,
+        /// Shared secret of sender and receiver
+        #[arg(long, env = "FEATHER_MIGRATE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Receive VMs sent with `feather migrate` and run them here
+    Serve {
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: String,
+        /// Shared secret of sender and receiver
+        #[arg(long, env = "FEATHER_MIGRATE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Exit after the first VM received (with its outcome)
+        #[arg(long)]
+        once: bool,
+    },
     /// Check what feather needs from this machine: a CRIU that works on this kernel
     Check {
         #[arg(long)]

@@ -111,6 +111,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             checkpoint::restore(&root, &name.parse()?, import.as_deref())?
         }
         Command::Check { json } => return check(json),
+        Command::Migrate { name, to, token } => {
+            let migrated = checkpoint::migrate(&root, &name.parse()?, &to, &token)?;
+            eprintln!(
+                "migrated {name} to {to}: {} bytes, frozen for {} ms",
+                migrated.bytes,
+                migrated.frozen.as_millis()
+            );
+        }
+        Command::Serve {
+            listen,
+            token,
+            once,
+        } => checkpoint::serve(&root, &listen, &token, once, |address| {
+            eprintln!("feather serve: listening on {address}")
+        })?,
         Command::Init { keeper_fd, resumed } => {
             let keeper = ready_pipe(keeper_fd)?;
             let resumed = serde_json::from_str(&resumed)?;
