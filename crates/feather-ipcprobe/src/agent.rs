@@ -110,7 +110,8 @@ pub struct ClientPlan {
     pub kernel: bool,
 }
 
-fn sysv_key(token: &str) -> i32 {
+/// The System V key of a listener's objects.
+pub fn sysv_key(token: &str) -> i32 {
     let hash = token
         .bytes()
         .fold(0u32, |h, b| h.wrapping_mul(31).wrapping_add(b as u32));
@@ -1435,6 +1436,14 @@ pub fn main(args: &[String]) -> i32 {
                 2
             }
         },
+        Some("landlock-listen") => {
+            landlock_listen(args.get(1).map(String::as_str).unwrap_or("fprobe-landlock"))
+        }
+        Some("landlock-try") => {
+            let pid = args.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
+            let name = args.get(2).map(String::as_str).unwrap_or("fprobe-landlock");
+            landlock_try(pid, name, !args.iter().any(|a| a == "--unscoped"))
+        }
         _ => {
             eprintln!(
                 "feather __ipcprobe: expected `listen` or `attempt` (used by `feather check ipc`)"
@@ -1442,4 +1451,61 @@ pub fn main(args: &[String]) -> i32 {
             2
         }
     }
+}
+
+/// For the Landlock test: enters a Landlock domain of its own (scoped abstract sockets and
+/// signals), binds abstract socket @`name`, prints its pid, and serves until stdin closes.
+fn landlock_listen(name: &str) -> i32 {
+    if let Err(e) = feather_confine::landlock::scope_ipc() {
+        eprintln!("{e}");
+        return 1;
+    }
+    let listener = match std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .and_then(|a| UnixListener::bind_addr(&a))
+    {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("bind @{name}: {e}");
+            return 1;
+        }
+    };
+    let _ = listener.set_nonblocking(true);
+    crate::run::print_line(&std::process::id().to_string());
+    let deadline = Instant::now() + LISTENER_LIFETIME;
+    let stdin = std::io::stdin();
+    while Instant::now() < deadline {
+        let mut fds = [PollFd::new(stdin.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(100u16));
+        if fds[0].revents().is_some_and(|r| !r.is_empty()) {
+            let mut line = String::new();
+            if stdin.lock().read_line(&mut line).unwrap_or(0) == 0 {
+                break;
+            }
+        }
+        while listener.accept().is_ok() {}
+    }
+    0
+}
+
+/// For the Landlock test: from a domain of its own (or none, with `scoped` false), signals
+/// `pid` (signal 0) and connects to @`name`; prints both outcomes as JSON.
+fn landlock_try(pid: i32, name: &str, scoped: bool) -> i32 {
+    if scoped {
+        if let Err(e) = feather_confine::landlock::scope_ipc() {
+            eprintln!("{e}");
+            return 1;
+        }
+    }
+    let signal = match nix::sys::signal::kill(Pid::from_raw(pid), None) {
+        Ok(()) => reached(format!("may signal {pid}")),
+        Err(e) => Outcome::from_errno("kill", e),
+    };
+    let connected = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+        .and_then(|a| UnixStream::connect_addr(&a));
+    let abstract_socket = match connected {
+        Ok(_) => reached(format!("connected to @{name}")),
+        Err(e) => Outcome::from_errno(&format!("connect @{name}"), io_errno(&e)),
+    };
+    crate::run::print_line(&serde_json::to_string(&[signal, abstract_socket]).unwrap_or_default());
+    0
 }
