@@ -153,6 +153,8 @@ const CLOCK: &str = "the wall clock is one for the whole machine (time namespace
     CLOCK_REALTIME)";
 
 /// Every call the filter denies, with its reason.
+// The ioctl request constants are c_ulong with glibc but c_int with musl: keep the casts.
+#[allow(clippy::unnecessary_cast)]
 pub fn denied() -> Vec<Denied> {
     vec![
         deny!(keyctl, KEYRINGS),
@@ -317,6 +319,15 @@ mod tests {
             documented,
             markdown_table(),
             "crates/feather-confine/seccomp-table.md is stale: regenerate it from markdown_table()"
+        );
+        let guide = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/confinement.md"
+        ))
+        .unwrap();
+        assert!(
+            guide.contains(&markdown_table()),
+            "docs/confinement.md lacks the current seccomp table"
         );
     }
 }

@@ -1208,6 +1208,8 @@ fn ptrace(p: &Published) -> Result<Outcome, Outcome> {
     )
 }
 
+// The ioctl request constants are c_ulong with glibc but c_int with musl: keep the casts.
+#[allow(clippy::unnecessary_cast)]
 /// The machine-wide operations a VM must not perform. Each is harmless if it succeeded: it
 /// writes back the value already there, or asks for nothing.
 fn kernel_operations(p: &Published) -> Vec<(&'static str, Outcome)> {

@@ -46,7 +46,7 @@ pub enum Kind {
     /// The client's side has no such object (ENOENT, ESRCH, another process under that pid).
     Invisible,
     /// A permission check, a read-only mount or the seccomp filter refused (EPERM, EACCES,
-    /// EROFS).
+    /// EROFS), or the kernel has no such facility (ENOSYS).
     Denied,
     /// The cell does not exist here (no D-Bus system bus runs; no host address but lo).
     NotApplicable,
@@ -88,7 +88,8 @@ impl Outcome {
             ENOENT | ESRCH | ENOKEY | ENODEV | ENOTDIR => Kind::Invisible,
             ECONNREFUSED | ENXIO | ENETUNREACH | EHOSTUNREACH | EADDRNOTAVAIL | EAGAIN
             | ETIMEDOUT | ECONNRESET | EPIPE => Kind::Refused,
-            EPERM | EACCES | EROFS => Kind::Denied,
+            // ENOSYS: the kernel lacks the facility altogether (no module support, no kexec).
+            EPERM | EACCES | EROFS | ENOSYS => Kind::Denied,
             _ => Kind::Failed,
         };
         Outcome::new(kind, format!("{what}: {}", errno.desc()))

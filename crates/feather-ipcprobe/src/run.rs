@@ -167,13 +167,11 @@ impl Listener {
     /// Stops the listener and returns what it heard.
     fn stop(mut self) -> Heard {
         drop(self.stdin.take());
-        let heard = self
-            .lines
+        self.lines
             .recv_timeout(Duration::from_secs(10))
             .ok()
             .and_then(|line| serde_json::from_str(&line).ok())
-            .unwrap_or_default();
-        heard
+            .unwrap_or_default()
     }
 }
 
