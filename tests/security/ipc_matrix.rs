@@ -73,7 +73,12 @@ fn expected() -> BTreeMap<&'static str, [&'static [Kind]; 4]> {
         "dbus-system",
         [NONE, &[Invisible, NotApplicable], NONE, NONE],
     );
+    table.insert(
+        "dbus-session",
+        [NONE, &[Invisible, Refused, NotApplicable], NONE, NONE],
+    );
     table.insert("netlink-uevent", [NONE, GONE, NONE, NONE]);
+    table.insert("netlink-audit", [NONE, BLOCKED, NONE, NONE]);
     for channel in [
         "tiocsti",
         "tioclinux",
@@ -88,6 +93,7 @@ fn expected() -> BTreeMap<&'static str, [&'static [Kind]; 4]> {
         "bpf",
         "perf_event_open",
         "userfaultfd",
+        "fanotify-filesystem",
     ] {
         table.insert(channel, [NONE, &[Denied], NONE, NONE]);
     }

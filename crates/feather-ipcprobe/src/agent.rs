@@ -77,6 +77,8 @@ pub struct Published {
     pub netns: u64,
     pub interfaces: Vec<String>,
     pub dbus_system: bool,
+    /// The session bus address of the listener's environment, if any.
+    pub dbus_session: Option<String>,
     /// Endpoints the listener could not make, with why.
     pub missing: Vec<String>,
 }
@@ -424,6 +426,9 @@ fn open_endpoints(token: &str, x11: bool) -> Endpoints {
         }
     }
     published.dbus_system = UnixStream::connect("/run/dbus/system_bus_socket").is_ok();
+    published.dbus_session = std::env::var("DBUS_SESSION_BUS_ADDRESS")
+        .ok()
+        .filter(|a| !a.is_empty());
     published.missing = missing;
     Endpoints {
         published,
@@ -1219,6 +1224,7 @@ fn kernel_operations(p: &Published) -> Vec<(&'static str, Outcome)> {
         Err(e) => Outcome::from_errno(what, e),
     };
     out.push(("dbus-system", dbus(p)));
+    out.push(("dbus-session", dbus_session(p)));
     out.push(("netlink-uevent", uevents()));
     let stdin_is_tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
     for (channel, request) in [
@@ -1320,7 +1326,102 @@ fn kernel_operations(p: &Published) -> Vec<(&'static str, Outcome)> {
         "userfaultfd",
         errno("userfaultfd", raw::userfaultfd().map(drop)),
     ));
+    out.push(("fanotify-filesystem", fanotify_filesystem()));
+    out.push(("netlink-audit", netlink_audit()));
     out
+}
+
+/// A filesystem-wide fanotify mark: it would report every open and change on the filesystem.
+/// Unprivileged fanotify (FAN_REPORT_FID) exists, but not for whole filesystems.
+fn fanotify_filesystem() -> Outcome {
+    use nix::sys::fanotify::{EventFFlags, Fanotify, InitFlags, MarkFlags, MaskFlags};
+    let flags = InitFlags::FAN_CLASS_NOTIF | InitFlags::from_bits_retain(libc::FAN_REPORT_FID);
+    let group = match Fanotify::init(flags, EventFFlags::O_RDONLY) {
+        Ok(group) => group,
+        Err(e) => return Outcome::from_errno("fanotify_init", e),
+    };
+    match group.mark(
+        MarkFlags::FAN_MARK_ADD | MarkFlags::FAN_MARK_FILESYSTEM,
+        MaskFlags::FAN_MODIFY,
+        nix::fcntl::AT_FDCWD,
+        Some("/tmp"),
+    ) {
+        Ok(()) => reached("a filesystem-wide mark on /tmp"),
+        Err(e) => Outcome::from_errno("fanotify_mark(FAN_MARK_FILESYSTEM)", e),
+    }
+}
+
+/// Asks the kernel's audit subsystem for its status (AUDIT_GET) over NETLINK_AUDIT.
+fn netlink_audit() -> Outcome {
+    let fd = match socket::socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkAudit,
+    ) {
+        Ok(fd) => fd,
+        Err(e) => return Outcome::from_errno("socket(NETLINK_AUDIT)", e),
+    };
+    let _ = socket::setsockopt(
+        &fd,
+        socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(1, 0),
+    );
+    // struct nlmsghdr: length 16, type AUDIT_GET (1000), flags NLM_F_REQUEST|NLM_F_ACK.
+    let mut request = Vec::with_capacity(16);
+    request.extend_from_slice(&16u32.to_ne_bytes());
+    request.extend_from_slice(&1000u16.to_ne_bytes());
+    request.extend_from_slice(&((libc::NLM_F_REQUEST | libc::NLM_F_ACK) as u16).to_ne_bytes());
+    request.extend_from_slice(&1u32.to_ne_bytes());
+    request.extend_from_slice(&0u32.to_ne_bytes());
+    if let Err(e) = socket::sendto(
+        fd.as_raw_fd(),
+        &request,
+        &socket::NetlinkAddr::new(0, 0),
+        socket::MsgFlags::empty(),
+    ) {
+        return Outcome::from_errno("send AUDIT_GET", e);
+    }
+    let mut buffer = [0u8; 1024];
+    match nix::unistd::read(&fd, &mut buffer) {
+        Ok(n) if n >= 20 => {
+            let kind = u16::from_ne_bytes([buffer[4], buffer[5]]);
+            let error = i32::from_ne_bytes([buffer[16], buffer[17], buffer[18], buffer[19]]);
+            if kind == libc::NLMSG_ERROR as u16 && error < 0 {
+                Outcome::from_errno("AUDIT_GET", Errno::from_raw(-error))
+            } else {
+                reached("the audit subsystem answered AUDIT_GET")
+            }
+        }
+        Ok(_) => Outcome::new(Kind::Refused, "AUDIT_GET: short answer"),
+        Err(e) => Outcome::from_errno("AUDIT_GET", e),
+    }
+}
+
+/// The session bus named by the host's DBUS_SESSION_BUS_ADDRESS, if it had one.
+fn dbus_session(p: &Published) -> Outcome {
+    let Some(address) = &p.dbus_session else {
+        return Outcome::new(
+            Kind::NotApplicable,
+            "no session bus (DBUS_SESSION_BUS_ADDRESS unset on the host)",
+        );
+    };
+    let target = address.split(',').next().unwrap_or_default();
+    let connected = if let Some(path) = target.strip_prefix("unix:path=") {
+        UnixStream::connect(path)
+    } else if let Some(name) = target.strip_prefix("unix:abstract=") {
+        std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
+            .and_then(|a| UnixStream::connect_addr(&a))
+    } else {
+        return Outcome::new(
+            Kind::NotApplicable,
+            format!("session bus address {address} is not a unix socket"),
+        );
+    };
+    match connected {
+        Ok(_) => reached(format!("connected to the host's session bus {target}")),
+        Err(e) => Outcome::from_errno(&format!("connect {target}"), io_errno(&e)),
+    }
 }
 
 fn write_back(path: &str) -> Outcome {
