@@ -281,3 +281,34 @@ fn outcome_pid_hint(matrix: &Matrix) -> String {
         })
         .unwrap_or_else(|| "no-such-run".into())
 }
+
+#[test]
+fn check_ipc_of_a_vm_that_cannot_run_the_probe_fails_clearly_and_makes_nothing() {
+    let feather = Feather::new("ipc-bad-vm");
+    let missing = feather.run(&["check", "ipc", "no-such-vm"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing
+            .stderr
+            .contains("cannot run the probe in VM no-such-vm"),
+        "{}",
+        missing.stderr
+    );
+    // A VM over a scratch base does not show the feather binary.
+    let base = crate::support::ScratchBase::new("ipc-bad-vm");
+    feather.ok(&["create", "bare", "--base", base.as_str()]);
+    feather.ok(&["start", "bare"]);
+    let bare = feather.run(&["check", "ipc", "bare"]);
+    assert_eq!(bare.code, 1);
+    assert!(
+        bare.stderr.contains("its base must show that file"),
+        "{}",
+        bare.stderr
+    );
+    let listing: serde_json::Value = serde_json::from_str(&feather.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(
+        listing.as_array().unwrap().len(),
+        1,
+        "no probe VM was made: {listing}"
+    );
+}

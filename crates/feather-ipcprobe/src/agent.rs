@@ -1539,6 +1539,7 @@ pub fn main(args: &[String]) -> i32 {
                 2
             }
         },
+        Some("ping") => 0,
         Some("landlock-listen") => {
             landlock_listen(args.get(1).map(String::as_str).unwrap_or("fprobe-landlock"))
         }

@@ -158,7 +158,12 @@ impl Listener {
         let line = listener
             .lines
             .recv_timeout(START_TIMEOUT)
-            .map_err(|_| fail(format!("the listener in {where_} did not start")))?;
+            .map_err(|_| {
+                fail(format!(
+                    "the listener in {where_} did not start (its error is above); in a VM it runs {} from the host's path",
+                    setup.feather.display()
+                ))
+            })?;
         listener.published = serde_json::from_str(&line)
             .map_err(|e| fail(format!("the listener in {where_} said {line:?}: {e}")))?;
         Ok(listener)
@@ -312,10 +317,33 @@ pub fn group_of(channel: &str) -> &'static str {
     }
 }
 
+/// Checks, before anything is made, that `vm` runs and shows the probe's binary.
+fn check_agent_runs_in(setup: &ProbeSetup, vm: &str) -> Result<(), ProbeError> {
+    let output = setup
+        .agent(Some(vm), None)
+        .arg("ping")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("{}: {e}", setup.feather.display())))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(fail(format!(
+        "cannot run the probe in VM {vm}: {} — the probe runs {} inside the VM, so the VM must be \
+         running and its base must show that file at the same path (the default base / does, \
+         unless the file is under feather's state folder)",
+        String::from_utf8_lossy(&output.stderr).trim(),
+        setup.feather.display()
+    )))
+}
+
 /// Runs the whole probe.
 pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
     let base = format!("fp{}", std::process::id());
     let mut notes = vec![];
+    if let Some(vm) = &setup.vm {
+        check_agent_runs_in(setup, vm)?;
+    }
     // The lower listener first: its files exist before the VMs start.
     let lower = Listener::start(setup, None, &format!("{base}l"), &["--no-x11"])?;
     let mut vms = TemporaryVms {
