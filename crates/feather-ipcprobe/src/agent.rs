@@ -485,8 +485,17 @@ pub fn listen(token: &str, uevents: bool, x11: bool) -> i32 {
     // ptrace cells measure the VM boundary, not the host's ptrace policy.
     let _ = nix::sys::prctl::set_dumpable(true);
     raw::allow_any_ptracer();
+    // SIGUSR1 is the signal cell; an interrupt or termination (Ctrl-C reaches the whole
+    // process group) ends the listener through its cleanup instead of killing it mid-way.
     let mut set = SigSet::empty();
-    set.add(Signal::SIGUSR1);
+    for signal in [
+        Signal::SIGUSR1,
+        Signal::SIGINT,
+        Signal::SIGTERM,
+        Signal::SIGHUP,
+    ] {
+        set.add(signal);
+    }
     let _ = nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None);
     let signals = SignalFd::with_flags(&set, SfdFlags::SFD_NONBLOCK | SfdFlags::SFD_CLOEXEC).ok();
     let endpoints = open_endpoints(token, x11);
@@ -553,8 +562,12 @@ pub fn listen(token: &str, uevents: bool, x11: bool) -> i32 {
                     }
                 }
                 Role::Signal => {
-                    if let Some(Ok(Some(_))) = signals.as_ref().map(|s| s.read_signal()) {
-                        heard.events.insert("signal".into());
+                    if let Some(Ok(Some(info))) = signals.as_ref().map(|s| s.read_signal()) {
+                        if info.ssi_signo == Signal::SIGUSR1 as u32 {
+                            heard.events.insert("signal".into());
+                        } else {
+                            stop = true;
+                        }
                     }
                 }
                 Role::Tcp(i) => {

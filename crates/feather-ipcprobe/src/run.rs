@@ -337,8 +337,55 @@ fn check_agent_runs_in(setup: &ProbeSetup, vm: &str) -> Result<(), ProbeError> {
     )))
 }
 
+/// While it lives, an interrupt (Ctrl-C), SIGTERM or SIGHUP does not kill the probe but is
+/// noticed between steps, so that the probe's VMs and listeners are removed on the way out.
+struct Interruptions {
+    signals: Option<nix::sys::signalfd::SignalFd>,
+    previous: nix::sys::signal::SigSet,
+}
+
+impl Interruptions {
+    fn catch() -> Interruptions {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+        let mut set = SigSet::empty();
+        for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            set.add(signal);
+        }
+        let mut previous = SigSet::empty();
+        let _ =
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous));
+        let flags =
+            nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC;
+        Interruptions {
+            signals: nix::sys::signalfd::SignalFd::with_flags(&set, flags).ok(),
+            previous,
+        }
+    }
+
+    fn check(&self) -> Result<(), ProbeError> {
+        match self.signals.as_ref().map(|s| s.read_signal()) {
+            Some(Ok(Some(info))) => Err(fail(format!(
+                "interrupted by signal {}; cleaned up",
+                info.ssi_signo
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Interruptions {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&self.previous),
+            None,
+        );
+    }
+}
+
 /// Runs the whole probe.
 pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
+    let interruptions = Interruptions::catch();
     let base = format!("fp{}", std::process::id());
     let mut notes = vec![];
     if let Some(vm) = &setup.vm {
@@ -369,6 +416,7 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
     setup.feather_ok(&["start", &b])?;
 
     let mut results: Vec<(Direction, Vec<Attempt>)> = Vec::new();
+    interruptions.check()?;
     // host→VM
     let listener = Listener::start(setup, Some(&a), &format!("{base}a"), &[])?;
     let plan = ClientPlan {
@@ -378,6 +426,7 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
     };
     let attempts = client(setup, None, &plan, false)?;
     results.push((Direction::HostToVm, merge(attempts, &listener.stop())));
+    interruptions.check()?;
     // VM→VM
     let listener = Listener::start(setup, Some(&a), &format!("{base}v"), &[])?;
     let plan = ClientPlan {
@@ -387,6 +436,7 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
     };
     let attempts = client(setup, Some(&b), &plan, false)?;
     results.push((Direction::VmToVm, merge(attempts, &listener.stop())));
+    interruptions.check()?;
     // inside one VM
     let listener = Listener::start(setup, Some(&a), &format!("{base}i"), &[])?;
     let plan = ClientPlan {
@@ -396,6 +446,7 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
     };
     let attempts = client(setup, Some(&a), &plan, false)?;
     results.push((Direction::InsideVm, merge(attempts, &listener.stop())));
+    interruptions.check()?;
     // VM→host last: host files the VM has looked up through its lower layer may linger
     // in the VM's view after the host removes them (overlayfs caches lower entries).
     // With the lower listener for the lower-layer rows.
@@ -409,6 +460,7 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
     drop(listener.stop());
     results.push((Direction::VmToHost, merge(attempts, &lower.stop())));
     drop(vms);
+    interruptions.check()?;
 
     notes.push(format!(
         "Kernel {}; {}.",
