@@ -7,7 +7,10 @@
 //! first workload) and each `feather exec`, which enters from the host. If each restricted
 //! itself, each would be a sibling domain, and a service started by init could neither signal
 //! nor reach the abstract socket of a program started by `feather exec`, nor the reverse — the
-//! VM's own IPC would break (`tests/security/landlock.rs` shows it).
+//! VM's own IPC would break (`tests/security/landlock.rs` shows it). Scoping init alone is no
+//! better: the probe's "init's → exec'd" column then breaks in ten cells, ptrace and
+//! `/proc/<pid>` included (a Landlock domain may not ptrace outside itself), and init can no
+//! longer signal exec'd programs when it stops the VM.
 //!
 //! feather therefore does not scope VM processes with Landlock today: the VM boundary for
 //! these two channels is drawn by namespaces, which every VM process shares. Abstract unix

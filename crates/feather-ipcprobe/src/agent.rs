@@ -1535,10 +1535,7 @@ pub fn main(args: &[String]) -> i32 {
                 }
             }
         }
-        Some("attempt") => match args
-            .get(1)
-            .map(|json| serde_json::from_str::<ClientPlan>(json))
-        {
+        Some("attempt") => match args.get(1).map(|json| plan_from(json)) {
             Some(Ok(plan)) => {
                 crate::run::print_line(&serde_json::to_string(&attempt(&plan)).unwrap_or_default());
                 0
@@ -1625,4 +1622,15 @@ fn landlock_try(pid: i32, name: &str, scoped: bool) -> i32 {
     };
     crate::run::print_line(&serde_json::to_string(&[signal, abstract_socket]).unwrap_or_default());
     0
+}
+
+/// The client's plan: the JSON argument, or with `-` one line of stdin (for a client that
+/// must start before its listener exists: init's first program).
+fn plan_from(argument: &str) -> serde_json::Result<ClientPlan> {
+    if argument != "-" {
+        return serde_json::from_str(argument);
+    }
+    let mut line = String::new();
+    let _ = std::io::stdin().lock().read_line(&mut line);
+    serde_json::from_str(&line)
 }

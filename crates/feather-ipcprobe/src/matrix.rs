@@ -12,16 +12,20 @@ pub enum Direction {
     VmToHost,
     /// A client in one VM tries to reach a listener in another.
     VmToVm,
-    /// Client and listener in the same VM: must work.
+    /// Client and listener in the same VM, each entered by its own `feather exec`: must work.
     InsideVm,
+    /// Client started by the VM's init (its first program), listener by `feather exec`: must
+    /// work too — the two roads into a VM must not end in separate sandboxes.
+    InitToExec,
 }
 
 impl Direction {
-    pub const ALL: [Direction; 4] = [
+    pub const ALL: [Direction; 5] = [
         Direction::HostToVm,
         Direction::VmToHost,
         Direction::VmToVm,
         Direction::InsideVm,
+        Direction::InitToExec,
     ];
 
     pub fn label(self) -> &'static str {
@@ -30,6 +34,7 @@ impl Direction {
             Direction::VmToHost => "VM→host",
             Direction::VmToVm => "VM→VM",
             Direction::InsideVm => "inside one VM",
+            Direction::InitToExec => "inside: init's → exec'd",
         }
     }
 }
@@ -217,7 +222,7 @@ impl Matrix {
                 for direction in Direction::ALL {
                     out.push_str(&format!(" {} |", direction.label()));
                 }
-                out.push_str("\n|---|---|---|---|---|\n");
+                out.push_str(&format!("\n|---|{}\n", "---|".repeat(Direction::ALL.len())));
             }
             out.push_str(&format!("| `{}` |", row.channel));
             for direction in Direction::ALL {

@@ -9,6 +9,8 @@
 //!           controlling terminal, and the machine-wide kernel operations)
 //! VM→VM     listener in A, client in B
 //! inside    listener in A, client in A (a separate `feather exec`)
+//! init→exec a throw-away VM C whose first program (started by init) is the client, and a
+//!           listener entered into C by `feather exec`
 //! ```
 //! Every listener is stopped (stdin closed; killed after a timeout) before the next direction,
 //! and removes what it made; the VMs the probe made are removed at the end, also on failure.
@@ -252,6 +254,78 @@ fn client(
     })
 }
 
+/// Runs a client as the first program of a throw-away VM (so init starts it), and a listener
+/// entered into that VM by `feather exec`; the client gets its plan on stdin once the
+/// listener is up.
+fn init_to_exec(setup: &ProbeSetup, vm: &str, token: &str) -> Result<Vec<Attempt>, ProbeError> {
+    let mut runner = setup
+        .feather()
+        .args(["run", "--rm", vm, "--"])
+        .arg(&setup.feather)
+        .args([AGENT_SUBCOMMAND, "attempt", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start VM {vm}: {e}")))?;
+    let pid = runner.id();
+    let mut stdin = runner.stdin.take();
+    let (sender, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(runner.wait_with_output());
+    });
+    let kill_runner = || {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    // The VM is up once `feather exec` can enter it.
+    let deadline = Instant::now() + START_TIMEOUT;
+    while check_agent_runs_in(setup, vm).is_err() {
+        if Instant::now() > deadline {
+            kill_runner();
+            return Err(fail(format!("VM {vm} did not start")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listener = match Listener::start(setup, Some(vm), token, &[]) {
+        Ok(listener) => listener,
+        Err(e) => {
+            kill_runner();
+            return Err(e);
+        }
+    };
+    let plan = ClientPlan {
+        main: listener.published.clone(),
+        lower: None,
+        kernel: false,
+    };
+    let json = serde_json::to_string(&plan).map_err(|e| fail(e.to_string()))?;
+    if let Some(stdin) = stdin.as_mut() {
+        let _ = writeln!(stdin, "{json}");
+    }
+    drop(stdin);
+    let output = match result.recv_timeout(CLIENT_TIMEOUT) {
+        Ok(output) => output.map_err(|e| fail(e.to_string()))?,
+        Err(_) => {
+            kill_runner();
+            return Err(fail(format!("the client in VM {vm} did not finish")));
+        }
+    };
+    // The VM ended with its first program; the listener was stopped with it and reports.
+    let heard = listener.stop();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let attempts: Vec<Attempt> = serde_json::from_str(stdout.trim()).map_err(|e| {
+        fail(format!(
+            "the client started by init in {vm} failed ({e}): {}{}",
+            stdout.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    })?;
+    Ok(merge(attempts, &heard))
+}
+
 /// Channels whose outcome is the listener's report, not the client's.
 fn confirmed_by_listener(channel: &str) -> Option<&'static str> {
     match channel {
@@ -294,8 +368,10 @@ pub fn by_design(channel: &str) -> Option<&'static str> {
 /// What a cell must show.
 pub fn expectation(channel: &str, direction: Direction) -> Expect {
     match (channel, direction) {
-        ("keyring-user" | "keyring-session", Direction::InsideVm) => Expect::DeniedByDesign,
-        (_, Direction::InsideVm) => Expect::Works,
+        ("keyring-user" | "keyring-session", Direction::InsideVm | Direction::InitToExec) => {
+            Expect::DeniedByDesign
+        }
+        (_, Direction::InsideVm | Direction::InitToExec) => Expect::Works,
         ("file-read" | "inotify-listener-watches", Direction::VmToHost) => Expect::OneWayByDesign,
         _ => Expect::Blocked,
     }
@@ -446,6 +522,14 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
     };
     let attempts = client(setup, Some(&a), &plan, false)?;
     results.push((Direction::InsideVm, merge(attempts, &listener.stop())));
+    interruptions.check()?;
+    // inside one VM, from a program init started to one `feather exec` started
+    let c = format!("ipcprobe-c-{}", std::process::id());
+    vms.names.push(c.clone());
+    results.push((
+        Direction::InitToExec,
+        init_to_exec(setup, &c, &format!("{base}c"))?,
+    ));
     interruptions.check()?;
     // VM→host last: host files the VM has looked up through its lower layer may linger
     // in the VM's view after the host removes them (overlayfs caches lower entries).
