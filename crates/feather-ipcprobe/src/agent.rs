@@ -35,7 +35,7 @@ use crate::raw;
 pub const LISTENER_LIFETIME: Duration = Duration::from_secs(120);
 
 /// How long a client waits for an answer or an event before calling the cell silent.
-const ANSWER_WAIT: Duration = Duration::from_millis(1500);
+const ANSWER_WAIT: Duration = Duration::from_secs(3);
 
 /// Folders where the listener binds pathname sockets: /run, /tmp, /var/run and a home.
 pub const SOCKET_DIRS: [(&str, &str); 4] = [
@@ -913,7 +913,7 @@ fn unix_path(kind: &str, path: &str, token: &str) -> Outcome {
                     let _ = socket::setsockopt(
                         &fd,
                         socket::sockopt::ReceiveTimeout,
-                        &nix::sys::time::TimeVal::new(1, 500_000),
+                        &nix::sys::time::TimeVal::new(3, 0),
                     );
                     check_answer(fs::File::from(fd), token, path)
                 }

@@ -321,17 +321,3 @@ pub fn allow_any_ptracer() {
     // SAFETY: plain integers.
     unsafe { libc::prctl(libc::PR_SET_PTRACER, libc::PR_SET_PTRACER_ANY, 0, 0, 0) };
 }
-
-/// The Landlock ABI of the running kernel (0: none).
-pub fn landlock_abi() -> i64 {
-    // SAFETY: a null attribute, size 0 and the VERSION flag (1): the call reads no memory.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_landlock_create_ruleset,
-            std::ptr::null::<libc::c_void>(),
-            0usize,
-            1u32,
-        )
-    };
-    ret.max(0)
-}

@@ -558,12 +558,10 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
 }
 
 fn landlock_note() -> String {
-    match raw::landlock_abi() {
-        0 => "Landlock not available".into(),
-        abi => format!(
-            "Landlock ABI {abi} (scoping is not applied to VM processes; see docs/confinement.md)"
-        ),
-    }
+    format!(
+        "{} — scoping is not applied to VM processes (see docs/confinement.md)",
+        feather_confine::landlock::support()
+    )
 }
 
 fn assemble(results: Vec<(Direction, Vec<Attempt>)>, notes: Vec<String>) -> Matrix {
