@@ -48,6 +48,7 @@ fn expected() -> BTreeMap<&'static str, [&'static [Kind]; 4]> {
     table.insert("udp-loopback", [&[Refused], &[Refused], &[Refused], WORKS]);
     // The VM has no address but loopback; the host's addresses are unreachable from it.
     table.insert("tcp-host-address", [NA, &[Refused, NotApplicable], NA, NA]);
+    table.insert("udp-host-address", [NA, &[Refused, NotApplicable], NA, NA]);
     table.insert("netlink-route", [GONE, GONE, GONE, WORKS]);
     table.insert("file-read", [GONE, WORKS, GONE, WORKS]);
     table.insert("file-write", [GONE, GONE, GONE, WORKS]);

@@ -63,6 +63,8 @@ pub struct Published {
     pub udp_port: u16,
     /// The first address of the listener's side other than loopback, with a TCP port.
     pub host_addr: Option<(Ipv4Addr, u16)>,
+    /// The same address with a UDP port.
+    pub host_udp: Option<(Ipv4Addr, u16)>,
     pub abstract_name: String,
     pub x11_abstract: Option<String>,
     pub x11_path: Option<String>,
@@ -152,7 +154,7 @@ struct Endpoints {
     paths: Vec<PathBuf>,
     made_x11_dir: bool,
     tcp: Vec<TcpListener>,
-    udp: Option<UdpSocket>,
+    udp: Vec<UdpSocket>,
     unix_streams: Vec<UnixListener>,
     unix_dgrams: Vec<UnixDatagram>,
     seqpackets: Vec<OwnedFd>,
@@ -313,8 +315,16 @@ fn open_endpoints(token: &str, x11: bool) -> Endpoints {
             note("inotify", &e);
         }
     }
-    // Sockets: TCP and UDP on loopback, TCP on an outside address, unix sockets everywhere.
+    // Sockets: TCP and UDP on loopback and on an outside address, unix sockets everywhere.
     let mut tcp = Vec::new();
+    let mut udp = Vec::new();
+    match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)) {
+        Ok(u) => {
+            published.udp_port = u.local_addr().map(|a| a.port()).unwrap_or(0);
+            udp.push(u);
+        }
+        Err(e) => note("udp", &e),
+    }
     match TcpListener::bind((Ipv4Addr::LOCALHOST, 0)) {
         Ok(l) => {
             published.tcp_port = l.local_addr().map(|a| a.port()).unwrap_or(0);
@@ -327,13 +337,11 @@ fn open_endpoints(token: &str, x11: bool) -> Endpoints {
             published.host_addr = Some((ip, l.local_addr().map(|a| a.port()).unwrap_or(0)));
             tcp.push(l);
         }
+        if let Ok(u) = UdpSocket::bind((ip, 0)) {
+            published.host_udp = Some((ip, u.local_addr().map(|a| a.port()).unwrap_or(0)));
+            udp.push(u);
+        }
     }
-    let udp = UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).ok();
-    published.udp_port = udp
-        .as_ref()
-        .and_then(|u| u.local_addr().ok())
-        .map(|a| a.port())
-        .unwrap_or(0);
     let mut unix_streams = Vec::new();
     let mut unix_dgrams = Vec::new();
     let mut seqpackets = Vec::new();
@@ -520,9 +528,9 @@ pub fn listen(token: &str, uevents: bool, x11: bool) -> i32 {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
             roles.push(Role::Tcp(i));
         }
-        if let Some(u) = &endpoints.udp {
+        for (i, u) in endpoints.udp.iter().enumerate() {
             fds.push(PollFd::new(u.as_fd(), PollFlags::POLLIN));
-            roles.push(Role::Udp);
+            roles.push(Role::Udp(i));
         }
         for (i, l) in endpoints.unix_streams.iter().enumerate() {
             fds.push(PollFd::new(l.as_fd(), PollFlags::POLLIN));
@@ -575,12 +583,10 @@ pub fn listen(token: &str, uevents: bool, x11: bool) -> i32 {
                         let _ = s.write_all(token.as_bytes());
                     }
                 }
-                Role::Udp => {
-                    if let Some(u) = &endpoints.udp {
-                        let mut buffer = [0u8; 64];
-                        if let Ok((_, from)) = u.recv_from(&mut buffer) {
-                            let _ = u.send_to(token.as_bytes(), from);
-                        }
+                Role::Udp(i) => {
+                    let mut buffer = [0u8; 64];
+                    if let Ok((_, from)) = endpoints.udp[i].recv_from(&mut buffer) {
+                        let _ = endpoints.udp[i].send_to(token.as_bytes(), from);
                     }
                 }
                 Role::UnixStream(i) => {
@@ -647,7 +653,7 @@ enum Role {
     Stdin,
     Signal,
     Tcp(usize),
-    Udp,
+    Udp(usize),
     UnixStream(usize),
     UnixDgram(usize),
     SeqPacket(usize),
@@ -727,6 +733,16 @@ pub fn attempt(plan: &ClientPlan) -> Vec<Attempt> {
         "tcp-host-address",
         match p.host_addr {
             Some((ip, port)) => tcp(SocketAddr::from((ip, port)), &p.token),
+            None => Outcome::new(
+                Kind::NotApplicable,
+                "the listener's side has no address but loopback",
+            ),
+        },
+    );
+    add(
+        "udp-host-address",
+        match p.host_udp {
+            Some((ip, port)) => udp(SocketAddr::from((ip, port)), &p.token),
             None => Outcome::new(
                 Kind::NotApplicable,
                 "the listener's side has no address but loopback",
@@ -960,11 +976,12 @@ fn tcp(addr: SocketAddr, token: &str) -> Outcome {
 }
 
 fn udp(addr: SocketAddr, token: &str) -> Outcome {
-    let socket =
-        match UdpSocket::bind((Ipv4Addr::LOCALHOST, 0)).and_then(|s| s.connect(addr).map(|()| s)) {
-            Ok(s) => s,
-            Err(e) => return Outcome::from_errno(&format!("udp {addr}"), io_errno(&e)),
-        };
+    let socket = match UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0))
+        .and_then(|s| s.connect(addr).map(|()| s))
+    {
+        Ok(s) => s,
+        Err(e) => return Outcome::from_errno(&format!("udp {addr}"), io_errno(&e)),
+    };
     let _ = socket.set_read_timeout(Some(ANSWER_WAIT));
     if let Err(e) = socket.send(token.as_bytes()) {
         return Outcome::from_errno(&format!("send {addr}"), io_errno(&e));
