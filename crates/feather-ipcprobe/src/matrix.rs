@@ -277,7 +277,49 @@ fn stable(detail: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::stable;
+    use super::*;
+
+    fn cell(direction: Direction, expect: Expect, kind: Kind) -> Cell {
+        Cell {
+            direction,
+            expect,
+            outcome: Outcome::new(kind, ""),
+        }
+    }
+
+    #[test]
+    fn a_reached_cross_boundary_cell_is_a_leak_and_a_silent_inside_cell_is_broken() {
+        assert!(cell(Direction::VmToHost, Expect::Blocked, Kind::Refused).holds());
+        assert!(cell(Direction::VmToHost, Expect::Blocked, Kind::Denied).holds());
+        let leak = cell(Direction::VmToVm, Expect::Blocked, Kind::Reached);
+        assert!(!leak.holds() && leak.is_leak());
+        assert!(
+            !cell(Direction::HostToVm, Expect::Blocked, Kind::Failed).holds(),
+            "a probe error never passes"
+        );
+        let broken = cell(Direction::InsideVm, Expect::Works, Kind::Invisible);
+        assert!(!broken.holds() && !broken.is_leak());
+        assert!(cell(Direction::InsideVm, Expect::DeniedByDesign, Kind::Denied).holds());
+        assert!(!cell(Direction::InsideVm, Expect::DeniedByDesign, Kind::Reached).holds());
+        assert!(cell(Direction::VmToHost, Expect::OneWayByDesign, Kind::Reached).holds());
+        assert!(cell(Direction::VmToHost, Expect::Blocked, Kind::NotApplicable).holds());
+
+        let matrix = Matrix {
+            rows: vec![Row {
+                channel: "signal".into(),
+                group: "Processes".into(),
+                cells: vec![leak, broken],
+                by_design: None,
+            }],
+            notes: vec![],
+        };
+        assert_eq!(matrix.failures().len(), 2);
+        let text = matrix.to_markdown();
+        assert!(
+            text.contains("| `signal` | — | — | LEAK: reached | BROKEN: invisible | — |"),
+            "{text}"
+        );
+    }
 
     #[test]
     fn details_lose_what_changes_between_runs() {
