@@ -65,6 +65,12 @@ fn run_child(workload: &Workload, terminal: Option<&Terminal>) -> ! {
             std::process::exit(EXIT_CANNOT_EXEC);
         }
     }
+    // The same seccomp filter as init's processes, installed while this process still holds
+    // the host's capabilities; become_workload then reduces them.
+    if let Err(why) = feather_confine::seccomp::install() {
+        eprintln!("feather: {why}");
+        std::process::exit(EXIT_CANNOT_EXEC);
+    }
     let why = become_workload(workload, term_name);
     eprintln!("feather: {why}");
     std::process::exit(if why.ends_with("command not found") {
