@@ -11,7 +11,7 @@ use crate::support::{running_vm, Feather, ScratchBase};
 
 /// Fails the test, with the reason, unless `feather check` finds a CRIU that works here.
 fn require_criu(feather: &Feather) {
-    let check = feather.run(&["check"]);
+    let check = feather.run(&["check", "criu"]);
     assert_eq!(
         check.code, 0,
         "checkpoint tests need a working CRIU (run ./setup.sh, which installs it with scripts/install-criu): {}{}",
@@ -256,7 +256,7 @@ fn checkpoint_errors_say_what_to_do() {
     let check = feather
         .command()
         .env("FEATHER_CRIU", "/nonexistent/criu")
-        .arg("check")
+        .args(["check", "criu"])
         .output()
         .unwrap();
     assert_eq!(check.status.code(), Some(1));
@@ -267,7 +267,7 @@ fn checkpoint_errors_say_what_to_do() {
 fn check_reports_criu_and_the_kernel_features_it_lacks() {
     let feather = Feather::new("ckpt-check");
     let report: serde_json::Value =
-        serde_json::from_str(&feather.ok(&["check", "--json"])).unwrap();
+        serde_json::from_str(&feather.ok(&["check", "criu", "--json"])).unwrap();
     assert_eq!(report["works"], true, "{report}");
     let version = report["version"].as_str().unwrap();
     let major: u32 = version.split('.').next().unwrap().parse().unwrap();
@@ -276,7 +276,7 @@ fn check_reports_criu_and_the_kernel_features_it_lacks() {
     assert!(features
         .iter()
         .any(|f| f["name"] == "clone3_set_tid" && f["supported"] == true));
-    let text = feather.ok(&["check"]);
+    let text = feather.ok(&["check", "criu"]);
     assert!(text.contains("works on this kernel"), "{text}");
     assert!(text.contains("mem_dirty_track"), "{text}");
 }

@@ -81,3 +81,27 @@ pub fn scopeguard(f: impl FnOnce()) -> impl Drop {
     }
     Guard(Some(f))
 }
+
+#[test]
+fn shm_run_and_cgroups_are_the_vms_own() {
+    let (feather, _base) = crate::support::running_vm("iso-shm");
+    let host_shm =
+        std::path::PathBuf::from(format!("/dev/shm/feather-test-{}", std::process::id()));
+    std::fs::write(&host_shm, "host").unwrap();
+    let _cleanup = scopeguard({
+        let host_shm = host_shm.clone();
+        move || {
+            let _ = std::fs::remove_file(host_shm);
+        }
+    });
+    let name = host_shm.file_name().unwrap().to_str().unwrap();
+    let script = format!(
+        "test -e /dev/shm/{name} && echo host-shm-visible; ls -A /run; echo vm > /dev/shm/mine; \
+         grep -c ' /dev/mqueue mqueue ' /proc/self/mounts; grep -c ' /dev/pts devpts ' /proc/self/mounts; \
+         grep -v ':/$' /proc/self/cgroup | wc -l"
+    );
+    // /run holds only what feather put there (/run/lock, and init's own program in
+    // /run/.feather-init); the cgroup view is rooted at the VM's group.
+    assert_eq!(feather.sh("vm", &script), ".feather-init\nlock\n1\n1\n0\n");
+    assert!(!std::path::Path::new("/dev/shm/mine").exists());
+}

@@ -72,7 +72,7 @@ pub struct Criu {
     version: String,
 }
 
-/// What `feather check` reports about CRIU.
+/// What `feather check criu` reports about CRIU.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
     pub path: PathBuf,

@@ -162,7 +162,8 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
     std::process::exit(code)
 }
 
-/// Everything before init starts supervising: the cgroup view, the root, the capability set.
+/// Everything before init starts supervising: the cgroup view, the root, the seccomp filter
+/// and the capability set.
 fn prepare(plan: &InitPlan) -> Result<(), String> {
     // A detached VM is a session of its own, led by its init: nothing of it belongs to a
     // session outside (which would also keep it from being checkpointed).
@@ -176,7 +177,8 @@ fn prepare(plan: &InitPlan) -> Result<(), String> {
     if !plan.attached {
         detach_stdio();
     }
-    feather_confine::capabilities::reduce_to_default().map_err(|e| e.to_string())
+    // The seccomp filter and the reduced capability set, inherited by everything init starts.
+    feather_confine::confine().map_err(|e| e.to_string())
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {

@@ -86,6 +86,34 @@ pub struct Keeper {
     _lock: File,
 }
 
+/// Where a running VM is on its way to an end.
+#[derive(Clone, Copy)]
+enum Phase {
+    Running,
+    /// Init was asked to stop everything; it is killed if still there at `kill_at`.
+    Stopping {
+        kill_at: Instant,
+    },
+    /// Init was sent SIGKILL; only its exit is awaited.
+    Killed,
+}
+
+impl Phase {
+    fn timeout(self) -> PollTimeout {
+        match self {
+            Phase::Stopping { kill_at } => {
+                PollTimeout::try_from(kill_at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(PollTimeout::MAX)
+            }
+            Phase::Running | Phase::Killed => PollTimeout::NONE,
+        }
+    }
+
+    fn overdue(self) -> bool {
+        matches!(self, Phase::Stopping { kill_at } if Instant::now() >= kill_at)
+    }
+}
+
 /// How a VM's run ended.
 pub struct Ended {
     /// The init's exit code: the workload's for a foreground run, 0 after an orderly stop.
@@ -213,21 +241,14 @@ impl Keeper {
         let signals = process::block_signals(&HANDLED).in_vm(self.vm.name())?;
         let mut stop_requests: Vec<UnixStream> = Vec::new();
         let mut checkpoint_requests: Vec<UnixStream> = Vec::new();
-        let mut kill_deadline: Option<Instant> = None;
+        let mut phase = Phase::Running;
         let status = loop {
-            let timeout = match kill_deadline {
-                Some(deadline) => {
-                    PollTimeout::try_from(deadline.saturating_duration_since(Instant::now()))
-                        .unwrap_or(PollTimeout::MAX)
-                }
-                None => PollTimeout::NONE,
-            };
             let mut fds = [
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
-            let _ = poll(&mut fds, timeout);
+            let _ = poll(&mut fds, phase.timeout());
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
@@ -239,7 +260,7 @@ impl Keeper {
                     match self.answer(&stream) {
                         Answered::Done => {}
                         Answered::Stop(grace) => {
-                            kill_deadline.get_or_insert_with(|| self.begin_stop(grace));
+                            phase = self.stop(phase, grace);
                             stop_requests.push(stream);
                         }
                         Answered::Checkpointed => checkpoint_requests.push(stream),
@@ -247,23 +268,24 @@ impl Keeper {
                 }
             }
             if signalled {
-                if let Ok(Some(info)) = signals.read_signal() {
-                    let signal = Signal::try_from(info.ssi_signo as i32).ok();
-                    match signal {
-                        Some(Signal::SIGINT | Signal::SIGQUIT) if foreground => {}
-                        Some(signal) if foreground => {
-                            let _ = process::signal(&self.init.pidfd, signal);
-                        }
-                        Some(_) => {
-                            kill_deadline.get_or_insert_with(|| self.begin_stop(DEFAULT_GRACE));
-                        }
-                        None => {}
+                let signal = signals
+                    .read_signal()
+                    .ok()
+                    .flatten()
+                    .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok());
+                match signal {
+                    // A terminal's interrupt already reached the workload (same process group).
+                    Some(Signal::SIGINT | Signal::SIGQUIT) if foreground => {}
+                    Some(signal) if foreground => {
+                        let _ = process::signal(&self.init.pidfd, signal);
                     }
+                    Some(_) => phase = self.stop(phase, DEFAULT_GRACE),
+                    None => {}
                 }
             }
-            if kill_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            if phase.overdue() {
                 let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-                kill_deadline = Some(Instant::now() + Duration::from_secs(3600));
+                phase = Phase::Killed;
             }
         };
         let ended = describe(status, foreground);
@@ -285,6 +307,20 @@ impl Keeper {
             );
         }
         Ok(ended)
+    }
+
+    /// Asks init to stop the VM, unless a stop is already under way.
+    fn stop(&self, phase: Phase, grace: Duration) -> Phase {
+        match phase {
+            Phase::Running => {
+                let _ = process::signal(&self.init.pidfd, Signal::SIGTERM);
+                // Init itself gives processes `grace`; the keeper waits a little longer for it.
+                Phase::Stopping {
+                    kill_at: Instant::now() + grace + Duration::from_secs(2),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Answers one request, or says what the asker waits for.
@@ -335,12 +371,6 @@ impl Keeper {
                 Answered::Done
             }
         }
-    }
-
-    /// Asks init to stop the VM; returns when to give up waiting and kill it.
-    fn begin_stop(&self, grace: Duration) -> Instant {
-        let _ = process::signal(&self.init.pidfd, Signal::SIGTERM);
-        Instant::now() + grace + Duration::from_secs(2)
     }
 
     fn tear_down(&self, how: &str) {

@@ -124,10 +124,13 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
-    /// Check what feather needs from this machine: a CRIU that works on this kernel
-    Check {
-        #[arg(long)]
-        json: bool,
+    /// Check a property of this machine or of confinement; exits 1 if it does not hold
+    #[command(subcommand)]
+    Check(CheckCommand),
+    #[command(name = "__ipcprobe", hide = true)]
+    IpcProbe {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
     },
     #[command(name = "__keeper", hide = true)]
     Keeper {
@@ -201,4 +204,25 @@ pub struct RunArgs {
     pub name: Option<String>,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckCommand {
+    /// Whether a CRIU that works on this kernel is installed (checkpoint, restore, migrate),
+    /// and which kernel features it lacks
+    Criu {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Try every IPC channel host→VM, VM→host, VM→VM and inside one VM, and print the matrix
+    /// (uses temporary VMs over /; with VM, probes that running VM as the first one)
+    Ipc {
+        /// A running VM to probe
+        vm: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Print the matrix as Markdown (as in docs/ipc-matrix.md)
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+    },
 }

@@ -16,7 +16,7 @@ use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::workload::Workload;
 use feather_vm::{checkpoint, commit, inspect};
 
-use cli::{Cli, Command, CreateArgs, ProcessArgs, RunArgs};
+use cli::{CheckCommand, Cli, Command, CreateArgs, ProcessArgs, RunArgs};
 
 /// Exit status when feather itself failed while asked to run a command.
 const EXIT_FEATHER_FAILED_RUN: u8 = 125;
@@ -41,6 +41,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot.into());
     }
+    let root_arg = cli.root.clone();
     let root = StateRoot::new(cli.root);
     match cli.command {
         Command::Create { name, options } => {
@@ -110,7 +111,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore { name, import } => {
             checkpoint::restore(&root, &name.parse()?, import.as_deref())?
         }
-        Command::Check { json } => return check(json),
+        Command::Check(CheckCommand::Criu { json }) => return check_criu(json),
         Command::Migrate { name, to, token } => {
             let migrated = checkpoint::migrate(&root, &name.parse()?, &to, &token)?;
             eprintln!(
@@ -131,6 +132,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let resumed = serde_json::from_str(&resumed)?;
             feather_vm::init::resume(keeper.into(), resumed)
         }
+        Command::Check(CheckCommand::Ipc { vm, json, markdown }) => {
+            let setup = feather_ipcprobe::run::ProbeSetup {
+                feather: std::env::current_exe()?,
+                root: root_arg,
+                vm,
+            };
+            let matrix = feather_ipcprobe::run::run(&setup)?;
+            if json {
+                output::json(&matrix)?
+            } else if markdown {
+                print!("{}", matrix.to_markdown())
+            } else {
+                output::ipc_matrix(&matrix)
+            }
+            if !matrix.failures().is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::IpcProbe { args } => return Ok(exit_code(feather_ipcprobe::agent::main(&args))),
         Command::Keeper {
             state_dir,
             run_dir,
@@ -186,9 +206,9 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(exec(root, &name, &workload, args.process.tty)?))
 }
 
-/// `feather check`: is there a CRIU that works here, and which kernel features does it lack.
+/// `feather check criu`: is there a CRIU that works here, and which kernel features does it lack.
 /// Exits 1 when checkpoints cannot work.
-fn check(json: bool) -> anyhow::Result<ExitCode> {
+fn check_criu(json: bool) -> anyhow::Result<ExitCode> {
     let criu = feather_migrate::criu::Criu::locate()?;
     let report = criu.report();
     if json {
