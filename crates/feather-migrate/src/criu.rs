@@ -233,7 +233,6 @@ impl Criu {
             dump.images.into(),
             "--log-file".into(),
             DUMP_LOG.into(),
-            "-v4".into(),
         ];
         if dump.leave_running {
             args.push("--leave-running".into());
@@ -270,7 +269,6 @@ impl Criu {
             restore.images.into(),
             "--log-file".into(),
             RESTORE_LOG.into(),
-            "-v4".into(),
             "--root".into(),
             restore.root.into(),
             "--pidfile".into(),
