@@ -88,6 +88,8 @@ fn checkpoint_and_restore_continue_where_the_vm_was() {
         .exists());
     let not_running = feather.fails(&["exec", "vm", "--", "true"]);
     assert!(not_running.contains("not running"), "{not_running}");
+    let reset = feather.fails(&["reset", "vm"]);
+    assert!(reset.contains("is checkpointed"), "{reset}");
     let start = feather.fails(&["start", "vm"]);
     assert!(
         start.contains("checkpointed") && start.contains("feather restore vm"),
@@ -175,6 +177,11 @@ fn an_exported_vm_is_restored_in_another_state_root() {
         "the original is untouched"
     );
 
+    feather.ok(&["rm", "vm"]);
+    assert!(
+        !feather.vm_dir("vm").exists(),
+        "a checkpointed VM is removed with its images"
+    );
     let again = elsewhere.fails(&["restore", "vm", "--import", archive]);
     assert!(again.contains("exists already"), "{again}");
     let damaged = feather.root.join("damaged.tar.zst");

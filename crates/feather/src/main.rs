@@ -261,12 +261,14 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Takes the pipe that `feather start` left open for its keeper to report on.
+/// Takes the descriptor a parent left open for this process: the pipe `feather start` gives its
+/// keeper to report on, or the socket a VM's init keeps to its keeper across re-execution.
 fn ready_pipe(fd: i32) -> anyhow::Result<OwnedFd> {
     if fd < 3 || !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
-        anyhow::bail!("--ready-fd {fd} is not an open descriptor");
+        anyhow::bail!("descriptor {fd} is not open");
     }
-    // SAFETY: the descriptor is open (checked above) and was left to this process by its
-    // parent, `feather start`, for exactly this use; nothing else in the process owns it.
+    // SAFETY: the descriptor is open (checked above) and was left to this process, for exactly
+    // this use, by its parent (`feather start`) or by itself before re-executing (init);
+    // nothing else in the process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
