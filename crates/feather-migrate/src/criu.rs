@@ -99,7 +99,10 @@ pub struct Dump<'a> {
     /// Host pid of the tree's root (the VM's init).
     pub pid: i32,
     pub images: &'a Path,
-    /// Keep the VM running after the dump (otherwise CRIU ends its processes).
+    /// Keep the VM running after the dump. Otherwise its processes are left stopped, for the
+    /// caller to end: a SIGKILL to the VM's init ends them all at once, which takes a fraction
+    /// of the time CRIU's own killing of each task does (measured: a dump of a VM holding 64 MB
+    /// went from about 650 ms to 350 ms).
     pub leave_running: bool,
     /// Mounts of the VM not to dump but to expect back at restore, as (mount point inside the
     /// VM, key): the VM's layers over other host filesystems, which the restoring side mounts.
@@ -170,6 +173,12 @@ impl Criu {
         })
     }
 
+    /// A CRIU that [`Criu::locate`] found and checked in another process (the keeper is told
+    /// which one by `feather checkpoint`), used without checking it again.
+    pub fn checked(path: PathBuf, version: String) -> Criu {
+        Criu { path, version }
+    }
+
     pub fn path(&self) -> &Path {
         &self.path
     }
@@ -234,9 +243,11 @@ impl Criu {
             "--log-file".into(),
             DUMP_LOG.into(),
         ];
-        if dump.leave_running {
-            args.push("--leave-running".into());
-        }
+        args.push(if dump.leave_running {
+            "--leave-running".into()
+        } else {
+            "--leave-stopped".into()
+        });
         for (mount_point, key) in dump.external_mounts {
             args.push("--external".into());
             args.push(format!("mnt[{mount_point}]:{key}").into());

@@ -89,10 +89,13 @@ pub fn checkpoint(
         ));
     }
     // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
-    Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
     let answer = protocol::call(
         &vm.control_socket(),
-        &Request::Checkpoint { leave_running },
+        &Request::Checkpoint {
+            leave_running,
+            criu: criu.path().to_path_buf(),
+        },
         DUMP_TIMEOUT,
     )
     .map_err(|e| failed(name, format!("its keeper did not answer: {e}")))?;
@@ -131,9 +134,9 @@ pub fn checkpoint(
 }
 
 /// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder.
-pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool) -> Result<()> {
+pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> Result<()> {
     let name = vm.name();
-    let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    let criu = Criu::checked(criu.to_path_buf(), String::new());
     let images = vm.checkpoint_dir();
     // A checkpoint taken now replaces the last one; a failed one leaves none behind.
     if images.exists() {

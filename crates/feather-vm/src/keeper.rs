@@ -336,8 +336,11 @@ impl Keeper {
                 Answered::Done
             }
             Ok(Request::Stop { grace_secs }) => Answered::Stop(Duration::from_secs(grace_secs)),
-            Ok(Request::Checkpoint { leave_running }) => {
-                match checkpoint::dump(&self.vm, self.init.pid, leave_running) {
+            Ok(Request::Checkpoint {
+                leave_running,
+                criu,
+            }) => {
+                match checkpoint::dump(&self.vm, self.init.pid, leave_running, &criu) {
                     Ok(()) if leave_running => {
                         let _ = protocol::write_response(
                             stream,
@@ -345,9 +348,11 @@ impl Keeper {
                         );
                         Answered::Done
                     }
-                    // CRIU ends the VM's processes; the answer waits for init's end.
+                    // CRIU left the VM's processes stopped; they end with their init, and the
+                    // answer waits for that end.
                     Ok(()) => {
                         self.checkpointed.set(true);
+                        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
                         Answered::Checkpointed
                     }
                     Err(e) => {

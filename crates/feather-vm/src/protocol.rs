@@ -16,7 +16,12 @@ pub enum Request {
     /// Stop the VM: SIGTERM to every process, SIGKILL after `grace_secs`.
     Stop { grace_secs: u64 },
     /// Save the VM's processes with CRIU; unless `leave_running`, they end once saved.
-    Checkpoint { leave_running: bool },
+    /// `criu`: the CRIU the asker found and checked (the keeper's own environment, from when the
+    /// VM started, may name another).
+    Checkpoint {
+        leave_running: bool,
+        criu: std::path::PathBuf,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
