@@ -5,7 +5,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
+use std::process::{Command, Stdio};
 
 use crate::support::{running_vm, Feather, ScratchBase};
 
@@ -405,4 +405,42 @@ fn a_tcp_socket_is_refused_plainly_on_this_kernel_and_the_vm_keeps_running() {
     );
     assert_eq!(feather.status("vm"), "running");
     assert_eq!(fetch(), "served from the VM\n", "the server still serves");
+}
+
+#[test]
+fn layers_over_other_filesystems_come_back_even_if_the_host_removed_them() {
+    let feather = Feather::new("ckpt-layers");
+    require_criu(&feather);
+    let mut base = ScratchBase::new("ckpt-layers");
+    let data = base.mount_tmpfs("data");
+    fs::write(data.join("host.txt"), "from the host\n").unwrap();
+    feather.start_over("vm", &base, &[]);
+    feather.sh("vm", "echo mine > /data/vm.txt; cat /data/host.txt");
+    feather.sh(
+        "vm",
+        "sh -c 'while true; do sleep 1; done' </dev/null >/dev/null 2>&1 &",
+    );
+
+    feather.ok(&["checkpoint", "vm"]);
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(
+        feather.sh("vm", "cat /data/host.txt /data/vm.txt"),
+        "from the host\nmine\n",
+        "the layer over the host's filesystem is back, with the VM's change"
+    );
+
+    feather.ok(&["checkpoint", "vm"]);
+    // The host unmounts and removes the filesystem the layer lay over.
+    assert!(Command::new("umount")
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success());
+    fs::remove_dir(&data).unwrap();
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(
+        feather.sh("vm", "ls /data"),
+        "vm.txt\n",
+        "the VM keeps its own changes there, over nothing"
+    );
 }

@@ -293,11 +293,21 @@ pub(crate) fn restore_tree(
     let others: Vec<(layers::Layer, PathBuf)> = external
         .iter()
         .map(|l| {
-            let layer = layers::Layer::submount(vm, config, l.mount_point.clone());
+            let mut layer = layers::Layer::submount(vm, config, l.mount_point.clone());
+            // The host may have unmounted and removed what the layer lay over since the
+            // checkpoint; the VM then keeps its own changes there, over nothing.
+            if !layer.lower.is_dir() {
+                layer.lower = images.join("vanished-lower");
+            }
             let at = rootfs.join(l.mount_point.strip_prefix("/").unwrap_or(&l.mount_point));
             (layer, at)
         })
         .collect();
+    for (layer, _) in &others {
+        if !layer.lower.exists() {
+            fs::create_dir_all(&layer.lower).at(&layer.lower)?;
+        }
+    }
     let mapping: Vec<(String, PathBuf)> = external
         .iter()
         .zip(&others)
@@ -324,6 +334,11 @@ pub(crate) fn restore_tree(
                 mount::overlay(&top.lower, &top.upper, &top.work, &rootfs, sync)
                     .map_err(|e| e.to_string())?;
                 for (layer, at) in &others {
+                    // Missing only when the host removed the mount point: made in the VM's
+                    // own layer, so that the layer has somewhere to appear.
+                    if !at.exists() {
+                        fs::create_dir_all(at).map_err(|e| format!("{}: {e}", at.display()))?;
+                    }
                     mount::overlay(&layer.lower, &layer.upper, &layer.work, at, sync)
                         .map_err(|e| e.to_string())?;
                 }
