@@ -17,6 +17,7 @@ packages=(
     tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
     iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
     python3          # checkpoint tests: a unix-socket server and client inside a VM over /
+    redis-server redis-tools  # checkpoint tests: redis holding hundreds of MB, restored intact
 )
 
 export DEBIAN_FRONTEND=noninteractive

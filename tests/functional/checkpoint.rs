@@ -444,3 +444,67 @@ fn layers_over_other_filesystems_come_back_even_if_the_host_removed_them() {
         "the VM keeps its own changes there, over nothing"
     );
 }
+
+#[test]
+fn redis_with_hundreds_of_megabytes_keeps_every_key() {
+    // Over the host's own root: the VM runs the host's redis-server. It listens on a unix
+    // socket only (no TCP socket: see the TCP test above).
+    let feather = Feather::new("ckpt-redis");
+    require_criu(&feather);
+    feather.ok(&["create", "db"]);
+    feather.ok(&["start", "db"]);
+    feather.sh(
+        "db",
+        "redis-server --port 0 --unixsocket /run/redis.sock --save '' --appendonly no \
+         --daemonize yes --logfile /run/redis.log --enable-debug-command yes",
+    );
+    let redis = |args: &str| feather.sh("db", &format!("redis-cli -s /run/redis.sock {args}"));
+    feather.eventually("redis answers", || {
+        feather
+            .run(&[
+                "exec",
+                "db",
+                "--",
+                "redis-cli",
+                "-s",
+                "/run/redis.sock",
+                "PING",
+            ])
+            .stdout
+            .contains("PONG")
+    });
+    // 200,000 keys of 1,000 bytes: about 230 MB in redis's memory.
+    assert_eq!(redis("DEBUG POPULATE 200000 key 1000"), "OK\n");
+    let digest = redis("DEBUG DIGEST");
+    assert_eq!(redis("DBSIZE"), "200000\n");
+    let pid = redis("INFO server | grep process_id");
+
+    feather.ok(&["checkpoint", "db"]);
+    let images = feather.vm_dir("db").join("checkpoint");
+    let size: u64 = fs::read_dir(&images)
+        .unwrap()
+        .flatten()
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    assert!(
+        size > 200 << 20,
+        "the images hold redis's memory: {size} bytes"
+    );
+    feather.ok(&["restore", "db"]);
+
+    assert_eq!(redis("DBSIZE"), "200000\n");
+    assert_eq!(redis("DEBUG DIGEST"), digest, "every key and value intact");
+    // DEBUG POPULATE pads each value with NUL bytes to its size.
+    let value = redis("GET key:199999");
+    assert!(
+        value.starts_with("value:199999\0") && value.len() == 1001,
+        "{}",
+        value.len()
+    );
+    assert_eq!(
+        redis("INFO server | grep process_id"),
+        pid,
+        "the same redis process"
+    );
+    assert_eq!(redis("SET after restore"), "OK\n", "and it goes on serving");
+}
