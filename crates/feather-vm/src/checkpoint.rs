@@ -405,16 +405,31 @@ pub struct Migrated {
 /// the VM untouched. Then the VM is checkpointed, its archive sent and checksummed, and the VM
 /// is removed here only once the receiver says it runs there; if anything fails after the
 /// checkpoint, the VM is restored here.
-pub fn migrate(root: &StateRoot, name: &VmName, to: &str, token: &str) -> Result<Migrated> {
+/// `progress` hears of each step as it begins.
+pub fn migrate(
+    root: &StateRoot,
+    name: &VmName,
+    to: &str,
+    token: &str,
+    mut progress: impl FnMut(&str),
+) -> Result<Migrated> {
     let vm = root.open(name)?;
     if vm.read_state()?.status != VmStatus::Running {
         return Err(Error::NotRunning(name.to_string()).into());
     }
+    progress(&format!("asking {to} to take {name}"));
     let accepted = feather_migrate::transfer::offer(to, token, name.as_str())?;
     let archive = root.dir().join(format!(".migrating-{name}.tar.zst"));
     let started = std::time::Instant::now();
+    progress(&format!("checkpointing {name} (it is frozen from now on)"));
     let sent = match checkpoint(root, name, false, Some(&archive)) {
-        Ok(_) => accepted.send_archive(&archive).map_err(VmError::from),
+        Ok(_) => {
+            let megabytes = fs::metadata(&archive).map_or(0, |m| m.len()) as f64 / 1048576.0;
+            progress(&format!(
+                "sending {megabytes:.1} MB and waiting for {to} to run it"
+            ));
+            accepted.send_archive(&archive).map_err(VmError::from)
+        }
         Err(e) => Err(e),
     };
     let _ = fs::remove_file(&archive);
@@ -426,16 +441,19 @@ pub fn migrate(root: &StateRoot, name: &VmName, to: &str, token: &str) -> Result
         }
         // The checkpoint itself failed: CRIU left the VM running.
         Err(e) if vm.read_state()?.status != VmStatus::Checkpointed => Err(e),
-        Err(e) => match restore(root, name, None) {
-            Ok(()) => Err(failed(
-                name,
-                format!("migration failed, the VM runs here again: {e}"),
-            )),
-            Err(again) => Err(failed(
-                name,
-                format!("migration failed ({e}) and so did restoring it here ({again}); it stays checkpointed: `feather restore {name}`"),
-            )),
-        },
+        Err(e) => {
+            progress(&format!("migration failed; restoring {name} here"));
+            match restore(root, name, None) {
+                Ok(()) => Err(failed(
+                    name,
+                    format!("migration failed, the VM runs here again: {e}"),
+                )),
+                Err(again) => Err(failed(
+                    name,
+                    format!("migration failed ({e}) and so did restoring it here ({again}); it stays checkpointed: `feather restore {name}`"),
+                )),
+            }
+        }
     }
 }
 

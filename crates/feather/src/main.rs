@@ -113,7 +113,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(CheckCommand::Criu { json }) => return check_criu(json),
         Command::Migrate { name, to, token } => {
-            let migrated = checkpoint::migrate(&root, &name.parse()?, &to, &token)?;
+            let migrated = checkpoint::migrate(&root, &name.parse()?, &to, &token, |step| {
+                eprintln!("feather migrate: {step}")
+            })?;
             eprintln!(
                 "migrated {name} to {to}: {} bytes, frozen for {} ms",
                 migrated.bytes,
