@@ -182,9 +182,6 @@ fn handle_signal(child: Pid, signo: i32, terminal: Option<&Terminal>) -> Option<
             }
             None
         }
-        // Without a terminal of our own, an interrupt typed at the user's terminal reaches the
-        // child directly (same process group); forwarding it would deliver it twice.
-        Ok(Signal::SIGINT | Signal::SIGQUIT) if terminal.is_none() => None,
         Ok(signal) => {
             let _ = nix::sys::signal::kill(child, signal);
             None
