@@ -53,7 +53,14 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         report(&mut keeper, InitReport::Failed(why));
         std::process::exit(1);
     }
-    let why = reexecute(&plan, &keeper);
+    let resumed = Resumed {
+        workload: plan.workload.clone(),
+        grace_ms: plan.grace.as_millis() as u64,
+    };
+    if plan.rootfs.init_files.is_empty() {
+        resume(keeper, resumed)
+    }
+    let why = reexecute(&plan, &resumed, &keeper);
     report(&mut keeper, InitReport::Failed(why));
     std::process::exit(1)
 }
@@ -71,12 +78,8 @@ pub const INIT_SUBCOMMAND: &str = "__init";
 /// Replaces init's program, until now the host's feather binary, by the same binary bound inside
 /// the VM (rootfs step 8b), so that nothing of the running VM refers to a file outside its own
 /// mounts and the VM can be checkpointed. Returns only on failure, saying why.
-fn reexecute(plan: &InitPlan, keeper: &UnixStream) -> String {
+fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> String {
     use std::os::fd::AsRawFd;
-    let resumed = Resumed {
-        workload: plan.workload.clone(),
-        grace_ms: plan.grace.as_millis() as u64,
-    };
     let fd = keeper.as_raw_fd();
     if let Err(e) = nix::fcntl::fcntl(
         keeper,
@@ -104,7 +107,7 @@ fn reexecute(plan: &InitPlan, keeper: &UnixStream) -> String {
         dir.join(program).display().to_string(),
         INIT_SUBCOMMAND.to_owned(),
         fd.to_string(),
-        serde_json::to_string(&resumed).unwrap_or_default(),
+        serde_json::to_string(resumed).unwrap_or_default(),
     ];
     let Ok(args) = args
         .into_iter()

@@ -148,8 +148,15 @@ impl Keeper {
                 rootfs: vm.rootfs(),
                 layers: layers::for_start(root, vm, &config)?,
                 hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
-                init_files: init::program_files()
-                    .map_err(|e| failed(&name, format!("cannot find the feather binary: {e}")))?,
+                // A throw-away VM is never checkpointed, so its init need not re-execute from
+                // inside: that saves an exec and a dozen mounts on every `run --rm`.
+                init_files: if config.ephemeral {
+                    Vec::new()
+                } else {
+                    init::program_files().map_err(|e| {
+                        failed(&name, format!("cannot find the feather binary: {e}"))
+                    })?
+                },
                 sync: if config.ephemeral {
                     LayerSync::Volatile
                 } else {
