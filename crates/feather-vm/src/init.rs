@@ -75,6 +75,7 @@ fn prepare(plan: &InitPlan) -> Result<(), String> {
     // the VM sees its own group as the root of the hierarchy.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     rootfs::assemble(&plan.rootfs).map_err(|e| e.to_string())?;
+    plan.rootfs.network.configure().map_err(|e| e.to_string())?;
     if !plan.attached {
         detach_stdio();
     }

@@ -17,6 +17,8 @@ pub struct Summary {
     pub name: String,
     pub status: VmStatus,
     pub base: PathBuf,
+    /// `private 10.77.0.2`, `none` or `host (not confined)`.
+    pub network: String,
     /// Processes in the VM now.
     pub processes: usize,
     /// Bytes of memory charged to the VM's cgroup now.
@@ -45,6 +47,7 @@ fn summary(config: &VmConfig, state: VmState) -> Summary {
         name: config.name.to_string(),
         status: state.status,
         base: config.base.clone(),
+        network: feather_net::summary(&config.network),
         processes: if running { cgroup.members().len() } else { 0 },
         memory_bytes: if running { cgroup.memory_usage() } else { None },
         created: config.created,
@@ -116,6 +119,7 @@ pub struct Inspection {
     pub control_socket: PathBuf,
     pub capabilities: Vec<String>,
     pub namespaces: Vec<&'static str>,
+    pub network: feather_net::NetworkView,
 }
 
 #[derive(Debug, Serialize)]
@@ -137,7 +141,13 @@ pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
             upper: l.upper,
         })
         .collect();
+    let mut namespaces = vec!["mount", "pid", "ipc", "uts", "net", "cgroup"];
+    if config.network.mode == feather_core::NetMode::Host {
+        namespaces.retain(|ns| *ns != "net");
+    }
     Ok(Inspection {
+        network: feather_net::view(root.dir(), &config.id, &config.network),
+        namespaces,
         cgroup: cgroup_of(&config).dirs(),
         config,
         state,
@@ -145,6 +155,5 @@ pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
         layers,
         control_socket: vm.control_socket(),
         capabilities: feather_confine::capabilities::default_set_names(),
-        namespaces: vec!["mount", "pid", "ipc", "uts", "net", "cgroup"],
     })
 }

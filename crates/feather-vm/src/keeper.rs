@@ -54,6 +54,7 @@ pub struct Keeper {
     cgroup: Cgroup,
     init: ChildProcess,
     listener: UnixListener,
+    network: feather_net::Attachment,
     durability: Durability,
     /// Held for the keeper's whole life; its release tells others the keeper is gone.
     _lock: File,
@@ -86,6 +87,14 @@ impl Keeper {
         };
         let cgroup = cgroup_of(&config);
         remove_leftovers(vm, &cgroup);
+        let (mut network, inside) = feather_net::prepare(
+            root.dir(),
+            vm.run_dir(),
+            name.as_str(),
+            &config.id,
+            &config.network,
+        )
+        .map_err(|e| failed(&name, e.to_string()))?;
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
@@ -93,13 +102,14 @@ impl Keeper {
                 rootfs: vm.rootfs(),
                 layers: layers::for_start(root, vm, &config)?,
                 hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
+                network: inside,
             },
             workload,
             grace: DEFAULT_GRACE,
             attached,
         };
         cgroup.create(&limits_of(&config)).in_vm(&name)?;
-        let booted = start_init(&name, &cgroup, plan).and_then(|init| {
+        let booted = start_init(&name, &cgroup, &network, plan).and_then(|init| {
             let listener = listen(vm)?;
             Ok((init, listener))
         });
@@ -108,16 +118,19 @@ impl Keeper {
             Err(e) => {
                 cgroup.kill_all();
                 let _ = cgroup.remove(Duration::from_secs(5));
+                network.detach();
                 let _ = fs::remove_dir_all(vm.run_dir());
                 return Err(e);
             }
         };
+        network.serve_published();
         let keeper = Keeper {
             vm: vm.clone(),
             config,
             cgroup,
             init,
             listener,
+            network,
             durability,
             _lock: lock,
         };
@@ -239,8 +252,10 @@ impl Keeper {
         if let Err(e) = self.cgroup.remove(Duration::from_secs(5)) {
             eprintln!("feather keeper {}: {e}", self.vm.name());
         }
+        self.network.detach();
         let _ = fs::remove_dir_all(self.vm.run_dir());
         if self.config.ephemeral {
+            self.network.release(&self.config.id);
             let _ = fs::remove_dir_all(self.vm.path());
             return;
         }
@@ -266,22 +281,38 @@ fn limits_of(config: &VmConfig) -> Limits {
 }
 
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still
-/// in it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
-/// namespace, which the kernel dropped with its last process.
+/// in it), its veth and nftables chains (and the bridge, if no other VM uses it) and its
+/// control socket. Mounts need no cleaning: they lived only in the VM's mount namespace, which
+/// the kernel dropped with its last process.
 pub fn remove_leftovers(vm: &VmDir, cgroup: &Cgroup) {
     if cgroup.exists() {
         cgroup.kill_all();
         let _ = cgroup.remove(Duration::from_secs(5));
     }
+    // <root>/vms/<name>: the VM's state root is two folders up.
+    if let (Ok(config), Some(root)) = (
+        vm.read_config(),
+        vm.path().parent().and_then(|p| p.parent()),
+    ) {
+        feather_net::remove_leftovers(root, &config.id, &config.network);
+    }
     let _ = fs::remove_dir_all(vm.run_dir());
 }
 
 /// Clones init into the VM's namespaces, moves it into the cgroup, and waits for its report.
-fn start_init(name: &VmName, cgroup: &Cgroup, plan: InitPlan) -> Result<ChildProcess> {
+fn start_init(
+    name: &VmName,
+    cgroup: &Cgroup,
+    network: &feather_net::Attachment,
+    plan: InitPlan,
+) -> Result<ChildProcess> {
     let (mut ours, theirs) =
         UnixStream::pair().map_err(|e| failed(name, format!("socketpair: {e}")))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
-    let namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
+    let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
+    if !plan.rootfs.network.own_namespace {
+        namespaces -= nix::sched::CloneFlags::CLONE_NEWNET;
+    }
     let init = match process::fork_into(namespaces).in_vm(name)? {
         Forked::Child => {
             drop(ours);
@@ -294,6 +325,9 @@ fn start_init(name: &VmName, cgroup: &Cgroup, plan: InitPlan) -> Result<ChildPro
     let mut boot = || -> Result<()> {
         cgroup.add(init.pid).in_vm(name)?;
         cgroup.restrict_devices().in_vm(name)?;
+        network
+            .attach(init.pid.as_raw() as u32)
+            .map_err(|e| failed(name, e.to_string()))?;
         ours.write_all(&[init::GO])
             .map_err(|e| failed(name, format!("init did not start: {e}")))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))

@@ -1,0 +1,352 @@
+//! feather's VM networking. A VM with `--net private` gets a veth pair joining its network
+//! namespace to its state root's bridge, an address leased from the root's subnet (chosen at
+//! create, kept across stop and start), a default route through the bridge, nftables policy,
+//! and published host ports. `--net none` keeps loopback only; `--net host` shares the host's
+//! network and is not confined.
+//!
+//! Who does what when a VM starts:
+//! ```text
+//! keeper: prepare()  lease known, /etc files written, host ports bound (taken → error)
+//!         clone3 → init in a new netns
+//!         attach()   bridge (+ nftables tables) if missing, veth pair with its peer created
+//!                    directly in init's netns, the VM's chains  ──GO──▶ init
+//! init:   configure()  address, link up, default route on eth0 (still holding CAP_NET_ADMIN)
+//! keeper: serve_published()  forwarder threads
+//! stop:   detach()   veth, the VM's chains; bridge and tables with the root's last VM
+//! ```
+
+pub mod error;
+pub mod etc;
+pub mod firewall;
+pub mod leases;
+pub mod netlink;
+pub mod publish;
+pub mod settings;
+pub mod subnet;
+
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use feather_core::network::{NetMode, NetworkConfig};
+use serde::Serialize;
+
+use error::netlink as netlink_error;
+pub use error::{NetError, Result};
+use netlink::{index_of, Netlink};
+use publish::Published;
+pub use settings::RootNetwork;
+
+/// The name of the VM's end of its veth pair, inside its namespace.
+pub const VM_INTERFACE: &str = "eth0";
+
+/// The host end of a VM's veth pair: `fth` and 8 hex digits of the VM's id (interface names
+/// have at most 15 characters).
+pub fn host_end(vm_id: &str) -> String {
+    let digits: String = vm_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .collect();
+    format!("fth{digits}")
+}
+
+/// At `feather create`: checks the options, checks the published host ports are free now, and
+/// leases the VM's address (private mode).
+pub fn allocate(root_dir: &Path, vm_id: &str, config: &mut NetworkConfig) -> Result<()> {
+    config
+        .validate()
+        .map_err(|e| NetError::Invalid(e.to_string()))?;
+    publish::check_free(&config.publish)?;
+    if config.mode == NetMode::Private {
+        let network = RootNetwork::load_or_choose(root_dir)?;
+        config.address = Some(leases::lease(&network, vm_id)?);
+    }
+    Ok(())
+}
+
+/// At `feather rm`: returns the VM's address to the root's pool.
+pub fn release(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> Result<()> {
+    if config.mode != NetMode::Private {
+        return Ok(());
+    }
+    if let Some(network) = RootNetwork::load(root_dir)? {
+        leases::release(&network, vm_id)?;
+    }
+    Ok(())
+}
+
+/// What the VM's init does about the network inside its new namespace.
+#[derive(Clone, Debug)]
+pub struct Inside {
+    /// Whether the VM has a network namespace of its own (not `--net host`).
+    pub own_namespace: bool,
+    /// The VM's end of its veth pair to configure (`--net private`).
+    pub interface: Option<Interface>,
+    /// Generated files on the host and the paths inside the VM to bind them over.
+    pub files: Vec<(PathBuf, PathBuf)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+}
+
+impl Inside {
+    /// Gives the VM's interface its address, brings it up and routes through the bridge.
+    /// Runs in the VM's network namespace.
+    pub fn configure(&self) -> Result<()> {
+        let Some(interface) = &self.interface else {
+            return Ok(());
+        };
+        let name = &interface.name;
+        let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "in the VM"))?;
+        let index = index_of(name).ok_or_else(|| {
+            NetError::Invalid(format!("interface {name} did not appear in the VM"))
+        })?;
+        netlink
+            .add_address(index, interface.address, interface.prefix)
+            .map_err(netlink_error(
+                "add address",
+                format!("{} to {name}", interface.address),
+            ))?;
+        netlink
+            .set_up(index)
+            .map_err(netlink_error("bring up", name.clone()))?;
+        netlink
+            .add_default_route(index, interface.gateway)
+            .map_err(netlink_error(
+                "add default route via",
+                interface.gateway.to_string(),
+            ))
+    }
+}
+
+/// The host side of one running VM's network, owned by its keeper.
+pub struct Attachment {
+    config: NetworkConfig,
+    network: Option<RootNetwork>,
+    host_end: String,
+    published: Option<Published>,
+}
+
+/// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
+/// binds its published ports. Returns the host side and the plan for init.
+pub fn prepare(
+    root_dir: &Path,
+    run_dir: &Path,
+    name: &str,
+    vm_id: &str,
+    config: &NetworkConfig,
+) -> Result<(Attachment, Inside)> {
+    let network = match config.mode {
+        NetMode::Private => Some(RootNetwork::load_or_choose(root_dir)?),
+        NetMode::None | NetMode::Host => None,
+    };
+    let private = match (&network, config.address) {
+        (Some(network), Some(address)) => Some((address, network.gateway())),
+        (Some(_), None) => {
+            return Err(NetError::Invalid(format!(
+                "VM {name} has --net private but no address in its config (recreate it)"
+            )))
+        }
+        _ => None,
+    };
+    let files = etc::write(
+        &run_dir.join("etc"),
+        &etc::Identity {
+            name,
+            mode: config.mode,
+            private,
+            egress: config.egress,
+        },
+    )?;
+    let published = match private {
+        Some((address, _)) => Some(publish::bind(&config.publish, address)?),
+        None => None,
+    };
+    let interface = match (&network, private) {
+        (Some(network), Some((address, gateway))) => Some(Interface {
+            name: VM_INTERFACE.to_owned(),
+            address,
+            prefix: network.subnet.prefix(),
+            gateway,
+        }),
+        _ => None,
+    };
+    let inside = Inside {
+        own_namespace: config.mode != NetMode::Host,
+        interface,
+        files,
+    };
+    let attachment = Attachment {
+        config: config.clone(),
+        network,
+        host_end: host_end(vm_id),
+        published,
+    };
+    Ok((attachment, inside))
+}
+
+impl Attachment {
+    /// Joins the namespace of the VM's init (process `init_pid`) to the root's bridge, making
+    /// the bridge and its tables first if this is the root's first running VM.
+    pub fn attach(&self, init_pid: u32) -> Result<()> {
+        let (Some(network), Some(address)) = (&self.network, self.config.address) else {
+            return Ok(());
+        };
+        let _lock = network.lock()?;
+        let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "on the host"))?;
+        let bridge = match index_of(&network.bridge) {
+            Some(index) => index,
+            None => {
+                netlink
+                    .create_bridge(&network.bridge)
+                    .map_err(netlink_error("create bridge", network.bridge.clone()))?;
+                let index = index_of(&network.bridge).ok_or_else(|| {
+                    NetError::Invalid(format!("bridge {} vanished", network.bridge))
+                })?;
+                netlink
+                    .add_address(index, network.gateway(), network.subnet.prefix())
+                    .map_err(netlink_error("add address", network.bridge.clone()))?;
+                firewall::create_tables(network)?;
+                index
+            }
+        };
+        if let Some(stale) = index_of(&self.host_end) {
+            let _ = netlink.delete_link(stale);
+        }
+        netlink
+            .create_veth(&self.host_end, bridge, VM_INTERFACE, init_pid)
+            .map_err(netlink_error("create veth pair", self.host_end.clone()))?;
+        if let Err(e) = firewall::add_vm(network, &self.host_end, address, self.config.egress) {
+            // The tables may have been removed by hand: make them again, once.
+            firewall::create_tables(network)?;
+            firewall::add_vm(network, &self.host_end, address, self.config.egress)
+                .map_err(|_| e)?;
+        }
+        if self.config.egress {
+            enable_forwarding()?;
+        }
+        Ok(())
+    }
+
+    /// Starts forwarding the published ports (threads of the calling process).
+    pub fn serve_published(&mut self) {
+        if let Some(published) = self.published.take() {
+            published.serve();
+        }
+    }
+
+    /// Returns the lease of a throw-away VM whose state goes with its run.
+    pub fn release(&self, vm_id: &str) {
+        if let Some(network) = &self.network {
+            let _ = leases::release(network, vm_id);
+        }
+    }
+
+    /// Removes what `attach` made for this VM, and the bridge with the root's last VM.
+    pub fn detach(&self) {
+        if let (Some(network), Some(address)) = (&self.network, self.config.address) {
+            clean_up(network, &self.host_end, address);
+        }
+    }
+}
+
+/// What a keeper that died without cleaning up left of a VM's network: its veth, its chains,
+/// and the bridge if no other VM of the root uses it.
+pub fn remove_leftovers(root_dir: &Path, vm_id: &str, config: &NetworkConfig) {
+    if let (NetMode::Private, Some(address)) = (config.mode, config.address) {
+        if let Ok(Some(network)) = RootNetwork::load(root_dir) {
+            clean_up(&network, &host_end(vm_id), address);
+        }
+    }
+}
+
+fn clean_up(network: &RootNetwork, host_end: &str, address: Ipv4Addr) {
+    let Ok(_lock) = network.lock() else { return };
+    let Ok(mut netlink) = Netlink::open() else {
+        return;
+    };
+    if let Some(index) = index_of(host_end) {
+        let _ = netlink.delete_link(index);
+    }
+    let Some(bridge) = index_of(&network.bridge) else {
+        firewall::delete_tables(network);
+        return;
+    };
+    firewall::remove_vm(network, host_end, address);
+    let ports = Path::new("/sys/class/net")
+        .join(&network.bridge)
+        .join("brif");
+    let in_use = fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_some());
+    if !in_use {
+        let _ = netlink.delete_link(bridge);
+        firewall::delete_tables(network);
+    }
+}
+
+/// `--egress` needs the host to route between the bridge and its other interfaces.
+fn enable_forwarding() -> Result<()> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    if fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    fs::write(path, "1").map_err(|source| NetError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// How `inspect` shows a VM's network.
+#[derive(Debug, Serialize)]
+pub struct NetworkView {
+    pub mode: NetMode,
+    /// False for `--net host`: the VM shares the host's network and nothing confines it.
+    pub confined: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nftables_table: Option<String>,
+    pub publish: Vec<String>,
+    pub egress: bool,
+}
+
+pub fn view(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> NetworkView {
+    let network = match config.mode {
+        NetMode::Private => RootNetwork::load(root_dir).ok().flatten(),
+        _ => None,
+    };
+    NetworkView {
+        mode: config.mode,
+        confined: config.mode != NetMode::Host,
+        address: config.address,
+        prefix: network.as_ref().map(|n| n.subnet.prefix()),
+        gateway: network.as_ref().map(RootNetwork::gateway),
+        bridge: network.as_ref().map(|n| n.bridge.clone()),
+        host_interface: network.as_ref().map(|_| host_end(vm_id)),
+        nftables_table: network.as_ref().map(RootNetwork::table),
+        publish: config.publish.iter().map(ToString::to_string).collect(),
+        egress: config.egress,
+    }
+}
+
+/// The NETWORK column of `feather ls`.
+pub fn summary(config: &NetworkConfig) -> String {
+    match (config.mode, config.address) {
+        (NetMode::Private, Some(address)) => format!("private {address}"),
+        (NetMode::Host, _) => "host (not confined)".into(),
+        (mode, _) => mode.to_string(),
+    }
+}
