@@ -11,4 +11,5 @@ mod exec;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod network;
 mod recovery;
