@@ -141,3 +141,51 @@ fn stop_ends_every_process_of_the_vm() {
         );
     }
 }
+
+#[test]
+fn run_rm_with_a_terminal_gives_one_and_leaves_nothing() {
+    let feather = Feather::new("run-rm-tty");
+    let base = ScratchBase::new("run-rm-tty");
+    let outcome = feather.run(&[
+        "run",
+        "--rm",
+        "-t",
+        "--base",
+        base.as_str(),
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && echo tty; exit 4",
+    ]);
+    assert_eq!(
+        (outcome.code, outcome.stdout.replace('\r', "")),
+        (4, "tty\n".to_owned()),
+        "{}",
+        outcome.stderr
+    );
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
+    let feather = Feather::new("run-rm-live");
+    let base = ScratchBase::new("run-rm-live");
+    for (limits, has_cgroup) in [(vec![], false), (vec!["--memory", "64M"], true)] {
+        let mut args = vec!["run", "--rm", "--base", base.as_str()];
+        args.extend(limits);
+        args.extend(["tmp", "--", "sleep", "60"]);
+        let mut run = feather.command().args(&args).spawn().unwrap();
+        feather.eventually("the throw-away VM runs", || feather.run(&["inspect", "tmp"]).stdout.contains("\"running\""));
+        // Without limits it skips the cgroup (faster start); its processes are found all the same.
+        assert_eq!(feather.inspect("tmp")["cgroup"].as_array().unwrap().is_empty(), !has_cgroup);
+        let ps: serde_json::Value = serde_json::from_str(&feather.ok(&["ps", "tmp", "--json"])).unwrap();
+        let commands: Vec<&str> = ps.as_array().unwrap().iter().map(|p| p["command"].as_str().unwrap()).collect();
+        assert_eq!(commands.len(), 2, "{commands:?}");
+        assert_eq!(commands[1], "sleep 60");
+        assert_eq!(feather.sh("tmp", "echo inside"), "inside\n");
+        feather.ok(&["stop", "--time", "1", "tmp"]);
+        let status = run.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + 15), "sleep ended by SIGTERM");
+        assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    }
+}

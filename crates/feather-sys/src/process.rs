@@ -97,6 +97,11 @@ pub fn close_other_fds(keep: &[RawFd]) {
     }
 }
 
+/// Gives every signal its default action back, before exec (see [`raw::reset_signal_dispositions`]).
+pub fn reset_signal_dispositions() {
+    raw::reset_signal_dispositions();
+}
+
 /// Makes `fd` the caller's stdin, stdout and stderr.
 pub fn redirect_stdio(fd: &impl AsFd) -> Result<()> {
     nix::unistd::dup2_stdin(fd).ctx("dup2", "stdin")?;

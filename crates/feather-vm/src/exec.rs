@@ -22,6 +22,8 @@ use crate::workload::{become_workload, Workload};
 /// Exit code when feather itself could not run the command (as `docker exec` uses).
 pub const EXIT_CANNOT_EXEC: i32 = 126;
 
+/// Runs `workload` in the running VM `name` and returns its exit code. The caller is left in the
+/// VM's namespaces: call this last, or from a child process.
 pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> Result<i32> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
@@ -36,7 +38,9 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     if process::start_ticks(init) != state.init_start_ticks {
         return Err(Error::NotRunning(name.to_string()).into());
     }
-    cgroup_of(&config).add(Pid::this()).in_vm(name)?;
+    if let Some(cgroup) = cgroup_of(&config) {
+        cgroup.add(Pid::this()).in_vm(name)?;
+    }
     process::join_namespaces(&pidfd, process::vm_namespaces()).in_vm(name)?;
     // From here on, paths resolve inside the VM.
     let terminal = if tty {

@@ -44,6 +44,7 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     if feather_sys::process::set_parent_death_signal(Signal::SIGKILL).is_err() {
         std::process::exit(1);
     }
+    let _ = nix::sys::prctl::set_name(c"feather-init");
     let mut go = [0u8; 1];
     if keeper.read_exact(&mut go).is_err() || go[0] != GO {
         std::process::exit(1);

@@ -44,14 +44,28 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The cgroup of a VM, named by its id so VMs of one name under two state roots never meet.
-pub fn cgroup_of(config: &VmConfig) -> Cgroup {
+/// `None` for a VM that has none (see [`uses_cgroup`]).
+pub fn cgroup_of(config: &VmConfig) -> Option<Cgroup> {
+    uses_cgroup(config).then(|| cgroup_path(config))
+}
+
+/// Where a VM's cgroup is or would be; for cleaning up whatever a crash left.
+pub fn cgroup_path(config: &VmConfig) -> Cgroup {
     Cgroup::new(Hierarchies::detect(), format!("feather/{}", config.id))
+}
+
+/// Every VM that lives on gets a cgroup (limits, accounting, `ps`), and so does a throw-away VM
+/// with limits. A throw-away VM without limits does not: on cgroup v1 the first move of a process
+/// into a group waits for an RCU grace period (about 10 ms), most of such a VM's start time, and
+/// its pid namespace already finds and ends every process it has.
+pub fn uses_cgroup(config: &VmConfig) -> bool {
+    !config.ephemeral || config.limits != feather_core::Limits::default()
 }
 
 pub struct Keeper {
     vm: VmDir,
     config: VmConfig,
-    cgroup: Cgroup,
+    cgroup: Option<Cgroup>,
     init: ChildProcess,
     listener: UnixListener,
     network: feather_net::Attachment,
@@ -85,8 +99,8 @@ impl Keeper {
         } else {
             Durability::Durable
         };
+        remove_leftovers(vm, &config);
         let cgroup = cgroup_of(&config);
-        remove_leftovers(vm, &cgroup);
         let (mut network, inside) = feather_net::prepare(
             root.dir(),
             vm.run_dir(),
@@ -94,7 +108,10 @@ impl Keeper {
             &config.id,
             &config.network,
         )
-        .map_err(|e| failed(&name, e.to_string()))?;
+        .map_err(|e| {
+            remove_leftovers(vm, &config);
+            failed(&name, e.to_string())
+        })?;
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
@@ -108,18 +125,17 @@ impl Keeper {
             grace: DEFAULT_GRACE,
             attached,
         };
-        cgroup.create(&limits_of(&config)).in_vm(&name)?;
-        let booted = start_init(&name, &cgroup, &network, plan).and_then(|init| {
+        if let Some(cgroup) = &cgroup {
+            cgroup.create(&limits_of(&config)).in_vm(&name)?;
+        }
+        let booted = start_init(&name, cgroup.as_ref(), &network, plan).and_then(|init| {
             let listener = listen(vm)?;
             Ok((init, listener))
         });
         let (init, listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
-                cgroup.kill_all();
-                let _ = cgroup.remove(Duration::from_secs(5));
-                network.detach();
-                let _ = fs::remove_dir_all(vm.run_dir());
+                remove_leftovers(vm, &config);
                 return Err(e);
             }
         };
@@ -248,9 +264,11 @@ impl Keeper {
     }
 
     fn tear_down(&self, how: &str) {
-        self.cgroup.kill_all();
-        if let Err(e) = self.cgroup.remove(Duration::from_secs(5)) {
-            eprintln!("feather keeper {}: {e}", self.vm.name());
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+            if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
+                eprintln!("feather keeper {}: {e}", self.vm.name());
+            }
         }
         self.network.detach();
         let _ = fs::remove_dir_all(self.vm.run_dir());
@@ -281,19 +299,17 @@ fn limits_of(config: &VmConfig) -> Limits {
 }
 
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still
-/// in it), its veth and nftables chains (and the bridge, if no other VM uses it) and its
-/// control socket. Mounts need no cleaning: they lived only in the VM's mount namespace, which
-/// the kernel dropped with its last process.
-pub fn remove_leftovers(vm: &VmDir, cgroup: &Cgroup) {
+/// in it), its veth and nftables chains (and the bridge, if no other VM of its state root uses
+/// it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
+/// namespace, which the kernel dropped with its last process.
+pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
+    let cgroup = cgroup_path(config);
     if cgroup.exists() {
         cgroup.kill_all();
         let _ = cgroup.remove(Duration::from_secs(5));
     }
     // <root>/vms/<name>: the VM's state root is two folders up.
-    if let (Ok(config), Some(root)) = (
-        vm.read_config(),
-        vm.path().parent().and_then(|p| p.parent()),
-    ) {
+    if let Some(root) = vm.path().parent().and_then(|vms| vms.parent()) {
         feather_net::remove_leftovers(root, &config.id, &config.network);
     }
     let _ = fs::remove_dir_all(vm.run_dir());
@@ -302,7 +318,7 @@ pub fn remove_leftovers(vm: &VmDir, cgroup: &Cgroup) {
 /// Clones init into the VM's namespaces, moves it into the cgroup, and waits for its report.
 fn start_init(
     name: &VmName,
-    cgroup: &Cgroup,
+    cgroup: Option<&Cgroup>,
     network: &feather_net::Attachment,
     plan: InitPlan,
 ) -> Result<ChildProcess> {
@@ -323,8 +339,10 @@ fn start_init(
     };
     drop(theirs);
     let mut boot = || -> Result<()> {
-        cgroup.add(init.pid).in_vm(name)?;
-        cgroup.restrict_devices().in_vm(name)?;
+        if let Some(cgroup) = cgroup {
+            cgroup.add(init.pid).in_vm(name)?;
+            cgroup.restrict_devices().in_vm(name)?;
+        }
         network
             .attach(init.pid.as_raw() as u32)
             .map_err(|e| failed(name, e.to_string()))?;

@@ -47,13 +47,19 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
     let program = workload.argv.first().ok_or("no command given")?;
     // The parent blocked signals to read them from a signalfd; the program must not inherit that.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    feather_sys::process::reset_signal_dispositions();
     let resolved = resolve(workload, terminal)?;
     feather_confine::capabilities::reduce_to_default().map_err(|e| e.to_string())?;
     // Groups first: once the uid is not 0, the process may no longer change them.
     setgroups(&resolved.groups).map_err(|e| format!("setgroups: {e}"))?;
     setgid(resolved.gid).map_err(|e| format!("setgid {}: {e}", resolved.gid))?;
     setuid(resolved.uid).map_err(|e| format!("setuid {}: {e}", resolved.uid))?;
-    let cwd = workload.cwd.clone().unwrap_or(resolved.home);
+    // Like login(1): the home folder if it exists, else the root.
+    let cwd = workload.cwd.clone().unwrap_or(if resolved.home.is_dir() {
+        resolved.home
+    } else {
+        PathBuf::from("/")
+    });
     nix::unistd::chdir(&cwd).map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
     let argv: Vec<CString> = workload
         .argv
