@@ -6,7 +6,7 @@ use crate::support::{Feather, ScratchBase};
 fn the_vm_has_its_own_pids_hostname_and_network() {
     let feather = Feather::new("iso-ns");
     let base = ScratchBase::new("iso-ns");
-    feather.ok(&["create", "box1", "--base", base.as_str()]);
+    feather.ok(&["create", "box1", "--net", "none", "--base", base.as_str()]);
     feather.ok(&["start", "box1"]);
     // Its init is pid 1, and no host process is visible.
     let pids = feather.sh("box1", "ls /proc | grep -E '^[0-9]+$'");
