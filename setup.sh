@@ -13,6 +13,9 @@ packages=(
     iproute2         # `ip`, used by tests to look for leftover links
     procps           # `ps` inside VMs in tests
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
+    nftables         # `nft`: feather's network policy for --net private VMs (crates/feather-net)
+    nginx            # network tests serve pages from VMs and from the host
+    curl             # network tests fetch those pages
 )
 
 export DEBIAN_FRONTEND=noninteractive

@@ -100,7 +100,7 @@ pub fn add_vm(
 }
 
 /// Removes one VM's chains and map entries; whatever is already gone is skipped.
-pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr) {
+pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egress: bool) {
     let table = network.table();
     let chain = chain(host_end);
     let commands = [
@@ -114,8 +114,12 @@ pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr) {
     // One batch when everything is there (the usual case); one by one when not, since a
     // batch with a missing element fails as a whole.
     let what = format!("remove VM {host_end} from {table}");
-    if run(&what, &commands[1..].join("\n")).is_ok() {
-        let _ = run(&what, &commands[0]);
+    let usual = if egress {
+        &commands[..]
+    } else {
+        &commands[1..]
+    };
+    if run(&what, &usual.join("\n")).is_ok() {
         return;
     }
     for command in &commands {

@@ -131,6 +131,8 @@ pub struct Attachment {
     network: Option<RootNetwork>,
     host_end: String,
     published: Option<Published>,
+    /// `<run dir>/network-attached`: present from attach until the VM's network is removed.
+    marker: PathBuf,
 }
 
 /// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
@@ -187,6 +189,7 @@ pub fn prepare(
         network,
         host_end: host_end(vm_id),
         published,
+        marker: run_dir.join(ATTACHED),
     };
     Ok((attachment, inside))
 }
@@ -199,6 +202,12 @@ impl Attachment {
             return Ok(());
         };
         let _lock = network.lock()?;
+        // Written first: whatever happens next, a later clean-up knows there may be something
+        // of this VM to remove.
+        fs::write(&self.marker, b"").map_err(|source| NetError::Io {
+            path: self.marker.clone(),
+            source,
+        })?;
         let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "on the host"))?;
         let bridge = match index_of(&network.bridge) {
             Some(index) => index,
@@ -251,22 +260,31 @@ impl Attachment {
     /// Removes what `attach` made for this VM, and the bridge with the root's last VM.
     pub fn detach(&self) {
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
-            clean_up(network, &self.host_end, address);
+            clean_up(network, &self.host_end, address, self.config.egress);
+            let _ = fs::remove_file(&self.marker);
         }
     }
 }
 
 /// What a keeper that died without cleaning up left of a VM's network: its veth, its chains,
-/// and the bridge if no other VM of the root uses it.
-pub fn remove_leftovers(root_dir: &Path, vm_id: &str, config: &NetworkConfig) {
+/// and the bridge if no other VM of the root uses it. Looks only when the VM's run folder says
+/// it was attached, so a clean start pays nothing for it.
+pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &NetworkConfig) {
+    let marker = run_dir.join(ATTACHED);
+    if !marker.exists() {
+        return;
+    }
     if let (NetMode::Private, Some(address)) = (config.mode, config.address) {
         if let Ok(Some(network)) = RootNetwork::load(root_dir) {
-            clean_up(&network, &host_end(vm_id), address);
+            clean_up(&network, &host_end(vm_id), address, config.egress);
         }
     }
+    let _ = fs::remove_file(marker);
 }
 
-fn clean_up(network: &RootNetwork, host_end: &str, address: Ipv4Addr) {
+const ATTACHED: &str = "network-attached";
+
+fn clean_up(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egress: bool) {
     let Ok(_lock) = network.lock() else { return };
     let Ok(mut netlink) = Netlink::open() else {
         return;
@@ -278,7 +296,7 @@ fn clean_up(network: &RootNetwork, host_end: &str, address: Ipv4Addr) {
         firewall::delete_tables(network);
         return;
     };
-    firewall::remove_vm(network, host_end, address);
+    firewall::remove_vm(network, host_end, address, egress);
     let ports = Path::new("/sys/class/net")
         .join(&network.bridge)
         .join("brif");

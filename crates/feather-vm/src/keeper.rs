@@ -310,7 +310,7 @@ pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
     }
     // <root>/vms/<name>: the VM's state root is two folders up.
     if let Some(root) = vm.path().parent().and_then(|vms| vms.parent()) {
-        feather_net::remove_leftovers(root, &config.id, &config.network);
+        feather_net::remove_leftovers(root, vm.run_dir(), &config.id, &config.network);
     }
     let _ = fs::remove_dir_all(vm.run_dir());
 }
