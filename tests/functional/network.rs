@@ -488,3 +488,25 @@ fn egress_is_per_vm_and_off_by_default() {
     assert!(set.contains(&address(&feather, "open")), "{set}");
     assert!(!set.contains(&address(&feather, "closed")), "{set}");
 }
+
+#[test]
+fn udp_ports_are_published_too() {
+    let feather = Feather::new("net-udp");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    feather.ok(&["create", "echo", "--publish", &format!("{port}:5000/udp")]);
+    feather.ok(&["start", "echo"]);
+    feather.sh(
+        "echo",
+        "python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",5000))\n\
+         while True:\n    d,a=s.recvfrom(100)\n    s.sendto(b\"echo:\"+d,a)' </dev/null >/dev/null 2>&1 &",
+    );
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    let mut answer = [0u8; 64];
+    // The server inside may take a moment to bind: ask again until it answers.
+    let got = (0..20).find_map(|_| {
+        client.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+        client.recv(&mut answer).ok()
+    });
+    assert_eq!(got.map(|n| &answer[..n]), Some(&b"echo:ping"[..]));
+}
