@@ -6,12 +6,17 @@
 //!
 //! - host → VM: allowed (the host's output is not filtered; replies are `established`)
 //! - VM → host services: dropped (`inet input`)
-//! - VM → VM: dropped (`bridge forward`)
+//! - VM → VM: dropped (`bridge forward`, frames from any `fth*` port: this kernel has neither
+//!   `meta ibrname` nor bridge conntrack, so the rules there match ports, statelessly)
 //! - VM → outside: dropped unless the VM was created with `--egress` (then masqueraded)
+//!
+//! The drops match by interface (the bridge, `fth*` ports), so they hold from the moment a
+//! VM's veth exists, before its own chains are added.
 
+use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 
 use crate::error::{NetError, Result};
 use crate::settings::RootNetwork;
@@ -55,12 +60,11 @@ table inet {table} {{
     }}
 }}
 table bridge {table} {{
-    set ports {{ type ifname; }}
     map from_port {{ type ifname : verdict; }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         iifname vmap @from_port
-        iifname @ports counter drop comment "VM to VM"
+        iifname "fth*" counter drop comment "VM to VM"
     }}
 }}
 "#
@@ -68,70 +72,93 @@ table bridge {table} {{
     )
 }
 
-/// Removes the root's tables (when its bridge goes).
-pub fn delete_tables(network: &RootNetwork) {
+/// Starts removing the root's tables (when its bridge goes).
+pub fn delete_tables(network: &RootNetwork) -> Option<Pending> {
     let table = network.table();
-    let _ = run(
+    spawn(
         &format!("delete tables {table}"),
         &format!(
             "add table inet {table}\ndelete table inet {table}\nadd table bridge {table}\ndelete table bridge {table}\n"
         ),
-    );
+    )
+    .ok()
 }
 
-/// Adds one VM's chains and map entries.
+/// Starts adding one VM's chains and map entries (and its address to `egress`). The default
+/// drops hold without them, so the VM may start while `nft` runs; [`Pending::finish`] waits.
 pub fn add_vm(
     network: &RootNetwork,
     host_end: &str,
     address: Ipv4Addr,
     egress: bool,
-) -> Result<()> {
+) -> Result<Pending> {
     let table = network.table();
     let chain = chain(host_end);
     let mut script = format!(
         "add chain inet {table} {chain}\nadd element inet {table} from_vm {{ {address} : jump {chain} }}\n\
-         add chain bridge {table} {chain}\nadd element bridge {table} from_port {{ \"{host_end}\" : jump {chain} }}\n\
-         add element bridge {table} ports {{ \"{host_end}\" }}\n"
+         add chain bridge {table} {chain}\nadd element bridge {table} from_port {{ \"{host_end}\" : jump {chain} }}\n"
     );
     if egress {
         script += &format!("add element inet {table} egress {{ {address} }}\n");
     }
-    run(&format!("add VM {host_end} to {table}"), &script)
+    spawn(&format!("add VM {host_end} to {table}"), &script)
 }
 
-/// Removes one VM's chains and map entries; whatever is already gone is skipped.
-pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egress: bool) {
+/// Starts removing one VM's chains and map entries. Whatever is already gone is skipped:
+/// a batch with a missing element fails as a whole, and then [`Pending::finish`] removes the
+/// parts one by one.
+pub fn remove_vm(
+    network: &RootNetwork,
+    host_end: &str,
+    address: Ipv4Addr,
+    egress: bool,
+) -> Option<Pending> {
     let table = network.table();
     let chain = chain(host_end);
-    let commands = [
+    let commands = vec![
         format!("delete element inet {table} egress {{ {address} }}"),
         format!("delete element inet {table} from_vm {{ {address} }}"),
         format!("delete chain inet {table} {chain}"),
         format!("delete element bridge {table} from_port {{ \"{host_end}\" }}"),
-        format!("delete element bridge {table} ports {{ \"{host_end}\" }}"),
         format!("delete chain bridge {table} {chain}"),
     ];
-    // One batch when everything is there (the usual case); one by one when not, since a
-    // batch with a missing element fails as a whole.
-    let what = format!("remove VM {host_end} from {table}");
     let usual = if egress {
         &commands[..]
     } else {
         &commands[1..]
     };
-    if run(&what, &usual.join("\n")).is_ok() {
-        return;
-    }
-    for command in &commands {
-        let _ = run(&what, command);
-    }
+    let mut pending = spawn(
+        &format!("remove VM {host_end} from {table}"),
+        &usual.join("\n"),
+    )
+    .ok()?;
+    pending.fallback = commands;
+    Some(pending)
 }
 
 fn run(what: &str, script: &str) -> Result<()> {
-    let failed = |why: String| NetError::Firewall {
+    spawn(what, script)?.finish()
+}
+
+/// An `nft` run under way.
+pub struct Pending {
+    child: Child,
+    what: String,
+    /// Commands to run one at a time if the batch fails.
+    fallback: Vec<String>,
+    /// A lock held until nft is done (the root's network lock during a tear-down).
+    lock: Option<File>,
+}
+
+fn failed(what: &str, why: String) -> NetError {
+    NetError::Firewall {
         what: what.to_owned(),
         why,
-    };
+    }
+}
+
+fn spawn(what: &str, script: &str) -> Result<Pending> {
+    let failed = |why| failed(what, why);
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -139,18 +166,47 @@ fn run(what: &str, script: &str) -> Result<()> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| failed(format!("cannot run nft: {e}")))?;
+    // The script is far smaller than a pipe's buffer: writing it never blocks on nft.
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(script.as_bytes())
-            .map_err(|e| failed(e.to_string()))?;
+        if let Err(e) = stdin.write_all(script.as_bytes()) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(failed(e.to_string()));
+        }
     }
-    let output = child
-        .wait_with_output()
-        .map_err(|e| failed(e.to_string()))?;
-    if output.status.success() {
-        Ok(())
-    } else {
+    Ok(Pending {
+        child,
+        what: what.to_owned(),
+        fallback: Vec::new(),
+        lock: None,
+    })
+}
+
+impl Pending {
+    /// Keeps `lock` until nft is done.
+    pub fn holding(mut self, lock: File) -> Pending {
+        self.lock = Some(lock);
+        self
+    }
+
+    /// Waits for `nft` and says whether it applied the batch (or, with a fallback, whatever
+    /// part of it could be applied).
+    pub fn finish(self) -> Result<()> {
+        let output = self
+            .child
+            .wait_with_output()
+            .map_err(|e| failed(&self.what, e.to_string()))?;
+        if output.status.success() {
+            return Ok(());
+        }
+        if !self.fallback.is_empty() {
+            for command in &self.fallback {
+                let _ = run(&self.what, command);
+            }
+            return Ok(());
+        }
         Err(failed(
+            &self.what,
             String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         ))
     }

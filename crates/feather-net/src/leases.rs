@@ -1,68 +1,83 @@
-//! Address leases: which VM of a state root holds which address. Changed only under the
-//! root's network lock and written atomically, so two creates racing each other never get
-//! the same address.
+//! Address leases: which VM of a state root holds which address, one file per leased address
+//! (`<root>/network-leases/<address>`, holding the VM's id). A lease is taken by creating its
+//! file with O_EXCL, which the kernel makes atomic: two creates racing each other never get
+//! the same address, with no lock to wait for. Leases of durable VMs are flushed to disk;
+//! those of throw-away VMs (`run --rm`) need not survive a power cut.
 
-use std::collections::BTreeMap;
-use std::fs;
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
-
-use feather_core::atomic::{write_atomic, Durability};
 
 use crate::error::{IoAt, NetError, Result};
 use crate::settings::RootNetwork;
 
-fn leases_path(network: &RootNetwork) -> PathBuf {
-    network.root().join("network-leases.json")
+fn leases_dir(network: &RootNetwork) -> PathBuf {
+    network.root().join("network-leases")
 }
 
-fn read(network: &RootNetwork) -> Result<BTreeMap<Ipv4Addr, String>> {
-    let path = leases_path(network);
-    match fs::read(&path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| NetError::BadFile {
-            path,
-            why: e.to_string(),
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeMap::new()),
-        Err(e) => Err(e).at(path),
-    }
-}
-
-fn write(network: &RootNetwork, leases: &BTreeMap<Ipv4Addr, String>) -> Result<()> {
-    let path = leases_path(network);
-    let text = serde_json::to_vec_pretty(leases).map_err(|e| NetError::Invalid(e.to_string()))?;
-    write_atomic(&path, &text, Durability::Durable).map_err(|e| NetError::Invalid(e.to_string()))
+/// (address, VM id) of every lease of the root.
+fn read(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
+    let dir = leases_dir(network);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).at(dir),
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| {
+            let address = entry.file_name().to_str()?.parse().ok()?;
+            let id = fs::read_to_string(entry.path()).ok()?;
+            Some((address, id.trim().to_owned()))
+        })
+        .collect())
 }
 
 /// Leases the lowest free address of the root's subnet to VM `vm_id` (or returns the one it
 /// holds already).
-pub fn lease(network: &RootNetwork, vm_id: &str) -> Result<Ipv4Addr> {
-    let _lock = network.lock()?;
-    let mut leases = read(network)?;
-    if let Some((address, _)) = leases.iter().find(|(_, id)| *id == vm_id) {
+pub fn lease(network: &RootNetwork, vm_id: &str, durable: bool) -> Result<Ipv4Addr> {
+    let held = read(network)?;
+    if let Some((address, _)) = held.iter().find(|(_, id)| id == vm_id) {
         return Ok(*address);
     }
-    let address = network
-        .subnet
-        .vm_hosts()
-        .find(|a| !leases.contains_key(a))
-        .ok_or_else(|| NetError::SubnetFull {
-            subnet: network.subnet.to_string(),
-            settings: network.root().join("network.toml"),
-        })?;
-    leases.insert(address, vm_id.to_owned());
-    write(network, &leases)?;
-    Ok(address)
+    let dir = leases_dir(network);
+    fs::create_dir_all(&dir).at(&dir)?;
+    for address in network.subnet.vm_hosts() {
+        if held.iter().any(|(a, _)| *a == address) {
+            continue;
+        }
+        let path = dir.join(address.to_string());
+        let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => file,
+            // Taken since we looked: a racing create got it first.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).at(path),
+        };
+        file.write_all(vm_id.as_bytes()).at(&path)?;
+        if durable {
+            file.sync_all().at(&path)?;
+            File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
+        }
+        return Ok(address);
+    }
+    Err(NetError::SubnetFull {
+        subnet: network.subnet.to_string(),
+        settings: network.root().join("network.toml"),
+    })
 }
 
-/// Returns the address of VM `vm_id`, if it holds one. Returns whether any lease is left.
-pub fn release(network: &RootNetwork, vm_id: &str) -> Result<bool> {
-    let _lock = network.lock()?;
-    let mut leases = read(network)?;
-    let before = leases.len();
-    leases.retain(|_, id| id != vm_id);
-    if leases.len() != before {
-        write(network, &leases)?;
+/// Returns every address VM `vm_id` holds to the pool.
+pub fn release(network: &RootNetwork, vm_id: &str) -> Result<()> {
+    let dir = leases_dir(network);
+    for (address, id) in read(network)? {
+        if id == vm_id {
+            let path = dir.join(address.to_string());
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e).at(path),
+                _ => {}
+            }
+        }
     }
-    Ok(!leases.is_empty())
+    Ok(())
 }

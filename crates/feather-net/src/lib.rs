@@ -9,9 +9,10 @@
 //! keeper: prepare()  lease known, /etc files written, host ports bound (taken → error)
 //!         clone3 → init in a new netns
 //!         attach()   bridge (+ nftables tables) if missing, veth pair with its peer created
-//!                    directly in init's netns, the VM's chains  ──GO──▶ init
+//!                    directly in init's netns; `nft` adding the VM's chains is started
+//!                    and left running  ──GO──▶ init
 //! init:   configure()  address, link up, default route on eth0 (still holding CAP_NET_ADMIN)
-//! keeper: serve_published()  forwarder threads
+//! keeper: complete()  waits for the VM's chains (nft ran while init worked); forwarders
 //! stop:   detach()   veth, the VM's chains; bridge and tables with the root's last VM
 //! ```
 
@@ -24,6 +25,7 @@ pub mod publish;
 pub mod settings;
 pub mod subnet;
 
+use std::cell::RefCell;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -52,15 +54,21 @@ pub fn host_end(vm_id: &str) -> String {
 }
 
 /// At `feather create`: checks the options, checks the published host ports are free now, and
-/// leases the VM's address (private mode).
-pub fn allocate(root_dir: &Path, vm_id: &str, config: &mut NetworkConfig) -> Result<()> {
+/// leases the VM's address (private mode). `durable`: the lease must survive a power cut (not
+/// needed for a throw-away VM).
+pub fn allocate(
+    root_dir: &Path,
+    vm_id: &str,
+    config: &mut NetworkConfig,
+    durable: bool,
+) -> Result<()> {
     config
         .validate()
         .map_err(|e| NetError::Invalid(e.to_string()))?;
     publish::check_free(&config.publish)?;
     if config.mode == NetMode::Private {
         let network = RootNetwork::load_or_choose(root_dir)?;
-        config.address = Some(leases::lease(&network, vm_id)?);
+        config.address = Some(leases::lease(&network, vm_id, durable)?);
     }
     Ok(())
 }
@@ -133,6 +141,9 @@ pub struct Attachment {
     published: Option<Published>,
     /// `<run dir>/network-attached`: present from attach until the VM's network is removed.
     marker: PathBuf,
+    /// The `nft` run under way: adding the VM's chains (from `attach` until `complete`) or
+    /// removing them (from `detach` until the attachment is dropped).
+    pending: RefCell<Option<firewall::Pending>>,
 }
 
 /// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
@@ -190,6 +201,7 @@ pub fn prepare(
         host_end: host_end(vm_id),
         published,
         marker: run_dir.join(ATTACHED),
+        pending: RefCell::new(None),
     };
     Ok((attachment, inside))
 }
@@ -231,23 +243,34 @@ impl Attachment {
         netlink
             .create_veth(&self.host_end, bridge, VM_INTERFACE, init_pid)
             .map_err(netlink_error("create veth pair", self.host_end.clone()))?;
-        if let Err(e) = firewall::add_vm(network, &self.host_end, address, self.config.egress) {
-            // The tables may have been removed by hand: make them again, once.
-            firewall::create_tables(network)?;
-            firewall::add_vm(network, &self.host_end, address, self.config.egress)
-                .map_err(|_| e)?;
-        }
+        let pending = firewall::add_vm(network, &self.host_end, address, self.config.egress)?;
+        *self.pending.borrow_mut() = Some(pending);
         if self.config.egress {
             enable_forwarding()?;
         }
         Ok(())
     }
 
-    /// Starts forwarding the published ports (threads of the calling process).
-    pub fn serve_published(&mut self) {
+    /// Once the VM is up: waits for its firewall chains (added while init assembled its root)
+    /// and starts forwarding the published ports (threads of the calling process).
+    pub fn complete(&mut self) -> Result<()> {
+        let pending = self.pending.borrow_mut().take();
+        if let (Some(pending), Some(network), Some(address)) =
+            (pending, &self.network, self.config.address)
+        {
+            if let Err(e) = pending.finish() {
+                // The tables may have been removed by hand: make them again, once.
+                let _lock = network.lock()?;
+                firewall::create_tables(network)?;
+                firewall::add_vm(network, &self.host_end, address, self.config.egress)?
+                    .finish()
+                    .map_err(|_| e)?;
+            }
+        }
         if let Some(published) = self.published.take() {
             published.serve();
         }
+        Ok(())
     }
 
     /// Returns the lease of a throw-away VM whose state goes with its run.
@@ -258,10 +281,24 @@ impl Attachment {
     }
 
     /// Removes what `attach` made for this VM, and the bridge with the root's last VM.
+    /// The last `nft` run (removing the VM's entries, or the tables) goes on while the keeper
+    /// finishes its own tear-down; dropping the attachment waits for it.
     pub fn detach(&self) {
+        if let Some(adding) = self.pending.borrow_mut().take() {
+            let _ = adding.finish();
+        }
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
-            clean_up(network, &self.host_end, address, self.config.egress);
+            *self.pending.borrow_mut() =
+                clean_up(network, &self.host_end, address, self.config.egress);
             let _ = fs::remove_file(&self.marker);
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        if let Some(pending) = self.pending.get_mut().take() {
+            let _ = pending.finish();
         }
     }
 }
@@ -276,7 +313,9 @@ pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &N
     }
     if let (NetMode::Private, Some(address)) = (config.mode, config.address) {
         if let Ok(Some(network)) = RootNetwork::load(root_dir) {
-            clean_up(&network, &host_end(vm_id), address, config.egress);
+            if let Some(pending) = clean_up(&network, &host_end(vm_id), address, config.egress) {
+                let _ = pending.finish();
+            }
         }
     }
     let _ = fs::remove_file(marker);
@@ -284,27 +323,36 @@ pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &N
 
 const ATTACHED: &str = "network-attached";
 
-fn clean_up(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egress: bool) {
-    let Ok(_lock) = network.lock() else { return };
-    let Ok(mut netlink) = Netlink::open() else {
-        return;
-    };
+/// Deletes the VM's veth, then either its firewall entries or — if it was the bridge's last
+/// port — the bridge and both tables. Returns the `nft` run still under way, which holds the
+/// root's network lock until it is done.
+fn clean_up(
+    network: &RootNetwork,
+    host_end: &str,
+    address: Ipv4Addr,
+    egress: bool,
+) -> Option<firewall::Pending> {
+    let lock = network.lock().ok()?;
+    let mut netlink = Netlink::open().ok()?;
     if let Some(index) = index_of(host_end) {
         let _ = netlink.delete_link(index);
     }
-    let Some(bridge) = index_of(&network.bridge) else {
-        firewall::delete_tables(network);
-        return;
+    let pending = match index_of(&network.bridge) {
+        None => firewall::delete_tables(network),
+        Some(bridge) => {
+            let ports = Path::new("/sys/class/net")
+                .join(&network.bridge)
+                .join("brif");
+            let in_use = fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_some());
+            if in_use {
+                firewall::remove_vm(network, host_end, address, egress)
+            } else {
+                let _ = netlink.delete_link(bridge);
+                firewall::delete_tables(network)
+            }
+        }
     };
-    firewall::remove_vm(network, host_end, address, egress);
-    let ports = Path::new("/sys/class/net")
-        .join(&network.bridge)
-        .join("brif");
-    let in_use = fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_some());
-    if !in_use {
-        let _ = netlink.delete_link(bridge);
-        firewall::delete_tables(network);
-    }
+    pending.map(|p| p.holding(lock))
 }
 
 /// `--egress` needs the host to route between the bridge and its other interfaces.

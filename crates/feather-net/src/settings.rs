@@ -5,8 +5,8 @@
 //!
 //! ```text
 //! <root>/network.toml          bridge = "feather0", subnet = "10.77.0.0/16"
-//! <root>/network/leases.json   address → VM id
-//! <root>/network/lock          serialises leases and bridge set-up/tear-down of this root
+//! <root>/network-leases/<address>   the id of the VM holding it (see leases.rs)
+//! <root>/network.lock          serialises bridge set-up and tear-down of this root
 //! /run/feather-net/claims/<bridge>   which root holds which bridge and subnet
 //! ```
 

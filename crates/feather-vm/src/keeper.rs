@@ -135,11 +135,18 @@ impl Keeper {
         let (init, listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
+                network.detach();
                 remove_leftovers(vm, &config);
                 return Err(e);
             }
         };
-        network.serve_published();
+        if let Err(e) = network.complete() {
+            let _ = process::signal(&init.pidfd, Signal::SIGKILL);
+            let _ = waitpid(init.pid, None);
+            network.detach();
+            remove_leftovers(vm, &config);
+            return Err(failed(&name, e.to_string()));
+        }
         let keeper = Keeper {
             vm: vm.clone(),
             config,

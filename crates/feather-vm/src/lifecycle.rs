@@ -54,7 +54,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         .collect();
     let id = new_id();
     let mut network = options.network.clone();
-    feather_net::allocate(root.dir(), &id, &mut network)
+    feather_net::allocate(root.dir(), &id, &mut network, !options.ephemeral)
         .map_err(|e| failed(name, e.to_string()))?;
     let config = VmConfig {
         name: name.clone(),
