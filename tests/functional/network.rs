@@ -487,6 +487,23 @@ fn egress_is_per_vm_and_off_by_default() {
     let set = String::from_utf8_lossy(&out.stdout);
     assert!(set.contains(&address(&feather, "open")), "{set}");
     assert!(!set.contains(&address(&feather, "closed")), "{set}");
+
+    // Each VM has its own chains, reached from the verdict maps, for later channels.
+    let list = |family: &str, map: &str| {
+        let out = Command::new("nft").args(["list", "map", family, &table, map]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let closed = network(&feather, "closed");
+    let (closed_address, closed_port) = (closed["address"].as_str().unwrap(), closed["host_interface"].as_str().unwrap());
+    assert!(list("inet", "from_vm").contains(&format!("{closed_address} : jump vm-{closed_port}")), "{}", list("inet", "from_vm"));
+    assert!(list("bridge", "from_port").contains(&format!("\"{closed_port}\" : jump vm-{closed_port}")), "{}", list("bridge", "from_port"));
+    // Stopping one VM removes its entries and leaves the other's.
+    feather.ok(&["stop", "closed"]);
+    assert!(!list("inet", "from_vm").contains(closed_address), "{}", list("inet", "from_vm"));
+    assert!(!list("bridge", "from_port").contains(closed_port), "{}", list("bridge", "from_port"));
+    assert!(list("inet", "from_vm").contains(&address(&feather, "open")));
+    let chains = Command::new("nft").args(["list", "chains"]).output().unwrap();
+    assert!(!String::from_utf8_lossy(&chains.stdout).contains(&format!("vm-{closed_port}")));
 }
 
 #[test]

@@ -13,12 +13,12 @@
 //! The drops match by interface (the bridge, `fth*` ports), so they hold from the moment a
 //! VM's veth exists, before its own chains are added.
 
-use std::fs::File;
 use std::io::Write;
 use std::net::Ipv4Addr;
 use std::process::{Child, Command, Stdio};
 
 use crate::error::{NetError, Result};
+use crate::nftables::{self, Change, Key};
 use crate::settings::RootNetwork;
 
 /// The policy chain names of one VM, from its interface name.
@@ -72,68 +72,128 @@ table bridge {table} {{
     )
 }
 
-/// Starts removing the root's tables (when its bridge goes).
-pub fn delete_tables(network: &RootNetwork) -> Option<Pending> {
+/// Removes the root's tables (when its bridge goes).
+pub fn delete_tables(network: &RootNetwork) {
     let table = network.table();
-    spawn(
+    let _ = run(
         &format!("delete tables {table}"),
         &format!(
             "add table inet {table}\ndelete table inet {table}\nadd table bridge {table}\ndelete table bridge {table}\n"
         ),
-    )
-    .ok()
+    );
 }
 
-/// Starts adding one VM's chains and map entries (and its address to `egress`). The default
-/// drops hold without them, so the VM may start while `nft` runs; [`Pending::finish`] waits.
+/// The changes that give one VM its chains and map entries (and its address to `egress`).
+fn vm_entries<'a>(
+    table: &'a str,
+    chain: &'a str,
+    host_end: &'a str,
+    address: Ipv4Addr,
+    egress: bool,
+) -> Vec<Change<'a>> {
+    use nftables::Family::{Bridge, Inet};
+    let mut changes = vec![
+        Change::AddChain {
+            family: Inet,
+            table,
+            chain,
+        },
+        Change::AddElement {
+            family: Inet,
+            table,
+            set: "from_vm",
+            key: Key::Ipv4(address),
+            jump: Some(chain),
+        },
+        Change::AddChain {
+            family: Bridge,
+            table,
+            chain,
+        },
+        Change::AddElement {
+            family: Bridge,
+            table,
+            set: "from_port",
+            key: Key::Interface(host_end),
+            jump: Some(chain),
+        },
+    ];
+    if egress {
+        changes.push(Change::AddElement {
+            family: Inet,
+            table,
+            set: "egress",
+            key: Key::Ipv4(address),
+            jump: None,
+        });
+    }
+    changes
+}
+
+/// Adds one VM's chains and map entries, in one transaction.
 pub fn add_vm(
     network: &RootNetwork,
     host_end: &str,
     address: Ipv4Addr,
     egress: bool,
-) -> Result<Pending> {
+) -> Result<()> {
     let table = network.table();
     let chain = chain(host_end);
-    let mut script = format!(
-        "add chain inet {table} {chain}\nadd element inet {table} from_vm {{ {address} : jump {chain} }}\n\
-         add chain bridge {table} {chain}\nadd element bridge {table} from_port {{ \"{host_end}\" : jump {chain} }}\n"
-    );
-    if egress {
-        script += &format!("add element inet {table} egress {{ {address} }}\n");
-    }
-    spawn(&format!("add VM {host_end} to {table}"), &script)
+    nftables::apply(&vm_entries(&table, &chain, host_end, address, egress)).map_err(|e| {
+        NetError::Firewall {
+            what: format!("add VM {host_end} to tables {table}"),
+            why: e.to_string(),
+        }
+    })
 }
 
-/// Starts removing one VM's chains and map entries. Whatever is already gone is skipped:
-/// a batch with a missing element fails as a whole, and then [`Pending::finish`] removes the
-/// parts one by one.
-pub fn remove_vm(
-    network: &RootNetwork,
-    host_end: &str,
-    address: Ipv4Addr,
-    egress: bool,
-) -> Option<Pending> {
+/// Removes one VM's chains and map entries. Whatever is already gone is skipped: a batch with
+/// a missing entry fails as a whole, and then the entries are removed one at a time.
+pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egress: bool) {
+    use nftables::Family::{Bridge, Inet};
     let table = network.table();
     let chain = chain(host_end);
-    let commands = vec![
-        format!("delete element inet {table} egress {{ {address} }}"),
-        format!("delete element inet {table} from_vm {{ {address} }}"),
-        format!("delete chain inet {table} {chain}"),
-        format!("delete element bridge {table} from_port {{ \"{host_end}\" }}"),
-        format!("delete chain bridge {table} {chain}"),
-    ];
-    let usual = if egress {
-        &commands[..]
-    } else {
-        &commands[1..]
-    };
-    let mut pending = spawn(
-        &format!("remove VM {host_end} from {table}"),
-        &usual.join("\n"),
-    )
-    .ok()?;
-    pending.fallback = commands;
-    Some(pending)
+    let table = table.as_str();
+    let chain = chain.as_str();
+    // Elements before the chains they jump to: a chain still referenced cannot go.
+    let mut changes = Vec::new();
+    if egress {
+        changes.push(Change::DeleteElement {
+            family: Inet,
+            table,
+            set: "egress",
+            key: Key::Ipv4(address),
+        });
+    }
+    changes.extend([
+        Change::DeleteElement {
+            family: Inet,
+            table,
+            set: "from_vm",
+            key: Key::Ipv4(address),
+        },
+        Change::DeleteChain {
+            family: Inet,
+            table,
+            chain,
+        },
+        Change::DeleteElement {
+            family: Bridge,
+            table,
+            set: "from_port",
+            key: Key::Interface(host_end),
+        },
+        Change::DeleteChain {
+            family: Bridge,
+            table,
+            chain,
+        },
+    ]);
+    if nftables::apply(&changes).is_err() {
+        for change in changes {
+            let _ = nftables::apply(std::slice::from_ref(&change));
+        }
+    }
 }
 
 fn run(what: &str, script: &str) -> Result<()> {
@@ -144,10 +204,6 @@ fn run(what: &str, script: &str) -> Result<()> {
 pub struct Pending {
     child: Child,
     what: String,
-    /// Commands to run one at a time if the batch fails.
-    fallback: Vec<String>,
-    /// A lock held until nft is done (the root's network lock during a tear-down).
-    lock: Option<File>,
 }
 
 fn failed(what: &str, why: String) -> NetError {
@@ -177,32 +233,17 @@ fn spawn(what: &str, script: &str) -> Result<Pending> {
     Ok(Pending {
         child,
         what: what.to_owned(),
-        fallback: Vec::new(),
-        lock: None,
     })
 }
 
 impl Pending {
-    /// Keeps `lock` until nft is done.
-    pub fn holding(mut self, lock: File) -> Pending {
-        self.lock = Some(lock);
-        self
-    }
-
-    /// Waits for `nft` and says whether it applied the batch (or, with a fallback, whatever
-    /// part of it could be applied).
+    /// Waits for `nft` and says whether it applied the batch.
     pub fn finish(self) -> Result<()> {
         let output = self
             .child
             .wait_with_output()
             .map_err(|e| failed(&self.what, e.to_string()))?;
         if output.status.success() {
-            return Ok(());
-        }
-        if !self.fallback.is_empty() {
-            for command in &self.fallback {
-                let _ = run(&self.what, command);
-            }
             return Ok(());
         }
         Err(failed(

@@ -9,10 +9,10 @@
 //! keeper: prepare()  lease known, /etc files written, host ports bound (taken → error)
 //!         clone3 → init in a new netns
 //!         attach()   bridge (+ nftables tables) if missing, veth pair with its peer created
-//!                    directly in init's netns; `nft` adding the VM's chains is started
-//!                    and left running  ──GO──▶ init
+//!                    directly in init's netns; the VM's chains and map entries (one
+//!                    nf_tables netlink batch)  ──GO──▶ init
 //! init:   configure()  address, link up, default route on eth0 (still holding CAP_NET_ADMIN)
-//! keeper: complete()  waits for the VM's chains (nft ran while init worked); forwarders
+//! keeper: complete()  forwarder threads for published ports
 //! stop:   detach()   veth, the VM's chains; bridge and tables with the root's last VM
 //! ```
 
@@ -21,6 +21,7 @@ pub mod etc;
 pub mod firewall;
 pub mod leases;
 pub mod netlink;
+pub mod nftables;
 pub mod publish;
 pub mod settings;
 pub mod subnet;
@@ -29,8 +30,10 @@ use std::cell::RefCell;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
 
 use feather_core::network::{NetMode, NetworkConfig};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use serde::Serialize;
 
 use error::netlink as netlink_error;
@@ -141,9 +144,9 @@ pub struct Attachment {
     published: Option<Published>,
     /// `<run dir>/network-attached`: present from attach until the VM's network is removed.
     marker: PathBuf,
-    /// The `nft` run under way: adding the VM's chains (from `attach` until `complete`) or
-    /// removing them (from `detach` until the attachment is dropped).
-    pending: RefCell<Option<firewall::Pending>>,
+    /// The thread removing the VM's firewall entries (or, with the root's last VM, the bridge
+    /// and tables), from `detach` until the attachment is dropped.
+    removing: RefCell<Option<JoinHandle<()>>>,
 }
 
 /// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
@@ -201,7 +204,7 @@ pub fn prepare(
         host_end: host_end(vm_id),
         published,
         marker: run_dir.join(ATTACHED),
-        pending: RefCell::new(None),
+        removing: RefCell::new(None),
     };
     Ok((attachment, inside))
 }
@@ -243,30 +246,21 @@ impl Attachment {
         netlink
             .create_veth(&self.host_end, bridge, VM_INTERFACE, init_pid)
             .map_err(netlink_error("create veth pair", self.host_end.clone()))?;
-        let pending = firewall::add_vm(network, &self.host_end, address, self.config.egress)?;
-        *self.pending.borrow_mut() = Some(pending);
+        if let Err(e) = firewall::add_vm(network, &self.host_end, address, self.config.egress) {
+            // The tables may have been removed by hand: make them again, once.
+            firewall::create_tables(network)?;
+            firewall::add_vm(network, &self.host_end, address, self.config.egress)
+                .map_err(|_| e)?;
+        }
         if self.config.egress {
             enable_forwarding()?;
         }
         Ok(())
     }
 
-    /// Once the VM is up: waits for its firewall chains (added while init assembled its root)
-    /// and starts forwarding the published ports (threads of the calling process).
+    /// Once the VM is up: starts forwarding the published ports (threads of the calling
+    /// process).
     pub fn complete(&mut self) -> Result<()> {
-        let pending = self.pending.borrow_mut().take();
-        if let (Some(pending), Some(network), Some(address)) =
-            (pending, &self.network, self.config.address)
-        {
-            if let Err(e) = pending.finish() {
-                // The tables may have been removed by hand: make them again, once.
-                let _lock = network.lock()?;
-                firewall::create_tables(network)?;
-                firewall::add_vm(network, &self.host_end, address, self.config.egress)?
-                    .finish()
-                    .map_err(|_| e)?;
-            }
-        }
         if let Some(published) = self.published.take() {
             published.serve();
         }
@@ -281,25 +275,30 @@ impl Attachment {
     }
 
     /// Removes what `attach` made for this VM, and the bridge with the root's last VM.
-    /// The last `nft` run (removing the VM's entries, or the tables) goes on while the keeper
-    /// finishes its own tear-down; dropping the attachment waits for it.
+    /// The firewall part goes on, on a thread, while the keeper finishes its own tear-down;
+    /// dropping the attachment waits for it.
     pub fn detach(&self) {
-        if let Some(adding) = self.pending.borrow_mut().take() {
-            let _ = adding.finish();
-        }
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
-            *self.pending.borrow_mut() =
+            *self.removing.borrow_mut() =
                 clean_up(network, &self.host_end, address, self.config.egress);
             let _ = fs::remove_file(&self.marker);
         }
     }
 }
 
+impl Attachment {
+    /// Waits until what `detach` started is done: once the keeper says the VM stopped, nothing
+    /// of its network may be left.
+    pub fn wait(&self) {
+        if let Some(removing) = self.removing.borrow_mut().take() {
+            let _ = removing.join();
+        }
+    }
+}
+
 impl Drop for Attachment {
     fn drop(&mut self) {
-        if let Some(pending) = self.pending.get_mut().take() {
-            let _ = pending.finish();
-        }
+        self.wait();
     }
 }
 
@@ -313,8 +312,8 @@ pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &N
     }
     if let (NetMode::Private, Some(address)) = (config.mode, config.address) {
         if let Ok(Some(network)) = RootNetwork::load(root_dir) {
-            if let Some(pending) = clean_up(&network, &host_end(vm_id), address, config.egress) {
-                let _ = pending.finish();
+            if let Some(removing) = clean_up(&network, &host_end(vm_id), address, config.egress) {
+                let _ = removing.join();
             }
         }
     }
@@ -323,36 +322,51 @@ pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &N
 
 const ATTACHED: &str = "network-attached";
 
-/// Deletes the VM's veth, then either its firewall entries or — if it was the bridge's last
-/// port — the bridge and both tables. Returns the `nft` run still under way, which holds the
-/// root's network lock until it is done.
+/// Deletes the VM's veth, then — on a thread of its own, holding the root's network lock —
+/// either its firewall entries or, if it was the bridge's last port, the bridge and both
+/// tables. The thread blocks every signal (they belong to the keeper's main thread).
 fn clean_up(
     network: &RootNetwork,
     host_end: &str,
     address: Ipv4Addr,
     egress: bool,
-) -> Option<firewall::Pending> {
+) -> Option<JoinHandle<()>> {
     let lock = network.lock().ok()?;
     let mut netlink = Netlink::open().ok()?;
     if let Some(index) = index_of(host_end) {
         let _ = netlink.delete_link(index);
     }
-    let pending = match index_of(&network.bridge) {
-        None => firewall::delete_tables(network),
-        Some(bridge) => {
-            let ports = Path::new("/sys/class/net")
-                .join(&network.bridge)
-                .join("brif");
-            let in_use = fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_some());
-            if in_use {
-                firewall::remove_vm(network, host_end, address, egress)
-            } else {
-                let _ = netlink.delete_link(bridge);
-                firewall::delete_tables(network)
+    let network = network.clone();
+    let host_end = host_end.to_owned();
+    let work = move || {
+        let _lock = lock;
+        match index_of(&network.bridge) {
+            None => firewall::delete_tables(&network),
+            Some(bridge) => {
+                let ports = Path::new("/sys/class/net")
+                    .join(&network.bridge)
+                    .join("brif");
+                let in_use = fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_some());
+                if in_use {
+                    firewall::remove_vm(&network, &host_end, address, egress);
+                } else {
+                    let _ = netlink.delete_link(bridge);
+                    firewall::delete_tables(&network);
+                }
             }
         }
     };
-    pending.map(|p| p.holding(lock))
+    let mut old = SigSet::empty();
+    let _ = pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    );
+    let thread = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(work);
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    thread.ok()
 }
 
 /// `--egress` needs the host to route between the bridge and its other interfaces.

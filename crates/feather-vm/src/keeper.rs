@@ -282,6 +282,7 @@ impl Keeper {
         if self.config.ephemeral {
             self.network.release(&self.config.id);
             let _ = fs::remove_dir_all(self.vm.path());
+            self.network.wait();
             return;
         }
         let mut state = self.vm.read_state().unwrap_or_else(|_| VmState::created());
@@ -294,6 +295,7 @@ impl Keeper {
         if let Err(e) = self.vm.write_state(&state, self.durability) {
             eprintln!("feather keeper {}: {e}", self.vm.name());
         }
+        self.network.wait();
     }
 }
 
