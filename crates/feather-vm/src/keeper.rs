@@ -6,6 +6,8 @@
 //! keeper ── clone3(new namespaces) ──▶ init (pid 1 inside)
 //!   │  1. create the cgroup, apply limits        │  waits for GO
 //!   │  2. move init into it, send GO  ─────────▶ │  3. unshare cgroupns, assemble root, pivot
+//!   │     bridge, veth into init's netns,        │     (meanwhile)
+//!   │     send NETWORK_READY  ─────────────────▶ │     configure eth0
 //!   │  5. record state, open control.sock ◀───── │  4. report Ready (or Failed: why)
 //!   └─ serve until init exits, then clean up     └─ supervise
 //! ```
@@ -352,10 +354,13 @@ fn start_init(
             cgroup.add(init.pid).in_vm(name)?;
             cgroup.restrict_devices().in_vm(name)?;
         }
+        ours.write_all(&[init::GO])
+            .map_err(|e| failed(name, format!("init did not start: {e}")))?;
+        // The host side of the VM's network is built while init assembles the VM's root.
         network
             .attach(init.pid.as_raw() as u32)
             .map_err(|e| failed(name, e.to_string()))?;
-        ours.write_all(&[init::GO])
+        ours.write_all(&[init::NETWORK_READY])
             .map_err(|e| failed(name, format!("init did not start: {e}")))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
             .map_err(|e| failed(name, e.to_string()))?;
