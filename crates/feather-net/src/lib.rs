@@ -7,13 +7,14 @@
 //! Who does what when a VM starts:
 //! ```text
 //! keeper: prepare()  lease known, /etc files written, host ports bound (taken → error)
-//!         clone3 → init in a new netns
-//!         attach()   bridge (+ nftables tables) if missing, veth pair with its peer created
-//!                    directly in init's netns; the VM's chains and map entries (one
-//!                    nf_tables netlink batch)  ──GO──▶ init
+//!         clone3 → init in a new netns; cgroup; ──GO──▶ init assembles its root
+//!         attach()   meanwhile: bridge (+ nftables tables) if missing, veth pair with its
+//!                    peer created directly in init's netns, the VM's chains and map
+//!                    entries (one nf_tables netlink batch)  ──NETWORK_READY──▶ init
 //! init:   configure()  address, link up, default route on eth0 (still holding CAP_NET_ADMIN)
 //! keeper: complete()  forwarder threads for published ports
-//! stop:   detach()   veth, the VM's chains; bridge and tables with the root's last VM
+//! stop:   detach()   veth; the VM's entries, or bridge and tables with the root's last VM
+//!         wait()     before the keeper reports the VM stopped
 //! ```
 
 pub mod error;
