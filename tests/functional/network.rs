@@ -241,6 +241,14 @@ fn nginx_on_port_80_in_two_vms_and_on_the_host_at_once() {
         nft_tables()
     );
     assert!(
+        !feather.root.join("network.toml").exists(),
+        "the root forgot its network with its last VM"
+    );
+    assert!(
+        !std::path::Path::new("/run/feather-net/claims").join(&bridge).exists(),
+        "the host-wide claim on {bridge} was returned"
+    );
+    assert!(
         fetch(&format!("http://127.0.0.1:{publish1}/")).is_none(),
         "published port closed with the VM"
     );

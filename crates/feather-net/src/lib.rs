@@ -27,7 +27,7 @@ pub mod publish;
 pub mod settings;
 pub mod subnet;
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -71,7 +71,7 @@ pub fn allocate(
         .map_err(|e| NetError::Invalid(e.to_string()))?;
     publish::check_free(&config.publish)?;
     if config.mode == NetMode::Private {
-        let network = RootNetwork::load_or_choose(root_dir)?;
+        let (network, _lock) = RootNetwork::load_or_choose_locked(root_dir)?;
         config.address = Some(leases::lease(&network, vm_id, durable)?);
     }
     Ok(())
@@ -83,7 +83,9 @@ pub fn release(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> Result<(
         return Ok(());
     }
     if let Some(network) = RootNetwork::load(root_dir)? {
+        let _lock = network.lock()?;
         leases::release(&network, vm_id)?;
+        network.forget_if_unused();
     }
     Ok(())
 }
@@ -148,6 +150,8 @@ pub struct Attachment {
     /// The thread removing the VM's firewall entries (or, with the root's last VM, the bridge
     /// and tables), from `detach` until the attachment is dropped.
     removing: RefCell<Option<JoinHandle<()>>>,
+    /// Whether `release` returned the VM's lease (a throw-away VM).
+    released: Cell<bool>,
 }
 
 /// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
@@ -206,6 +210,7 @@ pub fn prepare(
         published,
         marker: run_dir.join(ATTACHED),
         removing: RefCell::new(None),
+        released: Cell::new(false),
     };
     Ok((attachment, inside))
 }
@@ -268,10 +273,13 @@ impl Attachment {
         Ok(())
     }
 
-    /// Returns the lease of a throw-away VM whose state goes with its run.
+    /// Returns the lease of a throw-away VM whose state goes with its run. (Whether the root
+    /// can forget its network is decided in [`Attachment::wait`], after the tear-down.)
     pub fn release(&self, vm_id: &str) {
         if let Some(network) = &self.network {
-            let _ = leases::release(network, vm_id);
+            if leases::release(network, vm_id).is_ok() {
+                self.released.set(true);
+            }
         }
     }
 
@@ -293,6 +301,11 @@ impl Attachment {
     pub fn wait(&self) {
         if let Some(removing) = self.removing.borrow_mut().take() {
             let _ = removing.join();
+        }
+        if let (true, Some(network)) = (self.released.replace(false), &self.network) {
+            if let Ok(_lock) = network.lock() {
+                network.forget_if_unused();
+            }
         }
     }
 }

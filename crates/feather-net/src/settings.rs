@@ -70,8 +70,14 @@ impl RootNetwork {
     /// set, `feather0` and 10.77.0.0/16 for the default root, otherwise the first free /24 of
     /// 10.78.0.0/16. Also (re)asserts the root's host-wide claim, which a reboot clears.
     pub fn load_or_choose(root: &Path) -> Result<RootNetwork> {
+        Self::load_or_choose_locked(root).map(|(network, _lock)| network)
+    }
+
+    /// [`RootNetwork::load_or_choose`], returning with the root's network lock held, so that
+    /// the root cannot forget its network before the caller leases an address in it.
+    pub fn load_or_choose_locked(root: &Path) -> Result<(RootNetwork, File)> {
         fs::create_dir_all(root).at(root)?;
-        let _root_lock = lock(&root.join("network.lock"))?;
+        let root_lock = lock(&root.join("network.lock"))?;
         let claims_lock = claims_lock()?;
         let network = match Self::load(root)? {
             Some(network) => network,
@@ -90,7 +96,27 @@ impl RootNetwork {
         };
         network.claim()?;
         drop(claims_lock);
-        Ok(network)
+        Ok((network, root_lock))
+    }
+
+    /// Once the root's last lease is returned and its bridge is gone: forgets the root's
+    /// network (settings, leases folder, host-wide claim), so a deleted or idle root holds no
+    /// subnet. The next private VM of the root chooses again. Call with the root's lock held.
+    pub fn forget_if_unused(&self) {
+        let leases = self.root.join("network-leases");
+        let unused = fs::read_dir(&leases).map_or(true, |mut entries| entries.next().is_none());
+        if !unused || crate::netlink::index_of(&self.bridge).is_some() {
+            return;
+        }
+        let Ok(_claims) = claims_lock() else { return };
+        let _ = fs::remove_dir(&leases);
+        let _ = fs::remove_file(Self::settings_path(&self.root));
+        let claim = Path::new(CLAIMS).join(&self.bridge);
+        if let Ok(text) = fs::read_to_string(&claim) {
+            if toml::from_str::<Claim>(&text).is_ok_and(|c| c.root == self.root) {
+                let _ = fs::remove_file(claim);
+            }
+        }
     }
 
     fn choose(root: &Path) -> Result<RootNetwork> {
