@@ -81,3 +81,47 @@ pub fn release(network: &RootNetwork, vm_id: &str) -> Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_network(label: &str) -> RootNetwork {
+        let root =
+            std::env::temp_dir().join(format!("feather-leases-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        fs::write(
+            root.join("network.toml"),
+            "bridge = \"feather-t\"\nsubnet = \"10.99.0.0/29\"\n",
+        )
+        .unwrap();
+        RootNetwork::load(&root).unwrap().unwrap()
+    }
+
+    #[test]
+    fn racing_leases_are_distinct_and_released_ones_come_back() {
+        let network = scratch_network("race");
+        let threads: Vec<_> = (0..5)
+            .map(|i| {
+                let network = network.clone();
+                std::thread::spawn(move || lease(&network, &format!("vm{i}"), false).unwrap())
+            })
+            .collect();
+        let mut addresses: Vec<Ipv4Addr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        addresses.sort();
+        addresses.dedup();
+        assert_eq!(addresses.len(), 5, "{addresses:?}");
+        // A /29 has 5 addresses for VMs (.2 to .6): the sixth VM is refused.
+        assert!(matches!(
+            lease(&network, "vm5", false),
+            Err(NetError::SubnetFull { .. })
+        ));
+        // Asking again gives a VM the address it holds; a returned one is leased anew.
+        let held = lease(&network, "vm3", false).unwrap();
+        assert!(addresses.contains(&held));
+        release(&network, "vm3").unwrap();
+        assert_eq!(lease(&network, "vm5", true).unwrap(), held);
+        fs::remove_dir_all(network.root()).unwrap();
+    }
+}

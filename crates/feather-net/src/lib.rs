@@ -168,7 +168,17 @@ pub fn prepare(
         NetMode::None | NetMode::Host => None,
     };
     let private = match (&network, config.address) {
-        (Some(network), Some(address)) => Some((address, network.gateway())),
+        (Some(network), Some(address)) if network.subnet.contains(address) => {
+            Some((address, network.gateway()))
+        }
+        (Some(network), Some(address)) => {
+            return Err(NetError::Invalid(format!(
+                "VM {name} has address {address}, outside its state root's subnet {} (set in {}; \
+                 put the subnet back, or recreate the VM)",
+                network.subnet,
+                network.root().join("network.toml").display()
+            )))
+        }
         (Some(_), None) => {
             return Err(NetError::Invalid(format!(
                 "VM {name} has --net private but no address in its config (recreate it)"
