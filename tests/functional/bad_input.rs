@@ -130,47 +130,33 @@ fn a_user_other_than_root_is_told_to_use_root() {
 }
 
 #[test]
-fn a_base_that_cannot_run_the_command_fails_cleanly() {
+fn a_base_inside_the_state_folder_is_refused() {
+    let feather = Feather::new("bad-base-inside");
+    let inside = feather.root.join("tree");
+    std::fs::create_dir_all(&inside).unwrap();
+    refused(
+        &feather,
+        &["create", "x", "--base", inside.to_str().unwrap()],
+        "lies inside feather's state folder",
+    );
+}
+
+#[test]
+fn a_base_without_the_program_fails_cleanly() {
     let feather = Feather::new("bad-empty-base");
-    let empty = feather.root.join("empty-base");
-    std::fs::create_dir_all(&empty).unwrap();
+    let empty = ScratchBase::new("bad-empty-base");
+    std::fs::remove_dir_all(empty.file("bin")).unwrap();
     let outcome = feather.run(&[
         "run",
         "--rm",
         "--base",
-        empty.to_str().unwrap(),
+        empty.as_str(),
         "--",
         "/bin/sh",
         "-c",
         "true",
     ]);
-    assert_eq!(outcome.code, 125, "{outcome:?}");
-    assert!(
-        outcome
-            .stderr
-            .contains("lies inside feather's state folder"),
-        "{}",
-        outcome.stderr
-    );
-    let empty =
-        std::path::PathBuf::from(format!("/tmp/feather-tests/empty-{}", std::process::id()));
-    std::fs::create_dir_all(&empty).unwrap();
-    let outcome = feather.run(&[
-        "run",
-        "--rm",
-        "--base",
-        empty.to_str().unwrap(),
-        "--",
-        "/bin/sh",
-        "-c",
-        "true",
-    ]);
-    let _ = std::fs::remove_dir_all(&empty);
     assert_eq!(outcome.code, 127, "{outcome:?}");
-    assert!(
-        outcome.stderr.contains("/bin/sh: command not found"),
-        "{}",
-        outcome.stderr
-    );
+    assert_eq!(outcome.stderr, "feather: /bin/sh: command not found\n");
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
 }

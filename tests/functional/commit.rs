@@ -14,8 +14,7 @@ fn prepared(label: &str) -> (Feather, ScratchBase) {
     base.write("data/tree/a", "host\n");
     base.write("data/tree/b", "host\n");
     xattr_set(&base.file("data/edit"), "user.origin", b"host");
-    feather.ok(&["create", "vm", "--base", base.as_str()]);
-    feather.ok(&["start", "vm"]);
+    feather.start_over("vm", &base, &[]);
     (feather, base)
 }
 

@@ -14,8 +14,7 @@ fn writes_deletes_renames_and_chmods_stay_in_the_vm() {
     base.write("data/mode", "host\n");
     fs::create_dir_all(base.file("data/tree/sub")).unwrap();
     base.write("data/tree/sub/leaf", "host\n");
-    feather.ok(&["create", "cow", "--base", base.as_str()]);
-    feather.ok(&["start", "cow"]);
+    feather.start_over("cow", &base, &[]);
     feather.sh(
         "cow",
         "echo vm > /data/edit && rm /data/gone && mv /data/move /data/moved && chmod 600 /data/mode \
@@ -60,8 +59,7 @@ fn a_vm_sees_host_files_and_later_host_updates_it_never_wrote() {
     let feather = Feather::new("cow-live");
     let base = ScratchBase::new("cow-live");
     base.write("etc/config", "v1\n");
-    feather.ok(&["create", "live", "--base", base.as_str()]);
-    feather.ok(&["start", "live"]);
+    feather.start_over("live", &base, &[]);
     assert_eq!(feather.sh("live", "cat /etc/config"), "v1\n");
     // Rewritten in place on the host: the VM, which never wrote it, reads the new content.
     base.write("etc/config", "v2\n");
@@ -84,8 +82,7 @@ fn two_vms_do_not_see_each_others_changes() {
     let feather = Feather::new("cow-two");
     let base = ScratchBase::new("cow-two");
     for vm in ["left", "right"] {
-        feather.ok(&["create", vm, "--base", base.as_str()]);
-        feather.ok(&["start", vm]);
+        feather.start_over(vm, &base, &[]);
     }
     feather.sh("left", "echo left > /data/mine; rm /etc/passwd");
     assert_eq!(
@@ -101,8 +98,7 @@ fn other_filesystems_under_the_base_are_copy_on_write_too() {
     let mut base = ScratchBase::new("cow-submount");
     let mounted = base.mount_tmpfs("srv");
     fs::write(mounted.join("on-tmpfs"), "host\n").unwrap();
-    feather.ok(&["create", "sub", "--base", base.as_str()]);
-    feather.ok(&["start", "sub"]);
+    feather.start_over("sub", &base, &[]);
     assert_eq!(
         feather.sh(
             "sub",

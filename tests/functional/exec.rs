@@ -1,19 +1,11 @@
 use std::io::Write;
 use std::process::Stdio;
 
-use crate::support::{Feather, ScratchBase};
-
-fn running(label: &str) -> (Feather, ScratchBase) {
-    let feather = Feather::new(label);
-    let base = ScratchBase::new(label);
-    feather.ok(&["create", "vm", "--base", base.as_str()]);
-    feather.ok(&["start", "vm"]);
-    (feather, base)
-}
+use crate::support::{running_vm, Feather, ScratchBase};
 
 #[test]
 fn exec_joins_the_same_running_vm() {
-    let (feather, _base) = running("exec-same");
+    let (feather, _base) = running_vm("exec-same");
     // /run is private to the VM and not in its layer: only the same VM sees the file.
     feather.sh("vm", "echo here > /run/marker");
     assert_eq!(
@@ -26,7 +18,7 @@ fn exec_joins_the_same_running_vm() {
 
 #[test]
 fn exec_takes_user_environment_and_working_directory() {
-    let (feather, _base) = running("exec-opts");
+    let (feather, _base) = running_vm("exec-opts");
     assert_eq!(
         feather.ok(&["exec", "-u", "nobody", "vm", "--", "id", "-u"]),
         "65534\n"
@@ -59,7 +51,7 @@ fn exec_takes_user_environment_and_working_directory() {
 
 #[test]
 fn exec_passes_stdin_and_exit_codes() {
-    let (feather, _base) = running("exec-stdio");
+    let (feather, _base) = running_vm("exec-stdio");
     let mut child = feather
         .command()
         .args([
@@ -82,7 +74,7 @@ fn exec_passes_stdin_and_exit_codes() {
 
 #[test]
 fn exec_with_a_terminal_gets_one_of_the_vms_own() {
-    let (feather, _base) = running("exec-tty");
+    let (feather, _base) = running_vm("exec-tty");
     let out = feather.ok(&[
         "exec",
         "-t",
@@ -97,7 +89,7 @@ fn exec_with_a_terminal_gets_one_of_the_vms_own() {
 
 #[test]
 fn signals_reach_the_command() {
-    let (feather, _base) = running("exec-signal");
+    let (feather, _base) = running_vm("exec-signal");
     let child = feather
         .command()
         .args([
@@ -139,7 +131,7 @@ fn exec_into_a_stopped_vm_is_refused() {
 
 #[test]
 fn commands_get_default_signal_actions() {
-    let (feather, _base) = running("exec-sigpipe");
+    let (feather, _base) = running_vm("exec-sigpipe");
     // With SIGPIPE ignored (as Rust leaves it), `yes` would see EPIPE and report an error
     // instead of dying quietly when `head` exits.
     let outcome = feather.run(&["exec", "vm", "--", "sh", "-c", "yes | head -n 2"]);
@@ -160,4 +152,35 @@ fn commands_get_default_signal_actions() {
         masks,
         "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
     );
+}
+
+#[test]
+fn only_the_command_joins_the_vms_cgroup() {
+    let (feather, _base) = running_vm("exec-cgroup");
+    let mut relay = feather
+        .command()
+        .args(["exec", "vm", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let members = || -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(&feather.ok(&["ps", "vm", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    feather.eventually("the command runs", || members().len() == 2);
+    // The command is in the VM's group; the feather process relaying for it is not: it must not
+    // count against the VM's limits nor be a candidate for the VM's OOM killer.
+    let host_pids: Vec<i64> = members()
+        .iter()
+        .map(|p| p["host_pid"].as_i64().unwrap())
+        .collect();
+    assert!(!host_pids.contains(&(relay.id() as i64)), "{host_pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(relay.wait().unwrap().code(), Some(128 + 15));
 }

@@ -6,8 +6,7 @@ use crate::support::{Feather, ScratchBase};
 fn the_vm_has_its_own_pids_hostname_and_network() {
     let feather = Feather::new("iso-ns");
     let base = ScratchBase::new("iso-ns");
-    feather.ok(&["create", "box1", "--net", "none", "--base", base.as_str()]);
-    feather.ok(&["start", "box1"]);
+    feather.start_over("box1", &base, &["--net", "none"]);
     // Its init is pid 1, and no host process is visible.
     let pids = feather.sh("box1", "ls /proc | grep -E '^[0-9]+$'");
     let pids: Vec<u32> = pids.lines().map(|l| l.parse().unwrap()).collect();
@@ -81,4 +80,27 @@ pub fn scopeguard(f: impl FnOnce()) -> impl Drop {
         }
     }
     Guard(Some(f))
+}
+
+#[test]
+fn shm_run_and_cgroups_are_the_vms_own() {
+    let (feather, _base) = crate::support::running_vm("iso-shm");
+    let host_shm =
+        std::path::PathBuf::from(format!("/dev/shm/feather-test-{}", std::process::id()));
+    std::fs::write(&host_shm, "host").unwrap();
+    let _cleanup = scopeguard({
+        let host_shm = host_shm.clone();
+        move || {
+            let _ = std::fs::remove_file(host_shm);
+        }
+    });
+    let name = host_shm.file_name().unwrap().to_str().unwrap();
+    let script = format!(
+        "test -e /dev/shm/{name} && echo host-shm-visible; ls -A /run; echo vm > /dev/shm/mine; \
+         grep -c ' /dev/mqueue mqueue ' /proc/self/mounts; grep -c ' /dev/pts devpts ' /proc/self/mounts; \
+         grep -v ':/$' /proc/self/cgroup | wc -l"
+    );
+    // /run holds only what feather put there (/run/lock); the cgroup view is rooted at the VM's group.
+    assert_eq!(feather.sh("vm", &script), "lock\n1\n1\n0\n");
+    assert!(!std::path::Path::new("/dev/shm/mine").exists());
 }

@@ -38,8 +38,7 @@ fn memory_limit_kills_what_exceeds_it() {
 fn pids_limit_refuses_fork() {
     let feather = Feather::new("limit-pids");
     let base = ScratchBase::new("limit-pids");
-    feather.ok(&["create", "few", "--base", base.as_str(), "--pids", "8"]);
-    feather.ok(&["start", "few"]);
+    feather.start_over("few", &base, &["--pids", "8"]);
     let outcome = feather.run(&[
         "exec",
         "few",
@@ -59,8 +58,7 @@ fn pids_limit_refuses_fork() {
 fn cpu_limit_throttles() {
     let feather = Feather::new("limit-cpu");
     let base = ScratchBase::new("limit-cpu");
-    feather.ok(&["create", "slow", "--base", base.as_str(), "--cpus", "0.1"]);
-    feather.ok(&["start", "slow"]);
+    feather.start_over("slow", &base, &["--cpus", "0.1"]);
     let dirs = feather.cgroup_dirs("slow");
     let cpu_dir = dirs
         .iter()

@@ -3,7 +3,7 @@ use std::path::Path;
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::support::{Feather, ScratchBase};
+use crate::support::{running_vm, Feather};
 
 fn pid_of(feather: &Feather, vm: &str, key: &str) -> Pid {
     Pid::from_raw(feather.inspect(vm)["state"][key].as_i64().unwrap() as i32)
@@ -18,10 +18,7 @@ fn alive(pid: Pid) -> bool {
 
 #[test]
 fn a_killed_keeper_shows_as_crashed_and_start_recovers_without_losing_data() {
-    let feather = Feather::new("recover-keeper");
-    let base = ScratchBase::new("recover-keeper");
-    feather.ok(&["create", "vm", "--base", base.as_str()]);
-    feather.ok(&["start", "vm"]);
+    let (feather, _base) = running_vm("recover-keeper");
     feather.sh("vm", "echo precious > /data/kept");
     let (keeper, init) = (
         pid_of(&feather, "vm", "keeper_pid"),
@@ -42,10 +39,7 @@ fn a_killed_keeper_shows_as_crashed_and_start_recovers_without_losing_data() {
 
 #[test]
 fn a_killed_init_stops_the_vm_and_its_keeper_cleans_up() {
-    let feather = Feather::new("recover-init");
-    let base = ScratchBase::new("recover-init");
-    feather.ok(&["create", "vm", "--base", base.as_str()]);
-    feather.ok(&["start", "vm"]);
+    let (feather, _base) = running_vm("recover-init");
     let cgroups = feather.cgroup_dirs("vm");
     let keeper = pid_of(&feather, "vm", "keeper_pid");
     kill(pid_of(&feather, "vm", "init_pid"), Signal::SIGKILL).unwrap();
@@ -63,10 +57,7 @@ fn a_killed_init_stops_the_vm_and_its_keeper_cleans_up() {
 
 #[test]
 fn rm_of_a_crashed_vm_leaves_no_cgroup_socket_or_state() {
-    let feather = Feather::new("recover-rm");
-    let base = ScratchBase::new("recover-rm");
-    feather.ok(&["create", "vm", "--base", base.as_str()]);
-    feather.ok(&["start", "vm"]);
+    let (feather, _base) = running_vm("recover-rm");
     feather.sh("vm", "sleep 1000 >/dev/null 2>&1 &");
     let cgroups = feather.cgroup_dirs("vm");
     kill(pid_of(&feather, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();

@@ -1,4 +1,4 @@
-use crate::support::{Feather, ScratchBase};
+use crate::support::running_vm;
 
 /// Docker's default set without CAP_MKNOD, as a CapEff mask: CHOWN(0) DAC_OVERRIDE(1) FOWNER(3)
 /// FSETID(4) KILL(5) SETGID(6) SETUID(7) SETPCAP(8) NET_BIND_SERVICE(10) NET_RAW(13)
@@ -17,14 +17,6 @@ const DEFAULT_SET: u64 = (1 << 0)
     | (1 << 29)
     | (1 << 31);
 
-fn vm(label: &str) -> (Feather, ScratchBase) {
-    let feather = Feather::new(label);
-    let base = ScratchBase::new(label);
-    feather.ok(&["create", "vm", "--base", base.as_str()]);
-    feather.ok(&["start", "vm"]);
-    (feather, base)
-}
-
 fn cap_mask(status: &str, field: &str) -> u64 {
     let hex = status
         .lines()
@@ -36,7 +28,7 @@ fn cap_mask(status: &str, field: &str) -> u64 {
 
 #[test]
 fn root_in_a_vm_holds_only_the_default_capability_set() {
-    let (feather, _base) = vm("caps-set");
+    let (feather, _base) = running_vm("caps-set");
     for process in ["self", "1"] {
         let status = feather.sh("vm", &format!("cat /proc/{process}/status"));
         assert_eq!(
@@ -54,7 +46,7 @@ fn root_in_a_vm_holds_only_the_default_capability_set() {
 
 #[test]
 fn root_in_a_vm_cannot_remount_mount_or_make_devices() {
-    let (feather, _base) = vm("caps-deny");
+    let (feather, _base) = running_vm("caps-deny");
     let outcome = feather.run(&["exec", "vm", "--", "sh", "-c", "mount -o remount,rw /sys 2>&1; mount -t tmpfs none /tmp 2>&1; mknod /tmp/sda b 8 0 2>&1; echo done"]);
     let out = outcome.stdout.to_lowercase();
     assert_eq!(
@@ -67,7 +59,7 @@ fn root_in_a_vm_cannot_remount_mount_or_make_devices() {
 
 #[test]
 fn the_vm_sees_no_raw_devices() {
-    let (feather, _base) = vm("caps-dev");
+    let (feather, _base) = running_vm("caps-dev");
     assert_eq!(
         feather.sh(
             "vm",
@@ -84,7 +76,7 @@ fn the_vm_sees_no_raw_devices() {
 
 #[test]
 fn kernel_interfaces_that_control_the_host_are_read_only_or_masked() {
-    let (feather, _base) = vm("caps-proc");
+    let (feather, _base) = running_vm("caps-proc");
     let out = feather.sh("vm", "{ echo 1 > /proc/sys/kernel/panic; } 2>&1; { echo x > /sys/kernel/uevent_helper; } 2>&1; cat /proc/kcore | head -c 1 | wc -c; echo end");
     assert!(out.matches("Read-only file system").count() >= 2, "{out}");
     assert!(out.ends_with("0\nend\n"), "{out}");

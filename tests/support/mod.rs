@@ -95,6 +95,14 @@ impl Feather {
         outcome.stderr
     }
 
+    /// Creates VM `vm` over `base` (with `options` such as limits) and starts it.
+    pub fn start_over(&self, vm: &str, base: &ScratchBase, options: &[&str]) {
+        let mut args = vec!["create", vm, "--base", base.as_str()];
+        args.extend_from_slice(options);
+        self.ok(&args);
+        self.ok(&["start", vm]);
+    }
+
     /// Runs a shell command line inside a running (or startable) VM; returns its stdout.
     pub fn sh(&self, vm: &str, script: &str) -> String {
         self.ok(&["exec", vm, "--", "sh", "-c", script])
@@ -179,6 +187,14 @@ fn kill_recorded_processes(vm_dir: &Path) {
             }
         }
     }
+}
+
+/// A fresh state root with a running VM named `vm` over a fresh scratch base.
+pub fn running_vm(label: &str) -> (Feather, ScratchBase) {
+    let feather = Feather::new(label);
+    let base = ScratchBase::new(label);
+    feather.start_over("vm", &base, &[]);
+    (feather, base)
 }
 
 /// A minimal root tree: busybox (static) as every command, plus whatever the test adds.

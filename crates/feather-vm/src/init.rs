@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -60,7 +60,9 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
             std::process::exit(1);
         }
     }
-    let signals = match block_signals() {
+    // As pid 1 of its namespace, init would ignore every signal it has no handler for; blocked
+    // and read from a signalfd, they arrive.
+    let signals = match feather_sys::process::block_signals(&HANDLED).map_err(|e| e.to_string()) {
         Ok(signals) => signals,
         Err(why) => {
             report(&mut keeper, InitReport::Failed(why));
@@ -74,7 +76,8 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     std::process::exit(code)
 }
 
-/// Everything before init starts supervising: the cgroup view, the root, the capability set.
+/// Everything before init starts supervising: the cgroup view, the root, the seccomp filter
+/// and the capability set.
 fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
     // The cgroup namespace is made now, after the keeper moved us into the VM's group, so that
     // the VM sees its own group as the root of the hierarchy.
@@ -88,7 +91,8 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
     if !plan.attached {
         detach_stdio();
     }
-    feather_confine::capabilities::reduce_to_default().map_err(|e| e.to_string())
+    // The seccomp filter and the reduced capability set, inherited by everything init starts.
+    feather_confine::confine().map_err(|e| e.to_string())
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {
@@ -117,18 +121,6 @@ const HANDLED: [Signal; 7] = [
     Signal::SIGUSR1,
     Signal::SIGUSR2,
 ];
-
-/// Blocks the signals init handles and returns a descriptor to read them from. As pid 1 of its
-/// namespace, init would otherwise ignore every signal it has no handler for.
-fn block_signals() -> Result<SignalFd, String> {
-    let mut set = SigSet::empty();
-    for signal in HANDLED {
-        set.add(signal);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .map_err(|e| format!("sigprocmask: {e}"))?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(|e| format!("signalfd: {e}"))
-}
 
 fn start_workload(workload: &Workload) -> Pid {
     match feather_sys::process::fork() {

@@ -23,10 +23,10 @@ use feather_core::error::IoContext;
 use feather_core::state::now;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
+use feather_sys::mount::LayerSync;
 use feather_sys::process::{self, ChildProcess, Forked};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::error::{failed, InVm, Result};
@@ -44,6 +44,16 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a VM may take from clone to its init's report before the start is abandoned.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Signals that stop the VM (or, in the foreground, go to its workload).
+const HANDLED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
 
 /// The cgroup of a VM, named by its id so VMs of one name under two state roots never meet.
 /// `None` for a VM that has none (see [`uses_cgroup`]).
@@ -74,6 +84,34 @@ pub struct Keeper {
     durability: Durability,
     /// Held for the keeper's whole life; its release tells others the keeper is gone.
     _lock: File,
+}
+
+/// Where a running VM is on its way to an end.
+#[derive(Clone, Copy)]
+enum Phase {
+    Running,
+    /// Init was asked to stop everything; it is killed if still there at `kill_at`.
+    Stopping {
+        kill_at: Instant,
+    },
+    /// Init was sent SIGKILL; only its exit is awaited.
+    Killed,
+}
+
+impl Phase {
+    fn timeout(self) -> PollTimeout {
+        match self {
+            Phase::Stopping { kill_at } => {
+                PollTimeout::try_from(kill_at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(PollTimeout::MAX)
+            }
+            Phase::Running | Phase::Killed => PollTimeout::NONE,
+        }
+    }
+
+    fn overdue(self) -> bool {
+        matches!(self, Phase::Stopping { kill_at } if Instant::now() >= kill_at)
+    }
 }
 
 /// How a VM's run ended.
@@ -122,6 +160,11 @@ impl Keeper {
                 layers: layers::for_start(root, vm, &config)?,
                 hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
                 network: inside,
+                sync: if config.ephemeral {
+                    LayerSync::Volatile
+                } else {
+                    LayerSync::Durable
+                },
             },
             workload,
             grace: DEFAULT_GRACE,
@@ -176,24 +219,16 @@ impl Keeper {
     /// Serves the control socket until the VM's init exits, then cleans up. `foreground`:
     /// the keeper is the user's `feather run --rm`, and signals it receives go to the workload.
     pub fn serve(self, foreground: bool) -> Result<Ended> {
-        let signals =
-            block_signals().map_err(|e| failed(self.vm.name(), format!("signalfd: {e}")))?;
+        let signals = process::block_signals(&HANDLED).in_vm(self.vm.name())?;
         let mut stop_requests: Vec<UnixStream> = Vec::new();
-        let mut kill_deadline: Option<Instant> = None;
+        let mut phase = Phase::Running;
         let status = loop {
-            let timeout = match kill_deadline {
-                Some(deadline) => {
-                    PollTimeout::try_from(deadline.saturating_duration_since(Instant::now()))
-                        .unwrap_or(PollTimeout::MAX)
-                }
-                None => PollTimeout::NONE,
-            };
             let mut fds = [
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
-            let _ = poll(&mut fds, timeout);
+            let _ = poll(&mut fds, phase.timeout());
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
@@ -203,29 +238,30 @@ impl Keeper {
             if connection {
                 if let Ok((stream, _)) = self.listener.accept() {
                     if let Some(grace) = self.answer(&stream) {
-                        kill_deadline.get_or_insert_with(|| self.begin_stop(grace));
+                        phase = self.stop(phase, grace);
                         stop_requests.push(stream);
                     }
                 }
             }
             if signalled {
-                if let Ok(Some(info)) = signals.read_signal() {
-                    let signal = Signal::try_from(info.ssi_signo as i32).ok();
-                    match signal {
-                        Some(Signal::SIGINT | Signal::SIGQUIT) if foreground => {}
-                        Some(signal) if foreground => {
-                            let _ = process::signal(&self.init.pidfd, signal);
-                        }
-                        Some(_) => {
-                            kill_deadline.get_or_insert_with(|| self.begin_stop(DEFAULT_GRACE));
-                        }
-                        None => {}
+                let signal = signals
+                    .read_signal()
+                    .ok()
+                    .flatten()
+                    .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok());
+                match signal {
+                    // A terminal's interrupt already reached the workload (same process group).
+                    Some(Signal::SIGINT | Signal::SIGQUIT) if foreground => {}
+                    Some(signal) if foreground => {
+                        let _ = process::signal(&self.init.pidfd, signal);
                     }
+                    Some(_) => phase = self.stop(phase, DEFAULT_GRACE),
+                    None => {}
                 }
             }
-            if kill_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            if phase.overdue() {
                 let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-                kill_deadline = Some(Instant::now() + Duration::from_secs(3600));
+                phase = Phase::Killed;
             }
         };
         let ended = describe(status, foreground);
@@ -239,6 +275,20 @@ impl Keeper {
             );
         }
         Ok(ended)
+    }
+
+    /// Asks init to stop the VM, unless a stop is already under way.
+    fn stop(&self, phase: Phase, grace: Duration) -> Phase {
+        match phase {
+            Phase::Running => {
+                let _ = process::signal(&self.init.pidfd, Signal::SIGTERM);
+                // Init itself gives processes `grace`; the keeper waits a little longer for it.
+                Phase::Stopping {
+                    kill_at: Instant::now() + grace + Duration::from_secs(2),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Answers one request; returns the grace period if it asked the VM to stop.
@@ -264,12 +314,6 @@ impl Keeper {
                 None
             }
         }
-    }
-
-    /// Asks init to stop the VM; returns when to give up waiting and kill it.
-    fn begin_stop(&self, grace: Duration) -> Instant {
-        let _ = process::signal(&self.init.pidfd, Signal::SIGTERM);
-        Instant::now() + grace + Duration::from_secs(2)
     }
 
     fn tear_down(&self, how: &str) {
@@ -394,22 +438,6 @@ fn listen(vm: &VmDir) -> Result<UnixListener> {
     let _ = fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).at(&socket)?;
     Ok(listener)
-}
-
-fn block_signals() -> nix::Result<SignalFd> {
-    let mut set = SigSet::empty();
-    for signal in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        set.add(signal);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)
 }
 
 fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {

@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::path::PathBuf;
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
-use nix::unistd::{execvpe, setgid, setgroups, setuid, Gid, Uid, User};
+use nix::unistd::{execvpe, setgid, setgroups, setuid, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
 /// The search path given to programs in a VM (Debian's default for root).
@@ -75,38 +75,17 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
 }
 
 fn resolve(workload: &Workload, terminal: Option<&str>) -> Result<Resolved, String> {
-    let (uid, gid, home, name) = match &workload.user {
-        None => (
-            Uid::from_raw(0),
-            Gid::from_raw(0),
-            PathBuf::from("/root"),
-            "root".to_owned(),
-        ),
-        Some(user) => {
-            let found = match user.parse::<u32>() {
-                Ok(uid) => User::from_uid(Uid::from_raw(uid)),
-                Err(_) => User::from_name(user),
-            };
-            match found {
-                Ok(Some(entry)) => (entry.uid, entry.gid, entry.dir, entry.name),
-                Ok(None) if user.parse::<u32>().is_ok() => {
-                    let id = user.parse::<u32>().unwrap_or(0);
-                    (
-                        Uid::from_raw(id),
-                        Gid::from_raw(id),
-                        PathBuf::from("/"),
-                        user.clone(),
-                    )
-                }
-                _ => {
-                    return Err(format!(
-                        "user {user:?} does not exist in the VM's /etc/passwd"
-                    ))
-                }
-            }
-        }
-    };
-    let groups = supplementary_groups(&name, gid);
+    let account = crate::accounts::lookup(workload.user.as_deref())?;
+    let groups = crate::accounts::groups(&account)
+        .into_iter()
+        .map(Gid::from_raw)
+        .collect();
+    let (uid, gid, home, name) = (
+        Uid::from_raw(account.uid),
+        Gid::from_raw(account.gid),
+        account.home,
+        account.name,
+    );
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), home.to_string_lossy().into_owned()),
@@ -133,13 +112,6 @@ fn resolve(workload: &Workload, terminal: Option<&str>) -> Result<Resolved, Stri
         home,
         env,
     })
-}
-
-fn supplementary_groups(user: &str, gid: Gid) -> Vec<Gid> {
-    let Ok(name) = CString::new(user) else {
-        return vec![gid];
-    };
-    nix::unistd::getgrouplist(&name, gid).unwrap_or_else(|_| vec![gid])
 }
 
 fn cstring(text: &str) -> Result<CString, String> {
