@@ -5,9 +5,11 @@
 //! policy opens; empty chains fall through to the drop rules.
 //!
 //! - host → VM: allowed (the host's output is not filtered; replies are `established`)
-//! - VM → host services: dropped (`inet input`)
+//! - VM → host services: refused (`inet input` rejects: TCP reset, ICMP port unreachable), as
+//!   if nothing listened there
 //! - VM → VM: dropped (`bridge forward`, frames from any `fth*` port: this kernel has neither
-//!   `meta ibrname` nor bridge conntrack, so the rules there match ports, statelessly)
+//!   `meta ibrname`, bridge conntrack nor bridge `reject`, so the rules there match ports,
+//!   statelessly, and drop)
 //! - VM → outside: dropped unless the VM was created with `--egress` (then masqueraded)
 //!
 //! The drops match by interface (the bridge, `fth*` ports), so they hold from the moment a
@@ -45,7 +47,8 @@ table inet {table} {{
         type filter hook input priority filter; policy accept;
         iifname "{bridge}" ct state established,related accept
         iifname "{bridge}" ip saddr vmap @from_vm
-        iifname "{bridge}" counter drop comment "VM to host services"
+        iifname "{bridge}" meta l4proto tcp counter reject with tcp reset comment "VM to host services"
+        iifname "{bridge}" counter reject with icmpx port-unreachable comment "VM to host services"
     }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
