@@ -1,5 +1,5 @@
 //! Each VM's network identity: its own address on its state root's bridge, published ports,
-//! the default policy (VM → VM and VM → host dropped), the three modes, and teardown that
+//! the default policy (VM → host refused, VM → VM dropped), the three modes, and teardown that
 //! leaves no link, bridge or nftables table behind. Every address used belongs to a bridge or
 //! namespace these tests made; the "host" nginx listens on a port of its own per test.
 
@@ -184,10 +184,11 @@ fn nginx_on_port_80_in_two_vms_and_on_the_host_at_once() {
         "2",
         &format!("http://{a2}/"),
     ]);
-    assert_ne!(
-        vm_to_vm.code, 0,
-        "VM to VM must be dropped: {}",
-        vm_to_vm.stdout
+    // curl's exit 28: timed out — the packets were dropped.
+    assert_eq!(
+        vm_to_vm.code, 28,
+        "VM to VM must be dropped: {}{}",
+        vm_to_vm.stdout, vm_to_vm.stderr
     );
     let vm_to_host = feather.run(&[
         "exec",
@@ -199,10 +200,11 @@ fn nginx_on_port_80_in_two_vms_and_on_the_host_at_once() {
         "2",
         &format!("http://feather-host:{host_port}/"),
     ]);
-    assert_ne!(
-        vm_to_host.code, 0,
-        "VM to host services must be dropped: {}",
-        vm_to_host.stdout
+    // curl's exit 7: connection refused at once, as if nothing listened on the host.
+    assert_eq!(
+        vm_to_host.code, 7,
+        "VM to host services must be refused: {}{}",
+        vm_to_host.stdout, vm_to_host.stderr
     );
     let published_from_vm = feather.run(&[
         "exec",
@@ -214,9 +216,10 @@ fn nginx_on_port_80_in_two_vms_and_on_the_host_at_once() {
         "2",
         &format!("http://feather-host:{publish1}/"),
     ]);
-    assert_ne!(
-        published_from_vm.code, 0,
-        "a VM reaches another only through channels a policy opens"
+    assert_eq!(
+        published_from_vm.code, 7,
+        "a VM reaches another only through channels a policy opens: {}",
+        published_from_vm.stderr
     );
 
     let bridge = network(&feather, "web1")["bridge"]
