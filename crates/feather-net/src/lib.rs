@@ -346,9 +346,8 @@ pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &N
 
 const ATTACHED: &str = "network-attached";
 
-/// Deletes the VM's veth, then — on a thread of its own, holding the root's network lock —
-/// either its firewall entries or, if it was the bridge's last port, the bridge and both
-/// tables. The thread blocks every signal (they belong to the keeper's main thread).
+/// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
+/// its firewall entries or, if it was the bridge's last port, the bridge and both tables. The thread blocks every signal (they belong to the keeper's main thread).
 fn clean_up(
     network: &RootNetwork,
     host_end: &str,
@@ -357,28 +356,38 @@ fn clean_up(
 ) -> Option<JoinHandle<()>> {
     let lock = network.lock().ok()?;
     let mut netlink = Netlink::open().ok()?;
-    if let Some(index) = index_of(host_end) {
-        let _ = netlink.delete_link(index);
-    }
     let network = network.clone();
     let host_end = host_end.to_owned();
     let work = move || {
         let _lock = lock;
-        match index_of(&network.bridge) {
-            None => firewall::delete_tables(&network),
-            Some(bridge) => {
-                let ports = Path::new("/sys/class/net")
-                    .join(&network.bridge)
-                    .join("brif");
-                let in_use = fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_some());
+        let others = Path::new("/sys/class/net")
+            .join(&network.bridge)
+            .join("brif");
+        let in_use = fs::read_dir(&others).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|port| port.file_name().to_str() != Some(host_end.as_str()))
+        });
+        // The veth is usually still there: the kernel tears the VM's namespace down in the
+        // background. Deleting it and committing the nftables change each wait for RCU grace
+        // periods, so the two run side by side.
+        std::thread::scope(|both| {
+            both.spawn(|| {
                 if in_use {
                     firewall::remove_vm(&network, &host_end, address, egress);
                 } else {
-                    let _ = netlink.delete_link(bridge);
                     firewall::delete_tables(&network);
                 }
+            });
+            if let Some(index) = index_of(&host_end) {
+                let _ = netlink.delete_link(index);
             }
-        }
+            if !in_use {
+                if let Some(bridge) = index_of(&network.bridge) {
+                    let _ = netlink.delete_link(bridge);
+                }
+            }
+        });
     };
     let mut old = SigSet::empty();
     let _ = pthread_sigmask(
