@@ -248,7 +248,9 @@ fn nginx_on_port_80_in_two_vms_and_on_the_host_at_once() {
         "the root forgot its network with its last VM"
     );
     assert!(
-        !std::path::Path::new("/run/feather-net/claims").join(&bridge).exists(),
+        !std::path::Path::new("/run/feather-net/claims")
+            .join(&bridge)
+            .exists(),
         "the host-wide claim on {bridge} was returned"
     );
     assert!(
@@ -501,26 +503,55 @@ fn egress_is_per_vm_and_off_by_default() {
 
     // Each VM has its own chains, reached from the verdict maps, for later channels.
     let list = |family: &str, map: &str| {
-        let out = Command::new("nft").args(["list", "map", family, &table, map]).output().unwrap();
+        let out = Command::new("nft")
+            .args(["list", "map", family, &table, map])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
     let closed = network(&feather, "closed");
-    let (closed_address, closed_port) = (closed["address"].as_str().unwrap(), closed["host_interface"].as_str().unwrap());
-    assert!(list("inet", "from_vm").contains(&format!("{closed_address} : jump vm-{closed_port}")), "{}", list("inet", "from_vm"));
-    assert!(list("bridge", "from_port").contains(&format!("\"{closed_port}\" : jump vm-{closed_port}")), "{}", list("bridge", "from_port"));
+    let (closed_address, closed_port) = (
+        closed["address"].as_str().unwrap(),
+        closed["host_interface"].as_str().unwrap(),
+    );
+    assert!(
+        list("inet", "from_vm").contains(&format!("{closed_address} : jump vm-{closed_port}")),
+        "{}",
+        list("inet", "from_vm")
+    );
+    assert!(
+        list("bridge", "from_port").contains(&format!("\"{closed_port}\" : jump vm-{closed_port}")),
+        "{}",
+        list("bridge", "from_port")
+    );
     // Stopping one VM removes its entries and leaves the other's.
     feather.ok(&["stop", "closed"]);
-    assert!(!list("inet", "from_vm").contains(closed_address), "{}", list("inet", "from_vm"));
-    assert!(!list("bridge", "from_port").contains(closed_port), "{}", list("bridge", "from_port"));
+    assert!(
+        !list("inet", "from_vm").contains(closed_address),
+        "{}",
+        list("inet", "from_vm")
+    );
+    assert!(
+        !list("bridge", "from_port").contains(closed_port),
+        "{}",
+        list("bridge", "from_port")
+    );
     assert!(list("inet", "from_vm").contains(&address(&feather, "open")));
-    let chains = Command::new("nft").args(["list", "chains"]).output().unwrap();
+    let chains = Command::new("nft")
+        .args(["list", "chains"])
+        .output()
+        .unwrap();
     assert!(!String::from_utf8_lossy(&chains.stdout).contains(&format!("vm-{closed_port}")));
 }
 
 #[test]
 fn udp_ports_are_published_too() {
     let feather = Feather::new("net-udp");
-    let port = std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     feather.ok(&["create", "echo", "--publish", &format!("{port}:5000/udp")]);
     feather.ok(&["start", "echo"]);
     feather.sh(
@@ -529,7 +560,9 @@ fn udp_ports_are_published_too() {
          while True:\n    d,a=s.recvfrom(100)\n    s.sendto(b\"echo:\"+d,a)' </dev/null >/dev/null 2>&1 &",
     );
     let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    client.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
     let mut answer = [0u8; 64];
     // The server inside may take a moment to bind: ask again until it answers.
     let got = (0..20).find_map(|_| {
