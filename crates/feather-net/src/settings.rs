@@ -83,6 +83,8 @@ impl RootNetwork {
             Some(network) => network,
             None => {
                 let network = Self::choose(root)?;
+                // Claimed before it is recorded: a refused choice leaves nothing behind.
+                network.claim()?;
                 let file = SettingsFile {
                     bridge: network.bridge.clone(),
                     subnet: network.subnet,
@@ -139,14 +141,34 @@ impl RootNetwork {
                 if is_default {
                     DEFAULT_BRIDGE.to_owned()
                 } else {
-                    pool_bridge(subnet)
+                    // Named after the whole network address: unique to the subnet.
+                    format!("fbr{:08x}", u32::from(subnet.host(0)))
                 }
             });
+            if let Some((device, route)) = host_routes()
+                .into_iter()
+                .find(|(device, route)| route.overlaps(&subnet) && *device != bridge)
+            {
+                return Err(NetError::Invalid(format!(
+                    "subnet {subnet} overlaps the host's route to {route} on {device}: choose \
+                     another with FEATHER_SUBNET"
+                )));
+            }
             return Ok(RootNetwork {
                 bridge,
                 subnet,
                 root: root.to_path_buf(),
             });
+        }
+        if let Some(bridge) = &bridge {
+            if let Some(holder) = holder(root, bridge, None) {
+                return Err(NetError::SubnetTaken {
+                    subnet: "(any)".into(),
+                    bridge: bridge.clone(),
+                    holder,
+                    settings: Self::settings_path(root),
+                });
+            }
         }
         let pool: Subnet = POOL.parse().expect("valid pool");
         let routes = host_routes();
@@ -170,26 +192,7 @@ impl RootNetwork {
 
     /// The live claim of another root on this bridge or an overlapping subnet, if any.
     fn conflict(&self) -> Option<String> {
-        let entries = fs::read_dir(CLAIMS).ok()?;
-        for entry in entries.flatten() {
-            let Ok(text) = fs::read_to_string(entry.path()) else {
-                continue;
-            };
-            let Ok(claim) = toml::from_str::<Claim>(&text) else {
-                continue;
-            };
-            if claim.root == self.root {
-                continue;
-            }
-            let clashes = claim.bridge == self.bridge || claim.subnet.overlaps(&self.subnet);
-            if !claim.is_live() {
-                // Its root was deleted or re-chosen: the claim is stale.
-                let _ = fs::remove_file(entry.path());
-            } else if clashes {
-                return Some(format!("state root {}", claim.root.display()));
-            }
-        }
-        None
+        holder(&self.root, &self.bridge, Some(&self.subnet))
     }
 
     /// Records that this root holds its bridge and subnet (under the claims lock).
@@ -255,6 +258,31 @@ impl Claim {
             Ok(Some(network)) if network.bridge == self.bridge && network.subnet == self.subnet
         )
     }
+}
+
+/// The other state root with a live claim on `bridge` or on a subnet overlapping `subnet`, if
+/// any. Stale claims met on the way are removed.
+fn holder(root: &Path, bridge: &str, subnet: Option<&Subnet>) -> Option<String> {
+    let entries = fs::read_dir(CLAIMS).ok()?;
+    for entry in entries.flatten() {
+        let Ok(text) = fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let Ok(claim) = toml::from_str::<Claim>(&text) else {
+            continue;
+        };
+        if claim.root == root {
+            continue;
+        }
+        let clashes = claim.bridge == bridge || subnet.is_some_and(|s| claim.subnet.overlaps(s));
+        if !claim.is_live() {
+            // Its root was deleted or re-chosen: the claim is stale.
+            let _ = fs::remove_file(entry.path());
+        } else if clashes {
+            return Some(format!("state root {}", claim.root.display()));
+        }
+    }
+    None
 }
 
 /// `feather-n<N>` for the N-th /24 of the pool: short enough for an interface name.
