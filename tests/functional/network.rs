@@ -571,3 +571,35 @@ fn udp_ports_are_published_too() {
     });
     assert_eq!(got.map(|n| &answer[..n]), Some(&b"echo:ping"[..]));
 }
+
+#[test]
+fn two_state_roots_never_share_a_subnet() {
+    let first = Feather::new("net-claim-a");
+    let second = Feather::new("net-claim-b");
+    let base = ScratchBase::new("net-claim");
+    let subnet = format!("10.79.{}.0/24", std::process::id() % 250);
+    let create = |feather: &Feather, vm: &str, subnet: &str| {
+        feather
+            .command()
+            .args(["create", vm, "--base", base.as_str()])
+            .env("FEATHER_SUBNET", subnet)
+            .output()
+            .unwrap()
+    };
+    assert!(create(&first, "one", &subnet).status.success());
+    let refused = create(&second, "two", &subnet);
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        error.contains("is taken by state root") && error.contains(first.root.to_str().unwrap()),
+        "{error}"
+    );
+    assert!(
+        !second.root.join("network.toml").exists(),
+        "a refused choice leaves nothing"
+    );
+    // Once the first root's last VM is gone, its subnet is free again.
+    first.ok(&["rm", "one"]);
+    assert!(create(&second, "two", &subnet).status.success());
+    assert_eq!(address(&second, "two"), subnet.replace(".0/24", ".2"));
+}
