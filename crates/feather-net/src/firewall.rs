@@ -17,7 +17,7 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use crate::error::{NetError, Result};
 use crate::nftables::{self, Change, Key};
@@ -199,25 +199,12 @@ pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egres
     }
 }
 
+/// Runs `nft -f -` on `script`: one atomic batch.
 fn run(what: &str, script: &str) -> Result<()> {
-    spawn(what, script)?.finish()
-}
-
-/// An `nft` run under way.
-pub struct Pending {
-    child: Child,
-    what: String,
-}
-
-fn failed(what: &str, why: String) -> NetError {
-    NetError::Firewall {
+    let failed = |why: String| NetError::Firewall {
         what: what.to_owned(),
         why,
-    }
-}
-
-fn spawn(what: &str, script: &str) -> Result<Pending> {
-    let failed = |why| failed(what, why);
+    };
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -226,31 +213,18 @@ fn spawn(what: &str, script: &str) -> Result<Pending> {
         .spawn()
         .map_err(|e| failed(format!("cannot run nft: {e}")))?;
     // The script is far smaller than a pipe's buffer: writing it never blocks on nft.
-    if let Some(mut stdin) = child.stdin.take() {
-        if let Err(e) = stdin.write_all(script.as_bytes()) {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(failed(e.to_string()));
-        }
-    }
-    Ok(Pending {
-        child,
-        what: what.to_owned(),
-    })
-}
-
-impl Pending {
-    /// Waits for `nft` and says whether it applied the batch.
-    pub fn finish(self) -> Result<()> {
-        let output = self
-            .child
-            .wait_with_output()
-            .map_err(|e| failed(&self.what, e.to_string()))?;
-        if output.status.success() {
-            return Ok(());
-        }
+    let written = child
+        .stdin
+        .take()
+        .map_or(Ok(()), |mut stdin| stdin.write_all(script.as_bytes()));
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
+    written.map_err(|e| failed(e.to_string()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
         Err(failed(
-            &self.what,
             String::from_utf8_lossy(&output.stderr).trim().to_owned(),
         ))
     }
