@@ -17,6 +17,10 @@ packages=(
     nftables         # `nft`: feather's network policy for --net private VMs (crates/feather-net)
     nginx            # network tests serve pages from VMs and from the host
     curl             # network tests fetch those pages
+    tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
+    iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
+    python3          # checkpoint tests: a unix-socket server and client inside a VM over /
+    redis-server redis-tools  # checkpoint tests: redis holding hundreds of MB, restored intact
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -28,6 +32,10 @@ if ((${#missing[@]})); then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# CRIU >= 4.1 (Debian 13's, with its own glibc, in /opt/feather/criu; the system's packages and
+# apt sources are not changed): checkpoint and restore of VMs. Quick when already installed.
+scripts/install-criu
 
 cargo build --workspace --all-targets
 cargo build --release -p feather
