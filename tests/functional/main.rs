@@ -13,4 +13,5 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod migrate;
+mod network;
 mod recovery;

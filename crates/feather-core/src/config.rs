@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::NetworkConfig;
 use crate::{Error, VmName};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -26,6 +27,9 @@ pub struct VmConfig {
     /// they are feather's, not the VM's, and `diff` leaves them out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scaffold: Vec<PathBuf>,
+    /// Configs written before VMs had networks load as `mode = "none"`, what they meant.
+    #[serde(default)]
+    pub network: NetworkConfig,
 }
 
 /// Resource limits, enforced through the VM's cgroup. `None` means unlimited.
@@ -86,6 +90,12 @@ mod tests {
             created: 1,
             ephemeral: false,
             scaffold: vec!["/proc".into()],
+            network: NetworkConfig {
+                mode: crate::network::NetMode::Private,
+                address: Some([10, 77, 0, 2].into()),
+                publish: vec!["8081:80".parse().unwrap()],
+                egress: true,
+            },
         };
         let text = toml::to_string(&config).unwrap();
         assert_eq!(toml::from_str::<VmConfig>(&text).unwrap(), config);
