@@ -85,8 +85,9 @@ pub struct Keeper {
     durability: Durability,
     /// Set once CRIU has saved the VM and ended its processes: their end is a checkpoint.
     checkpointed: std::cell::Cell<bool>,
-    /// Held for the keeper's whole life; its release tells others the keeper is gone.
-    _lock: File,
+    /// Held until the VM is cleaned up (or the keeper dies): its release tells others the VM
+    /// is no longer kept.
+    lock: File,
 }
 
 /// Where a running VM is on its way to an end.
@@ -213,7 +214,7 @@ impl Keeper {
             network,
             durability,
             checkpointed: std::cell::Cell::new(false),
-            _lock: lock,
+            lock,
         };
         keeper.record_running()?;
         Ok(keeper)
@@ -261,7 +262,7 @@ impl Keeper {
             listener,
             network,
             checkpointed: std::cell::Cell::new(false),
-            _lock: lock,
+            lock,
         };
         keeper.record_running()?;
         Ok(keeper)
@@ -332,6 +333,9 @@ impl Keeper {
         };
         let ended = describe(status, foreground);
         self.tear_down(&ended.how);
+        // Everything is cleaned up: the VM may be started again before this process has exited,
+        // so the lock goes now, before anyone waiting for the stop hears of it.
+        drop(self.lock);
         for stream in stop_requests {
             let _ = protocol::write_response(
                 &stream,
