@@ -84,12 +84,24 @@ pub struct LandlockError(String);
 /// can reach abstract unix sockets and send signals only within itself. Does not set
 /// no_new_privs: the caller must hold CAP_SYS_ADMIN (set-uid programs keep working).
 pub fn scope_ipc() -> Result<Scoping, LandlockError> {
+    scope(Scope::from_all(ABI::V6))
+}
+
+/// Like [`scope_ipc`], but for signals only: abstract unix sockets stay reachable across the
+/// domain's edge (for a process whose network namespace already fences them, and which CRIU
+/// must be able to checkpoint: its parasite code, run inside the process, connects to an
+/// abstract socket of CRIU's).
+pub fn scope_signals() -> Result<Scoping, LandlockError> {
+    scope(Scope::Signal.into())
+}
+
+fn scope(scopes: landlock::BitFlags<Scope>) -> Result<Scoping, LandlockError> {
     if !matches!(support(), Support::Scoping { .. }) {
         return Ok(Scoping::Unsupported);
     }
     let status = Ruleset::default()
         .set_compatibility(landlock::CompatLevel::BestEffort)
-        .scope(Scope::from_all(ABI::V6))
+        .scope(scopes)
         .and_then(|ruleset| ruleset.create())
         .map(|created| created.no_new_privs(false))
         .and_then(|created| created.restrict_self())

@@ -235,3 +235,37 @@ pub fn landlock_abi_version() -> Result<i64, Errno> {
     };
     Errno::result(ret)
 }
+
+/// accept4(2): the new connection of a listening socket, owned.
+pub fn accept(listener: RawFd, flags: nix::sys::socket::SockFlag) -> Result<OwnedFd, Errno> {
+    let fd = nix::sys::socket::accept4(listener, flags)?;
+    // SAFETY: accept4 just created this descriptor; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// recvmsg(2) of one message into `buffer`, with room for up to three descriptors passed by
+/// SCM_RIGHTS (installed close-on-exec): the length received and the descriptors, owned.
+pub fn receive_with_fds(socket: RawFd, buffer: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    let mut control = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [std::io::IoSliceMut::new(buffer)];
+    let received = recvmsg::<()>(
+        socket,
+        &mut iov,
+        Some(&mut control),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )?;
+    let mut fds = Vec::new();
+    for message in received.cmsgs()? {
+        if let ControlMessageOwned::ScmRights(passed) = message {
+            // SAFETY: SCM_RIGHTS installed these descriptors in this process during the
+            // recvmsg above; nothing else owns them.
+            fds.extend(
+                passed
+                    .into_iter()
+                    .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+            );
+        }
+    }
+    Ok((received.bytes, fds))
+}

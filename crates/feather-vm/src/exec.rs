@@ -1,34 +1,34 @@
-//! `feather exec`: runs a program inside a running VM, as nsenter does. The calling process
-//! joins the VM's namespaces itself, forks the program (which becomes a member of the
-//! VM's pid namespace and, from the child, of its cgroup), and relays signals, the terminal
-//! and the exit code.
+//! `feather exec`: runs a program inside a running VM. The program is started by the VM's init
+//! (see [`crate::commands`]), so it descends from init like every other process of the VM: it
+//! shares the VM's namespaces, cgroup, confinement and Landlock domain. This side sends the
+//! request with its stdin, stdout and stderr (or, with `-t`, a terminal of the VM's devpts),
+//! relays signals and the terminal, and returns the program's exit code.
 
 use std::io::IsTerminal;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
 
 use feather_core::{Error, StateRoot, VmName, VmStatus};
-use feather_sys::cgroup::Entry;
 use feather_sys::process;
 use feather_sys::pty;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::termios::{self, SetArg, Termios};
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::commands::{self, FromInit, ToInit};
 use crate::error::{failed, InVm, Result};
-use crate::keeper::cgroup_of;
-use crate::workload::{become_workload, Workload};
+use crate::workload::Workload;
 
 /// Exit code when feather itself could not run the command (as `docker exec` uses).
 pub const EXIT_CANNOT_EXEC: i32 = 126;
 
 /// Runs `workload` in the running VM `name` and returns its exit code. The caller is left in the
-/// VM's namespaces: call this last, or from a child process.
+/// VM's network namespace (and, with `tty`, its mount namespace): call this last, or from a
+/// child process.
 pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> Result<i32> {
     let vm = root.open(name)?;
-    let config = vm.read_config()?;
     let state = vm.read_state()?;
     let (VmStatus::Running, Some(init_pid)) = (state.status, state.init_pid) else {
         return Err(Error::NotRunning(name.to_string()).into());
@@ -40,63 +40,55 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     if process::start_ticks(init) != state.init_start_ticks {
         return Err(Error::NotRunning(name.to_string()).into());
     }
-    // Only the command enters the VM's cgroup, from the child: this relaying process must not
-    // count against the VM's limits, nor be a candidate for the VM's OOM killer.
-    let cgroup = cgroup_of(&config)
-        .map(|c| c.entry())
-        .transpose()
-        .in_vm(name)?;
-    process::join_namespaces(&pidfd, process::vm_namespaces()).in_vm(name)?;
-    // From here on, paths resolve inside the VM.
+    let channel = commands::connect_to_init(init, &pidfd)
+        .map_err(|why| failed(name, format!("cannot reach the VM's init: {why}")))?;
+    let signals = process::block_signals(&HANDLED).in_vm(name)?;
     let terminal = if tty {
+        // The terminal must come from the VM's own devpts: open it from the VM's mounts.
+        process::join_namespaces(&pidfd, nix::sched::CloneFlags::CLONE_NEWNS).in_vm(name)?;
         Some(Terminal::open().map_err(|why| failed(name, why))?)
     } else {
         None
     };
-    let signals = process::block_signals(&HANDLED).in_vm(name)?;
-    let child = match process::fork().in_vm(name)? {
-        None => run_child(workload, cgroup.as_ref(), terminal.as_ref()),
-        Some(pid) => pid,
+    let request = ToInit::Exec {
+        workload: workload.clone(),
+        terminal: terminal.as_ref().map(|t| t.term.clone()),
     };
-    Ok(wait_and_relay(child, &signals, terminal))
-}
-
-/// In the forked child, inside the VM: become the workload. Never returns.
-fn run_child(workload: &Workload, cgroup: Option<&Entry>, terminal: Option<&Terminal>) -> ! {
-    let term_name = terminal.map(|t| t.term.as_str());
-    if let Err(e) = cgroup.map_or(Ok(()), Entry::enter) {
-        eprintln!("feather: {e}");
-        std::process::exit(EXIT_CANNOT_EXEC);
+    let fds = match &terminal {
+        Some(t) => [t.slave.as_ref().map_or(-1, |s| s.as_raw_fd()); 3],
+        None => [0, 1, 2],
+    };
+    commands::send(&channel, &request, &fds).map_err(|e| {
+        failed(
+            name,
+            format!("cannot ask the VM's init to run the command: {e}"),
+        )
+    })?;
+    let mut terminal = terminal;
+    if let Some(t) = terminal.as_mut() {
+        // Only the program holds the terminal now: its end shows as the master's end.
+        t.close_slave();
     }
-    if let Some(terminal) = terminal {
-        if let Err(why) = terminal.attach_as_controlling() {
-            eprintln!("feather: {why}");
-            std::process::exit(EXIT_CANNOT_EXEC);
+    match commands::receive::<FromInit>(&channel) {
+        Ok(Some((FromInit::Started { .. }, _))) => {}
+        Ok(Some((FromInit::Failed { message }, _))) => return Err(failed(name, message)),
+        _ => {
+            return Err(failed(
+                name,
+                "the VM's init did not start the command (is the VM stopping?)",
+            ))
         }
-    } else {
-        // A session of its own inside the VM (with a terminal, attaching made one): what it
-        // leaves running belongs to no session on the host, so the VM can be checkpointed.
-        // Signals from the user's terminal still arrive: exec relays them.
-        let _ = nix::unistd::setsid();
     }
-    // The same seccomp filter as init's processes, installed while this process still holds
-    // the host's capabilities; become_workload then reduces them.
-    if let Err(why) = feather_confine::seccomp::install() {
-        eprintln!("feather: {why}");
-        std::process::exit(EXIT_CANNOT_EXEC);
-    }
-    let why = become_workload(workload, term_name);
-    eprintln!("feather: {why}");
-    std::process::exit(if why.ends_with("command not found") {
-        127
-    } else {
-        EXIT_CANNOT_EXEC
-    });
+    wait_and_relay(&channel, &signals, terminal).ok_or_else(|| {
+        failed(
+            name,
+            "stopped while the command ran; its exit status is unknown",
+        )
+    })
 }
 
-/// What `exec` waits for: its child's end, and signals to pass on to it.
-const HANDLED: [Signal; 8] = [
-    Signal::SIGCHLD,
+/// What `exec` passes on to its program.
+const HANDLED: [Signal; 7] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
@@ -106,19 +98,30 @@ const HANDLED: [Signal; 8] = [
     Signal::SIGWINCH,
 ];
 
-/// Waits for the child, forwarding signals to it and, with a terminal, copying between the
-/// user's terminal and the VM's. Returns the child's exit code (128 + signal if killed).
-fn wait_and_relay(child: Pid, signals: &SignalFd, mut terminal: Option<Terminal>) -> i32 {
+/// Waits for init to report the program's end, forwarding signals to it and, with a terminal,
+/// copying between the user's terminal and the VM's. Returns the program's exit code (128 +
+/// signal if killed), or `None` if init went away first.
+fn wait_and_relay(
+    channel: &OwnedFd,
+    signals: &SignalFd,
+    mut terminal: Option<Terminal>,
+) -> Option<i32> {
     let stdin = std::io::stdin();
     let mut stdin_open = terminal.is_some();
     let mut code = None;
+    let mut channel_open = true;
     loop {
         if let Some(code) = code {
             if terminal.as_ref().is_none_or(|t| !t.master_open) {
-                return code;
+                return Some(code);
             }
+        } else if !channel_open {
+            return None;
         }
         let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        if channel_open {
+            fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
+        }
         if let Some(t) = &terminal {
             if t.master_open {
                 fds.push(PollFd::new(t.master.as_fd(), PollFlags::POLLIN));
@@ -133,23 +136,31 @@ fn wait_and_relay(child: Pid, signals: &SignalFd, mut terminal: Option<Terminal>
             PollTimeout::NONE
         };
         if poll(&mut fds, timeout).unwrap_or(0) == 0 && code.is_some() {
-            return code.unwrap_or(0);
+            return code;
         }
         let readable: Vec<bool> = fds
             .iter()
             .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
             .collect();
+        drop(fds);
+        let mut next = 1;
         if readable[0] {
             if let Ok(Some(info)) = signals.read_signal() {
-                code = code.or(handle_signal(
-                    child,
-                    info.ssi_signo as i32,
-                    terminal.as_ref(),
-                ));
+                handle_signal(channel, info.ssi_signo as i32, terminal.as_ref());
             }
         }
+        if channel_open {
+            if readable[next] {
+                match commands::receive::<FromInit>(channel) {
+                    Ok(Some((FromInit::Exited { code: exited }, _))) => code = Some(exited),
+                    Ok(Some(_)) => {}
+                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                    Ok(None) | Err(_) => channel_open = false,
+                }
+            }
+            next += 1;
+        }
         if let Some(t) = terminal.as_mut() {
-            let mut next = 1;
             if t.master_open {
                 if readable.get(next) == Some(&true)
                     && !copy(t.master.as_fd(), std::io::stdout().as_fd())
@@ -168,26 +179,15 @@ fn wait_and_relay(child: Pid, signals: &SignalFd, mut terminal: Option<Terminal>
     }
 }
 
-/// Acts on one signal; returns the child's exit code once it has exited.
-fn handle_signal(child: Pid, signo: i32, terminal: Option<&Terminal>) -> Option<i32> {
-    match Signal::try_from(signo) {
-        Ok(Signal::SIGCHLD) => match waitpid(child, Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(_, code)) => Some(code),
-            Ok(WaitStatus::Signaled(_, signal, _)) => Some(128 + signal as i32),
-            _ => None,
-        },
-        Ok(Signal::SIGWINCH) => {
-            if let Some(t) = terminal {
-                t.copy_window_size();
-            }
-            None
+/// Acts on one signal: a new window size goes to the terminal, the others to the program.
+fn handle_signal(channel: &OwnedFd, signo: i32, terminal: Option<&Terminal>) {
+    if signo == Signal::SIGWINCH as i32 {
+        if let Some(t) = terminal {
+            t.copy_window_size();
         }
-        Ok(signal) => {
-            let _ = nix::sys::signal::kill(child, signal);
-            None
-        }
-        Err(_) => None,
+        return;
     }
+    let _ = commands::send(channel, &ToInit::Signal { signo }, &[]);
 }
 
 /// Copies what is available from one descriptor to another; false at end of input.
@@ -213,7 +213,8 @@ fn copy(from: BorrowedFd, to: BorrowedFd) -> bool {
 /// is used.
 struct Terminal {
     master: nix::pty::PtyMaster,
-    slave_path: String,
+    /// The program's end, sent to init and then closed here.
+    slave: Option<OwnedFd>,
     term: String,
     master_open: bool,
     saved: Option<Termios>,
@@ -224,9 +225,16 @@ impl Terminal {
         let (master, slave_path) =
             pty::open_pair().map_err(|e| format!("cannot open a terminal in the VM: {e}"))?;
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
+        let slave: OwnedFd = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::libc::O_NOCTTY)
+            .open(&slave_path)
+            .map_err(|e| format!("cannot open the VM's terminal {slave_path}: {e}"))?
+            .into();
         let mut terminal = Terminal {
             master,
-            slave_path,
+            slave: Some(slave),
             term,
             master_open: true,
             saved: None,
@@ -250,17 +258,10 @@ impl Terminal {
         }
     }
 
-    /// In the child: a new session whose controlling terminal and stdio are the VM terminal.
-    fn attach_as_controlling(&self) -> std::result::Result<(), String> {
-        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-        let slave: OwnedFd = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(&self.slave_path)
-            .map_err(|e| format!("{}: {e}", self.slave_path))?
-            .into();
-        pty::make_controlling(&slave).map_err(|e| e.to_string())?;
-        process::redirect_stdio(&slave).map_err(|e| e.to_string())
+    /// Closes this side's copy of the program's end, so that the master sees the program
+    /// close the terminal.
+    fn close_slave(&mut self) {
+        self.slave = None;
     }
 }
 

@@ -14,6 +14,11 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use std::os::fd::AsFd;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::commands::Commands;
 use crate::rootfs::{self, RootfsPlan};
 use crate::workload::{become_workload, Workload};
 
@@ -162,10 +167,23 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
             std::process::exit(1);
         }
     };
+    // `feather exec` starts its programs through init (see commands.rs), ready before the VM is.
+    let mut commands = match Commands::listen() {
+        Ok(commands) => commands,
+        Err(why) => {
+            report(&mut keeper, InitReport::Failed(why));
+            std::process::exit(1);
+        }
+    };
     let workload = resumed.workload.as_ref().map(start_workload);
     report(&mut keeper, InitReport::Ready);
     drop(keeper);
-    let code = supervise(&signals, workload, Duration::from_millis(resumed.grace_ms));
+    let code = supervise(
+        &signals,
+        &mut commands,
+        workload,
+        Duration::from_millis(resumed.grace_ms),
+    );
     std::process::exit(code)
 }
 
@@ -186,7 +204,23 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
         return Err("the keeper did not attach the VM's network".into());
     }
     plan.rootfs.network.configure().map_err(|e| e.to_string())?;
+    // One Landlock domain for the whole VM, made before init starts anything: every process of
+    // the VM descends from init (`feather exec` too), so they all share it. It needs
+    // CAP_SYS_ADMIN (no_new_privs stays off), so it comes before the capability set.
+    let scoping = if plan.rootfs.network.own_namespace {
+        feather_confine::landlock::scope_signals()
+    } else {
+        feather_confine::landlock::scope_ipc()
+    }
+    .map_err(|e| e.to_string())?;
     if !plan.attached {
+        if scoping == feather_confine::landlock::Scoping::Unsupported {
+            eprintln!(
+                "feather init: {}; abstract sockets and signals are confined by the VM's \
+                 namespaces only",
+                feather_confine::landlock::support()
+            );
+        }
         detach_stdio();
     }
     // The seccomp filter and the reduced capability set, inherited by everything init starts.
@@ -235,10 +269,29 @@ fn start_workload(workload: &Workload) -> Pid {
     }
 }
 
-/// Reaps every child until the VM's end, and returns init's exit code: the workload's status
-/// when there is one, 0 after an orderly stop.
-fn supervise(signals: &SignalFd, workload: Option<Pid>, grace: Duration) -> i32 {
+/// Reaps every child and serves `feather exec` until the VM's end, and returns init's exit
+/// code: the workload's status when there is one, 0 after an orderly stop.
+fn supervise(
+    signals: &SignalFd,
+    commands: &mut Commands,
+    workload: Option<Pid>,
+    grace: Duration,
+) -> i32 {
     loop {
+        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+        fds.extend(commands.poll_fds());
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        let ready: Vec<bool> = fds
+            .iter()
+            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
+            .collect();
+        drop(fds);
+        commands.handle(&ready[1..]);
+        if !ready[0] {
+            continue;
+        }
         let Ok(Some(info)) = signals.read_signal() else {
             continue;
         };
@@ -247,8 +300,8 @@ fn supervise(signals: &SignalFd, workload: Option<Pid>, grace: Duration) -> i32 
         };
         match (signal, workload) {
             (Signal::SIGCHLD, _) => {
-                if let Some(code) = reap(workload) {
-                    shut_down(grace.min(Duration::from_secs(1)));
+                if let Some(code) = reap(workload, commands) {
+                    shut_down(grace.min(Duration::from_secs(1)), commands);
                     return code;
                 }
             }
@@ -259,7 +312,7 @@ fn supervise(signals: &SignalFd, workload: Option<Pid>, grace: Duration) -> i32 
                 let _ = kill(pid, signal);
             }
             (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT, None) => {
-                shut_down(grace);
+                shut_down(grace, commands);
                 return 0;
             }
             _ => {}
@@ -267,30 +320,32 @@ fn supervise(signals: &SignalFd, workload: Option<Pid>, grace: Duration) -> i32 
     }
 }
 
-/// Collects every exited child; returns the workload's exit code if it was among them.
-fn reap(workload: Option<Pid>) -> Option<i32> {
+/// Collects every exited child, telling `feather exec` of its programs' ends; returns the
+/// workload's exit code if it was among them.
+fn reap(workload: Option<Pid>, commands: &mut Commands) -> Option<i32> {
     let mut workload_code = None;
     loop {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) if Some(pid) == workload => {
-                workload_code = Some(code)
-            }
-            Ok(WaitStatus::Signaled(pid, signal, _)) if Some(pid) == workload => {
-                workload_code = Some(128 + signal as i32)
-            }
+        let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::Exited(pid, code)) => (pid, code),
+            Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
             Ok(WaitStatus::StillAlive) | Err(_) => return workload_code,
-            Ok(_) => {}
+            Ok(_) => continue,
+        };
+        if Some(pid) == workload {
+            workload_code = Some(code);
+        } else {
+            commands.exited(pid, code);
         }
     }
 }
 
 /// Stops every process of the VM: SIGTERM to all, up to `grace` for them to exit, then SIGKILL.
-fn shut_down(grace: Duration) {
+fn shut_down(grace: Duration, commands: &mut Commands) {
     let everyone = Pid::from_raw(-1);
     let _ = kill(everyone, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
     while Instant::now() < deadline {
-        let _ = reap(None);
+        let _ = reap(None, commands);
         // kill(-1, 0) fails with ESRCH once no process but init is left in the namespace.
         if kill(everyone, None) == Err(Errno::ESRCH) {
             return;
@@ -298,5 +353,5 @@ fn shut_down(grace: Duration) {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = kill(everyone, Signal::SIGKILL);
-    let _ = reap(None);
+    let _ = reap(None, commands);
 }

@@ -12,6 +12,7 @@
 
 pub mod accounts;
 pub mod checkpoint;
+pub mod commands;
 pub mod commit;
 pub mod diff;
 pub mod error;

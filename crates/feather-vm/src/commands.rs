@@ -1,0 +1,301 @@
+//! init's command channel: how `feather exec` has the VM's init start its program, so that
+//! every process of a VM descends from init and shares its Landlock domain (see
+//! `docs/confinement.md`).
+//!
+//! ```text
+//! feather exec ── connect @<init's abstract name>, in the VM's net namespace ──────────▶ init
+//!   Exec { workload, terminal } + stdin, stdout, stderr (SCM_RIGHTS) ──▶ fork: setsid,
+//!                                                                     (TIOCSCTTY), dup2,
+//!   ◀── Started { pid }  |  Failed { message }                        become_workload
+//!   Signal { signo } ──▶ kill(pid, signo)              (TERM, INT, HUP, QUIT, USR1, USR2)
+//!   ◀── Exited { code }  (when init reaps the program; code, or 128 + signal), then close
+//!   connection closed while the program runs ──▶ SIGHUP to it, as a terminal hang-up
+//! ```
+//!
+//! The socket is a SOCK_SEQPACKET listener with a kernel-chosen abstract name in the VM's
+//! network namespace; `feather exec` finds the name in `/proc/<init>/net/unix` by the socket's
+//! inode among init's descriptors. CRIU saves and restores it like any listening socket (a
+//! socket pair to the keeper would be an external connection CRIU refuses to dump; a socket
+//! file bound by init, pid 1, CRIU cannot restore). init serves only connections from outside
+//! its pid namespace (the peer pid it sees is 0) made by root: a VM's own processes, root
+//! inside included, cannot ask init to start anything.
+
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+
+use nix::errno::Errno;
+use nix::poll::{PollFd, PollFlags};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{
+    bind, connect, getsockopt, listen, sendmsg, socket, sockopt, AddressFamily, Backlog,
+    ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::workload::{become_workload, Workload};
+
+/// The largest message either side sends (a workload's argv and environment).
+const MAX_MESSAGE: usize = 128 * 1024;
+
+/// What `feather exec` asks of init.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum ToInit {
+    /// Start `workload` with the three descriptors sent along as its stdin, stdout and stderr.
+    /// `terminal`: the TERM of a terminal; the descriptors are then one terminal of the VM's
+    /// devpts, which becomes the program's controlling terminal.
+    Exec {
+        workload: Workload,
+        terminal: Option<String>,
+    },
+    /// Deliver this signal to the program.
+    Signal { signo: i32 },
+}
+
+/// What init answers.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum FromInit {
+    /// The program runs with this pid (inside the VM).
+    Started {
+        pid: i32,
+    },
+    Failed {
+        message: String,
+    },
+    /// The program ended: its exit code, or 128 + the signal that killed it.
+    Exited {
+        code: i32,
+    },
+}
+
+/// init's side: the listening socket and one session per connected `feather exec`.
+pub struct Commands {
+    listener: OwnedFd,
+    sessions: Vec<Session>,
+}
+
+struct Session {
+    connection: OwnedFd,
+    program: Option<Pid>,
+}
+
+impl Commands {
+    /// Opens the command socket. Called by init before it reports ready.
+    pub fn listen() -> Result<Commands, String> {
+        let listener = socket(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+            None,
+        )
+        .map_err(|e| format!("command socket: {e}"))?;
+        // An address of the family alone: the kernel picks a free abstract name.
+        bind(listener.as_raw_fd(), &UnixAddr::new_unnamed())
+            .map_err(|e| format!("bind the command socket: {e}"))?;
+        listen(&listener, Backlog::new(64).unwrap_or(Backlog::MAXCONN))
+            .map_err(|e| format!("listen on the command socket: {e}"))?;
+        Ok(Commands {
+            listener,
+            sessions: Vec::new(),
+        })
+    }
+
+    /// The descriptors to poll: the listener, then every session.
+    pub fn poll_fds(&self) -> Vec<PollFd<'_>> {
+        std::iter::once(&self.listener)
+            .chain(self.sessions.iter().map(|s| &s.connection))
+            .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN))
+            .collect()
+    }
+
+    /// Acts on what [`Commands::poll_fds`] found ready (`ready[i]` for the i-th descriptor).
+    pub fn handle(&mut self, ready: &[bool]) {
+        // Sessions first, from the back, so that removing one keeps the others' indices.
+        for index in (0..self.sessions.len()).rev() {
+            if ready.get(index + 1) == Some(&true) && !self.serve(index) {
+                let session = self.sessions.remove(index);
+                // The exec side is gone while its program runs: a hang-up, as a terminal's.
+                if let Some(pid) = session.program {
+                    let _ = kill(pid, Signal::SIGHUP);
+                }
+            }
+        }
+        if ready.first() == Some(&true) {
+            self.accept();
+        }
+    }
+
+    /// Reports the end of `pid` to the session that started it; false if none did.
+    pub fn exited(&mut self, pid: Pid, code: i32) -> bool {
+        let Some(index) = self.sessions.iter().position(|s| s.program == Some(pid)) else {
+            return false;
+        };
+        let session = self.sessions.remove(index);
+        let _ = send(&session.connection, &FromInit::Exited { code }, &[]);
+        true
+    }
+
+    fn accept(&mut self) {
+        while let Ok(connection) = feather_sys::fdpass::accept(&self.listener) {
+            // Only root outside the VM: a process of the VM's own pid namespace has a pid here.
+            let from_host = getsockopt(&connection, sockopt::PeerCredentials)
+                .is_ok_and(|c| c.pid() == 0 && c.uid() == 0);
+            if from_host {
+                self.sessions.push(Session {
+                    connection,
+                    program: None,
+                });
+            }
+        }
+    }
+
+    /// Reads one message of session `index`; false once the connection is closed.
+    fn serve(&mut self, index: usize) -> bool {
+        let session = &mut self.sessions[index];
+        let (message, fds) = match receive(&session.connection) {
+            Ok(Some(received)) => received,
+            Ok(None) => return false,
+            Err(Errno::EAGAIN | Errno::EINTR) => return true,
+            Err(_) => return false,
+        };
+        match (message, session.program) {
+            (ToInit::Exec { workload, terminal }, None) => {
+                let reply = match start(&workload, terminal.as_deref(), fds) {
+                    Ok(pid) => {
+                        session.program = Some(pid);
+                        FromInit::Started { pid: pid.as_raw() }
+                    }
+                    Err(message) => FromInit::Failed { message },
+                };
+                let started = matches!(reply, FromInit::Started { .. });
+                send(&session.connection, &reply, &[]).is_ok() && started
+            }
+            (ToInit::Signal { signo }, Some(pid)) => {
+                if let Ok(signal) = Signal::try_from(signo) {
+                    let _ = kill(pid, signal);
+                }
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Forks the program: a session of its own (with `terminal`, the terminal sent along becomes
+/// its controlling terminal), the three descriptors as its stdio, then the workload's user,
+/// environment and folder. It inherits init's namespaces, cgroup, seccomp filter, capability
+/// set and Landlock domain.
+fn start(workload: &Workload, terminal: Option<&str>, fds: Vec<OwnedFd>) -> Result<Pid, String> {
+    let [stdin, stdout, stderr]: [OwnedFd; 3] = fds
+        .try_into()
+        .map_err(|_| "the request did not carry stdin, stdout and stderr".to_owned())?;
+    match feather_sys::process::fork() {
+        Ok(Some(pid)) => Ok(pid),
+        Ok(None) => {
+            let _ = nix::unistd::setsid();
+            if terminal.is_some() {
+                if let Err(e) = feather_sys::pty::make_controlling(&stdin) {
+                    let _ = nix::unistd::dup2_stderr(&stderr);
+                    eprintln!("feather: {e}");
+                    std::process::exit(crate::exec::EXIT_CANNOT_EXEC);
+                }
+            }
+            let redirected = nix::unistd::dup2_stdin(&stdin)
+                .and_then(|_| nix::unistd::dup2_stdout(&stdout))
+                .and_then(|_| nix::unistd::dup2_stderr(&stderr));
+            if redirected.is_err() {
+                std::process::exit(crate::exec::EXIT_CANNOT_EXEC);
+            }
+            drop((stdin, stdout, stderr));
+            let why = become_workload(workload, terminal);
+            eprintln!("feather: {why}");
+            std::process::exit(if why.ends_with("command not found") {
+                127
+            } else {
+                crate::exec::EXIT_CANNOT_EXEC
+            });
+        }
+        Err(e) => Err(format!("cannot start {:?}: {e}", workload.argv)),
+    }
+}
+
+/// The exec side: finds the command socket of the VM's init `init` (held by `pidfd`), joins
+/// the VM's network namespace, where its name lives, and connects.
+pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, String> {
+    let name = command_socket_name(init)?;
+    feather_sys::process::join_namespaces(pidfd, nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| e.to_string())?;
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    let address = UnixAddr::new_abstract(&name).map_err(|e| e.to_string())?;
+    connect(fd.as_raw_fd(), &address).map_err(|e| format!("connect to init's socket: {e}"))?;
+    Ok(fd)
+}
+
+/// The abstract name of init's command socket: the listening SOCK_SEQPACKET socket among its
+/// descriptors, as its network namespace's `/proc/net/unix` lists it.
+fn command_socket_name(init: Pid) -> Result<Vec<u8>, String> {
+    let fd_dir = format!("/proc/{init}/fd");
+    let inodes: Vec<String> = std::fs::read_dir(&fd_dir)
+        .map_err(|e| format!("{fd_dir}: {e}"))?
+        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
+        .filter_map(|target| {
+            let target = target.to_string_lossy();
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
+        })
+        .collect();
+    let table = format!("/proc/{init}/net/unix");
+    let sockets = std::fs::read_to_string(&table).map_err(|e| format!("{table}: {e}"))?;
+    // Num RefCount Protocol Flags Type St Inode Path; Flags 00010000: listening; Type 0005:
+    // SOCK_SEQPACKET.
+    sockets
+        .lines()
+        .skip(1)
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| {
+            f.len() == 8 && f[3] == "00010000" && f[4] == "0005" && inodes.iter().any(|i| i == f[6])
+        })
+        .and_then(|f| f[7].strip_prefix('@').map(|name| name.as_bytes().to_vec()))
+        .ok_or_else(|| "its init has no command socket (is the VM stopping?)".to_owned())
+}
+
+/// Sends one message with `fds` attached.
+pub fn send(socket: &impl AsFd, message: &impl Serialize, fds: &[RawFd]) -> nix::Result<()> {
+    let bytes = serde_json::to_vec(message).map_err(|_| Errno::EINVAL)?;
+    let control = [ControlMessage::ScmRights(fds)];
+    let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &control };
+    sendmsg::<()>(
+        socket.as_fd().as_raw_fd(),
+        &[IoSlice::new(&bytes)],
+        control,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(drop)
+}
+
+/// Receives one message and the descriptors sent with it; `None` once the peer closed.
+pub fn receive<T: for<'de> Deserialize<'de>>(
+    socket: &impl AsFd,
+) -> nix::Result<Option<(T, Vec<OwnedFd>)>> {
+    let mut buffer = vec![0u8; MAX_MESSAGE];
+    let (length, fds) = feather_sys::fdpass::receive(socket, &mut buffer)?;
+    if length == 0 {
+        return Ok(None);
+    }
+    serde_json::from_slice(&buffer[..length])
+        .map(|message| Some((message, fds)))
+        .map_err(|_| Errno::EBADMSG)
+}
