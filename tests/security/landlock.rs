@@ -1,7 +1,11 @@
-//! Why VM processes are not scoped with Landlock (docs/confinement.md): a Landlock domain is
-//! inherited, never joined, so two processes that each scope themselves — as init's services
-//! and a `feather exec` would — can no longer signal each other or reach each other's abstract
-//! sockets. These tests pin that kernel behaviour down, so the design is revisited if it changes.
+//! Landlock scoping of a VM (docs/confinement.md). A Landlock domain is inherited, never
+//! joined: two processes that each scope themselves can no longer signal each other or reach
+//! each other's abstract sockets (the first test pins that kernel behaviour down). So a VM is
+//! one domain: its init scopes itself before starting anything, and `feather exec` has init
+//! start its programs. The second test shows what that gives: inside the VM everything reaches
+//! everything, while a process outside the domain is out of reach even where the namespaces
+//! are shared — the host's abstract sockets for a `--net host` VM, and a host process that
+//! entered the VM's pid namespace (as `nsenter` does).
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -10,6 +14,7 @@ use feather_ipcprobe::{Kind, Outcome};
 
 use crate::support::Feather;
 
+/// A probe listener; stopped (stdin closed, then killed) when dropped.
 struct Scoped(Child);
 
 impl Drop for Scoped {
@@ -18,6 +23,33 @@ impl Drop for Scoped {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// Starts `command` (a probe `landlock-listen`) and returns it with the pid it printed.
+fn listener(mut command: Command) -> (Scoped, i32) {
+    let mut child = command
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("probe runs");
+    let stdout = child.stdout.take().unwrap();
+    let guard = Scoped(child);
+    let mut line = String::new();
+    BufReader::new(stdout).read_line(&mut line).unwrap();
+    let pid = line
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("the listener printed its pid, not {line:?}"));
+    (guard, pid)
+}
+
+fn scoping_available() -> bool {
+    let support = feather_confine::landlock::support();
+    if !matches!(support, feather_confine::landlock::Support::Scoping { .. }) {
+        eprintln!("skipped: {support}");
+        return false;
+    }
+    true
 }
 
 fn try_from(pid: u32, name: &str, scoped: bool) -> Vec<Outcome> {
@@ -33,13 +65,7 @@ fn try_from(pid: u32, name: &str, scoped: bool) -> Vec<Outcome> {
 
 #[test]
 fn sibling_landlock_domains_cannot_signal_or_reach_abstract_sockets() {
-    if feather_confine::landlock::support() == feather_confine::landlock::Support::Missing
-        || matches!(
-            feather_confine::landlock::support(),
-            feather_confine::landlock::Support::NoScoping { .. }
-        )
-    {
-        eprintln!("skipped: {}", feather_confine::landlock::support());
+    if !scoping_available() {
         return;
     }
     let name = format!("fprobe-landlock-{}", std::process::id());
@@ -85,5 +111,86 @@ fn sibling_landlock_domains_cannot_signal_or_reach_abstract_sockets() {
         Kind::Reached,
         "and connect: {:?}",
         outside[1]
+    );
+}
+
+/// A program started by `feather exec` tries to signal `pid` and connect to @`name`.
+fn try_in_vm(feather: &Feather, vm: &str, pid: i32, name: &str) -> Vec<Outcome> {
+    let pid = pid.to_string();
+    let output = feather.ok(&[
+        "exec",
+        vm,
+        "--",
+        Feather::bin(),
+        "__ipcprobe",
+        "landlock-try",
+        &pid,
+        name,
+        "--unscoped",
+    ]);
+    serde_json::from_str(output.trim()).unwrap_or_else(|e| panic!("{e}: {output}"))
+}
+
+#[test]
+fn a_vm_is_one_landlock_domain_that_outside_processes_are_fenced_from() {
+    if !scoping_available() {
+        return;
+    }
+    let feather = Feather::new("landlock-vm");
+    // The host's network namespace: abstract sockets are shared, namespaces fence nothing.
+    feather.ok(&["create", "vm", "--net", "host"]);
+    feather.ok(&["start", "vm"]);
+    let tag = std::process::id();
+
+    // Inside: a listener started by `feather exec` (forked by init) is reached by signal and
+    // abstract socket from another exec'd program. (init's first program → an exec'd one is a
+    // column of the IPC matrix.)
+    let inside = format!("fprobe-ll-inside-{tag}");
+    let mut command = feather.command();
+    command.args(["exec", "vm", "--", Feather::bin(), "__ipcprobe"]);
+    command.args(["landlock-listen", &inside, "--unscoped"]);
+    let (_inside_listener, inside_pid) = listener(command);
+    let reached = try_in_vm(&feather, "vm", inside_pid, &inside);
+    assert_eq!(
+        (reached[0].kind, reached[1].kind),
+        (Kind::Reached, Kind::Reached),
+        "two programs of one VM signal each other and reach each other's abstract socket: {reached:?}"
+    );
+
+    // The host's abstract socket, in the network namespace the VM shares.
+    let host = format!("fprobe-ll-host-{tag}");
+    let mut command = Command::new(Feather::bin());
+    command.args(["__ipcprobe", "landlock-listen", &host, "--unscoped"]);
+    let (_host_listener, host_pid) = listener(command);
+    let unscoped = try_from(host_pid as u32, &host, false);
+    assert_eq!(
+        unscoped[1].kind,
+        Kind::Reached,
+        "a host process reaches it: {unscoped:?}"
+    );
+    let from_vm = try_in_vm(&feather, "vm", 0, &host);
+    assert_eq!(
+        from_vm[1].kind,
+        Kind::Denied,
+        "the VM may not connect to the host's abstract socket: {from_vm:?}"
+    );
+
+    // A host process inside the VM's pid namespace (entered with nsenter, not through init):
+    // the VM can name it, but not signal it.
+    let init_pid = feather.inspect("vm")["state"]["init_pid"]
+        .as_i64()
+        .expect("init's pid");
+    let intruder = format!("fprobe-ll-nsenter-{tag}");
+    let mut command = Command::new("nsenter");
+    command.args(["--target", &init_pid.to_string(), "--pid", "--"]);
+    command.args([Feather::bin(), "__ipcprobe", "landlock-listen", &intruder]);
+    command.arg("--unscoped");
+    let (_intruder_listener, intruder_pid) = listener(command);
+    let from_vm = try_in_vm(&feather, "vm", intruder_pid, &intruder);
+    assert_eq!(
+        (from_vm[0].kind, from_vm[1].kind),
+        (Kind::Denied, Kind::Denied),
+        "the VM may neither signal a process outside its domain that shares its pid namespace \
+         nor reach its abstract socket: {from_vm:?}"
     );
 }

@@ -1571,9 +1571,10 @@ pub fn main(args: &[String]) -> i32 {
             }
         },
         Some("ping") => 0,
-        Some("landlock-listen") => {
-            landlock_listen(args.get(1).map(String::as_str).unwrap_or("fprobe-landlock"))
-        }
+        Some("landlock-listen") => landlock_listen(
+            args.get(1).map(String::as_str).unwrap_or("fprobe-landlock"),
+            !args.iter().any(|a| a == "--unscoped"),
+        ),
         Some("landlock-try") => {
             let pid = args.get(1).and_then(|p| p.parse().ok()).unwrap_or(0);
             let name = args.get(2).map(String::as_str).unwrap_or("fprobe-landlock");
@@ -1589,11 +1590,14 @@ pub fn main(args: &[String]) -> i32 {
 }
 
 /// For the Landlock test: enters a Landlock domain of its own (scoped abstract sockets and
-/// signals), binds abstract socket @`name`, prints its pid, and serves until stdin closes.
-fn landlock_listen(name: &str) -> i32 {
-    if let Err(e) = feather_confine::landlock::scope_ipc() {
-        eprintln!("{e}");
-        return 1;
+/// signals; none with `scoped` false), binds abstract socket @`name`, prints its pid, and
+/// serves until stdin closes.
+fn landlock_listen(name: &str, scoped: bool) -> i32 {
+    if scoped {
+        if let Err(e) = feather_confine::landlock::scope_ipc() {
+            eprintln!("{e}");
+            return 1;
+        }
     }
     let listener = match std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
         .and_then(|a| UnixListener::bind_addr(&a))

@@ -97,6 +97,20 @@ pub fn checkpoint(
              --net none or --net host",
         ));
     }
+    if config.network.mode == feather_core::NetMode::Host
+        && matches!(
+            feather_confine::landlock::support(),
+            feather_confine::landlock::Support::Scoping { .. }
+        )
+    {
+        return Err(failed(
+            name,
+            "shares the host's network (--net host), so Landlock keeps its processes from the \
+             host's abstract unix sockets, and CRIU cannot checkpoint such processes (its code \
+             inside them reaches CRIU through an abstract socket); checkpoint works for VMs \
+             created with --net none",
+        ));
+    }
     // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
     let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
     let answer = protocol::call(
