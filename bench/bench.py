@@ -808,7 +808,7 @@ def compare_exec(bench: Bench) -> None:
         "2. Exec into a running VM",
         "A running idle VM; `/bin/true` run inside it, joining its namespaces. nsenter joins the "
         "same namespaces of the VM's init (its host pid from `feather inspect`, `.state.init_pid`); "
-        "feather exec also joins the VM's cgroups, checks the VM's state and relays signals.",
+        "feather exec checks the VM's state, asks the VM's init to fork the command (passing its stdio) and relays signals and the exit code.",
         table(["what", "command", "min", "median", "max", "× nsenter"], rows),
         f"**feather exec / nsenter median: {times(ratio)}** (target ≤ {EXEC_TARGET}×: {verdict(ratio <= EXEC_TARGET)}).",
     )

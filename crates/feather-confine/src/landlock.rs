@@ -1,29 +1,21 @@
 //! Landlock scoping of abstract unix sockets and signals (Landlock ABI ≥ 6, Linux ≥ 6.12).
 //!
 //! A scoped process may connect only to abstract unix sockets created inside its own Landlock
-//! domain (or a domain nested in it), and signal only processes of its domain. That is a fine
-//! fence *between* sandboxes — but a domain is made by one process restricting itself, and is
-//! inherited, never joined. A VM's processes come from two roots: its init (services, the
-//! first workload) and each `feather exec`, which enters from the host. If each restricted
-//! itself, each would be a sibling domain, and a service started by init could neither signal
-//! nor reach the abstract socket of a program started by `feather exec`, nor the reverse — the
-//! VM's own IPC would break (`tests/security/landlock.rs` shows it). Scoping init alone is no
-//! better: the probe's "init's → exec'd" column then breaks in ten cells, ptrace and
-//! `/proc/<pid>` included (a Landlock domain may not ptrace outside itself), and init can no
-//! longer signal exec'd programs when it stops the VM.
+//! domain (or a domain nested in it), and signal only processes of its domain. A domain is made
+//! by one process restricting itself and is inherited, never joined: two processes that each
+//! restrict themselves are siblings that can reach neither each other's sockets nor each
+//! other with signals (`tests/security/landlock.rs`).
 //!
-//! feather therefore does not scope VM processes with Landlock today: the VM boundary for
-//! these two channels is drawn by namespaces, which every VM process shares. Abstract unix
-//! sockets live in a network namespace, and each VM has its own; signals, ptrace and
-//! `/proc/<pid>` name processes through the pid namespace, and a VM's holds only the VM's
-//! processes. The probe matrix (`docs/ipc-matrix.md`) shows both channels blocked host→VM,
-//! VM→host and VM→VM without Landlock. What Landlock would add is defence in depth for the
-//! day a namespace is shared or a descriptor crosses (a pidfd handed in by a broker): the plan
-//! is one domain per VM, created by init, with `feather exec` forking its program through init
-//! so that every process of the VM is in that one domain.
+//! feather therefore makes **one domain per VM**: the VM's init restricts itself before it
+//! starts anything, and every process of the VM descends from init — `feather exec` has init
+//! fork its program (`feather-vm/src/commands.rs`). Signals are scoped for every VM
+//! ([`scope_signals`]); abstract sockets only for VMs sharing the host's network namespace
+//! ([`scope_ipc`]), since a VM's own network namespace already fences them and CRIU must reach
+//! its parasite code through an abstract socket to checkpoint a VM.
 //!
-//! On kernels older than 6.12 (ABI < 6) scoping does not exist; [`scope_ipc`] reports
-//! [`Scoping::Unsupported`] and nothing is lost that the namespaces do not already provide.
+//! On kernels older than 6.12 (ABI < 6) scoping does not exist; both report
+//! [`Scoping::Unsupported`] and the VM is confined by its namespaces alone (docs/confinement.md
+//! says what that loses).
 
 use landlock::{
     Access, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr, RulesetStatus, Scope, ABI,

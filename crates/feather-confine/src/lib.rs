@@ -1,8 +1,8 @@
-//! Confinement applied to every process that enters a VM: a reduced capability set, a seccomp
-//! filter, and (documented in [`landlock`]) why Landlock scoping is not yet among them.
+//! Confinement applied to every process of a VM: a Landlock domain, a seccomp filter and a
+//! reduced capability set. The VM's init applies them to itself; every other process of the
+//! VM descends from init (`feather exec` has init fork its program) and inherits them.
 //!
-//! The order, for a process about to become a VM's program (init's workloads inherit init's
-//! state; `feather exec` applies it in its child):
+//! The order, in init (step 0, [`landlock`], comes first: it needs CAP_SYS_ADMIN):
 //! 1. seccomp filter ([`seccomp::install`]) — while the process still holds CAP_SYS_ADMIN, so
 //!    no_new_privs need not be set and set-uid programs (`su`, `sudo`, `passwd`, `ping` with
 //!    file capabilities) keep working inside the VM; after the VM's mounts, which it forbids.

@@ -561,7 +561,8 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
 
 fn landlock_note() -> String {
     format!(
-        "{} — scoping is not applied to VM processes (see docs/confinement.md)",
+        "{} — where available, each VM is one Landlock domain: signals are scoped for every VM, \
+         abstract sockets for VMs sharing the host's network (see docs/confinement.md)",
         feather_confine::landlock::support()
     )
 }
