@@ -119,6 +119,29 @@ fn signals_reach_the_command() {
 }
 
 #[test]
+fn a_command_whose_exec_is_killed_gets_a_hang_up() {
+    let (feather, _base) = running_vm("exec-hangup");
+    // init forks the command; when the `feather exec` that asked for it dies, the command is
+    // told as by a terminal's hang-up.
+    let script = "trap 'echo hup > /run/hup; exit 0' HUP; echo ready; while :; do sleep 0.05; done";
+    let mut child = feather
+        .command()
+        .args(["exec", "vm", "--", "sh", "-c", script])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    feather.eventually("the command got SIGHUP", || {
+        feather.run(&["exec", "vm", "--", "cat", "/run/hup"]).stdout == "hup\n"
+    });
+}
+
+#[test]
 fn exec_into_a_stopped_vm_is_refused() {
     let feather = Feather::new("exec-stopped");
     let base = ScratchBase::new("exec-stopped");
