@@ -527,3 +527,50 @@ fn redis_with_hundreds_of_megabytes_keeps_every_key() {
     );
     assert_eq!(redis("SET after restore"), "OK\n", "and it goes on serving");
 }
+
+#[test]
+fn a_running_exec_is_named_and_the_vm_keeps_running() {
+    let (feather, _base) = running_vm("ckpt-exec");
+    require_criu(&feather);
+    // `feather exec` keeps a connection to the VM's init until its command ends.
+    let mut exec = feather
+        .command()
+        .args(["exec", "vm", "--", "sleep", "1000"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    feather.eventually("the command runs", || {
+        feather
+            .sh("vm", "cat /proc/[0-9]*/cmdline 2>/dev/null | tr '\\0' ' '")
+            .contains("sleep 1000")
+    });
+    let refused = feather.fails(&["checkpoint", "vm"]);
+    let _ = exec.kill();
+    let _ = exec.wait();
+    assert!(
+        refused.contains("a `feather exec` still running"),
+        "the error says why: {refused}"
+    );
+    assert_eq!(feather.status("vm"), "running");
+}
+
+#[test]
+fn a_vm_on_the_hosts_network_is_refused_plainly_where_landlock_scopes_it() {
+    let feather = Feather::new("ckpt-nethost");
+    let base = ScratchBase::new("ckpt-nethost");
+    feather.start_over("vm", &base, &["--net", "host"]);
+    let outcome = feather.run(&["checkpoint", "vm"]);
+    if matches!(
+        feather_confine::landlock::support(),
+        feather_confine::landlock::Support::Scoping { .. }
+    ) {
+        assert_ne!(outcome.code, 0);
+        assert!(
+            outcome.stderr.contains("--net host") && outcome.stderr.contains("--net none"),
+            "{}",
+            outcome.stderr
+        );
+        assert_eq!(feather.status("vm"), "running");
+    }
+}

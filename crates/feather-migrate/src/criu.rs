@@ -357,13 +357,13 @@ fn hint(error: &str) -> Option<&'static str> {
         ("Can't get 1:16 opt", "a process of the VM has a TCP or UDP socket, which this CRIU cannot save on Linux 6.16 or later (it asks for SO_PASSCRED, which these kernels refuse for IP sockets; fixed in CRIU after 4.2.1)"),
         ("Can't lookup mount", "a process of the VM holds a file that lies outside the VM's filesystems (opened on the host and passed in); end that process or have it close the file"),
         ("io_uring", "a process of the VM uses io_uring, which CRIU cannot save"),
-        ("external socket", "a process of the VM is connected to a unix socket outside the VM"),
+        ("external socket", "a process of the VM is connected to a unix socket outside the VM, such as the connection of a `feather exec` still running in it (checkpoint once it has ended)"),
         ("is outside of its pid namespace", "a process of the VM belongs to a session or process group that started outside the VM (run it with `setsid`)"),
         ("Unexpected rt vDSO area bounds", "this CRIU is too old for this kernel; run feather's scripts/install-criu"),
     ];
     HINTS
         .iter()
-        .find(|(pattern, _)| error.contains(pattern))
+        .find(|(pattern, _)| error.to_lowercase().contains(&pattern.to_lowercase()))
         .map(|(_, hint)| *hint)
 }
 
