@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use crate::workload::{become_workload, Workload};
 
 /// The largest message either side sends (a workload's argv and environment).
-const MAX_MESSAGE: usize = 128 * 1024;
+pub const MAX_MESSAGE: usize = 128 * 1024;
 
 /// What `feather exec` asks of init.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -271,9 +271,12 @@ fn command_socket_name(init: Pid) -> Result<Vec<u8>, String> {
         .ok_or_else(|| "its init has no command socket (is the VM stopping?)".to_owned())
 }
 
-/// Sends one message with `fds` attached.
+/// Sends one message with `fds` attached. E2BIG if it is longer than [`MAX_MESSAGE`].
 pub fn send(socket: &impl AsFd, message: &impl Serialize, fds: &[RawFd]) -> nix::Result<()> {
     let bytes = serde_json::to_vec(message).map_err(|_| Errno::EINVAL)?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(Errno::E2BIG);
+    }
     let control = [ControlMessage::ScmRights(fds)];
     let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &control };
     sendmsg::<()>(

@@ -58,11 +58,18 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
         Some(t) => [t.slave.as_ref().map_or(-1, |s| s.as_raw_fd()); 3],
         None => [0, 1, 2],
     };
-    commands::send(&channel, &request, &fds).map_err(|e| {
-        failed(
+    commands::send(&channel, &request, &fds).map_err(|e| match e {
+        nix::errno::Errno::E2BIG => failed(
+            name,
+            format!(
+                "the command's arguments and environment are too long (at most {} KiB together)",
+                commands::MAX_MESSAGE / 1024
+            ),
+        ),
+        e => failed(
             name,
             format!("cannot ask the VM's init to run the command: {e}"),
-        )
+        ),
     })?;
     let mut terminal = terminal;
     if let Some(t) = terminal.as_mut() {
