@@ -146,6 +146,11 @@ impl UnitPaths {
         }
         let (real, path) = match self.find(name)? {
             None => {
+                // No unit file: a SysV script of that name stands for it, as systemd's
+                // generator makes it.
+                if let Some(script) = crate::sysv::script_for(&self.root, name)? {
+                    return script.to_unit();
+                }
                 return Err(SvcError::NotFound {
                     name: name.to_string(),
                     searched: self.searched(),

@@ -8,6 +8,9 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 
 use crate::error::{IoAt, Result, SvcError};
+use crate::name::UnitName;
+use crate::unit::{KillMode, ServiceType, Unit};
+use crate::words::ExecCommand;
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SysvScript {
@@ -30,6 +33,60 @@ impl SysvScript {
     /// Run at boot in runlevel S: a script of the machine's own start-up, not a service.
     pub fn is_boot_script(&self) -> bool {
         self.default_start.iter().any(|r| r == "S")
+    }
+}
+
+/// LSB facilities and the targets systemd's generator maps them to.
+const FACILITIES: [(&str, &str); 7] = [
+    ("$local_fs", "local-fs.target"),
+    ("$remote_fs", "remote-fs.target"),
+    ("$network", "network.target"),
+    ("$named", "nss-lookup.target"),
+    ("$portmap", "rpcbind.target"),
+    ("$time", "time-sync.target"),
+    ("$syslog", "syslog.socket"),
+];
+
+impl SysvScript {
+    /// The unit systemd's sysv-generator would make of the script: a forking service that
+    /// remains active after `SCRIPT start` returns, stopped with `SCRIPT stop`, ordered after
+    /// what its Required-Start and Should-Start name.
+    pub fn to_unit(&self) -> crate::Result<Unit> {
+        let name = UnitName::parse(&format!("{}.service", self.name))?;
+        let mut unit = Unit::new(name);
+        unit.fragment = Some(self.path.clone());
+        unit.description = Some(
+            self.short_description
+                .clone()
+                .unwrap_or_else(|| format!("LSB: {}", self.name)),
+        );
+        for dependency in self.required_start.iter().chain(&self.should_start) {
+            let target = match FACILITIES.iter().find(|(f, _)| f == dependency) {
+                Some((_, target)) => target.to_string(),
+                None if dependency.starts_with('$') => continue,
+                None => format!("{dependency}.service"),
+            };
+            if !unit.dependencies.after.contains(&target) {
+                unit.dependencies.after.push(target);
+            }
+        }
+        let script = self.path.display().to_string();
+        let command = |verb: &str| ExecCommand {
+            path: script.clone(),
+            argv: vec![script.clone(), verb.to_owned()],
+            ..ExecCommand::default()
+        };
+        if let Some(service) = unit.service.as_mut() {
+            service.kind = ServiceType::Forking;
+            service.remain_after_exit = true;
+            service.guess_main_pid = false;
+            service.kill_mode = KillMode::Process;
+            service.timeout_start = Some(std::time::Duration::from_secs(300));
+            service.exec_start = vec![command("start")];
+            service.exec_stop = vec![command("stop")];
+            service.exec_reload = vec![command("reload")];
+        }
+        Ok(unit)
     }
 }
 
@@ -64,6 +121,23 @@ pub fn scripts(root: &Path) -> Result<Vec<SysvScript>> {
     }
     scripts.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(scripts)
+}
+
+/// The script for service `name` (`foo` for `foo.service`), if there is one.
+pub fn script_for(root: &Path, name: &UnitName) -> Result<Option<SysvScript>> {
+    if name.kind() != "service" || name.instance().is_some() || name.is_template() {
+        return Ok(None);
+    }
+    for file in [name.prefix().to_owned(), format!("{}.sh", name.prefix())] {
+        let path = crate::paths::inside(root, "/etc/init.d").join(&file);
+        let executable = fs::metadata(&path)
+            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        if executable && is_service_script(&file) {
+            let text = fs::read(&path).at(&path)?;
+            return parse(&path, &String::from_utf8_lossy(&text)).map(Some);
+        }
+    }
+    Ok(None)
 }
 
 /// Reads the LSB header of the script at `path`.
