@@ -122,8 +122,9 @@ impl DependencyGraph {
         Ok(graph)
     }
 
-    /// `(before, after)` pairs among the units of the graph.
-    fn edges(&self) -> BTreeSet<(String, String)> {
+    /// `(before, after)` pairs among the units of the graph: the first starts before the
+    /// second and stops after it.
+    pub fn ordering(&self) -> BTreeSet<(String, String)> {
         let mut edges = BTreeSet::new();
         for (name, unit) in &self.units {
             let d = &unit.dependencies;
@@ -159,7 +160,7 @@ impl DependencyGraph {
     /// The start order: each wave's units depend on no unit of its own or a later wave, so a
     /// wave's units may start together once the previous wave is up.
     pub fn start_waves(&self) -> Result<Vec<Vec<String>>> {
-        let edges = self.edges();
+        let edges = self.ordering();
         let mut waiting_on: BTreeMap<&str, usize> =
             self.units.keys().map(|n| (n.as_str(), 0)).collect();
         for (_, after) in &edges {

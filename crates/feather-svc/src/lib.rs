@@ -17,6 +17,7 @@ pub mod infra;
 pub mod manager;
 pub mod name;
 pub mod paths;
+mod raw;
 pub mod specifier;
 pub mod syntax;
 pub mod sysv;

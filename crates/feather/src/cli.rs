@@ -86,6 +86,12 @@ pub enum Command {
     },
     /// Drop all changes of a stopped VM
     Reset { name: String },
+    /// Services: the host's installed services, and private copies of them in VMs
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Inside a VM: talks to the VM's service manager (what `feather service` runs there)
+    #[command(name = "__service", hide = true)]
+    ServiceClient(ServiceClientArgs),
     #[command(name = "__keeper", hide = true)]
     Keeper {
         #[arg(long)]
@@ -152,4 +158,60 @@ pub struct RunArgs {
     pub name: Option<String>,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// The host's installed services (unit files and SysV scripts) and whether each can be
+    /// duplicated in a VM
+    Catalog {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start services (with their dependency closure) in a running VM, from the host's units
+    Start {
+        name: String,
+        #[arg(required = true, value_name = "UNIT")]
+        units: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop services in a running VM (and what needs them), in reverse dependency order
+    Stop {
+        name: String,
+        #[arg(required = true, value_name = "UNIT")]
+        units: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The services of a running VM: state, main pid, uptime, restarts, readiness
+    Ls {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// One service of a running VM in detail, with the last lines of its log
+    Status {
+        name: String,
+        unit: String,
+        /// Log lines to show
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceClientArgs {
+    /// The VM's name, for messages
+    #[arg(long)]
+    pub vm: String,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = 10)]
+    pub lines: usize,
+    /// start, stop, ls or status
+    pub op: String,
+    pub units: Vec<String>,
 }

@@ -3,6 +3,7 @@
 
 mod cli;
 mod output;
+mod service;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -95,6 +96,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output::changes(&applied);
         }
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
+        Command::Service(command) => return service::run(&root, command),
+        Command::ServiceClient(args) => return service::in_vm(args),
         Command::Keeper {
             state_dir,
             run_dir,

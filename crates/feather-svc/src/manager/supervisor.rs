@@ -1,0 +1,1170 @@
+//! The service manager inside a VM: starts units in dependency order, waits for each to be
+//! ready by its `Type=`, supervises them (restart, start limits), and stops them in reverse
+//! order. One thread and one loop: it polls its control socket, a signalfd and the notify
+//! sockets, and moves every unit through its states on each turn.
+//!
+//! ```text
+//! waiting ─▶ activating: condition → start-pre → start → (ready) → start-post ─▶ active
+//!   active ─(main exits)─▶ stop-post ─▶ auto-restart ─▶ activating …   or ─▶ inactive/failed
+//!   active ─(stop)─▶ deactivating: stop → sigterm → (timeout) sigkill → stop-post ─▶ inactive
+//! ```
+//!
+//! A unit's processes are found by session: every command starts in a new session, and a
+//! daemon that makes a session of its own is followed by its main pid's session. The manager is
+//! a child subreaper, so daemons that fork away are reparented to it and reaped here.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fs::{self, File};
+use std::io::Read;
+use std::os::fd::AsFd;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use super::protocol::{self, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
+use super::spawn::{self, Identity};
+use crate::catalog;
+use crate::graph::DependencyGraph;
+use crate::name::UnitName;
+use crate::paths::UnitPaths;
+use crate::unit::{KillMode, Restart, ServiceType, Unit};
+use crate::words::ExecCommand;
+
+/// How often units are looked at while something is in progress.
+const TICK: Duration = Duration::from_millis(20);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum State {
+    Inactive,
+    Waiting,
+    Activating,
+    Active,
+    Deactivating,
+    Failed,
+}
+
+impl State {
+    fn name(self) -> &'static str {
+        match self {
+            State::Inactive => "inactive",
+            State::Waiting => "waiting",
+            State::Activating => "activating",
+            State::Active => "active",
+            State::Deactivating => "deactivating",
+            State::Failed => "failed",
+        }
+    }
+
+    fn settled(self) -> bool {
+        matches!(self, State::Inactive | State::Active | State::Failed)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Phase {
+    Idle,
+    Condition,
+    StartPre,
+    Start,
+    WaitReady,
+    WaitPidFile,
+    StartPost,
+    Running,
+    AutoRestart,
+    Stop,
+    SigTerm,
+    SigKill,
+    StopPost,
+}
+
+impl Phase {
+    fn name(self) -> &'static str {
+        match self {
+            Phase::Idle => "dead",
+            Phase::Condition => "condition",
+            Phase::StartPre => "start-pre",
+            Phase::Start | Phase::WaitReady | Phase::WaitPidFile => "start",
+            Phase::StartPost => "start-post",
+            Phase::Running => "running",
+            Phase::AutoRestart => "auto-restart",
+            Phase::Stop => "stop",
+            Phase::SigTerm => "stop-sigterm",
+            Phase::SigKill => "final-sigkill",
+            Phase::StopPost => "stop-post",
+        }
+    }
+}
+
+/// One unit as the manager runs it.
+struct Runtime {
+    unit: Unit,
+    state: State,
+    phase: Phase,
+    since: Instant,
+    main_pid: Option<Pid>,
+    control: Option<(Pid, ExecCommand)>,
+    pending: VecDeque<ExecCommand>,
+    deadline: Option<Instant>,
+    ready: bool,
+    status_text: Option<String>,
+    result: Option<String>,
+    restarts: u32,
+    starts: VecDeque<Instant>,
+    sessions: BTreeSet<i32>,
+    notify: Option<UnixDatagram>,
+    identity: Option<Identity>,
+    env: Vec<(String, String)>,
+    log: Option<File>,
+    pulled_by: Option<String>,
+    /// Units this one starts after (and stops before).
+    after: BTreeSet<String>,
+    /// Units whose failure fails this one (Requires=, BindsTo=, Requisite=).
+    requires: BTreeSet<String>,
+    restart_at: Option<Instant>,
+    /// Asked to stop, waiting for the units ordered after it to stop first.
+    stop_pending: bool,
+    /// The stop was asked for: the unit is not restarted.
+    stop_requested: bool,
+    /// Whether the unit got as far as active in this run (ExecStop runs only then).
+    was_active: bool,
+}
+
+impl Runtime {
+    fn new(unit: Unit) -> Runtime {
+        Runtime {
+            unit,
+            state: State::Inactive,
+            phase: Phase::Idle,
+            since: Instant::now(),
+            main_pid: None,
+            control: None,
+            pending: VecDeque::new(),
+            deadline: None,
+            ready: false,
+            status_text: None,
+            result: None,
+            restarts: 0,
+            starts: VecDeque::new(),
+            sessions: BTreeSet::new(),
+            notify: None,
+            identity: None,
+            env: Vec::new(),
+            log: None,
+            pulled_by: None,
+            after: BTreeSet::new(),
+            requires: BTreeSet::new(),
+            restart_at: None,
+            stop_pending: false,
+            stop_requested: false,
+            was_active: false,
+        }
+    }
+
+    fn set(&mut self, state: State, phase: Phase) {
+        if self.state != state {
+            self.since = Instant::now();
+        }
+        self.state = state;
+        self.phase = phase;
+    }
+
+    fn info(&self) -> ServiceInfo {
+        ServiceInfo {
+            name: self.unit.name.to_string(),
+            description: self.unit.description.clone(),
+            state: self.state.name().into(),
+            sub: match (self.state, self.phase) {
+                (State::Active, Phase::Running) if self.main_pid.is_none() => "exited".into(),
+                (State::Failed, _) => "failed".into(),
+                (State::Waiting, _) => "waiting".into(),
+                (_, phase) => phase.name().into(),
+            },
+            main_pid: self.main_pid.map(Pid::as_raw),
+            since_secs: self.since.elapsed().as_secs(),
+            restarts: self.restarts,
+            ready: self.ready,
+            status_text: self.status_text.clone(),
+            result: self.result.clone(),
+            pulled_by: self.pulled_by.clone(),
+            log: Some(spawn::log_path(self.unit.name.as_str()).display().to_string()),
+            not_applied: self.unit.not_applied.clone(),
+        }
+    }
+
+}
+
+/// A request that waits for its units to settle.
+struct Job {
+    client: UnixStream,
+    units: Vec<String>,
+    /// Wanted units left out, reported with the answer.
+    skipped: Vec<ServiceInfo>,
+    /// Exit the manager once answered.
+    then_exit: bool,
+}
+
+pub struct Manager {
+    paths: UnitPaths,
+    units: BTreeMap<String, Runtime>,
+    jobs: Vec<Job>,
+    listener: UnixListener,
+    signals: SignalFd,
+    shutting_down: bool,
+}
+
+impl Manager {
+    /// Sets up the manager: the control socket, the signals it handles, subreaping.
+    pub fn new(listener: UnixListener) -> Result<Manager, String> {
+        let mut set = SigSet::empty();
+        for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+            set.add(signal);
+        }
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| format!("sigprocmask: {e}"))?;
+        let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
+            .map_err(|e| format!("signalfd: {e}"))?;
+        // Daemons fork away from the process the manager started; as a subreaper the manager
+        // still gets them (and their exit status) instead of the VM's init.
+        nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        fs::create_dir_all(NOTIFY_DIR).map_err(|e| format!("{NOTIFY_DIR}: {e}"))?;
+        Ok(Manager {
+            paths: UnitPaths::new("/"),
+            units: BTreeMap::new(),
+            jobs: Vec::new(),
+            listener,
+            signals,
+            shutting_down: false,
+        })
+    }
+
+    /// Serves until asked to shut down (or SIGTERM), with every unit stopped.
+    pub fn run(mut self) {
+        loop {
+            let busy = !self.jobs.is_empty()
+                || self
+                    .units
+                    .values()
+                    .any(|r| !r.state.settled() || r.restart_at.is_some() || r.stop_pending);
+            let notify: Vec<(String, UnixDatagram)> = self
+                .units
+                .iter()
+                .filter_map(|(n, r)| Some((n.clone(), r.notify.as_ref()?.try_clone().ok()?)))
+                .collect();
+            {
+                let mut fds = vec![
+                    PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
+                ];
+                fds.extend(notify.iter().map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)));
+                let timeout = if busy {
+                    PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX)
+                } else {
+                    PollTimeout::NONE
+                };
+                let _ = poll(&mut fds, timeout);
+            }
+            self.read_signals();
+            self.reap();
+            for (name, socket) in &notify {
+                self.read_notify(name, socket);
+            }
+            self.accept();
+            self.tick();
+            self.finish_jobs();
+            if self.shutting_down && self.units.values().all(|r| r.state.settled() && !r.stop_pending) && self.jobs.is_empty() {
+                let _ = fs::remove_file(SOCKET);
+                return;
+            }
+        }
+    }
+
+    fn read_signals(&mut self) {
+        while let Ok(Some(info)) = self.signals.read_signal() {
+            match Signal::try_from(info.ssi_signo as i32) {
+                Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => self.begin_shutdown(),
+                _ => {}
+            }
+        }
+    }
+
+    fn begin_shutdown(&mut self) {
+        if self.shutting_down {
+            return;
+        }
+        self.shutting_down = true;
+        let active: Vec<String> = self.units.keys().cloned().collect();
+        self.request_stop(&active);
+    }
+
+    fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            match protocol::receive::<Request>(&stream) {
+                Ok(request) => self.handle(request, stream),
+                Err(e) => {
+                    let mut stream = stream;
+                    let _ = protocol::send(&mut stream, &Response::Error { message: format!("bad request: {e}") });
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, request: Request, mut stream: UnixStream) {
+        let answer = match request {
+            Request::Start { units } => match self.request_start(&units) {
+                Ok((units, skipped)) => {
+                    self.jobs.push(Job { client: stream, units, skipped, then_exit: false });
+                    return;
+                }
+                Err(message) => Response::Error { message },
+            },
+            Request::Stop { units } => {
+                let mut missing = units.iter().filter_map(|u| {
+                    let name = UnitName::parse(u).ok()?;
+                    (!self.units.contains_key(name.as_str()) && !self.alias_of(&name).is_some()).then(|| name.to_string())
+                });
+                if let Some(missing) = missing.next() {
+                    Response::Error { message: format!("{missing} was not started in this VM (see `feather service ls`)") }
+                } else {
+                    let names: Vec<String> = units
+                        .iter()
+                        .filter_map(|u| UnitName::parse(u).ok())
+                        .map(|n| self.alias_of(&n).unwrap_or_else(|| n.to_string()))
+                        .collect();
+                    let touched = self.request_stop(&names);
+                    self.jobs.push(Job { client: stream, units: touched, skipped: Vec::new(), then_exit: false });
+                    return;
+                }
+            }
+            Request::List => Response::List { units: self.units.values().map(Runtime::info).collect() },
+            Request::Status { unit, lines } => self.status(&unit, lines),
+            Request::Shutdown => {
+                self.begin_shutdown();
+                let units = self.units.keys().cloned().collect();
+                self.jobs.push(Job { client: stream, units, skipped: Vec::new(), then_exit: true });
+                return;
+            }
+        };
+        let _ = protocol::send(&mut stream, &answer);
+    }
+
+    /// The name a started unit has if `name` is one of its aliases.
+    fn alias_of(&self, name: &UnitName) -> Option<String> {
+        if self.units.contains_key(name.as_str()) {
+            return Some(name.to_string());
+        }
+        match self.paths.find(name) {
+            Ok(Some(crate::paths::Fragment::File { name: real, .. })) if self.units.contains_key(real.as_str()) => {
+                Some(real.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    fn status(&self, unit: &str, lines: usize) -> Response {
+        let name = match UnitName::parse(unit) {
+            Ok(name) => name,
+            Err(e) => return Response::Error { message: e.to_string() },
+        };
+        let info = match self.alias_of(&name).and_then(|n| self.units.get(&n)) {
+            Some(runtime) => runtime.info(),
+            None => match self.paths.load(&name) {
+                Ok(unit) => Runtime::new(unit).info(),
+                Err(e) => return Response::Error { message: e.to_string() },
+            },
+        };
+        let log = tail(&spawn::log_path(&info.name), lines);
+        Response::Status { unit: info, log }
+    }
+
+    /// Loads the closure of `names`, queues every unit of it that is not already up, and
+    /// returns the units the job waits for.
+    fn request_start(&mut self, names: &[String]) -> Result<(Vec<String>, Vec<ServiceInfo>), String> {
+        if self.shutting_down {
+            return Err("the service manager is shutting down".into());
+        }
+        let roots = names.iter().map(|n| UnitName::parse(n)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        let graph = DependencyGraph::closure(&self.paths, &roots).map_err(|e| e.to_string())?;
+        graph.start_waves().map_err(|e| e.to_string())?;
+        let ordering = graph.ordering();
+        let mut job_units = Vec::new();
+        for (name, unit) in &graph.units {
+            job_units.push(name.clone());
+            if let Some(existing) = self.units.get(name) {
+                if matches!(existing.state, State::Active | State::Activating | State::Waiting) && !existing.stop_pending {
+                    continue;
+                }
+            }
+            let mut runtime = Runtime::new(unit.clone());
+            if let Some(old) = self.units.get(name) {
+                runtime.restarts = old.restarts;
+            }
+            runtime.pulled_by = graph.pulled_by.get(name).map(|(by, how)| format!("{by} ({how})"));
+            runtime.after = ordering.iter().filter(|(_, a)| a == name).map(|(b, _)| b.clone()).collect();
+            let d = &unit.dependencies;
+            runtime.requires = d.requires.iter().chain(&d.binds_to).chain(&d.requisite)
+                .filter(|n| graph.units.contains_key(*n)).cloned().collect();
+            runtime.set(State::Waiting, Phase::Idle);
+            if let Err(why) = catalog::validate(unit) {
+                fail(&mut runtime, why);
+            } else if let Some(missing) = catalog::missing_program(Path::new("/"), unit) {
+                fail(&mut runtime, format!("its program {} is not installed in the VM", missing.display()));
+            }
+            self.units.insert(name.clone(), runtime);
+        }
+        let skipped = graph.skipped.iter().map(|(name, why)| ServiceInfo {
+            name: name.clone(),
+            state: "skipped".into(),
+            sub: "skipped".into(),
+            result: Some(why.clone()),
+            ..ServiceInfo::default()
+        }).collect();
+        Ok((job_units, skipped))
+    }
+
+    /// Marks `names`, and the active units that require or are bound to them, to stop; the
+    /// ones ordered after others stop first. Returns the units touched.
+    fn request_stop(&mut self, names: &[String]) -> Vec<String> {
+        let mut stopping: BTreeSet<String> = names.iter().cloned().collect();
+        loop {
+            let more: Vec<String> = self.units.iter()
+                .filter(|(n, r)| !stopping.contains(*n) && r.requires.iter().chain(&r.unit.dependencies.part_of).any(|d| stopping.contains(d)))
+                .map(|(n, _)| n.clone()).collect();
+            if more.is_empty() {
+                break;
+            }
+            stopping.extend(more);
+        }
+        for name in &stopping {
+            if let Some(r) = self.units.get_mut(name) {
+                r.stop_requested = true;
+                r.restart_at = None;
+                match r.state {
+                    State::Waiting => {
+                        r.result = Some("stop requested before it started".into());
+                        r.set(State::Inactive, Phase::Idle);
+                    }
+                    State::Inactive | State::Failed => {}
+                    _ => r.stop_pending = true,
+                }
+            }
+        }
+        stopping.into_iter().collect()
+    }
+
+    fn finish_jobs(&mut self) {
+        let mut remaining = Vec::new();
+        for mut job in std::mem::take(&mut self.jobs) {
+            let settled = job.units.iter().all(|n| self.units.get(n).is_none_or(|r| r.state.settled() && !r.stop_pending && r.restart_at.is_none()));
+            if !settled {
+                remaining.push(job);
+                continue;
+            }
+            let mut units: Vec<ServiceInfo> = job.units.iter().filter_map(|n| self.units.get(n)).map(Runtime::info).collect();
+            units.append(&mut job.skipped);
+            let _ = protocol::send(&mut job.client, &Response::Done { units });
+            if job.then_exit {
+                self.shutting_down = true;
+            }
+        }
+        self.jobs = remaining;
+    }
+
+    /// Moves every unit on: starts the ones whose turn it is, checks deadlines, pid files,
+    /// restarts and stops.
+    fn tick(&mut self) {
+        let now = Instant::now();
+        let names: Vec<String> = self.units.keys().cloned().collect();
+        for name in &names {
+            let state_of = |units: &BTreeMap<String, Runtime>, n: &str| units.get(n).map(|r| r.state);
+            let Some(r) = self.units.get(name) else { continue };
+            match r.state {
+                State::Waiting => {
+                    let failed_dependency = r.requires.iter().find(|d| state_of(&self.units, d) == Some(State::Failed));
+                    if let Some(dependency) = failed_dependency.cloned() {
+                        let why = format!("dependency {dependency} failed: {}", self.units[&dependency].result.clone().unwrap_or_default());
+                        let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+                        fail(r, why);
+                        continue;
+                    }
+                    let blocked = r.after.iter().any(|d| matches!(state_of(&self.units, d), Some(State::Waiting | State::Activating)));
+                    if !blocked {
+                        self.begin_start(name);
+                    }
+                }
+                _ => {
+                    if r.stop_pending {
+                        // Units that start after this one stop before it.
+                        let blocked = self.units.iter().any(|(other, o)| other != name && o.after.contains(name) && (o.stop_pending || o.state == State::Deactivating));
+                        if !blocked {
+                            self.begin_stop(name);
+                        }
+                        continue;
+                    }
+                    if r.restart_at.is_some_and(|at| now >= at) {
+                        self.restart(name);
+                        continue;
+                    }
+                    let phase = r.phase;
+                    if phase == Phase::WaitPidFile {
+                        self.check_pid_file(name);
+                    }
+                    if matches!(phase, Phase::SigTerm | Phase::SigKill) {
+                        self.check_stopped(name);
+                    }
+                    let Some(r) = self.units.get(name) else { continue };
+                    if r.deadline.is_some_and(|d| now >= d) {
+                        self.deadline_passed(name);
+                    }
+                }
+            }
+        }
+    }
+
+    fn begin_start(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        r.set(State::Activating, Phase::Condition);
+        r.result = None;
+        r.ready = false;
+        r.status_text = None;
+        r.stop_requested = false;
+        r.was_active = false;
+        r.sessions.clear();
+        r.main_pid = None;
+        r.starts.push_back(Instant::now());
+        let Some(service) = r.unit.service.clone() else {
+            // Targets are reached when their dependencies are; other unit types have no
+            // processes of their own here.
+            r.ready = true;
+            if r.unit.socket.is_some() {
+                r.result = Some("socket activation is not done yet: the service opens its own sockets".into());
+            }
+            r.set(State::Active, Phase::Running);
+            return;
+        };
+        r.deadline = service.timeout_start.map(|t| Instant::now() + t);
+        let prepared = spawn::identity(&r.unit).and_then(|identity| {
+            let dirs = spawn::make_directories(&r.unit, &identity)?;
+            let env = spawn::environment(&r.unit, &identity, &dirs)?;
+            let log = spawn::open_log(r.unit.name.as_str())?;
+            Ok((identity, env, log))
+        });
+        match prepared {
+            Ok((identity, env, log)) => {
+                r.identity = Some(identity);
+                r.env = env;
+                r.log = Some(log);
+            }
+            Err(why) => {
+                fail(r, why);
+                return;
+            }
+        }
+        r.pending = service.exec_condition.iter().cloned().collect();
+        self.advance(name);
+    }
+
+    /// Runs the next command of the current phase, or moves to the next phase.
+    fn advance(&mut self, name: &str) {
+        loop {
+            let Some(r) = self.units.get_mut(name) else { return };
+            if r.control.is_some() || matches!(r.state, State::Inactive | State::Failed) {
+                return;
+            }
+            let Some(service) = r.unit.service.clone() else { return };
+            if let Some(command) = r.pending.pop_front() {
+                let main = r.phase == Phase::Start && !matches!(service.kind, ServiceType::Oneshot | ServiceType::Forking);
+                match self.spawn(name, &command, main) {
+                    Ok(()) => {
+                        let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+                        if main {
+                            r.phase = if matches!(service.kind, ServiceType::Notify | ServiceType::NotifyReload) {
+                                Phase::WaitReady
+                            } else {
+                                r.ready = true;
+                                r.pending = service.exec_start_post.iter().cloned().collect();
+                                Phase::StartPost
+                            };
+                        }
+                        if r.control.is_some() || r.phase == Phase::WaitReady {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(why) => {
+                        let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+                        if r.state == State::Deactivating {
+                            log_line(r, &why);
+                            continue;
+                        }
+                        self.fail_and_clean(name, why);
+                        return;
+                    }
+                }
+            }
+            let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+            match r.phase {
+                Phase::Condition => {
+                    r.phase = Phase::StartPre;
+                    r.pending = service.exec_start_pre.iter().cloned().collect();
+                }
+                Phase::StartPre => {
+                    r.phase = Phase::Start;
+                    if matches!(service.kind, ServiceType::Notify | ServiceType::NotifyReload) {
+                        if let Err(why) = open_notify_socket(r) {
+                            self.fail_and_clean(name, why);
+                            return;
+                        }
+                    }
+                    r.pending = match service.kind {
+                        ServiceType::Oneshot => service.exec_start.iter().cloned().collect(),
+                        _ => service.exec_start.iter().take(1).cloned().collect(),
+                    };
+                    if r.pending.is_empty() {
+                        r.phase = Phase::StartPost;
+                        r.pending = service.exec_start_post.iter().cloned().collect();
+                    }
+                }
+                Phase::Start => {
+                    // The start commands are done: the oneshot ran, or the forking parent exited.
+                    if service.kind == ServiceType::Forking {
+                        r.phase = Phase::WaitPidFile;
+                        self.check_pid_file(name);
+                        return;
+                    }
+                    r.ready = true;
+                    r.phase = Phase::StartPost;
+                    r.pending = service.exec_start_post.iter().cloned().collect();
+                }
+                Phase::StartPost => {
+                    r.deadline = None;
+                    r.ready = true;
+                    r.was_active = true;
+                    let keeps_running = r.main_pid.is_some() || service.remain_after_exit;
+                    if keeps_running {
+                        r.set(State::Active, Phase::Running);
+                    } else {
+                        // A oneshot without RemainAfterExit= is done once it ran.
+                        r.set(State::Inactive, Phase::Idle);
+                        r.was_active = false;
+                        self.after_stop(name);
+                    }
+                    return;
+                }
+                Phase::Stop => {
+                    r.phase = Phase::SigTerm;
+                    self.signal_unit(name, false);
+                    self.check_stopped(name);
+                    return;
+                }
+                Phase::StopPost => {
+                    self.after_stop(name);
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    fn spawn(&mut self, name: &str, command: &ExecCommand, main: bool) -> Result<(), String> {
+        let r = self.units.get_mut(name).ok_or("unit vanished")?;
+        let identity = r.identity.clone().ok_or("no identity")?;
+        let mut env = r.env.clone();
+        if let Some(pid) = r.main_pid {
+            env.push(("MAINPID".into(), pid.to_string()));
+        }
+        if r.notify.is_some() {
+            env.push(("NOTIFY_SOCKET".into(), notify_path(name).display().to_string()));
+        }
+        let log = r.log.as_ref().ok_or("no log")?;
+        let mut process = spawn::command(&r.unit, command, &identity, &env, log)?;
+        let phase = r.phase.name();
+        log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
+        let child = process
+            .spawn()
+            .map_err(|e| format!("{} {}: {e}", phase_setting(r.phase), command.path))?;
+        let pid = Pid::from_raw(child.id() as i32);
+        // The child is reaped by the manager's own waitpid loop, not through `child`.
+        drop(child);
+        r.sessions.insert(pid.as_raw());
+        if main {
+            r.main_pid = Some(pid);
+        } else {
+            r.control = Some((pid, command.clone()));
+        }
+        Ok(())
+    }
+
+    fn reap(&mut self) {
+        loop {
+            let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(_) => return,
+                Ok(status) => status,
+            };
+            let (pid, code) = match status {
+                WaitStatus::Exited(pid, code) => (pid, Exit::Code(code)),
+                WaitStatus::Signaled(pid, signal, _) => (pid, Exit::Signal(signal as i32)),
+                _ => continue,
+            };
+            let owner = self.units.iter().find_map(|(n, r)| {
+                if r.control.as_ref().is_some_and(|(p, _)| *p == pid) {
+                    Some((n.clone(), true))
+                } else if r.main_pid == Some(pid) {
+                    Some((n.clone(), false))
+                } else {
+                    None
+                }
+            });
+            match owner {
+                Some((name, true)) => self.control_exited(&name, code),
+                Some((name, false)) => self.main_exited(&name, code),
+                None => {}
+            }
+        }
+    }
+
+    fn control_exited(&mut self, name: &str, code: Exit) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        let Some((_, command)) = r.control.take() else { return };
+        let success = code.success(r.unit.service.as_ref().map_or(&[][..], |s| &s.success_exit_status));
+        if success || command.ignore_failure || r.state == State::Deactivating {
+            if !success {
+                log_line(r, &format!("feather: {} {} {} (ignored)", phase_setting(r.phase), command.path, code.describe()));
+            }
+            self.advance(name);
+            return;
+        }
+        if r.phase == Phase::Condition && matches!(code, Exit::Code(1..=254)) {
+            r.result = Some(format!("skipped: ExecCondition {} {}", command.path, code.describe()));
+            r.set(State::Inactive, Phase::Idle);
+            r.deadline = None;
+            return;
+        }
+        let why = format!("{} {} {}", phase_setting(r.phase), command.path, code.describe());
+        self.fail_and_clean(name, why);
+    }
+
+    fn main_exited(&mut self, name: &str, code: Exit) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        r.main_pid = None;
+        match r.state {
+            State::Deactivating => {
+                self.check_stopped(name);
+            }
+            State::Activating => {
+                let why = format!("main process {} before it was ready", code.describe());
+                self.fail_and_clean(name, why);
+            }
+            State::Active => {
+                let service = r.unit.service.clone().unwrap_or_default();
+                let clean = code.success(&service.success_exit_status);
+                let restart = !r.stop_requested
+                    && match service.restart {
+                        Restart::No => false,
+                        Restart::Always => true,
+                        Restart::OnSuccess => clean,
+                        Restart::OnFailure => !clean,
+                        Restart::OnAbnormal | Restart::OnAbort => matches!(code, Exit::Signal(_)),
+                        Restart::OnWatchdog => false,
+                    };
+                if !clean {
+                    r.result = Some(format!("main process {}", code.describe()));
+                }
+                log_line(r, &format!("feather: main process {}", code.describe()));
+                if restart {
+                    r.restart_at = Some(Instant::now() + service.restart_sec.min(Duration::from_secs(3600)));
+                    r.set(State::Activating, Phase::AutoRestart);
+                    self.kill_remaining(name);
+                    return;
+                }
+                // Stop what remains of the service, as systemd does when its main process ends.
+                r.set(State::Deactivating, Phase::Stop);
+                r.deadline = service.timeout_stop.map(|t| Instant::now() + t);
+                r.pending = if r.was_active { service.exec_stop.iter().cloned().collect() } else { VecDeque::new() };
+                self.advance(name);
+            }
+            _ => {}
+        }
+    }
+
+    /// A restart after Restart=, unless the start limit is hit.
+    fn restart(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        r.restart_at = None;
+        let limit = r.unit.start_limit.clone();
+        if let Some(interval) = limit.interval {
+            let now = Instant::now();
+            while r.starts.front().is_some_and(|t| now.duration_since(*t) > interval) {
+                r.starts.pop_front();
+            }
+            if limit.burst > 0 && r.starts.len() >= limit.burst as usize {
+                let why = format!(
+                    "start limit hit: {} starts within {}s (StartLimitBurst={}, StartLimitIntervalSec={}); last: {}",
+                    r.starts.len(), interval.as_secs(), limit.burst, interval.as_secs(),
+                    r.result.clone().unwrap_or_default()
+                );
+                fail(r, why);
+                return;
+            }
+        }
+        r.restarts += 1;
+        r.set(State::Waiting, Phase::Idle);
+        self.begin_start(name);
+    }
+
+    fn begin_stop(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        r.stop_pending = false;
+        r.stop_requested = true;
+        if r.unit.service.is_none() {
+            r.set(State::Inactive, Phase::Idle);
+            return;
+        }
+        let service = r.unit.service.clone().unwrap_or_default();
+        if let Some((pid, _)) = &r.control {
+            // A start in progress is abandoned: its current command is terminated.
+            let _ = kill(*pid, Signal::SIGTERM);
+        }
+        r.deadline = service.timeout_stop.map(|t| Instant::now() + t);
+        r.pending = if r.was_active { service.exec_stop.iter().cloned().collect() } else { VecDeque::new() };
+        r.set(State::Deactivating, Phase::Stop);
+        self.advance(name);
+    }
+
+    /// Sends the stop signal (or, finally, SIGKILL) to the unit's processes, per KillMode=.
+    fn signal_unit(&mut self, name: &str, finally: bool) {
+        let Some(r) = self.units.get(name) else { return };
+        let service = r.unit.service.clone().unwrap_or_default();
+        let signal = if finally { service.final_kill_signal } else { service.kill_signal };
+        let Ok(signal) = Signal::try_from(signal) else { return };
+        let main = r.main_pid;
+        let others: Vec<Pid> = processes_of(r).into_iter().filter(|p| Some(*p) != main).collect();
+        if let Some(main) = main {
+            let _ = kill(main, signal);
+            if signal != Signal::SIGKILL {
+                let _ = kill(main, Signal::SIGCONT);
+            }
+        }
+        let others_get = match (service.kill_mode, finally) {
+            (KillMode::ControlGroup, _) => Some(signal),
+            (KillMode::Mixed, false) => None,
+            (KillMode::Mixed, true) => Some(Signal::SIGKILL),
+            (KillMode::Process | KillMode::None, _) => None,
+        };
+        if let Some(sig) = others_get {
+            for pid in others {
+                let _ = kill(pid, sig);
+            }
+        }
+    }
+
+    fn kill_remaining(&mut self, name: &str) {
+        let Some(r) = self.units.get(name) else { return };
+        for pid in processes_of(r) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+    }
+
+    /// In the stop phases: moves on once the processes that must go are gone.
+    fn check_stopped(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        if !matches!(r.phase, Phase::SigTerm | Phase::SigKill) {
+            return;
+        }
+        let kill_mode = r.unit.service.as_ref().map_or(KillMode::ControlGroup, |s| s.kill_mode);
+        let left = match kill_mode {
+            KillMode::Process | KillMode::None => r.main_pid.is_some(),
+            _ => r.main_pid.is_some() || !processes_of(r).is_empty(),
+        };
+        if left {
+            return;
+        }
+        r.main_pid = None;
+        r.phase = Phase::StopPost;
+        r.pending = r.unit.service.as_ref().map(|s| s.exec_stop_post.iter().cloned().collect()).unwrap_or_default();
+        self.advance(name);
+    }
+
+    fn deadline_passed(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        r.deadline = None;
+        match r.state {
+            State::Activating => {
+                let timeout = r.unit.service.as_ref().and_then(|s| s.timeout_start).unwrap_or_default();
+                let why = format!("timed out after {}s while in {} (TimeoutStartSec=)", timeout.as_secs(), r.phase.name());
+                self.fail_and_clean(name, why);
+            }
+            State::Deactivating => {
+                if r.phase == Phase::Stop {
+                    if let Some((pid, _)) = &r.control {
+                        let _ = kill(*pid, Signal::SIGKILL);
+                    }
+                }
+                log_line(r, "feather: stop timed out (TimeoutStopSec=); killing what remains");
+                r.phase = Phase::SigKill;
+                r.deadline = Some(Instant::now() + Duration::from_secs(5));
+                self.signal_unit(name, true);
+                self.check_stopped(name);
+            }
+            _ => {}
+        }
+    }
+
+    /// A failed start: record why, kill what the unit started, run ExecStopPost.
+    fn fail_and_clean(&mut self, name: &str, why: String) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        log_line(r, &format!("feather: failed: {why}"));
+        r.result = Some(why);
+        // Whatever the KillMode=, a start that failed leaves nothing running.
+        for pid in processes_of(r) {
+            let _ = kill(pid, Signal::SIGKILL);
+        }
+        r.control = None;
+        r.pending.clear();
+        r.set(State::Deactivating, Phase::SigKill);
+        r.deadline = Some(Instant::now() + Duration::from_secs(5));
+        self.check_stopped(name);
+    }
+
+    /// The end of every stop: clean up, then inactive, or failed (and maybe restarted).
+    fn after_stop(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        spawn::remove_runtime_directories(&r.unit);
+        if r.notify.take().is_some() {
+            let _ = fs::remove_file(notify_path(name));
+        }
+        r.deadline = None;
+        r.main_pid = None;
+        r.control = None;
+        r.sessions.clear();
+        let failed = r.result.is_some() && !r.stop_requested;
+        if failed || r.stop_requested {
+            r.ready = false;
+        }
+        r.set(if failed { State::Failed } else { State::Inactive }, Phase::Idle);
+        let restart = r.unit.service.as_ref().map_or(Restart::No, |s| s.restart);
+        let restart_sec = r.unit.service.as_ref().map_or(Duration::ZERO, |s| s.restart_sec);
+        // A failed start is retried like a crash, within the start limit.
+        if failed && matches!(restart, Restart::Always | Restart::OnFailure | Restart::OnAbnormal) {
+            r.restart_at = Some(Instant::now() + restart_sec.min(Duration::from_secs(3600)));
+            r.set(State::Activating, Phase::AutoRestart);
+        }
+    }
+
+    fn check_pid_file(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else { return };
+        let service = r.unit.service.clone().unwrap_or_default();
+        let main = match &service.pid_file {
+            Some(path) => read_pid_file(path),
+            None if service.guess_main_pid => guess_main_pid(r),
+            None => None,
+        };
+        match main {
+            Some(pid) => {
+                r.main_pid = Some(pid);
+                if let Some(session) = session_of(pid) {
+                    r.sessions.insert(session);
+                }
+            }
+            None if service.pid_file.is_none() => {}
+            // Wait for the daemon to write its pid file (until TimeoutStartSec=).
+            None => return,
+        }
+        if r.main_pid.is_none() && !service.remain_after_exit && service.pid_file.is_none() && service.guess_main_pid {
+            self.fail_and_clean(name, "the forking start command exited, and no main process was left".into());
+            return;
+        }
+        r.ready = true;
+        r.phase = Phase::StartPost;
+        r.pending = service.exec_start_post.iter().cloned().collect();
+        self.advance(name);
+    }
+
+    fn read_notify(&mut self, name: &str, socket: &UnixDatagram) {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buffer) {
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            let Some(r) = self.units.get_mut(name) else { return };
+            let mut ready = false;
+            for line in text.lines() {
+                match line.split_once('=') {
+                    Some(("READY", "1")) => ready = true,
+                    Some(("STATUS", status)) => r.status_text = Some(status.to_owned()),
+                    Some(("MAINPID", pid)) => {
+                        if let Ok(pid) = pid.parse::<i32>() {
+                            r.main_pid = Some(Pid::from_raw(pid));
+                            if let Some(session) = session_of(Pid::from_raw(pid)) {
+                                r.sessions.insert(session);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if ready && r.phase == Phase::WaitReady {
+                r.ready = true;
+                r.phase = Phase::StartPost;
+                r.pending = r.unit.service.as_ref().map(|s| s.exec_start_post.iter().cloned().collect()).unwrap_or_default();
+                self.advance(name);
+            }
+        }
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug)]
+enum Exit {
+    Code(i32),
+    Signal(i32),
+}
+
+impl Exit {
+    fn success(self, extra: &[i32]) -> bool {
+        match self {
+            Exit::Code(code) => code == 0 || extra.contains(&code),
+            // systemd counts SIGHUP, SIGINT, SIGTERM and SIGPIPE as clean for the main process.
+            Exit::Signal(signal) => {
+                [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&signal) || extra.contains(&-signal)
+            }
+        }
+    }
+
+    fn describe(self) -> String {
+        match self {
+            Exit::Code(code) => format!("exited with status {code}"),
+            Exit::Signal(signal) => match Signal::try_from(signal) {
+                Ok(s) => format!("was killed by {s}"),
+                Err(_) => format!("was killed by signal {signal}"),
+            },
+        }
+    }
+}
+
+fn fail(r: &mut Runtime, why: String) {
+    log_line(r, &format!("feather: failed: {why}"));
+    r.result = Some(why);
+    r.deadline = None;
+    r.set(State::Failed, Phase::Idle);
+}
+
+fn log_line(r: &mut Runtime, line: &str) {
+    if r.log.is_none() {
+        r.log = spawn::open_log(r.unit.name.as_str()).ok();
+    }
+    if let Some(log) = r.log.as_mut() {
+        let _ = std::io::Write::write_all(log, format!("{line}\n").as_bytes());
+    }
+}
+
+fn phase_setting(phase: Phase) -> &'static str {
+    match phase {
+        Phase::Condition => "ExecCondition",
+        Phase::StartPre => "ExecStartPre",
+        Phase::Start | Phase::WaitReady | Phase::WaitPidFile => "ExecStart",
+        Phase::StartPost => "ExecStartPost",
+        Phase::Stop => "ExecStop",
+        Phase::StopPost => "ExecStopPost",
+        _ => "command",
+    }
+}
+
+fn notify_path(unit: &str) -> PathBuf {
+    Path::new(NOTIFY_DIR).join(unit)
+}
+
+/// The datagram socket a notify service reports READY=1 on, writable by the service's user.
+fn open_notify_socket(r: &mut Runtime) -> Result<(), String> {
+    let path = notify_path(r.unit.name.as_str());
+    let _ = fs::remove_file(&path);
+    let socket = UnixDatagram::bind(&path).map_err(|e| format!("notify socket {}: {e}", path.display()))?;
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
+    r.notify = Some(socket);
+    Ok(())
+}
+
+fn read_pid_file(path: &Path) -> Option<Pid> {
+    let text = fs::read_to_string(path).ok()?;
+    let pid: i32 = text.trim().parse().ok()?;
+    let pid = Pid::from_raw(pid);
+    // The pid must name a living process.
+    kill(pid, None).ok().map(|_| pid)
+}
+
+/// Without a PIDFile=, the daemon a forking start left behind: a child of the manager (its
+/// subreaper) that is no unit's known process and lives in one of the unit's sessions or was
+/// reparented to the manager.
+fn guess_main_pid(r: &Runtime) -> Option<Pid> {
+    let me = std::process::id() as i32;
+    all_processes()
+        .into_iter()
+        .filter(|p| p.ppid == me)
+        .map(|p| Pid::from_raw(p.pid))
+        .find(|p| Some(*p) != r.main_pid)
+}
+
+struct ProcessEntry {
+    pid: i32,
+    ppid: i32,
+    session: i32,
+}
+
+fn all_processes() -> Vec<ProcessEntry> {
+    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .filter_map(|pid| {
+            let mut text = String::new();
+            File::open(format!("/proc/{pid}/stat")).ok()?.read_to_string(&mut text).ok()?;
+            let after = &text[text.rfind(')')? + 2..];
+            let fields: Vec<&str> = after.split_whitespace().collect();
+            // state ppid pgrp session …
+            if fields.first() == Some(&"Z") {
+                return None;
+            }
+            Some(ProcessEntry { pid, ppid: fields.get(1)?.parse().ok()?, session: fields.get(3)?.parse().ok()? })
+        })
+        .collect()
+}
+
+fn session_of(pid: Pid) -> Option<i32> {
+    all_processes().into_iter().find(|p| p.pid == pid.as_raw()).map(|p| p.session)
+}
+
+/// The living processes of a unit: its main and control processes and everything in its
+/// sessions.
+fn processes_of(r: &Runtime) -> Vec<Pid> {
+    let me = std::process::id() as i32;
+    let mut pids: BTreeSet<i32> = all_processes()
+        .into_iter()
+        .filter(|p| r.sessions.contains(&p.session) && p.pid != me)
+        .map(|p| p.pid)
+        .collect();
+    pids.extend(r.main_pid.map(Pid::as_raw));
+    pids.extend(r.control.as_ref().map(|(p, _)| p.as_raw()));
+    pids.into_iter().map(Pid::from_raw).filter(|p| kill(*p, None).is_ok() && !is_zombie(*p)).collect()
+}
+
+fn is_zombie(pid: Pid) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|t| t.rfind(')').map(|i| t[i + 2..].starts_with('Z')))
+        .unwrap_or(true)
+}
+
+/// The last `lines` lines of a log file.
+fn tail(path: &Path, lines: usize) -> Vec<String> {
+    let text = fs::read(path).unwrap_or_default();
+    let text = String::from_utf8_lossy(&text);
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].iter().map(|s| s.to_string()).collect()
+}

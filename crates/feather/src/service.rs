@@ -1,0 +1,112 @@
+//! `feather service …`: the catalogue (read on the host), and the commands that reach a VM's
+//! service manager. Those enter the VM as `feather exec` does and run this same binary's
+//! hidden `__service` there, which talks to the manager over its socket in the VM's /run.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use feather_core::{StateRoot, VmName};
+use feather_svc::manager::{self, protocol::Request, protocol::Response};
+use feather_vm::exec::exec;
+use feather_vm::workload::Workload;
+
+use crate::cli::{ServiceClientArgs, ServiceCommand};
+use crate::output;
+
+pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode> {
+    let (name, op, units, json, lines) = match command {
+        ServiceCommand::Catalog { json } => {
+            let entries = feather_svc::catalog::catalog(std::path::Path::new("/"))?;
+            if json {
+                output::json(&entries)?;
+            } else {
+                output::catalog(&entries);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ServiceCommand::Start { name, units, json } => (name, "start", units, json, 0),
+        ServiceCommand::Stop { name, units, json } => (name, "stop", units, json, 0),
+        ServiceCommand::Ls { name, json } => (name, "ls", Vec::new(), json, 0),
+        ServiceCommand::Status { name, unit, lines, json } => (name, "status", vec![unit], json, lines),
+    };
+    let name: VmName = name.parse()?;
+    let exe = std::env::current_exe().context("cannot find feather's own binary")?;
+    let config = root.open(&name)?.read_config()?;
+    let inside = config.base.join(exe.strip_prefix("/").unwrap_or(&exe));
+    if !inside.exists() {
+        anyhow::bail!(
+            "VM {name} cannot run feather's service manager: its base {} has no {} (services run in VMs over the host's root)",
+            config.base.display(),
+            exe.display()
+        );
+    }
+    let mut argv = vec![
+        exe.display().to_string(),
+        "__service".to_owned(),
+        "--vm".to_owned(),
+        name.to_string(),
+        "--lines".to_owned(),
+        lines.to_string(),
+    ];
+    if json {
+        argv.push("--json".to_owned());
+    }
+    argv.push(op.to_owned());
+    argv.extend(units);
+    let workload = Workload {
+        argv,
+        ..Workload::default()
+    };
+    let code = exec(root, &name, &workload, false)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Inside the VM: one request to its service manager, and the answer shown.
+pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
+    let vm = &args.vm;
+    let request = match args.op.as_str() {
+        "start" => Request::Start { units: args.units },
+        "stop" => Request::Stop { units: args.units },
+        "ls" => Request::List,
+        "status" => Request::Status {
+            unit: args.units.first().cloned().unwrap_or_default(),
+            lines: args.lines,
+        },
+        other => anyhow::bail!("unknown service operation {other:?}"),
+    };
+    let starts = matches!(request, Request::Start { .. });
+    if matches!(request, Request::Stop { .. }) && !manager::running() {
+        anyhow::bail!("VM {vm} runs no services (start one with `feather service start {vm} UNIT`)");
+    }
+    let response = manager::call(&request, starts).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
+    match response {
+        Response::Error { message } => anyhow::bail!("VM {vm}: {message}"),
+        Response::List { units } | Response::Done { units } => {
+            let failed: Vec<_> = units.iter().filter(|u| u.state == "failed").collect();
+            if args.json {
+                output::json(&units)?;
+            } else {
+                output::services(&units);
+            }
+            if !failed.is_empty() {
+                for unit in &failed {
+                    eprintln!(
+                        "feather: VM {vm}: {} failed: {} (see `feather service status {vm} {}`)",
+                        unit.name,
+                        unit.result.as_deref().unwrap_or("unknown reason"),
+                        unit.name
+                    );
+                }
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Response::Status { unit, log } => {
+            if args.json {
+                output::json(&serde_json::json!({ "unit": unit, "log": log }))?;
+            } else {
+                output::service_status(&unit, &log);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
