@@ -12,3 +12,4 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod recovery;
+mod services;

@@ -5,6 +5,7 @@ use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::{umask, Mode};
 use nix::unistd::{setgid, setgroups, setsid, setuid, Gid, Uid};
 
@@ -29,6 +30,9 @@ pub struct ProcessSetup {
 /// found and signalled as a group), its umask and resource limits, then its user and groups.
 pub fn install(command: &mut Command, setup: ProcessSetup) {
     let hook = move || -> std::io::Result<()> {
+        // The manager blocks the signals it reads from a signalfd; a service must not inherit
+        // that mask, or it would never see SIGTERM.
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
         setsid()?;
         umask(Mode::from_bits_truncate(setup.umask));
         for (resource, soft, hard) in &setup.limits {
@@ -43,7 +47,7 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
         Ok(())
     };
     // SAFETY: the hook runs in the forked child before exec. The manager is single-threaded,
-    // and the hook only makes system calls (setsid, umask, setrlimit, setgroups, setgid,
+    // and the hook only makes system calls (sigprocmask, setsid, umask, setrlimit, setgroups, setgid,
     // setuid) over values computed before the fork: it allocates nothing and takes no lock.
     // The `?` conversions build io::Error from an errno, which does not allocate.
     unsafe {

@@ -81,7 +81,14 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
     let response = manager::call(&request, starts).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
     match response {
         Response::Error { message } => anyhow::bail!("VM {vm}: {message}"),
-        Response::List { units } | Response::Done { units } => {
+        Response::List { units } => {
+            if args.json {
+                output::json(&units)?;
+            } else {
+                output::services(&units);
+            }
+        }
+        Response::Done { units } => {
             let failed: Vec<_> = units.iter().filter(|u| u.state == "failed").collect();
             if args.json {
                 output::json(&units)?;

@@ -1052,6 +1052,7 @@ fn fail(r: &mut Runtime, why: String) {
     log_line(r, &format!("feather: failed: {why}"));
     r.result = Some(why);
     r.deadline = None;
+    r.ready = false;
     r.set(State::Failed, Phase::Idle);
 }
 

@@ -1,0 +1,220 @@
+//! Services duplicated from the host's own unit files into VMs: the catalogue, real Debian
+//! services (nginx, redis) answering real clients inside a VM, the unit semantics the manager
+//! applies, and failure paths reported clearly without disturbing the VM's other services.
+//! Units a test needs beyond the host's are written inside the VM (into its own layer), never
+//! on the host.
+
+use std::net::TcpStream;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::Feather;
+
+/// A running VM over the host's root, removed with its fixture.
+fn vm(feather: &Feather, name: &str) {
+    feather.ok(&["create", name]);
+    feather.ok(&["start", name]);
+}
+
+/// Writes a unit file into the VM's own /etc/systemd/system.
+fn write_unit(feather: &Feather, vm: &str, name: &str, text: &str) {
+    let script = format!("mkdir -p /etc/systemd/system && cat > /etc/systemd/system/{name}");
+    let status = feather
+        .command()
+        .args(["exec", vm, "--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(status.success(), "writing {name} in {vm}");
+}
+
+fn services(feather: &Feather, vm: &str) -> Vec<Value> {
+    let text = feather.ok(&["service", "ls", vm, "--json"]);
+    serde_json::from_str::<Value>(&text).unwrap().as_array().unwrap().clone()
+}
+
+fn service<'a>(list: &'a [Value], name: &str) -> &'a Value {
+    list.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("{name} not in {list:?}"))
+}
+
+fn host_pid_namespace_of(pid: i64) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid")).map(|p| p.display().to_string()).unwrap_or_default()
+}
+
+#[test]
+fn catalog_lists_the_hosts_services_and_says_why_not() {
+    let feather = Feather::new("svc-catalog");
+    let entries: Value = serde_json::from_str(&feather.ok(&["service", "catalog", "--json"])).unwrap();
+    let entries = entries.as_array().unwrap();
+    let find = |name: &str| entries.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} missing from the catalogue"));
+    for duplicable in ["nginx.service", "redis-server.service"] {
+        assert_eq!(find(duplicable)["duplicable"], true, "{}", find(duplicable));
+    }
+    assert_eq!(find("nginx.service")["type"], "forking");
+    assert_eq!(find("redis-server.service")["type"], "notify");
+    let journald = find("systemd-journald.service");
+    assert_eq!(journald["duplicable"], false);
+    assert!(journald["note"].as_str().unwrap().contains("log capture"), "{journald}");
+    assert!(!entries.iter().any(|e| e["name"] == "redis.service"), "the alias is listed under redis-server.service");
+    let table = feather.ok(&["service", "catalog"]);
+    assert!(table.lines().any(|l| l.trim_start().starts_with("nginx.service") && l.contains(" yes ")), "{table}");
+}
+
+#[test]
+fn nginx_and_redis_run_in_a_vm_from_the_hosts_units_and_answer_real_clients() {
+    let feather = Feather::new("svc-nginx-redis");
+    vm(&feather, "web");
+    let started = feather.ok(&["service", "start", "web", "nginx", "redis", "--json"]);
+    let started: Value = serde_json::from_str(&started).unwrap();
+    assert_eq!(started.as_array().unwrap().len(), 2, "redis is the alias of redis-server: {started}");
+    let list = services(&feather, "web");
+    for name in ["nginx.service", "redis-server.service"] {
+        let s = service(&list, name);
+        assert_eq!((s["state"].as_str(), s["sub"].as_str(), s["ready"].as_bool()), (Some("active"), Some("running"), Some(true)), "{s}");
+        assert!(s["main_pid"].as_i64().unwrap() > 1);
+    }
+    // redis told the manager it was ready, through NOTIFY_SOCKET.
+    assert_eq!(service(&list, "redis-server.service")["status_text"], "Ready to accept connections");
+
+    // Real clients inside the VM, on the VM's own loopback.
+    let page = feather.sh("web", "curl -sf http://127.0.0.1/");
+    assert!(page.contains("nginx"), "{page}");
+    assert_eq!(feather.sh("web", "redis-cli set feather-key private-value && redis-cli get feather-key"), "OK\nprivate-value\n");
+    // The host's loopback has neither: the VM's network namespace is its own.
+    assert!(TcpStream::connect("127.0.0.1:6379").is_err(), "a redis answers on the host's loopback");
+
+    // They run in the VM's pid namespace, not the host's, under their own users.
+    let processes: Value = serde_json::from_str(&feather.ok(&["ps", "web", "--json"])).unwrap();
+    let processes = processes.as_array().unwrap();
+    let redis = processes.iter().find(|p| p["command"].as_str().unwrap().contains("redis-server")).expect("redis in ps");
+    assert_ne!(host_pid_namespace_of(redis["host_pid"].as_i64().unwrap()), host_pid_namespace_of(std::process::id() as i64));
+    let redis_uid = feather.sh("web", "id -u redis");
+    assert_eq!(redis["uid"].to_string(), redis_uid.trim(), "User=redis applied");
+    // RuntimeDirectory=redis with RuntimeDirectoryMode=2755, owned by redis.
+    assert_eq!(feather.sh("web", "stat -c '%U %a' /run/redis"), "redis 2755\n");
+    // Per-service logs in the VM.
+    assert!(feather.sh("web", "cat /var/log/feather/nginx.service.log").contains("start: /usr/sbin/nginx"));
+
+    // Stop one: the other keeps serving.
+    feather.ok(&["service", "stop", "web", "nginx"]);
+    let list = services(&feather, "web");
+    assert_eq!(service(&list, "nginx.service")["state"], "inactive");
+    assert_eq!(service(&list, "redis-server.service")["state"], "active");
+    assert_ne!(feather.run(&["exec", "web", "--", "curl", "-sf", "http://127.0.0.1/"]).code, 0, "nginx still answers");
+    assert_eq!(feather.sh("web", "redis-cli get feather-key"), "private-value\n");
+
+    let host_pids: Vec<i64> = processes.iter().map(|p| p["host_pid"].as_i64().unwrap()).collect();
+    feather.ok(&["stop", "web"]);
+    for pid in host_pids {
+        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} of the VM survived its stop");
+    }
+}
+
+#[test]
+fn unit_settings_are_applied_to_the_service_process() {
+    let feather = Feather::new("svc-settings");
+    vm(&feather, "cfg");
+    feather.sh("cfg", "mkdir -p /etc/feather-test && printf 'FROM_FILE=yes\\nOVERRIDE=file\\n' > /etc/feather-test/env");
+    write_unit(
+        &feather,
+        "cfg",
+        "prepare.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'date +%%s%%N > /run/prepared'\n",
+    );
+    write_unit(
+        &feather,
+        "cfg",
+        "probe@.service",
+        "[Unit]\nDescription=probe %i\nRequires=prepare.service\nAfter=prepare.service network-online.target\nWants=network-online.target\n\
+         [Service]\nType=notify\nUser=nobody\nRuntimeDirectory=probe-%i\nRuntimeDirectoryMode=0750\nUMask=0077\n\
+         Environment=\"GREETING=hello world\" OVERRIDE=unit INSTANCE=%i\nEnvironmentFile=/etc/feather-test/env\nEnvironmentFile=-/etc/feather-test/absent\n\
+         WorkingDirectory=/tmp\nLimitNOFILE=1000:2000\n\
+         ExecStartPre=/bin/sh -c 'test -e /run/prepared'\n\
+         ExecStart=/bin/sh -c 'cd $RUNTIME_DIRECTORY && (id -u; echo \"$GREETING|$OVERRIDE|$FROM_FILE|$INSTANCE|$(pwd)\"; ulimit -n; umask) > out; systemd-notify --ready --status=probing; exec sleep 1000'\n",
+    );
+    feather.ok(&["service", "start", "cfg", "probe@one.service"]);
+    let list = services(&feather, "cfg");
+    assert_eq!(service(&list, "prepare.service")["sub"], "exited", "oneshot with RemainAfterExit stays active: {list:?}");
+    assert_eq!(service(&list, "prepare.service")["state"], "active");
+    let probe = service(&list, "probe@one.service");
+    assert_eq!((probe["state"].as_str(), probe["ready"].as_bool(), probe["status_text"].as_str()), (Some("active"), Some(true), Some("probing")));
+    assert_eq!(probe["pulled_by"], Value::Null);
+    assert_eq!(service(&list, "prepare.service")["pulled_by"], "probe@one.service (requires)");
+    let out = feather.sh("cfg", "cat /run/probe-one/out; stat -c '%U %a' /run/probe-one");
+    assert_eq!(out, "65534\nhello world|file|yes|one|/run/probe-one\n1000\n0077\nnobody 750\n");
+
+    feather.ok(&["service", "stop", "cfg", "prepare.service"]);
+    let list = services(&feather, "cfg");
+    assert_eq!(service(&list, "probe@one.service")["state"], "inactive", "a unit that requires a stopped one stops too");
+    assert_eq!(feather.sh("cfg", "test -e /run/probe-one && echo kept || echo removed"), "removed\n", "RuntimeDirectory= removed at stop");
+}
+
+#[test]
+fn failures_are_reported_clearly_and_leave_other_services_running() {
+    let feather = Feather::new("svc-failures");
+    vm(&feather, "bad");
+    write_unit(&feather, "bad", "steady.service", "[Service]\nExecStart=/bin/sleep 1000\n");
+    feather.ok(&["service", "start", "bad", "steady"]);
+
+    write_unit(&feather, "bad", "nobin.service", "[Service]\nExecStart=/usr/bin/feather-no-such-program --x\n");
+    let e = feather.fails(&["service", "start", "bad", "nobin"]);
+    assert!(e.contains("nobin.service failed: its program /usr/bin/feather-no-such-program is not installed in the VM"), "{e}");
+    let status = feather.ok(&["service", "status", "bad", "nobin"]);
+    assert!(status.contains("state: failed") && status.contains("feather-no-such-program"), "{status}");
+
+    write_unit(&feather, "bad", "typo.service", "[Unit]\nDescription=typo\n[Service]\nType=sometimes\nExecStart=/bin/true\n");
+    let e = feather.fails(&["service", "start", "bad", "typo"]);
+    assert!(e.contains("/etc/systemd/system/typo.service:4: unknown service type Type=sometimes"), "{e}");
+
+    write_unit(&feather, "bad", "loop-a.service", "[Unit]\nWants=loop-b.service\nAfter=loop-b.service\n[Service]\nExecStart=/bin/sleep 1000\n");
+    write_unit(&feather, "bad", "loop-b.service", "[Unit]\nAfter=loop-a.service\n[Service]\nExecStart=/bin/sleep 1000\n");
+    let e = feather.fails(&["service", "start", "bad", "loop-a"]);
+    assert!(e.contains("dependency cycle: ") && e.contains("loop-a.service") && e.contains("loop-b.service"), "{e}");
+
+    write_unit(
+        &feather,
+        "bad",
+        "crash.service",
+        "[Unit]\nStartLimitIntervalSec=30\nStartLimitBurst=3\n[Service]\nExecStart=/bin/sh -c 'echo crashing; exit 3'\nRestart=always\nRestartSec=50ms\n",
+    );
+    // Type=simple is up as soon as its process runs (as in systemd), so the start itself
+    // succeeds; the crash loop then ends at the start limit.
+    feather.run(&["service", "start", "bad", "crash"]);
+    feather.eventually("crash.service hits its start limit", || service(&services(&feather, "bad"), "crash.service")["state"] == "failed");
+    let crash = service(&services(&feather, "bad"), "crash.service").clone();
+    assert!(crash["result"].as_str().unwrap().starts_with("start limit hit"), "{crash}");
+    let status = feather.ok(&["service", "status", "bad", "crash"]);
+    assert!(status.contains("result: start limit hit") && status.contains("main process exited with status 3"), "{status}");
+    assert_eq!(crash["state"], "failed");
+    assert_eq!(crash["restarts"], 2, "three starts in all: {crash}");
+    let log = feather.sh("bad", "cat /var/log/feather/crash.service.log");
+    assert_eq!(log.lines().filter(|l| *l == "crashing").count(), 3, "{log}");
+    assert_eq!(crash["ready"], false);
+
+    write_unit(&feather, "bad", "needs-missing.service", "[Unit]\nRequires=feather-absent.service\n[Service]\nExecStart=/bin/true\n");
+    let e = feather.fails(&["service", "start", "bad", "needs-missing"]);
+    assert!(e.contains("needs-missing.service requires feather-absent.service, which is not available"), "{e}");
+
+    // Nothing else in the VM was disturbed.
+    let steady = service(&services(&feather, "bad"), "steady.service").clone();
+    assert_eq!((steady["state"].as_str(), steady["restarts"].as_u64()), (Some("active"), Some(0)), "{steady}");
+    let e = feather.fails(&["service", "stop", "bad", "never-started"]);
+    assert!(e.contains("never-started.service was not started in this VM"), "{e}");
+}
+
+#[test]
+fn service_commands_on_a_vm_without_services_say_so() {
+    let feather = Feather::new("svc-empty");
+    vm(&feather, "idle");
+    assert_eq!(services(&feather, "idle").len(), 0);
+    let e = feather.fails(&["service", "stop", "idle", "nginx"]);
+    assert!(e.contains("VM idle runs no services"), "{e}");
+    let e = feather.fails(&["service", "start", "nothere", "nginx"]);
+    assert!(e.contains("nothere"), "{e}");
+}
