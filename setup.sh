@@ -12,6 +12,7 @@ packages=(
     busybox-static   # a self-contained shell for VMs over scratch base trees in tests
     iproute2         # `ip`, used by tests to look for leftover links
     procps           # `ps` inside VMs in tests
+    attr             # setfattr/getfattr: tests check that commit keeps extended attributes
 )
 
 export DEBIAN_FRONTEND=noninteractive

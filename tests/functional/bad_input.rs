@@ -1,1 +1,162 @@
+use std::process::Command;
+
 use crate::support::{Feather, ScratchBase};
+
+/// Asserts a one-line error that says `expected`, a non-zero exit, and no VM left behind.
+fn refused(feather: &Feather, args: &[&str], expected: &str) {
+    let outcome = feather.run(args);
+    assert_ne!(outcome.code, 0, "feather {args:?} succeeded");
+    assert!(
+        outcome.stderr.starts_with("feather: ") || outcome.stderr.starts_with("error: "),
+        "{args:?}: {}",
+        outcome.stderr
+    );
+    assert_eq!(
+        outcome.stderr.trim_end().lines().count(),
+        1,
+        "{args:?}: one line, got {:?}",
+        outcome.stderr
+    );
+    assert!(
+        outcome.stderr.contains(expected),
+        "{args:?}: {:?} lacks {expected:?}",
+        outcome.stderr
+    );
+}
+
+#[test]
+fn invalid_names_are_refused_and_nothing_is_made() {
+    let feather = Feather::new("bad-names");
+    let long = "a".repeat(49);
+    for (name, why) in [
+        ("../x", "use only lowercase"),
+        ("", "it is empty"),
+        (long.as_str(), "longer than 48"),
+        ("Web", "use only lowercase"),
+        ("x-", "start or end"),
+    ] {
+        refused(&feather, &["create", name], why);
+    }
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn a_duplicate_create_is_refused_and_the_first_vm_is_untouched() {
+    let feather = Feather::new("bad-dup");
+    let base = ScratchBase::new("bad-dup");
+    feather.ok(&["create", "one", "--base", base.as_str(), "--memory", "64M"]);
+    refused(&feather, &["create", "one"], "VM one already exists");
+    assert_eq!(
+        feather.inspect("one")["config"]["limits"]["memory"],
+        64 << 20
+    );
+}
+
+#[test]
+fn a_missing_vm_is_named_by_every_command() {
+    let feather = Feather::new("bad-missing");
+    for args in [
+        vec!["start", "ghost"],
+        vec!["stop", "ghost"],
+        vec!["rm", "ghost"],
+        vec!["exec", "ghost", "--", "true"],
+        vec!["ps", "ghost"],
+        vec!["inspect", "ghost"],
+        vec!["diff", "ghost"],
+        vec!["commit", "ghost"],
+        vec!["reset", "ghost"],
+    ] {
+        refused(&feather, &args, "no VM named ghost");
+    }
+}
+
+#[test]
+fn a_missing_base_and_bad_limits_are_refused() {
+    let feather = Feather::new("bad-base");
+    refused(
+        &feather,
+        &["create", "x", "--base", "/nonexistent/tree"],
+        "base /nonexistent/tree: not a directory",
+    );
+    refused(
+        &feather,
+        &["create", "x", "--memory", "lots"],
+        "invalid size \"lots\"",
+    );
+    refused(&feather, &["create", "x", "--cpus", "0"], "--cpus");
+    refused(&feather, &["create", "x", "--pids", "0"], "--pids");
+    refused(&feather, &["run", "--", "true"], "name the VM");
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn lifecycle_commands_in_the_wrong_state_are_refused() {
+    let feather = Feather::new("bad-state");
+    let base = ScratchBase::new("bad-state");
+    feather.ok(&["create", "vm", "--base", base.as_str()]);
+    refused(&feather, &["stop", "vm"], "VM vm is not running");
+    refused(
+        &feather,
+        &["exec", "vm", "--", "true"],
+        "VM vm is not running",
+    );
+    feather.ok(&["start", "vm"]);
+    refused(&feather, &["start", "vm"], "is already running");
+    refused(&feather, &["rm", "vm"], "VM vm is running (stop it first");
+    refused(&feather, &["reset", "vm"], "VM vm is running");
+    feather.ok(&["rm", "--force", "vm"]);
+}
+
+#[test]
+fn a_user_other_than_root_is_told_to_use_root() {
+    let feather = Feather::new("bad-user");
+    let out = Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            Feather::bin(),
+            "--root",
+        ])
+        .arg(&feather.root)
+        .arg("ls")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "feather: feather must run as root (try `sudo feather ...`)\n"
+    );
+}
+
+#[test]
+fn a_base_inside_the_state_folder_is_refused() {
+    let feather = Feather::new("bad-base-inside");
+    let inside = feather.root.join("tree");
+    std::fs::create_dir_all(&inside).unwrap();
+    refused(
+        &feather,
+        &["create", "x", "--base", inside.to_str().unwrap()],
+        "lies inside feather's state folder",
+    );
+}
+
+#[test]
+fn a_base_without_the_program_fails_cleanly() {
+    let feather = Feather::new("bad-empty-base");
+    let empty = ScratchBase::new("bad-empty-base");
+    std::fs::remove_dir_all(empty.file("bin")).unwrap();
+    let outcome = feather.run(&[
+        "run",
+        "--rm",
+        "--base",
+        empty.as_str(),
+        "--",
+        "/bin/sh",
+        "-c",
+        "true",
+    ]);
+    assert_eq!(outcome.code, 127, "{outcome:?}");
+    assert_eq!(outcome.stderr, "feather: /bin/sh: command not found\n");
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}

@@ -1,1 +1,175 @@
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
 use crate::support::{Feather, ScratchBase};
+
+/// A VM over a scratch base with a known set of host files.
+fn prepared(label: &str) -> (Feather, ScratchBase) {
+    let feather = Feather::new(label);
+    let base = ScratchBase::new(label);
+    base.write("data/edit", "host\n");
+    base.write("data/gone", "host\n");
+    base.write("data/mode", "host\n");
+    base.write("data/owned", "host\n");
+    base.write("data/tree/a", "host\n");
+    base.write("data/tree/b", "host\n");
+    xattr_set(&base.file("data/edit"), "user.origin", b"host");
+    feather.start_over("vm", &base, &[]);
+    (feather, base)
+}
+
+fn xattr_set(path: &std::path::Path, name: &str, value: &[u8]) {
+    let status = std::process::Command::new("setfattr")
+        .args(["-n", name, "-v", std::str::from_utf8(value).unwrap()])
+        .arg(path)
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "setfattr (attr package) works on {}",
+        path.display()
+    );
+}
+
+fn xattr_get(path: &std::path::Path, name: &str) -> String {
+    let out = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", name])
+        .arg(path)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+const CHANGES: &str = "echo vm > /data/edit && rm /data/gone && chmod 4750 /data/mode && chown 65534:65534 /data/owned \
+     && echo new > /data/new && mkdir -p /data/dir/deep && echo deep > /data/dir/deep/file && ln -s edit /data/link \
+     && rm -r /data/tree && mkdir /data/tree && echo fresh > /data/tree/c";
+
+const EXPECTED_DIFF: &str = "A /data/dir\nA /data/dir/deep\nA /data/dir/deep/file\nM /data/edit\nD /data/gone\nA /data/link\n\
+     M /data/mode\nA /data/new\nM /data/owned\nD /data/tree/a\nD /data/tree/b\nA /data/tree/c\n";
+
+#[test]
+fn diff_lists_exactly_what_the_vm_changed() {
+    let (feather, _base) = prepared("diff");
+    assert_eq!(feather.ok(&["diff", "vm"]), "");
+    feather.sh("vm", CHANGES);
+    assert_eq!(feather.ok(&["diff", "vm"]), EXPECTED_DIFF);
+    let json: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["diff", "vm", "--json"])).unwrap();
+    assert_eq!(
+        json.as_array().unwrap().len(),
+        EXPECTED_DIFF.lines().count()
+    );
+    // Writing back the host's own content is no change.
+    feather.sh("vm", "echo host > /data/edit");
+    assert!(!feather.ok(&["diff", "vm"]).contains("/data/edit"));
+}
+
+#[test]
+fn commit_applies_every_change_with_its_metadata_and_then_diff_is_empty() {
+    let (feather, base) = prepared("commit-all");
+    feather.sh("vm", CHANGES);
+    assert_eq!(
+        feather.ok(&["commit", "vm"]),
+        EXPECTED_DIFF,
+        "commit reports what diff listed"
+    );
+    assert_eq!(base.read("data/edit").unwrap(), "vm\n");
+    assert_eq!(
+        xattr_get(&base.file("data/edit"), "user.origin"),
+        "host",
+        "extended attributes kept"
+    );
+    assert!(!base.file("data/gone").exists());
+    let mode = fs::metadata(base.file("data/mode")).unwrap();
+    assert_eq!(mode.permissions().mode() & 0o7777, 0o4750);
+    let owned = fs::metadata(base.file("data/owned")).unwrap();
+    assert_eq!((owned.uid(), owned.gid()), (65534, 65534));
+    assert_eq!(base.read("data/dir/deep/file").unwrap(), "deep\n");
+    assert_eq!(
+        fs::read_link(base.file("data/link")).unwrap().to_str(),
+        Some("edit")
+    );
+    let tree: Vec<_> = fs::read_dir(base.file("data/tree"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(tree, ["c"]);
+    assert_eq!(
+        feather.ok(&["diff", "vm"]),
+        "",
+        "diff and commit agree exactly"
+    );
+    let leftovers: Vec<_> = fs::read_dir(base.file("data"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("feather"))
+        .collect();
+    assert!(leftovers.is_empty(), "temporary files left: {leftovers:?}");
+}
+
+#[test]
+fn commit_of_chosen_paths_leaves_the_rest() {
+    let (feather, base) = prepared("commit-some");
+    feather.sh("vm", CHANGES);
+    assert_eq!(
+        feather.ok(&["commit", "vm", "/data/edit", "/data/dir"]),
+        "A /data/dir\nA /data/dir/deep\nA /data/dir/deep/file\nM /data/edit\n"
+    );
+    assert_eq!(base.read("data/edit").unwrap(), "vm\n");
+    assert!(
+        base.file("data/gone").exists(),
+        "an unchosen deletion is not applied"
+    );
+    assert!(!base.file("data/new").exists());
+    let err = feather.fails(&["commit", "vm", "/data/keep-unchanged"]);
+    assert!(
+        err.contains("/data/keep-unchanged has no change to commit"),
+        "{err}"
+    );
+}
+
+#[test]
+fn commit_refuses_a_path_the_host_changed_after_copy_up() {
+    let (feather, base) = prepared("commit-conflict");
+    feather.sh("vm", "echo vm > /data/edit; echo vm > /data/owned");
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    base.write("data/edit", "host changed it\n");
+    let err = feather.fails(&["commit", "vm"]);
+    assert!(
+        err.contains("the host changed this path after the VM copied it")
+            && err.contains("/data/edit"),
+        "{err}"
+    );
+    assert_eq!(
+        base.read("data/edit").unwrap(),
+        "host changed it\n",
+        "nothing applied on conflict"
+    );
+    assert_eq!(
+        base.read("data/owned").unwrap(),
+        "host\n",
+        "nothing applied on conflict"
+    );
+    feather.ok(&["commit", "vm", "--force"]);
+    assert_eq!(base.read("data/edit").unwrap(), "vm\n");
+    // feather's own commit is not mistaken for a host change the next time.
+    feather.sh("vm", "echo again > /data/edit");
+    feather.ok(&["commit", "vm", "/data/edit"]);
+    assert_eq!(base.read("data/edit").unwrap(), "again\n");
+}
+
+#[test]
+fn reset_drops_every_change_of_a_stopped_vm() {
+    let (feather, base) = prepared("reset");
+    feather.sh("vm", CHANGES);
+    let err = feather.fails(&["reset", "vm"]);
+    assert!(err.contains("is running"), "{err}");
+    feather.ok(&["stop", "vm"]);
+    feather.ok(&["reset", "vm"]);
+    assert_eq!(feather.ok(&["diff", "vm"]), "");
+    feather.ok(&["start", "vm"]);
+    assert_eq!(
+        feather.sh("vm", "cat /data/edit /data/gone"),
+        "host\nhost\n"
+    );
+    assert_eq!(base.read("data/edit").unwrap(), "host\n");
+}

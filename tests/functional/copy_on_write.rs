@@ -1,1 +1,119 @@
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+
 use crate::support::{Feather, ScratchBase};
+
+#[test]
+fn writes_deletes_renames_and_chmods_stay_in_the_vm() {
+    let feather = Feather::new("cow");
+    let base = ScratchBase::new("cow");
+    base.write("data/keep", "host\n");
+    base.write("data/edit", "host\n");
+    base.write("data/gone", "host\n");
+    base.write("data/move", "host\n");
+    base.write("data/mode", "host\n");
+    fs::create_dir_all(base.file("data/tree/sub")).unwrap();
+    base.write("data/tree/sub/leaf", "host\n");
+    feather.start_over("cow", &base, &[]);
+    feather.sh(
+        "cow",
+        "echo vm > /data/edit && rm /data/gone && mv /data/move /data/moved && chmod 600 /data/mode \
+         && echo new > /data/new && rm -r /data/tree && mkdir /data/tree && echo fresh > /data/tree/other",
+    );
+    // The VM sees its own changes...
+    assert_eq!(
+        feather.sh(
+            "cow",
+            "cat /data/edit /data/moved /data/new /data/tree/other"
+        ),
+        "vm\nhost\nnew\nfresh\n"
+    );
+    assert_eq!(
+        feather.sh("cow", "ls /data/tree; stat -c %a /data/mode; ls /data"),
+        "other\n600\nedit\nkeep\nmode\nmoved\nnew\ntree\n"
+    );
+    // ...and the host none of them.
+    assert_eq!(base.read("data/edit").unwrap(), "host\n");
+    assert!(base.file("data/gone").exists() && base.file("data/move").exists());
+    assert!(!base.file("data/moved").exists() && !base.file("data/new").exists());
+    assert_eq!(
+        fs::metadata(base.file("data/mode"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o644
+    );
+    assert_eq!(base.read("data/tree/sub/leaf").unwrap(), "host\n");
+    // The changes live in the VM's layer and survive a restart.
+    feather.ok(&["stop", "cow"]);
+    feather.ok(&["start", "cow"]);
+    assert_eq!(
+        feather.sh("cow", "cat /data/edit; test -e /data/gone || echo gone"),
+        "vm\ngone\n"
+    );
+}
+
+#[test]
+fn a_vm_sees_host_files_and_later_host_updates_it_never_wrote() {
+    let feather = Feather::new("cow-live");
+    let base = ScratchBase::new("cow-live");
+    base.write("etc/config", "v1\n");
+    feather.start_over("live", &base, &[]);
+    assert_eq!(feather.sh("live", "cat /etc/config"), "v1\n");
+    // Rewritten in place on the host: the VM, which never wrote it, reads the new content.
+    base.write("etc/config", "v2\n");
+    assert_eq!(feather.sh("live", "cat /etc/config"), "v2\n");
+    // A file the host adds later appears too.
+    base.write("etc/added-later", "new\n");
+    assert_eq!(feather.sh("live", "cat /etc/added-later"), "new\n");
+}
+
+#[test]
+fn the_default_base_is_the_host_itself() {
+    let feather = Feather::new("cow-host");
+    let host = fs::read_to_string("/etc/debian_version").unwrap();
+    let inside = feather.ok(&["run", "--rm", "--", "cat", "/etc/debian_version"]);
+    assert_eq!(inside, host);
+}
+
+#[test]
+fn two_vms_do_not_see_each_others_changes() {
+    let feather = Feather::new("cow-two");
+    let base = ScratchBase::new("cow-two");
+    for vm in ["left", "right"] {
+        feather.start_over(vm, &base, &[]);
+    }
+    feather.sh("left", "echo left > /data/mine; rm /etc/passwd");
+    assert_eq!(
+        feather.sh("right", "ls /data; test -e /etc/passwd && echo has-passwd"),
+        "has-passwd\n"
+    );
+    assert_eq!(feather.sh("left", "cat /data/mine"), "left\n");
+}
+
+#[test]
+fn other_filesystems_under_the_base_are_copy_on_write_too() {
+    let feather = Feather::new("cow-submount");
+    let mut base = ScratchBase::new("cow-submount");
+    let mounted = base.mount_tmpfs("srv");
+    fs::write(mounted.join("on-tmpfs"), "host\n").unwrap();
+    feather.start_over("sub", &base, &[]);
+    assert_eq!(
+        feather.sh(
+            "sub",
+            "cat /srv/on-tmpfs; echo vm > /srv/on-tmpfs; echo x > /srv/added; cat /srv/on-tmpfs"
+        ),
+        "host\nvm\n"
+    );
+    assert_eq!(
+        fs::read_to_string(mounted.join("on-tmpfs")).unwrap(),
+        "host\n"
+    );
+    assert!(!mounted.join("added").exists());
+    assert_eq!(
+        feather.ok(&["diff", "sub"]),
+        "A /srv/added\nM /srv/on-tmpfs\n"
+    );
+    feather.ok(&["stop", "sub"]);
+}

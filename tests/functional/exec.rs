@@ -1,1 +1,155 @@
-use crate::support::{Feather, ScratchBase};
+use std::io::Write;
+use std::process::Stdio;
+
+use crate::support::{running_vm, Feather, ScratchBase};
+
+#[test]
+fn exec_joins_the_same_running_vm() {
+    let (feather, _base) = running_vm("exec-same");
+    // /run is private to the VM and not in its layer: only the same VM sees the file.
+    feather.sh("vm", "echo here > /run/marker");
+    assert_eq!(
+        feather.sh("vm", "cat /run/marker; hostname; cat /proc/1/comm"),
+        "here\nvm\nfeather-init\n"
+    );
+    let ps: serde_json::Value = serde_json::from_str(&feather.ok(&["ps", "vm", "--json"])).unwrap();
+    assert_eq!(ps[0]["pid"], 1);
+}
+
+#[test]
+fn exec_takes_user_environment_and_working_directory() {
+    let (feather, _base) = running_vm("exec-opts");
+    assert_eq!(
+        feather.ok(&["exec", "-u", "nobody", "vm", "--", "id", "-u"]),
+        "65534\n"
+    );
+    assert_eq!(
+        feather.ok(&["exec", "-w", "/tmp", "vm", "--", "pwd"]),
+        "/tmp\n"
+    );
+    assert_eq!(
+        feather.ok(&[
+            "exec",
+            "-e",
+            "GREETING=hi there",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "echo $GREETING"
+        ]),
+        "hi there\n"
+    );
+    assert_eq!(
+        feather.ok(&["exec", "vm", "--", "sh", "-c", "echo $container"]),
+        "feather\n"
+    );
+    let missing = feather.run(&["exec", "-u", "nosuchuser", "vm", "--", "true"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("nosuchuser"), "{}", missing.stderr);
+}
+
+#[test]
+fn exec_passes_stdin_and_exit_codes() {
+    let (feather, _base) = running_vm("exec-stdio");
+    let mut child = feather
+        .command()
+        .args([
+            "exec",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "read line; echo got:$line; exit 42",
+        ])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(b"hello\n").unwrap();
+    let output = child.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&output.stdout), "got:hello\n");
+    assert_eq!(output.status.code(), Some(42));
+}
+
+#[test]
+fn exec_with_a_terminal_gets_one_of_the_vms_own() {
+    let (feather, _base) = running_vm("exec-tty");
+    let out = feather.ok(&[
+        "exec",
+        "-t",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "readlink /proc/self/fd/0; test -t 1 && echo is-a-tty",
+    ]);
+    assert_eq!(out.replace('\r', ""), "/dev/pts/0\nis-a-tty\n");
+}
+
+#[test]
+fn signals_reach_the_command() {
+    let (feather, _base) = running_vm("exec-signal");
+    let child = feather
+        .command()
+        .args([
+            "exec",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "trap 'echo caught; exit 5' TERM; echo ready; while :; do sleep 0.05; done",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let mut stdout = child.stdout.unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "caught\n");
+    let status = nix::sys::wait::waitpid(pid, None).unwrap();
+    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 5));
+}
+
+#[test]
+fn exec_into_a_stopped_vm_is_refused() {
+    let feather = Feather::new("exec-stopped");
+    let base = ScratchBase::new("exec-stopped");
+    feather.ok(&["create", "idle", "--base", base.as_str()]);
+    let outcome = feather.run(&["exec", "idle", "--", "true"]);
+    assert_eq!(outcome.code, 125);
+    assert_eq!(
+        outcome.stderr,
+        "feather: VM idle is not running (start it with `feather start idle`)\n"
+    );
+}
+
+#[test]
+fn commands_get_default_signal_actions() {
+    let (feather, _base) = running_vm("exec-sigpipe");
+    // With SIGPIPE ignored (as Rust leaves it), `yes` would see EPIPE and report an error
+    // instead of dying quietly when `head` exits.
+    let outcome = feather.run(&["exec", "vm", "--", "sh", "-c", "yes | head -n 2"]);
+    assert_eq!(
+        (outcome.stdout.as_str(), outcome.stderr.as_str()),
+        ("y\ny\n", "")
+    );
+    let masks = feather.ok(&[
+        "exec",
+        "vm",
+        "--",
+        "grep",
+        "-E",
+        "^(SigIgn|SigBlk)",
+        "/proc/self/status",
+    ]);
+    assert_eq!(
+        masks,
+        "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
+    );
+}

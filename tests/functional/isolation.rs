@@ -1,1 +1,105 @@
+use std::process::Command;
+
 use crate::support::{Feather, ScratchBase};
+
+#[test]
+fn the_vm_has_its_own_pids_hostname_and_network() {
+    let feather = Feather::new("iso-ns");
+    let base = ScratchBase::new("iso-ns");
+    feather.start_over("box1", &base, &[]);
+    // Its init is pid 1, and no host process is visible.
+    let pids = feather.sh("box1", "ls /proc | grep -E '^[0-9]+$'");
+    let pids: Vec<u32> = pids.lines().map(|l| l.parse().unwrap()).collect();
+    assert!(pids.contains(&1), "{pids:?}");
+    assert!(
+        pids.len() <= 4,
+        "only the VM's processes are visible: {pids:?}"
+    );
+    assert_eq!(feather.sh("box1", "cat /proc/1/comm"), "feather-init\n");
+    assert_eq!(feather.sh("box1", "hostname"), "box1\n");
+    assert_eq!(feather.sh("box1", "ls /sys/class/net"), "lo\n");
+    // Loopback works inside.
+    assert_eq!(feather.sh("box1", "grep -c '' /proc/net/dev"), "3\n");
+}
+
+#[test]
+fn system_v_ipc_of_the_host_is_invisible() {
+    let feather = Feather::new("iso-ipc");
+    let base = ScratchBase::new("iso-ipc");
+    let made = Command::new("ipcmk")
+        .args(["-M", "4096"])
+        .output()
+        .expect("ipcmk (util-linux) runs");
+    let id: String = String::from_utf8_lossy(&made.stdout)
+        .chars()
+        .filter(|c| c.is_ascii_digit())
+        .collect();
+    let _cleanup = scopeguard(move || {
+        let _ = Command::new("ipcrm").args(["-m", &id]).status();
+    });
+    let host_segments = std::fs::read_to_string("/proc/sysvipc/shm")
+        .unwrap()
+        .lines()
+        .count();
+    assert!(host_segments >= 2, "the host has the segment just made");
+    let out = feather.ok(&[
+        "run",
+        "--rm",
+        "--base",
+        base.as_str(),
+        "--",
+        "cat",
+        "/proc/sysvipc/shm",
+    ]);
+    assert_eq!(out.lines().count(), 1, "only the header: {out}");
+}
+
+#[test]
+fn the_state_folder_and_other_vms_layers_are_hidden() {
+    let feather = Feather::new("iso-state");
+    feather.ok(&["create", "peer"]);
+    feather.ok(&["start", "peer"]);
+    feather.sh("peer", "echo secret > /root/peer-secret");
+    let root = feather.root.to_str().unwrap().to_owned();
+    let script = format!("ls -A {root} | wc -l; cat {root}/vms/peer/upper/root/peer-secret >/dev/null 2>&1 && echo visible || echo hidden");
+    assert_eq!(
+        feather.ok(&["run", "--rm", "--", "sh", "-c", &script]),
+        "0\nhidden\n",
+        "the state root is an empty folder inside"
+    );
+}
+
+/// Runs `f` when dropped, also when the test panics.
+pub fn scopeguard(f: impl FnOnce()) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f();
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+#[test]
+fn shm_run_and_cgroups_are_the_vms_own() {
+    let (feather, _base) = crate::support::running_vm("iso-shm");
+    let host_shm = std::path::PathBuf::from(format!("/dev/shm/feather-test-{}", std::process::id()));
+    std::fs::write(&host_shm, "host").unwrap();
+    let _cleanup = scopeguard({
+        let host_shm = host_shm.clone();
+        move || {
+            let _ = std::fs::remove_file(host_shm);
+        }
+    });
+    let name = host_shm.file_name().unwrap().to_str().unwrap();
+    let script = format!(
+        "test -e /dev/shm/{name} && echo host-shm-visible; ls -A /run; echo vm > /dev/shm/mine; \
+         grep -c ' /dev/mqueue mqueue ' /proc/self/mounts; grep -c ' /dev/pts devpts ' /proc/self/mounts; \
+         grep -v ':/$' /proc/self/cgroup | wc -l"
+    );
+    // /run holds only what feather put there (/run/lock); the cgroup view is rooted at the VM's group.
+    assert_eq!(feather.sh("vm", &script), "lock\n1\n1\n0\n");
+    assert!(!std::path::Path::new("/dev/shm/mine").exists());
+}

@@ -12,12 +12,21 @@ fn create_start_stop_rm_round_trip() {
     assert_eq!(listing[0]["status"], "running");
     assert!(listing[0]["processes"].as_u64().unwrap() >= 1);
     let cgroups = feather.cgroup_dirs("web1");
-    assert!(cgroups.iter().all(|dir| dir.exists()), "cgroup made in every hierarchy: {cgroups:?}");
+    assert!(
+        cgroups.iter().all(|dir| dir.exists()),
+        "cgroup made in every hierarchy: {cgroups:?}"
+    );
 
     feather.ok(&["stop", "web1"]);
     assert_eq!(feather.status("web1"), "stopped");
-    assert!(cgroups.iter().all(|dir| !dir.exists()), "stop removed the cgroup");
-    assert!(!feather.root.join("run/web1").exists(), "stop removed the control socket");
+    assert!(
+        cgroups.iter().all(|dir| !dir.exists()),
+        "stop removed the cgroup"
+    );
+    assert!(
+        !feather.root.join("run/web1").exists(),
+        "stop removed the control socket"
+    );
 
     feather.ok(&["rm", "web1"]);
     assert!(!feather.vm_dir("web1").exists());
@@ -29,20 +38,53 @@ fn run_starts_the_vm_and_returns_the_exit_code() {
     let feather = Feather::new("run-exit");
     let base = ScratchBase::new("run-exit");
     feather.ok(&["create", "job", "--base", base.as_str()]);
-    assert_eq!(feather.run(&["run", "job", "--", "sh", "-c", "exit 3"]).code, 3);
-    assert_eq!(feather.status("job"), "running", "run leaves the VM running");
+    assert_eq!(
+        feather
+            .run(&["run", "job", "--", "sh", "-c", "exit 3"])
+            .code,
+        3
+    );
+    assert_eq!(
+        feather.status("job"),
+        "running",
+        "run leaves the VM running"
+    );
     assert_eq!(feather.run(&["run", "job", "--", "true"]).code, 0);
-    assert_eq!(feather.run(&["run", "job", "--", "sh", "-c", "kill -9 $$"]).code, 137);
+    assert_eq!(
+        feather
+            .run(&["run", "job", "--", "sh", "-c", "kill -9 $$"])
+            .code,
+        137
+    );
     let missing = feather.run(&["run", "job", "--", "no-such-program"]);
     assert_eq!(missing.code, 127);
-    assert!(missing.stderr.contains("no-such-program: command not found"), "{}", missing.stderr);
+    assert!(
+        missing
+            .stderr
+            .contains("no-such-program: command not found"),
+        "{}",
+        missing.stderr
+    );
 }
 
 #[test]
 fn run_creates_a_missing_vm_with_the_given_options() {
     let feather = Feather::new("run-create");
     let base = ScratchBase::new("run-create");
-    assert_eq!(feather.ok(&["run", "--base", base.as_str(), "--pids", "50", "fresh", "--", "echo", "made"]), "made\n");
+    assert_eq!(
+        feather.ok(&[
+            "run",
+            "--base",
+            base.as_str(),
+            "--pids",
+            "50",
+            "fresh",
+            "--",
+            "echo",
+            "made"
+        ]),
+        "made\n"
+    );
     let config = feather.inspect("fresh")["config"].clone();
     assert_eq!(config["limits"]["pids"], 50);
     assert_eq!(config["base"], base.as_str());
@@ -52,11 +94,22 @@ fn run_creates_a_missing_vm_with_the_given_options() {
 fn run_rm_leaves_nothing_behind() {
     let feather = Feather::new("run-rm");
     let base = ScratchBase::new("run-rm");
-    let outcome = feather.run(&["run", "--rm", "--base", base.as_str(), "--", "sh", "-c", "echo inside; hostname; exit 7"]);
+    let outcome = feather.run(&[
+        "run",
+        "--rm",
+        "--base",
+        base.as_str(),
+        "--",
+        "sh",
+        "-c",
+        "echo inside; hostname; exit 7",
+    ]);
     assert_eq!(outcome.code, 7, "{}", outcome.stderr);
     assert!(outcome.stdout.starts_with("inside\n"));
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
-    let left: Vec<_> = std::fs::read_dir(feather.root.join("vms")).unwrap().collect();
+    let left: Vec<_> = std::fs::read_dir(feather.root.join("vms"))
+        .unwrap()
+        .collect();
     assert!(left.is_empty(), "state left behind: {left:?}");
 }
 
@@ -64,15 +117,91 @@ fn run_rm_leaves_nothing_behind() {
 fn stop_ends_every_process_of_the_vm() {
     let feather = Feather::new("stop-all");
     let base = ScratchBase::new("stop-all");
-    feather.ok(&["create", "busy", "--base", base.as_str()]);
-    feather.ok(&["start", "busy"]);
+    feather.start_over("busy", &base, &[]);
     // Daemons that ignore SIGTERM are killed after the grace period.
-    feather.sh("busy", "(trap '' TERM; sleep 1000) >/dev/null 2>&1 & sleep 1000 >/dev/null 2>&1 &");
-    let before: serde_json::Value = serde_json::from_str(&feather.ok(&["ps", "busy", "--json"])).unwrap();
-    let host_pids: Vec<i64> = before.as_array().unwrap().iter().map(|p| p["host_pid"].as_i64().unwrap()).collect();
+    feather.sh(
+        "busy",
+        "(trap '' TERM; sleep 1000) >/dev/null 2>&1 & sleep 1000 >/dev/null 2>&1 &",
+    );
+    let before: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["ps", "busy", "--json"])).unwrap();
+    let host_pids: Vec<i64> = before
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["host_pid"].as_i64().unwrap())
+        .collect();
     assert!(host_pids.len() >= 3, "init and two sleeps: {before}");
     feather.ok(&["stop", "--time", "1", "busy"]);
     for pid in host_pids {
-        assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "process {pid} survived stop");
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} survived stop"
+        );
+    }
+}
+
+#[test]
+fn run_rm_with_a_terminal_gives_one_and_leaves_nothing() {
+    let feather = Feather::new("run-rm-tty");
+    let base = ScratchBase::new("run-rm-tty");
+    let outcome = feather.run(&[
+        "run",
+        "--rm",
+        "-t",
+        "--base",
+        base.as_str(),
+        "--",
+        "sh",
+        "-c",
+        "test -t 0 && echo tty; exit 4",
+    ]);
+    assert_eq!(
+        (outcome.code, outcome.stdout.replace('\r', "")),
+        (4, "tty\n".to_owned()),
+        "{}",
+        outcome.stderr
+    );
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
+    let feather = Feather::new("run-rm-live");
+    let base = ScratchBase::new("run-rm-live");
+    for (limits, has_cgroup) in [(vec![], false), (vec!["--memory", "64M"], true)] {
+        let mut args = vec!["run", "--rm", "--base", base.as_str()];
+        args.extend(limits);
+        args.extend(["tmp", "--", "sleep", "60"]);
+        let mut run = feather.command().args(&args).spawn().unwrap();
+        feather.eventually("the throw-away VM runs", || {
+            feather
+                .run(&["inspect", "tmp"])
+                .stdout
+                .contains("\"running\"")
+        });
+        // Without limits it skips the cgroup (faster start); its processes are found all the same.
+        assert_eq!(
+            feather.inspect("tmp")["cgroup"]
+                .as_array()
+                .unwrap()
+                .is_empty(),
+            !has_cgroup
+        );
+        let ps: serde_json::Value =
+            serde_json::from_str(&feather.ok(&["ps", "tmp", "--json"])).unwrap();
+        let commands: Vec<&str> = ps
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["command"].as_str().unwrap())
+            .collect();
+        assert_eq!(commands.len(), 2, "{commands:?}");
+        assert_eq!(commands[1], "sleep 60");
+        assert_eq!(feather.sh("tmp", "echo inside"), "inside\n");
+        feather.ok(&["stop", "--time", "1", "tmp"]);
+        let status = run.wait().unwrap();
+        assert_eq!(status.code(), Some(128 + 15), "sleep ended by SIGTERM");
+        assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
     }
 }

@@ -1,1 +1,79 @@
-use crate::support::{Feather, ScratchBase};
+use std::path::Path;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::support::{running_vm, Feather};
+
+fn pid_of(feather: &Feather, vm: &str, key: &str) -> Pid {
+    Pid::from_raw(feather.inspect(vm)["state"][key].as_i64().unwrap() as i32)
+}
+
+fn alive(pid: Pid) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+#[test]
+fn a_killed_keeper_shows_as_crashed_and_start_recovers_without_losing_data() {
+    let (feather, _base) = running_vm("recover-keeper");
+    feather.sh("vm", "echo precious > /data/kept");
+    let (keeper, init) = (
+        pid_of(&feather, "vm", "keeper_pid"),
+        pid_of(&feather, "vm", "init_pid"),
+    );
+    kill(keeper, Signal::SIGKILL).unwrap();
+    feather.eventually("the VM shows as crashed", || {
+        feather.status("vm") == "crashed"
+    });
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    let listing = feather.ok(&["ls"]);
+    assert!(listing.contains("crashed"), "{listing}");
+
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
+}
+
+#[test]
+fn a_killed_init_stops_the_vm_and_its_keeper_cleans_up() {
+    let (feather, _base) = running_vm("recover-init");
+    let cgroups = feather.cgroup_dirs("vm");
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    kill(pid_of(&feather, "vm", "init_pid"), Signal::SIGKILL).unwrap();
+    feather.eventually("the VM is stopped", || feather.status("vm") == "stopped");
+    assert_eq!(
+        feather.inspect("vm")["state"]["last_exit"],
+        "init killed by SIGKILL"
+    );
+    feather.eventually("the keeper exits", || !alive(keeper));
+    assert!(
+        cgroups.iter().all(|d| !d.exists()),
+        "cgroup removed: {cgroups:?}"
+    );
+}
+
+#[test]
+fn rm_of_a_crashed_vm_leaves_no_cgroup_socket_or_state() {
+    let (feather, _base) = running_vm("recover-rm");
+    feather.sh("vm", "sleep 1000 >/dev/null 2>&1 &");
+    let cgroups = feather.cgroup_dirs("vm");
+    kill(pid_of(&feather, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
+    feather.eventually("the VM shows as crashed", || {
+        feather.status("vm") == "crashed"
+    });
+    feather.ok(&["rm", "vm"]);
+    assert!(
+        cgroups.iter().all(|d| !d.exists()),
+        "cgroup removed: {cgroups:?}"
+    );
+    assert!(!feather.root.join("run/vm").exists());
+    assert!(!feather.vm_dir("vm").exists());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(feather.root.to_str().unwrap()),
+        "no mount of this root on the host"
+    );
+}

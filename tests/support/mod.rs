@@ -16,7 +16,8 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// A folder of its own under /tmp/feather-tests, removed on drop.
 fn unique_dir(kind: &str, label: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from("/tmp/feather-tests").join(format!("{kind}-{label}-{}-{n}", std::process::id()));
+    let dir = PathBuf::from("/tmp/feather-tests")
+        .join(format!("{kind}-{label}-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
@@ -48,7 +49,9 @@ pub struct Feather {
 
 impl Feather {
     pub fn new(label: &str) -> Self {
-        Feather { root: unique_dir("root", label) }
+        Feather {
+            root: unique_dir("root", label),
+        }
     }
 
     pub fn bin() -> &'static str {
@@ -63,21 +66,41 @@ impl Feather {
     }
 
     pub fn run(&self, args: &[&str]) -> Outcome {
-        self.command().args(args).output().expect("feather runs").into()
+        self.command()
+            .args(args)
+            .output()
+            .expect("feather runs")
+            .into()
     }
 
     /// Runs `feather args…` and returns its stdout; panics with its stderr if it failed.
     pub fn ok(&self, args: &[&str]) -> String {
         let outcome = self.run(args);
-        assert_eq!(outcome.code, 0, "feather {args:?} failed: {}{}", outcome.stderr, outcome.stdout);
+        assert_eq!(
+            outcome.code, 0,
+            "feather {args:?} failed: {}{}",
+            outcome.stderr, outcome.stdout
+        );
         outcome.stdout
     }
 
     /// Runs `feather args…`, asserts it failed, and returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let outcome = self.run(args);
-        assert_ne!(outcome.code, 0, "feather {args:?} should have failed, printed: {}", outcome.stdout);
+        assert_ne!(
+            outcome.code, 0,
+            "feather {args:?} should have failed, printed: {}",
+            outcome.stdout
+        );
         outcome.stderr
+    }
+
+    /// Creates VM `vm` over `base` (with `options` such as limits) and starts it.
+    pub fn start_over(&self, vm: &str, base: &ScratchBase, options: &[&str]) {
+        let mut args = vec!["create", vm, "--base", base.as_str()];
+        args.extend_from_slice(options);
+        self.ok(&args);
+        self.ok(&["start", vm]);
     }
 
     /// Runs a shell command line inside a running (or startable) VM; returns its stdout.
@@ -90,7 +113,10 @@ impl Feather {
     }
 
     pub fn status(&self, vm: &str) -> String {
-        self.inspect(vm)["state"]["status"].as_str().unwrap_or_default().to_owned()
+        self.inspect(vm)["state"]["status"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
     }
 
     pub fn vm_dir(&self, vm: &str) -> PathBuf {
@@ -99,7 +125,12 @@ impl Feather {
 
     /// The VM's cgroup folders on the host (in every hierarchy).
     pub fn cgroup_dirs(&self, vm: &str) -> Vec<PathBuf> {
-        self.inspect(vm)["cgroup"].as_array().unwrap().iter().map(|p| PathBuf::from(p.as_str().unwrap())).collect()
+        self.inspect(vm)["cgroup"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| PathBuf::from(p.as_str().unwrap()))
+            .collect()
     }
 
     /// Waits up to 10 s for `check` to hold.
@@ -113,7 +144,13 @@ impl Feather {
 
     fn vm_names(&self) -> Vec<String> {
         fs::read_dir(self.root.join("vms"))
-            .map(|entries| entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.starts_with('.')).collect())
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| !n.starts_with('.'))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 }
@@ -133,16 +170,31 @@ impl Drop for Feather {
 /// Last resort when `rm` failed: kill the keeper and init this VM recorded, by pid, after
 /// checking they are still ours.
 fn kill_recorded_processes(vm_dir: &Path) {
-    let Ok(text) = fs::read_to_string(vm_dir.join("state.json")) else { return };
-    let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else { return };
+    let Ok(text) = fs::read_to_string(vm_dir.join("state.json")) else {
+        return;
+    };
+    let Ok(state) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return;
+    };
     for key in ["init_pid", "keeper_pid"] {
         if let Some(pid) = state[key].as_i64() {
             let cmdline = fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
             if cmdline.contains("feather") {
-                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
             }
         }
     }
+}
+
+/// A fresh state root with a running VM named `vm` over a fresh scratch base.
+pub fn running_vm(label: &str) -> (Feather, ScratchBase) {
+    let feather = Feather::new(label);
+    let base = ScratchBase::new(label);
+    feather.start_over("vm", &base, &[]);
+    (feather, base)
 }
 
 /// A minimal root tree: busybox (static) as every command, plus whatever the test adds.
@@ -153,24 +205,34 @@ pub struct ScratchBase {
 }
 
 const BUSYBOX_COMMANDS: [&str; 36] = [
-    "sh", "cat", "echo", "ls", "rm", "mv", "cp", "mkdir", "rmdir", "chmod", "chown", "ln", "touch", "stat", "test", "true",
-    "false", "sleep", "ps", "id", "hostname", "head", "tail", "wc", "grep", "sed", "printf", "kill", "readlink", "seq",
-    "tr", "env", "pwd", "mknod", "mount", "dd",
+    "sh", "cat", "echo", "ls", "rm", "mv", "cp", "mkdir", "rmdir", "chmod", "chown", "ln", "touch",
+    "stat", "test", "true", "false", "sleep", "ps", "id", "hostname", "head", "tail", "wc", "grep",
+    "sed", "printf", "kill", "readlink", "seq", "tr", "env", "pwd", "mknod", "mount", "dd",
 ];
 
 impl ScratchBase {
     pub fn new(label: &str) -> Self {
         let path = unique_dir("base", label);
-        for dir in ["bin", "etc", "tmp", "root", "proc", "sys", "dev", "run", "data"] {
+        for dir in [
+            "bin", "etc", "tmp", "root", "proc", "sys", "dev", "run", "data",
+        ] {
             fs::create_dir_all(path.join(dir)).unwrap();
         }
-        fs::copy("/bin/busybox", path.join("bin/busybox")).expect("busybox-static is installed (./setup.sh)");
+        fs::copy("/bin/busybox", path.join("bin/busybox"))
+            .expect("busybox-static is installed (./setup.sh)");
         for command in BUSYBOX_COMMANDS {
             symlink("busybox", path.join("bin").join(command)).unwrap();
         }
-        fs::write(path.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n").unwrap();
+        fs::write(
+            path.join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n",
+        )
+        .unwrap();
         fs::write(path.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
-        ScratchBase { path, mounts: Vec::new() }
+        ScratchBase {
+            path,
+            mounts: Vec::new(),
+        }
     }
 
     pub fn as_str(&self) -> &str {
@@ -195,7 +257,11 @@ impl ScratchBase {
     pub fn mount_tmpfs(&mut self, rel: &str) -> PathBuf {
         let target = self.file(rel);
         fs::create_dir_all(&target).unwrap();
-        let status = Command::new("mount").args(["-t", "tmpfs", "-o", "size=4m", "feather-test"]).arg(&target).status().unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "size=4m", "feather-test"])
+            .arg(&target)
+            .status()
+            .unwrap();
         assert!(status.success(), "mount tmpfs at {}", target.display());
         self.mounts.push(target.clone());
         target

@@ -15,19 +15,39 @@ pub fn make_all_private() -> Result<()> {
     mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE).ctx("make private", "/")
 }
 
+/// Whether an overlay flushes its upper layer to disk when it is unmounted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LayerSync {
+    /// The default: unmounting syncs the upper filesystem, so a stopped VM's layer is on disk.
+    Durable,
+    /// overlayfs's `volatile`: no sync ever. Unmounting a durable overlay syncs the *whole*
+    /// upper filesystem, which can take long on a busy disk; a layer that is thrown away with
+    /// its VM needs none of it. Such a layer cannot be mounted a second time.
+    Volatile,
+}
+
 /// Mounts an overlay of `lower` (read-only) and `upper` (where writes go) at `target`.
 /// `nodev`: a device node written into the layer can never be opened, so a VM cannot reach a
 /// raw disk by creating one.
-pub fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<()> {
+pub fn overlay(
+    lower: &Path,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+    sync: LayerSync,
+) -> Result<()> {
     // redirect_dir, metacopy and index off: every change is a plain file, directory or
     // whiteout in the upper layer, which `diff` and `commit` read directly; xino off keeps
     // inode numbers those of the layers.
-    let options = format!(
+    let mut options = format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off,xino=off",
         escape_option(lower),
         escape_option(upper),
         escape_option(work)
     );
+    if sync == LayerSync::Volatile {
+        options.push_str(",volatile");
+    }
     mount(
         Some("feather"),
         target,

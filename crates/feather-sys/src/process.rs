@@ -4,7 +4,8 @@ use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::sched::CloneFlags;
-use nix::sys::signal::Signal;
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::unistd::Pid;
 
 use crate::raw::{self, Cloned};
@@ -95,6 +96,22 @@ pub fn close_other_fds(keep: &[RawFd]) {
             let _ = nix::unistd::close(fd);
         }
     }
+}
+
+/// Gives every signal its default action back, before exec (see [`raw::reset_signal_dispositions`]).
+pub fn reset_signal_dispositions() {
+    raw::reset_signal_dispositions();
+}
+
+/// Blocks `signals` for the caller and returns a descriptor to read them from, so that a
+/// single-threaded process can wait for signals, pidfds and sockets in one poll.
+pub fn block_signals(signals: &[Signal]) -> Result<SignalFd> {
+    let mut set = SigSet::empty();
+    for signal in signals {
+        set.add(*signal);
+    }
+    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).ctx("sigprocmask", "block")?;
+    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).ctx("signalfd", "blocked signals")
 }
 
 /// Makes `fd` the caller's stdin, stdout and stderr.

@@ -111,6 +111,44 @@ pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
     }
 }
 
+/// `struct sigaction` as the kernel's rt_sigaction(2) takes it on x86-64 and aarch64.
+#[repr(C)]
+struct KernelSigaction {
+    handler: usize,
+    flags: u64,
+    restorer: usize,
+    mask: u64,
+}
+
+/// Restores the default action of every catchable signal, the real-time ones glibc reserves for
+/// itself (32, 33) included. Rust's runtime ignores SIGPIPE, and a parent may have ignored
+/// others; a program started by plain exec would inherit that and misbehave.
+pub fn reset_signal_dispositions() {
+    let default = KernelSigaction {
+        handler: libc::SIG_DFL,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for signal in 1..=64 {
+        if signal == libc::SIGKILL || signal == libc::SIGSTOP {
+            continue;
+        }
+        // SAFETY: `default` is a valid kernel sigaction for SIG_DFL (no handler, no restorer
+        // needed), the old action pointer is null, and the mask size is the kernel's 8 bytes.
+        // Only this process's signal table changes; it is about to exec.
+        unsafe {
+            libc::syscall(
+                libc::SYS_rt_sigaction,
+                signal,
+                &default as *const KernelSigaction,
+                std::ptr::null_mut::<KernelSigaction>(),
+                8,
+            )
+        };
+    }
+}
+
 /// Makes `fd`, a terminal, the controlling terminal of the calling session leader.
 pub fn set_controlling_terminal(fd: RawFd) -> Result<(), Errno> {
     // SAFETY: TIOCSCTTY takes an integer argument (0: do not steal from another session).

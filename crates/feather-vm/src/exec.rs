@@ -9,8 +9,8 @@ use feather_core::{Error, StateRoot, VmName, VmStatus};
 use feather_sys::process;
 use feather_sys::pty;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
+use nix::sys::signalfd::SignalFd;
 use nix::sys::termios::{self, SetArg, Termios};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
@@ -22,6 +22,8 @@ use crate::workload::{become_workload, Workload};
 /// Exit code when feather itself could not run the command (as `docker exec` uses).
 pub const EXIT_CANNOT_EXEC: i32 = 126;
 
+/// Runs `workload` in the running VM `name` and returns its exit code. The caller is left in the
+/// VM's namespaces: call this last, or from a child process.
 pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> Result<i32> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
@@ -36,7 +38,9 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     if process::start_ticks(init) != state.init_start_ticks {
         return Err(Error::NotRunning(name.to_string()).into());
     }
-    cgroup_of(&config).add(Pid::this()).in_vm(name)?;
+    if let Some(cgroup) = cgroup_of(&config) {
+        cgroup.add(Pid::this()).in_vm(name)?;
+    }
     process::join_namespaces(&pidfd, process::vm_namespaces()).in_vm(name)?;
     // From here on, paths resolve inside the VM.
     let terminal = if tty {
@@ -44,7 +48,7 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     } else {
         None
     };
-    let signals = block_signals().map_err(|e| failed(name, format!("signalfd: {e}")))?;
+    let signals = process::block_signals(&HANDLED).in_vm(name)?;
     let child = match process::fork().in_vm(name)? {
         None => run_child(workload, terminal.as_ref()),
         Some(pid) => pid,
@@ -70,7 +74,9 @@ fn run_child(workload: &Workload, terminal: Option<&Terminal>) -> ! {
     });
 }
 
-const FORWARDED: [Signal; 7] = [
+/// What `exec` waits for: its child's end, and signals to pass on to it.
+const HANDLED: [Signal; 8] = [
+    Signal::SIGCHLD,
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,
@@ -79,16 +85,6 @@ const FORWARDED: [Signal; 7] = [
     Signal::SIGUSR2,
     Signal::SIGWINCH,
 ];
-
-fn block_signals() -> nix::Result<SignalFd> {
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGCHLD);
-    for signal in FORWARDED {
-        set.add(signal);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)
-}
 
 /// Waits for the child, forwarding signals to it and, with a terminal, copying between the
 /// user's terminal and the VM's. Returns the child's exit code (128 + signal if killed).

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::signal::{kill, sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -44,6 +44,7 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     if feather_sys::process::set_parent_death_signal(Signal::SIGKILL).is_err() {
         std::process::exit(1);
     }
+    let _ = nix::sys::prctl::set_name(c"feather-init");
     let mut go = [0u8; 1];
     if keeper.read_exact(&mut go).is_err() || go[0] != GO {
         std::process::exit(1);
@@ -55,7 +56,9 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
             std::process::exit(1);
         }
     }
-    let signals = match block_signals() {
+    // As pid 1 of its namespace, init would ignore every signal it has no handler for; blocked
+    // and read from a signalfd, they arrive.
+    let signals = match feather_sys::process::block_signals(&HANDLED).map_err(|e| e.to_string()) {
         Ok(signals) => signals,
         Err(why) => {
             report(&mut keeper, InitReport::Failed(why));
@@ -107,18 +110,6 @@ const HANDLED: [Signal; 7] = [
     Signal::SIGUSR1,
     Signal::SIGUSR2,
 ];
-
-/// Blocks the signals init handles and returns a descriptor to read them from. As pid 1 of its
-/// namespace, init would otherwise ignore every signal it has no handler for.
-fn block_signals() -> Result<SignalFd, String> {
-    let mut set = SigSet::empty();
-    for signal in HANDLED {
-        set.add(signal);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-        .map_err(|e| format!("sigprocmask: {e}"))?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).map_err(|e| format!("signalfd: {e}"))
-}
 
 fn start_workload(workload: &Workload) -> Pid {
     match feather_sys::process::fork() {

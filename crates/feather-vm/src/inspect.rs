@@ -39,14 +39,22 @@ pub fn summaries(root: &StateRoot) -> Result<Vec<Summary>> {
 }
 
 fn summary(config: &VmConfig, state: VmState) -> Summary {
-    let cgroup = cgroup_of(config);
     let running = state.status == VmStatus::Running;
+    let memory_bytes = if running {
+        cgroup_of(config).and_then(|c| c.memory_usage())
+    } else {
+        None
+    };
     Summary {
         name: config.name.to_string(),
         status: state.status,
         base: config.base.clone(),
-        processes: if running { cgroup.members().len() } else { 0 },
-        memory_bytes: if running { cgroup.memory_usage() } else { None },
+        processes: if running {
+            members(config, &state).len()
+        } else {
+            0
+        },
+        memory_bytes,
         created: config.created,
         last_exit: state.last_exit,
     }
@@ -66,16 +74,26 @@ pub struct Process {
 pub fn processes(root: &StateRoot, name: &VmName) -> Result<Vec<Process>> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
-    if vm.read_state()?.status != VmStatus::Running {
+    let state = vm.read_state()?;
+    if state.status != VmStatus::Running {
         return Err(feather_core::Error::NotRunning(name.to_string()).into());
     }
-    let mut rows: Vec<Process> = cgroup_of(&config)
-        .members()
+    let mut rows: Vec<Process> = members(&config, &state)
         .into_iter()
         .filter_map(describe_process)
         .collect();
     rows.sort_by_key(|p| p.pid);
     Ok(rows)
+}
+
+/// The host pids of a running VM's processes: its cgroup's members, or for a VM without a
+/// cgroup, the processes of its pid namespace.
+fn members(config: &VmConfig, state: &VmState) -> Vec<Pid> {
+    match (cgroup_of(config), state.init_pid) {
+        (Some(cgroup), _) => cgroup.members(),
+        (None, Some(init)) => feather_sys::process::same_pid_namespace(Pid::from_raw(init)),
+        (None, None) => Vec::new(),
+    }
 }
 
 fn describe_process(host_pid: Pid) -> Option<Process> {
@@ -138,7 +156,7 @@ pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
         })
         .collect();
     Ok(Inspection {
-        cgroup: cgroup_of(&config).dirs(),
+        cgroup: cgroup_of(&config).map(|c| c.dirs()).unwrap_or_default(),
         config,
         state,
         path: vm.path().to_path_buf(),

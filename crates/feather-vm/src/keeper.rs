@@ -21,10 +21,10 @@ use feather_core::error::IoContext;
 use feather_core::state::now;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
+use feather_sys::mount::LayerSync;
 use feather_sys::process::{self, ChildProcess, Forked};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
-use nix::sys::signalfd::{SfdFlags, SignalFd};
+use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::error::{failed, InVm, Result};
@@ -43,20 +43,72 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 /// How long a VM may take from clone to its init's report before the start is abandoned.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Signals that stop the VM (or, in the foreground, go to its workload).
+const HANDLED: [Signal; 6] = [
+    Signal::SIGTERM,
+    Signal::SIGINT,
+    Signal::SIGHUP,
+    Signal::SIGQUIT,
+    Signal::SIGUSR1,
+    Signal::SIGUSR2,
+];
+
 /// The cgroup of a VM, named by its id so VMs of one name under two state roots never meet.
-pub fn cgroup_of(config: &VmConfig) -> Cgroup {
+/// `None` for a VM that has none (see [`uses_cgroup`]).
+pub fn cgroup_of(config: &VmConfig) -> Option<Cgroup> {
+    uses_cgroup(config).then(|| cgroup_path(config))
+}
+
+/// Where a VM's cgroup is or would be; for cleaning up whatever a crash left.
+pub fn cgroup_path(config: &VmConfig) -> Cgroup {
     Cgroup::new(Hierarchies::detect(), format!("feather/{}", config.id))
+}
+
+/// Every VM that lives on gets a cgroup (limits, accounting, `ps`), and so does a throw-away VM
+/// with limits. A throw-away VM without limits does not: on cgroup v1 the first move of a process
+/// into a group waits for an RCU grace period (about 10 ms), most of such a VM's start time, and
+/// its pid namespace already finds and ends every process it has.
+pub fn uses_cgroup(config: &VmConfig) -> bool {
+    !config.ephemeral || config.limits != feather_core::Limits::default()
 }
 
 pub struct Keeper {
     vm: VmDir,
     config: VmConfig,
-    cgroup: Cgroup,
+    cgroup: Option<Cgroup>,
     init: ChildProcess,
     listener: UnixListener,
     durability: Durability,
     /// Held for the keeper's whole life; its release tells others the keeper is gone.
     _lock: File,
+}
+
+/// Where a running VM is on its way to an end.
+#[derive(Clone, Copy)]
+enum Phase {
+    Running,
+    /// Init was asked to stop everything; it is killed if still there at `kill_at`.
+    Stopping {
+        kill_at: Instant,
+    },
+    /// Init was sent SIGKILL; only its exit is awaited.
+    Killed,
+}
+
+impl Phase {
+    fn timeout(self) -> PollTimeout {
+        match self {
+            Phase::Stopping { kill_at } => {
+                PollTimeout::try_from(kill_at.saturating_duration_since(Instant::now()))
+                    .unwrap_or(PollTimeout::MAX)
+            }
+            Phase::Running | Phase::Killed => PollTimeout::NONE,
+        }
+    }
+
+    fn overdue(self) -> bool {
+        matches!(self, Phase::Stopping { kill_at } if Instant::now() >= kill_at)
+    }
 }
 
 /// How a VM's run ended.
@@ -84,8 +136,8 @@ impl Keeper {
         } else {
             Durability::Durable
         };
+        remove_leftovers(vm, &config);
         let cgroup = cgroup_of(&config);
-        remove_leftovers(vm, &cgroup);
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
@@ -93,22 +145,27 @@ impl Keeper {
                 rootfs: vm.rootfs(),
                 layers: layers::for_start(root, vm, &config)?,
                 hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
+                sync: if config.ephemeral {
+                    LayerSync::Volatile
+                } else {
+                    LayerSync::Durable
+                },
             },
             workload,
             grace: DEFAULT_GRACE,
             attached,
         };
-        cgroup.create(&limits_of(&config)).in_vm(&name)?;
-        let booted = start_init(&name, &cgroup, plan).and_then(|init| {
+        if let Some(cgroup) = &cgroup {
+            cgroup.create(&limits_of(&config)).in_vm(&name)?;
+        }
+        let booted = start_init(&name, cgroup.as_ref(), plan).and_then(|init| {
             let listener = listen(vm)?;
             Ok((init, listener))
         });
         let (init, listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
-                cgroup.kill_all();
-                let _ = cgroup.remove(Duration::from_secs(5));
-                let _ = fs::remove_dir_all(vm.run_dir());
+                remove_leftovers(vm, &config);
                 return Err(e);
             }
         };
@@ -138,24 +195,16 @@ impl Keeper {
     /// Serves the control socket until the VM's init exits, then cleans up. `foreground`:
     /// the keeper is the user's `feather run --rm`, and signals it receives go to the workload.
     pub fn serve(self, foreground: bool) -> Result<Ended> {
-        let signals =
-            block_signals().map_err(|e| failed(self.vm.name(), format!("signalfd: {e}")))?;
+        let signals = process::block_signals(&HANDLED).in_vm(self.vm.name())?;
         let mut stop_requests: Vec<UnixStream> = Vec::new();
-        let mut kill_deadline: Option<Instant> = None;
+        let mut phase = Phase::Running;
         let status = loop {
-            let timeout = match kill_deadline {
-                Some(deadline) => {
-                    PollTimeout::try_from(deadline.saturating_duration_since(Instant::now()))
-                        .unwrap_or(PollTimeout::MAX)
-                }
-                None => PollTimeout::NONE,
-            };
             let mut fds = [
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
-            let _ = poll(&mut fds, timeout);
+            let _ = poll(&mut fds, phase.timeout());
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
@@ -165,29 +214,30 @@ impl Keeper {
             if connection {
                 if let Ok((stream, _)) = self.listener.accept() {
                     if let Some(grace) = self.answer(&stream) {
-                        kill_deadline.get_or_insert_with(|| self.begin_stop(grace));
+                        phase = self.stop(phase, grace);
                         stop_requests.push(stream);
                     }
                 }
             }
             if signalled {
-                if let Ok(Some(info)) = signals.read_signal() {
-                    let signal = Signal::try_from(info.ssi_signo as i32).ok();
-                    match signal {
-                        Some(Signal::SIGINT | Signal::SIGQUIT) if foreground => {}
-                        Some(signal) if foreground => {
-                            let _ = process::signal(&self.init.pidfd, signal);
-                        }
-                        Some(_) => {
-                            kill_deadline.get_or_insert_with(|| self.begin_stop(DEFAULT_GRACE));
-                        }
-                        None => {}
+                let signal = signals
+                    .read_signal()
+                    .ok()
+                    .flatten()
+                    .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok());
+                match signal {
+                    // A terminal's interrupt already reached the workload (same process group).
+                    Some(Signal::SIGINT | Signal::SIGQUIT) if foreground => {}
+                    Some(signal) if foreground => {
+                        let _ = process::signal(&self.init.pidfd, signal);
                     }
+                    Some(_) => phase = self.stop(phase, DEFAULT_GRACE),
+                    None => {}
                 }
             }
-            if kill_deadline.is_some_and(|deadline| Instant::now() >= deadline) {
+            if phase.overdue() {
                 let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-                kill_deadline = Some(Instant::now() + Duration::from_secs(3600));
+                phase = Phase::Killed;
             }
         };
         let ended = describe(status, foreground);
@@ -201,6 +251,20 @@ impl Keeper {
             );
         }
         Ok(ended)
+    }
+
+    /// Asks init to stop the VM, unless a stop is already under way.
+    fn stop(&self, phase: Phase, grace: Duration) -> Phase {
+        match phase {
+            Phase::Running => {
+                let _ = process::signal(&self.init.pidfd, Signal::SIGTERM);
+                // Init itself gives processes `grace`; the keeper waits a little longer for it.
+                Phase::Stopping {
+                    kill_at: Instant::now() + grace + Duration::from_secs(2),
+                }
+            }
+            other => other,
+        }
     }
 
     /// Answers one request; returns the grace period if it asked the VM to stop.
@@ -228,16 +292,12 @@ impl Keeper {
         }
     }
 
-    /// Asks init to stop the VM; returns when to give up waiting and kill it.
-    fn begin_stop(&self, grace: Duration) -> Instant {
-        let _ = process::signal(&self.init.pidfd, Signal::SIGTERM);
-        Instant::now() + grace + Duration::from_secs(2)
-    }
-
     fn tear_down(&self, how: &str) {
-        self.cgroup.kill_all();
-        if let Err(e) = self.cgroup.remove(Duration::from_secs(5)) {
-            eprintln!("feather keeper {}: {e}", self.vm.name());
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+            if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
+                eprintln!("feather keeper {}: {e}", self.vm.name());
+            }
         }
         let _ = fs::remove_dir_all(self.vm.run_dir());
         if self.config.ephemeral {
@@ -268,7 +328,8 @@ fn limits_of(config: &VmConfig) -> Limits {
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still
 /// in it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
 /// namespace, which the kernel dropped with its last process.
-pub fn remove_leftovers(vm: &VmDir, cgroup: &Cgroup) {
+pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
+    let cgroup = cgroup_path(config);
     if cgroup.exists() {
         cgroup.kill_all();
         let _ = cgroup.remove(Duration::from_secs(5));
@@ -277,7 +338,7 @@ pub fn remove_leftovers(vm: &VmDir, cgroup: &Cgroup) {
 }
 
 /// Clones init into the VM's namespaces, moves it into the cgroup, and waits for its report.
-fn start_init(name: &VmName, cgroup: &Cgroup, plan: InitPlan) -> Result<ChildProcess> {
+fn start_init(name: &VmName, cgroup: Option<&Cgroup>, plan: InitPlan) -> Result<ChildProcess> {
     let (mut ours, theirs) =
         UnixStream::pair().map_err(|e| failed(name, format!("socketpair: {e}")))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
@@ -292,8 +353,10 @@ fn start_init(name: &VmName, cgroup: &Cgroup, plan: InitPlan) -> Result<ChildPro
     };
     drop(theirs);
     let mut boot = || -> Result<()> {
-        cgroup.add(init.pid).in_vm(name)?;
-        cgroup.restrict_devices().in_vm(name)?;
+        if let Some(cgroup) = cgroup {
+            cgroup.add(init.pid).in_vm(name)?;
+            cgroup.restrict_devices().in_vm(name)?;
+        }
         ours.write_all(&[init::GO])
             .map_err(|e| failed(name, format!("init did not start: {e}")))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
@@ -328,22 +391,6 @@ fn listen(vm: &VmDir) -> Result<UnixListener> {
     let _ = fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).at(&socket)?;
     Ok(listener)
-}
-
-fn block_signals() -> nix::Result<SignalFd> {
-    let mut set = SigSet::empty();
-    for signal in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGHUP,
-        Signal::SIGQUIT,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-    ] {
-        set.add(signal);
-    }
-    sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)?;
-    SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC)
 }
 
 fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {

@@ -9,6 +9,7 @@
 //! - [`diff`] and [`commit`]: what a VM changed, applying it, dropping it
 //! - [`inspect`]: what a VM is and holds, for `ls`, `ps` and `inspect`
 
+pub mod accounts;
 pub mod commit;
 pub mod diff;
 pub mod error;

@@ -190,7 +190,7 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<String> 
 /// the VM's layer is untouched.
 pub fn recover(vm: &VmDir) -> Result<()> {
     let config = vm.read_config()?;
-    keeper::remove_leftovers(vm, &keeper::cgroup_of(&config));
+    keeper::remove_leftovers(vm, &config);
     let mut state = vm.read_state()?;
     if state.status == VmStatus::Crashed {
         state.status = VmStatus::Stopped;
@@ -219,7 +219,7 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         return Err(Error::Running(name.to_string()).into());
     }
     let config = vm.read_config()?;
-    keeper::remove_leftovers(&vm, &keeper::cgroup_of(&config));
+    keeper::remove_leftovers(&vm, &config);
     // Renamed out of the way first, so a half-finished removal never looks like a VM.
     let doomed = root
         .dir()
@@ -251,6 +251,44 @@ pub fn run_ephemeral(
         }
     };
     Ok(keeper.serve(true)?.code)
+}
+
+/// `feather run --rm -t`: the command needs a terminal of the VM's own devpts, which exists only
+/// once the VM is up, so the throw-away VM is started in the background, entered like `exec -t`,
+/// and stopped (which removes it) when the command ends.
+pub fn run_ephemeral_with_terminal(
+    root: &StateRoot,
+    name: &VmName,
+    options: &CreateOptions,
+    workload: &Workload,
+) -> Result<i32> {
+    let options = CreateOptions {
+        ephemeral: true,
+        ..options.clone()
+    };
+    let vm = create(root, name, &options)?;
+    if let Err(e) = start(root, name) {
+        let _ = fs::remove_dir_all(vm.path());
+        return Err(e);
+    }
+    // exec moves its caller into the VM's namespaces for good; this process must stay on the
+    // host to stop the VM afterwards, so the command is entered from a child.
+    let code = match feather_sys::process::fork().map_err(|e| failed(name, e.to_string()))? {
+        None => std::process::exit(match crate::exec::exec(root, name, workload, true) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("feather: {e}");
+                crate::exec::EXIT_CANNOT_EXEC
+            }
+        }),
+        Some(child) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+            _ => crate::exec::EXIT_CANNOT_EXEC,
+        },
+    };
+    stop(root, name, Duration::from_secs(1))?;
+    Ok(code)
 }
 
 /// A VM's recorded state, for `ls` and `inspect`.

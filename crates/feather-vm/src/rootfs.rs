@@ -5,7 +5,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
-use feather_sys::mount::{self, Flags};
+use feather_sys::mount::{self, Flags, LayerSync};
 use feather_sys::Result;
 
 use crate::layers::Layer;
@@ -18,6 +18,8 @@ pub struct RootfsPlan {
     /// The host folder where the root is assembled (the VM's `rootfs/`).
     pub rootfs: PathBuf,
     pub layers: Vec<Layer>,
+    /// Volatile for a throw-away VM, whose layers go with it.
+    pub sync: LayerSync,
     /// Host paths that must not be visible inside the VM: feather's state and run folders,
     /// which hold every VM's private layer and control socket.
     pub hidden: Vec<PathBuf>,
@@ -42,18 +44,16 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     mount::make_all_private()?;
     // 2. The copy-on-write view of the base: lower = the base, upper = the VM's layer.
     let root = &plan.rootfs;
-    mount::overlay(
-        &plan.layers[0].lower,
-        &plan.layers[0].upper,
-        &plan.layers[0].work,
-        root,
-    )?;
+    let [first, others @ ..] = plan.layers.as_slice() else {
+        unreachable!("a VM has a root layer")
+    };
+    mount::overlay(&first.lower, &first.upper, &first.work, root, plan.sync)?;
     // 3. Other filesystems under the base get layers of their own, or the VM would see empty
     //    folders (overlayfs does not cross mount points of its lower layer).
-    for layer in &plan.layers[1..] {
+    for layer in others {
         let target = inside(root, &layer.mount_point);
         if target.is_dir() {
-            mount::overlay(&layer.lower, &layer.upper, &layer.work, &target)?;
+            mount::overlay(&layer.lower, &layer.upper, &layer.work, &target, plan.sync)?;
         }
     }
     // 4. feather's own state (every VM's layer, the control sockets) is replaced by an empty

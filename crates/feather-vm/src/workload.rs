@@ -6,7 +6,7 @@ use std::ffi::CString;
 use std::path::PathBuf;
 
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
-use nix::unistd::{execvpe, setgid, setgroups, setuid, Gid, Uid, User};
+use nix::unistd::{execvpe, setgid, setgroups, setuid, Gid, Uid};
 use serde::{Deserialize, Serialize};
 
 /// The search path given to programs in a VM (Debian's default for root).
@@ -47,13 +47,19 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
     let program = workload.argv.first().ok_or("no command given")?;
     // The parent blocked signals to read them from a signalfd; the program must not inherit that.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
+    feather_sys::process::reset_signal_dispositions();
     let resolved = resolve(workload, terminal)?;
     feather_confine::capabilities::reduce_to_default().map_err(|e| e.to_string())?;
     // Groups first: once the uid is not 0, the process may no longer change them.
     setgroups(&resolved.groups).map_err(|e| format!("setgroups: {e}"))?;
     setgid(resolved.gid).map_err(|e| format!("setgid {}: {e}", resolved.gid))?;
     setuid(resolved.uid).map_err(|e| format!("setuid {}: {e}", resolved.uid))?;
-    let cwd = workload.cwd.clone().unwrap_or(resolved.home);
+    // Like login(1): the home folder if it exists, else the root.
+    let cwd = workload.cwd.clone().unwrap_or(if resolved.home.is_dir() {
+        resolved.home
+    } else {
+        PathBuf::from("/")
+    });
     nix::unistd::chdir(&cwd).map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
     let argv: Vec<CString> = workload
         .argv
@@ -69,38 +75,17 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
 }
 
 fn resolve(workload: &Workload, terminal: Option<&str>) -> Result<Resolved, String> {
-    let (uid, gid, home, name) = match &workload.user {
-        None => (
-            Uid::from_raw(0),
-            Gid::from_raw(0),
-            PathBuf::from("/root"),
-            "root".to_owned(),
-        ),
-        Some(user) => {
-            let found = match user.parse::<u32>() {
-                Ok(uid) => User::from_uid(Uid::from_raw(uid)),
-                Err(_) => User::from_name(user),
-            };
-            match found {
-                Ok(Some(entry)) => (entry.uid, entry.gid, entry.dir, entry.name),
-                Ok(None) if user.parse::<u32>().is_ok() => {
-                    let id = user.parse::<u32>().unwrap_or(0);
-                    (
-                        Uid::from_raw(id),
-                        Gid::from_raw(id),
-                        PathBuf::from("/"),
-                        user.clone(),
-                    )
-                }
-                _ => {
-                    return Err(format!(
-                        "user {user:?} does not exist in the VM's /etc/passwd"
-                    ))
-                }
-            }
-        }
-    };
-    let groups = supplementary_groups(&name, gid);
+    let account = crate::accounts::lookup(workload.user.as_deref())?;
+    let groups = crate::accounts::groups(&account)
+        .into_iter()
+        .map(Gid::from_raw)
+        .collect();
+    let (uid, gid, home, name) = (
+        Uid::from_raw(account.uid),
+        Gid::from_raw(account.gid),
+        account.home,
+        account.name,
+    );
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), DEFAULT_PATH.into()),
         ("HOME".into(), home.to_string_lossy().into_owned()),
@@ -127,13 +112,6 @@ fn resolve(workload: &Workload, terminal: Option<&str>) -> Result<Resolved, Stri
         home,
         env,
     })
-}
-
-fn supplementary_groups(user: &str, gid: Gid) -> Vec<Gid> {
-    let Ok(name) = CString::new(user) else {
-        return vec![gid];
-    };
-    nix::unistd::getgrouplist(&name, gid).unwrap_or_else(|_| vec![gid])
 }
 
 fn cstring(text: &str) -> Result<CString, String> {

@@ -121,12 +121,12 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(name) => name.parse()?,
             None => format!("run-{}", std::process::id()).parse()?,
         };
-        if args.process.tty {
-            anyhow::bail!(
-                "--rm with -t is not supported yet; create the VM, then `feather exec -t`"
-            );
-        }
-        let code = lifecycle::run_ephemeral(root, &name, &create_options(&args.create)?, workload)?;
+        let options = create_options(&args.create)?;
+        let code = if args.process.tty {
+            lifecycle::run_ephemeral_with_terminal(root, &name, &options, &workload)?
+        } else {
+            lifecycle::run_ephemeral(root, &name, &options, workload)?
+        };
         return Ok(exit_code(code));
     }
     let Some(name) = args.name else {
