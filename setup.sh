@@ -13,6 +13,9 @@ packages=(
     iproute2         # `ip`, used by tests to look for leftover links
     procps           # `ps` inside VMs in tests
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
+    nginx            # a real forking service (PIDFile=) that tests duplicate into VMs from its unit
+    redis-server     # a real Type=notify service (and redis-cli, via redis-tools) for the same tests
+    curl             # the HTTP client those tests run inside VMs against nginx
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -22,6 +25,16 @@ for package in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
     apt-get update -qq
+    # Debian's maintainer scripts start the services they install (through invoke-rc.d).
+    # feather runs private copies of them inside VMs; the host itself must not run them. For
+    # the length of the install, a policy-rc.d that denies every start (exit 101) is put in
+    # place, unless the machine already has one (containers often do); ours is removed after.
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# Put here by feather setup.sh for the length of one install.\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 
