@@ -36,23 +36,37 @@ fn write_unit(feather: &Feather, vm: &str, name: &str, text: &str) {
 
 fn services(feather: &Feather, vm: &str) -> Vec<Value> {
     let text = feather.ok(&["service", "ls", vm, "--json"]);
-    serde_json::from_str::<Value>(&text).unwrap().as_array().unwrap().clone()
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
 }
 
 fn service<'a>(list: &'a [Value], name: &str) -> &'a Value {
-    list.iter().find(|s| s["name"] == name).unwrap_or_else(|| panic!("{name} not in {list:?}"))
+    list.iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {list:?}"))
 }
 
 fn host_pid_namespace_of(pid: i64) -> String {
-    std::fs::read_link(format!("/proc/{pid}/ns/pid")).map(|p| p.display().to_string()).unwrap_or_default()
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
 }
 
 #[test]
 fn catalog_lists_the_hosts_services_and_says_why_not() {
     let feather = Feather::new("svc-catalog");
-    let entries: Value = serde_json::from_str(&feather.ok(&["service", "catalog", "--json"])).unwrap();
+    let entries: Value =
+        serde_json::from_str(&feather.ok(&["service", "catalog", "--json"])).unwrap();
     let entries = entries.as_array().unwrap();
-    let find = |name: &str| entries.iter().find(|e| e["name"] == name).unwrap_or_else(|| panic!("{name} missing from the catalogue"));
+    let find = |name: &str| {
+        entries
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from the catalogue"))
+    };
     for duplicable in ["nginx.service", "redis-server.service"] {
         assert_eq!(find(duplicable)["duplicable"], true, "{}", find(duplicable));
     }
@@ -60,10 +74,21 @@ fn catalog_lists_the_hosts_services_and_says_why_not() {
     assert_eq!(find("redis-server.service")["type"], "notify");
     let journald = find("systemd-journald.service");
     assert_eq!(journald["duplicable"], false);
-    assert!(journald["note"].as_str().unwrap().contains("log capture"), "{journald}");
-    assert!(!entries.iter().any(|e| e["name"] == "redis.service"), "the alias is listed under redis-server.service");
+    assert!(
+        journald["note"].as_str().unwrap().contains("log capture"),
+        "{journald}"
+    );
+    assert!(
+        !entries.iter().any(|e| e["name"] == "redis.service"),
+        "the alias is listed under redis-server.service"
+    );
     let table = feather.ok(&["service", "catalog"]);
-    assert!(table.lines().any(|l| l.trim_start().starts_with("nginx.service") && l.contains(" yes ")), "{table}");
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with("nginx.service") && l.contains(" yes ")),
+        "{table}"
+    );
 }
 
 #[test]
@@ -72,47 +97,97 @@ fn nginx_and_redis_run_in_a_vm_from_the_hosts_units_and_answer_real_clients() {
     vm(&feather, "web");
     let started = feather.ok(&["service", "start", "web", "nginx", "redis", "--json"]);
     let started: Value = serde_json::from_str(&started).unwrap();
-    assert_eq!(started.as_array().unwrap().len(), 2, "redis is the alias of redis-server: {started}");
+    assert_eq!(
+        started.as_array().unwrap().len(),
+        2,
+        "redis is the alias of redis-server: {started}"
+    );
     let list = services(&feather, "web");
     for name in ["nginx.service", "redis-server.service"] {
         let s = service(&list, name);
-        assert_eq!((s["state"].as_str(), s["sub"].as_str(), s["ready"].as_bool()), (Some("active"), Some("running"), Some(true)), "{s}");
+        assert_eq!(
+            (s["state"].as_str(), s["sub"].as_str(), s["ready"].as_bool()),
+            (Some("active"), Some("running"), Some(true)),
+            "{s}"
+        );
         assert!(s["main_pid"].as_i64().unwrap() > 1);
     }
     // redis told the manager it was ready, through NOTIFY_SOCKET.
-    assert_eq!(service(&list, "redis-server.service")["status_text"], "Ready to accept connections");
+    assert_eq!(
+        service(&list, "redis-server.service")["status_text"],
+        "Ready to accept connections"
+    );
 
     // Real clients inside the VM, on the VM's own loopback.
     let page = feather.sh("web", "curl -sf http://127.0.0.1/");
     assert!(page.contains("nginx"), "{page}");
-    assert_eq!(feather.sh("web", "redis-cli set feather-key private-value && redis-cli get feather-key"), "OK\nprivate-value\n");
+    assert_eq!(
+        feather.sh(
+            "web",
+            "redis-cli set feather-key private-value && redis-cli get feather-key"
+        ),
+        "OK\nprivate-value\n"
+    );
     // The host's loopback has neither: the VM's network namespace is its own.
-    assert!(TcpStream::connect("127.0.0.1:6379").is_err(), "a redis answers on the host's loopback");
+    assert!(
+        TcpStream::connect("127.0.0.1:6379").is_err(),
+        "a redis answers on the host's loopback"
+    );
 
     // They run in the VM's pid namespace, not the host's, under their own users.
     let processes: Value = serde_json::from_str(&feather.ok(&["ps", "web", "--json"])).unwrap();
     let processes = processes.as_array().unwrap();
-    let redis = processes.iter().find(|p| p["command"].as_str().unwrap().contains("redis-server")).expect("redis in ps");
-    assert_ne!(host_pid_namespace_of(redis["host_pid"].as_i64().unwrap()), host_pid_namespace_of(std::process::id() as i64));
+    let redis = processes
+        .iter()
+        .find(|p| p["command"].as_str().unwrap().contains("redis-server"))
+        .expect("redis in ps");
+    assert_ne!(
+        host_pid_namespace_of(redis["host_pid"].as_i64().unwrap()),
+        host_pid_namespace_of(std::process::id() as i64)
+    );
     let redis_uid = feather.sh("web", "id -u redis");
-    assert_eq!(redis["uid"].to_string(), redis_uid.trim(), "User=redis applied");
+    assert_eq!(
+        redis["uid"].to_string(),
+        redis_uid.trim(),
+        "User=redis applied"
+    );
     // RuntimeDirectory=redis with RuntimeDirectoryMode=2755, owned by redis.
-    assert_eq!(feather.sh("web", "stat -c '%U %a' /run/redis"), "redis 2755\n");
+    assert_eq!(
+        feather.sh("web", "stat -c '%U %a' /run/redis"),
+        "redis 2755\n"
+    );
     // Per-service logs in the VM.
-    assert!(feather.sh("web", "cat /var/log/feather/nginx.service.log").contains("start: /usr/sbin/nginx"));
+    assert!(feather
+        .sh("web", "cat /var/log/feather/nginx.service.log")
+        .contains("start: /usr/sbin/nginx"));
 
     // Stop one: the other keeps serving.
     feather.ok(&["service", "stop", "web", "nginx"]);
     let list = services(&feather, "web");
     assert_eq!(service(&list, "nginx.service")["state"], "inactive");
     assert_eq!(service(&list, "redis-server.service")["state"], "active");
-    assert_ne!(feather.run(&["exec", "web", "--", "curl", "-sf", "http://127.0.0.1/"]).code, 0, "nginx still answers");
-    assert_eq!(feather.sh("web", "redis-cli get feather-key"), "private-value\n");
+    assert_ne!(
+        feather
+            .run(&["exec", "web", "--", "curl", "-sf", "http://127.0.0.1/"])
+            .code,
+        0,
+        "nginx still answers"
+    );
+    assert_eq!(
+        feather.sh("web", "redis-cli get feather-key"),
+        "private-value\n"
+    );
 
-    let host_pids: Vec<i64> = processes.iter().map(|p| p["host_pid"].as_i64().unwrap()).collect();
+    let host_pids: Vec<i64> = processes
+        .iter()
+        .map(|p| p["host_pid"].as_i64().unwrap())
+        .collect();
     feather.ok(&["stop", "web"]);
     for pid in host_pids {
-        assert!(!Path::new(&format!("/proc/{pid}")).exists(), "process {pid} of the VM survived its stop");
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} of the VM survived its stop"
+        );
     }
 }
 
@@ -140,42 +215,101 @@ fn unit_settings_are_applied_to_the_service_process() {
     );
     feather.ok(&["service", "start", "cfg", "probe@one.service"]);
     let list = services(&feather, "cfg");
-    assert_eq!(service(&list, "prepare.service")["sub"], "exited", "oneshot with RemainAfterExit stays active: {list:?}");
+    assert_eq!(
+        service(&list, "prepare.service")["sub"],
+        "exited",
+        "oneshot with RemainAfterExit stays active: {list:?}"
+    );
     assert_eq!(service(&list, "prepare.service")["state"], "active");
     let probe = service(&list, "probe@one.service");
-    assert_eq!((probe["state"].as_str(), probe["ready"].as_bool(), probe["status_text"].as_str()), (Some("active"), Some(true), Some("probing")));
+    assert_eq!(
+        (
+            probe["state"].as_str(),
+            probe["ready"].as_bool(),
+            probe["status_text"].as_str()
+        ),
+        (Some("active"), Some(true), Some("probing"))
+    );
     assert_eq!(probe["pulled_by"], Value::Null);
-    assert_eq!(service(&list, "prepare.service")["pulled_by"], "probe@one.service (requires)");
-    let out = feather.sh("cfg", "cat /run/probe-one/out; stat -c '%U %a' /run/probe-one");
-    assert_eq!(out, "65534\nhello world|file|yes|one|/run/probe-one\n1000\n0077\nnobody 750\n");
+    assert_eq!(
+        service(&list, "prepare.service")["pulled_by"],
+        "probe@one.service (requires)"
+    );
+    let out = feather.sh(
+        "cfg",
+        "cat /run/probe-one/out; stat -c '%U %a' /run/probe-one",
+    );
+    assert_eq!(
+        out,
+        "65534\nhello world|file|yes|one|/run/probe-one\n1000\n0077\nnobody 750\n"
+    );
 
     feather.ok(&["service", "stop", "cfg", "prepare.service"]);
     let list = services(&feather, "cfg");
-    assert_eq!(service(&list, "probe@one.service")["state"], "inactive", "a unit that requires a stopped one stops too");
-    assert_eq!(feather.sh("cfg", "test -e /run/probe-one && echo kept || echo removed"), "removed\n", "RuntimeDirectory= removed at stop");
+    assert_eq!(
+        service(&list, "probe@one.service")["state"],
+        "inactive",
+        "a unit that requires a stopped one stops too"
+    );
+    assert_eq!(
+        feather.sh("cfg", "test -e /run/probe-one && echo kept || echo removed"),
+        "removed\n",
+        "RuntimeDirectory= removed at stop"
+    );
 }
 
 #[test]
 fn failures_are_reported_clearly_and_leave_other_services_running() {
     let feather = Feather::new("svc-failures");
     vm(&feather, "bad");
-    write_unit(&feather, "bad", "steady.service", "[Service]\nExecStart=/bin/sleep 1000\n");
+    write_unit(
+        &feather,
+        "bad",
+        "steady.service",
+        "[Service]\nExecStart=/bin/sleep 1000\n",
+    );
     feather.ok(&["service", "start", "bad", "steady"]);
 
-    write_unit(&feather, "bad", "nobin.service", "[Service]\nExecStart=/usr/bin/feather-no-such-program --x\n");
+    write_unit(
+        &feather,
+        "bad",
+        "nobin.service",
+        "[Service]\nExecStart=/usr/bin/feather-no-such-program --x\n",
+    );
     let e = feather.fails(&["service", "start", "bad", "nobin"]);
     assert!(e.contains("nobin.service failed: its program /usr/bin/feather-no-such-program is not installed in the VM"), "{e}");
     let status = feather.ok(&["service", "status", "bad", "nobin"]);
-    assert!(status.contains("state: failed") && status.contains("feather-no-such-program"), "{status}");
+    assert!(
+        status.contains("state: failed") && status.contains("feather-no-such-program"),
+        "{status}"
+    );
 
-    write_unit(&feather, "bad", "typo.service", "[Unit]\nDescription=typo\n[Service]\nType=sometimes\nExecStart=/bin/true\n");
+    write_unit(
+        &feather,
+        "bad",
+        "typo.service",
+        "[Unit]\nDescription=typo\n[Service]\nType=sometimes\nExecStart=/bin/true\n",
+    );
     let e = feather.fails(&["service", "start", "bad", "typo"]);
-    assert!(e.contains("/etc/systemd/system/typo.service:4: unknown service type Type=sometimes"), "{e}");
+    assert!(
+        e.contains("/etc/systemd/system/typo.service:4: unknown service type Type=sometimes"),
+        "{e}"
+    );
 
     write_unit(&feather, "bad", "loop-a.service", "[Unit]\nWants=loop-b.service\nAfter=loop-b.service\n[Service]\nExecStart=/bin/sleep 1000\n");
-    write_unit(&feather, "bad", "loop-b.service", "[Unit]\nAfter=loop-a.service\n[Service]\nExecStart=/bin/sleep 1000\n");
+    write_unit(
+        &feather,
+        "bad",
+        "loop-b.service",
+        "[Unit]\nAfter=loop-a.service\n[Service]\nExecStart=/bin/sleep 1000\n",
+    );
     let e = feather.fails(&["service", "start", "bad", "loop-a"]);
-    assert!(e.contains("dependency cycle: ") && e.contains("loop-a.service") && e.contains("loop-b.service"), "{e}");
+    assert!(
+        e.contains("dependency cycle: ")
+            && e.contains("loop-a.service")
+            && e.contains("loop-b.service"),
+        "{e}"
+    );
 
     write_unit(
         &feather,
@@ -186,26 +320,53 @@ fn failures_are_reported_clearly_and_leave_other_services_running() {
     // Type=simple is up as soon as its process runs (as in systemd), so the start itself
     // succeeds; the crash loop then ends at the start limit.
     feather.run(&["service", "start", "bad", "crash"]);
-    feather.eventually("crash.service hits its start limit", || service(&services(&feather, "bad"), "crash.service")["state"] == "failed");
+    feather.eventually("crash.service hits its start limit", || {
+        service(&services(&feather, "bad"), "crash.service")["state"] == "failed"
+    });
     let crash = service(&services(&feather, "bad"), "crash.service").clone();
-    assert!(crash["result"].as_str().unwrap().starts_with("start limit hit"), "{crash}");
+    assert!(
+        crash["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("start limit hit"),
+        "{crash}"
+    );
     let status = feather.ok(&["service", "status", "bad", "crash"]);
-    assert!(status.contains("result: start limit hit") && status.contains("main process exited with status 3"), "{status}");
+    assert!(
+        status.contains("result: start limit hit")
+            && status.contains("main process exited with status 3"),
+        "{status}"
+    );
     assert_eq!(crash["state"], "failed");
     assert_eq!(crash["restarts"], 2, "three starts in all: {crash}");
     let log = feather.sh("bad", "cat /var/log/feather/crash.service.log");
     assert_eq!(log.lines().filter(|l| *l == "crashing").count(), 3, "{log}");
     assert_eq!(crash["ready"], false);
 
-    write_unit(&feather, "bad", "needs-missing.service", "[Unit]\nRequires=feather-absent.service\n[Service]\nExecStart=/bin/true\n");
+    write_unit(
+        &feather,
+        "bad",
+        "needs-missing.service",
+        "[Unit]\nRequires=feather-absent.service\n[Service]\nExecStart=/bin/true\n",
+    );
     let e = feather.fails(&["service", "start", "bad", "needs-missing"]);
-    assert!(e.contains("needs-missing.service requires feather-absent.service, which is not available"), "{e}");
+    assert!(
+        e.contains("needs-missing.service requires feather-absent.service, which is not available"),
+        "{e}"
+    );
 
     // Nothing else in the VM was disturbed.
     let steady = service(&services(&feather, "bad"), "steady.service").clone();
-    assert_eq!((steady["state"].as_str(), steady["restarts"].as_u64()), (Some("active"), Some(0)), "{steady}");
+    assert_eq!(
+        (steady["state"].as_str(), steady["restarts"].as_u64()),
+        (Some("active"), Some(0)),
+        "{steady}"
+    );
     let e = feather.fails(&["service", "stop", "bad", "never-started"]);
-    assert!(e.contains("never-started.service was not started in this VM"), "{e}");
+    assert!(
+        e.contains("never-started.service was not started in this VM"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -217,4 +378,81 @@ fn service_commands_on_a_vm_without_services_say_so() {
     assert!(e.contains("VM idle runs no services"), "{e}");
     let e = feather.fails(&["service", "start", "nothere", "nginx"]);
     assert!(e.contains("nothere"), "{e}");
+}
+
+#[test]
+fn five_vms_each_run_their_own_nginx_and_redis_with_their_own_data() {
+    let feather = Feather::new("svc-five");
+    let names = ["dup1", "dup2", "dup3", "dup4", "dup5"];
+    for name in names {
+        vm(&feather, name);
+        feather.ok(&["service", "start", name, "nginx", "redis-server"]);
+        feather.sh(name, &format!("redis-cli set owner {name} >/dev/null"));
+    }
+    // Each VM's redis holds what was written in that VM, and each nginx serves: the same
+    // ports, on five loopbacks of their own.
+    for name in names {
+        assert_eq!(feather.sh(name, "redis-cli get owner"), format!("{name}\n"));
+        assert!(feather
+            .sh(name, "curl -sf http://127.0.0.1/")
+            .contains("nginx"));
+    }
+    // A restart gives a new main process that serves again.
+    let before = service(&services(&feather, "dup1"), "nginx.service")["main_pid"].clone();
+    feather.ok(&["service", "restart", "dup1", "nginx"]);
+    let after = service(&services(&feather, "dup1"), "nginx.service").clone();
+    assert_eq!(after["state"], "active");
+    assert_ne!(after["main_pid"], before, "{after}");
+    assert!(feather
+        .sh("dup1", "curl -sf http://127.0.0.1/")
+        .contains("nginx"));
+}
+
+#[test]
+fn vm_stop_stops_services_in_reverse_dependency_order() {
+    let feather = Feather::new("svc-stop-order");
+    vm(&feather, "ord");
+    // Each service notes when it gets SIGTERM, after a delay that is longest for the unit that
+    // must stop first: if every process got SIGTERM at once, the order would come out reversed.
+    let unit = |me: &str, delay: &str, deps: &str| {
+        format!(
+            "[Unit]\n{deps}\n[Service]\nExecStart=/bin/sh -c \"trap 'sleep {delay}; echo {me} >> /var/tmp/feather-stop-order; exit 0' TERM; while :; do sleep 0.05; done\"\n"
+        )
+    };
+    write_unit(
+        &feather,
+        "ord",
+        "base-layer.service",
+        &unit("base-layer", "0", ""),
+    );
+    write_unit(
+        &feather,
+        "ord",
+        "middle-layer.service",
+        &unit(
+            "middle-layer",
+            "0.2",
+            "Requires=base-layer.service\nAfter=base-layer.service",
+        ),
+    );
+    write_unit(
+        &feather,
+        "ord",
+        "top-layer.service",
+        &unit(
+            "top-layer",
+            "0.4",
+            "Wants=middle-layer.service\nAfter=middle-layer.service",
+        ),
+    );
+    feather.ok(&["service", "start", "ord", "top-layer"]);
+    assert_eq!(services(&feather, "ord").len(), 3);
+    feather.ok(&["stop", "ord"]);
+    let order = std::fs::read_to_string(
+        feather
+            .vm_dir("ord")
+            .join("upper/var/tmp/feather-stop-order"),
+    )
+    .unwrap();
+    assert_eq!(order, "top-layer\nmiddle-layer\nbase-layer\n");
 }

@@ -48,11 +48,20 @@ pub fn catalog(root: &Path) -> crate::Result<Vec<Entry>> {
             continue;
         }
         let (duplicable, note) = if script.is_boot_script() {
-            (false, Some("a boot-time script of the host (Default-Start: S)".to_owned()))
+            (
+                false,
+                Some("a boot-time script of the host (Default-Start: S)".to_owned()),
+            )
         } else if let Some(stand_in) = infra::stand_in(&name) {
-            (false, Some(format!("host infrastructure; in a VM: {stand_in}")))
+            (
+                false,
+                Some(format!("host infrastructure; in a VM: {stand_in}")),
+            )
         } else {
-            (true, Some("SysV script, run as a forking service".to_owned()))
+            (
+                true,
+                Some("SysV script, run as a forking service".to_owned()),
+            )
         };
         entries.push(Entry {
             name: name.to_string(),
@@ -71,7 +80,11 @@ pub fn catalog(root: &Path) -> crate::Result<Vec<Entry>> {
 fn entry(paths: &UnitPaths, name: &UnitName) -> Entry {
     let mut entry = Entry {
         name: name.to_string(),
-        source: if name.is_template() { "template" } else { "unit" },
+        source: if name.is_template() {
+            "template"
+        } else {
+            "unit"
+        },
         path: None,
         description: None,
         service_type: None,
@@ -112,8 +125,13 @@ fn entry(paths: &UnitPaths, name: &UnitName) -> Entry {
             entry.duplicable = true;
             if name.is_template() {
                 entry.note = Some(format!("start an instance: {}", name.with_instance("NAME")));
-            } else if unit.service.as_ref().is_some_and(|s| s.kind == ServiceType::Dbus) {
-                entry.note = Some("Type=dbus: ready when started (the VM's bus is not watched yet)".into());
+            } else if unit
+                .service
+                .as_ref()
+                .is_some_and(|s| s.kind == ServiceType::Dbus)
+            {
+                entry.note =
+                    Some("Type=dbus: ready when started (the VM's bus is not watched yet)".into());
             }
         }
     }
@@ -126,7 +144,10 @@ pub fn why_not(paths: &UnitPaths, unit: &Unit, name: &UnitName) -> Option<String
         return Some(e);
     }
     if let Some(missing) = missing_program(paths.root(), unit) {
-        return Some(format!("its program {} is not installed", missing.display()));
+        return Some(format!(
+            "its program {} is not installed",
+            missing.display()
+        ));
     }
     if unit.exec.dynamic_user {
         return Some("DynamicUser=yes is not supported in VMs yet".into());
@@ -149,7 +170,10 @@ pub fn validate(unit: &Unit) -> Result<(), String> {
         ));
     }
     if service.exec_start.is_empty() && service.exec_stop.is_empty() {
-        return Err(format!("{} has neither ExecStart= nor ExecStop=", unit.name));
+        return Err(format!(
+            "{} has neither ExecStart= nor ExecStop=",
+            unit.name
+        ));
     }
     if service.exec_start.len() > 1 && service.kind != ServiceType::Oneshot {
         return Err(format!(

@@ -80,9 +80,9 @@ impl DependencyGraph {
             }
             let unit = paths.load(root)?;
             let name = unit.name.to_string();
-            if !graph.units.contains_key(&name) {
-                queue.push_back(name.clone());
-                graph.units.insert(name, unit);
+            if let std::collections::btree_map::Entry::Vacant(entry) = graph.units.entry(name) {
+                queue.push_back(entry.key().clone());
+                entry.insert(unit);
             }
         }
         while let Some(current) = queue.pop_front() {
@@ -92,7 +92,9 @@ impl DependencyGraph {
                     graph.satisfied.insert(name.to_string(), stand_in);
                     continue;
                 }
-                if graph.units.contains_key(name.as_str()) || graph.skipped.contains_key(name.as_str()) {
+                if graph.units.contains_key(name.as_str())
+                    || graph.skipped.contains_key(name.as_str())
+                {
                     continue;
                 }
                 match paths.load(&name) {
@@ -101,7 +103,9 @@ impl DependencyGraph {
                         if graph.units.contains_key(&real) {
                             continue;
                         }
-                        graph.pulled_by.insert(real.clone(), (current.clone(), kind));
+                        graph
+                            .pulled_by
+                            .insert(real.clone(), (current.clone(), kind));
                         graph.units.insert(real.clone(), unit);
                         queue.push_back(real);
                     }

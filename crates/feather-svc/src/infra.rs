@@ -12,10 +12,12 @@ pub struct Infrastructure {
 }
 
 const LOGS: &str = "feather's per-service log capture (/var/log/feather/UNIT.log in the VM)";
-const BOOT: &str = "reached: the VM's init (feather) has assembled the VM before any service starts";
+const BOOT: &str =
+    "reached: the VM's init (feather) has assembled the VM before any service starts";
 const NETWORK: &str = "the VM's own network namespace, set up by feather (loopback, and its address where one is given)";
 const CONSOLE: &str = "`feather exec -t VM -- …` gives a terminal in the VM";
-const HOST_ONLY: &str = "belongs to the host (hardware, disks, kernel, boot); a VM has nothing of it to manage";
+const HOST_ONLY: &str =
+    "belongs to the host (hardware, disks, kernel, boot); a VM has nothing of it to manage";
 
 /// Checked in order; the first matching row applies.
 pub const TABLE: &[Infrastructure] = &[
@@ -162,19 +164,38 @@ mod tests {
     #[test]
     fn the_table_covers_host_infrastructure_and_nothing_a_user_duplicates() {
         for name in [
-            "systemd-journald.service", "systemd-journald-dev-log.socket", "systemd-udevd.service",
-            "systemd-logind.service", "systemd-networkd.service", "systemd-resolved.service",
-            "getty@tty1.service", "serial-getty@ttyS0.service", "systemd-tmpfiles-setup.service",
-            "sysinit.target", "network-online.target", "dev-mqueue.mount", "user.slice",
+            "systemd-journald.service",
+            "systemd-journald-dev-log.socket",
+            "systemd-udevd.service",
+            "systemd-logind.service",
+            "systemd-networkd.service",
+            "systemd-resolved.service",
+            "getty@tty1.service",
+            "serial-getty@ttyS0.service",
+            "systemd-tmpfiles-setup.service",
+            "sysinit.target",
+            "network-online.target",
+            "dev-mqueue.mount",
+            "user.slice",
         ] {
             assert!(infra(name), "{name} should be infrastructure");
         }
         for name in [
-            "nginx.service", "redis-server.service", "postgresql@15-main.service", "dbus.service",
-            "dbus.socket", "rsyslog.service", "cron.service", "ssh.service", "multi-user.target",
+            "nginx.service",
+            "redis-server.service",
+            "postgresql@15-main.service",
+            "dbus.service",
+            "dbus.socket",
+            "rsyslog.service",
+            "cron.service",
+            "ssh.service",
+            "multi-user.target",
         ] {
             assert!(!infra(name), "{name} should be duplicable");
         }
-        assert_eq!(stand_in(&UnitName::parse("systemd-journald.service").unwrap()), Some(LOGS));
+        assert_eq!(
+            stand_in(&UnitName::parse("systemd-journald.service").unwrap()),
+            Some(LOGS)
+        );
     }
 }

@@ -10,8 +10,17 @@ use crate::error::{Result, SvcError};
 /// The unit types feather knows. Others (`.timer`, `.path`, `.mount`, …) are read but never
 /// started inside a VM.
 pub const UNIT_TYPES: [&str; 11] = [
-    "service", "socket", "target", "timer", "path", "mount", "automount", "swap", "slice",
-    "scope", "device",
+    "service",
+    "socket",
+    "target",
+    "timer",
+    "path",
+    "mount",
+    "automount",
+    "swap",
+    "slice",
+    "scope",
+    "device",
 ];
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -174,12 +183,18 @@ mod tests {
         assert_eq!(t.with_instance("tty1").as_str(), "getty@tty1.service");
         assert_eq!(UnitName::parse("nginx").unwrap().as_str(), "nginx.service");
         assert_eq!(UnitName::parse("dbus.socket").unwrap().kind(), "socket");
-        assert_eq!(UnitName::parse("a-b-c.service").unwrap().dash_prefixes(), vec!["a-", "a-b-"]);
+        assert_eq!(
+            UnitName::parse("a-b-c.service").unwrap().dash_prefixes(),
+            vec!["a-", "a-b-"]
+        );
     }
 
     #[test]
     fn invalid_names_say_why() {
-        assert!(UnitName::parse("a b.service").unwrap_err().to_string().contains("' '"));
+        assert!(UnitName::parse("a b.service")
+            .unwrap_err()
+            .to_string()
+            .contains("' '"));
         assert!(UnitName::parse("a@b@c.service").is_err());
         assert!(UnitName::parse("@x.service").is_err());
         assert!(UnitName::parse(".service").is_err());
@@ -188,7 +203,10 @@ mod tests {
     #[test]
     fn unescaping() {
         assert_eq!(unescape(r"foo\x2dbar"), "foo-bar");
-        assert_eq!(unescape_path(r"dev-disk-by\x2dlabel-x"), "/dev/disk/by-label/x");
+        assert_eq!(
+            unescape_path(r"dev-disk-by\x2dlabel-x"),
+            "/dev/disk/by-label/x"
+        );
         assert_eq!(unescape_path("-"), "/");
     }
 }

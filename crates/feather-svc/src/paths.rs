@@ -35,8 +35,13 @@ pub struct UnitPaths {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Fragment {
     /// The real name (differs from the asked one for an alias) and the file on disk.
-    File { name: UnitName, path: PathBuf },
-    Masked { path: PathBuf },
+    File {
+        name: UnitName,
+        path: PathBuf,
+    },
+    Masked {
+        path: PathBuf,
+    },
 }
 
 impl UnitPaths {
@@ -154,7 +159,7 @@ impl UnitPaths {
                 return Err(SvcError::NotFound {
                     name: name.to_string(),
                     searched: self.searched(),
-                })
+                });
             }
             Some(Fragment::Masked { path }) => {
                 return Err(SvcError::Masked {
@@ -230,7 +235,9 @@ impl UnitPaths {
                         continue;
                     }
                     // The first seen is in the directory of highest precedence.
-                    by_file_name.entry(file_name).or_insert_with(|| entry.path());
+                    by_file_name
+                        .entry(file_name)
+                        .or_insert_with(|| entry.path());
                 }
             }
         }

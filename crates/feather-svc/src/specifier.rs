@@ -28,7 +28,9 @@ pub fn expand(text: &str, context: &Context) -> Result<String, String> {
             continue;
         }
         let Some(spec) = chars.next() else {
-            return Err(format!("{text:?} ends with a lone '%' (write %% for a percent sign)"));
+            return Err(format!(
+                "{text:?} ends with a lone '%' (write %% for a percent sign)"
+            ));
         };
         let instance = unit.instance().unwrap_or("");
         let value: String = match spec {
@@ -79,7 +81,11 @@ pub fn expand(text: &str, context: &Context) -> Result<String, String> {
             'v' => read_trimmed(Path::new("/"), "proc/sys/kernel/osrelease"),
             'a' => std::env::consts::ARCH.replace('_', "-"),
             'o' | 'w' | 'B' | 'W' | 'M' | 'A' => os_release(context.root, spec),
-            other => return Err(format!("unknown specifier %{other} in {text:?} (write %% for a percent sign)")),
+            other => {
+                return Err(format!(
+                    "unknown specifier %{other} in {text:?} (write %% for a percent sign)"
+                ))
+            }
         };
         out.push_str(&value);
     }
@@ -135,8 +141,14 @@ mod tests {
             expand_for("postgresql@15-main.service", "%n|%N|%p|%P|%i|%I|%f|%j").unwrap(),
             "postgresql@15-main.service|postgresql@15-main|postgresql|postgresql|15-main|15-main|/15/main|postgresql"
         );
-        assert_eq!(expand_for(r"foo@a\x2db.service", "%i %I").unwrap(), r"a\x2db a-b");
-        assert_eq!(expand_for("sys-fs-x.service", "%f %j").unwrap(), "/sys/fs/x x");
+        assert_eq!(
+            expand_for(r"foo@a\x2db.service", "%i %I").unwrap(),
+            r"a\x2db a-b"
+        );
+        assert_eq!(
+            expand_for("sys-fs-x.service", "%f %j").unwrap(),
+            "/sys/fs/x x"
+        );
     }
 
     #[test]
@@ -145,12 +157,17 @@ mod tests {
             expand_for("a.service", "%t %S %C %L %E %T %V %h %u %U %%").unwrap(),
             "/run /var/lib /var/cache /var/log /etc /tmp /var/tmp /root root 0 %"
         );
-        assert_eq!(expand_for("a.service", "%y %Y").unwrap(), "/lib/systemd/system/x@.service /lib/systemd/system");
+        assert_eq!(
+            expand_for("a.service", "%y %Y").unwrap(),
+            "/lib/systemd/system/x@.service /lib/systemd/system"
+        );
     }
 
     #[test]
     fn unknown_and_dangling_specifiers_are_errors() {
-        assert!(expand_for("a.service", "100%").unwrap_err().contains("lone '%'"));
+        assert!(expand_for("a.service", "100%")
+            .unwrap_err()
+            .contains("lone '%'"));
         assert!(expand_for("a.service", "%z").unwrap_err().contains("%z"));
     }
 }

@@ -122,7 +122,9 @@ mod tests {
 
     #[test]
     fn sections_keys_comments_and_blank_lines() {
-        let got = parse_ok("# comment\n; another\n\n[Unit]\nDescription = A thing \n[Service]\nType=simple\n");
+        let got = parse_ok(
+            "# comment\n; another\n\n[Unit]\nDescription = A thing \n[Service]\nType=simple\n",
+        );
         assert_eq!(
             got,
             vec![
@@ -149,8 +151,15 @@ mod tests {
 
     #[test]
     fn errors_name_the_file_and_line() {
-        let e = parse(Path::new("/x/bad.service"), "[Unit]\nDescription=ok\nno equals here\n").unwrap_err();
-        assert_eq!(e.to_string(), "/x/bad.service:3: missing '=' in \"no equals here\"");
+        let e = parse(
+            Path::new("/x/bad.service"),
+            "[Unit]\nDescription=ok\nno equals here\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/x/bad.service:3: missing '=' in \"no equals here\""
+        );
         let e = parse(Path::new("a"), "Key=before section\n").unwrap_err();
         assert!(e.to_string().starts_with("a:1: assignment"), "{e}");
         let e = parse(Path::new("a"), "[Unit\n").unwrap_err();

@@ -113,7 +113,10 @@ pub fn scripts(root: &Path) -> Result<Vec<SysvScript>> {
         let Ok(meta) = fs::metadata(&path) else {
             continue;
         };
-        if !meta.is_file() || meta.permissions().mode() & 0o111 == 0 || !is_service_script(&file_name) {
+        if !meta.is_file()
+            || meta.permissions().mode() & 0o111 == 0
+            || !is_service_script(&file_name)
+        {
             continue;
         }
         let text = fs::read(&path).at(&path)?;
@@ -130,8 +133,8 @@ pub fn script_for(root: &Path, name: &UnitName) -> Result<Option<SysvScript>> {
     }
     for file in [name.prefix().to_owned(), format!("{}.sh", name.prefix())] {
         let path = crate::paths::inside(root, "/etc/init.d").join(&file);
-        let executable = fs::metadata(&path)
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
+        let executable =
+            fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
         if executable && is_service_script(&file) {
             let text = fs::read(&path).at(&path)?;
             return parse(&path, &String::from_utf8_lossy(&text)).map(Some);
@@ -147,7 +150,10 @@ pub fn parse(path: &Path, text: &str) -> Result<SysvScript> {
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
     let mut script = SysvScript {
-        name: file_name.strip_suffix(".sh").unwrap_or(&file_name).to_owned(),
+        name: file_name
+            .strip_suffix(".sh")
+            .unwrap_or(&file_name)
+            .to_owned(),
         path: path.to_path_buf(),
         ..SysvScript::default()
     };
@@ -226,14 +232,24 @@ mod tests {
         assert_eq!(s.provides, vec!["postgresql", "pg"]);
         assert_eq!(s.required_start, vec!["$local_fs", "$network"]);
         assert_eq!(s.default_start, vec!["2", "3", "4", "5"]);
-        assert_eq!(s.short_description.as_deref(), Some("PostgreSQL RDBMS server"));
+        assert_eq!(
+            s.short_description.as_deref(),
+            Some("PostgreSQL RDBMS server")
+        );
         assert_eq!(s.description.as_deref(), Some("first second line"));
     }
 
     #[test]
     fn unterminated_header_names_the_line_and_sh_suffix_is_dropped() {
-        let e = parse(Path::new("/x/hwclock.sh"), "#!/bin/sh\n\n### BEGIN INIT INFO\n# Provides: x\n").unwrap_err();
-        assert_eq!(e.to_string(), "/x/hwclock.sh:3: ### BEGIN INIT INFO without ### END INIT INFO");
+        let e = parse(
+            Path::new("/x/hwclock.sh"),
+            "#!/bin/sh\n\n### BEGIN INIT INFO\n# Provides: x\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/x/hwclock.sh:3: ### BEGIN INIT INFO without ### END INIT INFO"
+        );
         let s = parse(Path::new("/x/hwclock.sh"), "#!/bin/sh\n").unwrap();
         assert_eq!(s.name, "hwclock");
         assert!(!s.has_lsb_header);

@@ -526,7 +526,9 @@ impl Unit {
                         None => (false, value.as_str()),
                     };
                     if path != "~" && !path.starts_with('/') {
-                        return Err(format!("WorkingDirectory={value:?} is not an absolute path or ~"));
+                        return Err(format!(
+                            "WorkingDirectory={value:?} is not an absolute path or ~"
+                        ));
                     }
                     Some(WorkingDirectory {
                         path: PathBuf::from(path),
@@ -570,9 +572,10 @@ impl Unit {
                 }
             }
             k => {
-                let Some(kind) = DirectoryKind::ALL.into_iter().find(|d| {
-                    k == d.setting() || k.strip_suffix("Mode") == Some(d.setting())
-                }) else {
+                let Some(kind) = DirectoryKind::ALL
+                    .into_iter()
+                    .find(|d| k == d.setting() || k.strip_suffix("Mode") == Some(d.setting()))
+                else {
                     return Ok(false);
                 };
                 let directories = exec.directories_mut(kind);
@@ -828,7 +831,10 @@ fn exit_status_name(name: &str) -> Option<i32> {
         ("PROTOCOL", 76),
         ("NOPERM", 77),
     ];
-    NAMES.iter().find(|(n, _)| *n == name).map(|(_, code)| *code)
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, code)| *code)
         .or((name == "CONFIG").then_some(78))
 }
 

@@ -101,18 +101,27 @@ pub fn limit(key: &str, text: &str) -> Result<Limit, String> {
             return Ok(None);
         }
         match key {
-            "LimitCPU" => timespan(value, Duration::from_secs(1))
-                .map(|d| d.map(|d| d.as_secs())),
-            "LimitRTTIME" => timespan(value, Duration::from_micros(1))
-                .map(|d| d.map(|d| d.as_micros() as u64)),
+            "LimitCPU" => timespan(value, Duration::from_secs(1)).map(|d| d.map(|d| d.as_secs())),
+            "LimitRTTIME" => {
+                timespan(value, Duration::from_micros(1)).map(|d| d.map(|d| d.as_micros() as u64))
+            }
             "LimitNICE" => {
                 // `+N`/`-N` is a nice level; a bare number is the raw limit (0..=40).
                 if let Some(level) = value.strip_prefix(['+', '-']) {
-                    let level: i64 = level.parse().map_err(|_| format!("bad nice level {value:?}"))?;
-                    let level = if value.starts_with('-') { -level } else { level };
+                    let level: i64 = level
+                        .parse()
+                        .map_err(|_| format!("bad nice level {value:?}"))?;
+                    let level = if value.starts_with('-') {
+                        -level
+                    } else {
+                        level
+                    };
                     Ok(Some((20 - level).clamp(0, 40) as u64))
                 } else {
-                    value.parse().map(Some).map_err(|_| format!("bad nice limit {value:?}"))
+                    value
+                        .parse()
+                        .map(Some)
+                        .map_err(|_| format!("bad nice limit {value:?}"))
                 }
             }
             _ => size(value).map(Some),
@@ -125,7 +134,9 @@ pub fn limit(key: &str, text: &str) -> Result<Limit, String> {
 }
 
 fn size(text: &str) -> Result<u64, String> {
-    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
     let number: u64 = text[..split]
         .parse()
         .map_err(|_| format!("{text:?} is not a number"))?;
@@ -152,10 +163,22 @@ mod tests {
     fn time_spans() {
         let s = Duration::from_secs(1);
         assert_eq!(timespan("90", s).unwrap(), Some(Duration::from_secs(90)));
-        assert_eq!(timespan("5min 30s", s).unwrap(), Some(Duration::from_secs(330)));
-        assert_eq!(timespan("1min30s", s).unwrap(), Some(Duration::from_secs(90)));
-        assert_eq!(timespan("500ms", s).unwrap(), Some(Duration::from_millis(500)));
-        assert_eq!(timespan("1.5h", s).unwrap(), Some(Duration::from_secs(5400)));
+        assert_eq!(
+            timespan("5min 30s", s).unwrap(),
+            Some(Duration::from_secs(330))
+        );
+        assert_eq!(
+            timespan("1min30s", s).unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            timespan("500ms", s).unwrap(),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            timespan("1.5h", s).unwrap(),
+            Some(Duration::from_secs(5400))
+        );
         assert_eq!(timespan("infinity", s).unwrap(), None);
         assert!(timespan("5 parsecs", s).is_err());
         assert!(timespan("", s).is_err());
@@ -163,10 +186,28 @@ mod tests {
 
     #[test]
     fn limits() {
-        assert_eq!(limit("LimitNOFILE", "1024:524288").unwrap(), Limit { soft: Some(1024), hard: Some(524288) });
-        assert_eq!(limit("LimitNOFILE", "65535").unwrap(), Limit { soft: Some(65535), hard: Some(65535) });
+        assert_eq!(
+            limit("LimitNOFILE", "1024:524288").unwrap(),
+            Limit {
+                soft: Some(1024),
+                hard: Some(524288)
+            }
+        );
+        assert_eq!(
+            limit("LimitNOFILE", "65535").unwrap(),
+            Limit {
+                soft: Some(65535),
+                hard: Some(65535)
+            }
+        );
         assert_eq!(limit("LimitMEMLOCK", "64K").unwrap().soft, Some(65536));
-        assert_eq!(limit("LimitCORE", "infinity").unwrap(), Limit { soft: None, hard: None });
+        assert_eq!(
+            limit("LimitCORE", "infinity").unwrap(),
+            Limit {
+                soft: None,
+                hard: None
+            }
+        );
         assert_eq!(limit("LimitCPU", "2min").unwrap().soft, Some(120));
         assert_eq!(limit("LimitNICE", "-5").unwrap().soft, Some(25));
         assert!(limit("LimitNOFILE", "lots").is_err());

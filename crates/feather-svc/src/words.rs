@@ -381,7 +381,11 @@ mod tests {
     #[test]
     fn quotes_anywhere_in_a_word_and_c_escapes() {
         assert_eq!(
-            split(r#"a "b c" 'd "e"' f"g h"i \x41\t\101 "\u00e9""#, Escapes::Strict).unwrap(),
+            split(
+                r#"a "b c" 'd "e"' f"g h"i \x41\t\101 "\u00e9""#,
+                Escapes::Strict
+            )
+            .unwrap(),
             vec!["a", "b c", "d \"e\"", "fg hi", "A\tA", "é"]
         );
         assert!(split("\"open", Escapes::Strict).is_err());
@@ -393,7 +397,10 @@ mod tests {
     fn exec_prefixes() {
         let c = &parse_exec("-/bin/false x").unwrap()[0];
         assert!(c.ignore_failure && !c.full_privileges);
-        assert_eq!((c.path.as_str(), c.argv.clone()), ("/bin/false", vec!["/bin/false".to_owned(), "x".into()]));
+        assert_eq!(
+            (c.path.as_str(), c.argv.clone()),
+            ("/bin/false", vec!["/bin/false".to_owned(), "x".into()])
+        );
         let c = &parse_exec("@/usr/sbin/daemon my-name --flag").unwrap()[0];
         assert_eq!(c.argv, vec!["my-name", "--flag"]);
         let c = &parse_exec("+/bin/true").unwrap()[0];
@@ -422,7 +429,10 @@ mod tests {
     #[test]
     fn nginx_style_single_quoted_directives_stay_one_word() {
         let c = &parse_exec("/usr/sbin/nginx -g 'daemon on; master_process on;'").unwrap()[0];
-        assert_eq!(c.argv, vec!["/usr/sbin/nginx", "-g", "daemon on; master_process on;"]);
+        assert_eq!(
+            c.argv,
+            vec!["/usr/sbin/nginx", "-g", "daemon on; master_process on;"]
+        );
     }
 
     #[test]
@@ -462,7 +472,12 @@ mod tests {
             "DIR" => Some("/srv x".to_owned()),
             _ => None,
         };
-        let argv: Vec<String> = ["prog", "$OPTS", "--dir=${DIR}", "$UNSET", "$$HOME", "a$b"].map(String::from).into();
-        assert_eq!(expand_variables(&argv, lookup), vec!["prog", "-a", "-b", "--dir=/srv x", "$HOME", "a$b"]);
+        let argv: Vec<String> = ["prog", "$OPTS", "--dir=${DIR}", "$UNSET", "$$HOME", "a$b"]
+            .map(String::from)
+            .into();
+        assert_eq!(
+            expand_variables(&argv, lookup),
+            vec!["prog", "-a", "-b", "--dir=/srv x", "$HOME", "a$b"]
+        );
     }
 }

@@ -16,7 +16,8 @@ pub struct Tree {
 impl Tree {
     pub fn new(label: &str) -> Tree {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-        let root = std::env::temp_dir().join(format!("feather-svc-{label}-{}-{n}", std::process::id()));
+        let root =
+            std::env::temp_dir().join(format!("feather-svc-{label}-{}-{n}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).unwrap();
         Tree { root }
@@ -53,7 +54,10 @@ impl Tree {
     }
 
     pub fn load_err(&self, name: &str) -> String {
-        match self.paths().load(&feather_svc::UnitName::parse(name).unwrap()) {
+        match self
+            .paths()
+            .load(&feather_svc::UnitName::parse(name).unwrap())
+        {
             Ok(_) => panic!("{name} loaded, but should not"),
             Err(e) => e.to_string(),
         }

@@ -9,16 +9,30 @@ fn every_unit_file_on_this_machine_loads() {
     let mut loaded = 0;
     let mut failures = Vec::new();
     for name in paths.all_names() {
-        let name = if name.is_template() { name.with_instance("feather-test") } else { name };
+        let name = if name.is_template() {
+            name.with_instance("feather-test")
+        } else {
+            name
+        };
         match paths.load(&name) {
             Ok(_) => loaded += 1,
             Err(feather_svc::SvcError::Masked { .. }) => {}
             Err(e) => failures.push(e.to_string()),
         }
     }
-    assert!(failures.is_empty(), "{} of {} units failed:\n{}", failures.len(), loaded + failures.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} units failed:\n{}",
+        failures.len(),
+        loaded + failures.len(),
+        failures.join("\n")
+    );
     // A Debian machine with systemd's package installed has well over a hundred units.
-    assert!(loaded > 100, "only {loaded} units found in {:?}", paths.dirs());
+    assert!(
+        loaded > 100,
+        "only {loaded} units found in {:?}",
+        paths.dirs()
+    );
 }
 
 #[test]
@@ -26,7 +40,11 @@ fn every_dropin_and_wants_link_on_this_machine_is_read() {
     let paths = UnitPaths::new("/");
     for name in paths.all_names() {
         for dropin in paths.dropins(std::slice::from_ref(&name)) {
-            assert!(dropin.extension().is_some_and(|e| e == "conf"), "{}", dropin.display());
+            assert!(
+                dropin.extension().is_some_and(|e| e == "conf"),
+                "{}",
+                dropin.display()
+            );
         }
         let (wants, requires) = paths.wants_and_requires(&name);
         for n in wants.iter().chain(&requires) {

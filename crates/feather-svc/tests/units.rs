@@ -13,29 +13,57 @@ use feather_svc::unit::{DirectoryKind, KillMode, ListenKind, NotifyAccess, Resta
 fn etc_overrides_run_overrides_lib() {
     let t = Tree::new("precedence");
     t.lib("a.service", "[Service]\nExecStart=/bin/lib\n");
-    t.write("usr/lib/systemd/system/a.service", "[Service]\nExecStart=/bin/usr-lib\n");
-    assert_eq!(t.load("a.service").service.unwrap().exec_start[0].path, "/bin/lib");
-    t.write("run/systemd/system/a.service", "[Service]\nExecStart=/bin/run\n");
+    t.write(
+        "usr/lib/systemd/system/a.service",
+        "[Service]\nExecStart=/bin/usr-lib\n",
+    );
+    assert_eq!(
+        t.load("a.service").service.unwrap().exec_start[0].path,
+        "/bin/lib"
+    );
+    t.write(
+        "run/systemd/system/a.service",
+        "[Service]\nExecStart=/bin/run\n",
+    );
     assert_eq!(t.load("a").service.unwrap().exec_start[0].path, "/bin/run");
-    t.write("etc/systemd/system/a.service", "[Service]\nExecStart=/bin/etc\n");
+    t.write(
+        "etc/systemd/system/a.service",
+        "[Service]\nExecStart=/bin/etc\n",
+    );
     let unit = t.load("a.service");
     assert_eq!(unit.service.unwrap().exec_start[0].path, "/bin/etc");
-    assert_eq!(unit.fragment, Some(t.root.join("etc/systemd/system/a.service")));
+    assert_eq!(
+        unit.fragment,
+        Some(t.root.join("etc/systemd/system/a.service"))
+    );
 }
 
 #[test]
 fn masks_aliases_and_missing_units() {
     let t = Tree::new("mask");
     t.lib("real.service", "[Service]\nExecStart=/bin/real\n");
-    t.link("etc/systemd/system/alias.service", "/lib/systemd/system/real.service");
+    t.link(
+        "etc/systemd/system/alias.service",
+        "/lib/systemd/system/real.service",
+    );
     t.link("etc/systemd/system/masked.service", "/dev/null");
     t.lib("empty.service", "");
     let unit = t.load("alias.service");
-    assert_eq!(unit.name.as_str(), "real.service", "an alias loads the unit by its real name");
+    assert_eq!(
+        unit.name.as_str(),
+        "real.service",
+        "an alias loads the unit by its real name"
+    );
     assert!(t.load_err("masked.service").contains("is masked"));
-    assert!(t.load_err("empty.service").contains("is masked"), "an empty file masks too");
+    assert!(
+        t.load_err("empty.service").contains("is masked"),
+        "an empty file masks too"
+    );
     let missing = t.load_err("nope.service");
-    assert!(missing.contains("nope.service is not installed") && missing.contains("etc/systemd/system"), "{missing}");
+    assert!(
+        missing.contains("nope.service is not installed") && missing.contains("etc/systemd/system"),
+        "{missing}"
+    );
     // Masking in /etc hides a unit in /lib.
     t.link("etc/systemd/system/real.service", "/dev/null");
     assert!(t.load_err("real.service").contains("masked"));
@@ -44,18 +72,38 @@ fn masks_aliases_and_missing_units() {
 #[test]
 fn dropins_apply_in_file_name_order_and_higher_directories_hide_same_names() {
     let t = Tree::new("dropins");
-    t.lib("web.service", "[Service]\nExecStart=/bin/web\nUser=a\nEnvironment=A=1\n");
+    t.lib(
+        "web.service",
+        "[Service]\nExecStart=/bin/web\nUser=a\nEnvironment=A=1\n",
+    );
     t.lib("web.service.d/20-user.conf", "[Service]\nUser=b\n");
-    t.write("etc/systemd/system/web.service.d/10-env.conf", "[Service]\nEnvironment=B=2\n");
-    t.write("etc/systemd/system/web.service.d/20-user.conf", "[Service]\nUser=c\n");
+    t.write(
+        "etc/systemd/system/web.service.d/10-env.conf",
+        "[Service]\nEnvironment=B=2\n",
+    );
+    t.write(
+        "etc/systemd/system/web.service.d/20-user.conf",
+        "[Service]\nUser=c\n",
+    );
     // Top-level drop-ins for every service, and dash-prefix drop-ins.
     t.lib("service.d/05-all.conf", "[Service]\nEnvironment=ALL=yes\n");
-    t.write("run/systemd/system/we-.service.d/x.conf", "[Unit]\nDescription=not applied: web has no dash\n");
+    t.write(
+        "run/systemd/system/we-.service.d/x.conf",
+        "[Unit]\nDescription=not applied: web has no dash\n",
+    );
     let unit = t.load("web.service");
-    assert_eq!(unit.exec.user.as_deref(), Some("c"), "/etc's 20-user.conf hides /lib's");
+    assert_eq!(
+        unit.exec.user.as_deref(),
+        Some("c"),
+        "/etc's 20-user.conf hides /lib's"
+    );
     assert_eq!(
         unit.exec.environment,
-        vec![("A".into(), "1".into()), ("ALL".into(), "yes".into()), ("B".into(), "2".into())]
+        vec![
+            ("A".into(), "1".into()),
+            ("ALL".into(), "yes".into()),
+            ("B".into(), "2".into())
+        ]
     );
     assert_eq!(unit.dropins.len(), 3);
     assert!(unit.description.is_none());
@@ -64,7 +112,10 @@ fn dropins_apply_in_file_name_order_and_higher_directories_hide_same_names() {
     t.lib("my-.service.d/a.conf", "[Service]\nUser=dash1\n");
     t.lib("my-app-.service.d/b.conf", "[Service]\nGroup=dash2\n");
     let unit = t.load("my-app-worker.service");
-    assert_eq!((unit.exec.user.as_deref(), unit.exec.group.as_deref()), (Some("dash1"), Some("dash2")));
+    assert_eq!(
+        (unit.exec.user.as_deref(), unit.exec.group.as_deref()),
+        (Some("dash1"), Some("dash2"))
+    );
 }
 
 #[test]
@@ -87,25 +138,65 @@ fn templates_instances_and_specifiers() {
          PIDFile=postgresql/%i.pid\nRuntimeDirectory=postgresql/%I\nEnvironment=CLUSTER=%i UNIT=%n PREFIX=%p\n\
          WorkingDirectory=-%S/postgresql\n",
     );
-    t.lib("postgresql@.service.d/tpl.conf", "[Service]\nEnvironment=FROM_TEMPLATE_DROPIN=1\n");
-    t.write("etc/systemd/system/postgresql@15-main.service.d/inst.conf", "[Service]\nEnvironment=FROM_INSTANCE_DROPIN=1\n");
+    t.lib(
+        "postgresql@.service.d/tpl.conf",
+        "[Service]\nEnvironment=FROM_TEMPLATE_DROPIN=1\n",
+    );
+    t.write(
+        "etc/systemd/system/postgresql@15-main.service.d/inst.conf",
+        "[Service]\nEnvironment=FROM_INSTANCE_DROPIN=1\n",
+    );
     let unit = t.load("postgresql@15-main.service");
     assert_eq!(unit.name.as_str(), "postgresql@15-main.service");
-    assert_eq!(unit.fragment, Some(t.root.join("lib/systemd/system/postgresql@.service")));
-    assert_eq!(unit.description.as_deref(), Some("PostgreSQL Cluster 15-main"));
+    assert_eq!(
+        unit.fragment,
+        Some(t.root.join("lib/systemd/system/postgresql@.service"))
+    );
+    assert_eq!(
+        unit.description.as_deref(),
+        Some("PostgreSQL Cluster 15-main")
+    );
     let service = unit.service.as_ref().unwrap();
     assert_eq!(service.kind, ServiceType::Forking);
-    assert_eq!(service.exec_start[0].argv, vec!["/usr/bin/pg_ctlcluster", "--skip-systemctl-redirect", "15-main", "start"]);
+    assert_eq!(
+        service.exec_start[0].argv,
+        vec![
+            "/usr/bin/pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            "15-main",
+            "start"
+        ]
+    );
     assert!(service.exec_start[0].ignore_failure);
-    assert_eq!(service.pid_file, Some(PathBuf::from("/run/postgresql/15-main.pid")));
-    let env: Vec<String> = unit.exec.environment.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    assert_eq!(
+        service.pid_file,
+        Some(PathBuf::from("/run/postgresql/15-main.pid"))
+    );
+    let env: Vec<String> = unit
+        .exec
+        .environment
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
     assert_eq!(
         env,
-        vec!["CLUSTER=15-main", "UNIT=postgresql@15-main.service", "PREFIX=postgresql", "FROM_INSTANCE_DROPIN=1", "FROM_TEMPLATE_DROPIN=1"]
+        vec![
+            "CLUSTER=15-main",
+            "UNIT=postgresql@15-main.service",
+            "PREFIX=postgresql",
+            "FROM_INSTANCE_DROPIN=1",
+            "FROM_TEMPLATE_DROPIN=1"
+        ]
     );
-    assert_eq!(unit.exec.directories(DirectoryKind::Runtime).paths, vec!["postgresql/15-main"]);
+    assert_eq!(
+        unit.exec.directories(DirectoryKind::Runtime).paths,
+        vec!["postgresql/15-main"]
+    );
     let wd = unit.exec.working_directory.as_ref().unwrap();
-    assert_eq!((wd.path.clone(), wd.optional), (PathBuf::from("/var/lib/postgresql"), true));
+    assert_eq!(
+        (wd.path.clone(), wd.optional),
+        (PathBuf::from("/var/lib/postgresql"), true)
+    );
     assert!(t.load_err("postgresql@.service").contains("is a template"));
 }
 
@@ -114,8 +205,14 @@ fn an_instance_file_of_its_own_wins_over_the_template() {
     let t = Tree::new("instance-file");
     t.lib("getty@.service", "[Service]\nExecStart=/sbin/agetty %I\n");
     t.lib("getty@tty9.service", "[Service]\nExecStart=/bin/own %i\n");
-    assert_eq!(t.load("getty@tty9.service").service.unwrap().exec_start[0].argv, vec!["/bin/own", "tty9"]);
-    assert_eq!(t.load("getty@tty1.service").service.unwrap().exec_start[0].argv, vec!["/sbin/agetty", "tty1"]);
+    assert_eq!(
+        t.load("getty@tty9.service").service.unwrap().exec_start[0].argv,
+        vec!["/bin/own", "tty9"]
+    );
+    assert_eq!(
+        t.load("getty@tty1.service").service.unwrap().exec_start[0].argv,
+        vec!["/sbin/agetty", "tty1"]
+    );
 }
 
 #[test]
@@ -144,13 +241,26 @@ fn dependencies_install_and_wants_directories() {
          Conflicts=other.service\nAfter=db.service cache.service\nBefore=web.target\n\
          [Service]\nExecStart=/bin/app\n[Install]\nWantedBy=multi-user.target\nAlias=application.service\nRequiredBy=web.target\n",
     );
-    t.link("etc/systemd/system/app.service.wants/extra.service", "/lib/systemd/system/extra.service");
-    t.link("lib/systemd/system/app.service.requires/needed.service", "../needed.service");
+    t.link(
+        "etc/systemd/system/app.service.wants/extra.service",
+        "/lib/systemd/system/extra.service",
+    );
+    t.link(
+        "lib/systemd/system/app.service.requires/needed.service",
+        "../needed.service",
+    );
     let unit = t.load("app.service");
     let d = &unit.dependencies;
     assert_eq!(d.requires, vec!["db.service", "needed.service"]);
     assert_eq!(d.wants, vec!["cache.service", "extra.service"]);
-    assert_eq!((d.binds_to.clone(), d.requisite.clone(), d.part_of.clone()), (vec!["b.service".to_owned()], vec!["r.service".to_owned()], vec!["group.target".to_owned()]));
+    assert_eq!(
+        (d.binds_to.clone(), d.requisite.clone(), d.part_of.clone()),
+        (
+            vec!["b.service".to_owned()],
+            vec!["r.service".to_owned()],
+            vec!["group.target".to_owned()]
+        )
+    );
     assert_eq!(d.conflicts, vec!["other.service"]);
     assert_eq!(d.after, vec!["db.service", "cache.service"]);
     assert_eq!(d.before, vec!["web.target"]);
@@ -182,32 +292,50 @@ fn service_settings() {
     assert_eq!(s.bus_name.as_deref(), Some("org.example.S"));
     assert!(s.remain_after_exit);
     assert!(s.exec_start_pre[0].ignore_failure);
-    assert_eq!((s.exec_start[0].path.as_str(), s.exec_start[0].argv.clone()), ("/usr/bin/s", vec!["s-daemon".to_owned(), "--x".into()]));
+    assert_eq!(
+        (s.exec_start[0].path.as_str(), s.exec_start[0].argv.clone()),
+        ("/usr/bin/s", vec!["s-daemon".to_owned(), "--x".into()])
+    );
     assert_eq!(s.exec_reload[0].argv, vec!["/bin/kill", "-HUP", "$MAINPID"]);
     assert!(s.exec_stop_post[0].full_privileges);
     assert_eq!(s.exec_start_post.len() + s.exec_stop.len(), 2);
     assert_eq!(unit.exec.user.as_deref(), Some("svc"));
     assert_eq!(unit.exec.group.as_deref(), Some("svcgrp"));
     assert_eq!(unit.exec.supplementary_groups, vec!["a", "b"]);
-    assert_eq!(unit.exec.working_directory.as_ref().unwrap().path, PathBuf::from("~"));
+    assert_eq!(
+        unit.exec.working_directory.as_ref().unwrap().path,
+        PathBuf::from("~")
+    );
     assert_eq!(unit.exec.umask, 0o027);
-    assert_eq!(unit.exec.environment, vec![("GREETING".into(), "hello world".into())]);
+    assert_eq!(
+        unit.exec.environment,
+        vec![("GREETING".into(), "hello world".into())]
+    );
     assert_eq!(unit.exec.environment_files.len(), 2);
     assert!(unit.exec.environment_files[0].optional && !unit.exec.environment_files[1].optional);
     let runtime = unit.exec.directories(DirectoryKind::Runtime);
-    assert_eq!((runtime.paths.clone(), runtime.mode), (vec!["s".to_owned(), "s/sub".into()], 0o750));
+    assert_eq!(
+        (runtime.paths.clone(), runtime.mode),
+        (vec!["s".to_owned(), "s/sub".into()], 0o750)
+    );
     assert_eq!(unit.exec.directories(DirectoryKind::State).mode, 0o700);
     for kind in DirectoryKind::ALL {
         assert!(!unit.exec.directories(kind).paths.is_empty(), "{kind:?}");
     }
     assert_eq!(s.pid_file, Some(PathBuf::from("/run/s.pid")));
     assert_eq!(unit.exec.limits[0].0, "LimitNOFILE");
-    assert_eq!((unit.exec.limits[0].1.soft, unit.exec.limits[0].1.hard), (Some(1024), Some(4096)));
+    assert_eq!(
+        (unit.exec.limits[0].1.soft, unit.exec.limits[0].1.hard),
+        (Some(1024), Some(4096))
+    );
     assert_eq!(unit.exec.limits[1].1.soft, None);
     assert_eq!(s.restart, Restart::OnFailure);
     assert_eq!(s.restart_sec, Duration::from_secs(2));
     assert_eq!(s.timeout_start, Some(Duration::from_secs(60)));
-    assert_eq!(s.timeout_stop, None, "TimeoutStopSec=0 disables the timeout");
+    assert_eq!(
+        s.timeout_stop, None,
+        "TimeoutStopSec=0 disables the timeout"
+    );
     assert_eq!(s.kill_mode, KillMode::Mixed);
     assert_eq!(s.kill_signal, libc_sigquit());
     assert_eq!(unit.start_limit.interval, Some(Duration::from_secs(30)));
@@ -232,7 +360,11 @@ fn socket_units() {
     assert!(socket.accept);
     assert_eq!(socket.service.as_deref(), Some("echo-handler.service"));
     assert_eq!(socket.socket_mode, Some(0o660));
-    let kinds: Vec<(ListenKind, &str)> = socket.listen.iter().map(|l| (l.kind, l.address.as_str())).collect();
+    let kinds: Vec<(ListenKind, &str)> = socket
+        .listen
+        .iter()
+        .map(|l| (l.kind, l.address.as_str()))
+        .collect();
     assert_eq!(
         kinds,
         vec![
@@ -247,25 +379,45 @@ fn socket_units() {
 #[test]
 fn errors_carry_file_and_line() {
     let t = Tree::new("errors");
-    t.lib("bad.service", "[Unit]\nDescription=x\n[Service]\nType=sometimes\n");
+    t.lib(
+        "bad.service",
+        "[Unit]\nDescription=x\n[Service]\nType=sometimes\n",
+    );
     let e = t.load_err("bad.service");
-    assert!(e.ends_with("bad.service:4: unknown service type Type=sometimes"), "{e}");
-    t.lib("quote.service", "[Service]\n\nExecStart=/bin/echo \"unterminated\n");
+    assert!(
+        e.ends_with("bad.service:4: unknown service type Type=sometimes"),
+        "{e}"
+    );
+    t.lib(
+        "quote.service",
+        "[Service]\n\nExecStart=/bin/echo \"unterminated\n",
+    );
     let e = t.load_err("quote.service");
     assert!(e.contains("quote.service:3: unterminated"), "{e}");
     t.lib("drop.service", "[Service]\nExecStart=/bin/true\n");
     t.lib("drop.service.d/broken.conf", "[Service]\nUMask=rwx\n");
     let e = t.load_err("drop.service");
-    assert!(e.contains("drop.service.d/broken.conf:2:") && e.contains("octal"), "{e}");
+    assert!(
+        e.contains("drop.service.d/broken.conf:2:") && e.contains("octal"),
+        "{e}"
+    );
     t.lib("spec.service", "[Service]\nExecStart=/bin/echo %z\n");
-    assert!(t.load_err("spec.service").contains("spec.service:2: unknown specifier %z"));
+    assert!(t
+        .load_err("spec.service")
+        .contains("spec.service:2: unknown specifier %z"));
 }
 
 #[test]
 fn targets_load_with_their_dependencies() {
     let t = Tree::new("target");
-    t.lib("multi-user.target", "[Unit]\nDescription=Multi-User System\nRequires=basic.target\nAfter=basic.target\n");
-    t.link("etc/systemd/system/multi-user.target.wants/nginx.service", "/lib/systemd/system/nginx.service");
+    t.lib(
+        "multi-user.target",
+        "[Unit]\nDescription=Multi-User System\nRequires=basic.target\nAfter=basic.target\n",
+    );
+    t.link(
+        "etc/systemd/system/multi-user.target.wants/nginx.service",
+        "/lib/systemd/system/nginx.service",
+    );
     let unit = t.load("multi-user.target");
     assert!(unit.service.is_none() && unit.socket.is_none());
     assert_eq!(unit.dependencies.wants, vec!["nginx.service"]);

@@ -184,6 +184,14 @@ pub enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Stop services in a running VM (if they run), then start them again
+    Restart {
+        name: String,
+        #[arg(required = true, value_name = "UNIT")]
+        units: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The services of a running VM: state, main pid, uptime, restarts, readiness
     Ls {
         name: String,
@@ -211,7 +219,7 @@ pub struct ServiceClientArgs {
     pub json: bool,
     #[arg(long, default_value_t = 10)]
     pub lines: usize,
-    /// start, stop, ls or status
+    /// start, stop, restart, ls or status
     pub op: String,
     pub units: Vec<String>,
 }

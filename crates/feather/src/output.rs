@@ -3,9 +3,9 @@
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
 use feather_core::size::format_bytes;
+use feather_svc::manager::protocol::ServiceInfo;
 use feather_vm::diff::Change;
 use feather_vm::inspect::{Process, Summary};
-use feather_svc::manager::protocol::ServiceInfo;
 use serde::Serialize;
 
 pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -88,7 +88,11 @@ fn age(seconds: u64) -> String {
 pub fn catalog(entries: &[feather_svc::catalog::Entry]) {
     let mut t = table(&["SERVICE", "DUPLICABLE", "TYPE", "SOURCE", "NOTE"]);
     for e in entries {
-        let note = e.note.clone().or_else(|| e.description.clone()).unwrap_or_default();
+        let note = e
+            .note
+            .clone()
+            .or_else(|| e.description.clone())
+            .unwrap_or_default();
         t.add_row(vec![
             e.name.clone(),
             if e.duplicable { "yes" } else { "no" }.to_owned(),
@@ -104,13 +108,17 @@ pub fn catalog(entries: &[feather_svc::catalog::Entry]) {
 }
 
 pub fn services(rows: &[ServiceInfo]) {
-    let mut t = table(&["UNIT", "STATE", "SUB", "PID", "SINCE", "RESTARTS", "READY", "RESULT"]);
+    let mut t = table(&[
+        "UNIT", "STATE", "SUB", "PID", "SINCE", "RESTARTS", "READY", "RESULT",
+    ]);
     for s in rows {
         t.add_row(vec![
             s.name.clone(),
             s.state.clone(),
             s.sub.clone(),
-            s.main_pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            s.main_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
             format!("{} ago", age(s.since_secs)),
             s.restarts.to_string(),
             if s.ready { "yes" } else { "no" }.to_owned(),
@@ -122,7 +130,12 @@ pub fn services(rows: &[ServiceInfo]) {
 
 pub fn service_status(s: &ServiceInfo, log: &[String]) {
     println!("{} - {}", s.name, s.description.as_deref().unwrap_or(""));
-    println!("   state: {} ({}) for {}", s.state, s.sub, age(s.since_secs));
+    println!(
+        "   state: {} ({}) for {}",
+        s.state,
+        s.sub,
+        age(s.since_secs)
+    );
     if let Some(pid) = s.main_pid {
         println!("    main: {pid}");
     }

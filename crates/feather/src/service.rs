@@ -26,8 +26,14 @@ pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode
         }
         ServiceCommand::Start { name, units, json } => (name, "start", units, json, 0),
         ServiceCommand::Stop { name, units, json } => (name, "stop", units, json, 0),
+        ServiceCommand::Restart { name, units, json } => (name, "restart", units, json, 0),
         ServiceCommand::Ls { name, json } => (name, "ls", Vec::new(), json, 0),
-        ServiceCommand::Status { name, unit, lines, json } => (name, "status", vec![unit], json, lines),
+        ServiceCommand::Status {
+            name,
+            unit,
+            lines,
+            json,
+        } => (name, "status", vec![unit], json, lines),
     };
     let name: VmName = name.parse()?;
     let exe = std::env::current_exe().context("cannot find feather's own binary")?;
@@ -66,6 +72,21 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
     let vm = &args.vm;
     let request = match args.op.as_str() {
         "start" => Request::Start { units: args.units },
+        "restart" => {
+            // Stop those of the units that run (a stopped one is simply started), then start.
+            for unit in args.units.iter().filter(|_| manager::running()) {
+                let stop = Request::Stop {
+                    units: vec![unit.clone()],
+                };
+                match manager::call(&stop, false).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))? {
+                    Response::Error { message } if !message.contains("was not started") => {
+                        anyhow::bail!("VM {vm}: {message}")
+                    }
+                    _ => {}
+                }
+            }
+            Request::Start { units: args.units }
+        }
         "stop" => Request::Stop { units: args.units },
         "ls" => Request::List,
         "status" => Request::Status {
@@ -76,7 +97,9 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
     };
     let starts = matches!(request, Request::Start { .. });
     if matches!(request, Request::Stop { .. }) && !manager::running() {
-        anyhow::bail!("VM {vm} runs no services (start one with `feather service start {vm} UNIT`)");
+        anyhow::bail!(
+            "VM {vm} runs no services (start one with `feather service start {vm} UNIT`)"
+        );
     }
     let response = manager::call(&request, starts).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
     match response {

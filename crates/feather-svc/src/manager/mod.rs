@@ -32,7 +32,9 @@ pub fn call(request: &Request, start_if_absent: bool) -> Result<Response, String
             loop {
                 match protocol::connect() {
                     Ok(stream) => break stream,
-                    Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
                     Err(e) => {
                         return Err(format!(
                             "the service manager did not start: {e} (see {MANAGER_LOG} in the VM)"
@@ -43,7 +45,8 @@ pub fn call(request: &Request, start_if_absent: bool) -> Result<Response, String
         }
         Err(_) => return Ok(Response::List { units: Vec::new() }),
     };
-    protocol::send(&mut stream, request).map_err(|e| format!("cannot reach the service manager: {e}"))?;
+    protocol::send(&mut stream, request)
+        .map_err(|e| format!("cannot reach the service manager: {e}"))?;
     protocol::receive(&stream).map_err(|e| format!("no answer from the service manager: {e}"))
 }
 
@@ -74,7 +77,10 @@ fn launch() -> Result<(), String> {
 
 /// The manager's main: one per VM (a lock decides), its pid recorded in [`PID_FILE`].
 fn serve() -> i32 {
-    let log = OpenOptions::new().create(true).append(true).open(MANAGER_LOG);
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(MANAGER_LOG);
     if let Ok(log) = &log {
         let _ = feather_sys::process::redirect_stdio(log);
     }

@@ -36,10 +36,19 @@ pub enum Request {
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
     /// What the request did to each unit it touched.
-    Done { units: Vec<ServiceInfo> },
-    List { units: Vec<ServiceInfo> },
-    Status { unit: ServiceInfo, log: Vec<String> },
-    Error { message: String },
+    Done {
+        units: Vec<ServiceInfo>,
+    },
+    List {
+        units: Vec<ServiceInfo>,
+    },
+    Status {
+        unit: Box<ServiceInfo>,
+        log: Vec<String>,
+    },
+    Error {
+        message: String,
+    },
 }
 
 /// The state of one unit, as `service ls` and `service status` show it.

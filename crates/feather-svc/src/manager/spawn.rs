@@ -106,8 +106,13 @@ pub fn make_directories(unit: &Unit, identity: &Identity) -> Result<Vec<(String,
         let mut full_paths = Vec::new();
         for rel in &dirs.paths {
             let path = Path::new(kind.root()).join(rel);
-            fs::create_dir_all(&path)
-                .map_err(|e| format!("{}={rel}: cannot create {}: {e}", kind.setting(), path.display()))?;
+            fs::create_dir_all(&path).map_err(|e| {
+                format!(
+                    "{}={rel}: cannot create {}: {e}",
+                    kind.setting(),
+                    path.display()
+                )
+            })?;
             if let Some(c) = &identity.credentials {
                 chown(&path, Some(c.uid), Some(c.gid))
                     .map_err(|e| format!("{}: chown {}: {e}", kind.setting(), path.display()))?;
@@ -203,7 +208,12 @@ pub fn command(
 ) -> Result<Command, String> {
     let program = resolve_program(Path::new("/"), &exec.path)
         .map_err(|p| format!("{}: program {} not found in the VM", unit.name, p.display()))?;
-    let lookup = |name: &str| env.iter().rev().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
     let args: Vec<String> = if exec.no_env_expansion {
         exec.argv[1..].to_vec()
     } else {

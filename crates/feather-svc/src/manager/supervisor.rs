@@ -193,11 +193,14 @@ impl Runtime {
             status_text: self.status_text.clone(),
             result: self.result.clone(),
             pulled_by: self.pulled_by.clone(),
-            log: Some(spawn::log_path(self.unit.name.as_str()).display().to_string()),
+            log: Some(
+                spawn::log_path(self.unit.name.as_str())
+                    .display()
+                    .to_string(),
+            ),
             not_applied: self.unit.not_applied.clone(),
         }
     }
-
 }
 
 /// A request that waits for its units to settle.
@@ -223,15 +226,22 @@ impl Manager {
     /// Sets up the manager: the control socket, the signals it handles, subreaping.
     pub fn new(listener: UnixListener) -> Result<Manager, String> {
         let mut set = SigSet::empty();
-        for signal in [Signal::SIGCHLD, Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        for signal in [
+            Signal::SIGCHLD,
+            Signal::SIGTERM,
+            Signal::SIGINT,
+            Signal::SIGHUP,
+        ] {
             set.add(signal);
         }
-        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).map_err(|e| format!("sigprocmask: {e}"))?;
+        sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
+            .map_err(|e| format!("sigprocmask: {e}"))?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
             .map_err(|e| format!("signalfd: {e}"))?;
         // Daemons fork away from the process the manager started; as a subreaper the manager
         // still gets them (and their exit status) instead of the VM's init.
-        nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
+        nix::sys::prctl::set_child_subreaper(true)
+            .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
         fs::create_dir_all(NOTIFY_DIR).map_err(|e| format!("{NOTIFY_DIR}: {e}"))?;
         Ok(Manager {
@@ -262,7 +272,11 @@ impl Manager {
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                 ];
-                fds.extend(notify.iter().map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)));
+                fds.extend(
+                    notify
+                        .iter()
+                        .map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)),
+                );
                 let timeout = if busy {
                     PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX)
                 } else {
@@ -278,7 +292,13 @@ impl Manager {
             self.accept();
             self.tick();
             self.finish_jobs();
-            if self.shutting_down && self.units.values().all(|r| r.state.settled() && !r.stop_pending) && self.jobs.is_empty() {
+            if self.shutting_down
+                && self
+                    .units
+                    .values()
+                    .all(|r| r.state.settled() && !r.stop_pending)
+                && self.jobs.is_empty()
+            {
                 let _ = fs::remove_file(SOCKET);
                 return;
             }
@@ -287,9 +307,11 @@ impl Manager {
 
     fn read_signals(&mut self) {
         while let Ok(Some(info)) = self.signals.read_signal() {
-            match Signal::try_from(info.ssi_signo as i32) {
-                Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) => self.begin_shutdown(),
-                _ => {}
+            // SIGCHLD only wakes the loop; reaping follows.
+            if let Ok(Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP) =
+                Signal::try_from(info.ssi_signo as i32)
+            {
+                self.begin_shutdown();
             }
         }
     }
@@ -311,7 +333,12 @@ impl Manager {
                 Ok(request) => self.handle(request, stream),
                 Err(e) => {
                     let mut stream = stream;
-                    let _ = protocol::send(&mut stream, &Response::Error { message: format!("bad request: {e}") });
+                    let _ = protocol::send(
+                        &mut stream,
+                        &Response::Error {
+                            message: format!("bad request: {e}"),
+                        },
+                    );
                 }
             }
         }
@@ -321,7 +348,12 @@ impl Manager {
         let answer = match request {
             Request::Start { units } => match self.request_start(&units) {
                 Ok((units, skipped)) => {
-                    self.jobs.push(Job { client: stream, units, skipped, then_exit: false });
+                    self.jobs.push(Job {
+                        client: stream,
+                        units,
+                        skipped,
+                        then_exit: false,
+                    });
                     return;
                 }
                 Err(message) => Response::Error { message },
@@ -329,10 +361,15 @@ impl Manager {
             Request::Stop { units } => {
                 let mut missing = units.iter().filter_map(|u| {
                     let name = UnitName::parse(u).ok()?;
-                    (!self.units.contains_key(name.as_str()) && !self.alias_of(&name).is_some()).then(|| name.to_string())
+                    (!self.units.contains_key(name.as_str()) && self.alias_of(&name).is_none())
+                        .then(|| name.to_string())
                 });
                 if let Some(missing) = missing.next() {
-                    Response::Error { message: format!("{missing} was not started in this VM (see `feather service ls`)") }
+                    Response::Error {
+                        message: format!(
+                            "{missing} was not started in this VM (see `feather service ls`)"
+                        ),
+                    }
                 } else {
                     let names: Vec<String> = units
                         .iter()
@@ -340,16 +377,28 @@ impl Manager {
                         .map(|n| self.alias_of(&n).unwrap_or_else(|| n.to_string()))
                         .collect();
                     let touched = self.request_stop(&names);
-                    self.jobs.push(Job { client: stream, units: touched, skipped: Vec::new(), then_exit: false });
+                    self.jobs.push(Job {
+                        client: stream,
+                        units: touched,
+                        skipped: Vec::new(),
+                        then_exit: false,
+                    });
                     return;
                 }
             }
-            Request::List => Response::List { units: self.units.values().map(Runtime::info).collect() },
+            Request::List => Response::List {
+                units: self.units.values().map(Runtime::info).collect(),
+            },
             Request::Status { unit, lines } => self.status(&unit, lines),
             Request::Shutdown => {
                 self.begin_shutdown();
                 let units = self.units.keys().cloned().collect();
-                self.jobs.push(Job { client: stream, units, skipped: Vec::new(), then_exit: true });
+                self.jobs.push(Job {
+                    client: stream,
+                    units,
+                    skipped: Vec::new(),
+                    then_exit: true,
+                });
                 return;
             }
         };
@@ -362,7 +411,9 @@ impl Manager {
             return Some(name.to_string());
         }
         match self.paths.find(name) {
-            Ok(Some(crate::paths::Fragment::File { name: real, .. })) if self.units.contains_key(real.as_str()) => {
+            Ok(Some(crate::paths::Fragment::File { name: real, .. }))
+                if self.units.contains_key(real.as_str()) =>
+            {
                 Some(real.to_string())
             }
             _ => None,
@@ -372,26 +423,44 @@ impl Manager {
     fn status(&self, unit: &str, lines: usize) -> Response {
         let name = match UnitName::parse(unit) {
             Ok(name) => name,
-            Err(e) => return Response::Error { message: e.to_string() },
+            Err(e) => {
+                return Response::Error {
+                    message: e.to_string(),
+                }
+            }
         };
         let info = match self.alias_of(&name).and_then(|n| self.units.get(&n)) {
             Some(runtime) => runtime.info(),
             None => match self.paths.load(&name) {
                 Ok(unit) => Runtime::new(unit).info(),
-                Err(e) => return Response::Error { message: e.to_string() },
+                Err(e) => {
+                    return Response::Error {
+                        message: e.to_string(),
+                    }
+                }
             },
         };
         let log = tail(&spawn::log_path(&info.name), lines);
-        Response::Status { unit: info, log }
+        Response::Status {
+            unit: Box::new(info),
+            log,
+        }
     }
 
     /// Loads the closure of `names`, queues every unit of it that is not already up, and
     /// returns the units the job waits for.
-    fn request_start(&mut self, names: &[String]) -> Result<(Vec<String>, Vec<ServiceInfo>), String> {
+    fn request_start(
+        &mut self,
+        names: &[String],
+    ) -> Result<(Vec<String>, Vec<ServiceInfo>), String> {
         if self.shutting_down {
             return Err("the service manager is shutting down".into());
         }
-        let roots = names.iter().map(|n| UnitName::parse(n)).collect::<Result<Vec<_>, _>>().map_err(|e| e.to_string())?;
+        let roots = names
+            .iter()
+            .map(|n| UnitName::parse(n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
         let graph = DependencyGraph::closure(&self.paths, &roots).map_err(|e| e.to_string())?;
         graph.start_waves().map_err(|e| e.to_string())?;
         let ordering = graph.ordering();
@@ -399,7 +468,11 @@ impl Manager {
         for (name, unit) in &graph.units {
             job_units.push(name.clone());
             if let Some(existing) = self.units.get(name) {
-                if matches!(existing.state, State::Active | State::Activating | State::Waiting) && !existing.stop_pending {
+                if matches!(
+                    existing.state,
+                    State::Active | State::Activating | State::Waiting
+                ) && !existing.stop_pending
+                {
                     continue;
                 }
             }
@@ -407,26 +480,49 @@ impl Manager {
             if let Some(old) = self.units.get(name) {
                 runtime.restarts = old.restarts;
             }
-            runtime.pulled_by = graph.pulled_by.get(name).map(|(by, how)| format!("{by} ({how})"));
-            runtime.after = ordering.iter().filter(|(_, a)| a == name).map(|(b, _)| b.clone()).collect();
+            runtime.pulled_by = graph
+                .pulled_by
+                .get(name)
+                .map(|(by, how)| format!("{by} ({how})"));
+            runtime.after = ordering
+                .iter()
+                .filter(|(_, a)| a == name)
+                .map(|(b, _)| b.clone())
+                .collect();
             let d = &unit.dependencies;
-            runtime.requires = d.requires.iter().chain(&d.binds_to).chain(&d.requisite)
-                .filter(|n| graph.units.contains_key(*n)).cloned().collect();
+            runtime.requires = d
+                .requires
+                .iter()
+                .chain(&d.binds_to)
+                .chain(&d.requisite)
+                .filter(|n| graph.units.contains_key(*n))
+                .cloned()
+                .collect();
             runtime.set(State::Waiting, Phase::Idle);
             if let Err(why) = catalog::validate(unit) {
                 fail(&mut runtime, why);
             } else if let Some(missing) = catalog::missing_program(Path::new("/"), unit) {
-                fail(&mut runtime, format!("its program {} is not installed in the VM", missing.display()));
+                fail(
+                    &mut runtime,
+                    format!(
+                        "its program {} is not installed in the VM",
+                        missing.display()
+                    ),
+                );
             }
             self.units.insert(name.clone(), runtime);
         }
-        let skipped = graph.skipped.iter().map(|(name, why)| ServiceInfo {
-            name: name.clone(),
-            state: "skipped".into(),
-            sub: "skipped".into(),
-            result: Some(why.clone()),
-            ..ServiceInfo::default()
-        }).collect();
+        let skipped = graph
+            .skipped
+            .iter()
+            .map(|(name, why)| ServiceInfo {
+                name: name.clone(),
+                state: "skipped".into(),
+                sub: "skipped".into(),
+                result: Some(why.clone()),
+                ..ServiceInfo::default()
+            })
+            .collect();
         Ok((job_units, skipped))
     }
 
@@ -435,9 +531,18 @@ impl Manager {
     fn request_stop(&mut self, names: &[String]) -> Vec<String> {
         let mut stopping: BTreeSet<String> = names.iter().cloned().collect();
         loop {
-            let more: Vec<String> = self.units.iter()
-                .filter(|(n, r)| !stopping.contains(*n) && r.requires.iter().chain(&r.unit.dependencies.part_of).any(|d| stopping.contains(d)))
-                .map(|(n, _)| n.clone()).collect();
+            let more: Vec<String> = self
+                .units
+                .iter()
+                .filter(|(n, r)| {
+                    !stopping.contains(*n)
+                        && r.requires
+                            .iter()
+                            .chain(&r.unit.dependencies.part_of)
+                            .any(|d| stopping.contains(d))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
             if more.is_empty() {
                 break;
             }
@@ -463,12 +568,21 @@ impl Manager {
     fn finish_jobs(&mut self) {
         let mut remaining = Vec::new();
         for mut job in std::mem::take(&mut self.jobs) {
-            let settled = job.units.iter().all(|n| self.units.get(n).is_none_or(|r| r.state.settled() && !r.stop_pending && r.restart_at.is_none()));
+            let settled = job.units.iter().all(|n| {
+                self.units
+                    .get(n)
+                    .is_none_or(|r| r.state.settled() && !r.stop_pending && r.restart_at.is_none())
+            });
             if !settled {
                 remaining.push(job);
                 continue;
             }
-            let mut units: Vec<ServiceInfo> = job.units.iter().filter_map(|n| self.units.get(n)).map(Runtime::info).collect();
+            let mut units: Vec<ServiceInfo> = job
+                .units
+                .iter()
+                .filter_map(|n| self.units.get(n))
+                .map(Runtime::info)
+                .collect();
             units.append(&mut job.skipped);
             let _ = protocol::send(&mut job.client, &Response::Done { units });
             if job.then_exit {
@@ -484,18 +598,32 @@ impl Manager {
         let now = Instant::now();
         let names: Vec<String> = self.units.keys().cloned().collect();
         for name in &names {
-            let state_of = |units: &BTreeMap<String, Runtime>, n: &str| units.get(n).map(|r| r.state);
-            let Some(r) = self.units.get(name) else { continue };
+            let state_of =
+                |units: &BTreeMap<String, Runtime>, n: &str| units.get(n).map(|r| r.state);
+            let Some(r) = self.units.get(name) else {
+                continue;
+            };
             match r.state {
                 State::Waiting => {
-                    let failed_dependency = r.requires.iter().find(|d| state_of(&self.units, d) == Some(State::Failed));
+                    let failed_dependency = r
+                        .requires
+                        .iter()
+                        .find(|d| state_of(&self.units, d) == Some(State::Failed));
                     if let Some(dependency) = failed_dependency.cloned() {
-                        let why = format!("dependency {dependency} failed: {}", self.units[&dependency].result.clone().unwrap_or_default());
+                        let why = format!(
+                            "dependency {dependency} failed: {}",
+                            self.units[&dependency].result.clone().unwrap_or_default()
+                        );
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         fail(r, why);
                         continue;
                     }
-                    let blocked = r.after.iter().any(|d| matches!(state_of(&self.units, d), Some(State::Waiting | State::Activating)));
+                    let blocked = r.after.iter().any(|d| {
+                        matches!(
+                            state_of(&self.units, d),
+                            Some(State::Waiting | State::Activating)
+                        )
+                    });
                     if !blocked {
                         self.begin_start(name);
                     }
@@ -503,7 +631,11 @@ impl Manager {
                 _ => {
                     if r.stop_pending {
                         // Units that start after this one stop before it.
-                        let blocked = self.units.iter().any(|(other, o)| other != name && o.after.contains(name) && (o.stop_pending || o.state == State::Deactivating));
+                        let blocked = self.units.iter().any(|(other, o)| {
+                            other != name
+                                && o.after.contains(name)
+                                && (o.stop_pending || o.state == State::Deactivating)
+                        });
                         if !blocked {
                             self.begin_stop(name);
                         }
@@ -520,7 +652,9 @@ impl Manager {
                     if matches!(phase, Phase::SigTerm | Phase::SigKill) {
                         self.check_stopped(name);
                     }
-                    let Some(r) = self.units.get(name) else { continue };
+                    let Some(r) = self.units.get(name) else {
+                        continue;
+                    };
                     if r.deadline.is_some_and(|d| now >= d) {
                         self.deadline_passed(name);
                     }
@@ -530,7 +664,9 @@ impl Manager {
     }
 
     fn begin_start(&mut self, name: &str) {
-        let Some(r) = self.units.get_mut(name) else { return };
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
         r.set(State::Activating, Phase::Condition);
         r.result = None;
         r.ready = false;
@@ -545,7 +681,9 @@ impl Manager {
             // processes of their own here.
             r.ready = true;
             if r.unit.socket.is_some() {
-                r.result = Some("socket activation is not done yet: the service opens its own sockets".into());
+                r.result = Some(
+                    "socket activation is not done yet: the service opens its own sockets".into(),
+                );
             }
             r.set(State::Active, Phase::Running);
             return;
@@ -575,18 +713,26 @@ impl Manager {
     /// Runs the next command of the current phase, or moves to the next phase.
     fn advance(&mut self, name: &str) {
         loop {
-            let Some(r) = self.units.get_mut(name) else { return };
+            let Some(r) = self.units.get_mut(name) else {
+                return;
+            };
             if r.control.is_some() || matches!(r.state, State::Inactive | State::Failed) {
                 return;
             }
-            let Some(service) = r.unit.service.clone() else { return };
+            let Some(service) = r.unit.service.clone() else {
+                return;
+            };
             if let Some(command) = r.pending.pop_front() {
-                let main = r.phase == Phase::Start && !matches!(service.kind, ServiceType::Oneshot | ServiceType::Forking);
+                let main = r.phase == Phase::Start
+                    && !matches!(service.kind, ServiceType::Oneshot | ServiceType::Forking);
                 match self.spawn(name, &command, main) {
                     Ok(()) => {
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         if main {
-                            r.phase = if matches!(service.kind, ServiceType::Notify | ServiceType::NotifyReload) {
+                            r.phase = if matches!(
+                                service.kind,
+                                ServiceType::Notify | ServiceType::NotifyReload
+                            ) {
                                 Phase::WaitReady
                             } else {
                                 r.ready = true;
@@ -618,7 +764,10 @@ impl Manager {
                 }
                 Phase::StartPre => {
                     r.phase = Phase::Start;
-                    if matches!(service.kind, ServiceType::Notify | ServiceType::NotifyReload) {
+                    if matches!(
+                        service.kind,
+                        ServiceType::Notify | ServiceType::NotifyReload
+                    ) {
                         if let Err(why) = open_notify_socket(r) {
                             self.fail_and_clean(name, why);
                             return;
@@ -682,7 +831,10 @@ impl Manager {
             env.push(("MAINPID".into(), pid.to_string()));
         }
         if r.notify.is_some() {
-            env.push(("NOTIFY_SOCKET".into(), notify_path(name).display().to_string()));
+            env.push((
+                "NOTIFY_SOCKET".into(),
+                notify_path(name).display().to_string(),
+            ));
         }
         let log = r.log.as_ref().ok_or("no log")?;
         let mut process = spawn::command(&r.unit, command, &identity, &env, log)?;
@@ -732,28 +884,56 @@ impl Manager {
     }
 
     fn control_exited(&mut self, name: &str, code: Exit) {
-        let Some(r) = self.units.get_mut(name) else { return };
-        let Some((_, command)) = r.control.take() else { return };
-        let success = code.success(r.unit.service.as_ref().map_or(&[][..], |s| &s.success_exit_status));
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
+        let Some((_, command)) = r.control.take() else {
+            return;
+        };
+        let success = code.success(
+            r.unit
+                .service
+                .as_ref()
+                .map_or(&[][..], |s| &s.success_exit_status),
+        );
         if success || command.ignore_failure || r.state == State::Deactivating {
             if !success {
-                log_line(r, &format!("feather: {} {} {} (ignored)", phase_setting(r.phase), command.path, code.describe()));
+                log_line(
+                    r,
+                    &format!(
+                        "feather: {} {} {} (ignored)",
+                        phase_setting(r.phase),
+                        command.path,
+                        code.describe()
+                    ),
+                );
             }
             self.advance(name);
             return;
         }
         if r.phase == Phase::Condition && matches!(code, Exit::Code(1..=254)) {
-            r.result = Some(format!("skipped: ExecCondition {} {}", command.path, code.describe()));
+            r.result = Some(format!(
+                "skipped: ExecCondition {} {}",
+                command.path,
+                code.describe()
+            ));
             r.set(State::Inactive, Phase::Idle);
             r.deadline = None;
             return;
         }
-        let why = format!("{} {} {}", phase_setting(r.phase), command.path, code.describe());
+        let why = format!(
+            "{} {} {}",
+            phase_setting(r.phase),
+            command.path,
+            code.describe()
+        );
         self.fail_and_clean(name, why);
     }
 
     fn main_exited(&mut self, name: &str, code: Exit) {
-        let Some(r) = self.units.get_mut(name) else { return };
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
         r.main_pid = None;
         match r.state {
             State::Deactivating => {
@@ -780,7 +960,8 @@ impl Manager {
                 }
                 log_line(r, &format!("feather: main process {}", code.describe()));
                 if restart {
-                    r.restart_at = Some(Instant::now() + service.restart_sec.min(Duration::from_secs(3600)));
+                    r.restart_at =
+                        Some(Instant::now() + service.restart_sec.min(Duration::from_secs(3600)));
                     r.set(State::Activating, Phase::AutoRestart);
                     self.kill_remaining(name);
                     return;
@@ -788,7 +969,11 @@ impl Manager {
                 // Stop what remains of the service, as systemd does when its main process ends.
                 r.set(State::Deactivating, Phase::Stop);
                 r.deadline = service.timeout_stop.map(|t| Instant::now() + t);
-                r.pending = if r.was_active { service.exec_stop.iter().cloned().collect() } else { VecDeque::new() };
+                r.pending = if r.was_active {
+                    service.exec_stop.iter().cloned().collect()
+                } else {
+                    VecDeque::new()
+                };
                 self.advance(name);
             }
             _ => {}
@@ -797,12 +982,18 @@ impl Manager {
 
     /// A restart after Restart=, unless the start limit is hit.
     fn restart(&mut self, name: &str) {
-        let Some(r) = self.units.get_mut(name) else { return };
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
         r.restart_at = None;
         let limit = r.unit.start_limit.clone();
         if let Some(interval) = limit.interval {
             let now = Instant::now();
-            while r.starts.front().is_some_and(|t| now.duration_since(*t) > interval) {
+            while r
+                .starts
+                .front()
+                .is_some_and(|t| now.duration_since(*t) > interval)
+            {
                 r.starts.pop_front();
             }
             if limit.burst > 0 && r.starts.len() >= limit.burst as usize {
@@ -821,7 +1012,9 @@ impl Manager {
     }
 
     fn begin_stop(&mut self, name: &str) {
-        let Some(r) = self.units.get_mut(name) else { return };
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
         r.stop_pending = false;
         r.stop_requested = true;
         if r.unit.service.is_none() {
@@ -834,19 +1027,34 @@ impl Manager {
             let _ = kill(*pid, Signal::SIGTERM);
         }
         r.deadline = service.timeout_stop.map(|t| Instant::now() + t);
-        r.pending = if r.was_active { service.exec_stop.iter().cloned().collect() } else { VecDeque::new() };
+        r.pending = if r.was_active {
+            service.exec_stop.iter().cloned().collect()
+        } else {
+            VecDeque::new()
+        };
         r.set(State::Deactivating, Phase::Stop);
         self.advance(name);
     }
 
     /// Sends the stop signal (or, finally, SIGKILL) to the unit's processes, per KillMode=.
     fn signal_unit(&mut self, name: &str, finally: bool) {
-        let Some(r) = self.units.get(name) else { return };
+        let Some(r) = self.units.get(name) else {
+            return;
+        };
         let service = r.unit.service.clone().unwrap_or_default();
-        let signal = if finally { service.final_kill_signal } else { service.kill_signal };
-        let Ok(signal) = Signal::try_from(signal) else { return };
+        let signal = if finally {
+            service.final_kill_signal
+        } else {
+            service.kill_signal
+        };
+        let Ok(signal) = Signal::try_from(signal) else {
+            return;
+        };
         let main = r.main_pid;
-        let others: Vec<Pid> = processes_of(r).into_iter().filter(|p| Some(*p) != main).collect();
+        let others: Vec<Pid> = processes_of(r)
+            .into_iter()
+            .filter(|p| Some(*p) != main)
+            .collect();
         if let Some(main) = main {
             let _ = kill(main, signal);
             if signal != Signal::SIGKILL {
@@ -867,7 +1075,9 @@ impl Manager {
     }
 
     fn kill_remaining(&mut self, name: &str) {
-        let Some(r) = self.units.get(name) else { return };
+        let Some(r) = self.units.get(name) else {
+            return;
+        };
         for pid in processes_of(r) {
             let _ = kill(pid, Signal::SIGKILL);
         }
@@ -875,11 +1085,17 @@ impl Manager {
 
     /// In the stop phases: moves on once the processes that must go are gone.
     fn check_stopped(&mut self, name: &str) {
-        let Some(r) = self.units.get_mut(name) else { return };
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
         if !matches!(r.phase, Phase::SigTerm | Phase::SigKill) {
             return;
         }
-        let kill_mode = r.unit.service.as_ref().map_or(KillMode::ControlGroup, |s| s.kill_mode);
+        let kill_mode = r
+            .unit
+            .service
+            .as_ref()
+            .map_or(KillMode::ControlGroup, |s| s.kill_mode);
         let left = match kill_mode {
             KillMode::Process | KillMode::None => r.main_pid.is_some(),
             _ => r.main_pid.is_some() || !processes_of(r).is_empty(),
@@ -889,17 +1105,33 @@ impl Manager {
         }
         r.main_pid = None;
         r.phase = Phase::StopPost;
-        r.pending = r.unit.service.as_ref().map(|s| s.exec_stop_post.iter().cloned().collect()).unwrap_or_default();
+        r.pending = r
+            .unit
+            .service
+            .as_ref()
+            .map(|s| s.exec_stop_post.iter().cloned().collect())
+            .unwrap_or_default();
         self.advance(name);
     }
 
     fn deadline_passed(&mut self, name: &str) {
-        let Some(r) = self.units.get_mut(name) else { return };
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
         r.deadline = None;
         match r.state {
             State::Activating => {
-                let timeout = r.unit.service.as_ref().and_then(|s| s.timeout_start).unwrap_or_default();
-                let why = format!("timed out after {}s while in {} (TimeoutStartSec=)", timeout.as_secs(), r.phase.name());
+                let timeout = r
+                    .unit
+                    .service
+                    .as_ref()
+                    .and_then(|s| s.timeout_start)
+                    .unwrap_or_default();
+                let why = format!(
+                    "timed out after {}s while in {} (TimeoutStartSec=)",
+                    timeout.as_secs(),
+                    r.phase.name()
+                );
                 self.fail_and_clean(name, why);
             }
             State::Deactivating => {
@@ -908,7 +1140,10 @@ impl Manager {
                         let _ = kill(*pid, Signal::SIGKILL);
                     }
                 }
-                log_line(r, "feather: stop timed out (TimeoutStopSec=); killing what remains");
+                log_line(
+                    r,
+                    "feather: stop timed out (TimeoutStopSec=); killing what remains",
+                );
                 r.phase = Phase::SigKill;
                 r.deadline = Some(Instant::now() + Duration::from_secs(5));
                 self.signal_unit(name, true);
@@ -920,7 +1155,9 @@ impl Manager {
 
     /// A failed start: record why, kill what the unit started, run ExecStopPost.
     fn fail_and_clean(&mut self, name: &str, why: String) {
-        let Some(r) = self.units.get_mut(name) else { return };
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
         log_line(r, &format!("feather: failed: {why}"));
         r.result = Some(why);
         // Whatever the KillMode=, a start that failed leaves nothing running.
@@ -936,7 +1173,9 @@ impl Manager {
 
     /// The end of every stop: clean up, then inactive, or failed (and maybe restarted).
     fn after_stop(&mut self, name: &str) {
-        let Some(r) = self.units.get_mut(name) else { return };
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
         spawn::remove_runtime_directories(&r.unit);
         if r.notify.take().is_some() {
             let _ = fs::remove_file(notify_path(name));
@@ -949,18 +1188,36 @@ impl Manager {
         if failed || r.stop_requested {
             r.ready = false;
         }
-        r.set(if failed { State::Failed } else { State::Inactive }, Phase::Idle);
+        r.set(
+            if failed {
+                State::Failed
+            } else {
+                State::Inactive
+            },
+            Phase::Idle,
+        );
         let restart = r.unit.service.as_ref().map_or(Restart::No, |s| s.restart);
-        let restart_sec = r.unit.service.as_ref().map_or(Duration::ZERO, |s| s.restart_sec);
+        let restart_sec = r
+            .unit
+            .service
+            .as_ref()
+            .map_or(Duration::ZERO, |s| s.restart_sec);
         // A failed start is retried like a crash, within the start limit.
-        if failed && matches!(restart, Restart::Always | Restart::OnFailure | Restart::OnAbnormal) {
+        if failed
+            && matches!(
+                restart,
+                Restart::Always | Restart::OnFailure | Restart::OnAbnormal
+            )
+        {
             r.restart_at = Some(Instant::now() + restart_sec.min(Duration::from_secs(3600)));
             r.set(State::Activating, Phase::AutoRestart);
         }
     }
 
     fn check_pid_file(&mut self, name: &str) {
-        let Some(r) = self.units.get_mut(name) else { return };
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
         let service = r.unit.service.clone().unwrap_or_default();
         let main = match &service.pid_file {
             Some(path) => read_pid_file(path),
@@ -978,8 +1235,15 @@ impl Manager {
             // Wait for the daemon to write its pid file (until TimeoutStartSec=).
             None => return,
         }
-        if r.main_pid.is_none() && !service.remain_after_exit && service.pid_file.is_none() && service.guess_main_pid {
-            self.fail_and_clean(name, "the forking start command exited, and no main process was left".into());
+        if r.main_pid.is_none()
+            && !service.remain_after_exit
+            && service.pid_file.is_none()
+            && service.guess_main_pid
+        {
+            self.fail_and_clean(
+                name,
+                "the forking start command exited, and no main process was left".into(),
+            );
             return;
         }
         r.ready = true;
@@ -992,7 +1256,9 @@ impl Manager {
         let mut buffer = [0u8; 4096];
         while let Ok(n) = socket.recv(&mut buffer) {
             let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
-            let Some(r) = self.units.get_mut(name) else { return };
+            let Some(r) = self.units.get_mut(name) else {
+                return;
+            };
             let mut ready = false;
             for line in text.lines() {
                 match line.split_once('=') {
@@ -1012,7 +1278,12 @@ impl Manager {
             if ready && r.phase == Phase::WaitReady {
                 r.ready = true;
                 r.phase = Phase::StartPost;
-                r.pending = r.unit.service.as_ref().map(|s| s.exec_start_post.iter().cloned().collect()).unwrap_or_default();
+                r.pending = r
+                    .unit
+                    .service
+                    .as_ref()
+                    .map(|s| s.exec_start_post.iter().cloned().collect())
+                    .unwrap_or_default();
                 self.advance(name);
             }
         }
@@ -1032,7 +1303,8 @@ impl Exit {
             Exit::Code(code) => code == 0 || extra.contains(&code),
             // systemd counts SIGHUP, SIGINT, SIGTERM and SIGPIPE as clean for the main process.
             Exit::Signal(signal) => {
-                [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&signal) || extra.contains(&-signal)
+                [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&signal)
+                    || extra.contains(&-signal)
             }
         }
     }
@@ -1085,7 +1357,8 @@ fn notify_path(unit: &str) -> PathBuf {
 fn open_notify_socket(r: &mut Runtime) -> Result<(), String> {
     let path = notify_path(r.unit.name.as_str());
     let _ = fs::remove_file(&path);
-    let socket = UnixDatagram::bind(&path).map_err(|e| format!("notify socket {}: {e}", path.display()))?;
+    let socket =
+        UnixDatagram::bind(&path).map_err(|e| format!("notify socket {}: {e}", path.display()))?;
     socket.set_nonblocking(true).map_err(|e| e.to_string())?;
     let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
     r.notify = Some(socket);
@@ -1119,26 +1392,38 @@ struct ProcessEntry {
 }
 
 fn all_processes() -> Vec<ProcessEntry> {
-    let Ok(entries) = fs::read_dir("/proc") else { return Vec::new() };
+    let Ok(entries) = fs::read_dir("/proc") else {
+        return Vec::new();
+    };
     entries
         .flatten()
         .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
         .filter_map(|pid| {
             let mut text = String::new();
-            File::open(format!("/proc/{pid}/stat")).ok()?.read_to_string(&mut text).ok()?;
+            File::open(format!("/proc/{pid}/stat"))
+                .ok()?
+                .read_to_string(&mut text)
+                .ok()?;
             let after = &text[text.rfind(')')? + 2..];
             let fields: Vec<&str> = after.split_whitespace().collect();
             // state ppid pgrp session …
             if fields.first() == Some(&"Z") {
                 return None;
             }
-            Some(ProcessEntry { pid, ppid: fields.get(1)?.parse().ok()?, session: fields.get(3)?.parse().ok()? })
+            Some(ProcessEntry {
+                pid,
+                ppid: fields.get(1)?.parse().ok()?,
+                session: fields.get(3)?.parse().ok()?,
+            })
         })
         .collect()
 }
 
 fn session_of(pid: Pid) -> Option<i32> {
-    all_processes().into_iter().find(|p| p.pid == pid.as_raw()).map(|p| p.session)
+    all_processes()
+        .into_iter()
+        .find(|p| p.pid == pid.as_raw())
+        .map(|p| p.session)
 }
 
 /// The living processes of a unit: its main and control processes and everything in its
@@ -1152,7 +1437,10 @@ fn processes_of(r: &Runtime) -> Vec<Pid> {
         .collect();
     pids.extend(r.main_pid.map(Pid::as_raw));
     pids.extend(r.control.as_ref().map(|(p, _)| p.as_raw()));
-    pids.into_iter().map(Pid::from_raw).filter(|p| kill(*p, None).is_ok() && !is_zombie(*p)).collect()
+    pids.into_iter()
+        .map(Pid::from_raw)
+        .filter(|p| kill(*p, None).is_ok() && !is_zombie(*p))
+        .collect()
 }
 
 fn is_zombie(pid: Pid) -> bool {
@@ -1167,5 +1455,8 @@ fn tail(path: &Path, lines: usize) -> Vec<String> {
     let text = fs::read(path).unwrap_or_default();
     let text = String::from_utf8_lossy(&text);
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].iter().map(|s| s.to_string()).collect()
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
 }
