@@ -456,3 +456,74 @@ fn vm_stop_stops_services_in_reverse_dependency_order() {
     .unwrap();
     assert_eq!(order, "top-layer\nmiddle-layer\nbase-layer\n");
 }
+
+#[test]
+fn socket_units_hand_their_sockets_to_the_service() {
+    let feather = Feather::new("svc-sockets");
+    vm(&feather, "sock");
+    write_unit(
+        &feather,
+        "sock",
+        "probe.socket",
+        "[Socket]\nListenStream=/run/probe/probe.sock\nListenDatagram=127.0.0.1:7999\nFileDescriptorName=probe\nSocketMode=0600\n",
+    );
+    write_unit(
+        &feather,
+        "sock",
+        "probe.service",
+        "[Service]\nExecStart=/bin/sh -c 'echo \"$LISTEN_FDS $LISTEN_FDNAMES $([ \"$LISTEN_PID\" = $$$$ ] && echo own-pid) $(readlink /proc/$$$$/fd/3 | cut -c1-7) $(readlink /proc/$$$$/fd/4 | cut -c1-7)\" > /run/listen-env.new && mv /run/listen-env.new /run/listen-env; exec sleep 1000'\n",
+    );
+    // Starting the socket starts the service it activates, after it.
+    feather.ok(&["service", "start", "sock", "probe.socket"]);
+    let list = services(&feather, "sock");
+    assert_eq!(service(&list, "probe.socket")["sub"], "listening");
+    assert_eq!(service(&list, "probe.service")["state"], "active");
+    // Type=simple is active once its process runs; the probe writes its file a moment later.
+    feather.eventually("the probe wrote what it got", || {
+        feather
+            .run(&["exec", "sock", "--", "test", "-e", "/run/listen-env"])
+            .code
+            == 0
+    });
+    assert_eq!(
+        feather.sh(
+            "sock",
+            "cat /run/listen-env; stat -c %a /run/probe/probe.sock"
+        ),
+        "2 probe:probe own-pid socket: socket:\n600\n"
+    );
+    // As in systemd, stopping a socket leaves the service it started running.
+    feather.ok(&["service", "stop", "sock", "probe.socket"]);
+    let list = services(&feather, "sock");
+    assert_eq!(service(&list, "probe.socket")["state"], "inactive");
+    assert_eq!(service(&list, "probe.service")["state"], "active");
+    assert_eq!(
+        feather.sh(
+            "sock",
+            "test -e /run/probe/probe.sock && echo left || echo removed"
+        ),
+        "removed\n"
+    );
+}
+
+#[test]
+fn each_vm_gets_its_own_dbus_system_bus_from_the_hosts_units() {
+    let feather = Feather::new("svc-dbus");
+    let get_id = "dbus-send --system --print-reply=literal --dest=org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus.GetId";
+    let mut ids = Vec::new();
+    for name in ["bus1", "bus2"] {
+        vm(&feather, name);
+        // dbus.service requires dbus.socket, whose socket the manager hands to dbus-daemon.
+        feather.ok(&["service", "start", name, "dbus"]);
+        let list = services(&feather, name);
+        assert_eq!(
+            service(&list, "dbus.service")["ready"],
+            true,
+            "READY=1 from dbus-daemon: {list:?}"
+        );
+        assert_eq!(service(&list, "dbus.socket")["sub"], "listening");
+        ids.push(feather.sh(name, get_id).trim().to_owned());
+    }
+    assert!(ids.iter().all(|id| id.len() == 32), "{ids:?}");
+    assert_ne!(ids[0], ids[1], "two VMs, two buses");
+}

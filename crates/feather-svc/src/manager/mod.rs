@@ -8,6 +8,7 @@
 //! processes inside the VM can reach the socket: the VM's /run is a private tmpfs.
 
 pub mod protocol;
+mod sockets;
 mod spawn;
 pub mod supervisor;
 

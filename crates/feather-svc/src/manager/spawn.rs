@@ -3,7 +3,9 @@
 //! MAINPID), `$VAR` expansion, the working directory, umask, resource limits, and stdout and
 //! stderr appended to the unit's log.
 
+use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
+use std::os::fd::RawFd;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -12,7 +14,7 @@ use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
 use nix::unistd::{chown, Gid, Group, Uid, User};
 
 use crate::catalog::resolve_program;
-use crate::raw::{self, Credentials, ProcessSetup};
+use crate::raw::{self, Credentials, ListenFds, ProcessSetup};
 use crate::unit::{DirectoryKind, Unit};
 use crate::words::{self, ExecCommand};
 
@@ -199,12 +201,14 @@ fn invocation_id() -> String {
 
 /// Builds the process for one command. `env` is the unit's environment plus this command's
 /// additions (MAINPID, NOTIFY_SOCKET).
+/// `listen`: sockets to hand over (socket activation), with their names.
 pub fn command(
     unit: &Unit,
     exec: &ExecCommand,
     identity: &Identity,
     env: &[(String, String)],
     log: &File,
+    listen: &[(RawFd, String)],
 ) -> Result<Command, String> {
     let program = resolve_program(Path::new("/"), &exec.path)
         .map_err(|p| format!("{}: program {} not found in the VM", unit.name, p.display()))?;
@@ -218,6 +222,31 @@ pub fn command(
         exec.argv[1..].to_vec()
     } else {
         words::expand_variables(&exec.argv[1..], lookup)
+    };
+    let listen = if listen.is_empty() {
+        None
+    } else {
+        let cstring = |text: &str| {
+            CString::new(text).map_err(|_| format!("{}: {text:?} contains a NUL byte", unit.name))
+        };
+        let names: Vec<&str> = listen.iter().map(|(_, name)| name.as_str()).collect();
+        let mut listen_env: Vec<CString> = env
+            .iter()
+            .filter(|(k, _)| !k.starts_with("LISTEN_"))
+            .map(|(k, v)| cstring(&format!("{k}={v}")))
+            .collect::<Result<_, _>>()?;
+        listen_env.push(cstring(&format!("LISTEN_FDS={}", listen.len()))?);
+        listen_env.push(cstring(&format!("LISTEN_FDNAMES={}", names.join(":")))?);
+        let mut argv = vec![cstring(&exec.argv[0])?];
+        for arg in &args {
+            argv.push(cstring(arg)?);
+        }
+        Some(ListenFds {
+            fds: listen.iter().map(|(fd, _)| *fd).collect(),
+            program: cstring(&program.display().to_string())?,
+            argv,
+            env: listen_env,
+        })
     };
     let mut command = Command::new(&program);
     std::os::unix::process::CommandExt::arg0(&mut command, &exec.argv[0]);
@@ -241,6 +270,7 @@ pub fn command(
             credentials,
             umask: unit.exec.umask,
             limits: limits(unit),
+            listen,
         },
     );
     Ok(command)

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
 use std::io::Read;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -29,13 +29,17 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::protocol::{self, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
+use super::sockets;
 use super::spawn::{self, Identity};
 use crate::catalog;
-use crate::graph::DependencyGraph;
+use crate::graph::{socket_service, DependencyGraph};
 use crate::name::UnitName;
 use crate::paths::UnitPaths;
 use crate::unit::{KillMode, Restart, ServiceType, Unit};
 use crate::words::ExecCommand;
+
+/// The most sockets one service can be handed.
+const MAX_PASSED_SOCKETS: RawFd = 32;
 
 /// How often units are looked at while something is in progress.
 const TICK: Duration = Duration::from_millis(20);
@@ -134,6 +138,8 @@ struct Runtime {
     stop_requested: bool,
     /// Whether the unit got as far as active in this run (ExecStop runs only then).
     was_active: bool,
+    /// For a socket unit: the sockets it listens on, handed to its service.
+    listeners: Vec<sockets::Bound>,
 }
 
 impl Runtime {
@@ -164,6 +170,7 @@ impl Runtime {
             stop_pending: false,
             stop_requested: false,
             was_active: false,
+            listeners: Vec::new(),
         }
     }
 
@@ -181,6 +188,7 @@ impl Runtime {
             description: self.unit.description.clone(),
             state: self.state.name().into(),
             sub: match (self.state, self.phase) {
+                (State::Active, _) if !self.listeners.is_empty() => "listening".into(),
                 (State::Active, Phase::Running) if self.main_pid.is_none() => "exited".into(),
                 (State::Failed, _) => "failed".into(),
                 (State::Waiting, _) => "waiting".into(),
@@ -243,6 +251,10 @@ impl Manager {
         nix::sys::prctl::set_child_subreaper(true)
             .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
         listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        // Sockets are handed to services as descriptors 3, 4, …: keep those low numbers
+        // occupied so nothing else the manager (or std, while spawning) opens lands there.
+        crate::raw::reserve_low_fds(MAX_PASSED_SOCKETS)
+            .map_err(|e| format!("reserving descriptors: {e}"))?;
         fs::create_dir_all(NOTIFY_DIR).map_err(|e| format!("{NOTIFY_DIR}: {e}"))?;
         Ok(Manager {
             paths: UnitPaths::new("/"),
@@ -679,12 +691,16 @@ impl Manager {
         let Some(service) = r.unit.service.clone() else {
             // Targets are reached when their dependencies are; other unit types have no
             // processes of their own here.
-            r.ready = true;
             if r.unit.socket.is_some() {
-                r.result = Some(
-                    "socket activation is not done yet: the service opens its own sockets".into(),
-                );
+                match sockets::bind(&r.unit) {
+                    Ok(bound) => r.listeners = bound,
+                    Err(why) => {
+                        fail(r, why);
+                        return;
+                    }
+                }
             }
+            r.ready = true;
             r.set(State::Active, Phase::Running);
             return;
         };
@@ -824,6 +840,21 @@ impl Manager {
     }
 
     fn spawn(&mut self, name: &str, command: &ExecCommand, main: bool) -> Result<(), String> {
+        // The main process gets the sockets of the socket units that activate it.
+        let listen: Vec<(RawFd, String)> = if main {
+            self.units
+                .values()
+                .filter(|o| o.state == State::Active)
+                .filter(|o| socket_service(&o.unit).as_deref() == Some(name))
+                .flat_map(|o| {
+                    o.listeners
+                        .iter()
+                        .map(|b| (b.fd.as_raw_fd(), b.name.clone()))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         let r = self.units.get_mut(name).ok_or("unit vanished")?;
         let identity = r.identity.clone().ok_or("no identity")?;
         let mut env = r.env.clone();
@@ -837,7 +868,7 @@ impl Manager {
             ));
         }
         let log = r.log.as_ref().ok_or("no log")?;
-        let mut process = spawn::command(&r.unit, command, &identity, &env, log)?;
+        let mut process = spawn::command(&r.unit, command, &identity, &env, log, &listen)?;
         let phase = r.phase.name();
         log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
         let child = process
@@ -1018,6 +1049,7 @@ impl Manager {
         r.stop_pending = false;
         r.stop_requested = true;
         if r.unit.service.is_none() {
+            close_sockets(r);
             r.set(State::Inactive, Phase::Idle);
             return;
         }
@@ -1316,6 +1348,15 @@ impl Exit {
                 Ok(s) => format!("was killed by {s}"),
                 Err(_) => format!("was killed by signal {signal}"),
             },
+        }
+    }
+}
+
+/// Stops listening: closes a socket unit's sockets and removes its socket files.
+fn close_sockets(r: &mut Runtime) {
+    for bound in r.listeners.drain(..) {
+        if let Some(path) = &bound.path {
+            let _ = fs::remove_file(path);
         }
     }
 }
