@@ -219,7 +219,7 @@ pub struct ServiceClientArgs {
     pub json: bool,
     #[arg(long, default_value_t = 10)]
     pub lines: usize,
-    /// start, stop, restart, ls or status
+    /// start, stop, restart, ls, status (or manager: be the VM's service manager)
     pub op: String,
     pub units: Vec<String>,
 }

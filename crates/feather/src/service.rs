@@ -71,6 +71,8 @@ pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode
 pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
     let vm = &args.vm;
     let request = match args.op.as_str() {
+        // The manager itself, started by the first `start` (see feather_svc::manager).
+        "manager" => return Ok(ExitCode::from(u8::try_from(manager::serve()).unwrap_or(1))),
         "start" => Request::Start { units: args.units },
         "restart" => {
             // Stop those of the units that run (a stopped one is simply started), then start.
@@ -78,7 +80,7 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
                 let stop = Request::Stop {
                     units: vec![unit.clone()],
                 };
-                match manager::call(&stop, false).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))? {
+                match manager::call(&stop, None).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))? {
                     Response::Error { message } if !message.contains("was not started") => {
                         anyhow::bail!("VM {vm}: {message}")
                     }
@@ -101,7 +103,7 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
             "VM {vm} runs no services (start one with `feather service start {vm} UNIT`)"
         );
     }
-    let response = manager::call(&request, starts).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
+    let response = manager::call(&request, starts.then_some(vm.as_str())).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
     match response {
         Response::Error { message } => anyhow::bail!("VM {vm}: {message}"),
         Response::List { units } => {

@@ -15,6 +15,7 @@ pub mod supervisor;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
 use std::time::{Duration, Instant};
 
 use protocol::{Request, Response, LOCK_FILE, MANAGER_LOG, PID_FILE, RUN_DIR, SOCKET};
@@ -24,11 +25,11 @@ const MANAGER_START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Sends `request` to the VM's manager (starting one first if `start_if_absent`), and returns
 /// its answer. Runs inside the VM.
-pub fn call(request: &Request, start_if_absent: bool) -> Result<Response, String> {
+pub fn call(request: &Request, start_if_absent: Option<&str>) -> Result<Response, String> {
     let mut stream = match protocol::connect() {
         Ok(stream) => stream,
-        Err(_) if start_if_absent => {
-            launch()?;
+        Err(_) if start_if_absent.is_some() => {
+            launch(start_if_absent.unwrap_or_default())?;
             let deadline = Instant::now() + MANAGER_START_TIMEOUT;
             loop {
                 match protocol::connect() {
@@ -56,8 +57,9 @@ pub fn running() -> bool {
     protocol::connect().is_ok()
 }
 
-/// Starts the manager detached: fork, new session, fork again; the grandchild serves.
-fn launch() -> Result<(), String> {
+/// Starts the manager of VM `vm` detached: fork, new session, fork again; the grandchild
+/// executes `feather __service --vm VM manager`, which serves ([`serve`]).
+fn launch(vm: &str) -> Result<(), String> {
     fs::create_dir_all(RUN_DIR).map_err(|e| format!("{RUN_DIR}: {e}"))?;
     match feather_sys::process::fork().map_err(|e| e.to_string())? {
         Some(child) => {
@@ -69,7 +71,20 @@ fn launch() -> Result<(), String> {
             let _ = nix::unistd::setsid();
             match feather_sys::process::fork() {
                 Ok(Some(_)) => std::process::exit(0),
-                Ok(None) => std::process::exit(serve()),
+                Ok(None) => {
+                    // Nothing of the caller's (its stdout may be a pipe someone reads to the
+                    // end) stays open in the manager.
+                    if let Ok(log) = OpenOptions::new().create(true).append(true).open(MANAGER_LOG) {
+                        let _ = feather_sys::process::redirect_stdio(&log);
+                    }
+                    feather_sys::process::close_other_fds(&[]);
+                    let why = std::process::Command::new("/proc/self/exe")
+                        .arg0("feather")
+                        .args(["__service", "--vm", vm, "manager"])
+                        .exec();
+                    eprintln!("feather-svc: cannot start the service manager: {why}");
+                    std::process::exit(1)
+                }
                 Err(_) => std::process::exit(1),
             }
         }
@@ -77,7 +92,7 @@ fn launch() -> Result<(), String> {
 }
 
 /// The manager's main: one per VM (a lock decides), its pid recorded in [`PID_FILE`].
-fn serve() -> i32 {
+pub fn serve() -> i32 {
     let log = OpenOptions::new()
         .create(true)
         .append(true)
