@@ -355,6 +355,47 @@ fn failures_are_reported_clearly_and_leave_other_services_running() {
         "{e}"
     );
 
+    // A condition that does not hold skips the unit (not a failure); an assertion fails it.
+    write_unit(
+        &feather,
+        "bad",
+        "cond.service",
+        "[Unit]\nConditionPathExists=/feather-absent\n[Service]\nExecStart=/bin/sleep 1000\n",
+    );
+    feather.ok(&["service", "start", "bad", "cond"]);
+    let cond = service(&services(&feather, "bad"), "cond.service").clone();
+    assert_eq!(cond["state"], "inactive");
+    assert_eq!(
+        cond["result"],
+        "skipped: condition ConditionPathExists=/feather-absent does not hold"
+    );
+    write_unit(
+        &feather,
+        "bad",
+        "assert.service",
+        "[Unit]\nAssertPathExists=/feather-absent\n[Service]\nExecStart=/bin/sleep 1000\n",
+    );
+    let e = feather.fails(&["service", "start", "bad", "assert"]);
+    assert!(
+        e.contains(
+            "assert.service failed: assertion AssertPathExists=/feather-absent does not hold"
+        ),
+        "{e}"
+    );
+
+    // Requisite= does not start its unit: it must be active already.
+    write_unit(
+        &feather,
+        "bad",
+        "needs-steady.service",
+        "[Unit]\nRequisite=steady.service cond.service\n[Service]\nExecStart=/bin/sleep 1000\n",
+    );
+    let e = feather.fails(&["service", "start", "bad", "needs-steady"]);
+    assert!(
+        e.contains("needs-steady.service failed: its requisite cond.service is not active"),
+        "{e}"
+    );
+
     // Nothing else in the VM was disturbed.
     let steady = service(&services(&feather, "bad"), "steady.service").clone();
     assert_eq!(

@@ -1,5 +1,5 @@
-//! The dependency graph of the units a start needs: the closure of `Requires=`, `Requisite=`,
-//! `BindsTo=`, `Wants=` and `Upholds=` (with the `.wants/` and `.requires/` links), the order
+//! The dependency graph of the units a start needs: the closure of `Requires=`, `BindsTo=`,
+//! `Wants=` and `Upholds=` (with the `.wants/` and `.requires/` links), the order
 //! `After=`/`Before=` put them in, independent units grouped into waves that start in
 //! parallel, the reverse for stopping, and cycles reported by the units in them.
 //! Host-infrastructure units ([`crate::infra`]) are satisfied, not started.
@@ -27,12 +27,12 @@ pub struct DependencyGraph {
 }
 
 /// The kinds of dependency that pull a unit in, and whether its absence is an error.
+/// `Requisite=` pulls nothing: the unit must already be active (the manager checks).
 fn pulls(unit: &Unit) -> Vec<(&'static str, String, bool)> {
     let d = &unit.dependencies;
     let mut pulls = Vec::new();
     for (kind, names, required) in [
         ("requires", &d.requires, true),
-        ("requisite", &d.requisite, true),
         ("binds to", &d.binds_to, true),
         ("wants", &d.wants, false),
         ("upholds", &d.upholds, false),

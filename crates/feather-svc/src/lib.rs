@@ -11,6 +11,7 @@
 //! - [`manager`]: the in-VM service manager
 
 pub mod catalog;
+pub mod conditions;
 pub mod error;
 pub mod graph;
 pub mod infra;

@@ -74,7 +74,11 @@ fn launch(vm: &str) -> Result<(), String> {
                 Ok(None) => {
                     // Nothing of the caller's (its stdout may be a pipe someone reads to the
                     // end) stays open in the manager.
-                    if let Ok(log) = OpenOptions::new().create(true).append(true).open(MANAGER_LOG) {
+                    if let Ok(log) = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(MANAGER_LOG)
+                    {
                         let _ = feather_sys::process::redirect_stdio(&log);
                     }
                     feather_sys::process::close_other_fds(&[]);

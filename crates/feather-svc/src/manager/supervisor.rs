@@ -31,12 +31,12 @@ use nix::unistd::Pid;
 use super::protocol::{self, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
 use super::sockets;
 use super::spawn::{self, Identity};
-use crate::catalog;
 use crate::graph::{socket_service, DependencyGraph};
 use crate::name::UnitName;
 use crate::paths::UnitPaths;
 use crate::unit::{KillMode, Restart, ServiceType, Unit};
 use crate::words::ExecCommand;
+use crate::{catalog, conditions};
 
 /// The most sockets one service can be handed.
 const MAX_PASSED_SOCKETS: RawFd = 32;
@@ -630,6 +630,19 @@ impl Manager {
                         fail(r, why);
                         continue;
                     }
+                    // Requisite=: the unit must already be active; it is not started for this one.
+                    let missing_requisite = r.unit.dependencies.requisite.iter().find(|d| {
+                        let infrastructure = UnitName::parse(d)
+                            .ok()
+                            .and_then(|n| crate::infra::stand_in(&n))
+                            .is_some();
+                        !infrastructure && state_of(&self.units, d) != Some(State::Active)
+                    });
+                    if let Some(requisite) = missing_requisite.cloned() {
+                        let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+                        fail(r, format!("its requisite {requisite} is not active (Requisite= does not start it)"));
+                        continue;
+                    }
                     let blocked = r.after.iter().any(|d| {
                         matches!(
                             state_of(&self.units, d),
@@ -687,6 +700,20 @@ impl Manager {
         r.was_active = false;
         r.sessions.clear();
         r.main_pid = None;
+        match conditions::check(&r.unit.conditions, Path::new("/")) {
+            conditions::Verdict::Met => {}
+            conditions::Verdict::Skip(why) => {
+                // Not a failure: the unit is simply not run, and what needs it goes on.
+                log_line(r, &format!("feather: skipped: {why}"));
+                r.result = Some(format!("skipped: {why}"));
+                r.set(State::Inactive, Phase::Idle);
+                return;
+            }
+            conditions::Verdict::Fail(why) => {
+                fail(r, why);
+                return;
+            }
+        }
         r.starts.push_back(Instant::now());
         let Some(service) = r.unit.service.clone() else {
             // Targets are reached when their dependencies are; other unit types have no
