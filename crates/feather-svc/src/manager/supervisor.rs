@@ -140,6 +140,8 @@ struct Runtime {
     was_active: bool,
     /// For a socket unit: the sockets it listens on, handed to its service.
     listeners: Vec<sockets::Bound>,
+    /// A start was asked for while the unit was stopping.
+    start_after_stop: bool,
 }
 
 impl Runtime {
@@ -171,6 +173,7 @@ impl Runtime {
             stop_requested: false,
             was_active: false,
             listeners: Vec::new(),
+            start_after_stop: false,
         }
     }
 
@@ -479,12 +482,17 @@ impl Manager {
         let mut job_units = Vec::new();
         for (name, unit) in &graph.units {
             job_units.push(name.clone());
-            if let Some(existing) = self.units.get(name) {
+            if let Some(existing) = self.units.get_mut(name) {
+                if existing.state == State::Deactivating || existing.stop_pending {
+                    // Still stopping: its processes are tracked here until they are gone; the
+                    // start follows the stop.
+                    existing.start_after_stop = true;
+                    continue;
+                }
                 if matches!(
                     existing.state,
                     State::Active | State::Activating | State::Waiting
-                ) && !existing.stop_pending
-                {
+                ) {
                     continue;
                 }
             }
@@ -1077,7 +1085,12 @@ impl Manager {
         r.stop_requested = true;
         if r.unit.service.is_none() {
             close_sockets(r);
-            r.set(State::Inactive, Phase::Idle);
+            let next = if std::mem::take(&mut r.start_after_stop) {
+                State::Waiting
+            } else {
+                State::Inactive
+            };
+            r.set(next, Phase::Idle);
             return;
         }
         let service = r.unit.service.clone().unwrap_or_default();
@@ -1243,6 +1256,13 @@ impl Manager {
         r.main_pid = None;
         r.control = None;
         r.sessions.clear();
+        if std::mem::take(&mut r.start_after_stop) {
+            r.result = None;
+            r.ready = false;
+            r.stop_requested = false;
+            r.set(State::Waiting, Phase::Idle);
+            return;
+        }
         let failed = r.result.is_some() && !r.stop_requested;
         if failed || r.stop_requested {
             r.ready = false;
