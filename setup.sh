@@ -11,6 +11,7 @@ cd "$(dirname "$0")"
 packages=(
     busybox-static   # a self-contained shell for VMs over scratch base trees in tests
     iproute2         # `ip`, used by tests to look for leftover links
+    iputils-ping     # a program with file capabilities: tests that VM hardening keeps it working
     procps           # `ps` inside VMs in tests
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
     nginx            # a real forking service (PIDFile=) that tests duplicate into VMs from its unit

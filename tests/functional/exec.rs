@@ -153,3 +153,34 @@ fn commands_get_default_signal_actions() {
         "SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\n"
     );
 }
+
+#[test]
+fn only_the_command_joins_the_vms_cgroup() {
+    let (feather, _base) = running_vm("exec-cgroup");
+    let mut relay = feather
+        .command()
+        .args(["exec", "vm", "--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let members = || -> Vec<serde_json::Value> {
+        serde_json::from_str::<serde_json::Value>(&feather.ok(&["ps", "vm", "--json"]))
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .clone()
+    };
+    feather.eventually("the command runs", || members().len() == 2);
+    // The command is in the VM's group; the feather process relaying for it is not: it must not
+    // count against the VM's limits nor be a candidate for the VM's OOM killer.
+    let host_pids: Vec<i64> = members()
+        .iter()
+        .map(|p| p["host_pid"].as_i64().unwrap())
+        .collect();
+    assert!(!host_pids.contains(&(relay.id() as i64)), "{host_pids:?}");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(relay.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(relay.wait().unwrap().code(), Some(128 + 15));
+}

@@ -85,7 +85,8 @@ pub fn scopeguard(f: impl FnOnce()) -> impl Drop {
 #[test]
 fn shm_run_and_cgroups_are_the_vms_own() {
     let (feather, _base) = crate::support::running_vm("iso-shm");
-    let host_shm = std::path::PathBuf::from(format!("/dev/shm/feather-test-{}", std::process::id()));
+    let host_shm =
+        std::path::PathBuf::from(format!("/dev/shm/feather-test-{}", std::process::id()));
     std::fs::write(&host_shm, "host").unwrap();
     let _cleanup = scopeguard({
         let host_shm = host_shm.clone();

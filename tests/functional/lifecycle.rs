@@ -188,16 +188,19 @@ fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
                 .is_empty(),
             !has_cgroup
         );
-        let ps: serde_json::Value =
-            serde_json::from_str(&feather.ok(&["ps", "tmp", "--json"])).unwrap();
-        let commands: Vec<&str> = ps
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|p| p["command"].as_str().unwrap())
-            .collect();
-        assert_eq!(commands.len(), 2, "{commands:?}");
-        assert_eq!(commands[1], "sleep 60");
+        // The workload may still be on its way from fork to exec when the VM reports up.
+        let commands = || -> Vec<String> {
+            let ps: serde_json::Value =
+                serde_json::from_str(&feather.ok(&["ps", "tmp", "--json"])).unwrap();
+            ps.as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["command"].as_str().unwrap().to_owned())
+                .collect()
+        };
+        feather.eventually("ps shows init and the command", || {
+            commands().len() == 2 && commands()[1] == "sleep 60"
+        });
         assert_eq!(feather.sh("tmp", "echo inside"), "inside\n");
         feather.ok(&["stop", "--time", "1", "tmp"]);
         let status = run.wait().unwrap();

@@ -4,3 +4,6 @@
 mod support;
 
 mod capabilities;
+mod hardening;
+mod ipc_matrix;
+mod landlock;

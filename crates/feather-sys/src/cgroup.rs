@@ -254,6 +254,23 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Opens the group's `cgroup.procs` files now, for a process to enter later from where
+    /// their paths no longer resolve (inside a VM's mount namespace).
+    pub fn entry(&self) -> Result<Entry> {
+        let procs = self
+            .dirs()
+            .into_iter()
+            .map(|dir| {
+                let path = dir.join("cgroup.procs");
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .ctx("open", path.display())
+            })
+            .collect::<Result<_>>()?;
+        Ok(Entry { procs })
+    }
+
     /// The processes in the group (host pids).
     pub fn members(&self) -> Vec<Pid> {
         let procs = self
@@ -342,6 +359,21 @@ impl Cgroup {
     pub fn controller_file(&self, controller: &str, file: &str) -> Option<PathBuf> {
         let (_, mount) = self.hierarchies.locate(controller)?;
         Some(mount.join(&self.relative).join(file))
+    }
+}
+
+/// A way into a cgroup that no longer needs its paths (see [`Cgroup::entry`]).
+pub struct Entry {
+    procs: Vec<fs::File>,
+}
+
+impl Entry {
+    /// Moves the calling process into the group: writing 0 to `cgroup.procs` means "me".
+    pub fn enter(&self) -> Result<()> {
+        for mut file in &self.procs {
+            std::io::Write::write_all(&mut file, b"0").ctx("enter", "cgroup")?;
+        }
+        Ok(())
     }
 }
 

@@ -8,6 +8,7 @@ pub mod net;
 pub mod process;
 pub mod pty;
 mod raw;
+pub mod seccomp;
 
 pub use nix::errno::Errno;
 pub use nix::sched::CloneFlags;

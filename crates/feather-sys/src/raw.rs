@@ -195,3 +195,43 @@ pub fn set_interface_flags(socket: RawFd, name: &str, up: bool) -> Result<(), Er
     // SAFETY: as above, with the flags changed.
     Errno::result(unsafe { libc::ioctl(socket, libc::SIOCSIFFLAGS, &request) }).map(drop)
 }
+
+/// seccomp(SECCOMP_SET_MODE_FILTER): installs a classic-BPF filter on the calling thread and
+/// every child it makes from now on. Unlike the usual helpers it does not set no_new_privs
+/// first: the caller holds CAP_SYS_ADMIN, which the kernel accepts instead, so set-uid programs
+/// keep working inside a VM (see feather-confine's seccomp module).
+pub fn seccomp_set_mode_filter(program: &[libc::sock_filter]) -> Result<(), Errno> {
+    let len = u16::try_from(program.len()).map_err(|_| Errno::E2BIG)?;
+    let fprog = libc::sock_fprog {
+        len,
+        filter: program.as_ptr() as *mut libc::sock_filter,
+    };
+    // SAFETY: `fprog` points at `len` valid instructions in `program`, which outlives the call;
+    // the kernel copies the program and keeps no pointer into our memory.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER,
+            0,
+            &fprog as *const libc::sock_fprog,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION): the Landlock ABI version
+/// of the running kernel, or the errno (ENOSYS: not built in; EOPNOTSUPP: disabled at boot).
+pub fn landlock_abi_version() -> Result<i64, Errno> {
+    const LANDLOCK_CREATE_RULESET_VERSION: libc::c_uint = 1;
+    // SAFETY: with a null attribute pointer and size 0 the call only reports the version; it
+    // reads and writes no memory of ours.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_landlock_create_ruleset,
+            std::ptr::null::<libc::c_void>(),
+            0usize,
+            LANDLOCK_CREATE_RULESET_VERSION,
+        )
+    };
+    Errno::result(ret)
+}

@@ -1,11 +1,13 @@
 //! `feather exec`: runs a program inside a running VM, as nsenter does. The calling process
-//! joins the VM's cgroup and namespaces itself, forks the program (which becomes a member of the
-//! VM's pid namespace), and relays signals, the terminal and the exit code.
+//! joins the VM's namespaces itself, forks the program (which becomes a member of the
+//! VM's pid namespace and, from the child, of its cgroup), and relays signals, the terminal
+//! and the exit code.
 
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use feather_core::{Error, StateRoot, VmName, VmStatus};
+use feather_sys::cgroup::Entry;
 use feather_sys::process;
 use feather_sys::pty;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -38,9 +40,12 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     if process::start_ticks(init) != state.init_start_ticks {
         return Err(Error::NotRunning(name.to_string()).into());
     }
-    if let Some(cgroup) = cgroup_of(&config) {
-        cgroup.add(Pid::this()).in_vm(name)?;
-    }
+    // Only the command enters the VM's cgroup, from the child: this relaying process must not
+    // count against the VM's limits, nor be a candidate for the VM's OOM killer.
+    let cgroup = cgroup_of(&config)
+        .map(|c| c.entry())
+        .transpose()
+        .in_vm(name)?;
     process::join_namespaces(&pidfd, process::vm_namespaces()).in_vm(name)?;
     // From here on, paths resolve inside the VM.
     let terminal = if tty {
@@ -50,20 +55,30 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     };
     let signals = process::block_signals(&HANDLED).in_vm(name)?;
     let child = match process::fork().in_vm(name)? {
-        None => run_child(workload, terminal.as_ref()),
+        None => run_child(workload, cgroup.as_ref(), terminal.as_ref()),
         Some(pid) => pid,
     };
     Ok(wait_and_relay(child, &signals, terminal))
 }
 
 /// In the forked child, inside the VM: become the workload. Never returns.
-fn run_child(workload: &Workload, terminal: Option<&Terminal>) -> ! {
+fn run_child(workload: &Workload, cgroup: Option<&Entry>, terminal: Option<&Terminal>) -> ! {
     let term_name = terminal.map(|t| t.term.as_str());
+    if let Err(e) = cgroup.map_or(Ok(()), Entry::enter) {
+        eprintln!("feather: {e}");
+        std::process::exit(EXIT_CANNOT_EXEC);
+    }
     if let Some(terminal) = terminal {
         if let Err(why) = terminal.attach_as_controlling() {
             eprintln!("feather: {why}");
             std::process::exit(EXIT_CANNOT_EXEC);
         }
+    }
+    // The same seccomp filter as init's processes, installed while this process still holds
+    // the host's capabilities; become_workload then reduces them.
+    if let Err(why) = feather_confine::seccomp::install() {
+        eprintln!("feather: {why}");
+        std::process::exit(EXIT_CANNOT_EXEC);
     }
     let why = become_workload(workload, term_name);
     eprintln!("feather: {why}");

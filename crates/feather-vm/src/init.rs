@@ -72,7 +72,8 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     std::process::exit(code)
 }
 
-/// Everything before init starts supervising: the cgroup view, the root, the capability set.
+/// Everything before init starts supervising: the cgroup view, the root, the seccomp filter
+/// and the capability set.
 fn prepare(plan: &InitPlan) -> Result<(), String> {
     // The cgroup namespace is made now, after the keeper moved us into the VM's group, so that
     // the VM sees its own group as the root of the hierarchy.
@@ -81,7 +82,8 @@ fn prepare(plan: &InitPlan) -> Result<(), String> {
     if !plan.attached {
         detach_stdio();
     }
-    feather_confine::capabilities::reduce_to_default().map_err(|e| e.to_string())
+    // The seccomp filter and the reduced capability set, inherited by everything init starts.
+    feather_confine::confine().map_err(|e| e.to_string())
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {

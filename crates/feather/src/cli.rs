@@ -92,6 +92,14 @@ pub enum Command {
     /// Inside a VM: talks to the VM's service manager (what `feather service` runs there)
     #[command(name = "__service", hide = true)]
     ServiceClient(ServiceClientArgs),
+    /// Check a confinement property; exits 1 if it does not hold
+    #[command(subcommand)]
+    Check(CheckCommand),
+    #[command(name = "__ipcprobe", hide = true)]
+    IpcProbe {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     #[command(name = "__keeper", hide = true)]
     Keeper {
         #[arg(long)]
@@ -222,4 +230,19 @@ pub struct ServiceClientArgs {
     /// start, stop, restart, ls, status (or manager: be the VM's service manager)
     pub op: String,
     pub units: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CheckCommand {
+    /// Try every IPC channel host→VM, VM→host, VM→VM and inside one VM, and print the matrix
+    /// (uses temporary VMs over /; with VM, probes that running VM as the first one)
+    Ipc {
+        /// A running VM to probe
+        vm: Option<String>,
+        #[arg(long)]
+        json: bool,
+        /// Print the matrix as Markdown (as in docs/ipc-matrix.md)
+        #[arg(long, conflicts_with = "json")]
+        markdown: bool,
+    },
 }

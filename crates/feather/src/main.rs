@@ -17,7 +17,7 @@ use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::workload::Workload;
 use feather_vm::{commit, inspect};
 
-use cli::{Cli, Command, CreateArgs, ProcessArgs, RunArgs};
+use cli::{CheckCommand, Cli, Command, CreateArgs, ProcessArgs, RunArgs};
 
 /// Exit status when feather itself failed while asked to run a command.
 const EXIT_FEATHER_FAILED_RUN: u8 = 125;
@@ -42,6 +42,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot.into());
     }
+    let root_arg = cli.root.clone();
     let root = StateRoot::new(cli.root);
     match cli.command {
         Command::Create { name, options } => {
@@ -98,6 +99,25 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
         Command::Service(command) => return service::run(&root, command),
         Command::ServiceClient(args) => return service::in_vm(args),
+        Command::Check(CheckCommand::Ipc { vm, json, markdown }) => {
+            let setup = feather_ipcprobe::run::ProbeSetup {
+                feather: std::env::current_exe()?,
+                root: root_arg,
+                vm,
+            };
+            let matrix = feather_ipcprobe::run::run(&setup)?;
+            if json {
+                output::json(&matrix)?
+            } else if markdown {
+                print!("{}", matrix.to_markdown())
+            } else {
+                output::ipc_matrix(&matrix)
+            }
+            if !matrix.failures().is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Command::IpcProbe { args } => return Ok(exit_code(feather_ipcprobe::agent::main(&args))),
         Command::Keeper {
             state_dir,
             run_dir,

@@ -160,3 +160,41 @@ pub fn service_status(s: &ServiceInfo, log: &[String]) {
         println!("  {line}");
     }
 }
+
+/// The IPC matrix: one line per channel, one column per direction; then what failed.
+pub fn ipc_matrix(matrix: &feather_ipcprobe::Matrix) {
+    use feather_ipcprobe::{Direction, Matrix};
+    let mut header = vec!["CHANNEL"];
+    header.extend(Direction::ALL.iter().map(|d| d.label()));
+    let mut t = table(&header);
+    for row in &matrix.rows {
+        let mut cells = vec![row.channel.clone()];
+        for direction in Direction::ALL {
+            cells.push(
+                row.cells
+                    .iter()
+                    .find(|c| c.direction == direction)
+                    .map(Matrix::cell_text)
+                    .unwrap_or_else(|| "—".into()),
+            );
+        }
+        t.add_row(cells);
+    }
+    println!("{t}");
+    for note in &matrix.notes {
+        println!("{note}");
+    }
+    let failures = matrix.failures();
+    if failures.is_empty() {
+        println!("every cross-boundary channel is blocked; every channel inside the VM works");
+    }
+    for (row, cell) in failures {
+        let what = if cell.is_leak() { "LEAK" } else { "BROKEN" };
+        println!(
+            "{what}: {} {}: {}",
+            row.channel,
+            cell.direction.label(),
+            cell.outcome.detail
+        );
+    }
+}

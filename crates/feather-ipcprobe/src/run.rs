@@ -1,0 +1,606 @@
+//! Running the probe: listeners and clients in their places, one direction at a time, and the
+//! matrix assembled from what they report.
+//!
+//! ```text
+//! host: lower listener (before the VMs start: its files are in their lower layer)
+//! create + start VMs A and B (over the host's /)
+//! host→VM   listener in A, client on the host
+//! VM→host   listener on the host (+ the lower one), client in A (with a host terminal as its
+//!           controlling terminal, and the machine-wide kernel operations)
+//! VM→VM     listener in A, client in B
+//! inside    listener in A, client in A (a separate `feather exec`)
+//! init→exec a throw-away VM C whose first program (started by init) is the client, and a
+//!           listener entered into C by `feather exec`
+//! ```
+//! Every listener is stopped (stdin closed; killed after a timeout) before the next direction,
+//! and removes what it made; the VMs the probe made are removed at the end, also on failure.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::PathBuf;
+use std::process::{Child, ChildStdin, Command, Stdio};
+use std::sync::mpsc::{self, Receiver};
+use std::time::{Duration, Instant};
+
+use crate::agent::{Attempt, ClientPlan, Heard, Published};
+use crate::matrix::{Cell, Direction, Expect, Kind, Matrix, Outcome, Row};
+use crate::raw;
+
+/// The hidden `feather` subcommand that runs the probe's listener and client.
+pub const AGENT_SUBCOMMAND: &str = "__ipcprobe";
+
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Debug, thiserror::Error)]
+#[error("ipc probe: {0}")]
+pub struct ProbeError(String);
+
+fn fail(what: impl Into<String>) -> ProbeError {
+    ProbeError(what.into())
+}
+
+/// How to run the probe.
+#[derive(Clone, Debug)]
+pub struct ProbeSetup {
+    /// The `feather` executable; it must be visible inside VMs at the same path (it is, under
+    /// the default base `/`, unless it lives in feather's state folder).
+    pub feather: PathBuf,
+    pub root: Option<PathBuf>,
+    /// A running VM of the user's to probe as VM A; without it the probe makes its own.
+    pub vm: Option<String>,
+}
+
+impl ProbeSetup {
+    fn feather(&self) -> Command {
+        let mut command = Command::new(&self.feather);
+        if let Some(root) = &self.root {
+            command.arg("--root").arg(root);
+        }
+        command
+    }
+
+    fn feather_ok(&self, args: &[&str]) -> Result<(), ProbeError> {
+        let output = self
+            .feather()
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| fail(format!("{}: {e}", self.feather.display())))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "feather {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&output.stderr).trim()
+            )))
+        }
+    }
+
+    /// The command that runs the agent in `place`: directly on the host, through `feather
+    /// exec` in a VM.
+    fn agent(&self, place: Option<&str>, token: Option<&str>) -> Command {
+        let mut command = match place {
+            None => Command::new(&self.feather),
+            Some(vm) => {
+                let mut c = self.feather();
+                c.arg("exec");
+                if let Some(token) = token {
+                    c.arg("-e").arg(format!("FPROBE_TOKEN={token}"));
+                }
+                c.arg(vm).arg("--").arg(&self.feather);
+                c
+            }
+        };
+        if let Some(token) = token {
+            command.env("FPROBE_TOKEN", token);
+        }
+        command.arg(AGENT_SUBCOMMAND);
+        command
+    }
+}
+
+/// VMs the probe made, removed on drop.
+struct TemporaryVms<'a> {
+    setup: &'a ProbeSetup,
+    names: Vec<String>,
+}
+
+impl Drop for TemporaryVms<'_> {
+    fn drop(&mut self) {
+        for name in &self.names {
+            let _ = self.setup.feather_ok(&["rm", "--force", name]);
+        }
+    }
+}
+
+/// A running listener; stopped (and killed if need be) on drop.
+struct Listener {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    lines: Receiver<String>,
+    published: Published,
+}
+
+impl Listener {
+    fn start(
+        setup: &ProbeSetup,
+        place: Option<&str>,
+        token: &str,
+        extra: &[&str],
+    ) -> Result<Listener, ProbeError> {
+        let mut command = setup.agent(place, Some(token));
+        command.args(["listen", "--token", token]).args(extra);
+        let mut child = command
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| fail(format!("cannot start a listener: {e}")))?;
+        let stdout = child
+            .stdout
+            .take()
+            .ok_or_else(|| fail("listener without stdout"))?;
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let stdin = child.stdin.take();
+        let mut listener = Listener {
+            child,
+            stdin,
+            lines,
+            published: Published::default(),
+        };
+        let where_ = place.unwrap_or("the host");
+        let line = listener
+            .lines
+            .recv_timeout(START_TIMEOUT)
+            .map_err(|_| {
+                fail(format!(
+                    "the listener in {where_} did not start (its error is above); in a VM it runs {} from the host's path",
+                    setup.feather.display()
+                ))
+            })?;
+        listener.published = serde_json::from_str(&line)
+            .map_err(|e| fail(format!("the listener in {where_} said {line:?}: {e}")))?;
+        Ok(listener)
+    }
+
+    /// Stops the listener and returns what it heard.
+    fn stop(mut self) -> Heard {
+        drop(self.stdin.take());
+        self.lines
+            .recv_timeout(Duration::from_secs(10))
+            .ok()
+            .and_then(|line| serde_json::from_str(&line).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        drop(self.stdin.take());
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs a client in `place` and returns its attempts.
+fn client(
+    setup: &ProbeSetup,
+    place: Option<&str>,
+    plan: &ClientPlan,
+    with_terminal: bool,
+) -> Result<Vec<Attempt>, ProbeError> {
+    let mut command = setup.agent(place, None);
+    let json = serde_json::to_string(plan).map_err(|e| fail(e.to_string()))?;
+    command
+        .arg("attempt")
+        .arg(json)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // A host terminal as the client's controlling terminal: the TIOCSTI cell is then the real
+    // attack (typing into the terminal of the user who ran `feather exec`).
+    let _master = if with_terminal {
+        let (master, slave) = raw::open_pty().map_err(|e| fail(format!("openpty: {e}")))?;
+        command.stdin(Stdio::from(slave));
+        raw::before_exec(&mut command, raw::take_stdin_as_controlling_terminal);
+        Some(master)
+    } else {
+        command.stdin(Stdio::null());
+        None
+    };
+    let child = command
+        .spawn()
+        .map_err(|e| fail(format!("cannot start a client: {e}")))?;
+    let pid = child.id();
+    let (sender, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(child.wait_with_output());
+    });
+    let where_ = place.unwrap_or("the host");
+    let output = match result.recv_timeout(CLIENT_TIMEOUT) {
+        Ok(output) => output.map_err(|e| fail(e.to_string()))?,
+        Err(_) => {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+            return Err(fail(format!(
+                "the client in {where_} did not finish in {} s",
+                CLIENT_TIMEOUT.as_secs()
+            )));
+        }
+    };
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).map_err(|e| {
+        fail(format!(
+            "the client in {where_} failed ({e}): {}{}",
+            stdout.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    })
+}
+
+/// Runs a client as the first program of a throw-away VM (so init starts it), and a listener
+/// entered into that VM by `feather exec`; the client gets its plan on stdin once the
+/// listener is up.
+fn init_to_exec(setup: &ProbeSetup, vm: &str, token: &str) -> Result<Vec<Attempt>, ProbeError> {
+    let mut runner = setup
+        .feather()
+        .args(["run", "--rm", vm, "--"])
+        .arg(&setup.feather)
+        .args([AGENT_SUBCOMMAND, "attempt", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot start VM {vm}: {e}")))?;
+    let pid = runner.id();
+    let mut stdin = runner.stdin.take();
+    let (sender, result) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = sender.send(runner.wait_with_output());
+    });
+    let kill_runner = || {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    };
+    // The VM is up once `feather exec` can enter it.
+    let deadline = Instant::now() + START_TIMEOUT;
+    while check_agent_runs_in(setup, vm).is_err() {
+        if Instant::now() > deadline {
+            kill_runner();
+            return Err(fail(format!("VM {vm} did not start")));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let listener = match Listener::start(setup, Some(vm), token, &[]) {
+        Ok(listener) => listener,
+        Err(e) => {
+            kill_runner();
+            return Err(e);
+        }
+    };
+    let plan = ClientPlan {
+        main: listener.published.clone(),
+        lower: None,
+        kernel: false,
+    };
+    let json = serde_json::to_string(&plan).map_err(|e| fail(e.to_string()))?;
+    if let Some(stdin) = stdin.as_mut() {
+        let _ = writeln!(stdin, "{json}");
+    }
+    drop(stdin);
+    let output = match result.recv_timeout(CLIENT_TIMEOUT) {
+        Ok(output) => output.map_err(|e| fail(e.to_string()))?,
+        Err(_) => {
+            kill_runner();
+            return Err(fail(format!("the client in VM {vm} did not finish")));
+        }
+    };
+    // The VM ended with its first program; the listener was stopped with it and reports.
+    let heard = listener.stop();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let attempts: Vec<Attempt> = serde_json::from_str(stdout.trim()).map_err(|e| {
+        fail(format!(
+            "the client started by init in {vm} failed ({e}): {}{}",
+            stdout.trim(),
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
+    })?;
+    Ok(merge(attempts, &heard))
+}
+
+/// Channels whose outcome is the listener's report, not the client's.
+fn confirmed_by_listener(channel: &str) -> Option<&'static str> {
+    match channel {
+        "file-write" => Some("file-changed"),
+        "inotify-listener-watches" => Some("inotify:"),
+        _ => None,
+    }
+}
+
+fn merge(attempts: Vec<Attempt>, heard: &Heard) -> Vec<Attempt> {
+    attempts
+        .into_iter()
+        .map(|mut attempt| {
+            if let Some(event) = confirmed_by_listener(&attempt.channel) {
+                let noticed = heard.events.iter().any(|e| e.starts_with(event));
+                if attempt.outcome.kind == Kind::Reached && !noticed {
+                    attempt.outcome = Outcome::new(
+                        Kind::Invisible,
+                        format!("{}; the listener noticed nothing", attempt.outcome.detail),
+                    );
+                } else if attempt.outcome.kind == Kind::Reached {
+                    attempt.outcome.detail += "; the listener noticed it";
+                }
+            }
+            attempt
+        })
+        .collect()
+}
+
+/// Flows that exist by design, with the reason shown in the matrix.
+pub fn by_design(channel: &str) -> Option<&'static str> {
+    Some(match channel {
+        "file-read" => "VM→host: a VM reads the host's files it has not written, and sees the host's later changes to them — that is the copy-on-write view, and the reason a VM needs no image. The reverse does not exist: a VM's writes go to its own layer (`file-write`).",
+        "inotify-listener-watches" => "VM→host: a VM reading a lower-layer file reads the host's file, so a host watching it sees the access (not the data). One-way: host writes do not raise events inside the VM (`inotify-client-watches`).",
+        "keyring-user" | "keyring-session" => "inside one VM: kernel keyrings are not namespaced, so the seccomp filter denies keyctl, add_key and request_key to VM processes altogether (as Docker's default profile does); programs fall back to files.",
+        _ => return None,
+    })
+}
+
+/// What a cell must show.
+pub fn expectation(channel: &str, direction: Direction) -> Expect {
+    match (channel, direction) {
+        ("keyring-user" | "keyring-session", Direction::InsideVm | Direction::InitToExec) => {
+            Expect::DeniedByDesign
+        }
+        (_, Direction::InsideVm | Direction::InitToExec) => Expect::Works,
+        ("file-read" | "inotify-listener-watches", Direction::VmToHost) => Expect::OneWayByDesign,
+        _ => Expect::Blocked,
+    }
+}
+
+pub fn group_of(channel: &str) -> &'static str {
+    let prefix = channel.split([':', '-']).next().unwrap_or(channel);
+    match prefix {
+        "sysv" | "posix" if channel != "posix-lock" => "System V and POSIX IPC",
+        "unix" | "x11" | "fifo" | "dbus" => "Unix sockets, FIFOs, D-Bus, X11",
+        "tcp" | "udp" | "netlink" => "Network and netlink",
+        "file" | "flock" | "posix" | "ofd" | "inotify" => {
+            "Shared lower-layer files: content, locks, inotify"
+        }
+        "proc" | "process_vm_readv" | "signal" | "ptrace" => "Processes: signals, ptrace, /proc",
+        "keyring" => "Kernel keyrings",
+        "tiocsti" | "tioclinux" => "Terminal injection",
+        _ => "Machine-wide kernel state (VM → kernel)",
+    }
+}
+
+/// Checks, before anything is made, that `vm` runs and shows the probe's binary.
+fn check_agent_runs_in(setup: &ProbeSetup, vm: &str) -> Result<(), ProbeError> {
+    let output = setup
+        .agent(Some(vm), None)
+        .arg("ping")
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| fail(format!("{}: {e}", setup.feather.display())))?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(fail(format!(
+        "cannot run the probe in VM {vm}: {} — the probe runs {} inside the VM, so the VM must be \
+         running and its base must show that file at the same path (the default base / does, \
+         unless the file is under feather's state folder)",
+        String::from_utf8_lossy(&output.stderr).trim(),
+        setup.feather.display()
+    )))
+}
+
+/// While it lives, an interrupt (Ctrl-C), SIGTERM or SIGHUP does not kill the probe but is
+/// noticed between steps, so that the probe's VMs and listeners are removed on the way out.
+struct Interruptions {
+    signals: Option<nix::sys::signalfd::SignalFd>,
+    previous: nix::sys::signal::SigSet,
+}
+
+impl Interruptions {
+    fn catch() -> Interruptions {
+        use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+        let mut set = SigSet::empty();
+        for signal in [Signal::SIGINT, Signal::SIGTERM, Signal::SIGHUP] {
+            set.add(signal);
+        }
+        let mut previous = SigSet::empty();
+        let _ =
+            nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous));
+        let flags =
+            nix::sys::signalfd::SfdFlags::SFD_NONBLOCK | nix::sys::signalfd::SfdFlags::SFD_CLOEXEC;
+        Interruptions {
+            signals: nix::sys::signalfd::SignalFd::with_flags(&set, flags).ok(),
+            previous,
+        }
+    }
+
+    fn check(&self) -> Result<(), ProbeError> {
+        match self.signals.as_ref().map(|s| s.read_signal()) {
+            Some(Ok(Some(info))) => Err(fail(format!(
+                "interrupted by signal {}; cleaned up",
+                info.ssi_signo
+            ))),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Drop for Interruptions {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::sigprocmask(
+            nix::sys::signal::SigmaskHow::SIG_SETMASK,
+            Some(&self.previous),
+            None,
+        );
+    }
+}
+
+/// Runs the whole probe.
+pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
+    let interruptions = Interruptions::catch();
+    let base = format!("fp{}", std::process::id());
+    let mut notes = vec![];
+    if let Some(vm) = &setup.vm {
+        check_agent_runs_in(setup, vm)?;
+    }
+    // The lower listener first: its files exist before the VMs start.
+    let lower = Listener::start(setup, None, &format!("{base}l"), &["--no-x11"])?;
+    let mut vms = TemporaryVms {
+        setup,
+        names: Vec::new(),
+    };
+    let a = match &setup.vm {
+        Some(vm) => {
+            notes.push(format!("VM A is the user's VM {vm}; it was started before the lower-layer files were made."));
+            vm.clone()
+        }
+        None => {
+            let name = format!("ipcprobe-a-{}", std::process::id());
+            setup.feather_ok(&["create", &name])?;
+            vms.names.push(name.clone());
+            setup.feather_ok(&["start", &name])?;
+            name
+        }
+    };
+    let b = format!("ipcprobe-b-{}", std::process::id());
+    setup.feather_ok(&["create", &b])?;
+    vms.names.push(b.clone());
+    setup.feather_ok(&["start", &b])?;
+
+    let mut results: Vec<(Direction, Vec<Attempt>)> = Vec::new();
+    interruptions.check()?;
+    // host→VM
+    let listener = Listener::start(setup, Some(&a), &format!("{base}a"), &[])?;
+    let plan = ClientPlan {
+        main: listener.published.clone(),
+        lower: None,
+        kernel: false,
+    };
+    let attempts = client(setup, None, &plan, false)?;
+    results.push((Direction::HostToVm, merge(attempts, &listener.stop())));
+    interruptions.check()?;
+    // VM→VM
+    let listener = Listener::start(setup, Some(&a), &format!("{base}v"), &[])?;
+    let plan = ClientPlan {
+        main: listener.published.clone(),
+        lower: None,
+        kernel: false,
+    };
+    let attempts = client(setup, Some(&b), &plan, false)?;
+    results.push((Direction::VmToVm, merge(attempts, &listener.stop())));
+    interruptions.check()?;
+    // inside one VM
+    let listener = Listener::start(setup, Some(&a), &format!("{base}i"), &[])?;
+    let plan = ClientPlan {
+        main: listener.published.clone(),
+        lower: None,
+        kernel: false,
+    };
+    let attempts = client(setup, Some(&a), &plan, false)?;
+    results.push((Direction::InsideVm, merge(attempts, &listener.stop())));
+    interruptions.check()?;
+    // inside one VM, from a program init started to one `feather exec` started
+    let c = format!("ipcprobe-c-{}", std::process::id());
+    vms.names.push(c.clone());
+    results.push((
+        Direction::InitToExec,
+        init_to_exec(setup, &c, &format!("{base}c"))?,
+    ));
+    interruptions.check()?;
+    // VM→host last: host files the VM has looked up through its lower layer may linger
+    // in the VM's view after the host removes them (overlayfs caches lower entries).
+    // With the lower listener for the lower-layer rows.
+    let listener = Listener::start(setup, None, &format!("{base}h"), &["--uevents"])?;
+    let plan = ClientPlan {
+        main: listener.published.clone(),
+        lower: Some(lower.published.clone()),
+        kernel: true,
+    };
+    let attempts = client(setup, Some(&a), &plan, true)?;
+    drop(listener.stop());
+    results.push((Direction::VmToHost, merge(attempts, &lower.stop())));
+    drop(vms);
+    interruptions.check()?;
+
+    notes.push(format!(
+        "Kernel {}; {}.",
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        landlock_note()
+    ));
+    notes.push("VM processes run under feather's seccomp filter and Docker's default capability set without CAP_MKNOD; no_new_privs is not set (set-uid programs work).".into());
+    Ok(assemble(results, notes))
+}
+
+fn landlock_note() -> String {
+    format!(
+        "{} — scoping is not applied to VM processes (see docs/confinement.md)",
+        feather_confine::landlock::support()
+    )
+}
+
+fn assemble(results: Vec<(Direction, Vec<Attempt>)>, notes: Vec<String>) -> Matrix {
+    let mut rows: Vec<Row> = Vec::new();
+    for (direction, attempts) in results {
+        for attempt in attempts {
+            let cell = Cell {
+                direction,
+                expect: expectation(&attempt.channel, direction),
+                outcome: attempt.outcome,
+            };
+            match rows.iter_mut().find(|r| r.channel == attempt.channel) {
+                Some(row) => row.cells.push(cell),
+                None => rows.push(Row {
+                    group: group_of(&attempt.channel).to_owned(),
+                    by_design: by_design(&attempt.channel).map(str::to_owned),
+                    channel: attempt.channel,
+                    cells: vec![cell],
+                }),
+            }
+        }
+    }
+    // Rows in group order, keeping the probe's order within a group.
+    let order: Vec<String> =
+        rows.iter()
+            .map(|r| r.group.clone())
+            .fold(Vec::new(), |mut seen, g| {
+                if !seen.contains(&g) {
+                    seen.push(g);
+                }
+                seen
+            });
+    rows.sort_by_key(|r| order.iter().position(|g| *g == r.group));
+    Matrix { rows, notes }
+}
+
+/// Writes `text` and a newline to stdout, for the agent.
+pub fn print_line(text: &str) {
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "{text}");
+    let _ = out.flush();
+}

@@ -1,0 +1,322 @@
+//! The IPC confinement matrix: every channel, host→VM, VM→host, VM→VM and inside one VM, run
+//! by the real probe (`feather check ipc`) in VMs over the host's `/`. Every cell is asserted
+//! against its expectation, and the run writes `docs/ipc-matrix.md`.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::Path;
+
+use feather_ipcprobe::{Direction, Expect, Kind, Matrix};
+
+use crate::support::Feather;
+
+/// The outcome each cell must have, channel by channel (host→VM, VM→host, VM→VM, inside; the
+/// init→exec column must match inside).
+/// Writing the expectations out, instead of deriving them from the probe, is what makes a
+/// regression in any one cell fail: a channel that starts to leak, or stops working inside.
+fn expected() -> BTreeMap<&'static str, [&'static [Kind]; 4]> {
+    use Kind::*;
+    const BLOCKED: &[Kind] = &[Refused, Invisible, Denied];
+    const GONE: &[Kind] = &[Invisible];
+    const WORKS: &[Kind] = &[Reached];
+    const NA: &[Kind] = &[NotApplicable];
+    const NONE: &[Kind] = &[];
+    let mut table: BTreeMap<&'static str, [&'static [Kind]; 4]> = BTreeMap::new();
+    for channel in ["sysv-shm", "sysv-sem", "sysv-msg", "posix-mq", "posix-shm"] {
+        table.insert(channel, [GONE, GONE, GONE, WORKS]);
+    }
+    for dir in ["/run", "/var/run"] {
+        for kind in ["stream", "dgram", "seqpacket"] {
+            let channel: &'static str = Box::leak(format!("unix-{kind}:{dir}").into_boxed_str());
+            table.insert(channel, [GONE, GONE, GONE, WORKS]);
+        }
+    }
+    // Host sockets in /tmp, /root and made before the VM started are seen through the lower
+    // layer, but connecting to them fails with ECONNREFUSED: the VM's inode is overlayfs's,
+    // not the host socket's.
+    for dir in ["/tmp", "/root", "lower"] {
+        for kind in ["stream", "dgram", "seqpacket"] {
+            let channel: &'static str = Box::leak(format!("unix-{kind}:{dir}").into_boxed_str());
+            table.insert(channel, [GONE, &[Refused], GONE, WORKS]);
+        }
+    }
+    table.insert("unix-abstract", [&[Refused], &[Refused], &[Refused], WORKS]);
+    table.insert("x11-abstract", [&[Refused], &[Refused], &[Refused], WORKS]);
+    table.insert("x11-path", [GONE, &[Refused], GONE, WORKS]);
+    table.insert("fifo", [GONE, &[Refused], GONE, WORKS]);
+    table.insert("tcp-loopback", [&[Refused], &[Refused], &[Refused], WORKS]);
+    table.insert("udp-loopback", [&[Refused], &[Refused], &[Refused], WORKS]);
+    // The VM has no address but loopback; the host's addresses are unreachable from it.
+    table.insert("tcp-host-address", [NA, &[Refused, NotApplicable], NA, NA]);
+    table.insert("udp-host-address", [NA, &[Refused, NotApplicable], NA, NA]);
+    table.insert("netlink-route", [GONE, GONE, GONE, WORKS]);
+    table.insert("file-read", [GONE, WORKS, GONE, WORKS]);
+    table.insert("file-write", [GONE, GONE, GONE, WORKS]);
+    for channel in ["flock", "posix-lock", "ofd-lock", "inotify-client-watches"] {
+        table.insert(channel, [GONE, GONE, GONE, WORKS]);
+    }
+    table.insert("inotify-listener-watches", [GONE, WORKS, GONE, WORKS]);
+    // The host client finds no key of the VM's (the VM could not make one); VM clients are
+    // denied keyctl by the seccomp filter, also inside their own VM.
+    for channel in ["keyring-user", "keyring-session"] {
+        table.insert(channel, [GONE, &[Denied], &[Denied], &[Denied]]);
+    }
+    for channel in [
+        "proc-environ",
+        "proc-fd",
+        "proc-mem",
+        "process_vm_readv",
+        "signal",
+        "ptrace",
+    ] {
+        table.insert(channel, [GONE, GONE, GONE, WORKS]);
+    }
+    table.insert(
+        "dbus-system",
+        [NONE, &[Invisible, NotApplicable], NONE, NONE],
+    );
+    table.insert(
+        "dbus-session",
+        [NONE, &[Invisible, Refused, NotApplicable], NONE, NONE],
+    );
+    table.insert("netlink-uevent", [NONE, GONE, NONE, NONE]);
+    table.insert("netlink-audit", [NONE, BLOCKED, NONE, NONE]);
+    for channel in [
+        "tiocsti",
+        "tioclinux",
+        "hostname-write",
+        "clock-write",
+        "sysctl-write",
+        "sysfs-write",
+        "mount",
+        "module-load",
+        "module-unload",
+        "kexec",
+        "bpf",
+        "perf_event_open",
+        "userfaultfd",
+        "fanotify-filesystem",
+    ] {
+        table.insert(channel, [NONE, &[Denied], NONE, NONE]);
+    }
+    // The VM's sysfs has no cgroup hierarchy mounted: there is nothing to write.
+    table.insert("cgroupfs-write", [NONE, BLOCKED, NONE, NONE]);
+    table
+}
+
+/// System V objects on the host under the keys of the run's host listeners.
+fn probe_keys_on_host(tag: &str) -> Vec<String> {
+    let keys: Vec<i64> = ["l", "h"]
+        .iter()
+        .map(|s| feather_ipcprobe::agent::sysv_key(&format!("{tag}{s}")) as i64)
+        .collect();
+    ["shm", "sem", "msg"]
+        .iter()
+        .flat_map(|kind| {
+            fs::read_to_string(format!("/proc/sysvipc/{kind}"))
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .filter_map(|line| line.split_whitespace().next().map(str::to_owned))
+                .filter(|key| key.parse::<i64>().is_ok_and(|k| keys.contains(&k)))
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+fn probe_files_on_host(tag: &str) -> Vec<String> {
+    ["/tmp", "/run", "/root", "/dev/shm", "/dev/mqueue"]
+        .iter()
+        .flat_map(|dir| {
+            fs::read_dir(dir)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .map(|e| e.path().display().to_string())
+                        .filter(|p| p.contains(tag))
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        })
+        .collect()
+}
+
+#[test]
+fn every_ipc_channel_is_confined_across_vms_and_works_inside_one() {
+    let feather = Feather::new("ipc-matrix");
+    let outcome = feather.run(&["check", "ipc", "--json"]);
+    let matrix: Matrix = serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check ipc printed no matrix ({e}): {}{}",
+            outcome.stdout, outcome.stderr
+        )
+    });
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ipc-matrix.md");
+    fs::write(&docs, matrix.to_markdown()).expect("write docs/ipc-matrix.md");
+
+    let expected = expected();
+    let mut wrong = Vec::new();
+    for row in &matrix.rows {
+        let Some(kinds) = expected.get(row.channel.as_str()) else {
+            wrong.push(format!(
+                "{}: a channel this test does not know; add its expectations",
+                row.channel
+            ));
+            continue;
+        };
+        for (i, direction) in Direction::ALL.iter().enumerate() {
+            let cell = row.cells.iter().find(|c| c.direction == *direction);
+            // init's program → an exec'd one must behave as two exec'd programs do.
+            let kinds = if *direction == Direction::InitToExec {
+                kinds[3]
+            } else {
+                kinds[i]
+            };
+            match (cell, kinds.is_empty()) {
+                (None, true) => {}
+                (None, false) => {
+                    wrong.push(format!("{} {}: no cell", row.channel, direction.label()))
+                }
+                (Some(cell), _) if !kinds.contains(&cell.outcome.kind) => wrong.push(format!(
+                    "{} {}: {} ({}), expected {:?}",
+                    row.channel,
+                    direction.label(),
+                    cell.outcome.kind.word(),
+                    cell.outcome.detail,
+                    kinds
+                )),
+                (Some(cell), _) if !cell.holds() => wrong.push(format!(
+                    "{} {}: does not hold its expectation {:?}",
+                    row.channel,
+                    direction.label(),
+                    cell.expect
+                )),
+                _ => {}
+            }
+        }
+    }
+    for channel in expected.keys() {
+        if !matrix.rows.iter().any(|r| r.channel == *channel) {
+            wrong.push(format!("{channel}: the probe no longer tries it"));
+        }
+    }
+    assert!(
+        wrong.is_empty(),
+        "IPC matrix regressions:\n{}",
+        wrong.join("\n")
+    );
+    assert_eq!(
+        outcome.code, 0,
+        "check ipc exits 0 when every cell holds: {}",
+        outcome.stderr
+    );
+
+    // One-way flows by design are named, with their reason, in the matrix.
+    for channel in ["file-read", "inotify-listener-watches", "keyring-user"] {
+        let row = matrix.rows.iter().find(|r| r.channel == channel).unwrap();
+        assert!(
+            row.by_design.as_deref().is_some_and(|why| why.len() > 40),
+            "{channel} lacks its reason"
+        );
+    }
+    assert_eq!(
+        matrix
+            .cell("file-read", Direction::VmToHost)
+            .unwrap()
+            .expect,
+        Expect::OneWayByDesign
+    );
+
+    // The probe left nothing behind on the host: no System V objects, queues or files, no VMs.
+    let tag = format!("fp{}", outcome_pid_hint(&matrix));
+    let keys = probe_keys_on_host(&tag);
+    assert!(keys.is_empty(), "System V objects left: {keys:?}");
+    assert!(
+        probe_files_on_host(&tag).is_empty(),
+        "files left: {:?}",
+        probe_files_on_host(&tag)
+    );
+    assert!(
+        !Path::new("/tmp/.X11-unix/X0").exists(),
+        "the X11 socket was left"
+    );
+    assert_eq!(
+        feather.ok(&["ls", "--json"]).trim(),
+        "[]",
+        "the probe's VMs were removed"
+    );
+
+    // `feather check ipc VM` probes a running VM of the user's and leaves it running. (In the
+    // same test: two probes at once would see each other's display :0 socket.)
+    feather.ok(&["create", "mine"]);
+    feather.ok(&["start", "mine"]);
+    let outcome = feather.run(&["check", "ipc", "mine"]);
+    assert_eq!(outcome.code, 0, "{}{}", outcome.stdout, outcome.stderr);
+    assert!(
+        outcome
+            .stdout
+            .contains("every cross-boundary channel is blocked"),
+        "{}",
+        outcome.stdout
+    );
+    assert!(
+        outcome.stdout.contains("VM A is the user's VM mine"),
+        "{}",
+        outcome.stdout
+    );
+    assert_eq!(feather.status("mine"), "running");
+    let listing: serde_json::Value = serde_json::from_str(&feather.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(
+        listing.as_array().unwrap().len(),
+        1,
+        "only the user's VM is left: {listing}"
+    );
+}
+
+/// The token prefix of the run, as its details show it (`fp<pid>`).
+fn outcome_pid_hint(matrix: &Matrix) -> String {
+    matrix
+        .rows
+        .iter()
+        .flat_map(|r| &r.cells)
+        .find_map(|c| {
+            let at = c.outcome.detail.find("/fp")?;
+            let digits: String = c.outcome.detail[at + 3..]
+                .chars()
+                .take_while(|ch| ch.is_ascii_digit())
+                .collect();
+            (!digits.is_empty()).then_some(digits)
+        })
+        .unwrap_or_else(|| "no-such-run".into())
+}
+
+#[test]
+fn check_ipc_of_a_vm_that_cannot_run_the_probe_fails_clearly_and_makes_nothing() {
+    let feather = Feather::new("ipc-bad-vm");
+    let missing = feather.run(&["check", "ipc", "no-such-vm"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing
+            .stderr
+            .contains("cannot run the probe in VM no-such-vm"),
+        "{}",
+        missing.stderr
+    );
+    // A VM over a scratch base does not show the feather binary.
+    let base = crate::support::ScratchBase::new("ipc-bad-vm");
+    feather.ok(&["create", "bare", "--base", base.as_str()]);
+    feather.ok(&["start", "bare"]);
+    let bare = feather.run(&["check", "ipc", "bare"]);
+    assert_eq!(bare.code, 1);
+    assert!(
+        bare.stderr.contains("its base must show that file"),
+        "{}",
+        bare.stderr
+    );
+    let listing: serde_json::Value = serde_json::from_str(&feather.ok(&["ls", "--json"])).unwrap();
+    assert_eq!(
+        listing.as_array().unwrap().len(),
+        1,
+        "no probe VM was made: {listing}"
+    );
+}
