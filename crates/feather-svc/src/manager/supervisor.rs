@@ -42,7 +42,7 @@ use crate::{catalog, conditions};
 const MAX_PASSED_SOCKETS: RawFd = 32;
 
 /// How often units are looked at while something is in progress.
-const TICK: Duration = Duration::from_millis(20);
+const TICK: Duration = Duration::from_millis(5);
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum State {
