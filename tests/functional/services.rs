@@ -244,6 +244,28 @@ fn unit_settings_are_applied_to_the_service_process() {
         "65534\nhello world|file|yes|one|/run/probe-one\n1000\n0077\nnobody 750\n"
     );
 
+    // Type=forking without PIDFile=: the main process is the one the start left behind, never
+    // another unit's (every service is a child of the manager).
+    write_unit(
+        &feather,
+        "cfg",
+        "forky.service",
+        "[Service]\nType=forking\nExecStart=/bin/sh -c 'sleep 999 & exit 0'\n",
+    );
+    feather.ok(&["service", "start", "cfg", "forky"]);
+    let list = services(&feather, "cfg");
+    let forky = service(&list, "forky.service")["main_pid"]
+        .as_i64()
+        .unwrap();
+    assert_ne!(
+        Some(forky),
+        service(&list, "probe@one.service")["main_pid"].as_i64()
+    );
+    assert_eq!(
+        feather.sh("cfg", &format!("tr '\\0' ' ' < /proc/{forky}/cmdline")),
+        "sleep 999 "
+    );
+
     feather.ok(&["service", "stop", "cfg", "prepare.service"]);
     let list = services(&feather, "cfg");
     assert_eq!(

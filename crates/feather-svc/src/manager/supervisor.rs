@@ -953,9 +953,14 @@ impl Manager {
         let Some(r) = self.units.get_mut(name) else {
             return;
         };
-        let Some((_, command)) = r.control.take() else {
+        let Some((pid, command)) = r.control.take() else {
             return;
         };
+        // A session whose leader is gone and that holds no process is forgotten, so that a
+        // later process that gets its number is never taken for this unit's.
+        if !all_processes().iter().any(|p| p.session == pid.as_raw()) {
+            r.sessions.remove(&pid.as_raw());
+        }
         let success = code.success(
             r.unit
                 .service
@@ -1293,14 +1298,28 @@ impl Manager {
         }
     }
 
+    /// The main and control processes of every unit.
+    fn known_pids(&self) -> BTreeSet<i32> {
+        self.units
+            .values()
+            .flat_map(|r| {
+                r.main_pid
+                    .into_iter()
+                    .chain(r.control.as_ref().map(|(p, _)| *p))
+            })
+            .map(Pid::as_raw)
+            .collect()
+    }
+
     fn check_pid_file(&mut self, name: &str) {
+        let known = self.known_pids();
         let Some(r) = self.units.get_mut(name) else {
             return;
         };
         let service = r.unit.service.clone().unwrap_or_default();
         let main = match &service.pid_file {
             Some(path) => read_pid_file(path),
-            None if service.guess_main_pid => guess_main_pid(r),
+            None if service.guess_main_pid => guess_main_pid(&known),
             None => None,
         };
         match main {
@@ -1462,15 +1481,14 @@ fn read_pid_file(path: &Path) -> Option<Pid> {
 }
 
 /// Without a PIDFile=, the daemon a forking start left behind: a child of the manager (its
-/// subreaper) that is no unit's known process and lives in one of the unit's sessions or was
-/// reparented to the manager.
-fn guess_main_pid(r: &Runtime) -> Option<Pid> {
+/// subreaper, so the daemon was reparented to it) that is no unit's known process.
+fn guess_main_pid(known: &BTreeSet<i32>) -> Option<Pid> {
     let me = std::process::id() as i32;
     all_processes()
         .into_iter()
-        .filter(|p| p.ppid == me)
+        .filter(|p| p.ppid == me && !known.contains(&p.pid))
         .map(|p| Pid::from_raw(p.pid))
-        .find(|p| Some(*p) != r.main_pid)
+        .next()
 }
 
 struct ProcessEntry {
