@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::Feather;
+use crate::support::{Feather, ScratchBase};
 
 /// A running VM over the host's root, removed with its fixture.
 fn vm(feather: &Feather, name: &str) {
@@ -441,6 +441,15 @@ fn service_commands_on_a_vm_without_services_say_so() {
     assert!(e.contains("VM idle runs no services"), "{e}");
     let e = feather.fails(&["service", "start", "nothere", "nginx"]);
     assert!(e.contains("nothere"), "{e}");
+    // Services run in VMs over the host's root: a bare tree has no feather to manage them.
+    let base = ScratchBase::new("svc-bare");
+    feather.ok(&["create", "bare", "--base", base.as_str()]);
+    feather.ok(&["start", "bare"]);
+    let e = feather.fails(&["service", "start", "bare", "nginx"]);
+    assert!(
+        e.contains("VM bare cannot run feather's service manager: its base"),
+        "{e}"
+    );
 }
 
 #[test]

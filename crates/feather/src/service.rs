@@ -103,7 +103,8 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
             "VM {vm} runs no services (start one with `feather service start {vm} UNIT`)"
         );
     }
-    let response = manager::call(&request, starts.then_some(vm.as_str())).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
+    let response = manager::call(&request, starts.then_some(vm.as_str()))
+        .map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
     match response {
         Response::Error { message } => anyhow::bail!("VM {vm}: {message}"),
         Response::List { units } => {
