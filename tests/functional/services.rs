@@ -266,6 +266,25 @@ fn unit_settings_are_applied_to_the_service_process() {
         "sleep 999 "
     );
 
+    // /dev/log is the manager's: what a unit's processes send there lands in the unit's log;
+    // what others send, in syslog.log.
+    write_unit(
+        &feather,
+        "cfg",
+        "logme.service",
+        "[Service]\nExecStartPre=/usr/bin/logger -t feathertest from-a-start-command\nExecStart=/bin/sleep 1000\n",
+    );
+    feather.ok(&["service", "start", "cfg", "logme"]);
+    feather.sh("cfg", "logger -t outsider from-outside");
+    feather.eventually("the messages are filed", || {
+        let status = feather.ok(&["service", "status", "cfg", "logme", "-n", "20"]);
+        let elsewhere = feather.sh("cfg", "cat /var/log/feather/syslog.log 2>/dev/null");
+        status.contains("syslog: ")
+            && status.contains("feathertest: from-a-start-command")
+            && elsewhere.contains("outsider: from-outside")
+            && !elsewhere.contains("from-a-start-command")
+    });
+
     feather.ok(&["service", "stop", "cfg", "prepare.service"]);
     let list = services(&feather, "cfg");
     assert_eq!(

@@ -129,7 +129,10 @@ pub fn services(rows: &[ServiceInfo]) {
 }
 
 pub fn service_status(s: &ServiceInfo, log: &[String]) {
-    println!("{} - {}", s.name, s.description.as_deref().unwrap_or(""));
+    match &s.description {
+        Some(description) => println!("{} - {description}", s.name),
+        None => println!("{}", s.name),
+    }
     println!(
         "   state: {} ({}) for {}",
         s.state,

@@ -11,6 +11,7 @@ pub mod protocol;
 mod sockets;
 mod spawn;
 pub mod supervisor;
+mod syslog;
 
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;

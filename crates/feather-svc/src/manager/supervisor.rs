@@ -29,8 +29,8 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::protocol::{self, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
-use super::sockets;
 use super::spawn::{self, Identity};
+use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
 use crate::name::UnitName;
 use crate::paths::UnitPaths;
@@ -231,6 +231,8 @@ pub struct Manager {
     listener: UnixListener,
     signals: SignalFd,
     shutting_down: bool,
+    /// The VM's /dev/log, if the manager holds it.
+    syslog: Option<UnixDatagram>,
 }
 
 impl Manager {
@@ -266,6 +268,7 @@ impl Manager {
             listener,
             signals,
             shutting_down: false,
+            syslog: syslog::listen(),
         })
     }
 
@@ -287,6 +290,9 @@ impl Manager {
                     PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.signals.as_fd(), PollFlags::POLLIN),
                 ];
+                if let Some(syslog) = &self.syslog {
+                    fds.push(PollFd::new(syslog.as_fd(), PollFlags::POLLIN));
+                }
                 fds.extend(
                     notify
                         .iter()
@@ -300,6 +306,8 @@ impl Manager {
                 let _ = poll(&mut fds, timeout);
             }
             self.read_signals();
+            // Before reaping: a sender that just exited is still known by its pid.
+            self.read_syslog();
             self.reap();
             for (name, socket) in &notify {
                 self.read_notify(name, socket);
@@ -318,6 +326,49 @@ impl Manager {
                 return;
             }
         }
+    }
+
+    /// Files the messages waiting on /dev/log into the logs of the units that sent them.
+    fn read_syslog(&mut self) {
+        let Some(socket) = &self.syslog else {
+            return;
+        };
+        let mut messages = Vec::new();
+        while let Some(message) = syslog::receive(socket) {
+            messages.push(message);
+        }
+        for (pid, text) in messages {
+            let owner = pid.and_then(|pid| self.unit_of(pid));
+            match owner.and_then(|name| self.units.get_mut(&name)) {
+                Some(r) => log_line(r, &format!("syslog: {text}")),
+                None => {
+                    if let Ok(mut file) = fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(Path::new(protocol::LOG_DIR).join("syslog.log"))
+                    {
+                        let _ =
+                            std::io::Write::write_all(&mut file, format!("{text}\n").as_bytes());
+                    }
+                }
+            }
+        }
+    }
+
+    /// The unit a process belongs to: by its pid, or by its session.
+    fn unit_of(&self, pid: i32) -> Option<String> {
+        let by_pid = self.units.iter().find(|(_, r)| {
+            r.main_pid.map(Pid::as_raw) == Some(pid)
+                || r.control.as_ref().map(|(p, _)| p.as_raw()) == Some(pid)
+        });
+        if let Some((name, _)) = by_pid {
+            return Some(name.clone());
+        }
+        let session = session_of(Pid::from_raw(pid))?;
+        self.units
+            .iter()
+            .find(|(_, r)| r.sessions.contains(&session))
+            .map(|(name, _)| name.clone())
     }
 
     fn read_signals(&mut self) {
