@@ -618,3 +618,66 @@ fn each_vm_gets_its_own_dbus_system_bus_from_the_hosts_units() {
     assert!(ids.iter().all(|id| id.len() == 32), "{ids:?}");
     assert_ne!(ids[0], ids[1], "two VMs, two buses");
 }
+
+#[test]
+fn logs_show_a_units_output_and_follow_it() {
+    use std::io::BufRead;
+    let feather = Feather::new("svc-logs");
+    vm(&feather, "talk");
+    write_unit(
+        &feather,
+        "talk",
+        "talker.service",
+        "[Service]\nExecStart=/bin/sh -c 'n=0; while :; do n=$$((n+1)); echo tick $$n; sleep 0.1; done'\n",
+    );
+    feather.ok(&["service", "start", "talk", "talker"]);
+    feather.eventually("talker said something", || {
+        feather
+            .ok(&["service", "logs", "talk", "talker"])
+            .contains("tick 2")
+    });
+    let last = feather.ok(&["service", "logs", "talk", "talker", "-n", "1"]);
+    assert_eq!(last.lines().count(), 1, "{last}");
+    let e = feather.fails(&["service", "logs", "talk", "never-installed"]);
+    assert!(
+        e.contains("unit never-installed.service is not installed"),
+        "{e}"
+    );
+    let e = feather.fails(&["service", "logs", "talk", "nginx"]);
+    assert!(e.contains("VM talk: nginx.service has no log yet"), "{e}");
+
+    // -f keeps printing what the service writes.
+    let mut follower = feather
+        .command()
+        .args(["service", "logs", "talk", "talker", "-n", "0", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = receiver.recv_timeout(std::time::Duration::from_secs(10));
+    let second = receiver.recv_timeout(std::time::Duration::from_secs(10));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = follower.wait();
+    let (first, second) = (
+        first.expect("a followed line"),
+        second.expect("another followed line"),
+    );
+    assert!(
+        first.starts_with("tick ") && second.starts_with("tick ") && first != second,
+        "{first} / {second}"
+    );
+}

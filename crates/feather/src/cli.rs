@@ -206,6 +206,17 @@ pub enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// A service's log in a running VM: its stdout, stderr and syslog messages
+    Logs {
+        name: String,
+        unit: String,
+        /// Lines to show from the end
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing what is appended, until interrupted
+        #[arg(short, long)]
+        follow: bool,
+    },
     /// One service of a running VM in detail, with the last lines of its log
     Status {
         name: String,
@@ -227,7 +238,9 @@ pub struct ServiceClientArgs {
     pub json: bool,
     #[arg(long, default_value_t = 10)]
     pub lines: usize,
-    /// start, stop, restart, ls, status (or manager: be the VM's service manager)
+    #[arg(long)]
+    pub follow: bool,
+    /// start, stop, restart, ls, status, logs (or manager: be the VM's service manager)
     pub op: String,
     pub units: Vec<String>,
 }

@@ -14,6 +14,7 @@ use crate::cli::{ServiceClientArgs, ServiceCommand};
 use crate::output;
 
 pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode> {
+    let mut follow = false;
     let (name, op, units, json, lines) = match command {
         ServiceCommand::Catalog { json } => {
             let entries = feather_svc::catalog::catalog(std::path::Path::new("/"))?;
@@ -28,6 +29,15 @@ pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode
         ServiceCommand::Stop { name, units, json } => (name, "stop", units, json, 0),
         ServiceCommand::Restart { name, units, json } => (name, "restart", units, json, 0),
         ServiceCommand::Ls { name, json } => (name, "ls", Vec::new(), json, 0),
+        ServiceCommand::Logs {
+            name,
+            unit,
+            lines,
+            follow: f,
+        } => {
+            follow = f;
+            (name, "logs", vec![unit], false, lines)
+        }
         ServiceCommand::Status {
             name,
             unit,
@@ -57,6 +67,9 @@ pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode
     if json {
         argv.push("--json".to_owned());
     }
+    if follow {
+        argv.push("--follow".to_owned());
+    }
     argv.push(op.to_owned());
     argv.extend(units);
     let workload = Workload {
@@ -73,6 +86,14 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
     let request = match args.op.as_str() {
         // The manager itself, started by the first `start` (see feather_svc::manager).
         "manager" => return Ok(ExitCode::from(u8::try_from(manager::serve()).unwrap_or(1))),
+        "logs" => {
+            return logs(
+                vm,
+                args.units.first().map_or("", String::as_str),
+                args.lines,
+                args.follow,
+            )
+        }
         "start" => Request::Start { units: args.units },
         "restart" => {
             // Stop those of the units that run (a stopped one is simply started), then start.
@@ -142,4 +163,68 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Inside the VM: the last `lines` of a unit's log, then (with `follow`) what is appended.
+fn logs(vm: &str, unit: &str, lines: usize, follow: bool) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    // The manager knows the unit's real name (an alias, a name without .service).
+    let name = match manager::call(
+        &Request::Status {
+            unit: unit.to_owned(),
+            lines: 0,
+        },
+        None,
+    ) {
+        Ok(Response::Status { unit, .. }) => unit.name,
+        Ok(Response::Error { message }) => anyhow::bail!("VM {vm}: {message}"),
+        _ => feather_svc::UnitName::parse(unit)?.to_string(),
+    };
+    let path =
+        std::path::Path::new(feather_svc::manager::protocol::LOG_DIR).join(format!("{name}.log"));
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => {
+            anyhow::bail!("VM {vm}: {name} has no log yet (it has not been started)")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Wait for the first start to make it.
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if let Ok(file) = std::fs::File::open(&path) {
+                    break file;
+                }
+            }
+        }
+        Err(e) => anyhow::bail!("VM {vm}: {}: {e}", path.display()),
+    };
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let all: Vec<&str> = text.lines().collect();
+    let mut out = std::io::stdout().lock();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut position = file.seek(SeekFrom::End(0))?;
+    let mut buffer = Vec::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if length < position {
+            // Truncated or replaced: start from its beginning.
+            file = std::fs::File::open(&path)?;
+            position = 0;
+        }
+        file.seek(SeekFrom::Start(position))?;
+        buffer.clear();
+        position += file.read_to_end(&mut buffer)? as u64;
+        if !buffer.is_empty() {
+            out.write_all(&buffer)?;
+            out.flush()?;
+        }
+    }
 }
