@@ -437,6 +437,34 @@ fn failures_are_reported_clearly_and_leave_other_services_running() {
         "{e}"
     );
 
+    // MAINPID= may name a process that is not the manager's child; its end is still noticed.
+    write_unit(
+        &feather,
+        "bad",
+        "grand.service",
+        "[Service]\nType=notify\nExecStart=/bin/sh -c 'sleep 1000 & systemd-notify --ready MAINPID=$$!; wait'\n",
+    );
+    feather.ok(&["service", "start", "bad", "grand"]);
+    let main = service(&services(&feather, "bad"), "grand.service")["main_pid"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        feather.sh("bad", &format!("tr '\\0' ' ' < /proc/{main}/cmdline")),
+        "sleep 1000 "
+    );
+    feather.sh("bad", &format!("kill {main}"));
+    feather.eventually("the end of grand.service's main process is noticed", || {
+        service(&services(&feather, "bad"), "grand.service")["state"] == "failed"
+    });
+    let grand = service(&services(&feather, "bad"), "grand.service").clone();
+    assert!(
+        grand["result"]
+            .as_str()
+            .unwrap()
+            .contains("not a child of the manager"),
+        "{grand}"
+    );
+
     // Nothing else in the VM was disturbed.
     let steady = service(&services(&feather, "bad"), "steady.service").clone();
     assert_eq!(

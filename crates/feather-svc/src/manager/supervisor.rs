@@ -41,6 +41,10 @@ use crate::{catalog, conditions};
 /// The most sockets one service can be handed.
 const MAX_PASSED_SOCKETS: RawFd = 32;
 
+/// How often a running service's main process is looked for when it is not the manager's
+/// child (and so its end would not be signalled).
+const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
 /// How often units are looked at while something is in progress.
 const TICK: Duration = Duration::from_millis(5);
 
@@ -298,8 +302,14 @@ impl Manager {
                         .iter()
                         .map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)),
                 );
+                let watching = self
+                    .units
+                    .values()
+                    .any(|r| r.state == State::Active && r.main_pid.is_some());
                 let timeout = if busy {
                     PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX)
+                } else if watching {
+                    PollTimeout::try_from(LIVENESS_CHECK).unwrap_or(PollTimeout::MAX)
                 } else {
                     PollTimeout::NONE
                 };
@@ -668,6 +678,19 @@ impl Manager {
     fn tick(&mut self) {
         let now = Instant::now();
         let names: Vec<String> = self.units.keys().cloned().collect();
+        // A main process named by MAINPID= or a PID file need not be the manager's child, and
+        // then its end sends no SIGCHLD here: look whether it still lives. (A child of the
+        // manager that ended is a zombie until reaped, so it still counts as alive here.)
+        for name in &names {
+            let gone = self.units.get(name).is_some_and(|r| {
+                r.state == State::Active
+                    && r.main_pid
+                        .is_some_and(|pid| kill(pid, None) == Err(nix::errno::Errno::ESRCH))
+            });
+            if gone {
+                self.main_exited(name, Exit::Unknown);
+            }
+        }
         for name in &names {
             let state_of =
                 |units: &BTreeMap<String, Runtime>, n: &str| units.get(n).map(|r| r.state);
@@ -1320,7 +1343,8 @@ impl Manager {
             return;
         }
         let failed = r.result.is_some() && !r.stop_requested;
-        if failed || r.stop_requested {
+        // Ready stays shown only for a oneshot that ran to its end.
+        if failed || r.stop_requested || r.was_active {
             r.ready = false;
         }
         r.set(
@@ -1444,12 +1468,15 @@ impl Manager {
 enum Exit {
     Code(i32),
     Signal(i32),
+    /// A main process that was not the manager's child ended; how is not known.
+    Unknown,
 }
 
 impl Exit {
     fn success(self, extra: &[i32]) -> bool {
         match self {
             Exit::Code(code) => code == 0 || extra.contains(&code),
+            Exit::Unknown => false,
             // systemd counts SIGHUP, SIGINT, SIGTERM and SIGPIPE as clean for the main process.
             Exit::Signal(signal) => {
                 [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&signal)
@@ -1461,6 +1488,7 @@ impl Exit {
     fn describe(self) -> String {
         match self {
             Exit::Code(code) => format!("exited with status {code}"),
+            Exit::Unknown => "ended (not a child of the manager: its status is unknown)".into(),
             Exit::Signal(signal) => match Signal::try_from(signal) {
                 Ok(s) => format!("was killed by {s}"),
                 Err(_) => format!("was killed by signal {signal}"),
