@@ -161,6 +161,30 @@ fn nginx_and_redis_run_in_a_vm_from_the_hosts_units_and_answer_real_clients() {
         .sh("web", "cat /var/log/feather/nginx.service.log")
         .contains("start: /usr/sbin/nginx"));
 
+    // Reload: nginx rereads its configuration (changed in the VM only), same main process.
+    let main = service(&services(&feather, "web"), "nginx.service")["main_pid"].clone();
+    feather.sh(
+        "web",
+        "printf 'server { listen 8088; return 200 \"reloaded\\\\n\"; }\\n' > /etc/nginx/conf.d/feather-test.conf",
+    );
+    feather.ok(&["service", "reload", "web", "nginx"]);
+    feather.eventually("nginx serves its new configuration", || {
+        feather
+            .run(&["exec", "web", "--", "curl", "-sf", "http://127.0.0.1:8088/"])
+            .stdout
+            == "reloaded\n"
+    });
+    assert_eq!(
+        service(&services(&feather, "web"), "nginx.service")["main_pid"],
+        main
+    );
+    assert!(
+        !Path::new("/etc/nginx/conf.d/feather-test.conf").exists(),
+        "the host's nginx config was touched"
+    );
+    let e = feather.fails(&["service", "reload", "web", "redis-server"]);
+    assert!(e.contains("redis-server.service has no ExecReload="), "{e}");
+
     // Stop one: the other keeps serving.
     feather.ok(&["service", "stop", "web", "nginx"]);
     let list = services(&feather, "web");

@@ -200,6 +200,14 @@ pub enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Run the ExecReload= commands of running services (they reread their configuration)
+    Reload {
+        name: String,
+        #[arg(required = true, value_name = "UNIT")]
+        units: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
     /// The services of a running VM: state, main pid, uptime, restarts, readiness
     Ls {
         name: String,
@@ -240,7 +248,7 @@ pub struct ServiceClientArgs {
     pub lines: usize,
     #[arg(long)]
     pub follow: bool,
-    /// start, stop, restart, ls, status, logs (or manager: be the VM's service manager)
+    /// start, stop, restart, reload, ls, status, logs (or manager: be the VM's service manager)
     pub op: String,
     pub units: Vec<String>,
 }

@@ -28,6 +28,7 @@ pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode
         ServiceCommand::Start { name, units, json } => (name, "start", units, json, 0),
         ServiceCommand::Stop { name, units, json } => (name, "stop", units, json, 0),
         ServiceCommand::Restart { name, units, json } => (name, "restart", units, json, 0),
+        ServiceCommand::Reload { name, units, json } => (name, "reload", units, json, 0),
         ServiceCommand::Ls { name, json } => (name, "ls", Vec::new(), json, 0),
         ServiceCommand::Logs {
             name,
@@ -111,6 +112,7 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
             Request::Start { units: args.units }
         }
         "stop" => Request::Stop { units: args.units },
+        "reload" => Request::Reload { units: args.units },
         "ls" => Request::List,
         "status" => Request::Status {
             unit: args.units.first().cloned().unwrap_or_default(),
@@ -119,7 +121,8 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
         other => anyhow::bail!("unknown service operation {other:?}"),
     };
     let starts = matches!(request, Request::Start { .. });
-    if matches!(request, Request::Stop { .. }) && !manager::running() {
+    let reloads = matches!(request, Request::Reload { .. });
+    if matches!(request, Request::Stop { .. } | Request::Reload { .. }) && !manager::running() {
         anyhow::bail!(
             "VM {vm} runs no services (start one with `feather service start {vm} UNIT`)"
         );
@@ -136,7 +139,16 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
             }
         }
         Response::Done { units } => {
-            let failed: Vec<_> = units.iter().filter(|u| u.state == "failed").collect();
+            let failed: Vec<_> = units
+                .iter()
+                .filter(|u| {
+                    u.state == "failed"
+                        || (reloads
+                            && u.result
+                                .as_deref()
+                                .is_some_and(|r| r.starts_with("ExecReload")))
+                })
+                .collect();
             if args.json {
                 output::json(&units)?;
             } else {

@@ -24,6 +24,8 @@ pub enum Request {
     Start { units: Vec<String> },
     /// Stop units (and what requires or is bound to them), in reverse order.
     Stop { units: Vec<String> },
+    /// Run the ExecReload= commands of running units.
+    Reload { units: Vec<String> },
     /// Every unit the manager knows.
     List,
     /// One unit, with the last lines of its log.

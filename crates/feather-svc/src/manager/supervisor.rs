@@ -90,6 +90,7 @@ enum Phase {
     SigTerm,
     SigKill,
     StopPost,
+    Reload,
 }
 
 impl Phase {
@@ -106,6 +107,7 @@ impl Phase {
             Phase::SigTerm => "stop-sigterm",
             Phase::SigKill => "final-sigkill",
             Phase::StopPost => "stop-post",
+            Phase::Reload => "reload",
         }
     }
 }
@@ -146,6 +148,8 @@ struct Runtime {
     listeners: Vec<sockets::Bound>,
     /// A start was asked for while the unit was stopping.
     start_after_stop: bool,
+    /// Why the last reload failed.
+    reload_error: Option<String>,
 }
 
 impl Runtime {
@@ -178,6 +182,7 @@ impl Runtime {
             was_active: false,
             listeners: Vec::new(),
             start_after_stop: false,
+            reload_error: None,
         }
     }
 
@@ -206,7 +211,7 @@ impl Runtime {
             restarts: self.restarts,
             ready: self.ready,
             status_text: self.status_text.clone(),
-            result: self.result.clone(),
+            result: self.result.clone().or_else(|| self.reload_error.clone()),
             pulled_by: self.pulled_by.clone(),
             log: Some(
                 spawn::log_path(self.unit.name.as_str())
@@ -462,6 +467,18 @@ impl Manager {
                     return;
                 }
             }
+            Request::Reload { units } => match self.request_reload(&units) {
+                Ok(units) => {
+                    self.jobs.push(Job {
+                        client: stream,
+                        units,
+                        skipped: Vec::new(),
+                        then_exit: false,
+                    });
+                    return;
+                }
+                Err(message) => Response::Error { message },
+            },
             Request::List => Response::List {
                 units: self.units.values().map(Runtime::info).collect(),
             },
@@ -607,6 +624,49 @@ impl Manager {
         Ok((job_units, skipped))
     }
 
+    /// Starts the ExecReload= commands of running units; all must be running and have some.
+    fn request_reload(&mut self, names: &[String]) -> Result<Vec<String>, String> {
+        let mut real = Vec::new();
+        for name in names {
+            let parsed = UnitName::parse(name).map_err(|e| e.to_string())?;
+            let Some(name) = self.alias_of(&parsed) else {
+                return Err(format!(
+                    "{parsed} was not started in this VM (see `feather service ls`)"
+                ));
+            };
+            let r = &self.units[&name];
+            if r.state != State::Active || r.phase != Phase::Running {
+                return Err(format!(
+                    "{name} is {} ({}), not running: nothing to reload",
+                    r.state.name(),
+                    r.phase.name()
+                ));
+            }
+            if r.unit
+                .service
+                .as_ref()
+                .is_none_or(|s| s.exec_reload.is_empty())
+            {
+                return Err(format!("{name} has no ExecReload=: restart it instead"));
+            }
+            real.push(name);
+        }
+        for name in &real {
+            if let Some(r) = self.units.get_mut(name) {
+                r.reload_error = None;
+                r.phase = Phase::Reload;
+                r.pending = r
+                    .unit
+                    .service
+                    .as_ref()
+                    .map(|s| s.exec_reload.iter().cloned().collect())
+                    .unwrap_or_default();
+            }
+            self.advance(name);
+        }
+        Ok(real)
+    }
+
     /// Marks `names`, and the active units that require or are bound to them, to stop; the
     /// ones ordered after others stop first. Returns the units touched.
     fn request_stop(&mut self, names: &[String]) -> Vec<String> {
@@ -650,9 +710,12 @@ impl Manager {
         let mut remaining = Vec::new();
         for mut job in std::mem::take(&mut self.jobs) {
             let settled = job.units.iter().all(|n| {
-                self.units
-                    .get(n)
-                    .is_none_or(|r| r.state.settled() && !r.stop_pending && r.restart_at.is_none())
+                self.units.get(n).is_none_or(|r| {
+                    r.state.settled()
+                        && !r.stop_pending
+                        && r.restart_at.is_none()
+                        && r.phase != Phase::Reload
+                })
             });
             if !settled {
                 remaining.push(job);
@@ -943,6 +1006,10 @@ impl Manager {
                     self.after_stop(name);
                     return;
                 }
+                Phase::Reload => {
+                    r.phase = Phase::Running;
+                    return;
+                }
                 _ => return,
             }
         }
@@ -1054,6 +1121,15 @@ impl Manager {
                 );
             }
             self.advance(name);
+            return;
+        }
+        if r.phase == Phase::Reload {
+            // A failed reload leaves the service running as it was.
+            let why = format!("ExecReload {} {}", command.path, code.describe());
+            log_line(r, &format!("feather: reload failed: {why}"));
+            r.reload_error = Some(why);
+            r.pending.clear();
+            r.phase = Phase::Running;
             return;
         }
         if r.phase == Phase::Condition && matches!(code, Exit::Code(1..=254)) {
@@ -1531,6 +1607,7 @@ fn phase_setting(phase: Phase) -> &'static str {
         Phase::StartPost => "ExecStartPost",
         Phase::Stop => "ExecStop",
         Phase::StopPost => "ExecStopPost",
+        Phase::Reload => "ExecReload",
         _ => "command",
     }
 }
