@@ -733,3 +733,54 @@ fn logs_show_a_units_output_and_follow_it() {
         "{first} / {second}"
     );
 }
+
+#[test]
+fn conflicts_stop_the_other_unit_and_binds_to_follows_its_unit_down() {
+    let feather = Feather::new("svc-deps");
+    vm(&feather, "deps");
+    let sleeper = |deps: &str| format!("[Unit]\n{deps}\n[Service]\nExecStart=/bin/sleep 1000\n");
+    write_unit(&feather, "deps", "war.service", &sleeper(""));
+    write_unit(
+        &feather,
+        "deps",
+        "peace.service",
+        &sleeper("Conflicts=war.service"),
+    );
+    feather.ok(&["service", "start", "deps", "war"]);
+    feather.ok(&["service", "start", "deps", "peace"]);
+    let list = services(&feather, "deps");
+    assert_eq!(service(&list, "peace.service")["state"], "active");
+    assert_eq!(
+        service(&list, "war.service")["state"],
+        "inactive",
+        "Conflicts= stops the other"
+    );
+    // The other way round: war does not list peace, but peace conflicts with war.
+    feather.ok(&["service", "start", "deps", "war"]);
+    assert_eq!(
+        service(&services(&feather, "deps"), "peace.service")["state"],
+        "inactive"
+    );
+
+    write_unit(&feather, "deps", "anchor.service", &sleeper(""));
+    write_unit(
+        &feather,
+        "deps",
+        "boat.service",
+        &sleeper("BindsTo=anchor.service\nAfter=anchor.service"),
+    );
+    feather.ok(&["service", "start", "deps", "boat"]);
+    let anchor = service(&services(&feather, "deps"), "anchor.service")["main_pid"]
+        .as_i64()
+        .unwrap();
+    // The anchor ends on its own (not through feather): what is bound to it stops too.
+    feather.sh("deps", &format!("kill {anchor}"));
+    feather.eventually("boat.service stops with its anchor", || {
+        service(&services(&feather, "deps"), "boat.service")["state"] == "inactive"
+    });
+    let boat = service(&services(&feather, "deps"), "boat.service").clone();
+    assert_eq!(
+        boat["result"],
+        "stopped: anchor.service, which it is bound to (BindsTo=), ended"
+    );
+}

@@ -610,6 +610,27 @@ impl Manager {
             }
             self.units.insert(name.clone(), runtime);
         }
+        // Conflicts=, either way round: the other unit stops, and the new one starts after it.
+        let mut conflicting = Vec::new();
+        for (name, unit) in &graph.units {
+            for (other, o) in &self.units {
+                let conflict = unit.dependencies.conflicts.contains(other)
+                    || o.unit.dependencies.conflicts.contains(name);
+                let up = matches!(o.state, State::Active | State::Activating | State::Waiting);
+                if conflict && up && !graph.units.contains_key(other) {
+                    conflicting.push((name.clone(), other.clone()));
+                }
+            }
+        }
+        for (name, other) in &conflicting {
+            if let Some(r) = self.units.get_mut(name) {
+                r.after.insert(other.clone());
+            }
+        }
+        let others: Vec<String> = conflicting.into_iter().map(|(_, other)| other).collect();
+        if !others.is_empty() {
+            job_units.extend(self.request_stop(&others));
+        }
         let skipped = graph
             .skipped
             .iter()
@@ -788,11 +809,12 @@ impl Manager {
                         fail(r, format!("its requisite {requisite} is not active (Requisite= does not start it)"));
                         continue;
                     }
+                    // Also while a unit it is ordered after is stopping (a conflicting one, say).
                     let blocked = r.after.iter().any(|d| {
                         matches!(
                             state_of(&self.units, d),
-                            Some(State::Waiting | State::Activating)
-                        )
+                            Some(State::Waiting | State::Activating | State::Deactivating)
+                        ) || self.units.get(d).is_some_and(|o| o.stop_pending)
                     });
                     if !blocked {
                         self.begin_start(name);
@@ -1446,6 +1468,26 @@ impl Manager {
         {
             r.restart_at = Some(Instant::now() + restart_sec.min(Duration::from_secs(3600)));
             r.set(State::Activating, Phase::AutoRestart);
+            return;
+        }
+        // BindsTo=: the units bound to this one stop with it, however it ended.
+        let bound: Vec<String> = self
+            .units
+            .iter()
+            .filter(|(_, o)| {
+                o.unit.dependencies.binds_to.iter().any(|b| b == name)
+                    && matches!(o.state, State::Active | State::Activating | State::Waiting)
+                    && !o.stop_pending
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        if !bound.is_empty() {
+            for other in &bound {
+                if let Some(o) = self.units.get_mut(other) {
+                    o.result = Some(format!("stopped: {name}, which it is bound to (BindsTo=), ended"));
+                }
+            }
+            self.request_stop(&bound);
         }
     }
 
