@@ -489,6 +489,31 @@ fn failures_are_reported_clearly_and_leave_other_services_running() {
         "{grand}"
     );
 
+    // OnFailure=: a unit that failed for good starts its handler (here after its start limit).
+    write_unit(
+        &feather,
+        "bad",
+        "watched.service",
+        "[Unit]\nOnFailure=alarm.service\nStartLimitBurst=2\n[Service]\nExecStart=/bin/false\nRestart=on-failure\nRestartSec=10ms\n",
+    );
+    write_unit(
+        &feather,
+        "bad",
+        "alarm.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo raised > /run/alarm'\n",
+    );
+    feather.run(&["service", "start", "bad", "watched"]);
+    feather.eventually("alarm.service ran", || {
+        feather
+            .run(&["exec", "bad", "--", "test", "-e", "/run/alarm"])
+            .code
+            == 0
+    });
+    assert_eq!(
+        service(&services(&feather, "bad"), "watched.service")["state"],
+        "failed"
+    );
+
     // Nothing else in the VM was disturbed.
     let steady = service(&services(&feather, "bad"), "steady.service").clone();
     assert_eq!(

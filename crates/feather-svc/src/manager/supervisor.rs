@@ -1223,6 +1223,28 @@ impl Manager {
         }
     }
 
+    /// OnFailure=: the units started when this one failed for good (not when it restarts).
+    fn trigger_on_failure(&mut self, name: &str) {
+        let Some(on_failure) = self
+            .units
+            .get(name)
+            .map(|r| r.unit.dependencies.on_failure.clone())
+        else {
+            return;
+        };
+        if on_failure.is_empty() {
+            return;
+        }
+        if let Err(why) = self.request_start(&on_failure) {
+            if let Some(r) = self.units.get_mut(name) {
+                log_line(
+                    r,
+                    &format!("feather: OnFailure= {}: {why}", on_failure.join(" ")),
+                );
+            }
+        }
+    }
+
     /// A restart after Restart=, unless the start limit is hit.
     fn restart(&mut self, name: &str) {
         let Some(r) = self.units.get_mut(name) else {
@@ -1246,6 +1268,7 @@ impl Manager {
                     r.result.clone().unwrap_or_default()
                 );
                 fail(r, why);
+                self.trigger_on_failure(name);
                 return;
             }
         }
@@ -1470,6 +1493,9 @@ impl Manager {
             r.set(State::Activating, Phase::AutoRestart);
             return;
         }
+        if failed {
+            self.trigger_on_failure(name);
+        }
         // BindsTo=: the units bound to this one stop with it, however it ended.
         let bound: Vec<String> = self
             .units
@@ -1484,7 +1510,9 @@ impl Manager {
         if !bound.is_empty() {
             for other in &bound {
                 if let Some(o) = self.units.get_mut(other) {
-                    o.result = Some(format!("stopped: {name}, which it is bound to (BindsTo=), ended"));
+                    o.result = Some(format!(
+                        "stopped: {name}, which it is bound to (BindsTo=), ended"
+                    ));
                 }
             }
             self.request_stop(&bound);
