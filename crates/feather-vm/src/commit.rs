@@ -51,16 +51,16 @@ pub fn commit(
             paths: conflicts,
         });
     }
+    apply_all(&selected).map_err(|(path, e)| {
+        failed(
+            name,
+            format!(
+                "commit {}: {e} (nothing after it was applied)",
+                path.display()
+            ),
+        )
+    })?;
     for change in &selected {
-        apply(change).map_err(|e| {
-            failed(
-                name,
-                format!(
-                    "commit {}: {e} (changes before it were applied)",
-                    change.path.display()
-                ),
-            )
-        })?;
         journal.record(change);
     }
     journal.save(&vm)?;
@@ -110,20 +110,76 @@ fn ctime(meta: &Metadata) -> SystemTime {
     SystemTime::UNIX_EPOCH + std::time::Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32)
 }
 
-fn apply(change: &Change) -> std::io::Result<()> {
-    match change.kind {
-        ChangeKind::Deleted => remove_any(&change.lower),
-        ChangeKind::Added | ChangeKind::Modified => {
-            let meta = fs::symlink_metadata(&change.upper)?;
+/// Applies `changes` (sorted by path) in three steps, so that the disk is flushed twice in all
+/// rather than once per file, while every file still replaces its target atomically:
+/// 1. folders are made or updated, and every other entry is written beside its target;
+/// 2. the filesystems written to are flushed (syncfs), then each entry is renamed over its target;
+/// 3. deletions are applied, and the filesystems flushed again.
+fn apply_all(changes: &[Change]) -> Result<(), (PathBuf, std::io::Error)> {
+    let mut staged: Vec<Staged> = Vec::new();
+    let mut flush = Flush::default();
+    let written = changes
+        .iter()
+        .filter(|c| c.kind != ChangeKind::Deleted)
+        .try_for_each(|change| {
+            let meta = fs::symlink_metadata(&change.upper).map_err(at(change))?;
             if let Some(parent) = change.lower.parent() {
-                fs::create_dir_all(parent)?;
+                fs::create_dir_all(parent).map_err(at(change))?;
+                flush.include(parent).map_err(at(change))?;
             }
             if meta.is_dir() {
-                apply_dir(&change.upper, &meta, &change.lower)
+                apply_dir(&change.upper, &meta, &change.lower).map_err(at(change))
             } else {
-                apply_entry(&change.upper, &meta, &change.lower)
+                staged.push(stage(&change.upper, &meta, &change.lower).map_err(at(change))?);
+                Ok(())
             }
+        });
+    let renamed = written.and_then(|()| {
+        flush.now().map_err(|e| (PathBuf::from("/"), e))?;
+        staged.drain(..).try_for_each(|entry| {
+            entry
+                .replace_target()
+                .map_err(|e| (entry.target.clone(), e))
+        })
+    });
+    for entry in &staged {
+        let _ = fs::remove_file(&entry.temp);
+    }
+    renamed?;
+    for change in changes.iter().filter(|c| c.kind == ChangeKind::Deleted) {
+        if let Some(parent) = change.lower.parent() {
+            flush.include(parent).map_err(at(change))?;
         }
+        remove_any(&change.lower).map_err(at(change))?;
+    }
+    flush.now().map_err(|e| (PathBuf::from("/"), e))
+}
+
+/// Names the change an I/O error happened on.
+fn at(change: &Change) -> impl Fn(std::io::Error) -> (PathBuf, std::io::Error) + '_ {
+    move |e| (change.path.clone(), e)
+}
+
+/// The filesystems a commit wrote to, to be flushed with one syncfs each.
+#[derive(Default)]
+struct Flush {
+    filesystems: Vec<(u64, File)>,
+}
+
+impl Flush {
+    fn include(&mut self, dir: &Path) -> std::io::Result<()> {
+        let device = fs::metadata(dir)?.dev();
+        if !self.filesystems.iter().any(|(d, _)| *d == device) {
+            self.filesystems.push((device, File::open(dir)?));
+        }
+        Ok(())
+    }
+
+    fn now(&self) -> std::io::Result<()> {
+        for (_, file) in &self.filesystems {
+            nix::unistd::syncfs(file)?;
+        }
+        Ok(())
     }
 }
 
@@ -147,8 +203,23 @@ fn apply_dir(upper: &Path, meta: &Metadata, target: &Path) -> std::io::Result<()
     copy_metadata(upper, meta, target)
 }
 
-/// Writes a file, symlink or FIFO beside `target` and renames it into place.
-fn apply_entry(upper: &Path, meta: &Metadata, target: &Path) -> std::io::Result<()> {
+/// An entry written beside its target, waiting to be renamed over it.
+struct Staged {
+    temp: PathBuf,
+    target: PathBuf,
+}
+
+impl Staged {
+    fn replace_target(&self) -> std::io::Result<()> {
+        if lstat(&self.target)?.is_some_and(|m| m.is_dir()) {
+            fs::remove_dir_all(&self.target)?;
+        }
+        fs::rename(&self.temp, &self.target)
+    }
+}
+
+/// Writes a file, symlink or FIFO beside `target`, with the VM entry's metadata.
+fn stage(upper: &Path, meta: &Metadata, target: &Path) -> std::io::Result<Staged> {
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -160,10 +231,7 @@ fn apply_entry(upper: &Path, meta: &Metadata, target: &Path) -> std::io::Result<
         if kind.is_symlink() {
             symlink(fs::read_link(upper)?, &temp)?;
         } else if kind.is_file() {
-            let mut source = File::open(upper)?;
-            let mut copy = File::create(&temp)?;
-            std::io::copy(&mut source, &mut copy)?;
-            copy.sync_all()?;
+            std::io::copy(&mut File::open(upper)?, &mut File::create(&temp)?)?;
         } else if std::os::unix::fs::FileTypeExt::is_fifo(&kind) {
             nix::unistd::mkfifo(&temp, nix::sys::stat::Mode::from_bits_truncate(meta.mode()))?;
         } else {
@@ -172,15 +240,18 @@ fn apply_entry(upper: &Path, meta: &Metadata, target: &Path) -> std::io::Result<
                 "sockets and device nodes are not committed",
             ));
         }
-        copy_metadata(upper, meta, &temp)?;
-        if lstat(target)?.is_some_and(|m| m.is_dir()) {
-            fs::remove_dir_all(target)?;
-        }
-        fs::rename(&temp, target)
+        copy_metadata(upper, meta, &temp)
     };
-    write().inspect_err(|_| {
-        let _ = fs::remove_file(&temp);
-    })
+    match write() {
+        Ok(()) => Ok(Staged {
+            temp,
+            target: target.to_path_buf(),
+        }),
+        Err(e) => {
+            let _ = fs::remove_file(&temp);
+            Err(e)
+        }
+    }
 }
 
 /// Owner first (chown clears set-uid bits), then mode, extended attributes and times.

@@ -1,0 +1,1501 @@
+"""feather's benchmarks: feather against its peers, side by side, in one run on one machine.
+
+Run through `bench/run [--quick]`. Each comparison is one function below (`compare_start`,
+`compare_exec`, ...): it measures with hyperfine (parsing its JSON export) or with the kernel's
+own accounting (/proc/<pid>/smaps_rollup, the cgroup's memory files, /proc/meminfo) and adds a
+section to the report, docs/benchmarks.md, with the targets from the issues stated beside the
+results. A peer that cannot be installed or cannot run here is recorded with its exact error.
+A timing never fails the run.
+
+Everything the run makes lives under one folder in /tmp (feather's state root, scratch files,
+the floor program) and is removed at the end, with every VM, mount and process it started.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+REPO = Path(__file__).resolve().parent.parent
+REPORT = REPO / "docs" / "benchmarks.md"
+MIB = 1024 * 1024
+
+# Debian packages the run needs, and what for.
+PACKAGES = {
+    "hyperfine": "times the start, exec, network-namespace and file-job comparisons",
+    "bubblewrap": "peer: bwrap",
+    "firejail": "peer: firejail",
+    "crun": "peer: crun on an OCI bundle",
+    "podman": "peer: podman run --rootfs",
+    "systemd-container": "peer: systemd-nspawn",
+    "wrk": "HTTP load generator for the nginx throughput comparison",
+    "nginx": "the server in the density and throughput comparisons",
+    "rsync": "the reference for feather commit",
+    "busybox-static": "the shell of the scratch base tree in the commit comparison",
+    "util-linux": "unshare and nsenter, the namespace references",
+}
+
+# Run-time folders the peers make on the host on first use; removed at the end if this run
+# made them (firejail leaves three bind mounts in its folder).
+PEER_STATE = [Path("/run/firejail"), Path("/run/crun")]
+
+# Targets, from the issues (issue 2: VM foundation, issue 8: benchmarks).
+START_TARGET = 1.5  # feather run --rm within 1.5x bwrap --unshare-all
+EXEC_TARGET = 2.0  # feather exec within 2x nsenter into the same namespaces
+IDLE_MEMORY_TARGET = 2 * MIB  # an idle VM's keeper + init
+RUNTIME_TARGET = 0.97  # in-VM throughput / host throughput
+
+# Firecracker's own numbers from its SPECIFICATION.md (firecracker-microvm/firecracker), for an
+# i3.metal host, a 2-vCPU 256 MiB guest and its tuned guest kernel. Published, not measured.
+FIRECRACKER_BOOT = "≤ 125 ms from the InstanceStart API call to the guest's /sbin/init"
+FIRECRACKER_MEMORY = "≤ 5 MiB memory overhead of the VMM's threads"
+FIRECRACKER_VMM_START = "the VMM process itself starts within 8 CPU ms (wall clock 6–60 ms)"
+
+HTTP_PROBE = 'exec 3<>/dev/tcp/127.0.0.1/{port} && printf "GET / HTTP/1.0\\r\\n\\r\\n" >&3 && head -c 15 <&3'
+FILE_JOB = "find /usr/share -type f -print0 | head -z -n 20000 | xargs -0 cat | cksum"
+
+
+@dataclass
+class Plan:
+    """How much each comparison does; --quick trims it to fit in two minutes."""
+
+    quick: bool
+    runs: int  # hyperfine runs per start/exec command
+    rounds: int  # in how many turns those runs are taken
+    warmup: int
+    idle_vms: int
+    nginx_vms: int  # 0: the nginx density is skipped
+    wrk_seconds: int
+    wrk_rounds: int
+    file_runs: int
+    cow_runs: int
+    cow_mib: int
+    commit_files: int
+    copy_up_files: int  # of those, edited by the VM itself
+    commit_rounds: int
+    budget: float  # seconds the whole run may take; later rounds are skipped past it
+
+    @staticmethod
+    def of(quick: bool) -> Plan:
+        if quick:
+            return Plan(
+                quick=True, runs=15, rounds=1, warmup=2, idle_vms=25, nginx_vms=0,
+                wrk_seconds=2, wrk_rounds=1, file_runs=2, cow_runs=1, cow_mib=256,
+                commit_files=500, copy_up_files=50, commit_rounds=1, budget=110,
+            )  # fmt: skip
+        return Plan(
+            quick=False, runs=60, rounds=3, warmup=3, idle_vms=100, nginx_vms=50,
+            wrk_seconds=5, wrk_rounds=3, file_runs=5, cow_runs=3, cow_mib=256,
+            commit_files=10_000, copy_up_files=1_000, commit_rounds=2, budget=14 * 60,
+        )  # fmt: skip
+
+
+# ---------------------------------------------------------------------------------------------
+# Numbers and their formatting
+
+
+@dataclass
+class Stats:
+    min: float
+    median: float
+    max: float
+
+    @staticmethod
+    def of(values: list[float]) -> Stats:
+        return Stats(min(values), statistics.median(values), max(values))
+
+
+def secs(value: float) -> str:
+    if value < 1:
+        return f"{value * 1000:.2f} ms"
+    return f"{value:.2f} s"
+
+
+def mib(value: float) -> str:
+    return f"{value / MIB:.2f} MiB"
+
+
+def drop(value: float) -> str:
+    """A drop of MemAvailable: the whole machine's figure, which other work can move either way."""
+    return mib(value) if value > 0 else "— (other work freed memory meanwhile)"
+
+
+def times(ratio: float) -> str:
+    return f"{ratio:.2f}×"
+
+
+def verdict(ok: bool) -> str:
+    return "met" if ok else "**not met**"
+
+
+def stat_cells(stats: Stats, unit: Callable[[float], str] = secs) -> list[str]:
+    return [unit(stats.min), unit(stats.median), unit(stats.max)]
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+    return "\n".join(lines)
+
+
+# The exact feather command prefix (binary and --root) and the run's folder are stated once in
+# the report; commands show them as `feather` and `$WORK`.
+FEATHER_PREFIX: list[str] = []
+WORK_DIR: list[str] = []
+
+
+def code(argv: list[str] | str) -> str:
+    if not isinstance(argv, str):
+        if FEATHER_PREFIX and argv[: len(FEATHER_PREFIX)] == FEATHER_PREFIX:
+            argv = ["feather", *argv[len(FEATHER_PREFIX) :]]
+        elif FEATHER_PREFIX and argv and argv[0] == FEATHER_PREFIX[0]:
+            argv = ["feather", *argv[1:]]
+        argv = shlex.join(argv)
+    if WORK_DIR:
+        argv = argv.replace(WORK_DIR[0], "$WORK")
+    return "`" + argv.replace("`", "'") + "`"
+
+
+# ---------------------------------------------------------------------------------------------
+# The report
+
+
+@dataclass
+class Report:
+    sections: list[str] = field(default_factory=list)
+    # (what, target, measured, verdict) for the summary at the top
+    targets: list[list[str]] = field(default_factory=list)
+
+    def add(self, title: str, *parts: str) -> None:
+        self.sections.append(f"## {title}\n\n" + "\n\n".join(p for p in parts if p))
+
+    def target(self, what: str, target: str, measured: str, ok: bool | None) -> None:
+        self.targets.append([what, target, measured, "—" if ok is None else verdict(ok)])
+
+
+# ---------------------------------------------------------------------------------------------
+# Processes
+
+
+def log(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def run(argv: list[str], *, timeout: float = 300, check: bool = True, **kw) -> subprocess.CompletedProcess:
+    result = subprocess.run(
+        argv, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, **kw
+    )
+    if check and result.returncode != 0:
+        raise RuntimeError(f"{shlex.join(argv)} exited with {result.returncode}: {why(result)}")
+    return result
+
+
+def why(result: subprocess.CompletedProcess) -> str:
+    """The last few lines a failed command printed, as one line."""
+    text = (result.stderr or "").strip() or (result.stdout or "").strip()
+    return " / ".join(text.splitlines()[-3:]) or "(no output)"
+
+
+def try_once(argv: list[str], timeout: float = 60) -> str | None:
+    """None if the command runs and succeeds here, else why not (exit status and its words)."""
+    try:
+        result = run(argv, timeout=timeout, check=False)
+    except FileNotFoundError:
+        return f"{argv[0]} is not installed"
+    except subprocess.TimeoutExpired:
+        return f"did not finish within {timeout:.0f} s"
+    if result.returncode == 0:
+        return None
+    return f"exit status {result.returncode}: {why(result)}"
+
+
+def timed(argv: list[str], **kw) -> tuple[float, subprocess.CompletedProcess]:
+    began = time.perf_counter()
+    result = run(argv, **kw)
+    return time.perf_counter() - began, result
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/children") as f:
+                found += [int(p) for p in f.read().split()]
+    except OSError:
+        pass
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    found, todo = [], children(pid)
+    while todo:
+        p = todo.pop()
+        found.append(p)
+        todo += children(p)
+    return found
+
+
+def comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return ""
+
+
+def kill_and_reap(process: subprocess.Popen, how: signal.Signals = signal.SIGKILL) -> None:
+    if process.poll() is None:
+        process.send_signal(how)
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
+def stop_by_pid(pid: int, marker: str, grace: float = 5) -> None:
+    """Stops a daemon this run started (nginx's master): SIGTERM, SIGKILL after `grace`. Only if
+    its command line still holds `marker` (a path of this run): the pid may have been reused."""
+    try:
+        if marker not in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+            return
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        while Path(f"/proc/{pid}").exists():
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                return
+            time.sleep(0.02)
+    except (ProcessLookupError, FileNotFoundError):
+        return
+
+
+# ---------------------------------------------------------------------------------------------
+# Memory, from the kernel's accounting
+
+
+@dataclass
+class Memory:
+    rss: int = 0
+    pss: int = 0
+    uss: int = 0  # private pages: what the process alone maps (file pages included)
+    anon: int = 0  # anonymous pages: heap, stack; not shared with the page cache
+
+    def __add__(self, other: Memory) -> Memory:
+        return Memory(self.rss + other.rss, self.pss + other.pss, self.uss + other.uss, self.anon + other.anon)
+
+    def per(self, n: int) -> Memory:
+        return Memory(self.rss // n, self.pss // n, self.uss // n, self.anon // n)
+
+
+def process_memory(pid: int) -> Memory:
+    """Rss, Pss and private memory of one process, from /proc/<pid>/smaps_rollup."""
+    fields = {}
+    try:
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                fields[parts[0].rstrip(":")] = int(parts[1]) * 1024
+    except OSError:
+        return Memory()
+    private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
+    return Memory(fields.get("Rss", 0), fields.get("Pss", 0), private, fields.get("Anonymous", 0))
+
+
+def processes_memory(pids: list[int]) -> Memory:
+    total = Memory()
+    for pid in pids:
+        total += process_memory(pid)
+    return total
+
+
+def mem_available() -> int:
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def memory_cgroup(paths: list[str]) -> Path | None:
+    """The folder of a VM's cgroup that accounts memory (v1 memory controller or v2)."""
+    for path in map(Path, paths):
+        if (path / "memory.usage_in_bytes").exists() or (path / "memory.current").exists():
+            return path
+    return None
+
+
+def cgroup_usage(path: Path | None) -> int:
+    if path is None:
+        return 0
+    for name in ("memory.usage_in_bytes", "memory.current"):
+        try:
+            return int((path / name).read_text())
+        except OSError:
+            continue
+    return 0
+
+
+def cgroup_pids(path: Path | None) -> list[int]:
+    try:
+        return [int(p) for p in (path / "cgroup.procs").read_text().split()] if path else []
+    except OSError:
+        return []
+
+
+# ---------------------------------------------------------------------------------------------
+# feather, driven through its command line
+
+
+class Feather:
+    def __init__(self, binary: Path, root: Path):
+        self.binary, self.root = binary, root
+        self.ids: set[str] = set()  # every VM this run made, to look for leftover cgroups
+
+    def cmd(self, *args: str) -> list[str]:
+        return [str(self.binary), "--root", str(self.root), *args]
+
+    def __call__(self, *args: str, **kw) -> subprocess.CompletedProcess:
+        return run(self.cmd(*args), **kw)
+
+    def up(self, name: str, *create_args: str) -> dict:
+        self("create", name, *create_args)
+        self("start", name)
+        info = self.inspect(name)
+        self.ids.add(info["config"]["id"])
+        return info
+
+    def inspect(self, name: str) -> dict:
+        return json.loads(self("inspect", name).stdout)
+
+    def exec(self, name: str, *argv: str, **kw) -> subprocess.CompletedProcess:
+        return self("exec", name, "--", *argv, **kw)
+
+    def names(self) -> list[str]:
+        try:
+            return [row["name"] for row in json.loads(self("ls", "--json").stdout)]
+        except (RuntimeError, ValueError):
+            return []
+
+    def remove(self, name: str) -> None:
+        self("rm", "--force", name, check=False, timeout=60)
+
+    def remove_all(self) -> None:
+        for name in self.names():
+            self.remove(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# The run: its folders, its clean-up, the hyperfine driver
+
+
+class Bench:
+    def __init__(self, plan: Plan):
+        self.plan = plan
+        self.report = Report()
+        self.work = Path(tempfile.mkdtemp(prefix="feather-bench.", dir="/tmp"))
+        # nginx workers run as an unprivileged user and read the bench's web root.
+        self.work.chmod(0o755)
+        self.scratch = self.work / "scratch"  # visible inside VMs (lower layer)
+        self.scratch.mkdir(mode=0o755)
+        self.feather = Feather(REPO / "target" / "release" / "feather", self.work / "root")
+        FEATHER_PREFIX[:] = self.feather.cmd()
+        WORK_DIR[:] = [str(self.work)]
+        self.floor = self.work / "floor"
+        self.cleanups: list[tuple[str, Callable[[], None]]] = []
+        self.installed: dict[str, str] = {}  # package -> version, or why it is missing
+        self.hyperfine_count = 0
+        self.started = time.monotonic()
+        self.peer_state_existed = {folder for folder in PEER_STATE if folder.exists()}
+
+    def time_left(self) -> float:
+        return self.plan.budget - (time.monotonic() - self.started)
+
+    def on_cleanup(self, what: str, action: Callable[[], None]) -> None:
+        self.cleanups.append((what, action))
+
+    def clean_up(self) -> list[str]:
+        """Undoes everything in reverse order; returns what could not be undone."""
+        problems = []
+        while self.cleanups:
+            what, action = self.cleanups.pop()
+            try:
+                action()
+            except Exception as e:  # noqa: BLE001 - clean-up goes on whatever fails
+                problems.append(f"{what}: {e}")
+        self.feather.remove_all()
+        self.unmount_all()
+        for folder in PEER_STATE:
+            if folder not in self.peer_state_existed:
+                self.remove_peer_state(folder)
+        problems += self.leftovers()
+        shutil.rmtree(self.work, ignore_errors=True)
+        if self.work.exists():
+            problems.append(f"{self.work} could not be removed")
+        return problems
+
+    def unmount_all(self, under: Path | None = None) -> None:
+        """Unmounts whatever peers left mounted under the run's folder (podman's storage)."""
+        under = under or self.work
+        points = [line.split()[4] for line in Path("/proc/self/mountinfo").read_text().splitlines()]
+        for point in sorted((p for p in points if Path(p).is_relative_to(under)), reverse=True):
+            run(["umount", "-l", point], check=False)
+
+    def remove_peer_state(self, folder: Path) -> None:
+        """A peer's run-time folder that this run made (firejail's mounts, crun's state)."""
+        if folder.exists():
+            self.unmount_all(folder)
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def leftovers(self) -> list[str]:
+        """Mounts, processes and cgroups of this run that still exist."""
+        found = []
+        mark = str(self.work)
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            if mark in line:
+                found.append(f"mount: {line.split()[4]}")
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and int(entry.name) != os.getpid():
+                try:
+                    cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+                except OSError:
+                    continue
+                if mark in cmdline:
+                    found.append(f"process {entry.name}: {cmdline.strip()}")
+        for folder in PEER_STATE:
+            if folder.exists() and folder not in self.peer_state_existed:
+                found.append(f"peer state: {folder}")
+        for vm_id in self.feather.ids:
+            for hierarchy in Path("/sys/fs/cgroup").iterdir():
+                group = hierarchy / "feather" / vm_id
+                if group.exists():
+                    found.append(f"cgroup: {group}")
+        return found
+
+    def hyperfine(
+        self, commands: list[tuple[str, list[str]]], runs: int | None = None, warmup: int | None = None
+    ) -> dict[str, Stats]:
+        """Times each (label, argv) with hyperfine, without a shell; min/median/max seconds.
+        The runs are split into rounds that take turns (order reversed every other round), so
+        that a busy moment of the shared machine does not fall on one command alone."""
+        if not commands:
+            return {}
+        runs = runs or self.plan.runs
+        rounds = max(1, min(self.plan.rounds, runs // 5))
+        times: dict[str, list[float]] = {label: [] for label, _ in commands}
+        for round_ in range(rounds):
+            self.hyperfine_count += 1
+            export = self.work / f"hyperfine-{self.hyperfine_count}.json"
+            argv = [
+                "hyperfine", "-N", "--style", "none",
+                "--runs", str(runs // rounds + (1 if round_ < runs % rounds else 0)),
+                "--warmup", str(self.plan.warmup if warmup is None else warmup),
+                "--export-json", str(export),
+            ]  # fmt: skip
+            for label, command in commands if round_ % 2 == 0 else commands[::-1]:
+                argv += ["--command-name", label, shlex.join(command)]
+            run(argv, timeout=600)
+            for result in json.loads(export.read_text())["results"]:
+                times[result["command"]] += result["times"]
+        return {label: Stats.of(values) for label, values in times.items()}
+
+    def probe_and_time(
+        self, candidates: list[tuple[str, list[str]]]
+    ) -> tuple[dict[str, Stats], dict[str, str]]:
+        """Tries each command once; times those that work; returns timings and failures."""
+        working, failures = [], {}
+        for label, argv in candidates:
+            problem = try_once(argv)
+            if problem:
+                failures[label] = problem
+                log(f"{label}: cannot run here: {problem}")
+            else:
+                working.append((label, argv))
+        return self.hyperfine(working), failures
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up: peers, feather, the floor program, the machine
+
+
+def install_peers(bench: Bench) -> None:
+    def version(package: str) -> str | None:
+        result = run(["dpkg-query", "-W", "-f=${Status} ${Version}", package], check=False)
+        words = result.stdout.split()
+        return words[-1] if result.returncode == 0 and "installed" in words[:3] else None
+
+    missing = [p for p in PACKAGES if version(p) is None]
+    if missing:
+        log(f"installing {' '.join(missing)}")
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        run(["apt-get", "update", "-qq"], check=False, env=env, timeout=600)
+        apt = ["apt-get", "install", "-y", "-qq", "--no-install-recommends"]
+        if run(apt + missing, check=False, env=env, timeout=900).returncode != 0:
+            # One at a time, so that one broken package does not cost the others.
+            for package in missing:
+                result = run(apt + [package], check=False, env=env, timeout=900)
+                if result.returncode != 0:
+                    bench.installed[package] = f"not installed: {why(result)}"
+    for package in PACKAGES:
+        bench.installed.setdefault(package, version(package) or "not installed")
+
+
+def build(bench: Bench) -> None:
+    log("building feather (release)")
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    run([cargo, "build", "--release", "-p", "feather", "--quiet"], cwd=REPO, timeout=1800)
+    source = REPO / "bench" / "floor" / "floor.c"
+    run(["gcc", "-O2", "-Wall", "-Wextra", "-o", str(bench.floor), str(source)])
+
+
+def machine(bench: Bench, started: float, load_before: str) -> str:
+    def first(path: str, prefix: str) -> str:
+        for line in Path(path).read_text().splitlines():
+            if line.startswith(prefix):
+                return line.split(":", 1)[1].strip()
+        return "?"
+
+    v2_controllers = Path("/sys/fs/cgroup/unified/cgroup.controllers")
+    if Path("/sys/fs/cgroup/cgroup.controllers").exists():
+        cgroups = "v2 (unified)"
+    elif Path("/sys/fs/cgroup/memory").is_dir():
+        extra = v2_controllers.read_text().strip() if v2_controllers.exists() else ""
+        cgroups = f"v1 controllers, hybrid (v2 hierarchy holds: {extra or 'nothing'})"
+    else:
+        cgroups = "unknown"
+    commit = run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=False).stdout.strip()
+    dirty = run(["git", "status", "--porcelain", "--", "crates"], cwd=REPO, check=False).stdout.strip()
+    rows = [
+        ["kernel", os.uname().release],
+        ["distribution", f"Debian {Path('/etc/debian_version').read_text().strip()}"],
+        ["CPU", f"{first('/proc/cpuinfo', 'model name')}, {os.cpu_count()} cores"],
+        ["memory", first("/proc/meminfo", "MemTotal")],
+        ["cgroups", cgroups],
+        ["filesystem of /tmp (state root, scratch files)", filesystem_of(Path("/tmp"))],
+        ["load average (1/5/15 min) at start, end", f"{load_before}; {load_average()}"],
+        ["feather", f"commit {commit}{' (crates modified)' if dirty else ''}, release build; "
+         f"`feather` in the commands below stands for `{shlex.join(FEATHER_PREFIX)}` (a state "
+         f"root of the run's own) and `$WORK` for `{WORK_DIR[0]}`, the run's folder, both removed "
+         "at the end"],
+        ["mode", "quick (`bench/run --quick`)" if bench.plan.quick else "full (`bench/run`)"],
+        ["whole run", secs(time.monotonic() - started)],
+    ]
+    packages = [[p, bench.installed.get(p, "?"), use] for p, use in PACKAGES.items()]
+    return (
+        table(["", ""], rows)
+        + "\n\nThis machine is shared: other work may run at the same time, so single figures "
+        "are noisy. Every ratio below compares figures taken minutes apart in the same run.\n\n"
+        + table(["package", "version", "used for"], packages)
+    )
+
+
+def filesystem_of(path: Path) -> str:
+    """Type and options of the filesystem holding `path` (ext4's `discard` makes every freed
+    block a synchronous discard: it shows in feather's removal of a VM's folder)."""
+    best = ("", "?", "")
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        fields = line.split()
+        point, rest = fields[4], fields[fields.index("-") + 1 :]
+        if path.is_relative_to(point) and len(point) >= len(best[0]):
+            best = (point, rest[0], f"{fields[5]},{rest[2]}")
+    return f"{best[1]} on {best[0]} ({best[2]})"
+
+
+def load_average() -> str:
+    return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. Start
+
+
+def crun_bundle(bench: Bench) -> Path:
+    """An OCI bundle whose rootfs is an overlay of / (mounted on the host for crun to use)."""
+    bundle = bench.work / "crun-bundle"
+    for name in ("rootfs", "upper", "work"):
+        (bundle / name).mkdir(parents=True)
+    options = f"lowerdir=/,upperdir={bundle / 'upper'},workdir={bundle / 'work'}"
+    run(["mount", "-t", "overlay", "overlay", "-o", options, str(bundle / "rootfs")])
+    bench.on_cleanup("unmount the crun bundle's rootfs", lambda: run(["umount", "-l", str(bundle / "rootfs")]))
+    run(["crun", "spec"], cwd=bundle)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["args"] = ["/bin/true"]
+    spec["process"]["terminal"] = False
+    spec["root"] = {"path": "rootfs", "readonly": False}
+    (bundle / "config.json").write_text(json.dumps(spec, indent=1))
+    return bundle
+
+
+def compare_start(bench: Bench) -> None:
+    f = bench.feather
+    floor_dir = bench.work / "floor-scratch"
+    floor_dir.mkdir()
+    candidates: list[tuple[str, list[str]]] = [
+        ("plain /bin/true", ["/bin/true"]),
+        ("unshare, same namespaces", ["unshare", "--mount", "--pid", "--fork", "--ipc", "--uts", "--net", "--cgroup", "/bin/true"]),
+        ("floor: clone + overlay of / + pivot_root + exec", [str(bench.floor), str(floor_dir), "/bin/true"]),
+        ("bwrap --unshare-all", ["bwrap", "--dev-bind", "/", "/", "--unshare-all", "true"]),
+        ("firejail --noprofile", ["firejail", "--noprofile", "--quiet", "/bin/true"]),
+    ]  # fmt: skip
+    notes: dict[str, str] = {}
+    failures: dict[str, str] = {}
+
+    help_text = run(["bwrap", "--help"], check=False).stdout if shutil.which("bwrap") else ""
+    bwrap_version = run(["bwrap", "--version"], check=False).stdout.strip() if help_text else ""
+    if "--tmp-overlay" in help_text:
+        candidates.append(
+            ("bwrap, overlay of /", ["bwrap", "--overlay-src", "/", "--tmp-overlay", "/", "--dev", "/dev", "--proc", "/proc", "--unshare-all", "true"])
+        )  # fmt: skip
+    else:
+        failures["bwrap, overlay of /"] = (
+            f"{bwrap_version or 'bubblewrap'} has no overlay options (--overlay-src, --tmp-overlay); "
+            "only newer releases have them"
+        )
+
+    if shutil.which("crun"):
+        try:
+            bundle = crun_bundle(bench)
+            state = bench.work / "crun-state"
+            candidates.append(("crun, rootfs = overlay of /", ["crun", "--root", str(state), "run", "--bundle", str(bundle), "feather-bench"]))
+            plain = try_once(candidates[-1][1])
+            if plain:
+                retry = ["crun", "--root", str(state), "--cgroup-manager=disabled", "run", "--bundle", str(bundle), "feather-bench"]
+                if try_once(retry) is None:
+                    candidates[-1] = ("crun --cgroup-manager=disabled, rootfs = overlay of /", retry)
+                    notes["crun"] = f"crun with its default cgroup manager failed: {plain}"
+                else:
+                    notes["crun"] = f"also tried {code(retry)}: {try_once(retry)}"
+        except RuntimeError as e:
+            failures["crun, rootfs = overlay of /"] = f"could not set up the bundle: {e}"
+    else:
+        failures["crun, rootfs = overlay of /"] = "crun is not installed"
+
+    # podman keeps its storage, run state and temporary files in the run's folder, and gets no
+    # network: its default (CNI) would add a bridge and firewall rules to the host.
+    podman_home = bench.work / "podman"
+    podman_base = ["podman", "--root", f"{podman_home}/root", "--runroot", f"{podman_home}/run",
+                   "--tmpdir", f"{podman_home}/tmp", "--events-backend", "none"]  # fmt: skip
+    podman = podman_base + ["run", "--rm", "--network", "none", "--rootfs", "/:O", "/bin/true"]
+    candidates.append(("podman run --rootfs /:O", podman))
+    if shutil.which("podman") and try_once(podman, timeout=120):
+        # Its default limits exceed this machine's hard limits; its next hurdle is cgroups.
+        retry = podman_base + ["run", "--rm", "--network", "none", "--cgroups=disabled", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024", "--rootfs", "/:O", "/bin/true"]  # fmt: skip
+        problem = try_once(retry, timeout=120)
+        notes["podman"] = f"also tried {code(retry)}: " + (problem or "works; timed instead")
+        if problem is None:
+            candidates[-1] = ("podman run --rootfs /:O (cgroups disabled, lower ulimits)", retry)
+
+    candidates.append(
+        ("systemd-nspawn --volatile=overlay", ["systemd-nspawn", "--quiet", "--register=no", "--volatile=overlay", "-D", "/", "/bin/true"])
+    )  # fmt: skip
+    candidates.append(("feather run --rm", f.cmd("run", "--rm", "--", "/bin/true")))
+    # The same two with every file they make on a tmpfs: what the disk costs them (see the note).
+    memory_fs = bench.work / "tmpfs"
+    memory_fs.mkdir()
+    run(["mount", "-t", "tmpfs", "-o", "size=256m,mode=0755", "feather-bench", str(memory_fs)])
+    bench.on_cleanup("unmount the tmpfs", lambda: run(["umount", "-l", str(memory_fs)]))
+    (memory_fs / "floor").mkdir()
+    tmpfs_feather = Feather(f.binary, memory_fs / "root")
+    candidates.append(("floor, scratch on a tmpfs", [str(bench.floor), str(memory_fs / "floor"), "/bin/true"]))
+    candidates.append(("feather run --rm, state root on a tmpfs", tmpfs_feather.cmd("run", "--rm", "--", "/bin/true")))
+
+    stats, failed = bench.probe_and_time(candidates)
+    failures.update(failed)
+    order = [label for label, _ in candidates if label in stats]
+    commands = dict(candidates)
+    bwrap = stats.get("bwrap --unshare-all")
+    floor = stats.get("floor: clone + overlay of / + pivot_root + exec")
+    rows = []
+    for label in order:
+        s = stats[label]
+        rows.append(
+            [label, code(commands[label]), *stat_cells(s),
+             times(s.median / bwrap.median) if bwrap else "—",
+             times(s.median / floor.median) if floor else "—"]
+        )  # fmt: skip
+    feather = stats.get("feather run --rm")
+    parts = [
+        "Time from exec of the command until it has exited, for a command that does nothing: the "
+        "cost of making (and removing) the sandbox. hyperfine without a shell, "
+        f"{bench.plan.runs} runs of each, in {bench.plan.rounds} round(s) that take turns, each "
+        f"after {bench.plan.warmup} warm-up runs.",
+        table(["what", "command", "min", "median", "max", "× bwrap", "× floor"], rows),
+    ]
+    if failures:
+        parts.append(
+            "Could not run here (exact error):\n\n"
+            + "\n".join(f"- **{label}**: {problem}" for label, problem in failures.items())
+        )
+    if notes:
+        parts.append("\n".join(f"- {peer}: {note}" for peer, note in notes.items()))
+    parts.append(
+        "systemd-nspawn is only ever given `--volatile=overlay` on `/`; `--ephemeral` would copy "
+        "the whole disk. The floor (bench/floor/floor.c) does only clone into the six namespaces, "
+        "an overlay whose lower layer is `/`, pivot_root and exec — no /proc, /dev, /sys or /run "
+        "of its own, no cgroup, no capability drop, no state on disk. The two tmpfs rows run the "
+        "floor and feather with every folder they make (the overlay's upper and work folders, "
+        "feather's state) on a tmpfs: the difference to the rows above is what the disk costs "
+        "them — creating and removing folders on the host's filesystem (see its mount options "
+        "under Machine: with ext4's `discard`, each freed block is a synchronous discard) and "
+        "overlayfs syncing its upper filesystem when the VM's mounts go away. `feather --root` on "
+        "a tmpfs is a choice a user has today for throw-away VMs."
+    )
+    if feather and bwrap:
+        ratio = feather.median / bwrap.median
+        parts.append(
+            f"**feather run --rm / bwrap median: {times(ratio)}** (target ≤ {START_TARGET}×: "
+            f"{verdict(ratio <= START_TARGET)})."
+            + (f" feather / floor: {times(feather.median / floor.median)}." if floor else "")
+        )
+        bench.report.target(
+            "start: `feather run --rm -- /bin/true`",
+            f"median ≤ {START_TARGET}× `bwrap --unshare-all`",
+            f"{secs(feather.median)} vs {secs(bwrap.median)}: {times(ratio)}",
+            ratio <= START_TARGET,
+        )
+    on_tmpfs = stats.get("feather run --rm, state root on a tmpfs")
+    if on_tmpfs and bwrap:
+        ratio = on_tmpfs.median / bwrap.median
+        bench.report.target(
+            "start: `feather --root <tmpfs> run --rm -- /bin/true`",
+            f"median ≤ {START_TARGET}× `bwrap --unshare-all`",
+            f"{secs(on_tmpfs.median)} vs {secs(bwrap.median)}: {times(ratio)}",
+            ratio <= START_TARGET,
+        )
+    if feather and floor:
+        bench.report.target(
+            "start: close to the floor",
+            "close to unshare + overlay + exec (no number given)",
+            f"{secs(feather.median)} vs {secs(floor.median)}: {times(feather.median / floor.median)}",
+            None,
+        )
+    bench.report.add("1. Start", *parts)
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. Exec
+
+
+def compare_exec(bench: Bench) -> None:
+    f = bench.feather
+    info = f.up("exec-bench")
+    init_pid = str(info["state"]["init_pid"])
+    commands = [
+        ("nsenter -a into the VM's init", ["nsenter", "-t", init_pid, "-a", "/bin/true"]),
+        ("feather exec", f.cmd("exec", "exec-bench", "--", "/bin/true")),
+    ]
+    stats = bench.hyperfine(commands)
+    f.remove("exec-bench")
+    ns, fe = stats[commands[0][0]], stats[commands[1][0]]
+    ratio = fe.median / ns.median
+    rows = [[label, code(argv), *stat_cells(stats[label]), times(stats[label].median / ns.median)] for label, argv in commands]
+    bench.report.add(
+        "2. Exec into a running VM",
+        "A running idle VM; `/bin/true` run inside it, joining its namespaces. nsenter joins the "
+        "same namespaces of the VM's init (its host pid from `feather inspect`, `.state.init_pid`); "
+        "feather exec also joins the VM's cgroups, checks the VM's state and relays signals.",
+        table(["what", "command", "min", "median", "max", "× nsenter"], rows),
+        f"**feather exec / nsenter median: {times(ratio)}** (target ≤ {EXEC_TARGET}×: {verdict(ratio <= EXEC_TARGET)}).",
+    )
+    bench.report.target(
+        "exec: `feather exec VM -- /bin/true`",
+        f"median ≤ {EXEC_TARGET}× `nsenter -a`",
+        f"{secs(fe.median)} vs {secs(ns.median)}: {times(ratio)}",
+        ratio <= EXEC_TARGET,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. Memory and density
+
+
+@dataclass
+class VmMemory:
+    keeper: Memory
+    init: Memory
+    workload: Memory  # every other process in the VM's cgroup
+    cgroup: int
+
+
+def vm_memory(info: dict) -> VmMemory:
+    keeper, init = info["state"]["keeper_pid"], info["state"]["init_pid"]
+    group = memory_cgroup(info["cgroup"])
+    others = [p for p in cgroup_pids(group) if p not in (keeper, init)]
+    return VmMemory(process_memory(keeper), process_memory(init), processes_memory(others), cgroup_usage(group))
+
+
+def compare_idle_memory(bench: Bench) -> None:
+    f = bench.feather
+    info = f.up("idle")
+    time.sleep(0.5)
+    m = vm_memory(info)
+    group = memory_cgroup(info["cgroup"])
+    f.remove("idle")
+    both = m.keeper + m.init
+    rows = [
+        [name, mib(x.rss), mib(x.pss), mib(x.uss), mib(x.anon)]
+        for name, x in (("keeper", m.keeper), ("init (pid 1 in the VM)", m.init), ("**keeper + init**", both))
+    ]
+    ok = both.pss <= IDLE_MEMORY_TARGET
+    bench.report.add(
+        "3a. Memory of one idle VM",
+        "One VM, started and idle (`feather create idle && feather start idle`). From "
+        "`/proc/<pid>/smaps_rollup` of its keeper and init: Rss (all resident pages mapped), Pss "
+        "(shared pages divided among their users), private (pages no other process maps, the "
+        "feather binary's page-cache pages included) and anonymous (heap and stack: memory that "
+        "exists only for this VM).",
+        table(["process", "Rss", "Pss", "private", "anonymous"], rows),
+        f"The VM's memory cgroup (`{group}`) is charged "
+        f"{mib(m.cgroup)}: init's pages and the kernel memory charged to it; the keeper lives "
+        "outside the VM's cgroup.",
+        f"**keeper + init Pss: {mib(both.pss)}** (target ≤ 2 MiB: {verdict(ok)}); Rss "
+        f"{mib(both.rss)}, which counts the shared feather binary and libc pages in full; "
+        f"anonymous {mib(both.anon)}. The rest of the Pss is the feather binary's code in the page "
+        "cache, which every further VM shares (see 3b).",
+    )
+    bench.report.target("memory: one idle VM, keeper + init", "≤ 2 MiB resident", f"Pss {mib(both.pss)} (anonymous {mib(both.anon)}), Rss {mib(both.rss)}", ok)
+
+
+def bring_up_vms(bench: Bench, count: int, prefix: str, then: list[str] | None = None) -> tuple[float, list[dict]]:
+    """Creates and starts `count` VMs (and runs `then` in each); returns the time and their info."""
+    f = bench.feather
+    infos = []
+    began = time.perf_counter()
+    for i in range(count):
+        name = f"{prefix}{i:03d}"
+        f("create", name)
+        f("start", name)
+        if then:
+            f.exec(name, *then)
+    elapsed = time.perf_counter() - began
+    for i in range(count):
+        infos.append(f.inspect(f"{prefix}{i:03d}"))
+        f.ids.add(infos[-1]["config"]["id"])
+    return elapsed, infos
+
+
+def tear_down_vms(bench: Bench, infos: list[dict]) -> float:
+    began = time.perf_counter()
+    for info in infos:
+        bench.feather("stop", "--time", "1", info["config"]["name"], check=False)
+        bench.feather.remove(info["config"]["name"])
+    return time.perf_counter() - began
+
+
+def compare_idle_density(bench: Bench) -> None:
+    n = bench.plan.idle_vms
+    before = mem_available()
+    elapsed, infos = bring_up_vms(bench, n, "idle")
+    time.sleep(1)
+    after = mem_available()
+    total = VmMemory(Memory(), Memory(), Memory(), 0)
+    for info in infos:
+        m = vm_memory(info)
+        total = VmMemory(total.keeper + m.keeper, total.init + m.init, total.workload + m.workload, total.cgroup + m.cgroup)
+    down = tear_down_vms(bench, infos)
+    per_vm = (total.keeper + total.init).per(n)
+    system = (before - after) / n
+
+    bwrap_rows, bwrap_note = bwrap_density(
+        bench, n, lambda i: ["sleep", "infinity"], lambda pid: has_descendant(pid, "sleep")
+    )
+    rows = [
+        [f"feather: {n} idle VMs (create + start each)", secs(elapsed), secs(elapsed / n),
+         mib(per_vm.pss), mib(per_vm.rss), mib(total.cgroup / n), drop(system)],
+        *bwrap_rows,
+    ]  # fmt: skip
+    ok = per_vm.pss <= IDLE_MEMORY_TARGET
+    bench.report.add(
+        f"3b. Density: {n} idle VMs",
+        f"{n} VMs brought up one after the other, then measured together. Per VM: Pss of the "
+        "keeper and init (the VM's own user-space cost; shared pages divided among all VMs), their "
+        "Rss, the VM's memory cgroup, and the drop of the host's MemAvailable divided by the number "
+        "of VMs (everything, kernel included: namespaces, mounts, page tables; noisy on a shared "
+        "machine). For bwrap, the same figures over its processes (the outer bwrap and the "
+        "pid-1 bwrap) beside the workload.",
+        table(["what", "all up", "per VM", "Pss per VM", "Rss per VM", "cgroup per VM", "MemAvailable drop per VM"], rows),
+        bwrap_note,
+        f"Stopping and removing the {n} VMs took {secs(down)}. **Idle VM Pss (keeper + init) at "
+        f"density: {mib(per_vm.pss)}** (target ≤ 2 MiB: {verdict(ok)}).",
+    )
+    bench.report.target(f"memory: idle VM among {n}, keeper + init", "≤ 2 MiB resident", f"Pss {mib(per_vm.pss)}, all-in (MemAvailable) {drop(system)}", ok)
+    bench.report.target(f"density: time to bring up {n} idle VMs", "none given", f"{secs(elapsed)} ({secs(elapsed / n)} per VM)", None)
+
+
+BWRAP_SANDBOX = ["--dev-bind", "/", "/", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup", "--die-with-parent"]  # fmt: skip
+
+
+def bwrap_density(
+    bench: Bench, n: int, workload: Callable[[int], list[str]], ready: Callable[[int], bool]
+) -> tuple[list[list[str]], str]:
+    """n bwrap sandboxes, sandbox i running workload(i), up once ready(its pid) holds; returns
+    rows for the density table and a note."""
+    if not shutil.which("bwrap"):
+        return [], "bwrap is not installed: no bwrap density."
+    before = mem_available()
+    sandboxes: list[subprocess.Popen] = []
+    bench.on_cleanup("bwrap sandboxes", lambda: [kill_and_reap(p) for p in sandboxes])
+    began = time.perf_counter()
+    for i in range(n):
+        sandboxes.append(
+            subprocess.Popen(
+                ["bwrap", *BWRAP_SANDBOX, *workload(i)],
+                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                start_new_session=True,
+            )
+        )  # fmt: skip
+    pending, deadline = list(sandboxes), time.monotonic() + 60
+    while pending and time.monotonic() < deadline and all(p.poll() is None for p in sandboxes):
+        pending = [p for p in pending if not ready(p.pid)]
+        time.sleep(0.005)
+    elapsed = time.perf_counter() - began
+    dead = [p for p in sandboxes if p.poll() is not None]
+    if dead or pending:
+        error = dead[0].stderr.read().decode(errors="replace").strip() if dead else "not ready within 60 s"
+        for p in sandboxes:
+            kill_and_reap(p)
+        return [], f"bwrap density failed: {error}"
+    time.sleep(1)
+    after = mem_available()
+    own, work = Memory(), Memory()
+    for p in sandboxes:
+        tree = [p.pid] + descendants(p.pid)
+        own += processes_memory([q for q in tree if comm(q) == "bwrap"])
+        work += processes_memory([q for q in tree if comm(q) != "bwrap"])
+    for p in sandboxes:
+        kill_and_reap(p)
+    label = f"bwrap: {n} sandboxes running {workload(0)[0]}"
+    per = own.per(n)
+    rows = [[label, secs(elapsed), secs(elapsed / n), mib(per.pss), mib(per.rss), "—", drop((before - after) / n)]]
+    note = (
+        f"bwrap command: {code(['bwrap', *BWRAP_SANDBOX, *workload(0)])}: every namespace but the "
+        "user namespace (as root, `--unshare-all` maps only uid 0 and nginx could not switch to "
+        "its worker user). bwrap's memory columns count its own two processes (outer bwrap and "
+        f"pid-1 bwrap); the workload adds {mib(work.per(n).pss)} Pss per sandbox. bwrap gives no "
+        "copy-on-write view and no cgroup."
+    )
+    return rows, note
+
+
+def has_descendant(pid: int, name: str, count: int = 1) -> bool:
+    return sum(1 for d in descendants(pid) if comm(d) == name) >= count
+
+
+def nginx_config(bench: Bench, port: int) -> Path:
+    """An nginx configuration under the scratch folder (visible inside VMs), one worker."""
+    base = bench.scratch / "nginx"
+    (base / "www").mkdir(parents=True, exist_ok=True)
+    (base / "www" / "index.html").write_text("<html><body>feather bench</body></html>\n" * 10)
+    temp = base / "tmp"
+    temp.mkdir(exist_ok=True)
+    conf = base / f"nginx-{port}.conf"
+    conf.write_text(
+        f"""# Written by bench/bench.py: one worker, static file, no logs.
+worker_processes 1;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    client_body_temp_path {temp}/body;
+    proxy_temp_path {temp}/proxy;
+    fastcgi_temp_path {temp}/fastcgi;
+    uwsgi_temp_path {temp}/uwsgi;
+    scgi_temp_path {temp}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {base / 'www'};
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def nginx_in_vm(conf: Path) -> list[str]:
+    """nginx as a daemon inside a VM: its pid file in the VM's private /run."""
+    return ["nginx", "-c", str(conf), "-e", "/dev/null", "-g", "pid /run/nginx-bench.pid;"]
+
+
+def compare_nginx_density(bench: Bench) -> None:
+    n = bench.plan.nginx_vms
+    if not n:
+        bench.report.add("3c. Density: VMs running nginx", "Skipped in --quick mode.")
+        return
+    conf = nginx_config(bench, 80)
+    # What one nginx costs, by itself, on the host: the reference for "beyond nginx".
+    host_conf = nginx_config(bench, 18081)
+    pid_file = bench.scratch / "nginx-alone.pid"
+    run(["nginx", "-c", str(host_conf), "-e", "/dev/null", "-g", f"pid {pid_file};"])
+    master = int(pid_file.read_text())
+    bench.on_cleanup("host nginx (reference)", lambda: stop_by_pid(master, str(bench.work)))
+    alone = processes_memory([master] + descendants(master))
+    stop_by_pid(master, str(bench.work))
+
+    before = mem_available()
+    elapsed, infos = bring_up_vms(bench, n, "web", nginx_in_vm(conf))
+    serving = sum(1 for info in infos if "200" in bench.feather.exec(info["config"]["name"], "bash", "-c", HTTP_PROBE.format(port=80), check=False).stdout)
+    time.sleep(1)
+    after = mem_available()
+    own, nginx, cgroup = Memory(), Memory(), 0
+    for info in infos:
+        m = vm_memory(info)
+        own, nginx, cgroup = own + m.keeper + m.init, nginx + m.workload, cgroup + m.cgroup
+    tear_down_vms(bench, infos)
+    system = (before - after) / n
+
+    bwrap_rows, bwrap_note = bwrap_density(
+        bench, n,
+        lambda i: ["nginx", "-c", str(conf), "-e", "/dev/null", "-g", f"daemon off; pid {bench.scratch}/bwrap-nginx-{i}.pid;"],
+        lambda pid: has_descendant(pid, "nginx", 2),  # master + worker: listening
+    )  # fmt: skip
+    rows = [
+        [f"feather: {n} VMs each running nginx", secs(elapsed), secs(elapsed / n), mib(own.per(n).pss), mib(own.per(n).rss), mib(cgroup / n), drop(system)],
+        *bwrap_rows,
+    ]  # fmt: skip
+    bench.report.add(
+        f"3c. Density: {n} VMs running nginx",
+        f"{n} VMs, each created, started and given its own nginx listening on 127.0.0.1:80 of its own "
+        f"network namespace ({code(['feather', 'exec', 'VM', '--', *nginx_in_vm(conf)])}, "
+        f"config written by the bench: one worker, a static page). {serving} of {n} answered "
+        "HTTP 200 on their own port 80. The per-VM columns count feather's own processes "
+        "(keeper + init), i.e. the memory beyond nginx; the cgroup column includes nginx.",
+        table(["what", "all up", "per VM", "Pss beyond nginx", "Rss beyond nginx", "cgroup per VM", "MemAvailable drop per VM"], rows),
+        f"nginx itself, per VM: Pss {mib(nginx.per(n).pss)} (Rss {mib(nginx.per(n).rss)}); one nginx alone on "
+        f"the host: Pss {mib(alone.pss)}, Rss {mib(alone.rss)}. All-in cost per VM beyond nginx "
+        f"(MemAvailable drop per VM − nginx Pss per VM): {drop(system - nginx.per(n).pss)}.",
+        bwrap_note,
+    )
+    bench.report.target(f"density: {n} VMs running nginx, memory beyond nginx", "≤ 2 MiB per VM (the idle-VM target)", f"Pss {mib(own.per(n).pss)} per VM", own.per(n).pss <= IDLE_MEMORY_TARGET)
+
+
+def hardware_vm_reference(bench: Bench) -> None:
+    bench.report.add(
+        "3d. Hardware-VM reference (published, not measured)",
+        "This machine's /dev/kvm is a software back-end on which a stock Debian kernel does not "
+        "boot, so no hardware VM is measured here. Firecracker's own SPECIFICATION.md "
+        "(firecracker-microvm/firecracker) promises, on an i3.metal host for a 2-vCPU, 256 MiB "
+        "guest with its tuned kernel:",
+        table(["", "Firecracker (published)"], [["boot", FIRECRACKER_BOOT], ["memory", FIRECRACKER_MEMORY], ["VMM process start", FIRECRACKER_VMM_START]]),
+        "The guest's own memory (its kernel, its init and its page cache) comes on top of that overhead.",
+    )
+    bench.report.target("reference: Firecracker (published, not measured)", "boot ≤ 125 ms, overhead ≤ 5 MiB", "see 3d", None)
+
+
+# ---------------------------------------------------------------------------------------------
+# 4. Run-time overhead
+
+
+def timed_with_cpu(argv: list[str]) -> tuple[float, float, str]:
+    """Runs a command; returns its wall time, the CPU time it and every descendant it waited for
+    used (from wait4's rusage), and its output."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        began = time.perf_counter()
+        process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
+        _, status, usage = os.wait4(process.pid, 0)
+        wall = time.perf_counter() - began
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
+        out.seek(0)
+        err.seek(0)
+        if process.returncode != 0:
+            raise RuntimeError(f"{shlex.join(argv)} exited with {process.returncode}: {err.read().decode(errors='replace')[-300:]}")
+        return wall, usage.ru_utime + usage.ru_stime, out.read().decode(errors="replace")
+
+
+def serve_and_load(bench: Bench, port: int, seconds: int) -> str:
+    """A shell script: nginx in the foreground, wrk against it, then nginx stopped. Its CPU time
+    (nginx + wrk, which the shell waits for) comes back in wait4's rusage."""
+    conf = nginx_config(bench, port)
+    pid = bench.scratch / f"nginx-{port}.pid"
+    return (
+        f'nginx -c {conf} -e /dev/null -g "daemon off; pid {pid};" & server=$!; '
+        f"sleep 0.3; {shlex.join(wrk_command(port, seconds))}; kill $server; wait"
+    )
+
+
+def wrk_command(port: int, seconds: int) -> list[str]:
+    return ["wrk", "-t1", "-c32", f"-d{seconds}s", f"http://127.0.0.1:{port}/"]
+
+
+def compare_nginx_throughput(bench: Bench) -> None:
+    if not shutil.which("wrk"):
+        bench.report.add("4a. nginx throughput", "wrk is not installed: skipped.")
+        return
+    f = bench.feather
+    info = f.up("throughput")
+    init = str(info["state"]["init_pid"])
+    seconds = bench.plan.wrk_seconds
+    variants = [
+        ("host", ["sh", "-c", serve_and_load(bench, 18080, seconds)]),
+        ("VM", f.cmd("exec", "throughput", "--", "sh", "-c", serve_and_load(bench, 80, seconds))),
+        ("a network namespace only", ["unshare", "--net", "sh", "-c", "ip link set lo up; " + serve_and_load(bench, 18081, seconds)]),
+        ("the VM's mount namespace only", ["nsenter", "-t", init, "-m", "sh", "-c", serve_and_load(bench, 18082, seconds)]),
+    ]  # fmt: skip
+    rates: dict[str, list[float]] = {label: [] for label, _ in variants}
+    per_cpu: dict[str, list[float]] = {label: [] for label, _ in variants}
+    for round_ in range(bench.plan.wrk_rounds):  # taking turns, so that a busy moment hits all
+        for label, argv in variants if round_ % 2 == 0 else variants[::-1]:
+            _, cpu, out = timed_with_cpu(argv)
+            rate, total = re.search(r"Requests/sec:\s+([\d.]+)", out), re.search(r"(\d+) requests in", out)
+            if not rate or not total:
+                raise RuntimeError(f"{label}: wrk printed no request count: {out[-300:]}")
+            rates[label].append(float(rate.group(1)))
+            per_cpu[label].append(int(total.group(1)) / cpu)
+    f.remove("throughput")
+    host, host_cpu = Stats.of(rates["host"]).median, Stats.of(per_cpu["host"]).median
+    vm, vm_cpu = Stats.of(rates["VM"]).median, Stats.of(per_cpu["VM"]).median
+    ratio, cpu_ratio = vm / host, vm_cpu / host_cpu
+    number = lambda x: f"{x:,.0f}"  # noqa: E731
+    rows = [
+        [label, code(argv), *stat_cells(Stats.of(rates[label]), number), number(Stats.of(per_cpu[label]).median),
+         f"{Stats.of(per_cpu[label]).median / host_cpu:.3f}"]
+        for label, argv in variants
+    ]  # fmt: skip
+    tables = run(["nft", "list", "tables"], check=False).stdout.split("\n") if shutil.which("nft") else []
+    tables = [t.removeprefix("table ").strip() for t in tables if t.strip()]
+    bench.report.add(
+        "4a. nginx throughput, in a VM vs on the host",
+        "The same nginx configuration (one worker, a static page, no logs; only the port differs) "
+        "run in the foreground with wrk beside it in the same place: on the host, inside a VM "
+        "(`feather exec`; a VM's network is private for now, so wrk runs inside too), and, to "
+        "tell the causes apart, in a bare network namespace and in the VM's mount namespace "
+        f"(its overlay) with the host's network. {bench.plan.wrk_rounds} round(s) of {seconds} s "
+        "each, taking turns. Requests per CPU-second divides the requests served by the CPU time "
+        "of nginx and wrk (wait4 rusage of the shell that runs both): unlike requests per second, "
+        "it does not depend on how much of the 2 cores other work left.",
+        table(["where", "command", "min req/s", "median req/s", "max req/s", "requests per CPU-second (median)", "per CPU-second vs host"], rows),
+        f"**VM / host, requests per second: {ratio:.3f}** (target ≥ {RUNTIME_TARGET}: "
+        f"{verdict(ratio >= RUNTIME_TARGET)}); requests per CPU-second: {cpu_ratio:.3f} "
+        f"({verdict(cpu_ratio >= RUNTIME_TARGET)}). nftables tables in the host's network "
+        f"namespace during the run (their hooks slow the host's loopback, not the VM's): "
+        f"{', '.join(tables) if tables else 'none'}.",
+    )
+    bench.report.target("run time: nginx requests/s in a VM", f"≥ {RUNTIME_TARGET}× host", f"{ratio:.3f}", ratio >= RUNTIME_TARGET)
+    bench.report.target("run time: nginx requests per CPU-second in a VM", f"≥ {RUNTIME_TARGET}× host", f"{cpu_ratio:.3f}", cpu_ratio >= RUNTIME_TARGET)
+
+
+def interleaved(commands: list[tuple[str, list[str]]], runs: int) -> dict[str, tuple[Stats, Stats]]:
+    """Runs the commands in turn, `runs` rounds after one warm-up round, so that other load on
+    the machine hits them alike; per command, (wall, CPU) seconds."""
+    walls: dict[str, list[float]] = {label: [] for label, _ in commands}
+    cpus: dict[str, list[float]] = {label: [] for label, _ in commands}
+    for round_ in range(runs + 1):
+        order = commands if round_ % 2 else commands[::-1]
+        for label, argv in order:
+            wall, cpu, _ = timed_with_cpu(argv)
+            if round_:
+                walls[label].append(wall)
+                cpus[label].append(cpu)
+    return {label: (Stats.of(walls[label]), Stats.of(cpus[label])) for label, _ in commands}
+
+
+def compare_file_job(bench: Bench) -> None:
+    f = bench.feather
+    info = f.up("files")
+    job = ["sh", "-c", FILE_JOB]
+    init = str(info["state"]["init_pid"])
+    commands = [
+        ("host", job),
+        ("VM (feather exec)", f.cmd("exec", "files", "--", *job)),
+        ("the VM's mount namespace only", ["nsenter", "-t", init, "-m", *job]),
+    ]
+    stats = interleaved(commands, bench.plan.file_runs)
+    f.remove("files")
+    (h, hc), (v, vc) = stats["host"], stats["VM (feather exec)"]
+    ratio, cpu_ratio = h.median / v.median, hc.median / vc.median
+    rows = [[label, code(argv), *stat_cells(stats[label][0]), secs(stats[label][1].median)] for label, argv in commands]
+    bench.report.add(
+        "4b. A file-heavy job, in a VM vs on the host",
+        f"Reads 20 000 files of /usr/share and checksums them all ({code(FILE_JOB)}); in the VM "
+        "every one is read through the overlay. The page cache is warm (one warm-up round; "
+        "overlayfs reads share the host's page cache). The commands take turns, "
+        f"{bench.plan.file_runs} rounds. CPU is user + system time of the job and everything it "
+        "waited for (wait4 rusage). The third row runs the job in the VM's mount namespace only "
+        "(nsenter, no cgroup, pid or network namespace): the overlay's share of the difference.",
+        table(["where", "command", "min", "median", "max", "median CPU"], rows),
+        f"**host / VM, wall-clock median: {ratio:.3f}** (target ≥ {RUNTIME_TARGET}: "
+        f"{verdict(ratio >= RUNTIME_TARGET)}); CPU time: {cpu_ratio:.3f} "
+        f"({verdict(cpu_ratio >= RUNTIME_TARGET)}). The VM figures include `feather exec` itself "
+        "(see section 2).",
+    )
+    bench.report.target("run time: file-heavy job in a VM (wall clock)", f"≥ {RUNTIME_TARGET}× host", f"{ratio:.3f}", ratio >= RUNTIME_TARGET)
+    bench.report.target("run time: file-heavy job in a VM (CPU time)", f"≥ {RUNTIME_TARGET}× host", f"{cpu_ratio:.3f}", cpu_ratio >= RUNTIME_TARGET)
+
+
+# ---------------------------------------------------------------------------------------------
+# 5. Copy-on-write costs
+
+# First and second write of one byte, timed inside the process that writes.
+WRITE_TIMER = (
+    "import os, sys, time\n"
+    "def write(path, offset):\n"
+    "    t = time.perf_counter(); fd = os.open(path, os.O_WRONLY); os.pwrite(fd, b'x', offset)\n"
+    "    os.close(fd); return time.perf_counter() - t\n"
+    "print(write(sys.argv[1], 0), write(sys.argv[1], 1))\n"
+)
+
+
+def make_file(path: Path, size: int) -> None:
+    chunk = os.urandom(MIB)
+    with open(path, "wb") as out:
+        for _ in range(size // MIB):
+            out.write(chunk)
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def compare_copy_up(bench: Bench) -> None:
+    f = bench.feather
+    size = bench.plan.cow_mib * MIB
+    python = ["/usr/bin/python3", "-I", "-S", "-c", WRITE_TIMER]
+    f.up("cow")
+    vm_first, vm_second, host_first, copy = [], [], [], []
+    for i in range(bench.plan.cow_runs):
+        vm_file, host_file = bench.scratch / f"big-vm-{i}.bin", bench.scratch / f"big-host-{i}.bin"
+        make_file(vm_file, size)
+        make_file(host_file, size)
+        first, second = map(float, f.exec("cow", *python, str(vm_file)).stdout.split())
+        vm_first.append(first)
+        vm_second.append(second)
+        host_first.append(float(run([*python, str(host_file)]).stdout.split()[0]))
+        target = bench.scratch / f"copy-{i}.bin"
+        elapsed, _ = timed(["sh", "-c", f'cp --reflink=never "$1" "$2" && sync "$2"', "sh", str(vm_file), str(target)])
+        copy.append(elapsed)
+        for path in (vm_file, host_file, target):
+            path.unlink()
+    f.remove("cow")
+    rows = [
+        ["first write in a VM (copy-up)", *stat_cells(Stats.of(vm_first))],
+        ["second write in the VM", *stat_cells(Stats.of(vm_second))],
+        ["first write on the host", *stat_cells(Stats.of(host_first))],
+        [f"host: `cp` of the file + `sync` (what a copy costs)", *stat_cells(Stats.of(copy))],
+    ]
+    vm_median = Stats.of(vm_first).median
+    bench.report.add(
+        f"5a. Copy-up: first write to a {bench.plan.cow_mib} MiB host file",
+        f"A {bench.plan.cow_mib} MiB file made by the bench in its scratch folder on the host; one "
+        "byte written at offset 0 (open for writing + pwrite), timed inside the writing process "
+        f"(`/usr/bin/python3`). Inside a VM the open copies the whole file up into the VM's layer "
+        f"(overlayfs copies and syncs it); the host writes in place. {bench.plan.cow_runs} files, "
+        "each written once.",
+        table(["what", "min", "median", "max"], rows),
+        f"Copy-up throughput: {size / MIB / vm_median:,.0f} MiB/s; first write in a VM / on the host: "
+        f"{times(vm_median / Stats.of(host_first).median)}; copy-up / plain copy: "
+        f"{times(vm_median / Stats.of(copy).median)}. No target in the issues: this is the price of "
+        "copy-on-write, paid once per file.",
+    )
+
+
+def make_base_tree(path: Path, files: int, in_vm: int) -> None:
+    """A bare root tree: busybox as the shell; `in_vm` small files under /data/vm (the VM edits
+    these itself) and the rest under /data/host (edited through the upper layer)."""
+    (path / "bin").mkdir(parents=True)
+    shutil.copy2("/bin/busybox", path / "bin" / "busybox")
+    (path / "bin" / "sh").symlink_to("busybox")
+    for i in range(files):
+        folder = path / "data" / ("vm" if i < in_vm else "host")
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / f"f{i:05d}").write_text(f"old {i}\n")
+
+
+def edit_through_upper(base: Path, upper: Path) -> None:
+    """What a VM's appends to /data/host/* leave in its upper layer: a copy of each file with
+    the new line, under folders with the base's modes. Written from the host, so that the
+    comparison does not wait for thousands of copy-ups (5a and the row above time those)."""
+    for folder in ("data", "data/host"):
+        (upper / folder).mkdir(exist_ok=True)
+        shutil.copymode(base / folder, upper / folder)
+    for source in (base / "data" / "host").iterdir():
+        target = upper / "data" / "host" / source.name
+        target.write_text(source.read_text() + "new\n")
+        shutil.copystat(source, target)
+        os.utime(target)  # its time is now: written after the base, as a VM's edit is
+
+
+def compare_commit(bench: Bench) -> None:
+    f = bench.feather
+    n, k = bench.plan.commit_files, bench.plan.copy_up_files
+    append = 'for f in /data/vm/*; do echo new >> "$f"; done'
+    change, diff, commit, rsync, rsync_fsync = [], [], [], [], []
+    for round_ in range(bench.plan.commit_rounds):
+        if round_ and bench.time_left() < 3 * max(commit):
+            log(f"diff and commit: round {round_ + 1} skipped to stay within the time budget")
+            break
+        base, copy1, copy2 = (bench.scratch / f"{name}-{round_}" for name in ("base", "rsync", "rsync-fsync"))
+        for tree in (base, copy1, copy2):
+            make_base_tree(tree, n, k)
+        name = f"commit{round_}"
+        info = f.up(name, "--base", str(base))
+        upper = Path(info["layers"][0]["upper"])
+        change.append(timed(f.cmd("exec", "-w", "/", name, "--", "/bin/sh", "-c", append))[0])
+        f("stop", "--time", "1", name)
+        edit_through_upper(base, upper)
+        elapsed, listing = timed(f.cmd("diff", name))
+        diff.append(elapsed)
+        changed = sum(1 for line in listing.stdout.splitlines() if re.search(r"/data/(vm|host)/f", line))
+        if changed != n:
+            raise RuntimeError(f"feather diff listed {changed} changed files under /data, expected {n}")
+        rsync.append(timed(["rsync", "-a", f"{upper}/", f"{copy1}/"])[0])
+        rsync_fsync.append(timed(["rsync", "-a", "--fsync", f"{upper}/", f"{copy2}/"])[0])
+        commit.append(timed(f.cmd("commit", name))[0])
+        for edited in (base / "data" / "vm" / "f00000", base / "data" / "host" / f"f{n - 1:05d}"):
+            if not edited.read_text().endswith("new\n"):
+                raise RuntimeError(f"feather commit did not apply the change to {edited}")
+        f.remove(name)
+        for tree in (base, copy1, copy2):
+            shutil.rmtree(tree)
+    per_copy_up = Stats.of(change).median / k
+    rows = [
+        [f"in the VM: append a line to {k:,} files (a copy-up each)", code(["feather", "exec", "VM", "--", "sh", "-c", append]), *stat_cells(Stats.of(change))],
+        [f"feather diff ({n:,} changed files)", code(["feather", "diff", "VM"]), *stat_cells(Stats.of(diff))],
+        ["feather commit (fsync per file, atomic rename)", code(["feather", "commit", "VM"]), *stat_cells(Stats.of(commit))],
+        ["rsync -a of the same upper layer", code(["rsync", "-a", "UPPER/", "COPY/"]), *stat_cells(Stats.of(rsync))],
+        ["rsync -a --fsync of the same upper layer", code(["rsync", "-a", "--fsync", "UPPER/", "COPY/"]), *stat_cells(Stats.of(rsync_fsync))],
+    ]  # fmt: skip
+    c, r, rf = Stats.of(commit).median, Stats.of(rsync).median, Stats.of(rsync_fsync).median
+    bench.report.add(
+        f"5b. diff and commit of {n:,} changed files",
+        f"A scratch base tree (busybox and {n:,} small files); a VM over it (`--base`) appends a "
+        f"line to {k:,} of them itself; the other {n - k:,} are edited the same way through its "
+        "upper layer from the host while it is stopped (the same result, without waiting for "
+        f"{n - k:,} more copy-ups). Then `feather diff` lists the {n:,} changes and `feather "
+        "commit` applies them to the base; rsync copies the same upper layer onto copies of the "
+        f"base tree. {len(commit)} round(s), each on fresh trees.",
+        table(["what", "command", "min", "median", "max"], rows),
+        f"commit / rsync -a: {times(c / r)}; commit / rsync -a --fsync: {times(c / rf)}. A copy-up "
+        f"of a small file costs {secs(per_copy_up)} in the VM: overlayfs syncs every copied-up file "
+        "to disk (unless mounted `volatile`). No target in the issues.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# 6. What else issue 8 lists
+
+
+def compare_network_namespace(bench: Bench) -> None:
+    floor_dir = bench.work / "floor-scratch"
+    floor_dir.mkdir(exist_ok=True)
+    base = ["unshare", "--mount", "--pid", "--fork", "--ipc", "--uts", "--cgroup"]
+    commands = [
+        ("unshare without --net", base + ["/bin/true"]),
+        ("unshare with --net", base + ["--net", "/bin/true"]),
+        ("floor without a network namespace", [str(bench.floor), "--no-net", str(floor_dir), "/bin/true"]),
+        ("floor with a network namespace", [str(bench.floor), str(floor_dir), "/bin/true"]),
+    ]
+    stats = bench.hyperfine(commands)
+    rows = [[label, code(argv), *stat_cells(stats[label])] for label, argv in commands]
+    cost_unshare = stats["unshare with --net"].median - stats["unshare without --net"].median
+    cost_floor = stats["floor with a network namespace"].median - stats["floor without a network namespace"].median
+    bench.report.add(
+        "6. Network namespace cost",
+        "feather always makes a network namespace (loopback only, brought up by init); its "
+        "`--net private|none|host` options (issue 3) do not exist yet, so `feather run --rm` with "
+        "and without one cannot be compared. The peer figure: the same start with and without a "
+        "new network namespace.",
+        table(["what", "command", "min", "median", "max"], rows),
+        f"A network namespace adds {secs(cost_unshare)} to unshare's median and {secs(cost_floor)} "
+        "to the floor's on this kernel.",
+        "Service duplication (start-to-ready vs native start) and IPC hardening's share of the start "
+        "time are not built yet; they join this report when they land.",
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
+    ("start", compare_start),
+    ("exec", compare_exec),
+    ("memory of one idle VM", compare_idle_memory),
+    ("density of idle VMs", compare_idle_density),
+    ("density of nginx VMs", compare_nginx_density),
+    ("hardware-VM reference", hardware_vm_reference),
+    ("nginx throughput", compare_nginx_throughput),
+    ("file-heavy job", compare_file_job),
+    ("copy-up", compare_copy_up),
+    ("diff and commit", compare_commit),
+    ("network namespace", compare_network_namespace),
+]
+
+
+def render(bench: Bench, machine_text: str, problems: list[str], failed: list[str]) -> str:
+    header = (
+        "# Benchmarks\n\n"
+        "Generated by `bench/run" + (" --quick" if bench.plan.quick else "") + "` "
+        f"on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; do not edit by hand. "
+        "See bench/README.md for what each comparison means. Every figure below was measured in "
+        "this one run on this one machine, except the Firecracker figures (published, marked so). "
+        "Times are wall-clock; min / median / max over the runs stated."
+    )
+    summary = table(["what", "target (from the issues)", "measured", "verdict"], bench.report.targets)
+    cleanup = (
+        "Clean-up: everything the run made (VMs, mounts, processes, cgroups, files) was removed."
+        if not problems
+        else "Clean-up problems:\n\n" + "\n".join(f"- {p}" for p in problems)
+    )
+    parts = [header, "## Targets\n\n" + summary, "## Machine\n\n" + machine_text, *bench.report.sections]
+    if failed:
+        parts.append("## Comparisons that failed\n\n" + "\n".join(f"- {f}" for f in failed))
+    parts.append(cleanup)
+    return "\n\n".join(parts) + "\n"
+
+
+def interrupt(signum, frame) -> None:
+    """A termination signal unwinds through the clean-up like Ctrl-C."""
+    raise KeyboardInterrupt
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer runs, no nginx density (≤ 2 min)")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this comparison (repeatable; for development)")
+    args = parser.parse_args()
+    started = time.monotonic()
+    load_before = load_average()
+    bench = Bench(Plan.of(args.quick))
+    signal.signal(signal.SIGTERM, interrupt)
+    failed: list[str] = []
+    interrupted = False
+    try:
+        install_peers(bench)
+        build(bench)
+        for name, comparison in COMPARISONS:
+            if args.only and name not in args.only:
+                continue
+            log(f"{name} …")
+            try:
+                comparison(bench)
+            except Exception as e:  # noqa: BLE001 - one broken comparison must not cost the others
+                traceback.print_exc()
+                failed.append(f"{name}: {e}")
+            # Whatever a comparison left running is stopped before the next one is timed.
+            bench.feather.remove_all()
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        problems = bench.clean_up()
+    if interrupted:
+        log("interrupted; cleaned up, report not written")
+        return 130
+    text = render(bench, machine(bench, started, load_before), problems, failed)
+    REPORT.parent.mkdir(exist_ok=True)
+    REPORT.write_text(text)
+    log(f"wrote {REPORT.relative_to(REPO)} in {secs(time.monotonic() - started)}")
+    for problem in problems:
+        log(f"clean-up problem: {problem}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
