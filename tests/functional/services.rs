@@ -202,6 +202,17 @@ fn nginx_and_redis_run_in_a_vm_from_the_hosts_units_and_answer_real_clients() {
         "private-value\n"
     );
 
+    // What the VM's redis saved is in the VM's layer only; the host's data is untouched.
+    feather.ok(&["service", "stop", "web", "redis-server"]);
+    let saved = std::fs::read(feather.vm_dir("web").join("upper/var/lib/redis/dump.rdb"))
+        .expect("redis saved into the VM's layer");
+    assert!(String::from_utf8_lossy(&saved).contains("feather-key"));
+    let host_dump = std::fs::read("/var/lib/redis/dump.rdb").unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&host_dump).contains("feather-key"),
+        "the host's redis data changed"
+    );
+
     let host_pids: Vec<i64> = processes
         .iter()
         .map(|p| p["host_pid"].as_i64().unwrap())
