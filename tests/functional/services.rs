@@ -820,3 +820,67 @@ fn conflicts_stop_the_other_unit_and_binds_to_follows_its_unit_down() {
         "stopped: anchor.service, which it is bound to (BindsTo=), ended"
     );
 }
+
+#[test]
+fn a_sysv_init_script_without_a_unit_runs_as_a_service() {
+    let feather = Feather::new("svc-sysv");
+    vm(&feather, "old");
+    let script = r#"#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          legacyd
+# Required-Start:    $network $remote_fs
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+# Short-Description: A legacy daemon
+### END INIT INFO
+case "$1" in
+  start) sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /run/legacyd.pid; echo started ;;
+  stop) kill "$(cat /run/legacyd.pid)"; rm -f /run/legacyd.pid; echo stopped ;;
+esac
+"#;
+    let status = feather
+        .command()
+        .args([
+            "exec",
+            "old",
+            "--",
+            "sh",
+            "-c",
+            "cat > /etc/init.d/legacyd && chmod 755 /etc/init.d/legacyd",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(status.success());
+    feather.ok(&["service", "start", "old", "legacyd"]);
+    let legacy = service(&services(&feather, "old"), "legacyd.service").clone();
+    assert_eq!(
+        (legacy["state"].as_str(), legacy["sub"].as_str()),
+        (Some("active"), Some("exited")),
+        "{legacy}"
+    );
+    assert_eq!(legacy["description"], "A legacy daemon");
+    assert!(feather
+        .sh("old", "kill -0 $(cat /run/legacyd.pid) && echo running")
+        .contains("running"));
+    assert!(feather
+        .ok(&["service", "logs", "old", "legacyd"])
+        .contains("started"));
+    feather.ok(&["service", "stop", "old", "legacyd"]);
+    assert_eq!(
+        service(&services(&feather, "old"), "legacyd.service")["state"],
+        "inactive"
+    );
+    assert!(feather
+        .ok(&["service", "logs", "old", "legacyd"])
+        .contains("stopped"));
+    assert_eq!(
+        feather.sh("old", "test -e /run/legacyd.pid && echo left || echo gone"),
+        "gone\n"
+    );
+}
