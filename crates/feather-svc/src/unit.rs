@@ -563,7 +563,7 @@ impl Unit {
             }
             "SyslogIdentifier" => exec.syslog_identifier = non_empty(expand(raw)?),
             k if k.starts_with("Limit") => {
-                if !values::LIMITS.iter().any(|(name, _)| *name == k) {
+                if !values::LIMITS.contains(&k) {
                     return Err(format!("unknown resource limit {k}"));
                 }
                 exec.limits.retain(|(name, _)| name != k);

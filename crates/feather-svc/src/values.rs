@@ -73,24 +73,24 @@ pub struct Limit {
     pub hard: Option<u64>,
 }
 
-/// The `Limit*=` settings and the kernel resource each sets.
-pub const LIMITS: [(&str, i32); 16] = [
-    ("LimitCPU", libc::RLIMIT_CPU as i32),
-    ("LimitFSIZE", libc::RLIMIT_FSIZE as i32),
-    ("LimitDATA", libc::RLIMIT_DATA as i32),
-    ("LimitSTACK", libc::RLIMIT_STACK as i32),
-    ("LimitCORE", libc::RLIMIT_CORE as i32),
-    ("LimitRSS", libc::RLIMIT_RSS as i32),
-    ("LimitNOFILE", libc::RLIMIT_NOFILE as i32),
-    ("LimitAS", libc::RLIMIT_AS as i32),
-    ("LimitNPROC", libc::RLIMIT_NPROC as i32),
-    ("LimitMEMLOCK", libc::RLIMIT_MEMLOCK as i32),
-    ("LimitLOCKS", libc::RLIMIT_LOCKS as i32),
-    ("LimitSIGPENDING", libc::RLIMIT_SIGPENDING as i32),
-    ("LimitMSGQUEUE", libc::RLIMIT_MSGQUEUE as i32),
-    ("LimitNICE", libc::RLIMIT_NICE as i32),
-    ("LimitRTPRIO", libc::RLIMIT_RTPRIO as i32),
-    ("LimitRTTIME", libc::RLIMIT_RTTIME as i32),
+/// The `Limit*=` settings (each sets the kernel resource limit of its name).
+pub const LIMITS: [&str; 16] = [
+    "LimitCPU",
+    "LimitFSIZE",
+    "LimitDATA",
+    "LimitSTACK",
+    "LimitCORE",
+    "LimitRSS",
+    "LimitNOFILE",
+    "LimitAS",
+    "LimitNPROC",
+    "LimitMEMLOCK",
+    "LimitLOCKS",
+    "LimitSIGPENDING",
+    "LimitMSGQUEUE",
+    "LimitNICE",
+    "LimitRTPRIO",
+    "LimitRTTIME",
 ];
 
 pub fn limit(key: &str, text: &str) -> Result<Limit, String> {

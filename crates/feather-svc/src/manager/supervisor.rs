@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
-use std::io::Read;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
@@ -28,6 +27,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
 use super::protocol::{self, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
 use super::spawn::{self, Identity};
 use super::{sockets, syslog};
@@ -1698,66 +1698,6 @@ fn open_notify_socket(r: &mut Runtime) -> Result<(), String> {
     Ok(())
 }
 
-fn read_pid_file(path: &Path) -> Option<Pid> {
-    let text = fs::read_to_string(path).ok()?;
-    let pid: i32 = text.trim().parse().ok()?;
-    let pid = Pid::from_raw(pid);
-    // The pid must name a living process.
-    kill(pid, None).ok().map(|_| pid)
-}
-
-/// Without a PIDFile=, the daemon a forking start left behind: a child of the manager (its
-/// subreaper, so the daemon was reparented to it) that is no unit's known process.
-fn guess_main_pid(known: &BTreeSet<i32>) -> Option<Pid> {
-    let me = std::process::id() as i32;
-    all_processes()
-        .into_iter()
-        .filter(|p| p.ppid == me && !known.contains(&p.pid))
-        .map(|p| Pid::from_raw(p.pid))
-        .next()
-}
-
-struct ProcessEntry {
-    pid: i32,
-    ppid: i32,
-    session: i32,
-}
-
-fn all_processes() -> Vec<ProcessEntry> {
-    let Ok(entries) = fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
-        .filter_map(|pid| {
-            let mut text = String::new();
-            File::open(format!("/proc/{pid}/stat"))
-                .ok()?
-                .read_to_string(&mut text)
-                .ok()?;
-            let after = &text[text.rfind(')')? + 2..];
-            let fields: Vec<&str> = after.split_whitespace().collect();
-            // state ppid pgrp session …
-            if fields.first() == Some(&"Z") {
-                return None;
-            }
-            Some(ProcessEntry {
-                pid,
-                ppid: fields.get(1)?.parse().ok()?,
-                session: fields.get(3)?.parse().ok()?,
-            })
-        })
-        .collect()
-}
-
-fn session_of(pid: Pid) -> Option<i32> {
-    all_processes()
-        .into_iter()
-        .find(|p| p.pid == pid.as_raw())
-        .map(|p| p.session)
-}
-
 /// The living processes of a unit: its main and control processes and everything in its
 /// sessions.
 fn processes_of(r: &Runtime) -> Vec<Pid> {
@@ -1773,13 +1713,6 @@ fn processes_of(r: &Runtime) -> Vec<Pid> {
         .map(Pid::from_raw)
         .filter(|p| kill(*p, None).is_ok() && !is_zombie(*p))
         .collect()
-}
-
-fn is_zombie(pid: Pid) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|t| t.rfind(')').map(|i| t[i + 2..].starts_with('Z')))
-        .unwrap_or(true)
 }
 
 /// The last `lines` lines of a log file.
