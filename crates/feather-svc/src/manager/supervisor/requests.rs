@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::*;
 
 impl Manager {
+    /// Reads the request of every connection waiting on the control socket.
     pub(super) fn accept(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
             let _ = stream.set_nonblocking(false);
@@ -29,6 +30,7 @@ impl Manager {
         }
     }
 
+    /// Answers a request at once, or keeps the connection in a job until its units settle.
     pub(super) fn handle(&mut self, request: Request, mut stream: UnixStream) {
         let answer = match request {
             Request::Start { units } => match self.request_start(&units) {
