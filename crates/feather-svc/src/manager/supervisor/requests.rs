@@ -119,6 +119,7 @@ impl Manager {
         }
     }
 
+    /// One unit's state (a unit never started is read from its file) and its last log lines.
     pub(super) fn status(&self, unit: &str, lines: usize) -> Response {
         let name = match UnitName::parse(unit) {
             Ok(name) => name,
@@ -333,6 +334,7 @@ impl Manager {
         stopping.into_iter().collect()
     }
 
+    /// Answers the jobs whose units have all settled.
     pub(super) fn finish_jobs(&mut self) {
         let mut remaining = Vec::new();
         for mut job in std::mem::take(&mut self.jobs) {
