@@ -884,3 +884,40 @@ esac
         "gone\n"
     );
 }
+
+#[test]
+fn a_vm_created_with_services_starts_them_whenever_it_starts() {
+    let feather = Feather::new("svc-create");
+    feather.ok(&["create", "db", "--service", "redis", "--service", "nginx"]);
+    assert_eq!(
+        feather.inspect("db")["config"]["services"],
+        serde_json::json!(["redis-server.service", "nginx.service"]),
+        "names as installed: redis is an alias"
+    );
+    for round in 0..2 {
+        assert_eq!(feather.ok(&["start", "db"]), "", "start stays quiet");
+        let list = services(&feather, "db");
+        for name in ["nginx.service", "redis-server.service"] {
+            assert_eq!(
+                service(&list, name)["state"],
+                "active",
+                "round {round}: {list:?}"
+            );
+        }
+        assert_eq!(feather.sh("db", "redis-cli ping"), "PONG\n");
+        feather.ok(&["stop", "db"]);
+    }
+    // Checked at create time, before anything is made.
+    let e = feather.fails(&["create", "typo", "--service", "feather-no-such"]);
+    assert!(
+        e.contains("unit feather-no-such.service is not installed"),
+        "{e}"
+    );
+    let e = feather.fails(&["create", "infra", "--service", "systemd-journald"]);
+    assert!(e.contains("host infrastructure"), "{e}");
+    assert_eq!(
+        feather.ok(&["ls", "--json"]).matches("\"name\"").count(),
+        1,
+        "only db exists"
+    );
+}

@@ -26,6 +26,10 @@ pub struct VmConfig {
     /// they are feather's, not the VM's, and `diff` leaves them out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scaffold: Vec<PathBuf>,
+    /// Host services (unit names) the VM's service manager starts whenever the VM starts
+    /// (`feather create --service`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
 }
 
 /// Resource limits, enforced through the VM's cgroup. `None` means unlimited.
@@ -86,6 +90,7 @@ mod tests {
             created: 1,
             ephemeral: false,
             scaffold: vec!["/proc".into()],
+            services: vec!["nginx.service".into()],
         };
         let text = toml::to_string(&config).unwrap();
         assert_eq!(toml::from_str::<VmConfig>(&text).unwrap(), config);

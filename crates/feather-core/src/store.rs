@@ -321,6 +321,7 @@ mod tests {
             created: 0,
             ephemeral: false,
             scaffold: vec![],
+            services: vec![],
         }
     }
 

@@ -57,6 +57,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         created: now(),
         ephemeral: options.ephemeral,
         scaffold,
+        services: Vec::new(),
     };
     let durability = if options.ephemeral {
         Durability::Volatile

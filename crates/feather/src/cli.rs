@@ -30,8 +30,11 @@ pub enum Command {
         name: String,
         #[command(flatten)]
         options: CreateArgs,
+        /// A host service the VM starts (with what it needs) whenever it starts; repeatable
+        #[arg(long = "service", value_name = "UNIT")]
+        services: Vec<String>,
     },
-    /// Start a VM in the background
+    /// Start a VM in the background (and the services it was created with)
     Start { name: String },
     /// Stop a VM: SIGTERM to its processes, SIGKILL after --time seconds
     Stop {
@@ -248,6 +251,9 @@ pub struct ServiceClientArgs {
     pub lines: usize,
     #[arg(long)]
     pub follow: bool,
+    /// Print only failures
+    #[arg(long)]
+    pub quiet: bool,
     /// start, stop, restart, reload, ls, status, logs (or manager: be the VM's service manager)
     pub op: String,
     pub units: Vec<String>,

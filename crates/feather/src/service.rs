@@ -14,6 +14,11 @@ use crate::cli::{ServiceClientArgs, ServiceCommand};
 use crate::output;
 
 pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode> {
+    call_in_vm(root, command, false)
+}
+
+/// Runs one `service` command inside the VM; `quiet`: only failures are printed.
+fn call_in_vm(root: &StateRoot, command: ServiceCommand, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut follow = false;
     let (name, op, units, json, lines) = match command {
         ServiceCommand::Catalog { json } => {
@@ -70,6 +75,9 @@ pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode
     }
     if follow {
         argv.push("--follow".to_owned());
+    }
+    if quiet {
+        argv.push("--quiet".to_owned());
     }
     argv.push(op.to_owned());
     argv.extend(units);
@@ -149,9 +157,9 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
                                 .is_some_and(|r| r.starts_with("ExecReload")))
                 })
                 .collect();
-            if args.json {
+            if args.json && !args.quiet {
                 output::json(&units)?;
-            } else {
+            } else if !args.quiet {
                 output::services(&units);
             }
             if !failed.is_empty() {
@@ -239,4 +247,48 @@ fn logs(vm: &str, unit: &str, lines: usize, follow: bool) -> anyhow::Result<Exit
             out.flush()?;
         }
     }
+}
+
+/// The unit names of `services` as installed below `base`, or why one cannot be duplicated.
+pub fn check_installed(base: &std::path::Path, services: &[String]) -> anyhow::Result<Vec<String>> {
+    let paths = feather_svc::UnitPaths::new(base);
+    services
+        .iter()
+        .map(|service| {
+            let name = feather_svc::UnitName::parse(service)?;
+            if let Some(stand_in) = feather_svc::infra::stand_in(&name) {
+                anyhow::bail!("{name} is host infrastructure and is not duplicated in VMs; in a VM: {stand_in}");
+            }
+            Ok(paths.load(&name)?.name.to_string())
+        })
+        .collect()
+}
+
+/// Records the services a VM starts whenever it starts.
+pub fn configure(root: &StateRoot, name: &VmName, services: Vec<String>) -> anyhow::Result<()> {
+    if services.is_empty() {
+        return Ok(());
+    }
+    let vm = root.open(name)?;
+    let mut config = vm.read_config()?;
+    config.services = services;
+    vm.write_config(&config, feather_core::atomic::Durability::Durable)?;
+    Ok(())
+}
+
+/// Starts the services a VM was created with, if any (after `feather start`).
+pub fn start_configured(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitCode> {
+    let services = root.open(name)?.read_config()?.services;
+    if services.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    call_in_vm(
+        root,
+        ServiceCommand::Start {
+            name: name.to_string(),
+            units: services,
+            json: false,
+        },
+        true,
+    )
 }
