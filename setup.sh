@@ -15,8 +15,11 @@ packages=(
     procps           # `ps` inside VMs in tests
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
     nginx            # a real forking service (PIDFile=) that tests duplicate into VMs from its unit
-    redis-server     # a real Type=notify service (and redis-cli, via redis-tools) for the same tests
     curl             # the HTTP client those tests run inside VMs against nginx
+    tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
+    iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
+    python3          # checkpoint tests: a unix-socket server and client inside a VM over /
+    redis-server redis-tools  # checkpoint tests (redis holding hundreds of MB); service tests (Type=notify)
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -38,6 +41,10 @@ if ((${#missing[@]})); then
     fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
+
+# CRIU >= 4.1 (Debian 13's, with its own glibc, in /opt/feather/criu; the system's packages and
+# apt sources are not changed): checkpoint and restore of VMs. Quick when already installed.
+scripts/install-criu
 
 cargo build --workspace --all-targets
 cargo build --release -p feather

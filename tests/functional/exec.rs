@@ -90,30 +90,32 @@ fn exec_with_a_terminal_gets_one_of_the_vms_own() {
 #[test]
 fn signals_reach_the_command() {
     let (feather, _base) = running_vm("exec-signal");
-    let child = feather
-        .command()
-        .args([
-            "exec",
-            "vm",
-            "--",
-            "sh",
-            "-c",
-            "trap 'echo caught; exit 5' TERM; echo ready; while :; do sleep 0.05; done",
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let mut stdout = child.stdout.unwrap();
-    let mut first = [0u8; 6];
-    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
-    assert_eq!(&first, b"ready\n");
-    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
-    let mut rest = String::new();
-    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    assert_eq!(rest, "caught\n");
-    let status = nix::sys::wait::waitpid(pid, None).unwrap();
-    assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 5));
+    // SIGINT as a terminal's Ctrl-C delivers it to feather (the command runs in a session of
+    // its own inside the VM), and SIGTERM as `kill` would: both must reach the command, once.
+    for (signal, name) in [
+        (nix::sys::signal::Signal::SIGINT, "INT"),
+        (nix::sys::signal::Signal::SIGTERM, "TERM"),
+    ] {
+        let script =
+            format!("trap 'echo caught; exit 5' {name}; echo ready; while :; do sleep 0.05; done");
+        let child = feather
+            .command()
+            .args(["exec", "vm", "--", "sh", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let mut stdout = child.stdout.unwrap();
+        let mut first = [0u8; 6];
+        std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+        assert_eq!(&first, b"ready\n");
+        nix::sys::signal::kill(pid, signal).unwrap();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+        assert_eq!(rest, "caught\n", "{name}");
+        let status = nix::sys::wait::waitpid(pid, None).unwrap();
+        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 5), "{name}");
+    }
 }
 
 #[test]

@@ -100,7 +100,8 @@ fn shm_run_and_cgroups_are_the_vms_own() {
          grep -c ' /dev/mqueue mqueue ' /proc/self/mounts; grep -c ' /dev/pts devpts ' /proc/self/mounts; \
          grep -v ':/$' /proc/self/cgroup | wc -l"
     );
-    // /run holds only what feather put there (/run/lock); the cgroup view is rooted at the VM's group.
-    assert_eq!(feather.sh("vm", &script), "lock\n1\n1\n0\n");
+    // /run holds only what feather put there (/run/lock, and init's own program in
+    // /run/.feather-init); the cgroup view is rooted at the VM's group.
+    assert_eq!(feather.sh("vm", &script), ".feather-init\nlock\n1\n1\n0\n");
     assert!(!std::path::Path::new("/dev/shm/mine").exists());
 }

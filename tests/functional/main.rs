@@ -5,11 +5,13 @@
 mod support;
 
 mod bad_input;
+mod checkpoint;
 mod commit;
 mod copy_on_write;
 mod exec;
 mod isolation;
 mod lifecycle;
 mod limits;
+mod migrate;
 mod recovery;
 mod services;

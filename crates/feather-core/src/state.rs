@@ -13,6 +13,9 @@ pub enum VmStatus {
     Running,
     /// Stopped cleanly, or its init exited.
     Stopped,
+    /// Its processes were saved by `feather checkpoint` and ended; `feather restore` brings
+    /// them back.
+    Checkpointed,
     /// The state file says running but the keeper is gone: it died without cleaning up.
     /// Never written; derived when the state is read.
     Crashed,
@@ -24,6 +27,7 @@ impl std::fmt::Display for VmStatus {
             VmStatus::Created => "created",
             VmStatus::Running => "running",
             VmStatus::Stopped => "stopped",
+            VmStatus::Checkpointed => "checkpointed",
             VmStatus::Crashed => "crashed",
         })
     }

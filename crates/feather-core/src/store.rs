@@ -10,6 +10,7 @@
 //!                  /keeper.lock   held by the keeper for its whole life
 //!                  /keeper.log    the keeper's own messages
 //!                  /op.lock       serialises start, stop, rm, reset and commit
+//!                  /checkpoint/   CRIU images of the last checkpoint, and CRIU's logs
 //! <run>/<name>/control.sock       the keeper's control socket
 //! ```
 
@@ -192,6 +193,10 @@ impl VmDir {
     /// Layers of the other filesystems mounted under the base, one folder each.
     pub fn mounts(&self) -> PathBuf {
         self.path.join("mounts")
+    }
+    /// The CRIU images of the VM's last checkpoint, and CRIU's logs.
+    pub fn checkpoint_dir(&self) -> PathBuf {
+        self.path.join("checkpoint")
     }
     pub fn keeper_log(&self) -> PathBuf {
         self.path.join("keeper.log")

@@ -332,8 +332,16 @@ impl Journal {
 pub fn reset(root: &StateRoot, name: &VmName) -> Result<()> {
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
-    if matches!(vm.read_state()?.status, VmStatus::Running) {
-        return Err(Error::Running(name.to_string()).into());
+    match vm.read_state()?.status {
+        VmStatus::Running => return Err(Error::Running(name.to_string()).into()),
+        // Its saved processes hold files of the layer: emptying it would break the checkpoint.
+        VmStatus::Checkpointed => {
+            return Err(failed(
+                name,
+                format!("is checkpointed: `feather restore {name}` it, or `feather rm {name}`"),
+            ))
+        }
+        _ => {}
     }
     let config = vm.read_config()?;
     for dir in [vm.upper(), vm.work(), vm.mounts()] {

@@ -7,6 +7,10 @@ pub enum VmError {
     #[error(transparent)]
     Core(#[from] CoreError),
 
+    /// CRIU or a VM archive failed; the message names the VM.
+    #[error(transparent)]
+    Migrate(#[from] feather_migrate::MigrateError),
+
     #[error("VM {vm}: {source}")]
     Sys {
         vm: String,

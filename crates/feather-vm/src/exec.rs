@@ -73,6 +73,11 @@ fn run_child(workload: &Workload, cgroup: Option<&Entry>, terminal: Option<&Term
             eprintln!("feather: {why}");
             std::process::exit(EXIT_CANNOT_EXEC);
         }
+    } else {
+        // A session of its own inside the VM (with a terminal, attaching made one): what it
+        // leaves running belongs to no session on the host, so the VM can be checkpointed.
+        // Signals from the user's terminal still arrive: exec relays them.
+        let _ = nix::unistd::setsid();
     }
     // The same seccomp filter as init's processes, installed while this process still holds
     // the host's capabilities; become_workload then reduces them.
@@ -177,9 +182,6 @@ fn handle_signal(child: Pid, signo: i32, terminal: Option<&Terminal>) -> Option<
             }
             None
         }
-        // Without a terminal of our own, an interrupt typed at the user's terminal reaches the
-        // child directly (same process group); forwarding it would deliver it twice.
-        Ok(Signal::SIGINT | Signal::SIGQUIT) if terminal.is_none() => None,
         Ok(signal) => {
             let _ = nix::sys::signal::kill(child, signal);
             None

@@ -49,13 +49,106 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     if keeper.read_exact(&mut go).is_err() || go[0] != GO {
         std::process::exit(1);
     }
-    match prepare(&plan) {
-        Ok(()) => {}
-        Err(why) => {
-            report(&mut keeper, InitReport::Failed(why));
-            std::process::exit(1);
+    if let Err(why) = prepare(&plan) {
+        report(&mut keeper, InitReport::Failed(why));
+        std::process::exit(1);
+    }
+    let resumed = Resumed {
+        workload: plan.workload.clone(),
+        grace_ms: plan.grace.as_millis() as u64,
+    };
+    if plan.rootfs.init_files.is_empty() {
+        resume(keeper, resumed)
+    }
+    let why = reexecute(&plan, &resumed, &keeper);
+    report(&mut keeper, InitReport::Failed(why));
+    std::process::exit(1)
+}
+
+/// What init carries across its re-execution from inside the VM.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Resumed {
+    pub workload: Option<Workload>,
+    pub grace_ms: u64,
+}
+
+/// The hidden subcommand of the `feather` binary that init re-executes as.
+pub const INIT_SUBCOMMAND: &str = "__init";
+
+/// Replaces init's program, until now the host's feather binary, by the same binary bound inside
+/// the VM (rootfs step 8b), so that nothing of the running VM refers to a file outside its own
+/// mounts and the VM can be checkpointed. Returns only on failure, saying why.
+fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> String {
+    use std::os::fd::AsRawFd;
+    let fd = keeper.as_raw_fd();
+    if let Err(e) = nix::fcntl::fcntl(
+        keeper,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    ) {
+        return format!("fcntl on the keeper socket: {e}");
+    }
+    let dir = std::path::Path::new(rootfs::INIT_DIR);
+    let Some(loader) = plan
+        .rootfs
+        .init_files
+        .iter()
+        .filter_map(|file| file.file_name())
+        .find(|name| name.to_string_lossy().starts_with("ld-linux"))
+    else {
+        return "feather's binary has no dynamic loader mapped; cannot re-execute it".into();
+    };
+    let Some(program) = plan.rootfs.init_files.first().and_then(|f| f.file_name()) else {
+        return "no program to re-execute".into();
+    };
+    let args = [
+        dir.join(loader).display().to_string(),
+        "--library-path".into(),
+        dir.display().to_string(),
+        dir.join(program).display().to_string(),
+        INIT_SUBCOMMAND.to_owned(),
+        fd.to_string(),
+        serde_json::to_string(resumed).unwrap_or_default(),
+    ];
+    let Ok(args) = args
+        .into_iter()
+        .map(std::ffi::CString::new)
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return "the workload's arguments contain a NUL byte".into();
+    };
+    match nix::unistd::execv(&args[0], &args) {
+        Err(e) => format!(
+            "cannot run {} inside the VM: {e}",
+            args[0].to_string_lossy()
+        ),
+    }
+}
+
+/// The running feather binary followed by every shared object mapped into this process (the
+/// dynamic loader, libc, ...): what init needs to run again from inside the VM.
+pub fn program_files() -> std::io::Result<Vec<std::path::PathBuf>> {
+    let exe = std::env::current_exe()?;
+    let maps = std::fs::read_to_string("/proc/self/maps")?;
+    let mut files = vec![exe.clone()];
+    for path in maps
+        .lines()
+        .filter_map(|line| line.split_whitespace().nth(5))
+    {
+        let path = std::path::PathBuf::from(path);
+        let is_library = path
+            .file_name()
+            .is_some_and(|name| name.to_string_lossy().contains(".so"));
+        if path.is_absolute() && is_library && path != exe && !files.contains(&path) {
+            files.push(path);
         }
     }
+    Ok(files)
+}
+
+/// init after its re-execution inside the VM: starts the first workload, reports to the keeper
+/// on `keeper`, and supervises until the VM ends. Never returns.
+pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
+    let _ = nix::sys::prctl::set_name(c"feather-init");
     // As pid 1 of its namespace, init would ignore every signal it has no handler for; blocked
     // and read from a signalfd, they arrive.
     let signals = match feather_sys::process::block_signals(&HANDLED).map_err(|e| e.to_string()) {
@@ -65,16 +158,21 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
             std::process::exit(1);
         }
     };
-    let workload = plan.workload.as_ref().map(start_workload);
+    let workload = resumed.workload.as_ref().map(start_workload);
     report(&mut keeper, InitReport::Ready);
     drop(keeper);
-    let code = supervise(&signals, workload, plan.grace);
+    let code = supervise(&signals, workload, Duration::from_millis(resumed.grace_ms));
     std::process::exit(code)
 }
 
 /// Everything before init starts supervising: the cgroup view, the root, the seccomp filter
 /// and the capability set.
 fn prepare(plan: &InitPlan) -> Result<(), String> {
+    // A detached VM is a session of its own, led by its init: nothing of it belongs to a
+    // session outside (which would also keep it from being checkpointed).
+    if !plan.attached {
+        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    }
     // The cgroup namespace is made now, after the keeper moved us into the VM's group, so that
     // the VM sees its own group as the root of the hierarchy.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;

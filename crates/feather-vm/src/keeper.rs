@@ -27,6 +27,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 
+use crate::checkpoint;
 use crate::error::{failed, InVm, Result};
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
@@ -79,6 +80,8 @@ pub struct Keeper {
     init: ChildProcess,
     listener: UnixListener,
     durability: Durability,
+    /// Set once CRIU has saved the VM and ended its processes: their end is a checkpoint.
+    checkpointed: std::cell::Cell<bool>,
     /// Held for the keeper's whole life; its release tells others the keeper is gone.
     _lock: File,
 }
@@ -145,6 +148,15 @@ impl Keeper {
                 rootfs: vm.rootfs(),
                 layers: layers::for_start(root, vm, &config)?,
                 hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
+                // A throw-away VM is never checkpointed, so its init need not re-execute from
+                // inside: that saves an exec and a dozen mounts on every `run --rm`.
+                init_files: if config.ephemeral {
+                    Vec::new()
+                } else {
+                    init::program_files().map_err(|e| {
+                        failed(&name, format!("cannot find the feather binary: {e}"))
+                    })?
+                },
                 sync: if config.ephemeral {
                     LayerSync::Volatile
                 } else {
@@ -176,6 +188,44 @@ impl Keeper {
             init,
             listener,
             durability,
+            checkpointed: std::cell::Cell::new(false),
+            _lock: lock,
+        };
+        keeper.record_running()?;
+        Ok(keeper)
+    }
+
+    /// Restores a checkpointed VM (see [`crate::checkpoint`]): its cgroup is made anew with
+    /// its limits, and CRIU brings its processes back with init as this keeper's child. On
+    /// failure nothing is left behind and the VM stays checkpointed.
+    pub fn restore(root: &StateRoot, vm: &VmDir) -> Result<Keeper> {
+        let name = vm.name().clone();
+        let lock = vm
+            .lock_keeper()?
+            .ok_or_else(|| failed(&name, "is already running"))?;
+        let config = vm.read_config()?;
+        remove_leftovers(vm, &config);
+        let cgroup = cgroup_of(&config);
+        if let Some(cgroup) = &cgroup {
+            cgroup.create(&limits_of(&config)).in_vm(&name)?;
+        }
+        let restored = checkpoint::restore_tree(root, vm, &config, cgroup.as_ref())
+            .and_then(|init| Ok((init, listen(vm)?)));
+        let (init, listener) = match restored {
+            Ok(parts) => parts,
+            Err(e) => {
+                remove_leftovers(vm, &config);
+                return Err(e);
+            }
+        };
+        let keeper = Keeper {
+            vm: vm.clone(),
+            durability: Durability::Durable,
+            config,
+            cgroup,
+            init,
+            listener,
+            checkpointed: std::cell::Cell::new(false),
             _lock: lock,
         };
         keeper.record_running()?;
@@ -197,6 +247,7 @@ impl Keeper {
     pub fn serve(self, foreground: bool) -> Result<Ended> {
         let signals = process::block_signals(&HANDLED).in_vm(self.vm.name())?;
         let mut stop_requests: Vec<UnixStream> = Vec::new();
+        let mut checkpoint_requests: Vec<UnixStream> = Vec::new();
         let mut phase = Phase::Running;
         let status = loop {
             let mut fds = [
@@ -213,9 +264,13 @@ impl Keeper {
             }
             if connection {
                 if let Ok((stream, _)) = self.listener.accept() {
-                    if let Some(grace) = self.answer(&stream) {
-                        phase = self.stop(phase, grace);
-                        stop_requests.push(stream);
+                    match self.answer(&stream) {
+                        Answered::Done => {}
+                        Answered::Stop(grace) => {
+                            phase = self.stop(phase, grace);
+                            stop_requests.push(stream);
+                        }
+                        Answered::Checkpointed => checkpoint_requests.push(stream),
                     }
                 }
             }
@@ -250,6 +305,14 @@ impl Keeper {
                 },
             );
         }
+        for stream in checkpoint_requests {
+            let _ = protocol::write_response(
+                &stream,
+                &Response::Checkpointed {
+                    leave_running: false,
+                },
+            );
+        }
         Ok(ended)
     }
 
@@ -267,8 +330,8 @@ impl Keeper {
         }
     }
 
-    /// Answers one request; returns the grace period if it asked the VM to stop.
-    fn answer(&self, stream: &UnixStream) -> Option<Duration> {
+    /// Answers one request, or says what the asker waits for.
+    fn answer(&self, stream: &UnixStream) -> Answered {
         match protocol::read_request(stream) {
             Ok(Request::Status) => {
                 let _ = protocol::write_response(
@@ -277,9 +340,39 @@ impl Keeper {
                         init_pid: self.init.pid.as_raw(),
                     },
                 );
-                None
+                Answered::Done
             }
-            Ok(Request::Stop { grace_secs }) => Some(Duration::from_secs(grace_secs)),
+            Ok(Request::Stop { grace_secs }) => Answered::Stop(Duration::from_secs(grace_secs)),
+            Ok(Request::Checkpoint {
+                leave_running,
+                criu,
+            }) => {
+                match checkpoint::dump(&self.vm, self.init.pid, leave_running, &criu) {
+                    Ok(()) if leave_running => {
+                        let _ = protocol::write_response(
+                            stream,
+                            &Response::Checkpointed { leave_running },
+                        );
+                        Answered::Done
+                    }
+                    // CRIU left the VM's processes stopped; they end with their init, and the
+                    // answer waits for that end.
+                    Ok(()) => {
+                        self.checkpointed.set(true);
+                        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+                        Answered::Checkpointed
+                    }
+                    Err(e) => {
+                        let _ = protocol::write_response(
+                            stream,
+                            &Response::Error {
+                                message: e.to_string(),
+                            },
+                        );
+                        Answered::Done
+                    }
+                }
+            }
             Err(e) => {
                 let _ = protocol::write_response(
                     stream,
@@ -287,7 +380,7 @@ impl Keeper {
                         message: format!("bad request: {e}"),
                     },
                 );
-                None
+                Answered::Done
             }
         }
     }
@@ -305,16 +398,34 @@ impl Keeper {
             return;
         }
         let mut state = self.vm.read_state().unwrap_or_else(|_| VmState::created());
-        state.status = VmStatus::Stopped;
+        state.status = if self.checkpointed.get() {
+            VmStatus::Checkpointed
+        } else {
+            VmStatus::Stopped
+        };
         state.keeper_pid = None;
         state.init_pid = None;
         state.init_start_ticks = None;
         state.stopped = Some(now());
-        state.last_exit = Some(how.to_owned());
+        state.last_exit = Some(if self.checkpointed.get() {
+            "checkpointed".to_owned()
+        } else {
+            how.to_owned()
+        });
         if let Err(e) = self.vm.write_state(&state, self.durability) {
             eprintln!("feather keeper {}: {e}", self.vm.name());
         }
     }
+}
+
+/// What a request to the keeper leads to.
+enum Answered {
+    /// Answered already.
+    Done,
+    /// Stop the VM with this grace period; the asker hears when it has stopped.
+    Stop(Duration),
+    /// The VM was checkpointed and its processes are ending; the asker hears when they have.
+    Checkpointed,
 }
 
 fn limits_of(config: &VmConfig) -> Limits {
@@ -418,15 +529,19 @@ fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {
     }
 }
 
-/// The background keeper's main: boots the VM, tells the waiting `feather start` through
+/// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the waiting `feather start` through
 /// `ready` whether it worked, then serves until the VM ends.
-pub fn main_background(root: StateRoot, name: VmName, ready: OwnedFd) -> i32 {
+pub fn main_background(root: StateRoot, name: VmName, ready: OwnedFd, restore: bool) -> i32 {
     // A session of its own: the terminal that ran `feather start` may close without taking
     // the VM with it.
     let _ = nix::unistd::setsid();
     let mut ready = File::from(ready);
     let vm = root.vm(&name);
-    let keeper = match Keeper::boot(&root, &vm, None, false) {
+    let keeper = match if restore {
+        Keeper::restore(&root, &vm)
+    } else {
+        Keeper::boot(&root, &vm, None, false)
+    } {
         Ok(keeper) => keeper,
         Err(e) => {
             let _ = writeln!(ready, "{e}");

@@ -36,7 +36,7 @@ impl Layer {
         }
     }
 
-    fn submount(vm: &VmDir, config: &VmConfig, mount_point: PathBuf) -> Layer {
+    pub(crate) fn submount(vm: &VmDir, config: &VmConfig, mount_point: PathBuf) -> Layer {
         let dir = vm.mounts().join(escape(&mount_point));
         Layer {
             lower: config.base.join(relative(&mount_point)),

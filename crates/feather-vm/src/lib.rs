@@ -6,10 +6,12 @@
 //! - [`rootfs`]: the isolation recipe, step by step
 //! - [`layers`]: which overlays a VM needs
 //! - [`exec`]: entering a running VM
+//! - [`checkpoint`]: saving a running VM with CRIU and bringing it back
 //! - [`diff`] and [`commit`]: what a VM changed, applying it, dropping it
 //! - [`inspect`]: what a VM is and holds, for `ls`, `ps` and `inspect`
 
 pub mod accounts;
+pub mod checkpoint;
 pub mod commit;
 pub mod diff;
 pub mod error;

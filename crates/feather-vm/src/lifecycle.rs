@@ -74,7 +74,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
 }
 
 /// 12 random hex digits from the kernel's generator.
-fn new_id() -> String {
+pub(crate) fn new_id() -> String {
     let mut bytes = [0u8; 6];
     let _ = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
     bytes.iter().map(|b| format!("{b:02x}")).collect()
@@ -86,13 +86,23 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
     let _op = vm.lock_operations()?;
     match vm.read_state()?.status {
         VmStatus::Running => return Err(failed(name, "is already running")),
+        VmStatus::Checkpointed => {
+            return Err(failed(
+                name,
+                format!(
+                "is checkpointed: resume it with `feather restore {name}` (or `feather rm {name}`)"
+            ),
+            ))
+        }
         VmStatus::Crashed => recover(&vm)?,
         VmStatus::Created | VmStatus::Stopped => {}
     }
-    spawn_keeper(root, &vm)
+    spawn_keeper(root, &vm, false)
 }
 
-fn spawn_keeper(root: &StateRoot, vm: &VmDir) -> Result<()> {
+/// Spawns a VM's background keeper, which boots the VM or, with `restore`, restores it from its
+/// checkpoint, and waits until the VM is up or has failed.
+pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Result<()> {
     let name = vm.name();
     let (mut ready_read, ready_write) =
         std::io::pipe().map_err(|e| failed(name, format!("pipe: {e}")))?;
@@ -118,6 +128,7 @@ fn spawn_keeper(root: &StateRoot, vm: &VmDir) -> Result<()> {
         .arg(root.run_dir())
         .arg("--ready-fd")
         .arg(ready_write.as_raw_fd().to_string())
+        .args(restore.then_some("--restore"))
         .arg(name.as_str())
         .stdin(Stdio::null())
         .stdout(log.try_clone().at(vm.keeper_log())?)
@@ -161,7 +172,7 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<String> 
             recover(&vm)?;
             return Ok("was crashed; cleaned up".into());
         }
-        VmStatus::Created | VmStatus::Stopped => {
+        VmStatus::Created | VmStatus::Stopped | VmStatus::Checkpointed => {
             return Err(Error::NotRunning(name.to_string()).into())
         }
     }

@@ -15,6 +15,13 @@ pub enum Request {
     Status,
     /// Stop the VM: SIGTERM to every process, SIGKILL after `grace_secs`.
     Stop { grace_secs: u64 },
+    /// Save the VM's processes with CRIU; unless `leave_running`, they end once saved.
+    /// `criu`: the CRIU the asker found and checked (the keeper's own environment, from when the
+    /// VM started, may name another).
+    Checkpoint {
+        leave_running: bool,
+        criu: std::path::PathBuf,
+    },
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -22,6 +29,7 @@ pub enum Request {
 pub enum Response {
     Running { init_pid: i32 },
     Stopped { how: String },
+    Checkpointed { leave_running: bool },
     Error { message: String },
 }
 

@@ -23,7 +23,13 @@ pub struct RootfsPlan {
     /// Host paths that must not be visible inside the VM: feather's state and run folders,
     /// which hold every VM's private layer and control socket.
     pub hidden: Vec<PathBuf>,
+    /// The host's feather binary and the shared libraries it runs with, bound read-only into
+    /// [`INIT_DIR`] for init to re-execute from (see step 8b).
+    pub init_files: Vec<PathBuf>,
 }
+
+/// Where init's own program and libraries appear inside the VM.
+pub const INIT_DIR: &str = "/run/.feather-init";
 
 /// Host devices a VM gets, bound into its own small /dev. Everything else (disks, /dev/mem,
 /// /dev/kmsg, input devices) simply does not exist inside.
@@ -86,6 +92,26 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
         root.join("run/lock"),
         std::os::unix::fs::PermissionsExt::from_mode(0o1777),
     );
+    // 8b. feather's binary, read-only, for init to run from: a process whose program or mapped
+    //     files lie on a mount outside the VM's mount namespace cannot be checkpointed (CRIU
+    //     finds no mount to name them by), so init re-executes itself from here.
+    //     The libraries come along because the base may have none (a bare tree).
+    let init_dir = inside(root, Path::new(INIT_DIR));
+    for host_file in &plan.init_files {
+        let Some(file_name) = host_file.file_name() else {
+            continue;
+        };
+        let target = init_dir.join(file_name);
+        fs::create_dir_all(&init_dir)
+            .and_then(|()| fs::File::create(&target))
+            .map_err(|e| feather_sys::SysError {
+                op: "create",
+                target: target.display().to_string(),
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            })?;
+        mount::bind(host_file, &target)?;
+        mount::remount_bind_readonly(&target)?;
+    }
     // 9. The VM's own hostname, in its own UTS namespace.
     nix::unistd::sethostname(&plan.hostname).map_err(|errno| feather_sys::SysError {
         op: "sethostname",

@@ -95,7 +95,45 @@ pub enum Command {
     /// Inside a VM: talks to the VM's service manager (what `feather service` runs there)
     #[command(name = "__service", hide = true)]
     ServiceClient(ServiceClientArgs),
-    /// Check a confinement property; exits 1 if it does not hold
+    /// Save a running VM's processes with CRIU (they end, unless --leave-running)
+    Checkpoint {
+        name: String,
+        /// Keep the VM running after saving it
+        #[arg(long)]
+        leave_running: bool,
+        /// Also write the VM (config, layers, checkpoint) to FILE, a zstd-compressed tar
+        #[arg(long, value_name = "FILE")]
+        export: Option<PathBuf>,
+    },
+    /// Bring a checkpointed VM back, where it was
+    Restore {
+        name: String,
+        /// First add the VM to this state root from FILE (made by `checkpoint --export`)
+        #[arg(long, value_name = "FILE")]
+        import: Option<PathBuf>,
+    },
+    /// Move a running VM to another host's `feather serve` (stop, send, run there)
+    Migrate {
+        name: String,
+        /// The receiver, ADDR:PORT
+        #[arg(long, value_name = "ADDR:PORT")]
+        to: String,
+        /// Shared secret of sender and receiver
+        #[arg(long, env = "FEATHER_MIGRATE_TOKEN", hide_env_values = true)]
+        token: String,
+    },
+    /// Receive VMs sent with `feather migrate` and run them here
+    Serve {
+        #[arg(long, value_name = "ADDR:PORT")]
+        listen: String,
+        /// Shared secret of sender and receiver
+        #[arg(long, env = "FEATHER_MIGRATE_TOKEN", hide_env_values = true)]
+        token: String,
+        /// Exit after the first VM received (with its outcome)
+        #[arg(long)]
+        once: bool,
+    },
+    /// Check a property of this machine or of confinement; exits 1 if it does not hold
     #[command(subcommand)]
     Check(CheckCommand),
     #[command(name = "__ipcprobe", hide = true)]
@@ -111,8 +149,14 @@ pub enum Command {
         run_dir: PathBuf,
         #[arg(long)]
         ready_fd: i32,
+        /// Restore the VM from its checkpoint instead of booting it
+        #[arg(long)]
+        restore: bool,
         name: String,
     },
+    /// A VM's init after it re-executed itself from inside the VM
+    #[command(name = "__init", hide = true)]
+    Init { keeper_fd: i32, resumed: String },
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -261,6 +305,12 @@ pub struct ServiceClientArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum CheckCommand {
+    /// Whether a CRIU that works on this kernel is installed (checkpoint, restore, migrate),
+    /// and which kernel features it lacks
+    Criu {
+        #[arg(long)]
+        json: bool,
+    },
     /// Try every IPC channel host→VM, VM→host, VM→VM and inside one VM, and print the matrix
     /// (uses temporary VMs over /; with VM, probes that running VM as the first one)
     Ipc {

@@ -15,7 +15,7 @@ use feather_core::{Error, Limits, StateRoot, VmName};
 use feather_vm::exec::exec;
 use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::workload::Workload;
-use feather_vm::{commit, inspect};
+use feather_vm::{checkpoint, commit, inspect};
 
 use cli::{CheckCommand, Cli, Command, CreateArgs, ProcessArgs, RunArgs};
 
@@ -111,6 +111,44 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
         Command::Service(command) => return service::run(&root, command),
         Command::ServiceClient(args) => return service::in_vm(args),
+        Command::Checkpoint {
+            name,
+            leave_running,
+            export,
+        } => {
+            let images =
+                checkpoint::checkpoint(&root, &name.parse()?, leave_running, export.as_deref())?;
+            eprintln!("checkpoint of {name} in {}", images.display());
+            if let Some(file) = export {
+                eprintln!("exported to {}", file.display());
+            }
+        }
+        Command::Restore { name, import } => {
+            checkpoint::restore(&root, &name.parse()?, import.as_deref())?
+        }
+        Command::Check(CheckCommand::Criu { json }) => return check_criu(json),
+        Command::Migrate { name, to, token } => {
+            let migrated = checkpoint::migrate(&root, &name.parse()?, &to, &token, |step| {
+                eprintln!("feather migrate: {step}")
+            })?;
+            eprintln!(
+                "migrated {name} to {to}: {} bytes, frozen for {} ms",
+                migrated.bytes,
+                migrated.frozen.as_millis()
+            );
+        }
+        Command::Serve {
+            listen,
+            token,
+            once,
+        } => checkpoint::serve(&root, &listen, &token, once, |address| {
+            eprintln!("feather serve: listening on {address}")
+        })?,
+        Command::Init { keeper_fd, resumed } => {
+            let keeper = ready_pipe(keeper_fd)?;
+            let resumed = serde_json::from_str(&resumed)?;
+            feather_vm::init::resume(keeper.into(), resumed)
+        }
         Command::Check(CheckCommand::Ipc { vm, json, markdown }) => {
             let setup = feather_ipcprobe::run::ProbeSetup {
                 feather: std::env::current_exe()?,
@@ -134,11 +172,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             state_dir,
             run_dir,
             ready_fd,
+            restore,
             name,
         } => {
             let ready = ready_pipe(ready_fd)?;
             let root = StateRoot::with_dirs(state_dir, run_dir);
-            let code = feather_vm::keeper::main_background(root, name.parse()?, ready);
+            let code = feather_vm::keeper::main_background(root, name.parse()?, ready, restore);
             return Ok(exit_code(code));
         }
     }
@@ -187,6 +226,23 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
     Ok(exit_code(exec(root, &name, &workload, args.process.tty)?))
 }
 
+/// `feather check criu`: is there a CRIU that works here, and which kernel features does it lack.
+/// Exits 1 when checkpoints cannot work.
+fn check_criu(json: bool) -> anyhow::Result<ExitCode> {
+    let criu = feather_migrate::criu::Criu::locate()?;
+    let report = criu.report();
+    if json {
+        output::json(&report)?;
+    } else {
+        output::criu_report(&report);
+    }
+    if report.works {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
+    }
+}
+
 fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
     let limits = Limits {
         memory: args.memory.as_deref().map(parse_bytes).transpose()?,
@@ -225,12 +281,14 @@ fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
-/// Takes the pipe that `feather start` left open for its keeper to report on.
+/// Takes the descriptor a parent left open for this process: the pipe `feather start` gives its
+/// keeper to report on, or the socket a VM's init keeps to its keeper across re-execution.
 fn ready_pipe(fd: i32) -> anyhow::Result<OwnedFd> {
     if fd < 3 || !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
-        anyhow::bail!("--ready-fd {fd} is not an open descriptor");
+        anyhow::bail!("descriptor {fd} is not open");
     }
-    // SAFETY: the descriptor is open (checked above) and was left to this process by its
-    // parent, `feather start`, for exactly this use; nothing else in the process owns it.
+    // SAFETY: the descriptor is open (checked above) and was left to this process, for exactly
+    // this use, by its parent (`feather start`) or by itself before re-executing (init);
+    // nothing else in the process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }

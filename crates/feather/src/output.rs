@@ -67,6 +67,31 @@ pub fn changes(changes: &[Change]) {
     }
 }
 
+pub fn criu_report(report: &feather_migrate::criu::Report) {
+    println!(
+        "criu {} at {}: {}",
+        report.version,
+        report.path.display(),
+        if report.works {
+            "works on this kernel"
+        } else {
+            "`criu check` fails on this kernel"
+        }
+    );
+    if !report.works {
+        println!("{}", report.check_output);
+    }
+    let mut t = table(&["FEATURE", "KERNEL", "WHAT IT GIVES"]);
+    for feature in &report.features {
+        t.add_row(vec![
+            feature.name.to_owned(),
+            if feature.supported { "yes" } else { "MISSING" }.to_owned(),
+            feature.purpose.to_owned(),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
 fn human_bytes(bytes: u64) -> String {
     match bytes {
         b if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),

@@ -1,0 +1,123 @@
+//! A VM as one file: its config, state, layers and checkpoint images in a zstd-compressed tar,
+//! so that a checkpointed VM can be restored from another state root or on another host.
+//!
+//! GNU tar writes it (`setup.sh` installs tar and zstd): it keeps what the layers hold and
+//! overlayfs relies on — whiteouts (character devices 0/0), `trusted.overlay.*` extended
+//! attributes, owners, modes and sparse files. zstd checksums every frame, so a damaged archive
+//! fails to import instead of restoring wrong data.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use feather_core::VmConfig;
+
+use crate::error::{io_at, MigrateError, Result};
+
+/// What of a VM's folder an archive holds. `work/` (overlayfs's scratch space) and `rootfs/` (a
+/// mount point) are made empty on import; locks and logs stay behind.
+const MEMBERS: [&str; 5] = ["config.toml", "state.json", "upper", "mounts", "checkpoint"];
+
+const TAR_OPTIONS: [&str; 6] = [
+    "--zstd",
+    "--numeric-owner",
+    "--xattrs",
+    "--xattrs-include=trusted.*",
+    "--xattrs-include=user.*",
+    "--xattrs-include=security.*",
+];
+
+/// Writes the VM folder `vm_dir` to `file`, atomically: a half-written archive never has the
+/// final name.
+pub fn export(vm_dir: &Path, file: &Path) -> Result<()> {
+    let partial = with_suffix(file, ".partial");
+    let members: Vec<&str> = MEMBERS
+        .into_iter()
+        .filter(|m| vm_dir.join(m).exists())
+        .collect();
+    let output = Command::new("tar")
+        .arg("--create")
+        .args(TAR_OPTIONS)
+        .arg("--sparse")
+        .arg("--file")
+        .arg(&partial)
+        .arg("--directory")
+        .arg(vm_dir)
+        .args(&members)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| tar_failed("export to", file, e.to_string()))?;
+    if !output.status.success() {
+        let _ = fs::remove_file(&partial);
+        return Err(tar_failed(
+            "export to",
+            file,
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ));
+    }
+    fs::rename(&partial, file).map_err(io_at(file))
+}
+
+/// Unpacks `file` into a new folder `staging` (which must not exist) and returns the VM's
+/// config from it. The caller moves the folder into place.
+pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
+    if !file.is_file() {
+        return Err(tar_failed("import from", file, "no such file".into()));
+    }
+    fs::create_dir(staging).map_err(io_at(staging))?;
+    let output = Command::new("tar")
+        .arg("--extract")
+        .args(TAR_OPTIONS)
+        .arg("--same-permissions")
+        .arg("--file")
+        .arg(file)
+        .arg("--directory")
+        .arg(staging)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| tar_failed("import from", file, e.to_string()))?;
+    let checked = || -> Result<VmConfig> {
+        if !output.status.success() {
+            return Err(tar_failed(
+                "import from",
+                file,
+                format!(
+                    "damaged or not a feather archive: {}",
+                    String::from_utf8_lossy(&output.stderr).trim()
+                ),
+            ));
+        }
+        let config_path = staging.join("config.toml");
+        let text = fs::read_to_string(&config_path).map_err(|_| {
+            tar_failed(
+                "import from",
+                file,
+                "it holds no VM (no config.toml)".into(),
+            )
+        })?;
+        let config: VmConfig = toml::from_str(&text)
+            .map_err(|e| tar_failed("import from", file, format!("its config.toml: {e}")))?;
+        for dir in ["upper", "work", "rootfs", "mounts"] {
+            let path = staging.join(dir);
+            fs::create_dir_all(&path).map_err(io_at(&path))?;
+        }
+        Ok(config)
+    };
+    checked().inspect_err(|_| {
+        let _ = fs::remove_dir_all(staging);
+    })
+}
+
+fn tar_failed(what: &'static str, path: &Path, why: String) -> MigrateError {
+    MigrateError::Archive {
+        what,
+        path: path.to_path_buf(),
+        why,
+    }
+}
+
+fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}

@@ -1,0 +1,16 @@
+//! Moving running feather VMs.
+//!
+//! - [`criu`]: finds CRIU, says whether it works here, and runs its dumps and restores of a VM's
+//!   process tree
+//! - [`archive`]: a stopped or checkpointed VM as one compressed file, and back
+//! - [`transfer`]: an archive sent to another host, authenticated and checksummed
+//!
+//! The VM side (which process tree, which mounts, who owns the restored init) is the keeper's,
+//! in `feather-vm`; this crate knows CRIU and files, nothing of namespaces.
+
+pub mod archive;
+pub mod criu;
+mod error;
+pub mod transfer;
+
+pub use error::{MigrateError, Result};

@@ -1,0 +1,506 @@
+//! Checkpoint and restore of a whole VM with CRIU: its init and every process under it, with
+//! their memory, open files, sockets, pids (inside the VM), hostname and namespaces.
+//!
+//! ```text
+//! feather checkpoint ──Checkpoint──▶ keeper ── criu dump --tree <init> ──▶ images in
+//!                                      │          <vm>/checkpoint/, the VM's processes end
+//!                                      └─ records "checkpointed" once init is gone
+//! feather restore ── spawns a keeper in restore mode:
+//!   keeper: cgroup with the VM's limits ─ fork ─▶ child: own mount namespace, the VM's root
+//!      ▲                                           overlay mounted at <vm>/rootfs, joins the
+//!      │                                           cgroup, execs `criu restore --root <vm>/rootfs
+//!      │                                           --restore-sibling`
+//!      └── the restored init is the keeper's own child (a sibling of criu), held by a pidfd
+//!          like a booted one; ls, exec, ps, stop and rm work as before.
+//! ```
+//!
+//! The VM's root overlay is mounted by the restoring side, because CRIU rebuilds the VM's mount
+//! namespace on top of a root it is given (`--root`); every other mount of the VM (its /proc,
+//! /dev, /run with its content, devpts, mqueue) CRIU recreates from its images.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use feather_core::atomic::Durability;
+use feather_core::error::IoContext;
+use feather_core::{Error, StateRoot, VmConfig, VmDir, VmName, VmStatus};
+use feather_migrate::archive;
+use feather_migrate::criu::{self, Criu, Dump, Restore};
+use feather_sys::cgroup::Cgroup;
+use feather_sys::mount::{self, LayerSync};
+use feather_sys::process::{self, ChildProcess};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{failed, InVm, Result, VmError};
+use crate::layers;
+use crate::lifecycle;
+use crate::protocol::{self, Request, Response};
+
+/// How long a dump may take before `feather checkpoint` stops waiting for the keeper.
+const DUMP_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The file in an images folder that says a dump completed.
+const INVENTORY: &str = "inventory.img";
+
+/// The restored init's host pid, written by CRIU.
+const PIDFILE: &str = "restored.pid";
+
+/// The VM's layers over other host filesystems at the time of the dump (see [`ExternalLayer`]).
+const LAYERS: &str = "layers.json";
+
+/// A layer of the VM over another host filesystem (a separate /home, a tmpfs under /mnt). CRIU
+/// does not dump these overlays (it could not mount them again: their options name host
+/// folders in feather's escaped spelling, which it mangles); the restoring side mounts each
+/// from the VM's own folder and hands it to CRIU under its key.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ExternalLayer {
+    key: String,
+    mount_point: PathBuf,
+}
+
+/// `feather checkpoint`: saves the running VM `name` to its checkpoint folder. Unless
+/// `leave_running`, its processes end and the VM is recorded as checkpointed. With `export`,
+/// the VM (config, layers, images) is also written to that file.
+pub fn checkpoint(
+    root: &StateRoot,
+    name: &VmName,
+    leave_running: bool,
+    export: Option<&Path>,
+) -> Result<PathBuf> {
+    let vm = root.open(name)?;
+    let _op = vm.lock_operations()?;
+    match vm.read_state()?.status {
+        VmStatus::Running => {}
+        VmStatus::Checkpointed => {
+            return Err(failed(
+                name,
+                format!("is already checkpointed (resume it with `feather restore {name}`)"),
+            ))
+        }
+        _ => return Err(Error::NotRunning(name.to_string()).into()),
+    }
+    if vm.read_config()?.ephemeral {
+        return Err(failed(
+            name,
+            "is a throw-away VM (run --rm): it goes away with its processes and cannot be checkpointed",
+        ));
+    }
+    // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
+    let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    let answer = protocol::call(
+        &vm.control_socket(),
+        &Request::Checkpoint {
+            leave_running,
+            criu: criu.path().to_path_buf(),
+        },
+        DUMP_TIMEOUT,
+    )
+    .map_err(|e| failed(name, format!("its keeper did not answer: {e}")))?;
+    match answer {
+        Response::Checkpointed {
+            leave_running: true,
+        } => {}
+        // The keeper answers once the VM's processes are gone, just before it exits itself; a
+        // restore right after must not find its lock still held.
+        Response::Checkpointed {
+            leave_running: false,
+        } => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while vm.keeper_alive()? && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        Response::Error { message } => {
+            let prefix = format!("VM {name}: ");
+            return Err(failed(
+                name,
+                message.strip_prefix(&prefix).unwrap_or(&message),
+            ));
+        }
+        other => {
+            return Err(failed(
+                name,
+                format!("unexpected answer from its keeper: {other:?}"),
+            ))
+        }
+    }
+    if let Some(file) = export {
+        archive::export(vm.path(), file).map_err(|e| failed(name, e.to_string()))?;
+    }
+    Ok(vm.checkpoint_dir())
+}
+
+/// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder.
+pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> Result<()> {
+    let name = vm.name();
+    let criu = Criu::checked(criu.to_path_buf(), String::new());
+    let images = vm.checkpoint_dir();
+    // A checkpoint taken now replaces the last one; a failed one leaves none behind.
+    if images.exists() {
+        fs::remove_dir_all(&images).at(&images)?;
+    }
+    let mountinfo = format!("/proc/{init}/mountinfo");
+    let text = fs::read_to_string(&mountinfo).at(&mountinfo)?;
+    let layers: Vec<ExternalLayer> = feather_sys::mountinfo::parse(&text)
+        .into_iter()
+        .filter(|m| m.fs_type == "overlay" && m.mount_point != Path::new("/"))
+        .enumerate()
+        .map(|(i, m)| ExternalLayer {
+            key: format!("feather-layer-{i}"),
+            mount_point: m.mount_point,
+        })
+        .collect();
+    let external: Vec<(String, String)> = layers
+        .iter()
+        .map(|l| (l.mount_point.display().to_string(), l.key.clone()))
+        .collect();
+    let dumped = criu.dump(&Dump {
+        vm: name.as_str(),
+        pid: init.as_raw(),
+        images: &images,
+        leave_running,
+        external_mounts: &external,
+    });
+    if let Err(e) = dumped {
+        // Keep only the log, which the error points to.
+        if let Ok(entries) = fs::read_dir(&images) {
+            for entry in entries.flatten() {
+                if entry.file_name() != criu::DUMP_LOG {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        return Err(e.into());
+    }
+    let list = serde_json::to_vec_pretty(&layers).map_err(|e| failed(name, e.to_string()))?;
+    feather_core::atomic::write_atomic(&images.join(LAYERS), &list, Durability::Durable)?;
+    Ok(())
+}
+
+/// `feather restore`: brings a checkpointed VM back; with `import`, first adds it to this state
+/// root from an archive made by `feather checkpoint --export`.
+pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result<()> {
+    if let Some(file) = import {
+        import_archive(root, name, file)?;
+    }
+    let vm = root.open(name)?;
+    let _op = vm.lock_operations()?;
+    match vm.read_state()?.status {
+        VmStatus::Checkpointed => {}
+        VmStatus::Running => return Err(Error::Running(name.to_string()).into()),
+        _ => {
+            return Err(failed(
+                name,
+                format!("has no checkpoint to restore (take one with `feather checkpoint {name}` while it runs)"),
+            ))
+        }
+    }
+    if !vm.checkpoint_dir().join(INVENTORY).exists() {
+        return Err(failed(
+            name,
+            format!(
+                "its checkpoint in {} is incomplete; `feather rm {name}` removes the VM",
+                vm.checkpoint_dir().display()
+            ),
+        ));
+    }
+    Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    lifecycle::spawn_keeper(root, &vm, true)
+}
+
+/// Adds the VM in `file` to this state root under its recorded name, which must be `name`, as a
+/// checkpointed VM with a new id (its cgroup must not meet the original's, which may still run).
+fn import_archive(root: &StateRoot, name: &VmName, file: &Path) -> Result<()> {
+    if root.open(name).is_ok() {
+        return Err(failed(
+            name,
+            format!(
+                "exists already here; restore it without --import, or `feather rm {name}` first"
+            ),
+        ));
+    }
+    let vms = root.dir().join("vms");
+    fs::create_dir_all(&vms).at(&vms)?;
+    let staging = vms.join(format!(".creating-import-{name}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    let mut config = archive::unpack(file, &staging).map_err(|e| failed(name, e.to_string()))?;
+    let placed = (|| -> Result<()> {
+        if config.name != *name {
+            return Err(failed(
+                name,
+                format!("{} holds VM {}, not {name}", file.display(), config.name),
+            ));
+        }
+        if !staging.join("checkpoint").join(INVENTORY).exists() {
+            return Err(failed(
+                name,
+                format!(
+                    "{} holds no checkpoint (export it with `feather checkpoint {name} --export`)",
+                    file.display()
+                ),
+            ));
+        }
+        config.id = lifecycle::new_id();
+        let text = toml::to_string(&config).map_err(|e| failed(name, e.to_string()))?;
+        feather_core::atomic::write_atomic(
+            &staging.join("config.toml"),
+            text.as_bytes(),
+            Durability::Durable,
+        )?;
+        let mut state = feather_core::VmState::created();
+        state.status = VmStatus::Checkpointed;
+        state.last_exit = Some(format!("imported from {}", file.display()));
+        let text = serde_json::to_vec_pretty(&state).map_err(|e| failed(name, e.to_string()))?;
+        feather_core::atomic::write_atomic(
+            &staging.join("state.json"),
+            &text,
+            Durability::Durable,
+        )?;
+        let target = root.vm(name);
+        fs::rename(&staging, target.path()).at(target.path())?;
+        Ok(())
+    })();
+    if placed.is_err() {
+        let _ = fs::remove_dir_all(&staging);
+    }
+    placed
+}
+
+/// In a keeper started in restore mode: restores the VM's process tree from its checkpoint
+/// folder and returns its init, now a child of this process.
+pub(crate) fn restore_tree(
+    root: &StateRoot,
+    vm: &VmDir,
+    config: &VmConfig,
+    cgroup: Option<&Cgroup>,
+) -> Result<ChildProcess> {
+    let name = vm.name();
+    let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    let images = vm.checkpoint_dir();
+    let pidfile = images.join(PIDFILE);
+    let _ = fs::remove_file(&pidfile);
+    let top = layers::for_start(root, vm, config)?.swap_remove(0);
+    let rootfs = vm.rootfs();
+    let list = images.join(LAYERS);
+    let external: Vec<ExternalLayer> = match fs::read(&list) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map_err(|e| failed(name, format!("{}: {e}", list.display())))?,
+        Err(_) => Vec::new(),
+    };
+    let others: Vec<(layers::Layer, PathBuf)> = external
+        .iter()
+        .map(|l| {
+            let mut layer = layers::Layer::submount(vm, config, l.mount_point.clone());
+            // The host may have unmounted and removed what the layer lay over since the
+            // checkpoint; the VM then keeps its own changes there, over nothing.
+            if !layer.lower.is_dir() {
+                layer.lower = images.join("vanished-lower");
+            }
+            let at = rootfs.join(l.mount_point.strip_prefix("/").unwrap_or(&l.mount_point));
+            (layer, at)
+        })
+        .collect();
+    for (layer, _) in &others {
+        if !layer.lower.exists() {
+            fs::create_dir_all(&layer.lower).at(&layer.lower)?;
+        }
+    }
+    let mapping: Vec<(String, PathBuf)> = external
+        .iter()
+        .zip(&others)
+        .map(|(l, (_, at))| (l.key.clone(), at.clone()))
+        .collect();
+    let (program, args) = criu.restore_command(&Restore {
+        images: &images,
+        root: &rootfs,
+        pidfile: &pidfile,
+        external_mounts: &mapping,
+    });
+    let sync = if config.ephemeral {
+        LayerSync::Volatile
+    } else {
+        LayerSync::Durable
+    };
+    let child = match process::fork().in_vm(name)? {
+        None => {
+            // In the child: a mount namespace of its own, so that the VM's root overlay, which
+            // CRIU needs mounted to rebuild the VM's mounts on, never appears on the host.
+            let prepared = (|| -> std::result::Result<(), String> {
+                unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mounts: {e}"))?;
+                mount::make_all_private().map_err(|e| e.to_string())?;
+                mount::overlay(&top.lower, &top.upper, &top.work, &rootfs, sync)
+                    .map_err(|e| e.to_string())?;
+                for (layer, at) in &others {
+                    // Missing only when the host removed the mount point: made in the VM's
+                    // own layer, so that the layer has somewhere to appear.
+                    if !at.exists() {
+                        fs::create_dir_all(at).map_err(|e| format!("{}: {e}", at.display()))?;
+                    }
+                    mount::overlay(&layer.lower, &layer.upper, &layer.work, at, sync)
+                        .map_err(|e| e.to_string())?;
+                }
+                if let Some(cgroup) = cgroup {
+                    cgroup.add(Pid::this()).map_err(|e| e.to_string())?;
+                }
+                Ok(())
+            })();
+            if let Err(why) = prepared {
+                eprintln!("feather keeper {name}: cannot prepare the restore: {why}");
+                std::process::exit(125);
+            }
+            process::close_other_fds(&[0, 1, 2]);
+            let why = exec(&program, &args);
+            eprintln!(
+                "feather keeper {name}: cannot run {}: {why}",
+                program.display()
+            );
+            std::process::exit(126);
+        }
+        Some(pid) => pid,
+    };
+    let status = waitpid(child, None);
+    if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
+        return Err(
+            criu::failure(name.as_str(), "restore", &images.join(criu::RESTORE_LOG)).into(),
+        );
+    }
+    let pid: i32 = fs::read_to_string(&pidfile)
+        .at(&pidfile)?
+        .trim()
+        .parse()
+        .map_err(|_| failed(name, format!("CRIU wrote no pid to {}", pidfile.display())))?;
+    let pid = Pid::from_raw(pid);
+    let pidfd = process::pidfd_open(pid).in_vm(name)?;
+    Ok(ChildProcess { pid, pidfd })
+}
+
+fn exec(program: &Path, args: &[std::ffi::OsString]) -> String {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let argv: std::result::Result<Vec<CString>, _> = std::iter::once(program.as_os_str())
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .map(|a| CString::new(a.as_bytes()))
+        .collect();
+    match argv {
+        Ok(argv) => match nix::unistd::execv(&argv[0], &argv) {
+            Err(e) => e.to_string(),
+        },
+        Err(_) => "an argument contains a NUL byte".into(),
+    }
+}
+
+/// What a migration moved and how long the VM was frozen: from the start of its checkpoint
+/// to the receiver's word that it runs there.
+#[derive(Debug)]
+pub struct Migrated {
+    pub bytes: u64,
+    pub frozen: Duration,
+}
+
+/// `feather migrate`: moves the running VM `name` to the receiver at `to` (a `feather serve`
+/// knowing `token`). The receiver is asked first, so an unreachable one or a wrong token leaves
+/// the VM untouched. Then the VM is checkpointed, its archive sent and checksummed, and the VM
+/// is removed here only once the receiver says it runs there; if anything fails after the
+/// checkpoint, the VM is restored here.
+/// `progress` hears of each step as it begins.
+pub fn migrate(
+    root: &StateRoot,
+    name: &VmName,
+    to: &str,
+    token: &str,
+    mut progress: impl FnMut(&str),
+) -> Result<Migrated> {
+    let vm = root.open(name)?;
+    if vm.read_state()?.status != VmStatus::Running {
+        return Err(Error::NotRunning(name.to_string()).into());
+    }
+    progress(&format!("asking {to} to take {name}"));
+    let accepted = feather_migrate::transfer::offer(to, token, name.as_str())?;
+    let archive = root.dir().join(format!(".migrating-{name}.tar.zst"));
+    let started = std::time::Instant::now();
+    progress(&format!("checkpointing {name} (it is frozen from now on)"));
+    let sent = match checkpoint(root, name, false, Some(&archive)) {
+        Ok(_) => {
+            let megabytes = fs::metadata(&archive).map_or(0, |m| m.len()) as f64 / 1048576.0;
+            progress(&format!(
+                "sending {megabytes:.1} MB and waiting for {to} to run it"
+            ));
+            accepted.send_archive(&archive).map_err(VmError::from)
+        }
+        Err(e) => Err(e),
+    };
+    let _ = fs::remove_file(&archive);
+    match sent {
+        Ok(bytes) => {
+            let frozen = started.elapsed();
+            lifecycle::remove(root, name, false)?;
+            Ok(Migrated { bytes, frozen })
+        }
+        // The checkpoint itself failed: CRIU left the VM running.
+        Err(e) if vm.read_state()?.status != VmStatus::Checkpointed => Err(e),
+        Err(e) => {
+            progress(&format!("migration failed; restoring {name} here"));
+            match restore(root, name, None) {
+                Ok(()) => Err(failed(
+                    name,
+                    format!("migration failed, the VM runs here again: {e}"),
+                )),
+                Err(again) => Err(failed(
+                    name,
+                    format!("migration failed ({e}) and so did restoring it here ({again}); it stays checkpointed: `feather restore {name}`"),
+                )),
+            }
+        }
+    }
+}
+
+/// `feather serve`: receives VMs sent by `feather migrate` with `token` on `listen` and runs
+/// them in this state root; with `once`, returns after the first (its error, if it failed).
+pub fn serve(
+    root: &StateRoot,
+    listen: &str,
+    token: &str,
+    once: bool,
+    mut on_ready: impl FnMut(&str),
+) -> Result<()> {
+    let receiver =
+        feather_migrate::transfer::Receiver::bind(listen, token, &root.dir().join("incoming"))?;
+    on_ready(&receiver.local_addr());
+    loop {
+        let exists = |vm: &str| vm.parse::<VmName>().is_ok_and(|n| root.open(&n).is_ok());
+        let outcome = match receiver.next(exists) {
+            Ok(incoming) => {
+                let restored = incoming
+                    .vm
+                    .parse::<VmName>()
+                    .map_err(VmError::from)
+                    .and_then(|name| restore(root, &name, Some(&incoming.archive)));
+                match &restored {
+                    Ok(()) => eprintln!("feather serve: VM {} received and running", incoming.vm),
+                    Err(e) => {
+                        eprintln!("feather serve: {e}");
+                        // The sender restores it at home; a copy left here would be a second.
+                        if let Ok(name) = incoming.vm.parse::<VmName>() {
+                            let leftover = root.open(&name).and_then(|vm| vm.read_state());
+                            if leftover.is_ok_and(|s| s.status == VmStatus::Checkpointed) {
+                                let _ = lifecycle::remove(root, &name, false);
+                            }
+                        }
+                    }
+                }
+                incoming.finish(restored.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                restored
+            }
+            Err(e) => {
+                eprintln!("feather serve: {e}");
+                Err(e.into())
+            }
+        };
+        if once {
+            return outcome;
+        }
+    }
+}

@@ -1,0 +1,242 @@
+//! Migration of a running VM between two "hosts": two state roots on this machine, whose
+//! `feather migrate` and `feather serve` run in two network namespaces the test creates, joined
+//! by a veth pair with addresses of the test's own.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::support::{Feather, ScratchBase};
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+const TOKEN: &str = "test-token-7f3a";
+
+/// Two network namespaces, "a" (10.77.0.1) and "b" (10.77.0.2), joined by a veth pair; both
+/// are deleted on drop, which removes the veth too.
+struct TwoHosts {
+    a: String,
+    b: String,
+}
+
+impl TwoHosts {
+    fn new() -> TwoHosts {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let tag = format!("{}{n}", std::process::id() % 100_000);
+        let hosts = TwoHosts {
+            a: format!("fmig-a-{tag}"),
+            b: format!("fmig-b-{tag}"),
+        };
+        let (va, vb) = (format!("fma{tag}"), format!("fmb{tag}"));
+        for args in [
+            vec!["netns", "add", &hosts.a],
+            vec!["netns", "add", &hosts.b],
+            vec!["link", "add", &va, "type", "veth", "peer", "name", &vb],
+            vec!["link", "set", &va, "netns", &hosts.a],
+            vec!["link", "set", &vb, "netns", &hosts.b],
+            vec!["-n", &hosts.a, "addr", "add", "10.77.0.1/30", "dev", &va],
+            vec!["-n", &hosts.b, "addr", "add", "10.77.0.2/30", "dev", &vb],
+            vec!["-n", &hosts.a, "link", "set", &va, "up"],
+            vec!["-n", &hosts.b, "link", "set", &vb, "up"],
+            vec!["-n", &hosts.a, "link", "set", "lo", "up"],
+            vec!["-n", &hosts.b, "link", "set", "lo", "up"],
+        ] {
+            let status = Command::new("ip").args(&args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        }
+        hosts
+    }
+
+    /// `feather --root <root> args…` inside namespace `ns`.
+    fn feather(ns: &str, root: &Feather, args: &[&str]) -> Command {
+        // nsenter, not `ip netns exec`: that one also mounts a fresh /sys, which hides the
+        // cgroup hierarchies a keeper needs; another host would have its own.
+        let mut command = Command::new("nsenter");
+        command
+            .arg(format!("--net=/run/netns/{ns}"))
+            .args([Feather::bin(), "--root"])
+            .arg(&root.root)
+            .args(args)
+            .env("FEATHER_MIGRATE_TOKEN", TOKEN)
+            .stdin(Stdio::null());
+        command
+    }
+}
+
+impl Drop for TwoHosts {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+    }
+}
+
+/// A `feather serve --once` on host b; killed (by its pid) on drop if still running.
+struct Server {
+    child: Child,
+}
+
+impl Server {
+    fn start(hosts: &TwoHosts, root: &Feather, env: &[(&str, &str)]) -> Server {
+        let mut command = TwoHosts::feather(
+            &hosts.b,
+            root,
+            &["serve", "--listen", "10.77.0.2:7070", "--once"],
+        );
+        command.envs(env.iter().copied()).stderr(Stdio::piped());
+        let mut child = command.spawn().unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stderr.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.contains("listening on 10.77.0.2:7070"), "{line}");
+        Server { child }
+    }
+
+    fn wait(mut self) -> bool {
+        let status = self.child.wait().unwrap();
+        status.success()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn counting_vm(feather: &Feather, base: &ScratchBase) {
+    feather.start_over("vm", base, &[]);
+    feather.sh(
+        "vm",
+        "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /run/count; sleep 0.05; done' \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    feather.eventually("the counter counts", || count(feather) >= 3);
+}
+
+fn count(feather: &Feather) -> u64 {
+    feather
+        .run(&["exec", "vm", "--", "cat", "/run/count"])
+        .stdout
+        .trim()
+        .parse()
+        .unwrap_or(0)
+}
+
+fn migrate(hosts: &TwoHosts, source: &Feather, token: &str) -> crate::support::Outcome {
+    TwoHosts::feather(
+        &hosts.a,
+        source,
+        &["migrate", "vm", "--to", "10.77.0.2:7070"],
+    )
+    .env("FEATHER_MIGRATE_TOKEN", token)
+    .output()
+    .unwrap()
+    .into()
+}
+
+#[test]
+fn a_vm_migrates_to_another_host_and_goes_on_there() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-src"), Feather::new("mig-dst"));
+    let base = ScratchBase::new("mig");
+    counting_vm(&source, &base);
+    let pids = source.ok(&["ps", "vm", "--json"]);
+    let before = count(&source);
+
+    let server = Server::start(&hosts, &target, &[]);
+    let moved = migrate(&hosts, &source, TOKEN);
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(moved.stderr.contains("frozen for"), "{}", moved.stderr);
+    assert!(server.wait(), "the receiver ran the VM");
+
+    assert_eq!(
+        source.ok(&["ls", "--json"]).trim(),
+        "[]",
+        "released on the source"
+    );
+    assert_eq!(target.status("vm"), "running");
+    let resumed = count(&target);
+    assert!(resumed >= before, "resumed at {resumed}, left at {before}");
+    target.eventually("the loop counts on at the target", || {
+        count(&target) > resumed
+    });
+    let pid_of = |json: &str, needle: &str| -> i64 {
+        let rows: serde_json::Value = serde_json::from_str(json).unwrap();
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["command"].as_str().unwrap().contains(needle))
+            .map(|p| p["pid"].as_i64().unwrap())
+            .unwrap()
+    };
+    let after = target.ok(&["ps", "vm", "--json"]);
+    assert_eq!(pid_of(&pids, "while true"), pid_of(&after, "while true"));
+    assert_eq!(pid_of(&pids, "__init"), 1);
+    assert_eq!(pid_of(&after, "__init"), 1);
+}
+
+#[test]
+fn a_refused_or_unreachable_migration_leaves_the_vm_untouched() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-refused"), Feather::new("mig-refused-dst"));
+    let base = ScratchBase::new("mig-refused");
+    counting_vm(&source, &base);
+    let init = source.inspect("vm")["state"]["init_pid"].as_i64().unwrap();
+
+    let nobody = migrate(&hosts, &source, TOKEN);
+    assert_ne!(nobody.code, 0);
+    assert!(
+        nobody.stderr.contains("cannot connect"),
+        "{}",
+        nobody.stderr
+    );
+
+    let server = Server::start(&hosts, &target, &[]);
+    let wrong = migrate(&hosts, &source, "not-the-token");
+    assert_ne!(wrong.code, 0);
+    assert!(wrong.stderr.contains("wrong token"), "{}", wrong.stderr);
+    assert!(!server.wait(), "the receiver refused");
+
+    assert_eq!(source.status("vm"), "running");
+    assert_eq!(
+        source.inspect("vm")["state"]["init_pid"].as_i64().unwrap(),
+        init,
+        "never stopped"
+    );
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-fail"), Feather::new("mig-fail-dst"));
+    let base = ScratchBase::new("mig-fail");
+    counting_vm(&source, &base);
+    let before = count(&source);
+    // The receiver has no CRIU: it takes the archive, then cannot restore it.
+    let server = Server::start(&hosts, &target, &[("FEATHER_CRIU", "/nonexistent/criu")]);
+    let failed = migrate(&hosts, &source, TOKEN);
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("could not restore it") && failed.stderr.contains("runs here again"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!server.wait());
+    assert_eq!(source.status("vm"), "running", "restored on the source");
+    let resumed = count(&source);
+    assert!(resumed >= before, "resumed at {resumed}, left at {before}");
+    source.eventually("the loop counts on at the source", || {
+        count(&source) > resumed
+    });
+    assert_eq!(
+        target.ok(&["ls", "--json"]).trim(),
+        "[]",
+        "nothing left on the target"
+    );
+}
