@@ -14,8 +14,9 @@ packages=(
     iputils-ping     # a program with file capabilities: tests that VM hardening keeps it working
     procps           # `ps` inside VMs in tests
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
-    nginx            # a real forking service (PIDFile=) that tests duplicate into VMs from its unit
-    curl             # the HTTP client those tests run inside VMs against nginx
+    nftables         # `nft`: feather's network policy for --net private VMs (crates/feather-net)
+    nginx            # network tests serve pages from VMs and the host; service tests duplicate its unit
+    curl             # network and service tests fetch those pages
     tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
     iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
     python3          # checkpoint tests: a unix-socket server and client inside a VM over /

@@ -701,7 +701,9 @@ def compare_start(bench: Bench) -> None:
     candidates.append(
         ("systemd-nspawn --volatile=overlay", ["systemd-nspawn", "--quiet", "--register=no", "--volatile=overlay", "-D", "/", "/bin/true"])
     )  # fmt: skip
-    candidates.append(("feather run --rm", f.cmd("run", "--rm", "--", "/bin/true")))
+    # Like the peers (bwrap's and podman's namespaces hold only loopback), feather gets no network
+    # here; what its own network (--net private, the default) costs is section 6.
+    candidates.append(("feather run --rm", f.cmd("run", "--rm", "--net", "none", "--", "/bin/true")))
     # The same two with every file they make on a tmpfs: what the disk costs them (see the note).
     memory_fs = bench.work / "tmpfs"
     memory_fs.mkdir()
@@ -710,7 +712,7 @@ def compare_start(bench: Bench) -> None:
     (memory_fs / "floor").mkdir()
     tmpfs_feather = Feather(f.binary, memory_fs / "root")
     candidates.append(("floor, scratch on a tmpfs", [str(bench.floor), str(memory_fs / "floor"), "/bin/true"]))
-    candidates.append(("feather run --rm, state root on a tmpfs", tmpfs_feather.cmd("run", "--rm", "--", "/bin/true")))
+    candidates.append(("feather run --rm, state root on a tmpfs", tmpfs_feather.cmd("run", "--rm", "--net", "none", "--", "/bin/true")))
 
     stats, failed = bench.probe_and_time(candidates)
     failures.update(failed)
@@ -1393,19 +1395,40 @@ def compare_network_namespace(bench: Bench) -> None:
         ("floor without a network namespace", [str(bench.floor), "--no-net", str(floor_dir), "/bin/true"]),
         ("floor with a network namespace", [str(bench.floor), str(floor_dir), "/bin/true"]),
     ]
-    stats = bench.hyperfine(commands)
+    f = bench.feather
+    feather_runs = [
+        ("feather run --rm --net host", f.cmd("run", "--rm", "--net", "host", "--", "/bin/true")),
+        ("feather run --rm --net none", f.cmd("run", "--rm", "--net", "none", "--", "/bin/true")),
+        ("feather run --rm --net private, the root's only VM", f.cmd("run", "--rm", "--net", "private", "--", "/bin/true")),
+    ]  # fmt: skip
+    stats = bench.hyperfine(commands + feather_runs)
+    # With another VM of the root running, the bridge and the nftables tables already exist.
+    f.up("net-neighbour")
+    shared = ("feather run --rm --net private, another VM running", f.cmd("run", "--rm", "--net", "private", "--", "/bin/true"))
+    stats.update(bench.hyperfine([feather_runs[1], shared]))
+    f.remove("net-neighbour")
+    commands += feather_runs + [shared]
     rows = [[label, code(argv), *stat_cells(stats[label])] for label, argv in commands]
     cost_unshare = stats["unshare with --net"].median - stats["unshare without --net"].median
     cost_floor = stats["floor with a network namespace"].median - stats["floor without a network namespace"].median
+    none = stats["feather run --rm --net none"].median
+    alone = stats["feather run --rm --net private, the root's only VM"].median
+    beside = stats["feather run --rm --net private, another VM running"].median
     bench.report.add(
         "6. Network namespace cost",
-        "feather always makes a network namespace (loopback only, brought up by init); its "
-        "`--net private|none|host` options (issue 3) do not exist yet, so `feather run --rm` with "
-        "and without one cannot be compared. The peer figure: the same start with and without a "
-        "new network namespace.",
+        "The peer figure: the same start with and without a new network namespace. feather's: "
+        "`--net host` (no namespace), `none` (loopback only), `private` (veth pair to the state "
+        "root's bridge, address, route, nftables entries; see docs/network.md) — for the root's "
+        "only VM, which also makes and removes the bridge and its tables, and beside a running VM "
+        "of the same root (the `none` row is timed again alongside it).",
         table(["what", "command", "min", "median", "max"], rows),
         f"A network namespace adds {secs(cost_unshare)} to unshare's median and {secs(cost_floor)} "
-        "to the floor's on this kernel.",
+        f"to the floor's on this kernel. A throw-away feather VM's median: {secs(none)} with "
+        f"`--net none`, {secs(beside)} with `--net private` beside a running VM, {secs(alone)} as "
+        "the root's only VM. Most of the difference is at the end (the kernel deleting the veth "
+        "and the namespace, waiting for RCU grace periods) and, for the only VM, the `nft` runs "
+        "that make and remove the root's tables; the start itself gains about 3 ms "
+        "(docs/network.md).",
         "Service duplication (start-to-ready vs native start) and IPC hardening's share of the start "
         "time are not built yet; they join this report when they land.",
     )

@@ -6,7 +6,7 @@ use crate::support::{Feather, ScratchBase};
 fn the_vm_has_its_own_pids_hostname_and_network() {
     let feather = Feather::new("iso-ns");
     let base = ScratchBase::new("iso-ns");
-    feather.start_over("box1", &base, &[]);
+    feather.start_over("box1", &base, &["--net", "none"]);
     // Its init is pid 1, and no host process is visible.
     let pids = feather.sh("box1", "ls /proc | grep -E '^[0-9]+$'");
     let pids: Vec<u32> = pids.lines().map(|l| l.parse().unwrap()).collect();

@@ -208,3 +208,19 @@ fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
         assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
     }
 }
+
+#[test]
+fn a_vm_starts_again_right_after_it_stopped() {
+    let feather = Feather::new("restart");
+    let base = ScratchBase::new("restart");
+    feather.ok(&["create", "--net", "none", "again", "--base", base.as_str()]);
+    for round in 0..10 {
+        feather.ok(&["start", "again"]);
+        assert_eq!(
+            feather.sh("again", "echo $((1 + 1))"),
+            "2\n",
+            "round {round}"
+        );
+        feather.ok(&["stop", "--time", "1", "again"]);
+    }
+}

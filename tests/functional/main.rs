@@ -13,5 +13,6 @@ mod isolation;
 mod lifecycle;
 mod limits;
 mod migrate;
+mod network;
 mod recovery;
 mod services;

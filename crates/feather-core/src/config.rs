@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::NetworkConfig;
 use crate::{Error, VmName};
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -30,6 +31,9 @@ pub struct VmConfig {
     /// (`feather create --service`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
+    /// Configs written before VMs had networks load as `mode = "none"`, what they meant.
+    #[serde(default)]
+    pub network: NetworkConfig,
 }
 
 /// Resource limits, enforced through the VM's cgroup. `None` means unlimited.
@@ -91,6 +95,12 @@ mod tests {
             ephemeral: false,
             scaffold: vec!["/proc".into()],
             services: vec!["nginx.service".into()],
+            network: NetworkConfig {
+                mode: crate::network::NetMode::Private,
+                address: Some([10, 77, 0, 2].into()),
+                publish: vec!["8081:80".parse().unwrap()],
+                egress: true,
+            },
         };
         let text = toml::to_string(&config).unwrap();
         assert_eq!(toml::from_str::<VmConfig>(&text).unwrap(), config);

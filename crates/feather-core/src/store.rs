@@ -143,16 +143,27 @@ impl StateRoot {
         Ok(vm)
     }
 
-    /// Removes what creates that died half-way left behind.
+    /// Removes what creates that died half-way left behind. A create takes milliseconds, so
+    /// only folders older than a minute are swept: younger ones may belong to a create running
+    /// right now in another process.
     pub fn sweep_incomplete(&self) {
         let Ok(entries) = fs::read_dir(self.vms_dir()) else {
             return;
+        };
+        let stale = |entry: &fs::DirEntry| {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| t.elapsed().ok())
+                .is_some_and(|age| age > std::time::Duration::from_secs(60))
         };
         for entry in entries.flatten() {
             if entry
                 .file_name()
                 .to_string_lossy()
                 .starts_with(".creating-")
+                && stale(&entry)
             {
                 let _ = fs::remove_dir_all(entry.path());
             }
@@ -327,6 +338,7 @@ mod tests {
             ephemeral: false,
             scaffold: vec![],
             services: vec![],
+            network: Default::default(),
         }
     }
 

@@ -874,7 +874,11 @@ fn posix_mq(p: &Published) -> Outcome {
 }
 
 fn io_errno(e: &std::io::Error) -> Errno {
-    Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO))
+    match e.kind() {
+        // std's connect_timeout reports its own timeout without an errno: a dropped packet.
+        std::io::ErrorKind::TimedOut if e.raw_os_error().is_none() => Errno::ETIMEDOUT,
+        _ => Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    }
 }
 
 fn read_token(path: &str, token: &str) -> Outcome {
@@ -1100,9 +1104,9 @@ fn key(p: &Published, keyring: i32) -> Outcome {
 
 fn netlink_route(p: &Published) -> Outcome {
     let mine = interfaces();
-    let theirs: Vec<&String> = p.interfaces.iter().filter(|name| *name != "lo").collect();
-    let shared: Vec<&&String> = theirs.iter().filter(|name| mine.contains(name)).collect();
-    if netns_inode() == p.netns || !shared.is_empty() {
+    // The namespace is the identity: names alone say nothing, every private VM has an `eth0`
+    // as the host may.
+    if netns_inode() == p.netns {
         reached(format!(
             "RTM_GETLINK shows the listener's links: {}",
             mine.join(", ")

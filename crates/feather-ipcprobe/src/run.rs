@@ -360,6 +360,7 @@ pub fn by_design(channel: &str) -> Option<&'static str> {
     Some(match channel {
         "file-read" => "VM→host: a VM reads the host's files it has not written, and sees the host's later changes to them — that is the copy-on-write view, and the reason a VM needs no image. The reverse does not exist: a VM's writes go to its own layer (`file-write`).",
         "inotify-listener-watches" => "VM→host: a VM reading a lower-layer file reads the host's file, so a host watching it sees the access (not the data). One-way: host writes do not raise events inside the VM (`inotify-client-watches`).",
+        "tcp-host-address" | "udp-host-address" => "host→VM: a VM has an address of its own (`--net private`, the default) so that the host reaches its services there, as with a published port. VM→host is refused and VM→VM dropped by feather's nftables policy (docs/network.md).",
         "keyring-user" | "keyring-session" => "inside one VM: kernel keyrings are not namespaced, so the seccomp filter denies keyctl, add_key and request_key to VM processes altogether (as Docker's default profile does); programs fall back to files.",
         _ => return None,
     })
@@ -373,6 +374,7 @@ pub fn expectation(channel: &str, direction: Direction) -> Expect {
         }
         (_, Direction::InsideVm | Direction::InitToExec) => Expect::Works,
         ("file-read" | "inotify-listener-watches", Direction::VmToHost) => Expect::OneWayByDesign,
+        ("tcp-host-address" | "udp-host-address", Direction::HostToVm) => Expect::OneWayByDesign,
         _ => Expect::Blocked,
     }
 }

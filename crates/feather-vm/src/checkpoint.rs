@@ -82,10 +82,19 @@ pub fn checkpoint(
         }
         _ => return Err(Error::NotRunning(name.to_string()).into()),
     }
-    if vm.read_config()?.ephemeral {
+    let config = vm.read_config()?;
+    if config.ephemeral {
         return Err(failed(
             name,
             "is a throw-away VM (run --rm): it goes away with its processes and cannot be checkpointed",
+        ));
+    }
+    if config.network.mode == feather_core::NetMode::Private {
+        return Err(failed(
+            name,
+            "has its own network (--net private), which checkpoint cannot save and restore yet \
+             (its veth pair ends outside the VM); checkpoint works for VMs created with \
+             --net none or --net host",
         ));
     }
     // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.

@@ -38,6 +38,10 @@ pub enum InitReport {
 /// The byte the keeper sends once it has moved init into the VM's cgroup.
 pub const GO: u8 = b'g';
 
+/// The byte the keeper sends once the VM's end of its veth pair (if any) is in init's network
+/// namespace: the keeper builds the host side while init assembles the root.
+pub const NETWORK_READY: u8 = b'n';
+
 /// Runs as the child of the keeper's clone into new namespaces; never returns.
 pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     // If the keeper dies, so does the VM: a VM nobody keeps could be neither stopped nor seen.
@@ -49,7 +53,7 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     if keeper.read_exact(&mut go).is_err() || go[0] != GO {
         std::process::exit(1);
     }
-    if let Err(why) = prepare(&plan) {
+    if let Err(why) = prepare(&plan, &mut keeper) {
         report(&mut keeper, InitReport::Failed(why));
         std::process::exit(1);
     }
@@ -167,7 +171,7 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
 
 /// Everything before init starts supervising: the cgroup view, the root, the seccomp filter
 /// and the capability set.
-fn prepare(plan: &InitPlan) -> Result<(), String> {
+fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
     // A detached VM is a session of its own, led by its init: nothing of it belongs to a
     // session outside (which would also keep it from being checkpointed).
     if !plan.attached {
@@ -177,6 +181,11 @@ fn prepare(plan: &InitPlan) -> Result<(), String> {
     // the VM sees its own group as the root of the hierarchy.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     rootfs::assemble(&plan.rootfs).map_err(|e| e.to_string())?;
+    let mut ready = [0u8; 1];
+    if keeper.read_exact(&mut ready).is_err() || ready[0] != NETWORK_READY {
+        return Err("the keeper did not attach the VM's network".into());
+    }
+    plan.rootfs.network.configure().map_err(|e| e.to_string())?;
     if !plan.attached {
         detach_stdio();
     }

@@ -17,6 +17,8 @@ pub struct Summary {
     pub name: String,
     pub status: VmStatus,
     pub base: PathBuf,
+    /// `private 10.77.0.2`, `none` or `host (not confined)`.
+    pub network: String,
     /// Processes in the VM now.
     pub processes: usize,
     /// Bytes of memory charged to the VM's cgroup now.
@@ -49,6 +51,7 @@ fn summary(config: &VmConfig, state: VmState) -> Summary {
         name: config.name.to_string(),
         status: state.status,
         base: config.base.clone(),
+        network: feather_net::summary(&config.network),
         processes: if running {
             members(config, &state).len()
         } else {
@@ -134,6 +137,7 @@ pub struct Inspection {
     pub control_socket: PathBuf,
     pub capabilities: Vec<String>,
     pub namespaces: Vec<&'static str>,
+    pub network: feather_net::NetworkView,
 }
 
 #[derive(Debug, Serialize)]
@@ -155,6 +159,12 @@ pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
             upper: l.upper,
         })
         .collect();
+    let namespaces = if config.network.mode == feather_core::NetMode::Host {
+        vec!["mount", "pid", "ipc", "uts", "cgroup"]
+    } else {
+        vec!["mount", "pid", "ipc", "uts", "net", "cgroup"]
+    };
+    let network = feather_net::view(root.dir(), &config.id, &config.network);
     Ok(Inspection {
         cgroup: cgroup_of(&config).map(|c| c.dirs()).unwrap_or_default(),
         config,
@@ -163,6 +173,7 @@ pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
         layers,
         control_socket: vm.control_socket(),
         capabilities: feather_confine::capabilities::default_set_names(),
-        namespaces: vec!["mount", "pid", "ipc", "uts", "net", "cgroup"],
+        namespaces,
+        network,
     })
 }

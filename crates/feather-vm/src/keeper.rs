@@ -6,6 +6,8 @@
 //! keeper ── clone3(new namespaces) ──▶ init (pid 1 inside)
 //!   │  1. create the cgroup, apply limits        │  waits for GO
 //!   │  2. move init into it, send GO  ─────────▶ │  3. unshare cgroupns, assemble root, pivot
+//!   │     bridge, veth into init's netns,        │     (meanwhile)
+//!   │     send NETWORK_READY  ─────────────────▶ │     configure eth0
 //!   │  5. record state, open control.sock ◀───── │  4. report Ready (or Failed: why)
 //!   └─ serve until init exits, then clean up     └─ supervise
 //! ```
@@ -79,11 +81,13 @@ pub struct Keeper {
     cgroup: Option<Cgroup>,
     init: ChildProcess,
     listener: UnixListener,
+    network: feather_net::Attachment,
     durability: Durability,
     /// Set once CRIU has saved the VM and ended its processes: their end is a checkpoint.
     checkpointed: std::cell::Cell<bool>,
-    /// Held for the keeper's whole life; its release tells others the keeper is gone.
-    _lock: File,
+    /// Held until the VM is cleaned up (or the keeper dies): its release tells others the VM
+    /// is no longer kept.
+    lock: File,
 }
 
 /// Where a running VM is on its way to an end.
@@ -141,6 +145,17 @@ impl Keeper {
         };
         remove_leftovers(vm, &config);
         let cgroup = cgroup_of(&config);
+        let (mut network, inside) = feather_net::prepare(
+            root.dir(),
+            vm.run_dir(),
+            name.as_str(),
+            &config.id,
+            &config.network,
+        )
+        .map_err(|e| {
+            remove_leftovers(vm, &config);
+            failed(&name, e.to_string())
+        })?;
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
@@ -148,6 +163,7 @@ impl Keeper {
                 rootfs: vm.rootfs(),
                 layers: layers::for_start(root, vm, &config)?,
                 hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
+                network: inside,
                 // A throw-away VM is never checkpointed, so its init need not re-execute from
                 // inside: that saves an exec and a dozen mounts on every `run --rm`.
                 init_files: if config.ephemeral {
@@ -170,26 +186,35 @@ impl Keeper {
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
         }
-        let booted = start_init(&name, cgroup.as_ref(), plan).and_then(|init| {
+        let booted = start_init(&name, cgroup.as_ref(), &network, plan).and_then(|init| {
             let listener = listen(vm)?;
             Ok((init, listener))
         });
         let (init, listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
+                network.detach();
                 remove_leftovers(vm, &config);
                 return Err(e);
             }
         };
+        if let Err(e) = network.complete() {
+            let _ = process::signal(&init.pidfd, Signal::SIGKILL);
+            let _ = waitpid(init.pid, None);
+            network.detach();
+            remove_leftovers(vm, &config);
+            return Err(failed(&name, e.to_string()));
+        }
         let keeper = Keeper {
             vm: vm.clone(),
             config,
             cgroup,
             init,
             listener,
+            network,
             durability,
             checkpointed: std::cell::Cell::new(false),
-            _lock: lock,
+            lock,
         };
         keeper.record_running()?;
         Ok(keeper)
@@ -205,6 +230,16 @@ impl Keeper {
             .ok_or_else(|| failed(&name, "is already running"))?;
         let config = vm.read_config()?;
         remove_leftovers(vm, &config);
+        // Only VMs without a private network are checkpointed (see checkpoint::checkpoint): the
+        // restored namespaces need nothing of the host's network.
+        let (network, _) = feather_net::prepare(
+            root.dir(),
+            vm.run_dir(),
+            name.as_str(),
+            &config.id,
+            &config.network,
+        )
+        .map_err(|e| failed(&name, e.to_string()))?;
         let cgroup = cgroup_of(&config);
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
@@ -225,8 +260,9 @@ impl Keeper {
             cgroup,
             init,
             listener,
+            network,
             checkpointed: std::cell::Cell::new(false),
-            _lock: lock,
+            lock,
         };
         keeper.record_running()?;
         Ok(keeper)
@@ -297,6 +333,9 @@ impl Keeper {
         };
         let ended = describe(status, foreground);
         self.tear_down(&ended.how);
+        // Everything is cleaned up: the VM may be started again before this process has exited,
+        // so the lock goes now, before anyone waiting for the stop hears of it.
+        drop(self.lock);
         for stream in stop_requests {
             let _ = protocol::write_response(
                 &stream,
@@ -392,9 +431,12 @@ impl Keeper {
                 eprintln!("feather keeper {}: {e}", self.vm.name());
             }
         }
+        self.network.detach();
         let _ = fs::remove_dir_all(self.vm.run_dir());
         if self.config.ephemeral {
+            self.network.release(&self.config.id);
             let _ = fs::remove_dir_all(self.vm.path());
+            self.network.wait();
             return;
         }
         let mut state = self.vm.read_state().unwrap_or_else(|_| VmState::created());
@@ -415,6 +457,7 @@ impl Keeper {
         if let Err(e) = self.vm.write_state(&state, self.durability) {
             eprintln!("feather keeper {}: {e}", self.vm.name());
         }
+        self.network.wait();
     }
 }
 
@@ -437,7 +480,8 @@ fn limits_of(config: &VmConfig) -> Limits {
 }
 
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still
-/// in it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
+/// in it), its veth and nftables chains (and the bridge, if no other VM of its state root uses
+/// it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
 /// namespace, which the kernel dropped with its last process.
 pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
     let cgroup = cgroup_path(config);
@@ -445,15 +489,27 @@ pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
         cgroup.kill_all();
         let _ = cgroup.remove(Duration::from_secs(5));
     }
+    // <root>/vms/<name>: the VM's state root is two folders up.
+    if let Some(root) = vm.path().parent().and_then(|vms| vms.parent()) {
+        feather_net::remove_leftovers(root, vm.run_dir(), &config.id, &config.network);
+    }
     let _ = fs::remove_dir_all(vm.run_dir());
 }
 
 /// Clones init into the VM's namespaces, moves it into the cgroup, and waits for its report.
-fn start_init(name: &VmName, cgroup: Option<&Cgroup>, plan: InitPlan) -> Result<ChildProcess> {
+fn start_init(
+    name: &VmName,
+    cgroup: Option<&Cgroup>,
+    network: &feather_net::Attachment,
+    plan: InitPlan,
+) -> Result<ChildProcess> {
     let (mut ours, theirs) =
         UnixStream::pair().map_err(|e| failed(name, format!("socketpair: {e}")))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
-    let namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
+    let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
+    if !plan.rootfs.network.own_namespace {
+        namespaces -= nix::sched::CloneFlags::CLONE_NEWNET;
+    }
     let init = match process::fork_into(namespaces).in_vm(name)? {
         Forked::Child => {
             drop(ours);
@@ -469,6 +525,12 @@ fn start_init(name: &VmName, cgroup: Option<&Cgroup>, plan: InitPlan) -> Result<
             cgroup.restrict_devices().in_vm(name)?;
         }
         ours.write_all(&[init::GO])
+            .map_err(|e| failed(name, format!("init did not start: {e}")))?;
+        // The host side of the VM's network is built while init assembles the VM's root.
+        network
+            .attach(init.pid.as_raw() as u32)
+            .map_err(|e| failed(name, e.to_string()))?;
+        ours.write_all(&[init::NETWORK_READY])
             .map_err(|e| failed(name, format!("init did not start: {e}")))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
             .map_err(|e| failed(name, e.to_string()))?;

@@ -11,7 +11,9 @@ use std::time::Duration;
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
 use feather_core::state::now;
-use feather_core::{Error, Limits, StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
+use feather_core::{
+    Error, Limits, NetworkConfig, StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus,
+};
 
 use crate::error::{failed, Result};
 use crate::keeper::{self, Keeper, KEEPER_SUBCOMMAND};
@@ -25,6 +27,7 @@ pub struct CreateOptions {
     pub base: Option<PathBuf>,
     pub limits: Limits,
     pub ephemeral: bool,
+    pub network: NetworkConfig,
 }
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
@@ -49,15 +52,20 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         .filter(|dir| !base.join(dir).is_dir())
         .map(|dir| PathBuf::from("/").join(dir))
         .collect();
+    let id = new_id();
+    let mut network = options.network.clone();
+    feather_net::allocate(root.dir(), &id, &mut network, !options.ephemeral)
+        .map_err(|e| failed(name, e.to_string()))?;
     let config = VmConfig {
         name: name.clone(),
-        id: new_id(),
+        id,
         base,
         limits: options.limits.clone(),
         created: now(),
         ephemeral: options.ephemeral,
         scaffold,
         services: Vec::new(),
+        network,
     };
     let durability = if options.ephemeral {
         Durability::Volatile
@@ -65,7 +73,9 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         Durability::Durable
     };
     root.sweep_incomplete();
-    let vm = root.create(&config, durability)?;
+    let vm = root.create(&config, durability).inspect_err(|_| {
+        let _ = feather_net::release(root.dir(), &config.id, &config.network);
+    })?;
     for dir in &config.scaffold {
         let path = vm.upper().join(dir.strip_prefix("/").unwrap_or(dir));
         fs::create_dir(&path).at(&path)?;
@@ -239,6 +249,8 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         .join(format!(".creating-removed-{}-{}", name, config.id));
     fs::rename(vm.path(), &doomed).at(vm.path())?;
     fs::remove_dir_all(&doomed).at(&doomed)?;
+    feather_net::release(root.dir(), &config.id, &config.network)
+        .map_err(|e| failed(name, e.to_string()))?;
     Ok(())
 }
 
@@ -258,6 +270,9 @@ pub fn run_ephemeral(
     let keeper = match Keeper::boot(root, &vm, Some(workload), true) {
         Ok(keeper) => keeper,
         Err(e) => {
+            if let Ok(config) = vm.read_config() {
+                let _ = feather_net::release(root.dir(), &config.id, &config.network);
+            }
             let _ = fs::remove_dir_all(vm.path());
             return Err(e);
         }

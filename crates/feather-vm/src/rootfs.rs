@@ -23,6 +23,8 @@ pub struct RootfsPlan {
     /// Host paths that must not be visible inside the VM: feather's state and run folders,
     /// which hold every VM's private layer and control socket.
     pub hidden: Vec<PathBuf>,
+    /// The VM's network inside: interface, generated /etc files.
+    pub network: feather_net::Inside,
     /// The host's feather binary and the shared libraries it runs with, bound read-only into
     /// [`INIT_DIR`] for init to re-execute from (see step 8b).
     pub init_files: Vec<PathBuf>,
@@ -118,8 +120,20 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
         target: plan.hostname.clone(),
         errno,
     })?;
-    // 10. Loopback works inside; no other interface exists in the VM's network namespace.
-    feather_sys::net::loopback_up()?;
+    // 10. The VM's network identity. Loopback works inside; with --net private the VM's end of
+    //     its veth pair gets its address and route (init still holds CAP_NET_ADMIN of its
+    //     own namespace here). Generated /etc/hostname, hosts and resolv.conf are bound over
+    //     the VM's files, so they never reach its layer; a base without the file goes without.
+    if plan.network.own_namespace {
+        feather_sys::net::loopback_up()?;
+    }
+    for (file, vm_path) in &plan.network.files {
+        let target = inside(root, vm_path);
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
+            mount::bind(file, &target)?;
+        }
+    }
+    //     (The interface itself is configured by init right after this recipe.)
     // 11. Make the assembled tree the root and drop every path back to the host's.
     mount::pivot_into(root)
 }

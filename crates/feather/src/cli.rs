@@ -173,11 +173,27 @@ pub struct CreateArgs {
     /// CPU limit in cores, e.g. 0.5
     #[arg(long, value_name = "CORES")]
     pub cpus: Option<String>,
+    /// Network: private (own address on the state root's bridge), none (loopback only) or
+    /// host (the host's network, not confined) [default: private]
+    #[arg(long, value_name = "MODE")]
+    pub net: Option<String>,
+    /// Forward a host port to a port of the VM, e.g. 8081:80 or 5353:53/udp (repeatable)
+    #[arg(short = 'p', long, value_name = "HOSTPORT:VMPORT[/tcp|udp]")]
+    pub publish: Vec<String>,
+    /// Let the VM reach beyond the host (masqueraded as the host)
+    #[arg(long)]
+    pub egress: bool,
 }
 
 impl CreateArgs {
     pub fn is_empty(&self) -> bool {
-        self.base.is_none() && self.memory.is_none() && self.pids.is_none() && self.cpus.is_none()
+        self.base.is_none()
+            && self.memory.is_none()
+            && self.pids.is_none()
+            && self.cpus.is_none()
+            && self.net.is_none()
+            && self.publish.is_empty()
+            && !self.egress
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use feather_core::size::parse_bytes;
-use feather_core::{Error, Limits, StateRoot, VmName};
+use feather_core::{Error, Limits, NetMode, NetworkConfig, StateRoot, VmName};
 use feather_vm::exec::exec;
 use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::workload::Workload;
@@ -206,7 +206,7 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
     let name: VmName = name.parse()?;
     match root.open(&name) {
         Ok(_) if !args.create.is_empty() => {
-            anyhow::bail!("VM {name} exists: --base, --memory, --pids and --cpus apply only when run creates it")
+            anyhow::bail!("VM {name} exists: --base, --memory, --pids, --cpus and the network options apply only when run creates it")
         }
         Ok(_) => {}
         Err(Error::NotFound(_)) => {
@@ -249,10 +249,27 @@ fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
         pids: args.pids.map(Limits::validate_pids).transpose()?,
         cpus: args.cpus.as_deref().map(Limits::parse_cpus).transpose()?,
     };
+    let network = NetworkConfig {
+        mode: args
+            .net
+            .as_deref()
+            .map(str::parse)
+            .transpose()?
+            .unwrap_or(NetMode::Private),
+        address: None,
+        publish: args
+            .publish
+            .iter()
+            .map(|p| p.parse())
+            .collect::<Result<_, _>>()?,
+        egress: args.egress,
+    };
+    network.validate()?;
     Ok(CreateOptions {
         base: args.base.clone(),
         limits,
         ephemeral: false,
+        network,
     })
 }
 

@@ -28,6 +28,7 @@ pub fn vms(rows: &[Summary]) {
         "PROCS",
         "MEMORY",
         "BASE",
+        "NETWORK",
         "CREATED",
         "LAST EXIT",
     ]);
@@ -41,6 +42,7 @@ pub fn vms(rows: &[Summary]) {
                 .map(human_bytes)
                 .unwrap_or_else(|| "-".into()),
             vm.base.display().to_string(),
+            vm.network.clone(),
             format!("{} ago", age(now.saturating_sub(vm.created))),
             vm.last_exit.clone().unwrap_or_default(),
         ]);

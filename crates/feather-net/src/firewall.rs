@@ -1,0 +1,231 @@
+//! feather's default network policy, in nftables: two tables per state root, both named after
+//! its bridge — `inet` for what reaches or leaves the host, `bridge` for what passes between
+//! ports of the bridge (VM to VM, which the `inet` family never sees). Each VM has a chain of
+//! its own in both, reached through a verdict map, where later work adds the channels a
+//! policy opens; empty chains fall through to the drop rules.
+//!
+//! - host → VM: allowed (the host's output is not filtered; replies are `established`)
+//! - VM → host services: refused (`inet input` rejects: TCP reset, ICMP port unreachable), as
+//!   if nothing listened there
+//! - VM → VM: dropped (`bridge forward`, frames from any `fth*` port: this kernel has neither
+//!   `meta ibrname`, bridge conntrack nor bridge `reject`, so the rules there match ports,
+//!   statelessly, and drop)
+//! - VM → outside: dropped unless the VM was created with `--egress` (then masqueraded)
+//!
+//! The drops match by interface (the bridge, `fth*` ports), so they hold from the moment a
+//! VM's veth exists, before its own chains are added.
+
+use std::io::Write;
+use std::net::Ipv4Addr;
+use std::process::{Command, Stdio};
+
+use crate::error::{NetError, Result};
+use crate::nftables::{self, Change, Key};
+use crate::settings::RootNetwork;
+
+/// The policy chain names of one VM, from its interface name.
+fn chain(host_end: &str) -> String {
+    format!("vm-{host_end}")
+}
+
+/// Creates the root's two tables afresh (dropping any left over).
+pub fn create_tables(network: &RootNetwork) -> Result<()> {
+    let table = network.table();
+    let bridge = &network.bridge;
+    let subnet = network.subnet;
+    run(
+        &format!("create tables {table}"),
+        &format!(
+            r#"add table inet {table}
+delete table inet {table}
+add table bridge {table}
+delete table bridge {table}
+table inet {table} {{
+    map from_vm {{ type ipv4_addr : verdict; }}
+    set egress {{ type ipv4_addr; }}
+    chain input {{
+        type filter hook input priority filter; policy accept;
+        iifname "{bridge}" ct state established,related accept
+        iifname "{bridge}" ip saddr vmap @from_vm
+        iifname "{bridge}" meta l4proto tcp counter reject with tcp reset comment "VM to host services"
+        iifname "{bridge}" counter reject with icmpx port-unreachable comment "VM to host services"
+    }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        oifname "{bridge}" ct state established,related accept
+        iifname "{bridge}" oifname != "{bridge}" ip saddr @egress accept
+        iifname "{bridge}" counter drop comment "VM to outside without --egress"
+        oifname "{bridge}" counter drop comment "outside to VM"
+    }}
+    chain postrouting {{
+        type nat hook postrouting priority srcnat; policy accept;
+        oifname != "{bridge}" ip saddr @egress ip daddr != {subnet} masquerade
+    }}
+}}
+table bridge {table} {{
+    map from_port {{ type ifname : verdict; }}
+    chain forward {{
+        type filter hook forward priority filter; policy accept;
+        iifname vmap @from_port
+        iifname "fth*" counter drop comment "VM to VM"
+    }}
+}}
+"#
+        ),
+    )
+}
+
+/// Removes the root's tables (when its bridge goes).
+pub fn delete_tables(network: &RootNetwork) {
+    let table = network.table();
+    let _ = run(
+        &format!("delete tables {table}"),
+        &format!(
+            "add table inet {table}\ndelete table inet {table}\nadd table bridge {table}\ndelete table bridge {table}\n"
+        ),
+    );
+}
+
+/// The changes that give one VM its chains and map entries (and its address to `egress`).
+fn vm_entries<'a>(
+    table: &'a str,
+    chain: &'a str,
+    host_end: &'a str,
+    address: Ipv4Addr,
+    egress: bool,
+) -> Vec<Change<'a>> {
+    use nftables::Family::{Bridge, Inet};
+    let mut changes = vec![
+        Change::AddChain {
+            family: Inet,
+            table,
+            chain,
+        },
+        Change::AddElement {
+            family: Inet,
+            table,
+            set: "from_vm",
+            key: Key::Ipv4(address),
+            jump: Some(chain),
+        },
+        Change::AddChain {
+            family: Bridge,
+            table,
+            chain,
+        },
+        Change::AddElement {
+            family: Bridge,
+            table,
+            set: "from_port",
+            key: Key::Interface(host_end),
+            jump: Some(chain),
+        },
+    ];
+    if egress {
+        changes.push(Change::AddElement {
+            family: Inet,
+            table,
+            set: "egress",
+            key: Key::Ipv4(address),
+            jump: None,
+        });
+    }
+    changes
+}
+
+/// Adds one VM's chains and map entries, in one transaction.
+pub fn add_vm(
+    network: &RootNetwork,
+    host_end: &str,
+    address: Ipv4Addr,
+    egress: bool,
+) -> Result<()> {
+    let table = network.table();
+    let chain = chain(host_end);
+    nftables::apply(&vm_entries(&table, &chain, host_end, address, egress)).map_err(|e| {
+        NetError::Firewall {
+            what: format!("add VM {host_end} to tables {table}"),
+            why: e.to_string(),
+        }
+    })
+}
+
+/// Removes one VM's chains and map entries. Whatever is already gone is skipped: a batch with
+/// a missing entry fails as a whole, and then the entries are removed one at a time.
+pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egress: bool) {
+    use nftables::Family::{Bridge, Inet};
+    let table = network.table();
+    let chain = chain(host_end);
+    let table = table.as_str();
+    let chain = chain.as_str();
+    // Elements before the chains they jump to: a chain still referenced cannot go.
+    let mut changes = Vec::new();
+    if egress {
+        changes.push(Change::DeleteElement {
+            family: Inet,
+            table,
+            set: "egress",
+            key: Key::Ipv4(address),
+        });
+    }
+    changes.extend([
+        Change::DeleteElement {
+            family: Inet,
+            table,
+            set: "from_vm",
+            key: Key::Ipv4(address),
+        },
+        Change::DeleteChain {
+            family: Inet,
+            table,
+            chain,
+        },
+        Change::DeleteElement {
+            family: Bridge,
+            table,
+            set: "from_port",
+            key: Key::Interface(host_end),
+        },
+        Change::DeleteChain {
+            family: Bridge,
+            table,
+            chain,
+        },
+    ]);
+    if nftables::apply(&changes).is_err() {
+        for change in changes {
+            let _ = nftables::apply(std::slice::from_ref(&change));
+        }
+    }
+}
+
+/// Runs `nft -f -` on `script`: one atomic batch.
+fn run(what: &str, script: &str) -> Result<()> {
+    let failed = |why: String| NetError::Firewall {
+        what: what.to_owned(),
+        why,
+    };
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| failed(format!("cannot run nft: {e}")))?;
+    // The script is far smaller than a pipe's buffer: writing it never blocks on nft.
+    let written = child
+        .stdin
+        .take()
+        .map_or(Ok(()), |mut stdin| stdin.write_all(script.as_bytes()));
+    let output = child
+        .wait_with_output()
+        .map_err(|e| failed(e.to_string()))?;
+    written.map_err(|e| failed(e.to_string()))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(failed(
+            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        ))
+    }
+}

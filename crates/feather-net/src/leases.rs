@@ -1,0 +1,127 @@
+//! Address leases: which VM of a state root holds which address, one file per leased address
+//! (`<root>/network-leases/<address>`, holding the VM's id). A lease is taken by creating its
+//! file with O_EXCL, which the kernel makes atomic: two creates racing each other never get
+//! the same address, with no lock to wait for. Leases of durable VMs are flushed to disk;
+//! those of throw-away VMs (`run --rm`) need not survive a power cut.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::error::{IoAt, NetError, Result};
+use crate::settings::RootNetwork;
+
+fn leases_dir(network: &RootNetwork) -> PathBuf {
+    network.root().join("network-leases")
+}
+
+/// (address, VM id) of every lease of the root.
+fn read(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
+    let dir = leases_dir(network);
+    let entries = match fs::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).at(dir),
+    };
+    Ok(entries
+        .flatten()
+        .filter_map(|entry| {
+            let address = entry.file_name().to_str()?.parse().ok()?;
+            let id = fs::read_to_string(entry.path()).ok()?;
+            Some((address, id.trim().to_owned()))
+        })
+        .collect())
+}
+
+/// Leases the lowest free address of the root's subnet to VM `vm_id` (or returns the one it
+/// holds already).
+pub fn lease(network: &RootNetwork, vm_id: &str, durable: bool) -> Result<Ipv4Addr> {
+    let held = read(network)?;
+    if let Some((address, _)) = held.iter().find(|(_, id)| id == vm_id) {
+        return Ok(*address);
+    }
+    let dir = leases_dir(network);
+    fs::create_dir_all(&dir).at(&dir)?;
+    for address in network.subnet.vm_hosts() {
+        if held.iter().any(|(a, _)| *a == address) {
+            continue;
+        }
+        let path = dir.join(address.to_string());
+        let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => file,
+            // Taken since we looked: a racing create got it first.
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).at(path),
+        };
+        file.write_all(vm_id.as_bytes()).at(&path)?;
+        if durable {
+            file.sync_all().at(&path)?;
+            File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
+        }
+        return Ok(address);
+    }
+    Err(NetError::SubnetFull {
+        subnet: network.subnet.to_string(),
+        settings: network.root().join("network.toml"),
+    })
+}
+
+/// Returns every address VM `vm_id` holds to the pool.
+pub fn release(network: &RootNetwork, vm_id: &str) -> Result<()> {
+    let dir = leases_dir(network);
+    for (address, id) in read(network)? {
+        if id == vm_id {
+            let path = dir.join(address.to_string());
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != ErrorKind::NotFound => return Err(e).at(path),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch_network(label: &str) -> RootNetwork {
+        let root =
+            std::env::temp_dir().join(format!("feather-leases-{label}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        fs::write(
+            root.join("network.toml"),
+            "bridge = \"feather-t\"\nsubnet = \"10.99.0.0/29\"\n",
+        )
+        .unwrap();
+        RootNetwork::load(&root).unwrap().unwrap()
+    }
+
+    #[test]
+    fn racing_leases_are_distinct_and_released_ones_come_back() {
+        let network = scratch_network("race");
+        let threads: Vec<_> = (0..5)
+            .map(|i| {
+                let network = network.clone();
+                std::thread::spawn(move || lease(&network, &format!("vm{i}"), false).unwrap())
+            })
+            .collect();
+        let mut addresses: Vec<Ipv4Addr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        addresses.sort();
+        addresses.dedup();
+        assert_eq!(addresses.len(), 5, "{addresses:?}");
+        // A /29 has 5 addresses for VMs (.2 to .6): the sixth VM is refused.
+        assert!(matches!(
+            lease(&network, "vm5", false),
+            Err(NetError::SubnetFull { .. })
+        ));
+        // Asking again gives a VM the address it holds; a returned one is leased anew.
+        let held = lease(&network, "vm3", false).unwrap();
+        assert!(addresses.contains(&held));
+        release(&network, "vm3").unwrap();
+        assert_eq!(lease(&network, "vm5", true).unwrap(), held);
+        fs::remove_dir_all(network.root()).unwrap();
+    }
+}

@@ -1,0 +1,465 @@
+//! feather's VM networking. A VM with `--net private` gets a veth pair joining its network
+//! namespace to its state root's bridge, an address leased from the root's subnet (chosen at
+//! create, kept across stop and start), a default route through the bridge, nftables policy,
+//! and published host ports. `--net none` keeps loopback only; `--net host` shares the host's
+//! network and is not confined.
+//!
+//! Who does what when a VM starts:
+//! ```text
+//! keeper: prepare()  lease known, /etc files written, host ports bound (taken → error)
+//!         clone3 → init in a new netns; cgroup; ──GO──▶ init assembles its root
+//!         attach()   meanwhile: bridge (+ nftables tables) if missing, veth pair with its
+//!                    peer created directly in init's netns, the VM's chains and map
+//!                    entries (one nf_tables netlink batch)  ──NETWORK_READY──▶ init
+//! init:   configure()  address, link up, default route on eth0 (still holding CAP_NET_ADMIN)
+//! keeper: complete()  forwarder threads for published ports
+//! stop:   detach()   veth; the VM's entries, or bridge and tables with the root's last VM
+//!         wait()     before the keeper reports the VM stopped
+//! ```
+
+pub mod error;
+pub mod etc;
+pub mod firewall;
+pub mod leases;
+pub mod netlink;
+pub mod nftables;
+pub mod publish;
+pub mod settings;
+pub mod subnet;
+
+use std::cell::{Cell, RefCell};
+use std::fs;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use feather_core::network::{NetMode, NetworkConfig};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+use serde::Serialize;
+
+use error::netlink as netlink_error;
+pub use error::{NetError, Result};
+use netlink::{index_of, Netlink};
+use publish::Published;
+pub use settings::RootNetwork;
+
+/// The name of the VM's end of its veth pair, inside its namespace.
+pub const VM_INTERFACE: &str = "eth0";
+
+/// The host end of a VM's veth pair: `fth` and 8 hex digits of the VM's id (interface names
+/// have at most 15 characters).
+pub fn host_end(vm_id: &str) -> String {
+    let digits: String = vm_id
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(8)
+        .collect();
+    format!("fth{digits}")
+}
+
+/// At `feather create`: checks the options, checks the published host ports are free now, and
+/// leases the VM's address (private mode). `durable`: the lease must survive a power cut (not
+/// needed for a throw-away VM).
+pub fn allocate(
+    root_dir: &Path,
+    vm_id: &str,
+    config: &mut NetworkConfig,
+    durable: bool,
+) -> Result<()> {
+    config
+        .validate()
+        .map_err(|e| NetError::Invalid(e.to_string()))?;
+    publish::check_free(&config.publish)?;
+    if config.mode == NetMode::Private {
+        let (network, _lock) = RootNetwork::load_or_choose_locked(root_dir)?;
+        config.address = Some(leases::lease(&network, vm_id, durable)?);
+    }
+    Ok(())
+}
+
+/// At `feather rm`: returns the VM's address to the root's pool.
+pub fn release(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> Result<()> {
+    if config.mode != NetMode::Private {
+        return Ok(());
+    }
+    if let Some(network) = RootNetwork::load(root_dir)? {
+        let _lock = network.lock()?;
+        leases::release(&network, vm_id)?;
+        network.forget_if_unused();
+    }
+    Ok(())
+}
+
+/// What the VM's init does about the network inside its new namespace.
+#[derive(Clone, Debug)]
+pub struct Inside {
+    /// Whether the VM has a network namespace of its own (not `--net host`).
+    pub own_namespace: bool,
+    /// The VM's end of its veth pair to configure (`--net private`).
+    pub interface: Option<Interface>,
+    /// Generated files on the host and the paths inside the VM to bind them over.
+    pub files: Vec<(PathBuf, PathBuf)>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Interface {
+    pub name: String,
+    pub address: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+}
+
+impl Inside {
+    /// Gives the VM's interface its address, brings it up and routes through the bridge.
+    /// Runs in the VM's network namespace.
+    pub fn configure(&self) -> Result<()> {
+        let Some(interface) = &self.interface else {
+            return Ok(());
+        };
+        let name = &interface.name;
+        let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "in the VM"))?;
+        let index = index_of(name).ok_or_else(|| {
+            NetError::Invalid(format!("interface {name} did not appear in the VM"))
+        })?;
+        netlink
+            .add_address(index, interface.address, interface.prefix)
+            .map_err(netlink_error(
+                "add address",
+                format!("{} to {name}", interface.address),
+            ))?;
+        netlink
+            .set_up(index)
+            .map_err(netlink_error("bring up", name.clone()))?;
+        netlink
+            .add_default_route(index, interface.gateway)
+            .map_err(netlink_error(
+                "add default route via",
+                interface.gateway.to_string(),
+            ))
+    }
+}
+
+/// The host side of one running VM's network, owned by its keeper.
+pub struct Attachment {
+    config: NetworkConfig,
+    network: Option<RootNetwork>,
+    host_end: String,
+    published: Option<Published>,
+    /// `<run dir>/network-attached`: present from attach until the VM's network is removed.
+    marker: PathBuf,
+    /// The thread removing the VM's firewall entries (or, with the root's last VM, the bridge
+    /// and tables), from `detach` until the attachment is dropped.
+    removing: RefCell<Option<JoinHandle<()>>>,
+    /// Whether `release` returned the VM's lease (a throw-away VM).
+    released: Cell<bool>,
+}
+
+/// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
+/// binds its published ports. Returns the host side and the plan for init.
+pub fn prepare(
+    root_dir: &Path,
+    run_dir: &Path,
+    name: &str,
+    vm_id: &str,
+    config: &NetworkConfig,
+) -> Result<(Attachment, Inside)> {
+    let network = match config.mode {
+        NetMode::Private => Some(RootNetwork::load_or_choose(root_dir)?),
+        NetMode::None | NetMode::Host => None,
+    };
+    let private = match (&network, config.address) {
+        (Some(network), Some(address)) if network.subnet.contains(address) => {
+            Some((address, network.gateway()))
+        }
+        (Some(network), Some(address)) => {
+            return Err(NetError::Invalid(format!(
+                "VM {name} has address {address}, outside its state root's subnet {} (set in {}; \
+                 put the subnet back, or recreate the VM)",
+                network.subnet,
+                network.root().join("network.toml").display()
+            )))
+        }
+        (Some(_), None) => {
+            return Err(NetError::Invalid(format!(
+                "VM {name} has --net private but no address in its config (recreate it)"
+            )))
+        }
+        _ => None,
+    };
+    let files = etc::write(
+        &run_dir.join("etc"),
+        &etc::Identity {
+            name,
+            mode: config.mode,
+            private,
+            egress: config.egress,
+        },
+    )?;
+    let published = match private {
+        Some((address, _)) => Some(publish::bind(&config.publish, address)?),
+        None => None,
+    };
+    let interface = match (&network, private) {
+        (Some(network), Some((address, gateway))) => Some(Interface {
+            name: VM_INTERFACE.to_owned(),
+            address,
+            prefix: network.subnet.prefix(),
+            gateway,
+        }),
+        _ => None,
+    };
+    let inside = Inside {
+        own_namespace: config.mode != NetMode::Host,
+        interface,
+        files,
+    };
+    let attachment = Attachment {
+        config: config.clone(),
+        network,
+        host_end: host_end(vm_id),
+        published,
+        marker: run_dir.join(ATTACHED),
+        removing: RefCell::new(None),
+        released: Cell::new(false),
+    };
+    Ok((attachment, inside))
+}
+
+impl Attachment {
+    /// Joins the namespace of the VM's init (process `init_pid`) to the root's bridge, making
+    /// the bridge and its tables first if this is the root's first running VM.
+    pub fn attach(&self, init_pid: u32) -> Result<()> {
+        let (Some(network), Some(address)) = (&self.network, self.config.address) else {
+            return Ok(());
+        };
+        let _lock = network.lock()?;
+        // Written first: whatever happens next, a later clean-up knows there may be something
+        // of this VM to remove.
+        fs::write(&self.marker, b"").map_err(|source| NetError::Io {
+            path: self.marker.clone(),
+            source,
+        })?;
+        let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "on the host"))?;
+        let bridge = match index_of(&network.bridge) {
+            Some(index) => index,
+            None => {
+                netlink
+                    .create_bridge(&network.bridge)
+                    .map_err(netlink_error("create bridge", network.bridge.clone()))?;
+                let index = index_of(&network.bridge).ok_or_else(|| {
+                    NetError::Invalid(format!("bridge {} vanished", network.bridge))
+                })?;
+                netlink
+                    .add_address(index, network.gateway(), network.subnet.prefix())
+                    .map_err(netlink_error("add address", network.bridge.clone()))?;
+                firewall::create_tables(network)?;
+                index
+            }
+        };
+        if let Some(stale) = index_of(&self.host_end) {
+            let _ = netlink.delete_link(stale);
+        }
+        netlink
+            .create_veth(&self.host_end, bridge, VM_INTERFACE, init_pid)
+            .map_err(netlink_error("create veth pair", self.host_end.clone()))?;
+        if let Err(e) = firewall::add_vm(network, &self.host_end, address, self.config.egress) {
+            // The tables may have been removed by hand: make them again, once.
+            firewall::create_tables(network)?;
+            firewall::add_vm(network, &self.host_end, address, self.config.egress)
+                .map_err(|_| e)?;
+        }
+        if self.config.egress {
+            enable_forwarding()?;
+        }
+        Ok(())
+    }
+
+    /// Once the VM is up: starts forwarding the published ports (threads of the calling
+    /// process).
+    pub fn complete(&mut self) -> Result<()> {
+        if let Some(published) = self.published.take() {
+            published.serve();
+        }
+        Ok(())
+    }
+
+    /// Returns the lease of a throw-away VM whose state goes with its run. (Whether the root
+    /// can forget its network is decided in [`Attachment::wait`], after the tear-down.)
+    pub fn release(&self, vm_id: &str) {
+        if let Some(network) = &self.network {
+            if leases::release(network, vm_id).is_ok() {
+                self.released.set(true);
+            }
+        }
+    }
+
+    /// Removes what `attach` made for this VM, and the bridge with the root's last VM.
+    /// The firewall part goes on, on a thread, while the keeper finishes its own tear-down;
+    /// dropping the attachment waits for it.
+    pub fn detach(&self) {
+        if let (Some(network), Some(address)) = (&self.network, self.config.address) {
+            *self.removing.borrow_mut() =
+                clean_up(network, &self.host_end, address, self.config.egress);
+            let _ = fs::remove_file(&self.marker);
+        }
+    }
+}
+
+impl Attachment {
+    /// Waits until what `detach` started is done: once the keeper says the VM stopped, nothing
+    /// of its network may be left.
+    pub fn wait(&self) {
+        if let Some(removing) = self.removing.borrow_mut().take() {
+            let _ = removing.join();
+        }
+        if let (true, Some(network)) = (self.released.replace(false), &self.network) {
+            if let Ok(_lock) = network.lock() {
+                network.forget_if_unused();
+            }
+        }
+    }
+}
+
+impl Drop for Attachment {
+    fn drop(&mut self) {
+        self.wait();
+    }
+}
+
+/// What a keeper that died without cleaning up left of a VM's network: its veth, its chains,
+/// and the bridge if no other VM of the root uses it. Looks only when the VM's run folder says
+/// it was attached, so a clean start pays nothing for it.
+pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &NetworkConfig) {
+    let marker = run_dir.join(ATTACHED);
+    if !marker.exists() {
+        return;
+    }
+    if let (NetMode::Private, Some(address)) = (config.mode, config.address) {
+        if let Ok(Some(network)) = RootNetwork::load(root_dir) {
+            if let Some(removing) = clean_up(&network, &host_end(vm_id), address, config.egress) {
+                let _ = removing.join();
+            }
+        }
+    }
+    let _ = fs::remove_file(marker);
+}
+
+const ATTACHED: &str = "network-attached";
+
+/// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
+/// its firewall entries or, if it was the bridge's last port, the bridge and both tables. The thread blocks every signal (they belong to the keeper's main thread).
+fn clean_up(
+    network: &RootNetwork,
+    host_end: &str,
+    address: Ipv4Addr,
+    egress: bool,
+) -> Option<JoinHandle<()>> {
+    let lock = network.lock().ok()?;
+    let mut netlink = Netlink::open().ok()?;
+    let network = network.clone();
+    let host_end = host_end.to_owned();
+    let work = move || {
+        let _lock = lock;
+        let others = Path::new("/sys/class/net")
+            .join(&network.bridge)
+            .join("brif");
+        let in_use = fs::read_dir(&others).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|port| port.file_name().to_str() != Some(host_end.as_str()))
+        });
+        // The veth is usually still there: the kernel tears the VM's namespace down in the
+        // background. Deleting it and committing the nftables change each wait for RCU grace
+        // periods, so the two run side by side.
+        std::thread::scope(|both| {
+            both.spawn(|| {
+                if in_use {
+                    firewall::remove_vm(&network, &host_end, address, egress);
+                } else {
+                    firewall::delete_tables(&network);
+                }
+            });
+            if let Some(index) = index_of(&host_end) {
+                let _ = netlink.delete_link(index);
+            }
+            if !in_use {
+                if let Some(bridge) = index_of(&network.bridge) {
+                    let _ = netlink.delete_link(bridge);
+                }
+            }
+        });
+    };
+    let mut old = SigSet::empty();
+    let _ = pthread_sigmask(
+        SigmaskHow::SIG_SETMASK,
+        Some(&SigSet::all()),
+        Some(&mut old),
+    );
+    let thread = std::thread::Builder::new()
+        .stack_size(256 << 10)
+        .spawn(work);
+    let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    thread.ok()
+}
+
+/// `--egress` needs the host to route between the bridge and its other interfaces.
+fn enable_forwarding() -> Result<()> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    if fs::read_to_string(path).is_ok_and(|v| v.trim() == "1") {
+        return Ok(());
+    }
+    fs::write(path, "1").map_err(|source| NetError::Io {
+        path: path.into(),
+        source,
+    })
+}
+
+/// How `inspect` shows a VM's network.
+#[derive(Debug, Serialize)]
+pub struct NetworkView {
+    pub mode: NetMode,
+    /// False for `--net host`: the VM shares the host's network and nothing confines it.
+    pub confined: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gateway: Option<Ipv4Addr>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bridge: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub host_interface: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub nftables_table: Option<String>,
+    pub publish: Vec<String>,
+    pub egress: bool,
+}
+
+pub fn view(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> NetworkView {
+    let network = match config.mode {
+        NetMode::Private => RootNetwork::load(root_dir).ok().flatten(),
+        _ => None,
+    };
+    NetworkView {
+        mode: config.mode,
+        confined: config.mode != NetMode::Host,
+        address: config.address,
+        prefix: network.as_ref().map(|n| n.subnet.prefix()),
+        gateway: network.as_ref().map(RootNetwork::gateway),
+        bridge: network.as_ref().map(|n| n.bridge.clone()),
+        host_interface: network.as_ref().map(|_| host_end(vm_id)),
+        nftables_table: network.as_ref().map(RootNetwork::table),
+        publish: config.publish.iter().map(ToString::to_string).collect(),
+        egress: config.egress,
+    }
+}
+
+/// The NETWORK column of `feather ls`.
+pub fn summary(config: &NetworkConfig) -> String {
+    match (config.mode, config.address) {
+        (NetMode::Private, Some(address)) => format!("private {address}"),
+        (NetMode::Host, _) => "host (not confined)".into(),
+        (mode, _) => mode.to_string(),
+    }
+}

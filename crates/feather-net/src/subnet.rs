@@ -1,0 +1,116 @@
+//! IPv4 subnets: the one a state root's VMs get addresses from.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// An IPv4 network, e.g. `10.77.0.0/16`. Its first host address is the bridge's (the VMs'
+/// gateway); the others are leased to VMs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct Subnet {
+    network: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Subnet {
+    pub fn new(address: Ipv4Addr, prefix: u8) -> Result<Subnet, String> {
+        if !(8..=30).contains(&prefix) {
+            return Err(format!("prefix /{prefix}: must be between /8 and /30"));
+        }
+        let mask = u32::MAX << (32 - prefix);
+        Ok(Subnet {
+            network: Ipv4Addr::from(u32::from(address) & mask),
+            prefix,
+        })
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    fn mask(&self) -> u32 {
+        u32::MAX << (32 - self.prefix)
+    }
+
+    pub fn contains(&self, address: Ipv4Addr) -> bool {
+        u32::from(address) & self.mask() == u32::from(self.network)
+    }
+
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        let mask = self.mask() & other.mask();
+        u32::from(self.network) & mask == u32::from(other.network) & mask
+    }
+
+    /// The bridge's address: the first host of the network.
+    pub fn gateway(&self) -> Ipv4Addr {
+        self.host(1)
+    }
+
+    /// The n-th address of the network.
+    pub fn host(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.network) + n)
+    }
+
+    /// Addresses a VM may get: all hosts but the gateway, without network and broadcast.
+    pub fn vm_hosts(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let size = 1u32 << (32 - self.prefix);
+        (2..size - 1).map(|n| self.host(n))
+    }
+}
+
+impl FromStr for Subnet {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Subnet, String> {
+        let (address, prefix) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?}: expected ADDRESS/PREFIX, e.g. 10.77.0.0/16"))?;
+        let address: Ipv4Addr = address
+            .parse()
+            .map_err(|_| format!("{text:?}: {address:?} is not an IPv4 address"))?;
+        let prefix: u8 = prefix
+            .parse()
+            .map_err(|_| format!("{text:?}: {prefix:?} is not a prefix length"))?;
+        Subnet::new(address, prefix)
+    }
+}
+
+impl TryFrom<String> for Subnet {
+    type Error = String;
+    fn try_from(text: String) -> Result<Subnet, String> {
+        text.parse()
+    }
+}
+
+impl From<Subnet> for String {
+    fn from(subnet: Subnet) -> String {
+        subnet.to_string()
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_and_counts_hosts() {
+        let subnet: Subnet = "10.78.3.9/24".parse().unwrap();
+        assert_eq!(subnet.to_string(), "10.78.3.0/24");
+        assert_eq!(subnet.gateway(), Ipv4Addr::new(10, 78, 3, 1));
+        let hosts: Vec<_> = subnet.vm_hosts().collect();
+        assert_eq!(hosts.first(), Some(&Ipv4Addr::new(10, 78, 3, 2)));
+        assert_eq!(hosts.last(), Some(&Ipv4Addr::new(10, 78, 3, 254)));
+        assert!(subnet.overlaps(&"10.78.0.0/16".parse().unwrap()));
+        assert!(!subnet.overlaps(&"10.78.4.0/24".parse().unwrap()));
+        assert!("10.0.0.0/31".parse::<Subnet>().is_err());
+        assert!("nonsense".parse::<Subnet>().is_err());
+    }
+}

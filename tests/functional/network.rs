@@ -1,0 +1,605 @@
+//! Each VM's network identity: its own address on its state root's bridge, published ports,
+//! the default policy (VM → host refused, VM → VM dropped), the three modes, and teardown that
+//! leaves no link, bridge or nftables table behind. Every address used belongs to a bridge or
+//! namespace these tests made; the "host" nginx listens on a port of its own per test.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Feather, ScratchBase};
+
+/// A TCP port free on the host right now.
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn host_links() -> String {
+    let out = Command::new("ip")
+        .args(["-o", "link"])
+        .output()
+        .expect("ip runs");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn nft_tables() -> String {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .expect("nft runs (./setup.sh)");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Fetches a URL from the host with a short timeout; None if it could not be fetched.
+fn fetch(url: &str) -> Option<String> {
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "3", url])
+        .output()
+        .unwrap();
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn network(feather: &Feather, vm: &str) -> serde_json::Value {
+    feather.inspect(vm)["network"].clone()
+}
+
+fn address(feather: &Feather, vm: &str) -> String {
+    network(feather, vm)["address"]
+        .as_str()
+        .expect("a private VM has an address")
+        .to_owned()
+}
+
+/// An nginx config serving `dir/www` on `port`, keeping every file it writes under `dir`.
+fn nginx_conf(dir: &str, port: u16) -> String {
+    format!(
+        "worker_processes 1;\npid {dir}/nginx.pid;\nerror_log {dir}/error.log;\nevents {{}}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {dir}/body;\n  proxy_temp_path {dir}/proxy;\n\
+         fastcgi_temp_path {dir}/fastcgi;\n  uwsgi_temp_path {dir}/uwsgi;\n  scgi_temp_path {dir}/scgi;\n\
+         server {{ listen {port}; root {dir}/www; }}\n}}\n"
+    )
+}
+
+/// nginx (Debian's) on a port of the host's own network, stopped on drop.
+struct HostNginx {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl HostNginx {
+    fn start(label: &str, port: u16, content: &str) -> HostNginx {
+        let dir = PathBuf::from("/tmp/feather-tests")
+            .join(format!("nginx-{label}-{}", std::process::id()));
+        std::fs::create_dir_all(dir.join("www")).unwrap();
+        std::fs::write(dir.join("www/index.html"), content).unwrap();
+        let conf = dir.join("nginx.conf");
+        std::fs::write(&conf, nginx_conf(dir.to_str().unwrap(), port)).unwrap();
+        let child = Command::new("nginx")
+            .arg("-c")
+            .arg(&conf)
+            .args(["-g", "daemon off; master_process off;"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx is installed (./setup.sh)");
+        let nginx = HostNginx { child, dir };
+        wait_for_port(&format!("127.0.0.1:{port}"));
+        nginx
+    }
+}
+
+impl Drop for HostNginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn wait_for_port(address: &str) {
+    for _ in 0..200 {
+        if TcpStream::connect(address).is_ok() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    panic!("nothing listens on {address}");
+}
+
+/// Starts nginx inside `vm` on its port 80, serving `content`, from files in the VM's layer.
+fn vm_nginx(feather: &Feather, vm: &str, content: &str) {
+    let dir = "/tmp/feather-test-site";
+    let conf = nginx_conf(dir, 80);
+    feather.sh(
+        vm,
+        &format!(
+            "mkdir -p {dir}/www && echo '{content}' > {dir}/www/index.html && cat > {dir}/nginx.conf <<'EOF'\n{conf}EOF\n\
+             nginx -c {dir}/nginx.conf </dev/null >/dev/null 2>&1"
+        ),
+    );
+}
+
+#[test]
+fn nginx_on_port_80_in_two_vms_and_on_the_host_at_once() {
+    let feather = Feather::new("net-nginx");
+    let host_port = free_port();
+    let _host = HostNginx::start("net-nginx", host_port, "the host\n");
+    let (publish1, publish2) = (free_port(), free_port());
+    feather.ok(&["create", "web1", "--publish", &format!("{publish1}:80")]);
+    feather.ok(&[
+        "create",
+        "web2",
+        "--net",
+        "private",
+        "--publish",
+        &format!("{publish2}:80/tcp"),
+    ]);
+    feather.ok(&["start", "web1"]);
+    feather.ok(&["start", "web2"]);
+    vm_nginx(&feather, "web1", "web one");
+    vm_nginx(&feather, "web2", "web two");
+    let (a1, a2) = (address(&feather, "web1"), address(&feather, "web2"));
+    assert_ne!(a1, a2);
+
+    // All three answer at once, each with its own content: by address and by published port.
+    assert_eq!(
+        fetch(&format!("http://127.0.0.1:{host_port}/")).as_deref(),
+        Some("the host\n")
+    );
+    assert_eq!(
+        fetch(&format!("http://{a1}/")).as_deref(),
+        Some("web one\n")
+    );
+    assert_eq!(
+        fetch(&format!("http://{a2}/")).as_deref(),
+        Some("web two\n")
+    );
+    assert_eq!(
+        fetch(&format!("http://127.0.0.1:{publish1}/")).as_deref(),
+        Some("web one\n")
+    );
+    assert_eq!(
+        fetch(&format!("http://127.0.0.1:{publish2}/")).as_deref(),
+        Some("web two\n")
+    );
+
+    // Inside, each VM reaches itself by its name, and nothing else by default.
+    let own = feather.sh("web1", "curl -sS --max-time 3 http://web1/");
+    assert_eq!(own, "web one\n");
+    let vm_to_vm = feather.run(&[
+        "exec",
+        "web1",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "2",
+        &format!("http://{a2}/"),
+    ]);
+    // curl's exit 28: timed out — the packets were dropped.
+    assert_eq!(
+        vm_to_vm.code, 28,
+        "VM to VM must be dropped: {}{}",
+        vm_to_vm.stdout, vm_to_vm.stderr
+    );
+    let vm_to_host = feather.run(&[
+        "exec",
+        "web1",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "2",
+        &format!("http://feather-host:{host_port}/"),
+    ]);
+    // curl's exit 7: connection refused at once, as if nothing listened on the host.
+    assert_eq!(
+        vm_to_host.code, 7,
+        "VM to host services must be refused: {}{}",
+        vm_to_host.stdout, vm_to_host.stderr
+    );
+    let published_from_vm = feather.run(&[
+        "exec",
+        "web2",
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "2",
+        &format!("http://feather-host:{publish1}/"),
+    ]);
+    assert_eq!(
+        published_from_vm.code, 7,
+        "a VM reaches another only through channels a policy opens: {}",
+        published_from_vm.stderr
+    );
+
+    let bridge = network(&feather, "web1")["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let veths = [network(&feather, "web1"), network(&feather, "web2")]
+        .map(|n| n["host_interface"].as_str().unwrap().to_owned());
+    for vm in ["web1", "web2"] {
+        feather.ok(&["rm", "--force", vm]);
+    }
+    let links = host_links();
+    for link in veths.iter().chain([&bridge]) {
+        assert!(
+            !links.contains(&format!(" {link}")),
+            "{link} left after rm: {links}"
+        );
+    }
+    assert!(
+        !nft_tables().contains(&bridge),
+        "nftables table left after rm: {}",
+        nft_tables()
+    );
+    assert!(
+        !feather.root.join("network.toml").exists(),
+        "the root forgot its network with its last VM"
+    );
+    assert!(
+        !std::path::Path::new("/run/feather-net/claims")
+            .join(&bridge)
+            .exists(),
+        "the host-wide claim on {bridge} was returned"
+    );
+    assert!(
+        fetch(&format!("http://127.0.0.1:{publish1}/")).is_none(),
+        "published port closed with the VM"
+    );
+}
+
+#[test]
+fn inside_a_private_vm_names_and_routes_are_its_own_and_its_layer_stays_clean() {
+    let feather = Feather::new("net-inside");
+    feather.ok(&["create", "box"]);
+    feather.ok(&["start", "box"]);
+    let net = network(&feather, "box");
+    let (address, gateway) = (
+        net["address"].as_str().unwrap(),
+        net["gateway"].as_str().unwrap(),
+    );
+    assert_eq!(net["mode"], "private");
+    assert_eq!(net["confined"], true);
+    let inside = feather.sh(
+        "box",
+        "ip -o -4 addr show dev eth0; ip route; cat /etc/hostname /etc/hosts /etc/resolv.conf",
+    );
+    assert!(inside.contains(&format!("inet {address}/")), "{inside}");
+    assert!(
+        inside.contains(&format!("default via {gateway} dev eth0")),
+        "{inside}"
+    );
+    assert!(inside.contains(&format!("{address}\tbox")), "{inside}");
+    assert!(
+        inside.contains(&format!("{gateway}\tfeather-host")),
+        "{inside}"
+    );
+    assert!(inside.contains("no route to a name server"), "{inside}");
+    assert!(
+        inside.starts_with("2: eth0") || inside.contains("eth0"),
+        "{inside}"
+    );
+    assert_eq!(
+        feather.ok(&["diff", "box"]),
+        "",
+        "the generated /etc files are not in the VM's layer"
+    );
+    let listing = feather.ok(&["ls"]);
+    assert!(listing.contains(&format!("private {address}")), "{listing}");
+}
+
+#[test]
+fn address_is_kept_across_stop_and_start_and_returned_by_rm() {
+    let feather = Feather::new("net-keep");
+    let base = ScratchBase::new("net-keep");
+    feather.ok(&["create", "keep", "--base", base.as_str()]);
+    let before = address(&feather, "keep");
+    feather.ok(&["start", "keep"]);
+    let inside = feather.sh("keep", "/bin/busybox ip -o -4 addr show dev eth0");
+    assert!(inside.contains(&format!("inet {before}/")), "{inside}");
+    feather.ok(&["stop", "keep"]);
+    feather.ok(&["create", "other", "--base", base.as_str()]);
+    feather.ok(&["start", "keep"]);
+    assert_eq!(
+        address(&feather, "keep"),
+        before,
+        "the address is the VM's, kept across stop/start"
+    );
+    let inside = feather.sh("keep", "/bin/busybox ip -o -4 addr show dev eth0");
+    assert!(inside.contains(&format!("inet {before}/")), "{inside}");
+    feather.ok(&["rm", "--force", "keep"]);
+    feather.ok(&["create", "again", "--base", base.as_str()]);
+    assert_eq!(
+        address(&feather, "again"),
+        before,
+        "rm returned the address to the pool"
+    );
+}
+
+#[test]
+fn racing_creates_get_distinct_addresses() {
+    let feather = Feather::new("net-race");
+    let base = ScratchBase::new("net-race");
+    let racers: Vec<_> = (0..6)
+        .map(|i| {
+            feather
+                .command()
+                .args(["create", &format!("racer{i}"), "--base", base.as_str()])
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut racer in racers {
+        assert!(racer.wait().unwrap().success());
+    }
+    let mut addresses: Vec<String> = (0..6)
+        .map(|i| address(&feather, &format!("racer{i}")))
+        .collect();
+    addresses.sort();
+    addresses.dedup();
+    assert_eq!(
+        addresses.len(),
+        6,
+        "every create got its own address: {addresses:?}"
+    );
+}
+
+#[test]
+fn net_none_has_only_loopback_and_net_host_is_shown_as_not_confined() {
+    let feather = Feather::new("net-modes");
+    let base = ScratchBase::new("net-modes");
+    let links = feather.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--base",
+        base.as_str(),
+        "--",
+        "ls",
+        "/sys/class/net",
+    ]);
+    assert_eq!(links.split_whitespace().collect::<Vec<_>>(), ["lo"]);
+
+    feather.ok(&["create", "shared", "--net", "host", "--base", base.as_str()]);
+    feather.ok(&["start", "shared"]);
+    let inside: Vec<String> = feather
+        .sh("shared", "ls /sys/class/net")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let host: Vec<String> = std::fs::read_dir("/sys/class/net")
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    let outside_lo: Vec<&String> = host.iter().filter(|l| *l != "lo").collect();
+    assert!(
+        outside_lo.iter().any(|l| inside.contains(l)),
+        "a host VM sees the host's links: {inside:?} vs {host:?}"
+    );
+    let net = network(&feather, "shared");
+    assert_eq!(net["mode"], "host");
+    assert_eq!(net["confined"], false);
+    assert!(net["address"].is_null());
+    assert!(feather.ok(&["ls"]).contains("host (not confined)"));
+    assert!(!feather.inspect("shared")["namespaces"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|n| n == "net"));
+
+    let refused = feather.fails(&["create", "x", "--net", "none", "--publish", "8080:80"]);
+    assert!(
+        refused.contains("--publish needs --net private"),
+        "{refused}"
+    );
+}
+
+#[test]
+fn a_published_port_already_taken_is_refused() {
+    let feather = Feather::new("net-taken");
+    let base = ScratchBase::new("net-taken");
+    let taken = TcpListener::bind("0.0.0.0:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let error = feather.fails(&[
+        "create",
+        "clash",
+        "--base",
+        base.as_str(),
+        "--publish",
+        &format!("{port}:80"),
+    ]);
+    assert!(
+        error.contains(&format!("host port {port}/tcp is already in use")),
+        "{error}"
+    );
+    assert!(
+        feather.ok(&["ls", "--json"]).trim() == "[]",
+        "nothing was created"
+    );
+
+    // Taken between create and start: start fails, and leaves nothing running.
+    let later = free_port();
+    feather.ok(&[
+        "create",
+        "late",
+        "--base",
+        base.as_str(),
+        "--publish",
+        &format!("{later}:80"),
+    ]);
+    let squatter = TcpListener::bind(("0.0.0.0", later)).unwrap();
+    let error = feather.fails(&["start", "late"]);
+    assert!(error.contains("already in use"), "{error}");
+    assert_eq!(feather.status("late"), "created");
+    drop(squatter);
+}
+
+#[test]
+fn a_killed_keeper_leaves_no_veth_or_rules_after_rm() {
+    let feather = Feather::new("net-crash");
+    let base = ScratchBase::new("net-crash");
+    feather.ok(&["create", "doomed", "--base", base.as_str()]);
+    feather.ok(&["start", "doomed"]);
+    let net = network(&feather, "doomed");
+    let (veth, bridge) = (
+        net["host_interface"].as_str().unwrap().to_owned(),
+        net["bridge"].as_str().unwrap().to_owned(),
+    );
+    assert!(host_links().contains(&veth));
+    assert!(nft_tables().contains(&format!("table inet {bridge}")));
+    let keeper = feather.inspect("doomed")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    feather.eventually("the keeper is gone", || {
+        feather.status("doomed") == "crashed"
+    });
+    feather.ok(&["rm", "doomed"]);
+    let links = host_links();
+    assert!(
+        !links.contains(&veth) && !links.contains(&format!(" {bridge}:")),
+        "{links}"
+    );
+    assert!(!nft_tables().contains(&bridge), "{}", nft_tables());
+}
+
+#[test]
+fn egress_is_per_vm_and_off_by_default() {
+    let feather = Feather::new("net-egress");
+    let base = ScratchBase::new("net-egress");
+    feather.ok(&["create", "closed", "--base", base.as_str()]);
+    feather.ok(&["create", "open", "--egress", "--base", base.as_str()]);
+    feather.ok(&["start", "closed"]);
+    feather.ok(&["start", "open"]);
+    let table = network(&feather, "open")["nftables_table"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = Command::new("nft")
+        .args(["list", "set", "inet", &table, "egress"])
+        .output()
+        .unwrap();
+    let set = String::from_utf8_lossy(&out.stdout);
+    assert!(set.contains(&address(&feather, "open")), "{set}");
+    assert!(!set.contains(&address(&feather, "closed")), "{set}");
+
+    // Each VM has its own chains, reached from the verdict maps, for later channels.
+    let list = |family: &str, map: &str| {
+        let out = Command::new("nft")
+            .args(["list", "map", family, &table, map])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let closed = network(&feather, "closed");
+    let (closed_address, closed_port) = (
+        closed["address"].as_str().unwrap(),
+        closed["host_interface"].as_str().unwrap(),
+    );
+    assert!(
+        list("inet", "from_vm").contains(&format!("{closed_address} : jump vm-{closed_port}")),
+        "{}",
+        list("inet", "from_vm")
+    );
+    assert!(
+        list("bridge", "from_port").contains(&format!("\"{closed_port}\" : jump vm-{closed_port}")),
+        "{}",
+        list("bridge", "from_port")
+    );
+    // Stopping one VM removes its entries and leaves the other's.
+    feather.ok(&["stop", "closed"]);
+    assert!(
+        !list("inet", "from_vm").contains(closed_address),
+        "{}",
+        list("inet", "from_vm")
+    );
+    assert!(
+        !list("bridge", "from_port").contains(closed_port),
+        "{}",
+        list("bridge", "from_port")
+    );
+    assert!(list("inet", "from_vm").contains(&address(&feather, "open")));
+    let chains = Command::new("nft")
+        .args(["list", "chains"])
+        .output()
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&chains.stdout).contains(&format!("vm-{closed_port}")));
+}
+
+#[test]
+fn udp_ports_are_published_too() {
+    let feather = Feather::new("net-udp");
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    feather.ok(&["create", "echo", "--publish", &format!("{port}:5000/udp")]);
+    feather.ok(&["start", "echo"]);
+    feather.sh(
+        "echo",
+        "python3 -c 'import socket\ns=socket.socket(socket.AF_INET,socket.SOCK_DGRAM)\ns.bind((\"0.0.0.0\",5000))\n\
+         while True:\n    d,a=s.recvfrom(100)\n    s.sendto(b\"echo:\"+d,a)' </dev/null >/dev/null 2>&1 &",
+    );
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut answer = [0u8; 64];
+    // The server inside may take a moment to bind: ask again until it answers.
+    let got = (0..20).find_map(|_| {
+        client.send_to(b"ping", ("127.0.0.1", port)).unwrap();
+        client.recv(&mut answer).ok()
+    });
+    assert_eq!(got.map(|n| &answer[..n]), Some(&b"echo:ping"[..]));
+}
+
+#[test]
+fn two_state_roots_never_share_a_subnet() {
+    let first = Feather::new("net-claim-a");
+    let second = Feather::new("net-claim-b");
+    let base = ScratchBase::new("net-claim");
+    let subnet = format!("10.79.{}.0/24", std::process::id() % 250);
+    let create = |feather: &Feather, vm: &str, subnet: &str| {
+        feather
+            .command()
+            .args(["create", vm, "--base", base.as_str()])
+            .env("FEATHER_SUBNET", subnet)
+            .output()
+            .unwrap()
+    };
+    assert!(create(&first, "one", &subnet).status.success());
+    let refused = create(&second, "two", &subnet);
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        error.contains("is taken by state root") && error.contains(first.root.to_str().unwrap()),
+        "{error}"
+    );
+    assert!(
+        !second.root.join("network.toml").exists(),
+        "a refused choice leaves nothing"
+    );
+    // Once the first root's last VM is gone, its subnet is free again.
+    first.ok(&["rm", "one"]);
+    assert!(create(&second, "two", &subnet).status.success());
+    assert_eq!(address(&second, "two"), subnet.replace(".0/24", ".2"));
+}
