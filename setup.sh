@@ -13,6 +13,8 @@ packages=(
     iproute2         # `ip`, used by tests to look for leftover links
     iputils-ping     # a program with file capabilities: tests that VM hardening keeps it working
     procps           # `ps` inside VMs in tests
+    util-linux       # nsenter, setpriv, ipcmk/ipcrm: tests enter test hosts, drop root, make SysV IPC
+    dbus             # service tests duplicate the D-Bus system bus into VMs
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
     nftables         # `nft`: feather's network policy for --net private VMs (crates/feather-net)
     nginx            # network tests serve pages from VMs and the host; service tests duplicate its unit
