@@ -17,7 +17,7 @@ fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_preset(NOTHING)
-        .set_header(header.iter().map(|h| Cell::new(h)));
+        .set_header(header.iter().map(Cell::new));
     table
 }
 
