@@ -13,14 +13,16 @@ packages=(
     iproute2         # `ip`, used by tests to look for leftover links
     iputils-ping     # a program with file capabilities: tests that VM hardening keeps it working
     procps           # `ps` inside VMs in tests
+    util-linux       # nsenter, setpriv, ipcmk/ipcrm: tests enter test hosts, drop root, make SysV IPC
+    dbus             # service tests duplicate the D-Bus system bus into VMs
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
     nftables         # `nft`: feather's network policy for --net private VMs (crates/feather-net)
-    nginx            # network tests serve pages from VMs and from the host
-    curl             # network tests fetch those pages
+    nginx            # network tests serve pages from VMs and the host; service tests duplicate its unit
+    curl             # network and service tests fetch those pages
     tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
     iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
     python3          # checkpoint tests: a unix-socket server and client inside a VM over /
-    redis-server redis-tools  # checkpoint tests: redis holding hundreds of MB, restored intact
+    redis-server redis-tools  # checkpoint tests (redis holding hundreds of MB); service tests (Type=notify)
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -30,6 +32,16 @@ for package in "${packages[@]}"; do
 done
 if ((${#missing[@]})); then
     apt-get update -qq
+    # Debian's maintainer scripts start the services they install (through invoke-rc.d).
+    # feather runs private copies of them inside VMs; the host itself must not run them. For
+    # the length of the install, a policy-rc.d that denies every start (exit 101) is put in
+    # place, unless the machine already has one (containers often do); ours is removed after.
+    policy=/usr/sbin/policy-rc.d
+    if [[ ! -e $policy ]]; then
+        printf '#!/bin/sh\n# Put here by feather setup.sh for the length of one install.\nexit 101\n' > "$policy"
+        chmod 755 "$policy"
+        trap 'rm -f "$policy"' EXIT
+    fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}"
 fi
 

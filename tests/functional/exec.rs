@@ -98,14 +98,14 @@ fn signals_reach_the_command() {
     ] {
         let script =
             format!("trap 'echo caught; exit 5' {name}; echo ready; while :; do sleep 0.05; done");
-        let child = feather
+        let mut child = feather
             .command()
             .args(["exec", "vm", "--", "sh", "-c", &script])
             .stdout(Stdio::piped())
             .spawn()
             .unwrap();
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let mut stdout = child.stdout.unwrap();
+        let mut stdout = child.stdout.take().unwrap();
         let mut first = [0u8; 6];
         std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
         assert_eq!(&first, b"ready\n");
@@ -113,8 +113,7 @@ fn signals_reach_the_command() {
         let mut rest = String::new();
         std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
         assert_eq!(rest, "caught\n", "{name}");
-        let status = nix::sys::wait::waitpid(pid, None).unwrap();
-        assert_eq!(status, nix::sys::wait::WaitStatus::Exited(pid, 5), "{name}");
+        assert_eq!(child.wait().unwrap().code(), Some(5), "{name}");
     }
 }
 

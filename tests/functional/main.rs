@@ -15,3 +15,4 @@ mod limits;
 mod migrate;
 mod network;
 mod recovery;
+mod services;

@@ -35,9 +35,8 @@ pub fn write_atomic(path: &Path, contents: &[u8], durability: Durability) -> Res
         Ok(())
     };
     write()
-        .map_err(|e| {
+        .inspect_err(|_| {
             let _ = fs::remove_file(&temp);
-            e
         })
         .at(path)
 }

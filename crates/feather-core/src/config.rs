@@ -27,6 +27,10 @@ pub struct VmConfig {
     /// they are feather's, not the VM's, and `diff` leaves them out.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub scaffold: Vec<PathBuf>,
+    /// Host services (unit names) the VM's service manager starts whenever the VM starts
+    /// (`feather create --service`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
     /// Configs written before VMs had networks load as `mode = "none"`, what they meant.
     #[serde(default)]
     pub network: NetworkConfig,
@@ -90,6 +94,7 @@ mod tests {
             created: 1,
             ephemeral: false,
             scaffold: vec!["/proc".into()],
+            services: vec!["nginx.service".into()],
             network: NetworkConfig {
                 mode: crate::network::NetMode::Private,
                 address: Some([10, 77, 0, 2].into()),

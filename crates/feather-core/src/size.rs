@@ -35,7 +35,7 @@ pub fn parse_bytes(text: &str) -> Result<u64, Error> {
 /// Formats a byte count the way [`parse_bytes`] reads it, choosing the largest exact unit.
 pub fn format_bytes(bytes: u64) -> String {
     for (suffix, shift) in [("T", 40), ("G", 30), ("M", 20), ("K", 10)] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{}{suffix}", bytes >> shift);
         }
     }

@@ -337,6 +337,7 @@ mod tests {
             created: 0,
             ephemeral: false,
             scaffold: vec![],
+            services: vec![],
             network: Default::default(),
         }
     }

@@ -339,11 +339,42 @@ fn reap(workload: Option<Pid>, commands: &mut Commands) -> Option<i32> {
     }
 }
 
+/// Where the VM's service manager (crates/feather-svc) records its pid.
+const SERVICE_MANAGER_PID_FILE: &str = "/run/feather-svc/manager.pid";
+
+/// Gives the VM's service manager, if one runs, the first part of the grace period to stop its
+/// services in reverse dependency order, before everything gets SIGTERM at once.
+fn stop_services_first(deadline: Instant, commands: &mut Commands) {
+    let Some(manager) = std::fs::read_to_string(SERVICE_MANAGER_PID_FILE)
+        .ok()
+        .and_then(|text| text.trim().parse::<i32>().ok())
+        .map(Pid::from_raw)
+    else {
+        return;
+    };
+    // The pid must still be the manager (a `feather __service` process), not a newcomer.
+    let cmdline = std::fs::read(format!("/proc/{manager}/cmdline")).unwrap_or_default();
+    if !String::from_utf8_lossy(&cmdline).contains("__service")
+        || kill(manager, Signal::SIGTERM).is_err()
+    {
+        return;
+    }
+    while Instant::now() < deadline {
+        // The manager is init's child (it detached from the `exec` that started it).
+        let _ = reap(None, commands);
+        if kill(manager, None) == Err(Errno::ESRCH) {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Stops every process of the VM: SIGTERM to all, up to `grace` for them to exit, then SIGKILL.
 fn shut_down(grace: Duration, commands: &mut Commands) {
     let everyone = Pid::from_raw(-1);
-    let _ = kill(everyone, Signal::SIGTERM);
     let deadline = Instant::now() + grace;
+    stop_services_first(deadline, commands);
+    let _ = kill(everyone, Signal::SIGTERM);
     while Instant::now() < deadline {
         let _ = reap(None, commands);
         // kill(-1, 0) fails with ESRCH once no process but init is left in the namespace.

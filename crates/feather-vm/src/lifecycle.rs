@@ -64,6 +64,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         created: now(),
         ephemeral: options.ephemeral,
         scaffold,
+        services: Vec::new(),
         network,
     };
     let durability = if options.ephemeral {

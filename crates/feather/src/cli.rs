@@ -30,8 +30,11 @@ pub enum Command {
         name: String,
         #[command(flatten)]
         options: CreateArgs,
+        /// A host service the VM starts (with what it needs) whenever it starts; repeatable
+        #[arg(long = "service", value_name = "UNIT")]
+        services: Vec<String>,
     },
-    /// Start a VM in the background
+    /// Start a VM in the background (and the services it was created with)
     Start { name: String },
     /// Stop a VM: SIGTERM to its processes, SIGKILL after --time seconds
     Stop {
@@ -86,6 +89,12 @@ pub enum Command {
     },
     /// Drop all changes of a stopped VM
     Reset { name: String },
+    /// Services: the host's installed services, and private copies of them in VMs
+    #[command(subcommand)]
+    Service(ServiceCommand),
+    /// Inside a VM: talks to the VM's service manager (what `feather service` runs there)
+    #[command(name = "__service", hide = true)]
+    ServiceClient(ServiceClientArgs),
     /// Save a running VM's processes with CRIU (they end, unless --leave-running)
     Checkpoint {
         name: String,
@@ -220,6 +229,94 @@ pub struct RunArgs {
     pub name: Option<String>,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ServiceCommand {
+    /// The host's installed services (unit files and SysV scripts) and whether each can be
+    /// duplicated in a VM
+    Catalog {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Start services (with their dependency closure) in a running VM, from the host's units
+    Start {
+        name: String,
+        #[arg(required = true, value_name = "UNIT")]
+        units: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop services in a running VM (and what needs them), in reverse dependency order
+    Stop {
+        name: String,
+        #[arg(required = true, value_name = "UNIT")]
+        units: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop services in a running VM (if they run), then start them again
+    Restart {
+        name: String,
+        #[arg(required = true, value_name = "UNIT")]
+        units: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the ExecReload= commands of running services (they reread their configuration)
+    Reload {
+        name: String,
+        #[arg(required = true, value_name = "UNIT")]
+        units: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// The services of a running VM: state, main pid, uptime, restarts, readiness
+    Ls {
+        name: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// A service's log in a running VM: its stdout, stderr and syslog messages
+    Logs {
+        name: String,
+        unit: String,
+        /// Lines to show from the end
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Keep printing what is appended, until interrupted
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// One service of a running VM in detail, with the last lines of its log
+    Status {
+        name: String,
+        unit: String,
+        /// Log lines to show
+        #[arg(short = 'n', long, default_value_t = 10)]
+        lines: usize,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct ServiceClientArgs {
+    /// The VM's name, for messages
+    #[arg(long)]
+    pub vm: String,
+    #[arg(long)]
+    pub json: bool,
+    #[arg(long, default_value_t = 10)]
+    pub lines: usize,
+    #[arg(long)]
+    pub follow: bool,
+    /// Print only failures
+    #[arg(long)]
+    pub quiet: bool,
+    /// start, stop, restart, reload, ls, status, logs (or manager: be the VM's service manager)
+    pub op: String,
+    pub units: Vec<String>,
 }
 
 #[derive(Debug, Subcommand)]

@@ -3,6 +3,7 @@
 
 mod cli;
 mod output;
+mod service;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -44,10 +45,22 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let root_arg = cli.root.clone();
     let root = StateRoot::new(cli.root);
     match cli.command {
-        Command::Create { name, options } => {
-            lifecycle::create(&root, &name.parse()?, &create_options(&options)?)?;
+        Command::Create {
+            name,
+            options,
+            services,
+        } => {
+            let name = name.parse()?;
+            let base = options.base.clone().unwrap_or_else(|| "/".into());
+            let services = service::check_installed(&base, &services)?;
+            lifecycle::create(&root, &name, &create_options(&options)?)?;
+            service::configure(&root, &name, services)?;
         }
-        Command::Start { name } => lifecycle::start(&root, &name.parse()?)?,
+        Command::Start { name } => {
+            let name = name.parse()?;
+            lifecycle::start(&root, &name)?;
+            return service::start_configured(&root, &name);
+        }
         Command::Stop { name, time } => {
             lifecycle::stop(&root, &name.parse()?, Duration::from_secs(time))?;
         }
@@ -96,6 +109,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             output::changes(&applied);
         }
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
+        Command::Service(command) => return service::run(&root, command),
+        Command::ServiceClient(args) => return service::in_vm(args),
         Command::Checkpoint {
             name,
             leave_running,
@@ -204,6 +219,9 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         .eq(&feather_core::VmStatus::Running)
     {
         lifecycle::start(root, &name)?;
+        if service::start_configured(root, &name)? != ExitCode::SUCCESS {
+            anyhow::bail!("VM {name} started, but not all of its services did");
+        }
     }
     Ok(exit_code(exec(root, &name, &workload, args.process.tty)?))
 }

@@ -3,6 +3,7 @@
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
 use feather_core::size::format_bytes;
+use feather_svc::manager::protocol::ServiceInfo;
 use feather_vm::diff::Change;
 use feather_vm::inspect::{Process, Summary};
 use serde::Serialize;
@@ -16,7 +17,7 @@ fn table(header: &[&str]) -> Table {
     let mut table = Table::new();
     table
         .load_preset(NOTHING)
-        .set_header(header.iter().map(|h| Cell::new(h)));
+        .set_header(header.iter().map(Cell::new));
     table
 }
 
@@ -108,6 +109,85 @@ fn age(seconds: u64) -> String {
         s if s < 3600 => format!("{}m", s / 60),
         s if s < 86400 => format!("{}h", s / 3600),
         s => format!("{}d", s / 86400),
+    }
+}
+
+pub fn catalog(entries: &[feather_svc::catalog::Entry]) {
+    let mut t = table(&["SERVICE", "DUPLICABLE", "TYPE", "SOURCE", "NOTE"]);
+    for e in entries {
+        let note = e
+            .note
+            .clone()
+            .or_else(|| e.description.clone())
+            .unwrap_or_default();
+        t.add_row(vec![
+            e.name.clone(),
+            if e.duplicable { "yes" } else { "no" }.to_owned(),
+            e.service_type
+                .and_then(|k| serde_json::to_value(k).ok())
+                .and_then(|v| v.as_str().map(str::to_owned))
+                .unwrap_or_else(|| "-".into()),
+            e.source.to_owned(),
+            note,
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+pub fn services(rows: &[ServiceInfo]) {
+    let mut t = table(&[
+        "UNIT", "STATE", "SUB", "PID", "SINCE", "RESTARTS", "READY", "RESULT",
+    ]);
+    for s in rows {
+        t.add_row(vec![
+            s.name.clone(),
+            s.state.clone(),
+            s.sub.clone(),
+            s.main_pid
+                .map(|p| p.to_string())
+                .unwrap_or_else(|| "-".into()),
+            format!("{} ago", age(s.since_secs)),
+            s.restarts.to_string(),
+            if s.ready { "yes" } else { "no" }.to_owned(),
+            s.result.clone().unwrap_or_default(),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+pub fn service_status(s: &ServiceInfo, log: &[String]) {
+    match &s.description {
+        Some(description) => println!("{} - {description}", s.name),
+        None => println!("{}", s.name),
+    }
+    println!(
+        "   state: {} ({}) for {}",
+        s.state,
+        s.sub,
+        age(s.since_secs)
+    );
+    if let Some(pid) = s.main_pid {
+        println!("    main: {pid}");
+    }
+    println!("   ready: {}", if s.ready { "yes" } else { "no" });
+    println!("restarts: {}", s.restarts);
+    if let Some(status) = &s.status_text {
+        println!("  status: {status}");
+    }
+    if let Some(result) = &s.result {
+        println!("  result: {result}");
+    }
+    if let Some(by) = &s.pulled_by {
+        println!(" pulled by: {by}");
+    }
+    if !s.not_applied.is_empty() {
+        println!(" not applied in a VM: {}", s.not_applied.join(", "));
+    }
+    if let Some(path) = &s.log {
+        println!("     log: {path}");
+    }
+    for line in log {
+        println!("  {line}");
     }
 }
 

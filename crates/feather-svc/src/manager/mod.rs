@@ -1,0 +1,142 @@
+//! The service manager that runs inside a VM, and the client `feather service` uses to reach
+//! it.
+//!
+//! `feather service start VM UNIT` enters the VM as `feather exec` does and runs the hidden
+//! `feather __service` there. That client connects to the manager's socket in the VM's own
+//! /run ([`protocol::SOCKET`]); if no manager runs yet, it starts one, detached (a session of
+//! its own, reparented to the VM's init), which then stays in the VM supervising. Only
+//! processes inside the VM can reach the socket: the VM's /run is a private tmpfs.
+
+mod processes;
+pub mod protocol;
+mod sockets;
+mod spawn;
+pub mod supervisor;
+mod syslog;
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::net::UnixListener;
+use std::os::unix::process::CommandExt;
+use std::time::{Duration, Instant};
+
+use protocol::{Request, Response, LOCK_FILE, MANAGER_LOG, PID_FILE, RUN_DIR, SOCKET};
+
+/// How long a client waits for a manager it started to listen.
+const MANAGER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Sends `request` to the VM's manager (starting one first if `start_if_absent`), and returns
+/// its answer. Runs inside the VM.
+pub fn call(request: &Request, start_if_absent: Option<&str>) -> Result<Response, String> {
+    let mut stream = match protocol::connect() {
+        Ok(stream) => stream,
+        Err(_) if start_if_absent.is_some() => {
+            launch(start_if_absent.unwrap_or_default())?;
+            let deadline = Instant::now() + MANAGER_START_TIMEOUT;
+            loop {
+                match protocol::connect() {
+                    Ok(stream) => break stream,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(10))
+                    }
+                    Err(e) => {
+                        return Err(format!(
+                            "the service manager did not start: {e} (see {MANAGER_LOG} in the VM)"
+                        ))
+                    }
+                }
+            }
+        }
+        Err(_) => return Ok(Response::List { units: Vec::new() }),
+    };
+    protocol::send(&mut stream, request)
+        .map_err(|e| format!("cannot reach the service manager: {e}"))?;
+    protocol::receive(&stream).map_err(|e| format!("no answer from the service manager: {e}"))
+}
+
+/// Whether a manager answers in this VM.
+pub fn running() -> bool {
+    protocol::connect().is_ok()
+}
+
+/// Starts the manager of VM `vm` detached: fork, new session, fork again; the grandchild
+/// executes `feather __service --vm VM manager`, which serves ([`serve`]).
+fn launch(vm: &str) -> Result<(), String> {
+    fs::create_dir_all(RUN_DIR).map_err(|e| format!("{RUN_DIR}: {e}"))?;
+    match feather_sys::process::fork().map_err(|e| e.to_string())? {
+        Some(child) => {
+            // The intermediate child exits at once; reap it.
+            let _ = nix::sys::wait::waitpid(child, None);
+            Ok(())
+        }
+        None => {
+            let _ = nix::unistd::setsid();
+            match feather_sys::process::fork() {
+                Ok(Some(_)) => std::process::exit(0),
+                Ok(None) => {
+                    // Nothing of the caller's (its stdout may be a pipe someone reads to the
+                    // end) stays open in the manager.
+                    if let Ok(log) = OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(MANAGER_LOG)
+                    {
+                        let _ = feather_sys::process::redirect_stdio(&log);
+                    }
+                    feather_sys::process::close_other_fds(&[]);
+                    let why = std::process::Command::new("/proc/self/exe")
+                        .arg0("feather")
+                        .args(["__service", "--vm", vm, "manager"])
+                        .exec();
+                    eprintln!("feather-svc: cannot start the service manager: {why}");
+                    std::process::exit(1)
+                }
+                Err(_) => std::process::exit(1),
+            }
+        }
+    }
+}
+
+/// The manager's main: one per VM (a lock decides), its pid recorded in [`PID_FILE`].
+pub fn serve() -> i32 {
+    let log = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(MANAGER_LOG);
+    if let Ok(log) = &log {
+        let _ = feather_sys::process::redirect_stdio(log);
+    }
+    feather_sys::process::close_other_fds(&[]);
+    let lock = match File::create(LOCK_FILE) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("feather-svc: {LOCK_FILE}: {e}");
+            return 1;
+        }
+    };
+    if nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock).is_err() {
+        // Another manager won the race; the client talks to it.
+        return 0;
+    }
+    let _ = fs::remove_file(SOCKET);
+    let listener = match UnixListener::bind(SOCKET) {
+        Ok(listener) => listener,
+        Err(e) => {
+            eprintln!("feather-svc: {SOCKET}: {e}");
+            return 1;
+        }
+    };
+    if let Ok(mut pid_file) = File::create(PID_FILE) {
+        let _ = writeln!(pid_file, "{}", std::process::id());
+    }
+    let manager = match supervisor::Manager::new(listener) {
+        Ok(manager) => manager,
+        Err(e) => {
+            eprintln!("feather-svc: {e}");
+            return 1;
+        }
+    };
+    manager.run();
+    let _ = fs::remove_file(PID_FILE);
+    0
+}

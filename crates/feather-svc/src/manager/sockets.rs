@@ -1,0 +1,130 @@
+//! Socket units: the manager listens on a socket unit's addresses itself and hands the
+//! sockets to the service it activates (`LISTEN_FDS`, `LISTEN_FDNAMES`, `LISTEN_PID`), as
+//! systemd does. Stream and datagram sockets on TCP/UDP addresses, paths and abstract names.
+
+use std::fs;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::os::fd::OwnedFd;
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::PermissionsExt;
+use std::os::unix::net::{UnixDatagram, UnixListener};
+use std::path::{Path, PathBuf};
+
+use nix::unistd::{chown, Group, User};
+
+use crate::unit::{Listen, ListenKind, Unit};
+
+/// One bound socket of a socket unit.
+pub struct Bound {
+    pub fd: OwnedFd,
+    /// The name the service sees in LISTEN_FDNAMES.
+    pub name: String,
+    /// A socket file to remove when the unit stops.
+    pub path: Option<PathBuf>,
+}
+
+/// Binds every `Listen*=` address of `unit`; on any failure, none stays bound.
+pub fn bind(unit: &Unit) -> Result<Vec<Bound>, String> {
+    let Some(socket) = &unit.socket else {
+        return Ok(Vec::new());
+    };
+    let name = socket
+        .file_descriptor_name
+        .clone()
+        .unwrap_or_else(|| unit.name.to_string());
+    let mut bound = Vec::new();
+    for listen in &socket.listen {
+        let (fd, path) = bind_one(listen).map_err(|e| {
+            format!(
+                "{}: cannot listen on {} ({:?}): {e}",
+                unit.name, listen.address, listen.kind
+            )
+        })?;
+        if let Some(path) = &path {
+            let mode = socket.socket_mode.unwrap_or(0o666);
+            fs::set_permissions(path, fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("{}: chmod {}: {e}", unit.name, path.display()))?;
+            let uid = socket
+                .socket_user
+                .as_deref()
+                .and_then(|u| User::from_name(u).ok().flatten())
+                .map(|u| u.uid);
+            let gid = socket
+                .socket_group
+                .as_deref()
+                .and_then(|g| Group::from_name(g).ok().flatten())
+                .map(|g| g.gid);
+            if uid.is_some() || gid.is_some() {
+                chown(path, uid, gid)
+                    .map_err(|e| format!("{}: chown {}: {e}", unit.name, path.display()))?;
+            }
+        }
+        bound.push(Bound {
+            fd,
+            name: name.clone(),
+            path,
+        });
+    }
+    Ok(bound)
+}
+
+fn bind_one(listen: &Listen) -> Result<(OwnedFd, Option<PathBuf>), String> {
+    let address = listen.address.as_str();
+    match (listen.kind, address.chars().next()) {
+        (ListenKind::Stream | ListenKind::Datagram, Some('/')) => {
+            let path = Path::new(address);
+            if let Some(parent) = path.parent() {
+                fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+            }
+            let _ = fs::remove_file(path);
+            let fd: OwnedFd = match listen.kind {
+                ListenKind::Stream => UnixListener::bind(path).map_err(|e| e.to_string())?.into(),
+                _ => UnixDatagram::bind(path).map_err(|e| e.to_string())?.into(),
+            };
+            Ok((fd, Some(path.to_path_buf())))
+        }
+        (ListenKind::Stream | ListenKind::Datagram, Some('@')) => {
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&address.as_bytes()[1..])
+                .map_err(|e| e.to_string())?;
+            let fd: OwnedFd = match listen.kind {
+                ListenKind::Stream => UnixListener::bind_addr(&addr)
+                    .map_err(|e| e.to_string())?
+                    .into(),
+                _ => UnixDatagram::bind_addr(&addr)
+                    .map_err(|e| e.to_string())?
+                    .into(),
+            };
+            Ok((fd, None))
+        }
+        (ListenKind::Stream | ListenKind::Datagram, _) => {
+            let addresses = inet_addresses(address)?;
+            let mut last_error = String::new();
+            for addr in addresses {
+                let result: std::io::Result<OwnedFd> = match listen.kind {
+                    ListenKind::Stream => TcpListener::bind(addr).map(Into::into),
+                    _ => UdpSocket::bind(addr).map(Into::into),
+                };
+                match result {
+                    Ok(fd) => return Ok((fd, None)),
+                    Err(e) => last_error = e.to_string(),
+                }
+            }
+            Err(last_error)
+        }
+        (kind, _) => Err(format!("{kind:?} sockets are not supported in VMs yet")),
+    }
+}
+
+/// `80` (every address: IPv6 with IPv4 mapped, or IPv4 alone), `127.0.0.1:80`, `[::1]:80`.
+fn inet_addresses(address: &str) -> Result<Vec<SocketAddr>, String> {
+    if let Ok(port) = address.parse::<u16>() {
+        return Ok(vec![
+            SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+            SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+        ]);
+    }
+    address
+        .parse::<SocketAddr>()
+        .map(|a| vec![a])
+        .map_err(|_| format!("{address:?} is neither a port, an address:port, a path nor @name"))
+}

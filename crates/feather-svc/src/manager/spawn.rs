@@ -1,0 +1,338 @@
+//! Turning one `Exec*=` command of a unit into a process: the user and groups, the
+//! environment (defaults, Environment=, EnvironmentFile=, the directories, NOTIFY_SOCKET,
+//! MAINPID), `$VAR` expansion, the working directory, umask, resource limits, and stdout and
+//! stderr appended to the unit's log.
+
+use std::ffi::CString;
+use std::fs::{self, File, OpenOptions};
+use std::os::fd::RawFd;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
+use nix::unistd::{chown, Gid, Group, Uid, User};
+
+use crate::catalog::resolve_program;
+use crate::raw::{self, Credentials, ListenFds, ProcessSetup};
+use crate::unit::{DirectoryKind, Unit};
+use crate::words::{self, ExecCommand};
+
+/// The search path services get, as systemd gives it.
+const SERVICE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Who a unit's processes run as, resolved from the VM's own /etc/passwd and /etc/group.
+#[derive(Clone, Debug)]
+pub struct Identity {
+    pub name: String,
+    pub home: PathBuf,
+    pub shell: PathBuf,
+    pub credentials: Option<Credentials>,
+}
+
+pub fn identity(unit: &Unit) -> Result<Identity, String> {
+    let exec = &unit.exec;
+    let root = Identity {
+        name: "root".into(),
+        home: "/root".into(),
+        shell: "/bin/sh".into(),
+        credentials: None,
+    };
+    let group = match &exec.group {
+        None => None,
+        Some(group) => Some(lookup_group(group)?),
+    };
+    let Some(user) = &exec.user else {
+        return Ok(match group {
+            None => root,
+            Some(gid) => Identity {
+                credentials: Some(Credentials {
+                    uid: Uid::from_raw(0),
+                    gid,
+                    groups: vec![gid],
+                }),
+                ..root
+            },
+        });
+    };
+    let entry = match user.parse::<u32>() {
+        Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+        Err(_) => User::from_name(user),
+    }
+    .ok()
+    .flatten()
+    .ok_or_else(|| format!("User={user} does not exist in the VM's /etc/passwd"))?;
+    let gid = group.unwrap_or(entry.gid);
+    let mut groups = std::ffi::CString::new(entry.name.clone())
+        .ok()
+        .and_then(|name| nix::unistd::getgrouplist(&name, gid).ok())
+        .unwrap_or_else(|| vec![gid]);
+    for extra in &exec.supplementary_groups {
+        let extra = lookup_group(extra)?;
+        if !groups.contains(&extra) {
+            groups.push(extra);
+        }
+    }
+    Ok(Identity {
+        name: entry.name,
+        home: entry.dir,
+        shell: entry.shell,
+        credentials: Some(Credentials {
+            uid: entry.uid,
+            gid,
+            groups,
+        }),
+    })
+}
+
+fn lookup_group(group: &str) -> Result<Gid, String> {
+    match group.parse::<u32>() {
+        Ok(gid) => Ok(Gid::from_raw(gid)),
+        Err(_) => Group::from_name(group)
+            .ok()
+            .flatten()
+            .map(|g| g.gid)
+            .ok_or_else(|| format!("Group={group} does not exist in the VM's /etc/group")),
+    }
+}
+
+/// Makes the unit's Runtime/State/Cache/Logs/ConfigurationDirectory= folders, owned by its
+/// user with their modes; returns the variables naming them.
+pub fn make_directories(unit: &Unit, identity: &Identity) -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    for kind in DirectoryKind::ALL {
+        let dirs = unit.exec.directories(kind);
+        if dirs.paths.is_empty() {
+            continue;
+        }
+        let mut full_paths = Vec::new();
+        for rel in &dirs.paths {
+            let path = Path::new(kind.root()).join(rel);
+            fs::create_dir_all(&path).map_err(|e| {
+                format!(
+                    "{}={rel}: cannot create {}: {e}",
+                    kind.setting(),
+                    path.display()
+                )
+            })?;
+            if let Some(c) = &identity.credentials {
+                chown(&path, Some(c.uid), Some(c.gid))
+                    .map_err(|e| format!("{}: chown {}: {e}", kind.setting(), path.display()))?;
+            }
+            fs::set_permissions(&path, fs::Permissions::from_mode(dirs.mode))
+                .map_err(|e| format!("{}: chmod {}: {e}", kind.setting(), path.display()))?;
+            full_paths.push(path.display().to_string());
+        }
+        vars.push((kind.variable().to_owned(), full_paths.join(":")));
+    }
+    Ok(vars)
+}
+
+/// Removes RuntimeDirectory= folders when a unit stops, as systemd does unless told to keep
+/// them.
+pub fn remove_runtime_directories(unit: &Unit) {
+    if unit.exec.runtime_directory_preserve {
+        return;
+    }
+    for rel in &unit.exec.directories(DirectoryKind::Runtime).paths {
+        let _ = fs::remove_dir_all(Path::new("/run").join(rel));
+    }
+}
+
+/// The log file of a unit, opened for appending.
+pub fn open_log(unit: &str) -> Result<File, String> {
+    let dir = Path::new(super::protocol::LOG_DIR);
+    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    let path = log_path(unit);
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o640)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+}
+
+pub fn log_path(unit: &str) -> PathBuf {
+    Path::new(super::protocol::LOG_DIR).join(format!("{unit}.log"))
+}
+
+/// The environment of every process of `unit`, before per-command additions.
+pub fn environment(
+    unit: &Unit,
+    identity: &Identity,
+    directories: &[(String, String)],
+) -> Result<Vec<(String, String)>, String> {
+    let mut env: Vec<(String, String)> = vec![
+        ("PATH".into(), SERVICE_PATH.into()),
+        ("LANG".into(), "C.UTF-8".into()),
+        ("USER".into(), identity.name.clone()),
+        ("LOGNAME".into(), identity.name.clone()),
+        ("HOME".into(), identity.home.display().to_string()),
+        ("SHELL".into(), identity.shell.display().to_string()),
+        ("INVOCATION_ID".into(), invocation_id()),
+        // The convention systemd and others use to recognise they run in a container.
+        ("container".into(), "feather".into()),
+    ];
+    env.extend(directories.iter().cloned());
+    env.extend(unit.exec.environment.iter().cloned());
+    // Files override Environment=, as in systemd; they are read at every start.
+    for file in &unit.exec.environment_files {
+        match fs::read_to_string(&file.path) {
+            Ok(text) => env.extend(words::parse_environment_file(&text)),
+            Err(_) if file.optional => {}
+            Err(e) => {
+                return Err(format!(
+                    "EnvironmentFile={}: {e} (prefix it with '-' to make it optional)",
+                    file.path.display()
+                ))
+            }
+        }
+    }
+    Ok(env)
+}
+
+fn invocation_id() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut random) = File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut random, &mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Builds the process for one command. `env` is the unit's environment plus this command's
+/// additions (MAINPID, NOTIFY_SOCKET).
+/// `listen`: sockets to hand over (socket activation), with their names.
+pub fn command(
+    unit: &Unit,
+    exec: &ExecCommand,
+    identity: &Identity,
+    env: &[(String, String)],
+    log: &File,
+    listen: &[(RawFd, String)],
+) -> Result<Command, String> {
+    let program = resolve_program(Path::new("/"), &exec.path)
+        .map_err(|p| format!("{}: program {} not found in the VM", unit.name, p.display()))?;
+    let lookup = |name: &str| {
+        env.iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    let args: Vec<String> = if exec.no_env_expansion {
+        exec.argv[1..].to_vec()
+    } else {
+        words::expand_variables(&exec.argv[1..], lookup)
+    };
+    let listen = if listen.is_empty() {
+        None
+    } else {
+        let cstring = |text: &str| {
+            CString::new(text).map_err(|_| format!("{}: {text:?} contains a NUL byte", unit.name))
+        };
+        let names: Vec<&str> = listen.iter().map(|(_, name)| name.as_str()).collect();
+        let mut listen_env: Vec<CString> = env
+            .iter()
+            .filter(|(k, _)| !k.starts_with("LISTEN_"))
+            .map(|(k, v)| cstring(&format!("{k}={v}")))
+            .collect::<Result<_, _>>()?;
+        listen_env.push(cstring(&format!("LISTEN_FDS={}", listen.len()))?);
+        listen_env.push(cstring(&format!("LISTEN_FDNAMES={}", names.join(":")))?);
+        let mut argv = vec![cstring(&exec.argv[0])?];
+        for arg in &args {
+            argv.push(cstring(arg)?);
+        }
+        Some(ListenFds {
+            fds: listen.iter().map(|(fd, _)| *fd).collect(),
+            program: cstring(&program.display().to_string())?,
+            argv,
+            env: listen_env,
+        })
+    };
+    let mut command = Command::new(&program);
+    std::os::unix::process::CommandExt::arg0(&mut command, &exec.argv[0]);
+    command.args(&args).env_clear();
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    let run_as_root = exec.full_privileges || exec.no_user_change;
+    let credentials = if run_as_root {
+        None
+    } else {
+        identity.credentials.clone()
+    };
+    command.current_dir(working_directory(unit, identity)?);
+    command.stdin(Stdio::null());
+    command.stdout(log.try_clone().map_err(|e| e.to_string())?);
+    command.stderr(log.try_clone().map_err(|e| e.to_string())?);
+    raw::install(
+        &mut command,
+        ProcessSetup {
+            credentials,
+            umask: unit.exec.umask,
+            limits: limits(unit),
+            listen,
+        },
+    );
+    Ok(command)
+}
+
+fn working_directory(unit: &Unit, identity: &Identity) -> Result<PathBuf, String> {
+    let Some(wd) = &unit.exec.working_directory else {
+        return Ok(PathBuf::from("/"));
+    };
+    let path = if wd.path == Path::new("~") {
+        identity.home.clone()
+    } else {
+        wd.path.clone()
+    };
+    if path.is_dir() {
+        Ok(path)
+    } else if wd.optional {
+        Ok(PathBuf::from("/"))
+    } else {
+        Err(format!(
+            "WorkingDirectory={} does not exist in the VM (prefix it with '-' to make it optional)",
+            path.display()
+        ))
+    }
+}
+
+/// The unit's Limit*= settings as (resource, soft, hard). A hard limit above the manager's own
+/// is lowered to it: raising one needs CAP_SYS_RESOURCE, which a VM does not have.
+fn limits(unit: &Unit) -> Vec<(Resource, u64, u64)> {
+    let mut out = Vec::new();
+    for (name, limit) in &unit.exec.limits {
+        let Some(resource) = resource(name) else {
+            continue;
+        };
+        let Ok((_, current_hard)) = getrlimit(resource) else {
+            continue;
+        };
+        let hard = limit.hard.unwrap_or(RLIM_INFINITY).min(current_hard);
+        let soft = limit.soft.unwrap_or(RLIM_INFINITY).min(hard);
+        out.push((resource, soft, hard));
+    }
+    out
+}
+
+fn resource(name: &str) -> Option<Resource> {
+    Some(match name {
+        "LimitCPU" => Resource::RLIMIT_CPU,
+        "LimitFSIZE" => Resource::RLIMIT_FSIZE,
+        "LimitDATA" => Resource::RLIMIT_DATA,
+        "LimitSTACK" => Resource::RLIMIT_STACK,
+        "LimitCORE" => Resource::RLIMIT_CORE,
+        "LimitRSS" => Resource::RLIMIT_RSS,
+        "LimitNOFILE" => Resource::RLIMIT_NOFILE,
+        "LimitAS" => Resource::RLIMIT_AS,
+        "LimitNPROC" => Resource::RLIMIT_NPROC,
+        "LimitMEMLOCK" => Resource::RLIMIT_MEMLOCK,
+        "LimitLOCKS" => Resource::RLIMIT_LOCKS,
+        "LimitSIGPENDING" => Resource::RLIMIT_SIGPENDING,
+        "LimitMSGQUEUE" => Resource::RLIMIT_MSGQUEUE,
+        "LimitNICE" => Resource::RLIMIT_NICE,
+        "LimitRTPRIO" => Resource::RLIMIT_RTPRIO,
+        "LimitRTTIME" => Resource::RLIMIT_RTTIME,
+        _ => return None,
+    })
+}

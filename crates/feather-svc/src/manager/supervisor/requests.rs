@@ -1,0 +1,367 @@
+//! What clients ask of the manager: start (with the dependency closure), stop (in reverse
+//! order, with what needs the unit), reload, list, status, shut down; and the answers, sent
+//! once the units a request touched have settled.
+
+use std::collections::BTreeSet;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+impl Manager {
+    /// Reads the request of every connection waiting on the control socket.
+    pub(super) fn accept(&mut self) {
+        while let Ok((stream, _)) = self.listener.accept() {
+            let _ = stream.set_nonblocking(false);
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            match protocol::receive::<Request>(&stream) {
+                Ok(request) => self.handle(request, stream),
+                Err(e) => {
+                    let mut stream = stream;
+                    let _ = protocol::send(
+                        &mut stream,
+                        &Response::Error {
+                            message: format!("bad request: {e}"),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Answers a request at once, or keeps the connection in a job until its units settle.
+    pub(super) fn handle(&mut self, request: Request, mut stream: UnixStream) {
+        let answer = match request {
+            Request::Start { units } => match self.request_start(&units) {
+                Ok((units, skipped)) => {
+                    self.jobs.push(Job {
+                        client: stream,
+                        units,
+                        skipped,
+                        then_exit: false,
+                    });
+                    return;
+                }
+                Err(message) => Response::Error { message },
+            },
+            Request::Stop { units } => {
+                let mut missing = units.iter().filter_map(|u| {
+                    let name = UnitName::parse(u).ok()?;
+                    (!self.units.contains_key(name.as_str()) && self.alias_of(&name).is_none())
+                        .then(|| name.to_string())
+                });
+                if let Some(missing) = missing.next() {
+                    Response::Error {
+                        message: format!(
+                            "{missing} was not started in this VM (see `feather service ls`)"
+                        ),
+                    }
+                } else {
+                    let names: Vec<String> = units
+                        .iter()
+                        .filter_map(|u| UnitName::parse(u).ok())
+                        .map(|n| self.alias_of(&n).unwrap_or_else(|| n.to_string()))
+                        .collect();
+                    let touched = self.request_stop(&names);
+                    self.jobs.push(Job {
+                        client: stream,
+                        units: touched,
+                        skipped: Vec::new(),
+                        then_exit: false,
+                    });
+                    return;
+                }
+            }
+            Request::Reload { units } => match self.request_reload(&units) {
+                Ok(units) => {
+                    self.jobs.push(Job {
+                        client: stream,
+                        units,
+                        skipped: Vec::new(),
+                        then_exit: false,
+                    });
+                    return;
+                }
+                Err(message) => Response::Error { message },
+            },
+            Request::List => Response::List {
+                units: self.units.values().map(Runtime::info).collect(),
+            },
+            Request::Status { unit, lines } => self.status(&unit, lines),
+            Request::Shutdown => {
+                self.begin_shutdown();
+                let units = self.units.keys().cloned().collect();
+                self.jobs.push(Job {
+                    client: stream,
+                    units,
+                    skipped: Vec::new(),
+                    then_exit: true,
+                });
+                return;
+            }
+        };
+        let _ = protocol::send(&mut stream, &answer);
+    }
+
+    /// The name a started unit has if `name` is one of its aliases.
+    pub(super) fn alias_of(&self, name: &UnitName) -> Option<String> {
+        if self.units.contains_key(name.as_str()) {
+            return Some(name.to_string());
+        }
+        match self.paths.find(name) {
+            Ok(Some(crate::paths::Fragment::File { name: real, .. }))
+                if self.units.contains_key(real.as_str()) =>
+            {
+                Some(real.to_string())
+            }
+            _ => None,
+        }
+    }
+
+    /// One unit's state (a unit never started is read from its file) and its last log lines.
+    pub(super) fn status(&self, unit: &str, lines: usize) -> Response {
+        let name = match UnitName::parse(unit) {
+            Ok(name) => name,
+            Err(e) => {
+                return Response::Error {
+                    message: e.to_string(),
+                }
+            }
+        };
+        let info = match self.alias_of(&name).and_then(|n| self.units.get(&n)) {
+            Some(runtime) => runtime.info(),
+            None => match self.paths.load(&name) {
+                Ok(unit) => Runtime::new(unit).info(),
+                Err(e) => {
+                    return Response::Error {
+                        message: e.to_string(),
+                    }
+                }
+            },
+        };
+        let log = tail(&spawn::log_path(&info.name), lines);
+        Response::Status {
+            unit: Box::new(info),
+            log,
+        }
+    }
+
+    /// Loads the closure of `names`, queues every unit of it that is not already up, and
+    /// returns the units the job waits for.
+    pub(super) fn request_start(
+        &mut self,
+        names: &[String],
+    ) -> Result<(Vec<String>, Vec<ServiceInfo>), String> {
+        if self.shutting_down {
+            return Err("the service manager is shutting down".into());
+        }
+        let roots = names
+            .iter()
+            .map(|n| UnitName::parse(n))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| e.to_string())?;
+        let graph = DependencyGraph::closure(&self.paths, &roots).map_err(|e| e.to_string())?;
+        graph.start_waves().map_err(|e| e.to_string())?;
+        let ordering = graph.ordering();
+        let mut job_units = Vec::new();
+        for (name, unit) in &graph.units {
+            job_units.push(name.clone());
+            if let Some(existing) = self.units.get_mut(name) {
+                if existing.state == State::Deactivating || existing.stop_pending {
+                    // Still stopping: its processes are tracked here until they are gone; the
+                    // start follows the stop.
+                    existing.start_after_stop = true;
+                    continue;
+                }
+                if matches!(
+                    existing.state,
+                    State::Active | State::Activating | State::Waiting
+                ) {
+                    continue;
+                }
+            }
+            let mut runtime = Runtime::new(unit.clone());
+            if let Some(old) = self.units.get(name) {
+                runtime.restarts = old.restarts;
+            }
+            runtime.pulled_by = graph
+                .pulled_by
+                .get(name)
+                .map(|(by, how)| format!("{by} ({how})"));
+            runtime.after = ordering
+                .iter()
+                .filter(|(_, a)| a == name)
+                .map(|(b, _)| b.clone())
+                .collect();
+            let d = &unit.dependencies;
+            runtime.requires = d
+                .requires
+                .iter()
+                .chain(&d.binds_to)
+                .chain(&d.requisite)
+                .filter(|n| graph.units.contains_key(*n))
+                .cloned()
+                .collect();
+            runtime.set(State::Waiting, Phase::Idle);
+            if let Err(why) = catalog::validate(unit) {
+                fail(&mut runtime, why);
+            } else if let Some(missing) = catalog::missing_program(Path::new("/"), unit) {
+                fail(
+                    &mut runtime,
+                    format!(
+                        "its program {} is not installed in the VM",
+                        missing.display()
+                    ),
+                );
+            }
+            self.units.insert(name.clone(), runtime);
+        }
+        // Conflicts=, either way round: the other unit stops, and the new one starts after it.
+        let mut conflicting = Vec::new();
+        for (name, unit) in &graph.units {
+            for (other, o) in &self.units {
+                let conflict = unit.dependencies.conflicts.contains(other)
+                    || o.unit.dependencies.conflicts.contains(name);
+                let up = matches!(o.state, State::Active | State::Activating | State::Waiting);
+                if conflict && up && !graph.units.contains_key(other) {
+                    conflicting.push((name.clone(), other.clone()));
+                }
+            }
+        }
+        for (name, other) in &conflicting {
+            if let Some(r) = self.units.get_mut(name) {
+                r.after.insert(other.clone());
+            }
+        }
+        let others: Vec<String> = conflicting.into_iter().map(|(_, other)| other).collect();
+        if !others.is_empty() {
+            job_units.extend(self.request_stop(&others));
+        }
+        let skipped = graph
+            .skipped
+            .iter()
+            .map(|(name, why)| ServiceInfo {
+                name: name.clone(),
+                state: "skipped".into(),
+                sub: "skipped".into(),
+                result: Some(why.clone()),
+                ..ServiceInfo::default()
+            })
+            .collect();
+        Ok((job_units, skipped))
+    }
+
+    /// Starts the ExecReload= commands of running units; all must be running and have some.
+    pub(super) fn request_reload(&mut self, names: &[String]) -> Result<Vec<String>, String> {
+        let mut real = Vec::new();
+        for name in names {
+            let parsed = UnitName::parse(name).map_err(|e| e.to_string())?;
+            let Some(name) = self.alias_of(&parsed) else {
+                return Err(format!(
+                    "{parsed} was not started in this VM (see `feather service ls`)"
+                ));
+            };
+            let r = &self.units[&name];
+            if r.state != State::Active || r.phase != Phase::Running {
+                return Err(format!(
+                    "{name} is {} ({}), not running: nothing to reload",
+                    r.state.name(),
+                    r.phase.name()
+                ));
+            }
+            if r.unit
+                .service
+                .as_ref()
+                .is_none_or(|s| s.exec_reload.is_empty())
+            {
+                return Err(format!("{name} has no ExecReload=: restart it instead"));
+            }
+            real.push(name);
+        }
+        for name in &real {
+            if let Some(r) = self.units.get_mut(name) {
+                r.reload_error = None;
+                r.phase = Phase::Reload;
+                r.pending = r
+                    .unit
+                    .service
+                    .as_ref()
+                    .map(|s| s.exec_reload.iter().cloned().collect())
+                    .unwrap_or_default();
+            }
+            self.advance(name);
+        }
+        Ok(real)
+    }
+
+    /// Marks `names`, and the active units that require or are bound to them, to stop; the
+    /// ones ordered after others stop first. Returns the units touched.
+    pub(super) fn request_stop(&mut self, names: &[String]) -> Vec<String> {
+        let mut stopping: BTreeSet<String> = names.iter().cloned().collect();
+        loop {
+            let more: Vec<String> = self
+                .units
+                .iter()
+                .filter(|(n, r)| {
+                    !stopping.contains(*n)
+                        && r.requires
+                            .iter()
+                            .chain(&r.unit.dependencies.part_of)
+                            .any(|d| stopping.contains(d))
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            if more.is_empty() {
+                break;
+            }
+            stopping.extend(more);
+        }
+        for name in &stopping {
+            if let Some(r) = self.units.get_mut(name) {
+                r.stop_requested = true;
+                r.restart_at = None;
+                match r.state {
+                    State::Waiting => {
+                        r.result = Some("stop requested before it started".into());
+                        r.set(State::Inactive, Phase::Idle);
+                    }
+                    State::Inactive | State::Failed => {}
+                    _ => r.stop_pending = true,
+                }
+            }
+        }
+        stopping.into_iter().collect()
+    }
+
+    /// Answers the jobs whose units have all settled.
+    pub(super) fn finish_jobs(&mut self) {
+        let mut remaining = Vec::new();
+        for mut job in std::mem::take(&mut self.jobs) {
+            let settled = job.units.iter().all(|n| {
+                self.units.get(n).is_none_or(|r| {
+                    r.state.settled()
+                        && !r.stop_pending
+                        && r.restart_at.is_none()
+                        && r.phase != Phase::Reload
+                })
+            });
+            if !settled {
+                remaining.push(job);
+                continue;
+            }
+            let mut units: Vec<ServiceInfo> = job
+                .units
+                .iter()
+                .filter_map(|n| self.units.get(n))
+                .map(Runtime::info)
+                .collect();
+            units.append(&mut job.skipped);
+            let _ = protocol::send(&mut job.client, &Response::Done { units });
+            if job.then_exit {
+                self.shutting_down = true;
+            }
+        }
+        self.jobs = remaining;
+    }
+}

@@ -1,0 +1,119 @@
+//! Every `unsafe` block of feather-svc: the hook that runs in a service's process between
+//! fork and exec.
+
+use std::ffi::CString;
+use std::os::fd::RawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
+
+use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{execve, getpid, setgid, setgroups, setsid, setuid, Gid, Uid};
+
+/// What a service's process does to itself before it executes its program. Everything is
+/// computed beforehand, so that the hook itself only makes system calls.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    pub uid: Uid,
+    pub gid: Gid,
+    pub groups: Vec<Gid>,
+}
+
+/// Sockets handed to a service (socket activation): they become descriptors 3, 4, … and the
+/// program is executed by the hook itself, with `LISTEN_PID` set to its own pid.
+#[derive(Clone, Debug)]
+pub struct ListenFds {
+    pub fds: Vec<RawFd>,
+    pub program: CString,
+    pub argv: Vec<CString>,
+    /// The environment, with LISTEN_FDS and LISTEN_FDNAMES but without LISTEN_PID.
+    pub env: Vec<CString>,
+}
+
+#[derive(Clone, Debug)]
+pub struct ProcessSetup {
+    /// None: the process keeps the manager's (root's) identity (`+`, `!`, or no User=).
+    pub credentials: Option<Credentials>,
+    pub umask: u32,
+    pub limits: Vec<(Resource, u64, u64)>,
+    pub listen: Option<ListenFds>,
+}
+
+/// The first descriptor a passed socket gets, as sd_listen_fds(3) expects.
+pub const LISTEN_FDS_START: RawFd = 3;
+
+/// Installs `setup` to run in the child: the signal mask cleared, a new session (so the
+/// service's processes can be found and signalled as a group), its umask and resource limits,
+/// its user and groups, and with sockets to pass, the sockets and the exec itself.
+pub fn install(command: &mut Command, setup: ProcessSetup) {
+    let hook = move || -> std::io::Result<()> {
+        // The manager blocks the signals it reads from a signalfd; a service must not inherit
+        // that mask, or it would never see SIGTERM.
+        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+        setsid()?;
+        umask(Mode::from_bits_truncate(setup.umask));
+        for (resource, soft, hard) in &setup.limits {
+            setrlimit(*resource, *soft, *hard)?;
+        }
+        if let Some(credentials) = &setup.credentials {
+            // Groups first: once the uid is not 0, they can no longer be changed.
+            setgroups(&credentials.groups)?;
+            setgid(credentials.gid)?;
+            setuid(credentials.uid)?;
+        }
+        if let Some(listen) = &setup.listen {
+            for (i, fd) in listen.fds.iter().enumerate() {
+                // Without O_CLOEXEC, the new descriptor survives the exec.
+                dup_to(*fd, LISTEN_FDS_START + i as RawFd, false)?;
+            }
+            let mut env = listen.env.clone();
+            env.push(CString::new(format!("LISTEN_PID={}", getpid())).unwrap_or_default());
+            execve(&listen.program, &listen.argv, &env)?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec. The manager is single-threaded,
+    // so no lock (the allocator's included) can be held by another thread at the fork: the
+    // hook may allocate. It makes system calls over values computed before the fork; on an
+    // error it returns it, and std reports it to the parent as the spawn's failure.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
+/// dup3(2) over raw descriptors; `new` is closed on exec if `cloexec`.
+fn dup_to(old: RawFd, new: RawFd, cloexec: bool) -> nix::Result<()> {
+    // SAFETY: dup2 takes two integers. The callers pass a descriptor they hold open (a
+    // listening socket of the manager, or /dev/null just opened) and a target that is either
+    // free or one of the placeholders the manager reserved (see `reserve_low_fds`), so no
+    // descriptor anyone relies on is replaced.
+    let ret = unsafe { libc::dup3(old, new, if cloexec { libc::O_CLOEXEC } else { 0 }) };
+    if ret < 0 {
+        return Err(nix::errno::Errno::last());
+    }
+    Ok(())
+}
+
+/// Makes sure descriptors 3 up to `3 + count` are open (placeholders on /dev/null), so that
+/// descriptors the manager opens later, and the ones std uses while spawning, are above them,
+/// and a service's sockets can be placed at 3, 4, … without replacing any of them.
+pub fn reserve_low_fds(count: RawFd) -> std::io::Result<()> {
+    use std::os::fd::IntoRawFd;
+    for fd in LISTEN_FDS_START..LISTEN_FDS_START + count {
+        if std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
+            continue;
+        }
+        let null = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC)
+            .open("/dev/null")?
+            .into_raw_fd();
+        if null != fd {
+            dup_to(null, fd, true)?;
+            let _ = nix::unistd::close(null);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,856 @@
+//! A unit as systemd understands it once its file and drop-ins are read: dependencies,
+//! `[Install]`, and for services and sockets the settings feather acts on. Settings that
+//! feather reads but does not apply (the sandboxing ones, say) are kept by name in
+//! [`Unit::not_applied`], so `service status` can say so.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+
+use crate::name::UnitName;
+use crate::specifier::{self, Context};
+use crate::syntax::Assignment;
+use crate::values::{self, Limit};
+use crate::words::{self, ExecCommand};
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Dependencies {
+    pub requires: Vec<String>,
+    pub requisite: Vec<String>,
+    pub wants: Vec<String>,
+    pub binds_to: Vec<String>,
+    pub part_of: Vec<String>,
+    pub upholds: Vec<String>,
+    pub conflicts: Vec<String>,
+    pub after: Vec<String>,
+    pub before: Vec<String>,
+    pub on_failure: Vec<String>,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Install {
+    pub wanted_by: Vec<String>,
+    pub required_by: Vec<String>,
+    pub alias: Vec<String>,
+    pub also: Vec<String>,
+    pub default_instance: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceType {
+    #[default]
+    Simple,
+    Exec,
+    Forking,
+    Oneshot,
+    Dbus,
+    Notify,
+    #[serde(rename = "notify-reload")]
+    NotifyReload,
+    Idle,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Restart {
+    #[default]
+    No,
+    OnSuccess,
+    OnFailure,
+    OnAbnormal,
+    OnWatchdog,
+    OnAbort,
+    Always,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum KillMode {
+    #[default]
+    ControlGroup,
+    Mixed,
+    Process,
+    None,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NotifyAccess {
+    #[default]
+    None,
+    Main,
+    Exec,
+    All,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct WorkingDirectory {
+    /// `~` means the home of User=.
+    pub path: PathBuf,
+    /// A leading `-`: a missing directory is not an error.
+    pub optional: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct EnvironmentFile {
+    pub path: PathBuf,
+    /// A leading `-`: a missing file is skipped.
+    pub optional: bool,
+}
+
+/// The five kinds of directories systemd makes for a service, each under its own root.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub enum DirectoryKind {
+    Runtime,
+    State,
+    Cache,
+    Logs,
+    Configuration,
+}
+
+impl DirectoryKind {
+    pub const ALL: [DirectoryKind; 5] = [
+        DirectoryKind::Runtime,
+        DirectoryKind::State,
+        DirectoryKind::Cache,
+        DirectoryKind::Logs,
+        DirectoryKind::Configuration,
+    ];
+
+    pub fn root(self) -> &'static str {
+        match self {
+            DirectoryKind::Runtime => "/run",
+            DirectoryKind::State => "/var/lib",
+            DirectoryKind::Cache => "/var/cache",
+            DirectoryKind::Logs => "/var/log",
+            DirectoryKind::Configuration => "/etc",
+        }
+    }
+
+    /// `RuntimeDirectory`, `StateDirectory`, …
+    pub fn setting(self) -> &'static str {
+        match self {
+            DirectoryKind::Runtime => "RuntimeDirectory",
+            DirectoryKind::State => "StateDirectory",
+            DirectoryKind::Cache => "CacheDirectory",
+            DirectoryKind::Logs => "LogsDirectory",
+            DirectoryKind::Configuration => "ConfigurationDirectory",
+        }
+    }
+
+    /// The variable the service finds them in (`RUNTIME_DIRECTORY`, …).
+    pub fn variable(self) -> &'static str {
+        match self {
+            DirectoryKind::Runtime => "RUNTIME_DIRECTORY",
+            DirectoryKind::State => "STATE_DIRECTORY",
+            DirectoryKind::Cache => "CACHE_DIRECTORY",
+            DirectoryKind::Logs => "LOGS_DIRECTORY",
+            DirectoryKind::Configuration => "CONFIGURATION_DIRECTORY",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Directories {
+    pub kind: DirectoryKind,
+    /// Relative to the kind's root.
+    pub paths: Vec<String>,
+    pub mode: u32,
+}
+
+/// How a process of the unit runs: the settings shared by services and sockets.
+#[derive(Clone, Debug, Serialize)]
+pub struct ExecContext {
+    pub user: Option<String>,
+    pub group: Option<String>,
+    pub supplementary_groups: Vec<String>,
+    pub working_directory: Option<WorkingDirectory>,
+    pub umask: u32,
+    pub environment: Vec<(String, String)>,
+    pub environment_files: Vec<EnvironmentFile>,
+    pub directories: Vec<Directories>,
+    pub runtime_directory_preserve: bool,
+    pub limits: Vec<(String, Limit)>,
+    pub syslog_identifier: Option<String>,
+    pub dynamic_user: bool,
+}
+
+impl Default for ExecContext {
+    fn default() -> Self {
+        ExecContext {
+            user: None,
+            group: None,
+            supplementary_groups: Vec::new(),
+            working_directory: None,
+            umask: 0o022,
+            environment: Vec::new(),
+            environment_files: Vec::new(),
+            directories: DirectoryKind::ALL
+                .iter()
+                .map(|&kind| Directories {
+                    kind,
+                    paths: Vec::new(),
+                    mode: 0o755,
+                })
+                .collect(),
+            runtime_directory_preserve: false,
+            limits: Vec::new(),
+            syslog_identifier: None,
+            dynamic_user: false,
+        }
+    }
+}
+
+impl ExecContext {
+    pub fn directories(&self, kind: DirectoryKind) -> &Directories {
+        self.directories
+            .iter()
+            .find(|d| d.kind == kind)
+            .expect("every kind is present")
+    }
+
+    fn directories_mut(&mut self, kind: DirectoryKind) -> &mut Directories {
+        self.directories
+            .iter_mut()
+            .find(|d| d.kind == kind)
+            .expect("every kind is present")
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Service {
+    #[serde(rename = "type")]
+    pub kind: ServiceType,
+    pub remain_after_exit: bool,
+    pub guess_main_pid: bool,
+    pub pid_file: Option<PathBuf>,
+    pub bus_name: Option<String>,
+    pub notify_access: Option<NotifyAccess>,
+    pub exec_condition: Vec<ExecCommand>,
+    pub exec_start_pre: Vec<ExecCommand>,
+    pub exec_start: Vec<ExecCommand>,
+    pub exec_start_post: Vec<ExecCommand>,
+    pub exec_reload: Vec<ExecCommand>,
+    pub exec_stop: Vec<ExecCommand>,
+    pub exec_stop_post: Vec<ExecCommand>,
+    pub restart: Restart,
+    pub restart_sec: Duration,
+    /// None: no timeout.
+    pub timeout_start: Option<Duration>,
+    pub timeout_stop: Option<Duration>,
+    pub kill_mode: KillMode,
+    pub kill_signal: i32,
+    pub final_kill_signal: i32,
+    pub send_sigkill: bool,
+    pub success_exit_status: Vec<i32>,
+}
+
+impl Default for Service {
+    fn default() -> Self {
+        Service {
+            kind: ServiceType::Simple,
+            remain_after_exit: false,
+            guess_main_pid: true,
+            pid_file: None,
+            bus_name: None,
+            notify_access: None,
+            exec_condition: Vec::new(),
+            exec_start_pre: Vec::new(),
+            exec_start: Vec::new(),
+            exec_start_post: Vec::new(),
+            exec_reload: Vec::new(),
+            exec_stop: Vec::new(),
+            exec_stop_post: Vec::new(),
+            restart: Restart::No,
+            restart_sec: Duration::from_millis(100),
+            timeout_start: Some(DEFAULT_TIMEOUT),
+            timeout_stop: Some(DEFAULT_TIMEOUT),
+            kill_mode: KillMode::ControlGroup,
+            kill_signal: libc::SIGTERM,
+            final_kill_signal: libc::SIGKILL,
+            send_sigkill: true,
+            success_exit_status: Vec::new(),
+        }
+    }
+}
+
+/// systemd's DefaultTimeoutStartSec/DefaultTimeoutStopSec.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ListenKind {
+    Stream,
+    Datagram,
+    SequentialPacket,
+    Fifo,
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Listen {
+    pub kind: ListenKind,
+    /// As written: a port, `address:port`, `[v6]:port`, a path, or `@abstract`.
+    pub address: String,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Socket {
+    pub listen: Vec<Listen>,
+    pub accept: bool,
+    pub service: Option<String>,
+    pub socket_mode: Option<u32>,
+    pub socket_user: Option<String>,
+    pub socket_group: Option<String>,
+    pub file_descriptor_name: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    /// `ConditionPathExists`, `AssertFileNotEmpty`, …
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StartLimit {
+    /// None: no rate limit.
+    pub interval: Option<Duration>,
+    pub burst: u32,
+}
+
+impl Default for StartLimit {
+    fn default() -> Self {
+        StartLimit {
+            interval: Some(Duration::from_secs(10)),
+            burst: 5,
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Unit {
+    pub name: UnitName,
+    /// The file the unit was read from; None for a unit known only from drop-ins.
+    pub fragment: Option<PathBuf>,
+    pub dropins: Vec<PathBuf>,
+    pub description: Option<String>,
+    pub documentation: Vec<String>,
+    pub dependencies: Dependencies,
+    pub default_dependencies: bool,
+    pub start_limit: StartLimit,
+    pub conditions: Vec<Condition>,
+    pub install: Install,
+    pub exec: ExecContext,
+    /// Present for `.service` units.
+    pub service: Option<Service>,
+    /// Present for `.socket` units.
+    pub socket: Option<Socket>,
+    /// Settings read but not applied inside a VM, as `Section.Key`, once each.
+    pub not_applied: Vec<String>,
+}
+
+impl Unit {
+    pub fn new(name: UnitName) -> Unit {
+        let service = (name.kind() == "service").then(Service::default);
+        let socket = (name.kind() == "socket").then(Socket::default);
+        Unit {
+            name,
+            fragment: None,
+            dropins: Vec::new(),
+            description: None,
+            documentation: Vec::new(),
+            dependencies: Dependencies::default(),
+            default_dependencies: true,
+            start_limit: StartLimit::default(),
+            conditions: Vec::new(),
+            install: Install::default(),
+            exec: ExecContext::default(),
+            service,
+            socket,
+            not_applied: Vec::new(),
+        }
+    }
+
+    /// Applies one assignment of the unit file or a drop-in, in order. `root` is the tree the
+    /// unit comes from, for specifiers that read it.
+    pub fn apply(&mut self, assignment: &Assignment, root: &Path) -> Result<(), String> {
+        let name = self.name.clone();
+        let fragment = self.fragment.clone();
+        let context = Context {
+            unit: &name,
+            fragment: fragment.as_deref(),
+            root,
+        };
+        let key = assignment.key.as_str();
+        let raw = assignment.value.as_str();
+        let expand = |text: &str| specifier::expand(text, &context);
+        match assignment.section.as_str() {
+            "Unit" => self.apply_unit(key, raw, &expand),
+            "Install" => self.apply_install(key, raw, &expand),
+            "Service" if self.service.is_some() => {
+                if !self.apply_exec_context(key, raw, &expand)? {
+                    self.apply_service(key, raw, &expand, &context)?;
+                }
+                Ok(())
+            }
+            "Socket" if self.socket.is_some() => {
+                if !self.apply_exec_context(key, raw, &expand)? {
+                    self.apply_socket(key, raw, &expand)?;
+                }
+                Ok(())
+            }
+            section if section.starts_with("X-") => Ok(()),
+            section => {
+                // A [Timer], [Mount], … of a unit feather never starts, or a section of another
+                // unit type: systemd ignores what does not belong to the unit's type.
+                self.note_not_applied(section, key);
+                Ok(())
+            }
+        }
+    }
+
+    fn note_not_applied(&mut self, section: &str, key: &str) {
+        let entry = format!("{section}.{key}");
+        if !self.not_applied.contains(&entry) {
+            self.not_applied.push(entry);
+        }
+    }
+
+    fn apply_unit(
+        &mut self,
+        key: &str,
+        raw: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), String> {
+        let deps = &mut self.dependencies;
+        let list = match key {
+            "Requires" => Some(&mut deps.requires),
+            "Requisite" => Some(&mut deps.requisite),
+            "Wants" => Some(&mut deps.wants),
+            "BindsTo" => Some(&mut deps.binds_to),
+            "PartOf" => Some(&mut deps.part_of),
+            "Upholds" => Some(&mut deps.upholds),
+            "Conflicts" => Some(&mut deps.conflicts),
+            "After" => Some(&mut deps.after),
+            "Before" => Some(&mut deps.before),
+            "OnFailure" => Some(&mut deps.on_failure),
+            _ => None,
+        };
+        if let Some(list) = list {
+            return unit_list(list, raw, expand);
+        }
+        match key {
+            // Shown to people only: a bad specifier there keeps the text as written.
+            "Description" => self.description = Some(expand(raw).unwrap_or_else(|_| raw.into())),
+            "Documentation" if raw.is_empty() => self.documentation.clear(),
+            "Documentation" => self
+                .documentation
+                .extend(raw.split_whitespace().map(str::to_owned)),
+            "DefaultDependencies" => self.default_dependencies = values::boolean(raw)?,
+            "StartLimitIntervalSec" | "StartLimitInterval" => {
+                self.start_limit.interval = match values::timespan(raw, Duration::from_secs(1))? {
+                    Some(d) if d.is_zero() => None,
+                    other => other,
+                }
+            }
+            "StartLimitBurst" => {
+                self.start_limit.burst = raw
+                    .parse()
+                    .map_err(|_| format!("StartLimitBurst={raw:?} is not a number"))?
+            }
+            k if k.starts_with("Condition") || k.starts_with("Assert") => {
+                if raw.is_empty() {
+                    self.conditions.retain(|c| c.key != k);
+                } else {
+                    self.conditions.push(Condition {
+                        key: k.to_owned(),
+                        value: expand(raw)?,
+                    });
+                }
+            }
+            other => self.note_not_applied("Unit", other),
+        }
+        Ok(())
+    }
+
+    fn apply_install(
+        &mut self,
+        key: &str,
+        raw: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), String> {
+        let install = &mut self.install;
+        match key {
+            "WantedBy" => unit_list(&mut install.wanted_by, raw, expand),
+            "RequiredBy" => unit_list(&mut install.required_by, raw, expand),
+            "UpheldBy" => Ok(()),
+            "Alias" => unit_list(&mut install.alias, raw, expand),
+            "Also" => unit_list(&mut install.also, raw, expand),
+            "DefaultInstance" => {
+                install.default_instance = (!raw.is_empty()).then(|| raw.to_owned());
+                Ok(())
+            }
+            other => {
+                self.note_not_applied("Install", other);
+                Ok(())
+            }
+        }
+    }
+
+    /// The settings of how processes run; true if `key` was one of them.
+    fn apply_exec_context(
+        &mut self,
+        key: &str,
+        raw: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<bool, String> {
+        let exec = &mut self.exec;
+        match key {
+            "User" => exec.user = non_empty(expand(raw)?),
+            "Group" => exec.group = non_empty(expand(raw)?),
+            "SupplementaryGroups" if raw.is_empty() => exec.supplementary_groups.clear(),
+            "SupplementaryGroups" => exec
+                .supplementary_groups
+                .extend(expand(raw)?.split_whitespace().map(str::to_owned)),
+            "DynamicUser" => exec.dynamic_user = values::boolean(raw)?,
+            "WorkingDirectory" => {
+                let value = expand(raw)?;
+                exec.working_directory = if value.is_empty() {
+                    None
+                } else {
+                    let (optional, path) = match value.strip_prefix('-') {
+                        Some(rest) => (true, rest),
+                        None => (false, value.as_str()),
+                    };
+                    if path != "~" && !path.starts_with('/') {
+                        return Err(format!(
+                            "WorkingDirectory={value:?} is not an absolute path or ~"
+                        ));
+                    }
+                    Some(WorkingDirectory {
+                        path: PathBuf::from(path),
+                        optional,
+                    })
+                };
+            }
+            "UMask" => exec.umask = values::mode(raw)?,
+            "Environment" if raw.is_empty() => exec.environment.clear(),
+            "Environment" => {
+                for (name, value) in words::parse_environment(raw)? {
+                    exec.environment.push((name, expand(&value)?));
+                }
+            }
+            "EnvironmentFile" if raw.is_empty() => exec.environment_files.clear(),
+            "EnvironmentFile" => {
+                let value = expand(raw)?;
+                let (optional, path) = match value.strip_prefix('-') {
+                    Some(rest) => (true, rest.to_owned()),
+                    None => (false, value.clone()),
+                };
+                if !path.starts_with('/') {
+                    return Err(format!("EnvironmentFile={value:?} is not an absolute path"));
+                }
+                exec.environment_files.push(EnvironmentFile {
+                    path: PathBuf::from(path),
+                    optional,
+                });
+            }
+            "RuntimeDirectoryPreserve" => {
+                exec.runtime_directory_preserve = raw == "restart" || values::boolean(raw)?
+            }
+            "SyslogIdentifier" => exec.syslog_identifier = non_empty(expand(raw)?),
+            k if k.starts_with("Limit") => {
+                if !values::LIMITS.contains(&k) {
+                    return Err(format!("unknown resource limit {k}"));
+                }
+                exec.limits.retain(|(name, _)| name != k);
+                if !raw.is_empty() {
+                    exec.limits.push((k.to_owned(), values::limit(k, raw)?));
+                }
+            }
+            k => {
+                let Some(kind) = DirectoryKind::ALL
+                    .into_iter()
+                    .find(|d| k == d.setting() || k.strip_suffix("Mode") == Some(d.setting()))
+                else {
+                    return Ok(false);
+                };
+                let directories = exec.directories_mut(kind);
+                if k.ends_with("Mode") {
+                    directories.mode = values::mode(raw)?;
+                } else if raw.is_empty() {
+                    directories.paths.clear();
+                } else {
+                    for word in expand(raw)?.split_whitespace() {
+                        // `dir:symlink` (systemd 250) names a symlink to make as well; the
+                        // directory is what matters here.
+                        let dir = word.split(':').next().unwrap_or(word);
+                        if dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
+                            return Err(format!(
+                                "{k}={word:?} must be a relative path below {}",
+                                kind.root()
+                            ));
+                        }
+                        directories.paths.push(dir.to_owned());
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+
+    fn apply_service(
+        &mut self,
+        key: &str,
+        raw: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+        context: &Context,
+    ) -> Result<(), String> {
+        let Some(service) = self.service.as_mut() else {
+            return Ok(());
+        };
+        let exec_list = match key {
+            "ExecCondition" => Some(&mut service.exec_condition),
+            "ExecStartPre" => Some(&mut service.exec_start_pre),
+            "ExecStart" => Some(&mut service.exec_start),
+            "ExecStartPost" => Some(&mut service.exec_start_post),
+            "ExecReload" => Some(&mut service.exec_reload),
+            "ExecStop" => Some(&mut service.exec_stop),
+            "ExecStopPost" => Some(&mut service.exec_stop_post),
+            _ => None,
+        };
+        if let Some(list) = exec_list {
+            if raw.is_empty() {
+                list.clear();
+                return Ok(());
+            }
+            for mut command in words::parse_exec(raw)? {
+                // Specifiers are resolved word by word, after quotes: a value with spaces
+                // stays one argument.
+                command.path = specifier::expand(&command.path, context)?;
+                for word in &mut command.argv {
+                    *word = specifier::expand(word, context)?;
+                }
+                list.push(command);
+            }
+            return Ok(());
+        }
+        let seconds = Duration::from_secs(1);
+        // For the start and stop timeouts, 0 means "none", as `infinity` does.
+        let timeout = |raw: &str| -> Result<Option<Duration>, String> {
+            Ok(values::timespan(raw, seconds)?.filter(|d| !d.is_zero()))
+        };
+        match key {
+            "Type" => {
+                service.kind = match raw {
+                    "simple" => ServiceType::Simple,
+                    "exec" => ServiceType::Exec,
+                    "forking" => ServiceType::Forking,
+                    "oneshot" => ServiceType::Oneshot,
+                    "dbus" => ServiceType::Dbus,
+                    "notify" => ServiceType::Notify,
+                    "notify-reload" => ServiceType::NotifyReload,
+                    "idle" => ServiceType::Idle,
+                    other => return Err(format!("unknown service type Type={other}")),
+                }
+            }
+            "RemainAfterExit" => service.remain_after_exit = values::boolean(raw)?,
+            "GuessMainPID" => service.guess_main_pid = values::boolean(raw)?,
+            "PIDFile" => {
+                let value = expand(raw)?;
+                service.pid_file = if value.is_empty() {
+                    None
+                } else if value.starts_with('/') {
+                    Some(PathBuf::from(value))
+                } else {
+                    // Relative paths are taken below /run, as systemd does.
+                    Some(Path::new("/run").join(value))
+                };
+            }
+            "BusName" => service.bus_name = non_empty(expand(raw)?),
+            "NotifyAccess" => {
+                service.notify_access = Some(match raw {
+                    "none" => NotifyAccess::None,
+                    "main" => NotifyAccess::Main,
+                    "exec" => NotifyAccess::Exec,
+                    "all" => NotifyAccess::All,
+                    other => return Err(format!("unknown NotifyAccess={other}")),
+                })
+            }
+            "Restart" => {
+                service.restart = match raw {
+                    "no" => Restart::No,
+                    "on-success" => Restart::OnSuccess,
+                    "on-failure" => Restart::OnFailure,
+                    "on-abnormal" => Restart::OnAbnormal,
+                    "on-watchdog" => Restart::OnWatchdog,
+                    "on-abort" => Restart::OnAbort,
+                    "always" => Restart::Always,
+                    other => return Err(format!("unknown Restart={other}")),
+                }
+            }
+            "RestartSec" => {
+                service.restart_sec = values::timespan(raw, seconds)?.unwrap_or(Duration::MAX)
+            }
+            "TimeoutSec" => {
+                service.timeout_start = timeout(raw)?;
+                service.timeout_stop = service.timeout_start;
+            }
+            "TimeoutStartSec" => service.timeout_start = timeout(raw)?,
+            "TimeoutStopSec" => service.timeout_stop = timeout(raw)?,
+            "KillMode" => {
+                service.kill_mode = match raw {
+                    "control-group" => KillMode::ControlGroup,
+                    "mixed" => KillMode::Mixed,
+                    "process" => KillMode::Process,
+                    "none" => KillMode::None,
+                    other => return Err(format!("unknown KillMode={other}")),
+                }
+            }
+            "KillSignal" => service.kill_signal = signal(raw)?,
+            "FinalKillSignal" => service.final_kill_signal = signal(raw)?,
+            "SendSIGKILL" => service.send_sigkill = values::boolean(raw)?,
+            "SuccessExitStatus" if raw.is_empty() => service.success_exit_status.clear(),
+            "SuccessExitStatus" => {
+                for word in raw.split_whitespace() {
+                    match word.parse::<i32>().ok().or_else(|| exit_status_name(word)) {
+                        Some(code) => service.success_exit_status.push(code),
+                        // A signal name: a service killed by it exited cleanly.
+                        None => service.success_exit_status.push(-signal(word).map_err(|_| {
+                            format!("SuccessExitStatus: {word:?} is neither an exit status nor a signal")
+                        })?),
+                    }
+                }
+            }
+            // Kept in [Service] by older units; systemd still reads them there.
+            "StartLimitInterval" | "StartLimitIntervalSec" | "StartLimitBurst" => {
+                return self.apply_unit(key, raw, expand)
+            }
+            other => self.note_not_applied("Service", other),
+        }
+        Ok(())
+    }
+
+    fn apply_socket(
+        &mut self,
+        key: &str,
+        raw: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), String> {
+        let Some(socket) = self.socket.as_mut() else {
+            return Ok(());
+        };
+        let kind = match key {
+            "ListenStream" => Some(ListenKind::Stream),
+            "ListenDatagram" => Some(ListenKind::Datagram),
+            "ListenSequentialPacket" => Some(ListenKind::SequentialPacket),
+            "ListenFIFO" => Some(ListenKind::Fifo),
+            "ListenSpecial" | "ListenNetlink" | "ListenMessageQueue" | "ListenUSBFunction" => {
+                Some(ListenKind::Other)
+            }
+            _ => None,
+        };
+        if let Some(kind) = kind {
+            if raw.is_empty() {
+                socket.listen.clear();
+            } else {
+                socket.listen.push(Listen {
+                    kind,
+                    address: expand(raw)?,
+                });
+            }
+            return Ok(());
+        }
+        match key {
+            "Accept" => socket.accept = values::boolean(raw)?,
+            "Service" => {
+                let value = expand(raw)?;
+                crate::name::UnitName::parse(&value).map_err(|e| e.to_string())?;
+                socket.service = Some(value);
+            }
+            "SocketMode" => socket.socket_mode = Some(values::mode(raw)?),
+            "SocketUser" => socket.socket_user = non_empty(expand(raw)?),
+            "SocketGroup" => socket.socket_group = non_empty(expand(raw)?),
+            "FileDescriptorName" => socket.file_descriptor_name = non_empty(expand(raw)?),
+            other => self.note_not_applied("Socket", other),
+        }
+        Ok(())
+    }
+}
+
+/// A space-separated list of unit names; an empty value empties the list.
+fn unit_list(
+    list: &mut Vec<String>,
+    raw: &str,
+    expand: &dyn Fn(&str) -> Result<String, String>,
+) -> Result<(), String> {
+    if raw.is_empty() {
+        list.clear();
+        return Ok(());
+    }
+    for word in raw.split_whitespace() {
+        let name = expand(word)?;
+        let name = UnitName::parse(&name).map_err(|e| e.to_string())?;
+        if !list.iter().any(|n| n == name.as_str()) {
+            list.push(name.to_string());
+        }
+    }
+    Ok(())
+}
+
+fn non_empty(value: String) -> Option<String> {
+    (!value.is_empty()).then_some(value)
+}
+
+/// The exit status names systemd accepts (BSD's sysexits.h and the LSB ones).
+fn exit_status_name(name: &str) -> Option<i32> {
+    const NAMES: [(&str, i32); 22] = [
+        ("SUCCESS", 0),
+        ("FAILURE", 1),
+        ("INVALIDARGUMENT", 2),
+        ("NOTIMPLEMENTED", 3),
+        ("NOPERMISSION", 4),
+        ("NOTINSTALLED", 5),
+        ("NOTCONFIGURED", 6),
+        ("NOTRUNNING", 7),
+        ("USAGE", 64),
+        ("DATAERR", 65),
+        ("NOINPUT", 66),
+        ("NOUSER", 67),
+        ("NOHOST", 68),
+        ("UNAVAILABLE", 69),
+        ("SOFTWARE", 70),
+        ("OSERR", 71),
+        ("OSFILE", 72),
+        ("CANTCREAT", 73),
+        ("IOERR", 74),
+        ("TEMPFAIL", 75),
+        ("PROTOCOL", 76),
+        ("NOPERM", 77),
+    ];
+    NAMES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, code)| *code)
+        .or((name == "CONFIG").then_some(78))
+}
+
+/// A signal by name (`SIGTERM`, `TERM`) or number.
+pub fn signal(text: &str) -> Result<i32, String> {
+    if let Ok(number) = text.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(number)
+            .map(|s| s as i32)
+            .map_err(|_| format!("{text} is not a signal"));
+    }
+    let name = if text.starts_with("SIG") {
+        text.to_owned()
+    } else {
+        format!("SIG{text}")
+    };
+    name.parse::<nix::sys::signal::Signal>()
+        .map(|s| s as i32)
+        .map_err(|_| format!("{text:?} is not a signal name"))
+}

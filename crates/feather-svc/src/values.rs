@@ -1,0 +1,223 @@
+//! Typed values of unit settings: booleans, time spans, file modes, resource limits.
+
+use std::time::Duration;
+
+/// systemd's booleans.
+pub fn boolean(text: &str) -> Result<bool, String> {
+    match text.to_ascii_lowercase().as_str() {
+        "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
+        "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
+        _ => Err(format!("{text:?} is not a boolean (yes/no)")),
+    }
+}
+
+/// A time span: `90`, `5min 30s`, `500ms`, `1h`, `infinity` (None). A bare number is in
+/// `default_unit` (seconds for most settings).
+pub fn timespan(text: &str, default_unit: Duration) -> Result<Option<Duration>, String> {
+    let text = text.trim();
+    if text == "infinity" {
+        return Ok(None);
+    }
+    if text.is_empty() {
+        return Err("empty time span".into());
+    }
+    let mut total = Duration::ZERO;
+    let mut rest = text;
+    while !rest.is_empty() {
+        rest = rest.trim_start();
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        if number_len == 0 {
+            return Err(format!("{text:?} is not a time span"));
+        }
+        let number: f64 = rest[..number_len]
+            .parse()
+            .map_err(|_| format!("{text:?} is not a time span"))?;
+        rest = rest[number_len..].trim_start();
+        let unit_len = rest
+            .find(|c: char| !c.is_ascii_alphabetic())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "" => default_unit,
+            "us" | "usec" | "µs" => Duration::from_micros(1),
+            "ms" | "msec" => Duration::from_millis(1),
+            "s" | "sec" | "second" | "seconds" => Duration::from_secs(1),
+            "m" | "min" | "minute" | "minutes" => Duration::from_secs(60),
+            "h" | "hr" | "hour" | "hours" => Duration::from_secs(3600),
+            "d" | "day" | "days" => Duration::from_secs(86400),
+            "w" | "week" | "weeks" => Duration::from_secs(7 * 86400),
+            "M" | "month" | "months" => Duration::from_secs(2_629_800),
+            "y" | "year" | "years" => Duration::from_secs(31_557_600),
+            other => return Err(format!("unknown time unit {other:?} in {text:?}")),
+        };
+        total += unit.mul_f64(number);
+        rest = &rest[unit_len..];
+    }
+    Ok(Some(total))
+}
+
+/// An octal file mode such as `0755` or `2755`.
+pub fn mode(text: &str) -> Result<u32, String> {
+    u32::from_str_radix(text, 8)
+        .ok()
+        .filter(|m| *m <= 0o7777)
+        .ok_or_else(|| format!("{text:?} is not an octal file mode"))
+}
+
+/// A resource limit: `soft[:hard]`, each a number, `infinity`, or (for sizes) a number with a
+/// K/M/G/T/P/E suffix (base 1024). None is unlimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Limit {
+    pub soft: Option<u64>,
+    pub hard: Option<u64>,
+}
+
+/// The `Limit*=` settings (each sets the kernel resource limit of its name).
+pub const LIMITS: [&str; 16] = [
+    "LimitCPU",
+    "LimitFSIZE",
+    "LimitDATA",
+    "LimitSTACK",
+    "LimitCORE",
+    "LimitRSS",
+    "LimitNOFILE",
+    "LimitAS",
+    "LimitNPROC",
+    "LimitMEMLOCK",
+    "LimitLOCKS",
+    "LimitSIGPENDING",
+    "LimitMSGQUEUE",
+    "LimitNICE",
+    "LimitRTPRIO",
+    "LimitRTTIME",
+];
+
+pub fn limit(key: &str, text: &str) -> Result<Limit, String> {
+    let (soft, hard) = text.split_once(':').unwrap_or((text, text));
+    let one = |value: &str| -> Result<Option<u64>, String> {
+        let value = value.trim();
+        if value == "infinity" {
+            return Ok(None);
+        }
+        match key {
+            "LimitCPU" => timespan(value, Duration::from_secs(1)).map(|d| d.map(|d| d.as_secs())),
+            "LimitRTTIME" => {
+                timespan(value, Duration::from_micros(1)).map(|d| d.map(|d| d.as_micros() as u64))
+            }
+            "LimitNICE" => {
+                // `+N`/`-N` is a nice level; a bare number is the raw limit (0..=40).
+                if let Some(level) = value.strip_prefix(['+', '-']) {
+                    let level: i64 = level
+                        .parse()
+                        .map_err(|_| format!("bad nice level {value:?}"))?;
+                    let level = if value.starts_with('-') {
+                        -level
+                    } else {
+                        level
+                    };
+                    Ok(Some((20 - level).clamp(0, 40) as u64))
+                } else {
+                    value
+                        .parse()
+                        .map(Some)
+                        .map_err(|_| format!("bad nice limit {value:?}"))
+                }
+            }
+            _ => size(value).map(Some),
+        }
+    };
+    Ok(Limit {
+        soft: one(soft).map_err(|e| format!("{key}: {e}"))?,
+        hard: one(hard).map_err(|e| format!("{key}: {e}"))?,
+    })
+}
+
+fn size(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let number: u64 = text[..split]
+        .parse()
+        .map_err(|_| format!("{text:?} is not a number"))?;
+    let shift = match &text[split..] {
+        "" | "B" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        "P" => 50,
+        "E" => 60,
+        other => return Err(format!("unknown size suffix {other:?} in {text:?}")),
+    };
+    number
+        .checked_mul(1u64 << shift)
+        .ok_or_else(|| format!("{text:?} is too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn time_spans() {
+        let s = Duration::from_secs(1);
+        assert_eq!(timespan("90", s).unwrap(), Some(Duration::from_secs(90)));
+        assert_eq!(
+            timespan("5min 30s", s).unwrap(),
+            Some(Duration::from_secs(330))
+        );
+        assert_eq!(
+            timespan("1min30s", s).unwrap(),
+            Some(Duration::from_secs(90))
+        );
+        assert_eq!(
+            timespan("500ms", s).unwrap(),
+            Some(Duration::from_millis(500))
+        );
+        assert_eq!(
+            timespan("1.5h", s).unwrap(),
+            Some(Duration::from_secs(5400))
+        );
+        assert_eq!(timespan("infinity", s).unwrap(), None);
+        assert!(timespan("5 parsecs", s).is_err());
+        assert!(timespan("", s).is_err());
+    }
+
+    #[test]
+    fn limits() {
+        assert_eq!(
+            limit("LimitNOFILE", "1024:524288").unwrap(),
+            Limit {
+                soft: Some(1024),
+                hard: Some(524288)
+            }
+        );
+        assert_eq!(
+            limit("LimitNOFILE", "65535").unwrap(),
+            Limit {
+                soft: Some(65535),
+                hard: Some(65535)
+            }
+        );
+        assert_eq!(limit("LimitMEMLOCK", "64K").unwrap().soft, Some(65536));
+        assert_eq!(
+            limit("LimitCORE", "infinity").unwrap(),
+            Limit {
+                soft: None,
+                hard: None
+            }
+        );
+        assert_eq!(limit("LimitCPU", "2min").unwrap().soft, Some(120));
+        assert_eq!(limit("LimitNICE", "-5").unwrap().soft, Some(25));
+        assert!(limit("LimitNOFILE", "lots").is_err());
+    }
+
+    #[test]
+    fn booleans_and_modes() {
+        assert!(boolean("yes").unwrap() && !boolean("off").unwrap());
+        assert!(boolean("maybe").is_err());
+        assert_eq!(mode("2755").unwrap(), 0o2755);
+        assert!(mode("999").is_err());
+    }
+}

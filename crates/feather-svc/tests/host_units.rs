@@ -1,0 +1,62 @@
+//! Every unit file and init script installed on this machine parses without error: the
+//! parser understands what Debian actually ships, not only the fixtures.
+
+use feather_svc::{sysv, UnitName, UnitPaths};
+
+#[test]
+fn every_unit_file_on_this_machine_loads() {
+    let paths = UnitPaths::new("/");
+    let mut loaded = 0;
+    let mut failures = Vec::new();
+    for name in paths.all_names() {
+        let name = if name.is_template() {
+            name.with_instance("feather-test")
+        } else {
+            name
+        };
+        match paths.load(&name) {
+            Ok(_) => loaded += 1,
+            Err(feather_svc::SvcError::Masked { .. }) => {}
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{} of {} units failed:\n{}",
+        failures.len(),
+        loaded + failures.len(),
+        failures.join("\n")
+    );
+    // A Debian machine with systemd's package installed has well over a hundred units.
+    assert!(
+        loaded > 100,
+        "only {loaded} units found in {:?}",
+        paths.dirs()
+    );
+}
+
+#[test]
+fn every_dropin_and_wants_link_on_this_machine_is_read() {
+    let paths = UnitPaths::new("/");
+    for name in paths.all_names() {
+        for dropin in paths.dropins(std::slice::from_ref(&name)) {
+            assert!(
+                dropin.extension().is_some_and(|e| e == "conf"),
+                "{}",
+                dropin.display()
+            );
+        }
+        let (wants, requires) = paths.wants_and_requires(&name);
+        for n in wants.iter().chain(&requires) {
+            UnitName::parse(n).unwrap();
+        }
+    }
+}
+
+#[test]
+fn every_init_script_on_this_machine_parses() {
+    let scripts = sysv::scripts(std::path::Path::new("/")).unwrap();
+    for script in &scripts {
+        assert!(!script.name.is_empty(), "{}", script.path.display());
+    }
+}

@@ -1,0 +1,425 @@
+//! Unit-file semantics, each with a small fixture tree: search path and precedence, aliases,
+//! masks, drop-ins, templates, specifiers, resets, and the typed settings.
+
+mod common;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use common::Tree;
+use feather_svc::unit::{DirectoryKind, KillMode, ListenKind, NotifyAccess, Restart, ServiceType};
+
+#[test]
+fn etc_overrides_run_overrides_lib() {
+    let t = Tree::new("precedence");
+    t.lib("a.service", "[Service]\nExecStart=/bin/lib\n");
+    t.write(
+        "usr/lib/systemd/system/a.service",
+        "[Service]\nExecStart=/bin/usr-lib\n",
+    );
+    assert_eq!(
+        t.load("a.service").service.unwrap().exec_start[0].path,
+        "/bin/lib"
+    );
+    t.write(
+        "run/systemd/system/a.service",
+        "[Service]\nExecStart=/bin/run\n",
+    );
+    assert_eq!(t.load("a").service.unwrap().exec_start[0].path, "/bin/run");
+    t.write(
+        "etc/systemd/system/a.service",
+        "[Service]\nExecStart=/bin/etc\n",
+    );
+    let unit = t.load("a.service");
+    assert_eq!(unit.service.unwrap().exec_start[0].path, "/bin/etc");
+    assert_eq!(
+        unit.fragment,
+        Some(t.root.join("etc/systemd/system/a.service"))
+    );
+}
+
+#[test]
+fn masks_aliases_and_missing_units() {
+    let t = Tree::new("mask");
+    t.lib("real.service", "[Service]\nExecStart=/bin/real\n");
+    t.link(
+        "etc/systemd/system/alias.service",
+        "/lib/systemd/system/real.service",
+    );
+    t.link("etc/systemd/system/masked.service", "/dev/null");
+    t.lib("empty.service", "");
+    let unit = t.load("alias.service");
+    assert_eq!(
+        unit.name.as_str(),
+        "real.service",
+        "an alias loads the unit by its real name"
+    );
+    assert!(t.load_err("masked.service").contains("is masked"));
+    assert!(
+        t.load_err("empty.service").contains("is masked"),
+        "an empty file masks too"
+    );
+    let missing = t.load_err("nope.service");
+    assert!(
+        missing.contains("nope.service is not installed") && missing.contains("etc/systemd/system"),
+        "{missing}"
+    );
+    // Masking in /etc hides a unit in /lib.
+    t.link("etc/systemd/system/real.service", "/dev/null");
+    assert!(t.load_err("real.service").contains("masked"));
+}
+
+#[test]
+fn dropins_apply_in_file_name_order_and_higher_directories_hide_same_names() {
+    let t = Tree::new("dropins");
+    t.lib(
+        "web.service",
+        "[Service]\nExecStart=/bin/web\nUser=a\nEnvironment=A=1\n",
+    );
+    t.lib("web.service.d/20-user.conf", "[Service]\nUser=b\n");
+    t.write(
+        "etc/systemd/system/web.service.d/10-env.conf",
+        "[Service]\nEnvironment=B=2\n",
+    );
+    t.write(
+        "etc/systemd/system/web.service.d/20-user.conf",
+        "[Service]\nUser=c\n",
+    );
+    // Top-level drop-ins for every service, and dash-prefix drop-ins.
+    t.lib("service.d/05-all.conf", "[Service]\nEnvironment=ALL=yes\n");
+    t.write(
+        "run/systemd/system/we-.service.d/x.conf",
+        "[Unit]\nDescription=not applied: web has no dash\n",
+    );
+    let unit = t.load("web.service");
+    assert_eq!(
+        unit.exec.user.as_deref(),
+        Some("c"),
+        "/etc's 20-user.conf hides /lib's"
+    );
+    assert_eq!(
+        unit.exec.environment,
+        vec![
+            ("A".into(), "1".into()),
+            ("ALL".into(), "yes".into()),
+            ("B".into(), "2".into())
+        ]
+    );
+    assert_eq!(unit.dropins.len(), 3);
+    assert!(unit.description.is_none());
+
+    t.lib("my-app-worker.service", "[Service]\nExecStart=/bin/w\n");
+    t.lib("my-.service.d/a.conf", "[Service]\nUser=dash1\n");
+    t.lib("my-app-.service.d/b.conf", "[Service]\nGroup=dash2\n");
+    let unit = t.load("my-app-worker.service");
+    assert_eq!(
+        (unit.exec.user.as_deref(), unit.exec.group.as_deref()),
+        (Some("dash1"), Some("dash2"))
+    );
+}
+
+#[test]
+fn a_dropin_masked_with_dev_null_is_skipped() {
+    let t = Tree::new("dropin-mask");
+    t.lib("a.service", "[Service]\nExecStart=/bin/a\n");
+    t.lib("a.service.d/override.conf", "[Service]\nUser=nobody\n");
+    t.link("etc/systemd/system/a.service.d/override.conf", "/dev/null");
+    assert_eq!(t.load("a.service").exec.user, None);
+}
+
+#[test]
+fn templates_instances_and_specifiers() {
+    let t = Tree::new("template");
+    t.lib(
+        "postgresql@.service",
+        "[Unit]\nDescription=PostgreSQL Cluster %i\nAfter=network.target\n\
+         [Service]\nType=forking\nUser=postgres\n\
+         ExecStart=-/usr/bin/pg_ctlcluster --skip-systemctl-redirect %i start\n\
+         PIDFile=postgresql/%i.pid\nRuntimeDirectory=postgresql/%I\nEnvironment=CLUSTER=%i UNIT=%n PREFIX=%p\n\
+         WorkingDirectory=-%S/postgresql\n",
+    );
+    t.lib(
+        "postgresql@.service.d/tpl.conf",
+        "[Service]\nEnvironment=FROM_TEMPLATE_DROPIN=1\n",
+    );
+    t.write(
+        "etc/systemd/system/postgresql@15-main.service.d/inst.conf",
+        "[Service]\nEnvironment=FROM_INSTANCE_DROPIN=1\n",
+    );
+    let unit = t.load("postgresql@15-main.service");
+    assert_eq!(unit.name.as_str(), "postgresql@15-main.service");
+    assert_eq!(
+        unit.fragment,
+        Some(t.root.join("lib/systemd/system/postgresql@.service"))
+    );
+    assert_eq!(
+        unit.description.as_deref(),
+        Some("PostgreSQL Cluster 15-main")
+    );
+    let service = unit.service.as_ref().unwrap();
+    assert_eq!(service.kind, ServiceType::Forking);
+    assert_eq!(
+        service.exec_start[0].argv,
+        vec![
+            "/usr/bin/pg_ctlcluster",
+            "--skip-systemctl-redirect",
+            "15-main",
+            "start"
+        ]
+    );
+    assert!(service.exec_start[0].ignore_failure);
+    assert_eq!(
+        service.pid_file,
+        Some(PathBuf::from("/run/postgresql/15-main.pid"))
+    );
+    let env: Vec<String> = unit
+        .exec
+        .environment
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    assert_eq!(
+        env,
+        vec![
+            "CLUSTER=15-main",
+            "UNIT=postgresql@15-main.service",
+            "PREFIX=postgresql",
+            "FROM_INSTANCE_DROPIN=1",
+            "FROM_TEMPLATE_DROPIN=1"
+        ]
+    );
+    assert_eq!(
+        unit.exec.directories(DirectoryKind::Runtime).paths,
+        vec!["postgresql/15-main"]
+    );
+    let wd = unit.exec.working_directory.as_ref().unwrap();
+    assert_eq!(
+        (wd.path.clone(), wd.optional),
+        (PathBuf::from("/var/lib/postgresql"), true)
+    );
+    assert!(t.load_err("postgresql@.service").contains("is a template"));
+}
+
+#[test]
+fn an_instance_file_of_its_own_wins_over_the_template() {
+    let t = Tree::new("instance-file");
+    t.lib("getty@.service", "[Service]\nExecStart=/sbin/agetty %I\n");
+    t.lib("getty@tty9.service", "[Service]\nExecStart=/bin/own %i\n");
+    assert_eq!(
+        t.load("getty@tty9.service").service.unwrap().exec_start[0].argv,
+        vec!["/bin/own", "tty9"]
+    );
+    assert_eq!(
+        t.load("getty@tty1.service").service.unwrap().exec_start[0].argv,
+        vec!["/sbin/agetty", "tty1"]
+    );
+}
+
+#[test]
+fn empty_assignments_reset_lists() {
+    let t = Tree::new("reset");
+    t.lib(
+        "a.service",
+        "[Unit]\nAfter=x.service y.service\nWants=x.service\n[Service]\nExecStart=/bin/one\nExecStartPre=/bin/pre\nEnvironment=A=1\n",
+    );
+    t.lib("a.service.d/override.conf", "[Unit]\nAfter=\nAfter=z.service\n[Service]\nExecStart=\nExecStart=/bin/two\nEnvironment=\nExecStartPre=\n");
+    let unit = t.load("a.service");
+    assert_eq!(unit.dependencies.after, vec!["z.service"]);
+    assert_eq!(unit.dependencies.wants, vec!["x.service"]);
+    let service = unit.service.unwrap();
+    assert_eq!(service.exec_start.len(), 1);
+    assert_eq!(service.exec_start[0].path, "/bin/two");
+    assert!(service.exec_start_pre.is_empty() && unit.exec.environment.is_empty());
+}
+
+#[test]
+fn dependencies_install_and_wants_directories() {
+    let t = Tree::new("deps");
+    t.lib(
+        "app.service",
+        "[Unit]\nRequires=db.service\nWants=cache.service\nBindsTo=b.service\nRequisite=r.service\nPartOf=group.target\n\
+         Conflicts=other.service\nAfter=db.service cache.service\nBefore=web.target\n\
+         [Service]\nExecStart=/bin/app\n[Install]\nWantedBy=multi-user.target\nAlias=application.service\nRequiredBy=web.target\n",
+    );
+    t.link(
+        "etc/systemd/system/app.service.wants/extra.service",
+        "/lib/systemd/system/extra.service",
+    );
+    t.link(
+        "lib/systemd/system/app.service.requires/needed.service",
+        "../needed.service",
+    );
+    let unit = t.load("app.service");
+    let d = &unit.dependencies;
+    assert_eq!(d.requires, vec!["db.service", "needed.service"]);
+    assert_eq!(d.wants, vec!["cache.service", "extra.service"]);
+    assert_eq!(
+        (d.binds_to.clone(), d.requisite.clone(), d.part_of.clone()),
+        (
+            vec!["b.service".to_owned()],
+            vec!["r.service".to_owned()],
+            vec!["group.target".to_owned()]
+        )
+    );
+    assert_eq!(d.conflicts, vec!["other.service"]);
+    assert_eq!(d.after, vec!["db.service", "cache.service"]);
+    assert_eq!(d.before, vec!["web.target"]);
+    assert_eq!(unit.install.wanted_by, vec!["multi-user.target"]);
+    assert_eq!(unit.install.alias, vec!["application.service"]);
+    assert_eq!(unit.install.required_by, vec!["web.target"]);
+}
+
+#[test]
+fn service_settings() {
+    let t = Tree::new("settings");
+    t.lib(
+        "s.service",
+        "[Unit]\nStartLimitIntervalSec=30\nStartLimitBurst=3\n\
+         [Service]\nType=notify\nNotifyAccess=all\nBusName=org.example.S\nRemainAfterExit=yes\n\
+         ExecStartPre=-/bin/pre\nExecStart=@/usr/bin/s s-daemon --x\nExecStartPost=/bin/post\nExecReload=/bin/kill -HUP $MAINPID\n\
+         ExecStop=/bin/stop\nExecStopPost=+/bin/cleanup\n\
+         User=svc\nGroup=svcgrp\nSupplementaryGroups=a b\nWorkingDirectory=~\nUMask=0027\n\
+         Environment=\"GREETING=hello world\"\nEnvironmentFile=-/etc/default/s\nEnvironmentFile=/etc/s.env\n\
+         RuntimeDirectory=s s/sub\nRuntimeDirectoryMode=0750\nStateDirectory=s\nCacheDirectory=s\nLogsDirectory=s\nConfigurationDirectory=s\nStateDirectoryMode=0700\n\
+         PIDFile=/run/s.pid\nLimitNOFILE=1024:4096\nLimitCORE=infinity\n\
+         Restart=on-failure\nRestartSec=2s\nTimeoutStartSec=1min\nTimeoutStopSec=0\n\
+         KillMode=mixed\nKillSignal=SIGQUIT\nProtectSystem=strict\n",
+    );
+    let unit = t.load("s.service");
+    let s = unit.service.as_ref().unwrap();
+    assert_eq!(s.kind, ServiceType::Notify);
+    assert_eq!(s.notify_access, Some(NotifyAccess::All));
+    assert_eq!(s.bus_name.as_deref(), Some("org.example.S"));
+    assert!(s.remain_after_exit);
+    assert!(s.exec_start_pre[0].ignore_failure);
+    assert_eq!(
+        (s.exec_start[0].path.as_str(), s.exec_start[0].argv.clone()),
+        ("/usr/bin/s", vec!["s-daemon".to_owned(), "--x".into()])
+    );
+    assert_eq!(s.exec_reload[0].argv, vec!["/bin/kill", "-HUP", "$MAINPID"]);
+    assert!(s.exec_stop_post[0].full_privileges);
+    assert_eq!(s.exec_start_post.len() + s.exec_stop.len(), 2);
+    assert_eq!(unit.exec.user.as_deref(), Some("svc"));
+    assert_eq!(unit.exec.group.as_deref(), Some("svcgrp"));
+    assert_eq!(unit.exec.supplementary_groups, vec!["a", "b"]);
+    assert_eq!(
+        unit.exec.working_directory.as_ref().unwrap().path,
+        PathBuf::from("~")
+    );
+    assert_eq!(unit.exec.umask, 0o027);
+    assert_eq!(
+        unit.exec.environment,
+        vec![("GREETING".into(), "hello world".into())]
+    );
+    assert_eq!(unit.exec.environment_files.len(), 2);
+    assert!(unit.exec.environment_files[0].optional && !unit.exec.environment_files[1].optional);
+    let runtime = unit.exec.directories(DirectoryKind::Runtime);
+    assert_eq!(
+        (runtime.paths.clone(), runtime.mode),
+        (vec!["s".to_owned(), "s/sub".into()], 0o750)
+    );
+    assert_eq!(unit.exec.directories(DirectoryKind::State).mode, 0o700);
+    for kind in DirectoryKind::ALL {
+        assert!(!unit.exec.directories(kind).paths.is_empty(), "{kind:?}");
+    }
+    assert_eq!(s.pid_file, Some(PathBuf::from("/run/s.pid")));
+    assert_eq!(unit.exec.limits[0].0, "LimitNOFILE");
+    assert_eq!(
+        (unit.exec.limits[0].1.soft, unit.exec.limits[0].1.hard),
+        (Some(1024), Some(4096))
+    );
+    assert_eq!(unit.exec.limits[1].1.soft, None);
+    assert_eq!(s.restart, Restart::OnFailure);
+    assert_eq!(s.restart_sec, Duration::from_secs(2));
+    assert_eq!(s.timeout_start, Some(Duration::from_secs(60)));
+    assert_eq!(
+        s.timeout_stop, None,
+        "TimeoutStopSec=0 disables the timeout"
+    );
+    assert_eq!(s.kill_mode, KillMode::Mixed);
+    assert_eq!(s.kill_signal, libc_sigquit());
+    assert_eq!(unit.start_limit.interval, Some(Duration::from_secs(30)));
+    assert_eq!(unit.start_limit.burst, 3);
+    assert_eq!(unit.not_applied, vec!["Service.ProtectSystem"]);
+}
+
+fn libc_sigquit() -> i32 {
+    3
+}
+
+#[test]
+fn socket_units() {
+    let t = Tree::new("socket");
+    t.lib(
+        "echo.socket",
+        "[Socket]\nListenStream=127.0.0.1:7777\nListenStream=/run/echo.sock\nListenDatagram=[::1]:7778\n\
+         ListenSequentialPacket=@echo-abstract\nAccept=yes\nService=echo-handler.service\nSocketMode=0660\n",
+    );
+    let unit = t.load("echo.socket");
+    let socket = unit.socket.unwrap();
+    assert!(socket.accept);
+    assert_eq!(socket.service.as_deref(), Some("echo-handler.service"));
+    assert_eq!(socket.socket_mode, Some(0o660));
+    let kinds: Vec<(ListenKind, &str)> = socket
+        .listen
+        .iter()
+        .map(|l| (l.kind, l.address.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            (ListenKind::Stream, "127.0.0.1:7777"),
+            (ListenKind::Stream, "/run/echo.sock"),
+            (ListenKind::Datagram, "[::1]:7778"),
+            (ListenKind::SequentialPacket, "@echo-abstract"),
+        ]
+    );
+}
+
+#[test]
+fn errors_carry_file_and_line() {
+    let t = Tree::new("errors");
+    t.lib(
+        "bad.service",
+        "[Unit]\nDescription=x\n[Service]\nType=sometimes\n",
+    );
+    let e = t.load_err("bad.service");
+    assert!(
+        e.ends_with("bad.service:4: unknown service type Type=sometimes"),
+        "{e}"
+    );
+    t.lib(
+        "quote.service",
+        "[Service]\n\nExecStart=/bin/echo \"unterminated\n",
+    );
+    let e = t.load_err("quote.service");
+    assert!(e.contains("quote.service:3: unterminated"), "{e}");
+    t.lib("drop.service", "[Service]\nExecStart=/bin/true\n");
+    t.lib("drop.service.d/broken.conf", "[Service]\nUMask=rwx\n");
+    let e = t.load_err("drop.service");
+    assert!(
+        e.contains("drop.service.d/broken.conf:2:") && e.contains("octal"),
+        "{e}"
+    );
+    t.lib("spec.service", "[Service]\nExecStart=/bin/echo %z\n");
+    assert!(t
+        .load_err("spec.service")
+        .contains("spec.service:2: unknown specifier %z"));
+}
+
+#[test]
+fn targets_load_with_their_dependencies() {
+    let t = Tree::new("target");
+    t.lib(
+        "multi-user.target",
+        "[Unit]\nDescription=Multi-User System\nRequires=basic.target\nAfter=basic.target\n",
+    );
+    t.link(
+        "etc/systemd/system/multi-user.target.wants/nginx.service",
+        "/lib/systemd/system/nginx.service",
+    );
+    let unit = t.load("multi-user.target");
+    assert!(unit.service.is_none() && unit.socket.is_none());
+    assert_eq!(unit.dependencies.wants, vec!["nginx.service"]);
+    assert_eq!(unit.dependencies.requires, vec!["basic.target"]);
+}

@@ -1,0 +1,294 @@
+//! `feather service …`: the catalogue (read on the host), and the commands that reach a VM's
+//! service manager. Those enter the VM as `feather exec` does and run this same binary's
+//! hidden `__service` there, which talks to the manager over its socket in the VM's /run.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use feather_core::{StateRoot, VmName};
+use feather_svc::manager::{self, protocol::Request, protocol::Response};
+use feather_vm::exec::exec;
+use feather_vm::workload::Workload;
+
+use crate::cli::{ServiceClientArgs, ServiceCommand};
+use crate::output;
+
+pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode> {
+    call_in_vm(root, command, false)
+}
+
+/// Runs one `service` command inside the VM; `quiet`: only failures are printed.
+fn call_in_vm(root: &StateRoot, command: ServiceCommand, quiet: bool) -> anyhow::Result<ExitCode> {
+    let mut follow = false;
+    let (name, op, units, json, lines) = match command {
+        ServiceCommand::Catalog { json } => {
+            let entries = feather_svc::catalog::catalog(std::path::Path::new("/"))?;
+            if json {
+                output::json(&entries)?;
+            } else {
+                output::catalog(&entries);
+            }
+            return Ok(ExitCode::SUCCESS);
+        }
+        ServiceCommand::Start { name, units, json } => (name, "start", units, json, 0),
+        ServiceCommand::Stop { name, units, json } => (name, "stop", units, json, 0),
+        ServiceCommand::Restart { name, units, json } => (name, "restart", units, json, 0),
+        ServiceCommand::Reload { name, units, json } => (name, "reload", units, json, 0),
+        ServiceCommand::Ls { name, json } => (name, "ls", Vec::new(), json, 0),
+        ServiceCommand::Logs {
+            name,
+            unit,
+            lines,
+            follow: f,
+        } => {
+            follow = f;
+            (name, "logs", vec![unit], false, lines)
+        }
+        ServiceCommand::Status {
+            name,
+            unit,
+            lines,
+            json,
+        } => (name, "status", vec![unit], json, lines),
+    };
+    let name: VmName = name.parse()?;
+    let exe = std::env::current_exe().context("cannot find feather's own binary")?;
+    let config = root.open(&name)?.read_config()?;
+    let inside = config.base.join(exe.strip_prefix("/").unwrap_or(&exe));
+    if !inside.exists() {
+        anyhow::bail!(
+            "VM {name} cannot run feather's service manager: its base {} has no {} (services run in VMs over the host's root)",
+            config.base.display(),
+            exe.display()
+        );
+    }
+    let mut argv = vec![
+        exe.display().to_string(),
+        "__service".to_owned(),
+        "--vm".to_owned(),
+        name.to_string(),
+        "--lines".to_owned(),
+        lines.to_string(),
+    ];
+    if json {
+        argv.push("--json".to_owned());
+    }
+    if follow {
+        argv.push("--follow".to_owned());
+    }
+    if quiet {
+        argv.push("--quiet".to_owned());
+    }
+    argv.push(op.to_owned());
+    argv.extend(units);
+    let workload = Workload {
+        argv,
+        ..Workload::default()
+    };
+    let code = exec(root, &name, &workload, false)?;
+    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+}
+
+/// Inside the VM: one request to its service manager, and the answer shown.
+pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
+    let vm = &args.vm;
+    let request = match args.op.as_str() {
+        // The manager itself, started by the first `start` (see feather_svc::manager).
+        "manager" => return Ok(ExitCode::from(u8::try_from(manager::serve()).unwrap_or(1))),
+        "logs" => {
+            return logs(
+                vm,
+                args.units.first().map_or("", String::as_str),
+                args.lines,
+                args.follow,
+            )
+        }
+        "start" => Request::Start { units: args.units },
+        "restart" => {
+            // Stop those of the units that run (a stopped one is simply started), then start.
+            for unit in args.units.iter().filter(|_| manager::running()) {
+                let stop = Request::Stop {
+                    units: vec![unit.clone()],
+                };
+                match manager::call(&stop, None).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))? {
+                    Response::Error { message } if !message.contains("was not started") => {
+                        anyhow::bail!("VM {vm}: {message}")
+                    }
+                    _ => {}
+                }
+            }
+            Request::Start { units: args.units }
+        }
+        "stop" => Request::Stop { units: args.units },
+        "reload" => Request::Reload { units: args.units },
+        "ls" => Request::List,
+        "status" => Request::Status {
+            unit: args.units.first().cloned().unwrap_or_default(),
+            lines: args.lines,
+        },
+        other => anyhow::bail!("unknown service operation {other:?}"),
+    };
+    let starts = matches!(request, Request::Start { .. });
+    let reloads = matches!(request, Request::Reload { .. });
+    if matches!(request, Request::Stop { .. } | Request::Reload { .. }) && !manager::running() {
+        anyhow::bail!(
+            "VM {vm} runs no services (start one with `feather service start {vm} UNIT`)"
+        );
+    }
+    let response = manager::call(&request, starts.then_some(vm.as_str()))
+        .map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
+    match response {
+        Response::Error { message } => anyhow::bail!("VM {vm}: {message}"),
+        Response::List { units } => {
+            if args.json {
+                output::json(&units)?;
+            } else {
+                output::services(&units);
+            }
+        }
+        Response::Done { units } => {
+            let failed: Vec<_> = units
+                .iter()
+                .filter(|u| {
+                    u.state == "failed"
+                        || (reloads
+                            && u.result
+                                .as_deref()
+                                .is_some_and(|r| r.starts_with("ExecReload")))
+                })
+                .collect();
+            if args.json && !args.quiet {
+                output::json(&units)?;
+            } else if !args.quiet {
+                output::services(&units);
+            }
+            if !failed.is_empty() {
+                for unit in &failed {
+                    eprintln!(
+                        "feather: VM {vm}: {} failed: {} (see `feather service status {vm} {}`)",
+                        unit.name,
+                        unit.result.as_deref().unwrap_or("unknown reason"),
+                        unit.name
+                    );
+                }
+                return Ok(ExitCode::from(1));
+            }
+        }
+        Response::Status { unit, log } => {
+            if args.json {
+                output::json(&serde_json::json!({ "unit": unit, "log": log }))?;
+            } else {
+                output::service_status(&unit, &log);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Inside the VM: the last `lines` of a unit's log, then (with `follow`) what is appended.
+fn logs(vm: &str, unit: &str, lines: usize, follow: bool) -> anyhow::Result<ExitCode> {
+    use std::io::{Read, Seek, SeekFrom, Write};
+    // The manager knows the unit's real name (an alias, a name without .service).
+    let name = match manager::call(
+        &Request::Status {
+            unit: unit.to_owned(),
+            lines: 0,
+        },
+        None,
+    ) {
+        Ok(Response::Status { unit, .. }) => unit.name,
+        Ok(Response::Error { message }) => anyhow::bail!("VM {vm}: {message}"),
+        _ => feather_svc::UnitName::parse(unit)?.to_string(),
+    };
+    let path =
+        std::path::Path::new(feather_svc::manager::protocol::LOG_DIR).join(format!("{name}.log"));
+    let mut file = match std::fs::File::open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !follow => {
+            anyhow::bail!("VM {vm}: {name} has no log yet (it has not been started)")
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Wait for the first start to make it.
+            loop {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                if let Ok(file) = std::fs::File::open(&path) {
+                    break file;
+                }
+            }
+        }
+        Err(e) => anyhow::bail!("VM {vm}: {}: {e}", path.display()),
+    };
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let all: Vec<&str> = text.lines().collect();
+    let mut out = std::io::stdout().lock();
+    for line in &all[all.len().saturating_sub(lines)..] {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()?;
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut position = file.seek(SeekFrom::End(0))?;
+    let mut buffer = Vec::new();
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let length = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+        if length < position {
+            // Truncated or replaced: start from its beginning.
+            file = std::fs::File::open(&path)?;
+            position = 0;
+        }
+        file.seek(SeekFrom::Start(position))?;
+        buffer.clear();
+        position += file.read_to_end(&mut buffer)? as u64;
+        if !buffer.is_empty() {
+            out.write_all(&buffer)?;
+            out.flush()?;
+        }
+    }
+}
+
+/// The unit names of `services` as installed below `base`, or why one cannot be duplicated.
+pub fn check_installed(base: &std::path::Path, services: &[String]) -> anyhow::Result<Vec<String>> {
+    let paths = feather_svc::UnitPaths::new(base);
+    services
+        .iter()
+        .map(|service| {
+            let name = feather_svc::UnitName::parse(service)?;
+            if let Some(stand_in) = feather_svc::infra::stand_in(&name) {
+                anyhow::bail!("{name} is host infrastructure and is not duplicated in VMs; in a VM: {stand_in}");
+            }
+            Ok(paths.load(&name)?.name.to_string())
+        })
+        .collect()
+}
+
+/// Records the services a VM starts whenever it starts.
+pub fn configure(root: &StateRoot, name: &VmName, services: Vec<String>) -> anyhow::Result<()> {
+    if services.is_empty() {
+        return Ok(());
+    }
+    let vm = root.open(name)?;
+    let mut config = vm.read_config()?;
+    config.services = services;
+    vm.write_config(&config, feather_core::atomic::Durability::Durable)?;
+    Ok(())
+}
+
+/// Starts the services a VM was created with, if any (after `feather start`).
+pub fn start_configured(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitCode> {
+    let services = root.open(name)?.read_config()?.services;
+    if services.is_empty() {
+        return Ok(ExitCode::SUCCESS);
+    }
+    call_in_vm(
+        root,
+        ServiceCommand::Start {
+            name: name.to_string(),
+            units: services,
+            json: false,
+        },
+        true,
+    )
+}

@@ -1,0 +1,923 @@
+//! Services duplicated from the host's own unit files into VMs: the catalogue, real Debian
+//! services (nginx, redis) answering real clients inside a VM, the unit semantics the manager
+//! applies, and failure paths reported clearly without disturbing the VM's other services.
+//! Units a test needs beyond the host's are written inside the VM (into its own layer), never
+//! on the host.
+
+use std::net::TcpStream;
+use std::path::Path;
+
+use serde_json::Value;
+
+use crate::support::{Feather, ScratchBase};
+
+/// A running VM over the host's root, removed with its fixture.
+fn vm(feather: &Feather, name: &str) {
+    feather.ok(&["create", name]);
+    feather.ok(&["start", name]);
+}
+
+/// Writes a unit file into the VM's own /etc/systemd/system.
+fn write_unit(feather: &Feather, vm: &str, name: &str, text: &str) {
+    let script = format!("mkdir -p /etc/systemd/system && cat > /etc/systemd/system/{name}");
+    let status = feather
+        .command()
+        .args(["exec", vm, "--", "sh", "-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(text.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(status.success(), "writing {name} in {vm}");
+}
+
+fn services(feather: &Feather, vm: &str) -> Vec<Value> {
+    let text = feather.ok(&["service", "ls", vm, "--json"]);
+    serde_json::from_str::<Value>(&text)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn service<'a>(list: &'a [Value], name: &str) -> &'a Value {
+    list.iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("{name} not in {list:?}"))
+}
+
+fn host_pid_namespace_of(pid: i64) -> String {
+    std::fs::read_link(format!("/proc/{pid}/ns/pid"))
+        .map(|p| p.display().to_string())
+        .unwrap_or_default()
+}
+
+#[test]
+fn catalog_lists_the_hosts_services_and_says_why_not() {
+    let feather = Feather::new("svc-catalog");
+    let entries: Value =
+        serde_json::from_str(&feather.ok(&["service", "catalog", "--json"])).unwrap();
+    let entries = entries.as_array().unwrap();
+    let find = |name: &str| {
+        entries
+            .iter()
+            .find(|e| e["name"] == name)
+            .unwrap_or_else(|| panic!("{name} missing from the catalogue"))
+    };
+    for duplicable in ["nginx.service", "redis-server.service"] {
+        assert_eq!(find(duplicable)["duplicable"], true, "{}", find(duplicable));
+    }
+    assert_eq!(find("nginx.service")["type"], "forking");
+    assert_eq!(find("redis-server.service")["type"], "notify");
+    let journald = find("systemd-journald.service");
+    assert_eq!(journald["duplicable"], false);
+    assert!(
+        journald["note"].as_str().unwrap().contains("log capture"),
+        "{journald}"
+    );
+    assert!(
+        !entries.iter().any(|e| e["name"] == "redis.service"),
+        "the alias is listed under redis-server.service"
+    );
+    let table = feather.ok(&["service", "catalog"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.trim_start().starts_with("nginx.service") && l.contains(" yes ")),
+        "{table}"
+    );
+}
+
+#[test]
+fn nginx_and_redis_run_in_a_vm_from_the_hosts_units_and_answer_real_clients() {
+    let feather = Feather::new("svc-nginx-redis");
+    vm(&feather, "web");
+    let started = feather.ok(&["service", "start", "web", "nginx", "redis", "--json"]);
+    let started: Value = serde_json::from_str(&started).unwrap();
+    assert_eq!(
+        started.as_array().unwrap().len(),
+        2,
+        "redis is the alias of redis-server: {started}"
+    );
+    let list = services(&feather, "web");
+    for name in ["nginx.service", "redis-server.service"] {
+        let s = service(&list, name);
+        assert_eq!(
+            (s["state"].as_str(), s["sub"].as_str(), s["ready"].as_bool()),
+            (Some("active"), Some("running"), Some(true)),
+            "{s}"
+        );
+        assert!(s["main_pid"].as_i64().unwrap() > 1);
+    }
+    // redis told the manager it was ready, through NOTIFY_SOCKET.
+    assert_eq!(
+        service(&list, "redis-server.service")["status_text"],
+        "Ready to accept connections"
+    );
+
+    // Real clients inside the VM, on the VM's own loopback.
+    let page = feather.sh("web", "curl -sf http://127.0.0.1/");
+    assert!(page.contains("nginx"), "{page}");
+    assert_eq!(
+        feather.sh(
+            "web",
+            "redis-cli set feather-key private-value && redis-cli get feather-key"
+        ),
+        "OK\nprivate-value\n"
+    );
+    // The host's loopback has neither: the VM's network namespace is its own.
+    assert!(
+        TcpStream::connect("127.0.0.1:6379").is_err(),
+        "a redis answers on the host's loopback"
+    );
+
+    // They run in the VM's pid namespace, not the host's, under their own users.
+    let processes: Value = serde_json::from_str(&feather.ok(&["ps", "web", "--json"])).unwrap();
+    let processes = processes.as_array().unwrap();
+    let redis = processes
+        .iter()
+        .find(|p| p["command"].as_str().unwrap().contains("redis-server"))
+        .expect("redis in ps");
+    assert_ne!(
+        host_pid_namespace_of(redis["host_pid"].as_i64().unwrap()),
+        host_pid_namespace_of(std::process::id() as i64)
+    );
+    let redis_uid = feather.sh("web", "id -u redis");
+    assert_eq!(
+        redis["uid"].to_string(),
+        redis_uid.trim(),
+        "User=redis applied"
+    );
+    // RuntimeDirectory=redis with RuntimeDirectoryMode=2755, owned by redis.
+    assert_eq!(
+        feather.sh("web", "stat -c '%U %a' /run/redis"),
+        "redis 2755\n"
+    );
+    // Per-service logs in the VM.
+    assert!(feather
+        .sh("web", "cat /var/log/feather/nginx.service.log")
+        .contains("start: /usr/sbin/nginx"));
+
+    // Reload: nginx rereads its configuration (changed in the VM only), same main process.
+    let main = service(&services(&feather, "web"), "nginx.service")["main_pid"].clone();
+    feather.sh(
+        "web",
+        "printf 'server { listen 8088; return 200 \"reloaded\\\\n\"; }\\n' > /etc/nginx/conf.d/feather-test.conf",
+    );
+    feather.ok(&["service", "reload", "web", "nginx"]);
+    feather.eventually("nginx serves its new configuration", || {
+        feather
+            .run(&["exec", "web", "--", "curl", "-sf", "http://127.0.0.1:8088/"])
+            .stdout
+            == "reloaded\n"
+    });
+    assert_eq!(
+        service(&services(&feather, "web"), "nginx.service")["main_pid"],
+        main
+    );
+    assert!(
+        !Path::new("/etc/nginx/conf.d/feather-test.conf").exists(),
+        "the host's nginx config was touched"
+    );
+    let e = feather.fails(&["service", "reload", "web", "redis-server"]);
+    assert!(e.contains("redis-server.service has no ExecReload="), "{e}");
+
+    // Stop one: the other keeps serving.
+    feather.ok(&["service", "stop", "web", "nginx"]);
+    let list = services(&feather, "web");
+    assert_eq!(service(&list, "nginx.service")["state"], "inactive");
+    assert_eq!(service(&list, "redis-server.service")["state"], "active");
+    assert_ne!(
+        feather
+            .run(&["exec", "web", "--", "curl", "-sf", "http://127.0.0.1/"])
+            .code,
+        0,
+        "nginx still answers"
+    );
+    assert_eq!(
+        feather.sh("web", "redis-cli get feather-key"),
+        "private-value\n"
+    );
+
+    // What the VM's redis saved is in the VM's layer only; the host's data is untouched.
+    feather.ok(&["service", "stop", "web", "redis-server"]);
+    let saved = std::fs::read(feather.vm_dir("web").join("upper/var/lib/redis/dump.rdb"))
+        .expect("redis saved into the VM's layer");
+    assert!(String::from_utf8_lossy(&saved).contains("feather-key"));
+    let host_dump = std::fs::read("/var/lib/redis/dump.rdb").unwrap_or_default();
+    assert!(
+        !String::from_utf8_lossy(&host_dump).contains("feather-key"),
+        "the host's redis data changed"
+    );
+
+    let host_pids: Vec<i64> = processes
+        .iter()
+        .map(|p| p["host_pid"].as_i64().unwrap())
+        .collect();
+    feather.ok(&["stop", "web"]);
+    for pid in host_pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "process {pid} of the VM survived its stop"
+        );
+    }
+}
+
+#[test]
+fn unit_settings_are_applied_to_the_service_process() {
+    let feather = Feather::new("svc-settings");
+    vm(&feather, "cfg");
+    feather.sh("cfg", "mkdir -p /etc/feather-test && printf 'FROM_FILE=yes\\nOVERRIDE=file\\n' > /etc/feather-test/env");
+    write_unit(
+        &feather,
+        "cfg",
+        "prepare.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nExecStart=/bin/sh -c 'date +%%s%%N > /run/prepared'\n",
+    );
+    write_unit(
+        &feather,
+        "cfg",
+        "probe@.service",
+        "[Unit]\nDescription=probe %i\nRequires=prepare.service\nAfter=prepare.service network-online.target\nWants=network-online.target\n\
+         [Service]\nType=notify\nUser=nobody\nRuntimeDirectory=probe-%i\nRuntimeDirectoryMode=0750\nUMask=0077\n\
+         Environment=\"GREETING=hello world\" OVERRIDE=unit INSTANCE=%i\nEnvironmentFile=/etc/feather-test/env\nEnvironmentFile=-/etc/feather-test/absent\n\
+         WorkingDirectory=/tmp\nLimitNOFILE=1000:2000\n\
+         ExecStartPre=/bin/sh -c 'test -e /run/prepared'\n\
+         ExecStart=/bin/sh -c 'cd $RUNTIME_DIRECTORY && (id -u; echo \"$GREETING|$OVERRIDE|$FROM_FILE|$INSTANCE|$(pwd)\"; ulimit -n; umask) > out; systemd-notify --ready --status=probing; exec sleep 1000'\n",
+    );
+    feather.ok(&["service", "start", "cfg", "probe@one.service"]);
+    let list = services(&feather, "cfg");
+    assert_eq!(
+        service(&list, "prepare.service")["sub"],
+        "exited",
+        "oneshot with RemainAfterExit stays active: {list:?}"
+    );
+    assert_eq!(service(&list, "prepare.service")["state"], "active");
+    let probe = service(&list, "probe@one.service");
+    assert_eq!(
+        (
+            probe["state"].as_str(),
+            probe["ready"].as_bool(),
+            probe["status_text"].as_str()
+        ),
+        (Some("active"), Some(true), Some("probing"))
+    );
+    assert_eq!(probe["pulled_by"], Value::Null);
+    assert_eq!(
+        service(&list, "prepare.service")["pulled_by"],
+        "probe@one.service (requires)"
+    );
+    let out = feather.sh(
+        "cfg",
+        "cat /run/probe-one/out; stat -c '%U %a' /run/probe-one",
+    );
+    assert_eq!(
+        out,
+        "65534\nhello world|file|yes|one|/run/probe-one\n1000\n0077\nnobody 750\n"
+    );
+
+    // Type=forking without PIDFile=: the main process is the one the start left behind, never
+    // another unit's (every service is a child of the manager).
+    write_unit(
+        &feather,
+        "cfg",
+        "forky.service",
+        "[Service]\nType=forking\nExecStart=/bin/sh -c 'sleep 999 & exit 0'\n",
+    );
+    feather.ok(&["service", "start", "cfg", "forky"]);
+    let list = services(&feather, "cfg");
+    let forky = service(&list, "forky.service")["main_pid"]
+        .as_i64()
+        .unwrap();
+    assert_ne!(
+        Some(forky),
+        service(&list, "probe@one.service")["main_pid"].as_i64()
+    );
+    assert_eq!(
+        feather.sh("cfg", &format!("tr '\\0' ' ' < /proc/{forky}/cmdline")),
+        "sleep 999 "
+    );
+
+    // /dev/log is the manager's: what a unit's processes send there lands in the unit's log;
+    // what others send, in syslog.log.
+    write_unit(
+        &feather,
+        "cfg",
+        "logme.service",
+        "[Service]\nExecStartPre=/usr/bin/logger -t feathertest from-a-start-command\nExecStart=/bin/sleep 1000\n",
+    );
+    feather.ok(&["service", "start", "cfg", "logme"]);
+    feather.sh("cfg", "logger -t outsider from-outside");
+    feather.eventually("the messages are filed", || {
+        let status = feather.ok(&["service", "status", "cfg", "logme", "-n", "20"]);
+        let elsewhere = feather.sh("cfg", "cat /var/log/feather/syslog.log 2>/dev/null");
+        status.contains("syslog: ")
+            && status.contains("feathertest: from-a-start-command")
+            && elsewhere.contains("outsider: from-outside")
+            && !elsewhere.contains("from-a-start-command")
+    });
+
+    feather.ok(&["service", "stop", "cfg", "prepare.service"]);
+    let list = services(&feather, "cfg");
+    assert_eq!(
+        service(&list, "probe@one.service")["state"],
+        "inactive",
+        "a unit that requires a stopped one stops too"
+    );
+    assert_eq!(
+        feather.sh("cfg", "test -e /run/probe-one && echo kept || echo removed"),
+        "removed\n",
+        "RuntimeDirectory= removed at stop"
+    );
+}
+
+#[test]
+fn failures_are_reported_clearly_and_leave_other_services_running() {
+    let feather = Feather::new("svc-failures");
+    vm(&feather, "bad");
+    write_unit(
+        &feather,
+        "bad",
+        "steady.service",
+        "[Service]\nExecStart=/bin/sleep 1000\n",
+    );
+    feather.ok(&["service", "start", "bad", "steady"]);
+
+    write_unit(
+        &feather,
+        "bad",
+        "nobin.service",
+        "[Service]\nExecStart=/usr/bin/feather-no-such-program --x\n",
+    );
+    let e = feather.fails(&["service", "start", "bad", "nobin"]);
+    assert!(e.contains("nobin.service failed: its program /usr/bin/feather-no-such-program is not installed in the VM"), "{e}");
+    let status = feather.ok(&["service", "status", "bad", "nobin"]);
+    assert!(
+        status.contains("state: failed") && status.contains("feather-no-such-program"),
+        "{status}"
+    );
+
+    write_unit(
+        &feather,
+        "bad",
+        "typo.service",
+        "[Unit]\nDescription=typo\n[Service]\nType=sometimes\nExecStart=/bin/true\n",
+    );
+    let e = feather.fails(&["service", "start", "bad", "typo"]);
+    assert!(
+        e.contains("/etc/systemd/system/typo.service:4: unknown service type Type=sometimes"),
+        "{e}"
+    );
+
+    write_unit(&feather, "bad", "loop-a.service", "[Unit]\nWants=loop-b.service\nAfter=loop-b.service\n[Service]\nExecStart=/bin/sleep 1000\n");
+    write_unit(
+        &feather,
+        "bad",
+        "loop-b.service",
+        "[Unit]\nAfter=loop-a.service\n[Service]\nExecStart=/bin/sleep 1000\n",
+    );
+    let e = feather.fails(&["service", "start", "bad", "loop-a"]);
+    assert!(
+        e.contains("dependency cycle: ")
+            && e.contains("loop-a.service")
+            && e.contains("loop-b.service"),
+        "{e}"
+    );
+
+    write_unit(
+        &feather,
+        "bad",
+        "crash.service",
+        "[Unit]\nStartLimitIntervalSec=30\nStartLimitBurst=3\n[Service]\nExecStart=/bin/sh -c 'echo crashing; exit 3'\nRestart=always\nRestartSec=50ms\n",
+    );
+    // Type=simple is up as soon as its process runs (as in systemd), so the start itself
+    // succeeds; the crash loop then ends at the start limit.
+    feather.run(&["service", "start", "bad", "crash"]);
+    feather.eventually("crash.service hits its start limit", || {
+        service(&services(&feather, "bad"), "crash.service")["state"] == "failed"
+    });
+    let crash = service(&services(&feather, "bad"), "crash.service").clone();
+    assert!(
+        crash["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("start limit hit"),
+        "{crash}"
+    );
+    let status = feather.ok(&["service", "status", "bad", "crash"]);
+    assert!(
+        status.contains("result: start limit hit")
+            && status.contains("main process exited with status 3"),
+        "{status}"
+    );
+    assert_eq!(crash["state"], "failed");
+    assert_eq!(crash["restarts"], 2, "three starts in all: {crash}");
+    let log = feather.sh("bad", "cat /var/log/feather/crash.service.log");
+    assert_eq!(log.lines().filter(|l| *l == "crashing").count(), 3, "{log}");
+    assert_eq!(crash["ready"], false);
+
+    write_unit(
+        &feather,
+        "bad",
+        "needs-missing.service",
+        "[Unit]\nRequires=feather-absent.service\n[Service]\nExecStart=/bin/true\n",
+    );
+    let e = feather.fails(&["service", "start", "bad", "needs-missing"]);
+    assert!(
+        e.contains("needs-missing.service requires feather-absent.service, which is not available"),
+        "{e}"
+    );
+
+    // A condition that does not hold skips the unit (not a failure); an assertion fails it.
+    write_unit(
+        &feather,
+        "bad",
+        "cond.service",
+        "[Unit]\nConditionPathExists=/feather-absent\n[Service]\nExecStart=/bin/sleep 1000\n",
+    );
+    feather.ok(&["service", "start", "bad", "cond"]);
+    let cond = service(&services(&feather, "bad"), "cond.service").clone();
+    assert_eq!(cond["state"], "inactive");
+    assert_eq!(
+        cond["result"],
+        "skipped: condition ConditionPathExists=/feather-absent does not hold"
+    );
+    write_unit(
+        &feather,
+        "bad",
+        "assert.service",
+        "[Unit]\nAssertPathExists=/feather-absent\n[Service]\nExecStart=/bin/sleep 1000\n",
+    );
+    let e = feather.fails(&["service", "start", "bad", "assert"]);
+    assert!(
+        e.contains(
+            "assert.service failed: assertion AssertPathExists=/feather-absent does not hold"
+        ),
+        "{e}"
+    );
+
+    // Requisite= does not start its unit: it must be active already.
+    write_unit(
+        &feather,
+        "bad",
+        "needs-steady.service",
+        "[Unit]\nRequisite=steady.service cond.service\n[Service]\nExecStart=/bin/sleep 1000\n",
+    );
+    let e = feather.fails(&["service", "start", "bad", "needs-steady"]);
+    assert!(
+        e.contains("needs-steady.service failed: its requisite cond.service is not active"),
+        "{e}"
+    );
+
+    // MAINPID= may name a process that is not the manager's child; its end is still noticed.
+    write_unit(
+        &feather,
+        "bad",
+        "grand.service",
+        "[Service]\nType=notify\nExecStart=/bin/sh -c 'sleep 1000 & systemd-notify --ready MAINPID=$$!; wait'\n",
+    );
+    feather.ok(&["service", "start", "bad", "grand"]);
+    let main = service(&services(&feather, "bad"), "grand.service")["main_pid"]
+        .as_i64()
+        .unwrap();
+    assert_eq!(
+        feather.sh("bad", &format!("tr '\\0' ' ' < /proc/{main}/cmdline")),
+        "sleep 1000 "
+    );
+    feather.sh("bad", &format!("kill {main}"));
+    feather.eventually("the end of grand.service's main process is noticed", || {
+        service(&services(&feather, "bad"), "grand.service")["state"] == "failed"
+    });
+    let grand = service(&services(&feather, "bad"), "grand.service").clone();
+    assert!(
+        grand["result"]
+            .as_str()
+            .unwrap()
+            .contains("not a child of the manager"),
+        "{grand}"
+    );
+
+    // OnFailure=: a unit that failed for good starts its handler (here after its start limit).
+    write_unit(
+        &feather,
+        "bad",
+        "watched.service",
+        "[Unit]\nOnFailure=alarm.service\nStartLimitBurst=2\n[Service]\nExecStart=/bin/false\nRestart=on-failure\nRestartSec=10ms\n",
+    );
+    write_unit(
+        &feather,
+        "bad",
+        "alarm.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/sh -c 'echo raised > /run/alarm'\n",
+    );
+    feather.run(&["service", "start", "bad", "watched"]);
+    feather.eventually("alarm.service ran", || {
+        feather
+            .run(&["exec", "bad", "--", "test", "-e", "/run/alarm"])
+            .code
+            == 0
+    });
+    assert_eq!(
+        service(&services(&feather, "bad"), "watched.service")["state"],
+        "failed"
+    );
+
+    // Nothing else in the VM was disturbed.
+    let steady = service(&services(&feather, "bad"), "steady.service").clone();
+    assert_eq!(
+        (steady["state"].as_str(), steady["restarts"].as_u64()),
+        (Some("active"), Some(0)),
+        "{steady}"
+    );
+    let e = feather.fails(&["service", "stop", "bad", "never-started"]);
+    assert!(
+        e.contains("never-started.service was not started in this VM"),
+        "{e}"
+    );
+}
+
+#[test]
+fn service_commands_on_a_vm_without_services_say_so() {
+    let feather = Feather::new("svc-empty");
+    vm(&feather, "idle");
+    assert_eq!(services(&feather, "idle").len(), 0);
+    let e = feather.fails(&["service", "stop", "idle", "nginx"]);
+    assert!(e.contains("VM idle runs no services"), "{e}");
+    let e = feather.fails(&["service", "start", "nothere", "nginx"]);
+    assert!(e.contains("nothere"), "{e}");
+    // Services run in VMs over the host's root: a bare tree has no feather to manage them.
+    let base = ScratchBase::new("svc-bare");
+    feather.ok(&["create", "bare", "--base", base.as_str()]);
+    feather.ok(&["start", "bare"]);
+    let e = feather.fails(&["service", "start", "bare", "nginx"]);
+    assert!(
+        e.contains("VM bare cannot run feather's service manager: its base"),
+        "{e}"
+    );
+}
+
+#[test]
+fn five_vms_each_run_their_own_nginx_and_redis_with_their_own_data() {
+    let feather = Feather::new("svc-five");
+    let names = ["dup1", "dup2", "dup3", "dup4", "dup5"];
+    for name in names {
+        vm(&feather, name);
+        feather.ok(&["service", "start", name, "nginx", "redis-server"]);
+        feather.sh(name, &format!("redis-cli set owner {name} >/dev/null"));
+    }
+    // Each VM's redis holds what was written in that VM, and each nginx serves: the same
+    // ports, on five loopbacks of their own.
+    for name in names {
+        assert_eq!(feather.sh(name, "redis-cli get owner"), format!("{name}\n"));
+        assert!(feather
+            .sh(name, "curl -sf http://127.0.0.1/")
+            .contains("nginx"));
+    }
+    // A restart gives a new main process that serves again.
+    let before = service(&services(&feather, "dup1"), "nginx.service")["main_pid"].clone();
+    feather.ok(&["service", "restart", "dup1", "nginx"]);
+    let after = service(&services(&feather, "dup1"), "nginx.service").clone();
+    assert_eq!(after["state"], "active");
+    assert_ne!(after["main_pid"], before, "{after}");
+    assert!(feather
+        .sh("dup1", "curl -sf http://127.0.0.1/")
+        .contains("nginx"));
+}
+
+#[test]
+fn vm_stop_stops_services_in_reverse_dependency_order() {
+    let feather = Feather::new("svc-stop-order");
+    vm(&feather, "ord");
+    // Each service notes when it gets SIGTERM, after a delay that is longest for the unit that
+    // must stop first: if every process got SIGTERM at once, the order would come out reversed.
+    let unit = |me: &str, delay: &str, deps: &str| {
+        format!(
+            "[Unit]\n{deps}\n[Service]\nExecStart=/bin/sh -c \"trap 'sleep {delay}; echo {me} >> /var/tmp/feather-stop-order; exit 0' TERM; while :; do sleep 0.05; done\"\n"
+        )
+    };
+    write_unit(
+        &feather,
+        "ord",
+        "base-layer.service",
+        &unit("base-layer", "0", ""),
+    );
+    write_unit(
+        &feather,
+        "ord",
+        "middle-layer.service",
+        &unit(
+            "middle-layer",
+            "0.2",
+            "Requires=base-layer.service\nAfter=base-layer.service",
+        ),
+    );
+    write_unit(
+        &feather,
+        "ord",
+        "top-layer.service",
+        &unit(
+            "top-layer",
+            "0.4",
+            "Wants=middle-layer.service\nAfter=middle-layer.service",
+        ),
+    );
+    feather.ok(&["service", "start", "ord", "top-layer"]);
+    assert_eq!(services(&feather, "ord").len(), 3);
+    feather.ok(&["stop", "ord"]);
+    let order = std::fs::read_to_string(
+        feather
+            .vm_dir("ord")
+            .join("upper/var/tmp/feather-stop-order"),
+    )
+    .unwrap();
+    assert_eq!(order, "top-layer\nmiddle-layer\nbase-layer\n");
+}
+
+#[test]
+fn socket_units_hand_their_sockets_to_the_service() {
+    let feather = Feather::new("svc-sockets");
+    vm(&feather, "sock");
+    write_unit(
+        &feather,
+        "sock",
+        "probe.socket",
+        "[Socket]\nListenStream=/run/probe/probe.sock\nListenDatagram=127.0.0.1:7999\nFileDescriptorName=probe\nSocketMode=0600\n",
+    );
+    write_unit(
+        &feather,
+        "sock",
+        "probe.service",
+        "[Service]\nExecStart=/bin/sh -c 'echo \"$LISTEN_FDS $LISTEN_FDNAMES $([ \"$LISTEN_PID\" = $$$$ ] && echo own-pid) $(readlink /proc/$$$$/fd/3 | cut -c1-7) $(readlink /proc/$$$$/fd/4 | cut -c1-7)\" > /run/listen-env.new && mv /run/listen-env.new /run/listen-env; exec sleep 1000'\n",
+    );
+    // Starting the socket starts the service it activates, after it.
+    feather.ok(&["service", "start", "sock", "probe.socket"]);
+    let list = services(&feather, "sock");
+    assert_eq!(service(&list, "probe.socket")["sub"], "listening");
+    assert_eq!(service(&list, "probe.service")["state"], "active");
+    // Type=simple is active once its process runs; the probe writes its file a moment later.
+    feather.eventually("the probe wrote what it got", || {
+        feather
+            .run(&["exec", "sock", "--", "test", "-e", "/run/listen-env"])
+            .code
+            == 0
+    });
+    assert_eq!(
+        feather.sh(
+            "sock",
+            "cat /run/listen-env; stat -c %a /run/probe/probe.sock"
+        ),
+        "2 probe:probe own-pid socket: socket:\n600\n"
+    );
+    // As in systemd, stopping a socket leaves the service it started running.
+    feather.ok(&["service", "stop", "sock", "probe.socket"]);
+    let list = services(&feather, "sock");
+    assert_eq!(service(&list, "probe.socket")["state"], "inactive");
+    assert_eq!(service(&list, "probe.service")["state"], "active");
+    assert_eq!(
+        feather.sh(
+            "sock",
+            "test -e /run/probe/probe.sock && echo left || echo removed"
+        ),
+        "removed\n"
+    );
+}
+
+#[test]
+fn each_vm_gets_its_own_dbus_system_bus_from_the_hosts_units() {
+    let feather = Feather::new("svc-dbus");
+    let get_id = "dbus-send --system --print-reply=literal --dest=org.freedesktop.DBus /org/freedesktop/DBus org.freedesktop.DBus.GetId";
+    let mut ids = Vec::new();
+    for name in ["bus1", "bus2"] {
+        vm(&feather, name);
+        // dbus.service requires dbus.socket, whose socket the manager hands to dbus-daemon.
+        feather.ok(&["service", "start", name, "dbus"]);
+        let list = services(&feather, name);
+        assert_eq!(
+            service(&list, "dbus.service")["ready"],
+            true,
+            "READY=1 from dbus-daemon: {list:?}"
+        );
+        assert_eq!(service(&list, "dbus.socket")["sub"], "listening");
+        ids.push(feather.sh(name, get_id).trim().to_owned());
+    }
+    assert!(ids.iter().all(|id| id.len() == 32), "{ids:?}");
+    assert_ne!(ids[0], ids[1], "two VMs, two buses");
+}
+
+#[test]
+fn logs_show_a_units_output_and_follow_it() {
+    use std::io::BufRead;
+    let feather = Feather::new("svc-logs");
+    vm(&feather, "talk");
+    write_unit(
+        &feather,
+        "talk",
+        "talker.service",
+        "[Service]\nExecStart=/bin/sh -c 'n=0; while :; do n=$$((n+1)); echo tick $$n; sleep 0.1; done'\n",
+    );
+    feather.ok(&["service", "start", "talk", "talker"]);
+    feather.eventually("talker said something", || {
+        feather
+            .ok(&["service", "logs", "talk", "talker"])
+            .contains("tick 2")
+    });
+    let last = feather.ok(&["service", "logs", "talk", "talker", "-n", "1"]);
+    assert_eq!(last.lines().count(), 1, "{last}");
+    let e = feather.fails(&["service", "logs", "talk", "never-installed"]);
+    assert!(
+        e.contains("unit never-installed.service is not installed"),
+        "{e}"
+    );
+    let e = feather.fails(&["service", "logs", "talk", "nginx"]);
+    assert!(e.contains("VM talk: nginx.service has no log yet"), "{e}");
+
+    // -f keeps printing what the service writes.
+    let mut follower = feather
+        .command()
+        .args(["service", "logs", "talk", "talker", "-n", "0", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let first = receiver.recv_timeout(std::time::Duration::from_secs(10));
+    let second = receiver.recv_timeout(std::time::Duration::from_secs(10));
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(follower.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let _ = follower.wait();
+    let (first, second) = (
+        first.expect("a followed line"),
+        second.expect("another followed line"),
+    );
+    assert!(
+        first.starts_with("tick ") && second.starts_with("tick ") && first != second,
+        "{first} / {second}"
+    );
+}
+
+#[test]
+fn conflicts_stop_the_other_unit_and_binds_to_follows_its_unit_down() {
+    let feather = Feather::new("svc-deps");
+    vm(&feather, "deps");
+    let sleeper = |deps: &str| format!("[Unit]\n{deps}\n[Service]\nExecStart=/bin/sleep 1000\n");
+    write_unit(&feather, "deps", "war.service", &sleeper(""));
+    write_unit(
+        &feather,
+        "deps",
+        "peace.service",
+        &sleeper("Conflicts=war.service"),
+    );
+    feather.ok(&["service", "start", "deps", "war"]);
+    feather.ok(&["service", "start", "deps", "peace"]);
+    let list = services(&feather, "deps");
+    assert_eq!(service(&list, "peace.service")["state"], "active");
+    assert_eq!(
+        service(&list, "war.service")["state"],
+        "inactive",
+        "Conflicts= stops the other"
+    );
+    // The other way round: war does not list peace, but peace conflicts with war.
+    feather.ok(&["service", "start", "deps", "war"]);
+    assert_eq!(
+        service(&services(&feather, "deps"), "peace.service")["state"],
+        "inactive"
+    );
+
+    write_unit(&feather, "deps", "anchor.service", &sleeper(""));
+    write_unit(
+        &feather,
+        "deps",
+        "boat.service",
+        &sleeper("BindsTo=anchor.service\nAfter=anchor.service"),
+    );
+    feather.ok(&["service", "start", "deps", "boat"]);
+    let anchor = service(&services(&feather, "deps"), "anchor.service")["main_pid"]
+        .as_i64()
+        .unwrap();
+    // The anchor ends on its own (not through feather): what is bound to it stops too.
+    feather.sh("deps", &format!("kill {anchor}"));
+    feather.eventually("boat.service stops with its anchor", || {
+        service(&services(&feather, "deps"), "boat.service")["state"] == "inactive"
+    });
+    let boat = service(&services(&feather, "deps"), "boat.service").clone();
+    assert_eq!(
+        boat["result"],
+        "stopped: anchor.service, which it is bound to (BindsTo=), ended"
+    );
+}
+
+#[test]
+fn a_sysv_init_script_without_a_unit_runs_as_a_service() {
+    let feather = Feather::new("svc-sysv");
+    vm(&feather, "old");
+    let script = r#"#!/bin/sh
+### BEGIN INIT INFO
+# Provides:          legacyd
+# Required-Start:    $network $remote_fs
+# Default-Start:     2 3 4 5
+# Default-Stop:      0 1 6
+# Short-Description: A legacy daemon
+### END INIT INFO
+case "$1" in
+  start) sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /run/legacyd.pid; echo started ;;
+  stop) kill "$(cat /run/legacyd.pid)"; rm -f /run/legacyd.pid; echo stopped ;;
+esac
+"#;
+    let status = feather
+        .command()
+        .args([
+            "exec",
+            "old",
+            "--",
+            "sh",
+            "-c",
+            "cat > /etc/init.d/legacyd && chmod 755 /etc/init.d/legacyd",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(script.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(status.success());
+    feather.ok(&["service", "start", "old", "legacyd"]);
+    let legacy = service(&services(&feather, "old"), "legacyd.service").clone();
+    assert_eq!(
+        (legacy["state"].as_str(), legacy["sub"].as_str()),
+        (Some("active"), Some("exited")),
+        "{legacy}"
+    );
+    assert_eq!(legacy["description"], "A legacy daemon");
+    assert!(feather
+        .sh("old", "kill -0 $(cat /run/legacyd.pid) && echo running")
+        .contains("running"));
+    assert!(feather
+        .ok(&["service", "logs", "old", "legacyd"])
+        .contains("started"));
+    feather.ok(&["service", "stop", "old", "legacyd"]);
+    assert_eq!(
+        service(&services(&feather, "old"), "legacyd.service")["state"],
+        "inactive"
+    );
+    assert!(feather
+        .ok(&["service", "logs", "old", "legacyd"])
+        .contains("stopped"));
+    assert_eq!(
+        feather.sh("old", "test -e /run/legacyd.pid && echo left || echo gone"),
+        "gone\n"
+    );
+}
+
+#[test]
+fn a_vm_created_with_services_starts_them_whenever_it_starts() {
+    let feather = Feather::new("svc-create");
+    feather.ok(&["create", "db", "--service", "redis", "--service", "nginx"]);
+    assert_eq!(
+        feather.inspect("db")["config"]["services"],
+        serde_json::json!(["redis-server.service", "nginx.service"]),
+        "names as installed: redis is an alias"
+    );
+    for round in 0..2 {
+        assert_eq!(feather.ok(&["start", "db"]), "", "start stays quiet");
+        let list = services(&feather, "db");
+        for name in ["nginx.service", "redis-server.service"] {
+            assert_eq!(
+                service(&list, name)["state"],
+                "active",
+                "round {round}: {list:?}"
+            );
+        }
+        assert_eq!(feather.sh("db", "redis-cli ping"), "PONG\n");
+        feather.ok(&["stop", "db"]);
+    }
+    // Checked at create time, before anything is made.
+    let e = feather.fails(&["create", "typo", "--service", "feather-no-such"]);
+    assert!(
+        e.contains("unit feather-no-such.service is not installed"),
+        "{e}"
+    );
+    let e = feather.fails(&["create", "infra", "--service", "systemd-journald"]);
+    assert!(e.contains("host infrastructure"), "{e}");
+    assert_eq!(
+        feather.ok(&["ls", "--json"]).matches("\"name\"").count(),
+        1,
+        "only db exists"
+    );
+}
