@@ -23,6 +23,15 @@ packages=(
     iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
     python3          # checkpoint tests: a unix-socket server and client inside a VM over /
     redis-server redis-tools  # checkpoint tests (redis holding hundreds of MB); service tests (Type=notify)
+    # Service tests duplicate these from the host's own units into VMs (never started on the host):
+    postgresql       # postgresql@15-main (template, pg_ctlcluster, Type=forking + PIDFile); psql
+    mariadb-server mariadb-client  # Type=notify, /run/mysqld from tmpfiles.d; the mariadb client
+    rsyslog          # a VM's own syslog daemon: logger lands in the VM's /var/log/syslog
+    cron             # an @reboot job runs inside the VM
+    memcached        # answers set/get/stats on the VM's loopback
+    apache2          # Type=forking through apachectl; also with mariadb as one group
+    openssh-server   # sshd's banner on the VM's port 22
+    inetutils-inetd inetutils-telnetd tcpd  # telnetd through inetd (its inetd.conf line runs tcpd)
 )
 
 export DEBIAN_FRONTEND=noninteractive

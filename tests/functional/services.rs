@@ -921,3 +921,299 @@ fn a_vm_created_with_services_starts_them_whenever_it_starts() {
         "only db exists"
     );
 }
+
+/// Sends `request` to TCP `port` on the VM's loopback with bash's /dev/tcp and returns what the
+/// server answers until it closes (or 2 s pass): a client that needs no extra package.
+fn tcp_exchange(feather: &Feather, vm: &str, port: u16, request: &str) -> String {
+    let script = format!(
+        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{request}' >&3 && timeout 2 cat <&3; true"
+    );
+    feather.ok(&["exec", vm, "--", "bash", "-c", &script])
+}
+
+fn assert_running(feather: &Feather, vm: &str, unit: &str) -> Value {
+    let list = services(feather, vm);
+    let s = service(&list, unit).clone();
+    assert_eq!(
+        (s["state"].as_str(), s["sub"].as_str(), s["ready"].as_bool()),
+        (Some("active"), Some("running"), Some(true)),
+        "{s}"
+    );
+    s
+}
+
+/// psql as the postgres user, from a folder it may enter.
+fn psql(feather: &Feather, vm: &str, sql: &str) -> String {
+    feather.ok(&[
+        "exec", vm, "--", "runuser", "-u", "postgres", "--", "psql", "-q", "-d", "postgres",
+        "-Atc", sql,
+    ])
+}
+
+#[test]
+fn postgresql_runs_from_debians_template_unit_and_its_data_stays_in_the_vm() {
+    let feather = Feather::new("svc-postgres");
+    vm(&feather, "db");
+    // postgresql@.service: %I is 15/main (AssertPathExists=/etc/postgresql/%I/postgresql.conf),
+    // Type=forking through pg_ctlcluster, PIDFile=/run/postgresql/%i.pid in the /run/postgresql
+    // the host's tmpfiles.d asks for.
+    feather.ok(&["service", "start", "db", "postgresql@15-main"]);
+    let pg = assert_running(&feather, "db", "postgresql@15-main.service");
+    assert_eq!(
+        feather.sh("db", "head -1 /run/postgresql/15-main.pid"),
+        format!("{}\n", pg["main_pid"]),
+        "the main process is the one its PIDFile names"
+    );
+    assert_eq!(
+        psql(
+            &feather,
+            "db",
+            "create table feather_private (v text); insert into feather_private values ('in-vm'); select v from feather_private"
+        ),
+        "in-vm\n"
+    );
+    assert!(
+        TcpStream::connect("127.0.0.1:5432").is_err(),
+        "a postgres answers on the host's loopback"
+    );
+    // A second VM starts from the host's data: the table the first VM made is not there.
+    vm(&feather, "other");
+    feather.ok(&["service", "start", "other", "postgresql@15-main"]);
+    assert_eq!(
+        psql(
+            &feather,
+            "other",
+            "select coalesce(to_regclass('feather_private')::text, 'absent')"
+        ),
+        "absent\n"
+    );
+    assert!(feather
+        .vm_dir("db")
+        .join("upper/var/lib/postgresql/15/main")
+        .is_dir());
+    feather.ok(&["service", "stop", "db", "postgresql@15-main"]);
+    assert_eq!(
+        service(&services(&feather, "db"), "postgresql@15-main.service")["state"],
+        "inactive"
+    );
+    assert_ne!(
+        feather
+            .run(&[
+                "exec", "db", "--", "runuser", "-u", "postgres", "--", "psql", "-d", "postgres",
+                "-c", "select 1"
+            ])
+            .code,
+        0,
+        "postgres still answers after its stop"
+    );
+}
+
+#[test]
+fn mariadb_runs_from_the_hosts_unit_and_its_databases_stay_in_the_vm() {
+    let feather = Feather::new("svc-mariadb");
+    vm(&feather, "db");
+    // Type=notify, User=mysql, /run/mysqld from the host's tmpfiles.d.
+    feather.ok(&["service", "start", "db", "mariadb"]);
+    assert_running(&feather, "db", "mariadb.service");
+    assert_eq!(
+        feather.sh("db", "mariadb -e 'create database feather_private' && mysql -Nse \"show databases like 'feather_private'\""),
+        "feather_private\n"
+    );
+    assert_eq!(
+        feather.sh("db", "mariadb -Nse 'select user()'"),
+        "root@localhost\n"
+    );
+    assert!(feather
+        .vm_dir("db")
+        .join("upper/var/lib/mysql/feather_private")
+        .is_dir());
+    assert!(
+        !Path::new("/var/lib/mysql/feather_private").exists(),
+        "the database was made in the host's data"
+    );
+    assert!(
+        TcpStream::connect("127.0.0.1:3306").is_err(),
+        "a mariadb answers on the host's loopback"
+    );
+    feather.ok(&["service", "stop", "db", "mariadb"]);
+    assert_ne!(
+        feather
+            .run(&["exec", "db", "--", "mariadb", "-e", "select 1"])
+            .code,
+        0,
+        "mariadb still answers after its stop"
+    );
+}
+
+#[test]
+fn rsyslog_in_a_vm_writes_the_vms_syslog_not_the_hosts() {
+    let feather = Feather::new("svc-rsyslog");
+    vm(&feather, "logs");
+    feather.ok(&["service", "start", "logs", "rsyslog"]);
+    assert_running(&feather, "logs", "rsyslog.service");
+    let message = format!("feather-rsyslog-{}", std::process::id());
+    feather.ok(&[
+        "exec",
+        "logs",
+        "--",
+        "logger",
+        "-t",
+        "feather-test",
+        &message,
+    ]);
+    feather.eventually("the message is in the VM's /var/log/syslog", || {
+        feather
+            .run(&["exec", "logs", "--", "cat", "/var/log/syslog"])
+            .stdout
+            .contains(&message)
+    });
+    let host_syslog = std::fs::read_to_string("/var/log/syslog").unwrap_or_default();
+    assert!(!host_syslog.contains(&message), "the host's syslog got it");
+    assert!(
+        std::fs::read_to_string(feather.vm_dir("logs").join("upper/var/log/syslog"))
+            .unwrap()
+            .contains(&message)
+    );
+}
+
+#[test]
+fn cron_in_a_vm_runs_its_jobs_inside_the_vm() {
+    let feather = Feather::new("svc-cron");
+    vm(&feather, "jobs");
+    // An @reboot job runs when cron starts in a fresh /run (no /run/crond.reboot yet).
+    feather.sh(
+        "jobs",
+        "printf '@reboot root hostname > /run/feather-cron-proof\\n' > /etc/cron.d/feather-test && chmod 644 /etc/cron.d/feather-test",
+    );
+    feather.ok(&["service", "start", "jobs", "cron"]);
+    assert_running(&feather, "jobs", "cron.service");
+    feather.eventually("the job ran", || {
+        feather
+            .run(&["exec", "jobs", "--", "cat", "/run/feather-cron-proof"])
+            .stdout
+            == "jobs\n"
+    });
+    assert!(!Path::new("/run/feather-cron-proof").exists());
+    assert!(!Path::new("/etc/cron.d/feather-test").exists());
+}
+
+#[test]
+fn memcached_in_a_vm_stores_and_serves_values() {
+    let feather = Feather::new("svc-memcached");
+    vm(&feather, "cache");
+    feather.ok(&["service", "start", "cache", "memcached"]);
+    let memcached = assert_running(&feather, "cache", "memcached.service");
+    let answer = tcp_exchange(
+        &feather,
+        "cache",
+        11211,
+        "set feather 0 0 7\\r\\nprivate\\r\\nget feather\\r\\nstats\\r\\nquit\\r\\n",
+    );
+    assert!(
+        answer.contains("STORED\r\nVALUE feather 0 7\r\nprivate\r\nEND\r\n"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(&format!("STAT pid {}\r\n", memcached["main_pid"])),
+        "the manager follows memcached itself: {answer}"
+    );
+    assert!(
+        TcpStream::connect("127.0.0.1:11211").is_err(),
+        "a memcached answers on the host's loopback"
+    );
+}
+
+#[test]
+fn apache2_in_a_vm_serves_its_pages_through_apachectl() {
+    let feather = Feather::new("svc-apache");
+    vm(&feather, "web");
+    // Type=forking: `apachectl start` exits, the manager follows the apache2 it left.
+    feather.ok(&["service", "start", "web", "apache2"]);
+    let apache = assert_running(&feather, "web", "apache2.service");
+    assert_eq!(
+        feather.sh("web", "cat /run/apache2/apache2.pid"),
+        format!("{}\n", apache["main_pid"])
+    );
+    let page = feather.sh("web", "curl -sf http://127.0.0.1/");
+    assert!(page.contains("Apache2 Debian Default Page"), "{page}");
+    feather.sh(
+        "web",
+        "echo served-from-the-vm > /var/www/html/feather-test.html",
+    );
+    assert_eq!(
+        feather.sh("web", "curl -sf http://127.0.0.1/feather-test.html"),
+        "served-from-the-vm\n"
+    );
+    assert!(!Path::new("/var/www/html/feather-test.html").exists());
+    feather.ok(&["service", "stop", "web", "apache2"]);
+    assert_ne!(
+        feather
+            .run(&["exec", "web", "--", "curl", "-sf", "http://127.0.0.1/"])
+            .code,
+        0,
+        "apache2 still answers after its stop"
+    );
+}
+
+#[test]
+fn sshd_in_a_vm_answers_with_its_banner() {
+    let feather = Feather::new("svc-sshd");
+    vm(&feather, "shell");
+    // ssh.service: ExecStartPre=sshd -t, Type=notify, RuntimeDirectory=sshd.
+    feather.ok(&["service", "start", "shell", "sshd"]);
+    assert_running(&feather, "shell", "ssh.service");
+    let banner = tcp_exchange(&feather, "shell", 22, "");
+    assert!(banner.starts_with("SSH-2.0-OpenSSH"), "{banner:?}");
+}
+
+#[test]
+fn telnetd_answers_through_inetd_in_a_vm() {
+    let feather = Feather::new("svc-telnetd");
+    vm(&feather, "old");
+    // The host's inetd.conf has telnet off; Debian's own tool turns it on in the VM's copy.
+    feather.sh("old", "update-inetd --enable telnet 2>/dev/null; true");
+    assert!(feather
+        .sh("old", "grep '^telnet' /etc/inetd.conf")
+        .contains("/usr/sbin/telnetd"));
+    // No unit: the SysV script /etc/init.d/inetutils-inetd.
+    feather.ok(&["service", "start", "old", "inetutils-inetd"]);
+    let answer = feather.sh(
+        "old",
+        "bash -c 'exec 3<>/dev/tcp/127.0.0.1/23 && timeout 2 head -c 3 <&3 | od -An -tx1'",
+    );
+    // IAC (0xff) and an option negotiation: telnetd speaking the telnet protocol.
+    assert!(answer.trim_start().starts_with("ff f"), "{answer:?}");
+    assert!(!std::fs::read_to_string("/etc/inetd.conf")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("telnet")));
+}
+
+#[test]
+fn apache2_and_mariadb_start_as_one_group_in_one_vm() {
+    let feather = Feather::new("svc-group");
+    vm(&feather, "lamp");
+    write_unit(
+        &feather,
+        "lamp",
+        "feather-lamp.target",
+        "[Unit]\nDescription=web and database\nWants=apache2.service mariadb.service\nAfter=apache2.service mariadb.service\n",
+    );
+    feather.ok(&["service", "start", "lamp", "feather-lamp.target"]);
+    assert_running(&feather, "lamp", "apache2.service");
+    assert_running(&feather, "lamp", "mariadb.service");
+    assert_eq!(
+        service(&services(&feather, "lamp"), "feather-lamp.target")["state"],
+        "active"
+    );
+    assert!(feather
+        .sh("lamp", "curl -sf http://127.0.0.1/")
+        .contains("Apache2"));
+    assert_eq!(feather.sh("lamp", "mariadb -Nse 'select 6*7'"), "42\n");
+    // Stopping the group's members in reverse order leaves nothing answering.
+    feather.ok(&["service", "stop", "lamp", "apache2", "mariadb"]);
+    let list = services(&feather, "lamp");
+    for unit in ["apache2.service", "mariadb.service"] {
+        assert_eq!(service(&list, unit)["state"], "inactive", "{list:?}");
+    }
+}

@@ -46,7 +46,7 @@ pub const TABLE: &[Infrastructure] = &[
     Infrastructure { pattern: "console-getty.service", stand_in: CONSOLE },
     Infrastructure { pattern: "autovt@*", stand_in: CONSOLE },
     Infrastructure { pattern: "getty-static.service", stand_in: CONSOLE },
-    Infrastructure { pattern: "systemd-tmpfiles-*", stand_in: "the VM's fresh /run and /tmp; RuntimeDirectory= and its kin are made by feather's service manager" },
+    Infrastructure { pattern: "systemd-tmpfiles-*", stand_in: "the VM's fresh /run and /tmp; the manager makes the /run folders of the host's tmpfiles.d when it starts, and RuntimeDirectory= and its kin" },
     Infrastructure { pattern: "systemd-*", stand_in: "a machine-level job of systemd that feather's init does, or that has no meaning in a VM" },
     Infrastructure { pattern: "emergency.service", stand_in: BOOT },
     Infrastructure { pattern: "rescue.service", stand_in: BOOT },

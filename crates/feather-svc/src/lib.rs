@@ -9,6 +9,7 @@
 //! - [`infra`]: host-infrastructure units that are not duplicated, and what stands in for them
 //! - [`catalog`]: the host's services and whether each can be duplicated
 //! - [`manager`]: the in-VM service manager
+//! - [`tmpfiles`]: the host's `tmpfiles.d` folders under `/run`, made in a VM's fresh `/run`
 
 pub mod catalog;
 pub mod conditions;
@@ -22,6 +23,7 @@ mod raw;
 pub mod specifier;
 pub mod syntax;
 pub mod sysv;
+pub mod tmpfiles;
 pub mod unit;
 pub mod values;
 pub mod words;

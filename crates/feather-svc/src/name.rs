@@ -134,7 +134,8 @@ impl Serialize for UnitName {
     }
 }
 
-/// Undoes systemd's name escaping: `\xNN` becomes the byte (`%I`, `%P`).
+/// Undoes systemd's name escaping (`%I`, `%P`, `%J`): `-` becomes `/` and `\xNN` the byte, so
+/// `postgresql@15-main`'s `%I` is `15/main` (Debian's units find `/etc/postgresql/%I` so).
 pub fn unescape(text: &str) -> String {
     let mut bytes = Vec::with_capacity(text.len());
     let raw = text.as_bytes();
@@ -150,7 +151,7 @@ pub fn unescape(text: &str) -> String {
                 continue;
             }
         }
-        bytes.push(raw[i]);
+        bytes.push(if raw[i] == b'-' { b'/' } else { raw[i] });
         i += 1;
     }
     String::from_utf8_lossy(&bytes).into_owned()
@@ -162,8 +163,7 @@ pub fn unescape_path(text: &str) -> String {
     if text == "-" {
         return "/".into();
     }
-    let with_slashes: String = text.replace('-', "/");
-    let unescaped = unescape(&with_slashes);
+    let unescaped = unescape(text);
     format!("/{}", unescaped.trim_start_matches('/'))
 }
 
@@ -203,6 +203,7 @@ mod tests {
     #[test]
     fn unescaping() {
         assert_eq!(unescape(r"foo\x2dbar"), "foo-bar");
+        assert_eq!(unescape("15-main"), "15/main");
         assert_eq!(
             unescape_path(r"dev-disk-by\x2dlabel-x"),
             "/dev/disk/by-label/x"

@@ -139,7 +139,7 @@ mod tests {
     fn unit_name_specifiers() {
         assert_eq!(
             expand_for("postgresql@15-main.service", "%n|%N|%p|%P|%i|%I|%f|%j").unwrap(),
-            "postgresql@15-main.service|postgresql@15-main|postgresql|postgresql|15-main|15-main|/15/main|postgresql"
+            "postgresql@15-main.service|postgresql@15-main|postgresql|postgresql|15-main|15/main|/15/main|postgresql"
         );
         assert_eq!(
             expand_for(r"foo@a\x2db.service", "%i %I").unwrap(),

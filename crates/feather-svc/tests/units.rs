@@ -190,7 +190,7 @@ fn templates_instances_and_specifiers() {
     );
     assert_eq!(
         unit.exec.directories(DirectoryKind::Runtime).paths,
-        vec!["postgresql/15-main"]
+        vec!["postgresql/15/main"]
     );
     let wd = unit.exec.working_directory.as_ref().unwrap();
     assert_eq!(

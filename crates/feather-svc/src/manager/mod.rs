@@ -129,6 +129,10 @@ pub fn serve() -> i32 {
     if let Ok(mut pid_file) = File::create(PID_FILE) {
         let _ = writeln!(pid_file, "{}", std::process::id());
     }
+    // The folders the host's boot makes in /run (systemd-tmpfiles), made in the VM's fresh one.
+    for problem in crate::tmpfiles::create(&crate::tmpfiles::folders(std::path::Path::new("/"))) {
+        eprintln!("feather-svc: {problem}");
+    }
     let manager = match supervisor::Manager::new(listener) {
         Ok(manager) => manager,
         Err(e) => {
