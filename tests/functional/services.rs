@@ -1118,6 +1118,11 @@ fn memcached_in_a_vm_stores_and_serves_values() {
         answer.contains(&format!("STAT pid {}\r\n", memcached["main_pid"])),
         "the manager follows memcached itself: {answer}"
     );
+    // Its pidfile goes to /run/memcached, which the host's tmpfiles.d asks for.
+    assert_eq!(
+        feather.sh("cache", "cat /run/memcached/memcached.pid"),
+        format!("{}\n", memcached["main_pid"])
+    );
     assert!(
         TcpStream::connect("127.0.0.1:11211").is_err(),
         "a memcached answers on the host's loopback"
