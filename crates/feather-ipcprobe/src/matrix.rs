@@ -257,13 +257,17 @@ impl Matrix {
     }
 }
 
-/// A detail without what changes from run to run (tokens, System V keys, ports, pids), so
-/// that the generated document changes only when an outcome does.
+/// A detail without what changes from run to run (tokens, System V keys, ports, pids, the
+/// subnet a test root was given, the names of veths and bridges of whatever VMs run at the same
+/// time), so that the generated document changes only when an outcome does.
 fn stable(detail: &str) -> String {
     let rules = [
         (r"fp\d+", "fp<run>"),
         (r"0x4650[0-9a-f]{4}", "<key>"),
         (r"(\d{1,3}\.\d{1,3}\.\d{1,3}\.\d{1,3}):\d+", "$1:<port>"),
+        (r"\b10\.\d{1,3}\.\d{1,3}\.(\d{1,3})\b", "<subnet>.$1"),
+        (r"(?:fth[0-9a-f]{8}, )*fth[0-9a-f]{8}", "fth<id>…"),
+        (r"(?:feather-n\d+, )*feather-n\d+", "feather-n<N>…"),
         (r"\b(pid|process|to|of|segment) \d+", "$1 <n>"),
     ];
     let mut text = detail.to_owned();
@@ -326,6 +330,10 @@ mod tests {
         assert_eq!(
             stable("connect /tmp/fp4242h.stream: refused; shmget key 0x4650beef; connect 127.0.0.1:33447; no process 812 here; SIGUSR1 delivered to 5"),
             "connect /tmp/fp<run>h.stream: refused; shmget key <key>; connect 127.0.0.1:<port>; no process <n> here; SIGUSR1 delivered to <n>"
+        );
+        assert_eq!(
+            stable("connect 10.78.1.2:4000: timed out; links: eth0, feather-n0, feather-n3, fthae21138a, fthe1035206, lo"),
+            "connect <subnet>.2:<port>: timed out; links: eth0, feather-n<N>…, fth<id>…, lo"
         );
     }
 }
