@@ -925,9 +925,12 @@ fn a_vm_created_with_services_starts_them_whenever_it_starts() {
 
 /// Sends `request` to TCP `port` on the VM's loopback with bash's /dev/tcp and returns what the
 /// server answers until it closes (or 2 s pass): a client that needs no extra package.
+/// Sends `request` to the VM's 127.0.0.1:`port` and returns what came back. A `Type=simple`
+/// service is ready once started, not once listening, so the connection is retried for 5 s.
 fn tcp_exchange(feather: &Feather, vm: &str, port: u16, request: &str) -> String {
     let script = format!(
-        "exec 3<>/dev/tcp/127.0.0.1/{port} && printf '{request}' >&3 && timeout 2 cat <&3; true"
+        "for i in $(seq 50); do exec 3<>/dev/tcp/127.0.0.1/{port} && break; sleep 0.1; done 2>/dev/null; \
+         printf '{request}' >&3 && timeout 2 cat <&3; true"
     );
     feather.ok(&["exec", vm, "--", "bash", "-c", &script])
 }
