@@ -1226,3 +1226,71 @@ fn apache2_and_mariadb_start_as_one_group_in_one_vm() {
         assert_eq!(service(&list, unit)["state"], "inactive", "{list:?}");
     }
 }
+
+#[test]
+fn host_and_vm_each_run_redis_on_port_6379_with_their_own_data() {
+    // The host's own instance, started by this test on the host's loopback and ended by its pid.
+    let data = std::env::temp_dir().join(format!("feather-host-redis-{}", std::process::id()));
+    std::fs::create_dir_all(&data).unwrap();
+    let mut host_redis = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            "6379",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(&data)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("redis-server runs on the host");
+    let _stop = HostProcess(&mut host_redis, data);
+    let host_cli = |args: &[&str]| {
+        let out = std::process::Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", "6379"])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while host_cli(&["ping"]) != "PONG\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the host's redis did not come up"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(host_cli(&["set", "owner", "host"]), "OK\n");
+
+    let feather = Feather::new("svc-redis-both");
+    vm(&feather, "twin");
+    feather.ok(&["service", "start", "twin", "redis-server"]);
+    assert_eq!(
+        feather.sh(
+            "twin",
+            "redis-cli get owner; redis-cli set owner vm; redis-cli get owner"
+        ),
+        "\nOK\nvm\n"
+    );
+    assert_eq!(
+        host_cli(&["get", "owner"]),
+        "host\n",
+        "the host's instance keeps its own data"
+    );
+}
+
+/// Ends a process this test started, by its pid, and removes its data folder.
+struct HostProcess<'a>(&'a mut std::process::Child, std::path::PathBuf);
+
+impl Drop for HostProcess<'_> {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+        let _ = std::fs::remove_dir_all(&self.1);
+    }
+}
