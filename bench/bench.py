@@ -1099,28 +1099,45 @@ def hardware_vm_reference(bench: Bench) -> None:
 # 4. Run-time overhead
 
 
+CPU_MARK = "@@feather-bench-cpu"
+
+
+def reporting_cpu(script: str) -> str:
+    """`script`, followed by the shell's `times`: its second line is the CPU time (user, system)
+    of every child the shell waited for. Measured where the job runs: a job that `feather exec`
+    has the VM's init start is not a child of the caller, so the caller's wait4 rusage does not
+    see its CPU time."""
+    return f"{script}\necho {CPU_MARK}; times"
+
+
 def timed_with_cpu(argv: list[str]) -> tuple[float, float, str]:
-    """Runs a command; returns its wall time, the CPU time it and every descendant it waited for
-    used (from wait4's rusage), and its output."""
+    """Runs a command whose script ends with `reporting_cpu`'s lines; returns its wall time, the
+    CPU time of its job, and its output (without those lines)."""
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         began = time.perf_counter()
         process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
+        _, status, _ = os.wait4(process.pid, 0)
         wall = time.perf_counter() - began
         process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
         out.seek(0)
         err.seek(0)
         if process.returncode != 0:
             raise RuntimeError(f"{shlex.join(argv)} exited with {process.returncode}: {err.read().decode(errors='replace')[-300:]}")
-        return wall, usage.ru_utime + usage.ru_stime, out.read().decode(errors="replace")
+        text = out.read().decode(errors="replace")
+        mark = re.search(rf"^{CPU_MARK}\n\S+ \S+\n(\d+)m([\d.]+)s (\d+)m([\d.]+)s$", text, re.M)
+        if not mark:
+            raise RuntimeError(f"{shlex.join(argv)} reported no CPU time")
+        minutes_user, user, minutes_system, system = mark.groups()
+        cpu = 60 * (int(minutes_user) + int(minutes_system)) + float(user) + float(system)
+        return wall, cpu, text[: mark.start()]
 
 
 def serve_and_load(bench: Bench, port: int, seconds: int) -> str:
-    """A shell script: nginx in the foreground, wrk against it, then nginx stopped. Its CPU time
-    (nginx + wrk, which the shell waits for) comes back in wait4's rusage."""
+    """A shell script: nginx in the foreground, wrk against it, then nginx stopped, and the CPU
+    time of both (the shell waits for them)."""
     conf = nginx_config(bench, port)
     pid = bench.scratch / f"nginx-{port}.pid"
-    return (
+    return reporting_cpu(
         f'nginx -c {conf} -e /dev/null -g "daemon off; pid {pid};" & server=$!; '
         f"sleep 0.3; {shlex.join(wrk_command(port, seconds))}; kill $server; wait"
     )
@@ -1174,7 +1191,7 @@ def compare_nginx_throughput(bench: Bench) -> None:
         "tell the causes apart, in a bare network namespace and in the VM's mount namespace "
         f"(its overlay) with the host's network. {bench.plan.wrk_rounds} round(s) of {seconds} s "
         "each, taking turns. Requests per CPU-second divides the requests served by the CPU time "
-        "of nginx and wrk (wait4 rusage of the shell that runs both): unlike requests per second, "
+        "of nginx and wrk (their shell's `times` for its waited-for children, read where they run): unlike requests per second, "
         "it does not depend on how much of the 2 cores other work left.",
         table(["where", "command", "min req/s", "median req/s", "max req/s", "requests per CPU-second (median)", "per CPU-second vs host"], rows),
         f"**VM / host, requests per second: {ratio:.3f}** (target ≥ {RUNTIME_TARGET}: "
@@ -1205,7 +1222,7 @@ def interleaved(commands: list[tuple[str, list[str]]], runs: int) -> dict[str, t
 def compare_file_job(bench: Bench) -> None:
     f = bench.feather
     info = f.up("files")
-    job = ["sh", "-c", FILE_JOB]
+    job = ["sh", "-c", reporting_cpu(FILE_JOB)]
     init = str(info["state"]["init_pid"])
     commands = [
         ("host", job),
@@ -1223,7 +1240,7 @@ def compare_file_job(bench: Bench) -> None:
         "every one is read through the overlay. The page cache is warm (one warm-up round; "
         "overlayfs reads share the host's page cache). The commands take turns, "
         f"{bench.plan.file_runs} rounds. CPU is user + system time of the job and everything it "
-        "waited for (wait4 rusage). The third row runs the job in the VM's mount namespace only "
+        "waited for (its shell's `times`, read where it runs). The third row runs the job in the VM's mount namespace only "
         "(nsenter, no cgroup, pid or network namespace): the overlay's share of the difference.",
         table(["where", "command", "min", "median", "max", "median CPU"], rows),
         f"**host / VM, wall-clock median: {ratio:.3f}** (target ≥ {RUNTIME_TARGET}: "
