@@ -214,10 +214,7 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     }
-    if !lifecycle::status(&root.open(&name)?)?
-        .status
-        .eq(&feather_core::VmStatus::Running)
-    {
+    if lifecycle::status(&root.open(&name)?)?.status != feather_core::VmStatus::Running {
         lifecycle::start(root, &name)?;
         if service::start_configured(root, &name)? != ExitCode::SUCCESS {
             anyhow::bail!("VM {name} started, but not all of its services did");
