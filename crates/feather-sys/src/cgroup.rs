@@ -254,23 +254,6 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Opens the group's `cgroup.procs` files now, for a process to enter later from where
-    /// their paths no longer resolve (inside a VM's mount namespace).
-    pub fn entry(&self) -> Result<Entry> {
-        let procs = self
-            .dirs()
-            .into_iter()
-            .map(|dir| {
-                let path = dir.join("cgroup.procs");
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .ctx("open", path.display())
-            })
-            .collect::<Result<_>>()?;
-        Ok(Entry { procs })
-    }
-
     /// The processes in the group (host pids).
     pub fn members(&self) -> Vec<Pid> {
         let procs = self
@@ -345,35 +328,6 @@ impl Cgroup {
             .trim()
             .parse()
             .ok()
-    }
-
-    /// The number of periods in which the group was throttled for exceeding its CPU limit.
-    pub fn cpu_throttled_periods(&self) -> Option<u64> {
-        let (_, mount) = self.hierarchies.locate("cpu")?;
-        let stat = fs::read_to_string(mount.join(&self.relative).join("cpu.stat")).ok()?;
-        stat.lines()
-            .find_map(|line| line.strip_prefix("nr_throttled ")?.trim().parse().ok())
-    }
-
-    /// Path of `file` in the hierarchy that holds `controller`, for inspection by tests and tools.
-    pub fn controller_file(&self, controller: &str, file: &str) -> Option<PathBuf> {
-        let (_, mount) = self.hierarchies.locate(controller)?;
-        Some(mount.join(&self.relative).join(file))
-    }
-}
-
-/// A way into a cgroup that no longer needs its paths (see [`Cgroup::entry`]).
-pub struct Entry {
-    procs: Vec<fs::File>,
-}
-
-impl Entry {
-    /// Moves the calling process into the group: writing 0 to `cgroup.procs` means "me".
-    pub fn enter(&self) -> Result<()> {
-        for mut file in &self.procs {
-            std::io::Write::write_all(&mut file, b"0").ctx("enter", "cgroup")?;
-        }
-        Ok(())
     }
 }
 

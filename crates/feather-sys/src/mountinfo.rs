@@ -1,7 +1,7 @@
 //! Reading /proc/self/mountinfo: which filesystems are mounted where.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountEntry {
@@ -86,11 +86,6 @@ pub fn is_api_filesystem(fs_type: &str) -> bool {
             | "nfsd"
             | "selinuxfs"
     )
-}
-
-/// Whether `path` is `dir` or lies below it.
-pub fn is_within(path: &Path, dir: &Path) -> bool {
-    path.starts_with(dir)
 }
 
 #[cfg(test)]
