@@ -4,6 +4,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
+use feather_sys::cgroup::Cgroup;
 use nix::unistd::Pid;
 use serde::Serialize;
 
@@ -42,8 +43,9 @@ pub fn summaries(root: &StateRoot) -> Result<Vec<Summary>> {
 
 fn summary(config: &VmConfig, state: VmState) -> Summary {
     let running = state.status == VmStatus::Running;
+    let cgroup = cgroup_of(config);
     let memory_bytes = if running {
-        cgroup_of(config).and_then(|c| c.memory_usage())
+        cgroup.as_ref().and_then(|c| c.memory_usage())
     } else {
         None
     };
@@ -53,7 +55,7 @@ fn summary(config: &VmConfig, state: VmState) -> Summary {
         base: config.base.clone(),
         network: feather_net::summary(&config.network),
         processes: if running {
-            members(config, &state).len()
+            members(cgroup.as_ref(), &state).len()
         } else {
             0
         },
@@ -81,7 +83,7 @@ pub fn processes(root: &StateRoot, name: &VmName) -> Result<Vec<Process>> {
     if state.status != VmStatus::Running {
         return Err(feather_core::Error::NotRunning(name.to_string()).into());
     }
-    let mut rows: Vec<Process> = members(&config, &state)
+    let mut rows: Vec<Process> = members(cgroup_of(&config).as_ref(), &state)
         .into_iter()
         .filter_map(describe_process)
         .collect();
@@ -91,8 +93,8 @@ pub fn processes(root: &StateRoot, name: &VmName) -> Result<Vec<Process>> {
 
 /// The host pids of a running VM's processes: its cgroup's members, or for a VM without a
 /// cgroup, the processes of its pid namespace.
-fn members(config: &VmConfig, state: &VmState) -> Vec<Pid> {
-    match (cgroup_of(config), state.init_pid) {
+fn members(cgroup: Option<&Cgroup>, state: &VmState) -> Vec<Pid> {
+    match (cgroup, state.init_pid) {
         (Some(cgroup), _) => cgroup.members(),
         (None, Some(init)) => feather_sys::process::same_pid_namespace(Pid::from_raw(init)),
         (None, None) => Vec::new(),
