@@ -34,6 +34,9 @@ pub struct VmConfig {
     /// Configs written before VMs had networks load as `mode = "none"`, what they meant.
     #[serde(default)]
     pub network: NetworkConfig,
+    /// Labels policy rules select VMs by (`@tag:NAME`); `feather create --tag`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
 }
 
 /// Resource limits, enforced through the VM's cgroup. `None` means unlimited.
@@ -95,6 +98,7 @@ mod tests {
             ephemeral: false,
             scaffold: vec!["/proc".into()],
             services: vec!["nginx.service".into()],
+            tags: vec!["web".into()],
             network: NetworkConfig {
                 mode: crate::network::NetMode::Private,
                 address: Some([10, 77, 0, 2].into()),
@@ -111,5 +115,25 @@ mod tests {
         assert_eq!(Limits::parse_cpus("0.5").unwrap(), 0.5);
         assert!(Limits::parse_cpus("0").is_err());
         assert!(Limits::parse_cpus("lots").is_err());
+    }
+}
+
+impl VmConfig {
+    /// A tag is a word policy files can name: letters, digits, '.', '_' and '-'.
+    pub fn validate_tag(tag: &str) -> crate::Result<()> {
+        let fine = !tag.is_empty()
+            && tag.len() <= 64
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if fine {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidValue {
+                what: "--tag",
+                value: tag.to_owned(),
+                why: "use up to 64 letters, digits, '.', '_' and '-'".into(),
+            })
+        }
     }
 }

@@ -339,6 +339,7 @@ mod tests {
             scaffold: vec![],
             services: vec![],
             network: Default::default(),
+            tags: vec![],
         }
     }
 

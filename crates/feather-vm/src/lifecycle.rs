@@ -28,6 +28,7 @@ pub struct CreateOptions {
     pub limits: Limits,
     pub ephemeral: bool,
     pub network: NetworkConfig,
+    pub tags: Vec<String>,
 }
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
@@ -66,6 +67,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         scaffold,
         services: Vec::new(),
         network,
+        tags: options.tags.clone(),
     };
     let durability = if options.ephemeral {
         Durability::Volatile

@@ -183,6 +183,9 @@ pub struct CreateArgs {
     /// Let the VM reach beyond the host (masqueraded as the host)
     #[arg(long)]
     pub egress: bool,
+    /// A label policy rules can select the VM by, as @tag:NAME (repeatable)
+    #[arg(long = "tag", value_name = "NAME")]
+    pub tags: Vec<String>,
 }
 
 impl CreateArgs {
@@ -194,6 +197,7 @@ impl CreateArgs {
             && self.net.is_none()
             && self.publish.is_empty()
             && !self.egress
+            && self.tags.is_empty()
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use feather_core::size::parse_bytes;
-use feather_core::{Error, Limits, NetMode, NetworkConfig, StateRoot, VmName};
+use feather_core::{Error, Limits, NetMode, NetworkConfig, StateRoot, VmConfig, VmName};
 use feather_vm::exec::exec;
 use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::workload::Workload;
@@ -267,6 +267,11 @@ fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
         limits,
         ephemeral: false,
         network,
+        tags: args
+            .tags
+            .iter()
+            .map(|tag| VmConfig::validate_tag(tag).map(|()| tag.clone()))
+            .collect::<Result<_, _>>()?,
     })
 }
 
