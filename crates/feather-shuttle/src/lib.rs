@@ -4,12 +4,22 @@
 //!
 //! - [`policy`]: the rule files, and the decision for one request (first match wins, default
 //!   deny).
+//! - [`broker`]: per VM, in its keeper: opens what the policy offers the VM.
+//! - [`gate`]: the one door: decide, ask where the rule says so, record, then open.
 //! - [`audit`]: one JSON line per decision.
+//! - [`peers`]: what the broker needs of other VMs, provided by the keeper that hosts it.
 
+pub mod ask;
 pub mod audit;
+pub mod broker;
 pub mod error;
+pub mod gate;
+pub mod peers;
 pub mod policy;
 
 pub use audit::{Audit, Outcome};
+pub use broker::{Broker, VmSide};
 pub use error::PolicyError;
+pub use gate::{Gate, Refusal};
+pub use peers::Peers;
 pub use policy::{Decision, Kind, Party, Policy, Request, Rule, Verdict};

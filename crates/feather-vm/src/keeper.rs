@@ -16,6 +16,7 @@ use std::fs::{self, File};
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use feather_core::atomic::Durability;
@@ -88,6 +89,8 @@ pub struct Keeper {
     /// Held until the VM is cleaned up (or the keeper dies): its release tells others the VM
     /// is no longer kept.
     lock: File,
+    /// The VM's shuttle broker, once opened; dropped (closing its channels) with the keeper.
+    broker: Option<feather_shuttle::Broker>,
 }
 
 /// Where a running VM is on its way to an end.
@@ -215,6 +218,7 @@ impl Keeper {
             durability,
             checkpointed: std::cell::Cell::new(false),
             lock,
+            broker: None,
         };
         keeper.record_running()?;
         Ok(keeper)
@@ -263,9 +267,24 @@ impl Keeper {
             network,
             checkpointed: std::cell::Cell::new(false),
             lock,
+            broker: None,
         };
         keeper.record_running()?;
         Ok(keeper)
+    }
+
+    /// Opens the VM's shuttle broker: what the policy lets cross into and out of the VM.
+    /// `terminal`: where `ask` rules ask (the terminal that started the VM).
+    pub fn open_broker(&mut self, root: &StateRoot, terminal: Option<PathBuf>) {
+        let side = feather_shuttle::VmSide {
+            name: self.vm.name().to_string(),
+            tags: self.config.tags.clone(),
+            init_pid: self.init.pid.as_raw(),
+            run_dir: self.vm.run_dir().to_path_buf(),
+        };
+        let gate = feather_shuttle::Gate::new(root.dir(), terminal);
+        let peers = std::sync::Arc::new(crate::peers::RootPeers::new(root));
+        self.broker = Some(feather_shuttle::Broker::start(side, gate, peers));
     }
 
     fn record_running(&self) -> Result<()> {
@@ -593,13 +612,19 @@ fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {
 
 /// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the waiting `feather start` through
 /// `ready` whether it worked, then serves until the VM ends.
-pub fn main_background(root: StateRoot, name: VmName, ready: OwnedFd, restore: bool) -> i32 {
+pub fn main_background(
+    root: StateRoot,
+    name: VmName,
+    ready: OwnedFd,
+    restore: bool,
+    terminal: Option<PathBuf>,
+) -> i32 {
     // A session of its own: the terminal that ran `feather start` may close without taking
     // the VM with it.
     let _ = nix::unistd::setsid();
     let mut ready = File::from(ready);
     let vm = root.vm(&name);
-    let keeper = match if restore {
+    let mut keeper = match if restore {
         Keeper::restore(&root, &vm)
     } else {
         Keeper::boot(&root, &vm, None, false)
@@ -610,6 +635,7 @@ pub fn main_background(root: StateRoot, name: VmName, ready: OwnedFd, restore: b
             return 1;
         }
     };
+    keeper.open_broker(&root, terminal);
     let _ = writeln!(ready, "ok");
     drop(ready);
     match keeper.serve(false) {

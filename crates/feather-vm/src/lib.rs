@@ -22,6 +22,7 @@ pub mod inspect;
 pub mod keeper;
 pub mod layers;
 pub mod lifecycle;
+pub mod peers;
 pub mod protocol;
 pub mod rootfs;
 pub mod workload;

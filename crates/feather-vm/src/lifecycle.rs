@@ -141,6 +141,7 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .arg("--ready-fd")
         .arg(ready_write.as_raw_fd().to_string())
         .args(restore.then_some("--restore"))
+        .args(starting_terminal().map(|tty| format!("--terminal={}", tty.display())))
         .arg(name.as_str())
         .stdin(Stdio::null())
         .stdout(log.try_clone().at(vm.keeper_log())?)
@@ -171,6 +172,11 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
             ))
         }
     }
+}
+
+/// The terminal this command was started from, if any: where the VM's `ask` rules ask.
+pub(crate) fn starting_terminal() -> Option<PathBuf> {
+    nix::unistd::ttyname(std::io::stdin()).ok()
 }
 
 /// Stops a running VM: its processes get SIGTERM, then SIGKILL after `grace`. A crashed VM
@@ -269,7 +275,7 @@ pub fn run_ephemeral(
         ..options.clone()
     };
     let vm = create(root, name, &options)?;
-    let keeper = match Keeper::boot(root, &vm, Some(workload), true) {
+    let mut keeper = match Keeper::boot(root, &vm, Some(workload), true) {
         Ok(keeper) => keeper,
         Err(e) => {
             if let Ok(config) = vm.read_config() {
@@ -279,6 +285,7 @@ pub fn run_ephemeral(
             return Err(e);
         }
     };
+    keeper.open_broker(root, starting_terminal());
     Ok(keeper.serve(true)?.code)
 }
 

@@ -152,6 +152,9 @@ pub enum Command {
         /// Restore the VM from its checkpoint instead of booting it
         #[arg(long)]
         restore: bool,
+        /// The terminal that started the VM, where `ask` policy rules ask
+        #[arg(long)]
+        terminal: Option<PathBuf>,
         name: String,
     },
     /// A VM's init after it re-executed itself from inside the VM

@@ -173,11 +173,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             run_dir,
             ready_fd,
             restore,
+            terminal,
             name,
         } => {
             let ready = ready_pipe(ready_fd)?;
             let root = StateRoot::with_dirs(state_dir, run_dir);
-            let code = feather_vm::keeper::main_background(root, name.parse()?, ready, restore);
+            let code =
+                feather_vm::keeper::main_background(root, name.parse()?, ready, restore, terminal);
             return Ok(exit_code(code));
         }
     }

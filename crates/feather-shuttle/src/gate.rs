@@ -1,0 +1,182 @@
+//! The gate every crossing goes through: the policy decides (and, for `ask`, the person at
+//! the terminal), the audit log records, and only then is anything opened.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use crate::ask::{self, Answer, ANSWER_WITHIN};
+use crate::audit::{Audit, Outcome};
+use crate::policy::{Decision, Policy, Request, Rule, RuleRef, Verdict};
+
+/// A state root's policy as last read, and where decisions are recorded.
+pub struct Gate {
+    root_dir: PathBuf,
+    loaded: RwLock<Loaded>,
+    audit: Audit,
+    terminal: Option<PathBuf>,
+    /// One question at a time on the terminal.
+    asking: Mutex<()>,
+}
+
+#[derive(Clone)]
+enum Loaded {
+    Rules(Arc<Policy>),
+    /// A policy that does not load allows nothing; the message says what to fix.
+    Broken(String),
+}
+
+/// Why a request was refused, for the requester and the audit log.
+#[derive(Clone, Debug)]
+pub struct Refusal {
+    pub rule: Option<RuleRef>,
+    pub why: String,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.rule {
+            Some(rule) => write!(f, "{} ({rule})", self.why),
+            None => f.write_str(&self.why),
+        }
+    }
+}
+
+impl std::error::Error for Refusal {}
+
+impl Gate {
+    /// The gate of the state root at `root_dir`; `terminal`: where `ask` rules ask.
+    pub fn new(root_dir: &Path, terminal: Option<PathBuf>) -> Gate {
+        let gate = Gate {
+            root_dir: root_dir.to_path_buf(),
+            loaded: RwLock::new(Loaded::Rules(Arc::default())),
+            audit: Audit::new(root_dir),
+            terminal,
+            asking: Mutex::new(()),
+        };
+        let _ = gate.reload();
+        gate
+    }
+
+    /// Reads the policy files again. On error the gate denies everything until a reload
+    /// succeeds, and the error is returned to be reported.
+    pub fn reload(&self) -> Result<(), String> {
+        let (loaded, result) = match Policy::load(&self.root_dir) {
+            Ok(policy) => (Loaded::Rules(Arc::new(policy)), Ok(())),
+            Err(e) => (Loaded::Broken(e.to_string()), Err(e.to_string())),
+        };
+        *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = loaded;
+        result
+    }
+
+    /// The rules in force (none while the policy is malformed).
+    pub fn policy(&self) -> Arc<Policy> {
+        match &*self.loaded.read().unwrap_or_else(|e| e.into_inner()) {
+            Loaded::Rules(policy) => policy.clone(),
+            Loaded::Broken(_) => Arc::default(),
+        }
+    }
+
+    pub fn audit(&self) -> &Audit {
+        &self.audit
+    }
+
+    /// Decides `request`, asks where the rule says so, and records the outcome. Returns the
+    /// allowing rule (its options say how to carry the request out). A decision that cannot
+    /// be recorded is refused.
+    pub fn check(&self, request: &Request) -> Result<Rule, Refusal> {
+        let loaded = self
+            .loaded
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let policy = match loaded {
+            Loaded::Rules(policy) => policy,
+            Loaded::Broken(why) => {
+                let decision = Decision {
+                    verdict: Verdict::Deny,
+                    rule: None,
+                };
+                let why = format!("denied: the policy does not load: {why}");
+                let _ = self
+                    .audit
+                    .record(request, &decision, &Outcome::Denied, Some(why.clone()));
+                return Err(Refusal { rule: None, why });
+            }
+        };
+        let decision = policy.decide(request);
+        let (allowed, detail) = match (&decision.verdict, &decision.rule) {
+            (Verdict::Allow, _) => (true, None),
+            (Verdict::Ask, Some(rule)) => self.ask(request, rule),
+            (Verdict::Deny, Some(_)) | (Verdict::Ask, None) => {
+                (false, Some("denied by rule".to_owned()))
+            }
+            (Verdict::Deny, None) => (false, Some("no rule allows it (default deny)".to_owned())),
+        };
+        let outcome = if allowed {
+            Outcome::Allowed
+        } else {
+            Outcome::Denied
+        };
+        let rule_ref = decision.rule.as_ref().map(|rule| rule.at.clone());
+        if let Err(e) = self
+            .audit
+            .record(request, &decision, &outcome, detail.clone())
+        {
+            return Err(Refusal {
+                rule: rule_ref,
+                why: format!(
+                    "refused: cannot write the audit log {}: {e}",
+                    self.audit.path().display()
+                ),
+            });
+        }
+        match (allowed, decision.rule) {
+            (true, Some(rule)) => Ok(rule),
+            _ => Err(Refusal {
+                rule: rule_ref,
+                why: format!(
+                    "{} {} of {} for {}: {}",
+                    request.kind,
+                    request.object,
+                    request.target,
+                    request.source,
+                    detail.unwrap_or_else(|| "denied".to_owned())
+                ),
+            }),
+        }
+    }
+
+    /// Records that an allowed request could not be carried out.
+    pub fn record_failure(&self, request: &Request, rule: &Rule, why: &str) {
+        let decision = Decision {
+            verdict: rule.verdict,
+            rule: Some(rule.clone()),
+        };
+        let _ = self
+            .audit
+            .record(request, &decision, &Outcome::Failed(why.to_owned()), None);
+    }
+
+    fn ask(&self, request: &Request, rule: &Rule) -> (bool, Option<String>) {
+        let _one_at_a_time = self.asking.lock().unwrap_or_else(|e| e.into_inner());
+        match ask::ask(self.terminal.as_deref(), request, rule, ANSWER_WITHIN) {
+            Answer::Yes => (
+                true,
+                Some(format!("asked: allowed at {}", self.terminal_name())),
+            ),
+            Answer::No => (
+                false,
+                Some(format!("asked: refused at {}", self.terminal_name())),
+            ),
+            Answer::NoOne(why) => (false, Some(format!("asked: {why}"))),
+        }
+    }
+
+    fn terminal_name(&self) -> String {
+        self.terminal
+            .as_deref()
+            .map(|t| t.display().to_string())
+            .unwrap_or_default()
+    }
+}
