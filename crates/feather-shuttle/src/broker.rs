@@ -27,6 +27,9 @@ impl VmSide {
 
 /// What a broker opened; all of it closes when the broker is dropped (the VM ends).
 pub struct Broker {
+    /// `feather-open`'s endpoint in the VM, if the policy lets it invoke anything.
+    #[allow(dead_code)]
+    invocations: Option<crate::invoke::Invocations>,
     #[allow(dead_code)]
     side: Arc<VmSide>,
     #[allow(dead_code)]
@@ -39,9 +42,17 @@ impl Broker {
     /// Opens what the policy offers the VM. Never fails the VM: what cannot be opened is
     /// recorded in the audit log and the keeper's log.
     pub fn start(side: VmSide, gate: Gate, peers: Arc<dyn Peers>) -> Broker {
+        let (side, gate) = (Arc::new(side), Arc::new(gate));
+        let invocations =
+            crate::invoke::Invocations::open(side.clone(), gate.clone(), peers.clone())
+                .unwrap_or_else(|why| {
+                    eprintln!("feather shuttle: {why}");
+                    None
+                });
         Broker {
-            side: Arc::new(side),
-            gate: Arc::new(gate),
+            invocations,
+            side,
+            gate,
             peers,
         }
     }

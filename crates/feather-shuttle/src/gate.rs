@@ -85,6 +85,15 @@ impl Gate {
     /// allowing rule (its options say how to carry the request out). A decision that cannot
     /// be recorded is refused.
     pub fn check(&self, request: &Request) -> Result<Rule, Refusal> {
+        self.check_for(request, None)
+    }
+
+    /// As [`Gate::check`], with who asked (e.g. the requesting process) in the audit line.
+    pub fn check_for(&self, request: &Request, requester: Option<&str>) -> Result<Rule, Refusal> {
+        let with_requester = |detail: Option<String>| match (detail, requester) {
+            (Some(detail), Some(who)) => Some(format!("{detail}; {who}")),
+            (detail, who) => detail.or(who.map(str::to_owned)),
+        };
         let loaded = self
             .loaded
             .read()
@@ -98,9 +107,12 @@ impl Gate {
                     rule: None,
                 };
                 let why = format!("denied: the policy does not load: {why}");
-                let _ = self
-                    .audit
-                    .record(request, &decision, &Outcome::Denied, Some(why.clone()));
+                let _ = self.audit.record(
+                    request,
+                    &decision,
+                    &Outcome::Denied,
+                    with_requester(Some(why.clone())),
+                );
                 return Err(Refusal { rule: None, why });
             }
         };
@@ -119,9 +131,9 @@ impl Gate {
             Outcome::Denied
         };
         let rule_ref = decision.rule.as_ref().map(|rule| rule.at.clone());
-        if let Err(e) = self
-            .audit
-            .record(request, &decision, &outcome, detail.clone())
+        if let Err(e) =
+            self.audit
+                .record(request, &decision, &outcome, with_requester(detail.clone()))
         {
             return Err(Refusal {
                 rule: rule_ref,

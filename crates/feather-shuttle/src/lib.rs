@@ -8,14 +8,20 @@
 //! - [`gate`]: the one door: decide, ask where the rule says so, record, then open.
 //! - [`audit`]: one JSON line per decision.
 //! - [`peers`]: what the broker needs of other VMs, provided by the keeper that hosts it.
+//! - [`invoke`]: `feather-open` in a VM, and the broker's side of it: run an allowed
+//!   application in another VM.
+//! - [`transfer`]: hand a path of one VM to another (bind mount, argument rewritten).
 
 pub mod ask;
 pub mod audit;
 pub mod broker;
 pub mod error;
 pub mod gate;
+pub mod invoke;
 pub mod peers;
 pub mod policy;
+mod raw;
+pub mod transfer;
 
 pub use audit::{Audit, Outcome};
 pub use broker::{Broker, VmSide};

@@ -6,7 +6,8 @@
 //! multi-threaded (its broker serves channels), and entering a VM's namespaces must happen in a
 //! fresh single-threaded process, which exec gives safely where a bare fork would not.
 
-use std::process::{Command, Stdio};
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
 
 use feather_core::store::{DEFAULT_RUN_DIR, DEFAULT_STATE_DIR};
 use feather_core::{StateRoot, VmName, VmStatus};
@@ -23,8 +24,8 @@ impl RootPeers {
         RootPeers { root: root.clone() }
     }
 
-    /// Runs `feather ARGS…` on this state root; its error output is the error.
-    fn feather(&self, args: &[&str]) -> Result<(), String> {
+    /// A `feather` command on this state root, ready for arguments.
+    fn command(&self) -> Result<Command, String> {
         let exe =
             std::env::current_exe().map_err(|e| format!("cannot find the feather binary: {e}"))?;
         let mut command = Command::new(exe);
@@ -34,7 +35,13 @@ impl RootPeers {
         if !is_default {
             command.arg("--root").arg(self.root.dir());
         }
-        let output = command
+        Ok(command)
+    }
+
+    /// Runs `feather ARGS…` on this state root; its error output is the error.
+    fn feather(&self, args: &[&str]) -> Result<(), String> {
+        let output = self
+            .command()?
             .args(args)
             .stdin(Stdio::null())
             .output()
@@ -77,6 +84,32 @@ impl Peers for RootPeers {
 
     fn start_service(&self, vm: &str, unit: &str) -> Result<(), String> {
         self.feather(&["service", "start", vm, unit])
+    }
+
+    fn run(
+        &self,
+        vm: &str,
+        argv: &[String],
+        uid: u32,
+        stdio: [OwnedFd; 3],
+    ) -> Result<Child, String> {
+        let [stdin, stdout, stderr] = stdio;
+        self.command()?
+            .args(["exec", "--user", &uid.to_string(), vm, "--"])
+            .args(argv)
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot run feather exec: {e}"))
+    }
+
+    fn helper(&self, subcommand: &str) -> Result<Command, String> {
+        let exe =
+            std::env::current_exe().map_err(|e| format!("cannot find the feather binary: {e}"))?;
+        let mut command = Command::new(exe);
+        command.arg(subcommand).stdin(Stdio::null());
+        Ok(command)
     }
 
     fn tags(&self, vm: &str) -> Vec<String> {

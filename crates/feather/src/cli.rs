@@ -60,6 +60,26 @@ pub enum Command {
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
     },
+    /// Inside a VM: run APP in another VM, as a policy `invoke` rule allows; path arguments are
+    /// handed over and rewritten (also called as `feather-open`, and `xdg-open` as the app
+    /// `xdg-open`). Exit status: the program's; 77 refused by the policy; 125 could not be done
+    Open {
+        /// The VM to run it in [default: the one the allowing rule names]
+        #[arg(long, env = "FEATHER_OPEN_VM", value_name = "VM")]
+        vm: Option<String>,
+        /// The application's name, as the policy knows it
+        app: String,
+        /// Paths to hand over (or what the rule's args= allows)
+        #[arg(
+            trailing_var_arg = true,
+            allow_hyphen_values = true,
+            value_name = "ARGS"
+        )]
+        args: Vec<String>,
+    },
+    /// The share helper of a VM's keeper (hands a path of one VM to another)
+    #[command(name = "__shuttle-share", hide = true)]
+    ShuttleShare { plan: String },
     /// List VMs
     Ls {
         #[arg(long)]

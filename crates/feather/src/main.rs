@@ -23,7 +23,7 @@ use cli::{CheckCommand, Cli, Command, CreateArgs, ProcessArgs, RunArgs};
 const EXIT_FEATHER_FAILED_RUN: u8 = 125;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(arguments());
     let runs_a_command = matches!(cli.command, Command::Run(_) | Command::Exec { .. });
     match dispatch(cli) {
         Ok(code) => code,
@@ -38,7 +38,33 @@ fn main() -> ExitCode {
     }
 }
 
+/// The command line, with the name the binary was called by turned into a subcommand:
+/// `feather-open ARGS…` is `feather open ARGS…`, `xdg-open ARGS…` is `feather open xdg-open
+/// ARGS…` (see docs/shuttle.md).
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let called = args
+        .first()
+        .and_then(|argv0| feather_shuttle::invoke::called_as(std::path::Path::new(argv0)));
+    match called {
+        Some("feather-open") => args.insert(1, "open".into()),
+        Some("xdg-open") => args
+            .splice(1..1, ["open".into(), "xdg-open".into()])
+            .for_each(drop),
+        _ => {}
+    }
+    args
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Inside a VM anyone may ask; the keeper's policy decides.
+    if let Command::Open { vm, app, args } = &cli.command {
+        return Ok(exit_code(feather_shuttle::invoke::open(
+            app,
+            vm.as_deref(),
+            args,
+        )));
+    }
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot.into());
     }
@@ -166,6 +192,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if !matrix.failures().is_empty() {
                 return Ok(ExitCode::from(1));
             }
+        }
+        Command::Open { .. } => unreachable!("handled before the root check"),
+        Command::ShuttleShare { plan } => {
+            return Ok(exit_code(feather_shuttle::transfer::helper_main(&plan)))
         }
         Command::IpcProbe { args } => return Ok(exit_code(feather_ipcprobe::agent::main(&args))),
         Command::Keeper {

@@ -1,0 +1,759 @@
+//! Application invocation: `feather-open APP [PATH…]` inside a VM asks its keeper's broker to
+//! run APP in another VM; the policy names the applications, the command line and what the
+//! arguments may be.
+//!
+//! ```text
+//! feather-open (in VM A) ── /run/feather/shuttle.sock (SOCK_SEQPACKET, in A's /run) ──▶ broker
+//!   Open { app, vm, args, cwd } ──▶  gate: invoke APP A→B; per path, files PATH A→B
+//!                                    hand the paths over (see transfer), start B on demand,
+//!                                    `feather exec B -- COMMAND REWRITTEN-ARGS` on three pipes
+//!   ◀── Started { argv } + the pipes' other ends (stdin, stdout, stderr)
+//!   ◀── Exited { code }  (then the hand-over mounts are gone)
+//!   or ◀── Refused { why }  |  Failed { why }
+//! ```
+//!
+//! The program's output comes back through the pipes: no descriptor of the requester, its
+//! terminal least of all, ever reaches the target VM.
+
+use std::collections::HashSet;
+use std::io::{IoSlice, Read, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::path::Path;
+use std::process::Child;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::socket::{
+    bind, connect, getsockopt, listen, sendmsg, socket, sockopt, AddressFamily, Backlog,
+    ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::broker::VmSide;
+use crate::gate::{Gate, Refusal};
+use crate::peers::Peers;
+use crate::policy::{Kind, Party, Request, Rule};
+use crate::transfer::{self, Found, Go, Helper, Item, Plan};
+
+/// Where `feather-open` finds its VM's broker, in the VM's view.
+pub const SOCKET_IN_VM: &str = "/run/feather/shuttle.sock";
+
+/// `feather-open`'s exit status when the policy refused the request.
+pub const EXIT_REFUSED: i32 = 77;
+/// `feather-open`'s exit status when the request was allowed but could not be carried out
+/// (no broker, the target would not start, a path could not be handed over).
+pub const EXIT_FAILED: i32 = 125;
+
+/// The largest message either side sends.
+const MAX_MESSAGE: usize = 64 * 1024;
+
+/// What `feather-open` asks.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Open {
+    pub app: String,
+    /// The target VM; without it, the one VM the allowing rule names.
+    pub vm: Option<String>,
+    pub args: Vec<String>,
+    /// The requester's working folder (relative paths are taken from it).
+    pub cwd: String,
+}
+
+/// What the broker answers.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "snake_case")]
+pub enum Answer {
+    /// The program runs; sent with its stdin (to write), stdout and stderr (to read).
+    Started {
+        vm: String,
+        argv: Vec<String>,
+    },
+    Exited {
+        code: i32,
+    },
+    /// The policy said no (or the request could not be decided).
+    Refused {
+        why: String,
+    },
+    /// Allowed, but it could not be carried out.
+    Failed {
+        why: String,
+    },
+}
+
+/// A VM's invocation endpoint: the socket in its `/run` and the thread that serves it.
+/// Dropping it closes the socket and ends the programs still running for it.
+pub struct Invocations {
+    /// Closing it tells the listening thread to stop.
+    stop: Option<OwnedFd>,
+    thread: Option<JoinHandle<()>>,
+    running: Arc<Mutex<HashSet<i32>>>,
+}
+
+/// What every connection's thread shares.
+struct Context {
+    side: Arc<VmSide>,
+    gate: Arc<Gate>,
+    peers: Arc<dyn Peers>,
+    running: Arc<Mutex<HashSet<i32>>>,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Invocations {
+    /// Opens the endpoint if the policy lets the VM invoke anything (else `Ok(None)`: a VM
+    /// without invoke rules pays nothing).
+    pub fn open(
+        side: Arc<VmSide>,
+        gate: Arc<Gate>,
+        peers: Arc<dyn Peers>,
+    ) -> Result<Option<Invocations>, String> {
+        let source = side.party();
+        if gate
+            .policy()
+            .offered_to(Kind::Invoke, &source)
+            .next()
+            .is_none()
+        {
+            return Ok(None);
+        }
+        let listener = bind_in_vm(side.init_pid)
+            .map_err(|why| format!("VM {}: cannot open {SOCKET_IN_VM}: {why}", side.name))?;
+        let (stop_read, stop_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
+            .map_err(|e| format!("VM {}: pipe: {e}", side.name))?;
+        let running = Arc::new(Mutex::new(HashSet::new()));
+        let context = Arc::new(Context {
+            side,
+            gate,
+            peers,
+            running: running.clone(),
+        });
+        let thread = std::thread::Builder::new()
+            .name("shuttle-invoke".into())
+            .spawn(move || accept_loop(&listener, &stop_read, &context))
+            .map_err(|e| format!("cannot start the invocation thread: {e}"))?;
+        Ok(Some(Invocations {
+            stop: Some(stop_write),
+            thread: Some(thread),
+            running,
+        }))
+    }
+}
+
+impl Drop for Invocations {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        // The VM ends: so do the programs it asked for (each `feather exec` passes the
+        // signal on to its program).
+        for pid in self
+            .running
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+        {
+            let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+        }
+    }
+}
+
+/// Binds the listening socket at [`SOCKET_IN_VM`] in the VM's `/run`, reached through
+/// `/proc/<init>/root` without following any symlink the VM may have planted.
+fn bind_in_vm(init_pid: i32) -> Result<OwnedFd, String> {
+    let root: OwnedFd = std::fs::File::open(format!("/proc/{init_pid}/root"))
+        .map_err(|e| e.to_string())?
+        .into();
+    let strict = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS)
+    };
+    let run = openat2(&root, "run", strict()).map_err(|e| format!("/run: {}", e.desc()))?;
+    match nix::sys::stat::mkdirat(&run, "feather", Mode::from_bits_truncate(0o755)) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(format!("/run/feather: {}", e.desc())),
+    }
+    let dir =
+        openat2(&run, "feather", strict()).map_err(|e| format!("/run/feather: {}", e.desc()))?;
+    let _ = nix::unistd::unlinkat(
+        &dir,
+        "shuttle.sock",
+        nix::unistd::UnlinkatFlags::NoRemoveDir,
+    );
+    let listener = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+        None,
+    )
+    .map_err(|e| format!("socket: {e}"))?;
+    // The folder's descriptor as a path: short enough for sun_path, and it is exactly the
+    // folder opened above.
+    let address = UnixAddr::new(format!("/proc/self/fd/{}/shuttle.sock", dir.as_raw_fd()).as_str())
+        .map_err(|e| e.to_string())?;
+    bind(listener.as_raw_fd(), &address).map_err(|e| format!("bind: {e}"))?;
+    // Anyone in the VM may ask; the policy decides.
+    nix::sys::stat::fchmodat(
+        &dir,
+        "shuttle.sock",
+        Mode::from_bits_truncate(0o666),
+        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
+    )
+    .or_else(|_| {
+        nix::sys::stat::fchmodat(
+            &dir,
+            "shuttle.sock",
+            Mode::from_bits_truncate(0o666),
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )
+    })
+    .map_err(|e| format!("chmod: {e}"))?;
+    listen(&listener, Backlog::new(16).unwrap_or(Backlog::MAXCONN))
+        .map_err(|e| format!("listen: {e}"))?;
+    Ok(listener)
+}
+
+fn accept_loop(listener: &OwnedFd, stop: &OwnedFd, context: &Arc<Context>) {
+    loop {
+        let mut fds = [
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(stop.as_fd(), PollFlags::POLLIN),
+        ];
+        if poll(&mut fds, PollTimeout::NONE).is_err() {
+            continue;
+        }
+        if fds[1].revents().is_some_and(|r| !r.is_empty()) {
+            return;
+        }
+        while let Ok(connection) = feather_sys::fdpass::accept(listener) {
+            let context = context.clone();
+            let _ = std::thread::Builder::new()
+                .name("shuttle-open".into())
+                .spawn(move || serve(&context, connection));
+        }
+    }
+}
+
+/// Why an invocation did not happen.
+enum Stop {
+    Refused(String),
+    Failed(String),
+}
+
+impl From<Refusal> for Stop {
+    fn from(refusal: Refusal) -> Stop {
+        Stop::Refused(refusal.to_string())
+    }
+}
+
+fn serve(context: &Context, connection: OwnedFd) {
+    // Blocking from here on; a requester that never sends is dropped after a while.
+    let _ = nix::fcntl::fcntl(&connection, nix::fcntl::FcntlArg::F_SETFL(OFlag::empty()));
+    let _ = nix::sys::socket::setsockopt(
+        &connection,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(10, 0),
+    );
+    let requester = match getsockopt(&connection, sockopt::PeerCredentials) {
+        Ok(creds) => Requester {
+            pid: creds.pid(),
+            uid: creds.uid(),
+        },
+        Err(_) => return,
+    };
+    let open = match receive::<Open>(&connection) {
+        Ok(Some((open, _))) => open,
+        _ => return,
+    };
+    let _ = nix::sys::socket::setsockopt(
+        &connection,
+        sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, 0),
+    );
+    let answer = match invoke(context, &open, &requester, &connection) {
+        Ok(code) => Answer::Exited { code },
+        Err(Stop::Refused(why)) => Answer::Refused { why },
+        Err(Stop::Failed(why)) => Answer::Failed { why },
+    };
+    let _ = send(&connection, &answer, &[]);
+}
+
+/// Who asked: the peer of the connection, as the host sees it.
+struct Requester {
+    pid: i32,
+    uid: u32,
+}
+
+impl Requester {
+    fn describe(&self) -> String {
+        format!("requested by pid {} (host) uid {}", self.pid, self.uid)
+    }
+}
+
+/// Decides, hands the paths over, runs the program and waits for it; returns its exit code.
+fn invoke(
+    context: &Context,
+    open: &Open,
+    requester: &Requester,
+    connection: &OwnedFd,
+) -> Result<i32, Stop> {
+    let gate = &context.gate;
+    let source = context.side.party();
+    if !is_app_name(&open.app) {
+        return Err(Stop::Refused(format!(
+            "{:?} is not an application name (letters, digits, '.', '_', '-', '@')",
+            open.app
+        )));
+    }
+    let target = target_of(context, open)?;
+    let request = Request {
+        kind: Kind::Invoke,
+        object: open.app.clone(),
+        source: source.clone(),
+        target: target.clone(),
+    };
+    let detail = requester.describe();
+    let rule = gate.check_for(&request, Some(&detail))?;
+    let fail = |why: String| {
+        gate.record_failure(&request, &rule, &why);
+        why
+    };
+    let Party::Vm {
+        name: target_vm, ..
+    } = &target
+    else {
+        return Err(Stop::Failed(fail(
+            "running applications on the host is not supported yet: name a VM".into(),
+        )));
+    };
+    let items = match argument_mode(&rule) {
+        Args::Any => None,
+        Args::None if open.args.is_empty() => Some(Vec::new()),
+        Args::None => {
+            return Err(Stop::Refused(fail(format!(
+                "{} takes no arguments ({}: args=none)",
+                open.app, rule.at
+            ))))
+        }
+        Args::Files => Some(file_items(context, open, &request, &rule, &detail)?),
+    };
+    let mut helper = None;
+    let mut shared_args = Vec::new();
+    if let Some(items) = items.filter(|items| !items.is_empty()) {
+        let id = format!(
+            "{}-{}-{}",
+            context.side.name,
+            std::process::id(),
+            NEXT_ID.fetch_add(1, Ordering::Relaxed)
+        );
+        let command = context
+            .peers
+            .helper(transfer::HELPER_SUBCOMMAND)
+            .map_err(|why| Stop::Failed(fail(why)))?;
+        let plan = Plan {
+            source_pid: context.side.init_pid,
+            id,
+            items: items.iter().map(|(item, _)| item.clone()).collect(),
+        };
+        let mut started = Helper::spawn(command, &plan).map_err(|why| Stop::Failed(fail(why)))?;
+        let resolved = started.resolved().map_err(|why| Stop::Failed(fail(why)))?;
+        let mut writable = Vec::new();
+        for ((item, rw), found) in items.iter().zip(resolved) {
+            let found = found.map_err(|why| Stop::Refused(fail(why)))?;
+            let real_rw = real_path_allowed(context, &request, item, &found, &detail, &fail)?;
+            writable.push(*rw && real_rw);
+        }
+        let target_pid = context
+            .peers
+            .start(target_vm)
+            .map_err(|why| Stop::Failed(fail(format!("VM {target_vm} would not start: {why}"))))?;
+        shared_args = started
+            .mount(&Go {
+                target_pid,
+                writable,
+            })
+            .map_err(|why| Stop::Failed(fail(why)))?;
+        helper = Some(started);
+    } else {
+        context
+            .peers
+            .start(target_vm)
+            .map_err(|why| Stop::Failed(fail(format!("VM {target_vm} would not start: {why}"))))?;
+    }
+    let mut argv = command_of(&rule, &open.app);
+    if helper.is_some() {
+        argv.extend(shared_args);
+    } else if matches!(argument_mode(&rule), Args::Any) {
+        argv.extend(open.args.iter().cloned());
+    }
+    let code = run(context, target_vm, &argv, requester.uid, connection)
+        .map_err(|why| Stop::Failed(fail(why)));
+    // The program ended: the hand-over mounts go.
+    drop(helper);
+    code
+}
+
+/// The target: the one named, or the single VM the first rule offering the app names.
+fn target_of(context: &Context, open: &Open) -> Result<Party, Stop> {
+    if let Some(vm) = &open.vm {
+        vm.parse::<feather_core::VmName>()
+            .map_err(|e| Stop::Refused(e.to_string()))?;
+        return Ok(Party::vm(vm.clone(), &context.peers.tags(vm)));
+    }
+    let policy = context.gate.policy();
+    let source = context.side.party();
+    let offering = policy
+        .offered_to(Kind::Invoke, &source)
+        .find(|rule| rule.object.matches(&open.app));
+    match offering {
+        // No rule offers it: the gate records the default decision against no one in
+        // particular.
+        None => Ok(Party::vm("-", &[])),
+        Some(rule) => match rule.target.single() {
+            Some(Party::Vm { name, .. }) => {
+                let tags = context.peers.tags(&name);
+                Ok(Party::vm(name, &tags))
+            }
+            Some(Party::Host) => Ok(Party::Host),
+            None => Err(Stop::Refused(format!(
+                "{} may run {} in more than one VM ({}): name one with --vm",
+                rule.at, open.app, rule.target
+            ))),
+        },
+    }
+}
+
+/// What a rule lets the requester's arguments be.
+enum Args {
+    None,
+    Files,
+    Any,
+}
+
+fn argument_mode(rule: &Rule) -> Args {
+    match rule.option("args") {
+        Some("none") => Args::None,
+        Some("any") => Args::Any,
+        _ => Args::Files,
+    }
+}
+
+/// The command line in the target: the rule's `command=`, or the app looked up in the
+/// target's PATH.
+fn command_of(rule: &Rule, app: &str) -> Vec<String> {
+    rule.option("command")
+        .and_then(shlex::split)
+        .filter(|words| !words.is_empty())
+        .unwrap_or_else(|| vec![app.to_owned()])
+}
+
+/// With `args=files`: every argument a path, each allowed by a `files` rule; returns the
+/// items with whether their rule says `mode=rw`.
+fn file_items(
+    context: &Context,
+    open: &Open,
+    invoke: &Request,
+    rule: &Rule,
+    detail: &str,
+) -> Result<Vec<(Item, bool)>, Stop> {
+    let mut items = Vec::new();
+    for arg in &open.args {
+        if arg.starts_with('-') {
+            let why = format!(
+                "argument {arg:?} is not a path: {} passes only paths to {} (args=files)",
+                rule.at, open.app
+            );
+            context.gate.record_failure(invoke, rule, &why);
+            return Err(Stop::Refused(why));
+        }
+        let path = transfer::requested_path(arg, &open.cwd).map_err(|why| {
+            context.gate.record_failure(invoke, rule, &why);
+            Stop::Refused(why)
+        })?;
+        let files = Request {
+            kind: Kind::Files,
+            object: path.clone(),
+            source: invoke.source.clone(),
+            target: invoke.target.clone(),
+        };
+        let allowing = context
+            .gate
+            .check_for(&files, Some(detail))
+            .map_err(|refusal| {
+                let why = format!("path {path}: {refusal}");
+                context.gate.record_failure(invoke, rule, &why);
+                Stop::Refused(why)
+            })?;
+        let writable = allowing.option("mode") == Some("rw");
+        items.push((Item { path, writable }, writable));
+    }
+    Ok(items)
+}
+
+/// A path that led elsewhere through symlinks: where it led must be allowed too. Returns
+/// whether that rule allows writing.
+fn real_path_allowed(
+    context: &Context,
+    invoke: &Request,
+    item: &Item,
+    found: &Found,
+    detail: &str,
+    fail: &dyn Fn(String) -> String,
+) -> Result<bool, Stop> {
+    if found.real == item.path {
+        return Ok(true);
+    }
+    let files = Request {
+        kind: Kind::Files,
+        object: found.real.clone(),
+        source: invoke.source.clone(),
+        target: invoke.target.clone(),
+    };
+    let detail = format!("{detail}; {} leads here", item.path);
+    match context.gate.check_for(&files, Some(&detail)) {
+        Ok(rule) => Ok(rule.option("mode") == Some("rw")),
+        Err(refusal) => Err(Stop::Refused(fail(format!(
+            "path {} leads to {}: {refusal}",
+            item.path, found.real
+        )))),
+    }
+}
+
+/// Runs `argv` in `vm` as `uid` on three fresh pipes, hands their other ends to the requester
+/// and waits for the program (or the requester's hang-up, which ends it).
+fn run(
+    context: &Context,
+    vm: &str,
+    argv: &[String],
+    uid: u32,
+    connection: &OwnedFd,
+) -> Result<i32, String> {
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+    let (stdin_read, stdin_write) = pipe()?;
+    let (stdout_read, stdout_write) = pipe()?;
+    let (stderr_read, stderr_write) = pipe()?;
+    let mut child = context
+        .peers
+        .run(vm, argv, uid, [stdin_read, stdout_write, stderr_write])?;
+    let pid = child.id() as i32;
+    context
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(pid);
+    let started = Answer::Started {
+        vm: vm.to_owned(),
+        argv: argv.to_vec(),
+    };
+    let sent = send(
+        connection,
+        &started,
+        &[
+            stdin_write.as_raw_fd(),
+            stdout_read.as_raw_fd(),
+            stderr_read.as_raw_fd(),
+        ],
+    );
+    drop((stdin_write, stdout_read, stderr_read));
+    if sent.is_err() {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+    let code = wait(&mut child, connection);
+    context
+        .running
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&pid);
+    Ok(code)
+}
+
+/// Waits for `child`; if the requester hangs up first, the program is ended.
+fn wait(child: &mut Child, connection: &OwnedFd) -> i32 {
+    let mut hung_up = false;
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            return exit_code(status);
+        }
+        if !hung_up {
+            let mut fds = [PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
+            let ready = poll(&mut fds, PollTimeout::from(50u16)).unwrap_or(0);
+            let closed = ready > 0
+                && fds[0].revents().is_some_and(|r| {
+                    r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLIN)
+                });
+            if closed {
+                hung_up = true;
+                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+            }
+        } else {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+fn exit_code(status: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    status
+        .code()
+        .or_else(|| status.signal().map(|signal| 128 + signal))
+        .unwrap_or(EXIT_FAILED)
+}
+
+fn is_app_name(app: &str) -> bool {
+    !app.is_empty()
+        && app
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | '@'))
+}
+
+/// Sends one message with `fds` attached.
+fn send(socket: &impl AsFd, message: &impl Serialize, fds: &[RawFd]) -> Result<(), Errno> {
+    let bytes = serde_json::to_vec(message).map_err(|_| Errno::EINVAL)?;
+    if bytes.len() > MAX_MESSAGE {
+        return Err(Errno::E2BIG);
+    }
+    let control = [ControlMessage::ScmRights(fds)];
+    let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &control };
+    sendmsg::<()>(
+        socket.as_fd().as_raw_fd(),
+        &[IoSlice::new(&bytes)],
+        control,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(drop)
+}
+
+/// Receives one message and the descriptors sent with it; `None` once the peer closed.
+fn receive<T: for<'de> Deserialize<'de>>(
+    socket: &impl AsFd,
+) -> Result<Option<(T, Vec<OwnedFd>)>, Errno> {
+    let mut buffer = vec![0u8; MAX_MESSAGE];
+    let (length, fds) = feather_sys::fdpass::receive(socket, &mut buffer)?;
+    if length == 0 {
+        return Ok(None);
+    }
+    serde_json::from_slice(&buffer[..length])
+        .map(|message| Some((message, fds)))
+        .map_err(|_| Errno::EBADMSG)
+}
+
+/// `feather-open` (inside a VM): asks the broker, relays the program's stdin, stdout and
+/// stderr, and returns its exit code — or [`EXIT_REFUSED`] / [`EXIT_FAILED`] with the reason
+/// on stderr.
+pub fn open(app: &str, vm: Option<&str>, args: &[String]) -> i32 {
+    match try_open(app, vm, args) {
+        Ok(code) => code,
+        Err((code, why)) => {
+            eprintln!("feather-open: {why}");
+            code
+        }
+    }
+}
+
+fn try_open(app: &str, vm: Option<&str>, args: &[String]) -> Result<i32, (i32, String)> {
+    let failed = |why: String| (EXIT_FAILED, why);
+    let socket = socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(|e| failed(format!("socket: {e}")))?;
+    let address = UnixAddr::new(SOCKET_IN_VM).map_err(|e| failed(e.to_string()))?;
+    connect(socket.as_raw_fd(), &address).map_err(|e| {
+        failed(format!(
+            "cannot reach the shuttle at {SOCKET_IN_VM}: {} (run this inside a feather VM that a \
+             policy `invoke` rule lets invoke applications; the VM reads the policy when it starts)",
+            e.desc()
+        ))
+    })?;
+    let cwd = std::env::current_dir()
+        .map(|dir| dir.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "/".into());
+    let request = Open {
+        app: app.to_owned(),
+        vm: vm.map(str::to_owned),
+        args: args.to_vec(),
+        cwd,
+    };
+    send(&socket, &request, &[]).map_err(|e| match e {
+        Errno::E2BIG => failed("the arguments are too long".into()),
+        e => failed(format!("cannot send the request: {e}")),
+    })?;
+    let mut relays = Vec::new();
+    loop {
+        match receive::<Answer>(&socket) {
+            Ok(Some((Answer::Started { .. }, fds))) => {
+                let Ok([stdin, stdout, stderr]): Result<[OwnedFd; 3], _> = fds.try_into() else {
+                    return Err(failed("the broker sent no pipes".into()));
+                };
+                // stdin is not waited for: the program may end without reading it.
+                let _ = std::thread::Builder::new()
+                    .spawn(move || relay(std::io::stdin(), std::fs::File::from(stdin)));
+                relays.push(std::thread::spawn(move || {
+                    relay(std::fs::File::from(stdout), std::io::stdout())
+                }));
+                relays.push(std::thread::spawn(move || {
+                    relay(std::fs::File::from(stderr), std::io::stderr())
+                }));
+            }
+            Ok(Some((Answer::Exited { code }, _))) => {
+                for relay in relays {
+                    let _ = relay.join();
+                }
+                return Ok(code);
+            }
+            Ok(Some((Answer::Refused { why }, _))) => {
+                return Err((EXIT_REFUSED, format!("refused: {why}")))
+            }
+            Ok(Some((Answer::Failed { why }, _))) => return Err(failed(format!("failed: {why}"))),
+            Err(Errno::EINTR) => {}
+            Ok(None) | Err(_) => {
+                return Err(failed(
+                    "the shuttle went away before the program ended (did the VM stop?)".into(),
+                ))
+            }
+        }
+    }
+}
+
+/// Copies until end of input (or a write fails).
+fn relay(mut from: impl Read, mut to: impl Write) {
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        match from.read(&mut buffer) {
+            Ok(0) => return,
+            Ok(n) => {
+                if to
+                    .write_all(&buffer[..n])
+                    .and_then(|()| to.flush())
+                    .is_err()
+                {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return,
+        }
+    }
+}
+
+/// Where `feather-open` and the `xdg-open` hook are installed as links to `feather` (see
+/// docs/shuttle.md): the name the binary was called by decides what it does.
+pub fn called_as(argv0: &Path) -> Option<&'static str> {
+    match argv0.file_name()?.to_str()? {
+        "feather-open" => Some("feather-open"),
+        "xdg-open" => Some("xdg-open"),
+        _ => None,
+    }
+}

@@ -1,0 +1,511 @@
+//! Resource-name transfer: a path named in one VM (the source) becomes visible in another (the
+//! target) at a fresh place, and the argument is rewritten to that place.
+//!
+//! The content handed over is the one the path has *in the source* — which may exist only in
+//! the source's private layer — and exactly that file or folder: it is bind-mounted with the new
+//! mount API, never copied, so with `mode=rw` the target's writes land in the source's file.
+//!
+//! ```text
+//! broker (keeper, multi-threaded)              share helper (`feather __shuttle-share PLAN`)
+//!   gate: files PATH (as written) ──────────▶   in the host's mount namespace:
+//!                                                 openat2(/proc/<source init>/root, PATH,
+//!                                                   RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
+//!                                                 a regular file or folder? where did it lead?
+//!   ◀── Resolved { each: (real path, folder) | why not }
+//!   gate: files REAL PATH (if it differs)
+//!   start the target on demand
+//!   Go { target init } ─────────────────────▶   setns(source's mounts): open_tree(CLONE)
+//!                                                 mount_setattr(nosuid, nodev[, rdonly])
+//!                                               setns(target's mounts): mkdir
+//!                                                 /run/feather/shared/<id>/, move_mount
+//!   ◀── Mounted { paths }  |  Failed { why }
+//!   …the program runs in the target…
+//!   close the helper's stdin ───────────────▶   umount, remove the folder, exit
+//! ```
+//!
+//! Entering mount namespaces needs a single-threaded process, hence the helper; if the keeper
+//! dies, the helper's stdin closes and it removes the mounts all the same.
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::raw;
+
+/// Where handed-over files appear in a target VM: `<this>/<id>/<basename>`.
+pub const SHARED_IN_VM: &str = "/run/feather/shared";
+
+/// The hidden subcommand of the `feather` binary that runs the share helper.
+pub const HELPER_SUBCOMMAND: &str = "__shuttle-share";
+
+/// The absolute path an argument names in the source, from the source's working folder
+/// `cwd`, with `.` and empty components dropped. A `..` is refused: it is how a path walks out
+/// of what a `files` rule allows, and a requester can always name the file directly.
+pub fn requested_path(arg: &str, cwd: &str) -> Result<String, String> {
+    if arg.is_empty() || arg.contains('\0') {
+        return Err(format!("{arg:?} is not a path"));
+    }
+    let joined = if arg.starts_with('/') {
+        arg.to_owned()
+    } else if cwd.starts_with('/') {
+        format!("{cwd}/{arg}")
+    } else {
+        return Err(format!(
+            "{arg:?} is relative and the working folder {cwd:?} is not absolute"
+        ));
+    };
+    let mut parts = Vec::new();
+    for part in joined.split('/') {
+        match part {
+            "" | "." => {}
+            ".." => {
+                return Err(format!(
+                    "{arg:?} climbs with '..' (name the file by its own path)"
+                ))
+            }
+            part => parts.push(part),
+        }
+    }
+    Ok(format!("/{}", parts.join("/")))
+}
+
+/// What the broker asks the helper to hand over.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Plan {
+    /// Host pid of the source VM's init (a child of the keeper that runs the helper).
+    pub source_pid: i32,
+    /// Names the folder under [`SHARED_IN_VM`]; unique among the target's hand-overs.
+    pub id: String,
+    pub items: Vec<Item>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Item {
+    /// Absolute, as [`requested_path`] made it.
+    pub path: String,
+    pub writable: bool,
+}
+
+/// Where a requested path led in the source.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Found {
+    /// The path with every symlink followed (inside the source's root).
+    pub real: String,
+    pub folder: bool,
+}
+
+/// The broker's word to the helper after the paths were checked.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Go {
+    /// Host pid of the target VM's init.
+    pub target_pid: i32,
+    /// Per item, whether it is mounted writable (both rules for a path and its real path
+    /// must say rw).
+    pub writable: Vec<bool>,
+}
+
+/// What the helper reports, one JSON line each.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "step", rename_all = "snake_case")]
+pub enum Report {
+    Resolved { items: Vec<Result<Found, String>> },
+    Mounted { paths: Vec<String> },
+    Failed { why: String },
+}
+
+/// The broker's handle on one running helper. Dropping it ends the hand-over: the helper
+/// removes its mounts and exits.
+pub struct Helper {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Helper {
+    /// Starts the helper (`command` runs [`HELPER_SUBCOMMAND`]) on `plan`.
+    pub fn spawn(mut command: Command, plan: &Plan) -> Result<Helper, String> {
+        let plan = serde_json::to_string(plan).map_err(|e| e.to_string())?;
+        let mut child = command
+            .arg(plan)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start the share helper: {e}"))?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err("the share helper has no pipes".into());
+        };
+        Ok(Helper {
+            child,
+            stdin: Some(stdin),
+            stdout: BufReader::new(stdout),
+        })
+    }
+
+    /// Where each item led in the source, or why it cannot be handed over.
+    pub fn resolved(&mut self) -> Result<Vec<Result<Found, String>>, String> {
+        match self.report()? {
+            Report::Resolved { items } => Ok(items),
+            Report::Failed { why } => Err(why),
+            other => Err(format!("the share helper answered out of turn: {other:?}")),
+        }
+    }
+
+    /// Mounts every item in the target; returns where each is there.
+    pub fn mount(&mut self, go: &Go) -> Result<Vec<String>, String> {
+        let mut line = serde_json::to_vec(go).map_err(|e| e.to_string())?;
+        line.push(b'\n');
+        self.stdin
+            .as_mut()
+            .ok_or("the share helper's input is closed")?
+            .write_all(&line)
+            .map_err(|e| format!("cannot talk to the share helper: {e}"))?;
+        match self.report()? {
+            Report::Mounted { paths } => Ok(paths),
+            Report::Failed { why } => Err(why),
+            other => Err(format!("the share helper answered out of turn: {other:?}")),
+        }
+    }
+
+    fn report(&mut self) -> Result<Report, String> {
+        let mut line = String::new();
+        match self.stdout.read_line(&mut line) {
+            Ok(0) | Err(_) => Err("the share helper ended early (see the keeper's log)".into()),
+            Ok(_) => serde_json::from_str(&line)
+                .map_err(|e| format!("the share helper's report does not parse: {e}")),
+        }
+    }
+}
+
+impl Drop for Helper {
+    fn drop(&mut self) {
+        // End of input: the helper unmounts, removes its folder and exits.
+        drop(self.stdin.take());
+        let _ = self.child.wait();
+    }
+}
+
+/// The helper's main: `plan` is the JSON [`Plan`]; talks on stdin/stdout. Returns the exit
+/// code (errors are reported on stdout, for the broker, before it ends).
+pub fn helper_main(plan: &str) -> i32 {
+    let mut out = std::io::stdout().lock();
+    let mut say = |report: &Report| -> bool {
+        serde_json::to_string(report)
+            .ok()
+            .is_some_and(|line| writeln!(out, "{line}").and_then(|()| out.flush()).is_ok())
+    };
+    let plan: Plan = match serde_json::from_str(plan) {
+        Ok(plan) => plan,
+        Err(e) => {
+            say(&Report::Failed {
+                why: format!("bad plan: {e}"),
+            });
+            return 2;
+        }
+    };
+    let opened = match open_in_source(&plan) {
+        Ok(opened) => opened,
+        Err(why) => {
+            say(&Report::Failed { why });
+            return 1;
+        }
+    };
+    let items = opened
+        .iter()
+        .map(|o| {
+            o.as_ref()
+                .map(|(_, found)| found.clone())
+                .map_err(Clone::clone)
+        })
+        .collect();
+    if !say(&Report::Resolved { items }) {
+        return 1;
+    }
+    let mut stdin = std::io::stdin().lock();
+    let mut line = String::new();
+    if stdin.read_line(&mut line).unwrap_or(0) == 0 {
+        return 0;
+    }
+    let go: Go = match serde_json::from_str(&line) {
+        Ok(go) => go,
+        Err(e) => {
+            say(&Report::Failed {
+                why: format!("bad go: {e}"),
+            });
+            return 2;
+        }
+    };
+    let fds: Vec<(OwnedFd, Found)> = match opened.into_iter().collect() {
+        Ok(fds) => fds,
+        Err(why) => {
+            say(&Report::Failed { why });
+            return 1;
+        }
+    };
+    let shared = match share(&plan, &go, fds) {
+        Ok(shared) => shared,
+        Err(why) => {
+            say(&Report::Failed { why });
+            return 1;
+        }
+    };
+    if !say(&Report::Mounted {
+        paths: shared.paths.clone(),
+    }) {
+        return 1;
+    }
+    // Until the broker closes our input: the program runs.
+    while stdin.read_line(&mut line).unwrap_or(0) > 0 {}
+    drop(shared);
+    0
+}
+
+/// Opens each item in the source's root (from the host's mounts, through
+/// `/proc/<init>/root`), refusing what may not be handed over.
+fn open_in_source(plan: &Plan) -> Result<Vec<Result<(OwnedFd, Found), String>>, String> {
+    let root_path = format!("/proc/{}/root", plan.source_pid);
+    let root: OwnedFd = File::open(&root_path)
+        .map_err(|e| format!("cannot open the source VM's root {root_path}: {e}"))?
+        .into();
+    Ok(plan
+        .items
+        .iter()
+        .map(|item| open_one(&root, &item.path))
+        .collect())
+}
+
+fn open_one(root: &OwnedFd, path: &str) -> Result<(OwnedFd, Found), String> {
+    // RESOLVE_IN_ROOT: `/`, `..` and absolute symlinks stop at the VM's root, so nothing
+    // outside the VM is reachable; RESOLVE_NO_MAGICLINKS: no /proc/*/fd jumps to a file the
+    // VM's processes hold open elsewhere.
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let fd = openat2(root, path, how).map_err(|e| match e {
+        Errno::ENOENT => format!("{path} does not exist in the source VM"),
+        Errno::ELOOP => format!("{path} leads through a /proc magic link or a symlink loop"),
+        Errno::EXDEV => format!("{path} leads out of the source VM"),
+        e => format!("{path}: {}", e.desc()),
+    })?;
+    let meta = File::from(fd.try_clone().map_err(|e| e.to_string())?)
+        .metadata()
+        .map_err(|e| format!("{path}: {e}"))?;
+    let kind = meta.file_type();
+    let folder = if kind.is_dir() {
+        true
+    } else if kind.is_file() {
+        false
+    } else {
+        let what = if kind.is_block_device() || kind.is_char_device() {
+            "a device"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else {
+            "not a regular file or folder"
+        };
+        return Err(format!(
+            "{path} is {what}: only regular files and folders are handed over"
+        ));
+    };
+    // The descriptor's path as the source's root sees it: its mount belongs to the VM's
+    // mount namespace, whose root is the VM's root.
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", raw_fd(&fd)))
+        .map_err(|e| format!("{path}: cannot tell where it leads: {e}"))?;
+    let real = real.to_string_lossy().into_owned();
+    if !real.starts_with('/') || real.ends_with(" (deleted)") {
+        return Err(format!(
+            "{path} leads to {real:?}, not a path in the source VM"
+        ));
+    }
+    Ok((fd, Found { real, folder }))
+}
+
+fn raw_fd(fd: &impl AsFd) -> i32 {
+    use std::os::fd::AsRawFd;
+    fd.as_fd().as_raw_fd()
+}
+
+/// What one helper mounted in the target; removed on drop (the helper is then in the
+/// target's mount namespace).
+struct Shared {
+    dir: PathBuf,
+    paths: Vec<String>,
+    /// Mount points made, in order: removed in reverse.
+    made: Vec<PathBuf>,
+    mounted: Vec<PathBuf>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for path in self.mounted.iter().rev() {
+            if let Err(e) = nix::mount::umount2(
+                path,
+                nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
+            ) {
+                eprintln!("feather share: cannot unmount {}: {e}", path.display());
+            }
+        }
+        for path in self.made.iter().rev() {
+            let _ = std::fs::remove_dir(path).or_else(|_| std::fs::remove_file(path));
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// Clones each opened item in the source's mount namespace, then enters the target's and
+/// mounts the clones under a fresh folder.
+fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, String> {
+    let source = feather_sys::process::pidfd_open(Pid::from_raw(plan.source_pid))
+        .map_err(|e| format!("the source VM: {e}"))?;
+    let target = feather_sys::process::pidfd_open(Pid::from_raw(go.target_pid))
+        .map_err(|e| format!("the target VM: {e}"))?;
+    // open_tree(OPEN_TREE_CLONE) clones only mounts of the caller's own namespace.
+    feather_sys::process::join_namespaces(&source, CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot enter the source VM's mounts: {e}"))?;
+    let mut trees = Vec::new();
+    for (index, (fd, found)) in opened.iter().enumerate() {
+        let tree = raw::clone_tree(fd).map_err(|e| {
+            format!(
+                "cannot take {} from the source VM: {}",
+                found.real,
+                e.desc()
+            )
+        })?;
+        // Never a way to gain privilege or reach devices through a handed-over file.
+        let mut flags = raw::MOUNT_ATTR_NOSUID | raw::MOUNT_ATTR_NODEV;
+        if !go.writable.get(index).copied().unwrap_or(false) {
+            flags |= raw::MOUNT_ATTR_RDONLY;
+        }
+        raw::set_mount_flags(&tree, flags)
+            .map_err(|e| format!("cannot make {} read-only: {}", found.real, e.desc()))?;
+        trees.push((tree, found.folder));
+    }
+    drop(opened);
+    feather_sys::process::join_namespaces(&target, CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot enter the target VM's mounts: {e}"))?;
+    let base = folder_beneath_root(SHARED_IN_VM)?;
+    let dir = Path::new(SHARED_IN_VM).join(&plan.id);
+    nix::sys::stat::mkdirat(&base, plan.id.as_str(), Mode::from_bits_truncate(0o755)).map_err(
+        |e| {
+            format!(
+                "cannot make {} in the target VM: {}",
+                dir.display(),
+                e.desc()
+            )
+        },
+    )?;
+    let mut shared = Shared {
+        dir: dir.clone(),
+        paths: Vec::new(),
+        made: Vec::new(),
+        mounted: Vec::new(),
+    };
+    let id_dir = folder_beneath_root(&dir.to_string_lossy())?;
+    let mut used = HashSet::new();
+    for (index, ((tree, folder), item)) in trees.iter().zip(&plan.items).enumerate() {
+        let name = Path::new(&item.path)
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "root".to_owned());
+        // Two arguments with one name each get a folder of their own.
+        let (parent, parent_path) = if used.insert(name.clone()) {
+            (id_dir.try_clone().map_err(|e| e.to_string())?, dir.clone())
+        } else {
+            let sub = (index + 1).to_string();
+            nix::sys::stat::mkdirat(&id_dir, sub.as_str(), Mode::from_bits_truncate(0o755))
+                .map_err(|e| format!("cannot make a folder in the target VM: {}", e.desc()))?;
+            let sub_path = dir.join(&sub);
+            shared.made.push(sub_path.clone());
+            (folder_beneath_root(&sub_path.to_string_lossy())?, sub_path)
+        };
+        let point = parent_path.join(&name);
+        if *folder {
+            nix::sys::stat::mkdirat(&parent, name.as_str(), Mode::from_bits_truncate(0o755))
+        } else {
+            nix::fcntl::openat(
+                &parent,
+                name.as_str(),
+                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+                Mode::from_bits_truncate(0o600),
+            )
+            .map(drop)
+        }
+        .map_err(|e| {
+            format!(
+                "cannot make {} in the target VM: {}",
+                point.display(),
+                e.desc()
+            )
+        })?;
+        shared.made.push(point.clone());
+        raw::attach_tree(tree, &parent, &name).map_err(|e| {
+            format!(
+                "cannot mount at {} in the target VM: {}",
+                point.display(),
+                e.desc()
+            )
+        })?;
+        shared.mounted.push(point.clone());
+        shared.paths.push(point.to_string_lossy().into_owned());
+    }
+    Ok(shared)
+}
+
+/// Opens the absolute `path` in the caller's root, making missing folders; no symlink is
+/// followed (the target VM's own processes could have planted them).
+fn folder_beneath_root(path: &str) -> Result<OwnedFd, String> {
+    let how = || {
+        OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+            .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH)
+    };
+    let mut dir: OwnedFd = File::open("/")
+        .map_err(|e| format!("cannot open the target VM's root: {e}"))?
+        .into();
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        match nix::sys::stat::mkdirat(&dir, part, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(format!("cannot make {path} in the target VM: {}", e.desc())),
+        }
+        dir = openat2(&dir, part, how())
+            .map_err(|e| format!("cannot open {path} in the target VM: {}", e.desc()))?;
+    }
+    Ok(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requested_paths_are_absolute_and_never_climb() {
+        assert_eq!(
+            requested_path("a.txt", "/home/ann").unwrap(),
+            "/home/ann/a.txt"
+        );
+        assert_eq!(requested_path("/tmp//./x", "/").unwrap(), "/tmp/x");
+        assert_eq!(requested_path("./d/", "/srv").unwrap(), "/srv/d");
+        assert!(requested_path("../etc/shadow", "/home/ann")
+            .unwrap_err()
+            .contains("'..'"));
+        assert!(
+            requested_path("/home/ann/Downloads/../../../etc/shadow", "/")
+                .unwrap_err()
+                .contains("'..'")
+        );
+        assert!(requested_path("a", "relative").is_err());
+        assert!(requested_path("", "/").is_err());
+    }
+}
