@@ -53,7 +53,40 @@ fn arguments() -> Vec<std::ffi::OsString> {
             .for_each(drop),
         _ => {}
     }
+    end_options_after_app(&mut args);
     args
+}
+
+/// `feather open [--vm VM] APP ARGS…`: everything after APP is the application's, even
+/// `--help` or `--vm` (the broker judges it), so a `--` is put after APP for the parser.
+fn end_options_after_app(args: &mut Vec<std::ffi::OsString>) {
+    let mut index = 1;
+    // Global options before the subcommand.
+    while index < args.len() {
+        match args[index].to_str() {
+            Some("--root") => index += 2,
+            Some(arg) if arg.starts_with('-') => index += 1,
+            _ => break,
+        }
+    }
+    if args.get(index).and_then(|a| a.to_str()) != Some("open") {
+        return;
+    }
+    index += 1;
+    while index < args.len() {
+        match args[index].to_str() {
+            Some("--vm" | "--root") => index += 2,
+            Some(arg) if arg.starts_with("--vm=") || arg.starts_with("--root=") => index += 1,
+            // Help, a typo or an explicit `--`: the parser deals with it.
+            Some(arg) if arg.starts_with('-') => return,
+            _ => {
+                if args.get(index + 1).and_then(|a| a.to_str()) != Some("--") {
+                    args.insert(index + 1, "--".into());
+                }
+                return;
+            }
+        }
+    }
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

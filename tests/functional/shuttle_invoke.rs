@@ -1,0 +1,375 @@
+//! Shuttle: application invocation and resource-name transfer. VM `a` (over the host's `/`, so
+//! the feather binary is there as `feather-open`) asks to run an application in VM `b` (over a
+//! busybox tree) and hands it a file that exists only in `a`'s private layer.
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+
+use crate::support::{Feather, Outcome, ScratchBase};
+
+/// Where `a` keeps the files it hands over; created in `a`'s layer only.
+const DOCS: &str = "/srv/feather-shuttle-test";
+
+/// Two VMs and a policy; `a` runs, `b` is created but not started (the invocation starts it).
+struct Shuttle {
+    feather: Feather,
+    _base: ScratchBase,
+    /// Host folder with the `feather-open` link (and what else the test puts there); `a` sees it
+    /// through its lower layer.
+    host_dir: HostDir,
+}
+
+/// A folder of the test's on the host, removed on drop.
+struct HostDir(PathBuf);
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+impl Shuttle {
+    /// `policy`: the rules, written before `a` starts (its broker reads them then).
+    fn new(label: &str, policy: &str) -> Shuttle {
+        let feather = Feather::new(label);
+        let base = ScratchBase::new(label);
+        let host_dir = HostDir(PathBuf::from(format!(
+            "/tmp/feather-tests/open-{label}-{}",
+            std::process::id()
+        )));
+        let _ = fs::remove_dir_all(&host_dir.0);
+        fs::create_dir_all(host_dir.0.join("bin")).unwrap();
+        symlink(Feather::bin(), host_dir.0.join("bin/feather-open")).unwrap();
+        fs::create_dir_all(feather.root.join("policy.d")).unwrap();
+        fs::write(feather.root.join("policy.d/10-test.policy"), policy).unwrap();
+        feather.ok(&["create", "a", "--net", "none"]);
+        feather.ok(&["create", "b", "--base", base.as_str(), "--net", "none"]);
+        feather.ok(&["start", "a"]);
+        Shuttle {
+            feather,
+            _base: base,
+            host_dir,
+        }
+    }
+
+    fn feather_open(&self) -> String {
+        self.host_dir
+            .0
+            .join("bin/feather-open")
+            .display()
+            .to_string()
+    }
+
+    /// Runs a shell script in `a`, where `$OPEN` is `feather-open`.
+    fn in_a(&self, script: &str) -> Outcome {
+        self.feather.run(&[
+            "exec",
+            "-e",
+            &format!("OPEN={}", self.feather_open()),
+            "a",
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+    }
+
+    fn policy_file(&self) -> String {
+        self.feather
+            .root
+            .join("policy.d/10-test.policy")
+            .display()
+            .to_string()
+    }
+
+    fn audit(&self) -> Vec<serde_json::Value> {
+        fs::read_to_string(self.feather.root.join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("audit lines are JSON"))
+            .collect()
+    }
+
+    /// The audit line for `object` of `kind` with `outcome`, if any.
+    fn audit_line(&self, kind: &str, object: &str, outcome: &str) -> Option<serde_json::Value> {
+        self.audit()
+            .into_iter()
+            .find(|e| e["kind"] == kind && e["object"] == object && e["outcome"] == outcome)
+    }
+
+    fn init_pid(&self, vm: &str) -> i64 {
+        self.feather.inspect(vm)["state"]["init_pid"]
+            .as_i64()
+            .expect("the VM runs")
+    }
+
+    /// The hand-over mounts `b` has now.
+    fn shared_mounts_in_b(&self) -> Vec<String> {
+        fs::read_to_string(format!("/proc/{}/mountinfo", self.init_pid("b")))
+            .unwrap()
+            .lines()
+            .filter(|line| line.contains("/run/feather/shared"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+#[test]
+fn a_private_file_of_one_vm_opens_in_another_vms_viewer() {
+    let shuttle = Shuttle::new(
+        "open-view",
+        "invoke viewer a b allow command=\"/bin/sh -c 'echo \\\"path=$0\\\"; cat \\\"$0\\\"; \
+         grep -c feather/shared /proc/self/mountinfo'\"\n\
+         files /srv/feather-shuttle-test/** a b allow mode=ro\n",
+    );
+    assert_ne!(shuttle.feather.status("b"), "running");
+    let opened = shuttle.in_a(&format!(
+        "mkdir -p {DOCS} && echo 'only in a' > {DOCS}/note.txt && cd {DOCS} && $OPEN viewer note.txt"
+    ));
+    assert_eq!(opened.code, 0, "{}{}", opened.stdout, opened.stderr);
+    // The file is a's alone: in its layer, not on the host.
+    assert!(!Path::new(DOCS).join("note.txt").exists());
+    assert!(shuttle
+        .feather
+        .vm_dir("a")
+        .join("upper/srv/feather-shuttle-test/note.txt")
+        .exists());
+    // b was started for the request, got a rewritten path, and saw a's content there.
+    assert_eq!(shuttle.feather.status("b"), "running");
+    let lines: Vec<&str> = opened.stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{}", opened.stdout);
+    let path = lines[0].strip_prefix("path=").unwrap();
+    assert!(
+        path.starts_with("/run/feather/shared/") && path.ends_with("/note.txt"),
+        "{path}"
+    );
+    assert_eq!(lines[1], "only in a");
+    assert_eq!(lines[2], "1", "exactly one hand-over mount while it ran");
+    // When the viewer ended the mount went, and so did its folder.
+    assert!(shuttle.shared_mounts_in_b().is_empty());
+    assert_eq!(
+        shuttle
+            .feather
+            .ok(&["exec", "b", "--", "ls", "-A", "/run/feather/shared"]),
+        ""
+    );
+    // Both decisions are in the audit log, each with its rule.
+    let rules = shuttle.policy_file();
+    let invoke = shuttle
+        .audit_line("invoke", "viewer", "allowed")
+        .expect("the invocation is audited");
+    assert_eq!(invoke["rule"], format!("{rules}:1"));
+    assert_eq!(
+        (invoke["source"].as_str(), invoke["target"].as_str()),
+        (Some("a"), Some("b"))
+    );
+    assert!(invoke["detail"]
+        .as_str()
+        .unwrap()
+        .contains("requested by pid"));
+    let files = shuttle
+        .audit_line("files", &format!("{DOCS}/note.txt"), "allowed")
+        .expect("the hand-over is audited");
+    assert_eq!(files["rule"], format!("{rules}:2"));
+}
+
+#[test]
+fn mode_rw_writes_land_in_the_sources_layer_and_ro_refuses_them() {
+    let shuttle = Shuttle::new(
+        "open-rw",
+        "invoke editor a b allow command=\"/bin/sh -c 'echo \\\"added in b\\\" >> \\\"$0\\\"'\"\n\
+         files /srv/feather-shuttle-test/rw/** a b allow mode=rw\n\
+         files /srv/feather-shuttle-test/** a b allow mode=ro\n",
+    );
+    let setup = format!(
+        "mkdir -p {DOCS}/rw && echo first > {DOCS}/rw/doc.txt && echo first > {DOCS}/ro.txt"
+    );
+    assert_eq!(shuttle.in_a(&setup).code, 0);
+    let edited = shuttle.in_a(&format!("$OPEN editor {DOCS}/rw/doc.txt"));
+    assert_eq!(edited.code, 0, "{}", edited.stderr);
+    assert_eq!(
+        shuttle.feather.sh("a", &format!("cat {DOCS}/rw/doc.txt")),
+        "first\nadded in b\n"
+    );
+    assert_eq!(
+        fs::read_to_string(
+            shuttle
+                .feather
+                .vm_dir("a")
+                .join("upper/srv/feather-shuttle-test/rw/doc.txt")
+        )
+        .unwrap(),
+        "first\nadded in b\n"
+    );
+    // A read-only hand-over: the editor's write fails in b and a's file stays as it was.
+    let refused = shuttle.in_a(&format!("$OPEN editor {DOCS}/ro.txt"));
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("Read-only"), "{}", refused.stderr);
+    assert_eq!(
+        shuttle.feather.sh("a", &format!("cat {DOCS}/ro.txt")),
+        "first\n"
+    );
+    assert!(shuttle.shared_mounts_in_b().is_empty());
+}
+
+#[test]
+fn refused_requests_open_nothing_in_the_target_and_are_audited() {
+    let shuttle = Shuttle::new(
+        "open-refuse",
+        "invoke viewer a b allow command=/bin/cat\n\
+         invoke quiet a b allow command=/bin/true args=none\n\
+         files /srv/feather-shuttle-test/secret* a b deny\n\
+         files /srv/feather-shuttle-test/** a b allow\n\
+         files /tmp/feather-tests/** a b allow\n",
+    );
+    // A device node, made on the host where a sees it (a's root may not make devices).
+    let device = shuttle.host_dir.0.join("null-device");
+    nix::sys::stat::mknod(
+        &device,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::from_bits_truncate(0o666),
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let setup = format!(
+        "mkdir -p {DOCS} /srv/elsewhere && echo doc > {DOCS}/note.txt && echo s > {DOCS}/secret.txt \
+         && echo e > /srv/elsewhere/x.txt && ln -s /etc/passwd {DOCS}/passwd-link \
+         && ln -s secret.txt {DOCS}/link-to-secret && mkfifo {DOCS}/fifo"
+    );
+    assert_eq!(shuttle.in_a(&setup).code, 0);
+    let rules = shuttle.policy_file();
+    let device = device.display().to_string();
+    // (arguments, what stderr says, the audit line: kind, object, outcome, deciding rule line)
+    let cases: Vec<(String, &str, (&str, String, &str, Option<usize>))> = vec![
+        (
+            format!("unlisted {DOCS}/note.txt"),
+            "no rule allows it",
+            ("invoke", "unlisted".into(), "denied", None),
+        ),
+        (
+            "/srv/elsewhere/x.txt".into(),
+            "no rule allows it",
+            ("files", "/srv/elsewhere/x.txt".into(), "denied", None),
+        ),
+        (
+            format!("{DOCS}/secret.txt"),
+            "denied by rule",
+            ("files", format!("{DOCS}/secret.txt"), "denied", Some(3)),
+        ),
+        (
+            format!("{DOCS}/../elsewhere/x.txt"),
+            "'..'",
+            ("invoke", "viewer".into(), "failed", Some(1)),
+        ),
+        (
+            format!("{DOCS}/passwd-link"),
+            "leads to /etc/passwd",
+            ("files", "/etc/passwd".into(), "denied", None),
+        ),
+        (
+            format!("{DOCS}/link-to-secret"),
+            "leads to /srv/feather-shuttle-test/secret.txt",
+            ("files", format!("{DOCS}/secret.txt"), "denied", Some(3)),
+        ),
+        (
+            device.clone(),
+            "is a device",
+            ("invoke", "viewer".into(), "failed", Some(1)),
+        ),
+        (
+            format!("{DOCS}/fifo"),
+            "is a FIFO",
+            ("invoke", "viewer".into(), "failed", Some(1)),
+        ),
+        (
+            format!("--number {DOCS}/note.txt"),
+            "is not a path",
+            ("invoke", "viewer".into(), "failed", Some(1)),
+        ),
+    ];
+    for (args, says, (kind, object, outcome, line)) in cases {
+        let app = if args.starts_with("unlisted") {
+            ""
+        } else {
+            "viewer "
+        };
+        let before = shuttle.audit().len();
+        let refused = shuttle.in_a(&format!("$OPEN {app}{args}"));
+        assert_eq!(
+            refused.code, 77,
+            "{args}: {}{}",
+            refused.stdout, refused.stderr
+        );
+        assert!(refused.stderr.contains(says), "{args}: {}", refused.stderr);
+        assert_eq!(refused.stdout, "", "{args}: nothing ran");
+        let new = &shuttle.audit()[before..];
+        let entry = new
+            .iter()
+            .find(|e| {
+                e["kind"] == kind && e["object"] == object.as_str() && e["outcome"] == outcome
+            })
+            .unwrap_or_else(|| panic!("{args}: no {kind} {object} {outcome} in {new:#?}"));
+        match line {
+            Some(line) => assert_eq!(entry["rule"], format!("{rules}:{line}"), "{args}"),
+            None => assert!(entry.get("rule").is_none(), "{args}: {entry}"),
+        }
+    }
+    // An application that takes no arguments.
+    let extra = shuttle.in_a(&format!("$OPEN quiet {DOCS}/note.txt"));
+    assert_eq!(extra.code, 77);
+    assert!(extra.stderr.contains("args=none"), "{}", extra.stderr);
+    // Nothing reached b: it was never even started.
+    assert_ne!(shuttle.feather.status("b"), "running");
+}
+
+#[test]
+fn output_stdin_and_exit_status_travel_through_the_broker() {
+    let shuttle = Shuttle::new(
+        "open-stdio",
+        "invoke echo a b allow command=/bin/echo args=any\n\
+         invoke upper a b allow command=\"/bin/tr a-z A-Z\" args=none\n\
+         invoke fail a b allow command=\"/bin/sh -c 'echo oops >&2; exit 3'\" args=none\n\
+         invoke whoami a b allow command=\"/bin/id -u\" args=none\n",
+    );
+    shuttle.feather.ok(&["start", "b"]);
+    // args=any: passed as they are, options included, nothing handed over.
+    let echoed = shuttle.in_a("$OPEN echo --not-a-path /etc/hostname");
+    assert_eq!(
+        echoed.stdout, "--not-a-path /etc/hostname\n",
+        "{}",
+        echoed.stderr
+    );
+    let piped = shuttle.in_a("echo quiet please | $OPEN upper");
+    assert_eq!(piped.stdout, "QUIET PLEASE\n", "{}", piped.stderr);
+    let failed = shuttle.in_a("$OPEN fail");
+    assert_eq!(failed.code, 3);
+    assert_eq!(failed.stderr, "oops\n");
+    // The program runs as the requester's uid.
+    let uid = shuttle.feather.ok(&[
+        "exec",
+        "-u",
+        "65534",
+        "-e",
+        &format!("OPEN={}", shuttle.feather_open()),
+        "a",
+        "--",
+        "sh",
+        "-c",
+        "$OPEN whoami",
+    ]);
+    assert_eq!(uid, "65534\n");
+}
+
+#[test]
+fn a_vm_without_invoke_rules_has_no_shuttle_socket() {
+    let shuttle = Shuttle::new("open-none", "files /srv/** a b allow\n");
+    let outcome = shuttle.in_a("test -e /run/feather/shuttle.sock || echo absent; $OPEN viewer");
+    assert_eq!(outcome.stdout, "absent\n");
+    assert_eq!(outcome.code, 125, "{}", outcome.stderr);
+    assert!(
+        outcome.stderr.contains("cannot reach the shuttle"),
+        "{}",
+        outcome.stderr
+    );
+}
