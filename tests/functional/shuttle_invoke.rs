@@ -121,7 +121,8 @@ fn a_private_file_of_one_vm_opens_in_another_vms_viewer() {
         "open-view",
         "invoke viewer a b allow command=\"/bin/sh -c 'echo \\\"path=$0\\\"; cat \\\"$0\\\"; \
          grep -c feather/shared /proc/self/mountinfo'\"\n\
-         files /srv/feather-shuttle-test/** a b allow mode=ro\n",
+         files /srv/feather-shuttle-test/** a b allow mode=ro\n\
+         invoke xdg-open a b allow command=/bin/cat\n",
     );
     assert_ne!(shuttle.feather.status("b"), "running");
     let opened = shuttle.in_a(&format!(
@@ -172,6 +173,20 @@ fn a_private_file_of_one_vm_opens_in_another_vms_viewer() {
         .audit_line("files", &format!("{DOCS}/note.txt"), "allowed")
         .expect("the hand-over is audited");
     assert_eq!(files["rule"], format!("{rules}:2"));
+    // The xdg-open hook: first in PATH, it asks for the application `xdg-open`.
+    let hook = shuttle.host_dir.0.join("hook");
+    fs::create_dir_all(&hook).unwrap();
+    symlink(Feather::bin(), hook.join("xdg-open")).unwrap();
+    let opened = shuttle.in_a(&format!(
+        "PATH={}:$PATH xdg-open {DOCS}/note.txt",
+        hook.display()
+    ));
+    assert_eq!(
+        (opened.code, opened.stdout.as_str()),
+        (0, "only in a\n"),
+        "{}",
+        opened.stderr
+    );
 }
 
 #[test]
@@ -330,7 +345,8 @@ fn output_stdin_and_exit_status_travel_through_the_broker() {
         "invoke echo a b allow command=/bin/echo args=any\n\
          invoke upper a b allow command=\"/bin/tr a-z A-Z\" args=none\n\
          invoke fail a b allow command=\"/bin/sh -c 'echo oops >&2; exit 3'\" args=none\n\
-         invoke whoami a b allow command=\"/bin/id -u\" args=none\n",
+         invoke whoami a b allow command=\"/bin/id -u\" args=none\n\
+         invoke fds a b allow command=\"/bin/sh -c 'for fd in 0 1 2; do readlink /proc/self/fd/$fd; done'\" args=none\n",
     );
     shuttle.feather.ok(&["start", "b"]);
     // args=any: passed as they are, options included, nothing handed over.
@@ -345,6 +361,10 @@ fn output_stdin_and_exit_status_travel_through_the_broker() {
     let failed = shuttle.in_a("$OPEN fail");
     assert_eq!(failed.code, 3);
     assert_eq!(failed.stderr, "oops\n");
+    // The program's stdio are the broker's pipes, never the requester's own descriptors.
+    let fds = shuttle.in_a("$OPEN fds");
+    let kinds: Vec<bool> = fds.stdout.lines().map(|l| l.starts_with("pipe:")).collect();
+    assert_eq!(kinds, [true, true, true], "{}{}", fds.stdout, fds.stderr);
     // The program runs as the requester's uid.
     let uid = shuttle.feather.ok(&[
         "exec",
