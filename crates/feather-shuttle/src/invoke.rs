@@ -20,7 +20,7 @@ use std::io::{IoSlice, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::Child;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -54,6 +54,10 @@ pub const EXIT_FAILED: i32 = 125;
 
 /// The largest message either side sends.
 const MAX_MESSAGE: usize = 64 * 1024;
+
+/// Requests one VM may have in flight at once; more connections are closed unanswered, so a
+/// VM cannot make its keeper start threads without end.
+const MAX_IN_FLIGHT: usize = 32;
 
 /// What `feather-open` asks.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +107,7 @@ struct Context {
     gate: Arc<Gate>,
     peers: Arc<dyn Peers>,
     running: Arc<Mutex<HashSet<i32>>>,
+    in_flight: AtomicUsize,
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -134,6 +139,7 @@ impl Invocations {
             gate,
             peers,
             running: running.clone(),
+            in_flight: AtomicUsize::new(0),
         });
         let thread = std::thread::Builder::new()
             .name("shuttle-invoke".into())
@@ -235,10 +241,20 @@ fn accept_loop(listener: &OwnedFd, stop: &OwnedFd, context: &Arc<Context>) {
             return;
         }
         while let Ok(connection) = feather_sys::fdpass::accept(listener) {
-            let context = context.clone();
-            let _ = std::thread::Builder::new()
+            if context.in_flight.fetch_add(1, Ordering::SeqCst) >= MAX_IN_FLIGHT {
+                context.in_flight.fetch_sub(1, Ordering::SeqCst);
+                continue;
+            }
+            let serving = context.clone();
+            let spawned = std::thread::Builder::new()
                 .name("shuttle-open".into())
-                .spawn(move || serve(&context, connection));
+                .spawn(move || {
+                    serve(&serving, connection);
+                    serving.in_flight.fetch_sub(1, Ordering::SeqCst);
+                });
+            if spawned.is_err() {
+                context.in_flight.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 }

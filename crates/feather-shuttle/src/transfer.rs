@@ -272,7 +272,10 @@ pub fn helper_main(plan: &str) -> i32 {
 
 /// Opens each item in the source's root (from the host's mounts, through
 /// `/proc/<init>/root`), refusing what may not be handed over.
-fn open_in_source(plan: &Plan) -> Result<Vec<Result<(OwnedFd, Found), String>>, String> {
+/// One item opened in the source (a descriptor of it, and where it led), or why not.
+type Opened = Result<(OwnedFd, Found), String>;
+
+fn open_in_source(plan: &Plan) -> Result<Vec<Opened>, String> {
     let root_path = format!("/proc/{}/root", plan.source_pid);
     let root: OwnedFd = File::open(&root_path)
         .map_err(|e| format!("cannot open the source VM's root {root_path}: {e}"))?
