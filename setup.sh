@@ -60,3 +60,6 @@ scripts/install-criu
 
 cargo build --workspace --all-targets
 cargo build --release -p feather
+# `feather-open` and the `xdg-open` hook are the feather binary by other names (docs/shuttle.md).
+ln -sfn feather target/release/feather-open
+mkdir -p target/release/hook && ln -sfn ../feather target/release/hook/xdg-open

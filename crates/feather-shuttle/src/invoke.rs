@@ -108,6 +108,17 @@ struct Context {
     peers: Arc<dyn Peers>,
     running: Arc<Mutex<HashSet<i32>>>,
     in_flight: AtomicUsize,
+    /// The start time of the VM's init, taken while the keeper holds it as its child.
+    source_ticks: Option<u64>,
+}
+
+/// The start time of `pid` if it is a VM's init (the helper enters only that process).
+fn init_ticks(pid: i32) -> Option<u64> {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
+    let ticks = feather_sys::process::start_ticks(Pid::from_raw(pid));
+    (comm.trim_end() == "feather-init")
+        .then_some(ticks)
+        .flatten()
 }
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
@@ -134,12 +145,14 @@ impl Invocations {
         let (stop_read, stop_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
             .map_err(|e| format!("VM {}: pipe: {e}", side.name))?;
         let running = Arc::new(Mutex::new(HashSet::new()));
+        let source_ticks = init_ticks(side.init_pid);
         let context = Arc::new(Context {
             side,
             gate,
             peers,
             running: running.clone(),
             in_flight: AtomicUsize::new(0),
+            source_ticks,
         });
         let thread = std::thread::Builder::new()
             .name("shuttle-invoke".into())
@@ -377,6 +390,7 @@ fn invoke(
             .map_err(|why| Stop::Failed(fail(why)))?;
         let plan = Plan {
             source_pid: context.side.init_pid,
+            source_ticks: context.source_ticks,
             id,
             items: items.iter().map(|(item, _)| item.clone()).collect(),
         };
@@ -395,6 +409,7 @@ fn invoke(
         shared_args = started
             .mount(&Go {
                 target_pid,
+                target_ticks: init_ticks(target_pid),
                 writable,
             })
             .map_err(|why| Stop::Failed(fail(why)))?;

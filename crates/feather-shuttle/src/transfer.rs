@@ -83,8 +83,10 @@ pub fn requested_path(arg: &str, cwd: &str) -> Result<String, String> {
 /// What the broker asks the helper to hand over.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Plan {
-    /// Host pid of the source VM's init (a child of the keeper that runs the helper).
+    /// Host pid of the source VM's init (a child of the keeper that runs the helper)…
     pub source_pid: i32,
+    /// …and its start time: a process that reused the pid is not entered.
+    pub source_ticks: Option<u64>,
     /// Names the folder under [`SHARED_IN_VM`]; unique among the target's hand-overs.
     pub id: String,
     pub items: Vec<Item>,
@@ -108,8 +110,9 @@ pub struct Found {
 /// The broker's word to the helper after the paths were checked.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Go {
-    /// Host pid of the target VM's init.
+    /// Host pid of the target VM's init, and its start time.
     pub target_pid: i32,
+    pub target_ticks: Option<u64>,
     /// Per item, whether it is mounted writable (both rules for a path and its real path
     /// must say rw).
     pub writable: Vec<bool>,
@@ -280,6 +283,8 @@ fn open_in_source(plan: &Plan) -> Result<Vec<Opened>, String> {
     let root: OwnedFd = File::open(&root_path)
         .map_err(|e| format!("cannot open the source VM's root {root_path}: {e}"))?
         .into();
+    // Checked after the open: the root opened belongs to the init the broker named.
+    same_process(plan.source_pid, plan.source_ticks, "source")?;
     Ok(plan
         .items
         .iter()
@@ -374,6 +379,9 @@ fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, 
         .map_err(|e| format!("the source VM: {e}"))?;
     let target = feather_sys::process::pidfd_open(Pid::from_raw(go.target_pid))
         .map_err(|e| format!("the target VM: {e}"))?;
+    // The pidfds pin both processes: checked now, they are the VMs' inits while we enter them.
+    same_process(plan.source_pid, plan.source_ticks, "source")?;
+    same_process(go.target_pid, go.target_ticks, "target")?;
     // open_tree(OPEN_TREE_CLONE) clones only mounts of the caller's own namespace.
     feather_sys::process::join_namespaces(&source, CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot enter the source VM's mounts: {e}"))?;
@@ -464,6 +472,16 @@ fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, 
         shared.paths.push(point.to_string_lossy().into_owned());
     }
     Ok(shared)
+}
+
+/// Whether `pid` is still the process that started at `ticks` (the VM's init the broker saw).
+fn same_process(pid: i32, ticks: Option<u64>, which: &str) -> Result<(), String> {
+    let now = feather_sys::process::start_ticks(Pid::from_raw(pid));
+    if ticks.is_some() && now == ticks {
+        Ok(())
+    } else {
+        Err(format!("the {which} VM stopped during the hand-over"))
+    }
 }
 
 /// Opens the absolute `path` in the caller's root, making missing folders; no symlink is
