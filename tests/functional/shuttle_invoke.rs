@@ -195,10 +195,12 @@ fn mode_rw_writes_land_in_the_sources_layer_and_ro_refuses_them() {
         "open-rw",
         "invoke editor a b allow command=\"/bin/sh -c 'echo \\\"added in b\\\" >> \\\"$0\\\"'\"\n\
          files /srv/feather-shuttle-test/rw/** a b allow mode=rw\n\
-         files /srv/feather-shuttle-test/** a b allow mode=ro\n",
+         files /srv/feather-shuttle-test/** a b allow mode=ro\n\
+         invoke lister a b allow command=\"/bin/sh -c 'echo $0; echo $1; echo $2; echo $(ls $0); echo $(cat $1 $2)'\"\n",
     );
     let setup = format!(
-        "mkdir -p {DOCS}/rw && echo first > {DOCS}/rw/doc.txt && echo first > {DOCS}/ro.txt"
+        "mkdir -p {DOCS}/rw {DOCS}/folder/sub && echo first > {DOCS}/rw/doc.txt \
+         && echo first > {DOCS}/ro.txt && echo second > {DOCS}/folder/doc.txt"
     );
     assert_eq!(shuttle.in_a(&setup).code, 0);
     let edited = shuttle.in_a(&format!("$OPEN editor {DOCS}/rw/doc.txt"));
@@ -225,6 +227,24 @@ fn mode_rw_writes_land_in_the_sources_layer_and_ro_refuses_them() {
         shuttle.feather.sh("a", &format!("cat {DOCS}/ro.txt")),
         "first\n"
     );
+    // A folder is handed over whole; two arguments with one name each arrive apart.
+    let listed = shuttle.in_a(&format!(
+        "$OPEN lister {DOCS}/folder {DOCS}/rw/doc.txt {DOCS}/folder/doc.txt"
+    ));
+    assert_eq!(listed.code, 0, "{}", listed.stderr);
+    let lines: Vec<&str> = listed.stdout.lines().collect();
+    assert_eq!(lines.len(), 5, "{}", listed.stdout);
+    assert!(lines[0].ends_with("/folder") && lines[1].ends_with("/doc.txt"));
+    assert!(
+        lines[2].ends_with("/doc.txt") && lines[1] != lines[2],
+        "{}",
+        listed.stdout
+    );
+    assert_eq!(lines[3], "doc.txt sub", "the folder's entries");
+    assert_eq!(
+        lines[4], "first added in b second",
+        "both files, each its own"
+    );
     assert!(shuttle.shared_mounts_in_b().is_empty());
 }
 
@@ -236,7 +256,8 @@ fn refused_requests_open_nothing_in_the_target_and_are_audited() {
          invoke quiet a b allow command=/bin/true args=none\n\
          files /srv/feather-shuttle-test/secret* a b deny\n\
          files /srv/feather-shuttle-test/** a b allow\n\
-         files /tmp/feather-tests/** a b allow\n",
+         files /tmp/feather-tests/** a b allow\n\
+         invoke asked a b ask command=/bin/cat\n",
     );
     // A device node, made on the host where a sees it (a's root may not make devices).
     let device = shuttle.host_dir.0.join("null-device");
@@ -330,6 +351,17 @@ fn refused_requests_open_nothing_in_the_target_and_are_audited() {
             None => assert!(entry.get("rule").is_none(), "{args}: {entry}"),
         }
     }
+    // An `ask` rule with no one at a terminal to answer (the VM was started without one).
+    let asked = shuttle.in_a(&format!("$OPEN asked {DOCS}/note.txt"));
+    assert_eq!(asked.code, 77);
+    assert!(
+        asked.stderr.contains("asked: no terminal"),
+        "{}",
+        asked.stderr
+    );
+    let entry = shuttle.audit_line("invoke", "asked", "denied").unwrap();
+    assert_eq!(entry["rule"], format!("{rules}:6"));
+    assert_eq!(entry["verdict"], "ask");
     // An application that takes no arguments.
     let extra = shuttle.in_a(&format!("$OPEN quiet {DOCS}/note.txt"));
     assert_eq!(extra.code, 77);
@@ -392,4 +424,42 @@ fn a_vm_without_invoke_rules_has_no_shuttle_socket() {
         "{}",
         outcome.stderr
     );
+}
+
+#[test]
+fn a_symlink_planted_in_the_target_does_not_redirect_the_hand_over() {
+    let shuttle = Shuttle::new(
+        "open-planted",
+        "invoke viewer a b allow command=/bin/cat\n\
+         files /srv/feather-shuttle-test/** a b allow\n",
+    );
+    assert_eq!(
+        shuttle
+            .in_a(&format!("mkdir -p {DOCS} && echo doc > {DOCS}/passwd"))
+            .code,
+        0
+    );
+    // b's root points the hand-over folder at its /etc, hoping a's file lands on its passwd.
+    shuttle.feather.ok(&["start", "b"]);
+    shuttle.feather.sh(
+        "b",
+        "mkdir -p /run/feather && ln -s /etc /run/feather/shared",
+    );
+    let before = shuttle.feather.sh("b", "cat /etc/passwd");
+    let refused = shuttle.in_a(&format!("$OPEN viewer {DOCS}/passwd"));
+    assert_eq!(refused.code, 125, "{}{}", refused.stdout, refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("/run/feather/shared in the target VM"),
+        "{}",
+        refused.stderr
+    );
+    assert_eq!(shuttle.feather.sh("b", "cat /etc/passwd"), before);
+    assert!(shuttle.shared_mounts_in_b().is_empty());
+    let failed = shuttle.audit_line("invoke", "viewer", "failed").unwrap();
+    assert!(failed["detail"]
+        .as_str()
+        .unwrap()
+        .contains("/run/feather/shared"));
 }
