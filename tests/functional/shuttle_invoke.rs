@@ -248,6 +248,9 @@ fn mode_rw_writes_land_in_the_sources_layer_and_ro_refuses_them() {
     assert!(shuttle.shared_mounts_in_b().is_empty());
 }
 
+/// The audit line a refusal leaves: kind, object, outcome, and the deciding rule's line.
+type Expected<'a> = (&'a str, String, &'a str, Option<usize>);
+
 #[test]
 fn refused_requests_open_nothing_in_the_target_and_are_audited() {
     let shuttle = Shuttle::new(
@@ -277,7 +280,7 @@ fn refused_requests_open_nothing_in_the_target_and_are_audited() {
     let rules = shuttle.policy_file();
     let device = device.display().to_string();
     // (arguments, what stderr says, the audit line: kind, object, outcome, deciding rule line)
-    let cases: Vec<(String, &str, (&str, String, &str, Option<usize>))> = vec![
+    let cases: Vec<(String, &str, Expected)> = vec![
         (
             format!("unlisted {DOCS}/note.txt"),
             "no rule allows it",
