@@ -381,6 +381,7 @@ fn output_stdin_and_exit_status_travel_through_the_broker() {
          invoke upper a b allow command=\"/bin/tr a-z A-Z\" args=none\n\
          invoke fail a b allow command=\"/bin/sh -c 'echo oops >&2; exit 3'\" args=none\n\
          invoke whoami a b allow command=\"/bin/id -u\" args=none\n\
+         invoke sleeper a b allow command=\"/bin/sleep 1000\" args=none\n\
          invoke fds a b allow command=\"/bin/sh -c 'for fd in 0 1 2; do readlink /proc/self/fd/$fd; done'\" args=none\n",
     );
     shuttle.feather.ok(&["start", "b"]);
@@ -400,6 +401,17 @@ fn output_stdin_and_exit_status_travel_through_the_broker() {
     let fds = shuttle.in_a("$OPEN fds");
     let kinds: Vec<bool> = fds.stdout.lines().map(|l| l.starts_with("pipe:")).collect();
     assert_eq!(kinds, [true, true, true], "{}{}", fds.stdout, fds.stderr);
+    // A requester that goes away ends its program in the target.
+    let requester = shuttle.in_a("$OPEN sleeper >/dev/null 2>&1 & echo $!");
+    let requester = requester.stdout.trim().to_owned();
+    let sleeping = || shuttle.feather.ok(&["ps", "b"]).contains("sleep 1000");
+    shuttle
+        .feather
+        .eventually("the program runs in b", sleeping);
+    shuttle.feather.sh("a", &format!("kill {requester}"));
+    shuttle
+        .feather
+        .eventually("the program in b ended", || !sleeping());
     // The program runs as the requester's uid.
     let uid = shuttle.feather.ok(&[
         "exec",

@@ -23,7 +23,7 @@ use std::process::Child;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
@@ -54,6 +54,9 @@ pub const EXIT_FAILED: i32 = 125;
 
 /// The largest message either side sends.
 const MAX_MESSAGE: usize = 64 * 1024;
+
+/// How long a program may take to end after its requester hung up.
+const HANG_UP_GRACE: Duration = Duration::from_secs(5);
 
 /// Requests one VM may have in flight at once; more connections are closed unanswered, so a
 /// VM cannot make its keeper start threads without end.
@@ -607,26 +610,30 @@ fn run(
     Ok(code)
 }
 
-/// Waits for `child`; if the requester hangs up first, the program is ended.
+/// Waits for `child`; if the requester hangs up first, the program is ended: SIGTERM, which
+/// `feather exec` passes on, then SIGKILL to `feather exec` after [`HANG_UP_GRACE`] (its
+/// connection to the target's init closes, and init hangs the program up).
 fn wait(child: &mut Child, connection: &OwnedFd) -> i32 {
-    let mut hung_up = false;
+    let pid = Pid::from_raw(child.id() as i32);
+    let mut hung_up: Option<Instant> = None;
     loop {
         if let Ok(Some(status)) = child.try_wait() {
             return exit_code(status);
         }
-        if !hung_up {
-            let mut fds = [PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
-            let ready = poll(&mut fds, PollTimeout::from(50u16)).unwrap_or(0);
-            let closed = ready > 0
-                && fds[0].revents().is_some_and(|r| {
-                    r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR | PollFlags::POLLIN)
-                });
-            if closed {
-                hung_up = true;
-                let _ = kill(Pid::from_raw(child.id() as i32), Signal::SIGTERM);
+        match hung_up {
+            None => {
+                let mut fds = [PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
+                if poll(&mut fds, PollTimeout::from(50u16)).unwrap_or(0) > 0 {
+                    hung_up = Some(Instant::now());
+                    let _ = kill(pid, Signal::SIGTERM);
+                }
             }
-        } else {
-            std::thread::sleep(Duration::from_millis(50));
+            Some(at) => {
+                if at.elapsed() > HANG_UP_GRACE {
+                    let _ = kill(pid, Signal::SIGKILL);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
     }
 }
