@@ -795,3 +795,45 @@ pub fn called_as(argv0: &Path) -> Option<&'static str> {
         _ => None,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::parse;
+
+    fn rule(line: &str) -> Rule {
+        parse(Path::new("t.policy"), line).unwrap().remove(0)
+    }
+
+    #[test]
+    fn the_command_line_comes_from_the_rule_or_is_the_app() {
+        let given = rule("invoke viewer a b allow command=\"/usr/bin/less -R\"\n");
+        assert_eq!(command_of(&given, "viewer"), ["/usr/bin/less", "-R"]);
+        let default = rule("invoke viewer a b allow\n");
+        assert_eq!(command_of(&default, "viewer"), ["viewer"]);
+        assert!(matches!(argument_mode(&default), Args::Files));
+        let none = rule("invoke viewer a b allow args=none\n");
+        assert!(matches!(argument_mode(&none), Args::None));
+        let any = rule("invoke viewer a b allow args=any\n");
+        assert!(matches!(argument_mode(&any), Args::Any));
+    }
+
+    #[test]
+    fn application_names_are_plain_words() {
+        assert!(is_app_name("org.gnome.Evince"));
+        assert!(is_app_name("xdg-open"));
+        for bad in ["", "/bin/sh", "a b", "v;rm", "../x", "*"] {
+            assert!(!is_app_name(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn the_name_called_by_picks_the_mode() {
+        assert_eq!(
+            called_as(Path::new("/usr/local/bin/feather-open")),
+            Some("feather-open")
+        );
+        assert_eq!(called_as(Path::new("hook/xdg-open")), Some("xdg-open"));
+        assert_eq!(called_as(Path::new("/usr/bin/feather")), None);
+    }
+}

@@ -376,3 +376,38 @@ fn ready_pipe(fd: i32) -> anyhow::Result<OwnedFd> {
     // nothing else in the process owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::end_options_after_app;
+
+    fn ended(args: &[&str]) -> Vec<String> {
+        let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        end_options_after_app(&mut args);
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn everything_after_the_app_is_the_apps() {
+        assert_eq!(
+            ended(&["feather", "open", "viewer", "--help", "x"]),
+            ["feather", "open", "viewer", "--", "--help", "x"]
+        );
+        assert_eq!(
+            ended(&["feather", "--root", "/r", "open", "--vm", "b", "v", "--vm", "c"]),
+            ["feather", "--root", "/r", "open", "--vm", "b", "v", "--", "--vm", "c"]
+        );
+        assert_eq!(
+            ended(&["feather", "open", "v", "--", "-x"]),
+            ["feather", "open", "v", "--", "-x"]
+        );
+        assert_eq!(
+            ended(&["feather", "open", "--help"]),
+            ["feather", "open", "--help"]
+        );
+        assert_eq!(
+            ended(&["feather", "exec", "vm", "--", "open", "x"]),
+            ["feather", "exec", "vm", "--", "open", "x"]
+        );
+    }
+}
