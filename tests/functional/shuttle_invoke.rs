@@ -354,6 +354,16 @@ fn refused_requests_open_nothing_in_the_target_and_are_audited() {
             None => assert!(entry.get("rule").is_none(), "{args}: {entry}"),
         }
     }
+    // A command line in place of an application name never reaches the rules.
+    let command = shuttle.in_a("$OPEN /bin/sh -c id");
+    assert_eq!(command.code, 77);
+    assert!(
+        command.stderr.contains("not an application name"),
+        "{}",
+        command.stderr
+    );
+    let entry = shuttle.audit_line("invoke", "/bin/sh", "denied").unwrap();
+    assert!(entry.get("rule").is_none(), "{entry}");
     // An `ask` rule with no one at a terminal to answer (the VM was started without one).
     let asked = shuttle.in_a(&format!("$OPEN asked {DOCS}/note.txt"));
     assert_eq!(asked.code, 77);

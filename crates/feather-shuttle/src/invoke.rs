@@ -37,11 +37,12 @@ use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::Outcome;
 use crate::broker::VmSide;
 use crate::gate::{Gate, Refusal};
 use crate::peers::Peers;
-use crate::policy::{Kind, Party, Request, Rule};
-use crate::transfer::{self, Found, Go, Helper, Item, Plan};
+use crate::policy::{Decision, Kind, Party, Request, Rule, Verdict};
+use crate::transfer::{self, Found, Go, Helper, Plan};
 
 /// Where `feather-open` finds its VM's broker, in the VM's view.
 pub const SOCKET_IN_VM: &str = "/run/feather/shuttle.sock";
@@ -340,11 +341,31 @@ fn invoke(
 ) -> Result<i32, Stop> {
     let gate = &context.gate;
     let source = context.side.party();
+    let detail = requester.describe();
+    // Checked before any rule is consulted: a pattern rule (`invoke * …`) must never match a
+    // path or a command line that would then run as the command.
     if !is_app_name(&open.app) {
-        return Err(Stop::Refused(format!(
+        let why = format!(
             "{:?} is not an application name (letters, digits, '.', '_', '-', '@')",
             open.app
-        )));
+        );
+        let request = Request {
+            kind: Kind::Invoke,
+            object: open.app.clone(),
+            source,
+            target: Party::vm("-", &[]),
+        };
+        let denied = Decision {
+            verdict: Verdict::Deny,
+            rule: None,
+        };
+        let _ = gate.audit().record(
+            &request,
+            &denied,
+            &Outcome::Denied,
+            Some(format!("{why}; {detail}")),
+        );
+        return Err(Stop::Refused(why));
     }
     let target = target_of(context, open)?;
     let request = Request {
@@ -353,7 +374,6 @@ fn invoke(
         source: source.clone(),
         target: target.clone(),
     };
-    let detail = requester.describe();
     let rule = gate.check_for(&request, Some(&detail))?;
     let fail = |why: String| {
         gate.record_failure(&request, &rule, &why);
@@ -395,15 +415,15 @@ fn invoke(
             source_pid: context.side.init_pid,
             source_ticks: context.source_ticks,
             id,
-            items: items.iter().map(|(item, _)| item.clone()).collect(),
+            items: items.iter().map(|item| item.path.clone()).collect(),
         };
         let mut started = Helper::spawn(command, &plan).map_err(|why| Stop::Failed(fail(why)))?;
         let resolved = started.resolved().map_err(|why| Stop::Failed(fail(why)))?;
         let mut writable = Vec::new();
-        for ((item, rw), found) in items.iter().zip(resolved) {
+        for (item, found) in items.iter().zip(resolved) {
             let found = found.map_err(|why| Stop::Refused(fail(why)))?;
             let real_rw = real_path_allowed(context, &request, item, &found, &detail, &fail)?;
-            writable.push(*rw && real_rw);
+            writable.push(item.writable && real_rw);
         }
         let target_pid = context
             .peers
@@ -466,6 +486,12 @@ fn target_of(context: &Context, open: &Open) -> Result<Party, Stop> {
     }
 }
 
+/// A path to hand over: absolute in the source, and whether its `files` rule says `mode=rw`.
+struct Item {
+    path: String,
+    writable: bool,
+}
+
 /// What a rule lets the requester's arguments be.
 enum Args {
     None,
@@ -490,15 +516,15 @@ fn command_of(rule: &Rule, app: &str) -> Vec<String> {
         .unwrap_or_else(|| vec![app.to_owned()])
 }
 
-/// With `args=files`: every argument a path, each allowed by a `files` rule; returns the
-/// items with whether their rule says `mode=rw`.
+/// With `args=files`: every argument a path, each allowed by a `files` rule (which says
+/// whether it is writable).
 fn file_items(
     context: &Context,
     open: &Open,
     invoke: &Request,
     rule: &Rule,
     detail: &str,
-) -> Result<Vec<(Item, bool)>, Stop> {
+) -> Result<Vec<Item>, Stop> {
     let mut items = Vec::new();
     for arg in &open.args {
         if arg.starts_with('-') {
@@ -527,8 +553,10 @@ fn file_items(
                 context.gate.record_failure(invoke, rule, &why);
                 Stop::Refused(why)
             })?;
-        let writable = allowing.option("mode") == Some("rw");
-        items.push((Item { path, writable }, writable));
+        items.push(Item {
+            path,
+            writable: allowing.option("mode") == Some("rw"),
+        });
     }
     Ok(items)
 }

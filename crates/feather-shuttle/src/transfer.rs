@@ -89,14 +89,8 @@ pub struct Plan {
     pub source_ticks: Option<u64>,
     /// Names the folder under [`SHARED_IN_VM`]; unique among the target's hand-overs.
     pub id: String,
-    pub items: Vec<Item>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Item {
-    /// Absolute, as [`requested_path`] made it.
-    pub path: String,
-    pub writable: bool,
+    /// Absolute paths in the source, as [`requested_path`] made them.
+    pub items: Vec<String>,
 }
 
 /// Where a requested path led in the source.
@@ -288,7 +282,7 @@ fn open_in_source(plan: &Plan) -> Result<Vec<Opened>, String> {
     Ok(plan
         .items
         .iter()
-        .map(|item| open_one(&root, &item.path))
+        .map(|path| open_one(&root, path))
         .collect())
 }
 
@@ -426,7 +420,7 @@ fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, 
     let id_dir = folder_beneath_root(&dir.to_string_lossy())?;
     let mut used = HashSet::new();
     for (index, ((tree, folder), item)) in trees.iter().zip(&plan.items).enumerate() {
-        let name = Path::new(&item.path)
+        let name = Path::new(item)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "root".to_owned());
