@@ -4,6 +4,7 @@
 mod cli;
 mod output;
 mod service;
+mod shuttle;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -111,6 +112,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
         Command::Service(command) => return service::run(&root, command),
         Command::ServiceClient(args) => return service::in_vm(args),
+        Command::Policy(command) => return shuttle::policy(&root, command),
+        Command::Audit {
+            follow,
+            lines,
+            vm,
+            denied,
+            json,
+        } => {
+            let filter = shuttle::AuditFilter { vm, denied };
+            return shuttle::audit(&root, &filter, lines, follow, json);
+        }
         Command::Checkpoint {
             name,
             leave_running,
