@@ -120,12 +120,14 @@ pub fn audit(
     let kept: Vec<Entry> = entries.into_iter().filter(|e| filter.keeps(e)).collect();
     let shown = &kept[kept.len().saturating_sub(lines)..];
     output::audit_entries(shown, json, true);
-    while follow {
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
         std::thread::sleep(Duration::from_millis(200));
         let (entries, next) = audit.entries_from(offset)?;
         offset = next;
         let kept: Vec<Entry> = entries.into_iter().filter(|e| filter.keeps(e)).collect();
         output::audit_entries(&kept, json, false);
     }
-    Ok(ExitCode::SUCCESS)
 }
