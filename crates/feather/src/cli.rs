@@ -391,5 +391,18 @@ pub enum CheckCommand {
         /// Print the matrix as Markdown (as in docs/ipc-matrix.md)
         #[arg(long, conflicts_with = "json")]
         markdown: bool,
+        /// Name the probe's VMs ipcprobe-{a,b,c}-LABEL and its objects fpLABEL… (letters and
+        /// digits), to write shuttle policy rules for them beforehand (docs/shuttle.md)
+        #[arg(long, value_parser = probe_label)]
+        label: Option<String>,
     },
+}
+
+/// A probe label: it becomes part of VM names and of the probe's object names.
+fn probe_label(label: &str) -> Result<String, String> {
+    if !label.is_empty() && label.len() <= 16 && label.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(label.to_owned())
+    } else {
+        Err("use 1 to 16 letters or digits".to_owned())
+    }
 }

@@ -161,11 +161,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let resumed = serde_json::from_str(&resumed)?;
             feather_vm::init::resume(keeper.into(), resumed)
         }
-        Command::Check(CheckCommand::Ipc { vm, json, markdown }) => {
+        Command::Check(CheckCommand::Ipc {
+            vm,
+            json,
+            markdown,
+            label,
+        }) => {
             let setup = feather_ipcprobe::run::ProbeSetup {
                 feather: std::env::current_exe()?,
                 root: root_arg,
                 vm,
+                label,
             };
             let matrix = feather_ipcprobe::run::run(&setup)?;
             if json {

@@ -27,10 +27,7 @@ pub(super) fn kernel_operations(p: &Published) -> Vec<(&'static str, Outcome)> {
     out.push(("dbus-session", dbus_session(p)));
     out.push(("netlink-uevent", uevents()));
     let stdin_is_tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
-    for (channel, request) in [
-        ("tiocsti", libc::TIOCSTI),
-        ("tioclinux", libc::TIOCLINUX),
-    ] {
+    for (channel, request) in [("tiocsti", libc::TIOCSTI), ("tioclinux", libc::TIOCLINUX)] {
         out.push((
             channel,
             if stdin_is_tty {
