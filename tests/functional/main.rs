@@ -17,3 +17,4 @@ mod network;
 mod recovery;
 mod services;
 mod shuttle_invoke;
+mod shuttle_policy;

@@ -141,19 +141,8 @@ fn probe_files_on_host(tag: &str) -> Vec<String> {
         .collect()
 }
 
-#[test]
-fn every_ipc_channel_is_confined_across_vms_and_works_inside_one() {
-    let feather = Feather::new("ipc-matrix");
-    let outcome = feather.run(&["check", "ipc", "--json"]);
-    let matrix: Matrix = serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| {
-        panic!(
-            "check ipc printed no matrix ({e}): {}{}",
-            outcome.stdout, outcome.stderr
-        )
-    });
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ipc-matrix.md");
-    fs::write(&docs, matrix.to_markdown()).expect("write docs/ipc-matrix.md");
-
+/// Cells whose outcome is not among `expected()`'s, or that do not hold their expectation.
+fn regressions(matrix: &Matrix) -> Vec<String> {
     let expected = expected();
     let mut wrong = Vec::new();
     for row in &matrix.rows {
@@ -200,6 +189,28 @@ fn every_ipc_channel_is_confined_across_vms_and_works_inside_one() {
             wrong.push(format!("{channel}: the probe no longer tries it"));
         }
     }
+    wrong
+}
+
+fn probe(feather: &Feather, args: &[&str]) -> (Matrix, crate::support::Outcome) {
+    let outcome = feather.run(args);
+    let matrix: Matrix = serde_json::from_str(&outcome.stdout).unwrap_or_else(|e| {
+        panic!(
+            "check ipc printed no matrix ({e}): {}{}",
+            outcome.stdout, outcome.stderr
+        )
+    });
+    (matrix, outcome)
+}
+
+#[test]
+fn every_ipc_channel_is_confined_across_vms_and_works_inside_one() {
+    let feather = Feather::new("ipc-matrix");
+    let (matrix, outcome) = probe(&feather, &["check", "ipc", "--json"]);
+    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ipc-matrix.md");
+    fs::write(&docs, matrix.to_markdown()).expect("write docs/ipc-matrix.md");
+
+    let wrong = regressions(&matrix);
     assert!(
         wrong.is_empty(),
         "IPC matrix regressions:\n{}",
@@ -318,5 +329,64 @@ fn check_ipc_of_a_vm_that_cannot_run_the_probe_fails_clearly_and_makes_nothing()
         listing.as_array().unwrap().len(),
         1,
         "no probe VM was made: {listing}"
+    );
+}
+
+/// A shuttle rule opens exactly its own cell: VM B reaches a unix socket of VM A's at the path
+/// the rule names, through B's broker, and every other cell stays as without rules.
+/// (In the same group as the test above: two probes at once would see each other's display :0.)
+#[test]
+fn a_policy_rule_opens_exactly_its_cell_and_nothing_else() {
+    let feather = Feather::new("ipc-matrix-policy");
+    let label = format!("s{}", std::process::id());
+    let (a, b) = (format!("ipcprobe-a-{label}"), format!("ipcprobe-b-{label}"));
+    let rule_file = feather.write_policy(
+        "10-probe",
+        &format!("# the VM→VM listener (token fp{label}v) is in A; its client in B\nipc unix:/run/fp{label}v.stream {b} {a} allow\n"),
+    );
+    let (matrix, outcome) = probe(&feather, &["check", "ipc", "--json", "--label", &label]);
+
+    let opened = matrix.cell("unix-stream:/run", Direction::VmToVm).unwrap();
+    assert_eq!(opened.outcome.kind, Kind::Reached, "{:?}", opened.outcome);
+    assert_eq!(opened.expect, Expect::OpenedByPolicy);
+    assert_eq!(
+        opened.rule.as_deref(),
+        Some(format!("{}:2", rule_file.display()).as_str())
+    );
+    let others: Vec<String> = regressions(&matrix)
+        .into_iter()
+        .filter(|wrong| !wrong.starts_with("unix-stream:/run VM→VM:"))
+        .collect();
+    assert!(
+        others.is_empty(),
+        "cells the rule does not name changed:\n{}",
+        others.join("\n")
+    );
+    assert_eq!(
+        outcome.code, 0,
+        "an opened cell is not a leak: {}",
+        outcome.stderr
+    );
+    // The same socket of A's at another path, and the other kinds of socket, stay closed.
+    for channel in [
+        "unix-stream:/var/run",
+        "unix-dgram:/run",
+        "unix-seqpacket:/run",
+    ] {
+        let cell = matrix.cell(channel, Direction::VmToVm).unwrap();
+        assert_ne!(
+            cell.outcome.kind,
+            Kind::Reached,
+            "{channel}: {:?}",
+            cell.outcome
+        );
+    }
+    let audit = feather.ok(&["audit", "--json", "--vm", &b]);
+    assert!(
+        audit
+            .lines()
+            .any(|line| line.contains("\"outcome\":\"allowed\"")
+                && line.contains(&format!("unix:/run/fp{label}v.stream"))),
+        "the crossing is in the audit log: {audit}"
     );
 }

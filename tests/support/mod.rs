@@ -95,6 +95,15 @@ impl Feather {
         outcome.stderr
     }
 
+    /// Writes the shuttle policy file `<root>/policy.d/<name>.policy`.
+    pub fn write_policy(&self, name: &str, rules: &str) -> PathBuf {
+        let dir = self.root.join("policy.d");
+        fs::create_dir_all(&dir).unwrap();
+        let file = dir.join(format!("{name}.policy"));
+        fs::write(&file, rules).unwrap();
+        file
+    }
+
     /// Creates VM `vm` over `base` (with `options` such as limits) and starts it.
     pub fn start_over(&self, vm: &str, base: &ScratchBase, options: &[&str]) {
         let mut args = vec!["create", vm, "--base", base.as_str()];

@@ -79,6 +79,26 @@ impl Limits {
     }
 }
 
+impl VmConfig {
+    /// A tag is a word policy files can name: letters, digits, '.', '_' and '-'.
+    pub fn validate_tag(tag: &str) -> crate::Result<()> {
+        let fine = !tag.is_empty()
+            && tag.len() <= 64
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if fine {
+            Ok(())
+        } else {
+            Err(crate::Error::InvalidValue {
+                what: "--tag",
+                value: tag.to_owned(),
+                why: "use up to 64 letters, digits, '.', '_' and '-'".into(),
+            })
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,25 +135,5 @@ mod tests {
         assert_eq!(Limits::parse_cpus("0.5").unwrap(), 0.5);
         assert!(Limits::parse_cpus("0").is_err());
         assert!(Limits::parse_cpus("lots").is_err());
-    }
-}
-
-impl VmConfig {
-    /// A tag is a word policy files can name: letters, digits, '.', '_' and '-'.
-    pub fn validate_tag(tag: &str) -> crate::Result<()> {
-        let fine = !tag.is_empty()
-            && tag.len() <= 64
-            && tag
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
-        if fine {
-            Ok(())
-        } else {
-            Err(crate::Error::InvalidValue {
-                what: "--tag",
-                value: tag.to_owned(),
-                why: "use up to 64 letters, digits, '.', '_' and '-'".into(),
-            })
-        }
     }
 }

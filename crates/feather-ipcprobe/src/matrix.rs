@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Where the listener is and where the client tries from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Direction {
     /// A client on the host tries to reach a listener in a VM.
     HostToVm,
@@ -114,6 +114,8 @@ pub enum Expect {
     OneWayByDesign,
     /// A facility the VM does not get at all (keyrings): Denied inside the VM too.
     DeniedByDesign,
+    /// Across the boundary, but a shuttle policy rule opens it ([`Cell::rule`]): Reached.
+    OpenedByPolicy,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -121,6 +123,9 @@ pub struct Cell {
     pub direction: Direction,
     pub outcome: Outcome,
     pub expect: Expect,
+    /// The policy rule (`FILE:LINE`) that opens this cell, if one does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
 }
 
 impl Cell {
@@ -132,7 +137,7 @@ impl Cell {
         }
         match self.expect {
             Expect::Blocked => !matches!(kind, Kind::Reached | Kind::Failed),
-            Expect::Works => kind == Kind::Reached,
+            Expect::Works | Expect::OpenedByPolicy => kind == Kind::Reached,
             Expect::OneWayByDesign => kind != Kind::Failed,
             Expect::DeniedByDesign => kind == Kind::Denied,
         }
@@ -194,7 +199,11 @@ impl Matrix {
             (Expect::DeniedByDesign, Kind::Denied) => " (by design)",
             _ => "",
         };
-        format!("{mark}{}{design}", cell.outcome.kind.word())
+        let rule = match &cell.rule {
+            Some(rule) => format!(" (policy {rule})"),
+            None => String::new(),
+        };
+        format!("{mark}{}{design}{rule}", cell.outcome.kind.word())
     }
 
     /// The matrix as Markdown: the table, the details of every cell, and the by-design flows.
@@ -208,7 +217,9 @@ impl Matrix {
              `invisible` (no such object on the client's side), `denied` (a permission check, a \
              read-only mount or the seccomp filter), `n/a` (the cell does not exist on this \
              machine). Cross-boundary cells must not be `reached`; cells inside one VM must be, \
-             except where marked *by design* (see the list below the table).\n\n",
+             except where marked *by design* (see the list below the table). A cell that a \
+             shuttle policy rule opens (docs/shuttle.md) is marked with the rule and must be \
+             `reached`; this matrix was made with no rules, so none is open.\n\n",
         );
         for note in &self.notes {
             out.push_str(&format!("- {note}\n"));
@@ -288,6 +299,7 @@ mod tests {
             direction,
             expect,
             outcome: Outcome::new(kind, ""),
+            rule: None,
         }
     }
 

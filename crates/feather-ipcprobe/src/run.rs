@@ -14,14 +14,21 @@
 //! ```
 //! Every listener is stopped (stdin closed; killed after a timeout) before the next direction,
 //! and removes what it made; the VMs the probe made are removed at the end, also on failure.
+//!
+//! A cross-boundary cell that a shuttle policy rule of the state root opens (a unix stream
+//! socket or loopback port of the listener's VM, reachable in the client's) must be reached,
+//! and is shown with its rule: with no rules the matrix is exactly the confinement's.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
-use crate::agent::{Attempt, ClientPlan, Heard, Published};
+use feather_shuttle::policy::{Party, Policy, Request, Verdict};
+
+use crate::agent::{Attempt, ClientPlan, Heard, Published, SOCKET_DIRS};
 use crate::matrix::{Cell, Direction, Expect, Kind, Matrix, Outcome, Row};
 use crate::raw;
 
@@ -48,9 +55,36 @@ pub struct ProbeSetup {
     pub root: Option<PathBuf>,
     /// A running VM of the user's to probe as VM A; without it the probe makes its own.
     pub vm: Option<String>,
+    /// Names the probe's VMs and objects (instead of this process's pid), so that shuttle
+    /// policy rules can be written for them beforehand: VMs `ipcprobe-{a,b,c}-LABEL`, objects
+    /// `fpLABEL{a,v,i,c,h,l}` (`v` for the VM→VM listener, in VM A).
+    pub label: Option<String>,
 }
 
 impl ProbeSetup {
+    /// The state root's folder, where its policy is.
+    fn root_dir(&self) -> PathBuf {
+        self.root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(feather_core::store::DEFAULT_STATE_DIR))
+    }
+
+    /// VM `vm` as policy rules see it: its name and tags.
+    fn party(&self, vm: &str) -> Party {
+        let tags = vm
+            .parse()
+            .ok()
+            .and_then(|name| {
+                feather_core::StateRoot::new(self.root.clone())
+                    .open(&name)
+                    .ok()
+            })
+            .and_then(|dir| dir.read_config().ok())
+            .map(|config| config.tags)
+            .unwrap_or_default();
+        Party::vm(vm, &tags)
+    }
+
     fn feather(&self) -> Command {
         let mut command = Command::new(&self.feather);
         if let Some(root) = &self.root {
@@ -464,7 +498,11 @@ impl Drop for Interruptions {
 /// Runs the whole probe.
 pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
     let interruptions = Interruptions::catch();
-    let base = format!("fp{}", std::process::id());
+    let label = setup
+        .label
+        .clone()
+        .unwrap_or_else(|| std::process::id().to_string());
+    let base = format!("fp{label}");
     let mut notes = vec![];
     if let Some(vm) = &setup.vm {
         check_agent_runs_in(setup, vm)?;
@@ -481,19 +519,22 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
             vm.clone()
         }
         None => {
-            let name = format!("ipcprobe-a-{}", std::process::id());
+            let name = format!("ipcprobe-a-{label}");
             setup.feather_ok(&["create", &name])?;
             vms.names.push(name.clone());
             setup.feather_ok(&["start", &name])?;
             name
         }
     };
-    let b = format!("ipcprobe-b-{}", std::process::id());
+    let b = format!("ipcprobe-b-{label}");
     setup.feather_ok(&["create", &b])?;
     vms.names.push(b.clone());
     setup.feather_ok(&["start", &b])?;
 
+    let policy = Policy::load(&setup.root_dir()).map_err(|e| fail(e.to_string()))?;
+    let (party_a, party_b) = (setup.party(&a), setup.party(&b));
     let mut results: Vec<(Direction, Vec<Attempt>)> = Vec::new();
+    let mut opened: BTreeMap<(Direction, String), String> = BTreeMap::new();
     interruptions.check()?;
     // host→VM
     let listener = Listener::start(setup, Some(&a), &format!("{base}a"), &[])?;
@@ -513,6 +554,9 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
         kernel: false,
     };
     let attempts = client(setup, Some(&b), &plan, false)?;
+    for (channel, rule) in opened_by_policy(&policy, &party_b, &party_a, &listener.published) {
+        opened.insert((Direction::VmToVm, channel), rule);
+    }
     results.push((Direction::VmToVm, merge(attempts, &listener.stop())));
     interruptions.check()?;
     // inside one VM
@@ -526,7 +570,7 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
     results.push((Direction::InsideVm, merge(attempts, &listener.stop())));
     interruptions.check()?;
     // inside one VM, from a program init started to one `feather exec` started
-    let c = format!("ipcprobe-c-{}", std::process::id());
+    let c = format!("ipcprobe-c-{label}");
     vms.names.push(c.clone());
     results.push((
         Direction::InitToExec,
@@ -543,6 +587,9 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
         kernel: true,
     };
     let attempts = client(setup, Some(&a), &plan, true)?;
+    for (channel, rule) in opened_by_policy(&policy, &party_a, &Party::Host, &listener.published) {
+        opened.insert((Direction::VmToHost, channel), rule);
+    }
     drop(listener.stop());
     results.push((Direction::VmToHost, merge(attempts, &lower.stop())));
     drop(vms);
@@ -556,7 +603,55 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
         landlock_note()
     ));
     notes.push("VM processes run under feather's seccomp filter and Docker's default capability set without CAP_MKNOD; no_new_privs is not set (set-uid programs work).".into());
-    Ok(assemble(results, notes))
+    if !opened.is_empty() {
+        notes.push(format!(
+            "{} cell(s) opened by shuttle policy rules (marked with the rule): these must be reached.",
+            opened.len()
+        ));
+    }
+    Ok(assemble(results, &opened, notes))
+}
+
+/// The cells of one direction that an allowing shuttle rule opens, for a client in `source`
+/// and the listener that published `p` in `target`: channel → the rule's `FILE:LINE`.
+fn opened_by_policy(
+    policy: &Policy,
+    source: &Party,
+    target: &Party,
+    p: &Published,
+) -> Vec<(String, String)> {
+    let mut candidates: Vec<(String, String, String)> = SOCKET_DIRS
+        .iter()
+        .map(|(dir, suffix)| {
+            let path = p.socket_path(dir, suffix, "stream");
+            (format!("unix-stream:{dir}"), format!("unix:{path}"), path)
+        })
+        .collect();
+    candidates.push((
+        "tcp-loopback".to_owned(),
+        format!("tcp:{}", p.tcp_port),
+        p.tcp_port.to_string(),
+    ));
+    candidates
+        .into_iter()
+        .filter_map(|(channel, object, appears_at)| {
+            let decision = policy.decide(&Request {
+                kind: feather_shuttle::Kind::Ipc,
+                object,
+                source: source.clone(),
+                target: target.clone(),
+            });
+            let rule = decision
+                .rule
+                .filter(|_| decision.verdict == Verdict::Allow)?;
+            // The client tries where the listener is; a channel placed elsewhere (`at=`) opens
+            // another path, not this cell.
+            if rule.option("at").is_some_and(|at| at != appears_at) {
+                return None;
+            }
+            Some((channel, rule.at.to_string()))
+        })
+        .collect()
 }
 
 fn landlock_note() -> String {
@@ -567,14 +662,23 @@ fn landlock_note() -> String {
     )
 }
 
-fn assemble(results: Vec<(Direction, Vec<Attempt>)>, notes: Vec<String>) -> Matrix {
+fn assemble(
+    results: Vec<(Direction, Vec<Attempt>)>,
+    opened: &BTreeMap<(Direction, String), String>,
+    notes: Vec<String>,
+) -> Matrix {
     let mut rows: Vec<Row> = Vec::new();
     for (direction, attempts) in results {
         for attempt in attempts {
+            let rule = opened.get(&(direction, attempt.channel.clone())).cloned();
             let cell = Cell {
                 direction,
-                expect: expectation(&attempt.channel, direction),
+                expect: match rule {
+                    Some(_) => Expect::OpenedByPolicy,
+                    None => expectation(&attempt.channel, direction),
+                },
                 outcome: attempt.outcome,
+                rule,
             };
             match rows.iter_mut().find(|r| r.channel == attempt.channel) {
                 Some(row) => row.cells.push(cell),

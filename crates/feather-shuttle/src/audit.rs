@@ -4,7 +4,7 @@
 //! several keepers never interleave.
 
 use std::fs::{File, OpenOptions};
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -117,16 +117,38 @@ impl Audit {
 
     /// Every entry so far (lines that do not parse are skipped: a line cut short by a crash).
     pub fn entries(&self) -> io::Result<Vec<Entry>> {
-        let file = match File::open(&self.path) {
+        Ok(self.entries_from(0)?.0)
+    }
+
+    /// The whole entries written at or after byte `offset`, and the offset after the last
+    /// whole line: call again with it to follow the log.
+    pub fn entries_from(&self, offset: u64) -> io::Result<(Vec<Entry>, u64)> {
+        let mut file = match File::open(&self.path) {
             Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
             Err(e) => return Err(e),
         };
-        Ok(BufReader::new(file)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|line| serde_json::from_str(&line).ok())
-            .collect())
+        // A log that shrank was replaced: read it from its start.
+        let offset = if file.metadata()?.len() < offset {
+            0
+        } else {
+            offset
+        };
+        file.seek(SeekFrom::Start(offset))?;
+        let mut reader = BufReader::new(file);
+        let (mut entries, mut end) = (Vec::new(), offset);
+        let mut line = String::new();
+        while reader.read_line(&mut line)? > 0 {
+            if !line.ends_with('\n') {
+                break; // still being written
+            }
+            end += line.len() as u64;
+            if let Ok(entry) = serde_json::from_str(&line) {
+                entries.push(entry);
+            }
+            line.clear();
+        }
+        Ok((entries, end))
     }
 }
 

@@ -192,3 +192,144 @@ impl Gate {
             .unwrap_or_default()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+
+    use super::*;
+    use crate::policy::{Kind, Party};
+
+    /// A state root with one policy file, removed when dropped.
+    struct Root(PathBuf);
+
+    impl Root {
+        fn new(test: &str, policy: &str) -> Root {
+            let dir =
+                std::env::temp_dir().join(format!("feather-gate-{test}-{}", std::process::id()));
+            std::fs::create_dir_all(dir.join("policy.d")).unwrap();
+            std::fs::write(dir.join("policy.d/10-test.policy"), policy).unwrap();
+            Root(dir)
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn request(port: &str) -> Request {
+        Request {
+            kind: Kind::Ipc,
+            object: format!("tcp:{port}"),
+            source: Party::vm("web", &[]),
+            target: Party::vm("db", &[]),
+        }
+    }
+
+    #[test]
+    fn allowed_and_denied_requests_are_recorded_with_their_rule() {
+        let root = Root::new(
+            "record",
+            "ipc tcp:80 web db deny\nipc tcp:5432 web db allow\n",
+        );
+        let gate = Gate::new(&root.0, None);
+        let rule = gate.check(&request("5432")).unwrap();
+        assert_eq!(rule.at.line, 2);
+        let refusal = gate.check(&request("80")).unwrap_err();
+        assert_eq!(refusal.rule.as_ref().unwrap().line, 1);
+        let refusal = gate.check(&request("22")).unwrap_err();
+        assert!(refusal.why.contains("default deny"), "{refusal}");
+        let entries = gate.audit().entries().unwrap();
+        let outcomes: Vec<_> = entries
+            .iter()
+            .map(|e| (e.object.as_str(), e.outcome.as_str()))
+            .collect();
+        assert_eq!(
+            outcomes,
+            [
+                ("tcp:5432", "allowed"),
+                ("tcp:80", "denied"),
+                ("tcp:22", "denied")
+            ]
+        );
+        assert!(entries[1]
+            .rule
+            .as_ref()
+            .unwrap()
+            .ends_with("10-test.policy:1"));
+        assert_eq!(entries[2].rule, None);
+    }
+
+    #[test]
+    fn a_malformed_policy_allows_nothing_until_it_is_fixed() {
+        let root = Root::new("malformed", "ipc tcp:5432 web db allow\nipc tcp:5432 web\n");
+        let gate = Gate::new(&root.0, None);
+        let refusal = gate.check(&request("5432")).unwrap_err();
+        assert!(refusal.why.contains("10-test.policy:2"), "{refusal}");
+        std::fs::write(
+            root.0.join("policy.d/10-test.policy"),
+            "ipc tcp:5432 web db allow\n",
+        )
+        .unwrap();
+        gate.reload().unwrap();
+        assert!(gate.check(&request("5432")).is_ok());
+    }
+
+    #[test]
+    fn ask_takes_the_answer_typed_at_the_terminal() {
+        let root = Root::new("ask", "ipc tcp:5432 web db ask\n");
+        for (typed, allowed) in [("y\n", true), ("n\n", false), ("\n", false)] {
+            let pty = nix::pty::openpty(None, None).unwrap();
+            let terminal = nix::unistd::ttyname(&pty.slave).unwrap();
+            let gate = Gate::new(&root.0, Some(terminal));
+            let mut master = std::fs::File::from(pty.master);
+            let answering = std::thread::spawn(move || {
+                let mut question = [0u8; 512];
+                let read = master.read(&mut question).unwrap();
+                master.write_all(typed.as_bytes()).unwrap();
+                // Kept open until the answer is read: a closed master hangs the terminal up.
+                (
+                    String::from_utf8_lossy(&question[..read]).into_owned(),
+                    master,
+                )
+            });
+            let result = gate.check(&request("5432"));
+            let (question, _master) = answering.join().unwrap();
+            assert!(
+                question.contains("web asks for ipc tcp:5432 of db"),
+                "{question}"
+            );
+            assert_eq!(
+                result.is_ok(),
+                allowed,
+                "typed {typed:?}: {:?}",
+                result.err()
+            );
+        }
+        let details: Vec<_> = Audit::new(&root.0)
+            .entries()
+            .unwrap()
+            .into_iter()
+            .map(|e| e.detail.unwrap_or_default())
+            .collect();
+        assert!(
+            details[0].starts_with("asked: allowed at /dev/pts/"),
+            "{details:?}"
+        );
+        assert!(
+            details[1].starts_with("asked: refused at /dev/pts/"),
+            "{details:?}"
+        );
+    }
+
+    #[test]
+    fn ask_denies_when_no_terminal_started_the_vm() {
+        let root = Root::new("noone", "ipc tcp:5432 web db ask\n");
+        let refusal = Gate::new(&root.0, None)
+            .check(&request("5432"))
+            .unwrap_err();
+        assert!(refusal.why.contains("no terminal"), "{refusal}");
+    }
+}

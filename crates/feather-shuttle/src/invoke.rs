@@ -28,7 +28,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::{kill, pthread_sigmask, SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{
     bind, connect, getsockopt, listen, sendmsg, socket, sockopt, AddressFamily, Backlog,
     ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
@@ -160,7 +160,13 @@ impl Invocations {
         });
         let thread = std::thread::Builder::new()
             .name("shuttle-invoke".into())
-            .spawn(move || accept_loop(&listener, &stop_read, &context))
+            .spawn(move || {
+                // The keeper takes its signals through a signalfd, which works only while no
+                // thread lets them in; the connection threads inherit this mask (and programs
+                // started with std's Command get a clean one).
+                let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None);
+                accept_loop(&listener, &stop_read, &context)
+            })
             .map_err(|e| format!("cannot start the invocation thread: {e}"))?;
         Ok(Some(Invocations {
             stop: Some(stop_write),

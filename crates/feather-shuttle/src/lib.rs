@@ -28,4 +28,4 @@ pub use broker::{Broker, VmSide};
 pub use error::PolicyError;
 pub use gate::{Gate, Refusal};
 pub use peers::Peers;
-pub use policy::{Decision, Kind, Party, Policy, Request, Rule, Verdict};
+pub use policy::{Consulted, Decision, Kind, Party, Policy, Request, Rule, Verdict};

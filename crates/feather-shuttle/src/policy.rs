@@ -43,7 +43,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn parse(word: &str) -> Option<Kind> {
+    pub fn parse(word: &str) -> Option<Kind> {
         match word {
             "ipc" => Some(Kind::Ipc),
             "invoke" => Some(Kind::Invoke),
@@ -255,10 +255,22 @@ pub struct Rule {
 
 impl Rule {
     pub fn matches(&self, request: &Request) -> bool {
-        self.kind == request.kind
-            && self.object.matches(&request.object)
-            && self.source.matches(&request.source)
-            && self.target.matches(&request.target)
+        self.mismatch(request).is_none()
+    }
+
+    /// The first part of `request` this rule does not match, if any.
+    pub fn mismatch(&self, request: &Request) -> Option<&'static str> {
+        if self.kind != request.kind {
+            Some("kind")
+        } else if !self.object.matches(&request.object) {
+            Some("object")
+        } else if !self.source.matches(&request.source) {
+            Some("source")
+        } else if !self.target.matches(&request.target) {
+            Some("target")
+        } else {
+            None
+        }
     }
 
     pub fn option(&self, name: &str) -> Option<&str> {
@@ -282,6 +294,14 @@ impl fmt::Display for Rule {
         }
         Ok(())
     }
+}
+
+/// A rule looked at for a request, and what of the request it did not match (`None`: it
+/// matched, and decided).
+#[derive(Clone, Debug)]
+pub struct Consulted<'a> {
+    pub rule: &'a Rule,
+    pub mismatch: Option<&'static str>,
 }
 
 /// The decision on one request, and the rule that made it (`None`: no rule matched, so the
@@ -336,6 +356,20 @@ impl Policy {
                 rule: None,
             },
         }
+    }
+
+    /// The rules of the request's kind consulted for `request`, in order, up to the one that
+    /// decides it: what `feather policy check` shows.
+    pub fn explain(&self, request: &Request) -> (Decision, Vec<Consulted<'_>>) {
+        let mut consulted = Vec::new();
+        for rule in self.rules.iter().filter(|rule| rule.kind == request.kind) {
+            let mismatch = rule.mismatch(request);
+            consulted.push(Consulted { rule, mismatch });
+            if mismatch.is_none() {
+                break;
+            }
+        }
+        (self.decide(request), consulted)
     }
 
     /// Rules of `kind` that may allow something to `source` (allow or ask): what a broker
@@ -663,6 +697,24 @@ mod tests {
             assert!(message.contains(why), "{text:?}: {message}");
             assert!(message.contains("allows nothing"), "{message}");
         }
+    }
+
+    #[test]
+    fn explain_shows_the_rules_passed_over_and_the_decider() {
+        let policy = policy(
+            "ipc tcp:80 web db allow\n\
+             invoke viewer web db allow\n\
+             ipc tcp:5432 other db allow\n\
+             ipc tcp:5432 web db deny\n\
+             ipc tcp:5432 web db allow\n",
+        );
+        let (decision, consulted) = policy.explain(&ipc("tcp:5432", "web", "db"));
+        assert_eq!(decision.verdict, Verdict::Deny);
+        let seen: Vec<_> = consulted
+            .iter()
+            .map(|c| (c.rule.at.line, c.mismatch))
+            .collect();
+        assert_eq!(seen, [(1, Some("object")), (3, Some("source")), (4, None)]);
     }
 
     #[test]

@@ -153,6 +153,27 @@ pub enum Command {
         #[arg(long)]
         once: bool,
     },
+    /// Shuttle's policy: the rules that let VMs (and the host) interact, and what they decide
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Shuttle's audit log: every decision on a crossing between VMs, oldest first
+    Audit {
+        /// Keep printing decisions as they are made, until interrupted
+        #[arg(short, long)]
+        follow: bool,
+        /// Entries to show from the end
+        #[arg(short = 'n', long, default_value_t = 50)]
+        lines: usize,
+        /// Only entries with this VM as source or target
+        #[arg(long, value_name = "NAME")]
+        vm: Option<String>,
+        /// Only refusals
+        #[arg(long)]
+        denied: bool,
+        /// One JSON object a line, as in the log
+        #[arg(long)]
+        json: bool,
+    },
     /// Check a property of this machine or of confinement; exits 1 if it does not hold
     #[command(subcommand)]
     Check(CheckCommand),
@@ -347,6 +368,32 @@ pub struct ServiceClientArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// The rules in force, in the order they are consulted (first match wins)
+    Ls {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check the policy files; given a request, say which rule decides it and why the rules
+    /// before it do not (exit 0: allowed, 3: asks, 4: denied, 1: the policy is malformed)
+    Check {
+        /// ipc, invoke or files
+        #[arg(requires_all = ["object", "source", "target"])]
+        kind: Option<String>,
+        /// What is asked for: unix:/PATH, tcp:PORT, dbus:NAME, an application, a path
+        object: Option<String>,
+        /// Who asks: a VM's name or @host
+        #[arg(long = "from", value_name = "VM|@host")]
+        source: Option<String>,
+        /// Of whom: a VM's name or @host
+        #[arg(long = "to", value_name = "VM|@host")]
+        target: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum CheckCommand {
     /// Whether a CRIU that works on this kernel is installed (checkpoint, restore, migrate),
     /// and which kernel features it lacks
@@ -364,5 +411,18 @@ pub enum CheckCommand {
         /// Print the matrix as Markdown (as in docs/ipc-matrix.md)
         #[arg(long, conflicts_with = "json")]
         markdown: bool,
+        /// Name the probe's VMs ipcprobe-{a,b,c}-LABEL and its objects fpLABEL… (letters and
+        /// digits), to write shuttle policy rules for them beforehand (docs/shuttle.md)
+        #[arg(long, value_parser = probe_label)]
+        label: Option<String>,
     },
+}
+
+/// A probe label: it becomes part of VM names and of the probe's object names.
+fn probe_label(label: &str) -> Result<String, String> {
+    if !label.is_empty() && label.len() <= 16 && label.bytes().all(|b| b.is_ascii_alphanumeric()) {
+        Ok(label.to_owned())
+    } else {
+        Err("use 1 to 16 letters or digits".to_owned())
+    }
 }

@@ -4,6 +4,7 @@
 mod cli;
 mod output;
 mod service;
+mod shuttle;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
@@ -170,6 +171,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
         Command::Service(command) => return service::run(&root, command),
         Command::ServiceClient(args) => return service::in_vm(args),
+        Command::Policy(command) => return shuttle::policy(&root, command),
+        Command::Audit {
+            follow,
+            lines,
+            vm,
+            denied,
+            json,
+        } => {
+            let filter = shuttle::AuditFilter { vm, denied };
+            return shuttle::audit(&root, &filter, lines, follow, json);
+        }
         Command::Checkpoint {
             name,
             leave_running,
@@ -208,11 +220,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let resumed = serde_json::from_str(&resumed)?;
             feather_vm::init::resume(keeper.into(), resumed)
         }
-        Command::Check(CheckCommand::Ipc { vm, json, markdown }) => {
+        Command::Check(CheckCommand::Ipc {
+            vm,
+            json,
+            markdown,
+            label,
+        }) => {
             let setup = feather_ipcprobe::run::ProbeSetup {
                 feather: std::env::current_exe()?,
                 root: root_arg,
                 vm,
+                label,
             };
             let matrix = feather_ipcprobe::run::run(&setup)?;
             if json {

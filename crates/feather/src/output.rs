@@ -228,3 +228,132 @@ pub fn ipc_matrix(matrix: &feather_ipcprobe::Matrix) {
         );
     }
 }
+
+/// A policy rule as `policy ls --json` shows it.
+#[derive(Serialize)]
+pub struct RuleRow {
+    pub at: String,
+    pub kind: String,
+    pub object: String,
+    pub source: String,
+    pub target: String,
+    pub verdict: String,
+    pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl From<&feather_shuttle::Rule> for RuleRow {
+    fn from(rule: &feather_shuttle::Rule) -> RuleRow {
+        RuleRow {
+            at: rule.at.to_string(),
+            kind: rule.kind.to_string(),
+            object: rule.object.as_str().to_owned(),
+            source: rule.source.to_string(),
+            target: rule.target.to_string(),
+            verdict: rule.verdict.to_string(),
+            options: rule.options.clone(),
+        }
+    }
+}
+
+pub fn rules(rules: &[feather_shuttle::Rule]) {
+    if rules.is_empty() {
+        println!("no rules: nothing crosses between VMs (add *.policy files; see docs/shuttle.md)");
+        return;
+    }
+    let mut t = table(&[
+        "RULE", "KIND", "OBJECT", "SOURCE", "TARGET", "VERDICT", "OPTIONS",
+    ]);
+    for rule in rules.iter().map(RuleRow::from) {
+        let options: Vec<String> = rule
+            .options
+            .iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect();
+        t.add_row(vec![
+            rule.at,
+            rule.kind,
+            rule.object,
+            rule.source,
+            rule.target,
+            rule.verdict,
+            options.join(" "),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+/// `policy check` for one request: the rules passed over, and the one that decides.
+pub fn explanation(
+    request: &feather_shuttle::Request,
+    decision: &feather_shuttle::Decision,
+    consulted: &[feather_shuttle::Consulted],
+) {
+    println!(
+        "{} {} from {} to {}:",
+        request.kind, request.object, request.source, request.target
+    );
+    for step in consulted {
+        match step.mismatch {
+            Some(part) => println!(
+                "  {}: {} — does not match the {part}",
+                step.rule.at, step.rule
+            ),
+            None => println!("  {}: {} — matches", step.rule.at, step.rule),
+        }
+    }
+    match &decision.rule {
+        Some(rule) => println!("{} by {}", verdict_word(decision.verdict), rule.at),
+        None => println!("denied: no rule matches (default deny)"),
+    }
+}
+
+pub fn explanation_json(
+    decision: &feather_shuttle::Decision,
+    consulted: &[feather_shuttle::Consulted],
+) -> serde_json::Value {
+    serde_json::json!({
+        "verdict": decision.verdict,
+        "rule": decision.rule.as_ref().map(RuleRow::from),
+        "consulted": consulted.iter().map(|step| serde_json::json!({
+            "rule": RuleRow::from(step.rule),
+            "mismatch": step.mismatch,
+        })).collect::<Vec<_>>(),
+    })
+}
+
+fn verdict_word(verdict: feather_shuttle::Verdict) -> &'static str {
+    match verdict {
+        feather_shuttle::Verdict::Allow => "allowed",
+        feather_shuttle::Verdict::Deny => "denied",
+        feather_shuttle::Verdict::Ask => "asks the terminal that started the source VM",
+    }
+}
+
+/// Audit entries, one a line (also while following the log, so no table widths to settle).
+pub fn audit_entries(entries: &[feather_shuttle::audit::Entry], json: bool, first: bool) {
+    if !json && first && entries.is_empty() {
+        println!("no decisions recorded");
+    }
+    for entry in entries {
+        if json {
+            println!("{}", serde_json::to_string(entry).unwrap_or_default());
+            continue;
+        }
+        let rule = entry.rule.as_deref().unwrap_or("no rule: default deny");
+        let detail = entry
+            .detail
+            .as_deref()
+            .map(|d| format!(" — {d}"))
+            .unwrap_or_default();
+        println!(
+            "{}  {:<6} {} → {}  {}  {} ({}, {rule}){detail}",
+            entry.time,
+            entry.kind,
+            entry.source,
+            entry.target,
+            entry.object,
+            entry.outcome,
+            entry.verdict
+        );
+    }
+}

@@ -1,0 +1,133 @@
+//! `feather policy …` and `feather audit`: what the shuttle policy says, and what it decided.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use feather_core::{StateRoot, VmName};
+use feather_shuttle::audit::Entry;
+use feather_shuttle::policy::Policy;
+use feather_shuttle::{Audit, Kind, Party, Request, Verdict};
+
+use crate::cli::PolicyCommand;
+use crate::output;
+
+/// `policy check`'s exit codes for a request, so scripts can act on the verdict.
+const EXIT_ASKS: u8 = 3;
+const EXIT_DENIED: u8 = 4;
+
+pub fn policy(root: &StateRoot, command: PolicyCommand) -> anyhow::Result<ExitCode> {
+    let policy = Policy::load(root.dir())?;
+    match command {
+        PolicyCommand::Ls { json } => {
+            if json {
+                output::json(
+                    &policy
+                        .rules()
+                        .iter()
+                        .map(output::RuleRow::from)
+                        .collect::<Vec<_>>(),
+                )?;
+            } else {
+                output::rules(policy.rules());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Check {
+            kind: None, json, ..
+        } => {
+            let dirs = feather_shuttle::policy::policy_dirs(root.dir());
+            if json {
+                output::json(&serde_json::json!({ "rules": policy.rules().len(), "dirs": dirs }))?;
+            } else {
+                let dirs: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
+                println!(
+                    "policy: {} rule(s) from {}; well-formed",
+                    policy.rules().len(),
+                    dirs.join(" and ")
+                );
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PolicyCommand::Check {
+            kind: Some(kind),
+            object,
+            source,
+            target,
+            json,
+        } => {
+            let request = Request {
+                kind: Kind::parse(&kind).ok_or_else(|| {
+                    anyhow::anyhow!("unknown kind {kind:?} (use ipc, invoke or files)")
+                })?,
+                object: object.unwrap_or_default(),
+                source: party(root, &source.unwrap_or_default())?,
+                target: party(root, &target.unwrap_or_default())?,
+            };
+            let (decision, consulted) = policy.explain(&request);
+            if json {
+                output::json(&output::explanation_json(&decision, &consulted))?;
+            } else {
+                output::explanation(&request, &decision, &consulted);
+            }
+            Ok(match decision.verdict {
+                Verdict::Allow => ExitCode::SUCCESS,
+                Verdict::Ask => ExitCode::from(EXIT_ASKS),
+                Verdict::Deny => ExitCode::from(EXIT_DENIED),
+            })
+        }
+    }
+}
+
+/// `@host`, or a VM with the tags it was created with (none if there is no such VM yet).
+fn party(root: &StateRoot, word: &str) -> anyhow::Result<Party> {
+    if word == "@host" {
+        return Ok(Party::Host);
+    }
+    let name: VmName = word.parse()?;
+    let tags = root
+        .open(&name)
+        .and_then(|vm| vm.read_config())
+        .map(|config| config.tags)
+        .unwrap_or_default();
+    Ok(Party::vm(name.to_string(), &tags))
+}
+
+/// Which audit entries to show.
+pub struct AuditFilter {
+    pub vm: Option<String>,
+    pub denied: bool,
+}
+
+impl AuditFilter {
+    fn keeps(&self, entry: &Entry) -> bool {
+        let vm_fits = self
+            .vm
+            .as_ref()
+            .is_none_or(|vm| &entry.source == vm || &entry.target == vm);
+        vm_fits && (!self.denied || entry.outcome != "allowed")
+    }
+}
+
+pub fn audit(
+    root: &StateRoot,
+    filter: &AuditFilter,
+    lines: usize,
+    follow: bool,
+    json: bool,
+) -> anyhow::Result<ExitCode> {
+    let audit = Audit::new(root.dir());
+    let (entries, mut offset) = audit.entries_from(0)?;
+    let kept: Vec<Entry> = entries.into_iter().filter(|e| filter.keeps(e)).collect();
+    let shown = &kept[kept.len().saturating_sub(lines)..];
+    output::audit_entries(shown, json, true);
+    if !follow {
+        return Ok(ExitCode::SUCCESS);
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(200));
+        let (entries, next) = audit.entries_from(offset)?;
+        offset = next;
+        let kept: Vec<Entry> = entries.into_iter().filter(|e| filter.keeps(e)).collect();
+        output::audit_entries(&kept, json, false);
+    }
+}
