@@ -422,6 +422,14 @@ fn output_stdin_and_exit_status_travel_through_the_broker() {
     shuttle
         .feather
         .eventually("the program in b ended", || !sleeping());
+    // Each request reads the rules as they are now: a rule removed while the VM runs no
+    // longer allows anything.
+    let rules = shuttle.feather.root.join("policy.d/10-test.policy");
+    let text = fs::read_to_string(&rules).unwrap();
+    fs::write(&rules, text.replace("invoke echo", "invoke gone")).unwrap();
+    let gone = shuttle.in_a("$OPEN echo hello");
+    assert_eq!(gone.code, 77, "{}{}", gone.stdout, gone.stderr);
+    fs::write(&rules, text).unwrap();
     // The program runs as the requester's uid.
     let uid = shuttle.feather.ok(&[
         "exec",

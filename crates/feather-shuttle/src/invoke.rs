@@ -318,6 +318,10 @@ fn serve(context: &Context, connection: OwnedFd) {
         sockopt::ReceiveTimeout,
         &nix::sys::time::TimeVal::new(0, 0),
     );
+    // Each request is decided by the rules as they are now (a malformed file refuses all).
+    if let Err(why) = context.gate.reload() {
+        eprintln!("feather shuttle: VM {}: {why}", context.side.name);
+    }
     let answer = match invoke(context, &open, &requester, &connection) {
         Ok(code) => Answer::Exited { code },
         Err(Stop::Refused(why)) => Answer::Refused { why },
