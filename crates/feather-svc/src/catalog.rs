@@ -125,13 +125,15 @@ fn entry(paths: &UnitPaths, name: &UnitName) -> Entry {
             entry.duplicable = true;
             if name.is_template() {
                 entry.note = Some(format!("start an instance: {}", name.with_instance("NAME")));
-            } else if unit
+            } else if let Some(name) = unit
                 .service
                 .as_ref()
-                .is_some_and(|s| s.kind == ServiceType::Dbus)
+                .filter(|s| s.kind == ServiceType::Dbus)
+                .and_then(|s| s.bus_name.as_deref())
             {
-                entry.note =
-                    Some("Type=dbus: ready when started (the VM's bus is not watched yet)".into());
+                entry.note = Some(format!(
+                    "Type=dbus: ready once {name} has an owner on the VM's own system bus (starts dbus with it)"
+                ));
             }
         }
     }
@@ -172,6 +174,12 @@ pub fn validate(unit: &Unit) -> Result<(), String> {
     if service.exec_start.is_empty() && service.exec_stop.is_empty() {
         return Err(format!(
             "{} has neither ExecStart= nor ExecStop=",
+            unit.name
+        ));
+    }
+    if service.kind == ServiceType::Dbus && service.bus_name.is_none() {
+        return Err(format!(
+            "{} is Type=dbus but has no BusName=: there is no name to wait for on the bus",
             unit.name
         ));
     }

@@ -223,6 +223,9 @@ impl ExecContext {
 pub struct Service {
     #[serde(rename = "type")]
     pub kind: ServiceType,
+    /// Whether `Type=` was given: without it, a unit with `BusName=` is `Type=dbus`.
+    #[serde(skip)]
+    pub kind_given: bool,
     pub remain_after_exit: bool,
     pub guess_main_pid: bool,
     pub pid_file: Option<PathBuf>,
@@ -251,6 +254,7 @@ impl Default for Service {
     fn default() -> Self {
         Service {
             kind: ServiceType::Simple,
+            kind_given: false,
             remain_after_exit: false,
             guess_main_pid: true,
             pid_file: None,
@@ -275,6 +279,9 @@ impl Default for Service {
         }
     }
 }
+
+/// The socket of the D-Bus system bus, which `Type=dbus` services require.
+pub const DBUS_SOCKET: &str = "dbus.socket";
 
 /// systemd's DefaultTimeoutStartSec/DefaultTimeoutStopSec.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -409,6 +416,29 @@ impl Unit {
                 self.note_not_applied(section, key);
                 Ok(())
             }
+        }
+    }
+
+    /// What systemd adds once every file of the unit is read: a service with `BusName=` and no
+    /// `Type=` is `Type=dbus`; a `Type=dbus` service requires the bus (`Requires=` and
+    /// `After=dbus.socket`), and any service with a `BusName=` starts after it.
+    pub fn finish(&mut self) {
+        let Some(service) = self.service.as_mut() else {
+            return;
+        };
+        if service.bus_name.is_some() && !service.kind_given {
+            service.kind = ServiceType::Dbus;
+        }
+        let dbus = service.kind == ServiceType::Dbus;
+        if service.bus_name.is_none() && !dbus {
+            return;
+        }
+        let deps = &mut self.dependencies;
+        if !deps.after.iter().any(|n| n == DBUS_SOCKET) {
+            deps.after.push(DBUS_SOCKET.into());
+        }
+        if dbus && !deps.requires.iter().any(|n| n == DBUS_SOCKET) {
+            deps.requires.push(DBUS_SOCKET.into());
         }
     }
 
@@ -645,7 +675,9 @@ impl Unit {
         };
         match key {
             "Type" => {
+                service.kind_given = !raw.is_empty();
                 service.kind = match raw {
+                    "" => ServiceType::Simple,
                     "simple" => ServiceType::Simple,
                     "exec" => ServiceType::Exec,
                     "forking" => ServiceType::Forking,

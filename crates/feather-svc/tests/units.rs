@@ -423,3 +423,41 @@ fn targets_load_with_their_dependencies() {
     assert_eq!(unit.dependencies.wants, vec!["nginx.service"]);
     assert_eq!(unit.dependencies.requires, vec!["basic.target"]);
 }
+
+#[test]
+fn bus_name_makes_a_service_type_dbus_and_type_dbus_requires_the_bus() {
+    let t = Tree::new("dbus-type");
+    // BusName= without Type=: Type=dbus, as systemd defaults it.
+    t.lib(
+        "named.service",
+        "[Service]\nBusName=org.example.Named\nExecStart=/bin/named\n",
+    );
+    let named = t.load("named.service");
+    assert_eq!(named.service.as_ref().unwrap().kind, ServiceType::Dbus);
+    assert_eq!(named.dependencies.requires, ["dbus.socket"]);
+    assert_eq!(named.dependencies.after, ["dbus.socket"]);
+    // An explicit Type= wins; a BusName= still orders the unit after the bus.
+    t.lib(
+        "notifying.service",
+        "[Service]\nType=notify\nBusName=org.example.N\nExecStart=/bin/n\n",
+    );
+    let notifying = t.load("notifying.service");
+    assert_eq!(
+        notifying.service.as_ref().unwrap().kind,
+        ServiceType::Notify
+    );
+    assert!(notifying.dependencies.requires.is_empty());
+    assert_eq!(notifying.dependencies.after, ["dbus.socket"]);
+    // Neither: nothing added.
+    t.lib("plain.service", "[Service]\nExecStart=/bin/plain\n");
+    let plain = t.load("plain.service");
+    assert_eq!(plain.service.as_ref().unwrap().kind, ServiceType::Simple);
+    assert!(plain.dependencies.after.is_empty());
+    // Type=dbus without a name is refused, as systemd refuses it.
+    t.lib(
+        "nameless.service",
+        "[Service]\nType=dbus\nExecStart=/bin/x\n",
+    );
+    let why = feather_svc::catalog::validate(&t.load("nameless.service")).unwrap_err();
+    assert!(why.contains("Type=dbus but has no BusName="), "{why}");
+}

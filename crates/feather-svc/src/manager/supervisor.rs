@@ -27,6 +27,7 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::bus::{self, Bus};
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
 use super::protocol::{self, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
 use super::spawn::{self, Identity};
@@ -46,6 +47,10 @@ const MAX_PASSED_SOCKETS: RawFd = 32;
 /// How often a running service's main process is looked for when it is not the manager's
 /// child (and so its end would not be signalled).
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
+/// How often a connection to the VM's system bus is tried while a Type=dbus unit waits and the
+/// bus cannot be reached (dbus may still be starting).
+const BUS_RETRY: Duration = Duration::from_millis(200);
 
 /// How often units are looked at while something is in progress.
 const TICK: Duration = Duration::from_millis(5);
@@ -85,6 +90,8 @@ enum Phase {
     Start,
     WaitReady,
     WaitPidFile,
+    /// Type=dbus: the main process runs; its BusName= has no owner on the bus yet.
+    WaitBusName,
     StartPost,
     Running,
     AutoRestart,
@@ -101,7 +108,7 @@ impl Phase {
             Phase::Idle => "dead",
             Phase::Condition => "condition",
             Phase::StartPre => "start-pre",
-            Phase::Start | Phase::WaitReady | Phase::WaitPidFile => "start",
+            Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "start",
             Phase::StartPost => "start-post",
             Phase::Running => "running",
             Phase::AutoRestart => "auto-restart",
@@ -244,6 +251,11 @@ pub struct Manager {
     shutting_down: bool,
     /// The VM's /dev/log, if the manager holds it.
     syslog: Option<UnixDatagram>,
+    /// The connection to the VM's own D-Bus system bus, while Type=dbus units need it.
+    bus: Option<Bus>,
+    /// Why the bus could not be reached (or was lost), for the messages of waiting units.
+    bus_problem: Option<String>,
+    bus_attempt: Option<Instant>,
 }
 
 impl Manager {
@@ -280,6 +292,9 @@ impl Manager {
             signals,
             shutting_down: false,
             syslog: syslog::listen(),
+            bus: None,
+            bus_problem: None,
+            bus_attempt: None,
         })
     }
 
@@ -303,6 +318,13 @@ impl Manager {
                 ];
                 if let Some(syslog) = &self.syslog {
                     fds.push(PollFd::new(syslog.as_fd(), PollFlags::POLLIN));
+                }
+                if let Some(bus) = &self.bus {
+                    let mut flags = PollFlags::POLLIN;
+                    if bus.wants_write() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    fds.push(PollFd::new(bus.fd(), flags));
                 }
                 fds.extend(
                     notify
@@ -329,6 +351,7 @@ impl Manager {
             for (name, socket) in &notify {
                 self.read_notify(name, socket);
             }
+            self.read_bus();
             self.accept();
             self.tick();
             self.finish_jobs();
@@ -492,6 +515,9 @@ impl Manager {
                     if phase == Phase::WaitPidFile {
                         self.check_pid_file(name);
                     }
+                    if phase == Phase::WaitBusName && self.bus.is_none() {
+                        self.connect_bus();
+                    }
                     if matches!(phase, Phase::SigTerm | Phase::SigKill) {
                         self.check_stopped(name);
                     }
@@ -590,18 +616,28 @@ impl Manager {
                     Ok(()) => {
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         if main {
-                            r.phase = if matches!(
-                                service.kind,
-                                ServiceType::Notify | ServiceType::NotifyReload
-                            ) {
-                                Phase::WaitReady
-                            } else {
-                                r.ready = true;
-                                r.pending = service.exec_start_post.iter().cloned().collect();
-                                Phase::StartPost
+                            r.phase = match service.kind {
+                                ServiceType::Notify | ServiceType::NotifyReload => Phase::WaitReady,
+                                ServiceType::Dbus => Phase::WaitBusName,
+                                _ => {
+                                    r.ready = true;
+                                    r.pending = service.exec_start_post.iter().cloned().collect();
+                                    Phase::StartPost
+                                }
                             };
                         }
-                        if r.control.is_some() || r.phase == Phase::WaitReady {
+                        if r.phase == Phase::WaitBusName && main {
+                            let bus_name = service.bus_name.clone().unwrap_or_default();
+                            r.status_text = Some(format!(
+                                "waiting for bus name {bus_name} on the VM's D-Bus system bus"
+                            ));
+                            log_line(r, &format!("feather: waiting for bus name {bus_name}"));
+                            self.watch_bus_name(&bus_name);
+                            return;
+                        }
+                        if r.control.is_some()
+                            || matches!(r.phase, Phase::WaitReady | Phase::WaitBusName)
+                        {
                             return;
                         }
                         continue;
@@ -834,7 +870,20 @@ impl Manager {
                 self.check_stopped(name);
             }
             State::Activating => {
-                let why = format!("main process {} before it was ready", code.describe());
+                let mut why = format!("main process {} before it was ready", code.describe());
+                if r.phase == Phase::WaitBusName {
+                    let bus_name = r.unit.service.as_ref().and_then(|s| s.bus_name.clone());
+                    why.push_str(&format!(
+                        " (its bus name {} never appeared",
+                        bus_name.unwrap_or_default()
+                    ));
+                    match &self.bus_problem {
+                        Some(problem) => why.push_str(&format!(
+                            "; the VM's D-Bus system bus could not be reached: {problem}; is dbus running in this VM?)"
+                        )),
+                        None => why.push(')'),
+                    }
+                }
                 self.fail_and_clean(name, why);
             }
             State::Active => {
@@ -1050,11 +1099,39 @@ impl Manager {
                     .as_ref()
                     .and_then(|s| s.timeout_start)
                     .unwrap_or_default();
-                let why = format!(
-                    "timed out after {}s while in {} (TimeoutStartSec=)",
-                    timeout.as_secs(),
-                    r.phase.name()
-                );
+                let why = if r.phase == Phase::WaitBusName {
+                    let bus_name = r
+                        .unit
+                        .service
+                        .as_ref()
+                        .and_then(|s| s.bus_name.clone())
+                        .unwrap_or_default();
+                    let mut why = format!(
+                        "timed out after {}s waiting for its bus name {bus_name} to appear on the VM's D-Bus system bus (Type=dbus, TimeoutStartSec=)",
+                        timeout.as_secs()
+                    );
+                    let silent = self.bus.as_ref().is_some_and(|b| !b.answered());
+                    let problem = self.bus_problem.clone().or_else(|| {
+                        silent.then(|| {
+                            format!(
+                                "{} accepted the connection, but no dbus-daemon answered",
+                                bus::SYSTEM_BUS
+                            )
+                        })
+                    });
+                    if let Some(problem) = &problem {
+                        why.push_str(&format!(
+                            "; the bus could not be reached: {problem} (is dbus running in this VM? `feather service status VM dbus`)"
+                        ));
+                    }
+                    why
+                } else {
+                    format!(
+                        "timed out after {}s while in {} (TimeoutStartSec=)",
+                        timeout.as_secs(),
+                        r.phase.name()
+                    )
+                };
                 self.fail_and_clean(name, why);
             }
             State::Deactivating => {
@@ -1222,6 +1299,113 @@ impl Manager {
         self.advance(name);
     }
 
+    /// Asks the bus about `bus_name` (connecting first if need be; a failed connection is
+    /// retried from `tick` while units wait).
+    fn watch_bus_name(&mut self, bus_name: &str) {
+        if self.bus.is_none() {
+            self.connect_bus();
+            return;
+        }
+        let result = self.bus.as_mut().map(|b| b.watch(bus_name));
+        if let Some(Err(problem)) = result {
+            self.lose_bus(problem);
+        }
+    }
+
+    /// Connects to the VM's system bus, at most every [`BUS_RETRY`], and asks about every bus
+    /// name a unit waits for.
+    fn connect_bus(&mut self) {
+        if self.bus_attempt.is_some_and(|t| t.elapsed() < BUS_RETRY) {
+            return;
+        }
+        self.bus_attempt = Some(Instant::now());
+        let mut connection = match Bus::connect(bus::SYSTEM_BUS) {
+            Ok(connection) => connection,
+            Err(problem) => {
+                self.bus_problem = Some(problem);
+                return;
+            }
+        };
+        for name in self.waited_bus_names() {
+            if let Err(problem) = connection.watch(&name) {
+                self.bus_problem = Some(problem);
+                return;
+            }
+        }
+        self.bus = Some(connection);
+    }
+
+    fn lose_bus(&mut self, problem: String) {
+        self.bus = None;
+        self.bus_problem = Some(problem);
+    }
+
+    /// The BusName= of every unit waiting for its name.
+    fn waited_bus_names(&self) -> BTreeSet<String> {
+        self.units
+            .values()
+            .filter(|r| r.phase == Phase::WaitBusName)
+            .filter_map(|r| r.unit.service.as_ref()?.bus_name.clone())
+            .collect()
+    }
+
+    /// What the bus said: a unit whose bus name got an owner is ready.
+    fn read_bus(&mut self) {
+        let Some(connection) = self.bus.as_mut() else {
+            return;
+        };
+        let events = match connection.process() {
+            Ok(events) => events,
+            Err(problem) => {
+                self.lose_bus(problem);
+                return;
+            }
+        };
+        self.bus_problem = None;
+        for bus::Event::Owner {
+            name: bus_name,
+            owned,
+        } in events
+        {
+            let names: Vec<String> = self
+                .units
+                .iter()
+                .filter(|(_, r)| {
+                    r.unit.service.as_ref().and_then(|s| s.bus_name.as_deref())
+                        == Some(bus_name.as_str())
+                })
+                .map(|(n, _)| n.clone())
+                .collect();
+            for name in names {
+                let Some(r) = self.units.get_mut(&name) else {
+                    continue;
+                };
+                if owned && r.phase == Phase::WaitBusName {
+                    log_line(r, &format!("feather: bus name {bus_name} acquired: ready"));
+                    r.status_text = Some(format!("owns bus name {bus_name}"));
+                    r.ready = true;
+                    r.phase = Phase::StartPost;
+                    r.pending = r
+                        .unit
+                        .service
+                        .as_ref()
+                        .map(|s| s.exec_start_post.iter().cloned().collect())
+                        .unwrap_or_default();
+                    self.advance(&name);
+                } else if !owned && r.state == State::Active && r.ready {
+                    log_line(r, &format!("feather: bus name {bus_name} lost its owner"));
+                    r.status_text = Some(format!("bus name {bus_name} has no owner"));
+                } else if owned && r.state == State::Active {
+                    r.status_text = Some(format!("owns bus name {bus_name}"));
+                }
+            }
+        }
+        // Nothing waits any more: let the connection go (the bus may be stopped later).
+        if self.waited_bus_names().is_empty() && !self.units.values().any(is_dbus_and_active) {
+            self.bus = None;
+        }
+    }
+
     fn read_notify(&mut self, name: &str, socket: &UnixDatagram) {
         let mut buffer = [0u8; 4096];
         while let Ok(n) = socket.recv(&mut buffer) {
@@ -1294,6 +1478,14 @@ impl Exit {
     }
 }
 
+fn is_dbus_and_active(r: &Runtime) -> bool {
+    r.state == State::Active
+        && r.unit
+            .service
+            .as_ref()
+            .is_some_and(|s| s.kind == ServiceType::Dbus)
+}
+
 /// Stops listening: closes a socket unit's sockets and removes its socket files.
 fn close_sockets(r: &mut Runtime) {
     for bound in r.listeners.drain(..) {
@@ -1324,7 +1516,7 @@ fn phase_setting(phase: Phase) -> &'static str {
     match phase {
         Phase::Condition => "ExecCondition",
         Phase::StartPre => "ExecStartPre",
-        Phase::Start | Phase::WaitReady | Phase::WaitPidFile => "ExecStart",
+        Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "ExecStart",
         Phase::StartPost => "ExecStartPost",
         Phase::Stop => "ExecStop",
         Phase::StopPost => "ExecStopPost",
