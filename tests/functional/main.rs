@@ -17,3 +17,4 @@ mod network;
 mod recovery;
 mod services;
 mod services_dbus;
+mod services_state;

@@ -9,6 +9,7 @@
 //! - [`infra`]: host-infrastructure units that are not duplicated, and what stands in for them
 //! - [`catalog`]: the host's services and whether each can be duplicated
 //! - [`manager`]: the in-VM service manager
+//! - [`state`]: empty state for a service (`--fresh-state`): its data folders and initialiser
 //! - [`tmpfiles`]: the host's `tmpfiles.d` folders under `/run`, made in a VM's fresh `/run`
 
 pub mod catalog;
@@ -21,6 +22,7 @@ pub mod name;
 pub mod paths;
 mod raw;
 pub mod specifier;
+pub mod state;
 pub mod syntax;
 pub mod sysv;
 pub mod tmpfiles;

@@ -29,7 +29,7 @@ use nix::unistd::Pid;
 
 use super::bus::{self, Bus};
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
-use super::protocol::{self, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
+use super::protocol::{self, FreshState, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
 use super::spawn::{self, Identity};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
@@ -37,7 +37,7 @@ use crate::name::UnitName;
 use crate::paths::UnitPaths;
 use crate::unit::{KillMode, Restart, ServiceType, Unit};
 use crate::words::ExecCommand;
-use crate::{catalog, conditions};
+use crate::{catalog, conditions, state};
 
 mod requests;
 
@@ -85,6 +85,8 @@ impl State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
+    /// `--fresh-state`: the package's initialiser runs in the emptied data folders.
+    FreshState,
     Condition,
     StartPre,
     Start,
@@ -106,6 +108,7 @@ impl Phase {
     fn name(self) -> &'static str {
         match self {
             Phase::Idle => "dead",
+            Phase::FreshState => "fresh-state",
             Phase::Condition => "condition",
             Phase::StartPre => "start-pre",
             Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "start",
@@ -159,6 +162,8 @@ struct Runtime {
     start_after_stop: bool,
     /// Why the last reload failed.
     reload_error: Option<String>,
+    /// `--fresh-state`: the folders to empty and the initialiser, for the next start only.
+    fresh: Option<state::Plan>,
 }
 
 impl Runtime {
@@ -192,6 +197,7 @@ impl Runtime {
             listeners: Vec::new(),
             start_after_stop: false,
             reload_error: None,
+            fresh: None,
         }
     }
 
@@ -576,6 +582,22 @@ impl Manager {
             return;
         };
         r.deadline = service.timeout_start.map(|t| Instant::now() + t);
+        if let Some(plan) = &r.fresh {
+            // Before the unit's *Directory= folders are made (again) below.
+            for (folder, why) in plan.folders.clone() {
+                log_line(
+                    r,
+                    &format!(
+                        "feather: fresh state: {} ({why}) replaced by an empty folder in the VM's layer",
+                        folder.display()
+                    ),
+                );
+                if let Err(e) = state::empty_folder(&folder) {
+                    fail(r, format!("fresh state: {e}"));
+                    return;
+                }
+            }
+        }
         let prepared = spawn::identity(&r.unit).and_then(|identity| {
             let dirs = spawn::make_directories(&r.unit, &identity)?;
             let env = spawn::environment(&r.unit, &identity, &dirs)?;
@@ -593,7 +615,21 @@ impl Manager {
                 return;
             }
         }
-        r.pending = service.exec_condition.iter().cloned().collect();
+        match &r.fresh {
+            Some(plan) => {
+                r.phase = Phase::FreshState;
+                r.status_text = Some(format!(
+                    "fresh state: initialising {}",
+                    plan.folders
+                        .iter()
+                        .map(|(p, _)| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+                r.pending = plan.initialise.iter().cloned().collect();
+            }
+            None => r.pending = service.exec_condition.iter().cloned().collect(),
+        }
         self.advance(name);
     }
 
@@ -655,6 +691,17 @@ impl Manager {
             }
             let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
             match r.phase {
+                Phase::FreshState => {
+                    if let Some(plan) = r.fresh.take() {
+                        if let Err(e) = state::mark_done(name, &plan) {
+                            log_line(r, &format!("feather: fresh state: {e}"));
+                        }
+                        log_line(r, "feather: fresh state: ready");
+                    }
+                    r.status_text = None;
+                    r.phase = Phase::Condition;
+                    r.pending = service.exec_condition.iter().cloned().collect();
+                }
                 Phase::Condition => {
                     r.phase = Phase::StartPre;
                     r.pending = service.exec_start_pre.iter().cloned().collect();
@@ -935,7 +982,7 @@ impl Manager {
         if on_failure.is_empty() {
             return;
         }
-        if let Err(why) = self.request_start(&on_failure) {
+        if let Err(why) = self.request_start(&on_failure, FreshState::No) {
             if let Some(r) = self.units.get_mut(name) {
                 log_line(
                     r,
@@ -1514,6 +1561,7 @@ fn log_line(r: &mut Runtime, line: &str) {
 
 fn phase_setting(phase: Phase) -> &'static str {
     match phase {
+        Phase::FreshState => "fresh state: initialiser",
         Phase::Condition => "ExecCondition",
         Phase::StartPre => "ExecStartPre",
         Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "ExecStart",
