@@ -16,5 +16,6 @@ mod migrate;
 mod network;
 mod recovery;
 mod services;
+mod services_accept;
 mod services_dbus;
 mod services_state;

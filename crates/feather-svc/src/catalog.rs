@@ -162,6 +162,15 @@ pub fn why_not(paths: &UnitPaths, unit: &Unit, name: &UnitName) -> Option<String
 
 /// The checks systemd makes when it loads a service, beyond syntax.
 pub fn validate(unit: &Unit) -> Result<(), String> {
+    if let Some(socket) = unit.socket.as_ref().filter(|s| s.accept) {
+        if let Some(service) = &socket.service {
+            return Err(format!(
+                "{} has Accept=yes and Service={service}: an accepting socket starts instances of {}@.service, Service= is not allowed with it",
+                unit.name,
+                unit.name.stem()
+            ));
+        }
+    }
     let Some(service) = &unit.service else {
         return Ok(());
     };

@@ -117,3 +117,12 @@ pub fn reserve_low_fds(count: RawFd) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Takes ownership of a descriptor that a system call (accept4) has just returned.
+pub fn owned(fd: RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller passes a descriptor the kernel has just handed out (accept4's
+    // result): it is open and no other value owns it, so it is closed exactly once, by the
+    // OwnedFd.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}

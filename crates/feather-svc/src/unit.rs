@@ -160,6 +160,30 @@ pub struct Directories {
     pub mode: u32,
 }
 
+/// Where a service's stdin comes from: nothing, or (with `Accept=yes` sockets, inetd-style)
+/// the connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StandardInput {
+    #[default]
+    Null,
+    Socket,
+    /// A terminal, a file, data, an fd: read, not applied in a VM (stdin is /dev/null).
+    Other,
+}
+
+/// Where stdout and stderr go: the unit's log, or (for `socket`, and for `inherit` when stdin
+/// is the connection) the connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StandardOutput {
+    #[default]
+    Log,
+    Inherit,
+    Socket,
+    Null,
+}
+
 /// How a process of the unit runs: the settings shared by services and sockets.
 #[derive(Clone, Debug, Serialize)]
 pub struct ExecContext {
@@ -175,6 +199,9 @@ pub struct ExecContext {
     pub limits: Vec<(String, Limit)>,
     pub syslog_identifier: Option<String>,
     pub dynamic_user: bool,
+    pub standard_input: StandardInput,
+    pub standard_output: StandardOutput,
+    pub standard_error: StandardOutput,
 }
 
 impl Default for ExecContext {
@@ -199,6 +226,9 @@ impl Default for ExecContext {
             limits: Vec::new(),
             syslog_identifier: None,
             dynamic_user: false,
+            standard_input: StandardInput::Null,
+            standard_output: StandardOutput::Inherit,
+            standard_error: StandardOutput::Inherit,
         }
     }
 }
@@ -280,6 +310,21 @@ impl Default for Service {
     }
 }
 
+impl Default for Socket {
+    fn default() -> Self {
+        Socket {
+            listen: Vec::new(),
+            accept: false,
+            service: None,
+            socket_mode: None,
+            socket_user: None,
+            socket_group: None,
+            file_descriptor_name: None,
+            max_connections: 64,
+        }
+    }
+}
+
 /// The socket of the D-Bus system bus, which `Type=dbus` services require.
 pub const DBUS_SOCKET: &str = "dbus.socket";
 
@@ -303,7 +348,7 @@ pub struct Listen {
     pub address: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Socket {
     pub listen: Vec<Listen>,
     pub accept: bool,
@@ -312,6 +357,8 @@ pub struct Socket {
     pub socket_user: Option<String>,
     pub socket_group: Option<String>,
     pub file_descriptor_name: Option<String>,
+    /// `Accept=yes`: the most instances that run at once; more connections are refused.
+    pub max_connections: u32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -592,6 +639,27 @@ impl Unit {
                 exec.runtime_directory_preserve = raw == "restart" || values::boolean(raw)?
             }
             "SyslogIdentifier" => exec.syslog_identifier = non_empty(expand(raw)?),
+            "StandardInput" => {
+                exec.standard_input = match raw {
+                    "" | "null" => StandardInput::Null,
+                    "socket" => StandardInput::Socket,
+                    _ => StandardInput::Other,
+                }
+            }
+            "StandardOutput" | "StandardError" => {
+                let value = match raw {
+                    "" | "inherit" => StandardOutput::Inherit,
+                    "socket" => StandardOutput::Socket,
+                    "null" => StandardOutput::Null,
+                    // journal, kmsg, syslog, tty, files: the unit's log stands in for them.
+                    _ => StandardOutput::Log,
+                };
+                if key == "StandardOutput" {
+                    exec.standard_output = value;
+                } else {
+                    exec.standard_error = value;
+                }
+            }
             k if k.starts_with("Limit") => {
                 if !values::LIMITS.contains(&k) {
                     return Err(format!("unknown resource limit {k}"));
@@ -807,6 +875,11 @@ impl Unit {
             "SocketUser" => socket.socket_user = non_empty(expand(raw)?),
             "SocketGroup" => socket.socket_group = non_empty(expand(raw)?),
             "FileDescriptorName" => socket.file_descriptor_name = non_empty(expand(raw)?),
+            "MaxConnections" => {
+                socket.max_connections = raw
+                    .parse()
+                    .map_err(|_| format!("MaxConnections={raw:?} is not a number"))?
+            }
             other => self.note_not_applied("Socket", other),
         }
         Ok(())

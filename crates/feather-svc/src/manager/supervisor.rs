@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -164,6 +164,12 @@ struct Runtime {
     reload_error: Option<String>,
     /// `--fresh-state`: the folders to empty and the initialiser, for the next start only.
     fresh: Option<state::Plan>,
+    /// An instance started for one connection of an `Accept=yes` socket: that socket's name.
+    instance_of: Option<String>,
+    /// Its connection, until its main process has it.
+    connection: Option<OwnedFd>,
+    /// For an `Accept=yes` socket: the connections accepted so far (numbering instances).
+    accepted: u64,
 }
 
 impl Runtime {
@@ -198,6 +204,9 @@ impl Runtime {
             start_after_stop: false,
             reload_error: None,
             fresh: None,
+            instance_of: None,
+            connection: None,
+            accepted: 0,
         }
     }
 
@@ -312,6 +321,18 @@ impl Manager {
                     .units
                     .values()
                     .any(|r| !r.state.settled() || r.restart_at.is_some() || r.stop_pending);
+            // The listening sockets of Accept=yes socket units (duplicates, so the poll set
+            // does not borrow the units).
+            let accepting: Vec<(String, OwnedFd)> = self
+                .units
+                .iter()
+                .filter(|(_, r)| r.state == State::Active && is_accepting(r))
+                .flat_map(|(n, r)| {
+                    r.listeners
+                        .iter()
+                        .filter_map(|b| Some((n.clone(), b.fd.try_clone().ok()?)))
+                })
+                .collect();
             let notify: Vec<(String, UnixDatagram)> = self
                 .units
                 .iter()
@@ -325,6 +346,11 @@ impl Manager {
                 if let Some(syslog) = &self.syslog {
                     fds.push(PollFd::new(syslog.as_fd(), PollFlags::POLLIN));
                 }
+                fds.extend(
+                    accepting
+                        .iter()
+                        .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+                );
                 if let Some(bus) = &self.bus {
                     let mut flags = PollFlags::POLLIN;
                     if bus.wants_write() {
@@ -358,9 +384,13 @@ impl Manager {
                 self.read_notify(name, socket);
             }
             self.read_bus();
+            for (name, fd) in &accepting {
+                self.accept_connections(name, fd);
+            }
             self.accept();
             self.tick();
             self.finish_jobs();
+            self.collect_instances();
             if self.shutting_down
                 && self
                     .units
@@ -538,6 +568,28 @@ impl Manager {
         }
     }
 
+    /// Instances of Accept=yes sockets are forgotten once they ended cleanly (as systemd
+    /// collects them); failed ones stay listed until the socket is started again.
+    fn collect_instances(&mut self) {
+        let in_jobs: BTreeSet<&String> = self.jobs.iter().flat_map(|j| &j.units).collect();
+        let done: Vec<String> = self
+            .units
+            .iter()
+            .filter(|(n, r)| {
+                r.instance_of.is_some()
+                    && r.state == State::Inactive
+                    && r.restart_at.is_none()
+                    && !r.stop_pending
+                    && !r.start_after_stop
+                    && !in_jobs.contains(n)
+            })
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in done {
+            self.units.remove(&name);
+        }
+    }
+
     fn begin_start(&mut self, name: &str) {
         let Some(r) = self.units.get_mut(name) else {
             return;
@@ -569,7 +621,12 @@ impl Manager {
             // Targets are reached when their dependencies are; other unit types have no
             // processes of their own here.
             if r.unit.socket.is_some() {
-                match sockets::bind(&r.unit) {
+                match sockets::bind(&r.unit).and_then(|bound| {
+                    if is_accepting(r) {
+                        sockets::prepare_accepting(&r.unit, &bound)?;
+                    }
+                    Ok(bound)
+                }) {
                     Ok(bound) => r.listeners = bound,
                     Err(why) => {
                         fail(r, why);
@@ -788,6 +845,12 @@ impl Manager {
             Vec::new()
         };
         let r = self.units.get_mut(name).ok_or("unit vanished")?;
+        // An instance of an Accept=yes socket: its connection is its one socket.
+        let mut listen = listen;
+        let connection = if main { r.connection.as_ref() } else { None };
+        if let Some(connection) = connection {
+            listen = vec![(connection.as_raw_fd(), "connection".to_owned())];
+        }
         let identity = r.identity.clone().ok_or("no identity")?;
         let mut env = r.env.clone();
         if let Some(pid) = r.main_pid {
@@ -800,7 +863,15 @@ impl Manager {
             ));
         }
         let log = r.log.as_ref().ok_or("no log")?;
-        let mut process = spawn::command(&r.unit, command, &identity, &env, log, &listen)?;
+        let mut process = spawn::command(
+            &r.unit,
+            command,
+            &identity,
+            &env,
+            log,
+            &listen,
+            connection.map(|c| c.as_fd()),
+        )?;
         let phase = r.phase.name();
         log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
         let child = process
@@ -812,6 +883,9 @@ impl Manager {
         r.sessions.insert(pid.as_raw());
         if main {
             r.main_pid = Some(pid);
+            // The service holds the connection now; the manager's copy would keep it open
+            // after the service closed it.
+            r.connection = None;
         } else {
             r.control = Some((pid, command.clone()));
         }
@@ -1346,6 +1420,76 @@ impl Manager {
         self.advance(name);
     }
 
+    /// Accepts the connections waiting on one listening socket of the `Accept=yes` socket
+    /// `name`, and starts an instance of its template service for each (`echo@.service` as
+    /// `echo@3-127.0.0.1:7777-127.0.0.1:41234.service`, as systemd names them).
+    fn accept_connections(&mut self, name: &str, listener: &OwnedFd) {
+        loop {
+            let connection = match sockets::accept(listener) {
+                Ok(Some(connection)) => connection,
+                Ok(None) => return,
+                Err(e) => {
+                    if let Some(r) = self.units.get_mut(name) {
+                        log_line(r, &format!("feather: accept: {e}"));
+                    }
+                    return;
+                }
+            };
+            let Some(socket) = self.units.get(name) else {
+                return;
+            };
+            let max = socket
+                .unit
+                .socket
+                .as_ref()
+                .map_or(64, |s| s.max_connections);
+            let running = self
+                .units
+                .values()
+                .filter(|o| o.instance_of.as_deref() == Some(name))
+                .filter(|o| !matches!(o.state, State::Inactive | State::Failed))
+                .count();
+            let number = socket.accepted;
+            let template = format!("{}@.service", socket.unit.name.stem());
+            let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+            r.accepted += 1;
+            r.status_text = Some(format!("{} connections accepted", r.accepted));
+            if running >= max as usize {
+                log_line(
+                    r,
+                    &format!("feather: connection refused: {running} instances run (MaxConnections={max})"),
+                );
+                continue;
+            }
+            let instance = sockets::instance_name(number, &connection);
+            let loaded = UnitName::parse(&template)
+                .map(|t| t.with_instance(&instance))
+                .map_err(|e| e.to_string())
+                .and_then(|n| self.paths.load(&n).map_err(|e| e.to_string()));
+            let unit = match loaded {
+                Ok(unit) => unit,
+                Err(e) => {
+                    let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+                    log_line(
+                        r,
+                        &format!("feather: connection closed: its service cannot be loaded: {e}"),
+                    );
+                    continue;
+                }
+            };
+            let instance_name = unit.name.to_string();
+            let mut runtime = Runtime::new(unit);
+            runtime.pulled_by = Some(format!("{name} (accepted a connection)"));
+            runtime.instance_of = Some(name.to_owned());
+            runtime.connection = Some(connection);
+            runtime.set(State::Waiting, Phase::Idle);
+            if let Err(why) = catalog::validate(&runtime.unit) {
+                fail(&mut runtime, why);
+            }
+            self.units.insert(instance_name, runtime);
+        }
+    }
+
     /// Asks the bus about `bus_name` (connecting first if need be; a failed connection is
     /// retried from `tick` while units wait).
     fn watch_bus_name(&mut self, bus_name: &str) {
@@ -1523,6 +1667,11 @@ impl Exit {
             },
         }
     }
+}
+
+/// A socket unit with `Accept=yes`: the manager accepts its connections itself.
+fn is_accepting(r: &Runtime) -> bool {
+    r.unit.socket.as_ref().is_some_and(|s| s.accept)
 }
 
 fn is_dbus_and_active(r: &Runtime) -> bool {
