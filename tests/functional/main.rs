@@ -19,3 +19,4 @@ mod services;
 mod services_accept;
 mod services_dbus;
 mod services_state;
+mod services_timers;

@@ -361,6 +361,23 @@ pub struct Socket {
     pub max_connections: u32,
 }
 
+/// A timer unit's `[Timer]`: when it starts the unit it triggers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timer {
+    /// `OnActiveSec=`: after the timer itself started.
+    pub on_active: Vec<Duration>,
+    /// `OnBootSec=` and `OnStartupSec=`: after the VM started (its init).
+    pub on_boot: Vec<Duration>,
+    /// `OnUnitActiveSec=`: after the triggered unit was last started.
+    pub on_unit_active: Vec<Duration>,
+    /// `OnUnitInactiveSec=`: after the triggered unit last stopped.
+    pub on_unit_inactive: Vec<Duration>,
+    /// `OnCalendar=` as written; parsed when the timer starts ([`crate::calendar`]).
+    pub on_calendar: Vec<String>,
+    /// `Unit=`; by default the service of the timer's name.
+    pub unit: Option<String>,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Condition {
     /// `ConditionPathExists`, `AssertFileNotEmpty`, …
@@ -402,6 +419,8 @@ pub struct Unit {
     pub service: Option<Service>,
     /// Present for `.socket` units.
     pub socket: Option<Socket>,
+    /// Present for `.timer` units.
+    pub timer: Option<Timer>,
     /// Settings read but not applied inside a VM, as `Section.Key`, once each.
     pub not_applied: Vec<String>,
 }
@@ -410,6 +429,7 @@ impl Unit {
     pub fn new(name: UnitName) -> Unit {
         let service = (name.kind() == "service").then(Service::default);
         let socket = (name.kind() == "socket").then(Socket::default);
+        let timer = (name.kind() == "timer").then(Timer::default);
         Unit {
             name,
             fragment: None,
@@ -424,6 +444,7 @@ impl Unit {
             exec: ExecContext::default(),
             service,
             socket,
+            timer,
             not_applied: Vec::new(),
         }
     }
@@ -456,6 +477,7 @@ impl Unit {
                 }
                 Ok(())
             }
+            "Timer" if self.timer.is_some() => self.apply_timer(key, raw, &expand),
             section if section.starts_with("X-") => Ok(()),
             section => {
                 // A [Timer], [Mount], … of a unit feather never starts, or a section of another
@@ -883,6 +905,56 @@ impl Unit {
             other => self.note_not_applied("Socket", other),
         }
         Ok(())
+    }
+}
+
+impl Unit {
+    fn apply_timer(
+        &mut self,
+        key: &str,
+        raw: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), String> {
+        let Some(timer) = self.timer.as_mut() else {
+            return Ok(());
+        };
+        let spans = match key {
+            "OnActiveSec" => Some(&mut timer.on_active),
+            "OnBootSec" | "OnStartupSec" => Some(&mut timer.on_boot),
+            "OnUnitActiveSec" => Some(&mut timer.on_unit_active),
+            "OnUnitInactiveSec" => Some(&mut timer.on_unit_inactive),
+            _ => None,
+        };
+        if let Some(spans) = spans {
+            if raw.is_empty() {
+                spans.clear();
+            } else if let Some(span) = values::timespan(raw, Duration::from_secs(1))? {
+                spans.push(span);
+            }
+            return Ok(());
+        }
+        match key {
+            "OnCalendar" if raw.is_empty() => timer.on_calendar.clear(),
+            "OnCalendar" => timer.on_calendar.push(raw.to_owned()),
+            "Unit" => {
+                let value = expand(raw)?;
+                UnitName::parse(&value).map_err(|e| e.to_string())?;
+                timer.unit = non_empty(value);
+            }
+            other => self.note_not_applied("Timer", other),
+        }
+        Ok(())
+    }
+
+    /// The unit a timer starts: `Unit=`, or the service of its own name.
+    pub fn timer_target(&self) -> Option<String> {
+        let timer = self.timer.as_ref()?;
+        Some(
+            timer
+                .unit
+                .clone()
+                .unwrap_or_else(|| format!("{}.service", self.name.stem())),
+        )
     }
 }
 

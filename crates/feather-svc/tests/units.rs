@@ -461,3 +461,32 @@ fn bus_name_makes_a_service_type_dbus_and_type_dbus_requires_the_bus() {
     let why = feather_svc::catalog::validate(&t.load("nameless.service")).unwrap_err();
     assert!(why.contains("Type=dbus but has no BusName="), "{why}");
 }
+
+#[test]
+fn timer_settings() {
+    let t = Tree::new("timers");
+    t.lib(
+        "apt-like.timer",
+        "[Timer]\nOnBootSec=15min\nOnUnitActiveSec=1d\nOnCalendar=*-*-* 6,18:00\nOnCalendar=daily\nRandomizedDelaySec=12h\n",
+    );
+    let unit = t.load("apt-like.timer");
+    let timer = unit.timer.as_ref().unwrap();
+    assert_eq!(timer.on_boot, [Duration::from_secs(900)]);
+    assert_eq!(timer.on_unit_active, [Duration::from_secs(86_400)]);
+    assert_eq!(timer.on_calendar, ["*-*-* 6,18:00", "daily"]);
+    assert_eq!(unit.timer_target().as_deref(), Some("apt-like.service"));
+    assert!(unit
+        .not_applied
+        .contains(&"Timer.RandomizedDelaySec".to_owned()));
+    t.lib(
+        "other.timer",
+        "[Timer]\nOnActiveSec=5\nUnit=job.service\nOnCalendar=daily\nOnCalendar=\n",
+    );
+    let other = t.load("other.timer");
+    assert_eq!(other.timer_target().as_deref(), Some("job.service"));
+    assert_eq!(
+        other.timer.as_ref().unwrap().on_active,
+        [Duration::from_secs(5)]
+    );
+    assert!(other.timer.as_ref().unwrap().on_calendar.is_empty());
+}

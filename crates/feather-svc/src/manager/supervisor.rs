@@ -170,7 +170,27 @@ struct Runtime {
     connection: Option<OwnedFd>,
     /// For an `Accept=yes` socket: the connections accepted so far (numbering instances).
     accepted: u64,
+    /// For a timer: when it started, its calendar events, when it last triggered its unit,
+    /// and when it next does.
+    timer: Option<TimerRun>,
+    /// When the unit was last started and last stopped (a timer's OnUnitActiveSec= and
+    /// OnUnitInactiveSec= count from them).
+    last_activated: Option<Instant>,
+    last_deactivated: Option<Instant>,
 }
+
+/// A running timer.
+struct TimerRun {
+    started: Instant,
+    started_wall: i64,
+    calendar: Vec<crate::calendar::CalendarSpec>,
+    last_trigger: Option<(Instant, i64)>,
+    next: Option<Instant>,
+    target: String,
+}
+
+/// When a timer is next due; for a calendar event also its local wall-clock time.
+type Elapse = (Instant, Option<i64>);
 
 impl Runtime {
     fn new(unit: Unit) -> Runtime {
@@ -207,6 +227,9 @@ impl Runtime {
             instance_of: None,
             connection: None,
             accepted: 0,
+            timer: None,
+            last_activated: None,
+            last_deactivated: None,
         }
     }
 
@@ -225,6 +248,13 @@ impl Runtime {
             state: self.state.name().into(),
             sub: match (self.state, self.phase) {
                 (State::Active, _) if !self.listeners.is_empty() => "listening".into(),
+                (State::Active, _) if self.timer.is_some() => {
+                    if self.timer.as_ref().is_some_and(|t| t.next.is_some()) {
+                        "waiting".into()
+                    } else {
+                        "elapsed".into()
+                    }
+                }
                 (State::Active, Phase::Running) if self.main_pid.is_none() => "exited".into(),
                 (State::Failed, _) => "failed".into(),
                 (State::Waiting, _) => "waiting".into(),
@@ -266,6 +296,8 @@ pub struct Manager {
     shutting_down: bool,
     /// The VM's /dev/log, if the manager holds it.
     syslog: Option<UnixDatagram>,
+    /// When the VM started (its init): timers' OnBootSec= count from it.
+    vm_boot: Instant,
     /// The connection to the VM's own D-Bus system bus, while Type=dbus units need it.
     bus: Option<Bus>,
     /// Why the bus could not be reached (or was lost), for the messages of waiting units.
@@ -307,6 +339,7 @@ impl Manager {
             signals,
             shutting_down: false,
             syslog: syslog::listen(),
+            vm_boot: vm_boot(),
             bus: None,
             bus_problem: None,
             bus_attempt: None,
@@ -367,9 +400,17 @@ impl Manager {
                     .units
                     .values()
                     .any(|r| r.state == State::Active && r.main_pid.is_some());
+                let next_timer = self
+                    .units
+                    .values()
+                    .filter_map(|r| r.timer.as_ref()?.next)
+                    .min()
+                    .map(|at| at.saturating_duration_since(Instant::now()));
                 let timeout = if busy {
                     PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX)
-                } else if watching {
+                } else if let Some(wait) = next_timer.filter(|w| *w < LIVENESS_CHECK) {
+                    PollTimeout::try_from(wait.max(TICK)).unwrap_or(PollTimeout::MAX)
+                } else if watching || next_timer.is_some() {
                     PollTimeout::try_from(LIVENESS_CHECK).unwrap_or(PollTimeout::MAX)
                 } else {
                     PollTimeout::NONE
@@ -388,6 +429,7 @@ impl Manager {
                 self.accept_connections(name, fd);
             }
             self.accept();
+            self.run_timers();
             self.tick();
             self.finish_jobs();
             self.collect_instances();
@@ -568,6 +610,108 @@ impl Manager {
         }
     }
 
+    /// Starts the units of the timers that elapsed, and works out when each timer is next due.
+    fn run_timers(&mut self) {
+        let now = Instant::now();
+        let timers: Vec<String> = self
+            .units
+            .iter()
+            .filter(|(_, r)| r.state == State::Active && r.timer.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in timers {
+            let Some(next) = self.next_elapse(&name) else {
+                self.set_timer_next(&name, None);
+                continue;
+            };
+            if next.0 > now {
+                self.set_timer_next(&name, Some(next));
+                continue;
+            }
+            let target = self.units[&name]
+                .timer
+                .as_ref()
+                .map(|t| t.target.clone())
+                .unwrap_or_default();
+            let started = self.request_start(std::slice::from_ref(&target), FreshState::No);
+            let r = self.units.get_mut(&name).unwrap_or_else(|| unreachable!());
+            match started {
+                Ok(_) => log_line(r, &format!("feather: elapsed: starting {target}")),
+                Err(why) => log_line(
+                    r,
+                    &format!("feather: elapsed: cannot start {target}: {why}"),
+                ),
+            }
+            if let Some(timer) = r.timer.as_mut() {
+                timer.last_trigger = Some((now, local_now()));
+            }
+            let next = self.next_elapse(&name);
+            self.set_timer_next(&name, next);
+        }
+    }
+
+    fn set_timer_next(&mut self, name: &str, next: Option<Elapse>) {
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
+        let Some(timer) = r.timer.as_mut() else {
+            return;
+        };
+        timer.next = next.map(|(at, _)| at);
+        r.status_text = Some(match next {
+            Some((at, wall)) => {
+                let wall = wall.unwrap_or_else(|| {
+                    local_now()
+                        + at.saturating_duration_since(Instant::now())
+                            .as_secs_f64()
+                            .ceil() as i64
+                });
+                format!("next: {} → {}", crate::calendar::format(wall), timer.target)
+            }
+            None => format!("elapsed: nothing left to trigger {}", timer.target),
+        });
+    }
+
+    /// When the timer `name` is next due: the earliest of its settings that has not
+    /// triggered yet (a time at or before its last trigger counts as done, as in systemd).
+    fn next_elapse(&self, name: &str) -> Option<Elapse> {
+        let r = self.units.get(name)?;
+        let timer = r.timer.as_ref()?;
+        let settings = r.unit.timer.as_ref()?;
+        let target = self.units.get(&timer.target);
+        let last = timer.last_trigger.map(|(at, _)| at);
+        let mut candidates: Vec<Elapse> = Vec::new();
+        let mut monotonic: Vec<Instant> = Vec::new();
+        monotonic.extend(settings.on_active.iter().map(|d| timer.started + *d));
+        monotonic.extend(settings.on_boot.iter().map(|d| self.vm_boot + *d));
+        if let Some(at) = target.and_then(|t| t.last_activated) {
+            monotonic.extend(settings.on_unit_active.iter().map(|d| at + *d));
+        }
+        if let Some(at) = target.and_then(|t| t.last_deactivated) {
+            monotonic.extend(settings.on_unit_inactive.iter().map(|d| at + *d));
+        }
+        monotonic.retain(|c| last.is_none_or(|l| *c > l));
+        candidates.extend(monotonic.into_iter().map(|at| (at, None)));
+        let base_wall = timer
+            .last_trigger
+            .map_or(timer.started_wall, |(_, wall)| wall);
+        let now = Instant::now();
+        let now_wall = local_now_precise();
+        for spec in &timer.calendar {
+            if let Some(wall) = spec.next_after(base_wall) {
+                let ahead = wall as f64 - now_wall;
+                let at = if ahead >= 0.0 {
+                    now + Duration::from_secs_f64(ahead)
+                } else {
+                    now.checked_sub(Duration::from_secs_f64(-ahead))
+                        .unwrap_or(now)
+                };
+                candidates.push((at, Some(wall)));
+            }
+        }
+        candidates.into_iter().min_by_key(|(at, _)| *at)
+    }
+
     /// Instances of Accept=yes sockets are forgotten once they ended cleanly (as systemd
     /// collects them); failed ones stay listed until the socket is started again.
     fn collect_instances(&mut self) {
@@ -617,9 +761,23 @@ impl Manager {
             }
         }
         r.starts.push_back(Instant::now());
+        r.last_activated = Some(Instant::now());
         let Some(service) = r.unit.service.clone() else {
             // Targets are reached when their dependencies are; other unit types have no
             // processes of their own here.
+            if let Some(target) = r.unit.timer_target() {
+                let loaded = UnitName::parse(&target)
+                    .map_err(|e| e.to_string())
+                    .and_then(|n| self.paths.load(&n).map_err(|e| e.to_string()))
+                    .map_err(|e| format!("the unit it triggers cannot be loaded: {e}"));
+                match loaded.and_then(|_| start_timer(r, target.clone())) {
+                    Ok(timer) => r.timer = Some(timer),
+                    Err(why) => {
+                        fail(r, why);
+                        return;
+                    }
+                }
+            }
             if r.unit.socket.is_some() {
                 match sockets::bind(&r.unit).and_then(|bound| {
                     if is_accepting(r) {
@@ -636,6 +794,10 @@ impl Manager {
             }
             r.ready = true;
             r.set(State::Active, Phase::Running);
+            if r.timer.is_some() {
+                let next = self.next_elapse(name);
+                self.set_timer_next(name, next);
+            }
             return;
         };
         r.deadline = service.timeout_start.map(|t| Instant::now() + t);
@@ -1106,6 +1268,8 @@ impl Manager {
         r.stop_requested = true;
         if r.unit.service.is_none() {
             close_sockets(r);
+            r.timer = None;
+            r.status_text = None;
             let next = if std::mem::take(&mut r.start_after_stop) {
                 State::Waiting
             } else {
@@ -1298,6 +1462,7 @@ impl Manager {
             return;
         };
         spawn::remove_runtime_directories(&r.unit);
+        r.last_deactivated = Some(Instant::now());
         if r.notify.take().is_some() {
             let _ = fs::remove_file(notify_path(name));
         }
@@ -1667,6 +1832,75 @@ impl Exit {
             },
         }
     }
+}
+
+/// The local time as seconds since the epoch (the epoch shifted by the zone's offset).
+fn local_now() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    unix + crate::raw::local_offset(unix)
+}
+
+/// The local time as seconds since the epoch, with their fraction.
+fn local_now_precise() -> f64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    unix + crate::raw::local_offset(unix as i64) as f64
+}
+
+/// When the VM's init started: `/proc/1/stat`'s start time (clock ticks after the host's boot)
+/// against `/proc/uptime`.
+fn vm_boot() -> Instant {
+    let now = Instant::now();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let started = fs::read_to_string("/proc/1/stat").ok().and_then(|s| {
+        let after_name = s.rsplit_once(')')?.1;
+        after_name.split_whitespace().nth(19)?.parse::<f64>().ok()
+    });
+    let uptime = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+    match (started, uptime) {
+        (Some(started), Some(uptime)) if uptime >= started / ticks => now
+            .checked_sub(Duration::from_secs_f64(uptime - started / ticks))
+            .unwrap_or(now),
+        _ => now,
+    }
+}
+
+/// Checks a timer's settings and starts it: it needs something that triggers it, and
+/// calendar events feather understands.
+fn start_timer(r: &Runtime, target: String) -> Result<TimerRun, String> {
+    let settings = r.unit.timer.clone().unwrap_or_default();
+    if settings.on_active.is_empty()
+        && settings.on_boot.is_empty()
+        && settings.on_unit_active.is_empty()
+        && settings.on_unit_inactive.is_empty()
+        && settings.on_calendar.is_empty()
+    {
+        return Err(format!(
+            "{} has no OnActiveSec=, OnBootSec=, OnUnitActiveSec=, OnUnitInactiveSec= or OnCalendar=: nothing would start it",
+            r.unit.name
+        ));
+    }
+    let calendar = settings
+        .on_calendar
+        .iter()
+        .map(|text| crate::calendar::CalendarSpec::parse(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TimerRun {
+        started: Instant::now(),
+        started_wall: local_now(),
+        calendar,
+        last_trigger: None,
+        next: None,
+        target,
+    })
 }
 
 /// A socket unit with `Accept=yes`: the manager accepts its connections itself.
