@@ -56,7 +56,7 @@ pub fn plan(root: &Path, unit: &Unit) -> Result<Plan, String> {
     }
     let known = unit.name.prefix();
     match known {
-        "redis-server" | "redis" => plan.add("/var/lib/redis".into(), "redis's data".into()),
+        "redis-server" | "redis" => plan.add(redis_dir(root, unit), "redis's data".into()),
         "mariadb" | "mysql" => {
             let datadir = mariadb_datadir(root);
             plan.initialise.push(command(&[
@@ -92,6 +92,26 @@ impl Plan {
             self.folders.push((path, why));
         }
     }
+}
+
+/// redis's `dir` as the configuration file its start command names sets it
+/// (`/etc/redis/redis.conf`, or an instance's `redis-%i.conf`), or Debian's default.
+fn redis_dir(root: &Path, unit: &Unit) -> PathBuf {
+    let config = unit
+        .service
+        .iter()
+        .flat_map(|s| &s.exec_start)
+        .flat_map(|c| &c.argv)
+        .find(|a| a.starts_with('/') && a.ends_with(".conf"));
+    let dir = config
+        .and_then(|c| fs::read_to_string(inside(root, c)).ok())
+        .and_then(|text| {
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix("dir "))
+                .map(|d| d.trim().trim_matches('"').to_owned())
+                .rfind(|d| d.starts_with('/'))
+        });
+    dir.map_or_else(|| PathBuf::from("/var/lib/redis"), PathBuf::from)
 }
 
 fn command(argv: &[&str]) -> ExecCommand {

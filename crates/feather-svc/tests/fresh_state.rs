@@ -105,6 +105,19 @@ fn mariadb_follows_its_configured_datadir_and_redis_and_cron_have_known_folders(
         folders(&state::plan(&t.root, &t.load("redis-server.service")).unwrap()),
         [PathBuf::from("/var/lib/redis")]
     );
+    // An instance's own configuration names its folder.
+    t.lib(
+        "redis-server@.service",
+        "[Service]\nExecStart=/usr/bin/redis-server /etc/redis/redis-%i.conf --supervised systemd\n",
+    );
+    t.write(
+        "etc/redis/redis-cache.conf",
+        "port 6380\ndir /var/lib/redis-cache\n",
+    );
+    assert_eq!(
+        folders(&state::plan(&t.root, &t.load("redis-server@cache.service")).unwrap()),
+        [PathBuf::from("/var/lib/redis-cache")]
+    );
     t.lib("cron.service", "[Service]\nExecStart=/usr/sbin/cron -f\n");
     assert_eq!(
         folders(&state::plan(&t.root, &t.load("cron.service")).unwrap()),
