@@ -97,6 +97,27 @@ fn an_accepting_socket_starts_one_service_instance_per_connection() {
     assert_eq!(socket["status_text"], "2 connections accepted", "{socket}");
     let table = feather.ok(&["service", "ls", "acc"]);
     assert!(table.contains("2 connections accepted"), "{table}");
+
+    // A unix socket: the instance is named by the peer's pid and uid.
+    write_unit(
+        &feather,
+        "acc",
+        "uecho.socket",
+        "[Socket]\nListenStream=/run/uecho.sock\nAccept=yes\n",
+    );
+    write_unit(
+        &feather,
+        "acc",
+        "uecho@.service",
+        "[Service]\nExecStart=/bin/echo %i\nStandardOutput=socket\n",
+    );
+    feather.ok(&["service", "start", "acc", "uecho.socket"]);
+    let answer = feather.sh(
+        "acc",
+        "python3 -c 'import os,socket; s=socket.socket(socket.AF_UNIX); s.connect(\"/run/uecho.sock\"); print(os.getpid(), s.makefile().readline().strip())'",
+    );
+    let (pid, instance) = answer.trim().split_once(' ').unwrap();
+    assert_eq!(instance, format!("0-{pid}-0"), "{answer}");
 }
 
 #[test]

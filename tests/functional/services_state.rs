@@ -197,3 +197,30 @@ fn a_vm_created_with_fresh_state_empties_its_services_data_on_its_first_start_on
     let e = feather.fails(&["create", "other", "--fresh-state"]);
     assert!(e.contains("--service"), "{e}");
 }
+
+#[test]
+fn mariadb_with_fresh_state_has_only_the_databases_mariadb_install_db_makes() {
+    let feather = Feather::new("svc-fresh-mariadb");
+    let host_before = listing(Path::new("/var/lib/mysql"));
+    vm(&feather, "my");
+    feather.ok(&["service", "start", "my", "mariadb"]);
+    feather.sh("my", "mariadb -e 'create database feather_kept'");
+    feather.ok(&["service", "stop", "my", "mariadb"]);
+    feather.ok(&["service", "start", "my", "mariadb", "--fresh-state"]);
+    assert_eq!(
+        feather.sh("my", "mariadb -Nse 'show databases' | sort | tr '\\n' ' '"),
+        "information_schema mysql performance_schema sys "
+    );
+    // root reaches it through its socket, as Debian sets it up.
+    assert_eq!(
+        feather.sh("my", "mariadb -Nse 'select user()'"),
+        "root@localhost\n"
+    );
+    assert!(opaque(&feather, "my", "var/lib/mysql"));
+    let status = feather.ok(&["service", "status", "my", "mariadb", "-n", "200"]);
+    assert!(
+        status.contains("fresh-state: mariadb-install-db --user=mysql"),
+        "{status}"
+    );
+    assert_eq!(listing(Path::new("/var/lib/mysql")), host_before);
+}
