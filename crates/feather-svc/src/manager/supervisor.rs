@@ -12,6 +12,9 @@
 //! A unit's processes are found by session: every command starts in a new session, and a
 //! daemon that makes a session of its own is followed by its main pid's session. The manager is
 //! a child subreaper, so daemons that fork away are reparented to it and reaped here.
+//!
+//! Beside this file: `requests` (what clients ask and the answers), `bus_names` (`Type=dbus`
+//! readiness on the VM's bus), `accepting` (`Accept=yes` sockets), `timers` (timer units).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
@@ -39,7 +42,13 @@ use crate::unit::{KillMode, Restart, ServiceType, Unit};
 use crate::words::ExecCommand;
 use crate::{catalog, conditions, state};
 
+mod accepting;
+mod bus_names;
 mod requests;
+mod timers;
+
+use accepting::is_accepting;
+use timers::{start_timer, vm_boot, TimerRun};
 
 /// The most sockets one service can be handed.
 const MAX_PASSED_SOCKETS: RawFd = 32;
@@ -178,19 +187,6 @@ struct Runtime {
     last_activated: Option<Instant>,
     last_deactivated: Option<Instant>,
 }
-
-/// A running timer.
-struct TimerRun {
-    started: Instant,
-    started_wall: i64,
-    calendar: Vec<crate::calendar::CalendarSpec>,
-    last_trigger: Option<(Instant, i64)>,
-    next: Option<Instant>,
-    target: String,
-}
-
-/// When a timer is next due; for a calendar event also its local wall-clock time.
-type Elapse = (Instant, Option<i64>);
 
 impl Runtime {
     fn new(unit: Unit) -> Runtime {
@@ -607,130 +603,6 @@ impl Manager {
                     }
                 }
             }
-        }
-    }
-
-    /// Starts the units of the timers that elapsed, and works out when each timer is next due.
-    fn run_timers(&mut self) {
-        let now = Instant::now();
-        let timers: Vec<String> = self
-            .units
-            .iter()
-            .filter(|(_, r)| r.state == State::Active && r.timer.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in timers {
-            let Some(next) = self.next_elapse(&name) else {
-                self.set_timer_next(&name, None);
-                continue;
-            };
-            if next.0 > now {
-                self.set_timer_next(&name, Some(next));
-                continue;
-            }
-            let target = self.units[&name]
-                .timer
-                .as_ref()
-                .map(|t| t.target.clone())
-                .unwrap_or_default();
-            let started = self.request_start(std::slice::from_ref(&target), FreshState::No);
-            let r = self.units.get_mut(&name).unwrap_or_else(|| unreachable!());
-            match started {
-                Ok(_) => log_line(r, &format!("feather: elapsed: starting {target}")),
-                Err(why) => log_line(
-                    r,
-                    &format!("feather: elapsed: cannot start {target}: {why}"),
-                ),
-            }
-            if let Some(timer) = r.timer.as_mut() {
-                timer.last_trigger = Some((now, local_now()));
-            }
-            let next = self.next_elapse(&name);
-            self.set_timer_next(&name, next);
-        }
-    }
-
-    fn set_timer_next(&mut self, name: &str, next: Option<Elapse>) {
-        let Some(r) = self.units.get_mut(name) else {
-            return;
-        };
-        let Some(timer) = r.timer.as_mut() else {
-            return;
-        };
-        timer.next = next.map(|(at, _)| at);
-        r.status_text = Some(match next {
-            Some((at, wall)) => {
-                let wall = wall.unwrap_or_else(|| {
-                    local_now()
-                        + at.saturating_duration_since(Instant::now())
-                            .as_secs_f64()
-                            .ceil() as i64
-                });
-                format!("next: {} → {}", crate::calendar::format(wall), timer.target)
-            }
-            None => format!("elapsed: nothing left to trigger {}", timer.target),
-        });
-    }
-
-    /// When the timer `name` is next due: the earliest of its settings that has not
-    /// triggered yet (a time at or before its last trigger counts as done, as in systemd).
-    fn next_elapse(&self, name: &str) -> Option<Elapse> {
-        let r = self.units.get(name)?;
-        let timer = r.timer.as_ref()?;
-        let settings = r.unit.timer.as_ref()?;
-        let target = self.units.get(&timer.target);
-        let last = timer.last_trigger.map(|(at, _)| at);
-        let mut candidates: Vec<Elapse> = Vec::new();
-        let mut monotonic: Vec<Instant> = Vec::new();
-        monotonic.extend(settings.on_active.iter().map(|d| timer.started + *d));
-        monotonic.extend(settings.on_boot.iter().map(|d| self.vm_boot + *d));
-        if let Some(at) = target.and_then(|t| t.last_activated) {
-            monotonic.extend(settings.on_unit_active.iter().map(|d| at + *d));
-        }
-        if let Some(at) = target.and_then(|t| t.last_deactivated) {
-            monotonic.extend(settings.on_unit_inactive.iter().map(|d| at + *d));
-        }
-        monotonic.retain(|c| last.is_none_or(|l| *c > l));
-        candidates.extend(monotonic.into_iter().map(|at| (at, None)));
-        let base_wall = timer
-            .last_trigger
-            .map_or(timer.started_wall, |(_, wall)| wall);
-        let now = Instant::now();
-        let now_wall = local_now_precise();
-        for spec in &timer.calendar {
-            if let Some(wall) = spec.next_after(base_wall) {
-                let ahead = wall as f64 - now_wall;
-                let at = if ahead >= 0.0 {
-                    now + Duration::from_secs_f64(ahead)
-                } else {
-                    now.checked_sub(Duration::from_secs_f64(-ahead))
-                        .unwrap_or(now)
-                };
-                candidates.push((at, Some(wall)));
-            }
-        }
-        candidates.into_iter().min_by_key(|(at, _)| *at)
-    }
-
-    /// Instances of Accept=yes sockets are forgotten once they ended cleanly (as systemd
-    /// collects them); failed ones stay listed until the socket is started again.
-    fn collect_instances(&mut self) {
-        let in_jobs: BTreeSet<&String> = self.jobs.iter().flat_map(|j| &j.units).collect();
-        let done: Vec<String> = self
-            .units
-            .iter()
-            .filter(|(n, r)| {
-                r.instance_of.is_some()
-                    && r.state == State::Inactive
-                    && r.restart_at.is_none()
-                    && !r.stop_pending
-                    && !r.start_after_stop
-                    && !in_jobs.contains(n)
-            })
-            .map(|(n, _)| n.clone())
-            .collect();
-        for name in done {
-            self.units.remove(&name);
         }
     }
 
@@ -1585,183 +1457,6 @@ impl Manager {
         self.advance(name);
     }
 
-    /// Accepts the connections waiting on one listening socket of the `Accept=yes` socket
-    /// `name`, and starts an instance of its template service for each (`echo@.service` as
-    /// `echo@3-127.0.0.1:7777-127.0.0.1:41234.service`, as systemd names them).
-    fn accept_connections(&mut self, name: &str, listener: &OwnedFd) {
-        loop {
-            let connection = match sockets::accept(listener) {
-                Ok(Some(connection)) => connection,
-                Ok(None) => return,
-                Err(e) => {
-                    if let Some(r) = self.units.get_mut(name) {
-                        log_line(r, &format!("feather: accept: {e}"));
-                    }
-                    return;
-                }
-            };
-            let Some(socket) = self.units.get(name) else {
-                return;
-            };
-            let max = socket
-                .unit
-                .socket
-                .as_ref()
-                .map_or(64, |s| s.max_connections);
-            let running = self
-                .units
-                .values()
-                .filter(|o| o.instance_of.as_deref() == Some(name))
-                .filter(|o| !matches!(o.state, State::Inactive | State::Failed))
-                .count();
-            let number = socket.accepted;
-            let template = format!("{}@.service", socket.unit.name.stem());
-            let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
-            r.accepted += 1;
-            r.status_text = Some(format!("{} connections accepted", r.accepted));
-            if running >= max as usize {
-                log_line(
-                    r,
-                    &format!("feather: connection refused: {running} instances run (MaxConnections={max})"),
-                );
-                continue;
-            }
-            let instance = sockets::instance_name(number, &connection);
-            let loaded = UnitName::parse(&template)
-                .map(|t| t.with_instance(&instance))
-                .map_err(|e| e.to_string())
-                .and_then(|n| self.paths.load(&n).map_err(|e| e.to_string()));
-            let unit = match loaded {
-                Ok(unit) => unit,
-                Err(e) => {
-                    let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
-                    log_line(
-                        r,
-                        &format!("feather: connection closed: its service cannot be loaded: {e}"),
-                    );
-                    continue;
-                }
-            };
-            let instance_name = unit.name.to_string();
-            let mut runtime = Runtime::new(unit);
-            runtime.pulled_by = Some(format!("{name} (accepted a connection)"));
-            runtime.instance_of = Some(name.to_owned());
-            runtime.connection = Some(connection);
-            runtime.set(State::Waiting, Phase::Idle);
-            if let Err(why) = catalog::validate(&runtime.unit) {
-                fail(&mut runtime, why);
-            }
-            self.units.insert(instance_name, runtime);
-        }
-    }
-
-    /// Asks the bus about `bus_name` (connecting first if need be; a failed connection is
-    /// retried from `tick` while units wait).
-    fn watch_bus_name(&mut self, bus_name: &str) {
-        if self.bus.is_none() {
-            self.connect_bus();
-            return;
-        }
-        let result = self.bus.as_mut().map(|b| b.watch(bus_name));
-        if let Some(Err(problem)) = result {
-            self.lose_bus(problem);
-        }
-    }
-
-    /// Connects to the VM's system bus, at most every [`BUS_RETRY`], and asks about every bus
-    /// name a unit waits for.
-    fn connect_bus(&mut self) {
-        if self.bus_attempt.is_some_and(|t| t.elapsed() < BUS_RETRY) {
-            return;
-        }
-        self.bus_attempt = Some(Instant::now());
-        let mut connection = match Bus::connect(bus::SYSTEM_BUS) {
-            Ok(connection) => connection,
-            Err(problem) => {
-                self.bus_problem = Some(problem);
-                return;
-            }
-        };
-        for name in self.waited_bus_names() {
-            if let Err(problem) = connection.watch(&name) {
-                self.bus_problem = Some(problem);
-                return;
-            }
-        }
-        self.bus = Some(connection);
-    }
-
-    fn lose_bus(&mut self, problem: String) {
-        self.bus = None;
-        self.bus_problem = Some(problem);
-    }
-
-    /// The BusName= of every unit waiting for its name.
-    fn waited_bus_names(&self) -> BTreeSet<String> {
-        self.units
-            .values()
-            .filter(|r| r.phase == Phase::WaitBusName)
-            .filter_map(|r| r.unit.service.as_ref()?.bus_name.clone())
-            .collect()
-    }
-
-    /// What the bus said: a unit whose bus name got an owner is ready.
-    fn read_bus(&mut self) {
-        let Some(connection) = self.bus.as_mut() else {
-            return;
-        };
-        let events = match connection.process() {
-            Ok(events) => events,
-            Err(problem) => {
-                self.lose_bus(problem);
-                return;
-            }
-        };
-        self.bus_problem = None;
-        for bus::Event::Owner {
-            name: bus_name,
-            owned,
-        } in events
-        {
-            let names: Vec<String> = self
-                .units
-                .iter()
-                .filter(|(_, r)| {
-                    r.unit.service.as_ref().and_then(|s| s.bus_name.as_deref())
-                        == Some(bus_name.as_str())
-                })
-                .map(|(n, _)| n.clone())
-                .collect();
-            for name in names {
-                let Some(r) = self.units.get_mut(&name) else {
-                    continue;
-                };
-                if owned && r.phase == Phase::WaitBusName {
-                    log_line(r, &format!("feather: bus name {bus_name} acquired: ready"));
-                    r.status_text = Some(format!("owns bus name {bus_name}"));
-                    r.ready = true;
-                    r.phase = Phase::StartPost;
-                    r.pending = r
-                        .unit
-                        .service
-                        .as_ref()
-                        .map(|s| s.exec_start_post.iter().cloned().collect())
-                        .unwrap_or_default();
-                    self.advance(&name);
-                } else if !owned && r.state == State::Active && r.ready {
-                    log_line(r, &format!("feather: bus name {bus_name} lost its owner"));
-                    r.status_text = Some(format!("bus name {bus_name} has no owner"));
-                } else if owned && r.state == State::Active {
-                    r.status_text = Some(format!("owns bus name {bus_name}"));
-                }
-            }
-        }
-        // Nothing waits any more: let the connection go (the bus may be stopped later).
-        if self.waited_bus_names().is_empty() && !self.units.values().any(is_dbus_and_active) {
-            self.bus = None;
-        }
-    }
-
     fn read_notify(&mut self, name: &str, socket: &UnixDatagram) {
         let mut buffer = [0u8; 4096];
         while let Ok(n) = socket.recv(&mut buffer) {
@@ -1832,88 +1527,6 @@ impl Exit {
             },
         }
     }
-}
-
-/// The local time as seconds since the epoch (the epoch shifted by the zone's offset).
-fn local_now() -> i64 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
-    unix + crate::raw::local_offset(unix)
-}
-
-/// The local time as seconds since the epoch, with their fraction.
-fn local_now_precise() -> f64 {
-    let unix = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64());
-    unix + crate::raw::local_offset(unix as i64) as f64
-}
-
-/// When the VM's init started: `/proc/1/stat`'s start time (clock ticks after the host's boot)
-/// against `/proc/uptime`.
-fn vm_boot() -> Instant {
-    let now = Instant::now();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let started = fs::read_to_string("/proc/1/stat").ok().and_then(|s| {
-        let after_name = s.rsplit_once(')')?.1;
-        after_name.split_whitespace().nth(19)?.parse::<f64>().ok()
-    });
-    let uptime = fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
-    match (started, uptime) {
-        (Some(started), Some(uptime)) if uptime >= started / ticks => now
-            .checked_sub(Duration::from_secs_f64(uptime - started / ticks))
-            .unwrap_or(now),
-        _ => now,
-    }
-}
-
-/// Checks a timer's settings and starts it: it needs something that triggers it, and
-/// calendar events feather understands.
-fn start_timer(r: &Runtime, target: String) -> Result<TimerRun, String> {
-    let settings = r.unit.timer.clone().unwrap_or_default();
-    if settings.on_active.is_empty()
-        && settings.on_boot.is_empty()
-        && settings.on_unit_active.is_empty()
-        && settings.on_unit_inactive.is_empty()
-        && settings.on_calendar.is_empty()
-    {
-        return Err(format!(
-            "{} has no OnActiveSec=, OnBootSec=, OnUnitActiveSec=, OnUnitInactiveSec= or OnCalendar=: nothing would start it",
-            r.unit.name
-        ));
-    }
-    let calendar = settings
-        .on_calendar
-        .iter()
-        .map(|text| crate::calendar::CalendarSpec::parse(text))
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(TimerRun {
-        started: Instant::now(),
-        started_wall: local_now(),
-        calendar,
-        last_trigger: None,
-        next: None,
-        target,
-    })
-}
-
-/// A socket unit with `Accept=yes`: the manager accepts its connections itself.
-fn is_accepting(r: &Runtime) -> bool {
-    r.unit.socket.as_ref().is_some_and(|s| s.accept)
-}
-
-fn is_dbus_and_active(r: &Runtime) -> bool {
-    r.state == State::Active
-        && r.unit
-            .service
-            .as_ref()
-            .is_some_and(|s| s.kind == ServiceType::Dbus)
 }
 
 /// Stops listening: closes a socket unit's sockets and removes its socket files.
