@@ -65,7 +65,7 @@ fn polkit_is_ready_once_its_bus_name_appears_on_the_vms_own_bus() {
         "{table}"
     );
 
-    // A unit that takes its name only after 2 s (no Type=: BusName= makes it Type=dbus, as in
+    // A unit that takes its name only after 4 s (no Type=: BusName= makes it Type=dbus, as in
     // systemd) is activating, waiting for the name, until then.
     feather.ok(&["service", "stop", "pk", "polkit"]);
     assert!(!has_owner(&feather, "pk", POLKIT_NAME));
@@ -73,7 +73,7 @@ fn polkit_is_ready_once_its_bus_name_appears_on_the_vms_own_bus() {
         &feather,
         "pk",
         "late-polkit.service",
-        &format!("[Service]\nBusName={POLKIT_NAME}\nExecStart=/bin/sh -c 'sleep 2; exec /usr/lib/polkit-1/polkitd --no-debug'\n"),
+        &format!("[Service]\nBusName={POLKIT_NAME}\nExecStart=/bin/sh -c 'sleep 4; exec /usr/lib/polkit-1/polkitd --no-debug'\n"),
     );
     let start = feather
         .command()
