@@ -184,7 +184,7 @@ impl Bus {
                 let Some(name) = message.reply_serial.and_then(|s| self.asked.remove(&s)) else {
                     return Ok(None);
                 };
-                let owned = message.body_u32(0)? != 0;
+                let owned = message.body_boolean()?;
                 Ok(Some(Event::Owner { name, owned }))
             }
             ERROR => {
@@ -411,15 +411,15 @@ impl Message {
         }
     }
 
-    /// A `u` or `b` at the start of the body.
-    fn body_u32(&self, _index: usize) -> Result<u32, String> {
-        if !matches!(self.signature.as_str(), "b" | "u") {
+    /// A body that is one boolean (NameHasOwner's answer).
+    fn body_boolean(&self) -> Result<bool, String> {
+        if self.signature != "b" {
             return Err(format!(
                 "the bus answered with signature {:?}, not a boolean",
                 self.signature
             ));
         }
-        self.body_reader().u32()
+        Ok(self.body_reader().u32()? != 0)
     }
 
     /// A body made only of strings.
