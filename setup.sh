@@ -15,6 +15,7 @@ packages=(
     procps           # `ps` inside VMs in tests
     util-linux       # nsenter, setpriv, ipcmk/ipcrm: tests enter test hosts, drop root, make SysV IPC
     dbus             # service tests duplicate the D-Bus system bus into VMs
+    polkitd          # polkit.service is Type=dbus: tests wait for org.freedesktop.PolicyKit1 on a VM's bus
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
     nftables         # `nft`: feather's network policy for --net private VMs (crates/feather-net)
     nginx            # network tests serve pages from VMs and the host; service tests duplicate its unit

@@ -12,13 +12,13 @@ use serde_json::Value;
 use crate::support::{Feather, ScratchBase};
 
 /// A running VM over the host's root, removed with its fixture.
-fn vm(feather: &Feather, name: &str) {
+pub(crate) fn vm(feather: &Feather, name: &str) {
     feather.ok(&["create", name]);
     feather.ok(&["start", name]);
 }
 
 /// Writes a unit file into the VM's own /etc/systemd/system.
-fn write_unit(feather: &Feather, vm: &str, name: &str, text: &str) {
+pub(crate) fn write_unit(feather: &Feather, vm: &str, name: &str, text: &str) {
     let script = format!("mkdir -p /etc/systemd/system && cat > /etc/systemd/system/{name}");
     let status = feather
         .command()
@@ -34,7 +34,7 @@ fn write_unit(feather: &Feather, vm: &str, name: &str, text: &str) {
     assert!(status.success(), "writing {name} in {vm}");
 }
 
-fn services(feather: &Feather, vm: &str) -> Vec<Value> {
+pub(crate) fn services(feather: &Feather, vm: &str) -> Vec<Value> {
     let text = feather.ok(&["service", "ls", vm, "--json"]);
     serde_json::from_str::<Value>(&text)
         .unwrap()
@@ -43,7 +43,7 @@ fn services(feather: &Feather, vm: &str) -> Vec<Value> {
         .clone()
 }
 
-fn service<'a>(list: &'a [Value], name: &str) -> &'a Value {
+pub(crate) fn service<'a>(list: &'a [Value], name: &str) -> &'a Value {
     list.iter()
         .find(|s| s["name"] == name)
         .unwrap_or_else(|| panic!("{name} not in {list:?}"))
@@ -935,7 +935,7 @@ fn tcp_exchange(feather: &Feather, vm: &str, port: u16, request: &str) -> String
     feather.ok(&["exec", vm, "--", "bash", "-c", &script])
 }
 
-fn assert_running(feather: &Feather, vm: &str, unit: &str) -> Value {
+pub(crate) fn assert_running(feather: &Feather, vm: &str, unit: &str) -> Value {
     let list = services(feather, vm);
     let s = service(&list, unit).clone();
     assert_eq!(
@@ -947,7 +947,7 @@ fn assert_running(feather: &Feather, vm: &str, unit: &str) -> Value {
 }
 
 /// psql as the postgres user, from a folder it may enter.
-fn psql(feather: &Feather, vm: &str, sql: &str) -> String {
+pub(crate) fn psql(feather: &Feather, vm: &str, sql: &str) -> String {
     feather.ok(&[
         "exec", vm, "--", "runuser", "-u", "postgres", "--", "psql", "-q", "-d", "postgres",
         "-Atc", sql,

@@ -31,6 +31,10 @@ pub struct VmConfig {
     /// (`feather create --service`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<String>,
+    /// Those services start with empty state on the VM's first start (`create --fresh-state`);
+    /// later starts keep what they wrote.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fresh_state: bool,
     /// Configs written before VMs had networks load as `mode = "none"`, what they meant.
     #[serde(default)]
     pub network: NetworkConfig,
@@ -118,6 +122,7 @@ mod tests {
             ephemeral: false,
             scaffold: vec!["/proc".into()],
             services: vec!["nginx.service".into()],
+            fresh_state: true,
             tags: vec!["web".into()],
             network: NetworkConfig {
                 mode: crate::network::NetMode::Private,

@@ -338,6 +338,7 @@ mod tests {
             ephemeral: false,
             scaffold: vec![],
             services: vec![],
+            fresh_state: false,
             network: Default::default(),
             tags: vec![],
         }

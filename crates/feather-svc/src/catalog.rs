@@ -125,13 +125,15 @@ fn entry(paths: &UnitPaths, name: &UnitName) -> Entry {
             entry.duplicable = true;
             if name.is_template() {
                 entry.note = Some(format!("start an instance: {}", name.with_instance("NAME")));
-            } else if unit
+            } else if let Some(name) = unit
                 .service
                 .as_ref()
-                .is_some_and(|s| s.kind == ServiceType::Dbus)
+                .filter(|s| s.kind == ServiceType::Dbus)
+                .and_then(|s| s.bus_name.as_deref())
             {
-                entry.note =
-                    Some("Type=dbus: ready when started (the VM's bus is not watched yet)".into());
+                entry.note = Some(format!(
+                    "Type=dbus: ready once {name} has an owner on the VM's own system bus (starts dbus with it)"
+                ));
             }
         }
     }
@@ -160,6 +162,15 @@ pub fn why_not(paths: &UnitPaths, unit: &Unit, name: &UnitName) -> Option<String
 
 /// The checks systemd makes when it loads a service, beyond syntax.
 pub fn validate(unit: &Unit) -> Result<(), String> {
+    if let Some(socket) = unit.socket.as_ref().filter(|s| s.accept) {
+        if let Some(service) = &socket.service {
+            return Err(format!(
+                "{} has Accept=yes and Service={service}: an accepting socket starts instances of {}@.service, Service= is not allowed with it",
+                unit.name,
+                unit.name.stem()
+            ));
+        }
+    }
     let Some(service) = &unit.service else {
         return Ok(());
     };
@@ -172,6 +183,12 @@ pub fn validate(unit: &Unit) -> Result<(), String> {
     if service.exec_start.is_empty() && service.exec_stop.is_empty() {
         return Err(format!(
             "{} has neither ExecStart= nor ExecStop=",
+            unit.name
+        ));
+    }
+    if service.kind == ServiceType::Dbus && service.bus_name.is_none() {
+        return Err(format!(
+            "{} is Type=dbus but has no BusName=: there is no name to wait for on the bus",
             unit.name
         ));
     }

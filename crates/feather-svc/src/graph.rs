@@ -31,13 +31,25 @@ pub struct DependencyGraph {
 fn pulls(unit: &Unit) -> Vec<(&'static str, String, bool)> {
     let d = &unit.dependencies;
     let mut pulls = Vec::new();
+    let dbus = unit
+        .service
+        .as_ref()
+        .is_some_and(|s| s.kind == crate::unit::ServiceType::Dbus);
     for (kind, names, required) in [
         ("requires", &d.requires, true),
         ("binds to", &d.binds_to, true),
         ("wants", &d.wants, false),
         ("upholds", &d.upholds, false),
     ] {
-        pulls.extend(names.iter().map(|n| (kind, n.clone(), required)));
+        pulls.extend(names.iter().map(|n| {
+            // The implicit dependency of Type=dbus (see Unit::finish), said as such.
+            let kind = if dbus && kind == "requires" && n == crate::unit::DBUS_SOCKET {
+                "is Type=dbus and so requires the VM's own D-Bus system bus,"
+            } else {
+                kind
+            };
+            (kind, n.clone(), required)
+        }));
     }
     // A socket starts the service it activates (feather starts both; see docs/services.md).
     if let Some(service) = socket_service(unit) {

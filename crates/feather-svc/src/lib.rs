@@ -7,10 +7,13 @@
 //! - [`sysv`]: SysV init scripts and their LSB headers
 //! - [`graph`]: the dependency closure, start order in waves, cycles
 //! - [`infra`]: host-infrastructure units that are not duplicated, and what stands in for them
+//! - [`calendar`]: `OnCalendar=` events of timer units
 //! - [`catalog`]: the host's services and whether each can be duplicated
 //! - [`manager`]: the in-VM service manager
+//! - [`state`]: empty state for a service (`--fresh-state`): its data folders and initialiser
 //! - [`tmpfiles`]: the host's `tmpfiles.d` folders under `/run`, made in a VM's fresh `/run`
 
+pub mod calendar;
 pub mod catalog;
 pub mod conditions;
 pub mod error;
@@ -21,6 +24,7 @@ pub mod name;
 pub mod paths;
 mod raw;
 pub mod specifier;
+pub mod state;
 pub mod syntax;
 pub mod sysv;
 pub mod tmpfiles;

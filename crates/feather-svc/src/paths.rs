@@ -190,6 +190,7 @@ impl UnitPaths {
                     })?;
             }
         }
+        unit.finish();
         let (wants, requires) = self.wants_and_requires(&real);
         for extra in wants {
             if !unit.dependencies.wants.contains(&extra) {

@@ -117,3 +117,28 @@ pub fn reserve_low_fds(count: RawFd) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+/// Takes ownership of a descriptor that a system call (accept4) has just returned.
+pub fn owned(fd: RawFd) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: the caller passes a descriptor the kernel has just handed out (accept4's
+    // result): it is open and no other value owns it, so it is closed exactly once, by the
+    // OwnedFd.
+    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
+}
+
+/// The local time zone's offset from UTC, in seconds, at `unix` seconds (from /etc/localtime,
+/// as the C library reads it).
+pub fn local_offset(unix: i64) -> i64 {
+    let time: libc::time_t = unix;
+    // SAFETY: localtime_r only writes the `tm` it is given, which is a zeroed local value,
+    // and reads `time`; it is the reentrant form, so no static buffer is shared.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are to live locals for the length of the call.
+    let ok = unsafe { !libc::localtime_r(&time, &mut tm).is_null() };
+    if ok {
+        tm.tm_gmtoff
+    } else {
+        0
+    }
+}

@@ -160,6 +160,30 @@ pub struct Directories {
     pub mode: u32,
 }
 
+/// Where a service's stdin comes from: nothing, or (with `Accept=yes` sockets, inetd-style)
+/// the connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StandardInput {
+    #[default]
+    Null,
+    Socket,
+    /// A terminal, a file, data, an fd: read, not applied in a VM (stdin is /dev/null).
+    Other,
+}
+
+/// Where stdout and stderr go: the unit's log, or (for `socket`, and for `inherit` when stdin
+/// is the connection) the connection.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum StandardOutput {
+    #[default]
+    Log,
+    Inherit,
+    Socket,
+    Null,
+}
+
 /// How a process of the unit runs: the settings shared by services and sockets.
 #[derive(Clone, Debug, Serialize)]
 pub struct ExecContext {
@@ -175,6 +199,9 @@ pub struct ExecContext {
     pub limits: Vec<(String, Limit)>,
     pub syslog_identifier: Option<String>,
     pub dynamic_user: bool,
+    pub standard_input: StandardInput,
+    pub standard_output: StandardOutput,
+    pub standard_error: StandardOutput,
 }
 
 impl Default for ExecContext {
@@ -199,6 +226,9 @@ impl Default for ExecContext {
             limits: Vec::new(),
             syslog_identifier: None,
             dynamic_user: false,
+            standard_input: StandardInput::Null,
+            standard_output: StandardOutput::Inherit,
+            standard_error: StandardOutput::Inherit,
         }
     }
 }
@@ -223,6 +253,9 @@ impl ExecContext {
 pub struct Service {
     #[serde(rename = "type")]
     pub kind: ServiceType,
+    /// Whether `Type=` was given: without it, a unit with `BusName=` is `Type=dbus`.
+    #[serde(skip)]
+    pub kind_given: bool,
     pub remain_after_exit: bool,
     pub guess_main_pid: bool,
     pub pid_file: Option<PathBuf>,
@@ -251,6 +284,7 @@ impl Default for Service {
     fn default() -> Self {
         Service {
             kind: ServiceType::Simple,
+            kind_given: false,
             remain_after_exit: false,
             guess_main_pid: true,
             pid_file: None,
@@ -276,6 +310,24 @@ impl Default for Service {
     }
 }
 
+impl Default for Socket {
+    fn default() -> Self {
+        Socket {
+            listen: Vec::new(),
+            accept: false,
+            service: None,
+            socket_mode: None,
+            socket_user: None,
+            socket_group: None,
+            file_descriptor_name: None,
+            max_connections: 64,
+        }
+    }
+}
+
+/// The socket of the D-Bus system bus, which `Type=dbus` services require.
+pub const DBUS_SOCKET: &str = "dbus.socket";
+
 /// systemd's DefaultTimeoutStartSec/DefaultTimeoutStopSec.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -296,7 +348,7 @@ pub struct Listen {
     pub address: String,
 }
 
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Serialize)]
 pub struct Socket {
     pub listen: Vec<Listen>,
     pub accept: bool,
@@ -305,6 +357,25 @@ pub struct Socket {
     pub socket_user: Option<String>,
     pub socket_group: Option<String>,
     pub file_descriptor_name: Option<String>,
+    /// `Accept=yes`: the most instances that run at once; more connections are refused.
+    pub max_connections: u32,
+}
+
+/// A timer unit's `[Timer]`: when it starts the unit it triggers.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Timer {
+    /// `OnActiveSec=`: after the timer itself started.
+    pub on_active: Vec<Duration>,
+    /// `OnBootSec=` and `OnStartupSec=`: after the VM started (its init).
+    pub on_boot: Vec<Duration>,
+    /// `OnUnitActiveSec=`: after the triggered unit was last started.
+    pub on_unit_active: Vec<Duration>,
+    /// `OnUnitInactiveSec=`: after the triggered unit last stopped.
+    pub on_unit_inactive: Vec<Duration>,
+    /// `OnCalendar=` as written; parsed when the timer starts ([`crate::calendar`]).
+    pub on_calendar: Vec<String>,
+    /// `Unit=`; by default the service of the timer's name.
+    pub unit: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -348,6 +419,8 @@ pub struct Unit {
     pub service: Option<Service>,
     /// Present for `.socket` units.
     pub socket: Option<Socket>,
+    /// Present for `.timer` units.
+    pub timer: Option<Timer>,
     /// Settings read but not applied inside a VM, as `Section.Key`, once each.
     pub not_applied: Vec<String>,
 }
@@ -356,6 +429,7 @@ impl Unit {
     pub fn new(name: UnitName) -> Unit {
         let service = (name.kind() == "service").then(Service::default);
         let socket = (name.kind() == "socket").then(Socket::default);
+        let timer = (name.kind() == "timer").then(Timer::default);
         Unit {
             name,
             fragment: None,
@@ -370,6 +444,7 @@ impl Unit {
             exec: ExecContext::default(),
             service,
             socket,
+            timer,
             not_applied: Vec::new(),
         }
     }
@@ -402,6 +477,7 @@ impl Unit {
                 }
                 Ok(())
             }
+            "Timer" if self.timer.is_some() => self.apply_timer(key, raw, &expand),
             section if section.starts_with("X-") => Ok(()),
             section => {
                 // A [Timer], [Mount], … of a unit feather never starts, or a section of another
@@ -409,6 +485,29 @@ impl Unit {
                 self.note_not_applied(section, key);
                 Ok(())
             }
+        }
+    }
+
+    /// What systemd adds once every file of the unit is read: a service with `BusName=` and no
+    /// `Type=` is `Type=dbus`; a `Type=dbus` service requires the bus (`Requires=` and
+    /// `After=dbus.socket`), and any service with a `BusName=` starts after it.
+    pub fn finish(&mut self) {
+        let Some(service) = self.service.as_mut() else {
+            return;
+        };
+        if service.bus_name.is_some() && !service.kind_given {
+            service.kind = ServiceType::Dbus;
+        }
+        let dbus = service.kind == ServiceType::Dbus;
+        if service.bus_name.is_none() && !dbus {
+            return;
+        }
+        let deps = &mut self.dependencies;
+        if !deps.after.iter().any(|n| n == DBUS_SOCKET) {
+            deps.after.push(DBUS_SOCKET.into());
+        }
+        if dbus && !deps.requires.iter().any(|n| n == DBUS_SOCKET) {
+            deps.requires.push(DBUS_SOCKET.into());
         }
     }
 
@@ -562,6 +661,27 @@ impl Unit {
                 exec.runtime_directory_preserve = raw == "restart" || values::boolean(raw)?
             }
             "SyslogIdentifier" => exec.syslog_identifier = non_empty(expand(raw)?),
+            "StandardInput" => {
+                exec.standard_input = match raw {
+                    "" | "null" => StandardInput::Null,
+                    "socket" => StandardInput::Socket,
+                    _ => StandardInput::Other,
+                }
+            }
+            "StandardOutput" | "StandardError" => {
+                let value = match raw {
+                    "" | "inherit" => StandardOutput::Inherit,
+                    "socket" => StandardOutput::Socket,
+                    "null" => StandardOutput::Null,
+                    // journal, kmsg, syslog, tty, files: the unit's log stands in for them.
+                    _ => StandardOutput::Log,
+                };
+                if key == "StandardOutput" {
+                    exec.standard_output = value;
+                } else {
+                    exec.standard_error = value;
+                }
+            }
             k if k.starts_with("Limit") => {
                 if !values::LIMITS.contains(&k) {
                     return Err(format!("unknown resource limit {k}"));
@@ -645,7 +765,9 @@ impl Unit {
         };
         match key {
             "Type" => {
+                service.kind_given = !raw.is_empty();
                 service.kind = match raw {
+                    "" => ServiceType::Simple,
                     "simple" => ServiceType::Simple,
                     "exec" => ServiceType::Exec,
                     "forking" => ServiceType::Forking,
@@ -775,9 +897,64 @@ impl Unit {
             "SocketUser" => socket.socket_user = non_empty(expand(raw)?),
             "SocketGroup" => socket.socket_group = non_empty(expand(raw)?),
             "FileDescriptorName" => socket.file_descriptor_name = non_empty(expand(raw)?),
+            "MaxConnections" => {
+                socket.max_connections = raw
+                    .parse()
+                    .map_err(|_| format!("MaxConnections={raw:?} is not a number"))?
+            }
             other => self.note_not_applied("Socket", other),
         }
         Ok(())
+    }
+}
+
+impl Unit {
+    fn apply_timer(
+        &mut self,
+        key: &str,
+        raw: &str,
+        expand: &dyn Fn(&str) -> Result<String, String>,
+    ) -> Result<(), String> {
+        let Some(timer) = self.timer.as_mut() else {
+            return Ok(());
+        };
+        let spans = match key {
+            "OnActiveSec" => Some(&mut timer.on_active),
+            "OnBootSec" | "OnStartupSec" => Some(&mut timer.on_boot),
+            "OnUnitActiveSec" => Some(&mut timer.on_unit_active),
+            "OnUnitInactiveSec" => Some(&mut timer.on_unit_inactive),
+            _ => None,
+        };
+        if let Some(spans) = spans {
+            if raw.is_empty() {
+                spans.clear();
+            } else if let Some(span) = values::timespan(raw, Duration::from_secs(1))? {
+                spans.push(span);
+            }
+            return Ok(());
+        }
+        match key {
+            "OnCalendar" if raw.is_empty() => timer.on_calendar.clear(),
+            "OnCalendar" => timer.on_calendar.push(raw.to_owned()),
+            "Unit" => {
+                let value = expand(raw)?;
+                UnitName::parse(&value).map_err(|e| e.to_string())?;
+                timer.unit = non_empty(value);
+            }
+            other => self.note_not_applied("Timer", other),
+        }
+        Ok(())
+    }
+
+    /// The unit a timer starts: `Unit=`, or the service of its own name.
+    pub fn timer_target(&self) -> Option<String> {
+        let timer = self.timer.as_ref()?;
+        Some(
+            timer
+                .unit
+                .clone()
+                .unwrap_or_else(|| format!("{}.service", self.name.stem())),
+        )
     }
 }
 

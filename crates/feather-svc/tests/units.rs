@@ -423,3 +423,70 @@ fn targets_load_with_their_dependencies() {
     assert_eq!(unit.dependencies.wants, vec!["nginx.service"]);
     assert_eq!(unit.dependencies.requires, vec!["basic.target"]);
 }
+
+#[test]
+fn bus_name_makes_a_service_type_dbus_and_type_dbus_requires_the_bus() {
+    let t = Tree::new("dbus-type");
+    // BusName= without Type=: Type=dbus, as systemd defaults it.
+    t.lib(
+        "named.service",
+        "[Service]\nBusName=org.example.Named\nExecStart=/bin/named\n",
+    );
+    let named = t.load("named.service");
+    assert_eq!(named.service.as_ref().unwrap().kind, ServiceType::Dbus);
+    assert_eq!(named.dependencies.requires, ["dbus.socket"]);
+    assert_eq!(named.dependencies.after, ["dbus.socket"]);
+    // An explicit Type= wins; a BusName= still orders the unit after the bus.
+    t.lib(
+        "notifying.service",
+        "[Service]\nType=notify\nBusName=org.example.N\nExecStart=/bin/n\n",
+    );
+    let notifying = t.load("notifying.service");
+    assert_eq!(
+        notifying.service.as_ref().unwrap().kind,
+        ServiceType::Notify
+    );
+    assert!(notifying.dependencies.requires.is_empty());
+    assert_eq!(notifying.dependencies.after, ["dbus.socket"]);
+    // Neither: nothing added.
+    t.lib("plain.service", "[Service]\nExecStart=/bin/plain\n");
+    let plain = t.load("plain.service");
+    assert_eq!(plain.service.as_ref().unwrap().kind, ServiceType::Simple);
+    assert!(plain.dependencies.after.is_empty());
+    // Type=dbus without a name is refused, as systemd refuses it.
+    t.lib(
+        "nameless.service",
+        "[Service]\nType=dbus\nExecStart=/bin/x\n",
+    );
+    let why = feather_svc::catalog::validate(&t.load("nameless.service")).unwrap_err();
+    assert!(why.contains("Type=dbus but has no BusName="), "{why}");
+}
+
+#[test]
+fn timer_settings() {
+    let t = Tree::new("timers");
+    t.lib(
+        "apt-like.timer",
+        "[Timer]\nOnBootSec=15min\nOnUnitActiveSec=1d\nOnCalendar=*-*-* 6,18:00\nOnCalendar=daily\nRandomizedDelaySec=12h\n",
+    );
+    let unit = t.load("apt-like.timer");
+    let timer = unit.timer.as_ref().unwrap();
+    assert_eq!(timer.on_boot, [Duration::from_secs(900)]);
+    assert_eq!(timer.on_unit_active, [Duration::from_secs(86_400)]);
+    assert_eq!(timer.on_calendar, ["*-*-* 6,18:00", "daily"]);
+    assert_eq!(unit.timer_target().as_deref(), Some("apt-like.service"));
+    assert!(unit
+        .not_applied
+        .contains(&"Timer.RandomizedDelaySec".to_owned()));
+    t.lib(
+        "other.timer",
+        "[Timer]\nOnActiveSec=5\nUnit=job.service\nOnCalendar=daily\nOnCalendar=\n",
+    );
+    let other = t.load("other.timer");
+    assert_eq!(other.timer_target().as_deref(), Some("job.service"));
+    assert_eq!(
+        other.timer.as_ref().unwrap().on_active,
+        [Duration::from_secs(5)]
+    );
+    assert!(other.timer.as_ref().unwrap().on_calendar.is_empty());
+}

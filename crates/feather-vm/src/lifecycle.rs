@@ -66,6 +66,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         ephemeral: options.ephemeral,
         scaffold,
         services: Vec::new(),
+        fresh_state: false,
         network,
         tags: options.tags.clone(),
     };

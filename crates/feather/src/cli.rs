@@ -33,6 +33,9 @@ pub enum Command {
         /// A host service the VM starts (with what it needs) whenever it starts; repeatable
         #[arg(long = "service", value_name = "UNIT")]
         services: Vec<String>,
+        /// Those services start with empty state, not the host's data (on the VM's first start)
+        #[arg(long, requires = "services")]
+        fresh_state: bool,
     },
     /// Start a VM in the background (and the services it was created with)
     Start { name: String },
@@ -292,6 +295,10 @@ pub enum ServiceCommand {
         name: String,
         #[arg(required = true, value_name = "UNIT")]
         units: Vec<String>,
+        /// Start with empty state instead of the host's data: their data folders are emptied in
+        /// the VM's layer (the host's stay untouched) and initialised
+        #[arg(long)]
+        fresh_state: bool,
         #[arg(long)]
         json: bool,
     },
@@ -362,6 +369,9 @@ pub struct ServiceClientArgs {
     /// Print only failures
     #[arg(long)]
     pub quiet: bool,
+    /// start: with empty state (always, or once per unit and VM)
+    #[arg(long, value_name = "always|once")]
+    pub fresh_state: Option<String>,
     /// start, stop, restart, reload, ls, status, logs (or manager: be the VM's service manager)
     pub op: String,
     pub units: Vec<String>,

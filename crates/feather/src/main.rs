@@ -109,12 +109,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             options,
             services,
+            fresh_state,
         } => {
             let name = name.parse()?;
             let base = options.base.clone().unwrap_or_else(|| "/".into());
             let services = service::check_installed(&base, &services)?;
             lifecycle::create(&root, &name, &create_options(&options)?)?;
-            service::configure(&root, &name, services)?;
+            service::configure(&root, &name, services, fresh_state)?;
         }
         Command::Start { name } => {
             let name = name.parse()?;

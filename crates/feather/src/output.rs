@@ -136,7 +136,14 @@ pub fn catalog(entries: &[feather_svc::catalog::Entry]) {
 
 pub fn services(rows: &[ServiceInfo]) {
     let mut t = table(&[
-        "UNIT", "STATE", "SUB", "PID", "SINCE", "RESTARTS", "READY", "RESULT",
+        "UNIT",
+        "STATE",
+        "SUB",
+        "PID",
+        "SINCE",
+        "RESTARTS",
+        "READY",
+        "RESULT/STATUS",
     ]);
     for s in rows {
         t.add_row(vec![
@@ -149,7 +156,11 @@ pub fn services(rows: &[ServiceInfo]) {
             format!("{} ago", age(s.since_secs)),
             s.restarts.to_string(),
             if s.ready { "yes" } else { "no" }.to_owned(),
-            s.result.clone().unwrap_or_default(),
+            // Why it failed; else what it is doing or waiting for (STATUS=, a bus name).
+            s.result
+                .clone()
+                .or_else(|| s.status_text.clone())
+                .unwrap_or_default(),
         ]);
     }
     println!("{}", t.trim_fmt());

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use feather_core::{StateRoot, VmName};
-use feather_svc::manager::{self, protocol::Request, protocol::Response};
+use feather_svc::manager::protocol::{FreshState, Request, Response};
+use feather_svc::manager::{self};
 use feather_vm::exec::exec;
 use feather_vm::workload::Workload;
 
@@ -14,12 +15,19 @@ use crate::cli::{ServiceClientArgs, ServiceCommand};
 use crate::output;
 
 pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode> {
-    call_in_vm(root, command, false)
+    call_in_vm(root, command, false, None)
 }
 
-/// Runs one `service` command inside the VM; `quiet`: only failures are printed.
-fn call_in_vm(root: &StateRoot, command: ServiceCommand, quiet: bool) -> anyhow::Result<ExitCode> {
+/// Runs one `service` command inside the VM; `quiet`: only failures are printed;
+/// `configured_fresh`: the `--fresh-state` mode of the VM's configured services.
+fn call_in_vm(
+    root: &StateRoot,
+    command: ServiceCommand,
+    quiet: bool,
+    configured_fresh: Option<&'static str>,
+) -> anyhow::Result<ExitCode> {
     let mut follow = false;
+    let mut fresh_state = None;
     let (name, op, units, json, lines) = match command {
         ServiceCommand::Catalog { json } => {
             let entries = feather_svc::catalog::catalog(std::path::Path::new("/"))?;
@@ -30,7 +38,15 @@ fn call_in_vm(root: &StateRoot, command: ServiceCommand, quiet: bool) -> anyhow:
             }
             return Ok(ExitCode::SUCCESS);
         }
-        ServiceCommand::Start { name, units, json } => (name, "start", units, json, 0),
+        ServiceCommand::Start {
+            name,
+            units,
+            fresh_state: fresh,
+            json,
+        } => {
+            fresh_state = fresh.then_some("always");
+            (name, "start", units, json, 0)
+        }
         ServiceCommand::Stop { name, units, json } => (name, "stop", units, json, 0),
         ServiceCommand::Restart { name, units, json } => (name, "restart", units, json, 0),
         ServiceCommand::Reload { name, units, json } => (name, "reload", units, json, 0),
@@ -79,6 +95,9 @@ fn call_in_vm(root: &StateRoot, command: ServiceCommand, quiet: bool) -> anyhow:
     if quiet {
         argv.push("--quiet".to_owned());
     }
+    if let Some(fresh) = fresh_state.or(configured_fresh) {
+        argv.push(format!("--fresh-state={fresh}"));
+    }
     argv.push(op.to_owned());
     argv.extend(units);
     let workload = Workload {
@@ -103,7 +122,15 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
                 args.follow,
             )
         }
-        "start" => Request::Start { units: args.units },
+        "start" => Request::Start {
+            units: args.units,
+            fresh_state: match args.fresh_state.as_deref() {
+                None => FreshState::No,
+                Some("always") => FreshState::Always,
+                Some("once") => FreshState::Once,
+                Some(other) => anyhow::bail!("--fresh-state={other}: expected always or once"),
+            },
+        },
         "restart" => {
             // Stop those of the units that run (a stopped one is simply started), then start.
             for unit in args.units.iter().filter(|_| manager::running()) {
@@ -117,7 +144,10 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
                     _ => {}
                 }
             }
-            Request::Start { units: args.units }
+            Request::Start {
+                units: args.units,
+                fresh_state: FreshState::No,
+            }
         }
         "stop" => Request::Stop { units: args.units },
         "reload" => Request::Reload { units: args.units },
@@ -265,30 +295,39 @@ pub fn check_installed(base: &std::path::Path, services: &[String]) -> anyhow::R
 }
 
 /// Records the services a VM starts whenever it starts.
-pub fn configure(root: &StateRoot, name: &VmName, services: Vec<String>) -> anyhow::Result<()> {
+pub fn configure(
+    root: &StateRoot,
+    name: &VmName,
+    services: Vec<String>,
+    fresh_state: bool,
+) -> anyhow::Result<()> {
     if services.is_empty() {
         return Ok(());
     }
     let vm = root.open(name)?;
     let mut config = vm.read_config()?;
     config.services = services;
+    config.fresh_state = fresh_state;
     vm.write_config(&config, feather_core::atomic::Durability::Durable)?;
     Ok(())
 }
 
 /// Starts the services a VM was created with, if any (after `feather start`).
 pub fn start_configured(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitCode> {
-    let services = root.open(name)?.read_config()?.services;
-    if services.is_empty() {
+    let config = root.open(name)?.read_config()?;
+    if config.services.is_empty() {
         return Ok(ExitCode::SUCCESS);
     }
     call_in_vm(
         root,
         ServiceCommand::Start {
             name: name.to_string(),
-            units: services,
+            units: config.services,
+            fresh_state: false,
             json: false,
         },
         true,
+        // Empty state once: later starts of the VM keep what its services wrote.
+        config.fresh_state.then_some("once"),
     )
 }

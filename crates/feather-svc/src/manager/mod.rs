@@ -7,6 +7,7 @@
 //! its own, reparented to the VM's init), which then stays in the VM supervising. Only
 //! processes inside the VM can reach the socket: the VM's /run is a private tmpfs.
 
+mod bus;
 mod processes;
 pub mod protocol;
 mod sockets;

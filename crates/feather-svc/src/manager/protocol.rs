@@ -21,7 +21,12 @@ pub const LOG_DIR: &str = "/var/log/feather";
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
     /// Start units with their dependency closure; answered once all have settled.
-    Start { units: Vec<String> },
+    Start {
+        units: Vec<String>,
+        /// Whether the units start from the host's data (copy-on-write) or with empty state.
+        #[serde(default)]
+        fresh_state: FreshState,
+    },
     /// Stop units (and what requires or is bound to them), in reverse order.
     Stop { units: Vec<String> },
     /// Run the ExecReload= commands of running units.
@@ -32,6 +37,21 @@ pub enum Request {
     Status { unit: String, lines: usize },
     /// Stop everything in reverse order, then exit.
     Shutdown,
+}
+
+/// What a start does with the data of the services it starts (see [`crate::state`]).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum FreshState {
+    /// The host's data as it is, copy-on-write.
+    #[default]
+    No,
+    /// Empty state now: the data folders are emptied in the VM's layer (what the VM's copy had
+    /// written there is dropped too) and initialised.
+    Always,
+    /// Empty state unless this VM already gave the unit fresh state (a VM created with
+    /// `--fresh-state` keeps, on its later starts, the data its services wrote).
+    Once,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

@@ -10,6 +10,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 
+use std::os::fd::AsRawFd;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::sys::socket::{accept4, getsockopt, sockopt, SockFlag};
 use nix::unistd::{chown, Group, User};
 
 use crate::unit::{Listen, ListenKind, Unit};
@@ -127,4 +131,63 @@ fn inet_addresses(address: &str) -> Result<Vec<SocketAddr>, String> {
         .parse::<SocketAddr>()
         .map(|a| vec![a])
         .map_err(|_| format!("{address:?} is neither a port, an address:port, a path nor @name"))
+}
+
+/// Makes the sockets of an `Accept=yes` unit ready for the manager's own accept loop: only
+/// stream sockets take connections; they are polled, so they must not block.
+pub fn prepare_accepting(unit: &Unit, bound: &[Bound]) -> Result<(), String> {
+    if let Some(listen) = unit
+        .socket
+        .iter()
+        .flat_map(|s| &s.listen)
+        .find(|l| l.kind != ListenKind::Stream)
+    {
+        return Err(format!(
+            "{}: Accept=yes takes connections, which {} ({:?}) does not have; use Accept=no",
+            unit.name, listen.address, listen.kind
+        ));
+    }
+    for b in bound {
+        let flags = fcntl(&b.fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
+        let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
+        fcntl(&b.fd, FcntlArg::F_SETFL(flags)).map_err(|e| format!("{}: {e}", unit.name))?;
+    }
+    Ok(())
+}
+
+/// One waiting connection, or None when there is none. The connection blocks (as a service
+/// started inetd-style expects) and is not inherited by anything else the manager starts.
+pub fn accept(listener: &OwnedFd) -> Result<Option<OwnedFd>, String> {
+    match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
+        Ok(fd) => Ok(Some(crate::raw::owned(fd))),
+        Err(nix::errno::Errno::EAGAIN) => Ok(None),
+        Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => Ok(None),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The instance part of the service started for `connection`, as systemd makes it: the
+/// connection's number, then the local and the remote address (`3-127.0.0.1:7777-127.0.0.1:41234`),
+/// or for a unix socket the peer's pid and uid (`3-1234-0`).
+pub fn instance_name(number: u64, connection: &OwnedFd) -> String {
+    let inet = |addr: SocketAddr| match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => format!("{v4}:{}", a.port()),
+            // Unit names allow `:` but not `[`/`]`: written bare, as systemd does.
+            None => format!("{}:{}", a.ip(), a.port()),
+        },
+        a => a.to_string(),
+    };
+    // A TCP view of a duplicate, for its addresses; a unix socket has none of that kind.
+    let tcp = connection.try_clone().ok().map(std::net::TcpStream::from);
+    if let Some((local, remote)) = tcp
+        .as_ref()
+        .and_then(|t| Some((t.local_addr().ok()?, t.peer_addr().ok()?)))
+    {
+        return format!("{number}-{}-{}", inet(local), inet(remote));
+    }
+    match getsockopt(connection, sockopt::PeerCredentials) {
+        Ok(cred) => format!("{number}-{}-{}", cred.pid(), cred.uid()),
+        Err(_) => format!("{number}-unknown"),
+    }
 }

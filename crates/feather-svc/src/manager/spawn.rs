@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::RawFd;
+use std::os::fd::{BorrowedFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -15,7 +15,7 @@ use nix::unistd::{chown, Gid, Group, Uid, User};
 
 use crate::catalog::resolve_program;
 use crate::raw::{self, Credentials, ListenFds, ProcessSetup};
-use crate::unit::{DirectoryKind, Unit};
+use crate::unit::{DirectoryKind, StandardInput, StandardOutput, Unit};
 use crate::words::{self, ExecCommand};
 
 /// The search path services get, as systemd gives it.
@@ -201,7 +201,9 @@ fn invocation_id() -> String {
 
 /// Builds the process for one command. `env` is the unit's environment plus this command's
 /// additions (MAINPID, NOTIFY_SOCKET).
-/// `listen`: sockets to hand over (socket activation), with their names.
+/// `listen`: sockets to hand over (socket activation), with their names; `connection`: the
+/// connection of an `Accept=yes` socket, which is also stdin/stdout where the unit says
+/// `StandardInput=socket`/`StandardOutput=socket`.
 pub fn command(
     unit: &Unit,
     exec: &ExecCommand,
@@ -209,6 +211,7 @@ pub fn command(
     env: &[(String, String)],
     log: &File,
     listen: &[(RawFd, String)],
+    connection: Option<BorrowedFd<'_>>,
 ) -> Result<Command, String> {
     let program = resolve_program(Path::new("/"), &exec.path)
         .map_err(|p| format!("{}: program {} not found in the VM", unit.name, p.display()))?;
@@ -261,9 +264,10 @@ pub fn command(
         identity.credentials.clone()
     };
     command.current_dir(working_directory(unit, identity)?);
-    command.stdin(Stdio::null());
-    command.stdout(log.try_clone().map_err(|e| e.to_string())?);
-    command.stderr(log.try_clone().map_err(|e| e.to_string())?);
+    let (stdin, stdout, stderr) = stdio(unit, log, connection)?;
+    command.stdin(stdin);
+    command.stdout(stdout);
+    command.stderr(stderr);
     raw::install(
         &mut command,
         ProcessSetup {
@@ -274,6 +278,58 @@ pub fn command(
         },
     );
     Ok(command)
+}
+
+/// stdin, stdout and stderr of a process of `unit`, by its Standard*= settings.
+fn stdio(
+    unit: &Unit,
+    log: &File,
+    connection: Option<BorrowedFd<'_>>,
+) -> Result<(Stdio, Stdio, Stdio), String> {
+    let from_log =
+        || -> Result<Stdio, String> { Ok(log.try_clone().map_err(|e| e.to_string())?.into()) };
+    let from_connection = || -> Result<Option<Stdio>, String> {
+        connection
+            .map(|fd| {
+                fd.try_clone_to_owned()
+                    .map(Stdio::from)
+                    .map_err(|e| format!("{}: the connection: {e}", unit.name))
+            })
+            .transpose()
+    };
+    let exec = &unit.exec;
+    let input_is_socket = exec.standard_input == StandardInput::Socket && connection.is_some();
+    let stdin = if input_is_socket {
+        from_connection()?.unwrap_or_else(Stdio::null)
+    } else {
+        Stdio::null()
+    };
+    let output =
+        |setting: StandardOutput, inherited: &dyn Fn() -> Result<Stdio, String>| match setting {
+            StandardOutput::Null => Ok(Stdio::null()),
+            StandardOutput::Socket => Ok(from_connection()?.unwrap_or_else(Stdio::null)),
+            StandardOutput::Log => from_log(),
+            StandardOutput::Inherit => inherited(),
+        };
+    // stdout inherits stdin when that is the connection (inetd style), else goes to the log.
+    let stdout = output(exec.standard_output, &|| {
+        if input_is_socket {
+            Ok(from_connection()?.unwrap_or_else(Stdio::null))
+        } else {
+            from_log()
+        }
+    })?;
+    // stderr inherits what stdout is.
+    let stderr = output(exec.standard_error, &|| {
+        output(exec.standard_output, &|| {
+            if input_is_socket {
+                Ok(from_connection()?.unwrap_or_else(Stdio::null))
+            } else {
+                from_log()
+            }
+        })
+    })?;
+    Ok((stdin, stdout, stderr))
 }
 
 fn working_directory(unit: &Unit, identity: &Identity) -> Result<PathBuf, String> {

@@ -12,10 +12,13 @@
 //! A unit's processes are found by session: every command starts in a new session, and a
 //! daemon that makes a session of its own is followed by its main pid's session. The manager is
 //! a child subreaper, so daemons that fork away are reparented to it and reaped here.
+//!
+//! Beside this file: `requests` (what clients ask and the answers), `bus_names` (`Type=dbus`
+//! readiness on the VM's bus), `accepting` (`Accept=yes` sockets), `timers` (timer units).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::fs::{self, File};
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -27,8 +30,9 @@ use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use super::bus::{self, Bus};
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
-use super::protocol::{self, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
+use super::protocol::{self, FreshState, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
 use super::spawn::{self, Identity};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
@@ -36,9 +40,15 @@ use crate::name::UnitName;
 use crate::paths::UnitPaths;
 use crate::unit::{KillMode, Restart, ServiceType, Unit};
 use crate::words::ExecCommand;
-use crate::{catalog, conditions};
+use crate::{catalog, conditions, state};
 
+mod accepting;
+mod bus_names;
 mod requests;
+mod timers;
+
+use accepting::is_accepting;
+use timers::{start_timer, vm_boot, TimerRun};
 
 /// The most sockets one service can be handed.
 const MAX_PASSED_SOCKETS: RawFd = 32;
@@ -46,6 +56,10 @@ const MAX_PASSED_SOCKETS: RawFd = 32;
 /// How often a running service's main process is looked for when it is not the manager's
 /// child (and so its end would not be signalled).
 const LIVENESS_CHECK: Duration = Duration::from_secs(1);
+
+/// How often a connection to the VM's system bus is tried while a Type=dbus unit waits and the
+/// bus cannot be reached (dbus may still be starting).
+const BUS_RETRY: Duration = Duration::from_millis(200);
 
 /// How often units are looked at while something is in progress.
 const TICK: Duration = Duration::from_millis(5);
@@ -80,11 +94,15 @@ impl State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
     Idle,
+    /// `--fresh-state`: the package's initialiser runs in the emptied data folders.
+    FreshState,
     Condition,
     StartPre,
     Start,
     WaitReady,
     WaitPidFile,
+    /// Type=dbus: the main process runs; its BusName= has no owner on the bus yet.
+    WaitBusName,
     StartPost,
     Running,
     AutoRestart,
@@ -99,9 +117,10 @@ impl Phase {
     fn name(self) -> &'static str {
         match self {
             Phase::Idle => "dead",
+            Phase::FreshState => "fresh-state",
             Phase::Condition => "condition",
             Phase::StartPre => "start-pre",
-            Phase::Start | Phase::WaitReady | Phase::WaitPidFile => "start",
+            Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "start",
             Phase::StartPost => "start-post",
             Phase::Running => "running",
             Phase::AutoRestart => "auto-restart",
@@ -152,6 +171,21 @@ struct Runtime {
     start_after_stop: bool,
     /// Why the last reload failed.
     reload_error: Option<String>,
+    /// `--fresh-state`: the folders to empty and the initialiser, for the next start only.
+    fresh: Option<state::Plan>,
+    /// An instance started for one connection of an `Accept=yes` socket: that socket's name.
+    instance_of: Option<String>,
+    /// Its connection, until its main process has it.
+    connection: Option<OwnedFd>,
+    /// For an `Accept=yes` socket: the connections accepted so far (numbering instances).
+    accepted: u64,
+    /// For a timer: when it started, its calendar events, when it last triggered its unit,
+    /// and when it next does.
+    timer: Option<TimerRun>,
+    /// When the unit was last started and last stopped (a timer's OnUnitActiveSec= and
+    /// OnUnitInactiveSec= count from them).
+    last_activated: Option<Instant>,
+    last_deactivated: Option<Instant>,
 }
 
 impl Runtime {
@@ -185,6 +219,13 @@ impl Runtime {
             listeners: Vec::new(),
             start_after_stop: false,
             reload_error: None,
+            fresh: None,
+            instance_of: None,
+            connection: None,
+            accepted: 0,
+            timer: None,
+            last_activated: None,
+            last_deactivated: None,
         }
     }
 
@@ -203,6 +244,13 @@ impl Runtime {
             state: self.state.name().into(),
             sub: match (self.state, self.phase) {
                 (State::Active, _) if !self.listeners.is_empty() => "listening".into(),
+                (State::Active, _) if self.timer.is_some() => {
+                    if self.timer.as_ref().is_some_and(|t| t.next.is_some()) {
+                        "waiting".into()
+                    } else {
+                        "elapsed".into()
+                    }
+                }
                 (State::Active, Phase::Running) if self.main_pid.is_none() => "exited".into(),
                 (State::Failed, _) => "failed".into(),
                 (State::Waiting, _) => "waiting".into(),
@@ -244,6 +292,13 @@ pub struct Manager {
     shutting_down: bool,
     /// The VM's /dev/log, if the manager holds it.
     syslog: Option<UnixDatagram>,
+    /// When the VM started (its init): timers' OnBootSec= count from it.
+    vm_boot: Instant,
+    /// The connection to the VM's own D-Bus system bus, while Type=dbus units need it.
+    bus: Option<Bus>,
+    /// Why the bus could not be reached (or was lost), for the messages of waiting units.
+    bus_problem: Option<String>,
+    bus_attempt: Option<Instant>,
 }
 
 impl Manager {
@@ -280,6 +335,10 @@ impl Manager {
             signals,
             shutting_down: false,
             syslog: syslog::listen(),
+            vm_boot: vm_boot(),
+            bus: None,
+            bus_problem: None,
+            bus_attempt: None,
         })
     }
 
@@ -291,6 +350,18 @@ impl Manager {
                     .units
                     .values()
                     .any(|r| !r.state.settled() || r.restart_at.is_some() || r.stop_pending);
+            // The listening sockets of Accept=yes socket units (duplicates, so the poll set
+            // does not borrow the units).
+            let accepting: Vec<(String, OwnedFd)> = self
+                .units
+                .iter()
+                .filter(|(_, r)| r.state == State::Active && is_accepting(r))
+                .flat_map(|(n, r)| {
+                    r.listeners
+                        .iter()
+                        .filter_map(|b| Some((n.clone(), b.fd.try_clone().ok()?)))
+                })
+                .collect();
             let notify: Vec<(String, UnixDatagram)> = self
                 .units
                 .iter()
@@ -305,6 +376,18 @@ impl Manager {
                     fds.push(PollFd::new(syslog.as_fd(), PollFlags::POLLIN));
                 }
                 fds.extend(
+                    accepting
+                        .iter()
+                        .map(|(_, fd)| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
+                );
+                if let Some(bus) = &self.bus {
+                    let mut flags = PollFlags::POLLIN;
+                    if bus.wants_write() {
+                        flags |= PollFlags::POLLOUT;
+                    }
+                    fds.push(PollFd::new(bus.fd(), flags));
+                }
+                fds.extend(
                     notify
                         .iter()
                         .map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)),
@@ -313,9 +396,17 @@ impl Manager {
                     .units
                     .values()
                     .any(|r| r.state == State::Active && r.main_pid.is_some());
+                let next_timer = self
+                    .units
+                    .values()
+                    .filter_map(|r| r.timer.as_ref()?.next)
+                    .min()
+                    .map(|at| at.saturating_duration_since(Instant::now()));
                 let timeout = if busy {
                     PollTimeout::try_from(TICK).unwrap_or(PollTimeout::MAX)
-                } else if watching {
+                } else if let Some(wait) = next_timer.filter(|w| *w < LIVENESS_CHECK) {
+                    PollTimeout::try_from(wait.max(TICK)).unwrap_or(PollTimeout::MAX)
+                } else if watching || next_timer.is_some() {
                     PollTimeout::try_from(LIVENESS_CHECK).unwrap_or(PollTimeout::MAX)
                 } else {
                     PollTimeout::NONE
@@ -329,9 +420,15 @@ impl Manager {
             for (name, socket) in &notify {
                 self.read_notify(name, socket);
             }
+            self.read_bus();
+            for (name, fd) in &accepting {
+                self.accept_connections(name, fd);
+            }
             self.accept();
+            self.run_timers();
             self.tick();
             self.finish_jobs();
+            self.collect_instances();
             if self.shutting_down
                 && self
                     .units
@@ -492,6 +589,9 @@ impl Manager {
                     if phase == Phase::WaitPidFile {
                         self.check_pid_file(name);
                     }
+                    if phase == Phase::WaitBusName && self.bus.is_none() {
+                        self.connect_bus();
+                    }
                     if matches!(phase, Phase::SigTerm | Phase::SigKill) {
                         self.check_stopped(name);
                     }
@@ -533,11 +633,30 @@ impl Manager {
             }
         }
         r.starts.push_back(Instant::now());
+        r.last_activated = Some(Instant::now());
         let Some(service) = r.unit.service.clone() else {
             // Targets are reached when their dependencies are; other unit types have no
             // processes of their own here.
+            if let Some(target) = r.unit.timer_target() {
+                let loaded = UnitName::parse(&target)
+                    .map_err(|e| e.to_string())
+                    .and_then(|n| self.paths.load(&n).map_err(|e| e.to_string()))
+                    .map_err(|e| format!("the unit it triggers cannot be loaded: {e}"));
+                match loaded.and_then(|_| start_timer(r, target.clone())) {
+                    Ok(timer) => r.timer = Some(timer),
+                    Err(why) => {
+                        fail(r, why);
+                        return;
+                    }
+                }
+            }
             if r.unit.socket.is_some() {
-                match sockets::bind(&r.unit) {
+                match sockets::bind(&r.unit).and_then(|bound| {
+                    if is_accepting(r) {
+                        sockets::prepare_accepting(&r.unit, &bound)?;
+                    }
+                    Ok(bound)
+                }) {
                     Ok(bound) => r.listeners = bound,
                     Err(why) => {
                         fail(r, why);
@@ -547,9 +666,29 @@ impl Manager {
             }
             r.ready = true;
             r.set(State::Active, Phase::Running);
+            if r.timer.is_some() {
+                let next = self.next_elapse(name);
+                self.set_timer_next(name, next);
+            }
             return;
         };
         r.deadline = service.timeout_start.map(|t| Instant::now() + t);
+        if let Some(plan) = &r.fresh {
+            // Before the unit's *Directory= folders are made (again) below.
+            for (folder, why) in plan.folders.clone() {
+                log_line(
+                    r,
+                    &format!(
+                        "feather: fresh state: {} ({why}) replaced by an empty folder in the VM's layer",
+                        folder.display()
+                    ),
+                );
+                if let Err(e) = state::empty_folder(&folder) {
+                    fail(r, format!("fresh state: {e}"));
+                    return;
+                }
+            }
+        }
         let prepared = spawn::identity(&r.unit).and_then(|identity| {
             let dirs = spawn::make_directories(&r.unit, &identity)?;
             let env = spawn::environment(&r.unit, &identity, &dirs)?;
@@ -567,7 +706,21 @@ impl Manager {
                 return;
             }
         }
-        r.pending = service.exec_condition.iter().cloned().collect();
+        match &r.fresh {
+            Some(plan) => {
+                r.phase = Phase::FreshState;
+                r.status_text = Some(format!(
+                    "fresh state: initialising {}",
+                    plan.folders
+                        .iter()
+                        .map(|(p, _)| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+                r.pending = plan.initialise.iter().cloned().collect();
+            }
+            None => r.pending = service.exec_condition.iter().cloned().collect(),
+        }
         self.advance(name);
     }
 
@@ -590,18 +743,28 @@ impl Manager {
                     Ok(()) => {
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         if main {
-                            r.phase = if matches!(
-                                service.kind,
-                                ServiceType::Notify | ServiceType::NotifyReload
-                            ) {
-                                Phase::WaitReady
-                            } else {
-                                r.ready = true;
-                                r.pending = service.exec_start_post.iter().cloned().collect();
-                                Phase::StartPost
+                            r.phase = match service.kind {
+                                ServiceType::Notify | ServiceType::NotifyReload => Phase::WaitReady,
+                                ServiceType::Dbus => Phase::WaitBusName,
+                                _ => {
+                                    r.ready = true;
+                                    r.pending = service.exec_start_post.iter().cloned().collect();
+                                    Phase::StartPost
+                                }
                             };
                         }
-                        if r.control.is_some() || r.phase == Phase::WaitReady {
+                        if r.phase == Phase::WaitBusName && main {
+                            let bus_name = service.bus_name.clone().unwrap_or_default();
+                            r.status_text = Some(format!(
+                                "waiting for bus name {bus_name} on the VM's D-Bus system bus"
+                            ));
+                            log_line(r, &format!("feather: waiting for bus name {bus_name}"));
+                            self.watch_bus_name(&bus_name);
+                            return;
+                        }
+                        if r.control.is_some()
+                            || matches!(r.phase, Phase::WaitReady | Phase::WaitBusName)
+                        {
                             return;
                         }
                         continue;
@@ -619,6 +782,17 @@ impl Manager {
             }
             let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
             match r.phase {
+                Phase::FreshState => {
+                    if let Some(plan) = r.fresh.take() {
+                        if let Err(e) = state::mark_done(name, &plan) {
+                            log_line(r, &format!("feather: fresh state: {e}"));
+                        }
+                        log_line(r, "feather: fresh state: ready");
+                    }
+                    r.status_text = None;
+                    r.phase = Phase::Condition;
+                    r.pending = service.exec_condition.iter().cloned().collect();
+                }
                 Phase::Condition => {
                     r.phase = Phase::StartPre;
                     r.pending = service.exec_start_pre.iter().cloned().collect();
@@ -705,6 +879,12 @@ impl Manager {
             Vec::new()
         };
         let r = self.units.get_mut(name).ok_or("unit vanished")?;
+        // An instance of an Accept=yes socket: its connection is its one socket.
+        let mut listen = listen;
+        let connection = if main { r.connection.as_ref() } else { None };
+        if let Some(connection) = connection {
+            listen = vec![(connection.as_raw_fd(), "connection".to_owned())];
+        }
         let identity = r.identity.clone().ok_or("no identity")?;
         let mut env = r.env.clone();
         if let Some(pid) = r.main_pid {
@@ -717,7 +897,15 @@ impl Manager {
             ));
         }
         let log = r.log.as_ref().ok_or("no log")?;
-        let mut process = spawn::command(&r.unit, command, &identity, &env, log, &listen)?;
+        let mut process = spawn::command(
+            &r.unit,
+            command,
+            &identity,
+            &env,
+            log,
+            &listen,
+            connection.map(|c| c.as_fd()),
+        )?;
         let phase = r.phase.name();
         log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
         let child = process
@@ -729,6 +917,9 @@ impl Manager {
         r.sessions.insert(pid.as_raw());
         if main {
             r.main_pid = Some(pid);
+            // The service holds the connection now; the manager's copy would keep it open
+            // after the service closed it.
+            r.connection = None;
         } else {
             r.control = Some((pid, command.clone()));
         }
@@ -834,7 +1025,20 @@ impl Manager {
                 self.check_stopped(name);
             }
             State::Activating => {
-                let why = format!("main process {} before it was ready", code.describe());
+                let mut why = format!("main process {} before it was ready", code.describe());
+                if r.phase == Phase::WaitBusName {
+                    let bus_name = r.unit.service.as_ref().and_then(|s| s.bus_name.clone());
+                    why.push_str(&format!(
+                        " (its bus name {} never appeared",
+                        bus_name.unwrap_or_default()
+                    ));
+                    match &self.bus_problem {
+                        Some(problem) => why.push_str(&format!(
+                            "; the VM's D-Bus system bus could not be reached: {problem}; is dbus running in this VM?)"
+                        )),
+                        None => why.push(')'),
+                    }
+                }
                 self.fail_and_clean(name, why);
             }
             State::Active => {
@@ -886,7 +1090,7 @@ impl Manager {
         if on_failure.is_empty() {
             return;
         }
-        if let Err(why) = self.request_start(&on_failure) {
+        if let Err(why) = self.request_start(&on_failure, FreshState::No) {
             if let Some(r) = self.units.get_mut(name) {
                 log_line(
                     r,
@@ -936,6 +1140,8 @@ impl Manager {
         r.stop_requested = true;
         if r.unit.service.is_none() {
             close_sockets(r);
+            r.timer = None;
+            r.status_text = None;
             let next = if std::mem::take(&mut r.start_after_stop) {
                 State::Waiting
             } else {
@@ -1050,11 +1256,39 @@ impl Manager {
                     .as_ref()
                     .and_then(|s| s.timeout_start)
                     .unwrap_or_default();
-                let why = format!(
-                    "timed out after {}s while in {} (TimeoutStartSec=)",
-                    timeout.as_secs(),
-                    r.phase.name()
-                );
+                let why = if r.phase == Phase::WaitBusName {
+                    let bus_name = r
+                        .unit
+                        .service
+                        .as_ref()
+                        .and_then(|s| s.bus_name.clone())
+                        .unwrap_or_default();
+                    let mut why = format!(
+                        "timed out after {}s waiting for its bus name {bus_name} to appear on the VM's D-Bus system bus (Type=dbus, TimeoutStartSec=)",
+                        timeout.as_secs()
+                    );
+                    let silent = self.bus.as_ref().is_some_and(|b| !b.answered());
+                    let problem = self.bus_problem.clone().or_else(|| {
+                        silent.then(|| {
+                            format!(
+                                "{} accepted the connection, but no dbus-daemon answered",
+                                bus::SYSTEM_BUS
+                            )
+                        })
+                    });
+                    if let Some(problem) = &problem {
+                        why.push_str(&format!(
+                            "; the bus could not be reached: {problem} (is dbus running in this VM? `feather service status VM dbus`)"
+                        ));
+                    }
+                    why
+                } else {
+                    format!(
+                        "timed out after {}s while in {} (TimeoutStartSec=)",
+                        timeout.as_secs(),
+                        r.phase.name()
+                    )
+                };
                 self.fail_and_clean(name, why);
             }
             State::Deactivating => {
@@ -1100,6 +1334,7 @@ impl Manager {
             return;
         };
         spawn::remove_runtime_directories(&r.unit);
+        r.last_deactivated = Some(Instant::now());
         if r.notify.take().is_some() {
             let _ = fs::remove_file(notify_path(name));
         }
@@ -1322,9 +1557,10 @@ fn log_line(r: &mut Runtime, line: &str) {
 
 fn phase_setting(phase: Phase) -> &'static str {
     match phase {
+        Phase::FreshState => "fresh state: initialiser",
         Phase::Condition => "ExecCondition",
         Phase::StartPre => "ExecStartPre",
-        Phase::Start | Phase::WaitReady | Phase::WaitPidFile => "ExecStart",
+        Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "ExecStart",
         Phase::StartPost => "ExecStartPost",
         Phase::Stop => "ExecStop",
         Phase::StopPost => "ExecStopPost",

@@ -2,7 +2,7 @@
 //! order, with what needs the unit), reload, list, status, shut down; and the answers, sent
 //! once the units a request touched have settled.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -33,18 +33,20 @@ impl Manager {
     /// Answers a request at once, or keeps the connection in a job until its units settle.
     pub(super) fn handle(&mut self, request: Request, mut stream: UnixStream) {
         let answer = match request {
-            Request::Start { units } => match self.request_start(&units) {
-                Ok((units, skipped)) => {
-                    self.jobs.push(Job {
-                        client: stream,
-                        units,
-                        skipped,
-                        then_exit: false,
-                    });
-                    return;
+            Request::Start { units, fresh_state } => {
+                match self.request_start(&units, fresh_state) {
+                    Ok((units, skipped)) => {
+                        self.jobs.push(Job {
+                            client: stream,
+                            units,
+                            skipped,
+                            then_exit: false,
+                        });
+                        return;
+                    }
+                    Err(message) => Response::Error { message },
                 }
-                Err(message) => Response::Error { message },
-            },
+            }
             Request::Stop { units } => {
                 let mut missing = units.iter().filter_map(|u| {
                     let name = UnitName::parse(u).ok()?;
@@ -152,6 +154,7 @@ impl Manager {
     pub(super) fn request_start(
         &mut self,
         names: &[String],
+        fresh_state: FreshState,
     ) -> Result<(Vec<String>, Vec<ServiceInfo>), String> {
         if self.shutting_down {
             return Err("the service manager is shutting down".into());
@@ -164,6 +167,7 @@ impl Manager {
         let graph = DependencyGraph::closure(&self.paths, &roots).map_err(|e| e.to_string())?;
         graph.start_waves().map_err(|e| e.to_string())?;
         let ordering = graph.ordering();
+        let mut fresh = self.fresh_plans(&graph, fresh_state)?;
         let mut job_units = Vec::new();
         for (name, unit) in &graph.units {
             job_units.push(name.clone());
@@ -172,6 +176,7 @@ impl Manager {
                     // Still stopping: its processes are tracked here until they are gone; the
                     // start follows the stop.
                     existing.start_after_stop = true;
+                    existing.fresh = fresh.remove(name);
                     continue;
                 }
                 if matches!(
@@ -182,6 +187,7 @@ impl Manager {
                 }
             }
             let mut runtime = Runtime::new(unit.clone());
+            runtime.fresh = fresh.remove(name);
             if let Some(old) = self.units.get(name) {
                 runtime.restarts = old.restarts;
             }
@@ -250,6 +256,40 @@ impl Manager {
             })
             .collect();
         Ok((job_units, skipped))
+    }
+
+    /// The units of `graph` that start with empty state, and what that means for each; refused
+    /// for a unit that runs (its data is in use).
+    fn fresh_plans(
+        &self,
+        graph: &DependencyGraph,
+        fresh_state: FreshState,
+    ) -> Result<BTreeMap<String, crate::state::Plan>, String> {
+        let mut plans = BTreeMap::new();
+        if fresh_state == FreshState::No {
+            return Ok(plans);
+        }
+        for (name, unit) in &graph.units {
+            if fresh_state == FreshState::Once && crate::state::done(name) {
+                continue;
+            }
+            let plan = crate::state::plan(Path::new("/"), unit)
+                .map_err(|e| format!("{name} cannot start with fresh state: {e}"))?;
+            if plan.is_empty() {
+                continue;
+            }
+            let up = self.units.get(name).is_some_and(|r| {
+                matches!(r.state, State::Active | State::Activating | State::Waiting)
+                    && !r.stop_pending
+            });
+            if up {
+                return Err(format!(
+                    "{name} is running on the data it has; stop it first (`feather service stop VM {name}`) to start it with fresh state"
+                ));
+            }
+            plans.insert(name.clone(), plan);
+        }
+        Ok(plans)
     }
 
     /// Starts the ExecReload= commands of running units; all must be running and have some.

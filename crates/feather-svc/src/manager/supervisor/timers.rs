@@ -1,0 +1,190 @@
+//! Timer units: when a timer is due (its monotonic settings and calendar events), starting
+//! the unit it triggers, and what `service ls` says it waits for.
+
+use super::*;
+
+/// A running timer.
+pub(super) struct TimerRun {
+    pub(super) started: Instant,
+    pub(super) started_wall: i64,
+    pub(super) calendar: Vec<crate::calendar::CalendarSpec>,
+    pub(super) last_trigger: Option<(Instant, i64)>,
+    pub(super) next: Option<Instant>,
+    pub(super) target: String,
+}
+
+/// When a timer is next due; for a calendar event also its local wall-clock time.
+pub(super) type Elapse = (Instant, Option<i64>);
+
+impl Manager {
+    /// Starts the units of the timers that elapsed, and works out when each timer is next due.
+    pub(super) fn run_timers(&mut self) {
+        let now = Instant::now();
+        let timers: Vec<String> = self
+            .units
+            .iter()
+            .filter(|(_, r)| r.state == State::Active && r.timer.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for name in timers {
+            let Some(next) = self.next_elapse(&name) else {
+                self.set_timer_next(&name, None);
+                continue;
+            };
+            if next.0 > now {
+                self.set_timer_next(&name, Some(next));
+                continue;
+            }
+            let target = self.units[&name]
+                .timer
+                .as_ref()
+                .map(|t| t.target.clone())
+                .unwrap_or_default();
+            let started = self.request_start(std::slice::from_ref(&target), FreshState::No);
+            let r = self.units.get_mut(&name).unwrap_or_else(|| unreachable!());
+            match started {
+                Ok(_) => log_line(r, &format!("feather: elapsed: starting {target}")),
+                Err(why) => log_line(
+                    r,
+                    &format!("feather: elapsed: cannot start {target}: {why}"),
+                ),
+            }
+            if let Some(timer) = r.timer.as_mut() {
+                timer.last_trigger = Some((now, local_now()));
+            }
+            let next = self.next_elapse(&name);
+            self.set_timer_next(&name, next);
+        }
+    }
+
+    pub(super) fn set_timer_next(&mut self, name: &str, next: Option<Elapse>) {
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
+        let Some(timer) = r.timer.as_mut() else {
+            return;
+        };
+        timer.next = next.map(|(at, _)| at);
+        r.status_text = Some(match next {
+            Some((at, wall)) => {
+                let wall = wall.unwrap_or_else(|| {
+                    local_now()
+                        + at.saturating_duration_since(Instant::now())
+                            .as_secs_f64()
+                            .ceil() as i64
+                });
+                format!("next: {} → {}", crate::calendar::format(wall), timer.target)
+            }
+            None => format!("elapsed: nothing left to trigger {}", timer.target),
+        });
+    }
+
+    /// When the timer `name` is next due: the earliest of its settings that has not
+    /// triggered yet (a time at or before its last trigger counts as done, as in systemd).
+    pub(super) fn next_elapse(&self, name: &str) -> Option<Elapse> {
+        let r = self.units.get(name)?;
+        let timer = r.timer.as_ref()?;
+        let settings = r.unit.timer.as_ref()?;
+        let target = self.units.get(&timer.target);
+        let last = timer.last_trigger.map(|(at, _)| at);
+        let mut candidates: Vec<Elapse> = Vec::new();
+        let mut monotonic: Vec<Instant> = Vec::new();
+        monotonic.extend(settings.on_active.iter().map(|d| timer.started + *d));
+        monotonic.extend(settings.on_boot.iter().map(|d| self.vm_boot + *d));
+        if let Some(at) = target.and_then(|t| t.last_activated) {
+            monotonic.extend(settings.on_unit_active.iter().map(|d| at + *d));
+        }
+        if let Some(at) = target.and_then(|t| t.last_deactivated) {
+            monotonic.extend(settings.on_unit_inactive.iter().map(|d| at + *d));
+        }
+        monotonic.retain(|c| last.is_none_or(|l| *c > l));
+        candidates.extend(monotonic.into_iter().map(|at| (at, None)));
+        let base_wall = timer
+            .last_trigger
+            .map_or(timer.started_wall, |(_, wall)| wall);
+        let now = Instant::now();
+        let now_wall = local_now_precise();
+        for spec in &timer.calendar {
+            if let Some(wall) = spec.next_after(base_wall) {
+                let ahead = wall as f64 - now_wall;
+                let at = if ahead >= 0.0 {
+                    now + Duration::from_secs_f64(ahead)
+                } else {
+                    now.checked_sub(Duration::from_secs_f64(-ahead))
+                        .unwrap_or(now)
+                };
+                candidates.push((at, Some(wall)));
+            }
+        }
+        candidates.into_iter().min_by_key(|(at, _)| *at)
+    }
+}
+
+/// The local time as seconds since the epoch (the epoch shifted by the zone's offset).
+pub(super) fn local_now() -> i64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    unix + crate::raw::local_offset(unix)
+}
+
+/// The local time as seconds since the epoch, with their fraction.
+pub(super) fn local_now_precise() -> f64 {
+    let unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64());
+    unix + crate::raw::local_offset(unix as i64) as f64
+}
+
+/// When the VM's init started: `/proc/1/stat`'s start time (clock ticks after the host's boot)
+/// against `/proc/uptime`.
+pub(super) fn vm_boot() -> Instant {
+    let now = Instant::now();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let started = fs::read_to_string("/proc/1/stat").ok().and_then(|s| {
+        let after_name = s.rsplit_once(')')?.1;
+        after_name.split_whitespace().nth(19)?.parse::<f64>().ok()
+    });
+    let uptime = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+    match (started, uptime) {
+        (Some(started), Some(uptime)) if uptime >= started / ticks => now
+            .checked_sub(Duration::from_secs_f64(uptime - started / ticks))
+            .unwrap_or(now),
+        _ => now,
+    }
+}
+
+/// Checks a timer's settings and starts it: it needs something that triggers it, and
+/// calendar events feather understands.
+pub(super) fn start_timer(r: &Runtime, target: String) -> Result<TimerRun, String> {
+    let settings = r.unit.timer.clone().unwrap_or_default();
+    if settings.on_active.is_empty()
+        && settings.on_boot.is_empty()
+        && settings.on_unit_active.is_empty()
+        && settings.on_unit_inactive.is_empty()
+        && settings.on_calendar.is_empty()
+    {
+        return Err(format!(
+            "{} has no OnActiveSec=, OnBootSec=, OnUnitActiveSec=, OnUnitInactiveSec= or OnCalendar=: nothing would start it",
+            r.unit.name
+        ));
+    }
+    let calendar = settings
+        .on_calendar
+        .iter()
+        .map(|text| crate::calendar::CalendarSpec::parse(text))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(TimerRun {
+        started: Instant::now(),
+        started_wall: local_now(),
+        calendar,
+        last_trigger: None,
+        next: None,
+        target,
+    })
+}
