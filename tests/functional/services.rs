@@ -560,6 +560,77 @@ fn service_commands_on_a_vm_without_services_say_so() {
     );
 }
 
+/// A folder holding a `feather` without the `feather-svcd` that is built beside it; removed on
+/// drop.
+struct LoneFeather(std::path::PathBuf);
+
+impl LoneFeather {
+    fn new() -> Self {
+        let dir = std::path::PathBuf::from(format!(
+            "/tmp/feather-tests/lone-feather-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let exe = dir.join("feather");
+        // A hard link is cheap and its path is what the binary finds as its own.
+        if std::fs::hard_link(Feather::bin(), &exe).is_err() {
+            std::fs::copy(Feather::bin(), &exe).unwrap();
+        }
+        LoneFeather(dir)
+    }
+}
+
+impl Drop for LoneFeather {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[test]
+fn a_missing_service_manager_binary_is_named_in_the_error() {
+    let feather = Feather::new("svc-lone");
+    vm(&feather, "lone");
+    let lone = LoneFeather::new();
+    let start = || {
+        std::process::Command::new(lone.0.join("feather"))
+            .arg("--root")
+            .arg(&feather.root)
+            .args(["service", "start", "lone", "nginx"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let output = start();
+    let e = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{e}");
+    let missing = lone.0.join("feather-svcd");
+    let expected = format!(
+        "VM lone cannot run its service manager: {} is missing",
+        missing.display()
+    );
+    assert!(e.contains(&expected), "{e}");
+    // Nothing was started: the VM has no manager and no nginx.
+    assert_eq!(services(&feather, "lone").len(), 0);
+    let ps = feather.ok(&["ps", "lone"]);
+    assert!(
+        !ps.contains("nginx") && !ps.contains("feather-svcd"),
+        "{ps}"
+    );
+    // With the manager's binary beside it, the same feather starts the service.
+    let built = Path::new(Feather::bin()).with_file_name("feather-svcd");
+    if std::fs::hard_link(&built, &missing).is_err() {
+        std::fs::copy(&built, &missing).unwrap();
+    }
+    let output = start();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_running(&feather, "lone", "nginx.service");
+}
+
 #[test]
 fn five_vms_each_run_their_own_nginx_and_redis_with_their_own_data() {
     let feather = Feather::new("svc-five");

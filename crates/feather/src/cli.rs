@@ -318,7 +318,7 @@ pub struct ServiceClientArgs {
     /// Print only failures
     #[arg(long)]
     pub quiet: bool,
-    /// start, stop, restart, reload, ls, status, logs (or manager: be the VM's service manager)
+    /// start, stop, restart, reload, ls, status, logs
     pub op: String,
     pub units: Vec<String>,
 }
