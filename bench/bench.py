@@ -1578,7 +1578,7 @@ def merge(previous: str, bench: Bench, only: list[str], problems: list[str], fai
     note = (
         f"{PARTIAL_NOTE} " + " --only ".join(shlex.quote(x) for x in only) + "` on "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (commit {commit}, load average "
-        f"at the end {load_average()}): sections " + ", ".join(sorted(fresh)) + " and their rows "
+        f"at the end {load_average()}): sections " + ", ".join(k.rstrip(".") for k in sorted(fresh)) + " and their rows "
         "in Targets. Everything else, the Machine table included, is from the run above."
     )
     parts = [header, note, "## Targets\n\n" + summary, *merged]

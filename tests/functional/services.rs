@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{Feather, ScratchBase};
+use crate::support::{Feather, LoneFeather, ScratchBase};
 
 /// A running VM over the host's root, removed with its fixture.
 fn vm(feather: &Feather, name: &str) {
@@ -560,51 +560,16 @@ fn service_commands_on_a_vm_without_services_say_so() {
     );
 }
 
-/// A folder holding a `feather` without the `feather-svcd` that is built beside it; removed on
-/// drop.
-struct LoneFeather(std::path::PathBuf);
-
-impl LoneFeather {
-    fn new() -> Self {
-        let dir = std::path::PathBuf::from(format!(
-            "/tmp/feather-tests/lone-feather-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let exe = dir.join("feather");
-        // A hard link is cheap and its path is what the binary finds as its own.
-        if std::fs::hard_link(Feather::bin(), &exe).is_err() {
-            std::fs::copy(Feather::bin(), &exe).unwrap();
-        }
-        LoneFeather(dir)
-    }
-}
-
-impl Drop for LoneFeather {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn a_missing_service_manager_binary_is_named_in_the_error() {
     let feather = Feather::new("svc-lone");
     vm(&feather, "lone");
-    let lone = LoneFeather::new();
-    let start = || {
-        std::process::Command::new(lone.0.join("feather"))
-            .arg("--root")
-            .arg(&feather.root)
-            .args(["service", "start", "lone", "nginx"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let lone = LoneFeather::new("svc");
+    let start = || lone.run(&feather, &["service", "start", "lone", "nginx"]);
     let output = start();
     let e = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success(), "{e}");
-    let missing = lone.0.join("feather-svcd");
+    let missing = lone.dir.join("feather-svcd");
     let expected = format!(
         "VM lone cannot run its service manager: {} is missing",
         missing.display()
@@ -618,10 +583,7 @@ fn a_missing_service_manager_binary_is_named_in_the_error() {
         "{ps}"
     );
     // With the manager's binary beside it, the same feather starts the service.
-    let built = Path::new(Feather::bin()).with_file_name("feather-svcd");
-    if std::fs::hard_link(&built, &missing).is_err() {
-        std::fs::copy(&built, &missing).unwrap();
-    }
+    lone.add("feather-svcd");
     let output = start();
     assert!(
         output.status.success(),

@@ -81,7 +81,7 @@ pub struct Resumed {
     pub grace_ms: u64,
 }
 
-/// The hidden subcommand of the `feather` binary that init re-executes as.
+/// The subcommand init re-executes as (of the keeper's binary, `feather-keeper`).
 pub const INIT_SUBCOMMAND: &str = "__init";
 
 /// Replaces init's program, until now the host's feather binary, by the same binary bound inside

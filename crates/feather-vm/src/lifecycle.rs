@@ -129,8 +129,18 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .append(true)
         .open(vm.keeper_log())
         .at(vm.keeper_log())?;
-    let exe = std::env::current_exe()
+    let exe = keeper::program()
         .map_err(|e| failed(name, format!("cannot find the feather binary: {e}")))?;
+    if !exe.exists() {
+        return Err(failed(
+            name,
+            format!(
+                "cannot start its keeper: {} is missing; install {} beside feather (cargo builds and installs both)",
+                exe.display(),
+                keeper::KEEPER_PROGRAM
+            ),
+        ));
+    }
     let mut command = Command::new(exe);
     command
         .arg(KEEPER_SUBCOMMAND)

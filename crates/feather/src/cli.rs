@@ -141,22 +141,6 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    #[command(name = "__keeper", hide = true)]
-    Keeper {
-        #[arg(long)]
-        state_dir: PathBuf,
-        #[arg(long)]
-        run_dir: PathBuf,
-        #[arg(long)]
-        ready_fd: i32,
-        /// Restore the VM from its checkpoint instead of booting it
-        #[arg(long)]
-        restore: bool,
-        name: String,
-    },
-    /// A VM's init after it re-executed itself from inside the VM
-    #[command(name = "__init", hide = true)]
-    Init { keeper_fd: i32, resumed: String },
 }
 
 #[derive(Debug, Args, Clone, Default)]
