@@ -317,6 +317,58 @@ def process_memory(pid: int) -> Memory:
     return Memory(fields.get("Rss", 0), fields.get("Pss", 0), private, fields.get("Anonymous", 0))
 
 
+PSS_PARTS = [
+    "program code (.text)",
+    "program read-only data (.rodata, .eh_frame, relocations)",
+    "relocated data (.data.rel.ro, .got: written at load, private)",
+    "program .data, .bss",
+    "heap",
+    "stack",
+    "other anonymous (thread-local, allocator)",
+    "shared libraries (libc, loader, libgcc)",
+]
+
+
+def pss_parts(pid: int) -> dict[str, int]:
+    """What one process's Pss is made of, from /proc/<pid>/smaps: its program's mappings by
+    kind, heap, stack, other anonymous memory and the shared libraries."""
+    parts = dict.fromkeys(PSS_PARTS, 0)
+    try:
+        program = os.readlink(f"/proc/{pid}/exe")
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return parts
+    # A re-executed init runs its program through the dynamic loader: its program is then the
+    # loader's first argument that is not an option.
+    if "ld-linux" in program:
+        program = next((a.decode() for a in command[1:] if a.startswith(b"/") and b"ld-linux" not in a and not a.endswith(b"/.feather-init")), program)
+    name, perms, anon = "", "", 0
+    for line in text.splitlines():
+        fields = line.split()
+        if re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", fields[0]):
+            name, perms = (fields[5] if len(fields) > 5 else ""), fields[1]
+        elif fields[0] == "Pss:":
+            pss = int(fields[1]) * 1024
+        elif fields[0] == "Anonymous:":
+            anon = int(fields[1]) * 1024
+            if name == program:
+                part = ("program code (.text)" if "x" in perms else
+                        "relocated data (.data.rel.ro, .got: written at load, private)" if anon and "w" not in perms else
+                        "program .data, .bss" if "w" in perms else
+                        "program read-only data (.rodata, .eh_frame, relocations)")
+            elif name == "[heap]":
+                part = "heap"
+            elif name == "[stack]":
+                part = "stack"
+            elif name.startswith("/"):
+                part = "shared libraries (libc, loader, libgcc)"
+            else:
+                part = "other anonymous (thread-local, allocator)"
+            parts[part] += pss
+    return parts
+
+
 def processes_memory(pids: list[int]) -> Memory:
     total = Memory()
     for pid in pids:
@@ -845,8 +897,11 @@ def compare_idle_memory(bench: Bench) -> None:
     info = f.up("idle")
     time.sleep(0.5)
     m = vm_memory(info)
+    keeper_parts = pss_parts(info["state"]["keeper_pid"])
+    init_parts = pss_parts(info["state"]["init_pid"])
     group = memory_cgroup(info["cgroup"])
     f.remove("idle")
+    parts = [[part, mib(keeper_parts[part]), mib(init_parts[part])] for part in PSS_PARTS]
     both = m.keeper + m.init
     rows = [
         [name, mib(x.rss), mib(x.pss), mib(x.uss), mib(x.anon)]
@@ -861,13 +916,17 @@ def compare_idle_memory(bench: Bench) -> None:
         "feather binary's page-cache pages included) and anonymous (heap and stack: memory that "
         "exists only for this VM).",
         table(["process", "Rss", "Pss", "private", "anonymous"], rows),
+        "What their Pss is made of (from `/proc/<pid>/smaps`): both run `feather-keeper`, a "
+        "binary of their own that links only the VM core (init re-executes it from inside the "
+        "VM); its pages in the page cache are shared by every VM's keeper and init.",
+        table(["part", "keeper Pss", "init Pss"], parts),
         f"The VM's memory cgroup (`{group}`) is charged "
         f"{mib(m.cgroup)}: init's pages and the kernel memory charged to it; the keeper lives "
         "outside the VM's cgroup.",
         f"**keeper + init Pss: {mib(both.pss)}** (target ≤ 2 MiB: {verdict(ok)}); Rss "
-        f"{mib(both.rss)}, which counts the shared feather binary and libc pages in full; "
-        f"anonymous {mib(both.anon)}. The rest of the Pss is the feather binary's code in the page "
-        "cache, which every further VM shares (see 3b).",
+        f"{mib(both.rss)}, which counts the shared `feather-keeper` binary and libc pages in "
+        f"full; anonymous {mib(both.anon)}. The rest of the Pss is `feather-keeper`'s pages in "
+        "the page cache, which every further VM shares (see 3b).",
     )
     bench.report.target("memory: one idle VM, keeper + init", "≤ 2 MiB resident", f"Pss {mib(both.pss)} (anonymous {mib(both.anon)}), Rss {mib(both.rss)}", ok)
 
