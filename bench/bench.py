@@ -1548,8 +1548,9 @@ def compare_network_namespace(bench: Bench) -> None:
         "and the namespace, waiting for RCU grace periods) and, for the only VM, the `nft` runs "
         "that make and remove the root's tables; the start itself gains about 3 ms "
         "(docs/network.md).",
-        "Service duplication (start-to-ready vs native start) and IPC hardening's share of the start "
-        "time are not built yet; they join this report when they land.",
+        "Service start-to-ready against a direct start is measured by `cargo bench -p feather "
+        "--bench services` (bench/README.md); the service manager's memory is in 3e. IPC "
+        "hardening's share of the start time is not measured yet.",
     )
 
 
