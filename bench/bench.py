@@ -53,10 +53,11 @@ PACKAGES = {
 # made them (firejail leaves three bind mounts in its folder).
 PEER_STATE = [Path("/run/firejail"), Path("/run/crun")]
 
-# Targets, from the issues (issue 2: VM foundation, issue 8: benchmarks).
+# Targets, from the issues (issue 2: VM foundation, issue 4: services, issue 8: benchmarks).
 START_TARGET = 1.5  # feather run --rm within 1.5x bwrap --unshare-all
 EXEC_TARGET = 2.0  # feather exec within 2x nsenter into the same namespaces
 IDLE_MEMORY_TARGET = 2 * MIB  # an idle VM's keeper + init
+SERVICE_MANAGER_TARGET = 2 * MIB  # issue 4: the service manager beside the services
 RUNTIME_TARGET = 0.97  # in-VM throughput / host throughput
 
 # Firecracker's own numbers from its SPECIFICATION.md (firecracker-microvm/firecracker), for an
@@ -314,6 +315,58 @@ def process_memory(pid: int) -> Memory:
         return Memory()
     private = fields.get("Private_Clean", 0) + fields.get("Private_Dirty", 0)
     return Memory(fields.get("Rss", 0), fields.get("Pss", 0), private, fields.get("Anonymous", 0))
+
+
+PSS_PARTS = [
+    "program code (.text)",
+    "program read-only data (.rodata, .eh_frame, relocations)",
+    "relocated data (.data.rel.ro, .got: written at load, private)",
+    "program .data, .bss",
+    "heap",
+    "stack",
+    "other anonymous (thread-local, allocator)",
+    "shared libraries (libc, loader, libgcc)",
+]
+
+
+def pss_parts(pid: int) -> dict[str, int]:
+    """What one process's Pss is made of, from /proc/<pid>/smaps: its program's mappings by
+    kind, heap, stack, other anonymous memory and the shared libraries."""
+    parts = dict.fromkeys(PSS_PARTS, 0)
+    try:
+        program = os.readlink(f"/proc/{pid}/exe")
+        command = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        text = Path(f"/proc/{pid}/smaps").read_text()
+    except OSError:
+        return parts
+    # A re-executed init runs its program through the dynamic loader: its program is then the
+    # loader's first argument that is not an option.
+    if "ld-linux" in program:
+        program = next((a.decode() for a in command[1:] if a.startswith(b"/") and b"ld-linux" not in a and not a.endswith(b"/.feather-init")), program)
+    name, perms, anon = "", "", 0
+    for line in text.splitlines():
+        fields = line.split()
+        if re.fullmatch(r"[0-9a-f]+-[0-9a-f]+", fields[0]):
+            name, perms = (fields[5] if len(fields) > 5 else ""), fields[1]
+        elif fields[0] == "Pss:":
+            pss = int(fields[1]) * 1024
+        elif fields[0] == "Anonymous:":
+            anon = int(fields[1]) * 1024
+            if name == program:
+                part = ("program code (.text)" if "x" in perms else
+                        "relocated data (.data.rel.ro, .got: written at load, private)" if anon and "w" not in perms else
+                        "program .data, .bss" if "w" in perms else
+                        "program read-only data (.rodata, .eh_frame, relocations)")
+            elif name == "[heap]":
+                part = "heap"
+            elif name == "[stack]":
+                part = "stack"
+            elif name.startswith("/"):
+                part = "shared libraries (libc, loader, libgcc)"
+            else:
+                part = "other anonymous (thread-local, allocator)"
+            parts[part] += pss
+    return parts
 
 
 def processes_memory(pids: list[int]) -> Memory:
@@ -844,8 +897,11 @@ def compare_idle_memory(bench: Bench) -> None:
     info = f.up("idle")
     time.sleep(0.5)
     m = vm_memory(info)
+    keeper_parts = pss_parts(info["state"]["keeper_pid"])
+    init_parts = pss_parts(info["state"]["init_pid"])
     group = memory_cgroup(info["cgroup"])
     f.remove("idle")
+    parts = [[part, mib(keeper_parts[part]), mib(init_parts[part])] for part in PSS_PARTS]
     both = m.keeper + m.init
     rows = [
         [name, mib(x.rss), mib(x.pss), mib(x.uss), mib(x.anon)]
@@ -860,13 +916,17 @@ def compare_idle_memory(bench: Bench) -> None:
         "feather binary's page-cache pages included) and anonymous (heap and stack: memory that "
         "exists only for this VM).",
         table(["process", "Rss", "Pss", "private", "anonymous"], rows),
+        "What their Pss is made of (from `/proc/<pid>/smaps`): both run `feather-keeper`, a "
+        "binary of their own that links only the VM core (init re-executes it from inside the "
+        "VM); its pages in the page cache are shared by every VM's keeper and init.",
+        table(["part", "keeper Pss", "init Pss"], parts),
         f"The VM's memory cgroup (`{group}`) is charged "
         f"{mib(m.cgroup)}: init's pages and the kernel memory charged to it; the keeper lives "
         "outside the VM's cgroup.",
         f"**keeper + init Pss: {mib(both.pss)}** (target ≤ 2 MiB: {verdict(ok)}); Rss "
-        f"{mib(both.rss)}, which counts the shared feather binary and libc pages in full; "
-        f"anonymous {mib(both.anon)}. The rest of the Pss is the feather binary's code in the page "
-        "cache, which every further VM shares (see 3b).",
+        f"{mib(both.rss)}, which counts the shared `feather-keeper` binary and libc pages in "
+        f"full; anonymous {mib(both.anon)}. The rest of the Pss is `feather-keeper`'s pages in "
+        "the page cache, which every further VM shares (see 3b).",
     )
     bench.report.target("memory: one idle VM, keeper + init", "≤ 2 MiB resident", f"Pss {mib(both.pss)} (anonymous {mib(both.anon)}), Rss {mib(both.rss)}", ok)
 
@@ -1093,6 +1153,48 @@ def hardware_vm_reference(bench: Bench) -> None:
         "The guest's own memory (its kernel, its init and its page cache) comes on top of that overhead.",
     )
     bench.report.target("reference: Firecracker (published, not measured)", "boot ≤ 125 ms, overhead ≤ 5 MiB", "see 3d", None)
+
+
+def vm_processes(bench: Bench, name: str) -> list[dict]:
+    """`feather ps NAME --json`: each process's command and host pid."""
+    return json.loads(bench.feather("ps", name, "--json").stdout)
+
+
+def compare_service_manager(bench: Bench) -> None:
+    f = bench.feather
+    info = f.up("svc")
+    f("service", "start", "svc", "nginx")
+    time.sleep(0.5)
+    processes = vm_processes(bench, "svc")
+    manager = [p["host_pid"] for p in processes if p["command"].split()[0].endswith("feather-svcd")]
+    nginx = [p["host_pid"] for p in processes if p["command"].startswith("nginx")]
+    m = vm_memory(info)
+    services = processes_memory(nginx)
+    ours = processes_memory(manager)
+    f.remove("svc")
+    if not manager:
+        raise RuntimeError(f"no feather-svcd among the VM's processes: {processes}")
+    rows = [
+        [name, mib(x.rss), mib(x.pss), mib(x.uss), mib(x.anon)]
+        for name, x in (
+            ("service manager (`feather-svcd`)", ours),
+            (f"nginx ({len(nginx)} processes)", services),
+            ("keeper + init", m.keeper + m.init),
+        )
+    ]
+    ok = ours.pss <= SERVICE_MANAGER_TARGET
+    bench.report.add(
+        "3e. Memory of a VM's service manager",
+        "One VM over `/` running the host's nginx from its own unit file (`feather service start "
+        "svc nginx`: the first start also starts the VM's service manager, `feather-svcd`, a "
+        "binary of its own beside `feather` that links only the service manager). From "
+        "`/proc/<pid>/smaps_rollup`, as in 3a, half a second after nginx was ready.",
+        table(["process", "Rss", "Pss", "private", "anonymous"], rows),
+        f"**service manager Pss: {mib(ours.pss)}** (target under 2 MiB beside the services: "
+        f"{verdict(ok)}); Rss {mib(ours.rss)}, which counts libc and its binary's shared pages "
+        f"in full; anonymous (heap, stack) {mib(ours.anon)}.",
+    )
+    bench.report.target("memory: a VM's service manager, nginx running", "< 2 MiB resident", f"Pss {mib(ours.pss)} (anonymous {mib(ours.anon)}), Rss {mib(ours.rss)}", ok)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1446,8 +1548,9 @@ def compare_network_namespace(bench: Bench) -> None:
         "and the namespace, waiting for RCU grace periods) and, for the only VM, the `nft` runs "
         "that make and remove the root's tables; the start itself gains about 3 ms "
         "(docs/network.md).",
-        "Service duplication (start-to-ready vs native start) and IPC hardening's share of the start "
-        "time are not built yet; they join this report when they land.",
+        "Service start-to-ready against a direct start is measured by `cargo bench -p feather "
+        "--bench services` (bench/README.md); the service manager's memory is in 3e. IPC "
+        "hardening's share of the start time is not measured yet.",
     )
 
 
@@ -1461,6 +1564,7 @@ COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("density of idle VMs", compare_idle_density),
     ("density of nginx VMs", compare_nginx_density),
     ("hardware-VM reference", hardware_vm_reference),
+    ("service manager memory", compare_service_manager),
     ("nginx throughput", compare_nginx_throughput),
     ("file-heavy job", compare_file_job),
     ("copy-up", compare_copy_up),
@@ -1491,6 +1595,63 @@ def render(bench: Bench, machine_text: str, problems: list[str], failed: list[st
     return "\n\n".join(parts) + "\n"
 
 
+PARTIAL_NOTE = "Re-measured by `bench/run --only"
+
+
+def section_key(section: str) -> str:
+    """A section's number ("3a."), or its whole title when it has none."""
+    title = section.split("\n", 1)[0].removeprefix("## ")
+    first = title.split(" ", 1)[0]
+    return first if re.fullmatch(r"\d+[a-z]?\.", first) else title
+
+
+def merge(previous: str, bench: Bench, only: list[str], problems: list[str], failed: list[str]) -> str:
+    """The previous full report with the sections and target rows of an `--only` run put in
+    place of theirs (a full run takes minutes; this keeps the rest of the report as measured)."""
+    body, _, _ = previous.rpartition("\n\nClean-up")
+    header, *sections = (body or previous).split("\n\n## ")
+    sections = ["## " + x for x in sections]
+    header = header.split("\n\n" + PARTIAL_NOTE)[0]
+    fresh = {section_key(x): x for x in bench.report.sections}
+    kept = [x for x in sections if section_key(x) not in ("Targets", "Comparisons that failed")]
+    merged = [fresh.get(section_key(x), x) for x in kept]
+    for key, new in fresh.items():
+        if key in map(section_key, kept):
+            continue
+        # A section the previous report lacks goes before the first numbered one after it.
+        later = [i for i, x in enumerate(merged) if section_key(x)[0].isdigit() and section_key(x) > key]
+        merged.insert(later[0] if later else len(merged), new)
+    # The targets table: rows re-measured replace theirs (by what they measure); new ones follow
+    # the last row of the same kind ("memory:", "start:", …).
+    targets = next((x for x in sections if x.startswith("## Targets")), "")
+    rows = [line for line in targets.splitlines() if line.startswith("| ") and not line.startswith("| what |")]
+    for what, target, measured, outcome in bench.report.targets:
+        line = table(["what", "target", "measured", "verdict"], [[what, target, measured, outcome]]).splitlines()[-1]
+        same = [i for i, row in enumerate(rows) if row.startswith(f"| {what} |")]
+        kind = [i for i, row in enumerate(rows) if row.startswith("| " + what.split(":")[0] + ":")]
+        if same:
+            rows[same[0]] = line
+        else:
+            rows.insert(kind[-1] + 1 if kind else len(rows), line)
+    summary = "\n".join(["| what | target (from the issues) | measured | verdict |", "|---|---|---|---|", *rows])
+    commit = run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, check=False).stdout.strip()
+    note = (
+        f"{PARTIAL_NOTE} " + " --only ".join(shlex.quote(x) for x in only) + "` on "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} (commit {commit}, load average "
+        f"at the end {load_average()}): sections " + ", ".join(k.rstrip(".") for k in sorted(fresh)) + " and their rows "
+        "in Targets. Everything else, the Machine table included, is from the run above."
+    )
+    parts = [header, note, "## Targets\n\n" + summary, *merged]
+    if failed:
+        parts.append("## Comparisons that failed\n\n" + "\n".join(f"- {f}" for f in failed))
+    parts.append(
+        "Clean-up: everything the run made (VMs, mounts, processes, cgroups, files) was removed."
+        if not problems
+        else "Clean-up problems:\n\n" + "\n".join(f"- {p}" for p in problems)
+    )
+    return "\n\n".join(parts) + "\n"
+
+
 def interrupt(signum, frame) -> None:
     """A termination signal unwinds through the clean-up like Ctrl-C."""
     raise KeyboardInterrupt
@@ -1499,7 +1660,7 @@ def interrupt(signum, frame) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer runs, no nginx density (≤ 2 min)")
-    parser.add_argument("--only", action="append", metavar="NAME", help="run only this comparison (repeatable; for development)")
+    parser.add_argument("--only", action="append", metavar="NAME", help="run only this comparison (repeatable); its sections replace theirs in the existing report")
     args = parser.parse_args()
     started = time.monotonic()
     load_before = load_average()
@@ -1528,7 +1689,10 @@ def main() -> int:
     if interrupted:
         log("interrupted; cleaned up, report not written")
         return 130
-    text = render(bench, machine(bench, started, load_before), problems, failed)
+    if args.only and REPORT.exists():
+        text = merge(REPORT.read_text(), bench, args.only, problems, failed)
+    else:
+        text = render(bench, machine(bench, started, load_before), problems, failed)
     REPORT.parent.mkdir(exist_ok=True)
     REPORT.write_text(text)
     log(f"wrote {REPORT.relative_to(REPO)} in {secs(time.monotonic() - started)}")

@@ -1,4 +1,4 @@
-use crate::support::{Feather, ScratchBase};
+use crate::support::{Feather, LoneFeather, ScratchBase};
 
 #[test]
 fn create_start_stop_rm_round_trip() {
@@ -31,6 +31,39 @@ fn create_start_stop_rm_round_trip() {
     feather.ok(&["rm", "web1"]);
     assert!(!feather.vm_dir("web1").exists());
     assert!(feather.ok(&["ls", "--json"]).trim() == "[]");
+}
+
+#[test]
+fn a_missing_keeper_binary_is_named_and_nothing_is_left_running() {
+    let feather = Feather::new("lone-keeper");
+    let lone = LoneFeather::new("keeper");
+    let created = lone.run(&feather, &["create", "vm"]);
+    assert!(created.status.success(), "{created:?}");
+    let started = lone.run(&feather, &["start", "vm"]);
+    let e = String::from_utf8_lossy(&started.stderr);
+    assert!(!started.status.success(), "{e}");
+    let missing = lone.dir.join("feather-keeper");
+    assert!(
+        e.contains(&format!(
+            "cannot start its keeper: {} is missing",
+            missing.display()
+        )),
+        "{e}"
+    );
+    assert_ne!(feather.status("vm"), "running");
+    // With the keeper's binary beside it, the same feather starts the VM, and its init runs
+    // that binary too.
+    lone.add("feather-keeper");
+    let started = lone.run(&feather, &["start", "vm"]);
+    assert!(started.status.success(), "{started:?}");
+    assert_eq!(feather.status("vm"), "running");
+    let init = feather.inspect("vm")["state"]["init_pid"].as_i64().unwrap();
+    let command = std::fs::read(format!("/proc/{init}/cmdline")).unwrap();
+    let command = String::from_utf8_lossy(&command).replace('\0', " ");
+    assert!(
+        command.contains("/.feather-init/feather-keeper __init "),
+        "{command}"
+    );
 }
 
 #[test]

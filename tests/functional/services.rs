@@ -9,7 +9,7 @@ use std::path::Path;
 
 use serde_json::Value;
 
-use crate::support::{Feather, ScratchBase};
+use crate::support::{Feather, LoneFeather, ScratchBase};
 
 /// A running VM over the host's root, removed with its fixture.
 pub(crate) fn vm(feather: &Feather, name: &str) {
@@ -558,6 +558,39 @@ fn service_commands_on_a_vm_without_services_say_so() {
         e.contains("VM bare cannot run feather's service manager: its base"),
         "{e}"
     );
+}
+
+#[test]
+fn a_missing_service_manager_binary_is_named_in_the_error() {
+    let feather = Feather::new("svc-lone");
+    vm(&feather, "lone");
+    let lone = LoneFeather::new("svc");
+    let start = || lone.run(&feather, &["service", "start", "lone", "nginx"]);
+    let output = start();
+    let e = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{e}");
+    let missing = lone.dir.join("feather-svcd");
+    let expected = format!(
+        "VM lone cannot run its service manager: {} is missing",
+        missing.display()
+    );
+    assert!(e.contains(&expected), "{e}");
+    // Nothing was started: the VM has no manager and no nginx.
+    assert_eq!(services(&feather, "lone").len(), 0);
+    let ps = feather.ok(&["ps", "lone"]);
+    assert!(
+        !ps.contains("nginx") && !ps.contains("feather-svcd"),
+        "{ps}"
+    );
+    // With the manager's binary beside it, the same feather starts the service.
+    lone.add("feather-svcd");
+    let output = start();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_running(&feather, "lone", "nginx.service");
 }
 
 #[test]

@@ -285,3 +285,46 @@ impl Drop for ScratchBase {
         let _ = fs::remove_dir_all(&self.path);
     }
 }
+
+/// A folder holding the `feather` binary alone, without the binaries cargo builds beside it
+/// (`feather-keeper`, `feather-svcd`) until a test adds them; removed on drop.
+pub struct LoneFeather {
+    pub dir: PathBuf,
+}
+
+impl LoneFeather {
+    pub fn new(label: &str) -> Self {
+        let lone = LoneFeather {
+            dir: unique_dir("lone", label),
+        };
+        lone.add("feather");
+        lone
+    }
+
+    /// Puts the built binary `name` beside the lone `feather`.
+    pub fn add(&self, name: &str) {
+        let built = Path::new(Feather::bin()).with_file_name(name);
+        let here = self.dir.join(name);
+        // A hard link is cheap, and its path is what the binary finds as its own.
+        if fs::hard_link(&built, &here).is_err() {
+            fs::copy(&built, &here).unwrap();
+        }
+    }
+
+    /// Runs this `feather` on `feather`'s state root.
+    pub fn run(&self, feather: &Feather, args: &[&str]) -> Output {
+        Command::new(self.dir.join("feather"))
+            .arg("--root")
+            .arg(&feather.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("feather runs")
+    }
+}
+
+impl Drop for LoneFeather {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}

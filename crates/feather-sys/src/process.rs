@@ -11,6 +11,15 @@ use nix::unistd::Pid;
 use crate::raw::{self, Cloned};
 use crate::{Context, Result};
 
+/// Takes the descriptor a parent left open across exec for this process (`--ready-fd` of a
+/// keeper, the keeper's socket of a re-executed init). Descriptors 0–2 are never taken.
+pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd> {
+    if fd < 3 {
+        return Err::<OwnedFd, _>(nix::errno::Errno::EBADF).ctx("take inherited descriptor", fd);
+    }
+    raw::inherited(fd).ctx("take inherited descriptor", fd)
+}
+
 /// The namespaces every VM gets: its own mounts, pids, System V IPC, hostname, network and
 /// cgroup view.
 pub fn vm_namespaces() -> CloneFlags {

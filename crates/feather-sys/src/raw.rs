@@ -236,6 +236,18 @@ pub fn landlock_abi_version() -> Result<i64, Errno> {
     Errno::result(ret)
 }
 
+/// A descriptor this process inherited from its parent for one use, owned from now on.
+/// EBADF if `fd` is not open.
+pub fn inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: F_GETFD only reads the flags of whatever `fd` names; it fails with EBADF if
+    // nothing.
+    Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
+    // SAFETY: the descriptor is open (F_GETFD succeeded), and the caller was handed it by its
+    // parent (a pipe or socket left open across exec) for exactly this use: nothing else in
+    // the process owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// accept4(2): the new connection of a listening socket, owned.
 pub fn accept(listener: RawFd, flags: nix::sys::socket::SockFlag) -> Result<OwnedFd, Errno> {
     let fd = nix::sys::socket::accept4(listener, flags)?;

@@ -81,7 +81,7 @@ pub struct Resumed {
     pub grace_ms: u64,
 }
 
-/// The hidden subcommand of the `feather` binary that init re-executes as.
+/// The subcommand init re-executes as (of the keeper's binary, `feather-keeper`).
 pub const INIT_SUBCOMMAND: &str = "__init";
 
 /// Replaces init's program, until now the host's feather binary, by the same binary bound inside
@@ -341,6 +341,8 @@ fn reap(workload: Option<Pid>, commands: &mut Commands) -> Option<i32> {
 
 /// Where the VM's service manager (crates/feather-svc) records its pid.
 const SERVICE_MANAGER_PID_FILE: &str = "/run/feather-svc/manager.pid";
+/// The manager's process name (feather_svc::manager::PROGRAM, the binary it executes).
+const SERVICE_MANAGER_COMM: &str = "feather-svcd";
 
 /// Gives the VM's service manager, if one runs, the first part of the grace period to stop its
 /// services in reverse dependency order, before everything gets SIGTERM at once.
@@ -352,11 +354,9 @@ fn stop_services_first(deadline: Instant, commands: &mut Commands) {
     else {
         return;
     };
-    // The pid must still be the manager (a `feather __service` process), not a newcomer.
-    let cmdline = std::fs::read(format!("/proc/{manager}/cmdline")).unwrap_or_default();
-    if !String::from_utf8_lossy(&cmdline).contains("__service")
-        || kill(manager, Signal::SIGTERM).is_err()
-    {
+    // The pid must still be the manager (the `feather-svcd` binary), not a newcomer.
+    let comm = std::fs::read_to_string(format!("/proc/{manager}/comm")).unwrap_or_default();
+    if comm.trim_end() != SERVICE_MANAGER_COMM || kill(manager, Signal::SIGTERM).is_err() {
         return;
     }
     while Instant::now() < deadline {

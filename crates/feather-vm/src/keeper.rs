@@ -38,8 +38,17 @@ use crate::protocol::{self, Request, Response};
 use crate::rootfs::RootfsPlan;
 use crate::workload::Workload;
 
-/// The hidden subcommand of the `feather` binary that runs a background keeper.
+/// The subcommand of [`KEEPER_PROGRAM`] that runs a background keeper.
 pub const KEEPER_SUBCOMMAND: &str = "__keeper";
+
+/// The binary that background keepers (and their VMs' inits) run: installed beside `feather`,
+/// and small, since one stays resident per running VM (crates/feather/src/bin/feather-keeper.rs).
+pub const KEEPER_PROGRAM: &str = "feather-keeper";
+
+/// Where [`KEEPER_PROGRAM`] is: beside the running `feather` binary.
+pub fn program() -> std::io::Result<std::path::PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name(KEEPER_PROGRAM))
+}
 
 /// How long processes get to exit after SIGTERM when a VM stops, unless told otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);

@@ -130,8 +130,18 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .append(true)
         .open(vm.keeper_log())
         .at(vm.keeper_log())?;
-    let exe = std::env::current_exe()
+    let exe = keeper::program()
         .map_err(|e| failed(name, format!("cannot find the feather binary: {e}")))?;
+    if !exe.exists() {
+        return Err(failed(
+            name,
+            format!(
+                "cannot start its keeper: {} is missing; install {} beside feather (cargo builds and installs both)",
+                exe.display(),
+                keeper::KEEPER_PROGRAM
+            ),
+        ));
+    }
     let mut command = Command::new(exe);
     command
         .arg(KEEPER_SUBCOMMAND)
@@ -142,7 +152,11 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .arg("--ready-fd")
         .arg(ready_write.as_raw_fd().to_string())
         .args(restore.then_some("--restore"))
-        .args(starting_terminal().map(|tty| format!("--terminal={}", tty.display())))
+        .args(
+            starting_terminal()
+                .into_iter()
+                .flat_map(|tty| ["--terminal".into(), tty]),
+        )
         .arg(name.as_str())
         .stdin(Stdio::null())
         .stdout(log.try_clone().at(vm.keeper_log())?)

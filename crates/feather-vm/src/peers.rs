@@ -19,6 +19,23 @@ pub struct RootPeers {
     root: StateRoot,
 }
 
+/// The `feather` command line binary: beside the running one, which in a background keeper is
+/// `feather-keeper` (crate::keeper::KEEPER_PROGRAM).
+fn cli_program() -> Result<std::path::PathBuf, String> {
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find the feather binary: {e}"))?;
+    let cli = exe.with_file_name("feather");
+    if cli.exists() {
+        Ok(cli)
+    } else {
+        Err(format!(
+            "{} is missing (install it beside {})",
+            cli.display(),
+            exe.display()
+        ))
+    }
+}
+
 impl RootPeers {
     pub fn new(root: &StateRoot) -> RootPeers {
         RootPeers { root: root.clone() }
@@ -26,9 +43,7 @@ impl RootPeers {
 
     /// A `feather` command on this state root, ready for arguments.
     fn command(&self) -> Result<Command, String> {
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find the feather binary: {e}"))?;
-        let mut command = Command::new(exe);
+        let mut command = Command::new(cli_program()?);
         command.env_remove("FEATHER_ROOT");
         let is_default = self.root.dir() == std::path::Path::new(DEFAULT_STATE_DIR)
             && self.root.run_dir() == std::path::Path::new(DEFAULT_RUN_DIR);
@@ -105,9 +120,7 @@ impl Peers for RootPeers {
     }
 
     fn helper(&self, subcommand: &str) -> Result<Command, String> {
-        let exe =
-            std::env::current_exe().map_err(|e| format!("cannot find the feather binary: {e}"))?;
-        let mut command = Command::new(exe);
+        let mut command = Command::new(cli_program()?);
         command.arg(subcommand).stdin(Stdio::null());
         Ok(command)
     }

@@ -185,25 +185,6 @@ pub enum Command {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
-    #[command(name = "__keeper", hide = true)]
-    Keeper {
-        #[arg(long)]
-        state_dir: PathBuf,
-        #[arg(long)]
-        run_dir: PathBuf,
-        #[arg(long)]
-        ready_fd: i32,
-        /// Restore the VM from its checkpoint instead of booting it
-        #[arg(long)]
-        restore: bool,
-        /// The terminal that started the VM, where `ask` policy rules ask
-        #[arg(long)]
-        terminal: Option<PathBuf>,
-        name: String,
-    },
-    /// A VM's init after it re-executed itself from inside the VM
-    #[command(name = "__init", hide = true)]
-    Init { keeper_fd: i32, resumed: String },
 }
 
 #[derive(Debug, Args, Clone, Default)]
@@ -372,7 +353,7 @@ pub struct ServiceClientArgs {
     /// start: with empty state (always, or once per unit and VM)
     #[arg(long, value_name = "always|once")]
     pub fresh_state: Option<String>,
-    /// start, stop, restart, reload, ls, status, logs (or manager: be the VM's service manager)
+    /// start, stop, restart, reload, ls, status, logs
     pub op: String,
     pub units: Vec<String>,
 }

@@ -6,7 +6,6 @@ mod output;
 mod service;
 mod shuttle;
 
-use std::os::fd::{FromRawFd, OwnedFd};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -216,11 +215,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => checkpoint::serve(&root, &listen, &token, once, |address| {
             eprintln!("feather serve: listening on {address}")
         })?,
-        Command::Init { keeper_fd, resumed } => {
-            let keeper = ready_pipe(keeper_fd)?;
-            let resumed = serde_json::from_str(&resumed)?;
-            feather_vm::init::resume(keeper.into(), resumed)
-        }
         Command::Check(CheckCommand::Ipc {
             vm,
             json,
@@ -250,20 +244,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(exit_code(feather_shuttle::transfer::helper_main(&plan)))
         }
         Command::IpcProbe { args } => return Ok(exit_code(feather_ipcprobe::agent::main(&args))),
-        Command::Keeper {
-            state_dir,
-            run_dir,
-            ready_fd,
-            restore,
-            terminal,
-            name,
-        } => {
-            let ready = ready_pipe(ready_fd)?;
-            let root = StateRoot::with_dirs(state_dir, run_dir);
-            let code =
-                feather_vm::keeper::main_background(root, name.parse()?, ready, restore, terminal);
-            return Ok(exit_code(code));
-        }
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -383,19 +363,6 @@ fn workload(args: &ProcessArgs, argv: Vec<String>) -> anyhow::Result<Workload> {
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
-
-/// Takes the descriptor a parent left open for this process: the pipe `feather start` gives its
-/// keeper to report on, or the socket a VM's init keeps to its keeper across re-execution.
-fn ready_pipe(fd: i32) -> anyhow::Result<OwnedFd> {
-    if fd < 3 || !std::path::Path::new(&format!("/proc/self/fd/{fd}")).exists() {
-        anyhow::bail!("descriptor {fd} is not open");
-    }
-    // SAFETY: the descriptor is open (checked above) and was left to this process, for exactly
-    // this use, by its parent (`feather start`) or by itself before re-executing (init);
-    // nothing else in the process owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 #[cfg(test)]
 mod tests {
     use super::end_options_after_app;

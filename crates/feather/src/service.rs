@@ -1,6 +1,7 @@
 //! `feather service …`: the catalogue (read on the host), and the commands that reach a VM's
 //! service manager. Those enter the VM as `feather exec` does and run this same binary's
-//! hidden `__service` there, which talks to the manager over its socket in the VM's /run.
+//! hidden `__service` there, which talks to the manager (`feather-svcd`, started there by the
+//! first `start`) over its socket in the VM's /run.
 
 use std::process::ExitCode;
 
@@ -78,6 +79,14 @@ fn call_in_vm(
             exe.display()
         );
     }
+    let manager = manager::program().map_err(|e| anyhow::anyhow!("VM {name}: {e}"))?;
+    if !manager.exists() {
+        anyhow::bail!(
+            "VM {name} cannot run its service manager: {} is missing; install {} beside feather (cargo builds and installs both)",
+            manager.display(),
+            manager::PROGRAM
+        );
+    }
     let mut argv = vec![
         exe.display().to_string(),
         "__service".to_owned(),
@@ -112,8 +121,6 @@ fn call_in_vm(
 pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
     let vm = &args.vm;
     let request = match args.op.as_str() {
-        // The manager itself, started by the first `start` (see feather_svc::manager).
-        "manager" => return Ok(ExitCode::from(u8::try_from(manager::serve()).unwrap_or(1))),
         "logs" => {
             return logs(
                 vm,

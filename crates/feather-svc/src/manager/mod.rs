@@ -6,6 +6,10 @@
 //! /run ([`protocol::SOCKET`]); if no manager runs yet, it starts one, detached (a session of
 //! its own, reparented to the VM's init), which then stays in the VM supervising. Only
 //! processes inside the VM can reach the socket: the VM's /run is a private tmpfs.
+//!
+//! The manager is its own small binary, [`PROGRAM`] (`crates/feather/src/bin/feather-svcd.rs`),
+//! installed beside `feather`: it stays resident in every VM that runs services, so it carries
+//! only this crate, not the whole command line.
 
 mod bus;
 mod processes;
@@ -19,12 +23,25 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::net::UnixListener;
 use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use protocol::{Request, Response, LOCK_FILE, MANAGER_LOG, PID_FILE, RUN_DIR, SOCKET};
 
 /// How long a client waits for a manager it started to listen.
 const MANAGER_START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The service manager's binary name; the VM's init recognises the manager by it (its `comm`).
+pub const PROGRAM: &str = "feather-svcd";
+
+/// Where the service manager's binary is: beside the running `feather` binary (cargo builds
+/// both into one folder, and an install puts both in one folder). Inside a VM over the host's
+/// root that path is the same as on the host.
+pub fn program() -> Result<PathBuf, String> {
+    let exe = std::env::current_exe()
+        .map_err(|e| format!("cannot find the running feather binary: {e}"))?;
+    Ok(exe.with_file_name(PROGRAM))
+}
 
 /// Sends `request` to the VM's manager (starting one first if `start_if_absent`), and returns
 /// its answer. Runs inside the VM.
@@ -61,8 +78,15 @@ pub fn running() -> bool {
 }
 
 /// Starts the manager of VM `vm` detached: fork, new session, fork again; the grandchild
-/// executes `feather __service --vm VM manager`, which serves ([`serve`]).
+/// executes `feather-svcd --vm VM`, which serves ([`serve`]).
 fn launch(vm: &str) -> Result<(), String> {
+    let program = program()?;
+    if !program.exists() {
+        return Err(format!(
+            "the service manager {} is missing: install {PROGRAM} beside feather",
+            program.display()
+        ));
+    }
     fs::create_dir_all(RUN_DIR).map_err(|e| format!("{RUN_DIR}: {e}"))?;
     match feather_sys::process::fork().map_err(|e| e.to_string())? {
         Some(child) => {
@@ -85,11 +109,14 @@ fn launch(vm: &str) -> Result<(), String> {
                         let _ = feather_sys::process::redirect_stdio(&log);
                     }
                     feather_sys::process::close_other_fds(&[]);
-                    let why = std::process::Command::new("/proc/self/exe")
-                        .arg0("feather")
-                        .args(["__service", "--vm", vm, "manager"])
+                    let why = std::process::Command::new(&program)
+                        .arg0(PROGRAM)
+                        .args(["--vm", vm])
                         .exec();
-                    eprintln!("feather-svc: cannot start the service manager: {why}");
+                    eprintln!(
+                        "feather-svc: cannot start the service manager {}: {why}",
+                        program.display()
+                    );
                     std::process::exit(1)
                 }
                 Err(_) => std::process::exit(1),
