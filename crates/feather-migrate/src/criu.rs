@@ -119,6 +119,11 @@ pub struct Restore<'a> {
     pub pidfile: &'a Path,
     /// The external mounts of the dump, as (key, where the restoring side has mounted it).
     pub external_mounts: &'a [(String, PathBuf)],
+    /// veth pairs CRIU makes as it recreates the VM's network namespace, as (the end inside
+    /// the VM, the host end, the bridge the host end joins).
+    pub veths: &'a [(String, String, String)],
+    /// Leave the restored processes stopped (SIGSTOP), for the caller to continue them.
+    pub leave_stopped: bool,
 }
 
 impl Criu {
@@ -287,6 +292,13 @@ impl Criu {
             "--restore-detached".into(),
             "--restore-sibling".into(),
         ];
+        if restore.leave_stopped {
+            args.push("--leave-stopped".into());
+        }
+        for (inside, host_end, bridge) in restore.veths {
+            args.push("--external".into());
+            args.push(format!("veth[{inside}]:{host_end}@{bridge}").into());
+        }
         for (key, path) in restore.external_mounts {
             args.push("--external".into());
             let mut spec = OsString::from(format!("mnt[{key}]:"));

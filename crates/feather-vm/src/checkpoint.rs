@@ -51,14 +51,27 @@ const PIDFILE: &str = "restored.pid";
 /// The VM's layers over other host filesystems at the time of the dump (see [`ExternalLayer`]).
 const LAYERS: &str = "layers.json";
 
+/// The subnet of the VM's address (`--net private`) where it was checkpointed.
+const SUBNET: &str = "subnet.json";
+
+/// Present while a VM restored for a migration waits for `feather serve` to confirm it; holds
+/// that serve's pid. See [`await_release`].
+const HOLD: &str = "hold";
+
 /// A layer of the VM over another host filesystem (a separate /home, a tmpfs under /mnt). CRIU
 /// does not dump these overlays (it could not mount them again: their options name host
 /// folders in feather's escaped spelling, which it mangles); the restoring side mounts each
 /// from the VM's own folder and hands it to CRIU under its key.
+///
+/// The files feather generates for the VM (`/etc/hosts`, …) are listed here too, with
+/// `generated`: they are bound from the VM's run folder, which lies elsewhere in another state
+/// root, so the restoring side names where its own copies are.
 #[derive(Debug, serde::Serialize, serde::Deserialize)]
 struct ExternalLayer {
     key: String,
     mount_point: PathBuf,
+    #[serde(default)]
+    generated: bool,
 }
 
 /// `feather checkpoint`: saves the running VM `name` to its checkpoint folder. Unless
@@ -87,14 +100,6 @@ pub fn checkpoint(
         return Err(failed(
             name,
             "is a throw-away VM (run --rm): it goes away with its processes and cannot be checkpointed",
-        ));
-    }
-    if config.network.mode == feather_core::NetMode::Private {
-        return Err(failed(
-            name,
-            "has its own network (--net private), which checkpoint cannot save and restore yet \
-             (its veth pair ends outside the VM); checkpoint works for VMs created with \
-             --net none or --net host",
         ));
     }
     if config.network.mode == feather_core::NetMode::Host
@@ -150,6 +155,17 @@ pub fn checkpoint(
             ))
         }
     }
+    // Where the VM's address came from: a restore elsewhere keeps it only in the same subnet.
+    if let Some(subnet) = feather_net::subnet_of(root.dir(), &config.network)
+        .map_err(|e| failed(name, e.to_string()))?
+    {
+        let text = serde_json::to_vec(&subnet).map_err(|e| failed(name, e.to_string()))?;
+        feather_core::atomic::write_atomic(
+            &vm.checkpoint_dir().join(SUBNET),
+            &text,
+            Durability::Durable,
+        )?;
+    }
     if let Some(file) = export {
         archive::export(vm.path(), file).map_err(|e| failed(name, e.to_string()))?;
     }
@@ -167,15 +183,28 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
     }
     let mountinfo = format!("/proc/{init}/mountinfo");
     let text = fs::read_to_string(&mountinfo).at(&mountinfo)?;
-    let layers: Vec<ExternalLayer> = feather_sys::mountinfo::parse(&text)
-        .into_iter()
+    let mounts = feather_sys::mountinfo::parse(&text);
+    let mut layers: Vec<ExternalLayer> = mounts
+        .iter()
         .filter(|m| m.fs_type == "overlay" && m.mount_point != Path::new("/"))
         .enumerate()
         .map(|(i, m)| ExternalLayer {
             key: format!("feather-layer-{i}"),
-            mount_point: m.mount_point,
+            mount_point: m.mount_point.clone(),
+            generated: false,
         })
         .collect();
+    layers.extend(
+        mounts
+            .iter()
+            .filter(|m| feather_net::etc::generated(Path::new("/"), &m.mount_point).is_some())
+            .enumerate()
+            .map(|(i, m)| ExternalLayer {
+                key: format!("feather-etc-{i}"),
+                mount_point: m.mount_point.clone(),
+                generated: true,
+            }),
+    );
     let external: Vec<(String, String)> = layers
         .iter()
         .map(|l| (l.mount_point.display().to_string(), l.key.clone()))
@@ -230,8 +259,33 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
             ),
         ));
     }
+    if let Some(pid) = held_for(&vm) {
+        if !process_alive(pid) {
+            return Err(failed(
+                name,
+                format!(
+                    "was received by a migration that was never confirmed (the `feather serve` \
+                     that received it, pid {pid}, ended first), so the sending host kept it; \
+                     `feather rm {name}` removes this copy"
+                ),
+            ));
+        }
+    }
     Criu::locate().map_err(|e| failed(name, e.to_string()))?;
     lifecycle::spawn_keeper(root, &vm, true)
+}
+
+/// The pid of the `feather serve` a VM received by migration waits for, if it waits.
+fn held_for(vm: &VmDir) -> Option<i32> {
+    fs::read_to_string(vm.checkpoint_dir().join(HOLD))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+fn process_alive(pid: i32) -> bool {
+    nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
 }
 
 /// Adds the VM in `file` to this state root under its recorded name, which must be `name`, as a
@@ -250,6 +304,7 @@ fn import_archive(root: &StateRoot, name: &VmName, file: &Path) -> Result<()> {
     let staging = vms.join(format!(".creating-import-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
     let mut config = archive::unpack(file, &staging).map_err(|e| failed(name, e.to_string()))?;
+    let mut leased = false;
     let placed = (|| -> Result<()> {
         if config.name != *name {
             return Err(failed(
@@ -267,6 +322,23 @@ fn import_archive(root: &StateRoot, name: &VmName, file: &Path) -> Result<()> {
             ));
         }
         config.id = lifecycle::new_id();
+        // A VM with a private network keeps its address, in the same subnet only.
+        let subnet = match fs::read(staging.join("checkpoint").join(SUBNET)) {
+            Ok(bytes) => Some(
+                serde_json::from_slice(&bytes)
+                    .map_err(|e| failed(name, format!("{}: its {SUBNET}: {e}", file.display())))?,
+            ),
+            Err(_) => None,
+        };
+        feather_net::keep_address(
+            root.dir(),
+            name.as_str(),
+            &config.network,
+            subnet,
+            Some(&config.id),
+        )
+        .map_err(|e| failed(name, e.to_string()))?;
+        leased = true;
         let text = toml::to_string(&config).map_err(|e| failed(name, e.to_string()))?;
         feather_core::atomic::write_atomic(
             &staging.join("config.toml"),
@@ -288,17 +360,23 @@ fn import_archive(root: &StateRoot, name: &VmName, file: &Path) -> Result<()> {
     })();
     if placed.is_err() {
         let _ = fs::remove_dir_all(&staging);
+        if leased {
+            let _ = feather_net::release(root.dir(), &config.id, &config.network);
+        }
     }
     placed
 }
 
 /// In a keeper started in restore mode: restores the VM's process tree from its checkpoint
 /// folder and returns its init, now a child of this process.
+/// `veth`: the VM's veth pair, for CRIU to make (`--net private`). A VM received by a migration
+/// comes back stopped, until `feather serve` confirms it (see [`await_release`]).
 pub(crate) fn restore_tree(
     root: &StateRoot,
     vm: &VmDir,
     config: &VmConfig,
     cgroup: Option<&Cgroup>,
+    veth: Option<&feather_net::VethPair>,
 ) -> Result<ChildProcess> {
     let name = vm.name();
     let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
@@ -313,6 +391,8 @@ pub(crate) fn restore_tree(
             .map_err(|e| failed(name, format!("{}: {e}", list.display())))?,
         Err(_) => Vec::new(),
     };
+    let (generated, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
+        external.into_iter().partition(|l| l.generated);
     let others: Vec<(layers::Layer, PathBuf)> = external
         .iter()
         .map(|l| {
@@ -331,16 +411,28 @@ pub(crate) fn restore_tree(
             fs::create_dir_all(&layer.lower).at(&layer.lower)?;
         }
     }
-    let mapping: Vec<(String, PathBuf)> = external
+    let mut mapping: Vec<(String, PathBuf)> = external
         .iter()
         .zip(&others)
         .map(|(l, (_, at))| (l.key.clone(), at.clone()))
+        .collect();
+    for file in &generated {
+        let Some(path) = feather_net::etc::generated(vm.run_dir(), &file.mount_point) else {
+            continue;
+        };
+        mapping.push((file.key.clone(), path));
+    }
+    let veths: Vec<(String, String, String)> = veth
+        .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
+        .into_iter()
         .collect();
     let (program, args) = criu.restore_command(&Restore {
         images: &images,
         root: &rootfs,
         pidfile: &pidfile,
         external_mounts: &mapping,
+        veths: &veths,
+        leave_stopped: held_for(vm).is_some(),
     });
     let sync = if config.ephemeral {
         LayerSync::Volatile
@@ -525,5 +617,124 @@ pub fn serve(
         if once {
             return outcome;
         }
+    }
+}
+
+/// In a keeper restoring a VM received by a migration: a pidfd of the `feather serve` that
+/// waits for the sender's confirmation, opened before the restore so that its end cannot be
+/// missed. None for an ordinary restore.
+pub(crate) fn hold(vm: &VmDir) -> Result<Option<std::os::fd::OwnedFd>> {
+    let Some(pid) = held_for(vm) else {
+        return Ok(None);
+    };
+    let name = vm.name();
+    process::pidfd_open(Pid::from_raw(pid))
+        .map(Some)
+        .map_err(|_| {
+            failed(
+                name,
+                format!("the `feather serve` receiving it (pid {pid}) ended"),
+            )
+        })
+}
+
+/// How long a received VM waits, stopped, for the migration to be confirmed.
+const HOLD_PATIENCE: Duration = Duration::from_secs(600);
+
+/// In a keeper whose VM came back stopped for a migration (see [`hold`]): waits until
+/// `feather serve` says the sender has released it (`Request::Resume`), then continues every
+/// process of the VM and returns true. If that serve ends first, or nothing is heard for
+/// [`HOLD_PATIENCE`], returns false: the sender keeps the VM, and this copy must never run.
+pub(crate) fn await_release(
+    vm: &VmDir,
+    serve: &std::os::fd::OwnedFd,
+    init: &ChildProcess,
+    listener: &std::os::unix::net::UnixListener,
+    cgroup: Option<&Cgroup>,
+) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + HOLD_PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [
+            PollFd::new(serve.as_fd(), PollFlags::POLLIN),
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(init.pidfd.as_fd(), PollFlags::POLLIN),
+        ];
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        );
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[0]) {
+            return false;
+        }
+        // The keeper's own loop hears of init's end.
+        if ready(&fds[2]) {
+            return true;
+        }
+        if !ready(&fds[1]) {
+            continue;
+        }
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        match protocol::read_request(&stream) {
+            Ok(Request::Resume) => {
+                let _ = fs::remove_file(vm.checkpoint_dir().join(HOLD));
+                for pid in cgroup.map(Cgroup::members).unwrap_or_default() {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+                }
+                let _ = nix::sys::signal::kill(init.pid, nix::sys::signal::Signal::SIGCONT);
+                let _ = protocol::write_response(
+                    &stream,
+                    &Response::Running {
+                        init_pid: init.pid.as_raw(),
+                    },
+                );
+                return true;
+            }
+            Ok(Request::Status) => {
+                let _ = protocol::write_response(
+                    &stream,
+                    &Response::Running {
+                        init_pid: init.pid.as_raw(),
+                    },
+                );
+            }
+            _ => {
+                let _ = protocol::write_response(
+                    &stream,
+                    &Response::Error {
+                        message: format!(
+                            "VM {}: is arriving by migration and waits for the sending host to \
+                             release it; try again in a moment",
+                            vm.name()
+                        ),
+                    },
+                );
+            }
+        }
+    }
+}
+
+/// In `feather serve`, once the sender has released the VM: tells its keeper to let it run.
+fn resume(vm: &VmDir) -> Result<()> {
+    let name = vm.name();
+    match protocol::call(
+        &vm.control_socket(),
+        &Request::Resume,
+        Duration::from_secs(30),
+    ) {
+        Ok(Response::Running { .. }) => Ok(()),
+        Ok(other) => Err(failed(
+            name,
+            format!("its keeper did not resume it: {other:?}"),
+        )),
+        Err(e) => Err(failed(name, format!("its keeper did not answer: {e}"))),
     }
 }
