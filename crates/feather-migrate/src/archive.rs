@@ -29,13 +29,14 @@ const TAR_OPTIONS: [&str; 6] = [
 
 /// Writes the VM folder `vm_dir` to `file`, atomically: a half-written archive never has the
 /// final name.
-pub fn export(vm_dir: &Path, file: &Path) -> Result<()> {
+/// `progress` hears how many bytes of the archive are written, as tar goes.
+pub fn export(vm_dir: &Path, file: &Path, progress: &mut dyn FnMut(u64)) -> Result<()> {
     let partial = with_suffix(file, ".partial");
     let members: Vec<&str> = MEMBERS
         .into_iter()
         .filter(|m| vm_dir.join(m).exists())
         .collect();
-    let output = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("--create")
         .args(TAR_OPTIONS)
         .arg("--sparse")
@@ -45,8 +46,33 @@ pub fn export(vm_dir: &Path, file: &Path) -> Result<()> {
         .arg(vm_dir)
         .args(&members)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| tar_failed("export to", file, e.to_string()))?;
+    // tar's errors are few lines: the pipe does not fill while it runs.
+    let status = loop {
+        match tar.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {
+                progress(fs::metadata(&partial).map_or(0, |m| m.len()));
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => break Err(e),
+        }
+    }
+    .and_then(|status| {
+        let mut stderr = Vec::new();
+        if let Some(mut pipe) = tar.stderr.take() {
+            std::io::Read::read_to_end(&mut pipe, &mut stderr)?;
+        }
+        Ok(std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        })
+    });
+    let output = status.map_err(|e| tar_failed("export to", file, e.to_string()))?;
     if !output.status.success() {
         let _ = fs::remove_file(&partial);
         return Err(tar_failed(

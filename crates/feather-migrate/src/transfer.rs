@@ -8,8 +8,19 @@
 //!                                   ◀── Accept  that no VM of that name exists here (or Refuse)
 //! ... checkpoints the VM, writes its archive ...
 //! Archive { size, sha256, mac } + size bytes ──▶  checks size, SHA-256 and its MAC, restores
-//!                                   ◀── Done { error: None } once the VM runs here
+//!                                               the VM with its processes stopped
+//!                                   ◀── Restored  (or Done { error } if it could not)
+//! records that it let the VM go,
+//! Release { mac } ──▶                           lets the VM's processes run
+//!                                   ◀── Done { error: None }
+//! removes its own copy
 //! ```
+//!
+//! Two phases, so that the VM never runs twice and is never lost: until the receiver has the
+//! Release, its copy stays stopped and is discarded if anything goes wrong (or if `feather
+//! serve` dies: the copy's keeper watches it); until the sender has the final Done, it keeps its
+//! checkpoint. Only a connection lost between Release and Done leaves the sender unsure, and
+//! then it keeps its checkpoint and says so, rather than guess.
 //!
 //! One JSON object per line, then the raw archive. The token never crosses the wire: each
 //! message that matters carries an HMAC-SHA-256 keyed by it over the receiver's fresh nonce, so
@@ -42,6 +53,11 @@ enum Message {
     },
     Offer {
         vm: String,
+        /// The VM's address and the subnet it belongs to (`--net private`), "" without.
+        #[serde(default)]
+        address: String,
+        #[serde(default)]
+        subnet: String,
         proof: String,
     },
     Accept,
@@ -53,10 +69,25 @@ enum Message {
         sha256: String,
         mac: String,
     },
+    Restored,
+    Release {
+        mac: String,
+    },
     Done {
         error: Option<String>,
     },
 }
+
+/// What a sender offers: a VM, and its address and subnet if it has a private network.
+#[derive(Clone, Debug, Default)]
+pub struct Offer {
+    pub vm: String,
+    pub address: String,
+    pub subnet: String,
+}
+
+/// How far a transfer has come, for a progress display: `sent` of `total` bytes.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// A connection to a receiver that has accepted a VM and waits for its archive.
 pub struct Accepted {
@@ -69,7 +100,7 @@ pub struct Accepted {
 
 /// Asks the receiver at `to` to take VM `vm`. Fails, before anything happens to the VM, if it
 /// cannot be reached, the token is wrong, or it already has a VM of that name.
-pub fn offer(to: &str, token: &str, vm: &str) -> Result<Accepted> {
+pub fn offer(to: &str, token: &str, offer: &Offer) -> Result<Accepted> {
     let failed = |why: String| MigrateError::Transfer {
         peer: to.to_owned(),
         why,
@@ -90,9 +121,20 @@ pub fn offer(to: &str, token: &str, vm: &str) -> Result<Accepted> {
         token: token.to_owned(),
         to: to.to_owned(),
     };
-    let proof = mac(token, &[&accepted.nonce, "offer", vm]);
+    let proof = mac(
+        token,
+        &[
+            &accepted.nonce,
+            "offer",
+            &offer.vm,
+            &offer.address,
+            &offer.subnet,
+        ],
+    );
     accepted.send(&Message::Offer {
-        vm: vm.to_owned(),
+        vm: offer.vm.clone(),
+        address: offer.address.clone(),
+        subnet: offer.subnet.clone(),
         proof,
     })?;
     match read(&mut accepted.reader).map_err(failed)? {
@@ -110,9 +152,16 @@ impl Accepted {
         })
     }
 
-    /// Sends the archive and waits until the receiver runs the VM (or says why it cannot).
-    /// Returns the number of bytes sent.
-    pub fn send_archive(mut self, archive: &Path) -> Result<u64> {
+    fn failed(&self, why: String) -> MigrateError {
+        MigrateError::Transfer {
+            peer: self.to.clone(),
+            why,
+        }
+    }
+
+    /// Sends the archive and waits until the receiver has restored the VM, stopped (or says
+    /// why it cannot). Returns the number of bytes sent and the connection, for the release.
+    pub fn send_archive(mut self, archive: &Path, progress: Progress) -> Result<(u64, Restored)> {
         let (size, sha256) = digest(archive)?;
         let mac = mac(
             &self.token,
@@ -120,22 +169,72 @@ impl Accepted {
         );
         self.send(&Message::Archive { size, sha256, mac })?;
         let mut file = File::open(archive).map_err(io_at(archive))?;
-        std::io::copy(&mut file, &mut self.stream).map_err(|e| MigrateError::Transfer {
-            peer: self.to.clone(),
-            why: format!("connection lost while sending: {e}"),
-        })?;
-        let failed = |why: String| MigrateError::Transfer {
-            peer: self.to.clone(),
-            why,
-        };
-        match read(&mut self.reader).map_err(failed)? {
-            Message::Done { error: None } => Ok(size),
+        copy_counting(&mut file, &mut self.stream, size, progress)
+            .map_err(|e| self.failed(format!("connection lost while sending: {e}")))?;
+        match read(&mut self.reader).map_err(|e| self.failed(e))? {
+            Message::Restored => Ok((size, Restored { accepted: self })),
             Message::Done { error: Some(why) } => {
-                Err(failed(format!("could not restore it: {why}")))
+                Err(self.failed(format!("could not restore it: {why}")))
             }
-            other => Err(failed(format!("unexpected answer {other:?}"))),
+            other => Err(self.failed(format!("unexpected answer {other:?}"))),
         }
     }
+}
+
+/// A receiver that has restored the VM, stopped, and waits for the sender to let it go.
+pub struct Restored {
+    accepted: Accepted,
+}
+
+/// How a release ended.
+#[derive(Debug)]
+pub enum Released {
+    /// The VM runs at the receiver.
+    Running,
+    /// The receiver could not let it run and has discarded its copy.
+    Failed(String),
+    /// The connection broke after the release was sent: the receiver may or may not run it.
+    Unknown(String),
+}
+
+impl Restored {
+    /// Lets the VM run at the receiver, and waits for its word that it does.
+    pub fn release(mut self) -> Released {
+        let accepted = &mut self.accepted;
+        let mac = mac(&accepted.token, &[&accepted.nonce, "release"]);
+        if let Err(e) = accepted.send(&Message::Release { mac }) {
+            return Released::Unknown(e.to_string());
+        }
+        match read(&mut accepted.reader) {
+            Ok(Message::Done { error: None }) => Released::Running,
+            Ok(Message::Done { error: Some(why) }) => Released::Failed(why),
+            Ok(other) => Released::Unknown(format!("unexpected answer {other:?}")),
+            Err(why) => Released::Unknown(why),
+        }
+    }
+}
+
+/// Copies `total` bytes, telling `progress` as it goes.
+fn copy_counting(
+    from: &mut impl Read,
+    to: &mut impl Write,
+    total: u64,
+    progress: Progress,
+) -> std::io::Result<u64> {
+    let mut buffer = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    progress(0, total);
+    while done < total {
+        let want = buffer.len().min((total - done) as usize);
+        let n = from.read(&mut buffer[..want])?;
+        if n == 0 {
+            break;
+        }
+        to.write_all(&buffer[..n])?;
+        done += n as u64;
+        progress(done, total);
+    }
+    Ok(done)
 }
 
 /// The receiving side: a listening socket and the token senders must know.
@@ -151,11 +250,30 @@ pub struct Incoming<'a> {
     pub vm: String,
     pub archive: PathBuf,
     stream: TcpStream,
-    _receiver: &'a Receiver,
+    reader: BufReader<TcpStream>,
+    nonce: String,
+    receiver: &'a Receiver,
 }
 
 impl Incoming<'_> {
-    /// Tells the sender how the restore went; on `Ok` it releases the VM on its side.
+    /// Tells the sender the VM is restored (stopped) here, and waits for it to let the VM go.
+    /// `Err` if it does not (the connection broke, or it said something else): the caller
+    /// must discard its copy, which the sender keeps.
+    pub fn restored(&mut self) -> std::result::Result<(), String> {
+        write(&mut self.stream, &Message::Restored).map_err(|e| format!("connection lost: {e}"))?;
+        match read(&mut self.reader)? {
+            Message::Release { mac }
+                if verify(&self.receiver.token, &[&self.nonce, "release"], &mac) =>
+            {
+                Ok(())
+            }
+            other => Err(format!(
+                "the sender did not release the VM (said {other:?})"
+            )),
+        }
+    }
+
+    /// Tells the sender how it ended: `Ok` once the VM runs here.
     pub fn finish(mut self, outcome: std::result::Result<(), String>) {
         let _ = fs::remove_file(&self.archive);
         let _ = write(
@@ -191,7 +309,11 @@ impl Receiver {
     /// Waits for the next sender and receives its VM. `exists` says whether a VM of a name is
     /// already here (such an offer is refused). Errors concern one sender only; the caller
     /// reports them and goes on serving.
-    pub fn next(&self, exists: impl Fn(&str) -> bool) -> Result<Incoming<'_>> {
+    pub fn next(
+        &self,
+        check: impl Fn(&Offer) -> std::result::Result<(), String>,
+        progress: Progress,
+    ) -> Result<Incoming<'_>> {
         let (mut stream, peer) = self.listener.accept().map_err(|e| MigrateError::Transfer {
             peer: self.local_addr(),
             why: format!("accept: {e}"),
@@ -213,11 +335,23 @@ impl Receiver {
             },
         )
         .map_err(|e| failed(e.to_string()))?;
-        let vm = match read(&mut reader).map_err(failed)? {
-            Message::Offer { vm, proof }
-                if verify(&self.token, &[&nonce, "offer", &vm], &proof) =>
+        let offer = match read(&mut reader).map_err(failed)? {
+            Message::Offer {
+                vm,
+                address,
+                subnet,
+                proof,
+            } if verify(
+                &self.token,
+                &[&nonce, "offer", &vm, &address, &subnet],
+                &proof,
+            ) =>
             {
-                vm
+                Offer {
+                    vm,
+                    address,
+                    subnet,
+                }
             }
             Message::Offer { .. } => {
                 let why = "wrong token".to_owned();
@@ -226,17 +360,18 @@ impl Receiver {
             }
             other => return Err(failed(format!("unexpected message {other:?}"))),
         };
+        let vm = offer.vm.clone();
         let valid_name = !vm.is_empty()
             && vm
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             && !vm.starts_with('.');
-        if !valid_name || exists(&vm) {
-            let why = if valid_name {
-                format!("a VM named {vm} exists here already")
-            } else {
-                format!("{vm:?} is not a VM name")
-            };
+        let refused = if valid_name {
+            check(&offer).err()
+        } else {
+            Some(format!("{vm:?} is not a VM name"))
+        };
+        if let Some(why) = refused {
             let _ = write(&mut stream, &Message::Refuse { why: why.clone() });
             return Err(failed(why));
         }
@@ -257,7 +392,7 @@ impl Receiver {
             .join(format!("{vm}-{}.tar.zst", std::process::id()));
         let received = (|| -> std::result::Result<(), String> {
             let mut file = File::create(&archive).map_err(|e| e.to_string())?;
-            let copied = std::io::copy(&mut (&mut reader).take(size), &mut file)
+            let copied = copy_counting(&mut (&mut reader).take(size), &mut file, size, progress)
                 .map_err(|e| format!("connection lost while receiving: {e}"))?;
             if copied != size {
                 return Err(format!("received {copied} of {size} bytes"));
@@ -285,7 +420,9 @@ impl Receiver {
             vm,
             archive,
             stream,
-            _receiver: self,
+            reader,
+            nonce,
+            receiver: self,
         })
     }
 }

@@ -82,6 +82,7 @@ pub fn checkpoint(
     name: &VmName,
     leave_running: bool,
     export: Option<&Path>,
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<PathBuf> {
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
@@ -167,7 +168,11 @@ pub fn checkpoint(
         )?;
     }
     if let Some(file) = export {
-        archive::export(vm.path(), file).map_err(|e| failed(name, e.to_string()))?;
+        progress(Progress::Phase(&format!("writing {}", file.display())));
+        archive::export(vm.path(), file, &mut |done| {
+            progress(Progress::Bytes { done, total: 0 })
+        })
+        .map_err(|e| failed(name, e.to_string()))?;
     }
     Ok(vm.checkpoint_dir())
 }
@@ -256,6 +261,16 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
             format!(
                 "its checkpoint in {} is incomplete; `feather rm {name}` removes the VM",
                 vm.checkpoint_dir().display()
+            ),
+        ));
+    }
+    let released = vm.checkpoint_dir().join(RELEASED_TO);
+    if let Ok(to) = fs::read_to_string(&released) {
+        return Err(failed(
+            name,
+            format!(
+                "was let go to {to} by a migration, and may run there: restoring it here could                  run it twice. If it does not run there, remove {} and restore it again",
+                released.display()
             ),
         ));
     }
@@ -507,6 +522,15 @@ fn exec(program: &Path, args: &[std::ffi::OsString]) -> String {
     }
 }
 
+/// What a long action tells whoever shows its progress.
+#[derive(Clone, Copy, Debug)]
+pub enum Progress<'a> {
+    /// A new step begins.
+    Phase(&'a str),
+    /// Bytes of the step's data done so far, of `total` (0: not known).
+    Bytes { done: u64, total: u64 },
+}
+
 /// What a migration moved and how long the VM was frozen: from the start of its checkpoint
 /// to the receiver's word that it runs there.
 #[derive(Debug)]
@@ -515,60 +539,116 @@ pub struct Migrated {
     pub frozen: Duration,
 }
 
+/// The marker a sending host leaves in the VM's checkpoint folder from the moment it lets the
+/// VM go until the receiver says it runs there: a restore here would run it twice.
+const RELEASED_TO: &str = "released-to";
+
 /// `feather migrate`: moves the running VM `name` to the receiver at `to` (a `feather serve`
-/// knowing `token`). The receiver is asked first, so an unreachable one or a wrong token leaves
-/// the VM untouched. Then the VM is checkpointed, its archive sent and checksummed, and the VM
-/// is removed here only once the receiver says it runs there; if anything fails after the
-/// checkpoint, the VM is restored here.
-/// `progress` hears of each step as it begins.
+/// knowing `token`). The receiver is asked first, so an unreachable one, a wrong token or an
+/// address that cannot be kept there leaves the VM untouched. Then the VM is checkpointed and
+/// its archive sent; the receiver restores it, stopped, and only once this side has let it go
+/// does it run there, and only once it runs there is it removed here (two phases, see
+/// feather_migrate::transfer). If anything fails before the release, the VM is restored here.
 pub fn migrate(
     root: &StateRoot,
     name: &VmName,
     to: &str,
     token: &str,
-    mut progress: impl FnMut(&str),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<Migrated> {
     let vm = root.open(name)?;
     if vm.read_state()?.status != VmStatus::Running {
         return Err(Error::NotRunning(name.to_string()).into());
     }
-    progress(&format!("asking {to} to take {name}"));
-    let accepted = feather_migrate::transfer::offer(to, token, name.as_str())?;
+    let config = vm.read_config()?;
+    let subnet = feather_net::subnet_of(root.dir(), &config.network)
+        .map_err(|e| failed(name, e.to_string()))?;
+    let offer = feather_migrate::transfer::Offer {
+        vm: name.to_string(),
+        address: config
+            .network
+            .address
+            .filter(|_| subnet.is_some())
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
+    };
+    progress(Progress::Phase(&format!("asking {to} to take {name}")));
+    let accepted = feather_migrate::transfer::offer(to, token, &offer)?;
     let archive = root.dir().join(format!(".migrating-{name}.tar.zst"));
     let started = std::time::Instant::now();
-    progress(&format!("checkpointing {name} (it is frozen from now on)"));
-    let sent = match checkpoint(root, name, false, Some(&archive)) {
+    progress(Progress::Phase(&format!(
+        "checkpointing {name} (frozen from now on)"
+    )));
+    let sent = match checkpoint(root, name, false, Some(&archive), progress) {
         Ok(_) => {
-            let megabytes = fs::metadata(&archive).map_or(0, |m| m.len()) as f64 / 1048576.0;
-            progress(&format!(
-                "sending {megabytes:.1} MB and waiting for {to} to run it"
-            ));
-            accepted.send_archive(&archive).map_err(VmError::from)
+            progress(Progress::Phase(&format!("sending {name} to {to}")));
+            let sending = accepted
+                .send_archive(&archive, &mut |done, total| {
+                    progress(Progress::Bytes { done, total });
+                    if done == total {
+                        progress(Progress::Phase(&format!("{to} restores {name}")));
+                    }
+                })
+                .map_err(VmError::from);
+            sending
         }
         Err(e) => Err(e),
     };
     let _ = fs::remove_file(&archive);
-    match sent {
-        Ok(bytes) => {
+    let (bytes, restored) = match sent {
+        Ok(sent) => sent,
+        // The checkpoint itself failed: CRIU left the VM running.
+        Err(e) if vm.read_state()?.status != VmStatus::Checkpointed => return Err(e),
+        Err(e) => return restore_here(root, name, e, progress),
+    };
+    // From here the receiver may run the VM: a restore here must not happen unless it says it
+    // does not.
+    let marker = vm.checkpoint_dir().join(RELEASED_TO);
+    feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
+    progress(Progress::Phase(&format!("letting {name} run at {to}")));
+    match restored.release() {
+        feather_migrate::transfer::Released::Running => {
             let frozen = started.elapsed();
             lifecycle::remove(root, name, false)?;
             Ok(Migrated { bytes, frozen })
         }
-        // The checkpoint itself failed: CRIU left the VM running.
-        Err(e) if vm.read_state()?.status != VmStatus::Checkpointed => Err(e),
-        Err(e) => {
-            progress(&format!("migration failed; restoring {name} here"));
-            match restore(root, name, None) {
-                Ok(()) => Err(failed(
-                    name,
-                    format!("migration failed, the VM runs here again: {e}"),
-                )),
-                Err(again) => Err(failed(
-                    name,
-                    format!("migration failed ({e}) and so did restoring it here ({again}); it stays checkpointed: `feather restore {name}`"),
-                )),
-            }
+        feather_migrate::transfer::Released::Failed(why) => {
+            let _ = fs::remove_file(&marker);
+            let e = failed(name, format!("{to} could not run it: {why}"));
+            restore_here(root, name, e, progress)
         }
+        feather_migrate::transfer::Released::Unknown(why) => Err(failed(
+            name,
+            format!(
+                "the connection to {to} broke after the VM was let go there ({why}), so it may \
+                 run there or nowhere; it stays checkpointed here. If `feather ls` on {to} does \
+                 not show it running, remove {} and `feather restore {name}` here",
+                marker.display()
+            ),
+        )),
+    }
+}
+
+/// After a failed migration: brings the VM back here.
+fn restore_here(
+    root: &StateRoot,
+    name: &VmName,
+    e: VmError,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Migrated> {
+    progress(Progress::Phase(&format!(
+        "migration failed; restoring {name} here"
+    )));
+    match restore(root, name, None) {
+        Ok(()) => Err(failed(
+            name,
+            format!("migration failed, the VM runs here again: {e}"),
+        )),
+        Err(again) => Err(failed(
+            name,
+            format!("migration failed ({e}) and so did restoring it here ({again}); it stays checkpointed: `feather restore {name}`"),
+        )),
     }
 }
 
@@ -580,35 +660,41 @@ pub fn serve(
     token: &str,
     once: bool,
     mut on_ready: impl FnMut(&str),
+    progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
+    discard_unconfirmed(root);
     let receiver =
         feather_migrate::transfer::Receiver::bind(listen, token, &root.dir().join("incoming"))?;
     on_ready(&receiver.local_addr());
     loop {
-        let exists = |vm: &str| vm.parse::<VmName>().is_ok_and(|n| root.open(&n).is_ok());
-        let outcome = match receiver.next(exists) {
-            Ok(incoming) => {
-                let restored = incoming
-                    .vm
-                    .parse::<VmName>()
-                    .map_err(VmError::from)
-                    .and_then(|name| restore(root, &name, Some(&incoming.archive)));
-                match &restored {
-                    Ok(()) => eprintln!("feather serve: VM {} received and running", incoming.vm),
-                    Err(e) => {
-                        eprintln!("feather serve: {e}");
-                        // The sender restores it at home; a copy left here would be a second.
-                        if let Ok(name) = incoming.vm.parse::<VmName>() {
-                            let leftover = root.open(&name).and_then(|vm| vm.read_state());
-                            if leftover.is_ok_and(|s| s.status == VmStatus::Checkpointed) {
-                                let _ = lifecycle::remove(root, &name, false);
-                            }
-                        }
-                    }
-                }
-                incoming.finish(restored.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                restored
+        let check = |offer: &feather_migrate::transfer::Offer| -> std::result::Result<(), String> {
+            let name: VmName = offer
+                .vm
+                .parse()
+                .map_err(|e: feather_core::Error| e.to_string())?;
+            if root.open(&name).is_ok() {
+                return Err(format!("a VM named {name} exists here already"));
             }
+            if offer.address.is_empty() {
+                return Ok(());
+            }
+            let network = feather_core::NetworkConfig {
+                mode: feather_core::NetMode::Private,
+                address: Some(
+                    offer
+                        .address
+                        .parse()
+                        .map_err(|_| "a garbled address".to_owned())?,
+                ),
+                ..Default::default()
+            };
+            let subnet = offer.subnet.parse().map_err(|e: String| e)?;
+            feather_net::keep_address(root.dir(), name.as_str(), &network, Some(subnet), None)
+                .map_err(|e| e.to_string())
+        };
+        let mut receiving = |done, total| progress(Progress::Bytes { done, total });
+        let outcome = match receiver.next(check, &mut receiving) {
+            Ok(incoming) => receive(root, incoming, progress),
             Err(e) => {
                 eprintln!("feather serve: {e}");
                 Err(e.into())
@@ -616,6 +702,101 @@ pub fn serve(
         };
         if once {
             return outcome;
+        }
+    }
+}
+
+/// Restores one received VM, stopped; lets it run once the sender has let it go; discards it
+/// if anything fails on the way.
+fn receive(
+    root: &StateRoot,
+    mut incoming: feather_migrate::transfer::Incoming,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    progress(Progress::Phase(&format!("restoring {}", incoming.vm)));
+    let name: VmName = match incoming.vm.parse() {
+        Ok(name) => name,
+        Err(e) => {
+            let e = VmError::from(e);
+            incoming.finish(Err(e.to_string()));
+            return Err(e);
+        }
+    };
+    let restored = (|| -> Result<()> {
+        import_archive(root, &name, &incoming.archive)?;
+        let vm = root.open(&name)?;
+        // The VM's keeper keeps it stopped until this process tells it to resume, and ends it
+        // if this process ends first.
+        feather_core::atomic::write_atomic(
+            &vm.checkpoint_dir().join(HOLD),
+            std::process::id().to_string().as_bytes(),
+            Durability::Durable,
+        )?;
+        restore(root, &name, None)?;
+        progress(Progress::Phase(&format!(
+            "{name} restored; waiting for the sender to let it go"
+        )));
+        incoming
+            .restored()
+            .map_err(|why| failed(&name, format!("the migration was not completed: {why}")))?;
+        resume(&vm)
+    })();
+    match &restored {
+        Ok(()) => eprintln!("feather serve: VM {name} received and running"),
+        Err(e) => {
+            eprintln!("feather serve: {e}");
+            // The sender keeps the VM or restores it at home: a copy left here would be a second.
+            discard(root, &name);
+        }
+    }
+    incoming.finish(restored.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    restored
+}
+
+/// Removes a received VM that must not run here, whatever state it reached.
+fn discard(root: &StateRoot, name: &VmName) {
+    let Ok(vm) = root.open(name) else {
+        return;
+    };
+    if let Ok(config) = vm.read_config() {
+        // Its processes are stopped and were never let run: they end at once.
+        let cgroup = crate::keeper::cgroup_path(&config);
+        if cgroup.exists() {
+            cgroup.kill_all();
+        }
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while vm.keeper_alive().unwrap_or(false) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let _ = lifecycle::remove(root, name, true);
+}
+
+/// Copies of VMs that a migration brought here but never confirmed (their `feather serve`
+/// ended first): the sender kept them. A serve starting removes them.
+fn discard_unconfirmed(root: &StateRoot) {
+    let Ok(entries) = fs::read_dir(root.dir().join("vms")) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let Some(name) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<VmName>().ok())
+        else {
+            continue;
+        };
+        let Ok(vm) = root.open(&name) else { continue };
+        if held_for(&vm).is_some_and(|pid| !process_alive(pid))
+            && vm
+                .read_state()
+                .is_ok_and(|s| s.status == VmStatus::Checkpointed)
+        {
+            eprintln!(
+                "feather serve: removing VM {name}: a migration that brought it here was never \
+                 confirmed, so its sender kept it"
+            );
+            discard(root, &name);
         }
     }
 }
