@@ -241,7 +241,7 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
 /// root from an archive made by `feather checkpoint --export`.
 pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result<()> {
     if let Some(file) = import {
-        import_archive(root, name, file)?;
+        import_archive(root, name, file, None)?;
     }
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
@@ -305,7 +305,14 @@ fn process_alive(pid: i32) -> bool {
 
 /// Adds the VM in `file` to this state root under its recorded name, which must be `name`, as a
 /// checkpointed VM with a new id (its cgroup must not meet the original's, which may still run).
-fn import_archive(root: &StateRoot, name: &VmName, file: &Path) -> Result<()> {
+/// `held_by`: the pid of the `feather serve` receiving it; the VM is marked as waiting for it
+/// before it appears here (see [`hold`]).
+fn import_archive(
+    root: &StateRoot,
+    name: &VmName,
+    file: &Path,
+    held_by: Option<u32>,
+) -> Result<()> {
     if root.open(name).is_ok() {
         return Err(failed(
             name,
@@ -369,6 +376,13 @@ fn import_archive(root: &StateRoot, name: &VmName, file: &Path) -> Result<()> {
             &text,
             Durability::Durable,
         )?;
+        if let Some(pid) = held_by {
+            feather_core::atomic::write_atomic(
+                &staging.join("checkpoint").join(HOLD),
+                pid.to_string().as_bytes(),
+                Durability::Durable,
+            )?;
+        }
         let target = root.vm(name);
         fs::rename(&staging, target.path()).at(target.path())?;
         Ok(())
@@ -723,15 +737,10 @@ fn receive(
         }
     };
     let restored = (|| -> Result<()> {
-        import_archive(root, &name, &incoming.archive)?;
-        let vm = root.open(&name)?;
         // The VM's keeper keeps it stopped until this process tells it to resume, and ends it
-        // if this process ends first.
-        feather_core::atomic::write_atomic(
-            &vm.checkpoint_dir().join(HOLD),
-            std::process::id().to_string().as_bytes(),
-            Durability::Durable,
-        )?;
+        // if this process ends first; until then no one may restore it here.
+        import_archive(root, &name, &incoming.archive, Some(std::process::id()))?;
+        let vm = root.open(&name)?;
         restore(root, &name, None)?;
         progress(Progress::Phase(&format!(
             "{name} restored; waiting for the sender to let it go"
