@@ -188,6 +188,12 @@ fn a_vm_migrates_to_another_host_and_goes_on_there() {
     let moved = migrate(&hosts, &source, TOKEN);
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     assert!(moved.stderr.contains("frozen for"), "{}", moved.stderr);
+    assert_eq!(
+        moved.stderr.lines().count(),
+        1,
+        "without a terminal, no progress display: {}",
+        moved.stderr
+    );
     assert!(server.wait(), "the receiver ran the VM");
 
     assert_eq!(

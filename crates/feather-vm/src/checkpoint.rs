@@ -117,6 +117,7 @@ pub fn checkpoint(
              created with --net none",
         ));
     }
+    progress(Progress::Phase(&format!("checkpointing {name}")));
     // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
     let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
     let answer = protocol::call(
@@ -597,15 +598,14 @@ pub fn migrate(
     let sent = match checkpoint(root, name, false, Some(&archive), progress) {
         Ok(_) => {
             progress(Progress::Phase(&format!("sending {name} to {to}")));
-            let sending = accepted
+            accepted
                 .send_archive(&archive, &mut |done, total| {
                     progress(Progress::Bytes { done, total });
                     if done == total {
                         progress(Progress::Phase(&format!("{to} restores {name}")));
                     }
                 })
-                .map_err(VmError::from);
-            sending
+                .map_err(VmError::from)
         }
         Err(e) => Err(e),
     };
