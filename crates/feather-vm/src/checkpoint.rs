@@ -2,17 +2,20 @@
 //! their memory, open files, sockets, pids (inside the VM), hostname and namespaces.
 //!
 //! ```text
-//! feather checkpoint ──Checkpoint──▶ keeper ── criu dump --tree <init> ──▶ images in
-//!                                      │          <vm>/checkpoint/, the VM's processes end
+//! feather checkpoint ──Checkpoint──▶ keeper ── criu swrk: DUMP of the tree at <init> ──▶
+//!                                      │          images in <vm>/checkpoint/; processes end
 //!                                      └─ records "checkpointed" once init is gone
 //! feather restore ── spawns a keeper in restore mode:
-//!   keeper: cgroup with the VM's limits ─ fork ─▶ child: own mount namespace, the VM's root
+//!   keeper: /etc files, published ports, bridge and firewall entries (--net private),
+//!           cgroup with the VM's limits ─ fork ─▶ child: own mount namespace, the VM's root
 //!      ▲                                           overlay mounted at <vm>/rootfs, joins the
-//!      │                                           cgroup, execs `criu restore --root <vm>/rootfs
-//!      │                                           --restore-sibling`
+//!      │    RESTORE (root, rst_sibling, veth) ───▶ cgroup, execs `criu swrk`
 //!      └── the restored init is the keeper's own child (a sibling of criu), held by a pidfd
 //!          like a booted one; ls, exec, ps, stop and rm work as before.
 //! ```
+//!
+//! A VM received by a migration is restored stopped and waits for `feather serve` to let it
+//! run ([`await_release`]): the two phases of a migration (see [`migrate`]).
 //!
 //! The VM's root overlay is mounted by the restoring side, because CRIU rebuilds the VM's mount
 //! namespace on top of a root it is given (`--root`); every other mount of the VM (its /proc,
@@ -31,7 +34,7 @@ use feather_sys::cgroup::Cgroup;
 use feather_sys::mount::{self, LayerSync};
 use feather_sys::process::{self, ChildProcess};
 use nix::sched::{unshare, CloneFlags};
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use crate::error::{failed, InVm, Result, VmError};
@@ -44,9 +47,6 @@ const DUMP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// The file in an images folder that says a dump completed.
 const INVENTORY: &str = "inventory.img";
-
-/// The restored init's host pid, written by CRIU.
-const PIDFILE: &str = "restored.pid";
 
 /// The VM's layers over other host filesystems at the time of the dump (see [`ExternalLayer`]).
 const LAYERS: &str = "layers.json";
@@ -411,8 +411,6 @@ pub(crate) fn restore_tree(
     let name = vm.name();
     let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
     let images = vm.checkpoint_dir();
-    let pidfile = images.join(PIDFILE);
-    let _ = fs::remove_file(&pidfile);
     let top = layers::for_start(root, vm, config)?.swap_remove(0);
     let rootfs = vm.rootfs();
     let list = images.join(LAYERS);
@@ -456,14 +454,15 @@ pub(crate) fn restore_tree(
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
         .collect();
-    let (program, args) = criu.restore_command(&Restore {
-        images: &images,
-        root: &rootfs,
-        pidfile: &pidfile,
-        external_mounts: &mapping,
-        veths: &veths,
-        leave_stopped: held_for(vm).is_some(),
-    });
+    let call = criu
+        .restore_call(&Restore {
+            images: &images,
+            root: &rootfs,
+            external_mounts: &mapping,
+            veths: &veths,
+            leave_stopped: held_for(vm).is_some(),
+        })
+        .map_err(|e| failed(name, e.to_string()))?;
     let sync = if config.ephemeral {
         LayerSync::Volatile
     } else {
@@ -496,28 +495,20 @@ pub(crate) fn restore_tree(
                 eprintln!("feather keeper {name}: cannot prepare the restore: {why}");
                 std::process::exit(125);
             }
-            process::close_other_fds(&[0, 1, 2]);
-            let why = exec(&program, &args);
+            process::close_other_fds(&[0, 1, 2, call.criu_end()]);
+            let why = exec(&call.program, &call.args);
             eprintln!(
                 "feather keeper {name}: cannot run {}: {why}",
-                program.display()
+                call.program.display()
             );
             std::process::exit(126);
         }
         Some(pid) => pid,
     };
-    let status = waitpid(child, None);
-    if !matches!(status, Ok(WaitStatus::Exited(_, 0))) {
-        return Err(
-            criu::failure(name.as_str(), "restore", &images.join(criu::RESTORE_LOG)).into(),
-        );
-    }
-    let pid: i32 = fs::read_to_string(&pidfile)
-        .at(&pidfile)?
-        .trim()
-        .parse()
-        .map_err(|_| failed(name, format!("CRIU wrote no pid to {}", pidfile.display())))?;
-    let pid = Pid::from_raw(pid);
+    let restored = call.restore(name.as_str());
+    // criu swrk ends once it has answered; the restored tree is this process's child.
+    let _ = waitpid(child, None);
+    let pid = Pid::from_raw(restored?);
     let pidfd = process::pidfd_open(pid).in_vm(name)?;
     Ok(ChildProcess { pid, pidfd })
 }
