@@ -18,8 +18,7 @@ use crate::error::{io_at, MigrateError, Result};
 /// mount point) are made empty on import; locks and logs stay behind.
 const MEMBERS: [&str; 5] = ["config.toml", "state.json", "upper", "mounts", "checkpoint"];
 
-const TAR_OPTIONS: [&str; 6] = [
-    "--zstd",
+const TAR_OPTIONS: [&str; 5] = [
     "--numeric-owner",
     "--xattrs",
     "--xattrs-include=trusted.*",
@@ -38,6 +37,10 @@ pub fn export(vm_dir: &Path, file: &Path, progress: &mut dyn FnMut(u64)) -> Resu
         .collect();
     let mut tar = Command::new("tar")
         .arg("--create")
+        // The VM is frozen while its archive is made for a migration: zstd's fastest level on
+        // every core (once, for a VM holding 260 MB of redis on this 2-core machine: 4.4 s
+        // instead of 6.6 s with tar's default, level 3; the archive stays a .tar.zst).
+        .arg("--use-compress-program=zstd -1 -T0")
         .args(TAR_OPTIONS)
         .arg("--sparse")
         .arg("--file")
@@ -93,6 +96,7 @@ pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
     fs::create_dir(staging).map_err(io_at(staging))?;
     let output = Command::new("tar")
         .arg("--extract")
+        .arg("--zstd")
         .args(TAR_OPTIONS)
         .arg("--same-permissions")
         .arg("--file")
