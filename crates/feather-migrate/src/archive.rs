@@ -26,6 +26,65 @@ const TAR_OPTIONS: [&str; 5] = [
     "--xattrs-include=security.*",
 ];
 
+/// An archive being written by tar to a pipe, for sending as it is made.
+pub struct Stream {
+    tar: std::process::Child,
+    vm_dir: PathBuf,
+}
+
+/// Starts writing the VM folder `vm_dir` as an archive to a pipe: read it from
+/// [`Stream::take_output`] to its end, then ask [`Stream::finish`].
+pub fn stream(vm_dir: &Path) -> Result<Stream> {
+    let members: Vec<&str> = MEMBERS
+        .into_iter()
+        .filter(|m| vm_dir.join(m).exists())
+        .collect();
+    let tar = Command::new("tar")
+        .arg("--create")
+        .arg("--use-compress-program=zstd -1 -T0")
+        .args(TAR_OPTIONS)
+        .arg("--sparse")
+        .arg("--file")
+        .arg("-")
+        .arg("--directory")
+        .arg(vm_dir)
+        .args(&members)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| tar_failed("archive", vm_dir, e.to_string()))?;
+    Ok(Stream {
+        tar,
+        vm_dir: vm_dir.to_path_buf(),
+    })
+}
+
+impl Stream {
+    /// The pipe tar writes the archive to (once).
+    pub fn take_output(&mut self) -> Option<std::process::ChildStdout> {
+        self.tar.stdout.take()
+    }
+
+    /// Whether tar wrote the whole archive.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.tar.stdout.take());
+        let output = self
+            .tar
+            .wait_with_output()
+            .map_err(|e| tar_failed("archive", &self.vm_dir, e.to_string()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(tar_failed(
+                "archive",
+                &self.vm_dir,
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            ))
+        }
+    }
+}
+
 /// Writes the VM folder `vm_dir` to `file`, atomically: a half-written archive never has the
 /// final name.
 /// `progress` hears how many bytes of the archive are written, as tar goes.

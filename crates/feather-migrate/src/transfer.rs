@@ -7,7 +7,8 @@
 //! Offer { vm, proof } ──▶                       checks the token (HMAC over nonce and vm) and
 //!                                   ◀── Accept  that no VM of that name exists here (or Refuse)
 //! ... checkpoints the VM, writes its archive ...
-//! Archive { size, sha256, mac } + size bytes ──▶  checks size, SHA-256 and its MAC, restores
+//! the archive, in frames, as tar makes it ──▶    writes it down
+//! Archive { size, sha256, mac } ──▶             checks size, SHA-256 and its MAC, restores
 //!                                               the VM with its processes stopped
 //!                                   ◀── Restored  (or Done { error } if it could not)
 //! records that it let the VM go,
@@ -22,7 +23,9 @@
 //! checkpoint. Only a connection lost between Release and Done leaves the sender unsure, and
 //! then it keeps its checkpoint and says so, rather than guess.
 //!
-//! One JSON object per line, then the raw archive. The token never crosses the wire: each
+//! One JSON object per line; the archive in between as frames (a 4-byte big-endian length, then
+//! that many bytes; length 0 ends it), sent while tar still writes it, so that making, sending
+//! and receiving it overlap while the VM is frozen. The token never crosses the wire: each
 //! message that matters carries an HMAC-SHA-256 keyed by it over the receiver's fresh nonce, so
 //! a recorded exchange cannot be replayed and the archive's checksum cannot be swapped.
 //! The token authenticates; it does not encrypt: use it on networks you trust, or over a tunnel.
@@ -159,18 +162,45 @@ impl Accepted {
         }
     }
 
-    /// Sends the archive and waits until the receiver has restored the VM, stopped (or says
-    /// why it cannot). Returns the number of bytes sent and the connection, for the release.
-    pub fn send_archive(mut self, archive: &Path, progress: Progress) -> Result<(u64, Restored)> {
-        let (size, sha256) = digest(archive)?;
+    /// Sends the archive read from `archive` as it comes, and waits until the receiver has
+    /// restored the VM, stopped (or says why it cannot). `finished` is asked, once `archive`
+    /// ends, whether all of it was written: if not, the connection is dropped, and the receiver
+    /// discards what it got. Returns the number of bytes sent and the connection, for the
+    /// release.
+    pub fn send_archive(
+        mut self,
+        archive: &mut dyn Read,
+        finished: impl FnOnce() -> Result<()>,
+        progress: Progress,
+    ) -> Result<(u64, Restored)> {
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        progress(0, 0);
+        loop {
+            let n = archive
+                .read(&mut buffer)
+                .map_err(|e| self.failed(format!("reading the archive: {e}")))?;
+            let frame = u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
+            self.stream
+                .write_all(&frame)
+                .and_then(|()| self.stream.write_all(&buffer[..n]))
+                .map_err(|e| self.failed(format!("connection lost while sending: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            size += n as u64;
+            progress(size, 0);
+        }
+        finished()?;
+        let sha256 = hex(&hasher.finalize());
         let mac = mac(
             &self.token,
             &[&self.nonce, "archive", &size.to_string(), &sha256],
         );
         self.send(&Message::Archive { size, sha256, mac })?;
-        let mut file = File::open(archive).map_err(io_at(archive))?;
-        copy_counting(&mut file, &mut self.stream, size, progress)
-            .map_err(|e| self.failed(format!("connection lost while sending: {e}")))?;
+        progress(size, size);
         match read(&mut self.reader).map_err(|e| self.failed(e))? {
             Message::Restored => Ok((size, Restored { accepted: self })),
             Message::Done { error: Some(why) } => {
@@ -212,29 +242,6 @@ impl Restored {
             Err(why) => Released::Unknown(why),
         }
     }
-}
-
-/// Copies `total` bytes, telling `progress` as it goes.
-fn copy_counting(
-    from: &mut impl Read,
-    to: &mut impl Write,
-    total: u64,
-    progress: Progress,
-) -> std::io::Result<u64> {
-    let mut buffer = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    progress(0, total);
-    while done < total {
-        let want = buffer.len().min((total - done) as usize);
-        let n = from.read(&mut buffer[..want])?;
-        if n == 0 {
-            break;
-        }
-        to.write_all(&buffer[..n])?;
-        done += n as u64;
-        progress(done, total);
-    }
-    Ok(done)
 }
 
 /// The receiving side: a listening socket and the token senders must know.
@@ -376,34 +383,54 @@ impl Receiver {
             return Err(failed(why));
         }
         write(&mut stream, &Message::Accept).map_err(|e| failed(e.to_string()))?;
-        let (size, sha256, tag) = match read(&mut reader).map_err(failed)? {
-            Message::Archive { size, sha256, mac } => (size, sha256, mac),
-            other => return Err(failed(format!("unexpected message {other:?}"))),
-        };
-        if !verify(
-            &self.token,
-            &[&nonce, "archive", &size.to_string(), &sha256],
-            &tag,
-        ) {
-            return Err(failed("the archive's description is not authentic".into()));
-        }
         let archive = self
             .incoming
             .join(format!("{vm}-{}.tar.zst", std::process::id()));
         let received = (|| -> std::result::Result<(), String> {
             let mut file = File::create(&archive).map_err(|e| e.to_string())?;
-            let copied = copy_counting(&mut (&mut reader).take(size), &mut file, size, progress)
-                .map_err(|e| format!("connection lost while receiving: {e}"))?;
-            if copied != size {
-                return Err(format!("received {copied} of {size} bytes"));
+            let mut hasher = Sha256::new();
+            let mut size = 0u64;
+            let mut buffer = vec![0u8; 1 << 20];
+            let lost = |e: std::io::Error| format!("connection lost while receiving: {e}");
+            progress(0, 0);
+            loop {
+                let mut frame = [0u8; 4];
+                reader.read_exact(&mut frame).map_err(lost)?;
+                let n = u32::from_be_bytes(frame) as usize;
+                if n == 0 {
+                    break;
+                }
+                if n > buffer.len() {
+                    buffer.resize(n, 0);
+                }
+                reader.read_exact(&mut buffer[..n]).map_err(lost)?;
+                file.write_all(&buffer[..n]).map_err(|e| e.to_string())?;
+                hasher.update(&buffer[..n]);
+                size += n as u64;
+                progress(size, 0);
             }
-            file.sync_all().map_err(|e| e.to_string())?;
-            let (_, actual) = digest(&archive).map_err(|e| e.to_string())?;
+            let (sent, sha256, tag) = match read(&mut reader)? {
+                Message::Archive { size, sha256, mac } => (size, sha256, mac),
+                other => return Err(format!("unexpected message {other:?}")),
+            };
+            if !verify(
+                &self.token,
+                &[&nonce, "archive", &sent.to_string(), &sha256],
+                &tag,
+            ) {
+                return Err("the archive's description is not authentic".into());
+            }
+            if sent != size {
+                return Err(format!("received {size} of {sent} bytes"));
+            }
+            let actual = hex(&hasher.finalize());
             if actual != sha256 {
                 return Err(format!(
                     "checksum mismatch: sent {sha256}, received {actual}"
                 ));
             }
+            file.sync_all().map_err(|e| e.to_string())?;
+            progress(size, size);
             Ok(())
         })();
         if let Err(why) = received {
@@ -462,14 +489,6 @@ fn verify(token: &str, parts: &[&str], tag: &str) -> bool {
         mac.update(b"\0");
     }
     mac.verify_slice(&tag).is_ok()
-}
-
-/// Size and SHA-256 of a file.
-fn digest(path: &Path) -> Result<(u64, String)> {
-    let mut file = File::open(path).map_err(io_at(path))?;
-    let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher).map_err(io_at(path))?;
-    Ok((size, hex(&hasher.finalize())))
 }
 
 fn random_hex(bytes: usize) -> std::io::Result<String> {

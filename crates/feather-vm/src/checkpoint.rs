@@ -581,26 +581,31 @@ pub fn migrate(
     };
     progress(Progress::Phase(&format!("asking {to} to take {name}")));
     let accepted = feather_migrate::transfer::offer(to, token, &offer)?;
-    let archive = root.dir().join(format!(".migrating-{name}.tar.zst"));
     let started = std::time::Instant::now();
     progress(Progress::Phase(&format!(
         "checkpointing {name} (frozen from now on)"
     )));
-    let sent = match checkpoint(root, name, false, Some(&archive), progress) {
+    let sent = match checkpoint(root, name, false, None, progress) {
         Ok(_) => {
             progress(Progress::Phase(&format!("sending {name} to {to}")));
-            accepted
-                .send_archive(&archive, &mut |done, total| {
-                    progress(Progress::Bytes { done, total });
-                    if done == total {
-                        progress(Progress::Phase(&format!("{to} restores {name}")));
-                    }
-                })
-                .map_err(VmError::from)
+            // Made as it is sent: tar, the connection and the receiver work at once.
+            let mut stream = archive::stream(vm.path());
+            let output = stream.as_mut().ok().and_then(|s| s.take_output());
+            match (stream, output) {
+                (Err(e), _) => Err(failed(name, e.to_string())),
+                (Ok(stream), Some(mut output)) => accepted
+                    .send_archive(&mut output, move || stream.finish(), &mut |done, total| {
+                        progress(Progress::Bytes { done, total });
+                        if total > 0 && done == total {
+                            progress(Progress::Phase(&format!("{to} restores {name}")));
+                        }
+                    })
+                    .map_err(VmError::from),
+                (Ok(_), None) => Err(failed(name, "tar gave no output")),
+            }
         }
         Err(e) => Err(e),
     };
-    let _ = fs::remove_file(&archive);
     let (bytes, restored) = match sent {
         Ok(sent) => sent,
         // The checkpoint itself failed: CRIU left the VM running.
