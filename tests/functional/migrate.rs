@@ -452,3 +452,25 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
     });
     drop(server);
 }
+
+/// When the connection breaks after the sender let the VM go, the sender cannot know whether it
+/// runs at the receiver: it keeps its checkpoint with a marker naming the receiver, and a
+/// restore here is refused until the user, having looked, removes the marker.
+#[test]
+fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed() {
+    let source = Feather::new("mig-marker");
+    let base = ScratchBase::new("mig-marker");
+    counting_vm(&source, &base);
+    source.ok(&["checkpoint", "vm"]);
+    let marker = source.vm_dir("vm").join("checkpoint").join("released-to");
+    std::fs::write(&marker, "10.77.0.2:7070").unwrap();
+    let refused = source.fails(&["restore", "vm"]);
+    assert!(
+        refused.contains("10.77.0.2:7070") && refused.contains("run it twice"),
+        "{refused}"
+    );
+    assert_eq!(source.status("vm"), "checkpointed");
+    std::fs::remove_file(&marker).unwrap();
+    source.ok(&["restore", "vm"]);
+    assert_eq!(source.status("vm"), "running");
+}
