@@ -276,7 +276,7 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
         ));
     }
     if let Some(pid) = held_for(&vm) {
-        if !process_alive(pid) {
+        if !serving(pid) {
             return Err(failed(
                 name,
                 format!(
@@ -300,8 +300,12 @@ fn held_for(vm: &VmDir) -> Option<i32> {
         .ok()
 }
 
-fn process_alive(pid: i32) -> bool {
-    nix::sys::signal::kill(Pid::from_raw(pid), None).is_ok()
+/// Whether `pid` is still a `feather serve` (not a process that got its pid since).
+fn serving(pid: i32) -> bool {
+    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+        let mut words = cmdline.split(|b| *b == 0);
+        words.any(|w| w == b"serve")
+    })
 }
 
 /// Adds the VM in `file` to this state root under its recorded name, which must be `name`, as a
@@ -792,7 +796,7 @@ fn discard_unconfirmed(root: &StateRoot) {
             continue;
         };
         let Ok(vm) = root.open(&name) else { continue };
-        if held_for(&vm).is_some_and(|pid| !process_alive(pid))
+        if held_for(&vm).is_some_and(|pid| !serving(pid))
             && vm
                 .read_state()
                 .is_ok_and(|s| s.status == VmStatus::Checkpointed)
