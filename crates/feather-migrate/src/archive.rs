@@ -164,8 +164,48 @@ pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
         .arg(staging)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| tar_failed("import from", file, e.to_string()))?;
+        .map_err(|e| tar_failed("import from", file, e.to_string()));
+    checked(output, file, staging)
+}
+
+/// [`unpack`] from an archive read as it arrives; `source` names it in messages.
+pub fn unpack_from(
+    archive: &mut dyn std::io::Read,
+    source: &Path,
+    staging: &Path,
+) -> Result<VmConfig> {
+    fs::create_dir(staging).map_err(io_at(staging))?;
+    let output = Command::new("tar")
+        .arg("--extract")
+        .arg("--zstd")
+        .args(TAR_OPTIONS)
+        .arg("--same-permissions")
+        .arg("--file")
+        .arg("-")
+        .arg("--directory")
+        .arg(staging)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut tar| {
+            let copied = match tar.stdin.take() {
+                Some(mut stdin) => std::io::copy(archive, &mut stdin).map(|_| ()),
+                None => Ok(()),
+            };
+            let output = tar.wait_with_output()?;
+            // A connection lost midway is the first thing to say.
+            copied.map(|()| output)
+        })
+        .map_err(|e| tar_failed("import from", source, e.to_string()));
+    checked(output, source, staging)
+}
+
+/// What tar made of an archive, checked: the VM's config from the unpacked folder; on any
+/// failure the folder is removed.
+fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) -> Result<VmConfig> {
     let checked = || -> Result<VmConfig> {
+        let output = output?;
         if !output.status.success() {
             return Err(tar_failed(
                 "import from",

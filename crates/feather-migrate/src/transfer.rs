@@ -7,8 +7,8 @@
 //! Offer { vm, proof } ──▶                       checks the token (HMAC over nonce and vm) and
 //!                                   ◀── Accept  that no VM of that name exists here (or Refuse)
 //! ... checkpoints the VM, writes its archive ...
-//! the archive, in frames, as tar makes it ──▶    writes it down
-//! Archive { size, sha256, mac } ──▶             checks size, SHA-256 and its MAC, restores
+//! the archive, in frames, as tar makes it ──▶    unpacks it as it comes, aside
+//! Archive { size, sha256, mac } ──▶             checks size, SHA-256 and its MAC, imports and restores
 //!                                               the VM with its processes stopped
 //!                                   ◀── Restored  (or Done { error } if it could not)
 //! records that it let the VM go,
@@ -24,23 +24,23 @@
 //! then it keeps its checkpoint and says so, rather than guess.
 //!
 //! One JSON object per line; the archive in between as frames (a 4-byte big-endian length, then
-//! that many bytes; length 0 ends it), sent while tar still writes it, so that making, sending
-//! and receiving it overlap while the VM is frozen. The token never crosses the wire: each
+//! that many bytes; length 0 ends it), sent while tar still writes it and unpacked as it
+//! arrives, so that making, sending and unpacking it overlap while the VM is frozen. The
+//! unpacked folder stays aside until the size, SHA-256 and MAC that follow check out. The token never crosses the wire: each
 //! message that matters carries an HMAC-SHA-256 keyed by it over the receiver's fresh nonce, so
 //! a recorded exchange cannot be replayed and the archive's checksum cannot be swapped.
 //! The token authenticates; it does not encrypt: use it on networks you trust, or over a tunnel.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{io_at, MigrateError, Result};
+use crate::error::{MigrateError, Result};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -248,21 +248,100 @@ impl Restored {
 pub struct Receiver {
     listener: TcpListener,
     token: String,
-    /// Where incoming archives are written before they are restored.
-    incoming: PathBuf,
 }
 
-/// One VM received: its name and its verified archive, for the caller to restore.
+/// One VM accepted: its name, and its archive to read as it arrives ([`Incoming::archive`]),
+/// then check ([`Incoming::verify`]) before anything of it is used.
 pub struct Incoming<'a> {
     pub vm: String,
-    pub archive: PathBuf,
+    /// Who sent it, for messages.
+    pub peer: String,
     stream: TcpStream,
     reader: BufReader<TcpStream>,
     nonce: String,
     receiver: &'a Receiver,
+    hasher: Sha256,
+    size: u64,
+    /// The frame being read: bytes of it left.
+    left: usize,
+    ended: bool,
 }
 
-impl Incoming<'_> {
+/// The archive of an [`Incoming`] as it arrives.
+pub struct ArchiveReader<'i, 'a> {
+    incoming: &'i mut Incoming<'a>,
+    progress: Progress<'i>,
+}
+
+impl Read for ArchiveReader<'_, '_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let incoming = &mut *self.incoming;
+        if incoming.ended || buffer.is_empty() {
+            return Ok(0);
+        }
+        if incoming.left == 0 {
+            let mut frame = [0u8; 4];
+            incoming.reader.read_exact(&mut frame)?;
+            incoming.left = u32::from_be_bytes(frame) as usize;
+            if incoming.left == 0 {
+                incoming.ended = true;
+                return Ok(0);
+            }
+        }
+        let want = buffer.len().min(incoming.left);
+        let n = incoming.reader.read(&mut buffer[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the sender closed the connection midway",
+            ));
+        }
+        incoming.left -= n;
+        incoming.hasher.update(&buffer[..n]);
+        incoming.size += n as u64;
+        (self.progress)(incoming.size, 0);
+        Ok(n)
+    }
+}
+
+impl<'a> Incoming<'a> {
+    /// The archive, read as it arrives; `progress` hears the bytes so far.
+    pub fn archive<'i>(&'i mut self, progress: Progress<'i>) -> ArchiveReader<'i, 'a> {
+        ArchiveReader {
+            incoming: self,
+            progress,
+        }
+    }
+
+    /// Once the archive was read to its end: checks its size and SHA-256 against what the
+    /// sender says they are, and that the sender's word is authentic.
+    pub fn verify(&mut self) -> std::result::Result<(), String> {
+        if !self.ended {
+            return Err("the archive was not read to its end".into());
+        }
+        let (sent, sha256, tag) = match read(&mut self.reader)? {
+            Message::Archive { size, sha256, mac } => (size, sha256, mac),
+            other => return Err(format!("unexpected message {other:?}")),
+        };
+        if !verify(
+            &self.receiver.token,
+            &[&self.nonce, "archive", &sent.to_string(), &sha256],
+            &tag,
+        ) {
+            return Err("the archive's description is not authentic".into());
+        }
+        if sent != self.size {
+            return Err(format!("received {} of {sent} bytes", self.size));
+        }
+        let actual = hex(&std::mem::take(&mut self.hasher).finalize());
+        if actual != sha256 {
+            return Err(format!(
+                "checksum mismatch: sent {sha256}, received {actual}"
+            ));
+        }
+        Ok(())
+    }
+
     /// Tells the sender the VM is restored (stopped) here, and waits for it to let the VM go.
     /// `Err` if it does not (the connection broke, or it said something else): the caller
     /// must discard its copy, which the sender keeps.
@@ -282,7 +361,6 @@ impl Incoming<'_> {
 
     /// Tells the sender how it ended: `Ok` once the VM runs here.
     pub fn finish(mut self, outcome: std::result::Result<(), String>) {
-        let _ = fs::remove_file(&self.archive);
         let _ = write(
             &mut self.stream,
             &Message::Done {
@@ -293,16 +371,14 @@ impl Incoming<'_> {
 }
 
 impl Receiver {
-    pub fn bind(listen: &str, token: &str, incoming: &Path) -> Result<Receiver> {
+    pub fn bind(listen: &str, token: &str) -> Result<Receiver> {
         let listener = TcpListener::bind(listen).map_err(|e| MigrateError::Transfer {
             peer: listen.to_owned(),
             why: format!("cannot listen: {e}"),
         })?;
-        fs::create_dir_all(incoming).map_err(io_at(incoming))?;
         Ok(Receiver {
             listener,
             token: token.to_owned(),
-            incoming: incoming.to_path_buf(),
         })
     }
 
@@ -319,7 +395,6 @@ impl Receiver {
     pub fn next(
         &self,
         check: impl Fn(&Offer) -> std::result::Result<(), String>,
-        progress: Progress,
     ) -> Result<Incoming<'_>> {
         let (mut stream, peer) = self.listener.accept().map_err(|e| MigrateError::Transfer {
             peer: self.local_addr(),
@@ -383,73 +458,17 @@ impl Receiver {
             return Err(failed(why));
         }
         write(&mut stream, &Message::Accept).map_err(|e| failed(e.to_string()))?;
-        let archive = self
-            .incoming
-            .join(format!("{vm}-{}.tar.zst", std::process::id()));
-        let received = (|| -> std::result::Result<(), String> {
-            let mut file = File::create(&archive).map_err(|e| e.to_string())?;
-            let mut hasher = Sha256::new();
-            let mut size = 0u64;
-            let mut buffer = vec![0u8; 1 << 20];
-            let lost = |e: std::io::Error| format!("connection lost while receiving: {e}");
-            progress(0, 0);
-            loop {
-                let mut frame = [0u8; 4];
-                reader.read_exact(&mut frame).map_err(lost)?;
-                let n = u32::from_be_bytes(frame) as usize;
-                if n == 0 {
-                    break;
-                }
-                if n > buffer.len() {
-                    buffer.resize(n, 0);
-                }
-                reader.read_exact(&mut buffer[..n]).map_err(lost)?;
-                file.write_all(&buffer[..n]).map_err(|e| e.to_string())?;
-                hasher.update(&buffer[..n]);
-                size += n as u64;
-                progress(size, 0);
-            }
-            let (sent, sha256, tag) = match read(&mut reader)? {
-                Message::Archive { size, sha256, mac } => (size, sha256, mac),
-                other => return Err(format!("unexpected message {other:?}")),
-            };
-            if !verify(
-                &self.token,
-                &[&nonce, "archive", &sent.to_string(), &sha256],
-                &tag,
-            ) {
-                return Err("the archive's description is not authentic".into());
-            }
-            if sent != size {
-                return Err(format!("received {size} of {sent} bytes"));
-            }
-            let actual = hex(&hasher.finalize());
-            if actual != sha256 {
-                return Err(format!(
-                    "checksum mismatch: sent {sha256}, received {actual}"
-                ));
-            }
-            file.sync_all().map_err(|e| e.to_string())?;
-            progress(size, size);
-            Ok(())
-        })();
-        if let Err(why) = received {
-            let _ = fs::remove_file(&archive);
-            let _ = write(
-                &mut stream,
-                &Message::Done {
-                    error: Some(why.clone()),
-                },
-            );
-            return Err(failed(why));
-        }
         Ok(Incoming {
             vm,
-            archive,
+            peer,
             stream,
             reader,
             nonce,
             receiver: self,
+            hasher: Sha256::new(),
+            size: 0,
+            left: 0,
+            ended: false,
         })
     }
 }

@@ -242,7 +242,7 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
 /// root from an archive made by `feather checkpoint --export`.
 pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result<()> {
     if let Some(file) = import {
-        import_archive(root, name, file, None)?;
+        import_archive(root, name, Source::File(file), None)?;
     }
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
@@ -310,14 +310,29 @@ fn serving(pid: i32) -> bool {
 
 /// Adds the VM in `file` to this state root under its recorded name, which must be `name`, as a
 /// checkpointed VM with a new id (its cgroup must not meet the original's, which may still run).
+/// Where an imported VM comes from.
+enum Source<'s, 'a> {
+    /// An archive made by `checkpoint --export`.
+    File(&'s Path),
+    /// A migration: its archive is unpacked as it arrives, and checked before it is used.
+    Migration(
+        &'s mut feather_migrate::transfer::Incoming<'a>,
+        &'s mut dyn FnMut(Progress),
+    ),
+}
+
 /// `held_by`: the pid of the `feather serve` receiving it; the VM is marked as waiting for it
 /// before it appears here (see [`hold`]).
 fn import_archive(
     root: &StateRoot,
     name: &VmName,
-    file: &Path,
+    mut source: Source,
     held_by: Option<u32>,
 ) -> Result<()> {
+    let file = match &source {
+        Source::File(file) => file.display().to_string(),
+        Source::Migration(incoming, _) => format!("the VM sent from {}", incoming.peer),
+    };
     if root.open(name).is_ok() {
         return Err(failed(
             name,
@@ -330,21 +345,34 @@ fn import_archive(
     fs::create_dir_all(&vms).at(&vms)?;
     let staging = vms.join(format!(".creating-import-{name}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&staging);
-    let mut config = archive::unpack(file, &staging).map_err(|e| failed(name, e.to_string()))?;
+    let unpacked = match &mut source {
+        Source::File(path) => archive::unpack(path, &staging),
+        Source::Migration(incoming, progress) => archive::unpack_from(
+            &mut incoming.archive(&mut |done, total| progress(Progress::Bytes { done, total })),
+            Path::new(&file),
+            &staging,
+        ),
+    };
+    let mut config = unpacked.map_err(|e| failed(name, e.to_string()))?;
     let mut leased = false;
     let placed = (|| -> Result<()> {
+        // Nothing of what arrived is used before it is known to be what the sender sent.
+        if let Source::Migration(incoming, _) = &mut source {
+            incoming
+                .verify()
+                .map_err(|why| failed(name, format!("{file}: {why}")))?;
+        }
         if config.name != *name {
             return Err(failed(
                 name,
-                format!("{} holds VM {}, not {name}", file.display(), config.name),
+                format!("{file} holds VM {}, not {name}", config.name),
             ));
         }
         if !staging.join("checkpoint").join(INVENTORY).exists() {
             return Err(failed(
                 name,
                 format!(
-                    "{} holds no checkpoint (export it with `feather checkpoint {name} --export`)",
-                    file.display()
+                    "{file} holds no checkpoint (export it with `feather checkpoint {name} --export`)"
                 ),
             ));
         }
@@ -353,7 +381,7 @@ fn import_archive(
         let subnet = match fs::read(staging.join("checkpoint").join(SUBNET)) {
             Ok(bytes) => Some(
                 serde_json::from_slice(&bytes)
-                    .map_err(|e| failed(name, format!("{}: its {SUBNET}: {e}", file.display())))?,
+                    .map_err(|e| failed(name, format!("{file}: its {SUBNET}: {e}")))?,
             ),
             Err(_) => None,
         };
@@ -374,7 +402,7 @@ fn import_archive(
         )?;
         let mut state = feather_core::VmState::created();
         state.status = VmStatus::Checkpointed;
-        state.last_exit = Some(format!("imported from {}", file.display()));
+        state.last_exit = Some(format!("imported from {file}"));
         let text = serde_json::to_vec_pretty(&state).map_err(|e| failed(name, e.to_string()))?;
         feather_core::atomic::write_atomic(
             &staging.join("state.json"),
@@ -677,8 +705,7 @@ pub fn serve(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
     discard_unconfirmed(root);
-    let receiver =
-        feather_migrate::transfer::Receiver::bind(listen, token, &root.dir().join("incoming"))?;
+    let receiver = feather_migrate::transfer::Receiver::bind(listen, token)?;
     on_ready(&receiver.local_addr());
     loop {
         let check = |offer: &feather_migrate::transfer::Offer| -> std::result::Result<(), String> {
@@ -706,8 +733,7 @@ pub fn serve(
             feather_net::keep_address(root.dir(), name.as_str(), &network, Some(subnet), None)
                 .map_err(|e| e.to_string())
         };
-        let mut receiving = |done, total| progress(Progress::Bytes { done, total });
-        let outcome = match receiver.next(check, &mut receiving) {
+        let outcome = match receiver.next(check) {
             Ok(incoming) => receive(root, incoming, progress),
             Err(e) => {
                 eprintln!("feather serve: {e}");
@@ -727,7 +753,7 @@ fn receive(
     mut incoming: feather_migrate::transfer::Incoming,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
-    progress(Progress::Phase(&format!("restoring {}", incoming.vm)));
+    progress(Progress::Phase(&format!("receiving {}", incoming.vm)));
     let name: VmName = match incoming.vm.parse() {
         Ok(name) => name,
         Err(e) => {
@@ -739,8 +765,10 @@ fn receive(
     let restored = (|| -> Result<()> {
         // The VM's keeper keeps it stopped until this process tells it to resume, and ends it
         // if this process ends first; until then no one may restore it here.
-        import_archive(root, &name, &incoming.archive, Some(std::process::id()))?;
+        let source = Source::Migration(&mut incoming, &mut *progress);
+        import_archive(root, &name, source, Some(std::process::id()))?;
         let vm = root.open(&name)?;
+        progress(Progress::Phase(&format!("restoring {name}")));
         restore(root, &name, None)?;
         progress(Progress::Phase(&format!(
             "{name} restored; waiting for the sender to let it go"
