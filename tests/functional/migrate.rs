@@ -474,3 +474,101 @@ fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed(
     source.ok(&["restore", "vm"]);
     assert_eq!(source.status("vm"), "running");
 }
+
+const TCP_SERVER: &str = r#"
+import socket
+server = socket.socket()
+server.bind(("0.0.0.0", 7000))
+server.listen()
+while True:
+    connection, _ = server.accept()
+    with open("/run/received", "a") as out:
+        for line in connection.makefile():
+            out.write(line)
+            out.flush()
+"#;
+
+const TCP_CLIENT: &str = r#"
+import socket, sys, time
+client = socket.create_connection((sys.argv[1], 7000))
+i = 0
+while True:
+    i += 1
+    client.sendall(f"{i}\n".encode())
+    time.sleep(0.05)
+"#;
+
+/// A client and a server inside the VM, connected over TCP through the VM's own address, keep
+/// their connection when the VM moves to another host: no line is lost or repeated.
+#[test]
+fn a_tcp_connection_inside_a_private_vm_survives_its_migration() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-tcp"), Feather::new("mig-tcp-dst"));
+    let subnet = own_subnet();
+    let created = source
+        .command()
+        .args(["create", "vm"])
+        .env("FEATHER_SUBNET", &subnet)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    source.ok(&["start", "vm"]);
+    let address = source.inspect("vm")["network"]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let daemon = |program: &str, argument: &str| {
+        source.ok(&[
+            "exec",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "/usr/bin/python3 -c \"$0\" \"$1\" </dev/null >/dev/null 2>&1 &",
+            program,
+            argument,
+        ]);
+    };
+    daemon(TCP_SERVER, "");
+    source.eventually("the server listens", || {
+        source
+            .run(&[
+                "exec",
+                "vm",
+                "--",
+                "sh",
+                "-c",
+                "grep -q ':1B58 ' /proc/net/tcp",
+            ])
+            .code
+            == 0
+    });
+    daemon(TCP_CLIENT, &address);
+    let received = |feather: &Feather| -> Vec<u64> {
+        feather
+            .run(&["exec", "vm", "--", "cat", "/run/received"])
+            .stdout
+            .lines()
+            .filter_map(|line| line.parse().ok())
+            .collect()
+    };
+    source.eventually("the connection carries data", || {
+        received(&source).len() >= 3
+    });
+
+    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", &subnet)]);
+    let moved = migrate(&hosts, &source, TOKEN);
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait());
+
+    let arrived = received(&target).len();
+    target.eventually("the connection carries on at the target", || {
+        received(&target).len() > arrived + 2
+    });
+    let numbers = received(&target);
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "one TCP connection from before the migration to after it: nothing lost or repeated"
+    );
+}
