@@ -18,8 +18,7 @@ use crate::error::{io_at, MigrateError, Result};
 /// mount point) are made empty on import; locks and logs stay behind.
 const MEMBERS: [&str; 5] = ["config.toml", "state.json", "upper", "mounts", "checkpoint"];
 
-const TAR_OPTIONS: [&str; 6] = [
-    "--zstd",
+const TAR_OPTIONS: [&str; 5] = [
     "--numeric-owner",
     "--xattrs",
     "--xattrs-include=trusted.*",
@@ -27,16 +26,80 @@ const TAR_OPTIONS: [&str; 6] = [
     "--xattrs-include=security.*",
 ];
 
+/// An archive being written by tar to a pipe, for sending as it is made.
+pub struct Stream {
+    tar: std::process::Child,
+    vm_dir: PathBuf,
+}
+
+/// Starts writing the VM folder `vm_dir` as an archive to a pipe: read it from
+/// [`Stream::take_output`] to its end, then ask [`Stream::finish`].
+pub fn stream(vm_dir: &Path) -> Result<Stream> {
+    let members: Vec<&str> = MEMBERS
+        .into_iter()
+        .filter(|m| vm_dir.join(m).exists())
+        .collect();
+    let tar = Command::new("tar")
+        .arg("--create")
+        .arg("--use-compress-program=zstd -1 -T0")
+        .args(TAR_OPTIONS)
+        .arg("--sparse")
+        .arg("--file")
+        .arg("-")
+        .arg("--directory")
+        .arg(vm_dir)
+        .args(&members)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| tar_failed("archive", vm_dir, e.to_string()))?;
+    Ok(Stream {
+        tar,
+        vm_dir: vm_dir.to_path_buf(),
+    })
+}
+
+impl Stream {
+    /// The pipe tar writes the archive to (once).
+    pub fn take_output(&mut self) -> Option<std::process::ChildStdout> {
+        self.tar.stdout.take()
+    }
+
+    /// Whether tar wrote the whole archive.
+    pub fn finish(mut self) -> Result<()> {
+        drop(self.tar.stdout.take());
+        let output = self
+            .tar
+            .wait_with_output()
+            .map_err(|e| tar_failed("archive", &self.vm_dir, e.to_string()))?;
+        if output.status.success() {
+            Ok(())
+        } else {
+            Err(tar_failed(
+                "archive",
+                &self.vm_dir,
+                String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+            ))
+        }
+    }
+}
+
 /// Writes the VM folder `vm_dir` to `file`, atomically: a half-written archive never has the
 /// final name.
-pub fn export(vm_dir: &Path, file: &Path) -> Result<()> {
+/// `progress` hears how many bytes of the archive are written, as tar goes.
+pub fn export(vm_dir: &Path, file: &Path, progress: &mut dyn FnMut(u64)) -> Result<()> {
     let partial = with_suffix(file, ".partial");
     let members: Vec<&str> = MEMBERS
         .into_iter()
         .filter(|m| vm_dir.join(m).exists())
         .collect();
-    let output = Command::new("tar")
+    let mut tar = Command::new("tar")
         .arg("--create")
+        // The VM is frozen while its archive is made for a migration: zstd's fastest level on
+        // every core (once, for a VM holding 260 MB of redis on this 2-core machine: 4.4 s
+        // instead of 6.6 s with tar's default, level 3; the archive stays a .tar.zst).
+        .arg("--use-compress-program=zstd -1 -T0")
         .args(TAR_OPTIONS)
         .arg("--sparse")
         .arg("--file")
@@ -45,8 +108,33 @@ pub fn export(vm_dir: &Path, file: &Path) -> Result<()> {
         .arg(vm_dir)
         .args(&members)
         .stdin(Stdio::null())
-        .output()
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
         .map_err(|e| tar_failed("export to", file, e.to_string()))?;
+    // tar's errors are few lines: the pipe does not fill while it runs.
+    let status = loop {
+        match tar.try_wait() {
+            Ok(Some(status)) => break Ok(status),
+            Ok(None) => {
+                progress(fs::metadata(&partial).map_or(0, |m| m.len()));
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => break Err(e),
+        }
+    }
+    .and_then(|status| {
+        let mut stderr = Vec::new();
+        if let Some(mut pipe) = tar.stderr.take() {
+            std::io::Read::read_to_end(&mut pipe, &mut stderr)?;
+        }
+        Ok(std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr,
+        })
+    });
+    let output = status.map_err(|e| tar_failed("export to", file, e.to_string()))?;
     if !output.status.success() {
         let _ = fs::remove_file(&partial);
         return Err(tar_failed(
@@ -67,6 +155,7 @@ pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
     fs::create_dir(staging).map_err(io_at(staging))?;
     let output = Command::new("tar")
         .arg("--extract")
+        .arg("--zstd")
         .args(TAR_OPTIONS)
         .arg("--same-permissions")
         .arg("--file")
@@ -75,8 +164,48 @@ pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
         .arg(staging)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| tar_failed("import from", file, e.to_string()))?;
+        .map_err(|e| tar_failed("import from", file, e.to_string()));
+    checked(output, file, staging)
+}
+
+/// [`unpack`] from an archive read as it arrives; `source` names it in messages.
+pub fn unpack_from(
+    archive: &mut dyn std::io::Read,
+    source: &Path,
+    staging: &Path,
+) -> Result<VmConfig> {
+    fs::create_dir(staging).map_err(io_at(staging))?;
+    let output = Command::new("tar")
+        .arg("--extract")
+        .arg("--zstd")
+        .args(TAR_OPTIONS)
+        .arg("--same-permissions")
+        .arg("--file")
+        .arg("-")
+        .arg("--directory")
+        .arg(staging)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut tar| {
+            let copied = match tar.stdin.take() {
+                Some(mut stdin) => std::io::copy(archive, &mut stdin).map(|_| ()),
+                None => Ok(()),
+            };
+            let output = tar.wait_with_output()?;
+            // A connection lost midway is the first thing to say.
+            copied.map(|()| output)
+        })
+        .map_err(|e| tar_failed("import from", source, e.to_string()));
+    checked(output, source, staging)
+}
+
+/// What tar made of an archive, checked: the VM's config from the unpacked folder; on any
+/// failure the folder is removed.
+fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) -> Result<VmConfig> {
     let checked = || -> Result<VmConfig> {
+        let output = output?;
         if !output.status.success() {
             return Err(tar_failed(
                 "import from",

@@ -1,15 +1,17 @@
 //! The CRIU driver.
 //!
-//! feather drives the `criu` command line rather than CRIU's RPC interface (`criu swrk` with
-//! protobuf messages over a socketpair). The choice, made while building this: the RPC client
-//! the issue points at (the `rust-criu` crate) lacks options feather needs (external mount
-//! mapping, `--enable-external-masters`, pre-dump with a parent image), so RPC would have meant a
-//! hand-written protobuf client of `rpc.proto`; the command line offers every option of the
-//! installed CRIU, its failures are the same text CRIU writes to its log, and the process model
-//! is what restore needs anyway (the keeper forks, prepares the mount namespace and cgroup, and
-//! execs criu, so that the restored init becomes the keeper's own child). What RPC would add —
-//! notifications in the middle of a dump, one criu process for several requests — matters for
-//! live migration with pre-dump rounds, which can move to RPC behind this same module.
+//! Dumps and restores go through CRIU's RPC interface: `criu swrk <fd>` serves one request on a
+//! socket pair (see [`crate::rpc`] for the messages). A dump is a `criu swrk` the keeper starts
+//! and asks; for a restore the keeper forks a child that puts itself where the VM belongs (a
+//! mount namespace with the VM's root overlay mounted, the VM's cgroup) and execs `criu swrk`
+//! there, while the keeper sends the request and gets the restored init's pid in the answer
+//! (with `rst_sibling`, that init is the keeper's own child). The options are those the command
+//! line would take (`--external mnt[…]`/`veth[…]`, `--ext-mount-map auto`, `--leave-stopped`, …,
+//! see `common_options`), and a failure is reported the same way, from CRIU's log, which names
+//! what it could not save. `criu --version` and `criu check` still run as commands, for `feather
+//! check criu`. The `rust-criu` crate was not used: it builds the request for a criu it starts
+//! itself, which a restore into a prepared mount namespace cannot use, and it lacks the
+//! external-resource and stop options.
 //!
 //! Which CRIU: `$FEATHER_CRIU` if set, else the one `scripts/install-criu` puts at
 //! [`INSTALLED`] (Debian 13's criu with its own glibc), else a `criu` on the system.
@@ -21,7 +23,10 @@ use std::process::{Command, Stdio};
 
 use serde::Serialize;
 
+use std::os::fd::AsRawFd;
+
 use crate::error::{io_at, MigrateError, Result};
+use crate::rpc;
 
 /// The oldest CRIU that works on this kernel: 3.17 fails on kernels >= 6.13 with "Unexpected
 /// rt vDSO area bounds".
@@ -115,10 +120,13 @@ pub struct Restore<'a> {
     pub images: &'a Path,
     /// Where the VM's root (its overlay) is mounted in the restoring process's mount namespace.
     pub root: &'a Path,
-    /// Where CRIU writes the host pid of the restored init.
-    pub pidfile: &'a Path,
     /// The external mounts of the dump, as (key, where the restoring side has mounted it).
     pub external_mounts: &'a [(String, PathBuf)],
+    /// veth pairs CRIU makes as it recreates the VM's network namespace, as (the end inside
+    /// the VM, the host end, the bridge the host end joins).
+    pub veths: &'a [(String, String, String)],
+    /// Leave the restored processes stopped (SIGSTOP), for the caller to continue them.
+    pub leave_stopped: bool,
 }
 
 impl Criu {
@@ -229,96 +237,151 @@ impl Criu {
         }
     }
 
-    /// Dumps a VM's process tree into `dump.images`. On failure the VM's processes go on
-    /// running (CRIU resumes them), and the error carries CRIU's own words, which name the
-    /// resource it could not dump.
+    /// Dumps a VM's process tree into `dump.images`, through CRIU's RPC (`criu swrk`). On
+    /// failure the VM's processes go on running (CRIU resumes them), and the error carries
+    /// CRIU's own words from its log, which name the resource it could not dump.
     pub fn dump(&self, dump: &Dump) -> Result<()> {
         fs::create_dir_all(dump.images).map_err(io_at(dump.images))?;
-        let mut args: Vec<OsString> = vec![
-            "dump".into(),
-            "--tree".into(),
-            dump.pid.to_string().into(),
-            "--images-dir".into(),
-            dump.images.into(),
-            "--log-file".into(),
-            DUMP_LOG.into(),
-        ];
-        args.push(if dump.leave_running {
-            "--leave-running".into()
-        } else {
-            "--leave-stopped".into()
-        });
-        for (mount_point, key) in dump.external_mounts {
-            args.push("--external".into());
-            args.push(format!("mnt[{mount_point}]:{key}").into());
-        }
-        args.extend(common_options());
-        let status = Command::new(&self.path)
-            .args(&args)
+        let images = fs::File::open(dump.images).map_err(io_at(dump.images))?;
+        let opts = rpc::Opts {
+            images_dir_fd: images.as_raw_fd(),
+            pid: Some(dump.pid),
+            log_file: Some(DUMP_LOG.into()),
+            // Otherwise its processes are left stopped, for the caller to end (see Dump).
+            leave_running: Some(dump.leave_running),
+            external: dump
+                .external_mounts
+                .iter()
+                .map(|(mount_point, key)| format!("mnt[{mount_point}]:{key}"))
+                .collect(),
+            ..common_options()
+        };
+        let mut channel = rpc::Channel::new().map_err(|e| self.broken(e))?;
+        let mut criu = Command::new(&self.path)
+            .arg("swrk")
+            .arg(channel.criu_end().unwrap_or(-1).to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
-            .status()
-            .map_err(|e| MigrateError::CriuBroken {
-                path: self.path.clone(),
-                why: e.to_string(),
-            })?;
-        if status.success() {
-            Ok(())
-        } else {
-            Err(failure(dump.vm, "checkpoint", &dump.images.join(DUMP_LOG)))
+            .spawn()
+            .map_err(|e| self.broken(e))?;
+        channel.criu_started();
+        let answer = channel.call(&rpc::Request {
+            kind: rpc::ReqType::Dump as i32,
+            opts: Some(opts),
+        });
+        let _ = criu.wait();
+        match answer {
+            Ok(answer) if answer.success => Ok(()),
+            _ => Err(failure(dump.vm, "checkpoint", &dump.images.join(DUMP_LOG))),
         }
     }
 
-    /// The program and arguments that restore a tree, for the caller to exec once it has put
-    /// itself where the VM belongs (its cgroup, a mount namespace with the VM's root mounted).
-    /// The restored init becomes a sibling of criu: a child of the process that started it.
-    pub fn restore_command(&self, restore: &Restore) -> (PathBuf, Vec<OsString>) {
-        let mut args: Vec<OsString> = vec![
-            "restore".into(),
-            "--images-dir".into(),
-            restore.images.into(),
-            "--log-file".into(),
-            RESTORE_LOG.into(),
-            "--root".into(),
-            restore.root.into(),
-            "--pidfile".into(),
-            restore.pidfile.into(),
-            "--restore-detached".into(),
-            "--restore-sibling".into(),
+    /// A restore through CRIU's RPC. The caller execs [`RestoreCall::program`] in a child once
+    /// it has put that child where the VM belongs (its cgroup, a mount namespace with the VM's
+    /// root mounted), keeping [`RestoreCall::criu_end`] open, and then calls
+    /// [`RestoreCall::restore`] in the parent. The restored init becomes a sibling of criu: a
+    /// child of the caller.
+    pub fn restore_call(&self, restore: &Restore) -> Result<RestoreCall> {
+        let images = fs::File::open(restore.images).map_err(io_at(restore.images))?;
+        let mut external: Vec<String> = restore
+            .veths
+            .iter()
+            .map(|(inside, host_end, bridge)| format!("veth[{inside}]:{host_end}@{bridge}"))
+            .collect();
+        external.extend(
+            restore
+                .external_mounts
+                .iter()
+                .map(|(key, path)| format!("mnt[{key}]:{}", path.display())),
+        );
+        let opts = rpc::Opts {
+            images_dir_fd: images.as_raw_fd(),
+            log_file: Some(RESTORE_LOG.into()),
+            root: Some(restore.root.display().to_string()),
+            rst_sibling: Some(true),
+            leave_stopped: restore.leave_stopped.then_some(true),
+            external,
+            ..common_options()
+        };
+        let channel = rpc::Channel::new().map_err(|e| self.broken(e))?;
+        let args = vec![
+            OsString::from("swrk"),
+            channel.criu_end().unwrap_or(-1).to_string().into(),
         ];
-        for (key, path) in restore.external_mounts {
-            args.push("--external".into());
-            let mut spec = OsString::from(format!("mnt[{key}]:"));
-            spec.push(path);
-            args.push(spec);
+        Ok(RestoreCall {
+            program: self.path.clone(),
+            args,
+            channel,
+            images,
+            request: rpc::Request {
+                kind: rpc::ReqType::Restore as i32,
+                opts: Some(opts),
+            },
+            log: restore.images.join(RESTORE_LOG),
+        })
+    }
+
+    fn broken(&self, e: impl std::fmt::Display) -> MigrateError {
+        MigrateError::CriuBroken {
+            path: self.path.clone(),
+            why: e.to_string(),
         }
-        args.extend(common_options());
-        (self.path.clone(), args)
+    }
+}
+
+/// A restore under way: see [`Criu::restore_call`].
+pub struct RestoreCall {
+    pub program: PathBuf,
+    pub args: Vec<OsString>,
+    channel: rpc::Channel,
+    /// Open for CRIU to read through /proc/<this process>/fd.
+    images: fs::File,
+    request: rpc::Request,
+    log: PathBuf,
+}
+
+impl RestoreCall {
+    /// The descriptor the child running criu must keep open.
+    pub fn criu_end(&self) -> i32 {
+        self.channel.criu_end().unwrap_or(-1)
+    }
+
+    /// In the parent, once the child runs criu: asks for the restore and returns the host pid
+    /// of the restored tree's root.
+    pub fn restore(mut self, vm: &str) -> Result<i32> {
+        self.channel.criu_started();
+        let answer = self.channel.call(&self.request);
+        drop(self.images);
+        match answer {
+            Ok(rpc::Response {
+                success: true,
+                restore: Some(restored),
+                ..
+            }) => Ok(restored.pid),
+            _ => Err(failure(vm, "restore", &self.log)),
+        }
     }
 }
 
 /// Options of both dump and restore, and why feather needs each.
-fn common_options() -> Vec<OsString> {
-    [
+fn common_options() -> rpc::Opts {
+    rpc::Opts {
         // The keeper owns the VM's cgroup: it makes it with the VM's limits before a restore
         // and runs criu inside it, so CRIU neither dumps nor recreates cgroups.
-        "--manage-cgroups=ignore",
+        manage_cgroups_mode: Some(rpc::CgMode::Ignore as i32),
         // The VM's /dev devices, its /proc masks and init's own program are bind mounts of host
         // files; CRIU finds them in the host's mount namespace by itself, and binds them again
-        // from the same host paths on restore.
-        "--ext-mount-map",
-        "auto",
-        "--enable-external-sharing",
-        "--enable-external-masters",
+        // from the same host paths on restore (`--ext-mount-map auto`).
+        auto_ext_mnt: Some(true),
+        ext_sharing: Some(true),
+        ext_masters: Some(true),
         // Connections inside the VM's network namespace survive.
-        "--tcp-established",
+        tcp_established: Some(true),
         // Services hold flock/POSIX locks on pid files and databases.
-        "--file-locks",
-    ]
-    .into_iter()
-    .map(OsString::from)
-    .collect()
+        file_locks: Some(true),
+        ..Default::default()
+    }
 }
 
 /// The error for a failed dump or restore, with CRIU's own error lines from its log.

@@ -2,6 +2,7 @@
 //!
 //! - [`criu`]: finds CRIU, says whether it works here, and runs its dumps and restores of a VM's
 //!   process tree
+//! - [`rpc`]: CRIU's RPC messages and the connection to `criu swrk`
 //! - [`archive`]: a stopped or checkpointed VM as one compressed file, and back
 //! - [`transfer`]: an archive sent to another host, authenticated and checksummed
 //!
@@ -11,6 +12,7 @@
 pub mod archive;
 pub mod criu;
 mod error;
+pub mod rpc;
 pub mod transfer;
 
 pub use error::{MigrateError, Result};

@@ -7,26 +7,40 @@
 //! Offer { vm, proof } ──▶                       checks the token (HMAC over nonce and vm) and
 //!                                   ◀── Accept  that no VM of that name exists here (or Refuse)
 //! ... checkpoints the VM, writes its archive ...
-//! Archive { size, sha256, mac } + size bytes ──▶  checks size, SHA-256 and its MAC, restores
-//!                                   ◀── Done { error: None } once the VM runs here
+//! the archive, in frames, as tar makes it ──▶    unpacks it as it comes, aside
+//! Archive { size, sha256, mac } ──▶             checks size, SHA-256 and its MAC, imports and restores
+//!                                               the VM with its processes stopped
+//!                                   ◀── Restored  (or Done { error } if it could not)
+//! records that it let the VM go,
+//! Release { mac } ──▶                           lets the VM's processes run
+//!                                   ◀── Done { error: None }
+//! removes its own copy
 //! ```
 //!
-//! One JSON object per line, then the raw archive. The token never crosses the wire: each
+//! Two phases, so that the VM never runs twice and is never lost: until the receiver has the
+//! Release, its copy stays stopped and is discarded if anything goes wrong (or if `feather
+//! serve` dies: the copy's keeper watches it); until the sender has the final Done, it keeps its
+//! checkpoint. Only a connection lost between Release and Done leaves the sender unsure, and
+//! then it keeps its checkpoint and says so, rather than guess.
+//!
+//! One JSON object per line; the archive in between as frames (a 4-byte big-endian length, then
+//! that many bytes; length 0 ends it), sent while tar still writes it and unpacked as it
+//! arrives, so that making, sending and unpacking it overlap while the VM is frozen. The
+//! unpacked folder stays aside until the size, SHA-256 and MAC that follow check out. The token never crosses the wire: each
 //! message that matters carries an HMAC-SHA-256 keyed by it over the receiver's fresh nonce, so
 //! a recorded exchange cannot be replayed and the archive's checksum cannot be swapped.
 //! The token authenticates; it does not encrypt: use it on networks you trust, or over a tunnel.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::error::{io_at, MigrateError, Result};
+use crate::error::{MigrateError, Result};
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -42,6 +56,11 @@ enum Message {
     },
     Offer {
         vm: String,
+        /// The VM's address and the subnet it belongs to (`--net private`), "" without.
+        #[serde(default)]
+        address: String,
+        #[serde(default)]
+        subnet: String,
         proof: String,
     },
     Accept,
@@ -53,10 +72,25 @@ enum Message {
         sha256: String,
         mac: String,
     },
+    Restored,
+    Release {
+        mac: String,
+    },
     Done {
         error: Option<String>,
     },
 }
+
+/// What a sender offers: a VM, and its address and subnet if it has a private network.
+#[derive(Clone, Debug, Default)]
+pub struct Offer {
+    pub vm: String,
+    pub address: String,
+    pub subnet: String,
+}
+
+/// How far a transfer has come, for a progress display: `sent` of `total` bytes.
+pub type Progress<'a> = &'a mut dyn FnMut(u64, u64);
 
 /// A connection to a receiver that has accepted a VM and waits for its archive.
 pub struct Accepted {
@@ -69,7 +103,7 @@ pub struct Accepted {
 
 /// Asks the receiver at `to` to take VM `vm`. Fails, before anything happens to the VM, if it
 /// cannot be reached, the token is wrong, or it already has a VM of that name.
-pub fn offer(to: &str, token: &str, vm: &str) -> Result<Accepted> {
+pub fn offer(to: &str, token: &str, offer: &Offer) -> Result<Accepted> {
     let failed = |why: String| MigrateError::Transfer {
         peer: to.to_owned(),
         why,
@@ -90,9 +124,20 @@ pub fn offer(to: &str, token: &str, vm: &str) -> Result<Accepted> {
         token: token.to_owned(),
         to: to.to_owned(),
     };
-    let proof = mac(token, &[&accepted.nonce, "offer", vm]);
+    let proof = mac(
+        token,
+        &[
+            &accepted.nonce,
+            "offer",
+            &offer.vm,
+            &offer.address,
+            &offer.subnet,
+        ],
+    );
     accepted.send(&Message::Offer {
-        vm: vm.to_owned(),
+        vm: offer.vm.clone(),
+        address: offer.address.clone(),
+        subnet: offer.subnet.clone(),
         proof,
     })?;
     match read(&mut accepted.reader).map_err(failed)? {
@@ -110,30 +155,91 @@ impl Accepted {
         })
     }
 
-    /// Sends the archive and waits until the receiver runs the VM (or says why it cannot).
-    /// Returns the number of bytes sent.
-    pub fn send_archive(mut self, archive: &Path) -> Result<u64> {
-        let (size, sha256) = digest(archive)?;
+    fn failed(&self, why: String) -> MigrateError {
+        MigrateError::Transfer {
+            peer: self.to.clone(),
+            why,
+        }
+    }
+
+    /// Sends the archive read from `archive` as it comes, and waits until the receiver has
+    /// restored the VM, stopped (or says why it cannot). `finished` is asked, once `archive`
+    /// ends, whether all of it was written: if not, the connection is dropped, and the receiver
+    /// discards what it got. Returns the number of bytes sent and the connection, for the
+    /// release.
+    pub fn send_archive(
+        mut self,
+        archive: &mut dyn Read,
+        finished: impl FnOnce() -> Result<()>,
+        progress: Progress,
+    ) -> Result<(u64, Restored)> {
+        let mut hasher = Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut size = 0u64;
+        progress(0, 0);
+        loop {
+            let n = archive
+                .read(&mut buffer)
+                .map_err(|e| self.failed(format!("reading the archive: {e}")))?;
+            let frame = u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
+            self.stream
+                .write_all(&frame)
+                .and_then(|()| self.stream.write_all(&buffer[..n]))
+                .map_err(|e| self.failed(format!("connection lost while sending: {e}")))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buffer[..n]);
+            size += n as u64;
+            progress(size, 0);
+        }
+        finished()?;
+        let sha256 = hex(&hasher.finalize());
         let mac = mac(
             &self.token,
             &[&self.nonce, "archive", &size.to_string(), &sha256],
         );
         self.send(&Message::Archive { size, sha256, mac })?;
-        let mut file = File::open(archive).map_err(io_at(archive))?;
-        std::io::copy(&mut file, &mut self.stream).map_err(|e| MigrateError::Transfer {
-            peer: self.to.clone(),
-            why: format!("connection lost while sending: {e}"),
-        })?;
-        let failed = |why: String| MigrateError::Transfer {
-            peer: self.to.clone(),
-            why,
-        };
-        match read(&mut self.reader).map_err(failed)? {
-            Message::Done { error: None } => Ok(size),
+        progress(size, size);
+        match read(&mut self.reader).map_err(|e| self.failed(e))? {
+            Message::Restored => Ok((size, Restored { accepted: self })),
             Message::Done { error: Some(why) } => {
-                Err(failed(format!("could not restore it: {why}")))
+                Err(self.failed(format!("could not restore it: {why}")))
             }
-            other => Err(failed(format!("unexpected answer {other:?}"))),
+            other => Err(self.failed(format!("unexpected answer {other:?}"))),
+        }
+    }
+}
+
+/// A receiver that has restored the VM, stopped, and waits for the sender to let it go.
+pub struct Restored {
+    accepted: Accepted,
+}
+
+/// How a release ended.
+#[derive(Debug)]
+pub enum Released {
+    /// The VM runs at the receiver.
+    Running,
+    /// The receiver could not let it run and has discarded its copy.
+    Failed(String),
+    /// The connection broke after the release was sent: the receiver may or may not run it.
+    Unknown(String),
+}
+
+impl Restored {
+    /// Lets the VM run at the receiver, and waits for its word that it does.
+    pub fn release(mut self) -> Released {
+        let accepted = &mut self.accepted;
+        let mac = mac(&accepted.token, &[&accepted.nonce, "release"]);
+        if let Err(e) = accepted.send(&Message::Release { mac }) {
+            return Released::Unknown(e.to_string());
+        }
+        match read(&mut accepted.reader) {
+            Ok(Message::Done { error: None }) => Released::Running,
+            Ok(Message::Done { error: Some(why) }) => Released::Failed(why),
+            Ok(other) => Released::Unknown(format!("unexpected answer {other:?}")),
+            Err(why) => Released::Unknown(why),
         }
     }
 }
@@ -142,22 +248,119 @@ impl Accepted {
 pub struct Receiver {
     listener: TcpListener,
     token: String,
-    /// Where incoming archives are written before they are restored.
-    incoming: PathBuf,
 }
 
-/// One VM received: its name and its verified archive, for the caller to restore.
+/// One VM accepted: its name, and its archive to read as it arrives ([`Incoming::archive`]),
+/// then check ([`Incoming::verify`]) before anything of it is used.
 pub struct Incoming<'a> {
     pub vm: String,
-    pub archive: PathBuf,
+    /// Who sent it, for messages.
+    pub peer: String,
     stream: TcpStream,
-    _receiver: &'a Receiver,
+    reader: BufReader<TcpStream>,
+    nonce: String,
+    receiver: &'a Receiver,
+    hasher: Sha256,
+    size: u64,
+    /// The frame being read: bytes of it left.
+    left: usize,
+    ended: bool,
 }
 
-impl Incoming<'_> {
-    /// Tells the sender how the restore went; on `Ok` it releases the VM on its side.
+/// The archive of an [`Incoming`] as it arrives.
+pub struct ArchiveReader<'i, 'a> {
+    incoming: &'i mut Incoming<'a>,
+    progress: Progress<'i>,
+}
+
+impl Read for ArchiveReader<'_, '_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let incoming = &mut *self.incoming;
+        if incoming.ended || buffer.is_empty() {
+            return Ok(0);
+        }
+        if incoming.left == 0 {
+            let mut frame = [0u8; 4];
+            incoming.reader.read_exact(&mut frame)?;
+            incoming.left = u32::from_be_bytes(frame) as usize;
+            if incoming.left == 0 {
+                incoming.ended = true;
+                return Ok(0);
+            }
+        }
+        let want = buffer.len().min(incoming.left);
+        let n = incoming.reader.read(&mut buffer[..want])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the sender closed the connection midway",
+            ));
+        }
+        incoming.left -= n;
+        incoming.hasher.update(&buffer[..n]);
+        incoming.size += n as u64;
+        (self.progress)(incoming.size, 0);
+        Ok(n)
+    }
+}
+
+impl<'a> Incoming<'a> {
+    /// The archive, read as it arrives; `progress` hears the bytes so far.
+    pub fn archive<'i>(&'i mut self, progress: Progress<'i>) -> ArchiveReader<'i, 'a> {
+        ArchiveReader {
+            incoming: self,
+            progress,
+        }
+    }
+
+    /// Once the archive was read to its end: checks its size and SHA-256 against what the
+    /// sender says they are, and that the sender's word is authentic.
+    pub fn verify(&mut self) -> std::result::Result<(), String> {
+        if !self.ended {
+            return Err("the archive was not read to its end".into());
+        }
+        let (sent, sha256, tag) = match read(&mut self.reader)? {
+            Message::Archive { size, sha256, mac } => (size, sha256, mac),
+            other => return Err(format!("unexpected message {other:?}")),
+        };
+        if !verify(
+            &self.receiver.token,
+            &[&self.nonce, "archive", &sent.to_string(), &sha256],
+            &tag,
+        ) {
+            return Err("the archive's description is not authentic".into());
+        }
+        if sent != self.size {
+            return Err(format!("received {} of {sent} bytes", self.size));
+        }
+        let actual = hex(&std::mem::take(&mut self.hasher).finalize());
+        if actual != sha256 {
+            return Err(format!(
+                "checksum mismatch: sent {sha256}, received {actual}"
+            ));
+        }
+        Ok(())
+    }
+
+    /// Tells the sender the VM is restored (stopped) here, and waits for it to let the VM go.
+    /// `Err` if it does not (the connection broke, or it said something else): the caller
+    /// must discard its copy, which the sender keeps.
+    pub fn restored(&mut self) -> std::result::Result<(), String> {
+        write(&mut self.stream, &Message::Restored).map_err(|e| format!("connection lost: {e}"))?;
+        match read(&mut self.reader)? {
+            Message::Release { mac }
+                if verify(&self.receiver.token, &[&self.nonce, "release"], &mac) =>
+            {
+                Ok(())
+            }
+            other => Err(format!(
+                "the sender did not release the VM (said {other:?})"
+            )),
+        }
+    }
+
+    /// Tells the sender how it ended: `Ok` once the VM runs here.
     pub fn finish(mut self, outcome: std::result::Result<(), String>) {
-        let _ = fs::remove_file(&self.archive);
         let _ = write(
             &mut self.stream,
             &Message::Done {
@@ -168,16 +371,14 @@ impl Incoming<'_> {
 }
 
 impl Receiver {
-    pub fn bind(listen: &str, token: &str, incoming: &Path) -> Result<Receiver> {
+    pub fn bind(listen: &str, token: &str) -> Result<Receiver> {
         let listener = TcpListener::bind(listen).map_err(|e| MigrateError::Transfer {
             peer: listen.to_owned(),
             why: format!("cannot listen: {e}"),
         })?;
-        fs::create_dir_all(incoming).map_err(io_at(incoming))?;
         Ok(Receiver {
             listener,
             token: token.to_owned(),
-            incoming: incoming.to_path_buf(),
         })
     }
 
@@ -191,7 +392,10 @@ impl Receiver {
     /// Waits for the next sender and receives its VM. `exists` says whether a VM of a name is
     /// already here (such an offer is refused). Errors concern one sender only; the caller
     /// reports them and goes on serving.
-    pub fn next(&self, exists: impl Fn(&str) -> bool) -> Result<Incoming<'_>> {
+    pub fn next(
+        &self,
+        check: impl Fn(&Offer) -> std::result::Result<(), String>,
+    ) -> Result<Incoming<'_>> {
         let (mut stream, peer) = self.listener.accept().map_err(|e| MigrateError::Transfer {
             peer: self.local_addr(),
             why: format!("accept: {e}"),
@@ -213,11 +417,23 @@ impl Receiver {
             },
         )
         .map_err(|e| failed(e.to_string()))?;
-        let vm = match read(&mut reader).map_err(failed)? {
-            Message::Offer { vm, proof }
-                if verify(&self.token, &[&nonce, "offer", &vm], &proof) =>
+        let offer = match read(&mut reader).map_err(failed)? {
+            Message::Offer {
+                vm,
+                address,
+                subnet,
+                proof,
+            } if verify(
+                &self.token,
+                &[&nonce, "offer", &vm, &address, &subnet],
+                &proof,
+            ) =>
             {
-                vm
+                Offer {
+                    vm,
+                    address,
+                    subnet,
+                }
             }
             Message::Offer { .. } => {
                 let why = "wrong token".to_owned();
@@ -226,66 +442,33 @@ impl Receiver {
             }
             other => return Err(failed(format!("unexpected message {other:?}"))),
         };
+        let vm = offer.vm.clone();
         let valid_name = !vm.is_empty()
             && vm
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             && !vm.starts_with('.');
-        if !valid_name || exists(&vm) {
-            let why = if valid_name {
-                format!("a VM named {vm} exists here already")
-            } else {
-                format!("{vm:?} is not a VM name")
-            };
+        let refused = if valid_name {
+            check(&offer).err()
+        } else {
+            Some(format!("{vm:?} is not a VM name"))
+        };
+        if let Some(why) = refused {
             let _ = write(&mut stream, &Message::Refuse { why: why.clone() });
             return Err(failed(why));
         }
         write(&mut stream, &Message::Accept).map_err(|e| failed(e.to_string()))?;
-        let (size, sha256, tag) = match read(&mut reader).map_err(failed)? {
-            Message::Archive { size, sha256, mac } => (size, sha256, mac),
-            other => return Err(failed(format!("unexpected message {other:?}"))),
-        };
-        if !verify(
-            &self.token,
-            &[&nonce, "archive", &size.to_string(), &sha256],
-            &tag,
-        ) {
-            return Err(failed("the archive's description is not authentic".into()));
-        }
-        let archive = self
-            .incoming
-            .join(format!("{vm}-{}.tar.zst", std::process::id()));
-        let received = (|| -> std::result::Result<(), String> {
-            let mut file = File::create(&archive).map_err(|e| e.to_string())?;
-            let copied = std::io::copy(&mut (&mut reader).take(size), &mut file)
-                .map_err(|e| format!("connection lost while receiving: {e}"))?;
-            if copied != size {
-                return Err(format!("received {copied} of {size} bytes"));
-            }
-            file.sync_all().map_err(|e| e.to_string())?;
-            let (_, actual) = digest(&archive).map_err(|e| e.to_string())?;
-            if actual != sha256 {
-                return Err(format!(
-                    "checksum mismatch: sent {sha256}, received {actual}"
-                ));
-            }
-            Ok(())
-        })();
-        if let Err(why) = received {
-            let _ = fs::remove_file(&archive);
-            let _ = write(
-                &mut stream,
-                &Message::Done {
-                    error: Some(why.clone()),
-                },
-            );
-            return Err(failed(why));
-        }
         Ok(Incoming {
             vm,
-            archive,
+            peer,
             stream,
-            _receiver: self,
+            reader,
+            nonce,
+            receiver: self,
+            hasher: Sha256::new(),
+            size: 0,
+            left: 0,
+            ended: false,
         })
     }
 }
@@ -325,14 +508,6 @@ fn verify(token: &str, parts: &[&str], tag: &str) -> bool {
         mac.update(b"\0");
     }
     mac.verify_slice(&tag).is_ok()
-}
-
-/// Size and SHA-256 of a file.
-fn digest(path: &Path) -> Result<(u64, String)> {
-    let mut file = File::open(path).map_err(io_at(path))?;
-    let mut hasher = Sha256::new();
-    let size = std::io::copy(&mut file, &mut hasher).map_err(io_at(path))?;
-    Ok((size, hex(&hasher.finalize())))
 }
 
 fn random_hex(bytes: usize) -> std::io::Result<String> {

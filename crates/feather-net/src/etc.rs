@@ -22,6 +22,16 @@ pub struct Identity<'a> {
     pub egress: bool,
 }
 
+/// Where the keeper of a VM whose run folder is `run_dir` writes the generated file bound over
+/// `vm_path` (`/etc/hosts`, …), if feather generates that file. A restore binds the VM's
+/// generated files from here, wherever the run folder of the restoring state root is.
+pub fn generated(run_dir: &Path, vm_path: &Path) -> Option<PathBuf> {
+    let file = vm_path.strip_prefix("/etc").ok()?.to_str()?;
+    ["hostname", "hosts", "resolv.conf"]
+        .contains(&file)
+        .then(|| run_dir.join("etc").join(file))
+}
+
 /// Writes the files under `dir` and returns (file, path inside the VM) pairs to bind.
 pub fn write(dir: &Path, identity: &Identity) -> Result<Vec<(PathBuf, PathBuf)>> {
     fs::create_dir_all(dir).at(dir)?;

@@ -67,6 +67,27 @@ pub fn lease(network: &RootNetwork, vm_id: &str, durable: bool) -> Result<Ipv4Ad
     })
 }
 
+/// Leases exactly `address` to VM `vm_id`: a VM arriving from elsewhere keeps its address.
+/// Returns whether it was free; false if another VM of the root holds it.
+pub fn lease_exact(network: &RootNetwork, vm_id: &str, address: Ipv4Addr) -> Result<bool> {
+    let held = read(network)?;
+    if let Some((_, id)) = held.iter().find(|(a, _)| *a == address) {
+        return Ok(id == vm_id);
+    }
+    let dir = leases_dir(network);
+    fs::create_dir_all(&dir).at(&dir)?;
+    let path = dir.join(address.to_string());
+    let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::AlreadyExists => return Ok(false),
+        Err(e) => return Err(e).at(path),
+    };
+    file.write_all(vm_id.as_bytes()).at(&path)?;
+    file.sync_all().at(&path)?;
+    File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
+    Ok(true)
+}
+
 /// Returns every address VM `vm_id` holds to the pool.
 pub fn release(network: &RootNetwork, vm_id: &str) -> Result<()> {
     let dir = leases_dir(network);

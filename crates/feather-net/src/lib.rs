@@ -77,6 +77,73 @@ pub fn allocate(
     Ok(())
 }
 
+/// The subnet a VM's address belongs to, as recorded where the VM was checkpointed; None
+/// without a private network.
+pub fn subnet_of(root_dir: &Path, config: &NetworkConfig) -> Result<Option<subnet::Subnet>> {
+    if config.mode != NetMode::Private {
+        return Ok(None);
+    }
+    Ok(RootNetwork::load(root_dir)?.map(|network| network.subnet))
+}
+
+/// Whether a VM with a private network, checkpointed where its address belonged to `subnet`,
+/// can come back in this state root with the same address: the root's subnet must be the same
+/// (the restored VM keeps its address, prefix and route through the subnet's gateway) and the
+/// address free. `Err` says why not, in the user's words; with `lease_for`, the address is
+/// also leased to that VM id.
+pub fn keep_address(
+    root_dir: &Path,
+    vm: &str,
+    config: &NetworkConfig,
+    subnet: Option<subnet::Subnet>,
+    lease_for: Option<&str>,
+) -> Result<()> {
+    let (NetMode::Private, Some(address)) = (config.mode, config.address) else {
+        return Ok(());
+    };
+    let (network, _lock) = RootNetwork::load_or_choose_locked(root_dir)?;
+    let settings = root_dir.join("network.toml");
+    let refused = |why: String| {
+        network.forget_if_unused();
+        Err(NetError::Invalid(format!(
+            "VM {vm} keeps its address {address} when restored, {why}"
+        )))
+    };
+    match subnet {
+        Some(subnet) if subnet != network.subnet => {
+            return refused(format!(
+                "but it comes from subnet {subnet} and this state root's VMs use {} ({});                  give both state roots the same subnet (FEATHER_SUBNET before the first private                  VM of a root, or its network.toml while it has none)",
+                network.subnet,
+                settings.display()
+            ))
+        }
+        None if !network.subnet.contains(address) => {
+            return refused(format!(
+                "but it lies outside this state root's subnet {} ({})",
+                network.subnet,
+                settings.display()
+            ))
+        }
+        _ => {}
+    }
+    match lease_for {
+        Some(id) => {
+            if !leases::lease_exact(&network, id, address)? {
+                return refused("but another VM of this state root holds it".into());
+            }
+        }
+        None => {
+            let taken =
+                fs::read_to_string(root_dir.join("network-leases").join(address.to_string()))
+                    .is_ok();
+            if taken {
+                return refused("but another VM of this state root holds it".into());
+            }
+        }
+    }
+    Ok(())
+}
+
 /// At `feather rm`: returns the VM's address to the root's pool.
 pub fn release(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> Result<()> {
     if config.mode != NetMode::Private {
@@ -137,6 +204,15 @@ impl Inside {
                 interface.gateway.to_string(),
             ))
     }
+}
+
+/// A VM's veth pair as CRIU recreates it on restore: its end `inside` the VM, and its host end
+/// joined to `bridge`.
+#[derive(Clone, Debug)]
+pub struct VethPair {
+    pub inside: String,
+    pub host_end: String,
+    pub bridge: String,
 }
 
 /// The host side of one running VM's network, owned by its keeper.
@@ -229,8 +305,19 @@ impl Attachment {
     /// Joins the namespace of the VM's init (process `init_pid`) to the root's bridge, making
     /// the bridge and its tables first if this is the root's first running VM.
     pub fn attach(&self, init_pid: u32) -> Result<()> {
+        self.join(Some(init_pid)).map(|_| ())
+    }
+
+    /// Before a restore: everything [`Attachment::attach`] does but the veth pair, which CRIU
+    /// makes itself as it recreates the VM's network namespace, with its host end on the bridge
+    /// (`--external veth[…]`). Returns that pair for CRIU, or None without a private network.
+    pub fn attach_for_restore(&self) -> Result<Option<VethPair>> {
+        self.join(None)
+    }
+
+    fn join(&self, init_pid: Option<u32>) -> Result<Option<VethPair>> {
         let (Some(network), Some(address)) = (&self.network, self.config.address) else {
-            return Ok(());
+            return Ok(None);
         };
         let _lock = network.lock()?;
         // Written first: whatever happens next, a later clean-up knows there may be something
@@ -259,9 +346,11 @@ impl Attachment {
         if let Some(stale) = index_of(&self.host_end) {
             let _ = netlink.delete_link(stale);
         }
-        netlink
-            .create_veth(&self.host_end, bridge, VM_INTERFACE, init_pid)
-            .map_err(netlink_error("create veth pair", self.host_end.clone()))?;
+        if let Some(init_pid) = init_pid {
+            netlink
+                .create_veth(&self.host_end, bridge, VM_INTERFACE, init_pid)
+                .map_err(netlink_error("create veth pair", self.host_end.clone()))?;
+        }
         if let Err(e) = firewall::add_vm(network, &self.host_end, address, self.config.egress) {
             // The tables may have been removed by hand: make them again, once.
             firewall::create_tables(network)?;
@@ -271,7 +360,11 @@ impl Attachment {
         if self.config.egress {
             enable_forwarding()?;
         }
-        Ok(())
+        Ok(Some(VethPair {
+            inside: VM_INTERFACE.to_owned(),
+            host_end: self.host_end.clone(),
+            bridge: network.bridge.clone(),
+        }))
     }
 
     /// Once the VM is up: starts forwarding the published ports (threads of the calling

@@ -95,6 +95,8 @@ pub struct Keeper {
     durability: Durability,
     /// Set once CRIU has saved the VM and ended its processes: their end is a checkpoint.
     checkpointed: std::cell::Cell<bool>,
+    /// A VM received by a migration: the `feather serve` it waits for (checkpoint::hold).
+    hold: Option<OwnedFd>,
     /// Held until the VM is cleaned up (or the keeper dies): its release tells others the VM
     /// is no longer kept.
     lock: File,
@@ -226,6 +228,7 @@ impl Keeper {
             network,
             durability,
             checkpointed: std::cell::Cell::new(false),
+            hold: None,
             lock,
             broker: None,
         };
@@ -243,9 +246,10 @@ impl Keeper {
             .ok_or_else(|| failed(&name, "is already running"))?;
         let config = vm.read_config()?;
         remove_leftovers(vm, &config);
-        // Only VMs without a private network are checkpointed (see checkpoint::checkpoint): the
-        // restored namespaces need nothing of the host's network.
-        let (network, _) = feather_net::prepare(
+        let hold = checkpoint::hold(vm)?;
+        // The host side of a private network (bridge, firewall entries, published ports) is
+        // made as at a start; CRIU makes the veth pair itself, with its host end on the bridge.
+        let (mut network, _) = feather_net::prepare(
             root.dir(),
             vm.run_dir(),
             name.as_str(),
@@ -257,11 +261,25 @@ impl Keeper {
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
         }
-        let restored = checkpoint::restore_tree(root, vm, &config, cgroup.as_ref())
-            .and_then(|init| Ok((init, listen(vm)?)));
+        let restored = network
+            .attach_for_restore()
+            .map_err(|e| failed(&name, e.to_string()))
+            .and_then(|veth| {
+                checkpoint::restore_tree(root, vm, &config, cgroup.as_ref(), veth.as_ref())
+            })
+            .and_then(|init| Ok((init, listen(vm)?)))
+            .and_then(|(init, listener)| match network.complete() {
+                Ok(()) => Ok((init, listener)),
+                Err(e) => {
+                    let _ = process::signal(&init.pidfd, Signal::SIGKILL);
+                    let _ = waitpid(init.pid, None);
+                    Err(failed(&name, e.to_string()))
+                }
+            });
         let (init, listener) = match restored {
             Ok(parts) => parts,
             Err(e) => {
+                network.detach();
                 remove_leftovers(vm, &config);
                 return Err(e);
             }
@@ -275,6 +293,7 @@ impl Keeper {
             listener,
             network,
             checkpointed: std::cell::Cell::new(false),
+            hold,
             lock,
             broker: None,
         };
@@ -310,6 +329,14 @@ impl Keeper {
     /// the keeper is the user's `feather run --rm`, and signals it receives go to the workload.
     pub fn serve(self, foreground: bool) -> Result<Ended> {
         let signals = process::block_signals(&HANDLED).in_vm(self.vm.name())?;
+        if let Some(serve) = &self.hold {
+            let cgroup = self.cgroup.as_ref();
+            if !checkpoint::await_release(&self.vm, serve, &self.init, &self.listener, cgroup) {
+                // The sender keeps the VM: this copy ends, unrun, and stays checkpointed.
+                self.checkpointed.set(true);
+                let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+            }
+        }
         let mut stop_requests: Vec<UnixStream> = Vec::new();
         let mut checkpoint_requests: Vec<UnixStream> = Vec::new();
         let mut phase = Phase::Running;
@@ -410,6 +437,15 @@ impl Keeper {
                 Answered::Done
             }
             Ok(Request::Stop { grace_secs }) => Answered::Stop(Duration::from_secs(grace_secs)),
+            Ok(Request::Resume) => {
+                let _ = protocol::write_response(
+                    stream,
+                    &Response::Running {
+                        init_pid: self.init.pid.as_raw(),
+                    },
+                );
+                Answered::Done
+            }
             Ok(Request::Checkpoint {
                 leave_running,
                 criu,

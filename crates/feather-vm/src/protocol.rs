@@ -22,6 +22,8 @@ pub enum Request {
         leave_running: bool,
         criu: std::path::PathBuf,
     },
+    /// Let a VM received by a migration run: the sender has released it (checkpoint.rs).
+    Resume,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]

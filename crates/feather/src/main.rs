@@ -3,6 +3,7 @@
 
 mod cli;
 mod output;
+mod progress;
 mod service;
 mod shuttle;
 
@@ -187,8 +188,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             leave_running,
             export,
         } => {
-            let images =
-                checkpoint::checkpoint(&root, &name.parse()?, leave_running, export.as_deref())?;
+            let mut display = progress::Display::new();
+            let images = checkpoint::checkpoint(
+                &root,
+                &name.parse()?,
+                leave_running,
+                export.as_deref(),
+                &mut |step| display.show(step),
+            );
+            display.finish();
+            let images = images?;
             eprintln!("checkpoint of {name} in {}", images.display());
             if let Some(file) = export {
                 eprintln!("exported to {}", file.display());
@@ -199,9 +208,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(CheckCommand::Criu { json }) => return check_criu(json),
         Command::Migrate { name, to, token } => {
-            let migrated = checkpoint::migrate(&root, &name.parse()?, &to, &token, |step| {
-                eprintln!("feather migrate: {step}")
-            })?;
+            let mut display = progress::Display::new();
+            let migrated = checkpoint::migrate(&root, &name.parse()?, &to, &token, &mut |step| {
+                display.show(step)
+            });
+            display.finish();
+            let migrated = migrated?;
             eprintln!(
                 "migrated {name} to {to}: {} bytes, frozen for {} ms",
                 migrated.bytes,
@@ -212,9 +224,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             token,
             once,
-        } => checkpoint::serve(&root, &listen, &token, once, |address| {
-            eprintln!("feather serve: listening on {address}")
-        })?,
+        } => {
+            let mut display = progress::Display::new();
+            let served = checkpoint::serve(
+                &root,
+                &listen,
+                &token,
+                once,
+                |address| eprintln!("feather serve: listening on {address}"),
+                &mut |step| display.show(step),
+            );
+            display.finish();
+            served?
+        }
         Command::Check(CheckCommand::Ipc {
             vm,
             json,
