@@ -1,0 +1,98 @@
+//! Readiness a service reports itself: its PID file (`Type=forking`) and `sd_notify` messages
+//! (`Type=notify`: READY=1, STATUS=, MAINPID=).
+
+use super::*;
+
+impl Manager {
+    pub(super) fn check_pid_file(&mut self, name: &str) {
+        let known = self.known_pids();
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
+        let service = r.unit.service.clone().unwrap_or_default();
+        let main = match &service.pid_file {
+            Some(path) => read_pid_file(path),
+            None if service.guess_main_pid => guess_main_pid(&known),
+            None => None,
+        };
+        match main {
+            Some(pid) => {
+                r.main_pid = Some(pid);
+                if let Some(session) = session_of(pid) {
+                    r.sessions.insert(session);
+                }
+            }
+            None if service.pid_file.is_none() => {}
+            // Wait for the daemon to write its pid file (until TimeoutStartSec=).
+            None => return,
+        }
+        if r.main_pid.is_none()
+            && !service.remain_after_exit
+            && service.pid_file.is_none()
+            && service.guess_main_pid
+        {
+            self.fail_and_clean(
+                name,
+                "the forking start command exited, and no main process was left".into(),
+            );
+            return;
+        }
+        r.ready = true;
+        r.phase = Phase::StartPost;
+        r.pending = service.exec_start_post.iter().cloned().collect();
+        self.advance(name);
+    }
+
+    pub(super) fn read_notify(&mut self, name: &str, socket: &UnixDatagram) {
+        let mut buffer = [0u8; 4096];
+        while let Ok(n) = socket.recv(&mut buffer) {
+            let text = String::from_utf8_lossy(&buffer[..n]).into_owned();
+            let Some(r) = self.units.get_mut(name) else {
+                return;
+            };
+            let mut ready = false;
+            for line in text.lines() {
+                match line.split_once('=') {
+                    Some(("READY", "1")) => ready = true,
+                    Some(("STATUS", status)) => r.status_text = Some(status.to_owned()),
+                    Some(("MAINPID", pid)) => {
+                        if let Ok(pid) = pid.parse::<i32>() {
+                            r.main_pid = Some(Pid::from_raw(pid));
+                            if let Some(session) = session_of(Pid::from_raw(pid)) {
+                                r.sessions.insert(session);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            if ready && r.phase == Phase::WaitReady {
+                r.ready = true;
+                r.phase = Phase::StartPost;
+                r.pending = r
+                    .unit
+                    .service
+                    .as_ref()
+                    .map(|s| s.exec_start_post.iter().cloned().collect())
+                    .unwrap_or_default();
+                self.advance(name);
+            }
+        }
+    }
+}
+
+pub(super) fn notify_path(unit: &str) -> PathBuf {
+    Path::new(NOTIFY_DIR).join(unit)
+}
+
+/// The datagram socket a notify service reports READY=1 on, writable by the service's user.
+pub(super) fn open_notify_socket(r: &mut Runtime) -> Result<(), String> {
+    let path = notify_path(r.unit.name.as_str());
+    let _ = fs::remove_file(&path);
+    let socket =
+        UnixDatagram::bind(&path).map_err(|e| format!("notify socket {}: {e}", path.display()))?;
+    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
+    r.notify = Some(socket);
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! A unit's way up: its dependencies first, then condition → start-pre → start → ready →
+//! start-post, each command spawned as the unit says.
+
+use super::*;
+
+impl Manager {
+    pub(super) fn begin_start(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
+        r.set(State::Activating, Phase::Condition);
+        r.result = None;
+        r.ready = false;
+        r.status_text = None;
+        r.stop_requested = false;
+        r.was_active = false;
+        r.sessions.clear();
+        r.main_pid = None;
+        match conditions::check(&r.unit.conditions, Path::new("/")) {
+            conditions::Verdict::Met => {}
+            conditions::Verdict::Skip(why) => {
+                // Not a failure: the unit is simply not run, and what needs it goes on.
+                log_line(r, &format!("feather: skipped: {why}"));
+                r.result = Some(format!("skipped: {why}"));
+                r.set(State::Inactive, Phase::Idle);
+                return;
+            }
+            conditions::Verdict::Fail(why) => {
+                fail(r, why);
+                return;
+            }
+        }
+        r.starts.push_back(Instant::now());
+        r.last_activated = Some(Instant::now());
+        let Some(service) = r.unit.service.clone() else {
+            // Targets are reached when their dependencies are; other unit types have no
+            // processes of their own here.
+            if let Some(target) = r.unit.timer_target() {
+                let loaded = UnitName::parse(&target)
+                    .map_err(|e| e.to_string())
+                    .and_then(|n| self.paths.load(&n).map_err(|e| e.to_string()))
+                    .map_err(|e| format!("the unit it triggers cannot be loaded: {e}"));
+                match loaded.and_then(|_| start_timer(r, target.clone())) {
+                    Ok(timer) => r.timer = Some(timer),
+                    Err(why) => {
+                        fail(r, why);
+                        return;
+                    }
+                }
+            }
+            if r.unit.socket.is_some() {
+                match sockets::bind(&r.unit).and_then(|bound| {
+                    if is_accepting(r) {
+                        sockets::prepare_accepting(&r.unit, &bound)?;
+                    }
+                    Ok(bound)
+                }) {
+                    Ok(bound) => r.listeners = bound,
+                    Err(why) => {
+                        fail(r, why);
+                        return;
+                    }
+                }
+            }
+            r.ready = true;
+            r.set(State::Active, Phase::Running);
+            if r.timer.is_some() {
+                let next = self.next_elapse(name);
+                self.set_timer_next(name, next);
+            }
+            return;
+        };
+        r.deadline = service.timeout_start.map(|t| Instant::now() + t);
+        if let Some(plan) = &r.fresh {
+            // Before the unit's *Directory= folders are made (again) below.
+            for (folder, why) in plan.folders.clone() {
+                log_line(
+                    r,
+                    &format!(
+                        "feather: fresh state: {} ({why}) replaced by an empty folder in the VM's layer",
+                        folder.display()
+                    ),
+                );
+                if let Err(e) = state::empty_folder(&folder) {
+                    fail(r, format!("fresh state: {e}"));
+                    return;
+                }
+            }
+        }
+        let prepared = spawn::identity(&r.unit).and_then(|identity| {
+            let dirs = spawn::make_directories(&r.unit, &identity)?;
+            let env = spawn::environment(&r.unit, &identity, &dirs)?;
+            let log = spawn::open_log(r.unit.name.as_str())?;
+            Ok((identity, env, log))
+        });
+        match prepared {
+            Ok((identity, env, log)) => {
+                r.identity = Some(identity);
+                r.env = env;
+                r.log = Some(log);
+            }
+            Err(why) => {
+                fail(r, why);
+                return;
+            }
+        }
+        match &r.fresh {
+            Some(plan) => {
+                r.phase = Phase::FreshState;
+                r.status_text = Some(format!(
+                    "fresh state: initialising {}",
+                    plan.folders
+                        .iter()
+                        .map(|(p, _)| p.display().to_string())
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ));
+                r.pending = plan.initialise.iter().cloned().collect();
+            }
+            None => r.pending = service.exec_condition.iter().cloned().collect(),
+        }
+        self.advance(name);
+    }
+
+    /// Runs the next command of the current phase, or moves to the next phase.
+    pub(super) fn advance(&mut self, name: &str) {
+        loop {
+            let Some(r) = self.units.get_mut(name) else {
+                return;
+            };
+            if r.control.is_some() || matches!(r.state, State::Inactive | State::Failed) {
+                return;
+            }
+            let Some(service) = r.unit.service.clone() else {
+                return;
+            };
+            if let Some(command) = r.pending.pop_front() {
+                let main = r.phase == Phase::Start
+                    && !matches!(service.kind, ServiceType::Oneshot | ServiceType::Forking);
+                match self.spawn(name, &command, main) {
+                    Ok(()) => {
+                        let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+                        if main {
+                            r.phase = match service.kind {
+                                ServiceType::Notify | ServiceType::NotifyReload => Phase::WaitReady,
+                                ServiceType::Dbus => Phase::WaitBusName,
+                                _ => {
+                                    r.ready = true;
+                                    r.pending = service.exec_start_post.iter().cloned().collect();
+                                    Phase::StartPost
+                                }
+                            };
+                        }
+                        if r.phase == Phase::WaitBusName && main {
+                            let bus_name = service.bus_name.clone().unwrap_or_default();
+                            r.status_text = Some(format!(
+                                "waiting for bus name {bus_name} on the VM's D-Bus system bus"
+                            ));
+                            log_line(r, &format!("feather: waiting for bus name {bus_name}"));
+                            self.watch_bus_name(&bus_name);
+                            return;
+                        }
+                        if r.control.is_some()
+                            || matches!(r.phase, Phase::WaitReady | Phase::WaitBusName)
+                        {
+                            return;
+                        }
+                        continue;
+                    }
+                    Err(why) => {
+                        let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+                        if r.state == State::Deactivating {
+                            log_line(r, &why);
+                            continue;
+                        }
+                        self.fail_and_clean(name, why);
+                        return;
+                    }
+                }
+            }
+            let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
+            match r.phase {
+                Phase::FreshState => {
+                    if let Some(plan) = r.fresh.take() {
+                        if let Err(e) = state::mark_done(name, &plan) {
+                            log_line(r, &format!("feather: fresh state: {e}"));
+                        }
+                        log_line(r, "feather: fresh state: ready");
+                    }
+                    r.status_text = None;
+                    r.phase = Phase::Condition;
+                    r.pending = service.exec_condition.iter().cloned().collect();
+                }
+                Phase::Condition => {
+                    r.phase = Phase::StartPre;
+                    r.pending = service.exec_start_pre.iter().cloned().collect();
+                }
+                Phase::StartPre => {
+                    r.phase = Phase::Start;
+                    if matches!(
+                        service.kind,
+                        ServiceType::Notify | ServiceType::NotifyReload
+                    ) {
+                        if let Err(why) = open_notify_socket(r) {
+                            self.fail_and_clean(name, why);
+                            return;
+                        }
+                    }
+                    r.pending = match service.kind {
+                        ServiceType::Oneshot => service.exec_start.iter().cloned().collect(),
+                        _ => service.exec_start.iter().take(1).cloned().collect(),
+                    };
+                    if r.pending.is_empty() {
+                        r.phase = Phase::StartPost;
+                        r.pending = service.exec_start_post.iter().cloned().collect();
+                    }
+                }
+                Phase::Start => {
+                    // The start commands are done: the oneshot ran, or the forking parent exited.
+                    if service.kind == ServiceType::Forking {
+                        r.phase = Phase::WaitPidFile;
+                        self.check_pid_file(name);
+                        return;
+                    }
+                    r.ready = true;
+                    r.phase = Phase::StartPost;
+                    r.pending = service.exec_start_post.iter().cloned().collect();
+                }
+                Phase::StartPost => {
+                    r.deadline = None;
+                    r.ready = true;
+                    r.was_active = true;
+                    let keeps_running = r.main_pid.is_some() || service.remain_after_exit;
+                    if keeps_running {
+                        r.set(State::Active, Phase::Running);
+                    } else {
+                        // A oneshot without RemainAfterExit= is done once it ran.
+                        r.set(State::Inactive, Phase::Idle);
+                        r.was_active = false;
+                        self.after_stop(name);
+                    }
+                    return;
+                }
+                Phase::Stop => {
+                    r.phase = Phase::SigTerm;
+                    self.signal_unit(name, false);
+                    self.check_stopped(name);
+                    return;
+                }
+                Phase::StopPost => {
+                    self.after_stop(name);
+                    return;
+                }
+                Phase::Reload => {
+                    r.phase = Phase::Running;
+                    return;
+                }
+                _ => return,
+            }
+        }
+    }
+
+    pub(super) fn spawn(
+        &mut self,
+        name: &str,
+        command: &ExecCommand,
+        main: bool,
+    ) -> Result<(), String> {
+        // The main process gets the sockets of the socket units that activate it.
+        let listen: Vec<(RawFd, String)> = if main {
+            self.units
+                .values()
+                .filter(|o| o.state == State::Active)
+                .filter(|o| socket_service(&o.unit).as_deref() == Some(name))
+                .flat_map(|o| {
+                    o.listeners
+                        .iter()
+                        .map(|b| (b.fd.as_raw_fd(), b.name.clone()))
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let r = self.units.get_mut(name).ok_or("unit vanished")?;
+        // An instance of an Accept=yes socket: its connection is its one socket.
+        let mut listen = listen;
+        let connection = if main { r.connection.as_ref() } else { None };
+        if let Some(connection) = connection {
+            listen = vec![(connection.as_raw_fd(), "connection".to_owned())];
+        }
+        let identity = r.identity.clone().ok_or("no identity")?;
+        let mut env = r.env.clone();
+        if let Some(pid) = r.main_pid {
+            env.push(("MAINPID".into(), pid.to_string()));
+        }
+        if r.notify.is_some() {
+            env.push((
+                "NOTIFY_SOCKET".into(),
+                notify_path(name).display().to_string(),
+            ));
+        }
+        let log = r.log.as_ref().ok_or("no log")?;
+        let mut process = spawn::command(
+            &r.unit,
+            command,
+            &identity,
+            &env,
+            log,
+            &listen,
+            connection.map(|c| c.as_fd()),
+        )?;
+        let phase = r.phase.name();
+        log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
+        let child = process
+            .spawn()
+            .map_err(|e| format!("{} {}: {e}", phase_setting(r.phase), command.path))?;
+        let pid = Pid::from_raw(child.id() as i32);
+        // The child is reaped by the manager's own waitpid loop, not through `child`.
+        drop(child);
+        r.sessions.insert(pid.as_raw());
+        if main {
+            r.main_pid = Some(pid);
+            // The service holds the connection now; the manager's copy would keep it open
+            // after the service closed it.
+            r.connection = None;
+        } else {
+            r.control = Some((pid, command.clone()));
+        }
+        Ok(())
+    }
+}
