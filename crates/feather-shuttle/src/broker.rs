@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::gate::Gate;
 use crate::peers::Peers;
 use crate::policy::Party;
+use crate::watch::Channels;
 
 /// The VM a broker serves: the source of every request the broker handles.
 #[derive(Clone, Debug)]
@@ -33,16 +34,21 @@ pub struct Broker {
     gate: Arc<Gate>,
     #[allow(dead_code)]
     peers: Arc<dyn Peers>,
+    /// IPC channels and dependencies (see [`crate::channels`]).
+    _channels: Option<Channels>,
 }
 
 impl Broker {
     /// Opens what the policy offers the VM. Never fails the VM: what cannot be opened is
     /// recorded in the audit log and the keeper's log.
     pub fn start(side: VmSide, gate: Gate, peers: Arc<dyn Peers>) -> Broker {
+        let (side, gate) = (Arc::new(side), Arc::new(gate));
+        let channels = Channels::start(&side, &gate, &peers);
         Broker {
-            side: Arc::new(side),
-            gate: Arc::new(gate),
+            side,
+            gate,
             peers,
+            _channels: channels,
         }
     }
 }
