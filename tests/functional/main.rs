@@ -16,3 +16,4 @@ mod migrate;
 mod network;
 mod recovery;
 mod services;
+mod shuttle_ipc;
