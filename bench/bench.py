@@ -1451,6 +1451,113 @@ def compare_network_namespace(bench: Bench) -> None:
     )
 
 
+# Shuttle (issue 6): a channel's target serves with bench/shuttle_probe.py inside its VM.
+SHUTTLE_POLICY = """\
+ipc unix:/run/bench/sink.sock src sink allow
+ipc tcp:9000 src sink allow
+ipc tcp:6379 src cache allow start=redis-server
+"""
+CHANNEL_TARGET = 0.9  # forwarded bulk throughput / direct
+
+
+def compare_shuttle(bench: Bench) -> None:
+    f = bench.feather
+    probe = bench.scratch / "shuttle_probe.py"
+    shutil.copy(REPO / "bench" / "shuttle_probe.py", probe)
+    policy_dir = f.root / "policy.d"
+    policy_dir.mkdir(parents=True, exist_ok=True)
+    (policy_dir / "50-bench.policy").write_text(SHUTTLE_POLICY)
+    bench.on_cleanup("the shuttle policy", lambda: shutil.rmtree(policy_dir, ignore_errors=True))
+    python = ["/usr/bin/python3", str(probe)]
+    f.up("sink")
+    f.exec("sink", "sh", "-c", shlex.join([*python, "serve", "/run/bench/sink.sock", "9000"]) + " >/dev/null 2>&1 </dev/null &")
+    deadline = time.monotonic() + 10
+    while f.exec("sink", "test", "-S", "/run/bench/sink.sock", check=False).returncode != 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError("the probe server did not listen in VM sink")
+        time.sleep(0.05)
+    f.up("src")
+    mib = 256 if bench.plan.quick else 1024
+    rounds = 3 if bench.plan.quick else 5
+    pings = 2000 if bench.plan.quick else 10000
+    paths = [
+        ("unix socket, direct (client in the target VM)", "sink", "unix:/run/bench/sink.sock"),
+        ("unix socket, through a channel from another VM", "src", "unix:/run/bench/sink.sock"),
+        ("TCP, direct (the target VM's loopback)", "sink", "tcp:9000"),
+        ("TCP, through a channel from another VM", "src", "tcp:9000"),
+    ]  # fmt: skip
+    up: dict[str, list[float]] = {label: [] for label, _, _ in paths}
+    down: dict[str, list[float]] = {label: [] for label, _, _ in paths}
+    for round_ in range(rounds):
+        for label, vm, address in paths if round_ % 2 == 0 else paths[::-1]:
+            up[label].append(mib / float(f.exec(vm, *python, "bulk", address, str(mib)).stdout))
+            down[label].append(mib / float(f.exec(vm, *python, "pull", address, str(mib)).stdout))
+    latency = {}
+    for label, vm, address in paths:
+        median, p99 = f.exec(vm, *python, "ping", address, str(pings)).stdout.split()
+        latency[label] = (float(median), float(p99))
+    rows = []
+    for label, _, address in paths:
+        rows.append([
+            label, f"`{address}`",
+            f"{statistics.median(up[label]):.0f}", f"{statistics.median(down[label]):.0f}",
+            f"{latency[label][0]:.1f}", f"{latency[label][1]:.1f}",
+        ])  # fmt: skip
+    ratios = {}
+    for kind, direct, forwarded in [("unix", paths[0][0], paths[1][0]), ("TCP", paths[2][0], paths[3][0])]:
+        ratios[kind] = (
+            statistics.median(up[forwarded]) / statistics.median(up[direct]),
+            statistics.median(down[forwarded]) / statistics.median(down[direct]),
+        )
+        worst = min(ratios[kind])
+        bench.report.target(
+            f"Shuttle {kind} channel bulk throughput", f"≥ {CHANNEL_TARGET} of direct",
+            f"{ratios[kind][0]:.2f} (to the target), {ratios[kind][1]:.2f} (back)", worst >= CHANNEL_TARGET,
+        )  # fmt: skip
+
+    # Dependencies: redis in VM cache, started by the first connection through the channel,
+    # against starting it by hand and asking the same question.
+    f("create", "cache")
+    info = f.inspect("cache")
+    f.ids.add(info["config"]["id"])
+    on_demand, by_hand = [], []
+    for _ in range(rounds):
+        seconds, result = timed(f.cmd("exec", "src", "--", "redis-cli", "-p", "6379", "ping"))
+        if result.stdout.strip() != "PONG":
+            raise RuntimeError(f"no PONG through the channel: {why(result)}")
+        on_demand.append(seconds)
+        f("stop", "cache")
+        started = time.perf_counter()
+        f("start", "cache")
+        f("service", "start", "cache", "redis-server")
+        f.exec("cache", "redis-cli", "ping")
+        by_hand.append(time.perf_counter() - started)
+        f("stop", "cache")
+    demand, hand = Stats.of(on_demand), Stats.of(by_hand)
+    bench.report.add(
+        "7. Shuttle: IPC channels and dependencies",
+        "Bulk transfer (MiB/s, medians of "
+        f"{rounds} rounds of {mib} MiB each way, the paths taking turns) and 64-byte round trips "
+        f"(µs, median and 99th percentile of {pings}) between bench/shuttle_probe.py's client and "
+        "server, both Python with 1 MiB buffers. Direct: the client runs in the target VM itself "
+        "and connects to the server's own socket. Through a channel: the client runs in VM src, "
+        "whose broker (in src's keeper, outside both VMs) accepts at the same path or port in src, "
+        "asks the gate, connects into VM sink and splices the bytes across (docs/shuttle.md). "
+        "Policy:\n\n```\n" + SHUTTLE_POLICY + "```",
+        table(["path", "address", "to the target MiB/s", "back MiB/s", "round trip µs", "p99 µs"], rows),
+        f"Through a channel / direct: unix {ratios['unix'][0]:.2f} to the target and "
+        f"{ratios['unix'][1]:.2f} back; TCP {ratios['TCP'][0]:.2f} and {ratios['TCP'][1]:.2f}.",
+        table(
+            ["dependency (redis-server in VM cache)", "min", "median", "max"],
+            [
+                ["on demand: `feather exec src -- redis-cli ping` with cache stopped (the channel "
+                 "starts cache and redis-server, then the connection goes through)", *stat_cells(demand)],
+                ["by hand: `feather start cache`, `feather service start cache redis-server`, "
+                 "`feather exec cache -- redis-cli ping`", *stat_cells(hand)],
+            ],
+        ),  # fmt: skip
+    )
+
 # ---------------------------------------------------------------------------------------------
 
 
@@ -1466,6 +1573,7 @@ COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("copy-up", compare_copy_up),
     ("diff and commit", compare_commit),
     ("network namespace", compare_network_namespace),
+    ("shuttle", compare_shuttle),
 ]
 
 

@@ -301,7 +301,16 @@ impl Channel {
         let holder = Holder::Vm(side.init_pid);
         let listener = match &offer.spec.place {
             Place::Unix(at) => Listener::Unix(endpoint::bind_unix(side.init_pid, at, SOCKET_MODE)?),
-            Place::Tcp(port) => Listener::Tcp(endpoint::listen_tcp(holder, *port)?),
+            Place::Tcp(port) => {
+                if endpoint::shares_host_network(side.init_pid)? {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "the VM shares the host's network, where a port would be the host's too \
+                         (give the VM a network of its own, or use a unix socket channel)",
+                    ));
+                }
+                Listener::Tcp(endpoint::listen_tcp(holder, *port)?)
+            }
         };
         Ok(Channel {
             info: Arc::new(ChannelInfo {

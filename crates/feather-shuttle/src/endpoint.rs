@@ -228,6 +228,14 @@ pub fn in_network_of<T>(holder: Holder, f: impl FnOnce() -> io::Result<T>) -> io
     result
 }
 
+/// Whether VM `pid` is in the keeper's own network namespace (`--net host`).
+pub fn shares_host_network(pid: i32) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self/ns/net")?;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net"))?;
+    Ok((own.dev(), own.ino()) == (theirs.dev(), theirs.ino()))
+}
+
 /// A TCP listener on 127.0.0.1:`port` of `holder`'s loopback.
 pub fn listen_tcp(holder: Holder, port: u16) -> io::Result<TcpListener> {
     let listener = in_network_of(holder, || {
