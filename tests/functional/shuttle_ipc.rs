@@ -97,7 +97,11 @@ fn spawn(feather: &Feather, args: &[&str]) -> Running {
 fn web_reaches_postgres_in_db_only_through_the_allowed_socket_and_port() {
     let feather = Feather::new("shuttle-pg");
     trusting_db(&feather);
-    for (vm, tag) in [("web", Some("app")), ("stranger", Some("app")), ("loner", None)] {
+    for (vm, tag) in [
+        ("web", Some("app")),
+        ("stranger", Some("app")),
+        ("loner", None),
+    ] {
         let mut args = vec!["create", vm];
         args.extend(tag.iter().flat_map(|tag| ["--tag", tag]));
         feather.ok(&args);
@@ -128,7 +132,12 @@ fn web_reaches_postgres_in_db_only_through_the_allowed_socket_and_port() {
     assert_eq!(feather.status("db"), "running", "db was started on demand");
     // The allowed port, at the place the rule gives it in web.
     let tcp = psql(&feather, "web", "127.0.0.1", "15432", "select 7");
-    assert_eq!((tcp.code, tcp.stdout.as_str()), (0, "7\n"), "{}", tcp.stderr);
+    assert_eq!(
+        (tcp.code, tcp.stdout.as_str()),
+        (0, "7\n"),
+        "{}",
+        tcp.stderr
+    );
     let allowed = decisions(&feather, "web", "unix:/run/postgresql/.s.PGSQL.5432");
     assert!(allowed.len() >= 3, "{allowed:?}");
     assert!(allowed
@@ -138,7 +147,10 @@ fn web_reaches_postgres_in_db_only_through_the_allowed_socket_and_port() {
 
     // Every other way is closed: another port, another socket, the deny rule above the allow,
     // a VM no rule names.
-    assert_ne!(psql(&feather, "web", "127.0.0.1", "5432", "select 1").code, 0);
+    assert_ne!(
+        psql(&feather, "web", "127.0.0.1", "5432", "select 1").code,
+        0
+    );
     assert_ne!(
         psql(&feather, "web", "/run/postgresql", "5433", "select 1").code,
         0,
@@ -149,7 +161,11 @@ fn web_reaches_postgres_in_db_only_through_the_allowed_socket_and_port() {
     let stranger = decisions(&feather, "stranger", "tcp:5432");
     assert_eq!(stranger.len(), 1, "{stranger:?}");
     assert_eq!(
-        (&stranger[0]["outcome"], &stranger[0]["rule"], &stranger[0]["verdict"]),
+        (
+            &stranger[0]["outcome"],
+            &stranger[0]["rule"],
+            &stranger[0]["verdict"]
+        ),
         (&"denied".into(), &rule(2).into(), &"deny".into())
     );
     assert_ne!(
@@ -158,7 +174,10 @@ fn web_reaches_postgres_in_db_only_through_the_allowed_socket_and_port() {
         "the socket is web's only"
     );
     for port in ["15432", "5432"] {
-        assert_ne!(psql(&feather, "loner", "127.0.0.1", port, "select 1").code, 0);
+        assert_ne!(
+            psql(&feather, "loner", "127.0.0.1", port, "select 1").code,
+            0
+        );
     }
     assert_eq!(
         feather.sh("loner", "ls -A /run/postgresql 2>/dev/null; true"),
@@ -172,8 +191,18 @@ fn web_reaches_postgres_in_db_only_through_the_allowed_socket_and_port() {
     let mut session = spawn(
         &feather,
         &[
-            "exec", "web", "--", "psql", "-h", "/run/postgresql", "-U", "postgres", "-d",
-            "postgres", "-Atc", "select pg_sleep(60)",
+            "exec",
+            "web",
+            "--",
+            "psql",
+            "-h",
+            "/run/postgresql",
+            "-U",
+            "postgres",
+            "-d",
+            "postgres",
+            "-Atc",
+            "select pg_sleep(60)",
         ],
     );
     feather.eventually("the long query runs in db", || {
@@ -244,7 +273,17 @@ fn a_redis_channel_carries_data_both_ways_and_closes_when_its_target_stops() {
     // A client blocked on the channel ends when the target VM stops.
     let mut waiting = spawn(
         &feather,
-        &["exec", "app", "--", "redis-cli", "-p", "6379", "blpop", "never", "0"],
+        &[
+            "exec",
+            "app",
+            "--",
+            "redis-cli",
+            "-p",
+            "6379",
+            "blpop",
+            "never",
+            "0",
+        ],
     );
     std::thread::sleep(Duration::from_millis(500));
     assert!(waiting.ends_within(Duration::ZERO).is_none(), "blpop waits");
@@ -313,7 +352,14 @@ fn a_dbus_channel_lets_a_vm_talk_to_exactly_the_allowed_name() {
     );
     feather.eventually("the bus appears in client", || {
         feather
-            .run(&["exec", "client", "--", "test", "-S", "/run/feather-bus.sock"])
+            .run(&[
+                "exec",
+                "client",
+                "--",
+                "test",
+                "-S",
+                "/run/feather-bus.sock",
+            ])
             .code
             == 0
     });
@@ -334,7 +380,11 @@ fn a_dbus_channel_lets_a_vm_talk_to_exactly_the_allowed_name() {
     };
     let allowed = ping("org.feather.Allowed");
     assert_eq!(allowed.code, 0, "{}", allowed.stderr);
-    assert!(allowed.stdout.contains("method return"), "{}", allowed.stdout);
+    assert!(
+        allowed.stdout.contains("method return"),
+        "{}",
+        allowed.stdout
+    );
     let other = ping("org.feather.Other");
     assert_ne!(other.code, 0, "{}", other.stdout);
     assert!(

@@ -16,6 +16,7 @@ use std::thread::JoinHandle;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
 use crate::broker::VmSide;
@@ -50,7 +51,12 @@ impl Channels {
         watcher.sync();
         let thread = std::thread::Builder::new()
             .name("shuttle".into())
-            .spawn(move || watcher.run());
+            .spawn(move || {
+                // The keeper takes its signals through a signalfd, which works only while no
+                // thread lets them in; the connection threads inherit this mask.
+                let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None);
+                watcher.run()
+            });
         match thread {
             Ok(thread) => Some(Channels {
                 shared,
