@@ -1488,23 +1488,41 @@ def compare_shuttle(bench: Bench) -> None:
     ]  # fmt: skip
     up: dict[str, list[float]] = {label: [] for label, _, _ in paths}
     down: dict[str, list[float]] = {label: [] for label, _, _ in paths}
+    # CPU seconds per GiB sent: client, server, and src's keeper (the broker; idle otherwise).
+    cpu: dict[str, list[tuple[float, float, float]]] = {label: [] for label, _, _ in paths}
+    keeper = int(f.inspect("src")["state"]["keeper_pid"])
+
+    def keeper_cpu() -> float:
+        fields = Path(f"/proc/{keeper}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
     for round_ in range(rounds):
         for label, vm, address in paths if round_ % 2 == 0 else paths[::-1]:
-            up[label].append(mib / float(f.exec(vm, *python, "bulk", address, str(mib)).stdout))
+            before = keeper_cpu()
+            seconds, client, server = map(float, f.exec(vm, *python, "bulk", address, str(mib)).stdout.split())
+            broker = keeper_cpu() - before if vm == "src" else 0.0
+            up[label].append(mib / seconds)
+            cpu[label].append(tuple(value * 1024 / mib for value in (client, server, broker)))
             down[label].append(mib / float(f.exec(vm, *python, "pull", address, str(mib)).stdout))
     latency = {}
     for label, vm, address in paths:
         median, p99 = f.exec(vm, *python, "ping", address, str(pings)).stdout.split()
         latency[label] = (float(median), float(p99))
     rows = []
-    for label, _, address in paths:
+    for label, vm, address in paths:
+        client, server, broker = (statistics.median(c[i] for c in cpu[label]) for i in range(3))
         rows.append([
             label, f"`{address}`",
             f"{statistics.median(up[label]):.0f}", f"{statistics.median(down[label]):.0f}",
+            f"{client:.2f} + {server:.2f}" + (f" + {broker:.2f}" if vm == "src" else ""),
             f"{latency[label][0]:.1f}", f"{latency[label][1]:.1f}",
         ])  # fmt: skip
-    ratios = {}
+    def cpu_total(label: str) -> float:
+        return statistics.median(sum(c) for c in cpu[label])
+
+    ratios, cpu_ratios = {}, {}
     for kind, direct, forwarded in [("unix", paths[0][0], paths[1][0]), ("TCP", paths[2][0], paths[3][0])]:
+        cpu_ratios[kind] = cpu_total(direct) / cpu_total(forwarded)
         ratios[kind] = (
             statistics.median(up[forwarded]) / statistics.median(up[direct]),
             statistics.median(down[forwarded]) / statistics.median(down[direct]),
@@ -1544,9 +1562,19 @@ def compare_shuttle(bench: Bench) -> None:
         "whose broker (in src's keeper, outside both VMs) accepts at the same path or port in src, "
         "asks the gate, connects into VM sink and splices the bytes across (docs/shuttle.md). "
         "Policy:\n\n```\n" + SHUTTLE_POLICY + "```",
-        table(["path", "address", "to the target MiB/s", "back MiB/s", "round trip µs", "p99 µs"], rows),
+        table(
+            ["path", "address", "to the target MiB/s", "back MiB/s",
+             "CPU s per GiB to the target: client + server (+ broker)", "round trip µs", "p99 µs"],
+            rows,
+        ),  # fmt: skip
         f"Through a channel / direct: unix {ratios['unix'][0]:.2f} to the target and "
-        f"{ratios['unix'][1]:.2f} back; TCP {ratios['TCP'][0]:.2f} and {ratios['TCP'][1]:.2f}.",
+        f"{ratios['unix'][1]:.2f} back; TCP {ratios['TCP'][0]:.2f} and {ratios['TCP'][1]:.2f}. "
+        f"In CPU time per GiB (all parties, direct / through a channel): unix "
+        f"{cpu_ratios['unix']:.2f}, TCP {cpu_ratios['TCP']:.2f}. "
+        "The broker's own CPU (src's keeper: accept, gate, splice) is the last CPU figure; on a "
+        "machine with two cores the client, the broker and the server take turns on them, which "
+        "is where most of the throughput goes, more so while other work shares the cores (load "
+        "average in the machine section).",
         table(
             ["dependency (redis-server in VM cache)", "min", "median", "max"],
             [

@@ -2,7 +2,8 @@
 with the host's /usr/bin/python3.
 
     shuttle_probe.py serve UNIX_PATH TCP_PORT   # the target: a unix socket and a loopback port
-    shuttle_probe.py bulk ADDRESS MIB           # send MIB MiB, wait for the count; prints seconds
+    shuttle_probe.py bulk ADDRESS MIB           # send MIB MiB, wait for the count; prints the
+                                                # seconds, and the CPU seconds of client and server
     shuttle_probe.py pull ADDRESS MIB           # receive MIB MiB; prints seconds
     shuttle_probe.py ping ADDRESS COUNT         # COUNT 64-byte round trips; prints µs per trip
 
@@ -47,12 +48,13 @@ def handle(s: socket.socket) -> None:
         if mode == b"B":
             buffer = bytearray(CHUNK)
             total = 0
+            cpu = time.thread_time()
             while True:
                 n = s.recv_into(buffer)
                 if n == 0:
                     break
                 total += n
-            s.sendall(struct.pack("!Q", total))
+            s.sendall(struct.pack("!Qd", total, time.thread_time() - cpu))
         elif mode == b"D":
             size = bytearray(8)
             recv_exactly(s, memoryview(size))
@@ -94,19 +96,21 @@ def serve(unix_path: str, port: int) -> None:
     accept(listeners[0])
 
 
-def bulk(address: str, mib: int) -> float:
+def bulk(address: str, mib: int) -> tuple[float, float, float]:
     block = memoryview(bytes(CHUNK))
     s = connect(address)
+    cpu = time.process_time()
     started = time.perf_counter()
     s.sendall(b"B")
     for _ in range(mib):
         s.sendall(block)
     s.shutdown(socket.SHUT_WR)
-    count = bytearray(8)
-    recv_exactly(s, memoryview(count))
+    answer = bytearray(16)
+    recv_exactly(s, memoryview(answer))
     elapsed = time.perf_counter() - started
-    assert struct.unpack("!Q", count)[0] == mib * CHUNK, "the server got every byte"
-    return elapsed
+    count, server_cpu = struct.unpack("!Qd", answer)
+    assert count == mib * CHUNK, "the server got every byte"
+    return elapsed, time.process_time() - cpu, server_cpu
 
 
 def pull(address: str, mib: int) -> float:
@@ -143,7 +147,7 @@ def main() -> None:
     if what == "serve":
         serve(sys.argv[2], int(sys.argv[3]))
     elif what == "bulk":
-        print(f"{bulk(sys.argv[2], int(sys.argv[3])):.6f}")
+        print(" ".join(f"{value:.6f}" for value in bulk(sys.argv[2], int(sys.argv[3]))))
     elif what == "pull":
         print(f"{pull(sys.argv[2], int(sys.argv[3])):.6f}")
     elif what == "ping":
