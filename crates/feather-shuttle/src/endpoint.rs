@@ -107,7 +107,17 @@ fn open_dir_creating(root: &File, dir: &Path) -> io::Result<OwnedFd> {
                     Ok(()) | Err(Errno::EEXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
-                open_in_root(root, &prefix, OFlag::O_DIRECTORY)?
+                open_in_root(root, &prefix, OFlag::O_DIRECTORY).map_err(|e| match e {
+                    // It exists, and still does not open: a symlink to nowhere in the VM.
+                    Errno::ENOENT => io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!(
+                            "/{} is a symlink to a folder the VM does not have",
+                            prefix.display()
+                        ),
+                    ),
+                    e => e.into(),
+                })?
             }
             Err(e) => return Err(e.into()),
         };
