@@ -77,14 +77,16 @@ def serve(unix_path: str, port: int) -> None:
         os.unlink(unix_path)
     u = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     u.bind(unix_path)
+    # Listening at once: the socket file's presence is what the bench waits for.
+    u.listen(64)
     listeners.append(u)
     t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     t.bind(("127.0.0.1", port))
+    t.listen(64)
     listeners.append(t)
 
     def accept(listener: socket.socket) -> None:
-        listener.listen(64)
         while True:
             s, _ = listener.accept()
             if s.family == socket.AF_INET:

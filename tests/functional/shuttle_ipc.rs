@@ -248,7 +248,9 @@ fn a_redis_channel_carries_data_both_ways_and_closes_when_its_target_stops() {
     write_policy(
         &feather,
         "10-cache.policy",
-        "ipc tcp:6379 app cache allow start=redis-server\n",
+        // @anyvm includes cache itself: its own port 6379 must stay its redis', not become a
+        // channel leading back to itself.
+        "ipc tcp:6379 @anyvm cache allow start=redis-server\n",
     );
     feather.ok(&["start", "app"]);
     assert_eq!(
@@ -257,6 +259,15 @@ fn a_redis_channel_carries_data_both_ways_and_closes_when_its_target_stops() {
         "the first connection started cache and its redis"
     );
     assert_eq!(feather.status("cache"), "running");
+    let refused = decisions(&feather, "cache", "tcp:6379");
+    assert!(
+        refused.len() == 1
+            && refused[0]["outcome"] == "failed"
+            && refused[0]["detail"]
+                .as_str()
+                .is_some_and(|d| d.contains("channels do not chain")),
+        "cache's channel to itself was not opened: {refused:?}"
+    );
     // 3 MB each way; the value goes in and comes back byte for byte.
     let same = feather.sh(
         "app",

@@ -10,7 +10,7 @@ use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -36,6 +36,10 @@ pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
 /// How long a connection waits for a service started on demand to take connections, after
 /// its start (which already waits for the service's readiness) returned.
 const ANSWER_AFTER_START: Duration = Duration::from_secs(10);
+
+/// How many connections one VM's channels carry at once (each takes two threads of its
+/// keeper); more are closed as they come, so that a VM cannot exhaust the host's threads.
+pub const MAX_CONNECTIONS: usize = 256;
 
 /// Where a channel appears in the source VM.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -149,6 +153,38 @@ pub fn offers(policy: &Policy, source: &Party) -> (Vec<Offer>, Vec<(Rule, String
     (offers, skipped)
 }
 
+/// Whether what `spec` reaches in its target VM is itself a channel the policy opens there
+/// (`tcp:9000 @anyvm db allow` gives db a channel at its own port 9000, leading to itself):
+/// such a connection would be passed on from channel to channel without end. Channels lead to
+/// services, never to other channels.
+pub fn leads_to_a_channel(policy: &Policy, peers: &dyn Peers, source: &str, spec: &Spec) -> bool {
+    let Target::Vm(vm) = &spec.target else {
+        return false;
+    };
+    if vm == source && spec.place == remote_place(spec) {
+        return true;
+    }
+    let (target_offers, _) = offers(policy, &Party::vm(vm.clone(), &peers.tags(vm)));
+    target_offers
+        .iter()
+        .any(|offer| offer.spec.place == remote_place(spec) && !is_a_loop(offer, vm))
+}
+
+/// Where a channel's remote would be if it were a place.
+fn remote_place(spec: &Spec) -> Place {
+    match &spec.remote {
+        Remote::Unix(path) => Place::Unix(path.clone()),
+        Remote::Tcp(port) => Place::Tcp(*port),
+        Remote::Dbus(_) => Place::Unix(PathBuf::from(SYSTEM_BUS)),
+    }
+}
+
+/// A channel of VM `vm` to itself, at the very place it leads to: never opened, so what is
+/// at that place in `vm` is `vm`'s own.
+fn is_a_loop(offer: &Offer, vm: &str) -> bool {
+    offer.spec.target == Target::Vm(vm.to_owned()) && offer.spec.place == remote_place(&offer.spec)
+}
+
 /// What the broker's threads share.
 pub struct Shared {
     pub side: Arc<VmSide>,
@@ -158,6 +194,8 @@ pub struct Shared {
     /// Wakes the broker's thread: a connection into a VM it does not watch yet, or the end.
     pub wake: EventFd,
     pub stopping: AtomicBool,
+    /// Connections accepted and not yet ended (see [`MAX_CONNECTIONS`]).
+    pub carrying: AtomicUsize,
     /// One start at a time per target VM: concurrent first connections start it once.
     starting: Mutex<HashMap<String, Arc<Mutex<()>>>>,
 }
@@ -174,6 +212,7 @@ impl Shared {
                     | nix::sys::eventfd::EfdFlags::EFD_NONBLOCK,
             )?,
             stopping: AtomicBool::new(false),
+            carrying: AtomicUsize::new(0),
             starting: Mutex::new(HashMap::new()),
         })
     }
@@ -378,6 +417,13 @@ fn target_party(peers: &dyn Peers, target: &Target) -> Party {
 /// Carries one accepted connection: decide, reach the target (starting it if the rule says
 /// so), splice. Runs on a thread of its own; every way out closes the client's connection.
 pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
+    struct Carried<'a>(&'a AtomicUsize);
+    impl Drop for Carried<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+    let _carried = Carried(&shared.carrying);
     let source = shared.side.party();
     let target = target_party(shared.peers.as_ref(), &channel.spec.target);
     let object = |remote: &str| Request {
@@ -574,6 +620,46 @@ mod tests {
         let policy = Policy::load_dirs(std::slice::from_ref(&dir)).unwrap();
         std::fs::remove_dir_all(&dir).unwrap();
         policy
+    }
+
+    struct NoTags;
+
+    impl Peers for NoTags {
+        fn init_pid(&self, _: &str) -> Result<Option<i32>, String> {
+            Ok(None)
+        }
+        fn start(&self, vm: &str) -> Result<i32, String> {
+            Err(format!("{vm} is not startable here"))
+        }
+        fn start_service(&self, vm: &str, _: &str) -> Result<(), String> {
+            Err(format!("{vm} is not startable here"))
+        }
+        fn tags(&self, _: &str) -> Vec<String> {
+            Vec::new()
+        }
+    }
+
+    #[test]
+    fn channels_that_lead_to_channels_are_found() {
+        let policy = policy(
+            "ipc tcp:9000 @anyvm sink allow
+             ipc tcp:7000 a b allow
+             ipc tcp:7000 b a allow
+             ipc tcp:7001 a b allow at=7002
+",
+        );
+        let leads = |vm: &str| -> Vec<bool> {
+            offers(&policy, &Party::vm(vm, &[]))
+                .0
+                .iter()
+                .map(|offer| leads_to_a_channel(&policy, &NoTags, vm, &offer.spec))
+                .collect()
+        };
+        // sink's own channel to itself loops (the broker skips it); a's reaches sink's service,
+        // since sink's port 9000 is then its own. a and b at 7000 lead to each other.
+        assert_eq!(leads("sink"), [true]);
+        assert_eq!(leads("a"), [false, true, false]);
+        assert_eq!(leads("b"), [false, true]);
     }
 
     #[test]

@@ -143,7 +143,8 @@ enum Role {
     Wake,
     Policy,
     Source,
-    Channel(usize),
+    /// By id: a policy change handled earlier in the same wake-up may have reordered them.
+    Channel(u64),
     Target(i32),
 }
 
@@ -158,6 +159,8 @@ struct Watcher {
     targets: HashMap<i32, OwnedFd>,
     /// Channels that could not open, already reported (each is tried again on every change).
     reported: HashSet<String>,
+    /// Connections are being refused for being too many (reported once).
+    busy: bool,
 }
 
 impl Watcher {
@@ -181,6 +184,7 @@ impl Watcher {
             source,
             targets: HashMap::new(),
             reported: HashSet::new(),
+            busy: false,
         })
     }
 
@@ -199,6 +203,20 @@ impl Watcher {
         });
         for offer in offers {
             if self.channels.iter().any(|c| c.info.spec == offer.spec) {
+                continue;
+            }
+            if channels::leads_to_a_channel(
+                &policy,
+                self.shared.peers.as_ref(),
+                &side.name,
+                &offer.spec,
+            ) {
+                let why = format!(
+                    "not opened: {} would lead to a channel in the target, not to a service \
+                     (channels do not chain; give the rule another at= or narrow its source)",
+                    channels::describe(&side, &offer.spec.place)
+                );
+                self.report(&offer, &why);
                 continue;
             }
             self.next_channel += 1;
@@ -263,7 +281,7 @@ impl Watcher {
                         }
                     }
                     Role::Source => source_ended = true,
-                    Role::Channel(index) => self.accept(index),
+                    Role::Channel(id) => self.accept(id),
                     Role::Target(pid) => {
                         self.shared.live().cut(|_, target| target == Some(pid));
                         self.targets.remove(&pid);
@@ -287,8 +305,8 @@ impl Watcher {
             (Role::Policy, self.policy.inotify.as_fd()),
             (Role::Source, self.source.as_fd()),
         ];
-        for (index, channel) in self.channels.iter().enumerate() {
-            watched.push((Role::Channel(index), channel.as_fd()));
+        for channel in &self.channels {
+            watched.push((Role::Channel(channel.info.id), channel.as_fd()));
         }
         for (pid, pidfd) in &self.targets {
             watched.push((Role::Target(*pid), pidfd.as_fd()));
@@ -308,17 +326,34 @@ impl Watcher {
         }
     }
 
-    /// Hands each waiting connection of channel `index` to a thread of its own.
-    fn accept(&self, index: usize) {
-        let Some(channel) = self.channels.get(index) else {
+    /// Hands each waiting connection of channel `id` to a thread of its own.
+    fn accept(&mut self, id: u64) {
+        let Some(channel) = self.channels.iter().find(|c| c.info.id == id) else {
             return;
         };
-        for client in channel.accept_all() {
-            let (shared, info) = (self.shared.clone(), channel.info.clone());
+        let (info, waiting) = (channel.info.clone(), channel.accept_all());
+        for client in waiting {
+            if self.shared.carrying.load(Ordering::SeqCst) >= channels::MAX_CONNECTIONS {
+                // Closed unanswered; said once in the keeper's log until the load falls.
+                drop(client);
+                if !self.busy {
+                    self.busy = true;
+                    eprintln!(
+                        "feather shuttle {}: {} connections at once; closing more until some end",
+                        self.shared.side.name,
+                        channels::MAX_CONNECTIONS
+                    );
+                }
+                continue;
+            }
+            self.busy = false;
+            self.shared.carrying.fetch_add(1, Ordering::SeqCst);
+            let (shared, info) = (self.shared.clone(), info.clone());
             let spawned = std::thread::Builder::new()
                 .name("shuttle-connection".into())
                 .spawn(move || channels::serve(shared, info, client));
             if let Err(e) = spawned {
+                self.shared.carrying.fetch_sub(1, Ordering::SeqCst);
                 eprintln!(
                     "feather shuttle {}: cannot carry a connection: {e}",
                     self.shared.side.name
