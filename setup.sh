@@ -34,6 +34,7 @@ packages=(
     inetutils-inetd inetutils-telnetd tcpd  # telnetd through inetd (its inetd.conf line runs tcpd)
     xdg-dbus-proxy   # Shuttle's D-Bus channels: the filtering proxy between a VM and another's bus
     python3-dbus python3-gi  # Shuttle tests: a program owning names on a VM's system bus
+    socat            # Shuttle tests: a unix-socket client inside a VM
 )
 
 export DEBIAN_FRONTEND=noninteractive

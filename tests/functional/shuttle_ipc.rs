@@ -413,3 +413,84 @@ fn a_dbus_channel_lets_a_vm_talk_to_exactly_the_allowed_name() {
     assert!(!decided.is_empty() && decided.iter().all(|e| e["outcome"] == "allowed"));
     assert!(Path::new(&feather.root).join("audit.log").exists());
 }
+
+/// A unix socket server on the host, in a folder of the test's own: echoes everything it
+/// reads once its client has finished writing, then ends the connection.
+struct HostEcho {
+    dir: std::path::PathBuf,
+}
+
+impl HostEcho {
+    fn start(label: &str) -> HostEcho {
+        let dir =
+            std::path::PathBuf::from(format!("/tmp/feather-tests/{label}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let listener = std::os::unix::net::UnixListener::bind(dir.join("echo.sock")).unwrap();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                let mut all = Vec::new();
+                if stream.read_to_end(&mut all).is_ok() {
+                    let _ = stream.write_all(&all);
+                }
+            }
+        });
+        HostEcho { dir }
+    }
+}
+
+impl Drop for HostEcho {
+    fn drop(&mut self) {
+        // The listener's thread ends with the test process; its socket file goes now.
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[test]
+fn a_host_socket_reaches_a_vm_at_the_rules_place_and_half_closes_cross() {
+    let feather = Feather::new("shuttle-host");
+    let echo = HostEcho::start("shuttle-host-echo");
+    let socket = echo.dir.join("echo.sock");
+    write_policy(
+        &feather,
+        "10-host.policy",
+        &format!(
+            "ipc unix:{} web @host allow at=/run/host-echo.sock\n",
+            socket.display()
+        ),
+    );
+    feather.ok(&["create", "web"]);
+    feather.ok(&["start", "web"]);
+    // 4 MB there; the server answers only after it saw the client's end of writing, so the
+    // answer coming back at all shows the half-close crossed.
+    let same = feather.sh(
+        "web",
+        "head -c 4000000 /dev/urandom > /tmp/in && \
+         socat -t 30 - UNIX-CONNECT:/run/host-echo.sock < /tmp/in > /tmp/out && \
+         cmp /tmp/in /tmp/out && echo same",
+    );
+    assert_eq!(same, "same\n");
+    let decided = decisions(&feather, "web", &format!("unix:{}", socket.display()));
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(
+        (&decided[0]["target"], &decided[0]["outcome"]),
+        (&"@host".into(), &"allowed".into())
+    );
+    // Only at the rule's place: the host's socket itself, seen through web's lower layer,
+    // refuses connections.
+    assert_ne!(
+        feather
+            .run(&[
+                "exec",
+                "web",
+                "--",
+                "socat",
+                "-u",
+                "OPEN:/dev/null",
+                &format!("UNIX-CONNECT:{}", socket.display()),
+            ])
+            .code,
+        0
+    );
+}
