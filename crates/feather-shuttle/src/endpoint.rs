@@ -268,6 +268,49 @@ pub fn connect_tcp(holder: Holder, port: u16) -> io::Result<TcpStream> {
 mod tests {
     use super::*;
 
+    /// This process stands in for a VM: its root is the host's, and the paths are a folder of
+    /// the test's own.
+    #[test]
+    fn sockets_are_bound_with_their_folders_and_only_stale_ones_replaced() {
+        struct Scratch(PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let pid = std::process::id() as i32;
+        let scratch = Scratch(std::env::temp_dir().join(format!("feather-endpoint-{pid}")));
+        let dir = &scratch.0;
+        let _ = std::fs::remove_dir_all(dir);
+        let at = dir.join("made/on/demand.sock");
+        let endpoint = bind_unix(pid, &at, 0o666).unwrap();
+        let mode = std::fs::metadata(&at).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o666
+        );
+        assert!(
+            connect_unix(Holder::Vm(pid), &at).is_ok(),
+            "it takes connections"
+        );
+        let refused = bind_unix(pid, &at, 0o666).err().unwrap();
+        assert_eq!(refused.kind(), io::ErrorKind::AddrInUse, "{refused}");
+        drop(endpoint);
+        assert!(!at.exists(), "dropping the endpoint removes its socket");
+
+        // A socket nobody answers on is stale and replaced; a file is not a socket.
+        drop(UnixListener::bind(&at).unwrap());
+        let replaced = bind_unix(pid, &at, 0o600).unwrap();
+        assert!(connect_unix(Holder::Vm(pid), &at).is_ok());
+        // Removed and made anew by someone else: dropping ours leaves theirs alone.
+        std::fs::remove_file(&at).unwrap();
+        std::fs::write(&at, "not a socket").unwrap();
+        drop(replaced);
+        assert_eq!(std::fs::read_to_string(&at).unwrap(), "not a socket");
+        let refused = bind_unix(pid, &at, 0o666).err().unwrap();
+        assert!(refused.to_string().contains("is not a socket"), "{refused}");
+    }
+
     #[test]
     fn relative_paths_refuse_parent_components() {
         assert_eq!(
