@@ -412,6 +412,80 @@ fn a_dbus_channel_lets_a_vm_talk_to_exactly_the_allowed_name() {
     let decided = decisions(&feather, "client", "dbus:org.feather.Allowed");
     assert!(!decided.is_empty() && decided.iter().all(|e| e["outcome"] == "allowed"));
     assert!(Path::new(&feather.root).join("audit.log").exists());
+
+    // A rule for the other name, added later: the proxy is made again with both.
+    write_policy(
+        &feather,
+        "10-bus.policy",
+        "ipc dbus:org.feather.Allowed client bus allow at=/run/feather-bus.sock
+         ipc dbus:org.feather.Other client bus allow at=/run/feather-bus.sock
+",
+    );
+    feather.eventually("the other name is reachable too", || {
+        ping("org.feather.Other").code == 0
+    });
+    assert_eq!(ping("org.feather.Allowed").code, 0);
+}
+
+#[test]
+fn a_dependency_that_cannot_start_closes_the_connection_and_says_why() {
+    let feather = Feather::new("shuttle-nostart");
+    feather.ok(&["create", "ghost"]);
+    feather.ok(&["create", "idle"]);
+    feather.ok(&["create", "app"]);
+    write_policy(
+        &feather,
+        "10.policy",
+        "ipc tcp:7777 app ghost allow start=no-such-unit
+         ipc tcp:7778 app idle allow
+",
+    );
+    feather.ok(&["start", "app"]);
+    for port in ["7777", "7778"] {
+        let answer = feather.run(&[
+            "exec",
+            "app",
+            "--",
+            "socat",
+            "-t",
+            "5",
+            "-",
+            &format!("TCP:127.0.0.1:{port}"),
+        ]);
+        assert_eq!(answer.stdout, "", "nothing answers on {port}");
+    }
+    // Each connection: allowed by its rule, then failed, with why.
+    let outcomes = |object: &str| -> Vec<(String, String)> {
+        decisions(&feather, "app", object)
+            .iter()
+            .map(|e| {
+                (
+                    e["outcome"].as_str().unwrap_or_default().to_owned(),
+                    e["detail"].as_str().unwrap_or_default().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let unstartable = outcomes("tcp:7777");
+    assert_eq!(unstartable.len(), 2, "{unstartable:?}");
+    assert_eq!(unstartable[0].0, "allowed");
+    let (outcome, detail) = &unstartable[1];
+    assert!(
+        outcome == "failed" && detail.contains("no-such-unit") && detail.contains("not installed"),
+        "{detail}"
+    );
+    let not_running = outcomes("tcp:7778");
+    assert_eq!(not_running.len(), 2, "{not_running:?}");
+    let detail = &not_running[1].1;
+    assert!(
+        detail.contains("VM idle is not running") && detail.contains("start=UNIT"),
+        "{detail}"
+    );
+    assert_eq!(
+        feather.status("idle"),
+        "created",
+        "no start= starts nothing"
+    );
 }
 
 /// A unix socket server on the host, in a folder of the test's own: echoes everything it
