@@ -34,6 +34,9 @@ packages=(
     apache2          # Type=forking through apachectl; also with mariadb as one group
     openssh-server   # sshd's banner on the VM's port 22
     inetutils-inetd inetutils-telnetd tcpd  # telnetd through inetd (its inetd.conf line runs tcpd)
+    xdg-dbus-proxy   # Shuttle's D-Bus channels: the filtering proxy between a VM and another's bus
+    python3-dbus python3-gi  # Shuttle tests: a program owning names on a VM's system bus
+    socat            # Shuttle tests: a unix-socket client inside a VM
 )
 
 export DEBIAN_FRONTEND=noninteractive

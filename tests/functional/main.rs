@@ -21,4 +21,5 @@ mod services_dbus;
 mod services_state;
 mod services_timers;
 mod shuttle_invoke;
+mod shuttle_ipc;
 mod shuttle_policy;

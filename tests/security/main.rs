@@ -7,3 +7,4 @@ mod capabilities;
 mod hardening;
 mod ipc_matrix;
 mod landlock;
+mod shuttle_paths;

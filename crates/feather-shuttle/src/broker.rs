@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::gate::Gate;
 use crate::peers::Peers;
 use crate::policy::Party;
+use crate::watch::Channels;
 
 /// The VM a broker serves: the source of every request the broker handles.
 #[derive(Clone, Debug)]
@@ -27,15 +28,10 @@ impl VmSide {
 
 /// What a broker opened; all of it closes when the broker is dropped (the VM ends).
 pub struct Broker {
+    /// IPC channels and dependencies (see [`crate::channels`]).
+    _channels: Option<Channels>,
     /// `feather-open`'s endpoint in the VM, if the policy lets it invoke anything.
-    #[allow(dead_code)]
-    invocations: Option<crate::invoke::Invocations>,
-    #[allow(dead_code)]
-    side: Arc<VmSide>,
-    #[allow(dead_code)]
-    gate: Arc<Gate>,
-    #[allow(dead_code)]
-    peers: Arc<dyn Peers>,
+    _invocations: Option<crate::invoke::Invocations>,
 }
 
 impl Broker {
@@ -43,17 +39,15 @@ impl Broker {
     /// recorded in the audit log and the keeper's log.
     pub fn start(side: VmSide, gate: Gate, peers: Arc<dyn Peers>) -> Broker {
         let (side, gate) = (Arc::new(side), Arc::new(gate));
+        let channels = Channels::start(&side, &gate, &peers);
         let invocations =
-            crate::invoke::Invocations::open(side.clone(), gate.clone(), peers.clone())
-                .unwrap_or_else(|why| {
-                    eprintln!("feather shuttle: {why}");
-                    None
-                });
+            crate::invoke::Invocations::open(side, gate, peers).unwrap_or_else(|why| {
+                eprintln!("feather shuttle: {why}");
+                None
+            });
         Broker {
-            invocations,
-            side,
-            gate,
-            peers,
+            _channels: channels,
+            _invocations: invocations,
         }
     }
 }

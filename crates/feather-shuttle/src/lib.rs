@@ -7,6 +7,8 @@
 //! - [`broker`]: per VM, in its keeper: opens what the policy offers the VM.
 //! - [`gate`]: the one door: decide, ask where the rule says so, record, then open.
 //! - [`audit`]: one JSON line per decision.
+//! - [`channels`]: IPC channels (unix sockets, TCP ports, D-Bus names through [`dbus`]) and
+//!   the dependencies they start; [`watch`] reopens them when the policy changes.
 //! - [`peers`]: what the broker needs of other VMs, provided by the keeper that hosts it.
 //! - [`invoke`]: `feather-open` in a VM, and the broker's side of it: run an allowed
 //!   application in another VM.
@@ -15,13 +17,18 @@
 pub mod ask;
 pub mod audit;
 pub mod broker;
+pub mod channels;
+pub mod dbus;
+pub mod endpoint;
 pub mod error;
 pub mod gate;
 pub mod invoke;
 pub mod peers;
 pub mod policy;
 mod raw;
+pub mod splice;
 pub mod transfer;
+pub mod watch;
 
 pub use audit::{Audit, Outcome};
 pub use broker::{Broker, VmSide};

@@ -1,0 +1,322 @@
+//! Reaching into a VM from its keeper, outside it: a unix socket bound at a path of the VM's
+//! file view, a TCP listener on the VM's loopback, and connections to a VM's (or the host's)
+//! sockets and ports.
+//!
+//! Paths of a VM are resolved under `/proc/<init>/root` with `openat2(RESOLVE_IN_ROOT)`, so a
+//! symlink the VM made (`/run/x -> /etc`) stays inside the VM's view instead of leading the
+//! keeper, which runs as root on the host, to the host's files. Sockets are bound and reached
+//! through `/proc/self/fd/<dir>/<name>`, which also keeps `sun_path` short whatever the depth
+//! of the VM's path. TCP sockets are made in the VM's network namespace: the calling thread
+//! joins it for the one call and comes back; a socket stays in the namespace it was made in.
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Component, Path, PathBuf};
+
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sched::{setns, CloneFlags};
+use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+use nix::unistd::{unlinkat, UnlinkatFlags};
+
+/// Who holds a socket or port: the host itself, or a running VM by its init's host pid.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Holder {
+    Host,
+    Vm(i32),
+}
+
+/// A unix socket the broker bound inside a VM. Dropping it removes the socket file, if it is
+/// still the one bound (the VM may have replaced it).
+pub struct UnixEndpoint {
+    pub listener: UnixListener,
+    dir: OwnedFd,
+    name: OsString,
+    inode: (u64, u64),
+}
+
+impl Drop for UnixEndpoint {
+    fn drop(&mut self) {
+        if let Ok(file) = open_beneath(&self.dir, &self.name) {
+            if fstat(&file).is_ok_and(|st| (st.st_dev, st.st_ino) == self.inode) {
+                let _ = unlinkat(&self.dir, self.name.as_os_str(), UnlinkatFlags::NoRemoveDir);
+            }
+        }
+    }
+}
+
+/// The VM's root folder, as its init sees it.
+fn vm_root(pid: i32) -> io::Result<File> {
+    File::open(format!("/proc/{pid}/root"))
+}
+
+/// `path` without its leading `/`, refusing `..` (an ipc path names one place).
+fn relative(path: &Path) -> io::Result<PathBuf> {
+    let mut rel = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::RootDir | Component::CurDir => {}
+            Component::Normal(part) => rel.push(part),
+            Component::ParentDir | Component::Prefix(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{} has a '..' in it", path.display()),
+                ))
+            }
+        }
+    }
+    Ok(rel)
+}
+
+/// Opens `path` (relative) under `root` as if `root` were `/`.
+fn open_in_root(root: &impl AsFd, path: &Path, flags: OFlag) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let path = if path.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        path
+    };
+    openat2(root.as_fd(), path, how)
+}
+
+/// Opens entry `name` of `dir` itself, not what it may point to.
+fn open_beneath(dir: &impl AsFd, name: &OsStr) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_BENEATH | ResolveFlag::RESOLVE_NO_SYMLINKS);
+    openat2(dir.as_fd(), name, how)
+}
+
+/// The folder `dir` (relative) under `root`, made with mode 0755 where missing.
+fn open_dir_creating(root: &File, dir: &Path) -> io::Result<OwnedFd> {
+    let mut current = open_in_root(root, Path::new(""), OFlag::O_DIRECTORY)?;
+    let mut prefix = PathBuf::new();
+    for part in dir.iter() {
+        prefix.push(part);
+        current = match open_in_root(root, &prefix, OFlag::O_DIRECTORY) {
+            Ok(fd) => fd,
+            Err(Errno::ENOENT) => {
+                match mkdirat(&current, part, Mode::from_bits_truncate(0o755)) {
+                    Ok(()) | Err(Errno::EEXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+                open_in_root(root, &prefix, OFlag::O_DIRECTORY).map_err(|e| match e {
+                    // It exists, and still does not open: a symlink to nowhere in the VM.
+                    Errno::ENOENT => io::Error::new(
+                        io::ErrorKind::NotFound,
+                        format!(
+                            "/{} is a symlink to a folder the VM does not have",
+                            prefix.display()
+                        ),
+                    ),
+                    e => e.into(),
+                })?
+            }
+            Err(e) => return Err(e.into()),
+        };
+    }
+    Ok(current)
+}
+
+/// The path through which `fd` (an `O_PATH` descriptor) is reached by path-taking calls.
+fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// Binds a unix socket at `at` in VM `pid`'s view, with `mode`, making missing folders. A
+/// socket already there that nothing answers on is replaced; one that answers belongs to a
+/// service of the VM and is left alone, as is anything that is not a socket.
+pub fn bind_unix(pid: i32, at: &Path, mode: u32) -> io::Result<UnixEndpoint> {
+    let rel = relative(at)?;
+    let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} names no socket", at.display()),
+        ));
+    };
+    let root = vm_root(pid)?;
+    let dir = open_dir_creating(&root, parent)?;
+    match open_beneath(&dir, name) {
+        Ok(existing) => {
+            let st = fstat(&existing)?;
+            if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "{} exists in the VM and is not a socket (move it away or choose another at=)",
+                        at.display()
+                    ),
+                ));
+            }
+            if UnixStream::connect(fd_path(&existing)).is_ok() {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "{} is the socket of a service running in the VM (stop it or choose another at=)",
+                        at.display()
+                    ),
+                ));
+            }
+            unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir)?;
+        }
+        Err(Errno::ENOENT) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let bind_path = fd_path(&dir).join(name);
+    if bind_path.as_os_str().as_bytes().len() >= 108 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket name {name:?} is too long for a unix socket"),
+        ));
+    }
+    let listener = UnixListener::bind(&bind_path)?;
+    // chmod through a descriptor of the socket file itself: a name could be swapped for a
+    // symlink by the VM between bind and chmod.
+    let file = open_beneath(&dir, name)?;
+    let st = fstat(&file)?;
+    std::fs::set_permissions(
+        fd_path(&file),
+        std::os::unix::fs::PermissionsExt::from_mode(mode),
+    )?;
+    listener.set_nonblocking(true)?;
+    Ok(UnixEndpoint {
+        listener,
+        dir,
+        name: name.to_owned(),
+        inode: (st.st_dev, st.st_ino),
+    })
+}
+
+/// Connects to the unix socket at `path` of `holder`.
+pub fn connect_unix(holder: Holder, path: &Path) -> io::Result<UnixStream> {
+    match holder {
+        Holder::Host => UnixStream::connect(path),
+        Holder::Vm(pid) => {
+            let socket = open_in_root(&vm_root(pid)?, &relative(path)?, OFlag::empty())?;
+            UnixStream::connect(fd_path(&socket))
+        }
+    }
+}
+
+/// An `O_PATH` descriptor of the socket at `path` in VM `pid`'s view (or the host's): for
+/// helpers that connect by path themselves (`/proc/<keeper>/fd/<n>`).
+pub fn open_socket_file(holder: Holder, path: &Path) -> io::Result<OwnedFd> {
+    match holder {
+        Holder::Host => Ok(open_in_root(
+            &File::open("/")?,
+            &relative(path)?,
+            OFlag::empty(),
+        )?),
+        Holder::Vm(pid) => Ok(open_in_root(
+            &vm_root(pid)?,
+            &relative(path)?,
+            OFlag::empty(),
+        )?),
+    }
+}
+
+/// Runs `f` with the calling thread in the network namespace of `holder`, then brings the
+/// thread back. Sockets made by `f` stay in that namespace.
+pub fn in_network_of<T>(holder: Holder, f: impl FnOnce() -> io::Result<T>) -> io::Result<T> {
+    let Holder::Vm(pid) = holder else {
+        return f();
+    };
+    let own = File::open("/proc/thread-self/ns/net")?;
+    let theirs = File::open(format!("/proc/{pid}/ns/net"))?;
+    setns(&theirs, CloneFlags::CLONE_NEWNET)?;
+    let result = f();
+    // Coming back cannot fail for root with a descriptor of the namespace it left; if it did,
+    // the thread would go on in the VM's network, which must not happen.
+    setns(&own, CloneFlags::CLONE_NEWNET).expect("a thread returns to its own network namespace");
+    result
+}
+
+/// Whether VM `pid` is in the keeper's own network namespace (`--net host`).
+pub fn shares_host_network(pid: i32) -> io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let own = std::fs::metadata("/proc/self/ns/net")?;
+    let theirs = std::fs::metadata(format!("/proc/{pid}/ns/net"))?;
+    Ok((own.dev(), own.ino()) == (theirs.dev(), theirs.ino()))
+}
+
+/// A TCP listener on 127.0.0.1:`port` of `holder`'s loopback.
+pub fn listen_tcp(holder: Holder, port: u16) -> io::Result<TcpListener> {
+    let listener = in_network_of(holder, || {
+        TcpListener::bind(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+    })?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+/// Connects to 127.0.0.1:`port` of `holder`.
+pub fn connect_tcp(holder: Holder, port: u16) -> io::Result<TcpStream> {
+    let stream = in_network_of(holder, || {
+        TcpStream::connect(SocketAddrV4::new(Ipv4Addr::LOCALHOST, port))
+    })?;
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// This process stands in for a VM: its root is the host's, and the paths are a folder of
+    /// the test's own.
+    #[test]
+    fn sockets_are_bound_with_their_folders_and_only_stale_ones_replaced() {
+        struct Scratch(PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let pid = std::process::id() as i32;
+        let scratch = Scratch(std::env::temp_dir().join(format!("feather-endpoint-{pid}")));
+        let dir = &scratch.0;
+        let _ = std::fs::remove_dir_all(dir);
+        let at = dir.join("made/on/demand.sock");
+        let endpoint = bind_unix(pid, &at, 0o666).unwrap();
+        let mode = std::fs::metadata(&at).unwrap().permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o666
+        );
+        assert!(
+            connect_unix(Holder::Vm(pid), &at).is_ok(),
+            "it takes connections"
+        );
+        let refused = bind_unix(pid, &at, 0o666).err().unwrap();
+        assert_eq!(refused.kind(), io::ErrorKind::AddrInUse, "{refused}");
+        drop(endpoint);
+        assert!(!at.exists(), "dropping the endpoint removes its socket");
+
+        // A socket nobody answers on is stale and replaced; a file is not a socket.
+        drop(UnixListener::bind(&at).unwrap());
+        let replaced = bind_unix(pid, &at, 0o600).unwrap();
+        assert!(connect_unix(Holder::Vm(pid), &at).is_ok());
+        // Removed and made anew by someone else: dropping ours leaves theirs alone.
+        std::fs::remove_file(&at).unwrap();
+        std::fs::write(&at, "not a socket").unwrap();
+        drop(replaced);
+        assert_eq!(std::fs::read_to_string(&at).unwrap(), "not a socket");
+        let refused = bind_unix(pid, &at, 0o666).err().unwrap();
+        assert!(refused.to_string().contains("is not a socket"), "{refused}");
+    }
+
+    #[test]
+    fn relative_paths_refuse_parent_components() {
+        assert_eq!(
+            relative(Path::new("/run/postgresql/.s.PGSQL.5432")).unwrap(),
+            Path::new("run/postgresql/.s.PGSQL.5432")
+        );
+        assert!(relative(Path::new("/run/../etc/shadow")).is_err());
+    }
+}

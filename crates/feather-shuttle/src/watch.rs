@@ -1,0 +1,382 @@
+//! The broker's one thread: it watches the policy folders (and reopens the channels when the
+//! rules change), accepts on every channel's endpoint (each connection is then carried by a
+//! thread of its own), and watches the VMs at the far end of live connections, cutting them
+//! when such a VM stops. When the VM it serves stops, or the broker is dropped, it closes
+//! everything.
+//!
+//! A VM the policy offers nothing costs this one thread, asleep in `poll`.
+
+use std::collections::{HashMap, HashSet};
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+use nix::unistd::Pid;
+
+use crate::broker::VmSide;
+use crate::channels::{self, Channel, Offer, Shared};
+use crate::gate::Gate;
+use crate::peers::Peers;
+use crate::policy::{self, Kind, Party, Request};
+
+/// The IPC side of a broker: its thread and what the thread shares with connections.
+pub struct Channels {
+    shared: Arc<Shared>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Channels {
+    /// Opens the channels the policy offers the VM now (before the VM is reported started,
+    /// so its first connection finds them), then watches from a thread of its own.
+    pub fn start(side: &Arc<VmSide>, gate: &Arc<Gate>, peers: &Arc<dyn Peers>) -> Option<Channels> {
+        let started = Shared::new(side.clone(), gate.clone(), peers.clone())
+            .map(Arc::new)
+            .and_then(|shared| Ok((Watcher::new(shared.clone())?, shared)));
+        let (mut watcher, shared) = match started {
+            Ok(started) => started,
+            Err(e) => {
+                eprintln!(
+                    "feather shuttle {}: cannot watch the policy or the VM, no channels open: {e}",
+                    side.name
+                );
+                return None;
+            }
+        };
+        watcher.sync();
+        let thread = std::thread::Builder::new()
+            .name("shuttle".into())
+            .spawn(move || {
+                // The keeper takes its signals through a signalfd, which works only while no
+                // thread lets them in; the connection threads inherit this mask.
+                let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None);
+                watcher.run()
+            });
+        match thread {
+            Ok(thread) => Some(Channels {
+                shared,
+                thread: Some(thread),
+            }),
+            Err(e) => {
+                eprintln!(
+                    "feather shuttle {}: cannot start its thread: {e}",
+                    side.name
+                );
+                None
+            }
+        }
+    }
+}
+
+impl Drop for Channels {
+    fn drop(&mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        let _ = self.shared.wake.write(1);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The policy folders, watched with inotify. A folder that does not exist yet is waited for
+/// through the nearest folder above it that does.
+struct PolicyWatch {
+    inotify: Inotify,
+    dirs: Vec<PathBuf>,
+}
+
+impl PolicyWatch {
+    fn new(dirs: Vec<PathBuf>) -> io::Result<PolicyWatch> {
+        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
+        let watch = PolicyWatch { inotify, dirs };
+        watch.arm();
+        Ok(watch)
+    }
+
+    /// (Re)adds the watches; a folder made since the last time is watched from now on.
+    fn arm(&self) {
+        // A rule file counts once written (close) or moved in; a new empty file does not.
+        let in_folder = AddWatchFlags::IN_CLOSE_WRITE
+            | AddWatchFlags::IN_MOVED_TO
+            | AddWatchFlags::IN_MOVED_FROM
+            | AddWatchFlags::IN_DELETE
+            | AddWatchFlags::IN_DELETE_SELF
+            | AddWatchFlags::IN_MOVE_SELF
+            | AddWatchFlags::IN_ONLYDIR;
+        let above =
+            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR;
+        for dir in &self.dirs {
+            if self.inotify.add_watch(dir, in_folder).is_ok() {
+                continue;
+            }
+            let mut up = dir.parent();
+            while let Some(parent) = up {
+                if self.inotify.add_watch(parent, above).is_ok() {
+                    break;
+                }
+                up = parent.parent();
+            }
+        }
+    }
+
+    /// Reads what happened; whether anything did.
+    fn drain(&self) -> bool {
+        let mut any = false;
+        while let Ok(events) = self.inotify.read_events() {
+            if events.is_empty() {
+                break;
+            }
+            any = true;
+        }
+        any
+    }
+}
+
+/// What one polled descriptor stands for.
+#[derive(Clone, Copy)]
+enum Role {
+    Wake,
+    Policy,
+    Source,
+    /// By id: a policy change handled earlier in the same wake-up may have reordered them.
+    Channel(u64),
+    Target(i32),
+}
+
+struct Watcher {
+    shared: Arc<Shared>,
+    channels: Vec<Channel>,
+    next_channel: u64,
+    policy: PolicyWatch,
+    /// The served VM's init: its end is the end of every channel.
+    source: OwnedFd,
+    /// Inits of VMs that live connections lead into.
+    targets: HashMap<i32, OwnedFd>,
+    /// Channels that could not open, already reported (each is tried again on every change).
+    reported: HashSet<String>,
+    /// Connections are being refused for being too many (reported once).
+    busy: bool,
+}
+
+impl Watcher {
+    fn new(shared: Arc<Shared>) -> io::Result<Watcher> {
+        let source = feather_sys::process::pidfd_open(Pid::from_raw(shared.side.init_pid))
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        // The gate's state root: where its audit log is.
+        let root = shared
+            .gate
+            .audit()
+            .path()
+            .parent()
+            .unwrap_or(Path::new("/"))
+            .to_path_buf();
+        let policy = PolicyWatch::new(policy::policy_dirs(&root))?;
+        Ok(Watcher {
+            shared,
+            channels: Vec::new(),
+            next_channel: 0,
+            policy,
+            source,
+            targets: HashMap::new(),
+            reported: HashSet::new(),
+            busy: false,
+        })
+    }
+
+    /// Opens the channels the policy in force offers and closes those it no longer does.
+    fn sync(&mut self) {
+        let side = self.shared.side.clone();
+        let policy = self.shared.gate.policy();
+        let (offers, skipped) = channels::offers(&policy, &side.party());
+        let shared = self.shared.clone();
+        self.channels.retain(|channel| {
+            let offered = offers.iter().any(|o| o.spec == channel.info.spec);
+            if !offered {
+                shared.live().close_channel(channel.info.id);
+            }
+            offered
+        });
+        for offer in offers {
+            if self.channels.iter().any(|c| c.info.spec == offer.spec) {
+                continue;
+            }
+            if channels::leads_to_a_channel(
+                &policy,
+                self.shared.peers.as_ref(),
+                &side.name,
+                &offer.spec,
+            ) {
+                let why = format!(
+                    "not opened: {} would lead to a channel in the target, not to a service \
+                     (channels do not chain; give the rule another at= or narrow its source)",
+                    channels::describe(&side, &offer.spec.place)
+                );
+                self.report(&offer, &why);
+                continue;
+            }
+            self.next_channel += 1;
+            match Channel::open(&side, self.next_channel, offer.clone()) {
+                Ok(channel) => self.channels.push(channel),
+                Err(e) => self.report(
+                    &offer,
+                    &format!(
+                        "cannot open {}: {e}",
+                        channels::describe(&side, &offer.spec.place)
+                    ),
+                ),
+            }
+        }
+        for (rule, why) in skipped {
+            let key = format!("{}: {why}", rule.at);
+            if self.reported.insert(key.clone()) {
+                eprintln!("feather shuttle {}: rule {key}", side.name);
+            }
+        }
+    }
+
+    /// Records once that `offer` could not be opened: in the audit log and the keeper's log.
+    fn report(&mut self, offer: &Offer, why: &str) {
+        if !self.reported.insert(format!("{:?} {why}", offer.spec)) {
+            return;
+        }
+        eprintln!("feather shuttle {}: {why}", self.shared.side.name);
+        let target = match &offer.spec.target {
+            channels::Target::Host => Party::Host,
+            channels::Target::Vm(name) => Party::vm(name.clone(), &self.shared.peers.tags(name)),
+        };
+        let request = Request {
+            kind: Kind::Ipc,
+            object: offer.rule.object.as_str().to_owned(),
+            source: self.shared.side.party(),
+            target,
+        };
+        self.shared.gate.record_failure(&request, &offer.rule, why);
+    }
+
+    fn run(mut self) {
+        loop {
+            if self.shared.stopping.load(Ordering::SeqCst) {
+                break;
+            }
+            let ready = self.wait();
+            let mut source_ended = false;
+            for role in ready {
+                match role {
+                    Role::Wake => {
+                        let _ = self.shared.wake.read();
+                        self.watch_targets();
+                    }
+                    Role::Policy => {
+                        if self.policy.drain() {
+                            self.policy.arm();
+                            if let Err(why) = self.shared.gate.reload() {
+                                eprintln!("feather shuttle {}: {why}", self.shared.side.name);
+                            }
+                            self.sync();
+                        }
+                    }
+                    Role::Source => source_ended = true,
+                    Role::Channel(id) => self.accept(id),
+                    Role::Target(pid) => {
+                        self.shared.live().cut(|_, target| target == Some(pid));
+                        self.targets.remove(&pid);
+                    }
+                }
+            }
+            if source_ended {
+                break;
+            }
+        }
+        self.shared.stopping.store(true, Ordering::SeqCst);
+        for channel in self.channels.drain(..) {
+            self.shared.live().close_channel(channel.info.id);
+        }
+    }
+
+    /// Sleeps until something happens; what did.
+    fn wait(&self) -> Vec<Role> {
+        let mut watched: Vec<(Role, BorrowedFd<'_>)> = vec![
+            (Role::Wake, self.shared.wake.as_fd()),
+            (Role::Policy, self.policy.inotify.as_fd()),
+            (Role::Source, self.source.as_fd()),
+        ];
+        for channel in &self.channels {
+            watched.push((Role::Channel(channel.info.id), channel.as_fd()));
+        }
+        for (pid, pidfd) in &self.targets {
+            watched.push((Role::Target(*pid), pidfd.as_fd()));
+        }
+        let mut fds: Vec<PollFd<'_>> = watched
+            .iter()
+            .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
+            .collect();
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => fds
+                .iter()
+                .zip(&watched)
+                .filter(|(fd, _)| fd.revents().is_some_and(|r| !r.is_empty()))
+                .map(|(_, (role, _))| *role)
+                .collect(),
+            Err(_) => Vec::new(),
+        }
+    }
+
+    /// Hands each waiting connection of channel `id` to a thread of its own.
+    fn accept(&mut self, id: u64) {
+        let Some(channel) = self.channels.iter().find(|c| c.info.id == id) else {
+            return;
+        };
+        let (info, waiting) = (channel.info.clone(), channel.accept_all());
+        for client in waiting {
+            if self.shared.carrying.load(Ordering::SeqCst) >= channels::MAX_CONNECTIONS {
+                // Closed unanswered; said once in the keeper's log until the load falls.
+                drop(client);
+                if !self.busy {
+                    self.busy = true;
+                    eprintln!(
+                        "feather shuttle {}: {} connections at once; closing more until some end",
+                        self.shared.side.name,
+                        channels::MAX_CONNECTIONS
+                    );
+                }
+                continue;
+            }
+            self.busy = false;
+            self.shared.carrying.fetch_add(1, Ordering::SeqCst);
+            let (shared, info) = (self.shared.clone(), info.clone());
+            let spawned = std::thread::Builder::new()
+                .name("shuttle-connection".into())
+                .spawn(move || channels::serve(shared, info, client));
+            if let Err(e) = spawned {
+                self.shared.carrying.fetch_sub(1, Ordering::SeqCst);
+                eprintln!(
+                    "feather shuttle {}: cannot carry a connection: {e}",
+                    self.shared.side.name
+                );
+            }
+        }
+    }
+
+    /// Watches the inits of the VMs live connections lead into, and only those.
+    fn watch_targets(&mut self) {
+        let pids = self.shared.live().target_pids();
+        self.targets.retain(|pid, _| pids.contains(pid));
+        for pid in pids {
+            if self.targets.contains_key(&pid) {
+                continue;
+            }
+            match feather_sys::process::pidfd_open(Pid::from_raw(pid)) {
+                Ok(pidfd) => {
+                    self.targets.insert(pid, pidfd);
+                }
+                // Already gone: its connections end now.
+                Err(_) => self.shared.live().cut(|_, target| target == Some(pid)),
+            }
+        }
+    }
+}
