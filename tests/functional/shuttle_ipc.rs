@@ -568,3 +568,32 @@ fn a_host_socket_reaches_a_vm_at_the_rules_place_and_half_closes_cross() {
         0
     );
 }
+
+/// A throw-away VM's command finds its channels from its first instruction: init starts it only
+/// once the broker has opened them (many, here, so that a command started any earlier would
+/// look before the last one is there).
+#[test]
+fn a_throw_away_vms_command_finds_its_channels_at_once() {
+    let feather = Feather::new("shuttle-run-rm");
+    let echo = HostEcho::start("shuttle-run-rm-echo");
+    let socket = echo.dir.join("echo.sock");
+    let rules: String = (0..300)
+        .map(|i| {
+            format!(
+                "ipc unix:{} @anyvm @host allow at=/run/echo/{i}.sock\n",
+                socket.display()
+            )
+        })
+        .collect();
+    // One place per rule: the first rule for a place wins, so these are 300 channels.
+    write_policy(&feather, "10-host.policy", &rules);
+    let answer = feather.ok(&[
+        "run",
+        "--rm",
+        "--",
+        "sh",
+        "-c",
+        "test -S /run/echo/299.sock && echo hello | socat -t 10 - UNIX-CONNECT:/run/echo/299.sock",
+    ]);
+    assert_eq!(answer, "hello\n");
+}

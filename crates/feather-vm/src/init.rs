@@ -47,6 +47,10 @@ pub const GO: u8 = b'g';
 /// namespace: the keeper builds the host side while init assembles the root.
 pub const NETWORK_READY: u8 = b'n';
 
+/// The byte the keeper sends once the VM is ready around it (its shuttle broker open): init
+/// starts the first workload only then.
+pub const START: u8 = b's';
+
 /// Runs as the child of the keeper's clone into new namespaces; never returns.
 pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     // If the keeper dies, so does the VM: a VM nobody keeps could be neither stopped nor seen.
@@ -175,9 +179,13 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
             std::process::exit(1);
         }
     };
-    let workload = resumed.workload.as_ref().map(start_workload);
     report(&mut keeper, InitReport::Ready);
+    let mut start = [0u8; 1];
+    if keeper.read_exact(&mut start).is_err() || start[0] != START {
+        std::process::exit(1);
+    }
     drop(keeper);
+    let workload = resumed.workload.as_ref().map(start_workload);
     let code = supervise(
         &signals,
         &mut commands,

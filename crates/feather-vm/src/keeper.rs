@@ -102,6 +102,9 @@ pub struct Keeper {
     lock: File,
     /// The VM's shuttle broker, once opened; dropped (closing its channels) with the keeper.
     broker: Option<feather_shuttle::Broker>,
+    /// Init waits on this before it starts the first workload (see [`Keeper::begin`]); `None`
+    /// once told, and for a restored VM, whose processes run already.
+    init_waits: Option<UnixStream>,
 }
 
 /// Where a running VM is on its way to an end.
@@ -200,11 +203,11 @@ impl Keeper {
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
         }
-        let booted = start_init(&name, cgroup.as_ref(), &network, plan).and_then(|init| {
+        let booted = start_init(&name, cgroup.as_ref(), &network, plan).and_then(|started| {
             let listener = listen(vm)?;
-            Ok((init, listener))
+            Ok((started, listener))
         });
-        let (init, listener) = match booted {
+        let ((init, init_waits), listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
                 network.detach();
@@ -231,6 +234,7 @@ impl Keeper {
             hold: None,
             lock,
             broker: None,
+            init_waits: Some(init_waits),
         };
         keeper.record_running()?;
         Ok(keeper)
@@ -296,14 +300,25 @@ impl Keeper {
             hold,
             lock,
             broker: None,
+            init_waits: None,
         };
         keeper.record_running()?;
         Ok(keeper)
     }
 
-    /// Opens the VM's shuttle broker: what the policy lets cross into and out of the VM.
+    /// Opens the VM's shuttle broker, then lets init start the first workload: a command run
+    /// in a throw-away VM finds the channels the policy gives it from its first instruction.
     /// `terminal`: where `ask` rules ask (the terminal that started the VM).
-    pub fn open_broker(&mut self, root: &StateRoot, terminal: Option<PathBuf>) {
+    pub fn begin(&mut self, root: &StateRoot, terminal: Option<PathBuf>) {
+        self.open_broker(root, terminal);
+        if let Some(mut init) = self.init_waits.take() {
+            // Init's end, if it ended meanwhile, is seen by serve().
+            let _ = init.write_all(&[init::START]);
+        }
+    }
+
+    /// Opens the VM's shuttle broker: what the policy lets cross into and out of the VM.
+    fn open_broker(&mut self, root: &StateRoot, terminal: Option<PathBuf>) {
         let side = feather_shuttle::VmSide {
             name: self.vm.name().to_string(),
             tags: self.config.tags.clone(),
@@ -566,7 +581,7 @@ fn start_init(
     cgroup: Option<&Cgroup>,
     network: &feather_net::Attachment,
     plan: InitPlan,
-) -> Result<ChildProcess> {
+) -> Result<(ChildProcess, UnixStream)> {
     let (mut ours, theirs) =
         UnixStream::pair().map_err(|e| failed(name, format!("socketpair: {e}")))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
@@ -612,7 +627,7 @@ fn start_init(
         }
     };
     match boot() {
-        Ok(()) => Ok(init),
+        Ok(()) => Ok((init, ours)),
         Err(e) => {
             let _ = process::signal(&init.pidfd, Signal::SIGKILL);
             let _ = waitpid(init.pid, None);
@@ -680,7 +695,7 @@ pub fn main_background(
             return 1;
         }
     };
-    keeper.open_broker(&root, terminal);
+    keeper.begin(&root, terminal);
     let _ = writeln!(ready, "ok");
     drop(ready);
     match keeper.serve(false) {

@@ -300,7 +300,7 @@ pub fn run_ephemeral(
             return Err(e);
         }
     };
-    keeper.open_broker(root, starting_terminal());
+    keeper.begin(root, starting_terminal());
     Ok(keeper.serve(true)?.code)
 }
 
