@@ -597,3 +597,80 @@ fn a_throw_away_vms_command_finds_its_channels_at_once() {
     ]);
     assert_eq!(answer, "hello\n");
 }
+
+/// `ask`: the person at the terminal that started the VM answers; a VM started without one
+/// gets no for an answer.
+#[test]
+fn ask_rules_ask_the_terminal_that_started_the_vm() {
+    use std::io::{Read, Write};
+
+    let feather = Feather::new("shuttle-ask");
+    let echo = HostEcho::start("shuttle-ask-echo");
+    let socket = echo.dir.join("echo.sock");
+    write_policy(
+        &feather,
+        "10-ask.policy",
+        &format!(
+            "ipc unix:{} @anyvm @host ask at=/run/echo.sock\n",
+            socket.display()
+        ),
+    );
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let terminal = nix::unistd::ttyname(&pty.slave).unwrap();
+    feather.ok(&["create", "asked"]);
+    let started = feather
+        .command()
+        .args(["start", "asked"])
+        .stdin(std::process::Stdio::from(pty.slave))
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    // Held open while questions are asked: a terminal whose master closes is hung up.
+    let master = std::fs::File::from(pty.master);
+    let connect = "echo hi | socat -t 10 - UNIX-CONNECT:/run/echo.sock";
+    for (typed, answer) in [("y\n", "hi\n"), ("n\n", "")] {
+        let asking = std::thread::spawn({
+            let mut master = master.try_clone().unwrap();
+            move || {
+                let mut question = Vec::new();
+                let mut chunk = [0u8; 256];
+                while !String::from_utf8_lossy(&question).contains("Allow? [y/N]") {
+                    let read = master.read(&mut chunk).unwrap();
+                    question.extend_from_slice(&chunk[..read]);
+                }
+                master.write_all(typed.as_bytes()).unwrap();
+                String::from_utf8_lossy(&question).into_owned()
+            }
+        });
+        let output = feather.run(&["exec", "asked", "--", "sh", "-c", connect]);
+        let question = asking.join().unwrap();
+        assert!(
+            question.contains(&format!("asked asks for ipc unix:{}", socket.display())),
+            "{question}"
+        );
+        assert_eq!(output.stdout, answer, "typed {typed:?}: {output:?}");
+    }
+    let details: Vec<String> = decisions(&feather, "asked", &format!("unix:{}", socket.display()))
+        .iter()
+        .map(|e| e["detail"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let terminal = terminal.display().to_string();
+    assert_eq!(
+        details,
+        [
+            format!("asked: allowed at {terminal}"),
+            format!("asked: refused at {terminal}")
+        ]
+    );
+    drop(master);
+
+    // Started with no terminal: nobody to ask, so no.
+    feather.ok(&["create", "unasked"]);
+    feather.ok(&["start", "unasked"]);
+    let output = feather.run(&["exec", "unasked", "--", "sh", "-c", connect]);
+    assert_eq!(output.stdout, "");
+    let decided = decisions(&feather, "unasked", &format!("unix:{}", socket.display()));
+    assert_eq!(decided.len(), 1, "{decided:?}");
+    assert_eq!(decided[0]["detail"], "asked: no terminal started this VM");
+    assert_eq!(decided[0]["outcome"], "denied");
+}
