@@ -178,15 +178,48 @@ pub fn checkpoint(
     Ok(vm.checkpoint_dir())
 }
 
-/// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder.
+/// The name a replaced checkpoint folder takes beside the VM's other files until it is removed.
+const STALE_PREFIX: &str = "checkpoint.stale-";
+
+/// Moves the VM's last checkpoint out of the way of a new one (a checkpoint taken now replaces
+/// the last one; a failed one leaves none behind). Removing hundreds of megabytes of images
+/// takes long on some filesystems (ext4 with `discard`), so it is left to
+/// [`remove_stale`], after the user has their answer.
+pub(crate) fn set_aside_last(vm: &VmDir) -> Result<()> {
+    let images = vm.checkpoint_dir();
+    if !images.exists() {
+        return Ok(());
+    }
+    let stale = vm
+        .path()
+        .join(format!("{STALE_PREFIX}{}", std::process::id()));
+    let _ = fs::remove_dir_all(&stale);
+    Ok(fs::rename(&images, &stale).at(&images)?)
+}
+
+/// Removes checkpoints set aside by [`set_aside_last`] (also those a crash left behind).
+pub(crate) fn remove_stale(vm: &VmDir) {
+    let Ok(entries) = fs::read_dir(vm.path()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STALE_PREFIX)
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder
+/// (the last checkpoint is set aside first).
 pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> Result<()> {
     let name = vm.name();
     let criu = Criu::checked(criu.to_path_buf(), String::new());
     let images = vm.checkpoint_dir();
-    // A checkpoint taken now replaces the last one; a failed one leaves none behind.
-    if images.exists() {
-        fs::remove_dir_all(&images).at(&images)?;
-    }
+    set_aside_last(vm)?;
     let mountinfo = format!("/proc/{init}/mountinfo");
     let text = fs::read_to_string(&mountinfo).at(&mountinfo)?;
     let mounts = feather_sys::mountinfo::parse(&text);

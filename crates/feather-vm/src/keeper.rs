@@ -422,6 +422,8 @@ impl Keeper {
                 },
             );
         }
+        // The checkpoint it replaced goes once the asker has their answer.
+        checkpoint::remove_stale(&self.vm);
         Ok(ended)
     }
 
@@ -471,6 +473,7 @@ impl Keeper {
                             stream,
                             &Response::Checkpointed { leave_running },
                         );
+                        checkpoint::remove_stale(&self.vm);
                         Answered::Done
                     }
                     // CRIU left the VM's processes stopped; they end with their init, and the
@@ -487,6 +490,7 @@ impl Keeper {
                                 message: e.to_string(),
                             },
                         );
+                        checkpoint::remove_stale(&self.vm);
                         Answered::Done
                     }
                 }
