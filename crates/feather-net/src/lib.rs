@@ -26,11 +26,14 @@ pub mod nftables;
 pub mod publish;
 pub mod settings;
 pub mod subnet;
+pub mod uplink;
 
 use std::cell::{Cell, RefCell};
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use feather_core::network::{NetMode, NetworkConfig};
@@ -228,6 +231,8 @@ pub struct Attachment {
     removing: RefCell<Option<JoinHandle<()>>>,
     /// Whether `release` returned the VM's lease (a throw-away VM).
     released: Cell<bool>,
+    /// Set by `detach`: announcements of the VM's address on the uplink stop.
+    gone: Arc<AtomicBool>,
 }
 
 /// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
@@ -297,6 +302,7 @@ pub fn prepare(
         marker: run_dir.join(ATTACHED),
         removing: RefCell::new(None),
         released: Cell::new(false),
+        gone: Arc::new(AtomicBool::new(false)),
     };
     Ok((attachment, inside))
 }
@@ -360,6 +366,7 @@ impl Attachment {
         if self.config.egress {
             enable_forwarding()?;
         }
+        uplink::join(&mut netlink, network, address)?;
         Ok(Some(VethPair {
             inside: VM_INTERFACE.to_owned(),
             host_end: self.host_end.clone(),
@@ -376,6 +383,14 @@ impl Attachment {
         Ok(())
     }
 
+    /// Once the VM runs (started, restored, or let go by the host it migrated from): tells the
+    /// LAN behind the root's uplink, if it has one, that the VM's address is here now.
+    pub fn announce(&self) {
+        if let (Some(network), Some(address)) = (&self.network, self.config.address) {
+            uplink::announce(network, address, Arc::clone(&self.gone));
+        }
+    }
+
     /// Returns the lease of a throw-away VM whose state goes with its run. (Whether the root
     /// can forget its network is decided in [`Attachment::wait`], after the tear-down.)
     pub fn release(&self, vm_id: &str) {
@@ -390,6 +405,7 @@ impl Attachment {
     /// The firewall part goes on, on a thread, while the keeper finishes its own tear-down;
     /// dropping the attachment waits for it.
     pub fn detach(&self) {
+        self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
             *self.removing.borrow_mut() =
                 clean_up(network, &self.host_end, address, self.config.egress);
@@ -453,6 +469,8 @@ fn clean_up(
     let host_end = host_end.to_owned();
     let work = move || {
         let _lock = lock;
+        // First, so that the LAN stops being sent here what the VM no longer answers.
+        uplink::leave(&mut netlink, &network, address);
         let others = Path::new("/sys/class/net")
             .join(&network.bridge)
             .join("brif");
