@@ -596,10 +596,40 @@ impl LanHosts {
         let c = lan.client.as_str();
         let mut steps: Vec<Vec<String>> = vec![
             vec!["netns".into(), "add".into(), c.into()],
-            vec!["-n".into(), c.into(), "link".into(), "add".into(), "lan".into(), "type".into(), "bridge".into()],
-            vec!["-n".into(), c.into(), "link".into(), "set".into(), "lan".into(), "up".into()],
-            vec!["-n".into(), c.into(), "link".into(), "set".into(), "lo".into(), "up".into()],
-            vec!["-n".into(), c.into(), "addr".into(), "add".into(), "10.80.0.3/16".into(), "dev".into(), "lan".into()],
+            vec![
+                "-n".into(),
+                c.into(),
+                "link".into(),
+                "add".into(),
+                "lan".into(),
+                "type".into(),
+                "bridge".into(),
+            ],
+            vec![
+                "-n".into(),
+                c.into(),
+                "link".into(),
+                "set".into(),
+                "lan".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                c.into(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                c.into(),
+                "addr".into(),
+                "add".into(),
+                "10.80.0.3/16".into(),
+                "dev".into(),
+                "lan".into(),
+            ],
         ];
         for (host, uplink, address) in [
             (&lan.hosts.a, &lan.uplinks[0], "10.80.0.1/16"),
@@ -625,7 +655,11 @@ impl LanHosts {
 
     /// `ip -n ns args…`, its output.
     fn ip(ns: &str, args: &[&str]) -> String {
-        let output = Command::new("ip").args(["-n", ns]).args(args).output().unwrap();
+        let output = Command::new("ip")
+            .args(["-n", ns])
+            .args(args)
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&output.stdout).into_owned()
     }
 
@@ -633,14 +667,19 @@ impl LanHosts {
     /// LAN's hosts).
     fn vm_subnet() -> String {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        format!("10.80.{}.0/24", 1 + (std::process::id() as usize * 7 + n) % 250)
+        format!(
+            "10.80.{}.0/24",
+            1 + (std::process::id() as usize * 7 + n) % 250
+        )
     }
 }
 
 impl Drop for LanHosts {
     fn drop(&mut self) {
         // The bridge and the hosts' ends of the veth pairs go with the namespaces.
-        let _ = Command::new("ip").args(["netns", "del", &self.client]).status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.client])
+            .status();
     }
 }
 
@@ -663,7 +702,11 @@ fn postgres_on_lan(lan: &LanHosts, source: &Feather, env: &[(&str, &str)]) -> St
          echo 'host all all 10.80.0.0/16 trust' >> /etc/postgresql/15/main/pg_hba.conf",
     );
     source.ok(&["service", "start", "db", "postgresql@15-main"]);
-    crate::services::psql(source, "db", "create table lan_writes (n integer primary key)");
+    crate::services::psql(
+        source,
+        "db",
+        "create table lan_writes (n integer primary key)",
+    );
     source.inspect("db")["network"]["address"]
         .as_str()
         .unwrap()
@@ -705,7 +748,11 @@ impl LanWriter {
                 }
                 let statement =
                     format!("insert into lan_writes values ({n}) returning n, pg_backend_pid();\n");
-                if to.write_all(statement.as_bytes()).and_then(|_| to.flush()).is_err() {
+                if to
+                    .write_all(statement.as_bytes())
+                    .and_then(|_| to.flush())
+                    .is_err()
+                {
                     break;
                 }
                 let mut line = String::new();
@@ -715,7 +762,11 @@ impl LanWriter {
                 let Some((row, pid)) = line.trim().split_once('|') else {
                     break;
                 };
-                acked.push((row.parse().unwrap(), pid.parse().unwrap(), std::time::Instant::now()));
+                acked.push((
+                    row.parse().unwrap(),
+                    pid.parse().unwrap(),
+                    std::time::Instant::now(),
+                ));
                 std::thread::sleep(std::time::Duration::from_millis(20));
             }
             acked
@@ -794,6 +845,12 @@ fn a_lan_client_keeps_its_postgres_connection_across_a_migration() {
         LanHosts::ip(&lan.hosts.b, &["neigh", "show", "proxy"]).contains(&address),
         "host b does"
     );
+    // Host b announced the address: the client sends to b's uplink now, not through a.
+    let mac_b = LanHosts::ip(&lan.hosts.b, &["-br", "link", "show", "dev", uplink_b]);
+    let mac_b = mac_b.split_whitespace().nth(2).unwrap().to_owned();
+    target.eventually("the client's neighbour entry names host b", || {
+        LanHosts::ip(&lan.client, &["neigh", "show", &address]).contains(&mac_b)
+    });
     let rows = || -> u64 {
         crate::services::psql(&target, "db", "select count(*) from lan_writes")
             .trim()
@@ -811,7 +868,10 @@ fn a_lan_client_keeps_its_postgres_connection_across_a_migration() {
     assert!(
         acked.iter().all(|&(_, p, _)| p == pid),
         "one backend, one connection, before and after the migration: {:?}",
-        acked.iter().map(|a| a.1).collect::<std::collections::BTreeSet<_>>()
+        acked
+            .iter()
+            .map(|a| a.1)
+            .collect::<std::collections::BTreeSet<_>>()
     );
     let numbers: Vec<u64> = acked.iter().map(|a| a.0).collect();
     let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
@@ -834,7 +894,10 @@ fn a_lan_client_keeps_its_postgres_connection_across_a_migration() {
         .map(|w| w[1].2 - w[0].2)
         .max()
         .unwrap();
-    eprintln!("LAN client stall during the migration: {stall:?}");
+    eprintln!(
+        "LAN client stall during the migration: {stall:?}; {}",
+        moved.stderr.trim()
+    );
 }
 
 /// Without FEATHER_UPLINK nothing changes: a VM is not reachable from the LAN, and its host
@@ -878,7 +941,9 @@ fn without_an_uplink_a_vm_stays_off_the_lan() {
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{a}"))
             .args(["python3", "-c"])
-            .arg(format!("import socket; socket.create_connection(('{address}', 8000), 2)"))
+            .arg(format!(
+                "import socket; socket.create_connection(('{address}', 8000), 2)"
+            ))
             .status()
             .unwrap()
             .success()
@@ -886,7 +951,9 @@ fn without_an_uplink_a_vm_stays_off_the_lan() {
     let from_client = Command::new("nsenter")
         .arg(format!("--net=/run/netns/{}", lan.client))
         .args(["python3", "-c"])
-        .arg(format!("import socket; socket.create_connection(('{address}', 8000), 3)"))
+        .arg(format!(
+            "import socket; socket.create_connection(('{address}', 8000), 3)"
+        ))
         .output()
         .unwrap();
     assert!(!from_client.status.success(), "the LAN reached the VM");
@@ -898,5 +965,8 @@ fn without_an_uplink_a_vm_stays_off_the_lan() {
         .unwrap();
     let rules = String::from_utf8_lossy(&rules.stdout);
     assert!(rules.contains("outside to VM"), "{rules}");
-    assert!(!rules.contains(&lan.uplinks[0]), "a rule for the LAN: {rules}");
+    assert!(
+        !rules.contains(&lan.uplinks[0]),
+        "a rule for the LAN: {rules}"
+    );
 }

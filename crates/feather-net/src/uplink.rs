@@ -43,7 +43,10 @@ pub(crate) fn join(netlink: &mut Netlink, network: &RootNetwork, address: Ipv4Ad
         &format!("/proc/sys/net/ipv4/conf/{}/forwarding", network.bridge),
         "1",
     )?;
-    set_sysctl(&format!("/proc/sys/net/ipv4/neigh/{uplink}/proxy_delay"), "0")?;
+    set_sysctl(
+        &format!("/proc/sys/net/ipv4/neigh/{uplink}/proxy_delay"),
+        "0",
+    )?;
     netlink
         .add_proxy_neighbour(index, address)
         .map_err(netlink_error(

@@ -44,6 +44,8 @@ pub fn announce_ipv4(interface: &str, ifindex: u32, address: std::net::Ipv4Addr)
     arp.extend_from_slice(&address.octets());
     arp.extend_from_slice(&[0; 6]);
     arp.extend_from_slice(&address.octets());
-    raw::send_link_layer(socket.as_raw_fd(), ifindex, ETH_P_ARP, [0xff; 6], &arp)
-        .ctx("send a gratuitous ARP for", format!("{address} on {interface}"))
+    raw::send_link_layer(socket.as_raw_fd(), ifindex, ETH_P_ARP, [0xff; 6], &arp).ctx(
+        "send a gratuitous ARP for",
+        format!("{address} on {interface}"),
+    )
 }
