@@ -8,6 +8,8 @@
  * the options cannot be set on such a socket either, so they are off: this answers "off", which
  * is what CRIU's own fix does. CRIU restores the options only when they were on. Every other
  * call, and every other failure, is the kernel's own.
+ *
+ * It also stands in for one prlimit(2) failure where CAP_SYS_RESOURCE is withheld (below).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
