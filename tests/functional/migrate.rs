@@ -898,6 +898,13 @@ fn a_lan_client_keeps_its_postgres_connection_across_a_migration() {
         "LAN client stall during the migration: {stall:?}; {}",
         moved.stderr.trim()
     );
+    assert_eq!(target.inspect("db")["network"]["uplink"], uplink_b);
+    target.ok(&["stop", "db"]);
+    assert_eq!(
+        LanHosts::ip(&lan.hosts.b, &["neigh", "show", "proxy"]).trim(),
+        "",
+        "a stopped VM is no longer answered for"
+    );
 }
 
 /// Without FEATHER_UPLINK nothing changes: a VM is not reachable from the LAN, and its host

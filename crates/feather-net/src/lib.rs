@@ -543,6 +543,9 @@ pub struct NetworkView {
     pub host_interface: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nftables_table: Option<String>,
+    /// The host's interface on whose LAN the VM's address is answered for (FEATHER_UPLINK).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
     pub publish: Vec<String>,
     pub egress: bool,
 }
@@ -561,6 +564,7 @@ pub fn view(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> NetworkView
         bridge: network.as_ref().map(|n| n.bridge.clone()),
         host_interface: network.as_ref().map(|_| host_end(vm_id)),
         nftables_table: network.as_ref().map(RootNetwork::table),
+        uplink: network.as_ref().and_then(|n| n.uplink.clone()),
         publish: config.publish.iter().map(ToString::to_string).collect(),
         egress: config.egress,
     }

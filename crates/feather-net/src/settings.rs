@@ -368,3 +368,23 @@ pub(crate) fn lock(path: &Path) -> Result<File> {
     file.lock().at(path)?;
     Ok(file)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_file_without_an_uplink_still_loads_and_one_with_it_keeps_it() {
+        let old: SettingsFile =
+            toml::from_str("bridge = \"feather0\"\nsubnet = \"10.77.0.0/16\"\n").unwrap();
+        assert_eq!(old.uplink, None);
+        assert!(!toml::to_string(&old).unwrap().contains("uplink"));
+        let with = SettingsFile {
+            uplink: Some("eth0".into()),
+            ..old
+        };
+        let text = toml::to_string(&with).unwrap();
+        assert!(text.contains("uplink = \"eth0\""), "{text}");
+        assert_eq!(toml::from_str::<SettingsFile>(&text).unwrap(), with);
+    }
+}
