@@ -13,6 +13,9 @@
 //!                    entries (one nf_tables netlink batch)  ──NETWORK_READY──▶ init
 //! init:   configure()  address, link up, default route on eth0 (still holding CAP_NET_ADMIN)
 //! keeper: complete()  forwarder threads for published ports
+//!         announce()  with the root's uplink (FEATHER_UPLINK): gratuitous ARPs for the VM's
+//!                     address there, once it runs (see uplink.rs; attach adds the proxy ARP
+//!                     entry, detach removes it)
 //! stop:   detach()   veth; the VM's entries, or bridge and tables with the root's last VM
 //!         wait()     before the keeper reports the VM stopped
 //! ```
