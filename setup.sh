@@ -20,7 +20,7 @@ packages=(
     nftables         # `nft`: feather's network policy for --net private VMs (crates/feather-net)
     nginx            # network tests serve pages from VMs and the host; service tests duplicate its unit
     curl             # network and service tests fetch those pages
-    gcc libc6-dev    # scripts/install-criu compiles the small shim it preloads into criu (TCP sockets on Linux >= 6.16)
+    gcc libc6-dev    # scripts/install-criu compiles the small shim it preloads into criu (TCP sockets on Linux >= 6.16, other users' limits without CAP_SYS_RESOURCE)
     tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
     iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
     python3          # checkpoint tests: a unix-socket server and client inside a VM over /

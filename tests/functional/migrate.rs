@@ -572,3 +572,408 @@ fn a_tcp_connection_inside_a_private_vm_survives_its_migration() {
         "one TCP connection from before the migration to after it: nothing lost or repeated"
     );
 }
+
+/// [`TwoHosts`] on a LAN: a third namespace, the client, holds a bridge (10.80.0.3/16) with a
+/// port to each host's uplink (a: 10.80.0.1/16, b: 10.80.0.2/16). The hosts' state roots give
+/// their VMs a /24 inside the LAN's /16, so the client, which has no route but the LAN's,
+/// reaches a VM's address on the LAN itself, through whichever host answers ARP for it.
+struct LanHosts {
+    hosts: TwoHosts,
+    client: String,
+    /// The uplinks of host a and b.
+    uplinks: [String; 2],
+}
+
+impl LanHosts {
+    fn new() -> LanHosts {
+        let hosts = TwoHosts::new();
+        let tag = hosts.a.trim_start_matches("fmig-a-").to_owned();
+        let lan = LanHosts {
+            client: format!("fmig-c-{tag}"),
+            uplinks: [format!("fua{tag}"), format!("fub{tag}")],
+            hosts,
+        };
+        let c = lan.client.as_str();
+        let mut steps: Vec<Vec<String>> = vec![
+            vec!["netns".into(), "add".into(), c.into()],
+            vec![
+                "-n".into(),
+                c.into(),
+                "link".into(),
+                "add".into(),
+                "lan".into(),
+                "type".into(),
+                "bridge".into(),
+            ],
+            vec![
+                "-n".into(),
+                c.into(),
+                "link".into(),
+                "set".into(),
+                "lan".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                c.into(),
+                "link".into(),
+                "set".into(),
+                "lo".into(),
+                "up".into(),
+            ],
+            vec![
+                "-n".into(),
+                c.into(),
+                "addr".into(),
+                "add".into(),
+                "10.80.0.3/16".into(),
+                "dev".into(),
+                "lan".into(),
+            ],
+        ];
+        for (host, uplink, address) in [
+            (&lan.hosts.a, &lan.uplinks[0], "10.80.0.1/16"),
+            (&lan.hosts.b, &lan.uplinks[1], "10.80.0.2/16"),
+        ] {
+            let port = format!("fp{}", &uplink[2..]);
+            let words = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+            steps.extend([
+                words(&format!("link add {uplink} type veth peer name {port}")),
+                words(&format!("link set {uplink} netns {host}")),
+                words(&format!("link set {port} netns {c}")),
+                words(&format!("-n {c} link set {port} master lan up")),
+                words(&format!("-n {host} addr add {address} dev {uplink}")),
+                words(&format!("-n {host} link set {uplink} up")),
+            ]);
+        }
+        for args in steps {
+            let status = Command::new("ip").args(&args).status().unwrap();
+            assert!(status.success(), "ip {args:?}");
+        }
+        lan
+    }
+
+    /// `ip -n ns args…`, its output.
+    fn ip(ns: &str, args: &[&str]) -> String {
+        let output = Command::new("ip")
+            .args(["-n", ns])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// A /24 of the LAN's /16 for the VMs of both hosts' roots (never 10.80.0.0/24, the
+    /// LAN's hosts).
+    fn vm_subnet() -> String {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        format!(
+            "10.80.{}.0/24",
+            1 + (std::process::id() as usize * 7 + n) % 250
+        )
+    }
+}
+
+impl Drop for LanHosts {
+    fn drop(&mut self) {
+        // The bridge and the hosts' ends of the veth pairs go with the namespaces.
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.client])
+            .status();
+    }
+}
+
+/// postgresql@15-main (the host's unit) in VM `db` on host a, listening on the VM's address
+/// for the LAN, with an empty table `lan_writes`. Returns the VM's address.
+fn postgres_on_lan(lan: &LanHosts, source: &Feather, env: &[(&str, &str)]) -> String {
+    let created = TwoHosts::feather(&lan.hosts.a, source, &["create", "db"])
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let started = TwoHosts::feather(&lan.hosts.a, source, &["start", "db"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    // In the VM's own layer: the host's configuration stays as it is.
+    source.sh(
+        "db",
+        "echo \"listen_addresses = '*'\" > /etc/postgresql/15/main/conf.d/lan.conf && \
+         echo 'host all all 10.80.0.0/16 trust' >> /etc/postgresql/15/main/pg_hba.conf",
+    );
+    source.ok(&["service", "start", "db", "postgresql@15-main"]);
+    crate::services::psql(
+        source,
+        "db",
+        "create table lan_writes (n integer primary key)",
+    );
+    source.inspect("db")["network"]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// psql in the client namespace, connected once to `address`, fed statements on a pipe by a
+/// thread that inserts 1, 2, 3, … into `lan_writes`, each acknowledged (its row number and
+/// the backend's pid come back) before the next, until told to stop. Killed on drop.
+struct LanWriter {
+    psql: Child,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Vec<(u64, u64, std::time::Instant)>>>,
+}
+
+impl LanWriter {
+    fn start(lan: &LanHosts, address: &str) -> LanWriter {
+        let mut psql = Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lan.client))
+            .args(["psql", "-h", address, "-U", "postgres", "-d", "postgres"])
+            .args(["-q", "-At", "-v", "ON_ERROR_STOP=1"])
+            .env("PGCONNECT_TIMEOUT", "10")
+            .env("PGSSLMODE", "disable")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut to = psql.stdin.take().unwrap();
+        let mut from = BufReader::new(psql.stdout.take().unwrap());
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopping = std::sync::Arc::clone(&stop);
+        let thread = std::thread::spawn(move || {
+            use std::io::Write;
+            let mut acked = Vec::new();
+            for n in 1u64.. {
+                if stopping.load(Ordering::SeqCst) {
+                    break;
+                }
+                let statement =
+                    format!("insert into lan_writes values ({n}) returning n, pg_backend_pid();\n");
+                if to
+                    .write_all(statement.as_bytes())
+                    .and_then(|_| to.flush())
+                    .is_err()
+                {
+                    break;
+                }
+                let mut line = String::new();
+                if from.read_line(&mut line).unwrap_or(0) == 0 {
+                    break;
+                }
+                let Some((row, pid)) = line.trim().split_once('|') else {
+                    break;
+                };
+                acked.push((
+                    row.parse().unwrap(),
+                    pid.parse().unwrap(),
+                    std::time::Instant::now(),
+                ));
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            acked
+        });
+        LanWriter {
+            psql,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops writing; returns every acknowledged (row, backend pid, when) and psql's errors.
+    fn finish(mut self) -> (Vec<(u64, u64, std::time::Instant)>, String) {
+        self.stop.store(true, Ordering::SeqCst);
+        let acked = self.thread.take().unwrap().join().unwrap();
+        // Its stdin closed with the thread: psql ends.
+        let mut errors = String::new();
+        std::io::Read::read_to_string(self.psql.stderr.as_mut().unwrap(), &mut errors).unwrap();
+        let _ = self.psql.wait();
+        (acked, errors)
+    }
+}
+
+impl Drop for LanWriter {
+    fn drop(&mut self) {
+        if let Ok(None) = self.psql.try_wait() {
+            let _ = self.psql.kill();
+            let _ = self.psql.wait();
+        }
+    }
+}
+
+/// The evidence of issue 7: postgres migrates between two hosts while a client on the LAN
+/// keeps writing to it through one connection to the VM's address; the connection survives
+/// (same backend, no error) and every acknowledged row is there afterwards.
+#[test]
+fn a_lan_client_keeps_its_postgres_connection_across_a_migration() {
+    let lan = LanHosts::new();
+    let (source, target) = (Feather::new("mig-lan"), Feather::new("mig-lan-dst"));
+    let subnet = LanHosts::vm_subnet();
+    let uplink_a = lan.uplinks[0].as_str();
+    let address = postgres_on_lan(
+        &lan,
+        &source,
+        &[("FEATHER_SUBNET", &subnet), ("FEATHER_UPLINK", uplink_a)],
+    );
+    assert!(
+        LanHosts::ip(&lan.hosts.a, &["neigh", "show", "proxy"]).contains(&address),
+        "host a answers ARP for the VM on its uplink"
+    );
+
+    let writer = LanWriter::start(&lan, &address);
+    source.eventually("the client writes through the LAN", || {
+        crate::services::psql(&source, "db", "select count(*) from lan_writes")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            >= 10
+    });
+    let uplink_b = lan.uplinks[1].as_str();
+    let server = Server::start_apart(
+        &lan.hosts,
+        &target,
+        &[("FEATHER_SUBNET", &subnet), ("FEATHER_UPLINK", uplink_b)],
+    );
+    let migrating_at = std::time::Instant::now();
+    let moved = migrate_vm(&lan.hosts, &source, "db", TOKEN);
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait(), "the receiver ran the VM");
+    assert_eq!(target.status("db"), "running");
+    assert!(
+        !LanHosts::ip(&lan.hosts.a, &["neigh", "show", "proxy"]).contains(&address),
+        "host a no longer answers for the VM"
+    );
+    assert!(
+        LanHosts::ip(&lan.hosts.b, &["neigh", "show", "proxy"]).contains(&address),
+        "host b does"
+    );
+    // Host b announced the address: the client sends to b's uplink now, not through a.
+    let mac_b = LanHosts::ip(&lan.hosts.b, &["-br", "link", "show", "dev", uplink_b]);
+    let mac_b = mac_b.split_whitespace().nth(2).unwrap().to_owned();
+    target.eventually("the client's neighbour entry names host b", || {
+        LanHosts::ip(&lan.client, &["neigh", "show", &address]).contains(&mac_b)
+    });
+    let rows = || -> u64 {
+        crate::services::psql(&target, "db", "select count(*) from lan_writes")
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let arrived = rows();
+    target.eventually("the client goes on writing at host b", || {
+        rows() >= arrived + 20
+    });
+    let (acked, errors) = writer.finish();
+    assert_eq!(errors, "", "psql saw no error");
+
+    let pid = acked[0].1;
+    assert!(
+        acked.iter().all(|&(_, p, _)| p == pid),
+        "one backend, one connection, before and after the migration: {:?}",
+        acked
+            .iter()
+            .map(|a| a.1)
+            .collect::<std::collections::BTreeSet<_>>()
+    );
+    let numbers: Vec<u64> = acked.iter().map(|a| a.0).collect();
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(numbers, expected);
+    assert_eq!(
+        crate::services::psql(
+            &target,
+            "db",
+            "select count(*) || ' ' || coalesce(max(n), 0) from lan_writes"
+        )
+        .trim(),
+        format!("{} {}", acked.len(), acked.len()),
+        "every acknowledged row is on host b, and no other"
+    );
+    // The client's longest wait for an acknowledgement while the VM moved (measured, not held
+    // to a number here: see docs/migration.md).
+    let stall = acked
+        .windows(2)
+        .filter(|w| w[1].2 > migrating_at)
+        .map(|w| w[1].2 - w[0].2)
+        .max()
+        .unwrap();
+    eprintln!(
+        "LAN client stall during the migration: {stall:?}; {}",
+        moved.stderr.trim()
+    );
+    assert_eq!(target.inspect("db")["network"]["uplink"], uplink_b);
+    target.ok(&["stop", "db"]);
+    assert_eq!(
+        LanHosts::ip(&lan.hosts.b, &["neigh", "show", "proxy"]).trim(),
+        "",
+        "a stopped VM is no longer answered for"
+    );
+}
+
+/// Without FEATHER_UPLINK nothing changes: a VM is not reachable from the LAN, and its host
+/// neither answers ARP for it nor lets the LAN through its firewall.
+#[test]
+fn without_an_uplink_a_vm_stays_off_the_lan() {
+    let lan = LanHosts::new();
+    let source = Feather::new("mig-nolan");
+    // A subnet inside the LAN's is refused, as before uplinks existed: the host routes it
+    // to the LAN.
+    let inside = TwoHosts::feather(&lan.hosts.a, &source, &["create", "vm"])
+        .env("FEATHER_SUBNET", LanHosts::vm_subnet())
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&inside.stderr).contains("overlaps the host's route"),
+        "{inside:?}"
+    );
+    // Another subnet, which the client even routes to the LAN (on-link): nobody answers there.
+    let subnet = own_subnet();
+    LanHosts::ip(&lan.client, &["route", "add", &subnet, "dev", "lan"]);
+    let created = TwoHosts::feather(&lan.hosts.a, &source, &["create", "vm"])
+        .env("FEATHER_SUBNET", &subnet)
+        .output()
+        .unwrap();
+    assert!(created.status.success(), "{created:?}");
+    let started = TwoHosts::feather(&lan.hosts.a, &source, &["start", "vm"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let address = source.inspect("vm")["network"]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    source.sh(
+        "vm",
+        "/usr/bin/python3 -m http.server -b 0.0.0.0 8000 </dev/null >/dev/null 2>&1 &",
+    );
+    let a = lan.hosts.a.as_str();
+    source.eventually("the VM's server answers on host a", || {
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{a}"))
+            .args(["python3", "-c"])
+            .arg(format!(
+                "import socket; socket.create_connection(('{address}', 8000), 2)"
+            ))
+            .status()
+            .unwrap()
+            .success()
+    });
+    let from_client = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", lan.client))
+        .args(["python3", "-c"])
+        .arg(format!(
+            "import socket; socket.create_connection(('{address}', 8000), 3)"
+        ))
+        .output()
+        .unwrap();
+    assert!(!from_client.status.success(), "the LAN reached the VM");
+    assert_eq!(LanHosts::ip(a, &["neigh", "show", "proxy"]).trim(), "");
+    let rules = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{a}"))
+        .args(["nft", "list", "ruleset"])
+        .output()
+        .unwrap();
+    let rules = String::from_utf8_lossy(&rules.stdout);
+    assert!(rules.contains("outside to VM"), "{rules}");
+    assert!(
+        !rules.contains(&lan.uplinks[0]),
+        "a rule for the LAN: {rules}"
+    );
+}

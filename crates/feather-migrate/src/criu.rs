@@ -416,8 +416,9 @@ pub fn failure(vm: &str, action: &'static str, log: &Path) -> MigrateError {
 
 /// What some of CRIU's errors mean for a feather VM, in its user's words.
 fn hint(error: &str) -> Option<&'static str> {
-    const HINTS: [(&str, &str); 6] = [
+    const HINTS: [(&str, &str); 7] = [
         ("Can't get 1:16 opt", "a process of the VM has a TCP or UDP socket, which this CRIU cannot save on Linux 6.16 or later (it asks for SO_PASSCRED, which these kernels refuse for IP sockets; fixed in CRIU after 4.2.1)"),
+        ("Can't get rlimit", "a process of the VM runs as another user (a service such as postgres), and CRIU may not read its limits here: this machine withholds CAP_SYS_RESOURCE; run feather's scripts/install-criu, whose shim reads them from /proc"),
         ("Can't lookup mount", "a process of the VM holds a file that lies outside the VM's filesystems (opened on the host and passed in); end that process or have it close the file"),
         ("io_uring", "a process of the VM uses io_uring, which CRIU cannot save"),
         ("external socket", "a process of the VM is connected to a unix socket outside the VM, such as the connection of a `feather exec` still running in it (checkpoint once it has ended)"),

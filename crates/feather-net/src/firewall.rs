@@ -11,6 +11,8 @@
 //!   `meta ibrname`, bridge conntrack nor bridge `reject`, so the rules there match ports,
 //!   statelessly, and drop)
 //! - VM → outside: dropped unless the VM was created with `--egress` (then masqueraded)
+//! - LAN → VM (a root with an uplink, see [`crate::uplink`]): allowed, like host → VM; the VM
+//!   answers but opens nothing towards the LAN
 //!
 //! The drops match by interface (the bridge, `fth*` ports), so they hold from the moment a
 //! VM's veth exists, before its own chains are added.
@@ -33,6 +35,23 @@ pub fn create_tables(network: &RootNetwork) -> Result<()> {
     let table = network.table();
     let bridge = &network.bridge;
     let subnet = network.subnet;
+    // With an uplink, the LAN behind it reaches the VMs as the host does: connections from it
+    // are let in, only their replies go back. A connection from the LAN that came with a VM
+    // migrated here is not in this host's connection tracking, and its next segment may be
+    // the VM's (CRIU's restored socket sends a window probe): a segment of an established
+    // connection (ACK without SYN) starts no new one, so it may pass and be tracked from there.
+    let (lan_in, lan_out) = match &network.uplink {
+        Some(uplink) => (
+            format!(
+                "iifname \"{uplink}\" oifname \"{bridge}\" counter accept comment \"LAN to VM\"\n        "
+            ),
+            format!(
+                "iifname \"{bridge}\" oifname \"{uplink}\" ct state established,related accept\n        \
+                 iifname \"{bridge}\" oifname \"{uplink}\" ct state new tcp flags & (syn | ack) == ack accept comment \"a LAN connection that migrated here\"\n        "
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
     run(
         &format!("create tables {table}"),
         &format!(
@@ -53,7 +72,7 @@ table inet {table} {{
     chain forward {{
         type filter hook forward priority filter; policy accept;
         oifname "{bridge}" ct state established,related accept
-        iifname "{bridge}" oifname != "{bridge}" ip saddr @egress accept
+        {lan_in}{lan_out}iifname "{bridge}" oifname != "{bridge}" ip saddr @egress accept
         iifname "{bridge}" counter drop comment "VM to outside without --egress"
         oifname "{bridge}" counter drop comment "outside to VM"
     }}

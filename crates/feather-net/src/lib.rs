@@ -13,6 +13,9 @@
 //!                    entries (one nf_tables netlink batch)  ──NETWORK_READY──▶ init
 //! init:   configure()  address, link up, default route on eth0 (still holding CAP_NET_ADMIN)
 //! keeper: complete()  forwarder threads for published ports
+//!         announce()  with the root's uplink (FEATHER_UPLINK): gratuitous ARPs for the VM's
+//!                     address there, once it runs (see uplink.rs; attach adds the proxy ARP
+//!                     entry, detach removes it)
 //! stop:   detach()   veth; the VM's entries, or bridge and tables with the root's last VM
 //!         wait()     before the keeper reports the VM stopped
 //! ```
@@ -26,11 +29,14 @@ pub mod nftables;
 pub mod publish;
 pub mod settings;
 pub mod subnet;
+pub mod uplink;
 
 use std::cell::{Cell, RefCell};
 use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use feather_core::network::{NetMode, NetworkConfig};
@@ -228,6 +234,8 @@ pub struct Attachment {
     removing: RefCell<Option<JoinHandle<()>>>,
     /// Whether `release` returned the VM's lease (a throw-away VM).
     released: Cell<bool>,
+    /// Set by `detach`: announcements of the VM's address on the uplink stop.
+    gone: Arc<AtomicBool>,
 }
 
 /// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
@@ -297,6 +305,7 @@ pub fn prepare(
         marker: run_dir.join(ATTACHED),
         removing: RefCell::new(None),
         released: Cell::new(false),
+        gone: Arc::new(AtomicBool::new(false)),
     };
     Ok((attachment, inside))
 }
@@ -360,6 +369,7 @@ impl Attachment {
         if self.config.egress {
             enable_forwarding()?;
         }
+        uplink::join(&mut netlink, network, address)?;
         Ok(Some(VethPair {
             inside: VM_INTERFACE.to_owned(),
             host_end: self.host_end.clone(),
@@ -376,6 +386,14 @@ impl Attachment {
         Ok(())
     }
 
+    /// Once the VM runs (started, restored, or let go by the host it migrated from): tells the
+    /// LAN behind the root's uplink, if it has one, that the VM's address is here now.
+    pub fn announce(&self) {
+        if let (Some(network), Some(address)) = (&self.network, self.config.address) {
+            uplink::announce(network, address, Arc::clone(&self.gone));
+        }
+    }
+
     /// Returns the lease of a throw-away VM whose state goes with its run. (Whether the root
     /// can forget its network is decided in [`Attachment::wait`], after the tear-down.)
     pub fn release(&self, vm_id: &str) {
@@ -390,6 +408,7 @@ impl Attachment {
     /// The firewall part goes on, on a thread, while the keeper finishes its own tear-down;
     /// dropping the attachment waits for it.
     pub fn detach(&self) {
+        self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
             *self.removing.borrow_mut() =
                 clean_up(network, &self.host_end, address, self.config.egress);
@@ -453,6 +472,8 @@ fn clean_up(
     let host_end = host_end.to_owned();
     let work = move || {
         let _lock = lock;
+        // First, so that the LAN stops being sent here what the VM no longer answers.
+        uplink::leave(&mut netlink, &network, address);
         let others = Path::new("/sys/class/net")
             .join(&network.bridge)
             .join("brif");
@@ -525,6 +546,9 @@ pub struct NetworkView {
     pub host_interface: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub nftables_table: Option<String>,
+    /// The host's interface on whose LAN the VM's address is answered for (FEATHER_UPLINK).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uplink: Option<String>,
     pub publish: Vec<String>,
     pub egress: bool,
 }
@@ -543,6 +567,7 @@ pub fn view(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> NetworkView
         bridge: network.as_ref().map(|n| n.bridge.clone()),
         host_interface: network.as_ref().map(|_| host_end(vm_id)),
         nftables_table: network.as_ref().map(RootNetwork::table),
+        uplink: network.as_ref().and_then(|n| n.uplink.clone()),
         publish: config.publish.iter().map(ToString::to_string).collect(),
         egress: config.egress,
     }

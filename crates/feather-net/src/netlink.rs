@@ -12,6 +12,9 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     InfoData, InfoKind, InfoVeth, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
 };
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
 use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteHeader, RouteMessage, RouteProtocol, RouteScope, RouteType,
 };
@@ -169,6 +172,42 @@ impl Netlink {
             NLM_F_CREATE | NLM_F_EXCL,
         )
     }
+}
+
+impl Netlink {
+    /// Answers ARP requests for `address` on interface `index` with that interface's own
+    /// hardware address: a proxy neighbour entry (`NTF_PROXY`), as
+    /// `ip neigh add proxy ADDRESS dev IFACE` makes. An entry already there is fine.
+    pub fn add_proxy_neighbour(&mut self, index: u32, address: Ipv4Addr) -> io::Result<()> {
+        self.request(
+            RouteNetlinkMessage::NewNeighbour(proxy_neighbour(index, address)),
+            NLM_F_CREATE,
+        )
+    }
+
+    /// Removes the proxy neighbour entry for `address` on interface `index`; a missing one is
+    /// fine.
+    pub fn delete_proxy_neighbour(&mut self, index: u32, address: Ipv4Addr) -> io::Result<()> {
+        match self.request(
+            RouteNetlinkMessage::DelNeighbour(proxy_neighbour(index, address)),
+            0,
+        ) {
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            other => other,
+        }
+    }
+}
+
+fn proxy_neighbour(index: u32, address: Ipv4Addr) -> NeighbourMessage {
+    let mut message = NeighbourMessage::default();
+    message.header.family = AddressFamily::Inet;
+    message.header.ifindex = index;
+    message.header.flags = NeighbourFlags::Proxy;
+    message.header.state = NeighbourState::Permanent;
+    message.attributes = vec![NeighbourAttribute::Destination(NeighbourAddress::Inet(
+        address,
+    ))];
+    message
 }
 
 /// The index of the interface called `name` in the caller's namespace, if there is one.

@@ -32,6 +32,10 @@ const CLAIMS: &str = "/run/feather-net/claims";
 struct SettingsFile {
     bridge: String,
     subnet: Subnet,
+    /// The host's LAN-facing interface through which the root's VMs are reachable (proxy
+    /// ARP); none by default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uplink: Option<String>,
 }
 
 /// The network of one state root.
@@ -39,6 +43,9 @@ struct SettingsFile {
 pub struct RootNetwork {
     pub bridge: String,
     pub subnet: Subnet,
+    /// The host's interface to the LAN (`FEATHER_UPLINK`, `uplink` in network.toml): each
+    /// running VM's address is answered for there (see [`crate::uplink`]).
+    pub uplink: Option<String>,
     root: PathBuf,
 }
 
@@ -62,6 +69,7 @@ impl RootNetwork {
         Ok(Some(RootNetwork {
             bridge: file.bridge,
             subnet: file.subnet,
+            uplink: file.uplink,
             root: root.to_path_buf(),
         }))
     }
@@ -88,6 +96,7 @@ impl RootNetwork {
                 let file = SettingsFile {
                     bridge: network.bridge.clone(),
                     subnet: network.subnet,
+                    uplink: network.uplink.clone(),
                 };
                 let text = toml::to_string(&file).map_err(|e| NetError::Invalid(e.to_string()))?;
                 let path = Self::settings_path(root);
@@ -134,7 +143,17 @@ impl RootNetwork {
             None => None,
         };
         if let Some(name) = &bridge {
-            validate_bridge_name(name)?;
+            validate_interface_name("FEATHER_BRIDGE", name)?;
+        }
+        let uplink = env("FEATHER_UPLINK");
+        if let Some(name) = &uplink {
+            validate_interface_name("FEATHER_UPLINK", name)?;
+            if crate::netlink::index_of(name).is_none() {
+                return Err(NetError::Invalid(format!(
+                    "FEATHER_UPLINK {name}: no interface of that name on this host (name the \
+                     interface facing the LAN, as `ip link` shows it)"
+                )));
+            }
         }
         if let Some(subnet) = subnet {
             let bridge = bridge.unwrap_or_else(|| {
@@ -145,10 +164,14 @@ impl RootNetwork {
                     format!("fbr{:08x}", u32::from(subnet.host(0)))
                 }
             });
-            if let Some((device, route)) = host_routes()
-                .into_iter()
-                .find(|(device, route)| route.overlaps(&subnet) && *device != bridge)
-            {
+            // The LAN's own route on the uplink may hold the subnet: its VMs then look like
+            // hosts of the LAN, which is what proxy ARP is for.
+            let lan = |device: &str, route: &Subnet| {
+                uplink.as_deref() == Some(device) && route.prefix() < subnet.prefix()
+            };
+            if let Some((device, route)) = host_routes().into_iter().find(|(device, route)| {
+                route.overlaps(&subnet) && *device != bridge && !lan(device, route)
+            }) {
                 return Err(NetError::Invalid(format!(
                     "subnet {subnet} overlaps the host's route to {route} on {device}: choose \
                      another with FEATHER_SUBNET"
@@ -157,6 +180,7 @@ impl RootNetwork {
             return Ok(RootNetwork {
                 bridge,
                 subnet,
+                uplink,
                 root: root.to_path_buf(),
             });
         }
@@ -178,6 +202,7 @@ impl RootNetwork {
             let network = RootNetwork {
                 bridge,
                 subnet: candidate,
+                uplink: uplink.clone(),
                 root: root.to_path_buf(),
             };
             let routed = routes
@@ -291,7 +316,7 @@ fn pool_bridge(subnet: Subnet) -> String {
     format!("feather-n{third}")
 }
 
-fn validate_bridge_name(name: &str) -> Result<()> {
+fn validate_interface_name(key: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 15
         && name
@@ -301,7 +326,7 @@ fn validate_bridge_name(name: &str) -> Result<()> {
         Ok(())
     } else {
         Err(NetError::Invalid(format!(
-            "FEATHER_BRIDGE {name:?}: an interface name is 1 to 15 letters, digits, '-', '_' or '.'"
+            "{key} {name:?}: an interface name is 1 to 15 letters, digits, '-', '_' or '.'"
         )))
     }
 }
@@ -342,4 +367,24 @@ pub(crate) fn lock(path: &Path) -> Result<File> {
         .at(path)?;
     file.lock().at(path)?;
     Ok(file)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_settings_file_without_an_uplink_still_loads_and_one_with_it_keeps_it() {
+        let old: SettingsFile =
+            toml::from_str("bridge = \"feather0\"\nsubnet = \"10.77.0.0/16\"\n").unwrap();
+        assert_eq!(old.uplink, None);
+        assert!(!toml::to_string(&old).unwrap().contains("uplink"));
+        let with = SettingsFile {
+            uplink: Some("eth0".into()),
+            ..old
+        };
+        let text = toml::to_string(&with).unwrap();
+        assert!(text.contains("uplink = \"eth0\""), "{text}");
+        assert_eq!(toml::from_str::<SettingsFile>(&text).unwrap(), with);
+    }
 }

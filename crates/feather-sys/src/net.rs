@@ -19,3 +19,33 @@ pub fn loopback_up() -> Result<()> {
     .ctx("socket", "AF_INET")?;
     raw::set_interface_flags(socket.as_raw_fd(), "lo", true).ctx("bring up", "lo")
 }
+
+/// Announces that IPv4 `address` is now reached through interface `interface` of the caller's
+/// network namespace: one gratuitous ARP request (sender and target address both `address`,
+/// sender hardware address the interface's own), broadcast. Neighbours that know `address`
+/// update their entry at once, as after a VM's live migration (QEMU's "announce").
+pub fn announce_ipv4(interface: &str, ifindex: u32, address: std::net::Ipv4Addr) -> Result<()> {
+    const ETH_P_ARP: u16 = 0x0806;
+    let socket = socket(
+        AddressFamily::Packet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .ctx("socket", "AF_PACKET")?;
+    let mac = raw::hardware_address(socket.as_raw_fd(), interface)
+        .ctx("read the hardware address of", interface)?;
+    let mut arp = Vec::with_capacity(28);
+    arp.extend_from_slice(&1u16.to_be_bytes()); // hardware: Ethernet
+    arp.extend_from_slice(&0x0800u16.to_be_bytes()); // protocol: IPv4
+    arp.extend_from_slice(&[6, 4]);
+    arp.extend_from_slice(&1u16.to_be_bytes()); // a request, as Linux's own gratuitous ARP
+    arp.extend_from_slice(&mac);
+    arp.extend_from_slice(&address.octets());
+    arp.extend_from_slice(&[0; 6]);
+    arp.extend_from_slice(&address.octets());
+    raw::send_link_layer(socket.as_raw_fd(), ifindex, ETH_P_ARP, [0xff; 6], &arp).ctx(
+        "send a gratuitous ARP for",
+        format!("{address} on {interface}"),
+    )
+}

@@ -281,3 +281,58 @@ pub fn receive_with_fds(socket: RawFd, buffer: &mut [u8]) -> Result<(usize, Vec<
     }
     Ok((received.bytes, fds))
 }
+
+/// The hardware (MAC) address of interface `name`, asked on any socket of the caller's network
+/// namespace (SIOCGIFHWADDR).
+pub fn hardware_address(socket: RawFd, name: &str) -> Result<[u8; 6], Errno> {
+    // SAFETY: ifreq is plain old data; all zeroes is a valid value.
+    let mut request: libc::ifreq = unsafe { std::mem::zeroed() };
+    let bytes = name.as_bytes();
+    if bytes.len() >= request.ifr_name.len() {
+        return Err(Errno::ENAMETOOLONG);
+    }
+    for (dst, src) in request.ifr_name.iter_mut().zip(bytes) {
+        *dst = *src as libc::c_char;
+    }
+    // SAFETY: SIOCGIFHWADDR fills the hardware address of the valid, NUL-terminated request.
+    Errno::result(unsafe { libc::ioctl(socket, libc::SIOCGIFHWADDR, &mut request) })?;
+    // SAFETY: the union member written by SIOCGIFHWADDR is ifru_hwaddr.
+    let address = unsafe { request.ifr_ifru.ifru_hwaddr };
+    let mut mac = [0u8; 6];
+    for (dst, src) in mac.iter_mut().zip(address.sa_data.iter()) {
+        *dst = *src as u8;
+    }
+    Ok(mac)
+}
+
+/// Sends `payload` of link-layer protocol `protocol` (host order) from an `AF_PACKET`,
+/// `SOCK_DGRAM` socket on interface `ifindex` to hardware address `destination`: the kernel
+/// adds the Ethernet header, with the interface's own address as the source.
+pub fn send_link_layer(
+    socket: RawFd,
+    ifindex: u32,
+    protocol: u16,
+    destination: [u8; 6],
+    payload: &[u8],
+) -> Result<(), Errno> {
+    // SAFETY: sockaddr_ll is plain old data; all zeroes is a valid value.
+    let mut address: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    address.sll_family = libc::AF_PACKET as libc::c_ushort;
+    address.sll_protocol = protocol.to_be();
+    address.sll_ifindex = ifindex as libc::c_int;
+    address.sll_halen = 6;
+    address.sll_addr[..6].copy_from_slice(&destination);
+    // SAFETY: `payload` is valid for its length and `address` is a fully initialised
+    // sockaddr_ll whose size is passed with it; both outlive the call.
+    let sent = unsafe {
+        libc::sendto(
+            socket,
+            payload.as_ptr().cast(),
+            payload.len(),
+            0,
+            (&raw const address).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t,
+        )
+    };
+    Errno::result(sent).map(drop)
+}

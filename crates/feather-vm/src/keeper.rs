@@ -344,13 +344,20 @@ impl Keeper {
     /// the keeper is the user's `feather run --rm`, and signals it receives go to the workload.
     pub fn serve(self, foreground: bool) -> Result<Ended> {
         let signals = process::block_signals(&HANDLED).in_vm(self.vm.name())?;
-        if let Some(serve) = &self.hold {
-            let cgroup = self.cgroup.as_ref();
-            if !checkpoint::await_release(&self.vm, serve, &self.init, &self.listener, cgroup) {
-                // The sender keeps the VM: this copy ends, unrun, and stays checkpointed.
-                self.checkpointed.set(true);
-                let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+        let runs = match &self.hold {
+            Some(serve) => {
+                let cgroup = self.cgroup.as_ref();
+                checkpoint::await_release(&self.vm, serve, &self.init, &self.listener, cgroup)
             }
+            None => true,
+        };
+        if runs {
+            // The LAN behind the root's uplink, if any, learns the VM's address is here now.
+            self.network.announce();
+        } else {
+            // The sender keeps the VM: this copy ends, unrun, and stays checkpointed.
+            self.checkpointed.set(true);
+            let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
         }
         let mut stop_requests: Vec<UnixStream> = Vec::new();
         let mut checkpoint_requests: Vec<UnixStream> = Vec::new();
