@@ -39,7 +39,9 @@ pub fn create_tables(network: &RootNetwork) -> Result<()> {
     // are let in, only their replies go back. A connection from the LAN that came with a VM
     // migrated here is not in this host's connection tracking, and its next segment may be
     // the VM's (CRIU's restored socket sends a window probe): a segment of an established
-    // connection (ACK without SYN) starts no new one, so it may pass and be tracked from there.
+    // connection (ACK without SYN) starts no new one, so it may pass and be tracked from there
+    // — only from a VM restored in the last ARRIVAL_WINDOW (set `arrived`), so that no other
+    // VM can send anything unasked towards the LAN.
     let (lan_in, lan_out) = match &network.uplink {
         Some(uplink) => (
             format!(
@@ -47,7 +49,7 @@ pub fn create_tables(network: &RootNetwork) -> Result<()> {
             ),
             format!(
                 "iifname \"{bridge}\" oifname \"{uplink}\" ct state established,related accept\n        \
-                 iifname \"{bridge}\" oifname \"{uplink}\" ct state new tcp flags & (syn | ack) == ack accept comment \"a LAN connection that migrated here\"\n        "
+                 iifname \"{bridge}\" oifname \"{uplink}\" ip saddr @arrived ct state new tcp flags & (syn | ack) == ack accept comment \"a LAN connection that migrated here\"\n        "
             ),
         ),
         None => (String::new(), String::new()),
@@ -62,6 +64,7 @@ delete table bridge {table}
 table inet {table} {{
     map from_vm {{ type ipv4_addr : verdict; }}
     set egress {{ type ipv4_addr; }}
+    set arrived {{ type ipv4_addr; flags timeout; }}
     chain input {{
         type filter hook input priority filter; policy accept;
         iifname "{bridge}" ct state established,related accept
@@ -90,6 +93,22 @@ table bridge {table} {{
     }}
 }}
 "#
+        ),
+    )
+}
+
+/// How long after its restore a VM's established TCP connections may speak first towards the
+/// LAN (see `create_tables`): TCP's retransmissions bring every connection back well within it.
+const ARRIVAL_WINDOW_SECS: u32 = 120;
+
+/// Marks a VM as just restored here (for a root with an uplink): for [`ARRIVAL_WINDOW_SECS`]
+/// the segments of its connections from the LAN may pass before this host has seen them.
+pub fn note_arrival(network: &RootNetwork, address: Ipv4Addr) -> Result<()> {
+    let table = network.table();
+    run(
+        &format!("note the arrival of {address}"),
+        &format!(
+            "add element inet {table} arrived {{ {address} timeout {ARRIVAL_WINDOW_SECS}s }}\n"
         ),
     )
 }

@@ -321,7 +321,13 @@ impl Attachment {
     /// makes itself as it recreates the VM's network namespace, with its host end on the bridge
     /// (`--external veth[…]`). Returns that pair for CRIU, or None without a private network.
     pub fn attach_for_restore(&self) -> Result<Option<VethPair>> {
-        self.join(None)
+        let pair = self.join(None)?;
+        if let (Some(network), Some(address)) = (&self.network, self.config.address) {
+            if network.uplink.is_some() {
+                firewall::note_arrival(network, address)?;
+            }
+        }
+        Ok(pair)
     }
 
     fn join(&self, init_pid: Option<u32>) -> Result<Option<VethPair>> {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use crate::gate::Gate;
 use crate::peers::Peers;
-use crate::policy::Party;
+use crate::policy::{Kind, Party};
 use crate::watch::Channels;
 
 /// The VM a broker serves: the source of every request the broker handles.
@@ -18,6 +18,8 @@ pub struct VmSide {
     pub init_pid: i32,
     /// The VM's run folder on the host (`<run>/<name>`).
     pub run_dir: PathBuf,
+    /// A throw-away VM (`feather run --rm`): its life is one command's.
+    pub throw_away: bool,
 }
 
 impl VmSide {
@@ -39,7 +41,16 @@ impl Broker {
     /// recorded in the audit log and the keeper's log.
     pub fn start(side: VmSide, gate: Gate, peers: Arc<dyn Peers>) -> Broker {
         let (side, gate) = (Arc::new(side), Arc::new(gate));
-        let channels = Channels::start(&side, &gate, &peers);
+        // Watching the policy costs a throw-away VM its inotify instance, whose release at the
+        // end waits for the kernel's SRCU grace period (up to ~15 ms on every `run --rm`).
+        // Without an IPC rule for it, such a VM does without: its life is one command's.
+        let (policy, party) = (gate.policy(), side.party());
+        let offered = policy.offered_to(Kind::Ipc, &party).next().is_some();
+        let channels = if side.throw_away && !offered {
+            None
+        } else {
+            Channels::start(&side, &gate, &peers)
+        };
         let invocations =
             crate::invoke::Invocations::open(side, gate, peers).unwrap_or_else(|why| {
                 eprintln!("feather shuttle: {why}");

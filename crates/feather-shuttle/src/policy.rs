@@ -18,7 +18,6 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use globset::{GlobBuilder, GlobMatcher};
 use serde::Serialize;
 
 use crate::error::PolicyError;
@@ -194,21 +193,25 @@ impl fmt::Display for Selector {
 }
 
 /// What a rule is about: an exact object or a glob (`*` within a path component, `**` across).
+/// (The `glob` crate, not a regex-based matcher: every VM's keeper links this, and regex
+/// tables would cost each of them memory.)
 #[derive(Clone, Debug)]
 pub struct ObjectPattern {
     text: String,
-    glob: GlobMatcher,
+    glob: glob::Pattern,
 }
+
+/// `*` and `?` stop at `/`; only a whole `**` component crosses folders.
+const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
+    case_sensitive: true,
+    require_literal_separator: true,
+    require_literal_leading_dot: false,
+};
 
 impl ObjectPattern {
     fn parse(kind: Kind, text: &str) -> Result<ObjectPattern, String> {
         check_object(kind, text)?;
-        let glob = GlobBuilder::new(text)
-            .literal_separator(true)
-            .backslash_escape(true)
-            .build()
-            .map_err(|e| format!("object {text:?}: {e}"))?
-            .compile_matcher();
+        let glob = glob::Pattern::new(text).map_err(|e| format!("object {text:?}: {e}"))?;
         Ok(ObjectPattern {
             text: text.to_owned(),
             glob,
@@ -216,7 +219,7 @@ impl ObjectPattern {
     }
 
     pub fn matches(&self, object: &str) -> bool {
-        self.glob.is_match(object)
+        self.glob.matches_with(object, GLOB_OPTIONS)
     }
 
     pub fn as_str(&self) -> &str {
@@ -225,7 +228,7 @@ impl ObjectPattern {
 
     /// Whether the pattern names one object (no wildcards).
     pub fn is_literal(&self) -> bool {
-        !self.text.contains(['*', '?', '[', '{', '\\'])
+        !self.text.contains(['*', '?', '['])
     }
 }
 

@@ -324,6 +324,7 @@ impl Keeper {
             tags: self.config.tags.clone(),
             init_pid: self.init.pid.as_raw(),
             run_dir: self.vm.run_dir().to_path_buf(),
+            throw_away: self.config.ephemeral,
         };
         let gate = feather_shuttle::Gate::new(root.dir(), terminal);
         let peers = std::sync::Arc::new(crate::peers::RootPeers::new(root));
