@@ -16,7 +16,7 @@
 //! terminal least of all, ever reaches the target VM.
 
 use std::collections::HashSet;
-use std::io::{IoSlice, Read, Write};
+use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
 use std::process::Child;
@@ -30,8 +30,8 @@ use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, pthread_sigmask, SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{
-    bind, connect, getsockopt, listen, sendmsg, socket, sockopt, AddressFamily, Backlog,
-    ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+    bind, connect, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    UnixAddr,
 };
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
@@ -697,16 +697,7 @@ fn send(socket: &impl AsFd, message: &impl Serialize, fds: &[RawFd]) -> Result<(
     if bytes.len() > MAX_MESSAGE {
         return Err(Errno::E2BIG);
     }
-    let control = [ControlMessage::ScmRights(fds)];
-    let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &control };
-    sendmsg::<()>(
-        socket.as_fd().as_raw_fd(),
-        &[IoSlice::new(&bytes)],
-        control,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map(drop)
+    feather_sys::fdpass::send(socket, &bytes, fds)
 }
 
 /// Receives one message and the descriptors sent with it; `None` once the peer closed.

@@ -1,8 +1,10 @@
-//! Unix sockets that pass descriptors: the connection between `feather exec` and a VM's init.
+//! Unix sockets that pass descriptors: the connection between `feather exec` and a VM's init,
+//! and between `feather-open` and its VM's shuttle broker.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::io::IoSlice;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
-use nix::sys::socket::SockFlag;
+use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags, SockFlag};
 
 use crate::raw;
 
@@ -12,6 +14,20 @@ pub fn accept(listener: &impl AsFd) -> nix::Result<OwnedFd> {
         listener.as_fd().as_raw_fd(),
         SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
     )
+}
+
+/// Sends one message with `fds` attached (never SIGPIPE: a closed peer is EPIPE).
+pub fn send(socket: &impl AsFd, message: &[u8], fds: &[RawFd]) -> nix::Result<()> {
+    let rights = [ControlMessage::ScmRights(fds)];
+    let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &rights };
+    sendmsg::<()>(
+        socket.as_fd().as_raw_fd(),
+        &[IoSlice::new(message)],
+        control,
+        MsgFlags::MSG_NOSIGNAL,
+        None,
+    )
+    .map(drop)
 }
 
 /// Receives one message into `buffer` and up to three descriptors sent with it.

@@ -20,15 +20,14 @@
 //! its pid namespace (the peer pid it sees is 0) made by root: a VM's own processes, root
 //! inside included, cannot ask init to start anything.
 
-use std::io::IoSlice;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{
-    bind, connect, getsockopt, listen, sendmsg, socket, sockopt, AddressFamily, Backlog,
-    ControlMessage, MsgFlags, SockFlag, SockType, UnixAddr,
+    bind, connect, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    UnixAddr,
 };
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
@@ -277,16 +276,7 @@ pub fn send(socket: &impl AsFd, message: &impl Serialize, fds: &[RawFd]) -> nix:
     if bytes.len() > MAX_MESSAGE {
         return Err(Errno::E2BIG);
     }
-    let control = [ControlMessage::ScmRights(fds)];
-    let control: &[ControlMessage] = if fds.is_empty() { &[] } else { &control };
-    sendmsg::<()>(
-        socket.as_fd().as_raw_fd(),
-        &[IoSlice::new(&bytes)],
-        control,
-        MsgFlags::MSG_NOSIGNAL,
-        None,
-    )
-    .map(drop)
+    feather_sys::fdpass::send(socket, &bytes, fds)
 }
 
 /// Receives one message and the descriptors sent with it; `None` once the peer closed.
