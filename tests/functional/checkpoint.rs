@@ -7,7 +7,7 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::support::{Feather, ScratchBase};
+use crate::support::{python_daemon, Feather, ScratchBase, LINE_CLIENT, LINE_SERVER};
 
 /// A running VM to checkpoint, without a network of its own (see
 /// a_vm_with_a_private_network_comes_back_with_its_address_and_published_port for one with).
@@ -321,19 +321,6 @@ while True:
     time.sleep(0.05)
 "#;
 
-/// Runs a Python program in the background in `vm`, as a daemon (stdio on /dev/null).
-fn python_daemon(feather: &Feather, vm: &str, program: &str) {
-    feather.ok(&[
-        "exec",
-        vm,
-        "--",
-        "sh",
-        "-c",
-        "/usr/bin/python3 -c \"$0\" </dev/null >/dev/null 2>&1 &",
-        program,
-    ]);
-}
-
 #[test]
 fn a_listening_socket_and_an_established_connection_survive() {
     // Over the host's own root: the VM runs the host's python3.
@@ -341,14 +328,14 @@ fn a_listening_socket_and_an_established_connection_survive() {
     require_criu(&feather);
     feather.ok(&["create", "vm", "--net", "none"]);
     feather.ok(&["start", "vm"]);
-    python_daemon(&feather, "vm", UNIX_SERVER);
+    python_daemon(&feather, "vm", UNIX_SERVER, &[]);
     feather.eventually("the server listens", || {
         feather
             .run(&["exec", "vm", "--", "test", "-S", "/run/app.sock"])
             .code
             == 0
     });
-    python_daemon(&feather, "vm", UNIX_CLIENT);
+    python_daemon(&feather, "vm", UNIX_CLIENT, &[]);
     let received = |feather: &Feather| -> Vec<u64> {
         feather
             .run(&["exec", "vm", "--", "cat", "/run/received"])
@@ -386,29 +373,6 @@ fn a_listening_socket_and_an_established_connection_survive() {
     ]);
 }
 
-const TCP_SERVER: &str = r#"
-import socket
-server = socket.socket()
-server.bind(("127.0.0.1", 7000))
-server.listen()
-while True:
-    connection, _ = server.accept()
-    with open("/run/received", "a") as out:
-        for line in connection.makefile():
-            out.write(line)
-            out.flush()
-"#;
-
-const TCP_CLIENT: &str = r#"
-import socket, time
-client = socket.create_connection(("127.0.0.1", 7000))
-i = 0
-while True:
-    i += 1
-    client.sendall(f"{i}\n".encode())
-    time.sleep(0.05)
-"#;
-
 /// CRIU up to 4.2.1 asks every socket for SO_PASSCRED, which Linux 6.16 and later refuse for
 /// IPv4/IPv6 sockets; the shim scripts/install-criu preloads into criu answers as CRIU's own
 /// fix does. A TCP server and a connection to it inside the VM come through a checkpoint.
@@ -418,7 +382,7 @@ fn a_tcp_server_and_an_established_connection_survive() {
     require_criu(&feather);
     feather.ok(&["create", "vm", "--net", "none"]);
     feather.ok(&["start", "vm"]);
-    python_daemon(&feather, "vm", TCP_SERVER);
+    python_daemon(&feather, "vm", LINE_SERVER, &[]);
     feather.eventually("the server listens", || {
         feather
             .run(&[
@@ -432,7 +396,7 @@ fn a_tcp_server_and_an_established_connection_survive() {
             .code
             == 0
     });
-    python_daemon(&feather, "vm", TCP_CLIENT);
+    python_daemon(&feather, "vm", LINE_CLIENT, &[]);
     let received = |feather: &Feather| -> Vec<u64> {
         feather
             .run(&["exec", "vm", "--", "cat", "/run/received"])

@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::support::{Feather, ScratchBase};
+use crate::support::{python_daemon, Feather, ScratchBase, LINE_CLIENT, LINE_SERVER};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -475,29 +475,6 @@ fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed(
     assert_eq!(source.status("vm"), "running");
 }
 
-const TCP_SERVER: &str = r#"
-import socket
-server = socket.socket()
-server.bind(("0.0.0.0", 7000))
-server.listen()
-while True:
-    connection, _ = server.accept()
-    with open("/run/received", "a") as out:
-        for line in connection.makefile():
-            out.write(line)
-            out.flush()
-"#;
-
-const TCP_CLIENT: &str = r#"
-import socket, sys, time
-client = socket.create_connection((sys.argv[1], 7000))
-i = 0
-while True:
-    i += 1
-    client.sendall(f"{i}\n".encode())
-    time.sleep(0.05)
-"#;
-
 /// A client and a server inside the VM, connected over TCP through the VM's own address, keep
 /// their connection when the VM moves to another host: no line is lost or repeated.
 #[test]
@@ -517,19 +494,7 @@ fn a_tcp_connection_inside_a_private_vm_survives_its_migration() {
         .as_str()
         .unwrap()
         .to_owned();
-    let daemon = |program: &str, argument: &str| {
-        source.ok(&[
-            "exec",
-            "vm",
-            "--",
-            "sh",
-            "-c",
-            "/usr/bin/python3 -c \"$0\" \"$1\" </dev/null >/dev/null 2>&1 &",
-            program,
-            argument,
-        ]);
-    };
-    daemon(TCP_SERVER, "");
+    python_daemon(&source, "vm", LINE_SERVER, &[]);
     source.eventually("the server listens", || {
         source
             .run(&[
@@ -543,7 +508,7 @@ fn a_tcp_connection_inside_a_private_vm_survives_its_migration() {
             .code
             == 0
     });
-    daemon(TCP_CLIENT, &address);
+    python_daemon(&source, "vm", LINE_CLIENT, &[&address]);
     let received = |feather: &Feather| -> Vec<u64> {
         feather
             .run(&["exec", "vm", "--", "cat", "/run/received"])

@@ -328,3 +328,46 @@ impl Drop for LoneFeather {
         let _ = fs::remove_dir_all(&self.dir);
     }
 }
+
+/// A TCP server for the connection tests: listens on port 7000 (all addresses) and appends
+/// every line it receives to /run/received.
+pub const LINE_SERVER: &str = r#"
+import socket
+server = socket.socket()
+server.bind(("0.0.0.0", 7000))
+server.listen()
+while True:
+    connection, _ = server.accept()
+    with open("/run/received", "a") as out:
+        for line in connection.makefile():
+            out.write(line)
+            out.flush()
+"#;
+
+/// Its client: connects to port 7000 of its first argument (default 127.0.0.1) and sends the
+/// numbers 1, 2, 3, … a line each, twenty a second, over that one connection.
+pub const LINE_CLIENT: &str = r#"
+import socket, sys, time
+client = socket.create_connection((sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1", 7000))
+i = 0
+while True:
+    i += 1
+    client.sendall(f"{i}\n".encode())
+    time.sleep(0.05)
+"#;
+
+/// Runs a Python `program` (with `args`) in the background in `vm`, as a daemon (stdio on
+/// /dev/null), with `feather` being the VM's state root.
+pub fn python_daemon(feather: &Feather, vm: &str, program: &str, args: &[&str]) {
+    let mut command = vec![
+        "exec",
+        vm,
+        "--",
+        "sh",
+        "-c",
+        "/usr/bin/python3 -c \"$0\" \"$@\" </dev/null >/dev/null 2>&1 &",
+        program,
+    ];
+    command.extend_from_slice(args);
+    feather.ok(&command);
+}
