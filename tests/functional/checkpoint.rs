@@ -7,7 +7,10 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::support::{python_daemon, Feather, ScratchBase, LINE_CLIENT, LINE_SERVER};
+use crate::support::{
+    await_line_server, python_daemon, received_numbers, Feather, ScratchBase, LINE_CLIENT,
+    LINE_SERVER,
+};
 
 /// A running VM to checkpoint, without a network of its own (see
 /// a_vm_with_a_private_network_comes_back_with_its_address_and_published_port for one with).
@@ -336,14 +339,7 @@ fn a_listening_socket_and_an_established_connection_survive() {
             == 0
     });
     python_daemon(&feather, "vm", UNIX_CLIENT, &[]);
-    let received = |feather: &Feather| -> Vec<u64> {
-        feather
-            .run(&["exec", "vm", "--", "cat", "/run/received"])
-            .stdout
-            .lines()
-            .filter_map(|line| line.parse().ok())
-            .collect()
-    };
+    let received = |feather: &Feather| received_numbers(feather, "vm");
     feather.eventually("the connection carries data", || {
         received(&feather).len() >= 3
     });
@@ -383,28 +379,9 @@ fn a_tcp_server_and_an_established_connection_survive() {
     feather.ok(&["create", "vm", "--net", "none"]);
     feather.ok(&["start", "vm"]);
     python_daemon(&feather, "vm", LINE_SERVER, &[]);
-    feather.eventually("the server listens", || {
-        feather
-            .run(&[
-                "exec",
-                "vm",
-                "--",
-                "sh",
-                "-c",
-                "grep -q ':1B58 ' /proc/net/tcp",
-            ])
-            .code
-            == 0
-    });
+    await_line_server(&feather, "vm");
     python_daemon(&feather, "vm", LINE_CLIENT, &[]);
-    let received = |feather: &Feather| -> Vec<u64> {
-        feather
-            .run(&["exec", "vm", "--", "cat", "/run/received"])
-            .stdout
-            .lines()
-            .filter_map(|line| line.parse().ok())
-            .collect()
-    };
+    let received = |feather: &Feather| received_numbers(feather, "vm");
     feather.eventually("the connection carries data", || {
         received(&feather).len() >= 3
     });

@@ -6,7 +6,10 @@ use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::support::{python_daemon, Feather, ScratchBase, LINE_CLIENT, LINE_SERVER};
+use crate::support::{
+    await_line_server, python_daemon, received_numbers, Feather, ScratchBase, LINE_CLIENT,
+    LINE_SERVER,
+};
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
 
@@ -495,28 +498,9 @@ fn a_tcp_connection_inside_a_private_vm_survives_its_migration() {
         .unwrap()
         .to_owned();
     python_daemon(&source, "vm", LINE_SERVER, &[]);
-    source.eventually("the server listens", || {
-        source
-            .run(&[
-                "exec",
-                "vm",
-                "--",
-                "sh",
-                "-c",
-                "grep -q ':1B58 ' /proc/net/tcp",
-            ])
-            .code
-            == 0
-    });
+    await_line_server(&source, "vm");
     python_daemon(&source, "vm", LINE_CLIENT, &[&address]);
-    let received = |feather: &Feather| -> Vec<u64> {
-        feather
-            .run(&["exec", "vm", "--", "cat", "/run/received"])
-            .stdout
-            .lines()
-            .filter_map(|line| line.parse().ok())
-            .collect()
-    };
+    let received = |feather: &Feather| received_numbers(feather, "vm");
     source.eventually("the connection carries data", || {
         received(&source).len() >= 3
     });

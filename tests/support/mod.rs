@@ -371,3 +371,30 @@ pub fn python_daemon(feather: &Feather, vm: &str, program: &str, args: &[&str]) 
     command.extend_from_slice(args);
     feather.ok(&command);
 }
+
+/// The numbers the line server in `vm` has received so far (see [`LINE_SERVER`]).
+pub fn received_numbers(feather: &Feather, vm: &str) -> Vec<u64> {
+    feather
+        .run(&["exec", vm, "--", "cat", "/run/received"])
+        .stdout
+        .lines()
+        .filter_map(|line| line.parse().ok())
+        .collect()
+}
+
+/// Waits until something in `vm` listens on TCP port 7000 (the line server).
+pub fn await_line_server(feather: &Feather, vm: &str) {
+    feather.eventually("the server listens", || {
+        feather
+            .run(&[
+                "exec",
+                vm,
+                "--",
+                "sh",
+                "-c",
+                "grep -q ':1B58 ' /proc/net/tcp",
+            ])
+            .code
+            == 0
+    });
+}
