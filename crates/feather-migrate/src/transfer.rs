@@ -23,13 +23,20 @@
 //! checkpoint. Only a connection lost between Release and Done leaves the sender unsure, and
 //! then it keeps its checkpoint and says so, rather than guess.
 //!
-//! One JSON object per line; the archive in between as frames (a 4-byte big-endian length, then
-//! that many bytes; length 0 ends it), sent while tar still writes it and unpacked as it
-//! arrives, so that making, sending and unpacking it overlap while the VM is frozen. The
-//! unpacked folder stays aside until the size, SHA-256 and MAC that follow check out. The token never crosses the wire: each
-//! message that matters carries an HMAC-SHA-256 keyed by it over the receiver's fresh nonce, so
-//! a recorded exchange cannot be replayed and the archive's checksum cannot be swapped.
-//! The token authenticates; it does not encrypt: use it on networks you trust, or over a tunnel.
+//! One JSON object per line (at most [`MAX_LINE`] bytes: a peer cannot make the receiver buffer
+//! without end before it has proved anything); the archive in between as frames (a 4-byte
+//! big-endian length of at most [`MAX_FRAME`], that many bytes, then the frame's tag; length 0
+//! ends it, tagged too), sent while tar still writes it and unpacked as it arrives, so that
+//! making, sending and unpacking it overlap while the VM is frozen.
+//!
+//! Nothing from the network is acted on before it is authenticated. The token never crosses
+//! the wire: each message that matters carries an HMAC-SHA-256 keyed by it over the receiver's
+//! fresh nonce, so a recorded exchange cannot be replayed. Each frame's tag covers the nonce,
+//! the frame's number and its bytes, and the receiver checks it before it hands a byte of the
+//! frame to tar: a byte altered, a frame dropped, reordered, replayed from another transfer or
+//! cut off at the end is refused before it is unpacked. The size, SHA-256 and MAC that follow
+//! the archive check the whole once more. The token authenticates; it does not encrypt: use it
+//! on networks you trust, or over a tunnel.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -47,6 +54,15 @@ type HmacSha256 = Hmac<Sha256>;
 /// How long either side waits for the other between messages (a restore or a checkpoint may
 /// take this long).
 const PATIENCE: Duration = Duration::from_secs(600);
+
+/// The longest protocol line a peer may send.
+pub const MAX_LINE: usize = 64 * 1024;
+
+/// The largest archive frame: what the sender reads from tar at once.
+pub const MAX_FRAME: usize = 1 << 20;
+
+/// An HMAC-SHA-256 tag's length in bytes.
+const TAG_LEN: usize = 32;
 
 #[derive(Debug, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]
@@ -174,17 +190,19 @@ impl Accepted {
         progress: Progress,
     ) -> Result<(u64, Restored)> {
         let mut hasher = Sha256::new();
-        let mut buffer = vec![0u8; 1 << 20];
+        let mut buffer = vec![0u8; MAX_FRAME];
         let mut size = 0u64;
         progress(0, 0);
-        loop {
+        for number in 0u64.. {
             let n = archive
                 .read(&mut buffer)
                 .map_err(|e| self.failed(format!("reading the archive: {e}")))?;
-            let frame = u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
+            let tag = frame_tag(&self.token, &self.nonce, number, &buffer[..n]);
+            let length = u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
             self.stream
-                .write_all(&frame)
+                .write_all(&length)
                 .and_then(|()| self.stream.write_all(&buffer[..n]))
+                .and_then(|()| self.stream.write_all(&tag))
                 .map_err(|e| self.failed(format!("connection lost while sending: {e}")))?;
             if n == 0 {
                 break;
@@ -262,8 +280,11 @@ pub struct Incoming<'a> {
     receiver: &'a Receiver,
     hasher: Sha256,
     size: u64,
-    /// The frame being read: bytes of it left.
-    left: usize,
+    /// The frame being handed out, already authenticated, and how much of it was handed out.
+    frame: Vec<u8>,
+    taken: usize,
+    /// How many frames were read: the number the next frame's tag must cover.
+    frames: u64,
     ended: bool,
 }
 
@@ -276,31 +297,51 @@ pub struct ArchiveReader<'i, 'a> {
 impl Read for ArchiveReader<'_, '_> {
     fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
         let incoming = &mut *self.incoming;
-        if incoming.ended || buffer.is_empty() {
+        if buffer.is_empty() {
             return Ok(0);
         }
-        if incoming.left == 0 {
-            let mut frame = [0u8; 4];
-            incoming.reader.read_exact(&mut frame)?;
-            incoming.left = u32::from_be_bytes(frame) as usize;
-            if incoming.left == 0 {
-                incoming.ended = true;
-                return Ok(0);
-            }
+        if incoming.taken == incoming.frame.len() && !incoming.ended {
+            incoming.next_frame()?;
+            (self.progress)(incoming.size, 0);
         }
-        let want = buffer.len().min(incoming.left);
-        let n = incoming.reader.read(&mut buffer[..want])?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "the sender closed the connection midway",
-            ));
-        }
-        incoming.left -= n;
-        incoming.hasher.update(&buffer[..n]);
-        incoming.size += n as u64;
-        (self.progress)(incoming.size, 0);
+        let rest = &incoming.frame[incoming.taken..];
+        let n = buffer.len().min(rest.len());
+        buffer[..n].copy_from_slice(&rest[..n]);
+        incoming.taken += n;
         Ok(n)
+    }
+}
+
+impl Incoming<'_> {
+    /// Reads the next frame whole and checks its tag; only then are its bytes handed out.
+    fn next_frame(&mut self) -> std::io::Result<()> {
+        let refused = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+        let mut length = [0u8; 4];
+        self.reader.read_exact(&mut length)?;
+        let length = u32::from_be_bytes(length) as usize;
+        if length > MAX_FRAME {
+            return Err(refused(format!(
+                "an archive frame of {length} bytes (at most {MAX_FRAME})"
+            )));
+        }
+        self.frame.resize(length, 0);
+        self.reader.read_exact(&mut self.frame)?;
+        let mut tag = [0u8; TAG_LEN];
+        self.reader.read_exact(&mut tag)?;
+        let number = self.frames;
+        if !frame_tag_verifies(&self.receiver.token, &self.nonce, number, &self.frame, &tag) {
+            self.frame.clear();
+            return Err(refused(format!(
+                "archive frame {number} is not authentic: altered, out of order or not from \
+                 the sender that offered the VM; nothing of it was used"
+            )));
+        }
+        self.frames += 1;
+        self.taken = 0;
+        self.ended = length == 0;
+        self.hasher.update(&self.frame);
+        self.size += length as u64;
+        Ok(())
     }
 }
 
@@ -467,7 +508,9 @@ impl Receiver {
             receiver: self,
             hasher: Sha256::new(),
             size: 0,
-            left: 0,
+            frame: Vec::new(),
+            taken: 0,
+            frames: 0,
             ended: false,
         })
     }
@@ -480,21 +523,33 @@ fn write(stream: &mut TcpStream, message: &Message) -> std::io::Result<()> {
 }
 
 fn read(reader: &mut BufReader<TcpStream>) -> std::result::Result<Message, String> {
-    let mut line = String::new();
-    match reader.read_line(&mut line) {
+    let mut line = Vec::new();
+    // One more than allowed, to tell a line of exactly MAX_LINE from a longer one.
+    match reader
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)
+    {
         Ok(0) => Err("the other side closed the connection".into()),
-        Ok(_) => serde_json::from_str(&line).map_err(|e| format!("garbled message: {e}")),
+        Ok(_) if line.len() > MAX_LINE => Err(format!(
+            "a message longer than {MAX_LINE} bytes: not a feather peer"
+        )),
+        Ok(_) => serde_json::from_slice(&line).map_err(|e| format!("garbled message: {e}")),
         Err(e) => Err(format!("connection lost: {e}")),
     }
 }
 
-fn mac(token: &str, parts: &[&str]) -> String {
+fn keyed(token: &str, parts: &[&[u8]]) -> HmacSha256 {
     let mut mac = HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC takes any key");
     for part in parts {
-        mac.update(part.as_bytes());
+        mac.update(part);
         mac.update(b"\0");
     }
-    hex(&mac.finalize().into_bytes())
+    mac
+}
+
+fn mac(token: &str, parts: &[&str]) -> String {
+    let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    hex(&keyed(token, &parts).finalize().into_bytes())
 }
 
 /// Compares in constant time (through the MAC library).
@@ -502,12 +557,30 @@ fn verify(token: &str, parts: &[&str], tag: &str) -> bool {
     let Some(tag) = unhex(tag) else {
         return false;
     };
-    let mut mac = HmacSha256::new_from_slice(token.as_bytes()).expect("HMAC takes any key");
-    for part in parts {
-        mac.update(part.as_bytes());
-        mac.update(b"\0");
-    }
-    mac.verify_slice(&tag).is_ok()
+    let parts: Vec<&[u8]> = parts.iter().map(|p| p.as_bytes()).collect();
+    keyed(token, &parts).verify_slice(&tag).is_ok()
+}
+
+/// The tag of archive frame `number` of the transfer with `nonce`: the frame's number binds its
+/// place, the nonce its transfer, the empty last frame the archive's end.
+fn frame_tag(token: &str, nonce: &str, number: u64, bytes: &[u8]) -> [u8; TAG_LEN] {
+    frame_mac(token, nonce, number, bytes)
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
+fn frame_tag_verifies(token: &str, nonce: &str, number: u64, bytes: &[u8], tag: &[u8]) -> bool {
+    frame_mac(token, nonce, number, bytes)
+        .verify_slice(tag)
+        .is_ok()
+}
+
+fn frame_mac(token: &str, nonce: &str, number: u64, bytes: &[u8]) -> HmacSha256 {
+    keyed(
+        token,
+        &[nonce.as_bytes(), b"frame", &number.to_be_bytes(), bytes],
+    )
 }
 
 fn random_hex(bytes: usize) -> std::io::Result<String> {
@@ -542,6 +615,117 @@ mod tests {
         assert!(!verify("secret", &["nonce", "offer", "db2"], &tag));
         assert!(!verify("secret", &["nonce2", "offer", "db1"], &tag));
         assert!(!verify("secret", &["nonce", "offer", "db1"], "zz"));
+    }
+
+    /// Sends `archive` through a relay that XORs the byte at `flip` (counted from the first
+    /// byte the sender writes after the offer is accepted) and returns what the receiver's
+    /// reader handed out, and how reading ended.
+    fn relay_archive(archive: Vec<u8>, flip: Option<usize>) -> (Vec<u8>, std::io::Result<()>) {
+        use std::net::Shutdown;
+        use std::thread;
+
+        let receiver = Receiver::bind("127.0.0.1:0", "token").unwrap();
+        let relay = TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay_addr = relay.local_addr().unwrap().to_string();
+        let target = receiver.local_addr();
+        thread::spawn(move || {
+            let (from_sender, _) = relay.accept().unwrap();
+            let to_receiver = TcpStream::connect(target).unwrap();
+            let (mut back_in, mut back_out) = (
+                to_receiver.try_clone().unwrap(),
+                from_sender.try_clone().unwrap(),
+            );
+            thread::spawn(move || {
+                let _ = std::io::copy(&mut back_in, &mut back_out);
+                let _ = back_out.shutdown(Shutdown::Write);
+            });
+            // The sender's protocol lines up to the archive pass unchanged; then bytes count.
+            let mut reader = BufReader::new(from_sender);
+            let mut writer = to_receiver;
+            let mut line = Vec::new();
+            reader.read_until(b'\n', &mut line).unwrap();
+            writer.write_all(&line).unwrap();
+            let mut offset = 0usize;
+            let mut buffer = [0u8; 8192];
+            while let Ok(n) = reader.read(&mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                if let Some(at) = flip.filter(|at| (offset..offset + n).contains(at)) {
+                    buffer[at - offset] ^= 0x20;
+                }
+                offset += n;
+                if writer.write_all(&buffer[..n]).is_err() {
+                    break;
+                }
+            }
+            let _ = writer.shutdown(Shutdown::Write);
+        });
+        let sender = thread::spawn(move || {
+            let offer = Offer {
+                vm: "vm".into(),
+                ..Offer::default()
+            };
+            let accepted = offer_to(&relay_addr, &offer);
+            let _ = accepted.send_archive(&mut archive.as_slice(), || Ok(()), &mut |_, _| {});
+        });
+        let mut incoming = receiver.next(|_| Ok(())).unwrap();
+        let mut handed_out = Vec::new();
+        let mut chunk = vec![0u8; 64 * 1024];
+        let ended = loop {
+            match incoming.archive(&mut |_, _| {}).read(&mut chunk) {
+                Ok(0) => break incoming.verify().map_err(std::io::Error::other),
+                Ok(n) => handed_out.extend_from_slice(&chunk[..n]),
+                Err(e) => break Err(e),
+            }
+        };
+        drop(incoming);
+        let _ = sender.join();
+        (handed_out, ended)
+    }
+
+    fn offer_to(to: &str, what: &Offer) -> Accepted {
+        offer(to, "token", what).unwrap()
+    }
+
+    fn archive_of(size: usize) -> Vec<u8> {
+        (0..size).map(|i| (i % 251) as u8).collect()
+    }
+
+    #[test]
+    fn an_archive_that_arrives_intact_is_handed_out_whole_and_verifies() {
+        let archive = archive_of(3 * MAX_FRAME + 12345);
+        let (received, ended) = relay_archive(archive.clone(), None);
+        ended.unwrap();
+        assert!(received == archive, "the archive arrives byte for byte");
+    }
+
+    #[test]
+    fn an_altered_byte_is_refused_before_any_byte_of_its_frame_is_handed_out() {
+        let archive = archive_of(3 * MAX_FRAME);
+        // The first frame: its 4-byte length, then data; flip a data byte of it.
+        let (received, ended) = relay_archive(archive.clone(), Some(4 + 1000));
+        let error = ended.expect_err("an altered frame must be refused");
+        assert!(error.to_string().contains("not authentic"), "{error}");
+        assert!(
+            received.is_empty(),
+            "nothing of the altered first frame was used"
+        );
+
+        // An altered byte in the third frame: the two authentic frames before it were handed
+        // out, nothing of the third.
+        let frame = 4 + MAX_FRAME + TAG_LEN;
+        let (received, ended) = relay_archive(archive.clone(), Some(2 * frame + 4 + 7));
+        assert!(ended.is_err());
+        assert!(
+            received == archive[..2 * MAX_FRAME],
+            "exactly the authentic frames"
+        );
+
+        // An altered tag is refused as well.
+        let (received, ended) = relay_archive(archive, Some(4 + MAX_FRAME + 3));
+        assert!(ended.is_err());
+        assert!(received.is_empty());
     }
 
     #[test]
