@@ -8,13 +8,13 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use crate::support::{
-    await_line_server, python_daemon, received_numbers, Feather, ScratchBase, LINE_CLIENT,
-    LINE_SERVER,
+    await_line_server, count, free_port, python_daemon, received_numbers, redis_cli,
+    start_counting, Feather, ScratchBase, LINE_CLIENT, LINE_SERVER,
 };
 
 /// A running VM to checkpoint, without a network of its own (see
 /// a_vm_with_a_private_network_comes_back_with_its_address_and_published_port for one with).
-fn running_vm(label: &str) -> (Feather, ScratchBase) {
+fn offline_vm(label: &str) -> (Feather, ScratchBase) {
     let feather = Feather::new(label);
     let base = ScratchBase::new(label);
     feather.start_over("vm", &base, &["--net", "none"]);
@@ -35,20 +35,10 @@ fn require_criu(feather: &Feather) {
 /// every 50 ms, started by a plain `feather exec` as a user would (exec gives it a session
 /// inside the VM); its stdio is the VM's /dev/null, as a daemon's would be.
 fn counting_vm(label: &str) -> (Feather, ScratchBase) {
-    let (feather, base) = running_vm(label);
+    let (feather, base) = offline_vm(label);
     require_criu(&feather);
-    feather.sh(
-        "vm",
-        "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /run/count; sleep 0.05; done' \
-         </dev/null >/dev/null 2>&1 &",
-    );
-    feather.eventually("the counter has counted", || count(&feather, "vm") >= 3);
+    start_counting(&feather, "vm");
     (feather, base)
-}
-
-fn count(feather: &Feather, vm: &str) -> u64 {
-    let outcome = feather.run(&["exec", vm, "--", "cat", "/run/count"]);
-    outcome.stdout.trim().parse().unwrap_or(0)
 }
 
 /// (pid inside the VM, command) of the VM's init and of the counting loop.
@@ -409,24 +399,6 @@ fn a_tcp_server_and_an_established_connection_survive() {
     ]);
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// `redis-cli` on the host, against `host:port`.
-fn redis_cli(host: &str, port: u16, args: &[&str]) -> String {
-    let output = Command::new("redis-cli")
-        .args(["-h", host, "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 #[test]
 fn a_vm_with_a_private_network_comes_back_with_its_address_and_published_port() {
@@ -449,13 +421,13 @@ fn a_vm_with_a_private_network_comes_back_with_its_address_and_published_port() 
         .to_owned();
     let bridge = view["network"]["bridge"].as_str().unwrap().to_owned();
     feather.eventually("redis answers on the VM's address", || {
-        redis_cli(&address, 6379, &["PING"]).contains("PONG")
+        redis_cli(None, &address, 6379, &["PING"]).contains("PONG")
     });
     assert_eq!(
-        redis_cli(&address, 6379, &["DEBUG", "POPULATE", "5000"]),
+        redis_cli(None, &address, 6379, &["DEBUG", "POPULATE", "5000"]),
         "OK\n"
     );
-    let digest = redis_cli(&address, 6379, &["DEBUG", "DIGEST"]);
+    let digest = redis_cli(None, &address, 6379, &["DEBUG", "DIGEST"]);
 
     feather.ok(&["checkpoint", "db"]);
     assert_eq!(feather.status("db"), "checkpointed");
@@ -476,13 +448,13 @@ fn a_vm_with_a_private_network_comes_back_with_its_address_and_published_port() 
         "the host end is on the state root's bridge: {master:?}"
     );
     assert_eq!(
-        redis_cli(&address, 6379, &["DEBUG", "DIGEST"]),
+        redis_cli(None, &address, 6379, &["DEBUG", "DIGEST"]),
         digest,
         "every key, read through the VM's address"
     );
-    assert_eq!(redis_cli(&address, 6379, &["DBSIZE"]), "5000\n");
+    assert_eq!(redis_cli(None, &address, 6379, &["DBSIZE"]), "5000\n");
     assert_eq!(
-        redis_cli("127.0.0.1", port, &["GET", "key:4999"]),
+        redis_cli(None, "127.0.0.1", port, &["GET", "key:4999"]),
         "value:4999\n",
         "and through the published port"
     );
@@ -596,7 +568,7 @@ fn redis_with_hundreds_of_megabytes_keeps_every_key() {
 
 #[test]
 fn a_running_exec_is_named_and_the_vm_keeps_running() {
-    let (feather, _base) = running_vm("ckpt-exec");
+    let (feather, _base) = offline_vm("ckpt-exec");
     require_criu(&feather);
     // `feather exec` keeps a connection to the VM's init until its command ends.
     let mut exec = feather

@@ -7,8 +7,8 @@ use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::support::{
-    await_line_server, python_daemon, received_numbers, Feather, ScratchBase, LINE_CLIENT,
-    LINE_SERVER,
+    await_line_server, count, free_port, python_daemon, received_numbers, redis_cli,
+    start_counting, Feather, ScratchBase, TestSubnet, LINE_CLIENT, LINE_SERVER,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -144,21 +144,7 @@ impl Drop for Server {
 
 fn counting_vm(feather: &Feather, base: &ScratchBase) {
     feather.start_over("vm", base, &["--net", "none"]);
-    feather.sh(
-        "vm",
-        "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /run/count; sleep 0.05; done' \
-         </dev/null >/dev/null 2>&1 &",
-    );
-    feather.eventually("the counter counts", || count(feather) >= 3);
-}
-
-fn count(feather: &Feather) -> u64 {
-    feather
-        .run(&["exec", "vm", "--", "cat", "/run/count"])
-        .stdout
-        .trim()
-        .parse()
-        .unwrap_or(0)
+    start_counting(feather, "vm");
 }
 
 fn migrate(hosts: &TwoHosts, source: &Feather, token: &str) -> crate::support::Outcome {
@@ -185,7 +171,7 @@ fn a_vm_migrates_to_another_host_and_goes_on_there() {
     let base = ScratchBase::new("mig");
     counting_vm(&source, &base);
     let pids = source.ok(&["ps", "vm", "--json"]);
-    let before = count(&source);
+    let before = count(&source, "vm");
 
     let server = Server::start(&hosts, &target, &[]);
     let moved = migrate(&hosts, &source, TOKEN);
@@ -205,10 +191,10 @@ fn a_vm_migrates_to_another_host_and_goes_on_there() {
         "released on the source"
     );
     assert_eq!(target.status("vm"), "running");
-    let resumed = count(&target);
+    let resumed = count(&target, "vm");
     assert!(resumed >= before, "resumed at {resumed}, left at {before}");
     target.eventually("the loop counts on at the target", || {
-        count(&target) > resumed
+        count(&target, "vm") > resumed
     });
     let pid_of = |json: &str, needle: &str| -> i64 {
         let rows: serde_json::Value = serde_json::from_str(json).unwrap();
@@ -262,7 +248,7 @@ fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
     let (source, target) = (Feather::new("mig-fail"), Feather::new("mig-fail-dst"));
     let base = ScratchBase::new("mig-fail");
     counting_vm(&source, &base);
-    let before = count(&source);
+    let before = count(&source, "vm");
     // The receiver has no CRIU: it takes the archive, then cannot restore it.
     let server = Server::start(&hosts, &target, &[("FEATHER_CRIU", "/nonexistent/criu")]);
     let failed = migrate(&hosts, &source, TOKEN);
@@ -274,10 +260,10 @@ fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
     );
     assert!(!server.wait());
     assert_eq!(source.status("vm"), "running", "restored on the source");
-    let resumed = count(&source);
+    let resumed = count(&source, "vm");
     assert!(resumed >= before, "resumed at {resumed}, left at {before}");
     source.eventually("the loop counts on at the source", || {
-        count(&source) > resumed
+        count(&source, "vm") > resumed
     });
     assert_eq!(
         target.ok(&["ls", "--json"]).trim(),
@@ -286,26 +272,9 @@ fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
     );
 }
 
-/// `redis-cli` in network namespace `ns` (None: the test's own), against `host:port`.
-fn redis_cli(ns: Option<&str>, host: &str, port: u16, args: &[&str]) -> String {
-    let mut command = Command::new("nsenter");
-    match ns {
-        Some(ns) => command.arg(format!("--net=/run/netns/{ns}")),
-        None => command.arg("--net=/proc/self/ns/net"),
-    };
-    let output = command
-        .args(["redis-cli", "-h", host, "-p", &port.to_string()])
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
-
 /// A subnet of this test's own, outside the range state roots choose from.
-fn own_subnet() -> String {
-    let n = NEXT.fetch_add(1, Ordering::SeqCst);
-    format!("10.79.{}.0/24", (std::process::id() as usize * 7 + n) % 250)
+fn own_subnet() -> TestSubnet {
+    TestSubnet::of("10.79")
 }
 
 /// redis, listening on TCP in a VM with a private network and a published port, holding keys.
@@ -343,10 +312,11 @@ fn a_vm_with_a_private_network_migrates_with_its_address_and_published_port() {
     let hosts = TwoHosts::new();
     let (source, target) = (Feather::new("mig-net"), Feather::new("mig-net-dst"));
     let subnet = own_subnet();
-    let port = 16000 + (std::process::id() % 2000) as u16;
-    let (address, digest) = redis_vm(&source, &subnet, port);
+    let subnet = subnet.cidr.as_str();
+    let port = free_port();
+    let (address, digest) = redis_vm(&source, subnet, port);
 
-    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", &subnet)]);
+    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)]);
     let moved = migrate_vm(&hosts, &source, "db", TOKEN);
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     assert!(server.wait(), "the receiver ran the VM");
@@ -376,7 +346,7 @@ fn a_private_vm_is_refused_where_its_subnet_differs_and_keeps_running() {
     let hosts = TwoHosts::new();
     let (source, target) = (Feather::new("mig-subnet"), Feather::new("mig-subnet-dst"));
     let port = 18000 + (std::process::id() % 2000) as u16;
-    let (address, digest) = redis_vm(&source, &own_subnet(), port);
+    let (address, digest) = redis_vm(&source, &own_subnet().cidr, port);
     let init = source.inspect("db")["state"]["init_pid"].as_i64().unwrap();
 
     // The receiver's root chooses a subnet of its own.
@@ -407,7 +377,7 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
     let (source, target) = (Feather::new("mig-killed"), Feather::new("mig-killed-dst"));
     let base = ScratchBase::new("mig-killed");
     counting_vm(&source, &base);
-    let before = count(&source);
+    let before = count(&source, "vm");
     let mut server = Server::start(&hosts, &target, &[]);
     let migrating = TwoHosts::feather(
         &hosts.a,
@@ -437,10 +407,10 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
         failed.stderr
     );
     assert_eq!(source.status("vm"), "running", "restored on the source");
-    let resumed = count(&source);
+    let resumed = count(&source, "vm");
     assert!(resumed >= before, "resumed at {resumed}, left at {before}");
     source.eventually("the loop counts on at the source", || {
-        count(&source) > resumed
+        count(&source, "vm") > resumed
     });
     // The copy on the receiver never runs: its keeper saw the receiver end and ended it.
     target.eventually("the receiver's copy is not running", || {
@@ -485,10 +455,11 @@ fn a_tcp_connection_inside_a_private_vm_survives_its_migration() {
     let hosts = TwoHosts::new();
     let (source, target) = (Feather::new("mig-tcp"), Feather::new("mig-tcp-dst"));
     let subnet = own_subnet();
+    let subnet = subnet.cidr.as_str();
     let created = source
         .command()
         .args(["create", "vm"])
-        .env("FEATHER_SUBNET", &subnet)
+        .env("FEATHER_SUBNET", subnet)
         .output()
         .unwrap();
     assert!(created.status.success(), "{created:?}");
@@ -505,7 +476,7 @@ fn a_tcp_connection_inside_a_private_vm_survives_its_migration() {
         received(&source).len() >= 3
     });
 
-    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", &subnet)]);
+    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)]);
     let moved = migrate(&hosts, &source, TOKEN);
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     assert!(server.wait());
@@ -614,12 +585,8 @@ impl LanHosts {
 
     /// A /24 of the LAN's /16 for the VMs of both hosts' roots (never 10.80.0.0/24, the
     /// LAN's hosts).
-    fn vm_subnet() -> String {
-        let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        format!(
-            "10.80.{}.0/24",
-            1 + (std::process::id() as usize * 7 + n) % 250
-        )
+    fn vm_subnet() -> TestSubnet {
+        TestSubnet::of("10.80")
     }
 }
 
@@ -756,11 +723,12 @@ fn a_lan_client_keeps_its_postgres_connection_across_a_migration() {
     let lan = LanHosts::new();
     let (source, target) = (Feather::new("mig-lan"), Feather::new("mig-lan-dst"));
     let subnet = LanHosts::vm_subnet();
+    let subnet = subnet.cidr.as_str();
     let uplink_a = lan.uplinks[0].as_str();
     let address = postgres_on_lan(
         &lan,
         &source,
-        &[("FEATHER_SUBNET", &subnet), ("FEATHER_UPLINK", uplink_a)],
+        &[("FEATHER_SUBNET", subnet), ("FEATHER_UPLINK", uplink_a)],
     );
     assert!(
         LanHosts::ip(&lan.hosts.a, &["neigh", "show", "proxy"]).contains(&address),
@@ -779,7 +747,7 @@ fn a_lan_client_keeps_its_postgres_connection_across_a_migration() {
     let server = Server::start_apart(
         &lan.hosts,
         &target,
-        &[("FEATHER_SUBNET", &subnet), ("FEATHER_UPLINK", uplink_b)],
+        &[("FEATHER_SUBNET", subnet), ("FEATHER_UPLINK", uplink_b)],
     );
     let migrating_at = std::time::Instant::now();
     let moved = migrate_vm(&lan.hosts, &source, "db", TOKEN);
@@ -865,7 +833,7 @@ fn without_an_uplink_a_vm_stays_off_the_lan() {
     // A subnet inside the LAN's is refused, as before uplinks existed: the host routes it
     // to the LAN.
     let inside = TwoHosts::feather(&lan.hosts.a, &source, &["create", "vm"])
-        .env("FEATHER_SUBNET", LanHosts::vm_subnet())
+        .env("FEATHER_SUBNET", LanHosts::vm_subnet().cidr)
         .output()
         .unwrap();
     assert!(
@@ -874,9 +842,10 @@ fn without_an_uplink_a_vm_stays_off_the_lan() {
     );
     // Another subnet, which the client even routes to the LAN (on-link): nobody answers there.
     let subnet = own_subnet();
-    LanHosts::ip(&lan.client, &["route", "add", &subnet, "dev", "lan"]);
+    let subnet = subnet.cidr.as_str();
+    LanHosts::ip(&lan.client, &["route", "add", subnet, "dev", "lan"]);
     let created = TwoHosts::feather(&lan.hosts.a, &source, &["create", "vm"])
-        .env("FEATHER_SUBNET", &subnet)
+        .env("FEATHER_SUBNET", subnet)
         .output()
         .unwrap();
     assert!(created.status.success(), "{created:?}");

@@ -8,16 +8,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{Feather, ScratchBase};
+use crate::support::{free_port, Feather, ScratchBase, TestSubnet};
 
-/// A TCP port free on the host right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 fn host_links() -> String {
     let out = Command::new("ip")
@@ -577,7 +569,8 @@ fn two_state_roots_never_share_a_subnet() {
     let first = Feather::new("net-claim-a");
     let second = Feather::new("net-claim-b");
     let base = ScratchBase::new("net-claim");
-    let subnet = format!("10.79.{}.0/24", std::process::id() % 250);
+    let subnet = TestSubnet::of("10.79");
+    let subnet = subnet.cidr.as_str();
     let create = |feather: &Feather, vm: &str, subnet: &str| {
         feather
             .command()
@@ -586,8 +579,8 @@ fn two_state_roots_never_share_a_subnet() {
             .output()
             .unwrap()
     };
-    assert!(create(&first, "one", &subnet).status.success());
-    let refused = create(&second, "two", &subnet);
+    assert!(create(&first, "one", subnet).status.success());
+    let refused = create(&second, "two", subnet);
     let error = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success());
     assert!(
@@ -600,6 +593,6 @@ fn two_state_roots_never_share_a_subnet() {
     );
     // Once the first root's last VM is gone, its subnet is free again.
     first.ok(&["rm", "one"]);
-    assert!(create(&second, "two", &subnet).status.success());
+    assert!(create(&second, "two", subnet).status.success());
     assert_eq!(address(&second, "two"), subnet.replace(".0/24", ".2"));
 }

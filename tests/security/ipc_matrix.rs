@@ -207,8 +207,6 @@ fn probe(feather: &Feather, args: &[&str]) -> (Matrix, crate::support::Outcome) 
 fn every_ipc_channel_is_confined_across_vms_and_works_inside_one() {
     let feather = Feather::new("ipc-matrix");
     let (matrix, outcome) = probe(&feather, &["check", "ipc", "--json"]);
-    let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ipc-matrix.md");
-    fs::write(&docs, matrix.to_markdown()).expect("write docs/ipc-matrix.md");
 
     let wrong = regressions(&matrix);
     assert!(

@@ -43,13 +43,18 @@ fn listener(mut command: Command) -> (Scoped, i32) {
     (guard, pid)
 }
 
-fn scoping_available() -> bool {
-    let support = feather_confine::landlock::support();
-    if !matches!(support, feather_confine::landlock::Support::Scoping { .. }) {
-        eprintln!("skipped: {support}");
-        return false;
+/// What a process outside a scoped domain gets when it tries to reach into it: refused where
+/// the kernel scopes (Landlock ABI 6, Linux 6.12), and — as docs/confinement.md says — reached
+/// on kernels without scoping, where nothing is scoped and namespaces alone fence a VM. Either
+/// way the test asserts the documented behaviour of the kernel it runs on.
+fn fenced() -> Kind {
+    match feather_confine::landlock::support() {
+        feather_confine::landlock::Support::Scoping { .. } => Kind::Denied,
+        support => {
+            eprintln!("{support}: expecting the documented unscoped behaviour");
+            Kind::Reached
+        }
     }
-    true
 }
 
 fn try_from(pid: u32, name: &str, scoped: bool) -> Vec<Outcome> {
@@ -65,9 +70,6 @@ fn try_from(pid: u32, name: &str, scoped: bool) -> Vec<Outcome> {
 
 #[test]
 fn sibling_landlock_domains_cannot_signal_or_reach_abstract_sockets() {
-    if !scoping_available() {
-        return;
-    }
     let name = format!("fprobe-landlock-{}", std::process::id());
     let mut child = Command::new(Feather::bin())
         .args(["__ipcprobe", "landlock-listen", &name])
@@ -88,13 +90,13 @@ fn sibling_landlock_domains_cannot_signal_or_reach_abstract_sockets() {
     let sibling = try_from(scoped.0.id(), &name, true);
     assert_eq!(
         sibling[0].kind,
-        Kind::Denied,
+        fenced(),
         "a sibling domain may not signal: {:?}",
         sibling[0]
     );
     assert_eq!(
         sibling[1].kind,
-        Kind::Denied,
+        fenced(),
         "nor reach its abstract socket: {:?}",
         sibling[1]
     );
@@ -133,9 +135,6 @@ fn try_in_vm(feather: &Feather, vm: &str, pid: i32, name: &str) -> Vec<Outcome> 
 
 #[test]
 fn a_vm_is_one_landlock_domain_that_outside_processes_are_fenced_from() {
-    if !scoping_available() {
-        return;
-    }
     let feather = Feather::new("landlock-vm");
     // The host's network namespace: abstract sockets are shared, namespaces fence nothing.
     feather.ok(&["create", "vm", "--net", "host"]);
@@ -171,7 +170,7 @@ fn a_vm_is_one_landlock_domain_that_outside_processes_are_fenced_from() {
     let from_vm = try_in_vm(&feather, "vm", 0, &host);
     assert_eq!(
         from_vm[1].kind,
-        Kind::Denied,
+        fenced(),
         "the VM may not connect to the host's abstract socket: {from_vm:?}"
     );
 
@@ -189,7 +188,7 @@ fn a_vm_is_one_landlock_domain_that_outside_processes_are_fenced_from() {
     let from_vm = try_in_vm(&feather, "vm", intruder_pid, &intruder);
     assert_eq!(
         (from_vm[0].kind, from_vm[1].kind),
-        (Kind::Denied, Kind::Denied),
+        (fenced(), fenced()),
         "the VM may neither signal a process outside its domain that shares its pid namespace \
          nor reach its abstract socket: {from_vm:?}"
     );

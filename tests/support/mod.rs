@@ -398,3 +398,82 @@ pub fn await_line_server(feather: &Feather, vm: &str) {
             == 0
     });
 }
+
+/// A TCP port free on the host right now.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `redis-cli` in network namespace `ns` (None: the test's own), against `host:port`.
+pub fn redis_cli(ns: Option<&str>, host: &str, port: u16, args: &[&str]) -> String {
+    let mut command = Command::new("nsenter");
+    match ns {
+        Some(ns) => command.arg(format!("--net=/run/netns/{ns}")),
+        None => command.arg("--net=/proc/self/ns/net"),
+    };
+    let output = command
+        .args(["redis-cli", "-h", host, "-p", &port.to_string()])
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Starts, in running VM `vm`, a shell loop that counts in memory and writes each value to
+/// /run/count every 50 ms (its stdio the VM's /dev/null, as a daemon's), and waits until it
+/// has counted.
+pub fn start_counting(feather: &Feather, vm: &str) {
+    feather.sh(
+        vm,
+        "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /run/count; sleep 0.05; done' \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    feather.eventually("the counter has counted", || count(feather, vm) >= 3);
+}
+
+/// The counter of [`start_counting`] (0 while it cannot be read).
+pub fn count(feather: &Feather, vm: &str) -> u64 {
+    let outcome = feather.run(&["exec", vm, "--", "cat", "/run/count"]);
+    outcome.stdout.trim().parse().unwrap_or(0)
+}
+
+/// A /24 that no other test process holds while this one lives: tests that must name a
+/// subnet (FEATHER_SUBNET) take one here instead of trusting their pid to pick a free one.
+/// Held by an exclusive `flock` on a file per subnet, so a test killed midway frees it with
+/// its process.
+pub struct TestSubnet {
+    /// e.g. "10.79.12.0/24"
+    pub cidr: String,
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+impl TestSubnet {
+    /// A /24 of `first_two.0.0/16` (e.g. "10.79"), its third byte from 1 to 250.
+    pub fn of(first_two: &str) -> TestSubnet {
+        use nix::fcntl::{Flock, FlockArg};
+        let folder = Path::new("/tmp/feather-tests/subnets");
+        fs::create_dir_all(folder).unwrap();
+        let start = COUNTER.fetch_add(1, Ordering::SeqCst) + std::process::id() as usize * 7;
+        for k in (0..250).map(|i| 1 + (start + i) % 250) {
+            let path = folder.join(format!("{first_two}.{k}"));
+            let file = fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&path)
+                .unwrap();
+            if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                return TestSubnet {
+                    cidr: format!("{first_two}.{k}.0/24"),
+                    _lock: lock,
+                };
+            }
+        }
+        panic!("every /24 of {first_two}.0.0/16 is held by another test");
+    }
+}

@@ -118,15 +118,6 @@ pub fn reserve_low_fds(count: RawFd) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Takes ownership of a descriptor that a system call (accept4) has just returned.
-pub fn owned(fd: RawFd) -> std::os::fd::OwnedFd {
-    use std::os::fd::FromRawFd;
-    // SAFETY: the caller passes a descriptor the kernel has just handed out (accept4's
-    // result): it is open and no other value owns it, so it is closed exactly once, by the
-    // OwnedFd.
-    unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }
-}
-
 /// The local time zone's offset from UTC, in seconds, at `unix` seconds (from /etc/localtime,
 /// as the C library reads it).
 pub fn local_offset(unix: i64) -> i64 {

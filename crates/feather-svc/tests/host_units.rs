@@ -39,12 +39,24 @@ fn every_unit_file_on_this_machine_loads() {
 fn every_dropin_and_wants_link_on_this_machine_is_read() {
     let paths = UnitPaths::new("/");
     for name in paths.all_names() {
-        for dropin in paths.dropins(std::slice::from_ref(&name)) {
-            assert!(
-                dropin.extension().is_some_and(|e| e == "conf"),
-                "{}",
-                dropin.display()
-            );
+        // Every `*.conf` in the unit's own `NAME.d/` folders is read, from the folder of
+        // highest precedence (systemd's rule: a file name overrides the same name below it).
+        let found = paths.dropins(std::slice::from_ref(&name));
+        for dir in paths.dirs() {
+            let Ok(entries) = std::fs::read_dir(dir.join(format!("{name}.d"))) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let file_name = entry.file_name();
+                if !file_name.to_string_lossy().ends_with(".conf") {
+                    continue;
+                }
+                assert!(
+                    found.iter().any(|f| f.file_name() == Some(&file_name)),
+                    "{name}: drop-in {} is not read (read: {found:?})",
+                    entry.path().display()
+                );
+            }
         }
         let (wants, requires) = paths.wants_and_requires(&name);
         for n in wants.iter().chain(&requires) {

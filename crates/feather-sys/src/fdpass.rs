@@ -10,10 +10,12 @@ use crate::raw;
 
 /// Accepts one connection of a listening socket (non-blocking, close-on-exec).
 pub fn accept(listener: &impl AsFd) -> nix::Result<OwnedFd> {
-    raw::accept(
-        listener.as_fd().as_raw_fd(),
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-    )
+    accept_with(listener, SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK)
+}
+
+/// Accepts one connection of a listening socket, with `flags` on the new descriptor.
+pub fn accept_with(listener: &impl AsFd, flags: SockFlag) -> nix::Result<OwnedFd> {
+    raw::accept(listener.as_fd().as_raw_fd(), flags)
 }
 
 /// Sends one message with `fds` attached (never SIGPIPE: a closed peer is EPIPE).

@@ -13,11 +13,16 @@ use crate::{Context, Result};
 
 /// Takes the descriptor a parent left open across exec for this process (`--ready-fd` of a
 /// keeper, the keeper's socket of a re-executed init). Descriptors 0–2 are never taken.
-pub fn inherited_fd(fd: RawFd) -> Result<OwnedFd> {
+///
+/// # Safety
+/// As [`raw::inherited`]: `fd` was left open for this process to take, and nothing else in
+/// the process owns it (each number is taken once, at start).
+pub unsafe fn inherited_fd(fd: RawFd) -> Result<OwnedFd> {
     if fd < 3 {
         return Err::<OwnedFd, _>(nix::errno::Errno::EBADF).ctx("take inherited descriptor", fd);
     }
-    raw::inherited(fd).ctx("take inherited descriptor", fd)
+    // SAFETY: this function's contract is raw::inherited's, passed on to its caller.
+    unsafe { raw::inherited(fd) }.ctx("take inherited descriptor", fd)
 }
 
 /// The namespaces every VM gets: its own mounts, pids, System V IPC, hostname, network and

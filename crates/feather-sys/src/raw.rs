@@ -33,9 +33,11 @@ pub enum Cloned {
 /// the child. With a null stack, clone3 continues the child on a copy of the parent's stack,
 /// exactly as fork does.
 ///
-/// The caller must be single-threaded: after a fork of a multi-threaded process the child may
-/// only call async-signal-safe functions, and feather's children do much more.
+/// After a fork of a multi-threaded process the child may only call async-signal-safe
+/// functions, and feather's children do much more; so this refuses (`EDEADLK`, "a lock
+/// another thread may hold") unless the caller is the process's only thread.
 pub fn clone3(namespaces: libc::c_int) -> Result<Cloned, Errno> {
+    require_single_thread()?;
     let mut pidfd: RawFd = -1;
     let args = CloneArgs {
         flags: namespaces as u64 | libc::CLONE_PIDFD as u64,
@@ -46,8 +48,8 @@ pub fn clone3(namespaces: libc::c_int) -> Result<Cloned, Errno> {
     // SAFETY: `args` is a valid, fully initialised clone_args that lives across the call, and its
     // size is passed with it. With stack 0 the child resumes here on a private copy of our
     // stack (fork semantics). The kernel writes the pidfd into `pidfd`, which outlives the call.
-    // Callers are single-threaded (documented above), so the child's copy of the address space
-    // holds no lock owned by another thread.
+    // The caller is the only thread (checked above; only it could have started another
+    // since), so the child's copy of the address space holds no lock of another thread.
     let ret = unsafe {
         libc::syscall(
             libc::SYS_clone3,
@@ -100,14 +102,29 @@ pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> Result<(), Errno>
     Ok(())
 }
 
-/// fork(2), for a single-threaded caller (see [`clone3`]).
+/// fork(2); refused unless the caller is the process's only thread (see [`clone3`]).
 pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
-    // SAFETY: feather calls this only from single-threaded processes (the CLI and the keeper),
-    // so the child inherits no lock held by another thread.
+    require_single_thread()?;
+    // SAFETY: the caller is the process's only thread (checked above; only it could have
+    // started another since), so the child inherits no lock held by another thread.
     match unsafe { libc::fork() } {
         -1 => Err(Errno::last()),
         0 => Ok(None),
         pid => Ok(Some(pid)),
+    }
+}
+
+/// Makes fork and clone3 safe by construction: they go on only in a process of one thread.
+fn require_single_thread() -> Result<(), Errno> {
+    // The kernel's count of this process's threads (/proc/self/stat would do as well; a
+    // directory of one entry per thread is the simplest to read without parsing).
+    let threads = std::fs::read_dir("/proc/self/task")
+        .map_err(|_| Errno::ENOENT)?
+        .count();
+    if threads == 1 {
+        Ok(())
+    } else {
+        Err(Errno::EDEADLK)
     }
 }
 
@@ -238,13 +255,18 @@ pub fn landlock_abi_version() -> Result<i64, Errno> {
 
 /// A descriptor this process inherited from its parent for one use, owned from now on.
 /// EBADF if `fd` is not open.
-pub fn inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
+///
+/// # Safety
+/// `fd` must have been left open across exec for this process to take, and nothing else in
+/// the process may own it: each number is taken at most once, before anything could have
+/// wrapped it. Otherwise two owners would close it, the second closing whatever reused the
+/// number.
+pub unsafe fn inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
     // SAFETY: F_GETFD only reads the flags of whatever `fd` names; it fails with EBADF if
     // nothing.
     Errno::result(unsafe { libc::fcntl(fd, libc::F_GETFD) })?;
-    // SAFETY: the descriptor is open (F_GETFD succeeded), and the caller was handed it by its
-    // parent (a pipe or socket left open across exec) for exactly this use: nothing else in
-    // the process owns it.
+    // SAFETY: the descriptor is open (F_GETFD succeeded) and, by this function's contract, no
+    // other value owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 

@@ -10,10 +10,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::{UnixDatagram, UnixListener};
 use std::path::{Path, PathBuf};
 
-use std::os::fd::AsRawFd;
 
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
-use nix::sys::socket::{accept4, getsockopt, sockopt, SockFlag};
+use nix::sys::socket::{getsockopt, sockopt, SockFlag};
 use nix::unistd::{chown, Group, User};
 
 use crate::unit::{Listen, ListenKind, Unit};
@@ -158,8 +157,8 @@ pub fn prepare_accepting(unit: &Unit, bound: &[Bound]) -> Result<(), String> {
 /// One waiting connection, or None when there is none. The connection blocks (as a service
 /// started inetd-style expects) and is not inherited by anything else the manager starts.
 pub fn accept(listener: &OwnedFd) -> Result<Option<OwnedFd>, String> {
-    match accept4(listener.as_raw_fd(), SockFlag::SOCK_CLOEXEC) {
-        Ok(fd) => Ok(Some(crate::raw::owned(fd))),
+    match feather_sys::fdpass::accept_with(listener, SockFlag::SOCK_CLOEXEC) {
+        Ok(fd) => Ok(Some(fd)),
         Err(nix::errno::Errno::EAGAIN) => Ok(None),
         Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => Ok(None),
         Err(e) => Err(e.to_string()),

@@ -69,9 +69,13 @@ fn init(fd: &str, resumed: &str) -> Result<i32, String> {
     feather_vm::init::resume(keeper.into(), resumed)
 }
 
+/// The descriptor named on the command line by the process that started this one.
 fn inherited(fd: &str) -> Result<std::os::fd::OwnedFd, String> {
     let fd = fd
         .parse()
         .map_err(|_| format!("{fd:?} is not a descriptor number"))?;
-    feather_sys::process::inherited_fd(fd).map_err(|e| e.to_string())
+    // SAFETY: the keeper's (or init's) parent left exactly this descriptor open for it and
+    // names it once on the command line; it is taken here, at start, before this process
+    // opens or wraps any descriptor of its own, and main takes each named number once.
+    unsafe { feather_sys::process::inherited_fd(fd) }.map_err(|e| e.to_string())
 }
