@@ -399,7 +399,6 @@ fn a_tcp_server_and_an_established_connection_survive() {
     ]);
 }
 
-
 #[test]
 fn a_vm_with_a_private_network_comes_back_with_its_address_and_published_port() {
     // Over the host's own root: the VM runs the host's redis-server, listening on TCP.

@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crate::support::{free_port, Feather, ScratchBase, TestSubnet};
 
-
 fn host_links() -> String {
     let out = Command::new("ip")
         .args(["-o", "link"])
