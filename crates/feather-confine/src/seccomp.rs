@@ -309,8 +309,8 @@ fn rule(index: u8, test: &ArgTest) -> Result<SeccompRule, SeccompError> {
         ArgTest::HasBits(mask) => (SeccompCmpOp::MaskedEq(mask), mask),
         ArgTest::Exact(value) => (SeccompCmpOp::Eq, value),
     };
-    let condition = SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)
-        .map_err(compile_error)?;
+    let condition =
+        SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value).map_err(compile_error)?;
     SeccompRule::new(vec![condition]).map_err(compile_error)
 }
 

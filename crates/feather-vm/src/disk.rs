@@ -43,7 +43,10 @@ pub fn allocate(name: &VmName, state: &Path, bytes: u64) -> Result<DiskQuota> {
         let used = quota::in_use(dir.as_fd(), project).map_err(|e| {
             failed(
                 name,
-                format!("reading project quota {project} at {}: {e}", state.display()),
+                format!(
+                    "reading project quota {project} at {}: {e}",
+                    state.display()
+                ),
             )
         })?;
         if !used {
@@ -109,7 +112,10 @@ pub fn apply(name: &VmName, state: &Path, disk: DiskQuota, layers: &[Layer]) -> 
             Errno::ESRCH | Errno::ENOSYS | Errno::EOPNOTSUPP => unsupported(state, errno),
             other => other.to_string(),
         };
-        failed(name, format!("its disk cap (project {}): {why}", disk.project))
+        failed(
+            name,
+            format!("its disk cap (project {}): {why}", disk.project),
+        )
     })?;
     for layer in layers {
         for folder in [&layer.upper, &layer.work] {
@@ -125,7 +131,10 @@ pub fn assign(name: &VmName, path: &Path, project: u32) -> Result<()> {
     quota::assign(dir.as_fd(), project).map_err(|e| {
         failed(
             name,
-            format!("{}: cannot put it in project {project}: {e}", path.display()),
+            format!(
+                "{}: cannot put it in project {project}: {e}",
+                path.display()
+            ),
         )
     })
 }
