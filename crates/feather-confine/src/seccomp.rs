@@ -447,6 +447,71 @@ mod tests {
         }
     }
 
+    /// Set in the child process [`a_disk_cap_keeps_chattr_from_changing_projects`] starts: the
+    /// child installs the filter (with a disk cap when the value is "capped") and runs chattr.
+    const CHILD: &str = "FEATHER_SECCOMP_TEST_CHILD";
+
+    /// Runs chattr with `args` under the filter of this child's profile; returns its status.
+    fn chattr_under_filter(capped: bool, args: &[&str]) -> bool {
+        let me = std::env::current_exe().unwrap();
+        let output = std::process::Command::new(me)
+            .args([
+                "--exact",
+                "seccomp::tests::a_disk_cap_keeps_chattr_from_changing_projects",
+                "--nocapture",
+            ])
+            .env(CHILD, if capped { "capped" } else { "uncapped" })
+            .env("FEATHER_CHATTR_ARGS", args.join(" "))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("chattr status"), "the child ran: {text}");
+        text.contains("chattr status ok")
+    }
+
+    #[test]
+    fn a_disk_cap_keeps_chattr_from_changing_projects() {
+        if let Ok(profile) = std::env::var(CHILD) {
+            // The child: filter itself, then let chattr (which inherits the filter) try.
+            install(Profile {
+                allow_userns: false,
+                disk_quota: profile == "capped",
+            })
+            .expect("installs (tests run as root)");
+            let args = std::env::var("FEATHER_CHATTR_ARGS").unwrap();
+            let ok = std::process::Command::new("chattr")
+                .args(args.split(' '))
+                .status()
+                .is_ok_and(|s| s.success());
+            println!("chattr status {}", if ok { "ok" } else { "failed" });
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("feather-seccomp-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.to_str().unwrap();
+        // FS_IOC_SETFLAGS (+P: the project-inherit flag) and FS_IOC_FSSETXATTR (-p: the
+        // project id; 0 is accepted even by filesystems without projects).
+        let cases: [&[&str]; 2] = [&["+P", path], &["-p", "0", path]];
+        let results: Vec<(bool, bool)> = cases
+            .iter()
+            .map(|args| {
+                (
+                    chattr_under_filter(false, args),
+                    chattr_under_filter(true, args),
+                )
+            })
+            .collect();
+        let _ = std::process::Command::new("chattr")
+            .args(["-P", path])
+            .status();
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(
+            results,
+            [(true, false), (true, false)],
+            "(without a cap, with one) for +P and -p 0"
+        );
+    }
+
     #[test]
     fn the_documented_table_is_the_filter() {
         if std::env::var_os("FEATHER_BLESS").is_some() {

@@ -91,3 +91,38 @@ pub fn assign(dir: BorrowedFd, project: u32) -> Result<(), Errno> {
 pub fn project_of(fd: BorrowedFd) -> Result<u32, Errno> {
     raw::fs_get_xattr(fd).map(|attr| attr.projid)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    /// The calls' shapes, on whatever filesystem holds the temporary folder: project 0 and the
+    /// inherit flag are accepted even where projects are not, and the quota state is an answer,
+    /// not a fault.
+    #[test]
+    fn a_folder_takes_the_inherit_flag_and_the_quota_state_is_read() {
+        let path = std::env::temp_dir().join(format!("feather-quota-{}", std::process::id()));
+        std::fs::create_dir(&path).unwrap();
+        let dir = std::fs::File::open(&path).unwrap();
+        let outcome = raw::fs_get_xattr(dir.as_fd()).map(|_| {
+            assign(dir.as_fd(), 0).expect("project 0 with the inherit flag");
+            let attr = raw::fs_get_xattr(dir.as_fd()).unwrap();
+            (attr.projid, attr.xflags & FS_XFLAG_PROJINHERIT != 0)
+        });
+        let state = enforced(dir.as_fd());
+        drop(dir);
+        std::fs::remove_dir(&path).unwrap();
+        match outcome {
+            Ok(attrs) => assert_eq!(attrs, (0, true)),
+            // tmpfs and others have no extended attributes of this kind.
+            Err(errno) => assert!(matches!(errno, Errno::ENOTTY | Errno::EOPNOTSUPP)),
+        }
+        if let Err(errno) = state {
+            assert!(
+                matches!(errno, Errno::ESRCH | Errno::ENOSYS | Errno::EOPNOTSUPP),
+                "{errno}"
+            );
+        }
+    }
+}
