@@ -314,7 +314,7 @@ impl ProjectQuotaFs {
             .arg(&fs.image)
             .arg(&size)
             .output()
-            .expect("mkfs.ext4 runs");
+            .map_err(|e| format!("mkfs.ext4 (e2fsprogs, ./setup.sh): {e}"))?;
         if !made.status.success() {
             return Err(String::from_utf8_lossy(&made.stderr).into_owned());
         }
