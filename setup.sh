@@ -37,6 +37,7 @@ packages=(
     xdg-dbus-proxy   # Shuttle's D-Bus channels: the filtering proxy between a VM and another's bus
     python3-dbus python3-gi  # Shuttle tests: a program owning names on a VM's system bus
     socat            # Shuttle tests: a unix-socket client inside a VM
+    e2fsprogs        # disk-cap tests: mkfs.ext4 makes a project-quota filesystem; chattr tries to change a project
 )
 
 export DEBIAN_FRONTEND=noninteractive

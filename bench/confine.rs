@@ -15,12 +15,16 @@ fn child(what: &str) -> u128 {
     let start = Instant::now();
     match what {
         "seccomp-compile" => {
-            std::hint::black_box(feather_confine::seccomp::compile().expect("filter compiles"));
+            // The default profile: both filters (the main one and clone3's).
+            let profile = feather_confine::seccomp::Profile::default();
+            std::hint::black_box(feather_confine::seccomp::compile(profile).expect("compiles"));
+            std::hint::black_box(
+                feather_confine::seccomp::compile_clone3(profile).expect("compiles"),
+            );
         }
         // install() compiles too: this is the whole cost a process entering a VM pays.
-        "seccomp-install" => {
-            feather_confine::seccomp::install().expect("filter installs (run as root)")
-        }
+        "seccomp-install" => feather_confine::seccomp::install(Default::default())
+            .expect("filter installs (run as root)"),
         "landlock-scope" => {
             feather_confine::landlock::scope_ipc().expect("scoping");
         }

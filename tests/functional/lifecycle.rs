@@ -202,7 +202,11 @@ fn run_rm_with_a_terminal_gives_one_and_leaves_nothing() {
 fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
     let feather = Feather::new("run-rm-live");
     let base = ScratchBase::new("run-rm-live");
-    for (limits, has_cgroup) in [(vec![], false), (vec!["--memory", "64M"], true)] {
+    // `--pids max`: no limit at all (every VM has a pids limit unless told otherwise).
+    for (limits, has_cgroup) in [
+        (vec!["--pids", "max"], false),
+        (vec!["--memory", "64M"], true),
+    ] {
         let mut args = vec!["run", "--rm", "--base", base.as_str()];
         args.extend(limits);
         args.extend(["tmp", "--", "sleep", "60"]);
@@ -213,7 +217,8 @@ fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
                 .stdout
                 .contains("\"running\"")
         });
-        // Without limits it skips the cgroup (faster start); its processes are found all the same.
+        // Without any limit it skips the cgroup (faster start); its processes are found all
+        // the same.
         assert_eq!(
             feather.inspect("tmp")["cgroup"]
                 .as_array()

@@ -54,6 +54,12 @@ impl Feather {
         }
     }
 
+    /// A state root at `root`, a folder the caller made (e.g. on a filesystem of its own); it
+    /// is removed on drop like any other.
+    pub fn at(root: PathBuf) -> Self {
+        Feather { root }
+    }
+
     pub fn bin() -> &'static str {
         env!("CARGO_BIN_EXE_feather")
     }
@@ -283,6 +289,58 @@ impl Drop for ScratchBase {
             let _ = Command::new("umount").arg(target).status();
         }
         let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// A small ext4 filesystem with project quotas (`quota,project`, mounted `prjquota`) on a loop
+/// device, for state roots whose VMs have a disk cap; unmounted and removed on drop. `new`
+/// says why not when this kernel cannot mount it (ext4 quotas need CONFIG_QFMT_V2).
+pub struct ProjectQuotaFs {
+    pub mount: PathBuf,
+    image: PathBuf,
+}
+
+impl ProjectQuotaFs {
+    pub fn new(label: &str, megabytes: u32) -> Result<Self, String> {
+        let dir = unique_dir("quota", label);
+        let fs = ProjectQuotaFs {
+            mount: dir.join("mnt"),
+            image: dir.join("fs.img"),
+        };
+        fs::create_dir(&fs.mount).unwrap();
+        let size = format!("{megabytes}M");
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-O", "quota,project"])
+            .arg(&fs.image)
+            .arg(&size)
+            .output()
+            .map_err(|e| format!("mkfs.ext4 (e2fsprogs, ./setup.sh): {e}"))?;
+        if !made.status.success() {
+            return Err(String::from_utf8_lossy(&made.stderr).into_owned());
+        }
+        let mounted = Command::new("mount")
+            .args(["-o", "loop,prjquota"])
+            .arg(&fs.image)
+            .arg(&fs.mount)
+            .output()
+            .expect("mount runs");
+        if !mounted.status.success() {
+            return Err(format!(
+                "this kernel cannot mount ext4 with project quotas: {}",
+                String::from_utf8_lossy(&mounted.stderr).trim()
+            ));
+        }
+        Ok(fs)
+    }
+}
+
+impl Drop for ProjectQuotaFs {
+    fn drop(&mut self) {
+        // `umount -d` also frees the loop device.
+        let _ = Command::new("umount").arg("-d").arg(&self.mount).status();
+        if let Some(dir) = self.image.parent() {
+            let _ = fs::remove_dir_all(dir);
+        }
     }
 }
 

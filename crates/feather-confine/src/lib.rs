@@ -24,8 +24,8 @@ pub enum ConfineError {
 }
 
 /// Steps 1 and 2 above, for a process that is already inside the VM's namespaces and root.
-pub fn confine() -> Result<(), ConfineError> {
-    seccomp::install()?;
+pub fn confine(profile: seccomp::Profile) -> Result<(), ConfineError> {
+    seccomp::install(profile)?;
     capabilities::reduce_to_default()?;
     Ok(())
 }

@@ -11,12 +11,24 @@
 //! |---|---|
 #![doc = include_str!("../seccomp-table.md")]
 //!
+//! Denied unless the VM's config allows them ([`Profile`]):
+//! - user namespaces (`create --allow-userns` allows them): `unshare` and `clone` with
+//!   `CLONE_NEWUSER`, and `setns`. In a new user namespace a VM process holds every capability
+//!   over the namespaces it makes there (CAP_NET_ADMIN over a network namespace, CAP_SYS_ADMIN
+//!   over mounts), which puts most of the kernel's privileged code within its reach; Docker's
+//!   default profile refuses them too. `clone3` gets **ENOSYS**: its flags are in memory, where
+//!   seccomp cannot read them, and glibc falls back to `clone` (which the filter can read) only
+//!   on ENOSYS. Without user namespaces a VM holds CAP_SYS_ADMIN nowhere, so `setns` could only
+//!   fail; denying it closes the one way left, joining a user namespace made elsewhere.
+//! - project-id changes on a VM with a disk cap (`create --disk`): `ioctl(FS_IOC_FSSETXATTR)`,
+//!   `ioctl(FS_IOC_SETFLAGS)` and `file_setattr`. A file's owner may move it to another project
+//!   or clear a folder's inherit flag, and so step out of the quota that caps the VM's layer.
+//!
 //! Left allowed on purpose: `ptrace` and `process_vm_readv/writev` (gdb and strace work on the
 //! VM's own processes; the pid namespace keeps every other process unnameable), `unshare` and
-//! `clone` with new namespaces (sandboxes such as bubblewrap or Chromium's work inside a VM;
-//! user namespaces give no power over anything the VM does not own), `adjtimex` (read-only
-//! without CAP_SYS_TIME, used by time-sync status tools), `name_to_handle_at` (only its partner
-//! `open_by_handle_at` escapes).
+//! `clone` with new namespaces other than a user namespace (they need CAP_SYS_ADMIN, which the
+//! VM lacks), `adjtimex` (read-only without CAP_SYS_TIME, used by time-sync status tools),
+//! `name_to_handle_at` (only its partner `open_by_handle_at` escapes).
 //!
 //! The filter is compiled for the running architecture. A system call made through another
 //! ABI of the same machine (i386 `int 0x80` on x86_64) would be numbered differently and slip
@@ -214,54 +226,161 @@ pub enum SeccompError {
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: i64 = 0x4000_0000;
 
-/// Compiles the filter for the running architecture.
-pub fn compile() -> Result<BpfProgram, SeccompError> {
+/// What a VM's config relaxes or adds to the filter.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Profile {
+    /// The VM may create and join user namespaces (`create --allow-userns`).
+    pub allow_userns: bool,
+    /// The VM's layers are capped by a project quota (`create --disk`): its processes may not
+    /// change a file's project.
+    pub disk_quota: bool,
+}
+
+/// `file_setattr(2)` (Linux 6.17): FS_IOC_FSSETXATTR by path. Not in libc yet; calls added
+/// since Linux 5.1 have one number on every architecture feather builds for.
+const SYS_FILE_SETATTR: libc::c_long = 469;
+
+/// `FS_IOC_FSSETXATTR`, `_IOW('X', 32, struct fsxattr)`: sets a file's project id and xflags.
+pub const FS_IOC_FSSETXATTR: u64 = 0x401c_5820;
+
+/// A call a [`Profile`] denies: whatever its arguments, or when one argument passes a test.
+/// A number is either always denied or denied by argument tests, never both: seccompiler
+/// would read the tests as the only rules.
+struct Conditional {
+    number: libc::c_long,
+    /// The argument's index and its test.
+    arg: Option<(u8, ArgTest)>,
+}
+
+enum ArgTest {
+    /// All these bits are set (the low 32 bits of the argument).
+    HasBits(u64),
+    /// The argument's low 32 bits are this value.
+    Exact(u64),
+}
+
+/// The calls `profile` adds to the always-denied list, all refused with EPERM.
+fn profile_denied(profile: Profile) -> Vec<Conditional> {
+    let mut calls = Vec::new();
+    if !profile.allow_userns {
+        let newuser = ArgTest::HasBits(libc::CLONE_NEWUSER as u64);
+        calls.push(Conditional {
+            number: libc::SYS_unshare,
+            arg: Some((0, newuser)),
+        });
+        // clone's flags are its first argument on x86_64 and aarch64 alike.
+        calls.push(Conditional {
+            number: libc::SYS_clone,
+            arg: Some((0, ArgTest::HasBits(libc::CLONE_NEWUSER as u64))),
+        });
+        calls.push(Conditional {
+            number: libc::SYS_setns,
+            arg: None,
+        });
+    }
+    if profile.disk_quota {
+        calls.push(Conditional {
+            number: libc::SYS_ioctl,
+            arg: Some((1, ArgTest::Exact(FS_IOC_FSSETXATTR))),
+        });
+        // The unused cast is for musl, whose ioctl requests are c_int.
+        #[allow(clippy::unnecessary_cast)]
+        calls.push(Conditional {
+            number: libc::SYS_ioctl,
+            arg: Some((1, ArgTest::Exact(libc::FS_IOC_SETFLAGS as u64))),
+        });
+        calls.push(Conditional {
+            number: SYS_FILE_SETATTR,
+            arg: None,
+        });
+    }
+    calls
+}
+
+fn compile_error(e: impl std::fmt::Display) -> SeccompError {
+    SeccompError::Compile(e.to_string())
+}
+
+/// One rule matching `test` on argument `index`. Flags and ioctl requests are read by the
+/// kernel as 32-bit values (clone's flags that matter here, too), so only the low 32 bits are
+/// compared: setting high bits cannot dodge a rule.
+fn rule(index: u8, test: &ArgTest) -> Result<SeccompRule, SeccompError> {
+    let (op, value) = match *test {
+        ArgTest::HasBits(mask) => (SeccompCmpOp::MaskedEq(mask), mask),
+        ArgTest::Exact(value) => (SeccompCmpOp::Eq, value),
+    };
+    let condition =
+        SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value).map_err(compile_error)?;
+    SeccompRule::new(vec![condition]).map_err(compile_error)
+}
+
+/// Adds `call`'s rules for its native number and, on x86_64, its x32 number.
+fn add_rules(
+    rules: &mut BTreeMap<i64, Vec<SeccompRule>>,
+    number: libc::c_long,
+    rule: Option<SeccompRule>,
+) {
+    let mut numbers = vec![number];
+    #[cfg(target_arch = "x86_64")]
+    numbers.push(number | X32_SYSCALL_BIT);
+    for number in numbers {
+        // An empty list of rules denies the call whatever its arguments.
+        let entry = rules.entry(number).or_default();
+        entry.extend(rule.iter().cloned());
+    }
+}
+
+/// Builds a filter that answers `action` to the calls in `rules` and lets everything else
+/// through, for the running architecture.
+fn build(
+    rules: BTreeMap<i64, Vec<SeccompRule>>,
+    action: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    let arch = std::env::consts::ARCH
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| compile_error(e))?;
+    let filter =
+        SeccompFilter::new(rules, SeccompAction::Allow, action, arch).map_err(compile_error)?;
+    filter
+        .try_into()
+        .map_err(|e: seccompiler::BackendError| compile_error(e))
+}
+
+/// Compiles the main filter (every denied call gets EPERM) for the running architecture.
+pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for call in denied() {
         let rule = match call.ioctl_request {
-            None => vec![],
-            // The kernel reads an ioctl request as a 32-bit unsigned int, so only the low 32
-            // bits are compared: setting high bits cannot dodge the rule.
-            Some(request) => vec![SeccompRule::new(vec![SeccompCondition::new(
-                1,
-                SeccompCmpArgLen::Dword,
-                SeccompCmpOp::Eq,
-                request,
-            )
-            .map_err(|e| SeccompError::Compile(e.to_string()))?])
-            .map_err(|e| SeccompError::Compile(e.to_string()))?],
+            None => None,
+            Some(request) => Some(rule(1, &ArgTest::Exact(request))?),
         };
-        let mut numbers = vec![call.number];
-        #[cfg(target_arch = "x86_64")]
-        numbers.push(call.number | X32_SYSCALL_BIT);
-        for number in numbers {
-            rules
-                .entry(number)
-                .or_default()
-                .extend(rule.iter().cloned());
-        }
+        add_rules(&mut rules, call.number, rule);
     }
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError::Compile(e.to_string()))?;
-    let filter = SeccompFilter::new(
-        rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(libc::EPERM as u32),
-        arch,
-    )
-    .map_err(|e| SeccompError::Compile(e.to_string()))?;
-    filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| SeccompError::Compile(e.to_string()))
+    for call in profile_denied(profile) {
+        let rule = match &call.arg {
+            None => None,
+            Some((index, test)) => Some(rule(*index, test)?),
+        };
+        add_rules(&mut rules, call.number, rule);
+    }
+    build(rules, SeccompAction::Errno(libc::EPERM as u32))
 }
 
-/// Compiles and installs the filter on the calling process. Call it while the process still
-/// holds CAP_SYS_ADMIN — before the capability set is reduced — so that no_new_privs need not
-/// be set (see the crate documentation), and after everything that itself needs a denied call
-/// (the VM's mounts).
-pub fn install() -> Result<(), SeccompError> {
-    let program: Vec<feather_sys::seccomp::Instruction> = compile()?
+/// The second filter, for VMs without user namespaces: `clone3` answers ENOSYS, so that glibc
+/// (pthread_create, posix_spawn) falls back to `clone`, whose flags the main filter can read.
+/// seccompiler gives one action per filter, hence a filter of its own. None when user
+/// namespaces are allowed.
+pub fn compile_clone3(profile: Profile) -> Result<Option<BpfProgram>, SeccompError> {
+    if profile.allow_userns {
+        return Ok(None);
+    }
+    let mut rules = BTreeMap::new();
+    add_rules(&mut rules, libc::SYS_clone3, None);
+    build(rules, SeccompAction::Errno(libc::ENOSYS as u32)).map(Some)
+}
+
+fn instructions(program: BpfProgram) -> Vec<feather_sys::seccomp::Instruction> {
+    program
         .into_iter()
         .map(|i| feather_sys::seccomp::Instruction {
             code: i.code,
@@ -269,8 +388,21 @@ pub fn install() -> Result<(), SeccompError> {
             jf: i.jf,
             k: i.k,
         })
-        .collect();
-    feather_sys::seccomp::install_filter(&program)?;
+        .collect()
+}
+
+/// Compiles and installs the filters of `profile` on the calling process. Call it while the
+/// process still holds CAP_SYS_ADMIN — before the capability set is reduced — so that
+/// no_new_privs need not be set (see the crate documentation), and after everything that
+/// itself needs a denied call (the VM's mounts). Both filters are compiled before either is
+/// installed, so a compile error leaves the process as it was.
+pub fn install(profile: Profile) -> Result<(), SeccompError> {
+    let main = instructions(compile(profile)?);
+    let clone3 = compile_clone3(profile)?.map(instructions);
+    if let Some(clone3) = clone3 {
+        feather_sys::seccomp::install_filter(&clone3)?;
+    }
+    feather_sys::seccomp::install_filter(&main)?;
     Ok(())
 }
 
@@ -299,8 +431,85 @@ mod tests {
 
     #[test]
     fn the_filter_compiles_for_this_machine() {
-        let program = compile().expect("compiles");
-        assert!(program.len() > denied().len());
+        for allow_userns in [false, true] {
+            for disk_quota in [false, true] {
+                let profile = Profile {
+                    allow_userns,
+                    disk_quota,
+                };
+                let program = compile(profile).expect("compiles");
+                assert!(program.len() > denied().len());
+                assert_eq!(
+                    compile_clone3(profile).expect("compiles").is_some(),
+                    !allow_userns
+                );
+            }
+        }
+    }
+
+    /// Set in the child process [`a_disk_cap_keeps_chattr_from_changing_projects`] starts: the
+    /// child installs the filter (with a disk cap when the value is "capped") and runs chattr.
+    const CHILD: &str = "FEATHER_SECCOMP_TEST_CHILD";
+
+    /// Runs chattr with `args` under the filter of this child's profile; returns its status.
+    fn chattr_under_filter(capped: bool, args: &[&str]) -> bool {
+        let me = std::env::current_exe().unwrap();
+        let output = std::process::Command::new(me)
+            .args([
+                "--exact",
+                "seccomp::tests::a_disk_cap_keeps_chattr_from_changing_projects",
+                "--nocapture",
+            ])
+            .env(CHILD, if capped { "capped" } else { "uncapped" })
+            .env("FEATHER_CHATTR_ARGS", args.join(" "))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        assert!(text.contains("chattr status"), "the child ran: {text}");
+        text.contains("chattr status ok")
+    }
+
+    #[test]
+    fn a_disk_cap_keeps_chattr_from_changing_projects() {
+        if let Ok(profile) = std::env::var(CHILD) {
+            // The child: filter itself, then let chattr (which inherits the filter) try.
+            install(Profile {
+                allow_userns: false,
+                disk_quota: profile == "capped",
+            })
+            .expect("installs (tests run as root)");
+            let args = std::env::var("FEATHER_CHATTR_ARGS").unwrap();
+            let ok = std::process::Command::new("chattr")
+                .args(args.split(' '))
+                .status()
+                .is_ok_and(|s| s.success());
+            println!("chattr status {}", if ok { "ok" } else { "failed" });
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("feather-seccomp-{}", std::process::id()));
+        std::fs::create_dir(&dir).unwrap();
+        let path = dir.to_str().unwrap();
+        // FS_IOC_SETFLAGS (+P: the project-inherit flag) and FS_IOC_FSSETXATTR (-p: the
+        // project id; 0 is accepted even by filesystems without projects).
+        let cases: [&[&str]; 2] = [&["+P", path], &["-p", "0", path]];
+        let results: Vec<(bool, bool)> = cases
+            .iter()
+            .map(|args| {
+                (
+                    chattr_under_filter(false, args),
+                    chattr_under_filter(true, args),
+                )
+            })
+            .collect();
+        let _ = std::process::Command::new("chattr")
+            .args(["-P", path])
+            .status();
+        std::fs::remove_dir(&dir).unwrap();
+        assert_eq!(
+            results,
+            [(true, false), (true, false)],
+            "(without a cap, with one) for +P and -p 0"
+        );
     }
 
     #[test]

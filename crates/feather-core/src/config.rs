@@ -41,20 +41,60 @@ pub struct VmConfig {
     /// Labels policy rules select VMs by (`@tag:NAME`); `feather create --tag`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tags: Vec<String>,
+    /// The VM's processes may create user namespaces (`feather create --allow-userns`); by
+    /// default the seccomp filter refuses them (docs/confinement.md).
+    #[serde(default)]
+    pub allow_userns: bool,
 }
 
-/// Resource limits, enforced through the VM's cgroup. `None` means unlimited.
+/// Resource limits: memory, pids and cpus through the VM's cgroup, disk through a project quota
+/// on its layers. `None` means unlimited.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Limits {
     /// Bytes of memory (the kernel OOM-kills inside the VM beyond it).
     pub memory: Option<u64>,
-    /// Number of tasks (fork fails with EAGAIN beyond it).
+    /// Number of tasks (fork fails with EAGAIN beyond it). `create` sets
+    /// [`Limits::DEFAULT_PIDS`] unless told otherwise; configs written before that have none.
     pub pids: Option<u64>,
     /// CPU bandwidth in cores, e.g. 0.5 or 2.
     pub cpus: Option<f64>,
+    /// Bytes the VM's layers may hold on the state root's filesystem (`create --disk`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskQuota>,
+}
+
+/// A cap on a VM's layers: every file of its upper and work folders belongs to `project`, whose
+/// quota on the state root's filesystem is `bytes`.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct DiskQuota {
+    pub bytes: u64,
+    /// The filesystem's project id, chosen at creation and unused by anything else then.
+    pub project: u32,
 }
 
 impl Limits {
+    /// Tasks a VM may have unless `create --pids` says otherwise: podman's default, enough for
+    /// any ordinary workload, and it stops a fork bomb before it starves the host.
+    pub const DEFAULT_PIDS: u64 = 2048;
+
+    /// Whether a cgroup limit (memory, pids or cpus) is set; the disk cap needs no cgroup.
+    pub fn needs_cgroup(&self) -> bool {
+        self.memory.is_some() || self.pids.is_some() || self.cpus.is_some()
+    }
+
+    /// `--pids N`, or `--pids max` for no limit at all.
+    pub fn parse_pids(text: &str) -> Result<Option<u64>, Error> {
+        if text == "max" {
+            return Ok(None);
+        }
+        let pids: u64 = text.parse().map_err(|_| Error::InvalidValue {
+            what: "--pids",
+            value: text.to_owned(),
+            why: "expected a number of processes, or `max` for no limit".into(),
+        })?;
+        Self::validate_pids(pids).map(Some)
+    }
+
     pub fn parse_cpus(text: &str) -> Result<f64, Error> {
         let cpus: f64 = text.parse().map_err(|_| Error::InvalidValue {
             what: "--cpus",
@@ -117,6 +157,10 @@ mod tests {
                 memory: Some(512 << 20),
                 pids: Some(256),
                 cpus: Some(1.5),
+                disk: Some(DiskQuota {
+                    bytes: 16 << 20,
+                    project: 0x4000_0001,
+                }),
             },
             created: 1,
             ephemeral: false,
@@ -124,6 +168,7 @@ mod tests {
             services: vec!["nginx.service".into()],
             fresh_state: true,
             tags: vec!["web".into()],
+            allow_userns: true,
             network: NetworkConfig {
                 mode: crate::network::NetMode::Private,
                 address: Some([10, 77, 0, 2].into()),
@@ -133,6 +178,14 @@ mod tests {
         };
         let text = toml::to_string(&config).unwrap();
         assert_eq!(toml::from_str::<VmConfig>(&text).unwrap(), config);
+    }
+
+    #[test]
+    fn pids_take_a_number_or_max() {
+        assert_eq!(Limits::parse_pids("64").unwrap(), Some(64));
+        assert_eq!(Limits::parse_pids("max").unwrap(), None);
+        assert!(Limits::parse_pids("0").is_err());
+        assert!(Limits::parse_pids("lots").is_err());
     }
 
     #[test]

@@ -13,7 +13,7 @@ pub mod size;
 pub mod state;
 pub mod store;
 
-pub use config::{Limits, VmConfig};
+pub use config::{DiskQuota, Limits, VmConfig};
 pub use error::{Error, Result};
 pub use name::VmName;
 pub use network::{NetMode, NetworkConfig, Publish};

@@ -341,6 +341,7 @@ mod tests {
             fresh_state: false,
             network: Default::default(),
             tags: vec![],
+            allow_userns: false,
         }
     }
 

@@ -8,6 +8,7 @@ pub mod mountinfo;
 pub mod net;
 pub mod process;
 pub mod pty;
+pub mod quota;
 mod raw;
 pub mod seccomp;
 

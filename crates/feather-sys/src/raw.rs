@@ -1,7 +1,7 @@
 //! Every `unsafe` call of feather-sys. Each wrapper is the smallest safe interface over one
 //! system call that nix does not offer safely.
 
-use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 use nix::errno::Errno;
 use nix::libc;
@@ -357,4 +357,88 @@ pub fn send_link_layer(
         )
     };
     Errno::result(sent).map(drop)
+}
+
+/// `struct fsxattr` of FS_IOC_FSGETXATTR/FS_IOC_FSSETXATTR, as the kernel's uapi defines it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct FsXattr {
+    pub xflags: u32,
+    pub extsize: u32,
+    pub nextents: u32,
+    pub projid: u32,
+    pub cowextsize: u32,
+    pub pad: [u8; 8],
+}
+
+/// `_IOR('X', 31, struct fsxattr)`.
+const FS_IOC_FSGETXATTR: libc::c_ulong = 0x801c_581f;
+/// `_IOW('X', 32, struct fsxattr)`.
+const FS_IOC_FSSETXATTR: libc::c_ulong = 0x401c_5820;
+
+/// FS_IOC_FSGETXATTR: the extended attributes (project id, xflags) of the file `fd` is open on.
+pub fn fs_get_xattr(fd: BorrowedFd) -> Result<FsXattr, Errno> {
+    let mut attr = FsXattr::default();
+    // SAFETY: `attr` is a writable struct fsxattr of the size the request encodes; the kernel
+    // fills it in and keeps no pointer to it.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSGETXATTR, &mut attr as *mut FsXattr) };
+    Errno::result(ret).map(|_| attr)
+}
+
+/// FS_IOC_FSSETXATTR: sets the extended attributes of the file `fd` is open on.
+pub fn fs_set_xattr(fd: BorrowedFd, attr: &FsXattr) -> Result<(), Errno> {
+    // SAFETY: `attr` is an initialised struct fsxattr of the size the request encodes; the kernel
+    // only reads it during the call.
+    let ret = unsafe { libc::ioctl(fd.as_raw_fd(), FS_IOC_FSSETXATTR, attr as *const FsXattr) };
+    Errno::result(ret).map(drop)
+}
+
+/// quotactl_fd(2) with a command whose argument is a `struct if_dqblk` (Q_GETQUOTA,
+/// Q_SETQUOTA) for quota `id` of the filesystem holding `fd`.
+pub fn quotactl_fd_dqblk(
+    fd: BorrowedFd,
+    cmd: libc::c_int,
+    id: u32,
+    block: &mut libc::dqblk,
+) -> Result<(), Errno> {
+    // SAFETY: `block` is a valid, writable struct if_dqblk (libc's dqblk has its layout) that
+    // outlives the call; Q_GETQUOTA writes it, Q_SETQUOTA reads it, neither keeps the pointer.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_quotactl_fd,
+            fd.as_raw_fd(),
+            cmd,
+            id,
+            block as *mut libc::dqblk,
+        )
+    };
+    Errno::result(ret).map(drop)
+}
+
+/// `struct if_dqinfo` of Q_GETINFO.
+#[repr(C)]
+#[derive(Default)]
+struct DqInfo {
+    bgrace: u64,
+    igrace: u64,
+    flags: u32,
+    valid: u32,
+}
+
+/// quotactl_fd(2) Q_GETINFO for quota type `kind`: succeeds only when the filesystem holding
+/// `fd` has that quota type on (ESRCH when it is off, ENOSYS when it has no quotas at all).
+pub fn quotactl_fd_getinfo(fd: BorrowedFd, kind: libc::c_int) -> Result<(), Errno> {
+    let mut info = DqInfo::default();
+    // SAFETY: `info` is a writable struct if_dqinfo that outlives the call; the kernel writes it
+    // and keeps no pointer.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_quotactl_fd,
+            fd.as_raw_fd(),
+            libc::QCMD(libc::Q_GETINFO, kind),
+            0,
+            &mut info as *mut DqInfo,
+        )
+    };
+    Errno::result(ret).map(drop)
 }

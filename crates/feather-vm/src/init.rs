@@ -31,6 +31,8 @@ pub struct InitPlan {
     pub grace: Duration,
     /// Whether init keeps the keeper's stdin/stdout/stderr (a foreground run) or detaches them.
     pub attached: bool,
+    /// What the VM's config relaxes or adds to the seccomp filter.
+    pub seccomp: feather_confine::seccomp::Profile,
 }
 
 /// What init tells its keeper once the VM is assembled, or why it could not be.
@@ -232,7 +234,7 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
         detach_stdio();
     }
     // The seccomp filter and the reduced capability set, inherited by everything init starts.
-    feather_confine::confine().map_err(|e| e.to_string())
+    feather_confine::confine(plan.seccomp).map_err(|e| e.to_string())
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {

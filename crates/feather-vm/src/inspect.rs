@@ -24,9 +24,34 @@ pub struct Summary {
     pub processes: usize,
     /// Bytes of memory charged to the VM's cgroup now.
     pub memory_bytes: Option<u64>,
+    /// What the VM may use; `null` is unlimited.
+    pub limits: LimitsView,
+    /// Bytes its layers hold now, where a disk cap makes the filesystem count them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub disk_bytes: Option<u64>,
     pub created: u64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+}
+
+/// A VM's limits as `ls` shows them: the numbers, without the disk cap's project id.
+#[derive(Debug, Serialize)]
+pub struct LimitsView {
+    pub memory: Option<u64>,
+    pub pids: Option<u64>,
+    pub cpus: Option<f64>,
+    pub disk: Option<u64>,
+}
+
+impl From<&feather_core::Limits> for LimitsView {
+    fn from(limits: &feather_core::Limits) -> Self {
+        LimitsView {
+            memory: limits.memory,
+            pids: limits.pids,
+            cpus: limits.cpus,
+            disk: limits.disk.map(|d| d.bytes),
+        }
+    }
 }
 
 pub fn summaries(root: &StateRoot) -> Result<Vec<Summary>> {
@@ -36,12 +61,12 @@ pub fn summaries(root: &StateRoot) -> Result<Vec<Summary>> {
         let (Ok(config), Ok(state)) = (vm.read_config(), vm.read_state()) else {
             continue;
         };
-        rows.push(summary(&config, state));
+        rows.push(summary(root, &config, state));
     }
     Ok(rows)
 }
 
-fn summary(config: &VmConfig, state: VmState) -> Summary {
+fn summary(root: &StateRoot, config: &VmConfig, state: VmState) -> Summary {
     let running = state.status == VmStatus::Running;
     let cgroup = cgroup_of(config);
     let memory_bytes = if running {
@@ -60,6 +85,11 @@ fn summary(config: &VmConfig, state: VmState) -> Summary {
             0
         },
         memory_bytes,
+        limits: LimitsView::from(&config.limits),
+        disk_bytes: config
+            .limits
+            .disk
+            .and_then(|disk| crate::disk::usage(root.dir(), disk)),
         created: config.created,
         last_exit: state.last_exit,
     }

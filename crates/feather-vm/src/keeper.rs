@@ -82,7 +82,7 @@ pub fn cgroup_path(config: &VmConfig) -> Cgroup {
 /// into a group waits for an RCU grace period (about 10 ms), most of such a VM's start time, and
 /// its pid namespace already finds and ends every process it has.
 pub fn uses_cgroup(config: &VmConfig) -> bool {
-    !config.ephemeral || config.limits != feather_core::Limits::default()
+    !config.ephemeral || config.limits.needs_cgroup()
 }
 
 pub struct Keeper {
@@ -199,6 +199,7 @@ impl Keeper {
             workload,
             grace: DEFAULT_GRACE,
             attached,
+            seccomp: seccomp_profile(&config),
         };
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
@@ -527,6 +528,11 @@ impl Keeper {
         if self.config.ephemeral {
             self.network.release(&self.config.id);
             let _ = fs::remove_dir_all(self.vm.path());
+            // <root>/vms/<name>: the VM's state root is two folders up.
+            let root = self.vm.path().parent().and_then(|vms| vms.parent());
+            if let (Some(disk), Some(root)) = (self.config.limits.disk, root) {
+                crate::disk::release(root, disk);
+            }
             self.network.wait();
             return;
         }
@@ -560,6 +566,14 @@ enum Answered {
     Stop(Duration),
     /// The VM was checkpointed and its processes are ending; the asker hears when they have.
     Checkpointed,
+}
+
+/// The seccomp filter a VM's config asks for (docs/confinement.md).
+fn seccomp_profile(config: &VmConfig) -> feather_confine::seccomp::Profile {
+    feather_confine::seccomp::Profile {
+        allow_userns: config.allow_userns,
+        disk_quota: config.limits.disk.is_some(),
+    }
 }
 
 fn limits_of(config: &VmConfig) -> Limits {

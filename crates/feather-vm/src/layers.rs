@@ -88,6 +88,9 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
         }
         layers.push(layer);
     }
+    if let Some(disk) = config.limits.disk {
+        crate::disk::apply(&config.name, root.dir(), disk, &layers)?;
+    }
     Ok(layers)
 }
 

@@ -15,6 +15,7 @@ pub mod checkpoint;
 pub mod commands;
 pub mod commit;
 pub mod diff;
+pub mod disk;
 pub mod error;
 pub mod exec;
 pub mod init;

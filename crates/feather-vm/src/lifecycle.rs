@@ -29,6 +29,10 @@ pub struct CreateOptions {
     pub ephemeral: bool,
     pub network: NetworkConfig,
     pub tags: Vec<String>,
+    /// `--disk`: bytes the VM's layers may hold (a project quota; `limits.disk` is ignored).
+    pub disk: Option<u64>,
+    /// `--allow-userns`: the VM's processes may create user namespaces.
+    pub allow_userns: bool,
 }
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
@@ -53,6 +57,14 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         .filter(|dir| !base.join(dir).is_dir())
         .map(|dir| PathBuf::from("/").join(dir))
         .collect();
+    let mut limits = options.limits.clone();
+    limits.disk = match options.disk {
+        Some(bytes) => {
+            fs::create_dir_all(root.dir()).at(root.dir())?;
+            Some(crate::disk::allocate(name, root.dir(), bytes)?)
+        }
+        None => None,
+    };
     let id = new_id();
     let mut network = options.network.clone();
     feather_net::allocate(root.dir(), &id, &mut network, !options.ephemeral)
@@ -61,7 +73,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         name: name.clone(),
         id,
         base,
-        limits: options.limits.clone(),
+        limits,
         created: now(),
         ephemeral: options.ephemeral,
         scaffold,
@@ -69,6 +81,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         fresh_state: false,
         network,
         tags: options.tags.clone(),
+        allow_userns: options.allow_userns,
     };
     let durability = if options.ephemeral {
         Durability::Volatile
@@ -79,6 +92,18 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
     let vm = root.create(&config, durability).inspect_err(|_| {
         let _ = feather_net::release(root.dir(), &config.id, &config.network);
     })?;
+    // Before the scaffold folders are made, so that they too are in the VM's project.
+    if let Some(disk) = config.limits.disk {
+        let capped = crate::disk::apply(name, root.dir(), disk, &[])
+            .and_then(|()| crate::disk::assign(name, &vm.upper(), disk.project))
+            .and_then(|()| crate::disk::assign(name, &vm.work(), disk.project));
+        if let Err(e) = capped {
+            let _ = fs::remove_dir_all(vm.path());
+            crate::disk::release(root.dir(), disk);
+            let _ = feather_net::release(root.dir(), &config.id, &config.network);
+            return Err(e);
+        }
+    }
     for dir in &config.scaffold {
         let path = vm.upper().join(dir.strip_prefix("/").unwrap_or(dir));
         fs::create_dir(&path).at(&path)?;
@@ -272,6 +297,9 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         .join(format!(".creating-removed-{}-{}", name, config.id));
     fs::rename(vm.path(), &doomed).at(vm.path())?;
     fs::remove_dir_all(&doomed).at(&doomed)?;
+    if let Some(disk) = config.limits.disk {
+        crate::disk::release(root.dir(), disk);
+    }
     feather_net::release(root.dir(), &config.id, &config.network)
         .map_err(|e| failed(name, e.to_string()))?;
     Ok(())

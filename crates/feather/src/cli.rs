@@ -192,12 +192,19 @@ pub struct CreateArgs {
     /// Root tree the VM sees copy-on-write [default: /]
     #[arg(long, value_name = "DIR")]
     pub base: Option<PathBuf>,
-    /// Memory limit, e.g. 512M or 2G
+    /// Memory limit, e.g. 512M or 2G [default: none]
     #[arg(long, value_name = "SIZE")]
     pub memory: Option<String>,
-    /// Largest number of processes and threads
-    #[arg(long, value_name = "N")]
-    pub pids: Option<u64>,
+    /// Largest number of processes and threads, or `max` for no limit [default: 2048]
+    #[arg(long, value_name = "N|max")]
+    pub pids: Option<String>,
+    /// Cap on the bytes the VM's layer may hold, e.g. 10G (a project quota: the state root's
+    /// filesystem must be mounted with prjquota) [default: none]
+    #[arg(long, value_name = "SIZE")]
+    pub disk: Option<String>,
+    /// Let the VM's processes create user namespaces (refused by default: docs/confinement.md)
+    #[arg(long)]
+    pub allow_userns: bool,
     /// CPU limit in cores, e.g. 0.5
     #[arg(long, value_name = "CORES")]
     pub cpus: Option<String>,
@@ -222,6 +229,8 @@ impl CreateArgs {
             && self.memory.is_none()
             && self.pids.is_none()
             && self.cpus.is_none()
+            && self.disk.is_none()
+            && !self.allow_userns
             && self.net.is_none()
             && self.publish.is_empty()
             && !self.egress

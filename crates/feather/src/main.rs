@@ -292,7 +292,7 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
     let name: VmName = name.parse()?;
     match root.open(&name) {
         Ok(_) if !args.create.is_empty() => {
-            anyhow::bail!("VM {name} exists: --base, --memory, --pids, --cpus and the network options apply only when run creates it")
+            anyhow::bail!("VM {name} exists: --base, --memory, --pids, --cpus, --disk, --allow-userns and the network options apply only when run creates it")
         }
         Ok(_) => {}
         Err(Error::NotFound(_)) => {
@@ -329,8 +329,12 @@ fn check_criu(json: bool) -> anyhow::Result<ExitCode> {
 fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
     let limits = Limits {
         memory: args.memory.as_deref().map(parse_bytes).transpose()?,
-        pids: args.pids.map(Limits::validate_pids).transpose()?,
+        pids: match &args.pids {
+            Some(text) => Limits::parse_pids(text)?,
+            None => Some(Limits::DEFAULT_PIDS),
+        },
         cpus: args.cpus.as_deref().map(Limits::parse_cpus).transpose()?,
+        disk: None,
     };
     let network = NetworkConfig {
         mode: args
@@ -358,6 +362,8 @@ fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
             .iter()
             .map(|tag| VmConfig::validate_tag(tag).map(|()| tag.clone()))
             .collect::<Result<_, _>>()?,
+        disk: args.disk.as_deref().map(parse_bytes).transpose()?,
+        allow_userns: args.allow_userns,
     })
 }
 

@@ -5,7 +5,7 @@ use comfy_table::{Cell, Table};
 use feather_core::size::format_bytes;
 use feather_svc::manager::protocol::ServiceInfo;
 use feather_vm::diff::Change;
-use feather_vm::inspect::{Process, Summary};
+use feather_vm::inspect::{LimitsView, Process, Summary};
 use serde::Serialize;
 
 pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
@@ -27,6 +27,7 @@ pub fn vms(rows: &[Summary]) {
         "STATUS",
         "PROCS",
         "MEMORY",
+        "LIMITS",
         "BASE",
         "NETWORK",
         "CREATED",
@@ -41,6 +42,7 @@ pub fn vms(rows: &[Summary]) {
             vm.memory_bytes
                 .map(human_bytes)
                 .unwrap_or_else(|| "-".into()),
+            limits_cell(&vm.limits),
             vm.base.display().to_string(),
             vm.network.clone(),
             format!("{} ago", age(now.saturating_sub(vm.created))),
@@ -48,6 +50,28 @@ pub fn vms(rows: &[Summary]) {
         ]);
     }
     println!("{}", t.trim_fmt());
+}
+
+/// `mem 512M pids 2048 cpus 0.5 disk 10G`: the limits set, or `none`.
+fn limits_cell(limits: &LimitsView) -> String {
+    let mut parts = Vec::new();
+    if let Some(bytes) = limits.memory {
+        parts.push(format!("mem {}", format_bytes(bytes)));
+    }
+    if let Some(pids) = limits.pids {
+        parts.push(format!("pids {pids}"));
+    }
+    if let Some(cpus) = limits.cpus {
+        parts.push(format!("cpus {cpus}"));
+    }
+    if let Some(bytes) = limits.disk {
+        parts.push(format!("disk {}", format_bytes(bytes)));
+    }
+    if parts.is_empty() {
+        "none".into()
+    } else {
+        parts.join(" ")
+    }
 }
 
 pub fn processes(rows: &[Process]) {

@@ -1,0 +1,279 @@
+//! Limits a VM has without asking (a pids limit), the disk cap on its layer, and no user
+//! namespaces inside it unless it was created with --allow-userns.
+//!
+//! Tests that fill a VM's processes to its limit have `limit` in their name: they run one at a
+//! time (.config/nextest.toml).
+
+use std::fs;
+
+use crate::support::{Feather, ProjectQuotaFs, ScratchBase};
+
+/// Forks sleeping children until fork fails (or 5000, so that it ends also where nothing
+/// limits it), kills and reaps them, and prints how many it had and the error that stopped it.
+const FORK_UNTIL_REFUSED: &str = r#"
+import errno, os, signal, time
+children, error = [], "none"
+while len(children) < 5000:
+    try:
+        pid = os.fork()
+    except OSError as e:
+        error = errno.errorcode[e.errno]
+        break
+    if pid == 0:
+        time.sleep(60)
+        os._exit(0)
+    children.append(pid)
+for pid in children:
+    os.kill(pid, signal.SIGKILL)
+for pid in children:
+    os.waitpid(pid, 0)
+print(len(children), error)
+"#;
+
+fn pids_max(feather: &Feather, vm: &str) -> String {
+    let dir = feather
+        .cgroup_dirs(vm)
+        .into_iter()
+        .find(|d| d.join("pids.max").exists())
+        .expect("a pids controller");
+    fs::read_to_string(dir.join("pids.max"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+fn listed_limits(feather: &Feather, vm: &str) -> serde_json::Value {
+    let rows: serde_json::Value = serde_json::from_str(&feather.ok(&["ls", "--json"])).unwrap();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|row| row["name"] == vm)
+        .unwrap_or_else(|| panic!("{vm} is listed: {rows}"))["limits"]
+        .clone()
+}
+
+#[test]
+fn a_vm_created_without_limits_has_a_pids_limit_that_stops_a_fork_bomb() {
+    let feather = Feather::new("limit-default-pids");
+    feather.ok(&["create", "vm"]);
+    feather.ok(&["start", "vm"]);
+    assert_eq!(pids_max(&feather, "vm"), "2048");
+    assert_eq!(listed_limits(&feather, "vm")["pids"], 2048);
+    assert_eq!(feather.inspect("vm")["config"]["limits"]["pids"], 2048);
+    assert!(
+        feather.ok(&["ls"]).contains("pids 2048"),
+        "the table shows the limit"
+    );
+    let out = feather.ok(&["exec", "vm", "--", "python3", "-c", FORK_UNTIL_REFUSED]);
+    let (count, error) = out.trim().split_once(' ').unwrap();
+    let count: u32 = count.parse().unwrap();
+    assert_eq!(error, "EAGAIN", "fork was refused by the limit: {out}");
+    assert!(
+        (1900..2048).contains(&count),
+        "stopped near 2048 tasks: {out}"
+    );
+    // The VM is still usable once the children are gone.
+    assert_eq!(feather.sh("vm", "echo alive"), "alive\n");
+}
+
+#[test]
+fn pids_max_asks_for_no_limit_and_a_number_for_its_own() {
+    let feather = Feather::new("pids-options");
+    let base = ScratchBase::new("pids-options");
+    feather.start_over("free", &base, &["--pids", "max"]);
+    feather.start_over("few", &base, &["--pids", "64", "--memory", "64M"]);
+    assert_eq!(pids_max(&feather, "free"), "max");
+    assert_eq!(
+        listed_limits(&feather, "free")["pids"],
+        serde_json::Value::Null
+    );
+    assert_eq!(pids_max(&feather, "few"), "64");
+    let few = listed_limits(&feather, "few");
+    assert_eq!(few["pids"], 64);
+    assert_eq!(few["memory"], 64 << 20);
+    let table = feather.ok(&["ls"]);
+    assert!(table.contains("mem 64M pids 64"), "{table}");
+    assert!(feather
+        .fails(&["create", "x", "--pids", "lots"])
+        .contains("max"));
+}
+
+#[test]
+fn disk_limit_on_a_filesystem_without_project_quotas_is_refused_by_name() {
+    // The tests' state roots are on the host's filesystem, mounted without prjquota.
+    let feather = Feather::new("limit-disk-refused");
+    let base = ScratchBase::new("limit-disk-refused");
+    let error = feather.fails(&["create", "vm", "--base", base.as_str(), "--disk", "16M"]);
+    assert!(
+        error.contains("--disk needs project quotas on ") && error.contains(" at /"),
+        "names the filesystem and its mount point: {error}"
+    );
+    assert!(error.contains("prjquota"), "says what to do: {error}");
+    assert!(
+        !feather.vm_dir("vm").exists(),
+        "no half-made VM is left behind"
+    );
+}
+
+#[test]
+fn disk_limit_caps_what_a_vm_writes_on_a_project_quota_filesystem() {
+    let quota_fs = match ProjectQuotaFs::new("limit-disk", 96) {
+        Ok(fs) => fs,
+        Err(why) => {
+            eprintln!("SKIPPED (not testable on this machine): {why}");
+            return;
+        }
+    };
+    let root = quota_fs.mount.join("root");
+    fs::create_dir(&root).unwrap();
+    let feather = Feather::at(root);
+    // Over the host's / for python3; the file's name is this test's own.
+    let big = format!("var/tmp/feather-disk-limit-{}", std::process::id());
+    feather.ok(&["create", "vm", "--disk", "16M"]);
+    feather.ok(&["start", "vm"]);
+    assert_eq!(listed_limits(&feather, "vm")["disk"], 16 << 20);
+    let script = format!("dd if=/dev/zero of=/{big} bs=1M count=64");
+    let out = feather.run(&["exec", "vm", "--", "sh", "-c", &script]);
+    assert_ne!(out.code, 0, "64 MiB fit under a 16 MiB cap: {out:?}");
+    assert!(
+        out.stderr.contains("Disk quota exceeded") || out.stderr.contains("No space left"),
+        "{out:?}"
+    );
+    let held = fs::metadata(feather.vm_dir("vm").join("upper").join(&big))
+        .map(|m| m.len())
+        .unwrap_or(0);
+    assert!(held <= 16 << 20, "the layer holds {held} bytes");
+    assert!(
+        !std::path::Path::new("/").join(&big).exists(),
+        "the host's tree is untouched"
+    );
+    // A VM's root may not move its files out of the project (FS_IOC_FSSETXATTR, project 0).
+    let moved = feather.run(&[
+        "exec",
+        "vm",
+        "--",
+        "python3",
+        "-c",
+        "import fcntl, os, struct\n\
+         fd = os.open('/var/tmp', os.O_RDONLY)\n\
+         try:\n    fcntl.ioctl(fd, 0x401c5820, struct.pack('7I', 0, 0, 0, 0, 0, 0, 0))\n    print('moved')\n\
+         except OSError as e:\n    print(e.strerror)\n",
+    ]);
+    assert_eq!(moved.stdout, "Operation not permitted\n", "{moved:?}");
+    // The VM and its cap go; the project is free again.
+    feather.ok(&["rm", "--force", "vm"]);
+}
+
+/// Prints what unshare(CLONE_NEWUSER), clone(CLONE_NEWUSER), setns into a user namespace and
+/// clone3 give, one `call: error` line each ("ok" when they succeed).
+const USERNS_CALLS: &str = r#"
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+CLONE_NEWUSER, SIGCHLD = 0x10000000, 17
+def report(call, result):
+    print(call + ": " + ("ok" if result >= 0 else os.strerror(ctypes.get_errno())))
+pid = os.fork()
+if pid == 0:
+    os._exit(0 if libc.unshare(CLONE_NEWUSER) == 0 else 1)
+_, status = os.waitpid(pid, 0)
+print("unshare: " + ("ok" if os.waitstatus_to_exitcode(status) == 0 else "refused"))
+r = libc.syscall(56, CLONE_NEWUSER | SIGCHLD, 0, 0, 0, 0)
+if r == 0:
+    os._exit(0)
+if r > 0:
+    os.waitpid(r, 0)
+report("clone", r)
+fd = os.open("/proc/self/ns/user", os.O_RDONLY)
+report("setns", libc.setns(fd, 0))
+report("clone3", libc.syscall(435, 0, 0))
+"#;
+
+#[test]
+fn user_namespaces_are_refused_in_a_vm_by_default() {
+    let feather = Feather::new("userns-refused");
+    feather.ok(&["create", "vm"]);
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.inspect("vm")["config"]["allow_userns"], false);
+    let out = feather.ok(&["exec", "vm", "--", "python3", "-c", USERNS_CALLS]);
+    assert_eq!(
+        out,
+        "unshare: refused\nclone: Operation not permitted\nsetns: Operation not permitted\n\
+         clone3: Function not implemented\n"
+    );
+    let unshare = feather.run(&["exec", "vm", "--", "unshare", "-U", "-r", "true"]);
+    assert_ne!(unshare.code, 0, "{unshare:?}");
+    assert!(
+        unshare.stderr.contains("Operation not permitted"),
+        "{unshare:?}"
+    );
+    let net_admin = feather.run(&[
+        "exec", "vm", "--", "unshare", "-Urn", "ip", "link", "set", "lo", "up",
+    ]);
+    assert_ne!(net_admin.code, 0, "{net_admin:?}");
+    // New namespaces other than a user namespace need CAP_SYS_ADMIN, which a VM lacks.
+    for kind in ["-n", "-m", "-i", "-u", "-p"] {
+        let other = feather.run(&["exec", "vm", "--", "unshare", kind, "true"]);
+        assert!(
+            other.code != 0 && other.stderr.contains("Operation not permitted"),
+            "unshare {kind}: {other:?}"
+        );
+    }
+}
+
+#[test]
+fn ordinary_programs_start_processes_and_threads_without_clone3() {
+    let feather = Feather::new("userns-clone3");
+    feather.ok(&["create", "vm"]);
+    feather.ok(&["start", "vm"]);
+    // glibc's posix_spawn and pthread_create try clone3 first and fall back on ENOSYS.
+    let script = "import os, subprocess, threading\n\
+        print(subprocess.run(['echo', 'spawned'], capture_output=True, text=True).stdout, end='', flush=True)\n\
+        pid = os.posix_spawn('/bin/echo', ['echo', 'posix_spawn'], os.environ)\n\
+        os.waitpid(pid, 0)\n\
+        t = threading.Thread(target=print, args=('thread',))\n\
+        t.start(); t.join()\n";
+    assert_eq!(
+        feather.ok(&["exec", "vm", "--", "python3", "-c", script]),
+        "spawned\nposix_spawn\nthread\n"
+    );
+    assert_eq!(feather.sh("vm", "echo piped | cat"), "piped\n");
+    // A threaded service: memcached starts its worker threads with pthread_create.
+    feather.ok(&["service", "start", "vm", "memcached"]);
+    let stats = feather.ok(&[
+        "exec",
+        "vm",
+        "--",
+        "python3",
+        "-c",
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', 11211))\n\
+         s.sendall(b'stats\\r\\nquit\\r\\n')\n\
+         print(s.makefile().read())\n",
+    ]);
+    assert!(stats.contains("STAT threads "), "{stats}");
+}
+
+#[test]
+fn user_namespaces_work_in_a_vm_created_with_allow_userns() {
+    let feather = Feather::new("userns-allowed");
+    feather.ok(&["create", "vm", "--allow-userns"]);
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.inspect("vm")["config"]["allow_userns"], true);
+    let out = feather.ok(&[
+        "exec",
+        "vm",
+        "--",
+        "unshare",
+        "-Urn",
+        "sh",
+        "-c",
+        "ip link set lo up && ip link add v0 type veth peer name v1 && echo net-admin",
+    ]);
+    assert_eq!(out, "net-admin\n");
+    let calls = feather.ok(&["exec", "vm", "--", "python3", "-c", USERNS_CALLS]);
+    assert!(calls.starts_with("unshare: ok\nclone: ok\n"), "{calls}");
+    assert!(
+        !calls.contains("clone3: Function not implemented"),
+        "{calls}"
+    );
+}
