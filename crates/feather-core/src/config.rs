@@ -63,13 +63,28 @@ pub struct Limits {
     pub disk: Option<DiskQuota>,
 }
 
-/// A cap on a VM's layers: every file of its upper and work folders belongs to `project`, whose
-/// quota on the state root's filesystem is `bytes`.
+/// A cap on the bytes a VM's layers hold (`create --disk`), and how it is enforced.
 #[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
-pub struct DiskQuota {
-    pub bytes: u64,
-    /// The filesystem's project id, chosen at creation and unused by anything else then.
-    pub project: u32,
+#[serde(tag = "by", rename_all = "kebab-case")]
+pub enum DiskQuota {
+    /// Every file of the VM's upper and work folders belongs to `project`, whose quota on the
+    /// state root's filesystem is `bytes` (where that filesystem enforces project quotas).
+    ProjectQuota {
+        bytes: u64,
+        /// The filesystem's project id, chosen at creation and unused by anything else then.
+        project: u32,
+    },
+    /// The VM's layers live in a filesystem image of `bytes` of their own (`<vm>/disk.img`,
+    /// sparse), mounted over its layer folders: where project quotas are not to be had.
+    Image { bytes: u64 },
+}
+
+impl DiskQuota {
+    pub fn bytes(&self) -> u64 {
+        match *self {
+            DiskQuota::ProjectQuota { bytes, .. } | DiskQuota::Image { bytes } => bytes,
+        }
+    }
 }
 
 impl Limits {
@@ -157,7 +172,7 @@ mod tests {
                 memory: Some(512 << 20),
                 pids: Some(256),
                 cpus: Some(1.5),
-                disk: Some(DiskQuota {
+                disk: Some(DiskQuota::ProjectQuota {
                     bytes: 16 << 20,
                     project: 0x4000_0001,
                 }),

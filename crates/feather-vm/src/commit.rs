@@ -24,6 +24,9 @@ use crate::layers;
 pub fn changes(root: &StateRoot, name: &VmName) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
+    if let Some(disk) = config.limits.disk {
+        crate::disk::attach(name, &vm, disk)?;
+    }
     diff::diff(&layers::existing(&vm, &config), &config)
         .map_err(|e| failed(name, format!("reading its layer: {e}")))
 }
@@ -344,9 +347,15 @@ pub fn reset(root: &StateRoot, name: &VmName) -> Result<()> {
         _ => {}
     }
     let config = vm.read_config()?;
-    for dir in [vm.upper(), vm.work(), vm.mounts()] {
-        fs::remove_dir_all(&dir).at(&dir)?;
-        fs::create_dir(&dir).at(&dir)?;
+    match config.limits.disk {
+        // The image holds the layer folders: a new image empties them all.
+        Some(disk @ feather_core::DiskQuota::Image { .. }) => crate::disk::renew(name, &vm, disk)?,
+        _ => {
+            for dir in [vm.upper(), vm.work(), vm.mounts()] {
+                fs::remove_dir_all(&dir).at(&dir)?;
+                fs::create_dir(&dir).at(&dir)?;
+            }
+        }
     }
     for dir in &config.scaffold {
         let path = vm.upper().join(dir.strip_prefix("/").unwrap_or(dir));

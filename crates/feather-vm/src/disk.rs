@@ -1,21 +1,34 @@
-//! A VM's disk cap (`feather create --disk SIZE`): the folders of its layers (upper and work of
-//! every layer) belong to a project of the state root's filesystem, whose quota is SIZE. The
-//! filesystem counts every block the VM's writes put there, copy-ups included, and refuses the
-//! write beyond the cap with EDQUOT. overlayfs writes with its mounter's credentials less
-//! CAP_SYS_RESOURCE, so even the VM's root cannot exceed the cap.
+//! A VM's disk cap (`feather create --disk SIZE`), enforced one of two ways, chosen at creation
+//! and recorded in the VM's config:
 //!
-//! The project id is chosen at creation, at random among ids nobody uses on that filesystem
-//! (no files, no limits), and recorded in the VM's config; `rm` lifts its cap.
+//! - **Project quota**, where the state root's filesystem enforces them (ext4 with the `quota`
+//!   and `project` features, xfs; mounted with `prjquota`, on a kernel built with their quota
+//!   formats): the folders of the VM's layers belong to a project whose quota is SIZE. The
+//!   filesystem counts every block the VM's writes put there, copy-ups included, and refuses
+//!   the write beyond the cap with EDQUOT. The project id is chosen at random among ids nobody
+//!   uses on that filesystem; `rm` lifts its cap.
+//! - **A filesystem image of its own** everywhere else (this needs only a loop device):
+//!   `<vm>/disk.img`, a sparse file of SIZE formatted ext4, is mounted at `<vm>/disk` and its
+//!   `upper`, `work` and `mounts` folders are bound over the VM's own, so every other part of
+//!   feather finds the layers where it always does. A write beyond the cap fails with ENOSPC,
+//!   and the host's disk holds at most SIZE for the VM. The mounts live in the host's mount
+//!   namespace from `create` to `rm` (a VM's mount namespace is copied from it at start), and
+//!   are made again by whatever needs the layers after a reboot.
+//!
+//! Either way overlayfs writes with its mounter's credentials, so even the VM's root cannot
+//! exceed the cap.
 
 use std::fs::File;
 use std::os::fd::AsFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
+use std::process::{Command, Stdio};
 
-use feather_core::{DiskQuota, VmName};
+use feather_core::{DiskQuota, VmDir, VmName};
 use feather_sys::mountinfo;
 use feather_sys::quota;
 use nix::errno::Errno;
+use nix::mount::MntFlags;
 
 use crate::error::{failed, Result};
 use crate::layers::Layer;
@@ -31,12 +44,18 @@ fn open_dir(path: &Path) -> std::io::Result<File> {
         .open(path)
 }
 
-/// Checks that the filesystem of `state` (the state root) enforces project quotas and picks
-/// an unused project for a VM capped at `bytes`.
+/// The smallest image cap: ext4's own metadata needs a few MiB before the first file.
+const MIN_IMAGE: u64 = 8 << 20;
+
+/// The layer folders an image holds, each bound over the VM's folder of the same name.
+const IMAGE_FOLDERS: [&str; 3] = ["upper", "work", "mounts"];
+
+/// Chooses how a VM capped at `bytes` is held to it: a project quota where the filesystem of
+/// `state` (the state root) enforces them, else a filesystem image of its own.
 pub fn allocate(name: &VmName, state: &Path, bytes: u64) -> Result<DiskQuota> {
     let dir = open_dir(state).map_err(|e| failed(name, format!("{}: {e}", state.display())))?;
     if let Err(errno) = quota::enforced(dir.as_fd()) {
-        return Err(failed(name, unsupported(state, errno)));
+        return image_cap(name, state, errno, bytes);
     }
     for _ in 0..32 {
         let project = random_project();
@@ -50,7 +69,7 @@ pub fn allocate(name: &VmName, state: &Path, bytes: u64) -> Result<DiskQuota> {
             )
         })?;
         if !used {
-            return Ok(DiskQuota { bytes, project });
+            return Ok(DiskQuota::ProjectQuota { bytes, project });
         }
     }
     Err(failed(
@@ -69,6 +88,43 @@ fn random_project() -> u32 {
         &mut bytes,
     );
     PROJECTS.start + u32::from_ne_bytes(bytes) % (PROJECTS.end - PROJECTS.start)
+}
+
+/// An image cap, where the tools it needs are installed and `bytes` can hold a filesystem.
+fn image_cap(name: &VmName, state: &Path, errno: Errno, bytes: u64) -> Result<DiskQuota> {
+    if bytes < MIN_IMAGE {
+        return Err(failed(
+            name,
+            format!(
+                "--disk {bytes} bytes is too small: without project quotas ({}) the VM's \
+                 layers get a filesystem image of their own, which needs at least 8M",
+                unsupported(state, errno)
+            ),
+        ));
+    }
+    if let Some(missing) = ["mkfs.ext4", "mount"]
+        .into_iter()
+        .find(|tool| !on_path(tool))
+    {
+        return Err(failed(
+            name,
+            format!(
+                "{}; and {missing} is not installed for a disk image instead (Debian: apt-get \
+                 install e2fsprogs mount)",
+                unsupported(state, errno)
+            ),
+        ));
+    }
+    Ok(DiskQuota::Image { bytes })
+}
+
+fn on_path(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into())
+        .to_string_lossy()
+        .split(':')
+        .chain(["/usr/sbin", "/sbin"])
+        .any(|dir| Path::new(dir).join(tool).is_file())
 }
 
 /// What a user who asked for `--disk` on a filesystem without project quotas reads.
@@ -102,27 +158,202 @@ fn filesystem_of(path: &Path) -> (String, String) {
         .unwrap_or_else(|| ("an unknown filesystem".into(), "/".into()))
 }
 
-/// Sets the cap and puts the folders of `layers` into the VM's project. Done at every start:
-/// layers of newly mounted host filesystems, and those `reset` made afresh, join it too.
-pub fn apply(name: &VmName, state: &Path, disk: DiskQuota, layers: &[Layer]) -> Result<()> {
+/// Makes a new VM's cap: its project and limit, or its image, formatted and mounted. Before
+/// anything is made in its layer, so that all of it counts.
+pub fn prepare(name: &VmName, state: &Path, vm: &VmDir, disk: DiskQuota) -> Result<()> {
+    match disk {
+        DiskQuota::ProjectQuota { bytes, project } => {
+            set_project_limit(name, state, project, bytes)?;
+            assign(name, &vm.upper(), project)?;
+            assign(name, &vm.work(), project)
+        }
+        DiskQuota::Image { bytes } => {
+            make_image(name, vm, bytes)?;
+            attach(name, vm, disk)
+        }
+    }
+}
+
+/// Holds a starting VM's `layers` to its cap. Done at every start: layers of newly mounted
+/// host filesystems, and those `reset` made afresh, join the project too; an image is mounted
+/// again if a reboot took it away (call [`attach`] before the layer folders are made).
+pub fn apply(
+    name: &VmName,
+    state: &Path,
+    vm: &VmDir,
+    disk: DiskQuota,
+    layers: &[Layer],
+) -> Result<()> {
+    match disk {
+        DiskQuota::ProjectQuota { bytes, project } => {
+            set_project_limit(name, state, project, bytes)?;
+            for layer in layers {
+                for folder in [&layer.upper, &layer.work] {
+                    assign(name, folder, project)?;
+                }
+            }
+            Ok(())
+        }
+        DiskQuota::Image { .. } => attach(name, vm, disk),
+    }
+}
+
+fn set_project_limit(name: &VmName, state: &Path, project: u32, bytes: u64) -> Result<()> {
     let dir = open_dir(state).map_err(|e| failed(name, format!("{}: {e}", state.display())))?;
-    quota::set_limit(dir.as_fd(), disk.project, disk.bytes).map_err(|errno| {
+    quota::set_limit(dir.as_fd(), project, bytes).map_err(|errno| {
         let why = match errno {
             Errno::EPERM => "setting a project quota needs CAP_SYS_ADMIN".to_owned(),
             Errno::ESRCH | Errno::ENOSYS | Errno::EOPNOTSUPP => unsupported(state, errno),
             other => other.to_string(),
         };
-        failed(
+        failed(name, format!("its disk cap (project {project}): {why}"))
+    })
+}
+
+/// A sparse file of `bytes`, formatted ext4 with nothing reserved for root (the VM's root is
+/// the image's only user) and a root folder only root may enter.
+fn make_image(name: &VmName, vm: &VmDir, bytes: u64) -> Result<()> {
+    let image = vm.path().join("disk.img");
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&image)
+        .and_then(|file| file.set_len(bytes).map(|()| file))
+        .map_err(|e| failed(name, format!("{}: {e}", image.display())))?;
+    drop(file);
+    run(
+        name,
+        Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-m", "0", "-E", "nodiscard,root_owner=0:0"])
+            .arg(&image),
+    )
+}
+
+/// Mounts a VM's image and binds its layer folders over the VM's, where they are not already:
+/// after a reboot, and for every use of the layers in between (diff, commit, reset, export).
+pub fn attach(name: &VmName, vm: &VmDir, disk: DiskQuota) -> Result<()> {
+    let DiskQuota::Image { .. } = disk else {
+        return Ok(());
+    };
+    let mount_point = vm.path().join("disk");
+    let image = vm.path().join("disk.img");
+    let at = |path: &Path| {
+        let path = path.to_path_buf();
+        move |e: std::io::Error| failed(name, format!("{}: {e}", path.display()))
+    };
+    std::fs::create_dir_all(&mount_point).map_err(at(&mount_point))?;
+    // A VM imported from an archive (or migrated) arrives with its layers as plain folders:
+    // they move into a new image of its cap.
+    let adopt = !image.exists();
+    if adopt {
+        let DiskQuota::Image { bytes } = disk else {
+            unreachable!("checked above")
+        };
+        make_image(name, vm, bytes)?;
+    }
+    if !is_mounted_on(vm.path(), &mount_point) {
+        run(
             name,
-            format!("its disk cap (project {}): {why}", disk.project),
+            Command::new("mount")
+                .args(["-t", "ext4", "-o", "loop,nosuid,nodev,noatime"])
+                .arg(&image)
+                .arg(&mount_point),
+        )?;
+        std::fs::set_permissions(
+            &mount_point,
+            std::os::unix::fs::PermissionsExt::from_mode(0o700),
         )
-    })?;
-    for layer in layers {
-        for folder in [&layer.upper, &layer.work] {
-            assign(name, folder, disk.project)?;
+        .map_err(at(&mount_point))?;
+    }
+    for folder in IMAGE_FOLDERS {
+        let inside = mount_point.join(folder);
+        let outside = vm.path().join(folder);
+        std::fs::create_dir_all(&inside).map_err(at(&inside))?;
+        std::fs::create_dir_all(&outside).map_err(at(&outside))?;
+        if adopt {
+            move_into_image(name, &outside, &inside)?;
+        }
+        if !same_filesystem(&inside, &outside) {
+            feather_sys::mount::bind(&inside, &outside).map_err(|e| failed(name, e.to_string()))?;
         }
     }
     Ok(())
+}
+
+/// Copies a plain layer folder's content into the image, then empties the folder. `cp -a`
+/// keeps what a layer's entries carry — owners, modes, times, extended attributes (overlayfs's
+/// opaque marks), whiteout devices, symlinks, hard links — and `--sparse=always` holes; it
+/// never follows a symlink of the layer. Feather's own folders on both sides; the layer's
+/// content is the VM's, only copied, never interpreted.
+fn move_into_image(name: &VmName, outside: &Path, inside: &Path) -> Result<()> {
+    let source = outside.join(".");
+    run(
+        name,
+        Command::new("cp")
+            .args(["-a", "--sparse=always", "--no-target-directory"])
+            .arg(&source)
+            .arg(inside),
+    )?;
+    let at = |e: std::io::Error| failed(name, format!("{}: {e}", outside.display()));
+    std::fs::remove_dir_all(outside).map_err(at)?;
+    std::fs::create_dir(outside).map_err(at)
+}
+
+/// Unmounts what [`attach`] mounted (the binds, then the image; the loop device goes with its
+/// last user, which may be a VM's mount namespace that is still ending).
+pub fn detach(vm: &VmDir) {
+    for folder in IMAGE_FOLDERS.iter().chain(&["disk"]) {
+        let path = vm.path().join(folder);
+        if is_mounted_on(vm.path(), &path) {
+            let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
+        }
+    }
+}
+
+/// Empties an image-capped VM's layers by giving it a new image (`reset`, stopped VMs only).
+pub fn renew(name: &VmName, vm: &VmDir, disk: DiskQuota) -> Result<()> {
+    let DiskQuota::Image { bytes } = disk else {
+        return Ok(());
+    };
+    detach(vm);
+    let image = vm.path().join("disk.img");
+    std::fs::remove_file(&image).map_err(|e| failed(name, format!("{}: {e}", image.display())))?;
+    make_image(name, vm, bytes)?;
+    attach(name, vm, disk)
+}
+
+/// Whether something is mounted on `path`, a folder of feather's own in `parent`: the image
+/// is a filesystem of its own, so its device differs from the state root's, and so does that
+/// of a folder bound from it.
+fn is_mounted_on(parent: &Path, path: &Path) -> bool {
+    !same_filesystem(parent, path)
+}
+
+fn same_filesystem(a: &Path, b: &Path) -> bool {
+    match (std::fs::symlink_metadata(a), std::fs::symlink_metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+fn run(name: &VmName, command: &mut Command) -> Result<()> {
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| failed(name, format!("cannot run {command:?}: {e}")))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(failed(
+            name,
+            format!(
+                "its disk image: {:?} failed: {}",
+                command.get_program(),
+                String::from_utf8_lossy(&output.stderr).trim()
+            ),
+        ))
+    }
 }
 
 /// Puts the folder `path` (feather's own, in the VM's state folder) into `project`.
@@ -139,16 +370,31 @@ pub fn assign(name: &VmName, path: &Path, project: u32) -> Result<()> {
     })
 }
 
-/// Lifts a removed VM's cap, so that its project id is free again. Best effort: the files are
-/// gone, and a stale limit on an unused id harms nobody.
-pub fn release(state: &Path, disk: DiskQuota) {
-    if let Ok(dir) = open_dir(state) {
-        let _ = quota::set_limit(dir.as_fd(), disk.project, 0);
+/// Lifts a removed VM's cap, so that its project id is free again (best effort: the files are
+/// gone, and a stale limit on an unused id harms nobody), or unmounts its image (call it before
+/// the VM's folder is removed).
+pub fn release(state: &Path, vm: &VmDir, disk: DiskQuota) {
+    match disk {
+        DiskQuota::ProjectQuota { project, .. } => {
+            if let Ok(dir) = open_dir(state) {
+                let _ = quota::set_limit(dir.as_fd(), project, 0);
+            }
+        }
+        DiskQuota::Image { .. } => detach(vm),
     }
 }
 
 /// Bytes the VM's layers hold now, by the filesystem's count.
-pub fn usage(state: &Path, disk: DiskQuota) -> Option<u64> {
-    let dir = open_dir(state).ok()?;
-    quota::usage(dir.as_fd(), disk.project).ok()
+pub fn usage(state: &Path, vm: &VmDir, disk: DiskQuota) -> Option<u64> {
+    match disk {
+        DiskQuota::ProjectQuota { project, .. } => {
+            let dir = open_dir(state).ok()?;
+            quota::usage(dir.as_fd(), project).ok()
+        }
+        DiskQuota::Image { .. } => {
+            let stat = nix::sys::statvfs::statvfs(&vm.path().join("disk")).ok()?;
+            let used = stat.blocks().saturating_sub(stat.blocks_free());
+            Some(used * stat.fragment_size())
+        }
+    }
 }

@@ -49,7 +49,7 @@ impl From<&feather_core::Limits> for LimitsView {
             memory: limits.memory,
             pids: limits.pids,
             cpus: limits.cpus,
-            disk: limits.disk.map(|d| d.bytes),
+            disk: limits.disk.map(|d| d.bytes()),
         }
     }
 }
@@ -86,10 +86,10 @@ fn summary(root: &StateRoot, config: &VmConfig, state: VmState) -> Summary {
         },
         memory_bytes,
         limits: LimitsView::from(&config.limits),
-        disk_bytes: config
-            .limits
-            .disk
-            .and_then(|disk| crate::disk::usage(root.dir(), disk)),
+        disk_bytes: config.limits.disk.and_then(|disk| {
+            let vm = root.open(&config.name).ok()?;
+            crate::disk::usage(root.dir(), &vm, disk)
+        }),
         created: config.created,
         last_exit: state.last_exit,
     }

@@ -527,12 +527,12 @@ impl Keeper {
         let _ = fs::remove_dir_all(self.vm.run_dir());
         if self.config.ephemeral {
             self.network.release(&self.config.id);
-            let _ = fs::remove_dir_all(self.vm.path());
             // <root>/vms/<name>: the VM's state root is two folders up.
             let root = self.vm.path().parent().and_then(|vms| vms.parent());
             if let (Some(disk), Some(root)) = (self.config.limits.disk, root) {
-                crate::disk::release(root, disk);
+                crate::disk::release(root, &self.vm, disk);
             }
+            let _ = fs::remove_dir_all(self.vm.path());
             self.network.wait();
             return;
         }

@@ -60,6 +60,10 @@ impl Layer {
 /// The layers a VM starting now needs, given what is mounted under its base on the host.
 /// Their folders are created.
 pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<Layer>> {
+    if let Some(disk) = config.limits.disk {
+        // An image holds the layer folders: mounted before any of them is made.
+        crate::disk::attach(&config.name, vm, disk)?;
+    }
     let base = &config.base;
     let mut submounts: Vec<PathBuf> = Vec::new();
     for entry in mountinfo::mounts().at("/proc/self/mountinfo")? {
@@ -89,7 +93,7 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
         layers.push(layer);
     }
     if let Some(disk) = config.limits.disk {
-        crate::disk::apply(&config.name, root.dir(), disk, &layers)?;
+        crate::disk::apply(&config.name, root.dir(), vm, disk, &layers)?;
     }
     Ok(layers)
 }

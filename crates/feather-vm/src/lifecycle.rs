@@ -94,12 +94,9 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
     })?;
     // Before the scaffold folders are made, so that they too are in the VM's project.
     if let Some(disk) = config.limits.disk {
-        let capped = crate::disk::apply(name, root.dir(), disk, &[])
-            .and_then(|()| crate::disk::assign(name, &vm.upper(), disk.project))
-            .and_then(|()| crate::disk::assign(name, &vm.work(), disk.project));
-        if let Err(e) = capped {
+        if let Err(e) = crate::disk::prepare(name, root.dir(), &vm, disk) {
+            crate::disk::release(root.dir(), &vm, disk);
             let _ = fs::remove_dir_all(vm.path());
-            crate::disk::release(root.dir(), disk);
             let _ = feather_net::release(root.dir(), &config.id, &config.network);
             return Err(e);
         }
@@ -290,6 +287,10 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     }
     let config = vm.read_config()?;
     keeper::remove_leftovers(&vm, &config);
+    if let Some(disk) = config.limits.disk {
+        // Before the folder goes: an image's mounts would keep it busy.
+        crate::disk::release(root.dir(), &vm, disk);
+    }
     // Renamed out of the way first, so a half-finished removal never looks like a VM.
     let doomed = root
         .dir()
@@ -297,9 +298,6 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         .join(format!(".creating-removed-{}-{}", name, config.id));
     fs::rename(vm.path(), &doomed).at(vm.path())?;
     fs::remove_dir_all(&doomed).at(&doomed)?;
-    if let Some(disk) = config.limits.disk {
-        crate::disk::release(root.dir(), disk);
-    }
     feather_net::release(root.dir(), &config.id, &config.network)
         .map_err(|e| failed(name, e.to_string()))?;
     Ok(())
