@@ -398,3 +398,15 @@ pub fn await_line_server(feather: &Feather, vm: &str) {
             == 0
     });
 }
+
+/// `feather diff`'s listing without its size column: `A /path` a line, as commit prints it.
+pub fn diff_paths(listing: &str) -> String {
+    listing
+        .lines()
+        .filter(|line| !line.starts_with("total:"))
+        .map(|line| match (line.get(..1), line.find(" /")) {
+            (Some(kind), Some(at)) => format!("{kind}{}\n", &line[at..]),
+            _ => format!("{line}\n"),
+        })
+        .collect()
+}
