@@ -4,7 +4,9 @@
 mod support;
 
 mod capabilities;
+mod commit_races;
 mod hardening;
 mod ipc_matrix;
 mod landlock;
 mod shuttle_paths;
+mod terminal_escapes;

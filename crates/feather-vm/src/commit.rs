@@ -435,7 +435,9 @@ fn copy_metadata(source: &File, meta: &Metadata, target: &File) -> std::io::Resu
 /// What commit wrote to the base and when (the host path's ctime right after), so that
 /// feather's own writes are not mistaken for the host's later ones.
 struct Journal {
-    entries: BTreeMap<PathBuf, (i64, i64)>,
+    /// Keyed by the VM path as `escape_path` shows it: the same text for every UTF-8 path
+    /// without controls or backslashes, and one-to-one for all others (JSON keys are text).
+    entries: BTreeMap<String, (i64, i64)>,
     path: PathBuf,
 }
 
@@ -453,13 +455,13 @@ impl Journal {
         match lower_entry(trees, change) {
             Ok(Some(Entry { meta, .. })) => self
                 .entries
-                .insert(change.path.clone(), (meta.ctime(), meta.ctime_nsec())),
-            _ => self.entries.remove(&change.path),
+                .insert(key(&change.path), (meta.ctime(), meta.ctime_nsec())),
+            _ => self.entries.remove(&key(&change.path)),
         };
     }
 
     fn committed_at(&self, path: &Path) -> Option<SystemTime> {
-        let (secs, nanos) = *self.entries.get(path)?;
+        let (secs, nanos) = *self.entries.get(&key(path))?;
         Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos as u32))
     }
 
@@ -468,6 +470,10 @@ impl Journal {
             serde_json::to_vec(&self.entries).map_err(|e| failed(vm.name(), e.to_string()))?;
         Ok(write_atomic(&self.path, &bytes, Durability::Durable)?)
     }
+}
+
+fn key(path: &Path) -> String {
+    escape_path(path).into_owned()
 }
 
 /// Drops every change of a stopped VM: its layers are emptied, as if just created.
