@@ -16,6 +16,8 @@ use crate::support::{Feather, ScratchBase, ScratchDir};
 const MARKER: &str = "marker\n";
 const SECRET: &str = "secret\n";
 const NAMES: [&str; 3] = ["a", "b", "file"];
+/// Commits tried while a running VM swaps its layer.
+const ROUNDS_LIVE: usize = 60;
 
 /// Host folders outside the base: markers that must stay as they are, and a secret folder
 /// (0700, files 0600) no VM sees, whose content must never reach the base.
@@ -190,14 +192,14 @@ fn commit_of_a_running_vm_that_swaps_its_layer_in_a_loop_stays_in_the_base() {
     restore_base(&base);
     feather.start_over("vm", &base, &[]);
     feather.sh("vm", CHANGES);
-    let script = "M=$0; S=$1; while :; do \
-         rm -rf /data/opaque; ln -s \"$M\" /data/opaque; \
-         rm -f /data/opaque; mkdir /data/opaque; echo vm > /data/opaque/a; \
-         rm -rf /data/opaque; ln -s \"$S\" /data/opaque; \
-         rm -f /data/opaque; mkdir /data/opaque; echo vm > /data/opaque/a; \
-         rm -f /data/file; ln -s \"$M/file\" /data/file; \
-         rm -f /data/file; ln -s \"$S/file\" /data/file; \
-         rm -f /data/file; echo vm > /data/file; \
+    // Renames are one process each, so the layer flips between a folder and a symlink (to
+    // the markers, or to the secret folder) many times while one commit runs.
+    let script = "M=$0; S=$1; ln -s \"$S\" /data/to-s; ln -s \"$M/file\" /data/to-m; \
+         while :; do \
+         mv /data/opaque /data/zz; mv /data/to-s /data/opaque; \
+         mv /data/opaque /data/to-s; mv /data/zz /data/opaque; \
+         mv /data/file /data/zf; mv /data/to-m /data/file; \
+         mv /data/file /data/to-m; mv /data/zf /data/file; \
          done </dev/null >/dev/null 2>&1 &";
     feather.ok(&[
         "exec",
@@ -212,7 +214,7 @@ fn commit_of_a_running_vm_that_swaps_its_layer_in_a_loop_stays_in_the_base() {
         ),
     ]);
     let mut applied = 0;
-    for round in 0..60 {
+    for round in 0..ROUNDS_LIVE {
         if feather.run(&["commit", "vm", "--force"]).code == 0 {
             applied += 1;
         }
@@ -221,7 +223,7 @@ fn commit_of_a_running_vm_that_swaps_its_layer_in_a_loop_stays_in_the_base() {
     }
     assert!(
         applied > 0,
-        "no commit of the running VM went through in 60 rounds"
+        "no commit of the running VM went through in {ROUNDS_LIVE} rounds"
     );
 }
 
