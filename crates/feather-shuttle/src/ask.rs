@@ -43,7 +43,7 @@ pub fn ask(terminal: Option<&Path>, request: &Request, rule: &Rule, within: Dura
         "\r\nfeather: {} asks for {} {} of {} ({} at {}). Allow? [y/N] ",
         request.source,
         request.kind,
-        feather_core::display::escape_for_terminal(&request.object.to_string()),
+        feather_core::display::escape_for_terminal(&request.object),
         request.target,
         rule.verdict,
         rule.at

@@ -40,12 +40,13 @@ pub fn open_beneath(dir: &impl AsFd, rel: &Path, flags: OFlag) -> io::Result<Own
     Ok(openat2(dir.as_fd(), rel, how)?)
 }
 
-/// The folder at `path`, opened to be pinned; `path` is chosen by the host (a state folder or
-/// a VM's configured base), not by a VM, and must not itself be a symlink.
+/// The folder at `path`, opened to be pinned. `path` is chosen by the host (a state folder or
+/// a VM's configured base), never by a VM, so it is resolved as usual; everything beneath it
+/// is then reached through [`open_beneath`].
 pub fn open_root(path: &Path) -> io::Result<File> {
     let fd = nix::fcntl::open(
         path,
-        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         Mode::empty(),
     )?;
     Ok(File::from(fd))

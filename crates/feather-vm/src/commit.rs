@@ -26,6 +26,7 @@ use feather_core::{Error, StateRoot, VmConfig, VmDir, VmName, VmStatus};
 use feather_sys::beneath::{self, Entry};
 use feather_sys::cgroup::Frozen;
 use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
@@ -59,25 +60,74 @@ fn pin(vm: &VmDir, config: &VmConfig) -> Result<(File, Vec<Tree>)> {
 }
 
 /// Stops a running VM's processes for as long as the result is held, so the layer holds still
-/// while it is read and applied. A VM without a cgroup (a throw-away VM started without
-/// limits) cannot be frozen and is refused while it runs.
-fn hold_still(vm: &VmDir, config: &VmConfig) -> Result<Option<Frozen>> {
-    if vm.read_state()?.status != VmStatus::Running {
-        return Ok(None);
-    }
+/// while it is read and applied. Any VM whose cgroup exists is frozen (also one whose keeper
+/// crashed, whose processes may live on). A running VM without a cgroup (a throw-away VM
+/// started without limits) cannot be frozen and is refused.
+fn hold_still(vm: &VmDir, config: &VmConfig) -> Result<Option<Stilled>> {
+    let running = vm.read_state()?.status == VmStatus::Running;
     let name = vm.name();
-    let Some(cgroup) = crate::keeper::cgroup_of(config) else {
-        return Err(failed(
+    match crate::keeper::cgroup_of(config) {
+        Some(cgroup) if cgroup.exists() => {
+            // Blocked first: an interrupt must not end commit between freezing and thawing
+            // (the VM would stay frozen). It is delivered once the VM is thawed.
+            let signals = BlockedSignals::block().in_vm(name)?;
+            let frozen = cgroup.freeze(FREEZE_PATIENCE).in_vm(name)?;
+            Ok(Some(Stilled {
+                _frozen: frozen,
+                _signals: signals,
+            }))
+        }
+        _ if !running => Ok(None),
+        _ => Err(failed(
             name,
             format!(
                 "runs without a cgroup (a throw-away VM without limits), so it cannot be frozen \
                  while its changes are committed: stop it first (`feather stop {name}`), or \
                  start such VMs with a limit (e.g. --memory) to commit them while they run"
             ),
-        ));
-    };
-    let frozen = cgroup.freeze(FREEZE_PATIENCE).in_vm(name)?;
-    Ok(Some(frozen))
+        )),
+    }
+}
+
+/// A frozen VM and the interrupts held back meanwhile; dropped in this order: thaw, then let
+/// the signals through.
+struct Stilled {
+    _frozen: Frozen,
+    _signals: BlockedSignals,
+}
+
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT held pending until dropped.
+struct BlockedSignals {
+    previous: SigSet,
+}
+
+impl BlockedSignals {
+    fn block() -> feather_sys::Result<BlockedSignals> {
+        let mut set = SigSet::empty();
+        for signal in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            set.add(signal);
+        }
+        let mut previous = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous)).map_err(
+            |errno| feather_sys::SysError {
+                op: "block",
+                target: "interrupts while the VM is frozen".into(),
+                errno,
+            },
+        )?;
+        Ok(BlockedSignals { previous })
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.previous), None);
+    }
 }
 
 /// Applies the changes at or below `paths` (all changes when empty) to the VM's base.
@@ -200,7 +250,7 @@ fn apply_all(trees: &[Tree], changes: &[Change]) -> Result<(), Failure> {
         .filter(|c| c.kind != ChangeKind::Deleted)
         .try_for_each(|change| {
             let upper = upper_entry(trees, change)
-                .and_then(|e| e.ok_or_else(|| vanished()))
+                .and_then(|e| e.ok_or_else(vanished))
                 .map_err(at(change))?;
             let (parent, name) = base_parent(trees, change).map_err(at(change))?;
             flush.include(&parent).map_err(at(change))?;

@@ -259,7 +259,7 @@ fn logs(vm: &str, unit: &str, lines: usize, follow: bool) -> anyhow::Result<Exit
     file.read_to_end(&mut text)?;
     let all: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
     let all = match all.split_last() {
-        Some((last, rest)) if last.is_empty() => rest,
+        Some(([], rest)) => rest,
         _ => &all[..],
     };
     let mut out = std::io::stdout().lock();
