@@ -417,3 +417,27 @@ fn a_sparse_file_stays_sparse_when_committed_and_diff_shows_its_size() {
         "its data is copied"
     );
 }
+
+#[test]
+fn commit_refuses_a_running_vm_it_cannot_freeze() {
+    let feather = Feather::new("commit-nocgroup");
+    let base = ScratchBase::new("commit-nocgroup");
+    // A throw-away VM without limits has no cgroup.
+    let mut child = feather
+        .command()
+        .args(["run", "--rm", "tmp", "--base", base.as_str()])
+        .args(["--", "sh", "-c", "echo vm > /data/new; sleep 3"])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    feather.eventually("the throw-away VM runs and changed a file", || {
+        feather
+            .run(&["diff", "tmp", "--json"])
+            .stdout
+            .contains("/data/new")
+    });
+    let error = feather.fails(&["commit", "tmp"]);
+    let _ = child.wait();
+    assert!(error.contains("cannot be frozen"), "{error}");
+    assert!(!base.file("data/new").exists(), "nothing was committed");
+}

@@ -81,9 +81,10 @@ fn hold_still(vm: &VmDir, config: &VmConfig) -> Result<Option<Stilled>> {
         _ => Err(failed(
             name,
             format!(
-                "runs without a cgroup (a throw-away VM without limits), so it cannot be frozen \
-                 while its changes are committed: stop it first (`feather stop {name}`), or \
-                 start such VMs with a limit (e.g. --memory) to commit them while they run"
+                "runs without a cgroup (a throw-away VM started without limits), so it cannot \
+                 be frozen while its changes are committed, and nothing was committed: give \
+                 such a VM a limit (e.g. `feather run --rm --memory 1G …`) to commit it while it \
+                 runs, or use a VM that lives on (`feather create`)"
             ),
         )),
     }
