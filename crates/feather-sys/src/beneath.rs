@@ -224,3 +224,91 @@ fn copy_by_reading(from: &File, to: &File, mut at: i64, end: i64) -> io::Result<
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    /// A folder of its own under the temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("beneath-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(dir.join("tree/sub")).unwrap();
+            fs::create_dir_all(dir.join("outside")).unwrap();
+            fs::write(dir.join("outside/keep"), "keep").unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn no_symlink_is_followed_on_the_way() {
+        let scratch = Scratch::new("follow");
+        symlink(scratch.0.join("outside"), scratch.0.join("tree/link")).unwrap();
+        let root = open_root(&scratch.0.join("tree")).unwrap();
+        let error = open_beneath(&root, Path::new("link/keep"), OFlag::O_RDONLY).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ELOOP));
+        assert!(open_dir(&root, Path::new("link")).unwrap().is_none());
+        assert!(open_beneath(&root, Path::new("../outside"), OFlag::O_PATH).is_err());
+        let link = Entry::open(&root, Path::new("link")).unwrap().unwrap();
+        assert!(link.meta.file_type().is_symlink());
+        assert_eq!(
+            link.link_target().unwrap(),
+            scratch.0.join("outside").into_os_string()
+        );
+        assert!(
+            link.reopen().is_err(),
+            "a symlink is never opened for reading"
+        );
+    }
+
+    #[test]
+    fn removing_a_tree_removes_links_not_what_they_point_to() {
+        let scratch = Scratch::new("remove");
+        symlink(scratch.0.join("outside"), scratch.0.join("tree/sub/link")).unwrap();
+        fs::write(scratch.0.join("tree/sub/file"), "x").unwrap();
+        let root = open_root(&scratch.0).unwrap();
+        remove_tree(&root, OsStr::new("tree")).unwrap();
+        assert!(!scratch.0.join("tree").exists());
+        assert_eq!(
+            fs::read_to_string(scratch.0.join("outside/keep")).unwrap(),
+            "keep"
+        );
+    }
+
+    #[test]
+    fn a_sparse_copy_keeps_holes_and_data() {
+        let scratch = Scratch::new("sparse");
+        let from_path = scratch.0.join("tree/sparse");
+        let from = File::create(&from_path).unwrap();
+        from.write_all_at(b"head", 0).unwrap();
+        from.write_all_at(b"tail", 64 << 20).unwrap();
+        let from = File::open(&from_path).unwrap();
+        let to = File::create(scratch.0.join("tree/copy")).unwrap();
+        copy_sparse(&from, &to).unwrap();
+        let meta = to.metadata().unwrap();
+        assert_eq!(meta.len(), (64 << 20) + 4);
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "{} bytes on disk",
+            meta.blocks() * 512
+        );
+        let copy = File::open(scratch.0.join("tree/copy")).unwrap();
+        let mut four = [0u8; 4];
+        copy.read_exact_at(&mut four, 64 << 20).unwrap();
+        assert_eq!(&four, b"tail");
+        copy.read_exact_at(&mut four, 0).unwrap();
+        assert_eq!(&four, b"head");
+    }
+}
