@@ -80,12 +80,10 @@ fn hold_still(vm: &VmDir, config: &VmConfig) -> Result<Option<Stilled>> {
         _ if !running => Ok(None),
         _ => Err(failed(
             name,
-            format!(
-                "runs without a cgroup (a throw-away VM started without limits), so it cannot \
+            "runs without a cgroup (a throw-away VM started without limits), so it cannot \
                  be frozen while its changes are committed, and nothing was committed: give \
                  such a VM a limit (e.g. `feather run --rm --memory 1G …`) to commit it while it \
-                 runs, or use a VM that lives on (`feather create`)"
-            ),
+                 runs, or use a VM that lives on (`feather create`)",
         )),
     }
 }
