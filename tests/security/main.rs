@@ -4,8 +4,10 @@
 mod support;
 
 mod capabilities;
+mod commit_races;
 mod hardening;
 mod ipc_matrix;
 mod landlock;
 mod limits_default;
 mod shuttle_paths;
+mod terminal_escapes;

@@ -535,3 +535,46 @@ impl TestSubnet {
         panic!("every /24 of {first_two}.0.0/16 is held by another test");
     }
 }
+
+/// `feather diff`'s listing without its size column: `A /path` a line, as commit prints it.
+pub fn diff_paths(listing: &str) -> String {
+    listing
+        .lines()
+        .filter(|line| !line.starts_with("total:"))
+        .map(|line| match (line.get(..1), line.find(" /")) {
+            (Some(kind), Some(at)) => format!("{kind}{}\n", &line[at..]),
+            _ => format!("{line}\n"),
+        })
+        .collect()
+}
+
+/// A plain folder of its own under /tmp/feather-tests (outside every base), removed on drop.
+pub struct ScratchDir {
+    pub path: PathBuf,
+}
+
+impl ScratchDir {
+    pub fn new(label: &str) -> Self {
+        ScratchDir {
+            path: unique_dir("dir", label),
+        }
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.path);
+    }
+}
+
+/// The characters of `text` a terminal would act on (other than the line ends of `\n`):
+/// C0 and C1 controls, DEL, and bidirectional controls. Empty for safely escaped output.
+pub fn terminal_controls(text: &str) -> Vec<char> {
+    text.chars()
+        .filter(|&c| c != '\n')
+        .filter(|&c| {
+            c.is_control()
+                || matches!(c, '\u{61c}' | '\u{200e}' | '\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
+}

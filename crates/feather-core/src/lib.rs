@@ -6,6 +6,7 @@
 
 pub mod atomic;
 pub mod config;
+pub mod display;
 pub mod error;
 pub mod name;
 pub mod network;

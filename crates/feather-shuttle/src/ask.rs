@@ -38,9 +38,15 @@ pub fn ask(terminal: Option<&Path>, request: &Request, rule: &Rule, within: Dura
         Ok(tty) => tty,
         Err(e) => return Answer::NoOne(format!("cannot open {}: {e}", terminal.display())),
     };
+    // The object is the VM's choice: escaped, so it cannot redraw the question.
     let question = format!(
         "\r\nfeather: {} asks for {} {} of {} ({} at {}). Allow? [y/N] ",
-        request.source, request.kind, request.object, request.target, rule.verdict, rule.at
+        request.source,
+        request.kind,
+        feather_core::display::escape_for_terminal(&request.object),
+        request.target,
+        rule.verdict,
+        rule.at
     );
     if let Err(e) = tty.write_all(question.as_bytes()) {
         return Answer::NoOne(format!("cannot write to {}: {e}", terminal.display()));

@@ -315,6 +315,36 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Stops every process of the group until the returned guard is dropped (which thaws
+    /// them, also on an error path). Uses the v2 hierarchy's `cgroup.freeze`, which works on a
+    /// hybrid machine too (freezing is part of v2 itself, not a controller), and waits until
+    /// the kernel reports the group frozen: no process of it runs any more after this returns.
+    pub fn freeze(&self, patience: Duration) -> Result<Frozen> {
+        let dir = self.v2_dir().ok_or_else(|| SysError {
+            op: "freeze",
+            target: "the VM's processes: this machine has no cgroup v2 hierarchy".to_owned(),
+            errno: nix::errno::Errno::ENOTSUP,
+        })?;
+        write(&dir.join("cgroup.freeze"), "1")?;
+        let frozen = Frozen { dir };
+        let deadline = Instant::now() + patience;
+        loop {
+            let events = fs::read_to_string(frozen.dir.join("cgroup.events"))
+                .ctx("read", frozen.dir.join("cgroup.events").display())?;
+            if events.lines().any(|line| line == "frozen 1") {
+                return Ok(frozen);
+            }
+            if Instant::now() >= deadline {
+                return Err(SysError {
+                    op: "freeze",
+                    target: format!("{} (not frozen in time)", frozen.dir.display()),
+                    errno: nix::errno::Errno::ETIMEDOUT,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Bytes of memory the group uses now, from the kernel's accounting.
     pub fn memory_usage(&self) -> Option<u64> {
         let (version, mount) = self.hierarchies.locate("memory")?;
@@ -328,6 +358,18 @@ impl Cgroup {
             .trim()
             .parse()
             .ok()
+    }
+}
+
+/// A frozen cgroup; dropping it thaws the group.
+#[must_use = "the group thaws when this is dropped"]
+pub struct Frozen {
+    dir: PathBuf,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        let _ = write(&self.dir.join("cgroup.freeze"), "0");
     }
 }
 

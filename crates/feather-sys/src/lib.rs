@@ -1,6 +1,7 @@
 //! Safe wrappers over the Linux interfaces feather is built from. Every `unsafe` block of
 //! this crate is in [`raw`]; the other modules compose safe calls into named operations.
 
+pub mod beneath;
 pub mod cgroup;
 pub mod fdpass;
 pub mod mount;

@@ -3,36 +3,139 @@
 //! Each file is applied atomically: written beside its target under a temporary name with its
 //! mode, owner, extended attributes and times, flushed, then renamed over the target. A path the
 //! host changed after the VM copied it up is a conflict: nothing is applied unless forced.
+//!
+//! The VM's layer is hostile ground: a running VM can swap any entry of it for a symlink while
+//! commit works. So a running VM is frozen (its cgroup) for the whole commit, and, whether or not
+//! it runs, every file operation on the layer and on the base is made through descriptors (see
+//! [`feather_sys::beneath`]): nothing is ever reached through a symlink, the VM's symlinks are
+//! copied as symlinks, and a type is what fstat on the opened descriptor says.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File, Metadata};
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
 use std::io::ErrorKind;
-use std::os::unix::fs::{symlink, MetadataExt, PermissionsExt};
+use std::os::fd::AsFd;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use feather_core::atomic::{write_atomic, Durability};
+use feather_core::display::escape_path;
 use feather_core::error::IoContext;
-use feather_core::{Error, StateRoot, VmDir, VmName, VmStatus};
+use feather_core::{Error, StateRoot, VmConfig, VmDir, VmName, VmStatus};
+use feather_sys::beneath::{self, Entry};
+use feather_sys::cgroup::Frozen;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
-use crate::diff::{self, lstat, Change, ChangeKind};
-use crate::error::{failed, Result, VmError};
+use crate::diff::{self, Change, ChangeKind, Tree};
+use crate::error::{failed, InVm, Result, VmError};
 use crate::layers;
+
+/// How long a running VM may take to stop running when frozen for a commit.
+const FREEZE_PATIENCE: Duration = Duration::from_secs(10);
 
 /// The changes of a VM, as `feather diff` lists them.
 pub fn changes(root: &StateRoot, name: &VmName) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
+    let (_, trees) = pin(&vm, &config)?;
+    diff::diff(&trees, &config).map_err(|e| failed(name, format!("reading its layer: {e}")))
+}
+
+/// The base and every layer of the VM, pinned as descriptors.
+fn pin(vm: &VmDir, config: &VmConfig) -> Result<(File, Vec<Tree>)> {
     if let Some(disk) = config.limits.disk {
-        crate::disk::attach(name, &vm, disk)?;
+        // A disk image holds the layers: mounted again if a reboot took it away.
+        crate::disk::attach(vm.name(), vm, disk)?;
     }
-    diff::diff(&layers::existing(&vm, &config), &config)
-        .map_err(|e| failed(name, format!("reading its layer: {e}")))
+    let reading = |e: std::io::Error| failed(vm.name(), format!("opening its layers: {e}"));
+    let base = beneath::open_root(&config.base).map_err(|e| {
+        failed(
+            vm.name(),
+            format!("opening its base {}: {e}", config.base.display()),
+        )
+    })?;
+    let trees =
+        diff::open_trees(layers::existing(vm, config), &base, &config.base).map_err(reading)?;
+    Ok((base, trees))
+}
+
+/// Stops a running VM's processes for as long as the result is held, so the layer holds still
+/// while it is read and applied. Any VM whose cgroup exists is frozen (also one whose keeper
+/// crashed, whose processes may live on). A running VM without a cgroup (a throw-away VM
+/// started without limits) cannot be frozen and is refused.
+fn hold_still(vm: &VmDir, config: &VmConfig) -> Result<Option<Stilled>> {
+    let running = vm.read_state()?.status == VmStatus::Running;
+    let name = vm.name();
+    match crate::keeper::cgroup_of(config) {
+        Some(cgroup) if cgroup.exists() => {
+            // Blocked first: an interrupt must not end commit between freezing and thawing
+            // (the VM would stay frozen). It is delivered once the VM is thawed.
+            let signals = BlockedSignals::block().in_vm(name)?;
+            let frozen = cgroup.freeze(FREEZE_PATIENCE).in_vm(name)?;
+            Ok(Some(Stilled {
+                _frozen: frozen,
+                _signals: signals,
+            }))
+        }
+        _ if !running => Ok(None),
+        _ => Err(failed(
+            name,
+            "runs without a cgroup (a throw-away VM started without limits), so it cannot \
+                 be frozen while its changes are committed, and nothing was committed: give \
+                 such a VM a limit (e.g. `feather run --rm --memory 1G …`) to commit it while it \
+                 runs, or use a VM that lives on (`feather create`)",
+        )),
+    }
+}
+
+/// A frozen VM and the interrupts held back meanwhile; dropped in this order: thaw, then let
+/// the signals through.
+struct Stilled {
+    _frozen: Frozen,
+    _signals: BlockedSignals,
+}
+
+/// SIGINT, SIGTERM, SIGHUP and SIGQUIT held pending until dropped.
+struct BlockedSignals {
+    previous: SigSet,
+}
+
+impl BlockedSignals {
+    fn block() -> feather_sys::Result<BlockedSignals> {
+        let mut set = SigSet::empty();
+        for signal in [
+            Signal::SIGINT,
+            Signal::SIGTERM,
+            Signal::SIGHUP,
+            Signal::SIGQUIT,
+        ] {
+            set.add(signal);
+        }
+        let mut previous = SigSet::empty();
+        pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&set), Some(&mut previous)).map_err(
+            |errno| feather_sys::SysError {
+                op: "block",
+                target: "interrupts while the VM is frozen".into(),
+                errno,
+            },
+        )?;
+        Ok(BlockedSignals { previous })
+    }
+}
+
+impl Drop for BlockedSignals {
+    fn drop(&mut self) {
+        let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&self.previous), None);
+    }
 }
 
 /// Applies the changes at or below `paths` (all changes when empty) to the VM's base.
-/// Returns the changes applied.
+/// Returns the changes applied. A running VM is frozen meanwhile and thawed afterwards, also
+/// when the commit fails.
 pub fn commit(
     root: &StateRoot,
     name: &VmName,
@@ -41,12 +144,17 @@ pub fn commit(
 ) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
-    let selected = select(changes(root, name)?, paths, name)?;
+    let config = vm.read_config()?;
+    let _frozen = hold_still(&vm, &config)?;
+    let (_base, trees) = pin(&vm, &config)?;
+    let all =
+        diff::diff(&trees, &config).map_err(|e| failed(name, format!("reading its layer: {e}")))?;
+    let selected = select(all, paths, name)?;
     let mut journal = Journal::load(&vm);
     let conflicts: Vec<String> = selected
         .iter()
-        .filter(|change| !force && host_changed_since_copy_up(change, &journal))
-        .map(|change| change.path.display().to_string())
+        .filter(|change| !force && host_changed_since_copy_up(&trees, change, &journal))
+        .map(|change| escape_path(&change.path).into_owned())
         .collect();
     if !conflicts.is_empty() {
         return Err(VmError::CommitConflict {
@@ -54,17 +162,17 @@ pub fn commit(
             paths: conflicts,
         });
     }
-    apply_all(&selected).map_err(|(path, e)| {
+    apply_all(&trees, &selected).map_err(|(path, e)| {
         failed(
             name,
             format!(
                 "commit {}: {e} (nothing after it was applied)",
-                path.display()
+                escape_path(&path)
             ),
         )
     })?;
     for change in &selected {
-        journal.record(change);
+        journal.record(&trees, change);
     }
     journal.save(&vm)?;
     Ok(selected)
@@ -81,7 +189,7 @@ fn select(all: Vec<Change>, paths: &[PathBuf], name: &VmName) -> Result<Vec<Chan
                 name,
                 format!(
                     "{} has no change to commit (see `feather diff {name}`)",
-                    path.display()
+                    escape_path(path)
                 ),
             ));
         }
@@ -92,75 +200,125 @@ fn select(all: Vec<Change>, paths: &[PathBuf], name: &VmName) -> Result<Vec<Chan
         .collect())
 }
 
+/// The VM's entry of a change, pinned (`None` for a whiteout's absence).
+fn upper_entry(trees: &[Tree], change: &Change) -> std::io::Result<Option<Entry>> {
+    Entry::open(&trees[change.layer].upper, &change.rel)
+}
+
+/// The host's entry a change applies to, pinned.
+fn lower_entry(trees: &[Tree], change: &Change) -> std::io::Result<Option<Entry>> {
+    match &trees[change.layer].lower {
+        Some(lower) => Entry::open(lower, &change.rel),
+        None => Ok(None),
+    }
+}
+
 /// Whether the host path was changed (by someone other than feather) after the VM made its
 /// version. The VM's version was born (statx birth time) when overlayfs copied it up or the VM
 /// created it; the host's ctime moves on every change to it, and cannot be set back by users.
-fn host_changed_since_copy_up(change: &Change, journal: &Journal) -> bool {
-    let Ok(Some(lower)) = lstat(&change.lower) else {
+fn host_changed_since_copy_up(trees: &[Tree], change: &Change, journal: &Journal) -> bool {
+    let Ok(Some(lower)) = lower_entry(trees, change) else {
         return false;
     };
-    let Ok(upper) = fs::symlink_metadata(&change.upper) else {
+    let Ok(Some(upper)) = upper_entry(trees, change) else {
         return false;
     };
-    let host_changed = ctime(&lower);
-    let vm_made = upper.created().ok().or_else(|| Some(ctime(&upper)));
+    let host_changed = ctime(&lower.meta);
+    let vm_made = upper
+        .meta
+        .created()
+        .ok()
+        .or_else(|| Some(ctime(&upper.meta)));
     let committed = journal.committed_at(&change.path);
     let reference = vm_made.into_iter().chain(committed).max();
     reference.is_some_and(|reference| host_changed > reference)
 }
 
 fn ctime(meta: &Metadata) -> SystemTime {
-    SystemTime::UNIX_EPOCH + std::time::Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32)
+    SystemTime::UNIX_EPOCH + Duration::new(meta.ctime() as u64, meta.ctime_nsec() as u32)
 }
+
+type Failure = (PathBuf, std::io::Error);
 
 /// Applies `changes` (sorted by path) in three steps, so that the disk is flushed twice in all
 /// rather than once per file, while every file still replaces its target atomically:
 /// 1. folders are made or updated, and every other entry is written beside its target;
 /// 2. the filesystems written to are flushed (syncfs), then each entry is renamed over its target;
 /// 3. deletions are applied, and the filesystems flushed again.
-fn apply_all(changes: &[Change]) -> Result<(), (PathBuf, std::io::Error)> {
+fn apply_all(trees: &[Tree], changes: &[Change]) -> Result<(), Failure> {
     let mut staged: Vec<Staged> = Vec::new();
     let mut flush = Flush::default();
     let written = changes
         .iter()
         .filter(|c| c.kind != ChangeKind::Deleted)
         .try_for_each(|change| {
-            let meta = fs::symlink_metadata(&change.upper).map_err(at(change))?;
-            if let Some(parent) = change.lower.parent() {
-                fs::create_dir_all(parent).map_err(at(change))?;
-                flush.include(parent).map_err(at(change))?;
-            }
-            if meta.is_dir() {
-                apply_dir(&change.upper, &meta, &change.lower).map_err(at(change))
+            let upper = upper_entry(trees, change)
+                .and_then(|e| e.ok_or_else(vanished))
+                .map_err(at(change))?;
+            let (parent, name) = base_parent(trees, change).map_err(at(change))?;
+            flush.include(&parent).map_err(at(change))?;
+            if upper.meta.is_dir() {
+                apply_dir(&upper, &parent, name).map_err(at(change))
             } else {
-                staged.push(stage(&change.upper, &meta, &change.lower).map_err(at(change))?);
+                staged.push(stage(&upper, parent, name).map_err(at(change))?);
                 Ok(())
             }
         });
     let renamed = written.and_then(|()| {
         flush.now().map_err(|e| (PathBuf::from("/"), e))?;
-        staged.drain(..).try_for_each(|entry| {
-            entry
-                .replace_target()
-                .map_err(|e| (entry.target.clone(), e))
-        })
+        staged
+            .drain(..)
+            .try_for_each(|entry| entry.replace_target().map_err(|e| (entry.target(), e)))
     });
     for entry in &staged {
-        let _ = fs::remove_file(&entry.temp);
+        entry.discard();
     }
     renamed?;
     for change in changes.iter().filter(|c| c.kind == ChangeKind::Deleted) {
-        if let Some(parent) = change.lower.parent() {
-            flush.include(parent).map_err(at(change))?;
-        }
-        remove_any(&change.lower).map_err(at(change))?;
+        let (parent, name) = base_parent(trees, change).map_err(at(change))?;
+        flush.include(&parent).map_err(at(change))?;
+        beneath::remove_tree(&parent, name).map_err(at(change))?;
     }
     flush.now().map_err(|e| (PathBuf::from("/"), e))
 }
 
+fn vanished() -> std::io::Error {
+    std::io::Error::new(
+        ErrorKind::NotFound,
+        "the VM's version vanished from its layer while committing",
+    )
+}
+
 /// Names the change an I/O error happened on.
-fn at(change: &Change) -> impl Fn(std::io::Error) -> (PathBuf, std::io::Error) + '_ {
+fn at(change: &Change) -> impl Fn(std::io::Error) -> Failure + '_ {
     move |e| (change.path.clone(), e)
+}
+
+/// The host folder a change goes into (made if missing), pinned, and the change's name in it.
+/// Every component is opened beneath the pinned base without following symlinks.
+fn base_parent<'c>(trees: &[Tree], change: &'c Change) -> std::io::Result<(File, &'c OsStr)> {
+    let lower = trees[change.layer].lower.as_ref().ok_or_else(|| {
+        std::io::Error::new(
+            ErrorKind::NotFound,
+            "the host folder beneath the layer is gone",
+        )
+    })?;
+    let name = change
+        .rel
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "a change without a name"))?;
+    let mut dir = lower.try_clone()?;
+    for component in change.rel.parent().into_iter().flat_map(Path::components) {
+        let component = component.as_os_str();
+        dir = match beneath::open_dir(&dir, Path::new(component))? {
+            Some(next) => next,
+            None => {
+                nix::sys::stat::mkdirat(&dir, component, Mode::from_bits_truncate(0o755))?;
+                beneath::open_dir(&dir, Path::new(component))?.ok_or_else(vanished)?
+            }
+        };
+    }
+    Ok((dir, name))
 }
 
 /// The filesystems a commit wrote to, to be flushed with one syncfs each.
@@ -170,10 +328,10 @@ struct Flush {
 }
 
 impl Flush {
-    fn include(&mut self, dir: &Path) -> std::io::Result<()> {
-        let device = fs::metadata(dir)?.dev();
+    fn include(&mut self, dir: &File) -> std::io::Result<()> {
+        let device = dir.metadata()?.dev();
         if !self.filesystems.iter().any(|(d, _)| *d == device) {
-            self.filesystems.push((device, File::open(dir)?));
+            self.filesystems.push((device, dir.try_clone()?));
         }
         Ok(())
     }
@@ -186,109 +344,143 @@ impl Flush {
     }
 }
 
-fn remove_any(path: &Path) -> std::io::Result<()> {
-    match lstat(path)? {
-        None => Ok(()),
-        Some(meta) if meta.is_dir() => fs::remove_dir_all(path),
-        Some(_) => fs::remove_file(path),
-    }
-}
-
-fn apply_dir(upper: &Path, meta: &Metadata, target: &Path) -> std::io::Result<()> {
-    match lstat(target)? {
-        Some(existing) if existing.is_dir() => {}
+/// Makes or updates the host folder `name` in `parent` after the VM's folder `upper`.
+fn apply_dir(upper: &Entry, parent: &File, name: &OsStr) -> std::io::Result<()> {
+    match Entry::open(parent, Path::new(name))? {
+        Some(existing) if existing.meta.is_dir() => {}
         Some(_) => {
-            fs::remove_file(target)?;
-            fs::create_dir(target)?;
+            beneath::remove_tree(parent, name)?;
+            nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?;
         }
-        None => fs::create_dir(target)?,
+        None => nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?,
     }
-    copy_metadata(upper, meta, target)
+    let target = beneath::open_dir(parent, Path::new(name))?.ok_or_else(vanished)?;
+    copy_metadata(&upper.reopen()?, &upper.meta, &target)
 }
 
 /// An entry written beside its target, waiting to be renamed over it.
 struct Staged {
+    parent: File,
     temp: PathBuf,
-    target: PathBuf,
+    name: PathBuf,
 }
 
 impl Staged {
     fn replace_target(&self) -> std::io::Result<()> {
-        if lstat(&self.target)?.is_some_and(|m| m.is_dir()) {
-            fs::remove_dir_all(&self.target)?;
+        if Entry::open(&self.parent, &self.name)?.is_some_and(|e| e.meta.is_dir()) {
+            beneath::remove_tree(&self.parent, self.name.as_os_str())?;
         }
-        fs::rename(&self.temp, &self.target)
+        nix::fcntl::renameat(&self.parent, &self.temp, &self.parent, &self.name)?;
+        Ok(())
+    }
+
+    fn discard(&self) {
+        let _ = nix::unistd::unlinkat(
+            &self.parent,
+            &self.temp,
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
+    }
+
+    fn target(&self) -> PathBuf {
+        self.name.clone()
     }
 }
 
-/// Writes a file, symlink or FIFO beside `target`, with the VM entry's metadata.
-fn stage(upper: &Path, meta: &Metadata, target: &Path) -> std::io::Result<Staged> {
-    let name = target
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temp = target.with_file_name(format!(".{name}.feather-{}", std::process::id()));
-    let _ = fs::remove_file(&temp);
-    let write = || -> std::io::Result<()> {
-        let kind = meta.file_type();
-        if kind.is_symlink() {
-            symlink(fs::read_link(upper)?, &temp)?;
-        } else if kind.is_file() {
-            std::io::copy(&mut File::open(upper)?, &mut File::create(&temp)?)?;
-        } else if std::os::unix::fs::FileTypeExt::is_fifo(&kind) {
-            nix::unistd::mkfifo(&temp, nix::sys::stat::Mode::from_bits_truncate(meta.mode()))?;
-        } else {
-            return Err(std::io::Error::new(
-                ErrorKind::Unsupported,
-                "sockets and device nodes are not committed",
-            ));
-        }
-        copy_metadata(upper, meta, &temp)
+/// Writes a file, symlink or FIFO beside `name` in `parent`, with the VM entry's metadata.
+fn stage(upper: &Entry, parent: File, name: &OsStr) -> std::io::Result<Staged> {
+    let temp = PathBuf::from(format!(
+        ".{}.feather-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let staged = Staged {
+        parent,
+        temp,
+        name: PathBuf::from(name),
     };
-    match write() {
-        Ok(()) => Ok(Staged {
-            temp,
-            target: target.to_path_buf(),
-        }),
+    staged.discard();
+    match write_entry(upper, &staged.parent, &staged.temp) {
+        Ok(()) => Ok(staged),
         Err(e) => {
-            let _ = fs::remove_file(&temp);
+            staged.discard();
             Err(e)
         }
     }
 }
 
-/// Owner first (chown clears set-uid bits), then mode, extended attributes and times.
-fn copy_metadata(upper: &Path, meta: &Metadata, target: &Path) -> std::io::Result<()> {
-    let is_link = meta.file_type().is_symlink();
-    let (uid, gid) = (
+fn write_entry(upper: &Entry, parent: &File, temp: &Path) -> std::io::Result<()> {
+    let meta = &upper.meta;
+    let kind = meta.file_type();
+    let owner = (
         Some(Uid::from_raw(meta.uid())),
         Some(Gid::from_raw(meta.gid())),
     );
-    nix::unistd::fchownat(
-        nix::fcntl::AT_FDCWD,
-        target,
-        uid,
-        gid,
-        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
-    )?;
-    if is_link {
-        return Ok(());
+    if kind.is_symlink() {
+        nix::unistd::symlinkat(upper.link_target()?.as_os_str(), parent, temp)?;
+        nix::unistd::fchownat(parent, temp, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        Ok(())
+    } else if kind.is_file() {
+        let source = upper.reopen()?;
+        let fd = nix::fcntl::openat(
+            parent,
+            temp,
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )?;
+        let target = File::from(fd);
+        beneath::copy_sparse(&source, &target)?;
+        copy_metadata(&source, meta, &target)?;
+        let times = std::fs::FileTimes::new()
+            .set_accessed(meta.accessed()?)
+            .set_modified(meta.modified()?);
+        target.set_times(times)
+    } else if kind.is_fifo() {
+        // A FIFO is made, never opened: opening one blocks, and its extended attributes (if
+        // any) are not carried over.
+        nix::unistd::mkfifoat(parent, temp, Mode::from_bits_truncate(0o600))?;
+        nix::unistd::fchownat(parent, temp, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)?;
+        let mode = Mode::from_bits_truncate(meta.mode() & 0o7777);
+        let fifo = Entry::open(parent, temp)?.ok_or_else(vanished)?;
+        if !fifo.meta.file_type().is_fifo() {
+            return Err(std::io::Error::other("the staged FIFO was replaced"));
+        }
+        nix::sys::stat::fchmodat(
+            parent,
+            temp,
+            mode,
+            nix::sys::stat::FchmodatFlags::FollowSymlink,
+        )?;
+        Ok(())
+    } else {
+        Err(std::io::Error::new(
+            ErrorKind::Unsupported,
+            "sockets and device nodes are not committed",
+        ))
     }
-    fs::set_permissions(target, fs::Permissions::from_mode(meta.mode() & 0o7777))?;
-    for attribute in xattr::list(upper)? {
+}
+
+/// Owner first (chown clears set-uid bits), then mode and extended attributes, all on the
+/// descriptors: `source` is the VM's version, `target` the host's new one.
+fn copy_metadata(source: &File, meta: &Metadata, target: &File) -> std::io::Result<()> {
+    use xattr::FileExt;
+    nix::unistd::fchown(
+        target.as_fd(),
+        Some(Uid::from_raw(meta.uid())),
+        Some(Gid::from_raw(meta.gid())),
+    )?;
+    nix::sys::stat::fchmod(
+        target.as_fd(),
+        Mode::from_bits_truncate(meta.mode() & 0o7777),
+    )?;
+    for attribute in source.list_xattr()? {
         // overlayfs's own bookkeeping (opaque, origin, …) is not part of the file.
         if attribute.to_string_lossy().starts_with("trusted.overlay.") {
             continue;
         }
-        if let Some(value) = xattr::get(upper, &attribute)? {
-            xattr::set(target, &attribute, &value)?;
+        if let Some(value) = source.get_xattr(&attribute)? {
+            target.set_xattr(&attribute, &value)?;
         }
-    }
-    if meta.is_file() {
-        let times = fs::FileTimes::new()
-            .set_accessed(meta.accessed()?)
-            .set_modified(meta.modified()?);
-        File::options().write(true).open(target)?.set_times(times)?;
     }
     Ok(())
 }
@@ -296,31 +488,33 @@ fn copy_metadata(upper: &Path, meta: &Metadata, target: &Path) -> std::io::Resul
 /// What commit wrote to the base and when (the host path's ctime right after), so that
 /// feather's own writes are not mistaken for the host's later ones.
 struct Journal {
-    entries: BTreeMap<PathBuf, (i64, i64)>,
+    /// Keyed by the VM path as `escape_path` shows it: the same text for every UTF-8 path
+    /// without controls or backslashes, and one-to-one for all others (JSON keys are text).
+    entries: BTreeMap<String, (i64, i64)>,
     path: PathBuf,
 }
 
 impl Journal {
     fn load(vm: &VmDir) -> Journal {
         let path = vm.commit_journal();
-        let entries = fs::read(&path)
+        let entries = std::fs::read(&path)
             .ok()
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
         Journal { entries, path }
     }
 
-    fn record(&mut self, change: &Change) {
-        match lstat(&change.lower) {
-            Ok(Some(meta)) => self
+    fn record(&mut self, trees: &[Tree], change: &Change) {
+        match lower_entry(trees, change) {
+            Ok(Some(Entry { meta, .. })) => self
                 .entries
-                .insert(change.path.clone(), (meta.ctime(), meta.ctime_nsec())),
-            _ => self.entries.remove(&change.path),
+                .insert(key(&change.path), (meta.ctime(), meta.ctime_nsec())),
+            _ => self.entries.remove(&key(&change.path)),
         };
     }
 
     fn committed_at(&self, path: &Path) -> Option<SystemTime> {
-        let (secs, nanos) = *self.entries.get(path)?;
+        let (secs, nanos) = *self.entries.get(&key(path))?;
         Some(SystemTime::UNIX_EPOCH + std::time::Duration::new(secs as u64, nanos as u32))
     }
 
@@ -329,6 +523,10 @@ impl Journal {
             serde_json::to_vec(&self.entries).map_err(|e| failed(vm.name(), e.to_string()))?;
         Ok(write_atomic(&self.path, &bytes, Durability::Durable)?)
     }
+}
+
+fn key(path: &Path) -> String {
+    escape_path(path).into_owned()
 }
 
 /// Drops every change of a stopped VM: its layers are emptied, as if just created.
@@ -347,20 +545,19 @@ pub fn reset(root: &StateRoot, name: &VmName) -> Result<()> {
         _ => {}
     }
     let config = vm.read_config()?;
-    match config.limits.disk {
-        // The image holds the layer folders: a new image empties them all.
-        Some(disk @ feather_core::DiskQuota::Image { .. }) => crate::disk::renew(name, &vm, disk)?,
-        _ => {
-            for dir in [vm.upper(), vm.work(), vm.mounts()] {
-                fs::remove_dir_all(&dir).at(&dir)?;
-                fs::create_dir(&dir).at(&dir)?;
-            }
-        }
+    if let Some(disk) = config.limits.disk {
+        crate::disk::attach(name, &vm, disk)?;
+    }
+    // The layers' entries are emptied through descriptors: the VM made them, and a symlink
+    // among them is removed as a link, never followed.
+    for dir in [vm.upper(), vm.work(), vm.mounts()] {
+        let pinned = beneath::open_root(&dir).at(&dir)?;
+        beneath::empty_dir(&pinned).at(&dir)?;
     }
     for dir in &config.scaffold {
         let path = vm.upper().join(dir.strip_prefix("/").unwrap_or(dir));
-        fs::create_dir(&path).at(&path)?;
+        std::fs::create_dir(&path).at(&path)?;
     }
-    let _ = fs::remove_file(vm.commit_journal());
+    let _ = std::fs::remove_file(vm.commit_journal());
     Ok(())
 }

@@ -4,13 +4,21 @@
 //! overlayfs records changes as plain files in the upper layer: a copied-up or new file, a
 //! whiteout (a 0:0 character device) for a deletion, and an "opaque" directory for a folder
 //! that was removed and made anew, which hides everything beneath it in the lower layer.
+//!
+//! A running VM can change its upper layer while we read it, so it is read only through
+//! descriptors (`feather_sys::beneath`): each layer's upper folder and the base beneath it are
+//! pinned once, every entry is opened beneath them without following any symlink, and its
+//! type is what fstat on that descriptor says. A symlink in the layer is an entry, never a way.
 
-use std::fs::{self, Metadata};
-use std::io::{ErrorKind, Read};
+use std::ffi::OsStr;
+use std::fs::{File, Metadata};
+use std::io::Read;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use feather_core::VmConfig;
+use feather_sys::beneath::{self, Entry};
 use serde::Serialize;
 
 use crate::layers::Layer;
@@ -38,118 +46,211 @@ impl ChangeKind {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Change {
     pub kind: ChangeKind,
-    /// The path as the VM sees it.
+    /// The path as the VM sees it. In JSON: the exact text when it is UTF-8; otherwise the
+    /// text with each invalid byte as `\xNN`, and `path_bytes` holds the exact bytes.
+    #[serde(serialize_with = "path_as_text")]
     pub path: PathBuf,
-    /// Where the VM's version is (absent for a deletion, where it is the whiteout).
+    /// The exact bytes of `path`, present in JSON only when the path is not UTF-8.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path_bytes: Option<Vec<u8>>,
+    /// Length in bytes of the VM's version (0 for a folder or a deletion).
+    pub size: u64,
+    /// Disk space the VM's version of a regular file takes (a sparse file takes less than its
+    /// length; a small file may take more); the length for symlinks and FIFOs.
+    pub allocated: u64,
+    /// Which layer (index into the list `diff` was given) holds the change.
     #[serde(skip)]
-    pub upper: PathBuf,
-    /// The host path the change would be applied to.
+    pub layer: usize,
+    /// The path relative to that layer's mount point.
     #[serde(skip)]
-    pub lower: PathBuf,
+    pub rel: PathBuf,
+}
+
+fn path_as_text<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&feather_core::display::utf8_or_escaped(
+        path.as_os_str().as_bytes(),
+    ))
+}
+
+/// One layer, pinned: its upper folder, and the host folder beneath it (absent if the host
+/// has none there any more).
+pub struct Tree {
+    pub layer: Layer,
+    pub upper: File,
+    pub lower: Option<File>,
+}
+
+/// Pins every layer's upper folder and, beneath the base (`base`, opened once), its lower one.
+pub fn open_trees(layers: Vec<Layer>, base: &File, base_path: &Path) -> std::io::Result<Vec<Tree>> {
+    layers
+        .into_iter()
+        .map(|layer| {
+            let upper = beneath::open_root(&layer.upper)?;
+            let rel = layer.lower.strip_prefix(base_path).unwrap_or(Path::new(""));
+            let lower = beneath::open_dir(base, rel)?;
+            Ok(Tree {
+                layer,
+                upper,
+                lower,
+            })
+        })
+        .collect()
 }
 
 /// Every change in every layer, sorted by path (a folder before what it holds).
-pub fn diff(layers: &[Layer], config: &VmConfig) -> std::io::Result<Vec<Change>> {
+pub fn diff(trees: &[Tree], config: &VmConfig) -> std::io::Result<Vec<Change>> {
     let mut changes = Vec::new();
-    for layer in layers {
-        walk(layer, config, &mut changes, Path::new(""), false)?;
+    for (index, tree) in trees.iter().enumerate() {
+        let walk = Walk {
+            index,
+            tree,
+            config,
+        };
+        let lower = match &tree.lower {
+            Some(lower) => Some(lower.try_clone()?),
+            None => None,
+        };
+        walk.folder(
+            &mut changes,
+            Path::new(""),
+            &tree.upper,
+            lower.as_ref(),
+            false,
+        )?;
     }
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(changes)
 }
 
-/// Walks one folder of the upper layer. `replaced`: the folder hides its lower counterpart
-/// entirely (it or an ancestor is opaque, or new), so lower entries it lacks are deletions.
-fn walk(
-    layer: &Layer,
-    config: &VmConfig,
-    changes: &mut Vec<Change>,
-    rel: &Path,
-    replaced: bool,
-) -> std::io::Result<()> {
-    let upper_dir = layer.upper.join(rel);
-    let mut names: Vec<_> = fs::read_dir(&upper_dir)?
-        .collect::<Result<Vec<_>, _>>()?
-        .into_iter()
-        .map(|e| e.file_name())
-        .collect();
-    names.sort();
-    for name in &names {
-        let rel_child = rel.join(name);
-        let vm_path = layer.vm_path(&rel_child);
-        if config.scaffold.contains(&vm_path) {
-            continue;
-        }
-        let upper = layer.upper.join(&rel_child);
-        let lower = layer.lower_path(&rel_child);
-        let upper_meta = fs::symlink_metadata(&upper)?;
-        let lower_meta = lstat(&lower)?;
-        let change = |kind| Change {
-            kind,
-            path: vm_path.clone(),
-            upper: upper.clone(),
-            lower: lower.clone(),
-        };
-        if is_whiteout(&upper_meta) {
-            if lower_meta.is_some() {
-                changes.push(change(ChangeKind::Deleted));
-            }
-            continue;
-        }
-        match (&lower_meta, upper_meta.is_dir()) {
-            (None, _) => {
-                changes.push(change(ChangeKind::Added));
-                if upper_meta.is_dir() {
-                    walk(layer, config, changes, &rel_child, true)?;
-                }
-            }
-            (Some(lower_meta), true) if lower_meta.is_dir() => {
-                if !same_metadata(&upper_meta, lower_meta) {
-                    changes.push(change(ChangeKind::Modified));
-                }
-                let hides_lower = replaced || is_opaque(&upper);
-                walk(layer, config, changes, &rel_child, hides_lower)?;
-            }
-            (Some(lower_meta), _) => {
-                if !same_entry(&upper, &upper_meta, &lower, lower_meta)? {
-                    changes.push(change(ChangeKind::Modified));
-                }
-                if upper_meta.is_dir() {
-                    walk(layer, config, changes, &rel_child, true)?;
-                }
-            }
-        }
-    }
-    if replaced {
-        let lower_dir = layer.lower_path(rel);
-        if let Ok(entries) = fs::read_dir(&lower_dir) {
-            let mut hidden: Vec<_> = entries
-                .flatten()
-                .map(|e| e.file_name())
-                .filter(|n| !names.contains(n))
-                .collect();
-            hidden.sort();
-            for name in hidden {
-                let rel_child = rel.join(&name);
-                changes.push(Change {
-                    kind: ChangeKind::Deleted,
-                    path: layer.vm_path(&rel_child),
-                    upper: layer.upper.join(&rel_child),
-                    lower: lower_dir.join(&name),
-                });
-            }
-        }
-    }
-    Ok(())
+struct Walk<'a> {
+    index: usize,
+    tree: &'a Tree,
+    config: &'a VmConfig,
 }
 
-pub(crate) fn lstat(path: &Path) -> std::io::Result<Option<Metadata>> {
-    match fs::symlink_metadata(path) {
-        Ok(meta) => Ok(Some(meta)),
-        Err(e) if e.kind() == ErrorKind::NotFound || e.raw_os_error() == Some(libc::ENOTDIR) => {
-            Ok(None)
+impl Walk<'_> {
+    fn change(&self, kind: ChangeKind, rel: &Path, upper: Option<&Metadata>) -> Change {
+        let path = self.tree.layer.vm_path(rel);
+        let path_bytes = std::str::from_utf8(path.as_os_str().as_bytes())
+            .is_err()
+            .then(|| path.as_os_str().as_bytes().to_vec());
+        let (size, allocated) = match upper {
+            Some(meta) if kind == ChangeKind::Deleted || meta.is_dir() => (0, 0),
+            Some(meta) if meta.is_file() => (meta.len(), meta.blocks() * 512),
+            // A symlink's target or a FIFO takes no data blocks worth showing.
+            Some(meta) => (meta.len(), meta.len()),
+            _ => (0, 0),
+        };
+        Change {
+            kind,
+            path,
+            path_bytes,
+            size,
+            allocated,
+            layer: self.index,
+            rel: rel.to_path_buf(),
         }
-        Err(e) => Err(e),
+    }
+
+    /// Walks one folder of the upper layer (`upper`, pinned) beside its host counterpart
+    /// (`lower`, if the host has a folder there). `replaced`: the folder hides its lower
+    /// counterpart entirely (it or an ancestor is opaque, or new), so lower entries it lacks
+    /// are deletions.
+    fn folder(
+        &self,
+        changes: &mut Vec<Change>,
+        rel: &Path,
+        upper: &File,
+        lower: Option<&File>,
+        replaced: bool,
+    ) -> std::io::Result<()> {
+        let names = beneath::names(upper)?;
+        for name in &names {
+            let rel_child = rel.join(name);
+            if self
+                .config
+                .scaffold
+                .contains(&self.tree.layer.vm_path(&rel_child))
+            {
+                continue;
+            }
+            let Some(entry) = Entry::open(upper, Path::new(name))? else {
+                continue; // gone since it was listed
+            };
+            let lower_entry = match lower {
+                Some(dir) => Entry::open(dir, Path::new(name))?,
+                None => None,
+            };
+            self.entry(
+                changes,
+                &rel_child,
+                name,
+                (upper, &entry),
+                (lower, lower_entry),
+                replaced,
+            )?;
+        }
+        if replaced {
+            if let Some(lower) = lower {
+                for name in beneath::names(lower)?.iter().filter(|n| !names.contains(n)) {
+                    changes.push(self.change(ChangeKind::Deleted, &rel.join(name), None));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn entry(
+        &self,
+        changes: &mut Vec<Change>,
+        rel: &Path,
+        name: &OsStr,
+        (upper_dir, upper): (&File, &Entry),
+        (lower_dir, lower): (Option<&File>, Option<Entry>),
+        replaced: bool,
+    ) -> std::io::Result<()> {
+        let meta = &upper.meta;
+        if is_whiteout(meta) {
+            if lower.is_some() {
+                changes.push(self.change(ChangeKind::Deleted, rel, None));
+            }
+            return Ok(());
+        }
+        let descend = |changes: &mut Vec<Change>, lower_dir: Option<&File>, hides: bool| {
+            let Some(child) = beneath::open_dir(upper_dir, Path::new(name))? else {
+                return Ok(()); // replaced since it was opened: nothing to follow
+            };
+            let lower_child = match lower_dir {
+                Some(dir) => beneath::open_dir(dir, Path::new(name))?,
+                None => None,
+            };
+            let hides = hides || is_opaque(&child);
+            self.folder(changes, rel, &child, lower_child.as_ref(), hides)
+        };
+        match &lower {
+            None => {
+                changes.push(self.change(ChangeKind::Added, rel, Some(meta)));
+                if meta.is_dir() {
+                    descend(changes, None, true)?;
+                }
+            }
+            Some(lower) if meta.is_dir() && lower.meta.is_dir() => {
+                if !same_metadata(meta, &lower.meta) {
+                    changes.push(self.change(ChangeKind::Modified, rel, Some(meta)));
+                }
+                descend(changes, lower_dir, replaced)?;
+            }
+            Some(lower) => {
+                if !same_entry(upper, lower)? {
+                    changes.push(self.change(ChangeKind::Modified, rel, Some(meta)));
+                }
+                if meta.is_dir() {
+                    // A folder where the host has something else: it hides nothing below.
+                    descend(changes, None, true)?;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -157,8 +258,9 @@ pub(crate) fn is_whiteout(meta: &Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
-fn is_opaque(dir: &Path) -> bool {
-    matches!(xattr::get(dir, "trusted.overlay.opaque"), Ok(Some(value)) if value == b"y")
+fn is_opaque(dir: &File) -> bool {
+    use xattr::FileExt;
+    matches!(dir.get_xattr("trusted.overlay.opaque"), Ok(Some(value)) if value == b"y")
 }
 
 fn same_metadata(a: &Metadata, b: &Metadata) -> bool {
@@ -167,26 +269,20 @@ fn same_metadata(a: &Metadata, b: &Metadata) -> bool {
 
 /// Whether two non-folder entries are the same to a reader: type, mode, owner, and content or
 /// link target.
-pub(crate) fn same_entry(
-    a: &Path,
-    a_meta: &Metadata,
-    b: &Path,
-    b_meta: &Metadata,
-) -> std::io::Result<bool> {
-    if !same_metadata(a_meta, b_meta) {
+pub(crate) fn same_entry(a: &Entry, b: &Entry) -> std::io::Result<bool> {
+    if !same_metadata(&a.meta, &b.meta) {
         return Ok(false);
     }
-    if a_meta.file_type().is_symlink() {
-        return Ok(fs::read_link(a)? == fs::read_link(b)?);
+    if a.meta.file_type().is_symlink() {
+        return Ok(a.link_target()? == b.link_target()?);
     }
-    if a_meta.is_file() {
-        return Ok(a_meta.len() == b_meta.len() && same_content(a, b)?);
+    if a.meta.is_file() {
+        return Ok(a.meta.len() == b.meta.len() && same_content(&a.reopen()?, &b.reopen()?)?);
     }
-    Ok(a_meta.rdev() == b_meta.rdev())
+    Ok(a.meta.rdev() == b.meta.rdev())
 }
 
-fn same_content(a: &Path, b: &Path) -> std::io::Result<bool> {
-    let (mut a, mut b) = (fs::File::open(a)?, fs::File::open(b)?);
+fn same_content(mut a: &File, mut b: &File) -> std::io::Result<bool> {
     let (mut buf_a, mut buf_b) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
     loop {
         let n = a.read(&mut buf_a)?;

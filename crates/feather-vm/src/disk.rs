@@ -311,18 +311,6 @@ pub fn detach(vm: &VmDir) {
     }
 }
 
-/// Empties an image-capped VM's layers by giving it a new image (`reset`, stopped VMs only).
-pub fn renew(name: &VmName, vm: &VmDir, disk: DiskQuota) -> Result<()> {
-    let DiskQuota::Image { bytes } = disk else {
-        return Ok(());
-    };
-    detach(vm);
-    let image = vm.path().join("disk.img");
-    std::fs::remove_file(&image).map_err(|e| failed(name, format!("{}: {e}", image.display())))?;
-    make_image(name, vm, bytes)?;
-    attach(name, vm, disk)
-}
-
 /// Whether something is mounted on `path`, a folder of feather's own in `parent`: the image
 /// is a filesystem of its own, so its device differs from the state root's, and so does that
 /// of a folder bound from it.

@@ -29,7 +29,13 @@ fn main() -> ExitCode {
     match dispatch(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("feather: {e:#}");
+            // An error may quote a VM's path or text: each line is escaped for the terminal.
+            let message = format!("{e:#}");
+            let lines: Vec<_> = message
+                .lines()
+                .map(feather_core::display::escape_for_terminal)
+                .collect();
+            eprintln!("feather: {}", lines.join("\n"));
             ExitCode::from(if runs_a_command {
                 EXIT_FEATHER_FAILED_RUN
             } else {
@@ -162,7 +168,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 output::json(&changes)?
             } else {
-                output::changes(&changes)
+                output::changes_with_sizes(&changes)
             }
         }
         Command::Commit { name, paths, force } => {

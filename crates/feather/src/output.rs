@@ -2,6 +2,7 @@
 
 use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
+use feather_core::display::{escape_for_terminal, escape_path};
 use feather_core::size::format_bytes;
 use feather_svc::manager::protocol::ServiceInfo;
 use feather_vm::diff::Change;
@@ -11,6 +12,11 @@ use serde::Serialize;
 pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
     Ok(())
+}
+
+/// Text a VM chose, made safe to show on a terminal (see feather_core::display).
+fn shown(text: &str) -> String {
+    escape_for_terminal(text).into_owned()
 }
 
 fn table(header: &[&str]) -> Table {
@@ -46,7 +52,7 @@ pub fn vms(rows: &[Summary]) {
             vm.base.display().to_string(),
             vm.network.clone(),
             format!("{} ago", age(now.saturating_sub(vm.created))),
-            vm.last_exit.clone().unwrap_or_default(),
+            shown(&vm.last_exit.clone().unwrap_or_default()),
         ]);
     }
     println!("{}", t.trim_fmt());
@@ -81,15 +87,50 @@ pub fn processes(rows: &[Process]) {
             p.pid.to_string(),
             p.host_pid.to_string(),
             p.uid.to_string(),
-            p.command.clone(),
+            shown(&p.command),
         ]);
     }
     println!("{}", t.trim_fmt());
 }
 
+/// What commit applied: one change a line, `A /path`.
 pub fn changes(changes: &[Change]) {
     for change in changes {
-        println!("{} {}", change.kind.letter(), change.path.display());
+        println!("{} {}", change.kind.letter(), escape_path(&change.path));
+    }
+}
+
+/// What `diff` found: the kind, the size of the VM's version (its length, and the disk space
+/// it takes when that is less, as for a sparse file), then the path, which is last so that
+/// no name can shift the columns.
+pub fn changes_with_sizes(changes: &[Change]) {
+    let sizes: Vec<String> = changes.iter().map(size_of_change).collect();
+    let width = sizes.iter().map(String::len).max().unwrap_or(0);
+    for (change, size) in changes.iter().zip(&sizes) {
+        println!(
+            "{} {size:>width$}  {}",
+            change.kind.letter(),
+            escape_path(&change.path)
+        );
+    }
+    let total: u64 = changes.iter().map(|c| c.allocated).sum();
+    if !changes.is_empty() {
+        println!("total: {} on disk", human_bytes(total));
+    }
+}
+
+fn size_of_change(change: &Change) -> String {
+    if change.kind == feather_vm::diff::ChangeKind::Deleted || change.size == 0 {
+        return "-".into();
+    }
+    if change.allocated < change.size {
+        format!(
+            "{} ({} on disk)",
+            human_bytes(change.size),
+            human_bytes(change.allocated)
+        )
+    } else {
+        human_bytes(change.size)
     }
 }
 
@@ -181,10 +222,12 @@ pub fn services(rows: &[ServiceInfo]) {
             s.restarts.to_string(),
             if s.ready { "yes" } else { "no" }.to_owned(),
             // Why it failed; else what it is doing or waiting for (STATUS=, a bus name).
-            s.result
-                .clone()
-                .or_else(|| s.status_text.clone())
-                .unwrap_or_default(),
+            shown(
+                &s.result
+                    .clone()
+                    .or_else(|| s.status_text.clone())
+                    .unwrap_or_default(),
+            ),
         ]);
     }
     println!("{}", t.trim_fmt());
@@ -192,7 +235,7 @@ pub fn services(rows: &[ServiceInfo]) {
 
 pub fn service_status(s: &ServiceInfo, log: &[String]) {
     match &s.description {
-        Some(description) => println!("{} - {description}", s.name),
+        Some(description) => println!("{} - {}", s.name, shown(description)),
         None => println!("{}", s.name),
     }
     println!(
@@ -207,10 +250,10 @@ pub fn service_status(s: &ServiceInfo, log: &[String]) {
     println!("   ready: {}", if s.ready { "yes" } else { "no" });
     println!("restarts: {}", s.restarts);
     if let Some(status) = &s.status_text {
-        println!("  status: {status}");
+        println!("  status: {}", shown(status));
     }
     if let Some(result) = &s.result {
-        println!("  result: {result}");
+        println!("  result: {}", shown(result));
     }
     if let Some(by) = &s.pulled_by {
         println!(" pulled by: {by}");
@@ -222,7 +265,7 @@ pub fn service_status(s: &ServiceInfo, log: &[String]) {
         println!("     log: {path}");
     }
     for line in log {
-        println!("  {line}");
+        println!("  {}", shown(line));
     }
 }
 
@@ -380,7 +423,8 @@ pub fn audit_entries(entries: &[feather_shuttle::audit::Entry], json: bool, firs
             .as_deref()
             .map(|d| format!(" — {d}"))
             .unwrap_or_default();
-        println!(
+        // The object and detail are whatever the VM asked for: the whole line is escaped.
+        let line = format!(
             "{}  {:<6} {} → {}  {}  {} ({}, {rule}){detail}",
             entry.time,
             entry.kind,
@@ -390,5 +434,6 @@ pub fn audit_entries(entries: &[feather_shuttle::audit::Entry], json: bool, firs
             entry.outcome,
             entry.verdict
         );
+        println!("{}", shown(&line));
     }
 }

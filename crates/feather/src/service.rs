@@ -255,12 +255,17 @@ fn logs(vm: &str, unit: &str, lines: usize, follow: bool) -> anyhow::Result<Exit
         }
         Err(e) => anyhow::bail!("VM {vm}: {}: {e}", path.display()),
     };
-    let mut text = String::new();
-    file.read_to_string(&mut text)?;
-    let all: Vec<&str> = text.lines().collect();
+    let mut text = Vec::new();
+    file.read_to_end(&mut text)?;
+    let all: Vec<&[u8]> = text.split(|b| *b == b'\n').collect();
+    let all = match all.split_last() {
+        Some(([], rest)) => rest,
+        _ => &all[..],
+    };
     let mut out = std::io::stdout().lock();
+    // A service writes what it likes: every line is escaped for the terminal it reaches.
     for line in &all[all.len().saturating_sub(lines)..] {
-        writeln!(out, "{line}")?;
+        writeln!(out, "{}", feather_core::display::escape_bytes(line))?;
     }
     out.flush()?;
     if !follow {
@@ -280,10 +285,22 @@ fn logs(vm: &str, unit: &str, lines: usize, follow: bool) -> anyhow::Result<Exit
         buffer.clear();
         position += file.read_to_end(&mut buffer)? as u64;
         if !buffer.is_empty() {
-            out.write_all(&buffer)?;
+            write_escaped_lines(&mut out, &buffer)?;
             out.flush()?;
         }
     }
+}
+
+/// Writes `bytes` with each line escaped for the terminal, keeping the line ends.
+fn write_escaped_lines(out: &mut impl std::io::Write, bytes: &[u8]) -> std::io::Result<()> {
+    let mut lines = bytes.split(|b| *b == b'\n').peekable();
+    while let Some(line) = lines.next() {
+        out.write_all(feather_core::display::escape_bytes(line).as_bytes())?;
+        if lines.peek().is_some() {
+            out.write_all(b"\n")?;
+        }
+    }
+    Ok(())
 }
 
 /// The unit names of `services` as installed below `base`, or why one cannot be duplicated.

@@ -1,0 +1,314 @@
+//! File operations on a tree someone else can change while we work in it (a VM's layer, and
+//! the base commit writes into). Every path is resolved relative to a pinned directory
+//! descriptor with openat2(RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS), so a
+//! symlink swapped into any component makes the call fail instead of leading out of the tree;
+//! the type of what was opened is read with fstat on the descriptor, and every change is made
+//! on a descriptor or on one name in a pinned directory (unlinkat, renameat, mkdirat, …).
+
+use std::ffi::{OsStr, OsString};
+use std::fs::{File, Metadata};
+use std::io::{self, ErrorKind};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::Path;
+
+use nix::dir::Dir;
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+use nix::sys::stat::Mode;
+use nix::unistd::{lseek, Whence};
+
+/// The resolution every lookup here uses: never above the pinned folder, never through a link.
+fn resolve() -> ResolveFlag {
+    ResolveFlag::RESOLVE_BENEATH
+        | ResolveFlag::RESOLVE_NO_SYMLINKS
+        | ResolveFlag::RESOLVE_NO_MAGICLINKS
+}
+
+/// Opens `rel` (relative, any number of components) beneath `dir` with `flags`.
+/// `O_NOFOLLOW` and `O_CLOEXEC` are always added; a symlink anywhere on the way is `ELOOP`.
+pub fn open_beneath(dir: &impl AsFd, rel: &Path, flags: OFlag) -> io::Result<OwnedFd> {
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel
+    };
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(resolve());
+    Ok(openat2(dir.as_fd(), rel, how)?)
+}
+
+/// The folder at `path`, opened to be pinned. `path` is chosen by the host (a state folder or
+/// a VM's configured base), never by a VM, so it is resolved as usual; everything beneath it
+/// is then reached through [`open_beneath`].
+pub fn open_root(path: &Path) -> io::Result<File> {
+    let fd = nix::fcntl::open(
+        path,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    Ok(File::from(fd))
+}
+
+/// The folder `rel` beneath `dir`, opened for listing; `None` when it does not exist, is not a
+/// folder, or is reached through a symlink.
+pub fn open_dir(dir: &impl AsFd, rel: &Path) -> io::Result<Option<File>> {
+    match open_beneath(dir, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+        Ok(fd) => Ok(Some(File::from(fd))),
+        Err(e) if absent(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an error means "nothing (usable) there": missing, not a folder on the way, or a
+/// symlink where none may be.
+pub fn absent(e: &io::Error) -> bool {
+    e.kind() == ErrorKind::NotFound
+        || matches!(
+            e.raw_os_error(),
+            Some(libc::ENOTDIR) | Some(libc::ELOOP) | Some(libc::EXDEV)
+        )
+}
+
+/// One entry of a tree, pinned: an `O_PATH` descriptor of the entry itself (a symlink is not
+/// followed) and its metadata read from that descriptor.
+pub struct Entry {
+    pub fd: File,
+    pub meta: Metadata,
+}
+
+impl Entry {
+    /// The entry at `rel` beneath `dir`; `None` if there is none.
+    pub fn open(dir: &impl AsFd, rel: &Path) -> io::Result<Option<Entry>> {
+        match open_beneath(dir, rel, OFlag::O_PATH) {
+            Ok(fd) => {
+                let fd = File::from(fd);
+                let meta = fd.metadata()?;
+                Ok(Some(Entry { fd, meta }))
+            }
+            Err(e) if absent(&e) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Opens the very inode this entry pinned for reading. Only regular files and folders are
+    /// opened (opening a device or FIFO can have effects), through the process's own
+    /// `/proc/self/fd` link, which names our descriptor and nothing a VM can change.
+    pub fn reopen(&self) -> io::Result<File> {
+        if !self.meta.is_file() && !self.meta.is_dir() {
+            return Err(io::Error::new(
+                ErrorKind::InvalidInput,
+                "only files and folders are read",
+            ));
+        }
+        let link = format!("/proc/self/fd/{}", self.fd.as_raw_fd());
+        let fd = nix::fcntl::open(
+            link.as_str(),
+            OFlag::O_RDONLY | OFlag::O_CLOEXEC | OFlag::O_NOCTTY,
+            Mode::empty(),
+        )?;
+        let file = File::from(fd);
+        let again = file.metadata()?;
+        if (again.dev(), again.ino()) != (self.meta.dev(), self.meta.ino()) {
+            return Err(io::Error::other("the entry changed while it was read"));
+        }
+        Ok(file)
+    }
+
+    /// The target of a symlink entry, read from its descriptor (never followed).
+    pub fn link_target(&self) -> io::Result<OsString> {
+        Ok(nix::fcntl::readlinkat(self.fd.as_fd(), "")?)
+    }
+}
+
+/// The names in a folder (without `.` and `..`), sorted.
+pub fn names(dir: &File) -> io::Result<Vec<OsString>> {
+    let fd = open_beneath(dir, Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    let mut listing = Dir::from_fd(fd)?;
+    let mut names = Vec::new();
+    for entry in listing.iter() {
+        let name = OsStr::from_bytes(entry?.file_name().to_bytes()).to_owned();
+        if name != "." && name != ".." {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Removes the entry `name` of `dir` and, if it is a folder, everything in it, never following
+/// a symlink: each folder is opened with `O_NOFOLLOW` beneath its parent's descriptor, and each
+/// entry is unlinked by name from its parent's descriptor.
+pub fn remove_tree(dir: &File, name: &OsStr) -> io::Result<()> {
+    let entry = match Entry::open(dir, Path::new(name))? {
+        None => return Ok(()),
+        Some(entry) => entry,
+    };
+    if entry.meta.is_dir() {
+        if let Some(folder) = open_dir(dir, Path::new(name))? {
+            empty_dir(&folder)?;
+        }
+        nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)?;
+    } else {
+        nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::NoRemoveDir)?;
+    }
+    Ok(())
+}
+
+/// Removes everything in the folder `dir`, keeping the folder.
+pub fn empty_dir(dir: &File) -> io::Result<()> {
+    for name in names(dir)? {
+        remove_tree(dir, &name)?;
+    }
+    Ok(())
+}
+
+/// Copies the open regular file `from` into `to` (empty, writable), keeping holes: only the
+/// data regions SEEK_DATA finds are copied (with copy_file_range, which lets the filesystem
+/// share or clone blocks), and the length is set at the end, so a sparse file stays sparse.
+pub fn copy_sparse(from: &File, to: &File) -> io::Result<()> {
+    let len = from.metadata()?.len() as i64;
+    let mut offset = 0i64;
+    while offset < len {
+        let data = match lseek(from, offset, Whence::SeekData) {
+            Ok(at) => at,
+            Err(Errno::ENXIO) => break, // only a hole is left
+            Err(e) => return Err(e.into()),
+        };
+        let hole = lseek(from, data, Whence::SeekHole)?.min(len);
+        copy_range(from, to, data, hole)?;
+        offset = hole;
+    }
+    nix::unistd::ftruncate(to, len)?;
+    Ok(())
+}
+
+fn copy_range(from: &File, to: &File, start: i64, end: i64) -> io::Result<()> {
+    let (mut read_at, mut write_at) = (start, start);
+    while read_at < end {
+        let chunk = (end - read_at).min(1 << 30) as usize;
+        let copied = match nix::fcntl::copy_file_range(
+            from,
+            Some(&mut read_at),
+            to,
+            Some(&mut write_at),
+            chunk,
+        ) {
+            Ok(n) => n,
+            // Between filesystems of different types the kernel declines: copy by hand.
+            Err(Errno::EXDEV | Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) => {
+                return copy_by_reading(from, to, read_at, end)
+            }
+            Err(e) => return Err(e.into()),
+        };
+        if copied == 0 {
+            // The file shrank while it was copied: what is left reads as nothing.
+            break;
+        }
+    }
+    Ok(())
+}
+
+fn copy_by_reading(from: &File, to: &File, mut at: i64, end: i64) -> io::Result<()> {
+    let mut buffer = vec![0u8; 1 << 20];
+    while at < end {
+        let want = ((end - at) as usize).min(buffer.len());
+        let n = from.read_at(&mut buffer[..want], at as u64)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all_at(&buffer[..n], at as u64)?;
+        at += n as i64;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    /// A folder of its own under the temp dir, removed on drop.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!("beneath-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(dir.join("tree/sub")).unwrap();
+            fs::create_dir_all(dir.join("outside")).unwrap();
+            fs::write(dir.join("outside/keep"), "keep").unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn no_symlink_is_followed_on_the_way() {
+        let scratch = Scratch::new("follow");
+        symlink(scratch.0.join("outside"), scratch.0.join("tree/link")).unwrap();
+        let root = open_root(&scratch.0.join("tree")).unwrap();
+        let error = open_beneath(&root, Path::new("link/keep"), OFlag::O_RDONLY).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ELOOP));
+        assert!(open_dir(&root, Path::new("link")).unwrap().is_none());
+        assert!(open_beneath(&root, Path::new("../outside"), OFlag::O_PATH).is_err());
+        let link = Entry::open(&root, Path::new("link")).unwrap().unwrap();
+        assert!(link.meta.file_type().is_symlink());
+        assert_eq!(
+            link.link_target().unwrap(),
+            scratch.0.join("outside").into_os_string()
+        );
+        assert!(
+            link.reopen().is_err(),
+            "a symlink is never opened for reading"
+        );
+    }
+
+    #[test]
+    fn removing_a_tree_removes_links_not_what_they_point_to() {
+        let scratch = Scratch::new("remove");
+        symlink(scratch.0.join("outside"), scratch.0.join("tree/sub/link")).unwrap();
+        fs::write(scratch.0.join("tree/sub/file"), "x").unwrap();
+        let root = open_root(&scratch.0).unwrap();
+        remove_tree(&root, OsStr::new("tree")).unwrap();
+        assert!(!scratch.0.join("tree").exists());
+        assert_eq!(
+            fs::read_to_string(scratch.0.join("outside/keep")).unwrap(),
+            "keep"
+        );
+    }
+
+    #[test]
+    fn a_sparse_copy_keeps_holes_and_data() {
+        let scratch = Scratch::new("sparse");
+        let from_path = scratch.0.join("tree/sparse");
+        let from = File::create(&from_path).unwrap();
+        from.write_all_at(b"head", 0).unwrap();
+        from.write_all_at(b"tail", 64 << 20).unwrap();
+        let from = File::open(&from_path).unwrap();
+        let to = File::create(scratch.0.join("tree/copy")).unwrap();
+        copy_sparse(&from, &to).unwrap();
+        let meta = to.metadata().unwrap();
+        assert_eq!(meta.len(), (64 << 20) + 4);
+        assert!(
+            meta.blocks() * 512 < 1 << 20,
+            "{} bytes on disk",
+            meta.blocks() * 512
+        );
+        let copy = File::open(scratch.0.join("tree/copy")).unwrap();
+        let mut four = [0u8; 4];
+        copy.read_exact_at(&mut four, 64 << 20).unwrap();
+        assert_eq!(&four, b"tail");
+        copy.read_exact_at(&mut four, 0).unwrap();
+        assert_eq!(&four, b"head");
+    }
+}

@@ -1,0 +1,124 @@
+//! Text a VM chose (file names, command lines, audit objects) never reaches the
+//! administrator's terminal raw: escape sequences and bidi controls are shown, not obeyed,
+//! and `--json` keeps the exact text.
+
+use std::collections::BTreeSet;
+use std::fs;
+
+use crate::support::{running_vm, terminal_controls, Feather};
+
+/// Names with an erase-line sequence, a newline, a C1 CSI, a right-to-left override, an OSC
+/// title change, and a byte that is not UTF-8, as `printf` octal escapes and as bytes.
+const NAMES: [(&str, &[u8]); 6] = [
+    ("esc\\033[2Kgone", b"esc\x1b[2Kgone"),
+    ("new\\nline", b"new\nline"),
+    ("csi\\302\\2331m", "csi\u{9b}1m".as_bytes()),
+    (
+        "bidi\\342\\200\\256txt.exe",
+        "bidi\u{202e}txt.exe".as_bytes(),
+    ),
+    ("title\\033]0;pwned\\007", b"title\x1b]0;pwned\x07"),
+    ("bad\\377byte", b"bad\xffbyte"),
+];
+
+fn assert_no_controls(what: &str, text: &str) {
+    let found = terminal_controls(text);
+    assert!(found.is_empty(), "{what} printed raw {found:?}: {text:?}");
+}
+
+#[test]
+fn diff_and_commit_escape_vm_file_names_and_json_keeps_them_exact() {
+    let (feather, base) = running_vm("escape-diff");
+    let script: String = NAMES
+        .iter()
+        .map(|(octal, _)| format!("echo x > \"/data/$(printf '{octal}')\"; "))
+        .collect();
+    feather.sh("vm", &script);
+
+    let listing = feather.ok(&["diff", "vm"]);
+    assert_no_controls("diff", &listing);
+    assert_eq!(
+        listing.lines().filter(|l| l.contains("/data/")).count(),
+        NAMES.len(),
+        "one line per change, none split or hidden: {listing}"
+    );
+    assert!(
+        listing.contains("\\x1b[2K") && listing.contains("\\u{202e}") && listing.contains("\\xff")
+    );
+
+    let json: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["diff", "vm", "--json"])).unwrap();
+    let exact: BTreeSet<Vec<u8>> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|change| match change.get("path_bytes") {
+            Some(bytes) => bytes
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u8)
+                .collect(),
+            None => change["path"].as_str().unwrap().as_bytes().to_vec(),
+        })
+        .collect();
+    for (_, bytes) in NAMES {
+        let mut path = b"/data/".to_vec();
+        path.extend_from_slice(bytes);
+        assert!(
+            exact.contains(&path),
+            "--json has {:?} exactly",
+            String::from_utf8_lossy(&path)
+        );
+    }
+
+    let applied = feather.ok(&["commit", "vm"]);
+    assert_no_controls("commit", &applied);
+    for (_, bytes) in NAMES {
+        use std::os::unix::ffi::OsStrExt;
+        let name = std::ffi::OsStr::from_bytes(bytes);
+        assert!(
+            base.file("data").join(name).exists(),
+            "committed under its exact name"
+        );
+    }
+}
+
+#[test]
+fn ps_escapes_a_vm_process_command_line() {
+    let (feather, _base) = running_vm("escape-ps");
+    feather.sh(
+        "vm",
+        "sh -c 'sleep 1000; true' \"$(printf 'evil\\033[2K\\033]0;pwned\\007\\342\\200\\256\\302\\233')\" \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    feather.eventually("the process runs", || {
+        feather.ok(&["ps", "vm", "--json"]).contains("evil")
+    });
+    let table = feather.ok(&["ps", "vm"]);
+    assert_no_controls("ps", &table);
+    assert!(table.contains("evil\\x1b[2K"), "{table}");
+}
+
+#[test]
+fn audit_escapes_what_a_vm_asked_for_and_json_keeps_it_exact() {
+    let feather = Feather::new("escape-audit");
+    let object = "/run/x\u{1b}[2K\u{9b}31m\u{202e}gnp.exe\nforged line";
+    let entry = serde_json::json!({
+        "time": "2026-01-01T00:00:00Z",
+        "kind": "files",
+        "source": "a",
+        "target": "b",
+        "object": object,
+        "verdict": "allow",
+        "outcome": "allowed",
+        "detail": "opened \u{1b}]0;title\u{7}",
+    });
+    fs::write(feather.root.join("audit.log"), format!("{entry}\n")).unwrap();
+    let shown = feather.ok(&["audit"]);
+    assert_no_controls("audit", &shown);
+    assert_eq!(shown.lines().count(), 1, "{shown}");
+    let json: serde_json::Value =
+        serde_json::from_str(feather.ok(&["audit", "--json"]).trim()).unwrap();
+    assert_eq!(json["object"], object);
+}
