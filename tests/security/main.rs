@@ -7,4 +7,5 @@ mod capabilities;
 mod hardening;
 mod ipc_matrix;
 mod landlock;
+mod shuttle_edges;
 mod shuttle_paths;
