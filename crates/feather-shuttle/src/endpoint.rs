@@ -20,8 +20,11 @@ use std::path::{Component, Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sched::{setns, CloneFlags};
-use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::socket::{
+    bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::stat::{fstat, mkdirat, umask, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 /// Who holds a socket or port: the host itself, or a running VM by its init's host pid.
@@ -169,28 +172,50 @@ pub fn bind_unix(pid: i32, at: &Path, mode: u32) -> io::Result<UnixEndpoint> {
         Err(Errno::ENOENT) => {}
         Err(e) => return Err(e.into()),
     }
-    let bind_path = fd_path(&dir).join(name);
-    if bind_path.as_os_str().as_bytes().len() >= 108 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("socket name {name:?} is too long for a unix socket"),
-        ));
-    }
-    let listener = UnixListener::bind(&bind_path)?;
-    // chmod through a descriptor of the socket file itself: a name could be swapped for a
-    // symlink by the VM between bind and chmod.
-    let file = open_beneath(&dir, name)?;
-    let st = fstat(&file)?;
-    std::fs::set_permissions(
-        fd_path(&file),
-        std::os::unix::fs::PermissionsExt::from_mode(mode),
-    )?;
+    let socket = bind_in(&dir, name, SockType::Stream, mode)?;
+    listen(&socket, Backlog::MAXCONN)?;
+    let listener = UnixListener::from(socket);
+    // The socket file's identity, for removing it later only if it is still ours.
+    let st = fstat(&open_beneath(&dir, name)?)?;
     listener.set_nonblocking(true)?;
     Ok(UnixEndpoint {
         listener,
         dir,
         name: name.to_owned(),
         inode: (st.st_dev, st.st_ino),
+    })
+}
+
+/// A unix socket of `kind` bound at `name` in folder `dir` (a descriptor, reached as
+/// `/proc/self/fd/<dir>/<name>`), born with file mode `mode`: the bind runs on a thread of its
+/// own with its own umask (unshare(CLONE_FS) gives it a private copy), so the mode is never set
+/// afterwards by name. A chmod by name after the bind could be steered by the VM, whose
+/// processes may already run, onto whatever it put in the socket's place (a symlink to a host
+/// file); here nothing is looked up after the bind.
+pub fn bind_in(dir: &OwnedFd, name: &OsStr, kind: SockType, mode: u32) -> io::Result<OwnedFd> {
+    let path = fd_path(dir).join(name);
+    if path.as_os_str().as_bytes().len() >= 108 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket name {name:?} is too long for a unix socket"),
+        ));
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> io::Result<OwnedFd> {
+                unshare(CloneFlags::CLONE_FS)?;
+                umask(Mode::from_bits_truncate(!mode & 0o777));
+                let socket = socket(
+                    AddressFamily::Unix,
+                    kind,
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                    None,
+                )?;
+                bind(socket.as_raw_fd(), &UnixAddr::new(&path)?)?;
+                Ok(socket)
+            })
+            .join()
+            .map_err(|_| io::Error::other("the binding thread panicked"))?
     })
 }
 
