@@ -107,3 +107,87 @@ fn the_hand_over_clean_up_unmounts_its_own_mount_only() {
     assert_eq!(host_mounts(), before, "the host's mounts are unchanged");
     assert!(!Path::new("/run/feather/shared").join("sys").exists());
 }
+
+/// A unix server in a VM that answers every connection with its peer's uid, gid and
+/// supplementary groups (SO_PEERCRED, SO_PEERGROUPS), then closes it.
+const WHO_SERVER: &str = r#"
+import os, socket, struct, sys
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+os.chmod(path, int(sys.argv[2], 8))
+server.listen(8)
+while True:
+    client, _ = server.accept()
+    _, uid, gid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    raw = client.getsockopt(socket.SOL_SOCKET, 59, 256)  # SO_PEERGROUPS
+    groups = sorted(struct.unpack("%dI" % (len(raw) // 4), raw))
+    client.sendall(("%d %d %s\n" % (uid, gid, ",".join(map(str, groups)))).encode())
+    client.close()
+"#;
+
+/// Connects to the unix socket at `path` in `vm` as uid and gid 1234 with group 4321 (or as
+/// root) and prints the one line answered (nothing if the connection was closed unanswered).
+fn ask_who(feather: &Feather, vm: &str, path: &str, as_user: bool) -> String {
+    let client = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect('{path}'); \
+         print(s.recv(200).decode().strip())"
+    );
+    let mut args = vec!["exec", vm, "--"];
+    if as_user {
+        args.extend([
+            "setpriv", "--reuid", "1234", "--regid", "1234", "--groups", "4321",
+        ]);
+    }
+    args.extend(["/usr/bin/python3", "-c", client.as_str()]);
+    feather.run(&args).stdout.trim().to_owned()
+}
+
+/// A client of a unix channel reaches the target's socket as itself: the server sees its uid,
+/// gid and groups, and the socket file's mode applies to it (the keeper's root does not lend
+/// it its rights).
+#[test]
+fn a_unix_channel_carries_the_clients_identity_and_rights() {
+    let feather = Feather::new("edges-who");
+    feather.write_policy(
+        "10-test",
+        "ipc unix:/run/who/open.sock a b allow\n\
+         ipc unix:/run/who/root.sock a b allow\n",
+    );
+    feather.ok(&["create", "a", "--net", "none"]);
+    feather.ok(&["create", "b", "--net", "none"]);
+    feather.ok(&["start", "b"]);
+    crate::support::python_daemon(&feather, "b", WHO_SERVER, &["/run/who/open.sock", "777"]);
+    crate::support::python_daemon(&feather, "b", WHO_SERVER, &["/run/who/root.sock", "700"]);
+    feather.eventually("b's servers listen", || {
+        feather
+            .run(&[
+                "exec",
+                "b",
+                "--",
+                "sh",
+                "-c",
+                "test -S /run/who/open.sock && test -S /run/who/root.sock",
+            ])
+            .code
+            == 0
+    });
+    feather.ok(&["start", "a"]);
+    assert_eq!(ask_who(&feather, "a", "/run/who/open.sock", false), "0 0 0");
+    assert_eq!(
+        ask_who(&feather, "a", "/run/who/open.sock", true),
+        "1234 1234 4321",
+        "the target sees the client's own uid, gid and groups"
+    );
+    assert_eq!(
+        ask_who(&feather, "a", "/run/who/root.sock", true),
+        "",
+        "a socket only root may use refuses the client, as it would in b itself"
+    );
+    assert_eq!(ask_who(&feather, "a", "/run/who/root.sock", false), "0 0 0");
+}

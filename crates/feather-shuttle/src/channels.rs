@@ -20,6 +20,7 @@ use crate::broker::VmSide;
 use crate::dbus::{self, Proxy};
 use crate::endpoint::{self, Holder, UnixEndpoint};
 use crate::gate::Gate;
+use crate::identity;
 use crate::peers::Peers;
 use crate::policy::{Kind, Party, Policy, Request, Rule};
 use crate::splice;
@@ -438,11 +439,20 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
             let Ok(rule) = shared.gate.check(&request) else {
                 return;
             };
+            // The target sees the client's own uid and groups, never the keeper's root.
+            let who = match identity::of_peer(&client, shared.side.init_pid) {
+                Ok(who) => who,
+                Err(e) => {
+                    let why = format!("cannot tell who connected (SO_PEERCRED: {e})");
+                    shared.gate.record_failure(&request, &rule, &why);
+                    return;
+                }
+            };
             let reached = reach(
                 &shared,
                 &channel.spec.target,
                 rule.option("start"),
-                |holder| endpoint::connect_unix(holder, path).map(OwnedFd::from),
+                |holder| endpoint::connect_unix(holder, path, &who).map(OwnedFd::from),
             );
             carry(&shared, &channel, &request, &rule, client, reached);
         }
