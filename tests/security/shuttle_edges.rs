@@ -191,3 +191,94 @@ fn a_unix_channel_carries_the_clients_identity_and_rights() {
     );
     assert_eq!(ask_who(&feather, "a", "/run/who/root.sock", false), "0 0 0");
 }
+
+/// The pid of the `xdg-dbus-proxy` whose command line holds `talk`, if one runs.
+fn proxy_pid(talk: &str) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let program = cmdline.split('\0').next()?;
+        (program.ends_with("xdg-dbus-proxy") && cmdline.contains(talk)).then_some(pid)
+    })
+}
+
+/// The value of `field` in /proc/PID/status.
+fn status_field(pid: u32, field: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The D-Bus proxy parses what the VM sends: it runs as an unprivileged user, without
+/// capabilities, with no_new_privs and a seccomp filter, and sees nothing of the host's files
+/// beyond `/usr` and its own folder.
+#[test]
+fn the_dbus_proxy_runs_confined() {
+    let feather = Feather::new("edges-dbus");
+    let host = HostDir::new("edges-dbus");
+    let marker = host.0.join("marker");
+    fs::write(&marker, "the test's own").unwrap();
+    let name = format!("org.feather.Edges{}", std::process::id());
+    feather.write_policy(
+        "10-test",
+        &format!("ipc dbus:{name} client bus allow at=/run/edges-bus.sock\n"),
+    );
+    feather.ok(&["create", "bus"]);
+    feather.ok(&["start", "bus"]);
+    feather.ok(&["service", "start", "bus", "dbus"]);
+    feather.ok(&["create", "client"]);
+    feather.ok(&["start", "client"]);
+    // Any call makes the proxy; its answer does not matter here.
+    feather.run(&[
+        "exec",
+        "client",
+        "-e",
+        "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/edges-bus.sock",
+        "--",
+        "setpriv",
+        "--reuid",
+        "1",
+        "--regid",
+        "1",
+        "--clear-groups",
+        "dbus-send",
+        "--system",
+        "--print-reply",
+        "--dest=org.freedesktop.DBus",
+        "/",
+        "org.freedesktop.DBus.Peer.Ping",
+    ]);
+    let talk = format!("--talk={name}");
+    let pid = proxy_pid(&talk).expect("the proxy runs for the channel");
+    assert_ne!(status_field(pid, "Uid"), "0", "the proxy is not root");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
+    let view = Path::new("/proc").join(pid.to_string()).join("root");
+    assert!(view.join("usr/bin").is_dir(), "it sees /usr");
+    for absent in [
+        marker.strip_prefix("/").unwrap(),
+        Path::new("root"),
+        Path::new("etc/passwd"),
+        Path::new("tmp"),
+        Path::new("var/lib"),
+    ] {
+        assert!(
+            !view.join(absent).exists(),
+            "the proxy sees /{}",
+            absent.display()
+        );
+    }
+    // Its own pid namespace: it is alone there.
+    let nspid = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = nspid.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
+}

@@ -331,8 +331,9 @@ pub struct ChannelInfo {
     pub spec: Spec,
     /// The rule that opened it; connections are decided by the policy in force when they come.
     pub rule: Rule,
-    /// A D-Bus channel's filtering proxy, made by its first connection.
-    proxy: Mutex<Option<Proxy>>,
+    /// A D-Bus channel's filtering proxies, one per client uid (the proxy runs as its
+    /// client), each made by that uid's first connection.
+    proxy: Mutex<HashMap<u32, Proxy>>,
 }
 
 impl Channel {
@@ -357,7 +358,7 @@ impl Channel {
                 id,
                 spec: offer.spec,
                 rule: offer.rule,
-                proxy: Mutex::new(None),
+                proxy: Mutex::new(HashMap::new()),
             }),
             listener,
         })
@@ -397,13 +398,9 @@ impl Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         // The proxy goes with its channel; the endpoint's socket file with its UnixEndpoint.
-        drop(
-            self.info
-                .proxy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+        drop(std::mem::take(
+            &mut *self.info.proxy.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
     }
 }
 
@@ -483,27 +480,45 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
             let Some((request, rule)) = deciding else {
                 return;
             };
+            // The proxy runs as the client: the bus sees the client's uid, as its own
+            // authentication says (libdbus sends it).
+            let who = match identity::of_peer(&client, shared.side.init_pid) {
+                Ok(who) => who,
+                Err(e) => {
+                    let why = format!("cannot tell who connected (SO_PEERCRED: {e})");
+                    shared.gate.record_failure(&request, &rule, &why);
+                    return;
+                }
+            };
             let reached = reach(
                 &shared,
                 &channel.spec.target,
                 rule.option("start"),
                 |holder| {
-                    let mut proxy = channel.proxy.lock().unwrap_or_else(|e| e.into_inner());
-                    let current = proxy
-                        .as_mut()
+                    let mut proxies = channel.proxy.lock().unwrap_or_else(|e| e.into_inner());
+                    let uid = who.uid.as_raw();
+                    let current = proxies
+                        .get_mut(&uid)
                         .is_some_and(|p| p.serves(holder, &allowed) && p.is_alive());
                     if !current {
                         // A proxy for another target instance or other names: replaced.
-                        *proxy = None;
-                        *proxy = Some(dbus::Proxy::spawn(
+                        proxies.remove(&uid);
+                        let jail = shared
+                            .peers
+                            .helper(dbus::JAIL_SUBCOMMAND)
+                            .map_err(io::Error::other)?;
+                        let spawned = dbus::Proxy::spawn(
+                            jail,
                             &shared.side.run_dir,
                             channel.id,
                             holder,
                             &allowed,
-                        )?);
+                            &who,
+                        )?;
+                        proxies.insert(uid, spawned);
                     }
-                    proxy
-                        .as_ref()
+                    proxies
+                        .get(&uid)
                         .map(|p| p.connect().map(OwnedFd::from))
                         .unwrap_or_else(|| Err(io::Error::other("no proxy")))
                 },
