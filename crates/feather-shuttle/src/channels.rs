@@ -503,6 +503,15 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
                     if !current {
                         // A proxy for another target instance or other names: replaced.
                         proxies.remove(&uid);
+                        // Each is a process of the host: a VM's root, free to take any uid,
+                        // gets no more than a few.
+                        if proxies.len() >= dbus::MAX_PROXIES {
+                            return Err(io::Error::other(format!(
+                                "{} users of this VM already use the channel (at most {})",
+                                proxies.len(),
+                                dbus::MAX_PROXIES
+                            )));
+                        }
                         let jail = shared
                             .peers
                             .helper(dbus::JAIL_SUBCOMMAND)

@@ -53,6 +53,9 @@ fn proxy_user(client: &Identity) -> Identity {
     }
 }
 
+/// Proxies one channel may run at once (one per client uid).
+pub const MAX_PROXIES: usize = 8;
+
 /// How long a proxy may take to listen.
 const READY_WITHIN: Duration = Duration::from_secs(5);
 
@@ -92,6 +95,10 @@ impl Proxy {
         let program = find_program(PROXY)?;
         let dir = run_dir.join("shuttle");
         fs::create_dir_all(&dir)?;
+        // Root's alone: a proxy's folder belongs to its client's uid, which a user of the
+        // host may also be; only the broker and the proxy (given its folder by a mount) reach
+        // it.
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
         let user = proxy_user(client);
         let tag = format!("dbus-{channel}-{}", client.uid);
         let listen = fresh_folder(&dir.join(&tag), 0o700, Some(user.uid.as_raw()))?;
