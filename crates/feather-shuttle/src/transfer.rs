@@ -520,7 +520,7 @@ fn mount_at(
     // Recorded before a failure is returned: dropping `shared` then unmounts it.
     shared.mounted.push(Mounted {
         tree,
-        mount_id: *mount_id.as_ref().unwrap_or(&0),
+        mount_id: mount_id.as_ref().copied().unwrap_or(0),
         point,
     });
     mount_id.map(drop)
