@@ -45,8 +45,8 @@ fn psql(feather: &Feather, vm: &str, host: &str, port: &str, sql: &str) -> crate
     ])
 }
 
-/// A db VM whose postgres lets anyone in (in its own layer): connections through a channel
-/// come from the keeper, not from a postgres user that peer authentication would know.
+/// A db VM whose postgres lets anyone in (in its own layer): the tests' clients are web's root,
+/// whom peer authentication would refuse, and TCP connections carry no peer at all.
 fn trusting_db(feather: &Feather) {
     feather.ok(&["create", "db"]);
     feather.ok(&["start", "db"]);
@@ -240,6 +240,54 @@ fn web_reaches_postgres_in_db_only_through_the_allowed_socket_and_port() {
     assert_eq!(tcp.stdout, "8\n", "{}", tcp.stderr);
 }
 
+/// Through a unix channel postgres' `peer` authentication sees the client's own user: web's
+/// postgres user logs in as postgres with db's pg_hba.conf as installed; web's root does not.
+#[test]
+fn postgres_peer_authentication_sees_the_clients_user_through_a_unix_channel() {
+    let feather = Feather::new("shuttle-peer");
+    feather.ok(&["create", "db"]);
+    feather.ok(&["create", "web"]);
+    write_policy(
+        &feather,
+        "10-db.policy",
+        "ipc unix:/run/postgresql/.s.PGSQL.5432 web db allow start=postgresql@15-main\n",
+    );
+    feather.ok(&["start", "web"]);
+    let as_postgres = feather.run(&[
+        "exec",
+        "web",
+        "--",
+        "setpriv",
+        "--reuid",
+        "postgres",
+        "--regid",
+        "postgres",
+        "--init-groups",
+        "psql",
+        "-h",
+        "/run/postgresql",
+        "-U",
+        "postgres",
+        "-d",
+        "postgres",
+        "-Atc",
+        "select current_user",
+    ]);
+    assert_eq!(
+        (as_postgres.code, as_postgres.stdout.trim()),
+        (0, "postgres"),
+        "{}",
+        as_postgres.stderr
+    );
+    let as_root = psql(&feather, "web", "/run/postgresql", "5432", "select 1");
+    assert_ne!(as_root.code, 0, "{}", as_root.stdout);
+    assert!(
+        as_root.stderr.contains("Peer authentication failed"),
+        "{}",
+        as_root.stderr
+    );
+}
+
 #[test]
 fn a_redis_channel_carries_data_both_ways_and_closes_when_its_target_stops() {
     let feather = Feather::new("shuttle-redis");
@@ -381,6 +429,14 @@ fn a_dbus_channel_lets_a_vm_talk_to_exactly_the_allowed_name() {
             "-e",
             "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/feather-bus.sock",
             "--",
+            // A user of the VM (daemon, known to both VMs' passwd): the proxy runs as its
+            // client, and as nobody for the VM's root, whose libdbus says uid 0 and is refused.
+            "setpriv",
+            "--reuid",
+            "1",
+            "--regid",
+            "1",
+            "--clear-groups",
             "dbus-send",
             "--system",
             "--print-reply",

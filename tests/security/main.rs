@@ -9,5 +9,6 @@ mod hardening;
 mod ipc_matrix;
 mod landlock;
 mod limits_default;
+mod shuttle_edges;
 mod shuttle_paths;
 mod terminal_escapes;

@@ -578,3 +578,31 @@ pub fn terminal_controls(text: &str) -> Vec<char> {
         })
         .collect()
 }
+
+/// A folder of the test's on the host (under /tmp/feather-tests, which VMs over the host's `/`
+/// see through their lower layer), removed on drop.
+pub struct HostDir(pub PathBuf);
+
+impl HostDir {
+    pub fn new(label: &str) -> Self {
+        HostDir(unique_dir("host", label))
+    }
+
+    /// Links `bin/feather-open` here to the feather binary and returns its path: a VM over the
+    /// host's `/` runs it as its `feather-open`.
+    pub fn feather_open(&self) -> String {
+        let bin = self.0.join("bin");
+        fs::create_dir_all(&bin).unwrap();
+        let open = bin.join("feather-open");
+        if !open.exists() {
+            symlink(Feather::bin(), &open).unwrap();
+        }
+        open.display().to_string()
+    }
+}
+
+impl Drop for HostDir {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}

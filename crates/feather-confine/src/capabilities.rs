@@ -63,3 +63,15 @@ pub fn reduce_to_default() -> Result<(), CapabilityError> {
 pub fn default_set_names() -> Vec<String> {
     DEFAULT_SET.iter().map(|c| c.to_string()).collect()
 }
+
+/// Drops every capability from the bounding, ambient and inheritable sets: for a helper that
+/// goes on as an unprivileged user (its change of uid away from root empties the permitted
+/// and effective sets; this keeps any later exec from gaining one back).
+pub fn drop_all() -> Result<(), CapabilityError> {
+    for capability in caps::all() {
+        let _ = caps::drop(None, CapSet::Bounding, capability);
+    }
+    caps::clear(None, CapSet::Ambient)?;
+    caps::clear(None, CapSet::Inheritable)?;
+    Ok(())
+}

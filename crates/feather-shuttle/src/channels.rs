@@ -20,6 +20,7 @@ use crate::broker::VmSide;
 use crate::dbus::{self, Proxy};
 use crate::endpoint::{self, Holder, UnixEndpoint};
 use crate::gate::Gate;
+use crate::identity;
 use crate::peers::Peers;
 use crate::policy::{Kind, Party, Policy, Request, Rule};
 use crate::splice;
@@ -330,8 +331,9 @@ pub struct ChannelInfo {
     pub spec: Spec,
     /// The rule that opened it; connections are decided by the policy in force when they come.
     pub rule: Rule,
-    /// A D-Bus channel's filtering proxy, made by its first connection.
-    proxy: Mutex<Option<Proxy>>,
+    /// A D-Bus channel's filtering proxies, one per client uid (the proxy runs as its
+    /// client), each made by that uid's first connection.
+    proxy: Mutex<HashMap<u32, Proxy>>,
 }
 
 impl Channel {
@@ -356,7 +358,7 @@ impl Channel {
                 id,
                 spec: offer.spec,
                 rule: offer.rule,
-                proxy: Mutex::new(None),
+                proxy: Mutex::new(HashMap::new()),
             }),
             listener,
         })
@@ -396,13 +398,9 @@ impl Channel {
 impl Drop for Channel {
     fn drop(&mut self) {
         // The proxy goes with its channel; the endpoint's socket file with its UnixEndpoint.
-        drop(
-            self.info
-                .proxy
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .take(),
-        );
+        drop(std::mem::take(
+            &mut *self.info.proxy.lock().unwrap_or_else(|e| e.into_inner()),
+        ));
     }
 }
 
@@ -438,11 +436,20 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
             let Ok(rule) = shared.gate.check(&request) else {
                 return;
             };
+            // The target sees the client's own uid and groups, never the keeper's root.
+            let who = match identity::of_peer(&client, shared.side.init_pid) {
+                Ok(who) => who,
+                Err(e) => {
+                    let why = format!("cannot tell who connected (SO_PEERCRED: {e})");
+                    shared.gate.record_failure(&request, &rule, &why);
+                    return;
+                }
+            };
             let reached = reach(
                 &shared,
                 &channel.spec.target,
                 rule.option("start"),
-                |holder| endpoint::connect_unix(holder, path).map(OwnedFd::from),
+                |holder| endpoint::connect_unix(holder, path, &who).map(OwnedFd::from),
             );
             carry(&shared, &channel, &request, &rule, client, reached);
         }
@@ -473,27 +480,54 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
             let Some((request, rule)) = deciding else {
                 return;
             };
+            // The proxy runs as the client: the bus sees the client's uid, as its own
+            // authentication says (libdbus sends it).
+            let who = match identity::of_peer(&client, shared.side.init_pid) {
+                Ok(who) => who,
+                Err(e) => {
+                    let why = format!("cannot tell who connected (SO_PEERCRED: {e})");
+                    shared.gate.record_failure(&request, &rule, &why);
+                    return;
+                }
+            };
             let reached = reach(
                 &shared,
                 &channel.spec.target,
                 rule.option("start"),
                 |holder| {
-                    let mut proxy = channel.proxy.lock().unwrap_or_else(|e| e.into_inner());
-                    let current = proxy
-                        .as_mut()
+                    let mut proxies = channel.proxy.lock().unwrap_or_else(|e| e.into_inner());
+                    let uid = who.uid.as_raw();
+                    let current = proxies
+                        .get_mut(&uid)
                         .is_some_and(|p| p.serves(holder, &allowed) && p.is_alive());
                     if !current {
                         // A proxy for another target instance or other names: replaced.
-                        *proxy = None;
-                        *proxy = Some(dbus::Proxy::spawn(
+                        proxies.remove(&uid);
+                        // Each is a process of the host: a VM's root, free to take any uid,
+                        // gets no more than a few.
+                        if proxies.len() >= dbus::MAX_PROXIES {
+                            return Err(io::Error::other(format!(
+                                "{} users of this VM already use the channel (at most {})",
+                                proxies.len(),
+                                dbus::MAX_PROXIES
+                            )));
+                        }
+                        let jail = shared
+                            .peers
+                            .helper(dbus::JAIL_SUBCOMMAND)
+                            .map_err(io::Error::other)?;
+                        let spawned = dbus::Proxy::spawn(
+                            jail,
                             &shared.side.run_dir,
                             channel.id,
                             holder,
                             &allowed,
-                        )?);
+                            &who,
+                        )?;
+                        proxies.insert(uid, spawned);
                     }
-                    proxy
-                        .as_ref()
+                    proxies
+                        .get(&uid)
                         .map(|p| p.connect().map(OwnedFd::from))
                         .unwrap_or_else(|| Err(io::Error::other("no proxy")))
                 },

@@ -4,23 +4,57 @@
 //! hands each connection (once the gate allowed it) to the proxy's socket in the VM's run
 //! folder on the host.
 //!
-//! The proxy reaches the target's bus through the broker's own descriptor of the bus socket
-//! (`/proc/<keeper>/fd/<n>`), opened inside the target VM's view, so a symlink in the target
-//! cannot point it at the host's bus.
+//! The proxy parses what the VM sends, so it runs confined (see [`jail_main`]): as a user of
+//! its own, without capabilities, with no_new_privs and the VMs' seccomp filter, in its own
+//! pid, IPC, network and mount namespaces whose root holds `/usr`, its listening folder and a
+//! `/proc` of its own pid namespace alone. It reaches the target's bus through a descriptor of
+//! the bus socket that the jail opens from the broker's own (`/proc/<keeper>/fd/<n>`, opened
+//! inside the target VM's view, so a symlink in the target cannot point it at the host's bus)
+//! and hands down as `/proc/self/fd/<n>`.
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, IntoRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+use serde::{Deserialize, Serialize};
+
+use feather_sys::creds::Identity;
 
 use crate::channels::SYSTEM_BUS;
 use crate::endpoint::{self, Holder};
 
 /// The proxy program (Debian's package xdg-dbus-proxy).
 pub const PROXY: &str = "xdg-dbus-proxy";
+
+/// The hidden subcommand of the `feather` binary that confines and runs a proxy.
+pub const JAIL_SUBCOMMAND: &str = "__dbus-proxy";
+
+/// A proxy runs as its client (uid, gid, groups): the bus sees who is asking, and libdbus
+/// clients authenticate with their own uid, which must be the proxy's. A client that is the
+/// VM's root is not root on the target's bus: its proxy runs as `nobody` (a system bus refuses
+/// users its passwd does not know, so no uid of feather's own would do).
+const NOBODY: u32 = 65534;
+
+fn proxy_user(client: &Identity) -> Identity {
+    if client.uid.is_root() {
+        Identity {
+            uid: nix::unistd::Uid::from_raw(NOBODY),
+            gid: nix::unistd::Gid::from_raw(NOBODY),
+            groups: Vec::new(),
+        }
+    } else {
+        client.clone()
+    }
+}
+
+/// Proxies one channel may run at once (one per client uid).
+pub const MAX_PROXIES: usize = 8;
 
 /// How long a proxy may take to listen.
 const READY_WITHIN: Duration = Duration::from_secs(5);
@@ -30,20 +64,27 @@ const READY_WITHIN: Duration = Duration::from_secs(5);
 pub struct Proxy {
     holder: Holder,
     names: Vec<String>,
+    /// The jail, parent of the proxy (which dies with it).
     child: Child,
     socket: PathBuf,
+    /// The proxy's listening folder (its own) and the folder its root is mounted on.
+    listen: PathBuf,
+    root: PathBuf,
     /// The target's bus socket, reached by the proxy through `/proc/<keeper>/fd/<n>`.
     _bus: OwnedFd,
 }
 
 impl Proxy {
     /// Starts a proxy to `holder`'s system bus allowing `names`, listening in
-    /// `<run_dir>/shuttle/`; returns once it takes connections.
+    /// `<run_dir>/shuttle/dbus-<channel>/`, confined by the jail `helper` runs
+    /// ([`JAIL_SUBCOMMAND`]); returns once it takes connections.
     pub fn spawn(
+        mut helper: Command,
         run_dir: &Path,
         channel: u64,
         holder: Holder,
         names: &[String],
+        client: &Identity,
     ) -> io::Result<Proxy> {
         let bus = endpoint::open_socket_file(holder, Path::new(SYSTEM_BUS)).map_err(|e| {
             io::Error::new(
@@ -51,36 +92,46 @@ impl Proxy {
                 format!("no system bus at {SYSTEM_BUS} ({e}; start the dbus service there)"),
             )
         })?;
+        let program = find_program(PROXY)?;
         let dir = run_dir.join("shuttle");
         fs::create_dir_all(&dir)?;
-        let socket = dir.join(format!("dbus-{channel}.sock"));
-        let _ = fs::remove_file(&socket);
-        let log = File::create(dir.join(format!("dbus-{channel}.log")))?;
-        let upstream = format!(
-            "unix:path=/proc/{}/fd/{}",
-            std::process::id(),
-            bus.as_raw_fd()
-        );
-        let mut command = Command::new(PROXY);
-        command
-            .arg(upstream)
-            .arg(&socket)
-            .arg("--filter")
-            .args(names.iter().map(|name| format!("--talk={name}")))
+        // Root's alone: a proxy's folder belongs to its client's uid, which a user of the
+        // host may also be; only the broker and the proxy (given its folder by a mount) reach
+        // it.
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        let user = proxy_user(client);
+        let tag = format!("dbus-{channel}-{}", client.uid);
+        let listen = fresh_folder(&dir.join(&tag), 0o700, Some(user.uid.as_raw()))?;
+        let root = fresh_folder(&dir.join(format!("{tag}.root")), 0o755, None)?;
+        let socket = listen.join(LISTEN_NAME);
+        let log = File::create(dir.join(format!("{tag}.log")))?;
+        let jail = Jail {
+            bus: format!("/proc/{}/fd/{}", std::process::id(), bus.as_raw_fd()),
+            listen: listen.clone(),
+            root: root.clone(),
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+            groups: user.groups.iter().map(|g| g.as_raw()).collect(),
+            program,
+            args: std::iter::once("--filter".to_owned())
+                .chain(names.iter().map(|name| format!("--talk={name}")))
+                .collect(),
+        };
+        let plan = serde_json::to_string(&jail).map_err(io::Error::other)?;
+        let child = helper
+            .arg(plan)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log);
-        let child = command.spawn().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("cannot run {PROXY}: {e} (install Debian's package xdg-dbus-proxy)"),
-            )
-        })?;
+            .stderr(log)
+            .spawn()
+            .map_err(|e| io::Error::new(e.kind(), format!("cannot start the proxy's jail: {e}")))?;
         let mut proxy = Proxy {
             holder,
             names: names.to_vec(),
             child,
             socket,
+            listen,
+            root,
             _bus: bus,
         };
         let deadline = Instant::now() + READY_WITHIN;
@@ -90,11 +141,10 @@ impl Proxy {
                 return Ok(proxy);
             }
             if let Some(status) = proxy.child.try_wait()? {
-                let said =
-                    fs::read_to_string(dir.join(format!("dbus-{channel}.log"))).unwrap_or_default();
+                let said = fs::read_to_string(dir.join(format!("{tag}.log"))).unwrap_or_default();
+                let said = said.trim().to_owned();
                 return Err(io::Error::other(format!(
-                    "{PROXY} ended ({status}): {}",
-                    said.trim()
+                    "{PROXY} ended ({status}): {said}"
                 )));
             }
             if Instant::now() >= deadline {
@@ -126,6 +176,223 @@ impl Drop for Proxy {
         // Our own child, by its handle.
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = fs::remove_file(&self.socket);
+        let _ = fs::remove_dir_all(&self.listen);
+        let _ = fs::remove_dir(&self.root);
     }
+}
+
+/// The proxy's socket in its listening folder (`/listen` in its own view).
+const LISTEN_NAME: &str = "bus.sock";
+
+/// `program` as found in `PATH`: it must be under `/usr`, the only part of the host the proxy
+/// sees.
+fn find_program(program: &str) -> io::Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
+    let found = std::env::split_paths(&path)
+        .map(|dir| dir.join(program))
+        .find(|candidate| candidate.is_file())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "cannot run {program}: not found (install Debian's package xdg-dbus-proxy)"
+                ),
+            )
+        })?;
+    let real = fs::canonicalize(&found)?;
+    if !real.starts_with("/usr") {
+        return Err(io::Error::other(format!(
+            "{program} is {}, outside /usr: the confined proxy sees only /usr (install Debian's package xdg-dbus-proxy)",
+            real.display()
+        )));
+    }
+    Ok(real)
+}
+
+/// An empty folder at `path` (what was there is removed), with `mode`, owned by `owner`.
+fn fresh_folder(path: &Path, mode: u32, owner: Option<u32>) -> io::Result<PathBuf> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    let _ = fs::remove_dir_all(path);
+    fs::DirBuilder::new().mode(mode).create(path)?;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode))?;
+    if let Some(uid) = owner {
+        std::os::unix::fs::chown(path, Some(uid), Some(uid))?;
+    }
+    Ok(path.to_path_buf())
+}
+
+/// What the jail is told: where the broker's descriptor of the bus is, the folders, the uid
+/// and the proxy's program and filter arguments.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Jail {
+    bus: String,
+    listen: PathBuf,
+    root: PathBuf,
+    uid: u32,
+    gid: u32,
+    groups: Vec<u32>,
+    program: PathBuf,
+    args: Vec<String>,
+}
+
+/// The jail's main (`feather __dbus-proxy PLAN`, run by the broker as root, single-threaded):
+/// new pid, IPC, network and mount namespaces; in the child that is pid 1 there, a root of
+/// `/usr` (read-only), `/listen` and a `/proc` of that pid namespace only; every capability
+/// dropped, the proxy's own uid and gid and no groups, no_new_privs, the VMs' seccomp filter;
+/// then the proxy. The jail waits for it and ends with it; the proxy dies with the jail.
+/// Errors go to stderr (the proxy's log).
+pub fn jail_main(plan: &str) -> i32 {
+    let jail: Jail = match serde_json::from_str(plan) {
+        Ok(jail) => jail,
+        Err(e) => {
+            eprintln!("feather dbus proxy: bad plan: {e}");
+            return 2;
+        }
+    };
+    match enter(&jail) {
+        Ok(code) => code,
+        Err(why) => {
+            eprintln!("feather dbus proxy: {why}");
+            1
+        }
+    }
+}
+
+fn enter(jail: &Jail) -> Result<i32, String> {
+    use nix::sched::{unshare, CloneFlags};
+    // The broker's descriptor of the target's bus, taken before anything changes: a new
+    // descriptor of exactly that socket, left open across exec for the proxy.
+    let bus = nix::fcntl::open(jail.bus.as_str(), OFlag::O_PATH, Mode::empty())
+        .map_err(|e| format!("cannot open the bus socket {}: {}", jail.bus, e.desc()))?;
+    unshare(
+        CloneFlags::CLONE_NEWNS
+            | CloneFlags::CLONE_NEWPID
+            | CloneFlags::CLONE_NEWIPC
+            | CloneFlags::CLONE_NEWNET,
+    )
+    .map_err(|e| format!("cannot make the proxy's namespaces: {}", e.desc()))?;
+    // Open on the jail's side while it lives: the child, pid 1 of its namespace (its getppid
+    // is 0), sees the jail gone as a hang-up.
+    let (alive, jail_lives) =
+        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e.desc()))?;
+    match feather_sys::process::fork().map_err(|e| e.to_string())? {
+        Some(child) => {
+            drop(alive);
+            let code = wait_for(child);
+            drop(jail_lives);
+            Ok(code)
+        }
+        None => {
+            drop(jail_lives);
+            let why = confine_and_run(jail, bus, alive);
+            eprintln!("feather dbus proxy: {why}");
+            std::process::exit(1)
+        }
+    }
+}
+
+fn wait_for(child: nix::unistd::Pid) -> i32 {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, signal, _)) => return 128 + signal as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            Err(_) => return 1,
+        }
+    }
+}
+
+/// In the child (pid 1 of the new pid namespace): only returns why it could not exec.
+fn confine_and_run(jail: &Jail, bus: OwnedFd, jail_alive: OwnedFd) -> String {
+    match build_root(jail).and_then(|()| drop_privileges(jail, &jail_alive)) {
+        Ok(()) => {}
+        Err(why) => return why,
+    }
+    let bus = bus.into_raw_fd();
+    // Nothing of the keeper's reaches the proxy but its output and the bus.
+    feather_sys::process::close_other_fds(&[bus]);
+    let upstream = format!("unix:path=/proc/self/fd/{bus}");
+    let socket = format!("/listen/{LISTEN_NAME}");
+    let mut argv = vec![
+        jail.program.to_string_lossy().into_owned(),
+        upstream,
+        socket,
+    ];
+    argv.extend(jail.args.iter().cloned());
+    let Ok(argv) = argv
+        .into_iter()
+        .map(std::ffi::CString::new)
+        .collect::<Result<Vec<_>, _>>()
+    else {
+        return "an argument holds a NUL byte".into();
+    };
+    let env: [&std::ffi::CStr; 0] = [];
+    let e = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
+    format!("cannot run {}: {}", jail.program.display(), e.desc())
+}
+
+/// Mounts the proxy's whole view on `jail.root` and makes it the root: `/usr` read-only,
+/// `/lib`, `/lib64`, `/bin` as links into it, `/listen` (its folder), a `/proc` of its own pid
+/// namespace showing processes only; nothing else of the host.
+fn build_root(jail: &Jail) -> Result<(), String> {
+    use feather_sys::mount::{self as m, Flags};
+    let fail = |e: feather_sys::SysError| e.to_string();
+    m::make_all_private().map_err(fail)?;
+    let root = &jail.root;
+    m::tmpfs(
+        root,
+        Flags::MS_NOSUID | Flags::MS_NODEV,
+        "mode=0755,size=64k",
+    )
+    .map_err(fail)?;
+    for dir in ["usr", "listen", "proc"] {
+        fs::create_dir(root.join(dir)).map_err(|e| format!("{dir}: {e}"))?;
+    }
+    for link in ["lib", "lib64", "bin"] {
+        std::os::unix::fs::symlink(format!("usr/{link}"), root.join(link))
+            .map_err(|e| format!("{link}: {e}"))?;
+    }
+    m::bind(Path::new("/usr"), &root.join("usr")).map_err(fail)?;
+    m::remount_bind_readonly(&root.join("usr")).map_err(fail)?;
+    m::bind(&jail.listen, &root.join("listen")).map_err(fail)?;
+    let noexec = Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC;
+    m::api_filesystem(
+        "proc",
+        &root.join("proc"),
+        noexec,
+        Some("subset=pid,hidepid=invisible"),
+    )
+    .map_err(fail)?;
+    m::remount_bind_readonly(root).map_err(fail)?;
+    m::pivot_into(root).map_err(fail)
+}
+
+/// Every capability, root's uid and groups, and the right to gain privilege again: gone. The
+/// seccomp filter comes last, once no_new_privs lets an unprivileged process install it.
+fn drop_privileges(jail: &Jail, jail_alive: &OwnedFd) -> Result<(), String> {
+    use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
+    if jail.uid == 0 {
+        return Err("the proxy never runs as root".into());
+    }
+    feather_confine::capabilities::drop_all().map_err(|e| e.to_string())?;
+    let groups: Vec<Gid> = jail.groups.iter().copied().map(Gid::from_raw).collect();
+    setgroups(&groups).map_err(|e| format!("setgroups: {}", e.desc()))?;
+    let (gid, uid) = (Gid::from_raw(jail.gid), Uid::from_raw(jail.uid));
+    setresgid(gid, gid, gid).map_err(|e| format!("setresgid: {}", e.desc()))?;
+    setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {}", e.desc()))?;
+    // After the change of uid, which clears it: the proxy dies with its jail.
+    feather_sys::process::set_parent_death_signal(nix::sys::signal::Signal::SIGKILL)
+        .map_err(|e| e.to_string())?;
+    let mut alive = [nix::poll::PollFd::new(
+        jail_alive.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    if nix::poll::poll(&mut alive, nix::poll::PollTimeout::ZERO).unwrap_or(1) != 0 {
+        return Err("the jail ended".into());
+    }
+    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {}", e.desc()))?;
+    // The filter of a VM that asked for nothing more: no user namespaces, no clone3.
+    feather_confine::seccomp::install(feather_confine::seccomp::Profile::default())
+        .map_err(|e| e.to_string())
 }

@@ -18,10 +18,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Component, Path, PathBuf};
 
+use feather_sys::creds::{run_as, Identity};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
-use nix::sched::{setns, CloneFlags};
-use nix::sys::stat::{fstat, mkdirat, Mode, SFlag};
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::socket::{
+    bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+};
+use nix::sys::stat::{fstat, mkdirat, umask, Mode, SFlag};
 use nix::unistd::{unlinkat, UnlinkatFlags};
 
 /// Who holds a socket or port: the host itself, or a running VM by its init's host pid.
@@ -169,22 +173,11 @@ pub fn bind_unix(pid: i32, at: &Path, mode: u32) -> io::Result<UnixEndpoint> {
         Err(Errno::ENOENT) => {}
         Err(e) => return Err(e.into()),
     }
-    let bind_path = fd_path(&dir).join(name);
-    if bind_path.as_os_str().as_bytes().len() >= 108 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("socket name {name:?} is too long for a unix socket"),
-        ));
-    }
-    let listener = UnixListener::bind(&bind_path)?;
-    // chmod through a descriptor of the socket file itself: a name could be swapped for a
-    // symlink by the VM between bind and chmod.
-    let file = open_beneath(&dir, name)?;
-    let st = fstat(&file)?;
-    std::fs::set_permissions(
-        fd_path(&file),
-        std::os::unix::fs::PermissionsExt::from_mode(mode),
-    )?;
+    let socket = bind_in(&dir, name, SockType::Stream, mode)?;
+    listen(&socket, Backlog::MAXCONN)?;
+    let listener = UnixListener::from(socket);
+    // The socket file's identity, for removing it later only if it is still ours.
+    let st = fstat(&open_beneath(&dir, name)?)?;
     listener.set_nonblocking(true)?;
     Ok(UnixEndpoint {
         listener,
@@ -194,13 +187,50 @@ pub fn bind_unix(pid: i32, at: &Path, mode: u32) -> io::Result<UnixEndpoint> {
     })
 }
 
-/// Connects to the unix socket at `path` of `holder`.
-pub fn connect_unix(holder: Holder, path: &Path) -> io::Result<UnixStream> {
+/// A unix socket of `kind` bound at `name` in folder `dir` (a descriptor, reached as
+/// `/proc/self/fd/<dir>/<name>`), born with file mode `mode`: the bind runs on a thread of its
+/// own with its own umask (unshare(CLONE_FS) gives it a private copy), so the mode is never set
+/// afterwards by name. A chmod by name after the bind could be steered by the VM, whose
+/// processes may already run, onto whatever it put in the socket's place (a symlink to a host
+/// file); here nothing is looked up after the bind.
+pub fn bind_in(dir: &OwnedFd, name: &OsStr, kind: SockType, mode: u32) -> io::Result<OwnedFd> {
+    let path = fd_path(dir).join(name);
+    if path.as_os_str().as_bytes().len() >= 108 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("socket name {name:?} is too long for a unix socket"),
+        ));
+    }
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| -> io::Result<OwnedFd> {
+                unshare(CloneFlags::CLONE_FS)?;
+                umask(Mode::from_bits_truncate(!mode & 0o777));
+                let socket = socket(
+                    AddressFamily::Unix,
+                    kind,
+                    SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
+                    None,
+                )?;
+                bind(socket.as_raw_fd(), &UnixAddr::new(&path)?)?;
+                Ok(socket)
+            })
+            .join()
+            .map_err(|_| io::Error::other("the binding thread panicked"))?
+    })
+}
+
+/// Connects to the unix socket at `path` of `holder` as `who` (the client of the channel): the
+/// connecting thread takes the client's uid, gid and groups, so the server sees them
+/// (SO_PEERCRED, postgres' `peer` authentication) and the socket file's mode applies to the
+/// client, not to the keeper's root. A VM's socket is found as root, in the VM's view, and
+/// reached through its descriptor; the host's by its path, as the client.
+pub fn connect_unix(holder: Holder, path: &Path, who: &Identity) -> io::Result<UnixStream> {
     match holder {
-        Holder::Host => UnixStream::connect(path),
+        Holder::Host => run_as(who, || UnixStream::connect(path)),
         Holder::Vm(pid) => {
             let socket = open_in_root(&vm_root(pid)?, &relative(path)?, OFlag::empty())?;
-            UnixStream::connect(fd_path(&socket))
+            run_as(who, || UnixStream::connect(fd_path(&socket)))
         }
     }
 }
@@ -290,7 +320,7 @@ mod tests {
             0o666
         );
         assert!(
-            connect_unix(Holder::Vm(pid), &at).is_ok(),
+            connect_unix(Holder::Vm(pid), &at, &root_user()).is_ok(),
             "it takes connections"
         );
         let refused = bind_unix(pid, &at, 0o666).err().unwrap();
@@ -301,7 +331,7 @@ mod tests {
         // A socket nobody answers on is stale and replaced; a file is not a socket.
         drop(UnixListener::bind(&at).unwrap());
         let replaced = bind_unix(pid, &at, 0o600).unwrap();
-        assert!(connect_unix(Holder::Vm(pid), &at).is_ok());
+        assert!(connect_unix(Holder::Vm(pid), &at, &root_user()).is_ok());
         // Removed and made anew by someone else: dropping ours leaves theirs alone.
         std::fs::remove_file(&at).unwrap();
         std::fs::write(&at, "not a socket").unwrap();
@@ -309,6 +339,47 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&at).unwrap(), "not a socket");
         let refused = bind_unix(pid, &at, 0o666).err().unwrap();
         assert!(refused.to_string().contains("is not a socket"), "{refused}");
+    }
+
+    fn root_user() -> Identity {
+        Identity {
+            uid: nix::unistd::Uid::from_raw(0),
+            gid: nix::unistd::Gid::from_raw(0),
+            groups: Vec::new(),
+        }
+    }
+
+    /// The server sees the client's uid and gid, and the socket file's mode is checked
+    /// against them.
+    #[test]
+    fn connections_carry_the_clients_identity() {
+        use std::os::unix::fs::PermissionsExt;
+        let pid = std::process::id() as i32;
+        let dir = std::env::temp_dir().join(format!("feather-endpoint-who-{pid}"));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o755)).unwrap();
+        let at = dir.join("s.sock");
+        let listener = UnixListener::bind(&at).unwrap();
+        let who = Identity {
+            uid: nix::unistd::Uid::from_raw(1234),
+            gid: nix::unistd::Gid::from_raw(2345),
+            groups: Vec::new(),
+        };
+        std::fs::set_permissions(&at, PermissionsExt::from_mode(0o700)).unwrap();
+        let refused = connect_unix(Holder::Vm(pid), &at, &who).err();
+        std::fs::set_permissions(&at, PermissionsExt::from_mode(0o777)).unwrap();
+        let _client = connect_unix(Holder::Vm(pid), &at, &who).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let cred =
+            nix::sys::socket::getsockopt(&server, nix::sys::socket::sockopt::PeerCredentials)
+                .unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        assert_eq!(
+            refused.map(|e| e.kind()),
+            Some(io::ErrorKind::PermissionDenied)
+        );
+        assert_eq!((cred.uid(), cred.gid()), (1234, 2345));
     }
 
     #[test]

@@ -30,7 +30,7 @@ use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, pthread_sigmask, SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{
-    bind, connect, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    connect, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
     UnixAddr,
 };
 use nix::sys::stat::Mode;
@@ -213,39 +213,22 @@ fn bind_in_vm(init_pid: i32) -> Result<OwnedFd, String> {
     }
     let dir =
         openat2(&run, "feather", strict()).map_err(|e| format!("/run/feather: {}", e.desc()))?;
-    let _ = nix::unistd::unlinkat(
-        &dir,
-        "shuttle.sock",
-        nix::unistd::UnlinkatFlags::NoRemoveDir,
-    );
-    let listener = socket(
-        AddressFamily::Unix,
+    listen_in(&dir)
+}
+
+/// Binds and listens at `shuttle.sock` in `dir` (the VM's `/run/feather`), replacing what
+/// was there.
+fn listen_in(dir: &OwnedFd) -> Result<OwnedFd, String> {
+    let _ = nix::unistd::unlinkat(dir, "shuttle.sock", nix::unistd::UnlinkatFlags::NoRemoveDir);
+    // Anyone in the VM may ask (the policy decides): the socket is born 0666, never chmodded
+    // by name afterwards (the VM's processes may already run, after a restore).
+    let listener = crate::endpoint::bind_in(
+        dir,
+        std::ffi::OsStr::new("shuttle.sock"),
         SockType::SeqPacket,
-        SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
-        None,
+        0o666,
     )
-    .map_err(|e| format!("socket: {e}"))?;
-    // The folder's descriptor as a path: short enough for sun_path, and it is exactly the
-    // folder opened above.
-    let address = UnixAddr::new(format!("/proc/self/fd/{}/shuttle.sock", dir.as_raw_fd()).as_str())
-        .map_err(|e| e.to_string())?;
-    bind(listener.as_raw_fd(), &address).map_err(|e| format!("bind: {e}"))?;
-    // Anyone in the VM may ask; the policy decides.
-    nix::sys::stat::fchmodat(
-        &dir,
-        "shuttle.sock",
-        Mode::from_bits_truncate(0o666),
-        nix::sys::stat::FchmodatFlags::NoFollowSymlink,
-    )
-    .or_else(|_| {
-        nix::sys::stat::fchmodat(
-            &dir,
-            "shuttle.sock",
-            Mode::from_bits_truncate(0o666),
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )
-    })
-    .map_err(|e| format!("chmod: {e}"))?;
+    .map_err(|e| format!("bind: {e}"))?;
     listen(&listener, Backlog::new(16).unwrap_or(Backlog::MAXCONN))
         .map_err(|e| format!("listen: {e}"))?;
     Ok(listener)
@@ -829,6 +812,56 @@ pub fn called_as(argv0: &Path) -> Option<&'static str> {
 mod tests {
     use super::*;
     use crate::policy::parse;
+
+    /// A folder of the test's, removed on drop.
+    struct Scratch(std::path::PathBuf);
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The VM (here a thread) keeps putting a symlink to a file of the host (the test's
+    /// marker) where the socket is bound: the socket's mode is never set by following it.
+    #[test]
+    fn a_symlink_swapped_in_for_the_socket_is_never_chmodded() {
+        use std::os::unix::fs::PermissionsExt;
+        use std::sync::atomic::AtomicBool;
+        let scratch = Scratch(
+            std::env::temp_dir().join(format!("feather-invoke-chmod-{}", std::process::id())),
+        );
+        let _ = std::fs::remove_dir_all(&scratch.0);
+        let run = scratch.0.join("run-feather");
+        std::fs::create_dir_all(&run).unwrap();
+        let marker = scratch.0.join("marker");
+        std::fs::write(&marker, "host file").unwrap();
+        std::fs::set_permissions(&marker, PermissionsExt::from_mode(0o600)).unwrap();
+        let dir: OwnedFd = std::fs::File::open(&run).unwrap().into();
+        let done = AtomicBool::new(false);
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                let (link, socket) = (run.join("link"), run.join("shuttle.sock"));
+                while !done.load(Ordering::Relaxed) {
+                    let _ = std::os::unix::fs::symlink(&marker, &link);
+                    let _ = std::fs::rename(&link, &socket);
+                }
+            });
+            for _ in 0..20_000 {
+                let _ = listen_in(&dir);
+            }
+            done.store(true, Ordering::Relaxed);
+        });
+        let mode = std::fs::metadata(&marker).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600, "the host's file was chmodded");
+        // Undisturbed, the socket is born 0666.
+        let _ = std::fs::remove_file(run.join("shuttle.sock"));
+        let _listener = listen_in(&dir).unwrap();
+        let mode = std::fs::symlink_metadata(run.join("shuttle.sock"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o666);
+    }
 
     fn rule(line: &str) -> Rule {
         parse(Path::new("t.policy"), line).unwrap().remove(0)

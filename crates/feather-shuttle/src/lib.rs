@@ -22,6 +22,7 @@ pub mod dbus;
 pub mod endpoint;
 pub mod error;
 pub mod gate;
+mod identity;
 pub mod invoke;
 pub mod peers;
 pub mod policy;

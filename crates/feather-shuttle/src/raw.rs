@@ -2,7 +2,6 @@
 //! file of one VM to another (nix offers none of them). Each wrapper is the smallest safe
 //! interface over one system call.
 
-use std::ffi::CString;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 
 use nix::errno::Errno;
@@ -11,6 +10,7 @@ use nix::errno::Errno;
 const OPEN_TREE_CLONE: libc::c_uint = 0x01;
 const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
 pub const MOUNT_ATTR_RDONLY: u64 = 0x01;
 pub const MOUNT_ATTR_NOSUID: u64 = 0x02;
 pub const MOUNT_ATTR_NODEV: u64 = 0x04;
@@ -70,21 +70,22 @@ pub fn set_mount_flags(tree: &impl AsFd, attr_set: u64) -> Result<(), Errno> {
     Errno::result(result).map(drop)
 }
 
-/// `move_mount(tree, "", dir, name, MOVE_MOUNT_F_EMPTY_PATH)`: attaches the detached mount
-/// `tree` on `name` (which must exist) in folder `dir`, in the caller's mount namespace.
-pub fn attach_tree(tree: &impl AsFd, dir: &impl AsFd, name: &str) -> Result<(), Errno> {
-    let name = CString::new(name).map_err(|_| Errno::EINVAL)?;
+/// `move_mount(tree, "", point, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`:
+/// attaches the detached mount `tree` on exactly the file or folder `point` refers to (an
+/// `O_PATH` descriptor), in the caller's mount namespace: no name is looked up, so nothing a
+/// VM renames meanwhile can move where it lands.
+pub fn attach_tree(tree: &impl AsFd, point: &impl AsFd) -> Result<(), Errno> {
     let empty = c"";
-    // SAFETY: both descriptors are live for the call; both strings are valid NUL-terminated
-    // strings that outlive it, only read by the kernel.
+    // SAFETY: both descriptors are live for the call; `empty` is a valid NUL-terminated
+    // string that outlives it, only read by the kernel.
     let result = unsafe {
         libc::syscall(
             libc::SYS_move_mount,
             tree.as_fd().as_raw_fd(),
             empty.as_ptr(),
-            dir.as_fd().as_raw_fd(),
-            name.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
+            point.as_fd().as_raw_fd(),
+            empty.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
         )
     };
     Errno::result(result).map(drop)

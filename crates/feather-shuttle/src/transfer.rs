@@ -20,7 +20,8 @@
 //!                                                 /run/feather/shared/<id>/, move_mount
 //!   ◀── Mounted { paths }  |  Failed { why }
 //!   …the program runs in the target…
-//!   close the helper's stdin ───────────────▶   umount, remove the folder, exit
+//!   close the helper's stdin ───────────────▶   umount by the tree's descriptor, remove
+//!                                                 what it made (by folder descriptor), exit
 //! ```
 //!
 //! Entering mount namespaces needs a single-threaded process, hence the helper; if the keeper
@@ -31,7 +32,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
 use nix::errno::Errno;
@@ -339,31 +340,190 @@ fn raw_fd(fd: &impl AsFd) -> i32 {
     fd.as_fd().as_raw_fd()
 }
 
-/// What one helper mounted in the target; removed on drop (the helper is then in the
-/// target's mount namespace).
+/// What one helper made and mounted in the target; removed on drop (the helper is then in the
+/// target's mount namespace, whose processes may have renamed, replaced or symlinked any of it
+/// meanwhile). Everything is held by descriptor from the moment it was made: clean-up looks up
+/// no path the VM could redirect.
 struct Shared {
-    dir: PathBuf,
     paths: Vec<String>,
-    /// Mount points made, in order: removed in reverse.
-    made: Vec<PathBuf>,
-    mounted: Vec<PathBuf>,
+    /// The helper's own `/proc/self/fd`, in the host's procfs, opened before any VM's mounts
+    /// were entered: the target VM cannot stand a procfs of its own in for it.
+    own_fds: OwnedFd,
+    mounted: Vec<Mounted>,
+    /// Folders made (the `<id>` folder, then any `<n>` below it): removed in reverse.
+    made: Vec<Entry>,
+}
+
+/// An entry the helper made in a folder it holds open, and the inode it had when made.
+struct Entry {
+    parent: OwnedFd,
+    name: String,
+    inode: (u64, u64),
+    folder: bool,
+}
+
+/// One hand-over mount: the mounted tree itself (its root, held since `move_mount`), the
+/// kernel's id of that mount, and the mount point the helper made for it.
+struct Mounted {
+    tree: OwnedFd,
+    mount_id: u64,
+    point: Entry,
 }
 
 impl Drop for Shared {
     fn drop(&mut self) {
-        for path in self.mounted.iter().rev() {
-            if let Err(e) = nix::mount::umount2(
-                path,
-                nix::mount::MntFlags::MNT_DETACH | nix::mount::MntFlags::UMOUNT_NOFOLLOW,
-            ) {
-                eprintln!("feather share: cannot unmount {}: {e}", path.display());
+        for mounted in self.mounted.iter().rev() {
+            if let Err(why) = unmount(&self.own_fds, mounted) {
+                eprintln!(
+                    "feather share: cannot unmount {}: {why}",
+                    mounted.point.name
+                );
             }
+            remove_entry(&mounted.point);
         }
-        for path in self.made.iter().rev() {
-            let _ = std::fs::remove_dir(path).or_else(|_| std::fs::remove_file(path));
+        for entry in self.made.iter().rev() {
+            remove_entry(entry);
         }
-        let _ = std::fs::remove_dir(&self.dir);
     }
+}
+
+/// Unmounts exactly the mount the helper attached, wherever the target's processes may have
+/// put names since: `umount2` of `/proc/self/fd/N` (N the tree's descriptor) follows the magic
+/// link to that mount and no other, and the kernel refuses it unless the descriptor is the
+/// mount's root. A path such as `/run/feather/shared/<id>/sys` would be looked up anew in the
+/// VM's view, where `<id>` may have become a symlink to `/proc`.
+fn unmount(own_fds: &OwnedFd, mounted: &Mounted) -> Result<(), String> {
+    // What the kernel says is at the mount point now: if not ours, the VM moved names around;
+    // ours is unmounted all the same (by descriptor), and whatever is there is left alone.
+    let here = open_entry(&mounted.point.parent, &mounted.point.name)
+        .ok()
+        .and_then(|fd| feather_sys::mount::mount_id(&fd).ok());
+    if here != Some(mounted.mount_id) {
+        eprintln!(
+            "feather share: {} no longer holds the hand-over mount (the target VM moved it); \
+             unmounting that mount by its descriptor",
+            mounted.point.name
+        );
+    }
+    nix::unistd::fchdir(own_fds)
+        .map_err(|e| format!("cannot enter /proc/self/fd: {}", e.desc()))?;
+    let link = raw_fd(&mounted.tree).to_string();
+    nix::mount::umount2(link.as_str(), nix::mount::MntFlags::MNT_DETACH)
+        .map_err(|e| e.desc().to_owned())
+}
+
+/// Removes an entry the helper made if the name still holds it (same inode), by the folder's
+/// descriptor, never following a symlink: anything else the VM put there is its own.
+fn remove_entry(entry: &Entry) {
+    let still_ours = open_entry(&entry.parent, &entry.name)
+        .and_then(|fd| nix::sys::stat::fstat(&fd))
+        .is_ok_and(|st| (st.st_dev, st.st_ino) == entry.inode);
+    if still_ours {
+        let how = if entry.folder {
+            nix::unistd::UnlinkatFlags::RemoveDir
+        } else {
+            nix::unistd::UnlinkatFlags::NoRemoveDir
+        };
+        let _ = nix::unistd::unlinkat(&entry.parent, entry.name.as_str(), how);
+    }
+}
+
+/// Entry `name` of `parent` itself (`O_PATH`): a symlink is not followed, and nothing outside
+/// `parent` is reached. A mount on the entry is entered (its root is what opens).
+fn open_entry(parent: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    openat2(parent, name, how)
+}
+
+/// Makes folder `name` in `parent` and opens it (never through a symlink, never onto another
+/// filesystem): the entry to remove later, and the folder's descriptor.
+fn make_folder(parent: &OwnedFd, name: &str, shown: &Path) -> Result<(Entry, OwnedFd), String> {
+    let fail = |e: Errno| {
+        format!(
+            "cannot make {} in the target VM: {}",
+            shown.display(),
+            e.desc()
+        )
+    };
+    nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o755)).map_err(fail)?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_XDEV,
+        );
+    let dir = openat2(parent, name, how).map_err(fail)?;
+    let entry = made_entry(parent, name, &dir, true).map_err(fail)?;
+    Ok((entry, dir))
+}
+
+fn made_entry(parent: &OwnedFd, name: &str, fd: &OwnedFd, folder: bool) -> Result<Entry, Errno> {
+    let st = nix::sys::stat::fstat(fd)?;
+    Ok(Entry {
+        parent: parent.try_clone().map_err(|_| Errno::EMFILE)?,
+        name: name.to_owned(),
+        inode: (st.st_dev, st.st_ino),
+        folder,
+    })
+}
+
+/// Makes the mount point `name` in `parent` (a folder or an empty file, as the item is) and
+/// attaches `tree` on exactly that entry, by descriptor.
+fn mount_at(
+    shared: &mut Shared,
+    tree: OwnedFd,
+    folder: bool,
+    parent: &OwnedFd,
+    name: &str,
+    shown: &Path,
+) -> Result<(), String> {
+    let fail = |e: Errno| {
+        format!(
+            "cannot make {} in the target VM: {}",
+            shown.display(),
+            e.desc()
+        )
+    };
+    if folder {
+        nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o755))
+    } else {
+        nix::fcntl::openat(
+            parent,
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .map(drop)
+    }
+    .map_err(fail)?;
+    let point_fd = open_entry(parent, name).map_err(fail)?;
+    let point = made_entry(parent, name, &point_fd, folder).map_err(fail)?;
+    let mount_failed = |e: Errno| {
+        format!(
+            "cannot mount at {} in the target VM: {}",
+            shown.display(),
+            e.desc()
+        )
+    };
+    if let Err(e) = raw::attach_tree(&tree, &point_fd) {
+        remove_entry(&point);
+        return Err(mount_failed(e));
+    }
+    let mount_id = feather_sys::mount::mount_id(&tree).map_err(|e| mount_failed(e.errno));
+    // Recorded before a failure is returned: dropping `shared` then unmounts it.
+    shared.mounted.push(Mounted {
+        tree,
+        mount_id: mount_id.as_ref().copied().unwrap_or(0),
+        point,
+    });
+    mount_id.map(drop)
 }
 
 /// Clones each opened item in the source's mount namespace, then enters the target's and
@@ -376,6 +536,9 @@ fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, 
     // The pidfds pin both processes: checked now, they are the VMs' inits while we enter them.
     same_process(plan.source_pid, plan.source_ticks, "source")?;
     same_process(go.target_pid, go.target_ticks, "target")?;
+    let own_fds: OwnedFd = File::open("/proc/self/fd")
+        .map_err(|e| format!("cannot open /proc/self/fd: {e}"))?
+        .into();
     // open_tree(OPEN_TREE_CLONE) clones only mounts of the caller's own namespace.
     feather_sys::process::join_namespaces(&source, CloneFlags::CLONE_NEWNS)
         .map_err(|e| format!("cannot enter the source VM's mounts: {e}"))?;
@@ -402,24 +565,15 @@ fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, 
         .map_err(|e| format!("cannot enter the target VM's mounts: {e}"))?;
     let base = folder_beneath_root(SHARED_IN_VM)?;
     let dir = Path::new(SHARED_IN_VM).join(&plan.id);
-    nix::sys::stat::mkdirat(&base, plan.id.as_str(), Mode::from_bits_truncate(0o755)).map_err(
-        |e| {
-            format!(
-                "cannot make {} in the target VM: {}",
-                dir.display(),
-                e.desc()
-            )
-        },
-    )?;
+    let (id_entry, id_dir) = make_folder(&base, &plan.id, &dir)?;
     let mut shared = Shared {
-        dir: dir.clone(),
         paths: Vec::new(),
-        made: Vec::new(),
+        own_fds,
         mounted: Vec::new(),
+        made: vec![id_entry],
     };
-    let id_dir = folder_beneath_root(&dir.to_string_lossy())?;
     let mut used = HashSet::new();
-    for (index, ((tree, folder), item)) in trees.iter().zip(&plan.items).enumerate() {
+    for (index, ((tree, folder), item)) in trees.into_iter().zip(&plan.items).enumerate() {
         let name = Path::new(item)
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
@@ -429,40 +583,13 @@ fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, 
             (id_dir.try_clone().map_err(|e| e.to_string())?, dir.clone())
         } else {
             let sub = (index + 1).to_string();
-            nix::sys::stat::mkdirat(&id_dir, sub.as_str(), Mode::from_bits_truncate(0o755))
-                .map_err(|e| format!("cannot make a folder in the target VM: {}", e.desc()))?;
             let sub_path = dir.join(&sub);
-            shared.made.push(sub_path.clone());
-            (folder_beneath_root(&sub_path.to_string_lossy())?, sub_path)
+            let (entry, sub_dir) = make_folder(&id_dir, &sub, &sub_path)?;
+            shared.made.push(entry);
+            (sub_dir, sub_path)
         };
         let point = parent_path.join(&name);
-        if *folder {
-            nix::sys::stat::mkdirat(&parent, name.as_str(), Mode::from_bits_truncate(0o755))
-        } else {
-            nix::fcntl::openat(
-                &parent,
-                name.as_str(),
-                OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-                Mode::from_bits_truncate(0o600),
-            )
-            .map(drop)
-        }
-        .map_err(|e| {
-            format!(
-                "cannot make {} in the target VM: {}",
-                point.display(),
-                e.desc()
-            )
-        })?;
-        shared.made.push(point.clone());
-        raw::attach_tree(tree, &parent, &name).map_err(|e| {
-            format!(
-                "cannot mount at {} in the target VM: {}",
-                point.display(),
-                e.desc()
-            )
-        })?;
-        shared.mounted.push(point.clone());
+        mount_at(&mut shared, tree, folder, &parent, &name, &point)?;
         shared.paths.push(point.to_string_lossy().into_owned());
     }
     Ok(shared)

@@ -3,6 +3,7 @@
 
 pub mod beneath;
 pub mod cgroup;
+pub mod creds;
 pub mod fdpass;
 pub mod mount;
 pub mod mountinfo;

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-use crate::{Context, Result};
+use crate::{raw, Context, Result};
 
 const NONE: Option<&str> = None;
 
@@ -108,3 +108,10 @@ pub fn pivot_into(new_root: &Path) -> Result<()> {
 }
 
 pub use nix::mount::MsFlags as Flags;
+
+/// The unique id of the mount `fd` is on (statx STATX_MNT_ID_UNIQUE): what the kernel says a
+/// mount is, where a path could be changed under us.
+pub fn mount_id(fd: &impl std::os::fd::AsFd) -> Result<u64> {
+    use std::os::fd::AsRawFd;
+    raw::unique_mount_id(fd.as_fd().as_raw_fd()).ctx("statx(STATX_MNT_ID_UNIQUE)", "descriptor")
+}

@@ -442,3 +442,50 @@ pub fn quotactl_fd_getinfo(fd: BorrowedFd, kind: libc::c_int) -> Result<(), Errn
     };
     Errno::result(ret).map(drop)
 }
+
+/// statx(2) of the descriptor itself (`AT_EMPTY_PATH`): the unique id of the mount it is on
+/// (STATX_MNT_ID_UNIQUE, never reused while the system runs), or ENODATA if the kernel did not
+/// report one.
+pub fn unique_mount_id(fd: RawFd) -> Result<u64, Errno> {
+    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
+    // SAFETY: `fd` is borrowed for the call; the empty path is a valid NUL-terminated string;
+    // `stx` is writable memory of exactly the size of `struct statx`, which the kernel fills.
+    let ret = unsafe {
+        libc::statx(
+            fd,
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | libc::AT_SYMLINK_NOFOLLOW,
+            libc::STATX_MNT_ID_UNIQUE,
+            stx.as_mut_ptr(),
+        )
+    };
+    Errno::result(ret)?;
+    // SAFETY: statx succeeded and filled the struct (it was zeroed before, so every field is
+    // initialised either way).
+    let stx = unsafe { stx.assume_init() };
+    if stx.stx_mask & libc::STATX_MNT_ID_UNIQUE == 0 {
+        return Err(Errno::ENODATA);
+    }
+    Ok(stx.stx_mnt_id)
+}
+
+/// Gives the *calling thread only* the user `uid`, group `gid` and supplementary `groups`
+/// (real, effective and saved). The kernel keeps credentials per thread; glibc's wrappers
+/// broadcast a change to every thread of the process, so the raw system calls are used.
+/// Groups first, then the group, then the user: once the user is not root, the thread may no
+/// longer change the others. The thread cannot come back to root (its capabilities are gone):
+/// run this on a thread made for it.
+pub fn set_thread_ids(
+    uid: libc::uid_t,
+    gid: libc::gid_t,
+    groups: &[libc::gid_t],
+) -> Result<(), Errno> {
+    // SAFETY: `groups` is a live slice of gid_t and its length is passed with it; the kernel
+    // only reads it. Only the calling thread's credentials change.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) })?;
+    // SAFETY: plain integer arguments; only the calling thread's credentials change.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setresgid, gid, gid, gid) })?;
+    // SAFETY: as above.
+    Errno::result(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })?;
+    Ok(())
+}

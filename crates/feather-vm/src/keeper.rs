@@ -572,7 +572,10 @@ enum Answered {
 fn seccomp_profile(config: &VmConfig) -> feather_confine::seccomp::Profile {
     feather_confine::seccomp::Profile {
         allow_userns: config.allow_userns,
-        disk_quota: config.limits.disk.is_some(),
+        disk_quota: matches!(
+            config.limits.disk,
+            Some(feather_core::DiskQuota::ProjectQuota { .. })
+        ),
     }
 }
 

@@ -83,6 +83,9 @@ pub enum Command {
     /// The share helper of a VM's keeper (hands a path of one VM to another)
     #[command(name = "__shuttle-share", hide = true)]
     ShuttleShare { plan: String },
+    /// The confinement of a shuttle D-Bus proxy (runs xdg-dbus-proxy jailed)
+    #[command(name = "__dbus-proxy", hide = true)]
+    DbusProxy { plan: String },
     /// List VMs
     Ls {
         #[arg(long)]

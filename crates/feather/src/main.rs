@@ -271,6 +271,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::ShuttleShare { plan } => {
             return Ok(exit_code(feather_shuttle::transfer::helper_main(&plan)))
         }
+        Command::DbusProxy { plan } => {
+            return Ok(exit_code(feather_shuttle::dbus::jail_main(&plan)))
+        }
         Command::IpcProbe { args } => return Ok(exit_code(feather_ipcprobe::agent::main(&args))),
     }
     Ok(ExitCode::SUCCESS)

@@ -1,0 +1,284 @@
+//! Shuttle's host-side edges, attacked from a VM's root: the hand-over clean-up (the share
+//! helper is host root inside the target VM's mounts), the broker's sockets in a VM, the D-Bus
+//! proxy's confinement, and whose identity a channel carries.
+
+use std::fs;
+use std::path::Path;
+
+use crate::support::{Feather, HostDir, ScratchBase};
+
+/// Where `a` keeps the file it hands over (in its own layer).
+const DOCS: &str = "/srv/feather-shuttle-edges";
+
+/// Whether `/proc/sys/kernel/core_pattern` in the view of process `pid` opens for writing.
+/// Nothing is ever written: the file is opened for appending and closed at once.
+fn core_pattern_opens_for_writing(pid: i64) -> bool {
+    fs::OpenOptions::new()
+        .append(true)
+        .open(format!("/proc/{pid}/root/proc/sys/kernel/core_pattern"))
+        .map(drop)
+        .is_ok()
+}
+
+fn init_pid(feather: &Feather, vm: &str) -> i64 {
+    feather.inspect(vm)["state"]["init_pid"]
+        .as_i64()
+        .expect("the VM runs")
+}
+
+fn host_mounts() -> Vec<String> {
+    fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|line| line.contains("feather/shared") || line.contains(" /proc/sys "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The target of a hand-over replaces `/run/feather/shared/<id>` with a symlink to `/proc`
+/// (its program does it before it ends, and a loop of b's keeps doing it), the file handed
+/// over being named `sys`: the clean-up, host root in b's mounts, must unmount its own mount
+/// and nothing else — b's read-only `/proc/sys` stays.
+#[test]
+fn the_hand_over_clean_up_unmounts_its_own_mount_only() {
+    let feather = Feather::new("edges-handover");
+    let base = ScratchBase::new("edges-handover");
+    let host = HostDir::new("edges-handover");
+    let open = host.feather_open();
+    feather.write_policy(
+        "10-test",
+        &format!(
+            "invoke swap a b allow command=\"/bin/sh -c 'd=${{0%/*}}; mv $d $d.x 2>/dev/null && ln -s /proc $d; exit 0'\"\n\
+             files {DOCS}/** a b allow mode=ro\n"
+        ),
+    );
+    feather.ok(&["create", "a", "--net", "none"]);
+    feather.ok(&["create", "b", "--base", base.as_str(), "--net", "none"]);
+    feather.ok(&["start", "a"]);
+    feather.ok(&["start", "b"]);
+    let b = init_pid(&feather, "b");
+    assert!(
+        !core_pattern_opens_for_writing(b),
+        "b's /proc/sys is read-only to begin with"
+    );
+    let before = host_mounts();
+    feather.sh(
+        "b",
+        "mkdir -p /run/feather/shared; \
+         (while :; do for d in /run/feather/shared/a-*; do \
+            case $d in *.x) continue;; esac; \
+            [ -d \"$d\" ] && [ ! -L \"$d\" ] && mv \"$d\" \"$d.x\" 2>/dev/null && ln -s /proc \"$d\"; \
+          done; done) </dev/null >/dev/null 2>&1 &",
+    );
+    feather.sh("a", &format!("mkdir -p {DOCS} && echo handed > {DOCS}/sys"));
+    for round in 0..12 {
+        let outcome = feather.run(&[
+            "exec",
+            "a",
+            "--",
+            open.as_str(),
+            "swap",
+            &format!("{DOCS}/sys"),
+        ]);
+        // The loop may also win before the mount is made (the request then fails): either way
+        // the clean-up ran.
+        assert!(
+            outcome.code == 0 || outcome.code == 125,
+            "round {round}: {}{}",
+            outcome.stdout,
+            outcome.stderr
+        );
+        assert!(
+            !core_pattern_opens_for_writing(b),
+            "round {round}: the clean-up unmounted b's read-only /proc/sys"
+        );
+    }
+    let b_mounts = fs::read_to_string(format!("/proc/{b}/mountinfo")).unwrap();
+    assert!(
+        !b_mounts.contains("feather/shared"),
+        "every hand-over mount is gone from b: {b_mounts}"
+    );
+    assert!(
+        b_mounts
+            .lines()
+            .any(|l| l.split(' ').nth(4) == Some("/proc/sys")),
+        "b still has its /proc/sys mount: {b_mounts}"
+    );
+    assert_eq!(host_mounts(), before, "the host's mounts are unchanged");
+    assert!(!Path::new("/run/feather/shared").join("sys").exists());
+}
+
+/// A unix server in a VM that answers every connection with its peer's uid, gid and
+/// supplementary groups (SO_PEERCRED, SO_PEERGROUPS), then closes it.
+const WHO_SERVER: &str = r#"
+import os, socket, struct, sys
+path = sys.argv[1]
+os.makedirs(os.path.dirname(path), exist_ok=True)
+try:
+    os.unlink(path)
+except FileNotFoundError:
+    pass
+server = socket.socket(socket.AF_UNIX)
+server.bind(path)
+os.chmod(path, int(sys.argv[2], 8))
+server.listen(8)
+while True:
+    client, _ = server.accept()
+    _, uid, gid = struct.unpack("3i", client.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    raw = client.getsockopt(socket.SOL_SOCKET, 59, 256)  # SO_PEERGROUPS
+    groups = sorted(struct.unpack("%dI" % (len(raw) // 4), raw))
+    client.sendall(("%d %d %s\n" % (uid, gid, ",".join(map(str, groups)))).encode())
+    client.close()
+"#;
+
+/// Connects to the unix socket at `path` in `vm` as uid and gid 1234 with group 4321 (or as
+/// root) and prints the one line answered (nothing if the connection was closed unanswered).
+fn ask_who(feather: &Feather, vm: &str, path: &str, as_user: bool) -> String {
+    let client = format!(
+        "import socket; s = socket.socket(socket.AF_UNIX); s.connect('{path}'); \
+         print(s.recv(200).decode().strip())"
+    );
+    let mut args = vec!["exec", vm, "--"];
+    if as_user {
+        args.extend([
+            "setpriv", "--reuid", "1234", "--regid", "1234", "--groups", "4321",
+        ]);
+    }
+    args.extend(["/usr/bin/python3", "-c", client.as_str()]);
+    feather.run(&args).stdout.trim().to_owned()
+}
+
+/// A client of a unix channel reaches the target's socket as itself: the server sees its uid,
+/// gid and groups, and the socket file's mode applies to it (the keeper's root does not lend
+/// it its rights).
+#[test]
+fn a_unix_channel_carries_the_clients_identity_and_rights() {
+    let feather = Feather::new("edges-who");
+    feather.write_policy(
+        "10-test",
+        "ipc unix:/run/who/open.sock a b allow\n\
+         ipc unix:/run/who/root.sock a b allow\n",
+    );
+    feather.ok(&["create", "a", "--net", "none"]);
+    feather.ok(&["create", "b", "--net", "none"]);
+    feather.ok(&["start", "b"]);
+    crate::support::python_daemon(&feather, "b", WHO_SERVER, &["/run/who/open.sock", "777"]);
+    crate::support::python_daemon(&feather, "b", WHO_SERVER, &["/run/who/root.sock", "700"]);
+    feather.eventually("b's servers listen", || {
+        feather
+            .run(&[
+                "exec",
+                "b",
+                "--",
+                "sh",
+                "-c",
+                "test -S /run/who/open.sock && test -S /run/who/root.sock",
+            ])
+            .code
+            == 0
+    });
+    feather.ok(&["start", "a"]);
+    assert_eq!(ask_who(&feather, "a", "/run/who/open.sock", false), "0 0 0");
+    assert_eq!(
+        ask_who(&feather, "a", "/run/who/open.sock", true),
+        "1234 1234 4321",
+        "the target sees the client's own uid, gid and groups"
+    );
+    assert_eq!(
+        ask_who(&feather, "a", "/run/who/root.sock", true),
+        "",
+        "a socket only root may use refuses the client, as it would in b itself"
+    );
+    assert_eq!(ask_who(&feather, "a", "/run/who/root.sock", false), "0 0 0");
+}
+
+/// The pid of the `xdg-dbus-proxy` whose command line holds `talk`, if one runs.
+fn proxy_pid(talk: &str) -> Option<u32> {
+    fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let cmdline = fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        let program = cmdline.split('\0').next()?;
+        (program.ends_with("xdg-dbus-proxy") && cmdline.contains(talk)).then_some(pid)
+    })
+}
+
+/// The value of `field` in /proc/PID/status.
+fn status_field(pid: u32, field: &str) -> String {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{field}:")))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The D-Bus proxy parses what the VM sends: it runs as an unprivileged user, without
+/// capabilities, with no_new_privs and a seccomp filter, and sees nothing of the host's files
+/// beyond `/usr` and its own folder.
+#[test]
+fn the_dbus_proxy_runs_confined() {
+    let feather = Feather::new("edges-dbus");
+    let host = HostDir::new("edges-dbus");
+    let marker = host.0.join("marker");
+    fs::write(&marker, "the test's own").unwrap();
+    let name = format!("org.feather.Edges{}", std::process::id());
+    feather.write_policy(
+        "10-test",
+        &format!("ipc dbus:{name} client bus allow at=/run/edges-bus.sock\n"),
+    );
+    feather.ok(&["create", "bus"]);
+    feather.ok(&["start", "bus"]);
+    feather.ok(&["service", "start", "bus", "dbus"]);
+    feather.ok(&["create", "client"]);
+    feather.ok(&["start", "client"]);
+    // Any call makes the proxy; its answer does not matter here.
+    feather.run(&[
+        "exec",
+        "client",
+        "-e",
+        "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/edges-bus.sock",
+        "--",
+        "setpriv",
+        "--reuid",
+        "1",
+        "--regid",
+        "1",
+        "--clear-groups",
+        "dbus-send",
+        "--system",
+        "--print-reply",
+        "--dest=org.freedesktop.DBus",
+        "/",
+        "org.freedesktop.DBus.Peer.Ping",
+    ]);
+    let talk = format!("--talk={name}");
+    let pid = proxy_pid(&talk).expect("the proxy runs for the channel");
+    assert_ne!(status_field(pid, "Uid"), "0", "the proxy is not root");
+    assert_eq!(status_field(pid, "NoNewPrivs"), "1");
+    assert_eq!(status_field(pid, "Seccomp"), "2");
+    assert_eq!(status_field(pid, "CapEff"), "0000000000000000");
+    assert_eq!(status_field(pid, "CapBnd"), "0000000000000000");
+    let view = Path::new("/proc").join(pid.to_string()).join("root");
+    assert!(view.join("usr/bin").is_dir(), "it sees /usr");
+    for absent in [
+        marker.strip_prefix("/").unwrap(),
+        Path::new("root"),
+        Path::new("etc/passwd"),
+        Path::new("tmp"),
+        Path::new("var/lib"),
+    ] {
+        assert!(
+            !view.join(absent).exists(),
+            "the proxy sees /{}",
+            absent.display()
+        );
+    }
+    // Its own pid namespace: it is alone there.
+    let nspid = fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let nspid = nspid.lines().find(|l| l.starts_with("NSpid:")).unwrap();
+    assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
+}
