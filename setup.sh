@@ -37,7 +37,8 @@ packages=(
     xdg-dbus-proxy   # Shuttle's D-Bus channels: the filtering proxy between a VM and another's bus
     python3-dbus python3-gi  # Shuttle tests: a program owning names on a VM's system bus
     socat            # Shuttle tests: a unix-socket client inside a VM
-    e2fsprogs        # disk-cap tests: mkfs.ext4 makes a project-quota filesystem; chattr tries to change a project
+    e2fsprogs        # --disk without project quotas: mkfs.ext4 formats a VM's disk image; tests: chattr tries to change a project
+    mount            # --disk without project quotas: mount -o loop attaches a VM's disk image
 )
 
 export DEBIAN_FRONTEND=noninteractive

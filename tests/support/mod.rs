@@ -301,6 +301,31 @@ pub struct ProjectQuotaFs {
 }
 
 impl ProjectQuotaFs {
+    /// A plain ext4 filesystem (no quotas), for the fallback where project quotas are not had.
+    pub fn without_prjquota(label: &str, megabytes: u32) -> Self {
+        let dir = unique_dir("quota", label);
+        let fs = ProjectQuotaFs {
+            mount: dir.join("mnt"),
+            image: dir.join("fs.img"),
+        };
+        fs::create_dir(&fs.mount).unwrap();
+        let made = Command::new("mkfs.ext4")
+            .args(["-q", "-F"])
+            .arg(&fs.image)
+            .arg(format!("{megabytes}M"))
+            .status()
+            .expect("mkfs.ext4 (e2fsprogs, ./setup.sh)");
+        assert!(made.success());
+        let mounted = Command::new("mount")
+            .args(["-o", "loop"])
+            .arg(&fs.image)
+            .arg(&fs.mount)
+            .status()
+            .unwrap();
+        assert!(mounted.success());
+        fs
+    }
+
     pub fn new(label: &str, megabytes: u32) -> Result<Self, String> {
         let dir = unique_dir("quota", label);
         let fs = ProjectQuotaFs {

@@ -26,13 +26,28 @@ const TAR_OPTIONS: [&str; 5] = [
     "--xattrs-include=security.*",
 ];
 
+/// Where a VM with a disk image (`create --disk` without project quotas) keeps its layers: the
+/// archive holds them as plain `upper/` and `mounts/`, and the importing side moves them into a
+/// new image of the VM's cap.
+const IMAGE_HOME: &str = "disk";
+
 /// `tar` writing the VM folder `vm_dir` as an archive to `file` (`-`: its stdout).
 fn create_command(vm_dir: &Path, file: &Path) -> Command {
-    let members: Vec<&str> = MEMBERS
+    let in_image = vm_dir.join(format!("{IMAGE_HOME}.img")).exists();
+    let members: Vec<String> = MEMBERS
         .into_iter()
+        .map(|m| match m {
+            "upper" | "mounts" if in_image => format!("{IMAGE_HOME}/{m}"),
+            _ => m.to_owned(),
+        })
         .filter(|m| vm_dir.join(m).exists())
         .collect();
     let mut tar = Command::new("tar");
+    if in_image {
+        // disk/upper/… is stored as upper/…; hard links' targets are member names too (h), a
+        // symlink's target is the VM's own text and stays as it is (S).
+        tar.arg(format!("--transform=s,^{IMAGE_HOME}/,,rSh"));
+    }
     tar.arg("--create")
         // The VM is frozen while its archive is made for a migration: zstd's fastest level on
         // every core (once, for a VM holding 260 MB of redis on this 2-core machine: 4.4 s

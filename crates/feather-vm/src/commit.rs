@@ -550,12 +550,14 @@ pub fn reset(root: &StateRoot, name: &VmName) -> Result<()> {
     }
     // The layers' entries are emptied through descriptors: the VM made them, and a symlink
     // among them is removed as a link, never followed.
-    for dir in [vm.upper(), vm.work(), vm.mounts()] {
+    let home = layers::home(&vm, &config);
+    for dir in [home.upper, home.work, home.mounts] {
         let pinned = beneath::open_root(&dir).at(&dir)?;
         beneath::empty_dir(&pinned).at(&dir)?;
     }
+    let upper = layers::home(&vm, &config).upper;
     for dir in &config.scaffold {
-        let path = vm.upper().join(dir.strip_prefix("/").unwrap_or(dir));
+        let path = upper.join(dir.strip_prefix("/").unwrap_or(dir));
         std::fs::create_dir(&path).at(&path)?;
     }
     let _ = std::fs::remove_file(vm.commit_journal());

@@ -8,12 +8,13 @@
 //!   the write beyond the cap with EDQUOT. The project id is chosen at random among ids nobody
 //!   uses on that filesystem; `rm` lifts its cap.
 //! - **A filesystem image of its own** everywhere else (this needs only a loop device):
-//!   `<vm>/disk.img`, a sparse file of SIZE formatted ext4, is mounted at `<vm>/disk` and its
-//!   `upper`, `work` and `mounts` folders are bound over the VM's own, so every other part of
-//!   feather finds the layers where it always does. A write beyond the cap fails with ENOSPC,
-//!   and the host's disk holds at most SIZE for the VM. The mounts live in the host's mount
-//!   namespace from `create` to `rm` (a VM's mount namespace is copied from it at start), and
-//!   are made again by whatever needs the layers after a reboot.
+//!   `<vm>/disk.img`, a sparse file of SIZE formatted ext4, is mounted at `<vm>/disk`, and the
+//!   VM's layer folders are there (`disk/upper`, `disk/work`, `disk/mounts`:
+//!   [`crate::layers::home`]; overlayfs wants an upper folder and its work folder on one
+//!   mount). A write beyond the cap fails with ENOSPC, and the host's disk holds at most SIZE
+//!   for the VM. The mount lives in the host's mount namespace from `create` to `rm` (a VM's
+//!   mount namespace is copied from it at start), and is made again by whatever needs the
+//!   layers after a reboot.
 //!
 //! Either way overlayfs writes with its mounter's credentials, so even the VM's root cannot
 //! exceed the cap.
@@ -47,8 +48,13 @@ fn open_dir(path: &Path) -> std::io::Result<File> {
 /// The smallest image cap: ext4's own metadata needs a few MiB before the first file.
 const MIN_IMAGE: u64 = 8 << 20;
 
-/// The layer folders an image holds, each bound over the VM's folder of the same name.
+/// The layer folders an image holds.
 const IMAGE_FOLDERS: [&str; 3] = ["upper", "work", "mounts"];
+
+/// Where a VM's disk image is mounted.
+pub fn mount_point(vm: &VmDir) -> std::path::PathBuf {
+    vm.path().join("disk")
+}
 
 /// Chooses how a VM capped at `bytes` is held to it: a project quota where the filesystem of
 /// `state` (the state root) enforces them, else a filesystem image of its own.
@@ -230,26 +236,22 @@ fn make_image(name: &VmName, vm: &VmDir, bytes: u64) -> Result<()> {
     )
 }
 
-/// Mounts a VM's image and binds its layer folders over the VM's, where they are not already:
-/// after a reboot, and for every use of the layers in between (diff, commit, reset, export).
+/// Mounts a VM's image where it is not mounted: after a reboot, and for every use of the
+/// layers in between (start, diff, commit, reset). A VM imported from an archive (or
+/// migrated) arrives with its layers as plain folders: they move into a new image of its cap.
 pub fn attach(name: &VmName, vm: &VmDir, disk: DiskQuota) -> Result<()> {
-    let DiskQuota::Image { .. } = disk else {
+    let DiskQuota::Image { bytes } = disk else {
         return Ok(());
     };
-    let mount_point = vm.path().join("disk");
+    let mount_point = mount_point(vm);
     let image = vm.path().join("disk.img");
     let at = |path: &Path| {
         let path = path.to_path_buf();
         move |e: std::io::Error| failed(name, format!("{}: {e}", path.display()))
     };
     std::fs::create_dir_all(&mount_point).map_err(at(&mount_point))?;
-    // A VM imported from an archive (or migrated) arrives with its layers as plain folders:
-    // they move into a new image of its cap.
     let adopt = !image.exists();
     if adopt {
-        let DiskQuota::Image { bytes } = disk else {
-            unreachable!("checked above")
-        };
         make_image(name, vm, bytes)?;
     }
     if !is_mounted_on(vm.path(), &mount_point) {
@@ -260,22 +262,13 @@ pub fn attach(name: &VmName, vm: &VmDir, disk: DiskQuota) -> Result<()> {
                 .arg(&image)
                 .arg(&mount_point),
         )?;
-        std::fs::set_permissions(
-            &mount_point,
-            std::os::unix::fs::PermissionsExt::from_mode(0o700),
-        )
-        .map_err(at(&mount_point))?;
     }
     for folder in IMAGE_FOLDERS {
         let inside = mount_point.join(folder);
-        let outside = vm.path().join(folder);
         std::fs::create_dir_all(&inside).map_err(at(&inside))?;
-        std::fs::create_dir_all(&outside).map_err(at(&outside))?;
-        if adopt {
+        let outside = vm.path().join(folder);
+        if adopt && outside.is_dir() {
             move_into_image(name, &outside, &inside)?;
-        }
-        if !same_filesystem(&inside, &outside) {
-            feather_sys::mount::bind(&inside, &outside).map_err(|e| failed(name, e.to_string()))?;
         }
     }
     Ok(())
@@ -300,20 +293,17 @@ fn move_into_image(name: &VmName, outside: &Path, inside: &Path) -> Result<()> {
     std::fs::create_dir(outside).map_err(at)
 }
 
-/// Unmounts what [`attach`] mounted (the binds, then the image; the loop device goes with its
-/// last user, which may be a VM's mount namespace that is still ending).
+/// Unmounts what [`attach`] mounted (the loop device goes with its last user, which may be a
+/// VM's mount namespace that is still ending).
 pub fn detach(vm: &VmDir) {
-    for folder in IMAGE_FOLDERS.iter().chain(&["disk"]) {
-        let path = vm.path().join(folder);
-        if is_mounted_on(vm.path(), &path) {
-            let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
-        }
+    let path = mount_point(vm);
+    if is_mounted_on(vm.path(), &path) {
+        let _ = nix::mount::umount2(&path, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW);
     }
 }
 
 /// Whether something is mounted on `path`, a folder of feather's own in `parent`: the image
-/// is a filesystem of its own, so its device differs from the state root's, and so does that
-/// of a folder bound from it.
+/// is a filesystem of its own, so its device differs from the state root's.
 fn is_mounted_on(parent: &Path, path: &Path) -> bool {
     !same_filesystem(parent, path)
 }

@@ -26,18 +26,47 @@ pub struct Layer {
     pub work: PathBuf,
 }
 
+/// Where a VM's layer folders are: its own folder (`upper/`, `work/`, `mounts/`), or for a VM
+/// with a disk image the image's mount (`disk/upper/` …; overlayfs wants an upper folder and
+/// its work folder on one mount).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Home {
+    pub upper: PathBuf,
+    pub work: PathBuf,
+    pub mounts: PathBuf,
+}
+
+pub fn home(vm: &VmDir, config: &VmConfig) -> Home {
+    match config.limits.disk {
+        Some(feather_core::DiskQuota::Image { .. }) => {
+            let image = crate::disk::mount_point(vm);
+            Home {
+                upper: image.join("upper"),
+                work: image.join("work"),
+                mounts: image.join("mounts"),
+            }
+        }
+        _ => Home {
+            upper: vm.upper(),
+            work: vm.work(),
+            mounts: vm.mounts(),
+        },
+    }
+}
+
 impl Layer {
     fn root(vm: &VmDir, config: &VmConfig) -> Layer {
+        let home = home(vm, config);
         Layer {
             mount_point: "/".into(),
             lower: config.base.clone(),
-            upper: vm.upper(),
-            work: vm.work(),
+            upper: home.upper,
+            work: home.work,
         }
     }
 
     pub(crate) fn submount(vm: &VmDir, config: &VmConfig, mount_point: PathBuf) -> Layer {
-        let dir = vm.mounts().join(escape(&mount_point));
+        let dir = home(vm, config).mounts.join(escape(&mount_point));
         Layer {
             lower: config.base.join(relative(&mount_point)),
             upper: dir.join("upper"),
@@ -102,7 +131,7 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
 /// submount layer it has ever had.
 pub fn existing(vm: &VmDir, config: &VmConfig) -> Vec<Layer> {
     let mut layers = vec![Layer::root(vm, config)];
-    if let Ok(entries) = fs::read_dir(vm.mounts()) {
+    if let Ok(entries) = fs::read_dir(home(vm, config).mounts) {
         let mut points: Vec<PathBuf> = entries
             .flatten()
             .filter_map(|e| unescape(&e.file_name().to_string_lossy()))

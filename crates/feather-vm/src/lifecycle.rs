@@ -101,8 +101,9 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
             return Err(e);
         }
     }
+    let upper = crate::layers::home(&vm, &config).upper;
     for dir in &config.scaffold {
-        let path = vm.upper().join(dir.strip_prefix("/").unwrap_or(dir));
+        let path = upper.join(dir.strip_prefix("/").unwrap_or(dir));
         fs::create_dir(&path).at(&path)?;
     }
     Ok(vm)
