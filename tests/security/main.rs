@@ -4,6 +4,7 @@
 mod support;
 
 mod capabilities;
+mod exec_channel;
 mod hardening;
 mod ipc_matrix;
 mod landlock;
