@@ -85,7 +85,11 @@ fn a_process_left_running_in_the_vm_keeps_nothing_of_the_caller() {
         };
         for fd in fds.flatten() {
             let held = fs::metadata(fd.path()).is_ok_and(|m| m.ino() == callers_pipe);
-            assert!(!held, "VM process {pid} holds the caller's stdin ({:?})", fd.path());
+            assert!(
+                !held,
+                "VM process {pid} holds the caller's stdin ({:?})",
+                fd.path()
+            );
         }
     }
     // ... so what the caller's stdin gets next reaches nobody in the VM.
@@ -146,7 +150,12 @@ fn old_lookup(init: i64) -> Option<String> {
         .filter_map(|entry| fs::read_link(entry.path()).ok())
         .filter_map(|target| {
             let target = target.to_string_lossy().into_owned();
-            Some(target.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+            Some(
+                target
+                    .strip_prefix("socket:[")?
+                    .strip_suffix(']')?
+                    .to_owned(),
+            )
         })
         .collect();
     let table = fs::read_to_string(format!("/proc/{init}/net/unix")).ok()?;
@@ -257,7 +266,11 @@ fn exec_keeps_stdin_stdout_stderr_and_the_exit_code_apart() {
         "echo out; echo err >&2; exit 42",
     ]);
     assert_eq!(
-        (outcome.code, outcome.stdout.as_str(), outcome.stderr.as_str()),
+        (
+            outcome.code,
+            outcome.stdout.as_str(),
+            outcome.stderr.as_str()
+        ),
         (42, "out\n", "err\n")
     );
     // stdin from /dev/null, and no stdin at all: an empty stdin.
@@ -266,13 +279,19 @@ fn exec_keeps_stdin_stdout_stderr_and_the_exit_code_apart() {
         "done\n"
     );
     let closed = std::process::Command::new("sh")
-        .args(["-c", "exec \"$0\" --root \"$1\" exec vm -- sh -c 'cat; echo done' <&-"])
+        .args([
+            "-c",
+            "exec \"$0\" --root \"$1\" exec vm -- sh -c 'cat; echo done' <&-",
+        ])
         .arg(Feather::bin())
         .arg(&feather.root)
         .output()
         .unwrap();
     assert_eq!(
-        (closed.status.code(), String::from_utf8_lossy(&closed.stdout)),
+        (
+            closed.status.code(),
+            String::from_utf8_lossy(&closed.stdout)
+        ),
         (Some(0), "done\n".into()),
         "{}",
         String::from_utf8_lossy(&closed.stderr)
@@ -293,7 +312,11 @@ fn a_command_that_ignores_its_stdin_ends_promptly() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&outcome.stdout), "done\n");
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     let started = Instant::now();
     let endless = std::process::Command::new("sh")
         .args(["-c", "yes | \"$0\" --root \"$1\" exec vm -- sh -c 'exit 3'"])
@@ -302,7 +325,11 @@ fn a_command_that_ignores_its_stdin_ends_promptly() {
         .output()
         .unwrap();
     assert_eq!(endless.status.code(), Some(3));
-    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
 }
 
 #[test]
@@ -320,7 +347,16 @@ fn a_throw_away_vms_command_gets_pipes_and_a_session_of_the_vms_own() {
                   for n in 1 $$; do read -r a b c d e s rest < /proc/$n/stat; echo $s; done";
     let output = feather
         .command()
-        .args(["run", "--rm", "--base", base.as_str(), "--", "sh", "-c", script])
+        .args([
+            "run",
+            "--rm",
+            "--base",
+            base.as_str(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
         .stdin(fs::File::open(&marker).unwrap())
         .output()
         .unwrap();
@@ -330,5 +366,9 @@ fn a_throw_away_vms_command_gets_pipes_and_a_session_of_the_vms_own() {
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 5, "{out}");
     assert!(lines[..3].iter().all(|l| l.starts_with("pipe:[")), "{out}");
-    assert_eq!(&lines[3..], &["1", "1"], "init and the command are the VM's session: {out}");
+    assert_eq!(
+        &lines[3..],
+        &["1", "1"],
+        "init and the command are the VM's session: {out}"
+    );
 }
