@@ -91,6 +91,18 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     match commands::receive::<FromInit>(&channel) {
         Ok(Some((FromInit::Started { .. }, _))) => {}
         Ok(Some((FromInit::Failed { message }, _))) => return Err(failed(name, message)),
+        Ok(Some((other, _))) => {
+            return Err(failed(
+                name,
+                format!("the VM's init answered {other:?} where Started or Failed was expected"),
+            ))
+        }
+        Err(nix::errno::Errno::EBADMSG) => {
+            return Err(failed(
+                name,
+                "the VM's init answered something that is not a FromInit message (Started or Failed expected)",
+            ))
+        }
         _ => {
             return Err(failed(
                 name,
