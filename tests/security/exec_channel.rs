@@ -372,3 +372,69 @@ fn a_throw_away_vms_command_gets_pipes_and_a_session_of_the_vms_own() {
         "init and the command are the VM's session: {out}"
     );
 }
+
+#[test]
+fn exec_with_a_terminal_opens_one_of_the_vms_devpts_whatever_its_dev_ptmx_is() {
+    let (feather, _base) = running_vm("exec-ptmx");
+    // The VM's /dev/ptmx is a symlink in its writable /dev: VM root points it elsewhere.
+    feather.sh("vm", "rm -f /dev/ptmx && ln -s /dev/null /dev/ptmx");
+    // The caller sits at a host terminal.
+    let host = nix::pty::openpty(None, None).unwrap();
+    let script =
+        "test -t 0 && [ \"$(stat -L -c %d /proc/self/fd/0)\" = \"$(stat -c %d /dev/pts)\" ] \
+                  && [ \"$(stat -L -c %d /proc/self/fd/2)\" = \"$(stat -c %d /dev/pts)\" ] \
+                  && echo vm-devpts";
+    let output = feather
+        .command()
+        .args(["exec", "-t", "vm", "--", "sh", "-c", script])
+        .stdin(Stdio::from(host.slave))
+        .output()
+        .unwrap();
+    drop(host.master);
+    assert_eq!(
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).replace('\r', "")
+        ),
+        (Some(0), "vm-devpts\n".to_owned()),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_throw_away_vms_command_still_gets_the_callers_interrupt() {
+    // The VM is a session of its own, out of reach of the caller's terminal: Ctrl-C reaches
+    // feather only, which passes it on.
+    let feather = Feather::new("run-rm-int");
+    let base = ScratchBase::new("run-rm-int");
+    let script = "trap 'echo caught; exit 7' INT; echo ready; while :; do sleep 0.05; done";
+    let mut child = feather
+        .command()
+        .args([
+            "run",
+            "--rm",
+            "--base",
+            base.as_str(),
+            "--",
+            "sh",
+            "-c",
+            script,
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 6];
+    std::io::Read::read_exact(&mut stdout, &mut first).unwrap();
+    assert_eq!(&first, b"ready\n");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    assert_eq!(rest, "caught\n");
+    assert_eq!(child.wait().unwrap().code(), Some(7));
+}
