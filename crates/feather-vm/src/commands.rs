@@ -265,8 +265,14 @@ pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, String> 
 /// is what `getsockname` answers.
 fn command_socket_address(pidfd: &impl AsFd) -> Result<UnixAddr, String> {
     let stopping = "its init has no command socket (is the VM stopping?)";
-    let listener =
-        feather_sys::process::take_fd(pidfd, COMMAND_FD).map_err(|e| format!("{stopping}: {e}"))?;
+    let listener = feather_sys::process::take_fd(pidfd, COMMAND_FD).map_err(|e| match e.errno {
+        // pidfd_getfd asks for ptrace access to init, which Yama's mode 3 refuses even root.
+        nix::errno::Errno::EPERM => format!(
+            "cannot take init's command socket ({e}); is ptrace disabled on this host \
+             (kernel.yama.ptrace_scope = 3)? feather exec needs root's ptrace access to the VM's init"
+        ),
+        _ => format!("{stopping}: {e}"),
+    })?;
     let is_listening_seqpacket = getsockopt(&listener, sockopt::SockType)
         .is_ok_and(|t| t == SockType::SeqPacket)
         && getsockopt(&listener, sockopt::AcceptConn).unwrap_or(false);
