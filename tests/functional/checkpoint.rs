@@ -204,10 +204,26 @@ fn an_exported_vm_is_restored_in_another_state_root() {
 fn a_resource_criu_cannot_dump_is_named_and_the_vm_keeps_running() {
     let (feather, _base) = counting_vm("ckpt-undumpable");
     // A process of the VM holding a host file, which lies outside every mount of the VM.
+    // `feather exec` never passes one in (its stdio is pipes of its own), so the host's root
+    // does it by hand: in the VM's cgroups, enter its namespaces (a session of the VM's own,
+    // as exec gives) with the file as stdout, and leave a process behind, which init adopts.
     let host_file = feather.root.join("host-file.txt");
-    let status = feather
-        .command()
-        .args(["exec", "vm", "--", "sh", "-c", "sleep 1000 &"])
+    let init = feather.inspect("vm")["state"]["init_pid"].as_i64().unwrap();
+    let cgroups: Vec<String> = feather
+        .cgroup_dirs("vm")
+        .iter()
+        .map(|dir| dir.join("cgroup.procs").display().to_string())
+        .collect();
+    let status = Command::new("sh")
+        .args([
+            "-c",
+            "for procs in $2; do echo $$ > $procs; done; \
+             exec nsenter -t \"$1\" -a /bin/busybox setsid sh -c 'sleep 1000 &'",
+            "sh",
+        ])
+        .arg(init.to_string())
+        .arg(cgroups.join(" "))
+        .stdin(Stdio::null())
         .stdout(fs::File::create(&host_file).unwrap())
         .stderr(Stdio::null())
         .status()

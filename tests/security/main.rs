@@ -5,6 +5,7 @@ mod support;
 
 mod capabilities;
 mod commit_races;
+mod exec_channel;
 mod hardening;
 mod ipc_matrix;
 mod landlock;

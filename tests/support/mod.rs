@@ -630,4 +630,38 @@ impl Drop for HostDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+
+/// The host pids of every process of running VM `vm` (init included), from `feather ps`.
+pub fn vm_host_pids(feather: &Feather, vm: &str) -> Vec<i32> {
+    let ps: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["ps", vm, "--json"])).expect("ps prints JSON");
+    ps.as_array()
+        .map(|processes| {
+            processes
+                .iter()
+                .filter_map(|p| p["host_pid"].as_i64())
+                .map(|pid| pid as i32)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The SHA-256 of `bytes` in hex, by the host's `sha256sum`.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("sha256sum runs");
+    let mut stdin = child.stdin.take().unwrap();
+    let data = bytes.to_vec();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let output = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+    String::from_utf8_lossy(&output.stdout)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
 }

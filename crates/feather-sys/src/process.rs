@@ -25,6 +25,16 @@ pub unsafe fn inherited_fd(fd: RawFd) -> Result<OwnedFd> {
     unsafe { raw::inherited(fd) }.ctx("take inherited descriptor", fd)
 }
 
+/// Moves `fd` to descriptor number `at` (close-on-exec), which must be free: a descriptor
+/// others find by its number. EBUSY if `at` is taken (it is never closed to make room).
+pub fn move_to_free_fd(fd: OwnedFd, at: RawFd) -> Result<OwnedFd> {
+    let moved = raw::duplicate_from(fd.as_raw_fd(), at).ctx("F_DUPFD_CLOEXEC", at)?;
+    if moved.as_raw_fd() != at {
+        return Err::<OwnedFd, _>(nix::errno::Errno::EBUSY).ctx("take descriptor", at);
+    }
+    Ok(moved)
+}
+
 /// The namespaces every VM gets: its own mounts, pids, System V IPC, hostname, network and
 /// cgroup view.
 pub fn vm_namespaces() -> CloneFlags {
@@ -68,6 +78,12 @@ pub fn fork() -> Result<Option<Pid>> {
 
 pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     raw::pidfd_open(pid.as_raw()).ctx("pidfd_open", pid)
+}
+
+/// A duplicate of descriptor `fd` of the process behind `pidfd` (pidfd_getfd(2)): the kernel's
+/// own object, found by the process's identity, never by a name the process could forge.
+pub fn take_fd(pidfd: &impl AsFd, fd: RawFd) -> Result<OwnedFd> {
+    raw::pidfd_getfd(pidfd.as_fd().as_raw_fd(), fd).ctx("pidfd_getfd", fd)
 }
 
 pub fn signal(pidfd: &impl AsFd, signal: Signal) -> Result<()> {
@@ -126,6 +142,11 @@ pub fn block_signals(signals: &[Signal]) -> Result<SignalFd> {
     }
     sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None).ctx("sigprocmask", "block")?;
     SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC).ctx("signalfd", "blocked signals")
+}
+
+/// The caller's stdin (0), stdout (1) or stderr (2), for as long as the process lives.
+pub fn standard_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    raw::standard_fd(fd)
 }
 
 /// Makes `fd` the caller's stdin, stdout and stderr.

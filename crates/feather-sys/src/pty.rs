@@ -3,22 +3,37 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use nix::fcntl::OFlag;
-use nix::pty::{grantpt, posix_openpt, ptsname_r, unlockpt, PtyMaster};
+use nix::pty::{grantpt, unlockpt, PtyMaster};
 
 use crate::raw;
 use crate::{Context, Result};
 
 pub use nix::libc::winsize as WindowSize;
 
-/// Opens a new pseudo-terminal pair from the devpts instance visible at /dev/ptmx of the
-/// caller's mount namespace (inside a VM: the VM's own instance). Returns the master and the
-/// path of the slave.
-pub fn open_pair() -> Result<(PtyMaster, String)> {
-    let master = posix_openpt(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
-        .ctx("open", "/dev/ptmx")?;
-    grantpt(&master).ctx("grantpt", "/dev/ptmx")?;
-    unlockpt(&master).ctx("unlockpt", "/dev/ptmx")?;
-    let slave = ptsname_r(&master).ctx("ptsname", "/dev/ptmx")?;
+/// The devpts mount of a VM (the VM cannot move or replace it: that takes CAP_SYS_ADMIN). Its
+/// `/dev/ptmx` is only a symlink in the VM's writable /dev, so it is not used.
+const PTMX: &str = "/dev/pts/ptmx";
+
+/// Opens a new pseudo-terminal pair from the devpts instance mounted at /dev/pts of the caller's
+/// mount namespace (inside a VM: the VM's own instance). Returns the master and the slave, the
+/// slave opened from the master (TIOCGPTPEER), never by a path: host code may run this in a
+/// VM's mount namespace, where every path but the devpts mount is the VM's to change.
+pub fn open_pair() -> Result<(PtyMaster, OwnedFd)> {
+    let fd = nix::fcntl::open(
+        PTMX,
+        OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx("open", PTMX)?;
+    let on_devpts = nix::sys::statfs::fstatfs(&fd)
+        .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::DEVPTS_SUPER_MAGIC);
+    if !on_devpts {
+        return Err(nix::errno::Errno::ENOTTY).ctx("open (not a devpts instance)", PTMX);
+    }
+    let master = raw::pty_master(fd).ctx("TIOCGPTN", PTMX)?;
+    grantpt(&master).ctx("grantpt", PTMX)?;
+    unlockpt(&master).ctx("unlockpt", PTMX)?;
+    let slave = raw::pty_peer(master.as_raw_fd()).ctx("TIOCGPTPEER", PTMX)?;
     Ok((master, slave))
 }
 

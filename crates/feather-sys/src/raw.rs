@@ -84,6 +84,45 @@ pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// pidfd_getfd(2): a duplicate, in the caller, of descriptor `fd` of the process behind `pidfd`
+/// (close-on-exec, as the kernel always makes it). The duplicate refers to the same open file
+/// as the target's descriptor: what the kernel holds, not anything the target could describe.
+pub fn pidfd_getfd(pidfd: RawFd, fd: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: pidfd_getfd takes three integers (flags must be 0) and returns a new descriptor
+    // or -1; it reads and writes no memory of ours.
+    let duplicate = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd, fd, 0) };
+    if duplicate < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the kernel just installed this descriptor in our table; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate as RawFd) })
+}
+
+/// TIOCGPTPEER: opens the slave of the pseudo-terminal master `master` (read-write, no
+/// controlling terminal, close-on-exec) without looking up any path.
+pub fn pty_peer(master: RawFd) -> Result<OwnedFd, Errno> {
+    let flags = libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC;
+    // SAFETY: TIOCGPTPEER takes its open flags as an integer argument and returns a new
+    // descriptor or -1; it reads and writes no memory of ours.
+    let peer = unsafe { libc::ioctl(master, libc::TIOCGPTPEER, flags) };
+    if peer < 0 {
+        return Err(Errno::last());
+    }
+    // SAFETY: the ioctl just opened this descriptor for us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(peer) })
+}
+
+/// Takes `fd` as a pseudo-terminal master, after the kernel confirmed it is one (TIOCGPTN
+/// answers only on a master).
+pub fn pty_master(fd: OwnedFd) -> Result<nix::pty::PtyMaster, Errno> {
+    use std::os::fd::AsRawFd;
+    let mut number: libc::c_uint = 0;
+    // SAFETY: TIOCGPTN writes one unsigned int into the valid, exclusively borrowed `number`.
+    Errno::result(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCGPTN, &mut number) })?;
+    // SAFETY: the kernel just answered TIOCGPTN on `fd`, which only a master does.
+    Ok(unsafe { nix::pty::PtyMaster::from_owned_fd(fd) })
+}
+
 /// pidfd_send_signal(2): signals exactly the process the pidfd refers to.
 pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> Result<(), Errno> {
     // SAFETY: plain integers and a null siginfo, which the kernel fills in itself.
@@ -268,6 +307,29 @@ pub unsafe fn inherited(fd: RawFd) -> Result<OwnedFd, Errno> {
     // SAFETY: the descriptor is open (F_GETFD succeeded) and, by this function's contract, no
     // other value owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// fcntl(F_DUPFD_CLOEXEC): a close-on-exec duplicate of `fd` at the lowest free number not
+/// below `lowest`, owned.
+pub fn duplicate_from(fd: RawFd, lowest: RawFd) -> Result<OwnedFd, Errno> {
+    // SAFETY: F_DUPFD_CLOEXEC takes an integer argument and returns a new descriptor or -1; it
+    // reads and writes no memory of ours.
+    let duplicate = Errno::result(unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, lowest) })?;
+    // SAFETY: the kernel just installed this descriptor in our table; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(duplicate) })
+}
+
+/// The process's own stdin (0), stdout (1) or stderr (2), borrowed for the process's life.
+/// Panics on any other number.
+pub fn standard_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
+    assert!(
+        (0..=2).contains(&fd),
+        "descriptor {fd} is not stdin, stdout or stderr"
+    );
+    // SAFETY: descriptors 0-2 are open from the start of the process (Rust's runtime opens
+    // /dev/null on any that was closed) and feather never closes them, only dup2s onto them,
+    // which keeps the number open.
+    unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }
 
 /// accept4(2): the new connection of a listening socket, owned.

@@ -13,12 +13,17 @@
 //! ```
 //!
 //! The socket is a SOCK_SEQPACKET listener with a kernel-chosen abstract name in the VM's
-//! network namespace; `feather exec` finds the name in `/proc/<init>/net/unix` by the socket's
-//! inode among init's descriptors. CRIU saves and restores it like any listening socket (a
-//! socket pair to the keeper would be an external connection CRIU refuses to dump; a socket
-//! file bound by init, pid 1, CRIU cannot restore). init serves only connections from outside
-//! its pid namespace (the peer pid it sees is 0) made by root: a VM's own processes, root
-//! inside included, cannot ask init to start anything.
+//! network namespace, held by init at descriptor [`COMMAND_FD`]. `feather exec` finds it through
+//! the kernel, by init's identity: it duplicates init's descriptor [`COMMAND_FD`] through init's
+//! pidfd (`pidfd_getfd`), checks that it is a listening unix SOCK_SEQPACKET socket, asks the
+//! kernel for its exact address (`getsockname`), connects, and before sending anything checks
+//! that the peer of its connection is init (`SO_PEERCRED`: the pid that listens is init's). No
+//! text a VM can write (`/proc/net/unix` lists socket names a VM chooses) is read. CRIU saves
+//! and restores the listener like any listening socket, at the same descriptor number (a socket
+//! pair to the keeper would be an external connection CRIU refuses to dump; a socket file bound
+//! by init, pid 1, CRIU cannot restore). init serves only connections from outside its pid
+//! namespace (the peer pid it sees is 0) made by root: a VM's own processes, root inside
+//! included, cannot ask init to start anything.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 
@@ -26,13 +31,18 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::socket::{
-    bind, connect, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
-    UnixAddr,
+    bind, connect, getsockname, getsockopt, listen, socket, sockopt, AddressFamily, Backlog,
+    SockFlag, SockType, UnixAddr,
 };
 use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::workload::{become_workload, Workload};
+
+/// The descriptor number at which init holds its command socket, so that `feather exec` can take
+/// it from init by number (`pidfd_getfd`). High enough that nothing init inherits or opens
+/// before it listens takes it by chance; checked free before use.
+pub const COMMAND_FD: RawFd = 100;
 
 /// The largest message either side sends (a workload's argv and environment).
 pub const MAX_MESSAGE: usize = 128 * 1024;
@@ -81,15 +91,17 @@ struct Session {
 }
 
 impl Commands {
-    /// Opens the command socket. Called by init before it reports ready.
+    /// Opens the command socket at [`COMMAND_FD`]. Called by init before it reports ready.
     pub fn listen() -> Result<Commands, String> {
-        let listener = socket(
+        let socket = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )
         .map_err(|e| format!("command socket: {e}"))?;
+        let listener = feather_sys::process::move_to_free_fd(socket, COMMAND_FD)
+            .map_err(|e| format!("command socket at descriptor {COMMAND_FD}: {e}"))?;
         // An address of the family alone: the kernel picks a free abstract name.
         bind(listener.as_raw_fd(), &UnixAddr::new_unnamed())
             .map_err(|e| format!("bind the command socket: {e}"))?;
@@ -220,10 +232,11 @@ fn start(workload: &Workload, terminal: Option<&str>, fds: Vec<OwnedFd>) -> Resu
     }
 }
 
-/// The exec side: finds the command socket of the VM's init `init` (held by `pidfd`), joins
-/// the VM's network namespace, where its name lives, and connects.
+/// The exec side: takes init's command socket from init itself (`init` held by `pidfd`, whose
+/// start time the caller checked), joins the VM's network namespace, where its abstract name
+/// lives, connects, and proves the connection reached init before anything is sent.
 pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, String> {
-    let name = command_socket_name(init)?;
+    let address = command_socket_address(pidfd)?;
     feather_sys::process::join_namespaces(pidfd, nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| e.to_string())?;
     let fd = socket(
@@ -233,41 +246,49 @@ pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, String> 
         None,
     )
     .map_err(|e| format!("socket: {e}"))?;
-    let address = UnixAddr::new_abstract(&name).map_err(|e| e.to_string())?;
     connect(fd.as_raw_fd(), &address).map_err(|e| format!("connect to init's socket: {e}"))?;
+    // The peer's credentials are the listener's, taken by the kernel when it called listen():
+    // its pid, as this (host) pid namespace sees it, must be init's.
+    let peer = getsockopt(&fd, sockopt::PeerCredentials)
+        .map_err(|e| format!("SO_PEERCRED on init's socket: {e}"))?;
+    if peer.pid() != init.as_raw() {
+        return Err(format!(
+            "the socket at init's address is not init's (its listener is pid {}, init is {init})",
+            peer.pid()
+        ));
+    }
     Ok(fd)
 }
 
-/// The abstract name of init's command socket: the listening SOCK_SEQPACKET socket among its
-/// descriptors, as its network namespace's `/proc/net/unix` lists it.
-fn command_socket_name(init: Pid) -> Result<Vec<u8>, String> {
-    let fd_dir = format!("/proc/{init}/fd");
-    let inodes: Vec<String> = std::fs::read_dir(&fd_dir)
-        .map_err(|e| format!("{fd_dir}: {e}"))?
-        .filter_map(|entry| std::fs::read_link(entry.ok()?.path()).ok())
-        .filter_map(|target| {
-            let target = target.to_string_lossy();
-            Some(
-                target
-                    .strip_prefix("socket:[")?
-                    .strip_suffix(']')?
-                    .to_owned(),
-            )
-        })
-        .collect();
-    let table = format!("/proc/{init}/net/unix");
-    let sockets = std::fs::read_to_string(&table).map_err(|e| format!("{table}: {e}"))?;
-    // Num RefCount Protocol Flags Type St Inode Path; Flags 00010000: listening; Type 0005:
-    // SOCK_SEQPACKET.
-    sockets
-        .lines()
-        .skip(1)
-        .map(|line| line.split_whitespace().collect::<Vec<_>>())
-        .find(|f| {
-            f.len() == 8 && f[3] == "00010000" && f[4] == "0005" && inodes.iter().any(|i| i == f[6])
-        })
-        .and_then(|f| f[7].strip_prefix('@').map(|name| name.as_bytes().to_vec()))
-        .ok_or_else(|| "its init has no command socket (is the VM stopping?)".to_owned())
+/// The exact abstract address of init's command socket, from the kernel: a duplicate of init's
+/// descriptor [`COMMAND_FD`] must be a listening unix SOCK_SEQPACKET socket, and its own name
+/// is what `getsockname` answers.
+fn command_socket_address(pidfd: &impl AsFd) -> Result<UnixAddr, String> {
+    let stopping = "its init has no command socket (is the VM stopping?)";
+    let listener = feather_sys::process::take_fd(pidfd, COMMAND_FD).map_err(|e| match e.errno {
+        // pidfd_getfd asks for ptrace access to init, which Yama's mode 3 refuses even root.
+        nix::errno::Errno::EPERM => format!(
+            "cannot take init's command socket ({e}); is ptrace disabled on this host \
+             (kernel.yama.ptrace_scope = 3)? feather exec needs root's ptrace access to the VM's init"
+        ),
+        _ => format!("{stopping}: {e}"),
+    })?;
+    let is_listening_seqpacket = getsockopt(&listener, sockopt::SockType)
+        .is_ok_and(|t| t == SockType::SeqPacket)
+        && getsockopt(&listener, sockopt::AcceptConn).unwrap_or(false);
+    if !is_listening_seqpacket {
+        return Err(format!(
+            "{stopping}: its descriptor {COMMAND_FD} is not a listening SOCK_SEQPACKET socket"
+        ));
+    }
+    let address: UnixAddr = getsockname(listener.as_raw_fd())
+        .map_err(|e| format!("getsockname of init's socket: {e}"))?;
+    if address.as_abstract().is_none() {
+        return Err(format!(
+            "{stopping}: its descriptor {COMMAND_FD} has no abstract unix address"
+        ));
+    }
+    Ok(address)
 }
 
 /// Sends one message with `fds` attached. E2BIG if it is longer than [`MAX_MESSAGE`].

@@ -1,12 +1,12 @@
 //! `feather exec`: runs a program inside a running VM. The program is started by the VM's init
 //! (see [`crate::commands`]), so it descends from init like every other process of the VM: it
 //! shares the VM's namespaces, cgroup, confinement and Landlock domain. This side sends the
-//! request with its stdin, stdout and stderr (or, with `-t`, a terminal of the VM's devpts),
-//! relays signals and the terminal, and returns the program's exit code.
+//! request with the VM's ends of three pipes it owns (see [`crate::relay`]) or, with `-t`, a
+//! terminal of the VM's devpts — never a descriptor of its caller —, relays signals and the
+//! program's stdio, and returns the program's exit code.
 
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::OpenOptionsExt;
 
 use feather_core::{Error, StateRoot, VmName, VmStatus};
 use feather_sys::process;
@@ -19,6 +19,7 @@ use nix::unistd::Pid;
 
 use crate::commands::{self, FromInit, ToInit};
 use crate::error::{failed, InVm, Result};
+use crate::relay::{ready_slots, Relay, Slot};
 use crate::workload::Workload;
 
 /// Exit code when feather itself could not run the command (as `docker exec` uses).
@@ -54,9 +55,23 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
         workload: workload.clone(),
         terminal: terminal.as_ref().map(|t| t.term.clone()),
     };
-    let fds = match &terminal {
-        Some(t) => [t.slave.as_ref().map_or(-1, |s| s.as_raw_fd()); 3],
-        None => [0, 1, 2],
+    let (streams, vm_ends) = match terminal {
+        Some(mut t) => {
+            let slave = t.slave.take();
+            (
+                Streams::Terminal(t),
+                slave.map(|s| [s]).into_iter().flatten().collect(),
+            )
+        }
+        None => {
+            let (ends, relay) = crate::relay::pipes()
+                .map_err(|e| failed(name, format!("cannot make the command's pipes: {e}")))?;
+            (Streams::Pipes(relay), Vec::from(ends))
+        }
+    };
+    let fds: Vec<i32> = match vm_ends.as_slice() {
+        [terminal] => vec![terminal.as_raw_fd(); 3],
+        ends => ends.iter().map(|fd| fd.as_raw_fd()).collect(),
     };
     commands::send(&channel, &request, &fds).map_err(|e| match e {
         nix::errno::Errno::E2BIG => failed(
@@ -71,14 +86,23 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
             format!("cannot ask the VM's init to run the command: {e}"),
         ),
     })?;
-    let mut terminal = terminal;
-    if let Some(t) = terminal.as_mut() {
-        // Only the program holds the terminal now: its end shows as the master's end.
-        t.close_slave();
-    }
+    // Only the program holds the VM's ends now: their end shows as the end of its stdio.
+    drop(vm_ends);
     match commands::receive::<FromInit>(&channel) {
         Ok(Some((FromInit::Started { .. }, _))) => {}
         Ok(Some((FromInit::Failed { message }, _))) => return Err(failed(name, message)),
+        Ok(Some((other, _))) => {
+            return Err(failed(
+                name,
+                format!("the VM's init answered {other:?} where Started or Failed was expected"),
+            ))
+        }
+        Err(nix::errno::Errno::EBADMSG) => {
+            return Err(failed(
+                name,
+                "the VM's init answered something that is not a FromInit message (Started or Failed expected)",
+            ))
+        }
         _ => {
             return Err(failed(
                 name,
@@ -86,7 +110,7 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
             ))
         }
     }
-    wait_and_relay(&channel, &signals, terminal).ok_or_else(|| {
+    wait_and_relay(&channel, &signals, streams).ok_or_else(|| {
         failed(
             name,
             "stopped while the command ran; its exit status is unknown",
@@ -105,85 +129,95 @@ const HANDLED: [Signal; 7] = [
     Signal::SIGWINCH,
 ];
 
-/// Waits for init to report the program's end, forwarding signals to it and, with a terminal,
-/// copying between the user's terminal and the VM's. Returns the program's exit code (128 +
-/// signal if killed), or `None` if init went away first.
-fn wait_and_relay(
-    channel: &OwnedFd,
-    signals: &SignalFd,
-    mut terminal: Option<Terminal>,
-) -> Option<i32> {
-    let stdin = std::io::stdin();
-    let mut stdin_open = terminal.is_some();
+/// The program's stdio as this side relays it.
+enum Streams {
+    Terminal(Terminal),
+    Pipes(Relay),
+}
+
+/// Waits for init to report the program's end, forwarding signals to it and copying between
+/// the caller's stdio and the program's (a terminal of the VM, or the pipes). Returns the
+/// program's exit code (128 + signal if killed) once its output is copied out, or `None` if
+/// init went away first.
+fn wait_and_relay(channel: &OwnedFd, signals: &SignalFd, mut streams: Streams) -> Option<i32> {
     let mut code = None;
     let mut channel_open = true;
     loop {
-        if let Some(code) = code {
-            if terminal.as_ref().is_none_or(|t| !t.master_open) {
-                return Some(code);
+        match (&mut streams, code) {
+            (Streams::Pipes(relay), Some(_)) => {
+                relay.finish();
+                return code;
             }
-        } else if !channel_open {
-            return None;
+            (Streams::Terminal(t), Some(_)) if !t.master_open => return code,
+            (Streams::Pipes(relay), None) if !channel_open => {
+                relay.finish();
+                return None;
+            }
+            (Streams::Terminal(_), None) if !channel_open => return None,
+            _ => {}
         }
-        let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-        if channel_open {
+        let (signalled, message, ready, quiet) = {
+            let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
             fds.push(PollFd::new(channel.as_fd(), PollFlags::POLLIN));
-        }
-        if let Some(t) = &terminal {
-            if t.master_open {
-                fds.push(PollFd::new(t.master.as_fd(), PollFlags::POLLIN));
-            }
-            if stdin_open {
-                fds.push(PollFd::new(stdin.as_fd(), PollFlags::POLLIN));
-            }
-        }
-        let timeout = if code.is_some() {
-            PollTimeout::from(100u16)
-        } else {
-            PollTimeout::NONE
+            let slots = match &streams {
+                Streams::Terminal(t) => {
+                    fds.extend(t.poll_fds());
+                    Vec::new()
+                }
+                Streams::Pipes(relay) => {
+                    let (slots, relayed): (Vec<Slot>, Vec<PollFd>) =
+                        relay.poll_fds().into_iter().unzip();
+                    fds.extend(relayed);
+                    slots
+                }
+            };
+            // After the program's end, a terminal is read until it stays quiet a moment.
+            let timeout = if code.is_some() {
+                PollTimeout::from(100u16)
+            } else {
+                PollTimeout::NONE
+            };
+            let quiet = poll(&mut fds, timeout).unwrap_or(0) == 0;
+            let is_ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+            let terminal_ready: Vec<bool> = fds[2..].iter().map(is_ready).collect();
+            let ready = match &streams {
+                Streams::Terminal(_) => Ready::Terminal(terminal_ready),
+                Streams::Pipes(_) => Ready::Pipes(ready_slots(&slots, &fds[2..])),
+            };
+            (is_ready(&fds[0]), is_ready(&fds[1]), ready, quiet)
         };
-        if poll(&mut fds, timeout).unwrap_or(0) == 0 && code.is_some() {
+        if quiet && code.is_some() {
             return code;
         }
-        let readable: Vec<bool> = fds
-            .iter()
-            .map(|fd| fd.revents().is_some_and(|r| !r.is_empty()))
-            .collect();
-        drop(fds);
-        let mut next = 1;
-        if readable[0] {
+        if signalled {
             if let Ok(Some(info)) = signals.read_signal() {
-                handle_signal(channel, info.ssi_signo as i32, terminal.as_ref());
+                let terminal = match &streams {
+                    Streams::Terminal(t) => Some(t),
+                    Streams::Pipes(_) => None,
+                };
+                handle_signal(channel, info.ssi_signo as i32, terminal);
             }
         }
-        if channel_open {
-            if readable[next] {
-                match commands::receive::<FromInit>(channel) {
-                    Ok(Some((FromInit::Exited { code: exited }, _))) => code = Some(exited),
-                    Ok(Some(_)) => {}
-                    Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
-                    Ok(None) | Err(_) => channel_open = false,
-                }
+        if message && channel_open {
+            match commands::receive::<FromInit>(channel) {
+                Ok(Some((FromInit::Exited { code: exited }, _))) => code = Some(exited),
+                Ok(Some(_)) => {}
+                Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
+                Ok(None) | Err(_) => channel_open = false,
             }
-            next += 1;
         }
-        if let Some(t) = terminal.as_mut() {
-            if t.master_open {
-                if readable.get(next) == Some(&true)
-                    && !copy(t.master.as_fd(), std::io::stdout().as_fd())
-                {
-                    t.master_open = false;
-                }
-                next += 1;
-            }
-            if stdin_open
-                && readable.get(next) == Some(&true)
-                && !copy(stdin.as_fd(), t.master.as_fd())
-            {
-                stdin_open = false;
-            }
+        match (&mut streams, ready) {
+            (Streams::Terminal(t), Ready::Terminal(ready)) => t.handle(&ready),
+            (Streams::Pipes(relay), Ready::Pipes(ready)) => relay.handle(&ready),
+            _ => {}
         }
     }
+}
+
+/// What poll found ready among the streams' descriptors.
+enum Ready {
+    Terminal(Vec<bool>),
+    Pipes(Vec<Slot>),
 }
 
 /// Acts on one signal: a new window size goes to the terminal, the others to the program.
@@ -224,26 +258,22 @@ struct Terminal {
     slave: Option<OwnedFd>,
     term: String,
     master_open: bool,
+    /// Whether the caller's stdin may still give more.
+    stdin_open: bool,
     saved: Option<Termios>,
 }
 
 impl Terminal {
     fn open() -> std::result::Result<Terminal, String> {
-        let (master, slave_path) =
+        let (master, slave) =
             pty::open_pair().map_err(|e| format!("cannot open a terminal in the VM: {e}"))?;
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
-        let slave: OwnedFd = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .custom_flags(nix::libc::O_NOCTTY)
-            .open(&slave_path)
-            .map_err(|e| format!("cannot open the VM's terminal {slave_path}: {e}"))?
-            .into();
         let mut terminal = Terminal {
             master,
             slave: Some(slave),
             term,
             master_open: true,
+            stdin_open: true,
             saved: None,
         };
         let stdin = std::io::stdin();
@@ -265,10 +295,35 @@ impl Terminal {
         }
     }
 
-    /// Closes this side's copy of the program's end, so that the master sees the program
-    /// close the terminal.
-    fn close_slave(&mut self) {
-        self.slave = None;
+    /// The descriptors to poll: the master while open, then the caller's stdin while open.
+    fn poll_fds(&self) -> Vec<PollFd<'_>> {
+        let master = self
+            .master_open
+            .then(|| PollFd::new(self.master.as_fd(), PollFlags::POLLIN));
+        let stdin = self
+            .stdin_open
+            .then(|| PollFd::new(process::standard_fd(0), PollFlags::POLLIN));
+        master.into_iter().chain(stdin).collect()
+    }
+
+    /// Copies between the caller's terminal and the VM's, as [`Terminal::poll_fds`] found them
+    /// ready.
+    fn handle(&mut self, ready: &[bool]) {
+        let mut next = 0;
+        if self.master_open {
+            if ready.get(next) == Some(&true)
+                && !copy(self.master.as_fd(), std::io::stdout().as_fd())
+            {
+                self.master_open = false;
+            }
+            next += 1;
+        }
+        if self.stdin_open
+            && ready.get(next) == Some(&true)
+            && !copy(std::io::stdin().as_fd(), self.master.as_fd())
+        {
+            self.stdin_open = false;
+        }
     }
 }
 

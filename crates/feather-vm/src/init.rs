@@ -29,7 +29,8 @@ pub struct InitPlan {
     pub workload: Option<Workload>,
     /// How long processes get between SIGTERM and SIGKILL when the VM stops.
     pub grace: Duration,
-    /// Whether init keeps the keeper's stdin/stdout/stderr (a foreground run) or detaches them.
+    /// Whether init keeps the stdin/stdout/stderr the keeper gave it (a foreground run: pipes the
+    /// keeper relays, never the caller's own descriptors) or detaches them.
     pub attached: bool,
     /// What the VM's config relaxes or adds to the seccomp filter.
     pub seccomp: feather_confine::seccomp::Profile,
@@ -200,11 +201,10 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
 /// Everything before init starts supervising: the cgroup view, the root, the seccomp filter
 /// and the capability set.
 fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
-    // A detached VM is a session of its own, led by its init: nothing of it belongs to a
-    // session outside (which would also keep it from being checkpointed).
-    if !plan.attached {
-        nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
-    }
+    // Every VM is a session of its own, led by its init: nothing of it belongs to a session
+    // outside (which would also keep it from being checkpointed), and a foreground run's VM has
+    // no controlling terminal of the caller's that its processes could open as /dev/tty.
+    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
     // The cgroup namespace is made now, after the keeper moved us into the VM's group, so that
     // the VM sees its own group as the root of the hierarchy.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
@@ -315,9 +315,8 @@ fn supervise(
                     return code;
                 }
             }
-            // A terminal's interrupt reaches the workload directly (it shares the foreground
-            // process group); forwarding it as well would deliver it twice.
-            (Signal::SIGINT | Signal::SIGQUIT, Some(_)) => {}
+            // The keeper forwards what the caller's terminal sent it (Ctrl-C included): the VM
+            // is a session of its own, which no host terminal signals directly.
             (signal, Some(pid)) => {
                 let _ = kill(pid, signal);
             }

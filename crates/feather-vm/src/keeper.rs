@@ -35,6 +35,7 @@ use crate::error::{failed, InVm, Result};
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
 use crate::protocol::{self, Request, Response};
+use crate::relay::VmEnds;
 use crate::rootfs::RootfsPlan;
 use crate::workload::Workload;
 
@@ -143,13 +144,17 @@ pub struct Ended {
 }
 
 impl Keeper {
-    /// Builds and starts the VM. On failure nothing it made is left behind.
+    /// Builds and starts the VM. On failure nothing it made is left behind. `stdio`: for a
+    /// foreground run, the VM's ends of the pipes this process relays (see [`crate::relay`]),
+    /// which become init's and so the first workload's stdin, stdout and stderr; without, init's
+    /// stdio is the VM's /dev/null. Never the caller's own descriptors.
     pub fn boot(
         root: &StateRoot,
         vm: &VmDir,
         workload: Option<Workload>,
-        attached: bool,
+        stdio: Option<VmEnds>,
     ) -> Result<Keeper> {
+        let attached = stdio.is_some();
         let name = vm.name().clone();
         let lock = vm
             .lock_keeper()?
@@ -204,10 +209,11 @@ impl Keeper {
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
         }
-        let booted = start_init(&name, cgroup.as_ref(), &network, plan).and_then(|started| {
-            let listener = listen(vm)?;
-            Ok((started, listener))
-        });
+        let booted =
+            start_init(&name, cgroup.as_ref(), &network, plan, stdio).and_then(|started| {
+                let listener = listen(vm)?;
+                Ok((started, listener))
+            });
         let ((init, init_waits), listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
@@ -396,8 +402,8 @@ impl Keeper {
                     .flatten()
                     .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok());
                 match signal {
-                    // A terminal's interrupt already reached the workload (same process group).
-                    Some(Signal::SIGINT | Signal::SIGQUIT) if foreground => {}
+                    // The VM is a session of its own, out of reach of the caller's terminal:
+                    // its interrupt (Ctrl-C) reaches only this process, and goes on from here.
                     Some(signal) if foreground => {
                         let _ = process::signal(&self.init.pidfd, signal);
                     }
@@ -605,11 +611,13 @@ pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
 }
 
 /// Clones init into the VM's namespaces, moves it into the cgroup, and waits for its report.
+/// `stdio`: init's stdin, stdout and stderr (else it keeps this process's until it detaches).
 fn start_init(
     name: &VmName,
     cgroup: Option<&Cgroup>,
     network: &feather_net::Attachment,
     plan: InitPlan,
+    stdio: Option<VmEnds>,
 ) -> Result<(ChildProcess, UnixStream)> {
     let (mut ours, theirs) =
         UnixStream::pair().map_err(|e| failed(name, format!("socketpair: {e}")))?;
@@ -621,11 +629,22 @@ fn start_init(
     let init = match process::fork_into(namespaces).in_vm(name)? {
         Forked::Child => {
             drop(ours);
+            if let Some([stdin, stdout, stderr]) = &stdio {
+                let taken = nix::unistd::dup2_stdin(stdin)
+                    .and_then(|_| nix::unistd::dup2_stdout(stdout))
+                    .and_then(|_| nix::unistd::dup2_stderr(stderr));
+                if taken.is_err() {
+                    std::process::exit(1);
+                }
+            }
+            drop(stdio);
             process::close_other_fds(&[std::os::fd::AsRawFd::as_raw_fd(&theirs)]);
             init::run(plan, theirs)
         }
         Forked::Parent(init) => init,
     };
+    // Only init holds the VM's ends now: their end is the end of everything in the VM.
+    drop(stdio);
     drop(theirs);
     let mut boot = || -> Result<()> {
         if let Some(cgroup) = cgroup {
@@ -716,7 +735,7 @@ pub fn main_background(
     let mut keeper = match if restore {
         Keeper::restore(&root, &vm)
     } else {
-        Keeper::boot(&root, &vm, None, false)
+        Keeper::boot(&root, &vm, None, None)
     } {
         Ok(keeper) => keeper,
         Err(e) => {

@@ -25,6 +25,7 @@ pub mod layers;
 pub mod lifecycle;
 pub mod peers;
 pub mod protocol;
+pub mod relay;
 pub mod rootfs;
 pub mod workload;
 

@@ -316,8 +316,11 @@ pub fn run_ephemeral(
         ephemeral: true,
         ..options.clone()
     };
+    // The workload's stdio: pipes this process relays, never the caller's own descriptors.
+    let (ends, relay) = crate::relay::pipes()
+        .map_err(|e| failed(name, format!("cannot make the command's pipes: {e}")))?;
     let vm = create(root, name, &options)?;
-    let mut keeper = match Keeper::boot(root, &vm, Some(workload), true) {
+    let mut keeper = match Keeper::boot(root, &vm, Some(workload), Some(ends)) {
         Ok(keeper) => keeper,
         Err(e) => {
             if let Ok(config) = vm.read_config() {
@@ -327,8 +330,17 @@ pub fn run_ephemeral(
             return Err(e);
         }
     };
+    // The relay runs beside the keeper's loop; it is started once init is cloned (a clone
+    // must come from a single-threaded process).
+    let relaying = relay
+        .spawn()
+        .map_err(|e| failed(name, format!("cannot relay stdio: {e}")));
     keeper.begin(root, starting_terminal());
-    Ok(keeper.serve(true)?.code)
+    let ended = keeper.serve(true);
+    if let Ok(relaying) = relaying {
+        relaying.finish();
+    }
+    Ok(ended?.code)
 }
 
 /// `feather run --rm -t`: the command needs a terminal of the VM's own devpts, which exists only

@@ -4,6 +4,7 @@
 use std::fs;
 use std::io::Write;
 use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
 use nix::errno::Errno;
@@ -26,14 +27,32 @@ pub(super) fn kernel_operations(p: &Published) -> Vec<(&'static str, Outcome)> {
     out.push(("dbus-system", dbus(p)));
     out.push(("dbus-session", dbus_session(p)));
     out.push(("netlink-uevent", uevents()));
+    // The terminal the host gave the client (its stdin), or else its controlling terminal: the
+    // host terminal of the user who ran `feather exec`, if any reached the VM. feather gives a
+    // command pipes of its own and a session of the VM's, so none should.
     let stdin_is_tty = nix::unistd::isatty(std::io::stdin()).unwrap_or(false);
+    let controlling = (!stdin_is_tty)
+        .then(|| {
+            fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .custom_flags(libc::O_NOCTTY)
+                .open("/dev/tty")
+                .ok()
+        })
+        .flatten();
+    let terminal = if stdin_is_tty {
+        Some(0)
+    } else {
+        controlling.as_ref().map(|tty| tty.as_raw_fd())
+    };
     for (channel, request) in [("tiocsti", libc::TIOCSTI), ("tioclinux", libc::TIOCLINUX)] {
         out.push((
             channel,
-            if stdin_is_tty {
+            if let Some(terminal) = terminal {
                 // TIOCSTI pushes one harmless byte (NUL); TIOCLINUX asks for the shift state (6).
                 let byte = if channel == "tiocsti" { 0 } else { 6 };
-                match raw::tty_ioctl(0, request, byte) {
+                match raw::tty_ioctl(terminal, request, byte) {
                     Ok(()) => reached(format!("{channel} on the host terminal succeeded")),
                     Err(Errno::ENOTTY | Errno::EINVAL) => {
                         Outcome::new(Kind::Refused, format!("{channel}: not a virtual console"))
@@ -41,7 +60,10 @@ pub(super) fn kernel_operations(p: &Published) -> Vec<(&'static str, Outcome)> {
                     Err(e) => Outcome::from_errno(channel, e),
                 }
             } else {
-                Outcome::new(Kind::NotApplicable, "stdin is not a terminal")
+                Outcome::new(
+                    Kind::Invisible,
+                    "no host terminal reaches the VM (stdin is not a terminal, no controlling terminal)",
+                )
             },
         ));
     }
