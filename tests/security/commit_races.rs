@@ -422,10 +422,18 @@ fn a_sparse_file_stays_sparse_when_committed_and_diff_shows_its_size() {
 fn commit_refuses_a_running_vm_it_cannot_freeze() {
     let feather = Feather::new("commit-nocgroup");
     let base = ScratchBase::new("commit-nocgroup");
-    // A throw-away VM without limits has no cgroup.
+    // A throw-away VM without any limit (not even the default pids limit) has no cgroup.
     let mut child = feather
         .command()
-        .args(["run", "--rm", "tmp", "--base", base.as_str()])
+        .args([
+            "run",
+            "--rm",
+            "tmp",
+            "--pids",
+            "max",
+            "--base",
+            base.as_str(),
+        ])
         .args(["--", "sh", "-c", "echo vm > /data/new; sleep 3"])
         .stdout(std::process::Stdio::null())
         .spawn()

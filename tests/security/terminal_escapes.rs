@@ -122,3 +122,34 @@ fn audit_escapes_what_a_vm_asked_for_and_json_keeps_it_exact() {
         serde_json::from_str(feather.ok(&["audit", "--json"]).trim()).unwrap();
     assert_eq!(json["object"], object);
 }
+
+#[test]
+fn service_commands_escape_what_the_vm_prints_for_them() {
+    // `feather service …` runs its client inside the VM, from the VM's own view of feather's
+    // binary: a VM's root may replace it with anything. Here it prints escape sequences and a
+    // line meant to hide the one before it.
+    let feather = Feather::new("escape-service");
+    let base = crate::support::ScratchBase::new("escape-service");
+    let client = base.file(Feather::bin().trim_start_matches('/'));
+    fs::create_dir_all(client.parent().unwrap()).unwrap();
+    fs::write(
+        &client,
+        "#!/bin/sh\nprintf 'nginx failed\\n\\033[1A\\033[2Knginx running\\n'\n\
+         printf 'bidi \\342\\200\\256 and \\033]0;title\\007 on stderr\\n' >&2\n",
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&client, fs::Permissions::from_mode(0o755)).unwrap();
+    feather.start_over("vm", &base, &["--net", "none"]);
+
+    let shown = feather.run(&["service", "ls", "vm"]);
+    assert_no_controls("service ls (stdout)", &shown.stdout);
+    assert_no_controls("service ls (stderr)", &shown.stderr);
+    assert!(
+        shown.stdout.contains("nginx failed\n") && shown.stdout.contains("\\x1b[1A"),
+        "every line shown, the sequences visible: {shown:?}"
+    );
+    // --json is for programs: exact, as the client printed it.
+    let exact = feather.run(&["service", "ls", "vm", "--json"]);
+    assert!(exact.stdout.contains("\x1b[1A"), "{exact:?}");
+}

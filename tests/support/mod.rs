@@ -630,6 +630,7 @@ impl Drop for HostDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
     }
+}
 
 /// The host pids of every process of running VM `vm` (init included), from `feather ps`.
 pub fn vm_host_pids(feather: &Feather, vm: &str) -> Vec<i32> {

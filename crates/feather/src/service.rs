@@ -9,7 +9,7 @@ use anyhow::Context;
 use feather_core::{StateRoot, VmName};
 use feather_svc::manager::protocol::{FreshState, Request, Response};
 use feather_svc::manager::{self};
-use feather_vm::exec::exec;
+use feather_vm::exec::{exec, exec_escaping_output};
 use feather_vm::workload::Workload;
 
 use crate::cli::{ServiceClientArgs, ServiceCommand};
@@ -113,7 +113,13 @@ fn call_in_vm(
         argv,
         ..Workload::default()
     };
-    let code = exec(root, &name, &workload, false)?;
+    // The client runs inside the VM, so what it prints is the VM's to choose: shown escaped,
+    // as everything else a VM wrote; JSON is for programs and stays exact.
+    let code = if json {
+        exec(root, &name, &workload, false)?
+    } else {
+        exec_escaping_output(root, &name, &workload)?
+    };
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
