@@ -290,7 +290,7 @@ pub fn ipc_matrix(matrix: &feather_ipcprobe::Matrix) {
     }
     println!("{t}");
     for note in &matrix.notes {
-        println!("{note}");
+        println!("{}", shown(note));
     }
     let failures = matrix.failures();
     if failures.is_empty() {
@@ -298,11 +298,12 @@ pub fn ipc_matrix(matrix: &feather_ipcprobe::Matrix) {
     }
     for (row, cell) in failures {
         let what = if cell.is_leak() { "LEAK" } else { "BROKEN" };
+        // The detail is what a probe inside a VM reported: the VM's to choose.
         println!(
             "{what}: {} {}: {}",
             row.channel,
             cell.direction.label(),
-            cell.outcome.detail
+            shown(&cell.outcome.detail)
         );
     }
 }
