@@ -14,8 +14,17 @@ pub struct Context<'a> {
     pub root: &'a Path,
 }
 
+/// A `%` that systemd would not accept; the caller adds the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecifierError {
+    #[error("{0:?} ends with a lone '%' (write %% for a percent sign)")]
+    LonePercent(String),
+    #[error("unknown specifier %{specifier} in {text:?} (write %% for a percent sign)")]
+    Unknown { specifier: char, text: String },
+}
+
 /// Replaces every `%x` in `text`. An unknown specifier is an error, as in systemd.
-pub fn expand(text: &str, context: &Context) -> Result<String, String> {
+pub fn expand(text: &str, context: &Context) -> Result<String, SpecifierError> {
     if !text.contains('%') {
         return Ok(text.to_owned());
     }
@@ -28,9 +37,7 @@ pub fn expand(text: &str, context: &Context) -> Result<String, String> {
             continue;
         }
         let Some(spec) = chars.next() else {
-            return Err(format!(
-                "{text:?} ends with a lone '%' (write %% for a percent sign)"
-            ));
+            return Err(SpecifierError::LonePercent(text.to_owned()));
         };
         let instance = unit.instance().unwrap_or("");
         let value: String = match spec {
@@ -82,9 +89,10 @@ pub fn expand(text: &str, context: &Context) -> Result<String, String> {
             'a' => std::env::consts::ARCH.replace('_', "-"),
             'o' | 'w' | 'B' | 'W' | 'M' | 'A' => os_release(context.root, spec),
             other => {
-                return Err(format!(
-                    "unknown specifier %{other} in {text:?} (write %% for a percent sign)"
-                ))
+                return Err(SpecifierError::Unknown {
+                    specifier: other,
+                    text: text.to_owned(),
+                })
             }
         };
         out.push_str(&value);
@@ -125,7 +133,7 @@ fn os_release(root: &Path, spec: char) -> String {
 mod tests {
     use super::*;
 
-    fn expand_for(unit: &str, text: &str) -> Result<String, String> {
+    fn expand_for(unit: &str, text: &str) -> Result<String, SpecifierError> {
         let name = UnitName::parse(unit).unwrap();
         let context = Context {
             unit: &name,
@@ -167,7 +175,11 @@ mod tests {
     fn unknown_and_dangling_specifiers_are_errors() {
         assert!(expand_for("a.service", "100%")
             .unwrap_err()
+            .to_string()
             .contains("lone '%'"));
-        assert!(expand_for("a.service", "%z").unwrap_err().contains("%z"));
+        assert!(expand_for("a.service", "%z")
+            .unwrap_err()
+            .to_string()
+            .contains("%z"));
     }
 }

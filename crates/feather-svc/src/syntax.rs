@@ -22,12 +22,34 @@ pub struct Assignment {
     pub line: usize,
 }
 
+/// A line systemd would not read; [`SvcError::Syntax`] adds the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntaxError {
+    #[error(".include is no longer supported by systemd; use a drop-in instead")]
+    Include,
+    #[error("invalid section header {0:?}: missing ']'")]
+    UnclosedSection(String),
+    #[error("invalid section header {0:?}")]
+    BadSection(String),
+    #[error("assignment {0:?} outside of any [Section]")]
+    OutsideSection(String),
+    #[error("missing '=' in {0:?}")]
+    MissingEquals(String),
+    #[error("assignment {0:?} has no key")]
+    NoKey(String),
+    /// In a SysV script's LSB header.
+    #[error("a line inside the LSB header does not start with '#'")]
+    LsbLineWithoutHash,
+    #[error("### BEGIN INIT INFO without ### END INIT INFO")]
+    LsbUnterminated,
+}
+
 /// Splits a unit file into its assignments, in order. `path` only names the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Assignment>> {
-    let error = |line: usize, message: String| SvcError::Syntax {
+    let error = |line: usize, problem: SyntaxError| SvcError::Syntax {
         path: path.to_path_buf(),
         line,
-        message,
+        problem,
     };
     let mut assignments = Vec::new();
     let mut section: Option<String> = None;
@@ -71,33 +93,33 @@ fn line(
     number: usize,
     section: &mut Option<String>,
     assignments: &mut Vec<Assignment>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), SyntaxError> {
     let text = text.trim();
     if text.is_empty() || text.starts_with(['#', ';']) {
         return Ok(());
     }
     if text.starts_with(".include ") {
-        return Err(".include is no longer supported by systemd; use a drop-in instead".into());
+        return Err(SyntaxError::Include);
     }
     if let Some(rest) = text.strip_prefix('[') {
         let Some(name) = rest.strip_suffix(']') else {
-            return Err(format!("invalid section header {text:?}: missing ']'"));
+            return Err(SyntaxError::UnclosedSection(text.to_owned()));
         };
         if name.is_empty() || name.contains(['[', ']']) {
-            return Err(format!("invalid section header {text:?}"));
+            return Err(SyntaxError::BadSection(text.to_owned()));
         }
         *section = Some(name.to_owned());
         return Ok(());
     }
     let Some(section) = section else {
-        return Err(format!("assignment {text:?} outside of any [Section]"));
+        return Err(SyntaxError::OutsideSection(text.to_owned()));
     };
     let Some((key, value)) = text.split_once('=') else {
-        return Err(format!("missing '=' in {text:?}"));
+        return Err(SyntaxError::MissingEquals(text.to_owned()));
     };
     let key = key.trim();
     if key.is_empty() {
-        return Err(format!("assignment {text:?} has no key"));
+        return Err(SyntaxError::NoKey(text.to_owned()));
     }
     assignments.push(Assignment {
         section: section.clone(),

@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::error::{IoAt, Result, SvcError};
 use crate::name::UnitName;
+use crate::syntax::SyntaxError;
 use crate::unit::{KillMode, ServiceType, Unit};
 use crate::words::ExecCommand;
 
@@ -175,7 +176,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SysvScript> {
             return Err(SvcError::Syntax {
                 path: path.to_path_buf(),
                 line: index + 1,
-                message: "a line inside the LSB header does not start with '#'".into(),
+                problem: SyntaxError::LsbLineWithoutHash,
             });
         };
         // A line starting with a tab or two spaces continues the previous field.
@@ -213,7 +214,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SysvScript> {
         Some(line) => Err(SvcError::Syntax {
             path: path.to_path_buf(),
             line,
-            message: "### BEGIN INIT INFO without ### END INIT INFO".into(),
+            problem: SyntaxError::LsbUnterminated,
         }),
         None => Ok(script),
     }

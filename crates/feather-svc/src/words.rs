@@ -5,6 +5,33 @@
 
 use serde::{Deserialize, Serialize};
 
+/// A value that cannot be split into words or commands; the caller adds the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum WordError {
+    #[error("unterminated {0} quote")]
+    UnterminatedQuote(char),
+    #[error("a lone backslash at the end")]
+    LoneBackslash,
+    #[error("invalid octal escape \\{0}")]
+    InvalidOctalEscape(char),
+    #[error("\\0 (a NUL byte) cannot be passed to a program")]
+    NulByte,
+    #[error("invalid escape \\{0}")]
+    InvalidEscape(char),
+    #[error("no command given")]
+    NoCommand,
+    #[error("prefix {prefix_char:?} given twice in {prefix:?}")]
+    PrefixTwice { prefix_char: char, prefix: String },
+    #[error("prefixes '+' and '!' cannot be combined")]
+    PrefixesCombined,
+    #[error("the command path is empty")]
+    EmptyPath,
+    #[error("'@' needs argv[0] after {0}")]
+    MissingArgv0(String),
+    #[error("invalid environment assignment {0:?}")]
+    InvalidAssignment(String),
+}
+
 /// How strictly words are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Escapes {
@@ -24,7 +51,7 @@ struct Word {
 }
 
 /// Splits `value` into words, removing quotes and resolving C escapes.
-pub fn split(value: &str, escapes: Escapes) -> Result<Vec<String>, String> {
+pub fn split(value: &str, escapes: Escapes) -> Result<Vec<String>, WordError> {
     let mut chars = value.chars().peekable();
     let mut words = Vec::new();
     while let Some(word) = next_word(&mut chars, escapes)? {
@@ -36,7 +63,7 @@ pub fn split(value: &str, escapes: Escapes) -> Result<Vec<String>, String> {
 fn next_word(
     chars: &mut std::iter::Peekable<std::str::Chars>,
     escapes: Escapes,
-) -> Result<Option<Word>, String> {
+) -> Result<Option<Word>, WordError> {
     while chars.peek().is_some_and(|c| c.is_whitespace()) {
         chars.next();
     }
@@ -59,7 +86,7 @@ fn next_word(
                 loop {
                     match chars.next() {
                         None if escapes == Escapes::Relaxed => break,
-                        None => return Err(format!("unterminated {c} quote")),
+                        None => return Err(WordError::UnterminatedQuote(c)),
                         Some(q) if q == c => break,
                         // Inside double quotes escapes are resolved; inside single quotes too,
                         // as systemd does with EXTRACT_CUNESCAPE.
@@ -93,11 +120,11 @@ fn next_word(
 fn unescape_one(
     chars: &mut std::iter::Peekable<std::str::Chars>,
     escapes: Escapes,
-) -> Result<String, String> {
+) -> Result<String, WordError> {
     let Some(c) = chars.next() else {
         return match escapes {
             Escapes::Relaxed => Ok("\\".into()),
-            Escapes::Strict => Err("a lone backslash at the end".into()),
+            Escapes::Strict => Err(WordError::LoneBackslash),
         };
     };
     let simple = match c {
@@ -139,7 +166,7 @@ fn unescape_one(
                     }
                     None => {
                         if escapes == Escapes::Strict {
-                            return Err(format!("invalid octal escape \\{c}"));
+                            return Err(WordError::InvalidOctalEscape(c));
                         }
                         break;
                     }
@@ -150,10 +177,10 @@ fn unescape_one(
         _ => None,
     };
     match (code.and_then(char::from_u32), escapes) {
-        (Some('\0'), _) => Err("\\0 (a NUL byte) cannot be passed to a program".into()),
+        (Some('\0'), _) => Err(WordError::NulByte),
         (Some(ch), _) => Ok(ch.to_string()),
         (None, Escapes::Relaxed) => Ok(format!("\\{c}")),
-        (None, Escapes::Strict) => Err(format!("invalid escape \\{c}")),
+        (None, Escapes::Strict) => Err(WordError::InvalidEscape(c)),
     }
 }
 
@@ -179,7 +206,7 @@ pub struct ExecCommand {
 }
 
 /// Parses the value of an `Exec*=` setting: one or more commands separated by a bare `;`.
-pub fn parse_exec(value: &str) -> Result<Vec<ExecCommand>, String> {
+pub fn parse_exec(value: &str) -> Result<Vec<ExecCommand>, WordError> {
     let mut chars = value.chars().peekable();
     let mut commands = Vec::new();
     let mut current: Option<ExecCommand> = None;
@@ -199,12 +226,12 @@ pub fn parse_exec(value: &str) -> Result<Vec<ExecCommand>, String> {
         commands.push(finish(done)?);
     }
     if commands.is_empty() {
-        return Err("no command given".into());
+        return Err(WordError::NoCommand);
     }
     Ok(commands)
 }
 
-fn first_word(word: Word) -> Result<ExecCommand, String> {
+fn first_word(word: Word) -> Result<ExecCommand, WordError> {
     let mut command = ExecCommand::default();
     let prefix_len = word
         .raw_start
@@ -226,25 +253,28 @@ fn first_word(word: Word) -> Result<ExecCommand, String> {
             _ => std::mem::replace(&mut command.no_user_change, true),
         };
         if already {
-            return Err(format!("prefix {c:?} given twice in {prefix:?}"));
+            return Err(WordError::PrefixTwice {
+                prefix_char: c,
+                prefix: prefix.to_owned(),
+            });
         }
         rest = &rest[1..];
     }
     if command.full_privileges && (command.no_user_change || command.ambient_fallback) {
-        return Err("prefixes '+' and '!' cannot be combined".into());
+        return Err(WordError::PrefixesCombined);
     }
     let path = word.text[prefix_len..].to_owned();
     if path.is_empty() {
-        return Err("the command path is empty".into());
+        return Err(WordError::EmptyPath);
     }
     command.path = path;
     Ok(command)
 }
 
-fn finish(mut command: ExecCommand) -> Result<ExecCommand, String> {
+fn finish(mut command: ExecCommand) -> Result<ExecCommand, WordError> {
     if command.custom_argv0 {
         if command.argv.is_empty() {
-            return Err(format!("'@' needs argv[0] after {}", command.path));
+            return Err(WordError::MissingArgv0(command.path));
         }
     } else {
         command.argv.insert(0, command.path.clone());
@@ -253,12 +283,12 @@ fn finish(mut command: ExecCommand) -> Result<ExecCommand, String> {
 }
 
 /// Parses an `Environment=` value: space-separated `KEY=VALUE` words, quotes allowed.
-pub fn parse_environment(value: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_environment(value: &str) -> Result<Vec<(String, String)>, WordError> {
     split(value, Escapes::Relaxed)?
         .into_iter()
         .map(|word| match word.split_once('=') {
             Some((key, value)) if valid_env_name(key) => Ok((key.to_owned(), value.to_owned())),
-            _ => Err(format!("invalid environment assignment {word:?}")),
+            _ => Err(WordError::InvalidAssignment(word)),
         })
         .collect()
 }

@@ -37,7 +37,7 @@ use nix::unistd::Pid;
 use super::bus::{self, Bus};
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
 use super::protocol::{self, FreshState, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
-use super::spawn::{self, Identity};
+use super::spawn::{self, Identity, SpawnError};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
 use crate::name::UnitName;
@@ -140,6 +140,42 @@ impl Phase {
             Phase::Reload => "reload",
         }
     }
+}
+
+/// Why a unit could not start (what its `result` then says).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Socket(#[from] sockets::SocketError),
+    #[error(transparent)]
+    Calendar(#[from] crate::calendar::CalendarError),
+    #[error("notify socket {}: {error}", path.display())]
+    NotifySocket {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the unit it triggers cannot be loaded: {0}")]
+    TimerTarget(crate::SvcError),
+    #[error("{0} has no OnActiveSec=, OnBootSec=, OnUnitActiveSec=, OnUnitInactiveSec= or OnCalendar=: nothing would start it")]
+    TimerWithoutTrigger(String),
+    #[error("fresh state: {0}")]
+    FreshState(state::StateError),
+    #[error("the forking start command exited, and no main process was left")]
+    NoMainProcess,
+}
+
+/// Why the manager could not set itself up (it then exits; its log says why).
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {error}")]
+pub struct SetupError {
+    step: &'static str,
+    error: std::io::Error,
+}
+
+fn setup(step: &'static str) -> impl FnOnce(std::io::Error) -> SetupError {
+    move |error| SetupError { step, error }
 }
 
 /// One unit as the manager runs it.
@@ -306,13 +342,13 @@ pub struct Manager {
     /// The connection to the VM's own D-Bus system bus, while Type=dbus units need it.
     bus: Option<Bus>,
     /// Why the bus could not be reached (or was lost), for the messages of waiting units.
-    bus_problem: Option<String>,
+    bus_problem: Option<bus::BusError>,
     bus_attempt: Option<Instant>,
 }
 
 impl Manager {
     /// Sets up the manager: the control socket, the signals it handles, subreaping.
-    pub fn new(listener: UnixListener) -> Result<Manager, String> {
+    pub fn new(listener: UnixListener) -> Result<Manager, SetupError> {
         let mut set = SigSet::empty();
         for signal in [
             Signal::SIGCHLD,
@@ -323,19 +359,20 @@ impl Manager {
             set.add(signal);
         }
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-            .map_err(|e| format!("sigprocmask: {e}"))?;
+            .map_err(|e| setup("sigprocmask")(e.into()))?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-            .map_err(|e| format!("signalfd: {e}"))?;
+            .map_err(|e| setup("signalfd")(e.into()))?;
         // Daemons fork away from the process the manager started; as a subreaper the manager
         // still gets them (and their exit status) instead of the VM's init.
         nix::sys::prctl::set_child_subreaper(true)
-            .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            .map_err(|e| setup("PR_SET_CHILD_SUBREAPER")(e.into()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(setup("the control socket"))?;
         // Sockets are handed to services as descriptors 3, 4, …: keep those low numbers
         // occupied so nothing else the manager (or std, while spawning) opens lands there.
-        crate::raw::reserve_low_fds(MAX_PASSED_SOCKETS)
-            .map_err(|e| format!("reserving descriptors: {e}"))?;
-        fs::create_dir_all(NOTIFY_DIR).map_err(|e| format!("{NOTIFY_DIR}: {e}"))?;
+        crate::raw::reserve_low_fds(MAX_PASSED_SOCKETS).map_err(setup("reserving descriptors"))?;
+        fs::create_dir_all(NOTIFY_DIR).map_err(setup(NOTIFY_DIR))?;
         Ok(Manager {
             paths: UnitPaths::new("/"),
             units: BTreeMap::new(),
@@ -672,7 +709,9 @@ fn close_sockets(r: &mut Runtime) {
     }
 }
 
-fn fail(r: &mut Runtime, why: String) {
+/// Records why the unit failed (shown as its `result`) and marks it failed.
+fn fail(r: &mut Runtime, why: impl std::fmt::Display) {
+    let why = why.to_string();
     log_line(r, &format!("feather: failed: {why}"));
     r.result = Some(why);
     r.deadline = None;

@@ -31,10 +31,7 @@ impl Manager {
             && service.pid_file.is_none()
             && service.guess_main_pid
         {
-            self.fail_and_clean(
-                name,
-                "the forking start command exited, and no main process was left".into(),
-            );
+            self.fail_and_clean(name, StartError::NoMainProcess);
             return;
         }
         r.ready = true;
@@ -86,12 +83,15 @@ pub(super) fn notify_path(unit: &str) -> PathBuf {
 }
 
 /// The datagram socket a notify service reports READY=1 on, writable by the service's user.
-pub(super) fn open_notify_socket(r: &mut Runtime) -> Result<(), String> {
+pub(super) fn open_notify_socket(r: &mut Runtime) -> Result<(), StartError> {
     let path = notify_path(r.unit.name.as_str());
     let _ = fs::remove_file(&path);
-    let socket =
-        UnixDatagram::bind(&path).map_err(|e| format!("notify socket {}: {e}", path.display()))?;
-    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let failed = |error| StartError::NotifySocket {
+        path: path.clone(),
+        error,
+    };
+    let socket = UnixDatagram::bind(&path).map_err(failed)?;
+    socket.set_nonblocking(true).map_err(failed)?;
     let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
     r.notify = Some(socket);
     Ok(())

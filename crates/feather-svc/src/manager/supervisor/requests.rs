@@ -9,6 +9,33 @@ use std::time::Duration;
 
 use super::*;
 
+/// Why the manager refuses a request; answered to the client, nothing is changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the service manager is shutting down")]
+    ShuttingDown,
+    /// A unit (or its dependency closure) cannot be loaded.
+    #[error(transparent)]
+    Unit(#[from] crate::SvcError),
+    #[error("{unit} cannot start with fresh state: {problem}")]
+    FreshState {
+        unit: String,
+        problem: crate::state::StateError,
+    },
+    #[error("{0} is running on the data it has; stop it first (`feather service stop VM {0}`) to start it with fresh state")]
+    RunningOnItsData(String),
+    #[error("{0} was not started in this VM (see `feather service ls`)")]
+    NotStarted(String),
+    #[error("{unit} is {state} ({phase}), not running: nothing to reload")]
+    NotRunning {
+        unit: String,
+        state: &'static str,
+        phase: &'static str,
+    },
+    #[error("{0} has no ExecReload=: restart it instead")]
+    NoReload(String),
+}
+
 impl Manager {
     /// Reads the request of every connection waiting on the control socket.
     pub(super) fn accept(&mut self) {
@@ -44,7 +71,9 @@ impl Manager {
                         });
                         return;
                     }
-                    Err(message) => Response::Error { message },
+                    Err(error) => Response::Error {
+                        message: error.to_string(),
+                    },
                 }
             }
             Request::Stop { units } => {
@@ -55,9 +84,7 @@ impl Manager {
                 });
                 if let Some(missing) = missing.next() {
                     Response::Error {
-                        message: format!(
-                            "{missing} was not started in this VM (see `feather service ls`)"
-                        ),
+                        message: RequestError::NotStarted(missing).to_string(),
                     }
                 } else {
                     let names: Vec<String> = units
@@ -85,7 +112,9 @@ impl Manager {
                     });
                     return;
                 }
-                Err(message) => Response::Error { message },
+                Err(error) => Response::Error {
+                    message: error.to_string(),
+                },
             },
             Request::List => Response::List {
                 units: self.units.values().map(Runtime::info).collect(),
@@ -155,17 +184,16 @@ impl Manager {
         &mut self,
         names: &[String],
         fresh_state: FreshState,
-    ) -> Result<(Vec<String>, Vec<ServiceInfo>), String> {
+    ) -> Result<(Vec<String>, Vec<ServiceInfo>), RequestError> {
         if self.shutting_down {
-            return Err("the service manager is shutting down".into());
+            return Err(RequestError::ShuttingDown);
         }
         let roots = names
             .iter()
             .map(|n| UnitName::parse(n))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let graph = DependencyGraph::closure(&self.paths, &roots).map_err(|e| e.to_string())?;
-        graph.start_waves().map_err(|e| e.to_string())?;
+            .collect::<Result<Vec<_>, _>>()?;
+        let graph = DependencyGraph::closure(&self.paths, &roots)?;
+        graph.start_waves()?;
         let ordering = graph.ordering();
         let mut fresh = self.fresh_plans(&graph, fresh_state)?;
         let mut job_units = Vec::new();
@@ -264,7 +292,7 @@ impl Manager {
         &self,
         graph: &DependencyGraph,
         fresh_state: FreshState,
-    ) -> Result<BTreeMap<String, crate::state::Plan>, String> {
+    ) -> Result<BTreeMap<String, crate::state::Plan>, RequestError> {
         let mut plans = BTreeMap::new();
         if fresh_state == FreshState::No {
             return Ok(plans);
@@ -273,8 +301,12 @@ impl Manager {
             if fresh_state == FreshState::Once && crate::state::done(name) {
                 continue;
             }
-            let plan = crate::state::plan(Path::new("/"), unit)
-                .map_err(|e| format!("{name} cannot start with fresh state: {e}"))?;
+            let plan = crate::state::plan(Path::new("/"), unit).map_err(|problem| {
+                RequestError::FreshState {
+                    unit: name.clone(),
+                    problem,
+                }
+            })?;
             if plan.is_empty() {
                 continue;
             }
@@ -283,9 +315,7 @@ impl Manager {
                     && !r.stop_pending
             });
             if up {
-                return Err(format!(
-                    "{name} is running on the data it has; stop it first (`feather service stop VM {name}`) to start it with fresh state"
-                ));
+                return Err(RequestError::RunningOnItsData(name.clone()));
             }
             plans.insert(name.clone(), plan);
         }
@@ -293,29 +323,27 @@ impl Manager {
     }
 
     /// Starts the ExecReload= commands of running units; all must be running and have some.
-    pub(super) fn request_reload(&mut self, names: &[String]) -> Result<Vec<String>, String> {
+    pub(super) fn request_reload(&mut self, names: &[String]) -> Result<Vec<String>, RequestError> {
         let mut real = Vec::new();
         for name in names {
-            let parsed = UnitName::parse(name).map_err(|e| e.to_string())?;
+            let parsed = UnitName::parse(name)?;
             let Some(name) = self.alias_of(&parsed) else {
-                return Err(format!(
-                    "{parsed} was not started in this VM (see `feather service ls`)"
-                ));
+                return Err(RequestError::NotStarted(parsed.to_string()));
             };
             let r = &self.units[&name];
             if r.state != State::Active || r.phase != Phase::Running {
-                return Err(format!(
-                    "{name} is {} ({}), not running: nothing to reload",
-                    r.state.name(),
-                    r.phase.name()
-                ));
+                return Err(RequestError::NotRunning {
+                    unit: name,
+                    state: r.state.name(),
+                    phase: r.phase.name(),
+                });
             }
             if r.unit
                 .service
                 .as_ref()
                 .is_none_or(|s| s.exec_reload.is_empty())
             {
-                return Err(format!("{name} has no ExecReload=: restart it instead"));
+                return Err(RequestError::NoReload(name));
             }
             real.push(name);
         }

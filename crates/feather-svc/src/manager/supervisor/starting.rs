@@ -37,9 +37,8 @@ impl Manager {
             // processes of their own here.
             if let Some(target) = r.unit.timer_target() {
                 let loaded = UnitName::parse(&target)
-                    .map_err(|e| e.to_string())
-                    .and_then(|n| self.paths.load(&n).map_err(|e| e.to_string()))
-                    .map_err(|e| format!("the unit it triggers cannot be loaded: {e}"));
+                    .and_then(|n| self.paths.load(&n))
+                    .map_err(StartError::TimerTarget);
                 match loaded.and_then(|_| start_timer(r, target.clone())) {
                     Ok(timer) => r.timer = Some(timer),
                     Err(why) => {
@@ -49,7 +48,7 @@ impl Manager {
                 }
             }
             if r.unit.socket.is_some() {
-                match sockets::bind(&r.unit).and_then(|bound| {
+                match sockets::bind(&r.unit).and_then(|bound| -> Result<_, sockets::SocketError> {
                     if is_accepting(r) {
                         sockets::prepare_accepting(&r.unit, &bound)?;
                     }
@@ -82,7 +81,7 @@ impl Manager {
                     ),
                 );
                 if let Err(e) = state::empty_folder(&folder) {
-                    fail(r, format!("fresh state: {e}"));
+                    fail(r, StartError::FreshState(e));
                     return;
                 }
             }
@@ -170,7 +169,7 @@ impl Manager {
                     Err(why) => {
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         if r.state == State::Deactivating {
-                            log_line(r, &why);
+                            log_line(r, &why.to_string());
                             continue;
                         }
                         self.fail_and_clean(name, why);
@@ -265,7 +264,7 @@ impl Manager {
         name: &str,
         command: &ExecCommand,
         main: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SpawnError> {
         // The main process gets the sockets of the socket units that activate it.
         let listen: Vec<(RawFd, String)> = if main {
             self.units
@@ -281,14 +280,21 @@ impl Manager {
         } else {
             Vec::new()
         };
-        let r = self.units.get_mut(name).ok_or("unit vanished")?;
+        let not_prepared = |what| SpawnError::NotPrepared {
+            unit: name.to_owned(),
+            what,
+        };
+        let r = self
+            .units
+            .get_mut(name)
+            .ok_or(not_prepared("its runtime"))?;
         // An instance of an Accept=yes socket: its connection is its one socket.
         let mut listen = listen;
         let connection = if main { r.connection.as_ref() } else { None };
         if let Some(connection) = connection {
             listen = vec![(connection.as_raw_fd(), "connection".to_owned())];
         }
-        let identity = r.identity.clone().ok_or("no identity")?;
+        let identity = r.identity.clone().ok_or(not_prepared("its identity"))?;
         let mut env = r.env.clone();
         if let Some(pid) = r.main_pid {
             env.push(("MAINPID".into(), pid.to_string()));
@@ -299,7 +305,7 @@ impl Manager {
                 notify_path(name).display().to_string(),
             ));
         }
-        let log = r.log.as_ref().ok_or("no log")?;
+        let log = r.log.as_ref().ok_or(not_prepared("its log"))?;
         let mut process = spawn::command(
             &r.unit,
             command,
@@ -311,9 +317,11 @@ impl Manager {
         )?;
         let phase = r.phase.name();
         log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
-        let child = process
-            .spawn()
-            .map_err(|e| format!("{} {}: {e}", phase_setting(r.phase), command.path))?;
+        let child = process.spawn().map_err(|error| SpawnError::Start {
+            setting: phase_setting(r.phase),
+            path: command.path.clone(),
+            error,
+        })?;
         let pid = Pid::from_raw(child.id() as i32);
         // The child is reaped by the manager's own waitpid loop, not through `child`.
         drop(child);

@@ -140,14 +140,18 @@ impl Manager {
                         timeout.as_secs()
                     );
                     let silent = self.bus.as_ref().is_some_and(|b| !b.answered());
-                    let problem = self.bus_problem.clone().or_else(|| {
-                        silent.then(|| {
-                            format!(
-                                "{} accepted the connection, but no dbus-daemon answered",
-                                bus::SYSTEM_BUS
-                            )
-                        })
-                    });
+                    let problem =
+                        self.bus_problem
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .or_else(|| {
+                                silent.then(|| {
+                                    format!(
+                                        "{} accepted the connection, but no dbus-daemon answered",
+                                        bus::SYSTEM_BUS
+                                    )
+                                })
+                            });
                     if let Some(problem) = &problem {
                         why.push_str(&format!(
                             "; the bus could not be reached: {problem} (is dbus running in this VM? `feather service status VM dbus`)"
@@ -183,10 +187,11 @@ impl Manager {
     }
 
     /// A failed start: record why, kill what the unit started, run ExecStopPost.
-    pub(super) fn fail_and_clean(&mut self, name: &str, why: String) {
+    pub(super) fn fail_and_clean(&mut self, name: &str, why: impl std::fmt::Display) {
         let Some(r) = self.units.get_mut(name) else {
             return;
         };
+        let why = why.to_string();
         log_line(r, &format!("feather: failed: {why}"));
         r.result = Some(why);
         // Whatever the KillMode=, a start that failed leaves nothing running.

@@ -161,7 +161,7 @@ pub(super) fn vm_boot() -> Instant {
 
 /// Checks a timer's settings and starts it: it needs something that triggers it, and
 /// calendar events feather understands.
-pub(super) fn start_timer(r: &Runtime, target: String) -> Result<TimerRun, String> {
+pub(super) fn start_timer(r: &Runtime, target: String) -> Result<TimerRun, StartError> {
     let settings = r.unit.timer.clone().unwrap_or_default();
     if settings.on_active.is_empty()
         && settings.on_boot.is_empty()
@@ -169,10 +169,7 @@ pub(super) fn start_timer(r: &Runtime, target: String) -> Result<TimerRun, Strin
         && settings.on_unit_inactive.is_empty()
         && settings.on_calendar.is_empty()
     {
-        return Err(format!(
-            "{} has no OnActiveSec=, OnBootSec=, OnUnitActiveSec=, OnUnitInactiveSec= or OnCalendar=: nothing would start it",
-            r.unit.name
-        ));
+        return Err(StartError::TimerWithoutTrigger(r.unit.name.to_string()));
     }
     let calendar = settings
         .on_calendar
