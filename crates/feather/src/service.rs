@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use feather_core::{StateRoot, VmName};
-use feather_svc::manager::protocol::{FreshState, Request, Response};
+use feather_svc::manager::protocol::{FreshState, Request, Response, UnitState};
 use feather_svc::manager::{self};
 use feather_vm::exec::exec;
 use feather_vm::workload::Workload;
@@ -187,7 +187,7 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
             let failed: Vec<_> = units
                 .iter()
                 .filter(|u| {
-                    u.state == "failed"
+                    u.state == UnitState::Failed
                         || (reloads
                             && u.result
                                 .as_deref()

@@ -73,13 +73,50 @@ pub enum Response {
     },
 }
 
+/// A unit's state as clients see it; in JSON the lowercase names systemd uses (`service ls
+/// --json` shows them).
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitState {
+    #[default]
+    Inactive,
+    /// Queued: waiting for the units it starts after.
+    Waiting,
+    Activating,
+    Active,
+    Deactivating,
+    Failed,
+    /// Wanted by a started unit but left out (not installed, host infrastructure, …); only in
+    /// the answer to a start.
+    Skipped,
+}
+
+impl UnitState {
+    pub fn name(self) -> &'static str {
+        match self {
+            UnitState::Inactive => "inactive",
+            UnitState::Waiting => "waiting",
+            UnitState::Activating => "activating",
+            UnitState::Active => "active",
+            UnitState::Deactivating => "deactivating",
+            UnitState::Failed => "failed",
+            UnitState::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for UnitState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 /// The state of one unit, as `service ls` and `service status` show it.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct ServiceInfo {
     pub name: String,
     pub description: Option<String>,
-    /// `active`, `activating`, `deactivating`, `inactive`, `failed`, `waiting`.
-    pub state: String,
+    pub state: UnitState,
     /// Finer: `running`, `exited`, `start-pre`, `start`, `start-post`, `stop`, `auto-restart`, …
     pub sub: String,
     pub main_pid: Option<i32>,
@@ -119,4 +156,32 @@ pub fn receive<T: for<'de> Deserialize<'de>>(stream: &UnixStream) -> std::io::Re
 
 pub fn connect() -> std::io::Result<UnixStream> {
     UnixStream::connect(Path::new(SOCKET))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unit_states_keep_their_json_names() {
+        for (state, name) in [
+            (UnitState::Inactive, "inactive"),
+            (UnitState::Waiting, "waiting"),
+            (UnitState::Activating, "activating"),
+            (UnitState::Active, "active"),
+            (UnitState::Deactivating, "deactivating"),
+            (UnitState::Failed, "failed"),
+            (UnitState::Skipped, "skipped"),
+        ] {
+            let info = ServiceInfo {
+                state,
+                ..ServiceInfo::default()
+            };
+            let json = serde_json::to_value(&info).unwrap();
+            assert_eq!(json["state"], name);
+            assert_eq!(state.to_string(), name);
+            let back: ServiceInfo = serde_json::from_value(json).unwrap();
+            assert_eq!(back.state, state);
+        }
+    }
 }

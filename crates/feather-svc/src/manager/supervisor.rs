@@ -36,7 +36,9 @@ use nix::unistd::Pid;
 
 use super::bus::{self, Bus};
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
-use super::protocol::{self, FreshState, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
+use super::protocol::{
+    self, FreshState, Request, Response, ServiceInfo, UnitState, NOTIFY_DIR, SOCKET,
+};
 use super::spawn::{self, Identity, SpawnError};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
@@ -84,15 +86,20 @@ enum State {
 }
 
 impl State {
-    fn name(self) -> &'static str {
+    /// The state clients see.
+    fn public(self) -> UnitState {
         match self {
-            State::Inactive => "inactive",
-            State::Waiting => "waiting",
-            State::Activating => "activating",
-            State::Active => "active",
-            State::Deactivating => "deactivating",
-            State::Failed => "failed",
+            State::Inactive => UnitState::Inactive,
+            State::Waiting => UnitState::Waiting,
+            State::Activating => UnitState::Activating,
+            State::Active => UnitState::Active,
+            State::Deactivating => UnitState::Deactivating,
+            State::Failed => UnitState::Failed,
         }
+    }
+
+    fn name(self) -> &'static str {
+        self.public().name()
     }
 
     fn settled(self) -> bool {
@@ -286,7 +293,7 @@ impl Runtime {
         ServiceInfo {
             name: self.unit.name.to_string(),
             description: self.unit.description.clone(),
-            state: self.state.name().into(),
+            state: self.state.public(),
             sub: match (self.state, self.phase) {
                 (State::Active, _) if !self.listeners.is_empty() => "listening".into(),
                 (State::Active, _) if self.timer.is_some() => {

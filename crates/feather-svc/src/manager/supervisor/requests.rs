@@ -277,7 +277,7 @@ impl Manager {
             .iter()
             .map(|(name, why)| ServiceInfo {
                 name: name.clone(),
-                state: "skipped".into(),
+                state: UnitState::Skipped,
                 sub: "skipped".into(),
                 result: Some(why.clone()),
                 ..ServiceInfo::default()
