@@ -47,10 +47,8 @@ pub enum ClientError {
     Fork(feather_sys::SysError),
     #[error("the service manager did not start: {0} (see {MANAGER_LOG} in the VM)")]
     DidNotStart(std::io::Error),
-    #[error("cannot reach the service manager: {0}")]
-    Send(std::io::Error),
-    #[error("no answer from the service manager: {0}")]
-    Receive(std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] protocol::ProtocolError),
 }
 
 /// Where the service manager's binary is: beside the running `feather` binary (cargo builds
@@ -61,8 +59,9 @@ pub fn program() -> Result<PathBuf, ClientError> {
     Ok(exe.with_file_name(PROGRAM))
 }
 
-/// Sends `request` to the VM's manager (starting one first if `start_if_absent`), and returns
-/// its answer. Runs inside the VM.
+/// Sends `request` to the VM's manager (starting one first if `start_if_absent`), after the
+/// hello that checks both speak one [`protocol::VERSION`], and returns its answer. Runs inside
+/// the VM.
 pub fn call(request: &Request, start_if_absent: Option<&str>) -> Result<Response, ClientError> {
     let mut stream = match protocol::connect() {
         Ok(stream) => stream,
@@ -81,8 +80,9 @@ pub fn call(request: &Request, start_if_absent: Option<&str>) -> Result<Response
         }
         Err(_) => return Ok(Response::List { units: Vec::new() }),
     };
-    protocol::send(&mut stream, request).map_err(ClientError::Send)?;
-    protocol::receive(&stream).map_err(ClientError::Receive)
+    protocol::greet_manager(&mut stream)?;
+    protocol::send(&mut stream, request).map_err(protocol::ProtocolError::Send)?;
+    Ok(protocol::receive(&stream).map_err(protocol::ProtocolError::Receive)?)
 }
 
 /// Whether a manager answers in this VM.

@@ -37,7 +37,7 @@ use nix::unistd::Pid;
 use super::bus::{self, Bus};
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
 use super::protocol::{
-    self, FreshState, Request, Response, ServiceInfo, UnitState, NOTIFY_DIR, SOCKET,
+    self, FreshState, Refusal, Request, Response, ServiceInfo, UnitState, NOTIFY_DIR, SOCKET,
 };
 use super::spawn::{self, Identity, SpawnError};
 use super::{sockets, syslog};
@@ -333,6 +333,8 @@ struct Job {
     skipped: Vec<ServiceInfo>,
     /// Exit the manager once answered.
     then_exit: bool,
+    /// A reload: the answer names the units whose ExecReload= failed.
+    reload: bool,
 }
 
 pub struct Manager {

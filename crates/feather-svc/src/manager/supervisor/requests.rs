@@ -36,22 +36,28 @@ pub enum RequestError {
     NoReload(String),
 }
 
+impl From<RequestError> for Refusal {
+    fn from(error: RequestError) -> Refusal {
+        match error {
+            RequestError::NotStarted(unit) => Refusal::NotStarted { unit },
+            other => Refusal::Refused {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl Manager {
     /// Reads the request of every connection waiting on the control socket.
     pub(super) fn accept(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            match protocol::receive::<Request>(&stream) {
+            let mut stream = stream;
+            match protocol::greet_client(&mut stream) {
                 Ok(request) => self.handle(request, stream),
-                Err(e) => {
-                    let mut stream = stream;
-                    let _ = protocol::send(
-                        &mut stream,
-                        &Response::Error {
-                            message: format!("bad request: {e}"),
-                        },
-                    );
+                Err(error) => {
+                    let _ = protocol::send(&mut stream, &Response::Error { error });
                 }
             }
         }
@@ -68,11 +74,12 @@ impl Manager {
                             units,
                             skipped,
                             then_exit: false,
+                            reload: false,
                         });
                         return;
                     }
                     Err(error) => Response::Error {
-                        message: error.to_string(),
+                        error: error.into(),
                     },
                 }
             }
@@ -84,7 +91,7 @@ impl Manager {
                 });
                 if let Some(missing) = missing.next() {
                     Response::Error {
-                        message: RequestError::NotStarted(missing).to_string(),
+                        error: RequestError::NotStarted(missing).into(),
                     }
                 } else {
                     let names: Vec<String> = units
@@ -98,6 +105,7 @@ impl Manager {
                         units: touched,
                         skipped: Vec::new(),
                         then_exit: false,
+                        reload: false,
                     });
                     return;
                 }
@@ -109,17 +117,25 @@ impl Manager {
                         units,
                         skipped: Vec::new(),
                         then_exit: false,
+                        reload: true,
                     });
                     return;
                 }
                 Err(error) => Response::Error {
-                    message: error.to_string(),
+                    error: error.into(),
                 },
             },
             Request::List => Response::List {
                 units: self.units.values().map(Runtime::info).collect(),
             },
             Request::Status { unit, lines } => self.status(&unit, lines),
+            // Only the first message of a connection is a hello (see protocol::greet_client).
+            Request::Hello { .. } => Response::Error {
+                error: Refusal::UnexpectedMessage {
+                    expected: "a request".into(),
+                    received: "hello".into(),
+                },
+            },
             Request::Shutdown => {
                 self.begin_shutdown();
                 let units = self.units.keys().cloned().collect();
@@ -128,6 +144,7 @@ impl Manager {
                     units,
                     skipped: Vec::new(),
                     then_exit: true,
+                    reload: false,
                 });
                 return;
             }
@@ -156,7 +173,7 @@ impl Manager {
             Ok(name) => name,
             Err(e) => {
                 return Response::Error {
-                    message: e.to_string(),
+                    error: RequestError::from(e).into(),
                 }
             }
         };
@@ -166,7 +183,7 @@ impl Manager {
                 Ok(unit) => Runtime::new(unit).info(),
                 Err(e) => {
                     return Response::Error {
-                        message: e.to_string(),
+                        error: RequestError::from(e).into(),
                     }
                 }
             },
@@ -424,8 +441,21 @@ impl Manager {
                 .filter_map(|n| self.units.get(n))
                 .map(Runtime::info)
                 .collect();
+            let reload_failed = if job.reload {
+                job.units
+                    .iter()
+                    .filter(|n| self.units.get(*n).is_some_and(|r| r.reload_error.is_some()))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             units.append(&mut job.skipped);
-            let _ = protocol::send(&mut job.client, &Response::Done { units });
+            let done = Response::Done {
+                units,
+                reload_failed,
+            };
+            let _ = protocol::send(&mut job.client, &done);
             if job.then_exit {
                 self.shutting_down = true;
             }
