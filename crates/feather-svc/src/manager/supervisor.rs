@@ -37,7 +37,7 @@ use nix::unistd::Pid;
 use super::bus::{self, Bus};
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
 use super::protocol::{
-    self, FreshState, Refusal, Request, Response, ServiceInfo, UnitState, NOTIFY_DIR, SOCKET,
+    self, FreshState, Refusal, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET,
 };
 use super::spawn::{self, Identity, SpawnError};
 use super::{sockets, syslog};
@@ -50,6 +50,7 @@ use crate::{catalog, conditions, state};
 
 mod accepting;
 mod bus_names;
+mod decide;
 mod exits;
 mod readiness;
 mod requests;
@@ -58,6 +59,7 @@ mod stopping;
 mod timers;
 
 use accepting::is_accepting;
+use decide::{Exit, Peer, State};
 use readiness::{notify_path, open_notify_socket};
 use timers::{start_timer, vm_boot, TimerRun};
 
@@ -74,38 +76,6 @@ const BUS_RETRY: Duration = Duration::from_millis(200);
 
 /// How often units are looked at while something is in progress.
 const TICK: Duration = Duration::from_millis(5);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Inactive,
-    Waiting,
-    Activating,
-    Active,
-    Deactivating,
-    Failed,
-}
-
-impl State {
-    /// The state clients see.
-    fn public(self) -> UnitState {
-        match self {
-            State::Inactive => UnitState::Inactive,
-            State::Waiting => UnitState::Waiting,
-            State::Activating => UnitState::Activating,
-            State::Active => UnitState::Active,
-            State::Deactivating => UnitState::Deactivating,
-            State::Failed => UnitState::Failed,
-        }
-    }
-
-    fn name(self) -> &'static str {
-        self.public().name()
-    }
-
-    fn settled(self) -> bool {
-        matches!(self, State::Inactive | State::Active | State::Failed)
-    }
-}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Phase {
@@ -278,6 +248,13 @@ impl Runtime {
             timer: None,
             last_activated: None,
             last_deactivated: None,
+        }
+    }
+
+    fn peer(&self) -> Peer {
+        Peer {
+            state: self.state,
+            stop_pending: self.stop_pending,
         }
     }
 
@@ -613,25 +590,18 @@ impl Manager {
                         continue;
                     }
                     // Also while a unit it is ordered after is stopping (a conflicting one, say).
-                    let blocked = r.after.iter().any(|d| {
-                        matches!(
-                            state_of(&self.units, d),
-                            Some(State::Waiting | State::Activating | State::Deactivating)
-                        ) || self.units.get(d).is_some_and(|o| o.stop_pending)
-                    });
-                    if !blocked {
+                    if !decide::start_blocked(&r.after, |d| self.peer(d)) {
                         self.begin_start(name);
                     }
                 }
                 _ => {
                     if r.stop_pending {
                         // Units that start after this one stop before it.
-                        let blocked = self.units.iter().any(|(other, o)| {
-                            other != name
-                                && o.after.contains(name)
-                                && (o.stop_pending || o.state == State::Deactivating)
-                        });
-                        if !blocked {
+                        let others = self
+                            .units
+                            .iter()
+                            .map(|(other, o)| (other.as_str(), &o.after, o.peer()));
+                        if !decide::stop_blocked(name, others) {
                             self.begin_stop(name);
                         }
                         continue;
@@ -661,6 +631,11 @@ impl Manager {
         }
     }
 
+    /// What the decisions about other units need to know of `name`.
+    fn peer(&self, name: &str) -> Option<Peer> {
+        self.units.get(name).map(Runtime::peer)
+    }
+
     /// The main and control processes of every unit.
     fn known_pids(&self) -> BTreeSet<i32> {
         self.units
@@ -672,40 +647,6 @@ impl Manager {
             })
             .map(Pid::as_raw)
             .collect()
-    }
-}
-
-/// How a process ended.
-#[derive(Clone, Copy, Debug)]
-enum Exit {
-    Code(i32),
-    Signal(i32),
-    /// A main process that was not the manager's child ended; how is not known.
-    Unknown,
-}
-
-impl Exit {
-    fn success(self, extra: &[i32]) -> bool {
-        match self {
-            Exit::Code(code) => code == 0 || extra.contains(&code),
-            Exit::Unknown => false,
-            // systemd counts SIGHUP, SIGINT, SIGTERM and SIGPIPE as clean for the main process.
-            Exit::Signal(signal) => {
-                [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&signal)
-                    || extra.contains(&-signal)
-            }
-        }
-    }
-
-    fn describe(self) -> String {
-        match self {
-            Exit::Code(code) => format!("exited with status {code}"),
-            Exit::Unknown => "ended (not a child of the manager: its status is unknown)".into(),
-            Exit::Signal(signal) => match Signal::try_from(signal) {
-                Ok(s) => format!("was killed by {s}"),
-                Err(_) => format!("was killed by signal {signal}"),
-            },
-        }
     }
 }
 

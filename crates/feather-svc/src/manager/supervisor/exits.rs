@@ -122,22 +122,18 @@ impl Manager {
             State::Active => {
                 let service = r.unit.service.clone().unwrap_or_default();
                 let clean = code.success(&service.success_exit_status);
-                let restart = !r.stop_requested
-                    && match service.restart {
-                        Restart::No => false,
-                        Restart::Always => true,
-                        Restart::OnSuccess => clean,
-                        Restart::OnFailure => !clean,
-                        Restart::OnAbnormal | Restart::OnAbort => matches!(code, Exit::Signal(_)),
-                        Restart::OnWatchdog => false,
-                    };
+                let restart = decide::restart_after_exit(
+                    service.restart,
+                    code,
+                    &service.success_exit_status,
+                    r.stop_requested,
+                );
                 if !clean {
                     r.result = Some(format!("main process {}", code.describe()));
                 }
                 log_line(r, &format!("feather: main process {}", code.describe()));
                 if restart {
-                    r.restart_at =
-                        Some(Instant::now() + service.restart_sec.min(Duration::from_secs(3600)));
+                    r.restart_at = Some(decide::restart_at(Instant::now(), service.restart_sec));
                     r.set(State::Activating, Phase::AutoRestart);
                     self.kill_remaining(name);
                     return;
@@ -185,25 +181,17 @@ impl Manager {
         };
         r.restart_at = None;
         let limit = r.unit.start_limit.clone();
-        if let Some(interval) = limit.interval {
-            let now = Instant::now();
-            while r
-                .starts
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > interval)
-            {
-                r.starts.pop_front();
-            }
-            if limit.burst > 0 && r.starts.len() >= limit.burst as usize {
-                let why = format!(
-                    "start limit hit: {} starts within {}s (StartLimitBurst={}, StartLimitIntervalSec={}); last: {}",
-                    r.starts.len(), interval.as_secs(), limit.burst, interval.as_secs(),
-                    r.result.clone().unwrap_or_default()
-                );
-                fail(r, why);
-                self.trigger_on_failure(name);
-                return;
-            }
+        if let decide::StartLimitVerdict::Hit { starts, interval } =
+            decide::start_limit(&mut r.starts, &limit, Instant::now())
+        {
+            let why = format!(
+                "start limit hit: {starts} starts within {}s (StartLimitBurst={}, StartLimitIntervalSec={}); last: {}",
+                interval.as_secs(), limit.burst, interval.as_secs(),
+                r.result.clone().unwrap_or_default()
+            );
+            fail(r, why);
+            self.trigger_on_failure(name);
+            return;
         }
         r.restarts += 1;
         r.set(State::Waiting, Phase::Idle);

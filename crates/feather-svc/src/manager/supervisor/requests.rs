@@ -211,7 +211,7 @@ impl Manager {
             .collect::<Result<Vec<_>, _>>()?;
         let graph = DependencyGraph::closure(&self.paths, &roots)?;
         graph.start_waves()?;
-        let ordering = graph.ordering();
+        let mut after_sets = decide::after_sets(&graph.ordering());
         let mut fresh = self.fresh_plans(&graph, fresh_state)?;
         let mut job_units = Vec::new();
         for (name, unit) in &graph.units {
@@ -240,11 +240,7 @@ impl Manager {
                 .pulled_by
                 .get(name)
                 .map(|(by, how)| format!("{by} ({how})"));
-            runtime.after = ordering
-                .iter()
-                .filter(|(_, a)| a == name)
-                .map(|(b, _)| b.clone())
-                .collect();
+            runtime.after = after_sets.remove(name).unwrap_or_default();
             let d = &unit.dependencies;
             runtime.requires = d
                 .requires
@@ -294,7 +290,7 @@ impl Manager {
             .iter()
             .map(|(name, why)| ServiceInfo {
                 name: name.clone(),
-                state: UnitState::Skipped,
+                state: protocol::UnitState::Skipped,
                 sub: "skipped".into(),
                 result: Some(why.clone()),
                 ..ServiceInfo::default()

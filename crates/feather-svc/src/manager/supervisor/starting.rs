@@ -133,16 +133,16 @@ impl Manager {
             let Some(service) = r.unit.service.clone() else {
                 return;
             };
+            let readiness = decide::readiness(service.kind);
             if let Some(command) = r.pending.pop_front() {
-                let main = r.phase == Phase::Start
-                    && !matches!(service.kind, ServiceType::Oneshot | ServiceType::Forking);
+                let main = r.phase == Phase::Start && readiness.start_is_main();
                 match self.spawn(name, &command, main) {
                     Ok(()) => {
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         if main {
-                            r.phase = match service.kind {
-                                ServiceType::Notify | ServiceType::NotifyReload => Phase::WaitReady,
-                                ServiceType::Dbus => Phase::WaitBusName,
+                            r.phase = match readiness {
+                                decide::Readiness::Notify => Phase::WaitReady,
+                                decide::Readiness::BusName => Phase::WaitBusName,
                                 _ => {
                                     r.ready = true;
                                     r.pending = service.exec_start_post.iter().cloned().collect();
@@ -196,19 +196,18 @@ impl Manager {
                 }
                 Phase::StartPre => {
                     r.phase = Phase::Start;
-                    if matches!(
-                        service.kind,
-                        ServiceType::Notify | ServiceType::NotifyReload
-                    ) {
+                    if readiness == decide::Readiness::Notify {
                         if let Err(why) = open_notify_socket(r) {
                             self.fail_and_clean(name, why);
                             return;
                         }
                     }
-                    r.pending = match service.kind {
-                        ServiceType::Oneshot => service.exec_start.iter().cloned().collect(),
-                        _ => service.exec_start.iter().take(1).cloned().collect(),
-                    };
+                    r.pending = service
+                        .exec_start
+                        .iter()
+                        .take(readiness.start_commands(service.exec_start.len()))
+                        .cloned()
+                        .collect();
                     if r.pending.is_empty() {
                         r.phase = Phase::StartPost;
                         r.pending = service.exec_start_post.iter().cloned().collect();
@@ -216,7 +215,7 @@ impl Manager {
                 }
                 Phase::Start => {
                     // The start commands are done: the oneshot ran, or the forking parent exited.
-                    if service.kind == ServiceType::Forking {
+                    if readiness == decide::Readiness::PidFile {
                         r.phase = Phase::WaitPidFile;
                         self.check_pid_file(name);
                         return;

@@ -51,24 +51,19 @@ impl Manager {
         let Ok(signal) = Signal::try_from(signal) else {
             return;
         };
+        let plan = decide::kill_plan(service.kill_mode, signal, finally);
         let main = r.main_pid;
         let others: Vec<Pid> = processes_of(r)
             .into_iter()
             .filter(|p| Some(*p) != main)
             .collect();
         if let Some(main) = main {
-            let _ = kill(main, signal);
-            if signal != Signal::SIGKILL {
+            let _ = kill(main, plan.main);
+            if plan.continue_main {
                 let _ = kill(main, Signal::SIGCONT);
             }
         }
-        let others_get = match (service.kill_mode, finally) {
-            (KillMode::ControlGroup, _) => Some(signal),
-            (KillMode::Mixed, false) => None,
-            (KillMode::Mixed, true) => Some(Signal::SIGKILL),
-            (KillMode::Process | KillMode::None, _) => None,
-        };
-        if let Some(sig) = others_get {
+        if let Some(sig) = plan.others {
             for pid in others {
                 let _ = kill(pid, sig);
             }
@@ -97,10 +92,8 @@ impl Manager {
             .service
             .as_ref()
             .map_or(KillMode::ControlGroup, |s| s.kill_mode);
-        let left = match kill_mode {
-            KillMode::Process | KillMode::None => r.main_pid.is_some(),
-            _ => r.main_pid.is_some() || !processes_of(r).is_empty(),
-        };
+        let left = r.main_pid.is_some()
+            || (decide::stop_waits_for_all(kill_mode) && !processes_of(r).is_empty());
         if left {
             return;
         }
@@ -246,13 +239,8 @@ impl Manager {
             .as_ref()
             .map_or(Duration::ZERO, |s| s.restart_sec);
         // A failed start is retried like a crash, within the start limit.
-        if failed
-            && matches!(
-                restart,
-                Restart::Always | Restart::OnFailure | Restart::OnAbnormal
-            )
-        {
-            r.restart_at = Some(Instant::now() + restart_sec.min(Duration::from_secs(3600)));
+        if failed && decide::restart_after_failed_start(restart) {
+            r.restart_at = Some(decide::restart_at(Instant::now(), restart_sec));
             r.set(State::Activating, Phase::AutoRestart);
             return;
         }

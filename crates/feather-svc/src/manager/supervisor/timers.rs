@@ -13,8 +13,7 @@ pub(super) struct TimerRun {
     pub(super) target: String,
 }
 
-/// When a timer is next due; for a calendar event also its local wall-clock time.
-pub(super) type Elapse = (Instant, Option<i64>);
+use decide::{Elapse, TimerClock};
 
 impl Manager {
     /// Starts the units of the timers that elapsed, and works out when each timer is next due.
@@ -86,37 +85,17 @@ impl Manager {
         let timer = r.timer.as_ref()?;
         let settings = r.unit.timer.as_ref()?;
         let target = self.units.get(&timer.target);
-        let last = timer.last_trigger.map(|(at, _)| at);
-        let mut candidates: Vec<Elapse> = Vec::new();
-        let mut monotonic: Vec<Instant> = Vec::new();
-        monotonic.extend(settings.on_active.iter().map(|d| timer.started + *d));
-        monotonic.extend(settings.on_boot.iter().map(|d| self.vm_boot + *d));
-        if let Some(at) = target.and_then(|t| t.last_activated) {
-            monotonic.extend(settings.on_unit_active.iter().map(|d| at + *d));
-        }
-        if let Some(at) = target.and_then(|t| t.last_deactivated) {
-            monotonic.extend(settings.on_unit_inactive.iter().map(|d| at + *d));
-        }
-        monotonic.retain(|c| last.is_none_or(|l| *c > l));
-        candidates.extend(monotonic.into_iter().map(|at| (at, None)));
-        let base_wall = timer
-            .last_trigger
-            .map_or(timer.started_wall, |(_, wall)| wall);
-        let now = Instant::now();
-        let now_wall = local_now_precise();
-        for spec in &timer.calendar {
-            if let Some(wall) = spec.next_after(base_wall) {
-                let ahead = wall as f64 - now_wall;
-                let at = if ahead >= 0.0 {
-                    now + Duration::from_secs_f64(ahead)
-                } else {
-                    now.checked_sub(Duration::from_secs_f64(-ahead))
-                        .unwrap_or(now)
-                };
-                candidates.push((at, Some(wall)));
-            }
-        }
-        candidates.into_iter().min_by_key(|(at, _)| *at)
+        let clock = TimerClock {
+            now: Instant::now(),
+            now_wall: local_now_precise(),
+            started: timer.started,
+            started_wall: timer.started_wall,
+            vm_boot: self.vm_boot,
+            target_activated: target.and_then(|t| t.last_activated),
+            target_deactivated: target.and_then(|t| t.last_deactivated),
+            last_trigger: timer.last_trigger,
+        };
+        decide::next_elapse(settings, &timer.calendar, &clock)
     }
 }
 

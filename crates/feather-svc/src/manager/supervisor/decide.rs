@@ -1,0 +1,344 @@
+//! The supervisor's decisions, as pure functions and types: fed with what happened (a process
+//! that ended and how, the time, the states of the other units), they say what to do next
+//! (restart or not, wait for what, signal whom, when a timer is due). The manager's loop makes
+//! the system calls and keeps the books; everything it decides goes through here, so the rules
+//! are unit-tested without root, without processes and without waiting (the tests below).
+//!
+//! This module uses nothing of the rest of the supervisor: the arrows point from the loop to
+//! here, never back.
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+
+use crate::calendar::CalendarSpec;
+use crate::manager::protocol::UnitState;
+use crate::unit::{KillMode, Restart, ServiceType, StartLimit, Timer};
+
+/// Where a unit is, as the manager tracks it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum State {
+    Inactive,
+    Waiting,
+    Activating,
+    Active,
+    Deactivating,
+    Failed,
+}
+
+impl State {
+    /// The state clients see.
+    pub(super) fn public(self) -> UnitState {
+        match self {
+            State::Inactive => UnitState::Inactive,
+            State::Waiting => UnitState::Waiting,
+            State::Activating => UnitState::Activating,
+            State::Active => UnitState::Active,
+            State::Deactivating => UnitState::Deactivating,
+            State::Failed => UnitState::Failed,
+        }
+    }
+
+    pub(super) fn name(self) -> &'static str {
+        self.public().name()
+    }
+
+    /// Whether the unit is where a job waiting for it may answer.
+    pub(super) fn settled(self) -> bool {
+        matches!(self, State::Inactive | State::Active | State::Failed)
+    }
+}
+
+/// How a process ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Exit {
+    Code(i32),
+    Signal(i32),
+    /// A main process that was not the manager's child ended; how is not known.
+    Unknown,
+}
+
+impl Exit {
+    /// Clean by systemd's rules; `extra` is SuccessExitStatus= (a signal as its negative).
+    pub(super) fn success(self, extra: &[i32]) -> bool {
+        match self {
+            Exit::Code(code) => code == 0 || extra.contains(&code),
+            Exit::Unknown => false,
+            // systemd counts SIGHUP, SIGINT, SIGTERM and SIGPIPE as clean for the main process.
+            Exit::Signal(signal) => {
+                [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&signal)
+                    || extra.contains(&-signal)
+            }
+        }
+    }
+
+    pub(super) fn describe(self) -> String {
+        match self {
+            Exit::Code(code) => format!("exited with status {code}"),
+            Exit::Unknown => "ended (not a child of the manager: its status is unknown)".into(),
+            Exit::Signal(signal) => match Signal::try_from(signal) {
+                Ok(s) => format!("was killed by {s}"),
+                Err(_) => format!("was killed by signal {signal}"),
+            },
+        }
+    }
+}
+
+/// Restart=: whether the main process of an active unit that ended as `exit` is started
+/// again. A stop that was asked for is never followed by a restart.
+pub(super) fn restart_after_exit(
+    restart: Restart,
+    exit: Exit,
+    success_exit_status: &[i32],
+    stop_requested: bool,
+) -> bool {
+    if stop_requested {
+        return false;
+    }
+    let clean = exit.success(success_exit_status);
+    match restart {
+        Restart::No => false,
+        Restart::Always => true,
+        Restart::OnSuccess => clean,
+        Restart::OnFailure => !clean,
+        Restart::OnAbnormal | Restart::OnAbort => matches!(exit, Exit::Signal(_)),
+        Restart::OnWatchdog => false,
+    }
+}
+
+/// Restart=: whether a start that failed (a command, a timeout) is retried like a crash.
+pub(super) fn restart_after_failed_start(restart: Restart) -> bool {
+    matches!(
+        restart,
+        Restart::Always | Restart::OnFailure | Restart::OnAbnormal
+    )
+}
+
+/// The longest RestartSec= honoured (RestartSec=infinity would never restart).
+const MAX_RESTART_DELAY: Duration = Duration::from_secs(3600);
+
+/// When a restart decided at `now` happens.
+pub(super) fn restart_at(now: Instant, restart_sec: Duration) -> Instant {
+    now + restart_sec.min(MAX_RESTART_DELAY)
+}
+
+/// StartLimitIntervalSec= and StartLimitBurst=: what a restart at `now` may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum StartLimitVerdict {
+    Allowed,
+    /// `starts` starts within `interval` already: the unit fails instead.
+    Hit {
+        starts: usize,
+        interval: Duration,
+    },
+}
+
+/// Forgets the starts in `starts` older than the limit's interval, then judges a new one.
+pub(super) fn start_limit(
+    starts: &mut VecDeque<Instant>,
+    limit: &StartLimit,
+    now: Instant,
+) -> StartLimitVerdict {
+    let Some(interval) = limit.interval else {
+        return StartLimitVerdict::Allowed;
+    };
+    while starts
+        .front()
+        .is_some_and(|t| now.duration_since(*t) > interval)
+    {
+        starts.pop_front();
+    }
+    if limit.burst > 0 && starts.len() >= limit.burst as usize {
+        StartLimitVerdict::Hit {
+            starts: starts.len(),
+            interval,
+        }
+    } else {
+        StartLimitVerdict::Allowed
+    }
+}
+
+/// Type=: when a service counts as started (ExecStartPost= runs then, and what starts after
+/// it may start).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Readiness {
+    /// simple, exec, idle: once its main process is spawned.
+    OnSpawn,
+    /// notify, notify-reload: once it sends READY=1.
+    Notify,
+    /// dbus: once its BusName= has an owner on the VM's bus.
+    BusName,
+    /// oneshot: once all its start commands exited.
+    StartCommandsExited,
+    /// forking: once its start command exited and its PID file (if any) names the daemon.
+    PidFile,
+}
+
+pub(super) fn readiness(kind: ServiceType) -> Readiness {
+    match kind {
+        ServiceType::Simple | ServiceType::Exec | ServiceType::Idle => Readiness::OnSpawn,
+        ServiceType::Notify | ServiceType::NotifyReload => Readiness::Notify,
+        ServiceType::Dbus => Readiness::BusName,
+        ServiceType::Oneshot => Readiness::StartCommandsExited,
+        ServiceType::Forking => Readiness::PidFile,
+    }
+}
+
+impl Readiness {
+    /// Whether ExecStart= starts the main process (else it is a control command the
+    /// manager waits for).
+    pub(super) fn start_is_main(self) -> bool {
+        matches!(
+            self,
+            Readiness::OnSpawn | Readiness::Notify | Readiness::BusName
+        )
+    }
+
+    /// How many of the ExecStart= commands run: all for a oneshot, else the one.
+    pub(super) fn start_commands(self, given: usize) -> usize {
+        match self {
+            Readiness::StartCommandsExited => given,
+            _ => given.min(1),
+        }
+    }
+}
+
+/// What the manager knows of another unit when it decides on this one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct Peer {
+    pub(super) state: State,
+    /// Asked to stop, waiting for the units ordered after it.
+    pub(super) stop_pending: bool,
+}
+
+/// Start order: a waiting unit starts once no unit it is ordered after (After=, or the
+/// reverse of Before=) is still on its way up or down.
+pub(super) fn start_blocked(after: &BTreeSet<String>, peer: impl Fn(&str) -> Option<Peer>) -> bool {
+    after.iter().any(|d| {
+        peer(d).is_some_and(|p| {
+            matches!(
+                p.state,
+                State::Waiting | State::Activating | State::Deactivating
+            ) || p.stop_pending
+        })
+    })
+}
+
+/// Stop order, the reverse of start order: `name` stops once no unit ordered after it is
+/// still to stop or stopping.
+pub(super) fn stop_blocked<'a>(
+    name: &str,
+    others: impl IntoIterator<Item = (&'a str, &'a BTreeSet<String>, Peer)>,
+) -> bool {
+    others.into_iter().any(|(other, after, peer)| {
+        other != name
+            && after.contains(name)
+            && (peer.stop_pending || peer.state == State::Deactivating)
+    })
+}
+
+/// For each unit of a start, the units it starts after, from the graph's orderings
+/// (`(before, after)` pairs).
+pub(super) fn after_sets<'a>(
+    ordering: impl IntoIterator<Item = &'a (String, String)>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut sets: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (before, after) in ordering {
+        sets.entry(after.clone())
+            .or_default()
+            .insert(before.clone());
+    }
+    sets
+}
+
+/// KillMode=: which signal goes to the main process and which to the unit's other processes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) struct KillPlan {
+    pub(super) main: Signal,
+    /// SIGCONT after the signal, so a stopped process sees it.
+    pub(super) continue_main: bool,
+    pub(super) others: Option<Signal>,
+}
+
+/// The signals of a stop: `signal` is KillSignal= (or, `finally`, FinalKillSignal=).
+pub(super) fn kill_plan(kill_mode: KillMode, signal: Signal, finally: bool) -> KillPlan {
+    let others = match (kill_mode, finally) {
+        (KillMode::ControlGroup, _) => Some(signal),
+        (KillMode::Mixed, false) => None,
+        (KillMode::Mixed, true) => Some(Signal::SIGKILL),
+        (KillMode::Process | KillMode::None, _) => None,
+    };
+    KillPlan {
+        main: signal,
+        continue_main: signal != Signal::SIGKILL,
+        others,
+    }
+}
+
+/// KillMode=: whether a stop waits for all the unit's processes, or only its main process.
+pub(super) fn stop_waits_for_all(kill_mode: KillMode) -> bool {
+    !matches!(kill_mode, KillMode::Process | KillMode::None)
+}
+
+/// When a timer is next due; for a calendar event also its local wall-clock time.
+pub(super) type Elapse = (Instant, Option<i64>);
+
+/// What a timer's next elapse depends on.
+#[derive(Clone, Debug)]
+pub(super) struct TimerClock {
+    pub(super) now: Instant,
+    /// Local seconds since the epoch at `now`, with their fraction.
+    pub(super) now_wall: f64,
+    /// When the timer started, monotonic and local wall-clock.
+    pub(super) started: Instant,
+    pub(super) started_wall: i64,
+    pub(super) vm_boot: Instant,
+    /// When the triggered unit was last started and last stopped.
+    pub(super) target_activated: Option<Instant>,
+    pub(super) target_deactivated: Option<Instant>,
+    /// When the timer last triggered, monotonic and wall-clock.
+    pub(super) last_trigger: Option<(Instant, i64)>,
+}
+
+/// When a timer is next due: the earliest of its settings that has not triggered yet (a time
+/// at or before its last trigger counts as done, as in systemd).
+pub(super) fn next_elapse(
+    settings: &Timer,
+    calendar: &[CalendarSpec],
+    clock: &TimerClock,
+) -> Option<Elapse> {
+    let last = clock.last_trigger.map(|(at, _)| at);
+    let mut monotonic: Vec<Instant> = Vec::new();
+    monotonic.extend(settings.on_active.iter().map(|d| clock.started + *d));
+    monotonic.extend(settings.on_boot.iter().map(|d| clock.vm_boot + *d));
+    if let Some(at) = clock.target_activated {
+        monotonic.extend(settings.on_unit_active.iter().map(|d| at + *d));
+    }
+    if let Some(at) = clock.target_deactivated {
+        monotonic.extend(settings.on_unit_inactive.iter().map(|d| at + *d));
+    }
+    monotonic.retain(|c| last.is_none_or(|l| *c > l));
+    let mut candidates: Vec<Elapse> = monotonic.into_iter().map(|at| (at, None)).collect();
+    let base_wall = clock
+        .last_trigger
+        .map_or(clock.started_wall, |(_, wall)| wall);
+    for spec in calendar {
+        if let Some(wall) = spec.next_after(base_wall) {
+            let ahead = wall as f64 - clock.now_wall;
+            let at = if ahead >= 0.0 {
+                clock.now + Duration::from_secs_f64(ahead)
+            } else {
+                clock
+                    .now
+                    .checked_sub(Duration::from_secs_f64(-ahead))
+                    .unwrap_or(clock.now)
+            };
+            candidates.push((at, Some(wall)));
+        }
+    }
+    candidates.into_iter().min_by_key(|(at, _)| *at)
+}
+
+#[cfg(test)]
+mod tests;
