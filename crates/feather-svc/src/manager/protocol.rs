@@ -381,6 +381,8 @@ mod tests {
             greeted
         });
         let error = greet_manager_as(&mut client, VERSION + 7).unwrap_err();
+        // Closed, so that a manager that wrongly waits for a request sees the end.
+        drop(client);
         // The manager saw the client's version and said so; the client names both.
         assert_eq!(
             manager.join().unwrap().unwrap_err(),
