@@ -4,11 +4,12 @@
 //! One rule for causes: an error either passes a lower one up unchanged (`#[error(transparent)]`
 //! with `#[from]`), or adds where it happened and embeds its typed cause in its own message — then
 //! the cause is a plain field, not a `source()`, so `{e:#}` prints it once.
+//!
+//! This module is the bottom layer of the crate: it uses none of the others, and the errors
+//! of the parsers (values, words, specifiers, lines, settings) live here so that the modules
+//! that raise them and [`SvcError`], which carries them, all point down to it.
 
 use std::path::PathBuf;
-
-use crate::syntax::SyntaxError;
-use crate::unit::SettingError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SvcError {
@@ -55,6 +56,141 @@ pub enum SvcError {
 }
 
 pub type Result<T> = std::result::Result<T, SvcError>;
+
+/// A value a setting cannot take; the caller adds the file, line and setting.
+#[derive(Debug, thiserror::Error)]
+pub enum ValueError {
+    #[error("{0:?} is not a boolean (yes/no)")]
+    NotBoolean(String),
+    #[error("empty time span")]
+    EmptyTimespan,
+    #[error("{0:?} is not a time span")]
+    NotTimespan(String),
+    #[error("unknown time unit {unit:?} in {text:?}")]
+    UnknownTimeUnit { unit: String, text: String },
+    #[error("{0:?} is not an octal file mode")]
+    NotMode(String),
+    #[error("bad nice level {0:?}")]
+    BadNiceLevel(String),
+    #[error("bad nice limit {0:?}")]
+    BadNiceLimit(String),
+    #[error("{0:?} is not a number")]
+    NotNumber(String),
+    #[error("unknown size suffix {suffix:?} in {text:?}")]
+    UnknownSizeSuffix { suffix: String, text: String },
+    #[error("{0:?} is too large")]
+    TooLarge(String),
+    /// A value of one of the `Limit*=` settings (the problem is part of the message).
+    #[error("{key}: {problem}")]
+    Limit {
+        key: String,
+        problem: Box<ValueError>,
+    },
+}
+
+/// A value that cannot be split into words or commands; the caller adds the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum WordError {
+    #[error("unterminated {0} quote")]
+    UnterminatedQuote(char),
+    #[error("a lone backslash at the end")]
+    LoneBackslash,
+    #[error("invalid octal escape \\{0}")]
+    InvalidOctalEscape(char),
+    #[error("\\0 (a NUL byte) cannot be passed to a program")]
+    NulByte,
+    #[error("invalid escape \\{0}")]
+    InvalidEscape(char),
+    #[error("no command given")]
+    NoCommand,
+    #[error("prefix {prefix_char:?} given twice in {prefix:?}")]
+    PrefixTwice { prefix_char: char, prefix: String },
+    #[error("prefixes '+' and '!' cannot be combined")]
+    PrefixesCombined,
+    #[error("the command path is empty")]
+    EmptyPath,
+    #[error("'@' needs argv[0] after {0}")]
+    MissingArgv0(String),
+    #[error("invalid environment assignment {0:?}")]
+    InvalidAssignment(String),
+}
+
+/// A `%` that systemd would not accept; the caller adds the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecifierError {
+    #[error("{0:?} ends with a lone '%' (write %% for a percent sign)")]
+    LonePercent(String),
+    #[error("unknown specifier %{specifier} in {text:?} (write %% for a percent sign)")]
+    Unknown { specifier: char, text: String },
+}
+
+/// A line systemd would not read; [`SvcError::Syntax`] adds the file and line.
+#[derive(Debug, thiserror::Error)]
+pub enum SyntaxError {
+    #[error(".include is no longer supported by systemd; use a drop-in instead")]
+    Include,
+    #[error("invalid section header {0:?}: missing ']'")]
+    UnclosedSection(String),
+    #[error("invalid section header {0:?}")]
+    BadSection(String),
+    #[error("assignment {0:?} outside of any [Section]")]
+    OutsideSection(String),
+    #[error("missing '=' in {0:?}")]
+    MissingEquals(String),
+    #[error("assignment {0:?} has no key")]
+    NoKey(String),
+    /// In a SysV script's LSB header.
+    #[error("a line inside the LSB header does not start with '#'")]
+    LsbLineWithoutHash,
+    #[error("### BEGIN INIT INFO without ### END INIT INFO")]
+    LsbUnterminated,
+}
+
+/// A setting's value that systemd would not accept; [`SvcError::Setting`] adds the file and
+/// line.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    #[error(transparent)]
+    Value(#[from] ValueError),
+    #[error(transparent)]
+    Word(#[from] WordError),
+    #[error(transparent)]
+    Specifier(#[from] SpecifierError),
+    /// A unit name in a dependency list, `Service=` or `Unit=`.
+    #[error(transparent)]
+    Name(Box<SvcError>),
+    #[error("{key}={value:?} is not a number")]
+    NotANumber { key: &'static str, value: String },
+    #[error("WorkingDirectory={0:?} is not an absolute path or ~")]
+    WorkingDirectory(String),
+    #[error("EnvironmentFile={0:?} is not an absolute path")]
+    EnvironmentFile(String),
+    #[error("unknown resource limit {0}")]
+    UnknownLimit(String),
+    #[error("{key}={word:?} must be a relative path below {root}")]
+    NotRelative {
+        key: String,
+        word: String,
+        root: &'static str,
+    },
+    #[error("unknown service type Type={0}")]
+    UnknownType(String),
+    /// A value outside the ones systemd lists for an enumerated setting.
+    #[error("unknown {key}={value}")]
+    UnknownValue { key: &'static str, value: String },
+    #[error("SuccessExitStatus: {0:?} is neither an exit status nor a signal")]
+    NotExitStatus(String),
+    #[error("{0} is not a signal")]
+    NotSignal(String),
+    #[error("{0:?} is not a signal name")]
+    NotSignalName(String),
+}
+
+impl From<SvcError> for SettingError {
+    fn from(error: SvcError) -> SettingError {
+        SettingError::Name(Box::new(error))
+    }
+}
 
 pub(crate) trait IoAt<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;

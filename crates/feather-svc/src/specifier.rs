@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+pub use crate::error::SpecifierError;
 use crate::name::{unescape, unescape_path, UnitName};
 
 /// What specifiers resolve against.
@@ -12,15 +13,6 @@ pub struct Context<'a> {
     pub fragment: Option<&'a Path>,
     /// The tree the units come from; `%H`, `%m`, `%v`, … read it.
     pub root: &'a Path,
-}
-
-/// A `%` that systemd would not accept; the caller adds the file and line.
-#[derive(Debug, thiserror::Error)]
-pub enum SpecifierError {
-    #[error("{0:?} ends with a lone '%' (write %% for a percent sign)")]
-    LonePercent(String),
-    #[error("unknown specifier %{specifier} in {text:?} (write %% for a percent sign)")]
-    Unknown { specifier: char, text: String },
 }
 
 /// Replaces every `%x` in `text`. An unknown specifier is an error, as in systemd.

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+pub use crate::error::SyntaxError;
 use crate::error::{Result, SvcError};
 
 /// One `Key=Value` line (or continued lines) of a unit file.
@@ -20,28 +21,6 @@ pub struct Assignment {
     pub value: String,
     /// The line the assignment starts on, counting from 1.
     pub line: usize,
-}
-
-/// A line systemd would not read; [`SvcError::Syntax`] adds the file and line.
-#[derive(Debug, thiserror::Error)]
-pub enum SyntaxError {
-    #[error(".include is no longer supported by systemd; use a drop-in instead")]
-    Include,
-    #[error("invalid section header {0:?}: missing ']'")]
-    UnclosedSection(String),
-    #[error("invalid section header {0:?}")]
-    BadSection(String),
-    #[error("assignment {0:?} outside of any [Section]")]
-    OutsideSection(String),
-    #[error("missing '=' in {0:?}")]
-    MissingEquals(String),
-    #[error("assignment {0:?} has no key")]
-    NoKey(String),
-    /// In a SysV script's LSB header.
-    #[error("a line inside the LSB header does not start with '#'")]
-    LsbLineWithoutHash,
-    #[error("### BEGIN INIT INFO without ### END INIT INFO")]
-    LsbUnterminated,
 }
 
 /// Splits a unit file into its assignments, in order. `path` only names the file in errors.

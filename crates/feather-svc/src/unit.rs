@@ -8,58 +8,12 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use crate::error::SvcError;
+pub use crate::error::SettingError;
 use crate::name::UnitName;
 use crate::specifier::{self, Context};
 use crate::syntax::Assignment;
 use crate::values::{self, Limit};
-use crate::words::{self, ExecCommand, WordError};
-
-/// A setting's value that systemd would not accept; [`SvcError::Setting`] adds the file and
-/// line.
-#[derive(Debug, thiserror::Error)]
-pub enum SettingError {
-    #[error(transparent)]
-    Value(#[from] values::ValueError),
-    #[error(transparent)]
-    Word(#[from] WordError),
-    #[error(transparent)]
-    Specifier(#[from] specifier::SpecifierError),
-    /// A unit name in a dependency list, `Service=` or `Unit=`.
-    #[error(transparent)]
-    Name(Box<SvcError>),
-    #[error("{key}={value:?} is not a number")]
-    NotANumber { key: &'static str, value: String },
-    #[error("WorkingDirectory={0:?} is not an absolute path or ~")]
-    WorkingDirectory(String),
-    #[error("EnvironmentFile={0:?} is not an absolute path")]
-    EnvironmentFile(String),
-    #[error("unknown resource limit {0}")]
-    UnknownLimit(String),
-    #[error("{key}={word:?} must be a relative path below {root}")]
-    NotRelative {
-        key: String,
-        word: String,
-        root: &'static str,
-    },
-    #[error("unknown service type Type={0}")]
-    UnknownType(String),
-    /// A value outside the ones systemd lists for an enumerated setting.
-    #[error("unknown {key}={value}")]
-    UnknownValue { key: &'static str, value: String },
-    #[error("SuccessExitStatus: {0:?} is neither an exit status nor a signal")]
-    NotExitStatus(String),
-    #[error("{0} is not a signal")]
-    NotSignal(String),
-    #[error("{0:?} is not a signal name")]
-    NotSignalName(String),
-}
-
-impl From<SvcError> for SettingError {
-    fn from(error: SvcError) -> SettingError {
-        SettingError::Name(Box::new(error))
-    }
-}
+use crate::words::{self, ExecCommand};
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Dependencies {

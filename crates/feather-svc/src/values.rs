@@ -2,36 +2,7 @@
 
 use std::time::Duration;
 
-/// A value a setting cannot take; the caller adds the file, line and setting.
-#[derive(Debug, thiserror::Error)]
-pub enum ValueError {
-    #[error("{0:?} is not a boolean (yes/no)")]
-    NotBoolean(String),
-    #[error("empty time span")]
-    EmptyTimespan,
-    #[error("{0:?} is not a time span")]
-    NotTimespan(String),
-    #[error("unknown time unit {unit:?} in {text:?}")]
-    UnknownTimeUnit { unit: String, text: String },
-    #[error("{0:?} is not an octal file mode")]
-    NotMode(String),
-    #[error("bad nice level {0:?}")]
-    BadNiceLevel(String),
-    #[error("bad nice limit {0:?}")]
-    BadNiceLimit(String),
-    #[error("{0:?} is not a number")]
-    NotNumber(String),
-    #[error("unknown size suffix {suffix:?} in {text:?}")]
-    UnknownSizeSuffix { suffix: String, text: String },
-    #[error("{0:?} is too large")]
-    TooLarge(String),
-    /// A value of one of the `Limit*=` settings (the problem is part of the message).
-    #[error("{key}: {problem}")]
-    Limit {
-        key: String,
-        problem: Box<ValueError>,
-    },
-}
+pub use crate::error::ValueError;
 
 /// systemd's booleans.
 pub fn boolean(text: &str) -> Result<bool, ValueError> {

@@ -5,32 +5,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A value that cannot be split into words or commands; the caller adds the file and line.
-#[derive(Debug, thiserror::Error)]
-pub enum WordError {
-    #[error("unterminated {0} quote")]
-    UnterminatedQuote(char),
-    #[error("a lone backslash at the end")]
-    LoneBackslash,
-    #[error("invalid octal escape \\{0}")]
-    InvalidOctalEscape(char),
-    #[error("\\0 (a NUL byte) cannot be passed to a program")]
-    NulByte,
-    #[error("invalid escape \\{0}")]
-    InvalidEscape(char),
-    #[error("no command given")]
-    NoCommand,
-    #[error("prefix {prefix_char:?} given twice in {prefix:?}")]
-    PrefixTwice { prefix_char: char, prefix: String },
-    #[error("prefixes '+' and '!' cannot be combined")]
-    PrefixesCombined,
-    #[error("the command path is empty")]
-    EmptyPath,
-    #[error("'@' needs argv[0] after {0}")]
-    MissingArgv0(String),
-    #[error("invalid environment assignment {0:?}")]
-    InvalidAssignment(String),
-}
+pub use crate::error::WordError;
 
 /// How strictly words are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -58,10 +58,9 @@ mod starting;
 mod stopping;
 mod timers;
 
-use accepting::is_accepting;
-use decide::{Exit, Peer, State};
-use readiness::{notify_path, open_notify_socket};
-use timers::{start_timer, vm_boot, TimerRun};
+// The parent uses only `decide` of its children (pure, it uses nothing back); the other
+// children add methods to [`Manager`] and use the parent, never the other way round.
+use decide::{Exit, Peer, State, TimerRun};
 
 /// The most sockets one service can be handed.
 const MAX_PASSED_SOCKETS: RawFd = 32;
@@ -251,6 +250,11 @@ impl Runtime {
         }
     }
 
+    /// A socket unit with `Accept=yes`: the manager accepts its connections itself.
+    fn is_accepting(&self) -> bool {
+        self.unit.socket.as_ref().is_some_and(|s| s.accept)
+    }
+
     fn peer(&self) -> Peer {
         Peer {
             state: self.state,
@@ -387,7 +391,7 @@ impl Manager {
             let accepting: Vec<(String, OwnedFd)> = self
                 .units
                 .iter()
-                .filter(|(_, r)| r.state == State::Active && is_accepting(r))
+                .filter(|(_, r)| r.state == State::Active && r.is_accepting())
                 .flat_map(|(n, r)| {
                     r.listeners
                         .iter()
@@ -718,4 +722,27 @@ fn tail(path: &Path, lines: usize) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+/// When the VM's init started: `/proc/1/stat`'s start time (clock ticks after the host's boot)
+/// against `/proc/uptime`.
+pub(super) fn vm_boot() -> Instant {
+    let now = Instant::now();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let started = fs::read_to_string("/proc/1/stat").ok().and_then(|s| {
+        let after_name = s.rsplit_once(')')?.1;
+        after_name.split_whitespace().nth(19)?.parse::<f64>().ok()
+    });
+    let uptime = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+    match (started, uptime) {
+        (Some(started), Some(uptime)) if uptime >= started / ticks => now
+            .checked_sub(Duration::from_secs_f64(uptime - started / ticks))
+            .unwrap_or(now),
+        _ => now,
+    }
 }

@@ -281,6 +281,16 @@ pub(super) fn stop_waits_for_all(kill_mode: KillMode) -> bool {
     !matches!(kill_mode, KillMode::Process | KillMode::None)
 }
 
+/// A running timer.
+pub(super) struct TimerRun {
+    pub(super) started: Instant,
+    pub(super) started_wall: i64,
+    pub(super) calendar: Vec<CalendarSpec>,
+    pub(super) last_trigger: Option<(Instant, i64)>,
+    pub(super) next: Option<Instant>,
+    pub(super) target: String,
+}
+
 /// When a timer is next due; for a calendar event also its local wall-clock time.
 pub(super) type Elapse = (Instant, Option<i64>);
 

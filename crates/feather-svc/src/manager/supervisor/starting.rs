@@ -1,6 +1,8 @@
 //! A unit's way up: its dependencies first, then condition → start-pre → start → ready →
 //! start-post, each command spawned as the unit says.
 
+use super::readiness::{notify_path, open_notify_socket};
+use super::timers::start_timer;
 use super::*;
 
 impl Manager {
@@ -49,7 +51,7 @@ impl Manager {
             }
             if r.unit.socket.is_some() {
                 match sockets::bind(&r.unit).and_then(|bound| -> Result<_, sockets::SocketError> {
-                    if is_accepting(r) {
+                    if r.is_accepting() {
                         sockets::prepare_accepting(&r.unit, &bound)?;
                     }
                     Ok(bound)

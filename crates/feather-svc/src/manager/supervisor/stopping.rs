@@ -1,6 +1,7 @@
 //! Stopping a unit: its stop commands, SIGTERM, SIGKILL after the timeout, stop-post, and what
 //! follows (restart, dependants, clean-up).
 
+use super::readiness::notify_path;
 use super::*;
 
 impl Manager {

@@ -3,17 +3,7 @@
 
 use super::*;
 
-/// A running timer.
-pub(super) struct TimerRun {
-    pub(super) started: Instant,
-    pub(super) started_wall: i64,
-    pub(super) calendar: Vec<crate::calendar::CalendarSpec>,
-    pub(super) last_trigger: Option<(Instant, i64)>,
-    pub(super) next: Option<Instant>,
-    pub(super) target: String,
-}
-
-use decide::{Elapse, TimerClock};
+use super::decide::{Elapse, TimerClock, TimerRun};
 
 impl Manager {
     /// Starts the units of the timers that elapsed, and works out when each timer is next due.
@@ -113,29 +103,6 @@ pub(super) fn local_now_precise() -> f64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64());
     unix + crate::raw::local_offset(unix as i64) as f64
-}
-
-/// When the VM's init started: `/proc/1/stat`'s start time (clock ticks after the host's boot)
-/// against `/proc/uptime`.
-pub(super) fn vm_boot() -> Instant {
-    let now = Instant::now();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let started = fs::read_to_string("/proc/1/stat").ok().and_then(|s| {
-        let after_name = s.rsplit_once(')')?.1;
-        after_name.split_whitespace().nth(19)?.parse::<f64>().ok()
-    });
-    let uptime = fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
-    match (started, uptime) {
-        (Some(started), Some(uptime)) if uptime >= started / ticks => now
-            .checked_sub(Duration::from_secs_f64(uptime - started / ticks))
-            .unwrap_or(now),
-        _ => now,
-    }
 }
 
 /// Checks a timer's settings and starts it: it needs something that triggers it, and
