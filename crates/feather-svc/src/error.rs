@@ -204,3 +204,66 @@ impl<T> IoAt<T> for std::io::Result<T> {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    /// Each message of the chain `{e:#}` prints (the error, then its sources) must not repeat
+    /// the next one: a cause is either in its wrapper's message or its source, never both.
+    fn assert_printed_once(error: &dyn Error) {
+        let mut current = error;
+        while let Some(source) = current.source() {
+            let (outer, inner) = (current.to_string(), source.to_string());
+            assert!(
+                !outer.contains(&inner),
+                "{outer:?} repeats its source {inner:?}"
+            );
+            current = source;
+        }
+    }
+
+    #[test]
+    fn every_cause_is_printed_once() {
+        let io = || std::io::Error::from(std::io::ErrorKind::PermissionDenied);
+        let setting = SvcError::Setting {
+            path: "/lib/systemd/system/a.service".into(),
+            line: 3,
+            problem: SettingError::Value(ValueError::Limit {
+                key: "LimitNOFILE".into(),
+                problem: Box::new(ValueError::NotNumber("lots".into())),
+            }),
+        };
+        assert_eq!(
+            setting.to_string(),
+            "/lib/systemd/system/a.service:3: LimitNOFILE: \"lots\" is not a number"
+        );
+        let missing = SvcError::MissingDependency {
+            unit: "web.service".into(),
+            kind: "requires",
+            missing: "db.service".into(),
+            why: Box::new(SvcError::Io {
+                path: "/lib/systemd/system/db.service".into(),
+                error: io(),
+            }),
+        };
+        let errors: Vec<Box<dyn Error>> = vec![
+            Box::new(setting),
+            Box::new(missing),
+            Box::new(SvcError::Io {
+                path: "/etc/init.d".into(),
+                error: io(),
+            }),
+            Box::new(SettingError::Word(WordError::UnterminatedQuote('"'))),
+            Box::new(SettingError::Name(Box::new(SvcError::InvalidName {
+                name: "a b".into(),
+                why: "contains a space".into(),
+            }))),
+        ];
+        for error in &errors {
+            assert_printed_once(error.as_ref());
+        }
+    }
+}

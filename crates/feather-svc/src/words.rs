@@ -164,11 +164,11 @@ fn unescape_one(
 pub struct ExecCommand {
     /// The program: an absolute path, or a name searched in systemd's fixed PATH.
     pub path: String,
-    /// The arguments, argv[0] included.
+    /// The arguments, `argv[0]` included.
     pub argv: Vec<String>,
     /// `-`: a non-zero exit is recorded but not a failure.
     pub ignore_failure: bool,
-    /// `@`: the second word is argv[0].
+    /// `@`: the second word is `argv[0]`.
     pub custom_argv0: bool,
     /// `+`: runs with full privileges: no User=/Group=, no sandboxing.
     pub full_privileges: bool,
