@@ -136,6 +136,10 @@ pub enum ProtocolError {
     /// The manager answered the hello with another [`VERSION`] (`expected` is this client's).
     #[error("{}", version_advice(*expected, *received))]
     VersionMismatch { expected: u32, received: u32 },
+    /// The answer to the hello is no message of this version: a manager from before the hello
+    /// (or another build) runs in the VM.
+    #[error("the service manager answered the hello with a message this feather cannot read ({0}); it is probably an older feather-svcd: restart the VM (`feather stop VM`, `feather start VM`) so that the one installed beside feather runs")]
+    UnreadableHello(std::io::Error),
     /// The manager answered with another message than the one the exchange is at.
     #[error("the service manager answered {received} where {expected} was expected")]
     UnexpectedMessage {
@@ -179,7 +183,11 @@ pub fn greet_manager(stream: &mut UnixStream) -> Result<(), ProtocolError> {
 
 fn greet_manager_as(stream: &mut UnixStream, version: u32) -> Result<(), ProtocolError> {
     send(stream, &Request::Hello { version }).map_err(ProtocolError::Send)?;
-    match receive::<Response>(stream).map_err(ProtocolError::Receive)? {
+    let answer = receive::<Response>(stream).map_err(|e| match e.kind() {
+        std::io::ErrorKind::InvalidData => ProtocolError::UnreadableHello(e),
+        _ => ProtocolError::Receive(e),
+    })?;
+    match answer {
         Response::Hello { version: theirs } if theirs == version => Ok(()),
         Response::Hello { version: theirs } => Err(ProtocolError::VersionMismatch {
             expected: version,
@@ -407,6 +415,25 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_manager_from_before_the_hello_is_named_as_such() {
+        let (mut client, server) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            let mut server = server;
+            let _ = receive::<serde_json::Value>(&server);
+            // What a manager without the hello answered to a message it could not read.
+            server
+                .write_all(b"{\"result\":\"error\",\"message\":\"bad request: unknown variant\"}\n")
+                .unwrap();
+        });
+        let error = greet_manager(&mut client).unwrap_err();
+        assert!(
+            matches!(error, ProtocolError::UnreadableHello(_)),
+            "{error:?}"
+        );
+        assert!(error.to_string().contains("restart the VM"), "{error}");
     }
 
     #[test]
