@@ -204,6 +204,34 @@ impl Readiness {
     }
 }
 
+/// What one sd_notify datagram says (the lines the manager acts on; others are ignored).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(super) struct Notification {
+    /// READY=1: a notify service is started.
+    pub(super) ready: bool,
+    /// STATUS=: shown by `service ls` and `service status`; the last one counts.
+    pub(super) status: Option<String>,
+    /// MAINPID=: the service's main process, if not the one the manager started.
+    pub(super) main_pid: Option<i32>,
+}
+
+pub(super) fn notification(text: &str) -> Notification {
+    let mut n = Notification::default();
+    for line in text.lines() {
+        match line.split_once('=') {
+            Some(("READY", "1")) => n.ready = true,
+            Some(("STATUS", status)) => n.status = Some(status.to_owned()),
+            Some(("MAINPID", pid)) => {
+                if let Ok(pid) = pid.parse::<i32>() {
+                    n.main_pid = Some(pid);
+                }
+            }
+            _ => {}
+        }
+    }
+    n
+}
+
 /// What the manager knows of another unit when it decides on this one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct Peer {

@@ -47,23 +47,18 @@ impl Manager {
             let Some(r) = self.units.get_mut(name) else {
                 return;
             };
-            let mut ready = false;
-            for line in text.lines() {
-                match line.split_once('=') {
-                    Some(("READY", "1")) => ready = true,
-                    Some(("STATUS", status)) => r.status_text = Some(status.to_owned()),
-                    Some(("MAINPID", pid)) => {
-                        if let Ok(pid) = pid.parse::<i32>() {
-                            r.main_pid = Some(Pid::from_raw(pid));
-                            if let Some(session) = session_of(Pid::from_raw(pid)) {
-                                r.sessions.insert(session);
-                            }
-                        }
-                    }
-                    _ => {}
+            let said = decide::notification(&text);
+            if let Some(status) = said.status {
+                r.status_text = Some(status);
+            }
+            if let Some(pid) = said.main_pid.map(Pid::from_raw) {
+                r.main_pid = Some(pid);
+                if let Some(session) = session_of(pid) {
+                    r.sessions.insert(session);
                 }
             }
-            if ready && r.phase == Phase::WaitReady {
+            // READY=1 counts only while the unit waits for it (not again after a restart).
+            if said.ready && r.phase == Phase::WaitReady {
                 r.ready = true;
                 r.phase = Phase::StartPost;
                 r.pending = r

@@ -484,3 +484,25 @@ fn a_calendar_event_is_due_at_its_wall_clock_time() {
         Some((now + Duration::from_secs(60), Some(next_minute + 60)))
     );
 }
+
+#[test]
+fn notify_messages_say_ready_status_and_main_pid() {
+    assert_eq!(
+        notification("READY=1\nSTATUS=Processing requests…\nMAINPID=4242\n"),
+        Notification {
+            ready: true,
+            status: Some("Processing requests…".into()),
+            main_pid: Some(4242),
+        }
+    );
+    // READY=0, an unknown line, a bad pid: nothing of it counts.
+    assert_eq!(
+        notification("READY=0\nWATCHDOG=1\nMAINPID=x"),
+        Notification::default()
+    );
+    // The last STATUS= of a datagram counts.
+    assert_eq!(
+        notification("STATUS=one\nSTATUS=two").status.as_deref(),
+        Some("two")
+    );
+}
