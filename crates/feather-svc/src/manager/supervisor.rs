@@ -60,7 +60,7 @@ mod timers;
 
 // The parent uses only `decide` of its children (pure, it uses nothing back); the other
 // children add methods to [`Manager`] and use the parent, never the other way round.
-use decide::{Exit, Peer, State, TimerRun};
+use decide::{phase_setting, Exit, Peer, Phase, State, TimerRun};
 
 /// The most sockets one service can be handed.
 const MAX_PASSED_SOCKETS: RawFd = 32;
@@ -75,48 +75,6 @@ const BUS_RETRY: Duration = Duration::from_millis(200);
 
 /// How often units are looked at while something is in progress.
 const TICK: Duration = Duration::from_millis(5);
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Idle,
-    /// `--fresh-state`: the package's initialiser runs in the emptied data folders.
-    FreshState,
-    Condition,
-    StartPre,
-    Start,
-    WaitReady,
-    WaitPidFile,
-    /// Type=dbus: the main process runs; its BusName= has no owner on the bus yet.
-    WaitBusName,
-    StartPost,
-    Running,
-    AutoRestart,
-    Stop,
-    SigTerm,
-    SigKill,
-    StopPost,
-    Reload,
-}
-
-impl Phase {
-    fn name(self) -> &'static str {
-        match self {
-            Phase::Idle => "dead",
-            Phase::FreshState => "fresh-state",
-            Phase::Condition => "condition",
-            Phase::StartPre => "start-pre",
-            Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "start",
-            Phase::StartPost => "start-post",
-            Phase::Running => "running",
-            Phase::AutoRestart => "auto-restart",
-            Phase::Stop => "stop",
-            Phase::SigTerm => "stop-sigterm",
-            Phase::SigKill => "final-sigkill",
-            Phase::StopPost => "stop-post",
-            Phase::Reload => "reload",
-        }
-    }
-}
 
 /// Why a unit could not start (what its `result` then says).
 #[derive(Debug, thiserror::Error)]
@@ -679,20 +637,6 @@ fn log_line(r: &mut Runtime, line: &str) {
     }
     if let Some(log) = r.log.as_mut() {
         let _ = std::io::Write::write_all(log, format!("{line}\n").as_bytes());
-    }
-}
-
-fn phase_setting(phase: Phase) -> &'static str {
-    match phase {
-        Phase::FreshState => "fresh state: initialiser",
-        Phase::Condition => "ExecCondition",
-        Phase::StartPre => "ExecStartPre",
-        Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "ExecStart",
-        Phase::StartPost => "ExecStartPost",
-        Phase::Stop => "ExecStop",
-        Phase::StopPost => "ExecStopPost",
-        Phase::Reload => "ExecReload",
-        _ => "command",
     }
 }
 

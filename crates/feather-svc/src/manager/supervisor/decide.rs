@@ -50,6 +50,82 @@ impl State {
     }
 }
 
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum Phase {
+    Idle,
+    /// `--fresh-state`: the package's initialiser runs in the emptied data folders.
+    FreshState,
+    Condition,
+    StartPre,
+    Start,
+    WaitReady,
+    WaitPidFile,
+    /// Type=dbus: the main process runs; its BusName= has no owner on the bus yet.
+    WaitBusName,
+    StartPost,
+    Running,
+    AutoRestart,
+    Stop,
+    SigTerm,
+    SigKill,
+    StopPost,
+    Reload,
+}
+
+impl Phase {
+    pub(super) fn name(self) -> &'static str {
+        match self {
+            Phase::Idle => "dead",
+            Phase::FreshState => "fresh-state",
+            Phase::Condition => "condition",
+            Phase::StartPre => "start-pre",
+            Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "start",
+            Phase::StartPost => "start-post",
+            Phase::Running => "running",
+            Phase::AutoRestart => "auto-restart",
+            Phase::Stop => "stop",
+            Phase::SigTerm => "stop-sigterm",
+            Phase::SigKill => "final-sigkill",
+            Phase::StopPost => "stop-post",
+            Phase::Reload => "reload",
+        }
+    }
+}
+
+/// The setting whose command runs in `phase`, for messages.
+pub(super) fn phase_setting(phase: Phase) -> &'static str {
+    match phase {
+        Phase::FreshState => "fresh state: initialiser",
+        Phase::Condition => "ExecCondition",
+        Phase::StartPre => "ExecStartPre",
+        Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "ExecStart",
+        Phase::StartPost => "ExecStartPost",
+        Phase::Stop => "ExecStop",
+        Phase::StopPost => "ExecStopPost",
+        Phase::Reload => "ExecReload",
+        _ => "command",
+    }
+}
+
+/// The phase after ExecStart='s main process was spawned: waiting for the readiness `Type=`
+/// asks for, or (simple, exec, idle) started.
+pub(super) fn phase_after_main_spawned(readiness: Readiness) -> Phase {
+    match readiness {
+        Readiness::Notify => Phase::WaitReady,
+        Readiness::BusName => Phase::WaitBusName,
+        _ => Phase::StartPost,
+    }
+}
+
+/// The phase once the start commands that are not a main process exited: a forking daemon's
+/// PID file is awaited; a oneshot is started.
+pub(super) fn phase_after_start_commands(readiness: Readiness) -> Phase {
+    match readiness {
+        Readiness::PidFile => Phase::WaitPidFile,
+        _ => Phase::StartPost,
+    }
+}
+
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Exit {

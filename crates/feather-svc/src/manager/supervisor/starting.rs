@@ -142,15 +142,11 @@ impl Manager {
                     Ok(()) => {
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         if main {
-                            r.phase = match readiness {
-                                decide::Readiness::Notify => Phase::WaitReady,
-                                decide::Readiness::BusName => Phase::WaitBusName,
-                                _ => {
-                                    r.ready = true;
-                                    r.pending = service.exec_start_post.iter().cloned().collect();
-                                    Phase::StartPost
-                                }
-                            };
+                            r.phase = decide::phase_after_main_spawned(readiness);
+                            if r.phase == Phase::StartPost {
+                                r.ready = true;
+                                r.pending = service.exec_start_post.iter().cloned().collect();
+                            }
                         }
                         if r.phase == Phase::WaitBusName && main {
                             let bus_name = service.bus_name.clone().unwrap_or_default();
@@ -217,7 +213,7 @@ impl Manager {
                 }
                 Phase::Start => {
                     // The start commands are done: the oneshot ran, or the forking parent exited.
-                    if readiness == decide::Readiness::PidFile {
+                    if decide::phase_after_start_commands(readiness) == Phase::WaitPidFile {
                         r.phase = Phase::WaitPidFile;
                         self.check_pid_file(name);
                         return;

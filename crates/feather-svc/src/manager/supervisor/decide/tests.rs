@@ -506,3 +506,33 @@ fn notify_messages_say_ready_status_and_main_pid() {
         Some("two")
     );
 }
+
+#[test]
+fn the_phase_after_execstart_follows_type() {
+    // For each Type=: where a start is once ExecStart='s process is spawned (a main process)
+    // or once the start commands exited (not a main process).
+    let table = [
+        (ServiceType::Simple, Phase::StartPost),
+        (ServiceType::Exec, Phase::StartPost),
+        (ServiceType::Idle, Phase::StartPost),
+        (ServiceType::Notify, Phase::WaitReady),
+        (ServiceType::NotifyReload, Phase::WaitReady),
+        (ServiceType::Dbus, Phase::WaitBusName),
+        (ServiceType::Oneshot, Phase::StartPost),
+        (ServiceType::Forking, Phase::WaitPidFile),
+    ];
+    for (kind, next) in table {
+        let readiness = readiness(kind);
+        let got = if readiness.start_is_main() {
+            phase_after_main_spawned(readiness)
+        } else {
+            phase_after_start_commands(readiness)
+        };
+        assert_eq!(got, next, "{kind:?}");
+        // Every waiting phase is shown as `start` and belongs to ExecStart=.
+        assert!(matches!(got.name(), "start" | "start-post"), "{kind:?}");
+        if got != Phase::StartPost {
+            assert_eq!(phase_setting(got), "ExecStart", "{kind:?}");
+        }
+    }
+}
