@@ -80,7 +80,7 @@ fn call_in_vm(
             exe.display()
         );
     }
-    let manager = manager::program().map_err(|e| anyhow::anyhow!("VM {name}: {e}"))?;
+    let manager = manager::program().with_context(|| format!("VM {name}"))?;
     if !manager.exists() {
         anyhow::bail!(
             "VM {name} cannot run its service manager: {} is missing; install {} beside feather (cargo builds and installs both)",
@@ -152,7 +152,7 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
                 let stop = Request::Stop {
                     units: vec![unit.clone()],
                 };
-                match manager::call(&stop, None).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))? {
+                match manager::call(&stop, None).with_context(|| format!("VM {vm}"))? {
                     // A stopped unit is simply started.
                     Response::Error {
                         error: Refusal::NotStarted { .. },
@@ -181,7 +181,7 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let response = manager::call(&request, starts.then_some(vm.as_str()))
-        .map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
+        .with_context(|| format!("VM {vm}"))?;
     match response {
         Response::Error { error } => anyhow::bail!("VM {vm}: {error}"),
         Response::Hello { .. } => anyhow::bail!(
