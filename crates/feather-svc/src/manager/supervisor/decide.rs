@@ -280,6 +280,70 @@ impl Readiness {
     }
 }
 
+/// What follows the end of a control command (ExecCondition=, ExecStartPre=, ExecStop=, …).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum ControlOutcome {
+    /// The next command or phase; `ignored_failure`: it failed, but that does not count (a
+    /// `-` prefix, or the unit is stopping anyway).
+    Next { ignored_failure: bool },
+    /// ExecReload= failed: the service keeps running as it was.
+    ReloadFailed,
+    /// ExecCondition= exited 1..254: the unit is skipped, not failed.
+    ConditionNotMet,
+    /// The start fails: what the unit started is killed.
+    Failed,
+}
+
+pub(super) fn control_outcome(
+    phase: Phase,
+    state: State,
+    exit: Exit,
+    ignore_failure: bool,
+    success_exit_status: &[i32],
+) -> ControlOutcome {
+    let success = exit.success(success_exit_status);
+    if success || ignore_failure || state == State::Deactivating {
+        return ControlOutcome::Next {
+            ignored_failure: !success,
+        };
+    }
+    match (phase, exit) {
+        (Phase::Reload, _) => ControlOutcome::ReloadFailed,
+        (Phase::Condition, Exit::Code(1..=254)) => ControlOutcome::ConditionNotMet,
+        _ => ControlOutcome::Failed,
+    }
+}
+
+/// A forking service whose start command exited: what its PID file (or the guess) shows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(super) enum PidFileOutcome {
+    /// PIDFile= is not written yet: wait (until TimeoutStartSec=).
+    Wait,
+    /// Started (with the main process found, or none to find).
+    Ready,
+    /// GuessMainPID= found no daemon left, and the unit does not remain after exit.
+    NoMainProcess,
+}
+
+/// `found`: the PID file (or the guess) named a process now; `known_main`: a main process is
+/// known anyway (a MAINPID= before).
+pub(super) fn pid_file_outcome(
+    found: bool,
+    known_main: bool,
+    has_pid_file: bool,
+    guess_main_pid: bool,
+    remain_after_exit: bool,
+) -> PidFileOutcome {
+    match (found, has_pid_file) {
+        (true, _) => PidFileOutcome::Ready,
+        (false, true) => PidFileOutcome::Wait,
+        (false, false) if !known_main && guess_main_pid && !remain_after_exit => {
+            PidFileOutcome::NoMainProcess
+        }
+        (false, false) => PidFileOutcome::Ready,
+    }
+}
+
 /// What one sd_notify datagram says (the lines the manager acts on; others are ignored).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(super) struct Notification {

@@ -44,14 +44,18 @@ impl Manager {
         if !all_processes().iter().any(|p| p.session == pid.as_raw()) {
             r.sessions.remove(&pid.as_raw());
         }
-        let success = code.success(
+        let outcome = decide::control_outcome(
+            r.phase,
+            r.state,
+            code,
+            command.ignore_failure,
             r.unit
                 .service
                 .as_ref()
                 .map_or(&[][..], |s| &s.success_exit_status),
         );
-        if success || command.ignore_failure || r.state == State::Deactivating {
-            if !success {
+        if let decide::ControlOutcome::Next { ignored_failure } = outcome {
+            if ignored_failure {
                 log_line(
                     r,
                     &format!(
@@ -65,7 +69,7 @@ impl Manager {
             self.advance(name);
             return;
         }
-        if r.phase == Phase::Reload {
+        if outcome == decide::ControlOutcome::ReloadFailed {
             // A failed reload leaves the service running as it was.
             let why = format!("ExecReload {} {}", command.path, code.describe());
             log_line(r, &format!("feather: reload failed: {why}"));
@@ -74,7 +78,7 @@ impl Manager {
             r.phase = Phase::Running;
             return;
         }
-        if r.phase == Phase::Condition && matches!(code, Exit::Code(1..=254)) {
+        if outcome == decide::ControlOutcome::ConditionNotMet {
             r.result = Some(format!(
                 "skipped: ExecCondition {} {}",
                 command.path,

@@ -15,24 +15,26 @@ impl Manager {
             None if service.guess_main_pid => guess_main_pid(&known),
             None => None,
         };
-        match main {
-            Some(pid) => {
-                r.main_pid = Some(pid);
-                if let Some(session) = session_of(pid) {
-                    r.sessions.insert(session);
-                }
+        let outcome = decide::pid_file_outcome(
+            main.is_some(),
+            r.main_pid.is_some(),
+            service.pid_file.is_some(),
+            service.guess_main_pid,
+            service.remain_after_exit,
+        );
+        if let Some(pid) = main {
+            r.main_pid = Some(pid);
+            if let Some(session) = session_of(pid) {
+                r.sessions.insert(session);
             }
-            None if service.pid_file.is_none() => {}
-            // Wait for the daemon to write its pid file (until TimeoutStartSec=).
-            None => return,
         }
-        if r.main_pid.is_none()
-            && !service.remain_after_exit
-            && service.pid_file.is_none()
-            && service.guess_main_pid
-        {
-            self.fail_and_clean(name, StartError::NoMainProcess);
-            return;
+        match outcome {
+            decide::PidFileOutcome::Ready => {}
+            decide::PidFileOutcome::Wait => return,
+            decide::PidFileOutcome::NoMainProcess => {
+                self.fail_and_clean(name, StartError::NoMainProcess);
+                return;
+            }
         }
         r.ready = true;
         r.phase = Phase::StartPost;

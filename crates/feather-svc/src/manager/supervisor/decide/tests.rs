@@ -536,3 +536,79 @@ fn the_phase_after_execstart_follows_type() {
         }
     }
 }
+
+#[test]
+fn the_end_of_a_control_command_decides_the_next_step() {
+    let next = |ignored_failure| ControlOutcome::Next { ignored_failure };
+    let up = State::Activating;
+    let failed = Exit::Code(1);
+    // Success, a `-` prefix, or a unit that stops anyway: go on.
+    assert_eq!(
+        control_outcome(Phase::StartPre, up, Exit::Code(0), false, &[]),
+        next(false)
+    );
+    assert_eq!(
+        control_outcome(Phase::StartPre, up, failed, true, &[]),
+        next(true)
+    );
+    assert_eq!(
+        control_outcome(Phase::Stop, State::Deactivating, failed, false, &[]),
+        next(true)
+    );
+    assert_eq!(
+        control_outcome(Phase::StartPost, up, Exit::Code(7), false, &[7]),
+        next(false)
+    );
+    // A failed reload leaves the unit running; a condition not met skips it.
+    assert_eq!(
+        control_outcome(Phase::Reload, State::Active, failed, false, &[]),
+        ControlOutcome::ReloadFailed
+    );
+    assert_eq!(
+        control_outcome(Phase::Condition, up, Exit::Code(254), false, &[]),
+        ControlOutcome::ConditionNotMet
+    );
+    // ExecCondition= exiting 255 or killed is a failure, as in systemd; so is any other phase.
+    assert_eq!(
+        control_outcome(Phase::Condition, up, Exit::Code(255), false, &[]),
+        ControlOutcome::Failed
+    );
+    assert_eq!(
+        control_outcome(
+            Phase::Condition,
+            up,
+            Exit::Signal(libc::SIGKILL),
+            false,
+            &[]
+        ),
+        ControlOutcome::Failed
+    );
+    assert_eq!(
+        control_outcome(Phase::StartPre, up, failed, false, &[]),
+        ControlOutcome::Failed
+    );
+}
+
+#[test]
+fn a_forking_start_waits_for_its_pid_file() {
+    use PidFileOutcome::*;
+    // (found now, main known before, PIDFile=, GuessMainPID=, RemainAfterExit=) → outcome
+    for (found, known, pid_file, guess, remain, outcome) in [
+        (true, false, true, true, false, Ready),
+        (false, false, true, true, false, Wait),
+        // A PID file not written yet is waited for, whatever MAINPID= said.
+        (false, true, true, true, false, Wait),
+        (false, false, true, false, true, Wait),
+        (true, false, false, true, false, Ready),
+        (false, false, false, true, false, NoMainProcess),
+        (false, true, false, true, false, Ready),
+        (false, false, false, true, true, Ready),
+        (false, false, false, false, false, Ready),
+    ] {
+        assert_eq!(
+            pid_file_outcome(found, known, pid_file, guess, remain),
+            outcome,
+            "{found} {known} {pid_file} {guess} {remain}"
+        );
+    }
+}
