@@ -60,7 +60,7 @@ mod timers;
 
 // The parent uses only `decide` of its children (pure, it uses nothing back); the other
 // children add methods to [`Manager`] and use the parent, never the other way round.
-use decide::{phase_setting, Exit, Peer, Phase, State, TimerRun};
+use decide::{phase_setting, Exit, Outcome, Peer, Phase, State, TimerRun};
 
 /// The most sockets one service can be handed.
 const MAX_PASSED_SOCKETS: RawFd = 32;
@@ -124,7 +124,7 @@ struct Runtime {
     deadline: Option<Instant>,
     ready: bool,
     status_text: Option<String>,
-    result: Option<String>,
+    result: Option<Outcome>,
     restarts: u32,
     starts: VecDeque<Instant>,
     sessions: BTreeSet<i32>,
@@ -252,7 +252,11 @@ impl Runtime {
             restarts: self.restarts,
             ready: self.ready,
             status_text: self.status_text.clone(),
-            result: self.result.clone().or_else(|| self.reload_error.clone()),
+            result: self
+                .result
+                .as_ref()
+                .map(|o| o.text().to_owned())
+                .or_else(|| self.reload_error.clone()),
             pulled_by: self.pulled_by.clone(),
             log: Some(
                 spawn::log_path(self.unit.name.as_str())
@@ -532,7 +536,10 @@ impl Manager {
                     if let Some(dependency) = failed_dependency.cloned() {
                         let why = format!(
                             "dependency {dependency} failed: {}",
-                            self.units[&dependency].result.clone().unwrap_or_default()
+                            self.units[&dependency]
+                                .result
+                                .as_ref()
+                                .map_or("", Outcome::text)
                         );
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         fail(r, why);
@@ -625,7 +632,7 @@ fn close_sockets(r: &mut Runtime) {
 fn fail(r: &mut Runtime, why: impl std::fmt::Display) {
     let why = why.to_string();
     log_line(r, &format!("feather: failed: {why}"));
-    r.result = Some(why);
+    r.result = Some(Outcome::Failed(why));
     r.deadline = None;
     r.ready = false;
     r.set(State::Failed, Phase::Idle);

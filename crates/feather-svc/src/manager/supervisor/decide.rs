@@ -126,6 +126,33 @@ pub(super) fn phase_after_start_commands(readiness: Readiness) -> Phase {
     }
 }
 
+/// How a unit's last run ended when it did not simply stop as asked: shown as its `result`,
+/// and (only [`Outcome::Failed`]) what makes a stop end in `failed`, with restarts and
+/// OnFailure=.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum Outcome {
+    /// A command, a timeout, its main process, a dependency.
+    Failed(String),
+    /// Not run, and not a failure: a condition not met.
+    Skipped(String),
+    /// Stopped without a request for it (BindsTo=), or asked to stop before it started.
+    Stopped(String),
+}
+
+impl Outcome {
+    pub(super) fn text(&self) -> &str {
+        match self {
+            Outcome::Failed(text) | Outcome::Skipped(text) | Outcome::Stopped(text) => text,
+        }
+    }
+}
+
+/// Whether a unit whose processes are all gone ends `failed` (else `inactive`): it failed, and
+/// no stop was asked for.
+pub(super) fn stop_ends_failed(outcome: Option<&Outcome>, stop_requested: bool) -> bool {
+    matches!(outcome, Some(Outcome::Failed(_))) && !stop_requested
+}
+
 /// How a process ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Exit {

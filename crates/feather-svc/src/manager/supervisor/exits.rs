@@ -79,11 +79,11 @@ impl Manager {
             return;
         }
         if outcome == decide::ControlOutcome::ConditionNotMet {
-            r.result = Some(format!(
+            r.result = Some(Outcome::Skipped(format!(
                 "skipped: ExecCondition {} {}",
                 command.path,
                 code.describe()
-            ));
+            )));
             r.set(State::Inactive, Phase::Idle);
             r.deadline = None;
             return;
@@ -133,7 +133,7 @@ impl Manager {
                     r.stop_requested,
                 );
                 if !clean {
-                    r.result = Some(format!("main process {}", code.describe()));
+                    r.result = Some(Outcome::Failed(format!("main process {}", code.describe())));
                 }
                 log_line(r, &format!("feather: main process {}", code.describe()));
                 if restart {
@@ -191,7 +191,7 @@ impl Manager {
             let why = format!(
                 "start limit hit: {starts} starts within {}s (StartLimitBurst={}, StartLimitIntervalSec={}); last: {}",
                 interval.as_secs(), limit.burst, interval.as_secs(),
-                r.result.clone().unwrap_or_default()
+                r.result.as_ref().map_or("", Outcome::text)
             );
             fail(r, why);
             self.trigger_on_failure(name);

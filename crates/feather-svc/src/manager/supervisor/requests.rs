@@ -404,7 +404,8 @@ impl Manager {
                 r.restart_at = None;
                 match r.state {
                     State::Waiting => {
-                        r.result = Some("stop requested before it started".into());
+                        r.result =
+                            Some(Outcome::Stopped("stop requested before it started".into()));
                         r.set(State::Inactive, Phase::Idle);
                     }
                     State::Inactive | State::Failed => {}

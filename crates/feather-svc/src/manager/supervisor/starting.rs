@@ -23,7 +23,7 @@ impl Manager {
             conditions::Verdict::Skip(why) => {
                 // Not a failure: the unit is simply not run, and what needs it goes on.
                 log_line(r, &format!("feather: skipped: {why}"));
-                r.result = Some(format!("skipped: {why}"));
+                r.result = Some(Outcome::Skipped(format!("skipped: {why}")));
                 r.set(State::Inactive, Phase::Idle);
                 return;
             }

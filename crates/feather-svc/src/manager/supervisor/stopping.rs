@@ -187,7 +187,7 @@ impl Manager {
         };
         let why = why.to_string();
         log_line(r, &format!("feather: failed: {why}"));
-        r.result = Some(why);
+        r.result = Some(Outcome::Failed(why));
         // Whatever the KillMode=, a start that failed leaves nothing running.
         for pid in processes_of(r) {
             let _ = kill(pid, Signal::SIGKILL);
@@ -220,7 +220,7 @@ impl Manager {
             r.set(State::Waiting, Phase::Idle);
             return;
         }
-        let failed = r.result.is_some() && !r.stop_requested;
+        let failed = decide::stop_ends_failed(r.result.as_ref(), r.stop_requested);
         // Ready stays shown only for a oneshot that ran to its end.
         if failed || r.stop_requested || r.was_active {
             r.ready = false;
@@ -262,9 +262,9 @@ impl Manager {
         if !bound.is_empty() {
             for other in &bound {
                 if let Some(o) = self.units.get_mut(other) {
-                    o.result = Some(format!(
+                    o.result = Some(Outcome::Stopped(format!(
                         "stopped: {name}, which it is bound to (BindsTo=), ended"
-                    ));
+                    )));
                 }
             }
             self.request_stop(&bound);

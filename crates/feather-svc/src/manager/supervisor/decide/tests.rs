@@ -612,3 +612,20 @@ fn a_forking_start_waits_for_its_pid_file() {
         );
     }
 }
+
+#[test]
+fn only_a_failure_not_followed_by_a_stop_request_ends_failed() {
+    let failed = Outcome::Failed("main process exited with status 1".into());
+    let skipped = Outcome::Skipped("skipped: ConditionPathExists=/nope".into());
+    let bound =
+        Outcome::Stopped("stopped: db.service, which it is bound to (BindsTo=), ended".into());
+    assert!(stop_ends_failed(Some(&failed), false));
+    assert!(!stop_ends_failed(Some(&failed), true));
+    assert!(!stop_ends_failed(Some(&skipped), false));
+    assert!(!stop_ends_failed(Some(&bound), false));
+    assert!(!stop_ends_failed(None, false));
+    assert_eq!(
+        bound.text(),
+        "stopped: db.service, which it is bound to (BindsTo=), ended"
+    );
+}
