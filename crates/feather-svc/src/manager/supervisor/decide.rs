@@ -1,8 +1,10 @@
 //! The supervisor's decisions, as pure functions and types: fed with what happened (a process
 //! that ended and how, the time, the states of the other units), they say what to do next
 //! (restart or not, wait for what, signal whom, when a timer is due). The manager's loop makes
-//! the system calls and keeps the books; everything it decides goes through here, so the rules
-//! are unit-tested without root, without processes and without waiting (the tests below).
+//! the system calls and keeps the books; its rules of order, readiness, restarts, start limits,
+//! KillMode=, control commands and timers are here, unit-tested without root, without
+//! processes and without waiting (`decide/tests.rs`). What still lives in the loop: Conflicts=,
+//! BindsTo=/PartOf= propagation of stops, and the timeouts' consequences.
 //!
 //! This module uses nothing of the rest of the supervisor: the arrows point from the loop to
 //! here, never back.
@@ -50,6 +52,7 @@ impl State {
     }
 }
 
+/// The step of a start or a stop a unit is at, within its [`State`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) enum Phase {
     Idle,
