@@ -436,6 +436,27 @@ pub(super) fn stop_blocked<'a>(
     })
 }
 
+/// What a stop of `names` stops: them, and, again and again, every unit that requires, is bound
+/// to or is part of one that stops. `stops_with[u]`: the units whose stop stops `u`
+/// (Requires=, BindsTo=, Requisite=, PartOf=).
+pub(super) fn stop_closure(
+    names: &[String],
+    stops_with: &BTreeMap<String, BTreeSet<String>>,
+) -> BTreeSet<String> {
+    let mut stopping: BTreeSet<String> = names.iter().cloned().collect();
+    loop {
+        let more: Vec<String> = stops_with
+            .iter()
+            .filter(|(n, on)| !stopping.contains(*n) && on.iter().any(|d| stopping.contains(d)))
+            .map(|(n, _)| n.clone())
+            .collect();
+        if more.is_empty() {
+            return stopping;
+        }
+        stopping.extend(more);
+    }
+}
+
 /// For each unit of a start, the units it starts after, from the graph's orderings
 /// (`(before, after)` pairs).
 pub(super) fn after_sets<'a>(

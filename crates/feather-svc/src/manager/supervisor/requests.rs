@@ -379,25 +379,15 @@ impl Manager {
     /// Marks `names`, and the active units that require or are bound to them, to stop; the
     /// ones ordered after others stop first. Returns the units touched.
     pub(super) fn request_stop(&mut self, names: &[String]) -> Vec<String> {
-        let mut stopping: BTreeSet<String> = names.iter().cloned().collect();
-        loop {
-            let more: Vec<String> = self
-                .units
-                .iter()
-                .filter(|(n, r)| {
-                    !stopping.contains(*n)
-                        && r.requires
-                            .iter()
-                            .chain(&r.unit.dependencies.part_of)
-                            .any(|d| stopping.contains(d))
-                })
-                .map(|(n, _)| n.clone())
-                .collect();
-            if more.is_empty() {
-                break;
-            }
-            stopping.extend(more);
-        }
+        let stops_with: BTreeMap<String, BTreeSet<String>> = self
+            .units
+            .iter()
+            .map(|(n, r)| {
+                let on = r.requires.iter().chain(&r.unit.dependencies.part_of);
+                (n.clone(), on.cloned().collect())
+            })
+            .collect();
+        let stopping = decide::stop_closure(names, &stops_with);
         for name in &stopping {
             if let Some(r) = self.units.get_mut(name) {
                 r.stop_requested = true;

@@ -629,3 +629,32 @@ fn only_a_failure_not_followed_by_a_stop_request_ends_failed() {
         "stopped: db.service, which it is bound to (BindsTo=), ended"
     );
 }
+
+#[test]
+fn a_stop_takes_along_what_requires_or_is_part_of_the_stopped_units() {
+    let set =
+        |names: &[&str]| -> BTreeSet<String> { names.iter().map(|n| n.to_string()).collect() };
+    // web requires app, app requires db, a worker is PartOf=app, cache stands alone.
+    let stops_with: BTreeMap<String, BTreeSet<String>> = [
+        ("web", set(&["app"])),
+        ("app", set(&["db"])),
+        ("worker", set(&["app"])),
+        ("db", set(&[])),
+        ("cache", set(&[])),
+    ]
+    .into_iter()
+    .map(|(n, s)| (n.to_owned(), s))
+    .collect();
+    assert_eq!(
+        stop_closure(&["db".to_owned()], &stops_with),
+        set(&["app", "db", "web", "worker"])
+    );
+    assert_eq!(
+        stop_closure(&["web".to_owned()], &stops_with),
+        set(&["web"])
+    );
+    assert_eq!(
+        stop_closure(&["cache".to_owned(), "app".to_owned()], &stops_with),
+        set(&["app", "cache", "web", "worker"])
+    );
+}
