@@ -4,7 +4,7 @@
 //! the system calls and keeps the books; its rules of order, readiness, restarts, start limits,
 //! KillMode=, control commands and timers are here, unit-tested without root, without
 //! processes and without waiting (`decide/tests.rs`). What still lives in the loop: Conflicts=,
-//! BindsTo=/PartOf= propagation of stops, and the timeouts' consequences.
+//! stopping the units bound to one that ended (BindsTo=), and the timeouts' consequences.
 //!
 //! This module uses nothing of the rest of the supervisor: the arrows point from the loop to
 //! here, never back.
