@@ -18,6 +18,7 @@ mod recovery;
 mod services;
 mod services_accept;
 mod services_dbus;
+mod services_protocol;
 mod services_state;
 mod services_timers;
 mod shuttle_invoke;

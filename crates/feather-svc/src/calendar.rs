@@ -22,11 +22,48 @@ pub struct CalendarSpec {
     seconds: Field,
 }
 
+/// An `OnCalendar=` value feather does not understand. The problem is part of the message
+/// (not a `source()`), so it is printed once.
+#[derive(Debug, thiserror::Error)]
+#[error("OnCalendar={text:?}: {problem}")]
+pub struct CalendarError {
+    pub text: String,
+    pub problem: CalendarProblem,
+}
+
+/// What is wrong in an `OnCalendar=` value.
+#[derive(Debug, thiserror::Error)]
+pub enum CalendarProblem {
+    #[error("time zones are not supported yet (local time is used)")]
+    TimeZone,
+    #[error("a time is HOUR:MINUTE or HOUR:MINUTE:SECOND")]
+    BadTime,
+    #[error("a date is YEAR-MONTH-DAY or MONTH-DAY")]
+    BadDate,
+    #[error("days counted from the month's end (~) are not supported yet")]
+    FromMonthEnd,
+    #[error("{0:?} is neither a date nor a time here")]
+    NeitherDateNorTime(String),
+    #[error("{0:?} is not a number")]
+    NotNumber(String),
+    #[error("{value} is outside {min}..{max}")]
+    OutOfRange { value: u32, min: u32, max: u32 },
+    #[error("{0:?} is not a repetition")]
+    NotRepetition(String),
+    #[error("{0:?}: a repetition of 0")]
+    ZeroRepetition(String),
+    #[error("{0:?} is not a weekday")]
+    NotWeekday(String),
+}
+
 const WEEKDAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
 
 impl CalendarSpec {
-    pub fn parse(text: &str) -> Result<CalendarSpec, String> {
-        let error = |why: &str| format!("OnCalendar={text:?}: {why}");
+    pub fn parse(text: &str) -> Result<CalendarSpec, CalendarError> {
+        let error = |problem: CalendarProblem| CalendarError {
+            text: text.to_owned(),
+            problem,
+        };
         let normalised = match text.trim().to_ascii_lowercase().as_str() {
             "minutely" => "*-*-* *:*:00".to_owned(),
             "hourly" => "*-*-* *:00:00".to_owned(),
@@ -43,9 +80,7 @@ impl CalendarSpec {
             .last()
             .is_some_and(|w| w.eq_ignore_ascii_case("utc") || w.contains('/') && !w.contains(':'))
         {
-            return Err(error(
-                "time zones are not supported yet (local time is used)",
-            ));
+            return Err(error(CalendarProblem::TimeZone));
         }
         let mut spec = CalendarSpec {
             text: text.to_owned(),
@@ -61,7 +96,7 @@ impl CalendarSpec {
             .first()
             .is_some_and(|w| w.chars().next().is_some_and(|c| c.is_ascii_alphabetic()))
         {
-            spec.weekdays = Some(weekdays(words.remove(0)).map_err(|e| error(&e))?);
+            spec.weekdays = Some(weekdays(words.remove(0)).map_err(error)?);
         }
         let mut date_seen = false;
         let mut time_seen = false;
@@ -70,14 +105,12 @@ impl CalendarSpec {
                 time_seen = true;
                 let parts: Vec<&str> = word.split(':').collect();
                 if !(2..=3).contains(&parts.len()) {
-                    return Err(error("a time is HOUR:MINUTE or HOUR:MINUTE:SECOND"));
+                    return Err(error(CalendarProblem::BadTime));
                 }
-                spec.hours = field(parts[0], 0, 23).map_err(|e| error(&e))?;
-                spec.minutes = field(parts[1], 0, 59).map_err(|e| error(&e))?;
+                spec.hours = field(parts[0], 0, 23).map_err(error)?;
+                spec.minutes = field(parts[1], 0, 59).map_err(error)?;
                 spec.seconds = match parts.get(2) {
-                    Some(s) => {
-                        field(s.split('.').next().unwrap_or(s), 0, 59).map_err(|e| error(&e))?
-                    }
+                    Some(s) => field(s.split('.').next().unwrap_or(s), 0, 59).map_err(error)?,
                     None => Some(vec![0]),
                 };
             } else if word.contains('-') && !date_seen && !time_seen {
@@ -86,22 +119,18 @@ impl CalendarSpec {
                 let (year, month, day) = match parts.as_slice() {
                     [y, m, d] => (Some(*y), *m, *d),
                     [m, d] => (None, *m, *d),
-                    _ => return Err(error("a date is YEAR-MONTH-DAY or MONTH-DAY")),
+                    _ => return Err(error(CalendarProblem::BadDate)),
                 };
                 if let Some(year) = year {
-                    spec.years = field(year, 1970, 2199).map_err(|e| error(&e))?;
+                    spec.years = field(year, 1970, 2199).map_err(error)?;
                 }
-                spec.months = field(month, 1, 12).map_err(|e| error(&e))?;
+                spec.months = field(month, 1, 12).map_err(error)?;
                 if day.contains('~') {
-                    return Err(error(
-                        "days counted from the month's end (~) are not supported yet",
-                    ));
+                    return Err(error(CalendarProblem::FromMonthEnd));
                 }
-                spec.days = field(day, 1, 31).map_err(|e| error(&e))?;
+                spec.days = field(day, 1, 31).map_err(error)?;
             } else {
-                return Err(error(&format!(
-                    "{word:?} is neither a date nor a time here"
-                )));
+                return Err(error(CalendarProblem::NeitherDateNorTime(word.to_owned())));
             }
         }
         Ok(spec)
@@ -159,14 +188,16 @@ fn matches(field: &Field, value: u32) -> bool {
 }
 
 /// `*`, `5`, `1,15`, `1..5`, `0/15`, `*/2`, `8..18/2`, combined with commas.
-fn field(text: &str, min: u32, max: u32) -> Result<Field, String> {
+fn field(text: &str, min: u32, max: u32) -> Result<Field, CalendarProblem> {
     if text == "*" {
         return Ok(None);
     }
-    let number = |t: &str| -> Result<u32, String> {
-        let n: u32 = t.parse().map_err(|_| format!("{t:?} is not a number"))?;
+    let number = |t: &str| -> Result<u32, CalendarProblem> {
+        let n: u32 = t
+            .parse()
+            .map_err(|_| CalendarProblem::NotNumber(t.to_owned()))?;
         if n < min || n > max {
-            return Err(format!("{n} is outside {min}..{max}"));
+            return Err(CalendarProblem::OutOfRange { value: n, min, max });
         }
         Ok(n)
     };
@@ -177,7 +208,7 @@ fn field(text: &str, min: u32, max: u32) -> Result<Field, String> {
                 range,
                 Some(
                     step.parse::<u32>()
-                        .map_err(|_| format!("{step:?} is not a repetition"))?,
+                        .map_err(|_| CalendarProblem::NotRepetition(step.to_owned()))?,
                 ),
             ),
             None => (part, None),
@@ -193,7 +224,7 @@ fn field(text: &str, min: u32, max: u32) -> Result<Field, String> {
             }
         };
         if step == Some(0) {
-            return Err(format!("{part:?}: a repetition of 0"));
+            return Err(CalendarProblem::ZeroRepetition(part.to_owned()));
         }
         let mut v = low;
         while v <= high {
@@ -207,14 +238,14 @@ fn field(text: &str, min: u32, max: u32) -> Result<Field, String> {
 }
 
 /// `Mon`, `Mon..Fri`, `Sat,Sun`, `Monday`.
-fn weekdays(text: &str) -> Result<Vec<u32>, String> {
-    let day = |t: &str| -> Result<u32, String> {
+fn weekdays(text: &str) -> Result<Vec<u32>, CalendarProblem> {
+    let day = |t: &str| -> Result<u32, CalendarProblem> {
         let t = t.to_ascii_lowercase();
         WEEKDAYS
             .iter()
             .position(|d| t.len() >= 3 && t.starts_with(d))
             .map(|i| i as u32)
-            .ok_or_else(|| format!("{t:?} is not a weekday"))
+            .ok_or(CalendarProblem::NotWeekday(t))
     };
     let mut values = Vec::new();
     for part in text.split(',') {
@@ -358,7 +389,7 @@ mod tests {
             "*:0/0",
             "soon",
         ] {
-            let e = CalendarSpec::parse(bad).unwrap_err();
+            let e = CalendarSpec::parse(bad).unwrap_err().to_string();
             assert!(e.contains(&format!("{bad:?}")), "{e}");
         }
     }

@@ -143,7 +143,7 @@ fn entry(paths: &UnitPaths, name: &UnitName) -> Entry {
 /// Why `unit` cannot run in a VM, if it cannot.
 pub fn why_not(paths: &UnitPaths, unit: &Unit, name: &UnitName) -> Option<String> {
     if let Err(e) = validate(unit) {
-        return Some(e);
+        return Some(e.to_string());
     }
     if let Some(missing) = missing_program(paths.root(), unit) {
         return Some(format!(
@@ -160,43 +160,51 @@ pub fn why_not(paths: &UnitPaths, unit: &Unit, name: &UnitName) -> Option<String
     }
 }
 
+/// A unit systemd would refuse to start, though its syntax is fine.
+#[derive(Debug, thiserror::Error)]
+pub enum Invalid {
+    #[error("{unit} has Accept=yes and Service={service}: an accepting socket starts instances of {stem}@.service, Service= is not allowed with it")]
+    AcceptWithService {
+        unit: String,
+        service: String,
+        stem: String,
+    },
+    #[error("{0} has no ExecStart= (only Type=oneshot may go without)")]
+    NoExecStart(String),
+    #[error("{0} has neither ExecStart= nor ExecStop=")]
+    NothingToRun(String),
+    #[error("{0} is Type=dbus but has no BusName=: there is no name to wait for on the bus")]
+    DbusWithoutBusName(String),
+    #[error("{0} has more than one ExecStart=, which only Type=oneshot allows")]
+    SeveralExecStart(String),
+}
+
 /// The checks systemd makes when it loads a service, beyond syntax.
-pub fn validate(unit: &Unit) -> Result<(), String> {
+pub fn validate(unit: &Unit) -> Result<(), Invalid> {
+    let name = || unit.name.to_string();
     if let Some(socket) = unit.socket.as_ref().filter(|s| s.accept) {
         if let Some(service) = &socket.service {
-            return Err(format!(
-                "{} has Accept=yes and Service={service}: an accepting socket starts instances of {}@.service, Service= is not allowed with it",
-                unit.name,
-                unit.name.stem()
-            ));
+            return Err(Invalid::AcceptWithService {
+                unit: name(),
+                service: service.clone(),
+                stem: unit.name.stem().to_owned(),
+            });
         }
     }
     let Some(service) = &unit.service else {
         return Ok(());
     };
     if service.exec_start.is_empty() && service.kind != ServiceType::Oneshot {
-        return Err(format!(
-            "{} has no ExecStart= (only Type=oneshot may go without)",
-            unit.name
-        ));
+        return Err(Invalid::NoExecStart(name()));
     }
     if service.exec_start.is_empty() && service.exec_stop.is_empty() {
-        return Err(format!(
-            "{} has neither ExecStart= nor ExecStop=",
-            unit.name
-        ));
+        return Err(Invalid::NothingToRun(name()));
     }
     if service.kind == ServiceType::Dbus && service.bus_name.is_none() {
-        return Err(format!(
-            "{} is Type=dbus but has no BusName=: there is no name to wait for on the bus",
-            unit.name
-        ));
+        return Err(Invalid::DbusWithoutBusName(name()));
     }
     if service.exec_start.len() > 1 && service.kind != ServiceType::Oneshot {
-        return Err(format!(
-            "{} has more than one ExecStart=, which only Type=oneshot allows",
-            unit.name
-        ));
+        return Err(Invalid::SeveralExecStart(name()));
     }
     Ok(())
 }

@@ -86,9 +86,10 @@ impl DependencyGraph {
         let mut queue: VecDeque<String> = VecDeque::new();
         for root in roots {
             if let Some(stand_in) = infra::stand_in(root) {
-                return Err(SvcError::Other(format!(
-                    "{root} is host infrastructure and is not duplicated in VMs; in a VM: {stand_in}"
-                )));
+                return Err(SvcError::HostInfrastructure {
+                    name: root.to_string(),
+                    stand_in: stand_in.to_string(),
+                });
             }
             let unit = paths.load(root)?;
             let name = unit.name.to_string();
@@ -126,7 +127,7 @@ impl DependencyGraph {
                             unit: current,
                             kind,
                             missing: name.to_string(),
-                            why: e.to_string(),
+                            why: Box::new(e),
                         })
                     }
                     Err(e) => {

@@ -3,15 +3,24 @@
 //! - [`syntax`], [`words`], [`specifier`], [`values`]: unit files read as systemd reads them
 //! - [`name`]: unit names, templates and instances
 //! - [`paths`]: the search path, precedence, aliases, masks, drop-ins, `.wants/`
-//! - [`unit`]: what a unit says, typed
+//! - [`unit`](mod@unit): what a unit says, typed
 //! - [`sysv`]: SysV init scripts and their LSB headers
 //! - [`graph`]: the dependency closure, start order in waves, cycles
 //! - [`infra`]: host-infrastructure units that are not duplicated, and what stands in for them
 //! - [`calendar`]: `OnCalendar=` events of timer units
 //! - [`catalog`]: the host's services and whether each can be duplicated
-//! - [`manager`]: the in-VM service manager
+//! - [`conditions`]: `Condition*=`/`Assert*=`, checked when a unit starts
+//! - [`manager`]: the in-VM service manager and its client: [`manager::protocol`] (a versioned
+//!   hello, then one typed request and one typed response), and the supervisor, whose decisions
+//!   (start and stop order, readiness by `Type=`, `Restart=`, start limits, `KillMode=`, timers)
+//!   are pure functions in `manager/supervisor/decide.rs`, unit-tested without root
 //! - [`state`]: empty state for a service (`--fresh-state`): its data folders and initialiser
 //! - [`tmpfiles`]: the host's `tmpfiles.d` folders under `/run`, made in a VM's fresh `/run`
+//! - [`error`]: [`SvcError`] and the parsers' errors; the bottom layer, using no other module
+//!
+//! Dependencies point one way: `error` at the bottom; the parsers (`values`, `words`,
+//! `specifier`, `syntax`, `calendar`) above it; `name`, `unit`, `sysv`, `paths`, `graph`,
+//! `catalog` above those; `manager` on top. No two modules use each other.
 
 pub mod calendar;
 pub mod catalog;

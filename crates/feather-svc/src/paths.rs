@@ -79,9 +79,10 @@ impl UnitPaths {
                 None => return Ok(None),
             }
         }
-        Err(SvcError::Other(format!(
-            "unit {name}: more than {MAX_ALIAS_HOPS} alias symlinks (a loop?)"
-        )))
+        Err(SvcError::AliasLoop {
+            name: name.to_string(),
+            hops: MAX_ALIAS_HOPS,
+        })
     }
 
     fn find_direct(&self, name: &UnitName) -> Result<Option<Step>> {
@@ -183,10 +184,10 @@ impl UnitPaths {
             let text = String::from_utf8_lossy(&text);
             for assignment in syntax::parse(file, &text)? {
                 unit.apply(&assignment, &self.root)
-                    .map_err(|message| SvcError::Syntax {
+                    .map_err(|problem| SvcError::Setting {
                         path: file.clone(),
                         line: assignment.line,
-                        message,
+                        problem,
                     })?;
             }
         }

@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+pub use crate::error::SpecifierError;
 use crate::name::{unescape, unescape_path, UnitName};
 
 /// What specifiers resolve against.
@@ -15,7 +16,7 @@ pub struct Context<'a> {
 }
 
 /// Replaces every `%x` in `text`. An unknown specifier is an error, as in systemd.
-pub fn expand(text: &str, context: &Context) -> Result<String, String> {
+pub fn expand(text: &str, context: &Context) -> Result<String, SpecifierError> {
     if !text.contains('%') {
         return Ok(text.to_owned());
     }
@@ -28,9 +29,7 @@ pub fn expand(text: &str, context: &Context) -> Result<String, String> {
             continue;
         }
         let Some(spec) = chars.next() else {
-            return Err(format!(
-                "{text:?} ends with a lone '%' (write %% for a percent sign)"
-            ));
+            return Err(SpecifierError::LonePercent(text.to_owned()));
         };
         let instance = unit.instance().unwrap_or("");
         let value: String = match spec {
@@ -82,9 +81,10 @@ pub fn expand(text: &str, context: &Context) -> Result<String, String> {
             'a' => std::env::consts::ARCH.replace('_', "-"),
             'o' | 'w' | 'B' | 'W' | 'M' | 'A' => os_release(context.root, spec),
             other => {
-                return Err(format!(
-                    "unknown specifier %{other} in {text:?} (write %% for a percent sign)"
-                ))
+                return Err(SpecifierError::Unknown {
+                    specifier: other,
+                    text: text.to_owned(),
+                })
             }
         };
         out.push_str(&value);
@@ -125,7 +125,7 @@ fn os_release(root: &Path, spec: char) -> String {
 mod tests {
     use super::*;
 
-    fn expand_for(unit: &str, text: &str) -> Result<String, String> {
+    fn expand_for(unit: &str, text: &str) -> Result<String, SpecifierError> {
         let name = UnitName::parse(unit).unwrap();
         let context = Context {
             unit: &name,
@@ -167,7 +167,11 @@ mod tests {
     fn unknown_and_dangling_specifiers_are_errors() {
         assert!(expand_for("a.service", "100%")
             .unwrap_err()
+            .to_string()
             .contains("lone '%'"));
-        assert!(expand_for("a.service", "%z").unwrap_err().contains("%z"));
+        assert!(expand_for("a.service", "%z")
+            .unwrap_err()
+            .to_string()
+            .contains("%z"));
     }
 }

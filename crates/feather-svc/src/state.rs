@@ -39,8 +39,43 @@ impl Plan {
     }
 }
 
+/// Why a service cannot be given empty state, or its folder not emptied.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("postgresql@ instance {0:?} is not VERSION-CLUSTER (e.g. 15-main)")]
+    BadInstance(String),
+    #[error("{conf}: {error} (the cluster's configuration is needed to make it afresh)")]
+    ClusterConfig { conf: String, error: std::io::Error },
+    #[error("{}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{} is not a folder (a symbolic link or a file): feather empties only folders", .0.display())]
+    NotAFolder(PathBuf),
+    #[error("{} is not in the VM's copy-on-write layer (its filesystem is {fs_type:#x}, not overlayfs): feather will not empty it", path.display())]
+    NotOverlay { path: PathBuf, fs_type: i64 },
+    /// One step of emptying a folder: `statfs`, `emptying`, `making … again`, `chown`, `chmod`.
+    #[error("{step} {}: {error}", path.display())]
+    Step {
+        step: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+}
+
+fn step(step: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |error| StateError::Step { step, path, error }
+}
+
+fn io_at(path: &Path) -> impl FnOnce(std::io::Error) -> StateError {
+    let path = path.to_path_buf();
+    move |error| StateError::Io { path, error }
+}
+
 /// The plan for `unit` on the tree at `root` (`/` inside a VM).
-pub fn plan(root: &Path, unit: &Unit) -> Result<Plan, String> {
+pub fn plan(root: &Path, unit: &Unit) -> Result<Plan, StateError> {
     let mut plan = Plan::default();
     for kind in [
         DirectoryKind::State,
@@ -174,14 +209,16 @@ struct Cluster {
 }
 
 impl Cluster {
-    fn read(root: &Path, instance: &str) -> Result<Cluster, String> {
-        let (version, name) = instance.split_once('/').ok_or_else(|| {
-            format!("postgresql@ instance {instance:?} is not VERSION-CLUSTER (e.g. 15-main)")
-        })?;
+    fn read(root: &Path, instance: &str) -> Result<Cluster, StateError> {
+        let (version, name) = instance
+            .split_once('/')
+            .ok_or_else(|| StateError::BadInstance(instance.to_owned()))?;
         let conf = format!("/etc/postgresql/{version}/{name}/postgresql.conf");
-        let text = fs::read_to_string(inside(root, &conf)).map_err(|e| {
-            format!("{conf}: {e} (the cluster's configuration is needed to make it afresh)")
-        })?;
+        let text =
+            fs::read_to_string(inside(root, &conf)).map_err(|error| StateError::ClusterConfig {
+                conf: conf.clone(),
+                error,
+            })?;
         let setting = |key: &str, text: &str| {
             text.lines()
                 .map(|l| l.split('#').next().unwrap_or_default().trim())
@@ -194,7 +231,7 @@ impl Cluster {
             .map(PathBuf::from)
             .unwrap_or_else(|| PathBuf::from(format!("/var/lib/postgresql/{version}/{name}")));
         let owner_uid = fs::metadata(inside(root, &conf))
-            .map_err(|e| format!("{conf}: {e}"))?
+            .map_err(io_at(Path::new(&conf)))?
             .uid();
         let owner = passwd_name(root, owner_uid).unwrap_or_else(|| "postgres".into());
         let createcluster =
@@ -261,41 +298,38 @@ const OVERLAYFS_MAGIC: i64 = 0x794c_7630;
 /// Replaces `path` (inside a VM) by an empty folder with the same owner and mode, in the VM's
 /// own layer. A folder that does not exist is left alone (the service makes it, or its
 /// `*Directory=` does); one that is not on overlayfs is refused.
-pub fn empty_folder(path: &Path) -> Result<(), String> {
+pub fn empty_folder(path: &Path) -> Result<(), StateError> {
     let meta = match fs::symlink_metadata(path) {
         Ok(meta) => meta,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
-        Err(e) => return Err(format!("{}: {e}", path.display())),
+        Err(e) => return Err(io_at(path)(e)),
     };
     if !meta.is_dir() {
-        return Err(format!(
-            "{} is not a folder (a symbolic link or a file): feather empties only folders",
-            path.display()
-        ));
+        return Err(StateError::NotAFolder(path.to_path_buf()));
     }
     // Only the VM's copy-on-write view may be emptied: there the removal is whiteouts in the
     // VM's layer. Anything else (a bind mount of the host's data) would lose real data.
     let fs_type = nix::sys::statfs::statfs(path)
-        .map_err(|e| format!("statfs {}: {e}", path.display()))?
+        .map_err(|e| step("statfs", path)(e.into()))?
         .filesystem_type()
         .0 as i64;
     if fs_type != OVERLAYFS_MAGIC {
-        return Err(format!(
-            "{} is not in the VM's copy-on-write layer (its filesystem is {fs_type:#x}, not overlayfs): feather will not empty it",
-            path.display()
-        ));
+        return Err(StateError::NotOverlay {
+            path: path.to_path_buf(),
+            fs_type,
+        });
     }
-    fs::remove_dir_all(path).map_err(|e| format!("emptying {}: {e}", path.display()))?;
+    fs::remove_dir_all(path).map_err(step("emptying", path))?;
     // Made where a whiteout now is, the folder is opaque: nothing of the host's shows through.
-    fs::create_dir(path).map_err(|e| format!("making {} again: {e}", path.display()))?;
+    fs::create_dir(path).map_err(step("making again", path))?;
     nix::unistd::chown(
         path,
         Some(nix::unistd::Uid::from_raw(meta.uid())),
         Some(nix::unistd::Gid::from_raw(meta.gid())),
     )
-    .map_err(|e| format!("chown {}: {e}", path.display()))?;
+    .map_err(|e| step("chown", path)(e.into()))?;
     fs::set_permissions(path, fs::Permissions::from_mode(meta.mode() & 0o7777))
-        .map_err(|e| format!("chmod {}: {e}", path.display()))?;
+        .map_err(step("chmod", path))?;
     Ok(())
 }
 
@@ -305,13 +339,13 @@ pub fn done(unit: &str) -> bool {
 }
 
 /// Records that `unit` was given fresh state, and which folders.
-pub fn mark_done(unit: &str, plan: &Plan) -> Result<(), String> {
-    fs::create_dir_all(DONE_DIR).map_err(|e| format!("{DONE_DIR}: {e}"))?;
+pub fn mark_done(unit: &str, plan: &Plan) -> Result<(), StateError> {
+    fs::create_dir_all(DONE_DIR).map_err(io_at(Path::new(DONE_DIR)))?;
     let text: String = plan
         .folders
         .iter()
         .map(|(p, why)| format!("{}\t{why}\n", p.display()))
         .collect();
     let path = Path::new(DONE_DIR).join(unit);
-    fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()))
+    fs::write(&path, text).map_err(io_at(&path))
 }

@@ -10,6 +10,7 @@
 
 use std::path::Path;
 
+pub use crate::error::SyntaxError;
 use crate::error::{Result, SvcError};
 
 /// One `Key=Value` line (or continued lines) of a unit file.
@@ -24,10 +25,10 @@ pub struct Assignment {
 
 /// Splits a unit file into its assignments, in order. `path` only names the file in errors.
 pub fn parse(path: &Path, text: &str) -> Result<Vec<Assignment>> {
-    let error = |line: usize, message: String| SvcError::Syntax {
+    let error = |line: usize, problem: SyntaxError| SvcError::Syntax {
         path: path.to_path_buf(),
         line,
-        message,
+        problem,
     };
     let mut assignments = Vec::new();
     let mut section: Option<String> = None;
@@ -71,33 +72,33 @@ fn line(
     number: usize,
     section: &mut Option<String>,
     assignments: &mut Vec<Assignment>,
-) -> std::result::Result<(), String> {
+) -> std::result::Result<(), SyntaxError> {
     let text = text.trim();
     if text.is_empty() || text.starts_with(['#', ';']) {
         return Ok(());
     }
     if text.starts_with(".include ") {
-        return Err(".include is no longer supported by systemd; use a drop-in instead".into());
+        return Err(SyntaxError::Include);
     }
     if let Some(rest) = text.strip_prefix('[') {
         let Some(name) = rest.strip_suffix(']') else {
-            return Err(format!("invalid section header {text:?}: missing ']'"));
+            return Err(SyntaxError::UnclosedSection(text.to_owned()));
         };
         if name.is_empty() || name.contains(['[', ']']) {
-            return Err(format!("invalid section header {text:?}"));
+            return Err(SyntaxError::BadSection(text.to_owned()));
         }
         *section = Some(name.to_owned());
         return Ok(());
     }
     let Some(section) = section else {
-        return Err(format!("assignment {text:?} outside of any [Section]"));
+        return Err(SyntaxError::OutsideSection(text.to_owned()));
     };
     let Some((key, value)) = text.split_once('=') else {
-        return Err(format!("missing '=' in {text:?}"));
+        return Err(SyntaxError::MissingEquals(text.to_owned()));
     };
     let key = key.trim();
     if key.is_empty() {
-        return Err(format!("assignment {text:?} has no key"));
+        return Err(SyntaxError::NoKey(text.to_owned()));
     }
     assignments.push(Assignment {
         section: section.clone(),

@@ -9,8 +9,13 @@ use serde::Serialize;
 
 use crate::error::{IoAt, Result, SvcError};
 use crate::name::UnitName;
+use crate::syntax::SyntaxError;
 use crate::unit::{KillMode, ServiceType, Unit};
 use crate::words::ExecCommand;
+
+/// The SysV scripts' folder, below the tree's root (joined there: paths::inside would make
+/// this module and paths use each other).
+const INIT_D: &str = "etc/init.d";
 
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct SysvScript {
@@ -100,7 +105,7 @@ fn is_service_script(name: &str) -> bool {
 
 /// Every service script in `<root>/etc/init.d`, sorted by name.
 pub fn scripts(root: &Path) -> Result<Vec<SysvScript>> {
-    let dir = crate::paths::inside(root, "/etc/init.d");
+    let dir = root.join(INIT_D);
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -132,7 +137,7 @@ pub fn script_for(root: &Path, name: &UnitName) -> Result<Option<SysvScript>> {
         return Ok(None);
     }
     for file in [name.prefix().to_owned(), format!("{}.sh", name.prefix())] {
-        let path = crate::paths::inside(root, "/etc/init.d").join(&file);
+        let path = root.join(INIT_D).join(&file);
         let executable =
             fs::metadata(&path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0);
         if executable && is_service_script(&file) {
@@ -175,7 +180,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SysvScript> {
             return Err(SvcError::Syntax {
                 path: path.to_path_buf(),
                 line: index + 1,
-                message: "a line inside the LSB header does not start with '#'".into(),
+                problem: SyntaxError::LsbLineWithoutHash,
             });
         };
         // A line starting with a tab or two spaces continues the previous field.
@@ -213,7 +218,7 @@ pub fn parse(path: &Path, text: &str) -> Result<SysvScript> {
         Some(line) => Err(SvcError::Syntax {
             path: path.to_path_buf(),
             line,
-            message: "### BEGIN INIT INFO without ### END INIT INFO".into(),
+            problem: SyntaxError::LsbUnterminated,
         }),
         None => Ok(script),
     }

@@ -94,13 +94,31 @@ pub fn create(folders: &[Folder]) -> Vec<String> {
     problems
 }
 
-fn make(folder: &Folder) -> Result<(), String> {
+/// Why one `tmpfiles.d` folder could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum TmpfilesError {
+    #[error("no user {0} in the VM's /etc/passwd")]
+    NoUser(String),
+    #[error("no group {0} in the VM's /etc/group")]
+    NoGroup(String),
+    #[error("{step}: {error}")]
+    Io {
+        step: &'static str,
+        error: std::io::Error,
+    },
+}
+
+fn failed(step: &'static str) -> impl FnOnce(std::io::Error) -> TmpfilesError {
+    move |error| TmpfilesError::Io { step, error }
+}
+
+fn make(folder: &Folder) -> Result<(), TmpfilesError> {
     let uid = match &folder.user {
         Some(name) => Some(
             User::from_name(name)
                 .ok()
                 .flatten()
-                .ok_or_else(|| format!("no user {name} in the VM's /etc/passwd"))?
+                .ok_or_else(|| TmpfilesError::NoUser(name.clone()))?
                 .uid,
         ),
         None => None,
@@ -110,15 +128,15 @@ fn make(folder: &Folder) -> Result<(), String> {
             Group::from_name(name)
                 .ok()
                 .flatten()
-                .ok_or_else(|| format!("no group {name} in the VM's /etc/group"))?
+                .ok_or_else(|| TmpfilesError::NoGroup(name.clone()))?
                 .gid,
         ),
         None => None,
     };
-    fs::create_dir_all(&folder.path).map_err(|e| e.to_string())?;
-    chown(&folder.path, uid, gid).map_err(|e| format!("chown: {e}"))?;
+    fs::create_dir_all(&folder.path).map_err(failed("mkdir"))?;
+    chown(&folder.path, uid, gid).map_err(|e| failed("chown")(e.into()))?;
     fs::set_permissions(&folder.path, fs::Permissions::from_mode(folder.mode))
-        .map_err(|e| format!("chmod: {e}"))
+        .map_err(failed("chmod"))
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub use crate::error::SettingError;
 use crate::name::UnitName;
 use crate::specifier::{self, Context};
 use crate::syntax::Assignment;
@@ -451,7 +452,7 @@ impl Unit {
 
     /// Applies one assignment of the unit file or a drop-in, in order. `root` is the tree the
     /// unit comes from, for specifiers that read it.
-    pub fn apply(&mut self, assignment: &Assignment, root: &Path) -> Result<(), String> {
+    pub fn apply(&mut self, assignment: &Assignment, root: &Path) -> Result<(), SettingError> {
         let name = self.name.clone();
         let fragment = self.fragment.clone();
         let context = Context {
@@ -461,7 +462,7 @@ impl Unit {
         };
         let key = assignment.key.as_str();
         let raw = assignment.value.as_str();
-        let expand = |text: &str| specifier::expand(text, &context);
+        let expand = |text: &str| Ok(specifier::expand(text, &context)?);
         match assignment.section.as_str() {
             "Unit" => self.apply_unit(key, raw, &expand),
             "Install" => self.apply_install(key, raw, &expand),
@@ -522,8 +523,8 @@ impl Unit {
         &mut self,
         key: &str,
         raw: &str,
-        expand: &dyn Fn(&str) -> Result<String, String>,
-    ) -> Result<(), String> {
+        expand: &dyn Fn(&str) -> Result<String, SettingError>,
+    ) -> Result<(), SettingError> {
         let deps = &mut self.dependencies;
         let list = match key {
             "Requires" => Some(&mut deps.requires),
@@ -556,9 +557,10 @@ impl Unit {
                 }
             }
             "StartLimitBurst" => {
-                self.start_limit.burst = raw
-                    .parse()
-                    .map_err(|_| format!("StartLimitBurst={raw:?} is not a number"))?
+                self.start_limit.burst = raw.parse().map_err(|_| SettingError::NotANumber {
+                    key: "StartLimitBurst",
+                    value: raw.to_owned(),
+                })?
             }
             k if k.starts_with("Condition") || k.starts_with("Assert") => {
                 if raw.is_empty() {
@@ -579,8 +581,8 @@ impl Unit {
         &mut self,
         key: &str,
         raw: &str,
-        expand: &dyn Fn(&str) -> Result<String, String>,
-    ) -> Result<(), String> {
+        expand: &dyn Fn(&str) -> Result<String, SettingError>,
+    ) -> Result<(), SettingError> {
         let install = &mut self.install;
         match key {
             "WantedBy" => unit_list(&mut install.wanted_by, raw, expand),
@@ -604,8 +606,8 @@ impl Unit {
         &mut self,
         key: &str,
         raw: &str,
-        expand: &dyn Fn(&str) -> Result<String, String>,
-    ) -> Result<bool, String> {
+        expand: &dyn Fn(&str) -> Result<String, SettingError>,
+    ) -> Result<bool, SettingError> {
         let exec = &mut self.exec;
         match key {
             "User" => exec.user = non_empty(expand(raw)?),
@@ -625,9 +627,7 @@ impl Unit {
                         None => (false, value.as_str()),
                     };
                     if path != "~" && !path.starts_with('/') {
-                        return Err(format!(
-                            "WorkingDirectory={value:?} is not an absolute path or ~"
-                        ));
+                        return Err(SettingError::WorkingDirectory(value));
                     }
                     Some(WorkingDirectory {
                         path: PathBuf::from(path),
@@ -650,7 +650,7 @@ impl Unit {
                     None => (false, value.clone()),
                 };
                 if !path.starts_with('/') {
-                    return Err(format!("EnvironmentFile={value:?} is not an absolute path"));
+                    return Err(SettingError::EnvironmentFile(value));
                 }
                 exec.environment_files.push(EnvironmentFile {
                     path: PathBuf::from(path),
@@ -684,7 +684,7 @@ impl Unit {
             }
             k if k.starts_with("Limit") => {
                 if !values::LIMITS.contains(&k) {
-                    return Err(format!("unknown resource limit {k}"));
+                    return Err(SettingError::UnknownLimit(k.to_owned()));
                 }
                 exec.limits.retain(|(name, _)| name != k);
                 if !raw.is_empty() {
@@ -709,10 +709,11 @@ impl Unit {
                         // directory is what matters here.
                         let dir = word.split(':').next().unwrap_or(word);
                         if dir.starts_with('/') || dir.split('/').any(|c| c == "..") {
-                            return Err(format!(
-                                "{k}={word:?} must be a relative path below {}",
-                                kind.root()
-                            ));
+                            return Err(SettingError::NotRelative {
+                                key: k.to_owned(),
+                                word: word.to_owned(),
+                                root: kind.root(),
+                            });
                         }
                         directories.paths.push(dir.to_owned());
                     }
@@ -726,9 +727,9 @@ impl Unit {
         &mut self,
         key: &str,
         raw: &str,
-        expand: &dyn Fn(&str) -> Result<String, String>,
+        expand: &dyn Fn(&str) -> Result<String, SettingError>,
         context: &Context,
-    ) -> Result<(), String> {
+    ) -> Result<(), SettingError> {
         let Some(service) = self.service.as_mut() else {
             return Ok(());
         };
@@ -760,7 +761,7 @@ impl Unit {
         }
         let seconds = Duration::from_secs(1);
         // For the start and stop timeouts, 0 means "none", as `infinity` does.
-        let timeout = |raw: &str| -> Result<Option<Duration>, String> {
+        let timeout = |raw: &str| -> Result<Option<Duration>, SettingError> {
             Ok(values::timespan(raw, seconds)?.filter(|d| !d.is_zero()))
         };
         match key {
@@ -776,7 +777,7 @@ impl Unit {
                     "notify" => ServiceType::Notify,
                     "notify-reload" => ServiceType::NotifyReload,
                     "idle" => ServiceType::Idle,
-                    other => return Err(format!("unknown service type Type={other}")),
+                    other => return Err(SettingError::UnknownType(other.to_owned())),
                 }
             }
             "RemainAfterExit" => service.remain_after_exit = values::boolean(raw)?,
@@ -799,7 +800,7 @@ impl Unit {
                     "main" => NotifyAccess::Main,
                     "exec" => NotifyAccess::Exec,
                     "all" => NotifyAccess::All,
-                    other => return Err(format!("unknown NotifyAccess={other}")),
+                    other => return Err(unknown("NotifyAccess", other)),
                 })
             }
             "Restart" => {
@@ -811,7 +812,7 @@ impl Unit {
                     "on-watchdog" => Restart::OnWatchdog,
                     "on-abort" => Restart::OnAbort,
                     "always" => Restart::Always,
-                    other => return Err(format!("unknown Restart={other}")),
+                    other => return Err(unknown("Restart", other)),
                 }
             }
             "RestartSec" => {
@@ -829,7 +830,7 @@ impl Unit {
                     "mixed" => KillMode::Mixed,
                     "process" => KillMode::Process,
                     "none" => KillMode::None,
-                    other => return Err(format!("unknown KillMode={other}")),
+                    other => return Err(unknown("KillMode", other)),
                 }
             }
             "KillSignal" => service.kill_signal = signal(raw)?,
@@ -841,9 +842,10 @@ impl Unit {
                     match word.parse::<i32>().ok().or_else(|| exit_status_name(word)) {
                         Some(code) => service.success_exit_status.push(code),
                         // A signal name: a service killed by it exited cleanly.
-                        None => service.success_exit_status.push(-signal(word).map_err(|_| {
-                            format!("SuccessExitStatus: {word:?} is neither an exit status nor a signal")
-                        })?),
+                        None => service.success_exit_status.push(
+                            -signal(word)
+                                .map_err(|_| SettingError::NotExitStatus(word.to_owned()))?,
+                        ),
                     }
                 }
             }
@@ -860,8 +862,8 @@ impl Unit {
         &mut self,
         key: &str,
         raw: &str,
-        expand: &dyn Fn(&str) -> Result<String, String>,
-    ) -> Result<(), String> {
+        expand: &dyn Fn(&str) -> Result<String, SettingError>,
+    ) -> Result<(), SettingError> {
         let Some(socket) = self.socket.as_mut() else {
             return Ok(());
         };
@@ -890,7 +892,7 @@ impl Unit {
             "Accept" => socket.accept = values::boolean(raw)?,
             "Service" => {
                 let value = expand(raw)?;
-                crate::name::UnitName::parse(&value).map_err(|e| e.to_string())?;
+                crate::name::UnitName::parse(&value)?;
                 socket.service = Some(value);
             }
             "SocketMode" => socket.socket_mode = Some(values::mode(raw)?),
@@ -898,9 +900,10 @@ impl Unit {
             "SocketGroup" => socket.socket_group = non_empty(expand(raw)?),
             "FileDescriptorName" => socket.file_descriptor_name = non_empty(expand(raw)?),
             "MaxConnections" => {
-                socket.max_connections = raw
-                    .parse()
-                    .map_err(|_| format!("MaxConnections={raw:?} is not a number"))?
+                socket.max_connections = raw.parse().map_err(|_| SettingError::NotANumber {
+                    key: "MaxConnections",
+                    value: raw.to_owned(),
+                })?
             }
             other => self.note_not_applied("Socket", other),
         }
@@ -913,8 +916,8 @@ impl Unit {
         &mut self,
         key: &str,
         raw: &str,
-        expand: &dyn Fn(&str) -> Result<String, String>,
-    ) -> Result<(), String> {
+        expand: &dyn Fn(&str) -> Result<String, SettingError>,
+    ) -> Result<(), SettingError> {
         let Some(timer) = self.timer.as_mut() else {
             return Ok(());
         };
@@ -938,7 +941,7 @@ impl Unit {
             "OnCalendar" => timer.on_calendar.push(raw.to_owned()),
             "Unit" => {
                 let value = expand(raw)?;
-                UnitName::parse(&value).map_err(|e| e.to_string())?;
+                UnitName::parse(&value)?;
                 timer.unit = non_empty(value);
             }
             other => self.note_not_applied("Timer", other),
@@ -962,20 +965,27 @@ impl Unit {
 fn unit_list(
     list: &mut Vec<String>,
     raw: &str,
-    expand: &dyn Fn(&str) -> Result<String, String>,
-) -> Result<(), String> {
+    expand: &dyn Fn(&str) -> Result<String, SettingError>,
+) -> Result<(), SettingError> {
     if raw.is_empty() {
         list.clear();
         return Ok(());
     }
     for word in raw.split_whitespace() {
         let name = expand(word)?;
-        let name = UnitName::parse(&name).map_err(|e| e.to_string())?;
+        let name = UnitName::parse(&name)?;
         if !list.iter().any(|n| n == name.as_str()) {
             list.push(name.to_string());
         }
     }
     Ok(())
+}
+
+fn unknown(key: &'static str, value: &str) -> SettingError {
+    SettingError::UnknownValue {
+        key,
+        value: value.to_owned(),
+    }
 }
 
 fn non_empty(value: String) -> Option<String> {
@@ -1016,11 +1026,11 @@ fn exit_status_name(name: &str) -> Option<i32> {
 }
 
 /// A signal by name (`SIGTERM`, `TERM`) or number.
-pub fn signal(text: &str) -> Result<i32, String> {
+pub fn signal(text: &str) -> Result<i32, SettingError> {
     if let Ok(number) = text.parse::<i32>() {
         return nix::sys::signal::Signal::try_from(number)
             .map(|s| s as i32)
-            .map_err(|_| format!("{text} is not a signal"));
+            .map_err(|_| SettingError::NotSignal(text.to_owned()));
     }
     let name = if text.starts_with("SIG") {
         text.to_owned()
@@ -1029,5 +1039,5 @@ pub fn signal(text: &str) -> Result<i32, String> {
     };
     name.parse::<nix::sys::signal::Signal>()
         .map(|s| s as i32)
-        .map_err(|_| format!("{text:?} is not a signal name"))
+        .map_err(|_| SettingError::NotSignalName(text.to_owned()))
 }

@@ -2,24 +2,26 @@
 
 use std::time::Duration;
 
+pub use crate::error::ValueError;
+
 /// systemd's booleans.
-pub fn boolean(text: &str) -> Result<bool, String> {
+pub fn boolean(text: &str) -> Result<bool, ValueError> {
     match text.to_ascii_lowercase().as_str() {
         "1" | "yes" | "y" | "true" | "t" | "on" => Ok(true),
         "0" | "no" | "n" | "false" | "f" | "off" => Ok(false),
-        _ => Err(format!("{text:?} is not a boolean (yes/no)")),
+        _ => Err(ValueError::NotBoolean(text.to_owned())),
     }
 }
 
 /// A time span: `90`, `5min 30s`, `500ms`, `1h`, `infinity` (None). A bare number is in
 /// `default_unit` (seconds for most settings).
-pub fn timespan(text: &str, default_unit: Duration) -> Result<Option<Duration>, String> {
+pub fn timespan(text: &str, default_unit: Duration) -> Result<Option<Duration>, ValueError> {
     let text = text.trim();
     if text == "infinity" {
         return Ok(None);
     }
     if text.is_empty() {
-        return Err("empty time span".into());
+        return Err(ValueError::EmptyTimespan);
     }
     let mut total = Duration::ZERO;
     let mut rest = text;
@@ -29,11 +31,11 @@ pub fn timespan(text: &str, default_unit: Duration) -> Result<Option<Duration>, 
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if number_len == 0 {
-            return Err(format!("{text:?} is not a time span"));
+            return Err(ValueError::NotTimespan(text.to_owned()));
         }
         let number: f64 = rest[..number_len]
             .parse()
-            .map_err(|_| format!("{text:?} is not a time span"))?;
+            .map_err(|_| ValueError::NotTimespan(text.to_owned()))?;
         rest = rest[number_len..].trim_start();
         let unit_len = rest
             .find(|c: char| !c.is_ascii_alphabetic())
@@ -49,7 +51,12 @@ pub fn timespan(text: &str, default_unit: Duration) -> Result<Option<Duration>, 
             "w" | "week" | "weeks" => Duration::from_secs(7 * 86400),
             "M" | "month" | "months" => Duration::from_secs(2_629_800),
             "y" | "year" | "years" => Duration::from_secs(31_557_600),
-            other => return Err(format!("unknown time unit {other:?} in {text:?}")),
+            other => {
+                return Err(ValueError::UnknownTimeUnit {
+                    unit: other.to_owned(),
+                    text: text.to_owned(),
+                })
+            }
         };
         total += unit.mul_f64(number);
         rest = &rest[unit_len..];
@@ -58,11 +65,11 @@ pub fn timespan(text: &str, default_unit: Duration) -> Result<Option<Duration>, 
 }
 
 /// An octal file mode such as `0755` or `2755`.
-pub fn mode(text: &str) -> Result<u32, String> {
+pub fn mode(text: &str) -> Result<u32, ValueError> {
     u32::from_str_radix(text, 8)
         .ok()
         .filter(|m| *m <= 0o7777)
-        .ok_or_else(|| format!("{text:?} is not an octal file mode"))
+        .ok_or_else(|| ValueError::NotMode(text.to_owned()))
 }
 
 /// A resource limit: `soft[:hard]`, each a number, `infinity`, or (for sizes) a number with a
@@ -93,9 +100,9 @@ pub const LIMITS: [&str; 16] = [
     "LimitRTTIME",
 ];
 
-pub fn limit(key: &str, text: &str) -> Result<Limit, String> {
+pub fn limit(key: &str, text: &str) -> Result<Limit, ValueError> {
     let (soft, hard) = text.split_once(':').unwrap_or((text, text));
-    let one = |value: &str| -> Result<Option<u64>, String> {
+    let one = |value: &str| -> Result<Option<u64>, ValueError> {
         let value = value.trim();
         if value == "infinity" {
             return Ok(None);
@@ -110,7 +117,7 @@ pub fn limit(key: &str, text: &str) -> Result<Limit, String> {
                 if let Some(level) = value.strip_prefix(['+', '-']) {
                     let level: i64 = level
                         .parse()
-                        .map_err(|_| format!("bad nice level {value:?}"))?;
+                        .map_err(|_| ValueError::BadNiceLevel(value.to_owned()))?;
                     let level = if value.starts_with('-') {
                         -level
                     } else {
@@ -121,25 +128,32 @@ pub fn limit(key: &str, text: &str) -> Result<Limit, String> {
                     value
                         .parse()
                         .map(Some)
-                        .map_err(|_| format!("bad nice limit {value:?}"))
+                        .map_err(|_| ValueError::BadNiceLimit(value.to_owned()))
                 }
             }
             _ => size(value).map(Some),
         }
     };
     Ok(Limit {
-        soft: one(soft).map_err(|e| format!("{key}: {e}"))?,
-        hard: one(hard).map_err(|e| format!("{key}: {e}"))?,
+        soft: one(soft).map_err(|e| in_limit(key, e))?,
+        hard: one(hard).map_err(|e| in_limit(key, e))?,
     })
 }
 
-fn size(text: &str) -> Result<u64, String> {
+fn in_limit(key: &str, problem: ValueError) -> ValueError {
+    ValueError::Limit {
+        key: key.to_owned(),
+        problem: Box::new(problem),
+    }
+}
+
+fn size(text: &str) -> Result<u64, ValueError> {
     let split = text
         .find(|c: char| !c.is_ascii_digit())
         .unwrap_or(text.len());
     let number: u64 = text[..split]
         .parse()
-        .map_err(|_| format!("{text:?} is not a number"))?;
+        .map_err(|_| ValueError::NotNumber(text.to_owned()))?;
     let shift = match &text[split..] {
         "" | "B" => 0,
         "K" => 10,
@@ -148,11 +162,16 @@ fn size(text: &str) -> Result<u64, String> {
         "T" => 40,
         "P" => 50,
         "E" => 60,
-        other => return Err(format!("unknown size suffix {other:?} in {text:?}")),
+        other => {
+            return Err(ValueError::UnknownSizeSuffix {
+                suffix: other.to_owned(),
+                text: text.to_owned(),
+            })
+        }
     };
     number
         .checked_mul(1u64 << shift)
-        .ok_or_else(|| format!("{text:?} is too large"))
+        .ok_or_else(|| ValueError::TooLarge(text.to_owned()))
 }
 
 #[cfg(test)]

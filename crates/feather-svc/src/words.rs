@@ -5,6 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::error::WordError;
+
 /// How strictly words are read.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Escapes {
@@ -24,7 +26,7 @@ struct Word {
 }
 
 /// Splits `value` into words, removing quotes and resolving C escapes.
-pub fn split(value: &str, escapes: Escapes) -> Result<Vec<String>, String> {
+pub fn split(value: &str, escapes: Escapes) -> Result<Vec<String>, WordError> {
     let mut chars = value.chars().peekable();
     let mut words = Vec::new();
     while let Some(word) = next_word(&mut chars, escapes)? {
@@ -36,7 +38,7 @@ pub fn split(value: &str, escapes: Escapes) -> Result<Vec<String>, String> {
 fn next_word(
     chars: &mut std::iter::Peekable<std::str::Chars>,
     escapes: Escapes,
-) -> Result<Option<Word>, String> {
+) -> Result<Option<Word>, WordError> {
     while chars.peek().is_some_and(|c| c.is_whitespace()) {
         chars.next();
     }
@@ -59,7 +61,7 @@ fn next_word(
                 loop {
                     match chars.next() {
                         None if escapes == Escapes::Relaxed => break,
-                        None => return Err(format!("unterminated {c} quote")),
+                        None => return Err(WordError::UnterminatedQuote(c)),
                         Some(q) if q == c => break,
                         // Inside double quotes escapes are resolved; inside single quotes too,
                         // as systemd does with EXTRACT_CUNESCAPE.
@@ -93,11 +95,11 @@ fn next_word(
 fn unescape_one(
     chars: &mut std::iter::Peekable<std::str::Chars>,
     escapes: Escapes,
-) -> Result<String, String> {
+) -> Result<String, WordError> {
     let Some(c) = chars.next() else {
         return match escapes {
             Escapes::Relaxed => Ok("\\".into()),
-            Escapes::Strict => Err("a lone backslash at the end".into()),
+            Escapes::Strict => Err(WordError::LoneBackslash),
         };
     };
     let simple = match c {
@@ -139,7 +141,7 @@ fn unescape_one(
                     }
                     None => {
                         if escapes == Escapes::Strict {
-                            return Err(format!("invalid octal escape \\{c}"));
+                            return Err(WordError::InvalidOctalEscape(c));
                         }
                         break;
                     }
@@ -150,10 +152,10 @@ fn unescape_one(
         _ => None,
     };
     match (code.and_then(char::from_u32), escapes) {
-        (Some('\0'), _) => Err("\\0 (a NUL byte) cannot be passed to a program".into()),
+        (Some('\0'), _) => Err(WordError::NulByte),
         (Some(ch), _) => Ok(ch.to_string()),
         (None, Escapes::Relaxed) => Ok(format!("\\{c}")),
-        (None, Escapes::Strict) => Err(format!("invalid escape \\{c}")),
+        (None, Escapes::Strict) => Err(WordError::InvalidEscape(c)),
     }
 }
 
@@ -162,11 +164,11 @@ fn unescape_one(
 pub struct ExecCommand {
     /// The program: an absolute path, or a name searched in systemd's fixed PATH.
     pub path: String,
-    /// The arguments, argv[0] included.
+    /// The arguments, `argv[0]` included.
     pub argv: Vec<String>,
     /// `-`: a non-zero exit is recorded but not a failure.
     pub ignore_failure: bool,
-    /// `@`: the second word is argv[0].
+    /// `@`: the second word is `argv[0]`.
     pub custom_argv0: bool,
     /// `+`: runs with full privileges: no User=/Group=, no sandboxing.
     pub full_privileges: bool,
@@ -179,7 +181,7 @@ pub struct ExecCommand {
 }
 
 /// Parses the value of an `Exec*=` setting: one or more commands separated by a bare `;`.
-pub fn parse_exec(value: &str) -> Result<Vec<ExecCommand>, String> {
+pub fn parse_exec(value: &str) -> Result<Vec<ExecCommand>, WordError> {
     let mut chars = value.chars().peekable();
     let mut commands = Vec::new();
     let mut current: Option<ExecCommand> = None;
@@ -199,12 +201,12 @@ pub fn parse_exec(value: &str) -> Result<Vec<ExecCommand>, String> {
         commands.push(finish(done)?);
     }
     if commands.is_empty() {
-        return Err("no command given".into());
+        return Err(WordError::NoCommand);
     }
     Ok(commands)
 }
 
-fn first_word(word: Word) -> Result<ExecCommand, String> {
+fn first_word(word: Word) -> Result<ExecCommand, WordError> {
     let mut command = ExecCommand::default();
     let prefix_len = word
         .raw_start
@@ -226,25 +228,28 @@ fn first_word(word: Word) -> Result<ExecCommand, String> {
             _ => std::mem::replace(&mut command.no_user_change, true),
         };
         if already {
-            return Err(format!("prefix {c:?} given twice in {prefix:?}"));
+            return Err(WordError::PrefixTwice {
+                prefix_char: c,
+                prefix: prefix.to_owned(),
+            });
         }
         rest = &rest[1..];
     }
     if command.full_privileges && (command.no_user_change || command.ambient_fallback) {
-        return Err("prefixes '+' and '!' cannot be combined".into());
+        return Err(WordError::PrefixesCombined);
     }
     let path = word.text[prefix_len..].to_owned();
     if path.is_empty() {
-        return Err("the command path is empty".into());
+        return Err(WordError::EmptyPath);
     }
     command.path = path;
     Ok(command)
 }
 
-fn finish(mut command: ExecCommand) -> Result<ExecCommand, String> {
+fn finish(mut command: ExecCommand) -> Result<ExecCommand, WordError> {
     if command.custom_argv0 {
         if command.argv.is_empty() {
-            return Err(format!("'@' needs argv[0] after {}", command.path));
+            return Err(WordError::MissingArgv0(command.path));
         }
     } else {
         command.argv.insert(0, command.path.clone());
@@ -253,12 +258,12 @@ fn finish(mut command: ExecCommand) -> Result<ExecCommand, String> {
 }
 
 /// Parses an `Environment=` value: space-separated `KEY=VALUE` words, quotes allowed.
-pub fn parse_environment(value: &str) -> Result<Vec<(String, String)>, String> {
+pub fn parse_environment(value: &str) -> Result<Vec<(String, String)>, WordError> {
     split(value, Escapes::Relaxed)?
         .into_iter()
         .map(|word| match word.split_once('=') {
             Some((key, value)) if valid_env_name(key) => Ok((key.to_owned(), value.to_owned())),
-            _ => Err(format!("invalid environment assignment {word:?}")),
+            _ => Err(WordError::InvalidAssignment(word)),
         })
         .collect()
 }

@@ -74,7 +74,9 @@ fn postgresql_clusters_are_made_again_with_initdb_and_their_own_settings() {
         .argv
         .contains(&"/srv/pg/alt/pg_hba.conf".to_owned()));
     // A cluster without a configuration cannot be made afresh: said, with the path.
-    let why = state::plan(&t.root, &t.load("postgresql@16-none.service")).unwrap_err();
+    let why = state::plan(&t.root, &t.load("postgresql@16-none.service"))
+        .unwrap_err()
+        .to_string();
     assert!(
         why.contains("/etc/postgresql/16/none/postgresql.conf"),
         "{why}"
@@ -142,7 +144,7 @@ fn only_a_folder_on_the_vms_overlay_is_ever_emptied() {
     )));
     std::fs::create_dir_all(&folder.0).unwrap();
     std::fs::write(folder.0.join("precious"), "data").unwrap();
-    let why = state::empty_folder(&folder.0).unwrap_err();
+    let why = state::empty_folder(&folder.0).unwrap_err().to_string();
     assert!(
         why.contains("is not in the VM's copy-on-write layer"),
         "{why}"

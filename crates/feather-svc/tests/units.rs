@@ -458,7 +458,9 @@ fn bus_name_makes_a_service_type_dbus_and_type_dbus_requires_the_bus() {
         "nameless.service",
         "[Service]\nType=dbus\nExecStart=/bin/x\n",
     );
-    let why = feather_svc::catalog::validate(&t.load("nameless.service")).unwrap_err();
+    let why = feather_svc::catalog::validate(&t.load("nameless.service"))
+        .unwrap_err()
+        .to_string();
     assert!(why.contains("Type=dbus but has no BusName="), "{why}");
 }
 

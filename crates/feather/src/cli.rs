@@ -363,11 +363,30 @@ pub struct ServiceClientArgs {
     #[arg(long)]
     pub quiet: bool,
     /// start: with empty state (always, or once per unit and VM)
-    #[arg(long, value_name = "always|once")]
-    pub fresh_state: Option<String>,
-    /// start, stop, restart, reload, ls, status, logs
-    pub op: String,
+    #[arg(long, value_enum)]
+    pub fresh_state: Option<ClientFreshState>,
+    #[arg(value_enum)]
+    pub op: ServiceOp,
     pub units: Vec<String>,
+}
+
+/// What `feather service …` asks of the VM's service manager (the `__service` operation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ServiceOp {
+    Start,
+    Stop,
+    Restart,
+    Reload,
+    Ls,
+    Status,
+    Logs,
+}
+
+/// `__service --fresh-state=`: empty state at every start, or once per unit and VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ClientFreshState {
+    Always,
+    Once,
 }
 
 #[derive(Debug, Subcommand)]

@@ -213,7 +213,7 @@ pub fn services(rows: &[ServiceInfo]) {
     for s in rows {
         t.add_row(vec![
             s.name.clone(),
-            s.state.clone(),
+            s.state.to_string(),
             s.sub.clone(),
             s.main_pid
                 .map(|p| p.to_string())

@@ -6,13 +6,14 @@
 use std::process::ExitCode;
 
 use anyhow::Context;
+use clap::ValueEnum;
 use feather_core::{StateRoot, VmName};
-use feather_svc::manager::protocol::{FreshState, Request, Response};
+use feather_svc::manager::protocol::{FreshState, Refusal, Request, Response, UnitState};
 use feather_svc::manager::{self};
 use feather_vm::exec::{exec, exec_escaping_output};
 use feather_vm::workload::Workload;
 
-use crate::cli::{ServiceClientArgs, ServiceCommand};
+use crate::cli::{ClientFreshState, ServiceClientArgs, ServiceCommand, ServiceOp};
 use crate::output;
 
 pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode> {
@@ -25,7 +26,7 @@ fn call_in_vm(
     root: &StateRoot,
     command: ServiceCommand,
     quiet: bool,
-    configured_fresh: Option<&'static str>,
+    configured_fresh: Option<ClientFreshState>,
 ) -> anyhow::Result<ExitCode> {
     let mut follow = false;
     let mut fresh_state = None;
@@ -45,13 +46,13 @@ fn call_in_vm(
             fresh_state: fresh,
             json,
         } => {
-            fresh_state = fresh.then_some("always");
-            (name, "start", units, json, 0)
+            fresh_state = fresh.then_some(ClientFreshState::Always);
+            (name, ServiceOp::Start, units, json, 0)
         }
-        ServiceCommand::Stop { name, units, json } => (name, "stop", units, json, 0),
-        ServiceCommand::Restart { name, units, json } => (name, "restart", units, json, 0),
-        ServiceCommand::Reload { name, units, json } => (name, "reload", units, json, 0),
-        ServiceCommand::Ls { name, json } => (name, "ls", Vec::new(), json, 0),
+        ServiceCommand::Stop { name, units, json } => (name, ServiceOp::Stop, units, json, 0),
+        ServiceCommand::Restart { name, units, json } => (name, ServiceOp::Restart, units, json, 0),
+        ServiceCommand::Reload { name, units, json } => (name, ServiceOp::Reload, units, json, 0),
+        ServiceCommand::Ls { name, json } => (name, ServiceOp::Ls, Vec::new(), json, 0),
         ServiceCommand::Logs {
             name,
             unit,
@@ -59,14 +60,14 @@ fn call_in_vm(
             follow: f,
         } => {
             follow = f;
-            (name, "logs", vec![unit], false, lines)
+            (name, ServiceOp::Logs, vec![unit], false, lines)
         }
         ServiceCommand::Status {
             name,
             unit,
             lines,
             json,
-        } => (name, "status", vec![unit], json, lines),
+        } => (name, ServiceOp::Status, vec![unit], json, lines),
     };
     let name: VmName = name.parse()?;
     let exe = std::env::current_exe().context("cannot find feather's own binary")?;
@@ -79,7 +80,7 @@ fn call_in_vm(
             exe.display()
         );
     }
-    let manager = manager::program().map_err(|e| anyhow::anyhow!("VM {name}: {e}"))?;
+    let manager = manager::program().with_context(|| format!("VM {name}"))?;
     if !manager.exists() {
         anyhow::bail!(
             "VM {name} cannot run its service manager: {} is missing; install {} beside feather (cargo builds and installs both)",
@@ -105,9 +106,9 @@ fn call_in_vm(
         argv.push("--quiet".to_owned());
     }
     if let Some(fresh) = fresh_state.or(configured_fresh) {
-        argv.push(format!("--fresh-state={fresh}"));
+        argv.push(format!("--fresh-state={}", value_name(fresh)));
     }
-    argv.push(op.to_owned());
+    argv.push(value_name(op));
     argv.extend(units);
     let workload = Workload {
         argv,
@@ -123,11 +124,19 @@ fn call_in_vm(
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
 }
 
+/// How a value of the hidden `__service` command is written on its command line.
+fn value_name(value: impl ValueEnum) -> String {
+    value
+        .to_possible_value()
+        .map(|v| v.get_name().to_owned())
+        .unwrap_or_default()
+}
+
 /// Inside the VM: one request to its service manager, and the answer shown.
 pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
     let vm = &args.vm;
-    let request = match args.op.as_str() {
-        "logs" => {
+    let request = match args.op {
+        ServiceOp::Logs => {
             return logs(
                 vm,
                 args.units.first().map_or("", String::as_str),
@@ -135,25 +144,26 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
                 args.follow,
             )
         }
-        "start" => Request::Start {
+        ServiceOp::Start => Request::Start {
             units: args.units,
-            fresh_state: match args.fresh_state.as_deref() {
+            fresh_state: match args.fresh_state {
                 None => FreshState::No,
-                Some("always") => FreshState::Always,
-                Some("once") => FreshState::Once,
-                Some(other) => anyhow::bail!("--fresh-state={other}: expected always or once"),
+                Some(ClientFreshState::Always) => FreshState::Always,
+                Some(ClientFreshState::Once) => FreshState::Once,
             },
         },
-        "restart" => {
+        ServiceOp::Restart => {
             // Stop those of the units that run (a stopped one is simply started), then start.
             for unit in args.units.iter().filter(|_| manager::running()) {
                 let stop = Request::Stop {
                     units: vec![unit.clone()],
                 };
-                match manager::call(&stop, None).map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))? {
-                    Response::Error { message } if !message.contains("was not started") => {
-                        anyhow::bail!("VM {vm}: {message}")
-                    }
+                match manager::call(&stop, None).with_context(|| format!("VM {vm}"))? {
+                    // A stopped unit is simply started.
+                    Response::Error {
+                        error: Refusal::NotStarted { .. },
+                    } => {}
+                    Response::Error { error } => anyhow::bail!("VM {vm}: {error}"),
                     _ => {}
                 }
             }
@@ -162,26 +172,31 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
                 fresh_state: FreshState::No,
             }
         }
-        "stop" => Request::Stop { units: args.units },
-        "reload" => Request::Reload { units: args.units },
-        "ls" => Request::List,
-        "status" => Request::Status {
+        ServiceOp::Stop => Request::Stop { units: args.units },
+        ServiceOp::Reload => Request::Reload { units: args.units },
+        ServiceOp::Ls => Request::List,
+        ServiceOp::Status => Request::Status {
             unit: args.units.first().cloned().unwrap_or_default(),
             lines: args.lines,
         },
-        other => anyhow::bail!("unknown service operation {other:?}"),
     };
     let starts = matches!(request, Request::Start { .. });
-    let reloads = matches!(request, Request::Reload { .. });
     if matches!(request, Request::Stop { .. } | Request::Reload { .. }) && !manager::running() {
         anyhow::bail!(
             "VM {vm} runs no services (start one with `feather service start {vm} UNIT`)"
         );
     }
     let response = manager::call(&request, starts.then_some(vm.as_str()))
-        .map_err(|e| anyhow::anyhow!("VM {vm}: {e}"))?;
+        .with_context(|| format!("VM {vm}"))?;
     match response {
-        Response::Error { message } => anyhow::bail!("VM {vm}: {message}"),
+        Response::Error { error } => anyhow::bail!("VM {vm}: {error}"),
+        Response::Hello { .. } => anyhow::bail!(
+            "VM {vm}: {}",
+            feather_svc::manager::protocol::ProtocolError::UnexpectedMessage {
+                expected: "an answer",
+                received: "a second hello".into(),
+            }
+        ),
         Response::List { units } => {
             if args.json {
                 output::json(&units)?;
@@ -189,16 +204,13 @@ pub fn in_vm(args: ServiceClientArgs) -> anyhow::Result<ExitCode> {
                 output::services(&units);
             }
         }
-        Response::Done { units } => {
+        Response::Done {
+            units,
+            reload_failed,
+        } => {
             let failed: Vec<_> = units
                 .iter()
-                .filter(|u| {
-                    u.state == "failed"
-                        || (reloads
-                            && u.result
-                                .as_deref()
-                                .is_some_and(|r| r.starts_with("ExecReload")))
-                })
+                .filter(|u| u.state == UnitState::Failed || reload_failed.contains(&u.name))
                 .collect();
             if args.json && !args.quiet {
                 output::json(&units)?;
@@ -240,7 +252,7 @@ fn logs(vm: &str, unit: &str, lines: usize, follow: bool) -> anyhow::Result<Exit
         None,
     ) {
         Ok(Response::Status { unit, .. }) => unit.name,
-        Ok(Response::Error { message }) => anyhow::bail!("VM {vm}: {message}"),
+        Ok(Response::Error { error }) => anyhow::bail!("VM {vm}: {error}"),
         _ => feather_svc::UnitName::parse(unit)?.to_string(),
     };
     let path =
@@ -358,6 +370,6 @@ pub fn start_configured(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitC
         },
         true,
         // Empty state once: later starts of the VM keep what its services wrote.
-        config.fresh_state.then_some("once"),
+        config.fresh_state.then_some(ClientFreshState::Once),
     )
 }

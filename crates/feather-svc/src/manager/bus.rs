@@ -62,6 +62,39 @@ enum Stage {
     Connected,
 }
 
+/// What went wrong talking to the VM's system bus; the connection is unusable after any.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("connect {path}: {error}")]
+    Connect { path: String, error: std::io::Error },
+    #[error("{path}: {error}")]
+    Setup { path: String, error: std::io::Error },
+    #[error("the bus closed the connection")]
+    Closed,
+    #[error("reading from the bus: {0}")]
+    Read(std::io::Error),
+    #[error("writing to the bus: {0}")]
+    Write(std::io::Error),
+    #[error("the bus refused authentication: {0:?}")]
+    AuthenticationRefused(String),
+    #[error("the bus answered NameHasOwner({name}) with {error}")]
+    NameHasOwnerRefused { name: String, error: String },
+    #[error("the bus refused a request: {0}")]
+    Refused(String),
+    #[error("the bus sent a message with byte order {0:#x}")]
+    ByteOrder(u8),
+    #[error("the bus sent a message of {0} bytes")]
+    TooLarge(usize),
+    #[error("the bus sent a header field of type {0:?}")]
+    FieldType(String),
+    #[error("the bus answered with signature {0:?}, not a boolean")]
+    NotBoolean(String),
+    #[error("unexpected {0:?} in a signal body")]
+    SignalBody(char),
+    #[error("the bus sent a truncated message")]
+    Truncated,
+}
+
 /// One connection to a system bus.
 pub struct Bus {
     stream: UnixStream,
@@ -77,11 +110,17 @@ pub struct Bus {
 
 impl Bus {
     /// Connects to the bus at `path` and starts authenticating (as the manager's own uid).
-    pub fn connect(path: &str) -> Result<Bus, String> {
-        let stream = UnixStream::connect(path).map_err(|e| format!("connect {path}: {e}"))?;
+    pub fn connect(path: &str) -> Result<Bus, BusError> {
+        let stream = UnixStream::connect(path).map_err(|error| BusError::Connect {
+            path: path.to_owned(),
+            error,
+        })?;
         stream
             .set_nonblocking(true)
-            .map_err(|e| format!("{path}: {e}"))?;
+            .map_err(|error| BusError::Setup {
+                path: path.to_owned(),
+                error,
+            })?;
         let uid = nix::unistd::getuid().as_raw().to_string();
         let hex: String = uid.bytes().map(|b| format!("{b:02x}")).collect();
         let mut bus = Bus {
@@ -118,7 +157,7 @@ impl Bus {
 
     /// Asks whether `name` has an owner; the answer comes as an [`Event::Owner`], and so does
     /// every later change of its owner.
-    pub fn watch(&mut self, name: &str) -> Result<(), String> {
+    pub fn watch(&mut self, name: &str) -> Result<(), BusError> {
         if self.stage == Stage::Authenticating {
             self.queued.push(name.to_owned());
             return Ok(());
@@ -130,16 +169,16 @@ impl Bus {
 
     /// Reads and writes what the socket allows; returns what the bus said. An error means the
     /// connection is unusable (the bus went away, or it refused this client).
-    pub fn process(&mut self) -> Result<Vec<Event>, String> {
+    pub fn process(&mut self) -> Result<Vec<Event>, BusError> {
         self.flush()?;
         let mut buffer = [0u8; 4096];
         loop {
             match self.stream.read(&mut buffer) {
-                Ok(0) => return Err("the bus closed the connection".into()),
+                Ok(0) => return Err(BusError::Closed),
                 Ok(n) => self.input.extend_from_slice(&buffer[..n]),
                 Err(e) if e.kind() == ErrorKind::WouldBlock => break,
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("reading from the bus: {e}")),
+                Err(e) => return Err(BusError::Read(e)),
             }
         }
         let mut events = Vec::new();
@@ -150,7 +189,7 @@ impl Bus {
             let line = String::from_utf8_lossy(&self.input[..end]).into_owned();
             self.input.drain(..end + 2);
             if !line.starts_with("OK ") {
-                return Err(format!("the bus refused authentication: {line:?}"));
+                return Err(BusError::AuthenticationRefused(line));
             }
             self.output.extend_from_slice(b"BEGIN\r\n");
             self.stage = Stage::Connected;
@@ -178,7 +217,7 @@ impl Bus {
         Ok(events)
     }
 
-    fn interpret(&mut self, message: &Message) -> Result<Option<Event>, String> {
+    fn interpret(&mut self, message: &Message) -> Result<Option<Event>, BusError> {
         match message.kind {
             METHOD_RETURN => {
                 let Some(name) = message.reply_serial.and_then(|s| self.asked.remove(&s)) else {
@@ -190,11 +229,9 @@ impl Bus {
             ERROR => {
                 let error = message.error_name.clone().unwrap_or_default();
                 match message.reply_serial.and_then(|s| self.asked.remove(&s)) {
-                    Some(name) => Err(format!(
-                        "the bus answered NameHasOwner({name}) with {error}"
-                    )),
+                    Some(name) => Err(BusError::NameHasOwnerRefused { name, error }),
                     // Hello or AddMatch refused: nothing this client can go on with.
-                    None => Err(format!("the bus refused a request: {error}")),
+                    None => Err(BusError::Refused(error)),
                 }
             }
             SIGNAL if message.member.as_deref() == Some("NameOwnerChanged") => {
@@ -221,16 +258,16 @@ impl Bus {
         serial
     }
 
-    fn flush(&mut self) -> Result<(), String> {
+    fn flush(&mut self) -> Result<(), BusError> {
         while !self.output.is_empty() {
             match self.stream.write(&self.output) {
-                Ok(0) => return Err("the bus closed the connection".into()),
+                Ok(0) => return Err(BusError::Closed),
                 Ok(n) => {
                     self.output.drain(..n);
                 }
                 Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
                 Err(e) if e.kind() == ErrorKind::Interrupted => continue,
-                Err(e) => return Err(format!("writing to the bus: {e}")),
+                Err(e) => return Err(BusError::Write(e)),
             }
         }
         Ok(())
@@ -307,14 +344,14 @@ impl Writer {
 }
 
 /// The whole length of the message at the start of `input`, once its fixed header is there.
-fn message_length(input: &[u8]) -> Result<Option<usize>, String> {
+fn message_length(input: &[u8]) -> Result<Option<usize>, BusError> {
     if input.len() < 16 {
         return Ok(None);
     }
     let little = match input[0] {
         b'l' => true,
         b'B' => false,
-        other => return Err(format!("the bus sent a message with byte order {other:#x}")),
+        other => return Err(BusError::ByteOrder(other)),
     };
     let word = |at: usize| read_u32(&input[at..at + 4], little) as usize;
     let body = word(4);
@@ -322,7 +359,7 @@ fn message_length(input: &[u8]) -> Result<Option<usize>, String> {
     let header = (16 + fields).next_multiple_of(8);
     let total = header.saturating_add(body);
     if total > MAX_MESSAGE {
-        return Err(format!("the bus sent a message of {total} bytes"));
+        return Err(BusError::TooLarge(total));
     }
     Ok(Some(total))
 }
@@ -349,7 +386,7 @@ struct Message {
 }
 
 impl Message {
-    fn parse(bytes: &[u8]) -> Result<Message, String> {
+    fn parse(bytes: &[u8]) -> Result<Message, BusError> {
         let little = bytes[0] == b'l';
         let mut reader = Reader {
             bytes,
@@ -395,7 +432,7 @@ impl Message {
                         message.reply_serial = Some(value);
                     }
                 }
-                other => return Err(format!("the bus sent a header field of type {other:?}")),
+                other => return Err(BusError::FieldType(other.to_owned())),
             }
         }
         let body_start = fields_end.next_multiple_of(8);
@@ -412,24 +449,21 @@ impl Message {
     }
 
     /// A body that is one boolean (NameHasOwner's answer).
-    fn body_boolean(&self) -> Result<bool, String> {
+    fn body_boolean(&self) -> Result<bool, BusError> {
         if self.signature != "b" {
-            return Err(format!(
-                "the bus answered with signature {:?}, not a boolean",
-                self.signature
-            ));
+            return Err(BusError::NotBoolean(self.signature.clone()));
         }
         Ok(self.body_reader().u32()? != 0)
     }
 
     /// A body made only of strings.
-    fn body_strings(&self) -> Result<Vec<String>, String> {
+    fn body_strings(&self) -> Result<Vec<String>, BusError> {
         let mut reader = self.body_reader();
         self.signature
             .chars()
             .map(|c| match c {
                 's' | 'o' => reader.string(),
-                other => Err(format!("unexpected {other:?} in a signal body")),
+                other => Err(BusError::SignalBody(other)),
             })
             .collect()
     }
@@ -446,32 +480,32 @@ impl Reader<'_> {
         self.at = self.at.next_multiple_of(to);
     }
 
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+    fn take(&mut self, n: usize) -> Result<&[u8], BusError> {
         let end = self.at.checked_add(n).filter(|e| *e <= self.bytes.len());
-        let end = end.ok_or("the bus sent a truncated message")?;
+        let end = end.ok_or(BusError::Truncated)?;
         let slice = &self.bytes[self.at..end];
         self.at = end;
         Ok(slice)
     }
 
-    fn byte(&mut self) -> Result<u8, String> {
+    fn byte(&mut self) -> Result<u8, BusError> {
         Ok(self.take(1)?[0])
     }
 
-    fn u32(&mut self) -> Result<u32, String> {
+    fn u32(&mut self) -> Result<u32, BusError> {
         self.align(4);
         let little = self.little;
         Ok(read_u32(self.take(4)?, little))
     }
 
-    fn string(&mut self) -> Result<String, String> {
+    fn string(&mut self) -> Result<String, BusError> {
         let length = self.u32()? as usize;
         let text = String::from_utf8_lossy(self.take(length)?).into_owned();
         self.take(1)?;
         Ok(text)
     }
 
-    fn signature(&mut self) -> Result<String, String> {
+    fn signature(&mut self) -> Result<String, BusError> {
         let length = self.byte()? as usize;
         let text = String::from_utf8_lossy(self.take(length)?).into_owned();
         self.take(1)?;

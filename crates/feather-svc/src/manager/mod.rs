@@ -34,18 +34,35 @@ const MANAGER_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The service manager's binary name; the VM's init recognises the manager by it (its `comm`).
 pub const PROGRAM: &str = "feather-svcd";
 
+/// What goes wrong reaching a VM's service manager from inside the VM.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot find the running feather binary: {0}")]
+    OwnBinary(std::io::Error),
+    #[error("the service manager {} is missing: install {PROGRAM} beside feather", .0.display())]
+    ManagerMissing(PathBuf),
+    #[error("{RUN_DIR}: {0}")]
+    RunDir(std::io::Error),
+    #[error("cannot start the service manager: {0}")]
+    Fork(feather_sys::SysError),
+    #[error("the service manager did not start: {0} (see {MANAGER_LOG} in the VM)")]
+    DidNotStart(std::io::Error),
+    #[error(transparent)]
+    Protocol(#[from] protocol::ProtocolError),
+}
+
 /// Where the service manager's binary is: beside the running `feather` binary (cargo builds
 /// both into one folder, and an install puts both in one folder). Inside a VM over the host's
 /// root that path is the same as on the host.
-pub fn program() -> Result<PathBuf, String> {
-    let exe = std::env::current_exe()
-        .map_err(|e| format!("cannot find the running feather binary: {e}"))?;
+pub fn program() -> Result<PathBuf, ClientError> {
+    let exe = std::env::current_exe().map_err(ClientError::OwnBinary)?;
     Ok(exe.with_file_name(PROGRAM))
 }
 
-/// Sends `request` to the VM's manager (starting one first if `start_if_absent`), and returns
-/// its answer. Runs inside the VM.
-pub fn call(request: &Request, start_if_absent: Option<&str>) -> Result<Response, String> {
+/// Sends `request` to the VM's manager (starting one first if `start_if_absent`), after the
+/// hello that checks both speak one [`protocol::VERSION`], and returns its answer. Runs inside
+/// the VM.
+pub fn call(request: &Request, start_if_absent: Option<&str>) -> Result<Response, ClientError> {
     let mut stream = match protocol::connect() {
         Ok(stream) => stream,
         Err(_) if start_if_absent.is_some() => {
@@ -57,19 +74,15 @@ pub fn call(request: &Request, start_if_absent: Option<&str>) -> Result<Response
                     Err(_) if Instant::now() < deadline => {
                         std::thread::sleep(Duration::from_millis(10))
                     }
-                    Err(e) => {
-                        return Err(format!(
-                            "the service manager did not start: {e} (see {MANAGER_LOG} in the VM)"
-                        ))
-                    }
+                    Err(e) => return Err(ClientError::DidNotStart(e)),
                 }
             }
         }
         Err(_) => return Ok(Response::List { units: Vec::new() }),
     };
-    protocol::send(&mut stream, request)
-        .map_err(|e| format!("cannot reach the service manager: {e}"))?;
-    protocol::receive(&stream).map_err(|e| format!("no answer from the service manager: {e}"))
+    protocol::greet_manager(&mut stream)?;
+    protocol::send(&mut stream, request).map_err(protocol::ProtocolError::Send)?;
+    Ok(protocol::receive(&stream).map_err(protocol::ProtocolError::Receive)?)
 }
 
 /// Whether a manager answers in this VM.
@@ -79,16 +92,13 @@ pub fn running() -> bool {
 
 /// Starts the manager of VM `vm` detached: fork, new session, fork again; the grandchild
 /// executes `feather-svcd --vm VM`, which serves ([`serve`]).
-fn launch(vm: &str) -> Result<(), String> {
+fn launch(vm: &str) -> Result<(), ClientError> {
     let program = program()?;
     if !program.exists() {
-        return Err(format!(
-            "the service manager {} is missing: install {PROGRAM} beside feather",
-            program.display()
-        ));
+        return Err(ClientError::ManagerMissing(program));
     }
-    fs::create_dir_all(RUN_DIR).map_err(|e| format!("{RUN_DIR}: {e}"))?;
-    match feather_sys::process::fork().map_err(|e| e.to_string())? {
+    fs::create_dir_all(RUN_DIR).map_err(ClientError::RunDir)?;
+    match feather_sys::process::fork().map_err(ClientError::Fork)? {
         Some(child) => {
             // The intermediate child exits at once; reap it.
             let _ = nix::sys::wait::waitpid(child, None);

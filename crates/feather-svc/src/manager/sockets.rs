@@ -25,8 +25,47 @@ pub struct Bound {
     pub path: Option<PathBuf>,
 }
 
+/// Why a socket unit cannot listen.
+#[derive(Debug, thiserror::Error)]
+pub enum SocketError {
+    #[error("{unit}: cannot listen on {address} ({kind:?}): {problem}")]
+    Listen {
+        unit: String,
+        address: String,
+        kind: ListenKind,
+        problem: ListenProblem,
+    },
+    /// `chmod` or `chown` of a socket file (SocketMode=, SocketUser=, SocketGroup=).
+    #[error("{unit}: {step} {}: {error}", path.display())]
+    Permissions {
+        unit: String,
+        step: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{unit}: Accept=yes takes connections, which {address} ({kind:?}) does not have; use Accept=no")]
+    AcceptWithoutStream {
+        unit: String,
+        address: String,
+        kind: ListenKind,
+    },
+    #[error("{unit}: {error}")]
+    NonBlocking { unit: String, error: std::io::Error },
+}
+
+/// What stops one `Listen*=` address from being bound.
+#[derive(Debug, thiserror::Error)]
+pub enum ListenProblem {
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error("{0:?} is neither a port, an address:port, a path nor @name")]
+    BadAddress(String),
+    #[error("{0:?} sockets are not supported in VMs yet")]
+    Unsupported(ListenKind),
+}
+
 /// Binds every `Listen*=` address of `unit`; on any failure, none stays bound.
-pub fn bind(unit: &Unit) -> Result<Vec<Bound>, String> {
+pub fn bind(unit: &Unit) -> Result<Vec<Bound>, SocketError> {
     let Some(socket) = &unit.socket else {
         return Ok(Vec::new());
     };
@@ -36,16 +75,22 @@ pub fn bind(unit: &Unit) -> Result<Vec<Bound>, String> {
         .unwrap_or_else(|| unit.name.to_string());
     let mut bound = Vec::new();
     for listen in &socket.listen {
-        let (fd, path) = bind_one(listen).map_err(|e| {
-            format!(
-                "{}: cannot listen on {} ({:?}): {e}",
-                unit.name, listen.address, listen.kind
-            )
+        let (fd, path) = bind_one(listen).map_err(|problem| SocketError::Listen {
+            unit: unit.name.to_string(),
+            address: listen.address.clone(),
+            kind: listen.kind,
+            problem,
         })?;
         if let Some(path) = &path {
             let mode = socket.socket_mode.unwrap_or(0o666);
+            let failed = |step: &'static str, error: std::io::Error| SocketError::Permissions {
+                unit: unit.name.to_string(),
+                step,
+                path: path.clone(),
+                error,
+            };
             fs::set_permissions(path, fs::Permissions::from_mode(mode))
-                .map_err(|e| format!("{}: chmod {}: {e}", unit.name, path.display()))?;
+                .map_err(|e| failed("chmod", e))?;
             let uid = socket
                 .socket_user
                 .as_deref()
@@ -57,8 +102,7 @@ pub fn bind(unit: &Unit) -> Result<Vec<Bound>, String> {
                 .and_then(|g| Group::from_name(g).ok().flatten())
                 .map(|g| g.gid);
             if uid.is_some() || gid.is_some() {
-                chown(path, uid, gid)
-                    .map_err(|e| format!("{}: chown {}: {e}", unit.name, path.display()))?;
+                chown(path, uid, gid).map_err(|e| failed("chown", e.into()))?;
             }
         }
         bound.push(Bound {
@@ -70,37 +114,33 @@ pub fn bind(unit: &Unit) -> Result<Vec<Bound>, String> {
     Ok(bound)
 }
 
-fn bind_one(listen: &Listen) -> Result<(OwnedFd, Option<PathBuf>), String> {
+fn bind_one(listen: &Listen) -> Result<(OwnedFd, Option<PathBuf>), ListenProblem> {
     let address = listen.address.as_str();
     match (listen.kind, address.chars().next()) {
         (ListenKind::Stream | ListenKind::Datagram, Some('/')) => {
             let path = Path::new(address);
             if let Some(parent) = path.parent() {
-                fs::create_dir_all(parent).map_err(|e| e.to_string())?;
+                fs::create_dir_all(parent)?;
             }
             let _ = fs::remove_file(path);
             let fd: OwnedFd = match listen.kind {
-                ListenKind::Stream => UnixListener::bind(path).map_err(|e| e.to_string())?.into(),
-                _ => UnixDatagram::bind(path).map_err(|e| e.to_string())?.into(),
+                ListenKind::Stream => UnixListener::bind(path)?.into(),
+                _ => UnixDatagram::bind(path)?.into(),
             };
             Ok((fd, Some(path.to_path_buf())))
         }
         (ListenKind::Stream | ListenKind::Datagram, Some('@')) => {
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(&address.as_bytes()[1..])
-                .map_err(|e| e.to_string())?;
+            let addr =
+                std::os::unix::net::SocketAddr::from_abstract_name(&address.as_bytes()[1..])?;
             let fd: OwnedFd = match listen.kind {
-                ListenKind::Stream => UnixListener::bind_addr(&addr)
-                    .map_err(|e| e.to_string())?
-                    .into(),
-                _ => UnixDatagram::bind_addr(&addr)
-                    .map_err(|e| e.to_string())?
-                    .into(),
+                ListenKind::Stream => UnixListener::bind_addr(&addr)?.into(),
+                _ => UnixDatagram::bind_addr(&addr)?.into(),
             };
             Ok((fd, None))
         }
         (ListenKind::Stream | ListenKind::Datagram, _) => {
             let addresses = inet_addresses(address)?;
-            let mut last_error = String::new();
+            let mut last_error = None;
             for addr in addresses {
                 let result: std::io::Result<OwnedFd> = match listen.kind {
                     ListenKind::Stream => TcpListener::bind(addr).map(Into::into),
@@ -108,17 +148,20 @@ fn bind_one(listen: &Listen) -> Result<(OwnedFd, Option<PathBuf>), String> {
                 };
                 match result {
                     Ok(fd) => return Ok((fd, None)),
-                    Err(e) => last_error = e.to_string(),
+                    Err(e) => last_error = Some(e),
                 }
             }
-            Err(last_error)
+            // inet_addresses gives at least one address, so some error was recorded.
+            Err(last_error
+                .unwrap_or_else(|| std::io::ErrorKind::AddrNotAvailable.into())
+                .into())
         }
-        (kind, _) => Err(format!("{kind:?} sockets are not supported in VMs yet")),
+        (kind, _) => Err(ListenProblem::Unsupported(kind)),
     }
 }
 
 /// `80` (every address: IPv6 with IPv4 mapped, or IPv4 alone), `127.0.0.1:80`, `[::1]:80`.
-fn inet_addresses(address: &str) -> Result<Vec<SocketAddr>, String> {
+fn inet_addresses(address: &str) -> Result<Vec<SocketAddr>, ListenProblem> {
     if let Ok(port) = address.parse::<u16>() {
         return Ok(vec![
             SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
@@ -128,39 +171,44 @@ fn inet_addresses(address: &str) -> Result<Vec<SocketAddr>, String> {
     address
         .parse::<SocketAddr>()
         .map(|a| vec![a])
-        .map_err(|_| format!("{address:?} is neither a port, an address:port, a path nor @name"))
+        .map_err(|_| ListenProblem::BadAddress(address.to_owned()))
 }
 
 /// Makes the sockets of an `Accept=yes` unit ready for the manager's own accept loop: only
 /// stream sockets take connections; they are polled, so they must not block.
-pub fn prepare_accepting(unit: &Unit, bound: &[Bound]) -> Result<(), String> {
+pub fn prepare_accepting(unit: &Unit, bound: &[Bound]) -> Result<(), SocketError> {
     if let Some(listen) = unit
         .socket
         .iter()
         .flat_map(|s| &s.listen)
         .find(|l| l.kind != ListenKind::Stream)
     {
-        return Err(format!(
-            "{}: Accept=yes takes connections, which {} ({:?}) does not have; use Accept=no",
-            unit.name, listen.address, listen.kind
-        ));
+        return Err(SocketError::AcceptWithoutStream {
+            unit: unit.name.to_string(),
+            address: listen.address.clone(),
+            kind: listen.kind,
+        });
     }
     for b in bound {
-        let flags = fcntl(&b.fd, FcntlArg::F_GETFL).map_err(|e| e.to_string())?;
+        let failed = |error: nix::errno::Errno| SocketError::NonBlocking {
+            unit: unit.name.to_string(),
+            error: error.into(),
+        };
+        let flags = fcntl(&b.fd, FcntlArg::F_GETFL).map_err(failed)?;
         let flags = OFlag::from_bits_truncate(flags) | OFlag::O_NONBLOCK;
-        fcntl(&b.fd, FcntlArg::F_SETFL(flags)).map_err(|e| format!("{}: {e}", unit.name))?;
+        fcntl(&b.fd, FcntlArg::F_SETFL(flags)).map_err(failed)?;
     }
     Ok(())
 }
 
 /// One waiting connection, or None when there is none. The connection blocks (as a service
 /// started inetd-style expects) and is not inherited by anything else the manager starts.
-pub fn accept(listener: &OwnedFd) -> Result<Option<OwnedFd>, String> {
+pub fn accept(listener: &OwnedFd) -> Result<Option<OwnedFd>, nix::errno::Errno> {
     match feather_sys::fdpass::accept_with(listener, SockFlag::SOCK_CLOEXEC) {
         Ok(fd) => Ok(Some(fd)),
         Err(nix::errno::Errno::EAGAIN) => Ok(None),
         Err(nix::errno::Errno::EINTR | nix::errno::Errno::ECONNABORTED) => Ok(None),
-        Err(e) => Err(e.to_string()),
+        Err(e) => Err(e),
     }
 }
 

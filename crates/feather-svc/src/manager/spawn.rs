@@ -22,6 +22,62 @@ use crate::words::{self, ExecCommand};
 const SERVICE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Who a unit's processes run as, resolved from the VM's own /etc/passwd and /etc/group.
+/// Why a process of a unit could not be prepared or started.
+#[derive(Debug, thiserror::Error)]
+pub enum SpawnError {
+    #[error("User={0} does not exist in the VM's /etc/passwd")]
+    NoUser(String),
+    #[error("Group={0} does not exist in the VM's /etc/group")]
+    NoGroup(String),
+    #[error("{setting}={rel}: cannot create {}: {error}", path.display())]
+    CreateDirectory {
+        setting: &'static str,
+        rel: String,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// `chown` or `chmod` of a `*Directory=` folder.
+    #[error("{setting}: {step} {}: {error}", path.display())]
+    DirectoryOwner {
+        setting: &'static str,
+        step: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    /// The unit's log: `create` its folder, or `open` it.
+    #[error("cannot {step} {}: {error}", path.display())]
+    Log {
+        step: &'static str,
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the unit's log: {0}")]
+    LogDescriptor(std::io::Error),
+    #[error("EnvironmentFile={}: {error} (prefix it with '-' to make it optional)", path.display())]
+    EnvironmentFile {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{unit}: program {} not found in the VM", program.display())]
+    ProgramNotFound { unit: String, program: PathBuf },
+    #[error("{unit}: {text:?} contains a NUL byte")]
+    NulByte { unit: String, text: String },
+    #[error("{unit}: the connection: {error}")]
+    Connection { unit: String, error: std::io::Error },
+    #[error("WorkingDirectory={} does not exist in the VM (prefix it with '-' to make it optional)", .0.display())]
+    WorkingDirectory(PathBuf),
+    /// The start of one command (`setting` names the phase: ExecStart, ExecStop, …).
+    #[error("{setting} {path}: {error}")]
+    Start {
+        setting: &'static str,
+        path: String,
+        error: std::io::Error,
+    },
+    /// The manager's own bookkeeping lost the unit's state before its command ran.
+    #[error("{unit}: {what} is missing before its command ran (a bug in the service manager)")]
+    NotPrepared { unit: String, what: &'static str },
+}
+
 #[derive(Clone, Debug)]
 pub struct Identity {
     pub name: String,
@@ -30,7 +86,7 @@ pub struct Identity {
     pub credentials: Option<Credentials>,
 }
 
-pub fn identity(unit: &Unit) -> Result<Identity, String> {
+pub fn identity(unit: &Unit) -> Result<Identity, SpawnError> {
     let exec = &unit.exec;
     let root = Identity {
         name: "root".into(),
@@ -61,7 +117,7 @@ pub fn identity(unit: &Unit) -> Result<Identity, String> {
     }
     .ok()
     .flatten()
-    .ok_or_else(|| format!("User={user} does not exist in the VM's /etc/passwd"))?;
+    .ok_or_else(|| SpawnError::NoUser(user.clone()))?;
     let gid = group.unwrap_or(entry.gid);
     let mut groups = std::ffi::CString::new(entry.name.clone())
         .ok()
@@ -85,20 +141,23 @@ pub fn identity(unit: &Unit) -> Result<Identity, String> {
     })
 }
 
-fn lookup_group(group: &str) -> Result<Gid, String> {
+fn lookup_group(group: &str) -> Result<Gid, SpawnError> {
     match group.parse::<u32>() {
         Ok(gid) => Ok(Gid::from_raw(gid)),
         Err(_) => Group::from_name(group)
             .ok()
             .flatten()
             .map(|g| g.gid)
-            .ok_or_else(|| format!("Group={group} does not exist in the VM's /etc/group")),
+            .ok_or_else(|| SpawnError::NoGroup(group.to_owned())),
     }
 }
 
 /// Makes the unit's Runtime/State/Cache/Logs/ConfigurationDirectory= folders, owned by its
 /// user with their modes; returns the variables naming them.
-pub fn make_directories(unit: &Unit, identity: &Identity) -> Result<Vec<(String, String)>, String> {
+pub fn make_directories(
+    unit: &Unit,
+    identity: &Identity,
+) -> Result<Vec<(String, String)>, SpawnError> {
     let mut vars = Vec::new();
     for kind in DirectoryKind::ALL {
         let dirs = unit.exec.directories(kind);
@@ -108,19 +167,23 @@ pub fn make_directories(unit: &Unit, identity: &Identity) -> Result<Vec<(String,
         let mut full_paths = Vec::new();
         for rel in &dirs.paths {
             let path = Path::new(kind.root()).join(rel);
-            fs::create_dir_all(&path).map_err(|e| {
-                format!(
-                    "{}={rel}: cannot create {}: {e}",
-                    kind.setting(),
-                    path.display()
-                )
+            fs::create_dir_all(&path).map_err(|error| SpawnError::CreateDirectory {
+                setting: kind.setting(),
+                rel: rel.clone(),
+                path: path.clone(),
+                error,
             })?;
+            let owner = |step: &'static str, error: std::io::Error| SpawnError::DirectoryOwner {
+                setting: kind.setting(),
+                step,
+                path: path.clone(),
+                error,
+            };
             if let Some(c) = &identity.credentials {
-                chown(&path, Some(c.uid), Some(c.gid))
-                    .map_err(|e| format!("{}: chown {}: {e}", kind.setting(), path.display()))?;
+                chown(&path, Some(c.uid), Some(c.gid)).map_err(|e| owner("chown", e.into()))?;
             }
             fs::set_permissions(&path, fs::Permissions::from_mode(dirs.mode))
-                .map_err(|e| format!("{}: chmod {}: {e}", kind.setting(), path.display()))?;
+                .map_err(|e| owner("chmod", e))?;
             full_paths.push(path.display().to_string());
         }
         vars.push((kind.variable().to_owned(), full_paths.join(":")));
@@ -140,16 +203,24 @@ pub fn remove_runtime_directories(unit: &Unit) {
 }
 
 /// The log file of a unit, opened for appending.
-pub fn open_log(unit: &str) -> Result<File, String> {
+pub fn open_log(unit: &str) -> Result<File, SpawnError> {
     let dir = Path::new(super::protocol::LOG_DIR);
-    fs::create_dir_all(dir).map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+    fs::create_dir_all(dir).map_err(|error| SpawnError::Log {
+        step: "create",
+        path: dir.to_path_buf(),
+        error,
+    })?;
     let path = log_path(unit);
     OpenOptions::new()
         .create(true)
         .append(true)
         .mode(0o640)
         .open(&path)
-        .map_err(|e| format!("cannot open {}: {e}", path.display()))
+        .map_err(|error| SpawnError::Log {
+            step: "open",
+            path: path.clone(),
+            error,
+        })
 }
 
 pub fn log_path(unit: &str) -> PathBuf {
@@ -161,7 +232,7 @@ pub fn environment(
     unit: &Unit,
     identity: &Identity,
     directories: &[(String, String)],
-) -> Result<Vec<(String, String)>, String> {
+) -> Result<Vec<(String, String)>, SpawnError> {
     let mut env: Vec<(String, String)> = vec![
         ("PATH".into(), SERVICE_PATH.into()),
         ("LANG".into(), "C.UTF-8".into()),
@@ -180,11 +251,11 @@ pub fn environment(
         match fs::read_to_string(&file.path) {
             Ok(text) => env.extend(words::parse_environment_file(&text)),
             Err(_) if file.optional => {}
-            Err(e) => {
-                return Err(format!(
-                    "EnvironmentFile={}: {e} (prefix it with '-' to make it optional)",
-                    file.path.display()
-                ))
+            Err(error) => {
+                return Err(SpawnError::EnvironmentFile {
+                    path: file.path.clone(),
+                    error,
+                })
             }
         }
     }
@@ -212,9 +283,13 @@ pub fn command(
     log: &File,
     listen: &[(RawFd, String)],
     connection: Option<BorrowedFd<'_>>,
-) -> Result<Command, String> {
-    let program = resolve_program(Path::new("/"), &exec.path)
-        .map_err(|p| format!("{}: program {} not found in the VM", unit.name, p.display()))?;
+) -> Result<Command, SpawnError> {
+    let program = resolve_program(Path::new("/"), &exec.path).map_err(|program| {
+        SpawnError::ProgramNotFound {
+            unit: unit.name.to_string(),
+            program,
+        }
+    })?;
     let lookup = |name: &str| {
         env.iter()
             .rev()
@@ -230,7 +305,10 @@ pub fn command(
         None
     } else {
         let cstring = |text: &str| {
-            CString::new(text).map_err(|_| format!("{}: {text:?} contains a NUL byte", unit.name))
+            CString::new(text).map_err(|_| SpawnError::NulByte {
+                unit: unit.name.to_string(),
+                text: text.to_owned(),
+            })
         };
         let names: Vec<&str> = listen.iter().map(|(_, name)| name.as_str()).collect();
         let mut listen_env: Vec<CString> = env
@@ -285,15 +363,19 @@ fn stdio(
     unit: &Unit,
     log: &File,
     connection: Option<BorrowedFd<'_>>,
-) -> Result<(Stdio, Stdio, Stdio), String> {
-    let from_log =
-        || -> Result<Stdio, String> { Ok(log.try_clone().map_err(|e| e.to_string())?.into()) };
-    let from_connection = || -> Result<Option<Stdio>, String> {
+) -> Result<(Stdio, Stdio, Stdio), SpawnError> {
+    let from_log = || -> Result<Stdio, SpawnError> {
+        Ok(log.try_clone().map_err(SpawnError::LogDescriptor)?.into())
+    };
+    let from_connection = || -> Result<Option<Stdio>, SpawnError> {
         connection
             .map(|fd| {
                 fd.try_clone_to_owned()
                     .map(Stdio::from)
-                    .map_err(|e| format!("{}: the connection: {e}", unit.name))
+                    .map_err(|error| SpawnError::Connection {
+                        unit: unit.name.to_string(),
+                        error,
+                    })
             })
             .transpose()
     };
@@ -304,13 +386,14 @@ fn stdio(
     } else {
         Stdio::null()
     };
-    let output =
-        |setting: StandardOutput, inherited: &dyn Fn() -> Result<Stdio, String>| match setting {
+    let output = |setting: StandardOutput, inherited: &dyn Fn() -> Result<Stdio, SpawnError>| {
+        match setting {
             StandardOutput::Null => Ok(Stdio::null()),
             StandardOutput::Socket => Ok(from_connection()?.unwrap_or_else(Stdio::null)),
             StandardOutput::Log => from_log(),
             StandardOutput::Inherit => inherited(),
-        };
+        }
+    };
     // stdout inherits stdin when that is the connection (inetd style), else goes to the log.
     let stdout = output(exec.standard_output, &|| {
         if input_is_socket {
@@ -332,7 +415,7 @@ fn stdio(
     Ok((stdin, stdout, stderr))
 }
 
-fn working_directory(unit: &Unit, identity: &Identity) -> Result<PathBuf, String> {
+fn working_directory(unit: &Unit, identity: &Identity) -> Result<PathBuf, SpawnError> {
     let Some(wd) = &unit.exec.working_directory else {
         return Ok(PathBuf::from("/"));
     };
@@ -346,10 +429,7 @@ fn working_directory(unit: &Unit, identity: &Identity) -> Result<PathBuf, String
     } else if wd.optional {
         Ok(PathBuf::from("/"))
     } else {
-        Err(format!(
-            "WorkingDirectory={} does not exist in the VM (prefix it with '-' to make it optional)",
-            path.display()
-        ))
+        Err(SpawnError::WorkingDirectory(path))
     }
 }
 

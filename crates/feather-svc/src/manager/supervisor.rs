@@ -36,8 +36,10 @@ use nix::unistd::Pid;
 
 use super::bus::{self, Bus};
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
-use super::protocol::{self, FreshState, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET};
-use super::spawn::{self, Identity};
+use super::protocol::{
+    self, FreshState, Refusal, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET,
+};
+use super::spawn::{self, Identity, SpawnError};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
 use crate::name::UnitName;
@@ -48,6 +50,7 @@ use crate::{catalog, conditions, state};
 
 mod accepting;
 mod bus_names;
+mod decide;
 mod exits;
 mod readiness;
 mod requests;
@@ -55,9 +58,9 @@ mod starting;
 mod stopping;
 mod timers;
 
-use accepting::is_accepting;
-use readiness::{notify_path, open_notify_socket};
-use timers::{start_timer, vm_boot, TimerRun};
+// The parent uses only `decide` of its children (pure, it uses nothing back); the other
+// children add methods to [`Manager`] and use the parent, never the other way round.
+use decide::{phase_setting, Exit, Outcome, Peer, Phase, State, TimerRun};
 
 /// The most sockets one service can be handed.
 const MAX_PASSED_SOCKETS: RawFd = 32;
@@ -73,73 +76,40 @@ const BUS_RETRY: Duration = Duration::from_millis(200);
 /// How often units are looked at while something is in progress.
 const TICK: Duration = Duration::from_millis(5);
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum State {
-    Inactive,
-    Waiting,
-    Activating,
-    Active,
-    Deactivating,
-    Failed,
+/// Why a unit could not start (what its `result` then says).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Spawn(#[from] SpawnError),
+    #[error(transparent)]
+    Socket(#[from] sockets::SocketError),
+    #[error(transparent)]
+    Calendar(#[from] crate::calendar::CalendarError),
+    #[error("notify socket {}: {error}", path.display())]
+    NotifySocket {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("the unit it triggers cannot be loaded: {0}")]
+    TimerTarget(crate::SvcError),
+    #[error("{0} has no OnActiveSec=, OnBootSec=, OnUnitActiveSec=, OnUnitInactiveSec= or OnCalendar=: nothing would start it")]
+    TimerWithoutTrigger(String),
+    #[error("fresh state: {0}")]
+    FreshState(state::StateError),
+    #[error("the forking start command exited, and no main process was left")]
+    NoMainProcess,
 }
 
-impl State {
-    fn name(self) -> &'static str {
-        match self {
-            State::Inactive => "inactive",
-            State::Waiting => "waiting",
-            State::Activating => "activating",
-            State::Active => "active",
-            State::Deactivating => "deactivating",
-            State::Failed => "failed",
-        }
-    }
-
-    fn settled(self) -> bool {
-        matches!(self, State::Inactive | State::Active | State::Failed)
-    }
+/// Why the manager could not set itself up (it then exits; its log says why).
+#[derive(Debug, thiserror::Error)]
+#[error("{step}: {error}")]
+pub struct SetupError {
+    step: &'static str,
+    error: std::io::Error,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Phase {
-    Idle,
-    /// `--fresh-state`: the package's initialiser runs in the emptied data folders.
-    FreshState,
-    Condition,
-    StartPre,
-    Start,
-    WaitReady,
-    WaitPidFile,
-    /// Type=dbus: the main process runs; its BusName= has no owner on the bus yet.
-    WaitBusName,
-    StartPost,
-    Running,
-    AutoRestart,
-    Stop,
-    SigTerm,
-    SigKill,
-    StopPost,
-    Reload,
-}
-
-impl Phase {
-    fn name(self) -> &'static str {
-        match self {
-            Phase::Idle => "dead",
-            Phase::FreshState => "fresh-state",
-            Phase::Condition => "condition",
-            Phase::StartPre => "start-pre",
-            Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "start",
-            Phase::StartPost => "start-post",
-            Phase::Running => "running",
-            Phase::AutoRestart => "auto-restart",
-            Phase::Stop => "stop",
-            Phase::SigTerm => "stop-sigterm",
-            Phase::SigKill => "final-sigkill",
-            Phase::StopPost => "stop-post",
-            Phase::Reload => "reload",
-        }
-    }
+fn setup(step: &'static str) -> impl FnOnce(std::io::Error) -> SetupError {
+    move |error| SetupError { step, error }
 }
 
 /// One unit as the manager runs it.
@@ -154,7 +124,7 @@ struct Runtime {
     deadline: Option<Instant>,
     ready: bool,
     status_text: Option<String>,
-    result: Option<String>,
+    result: Option<Outcome>,
     restarts: u32,
     starts: VecDeque<Instant>,
     sessions: BTreeSet<i32>,
@@ -238,6 +208,18 @@ impl Runtime {
         }
     }
 
+    /// A socket unit with `Accept=yes`: the manager accepts its connections itself.
+    fn is_accepting(&self) -> bool {
+        self.unit.socket.as_ref().is_some_and(|s| s.accept)
+    }
+
+    fn peer(&self) -> Peer {
+        Peer {
+            state: self.state,
+            stop_pending: self.stop_pending,
+        }
+    }
+
     fn set(&mut self, state: State, phase: Phase) {
         if self.state != state {
             self.since = Instant::now();
@@ -250,7 +232,7 @@ impl Runtime {
         ServiceInfo {
             name: self.unit.name.to_string(),
             description: self.unit.description.clone(),
-            state: self.state.name().into(),
+            state: self.state.public(),
             sub: match (self.state, self.phase) {
                 (State::Active, _) if !self.listeners.is_empty() => "listening".into(),
                 (State::Active, _) if self.timer.is_some() => {
@@ -270,7 +252,11 @@ impl Runtime {
             restarts: self.restarts,
             ready: self.ready,
             status_text: self.status_text.clone(),
-            result: self.result.clone().or_else(|| self.reload_error.clone()),
+            result: self
+                .result
+                .as_ref()
+                .map(|o| o.text().to_owned())
+                .or_else(|| self.reload_error.clone()),
             pulled_by: self.pulled_by.clone(),
             log: Some(
                 spawn::log_path(self.unit.name.as_str())
@@ -290,6 +276,8 @@ struct Job {
     skipped: Vec<ServiceInfo>,
     /// Exit the manager once answered.
     then_exit: bool,
+    /// A reload: the answer names the units whose ExecReload= failed.
+    reload: bool,
 }
 
 pub struct Manager {
@@ -306,13 +294,13 @@ pub struct Manager {
     /// The connection to the VM's own D-Bus system bus, while Type=dbus units need it.
     bus: Option<Bus>,
     /// Why the bus could not be reached (or was lost), for the messages of waiting units.
-    bus_problem: Option<String>,
+    bus_problem: Option<bus::BusError>,
     bus_attempt: Option<Instant>,
 }
 
 impl Manager {
     /// Sets up the manager: the control socket, the signals it handles, subreaping.
-    pub fn new(listener: UnixListener) -> Result<Manager, String> {
+    pub fn new(listener: UnixListener) -> Result<Manager, SetupError> {
         let mut set = SigSet::empty();
         for signal in [
             Signal::SIGCHLD,
@@ -323,19 +311,20 @@ impl Manager {
             set.add(signal);
         }
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
-            .map_err(|e| format!("sigprocmask: {e}"))?;
+            .map_err(|e| setup("sigprocmask")(e.into()))?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
-            .map_err(|e| format!("signalfd: {e}"))?;
+            .map_err(|e| setup("signalfd")(e.into()))?;
         // Daemons fork away from the process the manager started; as a subreaper the manager
         // still gets them (and their exit status) instead of the VM's init.
         nix::sys::prctl::set_child_subreaper(true)
-            .map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
-        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+            .map_err(|e| setup("PR_SET_CHILD_SUBREAPER")(e.into()))?;
+        listener
+            .set_nonblocking(true)
+            .map_err(setup("the control socket"))?;
         // Sockets are handed to services as descriptors 3, 4, …: keep those low numbers
         // occupied so nothing else the manager (or std, while spawning) opens lands there.
-        crate::raw::reserve_low_fds(MAX_PASSED_SOCKETS)
-            .map_err(|e| format!("reserving descriptors: {e}"))?;
-        fs::create_dir_all(NOTIFY_DIR).map_err(|e| format!("{NOTIFY_DIR}: {e}"))?;
+        crate::raw::reserve_low_fds(MAX_PASSED_SOCKETS).map_err(setup("reserving descriptors"))?;
+        fs::create_dir_all(NOTIFY_DIR).map_err(setup(NOTIFY_DIR))?;
         Ok(Manager {
             paths: UnitPaths::new("/"),
             units: BTreeMap::new(),
@@ -364,7 +353,7 @@ impl Manager {
             let accepting: Vec<(String, OwnedFd)> = self
                 .units
                 .iter()
-                .filter(|(_, r)| r.state == State::Active && is_accepting(r))
+                .filter(|(_, r)| r.state == State::Active && r.is_accepting())
                 .flat_map(|(n, r)| {
                     r.listeners
                         .iter()
@@ -547,7 +536,10 @@ impl Manager {
                     if let Some(dependency) = failed_dependency.cloned() {
                         let why = format!(
                             "dependency {dependency} failed: {}",
-                            self.units[&dependency].result.clone().unwrap_or_default()
+                            self.units[&dependency]
+                                .result
+                                .as_ref()
+                                .map_or("", Outcome::text)
                         );
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         fail(r, why);
@@ -567,25 +559,18 @@ impl Manager {
                         continue;
                     }
                     // Also while a unit it is ordered after is stopping (a conflicting one, say).
-                    let blocked = r.after.iter().any(|d| {
-                        matches!(
-                            state_of(&self.units, d),
-                            Some(State::Waiting | State::Activating | State::Deactivating)
-                        ) || self.units.get(d).is_some_and(|o| o.stop_pending)
-                    });
-                    if !blocked {
+                    if !decide::start_blocked(&r.after, |d| self.peer(d)) {
                         self.begin_start(name);
                     }
                 }
                 _ => {
                     if r.stop_pending {
                         // Units that start after this one stop before it.
-                        let blocked = self.units.iter().any(|(other, o)| {
-                            other != name
-                                && o.after.contains(name)
-                                && (o.stop_pending || o.state == State::Deactivating)
-                        });
-                        if !blocked {
+                        let others = self
+                            .units
+                            .iter()
+                            .map(|(other, o)| (other.as_str(), &o.after, o.peer()));
+                        if !decide::stop_blocked(name, others) {
                             self.begin_stop(name);
                         }
                         continue;
@@ -615,6 +600,11 @@ impl Manager {
         }
     }
 
+    /// What the decisions about other units need to know of `name`.
+    fn peer(&self, name: &str) -> Option<Peer> {
+        self.units.get(name).map(Runtime::peer)
+    }
+
     /// The main and control processes of every unit.
     fn known_pids(&self) -> BTreeSet<i32> {
         self.units
@@ -629,40 +619,6 @@ impl Manager {
     }
 }
 
-/// How a process ended.
-#[derive(Clone, Copy, Debug)]
-enum Exit {
-    Code(i32),
-    Signal(i32),
-    /// A main process that was not the manager's child ended; how is not known.
-    Unknown,
-}
-
-impl Exit {
-    fn success(self, extra: &[i32]) -> bool {
-        match self {
-            Exit::Code(code) => code == 0 || extra.contains(&code),
-            Exit::Unknown => false,
-            // systemd counts SIGHUP, SIGINT, SIGTERM and SIGPIPE as clean for the main process.
-            Exit::Signal(signal) => {
-                [libc::SIGHUP, libc::SIGINT, libc::SIGTERM, libc::SIGPIPE].contains(&signal)
-                    || extra.contains(&-signal)
-            }
-        }
-    }
-
-    fn describe(self) -> String {
-        match self {
-            Exit::Code(code) => format!("exited with status {code}"),
-            Exit::Unknown => "ended (not a child of the manager: its status is unknown)".into(),
-            Exit::Signal(signal) => match Signal::try_from(signal) {
-                Ok(s) => format!("was killed by {s}"),
-                Err(_) => format!("was killed by signal {signal}"),
-            },
-        }
-    }
-}
-
 /// Stops listening: closes a socket unit's sockets and removes its socket files.
 fn close_sockets(r: &mut Runtime) {
     for bound in r.listeners.drain(..) {
@@ -672,9 +628,11 @@ fn close_sockets(r: &mut Runtime) {
     }
 }
 
-fn fail(r: &mut Runtime, why: String) {
+/// Records why the unit failed (shown as its `result`) and marks it failed.
+fn fail(r: &mut Runtime, why: impl std::fmt::Display) {
+    let why = why.to_string();
     log_line(r, &format!("feather: failed: {why}"));
-    r.result = Some(why);
+    r.result = Some(Outcome::Failed(why));
     r.deadline = None;
     r.ready = false;
     r.set(State::Failed, Phase::Idle);
@@ -686,20 +644,6 @@ fn log_line(r: &mut Runtime, line: &str) {
     }
     if let Some(log) = r.log.as_mut() {
         let _ = std::io::Write::write_all(log, format!("{line}\n").as_bytes());
-    }
-}
-
-fn phase_setting(phase: Phase) -> &'static str {
-    match phase {
-        Phase::FreshState => "fresh state: initialiser",
-        Phase::Condition => "ExecCondition",
-        Phase::StartPre => "ExecStartPre",
-        Phase::Start | Phase::WaitReady | Phase::WaitPidFile | Phase::WaitBusName => "ExecStart",
-        Phase::StartPost => "ExecStartPost",
-        Phase::Stop => "ExecStop",
-        Phase::StopPost => "ExecStopPost",
-        Phase::Reload => "ExecReload",
-        _ => "command",
     }
 }
 
@@ -729,4 +673,27 @@ fn tail(path: &Path, lines: usize) -> Vec<String> {
         .iter()
         .map(|s| s.to_string())
         .collect()
+}
+
+/// When the VM's init started: `/proc/1/stat`'s start time (clock ticks after the host's boot)
+/// against `/proc/uptime`.
+pub(super) fn vm_boot() -> Instant {
+    let now = Instant::now();
+    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64;
+    let started = fs::read_to_string("/proc/1/stat").ok().and_then(|s| {
+        let after_name = s.rsplit_once(')')?.1;
+        after_name.split_whitespace().nth(19)?.parse::<f64>().ok()
+    });
+    let uptime = fs::read_to_string("/proc/uptime")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
+    match (started, uptime) {
+        (Some(started), Some(uptime)) if uptime >= started / ticks => now
+            .checked_sub(Duration::from_secs_f64(uptime - started / ticks))
+            .unwrap_or(now),
+        _ => now,
+    }
 }

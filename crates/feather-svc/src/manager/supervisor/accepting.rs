@@ -96,8 +96,3 @@ impl Manager {
         }
     }
 }
-
-/// A socket unit with `Accept=yes`: the manager accepts its connections itself.
-pub(super) fn is_accepting(r: &Runtime) -> bool {
-    r.unit.socket.as_ref().is_some_and(|s| s.accept)
-}

@@ -40,7 +40,7 @@ impl Manager {
         self.bus = Some(connection);
     }
 
-    pub(super) fn lose_bus(&mut self, problem: String) {
+    pub(super) fn lose_bus(&mut self, problem: bus::BusError) {
         self.bus = None;
         self.bus_problem = Some(problem);
     }

@@ -44,14 +44,18 @@ impl Manager {
         if !all_processes().iter().any(|p| p.session == pid.as_raw()) {
             r.sessions.remove(&pid.as_raw());
         }
-        let success = code.success(
+        let outcome = decide::control_outcome(
+            r.phase,
+            r.state,
+            code,
+            command.ignore_failure,
             r.unit
                 .service
                 .as_ref()
                 .map_or(&[][..], |s| &s.success_exit_status),
         );
-        if success || command.ignore_failure || r.state == State::Deactivating {
-            if !success {
+        if let decide::ControlOutcome::Next { ignored_failure } = outcome {
+            if ignored_failure {
                 log_line(
                     r,
                     &format!(
@@ -65,7 +69,7 @@ impl Manager {
             self.advance(name);
             return;
         }
-        if r.phase == Phase::Reload {
+        if outcome == decide::ControlOutcome::ReloadFailed {
             // A failed reload leaves the service running as it was.
             let why = format!("ExecReload {} {}", command.path, code.describe());
             log_line(r, &format!("feather: reload failed: {why}"));
@@ -74,12 +78,12 @@ impl Manager {
             r.phase = Phase::Running;
             return;
         }
-        if r.phase == Phase::Condition && matches!(code, Exit::Code(1..=254)) {
-            r.result = Some(format!(
+        if outcome == decide::ControlOutcome::ConditionNotMet {
+            r.result = Some(Outcome::Skipped(format!(
                 "skipped: ExecCondition {} {}",
                 command.path,
                 code.describe()
-            ));
+            )));
             r.set(State::Inactive, Phase::Idle);
             r.deadline = None;
             return;
@@ -122,22 +126,18 @@ impl Manager {
             State::Active => {
                 let service = r.unit.service.clone().unwrap_or_default();
                 let clean = code.success(&service.success_exit_status);
-                let restart = !r.stop_requested
-                    && match service.restart {
-                        Restart::No => false,
-                        Restart::Always => true,
-                        Restart::OnSuccess => clean,
-                        Restart::OnFailure => !clean,
-                        Restart::OnAbnormal | Restart::OnAbort => matches!(code, Exit::Signal(_)),
-                        Restart::OnWatchdog => false,
-                    };
+                let restart = decide::restart_after_exit(
+                    service.restart,
+                    code,
+                    &service.success_exit_status,
+                    r.stop_requested,
+                );
                 if !clean {
-                    r.result = Some(format!("main process {}", code.describe()));
+                    r.result = Some(Outcome::Failed(format!("main process {}", code.describe())));
                 }
                 log_line(r, &format!("feather: main process {}", code.describe()));
                 if restart {
-                    r.restart_at =
-                        Some(Instant::now() + service.restart_sec.min(Duration::from_secs(3600)));
+                    r.restart_at = Some(decide::restart_at(Instant::now(), service.restart_sec));
                     r.set(State::Activating, Phase::AutoRestart);
                     self.kill_remaining(name);
                     return;
@@ -185,25 +185,17 @@ impl Manager {
         };
         r.restart_at = None;
         let limit = r.unit.start_limit.clone();
-        if let Some(interval) = limit.interval {
-            let now = Instant::now();
-            while r
-                .starts
-                .front()
-                .is_some_and(|t| now.duration_since(*t) > interval)
-            {
-                r.starts.pop_front();
-            }
-            if limit.burst > 0 && r.starts.len() >= limit.burst as usize {
-                let why = format!(
-                    "start limit hit: {} starts within {}s (StartLimitBurst={}, StartLimitIntervalSec={}); last: {}",
-                    r.starts.len(), interval.as_secs(), limit.burst, interval.as_secs(),
-                    r.result.clone().unwrap_or_default()
-                );
-                fail(r, why);
-                self.trigger_on_failure(name);
-                return;
-            }
+        if let decide::StartLimitVerdict::Hit { starts, interval } =
+            decide::start_limit(&mut r.starts, &limit, Instant::now())
+        {
+            let why = format!(
+                "start limit hit: {starts} starts within {}s (StartLimitBurst={}, StartLimitIntervalSec={}); last: {}",
+                interval.as_secs(), limit.burst, interval.as_secs(),
+                r.result.as_ref().map_or("", Outcome::text)
+            );
+            fail(r, why);
+            self.trigger_on_failure(name);
+            return;
         }
         r.restarts += 1;
         r.set(State::Waiting, Phase::Idle);

@@ -15,27 +15,26 @@ impl Manager {
             None if service.guess_main_pid => guess_main_pid(&known),
             None => None,
         };
-        match main {
-            Some(pid) => {
-                r.main_pid = Some(pid);
-                if let Some(session) = session_of(pid) {
-                    r.sessions.insert(session);
-                }
+        let outcome = decide::pid_file_outcome(
+            main.is_some(),
+            r.main_pid.is_some(),
+            service.pid_file.is_some(),
+            service.guess_main_pid,
+            service.remain_after_exit,
+        );
+        if let Some(pid) = main {
+            r.main_pid = Some(pid);
+            if let Some(session) = session_of(pid) {
+                r.sessions.insert(session);
             }
-            None if service.pid_file.is_none() => {}
-            // Wait for the daemon to write its pid file (until TimeoutStartSec=).
-            None => return,
         }
-        if r.main_pid.is_none()
-            && !service.remain_after_exit
-            && service.pid_file.is_none()
-            && service.guess_main_pid
-        {
-            self.fail_and_clean(
-                name,
-                "the forking start command exited, and no main process was left".into(),
-            );
-            return;
+        match outcome {
+            decide::PidFileOutcome::Ready => {}
+            decide::PidFileOutcome::Wait => return,
+            decide::PidFileOutcome::NoMainProcess => {
+                self.fail_and_clean(name, StartError::NoMainProcess);
+                return;
+            }
         }
         r.ready = true;
         r.phase = Phase::StartPost;
@@ -50,23 +49,18 @@ impl Manager {
             let Some(r) = self.units.get_mut(name) else {
                 return;
             };
-            let mut ready = false;
-            for line in text.lines() {
-                match line.split_once('=') {
-                    Some(("READY", "1")) => ready = true,
-                    Some(("STATUS", status)) => r.status_text = Some(status.to_owned()),
-                    Some(("MAINPID", pid)) => {
-                        if let Ok(pid) = pid.parse::<i32>() {
-                            r.main_pid = Some(Pid::from_raw(pid));
-                            if let Some(session) = session_of(Pid::from_raw(pid)) {
-                                r.sessions.insert(session);
-                            }
-                        }
-                    }
-                    _ => {}
+            let said = decide::notification(&text);
+            if let Some(status) = said.status {
+                r.status_text = Some(status);
+            }
+            if let Some(pid) = said.main_pid.map(Pid::from_raw) {
+                r.main_pid = Some(pid);
+                if let Some(session) = session_of(pid) {
+                    r.sessions.insert(session);
                 }
             }
-            if ready && r.phase == Phase::WaitReady {
+            // READY=1 counts only while the unit waits for it (not again after a restart).
+            if said.ready && r.phase == Phase::WaitReady {
                 r.ready = true;
                 r.phase = Phase::StartPost;
                 r.pending = r
@@ -86,12 +80,15 @@ pub(super) fn notify_path(unit: &str) -> PathBuf {
 }
 
 /// The datagram socket a notify service reports READY=1 on, writable by the service's user.
-pub(super) fn open_notify_socket(r: &mut Runtime) -> Result<(), String> {
+pub(super) fn open_notify_socket(r: &mut Runtime) -> Result<(), StartError> {
     let path = notify_path(r.unit.name.as_str());
     let _ = fs::remove_file(&path);
-    let socket =
-        UnixDatagram::bind(&path).map_err(|e| format!("notify socket {}: {e}", path.display()))?;
-    socket.set_nonblocking(true).map_err(|e| e.to_string())?;
+    let failed = |error| StartError::NotifySocket {
+        path: path.clone(),
+        error,
+    };
+    let socket = UnixDatagram::bind(&path).map_err(failed)?;
+    socket.set_nonblocking(true).map_err(failed)?;
     let _ = fs::set_permissions(&path, fs::Permissions::from_mode(0o666));
     r.notify = Some(socket);
     Ok(())

@@ -9,22 +9,55 @@ use std::time::Duration;
 
 use super::*;
 
+/// Why the manager refuses a request; answered to the client, nothing is changed.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("the service manager is shutting down")]
+    ShuttingDown,
+    /// A unit (or its dependency closure) cannot be loaded.
+    #[error(transparent)]
+    Unit(#[from] crate::SvcError),
+    #[error("{unit} cannot start with fresh state: {problem}")]
+    FreshState {
+        unit: String,
+        problem: crate::state::StateError,
+    },
+    #[error("{0} is running on the data it has; stop it first (`feather service stop VM {0}`) to start it with fresh state")]
+    RunningOnItsData(String),
+    #[error("{0} was not started in this VM (see `feather service ls`)")]
+    NotStarted(String),
+    #[error("{unit} is {state} ({phase}), not running: nothing to reload")]
+    NotRunning {
+        unit: String,
+        state: &'static str,
+        phase: &'static str,
+    },
+    #[error("{0} has no ExecReload=: restart it instead")]
+    NoReload(String),
+}
+
+impl From<RequestError> for Refusal {
+    fn from(error: RequestError) -> Refusal {
+        match error {
+            RequestError::NotStarted(unit) => Refusal::NotStarted { unit },
+            other => Refusal::Refused {
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
 impl Manager {
     /// Reads the request of every connection waiting on the control socket.
     pub(super) fn accept(&mut self) {
         while let Ok((stream, _)) = self.listener.accept() {
             let _ = stream.set_nonblocking(false);
             let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            match protocol::receive::<Request>(&stream) {
+            let mut stream = stream;
+            match protocol::greet_client(&mut stream) {
                 Ok(request) => self.handle(request, stream),
-                Err(e) => {
-                    let mut stream = stream;
-                    let _ = protocol::send(
-                        &mut stream,
-                        &Response::Error {
-                            message: format!("bad request: {e}"),
-                        },
-                    );
+                Err(error) => {
+                    let _ = protocol::send(&mut stream, &Response::Error { error });
                 }
             }
         }
@@ -41,10 +74,13 @@ impl Manager {
                             units,
                             skipped,
                             then_exit: false,
+                            reload: false,
                         });
                         return;
                     }
-                    Err(message) => Response::Error { message },
+                    Err(error) => Response::Error {
+                        error: error.into(),
+                    },
                 }
             }
             Request::Stop { units } => {
@@ -55,9 +91,7 @@ impl Manager {
                 });
                 if let Some(missing) = missing.next() {
                     Response::Error {
-                        message: format!(
-                            "{missing} was not started in this VM (see `feather service ls`)"
-                        ),
+                        error: RequestError::NotStarted(missing).into(),
                     }
                 } else {
                     let names: Vec<String> = units
@@ -71,6 +105,7 @@ impl Manager {
                         units: touched,
                         skipped: Vec::new(),
                         then_exit: false,
+                        reload: false,
                     });
                     return;
                 }
@@ -82,15 +117,25 @@ impl Manager {
                         units,
                         skipped: Vec::new(),
                         then_exit: false,
+                        reload: true,
                     });
                     return;
                 }
-                Err(message) => Response::Error { message },
+                Err(error) => Response::Error {
+                    error: error.into(),
+                },
             },
             Request::List => Response::List {
                 units: self.units.values().map(Runtime::info).collect(),
             },
             Request::Status { unit, lines } => self.status(&unit, lines),
+            // Only the first message of a connection is a hello (see protocol::greet_client).
+            Request::Hello { .. } => Response::Error {
+                error: Refusal::UnexpectedMessage {
+                    expected: "a request".into(),
+                    received: "hello".into(),
+                },
+            },
             Request::Shutdown => {
                 self.begin_shutdown();
                 let units = self.units.keys().cloned().collect();
@@ -99,6 +144,7 @@ impl Manager {
                     units,
                     skipped: Vec::new(),
                     then_exit: true,
+                    reload: false,
                 });
                 return;
             }
@@ -127,7 +173,7 @@ impl Manager {
             Ok(name) => name,
             Err(e) => {
                 return Response::Error {
-                    message: e.to_string(),
+                    error: RequestError::from(e).into(),
                 }
             }
         };
@@ -137,7 +183,7 @@ impl Manager {
                 Ok(unit) => Runtime::new(unit).info(),
                 Err(e) => {
                     return Response::Error {
-                        message: e.to_string(),
+                        error: RequestError::from(e).into(),
                     }
                 }
             },
@@ -155,18 +201,17 @@ impl Manager {
         &mut self,
         names: &[String],
         fresh_state: FreshState,
-    ) -> Result<(Vec<String>, Vec<ServiceInfo>), String> {
+    ) -> Result<(Vec<String>, Vec<ServiceInfo>), RequestError> {
         if self.shutting_down {
-            return Err("the service manager is shutting down".into());
+            return Err(RequestError::ShuttingDown);
         }
         let roots = names
             .iter()
             .map(|n| UnitName::parse(n))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| e.to_string())?;
-        let graph = DependencyGraph::closure(&self.paths, &roots).map_err(|e| e.to_string())?;
-        graph.start_waves().map_err(|e| e.to_string())?;
-        let ordering = graph.ordering();
+            .collect::<Result<Vec<_>, _>>()?;
+        let graph = DependencyGraph::closure(&self.paths, &roots)?;
+        graph.start_waves()?;
+        let mut after_sets = decide::after_sets(&graph.ordering());
         let mut fresh = self.fresh_plans(&graph, fresh_state)?;
         let mut job_units = Vec::new();
         for (name, unit) in &graph.units {
@@ -195,11 +240,7 @@ impl Manager {
                 .pulled_by
                 .get(name)
                 .map(|(by, how)| format!("{by} ({how})"));
-            runtime.after = ordering
-                .iter()
-                .filter(|(_, a)| a == name)
-                .map(|(b, _)| b.clone())
-                .collect();
+            runtime.after = after_sets.remove(name).unwrap_or_default();
             let d = &unit.dependencies;
             runtime.requires = d
                 .requires
@@ -249,7 +290,7 @@ impl Manager {
             .iter()
             .map(|(name, why)| ServiceInfo {
                 name: name.clone(),
-                state: "skipped".into(),
+                state: protocol::UnitState::Skipped,
                 sub: "skipped".into(),
                 result: Some(why.clone()),
                 ..ServiceInfo::default()
@@ -264,7 +305,7 @@ impl Manager {
         &self,
         graph: &DependencyGraph,
         fresh_state: FreshState,
-    ) -> Result<BTreeMap<String, crate::state::Plan>, String> {
+    ) -> Result<BTreeMap<String, crate::state::Plan>, RequestError> {
         let mut plans = BTreeMap::new();
         if fresh_state == FreshState::No {
             return Ok(plans);
@@ -273,8 +314,12 @@ impl Manager {
             if fresh_state == FreshState::Once && crate::state::done(name) {
                 continue;
             }
-            let plan = crate::state::plan(Path::new("/"), unit)
-                .map_err(|e| format!("{name} cannot start with fresh state: {e}"))?;
+            let plan = crate::state::plan(Path::new("/"), unit).map_err(|problem| {
+                RequestError::FreshState {
+                    unit: name.clone(),
+                    problem,
+                }
+            })?;
             if plan.is_empty() {
                 continue;
             }
@@ -283,9 +328,7 @@ impl Manager {
                     && !r.stop_pending
             });
             if up {
-                return Err(format!(
-                    "{name} is running on the data it has; stop it first (`feather service stop VM {name}`) to start it with fresh state"
-                ));
+                return Err(RequestError::RunningOnItsData(name.clone()));
             }
             plans.insert(name.clone(), plan);
         }
@@ -293,29 +336,27 @@ impl Manager {
     }
 
     /// Starts the ExecReload= commands of running units; all must be running and have some.
-    pub(super) fn request_reload(&mut self, names: &[String]) -> Result<Vec<String>, String> {
+    pub(super) fn request_reload(&mut self, names: &[String]) -> Result<Vec<String>, RequestError> {
         let mut real = Vec::new();
         for name in names {
-            let parsed = UnitName::parse(name).map_err(|e| e.to_string())?;
+            let parsed = UnitName::parse(name)?;
             let Some(name) = self.alias_of(&parsed) else {
-                return Err(format!(
-                    "{parsed} was not started in this VM (see `feather service ls`)"
-                ));
+                return Err(RequestError::NotStarted(parsed.to_string()));
             };
             let r = &self.units[&name];
             if r.state != State::Active || r.phase != Phase::Running {
-                return Err(format!(
-                    "{name} is {} ({}), not running: nothing to reload",
-                    r.state.name(),
-                    r.phase.name()
-                ));
+                return Err(RequestError::NotRunning {
+                    unit: name,
+                    state: r.state.name(),
+                    phase: r.phase.name(),
+                });
             }
             if r.unit
                 .service
                 .as_ref()
                 .is_none_or(|s| s.exec_reload.is_empty())
             {
-                return Err(format!("{name} has no ExecReload=: restart it instead"));
+                return Err(RequestError::NoReload(name));
             }
             real.push(name);
         }
@@ -338,32 +379,23 @@ impl Manager {
     /// Marks `names`, and the active units that require or are bound to them, to stop; the
     /// ones ordered after others stop first. Returns the units touched.
     pub(super) fn request_stop(&mut self, names: &[String]) -> Vec<String> {
-        let mut stopping: BTreeSet<String> = names.iter().cloned().collect();
-        loop {
-            let more: Vec<String> = self
-                .units
-                .iter()
-                .filter(|(n, r)| {
-                    !stopping.contains(*n)
-                        && r.requires
-                            .iter()
-                            .chain(&r.unit.dependencies.part_of)
-                            .any(|d| stopping.contains(d))
-                })
-                .map(|(n, _)| n.clone())
-                .collect();
-            if more.is_empty() {
-                break;
-            }
-            stopping.extend(more);
-        }
+        let stops_with: BTreeMap<String, BTreeSet<String>> = self
+            .units
+            .iter()
+            .map(|(n, r)| {
+                let on = r.requires.iter().chain(&r.unit.dependencies.part_of);
+                (n.clone(), on.cloned().collect())
+            })
+            .collect();
+        let stopping = decide::stop_closure(names, &stops_with);
         for name in &stopping {
             if let Some(r) = self.units.get_mut(name) {
                 r.stop_requested = true;
                 r.restart_at = None;
                 match r.state {
                     State::Waiting => {
-                        r.result = Some("stop requested before it started".into());
+                        r.result =
+                            Some(Outcome::Stopped("stop requested before it started".into()));
                         r.set(State::Inactive, Phase::Idle);
                     }
                     State::Inactive | State::Failed => {}
@@ -396,8 +428,21 @@ impl Manager {
                 .filter_map(|n| self.units.get(n))
                 .map(Runtime::info)
                 .collect();
+            let reload_failed = if job.reload {
+                job.units
+                    .iter()
+                    .filter(|n| self.units.get(*n).is_some_and(|r| r.reload_error.is_some()))
+                    .cloned()
+                    .collect()
+            } else {
+                Vec::new()
+            };
             units.append(&mut job.skipped);
-            let _ = protocol::send(&mut job.client, &Response::Done { units });
+            let done = Response::Done {
+                units,
+                reload_failed,
+            };
+            let _ = protocol::send(&mut job.client, &done);
             if job.then_exit {
                 self.shutting_down = true;
             }

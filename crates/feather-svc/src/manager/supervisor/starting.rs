@@ -1,6 +1,8 @@
 //! A unit's way up: its dependencies first, then condition → start-pre → start → ready →
 //! start-post, each command spawned as the unit says.
 
+use super::readiness::{notify_path, open_notify_socket};
+use super::timers::start_timer;
 use super::*;
 
 impl Manager {
@@ -21,7 +23,7 @@ impl Manager {
             conditions::Verdict::Skip(why) => {
                 // Not a failure: the unit is simply not run, and what needs it goes on.
                 log_line(r, &format!("feather: skipped: {why}"));
-                r.result = Some(format!("skipped: {why}"));
+                r.result = Some(Outcome::Skipped(format!("skipped: {why}")));
                 r.set(State::Inactive, Phase::Idle);
                 return;
             }
@@ -37,9 +39,8 @@ impl Manager {
             // processes of their own here.
             if let Some(target) = r.unit.timer_target() {
                 let loaded = UnitName::parse(&target)
-                    .map_err(|e| e.to_string())
-                    .and_then(|n| self.paths.load(&n).map_err(|e| e.to_string()))
-                    .map_err(|e| format!("the unit it triggers cannot be loaded: {e}"));
+                    .and_then(|n| self.paths.load(&n))
+                    .map_err(StartError::TimerTarget);
                 match loaded.and_then(|_| start_timer(r, target.clone())) {
                     Ok(timer) => r.timer = Some(timer),
                     Err(why) => {
@@ -49,8 +50,8 @@ impl Manager {
                 }
             }
             if r.unit.socket.is_some() {
-                match sockets::bind(&r.unit).and_then(|bound| {
-                    if is_accepting(r) {
+                match sockets::bind(&r.unit).and_then(|bound| -> Result<_, sockets::SocketError> {
+                    if r.is_accepting() {
                         sockets::prepare_accepting(&r.unit, &bound)?;
                     }
                     Ok(bound)
@@ -82,7 +83,7 @@ impl Manager {
                     ),
                 );
                 if let Err(e) = state::empty_folder(&folder) {
-                    fail(r, format!("fresh state: {e}"));
+                    fail(r, StartError::FreshState(e));
                     return;
                 }
             }
@@ -134,22 +135,18 @@ impl Manager {
             let Some(service) = r.unit.service.clone() else {
                 return;
             };
+            let readiness = decide::readiness(service.kind);
             if let Some(command) = r.pending.pop_front() {
-                let main = r.phase == Phase::Start
-                    && !matches!(service.kind, ServiceType::Oneshot | ServiceType::Forking);
+                let main = r.phase == Phase::Start && readiness.start_is_main();
                 match self.spawn(name, &command, main) {
                     Ok(()) => {
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         if main {
-                            r.phase = match service.kind {
-                                ServiceType::Notify | ServiceType::NotifyReload => Phase::WaitReady,
-                                ServiceType::Dbus => Phase::WaitBusName,
-                                _ => {
-                                    r.ready = true;
-                                    r.pending = service.exec_start_post.iter().cloned().collect();
-                                    Phase::StartPost
-                                }
-                            };
+                            r.phase = decide::phase_after_main_spawned(readiness);
+                            if r.phase == Phase::StartPost {
+                                r.ready = true;
+                                r.pending = service.exec_start_post.iter().cloned().collect();
+                            }
                         }
                         if r.phase == Phase::WaitBusName && main {
                             let bus_name = service.bus_name.clone().unwrap_or_default();
@@ -170,7 +167,7 @@ impl Manager {
                     Err(why) => {
                         let r = self.units.get_mut(name).unwrap_or_else(|| unreachable!());
                         if r.state == State::Deactivating {
-                            log_line(r, &why);
+                            log_line(r, &why.to_string());
                             continue;
                         }
                         self.fail_and_clean(name, why);
@@ -197,19 +194,18 @@ impl Manager {
                 }
                 Phase::StartPre => {
                     r.phase = Phase::Start;
-                    if matches!(
-                        service.kind,
-                        ServiceType::Notify | ServiceType::NotifyReload
-                    ) {
+                    if readiness == decide::Readiness::Notify {
                         if let Err(why) = open_notify_socket(r) {
                             self.fail_and_clean(name, why);
                             return;
                         }
                     }
-                    r.pending = match service.kind {
-                        ServiceType::Oneshot => service.exec_start.iter().cloned().collect(),
-                        _ => service.exec_start.iter().take(1).cloned().collect(),
-                    };
+                    r.pending = service
+                        .exec_start
+                        .iter()
+                        .take(readiness.start_commands(service.exec_start.len()))
+                        .cloned()
+                        .collect();
                     if r.pending.is_empty() {
                         r.phase = Phase::StartPost;
                         r.pending = service.exec_start_post.iter().cloned().collect();
@@ -217,7 +213,7 @@ impl Manager {
                 }
                 Phase::Start => {
                     // The start commands are done: the oneshot ran, or the forking parent exited.
-                    if service.kind == ServiceType::Forking {
+                    if decide::phase_after_start_commands(readiness) == Phase::WaitPidFile {
                         r.phase = Phase::WaitPidFile;
                         self.check_pid_file(name);
                         return;
@@ -265,7 +261,7 @@ impl Manager {
         name: &str,
         command: &ExecCommand,
         main: bool,
-    ) -> Result<(), String> {
+    ) -> Result<(), SpawnError> {
         // The main process gets the sockets of the socket units that activate it.
         let listen: Vec<(RawFd, String)> = if main {
             self.units
@@ -281,14 +277,21 @@ impl Manager {
         } else {
             Vec::new()
         };
-        let r = self.units.get_mut(name).ok_or("unit vanished")?;
+        let not_prepared = |what| SpawnError::NotPrepared {
+            unit: name.to_owned(),
+            what,
+        };
+        let r = self
+            .units
+            .get_mut(name)
+            .ok_or(not_prepared("its runtime"))?;
         // An instance of an Accept=yes socket: its connection is its one socket.
         let mut listen = listen;
         let connection = if main { r.connection.as_ref() } else { None };
         if let Some(connection) = connection {
             listen = vec![(connection.as_raw_fd(), "connection".to_owned())];
         }
-        let identity = r.identity.clone().ok_or("no identity")?;
+        let identity = r.identity.clone().ok_or(not_prepared("its identity"))?;
         let mut env = r.env.clone();
         if let Some(pid) = r.main_pid {
             env.push(("MAINPID".into(), pid.to_string()));
@@ -299,7 +302,7 @@ impl Manager {
                 notify_path(name).display().to_string(),
             ));
         }
-        let log = r.log.as_ref().ok_or("no log")?;
+        let log = r.log.as_ref().ok_or(not_prepared("its log"))?;
         let mut process = spawn::command(
             &r.unit,
             command,
@@ -311,9 +314,11 @@ impl Manager {
         )?;
         let phase = r.phase.name();
         log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
-        let child = process
-            .spawn()
-            .map_err(|e| format!("{} {}: {e}", phase_setting(r.phase), command.path))?;
+        let child = process.spawn().map_err(|error| SpawnError::Start {
+            setting: phase_setting(r.phase),
+            path: command.path.clone(),
+            error,
+        })?;
         let pid = Pid::from_raw(child.id() as i32);
         // The child is reaped by the manager's own waitpid loop, not through `child`.
         drop(child);

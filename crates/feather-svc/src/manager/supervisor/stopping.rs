@@ -1,6 +1,7 @@
 //! Stopping a unit: its stop commands, SIGTERM, SIGKILL after the timeout, stop-post, and what
 //! follows (restart, dependants, clean-up).
 
+use super::readiness::notify_path;
 use super::*;
 
 impl Manager {
@@ -51,24 +52,19 @@ impl Manager {
         let Ok(signal) = Signal::try_from(signal) else {
             return;
         };
+        let plan = decide::kill_plan(service.kill_mode, signal, finally);
         let main = r.main_pid;
         let others: Vec<Pid> = processes_of(r)
             .into_iter()
             .filter(|p| Some(*p) != main)
             .collect();
         if let Some(main) = main {
-            let _ = kill(main, signal);
-            if signal != Signal::SIGKILL {
+            let _ = kill(main, plan.main);
+            if plan.continue_main {
                 let _ = kill(main, Signal::SIGCONT);
             }
         }
-        let others_get = match (service.kill_mode, finally) {
-            (KillMode::ControlGroup, _) => Some(signal),
-            (KillMode::Mixed, false) => None,
-            (KillMode::Mixed, true) => Some(Signal::SIGKILL),
-            (KillMode::Process | KillMode::None, _) => None,
-        };
-        if let Some(sig) = others_get {
+        if let Some(sig) = plan.others {
             for pid in others {
                 let _ = kill(pid, sig);
             }
@@ -97,10 +93,8 @@ impl Manager {
             .service
             .as_ref()
             .map_or(KillMode::ControlGroup, |s| s.kill_mode);
-        let left = match kill_mode {
-            KillMode::Process | KillMode::None => r.main_pid.is_some(),
-            _ => r.main_pid.is_some() || !processes_of(r).is_empty(),
-        };
+        let left = r.main_pid.is_some()
+            || (decide::stop_waits_for_all(kill_mode) && !processes_of(r).is_empty());
         if left {
             return;
         }
@@ -140,14 +134,18 @@ impl Manager {
                         timeout.as_secs()
                     );
                     let silent = self.bus.as_ref().is_some_and(|b| !b.answered());
-                    let problem = self.bus_problem.clone().or_else(|| {
-                        silent.then(|| {
-                            format!(
-                                "{} accepted the connection, but no dbus-daemon answered",
-                                bus::SYSTEM_BUS
-                            )
-                        })
-                    });
+                    let problem =
+                        self.bus_problem
+                            .as_ref()
+                            .map(ToString::to_string)
+                            .or_else(|| {
+                                silent.then(|| {
+                                    format!(
+                                        "{} accepted the connection, but no dbus-daemon answered",
+                                        bus::SYSTEM_BUS
+                                    )
+                                })
+                            });
                     if let Some(problem) = &problem {
                         why.push_str(&format!(
                             "; the bus could not be reached: {problem} (is dbus running in this VM? `feather service status VM dbus`)"
@@ -183,12 +181,13 @@ impl Manager {
     }
 
     /// A failed start: record why, kill what the unit started, run ExecStopPost.
-    pub(super) fn fail_and_clean(&mut self, name: &str, why: String) {
+    pub(super) fn fail_and_clean(&mut self, name: &str, why: impl std::fmt::Display) {
         let Some(r) = self.units.get_mut(name) else {
             return;
         };
+        let why = why.to_string();
         log_line(r, &format!("feather: failed: {why}"));
-        r.result = Some(why);
+        r.result = Some(Outcome::Failed(why));
         // Whatever the KillMode=, a start that failed leaves nothing running.
         for pid in processes_of(r) {
             let _ = kill(pid, Signal::SIGKILL);
@@ -221,7 +220,7 @@ impl Manager {
             r.set(State::Waiting, Phase::Idle);
             return;
         }
-        let failed = r.result.is_some() && !r.stop_requested;
+        let failed = decide::stop_ends_failed(r.result.as_ref(), r.stop_requested);
         // Ready stays shown only for a oneshot that ran to its end.
         if failed || r.stop_requested || r.was_active {
             r.ready = false;
@@ -241,13 +240,8 @@ impl Manager {
             .as_ref()
             .map_or(Duration::ZERO, |s| s.restart_sec);
         // A failed start is retried like a crash, within the start limit.
-        if failed
-            && matches!(
-                restart,
-                Restart::Always | Restart::OnFailure | Restart::OnAbnormal
-            )
-        {
-            r.restart_at = Some(Instant::now() + restart_sec.min(Duration::from_secs(3600)));
+        if failed && decide::restart_after_failed_start(restart) {
+            r.restart_at = Some(decide::restart_at(Instant::now(), restart_sec));
             r.set(State::Activating, Phase::AutoRestart);
             return;
         }
@@ -268,9 +262,9 @@ impl Manager {
         if !bound.is_empty() {
             for other in &bound {
                 if let Some(o) = self.units.get_mut(other) {
-                    o.result = Some(format!(
+                    o.result = Some(Outcome::Stopped(format!(
                         "stopped: {name}, which it is bound to (BindsTo=), ended"
-                    ));
+                    )));
                 }
             }
             self.request_stop(&bound);

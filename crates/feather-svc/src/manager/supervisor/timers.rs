@@ -3,18 +3,7 @@
 
 use super::*;
 
-/// A running timer.
-pub(super) struct TimerRun {
-    pub(super) started: Instant,
-    pub(super) started_wall: i64,
-    pub(super) calendar: Vec<crate::calendar::CalendarSpec>,
-    pub(super) last_trigger: Option<(Instant, i64)>,
-    pub(super) next: Option<Instant>,
-    pub(super) target: String,
-}
-
-/// When a timer is next due; for a calendar event also its local wall-clock time.
-pub(super) type Elapse = (Instant, Option<i64>);
+use super::decide::{Elapse, TimerClock, TimerRun};
 
 impl Manager {
     /// Starts the units of the timers that elapsed, and works out when each timer is next due.
@@ -86,37 +75,17 @@ impl Manager {
         let timer = r.timer.as_ref()?;
         let settings = r.unit.timer.as_ref()?;
         let target = self.units.get(&timer.target);
-        let last = timer.last_trigger.map(|(at, _)| at);
-        let mut candidates: Vec<Elapse> = Vec::new();
-        let mut monotonic: Vec<Instant> = Vec::new();
-        monotonic.extend(settings.on_active.iter().map(|d| timer.started + *d));
-        monotonic.extend(settings.on_boot.iter().map(|d| self.vm_boot + *d));
-        if let Some(at) = target.and_then(|t| t.last_activated) {
-            monotonic.extend(settings.on_unit_active.iter().map(|d| at + *d));
-        }
-        if let Some(at) = target.and_then(|t| t.last_deactivated) {
-            monotonic.extend(settings.on_unit_inactive.iter().map(|d| at + *d));
-        }
-        monotonic.retain(|c| last.is_none_or(|l| *c > l));
-        candidates.extend(monotonic.into_iter().map(|at| (at, None)));
-        let base_wall = timer
-            .last_trigger
-            .map_or(timer.started_wall, |(_, wall)| wall);
-        let now = Instant::now();
-        let now_wall = local_now_precise();
-        for spec in &timer.calendar {
-            if let Some(wall) = spec.next_after(base_wall) {
-                let ahead = wall as f64 - now_wall;
-                let at = if ahead >= 0.0 {
-                    now + Duration::from_secs_f64(ahead)
-                } else {
-                    now.checked_sub(Duration::from_secs_f64(-ahead))
-                        .unwrap_or(now)
-                };
-                candidates.push((at, Some(wall)));
-            }
-        }
-        candidates.into_iter().min_by_key(|(at, _)| *at)
+        let clock = TimerClock {
+            now: Instant::now(),
+            now_wall: local_now_precise(),
+            started: timer.started,
+            started_wall: timer.started_wall,
+            vm_boot: self.vm_boot,
+            target_activated: target.and_then(|t| t.last_activated),
+            target_deactivated: target.and_then(|t| t.last_deactivated),
+            last_trigger: timer.last_trigger,
+        };
+        decide::next_elapse(settings, &timer.calendar, &clock)
     }
 }
 
@@ -136,32 +105,9 @@ pub(super) fn local_now_precise() -> f64 {
     unix + crate::raw::local_offset(unix as i64) as f64
 }
 
-/// When the VM's init started: `/proc/1/stat`'s start time (clock ticks after the host's boot)
-/// against `/proc/uptime`.
-pub(super) fn vm_boot() -> Instant {
-    let now = Instant::now();
-    let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
-        .ok()
-        .flatten()
-        .unwrap_or(100) as f64;
-    let started = fs::read_to_string("/proc/1/stat").ok().and_then(|s| {
-        let after_name = s.rsplit_once(')')?.1;
-        after_name.split_whitespace().nth(19)?.parse::<f64>().ok()
-    });
-    let uptime = fs::read_to_string("/proc/uptime")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse::<f64>().ok());
-    match (started, uptime) {
-        (Some(started), Some(uptime)) if uptime >= started / ticks => now
-            .checked_sub(Duration::from_secs_f64(uptime - started / ticks))
-            .unwrap_or(now),
-        _ => now,
-    }
-}
-
 /// Checks a timer's settings and starts it: it needs something that triggers it, and
 /// calendar events feather understands.
-pub(super) fn start_timer(r: &Runtime, target: String) -> Result<TimerRun, String> {
+pub(super) fn start_timer(r: &Runtime, target: String) -> Result<TimerRun, StartError> {
     let settings = r.unit.timer.clone().unwrap_or_default();
     if settings.on_active.is_empty()
         && settings.on_boot.is_empty()
@@ -169,10 +115,7 @@ pub(super) fn start_timer(r: &Runtime, target: String) -> Result<TimerRun, Strin
         && settings.on_unit_inactive.is_empty()
         && settings.on_calendar.is_empty()
     {
-        return Err(format!(
-            "{} has no OnActiveSec=, OnBootSec=, OnUnitActiveSec=, OnUnitInactiveSec= or OnCalendar=: nothing would start it",
-            r.unit.name
-        ));
+        return Err(StartError::TimerWithoutTrigger(r.unit.name.to_string()));
     }
     let calendar = settings
         .on_calendar
