@@ -491,7 +491,11 @@ pub fn listen(token: &str, uevents: bool, x11: bool) -> i32 {
         churn += 1;
         let _ = fs::write(&endpoints.published.churned, format!("{token} {churn}"));
         if uevents {
+            // A uevent of a network device goes to its own network namespace only; one of a
+            // device of no namespace (here /dev/null's) goes to every namespace, and is what
+            // a VM could watch.
             let _ = fs::write("/sys/class/net/lo/uevent", "change");
+            let _ = fs::write("/sys/devices/virtual/mem/null/uevent", "change");
         }
     }
     if fs::read_to_string(&endpoints.published.file)
