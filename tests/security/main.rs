@@ -5,6 +5,7 @@ mod support;
 
 mod capabilities;
 mod hardening;
+mod host_view;
 mod ipc_matrix;
 mod landlock;
 mod shuttle_paths;

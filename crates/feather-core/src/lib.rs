@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod name;
 pub mod network;
+pub mod roots;
 pub mod size;
 pub mod state;
 pub mod store;

@@ -76,6 +76,32 @@ pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> 
     nix::sched::setns(pidfd.as_fd(), namespaces).ctx("setns", "VM namespaces")
 }
 
+/// Runs `work` in a short-lived child that has joined the mount namespace of the process
+/// behind `pidfd` (setns of a mount namespace needs a single-threaded caller, which a fresh
+/// child is). The child's root and working folder are then the namespace's root. Returns what
+/// `work` returned, as an errno.
+pub fn in_mount_namespace_of(
+    pidfd: &impl AsFd,
+    work: impl FnOnce() -> nix::Result<()>,
+) -> Result<()> {
+    let Some(child) = fork()? else {
+        let outcome =
+            nix::sched::setns(pidfd.as_fd(), CloneFlags::CLONE_NEWNS).and_then(|()| work());
+        raw::exit_now(match outcome {
+            Ok(()) => 0,
+            Err(errno) => errno as i32,
+        })
+    };
+    match nix::sys::wait::waitpid(child, None).ctx("wait for", "mount namespace helper")? {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        nix::sys::wait::WaitStatus::Exited(_, code) => {
+            Err::<(), _>(nix::errno::Errno::from_raw(code)).ctx("in mount namespace", "VM")
+        }
+        other => Err::<(), _>(nix::errno::Errno::ECHILD)
+            .ctx("mount namespace helper ended", format_args!("{other:?}")),
+    }
+}
+
 /// The start time of `pid` in clock ticks since boot, or None if there is no such process.
 /// A (pid, start time) pair names one process for the whole uptime of the machine.
 pub fn start_ticks(pid: Pid) -> Option<u64> {

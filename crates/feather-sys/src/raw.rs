@@ -111,6 +111,14 @@ pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
     }
 }
 
+/// Ends the calling process at once with `code`, running no exit handler: for a forked child,
+/// whose exit must not flush or tear down anything it shares with its parent.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) takes a plain integer and never returns; it touches no memory of the
+    // process, so no Rust invariant can be broken by calling it at any point.
+    unsafe { libc::_exit(code) }
+}
+
 /// `struct sigaction` as the kernel's rt_sigaction(2) takes it on x86-64 and aarch64.
 #[repr(C)]
 struct KernelSigaction {

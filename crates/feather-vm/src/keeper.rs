@@ -32,6 +32,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::checkpoint;
 use crate::error::{failed, InVm, Result};
+use crate::hiding;
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
 use crate::protocol::{self, Request, Response};
@@ -161,6 +162,7 @@ impl Keeper {
             Durability::Durable
         };
         remove_leftovers(vm, &config);
+        root.make_run_dir(vm)?;
         let cgroup = cgroup_of(&config);
         let (mut network, inside) = feather_net::prepare(
             root.dir(),
@@ -173,13 +175,14 @@ impl Keeper {
             remove_leftovers(vm, &config);
             failed(&name, e.to_string())
         })?;
+        let hidden = hiding::state_folders(root);
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
                 base: config.base.clone(),
                 rootfs: vm.rootfs(),
                 layers: layers::for_start(root, vm, &config)?,
-                hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
+                hidden: hidden.clone(),
                 network: inside,
                 // A throw-away VM is never checkpointed, so its init need not re-execute from
                 // inside: that saves an exec and a dozen mounts on every `run --rm`.
@@ -237,6 +240,8 @@ impl Keeper {
             init_waits: Some(init_waits),
         };
         keeper.record_running()?;
+        // Roots registered while the VM started are hidden now (see `hiding`).
+        keeper.hide_state_folders(root, &hidden);
         Ok(keeper)
     }
 
@@ -250,6 +255,7 @@ impl Keeper {
             .ok_or_else(|| failed(&name, "is already running"))?;
         let config = vm.read_config()?;
         remove_leftovers(vm, &config);
+        root.make_run_dir(vm)?;
         let hold = checkpoint::hold(vm)?;
         // The host side of a private network (bridge, firewall entries, published ports) is
         // made as at a start; CRIU makes the veth pair itself, with its host end on the bridge.
@@ -303,6 +309,9 @@ impl Keeper {
             init_waits: None,
         };
         keeper.record_running()?;
+        // CRIU brought back the hiding mounts of the checkpoint; roots registered since then
+        // are hidden now.
+        keeper.hide_state_folders(root, &[]);
         Ok(keeper)
     }
 
@@ -329,6 +338,22 @@ impl Keeper {
         let gate = feather_shuttle::Gate::new(root.dir(), terminal);
         let peers = std::sync::Arc::new(crate::peers::RootPeers::new(root));
         self.broker = Some(feather_shuttle::Broker::start(side, gate, peers));
+    }
+
+    /// Hides in the running VM every state folder of the host it does not hide yet, other
+    /// than `known` (hidden at its start). A failure is written to the keeper's log: the VM
+    /// runs on, and `feather` warns again when it registers the next root.
+    fn hide_state_folders(&self, root: &StateRoot, known: &[PathBuf]) {
+        let late: Vec<PathBuf> = hiding::state_folders(root)
+            .into_iter()
+            .filter(|folder| !known.contains(folder))
+            .collect();
+        if let Err(why) = hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &late) {
+            eprintln!(
+                "feather keeper {}: cannot hide state folders: {why}",
+                self.vm.name()
+            );
+        }
     }
 
     fn record_running(&self) -> Result<()> {

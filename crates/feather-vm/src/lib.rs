@@ -17,6 +17,7 @@ pub mod commit;
 pub mod diff;
 pub mod error;
 pub mod exec;
+pub mod hiding;
 pub mod init;
 pub mod inspect;
 pub mod keeper;

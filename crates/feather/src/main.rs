@@ -90,6 +90,20 @@ fn end_options_after_app(args: &mut Vec<std::ffi::OsString>) {
     }
 }
 
+/// Makes the state root's folders exist and private, and records it in the host's registry
+/// of roots before anything is put in it: a root new to the registry is hidden at once in
+/// every VM already running (of any root), and every VM started later hides it too.
+fn open_root(root: &StateRoot) -> anyhow::Result<()> {
+    root.prepare_dir()?;
+    if let Some(new) = feather_core::roots::Registry::host().register(root)? {
+        for warning in feather_vm::hiding::in_running_vms(&new) {
+            eprintln!("feather: warning: {warning}");
+        }
+    }
+    root.prepare()?;
+    Ok(())
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // Inside a VM anyone may ask; the keeper's policy decides.
     if let Command::Open { vm, app, args } = &cli.command {
@@ -104,6 +118,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let root_arg = cli.root.clone();
     let root = StateRoot::new(cli.root);
+    open_root(&root)?;
     match cli.command {
         Command::Create {
             name,

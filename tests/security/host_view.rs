@@ -1,0 +1,245 @@
+//! What a VM sees of the host, and what host users see of VMs: state roots closed to other
+//! host users and hidden from every VM (of every root), the generated /etc files read-only,
+//! /proc and /sys masked as Docker masks them.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::support::Feather;
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Starts VM `vm` over the host's `/`, without a network of its own to set up.
+fn start_host_vm(feather: &Feather, vm: &str) {
+    feather.ok(&["create", vm, "--net", "none"]);
+    feather.ok(&["start", vm]);
+}
+
+#[test]
+fn a_set_uid_program_in_a_layer_is_out_of_reach_of_other_host_users() {
+    let feather = Feather::new("host-view-modes");
+    // The fixture made the root 0755, as an older feather did: opening it tightens it.
+    assert_eq!(mode(&feather.root), 0o755);
+    start_host_vm(&feather, "vm");
+    feather.sh(
+        "vm",
+        "cp /bin/id /tmp/suid-marker && chmod 4755 /tmp/suid-marker",
+    );
+    let program = feather.vm_dir("vm").join("upper/tmp/suid-marker");
+    assert_eq!(mode(&program), 0o4755, "the VM made its set-uid program");
+    for dir in [
+        feather.root.clone(),
+        feather.root.join("vms"),
+        feather.vm_dir("vm"),
+        feather.root.join("run"),
+        feather.root.join("run/vm"),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    // Through a shell running as nobody: setpriv itself looks the program up before it drops
+    // its privileges.
+    let attempt = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["sh", "-c", "exec \"$0\""])
+        .arg(&program)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&attempt.stderr);
+    assert!(
+        !attempt.status.success() && stderr.contains("Permission denied"),
+        "host user nobody ran the VM's set-uid program: {attempt:?}"
+    );
+    // Non-root users inside the VM reach their files through the overlay as before.
+    let out = feather.ok(&[
+        "exec",
+        "vm",
+        "--user",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        "id -u && cat /etc/hostname && ls /tmp/suid-marker",
+    ]);
+    assert_eq!(out, "65534\nvm\n/tmp/suid-marker\n");
+}
+
+#[test]
+fn the_generated_etc_files_cannot_be_written_from_a_vm() {
+    let feather = Feather::new("host-view-etc");
+    start_host_vm(&feather, "vm");
+    let host_dir = feather.root.join("run/vm/etc");
+    let before: Vec<String> = ["hosts", "hostname", "resolv.conf"]
+        .iter()
+        .map(|f| fs::read_to_string(host_dir.join(f)).unwrap())
+        .collect();
+    let script = "for f in /etc/hosts /etc/hostname /etc/resolv.conf; do \
+                    if echo overwritten-by-vm > $f; then echo \"wrote $f\"; fi; \
+                    if echo appended-by-vm >> $f; then echo \"appended $f\"; fi; \
+                  done 2>/dev/null; \
+                  grep -E ' /etc/(hosts|hostname|resolv.conf) ' /proc/self/mountinfo";
+    let out = feather.sh("vm", script);
+    assert!(!out.contains("wrote") && !out.contains("appended"), "{out}");
+    for line in out.lines() {
+        let options = line.split(' ').nth(5).unwrap();
+        for flag in ["ro", "nosuid", "nodev", "noexec"] {
+            assert!(
+                options.split(',').any(|o| o == flag),
+                "{flag} missing: {line}"
+            );
+        }
+    }
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let after: Vec<String> = ["hosts", "hostname", "resolv.conf"]
+        .iter()
+        .map(|f| fs::read_to_string(host_dir.join(f)).unwrap())
+        .collect();
+    assert_eq!(before, after, "the host files are unchanged");
+    // The VM's /run is its own: what it puts there is not in any host folder.
+    feather.sh(
+        "vm",
+        "dd if=/dev/zero of=/run/host-view-fill bs=64k count=16 2>/dev/null",
+    );
+    assert!(!Path::new("/run/host-view-fill").exists());
+    assert!(!feather.root.join("run/host-view-fill").exists());
+}
+
+/// Tries, from inside the VM, to open each file for writing (opening is enough: nothing is
+/// written, so the test is harmless even where the defence is missing), and to undo the
+/// masks and read-only binds with mount calls. Prints one line per success.
+const PROC_ATTEMPTS: &str = r#"
+import ctypes, glob, os
+libc = ctypes.CDLL(None, use_errno=True)
+def try_open(path):
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        os.close(fd)
+        print("opened", path)
+    except OSError:
+        pass
+irq = sorted(glob.glob("/proc/irq/*/smp_affinity"))
+pci = sorted(p for p in glob.glob("/proc/bus/pci/*/*") if os.path.isfile(p))
+assert irq, "the host has interrupts"
+for path in irq[:8] + pci[:8] + ["/proc/sysrq-trigger", "/proc/sys/kernel/hostname"]:
+    try_open(path)
+for path in ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
+             "/proc/interrupts", "/proc/latency_stats", "/proc/timer_stats"]:
+    if os.path.exists(path) and open(path, "rb").read(4096):
+        print("readable", path)
+for path in ["/proc/acpi", "/proc/scsi", "/proc/asound", "/sys/firmware",
+             "/sys/devices/virtual/powercap"]:
+    if os.path.isdir(path) and os.listdir(path):
+        print("listable", path)
+MS_RDONLY, MS_REMOUNT, MS_BIND, MNT_DETACH = 1, 32, 4096, 2
+for path in ["/proc/sys", "/proc/irq", "/proc/bus", "/proc/sysrq-trigger"]:
+    if libc.mount(None, path.encode(), None, MS_REMOUNT | MS_BIND, None) == 0:
+        print("remounted", path)
+for path in ["/proc/sys", "/proc/kcore", "/proc/keys", "/sys/firmware", "/proc/acpi"]:
+    if libc.umount2(path.encode(), MNT_DETACH) == 0:
+        print("unmounted", path)
+print("done")
+"#;
+
+#[test]
+fn host_kernel_interfaces_in_proc_and_sys_are_masked_or_read_only() {
+    let feather = Feather::new("host-view-proc");
+    start_host_vm(&feather, "vm");
+    let out = feather.ok(&["exec", "vm", "--", "python3", "-c", PROC_ATTEMPTS]);
+    assert_eq!(out, "done\n", "a VM reached the host kernel's interfaces");
+    // The same for the programs init starts (a throw-away VM's command).
+    let out = feather.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--",
+        "python3",
+        "-c",
+        PROC_ATTEMPTS,
+    ]);
+    assert_eq!(out, "done\n");
+}
+
+/// Reads, in a tight loop in VM `vm` of `watcher`, every path of `paths` for `seconds`, and
+/// appends whatever it read or listed to /tmp/seen in the VM. Runs in the background.
+fn watch_from(watcher: &Feather, vm: &str, paths: &[&Path], seconds: u32) {
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let script = format!(
+        "end=$(( $(date +%s) + {seconds} )); : > /tmp/seen; \
+         while [ $(date +%s) -lt $end ]; do \
+           for p in {paths}; do cat $p/vms/*/upper/root/marker >> /tmp/seen 2>/dev/null; \
+             ls -A $p >> /tmp/seen 2>/dev/null; done; \
+         done; echo finished >> /tmp/seen",
+        paths = list.join(" ")
+    );
+    let status = watcher
+        .command()
+        .args(["exec", vm, "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Reaped by the assertion's wait on /tmp/seen; the child exits with the loop.
+    std::mem::forget(status);
+}
+
+/// Makes a VM in `feather` that writes a 0600 marker into its own layer.
+fn vm_with_marker(feather: &Feather) {
+    start_host_vm(feather, "holder");
+    feather.sh(
+        "holder",
+        "echo secret-of-another-root > /root/marker && chmod 600 /root/marker",
+    );
+    let marker = feather.vm_dir("holder").join("upper/root/marker");
+    assert_eq!(mode(&marker), 0o600);
+}
+
+#[test]
+fn no_vm_sees_any_state_root_of_the_host() {
+    // Root B exists with its marker before A's VM starts.
+    let before = Feather::new("host-view-before");
+    vm_with_marker(&before);
+    let a = Feather::new("host-view-a");
+    start_host_vm(&a, "watcher");
+    // Root C is made while A's VM runs, and watched from inside it the whole time: the
+    // fixture made C's folder already; feather puts nothing in it before it is hidden.
+    let after = Feather::new("host-view-after");
+    watch_from(&a, "watcher", &[&before.root, &after.root], 8);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    vm_with_marker(&after);
+    for _ in 0..5 {
+        after.sh("holder", "cat /root/marker > /dev/null");
+    }
+    a.eventually("the watcher finished", || {
+        a.sh("watcher", "cat /tmp/seen").contains("finished")
+    });
+    let seen = a.sh("watcher", "cat /tmp/seen");
+    assert_eq!(seen, "finished\n", "A's VM saw another root's state");
+    // And directly, once more, for each root and its run folder.
+    for root in [&before.root, &after.root] {
+        let script = format!(
+            "ls -A {0}; ls -A {0}/run; cat {0}/vms/holder/upper/root/marker; echo end",
+            root.display()
+        );
+        let out = a.run(&["exec", "watcher", "--", "sh", "-c", &script]);
+        assert_eq!(out.stdout.trim_end(), "end", "{out:?}");
+        assert!(!out.stderr.contains("secret"), "{out:?}");
+    }
+    // A VM does not see its own root either, nor the registry.
+    let out = a.sh(
+        "watcher",
+        &format!(
+            "ls -A {} 2>&1; ls -A /var/lib/feather-roots 2>&1; echo end",
+            a.root.display()
+        ),
+    );
+    assert_eq!(out.trim_end(), "end", "{out}");
+}
