@@ -38,6 +38,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use crate::error::{failed, InVm, Result, VmError};
+use crate::hiding;
 use crate::layers;
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
@@ -50,6 +51,9 @@ const INVENTORY: &str = "inventory.img";
 
 /// The VM's layers over other host filesystems at the time of the dump (see [`ExternalLayer`]).
 const LAYERS: &str = "layers.json";
+
+/// The VM's hiding mounts of state roots at the time of the dump (see [`hiding`]).
+const HIDDEN: &str = "hidden.json";
 
 /// The subnet of the VM's address (`--net private`) where it was checkpointed.
 const SUBNET: &str = "subnet.json";
@@ -268,6 +272,13 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
     }
     let list = serde_json::to_vec_pretty(&layers).map_err(|e| failed(name, e.to_string()))?;
     feather_core::atomic::write_atomic(&images.join(LAYERS), &list, Durability::Durable)?;
+    let hides: Vec<&Path> = mounts
+        .iter()
+        .filter(|m| hiding::is_hiding_mount(m))
+        .map(|m| m.mount_point.as_path())
+        .collect();
+    let list = serde_json::to_vec_pretty(&hides).map_err(|e| failed(name, e.to_string()))?;
+    feather_core::atomic::write_atomic(&images.join(HIDDEN), &list, Durability::Durable)?;
     Ok(())
 }
 
@@ -515,6 +526,12 @@ pub(crate) fn restore_tree(
         };
         mapping.push((file.key.clone(), path));
     }
+    let hides: Vec<PathBuf> = fs::read(images.join(HIDDEN))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default();
+    // Kept until CRIU has restored the mounts, below.
+    let _made = hiding::make_missing(&config.base, &hides);
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()

@@ -118,7 +118,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let root_arg = cli.root.clone();
     let root = StateRoot::new(cli.root);
-    open_root(&root)?;
+    // The hidden commands that run inside a VM have no state root to open there.
+    let inside_a_vm = matches!(
+        cli.command,
+        Command::ServiceClient(_) | Command::ShuttleShare { .. } | Command::IpcProbe { .. }
+    );
+    if !inside_a_vm {
+        open_root(&root)?;
+    }
     match cli.command {
         Command::Create {
             name,
