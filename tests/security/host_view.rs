@@ -255,3 +255,72 @@ fn no_vm_sees_any_state_root_of_the_host() {
     );
     assert_eq!(out.trim_end(), "end", "{out}");
 }
+
+#[test]
+fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_since() {
+    let gone = Feather::new("host-view-gone");
+    gone.ok(&["create", "x", "--net", "none"]);
+    let a = Feather::new("host-view-ckpt");
+    start_host_vm(&a, "w");
+    let hidden = a.sh("w", &format!("ls -A {}; echo end", gone.root.display()));
+    assert_eq!(hidden, "end\n", "hidden while it runs");
+    a.ok(&["checkpoint", "w"]);
+    let gone_root = gone.root.clone();
+    drop(gone);
+    assert!(!gone_root.exists());
+    // Made while the VM is checkpointed: no hiding mount of it is in the images.
+    let later = Feather::new("host-view-later");
+    vm_with_marker(&later);
+    a.ok(&["restore", "w"]);
+    assert_eq!(a.status("w"), "running");
+    assert!(!gone_root.exists(), "the restore's mount point is gone again");
+    let script = format!(
+        "ls -A {0}; cat {0}/vms/holder/upper/root/marker 2>/dev/null; echo end",
+        later.root.display()
+    );
+    assert_eq!(a.sh("w", &script), "end\n", "a root made since is hidden");
+}
+
+#[test]
+fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+    let a = Feather::new("host-view-race");
+    a.ok(&["create", "w", "--net", "none"]);
+    // Roots keep being registered, one every few milliseconds, all through five starts: some
+    // land after the keeper read the registry and before it recorded its init.
+    let registered = Arc::new(Mutex::new(Vec::new()));
+    let done = Arc::new(AtomicBool::new(false));
+    let registering = {
+        let (registered, done) = (registered.clone(), done.clone());
+        std::thread::spawn(move || {
+            let mut roots = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let root = Feather::new(&format!("host-view-race-{}", roots.len()));
+                root.ok(&["ls"]);
+                registered.lock().unwrap().push(root.root.clone());
+                roots.push(root);
+            }
+            roots
+        })
+    };
+    for _ in 0..5 {
+        a.ok(&["start", "w"]);
+        let paths = registered.lock().unwrap().clone();
+        let script: String = paths
+            .iter()
+            .map(|root| format!("ls -A {}; ", root.display()))
+            .collect::<String>()
+            + "echo end";
+        let seen = a.run(&["exec", "w", "--", "sh", "-c", &script]);
+        a.ok(&["stop", "w"]);
+        if seen.stdout != "end\n" {
+            done.store(true, Ordering::SeqCst);
+            let _ = registering.join();
+            panic!("a root registered during the start shows: {seen:?}");
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let roots = registering.join().unwrap();
+    assert!(roots.len() > 10, "roots were registered throughout");
+}
