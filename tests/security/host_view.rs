@@ -273,7 +273,10 @@ fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_s
     vm_with_marker(&later);
     a.ok(&["restore", "w"]);
     assert_eq!(a.status("w"), "running");
-    assert!(!gone_root.exists(), "the restore's mount point is gone again");
+    assert!(
+        !gone_root.exists(),
+        "the restore's mount point is gone again"
+    );
     let script = format!(
         "ls -A {0}; cat {0}/vms/holder/upper/root/marker 2>/dev/null; echo end",
         later.root.display()

@@ -102,8 +102,11 @@ pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> Result<(), Errno>
 
 /// fork(2), for a single-threaded caller (see [`clone3`]).
 pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
-    // SAFETY: feather calls this only from single-threaded processes (the CLI and the keeper),
-    // so the child inherits no lock held by another thread.
+    // SAFETY: fork has no memory-safety precondition of its own; the hazard is a lock another
+    // thread held at the fork. feather forks from single-threaded processes (the CLI, init),
+    // and where the caller may have threads (a keeper with port forwarders, hiding a state
+    // root in its VM: process::in_mount_namespace_of) the child makes only system calls with
+    // paths on its stack, and glibc's fork re-initialises malloc's locks in the child.
     match unsafe { libc::fork() } {
         -1 => Err(Errno::last()),
         0 => Ok(None),

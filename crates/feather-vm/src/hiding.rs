@@ -83,7 +83,14 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), String> {
         return Ok(());
     }
     let base = vm.read_config().map_err(|e| e.to_string())?.base;
-    in_vm(&pidfd, pid, &base, folders)
+    // A VM that stopped meanwhile has nothing left to hide anything in.
+    in_vm(&pidfd, pid, &base, folders).or_else(|why| {
+        if process::start_ticks(pid) == state.init_start_ticks {
+            Err(why)
+        } else {
+            Ok(())
+        }
+    })
 }
 
 /// Hides in the VM whose init is `pid` (held by `pidfd`) those of `folders` it sees and that
@@ -164,5 +171,30 @@ impl Drop for MadeMountPoints {
         for dir in self.0.iter().rev() {
             let _ = std::fs::remove_dir(dir);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_is_hidden_where_the_vm_sees_the_hosts_tree_only() {
+        let root = Path::new("/");
+        assert_eq!(
+            inside(root, Path::new("/var/lib/feather")),
+            Some(PathBuf::from("var/lib/feather"))
+        );
+        // The VM's own /run, /dev, /proc and /sys: nothing there is the host's.
+        assert_eq!(inside(root, Path::new("/run/feather")), None);
+        assert_eq!(inside(root, Path::new("/dev/shm/x")), None);
+        assert_eq!(inside(root, Path::new("/")), None);
+        // A VM over another base sees only what lies under it.
+        let base = Path::new("/srv/base");
+        assert_eq!(inside(base, Path::new("/var/lib/feather")), None);
+        assert_eq!(
+            inside(base, Path::new("/srv/base/tmp/root")),
+            Some(PathBuf::from("tmp/root"))
+        );
     }
 }
