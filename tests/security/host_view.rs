@@ -327,3 +327,26 @@ fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
     let roots = registering.join().unwrap();
     assert!(roots.len() > 10, "roots were registered throughout");
 }
+
+#[test]
+fn a_link_in_a_vms_layer_does_not_steer_where_a_root_is_hidden() {
+    let a = Feather::new("host-view-link");
+    start_host_vm(&a, "w");
+    // The fixture makes the folder; feather has not registered it yet. The VM replaces it in
+    // its own layer by a link to its /etc, where a mount that followed the link would land.
+    let later = Feather::new("host-view-link-later");
+    a.sh(
+        "w",
+        &format!("rmdir {0} && ln -s /etc {0}", later.root.display()),
+    );
+    let check = "cat /etc/hostname && test -e /etc/passwd && echo etc-intact";
+    later.ok(&["ls"]);
+    assert_eq!(
+        a.sh("w", check),
+        "w\netc-intact\n",
+        "hidden in the running VM"
+    );
+    a.ok(&["stop", "w"]);
+    a.ok(&["start", "w"]);
+    assert_eq!(a.sh("w", check), "w\netc-intact\n", "hidden at start");
+}
