@@ -350,3 +350,30 @@ fn a_link_in_a_vms_layer_does_not_steer_where_a_root_is_hidden() {
     a.ok(&["start", "w"]);
     assert_eq!(a.sh("w", check), "w\netc-intact\n", "hidden at start");
 }
+
+#[test]
+fn roots_removed_while_a_vm_is_restored_do_not_fail_the_restore() {
+    let a = Feather::new("host-view-restore-race");
+    start_host_vm(&a, "w");
+    for round in 0..3 {
+        // Registered while the VM runs, so hidden in it, and in its checkpoint.
+        let roots: Vec<Feather> = (0..40)
+            .map(|i| {
+                let root = Feather::new(&format!("host-view-rr-{round}-{i}"));
+                root.ok(&["ls"]);
+                root
+            })
+            .collect();
+        a.ok(&["checkpoint", "w"]);
+        // Removed one by one all through the restore.
+        let removing = std::thread::spawn(move || {
+            for root in roots {
+                drop(root);
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+        });
+        let restored = a.run(&["restore", "w"]);
+        removing.join().unwrap();
+        assert_eq!(restored.code, 0, "round {round}: {}", restored.stderr);
+    }
+}

@@ -707,6 +707,22 @@ fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {
     }
 }
 
+/// Restores the VM, again when a state root was removed on the host while CRIU restored it:
+/// the folder its hiding tmpfs was mounted on went with it, and CRIU cannot mount there (it
+/// says "Can't stat mountpoint"). A failed restore leaves nothing behind and the images as
+/// they were; the next attempt makes the missing folder (`hiding::make_missing`).
+fn restore_retrying(root: &StateRoot, vm: &VmDir) -> Result<Keeper> {
+    let mut attempts = 1;
+    loop {
+        match Keeper::restore(root, vm) {
+            Err(e) if attempts < 3 && e.to_string().contains("Can't stat mountpoint") => {
+                attempts += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 /// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the waiting `feather start` through
 /// `ready` whether it worked, then serves until the VM ends.
 pub fn main_background(
@@ -722,7 +738,7 @@ pub fn main_background(
     let mut ready = File::from(ready);
     let vm = root.vm(&name);
     let mut keeper = match if restore {
-        Keeper::restore(&root, &vm)
+        restore_retrying(&root, &vm)
     } else {
         Keeper::boot(&root, &vm, None, false)
     } {
