@@ -260,10 +260,24 @@ fn no_vm_sees_any_state_root_of_the_host() {
 fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_since() {
     let gone = Feather::new("host-view-gone");
     gone.ok(&["create", "x", "--net", "none"]);
+    let kept = Feather::new("host-view-kept");
+    vm_with_marker(&kept);
     let a = Feather::new("host-view-ckpt");
     start_host_vm(&a, "w");
     let hidden = a.sh("w", &format!("ls -A {}; echo end", gone.root.display()));
     assert_eq!(hidden, "end\n", "hidden while it runs");
+    // A reader in the VM that lives through the checkpoint and the restore.
+    let reader = format!(
+        "while true; do cat {0}/vms/holder/upper/root/marker >> /tmp/seen 2>/dev/null; \
+         ls -A {0} >> /tmp/seen 2>/dev/null; ls -A {1} >> /tmp/seen 2>/dev/null; sleep 0.01; \
+         done",
+        kept.root.display(),
+        a.root.display()
+    );
+    a.sh(
+        "w",
+        &format!(": > /tmp/seen; sh -c '{reader}' </dev/null >/dev/null 2>&1 &"),
+    );
     a.ok(&["checkpoint", "w"]);
     let gone_root = gone.root.clone();
     drop(gone);
@@ -273,15 +287,14 @@ fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_s
     vm_with_marker(&later);
     a.ok(&["restore", "w"]);
     assert_eq!(a.status("w"), "running");
-    assert!(
-        !gone_root.exists(),
-        "the restore's mount point is gone again"
-    );
+    std::thread::sleep(std::time::Duration::from_millis(300));
     let script = format!(
         "ls -A {0}; cat {0}/vms/holder/upper/root/marker 2>/dev/null; echo end",
         later.root.display()
     );
     assert_eq!(a.sh("w", &script), "end\n", "a root made since is hidden");
+    let seen = a.sh("w", "ps -o args | grep -c '[w]hile true'; cat /tmp/seen");
+    assert_eq!(seen, "1\n", "the reader runs on and saw nothing");
 }
 
 #[test]

@@ -52,9 +52,6 @@ const INVENTORY: &str = "inventory.img";
 /// The VM's layers over other host filesystems at the time of the dump (see [`ExternalLayer`]).
 const LAYERS: &str = "layers.json";
 
-/// The VM's hiding mounts of state roots at the time of the dump (see [`hiding`]).
-const HIDDEN: &str = "hidden.json";
-
 /// The subnet of the VM's address (`--net private`) where it was checkpointed.
 const SUBNET: &str = "subnet.json";
 
@@ -252,12 +249,20 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
         .iter()
         .map(|l| (l.mount_point.display().to_string(), l.key.clone()))
         .collect();
+    // The tmpfs hiding state roots are not dumped: the restoring keeper hides the roots of
+    // its own host, before the restored processes run (see Keeper::restore).
+    let skipped: Vec<String> = mounts
+        .iter()
+        .filter(|m| hiding::is_hiding_mount(m))
+        .map(|m| m.mount_point.display().to_string())
+        .collect();
     let dumped = criu.dump(&Dump {
         vm: name.as_str(),
         pid: init.as_raw(),
         images: &images,
         leave_running,
         external_mounts: &external,
+        skipped_mounts: &skipped,
     });
     if let Err(e) = dumped {
         // Keep only the log, which the error points to.
@@ -272,13 +277,6 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
     }
     let list = serde_json::to_vec_pretty(&layers).map_err(|e| failed(name, e.to_string()))?;
     feather_core::atomic::write_atomic(&images.join(LAYERS), &list, Durability::Durable)?;
-    let hides: Vec<&Path> = mounts
-        .iter()
-        .filter(|m| hiding::is_hiding_mount(m))
-        .map(|m| m.mount_point.as_path())
-        .collect();
-    let list = serde_json::to_vec_pretty(&hides).map_err(|e| failed(name, e.to_string()))?;
-    feather_core::atomic::write_atomic(&images.join(HIDDEN), &list, Durability::Durable)?;
     Ok(())
 }
 
@@ -526,12 +524,6 @@ pub(crate) fn restore_tree(
         };
         mapping.push((file.key.clone(), path));
     }
-    let hides: Vec<PathBuf> = fs::read(images.join(HIDDEN))
-        .ok()
-        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-        .unwrap_or_default();
-    // Kept until CRIU has restored the mounts, below.
-    let _made = hiding::make_missing(&config.base, &hides);
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
@@ -542,7 +534,8 @@ pub(crate) fn restore_tree(
             root: &rootfs,
             external_mounts: &mapping,
             veths: &veths,
-            leave_stopped: held_for(vm).is_some(),
+            // Always: the keeper hides the state roots before the VM's processes go on.
+            leave_stopped: true,
         })
         .map_err(|e| failed(name, e.to_string()))?;
     let sync = if config.ephemeral {

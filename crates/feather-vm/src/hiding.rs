@@ -136,44 +136,6 @@ pub fn is_hiding_mount(mount: &feather_sys::mountinfo::MountEntry) -> bool {
     mount.fs_type == "tmpfs" && inside(Path::new("/"), &mount.mount_point).is_some()
 }
 
-/// Host folders made so that a restore has somewhere to mount the hiding tmpfs of a state
-/// root that was removed since the checkpoint (CRIU cannot mount on a missing folder, and
-/// making it in the VM's layer would show in `diff`). Removed when dropped, once CRIU has
-/// mounted on them; the VM keeps its empty tmpfs there.
-pub struct MadeMountPoints(Vec<PathBuf>);
-
-/// Makes the missing host folders of the hiding mounts `mount_points` of a VM over `base`.
-/// A folder that cannot be made is left out: CRIU then says which mount failed.
-pub fn make_missing(base: &Path, mount_points: &[PathBuf]) -> MadeMountPoints {
-    let mut made = Vec::new();
-    for mount_point in mount_points {
-        let Some(rel) = inside(Path::new("/"), mount_point) else {
-            continue;
-        };
-        let host = base.join(rel);
-        let mut missing: Vec<&Path> = host
-            .ancestors()
-            .take_while(|dir| std::fs::symlink_metadata(dir).is_err())
-            .collect();
-        missing.reverse();
-        for dir in missing {
-            if std::fs::create_dir(dir).is_err() {
-                break;
-            }
-            made.push(dir.to_path_buf());
-        }
-    }
-    MadeMountPoints(made)
-}
-
-impl Drop for MadeMountPoints {
-    fn drop(&mut self) {
-        for dir in self.0.iter().rev() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

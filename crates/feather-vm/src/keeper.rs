@@ -309,9 +309,13 @@ impl Keeper {
             init_waits: None,
         };
         keeper.record_running()?;
-        // CRIU brought back the hiding mounts of the checkpoint; roots registered since then
-        // are hidden now.
+        // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
+        // of this host are hidden before anything of the VM runs again. A VM received by a
+        // migration stays stopped until the sender lets it go (checkpoint::await_release).
         keeper.hide_state_folders(root, &[]);
+        if keeper.hold.is_none() {
+            keeper.continue_processes();
+        }
         Ok(keeper)
     }
 
@@ -354,6 +358,19 @@ impl Keeper {
                 self.vm.name()
             );
         }
+    }
+
+    /// Continues the VM's processes, which CRIU restored stopped.
+    fn continue_processes(&self) {
+        for pid in self
+            .cgroup
+            .as_ref()
+            .map(Cgroup::members)
+            .unwrap_or_default()
+        {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
+        }
+        let _ = process::signal(&self.init.pidfd, Signal::SIGCONT);
     }
 
     fn record_running(&self) -> Result<()> {
@@ -707,22 +724,6 @@ fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {
     }
 }
 
-/// Restores the VM, again when a state root was removed on the host while CRIU restored it:
-/// the folder its hiding tmpfs was mounted on went with it, and CRIU cannot mount there (it
-/// says "Can't stat mountpoint"). A failed restore leaves nothing behind and the images as
-/// they were; the next attempt makes the missing folder (`hiding::make_missing`).
-fn restore_retrying(root: &StateRoot, vm: &VmDir) -> Result<Keeper> {
-    let mut attempts = 1;
-    loop {
-        match Keeper::restore(root, vm) {
-            Err(e) if attempts < 3 && e.to_string().contains("Can't stat mountpoint") => {
-                attempts += 1;
-            }
-            other => return other,
-        }
-    }
-}
-
 /// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the waiting `feather start` through
 /// `ready` whether it worked, then serves until the VM ends.
 pub fn main_background(
@@ -738,7 +739,7 @@ pub fn main_background(
     let mut ready = File::from(ready);
     let vm = root.vm(&name);
     let mut keeper = match if restore {
-        restore_retrying(&root, &vm)
+        Keeper::restore(&root, &vm)
     } else {
         Keeper::boot(&root, &vm, None, false)
     } {
