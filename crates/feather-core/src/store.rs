@@ -330,6 +330,22 @@ impl VmDir {
         Ok(file)
     }
 
+    /// Like [`VmDir::lock_operations`], but waits at most `patience`: None when the lock
+    /// stayed taken all that time.
+    pub fn lock_operations_within(&self, patience: std::time::Duration) -> Result<Option<File>> {
+        let path = self.path.join("op.lock");
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(file) = try_lock(&path)? {
+                return Ok(Some(file));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn corrupt(&self, path: PathBuf, why: String) -> Error {
         Error::CorruptState {
             vm: self.name.to_string(),

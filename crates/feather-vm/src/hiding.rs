@@ -65,8 +65,24 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
     warnings
 }
 
+/// How long hiding a new root waits for an operation under way on a VM (a checkpoint of a
+/// large VM takes seconds).
+const OPERATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Hides `folders` in `vm` if it is running; a VM that is not running has nothing to hide in.
 fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), String> {
+    // An operation under way finishes first, and none starts while the tmpfs is mounted: a
+    // hiding mount made while CRIU dumps the VM would go into its images, which leave out
+    // only the hiding mounts the dump saw (checkpoint::dump).
+    let Some(_op) = vm
+        .lock_operations_within(OPERATION_PATIENCE)
+        .map_err(|e| e.to_string())?
+    else {
+        return Err(format!(
+            "an operation on it (start, stop, checkpoint…) took more than {} s",
+            OPERATION_PATIENCE.as_secs()
+        ));
+    };
     let Ok(state) = vm.read_state() else {
         return Ok(());
     };
