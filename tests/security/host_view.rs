@@ -387,3 +387,38 @@ fn roots_removed_while_a_vm_is_restored_do_not_fail_the_restore() {
         assert_eq!(restored.code, 0, "round {round}: {}", restored.stderr);
     }
 }
+
+#[test]
+fn roots_made_and_removed_while_a_vm_is_checkpointed_do_not_fail_its_restore() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let a = Feather::new("host-view-dump-race");
+    start_host_vm(&a, "w");
+    // Roots registered (so hidden in the running VM) and removed again, all the time.
+    let done = Arc::new(AtomicBool::new(false));
+    let churning = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut made = 0;
+            while !done.load(Ordering::SeqCst) {
+                let root = Feather::new(&format!("host-view-churn-{made}"));
+                root.ok(&["ls"]);
+                made += 1;
+            }
+            made
+        })
+    };
+    let mut failure = None;
+    for round in 0..4 {
+        let dumped = a.run(&["checkpoint", "w"]);
+        let restored = a.run(&["restore", "w"]);
+        if dumped.code != 0 || restored.code != 0 {
+            failure = Some(format!("round {round}: {dumped:?} {restored:?}"));
+            break;
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let made = churning.join().unwrap();
+    assert_eq!(failure, None);
+    assert!(made >= 4, "roots came and went throughout: {made}");
+}
