@@ -335,7 +335,11 @@ fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
     }
     done.store(true, Ordering::SeqCst);
     let roots = registering.join().unwrap();
-    assert!(roots.len() >= 8, "roots were registered throughout: {}", roots.len());
+    assert!(
+        roots.len() >= 8,
+        "roots were registered throughout: {}",
+        roots.len()
+    );
 }
 
 #[test]
@@ -390,26 +394,33 @@ fn roots_removed_while_a_vm_is_restored_do_not_fail_the_restore() {
 
 #[test]
 fn roots_made_and_removed_while_a_vm_is_checkpointed_do_not_fail_its_restore() {
-    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::sync::Arc;
     let a = Feather::new("host-view-dump-race");
     start_host_vm(&a, "w");
     // Roots registered (so hidden in the running VM) and removed again, all the time.
     let done = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicUsize::new(0));
     let churning = {
-        let done = done.clone();
+        let (done, made) = (done.clone(), made.clone());
         std::thread::spawn(move || {
-            let mut made = 0;
             while !done.load(Ordering::SeqCst) {
-                let root = Feather::new(&format!("host-view-churn-{made}"));
+                let n = made.load(Ordering::SeqCst);
+                let root = Feather::new(&format!("host-view-churn-{n}"));
                 root.ok(&["ls"]);
-                made += 1;
+                made.fetch_add(1, Ordering::SeqCst);
             }
-            made
         })
     };
     let mut failure = None;
-    for round in 0..4 {
+    // At least four rounds, and on until roots came and went during a few of them.
+    for round in 0..12 {
+        if round >= 4 && made.load(Ordering::SeqCst) >= 6 {
+            break;
+        }
+        // A pause between operations, in which a registration waiting for the VM's operation
+        // lock gets it.
+        std::thread::sleep(std::time::Duration::from_millis(150));
         let dumped = a.run(&["checkpoint", "w"]);
         let restored = a.run(&["restore", "w"]);
         if dumped.code != 0 || restored.code != 0 {
@@ -418,7 +429,10 @@ fn roots_made_and_removed_while_a_vm_is_checkpointed_do_not_fail_its_restore() {
         }
     }
     done.store(true, Ordering::SeqCst);
-    let made = churning.join().unwrap();
+    churning.join().unwrap();
     assert_eq!(failure, None);
-    assert!(made >= 4, "roots came and went throughout: {made}");
+    assert!(
+        made.load(Ordering::SeqCst) >= 6,
+        "roots came and went throughout"
+    );
 }
