@@ -182,8 +182,8 @@ fn failed(op: &'static str, target: &Path, errno: nix::errno::Errno) -> feather_
 }
 
 /// 5. A /proc of the VM's own pid namespace; the parts that speak about or to the host kernel
-///    are masked or read-only. No mount is needed for it: a VM has neither CAP_SYS_ADMIN nor
-///    the mount calls (seccomp), so it can neither remount these read-write nor unmount them.
+///    are masked or read-only. These stay as they are: a VM has neither CAP_SYS_ADMIN nor the
+///    mount calls (seccomp), so it can neither remount them read-write nor unmount them.
 fn mount_proc(root: &Path) -> Result<()> {
     let proc_dir = root.join("proc");
     mount::api_filesystem(
