@@ -95,7 +95,17 @@ fn end_options_after_app(args: &mut Vec<std::ffi::OsString>) {
 /// every VM already running (of any root), and every VM started later hides it too.
 fn open_root(root: &StateRoot) -> anyhow::Result<()> {
     root.prepare_dir()?;
-    if let Some(new) = feather_core::roots::Registry::host().register(root)? {
+    let registry = feather_core::roots::Registry::host();
+    let registered = anyhow::Context::with_context(registry.register(root), || {
+        format!(
+            "cannot record state root {} in {}, which every VM start reads to keep VMs out of \
+             it (make {} writable for root)",
+            root.dir().display(),
+            registry.dir().display(),
+            registry.dir().display()
+        )
+    })?;
+    if let Some(new) = registered {
         for warning in feather_vm::hiding::in_running_vms(&new) {
             eprintln!("feather: warning: {warning}");
         }
