@@ -7,6 +7,7 @@ mod capabilities;
 mod commit_races;
 mod exec_channel;
 mod hardening;
+mod host_view;
 mod ipc_matrix;
 mod landlock;
 mod limits_default;

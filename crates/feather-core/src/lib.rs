@@ -10,6 +10,7 @@ pub mod display;
 pub mod error;
 pub mod name;
 pub mod network;
+pub mod roots;
 pub mod size;
 pub mod state;
 pub mod store;

@@ -13,9 +13,16 @@
 //!                  /checkpoint/   CRIU images of the last checkpoint, and CRIU's logs
 //! <run>/<name>/control.sock       the keeper's control socket
 //! ```
+//!
+//! The root, its `vms/`, every VM folder, the run folder and every VM's run folder are 0700:
+//! a VM's layer holds whatever the VM made, set-uid-root programs included, and no other host
+//! user may reach them through the host's tree. Nothing needs more: processes inside a VM
+//! reach their files through the VM's overlay, whose lookups below the mount never walk these
+//! host folders, and the generated /etc files are bound in by descriptor, not by path.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::atomic::{write_atomic, Durability};
@@ -24,6 +31,9 @@ use crate::{VmConfig, VmName, VmState, VmStatus};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/feather";
 pub const DEFAULT_RUN_DIR: &str = "/run/feather";
+
+/// The mode of every folder of feather's own: root alone may enter.
+const PRIVATE: u32 = 0o700;
 
 /// A state root: the folder holding every VM, and the run folder holding their sockets.
 #[derive(Clone, Debug)]
@@ -63,6 +73,44 @@ impl StateRoot {
 
     fn vms_dir(&self) -> PathBuf {
         self.dir.join("vms")
+    }
+
+    /// Makes the root's state and run folders exist, 0700, and tightens what an older feather
+    /// made 0755 (the root, `vms/`, each VM folder, each VM's run folder): from here on no
+    /// other host user can reach a VM's layer.
+    pub fn prepare(&self) -> Result<()> {
+        self.prepare_dir()?;
+        make_private_dir(&self.run)?;
+        for dir in [&self.dir, &self.run] {
+            make_private(dir, Follow::Yes)?;
+        }
+        for parent in [self.vms_dir(), self.run.clone()] {
+            make_private(&parent, Follow::No)?;
+            let Ok(entries) = fs::read_dir(&parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    make_private(&entry.path(), Follow::No)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Makes the state folder alone exist, 0700, without anything in it yet: what the
+    /// registry of roots needs before the root is hidden from running VMs.
+    pub fn prepare_dir(&self) -> Result<()> {
+        make_private_dir(&self.dir)?;
+        make_private(&self.dir, Follow::Yes)
+    }
+
+    /// Makes the VM's run folder (and the root's) exist, 0700, before its keeper puts its
+    /// socket and generated files there.
+    pub fn make_run_dir(&self, vm: &VmDir) -> Result<()> {
+        make_private_dir(&vm.run)?;
+        make_private(&self.run, Follow::Yes)?;
+        make_private(&vm.run, Follow::No)
     }
 
     /// The folder a VM of this name has or would have; it may not exist.
@@ -111,10 +159,14 @@ impl StateRoot {
             return Err(Error::AlreadyExists(config.name.to_string()));
         }
         let vms_dir = self.vms_dir();
-        fs::create_dir_all(&vms_dir).at(&vms_dir)?;
+        make_private_dir(&vms_dir)?;
         let temp = vms_dir.join(format!(".creating-{}-{}", config.name, config.id));
         let assemble = || -> Result<()> {
-            fs::create_dir(&temp).at(&temp)?;
+            fs::DirBuilder::new()
+                .mode(PRIVATE)
+                .create(&temp)
+                .at(&temp)?;
+            // upper/ keeps the ordinary 0755: its mode is the mode of the VM's `/`.
             for sub in ["upper", "work", "rootfs", "mounts"] {
                 fs::create_dir(temp.join(sub)).at(temp.join(sub))?;
             }
@@ -278,6 +330,22 @@ impl VmDir {
         Ok(file)
     }
 
+    /// Like [`VmDir::lock_operations`], but waits at most `patience`: None when the lock
+    /// stayed taken all that time.
+    pub fn lock_operations_within(&self, patience: std::time::Duration) -> Result<Option<File>> {
+        let path = self.path.join("op.lock");
+        let deadline = std::time::Instant::now() + patience;
+        loop {
+            if let Some(file) = try_lock(&path)? {
+                return Ok(Some(file));
+            }
+            if std::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     fn corrupt(&self, path: PathBuf, why: String) -> Error {
         Error::CorruptState {
             vm: self.name.to_string(),
@@ -285,6 +353,44 @@ impl VmDir {
             why,
         }
     }
+}
+
+/// Creates `dir` and any missing parent 0700 (an existing one keeps its mode).
+fn make_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE)
+        .create(dir)
+        .at(dir)
+}
+
+/// Whether the last component of a path may be a symbolic link: the root's folders are named
+/// by the administrator (`--root` may well be a link), the folders inside are feather's own.
+#[derive(Clone, Copy, PartialEq)]
+enum Follow {
+    Yes,
+    No,
+}
+
+/// Takes group and other permissions off an existing folder, acting on the opened folder. A
+/// missing one is fine; a link where feather made a folder is refused.
+fn make_private(dir: &Path, follow: Follow) -> Result<()> {
+    let mut flags = libc::O_DIRECTORY | libc::O_CLOEXEC;
+    if follow == Follow::No {
+        flags |= libc::O_NOFOLLOW;
+    }
+    let opened = match OpenOptions::new().read(true).custom_flags(flags).open(dir) {
+        Ok(file) => file,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).at(dir),
+    };
+    let mode = opened.metadata().at(dir)?.mode();
+    if mode & 0o077 != 0 {
+        opened
+            .set_permissions(fs::Permissions::from_mode(PRIVATE))
+            .at(dir)?;
+    }
+    Ok(())
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {
@@ -369,6 +475,52 @@ mod tests {
             config("a")
         );
         fs::remove_dir_all(root.dir()).unwrap();
+    }
+
+    #[test]
+    fn prepare_makes_new_roots_private_and_tightens_old_ones() {
+        let root = scratch();
+        let mode = |path: &Path| fs::metadata(path).unwrap().mode() & 0o7777;
+        root.prepare().unwrap();
+        assert_eq!(mode(root.dir()), 0o700);
+        assert_eq!(mode(root.run_dir()), 0o700);
+        let vm = root.create(&config("d"), Durability::Volatile).unwrap();
+        assert_eq!(mode(vm.path()), 0o700);
+        assert_eq!(
+            mode(&vm.upper()),
+            0o755 & !umask(),
+            "upper/ is the VM's `/`"
+        );
+        // What an older feather left: everything 0755.
+        fs::create_dir_all(vm.run_dir()).unwrap();
+        for dir in [
+            root.dir(),
+            &root.vms_dir(),
+            vm.path(),
+            root.run_dir(),
+            vm.run_dir(),
+        ] {
+            fs::set_permissions(dir, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        root.prepare().unwrap();
+        for dir in [
+            root.dir(),
+            &root.vms_dir(),
+            vm.path(),
+            root.run_dir(),
+            vm.run_dir(),
+        ] {
+            assert_eq!(mode(dir), 0o700, "{}", dir.display());
+        }
+        fs::remove_dir_all(root.dir()).unwrap();
+    }
+
+    fn umask() -> u32 {
+        let dir = std::env::temp_dir().join(format!("feather-umask-{}", rand_suffix()));
+        fs::create_dir(&dir).unwrap();
+        let mode = fs::metadata(&dir).unwrap().mode() & 0o777;
+        fs::remove_dir(&dir).unwrap();
+        0o777 & !mode
     }
 
     #[test]

@@ -112,6 +112,10 @@ pub struct Dump<'a> {
     /// Mounts of the VM not to dump but to expect back at restore, as (mount point inside the
     /// VM, key): the VM's layers over other host filesystems, which the restoring side mounts.
     pub external_mounts: &'a [(String, String)],
+    /// Mounts of the VM not to dump at all, by mount point inside the VM: the empty tmpfs
+    /// hiding state roots, which the restoring side mounts anew for the roots of its host
+    /// (a root removed since would leave CRIU no folder to mount on).
+    pub skipped_mounts: &'a [String],
 }
 
 /// A restore of a dumped tree.
@@ -254,6 +258,7 @@ impl Criu {
                 .iter()
                 .map(|(mount_point, key)| format!("mnt[{mount_point}]:{key}"))
                 .collect(),
+            skip_mnt: dump.skipped_mounts.to_vec(),
             ..common_options()
         };
         let mut channel = rpc::Channel::new().map_err(|e| self.broken(e))?;

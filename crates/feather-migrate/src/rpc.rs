@@ -72,6 +72,9 @@ pub struct Opts {
     /// `--enable-external-masters`.
     #[prost(bool, optional, tag = "30")]
     pub ext_masters: Option<bool>,
+    /// `--skip-mnt`: mounts not dumped at all (dump).
+    #[prost(string, repeated, tag = "31")]
+    pub skip_mnt: Vec<String>,
     #[prost(enumeration = "CgMode", optional, tag = "34")]
     pub manage_cgroups_mode: Option<i32>,
     /// `--external` resources: `mnt[…]:…`, `veth[…]:…@…`.

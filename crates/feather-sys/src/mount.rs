@@ -1,7 +1,10 @@
 //! Mount operations, each named for what it is used for.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::Path;
 
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
 use crate::{raw, Context, Result};
@@ -78,6 +81,67 @@ pub fn remount_bind_readonly(target: &Path) -> Result<()> {
         | MsFlags::MS_NOSUID
         | MsFlags::MS_NODEV;
     mount(NONE, target, NONE, flags, NONE).ctx("remount read-only", target.display())
+}
+
+/// Makes an existing bind mount of a file a VM may read but never write or run: read-only,
+/// nosuid, nodev, noexec.
+pub fn remount_bind_inert(target: &Path) -> Result<()> {
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    mount(NONE, target, NONE, flags, NONE).ctx("remount read-only", target.display())
+}
+
+/// Binds `target` over itself read-only, nosuid, nodev, noexec (a kernel interface a VM may
+/// read but not write). Every mount below it stays where it is, read-write as it was.
+pub fn bind_over_readonly(target: &Path) -> Result<()> {
+    bind(target, target)?;
+    remount_bind_inert(target)
+}
+
+/// Hides the folder `rel` beneath `dir` under an empty read-only tmpfs, as a VM must see the
+/// folders of feather's state. The folder is found with openat2 without following any
+/// symbolic link and never leaving `dir`, and the tmpfs is mounted on the folder that was
+/// opened (through the working folder, which is left there): a path the VM can change
+/// cannot steer the mount elsewhere. Returns false when there is no such folder to hide
+/// (nothing of the host's is then reachable by that path). Changes the working folder.
+pub fn hide_beneath(dir: &impl AsFd, rel: &Path) -> nix::Result<bool> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let target = match open_dir_beneath(dir, rel) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(false),
+        Err(errno) => return Err(errno),
+    };
+    nix::unistd::fchdir(&target)?;
+    mount(
+        Some("tmpfs"),
+        ".",
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=4k,mode=0755"),
+    )?;
+    Ok(true)
+}
+
+fn open_dir_beneath(dir: &impl AsFd, rel: &Path) -> nix::Result<OwnedFd> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    // EAGAIN: a rename raced the lookup; the kernel asks for a retry.
+    let mut tries = 0;
+    loop {
+        match openat2(dir.as_fd(), rel, how) {
+            Err(Errno::EAGAIN) if tries < 16 => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 pub fn tmpfs(target: &Path, flags: MsFlags, options: &str) -> Result<()> {

@@ -97,6 +97,47 @@ pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> 
     nix::sched::setns(pidfd.as_fd(), namespaces).ctx("setns", "VM namespaces")
 }
 
+/// Hides the folders `rels` (paths inside the VM, e.g. another state root) in the mount
+/// namespace of the process `pidfd` names, under an empty read-only tmpfs each
+/// ([`crate::mount::hide_beneath`]), from a short-lived child: the caller's own mounts stay
+/// as they are, and the caller may have other threads (a keeper hides roots registered while
+/// its VM started). Folders that are not there are passed over.
+pub fn hide_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]) -> Result<()> {
+    // SAFETY: the child below makes system calls only: setns, open, openat2, fchdir and mount
+    // with paths nix keeps on its stack (a VM path of under 1 KiB), then exit_now. It takes no
+    // lock and runs no exit handler.
+    let forked = unsafe { raw::fork_threaded() }.ctx("fork", "mount namespace helper")?;
+    let Some(child) = forked else {
+        let outcome = nix::sched::setns(pidfd.as_fd(), CloneFlags::CLONE_NEWNS).and_then(|()| {
+            let root = nix::fcntl::open(
+                "/",
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            for rel in rels {
+                crate::mount::hide_beneath(&root, rel)?;
+            }
+            Ok(())
+        });
+        raw::exit_now(match outcome {
+            Ok(()) => 0,
+            Err(errno) => errno as i32,
+        })
+    };
+    match nix::sys::wait::waitpid(Pid::from_raw(child), None)
+        .ctx("wait for", "mount namespace helper")?
+    {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        nix::sys::wait::WaitStatus::Exited(_, code) => {
+            Err::<(), _>(nix::errno::Errno::from_raw(code)).ctx("in mount namespace", "VM")
+        }
+        other => Err::<(), _>(nix::errno::Errno::ECHILD)
+            .ctx("mount namespace helper ended", format_args!("{other:?}")),
+    }
+}
+
 /// The start time of `pid` in clock ticks since boot, or None if there is no such process.
 /// A (pid, start time) pair names one process for the whole uptime of the machine.
 pub fn start_ticks(pid: Pid) -> Option<u64> {

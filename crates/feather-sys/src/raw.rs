@@ -153,6 +153,23 @@ pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
     }
 }
 
+/// fork(2) from a process that may have other threads (a keeper with its port forwarders and
+/// broker): `Some(pid)` in the parent, `None` in the child.
+///
+/// # Safety
+/// Until the child execs or ends with [`exit_now`], it may only make async-signal-safe calls:
+/// system calls with arguments prepared before the fork (nix's paths under 1 KiB live on the
+/// stack), no lock another thread may hold (stdio, a `Mutex`), no exit handlers.
+pub unsafe fn fork_threaded() -> Result<Option<libc::pid_t>, Errno> {
+    // SAFETY: fork itself has no memory-safety precondition; what the child may do after it
+    // in a process of several threads is this function's contract, passed to its caller.
+    match unsafe { libc::fork() } {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some(pid)),
+    }
+}
+
 /// Makes fork and clone3 safe by construction: they go on only in a process of one thread.
 fn require_single_thread() -> Result<(), Errno> {
     // The kernel's count of this process's threads (/proc/self/stat would do as well; a
@@ -165,6 +182,14 @@ fn require_single_thread() -> Result<(), Errno> {
     } else {
         Err(Errno::EDEADLK)
     }
+}
+
+/// Ends the calling process at once with `code`, running no exit handler: for a forked child,
+/// whose exit must not flush or tear down anything it shares with its parent.
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit(2) takes a plain integer and never returns; it touches no memory of the
+    // process, so no Rust invariant can be broken by calling it at any point.
+    unsafe { libc::_exit(code) }
 }
 
 /// `struct sigaction` as the kernel's rt_sigaction(2) takes it on x86-64 and aarch64.

@@ -38,6 +38,7 @@ use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
 use crate::error::{failed, InVm, Result, VmError};
+use crate::hiding;
 use crate::layers;
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
@@ -248,12 +249,20 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
         .iter()
         .map(|l| (l.mount_point.display().to_string(), l.key.clone()))
         .collect();
+    // The tmpfs hiding state roots are not dumped: the restoring keeper hides the roots of
+    // its own host, before the restored processes run (see Keeper::restore).
+    let skipped: Vec<String> = mounts
+        .iter()
+        .filter(|m| hiding::is_hiding_mount(m))
+        .map(|m| m.mount_point.display().to_string())
+        .collect();
     let dumped = criu.dump(&Dump {
         vm: name.as_str(),
         pid: init.as_raw(),
         images: &images,
         leave_running,
         external_mounts: &external,
+        skipped_mounts: &skipped,
     });
     if let Err(e) = dumped {
         // Keep only the log, which the error points to.
@@ -525,7 +534,8 @@ pub(crate) fn restore_tree(
             root: &rootfs,
             external_mounts: &mapping,
             veths: &veths,
-            leave_stopped: held_for(vm).is_some(),
+            // Always: the keeper hides the state roots before the VM's processes go on.
+            leave_stopped: true,
         })
         .map_err(|e| failed(name, e.to_string()))?;
     let sync = if config.ephemeral {

@@ -32,6 +32,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::checkpoint;
 use crate::error::{failed, InVm, Result};
+use crate::hiding;
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
 use crate::protocol::{self, Request, Response};
@@ -166,6 +167,7 @@ impl Keeper {
             Durability::Durable
         };
         remove_leftovers(vm, &config);
+        root.make_run_dir(vm)?;
         let cgroup = cgroup_of(&config);
         let (mut network, inside) = feather_net::prepare(
             root.dir(),
@@ -178,13 +180,14 @@ impl Keeper {
             remove_leftovers(vm, &config);
             failed(&name, e.to_string())
         })?;
+        let hidden = hiding::state_folders(root);
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
                 base: config.base.clone(),
                 rootfs: vm.rootfs(),
                 layers: layers::for_start(root, vm, &config)?,
-                hidden: vec![root.dir().to_path_buf(), root.run_dir().to_path_buf()],
+                hidden: hidden.clone(),
                 network: inside,
                 // A throw-away VM is never checkpointed, so its init need not re-execute from
                 // inside: that saves an exec and a dozen mounts on every `run --rm`.
@@ -244,6 +247,8 @@ impl Keeper {
             init_waits: Some(init_waits),
         };
         keeper.record_running()?;
+        // Roots registered while the VM started are hidden now (see `hiding`).
+        keeper.hide_state_folders(root, &hidden);
         Ok(keeper)
     }
 
@@ -257,6 +262,7 @@ impl Keeper {
             .ok_or_else(|| failed(&name, "is already running"))?;
         let config = vm.read_config()?;
         remove_leftovers(vm, &config);
+        root.make_run_dir(vm)?;
         let hold = checkpoint::hold(vm)?;
         // The host side of a private network (bridge, firewall entries, published ports) is
         // made as at a start; CRIU makes the veth pair itself, with its host end on the bridge.
@@ -310,6 +316,13 @@ impl Keeper {
             init_waits: None,
         };
         keeper.record_running()?;
+        // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
+        // of this host are hidden before anything of the VM runs again. A VM received by a
+        // migration stays stopped until the sender lets it go (checkpoint::await_release).
+        keeper.hide_state_folders(root, &[]);
+        if keeper.hold.is_none() {
+            keeper.continue_processes();
+        }
         Ok(keeper)
     }
 
@@ -336,6 +349,35 @@ impl Keeper {
         let gate = feather_shuttle::Gate::new(root.dir(), terminal);
         let peers = std::sync::Arc::new(crate::peers::RootPeers::new(root));
         self.broker = Some(feather_shuttle::Broker::start(side, gate, peers));
+    }
+
+    /// Hides in the running VM every state folder of the host it does not hide yet, other
+    /// than `known` (hidden at its start). A failure is written to the keeper's log: the VM
+    /// runs on, and `feather` warns again when it registers the next root.
+    fn hide_state_folders(&self, root: &StateRoot, known: &[PathBuf]) {
+        let late: Vec<PathBuf> = hiding::state_folders(root)
+            .into_iter()
+            .filter(|folder| !known.contains(folder))
+            .collect();
+        if let Err(why) = hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &late) {
+            eprintln!(
+                "feather keeper {}: cannot hide state folders: {why}",
+                self.vm.name()
+            );
+        }
+    }
+
+    /// Continues the VM's processes, which CRIU restored stopped.
+    fn continue_processes(&self) {
+        for pid in self
+            .cgroup
+            .as_ref()
+            .map(Cgroup::members)
+            .unwrap_or_default()
+        {
+            let _ = nix::sys::signal::kill(pid, Signal::SIGCONT);
+        }
+        let _ = process::signal(&self.init.pidfd, Signal::SIGCONT);
     }
 
     fn record_running(&self) -> Result<()> {

@@ -18,6 +18,7 @@ pub mod diff;
 pub mod disk;
 pub mod error;
 pub mod exec;
+pub mod hiding;
 pub mod init;
 pub mod inspect;
 pub mod keeper;

@@ -7,7 +7,10 @@ use std::path::{Path, PathBuf};
 
 use feather_sys::mount::{self, Flags, LayerSync};
 use feather_sys::Result;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
 
+use crate::hiding;
 use crate::layers::Layer;
 
 /// Everything the recipe needs, computed by the keeper before the fork.
@@ -37,15 +40,32 @@ pub const INIT_DIR: &str = "/run/.feather-init";
 /// /dev/kmsg, input devices) simply does not exist inside.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
-/// The kernel interfaces under /proc that reveal or control the host, masked with /dev/null
-/// as Docker does.
-const MASKED_PROC_FILES: [&str; 5] = [
-    "kcore",
-    "keys",
-    "timer_list",
-    "sched_debug",
-    "sysrq-trigger",
+/// The kernel interfaces that reveal or control the host, masked as Docker (29) masks them:
+/// a file under /dev/null, a folder under an empty read-only tmpfs.
+const MASKED_PROC: [&str; 10] = [
+    "proc/acpi",
+    "proc/asound",
+    "proc/interrupts",
+    "proc/kcore",
+    "proc/keys",
+    "proc/latency_stats",
+    "proc/timer_list",
+    "proc/timer_stats",
+    "proc/sched_debug",
+    "proc/scsi",
 ];
+
+/// The same under /sys (read-only as a whole already): firmware tables, the power-capping
+/// energy counters (a side channel into other tenants' work), SELinux's interface.
+const MASKED_SYS: [&str; 3] = [
+    "sys/firmware",
+    "sys/devices/virtual/powercap",
+    "sys/fs/selinux",
+];
+
+/// The kernel interfaces under /proc a VM may read but must not write (Docker's read-only
+/// paths): host-wide settings, interrupt routing, PCI configuration space, SysRq.
+const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
 
 pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     // 1. Mounts made from here on stay in this namespace, and the host's later mounts stay out.
@@ -64,24 +84,18 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
             mount::overlay(&layer.lower, &layer.upper, &layer.work, &target, plan.sync)?;
         }
     }
-    // 4. feather's own state (every VM's layer, the control sockets) is replaced by an empty
-    //    read-only folder: a VM sees neither its own layer from below nor any other VM's.
-    for hidden in &plan.hidden {
-        if let Ok(rel) = hidden.strip_prefix(&plan.base) {
-            let target = root.join(rel);
-            if target.is_dir() {
-                mount::tmpfs(
-                    &target,
-                    Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
-                    "size=4k,mode=0755",
-                )?;
-            }
-        }
-    }
+    // 4. feather's state (every VM's layer, the control sockets) of every state root of the
+    //    host, and the registry of them, are replaced by an empty read-only folder: a VM sees
+    //    neither its own layer from below nor any other VM's, of its root or of any other.
+    //    The folders are found beneath the VM's root without following links (a link in the
+    //    VM's layer cannot steer the mount), and the tmpfs is mounted on what was opened.
+    hide_state_folders(plan)?;
     mount_proc(root)?;
+    mask(root, &MASKED_PROC)?;
     // 6. sysfs read-only: it shows this VM's network devices, and nothing in it can be written.
     let ro = Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC;
     mount::api_filesystem("sysfs", &root.join("sys"), ro, None)?;
+    mask(root, &MASKED_SYS)?;
     mount_dev(root)?;
     // 8. A private /run: the host's sockets and pid files there are not the VM's.
     mount::tmpfs(
@@ -124,6 +138,8 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     //     its veth pair gets its address and route (init still holds CAP_NET_ADMIN of its
     //     own namespace here). Generated /etc/hostname, hosts and resolv.conf are bound over
     //     the VM's files, so they never reach its layer; a base without the file goes without.
+    //     They are bound read-only: they are host files (on the default root in the host's
+    //     /run), which a VM must not write into, let alone fill.
     if plan.network.own_namespace {
         feather_sys::net::loopback_up()?;
     }
@@ -131,6 +147,7 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
         let target = inside(root, vm_path);
         if fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
             mount::bind(file, &target)?;
+            mount::remount_bind_inert(&target)?;
         }
     }
     //     (The interface itself is configured by init right after this recipe.)
@@ -138,8 +155,35 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     mount::pivot_into(root)
 }
 
+/// 4. See [`assemble`].
+fn hide_state_folders(plan: &RootfsPlan) -> Result<()> {
+    let root = &plan.rootfs;
+    let root_fd = nix::fcntl::open(
+        root,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|errno| failed("open", root, errno))?;
+    for folder in &plan.hidden {
+        if let Some(rel) = hiding::inside(&plan.base, folder) {
+            mount::hide_beneath(&root_fd, &rel)
+                .map_err(|errno| failed("hide", &root.join(&rel), errno))?;
+        }
+    }
+    nix::unistd::chdir("/").map_err(|errno| failed("chdir", Path::new("/"), errno))
+}
+
+fn failed(op: &'static str, target: &Path, errno: nix::errno::Errno) -> feather_sys::SysError {
+    feather_sys::SysError {
+        op,
+        target: target.display().to_string(),
+        errno,
+    }
+}
+
 /// 5. A /proc of the VM's own pid namespace; the parts that speak about or to the host kernel
-///    are masked or read-only.
+///    are masked or read-only. These stay as they are: a VM has neither CAP_SYS_ADMIN nor the
+///    mount calls (seccomp), so it can neither remount them read-write nor unmount them.
 fn mount_proc(root: &Path) -> Result<()> {
     let proc_dir = root.join("proc");
     mount::api_filesystem(
@@ -148,15 +192,32 @@ fn mount_proc(root: &Path) -> Result<()> {
         Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
         None,
     )?;
-    for file in MASKED_PROC_FILES {
-        let target = proc_dir.join(file);
+    for dir in READ_ONLY_PROC {
+        let target = proc_dir.join(dir);
         if target.exists() {
-            mount::bind(Path::new("/dev/null"), &target)?;
+            mount::bind_over_readonly(&target)?;
         }
     }
-    let sys = proc_dir.join("sys");
-    mount::bind(&sys, &sys)?;
-    mount::remount_bind_readonly(&sys)
+    Ok(())
+}
+
+/// Masks each of `paths` (relative to the VM's root) that exists: a folder under an empty
+/// read-only tmpfs, anything else under /dev/null. These are kernel filesystems (proc,
+/// sysfs), whose tree a VM cannot change.
+fn mask(root: &Path, paths: &[&str]) -> Result<()> {
+    for path in paths {
+        let target = root.join(path);
+        match fs::symlink_metadata(&target) {
+            Ok(meta) if meta.is_dir() => mount::tmpfs(
+                &target,
+                Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
+                "size=0,mode=0555",
+            )?,
+            Ok(_) => mount::bind(Path::new("/dev/null"), &target)?,
+            Err(_) => {}
+        }
+    }
+    Ok(())
 }
 
 /// 7. A minimal /dev: a few harmless devices, a devpts instance of the VM's own (its terminals

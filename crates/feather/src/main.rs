@@ -96,6 +96,30 @@ fn end_options_after_app(args: &mut Vec<std::ffi::OsString>) {
     }
 }
 
+/// Makes the state root's folders exist and private, and records it in the host's registry
+/// of roots before anything is put in it: a root new to the registry is hidden at once in
+/// every VM already running (of any root), and every VM started later hides it too.
+fn open_root(root: &StateRoot) -> anyhow::Result<()> {
+    root.prepare_dir()?;
+    let registry = feather_core::roots::Registry::host();
+    let registered = anyhow::Context::with_context(registry.register(root), || {
+        format!(
+            "cannot record state root {} in {}, which every VM start reads to keep VMs out of \
+             it (make {} writable for root)",
+            root.dir().display(),
+            registry.dir().display(),
+            registry.dir().display()
+        )
+    })?;
+    if let Some(new) = registered {
+        for warning in feather_vm::hiding::in_running_vms(&new) {
+            eprintln!("feather: warning: {warning}");
+        }
+    }
+    root.prepare()?;
+    Ok(())
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // Inside a VM anyone may ask; the keeper's policy decides.
     if let Command::Open { vm, app, args } = &cli.command {
@@ -110,6 +134,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let root_arg = cli.root.clone();
     let root = StateRoot::new(cli.root);
+    // The hidden commands that run inside a VM have no state root to open there.
+    let inside_a_vm = matches!(
+        cli.command,
+        Command::ServiceClient(_) | Command::ShuttleShare { .. } | Command::IpcProbe { .. }
+    );
+    if !inside_a_vm {
+        open_root(&root)?;
+    }
     match cli.command {
         Command::Create {
             name,

@@ -1,0 +1,186 @@
+//! The host-wide registry of state roots: every root feather has opened on this host, so
+//! that every VM can be kept out of all of them, not only out of its own.
+//!
+//! One file per root in [`REGISTRY_DIR`] (persistent: a root outlives a reboot, and so do
+//! the layers in it), named by a hash of the root's path and written atomically, so that
+//! concurrent feather calls of different roots never contend. An entry records the root's
+//! folders by their canonical path and the identity (device, inode) of its state folder: a
+//! root removed and made again at the same path counts as new, and is hidden anew in the VMs
+//! already running.
+
+use std::fs;
+use std::io::ErrorKind;
+use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::atomic::{write_atomic, Durability};
+use crate::error::{Error, IoContext, Result};
+use crate::StateRoot;
+
+/// Where the registry lives. Outside every state root, root-only, hidden from every VM.
+pub const REGISTRY_DIR: &str = "/var/lib/feather-roots";
+
+/// An entry whose root is gone is removed once it is this old: younger ones may belong to a
+/// root being made again right now.
+const STALE_AFTER: Duration = Duration::from_secs(60);
+
+#[derive(Debug, PartialEq, Serialize, Deserialize)]
+struct Entry {
+    dir: PathBuf,
+    run: PathBuf,
+    dev: u64,
+    ino: u64,
+}
+
+pub struct Registry {
+    dir: PathBuf,
+}
+
+impl Registry {
+    /// The host's registry.
+    pub fn host() -> Self {
+        Registry::at(REGISTRY_DIR.into())
+    }
+
+    /// A registry in another folder (for unit tests).
+    pub fn at(dir: PathBuf) -> Self {
+        Registry { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Records `root`, whose state folder must exist. Returns the root with canonical paths when
+    /// its entry is new (the caller then hides it in the VMs already running), None when the
+    /// registry already knew it.
+    pub fn register(&self, root: &StateRoot) -> Result<Option<StateRoot>> {
+        let entry = entry_of(root)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .at(&self.dir)?;
+        let path = self.dir.join(entry_name(&entry.dir));
+        if self.read(&path).is_some_and(|known| known == entry) {
+            return Ok(None);
+        }
+        let text = serde_json::to_vec(&entry).map_err(|e| {
+            Error::Other(format!(
+                "cannot record state root {} in {}: {e} (give --root a UTF-8 path)",
+                root.dir().display(),
+                self.dir.display()
+            ))
+        })?;
+        write_atomic(&path, &text, Durability::Durable)?;
+        Ok(Some(StateRoot::with_dirs(entry.dir, entry.run)))
+    }
+
+    /// Every registered root whose state folder still exists, with canonical paths. Entries
+    /// of roots long gone are removed on the way.
+    pub fn roots(&self) -> Vec<StateRoot> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut roots = Vec::new();
+        for file in entries.flatten() {
+            let path = file.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            let Some(entry) = self.read(&path) else {
+                continue;
+            };
+            match fs::symlink_metadata(&entry.dir) {
+                Ok(_) => roots.push(StateRoot::with_dirs(entry.dir, entry.run)),
+                Err(e) if e.kind() == ErrorKind::NotFound && older_than(&path, STALE_AFTER) => {
+                    let _ = fs::remove_file(&path);
+                }
+                Err(_) => {}
+            }
+        }
+        roots
+    }
+
+    fn read(&self, path: &Path) -> Option<Entry> {
+        serde_json::from_slice(&fs::read(path).ok()?).ok()
+    }
+}
+
+fn entry_of(root: &StateRoot) -> Result<Entry> {
+    let dir = fs::canonicalize(root.dir()).at(root.dir())?;
+    let run = canonical_run(root.run_dir())?;
+    let meta = fs::metadata(&dir).at(&dir)?;
+    Ok(Entry {
+        dir,
+        run,
+        dev: meta.dev(),
+        ino: meta.ino(),
+    })
+}
+
+/// The run folder may not exist yet: its parent does (the state folder, or /run).
+fn canonical_run(run: &Path) -> Result<PathBuf> {
+    if let Ok(run) = fs::canonicalize(run) {
+        return Ok(run);
+    }
+    let (Some(parent), Some(name)) = (run.parent(), run.file_name()) else {
+        return fs::canonicalize(run).at(run);
+    };
+    let parent = if parent.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        parent
+    };
+    Ok(fs::canonicalize(parent).at(parent)?.join(name))
+}
+
+/// FNV-1a of the path: stable across builds, unlike std's hasher.
+fn entry_name(dir: &Path) -> String {
+    let hash = dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{hash:016x}.json")
+}
+
+fn older_than(path: &Path, age: Duration) -> bool {
+    fs::metadata(path)
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.elapsed().ok())
+        .is_some_and(|elapsed| elapsed > age)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(kind: &str) -> PathBuf {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        std::env::temp_dir().join(format!("feather-{kind}-{}-{nanos}", std::process::id()))
+    }
+
+    #[test]
+    fn a_root_is_new_once_and_listed_while_it_exists() {
+        let registry = Registry::at(scratch("registry"));
+        let root = StateRoot::new(Some(scratch("root")));
+        root.prepare().unwrap();
+        let new = registry.register(&root).unwrap().expect("first time: new");
+        assert_eq!(new.dir(), fs::canonicalize(root.dir()).unwrap());
+        assert!(registry.register(&root).unwrap().is_none(), "known");
+        assert_eq!(registry.roots().len(), 1);
+        fs::remove_dir_all(root.dir()).unwrap();
+        assert!(registry.roots().is_empty(), "a removed root is not listed");
+        fs::remove_dir_all(registry.dir()).unwrap();
+    }
+}

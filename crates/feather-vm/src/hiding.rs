@@ -1,0 +1,164 @@
+//! Keeping every VM out of every state root of the host, not only out of its own: a VM of one
+//! root must not read the layers (or reach the sockets) of the VMs of another.
+//!
+//! The roots are those of the host-wide registry ([`feather_core::roots`]). A VM hides all of
+//! them when it starts (step 4 of the recipe); a root registered later is hidden in the VMs
+//! already running by a short child that joins each VM's mount namespace (through its init's
+//! pidfd) and mounts the empty tmpfs there. The keeper of a starting VM looks at the registry
+//! once more after it has recorded its init, so a root registered while it started is never
+//! missed: the registering call writes its entry before it looks for running VMs, the keeper
+//! records its init before it reads the registry again, so one of the two sees the other.
+
+use std::collections::BTreeSet;
+use std::os::fd::AsFd;
+use std::path::{Path, PathBuf};
+
+use feather_core::roots::{Registry, REGISTRY_DIR};
+use feather_core::{StateRoot, VmDir, VmStatus};
+use feather_sys::process;
+
+use crate::rootfs::MOUNT_POINTS;
+
+/// The host folders every VM must not see: the state and run folders of every registered
+/// root and of `own`, and the registry itself.
+pub fn state_folders(own: &StateRoot) -> Vec<PathBuf> {
+    let mut folders = BTreeSet::new();
+    for root in Registry::host().roots().iter().chain([own]) {
+        for dir in [root.dir(), root.run_dir()] {
+            folders.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
+        }
+    }
+    folders.insert(PathBuf::from(REGISTRY_DIR));
+    folders.into_iter().collect()
+}
+
+/// Where the host folder `folder` is in a VM over `base`, if the VM sees it at all: folders
+/// under the recipe's own mounts (the VM's private /run, /dev, /proc, /sys) are never the
+/// host's, and hiding there would cover the VM's own files.
+pub fn inside(base: &Path, folder: &Path) -> Option<PathBuf> {
+    let rel = folder.strip_prefix(base).ok()?;
+    let first = rel.components().next()?;
+    (!MOUNT_POINTS.iter().any(|m| first.as_os_str() == *m)).then(|| rel.to_path_buf())
+}
+
+/// Hides `new`'s folders in every running VM of every registered root. Returns one warning
+/// per VM where that failed.
+pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
+    let folders = [new.dir().to_path_buf(), new.run_dir().to_path_buf()];
+    let mut warnings = Vec::new();
+    for root in Registry::host().roots() {
+        for vm in root.list().unwrap_or_default() {
+            if let Err(why) = in_running_vm(&vm, &folders) {
+                warnings.push(format!(
+                    "cannot hide state root {} from running VM {} (of {}): {why}; stop and \
+                     start that VM to hide it",
+                    new.dir().display(),
+                    vm.name(),
+                    root.dir().display()
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// How long hiding a new root waits for an operation under way on a VM (a checkpoint of a
+/// large VM takes seconds).
+const OPERATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Hides `folders` in `vm` if it is running; a VM that is not running has nothing to hide in.
+fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), String> {
+    // An operation under way finishes first, and none starts while the tmpfs is mounted: a
+    // hiding mount made while CRIU dumps the VM would go into its images, which leave out
+    // only the hiding mounts the dump saw (checkpoint::dump).
+    let Some(_op) = vm
+        .lock_operations_within(OPERATION_PATIENCE)
+        .map_err(|e| e.to_string())?
+    else {
+        return Err(format!(
+            "an operation on it (start, stop, checkpoint…) took more than {} s",
+            OPERATION_PATIENCE.as_secs()
+        ));
+    };
+    let Ok(state) = vm.read_state() else {
+        return Ok(());
+    };
+    let (VmStatus::Running, Some(pid)) = (state.status, state.init_pid) else {
+        return Ok(());
+    };
+    let pid = nix::unistd::Pid::from_raw(pid);
+    let Ok(pidfd) = process::pidfd_open(pid) else {
+        return Ok(());
+    };
+    // The pidfd holds the process whatever happens to the pid from here; the start time
+    // proves it is the init the state names, not a stranger that reused its pid.
+    if process::start_ticks(pid) != state.init_start_ticks || state.init_start_ticks.is_none() {
+        return Ok(());
+    }
+    let base = vm.read_config().map_err(|e| e.to_string())?.base;
+    // A VM that stopped meanwhile has nothing left to hide anything in.
+    in_vm(&pidfd, pid, &base, folders).or_else(|why| {
+        if process::start_ticks(pid) == state.init_start_ticks {
+            Err(why)
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// Hides in the VM whose init is `pid` (held by `pidfd`) those of `folders` it sees and that
+/// are not hidden already (a tmpfs mounted on them, as the kernel's mountinfo of init says).
+pub fn in_vm(
+    pidfd: &impl AsFd,
+    pid: nix::unistd::Pid,
+    base: &Path,
+    folders: &[PathBuf],
+) -> Result<(), String> {
+    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
+        .map_err(|e| format!("cannot read its mounts: {e}"))?;
+    let hidden: Vec<PathBuf> = feather_sys::mountinfo::parse(&mountinfo)
+        .into_iter()
+        .filter(|m| m.fs_type == "tmpfs")
+        .map(|m| m.mount_point)
+        .collect();
+    let rels: Vec<PathBuf> = folders
+        .iter()
+        .filter_map(|folder| inside(base, folder))
+        .filter(|rel| !hidden.contains(&Path::new("/").join(rel)))
+        .collect();
+    if rels.is_empty() {
+        return Ok(());
+    }
+    process::hide_in_mount_namespace_of(pidfd, &rels).map_err(|e| e.to_string())
+}
+
+/// Whether a mount of a VM, as its init's mountinfo says, is one of the hiding tmpfs: a VM
+/// cannot mount, and the recipe's own tmpfs lie at or under /run, /dev, /proc and /sys.
+pub fn is_hiding_mount(mount: &feather_sys::mountinfo::MountEntry) -> bool {
+    mount.fs_type == "tmpfs" && inside(Path::new("/"), &mount.mount_point).is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_folder_is_hidden_where_the_vm_sees_the_hosts_tree_only() {
+        let root = Path::new("/");
+        assert_eq!(
+            inside(root, Path::new("/var/lib/feather")),
+            Some(PathBuf::from("var/lib/feather"))
+        );
+        // The VM's own /run, /dev, /proc and /sys: nothing there is the host's.
+        assert_eq!(inside(root, Path::new("/run/feather")), None);
+        assert_eq!(inside(root, Path::new("/dev/shm/x")), None);
+        assert_eq!(inside(root, Path::new("/")), None);
+        // A VM over another base sees only what lies under it.
+        let base = Path::new("/srv/base");
+        assert_eq!(inside(base, Path::new("/var/lib/feather")), None);
+        assert_eq!(
+            inside(base, Path::new("/srv/base/tmp/root")),
+            Some(PathBuf::from("tmp/root"))
+        );
+    }
+}

@@ -1,0 +1,438 @@
+//! What a VM sees of the host, and what host users see of VMs: state roots closed to other
+//! host users and hidden from every VM (of every root), the generated /etc files read-only,
+//! /proc and /sys masked as Docker masks them.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::support::Feather;
+
+fn mode(path: &Path) -> u32 {
+    fs::metadata(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .permissions()
+        .mode()
+        & 0o7777
+}
+
+/// Starts VM `vm` over the host's `/`, without a network of its own to set up.
+fn start_host_vm(feather: &Feather, vm: &str) {
+    feather.ok(&["create", vm, "--net", "none"]);
+    feather.ok(&["start", vm]);
+}
+
+#[test]
+fn a_set_uid_program_in_a_layer_is_out_of_reach_of_other_host_users() {
+    let feather = Feather::new("host-view-modes");
+    // The fixture made the root 0755, as an older feather did: opening it tightens it.
+    assert_eq!(mode(&feather.root), 0o755);
+    start_host_vm(&feather, "vm");
+    feather.sh(
+        "vm",
+        "cp /bin/id /tmp/suid-marker && chmod 4755 /tmp/suid-marker",
+    );
+    let program = feather.vm_dir("vm").join("upper/tmp/suid-marker");
+    assert_eq!(mode(&program), 0o4755, "the VM made its set-uid program");
+    for dir in [
+        feather.root.clone(),
+        feather.root.join("vms"),
+        feather.vm_dir("vm"),
+        feather.root.join("run"),
+        feather.root.join("run/vm"),
+    ] {
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+    }
+    // Through a shell running as nobody: setpriv itself looks the program up before it drops
+    // its privileges.
+    let attempt = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .args(["sh", "-c", "exec \"$0\""])
+        .arg(&program)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&attempt.stderr);
+    assert!(
+        !attempt.status.success() && stderr.contains("Permission denied"),
+        "host user nobody ran the VM's set-uid program: {attempt:?}"
+    );
+    // Non-root users inside the VM reach their files through the overlay as before.
+    let out = feather.ok(&[
+        "exec",
+        "vm",
+        "--user",
+        "nobody",
+        "--",
+        "sh",
+        "-c",
+        "id -u && cat /etc/hostname && ls /tmp/suid-marker",
+    ]);
+    assert_eq!(out, "65534\nvm\n/tmp/suid-marker\n");
+}
+
+#[test]
+fn the_generated_etc_files_cannot_be_written_from_a_vm() {
+    let feather = Feather::new("host-view-etc");
+    start_host_vm(&feather, "vm");
+    let host_dir = feather.root.join("run/vm/etc");
+    let before: Vec<String> = ["hosts", "hostname", "resolv.conf"]
+        .iter()
+        .map(|f| fs::read_to_string(host_dir.join(f)).unwrap())
+        .collect();
+    let script = "for f in /etc/hosts /etc/hostname /etc/resolv.conf; do \
+                    if echo overwritten-by-vm > $f; then echo \"wrote $f\"; fi; \
+                    if echo appended-by-vm >> $f; then echo \"appended $f\"; fi; \
+                  done 2>/dev/null; \
+                  grep -E ' /etc/(hosts|hostname|resolv.conf) ' /proc/self/mountinfo";
+    let out = feather.sh("vm", script);
+    assert!(!out.contains("wrote") && !out.contains("appended"), "{out}");
+    for line in out.lines() {
+        let options = line.split(' ').nth(5).unwrap();
+        for flag in ["ro", "nosuid", "nodev", "noexec"] {
+            assert!(
+                options.split(',').any(|o| o == flag),
+                "{flag} missing: {line}"
+            );
+        }
+    }
+    assert_eq!(out.lines().count(), 3, "{out}");
+    let after: Vec<String> = ["hosts", "hostname", "resolv.conf"]
+        .iter()
+        .map(|f| fs::read_to_string(host_dir.join(f)).unwrap())
+        .collect();
+    assert_eq!(before, after, "the host files are unchanged");
+    assert_eq!(
+        feather.ok(&["diff", "vm"]),
+        "",
+        "nothing reached the VM's layer"
+    );
+    // The VM's /run is its own: what it puts there is not in any host folder.
+    feather.sh(
+        "vm",
+        "dd if=/dev/zero of=/run/host-view-fill bs=64k count=16 2>/dev/null",
+    );
+    assert!(!Path::new("/run/host-view-fill").exists());
+    assert!(!feather.root.join("run/host-view-fill").exists());
+}
+
+/// Tries, from inside the VM, to open each file for writing (opening is enough: nothing is
+/// written, so the test is harmless even where the defence is missing), and to undo the
+/// masks and read-only binds with mount calls. Prints one line per success.
+const PROC_ATTEMPTS: &str = r#"
+import ctypes, glob, os
+libc = ctypes.CDLL(None, use_errno=True)
+def try_open(path):
+    try:
+        fd = os.open(path, os.O_WRONLY)
+        os.close(fd)
+        print("opened", path)
+    except OSError:
+        pass
+irq = sorted(glob.glob("/proc/irq/*/smp_affinity"))
+pci = sorted(p for p in glob.glob("/proc/bus/pci/*/*") if os.path.isfile(p))
+assert irq, "the host has interrupts"
+for path in irq[:8] + pci[:8] + ["/proc/sysrq-trigger", "/proc/sys/kernel/hostname"]:
+    try_open(path)
+for path in ["/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug",
+             "/proc/interrupts", "/proc/latency_stats", "/proc/timer_stats"]:
+    if os.path.exists(path) and open(path, "rb").read(4096):
+        print("readable", path)
+for path in ["/proc/acpi", "/proc/scsi", "/proc/asound", "/sys/firmware",
+             "/sys/devices/virtual/powercap"]:
+    if os.path.isdir(path) and os.listdir(path):
+        print("listable", path)
+MS_RDONLY, MS_REMOUNT, MS_BIND, MNT_DETACH = 1, 32, 4096, 2
+for path in ["/proc/sys", "/proc/irq", "/proc/bus", "/proc/sysrq-trigger"]:
+    if libc.mount(None, path.encode(), None, MS_REMOUNT | MS_BIND, None) == 0:
+        print("remounted", path)
+for path in ["/proc/sys", "/proc/kcore", "/proc/keys", "/sys/firmware", "/proc/acpi"]:
+    if libc.umount2(path.encode(), MNT_DETACH) == 0:
+        print("unmounted", path)
+# The new mount API (x86-64 numbers): clear the read-only flag, clone a mount to move it.
+AT_FDCWD, OPEN_TREE_CLONE, MOUNT_ATTR_RDONLY = -100, 1, 1
+attr = (ctypes.c_uint64 * 4)(0, MOUNT_ATTR_RDONLY, 0, 0)
+if libc.syscall(442, AT_FDCWD, b"/proc/sys", 0, ctypes.byref(attr), 32) == 0:
+    print("mount_setattr cleared read-only on /proc/sys")
+if libc.syscall(428, AT_FDCWD, b"/proc/sys", OPEN_TREE_CLONE) >= 0:
+    print("open_tree cloned /proc/sys")
+print("done")
+"#;
+
+#[test]
+fn host_kernel_interfaces_in_proc_and_sys_are_masked_or_read_only() {
+    let feather = Feather::new("host-view-proc");
+    start_host_vm(&feather, "vm");
+    let out = feather.ok(&["exec", "vm", "--", "python3", "-c", PROC_ATTEMPTS]);
+    assert_eq!(out, "done\n", "a VM reached the host kernel's interfaces");
+    // The same for the programs init starts (a throw-away VM's command).
+    let out = feather.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "--",
+        "python3",
+        "-c",
+        PROC_ATTEMPTS,
+    ]);
+    assert_eq!(out, "done\n");
+}
+
+/// Reads, in a tight loop in VM `vm` of `watcher`, every path of `paths` for `seconds`, and
+/// appends whatever it read or listed to /tmp/seen in the VM. Runs in the background.
+fn watch_from(watcher: &Feather, vm: &str, paths: &[&Path], seconds: u32) {
+    let list: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+    let script = format!(
+        "end=$(( $(date +%s) + {seconds} )); : > /tmp/seen; \
+         while [ $(date +%s) -lt $end ]; do \
+           for p in {paths}; do cat $p/vms/*/upper/root/marker >> /tmp/seen 2>/dev/null; \
+             ls -A $p >> /tmp/seen 2>/dev/null; done; \
+         done; echo finished >> /tmp/seen",
+        paths = list.join(" ")
+    );
+    let status = watcher
+        .command()
+        .args(["exec", vm, "--", "sh", "-c", &script])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Reaped by the assertion's wait on /tmp/seen; the child exits with the loop.
+    std::mem::forget(status);
+}
+
+/// Makes a VM in `feather` that writes a 0600 marker into its own layer.
+fn vm_with_marker(feather: &Feather) {
+    start_host_vm(feather, "holder");
+    feather.sh(
+        "holder",
+        "echo secret-of-another-root > /root/marker && chmod 600 /root/marker",
+    );
+    let marker = feather.vm_dir("holder").join("upper/root/marker");
+    assert_eq!(mode(&marker), 0o600);
+}
+
+#[test]
+fn no_vm_sees_any_state_root_of_the_host() {
+    // Root B exists with its marker before A's VM starts.
+    let before = Feather::new("host-view-before");
+    vm_with_marker(&before);
+    let a = Feather::new("host-view-a");
+    start_host_vm(&a, "watcher");
+    // Root C is made while A's VM runs, and watched from inside it the whole time: the
+    // fixture made C's folder already; feather puts nothing in it before it is hidden.
+    let after = Feather::new("host-view-after");
+    watch_from(&a, "watcher", &[&before.root, &after.root], 8);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    vm_with_marker(&after);
+    for _ in 0..5 {
+        after.sh("holder", "cat /root/marker > /dev/null");
+    }
+    a.eventually("the watcher finished", || {
+        a.sh("watcher", "cat /tmp/seen").contains("finished")
+    });
+    let seen = a.sh("watcher", "cat /tmp/seen");
+    assert_eq!(seen, "finished\n", "A's VM saw another root's state");
+    // And directly, once more, for each root and its run folder.
+    for root in [&before.root, &after.root] {
+        let script = format!(
+            "ls -A {0}; ls -A {0}/run; cat {0}/vms/holder/upper/root/marker; echo end",
+            root.display()
+        );
+        let out = a.run(&["exec", "watcher", "--", "sh", "-c", &script]);
+        assert_eq!(out.stdout.trim_end(), "end", "{out:?}");
+        assert!(!out.stderr.contains("secret"), "{out:?}");
+    }
+    // A VM does not see its own root either, nor the registry.
+    let out = a.sh(
+        "watcher",
+        &format!(
+            "ls -A {} 2>&1; ls -A /var/lib/feather-roots 2>&1; echo end",
+            a.root.display()
+        ),
+    );
+    assert_eq!(out.trim_end(), "end", "{out}");
+}
+
+#[test]
+fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_since() {
+    let gone = Feather::new("host-view-gone");
+    gone.ok(&["create", "x", "--net", "none"]);
+    let kept = Feather::new("host-view-kept");
+    vm_with_marker(&kept);
+    let a = Feather::new("host-view-ckpt");
+    start_host_vm(&a, "w");
+    let hidden = a.sh("w", &format!("ls -A {}; echo end", gone.root.display()));
+    assert_eq!(hidden, "end\n", "hidden while it runs");
+    // A reader in the VM that lives through the checkpoint and the restore.
+    let reader = format!(
+        "while true; do cat {0}/vms/holder/upper/root/marker >> /tmp/seen 2>/dev/null; \
+         ls -A {0} >> /tmp/seen 2>/dev/null; ls -A {1} >> /tmp/seen 2>/dev/null; sleep 0.01; \
+         done",
+        kept.root.display(),
+        a.root.display()
+    );
+    a.sh(
+        "w",
+        &format!(": > /tmp/seen; sh -c '{reader}' </dev/null >/dev/null 2>&1 &"),
+    );
+    a.ok(&["checkpoint", "w"]);
+    let gone_root = gone.root.clone();
+    drop(gone);
+    assert!(!gone_root.exists());
+    // Made while the VM is checkpointed: no hiding mount of it is in the images.
+    let later = Feather::new("host-view-later");
+    vm_with_marker(&later);
+    a.ok(&["restore", "w"]);
+    assert_eq!(a.status("w"), "running");
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    let script = format!(
+        "ls -A {0}; cat {0}/vms/holder/upper/root/marker 2>/dev/null; echo end",
+        later.root.display()
+    );
+    assert_eq!(a.sh("w", &script), "end\n", "a root made since is hidden");
+    let seen = a.sh("w", "ps -o args | grep -c '[w]hile true'; cat /tmp/seen");
+    assert_eq!(seen, "1\n", "the reader runs on and saw nothing");
+}
+
+#[test]
+fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    let a = Feather::new("host-view-race");
+    // Roots keep being registered, one every few milliseconds, all through the starts of
+    // throw-away VMs (which take no operation lock a registration would wait for): some land
+    // after the keeper read the registry and before it recorded its init.
+    let done = Arc::new(AtomicBool::new(false));
+    let registering = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let mut roots = Vec::new();
+            while !done.load(Ordering::SeqCst) {
+                let root = Feather::new(&format!("host-view-race-{}", roots.len()));
+                root.ok(&["ls"]);
+                roots.push(root);
+            }
+            roots
+        })
+    };
+    // Every root of this test that exists: empty, or not yet registered (then feather has put
+    // nothing in it); a `run` folder in one means it was registered and is not hidden.
+    let script = format!(
+        "sleep 0.3; for d in /tmp/feather-tests/root-host-view-race-*-{}-*; do ls -A $d; done; \
+         echo end",
+        std::process::id()
+    );
+    for _ in 0..8 {
+        let seen = a.run(&["run", "--rm", "--net", "none", "--", "sh", "-c", &script]);
+        if seen.stdout != "end\n" {
+            done.store(true, Ordering::SeqCst);
+            let _ = registering.join();
+            panic!("a root registered during the start shows: {seen:?}");
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let roots = registering.join().unwrap();
+    assert!(
+        roots.len() >= 8,
+        "roots were registered throughout: {}",
+        roots.len()
+    );
+}
+
+#[test]
+fn a_link_in_a_vms_layer_does_not_steer_where_a_root_is_hidden() {
+    let a = Feather::new("host-view-link");
+    start_host_vm(&a, "w");
+    // The fixture makes the folder; feather has not registered it yet. The VM replaces it in
+    // its own layer by a link to its /etc, where a mount that followed the link would land.
+    let later = Feather::new("host-view-link-later");
+    a.sh(
+        "w",
+        &format!("rmdir {0} && ln -s /etc {0}", later.root.display()),
+    );
+    let check = "cat /etc/hostname && test -e /etc/passwd && echo etc-intact";
+    later.ok(&["ls"]);
+    assert_eq!(
+        a.sh("w", check),
+        "w\netc-intact\n",
+        "hidden in the running VM"
+    );
+    a.ok(&["stop", "w"]);
+    a.ok(&["start", "w"]);
+    assert_eq!(a.sh("w", check), "w\netc-intact\n", "hidden at start");
+}
+
+#[test]
+fn roots_removed_while_a_vm_is_restored_do_not_fail_the_restore() {
+    let a = Feather::new("host-view-restore-race");
+    start_host_vm(&a, "w");
+    for round in 0..3 {
+        // Registered while the VM runs, so hidden in it, and in its checkpoint.
+        let roots: Vec<Feather> = (0..40)
+            .map(|i| {
+                let root = Feather::new(&format!("host-view-rr-{round}-{i}"));
+                root.ok(&["ls"]);
+                root
+            })
+            .collect();
+        a.ok(&["checkpoint", "w"]);
+        // Removed one by one all through the restore.
+        let removing = std::thread::spawn(move || {
+            for root in roots {
+                drop(root);
+                std::thread::sleep(std::time::Duration::from_millis(3));
+            }
+        });
+        let restored = a.run(&["restore", "w"]);
+        removing.join().unwrap();
+        assert_eq!(restored.code, 0, "round {round}: {}", restored.stderr);
+    }
+}
+
+#[test]
+fn roots_made_and_removed_while_a_vm_is_checkpointed_do_not_fail_its_restore() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let a = Feather::new("host-view-dump-race");
+    start_host_vm(&a, "w");
+    // Roots registered (so hidden in the running VM) and removed again, all the time.
+    let done = Arc::new(AtomicBool::new(false));
+    let made = Arc::new(AtomicUsize::new(0));
+    let churning = {
+        let (done, made) = (done.clone(), made.clone());
+        std::thread::spawn(move || {
+            while !done.load(Ordering::SeqCst) {
+                let n = made.load(Ordering::SeqCst);
+                let root = Feather::new(&format!("host-view-churn-{n}"));
+                root.ok(&["ls"]);
+                made.fetch_add(1, Ordering::SeqCst);
+            }
+        })
+    };
+    let mut failure = None;
+    // At least four rounds, and on until roots came and went during a few of them.
+    for round in 0..12 {
+        if round >= 4 && made.load(Ordering::SeqCst) >= 6 {
+            break;
+        }
+        // A pause between operations, in which a registration waiting for the VM's operation
+        // lock gets it.
+        std::thread::sleep(std::time::Duration::from_millis(150));
+        let dumped = a.run(&["checkpoint", "w"]);
+        let restored = a.run(&["restore", "w"]);
+        if dumped.code != 0 || restored.code != 0 {
+            failure = Some(format!("round {round}: {dumped:?} {restored:?}"));
+            break;
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    churning.join().unwrap();
+    assert_eq!(failure, None);
+    assert!(
+        made.load(Ordering::SeqCst) >= 6,
+        "roots came and went throughout"
+    );
+}
