@@ -434,3 +434,23 @@ fn a_vm_with_a_disk_image_moves_to_another_root_with_its_layer_and_cap() {
         "the cap came along: {out:?}"
     );
 }
+
+#[test]
+fn another_roots_disk_image_is_never_a_layer_of_a_vm() {
+    // A mount inside a state root (a VM's disk image) is hidden from every VM; a VM over the
+    // host's / must not layer it as one of the host's filesystems either.
+    let capped = Feather::new("limit-disk-other");
+    let base = ScratchBase::new("limit-disk-other");
+    capped.ok(&["create", "small", "--base", base.as_str(), "--disk", "16M"]);
+    let image = capped.vm_dir("small").join("disk");
+    assert!(!mounts_under(&capped.root).is_empty());
+
+    let feather = Feather::new("limit-disk-viewer");
+    feather.ok(&["create", "vm", "--net", "none"]);
+    feather.ok(&["start", "vm"]);
+    let layers = feather.inspect("vm")["layers"].to_string();
+    assert!(
+        !layers.contains(image.to_str().unwrap()),
+        "another root's disk image became a layer: {layers}"
+    );
+}

@@ -94,6 +94,10 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
         crate::disk::attach(&config.name, vm, disk)?;
     }
     let base = &config.base;
+    // Every state root of the host, this one included: what is mounted in them (another VM's
+    // disk image) is hidden from the VM, never one of its layers.
+    let mut roots = feather_core::roots::Registry::host().roots();
+    roots.push(root.clone());
     let mut submounts: Vec<PathBuf> = Vec::new();
     for entry in mountinfo::mounts().at("/proc/self/mountinfo")? {
         let Ok(rel) = entry.mount_point.strip_prefix(base) else {
@@ -103,8 +107,9 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
             .components()
             .next()
             .is_some_and(|c| OWN_TREES.iter().any(|t| c.as_os_str() == *t));
-        let is_state = entry.mount_point.starts_with(root.dir())
-            || entry.mount_point.starts_with(root.run_dir());
+        let is_state = roots.iter().any(|r| {
+            entry.mount_point.starts_with(r.dir()) || entry.mount_point.starts_with(r.run_dir())
+        });
         if rel.as_os_str().is_empty() || own_tree || is_state || is_api_filesystem(&entry.fs_type) {
             continue;
         }
