@@ -41,20 +41,43 @@ fn counting_vm(label: &str) -> (Feather, ScratchBase) {
     (feather, base)
 }
 
-/// (pid inside the VM, command) of the VM's init and of the counting loop.
+/// (pid inside the VM, command) of the VM's init and of the counting loop. The loop's
+/// short-lived children are left out: its `sleep` (also in the instant between its fork and
+/// its exec, when it still shows the loop's command line) and `ps`'s own `cat`.
 fn lasting_processes(feather: &Feather, vm: &str) -> Vec<(i64, String)> {
     let rows: serde_json::Value = serde_json::from_str(&feather.ok(&["ps", vm, "--json"])).unwrap();
-    rows.as_array()
+    let rows: Vec<(i64, i64, String)> = rows
+        .as_array()
         .unwrap()
         .iter()
         .map(|p| {
             (
                 p["pid"].as_i64().unwrap(),
+                p["host_pid"].as_i64().unwrap(),
                 p["command"].as_str().unwrap().to_owned(),
             )
         })
-        .filter(|(_, command)| !command.starts_with("sleep") && !command.starts_with("cat"))
+        .collect();
+    let host_pids: Vec<i64> = rows.iter().map(|(_, host, _)| *host).collect();
+    rows.iter()
+        .filter(|(_, _, command)| !command.starts_with("sleep") && !command.starts_with("cat"))
+        // A child of the loop (or one gone already) is one of its passing forks.
+        .filter(|(_, host, command)| {
+            command.starts_with("/run/.feather-init")
+                || live_parent_of(*host).is_some_and(|parent| {
+                    !host_pids.contains(&parent)
+                        || rows.iter().any(|r| r.1 == parent && r.2 != *command)
+                })
+        })
+        .map(|(pid, _, command)| (*pid, command.clone()))
         .collect()
+}
+
+/// The parent of host process `pid`, while it lives.
+fn live_parent_of(pid: i64) -> Option<i64> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after_name = &stat[stat.rfind(')')? + 2..];
+    after_name.split(' ').nth(1)?.parse().ok()
 }
 
 fn state_pid(feather: &Feather, vm: &str, key: &str) -> i64 {

@@ -21,6 +21,10 @@ pub enum VmError {
     #[error("VM {vm}: {why}")]
     Failed { vm: String, why: String },
 
+    /// What a VM's keeper reported when it could not start the VM (its message names the VM).
+    #[error("{0}")]
+    Keeper(String),
+
     #[error("commit {vm}: the host changed {} after the VM copied {}; nothing was committed (look at both, then commit with --force to overwrite the host's version): {}", if .paths.len() == 1 { "this path" } else { "these paths" }, if .paths.len() == 1 { "it" } else { "them" }, .paths.join(", "))]
     CommitConflict { vm: String, paths: Vec<String> },
 }

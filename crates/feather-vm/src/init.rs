@@ -2,7 +2,6 @@
 //! reports to its keeper, then reaps orphans, runs the VM's first workload if it has one, and
 //! shuts everything down in order when asked.
 
-use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
@@ -18,6 +17,7 @@ use std::os::fd::AsFd;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
+use crate::boot::{self, ToInit};
 use crate::commands::Commands;
 use crate::rootfs::{self, RootfsPlan};
 use crate::workload::{become_workload, Workload};
@@ -37,22 +37,7 @@ pub struct InitPlan {
 }
 
 /// What init tells its keeper once the VM is assembled, or why it could not be.
-#[derive(Debug, Serialize, Deserialize)]
-pub enum InitReport {
-    Ready,
-    Failed(String),
-}
-
-/// The byte the keeper sends once it has moved init into the VM's cgroup.
-pub const GO: u8 = b'g';
-
-/// The byte the keeper sends once the VM's end of its veth pair (if any) is in init's network
-/// namespace: the keeper builds the host side while init assembles the root.
-pub const NETWORK_READY: u8 = b'n';
-
-/// The byte the keeper sends once the VM is ready around it (its shuttle broker open): init
-/// starts the first workload only then.
-pub const START: u8 = b's';
+pub use crate::boot::FromInitBoot as InitReport;
 
 /// Runs as the child of the keeper's clone into new namespaces; never returns.
 pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
@@ -61,8 +46,8 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         std::process::exit(1);
     }
     let _ = nix::sys::prctl::set_name(c"feather-init");
-    let mut go = [0u8; 1];
-    if keeper.read_exact(&mut go).is_err() || go[0] != GO {
+    if let Err(e) = boot::expect(&mut keeper, ToInit::Go) {
+        eprintln!("feather init: from the keeper: {e}");
         std::process::exit(1);
     }
     if let Err(why) = prepare(&plan, &mut keeper) {
@@ -183,8 +168,8 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
         }
     };
     report(&mut keeper, InitReport::Ready);
-    let mut start = [0u8; 1];
-    if keeper.read_exact(&mut start).is_err() || start[0] != START {
+    if let Err(e) = boot::expect(&mut keeper, ToInit::Start) {
+        eprintln!("feather init: from the keeper: {e}");
         std::process::exit(1);
     }
     drop(keeper);
@@ -209,10 +194,8 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
     // the VM sees its own group as the root of the hierarchy.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
     rootfs::assemble(&plan.rootfs).map_err(|e| e.to_string())?;
-    let mut ready = [0u8; 1];
-    if keeper.read_exact(&mut ready).is_err() || ready[0] != NETWORK_READY {
-        return Err("the keeper did not attach the VM's network".into());
-    }
+    boot::expect(keeper, ToInit::NetworkReady)
+        .map_err(|e| format!("the keeper did not attach the VM's network: {e}"))?;
     plan.rootfs.network.configure().map_err(|e| e.to_string())?;
     // One Landlock domain for the whole VM, made before init starts anything: every process of
     // the VM descends from init (`feather exec` too), so they all share it. It needs
@@ -238,9 +221,7 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {
-    let mut line = serde_json::to_vec(&report).unwrap_or_default();
-    line.push(b'\n');
-    let _ = keeper.write_all(&line);
+    let _ = boot::send(keeper, &report);
 }
 
 /// A detached VM writes nowhere on the host: its stdio is the VM's own /dev/null.

@@ -13,7 +13,6 @@
 //! ```
 
 use std::fs::{self, File};
-use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
@@ -30,6 +29,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 
+use crate::boot::{self, KeeperReport, ToInit};
 use crate::checkpoint;
 use crate::error::{failed, InVm, Result};
 use crate::hiding;
@@ -333,7 +333,7 @@ impl Keeper {
         self.open_broker(root, terminal);
         if let Some(mut init) = self.init_waits.take() {
             // Init's end, if it ended meanwhile, is seen by serve().
-            let _ = init.write_all(&[init::START]);
+            let _ = boot::send(&mut init, &ToInit::Start);
         }
     }
 
@@ -693,27 +693,24 @@ fn start_init(
             cgroup.add(init.pid).in_vm(name)?;
             cgroup.restrict_devices().in_vm(name)?;
         }
-        ours.write_all(&[init::GO])
+        boot::send(&mut ours, &ToInit::Go)
             .map_err(|e| failed(name, format!("init did not start: {e}")))?;
         // The host side of the VM's network is built while init assembles the VM's root.
         network
             .attach(init.pid.as_raw() as u32)
             .map_err(|e| failed(name, e.to_string()))?;
-        ours.write_all(&[init::NETWORK_READY])
+        boot::send(&mut ours, &ToInit::NetworkReady)
             .map_err(|e| failed(name, format!("init did not start: {e}")))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
             .map_err(|e| failed(name, e.to_string()))?;
-        let mut line = String::new();
-        BufReader::new(&ours)
-            .read_line(&mut line)
-            .map_err(|e| failed(name, format!("init did not report: {e}")))?;
-        match serde_json::from_str::<InitReport>(&line) {
+        match boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)") {
             Ok(InitReport::Ready) => Ok(()),
             Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
-            Err(_) => Err(failed(
+            Err(boot::BootError::Closed { .. }) => Err(failed(
                 name,
                 "init died while setting up the VM (see its keeper.log)",
             )),
+            Err(e) => Err(failed(name, format!("init: {e}"))),
         }
     };
     match boot() {
@@ -781,12 +778,18 @@ pub fn main_background(
     } {
         Ok(keeper) => keeper,
         Err(e) => {
-            let _ = writeln!(ready, "{e}");
+            let message = e.to_string();
+            let _ = boot::send(&mut ready, &KeeperReport::Failed { message });
             return 1;
         }
     };
     keeper.begin(&root, terminal);
-    let _ = writeln!(ready, "ok");
+    let _ = boot::send(
+        &mut ready,
+        &KeeperReport::Up {
+            version: boot::VERSION,
+        },
+    );
     drop(ready);
     match keeper.serve(false) {
         Ok(_) => 0,

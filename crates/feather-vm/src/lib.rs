@@ -11,6 +11,7 @@
 //! - [`inspect`]: what a VM is and holds, for `ls`, `ps` and `inspect`
 
 pub mod accounts;
+pub mod boot;
 pub mod checkpoint;
 pub mod commands;
 pub mod commit;

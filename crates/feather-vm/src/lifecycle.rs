@@ -15,7 +15,7 @@ use feather_core::{
     Error, Limits, NetworkConfig, StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus,
 };
 
-use crate::error::{failed, Result};
+use crate::error::{failed, Result, VmError};
 use crate::keeper::{self, Keeper, KEEPER_SUBCOMMAND};
 use crate::protocol::{self, Request, Response};
 use crate::rootfs::MOUNT_POINTS;
@@ -188,11 +188,14 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .spawn()
         .map_err(|e| failed(name, format!("cannot start its keeper: {e}")))?;
     drop(ready_write);
-    let mut answer = String::new();
-    let _ = ready_read.read_to_string(&mut answer);
-    match answer.trim() {
-        "ok" => Ok(()),
-        "" => {
+    match crate::boot::read_report(&mut ready_read) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(message)) => {
+            let _ = child.wait();
+            // The keeper's own error, which names the VM already.
+            Err(VmError::Keeper(message))
+        }
+        Err(crate::boot::BootError::Closed { .. }) => {
             let _ = child.wait();
             Err(failed(
                 name,
@@ -202,12 +205,9 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
                 ),
             ))
         }
-        why => {
+        Err(e) => {
             let _ = child.wait();
-            Err(failed(
-                name,
-                why.strip_prefix(&format!("VM {name}: ")).unwrap_or(why),
-            ))
+            Err(failed(name, format!("its keeper: {e}")))
         }
     }
 }

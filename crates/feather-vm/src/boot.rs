@@ -1,0 +1,189 @@
+//! The messages of a VM's start, one typed enum per pair of processes, each sent as one JSON
+//! line:
+//!
+//! ```text
+//! feather start ──spawns──▶ keeper ──clones──▶ init
+//!               ◀─ KeeperReport ──  ── ToInit::Go ─────────▶   (in the VM's cgroup now)
+//!                                   ── ToInit::NetworkReady ─▶  (the VM's veth end is in place)
+//!                                   ◀─ FromInitBoot ─────────   (Ready, or Failed and why)
+//!                                   ── ToInit::Start ────────▶  (the broker is open: go on)
+//! ```
+//!
+//! A message that is not the one expected fails with [`BootError::Unexpected`], naming both,
+//! instead of a silent exit. [`KeeperReport::Up`] carries the keeper's protocol version:
+//! `feather` and `feather-keeper` are installed side by side, and a pair from different builds
+//! is told to be reinstalled together rather than misread.
+
+use std::io::{Read, Write};
+
+use serde::{Deserialize, Serialize};
+
+/// Changes whenever a message of this module changes.
+pub const VERSION: u32 = 1;
+
+/// The longest message of this module.
+const MAX_LINE: usize = 64 * 1024;
+
+/// What the keeper tells the init it cloned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ToInit {
+    /// Init is in the VM's cgroup: it may assemble the VM.
+    Go,
+    /// The VM's end of its veth pair (if any) is in init's network namespace: the keeper
+    /// builds the host side while init assembles the root.
+    NetworkReady,
+    /// The VM is ready around init (its Shuttle broker open): init starts the first workload.
+    Start,
+}
+
+/// What init tells its keeper once the VM is assembled, or why it could not be.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FromInitBoot {
+    Ready,
+    Failed(String),
+}
+
+/// What a background keeper tells the `feather start` that spawned it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "keeper", rename_all = "snake_case")]
+pub enum KeeperReport {
+    Up { version: u32 },
+    Failed { message: String },
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("expected {expected}, received {received}")]
+    Unexpected {
+        expected: &'static str,
+        received: String,
+    },
+    #[error("expected {expected}, but the other side closed the connection")]
+    Closed { expected: &'static str },
+    #[error("while waiting for {expected}: {source}")]
+    Io {
+        expected: &'static str,
+        source: std::io::Error,
+    },
+}
+
+/// Writes one message as a JSON line.
+pub fn send(to: &mut impl Write, message: &impl Serialize) -> std::io::Result<()> {
+    let mut line = serde_json::to_vec(message)?;
+    line.push(b'\n');
+    to.write_all(&line)
+}
+
+/// Reads one message: byte by byte up to its line end, so that nothing of a later message is
+/// taken from the stream (init keeps reading it after it re-executes itself).
+pub fn receive<T: for<'de> Deserialize<'de>>(
+    from: &mut impl Read,
+    expected: &'static str,
+) -> Result<T, BootError> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match from.read(&mut byte) {
+            Ok(0) if line.is_empty() => return Err(BootError::Closed { expected }),
+            Ok(0) => break,
+            Ok(_) if byte[0] == b'\n' => break,
+            Ok(_) if line.len() < MAX_LINE => line.push(byte[0]),
+            Ok(_) => {
+                return Err(BootError::Unexpected {
+                    expected,
+                    received: format!("a line of more than {MAX_LINE} bytes"),
+                })
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(source) => return Err(BootError::Io { expected, source }),
+        }
+    }
+    serde_json::from_slice(&line).map_err(|_| BootError::Unexpected {
+        expected,
+        received: format!("{:?}", String::from_utf8_lossy(&line)),
+    })
+}
+
+/// Reads one [`ToInit`] and checks it is `want`.
+pub fn expect(from: &mut impl Read, want: ToInit) -> Result<(), BootError> {
+    let expected = match want {
+        ToInit::Go => "go",
+        ToInit::NetworkReady => "network_ready",
+        ToInit::Start => "start",
+    };
+    match receive::<ToInit>(from, expected)? {
+        got if got == want => Ok(()),
+        got => Err(BootError::Unexpected {
+            expected,
+            received: format!("{got:?}"),
+        }),
+    }
+}
+
+/// What `feather start` makes of its keeper's report: `Ok` once the VM is up, the keeper's
+/// own message if it failed, or what came instead.
+pub fn read_report(from: &mut impl Read) -> Result<Result<(), String>, BootError> {
+    const EXPECTED: &str = "the keeper's report (up or failed)";
+    match receive::<KeeperReport>(from, EXPECTED)? {
+        KeeperReport::Up { version } if version == VERSION => Ok(Ok(())),
+        KeeperReport::Up { version } => Err(BootError::Unexpected {
+            expected: "a keeper of this feather's protocol version",
+            received: format!(
+                "version {version}, not {VERSION} (install feather and feather-keeper from the \
+                 same build, side by side)"
+            ),
+        }),
+        KeeperReport::Failed { message } => Ok(Err(message)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_are_read_one_at_a_time_and_named_when_unexpected() {
+        let mut stream = Vec::new();
+        send(&mut stream, &ToInit::Go).unwrap();
+        send(&mut stream, &ToInit::NetworkReady).unwrap();
+        let mut reader = stream.as_slice();
+        expect(&mut reader, ToInit::Go).unwrap();
+        // The second message is still there, whole.
+        let error = expect(&mut reader, ToInit::Start).unwrap_err();
+        assert_eq!(error.to_string(), "expected start, received NetworkReady");
+        assert!(matches!(
+            expect(&mut reader, ToInit::Go),
+            Err(BootError::Closed { expected: "go" })
+        ));
+        let error = expect(&mut &b"\x67\n"[..], ToInit::Go).unwrap_err();
+        assert_eq!(error.to_string(), "expected go, received \"g\"");
+    }
+
+    #[test]
+    fn a_keeper_of_another_version_is_named() {
+        let mut stream = Vec::new();
+        send(
+            &mut stream,
+            &KeeperReport::Up {
+                version: VERSION + 1,
+            },
+        )
+        .unwrap();
+        let error = read_report(&mut stream.as_slice()).unwrap_err();
+        assert!(error.to_string().contains("same build"), "{error}");
+        let mut stream = Vec::new();
+        send(
+            &mut stream,
+            &KeeperReport::Failed {
+                message: "no".into(),
+            },
+        )
+        .unwrap();
+        assert_eq!(
+            read_report(&mut stream.as_slice()).unwrap(),
+            Err("no".into())
+        );
+    }
+}
