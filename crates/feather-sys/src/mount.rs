@@ -1,7 +1,7 @@
 //! Mount operations, each named for what it is used for.
 
-use std::os::fd::{AsFd, OwnedFd};
-use std::path::Path;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
@@ -93,6 +93,45 @@ pub fn remount_bind_inert(target: &Path) -> Result<()> {
         | MsFlags::MS_NODEV
         | MsFlags::MS_NOEXEC;
     mount(NONE, target, NONE, flags, NONE).ctx("remount read-only", target.display())
+}
+
+/// Binds the host file `source` read-only, nosuid, nodev, noexec over the regular file `rel`
+/// beneath the folder `dir` (a VM's tree being assembled): `rel` is opened with openat2 without
+/// following any symbolic link and never leaving `dir`, and the bind lands on the file that
+/// was opened (through `/proc/self/fd`), so a link in the VM's layer cannot steer it. Returns
+/// false when there is no such regular file (nothing is bound then).
+pub fn bind_file_beneath_inert(source: &Path, dir: &impl AsFd, rel: &Path) -> Result<bool> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let target = match crate::beneath::open_beneath(dir, rel, OFlag::O_PATH) {
+        Ok(fd) => fd,
+        Err(e) if crate::beneath::absent(&e) => return Ok(false),
+        Err(e) => {
+            let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+            return Err::<bool, _>(errno).ctx("open beneath", rel.display());
+        }
+    };
+    let is_file =
+        nix::sys::stat::fstat(&target).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFREG);
+    if !is_file {
+        return Ok(false);
+    }
+    bind(source, &fd_path(&target))?;
+    // The descriptor still names the file beneath the bind: the new mount is opened afresh
+    // (the same way) to be made read-only.
+    let bound = crate::beneath::open_beneath(dir, rel, OFlag::O_PATH).map_err(|e| {
+        let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+        crate::SysError {
+            op: "open beneath",
+            target: rel.display().to_string(),
+            errno,
+        }
+    })?;
+    remount_bind_inert(&fd_path(&bound))?;
+    Ok(true)
+}
+
+fn fd_path(fd: &impl AsRawFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
 /// Binds `target` over itself read-only, nosuid, nodev, noexec (a kernel interface a VM may

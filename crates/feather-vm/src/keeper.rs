@@ -696,9 +696,17 @@ fn start_init(
         boot::send(&mut ours, &ToInit::Go)
             .map_err(|e| failed(name, format!("init did not start: {e}")))?;
         // The host side of the VM's network is built while init assembles the VM's root.
-        network
-            .attach(init.pid.as_raw() as u32)
-            .map_err(|e| failed(name, e.to_string()))?;
+        if let Err(e) = network.attach(init.pid.as_raw() as u32) {
+            // An init that failed while assembling the root is gone before its network is
+            // attached: its own report says why, better than the missing process does.
+            let _ = ours.set_read_timeout(Some(Duration::from_secs(1)));
+            return Err(
+                match boot::receive::<InitReport>(&mut ours, "init's report") {
+                    Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
+                    _ => failed(name, e.to_string()),
+                },
+            );
+        }
         boot::send(&mut ours, &ToInit::NetworkReady)
             .map_err(|e| failed(name, format!("init did not start: {e}")))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))

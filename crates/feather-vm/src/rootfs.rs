@@ -143,12 +143,15 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     if plan.network.own_namespace {
         feather_sys::net::loopback_up()?;
     }
+    //     Each target is opened beneath the VM's root without following a link (the VM's
+    //     layer may hold one on the way) and the file is bound onto what was opened.
+    let tree = feather_sys::beneath::open_root(root).map_err(|e| feather_sys::SysError {
+        op: "open",
+        target: root.display().to_string(),
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
+    })?;
     for (file, vm_path) in &plan.network.files {
-        let target = inside(root, vm_path);
-        if fs::symlink_metadata(&target).is_ok_and(|m| m.is_file()) {
-            mount::bind(file, &target)?;
-            mount::remount_bind_inert(&target)?;
-        }
+        mount::bind_file_beneath_inert(file, &tree, vm_path)?;
     }
     //     (The interface itself is configured by init right after this recipe.)
     // 11. Make the assembled tree the root and drop every path back to the host's.
