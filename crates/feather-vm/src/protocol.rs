@@ -1,5 +1,7 @@
 //! The keeper's control protocol: one JSON request per line on `control.sock`, one JSON
-//! response per line back. Every component reaches a running VM only through this.
+//! response per line back. Every component reaches a running VM only through this. Each
+//! request carries the protocol's [`VERSION`]: a keeper started by another build of feather
+//! answers a request it might misread with an error naming both versions.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -26,6 +28,18 @@ pub enum Request {
     Resume,
 }
 
+/// Changes whenever a message of this module changes.
+pub const VERSION: u32 = 1;
+
+/// A request as it travels: with the asker's protocol version.
+#[derive(Debug, Serialize, Deserialize)]
+struct Envelope {
+    #[serde(default)]
+    version: u32,
+    #[serde(flatten)]
+    request: Request,
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
@@ -39,7 +53,11 @@ pub enum Response {
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> std::io::Result<Response> {
     let mut stream = UnixStream::connect(socket)?;
     stream.set_read_timeout(Some(timeout))?;
-    let mut line = serde_json::to_vec(request)?;
+    let envelope = Envelope {
+        version: VERSION,
+        request: request.clone(),
+    };
+    let mut line = serde_json::to_vec(&envelope)?;
     line.push(b'\n');
     stream.write_all(&line)?;
     let mut answer = String::new();
@@ -53,11 +71,60 @@ pub fn read_request(stream: &UnixStream) -> std::io::Result<Request> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
-    serde_json::from_str(&line).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
+    let envelope: Envelope = serde_json::from_str(&line).map_err(|e| invalid(e.to_string()))?;
+    if envelope.version != VERSION {
+        return Err(invalid(format!(
+            "control protocol version {}, where this keeper speaks {VERSION} (the VM was \
+             started by another build of feather: stop it with that build, or install \
+             feather and feather-keeper from one build and restart the VM)",
+            envelope.version
+        )));
+    }
+    Ok(envelope.request)
 }
 
 pub fn write_response(mut stream: &UnixStream, response: &Response) -> std::io::Result<()> {
     let mut line = serde_json::to_vec(response)?;
     line.push(b'\n');
     stream.write_all(&line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_of_another_version_is_refused_naming_both() {
+        let (asker, keeper) = UnixStream::pair().unwrap();
+        (&asker)
+            .write_all(b"{\"version\":7,\"op\":\"status\"}\n")
+            .unwrap();
+        let error = read_request(&keeper).unwrap_err().to_string();
+        assert!(
+            error.contains("version 7, where this keeper speaks 1"),
+            "{error}"
+        );
+        (&asker).write_all(b"{\"op\":\"status\"}\n").unwrap();
+        assert!(
+            read_request(&keeper).is_err(),
+            "a request without a version"
+        );
+    }
+
+    #[test]
+    fn a_request_of_this_version_is_read() {
+        let (asker, keeper) = UnixStream::pair().unwrap();
+        let envelope = Envelope {
+            version: VERSION,
+            request: Request::Stop { grace_secs: 3 },
+        };
+        let mut line = serde_json::to_vec(&envelope).unwrap();
+        line.push(b'\n');
+        (&asker).write_all(&line).unwrap();
+        assert_eq!(
+            read_request(&keeper).unwrap(),
+            Request::Stop { grace_secs: 3 }
+        );
+    }
 }
