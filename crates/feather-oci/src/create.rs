@@ -123,6 +123,7 @@ fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: b
                 new_cgroup_namespace,
                 host_base,
                 preserve_fds: args.preserve_fds,
+                started: false,
             }
             .run()
         }
@@ -137,7 +138,7 @@ fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: b
     }
     outcome?;
     if let Some(pid_file) = &args.pid_file {
-        write_pid_file(pid_file, container.record.pid)?;
+        PidFile::prepare(pid_file)?.write(container.record.pid)?;
     }
     Ok(())
 }
@@ -174,10 +175,51 @@ fn supervise(container: &mut Container, spec: &Spec, socket: &mut UnixStream, pi
     bail!("the container's init exited during create")
 }
 
-/// Written whole or not at all: engines read it as soon as create returns.
-pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
-    let temporary = path.with_extension("feather-oci.tmp");
-    std::fs::write(&temporary, pid.to_string())
-        .with_context(|| format!("--pid-file {}", temporary.display()))?;
-    std::fs::rename(&temporary, path).with_context(|| format!("--pid-file {}", path.display()))
+/// `--pid-file`, written whole or not at all (engines read it as soon as the command returns),
+/// through its folder opened up front: `exec` writes it after entering the container's mount
+/// namespace, where the engine's path leads nowhere.
+pub struct PidFile {
+    folder: std::os::fd::OwnedFd,
+    name: std::ffi::OsString,
+    path: PathBuf,
+}
+
+impl PidFile {
+    pub fn prepare(path: &Path) -> Result<PidFile> {
+        let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+            bail!("--pid-file {}: not a file path", path.display());
+        };
+        let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
+        let folder = nix::fcntl::open(
+            folder,
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("--pid-file {}", path.display()))?;
+        Ok(PidFile {
+            folder,
+            name: name.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn write(&self, pid: i32) -> Result<()> {
+        let mut temporary = self.name.clone();
+        temporary.push(".feather-oci.tmp");
+        let written = nix::fcntl::openat(
+            &self.folder,
+            temporary.as_os_str(),
+            nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_TRUNC
+                | nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .and_then(|file| nix::unistd::write(&file, pid.to_string().as_bytes()).map(drop))
+        .and_then(|()| {
+            nix::fcntl::renameat(&self.folder, temporary.as_os_str(), &self.folder, self.name.as_os_str())
+        });
+        written.with_context(|| format!("--pid-file {}", self.path.display()))
+    }
 }

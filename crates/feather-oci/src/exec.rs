@@ -55,6 +55,11 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         (None, true) => bail!("--tty: a terminal needs --console-socket"),
         _ => None,
     };
+    let pid_file = args
+        .pid_file
+        .as_deref()
+        .map(crate::create::PidFile::prepare)
+        .transpose()?;
     let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(container.record.pid))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     if !container.init_alive() {
@@ -94,8 +99,8 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         let _ = waitpid(child, None);
         bail!("{message}");
     }
-    if let Some(pid_file) = &args.pid_file {
-        crate::create::write_pid_file(pid_file, child.as_raw())?;
+    if let Some(pid_file) = &pid_file {
+        pid_file.write(child.as_raw())?;
     }
     if args.detach {
         return Ok(0);

@@ -34,6 +34,8 @@ pub struct Init {
     pub new_cgroup_namespace: bool,
     pub host_base: bool,
     pub preserve_fds: i32,
+    /// Set once `start` released the init: errors then go to the container's stderr.
+    pub started: bool,
 }
 
 impl Init {
@@ -43,7 +45,12 @@ impl Init {
             Ok(never) => match never {},
             Err(error) => error,
         };
-        let _ = writeln!(self.socket, "error {}", format!("{error:#}").replace('\n', " "));
+        let message = format!("{error:#}").replace('\n', " ");
+        // After `ready` nobody reads the socket: the container's stderr is where the engine
+        // shows it (runc does the same).
+        if writeln!(self.socket, "error {message}").is_err() || self.started {
+            eprintln!("feather-oci: container {}: {message}", self.record.id);
+        }
         std::process::exit(1)
     }
 
@@ -103,6 +110,7 @@ impl Init {
         nix::sys::prctl::set_pdeathsig(None::<Signal>).context("prctl(PR_SET_PDEATHSIG)")?;
         writeln!(self.socket, "ready")?;
         wait_for_start(&fifo)?;
+        self.started = true;
         let state = crate::ops::hook_state(&self.record, "running");
         hooks::run(&self.spec, Kind::StartContainer, &state)?;
         let seccomp = self.spec.linux().as_ref().and_then(|l| l.seccomp().clone());

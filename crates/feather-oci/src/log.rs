@@ -1,14 +1,16 @@
 //! `--log` and `--log-format json`: the engine's shim reads the runtime's last error from the
 //! log file (one JSON object a line, runc's logrus format) and shows it to its user.
 
-use std::fs::OpenOptions;
+use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 struct Sink {
-    path: Option<PathBuf>,
+    /// Opened at start: `exec` enters the container's mount namespace, where the engine's
+    /// path does not lead to the file.
+    file: Option<File>,
     json: bool,
     debug: bool,
 }
@@ -16,8 +18,16 @@ struct Sink {
 static SINK: OnceLock<Sink> = OnceLock::new();
 
 pub fn init(path: Option<PathBuf>, format: &str, debug: bool) {
+    let file = path.and_then(|path| {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .map_err(|e| eprintln!("feather-oci: --log {}: {e}", path.display()))
+            .ok()
+    });
     let _ = SINK.set(Sink {
-        path,
+        file,
         json: format == "json",
         debug,
     });
@@ -47,13 +57,9 @@ fn write(level: &str, message: &str) {
     } else {
         format!("time=\"{}\" level={level} msg={message:?}", now_rfc3339())
     };
-    match &sink.path {
-        Some(path) => {
-            let written = OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-                .and_then(|mut file| writeln!(file, "{line}"));
+    match &sink.file {
+        Some(file) => {
+            let written = writeln!(&*file, "{line}");
             if written.is_err() || level == "error" {
                 eprintln!("feather-oci: {level}: {message}");
             }

@@ -10,7 +10,6 @@
 use std::ffi::OsStr;
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -172,19 +171,7 @@ pub fn prepare_root(spec: &Spec, bundle: &Path, dir: &Path, host_base: bool) -> 
     mount(NONE, "/", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE)
         .context("make the container's mounts private")?;
     if host_base {
-        let rootfs = dir.join("rootfs");
-        for sub in ["rootfs", "upper", "work"] {
-            fs::create_dir_all(dir.join(sub))?;
-        }
-        feather_sys::mount::overlay(
-            Path::new("/"),
-            &dir.join("upper"),
-            &dir.join("work"),
-            &rootfs,
-            feather_sys::mount::LayerSync::Volatile,
-        )
-        .map_err(|e| anyhow::anyhow!("org.feather.base=host: {e}"))?;
-        return Ok(rootfs);
+        return host_root(dir);
     }
     let Some(root) = spec.root() else {
         bail!("root: missing");
@@ -201,6 +188,32 @@ pub fn prepare_root(spec: &Spec, bundle: &Path, dir: &Path, host_base: bool) -> 
         NONE,
     )
     .with_context(|| format!("root.path: bind {}", rootfs.display()))?;
+    Ok(rootfs)
+}
+
+/// `org.feather.base=host`: an overlay of the host's `/`. Its writable layer is a tmpfs of the
+/// container's own mount namespace — it lives and dies with the container, and it is never
+/// inside its own lower layer (overlayfs refuses that; the runtime's root may be on `/`).
+fn host_root(dir: &Path) -> Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    let layer = dir.join("layer");
+    for folder in [&rootfs, &layer] {
+        fs::create_dir_all(folder).with_context(|| format!("create {}", folder.display()))?;
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(Some("tmpfs"), &layer, Some("tmpfs"), flags, Some("mode=755"))
+        .context("org.feather.base=host: mount the layer's tmpfs")?;
+    for sub in ["upper", "work"] {
+        fs::create_dir(layer.join(sub))?;
+    }
+    feather_sys::mount::overlay(
+        Path::new("/"),
+        &layer.join("upper"),
+        &layer.join("work"),
+        &rootfs,
+        feather_sys::mount::LayerSync::Volatile,
+    )
+    .map_err(|e| anyhow::anyhow!("org.feather.base=host: {e}"))?;
     Ok(rootfs)
 }
 
@@ -456,9 +469,4 @@ fn make_readonly(path: &Path) -> Result<()> {
     mount(NONE, path, NONE, flags, NONE)
         .or_else(|_| mount(NONE, path, NONE, flags - MsFlags::MS_NOEXEC, NONE))?;
     Ok(())
-}
-
-/// A host path made printable for errors.
-pub fn show(path: &[u8]) -> String {
-    String::from_utf8_lossy(OsStr::from_bytes(path).as_bytes()).into_owned()
 }

@@ -141,12 +141,18 @@ fn cap_set(set: Option<&Capabilities>, field: &str) -> Result<CapsHashSet> {
 }
 
 fn set_capabilities(process: &Process) -> Result<()> {
-    let given = process.capabilities().clone().unwrap_or_default();
-    let bounding = cap_set(given.bounding().as_ref(), "process.capabilities.bounding")?;
-    let effective = cap_set(given.effective().as_ref(), "process.capabilities.effective")?;
-    let permitted = cap_set(given.permitted().as_ref(), "process.capabilities.permitted")?;
-    let inheritable = cap_set(given.inheritable().as_ref(), "process.capabilities.inheritable")?;
-    let ambient = cap_set(given.ambient().as_ref(), "process.capabilities.ambient")?;
+    // Absent means none (LinuxCapabilities::default() would be runc's example set instead).
+    let given = process.capabilities().as_ref();
+    let bounding = cap_set(given.and_then(|g| g.bounding().as_ref()), "process.capabilities.bounding")?;
+    let effective = cap_set(given.and_then(|g| g.effective().as_ref()), "process.capabilities.effective")?;
+    let permitted = cap_set(given.and_then(|g| g.permitted().as_ref()), "process.capabilities.permitted")?;
+    let inheritable =
+        cap_set(given.and_then(|g| g.inheritable().as_ref()), "process.capabilities.inheritable")?;
+    let ambient = cap_set(given.and_then(|g| g.ambient().as_ref()), "process.capabilities.ambient")?;
+    // A uid change empties the effective set (PR_SET_KEEPCAPS keeps only the permitted one):
+    // take the permitted set back, so that CAP_SETPCAP can shape the bounding set.
+    let held = caps::read(None, CapSet::Permitted).context("read capabilities")?;
+    caps::set(None, CapSet::Effective, &held).context("process.capabilities.effective")?;
     let known: HashSet<Cap> = caps::runtime::thread_all_supported();
     for cap in known.difference(&bounding) {
         caps::drop(None, CapSet::Bounding, *cap).context("process.capabilities.bounding")?;

@@ -1,0 +1,10 @@
+//! feather-oci driven as engines drive it: by the runtime specification's lifecycle directly,
+//! by containerd (`ctr run --runc-binary`) and by podman (`--runtime`). Each test starts its
+//! own engine with its own config, root, state and socket, and removes all of it after, also
+//! when it fails.
+
+mod support;
+
+mod containerd;
+mod podman;
+mod spec;
