@@ -122,7 +122,7 @@ fn process_fields_are_honoured() {
     config["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
     config["process"]["capabilities"] = json!({
         "bounding": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_CHOWN"],
-        "permitted": ["CAP_CHOWN"]
+        "permitted": ["CAP_CHOWN"], "inheritable": ["CAP_CHOWN"], "ambient": ["CAP_CHOWN"]
     });
     config["hostname"] = json!("feathered");
     config["root"]["readonly"] = json!(true);
@@ -132,7 +132,7 @@ fn process_fields_are_honoured() {
     assert!(output.contains("HOST=feathered"), "{output}");
     assert!(output.contains("GREETING=hello"), "{output}");
     assert!(output.contains("256\n"), "{output}");
-    // CAP_CHOWN is bit 0, CAP_KILL bit 5.
+    // CAP_CHOWN is bit 0, CAP_KILL bit 5; a non-root program keeps only its ambient set.
     assert!(output.contains("CapEff:\t0000000000000001"), "{output}");
     assert!(output.contains("CapBnd:\t0000000000000021"), "{output}");
     assert!(output.contains("NoNewPrivs:\t1"), "{output}");

@@ -109,7 +109,10 @@ impl Init {
         crate::process::find_program(&process)?;
         nix::sys::prctl::set_pdeathsig(None::<Signal>).context("prctl(PR_SET_PDEATHSIG)")?;
         writeln!(self.socket, "ready")?;
-        wait_for_start(&fifo)?;
+        // Held open until exec closes it (O_CLOEXEC): `start` reads the byte, then waits for
+        // the end of the fifo, so its poststart hooks follow the startContainer ones and the
+        // program's exec.
+        let _started = wait_for_start(&fifo)?;
         self.started = true;
         let state = crate::ops::hook_state(&self.record, "running");
         hooks::run(&self.spec, Kind::StartContainer, &state)?;
@@ -152,10 +155,10 @@ impl Init {
     }
 }
 
-fn wait_for_start(fifo: &OwnedFd) -> Result<()> {
+fn wait_for_start(fifo: &OwnedFd) -> Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
     let writer = nix::fcntl::open(path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
         .context("wait on exec.fifo (the container needs /proc mounted)")?;
     nix::unistd::write(&writer, b"0").context("write exec.fifo")?;
-    Ok(())
+    Ok(writer)
 }

@@ -48,17 +48,21 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
         Mode::empty(),
     )
     .with_context(|| format!("cannot start container {id}: open its exec.fifo"))?;
+    // The init writes one byte once released, and the fifo ends when its program's exec
+    // closes the init's end (or the init exits).
     let deadline = Instant::now() + Duration::from_secs(30);
+    let mut released = false;
     loop {
         let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
         let _ = poll(&mut fds, PollTimeout::from(100u16));
         let mut byte = [0u8; 1];
         match nix::unistd::read(&fifo, &mut byte) {
-            Ok(1) => break,
+            Ok(1) => released = true,
+            Ok(_) if released => break,
             Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
             Err(e) => return Err(e).context("read exec.fifo"),
         }
-        if !container.init_alive() {
+        if !released && !container.init_alive() {
             bail!("cannot start container {id}: its init exited");
         }
         if Instant::now() > deadline {
