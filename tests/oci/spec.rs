@@ -187,6 +187,9 @@ fn resources_and_sysctl_reach_the_container() {
     assert_eq!(output.lines().collect::<Vec<_>>(), ["67108864", "64", "81"], "{output}");
     let group = format!("/sys/fs/cgroup/memory/feather-oci-tests/resources-{}", std::process::id());
     assert!(!std::path::Path::new(&group).exists(), "delete removes the cgroup");
+    for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = fs::remove_dir(hierarchy.path().join("feather-oci-tests"));
+    }
 }
 
 #[test]

@@ -366,3 +366,151 @@ impl Drop for Daemon {
 pub fn with_terminal(command_line: &str) -> Outcome {
     run(Command::new("script").args(["-qec", command_line, "/dev/null"]))
 }
+
+static ENGINES: AtomicUsize = AtomicUsize::new(0);
+
+/// A containerd started for one test: its own config, root, state, socket and namespace.
+/// Dropping it removes every container of its namespace, then stops it by pid.
+pub struct Containerd {
+    pub address: PathBuf,
+    pub namespace: String,
+    daemon: Daemon,
+}
+
+impl Containerd {
+    pub fn start(scratch: &Scratch) -> Containerd {
+        let address = scratch.path("containerd.sock");
+        let config = scratch.path("containerd.toml");
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{}\"\n",
+                scratch.path("containerd-root").display(),
+                scratch.path("containerd-state").display(),
+                address.display()
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(scratch.path("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd is installed (setup.sh)");
+        let containerd = Containerd {
+            address,
+            namespace: format!(
+                "feather-oci-{}-{}",
+                std::process::id(),
+                ENGINES.fetch_add(1, Ordering::SeqCst)
+            ),
+            daemon: Daemon {
+                child,
+                name: "containerd",
+            },
+        };
+        let up = eventually(Duration::from_secs(20), || {
+            containerd.address.exists() && containerd.ctr(&["version"]).code == 0
+        });
+        assert!(up, "containerd did not come up: {}", fs::read_to_string(scratch.path("containerd.log")).unwrap_or_default());
+        containerd
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("ctr");
+        command.arg("-a").arg(&self.address).arg("-n").arg(&self.namespace);
+        command
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Outcome {
+        run(self.command().args(args))
+    }
+
+    /// The shim's `--root` for feather-oci: containerd's runc shim puts it under /run.
+    pub fn runtime_root(&self) -> PathBuf {
+        PathBuf::from("/run/containerd/runc").join(&self.namespace)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let listed = self.ctr(&["containers", "ls", "-q"]);
+        for id in listed.stdout.split_whitespace() {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+            let _ = eventually(Duration::from_secs(5), || {
+                !self.ctr(&["task", "ls"]).stdout.contains("RUNNING")
+            });
+            let _ = self.ctr(&["task", "delete", "-f", id]);
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+        self.daemon.stop();
+        let _ = fs::remove_dir_all(self.runtime_root());
+        // The shim's cgroupsPath is /<namespace>/<id>: remove the namespace's empty parents.
+        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = fs::remove_dir(hierarchy.path().join(&self.namespace));
+        }
+    }
+}
+
+/// podman with storage, run folder and temporary folder in the test's scratch folder,
+/// feather-oci as its runtime, cgroupfs (this machine has no systemd) and no network.
+pub struct Podman {
+    pub root: PathBuf,
+    pub run_root: PathBuf,
+    pub tmp: PathBuf,
+    pub runtime: String,
+}
+
+impl Podman {
+    pub fn new(scratch: &Scratch, runtime: &str) -> Podman {
+        // podman refuses a run root longer than 50 characters.
+        let run_root = PathBuf::from(format!(
+            "/tmp/feather-tests/pr-{}-{}",
+            std::process::id(),
+            ENGINES.fetch_add(1, Ordering::SeqCst)
+        ));
+        Podman {
+            root: scratch.path("podman-root"),
+            run_root,
+            tmp: scratch.path("podman-tmp"),
+            runtime: runtime.to_owned(),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.run_root)
+            .arg("--tmpdir")
+            .arg(&self.tmp)
+            .args(["--runtime", &self.runtime])
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+        command
+    }
+
+    pub fn podman(&self, args: &[&str]) -> Outcome {
+        run(self.command().args(args))
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
+        let _ = self.podman(&["rmi", "--all", "--force"]);
+        unmount_below(&self.root);
+        unmount_below(&self.run_root);
+        let _ = fs::remove_dir_all(&self.run_root);
+        // cgroupfs parents podman made for its containers.
+        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = fs::remove_dir(hierarchy.path().join("libpod_parent"));
+        }
+    }
+}
