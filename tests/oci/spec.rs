@@ -320,3 +320,32 @@ fn host_base_annotation_gives_a_copy_on_write_view_of_the_host() {
     assert_eq!(output, "from the host\nchanged\nHOST_ETC=yes\n");
     assert_eq!(fs::read_to_string(&marker).unwrap(), "from the host\n", "the host's file is untouched");
 }
+
+#[test]
+fn a_symlink_in_the_image_never_points_a_mount_at_the_host() {
+    let scratch = Scratch::new("symlink");
+    let runtime = Runtime::new(&scratch);
+    // The host folder the image's link names, and what the engine binds into the container.
+    let host_target = scratch.path("host-target");
+    fs::create_dir_all(&host_target).unwrap();
+    let shared = scratch.path("shared");
+    fs::create_dir_all(&shared).unwrap();
+    fs::write(shared.join("file"), "bound\n").unwrap();
+    let mut config = base_config(&["cat", "/link/sub/file"]);
+    config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/link/sub", "type": "bind", "source": shared, "options": ["rbind", "ro"]
+    }));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    std::os::unix::fs::symlink(&host_target, bundle.dir.join("rootfs/link")).unwrap();
+    let output = scratch.path("output");
+    let outcome = runtime.create("c1", &bundle, &output);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(runtime.run(&["start", "c1"]).code, 0);
+    runtime.wait_stopped("c1");
+    assert_eq!(fs::read_to_string(&output).unwrap(), "bound\n", "the bind lands where the link leads inside the rootfs");
+    assert!(
+        !host_target.join("sub").exists(),
+        "nothing was made on the host through the image's symlink"
+    );
+    assert!(bundle.dir.join("rootfs").join(host_target.strip_prefix("/").unwrap()).join("sub").is_dir());
+}

@@ -510,6 +510,7 @@ impl Drop for Podman {
         let _ = fs::remove_dir_all(&self.run_root);
         // cgroupfs parents podman made for its containers.
         for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let _ = fs::remove_dir(hierarchy.path().join("libpod_parent/conmon"));
             let _ = fs::remove_dir(hierarchy.path().join("libpod_parent"));
         }
     }

@@ -111,52 +111,100 @@ fn resolve(root: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
 }
 
 /// Opens `path` inside `root` as an O_PATH descriptor, making what is missing: folders on the
-/// way, and the last entry as a folder or an empty file.
+/// way, and the last entry as a folder or an empty file. Walks one component at a time with
+/// O_NOFOLLOW: a symlink is read and its target walked in its place (an absolute one from
+/// the rootfs, `..` never above it), so a link in the image can lead the walk, and what it
+/// makes, only to places inside the rootfs — also when the link's target does not exist yet.
 fn make_target(root: &OwnedFd, path: &Path, directory: bool) -> Result<OwnedFd> {
-    let components: Vec<&OsStr> = path
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    push_components(&mut pending, path);
+    // The folders walked so far, the rootfs first.
+    let mut walked: Vec<OwnedFd> = vec![reopen(root)?];
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            if walked.len() > 1 {
+                walked.pop();
+            }
+            continue;
+        }
+        let last = pending.is_empty();
+        let parent = walked.last().expect("the rootfs is never popped");
+        let opened = openat(
+            parent.as_fd(),
+            name.as_os_str(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        );
+        let entry = match opened {
+            Ok(entry) => entry,
+            Err(Errno::ENOENT) => {
+                make_entry(parent, &name, !last || directory)
+                    .with_context(|| format!("make {} in the rootfs", name.to_string_lossy()))?;
+                pending.push(name);
+                continue;
+            }
+            Err(e) => return Err(e).with_context(|| format!("open {} in the rootfs", path.display())),
+        };
+        let kind = nix::sys::stat::fstat(&entry)?.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFLNK {
+            links += 1;
+            if links > 40 {
+                bail!("{}: too many symbolic links", path.display());
+            }
+            let target = nix::fcntl::readlinkat(parent.as_fd(), name.as_os_str())?;
+            if Path::new(&target).is_absolute() {
+                walked.truncate(1);
+            }
+            push_components(&mut pending, Path::new(&target));
+            continue;
+        }
+        if last {
+            return Ok(entry);
+        }
+        if kind != libc::S_IFDIR {
+            bail!("{}: {} is not a folder", path.display(), name.to_string_lossy());
+        }
+        walked.push(entry);
+    }
+    Ok(walked.pop().expect("the rootfs"))
+}
+
+/// Queues `path`'s components so that the first is popped first.
+fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
+    let names: Vec<std::ffi::OsString> = path
         .components()
         .filter_map(|c| match c {
-            Component::Normal(name) => Some(name),
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some("..".into()),
             _ => None,
         })
         .collect();
-    let mut current = PathBuf::from("/");
-    for (index, name) in components.iter().enumerate() {
-        let last = index + 1 == components.len();
-        let next = current.join(name);
-        match resolve(root, &next, OFlag::O_PATH) {
-            Ok(fd) if last => return Ok(fd),
-            Ok(_) => {}
-            Err(Errno::ENOENT) => {
-                let parent = resolve(root, &current, OFlag::O_PATH | OFlag::O_DIRECTORY)
-                    .with_context(|| format!("open {} in the rootfs", current.display()))?;
-                let made = if !last || directory {
-                    mkdirat(parent.as_fd(), *name, Mode::from_bits_truncate(0o755))
-                } else {
-                    openat(
-                        parent.as_fd(),
-                        *name,
-                        OFlag::O_CREAT | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-                        Mode::from_bits_truncate(0o644),
-                    )
-                    .map(drop)
-                };
-                match made {
-                    Ok(()) | Err(Errno::EEXIST) => {}
-                    Err(e) => {
-                        return Err(e).with_context(|| format!("make {} in the rootfs", next.display()))
-                    }
-                }
-                if last {
-                    return resolve(root, &next, OFlag::O_PATH)
-                        .with_context(|| format!("open {} in the rootfs", next.display()));
-                }
-            }
-            Err(e) => return Err(e).with_context(|| format!("open {} in the rootfs", next.display())),
-        }
-        current = next;
+    pending.extend(names.into_iter().rev());
+}
+
+fn reopen(fd: &OwnedFd) -> Result<OwnedFd> {
+    Ok(openat(fd.as_fd(), ".", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?)
+}
+
+/// A folder or an empty file named `name` in `parent` (an O_PATH descriptor).
+fn make_entry(parent: &OwnedFd, name: &OsStr, directory: bool) -> nix::Result<()> {
+    let made = if directory {
+        mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
+    } else {
+        let at = openat(parent.as_fd(), ".", OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        openat(
+            at.as_fd(),
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map(drop)
+    };
+    match made {
+        Err(Errno::EEXIST) => Ok(()),
+        other => other,
     }
-    resolve(root, Path::new("/"), OFlag::O_PATH).context("open the rootfs")
 }
 
 fn fd_path(fd: &OwnedFd) -> String {
