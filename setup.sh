@@ -37,6 +37,13 @@ packages=(
     xdg-dbus-proxy   # Shuttle's D-Bus channels: the filtering proxy between a VM and another's bus
     python3-dbus python3-gi  # Shuttle tests: a program owning names on a VM's system bus
     socat            # Shuttle tests: a unix-socket client inside a VM
+    # Engines that drive feather-oci in tests/oci (each test starts its own daemon; none is
+    # started on the host). runc is the reference runtime the engines' calls were learnt from.
+    containerd runc  # containerd 1.6 and ctr: `ctr run --runc-binary feather-oci`
+    podman           # podman 4.3 --runtime feather-oci (with conmon)
+    docker.io        # dockerd with a runtimes entry for feather-oci (docs/oci.md)
+    uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it
+    bsdutils         # `script`: a pseudo-terminal for `ctr run -t` in tests
 )
 
 export DEBIAN_FRONTEND=noninteractive

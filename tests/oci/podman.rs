@@ -5,7 +5,12 @@
 use crate::support::{busybox_layer_tar, runtime_bin, Podman, Scratch};
 
 const IMAGE: &str = "localhost/feather-busybox:test";
-const LIMITS: [&str; 4] = ["--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024"];
+const LIMITS: [&str; 4] = [
+    "--ulimit",
+    "nofile=1024:1024",
+    "--ulimit",
+    "nproc=1024:1024",
+];
 
 fn ready(scratch: &Scratch) -> Podman {
     let podman = Podman::new(scratch, runtime_bin());
@@ -27,11 +32,22 @@ fn podman_run_rm_exit_code_and_default_seccomp_profile() {
     let scratch = Scratch::new("podman-run");
     let podman = ready(&scratch);
     let outcome = podman.podman(&run_args(&[
-        "--rm", IMAGE, "sh", "-c", "grep Seccomp: /proc/self/status; id -u; exit 7",
+        "--rm",
+        IMAGE,
+        "sh",
+        "-c",
+        "grep Seccomp: /proc/self/status; id -u; exit 7",
     ]));
     assert_eq!(outcome.code, 7, "{outcome:?}");
-    assert_eq!(outcome.stdout, "Seccomp:\t2\n0\n", "podman's default profile is loaded");
-    assert_eq!(podman.podman(&["ps", "-aq"]).stdout, "", "--rm removed the container");
+    assert_eq!(
+        outcome.stdout, "Seccomp:\t2\n0\n",
+        "podman's default profile is loaded"
+    );
+    assert_eq!(
+        podman.podman(&["ps", "-aq"]).stdout,
+        "",
+        "--rm removed the container"
+    );
 }
 
 #[test]
@@ -41,7 +57,11 @@ fn podman_detached_exec_stop_rm() {
     let outcome = podman.podman(&run_args(&["-d", "--name", "c1", IMAGE, "sleep", "100"]));
     assert_eq!(outcome.code, 0, "{outcome:?}");
     let outcome = podman.podman(&["exec", "c1", "sh", "-c", "echo in; exit 6"]);
-    assert_eq!((outcome.code, outcome.stdout.as_str()), (6, "in\n"), "{outcome:?}");
+    assert_eq!(
+        (outcome.code, outcome.stdout.as_str()),
+        (6, "in\n"),
+        "{outcome:?}"
+    );
     let outcome = podman.podman(&["stop", "--time", "1", "c1"]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
     let state = podman.podman(&["inspect", "--format", "{{.State.Status}}", "c1"]);

@@ -27,26 +27,46 @@ fn lifecycle_states_and_errors_per_state() {
     assert!(state["pid"].as_i64().unwrap() > 0);
     assert_eq!(state["bundle"], bundle.dir.to_str().unwrap());
     let pid = state["pid"].as_i64().unwrap();
-    assert!(fs::metadata(format!("/proc/{pid}")).is_ok(), "the init exists while created");
+    assert!(
+        fs::metadata(format!("/proc/{pid}")).is_ok(),
+        "the init exists while created"
+    );
 
     let outcome = runtime.create("c1", &bundle, &output);
-    assert_ne!(outcome.code, 0, "a second create with the same id must fail");
+    assert_ne!(
+        outcome.code, 0,
+        "a second create with the same id must fail"
+    );
     assert!(outcome.stderr.contains("already exists"), "{outcome:?}");
 
     assert_eq!(runtime.run(&["start", "c1"]).code, 0);
     assert_eq!(runtime.status("c1"), "running");
-    assert_eq!(runtime.state("c1")["pid"].as_i64().unwrap(), pid, "the program keeps the init's pid");
+    assert_eq!(
+        runtime.state("c1")["pid"].as_i64().unwrap(),
+        pid,
+        "the program keeps the init's pid"
+    );
 
     let outcome = runtime.run(&["start", "c1"]);
     assert_ne!(outcome.code, 0, "start of a running container must fail");
-    assert!(outcome.stderr.contains("only a created container"), "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("only a created container"),
+        "{outcome:?}"
+    );
     let outcome = runtime.run(&["delete", "c1"]);
-    assert_ne!(outcome.code, 0, "delete of a running container without --force must fail");
+    assert_ne!(
+        outcome.code, 0,
+        "delete of a running container without --force must fail"
+    );
     assert!(outcome.stderr.contains("not stopped"), "{outcome:?}");
 
     assert_eq!(runtime.run(&["pause", "c1"]).code, 0);
     assert_eq!(runtime.status("c1"), "paused");
-    assert_ne!(runtime.run(&["pause", "c1"]).code, 0, "pause of a paused container");
+    assert_ne!(
+        runtime.run(&["pause", "c1"]).code,
+        0,
+        "pause of a paused container"
+    );
     assert_eq!(runtime.run(&["resume", "c1"]).code, 0);
     assert_eq!(runtime.status("c1"), "running");
 
@@ -58,7 +78,11 @@ fn lifecycle_states_and_errors_per_state() {
     runtime.wait_stopped("c1");
     let outcome = runtime.run(&["kill", "c1", "9"]);
     assert_ne!(outcome.code, 0, "kill of a stopped container must fail");
-    assert_ne!(runtime.run(&["start", "c1"]).code, 0, "start of a stopped container");
+    assert_ne!(
+        runtime.run(&["start", "c1"]).code,
+        0,
+        "start of a stopped container"
+    );
 
     let listed = runtime.run(&["list", "--format", "json"]);
     let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
@@ -66,7 +90,11 @@ fn lifecycle_states_and_errors_per_state() {
 
     assert_eq!(runtime.run(&["delete", "c1"]).code, 0);
     assert_ne!(runtime.run(&["state", "c1"]).code, 0, "state after delete");
-    assert_eq!(runtime.run(&["delete", "--force", "c1"]).code, 0, "delete --force of a missing container succeeds, as runc");
+    assert_eq!(
+        runtime.run(&["delete", "--force", "c1"]).code,
+        0,
+        "delete --force of a missing container succeeds, as runc"
+    );
 }
 
 #[test]
@@ -91,12 +119,23 @@ fn delete_of_a_created_container_and_force_delete_of_a_running_one() {
 }
 
 fn is_alive(pid: i64) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat"))
-        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
 }
 
 /// Runs `config` to its end and returns what the program printed.
-fn run_to_end(runtime: &Runtime, scratch: &Scratch, id: &str, config: &serde_json::Value) -> String {
+fn run_to_end(
+    runtime: &Runtime,
+    scratch: &Scratch,
+    id: &str,
+    config: &serde_json::Value,
+) -> String {
     let bundle = Bundle::new(scratch, &format!("bundle-{id}"), config);
     let output = scratch.path(&format!("output-{id}"));
     let outcome = runtime.create(id, &bundle, &output);
@@ -127,7 +166,10 @@ fn process_fields_are_honoured() {
     config["hostname"] = json!("feathered");
     config["root"]["readonly"] = json!(true);
     let output = run_to_end(&runtime, &scratch, "fields", &config);
-    assert!(output.contains("uid=1000(alice) gid=1000(alice) groups=4242"), "{output}");
+    assert!(
+        output.contains("uid=1000(alice) gid=1000(alice) groups=4242"),
+        "{output}"
+    );
     assert!(output.contains("/tmp\n"), "{output}");
     assert!(output.contains("HOST=feathered"), "{output}");
     assert!(output.contains("GREETING=hello"), "{output}");
@@ -137,7 +179,10 @@ fn process_fields_are_honoured() {
     assert!(output.contains("CapBnd:\t0000000000000021"), "{output}");
     assert!(output.contains("NoNewPrivs:\t1"), "{output}");
     assert!(output.contains("ROOT=readonly"), "{output}");
-    assert!(output.trim_end().ends_with("\n1"), "/proc/keys is masked: {output}");
+    assert!(
+        output.trim_end().ends_with("\n1"),
+        "/proc/keys is masked: {output}"
+    );
 }
 
 #[test]
@@ -182,11 +227,24 @@ fn resources_and_sysctl_reach_the_container() {
         "cpu": {"shares": 512, "quota": 50000, "period": 100000}
     });
     config["linux"]["sysctl"] = json!({"net.ipv4.ip_unprivileged_port_start": "81"});
-    config["linux"]["cgroupsPath"] = json!(format!("/feather-oci-tests/resources-{}", std::process::id()));
+    config["linux"]["cgroupsPath"] = json!(format!(
+        "/feather-oci-tests/resources-{}",
+        std::process::id()
+    ));
     let output = run_to_end(&runtime, &scratch, "resources", &config);
-    assert_eq!(output.lines().collect::<Vec<_>>(), ["67108864", "64", "81"], "{output}");
-    let group = format!("/sys/fs/cgroup/memory/feather-oci-tests/resources-{}", std::process::id());
-    assert!(!std::path::Path::new(&group).exists(), "delete removes the cgroup");
+    assert_eq!(
+        output.lines().collect::<Vec<_>>(),
+        ["67108864", "64", "81"],
+        "{output}"
+    );
+    let group = format!(
+        "/sys/fs/cgroup/memory/feather-oci-tests/resources-{}",
+        std::process::id()
+    );
+    assert!(
+        !std::path::Path::new(&group).exists(),
+        "delete removes the cgroup"
+    );
     for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let _ = fs::remove_dir(hierarchy.path().join("feather-oci-tests"));
     }
@@ -199,9 +257,7 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
     let log_dir = scratch.path("hooklog");
     fs::create_dir_all(&log_dir).unwrap();
     let host_log = log_dir.join("log");
-    let hook = |name: &str, log: &str| {
-        json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r state; echo {name} \"$state\" >> {log}")]})
-    };
+    let hook = |name: &str, log: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r state; echo {name} \"$state\" >> {log}")]});
     let host = host_log.to_str().unwrap();
     let mut config = base_config(&["true"]);
     config["mounts"].as_array_mut().unwrap().push(json!({
@@ -220,11 +276,19 @@ fn hooks_run_in_order_with_the_state_on_stdin() {
     let order: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
     assert_eq!(
         order,
-        ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ],
         "{log}"
     );
     for line in log.lines() {
-        let state: serde_json::Value = serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+        let state: serde_json::Value =
+            serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
         assert_eq!(state["id"], "hooks", "{line}");
         assert!(state["pid"].as_i64().unwrap() > 0, "{line}");
     }
@@ -236,16 +300,35 @@ fn what_cannot_be_honoured_is_refused_by_name_and_leaves_nothing() {
     let runtime = Runtime::new(&scratch);
     let log = scratch.path("log.json");
     let cases = [
-        ("linux.resources.hugepageLimits", json!({"linux": {"resources": {"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}}})),
-        ("linux.namespaces[user]", json!({"linux": {"namespaces": [{"type": "user"}, {"type": "mount"}]}})),
-        ("org.feather.bogus", json!({"annotations": {"org.feather.bogus": "1"}})),
-        ("linux.seccomp.syscalls[0].action", json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]}}})),
-        ("linux.resources.cpu.cpus", json!({"linux": {"resources": {"cpu": {"cpus": "0"}}}})),
+        (
+            "linux.resources.hugepageLimits",
+            json!({"linux": {"resources": {"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}}}),
+        ),
+        (
+            "linux.namespaces[user]",
+            json!({"linux": {"namespaces": [{"type": "user"}, {"type": "mount"}]}}),
+        ),
+        (
+            "org.feather.bogus",
+            json!({"annotations": {"org.feather.bogus": "1"}}),
+        ),
+        (
+            "linux.seccomp.syscalls[0].action",
+            json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]}}}),
+        ),
+        (
+            "linux.resources.cpu.cpus",
+            json!({"linux": {"resources": {"cpu": {"cpus": "0"}}}}),
+        ),
     ];
     for (field, patch) in cases {
         let mut config = base_config(&["true"]);
         merge(&mut config, &patch);
-        let bundle = Bundle::new(&scratch, &format!("bundle-{}", field.replace(['[', ']', '.'], "-")), &config);
+        let bundle = Bundle::new(
+            &scratch,
+            &format!("bundle-{}", field.replace(['[', ']', '.'], "-")),
+            &config,
+        );
         let outcome = runtime
             .command()
             .arg("--log")
@@ -259,8 +342,14 @@ fn what_cannot_be_honoured_is_refused_by_name_and_leaves_nothing() {
         let last = fs::read_to_string(&log).unwrap();
         let last: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
         assert_eq!(last["level"], "error");
-        assert!(last["msg"].as_str().unwrap().contains(field), "{field}: {last}");
-        assert!(!runtime.root.join("refused").exists(), "{field}: nothing is left behind");
+        assert!(
+            last["msg"].as_str().unwrap().contains(field),
+            "{field}: {last}"
+        );
+        assert!(
+            !runtime.root.join("refused").exists(),
+            "{field}: nothing is left behind"
+        );
     }
     let outcome = runtime.run(&["--systemd-cgroup", "list"]);
     assert_ne!(outcome.code, 0);
@@ -269,7 +358,10 @@ fn what_cannot_be_honoured_is_refused_by_name_and_leaves_nothing() {
     config["process"]["args"] = json!(["no-such-program"]);
     let bundle = Bundle::new(&scratch, "bundle-missing-program", &config);
     let outcome = runtime.create("missing", &bundle, &scratch.path("out"));
-    assert!(outcome.stderr.contains("executable file not found"), "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("executable file not found"),
+        "{outcome:?}"
+    );
     assert!(!runtime.root.join("missing").exists());
 }
 
@@ -278,7 +370,10 @@ fn merge(config: &mut serde_json::Value, patch: &serde_json::Value) {
     match (config, patch) {
         (serde_json::Value::Object(config), serde_json::Value::Object(patch)) => {
             for (key, value) in patch {
-                merge(config.entry(key.clone()).or_insert(serde_json::Value::Null), value);
+                merge(
+                    config.entry(key.clone()).or_insert(serde_json::Value::Null),
+                    value,
+                );
             }
         }
         (config, patch) => *config = patch.clone(),
@@ -290,17 +385,30 @@ fn exec_joins_the_container() {
     let scratch = Scratch::new("exec");
     let runtime = Runtime::new(&scratch);
     let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
-    assert_eq!(runtime.create("c1", &bundle, &scratch.path("output")).code, 0);
+    assert_eq!(
+        runtime.create("c1", &bundle, &scratch.path("output")).code,
+        0
+    );
     assert_eq!(runtime.run(&["start", "c1"]).code, 0);
     let outcome = runtime.run(&[
-        "exec", "--env", "EXTRA=1", "--cwd", "/tmp", "c1", "sh", "-c",
+        "exec",
+        "--env",
+        "EXTRA=1",
+        "--cwd",
+        "/tmp",
+        "c1",
+        "sh",
+        "-c",
         "echo $(hostname) $EXTRA $(pwd); ps -o pid,comm | grep -c sleep; exit 3",
     ]);
     assert_eq!(outcome.code, 3, "{outcome:?}");
     assert!(outcome.stdout.starts_with("box 1 /tmp\n1\n"), "{outcome:?}");
     let outcome = runtime.run(&["exec", "c1", "no-such-program"]);
     assert_ne!(outcome.code, 0);
-    assert!(outcome.stderr.contains("executable file not found"), "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("executable file not found"),
+        "{outcome:?}"
+    );
 }
 
 #[test]
@@ -318,7 +426,11 @@ fn host_base_annotation_gives_a_copy_on_write_view_of_the_host() {
     config["annotations"] = json!({"org.feather.base": "host"});
     let output = run_to_end(&runtime, &scratch, "hostbase", &config);
     assert_eq!(output, "from the host\nchanged\nHOST_ETC=yes\n");
-    assert_eq!(fs::read_to_string(&marker).unwrap(), "from the host\n", "the host's file is untouched");
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap(),
+        "from the host\n",
+        "the host's file is untouched"
+    );
 }
 
 #[test]
@@ -342,10 +454,19 @@ fn a_symlink_in_the_image_never_points_a_mount_at_the_host() {
     assert_eq!(outcome.code, 0, "{outcome:?}");
     assert_eq!(runtime.run(&["start", "c1"]).code, 0);
     runtime.wait_stopped("c1");
-    assert_eq!(fs::read_to_string(&output).unwrap(), "bound\n", "the bind lands where the link leads inside the rootfs");
+    assert_eq!(
+        fs::read_to_string(&output).unwrap(),
+        "bound\n",
+        "the bind lands where the link leads inside the rootfs"
+    );
     assert!(
         !host_target.join("sub").exists(),
         "nothing was made on the host through the image's symlink"
     );
-    assert!(bundle.dir.join("rootfs").join(host_target.strip_prefix("/").unwrap()).join("sub").is_dir());
+    assert!(bundle
+        .dir
+        .join("rootfs")
+        .join(host_target.strip_prefix("/").unwrap())
+        .join("sub")
+        .is_dir());
 }

@@ -88,9 +88,20 @@ pub fn busybox_rootfs(dir: &Path) {
 /// masked and read-only paths, default capabilities), running `args`.
 pub fn base_config(args: &[&str]) -> Value {
     let caps = json!([
-        "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD", "CAP_NET_RAW",
-        "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP", "CAP_NET_BIND_SERVICE",
-        "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE"
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
     ]);
     json!({
         "ociVersion": "1.0.2-dev",
@@ -329,9 +340,18 @@ pub fn busybox_image_tar(scratch: &Scratch, name: &str) -> PathBuf {
         .to_string(),
     )
     .unwrap();
-    fs::write(layout.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
     let tar = scratch.path("image.tar");
-    let outcome = run(Command::new("tar").arg("-C").arg(&layout).arg("-cf").arg(&tar).arg("."));
+    let outcome = run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
     assert_eq!(outcome.code, 0, "{outcome:?}");
     tar
 }
@@ -417,13 +437,21 @@ impl Containerd {
         let up = eventually(Duration::from_secs(20), || {
             containerd.address.exists() && containerd.ctr(&["version"]).code == 0
         });
-        assert!(up, "containerd did not come up: {}", fs::read_to_string(scratch.path("containerd.log")).unwrap_or_default());
+        assert!(
+            up,
+            "containerd did not come up: {}",
+            fs::read_to_string(scratch.path("containerd.log")).unwrap_or_default()
+        );
         containerd
     }
 
     pub fn command(&self) -> Command {
         let mut command = Command::new("ctr");
-        command.arg("-a").arg(&self.address).arg("-n").arg(&self.namespace);
+        command
+            .arg("-a")
+            .arg(&self.address)
+            .arg("-n")
+            .arg(&self.namespace);
         command
     }
 
@@ -451,7 +479,11 @@ impl Drop for Containerd {
         self.daemon.stop();
         let _ = fs::remove_dir_all(self.runtime_root());
         // The shim's cgroupsPath is /<namespace>/<id>: remove the namespace's empty parents.
-        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = fs::remove_dir(hierarchy.path().join(&self.namespace));
         }
     }
@@ -509,7 +541,11 @@ impl Drop for Podman {
         unmount_below(&self.run_root);
         let _ = fs::remove_dir_all(&self.run_root);
         // cgroupfs parents podman made for its containers.
-        for hierarchy in fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let _ = fs::remove_dir(hierarchy.path().join("libpod_parent/conmon"));
             let _ = fs::remove_dir(hierarchy.path().join("libpod_parent"));
         }

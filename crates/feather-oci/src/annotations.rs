@@ -56,7 +56,9 @@ fn parse_tags(key: &str, value: &str) -> Result<Vec<String>> {
             if fine {
                 Ok(tag.to_owned())
             } else {
-                bail!("annotation {key}: tag {tag:?}: use up to 64 letters, digits, '.', '_' and '-'")
+                bail!(
+                    "annotation {key}: tag {tag:?}: use up to 64 letters, digits, '.', '_' and '-'"
+                )
             }
         })
         .collect()
@@ -79,9 +81,11 @@ mod tests {
 
     #[test]
     fn reads_base_and_tags_and_refuses_unknown_keys() {
-        let feather =
-            Feather::parse(&spec_with(&[("org.feather.base", "host"), ("org.feather.tags", "a, b")]))
-                .unwrap();
+        let feather = Feather::parse(&spec_with(&[
+            ("org.feather.base", "host"),
+            ("org.feather.tags", "a, b"),
+        ]))
+        .unwrap();
         assert!(feather.host_base);
         assert_eq!(feather.tags, ["a", "b"]);
         let error = Feather::parse(&spec_with(&[("org.feather.bsae", "host")])).unwrap_err();

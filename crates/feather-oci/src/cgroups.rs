@@ -232,7 +232,10 @@ impl Groups {
 
     pub fn is_frozen(&self) -> bool {
         if let Some(dir) = self.freezer_dir() {
-            return matches!(read(&dir.join("freezer.state")).as_deref(), Some("FROZEN" | "FREEZING"));
+            return matches!(
+                read(&dir.join("freezer.state")).as_deref(),
+                Some("FROZEN" | "FREEZING")
+            );
         }
         v2_mount().is_some_and(|m| {
             read(&m.join(&self.relative).join("cgroup.events"))

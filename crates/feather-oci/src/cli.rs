@@ -11,7 +11,11 @@ use crate::create::CreateArgs;
 use crate::exec::ExecArgs;
 
 #[derive(Parser)]
-#[command(name = "feather-oci", version, about = "feather as an OCI runtime (runc's command line)")]
+#[command(
+    name = "feather-oci",
+    version,
+    about = "feather as an OCI runtime (runc's command line)"
+)]
 struct Cli {
     /// Where container state lives (one folder per container).
     #[arg(long, global = true, default_value = "/run/feather-oci")]
@@ -246,7 +250,11 @@ fn run(cli: Cli) -> Result<i32> {
                 },
             )
         }
-        Command::Ps { format, id, ps_args: _ } => crate::ops::ps(root, &id, format == "json")?,
+        Command::Ps {
+            format,
+            id,
+            ps_args: _,
+        } => crate::ops::ps(root, &id, format == "json")?,
         Command::List { format, quiet } => crate::ops::list(root, format == "json", quiet)?,
         Command::Pause { id } => crate::ops::pause(root, &id, true)?,
         Command::Resume { id } => crate::ops::pause(root, &id, false)?,
@@ -272,8 +280,13 @@ fn run(cli: Cli) -> Result<i32> {
 
 /// Go's duration spelling, for the common cases: "5s", "500ms", "1m".
 fn parse_interval(text: &str) -> Result<Duration> {
-    let (number, unit) = text.split_at(text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len()));
-    let number: u64 = number.parse().map_err(|_| anyhow::anyhow!("--interval {text}: e.g. 5s"))?;
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: u64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--interval {text}: e.g. 5s"))?;
     Ok(match unit {
         "ms" => Duration::from_millis(number),
         "s" | "" => Duration::from_secs(number),

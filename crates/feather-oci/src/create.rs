@@ -86,7 +86,11 @@ fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: b
         match namespace.path() {
             Some(path) => {
                 let file = File::open(path).with_context(|| {
-                    format!("linux.namespaces[{}].path {}", namespace.typ(), path.display())
+                    format!(
+                        "linux.namespaces[{}].path {}",
+                        namespace.typ(),
+                        path.display()
+                    )
                 })?;
                 joins.push((file, flag, namespace.typ()));
             }
@@ -100,7 +104,9 @@ fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: b
             UnixStream::connect(path)
                 .with_context(|| format!("--console-socket {}", path.display()))?,
         ),
-        (None, true) => bail!("process.terminal: cannot allocate a terminal without --console-socket"),
+        (None, true) => {
+            bail!("process.terminal: cannot allocate a terminal without --console-socket")
+        }
         _ => None,
     };
     let (mut socket, child_socket) = UnixStream::pair().context("socketpair")?;
@@ -144,7 +150,12 @@ fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: b
 }
 
 /// Drives the init through its steps; returns once it waits for `start`.
-fn supervise(container: &mut Container, spec: &Spec, socket: &mut UnixStream, pid: i32) -> Result<()> {
+fn supervise(
+    container: &mut Container,
+    spec: &Spec,
+    socket: &mut UnixStream,
+    pid: i32,
+) -> Result<()> {
     container.groups().add(nix::unistd::Pid::from_raw(pid))?;
     writeln!(socket, "go {pid}")?;
     container.record.pid = pid;
@@ -189,7 +200,11 @@ impl PidFile {
         let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
             bail!("--pid-file {}: not a file path", path.display());
         };
-        let folder = if folder.as_os_str().is_empty() { Path::new(".") } else { folder };
+        let folder = if folder.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            folder
+        };
         let folder = nix::fcntl::open(
             folder,
             nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
@@ -218,7 +233,12 @@ impl PidFile {
         )
         .and_then(|file| nix::unistd::write(&file, pid.to_string().as_bytes()).map(drop))
         .and_then(|()| {
-            nix::fcntl::renameat(&self.folder, temporary.as_os_str(), &self.folder, self.name.as_os_str())
+            nix::fcntl::renameat(
+                &self.folder,
+                temporary.as_os_str(),
+                &self.folder,
+                self.name.as_os_str(),
+            )
         });
         written.with_context(|| format!("--pid-file {}", self.path.display()))
     }

@@ -42,7 +42,11 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     let container = Container::load(root, &args.id)?;
     match container.status() {
         Status::Created | Status::Running => {}
-        other => bail!("cannot exec in container {}: it is {}", args.id, other.name()),
+        other => bail!(
+            "cannot exec in container {}: it is {}",
+            args.id,
+            other.name()
+        ),
     }
     let config = container.config()?;
     let process = process_for(&config, args)?;
@@ -167,8 +171,14 @@ fn process_for(config: &Spec, args: &ExecArgs) -> Result<Process> {
     if let Some(user) = &args.user {
         let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
         let user = process.user_mut();
-        user.set_uid(uid.parse().with_context(|| format!("--user {uid}: a number"))?);
-        user.set_gid(gid.parse().with_context(|| format!("--user {gid}: a number"))?);
+        user.set_uid(
+            uid.parse()
+                .with_context(|| format!("--user {uid}: a number"))?,
+        );
+        user.set_gid(
+            gid.parse()
+                .with_context(|| format!("--user {gid}: a number"))?,
+        );
     }
     if args.no_new_privs {
         process.set_no_new_privileges(Some(true));

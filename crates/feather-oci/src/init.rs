@@ -82,8 +82,12 @@ impl Init {
         }
         nix::unistd::setsid().context("setsid")?;
         let groups = Groups::new(&self.record.cgroup);
-        let rootfs =
-            crate::mounts::prepare_root(&self.spec, &self.record.bundle, &self.dir, self.host_base)?;
+        let rootfs = crate::mounts::prepare_root(
+            &self.spec,
+            &self.record.bundle,
+            &self.dir,
+            self.host_base,
+        )?;
         crate::mounts::mount_all(&self.spec, &rootfs, &self.record.bundle, &groups)?;
         writeln!(self.socket, "mounted")?;
         if self.receive()? != "go" {
@@ -157,8 +161,12 @@ impl Init {
 
 fn wait_for_start(fifo: &OwnedFd) -> Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
-    let writer = nix::fcntl::open(path.as_str(), OFlag::O_WRONLY | OFlag::O_CLOEXEC, Mode::empty())
-        .context("wait on exec.fifo (the container needs /proc mounted)")?;
+    let writer = nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("wait on exec.fifo (the container needs /proc mounted)")?;
     nix::unistd::write(&writer, b"0").context("write exec.fifo")?;
     Ok(writer)
 }

@@ -144,7 +144,9 @@ fn make_target(root: &OwnedFd, path: &Path, directory: bool) -> Result<OwnedFd> 
                 pending.push(name);
                 continue;
             }
-            Err(e) => return Err(e).with_context(|| format!("open {} in the rootfs", path.display())),
+            Err(e) => {
+                return Err(e).with_context(|| format!("open {} in the rootfs", path.display()))
+            }
         };
         let kind = nix::sys::stat::fstat(&entry)?.st_mode & libc::S_IFMT;
         if kind == libc::S_IFLNK {
@@ -163,7 +165,11 @@ fn make_target(root: &OwnedFd, path: &Path, directory: bool) -> Result<OwnedFd> 
             return Ok(entry);
         }
         if kind != libc::S_IFDIR {
-            bail!("{}: {} is not a folder", path.display(), name.to_string_lossy());
+            bail!(
+                "{}: {} is not a folder",
+                path.display(),
+                name.to_string_lossy()
+            );
         }
         walked.push(entry);
     }
@@ -184,7 +190,12 @@ fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
 }
 
 fn reopen(fd: &OwnedFd) -> Result<OwnedFd> {
-    Ok(openat(fd.as_fd(), ".", OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?)
+    Ok(openat(
+        fd.as_fd(),
+        ".",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// A folder or an empty file named `name` in `parent` (an O_PATH descriptor).
@@ -192,7 +203,12 @@ fn make_entry(parent: &OwnedFd, name: &OsStr, directory: bool) -> nix::Result<()
     let made = if directory {
         mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
     } else {
-        let at = openat(parent.as_fd(), ".", OFlag::O_DIRECTORY | OFlag::O_CLOEXEC, Mode::empty())?;
+        let at = openat(
+            parent.as_fd(),
+            ".",
+            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
         openat(
             at.as_fd(),
             name,
@@ -249,8 +265,14 @@ fn host_root(dir: &Path) -> Result<PathBuf> {
         fs::create_dir_all(folder).with_context(|| format!("create {}", folder.display()))?;
     }
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
-    mount(Some("tmpfs"), &layer, Some("tmpfs"), flags, Some("mode=755"))
-        .context("org.feather.base=host: mount the layer's tmpfs")?;
+    mount(
+        Some("tmpfs"),
+        &layer,
+        Some("tmpfs"),
+        flags,
+        Some("mode=755"),
+    )
+    .context("org.feather.base=host: mount the layer's tmpfs")?;
     for sub in ["upper", "work"] {
         fs::create_dir(layer.join(sub))?;
     }
@@ -352,11 +374,22 @@ fn mount_one(root: &OwnedFd, entry: &Mount, bundle: &Path, groups: &Groups) -> R
 
 /// A `cgroup` mount: a tmpfs with, for each hierarchy, the container's own group bound in —
 /// never the host's tree above it.
-fn mount_cgroups(root: &OwnedFd, destination: &Path, options: &Options, groups: &Groups) -> Result<()> {
+fn mount_cgroups(
+    root: &OwnedFd,
+    destination: &Path,
+    options: &Options,
+    groups: &Groups,
+) -> Result<()> {
     let target = make_target(root, destination, true)?;
     let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(Some("tmpfs"), fd_path(&target).as_str(), Some("tmpfs"), flags, Some("mode=755"))
-        .context("mount tmpfs for cgroups")?;
+    mount(
+        Some("tmpfs"),
+        fd_path(&target).as_str(),
+        Some("tmpfs"),
+        flags,
+        Some("mode=755"),
+    )
+    .context("mount tmpfs for cgroups")?;
     let readonly = options.set.contains(MsFlags::MS_RDONLY);
     for (name, hierarchy) in cgroups::hierarchies() {
         let own = groups.dir_in(&hierarchy);
@@ -365,8 +398,14 @@ fn mount_cgroups(root: &OwnedFd, destination: &Path, options: &Options, groups: 
         }
         let inside = destination.join(&name);
         let target = make_target(root, &inside, true)?;
-        mount(Some(&own), fd_path(&target).as_str(), NONE, MsFlags::MS_BIND, NONE)
-            .with_context(|| format!("bind {}", own.display()))?;
+        mount(
+            Some(&own),
+            fd_path(&target).as_str(),
+            NONE,
+            MsFlags::MS_BIND,
+            NONE,
+        )
+        .with_context(|| format!("bind {}", own.display()))?;
         if readonly {
             let top = make_target(root, &inside, true)?;
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
@@ -375,8 +414,14 @@ fn mount_cgroups(root: &OwnedFd, destination: &Path, options: &Options, groups: 
     }
     if readonly {
         let top = make_target(root, destination, true)?;
-        mount(NONE, fd_path(&top).as_str(), NONE, MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags, NONE)
-            .context("remount read-only")?;
+        mount(
+            NONE,
+            fd_path(&top).as_str(),
+            NONE,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+            NONE,
+        )
+        .context("remount read-only")?;
     }
     Ok(())
 }
@@ -391,8 +436,14 @@ fn default_devices(root: &OwnedFd, configured: &[LinuxDevice]) -> Result<()> {
         }
         let target = make_target(root, &inside, false)?;
         let host = Path::new("/dev").join(name);
-        mount(Some(&host), fd_path(&target).as_str(), NONE, MsFlags::MS_BIND, NONE)
-            .with_context(|| format!("bind {}", host.display()))?;
+        mount(
+            Some(&host),
+            fd_path(&target).as_str(),
+            NONE,
+            MsFlags::MS_BIND,
+            NONE,
+        )
+        .with_context(|| format!("bind {}", host.display()))?;
     }
     let dev = resolve(root, Path::new("/dev"), OFlag::O_PATH | OFlag::O_DIRECTORY)?;
     for (name, target) in [
@@ -476,7 +527,11 @@ pub fn finish_root(spec: &Spec) -> Result<()> {
     for path in linux.readonly_paths().iter().flatten() {
         make_readonly(Path::new(path)).with_context(|| format!("linux.readonlyPaths[{path}]"))?;
     }
-    if let Some(flag) = linux.rootfs_propagation().as_deref().and_then(propagation_flag) {
+    if let Some(flag) = linux
+        .rootfs_propagation()
+        .as_deref()
+        .and_then(propagation_flag)
+    {
         mount(NONE, "/", NONE, flag, NONE).context("linux.rootfsPropagation")?;
     }
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
@@ -501,7 +556,13 @@ fn mask(path: &Path) -> Result<()> {
 }
 
 fn make_readonly(path: &Path) -> Result<()> {
-    match mount(Some(path), path, NONE, MsFlags::MS_BIND | MsFlags::MS_REC, NONE) {
+    match mount(
+        Some(path),
+        path,
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        NONE,
+    ) {
         Ok(()) => {}
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e.into()),

@@ -32,7 +32,10 @@ pub fn hook_state(record: &Record, status: &str) -> serde_json::Value {
 
 pub fn state(root: &Path, id: &str) -> Result<()> {
     let container = Container::load(root, id)?;
-    println!("{}", serde_json::to_string_pretty(&container.state_json()?)?);
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&container.state_json()?)?
+    );
     Ok(())
 }
 
@@ -40,7 +43,10 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     let container = Container::load(root, id)?;
     match container.status() {
         Status::Created => {}
-        other => bail!("cannot start container {id}: it is {} (only a created container can be started)", other.name()),
+        other => bail!(
+            "cannot start container {id}: it is {} (only a created container can be started)",
+            other.name()
+        ),
     }
     let fifo = nix::fcntl::open(
         &container.fifo(),
@@ -71,7 +77,11 @@ pub fn start(root: &Path, id: &str) -> Result<()> {
     }
     let _ = fs::remove_file(container.fifo());
     let config = container.config()?;
-    if let Err(error) = hooks::run(&config, Kind::Poststart, &hook_state(&container.record, "running")) {
+    if let Err(error) = hooks::run(
+        &config,
+        Kind::Poststart,
+        &hook_state(&container.record, "running"),
+    ) {
         crate::log::warn(&format!("{error:#}"));
     }
     Ok(())
@@ -97,7 +107,10 @@ pub fn kill_container(root: &Path, id: &str, signal: &str, all: bool) -> Result<
     let signal = parse_signal(signal)?;
     match container.status() {
         Status::Created | Status::Running | Status::Paused => {}
-        other => bail!("cannot kill container {id}: it is {} (container not running)", other.name()),
+        other => bail!(
+            "cannot kill container {id}: it is {} (container not running)",
+            other.name()
+        ),
     }
     if all {
         for pid in container.groups().members() {
@@ -133,7 +146,10 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Status::Stopped | Status::Created => {}
         Status::Creating if force => {}
         _ if force => {}
-        other => bail!("cannot delete container {id} that is not stopped: it is {} (use --force)", other.name()),
+        other => bail!(
+            "cannot delete container {id} that is not stopped: it is {} (use --force)",
+            other.name()
+        ),
     }
     let config = container.config();
     destroy(&container);
@@ -200,7 +216,10 @@ pub fn list(root: &Path, json: bool, quiet: bool) -> Result<()> {
             println!("{}", state["id"].as_str().unwrap_or_default());
         }
     } else {
-        println!("{:<24} {:<8} {:<8} {:<40} CREATED", "ID", "PID", "STATUS", "BUNDLE");
+        println!(
+            "{:<24} {:<8} {:<8} {:<40} CREATED",
+            "ID", "PID", "STATUS", "BUNDLE"
+        );
         for state in &states {
             println!(
                 "{:<24} {:<8} {:<8} {:<40} {}",
@@ -219,8 +238,14 @@ pub fn pause(root: &Path, id: &str, frozen: bool) -> Result<()> {
     let container = Container::load(root, id)?;
     match (container.status(), frozen) {
         (Status::Running, true) | (Status::Paused, false) => {}
-        (other, true) => bail!("cannot pause container {id}: it is {} (container not running)", other.name()),
-        (other, false) => bail!("cannot resume container {id}: it is {} (container not paused)", other.name()),
+        (other, true) => bail!(
+            "cannot pause container {id}: it is {} (container not running)",
+            other.name()
+        ),
+        (other, false) => bail!(
+            "cannot resume container {id}: it is {} (container not paused)",
+            other.name()
+        ),
     }
     container.groups().freeze(frozen)
 }

@@ -51,7 +51,10 @@ fn env_value(process: &Process, key: &str) -> Option<String> {
 /// Everything up to exec, then exec. Runs in the container (after pivot_root), as root.
 pub fn become_program(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Infallible> {
     let program = find_program(process)?;
-    let filters = seccomp.map(crate::seccomp::compile).transpose()?.unwrap_or_default();
+    let filters = seccomp
+        .map(crate::seccomp::compile)
+        .transpose()?
+        .unwrap_or_default();
     if let Some(score) = process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", score.to_string())
             .context("process.oomScoreAdj")?;
@@ -134,8 +137,7 @@ fn cap_set(set: Option<&Capabilities>, field: &str) -> Result<CapsHashSet> {
                 .as_str()
                 .unwrap_or_default()
                 .to_owned();
-            Cap::from_str(&name)
-                .map_err(|_| anyhow::anyhow!("{field}: unknown capability {name}"))
+            Cap::from_str(&name).map_err(|_| anyhow::anyhow!("{field}: unknown capability {name}"))
         })
         .collect()
 }
@@ -143,12 +145,26 @@ fn cap_set(set: Option<&Capabilities>, field: &str) -> Result<CapsHashSet> {
 fn set_capabilities(process: &Process) -> Result<()> {
     // Absent means none (LinuxCapabilities::default() would be runc's example set instead).
     let given = process.capabilities().as_ref();
-    let bounding = cap_set(given.and_then(|g| g.bounding().as_ref()), "process.capabilities.bounding")?;
-    let effective = cap_set(given.and_then(|g| g.effective().as_ref()), "process.capabilities.effective")?;
-    let permitted = cap_set(given.and_then(|g| g.permitted().as_ref()), "process.capabilities.permitted")?;
-    let inheritable =
-        cap_set(given.and_then(|g| g.inheritable().as_ref()), "process.capabilities.inheritable")?;
-    let ambient = cap_set(given.and_then(|g| g.ambient().as_ref()), "process.capabilities.ambient")?;
+    let bounding = cap_set(
+        given.and_then(|g| g.bounding().as_ref()),
+        "process.capabilities.bounding",
+    )?;
+    let effective = cap_set(
+        given.and_then(|g| g.effective().as_ref()),
+        "process.capabilities.effective",
+    )?;
+    let permitted = cap_set(
+        given.and_then(|g| g.permitted().as_ref()),
+        "process.capabilities.permitted",
+    )?;
+    let inheritable = cap_set(
+        given.and_then(|g| g.inheritable().as_ref()),
+        "process.capabilities.inheritable",
+    )?;
+    let ambient = cap_set(
+        given.and_then(|g| g.ambient().as_ref()),
+        "process.capabilities.ambient",
+    )?;
     // A uid change empties the effective set (PR_SET_KEEPCAPS keeps only the permitted one):
     // take the permitted set back, so that CAP_SETPCAP can shape the bounding set.
     let held = caps::read(None, CapSet::Permitted).context("read capabilities")?;
@@ -164,8 +180,12 @@ fn set_capabilities(process: &Process) -> Result<()> {
     for cap in &ambient {
         caps::raise(None, CapSet::Ambient, *cap).context("process.capabilities.ambient")?;
     }
-    caps::set(None, CapSet::Effective, &effective.intersection(&permitted).copied().collect())
-        .context("process.capabilities.effective")?;
+    caps::set(
+        None,
+        CapSet::Effective,
+        &effective.intersection(&permitted).copied().collect(),
+    )
+    .context("process.capabilities.effective")?;
     caps::set(None, CapSet::Permitted, &permitted).context("process.capabilities.permitted")?;
     Ok(())
 }

@@ -38,9 +38,9 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
             continue;
         }
         let rule = match entry.args() {
-            Some(args) if !args.is_empty() => Some(
-                rule(args).with_context(|| format!("linux.seccomp.syscalls[{index}].args"))?,
-            ),
+            Some(args) if !args.is_empty() => {
+                Some(rule(args).with_context(|| format!("linux.seccomp.syscalls[{index}].args"))?)
+            }
             _ => None,
         };
         let group = match groups.iter().position(|(a, _)| *a == wanted) {
@@ -68,8 +68,8 @@ pub fn compile(profile: &LinuxSeccomp) -> Result<Vec<BpfProgram>> {
         if mismatch == matched || (position > 0 && rules.is_empty()) {
             continue;
         }
-        let filter = SeccompFilter::new(rules, mismatch, matched, arch)
-            .context("linux.seccomp: compile")?;
+        let filter =
+            SeccompFilter::new(rules, mismatch, matched, arch).context("linux.seccomp: compile")?;
         let program: BpfProgram = filter.try_into().context("linux.seccomp: compile")?;
         programs.push(program);
     }
@@ -96,13 +96,17 @@ fn add_rule(rules: &mut Rules, number: i64, rule: Option<SeccompRule>) {
 fn action(action: LinuxSeccompAction, errno: Option<u32>) -> Result<SeccompAction> {
     Ok(match action {
         LinuxSeccompAction::ScmpActAllow => SeccompAction::Allow,
-        LinuxSeccompAction::ScmpActErrno => SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32)),
+        LinuxSeccompAction::ScmpActErrno => {
+            SeccompAction::Errno(errno.unwrap_or(libc::EPERM as u32))
+        }
         LinuxSeccompAction::ScmpActKill | LinuxSeccompAction::ScmpActKillThread => {
             SeccompAction::KillThread
         }
         LinuxSeccompAction::ScmpActKillProcess => SeccompAction::KillProcess,
         LinuxSeccompAction::ScmpActTrap => SeccompAction::Trap,
-        LinuxSeccompAction::ScmpActTrace => SeccompAction::Trace(errno.unwrap_or(libc::EPERM as u32)),
+        LinuxSeccompAction::ScmpActTrace => {
+            SeccompAction::Trace(errno.unwrap_or(libc::EPERM as u32))
+        }
         LinuxSeccompAction::ScmpActLog => SeccompAction::Log,
         LinuxSeccompAction::ScmpActNotify => {
             bail!("SCMP_ACT_NOTIFY: seccomp user notification is not supported by feather-oci")
@@ -196,6 +200,9 @@ mod tests {
         }))
         .unwrap();
         let error = format!("{:#}", compile(&profile).unwrap_err());
-        assert!(error.contains("syscalls[0].action") && error.contains("NOTIFY"), "{error}");
+        assert!(
+            error.contains("syscalls[0].action") && error.contains("NOTIFY"),
+            "{error}"
+        );
     }
 }

@@ -202,7 +202,10 @@ fn is_zombie(pid: i32) -> bool {
         .ok()
         .and_then(|stat| {
             let after = stat.rfind(')')?;
-            stat[after + 1..].split_whitespace().next().map(|s| s == "Z")
+            stat[after + 1..]
+                .split_whitespace()
+                .next()
+                .map(|s| s == "Z")
         })
         .unwrap_or(true)
 }

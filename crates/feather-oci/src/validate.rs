@@ -8,7 +8,10 @@ use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 /// Refuses what feather-oci cannot do, naming the field.
 pub fn check(spec: &Spec) -> Result<()> {
     if !spec.version().starts_with("1.") {
-        bail!("ociVersion {:?}: feather-oci reads version 1 configs", spec.version());
+        bail!(
+            "ociVersion {:?}: feather-oci reads version 1 configs",
+            spec.version()
+        );
     }
     let Some(process) = spec.process() else {
         bail!("process: a container needs a process to run");
@@ -18,17 +21,15 @@ pub fn check(spec: &Spec) -> Result<()> {
     }
     refuse_set("process.ioPriority", process.io_priority().is_some())?;
     refuse_set("process.scheduler", process.scheduler().is_some())?;
-    refuse_set("process.execCPUAffinity", process.exec_cpu_affinity().is_some())?;
+    refuse_set(
+        "process.execCPUAffinity",
+        process.exec_cpu_affinity().is_some(),
+    )?;
     let Some(linux) = spec.linux() else {
         bail!("linux: feather-oci runs Linux containers; the section is missing");
     };
-    let has = |typ: LinuxNamespaceType| {
-        linux
-            .namespaces()
-            .iter()
-            .flatten()
-            .find(|n| n.typ() == typ)
-    };
+    let has =
+        |typ: LinuxNamespaceType| linux.namespaces().iter().flatten().find(|n| n.typ() == typ);
     if has(LinuxNamespaceType::User).is_some()
         || linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
         || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
@@ -67,7 +68,10 @@ pub fn check(spec: &Spec) -> Result<()> {
         }
     }
     if let Some(seccomp) = linux.seccomp() {
-        refuse_set("linux.seccomp.listenerPath", seccomp.listener_path().is_some())?;
+        refuse_set(
+            "linux.seccomp.listenerPath",
+            seccomp.listener_path().is_some(),
+        )?;
         refuse_set(
             "linux.seccomp.flags",
             seccomp.flags().as_ref().is_some_and(|f| !f.is_empty()),
@@ -97,7 +101,9 @@ pub fn check(spec: &Spec) -> Result<()> {
         return Ok(());
     }
     if spec.root().is_none() {
-        bail!("root: the container's root filesystem is missing (or annotate org.feather.base=host)");
+        bail!(
+            "root: the container's root filesystem is missing (or annotate org.feather.base=host)"
+        );
     }
     Ok(())
 }
@@ -109,7 +115,10 @@ pub fn check_resources_public(resources: &LinuxResources) -> Result<()> {
 fn check_resources(resources: &LinuxResources) -> Result<()> {
     if let Some(memory) = resources.memory() {
         refuse_set("linux.resources.memory.kernel", memory.kernel().is_some())?;
-        refuse_set("linux.resources.memory.kernelTCP", memory.kernel_tcp().is_some())?;
+        refuse_set(
+            "linux.resources.memory.kernelTCP",
+            memory.kernel_tcp().is_some(),
+        )?;
         refuse_set(
             "linux.resources.memory.reservation",
             memory.reservation().is_some_and(|r| r > 0),
@@ -132,8 +141,14 @@ fn check_resources(resources: &LinuxResources) -> Result<()> {
             "linux.resources.cpu.realtimeRuntime",
             cpu.realtime_runtime().is_some_and(|r| r != 0),
         )?;
-        refuse_set("linux.resources.cpu.idle", cpu.idle().is_some_and(|i| i != 0))?;
-        refuse_set("linux.resources.cpu.burst", cpu.burst().is_some_and(|b| b != 0))?;
+        refuse_set(
+            "linux.resources.cpu.idle",
+            cpu.idle().is_some_and(|i| i != 0),
+        )?;
+        refuse_set(
+            "linux.resources.cpu.burst",
+            cpu.burst().is_some_and(|b| b != 0),
+        )?;
     }
     refuse_set(
         "linux.resources.hugepageLimits",
