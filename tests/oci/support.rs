@@ -551,3 +551,105 @@ impl Drop for Podman {
         }
     }
 }
+
+/// dockerd started for one test: its own data-root, exec-root, pidfile, socket and
+/// containerd namespace; no iptables, no bridge, nofile 1024 by default (this machine
+/// withholds CAP_SYS_RESOURCE), and feather-oci as the runtime "feather".
+pub struct Dockerd {
+    pub socket: PathBuf,
+    exec_root: PathBuf,
+    daemon: Option<Daemon>,
+}
+
+impl Dockerd {
+    pub fn start(scratch: &Scratch) -> Dockerd {
+        let socket = scratch.path("docker.sock");
+        // containerd's socket lives under the exec root: keep it short.
+        let exec_root = PathBuf::from(format!(
+            "/tmp/feather-tests/dx-{}-{}",
+            std::process::id(),
+            ENGINES.fetch_add(1, Ordering::SeqCst)
+        ));
+        let config = scratch.path("daemon.json");
+        let namespace = exec_root
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        fs::write(
+            &config,
+            json!({
+                "data-root": scratch.path("docker-data"),
+                "exec-root": exec_root,
+                "pidfile": scratch.path("docker.pid"),
+                "hosts": [format!("unix://{}", socket.display())],
+                "iptables": false, "ip6tables": false, "bridge": "none",
+                "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 1024, "Soft": 1024}},
+                "runtimes": {"feather": {"path": runtime_bin()}},
+                "exec-opts": ["native.cgroupdriver=cgroupfs"],
+                "containerd-namespace": namespace,
+                "containerd-plugins-namespace": format!("{namespace}-plugins"),
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let log = fs::File::create(scratch.path("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker.io is installed (setup.sh)");
+        let dockerd = Dockerd {
+            socket,
+            exec_root,
+            daemon: Some(Daemon {
+                child,
+                name: "dockerd",
+            }),
+        };
+        let up = eventually(Duration::from_secs(30), || {
+            dockerd.docker(&["info"]).code == 0
+        });
+        assert!(
+            up,
+            "dockerd did not come up: {}",
+            fs::read_to_string(scratch.path("dockerd.log")).unwrap_or_default()
+        );
+        dockerd
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Outcome {
+        run(Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args))
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let listed = self.docker(&["ps", "-aq"]);
+        for id in listed.stdout.split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        let _ = self.docker(&["image", "prune", "-af"]);
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.stop();
+        }
+        unmount_below(&self.exec_root);
+        let _ = fs::remove_dir_all(&self.exec_root);
+        // What dockerd makes outside its roots, removed only when empty.
+        let _ = fs::remove_dir("/run/docker/plugins");
+        let _ = fs::remove_dir("/run/docker");
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(hierarchy.path().join("docker"));
+        }
+    }
+}

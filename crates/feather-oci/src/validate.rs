@@ -157,9 +157,10 @@ fn check_resources(resources: &LinuxResources) -> Result<()> {
             .as_ref()
             .is_some_and(|h| !h.is_empty()),
     )?;
+    // Docker always sends blockIO; a weight of 0 means "not set", as in runc.
     if let Some(io) = resources.block_io() {
-        let set = io.weight().is_some()
-            || io.leaf_weight().is_some()
+        let set = io.weight().is_some_and(|w| w > 0)
+            || io.leaf_weight().is_some_and(|w| w > 0)
             || io.weight_device().as_ref().is_some_and(|d| !d.is_empty())
             || io
                 .throttle_read_bps_device()
