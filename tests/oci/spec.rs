@@ -470,3 +470,70 @@ fn a_symlink_in_the_image_never_points_a_mount_at_the_host() {
         .join("sub")
         .is_dir());
 }
+
+#[test]
+fn delete_force_cleans_up_after_create_was_killed_mid_way() {
+    let scratch = Scratch::new("killed-create");
+    let runtime = Runtime::new(&scratch);
+    let started = scratch.path("hook-started");
+    let mut config = base_config(&["true"]);
+    let group = format!("feather-oci-tests/killed-{}", std::process::id());
+    config["linux"]["cgroupsPath"] = json!(format!("/{group}"));
+    config["hooks"] = json!({"createRuntime": [{
+        "path": "/bin/sh",
+        "args": ["sh", "-c", format!("echo $$ > {}; exec sleep 60", started.display())]
+    }]});
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let mut create = runtime
+        .command()
+        .args(["create", "--bundle"])
+        .arg(&bundle.dir)
+        .arg("c1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || fs::read_to_string(
+        &started
+    )
+    .is_ok_and(|t| t.ends_with('\n'))));
+    let hook: i32 = fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The hook outlives the killed runtime (it is the runtime's child, not the container's):
+    // the test ends it itself, by pid.
+    let _hook = KillOnDrop(hook);
+    // The runtime dies mid-create (the engine or the machine killed it).
+    create.kill().unwrap();
+    create.wait().unwrap();
+    assert_eq!(runtime.status("c1"), "creating");
+    let outcome = runtime.run(&["delete", "--force", "c1"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        !runtime.root.join("c1").exists(),
+        "the container's folder is gone"
+    );
+    let memory = std::path::Path::new("/sys/fs/cgroup/memory").join(&group);
+    assert!(
+        eventually(Duration::from_secs(5), || !memory.exists()),
+        "its cgroup is gone"
+    );
+    for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = fs::remove_dir(hierarchy.path().join("feather-oci-tests"));
+    }
+}
+
+/// Kills a process this test started indirectly, by pid, when the test ends.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
