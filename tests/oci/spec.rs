@@ -219,10 +219,11 @@ fn resources_and_sysctl_reach_the_container() {
     let mut config = base_config(&[
         "sh",
         "-c",
-        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/pids/pids.max /proc/sys/net/ipv4/ip_unprivileged_port_start",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes \
+         /sys/fs/cgroup/pids/pids.max /proc/sys/net/ipv4/ip_unprivileged_port_start",
     ]);
     config["linux"]["resources"] = json!({
-        "memory": {"limit": 67108864},
+        "memory": {"limit": 67108864, "swap": 134217728},
         "pids": {"limit": 64},
         "cpu": {"shares": 512, "quota": 50000, "period": 100000}
     });
@@ -234,7 +235,7 @@ fn resources_and_sysctl_reach_the_container() {
     let output = run_to_end(&runtime, &scratch, "resources", &config);
     assert_eq!(
         output.lines().collect::<Vec<_>>(),
-        ["67108864", "64", "81"],
+        ["67108864", "134217728", "64", "81"],
         "{output}"
     );
     let group = format!(

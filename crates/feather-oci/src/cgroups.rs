@@ -128,8 +128,16 @@ impl Groups {
         self.apply_extras(resources)
     }
 
-    /// cpu.shares, the CFS quota and period, and the device list (v1).
+    /// cpu.shares, the CFS quota and period, memory+swap, and the device list (v1).
     fn apply_extras(&self, resources: &LinuxResources) -> Result<()> {
+        if let Some(swap) = resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.swap())
+            .filter(|s| *s > 0)
+        {
+            self.apply_swap(swap, resources.memory().as_ref().and_then(|m| m.limit()))?;
+        }
         if let Some(cpu) = resources.cpu() {
             if let Some(dir) = self.v1_dir("cpu") {
                 if let Some(shares) = cpu.shares() {
@@ -147,6 +155,27 @@ impl Groups {
             self.apply_devices(devices)?;
         }
         Ok(())
+    }
+
+    /// `memory.swap` is memory plus swap, as v1's `memory.memsw.limit_in_bytes` (written after
+    /// the memory limit, which it must not be below); v2's `memory.swap.max` is swap alone.
+    fn apply_swap(&self, swap: i64, limit: Option<i64>) -> Result<()> {
+        let field = "linux.resources.memory.swap";
+        if let Some(dir) = self.v1_dir("memory") {
+            let file = dir.join("memory.memsw.limit_in_bytes");
+            if !file.exists() {
+                bail!("{field}: swap accounting is off on this machine (boot with swapaccount=1)");
+            }
+            return write(&file, &swap.to_string()).context(field);
+        }
+        match v2_mount() {
+            Some(mount) => {
+                let only_swap = swap - limit.unwrap_or(0).max(0);
+                let file = mount.join(&self.relative).join("memory.swap.max");
+                write(&file, &only_swap.max(0).to_string()).context(field)
+            }
+            None => bail!("{field}: no memory controller"),
+        }
     }
 
     /// The device list, rule by rule, as the v1 devices controller takes them. On v2 device
