@@ -39,6 +39,13 @@ packages=(
     socat            # Shuttle tests: a unix-socket client inside a VM
     e2fsprogs        # --disk without project quotas: mkfs.ext4 formats a VM's disk image; tests: chattr tries to change a project
     mount            # --disk without project quotas: mount -o loop attaches a VM's disk image
+    # Engines that drive feather-oci in tests/oci (each test starts its own daemon; none is
+    # started on the host). runc is the reference runtime the engines' calls were learnt from.
+    containerd runc  # containerd 1.6 and ctr: `ctr run --runc-binary feather-oci`
+    podman           # podman 4.3 --runtime feather-oci (with conmon)
+    docker.io        # dockerd with a runtimes entry for feather-oci (docs/oci.md)
+    uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it
+    bsdutils         # `script`: a pseudo-terminal for `ctr run -t` in tests
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -67,6 +74,8 @@ scripts/install-criu
 
 cargo build --workspace --all-targets
 cargo build --release -p feather
+# feather-oci, the OCI runtime engines call (docs/oci.md).
+cargo build --release -p feather-oci
 # `feather-open` and the `xdg-open` hook are the feather binary by other names (docs/shuttle.md).
 ln -sfn feather target/release/feather-open
 mkdir -p target/release/hook && ln -sfn ../feather target/release/hook/xdg-open

@@ -94,6 +94,9 @@ pub fn signal(pidfd: &impl AsFd, signal: Signal) -> Result<()> {
 /// Moves the caller into every namespace in `namespaces` of the process behind `pidfd`, in one
 /// atomic step. A new pid namespace applies to the caller's children, not to the caller.
 pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> {
+    // A later fork checks this process's threads in its own /proc, which a joined mount
+    // namespace would hide.
+    raw::remember_threads();
     nix::sched::setns(pidfd.as_fd(), namespaces).ctx("setns", "VM namespaces")
 }
 

@@ -170,12 +170,46 @@ pub unsafe fn fork_threaded() -> Result<Option<libc::pid_t>, Errno> {
     }
 }
 
+/// This process's folder of threads in the host's /proc, opened once: a process that later
+/// joins another mount namespace (`feather exec -t`, `feather-oci exec`) sees that namespace's
+/// /proc, where it may have no pid at all.
+fn tasks_dir() -> Option<&'static std::os::fd::OwnedFd> {
+    static TASKS: std::sync::OnceLock<Option<std::os::fd::OwnedFd>> = std::sync::OnceLock::new();
+    TASKS
+        .get_or_init(|| {
+            nix::fcntl::open(
+                "/proc/self/task",
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .ok()
+        })
+        .as_ref()
+}
+
+/// Opens [`tasks_dir`] while this process still sees its own /proc: call it before joining
+/// another mount namespace.
+pub fn remember_threads() {
+    let _ = tasks_dir();
+}
+
 /// Makes fork and clone3 safe by construction: they go on only in a process of one thread.
 fn require_single_thread() -> Result<(), Errno> {
-    // The kernel's count of this process's threads (/proc/self/stat would do as well; a
-    // directory of one entry per thread is the simplest to read without parsing).
-    let threads = std::fs::read_dir("/proc/self/task")
-        .map_err(|_| Errno::ENOENT)?
+    // The kernel's count of this process's threads: one entry per thread in /proc/self/task,
+    // listed afresh through the descriptor opened once.
+    let tasks = tasks_dir().ok_or(Errno::ENOENT)?;
+    let mut listing = nix::dir::Dir::openat(
+        tasks,
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let threads = listing
+        .iter()
+        .flatten()
+        .filter(|entry| !matches!(entry.file_name().to_bytes(), b"." | b".."))
         .count();
     if threads == 1 {
         Ok(())

@@ -1,0 +1,326 @@
+//! A container's cgroup: the config's `linux.cgroupsPath` (or `feather-oci/<id>`) in every
+//! hierarchy, on v1, v2 and hybrid hosts. Memory, pids and CPU quota go through feather-sys's
+//! [`Cgroup`] (which writes each limit to whichever hierarchy holds its controller); the v1
+//! files it does not know (cpu.shares, the devices list, the freezer) are written here.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
+
+pub struct Groups {
+    cgroup: Cgroup,
+    relative: PathBuf,
+}
+
+/// The v1 hierarchy holding `controller`, if the machine mounts it as v1.
+fn v1_mount(controller: &str) -> Option<PathBuf> {
+    feather_sys::mountinfo::mounts()
+        .ok()?
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup" && m.super_options.split(',').any(|o| o == controller))
+        .map(|m| m.mount_point)
+}
+
+fn v2_mount() -> Option<PathBuf> {
+    feather_sys::mountinfo::mounts()
+        .ok()?
+        .into_iter()
+        .find(|m| m.fs_type == "cgroup2")
+        .map(|m| m.mount_point)
+}
+
+/// Every cgroup hierarchy mounted: (name inside /sys/fs/cgroup, mount point).
+pub fn hierarchies() -> Vec<(String, PathBuf)> {
+    feather_sys::mountinfo::mounts()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .filter_map(|m| {
+            let name = m.mount_point.file_name()?.to_str()?.to_owned();
+            Some((name, m.mount_point))
+        })
+        .collect()
+}
+
+/// `linux.cgroupsPath` as a path relative to each hierarchy's root. systemd's
+/// `slice:prefix:name` form needs systemd, which this machine does not run.
+pub fn relative_path(configured: Option<&Path>, id: &str) -> Result<String> {
+    let Some(path) = configured else {
+        return Ok(format!("feather-oci/{id}"));
+    };
+    let text = path.to_string_lossy();
+    if text.contains(':') {
+        bail!("linux.cgroupsPath {text:?} is a systemd slice; feather-oci manages cgroupfs paths only (use the engine's cgroupfs cgroup manager)");
+    }
+    let relative = text.trim_start_matches('/');
+    if relative.is_empty() || relative.split('/').any(|c| c == ".." || c == ".") {
+        bail!("linux.cgroupsPath {text:?} must name a group below the hierarchy's root");
+    }
+    Ok(relative.to_owned())
+}
+
+impl Groups {
+    pub fn new(relative: &str) -> Groups {
+        Groups {
+            cgroup: Cgroup::new(Hierarchies::detect(), relative),
+            relative: PathBuf::from(relative),
+        }
+    }
+
+    fn v1_dir(&self, controller: &str) -> Option<PathBuf> {
+        v1_mount(controller).map(|m| m.join(&self.relative))
+    }
+
+    fn freezer_dir(&self) -> Option<PathBuf> {
+        self.v1_dir("freezer")
+    }
+
+    /// The group's folder in `name`'s hierarchy (as `/sys/fs/cgroup/<name>` calls it).
+    pub fn dir_in(&self, hierarchy: &Path) -> PathBuf {
+        hierarchy.join(&self.relative)
+    }
+
+    /// Creates the group everywhere and applies `resources`.
+    pub fn create(&self, resources: Option<&LinuxResources>) -> Result<()> {
+        let limits = resources.map(limits_of).transpose()?.unwrap_or_default();
+        self.cgroup
+            .create(&limits)
+            .map_err(|e| anyhow::anyhow!("linux.resources: {e}"))?;
+        if let Some(dir) = self.freezer_dir() {
+            fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+        }
+        if let Some(resources) = resources {
+            self.apply_extras(resources)?;
+        }
+        Ok(())
+    }
+
+    /// `update --resources`: the same fields as at create.
+    pub fn update(&self, resources: &LinuxResources) -> Result<()> {
+        let limits = limits_of(resources)?;
+        let write = |controller: &str, v1: &str, v2: &str, value: Option<String>| -> Result<()> {
+            let Some(value) = value else { return Ok(()) };
+            if let Some(dir) = self.v1_dir(controller) {
+                return write(&dir.join(v1), &value);
+            }
+            match v2_mount() {
+                Some(mount) => write(&mount.join(&self.relative).join(v2), &value),
+                None => bail!("the {controller} cgroup controller is not available"),
+            }
+        };
+        write(
+            "memory",
+            "memory.limit_in_bytes",
+            "memory.max",
+            limits.memory_bytes.map(|b| b.to_string()),
+        )?;
+        write(
+            "pids",
+            "pids.max",
+            "pids.max",
+            limits.pids.map(|p| p.to_string()),
+        )?;
+        self.apply_extras(resources)
+    }
+
+    /// cpu.shares, the CFS quota and period, memory+swap, and the device list (v1).
+    fn apply_extras(&self, resources: &LinuxResources) -> Result<()> {
+        if let Some(swap) = resources
+            .memory()
+            .as_ref()
+            .and_then(|m| m.swap())
+            .filter(|s| *s > 0)
+        {
+            self.apply_swap(swap, resources.memory().as_ref().and_then(|m| m.limit()))?;
+        }
+        if let Some(cpu) = resources.cpu() {
+            if let Some(dir) = self.v1_dir("cpu") {
+                if let Some(shares) = cpu.shares() {
+                    write(&dir.join("cpu.shares"), &shares.to_string())?;
+                }
+                if let Some(period) = cpu.period() {
+                    write(&dir.join("cpu.cfs_period_us"), &period.to_string())?;
+                }
+                if let Some(quota) = cpu.quota() {
+                    write(&dir.join("cpu.cfs_quota_us"), &quota.to_string())?;
+                }
+            }
+        }
+        if let Some(devices) = resources.devices() {
+            self.apply_devices(devices)?;
+        }
+        Ok(())
+    }
+
+    /// `memory.swap` is memory plus swap, as v1's `memory.memsw.limit_in_bytes` (written after
+    /// the memory limit, which it must not be below); v2's `memory.swap.max` is swap alone.
+    fn apply_swap(&self, swap: i64, limit: Option<i64>) -> Result<()> {
+        let field = "linux.resources.memory.swap";
+        if let Some(dir) = self.v1_dir("memory") {
+            let file = dir.join("memory.memsw.limit_in_bytes");
+            if !file.exists() {
+                bail!("{field}: swap accounting is off on this machine (boot with swapaccount=1)");
+            }
+            return write(&file, &swap.to_string()).context(field);
+        }
+        match v2_mount() {
+            Some(mount) => {
+                let only_swap = swap - limit.unwrap_or(0).max(0);
+                let file = mount.join(&self.relative).join("memory.swap.max");
+                write(&file, &only_swap.max(0).to_string()).context(field)
+            }
+            None => bail!("{field}: no memory controller"),
+        }
+    }
+
+    /// The device list, rule by rule, as the v1 devices controller takes them. On v2 device
+    /// access is a BPF program, which feather-oci does not load: there the mounts' `nodev` and
+    /// the capability set (no CAP_MKNOD unless given) are what stands.
+    fn apply_devices(&self, rules: &[LinuxDeviceCgroup]) -> Result<()> {
+        let Some(dir) = self.v1_dir("devices") else {
+            return Ok(());
+        };
+        for rule in rules {
+            let kind = rule
+                .typ()
+                .map(|t| t.as_str().to_owned())
+                .unwrap_or_else(|| "a".into());
+            let number = |n: Option<i64>| n.map_or("*".to_owned(), |n| n.to_string());
+            let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
+            let line = format!(
+                "{kind} {}:{} {access}",
+                number(rule.major()),
+                number(rule.minor())
+            );
+            let file = if rule.allow() {
+                "devices.allow"
+            } else {
+                "devices.deny"
+            };
+            write(&dir.join(file), &line)
+                .with_context(|| format!("linux.resources.devices rule {line:?}"))?;
+        }
+        Ok(())
+    }
+
+    pub fn add(&self, pid: Pid) -> Result<()> {
+        self.cgroup
+            .add(pid)
+            .map_err(|e| anyhow::anyhow!("join the container's cgroup: {e}"))?;
+        if let Some(dir) = self.freezer_dir() {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
+        Ok(())
+    }
+
+    pub fn members(&self) -> Vec<Pid> {
+        self.cgroup.members()
+    }
+
+    pub fn kill_all(&self) {
+        // A frozen group's processes cannot die until thawed.
+        let _ = self.freeze(false);
+        self.cgroup.kill_all();
+    }
+
+    pub fn remove(&self) {
+        let _ = self.cgroup.remove(Duration::from_secs(2));
+        if let Some(dir) = self.freezer_dir() {
+            let _ = fs::remove_dir(dir);
+        }
+    }
+
+    /// Freezes or thaws every process of the group: the v1 freezer where the machine has it,
+    /// otherwise v2's `cgroup.freeze`.
+    pub fn freeze(&self, frozen: bool) -> Result<()> {
+        if let Some(dir) = self.freezer_dir() {
+            let want = if frozen { "FROZEN" } else { "THAWED" };
+            write(&dir.join("freezer.state"), want)?;
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while read(&dir.join("freezer.state")).as_deref() != Some(want) {
+                if Instant::now() > deadline {
+                    bail!("the freezer of {} did not reach {want}", dir.display());
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+            return Ok(());
+        }
+        match v2_mount() {
+            Some(mount) => write(
+                &mount.join(&self.relative).join("cgroup.freeze"),
+                if frozen { "1" } else { "0" },
+            ),
+            None => bail!("neither a v1 freezer nor a v2 hierarchy is mounted: cannot pause"),
+        }
+    }
+
+    pub fn is_frozen(&self) -> bool {
+        if let Some(dir) = self.freezer_dir() {
+            return matches!(
+                read(&dir.join("freezer.state")).as_deref(),
+                Some("FROZEN" | "FREEZING")
+            );
+        }
+        v2_mount().is_some_and(|m| {
+            read(&m.join(&self.relative).join("cgroup.events"))
+                .is_some_and(|events| events.lines().any(|l| l == "frozen 1"))
+        })
+    }
+
+    /// runc's `events --stats` data: what `ctr task metrics` and the kubelet read.
+    pub fn stats(&self) -> serde_json::Value {
+        let number = |controller: &str, file: &str| -> Option<u64> {
+            read(&self.v1_dir(controller)?.join(file))?.parse().ok()
+        };
+        serde_json::json!({
+            "cpu": {"usage": {"total": number("cpuacct", "cpuacct.usage").unwrap_or(0)}},
+            "memory": {
+                "usage": {
+                    "usage": self.cgroup.memory_usage().unwrap_or(0),
+                    "limit": number("memory", "memory.limit_in_bytes").unwrap_or(0),
+                    "max": number("memory", "memory.max_usage_in_bytes").unwrap_or(0),
+                },
+            },
+            "pids": {
+                "current": number("pids", "pids.current").unwrap_or(self.members().len() as u64),
+            },
+        })
+    }
+}
+
+/// The limits feather-sys applies. Fields it cannot apply are refused by name in
+/// [`crate::validate`], before anything is made.
+fn limits_of(resources: &LinuxResources) -> Result<Limits> {
+    let mut limits = Limits::default();
+    if let Some(memory) = resources.memory() {
+        limits.memory_bytes = memory.limit().filter(|l| *l > 0).map(|l| l as u64);
+    }
+    if let Some(pids) = resources.pids() {
+        limits.pids = Some(pids.limit()).filter(|l| *l > 0).map(|l| l as u64);
+    }
+    // The CFS quota is written by `apply_extras` where cpu is a v1 controller; on v2 it is
+    // given as a number of cores.
+    if v1_mount("cpu").is_none() {
+        if let Some(cpu) = resources.cpu() {
+            if let (Some(quota), period) = (cpu.quota(), cpu.period().unwrap_or(100_000)) {
+                if quota > 0 && period > 0 {
+                    limits.cpus = Some(quota as f64 / period as f64);
+                }
+            }
+        }
+    }
+    Ok(limits)
+}
+
+fn read(path: &Path) -> Option<String> {
+    fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+}
+
+fn write(path: &Path, value: &str) -> Result<()> {
+    fs::write(path, value).with_context(|| format!("write {value:?} to {}", path.display()))
+}

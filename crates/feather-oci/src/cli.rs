@@ -1,0 +1,296 @@
+//! runc's command line, as containerd's runc shim, Docker (through containerd) and podman
+//! (through conmon) call it. Global flags go before the command.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+use clap::{Parser, Subcommand};
+
+use crate::create::CreateArgs;
+use crate::exec::ExecArgs;
+
+#[derive(Parser)]
+#[command(
+    name = "feather-oci",
+    version,
+    about = "feather as an OCI runtime (runc's command line)"
+)]
+struct Cli {
+    /// Where container state lives (one folder per container).
+    #[arg(long, global = true, default_value = "/run/feather-oci")]
+    root: PathBuf,
+    /// Where to write errors and warnings (the engine shows the last error to its user).
+    #[arg(long, global = true)]
+    log: Option<PathBuf>,
+    /// text or json (one JSON object a line, as runc writes).
+    #[arg(long = "log-format", global = true, default_value = "text")]
+    log_format: String,
+    #[arg(long, global = true)]
+    debug: bool,
+    /// Refused: cgroups through systemd need systemd, which feather-oci does not use.
+    #[arg(long = "systemd-cgroup", global = true)]
+    systemd_cgroup: bool,
+    /// Accepted for compatibility; feather-oci has no checkpoint command yet.
+    #[arg(long, global = true)]
+    criu: Option<PathBuf>,
+    /// Accepted for compatibility ("auto", "true", "false"); feather-oci runs as root.
+    #[arg(long, global = true)]
+    rootless: Option<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a container from a bundle; its init waits for `start`.
+    Create {
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Use a move and chroot instead of pivot_root (for roots on a ramfs).
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        /// feather-oci never makes a session keyring: always so.
+        #[arg(long = "no-new-keyring")]
+        no_new_keyring: bool,
+        /// Pass this many descriptors beyond stdio (3, 4, …) to the container.
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: i32,
+        id: String,
+    },
+    /// Run the program of a created container.
+    Start { id: String },
+    /// The container's state JSON (the runtime specification's).
+    State { id: String },
+    /// Send a signal (name or number; SIGTERM if none) to the container's init, or with --all
+    /// to every process of the container.
+    Kill {
+        #[arg(long, short = 'a')]
+        all: bool,
+        id: String,
+        signal: Option<String>,
+    },
+    /// Remove a stopped (or created) container; --force also a running one.
+    Delete {
+        #[arg(long, short = 'f')]
+        force: bool,
+        id: String,
+    },
+    /// Run a new process in a running container.
+    Exec {
+        #[arg(long, short = 'p')]
+        process: Option<PathBuf>,
+        #[arg(long, short = 't')]
+        tty: bool,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        #[arg(long, short = 'd')]
+        detach: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long)]
+        cwd: Option<PathBuf>,
+        #[arg(long, short = 'e')]
+        env: Vec<String>,
+        /// uid[:gid]
+        #[arg(long, short = 'u')]
+        user: Option<String>,
+        #[arg(long, short = 'c')]
+        cap: Vec<String>,
+        #[arg(long = "no-new-privs")]
+        no_new_privs: bool,
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: i32,
+        /// Accepted for compatibility: no LSM labels on this machine.
+        #[arg(long = "process-label")]
+        process_label: Option<String>,
+        #[arg(long)]
+        apparmor: Option<String>,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<String>,
+    },
+    /// The container's processes (host pids).
+    Ps {
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        id: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        ps_args: Vec<String>,
+    },
+    /// Every container under --root.
+    #[command(alias = "ls")]
+    List {
+        #[arg(long, short = 'f', default_value = "table")]
+        format: String,
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Freeze every process of the container (cgroup freezer).
+    Pause { id: String },
+    /// Thaw a paused container.
+    Resume { id: String },
+    /// Resource usage, as runc's `events` (one-shot with --stats).
+    Events {
+        #[arg(long)]
+        stats: bool,
+        #[arg(long, default_value = "5s")]
+        interval: String,
+        id: String,
+    },
+    /// Change a running container's limits (--resources FILE with linux.resources JSON, - for stdin).
+    Update {
+        #[arg(long, short = 'r')]
+        resources: Option<PathBuf>,
+        id: String,
+    },
+    /// What this runtime supports, as JSON.
+    Features,
+    /// Write a starting config.json.
+    Spec {
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long)]
+        rootless: bool,
+    },
+    /// Not supported yet (feather's own `feather checkpoint` works on feather VMs).
+    Checkpoint {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Not supported yet.
+    Restore {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+/// Runs the command line; returns the exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    crate::log::init(cli.log.clone(), &cli.log_format, cli.debug);
+    crate::log::debug(&format!("argv: {:?}", std::env::args().collect::<Vec<_>>()));
+    match run(cli) {
+        Ok(code) => code,
+        Err(error) => {
+            crate::log::error(&format!("{error:#}"));
+            1
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    if cli.systemd_cgroup {
+        bail!("--systemd-cgroup: feather-oci manages cgroupfs paths only; configure the engine's cgroup manager as cgroupfs (podman --cgroup-manager cgroupfs, Docker native.cgroupdriver=cgroupfs, containerd SystemdCgroup = false)");
+    }
+    let root = &cli.root;
+    match cli.command {
+        Command::Create {
+            bundle,
+            console_socket,
+            pid_file,
+            no_pivot,
+            no_new_keyring: _,
+            preserve_fds,
+            id,
+        } => crate::create::create(
+            root,
+            &CreateArgs {
+                id,
+                bundle,
+                pid_file,
+                console_socket,
+                no_pivot,
+                preserve_fds,
+            },
+        )?,
+        Command::Start { id } => crate::ops::start(root, &id)?,
+        Command::State { id } => crate::ops::state(root, &id)?,
+        Command::Kill { all, id, signal } => {
+            crate::ops::kill_container(root, &id, signal.as_deref().unwrap_or("SIGTERM"), all)?
+        }
+        Command::Delete { force, id } => crate::ops::delete(root, &id, force)?,
+        Command::Exec {
+            process,
+            tty,
+            console_socket,
+            detach,
+            pid_file,
+            cwd,
+            env,
+            user,
+            cap,
+            no_new_privs,
+            preserve_fds,
+            process_label: _,
+            apparmor: _,
+            id,
+            command,
+        } => {
+            return crate::exec::exec(
+                root,
+                &ExecArgs {
+                    id,
+                    process,
+                    tty,
+                    console_socket,
+                    detach,
+                    pid_file,
+                    cwd,
+                    env,
+                    user,
+                    caps: cap,
+                    no_new_privs,
+                    preserve_fds,
+                    command,
+                },
+            )
+        }
+        Command::Ps {
+            format,
+            id,
+            ps_args: _,
+        } => crate::ops::ps(root, &id, format == "json")?,
+        Command::List { format, quiet } => crate::ops::list(root, format == "json", quiet)?,
+        Command::Pause { id } => crate::ops::pause(root, &id, true)?,
+        Command::Resume { id } => crate::ops::pause(root, &id, false)?,
+        Command::Events {
+            stats,
+            interval,
+            id,
+        } => crate::ops::events(root, &id, stats, parse_interval(&interval)?)?,
+        Command::Update { resources, id } => crate::ops::update(root, &id, resources.as_deref())?,
+        Command::Features => crate::ops::features()?,
+        Command::Spec { bundle, rootless } => {
+            if rootless {
+                bail!("spec --rootless: feather-oci runs as root only");
+            }
+            crate::ops::spec(&bundle)?
+        }
+        Command::Checkpoint { .. } | Command::Restore { .. } => {
+            bail!("checkpoint/restore: not supported by feather-oci yet (feather checkpoint works on feather VMs)")
+        }
+    }
+    Ok(0)
+}
+
+/// Go's duration spelling, for the common cases: "5s", "500ms", "1m".
+fn parse_interval(text: &str) -> Result<Duration> {
+    let (number, unit) = text.split_at(
+        text.find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(text.len()),
+    );
+    let number: u64 = number
+        .parse()
+        .map_err(|_| anyhow::anyhow!("--interval {text}: e.g. 5s"))?;
+    Ok(match unit {
+        "ms" => Duration::from_millis(number),
+        "s" | "" => Duration::from_secs(number),
+        "m" => Duration::from_secs(number * 60),
+        _ => bail!("--interval {text}: e.g. 5s, 500ms or 1m"),
+    })
+}

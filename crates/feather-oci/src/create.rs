@@ -1,0 +1,245 @@
+//! `create`: validate the config (refusing by name what cannot be honoured), make the
+//! container's folder, cgroup and fifo, clone the init into its namespaces, run the prestart
+//! and createRuntime hooks while it waits, and return once it is ready and waiting for
+//! `start`. Any failure removes everything made.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
+
+use crate::annotations::Feather;
+use crate::hooks::{self, Kind};
+use crate::init::Init;
+use crate::store::{Container, Record};
+
+pub struct CreateArgs {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub pid_file: Option<PathBuf>,
+    pub console_socket: Option<PathBuf>,
+    pub no_pivot: bool,
+    pub preserve_fds: i32,
+}
+
+pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
+    crate::store::validate_id(&args.id)?;
+    if Container::exists(root, &args.id) {
+        bail!("container with id {} already exists", args.id);
+    }
+    let bundle = args
+        .bundle
+        .canonicalize()
+        .with_context(|| format!("bundle {}", args.bundle.display()))?;
+    let spec = Spec::load(bundle.join("config.json"))
+        .map_err(|e| anyhow::anyhow!("{}/config.json: {e}", bundle.display()))?;
+    crate::validate::check(&spec)?;
+    let feather = Feather::parse(&spec)?;
+    let linux = spec.linux().clone().context("linux")?;
+    if let Some(seccomp) = linux.seccomp() {
+        crate::seccomp::compile(seccomp)?;
+    }
+    let cgroup = crate::cgroups::relative_path(linux.cgroups_path().as_deref(), &args.id)?;
+    let rootfs = match (&feather.host_base, spec.root()) {
+        (true, _) | (false, None) => PathBuf::from("/"),
+        (false, Some(root)) => bundle.join(root.path()),
+    };
+    let record = Record {
+        id: args.id.clone(),
+        bundle: bundle.clone(),
+        rootfs,
+        pid: 0,
+        start_ticks: 0,
+        created: crate::log::now_rfc3339(),
+        cgroup,
+        annotations: spec.annotations().clone().unwrap_or_default(),
+    };
+    let mut container = Container::make(root, record)?;
+    let made = spec
+        .save(container.dir.join("config.json"))
+        .map_err(anyhow::Error::from)
+        .and_then(|()| build(&mut container, &spec, args, feather.host_base));
+    if let Err(error) = made {
+        crate::ops::destroy(&container);
+        return Err(error);
+    }
+    Ok(())
+}
+
+fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: bool) -> Result<()> {
+    nix::unistd::mkfifo(&container.fifo(), Mode::from_bits_truncate(0o622))
+        .context("make exec.fifo")?;
+    let linux = spec.linux().clone().context("linux")?;
+    let groups = container.groups();
+    groups.create(linux.resources().as_ref())?;
+    let mut new = CloneFlags::empty();
+    let mut new_cgroup_namespace = false;
+    let mut joins = Vec::new();
+    for namespace in linux.namespaces().iter().flatten() {
+        let flag = CloneFlags::from_bits_truncate(namespace.typ() as i32);
+        match namespace.path() {
+            Some(path) => {
+                let file = File::open(path).with_context(|| {
+                    format!(
+                        "linux.namespaces[{}].path {}",
+                        namespace.typ(),
+                        path.display()
+                    )
+                })?;
+                joins.push((file, flag, namespace.typ()));
+            }
+            None if namespace.typ() == LinuxNamespaceType::Cgroup => new_cgroup_namespace = true,
+            None => new |= flag,
+        }
+    }
+    let terminal = spec.process().as_ref().and_then(|p| p.terminal()) == Some(true);
+    let console = match (&args.console_socket, terminal) {
+        (Some(path), true) => Some(
+            UnixStream::connect(path)
+                .with_context(|| format!("--console-socket {}", path.display()))?,
+        ),
+        (None, true) => {
+            bail!("process.terminal: cannot allocate a terminal without --console-socket")
+        }
+        _ => None,
+    };
+    let (mut socket, child_socket) = UnixStream::pair().context("socketpair")?;
+    // Joined namespaces apply to this process (a pid namespace to its children): the init is
+    // cloned into them, and into new ones for the rest.
+    for (file, flag, typ) in &joins {
+        nix::sched::setns(file, *flag)
+            .with_context(|| format!("linux.namespaces[{typ}].path: join"))?;
+    }
+    let child = match feather_sys::process::fork_into(new).map_err(|e| anyhow::anyhow!("{e}"))? {
+        feather_sys::process::Forked::Child => {
+            drop(socket);
+            Init {
+                spec: spec.clone(),
+                record: container.record.clone(),
+                dir: container.dir.clone(),
+                socket: child_socket,
+                console,
+                no_pivot: args.no_pivot,
+                new_cgroup_namespace,
+                host_base,
+                preserve_fds: args.preserve_fds,
+                started: false,
+            }
+            .run()
+        }
+        feather_sys::process::Forked::Parent(child) => child,
+    };
+    drop(child_socket);
+    drop(console);
+    let outcome = supervise(container, spec, &mut socket, child.pid.as_raw());
+    if outcome.is_err() {
+        let _ = feather_sys::process::signal(&child.pidfd, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(child.pid, None);
+    }
+    outcome?;
+    if let Some(pid_file) = &args.pid_file {
+        PidFile::prepare(pid_file)?.write(container.record.pid)?;
+    }
+    Ok(())
+}
+
+/// Drives the init through its steps; returns once it waits for `start`.
+fn supervise(
+    container: &mut Container,
+    spec: &Spec,
+    socket: &mut UnixStream,
+    pid: i32,
+) -> Result<()> {
+    container.groups().add(nix::unistd::Pid::from_raw(pid))?;
+    writeln!(socket, "go {pid}")?;
+    container.record.pid = pid;
+    let reader = BufReader::new(socket.try_clone()?);
+    for line in reader.lines() {
+        let line = line?;
+        match line.as_str() {
+            "mounted" => {
+                let state = crate::ops::hook_state(&container.record, "creating");
+                hooks::run(spec, Kind::Prestart, &state)?;
+                hooks::run(spec, Kind::CreateRuntime, &state)?;
+                writeln!(socket, "go")?;
+            }
+            "ready" => {
+                container.record.start_ticks =
+                    feather_sys::process::start_ticks(nix::unistd::Pid::from_raw(pid))
+                        .context("the container's init vanished")?;
+                container.save()?;
+                return Ok(());
+            }
+            other => match other.strip_prefix("error ") {
+                Some(message) => bail!("{message}"),
+                None => bail!("unexpected message from the container's init: {other:?}"),
+            },
+        }
+    }
+    container.record.pid = 0;
+    bail!("the container's init exited during create")
+}
+
+/// `--pid-file`, written whole or not at all (engines read it as soon as the command returns),
+/// through its folder opened up front: `exec` writes it after entering the container's mount
+/// namespace, where the engine's path leads nowhere.
+pub struct PidFile {
+    folder: std::os::fd::OwnedFd,
+    name: std::ffi::OsString,
+    path: PathBuf,
+}
+
+impl PidFile {
+    pub fn prepare(path: &Path) -> Result<PidFile> {
+        let (Some(folder), Some(name)) = (path.parent(), path.file_name()) else {
+            bail!("--pid-file {}: not a file path", path.display());
+        };
+        let folder = if folder.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            folder
+        };
+        let folder = nix::fcntl::open(
+            folder,
+            nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("--pid-file {}", path.display()))?;
+        Ok(PidFile {
+            folder,
+            name: name.to_owned(),
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn write(&self, pid: i32) -> Result<()> {
+        let mut temporary = self.name.clone();
+        temporary.push(".feather-oci.tmp");
+        let written = nix::fcntl::openat(
+            &self.folder,
+            temporary.as_os_str(),
+            nix::fcntl::OFlag::O_CREAT
+                | nix::fcntl::OFlag::O_TRUNC
+                | nix::fcntl::OFlag::O_WRONLY
+                | nix::fcntl::OFlag::O_NOFOLLOW
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .and_then(|file| nix::unistd::write(&file, pid.to_string().as_bytes()).map(drop))
+        .and_then(|()| {
+            nix::fcntl::renameat(
+                &self.folder,
+                temporary.as_os_str(),
+                &self.folder,
+                self.name.as_os_str(),
+            )
+        });
+        written.with_context(|| format!("--pid-file {}", self.path.display()))
+    }
+}

@@ -1,0 +1,203 @@
+//! `exec`: a new process in a running container — in all of its namespaces and its cgroup,
+//! under the container's seccomp profile, with the user, capabilities and environment of the
+//! `--process` JSON (or the container's process with the flags' changes).
+//!
+//! This process joins the container's cgroup, then its namespaces through a pidfd of the
+//! init (checked against the recorded start time, so a reused pid is never entered), then
+//! forks: the child is in the container's pid namespace and becomes the program. Its errors
+//! come back over a close-on-exec socket, so a failed exec is this command's error.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::sched::CloneFlags;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxCapabilities, Process, Spec};
+
+use crate::store::{Container, Status};
+
+#[derive(Default)]
+pub struct ExecArgs {
+    pub id: String,
+    pub process: Option<PathBuf>,
+    pub tty: bool,
+    pub console_socket: Option<PathBuf>,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub cwd: Option<PathBuf>,
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub caps: Vec<String>,
+    pub no_new_privs: bool,
+    pub preserve_fds: i32,
+    pub command: Vec<String>,
+}
+
+/// Returns the exit code to exit with (0 when detached).
+pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
+    let container = Container::load(root, &args.id)?;
+    match container.status() {
+        Status::Created | Status::Running => {}
+        other => bail!(
+            "cannot exec in container {}: it is {}",
+            args.id,
+            other.name()
+        ),
+    }
+    let config = container.config()?;
+    let process = process_for(&config, args)?;
+    let terminal = process.terminal() == Some(true);
+    let console = match (&args.console_socket, terminal) {
+        (Some(path), true) => Some(
+            UnixStream::connect(path)
+                .with_context(|| format!("--console-socket {}", path.display()))?,
+        ),
+        (None, true) => bail!("--tty: a terminal needs --console-socket"),
+        _ => None,
+    };
+    let pid_file = args
+        .pid_file
+        .as_deref()
+        .map(crate::create::PidFile::prepare)
+        .transpose()?;
+    let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(container.record.pid))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !container.init_alive() {
+        bail!("cannot exec in container {}: it stopped", args.id);
+    }
+    container.groups().add(Pid::this())?;
+    let namespaces = config
+        .linux()
+        .iter()
+        .flat_map(|l| l.namespaces().iter().flatten())
+        .fold(CloneFlags::empty(), |all, ns| {
+            all | CloneFlags::from_bits_truncate(ns.typ() as i32)
+        });
+    feather_sys::process::join_namespaces(&pidfd, namespaces)
+        .map_err(|e| anyhow::anyhow!("enter container {}: {e}", args.id))?;
+    crate::process::find_program(&process)?;
+    let (mut report, child_report) = UnixStream::pair()?;
+    let seccomp = config.linux().as_ref().and_then(|l| l.seccomp().clone());
+    let Some(child) = feather_sys::process::fork().map_err(|e| anyhow::anyhow!("{e}"))? else {
+        drop(report);
+        let mut keep: Vec<i32> = (3..3 + args.preserve_fds).collect();
+        keep.push(child_report.as_raw_fd());
+        keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
+        feather_sys::process::close_other_fds(&keep);
+        let error = match become_it(&process, console, seccomp.as_ref()) {
+            Ok(never) => match never {},
+            Err(error) => error,
+        };
+        let _ = write!(&child_report, "{error:#}");
+        std::process::exit(127);
+    };
+    drop(child_report);
+    drop(console);
+    let mut message = String::new();
+    let _ = report.read_to_string(&mut message);
+    if !message.is_empty() {
+        let _ = waitpid(child, None);
+        bail!("{message}");
+    }
+    if let Some(pid_file) = &pid_file {
+        pid_file.write(child.as_raw())?;
+    }
+    if args.detach {
+        return Ok(0);
+    }
+    loop {
+        match waitpid(child, None)? {
+            WaitStatus::Exited(_, code) => return Ok(code),
+            WaitStatus::Signaled(_, signal, _) => return Ok(128 + signal as i32),
+            _ => {}
+        }
+    }
+}
+
+fn become_it(
+    process: &Process,
+    console: Option<UnixStream>,
+    seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+) -> Result<std::convert::Infallible> {
+    nix::unistd::setsid().context("setsid")?;
+    if let Some(console) = console {
+        let (master, slave) =
+            feather_sys::pty::open_pair().map_err(|e| anyhow::anyhow!("--tty: {e}"))?;
+        feather_sys::fdpass::send(&console, b"/dev/ptmx", &[master.as_raw_fd()])
+            .context("--tty: send the terminal to --console-socket")?;
+        feather_sys::pty::make_controlling(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
+        feather_sys::process::redirect_stdio(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    crate::process::become_program(process, seccomp)
+}
+
+/// `--process FILE`, or the container's own process with the command and flags applied.
+fn process_for(config: &Spec, args: &ExecArgs) -> Result<Process> {
+    let mut process: Process = match &args.process {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("--process {}", path.display()))?;
+            serde_json::from_str(&text)
+                .with_context(|| format!("--process {}: not an OCI process", path.display()))?
+        }
+        None => {
+            if args.command.is_empty() {
+                bail!("exec: give a command, or --process FILE");
+            }
+            let mut process = config.process().clone().context("process")?;
+            process.set_args(Some(args.command.clone()));
+            process.set_terminal(Some(args.tty));
+            process
+        }
+    };
+    if let Some(cwd) = &args.cwd {
+        process.set_cwd(cwd.clone());
+    }
+    if !args.env.is_empty() {
+        let mut env = process.env().clone().unwrap_or_default();
+        env.extend(args.env.iter().cloned());
+        process.set_env(Some(env));
+    }
+    if let Some(user) = &args.user {
+        let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
+        let user = process.user_mut();
+        user.set_uid(
+            uid.parse()
+                .with_context(|| format!("--user {uid}: a number"))?,
+        );
+        user.set_gid(
+            gid.parse()
+                .with_context(|| format!("--user {gid}: a number"))?,
+        );
+    }
+    if args.no_new_privs {
+        process.set_no_new_privileges(Some(true));
+    }
+    if !args.caps.is_empty() {
+        add_capabilities(&mut process, &args.caps)?;
+    }
+    Ok(process)
+}
+
+fn add_capabilities(process: &mut Process, names: &[String]) -> Result<()> {
+    let mut capabilities: LinuxCapabilities = process.capabilities().clone().unwrap_or_default();
+    for name in names {
+        let cap: oci_spec::runtime::Capability =
+            serde_json::from_value(serde_json::Value::String(name.clone()))
+                .with_context(|| format!("--cap {name}: unknown capability"))?;
+        let with = |set: &Option<oci_spec::runtime::Capabilities>| {
+            let mut set = set.clone().unwrap_or_default();
+            set.insert(cap);
+            Some(set)
+        };
+        capabilities.set_bounding(with(capabilities.bounding()));
+        capabilities.set_effective(with(capabilities.effective()));
+        capabilities.set_permitted(with(capabilities.permitted()));
+    }
+    process.set_capabilities(Some(capabilities));
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The container's init: the process `create` clones into the new namespaces. It assembles the
+//! root, reports ready, and waits on `exec.fifo` until `start`; then it becomes the program,
+//! keeping its pid — the pid the engine waits on (the shim and conmon are subreapers: when
+//! `create` exits, the init becomes their child).
+//!
+//! It talks to `create` over a socket pair, one line a message: `go <pid>` (it is in its
+//! cgroup; its pid as the host sees it), `mounted` (hooks may run), `go`, `ready`, or
+//! `error <text>`, which `create` reports as its own error.
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::OFlag;
+use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
+use nix::sys::stat::Mode;
+use oci_spec::runtime::Spec;
+
+use crate::cgroups::Groups;
+use crate::hooks::{self, Kind};
+use crate::store::Record;
+
+pub struct Init {
+    pub spec: Spec,
+    pub record: Record,
+    pub dir: PathBuf,
+    pub socket: UnixStream,
+    pub console: Option<UnixStream>,
+    pub no_pivot: bool,
+    pub new_cgroup_namespace: bool,
+    pub host_base: bool,
+    pub preserve_fds: i32,
+    /// Set once `start` released the init: errors then go to the container's stderr.
+    pub started: bool,
+}
+
+impl Init {
+    /// Never returns: the program replaces the init, or the init exits after reporting.
+    pub fn run(mut self) -> ! {
+        let error = match self.steps() {
+            Ok(never) => match never {},
+            Err(error) => error,
+        };
+        let message = format!("{error:#}").replace('\n', " ");
+        // After `ready` nobody reads the socket: the container's stderr is where the engine
+        // shows it (runc does the same).
+        if writeln!(self.socket, "error {message}").is_err() || self.started {
+            eprintln!("feather-oci: container {}: {message}", self.record.id);
+        }
+        std::process::exit(1)
+    }
+
+    fn receive(&mut self) -> Result<String> {
+        let mut line = String::new();
+        BufReader::new(&self.socket).read_line(&mut line)?;
+        if line.is_empty() {
+            bail!("create went away");
+        }
+        Ok(line.trim_end().to_owned())
+    }
+
+    fn steps(&mut self) -> Result<Infallible> {
+        // Until create has recorded us, its death must be ours.
+        feather_sys::process::set_parent_death_signal(Signal::SIGKILL)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut keep: Vec<i32> = (3..3 + self.preserve_fds).collect();
+        keep.push(self.socket.as_raw_fd());
+        keep.extend(self.console.as_ref().map(|c| c.as_raw_fd()));
+        feather_sys::process::close_other_fds(&keep);
+        let go = self.receive()?;
+        let host_pid: i32 = go
+            .strip_prefix("go ")
+            .and_then(|p| p.parse().ok())
+            .context("unexpected message from create")?;
+        self.record.pid = host_pid;
+        if self.new_cgroup_namespace {
+            nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).context("linux.namespaces[cgroup]")?;
+        }
+        nix::unistd::setsid().context("setsid")?;
+        let groups = Groups::new(&self.record.cgroup);
+        let rootfs = crate::mounts::prepare_root(
+            &self.spec,
+            &self.record.bundle,
+            &self.dir,
+            self.host_base,
+        )?;
+        crate::mounts::mount_all(&self.spec, &rootfs, &self.record.bundle, &groups)?;
+        writeln!(self.socket, "mounted")?;
+        if self.receive()? != "go" {
+            bail!("unexpected message from create");
+        }
+        let state = crate::ops::hook_state(&self.record, "created");
+        hooks::run(&self.spec, Kind::CreateContainer, &state)?;
+        // The fifo is opened now, on the host's path; after pivot_root it is reopened through
+        // this descriptor, for writing, which blocks until `start` opens it for reading.
+        let fifo = nix::fcntl::open(
+            &self.dir.join("exec.fifo"),
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context("open exec.fifo")?;
+        crate::mounts::enter_root(&rootfs, self.no_pivot)?;
+        self.set_names()?;
+        crate::mounts::finish_root(&self.spec)?;
+        let process = self.spec.process().clone().context("process")?;
+        if process.terminal() == Some(true) {
+            self.give_terminal()?;
+        }
+        crate::process::find_program(&process)?;
+        nix::sys::prctl::set_pdeathsig(None::<Signal>).context("prctl(PR_SET_PDEATHSIG)")?;
+        writeln!(self.socket, "ready")?;
+        // Held open until exec closes it (O_CLOEXEC): `start` reads the byte, then waits for
+        // the end of the fifo, so its poststart hooks follow the startContainer ones and the
+        // program's exec.
+        let _started = wait_for_start(&fifo)?;
+        self.started = true;
+        let state = crate::ops::hook_state(&self.record, "running");
+        hooks::run(&self.spec, Kind::StartContainer, &state)?;
+        let seccomp = self.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        crate::process::become_program(&process, seccomp.as_ref())
+    }
+
+    fn set_names(&self) -> Result<()> {
+        if let Some(hostname) = self.spec.hostname().as_deref().filter(|h| !h.is_empty()) {
+            nix::unistd::sethostname(hostname).context("hostname")?;
+        }
+        if let Some(domain) = self.spec.domainname().as_deref().filter(|h| !h.is_empty()) {
+            std::fs::write("/proc/sys/kernel/domainname", domain).context("domainname")?;
+        }
+        Ok(())
+    }
+
+    /// `process.terminal`: a pseudo-terminal of the container's devpts; the master goes to the
+    /// engine through `--console-socket`, the slave becomes the init's controlling terminal
+    /// and stdio.
+    fn give_terminal(&mut self) -> Result<()> {
+        let Some(console) = &self.console else {
+            bail!("process.terminal: a terminal needs --console-socket");
+        };
+        let (master, slave) =
+            feather_sys::pty::open_pair().map_err(|e| anyhow::anyhow!("process.terminal: {e}"))?;
+        feather_sys::fdpass::send(console, b"/dev/ptmx", &[master.as_raw_fd()])
+            .context("process.terminal: send the terminal to --console-socket")?;
+        drop(master);
+        feather_sys::pty::make_controlling(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
+        feather_sys::process::redirect_stdio(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
+        self.console = None;
+        Ok(())
+    }
+}
+
+fn wait_for_start(fifo: &OwnedFd) -> Result<OwnedFd> {
+    let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
+    let writer = nix::fcntl::open(
+        path.as_str(),
+        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("wait on exec.fifo (the container needs /proc mounted)")?;
+    nix::unistd::write(&writer, b"0").context("write exec.fifo")?;
+    Ok(writer)
+}

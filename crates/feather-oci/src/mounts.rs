@@ -1,0 +1,581 @@
+//! The container's root, assembled in its new mount namespace from the config's `root`,
+//! `mounts`, `linux.devices`, `maskedPaths`, `readonlyPaths` and `linux.rootfsPropagation`.
+//!
+//! The rootfs comes from an image, so it is hostile: a mount destination is resolved inside it
+//! with openat2(RESOLVE_IN_ROOT) — a symlink in the image can never point a mount at a host
+//! path — and the mount is made on the descriptor (`/proc/self/fd/N`), never on a path the
+//! image could swap between the check and the mount. Missing folders are made with mkdirat
+//! relative to their resolved parent.
+
+use std::ffi::OsStr;
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::errno::Errno;
+use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
+use nix::mount::{mount, MsFlags};
+use nix::sys::stat::{mkdirat, mknodat, Mode, SFlag};
+use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
+
+use crate::cgroups::{self, Groups};
+
+const NONE: Option<&str> = None;
+
+pub fn propagation_flag(name: &str) -> Option<MsFlags> {
+    Some(match name {
+        "private" => MsFlags::MS_PRIVATE,
+        "rprivate" => MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        "shared" => MsFlags::MS_SHARED,
+        "rshared" => MsFlags::MS_SHARED | MsFlags::MS_REC,
+        "slave" => MsFlags::MS_SLAVE,
+        "rslave" => MsFlags::MS_SLAVE | MsFlags::MS_REC,
+        "unbindable" => MsFlags::MS_UNBINDABLE,
+        "runbindable" => MsFlags::MS_UNBINDABLE | MsFlags::MS_REC,
+        _ => return None,
+    })
+}
+
+/// A mount's options split into flags to set, flags to clear, propagation changes and the
+/// filesystem's own data.
+struct Options {
+    set: MsFlags,
+    clear: MsFlags,
+    propagation: Vec<MsFlags>,
+    data: Vec<String>,
+}
+
+fn parse_options(options: &[String]) -> Options {
+    let mut parsed = Options {
+        set: MsFlags::empty(),
+        clear: MsFlags::empty(),
+        propagation: Vec::new(),
+        data: Vec::new(),
+    };
+    for option in options {
+        if let Some(flag) = propagation_flag(option) {
+            parsed.propagation.push(flag);
+            continue;
+        }
+        let (set, clear) = match option.as_str() {
+            "defaults" => (MsFlags::empty(), MsFlags::empty()),
+            "ro" => (MsFlags::MS_RDONLY, MsFlags::empty()),
+            "rw" => (MsFlags::empty(), MsFlags::MS_RDONLY),
+            "nosuid" => (MsFlags::MS_NOSUID, MsFlags::empty()),
+            "suid" => (MsFlags::empty(), MsFlags::MS_NOSUID),
+            "nodev" => (MsFlags::MS_NODEV, MsFlags::empty()),
+            "dev" => (MsFlags::empty(), MsFlags::MS_NODEV),
+            "noexec" => (MsFlags::MS_NOEXEC, MsFlags::empty()),
+            "exec" => (MsFlags::empty(), MsFlags::MS_NOEXEC),
+            "sync" => (MsFlags::MS_SYNCHRONOUS, MsFlags::empty()),
+            "async" => (MsFlags::empty(), MsFlags::MS_SYNCHRONOUS),
+            "dirsync" => (MsFlags::MS_DIRSYNC, MsFlags::empty()),
+            "remount" => (MsFlags::MS_REMOUNT, MsFlags::empty()),
+            "mand" => (MsFlags::MS_MANDLOCK, MsFlags::empty()),
+            "nomand" => (MsFlags::empty(), MsFlags::MS_MANDLOCK),
+            "atime" => (MsFlags::empty(), MsFlags::MS_NOATIME),
+            "noatime" => (MsFlags::MS_NOATIME, MsFlags::empty()),
+            "diratime" => (MsFlags::empty(), MsFlags::MS_NODIRATIME),
+            "nodiratime" => (MsFlags::MS_NODIRATIME, MsFlags::empty()),
+            "relatime" => (MsFlags::MS_RELATIME, MsFlags::empty()),
+            "norelatime" => (MsFlags::empty(), MsFlags::MS_RELATIME),
+            "strictatime" => (MsFlags::MS_STRICTATIME, MsFlags::empty()),
+            "nostrictatime" => (MsFlags::empty(), MsFlags::MS_STRICTATIME),
+            "bind" => (MsFlags::MS_BIND, MsFlags::empty()),
+            "rbind" => (MsFlags::MS_BIND | MsFlags::MS_REC, MsFlags::empty()),
+            _ => {
+                parsed.data.push(option.clone());
+                continue;
+            }
+        };
+        parsed.set |= set;
+        parsed.set &= !clear;
+        parsed.clear |= clear;
+    }
+    parsed
+}
+
+/// Opens `path` (absolute, as the container sees it) inside `root`, never leaving it.
+fn resolve(root: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let relative = if relative.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        relative
+    };
+    let how = OpenHow::new()
+        .flags(flags | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    openat2(root.as_fd(), relative, how)
+}
+
+/// Opens `path` inside `root` as an O_PATH descriptor, making what is missing: folders on the
+/// way, and the last entry as a folder or an empty file. Walks one component at a time with
+/// O_NOFOLLOW: a symlink is read and its target walked in its place (an absolute one from
+/// the rootfs, `..` never above it), so a link in the image can lead the walk, and what it
+/// makes, only to places inside the rootfs — also when the link's target does not exist yet.
+fn make_target(root: &OwnedFd, path: &Path, directory: bool) -> Result<OwnedFd> {
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    push_components(&mut pending, path);
+    // The folders walked so far, the rootfs first.
+    let mut walked: Vec<OwnedFd> = vec![reopen(root)?];
+    let mut links = 0;
+    while let Some(name) = pending.pop() {
+        if name == ".." {
+            if walked.len() > 1 {
+                walked.pop();
+            }
+            continue;
+        }
+        let last = pending.is_empty();
+        let parent = walked.last().expect("the rootfs is never popped");
+        let opened = openat(
+            parent.as_fd(),
+            name.as_os_str(),
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        );
+        let entry = match opened {
+            Ok(entry) => entry,
+            Err(Errno::ENOENT) => {
+                make_entry(parent, &name, !last || directory)
+                    .with_context(|| format!("make {} in the rootfs", name.to_string_lossy()))?;
+                pending.push(name);
+                continue;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("open {} in the rootfs", path.display()))
+            }
+        };
+        let kind = nix::sys::stat::fstat(&entry)?.st_mode & libc::S_IFMT;
+        if kind == libc::S_IFLNK {
+            links += 1;
+            if links > 40 {
+                bail!("{}: too many symbolic links", path.display());
+            }
+            let target = nix::fcntl::readlinkat(parent.as_fd(), name.as_os_str())?;
+            if Path::new(&target).is_absolute() {
+                walked.truncate(1);
+            }
+            push_components(&mut pending, Path::new(&target));
+            continue;
+        }
+        if last {
+            return Ok(entry);
+        }
+        if kind != libc::S_IFDIR {
+            bail!(
+                "{}: {} is not a folder",
+                path.display(),
+                name.to_string_lossy()
+            );
+        }
+        walked.push(entry);
+    }
+    Ok(walked.pop().expect("the rootfs"))
+}
+
+/// Queues `path`'s components so that the first is popped first.
+fn push_components(pending: &mut Vec<std::ffi::OsString>, path: &Path) {
+    let names: Vec<std::ffi::OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(name) => Some(name.to_owned()),
+            Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    pending.extend(names.into_iter().rev());
+}
+
+fn reopen(fd: &OwnedFd) -> Result<OwnedFd> {
+    Ok(openat(
+        fd.as_fd(),
+        ".",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// A folder or an empty file named `name` in `parent` (an O_PATH descriptor).
+fn make_entry(parent: &OwnedFd, name: &OsStr, directory: bool) -> nix::Result<()> {
+    let made = if directory {
+        mkdirat(parent.as_fd(), name, Mode::from_bits_truncate(0o755))
+    } else {
+        let at = openat(
+            parent.as_fd(),
+            ".",
+            OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )?;
+        openat(
+            at.as_fd(),
+            name,
+            OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o644),
+        )
+        .map(drop)
+    };
+    match made {
+        Err(Errno::EEXIST) => Ok(()),
+        other => other,
+    }
+}
+
+fn fd_path(fd: &OwnedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
+}
+
+/// Makes the mount namespace private (or as `linux.rootfsPropagation` says) and the rootfs a
+/// mount point of its own, ready for pivot_root. Returns the rootfs path.
+pub fn prepare_root(spec: &Spec, bundle: &Path, dir: &Path, host_base: bool) -> Result<PathBuf> {
+    // Slave, not private, by default (as runc): the host's later unmounts still reach the
+    // container, and nothing the container mounts reaches the host.
+    mount(NONE, "/", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE)
+        .context("make the container's mounts private")?;
+    if host_base {
+        return host_root(dir);
+    }
+    let Some(root) = spec.root() else {
+        bail!("root: missing");
+    };
+    let rootfs = bundle.join(root.path());
+    let rootfs = rootfs
+        .canonicalize()
+        .with_context(|| format!("root.path {}", rootfs.display()))?;
+    mount(
+        Some(&rootfs),
+        &rootfs,
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        NONE,
+    )
+    .with_context(|| format!("root.path: bind {}", rootfs.display()))?;
+    Ok(rootfs)
+}
+
+/// `org.feather.base=host`: an overlay of the host's `/`. Its writable layer is a tmpfs of the
+/// container's own mount namespace — it lives and dies with the container, and it is never
+/// inside its own lower layer (overlayfs refuses that; the runtime's root may be on `/`).
+fn host_root(dir: &Path) -> Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    let layer = dir.join("layer");
+    for folder in [&rootfs, &layer] {
+        fs::create_dir_all(folder).with_context(|| format!("create {}", folder.display()))?;
+    }
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+    mount(
+        Some("tmpfs"),
+        &layer,
+        Some("tmpfs"),
+        flags,
+        Some("mode=755"),
+    )
+    .context("org.feather.base=host: mount the layer's tmpfs")?;
+    for sub in ["upper", "work"] {
+        fs::create_dir(layer.join(sub))?;
+    }
+    feather_sys::mount::overlay(
+        Path::new("/"),
+        &layer.join("upper"),
+        &layer.join("work"),
+        &rootfs,
+        feather_sys::mount::LayerSync::Volatile,
+    )
+    .map_err(|e| anyhow::anyhow!("org.feather.base=host: {e}"))?;
+    Ok(rootfs)
+}
+
+/// Every entry of `mounts`, in order, then the default devices and `linux.devices`.
+pub fn mount_all(spec: &Spec, rootfs: &Path, bundle: &Path, groups: &Groups) -> Result<()> {
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("open {}", rootfs.display()))?;
+    let mut dev_is_tmpfs = false;
+    for entry in spec.mounts().iter().flatten() {
+        mount_one(&root, entry, bundle, groups)
+            .with_context(|| format!("mounts[{}]", entry.destination().display()))?;
+        if entry.destination() == Path::new("/dev") && entry.typ().as_deref() == Some("tmpfs") {
+            dev_is_tmpfs = true;
+        }
+    }
+    let devices = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default();
+    if dev_is_tmpfs {
+        default_devices(&root, &devices)?;
+    }
+    for device in &devices {
+        make_device(&root, device)
+            .with_context(|| format!("linux.devices[{}]", device.path().display()))?;
+    }
+    Ok(())
+}
+
+fn mount_one(root: &OwnedFd, entry: &Mount, bundle: &Path, groups: &Groups) -> Result<()> {
+    let options = parse_options(entry.options().as_deref().unwrap_or_default());
+    let typ = entry.typ().clone().unwrap_or_default();
+    let destination = entry.destination();
+    if typ == "cgroup" || typ == "cgroup2" {
+        return mount_cgroups(root, destination, &options, groups);
+    }
+    let is_bind = typ == "bind" || options.set.contains(MsFlags::MS_BIND);
+    if is_bind {
+        let source = entry.source().clone().unwrap_or_default();
+        let source = if source.is_relative() {
+            bundle.join(source)
+        } else {
+            source
+        };
+        let directory = fs::metadata(&source)
+            .with_context(|| format!("source {}", source.display()))?
+            .is_dir();
+        let target = make_target(root, destination, directory)?;
+        let flags = MsFlags::MS_BIND | (options.set & MsFlags::MS_REC);
+        mount(Some(&source), fd_path(&target).as_str(), NONE, flags, NONE)
+            .with_context(|| format!("bind {}", source.display()))?;
+        let extra = options.set - (MsFlags::MS_BIND | MsFlags::MS_REC);
+        if !extra.is_empty() {
+            let top = make_target(root, destination, directory)?;
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
+            mount(NONE, fd_path(&top).as_str(), NONE, flags, NONE).context("remount")?;
+        }
+    } else {
+        let target = make_target(root, destination, true)?;
+        let source = entry
+            .source()
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(&typ));
+        let data = options.data.join(",");
+        let data = (!data.is_empty()).then_some(data.as_str());
+        mount(
+            Some(&source),
+            fd_path(&target).as_str(),
+            Some(typ.as_str()),
+            options.set,
+            data,
+        )
+        .with_context(|| format!("mount {typ}"))?;
+    }
+    if !options.propagation.is_empty() {
+        let top = make_target(root, destination, true)?;
+        for flag in &options.propagation {
+            mount(NONE, fd_path(&top).as_str(), NONE, *flag, NONE).context("set propagation")?;
+        }
+    }
+    Ok(())
+}
+
+/// A `cgroup` mount: a tmpfs with, for each hierarchy, the container's own group bound in —
+/// never the host's tree above it.
+fn mount_cgroups(
+    root: &OwnedFd,
+    destination: &Path,
+    options: &Options,
+    groups: &Groups,
+) -> Result<()> {
+    let target = make_target(root, destination, true)?;
+    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+    mount(
+        Some("tmpfs"),
+        fd_path(&target).as_str(),
+        Some("tmpfs"),
+        flags,
+        Some("mode=755"),
+    )
+    .context("mount tmpfs for cgroups")?;
+    let readonly = options.set.contains(MsFlags::MS_RDONLY);
+    for (name, hierarchy) in cgroups::hierarchies() {
+        let own = groups.dir_in(&hierarchy);
+        if !own.is_dir() {
+            continue;
+        }
+        let inside = destination.join(&name);
+        let target = make_target(root, &inside, true)?;
+        mount(
+            Some(&own),
+            fd_path(&target).as_str(),
+            NONE,
+            MsFlags::MS_BIND,
+            NONE,
+        )
+        .with_context(|| format!("bind {}", own.display()))?;
+        if readonly {
+            let top = make_target(root, &inside, true)?;
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
+            mount(NONE, fd_path(&top).as_str(), NONE, flags, NONE).context("remount read-only")?;
+        }
+    }
+    if readonly {
+        let top = make_target(root, destination, true)?;
+        mount(
+            NONE,
+            fd_path(&top).as_str(),
+            NONE,
+            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
+            NONE,
+        )
+        .context("remount read-only")?;
+    }
+    Ok(())
+}
+
+/// runc's default devices in a tmpfs /dev: bound from the host's nodes (the devices cgroup
+/// and the engine's device list decide what may be opened), and the usual links.
+fn default_devices(root: &OwnedFd, configured: &[LinuxDevice]) -> Result<()> {
+    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        let inside = Path::new("/dev").join(name);
+        if configured.iter().any(|d| d.path() == &inside) {
+            continue;
+        }
+        let target = make_target(root, &inside, false)?;
+        let host = Path::new("/dev").join(name);
+        mount(
+            Some(&host),
+            fd_path(&target).as_str(),
+            NONE,
+            MsFlags::MS_BIND,
+            NONE,
+        )
+        .with_context(|| format!("bind {}", host.display()))?;
+    }
+    let dev = resolve(root, Path::new("/dev"), OFlag::O_PATH | OFlag::O_DIRECTORY)?;
+    for (name, target) in [
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+        ("ptmx", "pts/ptmx"),
+        ("core", "/proc/kcore"),
+    ] {
+        match nix::unistd::symlinkat(target, dev.as_fd(), name) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(e) => return Err(e).with_context(|| format!("link /dev/{name}")),
+        }
+    }
+    Ok(())
+}
+
+fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
+    let path = device.path();
+    let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+        bail!("not a device path");
+    };
+    let parent = make_target(root, parent, true)?;
+    let parent = nix::fcntl::openat(
+        parent.as_fd(),
+        ".",
+        OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )?;
+    let kind = match device.typ() {
+        LinuxDeviceType::C | LinuxDeviceType::U => SFlag::S_IFCHR,
+        LinuxDeviceType::B => SFlag::S_IFBLK,
+        LinuxDeviceType::P => SFlag::S_IFIFO,
+        LinuxDeviceType::A => bail!("type \"a\" is not a device node"),
+    };
+    let number = nix::sys::stat::makedev(device.major() as u64, device.minor() as u64);
+    let mode = Mode::from_bits_truncate(device.file_mode().unwrap_or(0o666));
+    match mknodat(parent.as_fd(), name, kind, mode, number) {
+        Ok(()) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e).context("mknod"),
+    }
+    nix::unistd::fchownat(
+        parent.as_fd(),
+        name,
+        device.uid().map(nix::unistd::Uid::from_raw),
+        device.gid().map(nix::unistd::Gid::from_raw),
+        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+    )
+    .context("chown")?;
+    Ok(())
+}
+
+/// Makes the rootfs the root: pivot_root, or with `--no-pivot` a move and chroot.
+pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
+    if !no_pivot {
+        return feather_sys::mount::pivot_into(rootfs).map_err(|e| anyhow::anyhow!("{e}"));
+    }
+    nix::unistd::chdir(rootfs)?;
+    mount(Some("."), "/", NONE, MsFlags::MS_MOVE, NONE).context("move the rootfs to /")?;
+    nix::unistd::chroot(".").context("chroot")?;
+    nix::unistd::chdir("/").context("chdir /")?;
+    Ok(())
+}
+
+/// What is done inside the new root: sysctls, masked and read-only paths, a read-only root.
+pub fn finish_root(spec: &Spec) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    for (key, value) in linux.sysctl().iter().flatten() {
+        if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
+            bail!("linux.sysctl[{key}]: not a sysctl name");
+        }
+        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
+        fs::write(&path, value).with_context(|| format!("linux.sysctl[{key}]"))?;
+    }
+    for path in linux.masked_paths().iter().flatten() {
+        mask(Path::new(path)).with_context(|| format!("linux.maskedPaths[{path}]"))?;
+    }
+    for path in linux.readonly_paths().iter().flatten() {
+        make_readonly(Path::new(path)).with_context(|| format!("linux.readonlyPaths[{path}]"))?;
+    }
+    if let Some(flag) = linux
+        .rootfs_propagation()
+        .as_deref()
+        .and_then(propagation_flag)
+    {
+        mount(NONE, "/", NONE, flag, NONE).context("linux.rootfsPropagation")?;
+    }
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(NONE, "/", NONE, flags, NONE).context("root.readonly")?;
+    }
+    Ok(())
+}
+
+fn mask(path: &Path) -> Result<()> {
+    let metadata = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e.into()),
+    };
+    if metadata.is_dir() {
+        mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, NONE)?;
+    } else {
+        mount(Some("/dev/null"), path, NONE, MsFlags::MS_BIND, NONE)?;
+    }
+    Ok(())
+}
+
+fn make_readonly(path: &Path) -> Result<()> {
+    match mount(
+        Some(path),
+        path,
+        NONE,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        NONE,
+    ) {
+        Ok(()) => {}
+        Err(Errno::ENOENT) => return Ok(()),
+        Err(e) => return Err(e.into()),
+    }
+    let flags = MsFlags::MS_BIND
+        | MsFlags::MS_REMOUNT
+        | MsFlags::MS_RDONLY
+        | MsFlags::MS_REC
+        | MsFlags::MS_NOSUID
+        | MsFlags::MS_NODEV
+        | MsFlags::MS_NOEXEC;
+    // A bind remount keeps nosuid/nodev/noexec only if asked again; proc's are always set.
+    mount(NONE, path, NONE, flags, NONE)
+        .or_else(|_| mount(NONE, path, NONE, flags - MsFlags::MS_NOEXEC, NONE))?;
+    Ok(())
+}

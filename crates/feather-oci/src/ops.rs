@@ -1,0 +1,332 @@
+//! The commands on an existing container, with the errors runtime.md gives per state:
+//! `start` only a created container, `kill` only a created or running one, `delete` only a
+//! stopped one (a created one too, as runc; anything with `--force`).
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use nix::fcntl::OFlag;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::stat::Mode;
+use nix::unistd::Pid;
+use oci_spec::runtime::{LinuxResources, Spec};
+
+use crate::hooks::{self, Kind};
+use crate::store::{Container, Record, Status};
+
+/// The state JSON hooks read on their stdin.
+pub fn hook_state(record: &Record, status: &str) -> serde_json::Value {
+    serde_json::json!({
+        "ociVersion": oci_spec::runtime::VERSION,
+        "id": record.id,
+        "status": status,
+        "pid": record.pid,
+        "bundle": record.bundle,
+        "annotations": record.annotations,
+    })
+}
+
+pub fn state(root: &Path, id: &str) -> Result<()> {
+    let container = Container::load(root, id)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&container.state_json()?)?
+    );
+    Ok(())
+}
+
+pub fn start(root: &Path, id: &str) -> Result<()> {
+    let container = Container::load(root, id)?;
+    match container.status() {
+        Status::Created => {}
+        other => bail!(
+            "cannot start container {id}: it is {} (only a created container can be started)",
+            other.name()
+        ),
+    }
+    let fifo = nix::fcntl::open(
+        &container.fifo(),
+        OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("cannot start container {id}: open its exec.fifo"))?;
+    // The init writes one byte once released, and the fifo ends when its program's exec
+    // closes the init's end (or the init exits).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut released = false;
+    loop {
+        let mut fds = [PollFd::new(fifo.as_fd(), PollFlags::POLLIN)];
+        let _ = poll(&mut fds, PollTimeout::from(100u16));
+        let mut byte = [0u8; 1];
+        match nix::unistd::read(&fifo, &mut byte) {
+            Ok(1) => released = true,
+            Ok(_) if released => break,
+            Ok(_) | Err(nix::errno::Errno::EAGAIN) => {}
+            Err(e) => return Err(e).context("read exec.fifo"),
+        }
+        if !released && !container.init_alive() {
+            bail!("cannot start container {id}: its init exited");
+        }
+        if Instant::now() > deadline {
+            bail!("cannot start container {id}: its init did not take the start");
+        }
+    }
+    let _ = fs::remove_file(container.fifo());
+    let config = container.config()?;
+    if let Err(error) = hooks::run(
+        &config,
+        Kind::Poststart,
+        &hook_state(&container.record, "running"),
+    ) {
+        crate::log::warn(&format!("{error:#}"));
+    }
+    Ok(())
+}
+
+/// A signal by number, by name, or by name without `SIG`.
+pub fn parse_signal(text: &str) -> Result<Signal> {
+    if let Ok(number) = text.parse::<i32>() {
+        return Signal::try_from(number).with_context(|| format!("invalid signal {text}"));
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>()
+        .map_err(|_| anyhow::anyhow!("invalid signal {text}"))
+}
+
+pub fn kill_container(root: &Path, id: &str, signal: &str, all: bool) -> Result<()> {
+    let container = Container::load(root, id)?;
+    let signal = parse_signal(signal)?;
+    match container.status() {
+        Status::Created | Status::Running | Status::Paused => {}
+        other => bail!(
+            "cannot kill container {id}: it is {} (container not running)",
+            other.name()
+        ),
+    }
+    if all {
+        for pid in container.groups().members() {
+            let _ = kill(pid, signal);
+        }
+        if signal == Signal::SIGKILL {
+            let _ = container.groups().freeze(false);
+        }
+        return Ok(());
+    }
+    let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(container.record.pid))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    if !container.init_alive() {
+        bail!("cannot kill container {id}: container not running");
+    }
+    feather_sys::process::signal(&pidfd, signal).map_err(|e| anyhow::anyhow!("{e}"))
+}
+
+pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
+    let container = match Container::load(root, id) {
+        Ok(container) => container,
+        Err(_) if force && !root.join(id).exists() => return Ok(()),
+        Err(error) if force => {
+            // A folder without a readable record: what a killed create leaves.
+            crate::log::warn(&format!("{error:#}"));
+            let _ = fs::remove_dir_all(root.join(id));
+            return Ok(());
+        }
+        Err(error) => return Err(error),
+    };
+    let status = container.status();
+    match status {
+        Status::Stopped | Status::Created => {}
+        Status::Creating if force => {}
+        _ if force => {}
+        other => bail!(
+            "cannot delete container {id} that is not stopped: it is {} (use --force)",
+            other.name()
+        ),
+    }
+    let config = container.config();
+    destroy(&container);
+    if let Ok(config) = config {
+        let state = hook_state(&container.record, "stopped");
+        if let Err(error) = hooks::run(&config, Kind::Poststop, &state) {
+            crate::log::warn(&format!("{error:#}"));
+        }
+    }
+    if container.dir.exists() {
+        bail!("cannot delete container {id}: its init did not exit");
+    }
+    Ok(())
+}
+
+/// Kills every process of the container and removes its cgroup and folder.
+pub fn destroy(container: &Container) {
+    let groups = container.groups();
+    if container.init_alive() {
+        let _ = kill(Pid::from_raw(container.record.pid), Signal::SIGKILL);
+    }
+    groups.kill_all();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while container.init_alive() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    groups.remove();
+    if container.record.pid == 0 || !container.init_alive() {
+        let _ = fs::remove_dir_all(&container.dir);
+    }
+}
+
+pub fn ps(root: &Path, id: &str, json: bool) -> Result<()> {
+    let container = Container::load(root, id)?;
+    let pids: Vec<i32> = container
+        .groups()
+        .members()
+        .into_iter()
+        .map(Pid::as_raw)
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string(&pids)?);
+    } else {
+        println!("PID CMD");
+        for pid in pids {
+            let command = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            println!("{pid} {}", command.trim());
+        }
+    }
+    Ok(())
+}
+
+pub fn list(root: &Path, json: bool, quiet: bool) -> Result<()> {
+    let mut states = Vec::new();
+    for id in crate::store::ids(root) {
+        if let Ok(container) = Container::load(root, &id) {
+            states.push(container.state_json()?);
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string(&states)?);
+    } else if quiet {
+        for state in &states {
+            println!("{}", state["id"].as_str().unwrap_or_default());
+        }
+    } else {
+        println!(
+            "{:<24} {:<8} {:<8} {:<40} CREATED",
+            "ID", "PID", "STATUS", "BUNDLE"
+        );
+        for state in &states {
+            println!(
+                "{:<24} {:<8} {:<8} {:<40} {}",
+                state["id"].as_str().unwrap_or_default(),
+                state["pid"].to_string(),
+                state["status"].as_str().unwrap_or_default(),
+                state["bundle"].as_str().unwrap_or_default(),
+                state["created"].as_str().unwrap_or_default()
+            );
+        }
+    }
+    Ok(())
+}
+
+pub fn pause(root: &Path, id: &str, frozen: bool) -> Result<()> {
+    let container = Container::load(root, id)?;
+    match (container.status(), frozen) {
+        (Status::Running, true) | (Status::Paused, false) => {}
+        (other, true) => bail!(
+            "cannot pause container {id}: it is {} (container not running)",
+            other.name()
+        ),
+        (other, false) => bail!(
+            "cannot resume container {id}: it is {} (container not paused)",
+            other.name()
+        ),
+    }
+    container.groups().freeze(frozen)
+}
+
+pub fn events(root: &Path, id: &str, stats: bool, interval: Duration) -> Result<()> {
+    loop {
+        let container = Container::load(root, id)?;
+        if container.status() == Status::Stopped {
+            bail!("container {id} is stopped");
+        }
+        let event = serde_json::json!({
+            "type": "stats",
+            "id": id,
+            "data": container.groups().stats(),
+        });
+        println!("{event}");
+        if stats {
+            return Ok(());
+        }
+        std::thread::sleep(interval);
+    }
+}
+
+pub fn update(root: &Path, id: &str, resources: Option<&Path>) -> Result<()> {
+    let container = Container::load(root, id)?;
+    if container.status() == Status::Stopped {
+        bail!("cannot update container {id}: it is stopped");
+    }
+    let Some(path) = resources else {
+        bail!("update: give the new limits with --resources FILE (or - for stdin)");
+    };
+    let text = if path == Path::new("-") {
+        std::io::read_to_string(std::io::stdin())?
+    } else {
+        fs::read_to_string(path).with_context(|| format!("--resources {}", path.display()))?
+    };
+    let resources: LinuxResources =
+        serde_json::from_str(&text).context("--resources: not linux.resources JSON")?;
+    crate::validate::check_resources_public(&resources)?;
+    container.groups().update(&resources)
+}
+
+/// runc's `features`: what this runtime honours.
+pub fn features() -> Result<()> {
+    let features = serde_json::json!({
+        "ociVersionMin": "1.0.0",
+        "ociVersionMax": oci_spec::runtime::VERSION,
+        "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
+        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async", "dirsync", "remount", "mand", "nomand", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime", "bind", "rbind", "private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable"],
+        "linux": {
+            "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "uts"],
+            "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+            "cgroup": {"v1": true, "v2": true, "systemd": false, "systemdUser": false},
+            "seccomp": {
+                "enabled": true,
+                "actions": ["SCMP_ACT_ALLOW", "SCMP_ACT_ERRNO", "SCMP_ACT_KILL", "SCMP_ACT_KILL_PROCESS", "SCMP_ACT_KILL_THREAD", "SCMP_ACT_LOG", "SCMP_ACT_TRACE", "SCMP_ACT_TRAP"],
+                "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
+                "archs": [std::env::consts::ARCH],
+            },
+            "apparmor": {"enabled": false},
+            "selinux": {"enabled": false},
+        },
+        "annotations": {
+            "org.feather.base": "host",
+            "org.feather.tags": "comma-separated Shuttle tags",
+        },
+    });
+    println!("{}", serde_json::to_string_pretty(&features)?);
+    Ok(())
+}
+
+/// runc's `spec`: a starting config.json in the bundle.
+pub fn spec(bundle: &Path) -> Result<()> {
+    let path = bundle.join("config.json");
+    if path.exists() {
+        bail!("{} exists; remove it first", path.display());
+    }
+    let mut spec = Spec::default();
+    if let Some(process) = spec.process_mut() {
+        process.set_terminal(Some(true));
+    }
+    spec.save(&path)
+        .with_context(|| format!("write {}", path.display()))
+}

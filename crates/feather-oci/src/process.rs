@@ -1,0 +1,220 @@
+//! The container's program, set up as `process` says: oomScoreAdj, rlimits, umask, user and
+//! additional groups, the five capability sets as given (none when the field is absent, as in
+//! runc — not feather's VM set), noNewPrivileges, the seccomp profile, cwd, env, args.
+
+use std::collections::HashSet;
+use std::convert::Infallible;
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use anyhow::{bail, Context, Result};
+use caps::{CapSet, Capability as Cap, CapsHashSet};
+use nix::sys::resource::{setrlimit, Resource};
+use nix::unistd::{AccessFlags, Gid, Uid};
+use oci_spec::runtime::{Capabilities, LinuxSeccomp, PosixRlimitType, Process};
+use seccompiler::BpfProgram;
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// The program `args[0]` names, searched in the process's own PATH (not the runtime's).
+pub fn find_program(process: &Process) -> Result<PathBuf> {
+    let args = process.args().clone().unwrap_or_default();
+    let Some(name) = args.first() else {
+        bail!("process.args: empty");
+    };
+    if name.contains('/') {
+        let path = process.cwd().join(name);
+        if nix::unistd::access(&path, AccessFlags::X_OK).is_err() {
+            bail!("process.args[0]: exec: {name:?}: no such executable file");
+        }
+        return Ok(PathBuf::from(name));
+    }
+    let path_var = env_value(process, "PATH").unwrap_or_else(|| DEFAULT_PATH.to_owned());
+    for folder in path_var.split(':').filter(|f| !f.is_empty()) {
+        let candidate = Path::new(folder).join(name);
+        let is_file = std::fs::metadata(&candidate).is_ok_and(|m| m.is_file());
+        if is_file && nix::unistd::access(&candidate, AccessFlags::X_OK).is_ok() {
+            return Ok(candidate);
+        }
+    }
+    bail!("process.args[0]: exec: {name:?}: executable file not found in $PATH")
+}
+
+fn env_value(process: &Process, key: &str) -> Option<String> {
+    process.env().iter().flatten().find_map(|pair| {
+        let (k, v) = pair.split_once('=')?;
+        (k == key).then(|| v.to_owned())
+    })
+}
+
+/// Everything up to exec, then exec. Runs in the container (after pivot_root), as root.
+pub fn become_program(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Infallible> {
+    let program = find_program(process)?;
+    let filters = seccomp
+        .map(crate::seccomp::compile)
+        .transpose()?
+        .unwrap_or_default();
+    if let Some(score) = process.oom_score_adj() {
+        std::fs::write("/proc/self/oom_score_adj", score.to_string())
+            .context("process.oomScoreAdj")?;
+    }
+    for limit in process.rlimits().iter().flatten() {
+        let resource = resource(limit.typ());
+        setrlimit(resource, limit.soft(), limit.hard())
+            .with_context(|| format!("process.rlimits[{:?}] {}:{} (this machine withholds CAP_SYS_RESOURCE: a limit cannot be raised past the runtime's hard limit)", limit.typ(), limit.soft(), limit.hard()))?;
+    }
+    if let Some(umask) = process.user().umask() {
+        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
+    }
+    let no_new_privileges = process.no_new_privileges() == Some(true);
+    // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
+    if !no_new_privileges {
+        crate::seccomp::install(&filters)?;
+    }
+    become_user(process)?;
+    set_capabilities(process)?;
+    if no_new_privileges {
+        nix::sys::prctl::set_no_new_privs().context("process.noNewPrivileges")?;
+    }
+    nix::unistd::chdir(process.cwd())
+        .with_context(|| format!("process.cwd {}", process.cwd().display()))?;
+    let argv = cstrings(process.args().iter().flatten())?;
+    let env = environment(process)?;
+    let program = CString::new(program.as_os_str().as_encoded_bytes())?;
+    if no_new_privileges {
+        crate::seccomp::install(&filters)?;
+    }
+    feather_sys::process::reset_signal_dispositions();
+    let error = nix::unistd::execve(&program, &argv, &env).unwrap_err();
+    bail!("process.args[0]: exec {program:?}: {error}")
+}
+
+fn resource(typ: PosixRlimitType) -> Resource {
+    match typ {
+        PosixRlimitType::RlimitCpu => Resource::RLIMIT_CPU,
+        PosixRlimitType::RlimitFsize => Resource::RLIMIT_FSIZE,
+        PosixRlimitType::RlimitData => Resource::RLIMIT_DATA,
+        PosixRlimitType::RlimitStack => Resource::RLIMIT_STACK,
+        PosixRlimitType::RlimitCore => Resource::RLIMIT_CORE,
+        PosixRlimitType::RlimitRss => Resource::RLIMIT_RSS,
+        PosixRlimitType::RlimitNproc => Resource::RLIMIT_NPROC,
+        PosixRlimitType::RlimitNofile => Resource::RLIMIT_NOFILE,
+        PosixRlimitType::RlimitMemlock => Resource::RLIMIT_MEMLOCK,
+        PosixRlimitType::RlimitAs => Resource::RLIMIT_AS,
+        PosixRlimitType::RlimitLocks => Resource::RLIMIT_LOCKS,
+        PosixRlimitType::RlimitSigpending => Resource::RLIMIT_SIGPENDING,
+        PosixRlimitType::RlimitMsgqueue => Resource::RLIMIT_MSGQUEUE,
+        PosixRlimitType::RlimitNice => Resource::RLIMIT_NICE,
+        PosixRlimitType::RlimitRtprio => Resource::RLIMIT_RTPRIO,
+        PosixRlimitType::RlimitRttime => Resource::RLIMIT_RTTIME,
+    }
+}
+
+/// Groups, gid, uid — keeping the permitted capabilities across the uid change, so that the
+/// sets asked for can be given to a non-root user too.
+fn become_user(process: &Process) -> Result<()> {
+    let user = process.user();
+    let groups: Vec<Gid> = user
+        .additional_gids()
+        .iter()
+        .flatten()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
+    nix::unistd::setgroups(&groups).context("process.user.additionalGids")?;
+    nix::sys::prctl::set_keepcaps(true).context("prctl(PR_SET_KEEPCAPS)")?;
+    nix::unistd::setgid(Gid::from_raw(user.gid())).context("process.user.gid")?;
+    nix::unistd::setuid(Uid::from_raw(user.uid())).context("process.user.uid")?;
+    nix::sys::prctl::set_keepcaps(false).context("prctl(PR_SET_KEEPCAPS)")?;
+    Ok(())
+}
+
+fn cap_set(set: Option<&Capabilities>, field: &str) -> Result<CapsHashSet> {
+    set.into_iter()
+        .flatten()
+        .map(|cap| {
+            let name = serde_json::to_value(cap)?
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            Cap::from_str(&name).map_err(|_| anyhow::anyhow!("{field}: unknown capability {name}"))
+        })
+        .collect()
+}
+
+fn set_capabilities(process: &Process) -> Result<()> {
+    // Absent means none (LinuxCapabilities::default() would be runc's example set instead).
+    let given = process.capabilities().as_ref();
+    let bounding = cap_set(
+        given.and_then(|g| g.bounding().as_ref()),
+        "process.capabilities.bounding",
+    )?;
+    let effective = cap_set(
+        given.and_then(|g| g.effective().as_ref()),
+        "process.capabilities.effective",
+    )?;
+    let permitted = cap_set(
+        given.and_then(|g| g.permitted().as_ref()),
+        "process.capabilities.permitted",
+    )?;
+    let inheritable = cap_set(
+        given.and_then(|g| g.inheritable().as_ref()),
+        "process.capabilities.inheritable",
+    )?;
+    let ambient = cap_set(
+        given.and_then(|g| g.ambient().as_ref()),
+        "process.capabilities.ambient",
+    )?;
+    // A uid change empties the effective set (PR_SET_KEEPCAPS keeps only the permitted one):
+    // take the permitted set back, so that CAP_SETPCAP can shape the bounding set.
+    let held = caps::read(None, CapSet::Permitted).context("read capabilities")?;
+    caps::set(None, CapSet::Effective, &held).context("process.capabilities.effective")?;
+    let known: HashSet<Cap> = caps::runtime::thread_all_supported();
+    for cap in known.difference(&bounding) {
+        caps::drop(None, CapSet::Bounding, *cap).context("process.capabilities.bounding")?;
+    }
+    // Inheritable and ambient first, while CAP_SETPCAP and the full permitted set are held.
+    caps::set(None, CapSet::Inheritable, &inheritable)
+        .context("process.capabilities.inheritable")?;
+    caps::clear(None, CapSet::Ambient).context("process.capabilities.ambient")?;
+    for cap in &ambient {
+        caps::raise(None, CapSet::Ambient, *cap).context("process.capabilities.ambient")?;
+    }
+    caps::set(
+        None,
+        CapSet::Effective,
+        &effective.intersection(&permitted).copied().collect(),
+    )
+    .context("process.capabilities.effective")?;
+    caps::set(None, CapSet::Permitted, &permitted).context("process.capabilities.permitted")?;
+    Ok(())
+}
+
+fn environment(process: &Process) -> Result<Vec<CString>> {
+    let mut env: Vec<String> = process.env().clone().unwrap_or_default();
+    if !env.iter().any(|pair| pair.starts_with("HOME=")) {
+        env.push(format!("HOME={}", home_of(process.user().uid())));
+    }
+    cstrings(env.iter())
+}
+
+/// The user's home from the container's /etc/passwd, else "/" (as runc).
+fn home_of(uid: u32) -> String {
+    std::fs::read_to_string("/etc/passwd")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|line| {
+            let fields: Vec<&str> = line.split(':').collect();
+            (fields.len() >= 6 && fields[2].parse() == Ok(uid)).then(|| fields[5].to_owned())
+        })
+        .unwrap_or_else(|| "/".to_owned())
+}
+
+fn cstrings<'a>(items: impl Iterator<Item = &'a String>) -> Result<Vec<CString>> {
+    items
+        .map(|s| CString::new(s.as_bytes()).context("a string with a NUL byte"))
+        .collect()
+}
+
+/// For filters compiled once by the caller.
+pub type Filters = Vec<BpfProgram>;

@@ -1,0 +1,224 @@
+//! A container's folder under the runtime's `--root`: `record.json` (what create learnt),
+//! `config.json` (the bundle's config as it was at create), `exec.fifo` (present from create
+//! until start: the init waits on it). The status is never stored: it is read from the kernel
+//! (is the init alive, with the recorded start time; is its group frozen; is the fifo there).
+
+use std::collections::HashMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use nix::unistd::Pid;
+use oci_spec::runtime::{ContainerState, Spec, State, StateBuilder};
+use serde::{Deserialize, Serialize};
+
+use crate::cgroups::Groups;
+
+/// What `create` recorded. `pid` is 0 while the container is being created.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Record {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub rootfs: PathBuf,
+    pub pid: i32,
+    /// The init's start time in clock ticks: (pid, start) names one process for the machine's
+    /// uptime, so a reused pid is never taken for the container.
+    pub start_ticks: u64,
+    pub created: String,
+    /// The group's path relative to each cgroup hierarchy's root.
+    pub cgroup: String,
+    #[serde(default)]
+    pub annotations: HashMap<String, String>,
+}
+
+/// The status the runtime specification names, plus runc's `paused`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    Creating,
+    Created,
+    Running,
+    Paused,
+    Stopped,
+}
+
+impl Status {
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Creating => "creating",
+            Status::Created => "created",
+            Status::Running => "running",
+            Status::Paused => "paused",
+            Status::Stopped => "stopped",
+        }
+    }
+}
+
+pub struct Container {
+    pub dir: PathBuf,
+    pub record: Record,
+}
+
+/// Ids become folder names: only what runc accepts, and never `.` or `..`.
+pub fn validate_id(id: &str) -> Result<()> {
+    let fine = !id.is_empty()
+        && id.len() <= 1024
+        && id != "."
+        && id != ".."
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '+'));
+    if !fine {
+        bail!("invalid container id {id:?}: use letters, digits, '_', '-', '.', '+'");
+    }
+    Ok(())
+}
+
+pub fn root_dir(root: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(root)
+        .with_context(|| format!("create the runtime root {}", root.display()))
+}
+
+impl Container {
+    pub fn fifo(&self) -> PathBuf {
+        self.dir.join("exec.fifo")
+    }
+
+    /// Makes the container's folder; an existing one means the id is taken.
+    pub fn make(root: &Path, record: Record) -> Result<Container> {
+        root_dir(root)?;
+        let dir = root.join(&record.id);
+        match fs::DirBuilder::new().mode(0o711).create(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                bail!("container with id {} already exists", record.id)
+            }
+            Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
+        }
+        let container = Container { dir, record };
+        container.save()?;
+        Ok(container)
+    }
+
+    pub fn load(root: &Path, id: &str) -> Result<Container> {
+        validate_id(id)?;
+        let dir = root.join(id);
+        let text = match fs::read_to_string(dir.join("record.json")) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                bail!("container {id} does not exist")
+            }
+            Err(e) => return Err(e).with_context(|| format!("read {}", dir.display())),
+        };
+        let record = serde_json::from_str(&text)
+            .with_context(|| format!("{}/record.json is damaged", dir.display()))?;
+        Ok(Container { dir, record })
+    }
+
+    pub fn exists(root: &Path, id: &str) -> bool {
+        root.join(id).join("record.json").exists()
+    }
+
+    pub fn save(&self) -> Result<()> {
+        let path = self.dir.join("record.json");
+        let temporary = self.dir.join(".record.json.tmp");
+        let mut file = fs::File::create(&temporary)
+            .with_context(|| format!("write {}", temporary.display()))?;
+        file.write_all(serde_json::to_string(&self.record)?.as_bytes())?;
+        file.set_permissions(fs::Permissions::from_mode(0o600))?;
+        fs::rename(&temporary, &path).with_context(|| format!("write {}", path.display()))
+    }
+
+    pub fn config(&self) -> Result<Spec> {
+        Spec::load(self.dir.join("config.json"))
+            .with_context(|| format!("read the config of container {}", self.record.id))
+    }
+
+    pub fn groups(&self) -> Groups {
+        Groups::new(&self.record.cgroup)
+    }
+
+    /// The init, if it is still the process create started.
+    pub fn init_alive(&self) -> bool {
+        self.record.pid > 0
+            && feather_sys::process::start_ticks(Pid::from_raw(self.record.pid))
+                == Some(self.record.start_ticks)
+            && !is_zombie(self.record.pid)
+    }
+
+    pub fn status(&self) -> Status {
+        if self.record.pid == 0 {
+            return Status::Creating;
+        }
+        if !self.init_alive() {
+            return Status::Stopped;
+        }
+        if self.fifo().exists() {
+            return Status::Created;
+        }
+        if self.groups().is_frozen() {
+            return Status::Paused;
+        }
+        Status::Running
+    }
+
+    /// The state JSON of the runtime specification, with runc's extra fields (`rootfs`,
+    /// `created`, `owner`) that engines read, and runc's `paused`.
+    pub fn state_json(&self) -> Result<serde_json::Value> {
+        let status = self.status();
+        let spec_status = match status {
+            Status::Creating => ContainerState::Creating,
+            Status::Created => ContainerState::Created,
+            Status::Running | Status::Paused => ContainerState::Running,
+            Status::Stopped => ContainerState::Stopped,
+        };
+        let state: State = StateBuilder::default()
+            .version(oci_spec::runtime::VERSION.to_owned())
+            .id(self.record.id.clone())
+            .status(spec_status)
+            .pid(if status == Status::Stopped {
+                0
+            } else {
+                self.record.pid
+            })
+            .bundle(self.record.bundle.clone())
+            .annotations(self.record.annotations.clone())
+            .build()?;
+        let mut value = serde_json::to_value(state)?;
+        value["status"] = status.name().into();
+        value["rootfs"] = self.record.rootfs.display().to_string().into();
+        value["created"] = self.record.created.clone().into();
+        value["owner"] = "".into();
+        Ok(value)
+    }
+}
+
+fn is_zombie(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| {
+            let after = stat.rfind(')')?;
+            stat[after + 1..]
+                .split_whitespace()
+                .next()
+                .map(|s| s == "Z")
+        })
+        .unwrap_or(true)
+}
+
+/// Every container id under `root`.
+pub fn ids(root: &Path) -> Vec<String> {
+    let mut ids: Vec<String> = fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().join("record.json").exists())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    ids.sort();
+    ids
+}

@@ -1,0 +1,200 @@
+//! Every field of config.json feather-oci cannot honour is refused here, by its name in the
+//! specification, before anything is made: the engine shows the error and nothing is left
+//! behind. What is honoured is listed in docs/oci.md.
+
+use anyhow::{bail, Result};
+use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
+
+/// Refuses what feather-oci cannot do, naming the field.
+pub fn check(spec: &Spec) -> Result<()> {
+    if !spec.version().starts_with("1.") {
+        bail!(
+            "ociVersion {:?}: feather-oci reads version 1 configs",
+            spec.version()
+        );
+    }
+    let Some(process) = spec.process() else {
+        bail!("process: a container needs a process to run");
+    };
+    if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+        bail!("process.args: must name the program to run");
+    }
+    refuse_set("process.ioPriority", process.io_priority().is_some())?;
+    refuse_set("process.scheduler", process.scheduler().is_some())?;
+    refuse_set(
+        "process.execCPUAffinity",
+        process.exec_cpu_affinity().is_some(),
+    )?;
+    let Some(linux) = spec.linux() else {
+        bail!("linux: feather-oci runs Linux containers; the section is missing");
+    };
+    let has =
+        |typ: LinuxNamespaceType| linux.namespaces().iter().flatten().find(|n| n.typ() == typ);
+    if has(LinuxNamespaceType::User).is_some()
+        || linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+    {
+        bail!("linux.namespaces[user] / linux.uidMappings: user namespaces are not supported by feather-oci yet (run the container without user namespace remapping)");
+    }
+    refuse_set(
+        "linux.namespaces[time]",
+        has(LinuxNamespaceType::Time).is_some(),
+    )?;
+    match has(LinuxNamespaceType::Mount) {
+        None => bail!("linux.namespaces: feather-oci needs a mount namespace (type \"mount\")"),
+        Some(ns) if ns.path().is_some() => {
+            bail!("linux.namespaces[mount].path: joining another mount namespace is not supported")
+        }
+        Some(_) => {}
+    }
+    let new_uts = has(LinuxNamespaceType::Uts).is_some_and(|n| n.path().is_none());
+    if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !new_uts {
+        bail!("hostname: setting it needs a new UTS namespace (linux.namespaces[uts])");
+    }
+    if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !new_uts {
+        bail!("domainname: setting it needs a new UTS namespace (linux.namespaces[uts])");
+    }
+    refuse_set("linux.intelRdt", linux.intel_rdt().is_some())?;
+    refuse_set("linux.personality", linux.personality().is_some())?;
+    refuse_set("linux.timeOffsets", linux.time_offsets().is_some())?;
+    refuse_set("linux.memoryPolicy", linux.memory_policy().is_some())?;
+    refuse_set(
+        "linux.netDevices",
+        linux.net_devices().as_ref().is_some_and(|d| !d.is_empty()),
+    )?;
+    if let Some(propagation) = linux.rootfs_propagation() {
+        if crate::mounts::propagation_flag(propagation).is_none() && !propagation.is_empty() {
+            bail!("linux.rootfsPropagation {propagation:?}: expected shared, slave, private or unbindable (optionally r-prefixed)");
+        }
+    }
+    if let Some(seccomp) = linux.seccomp() {
+        refuse_set(
+            "linux.seccomp.listenerPath",
+            seccomp.listener_path().is_some(),
+        )?;
+        refuse_set(
+            "linux.seccomp.flags",
+            seccomp.flags().as_ref().is_some_and(|f| !f.is_empty()),
+        )?;
+    }
+    if let Some(resources) = linux.resources() {
+        check_resources(resources)?;
+    }
+    for mount in spec.mounts().iter().flatten() {
+        if !mount.destination().is_absolute() {
+            bail!(
+                "mounts[{}].destination: must be an absolute path",
+                mount.destination().display()
+            );
+        }
+        for option in mount.options().iter().flatten() {
+            if matches!(option.as_str(), "idmap" | "ridmap" | "tmpcopyup") {
+                bail!(
+                    "mounts[{}].options {option:?}: not supported by feather-oci",
+                    mount.destination().display()
+                );
+            }
+        }
+    }
+    crate::annotations::Feather::parse(spec)?;
+    if crate::annotations::Feather::parse(spec)?.base_is_host() {
+        return Ok(());
+    }
+    if spec.root().is_none() {
+        bail!(
+            "root: the container's root filesystem is missing (or annotate org.feather.base=host)"
+        );
+    }
+    Ok(())
+}
+
+pub fn check_resources_public(resources: &LinuxResources) -> Result<()> {
+    check_resources(resources)
+}
+
+fn check_resources(resources: &LinuxResources) -> Result<()> {
+    if let Some(memory) = resources.memory() {
+        refuse_set("linux.resources.memory.kernel", memory.kernel().is_some())?;
+        refuse_set(
+            "linux.resources.memory.kernelTCP",
+            memory.kernel_tcp().is_some(),
+        )?;
+        refuse_set(
+            "linux.resources.memory.reservation",
+            memory.reservation().is_some_and(|r| r > 0),
+        )?;
+        refuse_set(
+            "linux.resources.memory.disableOOMKiller",
+            memory.disable_oom_killer() == Some(true),
+        )?;
+    }
+    if let Some(cpu) = resources.cpu() {
+        refuse_set(
+            "linux.resources.cpu.cpus",
+            cpu.cpus().as_ref().is_some_and(|c| !c.is_empty()),
+        )?;
+        refuse_set(
+            "linux.resources.cpu.mems",
+            cpu.mems().as_ref().is_some_and(|c| !c.is_empty()),
+        )?;
+        refuse_set(
+            "linux.resources.cpu.realtimeRuntime",
+            cpu.realtime_runtime().is_some_and(|r| r != 0),
+        )?;
+        refuse_set(
+            "linux.resources.cpu.idle",
+            cpu.idle().is_some_and(|i| i != 0),
+        )?;
+        refuse_set(
+            "linux.resources.cpu.burst",
+            cpu.burst().is_some_and(|b| b != 0),
+        )?;
+    }
+    refuse_set(
+        "linux.resources.hugepageLimits",
+        resources
+            .hugepage_limits()
+            .as_ref()
+            .is_some_and(|h| !h.is_empty()),
+    )?;
+    // Docker always sends blockIO; a weight of 0 means "not set", as in runc.
+    if let Some(io) = resources.block_io() {
+        let set = io.weight().is_some_and(|w| w > 0)
+            || io.leaf_weight().is_some_and(|w| w > 0)
+            || io.weight_device().as_ref().is_some_and(|d| !d.is_empty())
+            || io
+                .throttle_read_bps_device()
+                .as_ref()
+                .is_some_and(|d| !d.is_empty())
+            || io
+                .throttle_write_bps_device()
+                .as_ref()
+                .is_some_and(|d| !d.is_empty())
+            || io
+                .throttle_read_iops_device()
+                .as_ref()
+                .is_some_and(|d| !d.is_empty())
+            || io
+                .throttle_write_iops_device()
+                .as_ref()
+                .is_some_and(|d| !d.is_empty());
+        refuse_set("linux.resources.blockIO", set)?;
+    }
+    refuse_set("linux.resources.network", resources.network().is_some())?;
+    refuse_set(
+        "linux.resources.rdma",
+        resources.rdma().as_ref().is_some_and(|r| !r.is_empty()),
+    )?;
+    refuse_set(
+        "linux.resources.unified",
+        resources.unified().as_ref().is_some_and(|u| !u.is_empty()),
+    )?;
+    Ok(())
+}
+
+fn refuse_set(field: &str, set: bool) -> Result<()> {
+    if set {
+        bail!("{field}: not supported by feather-oci (leave it out of the config)");
+    }
+    Ok(())
+}

@@ -1,0 +1,11 @@
+//! feather-oci driven as engines drive it: by the runtime specification's lifecycle directly,
+//! by containerd (`ctr run --runc-binary`), podman (`--runtime`) and Docker (a `runtimes` entry). Each test starts its
+//! own engine with its own config, root, state and socket, and removes all of it after, also
+//! when it fails.
+
+mod support;
+
+mod containerd;
+mod docker;
+mod podman;
+mod spec;

@@ -1,0 +1,540 @@
+//! The runtime specification's lifecycle (runtime.md) and config fields (config.md,
+//! config-linux.md), with feather-oci called directly as an engine calls it.
+
+use std::fs;
+use std::time::Duration;
+
+use serde_json::json;
+
+use crate::support::{base_config, eventually, Bundle, Runtime, Scratch};
+
+#[test]
+fn lifecycle_states_and_errors_per_state() {
+    let scratch = Scratch::new("lifecycle");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
+    let output = scratch.path("output");
+
+    let outcome = runtime.run(&["start", "nobody"]);
+    assert_ne!(outcome.code, 0, "start of a missing container must fail");
+    assert!(outcome.stderr.contains("does not exist"), "{outcome:?}");
+
+    let outcome = runtime.create("c1", &bundle, &output);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let state = runtime.state("c1");
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["id"], "c1");
+    assert!(state["pid"].as_i64().unwrap() > 0);
+    assert_eq!(state["bundle"], bundle.dir.to_str().unwrap());
+    let pid = state["pid"].as_i64().unwrap();
+    assert!(
+        fs::metadata(format!("/proc/{pid}")).is_ok(),
+        "the init exists while created"
+    );
+
+    let outcome = runtime.create("c1", &bundle, &output);
+    assert_ne!(
+        outcome.code, 0,
+        "a second create with the same id must fail"
+    );
+    assert!(outcome.stderr.contains("already exists"), "{outcome:?}");
+
+    assert_eq!(runtime.run(&["start", "c1"]).code, 0);
+    assert_eq!(runtime.status("c1"), "running");
+    assert_eq!(
+        runtime.state("c1")["pid"].as_i64().unwrap(),
+        pid,
+        "the program keeps the init's pid"
+    );
+
+    let outcome = runtime.run(&["start", "c1"]);
+    assert_ne!(outcome.code, 0, "start of a running container must fail");
+    assert!(
+        outcome.stderr.contains("only a created container"),
+        "{outcome:?}"
+    );
+    let outcome = runtime.run(&["delete", "c1"]);
+    assert_ne!(
+        outcome.code, 0,
+        "delete of a running container without --force must fail"
+    );
+    assert!(outcome.stderr.contains("not stopped"), "{outcome:?}");
+
+    assert_eq!(runtime.run(&["pause", "c1"]).code, 0);
+    assert_eq!(runtime.status("c1"), "paused");
+    assert_ne!(
+        runtime.run(&["pause", "c1"]).code,
+        0,
+        "pause of a paused container"
+    );
+    assert_eq!(runtime.run(&["resume", "c1"]).code, 0);
+    assert_eq!(runtime.status("c1"), "running");
+
+    let ps = runtime.run(&["ps", "--format", "json", "c1"]);
+    let pids: Vec<i64> = serde_json::from_str(&ps.stdout).unwrap();
+    assert_eq!(pids, [pid], "{ps:?}");
+
+    assert_eq!(runtime.run(&["kill", "c1", "KILL"]).code, 0);
+    runtime.wait_stopped("c1");
+    let outcome = runtime.run(&["kill", "c1", "9"]);
+    assert_ne!(outcome.code, 0, "kill of a stopped container must fail");
+    assert_ne!(
+        runtime.run(&["start", "c1"]).code,
+        0,
+        "start of a stopped container"
+    );
+
+    let listed = runtime.run(&["list", "--format", "json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed.stdout).unwrap();
+    assert_eq!(listed[0]["id"], "c1");
+
+    assert_eq!(runtime.run(&["delete", "c1"]).code, 0);
+    assert_ne!(runtime.run(&["state", "c1"]).code, 0, "state after delete");
+    assert_eq!(
+        runtime.run(&["delete", "--force", "c1"]).code,
+        0,
+        "delete --force of a missing container succeeds, as runc"
+    );
+}
+
+#[test]
+fn delete_of_a_created_container_and_force_delete_of_a_running_one() {
+    let scratch = Scratch::new("delete");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
+    let output = scratch.path("output");
+    assert_eq!(runtime.create("created", &bundle, &output).code, 0);
+    let pid = runtime.state("created")["pid"].as_i64().unwrap();
+    assert_eq!(runtime.run(&["delete", "created"]).code, 0);
+    assert!(
+        eventually(Duration::from_secs(5), || !is_alive(pid)),
+        "delete of a created container ends its init"
+    );
+    assert_eq!(runtime.create("running", &bundle, &output).code, 0);
+    assert_eq!(runtime.run(&["start", "running"]).code, 0);
+    let pid = runtime.state("running")["pid"].as_i64().unwrap();
+    assert_eq!(runtime.run(&["delete", "--force", "running"]).code, 0);
+    assert!(eventually(Duration::from_secs(5), || !is_alive(pid)));
+    assert!(!runtime.root.join("running").exists());
+}
+
+fn is_alive(pid: i64) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z')
+    })
+}
+
+/// Runs `config` to its end and returns what the program printed.
+fn run_to_end(
+    runtime: &Runtime,
+    scratch: &Scratch,
+    id: &str,
+    config: &serde_json::Value,
+) -> String {
+    let bundle = Bundle::new(scratch, &format!("bundle-{id}"), config);
+    let output = scratch.path(&format!("output-{id}"));
+    let outcome = runtime.create(id, &bundle, &output);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(runtime.run(&["start", id]).code, 0);
+    runtime.wait_stopped(id);
+    assert_eq!(runtime.run(&["delete", id]).code, 0);
+    fs::read_to_string(output).unwrap()
+}
+
+#[test]
+fn process_fields_are_honoured() {
+    let scratch = Scratch::new("process");
+    let runtime = Runtime::new(&scratch);
+    let script = "id; pwd; echo HOST=$(hostname); echo GREETING=$GREETING; ulimit -n; \
+                  grep -E 'CapEff|CapBnd|NoNewPrivs' /proc/$$/status; \
+                  touch /probe 2>/dev/null && echo ROOT=writable || echo ROOT=readonly; \
+                  grep -c ' /proc/keys ' /proc/self/mountinfo";
+    let mut config = base_config(&["sh", "-c", script]);
+    config["process"]["user"] = json!({"uid": 1000, "gid": 1000, "additionalGids": [4242]});
+    config["process"]["cwd"] = json!("/tmp");
+    config["process"]["env"] = json!(["PATH=/bin", "GREETING=hello"]);
+    config["process"]["rlimits"] = json!([{"type": "RLIMIT_NOFILE", "hard": 512, "soft": 256}]);
+    config["process"]["capabilities"] = json!({
+        "bounding": ["CAP_CHOWN", "CAP_KILL"], "effective": ["CAP_CHOWN"],
+        "permitted": ["CAP_CHOWN"], "inheritable": ["CAP_CHOWN"], "ambient": ["CAP_CHOWN"]
+    });
+    config["hostname"] = json!("feathered");
+    config["root"]["readonly"] = json!(true);
+    let output = run_to_end(&runtime, &scratch, "fields", &config);
+    assert!(
+        output.contains("uid=1000(alice) gid=1000(alice) groups=4242"),
+        "{output}"
+    );
+    assert!(output.contains("/tmp\n"), "{output}");
+    assert!(output.contains("HOST=feathered"), "{output}");
+    assert!(output.contains("GREETING=hello"), "{output}");
+    assert!(output.contains("256\n"), "{output}");
+    // CAP_CHOWN is bit 0, CAP_KILL bit 5; a non-root program keeps only its ambient set.
+    assert!(output.contains("CapEff:\t0000000000000001"), "{output}");
+    assert!(output.contains("CapBnd:\t0000000000000021"), "{output}");
+    assert!(output.contains("NoNewPrivs:\t1"), "{output}");
+    assert!(output.contains("ROOT=readonly"), "{output}");
+    assert!(
+        output.trim_end().ends_with("\n1"),
+        "/proc/keys is masked: {output}"
+    );
+}
+
+#[test]
+fn absent_capabilities_mean_none_and_seccomp_profile_is_applied() {
+    let scratch = Scratch::new("seccomp");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&[
+        "sh",
+        "-c",
+        "grep -E 'CapEff|Seccomp:' /proc/self/status; mkdir /tmp/x && echo MKDIR=ok || echo MKDIR=denied",
+    ]);
+    config["process"]
+        .as_object_mut()
+        .unwrap()
+        .remove("capabilities");
+    config["linux"]["seccomp"] = json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [
+            {"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1},
+            {"names": ["not_a_call_here"], "action": "SCMP_ACT_ERRNO"}
+        ]
+    });
+    let output = run_to_end(&runtime, &scratch, "seccomp", &config);
+    assert!(output.contains("CapEff:\t0000000000000000"), "{output}");
+    assert!(output.contains("Seccomp:\t2"), "{output}");
+    assert!(output.contains("MKDIR=denied"), "{output}");
+}
+
+#[test]
+fn resources_and_sysctl_reach_the_container() {
+    let scratch = Scratch::new("resources");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&[
+        "sh",
+        "-c",
+        "cat /sys/fs/cgroup/memory/memory.limit_in_bytes /sys/fs/cgroup/memory/memory.memsw.limit_in_bytes \
+         /sys/fs/cgroup/pids/pids.max /proc/sys/net/ipv4/ip_unprivileged_port_start",
+    ]);
+    config["linux"]["resources"] = json!({
+        "memory": {"limit": 67108864, "swap": 134217728},
+        "pids": {"limit": 64},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000}
+    });
+    config["linux"]["sysctl"] = json!({"net.ipv4.ip_unprivileged_port_start": "81"});
+    config["linux"]["cgroupsPath"] = json!(format!(
+        "/feather-oci-tests/resources-{}",
+        std::process::id()
+    ));
+    let output = run_to_end(&runtime, &scratch, "resources", &config);
+    assert_eq!(
+        output.lines().collect::<Vec<_>>(),
+        ["67108864", "134217728", "64", "81"],
+        "{output}"
+    );
+    let group = format!(
+        "/sys/fs/cgroup/memory/feather-oci-tests/resources-{}",
+        std::process::id()
+    );
+    assert!(
+        !std::path::Path::new(&group).exists(),
+        "delete removes the cgroup"
+    );
+    for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = fs::remove_dir(hierarchy.path().join("feather-oci-tests"));
+    }
+}
+
+#[test]
+fn hooks_run_in_order_with_the_state_on_stdin() {
+    let scratch = Scratch::new("hooks");
+    let runtime = Runtime::new(&scratch);
+    let log_dir = scratch.path("hooklog");
+    fs::create_dir_all(&log_dir).unwrap();
+    let host_log = log_dir.join("log");
+    let hook = |name: &str, log: &str| json!({"path": "/bin/sh", "args": ["sh", "-c", format!("read -r state; echo {name} \"$state\" >> {log}")]});
+    let host = host_log.to_str().unwrap();
+    let mut config = base_config(&["true"]);
+    config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/hooklog", "type": "bind", "source": log_dir, "options": ["rbind", "rw"]
+    }));
+    config["hooks"] = json!({
+        "prestart": [hook("prestart", host)],
+        "createRuntime": [hook("createRuntime", host)],
+        "createContainer": [hook("createContainer", host)],
+        "startContainer": [hook("startContainer", "/hooklog/log")],
+        "poststart": [hook("poststart", host)],
+        "poststop": [hook("poststop", host)]
+    });
+    run_to_end(&runtime, &scratch, "hooks", &config);
+    let log = fs::read_to_string(&host_log).unwrap();
+    let order: Vec<&str> = log.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(
+        order,
+        [
+            "prestart",
+            "createRuntime",
+            "createContainer",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ],
+        "{log}"
+    );
+    for line in log.lines() {
+        let state: serde_json::Value =
+            serde_json::from_str(line.split_once(' ').unwrap().1).unwrap();
+        assert_eq!(state["id"], "hooks", "{line}");
+        assert!(state["pid"].as_i64().unwrap() > 0, "{line}");
+    }
+}
+
+#[test]
+fn what_cannot_be_honoured_is_refused_by_name_and_leaves_nothing() {
+    let scratch = Scratch::new("refuse");
+    let runtime = Runtime::new(&scratch);
+    let log = scratch.path("log.json");
+    let cases = [
+        (
+            "linux.resources.hugepageLimits",
+            json!({"linux": {"resources": {"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}}}),
+        ),
+        (
+            "linux.namespaces[user]",
+            json!({"linux": {"namespaces": [{"type": "user"}, {"type": "mount"}]}}),
+        ),
+        (
+            "org.feather.bogus",
+            json!({"annotations": {"org.feather.bogus": "1"}}),
+        ),
+        (
+            "linux.seccomp.syscalls[0].action",
+            json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]}}}),
+        ),
+        (
+            "linux.resources.cpu.cpus",
+            json!({"linux": {"resources": {"cpu": {"cpus": "0"}}}}),
+        ),
+    ];
+    for (field, patch) in cases {
+        let mut config = base_config(&["true"]);
+        merge(&mut config, &patch);
+        let bundle = Bundle::new(
+            &scratch,
+            &format!("bundle-{}", field.replace(['[', ']', '.'], "-")),
+            &config,
+        );
+        let outcome = runtime
+            .command()
+            .arg("--log")
+            .arg(&log)
+            .args(["--log-format", "json", "create", "--bundle"])
+            .arg(&bundle.dir)
+            .arg("refused")
+            .output()
+            .unwrap();
+        assert_ne!(outcome.status.code(), Some(0), "{field} must be refused");
+        let last = fs::read_to_string(&log).unwrap();
+        let last: serde_json::Value = serde_json::from_str(last.lines().last().unwrap()).unwrap();
+        assert_eq!(last["level"], "error");
+        assert!(
+            last["msg"].as_str().unwrap().contains(field),
+            "{field}: {last}"
+        );
+        assert!(
+            !runtime.root.join("refused").exists(),
+            "{field}: nothing is left behind"
+        );
+    }
+    let outcome = runtime.run(&["--systemd-cgroup", "list"]);
+    assert_ne!(outcome.code, 0);
+    assert!(outcome.stderr.contains("--systemd-cgroup"), "{outcome:?}");
+    let mut config = base_config(&["true"]);
+    config["process"]["args"] = json!(["no-such-program"]);
+    let bundle = Bundle::new(&scratch, "bundle-missing-program", &config);
+    let outcome = runtime.create("missing", &bundle, &scratch.path("out"));
+    assert!(
+        outcome.stderr.contains("executable file not found"),
+        "{outcome:?}"
+    );
+    assert!(!runtime.root.join("missing").exists());
+}
+
+/// Deep-merges `patch` into `config` (objects merge, everything else replaces).
+fn merge(config: &mut serde_json::Value, patch: &serde_json::Value) {
+    match (config, patch) {
+        (serde_json::Value::Object(config), serde_json::Value::Object(patch)) => {
+            for (key, value) in patch {
+                merge(
+                    config.entry(key.clone()).or_insert(serde_json::Value::Null),
+                    value,
+                );
+            }
+        }
+        (config, patch) => *config = patch.clone(),
+    }
+}
+
+#[test]
+fn exec_joins_the_container() {
+    let scratch = Scratch::new("exec");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
+    assert_eq!(
+        runtime.create("c1", &bundle, &scratch.path("output")).code,
+        0
+    );
+    assert_eq!(runtime.run(&["start", "c1"]).code, 0);
+    let outcome = runtime.run(&[
+        "exec",
+        "--env",
+        "EXTRA=1",
+        "--cwd",
+        "/tmp",
+        "c1",
+        "sh",
+        "-c",
+        "echo $(hostname) $EXTRA $(pwd); ps -o pid,comm | grep -c sleep; exit 3",
+    ]);
+    assert_eq!(outcome.code, 3, "{outcome:?}");
+    assert!(outcome.stdout.starts_with("box 1 /tmp\n1\n"), "{outcome:?}");
+    let outcome = runtime.run(&["exec", "c1", "no-such-program"]);
+    assert_ne!(outcome.code, 0);
+    assert!(
+        outcome.stderr.contains("executable file not found"),
+        "{outcome:?}"
+    );
+}
+
+#[test]
+fn host_base_annotation_gives_a_copy_on_write_view_of_the_host() {
+    let scratch = Scratch::new("hostbase");
+    let runtime = Runtime::new(&scratch);
+    let marker = scratch.path("marker");
+    fs::write(&marker, "from the host\n").unwrap();
+    let script = format!(
+        "cat {m}; echo changed > {m}; cat {m}; test -e /etc/os-release && echo HOST_ETC=yes",
+        m = marker.display()
+    );
+    let mut config = base_config(&["/bin/sh", "-c", &script]);
+    config["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
+    config["annotations"] = json!({"org.feather.base": "host"});
+    let output = run_to_end(&runtime, &scratch, "hostbase", &config);
+    assert_eq!(output, "from the host\nchanged\nHOST_ETC=yes\n");
+    assert_eq!(
+        fs::read_to_string(&marker).unwrap(),
+        "from the host\n",
+        "the host's file is untouched"
+    );
+}
+
+#[test]
+fn a_symlink_in_the_image_never_points_a_mount_at_the_host() {
+    let scratch = Scratch::new("symlink");
+    let runtime = Runtime::new(&scratch);
+    // The host folder the image's link names, and what the engine binds into the container.
+    let host_target = scratch.path("host-target");
+    fs::create_dir_all(&host_target).unwrap();
+    let shared = scratch.path("shared");
+    fs::create_dir_all(&shared).unwrap();
+    fs::write(shared.join("file"), "bound\n").unwrap();
+    let mut config = base_config(&["cat", "/link/sub/file"]);
+    config["mounts"].as_array_mut().unwrap().push(json!({
+        "destination": "/link/sub", "type": "bind", "source": shared, "options": ["rbind", "ro"]
+    }));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    std::os::unix::fs::symlink(&host_target, bundle.dir.join("rootfs/link")).unwrap();
+    let output = scratch.path("output");
+    let outcome = runtime.create("c1", &bundle, &output);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(runtime.run(&["start", "c1"]).code, 0);
+    runtime.wait_stopped("c1");
+    assert_eq!(
+        fs::read_to_string(&output).unwrap(),
+        "bound\n",
+        "the bind lands where the link leads inside the rootfs"
+    );
+    assert!(
+        !host_target.join("sub").exists(),
+        "nothing was made on the host through the image's symlink"
+    );
+    assert!(bundle
+        .dir
+        .join("rootfs")
+        .join(host_target.strip_prefix("/").unwrap())
+        .join("sub")
+        .is_dir());
+}
+
+#[test]
+fn delete_force_cleans_up_after_create_was_killed_mid_way() {
+    let scratch = Scratch::new("killed-create");
+    let runtime = Runtime::new(&scratch);
+    let started = scratch.path("hook-started");
+    let mut config = base_config(&["true"]);
+    let group = format!("feather-oci-tests/killed-{}", std::process::id());
+    config["linux"]["cgroupsPath"] = json!(format!("/{group}"));
+    config["hooks"] = json!({"createRuntime": [{
+        "path": "/bin/sh",
+        "args": ["sh", "-c", format!("echo $$ > {}; exec sleep 60", started.display())]
+    }]});
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let mut create = runtime
+        .command()
+        .args(["create", "--bundle"])
+        .arg(&bundle.dir)
+        .arg("c1")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || fs::read_to_string(
+        &started
+    )
+    .is_ok_and(|t| t.ends_with('\n'))));
+    let hook: i32 = fs::read_to_string(&started)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    // The hook outlives the killed runtime (it is the runtime's child, not the container's):
+    // the test ends it itself, by pid.
+    let _hook = KillOnDrop(hook);
+    // The runtime dies mid-create (the engine or the machine killed it).
+    create.kill().unwrap();
+    create.wait().unwrap();
+    assert_eq!(runtime.status("c1"), "creating");
+    let outcome = runtime.run(&["delete", "--force", "c1"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        !runtime.root.join("c1").exists(),
+        "the container's folder is gone"
+    );
+    let memory = std::path::Path::new("/sys/fs/cgroup/memory").join(&group);
+    assert!(
+        eventually(Duration::from_secs(5), || !memory.exists()),
+        "its cgroup is gone"
+    );
+    for hierarchy in fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let _ = fs::remove_dir(hierarchy.path().join("feather-oci-tests"));
+    }
+}
+
+/// Kills a process this test started indirectly, by pid, when the test ends.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}

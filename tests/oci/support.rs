@@ -1,0 +1,655 @@
+//! Fixtures for the OCI tests: a busybox rootfs and bundles, the runtime with a private
+//! `--root`, and engines (containerd, podman) started per test and stopped by pid.
+
+#![allow(dead_code)]
+
+use std::fs;
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+static COUNTER: AtomicUsize = AtomicUsize::new(0);
+
+pub fn runtime_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_feather-oci")
+}
+
+/// A folder of its own under /tmp/feather-tests. Dropping it unmounts whatever is still
+/// mounted below it (an engine's storage after a failed test) and removes it.
+pub struct Scratch {
+    pub dir: PathBuf,
+}
+
+impl Scratch {
+    pub fn new(label: &str) -> Scratch {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let dir = PathBuf::from("/tmp/feather-tests")
+            .join(format!("oci-{label}-{}-{n}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        Scratch { dir }
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        unmount_below(&self.dir);
+        let _ = fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Lazily unmounts every mount at or below `dir`, deepest first.
+pub fn unmount_below(dir: &Path) {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let mut points: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|p| PathBuf::from(p.replace("\\040", " ")))
+        .filter(|p| p.starts_with(dir))
+        .collect();
+    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for point in points {
+        let _ = nix::mount::umount2(&point, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// The busybox applets the tests' containers use.
+const APPLETS: &[&str] = &[
+    "sh", "cat", "echo", "sleep", "true", "false", "id", "ls", "ps", "hostname", "env", "pwd",
+    "kill", "grep", "wc", "head", "mkdir", "touch", "tty", "ulimit", "stat", "readlink", "test",
+];
+
+/// A minimal root: busybox-static and its applets, /etc/passwd and /etc/group.
+pub fn busybox_rootfs(dir: &Path) {
+    for sub in ["bin", "etc", "proc", "sys", "dev", "tmp", "root"] {
+        fs::create_dir_all(dir.join(sub)).unwrap();
+    }
+    fs::copy("/bin/busybox", dir.join("bin/busybox")).expect("busybox-static is installed");
+    for applet in APPLETS {
+        symlink("busybox", dir.join("bin").join(applet)).unwrap();
+    }
+    fs::write(
+        dir.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nalice:x:1000:1000:alice:/home/alice:/bin/sh\n",
+    )
+    .unwrap();
+    fs::write(dir.join("etc/group"), "root:x:0:\nalice:x:1000:\n").unwrap();
+}
+
+/// A config.json like the one containerd 1.6 writes for `ctr run` (its mounts, namespaces,
+/// masked and read-only paths, default capabilities), running `args`.
+pub fn base_config(args: &[&str]) -> Value {
+    let caps = json!([
+        "CAP_CHOWN",
+        "CAP_DAC_OVERRIDE",
+        "CAP_FSETID",
+        "CAP_FOWNER",
+        "CAP_MKNOD",
+        "CAP_NET_RAW",
+        "CAP_SETGID",
+        "CAP_SETUID",
+        "CAP_SETFCAP",
+        "CAP_SETPCAP",
+        "CAP_NET_BIND_SERVICE",
+        "CAP_SYS_CHROOT",
+        "CAP_KILL",
+        "CAP_AUDIT_WRITE"
+    ]);
+    json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": args,
+            "env": ["PATH=/bin"],
+            "cwd": "/",
+            "capabilities": {"bounding": caps, "effective": caps, "permitted": caps},
+            "rlimits": [{"type": "RLIMIT_NOFILE", "hard": 1024, "soft": 1024}],
+            "noNewPrivileges": true
+        },
+        "root": {"path": "rootfs"},
+        "hostname": "box",
+        "mounts": [
+            {"destination": "/proc", "type": "proc", "source": "proc", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]},
+            {"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]},
+            {"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]},
+            {"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]},
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}
+        ],
+        "linux": {
+            "namespaces": [{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}],
+            "maskedPaths": ["/proc/acpi", "/proc/kcore", "/proc/keys", "/proc/timer_list", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+            "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]
+        }
+    })
+}
+
+/// A bundle folder with a busybox rootfs and `config` as its config.json.
+pub struct Bundle {
+    pub dir: PathBuf,
+}
+
+impl Bundle {
+    pub fn new(scratch: &Scratch, name: &str, config: &Value) -> Bundle {
+        let dir = scratch.path(name);
+        busybox_rootfs(&dir.join("rootfs"));
+        let bundle = Bundle { dir };
+        bundle.set_config(config);
+        bundle
+    }
+
+    pub fn set_config(&self, config: &Value) {
+        fs::write(
+            self.dir.join("config.json"),
+            serde_json::to_string_pretty(config).unwrap(),
+        )
+        .unwrap();
+    }
+}
+
+/// The result of one command.
+#[derive(Debug)]
+pub struct Outcome {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl From<Output> for Outcome {
+    fn from(output: Output) -> Self {
+        Outcome {
+            code: output.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+        }
+    }
+}
+
+pub fn run(command: &mut Command) -> Outcome {
+    command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"))
+        .into()
+}
+
+/// `feather-oci --root <private root>`. Dropping it force-deletes every container left.
+pub struct Runtime {
+    pub root: PathBuf,
+}
+
+impl Runtime {
+    pub fn new(scratch: &Scratch) -> Runtime {
+        Runtime {
+            root: scratch.path("runtime-root"),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new(runtime_bin());
+        command.arg("--root").arg(&self.root);
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Outcome {
+        run(self.command().args(args))
+    }
+
+    /// `create`, with the container's stdout and stderr going to `output` (the init inherits
+    /// create's stdio, as under an engine: a pipe would stay open as long as the container).
+    /// The outcome's stderr is that file's content.
+    pub fn create(&self, id: &str, bundle: &Bundle, output: &Path) -> Outcome {
+        let file = fs::File::create(output).unwrap();
+        let status = self
+            .command()
+            .args(["create", "--bundle"])
+            .arg(&bundle.dir)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .status()
+            .unwrap();
+        Outcome {
+            code: status.code().unwrap_or(-1),
+            stdout: String::new(),
+            stderr: fs::read_to_string(output).unwrap_or_default(),
+        }
+    }
+
+    pub fn state(&self, id: &str) -> Value {
+        let outcome = self.run(&["state", id]);
+        assert_eq!(outcome.code, 0, "state {id}: {outcome:?}");
+        serde_json::from_str(&outcome.stdout).unwrap()
+    }
+
+    pub fn status(&self, id: &str) -> String {
+        self.state(id)["status"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits until the container's init has exited.
+    pub fn wait_stopped(&self, id: &str) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while self.status(id) != "stopped" {
+            assert!(Instant::now() < deadline, "container {id} did not stop");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Runtime {
+    fn drop(&mut self) {
+        for entry in fs::read_dir(&self.root).into_iter().flatten().flatten() {
+            let id = entry.file_name().to_string_lossy().into_owned();
+            let _ = self.run(&["delete", "--force", &id]);
+        }
+    }
+}
+
+/// Polls `check` until it holds or `limit` passes.
+pub fn eventually(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    loop {
+        if check() {
+            return true;
+        }
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A layer tar of a busybox rootfs (what `podman import` takes) under `scratch`.
+pub fn busybox_layer_tar(scratch: &Scratch) -> PathBuf {
+    let rootfs = scratch.path("image-rootfs");
+    busybox_rootfs(&rootfs);
+    let tar = scratch.path("layer.tar");
+    let outcome = run(Command::new("tar")
+        .arg("-C")
+        .arg(&rootfs)
+        .args(["--numeric-owner", "-cf"])
+        .arg(&tar)
+        .arg("."));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    tar
+}
+
+fn sha256_of(path: &Path) -> String {
+    let outcome = run(Command::new("sha256sum").arg(path));
+    outcome.stdout.split_whitespace().next().unwrap().to_owned()
+}
+
+fn add_blob(layout: &Path, file: &Path) -> (String, u64) {
+    let digest = sha256_of(file);
+    let size = fs::metadata(file).unwrap().len();
+    fs::copy(file, layout.join("blobs/sha256").join(&digest)).unwrap();
+    (digest, size)
+}
+
+/// An OCI image layout tar of the busybox rootfs, named `name` (what `ctr image import` takes).
+pub fn busybox_image_tar(scratch: &Scratch, name: &str) -> PathBuf {
+    let layer = busybox_layer_tar(scratch);
+    let layout = scratch.path("layout");
+    fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
+    let (layer_digest, layer_size) = add_blob(&layout, &layer);
+    let config = scratch.path("image-config.json");
+    fs::write(
+        &config,
+        json!({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+            "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (config_digest, config_size) = add_blob(&layout, &config);
+    let manifest = scratch.path("manifest.json");
+    fs::write(
+        &manifest,
+        json!({
+            "schemaVersion": 2,
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": format!("sha256:{config_digest}"), "size": config_size},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", "digest": format!("sha256:{layer_digest}"), "size": layer_size}]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    let (manifest_digest, manifest_size) = add_blob(&layout, &manifest);
+    fs::write(
+        layout.join("index.json"),
+        json!({
+            "schemaVersion": 2,
+            "manifests": [{
+                "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                "digest": format!("sha256:{manifest_digest}"), "size": manifest_size,
+                "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "latest"}
+            }]
+        })
+        .to_string(),
+    )
+    .unwrap();
+    fs::write(
+        layout.join("oci-layout"),
+        r#"{"imageLayoutVersion":"1.0.0"}"#,
+    )
+    .unwrap();
+    let tar = scratch.path("image.tar");
+    let outcome = run(Command::new("tar")
+        .arg("-C")
+        .arg(&layout)
+        .arg("-cf")
+        .arg(&tar)
+        .arg("."));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    tar
+}
+
+/// A daemon the test started; stopped by its pid (SIGTERM, then SIGKILL) on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub name: &'static str,
+}
+
+impl Daemon {
+    pub fn stop(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let stopped = eventually(Duration::from_secs(10), || {
+            matches!(self.child.try_wait(), Ok(Some(_)))
+        });
+        if !stopped {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Runs `script` under a pseudo-terminal (`script`), for engines that need one for `-t`.
+pub fn with_terminal(command_line: &str) -> Outcome {
+    run(Command::new("script").args(["-qec", command_line, "/dev/null"]))
+}
+
+static ENGINES: AtomicUsize = AtomicUsize::new(0);
+
+/// A containerd started for one test: its own config, root, state, socket and namespace.
+/// Dropping it removes every container of its namespace, then stops it by pid.
+pub struct Containerd {
+    pub address: PathBuf,
+    pub namespace: String,
+    daemon: Daemon,
+}
+
+impl Containerd {
+    pub fn start(scratch: &Scratch) -> Containerd {
+        let address = scratch.path("containerd.sock");
+        let config = scratch.path("containerd.toml");
+        fs::write(
+            &config,
+            format!(
+                "version = 2\nroot = \"{}\"\nstate = \"{}\"\n\
+                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+                 [grpc]\n  address = \"{}\"\n",
+                scratch.path("containerd-root").display(),
+                scratch.path("containerd-state").display(),
+                address.display()
+            ),
+        )
+        .unwrap();
+        let log = fs::File::create(scratch.path("containerd.log")).unwrap();
+        let child = Command::new("containerd")
+            .arg("--config")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("containerd is installed (setup.sh)");
+        let containerd = Containerd {
+            address,
+            namespace: format!(
+                "feather-oci-{}-{}",
+                std::process::id(),
+                ENGINES.fetch_add(1, Ordering::SeqCst)
+            ),
+            daemon: Daemon {
+                child,
+                name: "containerd",
+            },
+        };
+        let up = eventually(Duration::from_secs(20), || {
+            containerd.address.exists() && containerd.ctr(&["version"]).code == 0
+        });
+        assert!(
+            up,
+            "containerd did not come up: {}",
+            fs::read_to_string(scratch.path("containerd.log")).unwrap_or_default()
+        );
+        containerd
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("ctr");
+        command
+            .arg("-a")
+            .arg(&self.address)
+            .arg("-n")
+            .arg(&self.namespace);
+        command
+    }
+
+    pub fn ctr(&self, args: &[&str]) -> Outcome {
+        run(self.command().args(args))
+    }
+
+    /// The shim's `--root` for feather-oci: containerd's runc shim puts it under /run.
+    pub fn runtime_root(&self) -> PathBuf {
+        PathBuf::from("/run/containerd/runc").join(&self.namespace)
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let listed = self.ctr(&["containers", "ls", "-q"]);
+        for id in listed.stdout.split_whitespace() {
+            let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+            let _ = eventually(Duration::from_secs(5), || {
+                !self.ctr(&["task", "ls"]).stdout.contains("RUNNING")
+            });
+            let _ = self.ctr(&["task", "delete", "-f", id]);
+            let _ = self.ctr(&["containers", "rm", id]);
+        }
+        self.daemon.stop();
+        let _ = fs::remove_dir_all(self.runtime_root());
+        // The shim's cgroupsPath is /<namespace>/<id>: remove the namespace's empty parents.
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(hierarchy.path().join(&self.namespace));
+        }
+    }
+}
+
+/// podman with storage, run folder and temporary folder in the test's scratch folder,
+/// feather-oci as its runtime, cgroupfs (this machine has no systemd) and no network.
+pub struct Podman {
+    pub root: PathBuf,
+    pub run_root: PathBuf,
+    pub tmp: PathBuf,
+    pub runtime: String,
+}
+
+impl Podman {
+    pub fn new(scratch: &Scratch, runtime: &str) -> Podman {
+        // podman refuses a run root longer than 50 characters.
+        let run_root = PathBuf::from(format!(
+            "/tmp/feather-tests/pr-{}-{}",
+            std::process::id(),
+            ENGINES.fetch_add(1, Ordering::SeqCst)
+        ));
+        Podman {
+            root: scratch.path("podman-root"),
+            run_root,
+            tmp: scratch.path("podman-tmp"),
+            runtime: runtime.to_owned(),
+        }
+    }
+
+    pub fn command(&self) -> Command {
+        let mut command = Command::new("podman");
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.run_root)
+            .arg("--tmpdir")
+            .arg(&self.tmp)
+            .args(["--runtime", &self.runtime])
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "file"]);
+        command
+    }
+
+    pub fn podman(&self, args: &[&str]) -> Outcome {
+        run(self.command().args(args))
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.podman(&["rm", "--all", "--force", "--time", "0"]);
+        let _ = self.podman(&["rmi", "--all", "--force"]);
+        unmount_below(&self.root);
+        unmount_below(&self.run_root);
+        let _ = fs::remove_dir_all(&self.run_root);
+        // cgroupfs parents podman made for its containers.
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(hierarchy.path().join("libpod_parent/conmon"));
+            let _ = fs::remove_dir(hierarchy.path().join("libpod_parent"));
+        }
+    }
+}
+
+/// dockerd started for one test: its own data-root, exec-root, pidfile, socket and
+/// containerd namespace; no iptables, no bridge, nofile 1024 by default (this machine
+/// withholds CAP_SYS_RESOURCE), and feather-oci as the runtime "feather".
+pub struct Dockerd {
+    pub socket: PathBuf,
+    exec_root: PathBuf,
+    daemon: Option<Daemon>,
+}
+
+impl Dockerd {
+    pub fn start(scratch: &Scratch) -> Dockerd {
+        let socket = scratch.path("docker.sock");
+        // containerd's socket lives under the exec root: keep it short.
+        let exec_root = PathBuf::from(format!(
+            "/tmp/feather-tests/dx-{}-{}",
+            std::process::id(),
+            ENGINES.fetch_add(1, Ordering::SeqCst)
+        ));
+        let config = scratch.path("daemon.json");
+        let namespace = exec_root
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        fs::write(
+            &config,
+            json!({
+                "data-root": scratch.path("docker-data"),
+                "exec-root": exec_root,
+                "pidfile": scratch.path("docker.pid"),
+                "hosts": [format!("unix://{}", socket.display())],
+                "iptables": false, "ip6tables": false, "bridge": "none",
+                "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 1024, "Soft": 1024}},
+                "runtimes": {"feather": {"path": runtime_bin()}},
+                "exec-opts": ["native.cgroupdriver=cgroupfs"],
+                "containerd-namespace": namespace,
+                "containerd-plugins-namespace": format!("{namespace}-plugins"),
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let log = fs::File::create(scratch.path("dockerd.log")).unwrap();
+        let child = Command::new("dockerd")
+            .arg("--config-file")
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("docker.io is installed (setup.sh)");
+        let dockerd = Dockerd {
+            socket,
+            exec_root,
+            daemon: Some(Daemon {
+                child,
+                name: "dockerd",
+            }),
+        };
+        let up = eventually(Duration::from_secs(30), || {
+            dockerd.docker(&["info"]).code == 0
+        });
+        assert!(
+            up,
+            "dockerd did not come up: {}",
+            fs::read_to_string(scratch.path("dockerd.log")).unwrap_or_default()
+        );
+        dockerd
+    }
+
+    pub fn docker(&self, args: &[&str]) -> Outcome {
+        run(Command::new("docker")
+            .arg("-H")
+            .arg(format!("unix://{}", self.socket.display()))
+            .args(args))
+    }
+}
+
+impl Drop for Dockerd {
+    fn drop(&mut self) {
+        let listed = self.docker(&["ps", "-aq"]);
+        for id in listed.stdout.split_whitespace() {
+            let _ = self.docker(&["rm", "-f", id]);
+        }
+        let _ = self.docker(&["image", "prune", "-af"]);
+        if let Some(mut daemon) = self.daemon.take() {
+            daemon.stop();
+        }
+        unmount_below(&self.exec_root);
+        let _ = fs::remove_dir_all(&self.exec_root);
+        // What dockerd makes outside its roots, removed only when empty.
+        let _ = fs::remove_dir("/run/docker/plugins");
+        let _ = fs::remove_dir("/run/docker");
+        for hierarchy in fs::read_dir("/sys/fs/cgroup")
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let _ = fs::remove_dir(hierarchy.path().join("docker"));
+        }
+    }
+}
