@@ -166,7 +166,7 @@ pub fn close_other_fds(keep: &[RawFd]) {
         .filter_map(|e| e.file_name().to_str()?.parse().ok())
         .collect();
     for fd in fds {
-        if fd > 2 && !keep.contains(&fd) {
+        if fd > 2 && !keep.contains(&fd) && Some(fd) != raw::remembered_threads_fd() {
             let _ = nix::unistd::close(fd);
         }
     }

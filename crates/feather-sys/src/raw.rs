@@ -170,43 +170,51 @@ pub unsafe fn fork_threaded() -> Result<Option<libc::pid_t>, Errno> {
     }
 }
 
-/// This process's folder of threads in the host's /proc, opened once: a process that later
-/// joins another mount namespace (`feather exec -t`, `feather-oci exec`) sees that namespace's
-/// /proc, where it may have no pid at all.
-fn tasks_dir() -> Option<&'static std::os::fd::OwnedFd> {
-    static TASKS: std::sync::OnceLock<Option<std::os::fd::OwnedFd>> = std::sync::OnceLock::new();
-    TASKS
-        .get_or_init(|| {
-            nix::fcntl::open(
-                "/proc/self/task",
-                nix::fcntl::OFlag::O_RDONLY
-                    | nix::fcntl::OFlag::O_DIRECTORY
-                    | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )
-            .ok()
-        })
-        .as_ref()
+/// This process's folder of threads in its own /proc, opened by [`remember_threads`] before
+/// the process joins another mount namespace (`feather exec -t`, `feather-oci exec`), whose
+/// /proc may not show it at all.
+static TASKS: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// Opens this process's folder of threads while it still sees its own /proc: call it before
+/// joining another mount namespace.
+pub fn remember_threads() {
+    if TASKS.get().is_none() {
+        if let Ok(fd) = open_tasks() {
+            let _ = TASKS.set(fd);
+        }
+    }
 }
 
-/// Opens [`tasks_dir`] while this process still sees its own /proc: call it before joining
-/// another mount namespace.
-pub fn remember_threads() {
-    let _ = tasks_dir();
+/// The descriptor [`remember_threads`] keeps, which closing "every other descriptor" must keep.
+pub fn remembered_threads_fd() -> Option<RawFd> {
+    use std::os::fd::AsRawFd;
+    TASKS.get().map(|fd| fd.as_raw_fd())
+}
+
+fn open_tasks() -> nix::Result<std::os::fd::OwnedFd> {
+    nix::fcntl::open(
+        "/proc/self/task",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
 }
 
 /// Makes fork and clone3 safe by construction: they go on only in a process of one thread.
 fn require_single_thread() -> Result<(), Errno> {
     // The kernel's count of this process's threads: one entry per thread in /proc/self/task,
-    // listed afresh through the descriptor opened once.
-    let tasks = tasks_dir().ok_or(Errno::ENOENT)?;
-    let mut listing = nix::dir::Dir::openat(
-        tasks,
-        ".",
-        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
-        nix::sys::stat::Mode::empty(),
-    )?;
-    let threads = listing
+    // or, once the process joined another mount namespace, in the folder it remembered.
+    let tasks = match (open_tasks(), TASKS.get()) {
+        (Ok(fd), _) => nix::dir::Dir::from_fd(fd)?,
+        (Err(_), Some(remembered)) => nix::dir::Dir::openat(
+            remembered,
+            ".",
+            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+            nix::sys::stat::Mode::empty(),
+        )?,
+        (Err(errno), None) => return Err(errno),
+    };
+    let mut tasks = tasks;
+    let threads = tasks
         .iter()
         .flatten()
         .filter(|entry| !matches!(entry.file_name().to_bytes(), b"." | b".."))
