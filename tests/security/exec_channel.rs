@@ -195,11 +195,16 @@ fn forged_socket_names_never_answer_exec() {
         feather.eventually("the impostor is in place", || {
             vm_run.join("impostor.ready").exists()
         });
-        // The forgery must fool a lookup by /proc/net/unix (the table's order can shift while
-        // the kernel's hash table settles: looked at until it does).
-        feather.eventually(&format!("the forgery fools the old lookup ({net})"), || {
-            old_lookup(init).as_deref() == Some("evil-init")
-        });
+        // In the VM's own network namespace the forgery must fool a lookup by /proc/net/unix:
+        // the attack is real. (Where the VM shares the host's namespace, the table also holds
+        // every socket of the host and of the other tests running, and whether a forgery lands
+        // before init's line within the impostor's bound is luck; there the impostor still
+        // listens, and exec must still never reach it.)
+        if net == "none" {
+            feather.eventually("the forgery fools the old lookup", || {
+                old_lookup(init).as_deref() == Some("evil-init")
+            });
+        }
         let outcomes: Vec<_> = (0..25)
             .map(|_| {
                 feather.run(&[
