@@ -1219,10 +1219,13 @@ fn telnetd_answers_through_inetd_in_a_vm() {
         .contains("/usr/sbin/telnetd"));
     // No unit: the SysV script /etc/init.d/inetutils-inetd.
     feather.ok(&["service", "start", "old", "inetutils-inetd"]);
-    let answer = feather.sh(
-        "old",
-        "bash -c 'exec 3<>/dev/tcp/127.0.0.1/23 && timeout 2 head -c 3 <&3 | od -An -tx1'",
-    );
+    // A SysV script is started once it exits (as systemd has it); the inetd it forked binds
+    // its ports a moment later.
+    let probe = "bash -c 'exec 3<>/dev/tcp/127.0.0.1/23 && timeout 2 head -c 3 <&3 | od -An -tx1'";
+    feather.eventually("inetd listens on port 23", || {
+        feather.run(&["exec", "old", "--", "sh", "-c", probe]).code == 0
+    });
+    let answer = feather.sh("old", probe);
     // IAC (0xff) and an option negotiation: telnetd speaking the telnet protocol.
     assert!(answer.trim_start().starts_with("ff f"), "{answer:?}");
     assert!(!std::fs::read_to_string("/etc/inetd.conf")
