@@ -30,8 +30,15 @@ fn memory_limit_kills_what_exceeds_it() {
         outcome.stdout
     );
     assert_eq!(outcome.code, 137, "killed by SIGKILL: {outcome:?}");
-    // The VM itself is still up.
+    // The VM itself is still up: its programs, not its init, are the OOM killer's choice.
     assert_eq!(feather.sh("small", "echo alive"), "alive\n");
+    assert_eq!(
+        feather.sh(
+            "small",
+            "cat /proc/self/oom_score_adj /proc/1/oom_score_adj"
+        ),
+        "500\n0\n"
+    );
 }
 
 #[test]

@@ -36,6 +36,9 @@ struct Resolved {
 
 /// Turns the calling process, already inside the VM, into the workload. Returns only on
 /// failure, with a message naming what could not be done.
+/// The OOM score adjustment of every program init starts (-1000..1000; 0 is a process's own).
+pub const WORKLOAD_OOM_SCORE_ADJ: i32 = 500;
+
 pub fn become_workload(workload: &Workload, terminal: Option<&str>) -> String {
     match try_become(workload, terminal) {
         Ok(never) => match never {},
@@ -48,6 +51,16 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
     // The parent blocked signals to read them from a signalfd; the program must not inherit that.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     feather_sys::process::reset_signal_dispositions();
+    // The VM's init must outlive an out-of-memory kill in the VM's cgroup: after the greedy
+    // process is killed the cgroup can still be over its limit while that memory is reclaimed,
+    // and the next victim would be the largest process left — init (a few MiB), which ends the
+    // VM. Lowering init's score needs CAP_SYS_RESOURCE, which hosts may withhold; raising its
+    // children's never does. A VM's programs are therefore also chosen before the host's own
+    // on a host-wide shortage (as the kubelet ranks burstable pods).
+    let _ = std::fs::write(
+        "/proc/self/oom_score_adj",
+        WORKLOAD_OOM_SCORE_ADJ.to_string(),
+    );
     let resolved = resolve(workload, terminal)?;
     feather_confine::capabilities::reduce_to_default().map_err(|e| e.to_string())?;
     // Groups first: once the uid is not 0, the process may no longer change them.
