@@ -145,12 +145,9 @@ pub fn pidfd_send_signal(pidfd: RawFd, signal: libc::c_int) -> Result<(), Errno>
 pub fn fork() -> Result<Option<libc::pid_t>, Errno> {
     require_single_thread()?;
     // SAFETY: the caller is the process's only thread (checked above; only it could have
-    // started another since), so the child inherits no lock held by another thread.
-    match unsafe { libc::fork() } {
-        -1 => Err(Errno::last()),
-        0 => Ok(None),
-        pid => Ok(Some(pid)),
-    }
+    // started another since), so no other thread can hold a lock the child would inherit, and
+    // fork_threaded's contract on the child holds whatever it does.
+    unsafe { fork_threaded() }
 }
 
 /// fork(2) from a process that may have other threads (a keeper with its port forwarders and
