@@ -1,12 +1,20 @@
 #!/usr/bin/env bash
 # Sets up a fresh Debian 12 machine for feather and builds it. Run as root; safe to run again.
 #
-#   sudo ./setup.sh
+#   sudo ./setup.sh              # install and build
+#   sudo ./setup.sh --uninstall  # remove what it installed outside the checkout
 #
 # Installs only Debian packages (the system ones feather and its tests use) and builds the
 # workspace with cargo. Benchmarks install their peers themselves (bench/run).
 set -euo pipefail
 cd "$(dirname "$0")"
+
+if [[ ${1:-} == --uninstall ]]; then
+    # The Debian packages stay: other software may use them, and apt removes them on request.
+    scripts/install-feather --uninstall
+    scripts/install-criu --uninstall
+    exit 0
+fi
 
 packages=(
     busybox-static   # a self-contained shell for VMs over scratch base trees in tests
@@ -46,6 +54,10 @@ packages=(
     docker.io        # dockerd with a runtimes entry for feather-oci (docs/oci.md)
     uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it
     bsdutils         # `script`: a pseudo-terminal for `ctr run -t` in tests
+    sudo             # the README's examples are written as `sudo feather …`
+    jq make          # and use these (tests/functional/conventions.rs runs them as written)
+    man-db           # `man feather`, `man feather-create`: the pages scripts/install-feather installs
+    bash-completion  # loads the completion script scripts/install-feather installs
 )
 
 export DEBIAN_FRONTEND=noninteractive
@@ -79,3 +91,6 @@ cargo build --release -p feather-oci
 # `feather-open` and the `xdg-open` hook are the feather binary by other names (docs/shuttle.md).
 ln -sfn feather target/release/feather-open
 mkdir -p target/release/hook && ln -sfn ../feather target/release/hook/xdg-open
+# Where a shell finds them: the binaries, `feather-open`, the hook, manual pages and completions
+# into /usr/local (the list of what went where is kept for --uninstall).
+scripts/install-feather

@@ -7,6 +7,7 @@ mod support;
 mod bad_input;
 mod checkpoint;
 mod commit;
+mod conventions;
 mod copy_on_write;
 mod exec;
 mod isolation;

@@ -268,6 +268,22 @@ impl ScratchBase {
         fs::read_to_string(self.file(rel)).ok()
     }
 
+    /// Copies the host's `program` into the base at the same path, with the shared libraries
+    /// and loader `ldd` names for it, so that a VM over this base can run it.
+    pub fn add_host_program(&self, program: &str) {
+        let listing = Command::new("ldd").arg(program).output().unwrap();
+        let listing = String::from_utf8_lossy(&listing.stdout);
+        let libraries = listing
+            .split_whitespace()
+            .filter(|word| word.starts_with('/'))
+            .map(str::to_owned);
+        for file in std::iter::once(program.to_owned()).chain(libraries) {
+            let target = self.file(file.trim_start_matches('/'));
+            fs::create_dir_all(target.parent().unwrap()).unwrap();
+            fs::copy(&file, &target).unwrap_or_else(|e| panic!("copy {file}: {e}"));
+        }
+    }
+
     /// Mounts a tmpfs at `rel` (a separate filesystem under the base); unmounted on drop.
     pub fn mount_tmpfs(&mut self, rel: &str) -> PathBuf {
         let target = self.file(rel);

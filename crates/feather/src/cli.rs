@@ -183,6 +183,17 @@ pub enum Command {
     /// Check a property of this machine or of confinement; exits 1 if it does not hold
     #[command(subcommand)]
     Check(CheckCommand),
+    /// Print a completion script for SHELL, e.g. `feather completions bash >
+    /// /usr/share/bash-completion/completions/feather`
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write the manual pages (feather.1 and one per command, e.g. feather-create.1) into DIR
+    Man {
+        #[arg(value_name = "DIR")]
+        dir: PathBuf,
+    },
     #[command(name = "__ipcprobe", hide = true)]
     IpcProbe {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]

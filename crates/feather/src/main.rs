@@ -2,6 +2,7 @@
 //! formats; everything else lives in the libraries.
 
 mod cli;
+mod generated;
 mod output;
 mod progress;
 mod service;
@@ -128,6 +129,18 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             vm.as_deref(),
             args,
         )));
+    }
+    // What is generated from the command line itself needs neither root nor a state root.
+    match &cli.command {
+        Command::Completions { shell } => {
+            generated::completions(*shell, &mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            generated::man_pages(dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
     }
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot.into());
@@ -299,7 +312,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        Command::Open { .. } => unreachable!("handled before the root check"),
+        Command::Open { .. } | Command::Completions { .. } | Command::Man { .. } => {
+            unreachable!("handled before the root check")
+        }
         Command::ShuttleShare { plan } => {
             return Ok(exit_code(feather_shuttle::transfer::helper_main(&plan)))
         }
@@ -313,8 +328,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
 
 /// `run`: a throw-away VM with --rm; otherwise the named VM, created and started as needed.
 fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
-    let workload = workload(&args.process, args.command)?;
+    let mut workload = workload(&args.process, args.command)?;
     if args.rm {
+        start_where_the_caller_is(&mut workload, args.create.base.as_deref());
         let name = match &args.name {
             Some(name) => name.parse()?,
             None => format!("run-{}", std::process::id()).parse()?,
@@ -341,6 +357,8 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
         Err(e) => return Err(e.into()),
     }
+    let base = root.open(&name)?.read_config()?.base;
+    start_where_the_caller_is(&mut workload, Some(&base));
     if lifecycle::status(&root.open(&name)?)?.status != feather_core::VmStatus::Running {
         lifecycle::start(root, &name)?;
         if service::start_configured(root, &name)? != ExitCode::SUCCESS {
@@ -348,6 +366,17 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(exit_code(exec(root, &name, &workload, args.process.tty)?))
+}
+
+/// `run` in a VM over the host's own root starts the command in the caller's current folder,
+/// which the VM sees too (`feather run --rm -- make test` tests the project one is in), unless
+/// `-w` or `-u` says otherwise (another user starts in their home). Over another base the
+/// caller's folder means nothing there: the user's home, as `exec`.
+fn start_where_the_caller_is(workload: &mut Workload, base: Option<&std::path::Path>) {
+    let over_the_host = base.is_none_or(|base| base == std::path::Path::new("/"));
+    if over_the_host && workload.cwd.is_none() && workload.user.is_none() {
+        workload.cwd = std::env::current_dir().ok();
+    }
 }
 
 /// `feather check criu`: is there a CRIU that works here, and which kernel features does it lack.

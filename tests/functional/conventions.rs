@@ -1,0 +1,247 @@
+//! What a new user meets first: the README's examples run as written once the set-up ran, and
+//! what the set-up put where a shell finds it (binaries, manual pages, completions) is this
+//! build's, generated from the same command-line definitions.
+
+use std::fs;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use crate::support::{free_port, Feather, ScratchBase, ScratchDir};
+
+/// Where the README's set-up command installs feather (scripts/install-feather).
+const PREFIX: &str = "/usr/local";
+
+/// One `$ command` of the README's first console block and the output lines shown under it.
+struct Example {
+    command: String,
+    shown: Vec<String>,
+}
+
+fn readme_examples() -> Vec<Example> {
+    let readme = fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md"))
+        .expect("README.md");
+    let block = readme
+        .split("```console\n")
+        .nth(1)
+        .and_then(|rest| rest.split("```").next())
+        .expect("README.md has a console block");
+    let mut examples: Vec<Example> = Vec::new();
+    for line in block.lines() {
+        match line.strip_prefix("$ ") {
+            Some(command) => examples.push(Example {
+                command: command.to_owned(),
+                shown: Vec::new(),
+            }),
+            None => examples
+                .last_mut()
+                .expect("the console block starts with a command")
+                .shown
+                .push(line.to_owned()),
+        }
+    }
+    examples
+}
+
+fn words(line: &str) -> String {
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The README's console block, command by command, as a user types it after `sudo ./setup.sh`
+/// — with three changes a test must make, each said where it is made: its own state root
+/// (FEATHER_ROOT, which `sudo` would drop: the test is root already), `web1` over a scratch
+/// base (its example commits, and a test never writes the host's /etc), and a free port for
+/// `--publish`. Every command must succeed and print the output the README shows under it.
+#[test]
+fn the_readme_examples_run_as_written() {
+    let feather = Feather::new("readme");
+    let base = ScratchBase::new("readme");
+    base.write("etc/motd", "the base's motd\n");
+    base.add_host_program("/bin/bash");
+    let project = ScratchDir::new("readme-project");
+    fs::create_dir_all(&project.path).unwrap();
+    fs::write(
+        project.path.join("Makefile"),
+        "test:\n\t@echo the tests of $(CURDIR) pass\n",
+    )
+    .unwrap();
+    let port = free_port().to_string();
+    let built = Path::new(Feather::bin()).parent().unwrap();
+    let path = format!("{}:{}", built.display(), std::env::var("PATH").unwrap());
+
+    let examples = readme_examples();
+    assert!(examples.len() >= 10, "the README's console block");
+    for example in &examples {
+        let mut command = example.command.replace("sudo ", "");
+        command = command.replace(
+            "create web1",
+            &format!("create web1 --base {}", base.as_str()),
+        );
+        command = command.replace("8082:", &format!("{port}:"));
+        let interactive = command.contains(" -it ");
+        let mut shell = if interactive {
+            // `exec -it` wants a terminal: `script` gives it one, and types into its bash.
+            let mut script = Command::new("script");
+            script.args(["-qec", &command, "/dev/null"]);
+            script
+        } else {
+            let mut sh = Command::new("sh");
+            sh.args(["-c", &command]);
+            sh
+        };
+        let mut child = shell
+            .current_dir(&project.path)
+            .env("FEATHER_ROOT", &feather.root)
+            .env("PATH", &path)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let typed = if interactive {
+            "echo inside $(hostname); exit\n"
+        } else {
+            ""
+        };
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(typed.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        assert!(
+            output.status.success(),
+            "README example `{}` failed ({}): {}{stdout}",
+            example.command,
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let printed: Vec<String> = stdout.lines().map(words).collect();
+        for shown in &example.shown {
+            assert!(
+                printed.contains(&words(shown)),
+                "README example `{}` shows `{shown}`, it printed:\n{stdout}",
+                example.command
+            );
+        }
+        if interactive {
+            assert!(stdout.contains("inside web1"), "{stdout}");
+        }
+        if command.starts_with("feather run --rm") {
+            assert!(
+                stdout.contains("pass"),
+                "make ran in the caller's folder: {stdout}"
+            );
+        }
+    }
+    assert_eq!(
+        base.read("etc/motd").as_deref(),
+        Some("hi\n"),
+        "the README's commit wrote the VM's /etc/motd into web1's base"
+    );
+}
+
+/// `sudo ./setup.sh` installs the binaries where a shell finds them, and manual pages and
+/// completions generated by this build: a stale or missing install (the set-up not run since
+/// the command line changed) fails here.
+#[test]
+fn the_set_up_installs_this_builds_binaries_pages_and_completions() {
+    let installed = Path::new(PREFIX).join("bin/feather");
+    let found = Command::new("sh")
+        .args(["-c", "command -v feather"])
+        .env(
+            "PATH",
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        )
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&found.stdout).trim(),
+        installed.to_str().unwrap(),
+        "feather is found on a root shell's PATH (run sudo ./setup.sh)"
+    );
+    for companion in [
+        "feather-keeper",
+        "feather-svcd",
+        "feather-oci",
+        "feather-open",
+    ] {
+        let path = Path::new(PREFIX).join("bin").join(companion);
+        assert!(path.exists(), "{} is installed", path.display());
+    }
+    let help = |binary: &Path| {
+        let output = Command::new(binary).arg("--help").output().unwrap();
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    assert_eq!(
+        help(&installed),
+        help(Path::new(Feather::bin())),
+        "the installed feather is this build's (run sudo ./setup.sh)"
+    );
+
+    let pages = ScratchDir::new("man-pages");
+    let made = Command::new(Feather::bin())
+        .arg("man")
+        .arg(&pages.path)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let mut names: Vec<_> = fs::read_dir(&pages.path)
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name())
+        .collect();
+    names.sort();
+    for expected in ["feather.1", "feather-create.1", "feather-service-start.1"] {
+        assert!(names.iter().any(|name| name == expected), "{names:?}");
+    }
+    for name in &names {
+        let ours = fs::read(pages.path.join(name)).unwrap();
+        let theirs = Path::new(PREFIX).join("share/man/man1").join(name);
+        assert_eq!(
+            fs::read(&theirs).ok(),
+            Some(ours),
+            "{} is installed and is this build's page",
+            theirs.display()
+        );
+    }
+    let shown = Command::new("man")
+        .args(["-P", "cat", "feather-create"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&shown.stdout).contains("--memory"),
+        "man feather-create: {}",
+        String::from_utf8_lossy(&shown.stderr)
+    );
+
+    for (shell, file) in [
+        ("bash", "share/bash-completion/completions/feather"),
+        ("zsh", "share/zsh/site-functions/_feather"),
+        ("fish", "share/fish/vendor_completions.d/feather.fish"),
+    ] {
+        let ours = Command::new(Feather::bin())
+            .args(["completions", shell])
+            .output()
+            .unwrap()
+            .stdout;
+        assert_eq!(
+            fs::read(Path::new(PREFIX).join(file)).ok(),
+            Some(ours),
+            "{shell} completions are installed and this build's"
+        );
+    }
+    // And bash completes with them: `feather cre<TAB>` is `create`.
+    let completed = Command::new("bash")
+        .args([
+            "-c",
+            "source /usr/share/bash-completion/bash_completion; \
+             source /usr/local/share/bash-completion/completions/feather; \
+             COMP_WORDS=(feather cre); COMP_CWORD=1; _feather feather cre feather; \
+             echo \"${COMPREPLY[@]}\"",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&completed.stdout).trim(), "create");
+}
