@@ -245,3 +245,65 @@ fn the_set_up_installs_this_builds_binaries_pages_and_completions() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&completed.stdout).trim(), "create");
 }
+
+/// `setup.sh --uninstall` removes every file the install put in place, and nothing else.
+#[test]
+fn an_uninstall_removes_every_file_the_install_put() {
+    let prefix = ScratchDir::new("prefix");
+    fs::create_dir_all(prefix.path.join("bin")).unwrap();
+    fs::write(prefix.path.join("bin/someone-elses"), "kept").unwrap();
+    let built = Path::new(Feather::bin()).parent().unwrap();
+    assert!(
+        built.join("feather-oci").exists(),
+        "the workspace is built (sudo ./setup.sh)"
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/install-feather");
+    let install = |args: &[&str]| {
+        let output = Command::new(&script)
+            .args(args)
+            .env("FEATHER_PREFIX", &prefix.path)
+            .env("FEATHER_BUILD", built)
+            .output()
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "install-feather {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    install(&[]);
+    let installed = files_under(&prefix.path);
+    for expected in [
+        "bin/feather",
+        "bin/feather-keeper",
+        "bin/feather-open",
+        "lib/feather/hook/xdg-open",
+        "share/man/man1/feather-create.1",
+        "share/zsh/site-functions/_feather",
+    ] {
+        assert!(
+            installed.iter().any(|path| path.ends_with(expected)),
+            "{expected} installed: {installed:?}"
+        );
+    }
+    install(&["--uninstall"]);
+    assert_eq!(
+        files_under(&prefix.path),
+        vec![prefix.path.join("bin/someone-elses")]
+    );
+}
+
+/// Every file and link below `dir`, sorted.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            found.extend(files_under(&entry.path()));
+        } else {
+            found.push(entry.path());
+        }
+    }
+    found.sort();
+    found
+}
