@@ -54,6 +54,7 @@ packages=(
     docker.io        # dockerd with a runtimes entry for feather-oci (docs/oci.md)
     uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it
     bsdutils         # `script`: a pseudo-terminal for `ctr run -t` in tests
+    chromium chromium-driver python3-selenium  # tests/web drive `feather web` in a real browser
     sudo             # the README's examples are written as `sudo feather …`
     jq make          # and use these (tests/functional/conventions.rs runs them as written)
     man-db           # `man feather`, `man feather-create`: the pages scripts/install-feather installs

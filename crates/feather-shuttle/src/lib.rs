@@ -29,6 +29,7 @@ pub mod policy;
 mod raw;
 pub mod splice;
 pub mod transfer;
+pub mod view;
 pub mod watch;
 
 pub use audit::{Audit, Outcome};

@@ -25,6 +25,7 @@ pub mod inspect;
 pub mod keeper;
 pub mod layers;
 pub mod lifecycle;
+pub mod options;
 pub mod peers;
 pub mod protocol;
 pub mod relay;

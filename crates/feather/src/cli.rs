@@ -183,6 +183,12 @@ pub enum Command {
     /// Check a property of this machine or of confinement; exits 1 if it does not hold
     #[command(subcommand)]
     Check(CheckCommand),
+    /// Serve a web view of this state root's VMs (prints the URL to open, with a one-time token)
+    Web {
+        /// Address to serve on: a loopback address
+        #[arg(long, value_name = "ADDR:PORT", default_value = feather_web::Options::DEFAULT_LISTEN)]
+        listen: std::net::SocketAddr,
+    },
     /// Print a completion script for SHELL, e.g. `feather completions bash >
     /// /usr/share/bash-completion/completions/feather`
     Completions {

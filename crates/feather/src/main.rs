@@ -8,14 +8,15 @@ mod progress;
 mod service;
 mod shuttle;
 
+use std::io::Write;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use feather_core::size::parse_bytes;
-use feather_core::{Error, Limits, NetMode, NetworkConfig, StateRoot, VmConfig, VmName};
+use feather_core::{Error, StateRoot, VmName};
 use feather_vm::exec::exec;
 use feather_vm::lifecycle::{self, CreateOptions};
+use feather_vm::options::CreateRequest;
 use feather_vm::workload::Workload;
 use feather_vm::{checkpoint, commit, inspect};
 
@@ -257,6 +258,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore { name, import } => {
             checkpoint::restore(&root, &name.parse()?, import.as_deref())?
         }
+        Command::Web { listen } => {
+            let options = feather_web::Options { listen };
+            feather_web::serve(root, &options, |url| {
+                // Serving goes on when nobody reads this any more (a closed terminal or pipe).
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "feather web: open {url}\n(the link works once; keep this running, Ctrl-C ends it)"
+                );
+            })?;
+        }
         Command::Check(CheckCommand::Criu { json }) => return check_criu(json),
         Command::Migrate { name, to, token } => {
             let mut display = progress::Display::new();
@@ -396,45 +407,21 @@ fn check_criu(json: bool) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// The command line's create flags, read as the library reads every create request.
 fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
-    let limits = Limits {
-        memory: args.memory.as_deref().map(parse_bytes).transpose()?,
-        pids: match &args.pids {
-            Some(text) => Limits::parse_pids(text)?,
-            None => Some(Limits::DEFAULT_PIDS),
-        },
-        cpus: args.cpus.as_deref().map(Limits::parse_cpus).transpose()?,
-        disk: None,
-    };
-    let network = NetworkConfig {
-        mode: args
-            .net
-            .as_deref()
-            .map(str::parse)
-            .transpose()?
-            .unwrap_or(NetMode::Private),
-        address: None,
-        publish: args
-            .publish
-            .iter()
-            .map(|p| p.parse())
-            .collect::<Result<_, _>>()?,
-        egress: args.egress,
-    };
-    network.validate()?;
-    Ok(CreateOptions {
+    let request = CreateRequest {
         base: args.base.clone(),
-        limits,
-        ephemeral: false,
-        network,
-        tags: args
-            .tags
-            .iter()
-            .map(|tag| VmConfig::validate_tag(tag).map(|()| tag.clone()))
-            .collect::<Result<_, _>>()?,
-        disk: args.disk.as_deref().map(parse_bytes).transpose()?,
+        memory: args.memory.clone(),
+        pids: args.pids.clone(),
+        cpus: args.cpus.clone(),
+        disk: args.disk.clone(),
         allow_userns: args.allow_userns,
-    })
+        net: args.net.clone(),
+        publish: args.publish.clone(),
+        egress: args.egress,
+        tags: args.tags.clone(),
+    };
+    Ok(request.options()?)
 }
 
 fn workload(args: &ProcessArgs, argv: Vec<String>) -> anyhow::Result<Workload> {

@@ -4,6 +4,7 @@ use comfy_table::presets::NOTHING;
 use comfy_table::{Cell, Table};
 use feather_core::display::{escape_for_terminal, escape_path};
 use feather_core::size::format_bytes;
+use feather_shuttle::view::RuleRow;
 use feather_svc::manager::protocol::ServiceInfo;
 use feather_vm::diff::Change;
 use feather_vm::inspect::{LimitsView, Process, Summary};
@@ -308,32 +309,6 @@ pub fn ipc_matrix(matrix: &feather_ipcprobe::Matrix) {
     }
 }
 
-/// A policy rule as `policy ls --json` shows it.
-#[derive(Serialize)]
-pub struct RuleRow {
-    pub at: String,
-    pub kind: String,
-    pub object: String,
-    pub source: String,
-    pub target: String,
-    pub verdict: String,
-    pub options: std::collections::BTreeMap<String, String>,
-}
-
-impl From<&feather_shuttle::Rule> for RuleRow {
-    fn from(rule: &feather_shuttle::Rule) -> RuleRow {
-        RuleRow {
-            at: rule.at.to_string(),
-            kind: rule.kind.to_string(),
-            object: rule.object.as_str().to_owned(),
-            source: rule.source.to_string(),
-            target: rule.target.to_string(),
-            verdict: rule.verdict.to_string(),
-            options: rule.options.clone(),
-        }
-    }
-}
-
 pub fn rules(rules: &[feather_shuttle::Rule]) {
     if rules.is_empty() {
         println!("no rules: nothing crosses between VMs (add *.policy files; see docs/shuttle.md)");
@@ -384,20 +359,6 @@ pub fn explanation(
         Some(rule) => println!("{} by {}", verdict_word(decision.verdict), rule.at),
         None => println!("denied: no rule matches (default deny)"),
     }
-}
-
-pub fn explanation_json(
-    decision: &feather_shuttle::Decision,
-    consulted: &[feather_shuttle::Consulted],
-) -> serde_json::Value {
-    serde_json::json!({
-        "verdict": decision.verdict,
-        "rule": decision.rule.as_ref().map(RuleRow::from),
-        "consulted": consulted.iter().map(|step| serde_json::json!({
-            "rule": RuleRow::from(step.rule),
-            "mismatch": step.mismatch,
-        })).collect::<Vec<_>>(),
-    })
 }
 
 fn verdict_word(verdict: feather_shuttle::Verdict) -> &'static str {

@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use feather_core::{StateRoot, VmName};
+use feather_core::StateRoot;
 use feather_shuttle::audit::Entry;
 use feather_shuttle::policy::Policy;
-use feather_shuttle::{Audit, Kind, Party, Request, Verdict};
+use feather_shuttle::view::{self, Explanation, RuleRow};
+use feather_shuttle::{Audit, Kind, Request, Verdict};
 
 use crate::cli::PolicyCommand;
 use crate::output;
@@ -20,13 +21,7 @@ pub fn policy(root: &StateRoot, command: PolicyCommand) -> anyhow::Result<ExitCo
     match command {
         PolicyCommand::Ls { json } => {
             if json {
-                output::json(
-                    &policy
-                        .rules()
-                        .iter()
-                        .map(output::RuleRow::from)
-                        .collect::<Vec<_>>(),
-                )?;
+                output::json(&policy.rules().iter().map(RuleRow::from).collect::<Vec<_>>())?;
             } else {
                 output::rules(policy.rules());
             }
@@ -60,12 +55,12 @@ pub fn policy(root: &StateRoot, command: PolicyCommand) -> anyhow::Result<ExitCo
                     anyhow::anyhow!("unknown kind {kind:?} (use ipc, invoke or files)")
                 })?,
                 object: object.unwrap_or_default(),
-                source: party(root, &source.unwrap_or_default())?,
-                target: party(root, &target.unwrap_or_default())?,
+                source: view::party(root, &source.unwrap_or_default())?,
+                target: view::party(root, &target.unwrap_or_default())?,
             };
             let (decision, consulted) = policy.explain(&request);
             if json {
-                output::json(&output::explanation_json(&decision, &consulted))?;
+                output::json(&Explanation::new(&decision, &consulted))?;
             } else {
                 output::explanation(&request, &decision, &consulted);
             }
@@ -76,20 +71,6 @@ pub fn policy(root: &StateRoot, command: PolicyCommand) -> anyhow::Result<ExitCo
             })
         }
     }
-}
-
-/// `@host`, or a VM with the tags it was created with (none if there is no such VM yet).
-fn party(root: &StateRoot, word: &str) -> anyhow::Result<Party> {
-    if word == "@host" {
-        return Ok(Party::Host);
-    }
-    let name: VmName = word.parse()?;
-    let tags = root
-        .open(&name)
-        .and_then(|vm| vm.read_config())
-        .map(|config| config.tags)
-        .unwrap_or_default();
-    Ok(Party::vm(name.to_string(), &tags))
 }
 
 /// Which audit entries to show.

@@ -1,0 +1,408 @@
+//! The endpoints. Each reads a request, makes one library call — the call the command line
+//! makes for the same thing — and answers JSON; the library's blocking work runs off the
+//! server's threads.
+
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use feather_core::{StateRoot, VmName};
+use feather_shuttle::policy::{policy_dirs, Policy};
+use feather_shuttle::view::{self, Explanation, RuleRow};
+use feather_shuttle::{Audit, Kind};
+use feather_vm::error::VmError;
+use feather_vm::options::CreateRequest;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
+
+use crate::auth::{RequestFacts, Sessions, CSRF_HEADER};
+use crate::live::{read_table, Live};
+use crate::page;
+
+/// What every handler shares.
+pub struct Shared {
+    pub root: StateRoot,
+    pub sessions: Sessions,
+    pub live: Live,
+}
+
+type AppState = State<Arc<Shared>>;
+
+/// How long `stop` lets a VM's processes end before killing them (the command line's default).
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let guarded = Router::new()
+        .route("/", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/app.css", get(page::style))
+        .route("/api/session", get(session))
+        .route("/api/vms", get(vms).post(create))
+        .route("/api/vms/{name}", get(vm).delete(remove))
+        .route("/api/vms/{name}/changes", get(changes))
+        .route("/api/vms/{name}/start", post(start))
+        .route("/api/vms/{name}/stop", post(stop))
+        .route("/api/vms/{name}/commit", post(commit))
+        .route("/api/vms/{name}/reset", post(reset))
+        .route("/api/policy", get(policy))
+        .route("/api/policy/check", get(policy_check))
+        .route("/api/audit", get(audit))
+        .route("/api/events", get(events))
+        .layer(middleware::from_fn_with_state(shared.clone(), guard));
+    Router::new()
+        .route("/login", get(login))
+        .merge(guarded)
+        .with_state(shared)
+}
+
+/// An answer that is an error: its status and a message the page shows.
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(error: &(dyn std::error::Error + 'static)) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, chain(error))
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+/// An error with its causes, each once: "what: why: deeper why".
+pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        text.push_str(": ");
+        text.push_str(&next.to_string());
+        cause = next.source();
+    }
+    text
+}
+
+type Answer = Result<Json<Value>, ApiError>;
+
+/// Runs a library call off the server's threads.
+async fn blocking<T: Send + 'static>(
+    call: impl FnOnce() -> Result<T, ApiError> + Send + 'static,
+) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(call).await.map_err(|_| {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the request's worker failed",
+        )
+    })?
+}
+
+fn vm_name(text: &str) -> Result<VmName, ApiError> {
+    text.parse()
+        .map_err(|e: feather_core::Error| ApiError::bad_request(&e))
+}
+
+/// A library error as an answer: a VM that does not exist is 404, anything else the library
+/// refused (running, stopped, a conflict) 409, by the error's variant.
+fn library<T>(result: feather_vm::error::Result<T>) -> Result<T, ApiError> {
+    result.map_err(|e| {
+        let status = match &e {
+            VmError::Core(feather_core::Error::NotFound(_)) => StatusCode::NOT_FOUND,
+            _ => StatusCode::CONFLICT,
+        };
+        ApiError::new(status, chain(&e))
+    })
+}
+
+async fn guard(State(shared): AppState, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let facts = RequestFacts {
+        host: text(header::HOST),
+        cookies: text(header::COOKIE),
+        origin: text(header::ORIGIN),
+        csrf: headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
+        changes_state: !matches!(*request.method(), Method::GET | Method::HEAD),
+    };
+    match shared.sessions.check(&facts) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let status = match refusal {
+                crate::auth::Refusal::NoSession => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::FORBIDDEN,
+            };
+            ApiError::new(status, refusal.message()).into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    token: String,
+}
+
+async fn login(
+    State(shared): AppState,
+    headers: HeaderMap,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    if !shared.sessions.is_our_host(host) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            crate::auth::Refusal::ForeignHost.message(),
+        )
+        .into_response();
+    }
+    match shared.sessions.log_in(&query.token) {
+        Ok(id) => (
+            [(header::SET_COOKIE, Sessions::cookie(&id))],
+            Redirect::to("/"),
+        )
+            .into_response(),
+        Err(refusal) => ApiError::new(StatusCode::FORBIDDEN, refusal.message()).into_response(),
+    }
+}
+
+async fn session(State(shared): AppState, headers: HeaderMap) -> Answer {
+    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    let csrf = shared
+        .sessions
+        .csrf_of(cookies)
+        .map_err(|refusal| ApiError::new(StatusCode::UNAUTHORIZED, refusal.message()))?;
+    Ok(Json(json!({
+        "csrf": csrf,
+        "root": shared.root.dir(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+async fn vms(State(shared): AppState) -> Result<Response, ApiError> {
+    let json = blocking(move || Ok(read_table(&shared.root))).await?;
+    Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
+}
+
+/// A new VM: `{"name": …}` and the create options as the command line takes them (an unknown
+/// field is refused by name: a typo never silently does nothing).
+async fn create(
+    State(shared): AppState,
+    Json(mut new): Json<serde_json::Map<String, Value>>,
+) -> Answer {
+    let name = match new.remove("name") {
+        Some(Value::String(name)) => vm_name(&name)?,
+        _ => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "a new VM needs a name",
+            ))
+        }
+    };
+    let request: CreateRequest =
+        serde_json::from_value(Value::Object(new)).map_err(|e| ApiError::bad_request(&e))?;
+    let options = request.options().map_err(|e| ApiError::bad_request(&e))?;
+    blocking(move || {
+        library(feather_vm::lifecycle::create(&shared.root, &name, &options))?;
+        Ok(Json(json!({ "created": name.to_string() })))
+    })
+    .await
+}
+
+async fn vm(State(shared): AppState, Path(name): Path<String>) -> Answer {
+    let name = vm_name(&name)?;
+    blocking(move || {
+        let inspection = library(feather_vm::inspect::inspect(&shared.root, &name))?;
+        // A stopped VM has no processes to list.
+        let processes = feather_vm::inspect::processes(&shared.root, &name).unwrap_or_default();
+        Ok(Json(json!({ "vm": inspection, "processes": processes })))
+    })
+    .await
+}
+
+async fn changes(State(shared): AppState, Path(name): Path<String>) -> Answer {
+    let name = vm_name(&name)?;
+    blocking(move || {
+        let changes = library(feather_vm::commit::changes(&shared.root, &name))?;
+        Ok(Json(json!({ "changes": changes })))
+    })
+    .await
+}
+
+async fn start(State(shared): AppState, Path(name): Path<String>) -> Answer {
+    let name = vm_name(&name)?;
+    blocking(move || {
+        library(feather_vm::lifecycle::start(&shared.root, &name))?;
+        Ok(Json(json!({ "started": name.to_string() })))
+    })
+    .await
+}
+
+async fn stop(State(shared): AppState, Path(name): Path<String>) -> Answer {
+    let name = vm_name(&name)?;
+    blocking(move || {
+        let outcome = library(feather_vm::lifecycle::stop(&shared.root, &name, STOP_GRACE))?;
+        Ok(Json(
+            json!({ "stopped": name.to_string(), "outcome": outcome }),
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove(
+    State(shared): AppState,
+    Path(name): Path<String>,
+    Query(query): Query<RemoveQuery>,
+) -> Answer {
+    let name = vm_name(&name)?;
+    blocking(move || {
+        library(feather_vm::lifecycle::remove(
+            &shared.root,
+            &name,
+            query.force,
+        ))?;
+        Ok(Json(json!({ "removed": name.to_string() })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct CommitRequest {
+    #[serde(default)]
+    paths: Vec<PathBuf>,
+    #[serde(default)]
+    force: bool,
+}
+
+async fn commit(
+    State(shared): AppState,
+    Path(name): Path<String>,
+    Json(request): Json<CommitRequest>,
+) -> Answer {
+    let name = vm_name(&name)?;
+    blocking(move || {
+        let applied = library(feather_vm::commit::commit(
+            &shared.root,
+            &name,
+            &request.paths,
+            request.force,
+        ))?;
+        Ok(Json(json!({ "applied": applied })))
+    })
+    .await
+}
+
+async fn reset(State(shared): AppState, Path(name): Path<String>) -> Answer {
+    let name = vm_name(&name)?;
+    blocking(move || {
+        library(feather_vm::commit::reset(&shared.root, &name))?;
+        Ok(Json(json!({ "reset": name.to_string() })))
+    })
+    .await
+}
+
+async fn policy(State(shared): AppState) -> Answer {
+    blocking(move || {
+        let policy = Policy::load(shared.root.dir()).map_err(|e| ApiError::bad_request(&e))?;
+        let rules: Vec<RuleRow> = policy.rules().iter().map(RuleRow::from).collect();
+        Ok(Json(
+            json!({ "rules": rules, "dirs": policy_dirs(shared.root.dir()) }),
+        ))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct CheckQuery {
+    kind: String,
+    #[serde(default)]
+    object: String,
+    source: String,
+    target: String,
+}
+
+async fn policy_check(State(shared): AppState, Query(query): Query<CheckQuery>) -> Answer {
+    blocking(move || {
+        let policy = Policy::load(shared.root.dir()).map_err(|e| ApiError::bad_request(&e))?;
+        let kind = Kind::parse(&query.kind).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown kind {:?} (use ipc, invoke or files)", query.kind),
+            )
+        })?;
+        let party =
+            |word: &str| view::party(&shared.root, word).map_err(|e| ApiError::bad_request(&e));
+        let request = feather_shuttle::Request {
+            kind,
+            object: query.object,
+            source: party(&query.source)?,
+            target: party(&query.target)?,
+        };
+        let (decision, consulted) = policy.explain(&request);
+        Ok(Json(json!(Explanation::new(&decision, &consulted))))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+struct AuditQuery {
+    #[serde(default = "AuditQuery::default_lines")]
+    lines: usize,
+}
+
+impl AuditQuery {
+    fn default_lines() -> usize {
+        200
+    }
+}
+
+async fn audit(State(shared): AppState, Query(query): Query<AuditQuery>) -> Answer {
+    blocking(move || {
+        let entries = Audit::new(shared.root.dir())
+            .entries()
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, chain(&e)))?;
+        let last = &entries[entries.len().saturating_sub(query.lines)..];
+        Ok(Json(json!({ "entries": last })))
+    })
+    .await
+}
+
+/// The page's live feed: `vms` with the whole table when it changed, `audit` with each new
+/// decision. A page that stops hearing from it says it lost contact.
+async fn events(State(shared): AppState) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // The first value of a fresh gatherer is no table yet: only real tables are sent.
+    let table = WatchStream::new(shared.live.table())
+        .filter(|table| table.json != "null")
+        .map(|table| Event::default().event("vms").data(table.json.clone()));
+    let audit = BroadcastStream::new(shared.live.audit()).filter_map(|entry| {
+        // A page too slow to keep up misses entries (it can reload the log); it never holds
+        // up the others.
+        entry
+            .ok()
+            .map(|json| Event::default().event("audit").data(json.as_str()))
+    });
+    Sse::new(table.merge(audit).map(Ok)).keep_alive(KeepAlive::default())
+}

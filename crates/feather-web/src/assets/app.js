@@ -1,0 +1,483 @@
+// feather's web view. Everything the server sends that a VM may have chosen (process command
+// lines, file names, audit objects, error messages quoting them) goes into the page through
+// text nodes only: `el` never parses markup.
+"use strict";
+
+const state = {
+  csrf: null,
+  vms: null,          // the last VM table the server pushed
+  audit: [],          // audit entries, oldest first
+  lastContact: null,  // when the live feed last spoke
+  connected: false,
+};
+
+// ---- small helpers -------------------------------------------------------------------------
+
+/// An element with attributes and children; strings become text nodes.
+function el(tag, attrs, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(attrs || {})) {
+    if (value === undefined || value === null || value === false) continue;
+    if (key.startsWith("on")) node.addEventListener(key.slice(2), value);
+    else if (key === "class") node.className = value;
+    // Through the CSSOM: the page's content security policy refuses style attributes.
+    else if (key === "style") for (const [p, v] of Object.entries(value)) node.style.setProperty(p, v);
+    else node.setAttribute(key, value === true ? "" : String(value));
+  }
+  for (const child of children.flat()) {
+    if (child === undefined || child === null || child === false) continue;
+    node.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return node;
+}
+
+function bytes(n) {
+  if (n === null || n === undefined) return "—";
+  const units = ["B", "K", "M", "G", "T"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return (i === 0 ? n : n.toFixed(n < 10 ? 1 : 0)) + units[i];
+}
+
+function age(seconds) {
+  const s = Math.max(0, Math.floor(Date.now() / 1000 - seconds));
+  if (s < 60) return s + "s";
+  if (s < 3600) return Math.floor(s / 60) + "m";
+  if (s < 86400) return Math.floor(s / 3600) + "h";
+  return Math.floor(s / 86400) + "d";
+}
+
+function limits(l) {
+  const parts = [];
+  if (l.memory) parts.push("mem " + bytes(l.memory));
+  if (l.pids) parts.push("pids " + l.pids);
+  if (l.cpus) parts.push("cpus " + l.cpus);
+  if (l.disk) parts.push("disk " + bytes(l.disk));
+  return parts.join(" ") || "none";
+}
+
+function notice(text, kind) {
+  const box = document.getElementById("notice");
+  box.textContent = text;
+  box.className = "notice " + (kind || "error");
+  box.hidden = !text;
+  if (text && kind === "ok") setTimeout(() => { if (box.textContent === text) box.hidden = true; }, 4000);
+}
+
+async function api(method, path, body) {
+  const headers = { "Accept": "application/json" };
+  if (method !== "GET") headers["X-Feather-Csrf"] = state.csrf;
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const response = await fetch(path, {
+    method, headers, credentials: "same-origin",
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  let answer = null;
+  try { answer = await response.json(); } catch (_) { /* an empty answer */ }
+  if (!response.ok) {
+    throw new Error((answer && answer.error) || (response.status + " " + response.statusText));
+  }
+  return answer;
+}
+
+/// Runs a state-changing request with the button busy; shows its error on the page.
+async function act(button, what, call) {
+  if (button) button.disabled = true;
+  try {
+    const answer = await call();
+    notice(what, "ok");
+    return answer;
+  } catch (e) {
+    notice(e.message, "error");
+    return null;
+  } finally {
+    if (button) button.disabled = false;
+  }
+}
+
+function confirmAction(text, okLabel) {
+  const dialog = document.getElementById("confirm");
+  document.getElementById("confirm-text").textContent = text;
+  document.getElementById("confirm-ok").textContent = okLabel;
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) => {
+    dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"), { once: true });
+  });
+}
+
+function badge(status) {
+  return el("span", { class: "badge " + status }, status);
+}
+
+// ---- the live feed --------------------------------------------------------------------------
+
+function connect() {
+  const feed = new EventSource("/api/events");
+  feed.addEventListener("open", () => { state.connected = true; touch(); });
+  feed.addEventListener("vms", (event) => {
+    touch();
+    state.vms = JSON.parse(event.data);
+    if (route().view === "vms") renderVmTable();
+    if (route().view === "vm") refreshVmHeader();
+  });
+  feed.addEventListener("audit", (event) => {
+    touch();
+    state.audit.push(JSON.parse(event.data));
+    if (route().view === "shuttle") renderAudit();
+  });
+  feed.addEventListener("error", () => { state.connected = false; showContact(); });
+}
+
+function touch() {
+  state.lastContact = new Date();
+  state.connected = true;
+  showContact();
+}
+
+function showContact() {
+  const badgeNode = document.getElementById("contact");
+  if (state.connected) {
+    badgeNode.textContent = "live";
+    badgeNode.className = "contact live";
+    document.body.classList.remove("stale");
+  } else {
+    const since = state.lastContact ? " since " + state.lastContact.toLocaleTimeString() : "";
+    badgeNode.textContent = "lost contact" + since + " — retrying";
+    badgeNode.className = "contact lost";
+    // What is on the page may no longer be true: it is shown faded until contact returns.
+    document.body.classList.add("stale");
+  }
+}
+
+// ---- routing --------------------------------------------------------------------------------
+
+function route() {
+  const hash = location.hash.replace(/^#/, "") || "/";
+  const vm = hash.match(/^\/vm\/([^/]+)$/);
+  if (vm) return { view: "vm", name: decodeURIComponent(vm[1]) };
+  if (hash === "/shuttle") return { view: "shuttle" };
+  return { view: "vms" };
+}
+
+function render() {
+  const r = route();
+  document.getElementById("nav-vms").classList.toggle("here", r.view !== "shuttle");
+  document.getElementById("nav-shuttle").classList.toggle("here", r.view === "shuttle");
+  notice("");
+  if (r.view === "vm") renderVm(r.name);
+  else if (r.view === "shuttle") renderShuttle();
+  else renderVms();
+}
+
+// ---- VMs ------------------------------------------------------------------------------------
+
+function renderVms() {
+  const main = document.getElementById("main");
+  main.replaceChildren(
+    el("section", { class: "bar" },
+      el("h1", {}, "Virtual machines"),
+      el("button", { id: "new-vm", onclick: () => newVmForm() }, "New VM")),
+    el("div", { id: "new-vm-form" }),
+    el("div", { id: "vm-table" }, el("p", { class: "quiet" }, "loading…")));
+  renderVmTable();
+}
+
+function renderVmTable() {
+  const holder = document.getElementById("vm-table");
+  if (!holder || state.vms === null) return;
+  if (state.vms.error) { holder.replaceChildren(el("p", { class: "error" }, state.vms.error)); return; }
+  const vms = state.vms.vms;
+  if (vms.length === 0) {
+    holder.replaceChildren(el("p", { class: "quiet" }, "No VMs in this state root yet: make one with New VM."));
+    return;
+  }
+  const rows = vms.map((vm) => el("tr", { "data-vm": vm.name },
+    el("td", { "data-label": "Name" }, el("a", { href: "#/vm/" + encodeURIComponent(vm.name) }, vm.name)),
+    el("td", { "data-label": "State" }, badge(vm.status)),
+    el("td", { "data-label": "Processes", class: "num" }, vm.processes),
+    el("td", { "data-label": "Memory", class: "num" }, bytes(vm.memory_bytes)),
+    el("td", { "data-label": "Limits" }, limits(vm.limits)),
+    el("td", { "data-label": "Network" }, vm.network),
+    el("td", { "data-label": "Base" }, vm.base),
+    el("td", { "data-label": "Age" }, age(vm.created)),
+    el("td", { class: "actions" }, vmActions(vm))));
+  holder.replaceChildren(el("table", { class: "vms" },
+    el("thead", {}, el("tr", {}, ["Name", "State", "Processes", "Memory", "Limits", "Network", "Base", "Age", ""]
+      .map((h) => el("th", {}, h)))),
+    el("tbody", {}, rows)));
+}
+
+function vmActions(vm) {
+  const running = vm.status === "running";
+  const name = vm.name;
+  return [
+    running
+      ? el("button", { class: "quiet", "data-action": "stop", onclick: (e) => stopVm(e.target, name) }, "Stop")
+      : el("button", { class: "quiet", "data-action": "start", onclick: (e) => startVm(e.target, name) }, "Start"),
+    el("button", { class: "danger quiet", "data-action": "remove", onclick: (e) => removeVm(e.target, name, running) }, "Remove"),
+  ];
+}
+
+async function startVm(button, name) {
+  await act(button, "VM " + name + " started", () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/start"));
+}
+
+async function stopVm(button, name) {
+  await act(button, "VM " + name + " stopped", () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/stop"));
+}
+
+async function removeVm(button, name, running) {
+  const text = "Remove VM " + name + "? Its layer, with every change it made that was not committed, is deleted"
+    + (running ? "; it is running and will be stopped first." : ".");
+  if (!(await confirmAction(text, "Remove " + name))) return;
+  const done = await act(button, "VM " + name + " removed",
+    () => api("DELETE", "/api/vms/" + encodeURIComponent(name) + "?force=" + running));
+  if (done && route().view === "vm") location.hash = "#/";
+}
+
+function newVmForm() {
+  const holder = document.getElementById("new-vm-form");
+  if (holder.firstChild) { holder.replaceChildren(); return; }
+  const field = (label, name, attrs) => el("label", {}, label, el("input", Object.assign({ name }, attrs || {})));
+  const form = el("form", { class: "card grid", id: "create-form", onsubmit: (e) => { e.preventDefault(); createVm(form); } },
+    field("Name", "name", { required: true, pattern: "[a-z0-9][a-z0-9-]*", placeholder: "web1", autocomplete: "off" }),
+    field("Base", "base", { placeholder: "/ (the host)" }),
+    field("Memory", "memory", { placeholder: "none, e.g. 512M" }),
+    field("Processes", "pids", { placeholder: "2048, or max" }),
+    field("CPUs", "cpus", { placeholder: "none, e.g. 0.5" }),
+    el("label", {}, "Network", el("select", { name: "net" },
+      el("option", { value: "private" }, "private (own address)"),
+      el("option", { value: "none" }, "none (loopback only)"),
+      el("option", { value: "host" }, "host (not confined)"))),
+    field("Published ports", "publish", { placeholder: "8080:80, 5353:53/udp" }),
+    field("Tags", "tags", { placeholder: "web, db" }),
+    el("div", { class: "buttons" },
+      el("button", { type: "submit", id: "create-submit" }, "Create"),
+      el("button", { type: "button", class: "quiet", onclick: () => holder.replaceChildren() }, "Cancel")));
+  holder.replaceChildren(form);
+  form.elements.name.focus();
+}
+
+async function createVm(form) {
+  const value = (name) => form.elements[name].value.trim();
+  const list = (name) => value(name).split(",").map((s) => s.trim()).filter(Boolean);
+  const request = { name: value("name"), net: value("net"), publish: list("publish"), tags: list("tags") };
+  for (const optional of ["base", "memory", "pids", "cpus"]) {
+    if (value(optional)) request[optional] = value(optional);
+  }
+  const done = await act(form.querySelector("#create-submit"), "VM " + request.name + " created",
+    () => api("POST", "/api/vms", request));
+  if (done) document.getElementById("new-vm-form").replaceChildren();
+}
+
+// ---- one VM ---------------------------------------------------------------------------------
+
+async function renderVm(name) {
+  const main = document.getElementById("main");
+  main.replaceChildren(
+    el("section", { class: "bar" },
+      el("h1", {}, el("a", { href: "#/", class: "quiet" }, "VMs"), " / ", name),
+      el("span", { id: "vm-status" }),
+      el("span", { id: "vm-actions", class: "actions" })),
+    el("section", { class: "card" }, el("h2", {}, "Overview"), el("dl", { id: "vm-overview", class: "facts" })),
+    el("section", { class: "card" }, el("h2", {}, "Processes"), el("div", { id: "vm-processes" }, "loading…")),
+    el("section", { class: "card" },
+      el("div", { class: "bar" }, el("h2", {}, "Changes on disk"),
+        el("span", { class: "actions" },
+          el("button", { class: "quiet", onclick: () => loadChanges(name) }, "Refresh"),
+          el("button", { id: "commit-selected", onclick: (e) => commitSelected(e.target, name) }, "Commit selected"),
+          el("button", { id: "reset-vm", class: "danger quiet", onclick: (e) => resetVm(e.target, name) }, "Reset"))),
+      el("div", { id: "vm-changes" }, "loading…")));
+  refreshVmHeader();
+  await loadVm(name);
+  await loadChanges(name);
+}
+
+function refreshVmHeader() {
+  const r = route();
+  if (r.view !== "vm" || !state.vms || !state.vms.vms) return;
+  const vm = state.vms.vms.find((v) => v.name === r.name);
+  const status = document.getElementById("vm-status");
+  const actions = document.getElementById("vm-actions");
+  if (!status) return;
+  if (!vm) { status.replaceChildren(badge("gone")); actions.replaceChildren(); return; }
+  const shown = status.firstChild && status.firstChild.textContent;
+  status.replaceChildren(badge(vm.status));
+  actions.replaceChildren(...vmActions(vm));
+  if (shown && shown !== vm.status) loadVm(r.name);
+}
+
+async function loadVm(name) {
+  try {
+    const answer = await api("GET", "/api/vms/" + encodeURIComponent(name));
+    const vm = answer.vm;
+    const facts = document.getElementById("vm-overview");
+    if (!facts) return;
+    const net = vm.network || {};
+    const ports = (net.publish || []).map((p) => typeof p === "string" ? p : JSON.stringify(p)).join(", ");
+    const rows = [
+      ["Base", vm.config.base],
+      ["Network", [net.mode, net.address, net.egress ? "egress" : "", net.confined === false ? "not confined" : ""].filter(Boolean).join(" ")],
+      ["Published ports", ports],
+      ["Limits", limits(vm.config.limits)],
+      ["Tags", (vm.config.tags || []).join(", ")],
+      ["Namespaces", (vm.namespaces || []).join(", ")],
+      ["Init / keeper (host pids)", vm.state.init_pid ? vm.state.init_pid + " / " + vm.state.keeper_pid : ""],
+      ["Started", vm.state.started ? age(vm.state.started) + " ago" : ""],
+      ["Last exit", vm.state.last_exit],
+      ["Layer", vm.path],
+    ];
+    facts.replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, v === undefined || v === null || v === "" ? "—" : v)]));
+    const processes = answer.processes;
+    document.getElementById("vm-processes").replaceChildren(processes.length === 0
+      ? el("p", { class: "quiet" }, "No processes (the VM is not running).")
+      : el("table", { class: "processes" },
+        el("thead", {}, el("tr", {}, ["PID", "Host PID", "UID", "Command"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, processes.map((p) => el("tr", {},
+          el("td", { class: "num" }, p.pid), el("td", { class: "num" }, p.host_pid),
+          el("td", { class: "num" }, p.uid), el("td", { class: "command" }, p.command))))));
+  } catch (e) {
+    notice(e.message, "error");
+  }
+}
+
+async function loadChanges(name) {
+  const holder = document.getElementById("vm-changes");
+  try {
+    const answer = await api("GET", "/api/vms/" + encodeURIComponent(name) + "/changes");
+    if (!holder) return;
+    const changes = answer.changes;
+    if (changes.length === 0) {
+      holder.replaceChildren(el("p", { class: "quiet" }, "The VM changed nothing."));
+      return;
+    }
+    const total = changes.reduce((sum, c) => sum + (c.allocated || 0), 0);
+    holder.replaceChildren(
+      el("ul", { class: "tree" }, changes.map((c) => {
+        const depth = c.path.split("/").length - 2;
+        const letter = c.kind.charAt(0);  // Added, Modified, Deleted: as `feather diff` shows them
+        return el("li", { class: "change " + letter, style: { "--depth": Math.max(0, depth) } },
+          el("label", {},
+            el("input", { type: "checkbox", class: "pick", "data-path": c.path }),
+            el("span", { class: "kind", title: c.kind.toLowerCase() }, letter),
+            el("span", { class: "path" }, c.path),
+            el("span", { class: "size" }, letter === "D" ? "" : bytes(c.size))));
+      })),
+      el("p", { class: "quiet" }, changes.length + " changes, " + bytes(total) + " on disk"));
+  } catch (e) {
+    if (holder) holder.replaceChildren(el("p", { class: "error" }, e.message));
+  }
+}
+
+async function commitSelected(button, name) {
+  const paths = [...document.querySelectorAll("#vm-changes input.pick:checked")].map((box) => box.dataset.path);
+  if (paths.length === 0) { notice("Choose the changes to commit first.", "error"); return; }
+  const text = "Commit " + paths.length + " change(s) of " + name + " to its base? The base's files are replaced: "
+    + paths.join(", ");
+  if (!(await confirmAction(text, "Commit"))) return;
+  const done = await act(button, "Committed " + paths.length + " change(s)",
+    () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/commit", { paths }));
+  if (done) loadChanges(name);
+}
+
+async function resetVm(button, name) {
+  if (!(await confirmAction("Drop every change " + name + " made? This cannot be undone.", "Reset " + name))) return;
+  const done = await act(button, "VM " + name + " reset", () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/reset"));
+  if (done) loadChanges(name);
+}
+
+// ---- Shuttle --------------------------------------------------------------------------------
+
+async function renderShuttle() {
+  const main = document.getElementById("main");
+  main.replaceChildren(
+    el("section", { class: "bar" }, el("h1", {}, "Shuttle")),
+    el("section", { class: "card" }, el("h2", {}, "Rules in force, in order"), el("div", { id: "rules" }, "loading…")),
+    el("section", { class: "card" }, el("h2", {}, "Which rule decides?"), checkForm(), el("div", { id: "check-result" })),
+    el("section", { class: "card" },
+      el("div", { class: "bar" }, el("h2", {}, "Audit log"),
+        el("span", { class: "filters" },
+          el("input", { id: "audit-vm", placeholder: "VM", oninput: renderAudit }),
+          el("label", {}, el("input", { type: "checkbox", id: "audit-denied", onchange: renderAudit }), " denied only"))),
+      el("div", { id: "audit" }, "loading…")));
+  try {
+    const policy = await api("GET", "/api/policy");
+    document.getElementById("rules").replaceChildren(policy.rules.length === 0
+      ? el("p", { class: "quiet" }, "No rules: nothing crosses between VMs. Policy files are read from " + policy.dirs.join(" and ") + ".")
+      : el("table", {}, el("thead", {}, el("tr", {}, ["Rule", "Kind", "Object", "Source", "Target", "Verdict", "Options"].map((h) => el("th", {}, h)))),
+        el("tbody", {}, policy.rules.map((r) => el("tr", {},
+          el("td", { class: "at" }, r.at), el("td", {}, r.kind), el("td", {}, r.object), el("td", {}, r.source),
+          el("td", {}, r.target), el("td", {}, badge(r.verdict)),
+          el("td", {}, Object.entries(r.options).map(([k, v]) => k + "=" + v).join(" ")))))));
+  } catch (e) {
+    document.getElementById("rules").replaceChildren(el("p", { class: "error" }, e.message));
+  }
+  try {
+    state.audit = (await api("GET", "/api/audit?lines=500")).entries;
+  } catch (e) {
+    notice(e.message, "error");
+  }
+  renderAudit();
+}
+
+function checkForm() {
+  const form = el("form", { class: "grid", id: "check-form", onsubmit: (e) => { e.preventDefault(); runCheck(form); } },
+    el("label", {}, "Kind", el("select", { name: "kind" }, ["ipc", "invoke", "files"].map((k) => el("option", { value: k }, k)))),
+    el("label", {}, "Object", el("input", { name: "object", placeholder: "unix:/run/postgresql/.s.PGSQL.5432" })),
+    el("label", {}, "From", el("input", { name: "source", placeholder: "a VM, or @host", required: true })),
+    el("label", {}, "To", el("input", { name: "target", placeholder: "a VM, or @host", required: true })),
+    el("div", { class: "buttons" }, el("button", { type: "submit" }, "Check")));
+  return form;
+}
+
+async function runCheck(form) {
+  const query = new URLSearchParams();
+  for (const name of ["kind", "object", "source", "target"]) query.set(name, form.elements[name].value.trim());
+  const result = document.getElementById("check-result");
+  try {
+    const answer = await api("GET", "/api/policy/check?" + query);
+    result.replaceChildren(
+      el("p", { class: "verdict" }, badge(answer.verdict), " ",
+        answer.rule ? "by rule " + answer.rule.at : "no rule matches: denied by default"),
+      answer.consulted.length === 0 ? "" : el("ol", { class: "consulted" }, answer.consulted.map((step) =>
+        el("li", {}, el("span", { class: "at" }, step.rule.at), " ", step.mismatch ? "does not apply: " + step.mismatch : "applies"))));
+  } catch (e) {
+    result.replaceChildren(el("p", { class: "error" }, e.message));
+  }
+}
+
+function renderAudit() {
+  const holder = document.getElementById("audit");
+  if (!holder) return;
+  const vm = (document.getElementById("audit-vm").value || "").trim();
+  const deniedOnly = document.getElementById("audit-denied").checked;
+  const kept = state.audit.filter((e) => (!vm || e.source === vm || e.target === vm) && (!deniedOnly || e.outcome !== "allowed"));
+  if (kept.length === 0) { holder.replaceChildren(el("p", { class: "quiet" }, "No decisions recorded.")); return; }
+  holder.replaceChildren(el("table", { class: "audit" },
+    el("thead", {}, el("tr", {}, ["Time", "Kind", "From", "To", "Object", "Rule", "Outcome", "Detail"].map((h) => el("th", {}, h)))),
+    el("tbody", {}, kept.slice(-300).reverse().map((e) => el("tr", { class: e.outcome },
+      el("td", {}, e.time.replace("T", " ").replace("Z", "")), el("td", {}, e.kind), el("td", {}, e.source), el("td", {}, e.target),
+      el("td", { class: "object" }, e.object), el("td", { class: "at" }, e.rule || "default"),
+      el("td", {}, badge(e.outcome)), el("td", {}, e.detail || ""))))));
+}
+
+// ---- start ----------------------------------------------------------------------------------
+
+async function boot() {
+  try {
+    const session = await api("GET", "/api/session");
+    state.csrf = session.csrf;
+    document.getElementById("root-line").textContent = "state root " + session.root + " · feather " + session.version;
+  } catch (e) {
+    document.getElementById("main").replaceChildren(el("p", { class: "error" }, e.message));
+    return;
+  }
+  window.addEventListener("hashchange", render);
+  render();
+  connect();
+  // Ages in the table move on without news from the server.
+  setInterval(() => { if (route().view === "vms") renderVmTable(); }, 10000);
+}
+
+document.addEventListener("DOMContentLoaded", boot);

@@ -1,0 +1,242 @@
+//! Who may ask the web view anything.
+//!
+//! - `feather web` prints a URL with a **one-time token**; opening it exchanges the token for
+//!   a session cookie (`HttpOnly`: no script reads it; `SameSite=Strict`: no other site's page
+//!   sends it) and the token is spent — a URL left in a shell's history or a log opens nothing.
+//! - Every request but the login needs a session cookie.
+//! - A state-changing request (POST, DELETE) also needs the session's CSRF token in a header,
+//!   which only a page of ours can read (from `/api/session`) and another site cannot set on a
+//!   cross-site request; its `Origin`, when sent, must be ours.
+//! - The `Host` must be the address served: a name that someone's DNS points at 127.0.0.1
+//!   (DNS rebinding) is refused before anything else.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use subtle::ConstantTimeEq;
+
+use crate::WebError;
+
+/// The cookie that carries a session.
+pub const COOKIE: &str = "feather_session";
+/// The header that carries a session's CSRF token.
+pub const CSRF_HEADER: &str = "x-feather-csrf";
+
+pub struct Sessions {
+    address: SocketAddr,
+    /// `None` once spent.
+    login: Mutex<Option<String>>,
+    /// session id → its CSRF token.
+    open: Mutex<HashMap<String, String>>,
+}
+
+/// Why a request was refused.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The Host header is not the address served.
+    ForeignHost,
+    /// No session, or one this server never made.
+    NoSession,
+    /// A state-changing request without the session's CSRF token, or from another origin.
+    CrossSite,
+    /// A login with a wrong or spent token.
+    BadToken,
+}
+
+impl Refusal {
+    pub fn message(&self) -> &'static str {
+        match self {
+            Refusal::ForeignHost => "this server answers only to its own address",
+            Refusal::NoSession => {
+                "no session: open the URL `feather web` printed (its token works once)"
+            }
+            Refusal::CrossSite => "refused: a state-changing request must come from this page",
+            Refusal::BadToken => {
+                "this login link is wrong or was used already: restart `feather web` for a new one"
+            }
+        }
+    }
+}
+
+fn random_hex() -> Result<String, WebError> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(WebError::Random)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+fn same(a: &str, b: &str) -> bool {
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+impl Sessions {
+    pub fn new(address: SocketAddr) -> Result<Sessions, WebError> {
+        Ok(Sessions {
+            address,
+            login: Mutex::new(Some(random_hex()?)),
+            open: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// The token of the URL `feather web` prints (empty once spent).
+    pub fn login_token(&self) -> String {
+        lock(&self.login).clone().unwrap_or_default()
+    }
+
+    /// Spends the login token for a new session; the session's id.
+    pub fn log_in(&self, token: &str) -> Result<String, Refusal> {
+        let mut login = lock(&self.login);
+        match login.as_deref() {
+            Some(expected) if same(expected, token) => {
+                *login = None;
+                let id = random_hex().map_err(|_| Refusal::BadToken)?;
+                let csrf = random_hex().map_err(|_| Refusal::BadToken)?;
+                lock(&self.open).insert(id.clone(), csrf);
+                Ok(id)
+            }
+            _ => Err(Refusal::BadToken),
+        }
+    }
+
+    /// The CSRF token of the session a request's cookies name.
+    pub fn csrf_of(&self, cookies: Option<&str>) -> Result<String, Refusal> {
+        let id = cookies.and_then(session_cookie).ok_or(Refusal::NoSession)?;
+        let open = lock(&self.open);
+        open.iter()
+            .find(|(known, _)| same(known, id))
+            .map(|(_, csrf)| csrf.clone())
+            .ok_or(Refusal::NoSession)
+    }
+
+    /// Decides a request: its Host, its session, and for a state-changing one its CSRF token
+    /// and Origin.
+    pub fn check(&self, request: &RequestFacts<'_>) -> Result<(), Refusal> {
+        if !self.is_our_host(request.host) {
+            return Err(Refusal::ForeignHost);
+        }
+        let csrf = self.csrf_of(request.cookies)?;
+        if request.changes_state {
+            let origin_ok = request
+                .origin
+                .is_none_or(|origin| origin == format!("http://{}", self.address));
+            let token_ok = request.csrf.is_some_and(|sent| same(sent, &csrf));
+            if !(origin_ok && token_ok) {
+                return Err(Refusal::CrossSite);
+            }
+        }
+        Ok(())
+    }
+
+    pub fn is_our_host(&self, host: Option<&str>) -> bool {
+        let port = self.address.port();
+        match host {
+            Some(host) => {
+                host == self.address.to_string()
+                    || host == format!("localhost:{port}")
+                    || (self.address.ip().is_ipv4() && host == format!("127.0.0.1:{port}"))
+            }
+            None => false,
+        }
+    }
+
+    /// The `Set-Cookie` value of a new session.
+    pub fn cookie(id: &str) -> String {
+        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/")
+    }
+}
+
+/// What [`Sessions::check`] looks at in a request.
+pub struct RequestFacts<'a> {
+    pub host: Option<&'a str>,
+    pub cookies: Option<&'a str>,
+    pub origin: Option<&'a str>,
+    pub csrf: Option<&'a str>,
+    pub changes_state: bool,
+}
+
+fn session_cookie(cookies: &str) -> Option<&str> {
+    cookies
+        .split(';')
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    // A panic while holding these maps leaves them consistent (single inserts and takes).
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sessions() -> Sessions {
+        Sessions::new("127.0.0.1:7070".parse().unwrap()).unwrap()
+    }
+
+    fn facts<'a>(
+        cookies: Option<&'a str>,
+        csrf: Option<&'a str>,
+        changes_state: bool,
+    ) -> RequestFacts<'a> {
+        RequestFacts {
+            host: Some("127.0.0.1:7070"),
+            cookies,
+            origin: None,
+            csrf,
+            changes_state,
+        }
+    }
+
+    #[test]
+    fn the_login_token_works_once() {
+        let sessions = sessions();
+        let token = sessions.login_token();
+        assert!(sessions.log_in("wrong").is_err());
+        assert!(sessions.log_in(&token).is_ok());
+        assert_eq!(sessions.log_in(&token), Err(Refusal::BadToken));
+    }
+
+    #[test]
+    fn a_change_needs_the_sessions_csrf_token_and_our_origin() {
+        let sessions = sessions();
+        let id = sessions.log_in(&sessions.login_token()).unwrap();
+        let cookie = format!("other=1; {COOKIE}={id}");
+        let csrf = sessions.csrf_of(Some(&cookie)).unwrap();
+        assert_eq!(sessions.check(&facts(Some(&cookie), None, false)), Ok(()));
+        assert_eq!(
+            sessions.check(&facts(Some(&cookie), None, true)),
+            Err(Refusal::CrossSite)
+        );
+        assert_eq!(
+            sessions.check(&facts(Some(&cookie), Some("guess"), true)),
+            Err(Refusal::CrossSite)
+        );
+        assert_eq!(
+            sessions.check(&facts(Some(&cookie), Some(&csrf), true)),
+            Ok(())
+        );
+        let mut foreign = facts(Some(&cookie), Some(&csrf), true);
+        foreign.origin = Some("http://evil.example");
+        assert_eq!(sessions.check(&foreign), Err(Refusal::CrossSite));
+        assert_eq!(
+            sessions.check(&facts(Some("feather_session=made-up"), None, false)),
+            Err(Refusal::NoSession)
+        );
+    }
+
+    #[test]
+    fn a_rebound_host_name_is_refused() {
+        let sessions = sessions();
+        let id = sessions.log_in(&sessions.login_token()).unwrap();
+        let cookie = format!("{COOKIE}={id}");
+        let mut rebound = facts(Some(&cookie), None, false);
+        rebound.host = Some("attacker.example:7070");
+        assert_eq!(sessions.check(&rebound), Err(Refusal::ForeignHost));
+        rebound.host = Some("localhost:7070");
+        assert_eq!(sessions.check(&rebound), Ok(()));
+    }
+}

@@ -1,0 +1,98 @@
+//! What open pages are told as it changes. One gatherer for all of them: the VM table is read
+//! once a second (only while a page listens) and pushed when it differs from the last one; new
+//! audit entries are read from where the last read ended. However many tabs are open, the VMs
+//! and the command line see one reader.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use feather_core::StateRoot;
+use feather_shuttle::Audit;
+use tokio::sync::{broadcast, watch};
+
+/// How often the VM table is read while someone watches.
+const TABLE_EVERY: Duration = Duration::from_secs(1);
+/// How often the audit log is looked at for new lines.
+const AUDIT_EVERY: Duration = Duration::from_millis(300);
+
+/// The VM table as pages show it: `ls --json`'s rows, or why they could not be read.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Table {
+    pub json: String,
+}
+
+pub struct Live {
+    table: watch::Sender<Arc<Table>>,
+    audit: broadcast::Sender<Arc<String>>,
+}
+
+impl Live {
+    pub fn start(root: StateRoot) -> Live {
+        let (table, _) = watch::channel(Arc::new(Table {
+            json: "null".into(),
+        }));
+        let (audit, _) = broadcast::channel(256);
+        tokio::spawn(gather_table(root.clone(), table.clone()));
+        tokio::spawn(follow_audit(root, audit.clone()));
+        Live { table, audit }
+    }
+
+    pub fn table(&self) -> watch::Receiver<Arc<Table>> {
+        self.table.subscribe()
+    }
+
+    pub fn audit(&self) -> broadcast::Receiver<Arc<String>> {
+        self.audit.subscribe()
+    }
+}
+
+/// The VM table, as `feather ls --json` gives it.
+pub fn read_table(root: &StateRoot) -> String {
+    match feather_vm::inspect::summaries(root) {
+        Ok(rows) => serde_json::to_string(&serde_json::json!({ "vms": rows })),
+        Err(e) => serde_json::to_string(&serde_json::json!({ "error": crate::api::chain(&e) })),
+    }
+    .unwrap_or_else(|_| "null".into())
+}
+
+async fn gather_table(root: StateRoot, table: watch::Sender<Arc<Table>>) {
+    let mut every = tokio::time::interval(TABLE_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        if table.receiver_count() == 0 {
+            continue;
+        }
+        let root = root.clone();
+        let Ok(json) = tokio::task::spawn_blocking(move || read_table(&root)).await else {
+            continue;
+        };
+        table.send_if_modified(|current| {
+            let changed = current.json != json;
+            if changed {
+                *current = Arc::new(Table { json });
+            }
+            changed
+        });
+    }
+}
+
+async fn follow_audit(root: StateRoot, audit: broadcast::Sender<Arc<String>>) {
+    let log = Audit::new(root.dir());
+    // Pages fetch what was there before they opened; only what comes after is pushed.
+    let mut offset = std::fs::metadata(log.path()).map(|m| m.len()).unwrap_or(0);
+    let mut every = tokio::time::interval(AUDIT_EVERY);
+    loop {
+        every.tick().await;
+        let Ok((entries, next)) = log.entries_from(offset) else {
+            continue;
+        };
+        offset = next;
+        for entry in entries {
+            if let Ok(json) = serde_json::to_string(&entry) {
+                // Nobody listening is not an error.
+                let _ = audit.send(Arc::new(json));
+            }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! The page: one HTML file, its script and its style, embedded in the binary so that
+//! `feather web` needs nothing beside it. The script puts everything it gets from the server
+//! into the page as text (`textContent`), never as markup.
+
+use axum::http::header;
+use axum::response::IntoResponse;
+
+const INDEX: &str = include_str!("assets/index.html");
+const SCRIPT: &str = include_str!("assets/app.js");
+const STYLE: &str = include_str!("assets/app.css");
+
+/// No other site may frame the page or load scripts into it; it loads only its own files.
+const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
+    (
+        header::CONTENT_SECURITY_POLICY,
+        "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
+         connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    ),
+    (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+    (header::REFERRER_POLICY, "no-referrer"),
+    (header::CACHE_CONTROL, "no-store"),
+];
+
+pub async fn index() -> impl IntoResponse {
+    (
+        SECURITY_HEADERS,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        INDEX,
+    )
+}
+
+pub async fn script() -> impl IntoResponse {
+    (
+        SECURITY_HEADERS,
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        SCRIPT,
+    )
+}
+
+pub async fn style() -> impl IntoResponse {
+    (
+        SECURITY_HEADERS,
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        STYLE,
+    )
+}

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""Drives feather's web view in a real browser (Debian's chromium, headless, through
+chromedriver and Selenium) as a person would: one tour per call.
+
+    browser.py TOUR JSON
+
+JSON carries the login URL and what the tour needs (VM names, a command to trigger, where to
+save screenshots). Exit 0 when the tour saw everything it expected; otherwise the first thing
+that went wrong is printed, with the page's text, and the exit status is 1.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+from selenium import webdriver
+from selenium.common.exceptions import TimeoutException
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.support import expected_conditions as EC
+from selenium.webdriver.support.ui import WebDriverWait
+
+WAIT = 20  # seconds: a VM starts in well under one; the live feed pushes every second
+
+
+def browser(width=1280, height=900):
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
+                     "--disable-gpu", f"--window-size={max(width, 500)},{height}"):
+        options.add_argument(argument)
+    if width < 500:
+        # A headless window is at least 500px wide: a phone's screen is emulated instead.
+        options.add_experimental_option("mobileEmulation", {
+            "deviceMetrics": {"width": width, "height": height, "pixelRatio": 2}})
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+class Tour:
+    def __init__(self, args, width=1280, height=900):
+        self.args = args
+        self.driver = browser(width, height)
+        self.wait = WebDriverWait(self.driver, WAIT)
+
+    def close(self):
+        self.driver.quit()
+
+    def open(self, fragment=""):
+        self.driver.get(self.args["url"])
+        self.live()
+        if fragment:
+            self.driver.get(self.args["url"].split("/login")[0] + "/" + fragment)
+            self.live()
+
+    def live(self):
+        self.wait.until(EC.text_to_be_present_in_element((By.ID, "contact"), "live"))
+
+    def find(self, css):
+        return self.wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, css)))
+
+    def click(self, css):
+        self.wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
+
+    def text_appears(self, css, text):
+        try:
+            self.wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+        except TimeoutException:
+            raise AssertionError(f"{text!r} never appeared in {css}")
+
+    def gone(self, css):
+        self.wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, css))
+
+    def confirm(self):
+        self.find("dialog#confirm[open]")
+        self.click("#confirm-ok")
+
+    def notice(self, text):
+        self.text_appears("#notice", text)
+
+    def screenshot(self, name):
+        folder = self.args.get("screenshots")
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+            self.driver.save_screenshot(os.path.join(folder, name + ".png"))
+
+    def row(self, vm):
+        return f'tr[data-vm="{vm}"]'
+
+
+def vms(tour):
+    """Create a VM from the form, start it, see it run, stop it, remove it (with the
+    confirmation), and see a bad value refused on the page."""
+    tour.open()
+    tour.click("#new-vm")
+    form = tour.find("#create-form")
+    form.find_element(By.NAME, "name").send_keys("bad1")
+    form.find_element(By.NAME, "memory").send_keys("lots")
+    tour.click("#create-submit")
+    tour.notice("lots")
+    form.find_element(By.NAME, "memory").clear()
+    form.find_element(By.NAME, "name").clear()
+    form.find_element(By.NAME, "name").send_keys("b1")
+    form.find_element(By.NAME, "net").send_keys("none")
+    tour.click("#create-submit")
+    tour.text_appears(tour.row("b1"), "created")
+    tour.click(tour.row("b1") + ' button[data-action="start"]')
+    tour.text_appears(tour.row("b1"), "running")
+    tour.screenshot("vms")
+    tour.click(tour.row("b1") + " a")
+    tour.text_appears("#vm-processes", "feather-keeper")
+    tour.screenshot("vm")
+    tour.click('#vm-actions button[data-action="stop"]')
+    tour.text_appears("#vm-status", "stopped")
+    tour.click('#vm-actions button[data-action="remove"]')
+    tour.confirm()
+    tour.wait.until(lambda d: d.current_url.endswith("#/"))
+    tour.gone(tour.row("b1"))
+
+
+def phone(tour):
+    """At a phone's width the VM table is one card per VM and nothing scrolls sideways."""
+    tour.open()
+    tour.find(tour.row(tour.args["vm"]))
+    display = tour.driver.execute_script(
+        "return getComputedStyle(document.querySelector('table.vms tr[data-vm]')).display")
+    assert display == "block", f"rows are cards at phone width, not {display}"
+    overflow = tour.driver.execute_script(
+        "return document.documentElement.scrollWidth - window.innerWidth")
+    assert overflow <= 0, f"the page scrolls sideways by {overflow}px"
+    tour.screenshot("phone")
+
+
+def changes(tour):
+    """A VM's changes as a tree, a hostile file name shown as text, a chosen change committed."""
+    vm = tour.args["vm"]
+    tour.open("#/vm/" + vm)
+    tour.text_appears("#vm-changes", tour.args["keep"])
+    tour.text_appears("#vm-changes", tour.args["hostile"])
+    tour.text_appears("#vm-processes", "<script>")
+    assert not tour.driver.find_elements(By.CSS_SELECTOR, "#vm-changes img, #vm-processes script"), \
+        "a name the VM chose became markup"
+    assert tour.driver.title == "feather", f"the page's title became {tour.driver.title!r}"
+    tour.screenshot("changes")
+    box = tour.find(f'#vm-changes input[data-path="{tour.args["keep"]}"]')
+    box.click()
+    tour.click("#commit-selected")
+    tour.confirm()
+    tour.notice("Committed 1")
+
+
+def shuttle(tour):
+    """The rules in force, which rule decides a request, and a denied request arriving live."""
+    tour.open("#/shuttle")
+    tour.text_appears("#rules", tour.args["rule_at"])
+    form = tour.find("#check-form")
+    form.find_element(By.NAME, "kind").send_keys("invoke")
+    form.find_element(By.NAME, "object").send_keys(tour.args["object"])
+    form.find_element(By.NAME, "source").send_keys(tour.args["source"])
+    form.find_element(By.NAME, "target").send_keys(tour.args["target"])
+    form.find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    tour.text_appears("#check-result", tour.args["rule_at"])
+    tour.text_appears("#check-result", "allow")
+    subprocess.run(tour.args["trigger"], check=False, capture_output=True, timeout=60)
+    tour.text_appears("#audit", "unlisted")
+    tour.text_appears("#audit", "denied")
+    tour.click("#audit-denied")
+    tour.text_appears("#audit", "unlisted")
+    tour.screenshot("shuttle")
+
+
+def lost_contact(tour):
+    """When the server goes away the page says so, and shows what it holds as stale."""
+    tour.open()
+    os.kill(tour.args["server_pid"], signal.SIGTERM)
+    tour.text_appears("#contact", "lost contact")
+    assert "stale" in tour.driver.find_element(By.TAG_NAME, "body").get_attribute("class")
+
+
+TOURS = {"vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
+         "lost_contact": lost_contact}
+
+
+def main():
+    name, args = sys.argv[1], json.loads(sys.argv[2])
+    width, height = (390, 844) if name == "phone" else (1280, 900)
+    tour = Tour(args, width, height)
+    try:
+        TOURS[name](tour)
+    except Exception as e:  # the tour's report, with what the page showed
+        body = tour.driver.find_element(By.TAG_NAME, "body").text if tour.driver else ""
+        print(f"tour {name} failed: {type(e).__name__}: {e}\n--- page ---\n{body}")
+        sys.exit(1)
+    finally:
+        tour.close()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,134 @@
+//! The page in a real browser: each test prepares its state root, serves it, and runs one tour
+//! of tests/web/browser.py (Selenium with Debian's chromium and chromedriver) against it.
+//! Screenshots go to `FEATHER_WEB_SCREENSHOTS` when it is set (docs/web.md's are made so),
+//! otherwise nowhere.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::server::WebServer;
+use crate::support::{Feather, HostDir, ScratchBase};
+
+/// Runs tour `name` of browser.py with `args` (the login URL added); panics with its report.
+fn tour(name: &str, server: &WebServer, mut args: serde_json::Value) {
+    args["url"] = json!(server.login_url);
+    if let Ok(folder) = std::env::var("FEATHER_WEB_SCREENSHOTS") {
+        args["screenshots"] = json!(folder);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/web/browser.py");
+    // Debian's own python, whose python3-selenium the set-up installs (a python earlier on
+    // PATH, e.g. pyenv's, would not have it).
+    let output = Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(name)
+        .arg(args.to_string())
+        .output()
+        .expect("python3 runs (sudo ./setup.sh installs python3-selenium and chromium)");
+    assert!(
+        output.status.success(),
+        "browser tour {name}:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+#[test]
+fn a_person_creates_starts_stops_and_removes_a_vm() {
+    let feather = Feather::new("web-vms");
+    let server = WebServer::start(&feather);
+    tour("vms", &server, json!({}));
+    assert_eq!(
+        feather.ok(&["ls", "--json"]).trim(),
+        "[]",
+        "the VM the page made is gone again, and the refused one was never made"
+    );
+}
+
+#[test]
+fn at_phone_width_each_vm_is_a_card() {
+    let feather = Feather::new("web-phone");
+    feather.ok(&["create", "p1", "--net", "none"]);
+    let server = WebServer::start(&feather);
+    tour("phone", &server, json!({ "vm": "p1" }));
+}
+
+/// What a VM chose — a file name, a command line — is shown as text on the page and never
+/// becomes markup; a chosen change is committed to the VM's (scratch) base.
+#[test]
+fn changes_are_shown_as_text_and_a_chosen_one_is_committed() {
+    let feather = Feather::new("web-changes");
+    let base = ScratchBase::new("web-changes");
+    feather.start_over("c1", &base, &["--net", "none"]);
+    let hostile = "<img src=x onerror=document.title='pwned'>";
+    feather.sh(
+        "c1",
+        &format!(
+            "echo kept > /data/kept.txt; echo left > /data/left.txt; echo x > \"/data/{hostile}\"; \
+             (sh -c 'sleep 1000; true' '<script>document.title=1</script>' > /dev/null 2>&1 &)"
+        ),
+    );
+    let server = WebServer::start(&feather);
+    tour(
+        "changes",
+        &server,
+        json!({ "vm": "c1", "keep": "/data/kept.txt", "hostile": format!("/data/{hostile}") }),
+    );
+    assert_eq!(base.read("data/kept.txt").as_deref(), Some("kept\n"));
+    assert_eq!(
+        base.read("data/left.txt"),
+        None,
+        "only the chosen change was committed"
+    );
+}
+
+/// The Shuttle page: the rule in force with its file and line, the policy check naming it, and
+/// a denied request appearing in the audit log while the page is open.
+#[test]
+fn the_shuttle_page_explains_rules_and_follows_the_audit_log() {
+    let feather = Feather::new("web-shuttle");
+    let host = HostDir::new("web-shuttle");
+    let open = host.feather_open();
+    fs::create_dir_all(feather.root.join("policy.d")).unwrap();
+    fs::write(
+        feather.root.join("policy.d/10-web.policy"),
+        "invoke viewer a b allow command=/bin/cat\n",
+    )
+    .unwrap();
+    feather.ok(&["create", "a", "--net", "none"]);
+    feather.ok(&["create", "b", "--net", "none"]);
+    feather.ok(&["start", "a"]);
+    let server = WebServer::start(&feather);
+    let trigger = feather
+        .command()
+        .args(["exec", "a", "--", &open, "unlisted"])
+        .get_args()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect::<Vec<_>>();
+    let mut argv = vec![Feather::bin().to_owned()];
+    argv.extend(trigger);
+    tour(
+        "shuttle",
+        &server,
+        json!({
+            "rule_at": "10-web.policy:1",
+            "object": "viewer",
+            "source": "a",
+            "target": "b",
+            "trigger": argv,
+        }),
+    );
+}
+
+#[test]
+fn the_page_says_when_it_lost_contact() {
+    let feather = Feather::new("web-contact");
+    let server = WebServer::start(&feather);
+    tour(
+        "lost_contact",
+        &server,
+        json!({ "server_pid": server.pid() }),
+    );
+}

@@ -1,0 +1,241 @@
+//! Who may ask the web view anything: every rule is tried from outside, with requests a
+//! browser on another site, a stolen link or a VM could make.
+
+use std::process::Command;
+
+use crate::server::{succeeds, WebServer};
+use crate::support::Feather;
+
+#[test]
+fn nothing_answers_without_the_token_and_the_token_works_once() {
+    let feather = Feather::new("web-token");
+    let server = WebServer::start(&feather);
+    for path in ["/", "/api/vms", "/api/events", "/api/session", "/app.js"] {
+        let answer = server.request("GET", path, &[], "");
+        assert_eq!(
+            answer.status, 401,
+            "{path} without a session: {}",
+            answer.head
+        );
+    }
+    let wrong = server.request("GET", "/login?token=0123abcd", &[], "");
+    assert_eq!(wrong.status, 403);
+    let forged = server.request("GET", "/api/vms", &["Cookie: feather_session=forged"], "");
+    assert_eq!(forged.status, 401);
+
+    let cookie = server.log_in();
+    let set_cookie = server
+        .request("GET", "/api/vms", &[&format!("Cookie: {cookie}")], "")
+        .status;
+    assert_eq!(set_cookie, 200);
+    let again = server.request("GET", &format!("/login?token={}", server.token()), &[], "");
+    assert_eq!(again.status, 403, "a spent login link opens nothing");
+}
+
+#[test]
+fn the_session_cookie_is_http_only_and_same_site_strict() {
+    let feather = Feather::new("web-cookie");
+    let server = WebServer::start(&feather);
+    let answer = server.request("GET", &format!("/login?token={}", server.token()), &[], "");
+    let cookie = answer.header("set-cookie").expect("a cookie");
+    assert!(cookie.contains("HttpOnly"), "{cookie}");
+    assert!(cookie.contains("SameSite=Strict"), "{cookie}");
+    let page = server.request(
+        "GET",
+        "/",
+        &[&format!("Cookie: {}", cookie.split(';').next().unwrap())],
+        "",
+    );
+    let policy = page.header("content-security-policy").expect("a CSP");
+    assert!(
+        policy.contains("script-src 'self'") && policy.contains("frame-ancestors 'none'"),
+        "{policy}"
+    );
+}
+
+#[test]
+fn a_cross_site_request_changes_nothing() {
+    let feather = Feather::new("web-csrf");
+    let server = WebServer::start(&feather);
+    let cookie = server.log_in();
+    let csrf = server.csrf(&cookie);
+    let with_cookie = format!("Cookie: {cookie}");
+    let json = "Content-Type: application/json";
+    let body = r#"{"name":"csrf1","net":"none"}"#;
+
+    // What a form on another site can send: the cookie (if the browser sent it at all), no
+    // header of ours.
+    let form = server.request(
+        "POST",
+        "/api/vms",
+        &[
+            &with_cookie,
+            "Content-Type: application/x-www-form-urlencoded",
+        ],
+        "name=csrf1",
+    );
+    assert_eq!(form.status, 403, "{}", form.body);
+    let no_token = server.request("POST", "/api/vms", &[&with_cookie, json], body);
+    assert_eq!(no_token.status, 403, "{}", no_token.body);
+    let other_origin = server.request(
+        "POST",
+        "/api/vms",
+        &[
+            &with_cookie,
+            json,
+            &format!("X-Feather-Csrf: {csrf}"),
+            "Origin: http://attacker.example",
+        ],
+        body,
+    );
+    assert_eq!(other_origin.status, 403, "{}", other_origin.body);
+    assert!(
+        !feather.ok(&["ls"]).contains("csrf1"),
+        "no refused request made a VM"
+    );
+
+    let ours = server.request(
+        "POST",
+        "/api/vms",
+        &[&with_cookie, json, &format!("X-Feather-Csrf: {csrf}")],
+        body,
+    );
+    assert_eq!(ours.status, 200, "{}", ours.body);
+    assert!(feather.ok(&["ls"]).contains("csrf1"));
+}
+
+#[test]
+fn a_rebound_host_name_is_refused() {
+    let feather = Feather::new("web-host");
+    let server = WebServer::start(&feather);
+    let port = server.address.rsplit(':').next().unwrap().to_owned();
+    let cookie = server.log_in();
+    let rebound = server.request(
+        "GET",
+        "/api/vms",
+        &[
+            &format!("Cookie: {cookie}"),
+            &format!("Host: attacker.example:{port}"),
+        ],
+        "",
+    );
+    assert_eq!(rebound.status, 403);
+    let login = server.request(
+        "GET",
+        "/login?token=x",
+        &[&format!("Host: attacker.example:{port}")],
+        "",
+    );
+    assert_eq!(login.status, 403);
+}
+
+#[test]
+fn bad_input_is_refused_naming_what_is_wrong() {
+    let feather = Feather::new("web-input");
+    let server = WebServer::start(&feather);
+    let cookie = server.log_in();
+    let csrf = server.csrf(&cookie);
+    let headers = [
+        format!("Cookie: {cookie}"),
+        "Content-Type: application/json".to_owned(),
+        format!("X-Feather-Csrf: {csrf}"),
+    ];
+    let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+    let script_name = server.request("POST", "/api/vms", &headers, r#"{"name":"<script>"}"#);
+    assert_eq!(script_name.status, 400, "{}", script_name.body);
+    assert!(
+        script_name.body.contains("<script>") && script_name.body.contains("name"),
+        "{}",
+        script_name.body
+    );
+    assert_eq!(
+        script_name.header("content-type"),
+        Some("application/json"),
+        "errors are JSON, never a page a browser would render"
+    );
+    let memory = server.request(
+        "POST",
+        "/api/vms",
+        &headers,
+        r#"{"name":"m1","memory":"lots"}"#,
+    );
+    assert_eq!(memory.status, 400);
+    assert!(memory.body.contains("lots"), "{}", memory.body);
+    let missing = server.request("POST", "/api/vms/nosuch/start", &headers, "");
+    assert_eq!(missing.status, 404, "{}", missing.body);
+    let unknown_field = server.request(
+        "POST",
+        "/api/vms",
+        &headers,
+        r#"{"name":"u1","memroy":"1G"}"#,
+    );
+    assert_eq!(unknown_field.status, 400, "{}", unknown_field.body);
+    assert!(
+        unknown_field.body.contains("memroy"),
+        "{}",
+        unknown_field.body
+    );
+    assert!(
+        feather.ok(&["ls", "--json"]).trim() == "[]",
+        "nothing was made"
+    );
+}
+
+#[test]
+fn it_serves_only_on_loopback() {
+    let feather = Feather::new("web-listen");
+    let refused = feather.fails(&["web", "--listen", "0.0.0.0:0"]);
+    assert!(
+        refused.contains("loopback") && refused.contains("0.0.0.0"),
+        "{refused}"
+    );
+}
+
+/// A VM's own processes cannot reach the web view: it listens on the host's loopback, which
+/// a VM with a network of its own does not share, and the VM's way to the host (its bridge's
+/// address) is refused by the VM network policy.
+#[test]
+fn a_vm_cannot_reach_the_web_view() {
+    let feather = Feather::new("web-vm");
+    feather.ok(&["create", "v", "--net", "private"]);
+    feather.ok(&["start", "v"]);
+    let server = WebServer::start(&feather);
+    let port = server.address.rsplit(':').next().unwrap().to_owned();
+    let gateway = feather.inspect("v")["network"]["gateway"]
+        .as_str()
+        .map(str::to_owned)
+        .or_else(|| {
+            let address = feather.inspect("v")["network"]["address"]
+                .as_str()?
+                .to_owned();
+            let mut octets: Vec<&str> = address.split('.').collect();
+            octets[3] = "1";
+            Some(octets.join("."))
+        })
+        .expect("the VM has an address");
+    // The host itself reaches it (the probe works).
+    assert!(succeeds(Command::new("curl").args([
+        "-s",
+        "-m",
+        "3",
+        "-o",
+        "/dev/null",
+        &format!("http://127.0.0.1:{port}/login?token=x")
+    ])));
+    for host in ["127.0.0.1".to_owned(), gateway] {
+        let url = format!("http://{host}:{port}/login?token=x");
+        let reached = feather.run(&[
+            "exec",
+            "v",
+            "--",
+            "curl",
+            "-s",
+            "-m",
+            "3",
+            "-o",
+            "/dev/null",
+            &url,
+        ]);
+        assert_ne!(reached.code, 0, "the VM reached {url}");
+    }
+}
