@@ -194,3 +194,62 @@ fn ctr_run_over_the_host_with_a_duplicated_host_service() {
 fn feather_svc_program() -> &'static str {
     "feather-svcd"
 }
+
+#[test]
+fn feather_ls_and_ps_show_oci_containers() {
+    let scratch = Scratch::new("feather-ls");
+    let runtime = Runtime::new(&scratch);
+    let id = format!("listed-{}", std::process::id());
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "100"]));
+    let created = runtime.create(&id, &bundle, &scratch.path("output"));
+    assert_eq!(created.code, 0, "{created:?}");
+    assert_eq!(runtime.run(&["start", &id]).code, 0);
+    let feather = |args: &[&str]| {
+        run(std::process::Command::new(sibling("feather"))
+            .arg("--root")
+            .arg(scratch.path("feather-root"))
+            .args(args))
+    };
+    let root = std::fs::canonicalize(&runtime.root).unwrap();
+
+    let listed = feather(&["ls", "--oci", "--json"]);
+    assert_eq!(listed.code, 0, "{listed:?}");
+    let containers: Vec<serde_json::Value> = serde_json::from_str(&listed.stdout).unwrap();
+    let ours = containers
+        .iter()
+        .find(|c| c["id"] == id.as_str() && c["runtime_root"] == root.to_str().unwrap())
+        .unwrap_or_else(|| panic!("{id} in {}: {listed:?}", root.display()));
+    assert_eq!(ours["status"], "running");
+    assert_eq!(ours["processes"], 1);
+    let table = feather(&["ls"]);
+    assert!(
+        table.stdout.contains("OCI CONTAINER") && table.stdout.contains(&id),
+        "{table:?}"
+    );
+    assert_eq!(feather(&["ls", "--json"]).stdout.trim(), "[]", "VMs only");
+
+    for args in [
+        vec!["ps", id.as_str(), "--json"],
+        vec![
+            "ps",
+            id.as_str(),
+            "--json",
+            "--runtime-root",
+            root.to_str().unwrap(),
+        ],
+    ] {
+        let ps = feather(&args);
+        assert_eq!(ps.code, 0, "{ps:?}");
+        let rows: Vec<serde_json::Value> = serde_json::from_str(&ps.stdout).unwrap();
+        assert_eq!(rows.len(), 1, "{rows:?}");
+        assert_eq!(rows[0]["pid"], 1);
+        assert_eq!(rows[0]["command"], "sleep 100");
+    }
+    let missing = feather(&["ps", "no-such-vm-or-container"]);
+    assert_ne!(missing.code, 0);
+    assert!(missing.stderr.contains("no VM named"), "{missing:?}");
+
+    assert_eq!(runtime.run(&["delete", "--force", &id]).code, 0);
+    let after = feather(&["ls", "--oci", "--json"]);
+    assert!(!after.stdout.contains(&id), "{after:?}");
+}
