@@ -253,3 +253,31 @@ fn feather_ls_and_ps_show_oci_containers() {
     let after = feather(&["ls", "--oci", "--json"]);
     assert!(!after.stdout.contains(&id), "{after:?}");
 }
+
+#[test]
+fn a_service_that_cannot_start_fails_create_and_leaves_nothing() {
+    sibling(feather_svc_program());
+    let scratch = Scratch::new("services-missing");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["true"]);
+    config["annotations"] = json!({
+        "org.feather.base": "host",
+        "org.feather.services": "feather-no-such-unit"
+    });
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let id = format!("svc-missing-{}", std::process::id());
+    let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
+    assert_ne!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        outcome.stderr.contains("feather-no-such-unit"),
+        "the error names the unit: {outcome:?}"
+    );
+    let listed = runtime.run(&["list", "-q"]);
+    assert_eq!(listed.stdout.trim(), "", "{listed:?}");
+    let cgroup = PathBuf::from("/sys/fs/cgroup/pids/feather-oci").join(&id);
+    let gone = crate::support::eventually(std::time::Duration::from_secs(5), || !cgroup.exists());
+    assert!(
+        gone,
+        "the container's cgroup (and the service manager in it) is gone"
+    );
+}
