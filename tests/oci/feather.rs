@@ -128,6 +128,21 @@ fn feather_confinement_applies_on_top_of_the_config_profile() {
         &probing_config(&probe, Some("none")),
     );
     assert_eq!(open, "ABSTRACT=connected\nKEYCTL=allowed\nMKDIR=denied\n");
+
+    // A privileged container (CAP_SYS_ADMIN, as `docker run --privileged` gives) is left as its
+    // engine asked, unless the annotation asks for confinement.
+    let mut privileged = probing_config(&probe, None);
+    for set in ["bounding", "effective", "permitted"] {
+        privileged["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_SYS_ADMIN".into());
+    }
+    let output = run_to_end(&runtime, &scratch, "privileged", &privileged);
+    assert_eq!(output, "ABSTRACT=connected\nKEYCTL=allowed\nMKDIR=denied\n");
+    privileged["annotations"]["org.feather.confine"] = "ipc".into();
+    let output = run_to_end(&runtime, &scratch, "privileged-confined", &privileged);
+    assert_eq!(output, "ABSTRACT=denied\nKEYCTL=EPERM\nMKDIR=denied\n");
     drop(listener);
 }
 

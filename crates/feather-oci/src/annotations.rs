@@ -7,7 +7,7 @@
 //! | `org.feather.base=host` | the container's root is a copy-on-write view of the host's `/` (the bundle's `root` is not used) |
 //! | `org.feather.tags=a,b` | labels for Shuttle rules, kept in the container's annotations |
 //! | `org.feather.services=UNIT[,UNIT…]` | the host's units, with their dependencies, started in the container before its process (needs `base=host`) |
-//! | `org.feather.confine=ipc` (default) or `none` | feather's IPC confinement on top of the config's ([`crate::confine`]) |
+//! | `org.feather.confine=ipc` or `none` | feather's IPC confinement on top of the config's, or not; unset: on, except for a privileged container ([`crate::confine`]) |
 //!
 //! Any other `org.feather.*` key is refused by name, so a typo never silently does nothing.
 
@@ -24,7 +24,8 @@ pub struct Feather {
     pub tags: Vec<String>,
     /// Units as `feather create --service` takes them, `.service` implied.
     pub services: Vec<String>,
-    pub confine: Confine,
+    /// None: not asked for, [`crate::confine::Confinement::of`] decides.
+    pub confine: Option<Confine>,
 }
 
 impl Feather {
@@ -39,7 +40,7 @@ impl Feather {
                 "base" => bail!("annotation {key}={value:?}: the only base feather-oci knows is \"host\""),
                 "tags" => feather.tags = parse_tags(key, value)?,
                 "services" => feather.services = parse_units(key, value)?,
-                "confine" => feather.confine = Confine::parse(key, value)?,
+                "confine" => feather.confine = Some(Confine::parse(key, value)?),
                 _ => bail!("annotation {key}: unknown feather annotation (known: {PREFIX}base, {PREFIX}tags, {PREFIX}services, {PREFIX}confine)"),
             }
         }
@@ -121,14 +122,14 @@ mod tests {
     }
 
     #[test]
-    fn services_need_the_host_as_base_and_confinement_is_on_by_default() {
+    fn services_need_the_host_as_base_and_confinement_is_read() {
         let feather = Feather::parse(&spec_with(&[
             ("org.feather.base", "host"),
             ("org.feather.services", "redis-server, nginx.service"),
         ]))
         .unwrap();
         assert_eq!(feather.services, ["redis-server", "nginx.service"]);
-        assert_eq!(feather.confine, Confine::Ipc);
+        assert_eq!(feather.confine, None);
         let error =
             Feather::parse(&spec_with(&[("org.feather.services", "redis-server")])).unwrap_err();
         assert!(
@@ -141,7 +142,7 @@ mod tests {
         ]))
         .is_err());
         let off = Feather::parse(&spec_with(&[("org.feather.confine", "none")])).unwrap();
-        assert_eq!(off.confine, Confine::None);
+        assert_eq!(off.confine, Some(Confine::None));
         assert!(Feather::parse(&spec_with(&[("org.feather.confine", "some")])).is_err());
     }
 }

@@ -18,8 +18,11 @@
 //!   neither the host's abstract sockets nor the container's, nor signals the container's
 //!   processes); in a network namespace of its own the namespaces fence it, as the program.
 //!
-//! `org.feather.confine=none` turns it off, for privileged containers whose programs do what
-//! the deny list refuses (mount, BPF, keyrings: Docker-in-Docker, a CNI plugin in a pod).
+//! `org.feather.confine=none` turns it off. Without the annotation it is off for a privileged
+//! container only (CAP_SYS_ADMIN in the config's bounding set: `docker run --privileged`, a
+//! privileged pod): its engine asked for a container that may mount, load BPF and use
+//! keyrings (Docker-in-Docker, a CNI plugin), which the deny list refuses, and Docker 20.10
+//! has no `--annotation` to say so otherwise. `org.feather.confine=ipc` confines it anyway.
 
 use std::os::unix::fs::MetadataExt;
 
@@ -61,7 +64,13 @@ pub struct Confinement {
 }
 
 impl Confinement {
-    pub fn of(confine: Confine, spec: &Spec) -> Confinement {
+    /// `asked`: the annotation's value, if it was given.
+    pub fn of(asked: Option<Confine>, spec: &Spec) -> Confinement {
+        let confine = asked.unwrap_or(if is_privileged(spec) {
+            Confine::None
+        } else {
+            Confine::Ipc
+        });
         Confinement {
             confine,
             host_network: shares_host_network(spec),
@@ -136,6 +145,16 @@ fn report_unsupported(scoping: Scoping) {
     }
 }
 
+/// CAP_SYS_ADMIN in the bounding set: what engines give a privileged container, and what
+/// the deny list would take back.
+fn is_privileged(spec: &Spec) -> bool {
+    spec.process()
+        .as_ref()
+        .and_then(|p| p.capabilities().as_ref())
+        .and_then(|c| c.bounding().as_ref())
+        .is_some_and(|set| set.contains(&oci_spec::runtime::Capability::SysAdmin))
+}
+
 fn shares_host_network(spec: &Spec) -> bool {
     let network = spec
         .linux()
@@ -195,6 +214,31 @@ mod tests {
             LinuxBuilder::default().namespaces(vec![]).build().unwrap(),
         ));
         assert!(shares_host_network(&none));
+    }
+
+    #[test]
+    fn privileged_containers_are_unconfined_unless_asked() {
+        let mut privileged = Spec::default();
+        let process = privileged.process().clone().unwrap();
+        assert!(
+            process
+                .capabilities()
+                .as_ref()
+                .and_then(|c| c.bounding().as_ref())
+                .is_some_and(|b| !b.contains(&oci_spec::runtime::Capability::SysAdmin)),
+            "oci-spec's default process is runc's unprivileged example"
+        );
+        assert_eq!(Confinement::of(None, &privileged).confine, Confine::Ipc);
+        let mut capabilities = process.capabilities().clone().unwrap();
+        let mut bounding = capabilities.bounding().clone().unwrap();
+        bounding.insert(oci_spec::runtime::Capability::SysAdmin);
+        capabilities.set_bounding(Some(bounding));
+        let mut process = process;
+        process.set_capabilities(Some(capabilities));
+        privileged.set_process(Some(process));
+        assert_eq!(Confinement::of(None, &privileged).confine, Confine::None);
+        let forced = Confinement::of(Some(Confine::Ipc), &privileged);
+        assert_eq!(forced.confine, Confine::Ipc);
     }
 
     #[test]
