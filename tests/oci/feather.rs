@@ -9,7 +9,8 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use crate::support::{
-    base_config, busybox_image_tar, run, runtime_bin, Bundle, Containerd, Runtime, Scratch,
+    base_config, busybox_image_tar, busybox_layer_tar, run, runtime_bin, Bundle, Containerd,
+    Podman, Runtime, Scratch,
 };
 
 /// A Python script for a container over the host: what the container can reach. Prints
@@ -295,4 +296,38 @@ fn a_service_that_cannot_start_fails_create_and_leaves_nothing() {
         gone,
         "the container's cgroup (and the service manager in it) is gone"
     );
+}
+
+#[test]
+fn podman_run_over_the_host_with_a_duplicated_host_service() {
+    sibling(feather_svc_program());
+    let scratch = Scratch::new("podman-services");
+    let podman = Podman::new(&scratch, runtime_bin());
+    let image = "localhost/feather-busybox:services";
+    let tar = busybox_layer_tar(&scratch);
+    let imported = podman.podman(&["import", tar.to_str().unwrap(), image]);
+    assert_eq!(imported.code, 0, "{imported:?}");
+    // `--network none`: a network namespace of its own, with only `lo`.
+    let outcome = podman.podman(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--annotation",
+        "org.feather.base=host",
+        "--annotation",
+        "org.feather.services=redis-server",
+        image,
+        "/bin/sh",
+        "-c",
+        "/usr/bin/redis-cli -h 127.0.0.1 ping; cat /dev/null && echo DEVNULL=ok",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    // podman's config denies every device and counts on the runtime's default allowed ones
+    // (runc's), /dev/null among them.
+    assert_eq!(outcome.stdout, "PONG\nDEVNULL=ok\n", "{outcome:?}");
 }

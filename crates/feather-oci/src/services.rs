@@ -62,13 +62,29 @@ pub fn start(id: &str, units: &[String], confinement: &Confinement) -> Result<()
     Ok(())
 }
 
+fn log_tail() -> String {
+    let log = std::fs::read_to_string(MANAGER_LOG).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    let tail = lines[lines.len().saturating_sub(5)..].join(" | ");
+    if tail.is_empty() {
+        "empty".to_owned()
+    } else {
+        tail
+    }
+}
+
 fn ask_manager(id: &str, units: &[String]) -> Result<()> {
     let request = Request::Start {
         units: units.to_vec(),
         fresh_state: FreshState::No,
     };
+    // A failed create leaves no container to look into: the manager's last words go with the
+    // error.
     let response = feather_svc::manager::call(&request, Some(id)).with_context(|| {
-        format!("annotation org.feather.services (see {MANAGER_LOG} in the container)")
+        format!(
+            "annotation org.feather.services (the service manager's log, {MANAGER_LOG}: {})",
+            log_tail()
+        )
     })?;
     match response {
         Response::Done { units, .. } => {
