@@ -184,15 +184,11 @@ mod tests {
     use oci_spec::runtime::{LinuxBuilder, LinuxNamespaceBuilder};
 
     fn spec_with_network(path: Option<&str>) -> Spec {
-        let namespace = LinuxNamespaceBuilder::default()
+        let mut namespace = LinuxNamespaceBuilder::default()
             .typ(LinuxNamespaceType::Network)
-            .path(path.map(std::path::PathBuf::from).unwrap_or_default())
             .build()
             .unwrap();
-        let mut namespace = namespace;
-        if path.is_none() {
-            namespace.set_path(None);
-        }
+        namespace.set_path(path.map(std::path::PathBuf::from));
         let mut spec = Spec::default();
         spec.set_linux(Some(
             LinuxBuilder::default()

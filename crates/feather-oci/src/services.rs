@@ -13,7 +13,6 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
-use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use feather_svc::manager::protocol::{FreshState, Request, Response, UnitState, MANAGER_LOG};
@@ -22,7 +21,7 @@ use crate::confine::Confinement;
 
 /// Where `feather-svcd` must be: beside this binary (`feather_svc::manager::program`). Over
 /// the host's root the container sees the same path.
-pub fn check_manager() -> Result<PathBuf> {
+pub fn check_manager() -> Result<()> {
     let program = feather_svc::manager::program().context("org.feather.services")?;
     if !program.is_file() {
         bail!(
@@ -31,7 +30,7 @@ pub fn check_manager() -> Result<PathBuf> {
             feather_svc::manager::PROGRAM
         );
     }
-    Ok(program)
+    Ok(())
 }
 
 /// Starts `units` in the container, and waits until they have settled. Runs in the init,
