@@ -7,5 +7,6 @@ mod support;
 
 mod containerd;
 mod docker;
+mod feather;
 mod podman;
 mod spec;

@@ -12,6 +12,23 @@ use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
+/// mknod of any device; null, zero, full, random, urandom, tty, console; the pseudo-terminals
+/// (136:*, ptmx) and tun: runc's default allowed devices.
+const ALWAYS_ALLOWED_DEVICES: &[&str] = &[
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 136:* rwm",
+    "c 5:2 rwm",
+    "c 10:200 rwm",
+];
+
 pub struct Groups {
     cgroup: Cgroup,
     relative: PathBuf,
@@ -204,6 +221,15 @@ impl Groups {
             };
             write(&dir.join(file), &line)
                 .with_context(|| format!("linux.resources.devices rule {line:?}"))?;
+        }
+        // After the config's rules, the devices runc allows whatever they say (libcontainer's
+        // AllowedDevices; youki does the same): engines such as podman send only a deny-all
+        // rule and count on them — without, the container cannot even open /dev/null.
+        if !rules.is_empty() {
+            for line in ALWAYS_ALLOWED_DEVICES {
+                write(&dir.join("devices.allow"), line)
+                    .with_context(|| format!("the default device rule {line:?}"))?;
+            }
         }
         Ok(())
     }

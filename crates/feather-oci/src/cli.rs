@@ -34,8 +34,9 @@ struct Cli {
     /// Accepted for compatibility; feather-oci has no checkpoint command yet.
     #[arg(long, global = true)]
     criu: Option<PathBuf>,
-    /// Accepted for compatibility ("auto", "true", "false"); feather-oci runs as root.
-    #[arg(long, global = true)]
+    /// Accepted for compatibility ("auto", "true", "false"); feather-oci runs as root. Also
+    /// `spec --rootless` (one flag: a subcommand's own of the same name trips clap).
+    #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
     rootless: Option<String>,
     #[command(subcommand)]
     command: Command,
@@ -154,8 +155,6 @@ enum Command {
     Spec {
         #[arg(long, short = 'b', default_value = ".")]
         bundle: PathBuf,
-        #[arg(long)]
-        rootless: bool,
     },
     /// Not supported yet (feather's own `feather checkpoint` works on feather VMs).
     Checkpoint {
@@ -265,8 +264,8 @@ fn run(cli: Cli) -> Result<i32> {
         } => crate::ops::events(root, &id, stats, parse_interval(&interval)?)?,
         Command::Update { resources, id } => crate::ops::update(root, &id, resources.as_deref())?,
         Command::Features => crate::ops::features()?,
-        Command::Spec { bundle, rootless } => {
-            if rootless {
+        Command::Spec { bundle } => {
+            if cli.rootless.as_deref() == Some("true") {
                 bail!("spec --rootless: feather-oci runs as root only");
             }
             crate::ops::spec(&bundle)?

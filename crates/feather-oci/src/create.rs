@@ -41,6 +41,9 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("{}/config.json: {e}", bundle.display()))?;
     crate::validate::check(&spec)?;
     let feather = Feather::parse(&spec)?;
+    if !feather.services.is_empty() {
+        crate::services::check_manager()?;
+    }
     let linux = spec.linux().clone().context("linux")?;
     if let Some(seccomp) = linux.seccomp() {
         crate::seccomp::compile(seccomp)?;
@@ -64,15 +67,25 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
     let made = spec
         .save(container.dir.join("config.json"))
         .map_err(anyhow::Error::from)
-        .and_then(|()| build(&mut container, &spec, args, feather.host_base));
+        .and_then(|()| build(&mut container, &spec, args, &feather));
     if let Err(error) = made {
         crate::ops::destroy(&container);
         return Err(error);
     }
+    // feather's own tools (`feather ls`) list the containers of every root used; an engine's
+    // container never fails for want of that listing.
+    if let Err(error) = crate::registry::RootRegistry::host().register(root) {
+        eprintln!("feather-oci: warning: {error}");
+    }
     Ok(())
 }
 
-fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: bool) -> Result<()> {
+fn build(
+    container: &mut Container,
+    spec: &Spec,
+    args: &CreateArgs,
+    feather: &Feather,
+) -> Result<()> {
     nix::unistd::mkfifo(&container.fifo(), Mode::from_bits_truncate(0o622))
         .context("make exec.fifo")?;
     let linux = spec.linux().clone().context("linux")?;
@@ -127,7 +140,9 @@ fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: b
                 console,
                 no_pivot: args.no_pivot,
                 new_cgroup_namespace,
-                host_base,
+                host_base: feather.host_base,
+                confinement: crate::confine::Confinement::of(feather.confine, spec),
+                services: feather.services.clone(),
                 preserve_fds: args.preserve_fds,
                 started: false,
             }

@@ -50,6 +50,11 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     }
     let config = container.config()?;
     let process = process_for(&config, args)?;
+    // Before entering the container: a joined network namespace is told from the host's here.
+    let confinement = crate::confine::Confinement::of(
+        crate::annotations::Feather::parse(&config)?.confine,
+        &config,
+    );
     let terminal = process.terminal() == Some(true);
     let console = match (&args.console_socket, terminal) {
         (Some(path), true) => Some(
@@ -88,7 +93,7 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         keep.push(child_report.as_raw_fd());
         keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
         feather_sys::process::close_other_fds(&keep);
-        let error = match become_it(&process, console, seccomp.as_ref()) {
+        let error = match become_it(&process, console, seccomp.as_ref(), &confinement) {
             Ok(never) => match never {},
             Err(error) => error,
         };
@@ -122,8 +127,10 @@ fn become_it(
     process: &Process,
     console: Option<UnixStream>,
     seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
+    confinement: &crate::confine::Confinement,
 ) -> Result<std::convert::Infallible> {
     nix::unistd::setsid().context("setsid")?;
+    confinement.scope_exec()?;
     if let Some(console) = console {
         let (master, slave) =
             feather_sys::pty::open_pair().map_err(|e| anyhow::anyhow!("--tty: {e}"))?;
@@ -132,7 +139,7 @@ fn become_it(
         feather_sys::pty::make_controlling(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
         feather_sys::process::redirect_stdio(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    crate::process::become_program(process, seccomp)
+    crate::process::become_program(process, seccomp, confinement.filters()?)
 }
 
 /// `--process FILE`, or the container's own process with the command and flags applied.

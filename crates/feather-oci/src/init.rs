@@ -33,6 +33,9 @@ pub struct Init {
     pub no_pivot: bool,
     pub new_cgroup_namespace: bool,
     pub host_base: bool,
+    /// feather's own features (`org.feather.*`): its confinement and the host's services.
+    pub confinement: crate::confine::Confinement,
+    pub services: Vec<String>,
     pub preserve_fds: i32,
     /// Set once `start` released the init: errors then go to the container's stderr.
     pub started: bool,
@@ -106,6 +109,17 @@ impl Init {
         crate::mounts::enter_root(&rootfs, self.no_pivot)?;
         self.set_names()?;
         crate::mounts::finish_root(&self.spec)?;
+        if has_new_network(&self.spec) {
+            // As runc: programs expect 127.0.0.1 in a new network namespace, which starts with
+            // `lo` down.
+            feather_sys::net::loopback_up()
+                .map_err(|e| anyhow::anyhow!("linux.namespaces[network]: {e}"))?;
+        }
+        // The container's Landlock domain first, so that its services share it.
+        self.confinement.scope_init()?;
+        if !self.services.is_empty() {
+            crate::services::start(&self.record.id, &self.services, &self.confinement)?;
+        }
         let process = self.spec.process().clone().context("process")?;
         if process.terminal() == Some(true) {
             self.give_terminal()?;
@@ -121,7 +135,7 @@ impl Init {
         let state = crate::ops::hook_state(&self.record, "running");
         hooks::run(&self.spec, Kind::StartContainer, &state)?;
         let seccomp = self.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-        crate::process::become_program(&process, seccomp.as_ref())
+        crate::process::become_program(&process, seccomp.as_ref(), self.confinement.filters()?)
     }
 
     fn set_names(&self) -> Result<()> {
@@ -151,6 +165,13 @@ impl Init {
         self.console = None;
         Ok(())
     }
+}
+
+fn has_new_network(spec: &Spec) -> bool {
+    spec.linux()
+        .iter()
+        .flat_map(|l| l.namespaces().iter().flatten())
+        .any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network && ns.path().is_none())
 }
 
 fn wait_for_start(fifo: &OwnedFd) -> Result<OwnedFd> {

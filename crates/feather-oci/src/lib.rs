@@ -6,20 +6,28 @@
 //! - [`mounts`], [`process`], [`seccomp`], [`cgroups`], [`hooks`]: the config, field by field
 //! - [`validate`]: every field feather cannot honour is refused by name before anything is made
 //! - [`ops`] and [`exec`]: state, start, kill, delete, ps, list, pause, resume, events, update
-//! - [`annotations`]: feather's own features, through `org.feather.*` annotations
+//! - [`annotations`]: feather's own features, through `org.feather.*` annotations:
+//!   [`confine`] (feather's IPC confinement on top of the config's) and [`services`] (the
+//!   host's units started in the container)
 //! - [`store`]: a container's folder under `--root` and its status
+//! - [`registry`] and [`listing`]: the runtime roots used on this host, and their containers
+//!   as feather's own tools (`feather ls`, `feather ps`) read them
 
 pub mod annotations;
 pub mod cgroups;
 pub mod cli;
+pub mod confine;
 pub mod create;
 pub mod exec;
 pub mod hooks;
 pub mod init;
+pub mod listing;
 pub mod log;
 pub mod mounts;
 pub mod ops;
 pub mod process;
+pub mod registry;
 pub mod seccomp;
+pub mod services;
 pub mod store;
 pub mod validate;

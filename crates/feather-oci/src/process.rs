@@ -49,12 +49,18 @@ fn env_value(process: &Process, key: &str) -> Option<String> {
 }
 
 /// Everything up to exec, then exec. Runs in the container (after pivot_root), as root.
-pub fn become_program(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Infallible> {
+/// `feather` are feather's own filters ([`crate::confine`]), installed after the config's.
+pub fn become_program(
+    process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+    feather: Filters,
+) -> Result<Infallible> {
     let program = find_program(process)?;
-    let filters = seccomp
+    let mut filters = seccomp
         .map(crate::seccomp::compile)
         .transpose()?
         .unwrap_or_default();
+    filters.extend(feather);
     if let Some(score) = process.oom_score_adj() {
         std::fs::write("/proc/self/oom_score_adj", score.to_string())
             .context("process.oomScoreAdj")?;

@@ -86,16 +86,22 @@ pub enum Command {
     /// The confinement of a shuttle D-Bus proxy (runs xdg-dbus-proxy jailed)
     #[command(name = "__dbus-proxy", hide = true)]
     DbusProxy { plan: String },
-    /// List VMs
+    /// List VMs, then the OCI containers of the runtime roots feather-oci was used with
     Ls {
         #[arg(long)]
         json: bool,
+        /// Only the OCI containers (with --json their list: the VMs' list keeps its shape)
+        #[arg(long)]
+        oci: bool,
     },
-    /// List the processes of a running VM
+    /// List the processes of a running VM, or of an OCI container by its engine's id
     Ps {
         name: String,
         #[arg(long)]
         json: bool,
+        /// NAME is an OCI container in this runtime root (feather-oci's --root)
+        #[arg(long, value_name = "DIR")]
+        runtime_root: Option<std::path::PathBuf>,
     },
     /// Everything about a VM, as JSON
     Inspect { name: String },

@@ -3,6 +3,7 @@
 
 mod cli;
 mod generated;
+mod oci;
 mod output;
 mod progress;
 mod service;
@@ -192,16 +193,33 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             )?;
             return Ok(exit_code(code));
         }
-        Command::Ls { json } => {
+        Command::Ls { json, oci: true } => {
+            let containers = oci::containers();
+            if json {
+                output::json(&containers)?
+            } else {
+                output::oci_containers(&containers)
+            }
+        }
+        Command::Ls { json, oci: false } => {
             let rows = inspect::summaries(&root)?;
             if json {
                 output::json(&rows)?
             } else {
-                output::vms(&rows)
+                output::vms(&rows);
+                let containers = oci::containers();
+                if !containers.is_empty() {
+                    println!();
+                    output::oci_containers(&containers);
+                }
             }
         }
-        Command::Ps { name, json } => {
-            let rows = inspect::processes(&root, &name.parse()?)?;
+        Command::Ps {
+            name,
+            json,
+            runtime_root,
+        } => {
+            let rows = oci::processes(&root, &name, runtime_root.as_deref())?;
             if json {
                 output::json(&rows)?
             } else {

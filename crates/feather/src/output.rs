@@ -5,10 +5,12 @@ use comfy_table::{Cell, Table};
 use feather_core::display::{escape_for_terminal, escape_path};
 use feather_core::size::format_bytes;
 use feather_shuttle::view::RuleRow;
+use feather_oci::listing::ContainerSummary;
 use feather_svc::manager::protocol::ServiceInfo;
 use feather_vm::diff::Change;
 use feather_vm::inspect::{LimitsView, Process, Summary};
 use serde::Serialize;
+use std::path::Path;
 
 pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
@@ -54,6 +56,34 @@ pub fn vms(rows: &[Summary]) {
             vm.network.clone(),
             format!("{} ago", age(now.saturating_sub(vm.created))),
             shown(&vm.last_exit.clone().unwrap_or_default()),
+        ]);
+    }
+    println!("{}", t.trim_fmt());
+}
+
+/// OCI containers: the engine's id, the runtime root it keeps them in, what `state` says.
+pub fn oci_containers(rows: &[ContainerSummary]) {
+    let mut t = table(&[
+        "OCI CONTAINER",
+        "STATUS",
+        "PID",
+        "PROCS",
+        "BASE",
+        "RUNTIME ROOT",
+        "CREATED",
+    ]);
+    for container in rows {
+        t.add_row(vec![
+            container.id.clone(),
+            container.status.to_owned(),
+            container
+                .pid
+                .map(|pid| pid.to_string())
+                .unwrap_or_else(|| "-".into()),
+            container.processes.to_string(),
+            escape_path(Path::new(&container.base)).into_owned(),
+            escape_path(&container.runtime_root).into_owned(),
+            shown(&container.created),
         ]);
     }
     println!("{}", t.trim_fmt());

@@ -1,0 +1,163 @@
+//! The host-wide registry of the runtime roots (`--root`) feather-oci was used with, so that
+//! feather's own tools find OCI containers wherever their engine keeps them: containerd's
+//! runc shim gives `/run/containerd/runc/<namespace>`, podman and Docker roots of their own.
+//!
+//! One file per root in [`REGISTRY_DIR`], named by a hash of the root's canonical path and
+//! holding that path; written atomically, and only by a `create` that does not find it there
+//! already, so concurrent creates of different roots never contend. The registry lives in
+//! `/run`: containers do not outlive a reboot, and neither do most runtime roots. Entries of
+//! roots that are gone are dropped when the registry is read.
+
+use std::fs;
+use std::io::{ErrorKind, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where the registry lives: root-only, like the runtime roots it names.
+pub const REGISTRY_DIR: &str = "/run/feather-oci/roots";
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("runtime root {}: {source}", .root.display())]
+    Root {
+        root: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot record runtime root {} in {}: {source} (make {} writable for root; feather ls will not list its containers)", .root.display(), .registry.display(), .registry.display())]
+    Write {
+        root: PathBuf,
+        registry: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+pub struct RootRegistry {
+    dir: PathBuf,
+}
+
+impl RootRegistry {
+    /// The host's registry.
+    pub fn host() -> RootRegistry {
+        RootRegistry::at(PathBuf::from(REGISTRY_DIR))
+    }
+
+    /// A registry in another folder (for unit tests).
+    pub fn at(dir: PathBuf) -> RootRegistry {
+        RootRegistry { dir }
+    }
+
+    /// Records `root`, a folder that exists. Does nothing when it is known already.
+    pub fn register(&self, root: &Path) -> Result<(), RegistryError> {
+        let root = fs::canonicalize(root).map_err(|source| RegistryError::Root {
+            root: root.to_owned(),
+            source,
+        })?;
+        let entry = self.dir.join(entry_name(&root));
+        if fs::read(&entry).is_ok_and(|known| known == root.as_os_str().as_bytes()) {
+            return Ok(());
+        }
+        self.write(&entry, &root)
+            .map_err(|source| RegistryError::Write {
+                root: root.clone(),
+                registry: self.dir.clone(),
+                source,
+            })
+    }
+
+    fn write(&self, entry: &Path, root: &Path) -> std::io::Result<()> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)?;
+        // One temporary name per process: concurrent creates of one root race harmlessly.
+        let temporary = entry.with_extension(format!("tmp{}", std::process::id()));
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&temporary)?;
+        file.write_all(root.as_os_str().as_bytes())?;
+        drop(file);
+        fs::rename(&temporary, entry)
+    }
+
+    /// Every registered root that still exists, sorted. Entries of roots that are gone are
+    /// removed on the way.
+    pub fn roots(&self) -> Vec<PathBuf> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut roots = Vec::new();
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|ext| ext != "root") {
+                continue;
+            }
+            let Ok(bytes) = fs::read(&path) else {
+                continue;
+            };
+            let root = PathBuf::from(std::ffi::OsStr::from_bytes(&bytes));
+            match fs::symlink_metadata(&root) {
+                Ok(meta) if meta.is_dir() => roots.push(root),
+                Err(e) if e.kind() == ErrorKind::NotFound => {
+                    let _ = fs::remove_file(&path);
+                }
+                _ => {}
+            }
+        }
+        roots.sort();
+        roots.dedup();
+        roots
+    }
+}
+
+/// FNV-1a of the path: stable across builds (std's hasher is not promised to be), short
+/// enough for a file name whatever the path's length.
+fn entry_name(root: &Path) -> String {
+    let hash = root
+        .as_os_str()
+        .as_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
+            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("{hash:016x}.root")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scratch(label: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "feather-oci-registry-{label}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn roots_are_recorded_once_and_forgotten_when_gone() {
+        let dir = scratch("once");
+        let registry = RootRegistry::at(dir.join("registry"));
+        let (a, b) = (dir.join("a"), dir.join("b"));
+        fs::create_dir_all(&a).unwrap();
+        fs::create_dir_all(&b).unwrap();
+        registry.register(&a).unwrap();
+        registry.register(&a).unwrap();
+        registry.register(&dir.join("b/../b")).unwrap();
+        assert_eq!(registry.roots(), [a.clone(), b.clone()]);
+        fs::remove_dir(&b).unwrap();
+        assert_eq!(registry.roots(), [a]);
+        assert_eq!(fs::read_dir(dir.join("registry")).unwrap().count(), 1);
+        assert!(registry.register(&b).is_err(), "a root that does not exist");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
