@@ -178,8 +178,26 @@ def lost_contact(tour):
     assert "stale" in tour.driver.find_element(By.TAG_NAME, "body").get_attribute("class")
 
 
+def checkpoint(tour):
+    """Checkpoint a running VM from its page and restore it, following each job's steps."""
+    vm = tour.args["vm"]
+    tour.open("#/vm/" + vm)
+    tour.text_appears("#vm-status", "running")
+    tour.click("#checkpoint-vm")
+    tour.confirm()
+    tour.text_appears("#vm-job", "checkpoint: done")
+    tour.text_appears("#vm-status", "checkpointed")
+    tour.click("#restore-vm")
+    tour.text_appears("#vm-job", "restore: done")
+    tour.text_appears("#vm-status", "running")
+    tour.text_appears("#vm-processes", "sleep 1000")
+    tour.screenshot("checkpoint")
+    tour.click("#restore-vm")
+    tour.text_appears("#vm-job", "restore: failed")
+
+
 TOURS = {"vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
-         "lost_contact": lost_contact}
+         "lost_contact": lost_contact, "checkpoint": checkpoint}
 
 
 def main():

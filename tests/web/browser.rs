@@ -132,3 +132,16 @@ fn the_page_says_when_it_lost_contact() {
         json!({ "server_pid": server.pid() }),
     );
 }
+
+/// Checkpoint and restore from the VM's page: the job's steps arrive live, the restored VM
+/// runs its process on, and a restore of a running VM fails with the reason shown.
+#[test]
+fn a_vm_is_checkpointed_and_restored_from_its_page() {
+    let feather = Feather::new("web-checkpoint");
+    feather.ok(&["create", "k1", "--net", "none"]);
+    feather.ok(&["start", "k1"]);
+    feather.sh("k1", "(sleep 1000 > /dev/null 2>&1 &)");
+    let server = WebServer::start(&feather);
+    tour("checkpoint", &server, json!({ "vm": "k1" }));
+    assert!(feather.ok(&["ps", "k1"]).contains("sleep 1000"));
+}

@@ -26,6 +26,7 @@ use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 
 use crate::auth::{RequestFacts, Sessions, CSRF_HEADER};
+use crate::jobs::Jobs;
 use crate::live::{read_table, Live};
 use crate::page;
 
@@ -34,6 +35,7 @@ pub struct Shared {
     pub root: StateRoot,
     pub sessions: Sessions,
     pub live: Live,
+    pub jobs: Jobs,
 }
 
 type AppState = State<Arc<Shared>>;
@@ -54,6 +56,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/vms/{name}/stop", post(stop))
         .route("/api/vms/{name}/commit", post(commit))
         .route("/api/vms/{name}/reset", post(reset))
+        .route("/api/vms/{name}/checkpoint", post(checkpoint))
+        .route("/api/vms/{name}/restore", post(restore))
+        .route("/api/vms/{name}/migrate", post(migrate))
         .route("/api/policy", get(policy))
         .route("/api/policy/check", get(policy_check))
         .route("/api/audit", get(audit))
@@ -324,6 +329,77 @@ async fn reset(State(shared): AppState, Path(name): Path<String>) -> Answer {
     .await
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CheckpointRequest {
+    #[serde(default)]
+    leave_running: bool,
+}
+
+/// `feather checkpoint`, as a job whose steps the page follows.
+async fn checkpoint(
+    State(shared): AppState,
+    Path(name): Path<String>,
+    Json(request): Json<CheckpointRequest>,
+) -> Answer {
+    let name = vm_name(&name)?;
+    let root = shared.root.clone();
+    let job = shared
+        .jobs
+        .start(name.to_string(), "checkpoint", move |report| {
+            feather_vm::checkpoint::checkpoint(&root, &name, request.leave_running, None, report)
+                .map(|images| json!({ "images": images }))
+                .map_err(|e| chain(&e))
+        });
+    Ok(Json(json!({ "job": job })))
+}
+
+/// `feather restore`, as a job.
+async fn restore(State(shared): AppState, Path(name): Path<String>) -> Answer {
+    let name = vm_name(&name)?;
+    let root = shared.root.clone();
+    let job = shared
+        .jobs
+        .start(name.to_string(), "restore", move |report| {
+            report(feather_vm::checkpoint::Progress::Phase(
+                "restoring the VM's processes",
+            ));
+            feather_vm::checkpoint::restore(&root, &name, None)
+                .map(|()| json!({}))
+                .map_err(|e| chain(&e))
+        });
+    Ok(Json(json!({ "job": job })))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MigrateRequest {
+    /// `ADDR:PORT` of the receiving host's `feather serve`.
+    to: String,
+    /// The token both hosts share.
+    token: String,
+}
+
+/// `feather migrate`, as a job.
+async fn migrate(
+    State(shared): AppState,
+    Path(name): Path<String>,
+    Json(request): Json<MigrateRequest>,
+) -> Answer {
+    let name = vm_name(&name)?;
+    let root = shared.root.clone();
+    let job = shared
+        .jobs
+        .start(name.to_string(), "migrate", move |report| {
+            feather_vm::checkpoint::migrate(&root, &name, &request.to, &request.token, report)
+            .map(|moved| {
+                json!({ "bytes": moved.bytes, "frozen_ms": moved.frozen.as_millis() as u64 })
+            })
+            .map_err(|e| chain(&e))
+        });
+    Ok(Json(json!({ "job": job })))
+}
+
 async fn policy(State(shared): AppState) -> Answer {
     blocking(move || {
         let policy = Policy::load(shared.root.dir()).map_err(|e| ApiError::bad_request(&e))?;
@@ -404,5 +480,10 @@ async fn events(State(shared): AppState) -> Sse<impl Stream<Item = Result<Event,
             .ok()
             .map(|json| Event::default().event("audit").data(json.as_str()))
     });
-    Sse::new(table.merge(audit).map(Ok)).keep_alive(KeepAlive::default())
+    let jobs = BroadcastStream::new(shared.jobs.feed()).filter_map(|event| {
+        event
+            .ok()
+            .map(|json| Event::default().event("job").data(json.as_str()))
+    });
+    Sse::new(table.merge(audit).merge(jobs).map(Ok)).keep_alive(KeepAlive::default())
 }

@@ -6,6 +6,7 @@
 //! - [`auth`]: who may ask — a one-time token exchanged for a session cookie, a CSRF token
 //!   for every state-changing request, and the Host and Origin a request must come with
 //! - [`api`]: the JSON endpoints, each one library call
+//! - [`jobs`]: long actions (checkpoint, restore, migrate) whose steps the page follows
 //! - [`live`]: what is pushed to open pages (server-sent events), gathered once for all of them
 //! - [`page`]: the page itself (HTML, CSS, JavaScript, embedded in the binary)
 //!
@@ -14,6 +15,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod jobs;
 pub mod live;
 pub mod page;
 
@@ -82,6 +84,7 @@ pub fn serve(root: StateRoot, options: &Options, ready: impl FnOnce(&str)) -> Re
             live: live::Live::start(root.clone()),
             root,
             sessions,
+            jobs: jobs::Jobs::new(),
         });
         ready(&url);
         axum::serve(listener, api::router(state))

@@ -9,6 +9,7 @@ const state = {
   audit: [],          // audit entries, oldest first
   lastContact: null,  // when the live feed last spoke
   connected: false,
+  jobs: {},           // long actions by id, as their events arrived
 };
 
 // ---- small helpers -------------------------------------------------------------------------
@@ -125,6 +126,14 @@ function connect() {
     touch();
     state.audit.push(JSON.parse(event.data));
     if (route().view === "shuttle") renderAudit();
+  });
+  feed.addEventListener("job", (event) => {
+    touch();
+    const job = JSON.parse(event.data);
+    const known = state.jobs[job.id] || {};
+    if (job.phase) { delete known.done; delete known.total; }  // a new step's bytes start anew
+    state.jobs[job.id] = Object.assign(known, job);
+    showJob(state.jobs[job.id]);
   });
   feed.addEventListener("error", () => { state.connected = false; showContact(); });
 }
@@ -281,6 +290,15 @@ async function renderVm(name) {
       el("span", { id: "vm-status" }),
       el("span", { id: "vm-actions", class: "actions" })),
     el("section", { class: "card" }, el("h2", {}, "Overview"), el("dl", { id: "vm-overview", class: "facts" })),
+    el("section", { class: "card" },
+      el("div", { class: "bar" }, el("h2", {}, "Checkpoint and migration"),
+        el("span", { class: "actions" },
+          el("button", { id: "checkpoint-vm", class: "quiet", onclick: (e) => checkpointVm(e.target, name, false) }, "Checkpoint"),
+          el("button", { id: "checkpoint-running", class: "quiet", onclick: (e) => checkpointVm(e.target, name, true) }, "Checkpoint, leave running"),
+          el("button", { id: "restore-vm", class: "quiet", onclick: (e) => startJob(e.target, name, "restore", {}) }, "Restore"),
+          el("button", { id: "migrate-vm", class: "quiet", onclick: () => migrateForm(name) }, "Migrate…"))),
+      el("div", { id: "migrate-form" }),
+      el("p", { id: "vm-job", class: "job quiet" }, "")),
     el("section", { class: "card" }, el("h2", {}, "Processes"), el("div", { id: "vm-processes" }, "loading…")),
     el("section", { class: "card" },
       el("div", { class: "bar" }, el("h2", {}, "Changes on disk"),
@@ -385,6 +403,53 @@ async function resetVm(button, name) {
   if (!(await confirmAction("Drop every change " + name + " made? This cannot be undone.", "Reset " + name))) return;
   const done = await act(button, "VM " + name + " reset", () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/reset"));
   if (done) loadChanges(name);
+}
+
+async function startJob(button, name, action, body) {
+  const answer = await act(button, "", () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/" + action, body));
+  if (answer) {
+    state.jobs[answer.job] = Object.assign(state.jobs[answer.job] || {}, { id: answer.job, vm: name, action });
+    showJob(state.jobs[answer.job]);
+  }
+}
+
+async function checkpointVm(button, name, leaveRunning) {
+  if (!leaveRunning && !(await confirmAction("Checkpoint " + name + "? Its processes are saved and end; Restore brings them back.", "Checkpoint"))) return;
+  await startJob(button, name, "checkpoint", { leave_running: leaveRunning });
+}
+
+function migrateForm(name) {
+  const holder = document.getElementById("migrate-form");
+  if (holder.firstChild) { holder.replaceChildren(); return; }
+  const form = el("form", { class: "grid", id: "migrate", onsubmit: async (e) => {
+    e.preventDefault();
+    const to = form.elements.to.value.trim();
+    if (!(await confirmAction("Move " + name + " to " + to + "? It stops here once it runs there.", "Migrate"))) return;
+    await startJob(form.querySelector("button[type=submit]"), name, "migrate", { to, token: form.elements.token.value });
+    holder.replaceChildren();
+  } },
+    el("label", {}, "Receiver (its feather serve)", el("input", { name: "to", placeholder: "10.0.0.2:7071", required: true })),
+    el("label", {}, "Shared token", el("input", { name: "token", type: "password", required: true, autocomplete: "off" })),
+    el("div", { class: "buttons" }, el("button", { type: "submit" }, "Migrate")));
+  holder.replaceChildren(form);
+}
+
+/// A job's latest word, on its VM's page.
+function showJob(job) {
+  const line = document.getElementById("vm-job");
+  const r = route();
+  if (!line || r.view !== "vm" || r.name !== job.vm) return;
+  let text = job.action + ": ";
+  if (job.finished) {
+    text += job.error ? "failed: " + job.error : "done";
+    if (!job.error && job.result && job.result.frozen_ms !== undefined) text += " (frozen " + job.result.frozen_ms + " ms, " + bytes(job.result.bytes) + ")";
+  } else {
+    text += job.phase || "working";
+    if (job.done !== undefined) text += " — " + bytes(job.done) + (job.total ? " of " + bytes(job.total) : "");
+  }
+  line.textContent = text;
+  line.className = "job " + (job.finished ? (job.error ? "error" : "ok") : "quiet");
+  if (job.finished) loadVm(job.vm);
 }
 
 // ---- Shuttle --------------------------------------------------------------------------------
