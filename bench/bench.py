@@ -47,6 +47,9 @@ PACKAGES = {
     "rsync": "the reference for feather commit",
     "busybox-static": "the shell of the scratch base tree in the commit comparison",
     "util-linux": "unshare and nsenter, the namespace references",
+    "chromium": "the browser that loads feather web's page in the web view comparison",
+    "chromium-driver": "drives chromium for the web view comparison",
+    "python3-selenium": "the driver's client library (Debian's python3)",
 }
 
 # Run-time folders the peers make on the host on first use; removed at the end if this run
@@ -59,6 +62,8 @@ EXEC_TARGET = 2.0  # feather exec within 2x nsenter into the same namespaces
 IDLE_MEMORY_TARGET = 2 * MIB  # an idle VM's keeper + init
 SERVICE_MANAGER_TARGET = 2 * MIB  # issue 4: the service manager beside the services
 RUNTIME_TARGET = 0.97  # in-VM throughput / host throughput
+WEB_TABLE_TARGET = 0.300  # issue 18: the VM table of 100 VMs rendered within 300 ms
+WEB_IDLE_TARGET = 0.01  # issue 18: the server's share of one core, idle, with 5 tabs open
 
 # Firecracker's own numbers from its SPECIFICATION.md (firecracker-microvm/firecracker), for an
 # i3.metal host, a 2-vCPU 256 MiB guest and its tuned guest kernel. Published, not measured.
@@ -1700,6 +1705,83 @@ def measure_shuttle(bench: Bench, python: list[str]) -> None:
 # ---------------------------------------------------------------------------------------------
 
 
+def compare_web(bench: Bench) -> None:
+    """feather web: how long the VM table of 100 running VMs takes to appear in a browser
+    (chromium through Selenium; from the start of the page's navigation until every row is
+    there), and what the server costs while 5 tabs stay open and nothing changes but the VMs'
+    own figures (the table is read once a second for all tabs)."""
+    from selenium import webdriver  # Debian's python3-selenium, installed with the peers
+    from selenium.webdriver.chrome.service import Service
+
+    f = bench.feather
+    count = 30 if bench.plan.quick else 100
+    names = [f"web{i}" for i in range(count)]
+    for name in names:
+        f.up(name, "--net", "none")
+    server = subprocess.Popen(f.cmd("web", "--listen", "127.0.0.1:0"), stdout=subprocess.PIPE, text=True)
+    url = server.stdout.readline().split()[-1]
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu"):
+        options.add_argument(argument)
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        renders, idle, seconds = measure_web(bench, driver, server, url, count)
+    finally:
+        driver.quit()
+        kill_and_reap(server, signal.SIGTERM)
+        for name in names:
+            f.remove(name)
+    render = Stats.of(renders)
+    bench.report.add(
+        "Web view",
+        f"{count} running VMs (`--net none`), `feather web` serving the state root, Debian's "
+        "chromium (headless) through Selenium. *Table*: from the start of loading the page until "
+        f"all {count} rows are there, {len(renders)} loads. *Idle*: the server's CPU time over "
+        f"{seconds} s with 5 tabs open and live, as a share of one core.",
+        table(["what", "min", "median", "max"], [["table of the VMs", *stat_cells(render)]]),
+        f"Server idle with 5 tabs: {idle * 100:.2f}% of a core.",
+    )
+    bench.report.target(
+        f"web view: table of {count} VMs", "< 300 ms", secs(render.median), render.median < WEB_TABLE_TARGET
+    )
+    bench.report.target("web view: server idle, 5 tabs", "< 1% of a core", f"{idle * 100:.2f}%", idle < WEB_IDLE_TARGET)
+
+
+def measure_web(bench: Bench, driver, server: subprocess.Popen, url: str, count: int) -> tuple[list[float], float, int]:
+    from selenium.webdriver.common.by import By
+
+    base = url.split("/login")[0]
+
+    def rows() -> int:
+        return len(driver.find_elements(By.CSS_SELECTOR, "table.vms tr[data-vm]"))
+
+    driver.get(url)
+    renders = []
+    for _ in range(3 if bench.plan.quick else 10):
+        driver.get(base + "/")
+        deadline = time.monotonic() + 30
+        while rows() < count:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the page never showed {count} VMs")
+            time.sleep(0.005)
+        renders.append(driver.execute_script("return performance.now()") / 1000)
+
+    def server_cpu() -> float:
+        fields = Path(f"/proc/{server.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    seconds = 10 if bench.plan.quick else 30
+    for _ in range(4):  # five tabs in all
+        driver.switch_to.new_window("tab")
+        driver.get(base + "/")
+    time.sleep(2)  # the tabs load and subscribe
+    before, started = server_cpu(), time.monotonic()
+    time.sleep(seconds)
+    idle = (server_cpu() - before) / (time.monotonic() - started)
+    return renders, idle, seconds
+
+
 COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("start", compare_start),
     ("exec", compare_exec),
@@ -1714,6 +1796,7 @@ COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("diff and commit", compare_commit),
     ("network namespace", compare_network_namespace),
     ("shuttle", compare_shuttle),
+    ("web view", compare_web),
 ]
 
 
