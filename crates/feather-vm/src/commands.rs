@@ -210,14 +210,14 @@ fn start(workload: &Workload, terminal: Option<&str>, fds: Vec<OwnedFd>) -> Resu
                 if let Err(e) = feather_sys::pty::make_controlling(&stdin) {
                     let _ = nix::unistd::dup2_stderr(&stderr);
                     eprintln!("feather: {e}");
-                    std::process::exit(crate::exec::EXIT_CANNOT_EXEC);
+                    std::process::exit(crate::workload::EXIT_CANNOT_EXEC);
                 }
             }
             let redirected = nix::unistd::dup2_stdin(&stdin)
                 .and_then(|_| nix::unistd::dup2_stdout(&stdout))
                 .and_then(|_| nix::unistd::dup2_stderr(&stderr));
             if redirected.is_err() {
-                std::process::exit(crate::exec::EXIT_CANNOT_EXEC);
+                std::process::exit(crate::workload::EXIT_CANNOT_EXEC);
             }
             drop((stdin, stdout, stderr));
             let why = become_workload(workload, terminal);
@@ -225,7 +225,7 @@ fn start(workload: &Workload, terminal: Option<&str>, fds: Vec<OwnedFd>) -> Resu
             std::process::exit(if why.ends_with("command not found") {
                 127
             } else {
-                crate::exec::EXIT_CANNOT_EXEC
+                crate::workload::EXIT_CANNOT_EXEC
             });
         }
         Err(e) => Err(format!("cannot start {:?}: {e}", workload.argv)),

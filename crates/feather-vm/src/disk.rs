@@ -32,7 +32,6 @@ use nix::errno::Errno;
 use nix::mount::MntFlags;
 
 use crate::error::{failed, Result};
-use crate::layers::Layer;
 
 /// Project ids feather chooses from: above those administrators number by hand in
 /// /etc/projid, below 2^31 for tools that read ids as signed.
@@ -180,7 +179,7 @@ pub fn prepare(name: &VmName, state: &Path, vm: &VmDir, disk: DiskQuota) -> Resu
     }
 }
 
-/// Holds a starting VM's `layers` to its cap. Done at every start: layers of newly mounted
+/// Holds the `folders` of a starting VM's layers (upper and work) to its cap. Done at every start: layers of newly mounted
 /// host filesystems, and those `reset` made afresh, join the project too; an image is mounted
 /// again if a reboot took it away (call [`attach`] before the layer folders are made).
 pub fn apply(
@@ -188,15 +187,13 @@ pub fn apply(
     state: &Path,
     vm: &VmDir,
     disk: DiskQuota,
-    layers: &[Layer],
+    folders: &[&Path],
 ) -> Result<()> {
     match disk {
         DiskQuota::ProjectQuota { bytes, project } => {
             set_project_limit(name, state, project, bytes)?;
-            for layer in layers {
-                for folder in [&layer.upper, &layer.work] {
-                    assign(name, folder, project)?;
-                }
+            for folder in folders {
+                assign(name, folder, project)?;
             }
             Ok(())
         }

@@ -22,8 +22,7 @@ use crate::error::{failed, InVm, Result};
 use crate::relay::{ready_slots, Relay, Slot};
 use crate::workload::Workload;
 
-/// Exit code when feather itself could not run the command (as `docker exec` uses).
-pub const EXIT_CANNOT_EXEC: i32 = 126;
+pub use crate::workload::EXIT_CANNOT_EXEC;
 
 /// Runs `workload` in the running VM `name` and returns its exit code. The caller is left in the
 /// VM's network namespace (and, with `tty`, its mount namespace): call this last, or from a

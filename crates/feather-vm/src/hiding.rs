@@ -17,7 +17,9 @@ use feather_core::roots::{Registry, REGISTRY_DIR};
 use feather_core::{StateRoot, VmDir, VmStatus};
 use feather_sys::process;
 
-use crate::rootfs::MOUNT_POINTS;
+/// Mount points the recipe needs in the VM's tree. A base that lacks one (a bare tree made for
+/// a test) gets it in the VM's layer at create time; `diff` does not report those.
+pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "run"];
 
 /// The host folders every VM must not see: the state and run folders of every registered
 /// root and of `own`, and the registry itself.

@@ -11,7 +11,6 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
 use std::os::fd::AsFd;
 
@@ -19,6 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::boot::{self, ToInit};
 use crate::commands::Commands;
+use crate::launch::{InitArgs, Resumed};
 use crate::rootfs::{self, RootfsPlan};
 use crate::workload::{become_workload, Workload};
 
@@ -66,16 +66,6 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     std::process::exit(1)
 }
 
-/// What init carries across its re-execution from inside the VM.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Resumed {
-    pub workload: Option<Workload>,
-    pub grace_ms: u64,
-}
-
-/// The subcommand init re-executes as (of the keeper's binary, `feather-keeper`).
-pub const INIT_SUBCOMMAND: &str = "__init";
-
 /// Replaces init's program, until now the host's feather binary, by the same binary bound inside
 /// the VM (rootfs step 8b), so that nothing of the running VM refers to a file outside its own
 /// mounts and the VM can be checkpointed. Returns only on failure, saying why.
@@ -101,17 +91,19 @@ fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> String 
     let Some(program) = plan.rootfs.init_files.first().and_then(|f| f.file_name()) else {
         return "no program to re-execute".into();
     };
+    let launch = InitArgs {
+        keeper_fd: fd,
+        resumed: resumed.clone(),
+    };
     let args = [
         dir.join(loader).display().to_string(),
         "--library-path".into(),
         dir.display().to_string(),
         dir.join(program).display().to_string(),
-        INIT_SUBCOMMAND.to_owned(),
-        fd.to_string(),
-        serde_json::to_string(resumed).unwrap_or_default(),
     ];
     let Ok(args) = args
         .into_iter()
+        .chain(launch.to_args())
         .map(std::ffi::CString::new)
         .collect::<Result<Vec<_>, _>>()
     else {

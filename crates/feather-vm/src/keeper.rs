@@ -16,12 +16,14 @@ use std::fs::{self, File};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
 use feather_core::state::now;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
+use feather_shuttle::Peers;
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
 use feather_sys::mount::LayerSync;
 use feather_sys::process::{self, ChildProcess, Forked};
@@ -30,7 +32,6 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::boot::{self, KeeperReport, ToInit};
-use crate::checkpoint;
 use crate::error::{failed, InVm, Result};
 use crate::hiding;
 use crate::init::{self, InitPlan, InitReport};
@@ -38,19 +39,8 @@ use crate::layers;
 use crate::protocol::{self, Request, Response};
 use crate::relay::VmEnds;
 use crate::rootfs::RootfsPlan;
+use crate::snapshot;
 use crate::workload::Workload;
-
-/// The subcommand of [`KEEPER_PROGRAM`] that runs a background keeper.
-pub const KEEPER_SUBCOMMAND: &str = "__keeper";
-
-/// The binary that background keepers (and their VMs' inits) run: installed beside `feather`,
-/// and small, since one stays resident per running VM (crates/feather/src/bin/feather-keeper.rs).
-pub const KEEPER_PROGRAM: &str = "feather-keeper";
-
-/// Where [`KEEPER_PROGRAM`] is: beside the running `feather` binary.
-pub fn program() -> std::io::Result<std::path::PathBuf> {
-    Ok(std::env::current_exe()?.with_file_name(KEEPER_PROGRAM))
-}
 
 /// How long processes get to exit after SIGTERM when a VM stops, unless told otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -97,7 +87,7 @@ pub struct Keeper {
     durability: Durability,
     /// Set once CRIU has saved the VM and ended its processes: their end is a checkpoint.
     checkpointed: std::cell::Cell<bool>,
-    /// A VM received by a migration: the `feather serve` it waits for (checkpoint::hold).
+    /// A VM received by a migration: the `feather serve` it waits for (snapshot::hold).
     hold: Option<OwnedFd>,
     /// Held until the VM is cleaned up (or the keeper dies): its release tells others the VM
     /// is no longer kept.
@@ -263,7 +253,7 @@ impl Keeper {
         let config = vm.read_config()?;
         remove_leftovers(vm, &config);
         root.make_run_dir(vm)?;
-        let hold = checkpoint::hold(vm)?;
+        let hold = snapshot::hold(vm)?;
         // The host side of a private network (bridge, firewall entries, published ports) is
         // made as at a start; CRIU makes the veth pair itself, with its host end on the bridge.
         let (mut network, _) = feather_net::prepare(
@@ -282,7 +272,7 @@ impl Keeper {
             .attach_for_restore()
             .map_err(|e| failed(&name, e.to_string()))
             .and_then(|veth| {
-                checkpoint::restore_tree(root, vm, &config, cgroup.as_ref(), veth.as_ref())
+                snapshot::restore_tree(root, vm, &config, cgroup.as_ref(), veth.as_ref())
             })
             .and_then(|init| Ok((init, listen(vm)?)))
             .and_then(|(init, listener)| match network.complete() {
@@ -318,7 +308,7 @@ impl Keeper {
         keeper.record_running()?;
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
         // of this host are hidden before anything of the VM runs again. A VM received by a
-        // migration stays stopped until the sender lets it go (checkpoint::await_release).
+        // migration stays stopped until the sender lets it go (snapshot::await_release).
         keeper.hide_state_folders(root, &[]);
         if keeper.hold.is_none() {
             keeper.continue_processes();
@@ -328,9 +318,11 @@ impl Keeper {
 
     /// Opens the VM's shuttle broker, then lets init start the first workload: a command run
     /// in a throw-away VM finds the channels the policy gives it from its first instruction.
-    /// `terminal`: where `ask` rules ask (the terminal that started the VM).
-    pub fn begin(&mut self, root: &StateRoot, terminal: Option<PathBuf>) {
-        self.open_broker(root, terminal);
+    /// `terminal`: where `ask` rules ask (the terminal that started the VM). `peers`: the other
+    /// VMs of the state root as the broker reaches them (`crate::peers::RootPeers`), passed in
+    /// by whoever runs the keeper so that the keeper depends on no part of feather above it.
+    pub fn begin(&mut self, root: &StateRoot, terminal: Option<PathBuf>, peers: Arc<dyn Peers>) {
+        self.open_broker(root, terminal, peers);
         if let Some(mut init) = self.init_waits.take() {
             // Init's end, if it ended meanwhile, is seen by serve().
             let _ = boot::send(&mut init, &ToInit::Start);
@@ -338,7 +330,7 @@ impl Keeper {
     }
 
     /// Opens the VM's shuttle broker: what the policy lets cross into and out of the VM.
-    fn open_broker(&mut self, root: &StateRoot, terminal: Option<PathBuf>) {
+    fn open_broker(&mut self, root: &StateRoot, terminal: Option<PathBuf>, peers: Arc<dyn Peers>) {
         let side = feather_shuttle::VmSide {
             name: self.vm.name().to_string(),
             tags: self.config.tags.clone(),
@@ -347,7 +339,6 @@ impl Keeper {
             throw_away: self.config.ephemeral,
         };
         let gate = feather_shuttle::Gate::new(root.dir(), terminal);
-        let peers = std::sync::Arc::new(crate::peers::RootPeers::new(root));
         self.broker = Some(feather_shuttle::Broker::start(side, gate, peers));
     }
 
@@ -397,7 +388,7 @@ impl Keeper {
         let runs = match &self.hold {
             Some(serve) => {
                 let cgroup = self.cgroup.as_ref();
-                checkpoint::await_release(&self.vm, serve, &self.init, &self.listener, cgroup)
+                snapshot::await_release(&self.vm, serve, &self.init, &self.listener, cgroup)
             }
             None => true,
         };
@@ -480,7 +471,7 @@ impl Keeper {
             );
         }
         // The checkpoint it replaced goes once the asker has their answer.
-        checkpoint::remove_stale(&self.vm);
+        snapshot::remove_stale(&self.vm);
         Ok(ended)
     }
 
@@ -524,13 +515,13 @@ impl Keeper {
                 leave_running,
                 criu,
             }) => {
-                match checkpoint::dump(&self.vm, self.init.pid, leave_running, &criu) {
+                match snapshot::dump(&self.vm, self.init.pid, leave_running, &criu) {
                     Ok(()) if leave_running => {
                         let _ = protocol::write_response(
                             stream,
                             &Response::Checkpointed { leave_running },
                         );
-                        checkpoint::remove_stale(&self.vm);
+                        snapshot::remove_stale(&self.vm);
                         Answered::Done
                     }
                     // CRIU left the VM's processes stopped; they end with their init, and the
@@ -547,7 +538,7 @@ impl Keeper {
                                 message: e.to_string(),
                             },
                         );
-                        checkpoint::remove_stale(&self.vm);
+                        snapshot::remove_stale(&self.vm);
                         Answered::Done
                     }
                 }
@@ -773,6 +764,7 @@ pub fn main_background(
     ready: OwnedFd,
     restore: bool,
     terminal: Option<PathBuf>,
+    peers: Arc<dyn Peers>,
 ) -> i32 {
     // A session of its own: the terminal that ran `feather start` may close without taking
     // the VM with it.
@@ -791,7 +783,7 @@ pub fn main_background(
             return 1;
         }
     };
-    keeper.begin(&root, terminal);
+    keeper.begin(&root, terminal, peers);
     let _ = boot::send(
         &mut ready,
         &KeeperReport::Up {

@@ -16,9 +16,10 @@ use feather_core::{
 };
 
 use crate::error::{failed, Result, VmError};
-use crate::keeper::{self, Keeper, KEEPER_SUBCOMMAND};
+use crate::hiding::MOUNT_POINTS;
+use crate::keeper::{self, Keeper};
+use crate::launch::{self, KeeperArgs};
 use crate::protocol::{self, Request, Response};
-use crate::rootfs::MOUNT_POINTS;
 use crate::workload::Workload;
 
 /// What `feather create` is asked for.
@@ -153,7 +154,7 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .append(true)
         .open(vm.keeper_log())
         .at(vm.keeper_log())?;
-    let exe = keeper::program()
+    let exe = launch::program()
         .map_err(|e| failed(name, format!("cannot find the feather binary: {e}")))?;
     if !exe.exists() {
         return Err(failed(
@@ -161,26 +162,21 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
             format!(
                 "cannot start its keeper: {} is missing; install {} beside feather (cargo builds and installs both)",
                 exe.display(),
-                keeper::KEEPER_PROGRAM
+                launch::KEEPER_PROGRAM
             ),
         ));
     }
+    let args = KeeperArgs {
+        state_dir: root.dir().to_path_buf(),
+        run_dir: root.run_dir().to_path_buf(),
+        ready_fd: ready_write.as_raw_fd(),
+        restore,
+        terminal: starting_terminal(),
+        name: name.clone(),
+    };
     let mut command = Command::new(exe);
     command
-        .arg(KEEPER_SUBCOMMAND)
-        .arg("--state-dir")
-        .arg(root.dir())
-        .arg("--run-dir")
-        .arg(root.run_dir())
-        .arg("--ready-fd")
-        .arg(ready_write.as_raw_fd().to_string())
-        .args(restore.then_some("--restore"))
-        .args(
-            starting_terminal()
-                .into_iter()
-                .flat_map(|tty| ["--terminal".into(), tty]),
-        )
-        .arg(name.as_str())
+        .args(args.to_args())
         .stdin(Stdio::null())
         .stdout(log.try_clone().at(vm.keeper_log())?)
         .stderr(log);
@@ -305,12 +301,13 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
 }
 
 /// `feather run --rm`: a throw-away VM for one command, kept by this very process, removed
-/// when the command ends. Returns the command's exit code.
+/// when the command ends. Returns the command's exit code. `peers`: see [`Keeper::begin`].
 pub fn run_ephemeral(
     root: &StateRoot,
     name: &VmName,
     options: &CreateOptions,
     workload: Workload,
+    peers: std::sync::Arc<dyn feather_shuttle::Peers>,
 ) -> Result<i32> {
     let options = CreateOptions {
         ephemeral: true,
@@ -335,7 +332,7 @@ pub fn run_ephemeral(
     let relaying = relay
         .spawn()
         .map_err(|e| failed(name, format!("cannot relay stdio: {e}")));
-    keeper.begin(root, starting_terminal());
+    keeper.begin(root, starting_terminal(), peers);
     let ended = keeper.serve(true);
     if let Ok(relaying) = relaying {
         relaying.finish();
@@ -368,13 +365,13 @@ pub fn run_ephemeral_with_terminal(
             Ok(code) => code,
             Err(e) => {
                 eprintln!("feather: {e}");
-                crate::exec::EXIT_CANNOT_EXEC
+                crate::workload::EXIT_CANNOT_EXEC
             }
         }),
         Some(child) => match nix::sys::wait::waitpid(child, None) {
             Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
             Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
-            _ => crate::exec::EXIT_CANNOT_EXEC,
+            _ => crate::workload::EXIT_CANNOT_EXEC,
         },
     };
     stop(root, name, Duration::from_secs(1))?;

@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 /// The search path given to programs in a VM (Debian's default for root).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Exit code when feather itself could not run the command (as `docker exec` uses).
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+
 /// A program to run inside a VM, and how.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     pub argv: Vec<String>,
     /// Variables added to (or replacing ones in) the VM's default environment.
