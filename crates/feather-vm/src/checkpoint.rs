@@ -31,7 +31,7 @@ use feather_core::{Error, StateRoot, VmName, VmStatus};
 use feather_migrate::archive;
 use feather_migrate::criu::Criu;
 
-use crate::error::{failed, Result};
+use crate::error::{encode, failed, InVm, Result, VmError};
 use crate::images::{held_for, HOLD, INVENTORY, RELEASED_TO, SUBNET};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
@@ -84,7 +84,7 @@ pub fn checkpoint(
     }
     progress(Progress::Phase(&format!("checkpointing {name}")));
     // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
-    let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    let criu = Criu::locate().in_vm(name)?;
     let answer = protocol::call(
         &vm.control_socket(),
         &Request::Checkpoint {
@@ -93,7 +93,10 @@ pub fn checkpoint(
         },
         DUMP_TIMEOUT,
     )
-    .map_err(|e| failed(name, format!("its keeper did not answer: {e}")))?;
+    .map_err(|source| VmError::KeeperSilent {
+        vm: name.to_string(),
+        source,
+    })?;
     match answer {
         Response::Checkpointed {
             leave_running: true,
@@ -108,25 +111,18 @@ pub fn checkpoint(
                 std::thread::sleep(Duration::from_millis(2));
             }
         }
-        Response::Error { message } => {
-            let prefix = format!("VM {name}: ");
-            return Err(failed(
-                name,
-                message.strip_prefix(&prefix).unwrap_or(&message),
-            ));
-        }
+        // The keeper's error names the VM and carries its causes.
+        Response::Error { message } => return Err(VmError::Keeper(message)),
         other => {
-            return Err(failed(
-                name,
-                format!("unexpected answer from its keeper: {other:?}"),
-            ))
+            return Err(VmError::KeeperAnswer {
+                vm: name.to_string(),
+                answer: format!("{other:?}"),
+            })
         }
     }
     // Where the VM's address came from: a restore elsewhere keeps it only in the same subnet.
-    if let Some(subnet) = feather_net::subnet_of(root.dir(), &config.network)
-        .map_err(|e| failed(name, e.to_string()))?
-    {
-        let text = serde_json::to_vec(&subnet).map_err(|e| failed(name, e.to_string()))?;
+    if let Some(subnet) = feather_net::subnet_of(root.dir(), &config.network).in_vm(name)? {
+        let text = serde_json::to_vec(&subnet).map_err(encode(name, SUBNET))?;
         feather_core::atomic::write_atomic(
             &vm.checkpoint_dir().join(SUBNET),
             &text,
@@ -138,7 +134,7 @@ pub fn checkpoint(
         archive::export(vm.path(), file, &mut |done| {
             progress(Progress::Bytes { done, total: 0 })
         })
-        .map_err(|e| failed(name, e.to_string()))?;
+        .in_vm(name)?;
     }
     Ok(vm.checkpoint_dir())
 }
@@ -192,7 +188,7 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
             ));
         }
     }
-    Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    Criu::locate().in_vm(name)?;
     lifecycle::spawn_keeper(root, &vm, true)
 }
 
@@ -249,14 +245,16 @@ pub(crate) fn import_archive(
             &staging,
         ),
     };
-    let mut config = unpacked.map_err(|e| failed(name, e.to_string()))?;
+    let mut config = unpacked.in_vm(name)?;
     let mut leased = false;
     let placed = (|| -> Result<()> {
         // Nothing of what arrived is used before it is known to be what the sender sent.
         if let Source::Migration(incoming, _) = &mut source {
-            incoming
-                .verify()
-                .map_err(|why| failed(name, format!("{file}: {why}")))?;
+            incoming.verify().map_err(|source| VmError::Received {
+                vm: name.to_string(),
+                file: file.clone(),
+                source,
+            })?;
         }
         if config.name != *name {
             return Err(failed(
@@ -277,7 +275,7 @@ pub(crate) fn import_archive(
         let subnet = match fs::read(staging.join("checkpoint").join(SUBNET)) {
             Ok(bytes) => Some(
                 serde_json::from_slice(&bytes)
-                    .map_err(|e| failed(name, format!("{file}: its {SUBNET}: {e}")))?,
+                    .map_err(encode(name, format!("{file}: its {SUBNET}")))?,
             ),
             Err(_) => None,
         };
@@ -288,9 +286,9 @@ pub(crate) fn import_archive(
             subnet,
             Some(&config.id),
         )
-        .map_err(|e| failed(name, e.to_string()))?;
+        .in_vm(name)?;
         leased = true;
-        let text = toml::to_string(&config).map_err(|e| failed(name, e.to_string()))?;
+        let text = toml::to_string(&config).map_err(encode(name, "config.toml"))?;
         feather_core::atomic::write_atomic(
             &staging.join("config.toml"),
             text.as_bytes(),
@@ -299,7 +297,7 @@ pub(crate) fn import_archive(
         let mut state = feather_core::VmState::created();
         state.status = VmStatus::Checkpointed;
         state.last_exit = Some(format!("imported from {file}"));
-        let text = serde_json::to_vec_pretty(&state).map_err(|e| failed(name, e.to_string()))?;
+        let text = serde_json::to_vec_pretty(&state).map_err(encode(name, "state.json"))?;
         feather_core::atomic::write_atomic(
             &staging.join("state.json"),
             &text,

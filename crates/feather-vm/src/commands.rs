@@ -47,6 +47,44 @@ pub const COMMAND_FD: RawFd = 100;
 /// The largest message either side sends (a workload's argv and environment).
 pub const MAX_MESSAGE: usize = 128 * 1024;
 
+/// What can go wrong on init's command channel, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{doing}")]
+    Socket {
+        doing: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("command socket at descriptor {COMMAND_FD}")]
+    Place(#[source] feather_sys::SysError),
+    #[error("the request did not carry stdin, stdout and stderr")]
+    NoStdio,
+    #[error("cannot start {argv:?}")]
+    Start {
+        argv: Vec<String>,
+        #[source]
+        source: feather_sys::SysError,
+    },
+    #[error("join the VM's network namespace")]
+    Join(#[source] feather_sys::SysError),
+    #[error("the socket at init's address is not init's (its listener is pid {listener}, init is {init})")]
+    Impostor { listener: i32, init: Pid },
+    #[error("cannot take init's command socket; is ptrace disabled on this host (kernel.yama.ptrace_scope = 3)? feather exec needs root's ptrace access to the VM's init")]
+    NoPtrace(#[source] feather_sys::SysError),
+    #[error("{STOPPING}")]
+    NoSocket(#[source] feather_sys::SysError),
+    #[error("{STOPPING}: its descriptor {COMMAND_FD} {what}")]
+    NotTheSocket { what: &'static str },
+}
+
+/// What a missing or strange command socket most likely means.
+const STOPPING: &str = "its init has no command socket (is the VM stopping?)";
+
+fn socket_error(doing: &'static str) -> impl FnOnce(Errno) -> CommandError {
+    move |source| CommandError::Socket { doing, source }
+}
+
 /// What `feather exec` asks of init.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -92,21 +130,21 @@ struct Session {
 
 impl Commands {
     /// Opens the command socket at [`COMMAND_FD`]. Called by init before it reports ready.
-    pub fn listen() -> Result<Commands, String> {
+    pub fn listen() -> Result<Commands, CommandError> {
         let socket = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )
-        .map_err(|e| format!("command socket: {e}"))?;
+        .map_err(socket_error("command socket"))?;
         let listener = feather_sys::process::move_to_free_fd(socket, COMMAND_FD)
-            .map_err(|e| format!("command socket at descriptor {COMMAND_FD}: {e}"))?;
+            .map_err(CommandError::Place)?;
         // An address of the family alone: the kernel picks a free abstract name.
         bind(listener.as_raw_fd(), &UnixAddr::new_unnamed())
-            .map_err(|e| format!("bind the command socket: {e}"))?;
+            .map_err(socket_error("bind the command socket"))?;
         listen(&listener, Backlog::new(64).unwrap_or(Backlog::MAXCONN))
-            .map_err(|e| format!("listen on the command socket: {e}"))?;
+            .map_err(socket_error("listen on the command socket"))?;
         Ok(Commands {
             listener,
             sessions: Vec::new(),
@@ -178,7 +216,9 @@ impl Commands {
                         session.program = Some(pid);
                         FromInit::Started { pid: pid.as_raw() }
                     }
-                    Err(message) => FromInit::Failed { message },
+                    Err(e) => FromInit::Failed {
+                        message: feather_core::error::causes(&e),
+                    },
                 };
                 let started = matches!(reply, FromInit::Started { .. });
                 send(&session.connection, &reply, &[]).is_ok() && started
@@ -198,10 +238,13 @@ impl Commands {
 /// its controlling terminal), the three descriptors as its stdio, then the workload's user,
 /// environment and folder. It inherits init's namespaces, cgroup, seccomp filter, capability
 /// set and Landlock domain.
-fn start(workload: &Workload, terminal: Option<&str>, fds: Vec<OwnedFd>) -> Result<Pid, String> {
-    let [stdin, stdout, stderr]: [OwnedFd; 3] = fds
-        .try_into()
-        .map_err(|_| "the request did not carry stdin, stdout and stderr".to_owned())?;
+fn start(
+    workload: &Workload,
+    terminal: Option<&str>,
+    fds: Vec<OwnedFd>,
+) -> Result<Pid, CommandError> {
+    let [stdin, stdout, stderr]: [OwnedFd; 3] =
+        fds.try_into().map_err(|_| CommandError::NoStdio)?;
     match feather_sys::process::fork() {
         Ok(Some(pid)) => Ok(pid),
         Ok(None) => {
@@ -221,41 +264,40 @@ fn start(workload: &Workload, terminal: Option<&str>, fds: Vec<OwnedFd>) -> Resu
             }
             drop((stdin, stdout, stderr));
             let why = become_workload(workload, terminal);
-            eprintln!("feather: {why}");
-            std::process::exit(if why.ends_with("command not found") {
-                127
-            } else {
-                crate::workload::EXIT_CANNOT_EXEC
-            });
+            eprintln!("feather: {}", feather_core::error::causes(&why));
+            std::process::exit(why.exit_code());
         }
-        Err(e) => Err(format!("cannot start {:?}: {e}", workload.argv)),
+        Err(source) => Err(CommandError::Start {
+            argv: workload.argv.clone(),
+            source,
+        }),
     }
 }
 
 /// The exec side: takes init's command socket from init itself (`init` held by `pidfd`, whose
 /// start time the caller checked), joins the VM's network namespace, where its abstract name
 /// lives, connects, and proves the connection reached init before anything is sent.
-pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, String> {
+pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, CommandError> {
     let address = command_socket_address(pidfd)?;
     feather_sys::process::join_namespaces(pidfd, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| e.to_string())?;
+        .map_err(CommandError::Join)?;
     let fd = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| format!("socket: {e}"))?;
-    connect(fd.as_raw_fd(), &address).map_err(|e| format!("connect to init's socket: {e}"))?;
+    .map_err(socket_error("socket"))?;
+    connect(fd.as_raw_fd(), &address).map_err(socket_error("connect to init's socket"))?;
     // The peer's credentials are the listener's, taken by the kernel when it called listen():
     // its pid, as this (host) pid namespace sees it, must be init's.
     let peer = getsockopt(&fd, sockopt::PeerCredentials)
-        .map_err(|e| format!("SO_PEERCRED on init's socket: {e}"))?;
+        .map_err(socket_error("SO_PEERCRED on init's socket"))?;
     if peer.pid() != init.as_raw() {
-        return Err(format!(
-            "the socket at init's address is not init's (its listener is pid {}, init is {init})",
-            peer.pid()
-        ));
+        return Err(CommandError::Impostor {
+            listener: peer.pid(),
+            init,
+        });
     }
     Ok(fd)
 }
@@ -263,30 +305,26 @@ pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, String> 
 /// The exact abstract address of init's command socket, from the kernel: a duplicate of init's
 /// descriptor [`COMMAND_FD`] must be a listening unix SOCK_SEQPACKET socket, and its own name
 /// is what `getsockname` answers.
-fn command_socket_address(pidfd: &impl AsFd) -> Result<UnixAddr, String> {
-    let stopping = "its init has no command socket (is the VM stopping?)";
+fn command_socket_address(pidfd: &impl AsFd) -> Result<UnixAddr, CommandError> {
     let listener = feather_sys::process::take_fd(pidfd, COMMAND_FD).map_err(|e| match e.errno {
         // pidfd_getfd asks for ptrace access to init, which Yama's mode 3 refuses even root.
-        nix::errno::Errno::EPERM => format!(
-            "cannot take init's command socket ({e}); is ptrace disabled on this host \
-             (kernel.yama.ptrace_scope = 3)? feather exec needs root's ptrace access to the VM's init"
-        ),
-        _ => format!("{stopping}: {e}"),
+        nix::errno::Errno::EPERM => CommandError::NoPtrace(e),
+        _ => CommandError::NoSocket(e),
     })?;
     let is_listening_seqpacket = getsockopt(&listener, sockopt::SockType)
         .is_ok_and(|t| t == SockType::SeqPacket)
         && getsockopt(&listener, sockopt::AcceptConn).unwrap_or(false);
     if !is_listening_seqpacket {
-        return Err(format!(
-            "{stopping}: its descriptor {COMMAND_FD} is not a listening SOCK_SEQPACKET socket"
-        ));
+        return Err(CommandError::NotTheSocket {
+            what: "is not a listening SOCK_SEQPACKET socket",
+        });
     }
-    let address: UnixAddr = getsockname(listener.as_raw_fd())
-        .map_err(|e| format!("getsockname of init's socket: {e}"))?;
+    let address: UnixAddr =
+        getsockname(listener.as_raw_fd()).map_err(socket_error("getsockname of init's socket"))?;
     if address.as_abstract().is_none() {
-        return Err(format!(
-            "{stopping}: its descriptor {COMMAND_FD} has no abstract unix address"
-        ));
+        return Err(CommandError::NotTheSocket {
+            what: "has no abstract unix address",
+        });
     }
     Ok(address)
 }

@@ -32,7 +32,7 @@ use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitStatus};
 
 use crate::boot::{self, KeeperReport, ToInit};
-use crate::error::{failed, InVm, Result};
+use crate::error::{failed, io, InVm, Result, VmError};
 use crate::hiding;
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
@@ -41,6 +41,7 @@ use crate::relay::VmEnds;
 use crate::rootfs::RootfsPlan;
 use crate::snapshot;
 use crate::workload::Workload;
+use feather_core::error::causes;
 
 /// How long processes get to exit after SIGTERM when a VM stops, unless told otherwise.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
@@ -166,10 +167,8 @@ impl Keeper {
             &config.id,
             &config.network,
         )
-        .map_err(|e| {
-            remove_leftovers(vm, &config);
-            failed(&name, e.to_string())
-        })?;
+        .inspect_err(|_| remove_leftovers(vm, &config))
+        .in_vm(&name)?;
         let hidden = hiding::state_folders(root);
         let plan = InitPlan {
             rootfs: RootfsPlan {
@@ -184,9 +183,7 @@ impl Keeper {
                 init_files: if config.ephemeral {
                     Vec::new()
                 } else {
-                    init::program_files().map_err(|e| {
-                        failed(&name, format!("cannot find the feather binary: {e}"))
-                    })?
+                    init::program_files().map_err(io(&name, "cannot find the feather binary"))?
                 },
                 sync: if config.ephemeral {
                     LayerSync::Volatile
@@ -220,7 +217,10 @@ impl Keeper {
             let _ = waitpid(init.pid, None);
             network.detach();
             remove_leftovers(vm, &config);
-            return Err(failed(&name, e.to_string()));
+            return Err(VmError::Net {
+                vm: name.to_string(),
+                source: Box::new(e),
+            });
         }
         let keeper = Keeper {
             vm: vm.clone(),
@@ -263,14 +263,14 @@ impl Keeper {
             &config.id,
             &config.network,
         )
-        .map_err(|e| failed(&name, e.to_string()))?;
+        .in_vm(&name)?;
         let cgroup = cgroup_of(&config);
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
         }
         let restored = network
             .attach_for_restore()
-            .map_err(|e| failed(&name, e.to_string()))
+            .in_vm(&name)
             .and_then(|veth| {
                 snapshot::restore_tree(root, vm, &config, cgroup.as_ref(), veth.as_ref())
             })
@@ -280,7 +280,10 @@ impl Keeper {
                 Err(e) => {
                     let _ = process::signal(&init.pidfd, Signal::SIGKILL);
                     let _ = waitpid(init.pid, None);
-                    Err(failed(&name, e.to_string()))
+                    Err(VmError::Net {
+                        vm: name.to_string(),
+                        source: Box::new(e),
+                    })
                 }
             });
         let (init, listener) = match restored {
@@ -352,8 +355,9 @@ impl Keeper {
             .collect();
         if let Err(why) = hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &late) {
             eprintln!(
-                "feather keeper {}: cannot hide state folders: {why}",
-                self.vm.name()
+                "feather keeper {}: cannot hide state folders: {}",
+                self.vm.name(),
+                causes(&why)
             );
         }
     }
@@ -535,7 +539,7 @@ impl Keeper {
                         let _ = protocol::write_response(
                             stream,
                             &Response::Error {
-                                message: e.to_string(),
+                                message: causes(&e),
                             },
                         );
                         snapshot::remove_stale(&self.vm);
@@ -547,7 +551,7 @@ impl Keeper {
                 let _ = protocol::write_response(
                     stream,
                     &Response::Error {
-                        message: format!("bad request: {e}"),
+                        message: format!("bad request: {}", causes(&e)),
                     },
                 );
                 Answered::Done
@@ -559,7 +563,7 @@ impl Keeper {
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();
             if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
-                eprintln!("feather keeper {}: {e}", self.vm.name());
+                eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
             }
         }
         self.network.detach();
@@ -591,7 +595,7 @@ impl Keeper {
             how.to_owned()
         });
         if let Err(e) = self.vm.write_state(&state, self.durability) {
-            eprintln!("feather keeper {}: {e}", self.vm.name());
+            eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
         self.network.wait();
     }
@@ -652,8 +656,7 @@ fn start_init(
     plan: InitPlan,
     stdio: Option<VmEnds>,
 ) -> Result<(ChildProcess, UnixStream)> {
-    let (mut ours, theirs) =
-        UnixStream::pair().map_err(|e| failed(name, format!("socketpair: {e}")))?;
+    let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
     let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
     if !plan.rootfs.network.own_namespace {
@@ -684,8 +687,7 @@ fn start_init(
             cgroup.add(init.pid).in_vm(name)?;
             cgroup.restrict_devices().in_vm(name)?;
         }
-        boot::send(&mut ours, &ToInit::Go)
-            .map_err(|e| failed(name, format!("init did not start: {e}")))?;
+        boot::send(&mut ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
         // The host side of the VM's network is built while init assembles the VM's root.
         if let Err(e) = network.attach(init.pid.as_raw() as u32) {
             // An init that failed while assembling the root is gone before its network is
@@ -694,14 +696,16 @@ fn start_init(
             return Err(
                 match boot::receive::<InitReport>(&mut ours, "init's report") {
                     Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
-                    _ => failed(name, e.to_string()),
+                    _ => VmError::Net {
+                        vm: name.to_string(),
+                        source: Box::new(e),
+                    },
                 },
             );
         }
-        boot::send(&mut ours, &ToInit::NetworkReady)
-            .map_err(|e| failed(name, format!("init did not start: {e}")))?;
+        boot::send(&mut ours, &ToInit::NetworkReady).map_err(io(name, "init did not start"))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
-            .map_err(|e| failed(name, e.to_string()))?;
+            .map_err(io(name, "init's socket"))?;
         match boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)") {
             Ok(InitReport::Ready) => Ok(()),
             Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
@@ -709,7 +713,11 @@ fn start_init(
                 name,
                 "init died while setting up the VM (see its keeper.log)",
             )),
-            Err(e) => Err(failed(name, format!("init: {e}"))),
+            Err(source) => Err(VmError::Boot {
+                vm: name.to_string(),
+                during: "init",
+                source,
+            }),
         }
     };
     match boot() {
@@ -778,7 +786,7 @@ pub fn main_background(
     } {
         Ok(keeper) => keeper,
         Err(e) => {
-            let message = e.to_string();
+            let message = causes(&e);
             let _ = boot::send(&mut ready, &KeeperReport::Failed { message });
             return 1;
         }
@@ -794,7 +802,7 @@ pub fn main_background(
     match keeper.serve(false) {
         Ok(_) => 0,
         Err(e) => {
-            eprintln!("feather keeper {name}: {e}");
+            eprintln!("feather keeper {name}: {}", causes(&e));
             1
         }
     }

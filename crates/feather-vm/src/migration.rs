@@ -12,10 +12,11 @@ use feather_core::{Error, StateRoot, VmDir, VmName, VmStatus};
 use feather_migrate::archive;
 
 use crate::checkpoint::{checkpoint, import_archive, restore, serving, Progress, Source};
-use crate::error::{failed, Result, VmError};
+use crate::error::{failed, InVm, Result, VmError};
 use crate::images::{held_for, RELEASED_TO};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
+use feather_core::error::causes;
 
 /// What a migration moved and how long the VM was frozen: from the start of its checkpoint
 /// to the receiver's word that it runs there.
@@ -43,8 +44,7 @@ pub fn migrate(
         return Err(Error::NotRunning(name.to_string()).into());
     }
     let config = vm.read_config()?;
-    let subnet = feather_net::subnet_of(root.dir(), &config.network)
-        .map_err(|e| failed(name, e.to_string()))?;
+    let subnet = feather_net::subnet_of(root.dir(), &config.network).in_vm(name)?;
     let offer = feather_migrate::transfer::Offer {
         vm: name.to_string(),
         address: config
@@ -68,7 +68,10 @@ pub fn migrate(
             let mut stream = archive::stream(vm.path());
             let output = stream.as_mut().ok().and_then(|s| s.take_output());
             match (stream, output) {
-                (Err(e), _) => Err(failed(name, e.to_string())),
+                (Err(e), _) => Err(VmError::MigrateVm {
+                    vm: name.to_string(),
+                    source: Box::new(e),
+                }),
                 (Ok(stream), Some(mut output)) => accepted
                     .send_archive(&mut output, move || stream.finish(), &mut |done, total| {
                         progress(Progress::Bytes { done, total });
@@ -107,9 +110,10 @@ pub fn migrate(
         feather_migrate::transfer::Released::Unknown(why) => Err(failed(
             name,
             format!(
-                "the connection to {to} broke after the VM was let go there ({why}), so it may \
+                "the connection to {to} broke after the VM was let go there ({}), so it may \
                  run there or nowhere; it stays checkpointed here. If `feather ls` on {to} does \
                  not show it running, remove {} and `feather restore {name}` here",
+                causes(&why),
                 marker.display()
             ),
         )),
@@ -127,14 +131,15 @@ fn restore_here(
         "migration failed; restoring {name} here"
     )));
     match restore(root, name, None) {
-        Ok(()) => Err(failed(
-            name,
-            format!("migration failed, the VM runs here again: {e}"),
-        )),
-        Err(again) => Err(failed(
-            name,
-            format!("migration failed ({e}) and so did restoring it here ({again}); it stays checkpointed: `feather restore {name}`"),
-        )),
+        Ok(()) => Err(VmError::MigrationFailed {
+            vm: name.to_string(),
+            source: Box::new(e),
+        }),
+        Err(again) => Err(VmError::MigrationAndRestoreFailed {
+            vm: name.to_string(),
+            migration: causes(&e),
+            source: Box::new(again),
+        }),
     }
 }
 
@@ -152,35 +157,10 @@ pub fn serve(
     let receiver = feather_migrate::transfer::Receiver::bind(listen, token)?;
     on_ready(&receiver.local_addr());
     loop {
-        let check = |offer: &feather_migrate::transfer::Offer| -> std::result::Result<(), String> {
-            let name: VmName = offer
-                .vm
-                .parse()
-                .map_err(|e: feather_core::Error| e.to_string())?;
-            if root.open(&name).is_ok() {
-                return Err(format!("a VM named {name} exists here already"));
-            }
-            if offer.address.is_empty() {
-                return Ok(());
-            }
-            let network = feather_core::NetworkConfig {
-                mode: feather_core::NetMode::Private,
-                address: Some(
-                    offer
-                        .address
-                        .parse()
-                        .map_err(|_| "a garbled address".to_owned())?,
-                ),
-                ..Default::default()
-            };
-            let subnet = offer.subnet.parse().map_err(|e: String| e)?;
-            feather_net::keep_address(root.dir(), name.as_str(), &network, Some(subnet), None)
-                .map_err(|e| e.to_string())
-        };
-        let outcome = match receiver.next(check) {
+        let outcome = match receiver.next(|offer| take(root, offer)) {
             Ok(incoming) => receive(root, incoming, progress),
             Err(e) => {
-                eprintln!("feather serve: {e}");
+                eprintln!("feather serve: {}", causes(&e));
                 Err(e.into())
             }
         };
@@ -188,6 +168,41 @@ pub fn serve(
             return outcome;
         }
     }
+}
+
+/// Why this host declines a VM offered to it (the sender is told, with every cause).
+#[derive(Debug, thiserror::Error)]
+enum Declined {
+    #[error(transparent)]
+    Name(#[from] feather_core::Error),
+    #[error("a VM named {0} exists here already")]
+    Exists(VmName),
+    #[error("a garbled address")]
+    Address,
+    #[error(transparent)]
+    Subnet(#[from] feather_net::subnet::SubnetError),
+    #[error(transparent)]
+    Net(#[from] feather_net::NetError),
+}
+
+/// Whether this host takes the VM offered: none of its name is here, and its address (if it
+/// has a private network) can be kept here.
+fn take(root: &StateRoot, offer: &feather_migrate::transfer::Offer) -> Result<(), Declined> {
+    let name: VmName = offer.vm.parse()?;
+    if root.open(&name).is_ok() {
+        return Err(Declined::Exists(name));
+    }
+    if offer.address.is_empty() {
+        return Ok(());
+    }
+    let network = feather_core::NetworkConfig {
+        mode: feather_core::NetMode::Private,
+        address: Some(offer.address.parse().map_err(|_| Declined::Address)?),
+        ..Default::default()
+    };
+    let subnet = offer.subnet.parse()?;
+    feather_net::keep_address(root.dir(), name.as_str(), &network, Some(subnet), None)?;
+    Ok(())
 }
 
 /// Restores one received VM, stopped; lets it run once the sender has let it go; discards it
@@ -202,7 +217,7 @@ fn receive(
         Ok(name) => name,
         Err(e) => {
             let e = VmError::from(e);
-            incoming.finish(Err(e.to_string()));
+            incoming.finish(Err(&e));
             return Err(e);
         }
     };
@@ -219,18 +234,26 @@ fn receive(
         )));
         incoming
             .restored()
-            .map_err(|why| failed(&name, format!("the migration was not completed: {why}")))?;
+            .map_err(|source| VmError::NotCompleted {
+                vm: name.to_string(),
+                source,
+            })?;
         resume(&vm)
     })();
     match &restored {
         Ok(()) => eprintln!("feather serve: VM {name} received and running"),
         Err(e) => {
-            eprintln!("feather serve: {e}");
+            eprintln!("feather serve: {}", causes(e));
             // The sender keeps the VM or restores it at home: a copy left here would be a second.
             discard(root, &name);
         }
     }
-    incoming.finish(restored.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+    incoming.finish(
+        restored
+            .as_ref()
+            .map(|_| ())
+            .map_err(|e| e as &dyn std::error::Error),
+    );
     restored
 }
 
@@ -291,10 +314,13 @@ fn resume(vm: &VmDir) -> Result<()> {
         Duration::from_secs(30),
     ) {
         Ok(Response::Running { .. }) => Ok(()),
-        Ok(other) => Err(failed(
-            name,
-            format!("its keeper did not resume it: {other:?}"),
-        )),
-        Err(e) => Err(failed(name, format!("its keeper did not answer: {e}"))),
+        Ok(other) => Err(VmError::KeeperAnswer {
+            vm: name.to_string(),
+            answer: format!("{other:?}"),
+        }),
+        Err(source) => Err(VmError::KeeperSilent {
+            vm: name.to_string(),
+            source,
+        }),
     }
 }

@@ -39,7 +39,7 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
-use crate::error::{failed, InVm, Result};
+use crate::error::{encode, failed, io, InVm, Result};
 use crate::hiding;
 use crate::images::{held_for, ExternalLayer, HOLD, LAYERS};
 use crate::layers;
@@ -52,7 +52,7 @@ const STALE_PREFIX: &str = "checkpoint.stale-";
 /// the last one; a failed one leaves none behind). Removing hundreds of megabytes of images
 /// takes long on some filesystems (ext4 with `discard`), so it is left to
 /// [`remove_stale`], after the user has their answer.
-pub(crate) fn set_aside_last(vm: &VmDir) -> Result<()> {
+pub(crate) fn set_aside_last(vm: &VmDir) -> feather_core::Result<()> {
     let images = vm.checkpoint_dir();
     if !images.exists() {
         return Ok(());
@@ -61,7 +61,7 @@ pub(crate) fn set_aside_last(vm: &VmDir) -> Result<()> {
         .path()
         .join(format!("{STALE_PREFIX}{}", std::process::id()));
     let _ = fs::remove_dir_all(&stale);
-    Ok(fs::rename(&images, &stale).at(&images)?)
+    fs::rename(&images, &stale).at(&images)
 }
 
 /// Removes checkpoints set aside by [`set_aside_last`] (also those a crash left behind).
@@ -81,14 +81,15 @@ pub(crate) fn remove_stale(vm: &VmDir) {
 }
 
 /// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder
-/// (the last checkpoint is set aside first).
+/// (the last checkpoint is set aside first). Every error names the VM: the keeper's answer
+/// carries it to `feather checkpoint` as it is.
 pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> Result<()> {
     let name = vm.name();
     let criu = Criu::checked(criu.to_path_buf(), String::new());
     let images = vm.checkpoint_dir();
-    set_aside_last(vm)?;
+    set_aside_last(vm).in_vm(name)?;
     let mountinfo = format!("/proc/{init}/mountinfo");
-    let text = fs::read_to_string(&mountinfo).at(&mountinfo)?;
+    let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
     let mounts = feather_sys::mountinfo::parse(&text);
     let mut layers: Vec<ExternalLayer> = mounts
         .iter()
@@ -141,8 +142,9 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
         }
         return Err(e.into());
     }
-    let list = serde_json::to_vec_pretty(&layers).map_err(|e| failed(name, e.to_string()))?;
-    feather_core::atomic::write_atomic(&images.join(LAYERS), &list, Durability::Durable)?;
+    let list = serde_json::to_vec_pretty(&layers).map_err(encode(name, LAYERS))?;
+    feather_core::atomic::write_atomic(&images.join(LAYERS), &list, Durability::Durable)
+        .in_vm(name)?;
     Ok(())
 }
 
@@ -158,14 +160,15 @@ pub(crate) fn restore_tree(
     veth: Option<&feather_net::VethPair>,
 ) -> Result<ChildProcess> {
     let name = vm.name();
-    let criu = Criu::locate().map_err(|e| failed(name, e.to_string()))?;
+    let criu = Criu::locate().in_vm(name)?;
     let images = vm.checkpoint_dir();
     let top = layers::for_start(root, vm, config)?.swap_remove(0);
     let rootfs = vm.rootfs();
     let list = images.join(LAYERS);
     let external: Vec<ExternalLayer> = match fs::read(&list) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .map_err(|e| failed(name, format!("{}: {e}", list.display())))?,
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(encode(name, list.display().to_string()))?
+        }
         Err(_) => Vec::new(),
     };
     let (generated, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
@@ -212,7 +215,7 @@ pub(crate) fn restore_tree(
             // Always: the keeper hides the state roots before the VM's processes go on.
             leave_stopped: true,
         })
-        .map_err(|e| failed(name, e.to_string()))?;
+        .in_vm(name)?;
     let sync = if config.ephemeral {
         LayerSync::Volatile
     } else {
@@ -222,27 +225,30 @@ pub(crate) fn restore_tree(
         None => {
             // In the child: a mount namespace of its own, so that the VM's root overlay, which
             // CRIU needs mounted to rebuild the VM's mounts on, never appears on the host.
-            let prepared = (|| -> std::result::Result<(), String> {
-                unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare mounts: {e}"))?;
-                mount::make_all_private().map_err(|e| e.to_string())?;
-                mount::overlay(&top.lower, &top.upper, &top.work, &rootfs, sync)
-                    .map_err(|e| e.to_string())?;
+            let prepared = (|| -> Result<()> {
+                unshare(CloneFlags::CLONE_NEWNS)
+                    .map_err(|e| io(name, "unshare mounts")(e.into()))?;
+                mount::make_all_private().in_vm(name)?;
+                mount::overlay(&top.lower, &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
                 for (layer, at) in &others {
                     // Missing only when the host removed the mount point: made in the VM's
                     // own layer, so that the layer has somewhere to appear.
                     if !at.exists() {
-                        fs::create_dir_all(at).map_err(|e| format!("{}: {e}", at.display()))?;
+                        fs::create_dir_all(at).map_err(io(name, at.display().to_string()))?;
                     }
                     mount::overlay(&layer.lower, &layer.upper, &layer.work, at, sync)
-                        .map_err(|e| e.to_string())?;
+                        .in_vm(name)?;
                 }
                 if let Some(cgroup) = cgroup {
-                    cgroup.add(Pid::this()).map_err(|e| e.to_string())?;
+                    cgroup.add(Pid::this()).in_vm(name)?;
                 }
                 Ok(())
             })();
             if let Err(why) = prepared {
-                eprintln!("feather keeper {name}: cannot prepare the restore: {why}");
+                eprintln!(
+                    "feather keeper {name}: cannot prepare the restore: {}",
+                    feather_core::error::causes(&why)
+                );
                 std::process::exit(125);
             }
             process::close_other_fds(&[0, 1, 2, call.criu_end()]);
@@ -263,7 +269,8 @@ pub(crate) fn restore_tree(
     Ok(ChildProcess { pid, pidfd })
 }
 
-fn exec(program: &Path, args: &[std::ffi::OsString]) -> String {
+/// Runs `program`; returns only on failure.
+fn exec(program: &Path, args: &[std::ffi::OsString]) -> std::io::Error {
     use std::ffi::CString;
     use std::os::unix::ffi::OsStrExt;
     let argv: std::result::Result<Vec<CString>, _> = std::iter::once(program.as_os_str())
@@ -272,9 +279,12 @@ fn exec(program: &Path, args: &[std::ffi::OsString]) -> String {
         .collect();
     match argv {
         Ok(argv) => match nix::unistd::execv(&argv[0], &argv) {
-            Err(e) => e.to_string(),
+            Err(e) => e.into(),
         },
-        Err(_) => "an argument contains a NUL byte".into(),
+        Err(_) => std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "an argument contains a NUL byte",
+        ),
     }
 }
 
