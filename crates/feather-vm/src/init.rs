@@ -9,7 +9,7 @@ use nix::errno::Errno;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
 use std::os::fd::AsFd;
@@ -18,6 +18,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::boot::{self, ToInit};
 use crate::commands::Commands;
+use crate::decide::{self, InitAction};
 use crate::launch::{InitArgs, Resumed};
 use crate::rootfs::{self, RootfsPlan};
 use crate::workload::{become_workload, Workload};
@@ -331,23 +332,23 @@ fn supervise(
         let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
             continue;
         };
-        match (signal, workload) {
-            (Signal::SIGCHLD, _) => {
+        match decide::init_on_signal(signal, workload) {
+            InitAction::Reap => {
                 if let Some(code) = reap(workload, commands) {
-                    shut_down(grace.min(Duration::from_secs(1)), commands);
+                    shut_down(decide::grace_after_workload(grace), commands);
                     return code;
                 }
             }
             // The keeper forwards what the caller's terminal sent it (Ctrl-C included): the VM
             // is a session of its own, which no host terminal signals directly.
-            (signal, Some(pid)) => {
+            InitAction::Forward(pid, signal) => {
                 let _ = kill(pid, signal);
             }
-            (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT, None) => {
+            InitAction::ShutDown => {
                 shut_down(grace, commands);
                 return 0;
             }
-            _ => {}
+            InitAction::Ignore => {}
         }
     }
 }
@@ -355,20 +356,13 @@ fn supervise(
 /// Collects every exited child, telling `feather exec` of its programs' ends; returns the
 /// workload's exit code if it was among them.
 fn reap(workload: Option<Pid>, commands: &mut Commands) -> Option<i32> {
-    let mut workload_code = None;
-    loop {
-        let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
-            Ok(WaitStatus::StillAlive) | Err(_) => return workload_code,
-            Ok(_) => continue,
-        };
-        if Some(pid) == workload {
-            workload_code = Some(code);
-        } else {
+    decide::reap(
+        || waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)),
+        workload,
+        |pid, code| {
             commands.exited(pid, code);
-        }
-    }
+        },
+    )
 }
 
 /// Where the VM's service manager (crates/feather-svc) records its pid.

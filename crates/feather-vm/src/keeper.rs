@@ -29,22 +29,21 @@ use feather_sys::mount::LayerSync;
 use feather_sys::process::{self, ChildProcess, Forked};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 
 use crate::boot::{self, KeeperReport, ToInit};
+use crate::decide::{self, Phase};
+pub use crate::decide::{Ended, DEFAULT_GRACE};
 use crate::error::{failed, io, InVm, Result, VmError};
 use crate::hiding;
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
-use crate::protocol::{self, Request, Response};
+use crate::protocol::{self, Response};
 use crate::relay::VmEnds;
 use crate::rootfs::RootfsPlan;
 use crate::snapshot;
 use crate::workload::Workload;
 use feather_core::error::causes;
-
-/// How long processes get to exit after SIGTERM when a VM stops, unless told otherwise.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a VM may take from clone to its init's report before the start is abandoned.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,41 +97,6 @@ pub struct Keeper {
     /// Init waits on this before it starts the first workload (see [`Keeper::begin`]); `None`
     /// once told, and for a restored VM, whose processes run already.
     init_waits: Option<UnixStream>,
-}
-
-/// Where a running VM is on its way to an end.
-#[derive(Clone, Copy)]
-enum Phase {
-    Running,
-    /// Init was asked to stop everything; it is killed if still there at `kill_at`.
-    Stopping {
-        kill_at: Instant,
-    },
-    /// Init was sent SIGKILL; only its exit is awaited.
-    Killed,
-}
-
-impl Phase {
-    fn timeout(self) -> PollTimeout {
-        match self {
-            Phase::Stopping { kill_at } => {
-                PollTimeout::try_from(kill_at.saturating_duration_since(Instant::now()))
-                    .unwrap_or(PollTimeout::MAX)
-            }
-            Phase::Running | Phase::Killed => PollTimeout::NONE,
-        }
-    }
-
-    fn overdue(self) -> bool {
-        matches!(self, Phase::Stopping { kill_at } if Instant::now() >= kill_at)
-    }
-}
-
-/// How a VM's run ended.
-pub struct Ended {
-    /// The init's exit code: the workload's for a foreground run, 0 after an orderly stop.
-    pub code: i32,
-    pub how: String,
 }
 
 impl Keeper {
@@ -192,7 +156,7 @@ impl Keeper {
                 },
             },
             workload,
-            grace: DEFAULT_GRACE,
+            grace: decide::DEFAULT_GRACE,
             attached,
             seccomp: seccomp_profile(&config),
         };
@@ -413,7 +377,12 @@ impl Keeper {
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
-            let _ = poll(&mut fds, phase.timeout());
+            let timeout = phase
+                .patience(Instant::now())
+                .map_or(PollTimeout::NONE, |left| {
+                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                });
+            let _ = poll(&mut fds, timeout);
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
@@ -425,7 +394,7 @@ impl Keeper {
                     match self.answer(&stream) {
                         Answered::Done => {}
                         Answered::Stop(grace) => {
-                            phase = self.stop(phase, grace);
+                            phase = self.act(decide::stop(phase, grace, Instant::now()));
                             stop_requests.push(stream);
                         }
                         Answered::Checkpointed => checkpoint_requests.push(stream),
@@ -438,22 +407,13 @@ impl Keeper {
                     .ok()
                     .flatten()
                     .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok());
-                match signal {
-                    // The VM is a session of its own, out of reach of the caller's terminal:
-                    // its interrupt (Ctrl-C) reaches only this process, and goes on from here.
-                    Some(signal) if foreground => {
-                        let _ = process::signal(&self.init.pidfd, signal);
-                    }
-                    Some(_) => phase = self.stop(phase, DEFAULT_GRACE),
-                    None => {}
+                if let Some(signal) = signal {
+                    phase = self.act(decide::on_signal(phase, signal, foreground, Instant::now()));
                 }
             }
-            if phase.overdue() {
-                let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-                phase = Phase::Killed;
-            }
+            phase = self.act(decide::on_time(phase, Instant::now()));
         };
-        let ended = describe(status, foreground);
+        let ended = decide::ended(status, foreground);
         self.tear_down(&ended.how);
         // Everything is cleaned up: the VM may be started again before this process has exited,
         // so the lock goes now, before anyone waiting for the stop hears of it.
@@ -479,24 +439,30 @@ impl Keeper {
         Ok(ended)
     }
 
-    /// Asks init to stop the VM, unless a stop is already under way.
-    fn stop(&self, phase: Phase, grace: Duration) -> Phase {
-        match phase {
-            Phase::Running => {
-                let _ = process::signal(&self.init.pidfd, Signal::SIGTERM);
-                // Init itself gives processes `grace`; the keeper waits a little longer for it.
-                Phase::Stopping {
-                    kill_at: Instant::now() + grace + Duration::from_secs(2),
-                }
-            }
-            other => other,
+    /// Sends init the signal a decision asks for; returns the phase it leads to.
+    fn act(&self, step: decide::Step) -> Phase {
+        if let Some(signal) = step.signal {
+            let _ = process::signal(&self.init.pidfd, signal);
         }
+        step.phase
     }
 
     /// Answers one request, or says what the asker waits for.
     fn answer(&self, stream: &UnixStream) -> Answered {
-        match protocol::read_request(stream) {
-            Ok(Request::Status) => {
+        let request = match protocol::read_request(stream) {
+            Ok(request) => request,
+            Err(e) => {
+                let _ = protocol::write_response(
+                    stream,
+                    &Response::Error {
+                        message: format!("bad request: {}", causes(&e)),
+                    },
+                );
+                return Answered::Done;
+            }
+        };
+        match decide::answer(request) {
+            decide::Answer::Running => {
                 let _ = protocol::write_response(
                     stream,
                     &Response::Running {
@@ -505,22 +471,13 @@ impl Keeper {
                 );
                 Answered::Done
             }
-            Ok(Request::Stop { grace_secs }) => Answered::Stop(Duration::from_secs(grace_secs)),
-            Ok(Request::Resume) => {
-                let _ = protocol::write_response(
-                    stream,
-                    &Response::Running {
-                        init_pid: self.init.pid.as_raw(),
-                    },
-                );
-                Answered::Done
-            }
-            Ok(Request::Checkpoint {
+            decide::Answer::Stop(grace) => Answered::Stop(grace),
+            decide::Answer::Checkpoint {
                 leave_running,
                 criu,
-            }) => {
-                match snapshot::dump(&self.vm, self.init.pid, leave_running, &criu) {
-                    Ok(()) if leave_running => {
+            } => match snapshot::dump(&self.vm, self.init.pid, leave_running, &criu) {
+                Ok(()) => match decide::after_dump(leave_running) {
+                    decide::AfterDump::AnswerNow => {
                         let _ = protocol::write_response(
                             stream,
                             &Response::Checkpointed { leave_running },
@@ -530,32 +487,23 @@ impl Keeper {
                     }
                     // CRIU left the VM's processes stopped; they end with their init, and the
                     // answer waits for that end.
-                    Ok(()) => {
+                    decide::AfterDump::EndAsCheckpointed => {
                         self.checkpointed.set(true);
                         let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
                         Answered::Checkpointed
                     }
-                    Err(e) => {
-                        let _ = protocol::write_response(
-                            stream,
-                            &Response::Error {
-                                message: causes(&e),
-                            },
-                        );
-                        snapshot::remove_stale(&self.vm);
-                        Answered::Done
-                    }
+                },
+                Err(e) => {
+                    let _ = protocol::write_response(
+                        stream,
+                        &Response::Error {
+                            message: causes(&e),
+                        },
+                    );
+                    snapshot::remove_stale(&self.vm);
+                    Answered::Done
                 }
-            }
-            Err(e) => {
-                let _ = protocol::write_response(
-                    stream,
-                    &Response::Error {
-                        message: format!("bad request: {}", causes(&e)),
-                    },
-                );
-                Answered::Done
-            }
+            },
         }
     }
 
@@ -737,31 +685,6 @@ fn listen(vm: &VmDir) -> Result<UnixListener> {
     let _ = fs::remove_file(&socket);
     let listener = UnixListener::bind(&socket).at(&socket)?;
     Ok(listener)
-}
-
-fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {
-    match status {
-        Ok(WaitStatus::Exited(_, code)) if foreground => Ended {
-            code,
-            how: format!("command exited with status {code}"),
-        },
-        Ok(WaitStatus::Exited(_, 0)) => Ended {
-            code: 0,
-            how: "stopped".into(),
-        },
-        Ok(WaitStatus::Exited(_, code)) => Ended {
-            code,
-            how: format!("init exited with status {code}"),
-        },
-        Ok(WaitStatus::Signaled(_, signal, _)) => Ended {
-            code: 128 + signal as i32,
-            how: format!("init killed by {signal}"),
-        },
-        other => Ended {
-            code: 1,
-            how: format!("init ended: {other:?}"),
-        },
-    }
 }
 
 /// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the waiting `feather start` through

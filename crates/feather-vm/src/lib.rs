@@ -15,6 +15,7 @@ pub mod boot;
 pub mod checkpoint;
 pub mod commands;
 pub mod commit;
+pub mod decide;
 pub mod diff;
 pub mod disk;
 pub mod error;

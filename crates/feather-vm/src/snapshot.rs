@@ -39,11 +39,12 @@ use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 
+use crate::decide::{self, WhileHeld};
 use crate::error::{encode, failed, io, InVm, Result};
 use crate::hiding;
 use crate::images::{held_for, ExternalLayer, HOLD, LAYERS};
 use crate::layers;
-use crate::protocol::{self, Request, Response};
+use crate::protocol::{self, Response};
 
 /// The name a replaced checkpoint folder takes beside the VM's other files until it is removed.
 const STALE_PREFIX: &str = "checkpoint.stale-";
@@ -351,8 +352,9 @@ pub(crate) fn await_release(
         let Ok((stream, _)) = listener.accept() else {
             continue;
         };
-        match protocol::read_request(&stream) {
-            Ok(Request::Resume) => {
+        let decision = protocol::read_request(&stream).map(|r| decide::while_held(&r));
+        match decision {
+            Ok(WhileHeld::Release) => {
                 let _ = fs::remove_file(vm.checkpoint_dir().join(HOLD));
                 for pid in cgroup.map(Cgroup::members).unwrap_or_default() {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
@@ -366,7 +368,7 @@ pub(crate) fn await_release(
                 );
                 return true;
             }
-            Ok(Request::Status) => {
+            Ok(WhileHeld::Status) => {
                 let _ = protocol::write_response(
                     &stream,
                     &Response::Running {
