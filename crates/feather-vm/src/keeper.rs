@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use feather_core::atomic::Durability;
+use feather_core::error::causes;
 use feather_core::error::IoContext;
 use feather_core::state::now;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
@@ -43,7 +44,6 @@ use crate::relay::VmEnds;
 use crate::rootfs::RootfsPlan;
 use crate::snapshot;
 use crate::workload::Workload;
-use feather_core::error::causes;
 
 /// How long a VM may take from clone to its init's report before the start is abandoned.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);

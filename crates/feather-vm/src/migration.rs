@@ -8,6 +8,7 @@ use std::fs;
 use std::time::Duration;
 
 use feather_core::atomic::Durability;
+use feather_core::error::causes;
 use feather_core::{Error, StateRoot, VmDir, VmName, VmStatus};
 use feather_migrate::archive;
 
@@ -16,7 +17,6 @@ use crate::error::{failed, InVm, Result, VmError};
 use crate::images::{held_for, RELEASED_TO};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
-use feather_core::error::causes;
 
 /// What a migration moved and how long the VM was frozen: from the start of its checkpoint
 /// to the receiver's word that it runs there.
