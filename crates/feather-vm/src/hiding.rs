@@ -86,7 +86,7 @@ const OPERATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(6
 fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     // An operation under way finishes first, and none starts while the tmpfs is mounted: a
     // hiding mount made while CRIU dumps the VM would go into its images, which leave out
-    // only the hiding mounts the dump saw (checkpoint::dump).
+    // only the hiding mounts the dump saw (snapshot::dump).
     let Some(_op) = vm.lock_operations_within(OPERATION_PATIENCE)? else {
         return Err(HidingError::Busy);
     };
