@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! feather exec ── connect @<init's abstract name>, in the VM's net namespace ──────────▶ init
-//!   Exec { workload, terminal } + stdin, stdout, stderr (SCM_RIGHTS) ──▶ fork: setsid,
+//!   Exec { version, workload, terminal } + stdin, stdout, stderr ──────▶ fork: setsid,
 //!                                                                     (TIOCSCTTY), dup2,
 //!   ◀── Started { pid }  |  Failed { message }                        become_workload
 //!   Signal { signo } ──▶ kill(pid, signo)              (TERM, INT, HUP, QUIT, USR1, USR2)
@@ -47,6 +47,11 @@ pub const COMMAND_FD: RawFd = 100;
 /// The largest message either side sends (a workload's argv and environment).
 pub const MAX_MESSAGE: usize = 128 * 1024;
 
+/// Changes whenever a message of this module changes. `feather` and the `feather-keeper` a VM's
+/// init runs may come from different builds (a VM outlives an upgrade): an `Exec` of another
+/// version is refused naming both, rather than misread.
+pub const VERSION: u32 = 1;
+
 /// What can go wrong on init's command channel, on either side.
 #[derive(Debug, thiserror::Error)]
 pub enum CommandError {
@@ -76,6 +81,8 @@ pub enum CommandError {
     NoSocket(#[source] feather_sys::SysError),
     #[error("{STOPPING}: its descriptor {COMMAND_FD} {what}")]
     NotTheSocket { what: &'static str },
+    #[error("exec protocol version {received}, where this VM's init speaks {expected} (the VM was started by another build of feather: restart it, or use that build's feather exec)")]
+    Version { expected: u32, received: u32 },
 }
 
 /// What a missing or strange command socket most likely means.
@@ -93,6 +100,9 @@ pub enum ToInit {
     /// `terminal`: the TERM of a terminal; the descriptors are then one terminal of the VM's
     /// devpts, which becomes the program's controlling terminal.
     Exec {
+        /// The asker's [`VERSION`]; absent (0) from a build before versions were checked.
+        #[serde(default)]
+        version: u32,
         workload: Workload,
         terminal: Option<String>,
     },
@@ -210,8 +220,17 @@ impl Commands {
             Err(_) => return false,
         };
         match (message, session.program) {
-            (ToInit::Exec { workload, terminal }, None) => {
-                let reply = match start(&workload, terminal.as_deref(), fds) {
+            (
+                ToInit::Exec {
+                    version,
+                    workload,
+                    terminal,
+                },
+                None,
+            ) => {
+                let started =
+                    admit(version).and_then(|()| start(&workload, terminal.as_deref(), fds));
+                let reply = match started {
                     Ok(pid) => {
                         session.program = Some(pid);
                         FromInit::Started { pid: pid.as_raw() }
@@ -231,6 +250,18 @@ impl Commands {
             }
             _ => false,
         }
+    }
+}
+
+/// An `Exec` of this module's [`VERSION`] is served; any other is refused, naming both.
+fn admit(version: u32) -> Result<(), CommandError> {
+    if version == VERSION {
+        Ok(())
+    } else {
+        Err(CommandError::Version {
+            expected: VERSION,
+            received: version,
+        })
     }
 }
 
@@ -350,4 +381,34 @@ pub fn receive<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(&buffer[..length])
         .map(|message| Some((message, fds)))
         .map_err(|_| Errno::EBADMSG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_of_another_version_is_refused_naming_both() {
+        let old: ToInit =
+            serde_json::from_str(r#"{"op":"exec","workload":{"argv":["true"],"env":[],"cwd":null,"user":null},"terminal":null}"#)
+                .unwrap();
+        let ToInit::Exec { version, .. } = old else {
+            panic!("{old:?}")
+        };
+        let error = admit(version).unwrap_err();
+        assert!(matches!(
+            error,
+            CommandError::Version {
+                expected: VERSION,
+                received: 0
+            }
+        ));
+        assert!(
+            error
+                .to_string()
+                .contains("version 0, where this VM's init speaks 1"),
+            "{error}"
+        );
+        assert!(admit(VERSION).is_ok());
+    }
 }

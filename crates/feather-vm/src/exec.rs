@@ -69,6 +69,7 @@ fn run_in_vm(
         None
     };
     let request = ToInit::Exec {
+        version: commands::VERSION,
         workload: workload.clone(),
         terminal: terminal.as_ref().map(|t| t.term.clone()),
     };
