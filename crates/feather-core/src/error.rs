@@ -52,6 +52,24 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// An error and each of its causes, joined by ": " as the CLI prints them (anyhow's `{:#}`):
+/// for an error that leaves its process as text (a keeper's answer, a migration peer's
+/// refusal), where its chain of sources would otherwise be lost. A cause that the text says
+/// already (an error whose message quotes its own source) is not said twice.
+pub fn causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = error.source();
+    while let Some(next) = cause {
+        let said = next.to_string();
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        cause = next.source();
+    }
+    text
+}
+
 /// Attaches the path to an I/O error, so that every failure says where it happened.
 pub trait IoContext<T> {
     fn at(self, path: impl Into<PathBuf>) -> Result<T>;
@@ -63,5 +81,24 @@ impl<T> IoContext<T> for std::io::Result<T> {
             path: path.into(),
             source,
         })
+    }
+}
+
+#[cfg(test)]
+mod causes_tests {
+    use super::*;
+
+    #[derive(Debug, thiserror::Error)]
+    #[error("VM web")]
+    struct Outer(#[source] Error);
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "gone");
+        let inner = Error::Io {
+            path: "/x".into(),
+            source: io,
+        };
+        assert_eq!(causes(&Outer(inner)), "VM web: /x: gone");
     }
 }

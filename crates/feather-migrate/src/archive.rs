@@ -77,7 +77,7 @@ pub fn stream(vm_dir: &Path) -> Result<Stream> {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| tar_failed("archive", vm_dir, e.to_string()))?;
+        .map_err(|e| tar_error("archive", vm_dir, e))?;
     Ok(Stream {
         tar,
         vm_dir: vm_dir.to_path_buf(),
@@ -96,7 +96,7 @@ impl Stream {
         let output = self
             .tar
             .wait_with_output()
-            .map_err(|e| tar_failed("archive", &self.vm_dir, e.to_string()))?;
+            .map_err(|e| tar_error("archive", &self.vm_dir, e))?;
         if output.status.success() {
             Ok(())
         } else {
@@ -119,7 +119,7 @@ pub fn export(vm_dir: &Path, file: &Path, progress: &mut dyn FnMut(u64)) -> Resu
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| tar_failed("export to", file, e.to_string()))?;
+        .map_err(|e| tar_error("export to", file, e))?;
     // tar's errors are few lines: the pipe does not fill while it runs.
     let status = loop {
         match tar.try_wait() {
@@ -142,7 +142,7 @@ pub fn export(vm_dir: &Path, file: &Path, progress: &mut dyn FnMut(u64)) -> Resu
             stderr,
         })
     });
-    let output = status.map_err(|e| tar_failed("export to", file, e.to_string()))?;
+    let output = status.map_err(|e| tar_error("export to", file, e))?;
     if !output.status.success() {
         let _ = fs::remove_file(&partial);
         return Err(tar_failed(
@@ -172,7 +172,7 @@ pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
         .arg(staging)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| tar_failed("import from", file, e.to_string()));
+        .map_err(|e| tar_error("import from", file, e));
     checked(output, file, staging)
 }
 
@@ -205,7 +205,7 @@ pub fn unpack_from(
             // A connection lost midway is the first thing to say.
             copied.map(|()| output)
         })
-        .map_err(|e| tar_failed("import from", source, e.to_string()));
+        .map_err(|e| tar_error("import from", source, e));
     checked(output, source, staging)
 }
 
@@ -232,8 +232,11 @@ fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) ->
                 "it holds no VM (no config.toml)".into(),
             )
         })?;
-        let config: VmConfig = toml::from_str(&text)
-            .map_err(|e| tar_failed("import from", file, format!("its config.toml: {e}")))?;
+        let config: VmConfig =
+            toml::from_str(&text).map_err(|source| MigrateError::ArchiveConfig {
+                path: file.to_path_buf(),
+                source,
+            })?;
         for dir in ["upper", "work", "rootfs", "mounts"] {
             let path = staging.join(dir);
             fs::create_dir_all(&path).map_err(io_at(&path))?;
@@ -243,6 +246,14 @@ fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) ->
     checked().inspect_err(|_| {
         let _ = fs::remove_dir_all(staging);
     })
+}
+
+fn tar_error(what: &'static str, path: &Path, source: std::io::Error) -> MigrateError {
+    MigrateError::Tar {
+        what,
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 fn tar_failed(what: &'static str, path: &Path, why: String) -> MigrateError {

@@ -157,9 +157,9 @@ impl Criu {
             .arg("--version")
             .stdin(Stdio::null())
             .output()
-            .map_err(|e| MigrateError::CriuBroken {
+            .map_err(|source| MigrateError::CriuUnreachable {
                 path: path.clone(),
-                why: e.to_string(),
+                source,
             })?;
         let text = String::from_utf8_lossy(&output.stdout);
         let Some(version) = parse_version(&text) else {
@@ -327,10 +327,10 @@ impl Criu {
         })
     }
 
-    fn broken(&self, e: impl std::fmt::Display) -> MigrateError {
-        MigrateError::CriuBroken {
+    fn broken(&self, source: std::io::Error) -> MigrateError {
+        MigrateError::CriuUnreachable {
             path: self.path.clone(),
-            why: e.to_string(),
+            source,
         }
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! ```text
 //! sender (feather migrate)                      receiver (feather serve)
-//!                                   ◀── Hello { nonce }
-//! Offer { vm, proof } ──▶                       checks the token (HMAC over nonce and vm) and
+//!                                   ◀── Hello { version, nonce }
+//! checks the version,
+//! Offer { version, vm, proof } ──▶              checks the version, the token (HMAC over nonce
+//!                                               and vm) and
 //!                                   ◀── Accept  that no VM of that name exists here (or Refuse)
 //! ... checkpoints the VM, writes its archive ...
 //! the archive, in frames, as tar makes it ──▶    unpacks it as it comes, aside
@@ -22,6 +24,10 @@
 //! serve` dies: the copy's keeper watches it); until the sender has the final Done, it keeps its
 //! checkpoint. Only a connection lost between Release and Done leaves the sender unsure, and
 //! then it keeps its checkpoint and says so, rather than guess.
+//!
+//! Both ends check the other's [`VERSION`] at connect, before anything else: a pair of feather
+//! builds that speak different versions fails with [`TransferError::Version`], naming both,
+//! rather than misread each other.
 //!
 //! One JSON object per line (at most [`MAX_LINE`] bytes: a peer cannot make the receiver buffer
 //! without end before it has proved anything); the archive in between as frames (a 4-byte
@@ -47,7 +53,11 @@ use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+pub use crate::error::TransferError;
 use crate::error::{MigrateError, Result};
+
+/// Changes whenever a message of this module (or what it means) changes.
+pub const VERSION: u32 = 1;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -68,9 +78,14 @@ const TAG_LEN: usize = 32;
 #[serde(tag = "msg", rename_all = "snake_case")]
 enum Message {
     Hello {
+        /// Absent (0) from a build before versions were checked.
+        #[serde(default)]
+        version: u32,
         nonce: String,
     },
     Offer {
+        #[serde(default)]
+        version: u32,
         vm: String,
         /// The VM's address and the subnet it belongs to (`--net private`), "" without.
         #[serde(default)]
@@ -97,6 +112,22 @@ enum Message {
     },
 }
 
+impl Message {
+    /// The message's name, for an error that says what came instead of what was expected.
+    fn name(&self) -> &'static str {
+        match self {
+            Message::Hello { .. } => "hello",
+            Message::Offer { .. } => "offer",
+            Message::Accept => "accept",
+            Message::Refuse { .. } => "refuse",
+            Message::Archive { .. } => "archive",
+            Message::Restored => "restored",
+            Message::Release { .. } => "release",
+            Message::Done { .. } => "done",
+        }
+    }
+}
+
 /// What a sender offers: a VM, and its address and subnet if it has a private network.
 #[derive(Clone, Debug, Default)]
 pub struct Offer {
@@ -120,18 +151,25 @@ pub struct Accepted {
 /// Asks the receiver at `to` to take VM `vm`. Fails, before anything happens to the VM, if it
 /// cannot be reached, the token is wrong, or it already has a VM of that name.
 pub fn offer(to: &str, token: &str, offer: &Offer) -> Result<Accepted> {
-    let failed = |why: String| MigrateError::Transfer {
+    let failed = |source: TransferError| MigrateError::Transfer {
         peer: to.to_owned(),
-        why,
+        source,
     };
-    let stream = TcpStream::connect(to).map_err(|e| failed(format!("cannot connect: {e}")))?;
+    let stream = TcpStream::connect(to).map_err(|e| failed(TransferError::Connect(e)))?;
     stream
         .set_read_timeout(Some(PATIENCE))
-        .map_err(|e| failed(e.to_string()))?;
-    let mut reader = BufReader::new(stream.try_clone().map_err(|e| failed(e.to_string()))?);
+        .map_err(|e| failed(TransferError::Lost(e)))?;
+    let mut reader = BufReader::new(
+        stream
+            .try_clone()
+            .map_err(|e| failed(TransferError::Lost(e)))?,
+    );
     let nonce = match read(&mut reader).map_err(failed)? {
-        Message::Hello { nonce } => nonce,
-        other => return Err(failed(format!("not a feather receiver (said {other:?})"))),
+        Message::Hello { version, nonce } => {
+            check_version(version).map_err(failed)?;
+            nonce
+        }
+        other => return Err(failed(unexpected("hello", &other))),
     };
     let mut accepted = Accepted {
         stream,
@@ -151,6 +189,7 @@ pub fn offer(to: &str, token: &str, offer: &Offer) -> Result<Accepted> {
         ],
     );
     accepted.send(&Message::Offer {
+        version: VERSION,
         vm: offer.vm.clone(),
         address: offer.address.clone(),
         subnet: offer.subnet.clone(),
@@ -158,23 +197,20 @@ pub fn offer(to: &str, token: &str, offer: &Offer) -> Result<Accepted> {
     })?;
     match read(&mut accepted.reader).map_err(failed)? {
         Message::Accept => Ok(accepted),
-        Message::Refuse { why } => Err(failed(format!("refused: {why}"))),
-        other => Err(failed(format!("unexpected answer {other:?}"))),
+        Message::Refuse { why } => Err(failed(TransferError::Refused { why })),
+        other => Err(failed(unexpected("accept or refuse", &other))),
     }
 }
 
 impl Accepted {
     fn send(&mut self, message: &Message) -> Result<()> {
-        write(&mut self.stream, message).map_err(|e| MigrateError::Transfer {
-            peer: self.to.clone(),
-            why: format!("connection lost: {e}"),
-        })
+        write(&mut self.stream, message).map_err(|e| self.failed(TransferError::Lost(e)))
     }
 
-    fn failed(&self, why: String) -> MigrateError {
+    fn failed(&self, source: TransferError) -> MigrateError {
         MigrateError::Transfer {
             peer: self.to.clone(),
-            why,
+            source,
         }
     }
 
@@ -196,14 +232,14 @@ impl Accepted {
         for number in 0u64.. {
             let n = archive
                 .read(&mut buffer)
-                .map_err(|e| self.failed(format!("reading the archive: {e}")))?;
+                .map_err(|e| self.failed(TransferError::ReadingArchive(e)))?;
             let tag = frame_tag(&self.token, &self.nonce, number, &buffer[..n]);
             let length = u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
             self.stream
                 .write_all(&length)
                 .and_then(|()| self.stream.write_all(&buffer[..n]))
                 .and_then(|()| self.stream.write_all(&tag))
-                .map_err(|e| self.failed(format!("connection lost while sending: {e}")))?;
+                .map_err(|e| self.failed(TransferError::Lost(e)))?;
             if n == 0 {
                 break;
             }
@@ -222,9 +258,9 @@ impl Accepted {
         match read(&mut self.reader).map_err(|e| self.failed(e))? {
             Message::Restored => Ok((size, Restored { accepted: self })),
             Message::Done { error: Some(why) } => {
-                Err(self.failed(format!("could not restore it: {why}")))
+                Err(self.failed(TransferError::NotRestored { why }))
             }
-            other => Err(self.failed(format!("unexpected answer {other:?}"))),
+            other => Err(self.failed(unexpected("restored or done", &other))),
         }
     }
 }
@@ -242,7 +278,7 @@ pub enum Released {
     /// The receiver could not let it run and has discarded its copy.
     Failed(String),
     /// The connection broke after the release was sent: the receiver may or may not run it.
-    Unknown(String),
+    Unknown(TransferError),
 }
 
 impl Restored {
@@ -250,14 +286,14 @@ impl Restored {
     pub fn release(mut self) -> Released {
         let accepted = &mut self.accepted;
         let mac = mac(&accepted.token, &[&accepted.nonce, "release"]);
-        if let Err(e) = accepted.send(&Message::Release { mac }) {
-            return Released::Unknown(e.to_string());
+        if let Err(e) = write(&mut accepted.stream, &Message::Release { mac }) {
+            return Released::Unknown(TransferError::Lost(e));
         }
         match read(&mut accepted.reader) {
             Ok(Message::Done { error: None }) => Released::Running,
             Ok(Message::Done { error: Some(why) }) => Released::Failed(why),
-            Ok(other) => Released::Unknown(format!("unexpected answer {other:?}")),
-            Err(why) => Released::Unknown(why),
+            Ok(other) => Released::Unknown(unexpected("done", &other)),
+            Err(e) => Released::Unknown(e),
         }
     }
 }
@@ -356,29 +392,35 @@ impl<'a> Incoming<'a> {
 
     /// Once the archive was read to its end: checks its size and SHA-256 against what the
     /// sender says they are, and that the sender's word is authentic.
-    pub fn verify(&mut self) -> std::result::Result<(), String> {
+    pub fn verify(&mut self) -> std::result::Result<(), TransferError> {
         if !self.ended {
-            return Err("the archive was not read to its end".into());
+            return Err(TransferError::NotReadToEnd);
         }
         let (sent, sha256, tag) = match read(&mut self.reader)? {
             Message::Archive { size, sha256, mac } => (size, sha256, mac),
-            other => return Err(format!("unexpected message {other:?}")),
+            other => return Err(unexpected("archive", &other)),
         };
         if !verify(
             &self.receiver.token,
             &[&self.nonce, "archive", &sent.to_string(), &sha256],
             &tag,
         ) {
-            return Err("the archive's description is not authentic".into());
+            return Err(TransferError::NotAuthentic {
+                what: "archive's description",
+            });
         }
         if sent != self.size {
-            return Err(format!("received {} of {sent} bytes", self.size));
+            return Err(TransferError::Size {
+                sent,
+                received: self.size,
+            });
         }
         let actual = hex(&std::mem::take(&mut self.hasher).finalize());
         if actual != sha256 {
-            return Err(format!(
-                "checksum mismatch: sent {sha256}, received {actual}"
-            ));
+            return Err(TransferError::Checksum {
+                sent: sha256,
+                received: actual,
+            });
         }
         Ok(())
     }
@@ -386,26 +428,27 @@ impl<'a> Incoming<'a> {
     /// Tells the sender the VM is restored (stopped) here, and waits for it to let the VM go.
     /// `Err` if it does not (the connection broke, or it said something else): the caller
     /// must discard its copy, which the sender keeps.
-    pub fn restored(&mut self) -> std::result::Result<(), String> {
-        write(&mut self.stream, &Message::Restored).map_err(|e| format!("connection lost: {e}"))?;
+    pub fn restored(&mut self) -> std::result::Result<(), TransferError> {
+        write(&mut self.stream, &Message::Restored).map_err(TransferError::Lost)?;
         match read(&mut self.reader)? {
             Message::Release { mac }
                 if verify(&self.receiver.token, &[&self.nonce, "release"], &mac) =>
             {
                 Ok(())
             }
-            other => Err(format!(
-                "the sender did not release the VM (said {other:?})"
-            )),
+            other => Err(TransferError::NotReleased {
+                received: other.name(),
+            }),
         }
     }
 
-    /// Tells the sender how it ended: `Ok` once the VM runs here.
-    pub fn finish(mut self, outcome: std::result::Result<(), String>) {
+    /// Tells the sender how it ended: `Ok` once the VM runs here, else the error and its
+    /// causes, as text for the sender's message.
+    pub fn finish(mut self, outcome: std::result::Result<(), &dyn std::error::Error>) {
         let _ = write(
             &mut self.stream,
             &Message::Done {
-                error: outcome.err(),
+                error: outcome.err().map(feather_core::error::causes),
             },
         );
     }
@@ -415,7 +458,7 @@ impl Receiver {
     pub fn bind(listen: &str, token: &str) -> Result<Receiver> {
         let listener = TcpListener::bind(listen).map_err(|e| MigrateError::Transfer {
             peer: listen.to_owned(),
-            why: format!("cannot listen: {e}"),
+            source: TransferError::Listen(e),
         })?;
         Ok(Receiver {
             listener,
@@ -430,36 +473,57 @@ impl Receiver {
             .unwrap_or_default()
     }
 
-    /// Waits for the next sender and receives its VM. `exists` says whether a VM of a name is
-    /// already here (such an offer is refused). Errors concern one sender only; the caller
-    /// reports them and goes on serving.
-    pub fn next(
+    /// Waits for the next sender and receives its VM. `check` says whether this side takes
+    /// the offer (a VM of that name may be here already); its error, with its causes, is what
+    /// the sender is told. Errors concern one sender only; the caller reports them and goes on
+    /// serving.
+    pub fn next<E: std::error::Error>(
         &self,
-        check: impl Fn(&Offer) -> std::result::Result<(), String>,
+        check: impl Fn(&Offer) -> std::result::Result<(), E>,
     ) -> Result<Incoming<'_>> {
         let (mut stream, peer) = self.listener.accept().map_err(|e| MigrateError::Transfer {
             peer: self.local_addr(),
-            why: format!("accept: {e}"),
+            source: TransferError::Lost(e),
         })?;
         let peer = peer.to_string();
-        let failed = |why: String| MigrateError::Transfer {
+        let failed = |source: TransferError| MigrateError::Transfer {
             peer: peer.clone(),
-            why,
+            source,
         };
         stream
             .set_read_timeout(Some(PATIENCE))
-            .map_err(|e| failed(e.to_string()))?;
-        let mut reader = BufReader::new(stream.try_clone().map_err(|e| failed(e.to_string()))?);
-        let nonce = random_hex(16).map_err(|e| failed(e.to_string()))?;
+            .map_err(|e| failed(TransferError::Lost(e)))?;
+        let mut reader = BufReader::new(
+            stream
+                .try_clone()
+                .map_err(|e| failed(TransferError::Lost(e)))?,
+        );
+        let nonce = random_hex(16).map_err(|e| failed(TransferError::Nonce(e)))?;
         write(
             &mut stream,
             &Message::Hello {
+                version: VERSION,
                 nonce: nonce.clone(),
             },
         )
-        .map_err(|e| failed(e.to_string()))?;
+        .map_err(|e| failed(TransferError::Lost(e)))?;
+        let mut refuse = |error: TransferError| {
+            let why = match &error {
+                TransferError::Declined { why } => why.clone(),
+                other => other.to_string(),
+            };
+            let _ = write(&mut stream, &Message::Refuse { why });
+            failed(error)
+        };
         let offer = match read(&mut reader).map_err(failed)? {
+            Message::Offer { version, .. } if version != VERSION => {
+                return Err(refuse(TransferError::Version {
+                    expected: VERSION,
+                    received: version,
+                }));
+            }
             Message::Offer {
+                version: _,
                 vm,
                 address,
                 subnet,
@@ -476,12 +540,8 @@ impl Receiver {
                     subnet,
                 }
             }
-            Message::Offer { .. } => {
-                let why = "wrong token".to_owned();
-                let _ = write(&mut stream, &Message::Refuse { why: why.clone() });
-                return Err(failed(why));
-            }
-            other => return Err(failed(format!("unexpected message {other:?}"))),
+            Message::Offer { .. } => return Err(refuse(TransferError::WrongToken)),
+            other => return Err(failed(unexpected("offer", &other))),
         };
         let vm = offer.vm.clone();
         let valid_name = !vm.is_empty()
@@ -489,16 +549,14 @@ impl Receiver {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
             && !vm.starts_with('.');
-        let refused = if valid_name {
-            check(&offer).err()
-        } else {
-            Some(format!("{vm:?} is not a VM name"))
-        };
-        if let Some(why) = refused {
-            let _ = write(&mut stream, &Message::Refuse { why: why.clone() });
-            return Err(failed(why));
+        if !valid_name {
+            return Err(refuse(TransferError::BadName { vm }));
         }
-        write(&mut stream, &Message::Accept).map_err(|e| failed(e.to_string()))?;
+        if let Err(e) = check(&offer) {
+            let why = feather_core::error::causes(&e);
+            return Err(refuse(TransferError::Declined { why }));
+        }
+        write(&mut stream, &Message::Accept).map_err(|e| failed(TransferError::Lost(e)))?;
         Ok(Incoming {
             vm,
             peer,
@@ -522,19 +580,36 @@ fn write(stream: &mut TcpStream, message: &Message) -> std::io::Result<()> {
     stream.write_all(&line)
 }
 
-fn read(reader: &mut BufReader<TcpStream>) -> std::result::Result<Message, String> {
+fn read(reader: &mut BufReader<TcpStream>) -> std::result::Result<Message, TransferError> {
     let mut line = Vec::new();
     // One more than allowed, to tell a line of exactly MAX_LINE from a longer one.
     match reader
         .take(MAX_LINE as u64 + 1)
         .read_until(b'\n', &mut line)
     {
-        Ok(0) => Err("the other side closed the connection".into()),
-        Ok(_) if line.len() > MAX_LINE => Err(format!(
-            "a message longer than {MAX_LINE} bytes: not a feather peer"
-        )),
-        Ok(_) => serde_json::from_slice(&line).map_err(|e| format!("garbled message: {e}")),
-        Err(e) => Err(format!("connection lost: {e}")),
+        Ok(0) => Err(TransferError::Closed),
+        Ok(_) if line.len() > MAX_LINE => Err(TransferError::TooLong { limit: MAX_LINE }),
+        Ok(_) => serde_json::from_slice(&line).map_err(TransferError::Garbled),
+        Err(e) => Err(TransferError::Lost(e)),
+    }
+}
+
+fn unexpected(expected: &'static str, received: &Message) -> TransferError {
+    TransferError::Unexpected {
+        expected,
+        received: received.name(),
+    }
+}
+
+/// A peer of another protocol version is named at connect, before anything of it is read.
+fn check_version(received: u32) -> std::result::Result<(), TransferError> {
+    if received == VERSION {
+        Ok(())
+    } else {
+        Err(TransferError::Version {
+            expected: VERSION,
+            received,
+        })
     }
 }
 
@@ -669,7 +744,7 @@ mod tests {
             let accepted = offer_to(&relay_addr, &offer);
             let _ = accepted.send_archive(&mut archive.as_slice(), || Ok(()), &mut |_, _| {});
         });
-        let mut incoming = receiver.next(|_| Ok(())).unwrap();
+        let mut incoming = receiver.next(|_| Ok::<(), TransferError>(())).unwrap();
         let mut handed_out = Vec::new();
         let mut chunk = vec![0u8; 64 * 1024];
         let ended = loop {
@@ -726,6 +801,75 @@ mod tests {
         let (received, ended) = relay_archive(archive, Some(4 + MAX_FRAME + 3));
         assert!(ended.is_err());
         assert!(received.is_empty());
+    }
+
+    #[test]
+    fn a_receiver_of_another_version_is_named_before_anything_is_offered() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to = listener.local_addr().unwrap().to_string();
+        let old = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream
+                .write_all(b"{\"msg\":\"hello\",\"nonce\":\"00\"}\n")
+                .unwrap();
+            let mut rest = Vec::new();
+            let _ = stream.read_to_end(&mut rest);
+            rest
+        });
+        let error = offer(&to, "token", &Offer::default()).err().unwrap();
+        assert!(matches!(
+            error,
+            MigrateError::Transfer {
+                source: TransferError::Version {
+                    expected: VERSION,
+                    received: 0
+                },
+                ..
+            }
+        ));
+        assert!(
+            feather_core::error::causes(&error).contains("version 0, where this side speaks 1"),
+            "{error}"
+        );
+        assert!(old.join().unwrap().is_empty(), "no offer was sent");
+    }
+
+    #[test]
+    fn a_sender_of_another_version_is_refused_naming_both() {
+        let receiver = Receiver::bind("127.0.0.1:0", "token").unwrap();
+        let to = receiver.local_addr();
+        let sender = std::thread::spawn(move || {
+            let stream = TcpStream::connect(to).unwrap();
+            let mut reader = BufReader::new(stream.try_clone().unwrap());
+            let mut hello = String::new();
+            reader.read_line(&mut hello).unwrap();
+            assert!(hello.contains(&format!("\"version\":{VERSION}")), "{hello}");
+            (&stream)
+                .write_all(b"{\"msg\":\"offer\",\"version\":9,\"vm\":\"a\",\"proof\":\"\"}\n")
+                .unwrap();
+            let mut answer = String::new();
+            reader.read_line(&mut answer).unwrap();
+            answer
+        });
+        let error = receiver
+            .next(|_| Ok::<(), TransferError>(()))
+            .err()
+            .unwrap();
+        assert!(matches!(
+            error,
+            MigrateError::Transfer {
+                source: TransferError::Version {
+                    expected: VERSION,
+                    received: 9
+                },
+                ..
+            }
+        ));
+        let answer = sender.join().unwrap();
+        assert!(
+            answer.contains("refuse") && answer.contains("version 9, where this side speaks 1"),
+            "{answer}"
+        );
     }
 
     #[test]

@@ -4,15 +4,30 @@ use std::path::PathBuf;
 /// concerned, and what the user can do.
 #[derive(Debug, thiserror::Error)]
 pub enum NetError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
 
-    #[error("{path}: {why} (fix or remove the file)")]
-    BadFile { path: PathBuf, why: String },
+    #[error("{path} (fix or remove the file)")]
+    BadFile {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+
+    #[error("cannot encode {what}")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: toml::ser::Error,
+    },
+
+    /// A state file, or a VM's network settings, as feather-core checks them.
+    #[error(transparent)]
+    Core(#[from] feather_core::Error),
 
     #[error("no free address left in {subnet} (remove VMs with `feather rm`, or give this state root a larger subnet in {settings})")]
     SubnetFull { subnet: String, settings: PathBuf },
@@ -30,7 +45,7 @@ pub enum NetError {
     )]
     NoSubnet { pool: String },
 
-    #[error("host port {port}/{protocol} is already in use on this host (pick another HOSTPORT for --publish): {source}")]
+    #[error("host port {port}/{protocol} is already in use on this host (pick another HOSTPORT for --publish)")]
     PortTaken {
         port: u16,
         protocol: feather_core::network::Protocol,
@@ -38,7 +53,7 @@ pub enum NetError {
         source: std::io::Error,
     },
 
-    #[error("{op} {object}: {source}")]
+    #[error("{op} {object}")]
     Netlink {
         op: &'static str,
         object: String,
@@ -46,8 +61,23 @@ pub enum NetError {
         source: std::io::Error,
     },
 
-    #[error("nftables ({what}): {why} (is the `nft` tool installed? `apt-get install nftables`)")]
-    Firewall { what: String, why: String },
+    #[error("nftables ({what}) (is the `nft` tool installed? `apt-get install nftables`)")]
+    Firewall {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// nft refused the change; `why` is its own error output.
+    #[error("nftables ({what}): {why}")]
+    FirewallRefused { what: String, why: String },
+
+    #[error("{name}")]
+    Setting {
+        name: &'static str,
+        #[source]
+        source: crate::subnet::SubnetError,
+    },
 
     #[error("{0}")]
     Invalid(String),

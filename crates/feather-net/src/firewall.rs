@@ -180,10 +180,10 @@ pub fn add_vm(
 ) -> Result<()> {
     let table = network.table();
     let chain = chain(host_end);
-    nftables::apply(&vm_entries(&table, &chain, host_end, address, egress)).map_err(|e| {
+    nftables::apply(&vm_entries(&table, &chain, host_end, address, egress)).map_err(|source| {
         NetError::Firewall {
             what: format!("add VM {host_end} to tables {table}"),
-            why: e.to_string(),
+            source,
         }
     })
 }
@@ -239,9 +239,9 @@ pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egres
 
 /// Runs `nft -f -` on `script`: one atomic batch.
 fn run(what: &str, script: &str) -> Result<()> {
-    let failed = |why: String| NetError::Firewall {
+    let failed = |source| NetError::Firewall {
         what: what.to_owned(),
-        why,
+        source,
     };
     let mut child = Command::new("nft")
         .args(["-f", "-"])
@@ -249,21 +249,20 @@ fn run(what: &str, script: &str) -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| failed(format!("cannot run nft: {e}")))?;
+        .map_err(failed)?;
     // The script is far smaller than a pipe's buffer: writing it never blocks on nft.
     let written = child
         .stdin
         .take()
         .map_or(Ok(()), |mut stdin| stdin.write_all(script.as_bytes()));
-    let output = child
-        .wait_with_output()
-        .map_err(|e| failed(e.to_string()))?;
-    written.map_err(|e| failed(e.to_string()))?;
+    let output = child.wait_with_output().map_err(failed)?;
+    written.map_err(failed)?;
     if output.status.success() {
         Ok(())
     } else {
-        Err(failed(
-            String::from_utf8_lossy(&output.stderr).trim().to_owned(),
-        ))
+        Err(NetError::FirewallRefused {
+            what: what.to_owned(),
+            why: String::from_utf8_lossy(&output.stderr).trim().to_owned(),
+        })
     }
 }

@@ -72,9 +72,7 @@ pub fn allocate(
     config: &mut NetworkConfig,
     durable: bool,
 ) -> Result<()> {
-    config
-        .validate()
-        .map_err(|e| NetError::Invalid(e.to_string()))?;
+    config.validate()?;
     publish::check_free(&config.publish)?;
     if config.mode == NetMode::Private {
         let (network, _lock) = RootNetwork::load_or_choose_locked(root_dir)?;

@@ -62,9 +62,9 @@ impl RootNetwork {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(e).at(path),
         };
-        let file: SettingsFile = toml::from_str(&text).map_err(|e| NetError::BadFile {
+        let file: SettingsFile = toml::from_str(&text).map_err(|source| NetError::BadFile {
             path: path.clone(),
-            why: e.to_string(),
+            source,
         })?;
         Ok(Some(RootNetwork {
             bridge: file.bridge,
@@ -98,10 +98,12 @@ impl RootNetwork {
                     subnet: network.subnet,
                     uplink: network.uplink.clone(),
                 };
-                let text = toml::to_string(&file).map_err(|e| NetError::Invalid(e.to_string()))?;
+                let text = toml::to_string(&file).map_err(|source| NetError::Encode {
+                    what: "the root's network settings",
+                    source,
+                })?;
                 let path = Self::settings_path(root);
-                write_atomic(&path, text.as_bytes(), Durability::Durable)
-                    .map_err(|e| NetError::Invalid(e.to_string()))?;
+                write_atomic(&path, text.as_bytes(), Durability::Durable)?;
                 network
             }
         };
@@ -135,10 +137,10 @@ impl RootNetwork {
         let is_default = root == Path::new(DEFAULT_STATE_DIR);
         let bridge = env("FEATHER_BRIDGE");
         let subnet = match env("FEATHER_SUBNET") {
-            Some(text) => Some(
-                text.parse::<Subnet>()
-                    .map_err(|why| NetError::Invalid(format!("FEATHER_SUBNET: {why}")))?,
-            ),
+            Some(text) => Some(text.parse::<Subnet>().map_err(|source| NetError::Setting {
+                name: "FEATHER_SUBNET",
+                source,
+            })?),
             None if is_default => Some(DEFAULT_SUBNET.parse().expect("valid default")),
             None => None,
         };
@@ -236,10 +238,12 @@ impl RootNetwork {
             root: self.root.clone(),
         };
         let path = Path::new(CLAIMS).join(&self.bridge);
-        let text = toml::to_string(&claim).map_err(|e| NetError::Invalid(e.to_string()))?;
+        let text = toml::to_string(&claim).map_err(|source| NetError::Encode {
+            what: "the root's network claim",
+            source,
+        })?;
         if fs::read_to_string(&path).ok().as_deref() != Some(text.as_str()) {
-            write_atomic(&path, text.as_bytes(), Durability::Volatile)
-                .map_err(|e| NetError::Invalid(e.to_string()))?;
+            write_atomic(&path, text.as_bytes(), Durability::Volatile)?;
         }
         Ok(())
     }

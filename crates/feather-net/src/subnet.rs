@@ -6,6 +6,19 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+/// Text that is not a subnet feather can use.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum SubnetError {
+    #[error("{text:?}: expected ADDRESS/PREFIX, e.g. 10.77.0.0/16")]
+    Form { text: String },
+    #[error("{text:?}: {address:?} is not an IPv4 address")]
+    Address { text: String, address: String },
+    #[error("{text:?}: {prefix:?} is not a prefix length")]
+    Prefix { text: String, prefix: String },
+    #[error("prefix /{prefix}: must be between /8 and /30")]
+    PrefixRange { prefix: u8 },
+}
+
 /// An IPv4 network, e.g. `10.77.0.0/16`. Its first host address is the bridge's (the VMs'
 /// gateway); the others are leased to VMs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,9 +29,9 @@ pub struct Subnet {
 }
 
 impl Subnet {
-    pub fn new(address: Ipv4Addr, prefix: u8) -> Result<Subnet, String> {
+    pub fn new(address: Ipv4Addr, prefix: u8) -> Result<Subnet, SubnetError> {
         if !(8..=30).contains(&prefix) {
-            return Err(format!("prefix /{prefix}: must be between /8 and /30"));
+            return Err(SubnetError::PrefixRange { prefix });
         }
         let mask = u32::MAX << (32 - prefix);
         Ok(Subnet {
@@ -62,24 +75,26 @@ impl Subnet {
 }
 
 impl FromStr for Subnet {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Subnet, String> {
+    type Err = SubnetError;
+    fn from_str(text: &str) -> Result<Subnet, SubnetError> {
         let (address, prefix) = text
             .split_once('/')
-            .ok_or_else(|| format!("{text:?}: expected ADDRESS/PREFIX, e.g. 10.77.0.0/16"))?;
-        let address: Ipv4Addr = address
-            .parse()
-            .map_err(|_| format!("{text:?}: {address:?} is not an IPv4 address"))?;
-        let prefix: u8 = prefix
-            .parse()
-            .map_err(|_| format!("{text:?}: {prefix:?} is not a prefix length"))?;
-        Subnet::new(address, prefix)
+            .ok_or_else(|| SubnetError::Form { text: text.into() })?;
+        let ip: Ipv4Addr = address.parse().map_err(|_| SubnetError::Address {
+            text: text.into(),
+            address: address.into(),
+        })?;
+        let length: u8 = prefix.parse().map_err(|_| SubnetError::Prefix {
+            text: text.into(),
+            prefix: prefix.into(),
+        })?;
+        Subnet::new(ip, length)
     }
 }
 
 impl TryFrom<String> for Subnet {
-    type Error = String;
-    fn try_from(text: String) -> Result<Subnet, String> {
+    type Error = SubnetError;
+    fn try_from(text: String) -> Result<Subnet, SubnetError> {
         text.parse()
     }
 }
@@ -110,7 +125,13 @@ mod tests {
         assert_eq!(hosts.last(), Some(&Ipv4Addr::new(10, 78, 3, 254)));
         assert!(subnet.overlaps(&"10.78.0.0/16".parse().unwrap()));
         assert!(!subnet.overlaps(&"10.78.4.0/24".parse().unwrap()));
-        assert!("10.0.0.0/31".parse::<Subnet>().is_err());
-        assert!("nonsense".parse::<Subnet>().is_err());
+        assert_eq!(
+            "10.0.0.0/31".parse::<Subnet>(),
+            Err(SubnetError::PrefixRange { prefix: 31 })
+        );
+        assert!(matches!(
+            "nonsense".parse::<Subnet>(),
+            Err(SubnetError::Form { .. })
+        ));
     }
 }

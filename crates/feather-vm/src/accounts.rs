@@ -7,6 +7,13 @@
 use std::fs;
 use std::path::PathBuf;
 
+/// A user name the VM's `/etc/passwd` does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("user {user:?} does not exist in the VM's /etc/passwd")]
+pub struct UnknownUser {
+    pub user: String,
+}
+
 #[derive(Clone, Debug, PartialEq)]
 pub struct Account {
     pub name: String,
@@ -29,7 +36,7 @@ impl Account {
 /// The account named `user` (a name, or a numeric uid) in the calling process's `/etc/passwd`.
 /// A uid that has no entry is still a valid identity (uid = gid = it, home `/`), as in Docker;
 /// an unknown name is an error.
-pub fn lookup(user: Option<&str>) -> Result<Account, String> {
+pub fn lookup(user: Option<&str>) -> Result<Account, UnknownUser> {
     let passwd = fs::read_to_string("/etc/passwd").unwrap_or_default();
     match user {
         None => Ok(find_user(&passwd, "root").unwrap_or_else(Account::root)),
@@ -41,9 +48,9 @@ pub fn lookup(user: Option<&str>) -> Result<Account, String> {
                 gid: id,
                 home: "/".into(),
             }),
-            (None, Err(_)) => Err(format!(
-                "user {user:?} does not exist in the VM's /etc/passwd"
-            )),
+            (None, Err(_)) => Err(UnknownUser {
+                user: user.to_owned(),
+            }),
         },
     }
 }

@@ -62,11 +62,16 @@ pub enum BootError {
     },
     #[error("expected {expected}, but the other side closed the connection")]
     Closed { expected: &'static str },
-    #[error("while waiting for {expected}: {source}")]
+    #[error("while waiting for {expected}")]
     Io {
         expected: &'static str,
+        #[source]
         source: std::io::Error,
     },
+    /// The keeper could not start the VM: its own message, which names the VM and carries
+    /// every cause.
+    #[error("{message}")]
+    KeeperFailed { message: String },
 }
 
 /// Writes one message as a JSON line.
@@ -122,12 +127,12 @@ pub fn expect(from: &mut impl Read, want: ToInit) -> Result<(), BootError> {
     }
 }
 
-/// What `feather start` makes of its keeper's report: `Ok` once the VM is up, the keeper's
-/// own message if it failed, or what came instead.
-pub fn read_report(from: &mut impl Read) -> Result<Result<(), String>, BootError> {
+/// What `feather start` makes of its keeper's report: `Ok` once the VM is up, else the
+/// keeper's own message ([`BootError::KeeperFailed`]) or what came instead.
+pub fn read_report(from: &mut impl Read) -> Result<(), BootError> {
     const EXPECTED: &str = "the keeper's report (up or failed)";
     match receive::<KeeperReport>(from, EXPECTED)? {
-        KeeperReport::Up { version } if version == VERSION => Ok(Ok(())),
+        KeeperReport::Up { version } if version == VERSION => Ok(()),
         KeeperReport::Up { version } => Err(BootError::Unexpected {
             expected: "a keeper of this feather's protocol version",
             received: format!(
@@ -135,7 +140,7 @@ pub fn read_report(from: &mut impl Read) -> Result<Result<(), String>, BootError
                  same build, side by side)"
             ),
         }),
-        KeeperReport::Failed { message } => Ok(Err(message)),
+        KeeperReport::Failed { message } => Err(BootError::KeeperFailed { message }),
     }
 }
 
@@ -181,9 +186,9 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(
-            read_report(&mut stream.as_slice()).unwrap(),
-            Err("no".into())
-        );
+        assert!(matches!(
+            read_report(&mut stream.as_slice()),
+            Err(BootError::KeeperFailed { message }) if message == "no"
+        ));
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! feather exec ── connect @<init's abstract name>, in the VM's net namespace ──────────▶ init
-//!   Exec { workload, terminal } + stdin, stdout, stderr (SCM_RIGHTS) ──▶ fork: setsid,
+//!   Exec { version, workload, terminal } + stdin, stdout, stderr ──────▶ fork: setsid,
 //!                                                                     (TIOCSCTTY), dup2,
 //!   ◀── Started { pid }  |  Failed { message }                        become_workload
 //!   Signal { signo } ──▶ kill(pid, signo)              (TERM, INT, HUP, QUIT, USR1, USR2)
@@ -47,6 +47,51 @@ pub const COMMAND_FD: RawFd = 100;
 /// The largest message either side sends (a workload's argv and environment).
 pub const MAX_MESSAGE: usize = 128 * 1024;
 
+/// Changes whenever a message of this module changes. `feather` and the `feather-keeper` a VM's
+/// init runs may come from different builds (a VM outlives an upgrade): an `Exec` of another
+/// version is refused naming both, rather than misread.
+pub const VERSION: u32 = 1;
+
+/// What can go wrong on init's command channel, on either side.
+#[derive(Debug, thiserror::Error)]
+pub enum CommandError {
+    #[error("{doing}")]
+    Socket {
+        doing: &'static str,
+        #[source]
+        source: Errno,
+    },
+    #[error("command socket at descriptor {COMMAND_FD}")]
+    Place(#[source] feather_sys::SysError),
+    #[error("the request did not carry stdin, stdout and stderr")]
+    NoStdio,
+    #[error("cannot start {argv:?}")]
+    Start {
+        argv: Vec<String>,
+        #[source]
+        source: feather_sys::SysError,
+    },
+    #[error("join the VM's network namespace")]
+    Join(#[source] feather_sys::SysError),
+    #[error("the socket at init's address is not init's (its listener is pid {listener}, init is {init})")]
+    Impostor { listener: i32, init: Pid },
+    #[error("cannot take init's command socket; is ptrace disabled on this host (kernel.yama.ptrace_scope = 3)? feather exec needs root's ptrace access to the VM's init")]
+    NoPtrace(#[source] feather_sys::SysError),
+    #[error("{STOPPING}")]
+    NoSocket(#[source] feather_sys::SysError),
+    #[error("{STOPPING}: its descriptor {COMMAND_FD} {what}")]
+    NotTheSocket { what: &'static str },
+    #[error("exec protocol version {received}, where this VM's init speaks {expected} (the VM was started by another build of feather: restart it, or use that build's feather exec)")]
+    Version { expected: u32, received: u32 },
+}
+
+/// What a missing or strange command socket most likely means.
+const STOPPING: &str = "its init has no command socket (is the VM stopping?)";
+
+fn socket_error(doing: &'static str) -> impl FnOnce(Errno) -> CommandError {
+    move |source| CommandError::Socket { doing, source }
+}
+
 /// What `feather exec` asks of init.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
@@ -55,6 +100,9 @@ pub enum ToInit {
     /// `terminal`: the TERM of a terminal; the descriptors are then one terminal of the VM's
     /// devpts, which becomes the program's controlling terminal.
     Exec {
+        /// The asker's [`VERSION`]; absent (0) from a build before versions were checked.
+        #[serde(default)]
+        version: u32,
         workload: Workload,
         terminal: Option<String>,
     },
@@ -92,21 +140,21 @@ struct Session {
 
 impl Commands {
     /// Opens the command socket at [`COMMAND_FD`]. Called by init before it reports ready.
-    pub fn listen() -> Result<Commands, String> {
+    pub fn listen() -> Result<Commands, CommandError> {
         let socket = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
             SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK,
             None,
         )
-        .map_err(|e| format!("command socket: {e}"))?;
+        .map_err(socket_error("command socket"))?;
         let listener = feather_sys::process::move_to_free_fd(socket, COMMAND_FD)
-            .map_err(|e| format!("command socket at descriptor {COMMAND_FD}: {e}"))?;
+            .map_err(CommandError::Place)?;
         // An address of the family alone: the kernel picks a free abstract name.
         bind(listener.as_raw_fd(), &UnixAddr::new_unnamed())
-            .map_err(|e| format!("bind the command socket: {e}"))?;
+            .map_err(socket_error("bind the command socket"))?;
         listen(&listener, Backlog::new(64).unwrap_or(Backlog::MAXCONN))
-            .map_err(|e| format!("listen on the command socket: {e}"))?;
+            .map_err(socket_error("listen on the command socket"))?;
         Ok(Commands {
             listener,
             sessions: Vec::new(),
@@ -172,13 +220,24 @@ impl Commands {
             Err(_) => return false,
         };
         match (message, session.program) {
-            (ToInit::Exec { workload, terminal }, None) => {
-                let reply = match start(&workload, terminal.as_deref(), fds) {
+            (
+                ToInit::Exec {
+                    version,
+                    workload,
+                    terminal,
+                },
+                None,
+            ) => {
+                let started =
+                    admit(version).and_then(|()| start(&workload, terminal.as_deref(), fds));
+                let reply = match started {
                     Ok(pid) => {
                         session.program = Some(pid);
                         FromInit::Started { pid: pid.as_raw() }
                     }
-                    Err(message) => FromInit::Failed { message },
+                    Err(e) => FromInit::Failed {
+                        message: feather_core::error::causes(&e),
+                    },
                 };
                 let started = matches!(reply, FromInit::Started { .. });
                 send(&session.connection, &reply, &[]).is_ok() && started
@@ -194,14 +253,29 @@ impl Commands {
     }
 }
 
+/// An `Exec` of this module's [`VERSION`] is served; any other is refused, naming both.
+fn admit(version: u32) -> Result<(), CommandError> {
+    if version == VERSION {
+        Ok(())
+    } else {
+        Err(CommandError::Version {
+            expected: VERSION,
+            received: version,
+        })
+    }
+}
+
 /// Forks the program: a session of its own (with `terminal`, the terminal sent along becomes
 /// its controlling terminal), the three descriptors as its stdio, then the workload's user,
 /// environment and folder. It inherits init's namespaces, cgroup, seccomp filter, capability
 /// set and Landlock domain.
-fn start(workload: &Workload, terminal: Option<&str>, fds: Vec<OwnedFd>) -> Result<Pid, String> {
-    let [stdin, stdout, stderr]: [OwnedFd; 3] = fds
-        .try_into()
-        .map_err(|_| "the request did not carry stdin, stdout and stderr".to_owned())?;
+fn start(
+    workload: &Workload,
+    terminal: Option<&str>,
+    fds: Vec<OwnedFd>,
+) -> Result<Pid, CommandError> {
+    let [stdin, stdout, stderr]: [OwnedFd; 3] =
+        fds.try_into().map_err(|_| CommandError::NoStdio)?;
     match feather_sys::process::fork() {
         Ok(Some(pid)) => Ok(pid),
         Ok(None) => {
@@ -210,52 +284,51 @@ fn start(workload: &Workload, terminal: Option<&str>, fds: Vec<OwnedFd>) -> Resu
                 if let Err(e) = feather_sys::pty::make_controlling(&stdin) {
                     let _ = nix::unistd::dup2_stderr(&stderr);
                     eprintln!("feather: {e}");
-                    std::process::exit(crate::exec::EXIT_CANNOT_EXEC);
+                    std::process::exit(crate::workload::EXIT_CANNOT_EXEC);
                 }
             }
             let redirected = nix::unistd::dup2_stdin(&stdin)
                 .and_then(|_| nix::unistd::dup2_stdout(&stdout))
                 .and_then(|_| nix::unistd::dup2_stderr(&stderr));
             if redirected.is_err() {
-                std::process::exit(crate::exec::EXIT_CANNOT_EXEC);
+                std::process::exit(crate::workload::EXIT_CANNOT_EXEC);
             }
             drop((stdin, stdout, stderr));
             let why = become_workload(workload, terminal);
-            eprintln!("feather: {why}");
-            std::process::exit(if why.ends_with("command not found") {
-                127
-            } else {
-                crate::exec::EXIT_CANNOT_EXEC
-            });
+            eprintln!("feather: {}", feather_core::error::causes(&why));
+            std::process::exit(why.exit_code());
         }
-        Err(e) => Err(format!("cannot start {:?}: {e}", workload.argv)),
+        Err(source) => Err(CommandError::Start {
+            argv: workload.argv.clone(),
+            source,
+        }),
     }
 }
 
 /// The exec side: takes init's command socket from init itself (`init` held by `pidfd`, whose
 /// start time the caller checked), joins the VM's network namespace, where its abstract name
 /// lives, connects, and proves the connection reached init before anything is sent.
-pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, String> {
+pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, CommandError> {
     let address = command_socket_address(pidfd)?;
     feather_sys::process::join_namespaces(pidfd, nix::sched::CloneFlags::CLONE_NEWNET)
-        .map_err(|e| e.to_string())?;
+        .map_err(CommandError::Join)?;
     let fd = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| format!("socket: {e}"))?;
-    connect(fd.as_raw_fd(), &address).map_err(|e| format!("connect to init's socket: {e}"))?;
+    .map_err(socket_error("socket"))?;
+    connect(fd.as_raw_fd(), &address).map_err(socket_error("connect to init's socket"))?;
     // The peer's credentials are the listener's, taken by the kernel when it called listen():
     // its pid, as this (host) pid namespace sees it, must be init's.
     let peer = getsockopt(&fd, sockopt::PeerCredentials)
-        .map_err(|e| format!("SO_PEERCRED on init's socket: {e}"))?;
+        .map_err(socket_error("SO_PEERCRED on init's socket"))?;
     if peer.pid() != init.as_raw() {
-        return Err(format!(
-            "the socket at init's address is not init's (its listener is pid {}, init is {init})",
-            peer.pid()
-        ));
+        return Err(CommandError::Impostor {
+            listener: peer.pid(),
+            init,
+        });
     }
     Ok(fd)
 }
@@ -263,30 +336,26 @@ pub fn connect_to_init(init: Pid, pidfd: &impl AsFd) -> Result<OwnedFd, String> 
 /// The exact abstract address of init's command socket, from the kernel: a duplicate of init's
 /// descriptor [`COMMAND_FD`] must be a listening unix SOCK_SEQPACKET socket, and its own name
 /// is what `getsockname` answers.
-fn command_socket_address(pidfd: &impl AsFd) -> Result<UnixAddr, String> {
-    let stopping = "its init has no command socket (is the VM stopping?)";
+fn command_socket_address(pidfd: &impl AsFd) -> Result<UnixAddr, CommandError> {
     let listener = feather_sys::process::take_fd(pidfd, COMMAND_FD).map_err(|e| match e.errno {
         // pidfd_getfd asks for ptrace access to init, which Yama's mode 3 refuses even root.
-        nix::errno::Errno::EPERM => format!(
-            "cannot take init's command socket ({e}); is ptrace disabled on this host \
-             (kernel.yama.ptrace_scope = 3)? feather exec needs root's ptrace access to the VM's init"
-        ),
-        _ => format!("{stopping}: {e}"),
+        nix::errno::Errno::EPERM => CommandError::NoPtrace(e),
+        _ => CommandError::NoSocket(e),
     })?;
     let is_listening_seqpacket = getsockopt(&listener, sockopt::SockType)
         .is_ok_and(|t| t == SockType::SeqPacket)
         && getsockopt(&listener, sockopt::AcceptConn).unwrap_or(false);
     if !is_listening_seqpacket {
-        return Err(format!(
-            "{stopping}: its descriptor {COMMAND_FD} is not a listening SOCK_SEQPACKET socket"
-        ));
+        return Err(CommandError::NotTheSocket {
+            what: "is not a listening SOCK_SEQPACKET socket",
+        });
     }
-    let address: UnixAddr = getsockname(listener.as_raw_fd())
-        .map_err(|e| format!("getsockname of init's socket: {e}"))?;
+    let address: UnixAddr =
+        getsockname(listener.as_raw_fd()).map_err(socket_error("getsockname of init's socket"))?;
     if address.as_abstract().is_none() {
-        return Err(format!(
-            "{stopping}: its descriptor {COMMAND_FD} has no abstract unix address"
-        ));
+        return Err(CommandError::NotTheSocket {
+            what: "has no abstract unix address",
+        });
     }
     Ok(address)
 }
@@ -312,4 +381,34 @@ pub fn receive<T: for<'de> Deserialize<'de>>(
     serde_json::from_slice(&buffer[..length])
         .map(|message| Some((message, fds)))
         .map_err(|_| Errno::EBADMSG)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_exec_of_another_version_is_refused_naming_both() {
+        let old: ToInit =
+            serde_json::from_str(r#"{"op":"exec","workload":{"argv":["true"],"env":[],"cwd":null,"user":null},"terminal":null}"#)
+                .unwrap();
+        let ToInit::Exec { version, .. } = old else {
+            panic!("{old:?}")
+        };
+        let error = admit(version).unwrap_err();
+        assert!(matches!(
+            error,
+            CommandError::Version {
+                expected: VERSION,
+                received: 0
+            }
+        ));
+        assert!(
+            error
+                .to_string()
+                .contains("version 0, where this VM's init speaks 1"),
+            "{error}"
+        );
+        assert!(admit(VERSION).is_ok());
+    }
 }

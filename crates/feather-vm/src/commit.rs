@@ -31,7 +31,7 @@ use nix::sys::stat::Mode;
 use nix::unistd::{Gid, Uid};
 
 use crate::diff::{self, Change, ChangeKind, Tree};
-use crate::error::{failed, InVm, Result, VmError};
+use crate::error::{encode, failed, io, InVm, Result, VmError};
 use crate::layers;
 
 /// How long a running VM may take to stop running when frozen for a commit.
@@ -42,7 +42,7 @@ pub fn changes(root: &StateRoot, name: &VmName) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
     let (_, trees) = pin(&vm, &config)?;
-    diff::diff(&trees, &config).map_err(|e| failed(name, format!("reading its layer: {e}")))
+    diff::diff(&trees, &config).map_err(io(name, "reading its layer"))
 }
 
 /// The base and every layer of the VM, pinned as descriptors.
@@ -51,7 +51,7 @@ fn pin(vm: &VmDir, config: &VmConfig) -> Result<(File, Vec<Tree>)> {
         // A disk image holds the layers: mounted again if a reboot took it away.
         crate::disk::attach(vm.name(), vm, disk)?;
     }
-    let reading = |e: std::io::Error| failed(vm.name(), format!("opening its layers: {e}"));
+    let reading = |e: std::io::Error| io(vm.name(), "opening its layers")(e);
     let base = beneath::open_root(&config.base).map_err(|e| {
         failed(
             vm.name(),
@@ -147,8 +147,7 @@ pub fn commit(
     let config = vm.read_config()?;
     let _frozen = hold_still(&vm, &config)?;
     let (_base, trees) = pin(&vm, &config)?;
-    let all =
-        diff::diff(&trees, &config).map_err(|e| failed(name, format!("reading its layer: {e}")))?;
+    let all = diff::diff(&trees, &config).map_err(io(name, "reading its layer"))?;
     let selected = select(all, paths, name)?;
     let mut journal = Journal::load(&vm);
     let conflicts: Vec<String> = selected
@@ -520,7 +519,7 @@ impl Journal {
 
     fn save(&self, vm: &VmDir) -> Result<()> {
         let bytes =
-            serde_json::to_vec(&self.entries).map_err(|e| failed(vm.name(), e.to_string()))?;
+            serde_json::to_vec(&self.entries).map_err(encode(vm.name(), "the commit journal"))?;
         Ok(write_atomic(&self.path, &bytes, Durability::Durable)?)
     }
 }

@@ -31,8 +31,7 @@ use feather_sys::quota;
 use nix::errno::Errno;
 use nix::mount::MntFlags;
 
-use crate::error::{failed, Result};
-use crate::layers::Layer;
+use crate::error::{failed, io, Result};
 
 /// Project ids feather chooses from: above those administrators number by hand in
 /// /etc/projid, below 2^31 for tools that read ids as signed.
@@ -59,7 +58,7 @@ pub fn mount_point(vm: &VmDir) -> std::path::PathBuf {
 /// Chooses how a VM capped at `bytes` is held to it: a project quota where the filesystem of
 /// `state` (the state root) enforces them, else a filesystem image of its own.
 pub fn allocate(name: &VmName, state: &Path, bytes: u64) -> Result<DiskQuota> {
-    let dir = open_dir(state).map_err(|e| failed(name, format!("{}: {e}", state.display())))?;
+    let dir = open_dir(state).map_err(io(name, state.display().to_string()))?;
     if let Err(errno) = quota::enforced(dir.as_fd()) {
         return image_cap(name, state, errno, bytes);
     }
@@ -180,7 +179,7 @@ pub fn prepare(name: &VmName, state: &Path, vm: &VmDir, disk: DiskQuota) -> Resu
     }
 }
 
-/// Holds a starting VM's `layers` to its cap. Done at every start: layers of newly mounted
+/// Holds the `folders` of a starting VM's layers (upper and work) to its cap. Done at every start: layers of newly mounted
 /// host filesystems, and those `reset` made afresh, join the project too; an image is mounted
 /// again if a reboot took it away (call [`attach`] before the layer folders are made).
 pub fn apply(
@@ -188,15 +187,13 @@ pub fn apply(
     state: &Path,
     vm: &VmDir,
     disk: DiskQuota,
-    layers: &[Layer],
+    folders: &[&Path],
 ) -> Result<()> {
     match disk {
         DiskQuota::ProjectQuota { bytes, project } => {
             set_project_limit(name, state, project, bytes)?;
-            for layer in layers {
-                for folder in [&layer.upper, &layer.work] {
-                    assign(name, folder, project)?;
-                }
+            for folder in folders {
+                assign(name, folder, project)?;
             }
             Ok(())
         }
@@ -205,7 +202,7 @@ pub fn apply(
 }
 
 fn set_project_limit(name: &VmName, state: &Path, project: u32, bytes: u64) -> Result<()> {
-    let dir = open_dir(state).map_err(|e| failed(name, format!("{}: {e}", state.display())))?;
+    let dir = open_dir(state).map_err(io(name, state.display().to_string()))?;
     quota::set_limit(dir.as_fd(), project, bytes).map_err(|errno| {
         let why = match errno {
             Errno::EPERM => "setting a project quota needs CAP_SYS_ADMIN".to_owned(),
@@ -226,7 +223,7 @@ fn make_image(name: &VmName, vm: &VmDir, bytes: u64) -> Result<()> {
         .mode(0o600)
         .open(&image)
         .and_then(|file| file.set_len(bytes).map(|()| file))
-        .map_err(|e| failed(name, format!("{}: {e}", image.display())))?;
+        .map_err(io(name, image.display().to_string()))?;
     drop(file);
     run(
         name,
@@ -245,10 +242,7 @@ pub fn attach(name: &VmName, vm: &VmDir, disk: DiskQuota) -> Result<()> {
     };
     let mount_point = mount_point(vm);
     let image = vm.path().join("disk.img");
-    let at = |path: &Path| {
-        let path = path.to_path_buf();
-        move |e: std::io::Error| failed(name, format!("{}: {e}", path.display()))
-    };
+    let at = |path: &Path| io(name, path.display().to_string());
     std::fs::create_dir_all(&mount_point).map_err(at(&mount_point))?;
     let adopt = !image.exists();
     if adopt {
@@ -288,7 +282,7 @@ fn move_into_image(name: &VmName, outside: &Path, inside: &Path) -> Result<()> {
             .arg(&source)
             .arg(inside),
     )?;
-    let at = |e: std::io::Error| failed(name, format!("{}: {e}", outside.display()));
+    let at = |e: std::io::Error| io(name, outside.display().to_string())(e);
     std::fs::remove_dir_all(outside).map_err(at)?;
     std::fs::create_dir(outside).map_err(at)
 }
@@ -319,7 +313,7 @@ fn run(name: &VmName, command: &mut Command) -> Result<()> {
     let output = command
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| failed(name, format!("cannot run {command:?}: {e}")))?;
+        .map_err(io(name, format!("cannot run {command:?}")))?;
     if output.status.success() {
         Ok(())
     } else {
@@ -336,7 +330,7 @@ fn run(name: &VmName, command: &mut Command) -> Result<()> {
 
 /// Puts the folder `path` (feather's own, in the VM's state folder) into `project`.
 pub fn assign(name: &VmName, path: &Path, project: u32) -> Result<()> {
-    let dir = open_dir(path).map_err(|e| failed(name, format!("{}: {e}", path.display())))?;
+    let dir = open_dir(path).map_err(io(name, path.display().to_string()))?;
     quota::assign(dir.as_fd(), project).map_err(|e| {
         failed(
             name,

@@ -1,27 +1,137 @@
 use feather_core::Error as CoreError;
+use feather_migrate::MigrateError;
+use feather_net::NetError;
 use feather_sys::SysError;
 
-/// Everything that can go wrong with a VM, each variant naming the VM or path concerned.
+use crate::boot::BootError;
+use crate::commands::CommandError;
+
+/// Everything that can go wrong with a VM, each variant naming the VM or path concerned. A
+/// variant with a source does not repeat it in its message: the CLI prints the chain of causes
+/// (`{:#}`), and text that leaves a process carries it whole (`feather_core::error::causes`).
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
     #[error(transparent)]
     Core(#[from] CoreError),
 
-    /// CRIU or a VM archive failed; the message names the VM.
+    /// CRIU, a VM archive or a migration's transfer failed; the message names the VM, the
+    /// archive or the peer.
     #[error(transparent)]
-    Migrate(#[from] feather_migrate::MigrateError),
+    Migrate(#[from] MigrateError),
 
-    #[error("VM {vm}: {source}")]
+    /// CRIU, a VM archive or a migration's transfer failed for this VM.
+    #[error("VM {vm}")]
+    MigrateVm {
+        vm: String,
+        #[source]
+        source: Box<MigrateError>,
+    },
+
+    /// The VM's files in its state root.
+    #[error("VM {vm}")]
+    State {
+        vm: String,
+        #[source]
+        source: CoreError,
+    },
+
+    #[error("VM {vm}")]
     Sys {
         vm: String,
         #[source]
         source: SysError,
     },
 
+    /// The VM's network (addresses, bridge, firewall, published ports).
+    #[error("VM {vm}")]
+    Net {
+        vm: String,
+        #[source]
+        source: Box<NetError>,
+    },
+
+    #[error("VM {vm}: {doing}")]
+    Io {
+        vm: String,
+        doing: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A message between the processes of the VM's start was not the one expected.
+    #[error("VM {vm}: {during}")]
+    Boot {
+        vm: String,
+        during: &'static str,
+        #[source]
+        source: BootError,
+    },
+
+    /// What a migration brought is not what its sender sent.
+    #[error("VM {vm}: {file}")]
+    Received {
+        vm: String,
+        file: String,
+        #[source]
+        source: feather_migrate::transfer::TransferError,
+    },
+
+    /// A received VM's sender did not let it go.
+    #[error("VM {vm}: the migration was not completed")]
+    NotCompleted {
+        vm: String,
+        #[source]
+        source: feather_migrate::transfer::TransferError,
+    },
+
+    #[error("VM {vm}: cannot reach the VM's init")]
+    Command {
+        vm: String,
+        #[source]
+        source: CommandError,
+    },
+
+    #[error("VM {vm}: its keeper did not answer")]
+    KeeperSilent {
+        vm: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("VM {vm}: unexpected answer from its keeper: {answer}")]
+    KeeperAnswer { vm: String, answer: String },
+
+    /// A file feather writes for the VM could not be encoded.
+    #[error("VM {vm}: {what}")]
+    Encode {
+        vm: String,
+        what: String,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+
+    /// A migration failed before the VM was let go, and the VM runs here again.
+    #[error("VM {vm}: migration failed, the VM runs here again")]
+    MigrationFailed {
+        vm: String,
+        #[source]
+        source: Box<VmError>,
+    },
+
+    /// A migration failed, and so did restoring the VM here (`source`).
+    #[error("VM {vm}: migration failed ({migration}) and so did restoring it here; it stays checkpointed: `feather restore {vm}`")]
+    MigrationAndRestoreFailed {
+        vm: String,
+        migration: String,
+        #[source]
+        source: Box<VmError>,
+    },
+
     #[error("VM {vm}: {why}")]
     Failed { vm: String, why: String },
 
-    /// What a VM's keeper reported when it could not start the VM (its message names the VM).
+    /// What a VM's keeper reported when it could not do what it was asked (its message names
+    /// the VM and carries every cause).
     #[error("{0}")]
     Keeper(String),
 
@@ -31,7 +141,7 @@ pub enum VmError {
 
 pub type Result<T, E = VmError> = std::result::Result<T, E>;
 
-/// Attaches the VM's name to a system-call error.
+/// Attaches the VM's name to a lower layer's error.
 pub(crate) trait InVm<T> {
     fn in_vm(self, vm: &impl std::fmt::Display) -> Result<T>;
 }
@@ -45,9 +155,58 @@ impl<T> InVm<T> for feather_sys::Result<T> {
     }
 }
 
+impl<T> InVm<T> for feather_core::Result<T> {
+    fn in_vm(self, vm: &impl std::fmt::Display) -> Result<T> {
+        self.map_err(|source| VmError::State {
+            vm: vm.to_string(),
+            source,
+        })
+    }
+}
+
+impl<T> InVm<T> for feather_net::Result<T> {
+    fn in_vm(self, vm: &impl std::fmt::Display) -> Result<T> {
+        self.map_err(|source| VmError::Net {
+            vm: vm.to_string(),
+            source: Box::new(source),
+        })
+    }
+}
+
+impl<T> InVm<T> for feather_migrate::Result<T> {
+    fn in_vm(self, vm: &impl std::fmt::Display) -> Result<T> {
+        self.map_err(|source| VmError::MigrateVm {
+            vm: vm.to_string(),
+            source: Box::new(source),
+        })
+    }
+}
+
 pub(crate) fn failed(vm: &impl std::fmt::Display, why: impl Into<String>) -> VmError {
     VmError::Failed {
         vm: vm.to_string(),
         why: why.into(),
+    }
+}
+
+/// An I/O error of `doing` something for the VM.
+pub(crate) fn io(
+    vm: &impl std::fmt::Display,
+    doing: impl Into<String>,
+) -> impl FnOnce(std::io::Error) -> VmError {
+    let (vm, doing) = (vm.to_string(), doing.into());
+    move |source| VmError::Io { vm, doing, source }
+}
+
+/// A file of the VM's that could not be encoded.
+pub(crate) fn encode<E: std::error::Error + Send + Sync + 'static>(
+    vm: &impl std::fmt::Display,
+    what: impl Into<String>,
+) -> impl FnOnce(E) -> VmError {
+    let (vm, what) = (vm.to_string(), what.into());
+    move |source| VmError::Encode {
+        vm,
+        what,
+        source: Box::new(source),
     }
 }

@@ -18,12 +18,11 @@ use nix::sys::termios::{self, SetArg, Termios};
 use nix::unistd::Pid;
 
 use crate::commands::{self, FromInit, ToInit};
-use crate::error::{failed, InVm, Result};
+use crate::error::{failed, io, InVm, Result, VmError};
 use crate::relay::{ready_slots, Relay, Slot};
 use crate::workload::Workload;
 
-/// Exit code when feather itself could not run the command (as `docker exec` uses).
-pub const EXIT_CANNOT_EXEC: i32 = 126;
+pub use crate::workload::EXIT_CANNOT_EXEC;
 
 /// Runs `workload` in the running VM `name` and returns its exit code. The caller is left in the
 /// VM's network namespace (and, with `tty`, its mount namespace): call this last, or from a
@@ -57,17 +56,20 @@ fn run_in_vm(
     if process::start_ticks(init) != state.init_start_ticks {
         return Err(Error::NotRunning(name.to_string()).into());
     }
-    let channel = commands::connect_to_init(init, &pidfd)
-        .map_err(|why| failed(name, format!("cannot reach the VM's init: {why}")))?;
+    let channel = commands::connect_to_init(init, &pidfd).map_err(|source| VmError::Command {
+        vm: name.to_string(),
+        source,
+    })?;
     let signals = process::block_signals(&HANDLED).in_vm(name)?;
     let terminal = if tty {
         // The terminal must come from the VM's own devpts: open it from the VM's mounts.
         process::join_namespaces(&pidfd, nix::sched::CloneFlags::CLONE_NEWNS).in_vm(name)?;
-        Some(Terminal::open().map_err(|why| failed(name, why))?)
+        Some(Terminal::open().in_vm(name)?)
     } else {
         None
     };
     let request = ToInit::Exec {
+        version: commands::VERSION,
         workload: workload.clone(),
         terminal: terminal.as_ref().map(|t| t.term.clone()),
     };
@@ -81,7 +83,7 @@ fn run_in_vm(
         }
         None => {
             let (ends, relay) = crate::relay::pipes()
-                .map_err(|e| failed(name, format!("cannot make the command's pipes: {e}")))?;
+                .map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
             let relay = if escape_output {
                 relay.escaping_output()
             } else {
@@ -102,10 +104,7 @@ fn run_in_vm(
                 commands::MAX_MESSAGE / 1024
             ),
         ),
-        e => failed(
-            name,
-            format!("cannot ask the VM's init to run the command: {e}"),
-        ),
+        e => io(name, "cannot ask the VM's init to run the command")(e.into()),
     })?;
     // Only the program holds the VM's ends now: their end shows as the end of its stdio.
     drop(vm_ends);
@@ -285,9 +284,9 @@ struct Terminal {
 }
 
 impl Terminal {
-    fn open() -> std::result::Result<Terminal, String> {
-        let (master, slave) =
-            pty::open_pair().map_err(|e| format!("cannot open a terminal in the VM: {e}"))?;
+    /// A new terminal of the VM's devpts (its mounts joined already).
+    fn open() -> feather_sys::Result<Terminal> {
+        let (master, slave) = pty::open_pair()?;
         let term = std::env::var("TERM").unwrap_or_else(|_| "xterm".into());
         let mut terminal = Terminal {
             master,

@@ -17,7 +17,9 @@ use feather_core::roots::{Registry, REGISTRY_DIR};
 use feather_core::{StateRoot, VmDir, VmStatus};
 use feather_sys::process;
 
-use crate::rootfs::MOUNT_POINTS;
+/// Mount points the recipe needs in the VM's tree. A base that lacks one (a bare tree made for
+/// a test) gets it in the VM's layer at create time; `diff` does not report those.
+pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "run"];
 
 /// The host folders every VM must not see: the state and run folders of every registered
 /// root and of `own`, and the registry itself.
@@ -41,6 +43,19 @@ pub fn inside(base: &Path, folder: &Path) -> Option<PathBuf> {
     (!MOUNT_POINTS.iter().any(|m| first.as_os_str() == *m)).then(|| rel.to_path_buf())
 }
 
+/// Why a state folder could not be hidden in a running VM.
+#[derive(Debug, thiserror::Error)]
+pub enum HidingError {
+    #[error(transparent)]
+    State(#[from] feather_core::Error),
+    #[error("an operation on it (start, stop, checkpoint…) took more than {} s", OPERATION_PATIENCE.as_secs())]
+    Busy,
+    #[error("cannot read its mounts")]
+    Mounts(#[source] std::io::Error),
+    #[error(transparent)]
+    Hide(#[from] feather_sys::SysError),
+}
+
 /// Hides `new`'s folders in every running VM of every registered root. Returns one warning
 /// per VM where that failed.
 pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
@@ -50,11 +65,12 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
         for vm in root.list().unwrap_or_default() {
             if let Err(why) = in_running_vm(&vm, &folders) {
                 warnings.push(format!(
-                    "cannot hide state root {} from running VM {} (of {}): {why}; stop and \
+                    "cannot hide state root {} from running VM {} (of {}): {}; stop and \
                      start that VM to hide it",
                     new.dir().display(),
                     vm.name(),
-                    root.dir().display()
+                    root.dir().display(),
+                    feather_core::error::causes(&why)
                 ));
             }
         }
@@ -67,18 +83,12 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
 const OPERATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Hides `folders` in `vm` if it is running; a VM that is not running has nothing to hide in.
-fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), String> {
+fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     // An operation under way finishes first, and none starts while the tmpfs is mounted: a
     // hiding mount made while CRIU dumps the VM would go into its images, which leave out
-    // only the hiding mounts the dump saw (checkpoint::dump).
-    let Some(_op) = vm
-        .lock_operations_within(OPERATION_PATIENCE)
-        .map_err(|e| e.to_string())?
-    else {
-        return Err(format!(
-            "an operation on it (start, stop, checkpoint…) took more than {} s",
-            OPERATION_PATIENCE.as_secs()
-        ));
+    // only the hiding mounts the dump saw (snapshot::dump).
+    let Some(_op) = vm.lock_operations_within(OPERATION_PATIENCE)? else {
+        return Err(HidingError::Busy);
     };
     let Ok(state) = vm.read_state() else {
         return Ok(());
@@ -95,7 +105,7 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), String> {
     if process::start_ticks(pid) != state.init_start_ticks || state.init_start_ticks.is_none() {
         return Ok(());
     }
-    let base = vm.read_config().map_err(|e| e.to_string())?.base;
+    let base = vm.read_config()?.base;
     // A VM that stopped meanwhile has nothing left to hide anything in.
     in_vm(&pidfd, pid, &base, folders).or_else(|why| {
         if process::start_ticks(pid) == state.init_start_ticks {
@@ -113,9 +123,9 @@ pub fn in_vm(
     pid: nix::unistd::Pid,
     base: &Path,
     folders: &[PathBuf],
-) -> Result<(), String> {
-    let mountinfo = std::fs::read_to_string(format!("/proc/{pid}/mountinfo"))
-        .map_err(|e| format!("cannot read its mounts: {e}"))?;
+) -> Result<(), HidingError> {
+    let mountinfo =
+        std::fs::read_to_string(format!("/proc/{pid}/mountinfo")).map_err(HidingError::Mounts)?;
     let hidden: Vec<PathBuf> = feather_sys::mountinfo::parse(&mountinfo)
         .into_iter()
         .filter(|m| m.fs_type == "tmpfs")
@@ -129,7 +139,7 @@ pub fn in_vm(
     if rels.is_empty() {
         return Ok(());
     }
-    process::hide_in_mount_namespace_of(pidfd, &rels).map_err(|e| e.to_string())
+    Ok(process::hide_in_mount_namespace_of(pidfd, &rels)?)
 }
 
 /// Whether a mount of a VM, as its init's mountinfo says, is one of the hiding tmpfs: a VM

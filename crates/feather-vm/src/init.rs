@@ -9,9 +9,8 @@ use nix::errno::Errno;
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::signalfd::SignalFd;
-use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
 use std::os::fd::AsFd;
 
@@ -19,8 +18,53 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::boot::{self, ToInit};
 use crate::commands::Commands;
+use crate::decide::{self, InitAction};
+use crate::launch::{InitArgs, Resumed};
 use crate::rootfs::{self, RootfsPlan};
 use crate::workload::{become_workload, Workload};
+
+/// Why init could not assemble the VM or get ready (reported to the keeper, with its causes).
+#[derive(Debug, thiserror::Error)]
+pub enum InitError {
+    #[error("{call}")]
+    Call {
+        call: &'static str,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error(transparent)]
+    Root(feather_sys::SysError),
+    #[error("the keeper did not attach the VM's network")]
+    Network(#[source] boot::BootError),
+    #[error(transparent)]
+    Interface(feather_net::NetError),
+    #[error(transparent)]
+    Landlock(feather_confine::landlock::LandlockError),
+    #[error(transparent)]
+    Confine(feather_confine::ConfineError),
+    #[error("signals")]
+    Signals(#[source] feather_sys::SysError),
+    #[error("the command socket")]
+    Commands(#[source] crate::commands::CommandError),
+    #[error("fcntl on the keeper socket")]
+    KeeperSocket(#[source] nix::errno::Errno),
+    #[error("feather's binary has no dynamic loader mapped; cannot re-execute it")]
+    NoLoader,
+    #[error("no program to re-execute")]
+    NoProgram,
+    #[error("the workload's arguments contain a NUL byte")]
+    Nul,
+    #[error("cannot run {program} inside the VM")]
+    Reexecute {
+        program: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+fn call(call: &'static str) -> impl FnOnce(nix::errno::Errno) -> InitError {
+    move |source| InitError::Call { call, source }
+}
 
 #[derive(Clone, Debug)]
 pub struct InitPlan {
@@ -51,7 +95,7 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         std::process::exit(1);
     }
     if let Err(why) = prepare(&plan, &mut keeper) {
-        report(&mut keeper, InitReport::Failed(why));
+        report_failure(&mut keeper, &why);
         std::process::exit(1);
     }
     let resumed = Resumed {
@@ -62,31 +106,21 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         resume(keeper, resumed)
     }
     let why = reexecute(&plan, &resumed, &keeper);
-    report(&mut keeper, InitReport::Failed(why));
+    report_failure(&mut keeper, &why);
     std::process::exit(1)
 }
-
-/// What init carries across its re-execution from inside the VM.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Resumed {
-    pub workload: Option<Workload>,
-    pub grace_ms: u64,
-}
-
-/// The subcommand init re-executes as (of the keeper's binary, `feather-keeper`).
-pub const INIT_SUBCOMMAND: &str = "__init";
 
 /// Replaces init's program, until now the host's feather binary, by the same binary bound inside
 /// the VM (rootfs step 8b), so that nothing of the running VM refers to a file outside its own
 /// mounts and the VM can be checkpointed. Returns only on failure, saying why.
-fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> String {
+fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> InitError {
     use std::os::fd::AsRawFd;
     let fd = keeper.as_raw_fd();
     if let Err(e) = nix::fcntl::fcntl(
         keeper,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     ) {
-        return format!("fcntl on the keeper socket: {e}");
+        return InitError::KeeperSocket(e);
     }
     let dir = std::path::Path::new(rootfs::INIT_DIR);
     let Some(loader) = plan
@@ -96,32 +130,34 @@ fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> String 
         .filter_map(|file| file.file_name())
         .find(|name| name.to_string_lossy().starts_with("ld-linux"))
     else {
-        return "feather's binary has no dynamic loader mapped; cannot re-execute it".into();
+        return InitError::NoLoader;
     };
     let Some(program) = plan.rootfs.init_files.first().and_then(|f| f.file_name()) else {
-        return "no program to re-execute".into();
+        return InitError::NoProgram;
+    };
+    let launch = InitArgs {
+        keeper_fd: fd,
+        resumed: resumed.clone(),
     };
     let args = [
         dir.join(loader).display().to_string(),
         "--library-path".into(),
         dir.display().to_string(),
         dir.join(program).display().to_string(),
-        INIT_SUBCOMMAND.to_owned(),
-        fd.to_string(),
-        serde_json::to_string(resumed).unwrap_or_default(),
     ];
     let Ok(args) = args
         .into_iter()
+        .chain(launch.to_args())
         .map(std::ffi::CString::new)
         .collect::<Result<Vec<_>, _>>()
     else {
-        return "the workload's arguments contain a NUL byte".into();
+        return InitError::Nul;
     };
     match nix::unistd::execv(&args[0], &args) {
-        Err(e) => format!(
-            "cannot run {} inside the VM: {e}",
-            args[0].to_string_lossy()
-        ),
+        Err(source) => InitError::Reexecute {
+            program: args[0].to_string_lossy().into_owned(),
+            source,
+        },
     }
 }
 
@@ -152,18 +188,18 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
     let _ = nix::sys::prctl::set_name(c"feather-init");
     // As pid 1 of its namespace, init would ignore every signal it has no handler for; blocked
     // and read from a signalfd, they arrive.
-    let signals = match feather_sys::process::block_signals(&HANDLED).map_err(|e| e.to_string()) {
+    let signals = match feather_sys::process::block_signals(&HANDLED) {
         Ok(signals) => signals,
-        Err(why) => {
-            report(&mut keeper, InitReport::Failed(why));
+        Err(e) => {
+            report_failure(&mut keeper, &InitError::Signals(e));
             std::process::exit(1);
         }
     };
     // `feather exec` starts its programs through init (see commands.rs), ready before the VM is.
     let mut commands = match Commands::listen() {
         Ok(commands) => commands,
-        Err(why) => {
-            report(&mut keeper, InitReport::Failed(why));
+        Err(e) => {
+            report_failure(&mut keeper, &InitError::Commands(e));
             std::process::exit(1);
         }
     };
@@ -185,18 +221,20 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
 
 /// Everything before init starts supervising: the cgroup view, the root, the seccomp filter
 /// and the capability set.
-fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
+fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     // Every VM is a session of its own, led by its init: nothing of it belongs to a session
     // outside (which would also keep it from being checkpointed), and a foreground run's VM has
     // no controlling terminal of the caller's that its processes could open as /dev/tty.
-    nix::unistd::setsid().map_err(|e| format!("setsid: {e}"))?;
+    nix::unistd::setsid().map_err(call("setsid"))?;
     // The cgroup namespace is made now, after the keeper moved us into the VM's group, so that
     // the VM sees its own group as the root of the hierarchy.
-    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(|e| format!("unshare cgroup namespace: {e}"))?;
-    rootfs::assemble(&plan.rootfs).map_err(|e| e.to_string())?;
-    boot::expect(keeper, ToInit::NetworkReady)
-        .map_err(|e| format!("the keeper did not attach the VM's network: {e}"))?;
-    plan.rootfs.network.configure().map_err(|e| e.to_string())?;
+    unshare(CloneFlags::CLONE_NEWCGROUP).map_err(call("unshare cgroup namespace"))?;
+    rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
+    boot::expect(keeper, ToInit::NetworkReady).map_err(InitError::Network)?;
+    plan.rootfs
+        .network
+        .configure()
+        .map_err(InitError::Interface)?;
     // One Landlock domain for the whole VM, made before init starts anything: every process of
     // the VM descends from init (`feather exec` too), so they all share it. It needs
     // CAP_SYS_ADMIN (no_new_privs stays off), so it comes before the capability set.
@@ -205,7 +243,7 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
     } else {
         feather_confine::landlock::scope_ipc()
     }
-    .map_err(|e| e.to_string())?;
+    .map_err(InitError::Landlock)?;
     if !plan.attached {
         if scoping == feather_confine::landlock::Scoping::Unsupported {
             eprintln!(
@@ -217,11 +255,16 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), String> {
         detach_stdio();
     }
     // The seccomp filter and the reduced capability set, inherited by everything init starts.
-    feather_confine::confine(plan.seccomp).map_err(|e| e.to_string())
+    feather_confine::confine(plan.seccomp).map_err(InitError::Confine)
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {
     let _ = boot::send(keeper, &report);
+}
+
+/// The keeper hears why, with every cause: the report crosses a process boundary as text.
+fn report_failure(keeper: &mut UnixStream, why: &InitError) {
+    report(keeper, InitReport::Failed(feather_core::error::causes(why)));
 }
 
 /// A detached VM writes nowhere on the host: its stdio is the VM's own /dev/null.
@@ -250,7 +293,7 @@ fn start_workload(workload: &Workload) -> Pid {
         Ok(Some(pid)) => pid,
         Ok(None) => {
             let why = become_workload(workload, None);
-            eprintln!("feather: {why}");
+            eprintln!("feather: {}", feather_core::error::causes(&why));
             std::process::exit(127);
         }
         Err(e) => {
@@ -289,23 +332,23 @@ fn supervise(
         let Ok(signal) = Signal::try_from(info.ssi_signo as i32) else {
             continue;
         };
-        match (signal, workload) {
-            (Signal::SIGCHLD, _) => {
+        match decide::init_on_signal(signal, workload) {
+            InitAction::Reap => {
                 if let Some(code) = reap(workload, commands) {
-                    shut_down(grace.min(Duration::from_secs(1)), commands);
+                    shut_down(decide::grace_after_workload(grace), commands);
                     return code;
                 }
             }
             // The keeper forwards what the caller's terminal sent it (Ctrl-C included): the VM
             // is a session of its own, which no host terminal signals directly.
-            (signal, Some(pid)) => {
+            InitAction::Forward(pid, signal) => {
                 let _ = kill(pid, signal);
             }
-            (Signal::SIGTERM | Signal::SIGINT | Signal::SIGHUP | Signal::SIGQUIT, None) => {
+            InitAction::ShutDown => {
                 shut_down(grace, commands);
                 return 0;
             }
-            _ => {}
+            InitAction::Ignore => {}
         }
     }
 }
@@ -313,20 +356,13 @@ fn supervise(
 /// Collects every exited child, telling `feather exec` of its programs' ends; returns the
 /// workload's exit code if it was among them.
 fn reap(workload: Option<Pid>, commands: &mut Commands) -> Option<i32> {
-    let mut workload_code = None;
-    loop {
-        let (pid, code) = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Ok(WaitStatus::Exited(pid, code)) => (pid, code),
-            Ok(WaitStatus::Signaled(pid, signal, _)) => (pid, 128 + signal as i32),
-            Ok(WaitStatus::StillAlive) | Err(_) => return workload_code,
-            Ok(_) => continue,
-        };
-        if Some(pid) == workload {
-            workload_code = Some(code);
-        } else {
+    decide::reap(
+        || waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)),
+        workload,
+        |pid, code| {
             commands.exited(pid, code);
-        }
-    }
+        },
+    )
 }
 
 /// Where the VM's service manager (crates/feather-svc) records its pid.

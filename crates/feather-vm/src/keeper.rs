@@ -16,44 +16,34 @@ use std::fs::{self, File};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use feather_core::atomic::Durability;
+use feather_core::error::causes;
 use feather_core::error::IoContext;
 use feather_core::state::now;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
+use feather_shuttle::Peers;
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
 use feather_sys::mount::LayerSync;
 use feather_sys::process::{self, ChildProcess, Forked};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 
 use crate::boot::{self, KeeperReport, ToInit};
-use crate::checkpoint;
-use crate::error::{failed, InVm, Result};
+use crate::decide::{self, Phase};
+pub use crate::decide::{Ended, DEFAULT_GRACE};
+use crate::error::{failed, io, InVm, Result, VmError};
 use crate::hiding;
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
-use crate::protocol::{self, Request, Response};
+use crate::protocol::{self, Response};
 use crate::relay::VmEnds;
 use crate::rootfs::RootfsPlan;
+use crate::snapshot;
 use crate::workload::Workload;
-
-/// The subcommand of [`KEEPER_PROGRAM`] that runs a background keeper.
-pub const KEEPER_SUBCOMMAND: &str = "__keeper";
-
-/// The binary that background keepers (and their VMs' inits) run: installed beside `feather`,
-/// and small, since one stays resident per running VM (crates/feather/src/bin/feather-keeper.rs).
-pub const KEEPER_PROGRAM: &str = "feather-keeper";
-
-/// Where [`KEEPER_PROGRAM`] is: beside the running `feather` binary.
-pub fn program() -> std::io::Result<std::path::PathBuf> {
-    Ok(std::env::current_exe()?.with_file_name(KEEPER_PROGRAM))
-}
-
-/// How long processes get to exit after SIGTERM when a VM stops, unless told otherwise.
-pub const DEFAULT_GRACE: Duration = Duration::from_secs(10);
 
 /// How long a VM may take from clone to its init's report before the start is abandoned.
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -97,7 +87,7 @@ pub struct Keeper {
     durability: Durability,
     /// Set once CRIU has saved the VM and ended its processes: their end is a checkpoint.
     checkpointed: std::cell::Cell<bool>,
-    /// A VM received by a migration: the `feather serve` it waits for (checkpoint::hold).
+    /// A VM received by a migration: the `feather serve` it waits for (snapshot::hold).
     hold: Option<OwnedFd>,
     /// Held until the VM is cleaned up (or the keeper dies): its release tells others the VM
     /// is no longer kept.
@@ -107,41 +97,6 @@ pub struct Keeper {
     /// Init waits on this before it starts the first workload (see [`Keeper::begin`]); `None`
     /// once told, and for a restored VM, whose processes run already.
     init_waits: Option<UnixStream>,
-}
-
-/// Where a running VM is on its way to an end.
-#[derive(Clone, Copy)]
-enum Phase {
-    Running,
-    /// Init was asked to stop everything; it is killed if still there at `kill_at`.
-    Stopping {
-        kill_at: Instant,
-    },
-    /// Init was sent SIGKILL; only its exit is awaited.
-    Killed,
-}
-
-impl Phase {
-    fn timeout(self) -> PollTimeout {
-        match self {
-            Phase::Stopping { kill_at } => {
-                PollTimeout::try_from(kill_at.saturating_duration_since(Instant::now()))
-                    .unwrap_or(PollTimeout::MAX)
-            }
-            Phase::Running | Phase::Killed => PollTimeout::NONE,
-        }
-    }
-
-    fn overdue(self) -> bool {
-        matches!(self, Phase::Stopping { kill_at } if Instant::now() >= kill_at)
-    }
-}
-
-/// How a VM's run ended.
-pub struct Ended {
-    /// The init's exit code: the workload's for a foreground run, 0 after an orderly stop.
-    pub code: i32,
-    pub how: String,
 }
 
 impl Keeper {
@@ -176,10 +131,8 @@ impl Keeper {
             &config.id,
             &config.network,
         )
-        .map_err(|e| {
-            remove_leftovers(vm, &config);
-            failed(&name, e.to_string())
-        })?;
+        .inspect_err(|_| remove_leftovers(vm, &config))
+        .in_vm(&name)?;
         let hidden = hiding::state_folders(root);
         let plan = InitPlan {
             rootfs: RootfsPlan {
@@ -194,9 +147,7 @@ impl Keeper {
                 init_files: if config.ephemeral {
                     Vec::new()
                 } else {
-                    init::program_files().map_err(|e| {
-                        failed(&name, format!("cannot find the feather binary: {e}"))
-                    })?
+                    init::program_files().map_err(io(&name, "cannot find the feather binary"))?
                 },
                 sync: if config.ephemeral {
                     LayerSync::Volatile
@@ -205,7 +156,7 @@ impl Keeper {
                 },
             },
             workload,
-            grace: DEFAULT_GRACE,
+            grace: decide::DEFAULT_GRACE,
             attached,
             seccomp: seccomp_profile(&config),
         };
@@ -230,7 +181,10 @@ impl Keeper {
             let _ = waitpid(init.pid, None);
             network.detach();
             remove_leftovers(vm, &config);
-            return Err(failed(&name, e.to_string()));
+            return Err(VmError::Net {
+                vm: name.to_string(),
+                source: Box::new(e),
+            });
         }
         let keeper = Keeper {
             vm: vm.clone(),
@@ -263,7 +217,7 @@ impl Keeper {
         let config = vm.read_config()?;
         remove_leftovers(vm, &config);
         root.make_run_dir(vm)?;
-        let hold = checkpoint::hold(vm)?;
+        let hold = snapshot::hold(vm)?;
         // The host side of a private network (bridge, firewall entries, published ports) is
         // made as at a start; CRIU makes the veth pair itself, with its host end on the bridge.
         let (mut network, _) = feather_net::prepare(
@@ -273,16 +227,16 @@ impl Keeper {
             &config.id,
             &config.network,
         )
-        .map_err(|e| failed(&name, e.to_string()))?;
+        .in_vm(&name)?;
         let cgroup = cgroup_of(&config);
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
         }
         let restored = network
             .attach_for_restore()
-            .map_err(|e| failed(&name, e.to_string()))
+            .in_vm(&name)
             .and_then(|veth| {
-                checkpoint::restore_tree(root, vm, &config, cgroup.as_ref(), veth.as_ref())
+                snapshot::restore_tree(root, vm, &config, cgroup.as_ref(), veth.as_ref())
             })
             .and_then(|init| Ok((init, listen(vm)?)))
             .and_then(|(init, listener)| match network.complete() {
@@ -290,7 +244,10 @@ impl Keeper {
                 Err(e) => {
                     let _ = process::signal(&init.pidfd, Signal::SIGKILL);
                     let _ = waitpid(init.pid, None);
-                    Err(failed(&name, e.to_string()))
+                    Err(VmError::Net {
+                        vm: name.to_string(),
+                        source: Box::new(e),
+                    })
                 }
             });
         let (init, listener) = match restored {
@@ -318,7 +275,7 @@ impl Keeper {
         keeper.record_running()?;
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
         // of this host are hidden before anything of the VM runs again. A VM received by a
-        // migration stays stopped until the sender lets it go (checkpoint::await_release).
+        // migration stays stopped until the sender lets it go (snapshot::await_release).
         keeper.hide_state_folders(root, &[]);
         if keeper.hold.is_none() {
             keeper.continue_processes();
@@ -328,9 +285,11 @@ impl Keeper {
 
     /// Opens the VM's shuttle broker, then lets init start the first workload: a command run
     /// in a throw-away VM finds the channels the policy gives it from its first instruction.
-    /// `terminal`: where `ask` rules ask (the terminal that started the VM).
-    pub fn begin(&mut self, root: &StateRoot, terminal: Option<PathBuf>) {
-        self.open_broker(root, terminal);
+    /// `terminal`: where `ask` rules ask (the terminal that started the VM). `peers`: the other
+    /// VMs of the state root as the broker reaches them (`crate::peers::RootPeers`), passed in
+    /// by whoever runs the keeper so that the keeper depends on no part of feather above it.
+    pub fn begin(&mut self, root: &StateRoot, terminal: Option<PathBuf>, peers: Arc<dyn Peers>) {
+        self.open_broker(root, terminal, peers);
         if let Some(mut init) = self.init_waits.take() {
             // Init's end, if it ended meanwhile, is seen by serve().
             let _ = boot::send(&mut init, &ToInit::Start);
@@ -338,7 +297,7 @@ impl Keeper {
     }
 
     /// Opens the VM's shuttle broker: what the policy lets cross into and out of the VM.
-    fn open_broker(&mut self, root: &StateRoot, terminal: Option<PathBuf>) {
+    fn open_broker(&mut self, root: &StateRoot, terminal: Option<PathBuf>, peers: Arc<dyn Peers>) {
         let side = feather_shuttle::VmSide {
             name: self.vm.name().to_string(),
             tags: self.config.tags.clone(),
@@ -347,7 +306,6 @@ impl Keeper {
             throw_away: self.config.ephemeral,
         };
         let gate = feather_shuttle::Gate::new(root.dir(), terminal);
-        let peers = std::sync::Arc::new(crate::peers::RootPeers::new(root));
         self.broker = Some(feather_shuttle::Broker::start(side, gate, peers));
     }
 
@@ -361,8 +319,9 @@ impl Keeper {
             .collect();
         if let Err(why) = hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &late) {
             eprintln!(
-                "feather keeper {}: cannot hide state folders: {why}",
-                self.vm.name()
+                "feather keeper {}: cannot hide state folders: {}",
+                self.vm.name(),
+                causes(&why)
             );
         }
     }
@@ -397,7 +356,7 @@ impl Keeper {
         let runs = match &self.hold {
             Some(serve) => {
                 let cgroup = self.cgroup.as_ref();
-                checkpoint::await_release(&self.vm, serve, &self.init, &self.listener, cgroup)
+                snapshot::await_release(&self.vm, serve, &self.init, &self.listener, cgroup)
             }
             None => true,
         };
@@ -418,7 +377,12 @@ impl Keeper {
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
-            let _ = poll(&mut fds, phase.timeout());
+            let timeout = phase
+                .patience(Instant::now())
+                .map_or(PollTimeout::NONE, |left| {
+                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
+                });
+            let _ = poll(&mut fds, timeout);
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
@@ -430,7 +394,7 @@ impl Keeper {
                     match self.answer(&stream) {
                         Answered::Done => {}
                         Answered::Stop(grace) => {
-                            phase = self.stop(phase, grace);
+                            phase = self.act(decide::stop(phase, grace, Instant::now()));
                             stop_requests.push(stream);
                         }
                         Answered::Checkpointed => checkpoint_requests.push(stream),
@@ -443,22 +407,13 @@ impl Keeper {
                     .ok()
                     .flatten()
                     .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok());
-                match signal {
-                    // The VM is a session of its own, out of reach of the caller's terminal:
-                    // its interrupt (Ctrl-C) reaches only this process, and goes on from here.
-                    Some(signal) if foreground => {
-                        let _ = process::signal(&self.init.pidfd, signal);
-                    }
-                    Some(_) => phase = self.stop(phase, DEFAULT_GRACE),
-                    None => {}
+                if let Some(signal) = signal {
+                    phase = self.act(decide::on_signal(phase, signal, foreground, Instant::now()));
                 }
             }
-            if phase.overdue() {
-                let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-                phase = Phase::Killed;
-            }
+            phase = self.act(decide::on_time(phase, Instant::now()));
         };
-        let ended = describe(status, foreground);
+        let ended = decide::ended(status, foreground);
         self.tear_down(&ended.how);
         // Everything is cleaned up: the VM may be started again before this process has exited,
         // so the lock goes now, before anyone waiting for the stop hears of it.
@@ -480,87 +435,75 @@ impl Keeper {
             );
         }
         // The checkpoint it replaced goes once the asker has their answer.
-        checkpoint::remove_stale(&self.vm);
+        snapshot::remove_stale(&self.vm);
         Ok(ended)
     }
 
-    /// Asks init to stop the VM, unless a stop is already under way.
-    fn stop(&self, phase: Phase, grace: Duration) -> Phase {
-        match phase {
-            Phase::Running => {
-                let _ = process::signal(&self.init.pidfd, Signal::SIGTERM);
-                // Init itself gives processes `grace`; the keeper waits a little longer for it.
-                Phase::Stopping {
-                    kill_at: Instant::now() + grace + Duration::from_secs(2),
-                }
-            }
-            other => other,
+    /// Sends init the signal a decision asks for; returns the phase it leads to.
+    fn act(&self, step: decide::Step) -> Phase {
+        if let Some(signal) = step.signal {
+            let _ = process::signal(&self.init.pidfd, signal);
         }
+        step.phase
     }
 
     /// Answers one request, or says what the asker waits for.
     fn answer(&self, stream: &UnixStream) -> Answered {
-        match protocol::read_request(stream) {
-            Ok(Request::Status) => {
-                let _ = protocol::write_response(
-                    stream,
-                    &Response::Running {
-                        init_pid: self.init.pid.as_raw(),
-                    },
-                );
-                Answered::Done
-            }
-            Ok(Request::Stop { grace_secs }) => Answered::Stop(Duration::from_secs(grace_secs)),
-            Ok(Request::Resume) => {
-                let _ = protocol::write_response(
-                    stream,
-                    &Response::Running {
-                        init_pid: self.init.pid.as_raw(),
-                    },
-                );
-                Answered::Done
-            }
-            Ok(Request::Checkpoint {
-                leave_running,
-                criu,
-            }) => {
-                match checkpoint::dump(&self.vm, self.init.pid, leave_running, &criu) {
-                    Ok(()) if leave_running => {
-                        let _ = protocol::write_response(
-                            stream,
-                            &Response::Checkpointed { leave_running },
-                        );
-                        checkpoint::remove_stale(&self.vm);
-                        Answered::Done
-                    }
-                    // CRIU left the VM's processes stopped; they end with their init, and the
-                    // answer waits for that end.
-                    Ok(()) => {
-                        self.checkpointed.set(true);
-                        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-                        Answered::Checkpointed
-                    }
-                    Err(e) => {
-                        let _ = protocol::write_response(
-                            stream,
-                            &Response::Error {
-                                message: e.to_string(),
-                            },
-                        );
-                        checkpoint::remove_stale(&self.vm);
-                        Answered::Done
-                    }
-                }
-            }
+        let request = match protocol::read_request(stream) {
+            Ok(request) => request,
             Err(e) => {
                 let _ = protocol::write_response(
                     stream,
                     &Response::Error {
-                        message: format!("bad request: {e}"),
+                        message: format!("bad request: {}", causes(&e)),
+                    },
+                );
+                return Answered::Done;
+            }
+        };
+        match decide::answer(request) {
+            decide::Answer::Running => {
+                let _ = protocol::write_response(
+                    stream,
+                    &Response::Running {
+                        init_pid: self.init.pid.as_raw(),
                     },
                 );
                 Answered::Done
             }
+            decide::Answer::Stop(grace) => Answered::Stop(grace),
+            decide::Answer::Checkpoint {
+                leave_running,
+                criu,
+            } => match snapshot::dump(&self.vm, self.init.pid, leave_running, &criu) {
+                Ok(()) => match decide::after_dump(leave_running) {
+                    decide::AfterDump::AnswerNow => {
+                        let _ = protocol::write_response(
+                            stream,
+                            &Response::Checkpointed { leave_running },
+                        );
+                        snapshot::remove_stale(&self.vm);
+                        Answered::Done
+                    }
+                    // CRIU left the VM's processes stopped; they end with their init, and the
+                    // answer waits for that end.
+                    decide::AfterDump::EndAsCheckpointed => {
+                        self.checkpointed.set(true);
+                        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+                        Answered::Checkpointed
+                    }
+                },
+                Err(e) => {
+                    let _ = protocol::write_response(
+                        stream,
+                        &Response::Error {
+                            message: causes(&e),
+                        },
+                    );
+                    snapshot::remove_stale(&self.vm);
+                    Answered::Done
+                }
+            },
         }
     }
 
@@ -568,7 +511,7 @@ impl Keeper {
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();
             if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
-                eprintln!("feather keeper {}: {e}", self.vm.name());
+                eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
             }
         }
         self.network.detach();
@@ -600,7 +543,7 @@ impl Keeper {
             how.to_owned()
         });
         if let Err(e) = self.vm.write_state(&state, self.durability) {
-            eprintln!("feather keeper {}: {e}", self.vm.name());
+            eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
         self.network.wait();
     }
@@ -661,8 +604,7 @@ fn start_init(
     plan: InitPlan,
     stdio: Option<VmEnds>,
 ) -> Result<(ChildProcess, UnixStream)> {
-    let (mut ours, theirs) =
-        UnixStream::pair().map_err(|e| failed(name, format!("socketpair: {e}")))?;
+    let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
     let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
     if !plan.rootfs.network.own_namespace {
@@ -693,8 +635,7 @@ fn start_init(
             cgroup.add(init.pid).in_vm(name)?;
             cgroup.restrict_devices().in_vm(name)?;
         }
-        boot::send(&mut ours, &ToInit::Go)
-            .map_err(|e| failed(name, format!("init did not start: {e}")))?;
+        boot::send(&mut ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
         // The host side of the VM's network is built while init assembles the VM's root.
         if let Err(e) = network.attach(init.pid.as_raw() as u32) {
             // An init that failed while assembling the root is gone before its network is
@@ -703,14 +644,16 @@ fn start_init(
             return Err(
                 match boot::receive::<InitReport>(&mut ours, "init's report") {
                     Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
-                    _ => failed(name, e.to_string()),
+                    _ => VmError::Net {
+                        vm: name.to_string(),
+                        source: Box::new(e),
+                    },
                 },
             );
         }
-        boot::send(&mut ours, &ToInit::NetworkReady)
-            .map_err(|e| failed(name, format!("init did not start: {e}")))?;
+        boot::send(&mut ours, &ToInit::NetworkReady).map_err(io(name, "init did not start"))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
-            .map_err(|e| failed(name, e.to_string()))?;
+            .map_err(io(name, "init's socket"))?;
         match boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)") {
             Ok(InitReport::Ready) => Ok(()),
             Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
@@ -718,7 +661,11 @@ fn start_init(
                 name,
                 "init died while setting up the VM (see its keeper.log)",
             )),
-            Err(e) => Err(failed(name, format!("init: {e}"))),
+            Err(source) => Err(VmError::Boot {
+                vm: name.to_string(),
+                during: "init",
+                source,
+            }),
         }
     };
     match boot() {
@@ -740,31 +687,6 @@ fn listen(vm: &VmDir) -> Result<UnixListener> {
     Ok(listener)
 }
 
-fn describe(status: nix::Result<WaitStatus>, foreground: bool) -> Ended {
-    match status {
-        Ok(WaitStatus::Exited(_, code)) if foreground => Ended {
-            code,
-            how: format!("command exited with status {code}"),
-        },
-        Ok(WaitStatus::Exited(_, 0)) => Ended {
-            code: 0,
-            how: "stopped".into(),
-        },
-        Ok(WaitStatus::Exited(_, code)) => Ended {
-            code,
-            how: format!("init exited with status {code}"),
-        },
-        Ok(WaitStatus::Signaled(_, signal, _)) => Ended {
-            code: 128 + signal as i32,
-            how: format!("init killed by {signal}"),
-        },
-        other => Ended {
-            code: 1,
-            how: format!("init ended: {other:?}"),
-        },
-    }
-}
-
 /// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the waiting `feather start` through
 /// `ready` whether it worked, then serves until the VM ends.
 pub fn main_background(
@@ -773,6 +695,7 @@ pub fn main_background(
     ready: OwnedFd,
     restore: bool,
     terminal: Option<PathBuf>,
+    peers: Arc<dyn Peers>,
 ) -> i32 {
     // A session of its own: the terminal that ran `feather start` may close without taking
     // the VM with it.
@@ -786,12 +709,12 @@ pub fn main_background(
     } {
         Ok(keeper) => keeper,
         Err(e) => {
-            let message = e.to_string();
+            let message = causes(&e);
             let _ = boot::send(&mut ready, &KeeperReport::Failed { message });
             return 1;
         }
     };
-    keeper.begin(&root, terminal);
+    keeper.begin(&root, terminal, peers);
     let _ = boot::send(
         &mut ready,
         &KeeperReport::Up {
@@ -802,7 +725,7 @@ pub fn main_background(
     match keeper.serve(false) {
         Ok(_) => 0,
         Err(e) => {
-            eprintln!("feather keeper {name}: {e}");
+            eprintln!("feather keeper {name}: {}", causes(&e));
             1
         }
     }

@@ -127,7 +127,11 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
         layers.push(layer);
     }
     if let Some(disk) = config.limits.disk {
-        crate::disk::apply(&config.name, root.dir(), vm, disk, &layers)?;
+        let folders: Vec<&Path> = layers
+            .iter()
+            .flat_map(|layer| [layer.upper.as_path(), layer.work.as_path()])
+            .collect();
+        crate::disk::apply(&config.name, root.dir(), vm, disk, &folders)?;
     }
     Ok(layers)
 }

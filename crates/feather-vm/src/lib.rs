@@ -1,35 +1,58 @@
 //! feather VMs: a copy-on-write view of a base tree (the host's `/` by default) in private
 //! namespaces, kept by a keeper process on the host side and run by an init inside.
 //!
-//! - [`lifecycle`]: create, start, stop, rm, and the throw-away `run --rm`
-//! - [`keeper`] and [`init`]: the two processes of a running VM
-//! - [`rootfs`]: the isolation recipe, step by step
-//! - [`layers`]: which overlays a VM needs
-//! - [`exec`]: entering a running VM
-//! - [`checkpoint`]: saving a running VM with CRIU and bringing it back
+//! Run by the CLI (the asker's side; they reach a running VM only through its keeper):
+//! - [`lifecycle`]: create, start, stop, rm, and the throw-away `run --rm`; [`options`]: a new VM's options as a person writes them
+//! - [`checkpoint`]: `feather checkpoint` and `restore`; [`migration`]: `migrate` and `serve`
+//! - [`exec`] (with [`relay`]): entering a running VM
 //! - [`diff`] and [`commit`]: what a VM changed, applying it, dropping it
 //! - [`inspect`]: what a VM is and holds, for `ls`, `ps` and `inspect`
+//! - [`hiding`]: keeping every state root out of every running VM's view
+//!
+//! Run by the VM's resident processes:
+//! - [`keeper`] (host side) and [`init`] (pid 1 inside); what each does on each event is
+//!   decided in [`decide`] (pure functions, unit-tested without root)
+//! - [`snapshot`]: the keeper's side of checkpoint, restore and a migration's hold
+//! - [`rootfs`]: the isolation recipe, step by step, which init runs; [`layers`] and [`disk`]:
+//!   the overlays a VM needs and their cap
+//! - [`workload`] and [`accounts`]: the last steps before a process becomes the user's program
+//! - [`peers`]: the other VMs of the state root, as a keeper's Shuttle broker reaches them
+//!   (passed in by the binary, so that the keeper depends on nothing above it)
+//!
+//! The messages between them, one typed module per pair: [`launch`] (the keeper's and init's
+//! command lines), [`boot`] (feather start ↔ keeper ↔ init during a start), [`protocol`]
+//! (CLI ↔ keeper, `control.sock`), [`commands`] (`feather exec` ↔ init); [`images`]: the
+//! checkpoint folder's files both sides read. [`error`]: [`VmError`], one variant per kind of
+//! failure, each naming the VM.
+//!
+//! Arrows point one way, from the asker's side to the keeper's to init's (no module cycles:
+//! `scripts/module-cycles.py crates/feather-vm/src`).
 
 pub mod accounts;
 pub mod boot;
 pub mod checkpoint;
 pub mod commands;
 pub mod commit;
+pub mod decide;
 pub mod diff;
 pub mod disk;
 pub mod error;
 pub mod exec;
 pub mod hiding;
+pub mod images;
 pub mod init;
 pub mod inspect;
 pub mod keeper;
+pub mod launch;
 pub mod layers;
 pub mod lifecycle;
+pub mod migration;
 pub mod options;
 pub mod peers;
 pub mod protocol;
 pub mod relay;
 pub mod rootfs;
+pub mod snapshot;
 pub mod workload;
 
 pub use error::{Result, VmError};

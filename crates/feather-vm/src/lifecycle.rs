@@ -15,10 +15,11 @@ use feather_core::{
     Error, Limits, NetworkConfig, StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus,
 };
 
-use crate::error::{failed, Result, VmError};
-use crate::keeper::{self, Keeper, KEEPER_SUBCOMMAND};
+use crate::error::{failed, io, InVm, Result, VmError};
+use crate::hiding::MOUNT_POINTS;
+use crate::keeper::{self, Keeper};
+use crate::launch::{self, KeeperArgs};
 use crate::protocol::{self, Request, Response};
-use crate::rootfs::MOUNT_POINTS;
 use crate::workload::Workload;
 
 /// What `feather create` is asked for.
@@ -67,8 +68,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
     };
     let id = new_id();
     let mut network = options.network.clone();
-    feather_net::allocate(root.dir(), &id, &mut network, !options.ephemeral)
-        .map_err(|e| failed(name, e.to_string()))?;
+    feather_net::allocate(root.dir(), &id, &mut network, !options.ephemeral).in_vm(name)?;
     let config = VmConfig {
         name: name.clone(),
         id,
@@ -140,57 +140,50 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
 /// checkpoint, and waits until the VM is up or has failed.
 pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Result<()> {
     let name = vm.name();
-    let (mut ready_read, ready_write) =
-        std::io::pipe().map_err(|e| failed(name, format!("pipe: {e}")))?;
+    let (mut ready_read, ready_write) = std::io::pipe().map_err(io(name, "pipe"))?;
     // The write end must survive the exec into the keeper: std's pipe is close-on-exec.
     nix::fcntl::fcntl(
         &ready_write,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
     )
-    .map_err(|e| failed(name, format!("fcntl: {e}")))?;
+    .map_err(|e| io(name, "fcntl")(e.into()))?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(vm.keeper_log())
         .at(vm.keeper_log())?;
-    let exe = keeper::program()
-        .map_err(|e| failed(name, format!("cannot find the feather binary: {e}")))?;
+    let exe = launch::program().map_err(io(name, "cannot find the feather binary"))?;
     if !exe.exists() {
         return Err(failed(
             name,
             format!(
                 "cannot start its keeper: {} is missing; install {} beside feather (cargo builds and installs both)",
                 exe.display(),
-                keeper::KEEPER_PROGRAM
+                launch::KEEPER_PROGRAM
             ),
         ));
     }
+    let args = KeeperArgs {
+        state_dir: root.dir().to_path_buf(),
+        run_dir: root.run_dir().to_path_buf(),
+        ready_fd: ready_write.as_raw_fd(),
+        restore,
+        terminal: starting_terminal(),
+        name: name.clone(),
+    };
     let mut command = Command::new(exe);
     command
-        .arg(KEEPER_SUBCOMMAND)
-        .arg("--state-dir")
-        .arg(root.dir())
-        .arg("--run-dir")
-        .arg(root.run_dir())
-        .arg("--ready-fd")
-        .arg(ready_write.as_raw_fd().to_string())
-        .args(restore.then_some("--restore"))
-        .args(
-            starting_terminal()
-                .into_iter()
-                .flat_map(|tty| ["--terminal".into(), tty]),
-        )
-        .arg(name.as_str())
+        .args(args.to_args())
         .stdin(Stdio::null())
         .stdout(log.try_clone().at(vm.keeper_log())?)
         .stderr(log);
     let mut child = command
         .spawn()
-        .map_err(|e| failed(name, format!("cannot start its keeper: {e}")))?;
+        .map_err(io(name, "cannot start its keeper"))?;
     drop(ready_write);
     match crate::boot::read_report(&mut ready_read) {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(message)) => {
+        Ok(()) => Ok(()),
+        Err(crate::boot::BootError::KeeperFailed { message }) => {
             let _ = child.wait();
             // The keeper's own error, which names the VM already.
             Err(VmError::Keeper(message))
@@ -205,9 +198,13 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
                 ),
             ))
         }
-        Err(e) => {
+        Err(source) => {
             let _ = child.wait();
-            Err(failed(name, format!("its keeper: {e}")))
+            Err(VmError::Boot {
+                vm: name.to_string(),
+                during: "its keeper",
+                source,
+            })
         }
     }
 }
@@ -241,16 +238,19 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<String> 
     );
     match answer {
         Ok(Response::Stopped { how }) => Ok(how),
-        Ok(other) => Err(failed(
-            name,
-            format!("unexpected answer from its keeper: {other:?}"),
-        )),
+        Ok(other) => Err(VmError::KeeperAnswer {
+            vm: name.to_string(),
+            answer: format!("{other:?}"),
+        }),
         // The keeper closes the socket as it exits; the state tells how the VM ended.
         Err(_) if !vm.keeper_alive()? => Ok(vm
             .read_state()?
             .last_exit
             .unwrap_or_else(|| "stopped".into())),
-        Err(e) => Err(failed(name, format!("its keeper did not answer: {e}"))),
+        Err(source) => Err(VmError::KeeperSilent {
+            vm: name.to_string(),
+            source,
+        }),
     }
 }
 
@@ -299,26 +299,26 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         .join(format!(".creating-removed-{}-{}", name, config.id));
     fs::rename(vm.path(), &doomed).at(vm.path())?;
     fs::remove_dir_all(&doomed).at(&doomed)?;
-    feather_net::release(root.dir(), &config.id, &config.network)
-        .map_err(|e| failed(name, e.to_string()))?;
+    feather_net::release(root.dir(), &config.id, &config.network).in_vm(name)?;
     Ok(())
 }
 
 /// `feather run --rm`: a throw-away VM for one command, kept by this very process, removed
-/// when the command ends. Returns the command's exit code.
+/// when the command ends. Returns the command's exit code. `peers`: see [`Keeper::begin`].
 pub fn run_ephemeral(
     root: &StateRoot,
     name: &VmName,
     options: &CreateOptions,
     workload: Workload,
+    peers: std::sync::Arc<dyn feather_shuttle::Peers>,
 ) -> Result<i32> {
     let options = CreateOptions {
         ephemeral: true,
         ..options.clone()
     };
     // The workload's stdio: pipes this process relays, never the caller's own descriptors.
-    let (ends, relay) = crate::relay::pipes()
-        .map_err(|e| failed(name, format!("cannot make the command's pipes: {e}")))?;
+    let (ends, relay) =
+        crate::relay::pipes().map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
     let vm = create(root, name, &options)?;
     let mut keeper = match Keeper::boot(root, &vm, Some(workload), Some(ends)) {
         Ok(keeper) => keeper,
@@ -332,10 +332,8 @@ pub fn run_ephemeral(
     };
     // The relay runs beside the keeper's loop; it is started once init is cloned (a clone
     // must come from a single-threaded process).
-    let relaying = relay
-        .spawn()
-        .map_err(|e| failed(name, format!("cannot relay stdio: {e}")));
-    keeper.begin(root, starting_terminal());
+    let relaying = relay.spawn().map_err(io(name, "cannot relay stdio"));
+    keeper.begin(root, starting_terminal(), peers);
     let ended = keeper.serve(true);
     if let Ok(relaying) = relaying {
         relaying.finish();
@@ -363,18 +361,18 @@ pub fn run_ephemeral_with_terminal(
     }
     // exec moves its caller into the VM's namespaces for good; this process must stay on the
     // host to stop the VM afterwards, so the command is entered from a child.
-    let code = match feather_sys::process::fork().map_err(|e| failed(name, e.to_string()))? {
+    let code = match feather_sys::process::fork().in_vm(name)? {
         None => std::process::exit(match crate::exec::exec(root, name, workload, true) {
             Ok(code) => code,
             Err(e) => {
-                eprintln!("feather: {e}");
-                crate::exec::EXIT_CANNOT_EXEC
+                eprintln!("feather: {}", feather_core::error::causes(&e));
+                crate::workload::EXIT_CANNOT_EXEC
             }
         }),
         Some(child) => match nix::sys::wait::waitpid(child, None) {
             Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
             Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
-            _ => crate::exec::EXIT_CANNOT_EXEC,
+            _ => crate::workload::EXIT_CANNOT_EXEC,
         },
     };
     stop(root, name, Duration::from_secs(1))?;

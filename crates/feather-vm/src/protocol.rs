@@ -66,20 +66,28 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> std::io::Res
         .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
+/// A request the keeper could not take.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestError {
+    #[error("reading the request")]
+    Io(#[from] std::io::Error),
+    #[error("a garbled request")]
+    Garbled(#[from] serde_json::Error),
+    #[error("control protocol version {received}, where this keeper speaks {expected} (the VM was started by another build of feather: stop it with that build, or install feather and feather-keeper from one build and restart the VM)")]
+    Version { expected: u32, received: u32 },
+}
+
 /// Reads one request from a connection the keeper accepted.
-pub fn read_request(stream: &UnixStream) -> std::io::Result<Request> {
+pub fn read_request(stream: &UnixStream) -> Result<Request, RequestError> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
-    let invalid = |why: String| std::io::Error::new(std::io::ErrorKind::InvalidData, why);
-    let envelope: Envelope = serde_json::from_str(&line).map_err(|e| invalid(e.to_string()))?;
+    let envelope: Envelope = serde_json::from_str(&line)?;
     if envelope.version != VERSION {
-        return Err(invalid(format!(
-            "control protocol version {}, where this keeper speaks {VERSION} (the VM was \
-             started by another build of feather: stop it with that build, or install \
-             feather and feather-keeper from one build and restart the VM)",
-            envelope.version
-        )));
+        return Err(RequestError::Version {
+            expected: VERSION,
+            received: envelope.version,
+        });
     }
     Ok(envelope.request)
 }

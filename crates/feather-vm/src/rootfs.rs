@@ -275,7 +275,3 @@ fn mount_dev(root: &Path) -> Result<()> {
 fn inside(root: &Path, vm_path: &Path) -> PathBuf {
     root.join(vm_path.strip_prefix("/").unwrap_or(vm_path))
 }
-
-/// Mount points the recipe needs in the VM's tree. A base that lacks one (a bare tree made for
-/// a test) gets it in the VM's layer at create time; `diff` does not report those.
-pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "run"];

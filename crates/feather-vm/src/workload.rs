@@ -12,8 +12,57 @@ use serde::{Deserialize, Serialize};
 /// The search path given to programs in a VM (Debian's default for root).
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// Exit code when feather itself could not run the command (as `docker exec` uses).
+pub const EXIT_CANNOT_EXEC: i32 = 126;
+
+/// Exit code when the command does not exist in the VM (as a shell's).
+pub const EXIT_NOT_FOUND: i32 = 127;
+
+/// Why a process could not become its workload.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    #[error("no command given")]
+    NoCommand,
+    #[error("{program}: command not found")]
+    NotFound { program: String },
+    #[error("{program}: {}", .errno.desc())]
+    Exec {
+        program: String,
+        errno: nix::errno::Errno,
+    },
+    #[error("{text:?} contains a NUL byte")]
+    Nul { text: String },
+    #[error(transparent)]
+    Account(#[from] crate::accounts::UnknownUser),
+    #[error("the capability set")]
+    Capabilities(#[from] feather_confine::capabilities::CapabilityError),
+    #[error("{call}")]
+    Identity {
+        call: String,
+        #[source]
+        source: nix::errno::Errno,
+    },
+    #[error("working directory {}", .path.display())]
+    WorkingDirectory {
+        path: PathBuf,
+        #[source]
+        source: nix::errno::Errno,
+    },
+}
+
+impl WorkloadError {
+    /// The exit code of a process that could not become its workload: a missing command is
+    /// told apart, as a shell does.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            WorkloadError::NotFound { .. } => EXIT_NOT_FOUND,
+            _ => EXIT_CANNOT_EXEC,
+        }
+    }
+}
+
 /// A program to run inside a VM, and how.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Workload {
     pub argv: Vec<String>,
     /// Variables added to (or replacing ones in) the VM's default environment.
@@ -34,20 +83,20 @@ struct Resolved {
     env: Vec<CString>,
 }
 
-/// Turns the calling process, already inside the VM, into the workload. Returns only on
-/// failure, with a message naming what could not be done.
 /// The OOM score adjustment of every program init starts (-1000..1000; 0 is a process's own).
 pub const WORKLOAD_OOM_SCORE_ADJ: i32 = 500;
 
-pub fn become_workload(workload: &Workload, terminal: Option<&str>) -> String {
+/// Turns the calling process, already inside the VM, into the workload. Returns only on
+/// failure, saying what could not be done.
+pub fn become_workload(workload: &Workload, terminal: Option<&str>) -> WorkloadError {
     match try_become(workload, terminal) {
         Ok(never) => match never {},
         Err(why) => why,
     }
 }
 
-fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible, String> {
-    let program = workload.argv.first().ok_or("no command given")?;
+fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible, WorkloadError> {
+    let program = workload.argv.first().ok_or(WorkloadError::NoCommand)?;
     // The parent blocked signals to read them from a signalfd; the program must not inherit that.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
     feather_sys::process::reset_signal_dispositions();
@@ -62,18 +111,22 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
         WORKLOAD_OOM_SCORE_ADJ.to_string(),
     );
     let resolved = resolve(workload, terminal)?;
-    feather_confine::capabilities::reduce_to_default().map_err(|e| e.to_string())?;
+    feather_confine::capabilities::reduce_to_default()?;
+    let identity = |call: String| move |source| WorkloadError::Identity { call, source };
     // Groups first: once the uid is not 0, the process may no longer change them.
-    setgroups(&resolved.groups).map_err(|e| format!("setgroups: {e}"))?;
-    setgid(resolved.gid).map_err(|e| format!("setgid {}: {e}", resolved.gid))?;
-    setuid(resolved.uid).map_err(|e| format!("setuid {}: {e}", resolved.uid))?;
+    setgroups(&resolved.groups).map_err(identity("setgroups".into()))?;
+    setgid(resolved.gid).map_err(identity(format!("setgid {}", resolved.gid)))?;
+    setuid(resolved.uid).map_err(identity(format!("setuid {}", resolved.uid)))?;
     // Like login(1): the home folder if it exists, else the root.
     let cwd = workload.cwd.clone().unwrap_or(if resolved.home.is_dir() {
         resolved.home
     } else {
         PathBuf::from("/")
     });
-    nix::unistd::chdir(&cwd).map_err(|e| format!("working directory {}: {e}", cwd.display()))?;
+    nix::unistd::chdir(&cwd).map_err(|source| WorkloadError::WorkingDirectory {
+        path: cwd.clone(),
+        source,
+    })?;
     let argv: Vec<CString> = workload
         .argv
         .iter()
@@ -81,13 +134,14 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
         .collect::<Result<_, _>>()?;
     let program_c = cstring(program)?;
     let errno = execvpe(&program_c, &argv, &resolved.env).unwrap_err();
+    let program = program.clone();
     Err(match errno {
-        nix::errno::Errno::ENOENT => format!("{program}: command not found"),
-        other => format!("{program}: {}", other.desc()),
+        nix::errno::Errno::ENOENT => WorkloadError::NotFound { program },
+        errno => WorkloadError::Exec { program, errno },
     })
 }
 
-fn resolve(workload: &Workload, terminal: Option<&str>) -> Result<Resolved, String> {
+fn resolve(workload: &Workload, terminal: Option<&str>) -> Result<Resolved, WorkloadError> {
     let account = crate::accounts::lookup(workload.user.as_deref())?;
     let groups = crate::accounts::groups(&account)
         .into_iter()
@@ -127,6 +181,6 @@ fn resolve(workload: &Workload, terminal: Option<&str>) -> Result<Resolved, Stri
     })
 }
 
-fn cstring(text: &str) -> Result<CString, String> {
-    CString::new(text).map_err(|_| format!("{text:?} contains a NUL byte"))
+fn cstring(text: &str) -> Result<CString, WorkloadError> {
+    CString::new(text).map_err(|_| WorkloadError::Nul { text: text.into() })
 }

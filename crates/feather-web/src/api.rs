@@ -391,7 +391,7 @@ async fn migrate(
     let job = shared
         .jobs
         .start(name.to_string(), "migrate", move |report| {
-            feather_vm::checkpoint::migrate(&root, &name, &request.to, &request.token, report)
+            feather_vm::migration::migrate(&root, &name, &request.to, &request.token, report)
             .map(|moved| {
                 json!({ "bytes": moved.bytes, "frozen_ms": moved.frozen.as_millis() as u64 })
             })

@@ -19,7 +19,7 @@ use feather_vm::exec::exec;
 use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::options::CreateRequest;
 use feather_vm::workload::Workload;
-use feather_vm::{checkpoint, commit, inspect};
+use feather_vm::{checkpoint, commit, inspect, migration};
 
 use cli::{CheckCommand, Cli, Command, CreateArgs, ProcessArgs, RunArgs};
 
@@ -289,7 +289,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Check(CheckCommand::Criu { json }) => return check_criu(json),
         Command::Migrate { name, to, token } => {
             let mut display = progress::Display::new();
-            let migrated = checkpoint::migrate(&root, &name.parse()?, &to, &token, &mut |step| {
+            let migrated = migration::migrate(&root, &name.parse()?, &to, &token, &mut |step| {
                 display.show(step)
             });
             display.finish();
@@ -306,7 +306,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             once,
         } => {
             let mut display = progress::Display::new();
-            let served = checkpoint::serve(
+            let served = migration::serve(
                 &root,
                 &listen,
                 &token,
@@ -368,7 +368,8 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         let code = if args.process.tty {
             lifecycle::run_ephemeral_with_terminal(root, &name, &options, &workload)?
         } else {
-            lifecycle::run_ephemeral(root, &name, &options, workload)?
+            let peers = std::sync::Arc::new(feather_vm::peers::RootPeers::new(root));
+            lifecycle::run_ephemeral(root, &name, &options, workload, peers)?
         };
         return Ok(exit_code(code));
     }

@@ -3,79 +3,60 @@
 //! which links only the VM core (crates/feather-vm), not the command line: its relocated data,
 //! heap and touched code are what an idle VM costs (docs/benchmarks.md, 3a).
 //!
-//! `feather start` runs `feather-keeper __keeper --state-dir DIR --run-dir DIR --ready-fd FD
-//! [--restore] [--terminal TTY] NAME`; the keeper clones the VM's init, which re-executes this binary from
-//! inside the VM as `feather-keeper __init FD RESUMED` (see feather_vm::init).
+//! Its command lines are built and parsed by one module, feather_vm::launch: `feather start`
+//! runs it as a background keeper, which clones the VM's init, which re-executes this binary
+//! from inside the VM.
 
+use std::ffi::OsString;
+use std::os::fd::{OwnedFd, RawFd};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use feather_core::StateRoot;
-use feather_vm::init::INIT_SUBCOMMAND;
-use feather_vm::keeper::KEEPER_SUBCOMMAND;
-
-const USAGE: &str = "feather-keeper keeps a running feather VM; `feather start VM` starts it \
-    (usage: feather-keeper __keeper --state-dir DIR --run-dir DIR --ready-fd FD [--restore] \
-    [--terminal TTY] NAME)";
+use feather_vm::launch::{InitArgs, KeeperArgs, Launch};
+use feather_vm::peers::RootPeers;
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let code = match args.split_first() {
-        Some((command, rest)) if command == KEEPER_SUBCOMMAND => keeper(rest),
-        Some((command, [fd, resumed])) if command == INIT_SUBCOMMAND => init(fd, resumed),
-        _ => Err(USAGE.to_owned()),
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let code = match Launch::parse(&args) {
+        Ok(Launch::Keeper(args)) => keeper(args),
+        Ok(Launch::Init(args)) => init(args),
+        Err(e) => Err(anyhow::Error::from(e)),
     };
     match code {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
-        Err(why) => {
-            eprintln!("feather-keeper: {why}");
+        Err(e) => {
+            eprintln!("feather-keeper: {e:#}");
             ExitCode::from(2)
         }
     }
 }
 
-fn keeper(args: &[String]) -> Result<i32, String> {
-    let (mut state_dir, mut run_dir, mut ready_fd, mut restore, mut terminal, mut name) =
-        (None, None, None, false, None, None);
-    let mut args = args.iter();
-    while let Some(arg) = args.next() {
-        let mut value = || args.next().cloned().ok_or(format!("{arg} needs a value"));
-        match arg.as_str() {
-            "--state-dir" => state_dir = Some(value()?),
-            "--run-dir" => run_dir = Some(value()?),
-            "--ready-fd" => ready_fd = Some(value()?),
-            "--restore" => restore = true,
-            // Where `ask` policy rules ask: the terminal `feather start` ran from.
-            "--terminal" => terminal = Some(value()?.into()),
-            _ if name.is_none() && !arg.starts_with('-') => name = Some(arg.clone()),
-            _ => return Err(format!("unexpected argument {arg:?}; {USAGE}")),
-        }
-    }
-    let (Some(state_dir), Some(run_dir), Some(ready_fd), Some(name)) =
-        (state_dir, run_dir, ready_fd, name)
-    else {
-        return Err(USAGE.to_owned());
-    };
-    let ready = inherited(&ready_fd)?;
-    let name = name.parse().map_err(|e| format!("{e}"))?;
-    let root = StateRoot::with_dirs(state_dir.into(), run_dir.into());
+fn keeper(args: KeeperArgs) -> anyhow::Result<i32> {
+    let ready = inherited(args.ready_fd)?;
+    let root = StateRoot::with_dirs(args.state_dir, args.run_dir);
+    // The other VMs of the state root, as the VM's broker reaches them; the binary wires them
+    // in, so that the keeper depends on nothing above it.
+    let peers = Arc::new(RootPeers::new(&root));
     Ok(feather_vm::keeper::main_background(
-        root, name, ready, restore, terminal,
+        root,
+        args.name,
+        ready,
+        args.restore,
+        args.terminal,
+        peers,
     ))
 }
 
-fn init(fd: &str, resumed: &str) -> Result<i32, String> {
-    let keeper = inherited(fd)?;
-    let resumed = serde_json::from_str(resumed).map_err(|e| format!("{INIT_SUBCOMMAND}: {e}"))?;
-    feather_vm::init::resume(keeper.into(), resumed)
+fn init(args: InitArgs) -> anyhow::Result<i32> {
+    let keeper = inherited(args.keeper_fd)?;
+    feather_vm::init::resume(keeper.into(), args.resumed)
 }
 
 /// The descriptor named on the command line by the process that started this one.
-fn inherited(fd: &str) -> Result<std::os::fd::OwnedFd, String> {
-    let fd = fd
-        .parse()
-        .map_err(|_| format!("{fd:?} is not a descriptor number"))?;
+fn inherited(fd: RawFd) -> anyhow::Result<OwnedFd> {
     // SAFETY: the keeper's (or init's) parent left exactly this descriptor open for it and
     // names it once on the command line; it is taken here, at start, before this process
     // opens or wraps any descriptor of its own, and main takes each named number once.
-    unsafe { feather_sys::process::inherited_fd(fd) }.map_err(|e| e.to_string())
+    Ok(unsafe { feather_sys::process::inherited_fd(fd) }?)
 }

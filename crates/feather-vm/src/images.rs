@@ -1,0 +1,50 @@
+//! The files of a VM's checkpoint folder that both sides read: the asker's (`feather
+//! checkpoint`, `restore`, `migrate`, `serve`: [`crate::checkpoint`], [`crate::migration`]) and
+//! the keeper's, which dumps and restores the VM ([`crate::snapshot`]).
+
+use std::fs;
+use std::path::PathBuf;
+
+use feather_core::VmDir;
+
+/// The file in an images folder that says a dump completed.
+pub(crate) const INVENTORY: &str = "inventory.img";
+
+/// The VM's layers over other host filesystems at the time of the dump (see [`ExternalLayer`]).
+pub(crate) const LAYERS: &str = "layers.json";
+
+/// The subnet of the VM's address (`--net private`) where it was checkpointed.
+pub(crate) const SUBNET: &str = "subnet.json";
+
+/// Present while a VM restored for a migration waits for `feather serve` to confirm it; holds
+/// that serve's pid. See `snapshot::await_release`.
+pub(crate) const HOLD: &str = "hold";
+
+/// A layer of the VM over another host filesystem (a separate /home, a tmpfs under /mnt). CRIU
+/// does not dump these overlays (it could not mount them again: their options name host
+/// folders in feather's escaped spelling, which it mangles); the restoring side mounts each
+/// from the VM's own folder and hands it to CRIU under its key.
+///
+/// The files feather generates for the VM (`/etc/hosts`, …) are listed here too, with
+/// `generated`: they are bound from the VM's run folder, which lies elsewhere in another state
+/// root, so the restoring side names where its own copies are.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct ExternalLayer {
+    pub(crate) key: String,
+    pub(crate) mount_point: PathBuf,
+    #[serde(default)]
+    pub(crate) generated: bool,
+}
+
+/// The marker a sending host leaves in the VM's checkpoint folder from the moment it lets the
+/// VM go until the receiver says it runs there: a restore here would run it twice.
+pub(crate) const RELEASED_TO: &str = "released-to";
+
+/// The pid of the `feather serve` a VM received by migration waits for, if it waits.
+pub(crate) fn held_for(vm: &VmDir) -> Option<i32> {
+    fs::read_to_string(vm.checkpoint_dir().join(HOLD))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}

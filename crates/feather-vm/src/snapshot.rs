@@ -1,0 +1,393 @@
+//! The keeper's side of checkpoint and restore: it dumps its VM's process tree with CRIU
+//! ([`dump`]), restores one in a keeper started in restore mode ([`restore_tree`]) and, for a VM
+//! received by a migration, keeps it stopped until the sender lets it go ([`hold`],
+//! [`await_release`]). The asker's side (`feather checkpoint`, `restore`, `migrate`, `serve`) is
+//! in [`crate::checkpoint`] and [`crate::migration`]; the files both read, in [`crate::images`].
+//!
+//! ```text
+//! feather checkpoint ──Checkpoint──▶ keeper ── criu swrk: DUMP of the tree at <init> ──▶
+//!                                      │          images in <vm>/checkpoint/; processes end
+//!                                      └─ records "checkpointed" once init is gone
+//! feather restore ── spawns a keeper in restore mode:
+//!   keeper: /etc files, published ports, bridge and firewall entries (--net private),
+//!           cgroup with the VM's limits ─ fork ─▶ child: own mount namespace, the VM's root
+//!      ▲                                           overlay mounted at <vm>/rootfs, joins the
+//!      │    RESTORE (root, rst_sibling, veth) ───▶ cgroup, execs `criu swrk`
+//!      └── the restored init is the keeper's own child (a sibling of criu), held by a pidfd
+//!          like a booted one; ls, exec, ps, stop and rm work as before.
+//! ```
+//!
+//! A VM received by a migration is restored stopped and waits for `feather serve` to let it
+//! run ([`await_release`]): the two phases of a migration (see [`crate::migration`]).
+//!
+//! The VM's root overlay is mounted by the restoring side, because CRIU rebuilds the VM's mount
+//! namespace on top of a root it is given (`--root`); every other mount of the VM (its /proc,
+//! /dev, /run with its content, devpts, mqueue) CRIU recreates from its images.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use feather_core::atomic::Durability;
+use feather_core::error::IoContext;
+use feather_core::{StateRoot, VmConfig, VmDir};
+use feather_migrate::criu::{self, Criu, Dump, Restore};
+use feather_sys::cgroup::Cgroup;
+use feather_sys::mount::{self, LayerSync};
+use feather_sys::process::{self, ChildProcess};
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::waitpid;
+use nix::unistd::Pid;
+
+use crate::decide::{self, WhileHeld};
+use crate::error::{encode, failed, io, InVm, Result};
+use crate::hiding;
+use crate::images::{held_for, ExternalLayer, HOLD, LAYERS};
+use crate::layers;
+use crate::protocol::{self, Response};
+
+/// The name a replaced checkpoint folder takes beside the VM's other files until it is removed.
+const STALE_PREFIX: &str = "checkpoint.stale-";
+
+/// Moves the VM's last checkpoint out of the way of a new one (a checkpoint taken now replaces
+/// the last one; a failed one leaves none behind). Removing hundreds of megabytes of images
+/// takes long on some filesystems (ext4 with `discard`), so it is left to
+/// [`remove_stale`], after the user has their answer.
+pub(crate) fn set_aside_last(vm: &VmDir) -> feather_core::Result<()> {
+    let images = vm.checkpoint_dir();
+    if !images.exists() {
+        return Ok(());
+    }
+    let stale = vm
+        .path()
+        .join(format!("{STALE_PREFIX}{}", std::process::id()));
+    let _ = fs::remove_dir_all(&stale);
+    fs::rename(&images, &stale).at(&images)
+}
+
+/// Removes checkpoints set aside by [`set_aside_last`] (also those a crash left behind).
+pub(crate) fn remove_stale(vm: &VmDir) {
+    let Ok(entries) = fs::read_dir(vm.path()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry
+            .file_name()
+            .to_string_lossy()
+            .starts_with(STALE_PREFIX)
+        {
+            let _ = fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
+/// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder
+/// (the last checkpoint is set aside first). Every error names the VM: the keeper's answer
+/// carries it to `feather checkpoint` as it is.
+pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> Result<()> {
+    let name = vm.name();
+    let criu = Criu::checked(criu.to_path_buf(), String::new());
+    let images = vm.checkpoint_dir();
+    set_aside_last(vm).in_vm(name)?;
+    let mountinfo = format!("/proc/{init}/mountinfo");
+    let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
+    let mounts = feather_sys::mountinfo::parse(&text);
+    let mut layers: Vec<ExternalLayer> = mounts
+        .iter()
+        .filter(|m| m.fs_type == "overlay" && m.mount_point != Path::new("/"))
+        .enumerate()
+        .map(|(i, m)| ExternalLayer {
+            key: format!("feather-layer-{i}"),
+            mount_point: m.mount_point.clone(),
+            generated: false,
+        })
+        .collect();
+    layers.extend(
+        mounts
+            .iter()
+            .filter(|m| feather_net::etc::generated(Path::new("/"), &m.mount_point).is_some())
+            .enumerate()
+            .map(|(i, m)| ExternalLayer {
+                key: format!("feather-etc-{i}"),
+                mount_point: m.mount_point.clone(),
+                generated: true,
+            }),
+    );
+    let external: Vec<(String, String)> = layers
+        .iter()
+        .map(|l| (l.mount_point.display().to_string(), l.key.clone()))
+        .collect();
+    // The tmpfs hiding state roots are not dumped: the restoring keeper hides the roots of
+    // its own host, before the restored processes run (see Keeper::restore).
+    let skipped: Vec<String> = mounts
+        .iter()
+        .filter(|m| hiding::is_hiding_mount(m))
+        .map(|m| m.mount_point.display().to_string())
+        .collect();
+    let dumped = criu.dump(&Dump {
+        vm: name.as_str(),
+        pid: init.as_raw(),
+        images: &images,
+        leave_running,
+        external_mounts: &external,
+        skipped_mounts: &skipped,
+    });
+    if let Err(e) = dumped {
+        // Keep only the log, which the error points to.
+        if let Ok(entries) = fs::read_dir(&images) {
+            for entry in entries.flatten() {
+                if entry.file_name() != criu::DUMP_LOG {
+                    let _ = fs::remove_file(entry.path());
+                }
+            }
+        }
+        return Err(e.into());
+    }
+    let list = serde_json::to_vec_pretty(&layers).map_err(encode(name, LAYERS))?;
+    feather_core::atomic::write_atomic(&images.join(LAYERS), &list, Durability::Durable)
+        .in_vm(name)?;
+    Ok(())
+}
+
+/// In a keeper started in restore mode: restores the VM's process tree from its checkpoint
+/// folder and returns its init, now a child of this process.
+/// `veth`: the VM's veth pair, for CRIU to make (`--net private`). A VM received by a migration
+/// comes back stopped, until `feather serve` confirms it (see [`await_release`]).
+pub(crate) fn restore_tree(
+    root: &StateRoot,
+    vm: &VmDir,
+    config: &VmConfig,
+    cgroup: Option<&Cgroup>,
+    veth: Option<&feather_net::VethPair>,
+) -> Result<ChildProcess> {
+    let name = vm.name();
+    let criu = Criu::locate().in_vm(name)?;
+    let images = vm.checkpoint_dir();
+    let top = layers::for_start(root, vm, config)?.swap_remove(0);
+    let rootfs = vm.rootfs();
+    let list = images.join(LAYERS);
+    let external: Vec<ExternalLayer> = match fs::read(&list) {
+        Ok(bytes) => {
+            serde_json::from_slice(&bytes).map_err(encode(name, list.display().to_string()))?
+        }
+        Err(_) => Vec::new(),
+    };
+    let (generated, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
+        external.into_iter().partition(|l| l.generated);
+    let others: Vec<(layers::Layer, PathBuf)> = external
+        .iter()
+        .map(|l| {
+            let mut layer = layers::Layer::submount(vm, config, l.mount_point.clone());
+            // The host may have unmounted and removed what the layer lay over since the
+            // checkpoint; the VM then keeps its own changes there, over nothing.
+            if !layer.lower.is_dir() {
+                layer.lower = images.join("vanished-lower");
+            }
+            let at = rootfs.join(l.mount_point.strip_prefix("/").unwrap_or(&l.mount_point));
+            (layer, at)
+        })
+        .collect();
+    for (layer, _) in &others {
+        if !layer.lower.exists() {
+            fs::create_dir_all(&layer.lower).at(&layer.lower)?;
+        }
+    }
+    let mut mapping: Vec<(String, PathBuf)> = external
+        .iter()
+        .zip(&others)
+        .map(|(l, (_, at))| (l.key.clone(), at.clone()))
+        .collect();
+    for file in &generated {
+        let Some(path) = feather_net::etc::generated(vm.run_dir(), &file.mount_point) else {
+            continue;
+        };
+        mapping.push((file.key.clone(), path));
+    }
+    let veths: Vec<(String, String, String)> = veth
+        .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
+        .into_iter()
+        .collect();
+    let call = criu
+        .restore_call(&Restore {
+            images: &images,
+            root: &rootfs,
+            external_mounts: &mapping,
+            veths: &veths,
+            // Always: the keeper hides the state roots before the VM's processes go on.
+            leave_stopped: true,
+        })
+        .in_vm(name)?;
+    let sync = if config.ephemeral {
+        LayerSync::Volatile
+    } else {
+        LayerSync::Durable
+    };
+    let child = match process::fork().in_vm(name)? {
+        None => {
+            // In the child: a mount namespace of its own, so that the VM's root overlay, which
+            // CRIU needs mounted to rebuild the VM's mounts on, never appears on the host.
+            let prepared = (|| -> Result<()> {
+                unshare(CloneFlags::CLONE_NEWNS)
+                    .map_err(|e| io(name, "unshare mounts")(e.into()))?;
+                mount::make_all_private().in_vm(name)?;
+                mount::overlay(&top.lower, &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
+                for (layer, at) in &others {
+                    // Missing only when the host removed the mount point: made in the VM's
+                    // own layer, so that the layer has somewhere to appear.
+                    if !at.exists() {
+                        fs::create_dir_all(at).map_err(io(name, at.display().to_string()))?;
+                    }
+                    mount::overlay(&layer.lower, &layer.upper, &layer.work, at, sync)
+                        .in_vm(name)?;
+                }
+                if let Some(cgroup) = cgroup {
+                    cgroup.add(Pid::this()).in_vm(name)?;
+                }
+                Ok(())
+            })();
+            if let Err(why) = prepared {
+                eprintln!(
+                    "feather keeper {name}: cannot prepare the restore: {}",
+                    feather_core::error::causes(&why)
+                );
+                std::process::exit(125);
+            }
+            process::close_other_fds(&[0, 1, 2, call.criu_end()]);
+            let why = exec(&call.program, &call.args);
+            eprintln!(
+                "feather keeper {name}: cannot run {}: {why}",
+                call.program.display()
+            );
+            std::process::exit(126);
+        }
+        Some(pid) => pid,
+    };
+    let restored = call.restore(name.as_str());
+    // criu swrk ends once it has answered; the restored tree is this process's child.
+    let _ = waitpid(child, None);
+    let pid = Pid::from_raw(restored?);
+    let pidfd = process::pidfd_open(pid).in_vm(name)?;
+    Ok(ChildProcess { pid, pidfd })
+}
+
+/// Runs `program`; returns only on failure.
+fn exec(program: &Path, args: &[std::ffi::OsString]) -> std::io::Error {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let argv: std::result::Result<Vec<CString>, _> = std::iter::once(program.as_os_str())
+        .chain(args.iter().map(|a| a.as_os_str()))
+        .map(|a| CString::new(a.as_bytes()))
+        .collect();
+    match argv {
+        Ok(argv) => match nix::unistd::execv(&argv[0], &argv) {
+            Err(e) => e.into(),
+        },
+        Err(_) => std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "an argument contains a NUL byte",
+        ),
+    }
+}
+
+/// In a keeper restoring a VM received by a migration: a pidfd of the `feather serve` that
+/// waits for the sender's confirmation, opened before the restore so that its end cannot be
+/// missed. None for an ordinary restore.
+pub(crate) fn hold(vm: &VmDir) -> Result<Option<std::os::fd::OwnedFd>> {
+    let Some(pid) = held_for(vm) else {
+        return Ok(None);
+    };
+    let name = vm.name();
+    process::pidfd_open(Pid::from_raw(pid))
+        .map(Some)
+        .map_err(|_| {
+            failed(
+                name,
+                format!("the `feather serve` receiving it (pid {pid}) ended"),
+            )
+        })
+}
+
+/// How long a received VM waits, stopped, for the migration to be confirmed.
+const HOLD_PATIENCE: Duration = Duration::from_secs(600);
+
+/// In a keeper whose VM came back stopped for a migration (see [`hold`]): waits until
+/// `feather serve` says the sender has released it (`Request::Resume`), then continues every
+/// process of the VM and returns true. If that serve ends first, or nothing is heard for
+/// [`HOLD_PATIENCE`], returns false: the sender keeps the VM, and this copy must never run.
+pub(crate) fn await_release(
+    vm: &VmDir,
+    serve: &std::os::fd::OwnedFd,
+    init: &ChildProcess,
+    listener: &std::os::unix::net::UnixListener,
+    cgroup: Option<&Cgroup>,
+) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    let deadline = std::time::Instant::now() + HOLD_PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        let mut fds = [
+            PollFd::new(serve.as_fd(), PollFlags::POLLIN),
+            PollFd::new(listener.as_fd(), PollFlags::POLLIN),
+            PollFd::new(init.pidfd.as_fd(), PollFlags::POLLIN),
+        ];
+        let _ = poll(
+            &mut fds,
+            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
+        );
+        let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
+        if ready(&fds[0]) {
+            return false;
+        }
+        // The keeper's own loop hears of init's end.
+        if ready(&fds[2]) {
+            return true;
+        }
+        if !ready(&fds[1]) {
+            continue;
+        }
+        let Ok((stream, _)) = listener.accept() else {
+            continue;
+        };
+        let decision = protocol::read_request(&stream).map(|r| decide::while_held(&r));
+        match decision {
+            Ok(WhileHeld::Release) => {
+                let _ = fs::remove_file(vm.checkpoint_dir().join(HOLD));
+                for pid in cgroup.map(Cgroup::members).unwrap_or_default() {
+                    let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
+                }
+                let _ = nix::sys::signal::kill(init.pid, nix::sys::signal::Signal::SIGCONT);
+                let _ = protocol::write_response(
+                    &stream,
+                    &Response::Running {
+                        init_pid: init.pid.as_raw(),
+                    },
+                );
+                return true;
+            }
+            Ok(WhileHeld::Status) => {
+                let _ = protocol::write_response(
+                    &stream,
+                    &Response::Running {
+                        init_pid: init.pid.as_raw(),
+                    },
+                );
+            }
+            _ => {
+                let _ = protocol::write_response(
+                    &stream,
+                    &Response::Error {
+                        message: format!(
+                            "VM {}: is arriving by migration and waits for the sending host to \
+                             release it; try again in a moment",
+                            vm.name()
+                        ),
+                    },
+                );
+            }
+        }
+    }
+}
