@@ -29,14 +29,25 @@ pub struct CreateArgs {
 }
 
 pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
-    crate::store::validate_id(&args.id)?;
-    if Container::exists(root, &args.id) {
-        bail!("container with id {} already exists", args.id);
+    let (mut container, spec, feather) = make_container(root, &args.id, &args.bundle)?;
+    let made = build(&mut container, &spec, args, feather.host_base);
+    if let Err(error) = made {
+        crate::ops::destroy(&container);
+        return Err(error);
     }
-    let bundle = args
-        .bundle
+    Ok(())
+}
+
+/// The checks and the folder both `create` and `restore` begin with: the bundle's config,
+/// validated, and the container's folder under `root` with its record and a copy of the config.
+pub fn make_container(root: &Path, id: &str, bundle: &Path) -> Result<(Container, Spec, Feather)> {
+    crate::store::validate_id(id)?;
+    if Container::exists(root, id) {
+        bail!("container with id {id} already exists");
+    }
+    let bundle = bundle
         .canonicalize()
-        .with_context(|| format!("bundle {}", args.bundle.display()))?;
+        .with_context(|| format!("bundle {}", bundle.display()))?;
     let spec = Spec::load(bundle.join("config.json"))
         .map_err(|e| anyhow::anyhow!("{}/config.json: {e}", bundle.display()))?;
     crate::validate::check(&spec)?;
@@ -45,13 +56,13 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
     if let Some(seccomp) = linux.seccomp() {
         crate::seccomp::compile(seccomp)?;
     }
-    let cgroup = crate::cgroups::relative_path(linux.cgroups_path().as_deref(), &args.id)?;
+    let cgroup = crate::cgroups::relative_path(linux.cgroups_path().as_deref(), id)?;
     let rootfs = match (&feather.host_base, spec.root()) {
         (true, _) | (false, None) => PathBuf::from("/"),
         (false, Some(root)) => bundle.join(root.path()),
     };
     let record = Record {
-        id: args.id.clone(),
+        id: id.to_owned(),
         bundle: bundle.clone(),
         rootfs,
         pid: 0,
@@ -60,16 +71,12 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
         cgroup,
         annotations: spec.annotations().clone().unwrap_or_default(),
     };
-    let mut container = Container::make(root, record)?;
-    let made = spec
-        .save(container.dir.join("config.json"))
-        .map_err(anyhow::Error::from)
-        .and_then(|()| build(&mut container, &spec, args, feather.host_base));
-    if let Err(error) = made {
+    let container = Container::make(root, record)?;
+    if let Err(error) = spec.save(container.dir.join("config.json")) {
         crate::ops::destroy(&container);
-        return Err(error);
+        return Err(error.into());
     }
-    Ok(())
+    Ok((container, spec, feather))
 }
 
 fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: bool) -> Result<()> {

@@ -6,11 +6,13 @@
 //! - [`mounts`], [`process`], [`seccomp`], [`cgroups`], [`hooks`]: the config, field by field
 //! - [`validate`]: every field feather cannot honour is refused by name before anything is made
 //! - [`ops`] and [`exec`]: state, start, kill, delete, ps, list, pause, resume, events, update
+//! - [`checkpoint`] and [`restore`]: runc's `checkpoint`/`restore` through feather's CRIU
 //! - [`annotations`]: feather's own features, through `org.feather.*` annotations
 //! - [`store`]: a container's folder under `--root` and its status
 
 pub mod annotations;
 pub mod cgroups;
+pub mod checkpoint;
 pub mod cli;
 pub mod create;
 pub mod exec;
@@ -20,6 +22,7 @@ pub mod log;
 pub mod mounts;
 pub mod ops;
 pub mod process;
+pub mod restore;
 pub mod seccomp;
 pub mod store;
 pub mod validate;
