@@ -5,6 +5,7 @@
 
 mod support;
 
+mod checkpoint;
 mod containerd;
 mod docker;
 mod podman;

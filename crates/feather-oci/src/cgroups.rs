@@ -12,6 +12,21 @@ use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
+/// runc's allowed devices: mknod of any, and null, random, full, tty, zero, urandom, the
+/// devpts slaves and ptmx.
+const DEFAULT_ALLOWED_DEVICES: [&str; 10] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:8 rwm",
+    "c 1:7 rwm",
+    "c 5:0 rwm",
+    "c 1:5 rwm",
+    "c 1:9 rwm",
+    "c 136:* rwm",
+    "c 5:2 rwm",
+];
+
 pub struct Groups {
     cgroup: Cgroup,
     relative: PathBuf,
@@ -204,6 +219,12 @@ impl Groups {
             };
             write(&dir.join(file), &line)
                 .with_context(|| format!("linux.resources.devices rule {line:?}"))?;
+        }
+        // As runc, after the config's rules: the default devices every container's /dev has
+        // (engines send "deny all" and count on these).
+        for line in DEFAULT_ALLOWED_DEVICES {
+            write(&dir.join("devices.allow"), line)
+                .with_context(|| format!("allow default device {line:?}"))?;
         }
         Ok(())
     }

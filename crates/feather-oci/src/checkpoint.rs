@@ -96,6 +96,8 @@ pub struct External {
     pub inside: PathBuf,
     pub key: String,
     pub source: PathBuf,
+    /// A cgroup folder (its mount point lies in the tmpfs CRIU restores), not a config mount.
+    pub cgroup: bool,
 }
 
 /// The config's bind mounts and the cgroup folders bound in under its `cgroup` mounts.
@@ -112,6 +114,7 @@ pub fn external_mounts(spec: &Spec, bundle: &Path, groups: &Groups) -> Vec<Exter
                         inside: destination.join(&name),
                         key: format!("cgroup-{name}"),
                         source: own,
+                        cgroup: true,
                     });
                 }
             }
@@ -133,6 +136,7 @@ pub fn external_mounts(spec: &Spec, bundle: &Path, groups: &Groups) -> Vec<Exter
                 } else {
                     source
                 },
+                cgroup: false,
             });
         }
     }
@@ -157,14 +161,15 @@ pub fn checkpoint(root: &Path, args: &CheckpointArgs) -> Result<()> {
     }
     let mode = cgroups_mode(args.manage_cgroups_mode.as_deref())?;
     let container = Container::load(root, &args.id)?;
-    match container.status() {
-        Status::Running => {}
+    let paused = match container.status() {
+        Status::Running => false,
+        Status::Paused => true,
         other => bail!(
-            "cannot checkpoint container {}: it is {} (only a running container can be checkpointed)",
+            "cannot checkpoint container {}: it is {} (only a running or paused container can be checkpointed)",
             args.id,
             other.name()
         ),
-    }
+    };
     let spec = container.config()?;
     check_config(&spec, "checkpoint")?;
     let criu = Criu::locate()?;
@@ -205,7 +210,17 @@ pub fn checkpoint(root: &Path, args: &CheckpointArgs) -> Result<()> {
         .as_ref()
         .unwrap_or(&args.image_path)
         .join(DUMP_LOG);
-    criu.dump_with(&args.id, opts, &log)?;
+    // containerd pauses a container before its checkpoint. CRIU stops the tasks itself (with
+    // ptrace, which a frozen task does not answer): thawed for the dump, frozen again after
+    // when they go on.
+    if paused {
+        container.groups().freeze(false)?;
+    }
+    let dumped = criu.dump_with(&args.id, opts, &log);
+    if paused && (args.leave_running || dumped.is_err()) {
+        container.groups().freeze(true)?;
+    }
+    dumped?;
     // As runc: a container checkpointed without --leave-running is gone (CRIU ended its
     // processes); the engine restores it under a new or the same id.
     if !args.leave_running {

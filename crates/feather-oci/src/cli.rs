@@ -257,7 +257,7 @@ impl CriuFlags {
 
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(std::env::args_os().map(go_spelling));
     crate::log::init(cli.log.clone(), &cli.log_format, cli.debug);
     crate::log::debug(&format!("argv: {:?}", std::env::args().collect::<Vec<_>>()));
     match run(cli) {
@@ -425,6 +425,16 @@ fn run(cli: Cli) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// Go's flag packages take a long flag with one dash, and engines use it: containerd's runc
+/// client (go-runc) passes `-no-subreaper` to `restore`.
+fn go_spelling(arg: std::ffi::OsString) -> std::ffi::OsString {
+    const SINGLE_DASHED: [&str; 1] = ["-no-subreaper"];
+    match arg.to_str() {
+        Some(text) if SINGLE_DASHED.contains(&text) => format!("-{text}").into(),
+        _ => arg,
+    }
 }
 
 /// Go's duration spelling, for the common cases: "5s", "500ms", "1m".

@@ -115,7 +115,7 @@ fn resolve(root: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
 /// O_NOFOLLOW: a symlink is read and its target walked in its place (an absolute one from
 /// the rootfs, `..` never above it), so a link in the image can lead the walk, and what it
 /// makes, only to places inside the rootfs — also when the link's target does not exist yet.
-fn make_target(root: &OwnedFd, path: &Path, directory: bool) -> Result<OwnedFd> {
+pub fn make_target(root: &OwnedFd, path: &Path, directory: bool) -> Result<OwnedFd> {
     let mut pending: Vec<std::ffi::OsString> = Vec::new();
     push_components(&mut pending, path);
     // The folders walked so far, the rootfs first.

@@ -58,8 +58,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             args.image_path.display()
         );
     }
-    let (mut container, spec, _) =
-        crate::create::make_container(root, &args.id, &args.bundle)?;
+    let (mut container, spec, _) = crate::create::make_container(root, &args.id, &args.bundle)?;
     let restored = checkpoint::check_config(&spec, "restore")
         .and_then(|()| {
             let linux = spec.linux().clone().context("linux")?;
@@ -102,11 +101,13 @@ fn prepare(
         Some(path) => Some(checkpoint::open_folder(path, "--work-path")?),
         None => None,
     };
-    let external: Vec<String> =
-        checkpoint::external_mounts(spec, &container.record.bundle, &container.groups())
-            .into_iter()
-            .map(|m| format!("mnt[{}]:{}", m.key, m.source.display()))
-            .collect();
+    let externals =
+        checkpoint::external_mounts(spec, &container.record.bundle, &container.groups());
+    make_mount_points(&container.record.rootfs, &externals)?;
+    let external: Vec<String> = externals
+        .iter()
+        .map(|m| format!("mnt[{}]:{}", m.key, m.source.display()))
+        .collect();
     let mut inherit_fd = inherited_stdio(&args.image_path)?;
     if let Some(path) = checkpoint::joined_network(spec) {
         // Not close-on-exec: criu inherits it, and hands it to the restored tree.
@@ -143,6 +144,24 @@ fn prepare(
         leak(OwnedFd::from(work));
     }
     Ok(call)
+}
+
+/// The bind mounts' mount points, made in the rootfs as `create` makes them (an engine's
+/// fresh root may lack them: podman leaves them out of the root's exported changes), walked
+/// safely from the rootfs.
+fn make_mount_points(rootfs: &Path, externals: &[checkpoint::External]) -> Result<()> {
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("open {}", rootfs.display()))?;
+    for external in externals.iter().filter(|e| !e.cgroup) {
+        let directory = external.source.is_dir();
+        crate::mounts::make_target(&root, &external.inside, directory)
+            .with_context(|| format!("mounts[{}]", external.inside.display()))?;
+    }
+    Ok(())
 }
 
 /// A descriptor kept open for the rest of this short-lived process (criu, started later,
