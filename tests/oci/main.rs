@@ -9,4 +9,5 @@ mod checkpoint;
 mod containerd;
 mod docker;
 mod podman;
+mod resources;
 mod spec;

@@ -4,6 +4,8 @@
 //! - [`cli`]: the commands and flags, as runc spells them
 //! - [`create`] and [`init`]: a container's init, held until `start` on the `exec.fifo`
 //! - [`mounts`], [`process`], [`seccomp`], [`cgroups`], [`hooks`]: the config, field by field
+//! - [`controllers`]: cpuset, block I/O, huge pages and `unified`, where this host has them
+//!   ([`hierarchies`]: where they are mounted)
 //! - [`validate`]: every field feather cannot honour is refused by name before anything is made
 //! - [`ops`] and [`exec`]: state, start, kill, delete, ps, list, pause, resume, events, update
 //! - [`checkpoint`] and [`restore`]: runc's `checkpoint`/`restore` through feather's CRIU
@@ -14,8 +16,10 @@ pub mod annotations;
 pub mod cgroups;
 pub mod checkpoint;
 pub mod cli;
+pub mod controllers;
 pub mod create;
 pub mod exec;
+pub mod hierarchies;
 pub mod hooks;
 pub mod init;
 pub mod log;
