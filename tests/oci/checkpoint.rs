@@ -23,6 +23,7 @@ fn count_in(path: &Path) -> u64 {
 
 #[test]
 fn checkpoint_and_restore_go_on_counting() {
+    // Ids of their own: the default cgroup is feather-oci/<id>, shared by tests running at once.
     let scratch = Scratch::new("checkpoint");
     let runtime = Runtime::new(&scratch);
     let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sh", "-c", COUNTER]));
@@ -30,8 +31,13 @@ fn checkpoint_and_restore_go_on_counting() {
     let images = scratch.path("images");
     let images = images.to_str().unwrap();
 
-    assert_eq!(runtime.create("c1", &bundle, &scratch.path("out")).code, 0);
-    assert_eq!(runtime.run(&["start", "c1"]).code, 0);
+    assert_eq!(
+        runtime
+            .create("ckpt-c1", &bundle, &scratch.path("out"))
+            .code,
+        0
+    );
+    assert_eq!(runtime.run(&["start", "ckpt-c1"]).code, 0);
     assert!(eventually(Duration::from_secs(10), || count_in(&count) >= 3));
 
     for (flags, named) in [
@@ -44,12 +50,12 @@ fn checkpoint_and_restore_go_on_counting() {
     ] {
         let mut args = vec!["checkpoint", "--image-path", images];
         args.extend_from_slice(flags);
-        args.push("c1");
+        args.push("ckpt-c1");
         let outcome = runtime.run(&args);
         assert_ne!(outcome.code, 0, "{flags:?} must be refused");
         assert!(outcome.stderr.contains(named), "{outcome:?}");
         assert_eq!(
-            runtime.status("c1"),
+            runtime.status("ckpt-c1"),
             "running",
             "a refusal leaves it running"
         );
@@ -60,15 +66,15 @@ fn checkpoint_and_restore_go_on_counting() {
         "--leave-running",
         "--image-path",
         images,
-        "c1",
+        "ckpt-c1",
     ]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
-    assert_eq!(runtime.status("c1"), "running", "--leave-running");
+    assert_eq!(runtime.status("ckpt-c1"), "running", "--leave-running");
     fs::remove_dir_all(images).unwrap();
 
-    let outcome = runtime.run(&["checkpoint", "--image-path", images, "c1"]);
+    let outcome = runtime.run(&["checkpoint", "--image-path", images, "ckpt-c1"]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
-    let outcome = runtime.run(&["state", "c1"]);
+    let outcome = runtime.run(&["state", "ckpt-c1"]);
     assert!(
         outcome.stderr.contains("does not exist"),
         "without --leave-running the container is gone, as with runc: {outcome:?}"
@@ -85,7 +91,7 @@ fn checkpoint_and_restore_go_on_counting() {
         .arg(&pid_file)
         .arg("--bundle")
         .arg(&bundle.dir)
-        .arg("c2")
+        .arg("ckpt-c2")
         .stdin(std::process::Stdio::null())
         .stdout(output.try_clone().unwrap())
         .stderr(output)
@@ -98,7 +104,7 @@ fn checkpoint_and_restore_go_on_counting() {
         "{outcome:?} {}",
         fs::read_to_string(scratch.path("out2")).unwrap_or_default()
     );
-    let state = runtime.state("c2");
+    let state = runtime.state("ckpt-c2");
     assert_eq!(state["status"], "running");
     let pid = state["pid"].as_i64().unwrap();
     assert_eq!(
@@ -107,7 +113,7 @@ fn checkpoint_and_restore_go_on_counting() {
     );
     let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
     assert!(
-        cgroup.contains("feather-oci/c2"),
+        cgroup.contains("feather-oci/ckpt-c2"),
         "restored into the new container's cgroup: {cgroup}"
     );
     let mut lowest = u64::MAX;
@@ -126,9 +132,9 @@ fn checkpoint_and_restore_go_on_counting() {
         "it went on from {at_dump}, not from 1 ({lowest})"
     );
 
-    assert_eq!(runtime.run(&["kill", "c2", "KILL"]).code, 0);
-    runtime.wait_stopped("c2");
-    assert_eq!(runtime.run(&["delete", "c2"]).code, 0);
+    assert_eq!(runtime.run(&["kill", "ckpt-c2", "KILL"]).code, 0);
+    runtime.wait_stopped("ckpt-c2");
+    assert_eq!(runtime.run(&["delete", "ckpt-c2"]).code, 0);
 }
 
 #[test]

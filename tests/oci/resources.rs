@@ -70,7 +70,7 @@ fn cpuset_throttles_huge_pages_and_unified_reach_the_container() {
             "throttleWriteIOPSDevice": [{"major": major.parse::<i64>().unwrap(), "minor": minor.parse::<i64>().unwrap(), "rate": 100}]
         }
     });
-    let output = run_to_end(&runtime, &scratch, "cpuset", &config);
+    let output = run_to_end(&runtime, &scratch, "controllers-cpuset", &config);
     assert_eq!(
         output.lines().collect::<Vec<_>>(),
         [
@@ -97,14 +97,14 @@ fn cpuset_throttles_huge_pages_and_unified_reach_the_container() {
             }}),
         );
         let bundle = Bundle::new(&scratch, "bundle-huge", &config);
-        let outcome = runtime.create("huge", &bundle, &scratch.path("out-huge"));
+        let outcome = runtime.create("controllers-huge", &bundle, &scratch.path("out-huge"));
         assert_eq!(outcome.code, 0, "{outcome:?}");
         let group = format!("feather-oci-tests/huge-{}", std::process::id());
         assert_eq!(cgroup_file("unified", &group, "hugetlb.2MB.max"), "4194304");
         assert_eq!(cgroup_file("unified", &group, "hugetlb.1GB.max"), "0");
 
         // update --resources: the same fields on a running container.
-        assert_eq!(runtime.run(&["start", "huge"]).code, 0);
+        assert_eq!(runtime.run(&["start", "controllers-huge"]).code, 0);
         let update = scratch.path("update.json");
         fs::write(
             &update,
@@ -116,7 +116,12 @@ fn cpuset_throttles_huge_pages_and_unified_reach_the_container() {
             .to_string(),
         )
         .unwrap();
-        let outcome = runtime.run(&["update", "--resources", update.to_str().unwrap(), "huge"]);
+        let outcome = runtime.run(&[
+            "update",
+            "--resources",
+            update.to_str().unwrap(),
+            "controllers-huge",
+        ]);
         assert_eq!(outcome.code, 0, "{outcome:?}");
         assert_eq!(cgroup_file("unified", &group, "hugetlb.2MB.max"), "8388608");
         assert_eq!(cgroup_file("cpuset", &group, "cpuset.cpus"), "0");
@@ -125,7 +130,12 @@ fn cpuset_throttles_huge_pages_and_unified_reach_the_container() {
             format!("{disk} 2097152")
         );
         fs::write(&update, r#"{"unified": {"memory.max": "1000000"}}"#).unwrap();
-        let outcome = runtime.run(&["update", "--resources", update.to_str().unwrap(), "huge"]);
+        let outcome = runtime.run(&[
+            "update",
+            "--resources",
+            update.to_str().unwrap(),
+            "controllers-huge",
+        ]);
         assert_ne!(outcome.code, 0);
         assert!(
             outcome
@@ -133,7 +143,10 @@ fn cpuset_throttles_huge_pages_and_unified_reach_the_container() {
                 .contains("linux.resources.unified[memory.max]"),
             "{outcome:?}"
         );
-        assert_eq!(runtime.run(&["delete", "--force", "huge"]).code, 0);
+        assert_eq!(
+            runtime.run(&["delete", "--force", "controllers-huge"]).code,
+            0
+        );
         assert!(eventually(Duration::from_secs(5), || !Path::new(
             "/sys/fs/cgroup/unified"
         )
@@ -174,11 +187,11 @@ fn resources_this_host_lacks_are_refused_by_name() {
         let mut config = base_config(&["true"]);
         config["linux"]["resources"] = resources;
         let bundle = Bundle::new(&scratch, &format!("bundle-{n}"), &config);
-        let outcome = runtime.create("refused", &bundle, &scratch.path("out"));
+        let outcome = runtime.create("controllers-refused", &bundle, &scratch.path("out"));
         assert_ne!(outcome.code, 0, "{field} must be refused");
         assert!(outcome.stderr.contains(field), "{field}: {outcome:?}");
         assert!(
-            !runtime.root.join("refused").exists(),
+            !runtime.root.join("controllers-refused").exists(),
             "{field}: nothing left"
         );
     }
