@@ -11,3 +11,4 @@ mod docker;
 mod podman;
 mod resources;
 mod spec;
+mod userns;

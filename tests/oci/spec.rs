@@ -306,7 +306,7 @@ fn what_cannot_be_honoured_is_refused_by_name_and_leaves_nothing() {
             json!({"linux": {"resources": {"hugepageLimits": [{"pageSize": "3MB", "limit": 1}]}}}),
         ),
         (
-            "linux.namespaces[user]",
+            "linux.uidMappings",
             json!({"linux": {"namespaces": [{"type": "user"}, {"type": "mount"}]}}),
         ),
         (

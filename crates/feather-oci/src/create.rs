@@ -82,6 +82,7 @@ pub fn make_container(root: &Path, id: &str, bundle: &Path) -> Result<(Container
 fn build(container: &mut Container, spec: &Spec, args: &CreateArgs, host_base: bool) -> Result<()> {
     nix::unistd::mkfifo(&container.fifo(), Mode::from_bits_truncate(0o622))
         .context("make exec.fifo")?;
+    crate::userns::give_fifo(&container.fifo(), spec)?;
     let linux = spec.linux().clone().context("linux")?;
     let groups = container.groups();
     groups.create(linux.resources().as_ref())?;
@@ -164,6 +165,7 @@ fn supervise(
     pid: i32,
 ) -> Result<()> {
     container.groups().add(nix::unistd::Pid::from_raw(pid))?;
+    crate::userns::write_maps(pid, spec)?;
     writeln!(socket, "go {pid}")?;
     container.record.pid = pid;
     let reader = BufReader::new(socket.try_clone()?);

@@ -10,6 +10,7 @@
 //! - [`ops`] and [`exec`]: state, start, kill, delete, ps, list, pause, resume, events, update
 //! - [`checkpoint`] and [`restore`]: runc's `checkpoint`/`restore` through feather's CRIU
 //! - [`annotations`]: feather's own features, through `org.feather.*` annotations
+//! - [`userns`]: a new user namespace and its uid/gid maps
 //! - [`store`]: a container's folder under `--root` and its status
 
 pub mod annotations;
@@ -29,4 +30,5 @@ pub mod process;
 pub mod restore;
 pub mod seccomp;
 pub mod store;
+pub mod userns;
 pub mod validate;

@@ -30,11 +30,13 @@ pub fn check(spec: &Spec) -> Result<()> {
     };
     let has =
         |typ: LinuxNamespaceType| linux.namespaces().iter().flatten().find(|n| n.typ() == typ);
-    if has(LinuxNamespaceType::User).is_some()
-        || linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-    {
-        bail!("linux.namespaces[user] / linux.uidMappings: user namespaces are not supported by feather-oci yet (run the container without user namespace remapping)");
+    let mapped = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    match has(LinuxNamespaceType::User) {
+        Some(ns) if ns.path().is_some() => bail!("linux.namespaces[user].path: joining another user namespace is not supported by feather-oci"),
+        Some(_) => crate::userns::check(linux)?,
+        None if mapped => bail!("linux.uidMappings: mappings need a new user namespace (linux.namespaces[user])"),
+        None => {}
     }
     refuse_set(
         "linux.namespaces[time]",
@@ -98,6 +100,9 @@ pub fn check(spec: &Spec) -> Result<()> {
     }
     crate::annotations::Feather::parse(spec)?;
     if crate::annotations::Feather::parse(spec)?.base_is_host() {
+        if crate::userns::is_new(spec) {
+            bail!("linux.namespaces[user]: not supported with org.feather.base=host (the host's files would all belong to nobody)");
+        }
         return Ok(());
     }
     if spec.root().is_none() {
