@@ -45,9 +45,13 @@ fn a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_id() {
     let mut config = base_config(&[
         "sh",
         "-c",
-        "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map; touch /tmp/made; sleep 100",
+        "id -u; id -g; cat /proc/self/uid_map /proc/self/gid_map; test -b /dev/loop0 && echo loop0; \
+         touch /tmp/made; sleep 100",
     ]);
     mapped(&mut config);
+    // No mknod in a user namespace: the host's node is bound.
+    config["linux"]["devices"] =
+        json!([{"path": "/dev/loop0", "type": "b", "major": 7, "minor": 0}]);
     let bundle = Bundle::new(&scratch, "bundle", &config);
     chown_tree(&bundle.dir.join("rootfs"), HOST_ROOT);
     let output = scratch.path("output");
@@ -70,7 +74,8 @@ fn a_user_namespace_maps_the_containers_root_to_an_unprivileged_host_id() {
             vec!["0"],
             vec!["0"],
             vec!["0", "100000", "65536"],
-            vec!["0", "100000", "65536"]
+            vec!["0", "100000", "65536"],
+            vec!["loop0"]
         ],
         "{text}"
     );
