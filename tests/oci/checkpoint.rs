@@ -209,6 +209,23 @@ fn ctr_checkpoint_and_restore_go_on_counting() {
         "k2 counts on from {before}: {seen:?}"
     );
     assert!(seen.last() > seen.first(), "k2 is running: {seen:?}");
+
+    // `ctr task checkpoint --exit --image-path`: `checkpoint` without --leave-running, the
+    // images where ctr says; the task ends and is deleted as any other.
+    let images = scratch.path("k2-images");
+    let outcome = containerd.ctr(&[
+        "task",
+        "checkpoint",
+        "--exit",
+        "--image-path",
+        images.to_str().unwrap(),
+        "k2",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(images.join("inventory.img").exists(), "{outcome:?}");
+    assert!(eventually(Duration::from_secs(10), || {
+        containerd.ctr(&["task", "delete", "k2"]).code == 0
+    }));
 }
 
 /// podman checks for a CRIU of its own (`criu` in PATH) before it asks the runtime: feather's,
