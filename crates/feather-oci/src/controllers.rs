@@ -212,15 +212,22 @@ pub fn create(relative: &Path) -> Result<()> {
         for component in relative.components() {
             let parent = dir.clone();
             dir.push(component);
-            if dir.is_dir() {
-                continue;
+            match fs::create_dir(&dir) {
+                // Made before, or by another container's create at the same moment.
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(e).with_context(|| format!("create {}", dir.display()))
+                }
+                _ => {}
             }
-            fs::create_dir(&dir).with_context(|| format!("create {}", dir.display()))?;
             if controller == "cpuset" {
-                // v1 leaves a new cpuset empty, and an empty one takes no process.
+                // v1 leaves a new cpuset empty, and an empty one takes no process; filled
+                // whoever made it, as its maker may not have yet.
                 for file in ["cpuset.cpus", "cpuset.mems"] {
-                    let value = fs::read_to_string(parent.join(file)).unwrap_or_default();
-                    write(&dir.join(file), value.trim())?;
+                    let own = fs::read_to_string(dir.join(file)).unwrap_or_default();
+                    if own.trim().is_empty() {
+                        let value = fs::read_to_string(parent.join(file)).unwrap_or_default();
+                        write(&dir.join(file), value.trim())?;
+                    }
                 }
             }
         }
