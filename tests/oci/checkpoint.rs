@@ -1,5 +1,6 @@
 //! `checkpoint` and `restore` (runc's flags, feather's CRIU): a counter that goes on from where
-//! it was, called directly as an engine calls the runtime, and through containerd and podman.
+//! it was, called directly as an engine calls the runtime, and through containerd, podman and
+//! Docker (experimental).
 
 use std::fs;
 use std::path::Path;
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use crate::support::{
     base_config, busybox_image_tar, busybox_layer_tar, eventually, runtime_bin, Bundle, Containerd,
-    Outcome, Podman, Runtime, Scratch,
+    Dockerd, Outcome, Podman, Runtime, Scratch,
 };
 
 /// Counts up in /tmp/count, five times a second.
@@ -312,4 +313,63 @@ fn podman_checkpoint_export_and_restore_import_go_on_counting() {
         "p1 counts on from {before}: {seen:?}"
     );
     assert!(seen.last() > seen.first(), "p1 is running: {seen:?}");
+}
+
+#[test]
+fn docker_checkpoint_and_start_from_it_go_on_counting() {
+    let scratch = Scratch::new("docker-checkpoint");
+    let docker = Dockerd::start(&scratch);
+    let tar = busybox_layer_tar(&scratch);
+    let imported = docker.docker(&["import", tar.to_str().unwrap(), "feather-busybox:ck"]);
+    assert_eq!(imported.code, 0, "{imported:?}");
+    let outcome = docker.docker(&[
+        "run",
+        "-d",
+        "--runtime",
+        "feather",
+        "--network",
+        "none",
+        "--name",
+        "d1",
+        "feather-busybox:ck",
+        "sh",
+        "-c",
+        COUNTER,
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let count = || -> u64 {
+        let outcome = docker.docker(&["exec", "d1", "cat", "/tmp/count"]);
+        outcome.stdout.trim().parse().unwrap_or(0)
+    };
+    assert!(eventually(Duration::from_secs(20), || count() >= 15));
+    let before = count();
+    // Docker (experimental) calls `checkpoint` without --leave-running: d1 stops.
+    let outcome = docker.docker(&["checkpoint", "create", "d1", "cp1"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let state = docker.docker(&["inspect", "--format", "{{.State.Running}}", "d1"]);
+    assert_eq!(state.stdout.trim(), "false", "{state:?}");
+    // Docker 20.10 uploads the checkpoint again to containerd's content store, where the
+    // checkpoint left the same blob until containerd collects it: "already exists" until then
+    // (moby/moby#42900, whatever the runtime).
+    let mut outcome = docker.docker(&["start", "--checkpoint", "cp1", "d1"]);
+    for _ in 0..20 {
+        if !outcome.stderr.contains("already exists") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        outcome = docker.docker(&["start", "--checkpoint", "cp1", "d1"]);
+    }
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let seen: Vec<u64> = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(250));
+            count()
+        })
+        .filter(|n| *n > 0)
+        .collect();
+    assert!(
+        seen.iter().all(|n| *n >= before),
+        "d1 counts on from {before}: {seen:?}"
+    );
+    assert!(seen.last() > seen.first(), "d1 is running: {seen:?}");
 }

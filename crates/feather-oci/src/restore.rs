@@ -203,18 +203,20 @@ fn run(call: RestoreCall, container: &Container, id: &str) -> Result<i32> {
     Ok(restored?)
 }
 
-/// In the child: a private mount namespace with the rootfs bound on itself (CRIU mounts the
-/// restored root from it), the container's cgroup (the restored tree inherits it), then criu.
+/// In the child: a mount namespace of its own with the rootfs bound on itself (CRIU mounts the
+/// restored root from it), its mounts slaves of the host's rather than private (CRIU gives the
+/// restored root the sharing the dumped one had: Docker's overlay root is a slave of the
+/// host's), the container's cgroup (the restored tree inherits it), then criu.
 fn become_criu(call: &RestoreCall, container: &Container) -> anyhow::Error {
     let placed = (|| -> Result<()> {
         nix::mount::mount(
             None::<&str>,
             "/",
             None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
             None::<&str>,
         )
-        .context("make mounts private")?;
+        .context("make mounts slaves")?;
         let rootfs = &container.record.rootfs;
         nix::mount::mount(
             Some(rootfs),
