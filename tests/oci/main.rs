@@ -5,8 +5,11 @@
 
 mod support;
 
+mod checkpoint;
 mod containerd;
 mod docker;
 mod feather;
 mod podman;
+mod resources;
 mod spec;
+mod userns;

@@ -130,7 +130,7 @@ fn is_alive(pid: i64) -> bool {
 }
 
 /// Runs `config` to its end and returns what the program printed.
-fn run_to_end(
+pub(crate) fn run_to_end(
     runtime: &Runtime,
     scratch: &Scratch,
     id: &str,
@@ -302,11 +302,11 @@ fn what_cannot_be_honoured_is_refused_by_name_and_leaves_nothing() {
     let log = scratch.path("log.json");
     let cases = [
         (
-            "linux.resources.hugepageLimits",
-            json!({"linux": {"resources": {"hugepageLimits": [{"pageSize": "2MB", "limit": 1}]}}}),
+            "linux.resources.hugepageLimits[3MB]",
+            json!({"linux": {"resources": {"hugepageLimits": [{"pageSize": "3MB", "limit": 1}]}}}),
         ),
         (
-            "linux.namespaces[user]",
+            "linux.uidMappings",
             json!({"linux": {"namespaces": [{"type": "user"}, {"type": "mount"}]}}),
         ),
         (
@@ -318,8 +318,8 @@ fn what_cannot_be_honoured_is_refused_by_name_and_leaves_nothing() {
             json!({"linux": {"seccomp": {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [{"names": ["mount"], "action": "SCMP_ACT_NOTIFY"}]}}}),
         ),
         (
-            "linux.resources.cpu.cpus",
-            json!({"linux": {"resources": {"cpu": {"cpus": "0"}}}}),
+            "linux.resources.blockIO.leafWeight",
+            json!({"linux": {"resources": {"blockIO": {"leafWeight": 100}}}}),
         ),
     ];
     for (field, patch) in cases {
@@ -367,7 +367,7 @@ fn what_cannot_be_honoured_is_refused_by_name_and_leaves_nothing() {
 }
 
 /// Deep-merges `patch` into `config` (objects merge, everything else replaces).
-fn merge(config: &mut serde_json::Value, patch: &serde_json::Value) {
+pub(crate) fn merge(config: &mut serde_json::Value, patch: &serde_json::Value) {
     match (config, patch) {
         (serde_json::Value::Object(config), serde_json::Value::Object(patch)) => {
             for (key, value) in patch {

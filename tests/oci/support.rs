@@ -587,6 +587,8 @@ impl Dockerd {
                 "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 1024, "Soft": 1024}},
                 "runtimes": {"feather": {"path": runtime_bin()}},
                 "exec-opts": ["native.cgroupdriver=cgroupfs"],
+                // `docker checkpoint` needs it (Docker 20.10).
+                "experimental": true,
                 "containerd-namespace": namespace,
                 "containerd-plugins-namespace": format!("{namespace}-plugins"),
             })

@@ -261,6 +261,13 @@ impl Criu {
             skip_mnt: dump.skipped_mounts.to_vec(),
             ..common_options()
         };
+        self.dump_with(dump.vm, opts, &dump.images.join(DUMP_LOG))
+    }
+
+    /// A dump with options the caller chose (feather-oci maps runc's flags onto them, starting
+    /// from [`common_options`]); `opts.images_dir_fd` (and `work_dir_fd`) must stay open until
+    /// it returns. `log` is where CRIU's log lands, for the error's words.
+    pub fn dump_with(&self, name: &str, opts: rpc::Opts, log: &Path) -> Result<()> {
         let mut channel = rpc::Channel::new().map_err(|e| self.broken(e))?;
         let mut criu = Command::new(&self.path)
             .arg("swrk")
@@ -278,7 +285,7 @@ impl Criu {
         let _ = criu.wait();
         match answer {
             Ok(answer) if answer.success => Ok(()),
-            _ => Err(failure(dump.vm, "checkpoint", &dump.images.join(DUMP_LOG))),
+            _ => Err(failure(name, "checkpoint", log)),
         }
     }
 
@@ -309,6 +316,17 @@ impl Criu {
             external,
             ..common_options()
         };
+        self.restore_call_with(images, opts, restore.images.join(RESTORE_LOG))
+    }
+
+    /// A restore with options the caller chose (see [`Criu::dump_with`]): `images` is the
+    /// descriptor `opts.images_dir_fd` names, kept open until the restore is done.
+    pub fn restore_call_with(
+        &self,
+        images: fs::File,
+        opts: rpc::Opts,
+        log: PathBuf,
+    ) -> Result<RestoreCall> {
         let channel = rpc::Channel::new().map_err(|e| self.broken(e))?;
         let args = vec![
             OsString::from("swrk"),
@@ -323,7 +341,7 @@ impl Criu {
                 kind: rpc::ReqType::Restore as i32,
                 opts: Some(opts),
             },
-            log: restore.images.join(RESTORE_LOG),
+            log,
         })
     }
 
@@ -370,7 +388,7 @@ impl RestoreCall {
 }
 
 /// Options of both dump and restore, and why feather needs each.
-fn common_options() -> rpc::Opts {
+pub fn common_options() -> rpc::Opts {
     rpc::Opts {
         // The keeper owns the VM's cgroup: it makes it with the VM's limits before a restore
         // and runs criu inside it, so CRIU neither dumps nor recreates cgroups.

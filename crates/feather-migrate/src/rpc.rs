@@ -36,6 +36,21 @@ pub enum ReqType {
 #[repr(i32)]
 pub enum CgMode {
     Ignore = 0,
+    CgNone = 1,
+    Props = 2,
+    Soft = 3,
+    Full = 4,
+    Strict = 5,
+}
+
+/// inherit_fd: a descriptor of the process running criu that stands in for a resource the
+/// dumped tree shared with the outside (`pipe:[…]`, a network namespace), by its key.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct InheritFd {
+    #[prost(string, required, tag = "1")]
+    pub key: String,
+    #[prost(int32, required, tag = "2")]
+    pub fd: i32,
 }
 
 /// criu_opts: what `criu dump` and `criu restore` take as options.
@@ -49,8 +64,14 @@ pub struct Opts {
     pub pid: Option<i32>,
     #[prost(bool, optional, tag = "3")]
     pub leave_running: Option<bool>,
+    /// `--ext-unix-sk`: unix sockets connected to the outside.
+    #[prost(bool, optional, tag = "4")]
+    pub ext_unix_sk: Option<bool>,
     #[prost(bool, optional, tag = "5")]
     pub tcp_established: Option<bool>,
+    /// `--shell-job`: a tree whose session or group leader is outside it.
+    #[prost(bool, optional, tag = "7")]
+    pub shell_job: Option<bool>,
     #[prost(bool, optional, tag = "8")]
     pub file_locks: Option<bool>,
     #[prost(int32, optional, tag = "9")]
@@ -60,9 +81,15 @@ pub struct Opts {
     pub log_file: Option<String>,
     #[prost(string, optional, tag = "13")]
     pub root: Option<String>,
+    /// A descriptor of the folder for logs and work files (else the images folder).
+    #[prost(int32, optional, tag = "17")]
+    pub work_dir_fd: Option<i32>,
     /// The restored tree becomes a sibling of criu: a child of whoever started it.
     #[prost(bool, optional, tag = "26")]
     pub rst_sibling: Option<bool>,
+    /// Descriptors of criu's process given to the restored tree in place of outside resources.
+    #[prost(message, repeated, tag = "27")]
+    pub inherit_fd: Vec<InheritFd>,
     /// `--ext-mount-map auto`.
     #[prost(bool, optional, tag = "28")]
     pub auto_ext_mnt: Option<bool>,

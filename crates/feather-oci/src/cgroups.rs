@@ -12,6 +12,8 @@ use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
 
+use crate::hierarchies::{v1_mount, v2_mount};
+
 /// mknod of any device; null, zero, full, random, urandom, tty, console; the pseudo-terminals
 /// (136:*, ptmx) and tun: runc's default allowed devices.
 const ALWAYS_ALLOWED_DEVICES: &[&str] = &[
@@ -32,23 +34,6 @@ const ALWAYS_ALLOWED_DEVICES: &[&str] = &[
 pub struct Groups {
     cgroup: Cgroup,
     relative: PathBuf,
-}
-
-/// The v1 hierarchy holding `controller`, if the machine mounts it as v1.
-fn v1_mount(controller: &str) -> Option<PathBuf> {
-    feather_sys::mountinfo::mounts()
-        .ok()?
-        .into_iter()
-        .find(|m| m.fs_type == "cgroup" && m.super_options.split(',').any(|o| o == controller))
-        .map(|m| m.mount_point)
-}
-
-fn v2_mount() -> Option<PathBuf> {
-    feather_sys::mountinfo::mounts()
-        .ok()?
-        .into_iter()
-        .find(|m| m.fs_type == "cgroup2")
-        .map(|m| m.mount_point)
 }
 
 /// Every cgroup hierarchy mounted: (name inside /sys/fs/cgroup, mount point).
@@ -111,6 +96,7 @@ impl Groups {
         if let Some(dir) = self.freezer_dir() {
             fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
         }
+        crate::controllers::create(&self.relative)?;
         if let Some(resources) = resources {
             self.apply_extras(resources)?;
         }
@@ -145,7 +131,8 @@ impl Groups {
         self.apply_extras(resources)
     }
 
-    /// cpu.shares, the CFS quota and period, memory+swap, and the device list (v1).
+    /// cpu.shares, the CFS quota and period, memory+swap, the device list (v1), and what
+    /// [`crate::controllers`] applies (cpuset, block I/O, huge pages, `unified`).
     fn apply_extras(&self, resources: &LinuxResources) -> Result<()> {
         if let Some(swap) = resources
             .memory()
@@ -171,7 +158,11 @@ impl Groups {
         if let Some(devices) = resources.devices() {
             self.apply_devices(devices)?;
         }
-        Ok(())
+        crate::controllers::apply(&self.relative, resources, &|controller| {
+            self.cgroup
+                .enable_v2(controller)
+                .map_err(|e| anyhow::anyhow!("{e}"))
+        })
     }
 
     /// `memory.swap` is memory plus swap, as v1's `memory.memsw.limit_in_bytes` (written after
@@ -241,6 +232,9 @@ impl Groups {
         if let Some(dir) = self.freezer_dir() {
             write(&dir.join("cgroup.procs"), &pid.to_string())?;
         }
+        for dir in crate::controllers::v1_dirs(&self.relative) {
+            write(&dir.join("cgroup.procs"), &pid.to_string())?;
+        }
         Ok(())
     }
 
@@ -257,6 +251,9 @@ impl Groups {
     pub fn remove(&self) {
         let _ = self.cgroup.remove(Duration::from_secs(2));
         if let Some(dir) = self.freezer_dir() {
+            let _ = fs::remove_dir(dir);
+        }
+        for dir in crate::controllers::v1_dirs(&self.relative) {
             let _ = fs::remove_dir(dir);
         }
     }

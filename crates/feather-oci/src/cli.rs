@@ -7,8 +7,10 @@ use std::time::Duration;
 use anyhow::{bail, Result};
 use clap::{Parser, Subcommand};
 
+use crate::checkpoint::CheckpointArgs;
 use crate::create::CreateArgs;
 use crate::exec::ExecArgs;
+use crate::restore::RestoreArgs;
 
 #[derive(Parser)]
 #[command(
@@ -31,7 +33,8 @@ struct Cli {
     /// Refused: cgroups through systemd need systemd, which feather-oci does not use.
     #[arg(long = "systemd-cgroup", global = true)]
     systemd_cgroup: bool,
-    /// Accepted for compatibility; feather-oci has no checkpoint command yet.
+    /// Accepted for compatibility: checkpoint and restore use feather's CRIU ($FEATHER_CRIU,
+    /// else scripts/install-criu's), since older ones fail on this kernel.
     #[arg(long, global = true)]
     criu: Option<PathBuf>,
     /// Accepted for compatibility ("auto", "true", "false"); feather-oci runs as root. Also
@@ -156,21 +159,104 @@ enum Command {
         #[arg(long, short = 'b', default_value = ".")]
         bundle: PathBuf,
     },
-    /// Not supported yet (feather's own `feather checkpoint` works on feather VMs).
+    /// Dump a running container's processes with CRIU (runc's flags).
     Checkpoint {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(flatten)]
+        criu: CriuFlags,
+        /// Keep the container running after the dump (else it is gone, as with runc).
+        #[arg(long = "leave-running")]
+        leave_running: bool,
+        /// Refused: pre-copy needs soft-dirty tracking, which this kernel lacks.
+        #[arg(long = "pre-dump")]
+        pre_dump: bool,
+        /// Refused (with --pre-dump).
+        #[arg(long = "parent-path")]
+        parent_path: Option<PathBuf>,
+        /// Refused: post-copy is feather migrate's.
+        #[arg(long = "page-server")]
+        page_server: Option<String>,
+        /// Refused (with --lazy-pages).
+        #[arg(long = "status-fd")]
+        status_fd: Option<i32>,
+        id: String,
     },
-    /// Not supported yet.
+    /// Make a container from a bundle and a checkpoint's images (runc's flags).
     Restore {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
+        #[command(flatten)]
+        criu: CriuFlags,
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        /// Return once restored (the container's init goes to the engine's subreaper).
+        #[arg(long, short = 'd')]
+        detach: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        /// Refused with a terminal: containers with process.terminal are not checkpointed.
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        /// Accepted: feather-oci never becomes a subreaper.
+        #[arg(long = "no-subreaper")]
+        no_subreaper: bool,
+        /// Accepted: CRIU restores the mount namespace itself.
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        /// Accepted for compatibility: no LSM on this machine.
+        #[arg(long = "lsm-profile")]
+        lsm_profile: Option<String>,
+        #[arg(long = "lsm-mount-context")]
+        lsm_mount_context: Option<String>,
+        id: String,
     },
+}
+
+/// The flags `checkpoint` and `restore` share, as runc spells them.
+#[derive(clap::Args)]
+struct CriuFlags {
+    /// Where CRIU's images are (runc's default: ./checkpoint).
+    #[arg(long = "image-path", default_value = "checkpoint")]
+    image_path: PathBuf,
+    /// Where CRIU's log goes (default: the image path).
+    #[arg(long = "work-path")]
+    work_path: Option<PathBuf>,
+    #[arg(long = "tcp-established")]
+    tcp_established: bool,
+    #[arg(long = "ext-unix-sk")]
+    ext_unix_sk: bool,
+    #[arg(long = "shell-job")]
+    shell_job: bool,
+    #[arg(long = "file-locks")]
+    file_locks: bool,
+    /// soft (default) or ignore; full and strict are refused.
+    #[arg(long = "manage-cgroups-mode")]
+    manage_cgroups_mode: Option<String>,
+    /// Refused: lazy restores are feather migrate's.
+    #[arg(long = "lazy-pages")]
+    lazy_pages: bool,
+    /// Refused.
+    #[arg(long = "auto-dedup")]
+    auto_dedup: bool,
+    /// Refused.
+    #[arg(long = "empty-ns")]
+    empty_ns: Option<String>,
+}
+
+impl CriuFlags {
+    /// The refused flags given.
+    fn refused(&self) -> Vec<&'static str> {
+        [
+            (self.lazy_pages, "--lazy-pages"),
+            (self.auto_dedup, "--auto-dedup"),
+            (self.empty_ns.is_some(), "--empty-ns"),
+        ]
+        .into_iter()
+        .filter_map(|(given, flag)| given.then_some(flag))
+        .collect()
+    }
 }
 
 /// Runs the command line; returns the exit code.
 pub fn main() -> i32 {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(std::env::args_os().map(go_spelling));
     crate::log::init(cli.log.clone(), &cli.log_format, cli.debug);
     crate::log::debug(&format!("argv: {:?}", std::env::args().collect::<Vec<_>>()));
     match run(cli) {
@@ -270,11 +356,84 @@ fn run(cli: Cli) -> Result<i32> {
             }
             crate::ops::spec(&bundle)?
         }
-        Command::Checkpoint { .. } | Command::Restore { .. } => {
-            bail!("checkpoint/restore: not supported by feather-oci yet (feather checkpoint works on feather VMs)")
+        Command::Checkpoint {
+            criu,
+            leave_running,
+            pre_dump,
+            parent_path,
+            page_server,
+            status_fd,
+            id,
+        } => {
+            let mut refused = criu.refused();
+            for (given, flag) in [
+                (pre_dump, "--pre-dump"),
+                (parent_path.is_some(), "--parent-path"),
+                (page_server.is_some(), "--page-server"),
+                (status_fd.is_some(), "--status-fd"),
+            ] {
+                if given {
+                    refused.push(flag);
+                }
+            }
+            crate::checkpoint::checkpoint(
+                root,
+                &CheckpointArgs {
+                    id,
+                    image_path: criu.image_path,
+                    work_path: criu.work_path,
+                    leave_running,
+                    tcp_established: criu.tcp_established,
+                    ext_unix_sk: criu.ext_unix_sk,
+                    shell_job: criu.shell_job,
+                    file_locks: criu.file_locks,
+                    manage_cgroups_mode: criu.manage_cgroups_mode,
+                    refused,
+                },
+            )?
+        }
+        Command::Restore {
+            criu,
+            bundle,
+            detach,
+            pid_file,
+            console_socket: _,
+            no_subreaper: _,
+            no_pivot: _,
+            lsm_profile: _,
+            lsm_mount_context: _,
+            id,
+        } => {
+            return crate::restore::restore(
+                root,
+                &RestoreArgs {
+                    id,
+                    bundle,
+                    refused: criu.refused(),
+                    image_path: criu.image_path,
+                    work_path: criu.work_path,
+                    detach,
+                    pid_file,
+                    tcp_established: criu.tcp_established,
+                    ext_unix_sk: criu.ext_unix_sk,
+                    shell_job: criu.shell_job,
+                    file_locks: criu.file_locks,
+                    manage_cgroups_mode: criu.manage_cgroups_mode,
+                },
+            )
         }
     }
     Ok(0)
+}
+
+/// Go's flag packages take a long flag with one dash, and engines use it: containerd's runc
+/// client (go-runc) passes `-no-subreaper` to `restore`.
+fn go_spelling(arg: std::ffi::OsString) -> std::ffi::OsString {
+    const SINGLE_DASHED: [&str; 1] = ["-no-subreaper"];
+    match arg.to_str() {
+        Some(text) if SINGLE_DASHED.contains(&text) => format!("-{text}").into(),
+        _ => arg,
+    }
 }
 
 /// Go's duration spelling, for the common cases: "5s", "500ms", "1m".

@@ -81,6 +81,12 @@ impl Confinement {
         self.confine == Confine::Ipc
     }
 
+    /// The container's Landlock domain keeps it from the host's abstract unix sockets: it is
+    /// confined and shares the host's network namespace (where those sockets live).
+    pub fn scopes_abstract_sockets(&self) -> bool {
+        self.on() && self.host_network
+    }
+
     /// feather's seccomp filters, for the program after the config's (none when turned off).
     pub fn filters(&self) -> Result<Filters> {
         if !self.on() {

@@ -29,14 +29,25 @@ pub struct CreateArgs {
 }
 
 pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
-    crate::store::validate_id(&args.id)?;
-    if Container::exists(root, &args.id) {
-        bail!("container with id {} already exists", args.id);
+    let (mut container, spec, feather) = make_container(root, &args.id, &args.bundle)?;
+    let made = build(&mut container, &spec, args, &feather);
+    if let Err(error) = made {
+        crate::ops::destroy(&container);
+        return Err(error);
     }
-    let bundle = args
-        .bundle
+    Ok(())
+}
+
+/// The checks and the folder both `create` and `restore` begin with: the bundle's config,
+/// validated, and the container's folder under `root` with its record and a copy of the config.
+pub fn make_container(root: &Path, id: &str, bundle: &Path) -> Result<(Container, Spec, Feather)> {
+    crate::store::validate_id(id)?;
+    if Container::exists(root, id) {
+        bail!("container with id {id} already exists");
+    }
+    let bundle = bundle
         .canonicalize()
-        .with_context(|| format!("bundle {}", args.bundle.display()))?;
+        .with_context(|| format!("bundle {}", bundle.display()))?;
     let spec = Spec::load(bundle.join("config.json"))
         .map_err(|e| anyhow::anyhow!("{}/config.json: {e}", bundle.display()))?;
     crate::validate::check(&spec)?;
@@ -48,13 +59,13 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
     if let Some(seccomp) = linux.seccomp() {
         crate::seccomp::compile(seccomp)?;
     }
-    let cgroup = crate::cgroups::relative_path(linux.cgroups_path().as_deref(), &args.id)?;
+    let cgroup = crate::cgroups::relative_path(linux.cgroups_path().as_deref(), id)?;
     let rootfs = match (&feather.host_base, spec.root()) {
         (true, _) | (false, None) => PathBuf::from("/"),
         (false, Some(root)) => bundle.join(root.path()),
     };
     let record = Record {
-        id: args.id.clone(),
+        id: id.to_owned(),
         bundle: bundle.clone(),
         rootfs,
         pid: 0,
@@ -63,21 +74,17 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
         cgroup,
         annotations: spec.annotations().clone().unwrap_or_default(),
     };
-    let mut container = Container::make(root, record)?;
-    let made = spec
-        .save(container.dir.join("config.json"))
-        .map_err(anyhow::Error::from)
-        .and_then(|()| build(&mut container, &spec, args, &feather));
-    if let Err(error) = made {
+    let container = Container::make(root, record)?;
+    if let Err(error) = spec.save(container.dir.join("config.json")) {
         crate::ops::destroy(&container);
-        return Err(error);
+        return Err(error.into());
     }
     // feather's own tools (`feather ls`) list the containers of every root used; an engine's
     // container never fails for want of that listing.
     if let Err(error) = crate::registry::RootRegistry::host().register(root) {
         eprintln!("feather-oci: warning: {error}");
     }
-    Ok(())
+    Ok((container, spec, feather))
 }
 
 fn build(
@@ -88,6 +95,7 @@ fn build(
 ) -> Result<()> {
     nix::unistd::mkfifo(&container.fifo(), Mode::from_bits_truncate(0o622))
         .context("make exec.fifo")?;
+    crate::userns::give_fifo(&container.fifo(), spec)?;
     let linux = spec.linux().clone().context("linux")?;
     let groups = container.groups();
     groups.create(linux.resources().as_ref())?;
@@ -172,6 +180,7 @@ fn supervise(
     pid: i32,
 ) -> Result<()> {
     container.groups().add(nix::unistd::Pid::from_raw(pid))?;
+    crate::userns::write_maps(pid, spec)?;
     writeln!(socket, "go {pid}")?;
     container.record.pid = pid;
     let reader = BufReader::new(socket.try_clone()?);

@@ -80,6 +80,18 @@ impl Init {
             .and_then(|p| p.parse().ok())
             .context("unexpected message from create")?;
         self.record.pid = host_pid;
+        // The fifo is opened now, on the host's path (the namespace's root may not reach it);
+        // after pivot_root it is reopened through this descriptor, for writing, which blocks
+        // until `start` opens it for reading.
+        let fifo = nix::fcntl::open(
+            &self.dir.join("exec.fifo"),
+            OFlag::O_PATH | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .context("open exec.fifo")?;
+        if crate::userns::is_new(&self.spec) {
+            crate::userns::become_root()?;
+        }
         if self.new_cgroup_namespace {
             nix::sched::unshare(CloneFlags::CLONE_NEWCGROUP).context("linux.namespaces[cgroup]")?;
         }
@@ -98,14 +110,6 @@ impl Init {
         }
         let state = crate::ops::hook_state(&self.record, "created");
         hooks::run(&self.spec, Kind::CreateContainer, &state)?;
-        // The fifo is opened now, on the host's path; after pivot_root it is reopened through
-        // this descriptor, for writing, which blocks until `start` opens it for reading.
-        let fifo = nix::fcntl::open(
-            &self.dir.join("exec.fifo"),
-            OFlag::O_PATH | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-        .context("open exec.fifo")?;
         crate::mounts::enter_root(&rootfs, self.no_pivot)?;
         self.set_names()?;
         crate::mounts::finish_root(&self.spec)?;

@@ -4,21 +4,28 @@
 //! - [`cli`]: the commands and flags, as runc spells them
 //! - [`create`] and [`init`]: a container's init, held until `start` on the `exec.fifo`
 //! - [`mounts`], [`process`], [`seccomp`], [`cgroups`], [`hooks`]: the config, field by field
+//! - [`controllers`]: cpuset, block I/O, huge pages and `unified`, where this host has them
+//!   ([`hierarchies`]: where they are mounted)
 //! - [`validate`]: every field feather cannot honour is refused by name before anything is made
 //! - [`ops`] and [`exec`]: state, start, kill, delete, ps, list, pause, resume, events, update
+//! - [`checkpoint`] and [`restore`]: runc's `checkpoint`/`restore` through feather's CRIU
 //! - [`annotations`]: feather's own features, through `org.feather.*` annotations:
 //!   [`confine`] (feather's IPC confinement on top of the config's) and [`services`] (the
 //!   host's units started in the container)
+//! - [`userns`]: a new user namespace and its uid/gid maps
 //! - [`store`]: a container's folder under `--root` and its status
 //! - [`registry`] and [`listing`]: the runtime roots used on this host, and their containers
 //!   as feather's own tools (`feather ls`, `feather ps`) read them
 
 pub mod annotations;
 pub mod cgroups;
+pub mod checkpoint;
 pub mod cli;
 pub mod confine;
+pub mod controllers;
 pub mod create;
 pub mod exec;
+pub mod hierarchies;
 pub mod hooks;
 pub mod init;
 pub mod listing;
@@ -27,7 +34,9 @@ pub mod mounts;
 pub mod ops;
 pub mod process;
 pub mod registry;
+pub mod restore;
 pub mod seccomp;
 pub mod services;
 pub mod store;
+pub mod userns;
 pub mod validate;

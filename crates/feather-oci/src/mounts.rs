@@ -115,7 +115,7 @@ fn resolve(root: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
 /// O_NOFOLLOW: a symlink is read and its target walked in its place (an absolute one from
 /// the rootfs, `..` never above it), so a link in the image can lead the walk, and what it
 /// makes, only to places inside the rootfs — also when the link's target does not exist yet.
-fn make_target(root: &OwnedFd, path: &Path, directory: bool) -> Result<OwnedFd> {
+pub fn make_target(root: &OwnedFd, path: &Path, directory: bool) -> Result<OwnedFd> {
     let mut pending: Vec<std::ffi::OsString> = Vec::new();
     push_components(&mut pending, path);
     // The folders walked so far, the rootfs first.
@@ -484,6 +484,8 @@ fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
     let mode = Mode::from_bits_truncate(device.file_mode().unwrap_or(0o666));
     match mknodat(parent.as_fd(), name, kind, mode, number) {
         Ok(()) | Err(Errno::EEXIST) => {}
+        // No node may be made in a user namespace: the host's is bound instead, as runc does.
+        Err(Errno::EPERM) if kind != SFlag::S_IFIFO => return bind_host_node(root, device, number),
         Err(e) => return Err(e).context("mknod"),
     }
     nix::unistd::fchownat(
@@ -495,6 +497,30 @@ fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
     )
     .context("chown")?;
     Ok(())
+}
+
+/// `device` bound from the host's node of the same path, which must be that device.
+fn bind_host_node(root: &OwnedFd, device: &LinuxDevice, number: u64) -> Result<()> {
+    let host = device.path();
+    let same = fs::metadata(host).is_ok_and(|m| {
+        use std::os::unix::fs::MetadataExt;
+        m.rdev() == number
+    });
+    if !same {
+        bail!(
+            "mknod is not allowed in a user namespace, and the host has no such node at {} to bind",
+            host.display()
+        );
+    }
+    let target = make_target(root, host, false)?;
+    mount(
+        Some(host),
+        fd_path(&target).as_str(),
+        NONE,
+        MsFlags::MS_BIND,
+        NONE,
+    )
+    .with_context(|| format!("bind {}", host.display()))
 }
 
 /// Makes the rootfs the root: pivot_root, or with `--no-pivot` a move and chroot.

@@ -30,11 +30,13 @@ pub fn check(spec: &Spec) -> Result<()> {
     };
     let has =
         |typ: LinuxNamespaceType| linux.namespaces().iter().flatten().find(|n| n.typ() == typ);
-    if has(LinuxNamespaceType::User).is_some()
-        || linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty())
-    {
-        bail!("linux.namespaces[user] / linux.uidMappings: user namespaces are not supported by feather-oci yet (run the container without user namespace remapping)");
+    let mapped = linux.uid_mappings().as_ref().is_some_and(|m| !m.is_empty())
+        || linux.gid_mappings().as_ref().is_some_and(|m| !m.is_empty());
+    match has(LinuxNamespaceType::User) {
+        Some(ns) if ns.path().is_some() => bail!("linux.namespaces[user].path: joining another user namespace is not supported by feather-oci"),
+        Some(_) => crate::userns::check(linux)?,
+        None if mapped => bail!("linux.uidMappings: mappings need a new user namespace (linux.namespaces[user])"),
+        None => {}
     }
     refuse_set(
         "linux.namespaces[time]",
@@ -98,6 +100,9 @@ pub fn check(spec: &Spec) -> Result<()> {
     }
     crate::annotations::Feather::parse(spec)?;
     if crate::annotations::Feather::parse(spec)?.base_is_host() {
+        if crate::userns::is_new(spec) {
+            bail!("linux.namespaces[user]: not supported with org.feather.base=host (the host's files would all belong to nobody)");
+        }
         return Ok(());
     }
     if spec.root().is_none() {
@@ -130,14 +135,6 @@ fn check_resources(resources: &LinuxResources) -> Result<()> {
     }
     if let Some(cpu) = resources.cpu() {
         refuse_set(
-            "linux.resources.cpu.cpus",
-            cpu.cpus().as_ref().is_some_and(|c| !c.is_empty()),
-        )?;
-        refuse_set(
-            "linux.resources.cpu.mems",
-            cpu.mems().as_ref().is_some_and(|c| !c.is_empty()),
-        )?;
-        refuse_set(
             "linux.resources.cpu.realtimeRuntime",
             cpu.realtime_runtime().is_some_and(|r| r != 0),
         )?;
@@ -150,46 +147,13 @@ fn check_resources(resources: &LinuxResources) -> Result<()> {
             cpu.burst().is_some_and(|b| b != 0),
         )?;
     }
-    refuse_set(
-        "linux.resources.hugepageLimits",
-        resources
-            .hugepage_limits()
-            .as_ref()
-            .is_some_and(|h| !h.is_empty()),
-    )?;
-    // Docker always sends blockIO; a weight of 0 means "not set", as in runc.
-    if let Some(io) = resources.block_io() {
-        let set = io.weight().is_some_and(|w| w > 0)
-            || io.leaf_weight().is_some_and(|w| w > 0)
-            || io.weight_device().as_ref().is_some_and(|d| !d.is_empty())
-            || io
-                .throttle_read_bps_device()
-                .as_ref()
-                .is_some_and(|d| !d.is_empty())
-            || io
-                .throttle_write_bps_device()
-                .as_ref()
-                .is_some_and(|d| !d.is_empty())
-            || io
-                .throttle_read_iops_device()
-                .as_ref()
-                .is_some_and(|d| !d.is_empty())
-            || io
-                .throttle_write_iops_device()
-                .as_ref()
-                .is_some_and(|d| !d.is_empty());
-        refuse_set("linux.resources.blockIO", set)?;
-    }
     refuse_set("linux.resources.network", resources.network().is_some())?;
     refuse_set(
         "linux.resources.rdma",
         resources.rdma().as_ref().is_some_and(|r| !r.is_empty()),
     )?;
-    refuse_set(
-        "linux.resources.unified",
-        resources.unified().as_ref().is_some_and(|u| !u.is_empty()),
-    )?;
-    Ok(())
+    // cpuset, block I/O, huge pages and `unified`: by what this host has.
+    crate::controllers::check(resources)
 }
 
 fn refuse_set(field: &str, set: bool) -> Result<()> {

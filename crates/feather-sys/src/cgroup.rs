@@ -199,6 +199,15 @@ impl Cgroup {
         }
     }
 
+    /// Lets the group use the v2 hierarchy's `controller`, for a caller that writes that
+    /// controller's files itself (feather-oci's cpuset, hugetlb and `unified`).
+    pub fn enable_v2(&self, controller: &str) -> Result<()> {
+        match &self.hierarchies.v2 {
+            Some((mount, _)) => self.enable_v2_controller(mount, controller),
+            None => Err(missing_controller(controller)),
+        }
+    }
+
     /// v2 delegates a controller to a group only if every ancestor enables it for its children.
     fn enable_v2_controller(&self, mount: &Path, controller: &str) -> Result<()> {
         let mut dir = mount.to_path_buf();

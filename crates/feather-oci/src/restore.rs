@@ -1,0 +1,253 @@
+//! `restore`: a container made from a bundle whose process tree comes from a checkpoint's
+//! images instead of the config's `process` (runc's `restore`).
+//!
+//! ```text
+//! feather-oci restore ─ folder, cgroup (the config's) ─ fork ─▶ child: own mount namespace,
+//!        │                                                      rootfs bound on itself, in the
+//!        │  RESTORE (root, rst_sibling, externals) ──────────▶  cgroup; execs `criu swrk`
+//!        ◀── the restored init's pid: our child (rst_sibling)
+//!        └─ --detach: exits (the init goes to the engine's subreaper); else waits for it
+//! ```
+//! The init holds the pid the engine waits on, as after `start`: the container is running.
+
+use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
+use feather_migrate::rpc;
+use nix::fcntl::OFlag;
+use nix::mount::MsFlags;
+use nix::sched::CloneFlags;
+use nix::sys::stat::Mode;
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::checkpoint::{self, DESCRIPTORS, NET_KEY};
+use crate::create::PidFile;
+use crate::store::Container;
+
+pub struct RestoreArgs {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub image_path: PathBuf,
+    pub work_path: Option<PathBuf>,
+    pub detach: bool,
+    pub pid_file: Option<PathBuf>,
+    pub tcp_established: bool,
+    pub ext_unix_sk: bool,
+    pub shell_job: bool,
+    pub file_locks: bool,
+    pub manage_cgroups_mode: Option<String>,
+    pub refused: Vec<&'static str>,
+}
+
+/// Restores the container; returns its exit code without `--detach`, else 0.
+pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
+    if let Some(flag) = args.refused.first() {
+        bail!("restore {}", checkpoint::refusal(flag));
+    }
+    let mode = checkpoint::cgroups_mode(args.manage_cgroups_mode.as_deref())?;
+    let criu = Criu::locate()?;
+    let images = checkpoint::open_folder(&args.image_path, "--image-path")?;
+    if !args.image_path.join("inventory.img").exists() {
+        bail!(
+            "--image-path {}: no checkpoint there (inventory.img is missing)",
+            args.image_path.display()
+        );
+    }
+    let (mut container, spec, _) = crate::create::make_container(root, &args.id, &args.bundle)?;
+    let restored = checkpoint::check_config(&spec, "restore")
+        .and_then(|()| {
+            let linux = spec.linux().clone().context("linux")?;
+            container.groups().create(linux.resources().as_ref())
+        })
+        .and_then(|()| {
+            let call = prepare(&criu, &container, &spec, args, images, mode)?;
+            run(call, &container, &args.id)
+        });
+    let pid = match restored {
+        Ok(pid) => pid,
+        Err(error) => {
+            crate::ops::destroy(&container);
+            return Err(error);
+        }
+    };
+    container.record.pid = pid;
+    container.record.start_ticks = feather_sys::process::start_ticks(Pid::from_raw(pid))
+        .context("the restored init vanished")?;
+    container.save()?;
+    if let Some(pid_file) = &args.pid_file {
+        PidFile::prepare(pid_file)?.write(pid)?;
+    }
+    if args.detach {
+        return Ok(0);
+    }
+    wait_for(Pid::from_raw(pid))
+}
+
+/// The restore request: the config's externals, the inherited descriptors, the flags.
+fn prepare(
+    criu: &Criu,
+    container: &Container,
+    spec: &oci_spec::runtime::Spec,
+    args: &RestoreArgs,
+    images: fs::File,
+    mode: i32,
+) -> Result<RestoreCall> {
+    let work = match &args.work_path {
+        Some(path) => Some(checkpoint::open_folder(path, "--work-path")?),
+        None => None,
+    };
+    let externals =
+        checkpoint::external_mounts(spec, &container.record.bundle, &container.groups());
+    make_mount_points(&container.record.rootfs, &externals)?;
+    let external: Vec<String> = externals
+        .iter()
+        .map(|m| format!("mnt[{}]:{}", m.key, m.source.display()))
+        .collect();
+    let mut inherit_fd = inherited_stdio(&args.image_path)?;
+    if let Some(path) = checkpoint::joined_network(spec) {
+        // Not close-on-exec: criu inherits it, and hands it to the restored tree.
+        let netns = nix::fcntl::open(&path, OFlag::O_RDONLY, Mode::empty())
+            .with_context(|| format!("linux.namespaces[network].path {}", path.display()))?;
+        inherit_fd.push(rpc::InheritFd {
+            key: NET_KEY.into(),
+            fd: leak(netns),
+        });
+    }
+    let opts = rpc::Opts {
+        images_dir_fd: images.as_raw_fd(),
+        work_dir_fd: work.as_ref().map(AsRawFd::as_raw_fd),
+        log_file: Some(RESTORE_LOG.into()),
+        root: Some(container.record.rootfs.display().to_string()),
+        rst_sibling: Some(true),
+        tcp_established: Some(args.tcp_established),
+        file_locks: Some(args.file_locks),
+        ext_unix_sk: Some(args.ext_unix_sk),
+        shell_job: Some(args.shell_job),
+        manage_cgroups_mode: Some(mode),
+        external,
+        inherit_fd,
+        ..common_options()
+    };
+    let log = args
+        .work_path
+        .as_ref()
+        .unwrap_or(&args.image_path)
+        .join(RESTORE_LOG);
+    let call = criu.restore_call_with(images, opts, log)?;
+    // The work folder's descriptor must outlive the call: criu reads it through /proc.
+    if let Some(work) = work {
+        leak(OwnedFd::from(work));
+    }
+    Ok(call)
+}
+
+/// The bind mounts' mount points, made in the rootfs as `create` makes them (an engine's
+/// fresh root may lack them: podman leaves them out of the root's exported changes), walked
+/// safely from the rootfs.
+fn make_mount_points(rootfs: &Path, externals: &[checkpoint::External]) -> Result<()> {
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("open {}", rootfs.display()))?;
+    for external in externals.iter().filter(|e| !e.cgroup) {
+        let directory = external.source.is_dir();
+        crate::mounts::make_target(&root, &external.inside, directory)
+            .with_context(|| format!("mounts[{}]", external.inside.display()))?;
+    }
+    Ok(())
+}
+
+/// A descriptor kept open for the rest of this short-lived process (criu, started later,
+/// reaches it by number).
+fn leak(fd: OwnedFd) -> i32 {
+    std::os::fd::IntoRawFd::into_raw_fd(fd)
+}
+
+/// The dumped tree's standard descriptors that were the engine's (its pipes, and files
+/// outside the container) become this process's own: what the engine gave the restore.
+fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
+    let path = images.join(DESCRIPTORS);
+    let targets: Vec<String> = match fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?,
+        Err(_) => return Ok(Vec::new()),
+    };
+    Ok(targets
+        .into_iter()
+        .enumerate()
+        .filter(|(_, target)| target.starts_with("pipe:") || target.starts_with("file["))
+        .map(|(fd, key)| rpc::InheritFd { key, fd: fd as i32 })
+        .collect())
+}
+
+/// Runs criu in a child placed where the container belongs; returns the restored init's pid.
+fn run(call: RestoreCall, container: &Container, id: &str) -> Result<i32> {
+    let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
+        .map_err(|e| anyhow::anyhow!("{e}"))?
+    {
+        feather_sys::process::Forked::Child => {
+            let error = become_criu(&call, container);
+            eprintln!("feather-oci: restore {id}: {error:#}");
+            std::process::exit(1)
+        }
+        feather_sys::process::Forked::Parent(child) => child,
+    };
+    let restored = call.restore(id);
+    let _ = waitpid(child.pid, None);
+    Ok(restored?)
+}
+
+/// In the child: a mount namespace of its own with the rootfs bound on itself (CRIU mounts the
+/// restored root from it), its mounts slaves of the host's rather than private (CRIU gives the
+/// restored root the sharing the dumped one had: Docker's overlay root is a slave of the
+/// host's), the container's cgroup (the restored tree inherits it), then criu.
+fn become_criu(call: &RestoreCall, container: &Container) -> anyhow::Error {
+    let placed = (|| -> Result<()> {
+        nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .context("make mounts slaves")?;
+        let rootfs = &container.record.rootfs;
+        nix::mount::mount(
+            Some(rootfs),
+            rootfs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .with_context(|| format!("bind {}", rootfs.display()))?;
+        container.groups().add(nix::unistd::getpid())?;
+        Ok(())
+    })();
+    if let Err(error) = placed {
+        return error;
+    }
+    let error = std::process::Command::new(&call.program)
+        .args(&call.args)
+        .exec();
+    anyhow::Error::from(error).context(format!("run {}", call.program.display()))
+}
+
+/// Waits for the restored init (our child) and gives its exit code, as `runc restore`
+/// without `--detach`.
+fn wait_for(pid: Pid) -> Result<i32> {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return Ok(code),
+            Ok(WaitStatus::Signaled(_, signal, _)) => return Ok(128 + signal as i32),
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => return Err(e).context("wait for the restored container"),
+        }
+    }
+}

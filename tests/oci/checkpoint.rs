@@ -1,0 +1,375 @@
+//! `checkpoint` and `restore` (runc's flags, feather's CRIU): a counter that goes on from where
+//! it was, called directly as an engine calls the runtime, and through containerd, podman and
+//! Docker (experimental).
+
+use std::fs;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::support::{
+    base_config, busybox_image_tar, busybox_layer_tar, eventually, runtime_bin, Bundle, Containerd,
+    Dockerd, Outcome, Podman, Runtime, Scratch,
+};
+
+/// Counts up in /tmp/count, five times a second.
+const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
+
+/// The counter's value; 0 while it is being rewritten.
+fn count_in(path: &Path) -> u64 {
+    fs::read_to_string(path)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[test]
+fn checkpoint_and_restore_go_on_counting() {
+    // Ids of their own: the default cgroup is feather-oci/<id>, shared by tests running at once.
+    let scratch = Scratch::new("checkpoint");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sh", "-c", COUNTER]));
+    let count = bundle.dir.join("rootfs/tmp/count");
+    let images = scratch.path("images");
+    let images = images.to_str().unwrap();
+
+    assert_eq!(
+        runtime
+            .create("ckpt-c1", &bundle, &scratch.path("out"))
+            .code,
+        0
+    );
+    assert_eq!(runtime.run(&["start", "ckpt-c1"]).code, 0);
+    assert!(eventually(Duration::from_secs(10), || count_in(&count) >= 3));
+
+    for (flags, named) in [
+        (&["--pre-dump"][..], "--pre-dump"),
+        (&["--lazy-pages"][..], "--lazy-pages"),
+        (
+            &["--manage-cgroups-mode", "full"][..],
+            "--manage-cgroups-mode full",
+        ),
+    ] {
+        let mut args = vec!["checkpoint", "--image-path", images];
+        args.extend_from_slice(flags);
+        args.push("ckpt-c1");
+        let outcome = runtime.run(&args);
+        assert_ne!(outcome.code, 0, "{flags:?} must be refused");
+        assert!(outcome.stderr.contains(named), "{outcome:?}");
+        assert_eq!(
+            runtime.status("ckpt-c1"),
+            "running",
+            "a refusal leaves it running"
+        );
+    }
+
+    let outcome = runtime.run(&[
+        "checkpoint",
+        "--leave-running",
+        "--image-path",
+        images,
+        "ckpt-c1",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(runtime.status("ckpt-c1"), "running", "--leave-running");
+    fs::remove_dir_all(images).unwrap();
+
+    let outcome = runtime.run(&["checkpoint", "--image-path", images, "ckpt-c1"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let outcome = runtime.run(&["state", "ckpt-c1"]);
+    assert!(
+        outcome.stderr.contains("does not exist"),
+        "without --leave-running the container is gone, as with runc: {outcome:?}"
+    );
+    let at_dump = count_in(&count);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(count_in(&count), at_dump, "nothing counts after the dump");
+
+    let pid_file = scratch.path("c2.pid");
+    let output = fs::File::create(scratch.path("out2")).unwrap();
+    let outcome: Outcome = runtime
+        .command()
+        .args(["restore", "--detach", "--image-path", images, "--pid-file"])
+        .arg(&pid_file)
+        .arg("--bundle")
+        .arg(&bundle.dir)
+        .arg("ckpt-c2")
+        .stdin(std::process::Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(
+        outcome.code,
+        0,
+        "{outcome:?} {}",
+        fs::read_to_string(scratch.path("out2")).unwrap_or_default()
+    );
+    let state = runtime.state("ckpt-c2");
+    assert_eq!(state["status"], "running");
+    let pid = state["pid"].as_i64().unwrap();
+    assert_eq!(
+        fs::read_to_string(&pid_file).unwrap().trim(),
+        pid.to_string()
+    );
+    let cgroup = fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap();
+    assert!(
+        cgroup.contains("feather-oci/ckpt-c2"),
+        "restored into the new container's cgroup: {cgroup}"
+    );
+    let mut lowest = u64::MAX;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            let now = count_in(&count);
+            if now > 0 {
+                lowest = lowest.min(now);
+            }
+            now > at_dump + 2
+        }),
+        "the restored counter goes on"
+    );
+    assert!(
+        lowest >= at_dump,
+        "it went on from {at_dump}, not from 1 ({lowest})"
+    );
+
+    assert_eq!(runtime.run(&["kill", "ckpt-c2", "KILL"]).code, 0);
+    runtime.wait_stopped("ckpt-c2");
+    assert_eq!(runtime.run(&["delete", "ckpt-c2"]).code, 0);
+}
+
+#[test]
+fn ctr_checkpoint_and_restore_go_on_counting() {
+    let scratch = Scratch::new("containerd-checkpoint");
+    let containerd = Containerd::start(&scratch);
+    const IMAGE: &str = "docker.io/library/feather-busybox:checkpoint";
+    let tar = busybox_image_tar(&scratch, IMAGE);
+    let imported = containerd.ctr(&["images", "import", tar.to_str().unwrap()]);
+    assert_eq!(imported.code, 0, "{imported:?}");
+    let bin = runtime_bin();
+    let outcome = containerd.ctr(&[
+        "run",
+        "-d",
+        "--runc-binary",
+        bin,
+        IMAGE,
+        "k1",
+        "sh",
+        "-c",
+        COUNTER,
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let count = |id: &str| -> u64 {
+        let outcome = containerd.ctr(&["task", "exec", "--exec-id", "c", id, "cat", "/tmp/count"]);
+        outcome.stdout.trim().parse().unwrap_or(0)
+    };
+    // Long enough that a counter started afresh could not reach it in the checks below.
+    assert!(eventually(Duration::from_secs(20), || count("k1") >= 15));
+
+    // containerd pauses the task, then calls `checkpoint --image-path … --work-path …
+    // --leave-running k1`, resumes it and stores the images in its content store.
+    let before = count("k1");
+    let outcome = containerd.ctr(&[
+        "containers",
+        "checkpoint",
+        "--task",
+        "--rw",
+        "k1",
+        "feather/k1:1",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        eventually(Duration::from_secs(5), || count("k1") > before + 1),
+        "k1 goes on"
+    );
+    let _ = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "k1"]);
+    assert!(eventually(Duration::from_secs(10), || {
+        containerd.ctr(&["task", "delete", "k1"]).code == 0
+    }));
+
+    // A new container from the checkpoint: the shim's create, then `restore --detach
+    // --pid-file … --bundle … --image-path … --work-path … -no-subreaper k2` at start.
+    let outcome = containerd.ctr(&[
+        "containers",
+        "restore",
+        "--live",
+        "--rw",
+        "k2",
+        "feather/k1:1",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let seen: Vec<u64> = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(250));
+            count("k2")
+        })
+        .filter(|n| *n > 0)
+        .collect();
+    assert!(
+        seen.iter().all(|n| *n >= before),
+        "k2 counts on from {before}: {seen:?}"
+    );
+    assert!(seen.last() > seen.first(), "k2 is running: {seen:?}");
+
+    // `ctr task checkpoint --exit --image-path`: `checkpoint` without --leave-running, the
+    // images where ctr says; the task ends and is deleted as any other.
+    let images = scratch.path("k2-images");
+    let outcome = containerd.ctr(&[
+        "task",
+        "checkpoint",
+        "--exit",
+        "--image-path",
+        images.to_str().unwrap(),
+        "k2",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(images.join("inventory.img").exists(), "{outcome:?}");
+    assert!(eventually(Duration::from_secs(10), || {
+        containerd.ctr(&["task", "delete", "k2"]).code == 0
+    }));
+}
+
+/// podman checks for a CRIU of its own (`criu` in PATH) before it asks the runtime: feather's,
+/// which scripts/install-criu puts in /usr/local/lib/feather.
+fn podman_with_criu(podman: &Podman, args: &[&str]) -> Outcome {
+    let path = format!(
+        "/usr/local/lib/feather:{}",
+        std::env::var("PATH").unwrap_or_default()
+    );
+    crate::support::run(podman.command().env("PATH", path).args(args))
+}
+
+fn podman_with_image(scratch: &Scratch) -> Podman {
+    let podman = Podman::new(scratch, runtime_bin());
+    let layer = busybox_layer_tar(scratch);
+    let imported = podman.podman(&["import", layer.to_str().unwrap(), PODMAN_IMAGE]);
+    assert_eq!(imported.code, 0, "{imported:?}");
+    podman
+}
+
+const PODMAN_IMAGE: &str = "localhost/feather-busybox:checkpoint";
+
+#[test]
+fn podman_checkpoint_export_and_restore_import_go_on_counting() {
+    let scratch = Scratch::new("podman-checkpoint");
+    let podman = podman_with_image(&scratch);
+    let outcome = podman.podman(&[
+        "run",
+        "-d",
+        "--network",
+        "none",
+        "--ulimit",
+        "nofile=1024:1024",
+        "--ulimit",
+        "nproc=1024:1024",
+        "--name",
+        "p1",
+        PODMAN_IMAGE,
+        "sh",
+        "-c",
+        COUNTER,
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let count = |podman: &Podman| -> u64 {
+        let outcome = podman.podman(&["exec", "p1", "cat", "/tmp/count"]);
+        outcome.stdout.trim().parse().unwrap_or(0)
+    };
+    assert!(eventually(Duration::from_secs(20), || count(&podman) >= 15));
+    let before = count(&podman);
+
+    // podman calls `checkpoint --image-path … --work-path … <id>` and exports the images,
+    // the config and the root's changes as one archive.
+    let archive = scratch.path("p1.tar.gz");
+    let archive = archive.to_str().unwrap();
+    let outcome = podman_with_criu(
+        &podman,
+        &["container", "checkpoint", "--export", archive, "p1"],
+    );
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let state = podman.podman(&["inspect", "--format", "{{.State.Status}}", "p1"]);
+    assert_eq!(state.stdout.trim(), "exited", "{state:?}");
+
+    // A second podman, with its own storage and state: conmon calls `restore --bundle …
+    // --image-path … --work-path … --pid-file … --detach <new id>`.
+    // The same image (by id: the archive names it so), not one imported anew.
+    let image = scratch.path("image.tar");
+    let saved = podman.podman(&["save", "-o", image.to_str().unwrap(), PODMAN_IMAGE]);
+    assert_eq!(saved.code, 0, "{saved:?}");
+    let other = Scratch::new("podman-restore");
+    let second = Podman::new(&other, runtime_bin());
+    let loaded = second.podman(&["load", "-i", image.to_str().unwrap()]);
+    assert_eq!(loaded.code, 0, "{loaded:?}");
+    let outcome = podman_with_criu(&second, &["container", "restore", "--import", archive]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let seen: Vec<u64> = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(250));
+            count(&second)
+        })
+        .filter(|n| *n > 0)
+        .collect();
+    assert!(
+        seen.iter().all(|n| *n >= before),
+        "p1 counts on from {before}: {seen:?}"
+    );
+    assert!(seen.last() > seen.first(), "p1 is running: {seen:?}");
+}
+
+#[test]
+fn docker_checkpoint_and_start_from_it_go_on_counting() {
+    let scratch = Scratch::new("docker-checkpoint");
+    let docker = Dockerd::start(&scratch);
+    let tar = busybox_layer_tar(&scratch);
+    let imported = docker.docker(&["import", tar.to_str().unwrap(), "feather-busybox:ck"]);
+    assert_eq!(imported.code, 0, "{imported:?}");
+    let outcome = docker.docker(&[
+        "run",
+        "-d",
+        "--runtime",
+        "feather",
+        "--network",
+        "none",
+        "--name",
+        "d1",
+        "feather-busybox:ck",
+        "sh",
+        "-c",
+        COUNTER,
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let count = || -> u64 {
+        let outcome = docker.docker(&["exec", "d1", "cat", "/tmp/count"]);
+        outcome.stdout.trim().parse().unwrap_or(0)
+    };
+    assert!(eventually(Duration::from_secs(20), || count() >= 15));
+    let before = count();
+    // Docker (experimental) calls `checkpoint` without --leave-running: d1 stops.
+    let outcome = docker.docker(&["checkpoint", "create", "d1", "cp1"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let state = docker.docker(&["inspect", "--format", "{{.State.Running}}", "d1"]);
+    assert_eq!(state.stdout.trim(), "false", "{state:?}");
+    // Docker 20.10 uploads the checkpoint again to containerd's content store, where the
+    // checkpoint left the same blob until containerd collects it: "already exists" until then
+    // (moby/moby#42900, whatever the runtime).
+    let mut outcome = docker.docker(&["start", "--checkpoint", "cp1", "d1"]);
+    for _ in 0..20 {
+        if !outcome.stderr.contains("already exists") {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+        outcome = docker.docker(&["start", "--checkpoint", "cp1", "d1"]);
+    }
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let seen: Vec<u64> = (0..5)
+        .map(|_| {
+            std::thread::sleep(Duration::from_millis(250));
+            count()
+        })
+        .filter(|n| *n > 0)
+        .collect();
+    assert!(
+        seen.iter().all(|n| *n >= before),
+        "d1 counts on from {before}: {seen:?}"
+    );
+    assert!(seen.last() > seen.first(), "d1 is running: {seen:?}");
+}
