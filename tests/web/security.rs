@@ -239,3 +239,129 @@ fn a_vm_cannot_reach_the_web_view() {
         assert_ne!(reached.code, 0, "the VM reached {url}");
     }
 }
+
+/// Beyond loopback only over TLS, with a warning: in a network namespace of the test's own,
+/// on an address other machines could reach, the server refuses to serve plain HTTP, serves
+/// HTTPS with the given certificate, and its session cookie is `Secure`.
+#[test]
+fn beyond_loopback_it_serves_only_over_tls() {
+    let feather = Feather::new("web-tls");
+    let dir = crate::support::ScratchDir::new("web-tls");
+    std::fs::create_dir_all(&dir.path).unwrap();
+    let address = "10.213.7.1";
+    let (cert, key) = (dir.path.join("cert.pem"), dir.path.join("key.pem"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+        ])
+        .args(["-nodes", "-days", "1", "-subj", "/CN=feather-test"])
+        .args(["-addext", &format!("subjectAltName=IP:{address}")])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    // A namespace with an address of its own, gone with the server.
+    let in_own_network = |web_args: &str| {
+        let script = format!(
+            "ip link set lo up && ip link add d0 type veth peer name d1 && ip addr add {address}/24 dev d0 \
+             && ip link set d0 up && exec {} --root {} web --listen {address}:0 {web_args}",
+            Feather::bin(),
+            feather.root.display()
+        );
+        let mut command = Command::new("unshare");
+        command.args(["--net", "sh", "-c", &script]);
+        command
+    };
+
+    let refused = in_own_network("").output().unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success());
+    assert!(
+        stderr.contains("TLS") && stderr.contains(address),
+        "{stderr}"
+    );
+
+    let tls_args = format!("--tls-cert {} --tls-key {}", cert.display(), key.display());
+    let mut server = in_own_network(&tls_args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut output = std::io::BufReader::new(server.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut output, &mut first).unwrap();
+    let url = first
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .map(str::to_owned);
+    let in_its_network = |args: &[&str]| {
+        Command::new("nsenter")
+            .arg(format!("--net=/proc/{}/ns/net", server.id()))
+            .arg("curl")
+            .args(["-s", "-m", "5"])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let login = url.as_deref().map(|url| {
+        in_its_network(&[
+            "-D",
+            "-",
+            "-o",
+            "/dev/null",
+            "--cacert",
+            cert.to_str().unwrap(),
+            url,
+        ])
+    });
+    let plain = url.as_deref().map(|url| {
+        in_its_network(&[
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url.replace("https://", "http://"),
+        ])
+    });
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut warning = String::new();
+    let _ = std::io::Read::read_to_string(&mut server.stderr.take().unwrap(), &mut warning);
+
+    let url = url.unwrap_or_else(|| panic!("an https URL: {first:?}"));
+    assert!(url.starts_with(&format!("https://{address}:")), "{url}");
+    let head = String::from_utf8_lossy(&login.unwrap().stdout).into_owned();
+    assert!(
+        head.starts_with("HTTP/1.1 303") || head.starts_with("HTTP/2 303"),
+        "{head}"
+    );
+    let cookie = head
+        .lines()
+        .find(|line| line.to_ascii_lowercase().starts_with("set-cookie:"))
+        .unwrap_or_default();
+    assert!(
+        cookie.contains("Secure") && cookie.contains("HttpOnly"),
+        "{head}"
+    );
+    assert_ne!(
+        String::from_utf8_lossy(&plain.unwrap().stdout),
+        "303",
+        "plain HTTP is not served"
+    );
+    assert!(
+        warning.contains("warning") && warning.contains(address),
+        "{warning}"
+    );
+}

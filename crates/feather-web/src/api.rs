@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{header, HeaderMap, Method, StatusCode};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
@@ -138,11 +138,19 @@ fn library<T>(result: feather_vm::error::Result<T>) -> Result<T, ApiError> {
     })
 }
 
+/// The host a request was sent to: its `Host` header, or under HTTP/2 its `:authority`.
+fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
 async fn guard(State(shared): AppState, request: Request, next: Next) -> Response {
     let headers = request.headers();
     let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
     let facts = RequestFacts {
-        host: text(header::HOST),
+        host: host_of(headers, request.uri()),
         cookies: text(header::COOKIE),
         origin: text(header::ORIGIN),
         csrf: headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
@@ -168,9 +176,10 @@ struct LoginQuery {
 async fn login(
     State(shared): AppState,
     headers: HeaderMap,
+    uri: Uri,
     Query(query): Query<LoginQuery>,
 ) -> Response {
-    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let host = host_of(&headers, &uri);
     if !shared.sessions.is_our_host(host) {
         return ApiError::new(
             StatusCode::FORBIDDEN,
@@ -180,7 +189,7 @@ async fn login(
     }
     match shared.sessions.log_in(&query.token) {
         Ok(id) => (
-            [(header::SET_COOKIE, Sessions::cookie(&id))],
+            [(header::SET_COOKIE, shared.sessions.cookie(&id))],
             Redirect::to("/"),
         )
             .into_response(),

@@ -25,6 +25,9 @@ pub const CSRF_HEADER: &str = "x-feather-csrf";
 
 pub struct Sessions {
     address: SocketAddr,
+    /// Served over TLS: the cookie is `Secure`, the page's origin `https://`, and any Host is
+    /// accepted (a rebound name cannot present this server's certificate).
+    tls: bool,
     /// `None` once spent.
     login: Mutex<Option<String>>,
     /// session id → its CSRF token.
@@ -70,9 +73,10 @@ fn same(a: &str, b: &str) -> bool {
 }
 
 impl Sessions {
-    pub fn new(address: SocketAddr) -> Result<Sessions, WebError> {
+    pub fn new(address: SocketAddr, tls: bool) -> Result<Sessions, WebError> {
         Ok(Sessions {
             address,
+            tls,
             login: Mutex::new(Some(random_hex()?)),
             open: Mutex::new(HashMap::new()),
         })
@@ -116,9 +120,7 @@ impl Sessions {
         }
         let csrf = self.csrf_of(request.cookies)?;
         if request.changes_state {
-            let origin_ok = request
-                .origin
-                .is_none_or(|origin| origin == format!("http://{}", self.address));
+            let origin_ok = request.origin.is_none_or(|origin| origin == self.origin());
             let token_ok = request.csrf.is_some_and(|sent| same(sent, &csrf));
             if !(origin_ok && token_ok) {
                 return Err(Refusal::CrossSite);
@@ -127,8 +129,17 @@ impl Sessions {
         Ok(())
     }
 
+    /// The page's own origin, as a browser sends it.
+    fn origin(&self) -> String {
+        let scheme = if self.tls { "https" } else { "http" };
+        format!("{scheme}://{}", self.address)
+    }
+
     pub fn is_our_host(&self, host: Option<&str>) -> bool {
         let port = self.address.port();
+        if self.tls {
+            return host.is_some();
+        }
         match host {
             Some(host) => {
                 host == self.address.to_string()
@@ -140,8 +151,9 @@ impl Sessions {
     }
 
     /// The `Set-Cookie` value of a new session.
-    pub fn cookie(id: &str) -> String {
-        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/")
+    pub fn cookie(&self, id: &str) -> String {
+        let secure = if self.tls { "; Secure" } else { "" };
+        format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/{secure}")
     }
 }
 
@@ -174,7 +186,7 @@ mod tests {
     use super::*;
 
     fn sessions() -> Sessions {
-        Sessions::new("127.0.0.1:7070".parse().unwrap()).unwrap()
+        Sessions::new("127.0.0.1:7070".parse().unwrap(), false).unwrap()
     }
 
     fn facts<'a>(

@@ -20,6 +20,7 @@ pub mod live;
 pub mod page;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use feather_core::StateRoot;
@@ -27,24 +28,45 @@ use feather_core::StateRoot;
 /// What `feather web` was asked for.
 #[derive(Debug, Clone)]
 pub struct Options {
-    /// Where to listen; loopback unless the user says otherwise.
+    /// Where to listen; loopback unless the user says otherwise (and then only with TLS).
     pub listen: SocketAddr,
+    /// A certificate and its key (PEM): HTTPS instead of HTTP.
+    pub tls: Option<Tls>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Tls {
+    pub certificate: PathBuf,
+    pub key: PathBuf,
 }
 
 impl Options {
     pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:7070";
+
+    /// Reachable from other machines: the caller should say so.
+    pub fn is_exposed(&self) -> bool {
+        !self.listen.ip().is_loopback()
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebError {
     #[error(
-        "feather web serves only on a loopback address (asked for {0}): the page can stop and \
-         remove VMs, and it has no TLS yet; reach it from elsewhere through an SSH tunnel"
+        "feather web serves on {0}, which other machines reach, only over TLS: the page can \
+         stop and remove VMs. Give --tls-cert and --tls-key, or listen on a loopback address \
+         and reach it through an SSH tunnel"
     )]
-    NotLoopback(SocketAddr),
+    ExposedWithoutTls(SocketAddr),
     #[error("cannot listen on {address}")]
     Listen {
         address: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot use the certificate {} with the key {}", .certificate.display(), .key.display())]
+    Certificate {
+        certificate: PathBuf,
+        key: PathBuf,
         #[source]
         source: std::io::Error,
     },
@@ -59,8 +81,8 @@ pub enum WebError {
 /// Serves until the process is ended. `ready` gets the URL to open (with the one-time token)
 /// once the server listens.
 pub fn serve(root: StateRoot, options: &Options, ready: impl FnOnce(&str)) -> Result<(), WebError> {
-    if !options.listen.ip().is_loopback() {
-        return Err(WebError::NotLoopback(options.listen));
+    if options.is_exposed() && options.tls.is_none() {
+        return Err(WebError::ExposedWithoutTls(options.listen));
     }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -68,8 +90,8 @@ pub fn serve(root: StateRoot, options: &Options, ready: impl FnOnce(&str)) -> Re
         .build()
         .map_err(WebError::Runtime)?;
     runtime.block_on(async move {
-        let listener = tokio::net::TcpListener::bind(options.listen)
-            .await
+        let listener = std::net::TcpListener::bind(options.listen)
+            .and_then(|listener| listener.set_nonblocking(true).map(|()| listener))
             .map_err(|source| WebError::Listen {
                 address: options.listen,
                 source,
@@ -78,17 +100,51 @@ pub fn serve(root: StateRoot, options: &Options, ready: impl FnOnce(&str)) -> Re
             address: options.listen,
             source,
         })?;
-        let sessions = auth::Sessions::new(address)?;
-        let url = format!("http://{address}/login?token={}", sessions.login_token());
+        let scheme = if options.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let sessions = auth::Sessions::new(address, options.tls.is_some())?;
+        let url = format!(
+            "{scheme}://{address}/login?token={}",
+            sessions.login_token()
+        );
         let state = Arc::new(api::Shared {
             live: live::Live::start(root.clone()),
             root,
             sessions,
             jobs: jobs::Jobs::new(),
         });
-        ready(&url);
-        axum::serve(listener, api::router(state))
-            .await
-            .map_err(WebError::Serve)
+        let app = api::router(state);
+        match &options.tls {
+            None => {
+                let listener = tokio::net::TcpListener::from_std(listener)
+                    .map_err(|source| WebError::Listen { address, source })?;
+                ready(&url);
+                axum::serve(listener, app).await.map_err(WebError::Serve)
+            }
+            Some(tls) => {
+                let config = tls_config(tls).await?;
+                ready(&url);
+                axum_server::from_tcp_rustls(listener, config)
+                    .serve(app.into_make_service())
+                    .await
+                    .map_err(WebError::Serve)
+            }
+        }
     })
+}
+
+async fn tls_config(tls: &Tls) -> Result<axum_server::tls_rustls::RustlsConfig, WebError> {
+    // rustls with ring as its cryptography, chosen once for the process (a second install,
+    // e.g. by a test, is the same provider: its error is of no consequence).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    axum_server::tls_rustls::RustlsConfig::from_pem_file(&tls.certificate, &tls.key)
+        .await
+        .map_err(|source| WebError::Certificate {
+            certificate: tls.certificate.clone(),
+            key: tls.key.clone(),
+            source,
+        })
 }

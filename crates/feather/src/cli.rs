@@ -194,6 +194,12 @@ pub enum Command {
         /// Address to serve on: a loopback address
         #[arg(long, value_name = "ADDR:PORT", default_value = feather_web::Options::DEFAULT_LISTEN)]
         listen: std::net::SocketAddr,
+        /// Serve HTTPS with this certificate (PEM); required beyond loopback
+        #[arg(long, value_name = "FILE", requires = "tls_key")]
+        tls_cert: Option<PathBuf>,
+        /// The certificate's private key (PEM)
+        #[arg(long, value_name = "FILE", requires = "tls_cert")]
+        tls_key: Option<PathBuf>,
     },
     /// Print a completion script for SHELL, e.g. `feather completions bash >
     /// /usr/share/bash-completion/completions/feather`

@@ -276,8 +276,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Restore { name, import } => {
             checkpoint::restore(&root, &name.parse()?, import.as_deref())?
         }
-        Command::Web { listen } => {
-            let options = feather_web::Options { listen };
+        Command::Web {
+            listen,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(certificate, key)| feather_web::Tls { certificate, key });
+            let options = feather_web::Options { listen, tls };
+            if options.is_exposed() {
+                eprintln!(
+                    "feather: warning: serving on {listen}, which other machines can reach; \
+                     anyone with the link can act on this host's VMs until it is used"
+                );
+            }
             feather_web::serve(root, &options, |url| {
                 // Serving goes on when nobody reads this any more (a closed terminal or pipe).
                 let _ = writeln!(
