@@ -6,6 +6,10 @@
 //! - [`rootfs`]: the isolation recipe, step by step
 //! - [`layers`]: which overlays a VM needs
 //! - [`exec`]: entering a running VM
+//! - [`launch`]: a program started in a running VM with stdio its caller gives, from any
+//!   thread (the broker's invocations, the service manager's client)
+//! - [`services`]: starting a VM with its services, and one request to its service manager
+//! - [`peers`]: the VMs of a state root as the shuttle broker in a keeper sees them
 //! - [`checkpoint`]: saving a running VM with CRIU and bringing it back
 //! - [`diff`] and [`commit`]: what a VM changed, applying it, dropping it
 //! - [`inspect`]: what a VM is and holds, for `ls`, `ps` and `inspect`
@@ -23,12 +27,14 @@ pub mod hiding;
 pub mod init;
 pub mod inspect;
 pub mod keeper;
+pub mod launch;
 pub mod layers;
 pub mod lifecycle;
 pub mod peers;
 pub mod protocol;
 pub mod relay;
 pub mod rootfs;
+pub mod services;
 pub mod workload;
 
 pub use error::{Result, VmError};

@@ -51,6 +51,7 @@ pub fn pipes() -> nix::Result<(VmEnds, Relay)> {
         pending: Vec::new(),
         outputs: [Some(stdout_read), Some(stderr_read)],
         escaping: None,
+        given: None,
     };
     Ok(([stdin_read, stdout_write, stderr_write], relay))
 }
@@ -67,6 +68,9 @@ pub struct Relay {
     outputs: [Option<OwnedFd>; 2],
     /// With [`Relay::escaping_output`]: each output's unfinished last line.
     escaping: Option<[Vec<u8>; 2]>,
+    /// With [`Relay::with_caller_stdio`]: the stdin, stdout and stderr that stand for the
+    /// caller's own.
+    given: Option<[OwnedFd; 3]>,
 }
 
 /// The longest line held back for escaping before it is shown unfinished.
@@ -90,11 +94,29 @@ impl Relay {
         self
     }
 
+    /// Copies between the program and `stdio` (stdin, stdout, stderr) instead of the caller's
+    /// own: for a caller that runs programs for others (the shuttle broker in a keeper).
+    pub fn with_caller_stdio(mut self, stdio: [OwnedFd; 3]) -> Relay {
+        self.given = Some(stdio);
+        self
+    }
+
+    /// The caller's stdin (0), stdout (1) or stderr (2), or what stands for it.
+    fn caller(&self, fd: i32) -> BorrowedFd<'_> {
+        match (&self.given, usize::try_from(fd)) {
+            (Some(given), Ok(index)) if index < given.len() => given[index].as_fd(),
+            _ => standard(fd),
+        }
+    }
+
     /// The descriptors to poll now, each with what it is.
     pub fn poll_fds(&self) -> Vec<(Slot, PollFd<'_>)> {
         let mut fds = Vec::with_capacity(4);
         if self.wants_caller_stdin() {
-            fds.push((Slot::CallerStdin, PollFd::new(caller(0), PollFlags::POLLIN)));
+            fds.push((
+                Slot::CallerStdin,
+                PollFd::new(self.caller(0), PollFlags::POLLIN),
+            ));
         }
         if let Some(stdin) = &self.stdin {
             // With nothing to write, the program's stdin is polled for no event: its POLLERR
@@ -224,7 +246,7 @@ impl Relay {
 
     fn read_caller_stdin(&mut self) {
         let mut buffer = vec![0u8; CHUNK];
-        match nix::unistd::read(caller(0), &mut buffer) {
+        match nix::unistd::read(self.caller(0), &mut buffer) {
             Ok(0) => self.caller_stdin_open = false,
             Ok(n) => {
                 buffer.truncate(n);
@@ -275,7 +297,10 @@ impl Relay {
                     .as_mut()
                     .map(|held| std::mem::take(&mut held[index]))
                 {
-                    let _ = write_all(caller(index as i32 + 1), escaped_lines(&held).as_bytes());
+                    let _ = write_all(
+                        self.caller(index as i32 + 1),
+                        escaped_lines(&held).as_bytes(),
+                    );
                 }
             }
             Ok(n) => {
@@ -285,7 +310,7 @@ impl Relay {
                         std::borrow::Cow::Owned(take_lines(&mut held[index], &buffer[..n]))
                     }
                 };
-                if write_all(caller(index as i32 + 1), &shown).is_err() {
+                if write_all(self.caller(index as i32 + 1), &shown).is_err() {
                     // The caller's side is closed: closing the pipe gives the program the
                     // SIGPIPE (or EPIPE) it would have had writing there itself.
                     self.outputs[index] = None;
@@ -324,7 +349,7 @@ fn escaped_lines(bytes: &[u8]) -> String {
 
 /// One of the caller's own stdin (0), stdout (1) or stderr (2). Rust's runtime opened /dev/null
 /// on any of them that was closed when the process started, so the numbers are never ours.
-fn caller(fd: i32) -> BorrowedFd<'static> {
+fn standard(fd: i32) -> BorrowedFd<'static> {
     feather_sys::process::standard_fd(fd)
 }
 

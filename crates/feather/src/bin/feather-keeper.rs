@@ -6,10 +6,18 @@
 //! `feather start` runs `feather-keeper __keeper --state-dir DIR --run-dir DIR --ready-fd FD
 //! [--restore] [--terminal TTY] NAME`; the keeper clones the VM's init, which re-executes this binary from
 //! inside the VM as `feather-keeper __init FD RESUMED` (see feather_vm::init).
+//!
+//! It is also the helper that work entering a VM's mount namespace runs as: a fresh
+//! single-threaded process, which the multi-threaded keeper cannot be. The shuttle broker runs
+//! `feather-keeper __shuttle-share PLAN` (hands a path of one VM to another) and
+//! `feather-keeper __dbus-proxy PLAN` (xdg-dbus-proxy, jailed); the IPC probe runs its agent
+//! as `feather-keeper __ipcprobe ARGS…` on the host and inside VMs. No feather process runs the
+//! `feather` command line.
 
 use std::process::ExitCode;
 
 use feather_core::StateRoot;
+use feather_shuttle::{dbus, transfer};
 use feather_vm::init::INIT_SUBCOMMAND;
 use feather_vm::keeper::KEEPER_SUBCOMMAND;
 
@@ -22,6 +30,16 @@ fn main() -> ExitCode {
     let code = match args.split_first() {
         Some((command, rest)) if command == KEEPER_SUBCOMMAND => keeper(rest),
         Some((command, [fd, resumed])) if command == INIT_SUBCOMMAND => init(fd, resumed),
+        Some((command, [plan])) if command == transfer::HELPER_SUBCOMMAND => {
+            Ok(transfer::helper_main(plan))
+        }
+        Some((command, [plan])) if command == dbus::JAIL_SUBCOMMAND => Ok(dbus::jail_main(plan)),
+        Some((command, rest)) if command == feather_ipcprobe::agent::SUBCOMMAND => {
+            Ok(feather_ipcprobe::agent::main(rest))
+        }
+        Some((command, rest)) if command == feather_ipcprobe::run::THROWAWAY_SUBCOMMAND => {
+            Ok(feather_ipcprobe::run::throwaway_main(rest))
+        }
         _ => Err(USAGE.to_owned()),
     };
     match code {
