@@ -154,6 +154,20 @@ impl Launched {
         }
     }
 
+    /// Waits at most `timeout` for the program's end; its exit code if it ended.
+    pub fn wait_timeout(&mut self, timeout: std::time::Duration) -> Result<Option<i32>> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let poll_for = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
+            match self.wait_for(poll_for)? {
+                Some(code) => return Ok(Some(code)),
+                None if left.is_zero() => return Ok(None),
+                None => {}
+            }
+        }
+    }
+
     /// Takes what init reported within `timeout`; the exit code once the program ended. Its
     /// output is then copied out by the relay, which ends on its own (a process the program
     /// left running may hold the pipes open for a moment, see [`crate::relay`]).

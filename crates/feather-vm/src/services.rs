@@ -11,7 +11,7 @@
 //! version checked first; whoever shows it escapes what it holds.
 
 use std::fs::File;
-use std::io::{BufReader, Read};
+use std::io::{BufRead, BufReader, Read as _};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
@@ -23,6 +23,9 @@ use crate::error::VmError;
 use crate::launch::launch;
 use crate::lifecycle;
 use crate::workload::Workload;
+
+/// How long the client may take to exit once its output ended.
+const CLIENT_END: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How much of the client's stderr is kept, to explain a client that gave no answer.
 const STDERR_KEPT: u64 = 4096;
@@ -219,31 +222,68 @@ fn converse(
         let _ = std::io::copy(&mut stderr, &mut std::io::sink());
         String::from_utf8_lossy(&kept).into_owned()
     });
+    let mut output = BufReader::new(File::from(OwnedFd::from(stdout_read)));
+    let logs_asked = matches!(ask, Ask::Logs { .. });
+    let read = read_output(name, &mut output, logs_asked, log)?;
+    drop(output);
+    match read {
+        Read::Answer(response) => {
+            // Its output ended: it is ending. Its end is waited for (a little: it is the VM's
+            // program), so that nothing of the request is left running in the VM.
+            let _ = launched.wait_timeout(CLIENT_END);
+            return Ok(Some(response));
+        }
+        // Dropping the client hangs it up.
+        Read::LogsStopped => return Ok(None),
+        Read::Ended => {}
+    }
+    let code = launched.wait()?;
+    if logs_asked && code == 0 {
+        return Ok(None);
+    }
+    // It wrote nothing, or no answer: its exit status and stderr say more.
+    Err(ServicesError::NoAnswer {
+        vm: name.clone(),
+        code,
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// What the client's output came to.
+#[derive(Debug, PartialEq)]
+enum Read {
+    /// The manager's answer, then the end of the output.
+    Answer(Response),
+    /// Log lines, until the one who reads them stopped.
+    LogsStopped,
+    /// The output ended with no answer (log lines, if any, were given out): the client's exit
+    /// status tells whether that is all.
+    Ended,
+}
+
+/// Reads the client's output: the hello, then the answer, a failure or (`logs_asked`) log
+/// lines, each given to `log` while it returns true.
+fn read_output(
+    name: &VmName,
+    output: &mut impl BufRead,
+    logs_asked: bool,
+    log: &mut dyn FnMut(&[u8]) -> bool,
+) -> Result<Read> {
     let protocol = |error| ServicesError::Protocol {
         vm: name.clone(),
         error,
     };
-    let mut output = BufReader::new(File::from(OwnedFd::from(stdout_read)));
-    match client_protocol::read_hello(&mut output) {
+    match client_protocol::read_hello(output) {
         Ok(()) => {}
-        // It wrote nothing: its exit status and stderr say more.
-        Err(ReadError::Ended { .. }) => {
-            return Err(ServicesError::NoAnswer {
-                vm: name.clone(),
-                code: launched.wait()?,
-                stderr: stderr.join().unwrap_or_default(),
-            })
-        }
+        Err(ReadError::Ended { .. }) => return Ok(Read::Ended),
         Err(error) => return Err(protocol(error)),
     }
-    let logs_asked = matches!(ask, Ask::Logs { .. });
     let mut answer = None;
-    while let Some(line) = client_protocol::read_line(&mut output).map_err(protocol)? {
+    while let Some(line) = client_protocol::read_line(output).map_err(protocol)? {
         match line {
             Line::Log { bytes } if logs_asked && answer.is_none() => {
                 if !log(&bytes) {
-                    // Dropping the client hangs it up.
-                    return Ok(None);
+                    return Ok(Read::LogsStopped);
                 }
             }
             Line::Answer { response } if answer.is_none() => answer = Some(response),
@@ -260,6 +300,8 @@ fn converse(
                 return Err(protocol(ReadError::Unexpected {
                     expected: if answer.is_some() {
                         "the end of the output"
+                    } else if logs_asked {
+                        "log lines"
                     } else {
                         "an answer"
                     },
@@ -268,15 +310,7 @@ fn converse(
             }
         }
     }
-    let code = launched.wait()?;
-    if answer.is_some() || (logs_asked && code == 0) {
-        return Ok(answer);
-    }
-    Err(ServicesError::NoAnswer {
-        vm: name.clone(),
-        code,
-        stderr: stderr.join().unwrap_or_default(),
-    })
+    Ok(answer.map_or(Read::Ended, Read::Answer))
 }
 
 /// The manager's binary, which runs as the client: beside this one on the host, and at the
@@ -304,4 +338,105 @@ fn client_program(root: &StateRoot, name: &VmName) -> Result<PathBuf> {
         });
     }
     Ok(program)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn read_text(text: &str, logs_asked: bool) -> (Result<Read>, Vec<Vec<u8>>) {
+        let name: VmName = "vm".parse().unwrap();
+        let mut logged = Vec::new();
+        let mut log = |line: &[u8]| {
+            logged.push(line.to_vec());
+            true
+        };
+        let read = read_output(
+            &name,
+            &mut std::io::Cursor::new(text.as_bytes().to_vec()),
+            logs_asked,
+            &mut log,
+        );
+        (read, logged)
+    }
+
+    const HELLO: &str = "{\"line\":\"hello\",\"version\":1}\n";
+    const LIST: &str = "{\"line\":\"answer\",\"response\":{\"result\":\"list\",\"units\":[]}}\n";
+
+    #[test]
+    fn an_answer_after_the_hello_is_the_answer() {
+        let (read, _) = read_text(&format!("{HELLO}{LIST}"), false);
+        assert_eq!(
+            read.unwrap(),
+            Read::Answer(Response::List { units: Vec::new() })
+        );
+    }
+
+    #[test]
+    fn log_lines_are_given_out_only_when_asked_for() {
+        let line = "{\"line\":\"log\",\"bytes\":[104,105,27]}\n";
+        let (read, logged) = read_text(&format!("{HELLO}{line}{line}"), true);
+        assert_eq!(read.unwrap(), Read::Ended);
+        assert_eq!(logged, vec![b"hi\x1b".to_vec(), b"hi\x1b".to_vec()]);
+        let (read, logged) = read_text(&format!("{HELLO}{line}"), false);
+        assert!(
+            matches!(
+                read,
+                Err(ServicesError::Protocol {
+                    error: ReadError::Unexpected {
+                        expected: "an answer",
+                        ..
+                    },
+                    ..
+                })
+            ),
+            "{read:?}"
+        );
+        assert!(logged.is_empty());
+    }
+
+    #[test]
+    fn anything_after_the_answer_is_refused() {
+        let (read, _) = read_text(&format!("{HELLO}{LIST}{LIST}"), false);
+        let error = read.unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                ServicesError::Protocol {
+                    error: ReadError::Unexpected {
+                        expected: "the end of the output",
+                        received,
+                    },
+                    ..
+                } if received == "answer"
+            ),
+            "{error:?}"
+        );
+        assert!(error.to_string().starts_with("VM vm: "), "{error}");
+    }
+
+    #[test]
+    fn a_failure_is_typed_and_names_the_vm() {
+        let failed = "{\"line\":\"failed\",\"failure\":{\"kind\":\"no_services\"}}\n";
+        let error = read_text(&format!("{HELLO}{failed}"), false).0.unwrap_err();
+        assert!(
+            matches!(error, ServicesError::NoServices { .. }),
+            "{error:?}"
+        );
+        assert_eq!(
+            error.to_string(),
+            "VM vm runs no services (start one with `feather service start vm UNIT`)"
+        );
+    }
+
+    #[test]
+    fn silence_and_a_foreign_first_line_are_told_apart() {
+        assert_eq!(read_text("", false).0.unwrap(), Read::Ended);
+        let error = read_text("\x1b[2Jnginx running\n", false).0.unwrap_err();
+        let text = error.to_string();
+        assert!(
+            text.contains("expected") && text.contains("\\u{1b}[2Jnginx running"),
+            "{text}"
+        );
+    }
 }

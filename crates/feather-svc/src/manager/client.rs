@@ -217,3 +217,33 @@ fn write_log_line(out: &mut impl Write, line: &[u8]) -> std::io::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(out: &[u8]) -> Vec<Line> {
+        let mut input = std::io::Cursor::new(out.to_vec());
+        std::iter::from_fn(|| client_protocol::read_line(&mut input).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_long_log_line_goes_in_pieces_and_an_empty_one_as_itself() {
+        let mut out = Vec::new();
+        write_log_line(&mut out, &vec![b'x'; LOG_PIECE + 1]).unwrap();
+        write_log_line(&mut out, b"").unwrap();
+        let sizes: Vec<usize> = lines(&out)
+            .into_iter()
+            .map(|line| match line {
+                Line::Log { bytes } => bytes.len(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(sizes, [LOG_PIECE, 1, 0]);
+    }
+
+    #[test]
+    fn an_unreadable_ask_is_refused_before_anything_is_written() {
+        assert_eq!(main("vm", "{\"ask\":\"reboot\"}"), 2);
+    }
+}

@@ -23,7 +23,8 @@ use feather_vm::keeper::KEEPER_SUBCOMMAND;
 
 const USAGE: &str = "feather-keeper keeps a running feather VM; `feather start VM` starts it \
     (usage: feather-keeper __keeper --state-dir DIR --run-dir DIR --ready-fd FD [--restore] \
-    [--terminal TTY] NAME)";
+    [--terminal TTY] NAME); its other subcommands are feather's helper processes \
+    (__shuttle-share, __dbus-proxy, __ipcprobe, __ipcprobe-throwaway)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
