@@ -8,31 +8,30 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use super::client_protocol::{self, Ask, Failure, Line, CLIENT_FLAG, LOG_PIECE};
+use super::client_protocol::{self, Ask, Failure, Line, LOG_PIECE};
 use super::protocol::{FreshState, Refusal, Request, Response, LOG_DIR};
 
-/// Runs the client for `ask` (its JSON) in VM `vm`; the exit status is 0 once an answer or a
-/// failure was written, 1 if not even that could be done, 2 for an unreadable ask.
+/// Runs the client for `ask` (its JSON) in VM `vm`: its hello first (so that a host of another
+/// build learns both versions before anything else), then what came of the ask. The exit
+/// status is 0 once an answer or a failure was written, 1 if not even that could be done.
 pub fn main(vm: &str, ask: &str) -> i32 {
-    let ask: Ask = match serde_json::from_str(ask) {
-        Ok(ask) => ask,
-        Err(e) => {
-            eprintln!("feather-svcd: {CLIENT_FLAG}: not an ask of this build: {e}");
-            return 2;
-        }
-    };
     let mut out = std::io::stdout().lock();
-    let written = client_protocol::write_line(
-        &mut out,
-        &Line::Hello {
-            version: client_protocol::VERSION,
-        },
-    )
-    .and_then(|()| {
-        let line = match answer(vm, ask, &mut out) {
-            Ok(Some(response)) => Line::Answer { response },
-            Ok(None) => return Ok(()),
-            Err(failure) => Line::Failed { failure },
+    let hello = Line::Hello {
+        version: client_protocol::VERSION,
+    };
+    let written = client_protocol::write_line(&mut out, &hello).and_then(|()| {
+        let line = match serde_json::from_str::<Ask>(ask) {
+            Err(e) => Line::Failed {
+                failure: Failure::UnreadableAsk {
+                    version: client_protocol::VERSION,
+                    problem: e.to_string(),
+                },
+            },
+            Ok(ask) => match answer(vm, ask, &mut out) {
+                Ok(Some(response)) => Line::Answer { response },
+                Ok(None) => return Ok(()),
+                Err(failure) => Line::Failed { failure },
+            },
         };
         client_protocol::write_line(&mut out, &line)
     });
@@ -243,7 +242,17 @@ mod tests {
     }
 
     #[test]
-    fn an_unreadable_ask_is_refused_before_anything_is_written() {
-        assert_eq!(main("vm", "{\"ask\":\"reboot\"}"), 2);
+    fn an_unreadable_ask_is_a_typed_failure_naming_the_version() {
+        let failure = serde_json::from_str::<Ask>("{\"ask\":\"reboot\"}")
+            .map_err(|e| Failure::UnreadableAsk {
+                version: client_protocol::VERSION,
+                problem: e.to_string(),
+            })
+            .unwrap_err();
+        let text = failure.to_string();
+        assert!(
+            text.contains("version 1") && text.contains("reboot"),
+            "{text}"
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! ```text
 //! host (feather_vm::services)            in the VM (feather-svcd --client)      manager
 //!   argv: --client {Ask}          ──▶      protocol::Request               ──▶
-//!                                 ◀──  Line::Hello { version }
+//!                                 ◀──  Line::Hello { version }   (first, before the ask is read)
 //!                                 ◀──  Line::Answer { response }         ◀──  protocol::Response
 //!                                 ◀──  Line::Log { bytes } …  (logs; -f: until the host hangs up)
 //!                                 ◀──  Line::Failed { failure }  (the client could not ask)
@@ -94,6 +94,12 @@ pub enum Failure {
     /// The manager could not be reached or started, or the exchange with it failed.
     #[error("{message}")]
     Manager { message: String },
+    /// The ask is no [`Ask`] of the client's version (a host of another build; the host has
+    /// its hello, with that version, before this).
+    #[error(
+        "the service client (protocol version {version}) cannot read what it was asked: {problem}"
+    )]
+    UnreadableAsk { version: u32, problem: String },
     /// The unit's log could not be read.
     #[error("{path}: {message}")]
     Log { path: String, message: String },
