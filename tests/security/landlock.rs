@@ -57,9 +57,9 @@ fn fenced() -> Kind {
     }
 }
 
-/// The IPC probe's agent: `feather-keeper __ipcprobe …`, beside feather.
+/// The IPC probe's agent: `feather-probe __ipcprobe …`, beside feather.
 fn agent() -> std::path::PathBuf {
-    std::path::Path::new(Feather::bin()).with_file_name("feather-keeper")
+    std::path::Path::new(Feather::bin()).with_file_name("feather-probe")
 }
 
 fn try_from(pid: u32, name: &str, scoped: bool) -> Vec<Outcome> {

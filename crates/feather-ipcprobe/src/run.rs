@@ -13,10 +13,10 @@
 //!           listener entered into C as `feather exec` enters
 //! ```
 //! The probe is a library of the host: it creates, starts and removes VMs with
-//! feather_vm::lifecycle and starts agents in them with feather_vm::launch. The agent is a
-//! hidden subcommand of `feather-keeper` (crate::agent::SUBCOMMAND), and so is the keeper of
-//! the throw-away VM ([`THROWAWAY_SUBCOMMAND`]); the probe never runs the `feather` command
-//! line.
+//! feather_vm::lifecycle and starts agents in them with feather_vm::launch. The agent is the
+//! binary [`AGENT_PROGRAM`] (`feather-probe __ipcprobe`, crate::agent::SUBCOMMAND), which also
+//! keeps the throw-away VM ([`THROWAWAY_SUBCOMMAND`]); the probe never runs the `feather`
+//! command line.
 //! Every listener is stopped (stdin closed; killed after a timeout) before the next direction,
 //! and removes what it made; the VMs the probe made are removed at the end, also on failure.
 //!
@@ -44,8 +44,16 @@ use crate::agent::{Attempt, ClientPlan, Heard, Published, SOCKET_DIRS, SUBCOMMAN
 use crate::matrix::{Cell, Direction, Expect, Kind, Matrix, Outcome, Row};
 use crate::raw;
 
-/// The hidden subcommand of the agent's binary that runs a throw-away VM whose first program
-/// is the client (see [`throwaway_main`]).
+/// The agent's binary, installed beside `feather`.
+pub const AGENT_PROGRAM: &str = "feather-probe";
+
+/// Where [`AGENT_PROGRAM`] is: beside the running binary.
+pub fn agent_program() -> std::io::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name(AGENT_PROGRAM))
+}
+
+/// The subcommand of the agent's binary that runs a throw-away VM whose first program is the
+/// client (see [`throwaway_main`]).
 pub const THROWAWAY_SUBCOMMAND: &str = "__ipcprobe-throwaway";
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -62,7 +70,7 @@ fn fail(what: impl Into<String>) -> ProbeError {
 /// How to run the probe.
 #[derive(Clone, Debug)]
 pub struct ProbeSetup {
-    /// The agent's binary (`feather-keeper`, run as `feather-keeper __ipcprobe …`); it must be
+    /// The agent's binary ([`AGENT_PROGRAM`], run as `feather-probe __ipcprobe …`); it must be
     /// visible inside VMs at the same path (it is, under the default base `/`, unless it lives
     /// in feather's state folder).
     pub agent: PathBuf,

@@ -269,8 +269,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             markdown,
             label,
         }) => {
+            let agent = feather_ipcprobe::run::agent_program()?;
+            if !agent.exists() {
+                anyhow::bail!(
+                    "the IPC probe's agent {} is missing; install {} beside feather (cargo builds and installs it)",
+                    agent.display(),
+                    feather_ipcprobe::run::AGENT_PROGRAM
+                );
+            }
             let setup = feather_ipcprobe::run::ProbeSetup {
-                agent: feather_vm::keeper::program()?,
+                agent,
                 root: root_arg,
                 vm,
                 label,

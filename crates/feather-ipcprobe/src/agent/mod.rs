@@ -4,8 +4,8 @@
 //! The listener prints one JSON line describing its endpoints ([`Published`]), serves until
 //! its stdin closes (or [`LISTENER_LIFETIME`] passes), removes everything it made, and prints
 //! a second line with what it heard ([`Heard`]). The client prints one JSON line of
-//! [`Attempt`]s. Both are `feather-keeper`'s hidden [`SUBCOMMAND`], so that they run inside
-//! VMs exactly as any other program there does.
+//! [`Attempt`]s. Both are `feather-probe`'s [`SUBCOMMAND`], so that they run inside VMs exactly
+//! as any other program there does.
 //!
 //! Modules: [`shared`] (what both halves and the probe use), `listener`, `client` (with
 //! `kernel`, the machine-wide operations, and `bus`, D-Bus), `landlock`; this one only
@@ -28,11 +28,11 @@ pub use shared::{
     UNIX_KINDS,
 };
 
-/// The hidden subcommand of `feather-keeper` that runs the agent (a fresh process of a small
-/// binary, on the host and inside VMs).
+/// The subcommand of `feather-probe` (crate::run::AGENT_PROGRAM) that runs the agent, on the
+/// host and inside VMs.
 pub const SUBCOMMAND: &str = "__ipcprobe";
 
-/// `feather-keeper __ipcprobe listen --token T [--uevents] [--no-x11]` or `feather-keeper
+/// `feather-probe __ipcprobe listen --token T [--uevents] [--no-x11]` or `feather-probe
 /// __ipcprobe attempt PLAN`.
 pub fn main(args: &[String]) -> i32 {
     match args.first().map(String::as_str) {
@@ -52,7 +52,7 @@ pub fn main(args: &[String]) -> i32 {
                 ),
                 None => {
                     eprintln!(
-                        "feather-keeper __ipcprobe listen: --token needs 1-39 letters or digits"
+                        "feather-probe __ipcprobe listen: --token needs 1-39 letters or digits"
                     );
                     2
                 }
@@ -64,11 +64,11 @@ pub fn main(args: &[String]) -> i32 {
                 0
             }
             Some(Err(e)) => {
-                eprintln!("feather-keeper __ipcprobe attempt: bad plan: {e}");
+                eprintln!("feather-probe __ipcprobe attempt: bad plan: {e}");
                 2
             }
             None => {
-                eprintln!("feather-keeper __ipcprobe attempt: missing plan");
+                eprintln!("feather-probe __ipcprobe attempt: missing plan");
                 2
             }
         },
@@ -84,7 +84,7 @@ pub fn main(args: &[String]) -> i32 {
         }
         _ => {
             eprintln!(
-                "feather-keeper __ipcprobe: expected `listen` or `attempt` (used by `feather check ipc`)"
+                "feather-probe __ipcprobe: expected `listen` or `attempt` (used by `feather check ipc`)"
             );
             2
         }

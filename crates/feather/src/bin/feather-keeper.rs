@@ -10,8 +10,7 @@
 //! It is also the helper that work entering a VM's mount namespace runs as: a fresh
 //! single-threaded process, which the multi-threaded keeper cannot be. The shuttle broker runs
 //! `feather-keeper __shuttle-share PLAN` (hands a path of one VM to another) and
-//! `feather-keeper __dbus-proxy PLAN` (xdg-dbus-proxy, jailed); the IPC probe runs its agent
-//! as `feather-keeper __ipcprobe ARGS…` on the host and inside VMs. No feather process runs the
+//! `feather-keeper __dbus-proxy PLAN` (xdg-dbus-proxy, jailed). No feather process runs the
 //! `feather` command line.
 
 use std::process::ExitCode;
@@ -24,7 +23,7 @@ use feather_vm::keeper::KEEPER_SUBCOMMAND;
 const USAGE: &str = "feather-keeper keeps a running feather VM; `feather start VM` starts it \
     (usage: feather-keeper __keeper --state-dir DIR --run-dir DIR --ready-fd FD [--restore] \
     [--terminal TTY] NAME); its other subcommands are feather's helper processes \
-    (__shuttle-share, __dbus-proxy, __ipcprobe, __ipcprobe-throwaway)";
+    (__shuttle-share, __dbus-proxy)";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -35,12 +34,6 @@ fn main() -> ExitCode {
             Ok(transfer::helper_main(plan))
         }
         Some((command, [plan])) if command == dbus::JAIL_SUBCOMMAND => Ok(dbus::jail_main(plan)),
-        Some((command, rest)) if command == feather_ipcprobe::agent::SUBCOMMAND => {
-            Ok(feather_ipcprobe::agent::main(rest))
-        }
-        Some((command, rest)) if command == feather_ipcprobe::run::THROWAWAY_SUBCOMMAND => {
-            Ok(feather_ipcprobe::run::throwaway_main(rest))
-        }
         _ => Err(USAGE.to_owned()),
     };
     match code {
