@@ -659,8 +659,9 @@ mod tests {
 
     struct NoTags;
 
-    fn not_here(vm: &str) -> crate::peers::PeersError {
-        crate::peers::PeersError::StoppedAfterStart { vm: vm.to_owned() }
+    /// What a host without VMs answers.
+    fn not_here(what: &str) -> crate::peers::PeersError {
+        crate::peers::PeersError::host(std::io::Error::other(format!("no {what} here")))
     }
 
     impl Peers for NoTags {
