@@ -57,8 +57,13 @@ fn fenced() -> Kind {
     }
 }
 
+/// The IPC probe's agent: `feather-probe __ipcprobe …`, beside feather.
+fn agent() -> std::path::PathBuf {
+    std::path::Path::new(Feather::bin()).with_file_name("feather-probe")
+}
+
 fn try_from(pid: u32, name: &str, scoped: bool) -> Vec<Outcome> {
-    let mut command = Command::new(Feather::bin());
+    let mut command = Command::new(agent());
     command.args(["__ipcprobe", "landlock-try", &pid.to_string(), name]);
     if !scoped {
         command.arg("--unscoped");
@@ -71,7 +76,7 @@ fn try_from(pid: u32, name: &str, scoped: bool) -> Vec<Outcome> {
 #[test]
 fn sibling_landlock_domains_cannot_signal_or_reach_abstract_sockets() {
     let name = format!("fprobe-landlock-{}", std::process::id());
-    let mut child = Command::new(Feather::bin())
+    let mut child = Command::new(agent())
         .args(["__ipcprobe", "landlock-listen", &name])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -123,7 +128,7 @@ fn try_in_vm(feather: &Feather, vm: &str, pid: i32, name: &str) -> Vec<Outcome> 
         "exec",
         vm,
         "--",
-        Feather::bin(),
+        agent().to_str().unwrap(),
         "__ipcprobe",
         "landlock-try",
         &pid,
@@ -146,7 +151,7 @@ fn a_vm_is_one_landlock_domain_that_outside_processes_are_fenced_from() {
     // column of the IPC matrix.)
     let inside = format!("fprobe-ll-inside-{tag}");
     let mut command = feather.command();
-    command.args(["exec", "vm", "--", Feather::bin(), "__ipcprobe"]);
+    command.args(["exec", "vm", "--", agent().to_str().unwrap(), "__ipcprobe"]);
     command.args(["landlock-listen", &inside, "--unscoped"]);
     let (_inside_listener, inside_pid) = listener(command);
     let reached = try_in_vm(&feather, "vm", inside_pid, &inside);
@@ -158,7 +163,7 @@ fn a_vm_is_one_landlock_domain_that_outside_processes_are_fenced_from() {
 
     // The host's abstract socket, in the network namespace the VM shares.
     let host = format!("fprobe-ll-host-{tag}");
-    let mut command = Command::new(Feather::bin());
+    let mut command = Command::new(agent());
     command.args(["__ipcprobe", "landlock-listen", &host, "--unscoped"]);
     let (_host_listener, host_pid) = listener(command);
     let unscoped = try_from(host_pid as u32, &host, false);
@@ -182,7 +187,12 @@ fn a_vm_is_one_landlock_domain_that_outside_processes_are_fenced_from() {
     let intruder = format!("fprobe-ll-nsenter-{tag}");
     let mut command = Command::new("nsenter");
     command.args(["--target", &init_pid.to_string(), "--pid", "--"]);
-    command.args([Feather::bin(), "__ipcprobe", "landlock-listen", &intruder]);
+    command.args([
+        agent().to_str().unwrap(),
+        "__ipcprobe",
+        "landlock-listen",
+        &intruder,
+    ]);
     command.arg("--unscoped");
     let (_intruder_listener, intruder_pid) = listener(command);
     let from_vm = try_in_vm(&feather, "vm", intruder_pid, &intruder);

@@ -125,17 +125,26 @@ fn audit_escapes_what_a_vm_asked_for_and_json_keeps_it_exact() {
 
 #[test]
 fn service_commands_escape_what_the_vm_prints_for_them() {
-    // `feather service …` runs its client inside the VM, from the VM's own view of feather's
-    // binary: a VM's root may replace it with anything. Here it prints escape sequences and a
-    // line meant to hide the one before it.
+    // `feather service …` runs the service manager's client inside the VM, from the VM's own
+    // view of feather-svcd's binary: a VM's root may replace it with anything. Here it answers
+    // in the protocol with unit names and results holding escape sequences, a line meant to
+    // hide the one before it, and a bidi override; and, asked for a status, with no protocol
+    // at all.
     let feather = Feather::new("escape-service");
     let base = crate::support::ScratchBase::new("escape-service");
-    let client = base.file(Feather::bin().trim_start_matches('/'));
+    let svcd = std::path::Path::new(Feather::bin()).with_file_name("feather-svcd");
+    let client = base.file(svcd.to_str().unwrap().trim_start_matches('/'));
     fs::create_dir_all(client.parent().unwrap()).unwrap();
+    let unit = r#"{"name":"nginx failed\n\u001b[1A\u001b[2Knginx","state":"active","sub":"running\u001b]0;title\u0007","since_secs":1,"restarts":0,"ready":true,"result":"bidi \u202e ok","not_applied":[]}"#;
+    let answer = format!(r#"{{"line":"answer","response":{{"result":"list","units":[{unit}]}}}}"#);
     fs::write(
         &client,
-        "#!/bin/sh\nprintf 'nginx failed\\n\\033[1A\\033[2Knginx running\\n'\n\
-         printf 'bidi \\342\\200\\256 and \\033]0;title\\007 on stderr\\n' >&2\n",
+        format!(
+            "#!/bin/sh\ncase \"$4\" in\n*status*) printf 'nginx running\\033[2J\\n'; exit 0;;\nesac\n\
+             printf '%s\\n' '{{\"line\":\"hello\",\"version\":1}}'\n\
+             printf '%s\\n' '{answer}'\n\
+             printf 'bidi \\342\\200\\256 and \\033]0;title\\007 on stderr\\n' >&2\n"
+        ),
     )
     .unwrap();
     use std::os::unix::fs::PermissionsExt;
@@ -146,10 +155,21 @@ fn service_commands_escape_what_the_vm_prints_for_them() {
     assert_no_controls("service ls (stdout)", &shown.stdout);
     assert_no_controls("service ls (stderr)", &shown.stderr);
     assert!(
-        shown.stdout.contains("nginx failed\n") && shown.stdout.contains("\\x1b[1A"),
-        "every line shown, the sequences visible: {shown:?}"
+        shown.stdout.contains("nginx failed") && shown.stdout.contains("\\x1b[1A"),
+        "every name shown, the sequences visible: {shown:?}"
     );
-    // --json is for programs: exact, as the client printed it.
+    // --json is for programs: exact, as the client sent it (JSON's own escapes).
     let exact = feather.run(&["service", "ls", "vm", "--json"]);
-    assert!(exact.stdout.contains("\x1b[1A"), "{exact:?}");
+    let units: serde_json::Value = serde_json::from_str(&exact.stdout).unwrap();
+    assert_eq!(
+        units[0]["name"], "nginx failed\n\x1b[1A\x1b[2Knginx",
+        "{exact:?}"
+    );
+    // No protocol at all: refused, with what came named (escaped) and what was expected.
+    let refused = feather.run(&["service", "status", "vm", "nginx"]);
+    assert_no_controls("service status (stderr)", &refused.stderr);
+    assert!(
+        refused.stderr.contains("expected") && refused.stderr.contains("nginx running"),
+        "{refused:?}"
+    );
 }

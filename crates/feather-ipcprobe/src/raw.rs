@@ -281,28 +281,6 @@ pub fn userfaultfd() -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// Makes the caller a session leader whose controlling terminal is its stdin. For use
-/// between fork and exec (async-signal-safe calls only).
-pub fn take_stdin_as_controlling_terminal() -> std::io::Result<()> {
-    // SAFETY: setsid and ioctl are async-signal-safe and take plain integers.
-    unsafe {
-        if libc::setsid() < 0 || libc::ioctl(0, libc::TIOCSCTTY, 0) < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok(())
-}
-
-/// Runs `f` between fork and exec of `command`.
-pub fn before_exec(command: &mut std::process::Command, f: fn() -> std::io::Result<()>) {
-    use std::os::unix::process::CommandExt;
-    // SAFETY: the callers pass only functions that make async-signal-safe calls
-    // (take_stdin_as_controlling_terminal).
-    unsafe {
-        command.pre_exec(f);
-    }
-}
-
 /// openpty(3): a new terminal pair (master, slave) on the caller's devpts.
 pub fn open_pty() -> Result<(OwnedFd, OwnedFd), Errno> {
     let pty = nix::pty::openpty(None, None)?;

@@ -8,10 +8,15 @@
 //! VM→host   listener on the host (+ the lower one), client in A (with a host terminal as its
 //!           controlling terminal, and the machine-wide kernel operations)
 //! VM→VM     listener in A, client in B
-//! inside    listener in A, client in A (a separate `feather exec`)
+//! inside    listener in A, client in A (each started by A's init, as `feather exec` asks)
 //! init→exec a throw-away VM C whose first program (started by init) is the client, and a
-//!           listener entered into C by `feather exec`
+//!           listener entered into C as `feather exec` enters
 //! ```
+//! The probe is a library of the host: it creates, starts and removes VMs with
+//! feather_vm::lifecycle and starts agents in them with feather_vm::launch. The agent is the
+//! binary [`AGENT_PROGRAM`] (`feather-probe __ipcprobe`, crate::agent::SUBCOMMAND), which also
+//! keeps the throw-away VM ([`THROWAWAY_SUBCOMMAND`]); the probe never runs the `feather`
+//! command line.
 //! Every listener is stopped (stdin closed; killed after a timeout) before the next direction,
 //! and removes what it made; the VMs the probe made are removed at the end, also on failure.
 //!
@@ -20,20 +25,36 @@
 //! and is shown with its rule: with no rules the matrix is exactly the confinement's.
 
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader, Write};
+use std::fs::File;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::PathBuf;
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{self, Receiver};
 use std::time::{Duration, Instant};
 
+use feather_core::{Limits, NetMode, NetworkConfig, StateRoot, VmName};
 use feather_shuttle::policy::{Party, Policy, Request, Verdict};
+use feather_vm::lifecycle::{self, CreateOptions};
+use feather_vm::program::{launch, Launched};
+use feather_vm::workload::Workload;
+use nix::sys::signal::Signal;
 
-use crate::agent::{Attempt, ClientPlan, Heard, Published, SOCKET_DIRS};
+use crate::agent::{Attempt, ClientPlan, Heard, Published, SOCKET_DIRS, SUBCOMMAND};
 use crate::matrix::{Cell, Direction, Expect, Kind, Matrix, Outcome, Row};
 use crate::raw;
 
-/// The hidden `feather` subcommand that runs the probe's listener and client.
-pub const AGENT_SUBCOMMAND: &str = "__ipcprobe";
+/// The agent's binary, installed beside `feather`.
+pub const AGENT_PROGRAM: &str = "feather-probe";
+
+/// Where [`AGENT_PROGRAM`] is: beside the running binary.
+pub fn agent_program() -> std::io::Result<PathBuf> {
+    Ok(std::env::current_exe()?.with_file_name(AGENT_PROGRAM))
+}
+
+/// The subcommand of the agent's binary that runs a throw-away VM whose first program is the
+/// client (see [`throwaway_main`]).
+pub const THROWAWAY_SUBCOMMAND: &str = "__ipcprobe-throwaway";
 
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -49,9 +70,10 @@ fn fail(what: impl Into<String>) -> ProbeError {
 /// How to run the probe.
 #[derive(Clone, Debug)]
 pub struct ProbeSetup {
-    /// The `feather` executable; it must be visible inside VMs at the same path (it is, under
-    /// the default base `/`, unless it lives in feather's state folder).
-    pub feather: PathBuf,
+    /// The agent's binary ([`AGENT_PROGRAM`], run as `feather-probe __ipcprobe …`); it must be
+    /// visible inside VMs at the same path (it is, under the default base `/`, unless it lives
+    /// in feather's state folder).
+    pub agent: PathBuf,
     pub root: Option<PathBuf>,
     /// A running VM of the user's to probe as VM A; without it the probe makes its own.
     pub vm: Option<String>,
@@ -62,11 +84,13 @@ pub struct ProbeSetup {
 }
 
 impl ProbeSetup {
+    fn state_root(&self) -> StateRoot {
+        StateRoot::new(self.root.clone())
+    }
+
     /// The state root's folder, where its policy is.
     fn root_dir(&self) -> PathBuf {
-        self.root
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(feather_core::store::DEFAULT_STATE_DIR))
+        self.state_root().dir().to_path_buf()
     }
 
     /// VM `vm` as policy rules see it: its name and tags.
@@ -74,63 +98,152 @@ impl ProbeSetup {
         let tags = vm
             .parse()
             .ok()
-            .and_then(|name| {
-                feather_core::StateRoot::new(self.root.clone())
-                    .open(&name)
-                    .ok()
-            })
+            .and_then(|name| self.state_root().open(&name).ok())
             .and_then(|dir| dir.read_config().ok())
             .map(|config| config.tags)
             .unwrap_or_default();
         Party::vm(vm, &tags)
     }
 
-    fn feather(&self) -> Command {
-        let mut command = Command::new(&self.feather);
-        if let Some(root) = &self.root {
-            command.arg("--root").arg(root);
-        }
-        command
+    /// Creates VM `vm` as `feather create` does by default, and starts it.
+    fn create_and_start(&self, vm: &str) -> Result<(), ProbeError> {
+        let name = vm_name(vm)?;
+        let root = self.state_root();
+        lifecycle::create(&root, &name, &vm_options())
+            .map_err(|e| fail(format!("create {vm}: {e}")))?;
+        lifecycle::start(&root, &name).map_err(|e| fail(format!("start {vm}: {e}")))?;
+        Ok(())
     }
 
-    fn feather_ok(&self, args: &[&str]) -> Result<(), ProbeError> {
-        let output = self
-            .feather()
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| fail(format!("{}: {e}", self.feather.display())))?;
-        if output.status.success() {
-            Ok(())
-        } else {
-            Err(fail(format!(
-                "feather {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&output.stderr).trim()
-            )))
-        }
+    /// The agent's command line: `AGENT __ipcprobe ARGS…`.
+    fn agent_argv(&self, args: &[&str]) -> Vec<String> {
+        let mut argv = vec![self.agent.display().to_string(), SUBCOMMAND.to_owned()];
+        argv.extend(args.iter().map(|a| (*a).to_owned()));
+        argv
     }
 
-    /// The command that runs the agent in `place`: directly on the host, through `feather
-    /// exec` in a VM.
-    fn agent(&self, place: Option<&str>, token: Option<&str>) -> Command {
-        let mut command = match place {
-            None => Command::new(&self.feather),
-            Some(vm) => {
-                let mut c = self.feather();
-                c.arg("exec");
+    /// Starts the agent with `args` in `place`: a process of the host, or a program the VM's
+    /// init starts (as `feather exec` does), with `stdio` as its stdin, stdout and stderr.
+    fn agent(
+        &self,
+        place: Option<&str>,
+        token: Option<&str>,
+        args: &[&str],
+        stdio: [OwnedFd; 3],
+    ) -> Result<Agent, ProbeError> {
+        let argv = self.agent_argv(args);
+        let where_ = place.unwrap_or("the host");
+        match place {
+            None => {
+                let [stdin, stdout, stderr] = stdio;
+                let mut command = Command::new(&argv[0]);
+                command
+                    .args(&argv[1..])
+                    .stdin(stdin)
+                    .stdout(stdout)
+                    .stderr(stderr);
                 if let Some(token) = token {
-                    c.arg("-e").arg(format!("FPROBE_TOKEN={token}"));
+                    command.env("FPROBE_TOKEN", token);
                 }
-                c.arg(vm).arg("--").arg(&self.feather);
-                c
+                command
+                    .spawn()
+                    .map(Agent::Host)
+                    .map_err(|e| fail(format!("cannot start the agent on {where_}: {e}")))
             }
-        };
-        if let Some(token) = token {
-            command.env("FPROBE_TOKEN", token);
+            Some(vm) => {
+                let workload = Workload {
+                    argv,
+                    env: token
+                        .map(|t| ("FPROBE_TOKEN".to_owned(), t.to_owned()))
+                        .into_iter()
+                        .collect(),
+                    ..Workload::default()
+                };
+                launch(&self.state_root(), &vm_name(vm)?, &workload, stdio)
+                    .map(Agent::Vm)
+                    .map_err(|e| fail(format!("cannot start the agent in VM {vm}: {e}")))
+            }
         }
-        command.arg(AGENT_SUBCOMMAND);
-        command
+    }
+}
+
+fn vm_name(vm: &str) -> Result<VmName, ProbeError> {
+    vm.parse().map_err(|e| fail(format!("{vm}: {e}")))
+}
+
+/// What `feather create` makes by default: a private network, the default process limit.
+fn vm_options() -> CreateOptions {
+    CreateOptions {
+        limits: Limits {
+            pids: Some(Limits::DEFAULT_PIDS),
+            ..Limits::default()
+        },
+        network: NetworkConfig {
+            mode: NetMode::Private,
+            ..NetworkConfig::default()
+        },
+        ..CreateOptions::default()
+    }
+}
+
+/// A pipe: (read end, write end).
+fn pipe() -> Result<(OwnedFd, OwnedFd), ProbeError> {
+    std::io::pipe()
+        .map(|(read, write)| (read.into(), write.into()))
+        .map_err(|e| fail(format!("pipe: {e}")))
+}
+
+/// This process's stderr, for an agent whose errors go where the probe's go.
+fn own_stderr() -> Result<OwnedFd, ProbeError> {
+    std::io::stderr()
+        .as_fd()
+        .try_clone_to_owned()
+        .map_err(|e| fail(format!("stderr: {e}")))
+}
+
+/// An agent process: on the host, or in a VM.
+enum Agent {
+    Host(Child),
+    Vm(Launched),
+}
+
+impl Agent {
+    /// Its exit code once it ended (`None` while it runs; 125 if its VM went away).
+    fn try_wait(&mut self) -> Option<i32> {
+        match self {
+            Agent::Host(child) => match child.try_wait() {
+                Ok(Some(status)) => Some(status.code().unwrap_or(128)),
+                Ok(None) => None,
+                Err(_) => Some(125),
+            },
+            Agent::Vm(launched) => launched.try_wait().unwrap_or(Some(125)),
+        }
+    }
+
+    /// Waits at most `timeout` for its end; then kills it.
+    fn wait_or_kill(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(code) = self.try_wait() {
+                return Some(code);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+        None
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Agent::Host(child) => {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+            Agent::Vm(launched) => {
+                let _ = launched.signal(Signal::SIGKILL);
+                let _ = launched.wait();
+            }
+        }
     }
 }
 
@@ -142,16 +255,19 @@ struct TemporaryVms<'a> {
 
 impl Drop for TemporaryVms<'_> {
     fn drop(&mut self) {
+        let root = self.setup.state_root();
         for name in &self.names {
-            let _ = self.setup.feather_ok(&["rm", "--force", name]);
+            if let Ok(name) = name.parse() {
+                let _ = lifecycle::remove(&root, &name, true);
+            }
         }
     }
 }
 
 /// A running listener; stopped (and killed if need be) on drop.
 struct Listener {
-    child: Child,
-    stdin: Option<ChildStdin>,
+    agent: Agent,
+    stdin: Option<OwnedFd>,
     lines: Receiver<String>,
     published: Published,
 }
@@ -163,30 +279,30 @@ impl Listener {
         token: &str,
         extra: &[&str],
     ) -> Result<Listener, ProbeError> {
-        let mut command = setup.agent(place, Some(token));
-        command.args(["listen", "--token", token]).args(extra);
-        let mut child = command
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| fail(format!("cannot start a listener: {e}")))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| fail("listener without stdout"))?;
+        let (stdin_read, stdin_write) = pipe()?;
+        let (stdout_read, stdout_write) = pipe()?;
+        let mut args = vec!["listen", "--token", token];
+        args.extend(extra);
+        let agent = setup.agent(
+            place,
+            Some(token),
+            &args,
+            [stdin_read, stdout_write, own_stderr()?],
+        )?;
         let (sender, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            for line in BufReader::new(File::from(stdout_read))
+                .lines()
+                .map_while(Result::ok)
+            {
                 if sender.send(line).is_err() {
                     break;
                 }
             }
         });
-        let stdin = child.stdin.take();
         let mut listener = Listener {
-            child,
-            stdin,
+            agent,
+            stdin: Some(stdin_write),
             lines,
             published: Published::default(),
         };
@@ -197,7 +313,7 @@ impl Listener {
             .map_err(|_| {
                 fail(format!(
                     "the listener in {where_} did not start (its error is above); in a VM it runs {} from the host's path",
-                    setup.feather.display()
+                    setup.agent.display()
                 ))
             })?;
         listener.published = serde_json::from_str(&line)
@@ -219,16 +335,17 @@ impl Listener {
 impl Drop for Listener {
     fn drop(&mut self) {
         drop(self.stdin.take());
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.agent.wait_or_kill(Duration::from_secs(5));
     }
+}
+
+/// Reads `from` to its end on a thread of its own.
+fn read_all(from: OwnedFd) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = File::from(from).read_to_end(&mut bytes);
+        bytes
+    })
 }
 
 /// Runs a client in `place` and returns its attempts.
@@ -238,65 +355,55 @@ fn client(
     plan: &ClientPlan,
     with_terminal: bool,
 ) -> Result<Vec<Attempt>, ProbeError> {
-    let mut command = setup.agent(place, None);
     let json = serde_json::to_string(plan).map_err(|e| fail(e.to_string()))?;
-    command
-        .arg("attempt")
-        .arg(json)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    // A host terminal as the client's controlling terminal: the TIOCSTI cell is then the real
-    // attack (typing into the terminal of the user who ran `feather exec`).
-    let _master = if with_terminal {
+    let (stdout_read, stdout_write) = pipe()?;
+    let (stderr_read, stderr_write) = pipe()?;
+    // A host terminal as what stands for the client's stdin: the TIOCSTI cell is then the real
+    // attack (typing into the terminal of whoever runs the client in the VM). The program in
+    // the VM gets a pipe from the relay, never the terminal.
+    let (_master, stdin) = if with_terminal {
         let (master, slave) = raw::open_pty().map_err(|e| fail(format!("openpty: {e}")))?;
-        command.stdin(Stdio::from(slave));
-        raw::before_exec(&mut command, raw::take_stdin_as_controlling_terminal);
-        Some(master)
+        (Some(master), slave)
     } else {
-        command.stdin(Stdio::null());
-        None
+        let (empty, _) = pipe()?;
+        (None, empty)
     };
-    let child = command
-        .spawn()
-        .map_err(|e| fail(format!("cannot start a client: {e}")))?;
-    let pid = child.id();
-    let (sender, result) = mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = sender.send(child.wait_with_output());
-    });
+    let mut agent = setup.agent(
+        place,
+        None,
+        &["attempt", &json],
+        [stdin, stdout_write, stderr_write],
+    )?;
+    let (stdout, stderr) = (read_all(stdout_read), read_all(stderr_read));
     let where_ = place.unwrap_or("the host");
-    let output = match result.recv_timeout(CLIENT_TIMEOUT) {
-        Ok(output) => output.map_err(|e| fail(e.to_string()))?,
-        Err(_) => {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-            return Err(fail(format!(
-                "the client in {where_} did not finish in {} s",
-                CLIENT_TIMEOUT.as_secs()
-            )));
-        }
-    };
-    let stdout = String::from_utf8_lossy(&output.stdout);
+    if agent.wait_or_kill(CLIENT_TIMEOUT).is_none() {
+        return Err(fail(format!(
+            "the client in {where_} did not finish in {} s",
+            CLIENT_TIMEOUT.as_secs()
+        )));
+    }
+    let stdout = String::from_utf8_lossy(&stdout.join().unwrap_or_default()).into_owned();
     serde_json::from_str(stdout.trim()).map_err(|e| {
         fail(format!(
             "the client in {where_} failed ({e}): {}{}",
             stdout.trim(),
-            String::from_utf8_lossy(&output.stderr).trim()
+            String::from_utf8_lossy(&stderr.join().unwrap_or_default()).trim()
         ))
     })
 }
 
 /// Runs a client as the first program of a throw-away VM (so init starts it), and a listener
-/// entered into that VM by `feather exec`; the client gets its plan on stdin once the
-/// listener is up.
+/// entered into that VM as `feather exec` enters; the client gets its plan on stdin once the
+/// listener is up. The throw-away VM is kept by a fresh process of the agent's binary
+/// ([`THROWAWAY_SUBCOMMAND`]): a VM's keeper clones its init, which only a single-threaded
+/// process may do.
 fn init_to_exec(setup: &ProbeSetup, vm: &str, token: &str) -> Result<Vec<Attempt>, ProbeError> {
-    let mut runner = setup
-        .feather()
-        .args(["run", "--rm", vm, "--"])
-        .arg(&setup.feather)
-        .args([AGENT_SUBCOMMAND, "attempt", "-"])
+    let root = setup.state_root();
+    let mut runner = Command::new(&setup.agent)
+        .arg(THROWAWAY_SUBCOMMAND)
+        .arg(root.dir())
+        .arg(root.run_dir())
+        .arg(vm)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -314,7 +421,7 @@ fn init_to_exec(setup: &ProbeSetup, vm: &str, token: &str) -> Result<Vec<Attempt
             nix::sys::signal::Signal::SIGKILL,
         );
     };
-    // The VM is up once `feather exec` can enter it.
+    // The VM is up once the agent runs in it.
     let deadline = Instant::now() + START_TIMEOUT;
     while check_agent_runs_in(setup, vm).is_err() {
         if Instant::now() > deadline {
@@ -358,6 +465,45 @@ fn init_to_exec(setup: &ProbeSetup, vm: &str, token: &str) -> Result<Vec<Attempt
         ))
     })?;
     Ok(merge(attempts, &heard))
+}
+
+/// `AGENT __ipcprobe-throwaway STATE_DIR RUN_DIR VM`: a throw-away VM whose first program is
+/// the agent's client (its plan on stdin), kept by this process until the client ends; as
+/// `feather run --rm` does. Returns the client's exit status.
+pub fn throwaway_main(args: &[String]) -> i32 {
+    let [state_dir, run_dir, vm] = args else {
+        eprintln!("usage: {THROWAWAY_SUBCOMMAND} STATE_DIR RUN_DIR VM");
+        return 2;
+    };
+    let Ok(agent) = std::env::current_exe() else {
+        eprintln!("{THROWAWAY_SUBCOMMAND}: cannot find the agent's binary");
+        return 125;
+    };
+    let root = StateRoot::with_dirs(state_dir.into(), run_dir.into());
+    let name = match vm_name(vm) {
+        Ok(name) => name,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    let workload = Workload {
+        argv: vec![
+            agent.display().to_string(),
+            SUBCOMMAND.to_owned(),
+            "attempt".to_owned(),
+            "-".to_owned(),
+        ],
+        ..Workload::default()
+    };
+    let peers = std::sync::Arc::new(feather_vm::peers::RootPeers::new(&root));
+    match lifecycle::run_ephemeral(&root, &name, &vm_options(), workload, peers) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{THROWAWAY_SUBCOMMAND}: {e}");
+            125
+        }
+    }
 }
 
 /// Channels whose outcome is the listener's report, not the client's.
@@ -431,21 +577,26 @@ pub fn group_of(channel: &str) -> &'static str {
 
 /// Checks, before anything is made, that `vm` runs and shows the probe's binary.
 fn check_agent_runs_in(setup: &ProbeSetup, vm: &str) -> Result<(), ProbeError> {
-    let output = setup
-        .agent(Some(vm), None)
-        .arg("ping")
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| fail(format!("{}: {e}", setup.feather.display())))?;
-    if output.status.success() {
-        return Ok(());
-    }
+    let (stderr_read, stderr_write) = pipe()?;
+    let (stdin, _) = pipe()?;
+    let (_, stdout) = pipe()?;
+    let ran = setup
+        .agent(Some(vm), None, &["ping"], [stdin, stdout, stderr_write])
+        .map(|mut agent| {
+            let stderr = read_all(stderr_read);
+            let code = agent.wait_or_kill(START_TIMEOUT);
+            (code, stderr.join().unwrap_or_default())
+        });
+    let why = match ran {
+        Ok((Some(0), _)) => return Ok(()),
+        Ok((_, stderr)) => String::from_utf8_lossy(&stderr).trim().to_owned(),
+        Err(e) => e.to_string(),
+    };
     Err(fail(format!(
-        "cannot run the probe in VM {vm}: {} — the probe runs {} inside the VM, so the VM must be \
-         running and its base must show that file at the same path (the default base / does, \
+        "cannot run the probe in VM {vm}: {why} — the probe runs {} inside the VM, so the VM must \
+         be running and its base must show that file at the same path (the default base / does, \
          unless the file is under feather's state folder)",
-        String::from_utf8_lossy(&output.stderr).trim(),
-        setup.feather.display()
+        setup.agent.display()
     )))
 }
 
@@ -520,16 +671,14 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
         }
         None => {
             let name = format!("ipcprobe-a-{label}");
-            setup.feather_ok(&["create", &name])?;
             vms.names.push(name.clone());
-            setup.feather_ok(&["start", &name])?;
+            setup.create_and_start(&name)?;
             name
         }
     };
     let b = format!("ipcprobe-b-{label}");
-    setup.feather_ok(&["create", &b])?;
     vms.names.push(b.clone());
-    setup.feather_ok(&["start", &b])?;
+    setup.create_and_start(&b)?;
 
     let policy = Policy::load(&setup.root_dir()).map_err(|e| fail(e.to_string()))?;
     let (party_a, party_b) = (setup.party(&a), setup.party(&b));
@@ -703,11 +852,4 @@ fn assemble(
             });
     rows.sort_by_key(|r| order.iter().position(|g| *g == r.group));
     Matrix { rows, notes }
-}
-
-/// Writes `text` and a newline to stdout, for the agent.
-pub fn print_line(text: &str) {
-    let mut out = std::io::stdout();
-    let _ = writeln!(out, "{text}");
-    let _ = out.flush();
 }

@@ -589,7 +589,8 @@ fn reach<T>(
     let attempt = || -> Result<(T, Holder), String> {
         let pid = shared
             .peers
-            .init_pid(vm)?
+            .init_pid(vm)
+            .map_err(|e| e.to_string())?
             .ok_or_else(|| format!("VM {vm} is not running"))?;
         connect(Holder::Vm(pid))
             .map(|t| (t, Holder::Vm(pid)))
@@ -658,15 +659,20 @@ mod tests {
 
     struct NoTags;
 
+    /// What a host without VMs answers.
+    fn not_here(what: &str) -> crate::peers::PeersError {
+        crate::peers::PeersError::host(std::io::Error::other(format!("no {what} here")))
+    }
+
     impl Peers for NoTags {
-        fn init_pid(&self, _: &str) -> Result<Option<i32>, String> {
+        fn init_pid(&self, _: &str) -> Result<Option<i32>, crate::peers::PeersError> {
             Ok(None)
         }
-        fn start(&self, vm: &str) -> Result<i32, String> {
-            Err(format!("{vm} is not startable here"))
+        fn start(&self, vm: &str) -> Result<i32, crate::peers::PeersError> {
+            Err(not_here(vm))
         }
-        fn start_service(&self, vm: &str, _: &str) -> Result<(), String> {
-            Err(format!("{vm} is not startable here"))
+        fn start_service(&self, vm: &str, _: &str) -> Result<(), crate::peers::PeersError> {
+            Err(not_here(vm))
         }
         fn tags(&self, _: &str) -> Vec<String> {
             Vec::new()
@@ -677,11 +683,14 @@ mod tests {
             _: &[String],
             _: u32,
             _: [std::os::fd::OwnedFd; 3],
-        ) -> Result<std::process::Child, String> {
-            Err(format!("{vm} runs nothing here"))
+        ) -> Result<std::sync::Arc<dyn crate::peers::Running>, crate::peers::PeersError> {
+            Err(not_here(vm))
         }
-        fn helper(&self, subcommand: &str) -> Result<std::process::Command, String> {
-            Err(format!("no {subcommand} here"))
+        fn helper(
+            &self,
+            subcommand: &str,
+        ) -> Result<std::process::Command, crate::peers::PeersError> {
+            Err(not_here(subcommand))
         }
     }
 

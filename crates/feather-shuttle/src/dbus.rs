@@ -32,7 +32,8 @@ use crate::endpoint::{self, Holder};
 /// The proxy program (Debian's package xdg-dbus-proxy).
 pub const PROXY: &str = "xdg-dbus-proxy";
 
-/// The hidden subcommand of the `feather` binary that confines and runs a proxy.
+/// The hidden subcommand of the helper binary (`feather-keeper`, Peers::helper) that confines and
+/// runs a proxy.
 pub const JAIL_SUBCOMMAND: &str = "__dbus-proxy";
 
 /// A proxy runs as its client (uid, gid, groups): the bus sees who is asking, and libdbus
@@ -235,7 +236,7 @@ pub struct Jail {
     args: Vec<String>,
 }
 
-/// The jail's main (`feather __dbus-proxy PLAN`, run by the broker as root, single-threaded):
+/// The jail's main (`feather-keeper __dbus-proxy PLAN`, run by the broker as root, single-threaded):
 /// new pid, IPC, network and mount namespaces; in the child that is pid 1 there, a root of
 /// `/usr` (read-only), `/listen` and a `/proc` of that pid namespace only; every capability
 /// dropped, the proxy's own uid and gid and no groups, no_new_privs, the VMs' seccomp filter;

@@ -6,7 +6,7 @@
 //! feather-open (in VM A) ── /run/feather/shuttle.sock (SOCK_SEQPACKET, in A's /run) ──▶ broker
 //!   Open { app, vm, args, cwd } ──▶  gate: invoke APP A→B; per path, files PATH A→B
 //!                                    hand the paths over (see transfer), start B on demand,
-//!                                    `feather exec B -- COMMAND REWRITTEN-ARGS` on three pipes
+//!                                    run COMMAND REWRITTEN-ARGS in B (Peers::run) on three pipes
 //!   ◀── Started { argv } + the pipes' other ends (stdin, stdout, stderr)
 //!   ◀── Exited { code }  (then the hand-over mounts are gone)
 //!   or ◀── Refused { why }  |  Failed { why }
@@ -15,11 +15,10 @@
 //! The program's output comes back through the pipes: no descriptor of the requester, its
 //! terminal least of all, ever reaches the target VM.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::Path;
-use std::process::Child;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -28,7 +27,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, pthread_sigmask, SigSet, SigmaskHow, Signal};
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 use nix::sys::socket::{
     connect, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
     UnixAddr,
@@ -40,7 +39,7 @@ use serde::{Deserialize, Serialize};
 use crate::audit::Outcome;
 use crate::broker::VmSide;
 use crate::gate::{Gate, Refusal};
-use crate::peers::Peers;
+use crate::peers::{Peers, Running};
 use crate::policy::{Decision, Kind, Party, Request, Rule, Verdict};
 use crate::transfer::{self, Found, Go, Helper, Plan};
 
@@ -102,15 +101,18 @@ pub struct Invocations {
     /// Closing it tells the listening thread to stop.
     stop: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
-    running: Arc<Mutex<HashSet<i32>>>,
+    running: RunningPrograms,
 }
+
+/// The programs started for a VM's requests, by a number of their own.
+type RunningPrograms = Arc<Mutex<HashMap<u64, Arc<dyn Running>>>>;
 
 /// What every connection's thread shares.
 struct Context {
     side: Arc<VmSide>,
     gate: Arc<Gate>,
     peers: Arc<dyn Peers>,
-    running: Arc<Mutex<HashSet<i32>>>,
+    running: RunningPrograms,
     in_flight: AtomicUsize,
     /// The start time of the VM's init, taken while the keeper holds it as its child.
     source_ticks: Option<u64>,
@@ -148,7 +150,7 @@ impl Invocations {
             .map_err(|why| format!("VM {}: cannot open {SOCKET_IN_VM}: {why}", side.name))?;
         let (stop_read, stop_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
             .map_err(|e| format!("VM {}: pipe: {e}", side.name))?;
-        let running = Arc::new(Mutex::new(HashSet::new()));
+        let running: RunningPrograms = Arc::new(Mutex::new(HashMap::new()));
         let source_ticks = init_ticks(side.init_pid);
         let context = Arc::new(Context {
             side,
@@ -182,15 +184,14 @@ impl Drop for Invocations {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // The VM ends: so do the programs it asked for (each `feather exec` passes the
-        // signal on to its program).
-        for pid in self
+        // The VM ends: so do the programs it asked for.
+        for program in self
             .running
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .iter()
+            .values()
         {
-            let _ = kill(Pid::from_raw(*pid), Signal::SIGTERM);
+            let _ = program.signal(Signal::SIGTERM);
         }
     }
 }
@@ -403,7 +404,7 @@ fn invoke(
         let command = context
             .peers
             .helper(transfer::HELPER_SUBCOMMAND)
-            .map_err(|why| Stop::Failed(fail(why)))?;
+            .map_err(|why| Stop::Failed(fail(why.to_string())))?;
         let plan = Plan {
             source_pid: context.side.init_pid,
             source_ticks: context.source_ticks,
@@ -596,15 +597,16 @@ fn run(
     let (stdin_read, stdin_write) = pipe()?;
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
-    let mut child = context
+    let program = context
         .peers
-        .run(vm, argv, uid, [stdin_read, stdout_write, stderr_write])?;
-    let pid = child.id() as i32;
+        .run(vm, argv, uid, [stdin_read, stdout_write, stderr_write])
+        .map_err(|e| e.to_string())?;
+    let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     context
         .running
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .insert(pid);
+        .insert(id, program.clone());
     let started = Answer::Started {
         vm: vm.to_owned(),
         argv: argv.to_vec(),
@@ -620,51 +622,44 @@ fn run(
     );
     drop((stdin_write, stdout_read, stderr_read));
     if sent.is_err() {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+        let _ = program.signal(Signal::SIGTERM);
     }
-    let code = wait(&mut child, connection);
+    let code = wait(program.as_ref(), connection);
     context
         .running
         .lock()
         .unwrap_or_else(|e| e.into_inner())
-        .remove(&pid);
+        .remove(&id);
     Ok(code)
 }
 
-/// Waits for `child`; if the requester hangs up first, the program is ended: SIGTERM, which
-/// `feather exec` passes on, then SIGKILL to `feather exec` after [`HANG_UP_GRACE`] (its
-/// connection to the target's init closes, and init hangs the program up).
-fn wait(child: &mut Child, connection: &OwnedFd) -> i32 {
-    let pid = Pid::from_raw(child.id() as i32);
+/// Waits for `program`; if the requester hangs up first, the program is ended: SIGTERM, then
+/// SIGKILL after [`HANG_UP_GRACE`].
+fn wait(program: &dyn Running, connection: &OwnedFd) -> i32 {
     let mut hung_up: Option<Instant> = None;
     loop {
-        if let Ok(Some(status)) = child.try_wait() {
-            return exit_code(status);
+        match program.try_wait() {
+            Ok(Some(code)) => return code,
+            Ok(None) => {}
+            // Its VM went away: the end of the program too.
+            Err(_) => return EXIT_FAILED,
         }
         match hung_up {
             None => {
                 let mut fds = [PollFd::new(connection.as_fd(), PollFlags::POLLIN)];
                 if poll(&mut fds, PollTimeout::from(50u16)).unwrap_or(0) > 0 {
                     hung_up = Some(Instant::now());
-                    let _ = kill(pid, Signal::SIGTERM);
+                    let _ = program.signal(Signal::SIGTERM);
                 }
             }
             Some(at) => {
                 if at.elapsed() > HANG_UP_GRACE {
-                    let _ = kill(pid, Signal::SIGKILL);
+                    let _ = program.signal(Signal::SIGKILL);
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
     }
-}
-
-fn exit_code(status: std::process::ExitStatus) -> i32 {
-    use std::os::unix::process::ExitStatusExt;
-    status
-        .code()
-        .or_else(|| status.signal().map(|signal| 128 + signal))
-        .unwrap_or(EXIT_FAILED)
 }
 
 fn is_app_name(app: &str) -> bool {

@@ -6,7 +6,7 @@
 //! mount API, never copied, so with `mode=rw` the target's writes land in the source's file.
 //!
 //! ```text
-//! broker (keeper, multi-threaded)              share helper (`feather __shuttle-share PLAN`)
+//! broker (keeper, multi-threaded)              share helper (`feather-keeper __shuttle-share PLAN`)
 //!   gate: files PATH (as written) ──────────▶   in the host's mount namespace:
 //!                                                 openat2(/proc/<source init>/root, PATH,
 //!                                                   RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
@@ -47,7 +47,8 @@ use crate::raw;
 /// Where handed-over files appear in a target VM: `<this>/<id>/<basename>`.
 pub const SHARED_IN_VM: &str = "/run/feather/shared";
 
-/// The hidden subcommand of the `feather` binary that runs the share helper.
+/// The hidden subcommand of the helper binary (`feather-keeper`, Peers::helper) that runs the
+/// share helper.
 pub const HELPER_SUBCOMMAND: &str = "__shuttle-share";
 
 /// The absolute path an argument names in the source, from the source's working folder

@@ -10,8 +10,11 @@
 //! - [`calendar`]: `OnCalendar=` events of timer units
 //! - [`catalog`]: the host's services and whether each can be duplicated
 //! - [`conditions`]: `Condition*=`/`Assert*=`, checked when a unit starts
-//! - [`manager`]: the in-VM service manager and its client: [`manager::protocol`] (a versioned
-//!   hello, then one typed request and one typed response), and the supervisor, whose decisions
+//! - [`manager`]: the in-VM service manager and its client: [`manager::protocol`] (client ↔
+//!   manager: a versioned hello, then one typed request and one typed response),
+//!   [`manager::client_protocol`] (host ↔ client: one typed ask, typed JSON lines back, read by
+//!   the host as hostile input), [`manager::client`] (`feather-svcd --client`), and the
+//!   supervisor, whose decisions
 //!   (start and stop order, readiness by `Type=`, `Restart=`, start limits, `KillMode=`, timers)
 //!   are pure functions in `manager/supervisor/decide.rs`, unit-tested without root
 //! - [`state`]: empty state for a service (`--fresh-state`): its data folders and initialiser

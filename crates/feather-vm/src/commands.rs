@@ -81,6 +81,10 @@ pub enum CommandError {
     NoSocket(#[source] feather_sys::SysError),
     #[error("{STOPPING}: its descriptor {COMMAND_FD} {what}")]
     NotTheSocket { what: &'static str },
+    #[error("cannot start a thread to enter the VM's network namespace")]
+    Thread(#[source] std::io::Error),
+    #[error("the thread that entered the VM's network namespace panicked")]
+    ThreadPanicked,
     #[error("exec protocol version {received}, where this VM's init speaks {expected} (the VM was started by another build of feather: restart it, or use that build's feather exec)")]
     Version { expected: u32, received: u32 },
 }

@@ -28,22 +28,6 @@ pub use crate::workload::EXIT_CANNOT_EXEC;
 /// VM's network namespace (and, with `tty`, its mount namespace): call this last, or from a
 /// child process.
 pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> Result<i32> {
-    run_in_vm(root, name, workload, tty, false)
-}
-
-/// [`exec`] without a terminal, for a program whose output feather shows as its own (the
-/// service commands' client): its output is escaped line by line, since a VM wrote it.
-pub fn exec_escaping_output(root: &StateRoot, name: &VmName, workload: &Workload) -> Result<i32> {
-    run_in_vm(root, name, workload, false, true)
-}
-
-fn run_in_vm(
-    root: &StateRoot,
-    name: &VmName,
-    workload: &Workload,
-    tty: bool,
-    escape_output: bool,
-) -> Result<i32> {
     let vm = root.open(name)?;
     let state = vm.read_state()?;
     let (VmStatus::Running, Some(init_pid)) = (state.status, state.init_pid) else {
@@ -84,11 +68,6 @@ fn run_in_vm(
         None => {
             let (ends, relay) = crate::relay::pipes()
                 .map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
-            let relay = if escape_output {
-                relay.escaping_output()
-            } else {
-                relay
-            };
             (Streams::Pipes(relay), Vec::from(ends))
         }
     };

@@ -5,6 +5,9 @@
 //! - [`lifecycle`]: create, start, stop, rm, and the throw-away `run --rm`; [`options`]: a new VM's options as a person writes them
 //! - [`checkpoint`]: `feather checkpoint` and `restore`; [`migration`]: `migrate` and `serve`
 //! - [`exec`] (with [`relay`]): entering a running VM
+//! - [`services`]: starting a VM with its services, and one request to its service manager
+//! - [`program`]: a program started in a running VM with stdio its caller gives, from any
+//!   thread (the broker's invocations, the service manager's client)
 //! - [`diff`] and [`commit`]: what a VM changed, applying it, dropping it
 //! - [`inspect`]: what a VM is and holds, for `ls`, `ps` and `inspect`
 //! - [`hiding`]: keeping every state root out of every running VM's view
@@ -49,9 +52,11 @@ pub mod lifecycle;
 pub mod migration;
 pub mod options;
 pub mod peers;
+pub mod program;
 pub mod protocol;
 pub mod relay;
 pub mod rootfs;
+pub mod services;
 pub mod snapshot;
 pub mod workload;
 

@@ -9,6 +9,9 @@
 //! caller's stdout ◀─write── relay ◀──read─── pipe ◀── program's stdout
 //! caller's stderr ◀─write── relay ◀──read─── pipe ◀── program's stderr
 //! ```
+//!
+//! A caller that runs programs for others (crate::program) gives the three descriptors that
+//! stand for its own ([`Relay::with_caller_stdio`]).
 
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
@@ -50,7 +53,7 @@ pub fn pipes() -> nix::Result<(VmEnds, Relay)> {
         caller_stdin_open: true,
         pending: Vec::new(),
         outputs: [Some(stdout_read), Some(stderr_read)],
-        escaping: None,
+        given: None,
     };
     Ok(([stdin_read, stdout_write, stderr_write], relay))
 }
@@ -65,12 +68,10 @@ pub struct Relay {
     pending: Vec<u8>,
     /// The read ends of the program's stdout and stderr; `None` once at their end.
     outputs: [Option<OwnedFd>; 2],
-    /// With [`Relay::escaping_output`]: each output's unfinished last line.
-    escaping: Option<[Vec<u8>; 2]>,
+    /// With [`Relay::with_caller_stdio`]: the stdin, stdout and stderr that stand for the
+    /// caller's own.
+    given: Option<[OwnedFd; 3]>,
 }
-
-/// The longest line held back for escaping before it is shown unfinished.
-const LONGEST_LINE: usize = 64 * 1024;
 
 /// What one polled descriptor of a [`Relay`] is.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -82,19 +83,29 @@ pub enum Slot {
 }
 
 impl Relay {
-    /// Shows the program's output line by line with every character a terminal would act on
-    /// escaped (`feather_core::display`), for output feather presents as its own although a
-    /// VM wrote it (`feather service logs` runs its client inside the VM).
-    pub fn escaping_output(mut self) -> Relay {
-        self.escaping = Some([Vec::new(), Vec::new()]);
+    /// Copies between the program and `stdio` (stdin, stdout, stderr) instead of the caller's
+    /// own: for a caller that runs programs for others (the shuttle broker in a keeper).
+    pub fn with_caller_stdio(mut self, stdio: [OwnedFd; 3]) -> Relay {
+        self.given = Some(stdio);
         self
+    }
+
+    /// The caller's stdin (0), stdout (1) or stderr (2), or what stands for it.
+    fn caller(&self, fd: i32) -> BorrowedFd<'_> {
+        match (&self.given, usize::try_from(fd)) {
+            (Some(given), Ok(index)) if index < given.len() => given[index].as_fd(),
+            _ => standard(fd),
+        }
     }
 
     /// The descriptors to poll now, each with what it is.
     pub fn poll_fds(&self) -> Vec<(Slot, PollFd<'_>)> {
         let mut fds = Vec::with_capacity(4);
         if self.wants_caller_stdin() {
-            fds.push((Slot::CallerStdin, PollFd::new(caller(0), PollFlags::POLLIN)));
+            fds.push((
+                Slot::CallerStdin,
+                PollFd::new(self.caller(0), PollFlags::POLLIN),
+            ));
         }
         if let Some(stdin) = &self.stdin {
             // With nothing to write, the program's stdin is polled for no event: its POLLERR
@@ -224,7 +235,7 @@ impl Relay {
 
     fn read_caller_stdin(&mut self) {
         let mut buffer = vec![0u8; CHUNK];
-        match nix::unistd::read(caller(0), &mut buffer) {
+        match nix::unistd::read(self.caller(0), &mut buffer) {
             Ok(0) => self.caller_stdin_open = false,
             Ok(n) => {
                 buffer.truncate(n);
@@ -268,24 +279,9 @@ impl Relay {
         };
         let mut buffer = vec![0u8; CHUNK];
         match nix::unistd::read(output, &mut buffer) {
-            Ok(0) => {
-                self.outputs[index] = None;
-                if let Some(held) = self
-                    .escaping
-                    .as_mut()
-                    .map(|held| std::mem::take(&mut held[index]))
-                {
-                    let _ = write_all(caller(index as i32 + 1), escaped_lines(&held).as_bytes());
-                }
-            }
+            Ok(0) => self.outputs[index] = None,
             Ok(n) => {
-                let shown = match self.escaping.as_mut() {
-                    None => std::borrow::Cow::Borrowed(&buffer[..n]),
-                    Some(held) => {
-                        std::borrow::Cow::Owned(take_lines(&mut held[index], &buffer[..n]))
-                    }
-                };
-                if write_all(caller(index as i32 + 1), &shown).is_err() {
+                if write_all(self.caller(index as i32 + 1), &buffer[..n]).is_err() {
                     // The caller's side is closed: closing the pipe gives the program the
                     // SIGPIPE (or EPIPE) it would have had writing there itself.
                     self.outputs[index] = None;
@@ -297,34 +293,9 @@ impl Relay {
     }
 }
 
-/// Adds `bytes` to the unfinished line `held` and returns the finished lines, escaped; a line
-/// longer than [`LONGEST_LINE`] is shown as it is so far.
-fn take_lines(held: &mut Vec<u8>, bytes: &[u8]) -> Vec<u8> {
-    held.extend_from_slice(bytes);
-    let finished = match held.iter().rposition(|&b| b == b'\n') {
-        Some(last) => last + 1,
-        None if held.len() > LONGEST_LINE => held.len(),
-        None => return Vec::new(),
-    };
-    let lines: Vec<u8> = held.drain(..finished).collect();
-    escaped_lines(&lines).into_bytes()
-}
-
-/// `bytes` with its line ends kept and everything else a terminal would act on escaped.
-fn escaped_lines(bytes: &[u8]) -> String {
-    let mut out = String::with_capacity(bytes.len());
-    for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
-        if i > 0 {
-            out.push('\n');
-        }
-        out.push_str(&feather_core::display::escape_bytes(line));
-    }
-    out
-}
-
 /// One of the caller's own stdin (0), stdout (1) or stderr (2). Rust's runtime opened /dev/null
 /// on any of them that was closed when the process started, so the numbers are never ours.
-fn caller(fd: i32) -> BorrowedFd<'static> {
+fn standard(fd: i32) -> BorrowedFd<'static> {
     feather_sys::process::standard_fd(fd)
 }
 
@@ -367,19 +338,5 @@ impl Relaying {
     pub fn finish(self) {
         drop(self.stopping);
         let _ = self.thread.join();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn escaped_output_keeps_line_ends_and_shows_controls() {
-        let mut held = Vec::new();
-        assert_eq!(take_lines(&mut held, b"one\x1b[2J"), b"");
-        assert_eq!(take_lines(&mut held, b" two\nthree"), b"one\\x1b[2J two\n");
-        assert_eq!(held, b"three");
-        assert_eq!(escaped_lines(b"a\r\nb\xe2\x80\xae"), "a\\r\nb\\u{202e}");
     }
 }

@@ -14,12 +14,14 @@ use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use feather_core::error::causes;
 use feather_core::{StateRoot, VmName};
 use feather_shuttle::policy::{policy_dirs, Policy};
 use feather_shuttle::view::{self, Explanation, RuleRow};
 use feather_shuttle::{Audit, Kind};
 use feather_vm::error::VmError;
 use feather_vm::options::CreateRequest;
+use feather_vm::services::ServicesError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
@@ -85,7 +87,7 @@ impl ApiError {
     }
 
     fn bad_request(error: &(dyn std::error::Error + 'static)) -> ApiError {
-        ApiError::new(StatusCode::BAD_REQUEST, chain(error))
+        ApiError::new(StatusCode::BAD_REQUEST, causes(error))
     }
 }
 
@@ -93,18 +95,6 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         (self.status, Json(json!({ "error": self.message }))).into_response()
     }
-}
-
-/// An error with its causes, each once: "what: why: deeper why".
-pub fn chain(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = error.to_string();
-    let mut cause = error.source();
-    while let Some(next) = cause {
-        text.push_str(": ");
-        text.push_str(&next.to_string());
-        cause = next.source();
-    }
-    text
 }
 
 type Answer = Result<Json<Value>, ApiError>;
@@ -134,7 +124,7 @@ fn library<T>(result: feather_vm::error::Result<T>) -> Result<T, ApiError> {
             VmError::Core(feather_core::Error::NotFound(_)) => StatusCode::NOT_FOUND,
             _ => StatusCode::CONFLICT,
         };
-        ApiError::new(status, chain(&e))
+        ApiError::new(status, causes(&e))
     })
 }
 
@@ -260,11 +250,36 @@ async fn changes(State(shared): AppState, Path(name): Path<String>) -> Answer {
     .await
 }
 
+/// Starts the VM and the services it was created with, as `feather start` does.
 async fn start(State(shared): AppState, Path(name): Path<String>) -> Answer {
     let name = vm_name(&name)?;
     blocking(move || {
-        library(feather_vm::lifecycle::start(&shared.root, &name))?;
-        Ok(Json(json!({ "started": name.to_string() })))
+        let units = feather_vm::services::start(&shared.root, &name).map_err(|e| {
+            let status = match &e {
+                ServicesError::Core(feather_core::Error::NotFound(_))
+                | ServicesError::Vm(VmError::Core(feather_core::Error::NotFound(_))) => {
+                    StatusCode::NOT_FOUND
+                }
+                _ => StatusCode::CONFLICT,
+            };
+            ApiError::new(status, causes(&e))
+        })?;
+        let failed: Vec<&str> = feather_vm::services::failures(&units, &[])
+            .iter()
+            .map(|unit| unit.name.as_str())
+            .collect();
+        if !failed.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!(
+                    "VM {name} started, but not these services: {}",
+                    failed.join(", ")
+                ),
+            ));
+        }
+        Ok(Json(
+            json!({ "started": name.to_string(), "services": units }),
+        ))
     })
     .await
 }
@@ -358,7 +373,7 @@ async fn checkpoint(
         .start(name.to_string(), "checkpoint", move |report| {
             feather_vm::checkpoint::checkpoint(&root, &name, request.leave_running, None, report)
                 .map(|images| json!({ "images": images }))
-                .map_err(|e| chain(&e))
+                .map_err(|e| causes(&e))
         });
     Ok(Json(json!({ "job": job })))
 }
@@ -375,7 +390,7 @@ async fn restore(State(shared): AppState, Path(name): Path<String>) -> Answer {
             ));
             feather_vm::checkpoint::restore(&root, &name, None)
                 .map(|()| json!({}))
-                .map_err(|e| chain(&e))
+                .map_err(|e| causes(&e))
         });
     Ok(Json(json!({ "job": job })))
 }
@@ -404,7 +419,7 @@ async fn migrate(
             .map(|moved| {
                 json!({ "bytes": moved.bytes, "frozen_ms": moved.frozen.as_millis() as u64 })
             })
-            .map_err(|e| chain(&e))
+            .map_err(|e| causes(&e))
         });
     Ok(Json(json!({ "job": job })))
 }
@@ -468,7 +483,7 @@ async fn audit(State(shared): AppState, Query(query): Query<AuditQuery>) -> Answ
     blocking(move || {
         let entries = Audit::new(shared.root.dir())
             .entries()
-            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, chain(&e)))?;
+            .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, causes(&e)))?;
         let last = &entries[entries.len().saturating_sub(query.lines)..];
         Ok(Json(json!({ "entries": last })))
     })

@@ -50,7 +50,9 @@ impl Live {
 pub fn read_table(root: &StateRoot) -> String {
     match feather_vm::inspect::summaries(root) {
         Ok(rows) => serde_json::to_string(&serde_json::json!({ "vms": rows })),
-        Err(e) => serde_json::to_string(&serde_json::json!({ "error": crate::api::chain(&e) })),
+        Err(e) => {
+            serde_json::to_string(&serde_json::json!({ "error": feather_core::error::causes(&e) }))
+        }
     }
     .unwrap_or_else(|_| "null".into())
 }

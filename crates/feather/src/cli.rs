@@ -80,12 +80,6 @@ pub enum Command {
         )]
         args: Vec<String>,
     },
-    /// The share helper of a VM's keeper (hands a path of one VM to another)
-    #[command(name = "__shuttle-share", hide = true)]
-    ShuttleShare { plan: String },
-    /// The confinement of a shuttle D-Bus proxy (runs xdg-dbus-proxy jailed)
-    #[command(name = "__dbus-proxy", hide = true)]
-    DbusProxy { plan: String },
     /// List VMs, then the OCI containers of the runtime roots feather-oci was used with
     Ls {
         #[arg(long)]
@@ -124,9 +118,6 @@ pub enum Command {
     /// Services: the host's installed services, and private copies of them in VMs
     #[command(subcommand)]
     Service(ServiceCommand),
-    /// Inside a VM: talks to the VM's service manager (what `feather service` runs there)
-    #[command(name = "__service", hide = true)]
-    ServiceClient(ServiceClientArgs),
     /// Save a running VM's processes with CRIU (they end, unless --leave-running)
     Checkpoint {
         name: String,
@@ -211,11 +202,6 @@ pub enum Command {
     Man {
         #[arg(value_name = "DIR")]
         dir: PathBuf,
-    },
-    #[command(name = "__ipcprobe", hide = true)]
-    IpcProbe {
-        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-        args: Vec<String>,
     },
 }
 
@@ -375,47 +361,6 @@ pub enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
-}
-
-#[derive(Debug, Args)]
-pub struct ServiceClientArgs {
-    /// The VM's name, for messages
-    #[arg(long)]
-    pub vm: String,
-    #[arg(long)]
-    pub json: bool,
-    #[arg(long, default_value_t = 10)]
-    pub lines: usize,
-    #[arg(long)]
-    pub follow: bool,
-    /// Print only failures
-    #[arg(long)]
-    pub quiet: bool,
-    /// start: with empty state (always, or once per unit and VM)
-    #[arg(long, value_enum)]
-    pub fresh_state: Option<ClientFreshState>,
-    #[arg(value_enum)]
-    pub op: ServiceOp,
-    pub units: Vec<String>,
-}
-
-/// What `feather service …` asks of the VM's service manager (the `__service` operation).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ServiceOp {
-    Start,
-    Stop,
-    Restart,
-    Reload,
-    Ls,
-    Status,
-    Logs,
-}
-
-/// `__service --fresh-state=`: empty state at every start, or once per unit and VM.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
-pub enum ClientFreshState {
-    Always,
-    Once,
 }
 
 #[derive(Debug, Subcommand)]

@@ -149,14 +149,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let root_arg = cli.root.clone();
     let root = StateRoot::new(cli.root);
-    // The hidden commands that run inside a VM have no state root to open there.
-    let inside_a_vm = matches!(
-        cli.command,
-        Command::ServiceClient(_) | Command::ShuttleShare { .. } | Command::IpcProbe { .. }
-    );
-    if !inside_a_vm {
-        open_root(&root)?;
-    }
+    open_root(&root)?;
     match cli.command {
         Command::Create {
             name,
@@ -170,11 +163,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             lifecycle::create(&root, &name, &create_options(&options)?)?;
             service::configure(&root, &name, services, fresh_state)?;
         }
-        Command::Start { name } => {
-            let name = name.parse()?;
-            lifecycle::start(&root, &name)?;
-            return service::start_configured(&root, &name);
-        }
+        Command::Start { name } => return service::start(&root, &name.parse()?),
         Command::Stop { name, time } => {
             lifecycle::stop(&root, &name.parse()?, Duration::from_secs(time))?;
         }
@@ -241,7 +230,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
         Command::Service(command) => return service::run(&root, command),
-        Command::ServiceClient(args) => return service::in_vm(args),
         Command::Policy(command) => return shuttle::policy(&root, command),
         Command::Audit {
             follow,
@@ -336,8 +324,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             markdown,
             label,
         }) => {
+            let agent = feather_ipcprobe::run::agent_program()?;
+            if !agent.exists() {
+                anyhow::bail!(
+                    "the IPC probe's agent {} is missing; install {} beside feather (cargo builds and installs it)",
+                    agent.display(),
+                    feather_ipcprobe::run::AGENT_PROGRAM
+                );
+            }
             let setup = feather_ipcprobe::run::ProbeSetup {
-                feather: std::env::current_exe()?,
+                agent,
                 root: root_arg,
                 vm,
                 label,
@@ -357,13 +353,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Open { .. } | Command::Completions { .. } | Command::Man { .. } => {
             unreachable!("handled before the root check")
         }
-        Command::ShuttleShare { plan } => {
-            return Ok(exit_code(feather_shuttle::transfer::helper_main(&plan)))
-        }
-        Command::DbusProxy { plan } => {
-            return Ok(exit_code(feather_shuttle::dbus::jail_main(&plan)))
-        }
-        Command::IpcProbe { args } => return Ok(exit_code(feather_ipcprobe::agent::main(&args))),
     }
     Ok(ExitCode::SUCCESS)
 }

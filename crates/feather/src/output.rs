@@ -230,6 +230,8 @@ pub fn catalog(entries: &[feather_svc::catalog::Entry]) {
     println!("{}", t.trim_fmt());
 }
 
+/// A VM's units, as its service manager reported them: every text in them is the VM's to
+/// choose, and is escaped.
 pub fn services(rows: &[ServiceInfo]) {
     let mut t = table(&[
         "UNIT",
@@ -243,9 +245,9 @@ pub fn services(rows: &[ServiceInfo]) {
     ]);
     for s in rows {
         t.add_row(vec![
-            s.name.clone(),
+            shown(&s.name),
             s.state.to_string(),
-            s.sub.clone(),
+            shown(&s.sub),
             s.main_pid
                 .map(|p| p.to_string())
                 .unwrap_or_else(|| "-".into()),
@@ -264,15 +266,16 @@ pub fn services(rows: &[ServiceInfo]) {
     println!("{}", t.trim_fmt());
 }
 
+/// One unit and its last log lines, as the VM's service manager reported them (escaped).
 pub fn service_status(s: &ServiceInfo, log: &[String]) {
     match &s.description {
-        Some(description) => println!("{} - {}", s.name, shown(description)),
-        None => println!("{}", s.name),
+        Some(description) => println!("{} - {}", shown(&s.name), shown(description)),
+        None => println!("{}", shown(&s.name)),
     }
     println!(
         "   state: {} ({}) for {}",
         s.state,
-        s.sub,
+        shown(&s.sub),
         age(s.since_secs)
     );
     if let Some(pid) = s.main_pid {
@@ -287,13 +290,13 @@ pub fn service_status(s: &ServiceInfo, log: &[String]) {
         println!("  result: {}", shown(result));
     }
     if let Some(by) = &s.pulled_by {
-        println!(" pulled by: {by}");
+        println!(" pulled by: {}", shown(by));
     }
     if !s.not_applied.is_empty() {
-        println!(" not applied in a VM: {}", s.not_applied.join(", "));
+        println!(" not applied in a VM: {}", shown(&s.not_applied.join(", ")));
     }
     if let Some(path) = &s.log {
-        println!("     log: {path}");
+        println!("     log: {}", shown(path));
     }
     for line in log {
         println!("  {}", shown(line));

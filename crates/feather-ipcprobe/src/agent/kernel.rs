@@ -11,8 +11,8 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{self, AddressFamily, SockFlag, SockProtocol, SockType};
 
-use super::client::{dbus, dbus_session};
-use super::*;
+use super::bus::{dbus, dbus_session};
+use super::shared::*;
 use crate::matrix::{Kind, Outcome};
 use crate::raw;
 

@@ -9,7 +9,7 @@ use std::time::Instant;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::unistd::Pid;
 
-use super::*;
+use super::shared::*;
 use crate::matrix::Outcome;
 
 /// For the Landlock test: enters a Landlock domain of its own (scoped abstract sockets and
@@ -32,7 +32,7 @@ pub(super) fn landlock_listen(name: &str, scoped: bool) -> i32 {
         }
     };
     let _ = listener.set_nonblocking(true);
-    crate::run::print_line(&std::process::id().to_string());
+    print_line(&std::process::id().to_string());
     let deadline = Instant::now() + LISTENER_LIFETIME;
     let stdin = std::io::stdin();
     while Instant::now() < deadline {
@@ -68,6 +68,6 @@ pub(super) fn landlock_try(pid: i32, name: &str, scoped: bool) -> i32 {
         Ok(_) => reached(format!("connected to @{name}")),
         Err(e) => Outcome::from_errno(&format!("connect @{name}"), io_errno(&e)),
     };
-    crate::run::print_line(&serde_json::to_string(&[signal, abstract_socket]).unwrap_or_default());
+    print_line(&serde_json::to_string(&[signal, abstract_socket]).unwrap_or_default());
     0
 }

@@ -1,17 +1,20 @@
-//! The service manager that runs inside a VM, and the client `feather service` uses to reach
-//! it.
+//! The service manager that runs inside a VM, and the client the host uses to reach it.
 //!
-//! `feather service start VM UNIT` enters the VM as `feather exec` does and runs the hidden
-//! `feather __service` there. That client connects to the manager's socket in the VM's own
-//! /run ([`protocol::SOCKET`]); if no manager runs yet, it starts one, detached (a session of
-//! its own, reparented to the VM's init), which then stays in the VM supervising. Only
-//! processes inside the VM can reach the socket: the VM's /run is a private tmpfs.
+//! `feather service start VM UNIT` (feather_vm::services) has the VM's init run the manager's
+//! binary as a client, `feather-svcd --vm VM --client ASK` ([`client`]). That client connects
+//! to the manager's socket in the VM's own /run ([`protocol::SOCKET`]); if no manager runs yet,
+//! it starts one, detached (a session of its own, reparented to the VM's init), which then
+//! stays in the VM supervising. Only processes inside the VM can reach the socket: the VM's
+//! /run is a private tmpfs. The client writes the manager's typed answers as JSON lines for the
+//! host ([`client_protocol`]).
 //!
 //! The manager is its own small binary, [`PROGRAM`] (`crates/feather/src/bin/feather-svcd.rs`),
 //! installed beside `feather`: it stays resident in every VM that runs services, so it carries
 //! only this crate, not the whole command line.
 
 mod bus;
+pub mod client;
+pub mod client_protocol;
 mod processes;
 pub mod protocol;
 mod sockets;
@@ -51,9 +54,10 @@ pub enum ClientError {
     Protocol(#[from] protocol::ProtocolError),
 }
 
-/// Where the service manager's binary is: beside the running `feather` binary (cargo builds
-/// both into one folder, and an install puts both in one folder). Inside a VM over the host's
-/// root that path is the same as on the host.
+/// Where the service manager's binary is: beside the running binary (`feather`,
+/// `feather-keeper` or the manager itself; cargo builds them into one folder, and an install
+/// puts them in one folder). Inside a VM over the host's root that path is the same as on the
+/// host.
 pub fn program() -> Result<PathBuf, ClientError> {
     let exe = std::env::current_exe().map_err(ClientError::OwnBinary)?;
     Ok(exe.with_file_name(PROGRAM))

@@ -6,6 +6,12 @@
 //! Its command lines are built and parsed by one module, feather_vm::launch: `feather start`
 //! runs it as a background keeper, which clones the VM's init, which re-executes this binary
 //! from inside the VM.
+//!
+//! It is also the helper that work entering a VM's mount namespace runs as: a fresh
+//! single-threaded process, which the multi-threaded keeper cannot be. The shuttle broker runs
+//! `feather-keeper __shuttle-share PLAN` (hands a path of one VM to another) and
+//! `feather-keeper __dbus-proxy PLAN` (xdg-dbus-proxy, jailed). No feather process runs the
+//! `feather` command line.
 
 use std::ffi::OsString;
 use std::os::fd::{OwnedFd, RawFd};
@@ -13,11 +19,15 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use feather_core::StateRoot;
+use feather_shuttle::{dbus, transfer};
 use feather_vm::launch::{InitArgs, KeeperArgs, Launch};
 use feather_vm::peers::RootPeers;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    if let Some(code) = helper(&args) {
+        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+    }
     let code = match Launch::parse(&args) {
         Ok(Launch::Keeper(args)) => keeper(args),
         Ok(Launch::Init(args)) => init(args),
@@ -29,6 +39,19 @@ fn main() -> ExitCode {
             eprintln!("feather-keeper: {e:#}");
             ExitCode::from(2)
         }
+    }
+}
+
+/// One of feather's helper processes, if `args` name one: its exit status.
+fn helper(args: &[OsString]) -> Option<i32> {
+    match args {
+        [command, plan] if command == transfer::HELPER_SUBCOMMAND => {
+            Some(transfer::helper_main(plan.to_str()?))
+        }
+        [command, plan] if command == dbus::JAIL_SUBCOMMAND => {
+            Some(dbus::jail_main(plan.to_str()?))
+        }
+        _ => None,
     }
 }
 
