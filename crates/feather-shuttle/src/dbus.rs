@@ -456,3 +456,29 @@ fn drop_privileges(jail: &Plan, jail_alive: &OwnedFd) -> Result<(), JailError> {
     feather_confine::seccomp::install(feather_confine::seccomp::Profile::default())
         .map_err(JailError::Seccomp)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_of_another_build_is_refused_naming_both_versions() {
+        let older = r#"{"bus":"/proc/1/fd/3","listen":"/l","root":"/r","uid":1,"gid":1,
+                        "groups":[],"program":"/usr/bin/xdg-dbus-proxy","args":[]}"#;
+        let error = read_plan(older).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                JailError::Plan(ProtocolError::Version {
+                    expected: VERSION,
+                    received: 0,
+                    ..
+                })
+            ),
+            "{error}"
+        );
+        let current = older.replacen('{', &format!("{{\"version\":{VERSION},"), 1);
+        assert_eq!(read_plan(&current).unwrap().uid, 1);
+        assert!(matches!(read_plan("nonsense"), Err(JailError::Plan(_))));
+    }
+}

@@ -962,6 +962,22 @@ mod tests {
     }
 
     #[test]
+    fn feather_opens_exit_status_is_chosen_by_the_error_variant() {
+        assert_eq!(OpenError::Refused("no".into()).exit_code(), EXIT_REFUSED);
+        for failed in [
+            OpenError::Failed("x".into()),
+            OpenError::Gone,
+            OpenError::Protocol(ProtocolError::Version {
+                peer: "a shuttle",
+                expected: VERSION,
+                received: VERSION + 1,
+            }),
+        ] {
+            assert_eq!(failed.exit_code(), EXIT_FAILED, "{failed}");
+        }
+    }
+
+    #[test]
     fn application_names_are_plain_words() {
         assert!(is_app_name("org.gnome.Evince"));
         assert!(is_app_name("xdg-open"));

@@ -697,6 +697,26 @@ mod tests {
     }
 
     #[test]
+    fn malformed_lines_are_told_apart_by_variant() {
+        let fault = |text: &str| match parse(Path::new("bad.policy"), text).unwrap_err() {
+            PolicyError::Malformed { fault, .. } => fault,
+            other => panic!("{other}"),
+        };
+        assert!(matches!(
+            fault("ipc unix:/a web db maybe\n"),
+            RuleFault::UnknownVerdict(_)
+        ));
+        assert!(matches!(
+            fault("ipc unix:/a web Bad/Name allow\n"),
+            RuleFault::Selector { side: "target", .. }
+        ));
+        assert!(matches!(
+            fault("ipc unix:/a web db allow mode=ro\n"),
+            RuleFault::UnknownOption { kind: "ipc", .. }
+        ));
+    }
+
+    #[test]
     fn explain_shows_the_rules_passed_over_and_the_decider() {
         let policy = policy(
             "ipc tcp:80 web db allow\n\

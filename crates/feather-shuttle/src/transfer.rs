@@ -721,4 +721,72 @@ mod tests {
             Err(PathFault::NotAPath(_))
         ));
     }
+
+    /// A stand-in helper: a shell that says `reports` (one per line), then waits for its
+    /// input to close.
+    fn fake_helper(reports: &[&str]) -> Command {
+        let mut script = String::new();
+        for report in reports {
+            script.push_str(&format!("printf '%s\\n' '{report}'; "));
+        }
+        script.push_str("cat >/dev/null");
+        let mut command = Command::new("sh");
+        command.args(["-c", &script, "fake-helper"]);
+        command
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            version: 0,
+            source_pid: 1,
+            source_ticks: None,
+            id: "t".into(),
+            items: vec!["/a".into()],
+        }
+    }
+
+    #[test]
+    fn a_helper_of_another_build_is_named_not_misread() {
+        let error = Helper::spawn(fake_helper(&[r#"{"step":"hello","version":99}"#]), &plan())
+            .err()
+            .unwrap();
+        assert!(
+            matches!(
+                error,
+                HelperError::Protocol(ProtocolError::Version {
+                    expected: VERSION,
+                    received: 99,
+                    ..
+                })
+            ),
+            "{error}"
+        );
+        let mut ends = Command::new("sh");
+        ends.args(["-c", "exit 0"]);
+        let silent = Helper::spawn(ends, &plan()).err().unwrap();
+        assert!(matches!(silent, HelperError::Ended), "{silent}");
+    }
+
+    #[test]
+    fn reports_out_of_turn_and_faults_arrive_typed() {
+        let hello = format!(r#"{{"step":"hello","version":{VERSION}}}"#);
+        let mounted = r#"{"step":"mounted","paths":[]}"#;
+        let mut helper = Helper::spawn(fake_helper(&[&hello, mounted]), &plan()).unwrap();
+        let error = helper.resolved().unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                HelperError::Protocol(ProtocolError::Unexpected {
+                    expected: "resolved paths",
+                    ..
+                })
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("Mounted"), "{error}");
+        let refused = r#"{"step":"resolved","items":[{"Err":{"fault":"missing","path":"/a"}}]}"#;
+        let mut helper = Helper::spawn(fake_helper(&[&hello, refused]), &plan()).unwrap();
+        let items = helper.resolved().unwrap();
+        assert_eq!(items, [Err(ShareFault::Missing { path: "/a".into() })]);
+    }
 }
