@@ -82,6 +82,8 @@ pub enum ConnectError {
     Peer(String),
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Endpoint(#[from] endpoint::EndpointError),
     #[error("no proxy")]
     NoProxy,
 }
@@ -91,6 +93,8 @@ pub enum ConnectError {
 pub enum OpenError {
     #[error(transparent)]
     Io(#[from] io::Error),
+    #[error(transparent)]
+    Endpoint(#[from] endpoint::EndpointError),
     #[error(
         "the VM shares the host's network, where a port would be the host's too \
          (give the VM a network of its own, or use a unix socket channel)"

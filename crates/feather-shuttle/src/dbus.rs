@@ -67,7 +67,7 @@ const READY_WITHIN: Duration = Duration::from_secs(5);
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("no system bus at {SYSTEM_BUS} ({error}; start the dbus service there)")]
-    NoBus { error: io::Error },
+    NoBus { error: endpoint::EndpointError },
     #[error("cannot run {PROXY}: not found (install Debian's package xdg-dbus-proxy)")]
     NotFound,
     #[error("{PROXY} is {}, outside /usr: the confined proxy sees only /usr (install Debian's package xdg-dbus-proxy)", .0.display())]

@@ -84,7 +84,7 @@ pub enum BindError {
     #[error("{}: {}", path, errno.desc())]
     Folder { path: &'static str, errno: Errno },
     #[error("bind: {0}")]
-    Bind(std::io::Error),
+    Bind(crate::endpoint::EndpointError),
     #[error("listen: {0}")]
     Listen(Errno),
 }
