@@ -21,7 +21,7 @@ use crate::endpoint::{self, Holder, UnixEndpoint};
 use crate::gate::Gate;
 use crate::identity;
 use crate::peers::Peers;
-use crate::policy::{Kind, Party, Policy, Request, Rule};
+use crate::policy::{Kind, Party, Policy, Request, Rule, RuleRef};
 use crate::side::VmSide;
 use crate::splice;
 
@@ -150,10 +150,19 @@ pub struct Offer {
     pub rule: Rule,
 }
 
+/// A rule whose place in the source is already another rule's channel.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{place} in {source_vm} is already the channel of {first}")]
+pub struct Taken {
+    pub place: Place,
+    pub source_vm: String,
+    pub first: RuleRef,
+}
+
 /// The channels `policy` offers `source`, one per place in the source: the first rule for a
 /// place wins; D-Bus rules for one place and one target add up to one filtered bus. Rules that
 /// cannot have their place come back in the second list, with why.
-pub fn offers(policy: &Policy, source: &Party) -> (Vec<Offer>, Vec<(Rule, String)>) {
+pub fn offers(policy: &Policy, source: &Party) -> (Vec<Offer>, Vec<(Rule, Taken)>) {
     let mut offers: Vec<Offer> = Vec::new();
     let mut skipped = Vec::new();
     for rule in policy.offered_to(Kind::Ipc, source) {
@@ -203,10 +212,11 @@ pub fn offers(policy: &Policy, source: &Party) -> (Vec<Offer>, Vec<(Rule, String
                 }
                 _ => skipped.push((
                     rule.clone(),
-                    format!(
-                        "{place} in {source} is already the channel of {}",
-                        first.rule.at
-                    ),
+                    Taken {
+                        place,
+                        source_vm: source.to_string(),
+                        first: first.rule.at.clone(),
+                    },
                 )),
             },
         }
@@ -806,8 +816,9 @@ mod tests {
         );
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].0.at.line, 4);
+        assert_eq!(skipped[0].1.place, Place::Tcp(15432));
         assert!(
-            skipped[0].1.contains("already the channel of"),
+            skipped[0].1.to_string().contains("already the channel of"),
             "{}",
             skipped[0].1
         );
