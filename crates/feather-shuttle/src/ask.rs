@@ -5,7 +5,7 @@ use std::fs::OpenOptions;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -16,18 +16,37 @@ use crate::policy::{Request, Rule};
 pub const ANSWER_WITHIN: Duration = Duration::from_secs(60);
 
 /// The answer to one question.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub enum Answer {
     Yes,
     No,
     /// No terminal to ask, or no answer in time.
-    NoOne(String),
+    NoOne(NoAnswer),
+}
+
+/// Why no one answered.
+#[derive(Debug, thiserror::Error)]
+pub enum NoAnswer {
+    #[error("no terminal started this VM")]
+    NoTerminal,
+    #[error("cannot open {}: {error}", terminal.display())]
+    Open {
+        terminal: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("cannot write to {}: {error}", terminal.display())]
+    Write {
+        terminal: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("no answer at {} within {}s", terminal.display(), within.as_secs())]
+    Timeout { terminal: PathBuf, within: Duration },
 }
 
 /// Asks on `terminal` whether `request` may go ahead. Only "y" or "yes" allows.
 pub fn ask(terminal: Option<&Path>, request: &Request, rule: &Rule, within: Duration) -> Answer {
     let Some(terminal) = terminal else {
-        return Answer::NoOne("no terminal started this VM".into());
+        return Answer::NoOne(NoAnswer::NoTerminal);
     };
     let mut tty = match OpenOptions::new()
         .read(true)
@@ -36,7 +55,12 @@ pub fn ask(terminal: Option<&Path>, request: &Request, rule: &Rule, within: Dura
         .open(terminal)
     {
         Ok(tty) => tty,
-        Err(e) => return Answer::NoOne(format!("cannot open {}: {e}", terminal.display())),
+        Err(error) => {
+            return Answer::NoOne(NoAnswer::Open {
+                terminal: terminal.to_path_buf(),
+                error,
+            })
+        }
     };
     // The object is the VM's choice: escaped, so it cannot redraw the question.
     let question = format!(
@@ -48,8 +72,11 @@ pub fn ask(terminal: Option<&Path>, request: &Request, rule: &Rule, within: Dura
         rule.verdict,
         rule.at
     );
-    if let Err(e) = tty.write_all(question.as_bytes()) {
-        return Answer::NoOne(format!("cannot write to {}: {e}", terminal.display()));
+    if let Err(error) = tty.write_all(question.as_bytes()) {
+        return Answer::NoOne(NoAnswer::Write {
+            terminal: terminal.to_path_buf(),
+            error,
+        });
     }
     let mut fds = [PollFd::new(tty.as_fd(), PollFlags::POLLIN)];
     let timeout = PollTimeout::try_from(within).unwrap_or(PollTimeout::MAX);
@@ -57,11 +84,10 @@ pub fn ask(terminal: Option<&Path>, request: &Request, rule: &Rule, within: Dura
         Ok(n) if n > 0 => {}
         _ => {
             let _ = tty.write_all(b"(no answer: denied)\r\n");
-            return Answer::NoOne(format!(
-                "no answer at {} within {}s",
-                terminal.display(),
-                within.as_secs()
-            ));
+            return Answer::NoOne(NoAnswer::Timeout {
+                terminal: terminal.to_path_buf(),
+                within,
+            });
         }
     }
     let mut line = [0u8; 64];

@@ -1,32 +1,13 @@
 //! A VM's broker: runs in the VM's keeper, outside the VM, and is the only way anything of
 //! other VMs or the host reaches into the VM (and back), each time through the [`Gate`].
 
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::gate::Gate;
 use crate::peers::Peers;
-use crate::policy::{Kind, Party};
+use crate::policy::Kind;
+use crate::side::VmSide;
 use crate::watch::Channels;
-
-/// The VM a broker serves: the source of every request the broker handles.
-#[derive(Clone, Debug)]
-pub struct VmSide {
-    pub name: String,
-    pub tags: Vec<String>,
-    /// Host pid of the VM's init: its namespaces are the VM's.
-    pub init_pid: i32,
-    /// The VM's run folder on the host (`<run>/<name>`).
-    pub run_dir: PathBuf,
-    /// A throw-away VM (`feather run --rm`): its life is one command's.
-    pub throw_away: bool,
-}
-
-impl VmSide {
-    pub fn party(&self) -> Party {
-        Party::vm(self.name.clone(), &self.tags)
-    }
-}
 
 /// What a broker opened; all of it closes when the broker is dropped (the VM ends).
 pub struct Broker {

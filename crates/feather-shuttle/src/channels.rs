@@ -16,23 +16,19 @@ use std::time::{Duration, Instant};
 
 use nix::sys::eventfd::EventFd;
 
-use crate::broker::VmSide;
-use crate::dbus::{self, Proxy};
+use crate::dbus::{self, Proxy, ProxyError, SYSTEM_BUS};
 use crate::endpoint::{self, Holder, UnixEndpoint};
 use crate::gate::Gate;
 use crate::identity;
-use crate::peers::Peers;
-use crate::policy::{Kind, Party, Policy, Request, Rule};
+use crate::peers::{Peers, PeersError};
+use crate::policy::{Kind, Party, Policy, Request, Rule, RuleRef};
+use crate::side::VmSide;
 use crate::splice;
 
 /// The mode of unix sockets the broker binds in a VM: anyone in the VM may connect, as with
 /// the sockets of the services they stand in for (postgres' is 0777, the bus' 0666); the policy
 /// decides who crosses, by VM.
 const SOCKET_MODE: u32 = 0o666;
-
-/// Where a D-Bus channel appears when its rule has no `at=`: where the VM's own system bus
-/// would be.
-pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
 
 /// How long a connection waits for a service started on demand to take connections, after
 /// its start (which already waits for the service's readiness) returned.
@@ -41,6 +37,70 @@ const ANSWER_AFTER_START: Duration = Duration::from_secs(10);
 /// How many connections one VM's channels carry at once (each takes two threads of its
 /// keeper); more are closed as they come, so that a VM cannot exhaust the host's threads.
 pub const MAX_CONNECTIONS: usize = 256;
+
+/// Why a connection could not be carried to its target (recorded in the audit log).
+#[derive(Debug, thiserror::Error)]
+pub enum ReachError {
+    #[error("the host does not answer: {0}")]
+    HostSilent(ConnectError),
+    /// The keeper could not tell whether the target runs.
+    #[error("{0}")]
+    Peer(PeersError),
+    #[error("VM {0} is not running")]
+    NotRunning(String),
+    #[error("VM {vm} does not answer: {error}")]
+    Silent { vm: String, error: ConnectError },
+    /// Unreachable, and the rule does not start the target.
+    #[error("{0} (start it, or add start=UNIT to the rule to start it on demand)")]
+    NoStart(Box<ReachError>),
+    #[error("starting VM {vm} on demand: {why}")]
+    StartVm { vm: String, why: PeersError },
+    #[error("starting {unit} in VM {vm} on demand: {why}")]
+    StartService {
+        vm: String,
+        unit: String,
+        why: PeersError,
+    },
+    #[error("{error}, though {unit} was started and is ready")]
+    StartedButSilent {
+        unit: String,
+        error: Box<ReachError>,
+    },
+    #[error("the channel closed meanwhile")]
+    Closed,
+}
+
+/// Why the target's end of a connection could not be made.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("{count} users of this VM already use the channel (at most {max})")]
+    TooManyUsers { count: usize, max: usize },
+    /// The keeper could not give the proxy's jail.
+    #[error("{0}")]
+    Peer(PeersError),
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
+    #[error(transparent)]
+    Endpoint(#[from] endpoint::EndpointError),
+    #[error("no proxy")]
+    NoProxy,
+}
+
+/// Why a channel's endpoint could not be opened in the source VM.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Endpoint(#[from] endpoint::EndpointError),
+    #[error(
+        "the VM shares the host's network, where a port would be the host's too \
+         (give the VM a network of its own, or use a unix socket channel)"
+    )]
+    SharesHostNetwork,
+}
 
 /// Where a channel appears in the source VM.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -90,10 +150,19 @@ pub struct Offer {
     pub rule: Rule,
 }
 
+/// A rule whose place in the source is already another rule's channel.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{place} in {source_vm} is already the channel of {first}")]
+pub struct Taken {
+    pub place: Place,
+    pub source_vm: String,
+    pub first: RuleRef,
+}
+
 /// The channels `policy` offers `source`, one per place in the source: the first rule for a
 /// place wins; D-Bus rules for one place and one target add up to one filtered bus. Rules that
 /// cannot have their place come back in the second list, with why.
-pub fn offers(policy: &Policy, source: &Party) -> (Vec<Offer>, Vec<(Rule, String)>) {
+pub fn offers(policy: &Policy, source: &Party) -> (Vec<Offer>, Vec<(Rule, Taken)>) {
     let mut offers: Vec<Offer> = Vec::new();
     let mut skipped = Vec::new();
     for rule in policy.offered_to(Kind::Ipc, source) {
@@ -143,10 +212,11 @@ pub fn offers(policy: &Policy, source: &Party) -> (Vec<Offer>, Vec<(Rule, String
                 }
                 _ => skipped.push((
                     rule.clone(),
-                    format!(
-                        "{place} in {source} is already the channel of {}",
-                        first.rule.at
-                    ),
+                    Taken {
+                        place,
+                        source_vm: source.to_string(),
+                        first: first.rule.at.clone(),
+                    },
                 )),
             },
         }
@@ -293,10 +363,10 @@ fn register<'a>(
     channel: u64,
     target_pid: Option<i32>,
     sockets: Vec<Arc<OwnedFd>>,
-) -> Result<Registered<'a>, String> {
+) -> Result<Registered<'a>, ReachError> {
     let mut live = shared.live();
     if live.closed.contains(&channel) || shared.stopping.load(Ordering::SeqCst) {
-        return Err("the channel closed meanwhile".into());
+        return Err(ReachError::Closed);
     }
     live.next += 1;
     let id = live.next;
@@ -338,17 +408,13 @@ pub struct ChannelInfo {
 
 impl Channel {
     /// Opens the endpoint of `offer` in the source VM.
-    pub fn open(side: &VmSide, id: u64, offer: Offer) -> io::Result<Channel> {
+    pub fn open(side: &VmSide, id: u64, offer: Offer) -> Result<Channel, OpenError> {
         let holder = Holder::Vm(side.init_pid);
         let listener = match &offer.spec.place {
             Place::Unix(at) => Listener::Unix(endpoint::bind_unix(side.init_pid, at, SOCKET_MODE)?),
             Place::Tcp(port) => {
                 if endpoint::shares_host_network(side.init_pid)? {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Unsupported,
-                        "the VM shares the host's network, where a port would be the host's too \
-                         (give the VM a network of its own, or use a unix socket channel)",
-                    ));
+                    return Err(OpenError::SharesHostNetwork);
                 }
                 Listener::Tcp(endpoint::listen_tcp(holder, *port)?)
             }
@@ -449,7 +515,7 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
                 &shared,
                 &channel.spec.target,
                 rule.option("start"),
-                |holder| endpoint::connect_unix(holder, path, &who).map(OwnedFd::from),
+                |holder| Ok(endpoint::connect_unix(holder, path, &who).map(OwnedFd::from)?),
             );
             carry(&shared, &channel, &request, &rule, client, reached);
         }
@@ -462,7 +528,7 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
                 &shared,
                 &channel.spec.target,
                 rule.option("start"),
-                |holder| endpoint::connect_tcp(holder, *port).map(OwnedFd::from),
+                |holder| Ok(endpoint::connect_tcp(holder, *port).map(OwnedFd::from)?),
             );
             carry(&shared, &channel, &request, &rule, client, reached);
         }
@@ -506,16 +572,15 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
                         // Each is a process of the host: a VM's root, free to take any uid,
                         // gets no more than a few.
                         if proxies.len() >= dbus::MAX_PROXIES {
-                            return Err(io::Error::other(format!(
-                                "{} users of this VM already use the channel (at most {})",
-                                proxies.len(),
-                                dbus::MAX_PROXIES
-                            )));
+                            return Err(ConnectError::TooManyUsers {
+                                count: proxies.len(),
+                                max: dbus::MAX_PROXIES,
+                            });
                         }
                         let jail = shared
                             .peers
                             .helper(dbus::JAIL_SUBCOMMAND)
-                            .map_err(io::Error::other)?;
+                            .map_err(ConnectError::Peer)?;
                         let spawned = dbus::Proxy::spawn(
                             jail,
                             &shared.side.run_dir,
@@ -526,10 +591,8 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
                         )?;
                         proxies.insert(uid, spawned);
                     }
-                    proxies
-                        .get(&uid)
-                        .map(|p| p.connect().map(OwnedFd::from))
-                        .unwrap_or_else(|| Err(io::Error::other("no proxy")))
+                    let proxy = proxies.get(&uid).ok_or(ConnectError::NoProxy)?;
+                    Ok(proxy.connect().map(OwnedFd::from)?)
                 },
             );
             carry(&shared, &channel, &request, &rule, client, reached);
@@ -544,12 +607,12 @@ fn carry(
     request: &Request,
     rule: &Rule,
     client: OwnedFd,
-    reached: Result<(OwnedFd, Holder), String>,
+    reached: Result<(OwnedFd, Holder), ReachError>,
 ) {
     let (server, holder) = match reached {
         Ok(reached) => reached,
         Err(why) => {
-            shared.gate.record_failure(request, rule, &why);
+            shared.gate.record_failure(request, rule, &why.to_string());
             return;
         }
     };
@@ -576,31 +639,32 @@ fn reach<T>(
     shared: &Shared,
     target: &Target,
     start: Option<&str>,
-    connect: impl Fn(Holder) -> io::Result<T>,
-) -> Result<(T, Holder), String> {
+    connect: impl Fn(Holder) -> Result<T, ConnectError>,
+) -> Result<(T, Holder), ReachError> {
     let vm = match target {
         Target::Host => {
             return connect(Holder::Host)
                 .map(|t| (t, Holder::Host))
-                .map_err(|e| format!("the host does not answer: {e}"))
+                .map_err(ReachError::HostSilent)
         }
         Target::Vm(vm) => vm,
     };
-    let attempt = || -> Result<(T, Holder), String> {
+    let attempt = || -> Result<(T, Holder), ReachError> {
         let pid = shared
             .peers
             .init_pid(vm)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("VM {vm} is not running"))?;
+            .map_err(ReachError::Peer)?
+            .ok_or_else(|| ReachError::NotRunning(vm.clone()))?;
         connect(Holder::Vm(pid))
             .map(|t| (t, Holder::Vm(pid)))
-            .map_err(|e| format!("VM {vm} does not answer: {e}"))
+            .map_err(|error| ReachError::Silent {
+                vm: vm.clone(),
+                error,
+            })
     };
     let first = attempt();
     let Some(unit) = start else {
-        return first.map_err(|why| {
-            format!("{why} (start it, or add start=UNIT to the rule to start it on demand)")
-        });
+        return first.map_err(|why| ReachError::NoStart(Box::new(why)));
     };
     if first.is_ok() {
         return first;
@@ -611,21 +675,28 @@ fn reach<T>(
     if let Ok(reached) = attempt() {
         return Ok(reached);
     }
-    shared
-        .peers
-        .start(vm)
-        .map_err(|e| format!("starting VM {vm} on demand: {e}"))?;
+    shared.peers.start(vm).map_err(|why| ReachError::StartVm {
+        vm: vm.clone(),
+        why,
+    })?;
     shared
         .peers
         .start_service(vm, unit)
-        .map_err(|e| format!("starting {unit} in VM {vm} on demand: {e}"))?;
+        .map_err(|why| ReachError::StartService {
+            vm: vm.clone(),
+            unit: unit.to_owned(),
+            why,
+        })?;
     // The unit is ready; a socket made just after readiness is waited for a little.
     let deadline = Instant::now() + ANSWER_AFTER_START;
     loop {
         match attempt() {
             Ok(reached) => return Ok(reached),
-            Err(why) if Instant::now() >= deadline => {
-                return Err(format!("{why}, though {unit} was started and is ready"))
+            Err(error) if Instant::now() >= deadline => {
+                return Err(ReachError::StartedButSilent {
+                    unit: unit.to_owned(),
+                    error: Box::new(error),
+                })
             }
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
@@ -753,8 +824,9 @@ mod tests {
         );
         assert_eq!(skipped.len(), 1);
         assert_eq!(skipped[0].0.at.line, 4);
+        assert_eq!(skipped[0].1.place, Place::Tcp(15432));
         assert!(
-            skipped[0].1.contains("already the channel of"),
+            skipped[0].1.to_string().contains("already the channel of"),
             "{}",
             skipped[0].1
         );

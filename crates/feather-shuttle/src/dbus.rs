@@ -20,14 +20,18 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use feather_sys::creds::Identity;
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
-use serde::{Deserialize, Serialize};
 
-use feather_sys::creds::Identity;
-
-use crate::channels::SYSTEM_BUS;
 use crate::endpoint::{self, Holder};
+use crate::protocol::jail::{Plan, VERSION};
+use crate::protocol::{self, ProtocolError};
+
+/// Where a VM's system bus is, in the VM's view; where a D-Bus channel appears when its rule
+/// has no `at=`.
+pub const SYSTEM_BUS: &str = "/run/dbus/system_bus_socket";
 
 /// The proxy program (Debian's package xdg-dbus-proxy).
 pub const PROXY: &str = "xdg-dbus-proxy";
@@ -60,6 +64,30 @@ pub const MAX_PROXIES: usize = 8;
 /// How long a proxy may take to listen.
 const READY_WITHIN: Duration = Duration::from_secs(5);
 
+/// Why a proxy could not be started (the broker's side).
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("no system bus at {SYSTEM_BUS} ({error}; start the dbus service there)")]
+    NoBus { error: endpoint::EndpointError },
+    #[error("cannot run {PROXY}: not found (install Debian's package xdg-dbus-proxy)")]
+    NotFound,
+    #[error("{PROXY} is {}, outside /usr: the confined proxy sees only /usr (install Debian's package xdg-dbus-proxy)", .0.display())]
+    OutsideUsr(PathBuf),
+    #[error("{}: {error}", path.display())]
+    Folder { path: PathBuf, error: io::Error },
+    #[error("cannot start the proxy's jail: {0}")]
+    Jail(io::Error),
+    #[error("{PROXY} ended ({status}): {said}")]
+    Ended {
+        status: std::process::ExitStatus,
+        said: String,
+    },
+    #[error("{PROXY} did not listen within {READY_WITHIN:?}")]
+    Slow,
+    #[error("cannot watch the proxy's jail: {0}")]
+    Wait(io::Error),
+}
+
 /// A running proxy for one target bus and one set of names; ended (and its socket removed)
 /// when dropped.
 pub struct Proxy {
@@ -86,27 +114,33 @@ impl Proxy {
         holder: Holder,
         names: &[String],
         client: &Identity,
-    ) -> io::Result<Proxy> {
-        let bus = endpoint::open_socket_file(holder, Path::new(SYSTEM_BUS)).map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("no system bus at {SYSTEM_BUS} ({e}; start the dbus service there)"),
-            )
-        })?;
+    ) -> Result<Proxy, ProxyError> {
+        let bus = endpoint::open_socket_file(holder, Path::new(SYSTEM_BUS))
+            .map_err(|error| ProxyError::NoBus { error })?;
         let program = find_program(PROXY)?;
         let dir = run_dir.join("shuttle");
-        fs::create_dir_all(&dir)?;
+        let at = |path: &Path| {
+            let path = path.to_path_buf();
+            move |error| ProxyError::Folder { path, error }
+        };
+        fs::create_dir_all(&dir).map_err(at(&dir))?;
         // Root's alone: a proxy's folder belongs to its client's uid, which a user of the
         // host may also be; only the broker and the proxy (given its folder by a mount) reach
         // it.
-        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))?;
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .map_err(at(&dir))?;
         let user = proxy_user(client);
         let tag = format!("dbus-{channel}-{}", client.uid);
-        let listen = fresh_folder(&dir.join(&tag), 0o700, Some(user.uid.as_raw()))?;
-        let root = fresh_folder(&dir.join(format!("{tag}.root")), 0o755, None)?;
+        let listen_at = dir.join(&tag);
+        let listen =
+            fresh_folder(&listen_at, 0o700, Some(user.uid.as_raw())).map_err(at(&listen_at))?;
+        let root_at = dir.join(format!("{tag}.root"));
+        let root = fresh_folder(&root_at, 0o755, None).map_err(at(&root_at))?;
         let socket = listen.join(LISTEN_NAME);
-        let log = File::create(dir.join(format!("{tag}.log")))?;
-        let jail = Jail {
+        let log_at = dir.join(format!("{tag}.log"));
+        let log = File::create(&log_at).map_err(at(&log_at))?;
+        let plan = Plan {
+            version: VERSION,
             bus: format!("/proc/{}/fd/{}", std::process::id(), bus.as_raw_fd()),
             listen: listen.clone(),
             root: root.clone(),
@@ -118,14 +152,14 @@ impl Proxy {
                 .chain(names.iter().map(|name| format!("--talk={name}")))
                 .collect(),
         };
-        let plan = serde_json::to_string(&jail).map_err(io::Error::other)?;
+        let plan = String::from_utf8_lossy(&protocol::encode(&plan)).into_owned();
         let child = helper
             .arg(plan)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot start the proxy's jail: {e}")))?;
+            .map_err(ProxyError::Jail)?;
         let mut proxy = Proxy {
             holder,
             names: names.to_vec(),
@@ -141,18 +175,13 @@ impl Proxy {
             if UnixStream::connect(&proxy.socket).is_ok() {
                 return Ok(proxy);
             }
-            if let Some(status) = proxy.child.try_wait()? {
-                let said = fs::read_to_string(dir.join(format!("{tag}.log"))).unwrap_or_default();
+            if let Some(status) = proxy.child.try_wait().map_err(ProxyError::Wait)? {
+                let said = fs::read_to_string(&log_at).unwrap_or_default();
                 let said = said.trim().to_owned();
-                return Err(io::Error::other(format!(
-                    "{PROXY} ended ({status}): {said}"
-                )));
+                return Err(ProxyError::Ended { status, said });
             }
             if Instant::now() >= deadline {
-                return Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{PROXY} did not listen within {READY_WITHIN:?}"),
-                ));
+                return Err(ProxyError::Slow);
             }
             std::thread::sleep(Duration::from_millis(5));
         }
@@ -187,25 +216,18 @@ const LISTEN_NAME: &str = "bus.sock";
 
 /// `program` as found in `PATH`: it must be under `/usr`, the only part of the host the proxy
 /// sees.
-fn find_program(program: &str) -> io::Result<PathBuf> {
+fn find_program(program: &str) -> Result<PathBuf, ProxyError> {
     let path = std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into());
     let found = std::env::split_paths(&path)
         .map(|dir| dir.join(program))
         .find(|candidate| candidate.is_file())
-        .ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "cannot run {program}: not found (install Debian's package xdg-dbus-proxy)"
-                ),
-            )
-        })?;
-    let real = fs::canonicalize(&found)?;
+        .ok_or(ProxyError::NotFound)?;
+    let real = fs::canonicalize(&found).map_err(|error| ProxyError::Folder {
+        path: found.clone(),
+        error,
+    })?;
     if !real.starts_with("/usr") {
-        return Err(io::Error::other(format!(
-            "{program} is {}, outside /usr: the confined proxy sees only /usr (install Debian's package xdg-dbus-proxy)",
-            real.display()
-        )));
+        return Err(ProxyError::OutsideUsr(real));
     }
     Ok(real)
 }
@@ -222,18 +244,40 @@ fn fresh_folder(path: &Path, mode: u32, owner: Option<u32>) -> io::Result<PathBu
     Ok(path.to_path_buf())
 }
 
-/// What the jail is told: where the broker's descriptor of the bus is, the folders, the uid
-/// and the proxy's program and filter arguments.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Jail {
-    bus: String,
-    listen: PathBuf,
-    root: PathBuf,
-    uid: u32,
-    gid: u32,
-    groups: Vec<u32>,
-    program: PathBuf,
-    args: Vec<String>,
+/// Why the jail could not run the proxy (written to its log, the proxy's stderr).
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("bad plan: {0}")]
+    Plan(ProtocolError),
+    #[error("cannot open the bus socket {path}: {}", errno.desc())]
+    Bus { path: String, errno: Errno },
+    #[error("cannot make the proxy's namespaces: {}", .0.desc())]
+    Namespaces(Errno),
+    #[error("pipe: {}", .0.desc())]
+    Pipe(Errno),
+    #[error(transparent)]
+    Sys(feather_sys::SysError),
+    #[error("{what}: {error}")]
+    Root {
+        what: &'static str,
+        error: io::Error,
+    },
+    #[error("the proxy never runs as root")]
+    AsRoot,
+    #[error(transparent)]
+    Capabilities(feather_confine::capabilities::CapabilityError),
+    #[error("{call}: {}", errno.desc())]
+    Ids { call: &'static str, errno: Errno },
+    #[error("the jail ended")]
+    JailEnded,
+    #[error("no_new_privs: {}", .0.desc())]
+    NoNewPrivs(Errno),
+    #[error(transparent)]
+    Seccomp(feather_confine::seccomp::SeccompError),
+    #[error("an argument holds a NUL byte")]
+    Nul,
+    #[error("cannot run {}: {}", program.display(), errno.desc())]
+    Exec { program: PathBuf, errno: Errno },
 }
 
 /// The jail's main (`feather-keeper __dbus-proxy PLAN`, run by the broker as root, single-threaded):
@@ -243,10 +287,10 @@ pub struct Jail {
 /// then the proxy. The jail waits for it and ends with it; the proxy dies with the jail.
 /// Errors go to stderr (the proxy's log).
 pub fn jail_main(plan: &str) -> i32 {
-    let jail: Jail = match serde_json::from_str(plan) {
+    let jail: Plan = match read_plan(plan) {
         Ok(jail) => jail,
         Err(e) => {
-            eprintln!("feather dbus proxy: bad plan: {e}");
+            eprintln!("feather dbus proxy: {e}");
             return 2;
         }
     };
@@ -259,24 +303,36 @@ pub fn jail_main(plan: &str) -> i32 {
     }
 }
 
-fn enter(jail: &Jail) -> Result<i32, String> {
+/// The plan, of this build's version.
+fn read_plan(plan: &str) -> Result<Plan, JailError> {
+    let plan: Plan =
+        protocol::decode(plan.as_bytes(), "the proxy's plan").map_err(JailError::Plan)?;
+    protocol::check_version("a broker", VERSION, plan.version).map_err(JailError::Plan)?;
+    Ok(plan)
+}
+
+fn enter(jail: &Plan) -> Result<i32, JailError> {
     use nix::sched::{unshare, CloneFlags};
     // The broker's descriptor of the target's bus, taken before anything changes: a new
     // descriptor of exactly that socket, left open across exec for the proxy.
-    let bus = nix::fcntl::open(jail.bus.as_str(), OFlag::O_PATH, Mode::empty())
-        .map_err(|e| format!("cannot open the bus socket {}: {}", jail.bus, e.desc()))?;
+    let bus =
+        nix::fcntl::open(jail.bus.as_str(), OFlag::O_PATH, Mode::empty()).map_err(|errno| {
+            JailError::Bus {
+                path: jail.bus.clone(),
+                errno,
+            }
+        })?;
     unshare(
         CloneFlags::CLONE_NEWNS
             | CloneFlags::CLONE_NEWPID
             | CloneFlags::CLONE_NEWIPC
             | CloneFlags::CLONE_NEWNET,
     )
-    .map_err(|e| format!("cannot make the proxy's namespaces: {}", e.desc()))?;
+    .map_err(JailError::Namespaces)?;
     // Open on the jail's side while it lives: the child, pid 1 of its namespace (its getppid
     // is 0), sees the jail gone as a hang-up.
-    let (alive, jail_lives) =
-        nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {}", e.desc()))?;
-    match feather_sys::process::fork().map_err(|e| e.to_string())? {
+    let (alive, jail_lives) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(JailError::Pipe)?;
+    match feather_sys::process::fork().map_err(JailError::Sys)? {
         Some(child) => {
             drop(alive);
             let code = wait_for(child);
@@ -305,7 +361,7 @@ fn wait_for(child: nix::unistd::Pid) -> i32 {
 }
 
 /// In the child (pid 1 of the new pid namespace): only returns why it could not exec.
-fn confine_and_run(jail: &Jail, bus: OwnedFd, jail_alive: OwnedFd) -> String {
+fn confine_and_run(jail: &Plan, bus: OwnedFd, jail_alive: OwnedFd) -> JailError {
     match build_root(jail).and_then(|()| drop_privileges(jail, &jail_alive)) {
         Ok(()) => {}
         Err(why) => return why,
@@ -326,19 +382,22 @@ fn confine_and_run(jail: &Jail, bus: OwnedFd, jail_alive: OwnedFd) -> String {
         .map(std::ffi::CString::new)
         .collect::<Result<Vec<_>, _>>()
     else {
-        return "an argument holds a NUL byte".into();
+        return JailError::Nul;
     };
     let env: [&std::ffi::CStr; 0] = [];
-    let e = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
-    format!("cannot run {}: {}", jail.program.display(), e.desc())
+    let errno = nix::unistd::execve(&argv[0], &argv, &env).unwrap_err();
+    JailError::Exec {
+        program: jail.program.clone(),
+        errno,
+    }
 }
 
 /// Mounts the proxy's whole view on `jail.root` and makes it the root: `/usr` read-only,
 /// `/lib`, `/lib64`, `/bin` as links into it, `/listen` (its folder), a `/proc` of its own pid
 /// namespace showing processes only; nothing else of the host.
-fn build_root(jail: &Jail) -> Result<(), String> {
+fn build_root(jail: &Plan) -> Result<(), JailError> {
     use feather_sys::mount::{self as m, Flags};
-    let fail = |e: feather_sys::SysError| e.to_string();
+    let fail = JailError::Sys;
     m::make_all_private().map_err(fail)?;
     let root = &jail.root;
     m::tmpfs(
@@ -348,11 +407,11 @@ fn build_root(jail: &Jail) -> Result<(), String> {
     )
     .map_err(fail)?;
     for dir in ["usr", "listen", "proc"] {
-        fs::create_dir(root.join(dir)).map_err(|e| format!("{dir}: {e}"))?;
+        fs::create_dir(root.join(dir)).map_err(|error| JailError::Root { what: dir, error })?;
     }
     for link in ["lib", "lib64", "bin"] {
         std::os::unix::fs::symlink(format!("usr/{link}"), root.join(link))
-            .map_err(|e| format!("{link}: {e}"))?;
+            .map_err(|error| JailError::Root { what: link, error })?;
     }
     m::bind(Path::new("/usr"), &root.join("usr")).map_err(fail)?;
     m::remount_bind_readonly(&root.join("usr")).map_err(fail)?;
@@ -371,29 +430,56 @@ fn build_root(jail: &Jail) -> Result<(), String> {
 
 /// Every capability, root's uid and groups, and the right to gain privilege again: gone. The
 /// seccomp filter comes last, once no_new_privs lets an unprivileged process install it.
-fn drop_privileges(jail: &Jail, jail_alive: &OwnedFd) -> Result<(), String> {
+fn drop_privileges(jail: &Plan, jail_alive: &OwnedFd) -> Result<(), JailError> {
     use nix::unistd::{setgroups, setresgid, setresuid, Gid, Uid};
     if jail.uid == 0 {
-        return Err("the proxy never runs as root".into());
+        return Err(JailError::AsRoot);
     }
-    feather_confine::capabilities::drop_all().map_err(|e| e.to_string())?;
+    feather_confine::capabilities::drop_all().map_err(JailError::Capabilities)?;
+    let ids = |call: &'static str| move |errno| JailError::Ids { call, errno };
     let groups: Vec<Gid> = jail.groups.iter().copied().map(Gid::from_raw).collect();
-    setgroups(&groups).map_err(|e| format!("setgroups: {}", e.desc()))?;
+    setgroups(&groups).map_err(ids("setgroups"))?;
     let (gid, uid) = (Gid::from_raw(jail.gid), Uid::from_raw(jail.uid));
-    setresgid(gid, gid, gid).map_err(|e| format!("setresgid: {}", e.desc()))?;
-    setresuid(uid, uid, uid).map_err(|e| format!("setresuid: {}", e.desc()))?;
+    setresgid(gid, gid, gid).map_err(ids("setresgid"))?;
+    setresuid(uid, uid, uid).map_err(ids("setresuid"))?;
     // After the change of uid, which clears it: the proxy dies with its jail.
     feather_sys::process::set_parent_death_signal(nix::sys::signal::Signal::SIGKILL)
-        .map_err(|e| e.to_string())?;
+        .map_err(JailError::Sys)?;
     let mut alive = [nix::poll::PollFd::new(
         jail_alive.as_fd(),
         nix::poll::PollFlags::POLLIN,
     )];
     if nix::poll::poll(&mut alive, nix::poll::PollTimeout::ZERO).unwrap_or(1) != 0 {
-        return Err("the jail ended".into());
+        return Err(JailError::JailEnded);
     }
-    nix::sys::prctl::set_no_new_privs().map_err(|e| format!("no_new_privs: {}", e.desc()))?;
+    nix::sys::prctl::set_no_new_privs().map_err(JailError::NoNewPrivs)?;
     // The filter of a VM that asked for nothing more: no user namespaces, no clone3.
     feather_confine::seccomp::install(feather_confine::seccomp::Profile::default())
-        .map_err(|e| e.to_string())
+        .map_err(JailError::Seccomp)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plan_of_another_build_is_refused_naming_both_versions() {
+        let older = r#"{"bus":"/proc/1/fd/3","listen":"/l","root":"/r","uid":1,"gid":1,
+                        "groups":[],"program":"/usr/bin/xdg-dbus-proxy","args":[]}"#;
+        let error = read_plan(older).unwrap_err();
+        assert!(
+            matches!(
+                error,
+                JailError::Plan(ProtocolError::Version {
+                    expected: VERSION,
+                    received: 0,
+                    ..
+                })
+            ),
+            "{error}"
+        );
+        let current = older.replacen('{', &format!("{{\"version\":{VERSION},"), 1);
+        assert_eq!(read_plan(&current).unwrap().uid, 1);
+        assert!(matches!(read_plan("nonsense"), Err(JailError::Plan(_))));
+    }
 }

@@ -35,6 +35,39 @@ pub enum Holder {
     Vm(i32),
 }
 
+/// Why a socket of a VM could not be bound or reached.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error("{} has a '..' in it", .0.display())]
+    ParentDir(PathBuf),
+    #[error("{} names no socket", .0.display())]
+    NoName(PathBuf),
+    #[error("/{} is a symlink to a folder the VM does not have", .0.display())]
+    DanglingFolder(PathBuf),
+    #[error(
+        "{} exists in the VM and is not a socket (move it away or choose another at=)",
+        .0.display()
+    )]
+    NotASocket(PathBuf),
+    #[error(
+        "{} is the socket of a service running in the VM (stop it or choose another at=)",
+        .0.display()
+    )]
+    InUse(PathBuf),
+    #[error("socket name {0:?} is too long for a unix socket")]
+    NameTooLong(OsString),
+    #[error("the binding thread panicked")]
+    BindingThread,
+}
+
+impl From<Errno> for EndpointError {
+    fn from(errno: Errno) -> EndpointError {
+        EndpointError::Io(errno.into())
+    }
+}
+
 /// A unix socket the broker bound inside a VM. Dropping it removes the socket file, if it is
 /// still the one bound (the VM may have replaced it).
 pub struct UnixEndpoint {
@@ -60,17 +93,14 @@ fn vm_root(pid: i32) -> io::Result<File> {
 }
 
 /// `path` without its leading `/`, refusing `..` (an ipc path names one place).
-fn relative(path: &Path) -> io::Result<PathBuf> {
+fn relative(path: &Path) -> Result<PathBuf, EndpointError> {
     let mut rel = PathBuf::new();
     for component in path.components() {
         match component {
             Component::RootDir | Component::CurDir => {}
             Component::Normal(part) => rel.push(part),
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!("{} has a '..' in it", path.display()),
-                ))
+                return Err(EndpointError::ParentDir(path.to_path_buf()))
             }
         }
     }
@@ -99,7 +129,7 @@ fn open_beneath(dir: &impl AsFd, name: &OsStr) -> Result<OwnedFd, Errno> {
 }
 
 /// The folder `dir` (relative) under `root`, made with mode 0755 where missing.
-fn open_dir_creating(root: &File, dir: &Path) -> io::Result<OwnedFd> {
+fn open_dir_creating(root: &File, dir: &Path) -> Result<OwnedFd, EndpointError> {
     let mut current = open_in_root(root, Path::new(""), OFlag::O_DIRECTORY)?;
     let mut prefix = PathBuf::new();
     for part in dir.iter() {
@@ -113,13 +143,7 @@ fn open_dir_creating(root: &File, dir: &Path) -> io::Result<OwnedFd> {
                 }
                 open_in_root(root, &prefix, OFlag::O_DIRECTORY).map_err(|e| match e {
                     // It exists, and still does not open: a symlink to nowhere in the VM.
-                    Errno::ENOENT => io::Error::new(
-                        io::ErrorKind::NotFound,
-                        format!(
-                            "/{} is a symlink to a folder the VM does not have",
-                            prefix.display()
-                        ),
-                    ),
+                    Errno::ENOENT => EndpointError::DanglingFolder(prefix.clone()),
                     e => e.into(),
                 })?
             }
@@ -137,13 +161,10 @@ fn fd_path(fd: &impl AsRawFd) -> PathBuf {
 /// Binds a unix socket at `at` in VM `pid`'s view, with `mode`, making missing folders. A
 /// socket already there that nothing answers on is replaced; one that answers belongs to a
 /// service of the VM and is left alone, as is anything that is not a socket.
-pub fn bind_unix(pid: i32, at: &Path, mode: u32) -> io::Result<UnixEndpoint> {
+pub fn bind_unix(pid: i32, at: &Path, mode: u32) -> Result<UnixEndpoint, EndpointError> {
     let rel = relative(at)?;
     let (Some(parent), Some(name)) = (rel.parent(), rel.file_name()) else {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("{} names no socket", at.display()),
-        ));
+        return Err(EndpointError::NoName(at.to_path_buf()));
     };
     let root = vm_root(pid)?;
     let dir = open_dir_creating(&root, parent)?;
@@ -151,22 +172,10 @@ pub fn bind_unix(pid: i32, at: &Path, mode: u32) -> io::Result<UnixEndpoint> {
         Ok(existing) => {
             let st = fstat(&existing)?;
             if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT != SFlag::S_IFSOCK {
-                return Err(io::Error::new(
-                    io::ErrorKind::AlreadyExists,
-                    format!(
-                        "{} exists in the VM and is not a socket (move it away or choose another at=)",
-                        at.display()
-                    ),
-                ));
+                return Err(EndpointError::NotASocket(at.to_path_buf()));
             }
             if UnixStream::connect(fd_path(&existing)).is_ok() {
-                return Err(io::Error::new(
-                    io::ErrorKind::AddrInUse,
-                    format!(
-                        "{} is the socket of a service running in the VM (stop it or choose another at=)",
-                        at.display()
-                    ),
-                ));
+                return Err(EndpointError::InUse(at.to_path_buf()));
             }
             unlinkat(&dir, name, UnlinkatFlags::NoRemoveDir)?;
         }
@@ -193,13 +202,15 @@ pub fn bind_unix(pid: i32, at: &Path, mode: u32) -> io::Result<UnixEndpoint> {
 /// afterwards by name. A chmod by name after the bind could be steered by the VM, whose
 /// processes may already run, onto whatever it put in the socket's place (a symlink to a host
 /// file); here nothing is looked up after the bind.
-pub fn bind_in(dir: &OwnedFd, name: &OsStr, kind: SockType, mode: u32) -> io::Result<OwnedFd> {
+pub fn bind_in(
+    dir: &OwnedFd,
+    name: &OsStr,
+    kind: SockType,
+    mode: u32,
+) -> Result<OwnedFd, EndpointError> {
     let path = fd_path(dir).join(name);
     if path.as_os_str().as_bytes().len() >= 108 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("socket name {name:?} is too long for a unix socket"),
-        ));
+        return Err(EndpointError::NameTooLong(name.to_owned()));
     }
     std::thread::scope(|scope| {
         scope
@@ -216,7 +227,8 @@ pub fn bind_in(dir: &OwnedFd, name: &OsStr, kind: SockType, mode: u32) -> io::Re
                 Ok(socket)
             })
             .join()
-            .map_err(|_| io::Error::other("the binding thread panicked"))?
+            .map_err(|_| EndpointError::BindingThread)?
+            .map_err(EndpointError::Io)
     })
 }
 
@@ -225,19 +237,23 @@ pub fn bind_in(dir: &OwnedFd, name: &OsStr, kind: SockType, mode: u32) -> io::Re
 /// (SO_PEERCRED, postgres' `peer` authentication) and the socket file's mode applies to the
 /// client, not to the keeper's root. A VM's socket is found as root, in the VM's view, and
 /// reached through its descriptor; the host's by its path, as the client.
-pub fn connect_unix(holder: Holder, path: &Path, who: &Identity) -> io::Result<UnixStream> {
+pub fn connect_unix(
+    holder: Holder,
+    path: &Path,
+    who: &Identity,
+) -> Result<UnixStream, EndpointError> {
     match holder {
-        Holder::Host => run_as(who, || UnixStream::connect(path)),
+        Holder::Host => Ok(run_as(who, || UnixStream::connect(path))?),
         Holder::Vm(pid) => {
             let socket = open_in_root(&vm_root(pid)?, &relative(path)?, OFlag::empty())?;
-            run_as(who, || UnixStream::connect(fd_path(&socket)))
+            Ok(run_as(who, || UnixStream::connect(fd_path(&socket)))?)
         }
     }
 }
 
 /// An `O_PATH` descriptor of the socket at `path` in VM `pid`'s view (or the host's): for
 /// helpers that connect by path themselves (`/proc/<keeper>/fd/<n>`).
-pub fn open_socket_file(holder: Holder, path: &Path) -> io::Result<OwnedFd> {
+pub fn open_socket_file(holder: Holder, path: &Path) -> Result<OwnedFd, EndpointError> {
     match holder {
         Holder::Host => Ok(open_in_root(
             &File::open("/")?,
@@ -324,7 +340,7 @@ mod tests {
             "it takes connections"
         );
         let refused = bind_unix(pid, &at, 0o666).err().unwrap();
-        assert_eq!(refused.kind(), io::ErrorKind::AddrInUse, "{refused}");
+        assert!(matches!(refused, EndpointError::InUse(_)), "{refused}");
         drop(endpoint);
         assert!(!at.exists(), "dropping the endpoint removes its socket");
 
@@ -338,6 +354,7 @@ mod tests {
         drop(replaced);
         assert_eq!(std::fs::read_to_string(&at).unwrap(), "not a socket");
         let refused = bind_unix(pid, &at, 0o666).err().unwrap();
+        assert!(matches!(refused, EndpointError::NotASocket(_)), "{refused}");
         assert!(refused.to_string().contains("is not a socket"), "{refused}");
     }
 
@@ -376,7 +393,10 @@ mod tests {
                 .unwrap();
         let _ = std::fs::remove_dir_all(&dir);
         assert_eq!(
-            refused.map(|e| e.kind()),
+            refused.and_then(|e| match e {
+                EndpointError::Io(e) => Some(e.kind()),
+                _ => None,
+            }),
             Some(io::ErrorKind::PermissionDenied)
         );
         assert_eq!((cred.uid(), cred.gid()), (1234, 2345));

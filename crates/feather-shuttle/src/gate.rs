@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::ask::{self, Answer, ANSWER_WITHIN};
 use crate::audit::{Audit, Outcome};
+use crate::error::PolicyError;
 use crate::policy::{Decision, Policy, Request, Rule, RuleRef, Verdict};
 
 /// A state root's policy as last read, and where decisions are recorded.
@@ -23,7 +24,7 @@ pub struct Gate {
 enum Loaded {
     Rules(Arc<Policy>),
     /// A policy that does not load allows nothing; the message says what to fix.
-    Broken(String),
+    Broken(Arc<PolicyError>),
 }
 
 /// Why a request was refused, for the requester and the audit log.
@@ -60,10 +61,13 @@ impl Gate {
 
     /// Reads the policy files again. On error the gate denies everything until a reload
     /// succeeds, and the error is returned to be reported.
-    pub fn reload(&self) -> Result<(), String> {
+    pub fn reload(&self) -> Result<(), Arc<PolicyError>> {
         let (loaded, result) = match Policy::load(&self.root_dir) {
             Ok(policy) => (Loaded::Rules(Arc::new(policy)), Ok(())),
-            Err(e) => (Loaded::Broken(e.to_string()), Err(e.to_string())),
+            Err(e) => {
+                let e = Arc::new(e);
+                (Loaded::Broken(e.clone()), Err(e))
+            }
         };
         *self.loaded.write().unwrap_or_else(|e| e.into_inner()) = loaded;
         result

@@ -4,7 +4,8 @@
 //!
 //! ```text
 //! feather-open (in VM A) ── /run/feather/shuttle.sock (SOCK_SEQPACKET, in A's /run) ──▶ broker
-//!   Open { app, vm, args, cwd } ──▶  gate: invoke APP A→B; per path, files PATH A→B
+//!   ◀── Hello { version }
+//!   Open { version, app, vm, args, cwd } ──▶  gate: invoke APP A→B; per path, files PATH A→B
 //!                                    hand the paths over (see transfer), start B on demand,
 //!                                    run COMMAND REWRITTEN-ARGS in B (Peers::run) on three pipes
 //!   ◀── Started { argv } + the pipes' other ends (stdin, stdout, stderr)
@@ -12,7 +13,8 @@
 //!   or ◀── Refused { why }  |  Failed { why }
 //! ```
 //!
-//! The program's output comes back through the pipes: no descriptor of the requester, its
+//! The messages are [`crate::protocol::open`]'s. The program's output comes back through the
+//! pipes: no descriptor of the requester, its
 //! terminal least of all, ever reaches the target VM.
 
 use std::collections::HashMap;
@@ -37,11 +39,14 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::audit::Outcome;
-use crate::broker::VmSide;
 use crate::gate::{Gate, Refusal};
-use crate::peers::{Peers, Running};
+use crate::peers::{Peers, PeersError, Running};
 use crate::policy::{Decision, Kind, Party, Request, Rule, Verdict};
-use crate::transfer::{self, Found, Go, Helper, Plan};
+use crate::protocol::open::{Answer, Open, VERSION};
+use crate::protocol::share::{Found, Go, Plan};
+use crate::protocol::{self, ProtocolError, MAX_MESSAGE};
+use crate::side::VmSide;
+use crate::transfer::{self, Helper};
 
 /// Where `feather-open` finds its VM's broker, in the VM's view.
 pub const SOCKET_IN_VM: &str = "/run/feather/shuttle.sock";
@@ -52,9 +57,6 @@ pub const EXIT_REFUSED: i32 = 77;
 /// (no broker, the target would not start, a path could not be handed over).
 pub const EXIT_FAILED: i32 = 125;
 
-/// The largest message either side sends.
-const MAX_MESSAGE: usize = 64 * 1024;
-
 /// How long a program may take to end after its requester hung up.
 const HANG_UP_GRACE: Duration = Duration::from_secs(5);
 
@@ -62,37 +64,77 @@ const HANG_UP_GRACE: Duration = Duration::from_secs(5);
 /// VM cannot make its keeper start threads without end.
 const MAX_IN_FLIGHT: usize = 32;
 
-/// What `feather-open` asks.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Open {
-    pub app: String,
-    /// The target VM; without it, the one VM the allowing rule names.
-    pub vm: Option<String>,
-    pub args: Vec<String>,
-    /// The requester's working folder (relative paths are taken from it).
-    pub cwd: String,
+/// Why a VM's invocation endpoint could not be opened (the VM runs without it).
+#[derive(Debug, thiserror::Error)]
+pub enum InvokeError {
+    #[error("VM {vm}: cannot open {SOCKET_IN_VM}: {error}")]
+    Bind { vm: String, error: BindError },
+    #[error("VM {vm}: pipe: {errno}")]
+    Pipe { vm: String, errno: Errno },
+    #[error("cannot start the invocation thread: {0}")]
+    Thread(std::io::Error),
 }
 
-/// What the broker answers.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "result", rename_all = "snake_case")]
-pub enum Answer {
-    /// The program runs; sent with its stdin (to write), stdout and stderr (to read).
-    Started {
-        vm: String,
-        argv: Vec<String>,
-    },
-    Exited {
-        code: i32,
-    },
-    /// The policy said no (or the request could not be decided).
-    Refused {
-        why: String,
-    },
-    /// Allowed, but it could not be carried out.
-    Failed {
-        why: String,
-    },
+/// Why the socket in the VM's `/run/feather` could not be bound.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{0}")]
+    Root(std::io::Error),
+    #[error("{}: {}", path, errno.desc())]
+    Folder { path: &'static str, errno: Errno },
+    #[error("bind: {0}")]
+    Bind(crate::endpoint::EndpointError),
+    #[error("listen: {0}")]
+    Listen(Errno),
+}
+
+/// Why an allowed program could not be run in the target.
+#[derive(Debug, thiserror::Error)]
+enum RunError {
+    #[error("pipe: {0}")]
+    Pipe(Errno),
+    /// The keeper could not run it.
+    #[error("{0}")]
+    Peer(PeersError),
+}
+
+/// Why `feather-open` did not run the program; each says which exit status it ends with.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("socket: {0}")]
+    Socket(Errno),
+    #[error("{0}")]
+    Address(Errno),
+    #[error(
+        "cannot reach the shuttle at {SOCKET_IN_VM}: {} (run this inside a feather VM that a \
+         policy `invoke` rule lets invoke applications; the VM reads the policy when it starts)",
+        .0.desc()
+    )]
+    Unreachable(Errno),
+    #[error("the arguments are too long")]
+    TooLong,
+    #[error("cannot send the request: {0}")]
+    Send(Errno),
+    #[error("the shuttle: {0}")]
+    Protocol(ProtocolError),
+    #[error("the broker sent no pipes")]
+    NoPipes,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error("failed: {0}")]
+    Failed(String),
+    #[error("the shuttle went away before the program ended (did the VM stop?)")]
+    Gone,
+}
+
+impl OpenError {
+    /// `feather-open`'s exit status for this error.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            OpenError::Refused(_) => EXIT_REFUSED,
+            _ => EXIT_FAILED,
+        }
+    }
 }
 
 /// A VM's invocation endpoint: the socket in its `/run` and the thread that serves it.
@@ -136,7 +178,7 @@ impl Invocations {
         side: Arc<VmSide>,
         gate: Arc<Gate>,
         peers: Arc<dyn Peers>,
-    ) -> Result<Option<Invocations>, String> {
+    ) -> Result<Option<Invocations>, InvokeError> {
         let source = side.party();
         if gate
             .policy()
@@ -146,10 +188,15 @@ impl Invocations {
         {
             return Ok(None);
         }
-        let listener = bind_in_vm(side.init_pid)
-            .map_err(|why| format!("VM {}: cannot open {SOCKET_IN_VM}: {why}", side.name))?;
-        let (stop_read, stop_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)
-            .map_err(|e| format!("VM {}: pipe: {e}", side.name))?;
+        let listener = bind_in_vm(side.init_pid).map_err(|error| InvokeError::Bind {
+            vm: side.name.clone(),
+            error,
+        })?;
+        let (stop_read, stop_write) =
+            nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|errno| InvokeError::Pipe {
+                vm: side.name.clone(),
+                errno,
+            })?;
         let running: RunningPrograms = Arc::new(Mutex::new(HashMap::new()));
         let source_ticks = init_ticks(side.init_pid);
         let context = Arc::new(Context {
@@ -169,7 +216,7 @@ impl Invocations {
                 let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None);
                 accept_loop(&listener, &stop_read, &context)
             })
-            .map_err(|e| format!("cannot start the invocation thread: {e}"))?;
+            .map_err(InvokeError::Thread)?;
         Ok(Some(Invocations {
             stop: Some(stop_write),
             thread: Some(thread),
@@ -198,28 +245,28 @@ impl Drop for Invocations {
 
 /// Binds the listening socket at [`SOCKET_IN_VM`] in the VM's `/run`, reached through
 /// `/proc/<init>/root` without following any symlink the VM may have planted.
-fn bind_in_vm(init_pid: i32) -> Result<OwnedFd, String> {
+fn bind_in_vm(init_pid: i32) -> Result<OwnedFd, BindError> {
     let root: OwnedFd = std::fs::File::open(format!("/proc/{init_pid}/root"))
-        .map_err(|e| e.to_string())?
+        .map_err(BindError::Root)?
         .into();
     let strict = || {
         OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_SYMLINKS)
     };
-    let run = openat2(&root, "run", strict()).map_err(|e| format!("/run: {}", e.desc()))?;
+    let folder = |path: &'static str| move |errno| BindError::Folder { path, errno };
+    let run = openat2(&root, "run", strict()).map_err(folder("/run"))?;
     match nix::sys::stat::mkdirat(&run, "feather", Mode::from_bits_truncate(0o755)) {
         Ok(()) | Err(Errno::EEXIST) => {}
-        Err(e) => return Err(format!("/run/feather: {}", e.desc())),
+        Err(errno) => return Err(folder("/run/feather")(errno)),
     }
-    let dir =
-        openat2(&run, "feather", strict()).map_err(|e| format!("/run/feather: {}", e.desc()))?;
+    let dir = openat2(&run, "feather", strict()).map_err(folder("/run/feather"))?;
     listen_in(&dir)
 }
 
 /// Binds and listens at `shuttle.sock` in `dir` (the VM's `/run/feather`), replacing what
 /// was there.
-fn listen_in(dir: &OwnedFd) -> Result<OwnedFd, String> {
+fn listen_in(dir: &OwnedFd) -> Result<OwnedFd, BindError> {
     let _ = nix::unistd::unlinkat(dir, "shuttle.sock", nix::unistd::UnlinkatFlags::NoRemoveDir);
     // Anyone in the VM may ask (the policy decides): the socket is born 0666, never chmodded
     // by name afterwards (the VM's processes may already run, after a restore).
@@ -229,9 +276,8 @@ fn listen_in(dir: &OwnedFd) -> Result<OwnedFd, String> {
         SockType::SeqPacket,
         0o666,
     )
-    .map_err(|e| format!("bind: {e}"))?;
-    listen(&listener, Backlog::new(16).unwrap_or(Backlog::MAXCONN))
-        .map_err(|e| format!("listen: {e}"))?;
+    .map_err(BindError::Bind)?;
+    listen(&listener, Backlog::new(16).unwrap_or(Backlog::MAXCONN)).map_err(BindError::Listen)?;
     Ok(listener)
 }
 
@@ -293,10 +339,17 @@ fn serve(context: &Context, connection: OwnedFd) {
         },
         Err(_) => return,
     };
+    if send(&connection, &Answer::Hello { version: VERSION }, &[]).is_err() {
+        return;
+    }
     let open = match receive::<Open>(&connection) {
         Ok(Some((open, _))) => open,
         _ => return,
     };
+    if let Err(e) = protocol::check_version("a feather-open", VERSION, open.version) {
+        let _ = send(&connection, &Answer::Failed { why: e.to_string() }, &[]);
+        return;
+    }
     let _ = nix::sys::socket::setsockopt(
         &connection,
         sockopt::ReceiveTimeout,
@@ -406,16 +459,20 @@ fn invoke(
             .helper(transfer::HELPER_SUBCOMMAND)
             .map_err(|why| Stop::Failed(fail(why.to_string())))?;
         let plan = Plan {
+            version: crate::protocol::share::VERSION,
             source_pid: context.side.init_pid,
             source_ticks: context.source_ticks,
             id,
             items: items.iter().map(|item| item.path.clone()).collect(),
         };
-        let mut started = Helper::spawn(command, &plan).map_err(|why| Stop::Failed(fail(why)))?;
-        let resolved = started.resolved().map_err(|why| Stop::Failed(fail(why)))?;
+        let mut started =
+            Helper::spawn(command, &plan).map_err(|why| Stop::Failed(fail(why.to_string())))?;
+        let resolved = started
+            .resolved()
+            .map_err(|why| Stop::Failed(fail(why.to_string())))?;
         let mut writable = Vec::new();
         for (item, found) in items.iter().zip(resolved) {
-            let found = found.map_err(|why| Stop::Refused(fail(why)))?;
+            let found = found.map_err(|why| Stop::Refused(fail(why.to_string())))?;
             let real_rw = real_path_allowed(context, &request, item, &found, &detail, &fail)?;
             writable.push(item.writable && real_rw);
         }
@@ -429,7 +486,7 @@ fn invoke(
                 target_ticks: init_ticks(target_pid),
                 writable,
             })
-            .map_err(|why| Stop::Failed(fail(why)))?;
+            .map_err(|why| Stop::Failed(fail(why.to_string())))?;
         helper = Some(started);
     } else {
         context
@@ -444,7 +501,7 @@ fn invoke(
         argv.extend(open.args.iter().cloned());
     }
     let code = run(context, target_vm, &argv, requester.uid, connection)
-        .map_err(|why| Stop::Failed(fail(why)));
+        .map_err(|why| Stop::Failed(fail(why.to_string())));
     // The program ended: the hand-over mounts go.
     drop(helper);
     code
@@ -529,7 +586,8 @@ fn file_items(
             context.gate.record_failure(invoke, rule, &why);
             return Err(Stop::Refused(why));
         }
-        let path = transfer::requested_path(arg, &open.cwd).map_err(|why| {
+        let path = transfer::requested_path(arg, &open.cwd).map_err(|fault| {
+            let why = fault.to_string();
             context.gate.record_failure(invoke, rule, &why);
             Stop::Refused(why)
         })?;
@@ -592,15 +650,15 @@ fn run(
     argv: &[String],
     uid: u32,
     connection: &OwnedFd,
-) -> Result<i32, String> {
-    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"));
+) -> Result<i32, RunError> {
+    let pipe = || nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(RunError::Pipe);
     let (stdin_read, stdin_write) = pipe()?;
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
     let program = context
         .peers
         .run(vm, argv, uid, [stdin_read, stdout_write, stderr_write])
-        .map_err(|e| e.to_string())?;
+        .map_err(RunError::Peer)?;
     let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
     context
         .running
@@ -671,7 +729,7 @@ fn is_app_name(app: &str) -> bool {
 
 /// Sends one message with `fds` attached.
 fn send(socket: &impl AsFd, message: &impl Serialize, fds: &[RawFd]) -> Result<(), Errno> {
-    let bytes = serde_json::to_vec(message).map_err(|_| Errno::EINVAL)?;
+    let bytes = protocol::encode(message);
     if bytes.len() > MAX_MESSAGE {
         return Err(Errno::E2BIG);
     }
@@ -692,55 +750,77 @@ fn receive<T: for<'de> Deserialize<'de>>(
         .map_err(|_| Errno::EBADMSG)
 }
 
+/// Receives one message, or says what came instead of `expected`.
+fn receive_expected<T: for<'de> Deserialize<'de>>(
+    socket: &impl AsFd,
+    expected: &'static str,
+) -> Result<(T, Vec<OwnedFd>), OpenError> {
+    let mut buffer = vec![0u8; MAX_MESSAGE];
+    loop {
+        match feather_sys::fdpass::receive(socket, &mut buffer) {
+            Ok((0, _)) => return Err(OpenError::Gone),
+            Ok((length, fds)) => {
+                return protocol::decode(&buffer[..length], expected)
+                    .map(|message| (message, fds))
+                    .map_err(OpenError::Protocol)
+            }
+            Err(Errno::EINTR) => {}
+            Err(_) => return Err(OpenError::Gone),
+        }
+    }
+}
+
 /// `feather-open` (inside a VM): asks the broker, relays the program's stdin, stdout and
 /// stderr, and returns its exit code — or [`EXIT_REFUSED`] / [`EXIT_FAILED`] with the reason
 /// on stderr.
 pub fn open(app: &str, vm: Option<&str>, args: &[String]) -> i32 {
     match try_open(app, vm, args) {
         Ok(code) => code,
-        Err((code, why)) => {
+        Err(why) => {
             eprintln!("feather-open: {why}");
-            code
+            why.exit_code()
         }
     }
 }
 
-fn try_open(app: &str, vm: Option<&str>, args: &[String]) -> Result<i32, (i32, String)> {
-    let failed = |why: String| (EXIT_FAILED, why);
+fn try_open(app: &str, vm: Option<&str>, args: &[String]) -> Result<i32, OpenError> {
     let socket = socket(
         AddressFamily::Unix,
         SockType::SeqPacket,
         SockFlag::SOCK_CLOEXEC,
         None,
     )
-    .map_err(|e| failed(format!("socket: {e}")))?;
-    let address = UnixAddr::new(SOCKET_IN_VM).map_err(|e| failed(e.to_string()))?;
-    connect(socket.as_raw_fd(), &address).map_err(|e| {
-        failed(format!(
-            "cannot reach the shuttle at {SOCKET_IN_VM}: {} (run this inside a feather VM that a \
-             policy `invoke` rule lets invoke applications; the VM reads the policy when it starts)",
-            e.desc()
-        ))
-    })?;
+    .map_err(OpenError::Socket)?;
+    let address = UnixAddr::new(SOCKET_IN_VM).map_err(OpenError::Address)?;
+    connect(socket.as_raw_fd(), &address).map_err(OpenError::Unreachable)?;
+    const HELLO: &str = "the shuttle's hello";
+    match receive_expected::<Answer>(&socket, HELLO)? {
+        (Answer::Hello { version }, _) => {
+            protocol::check_version("a shuttle", VERSION, version).map_err(OpenError::Protocol)?
+        }
+        (other, _) => return Err(out_of_turn(HELLO, &other)),
+    }
     let cwd = std::env::current_dir()
         .map(|dir| dir.to_string_lossy().into_owned())
         .unwrap_or_else(|_| "/".into());
     let request = Open {
+        version: VERSION,
         app: app.to_owned(),
         vm: vm.map(str::to_owned),
         args: args.to_vec(),
         cwd,
     };
     send(&socket, &request, &[]).map_err(|e| match e {
-        Errno::E2BIG => failed("the arguments are too long".into()),
-        e => failed(format!("cannot send the request: {e}")),
+        Errno::E2BIG => OpenError::TooLong,
+        e => OpenError::Send(e),
     })?;
+    const OUTCOME: &str = "the program's start or end";
     let mut relays = Vec::new();
     loop {
-        match receive::<Answer>(&socket) {
-            Ok(Some((Answer::Started { .. }, fds))) => {
+        match receive_expected::<Answer>(&socket, OUTCOME)? {
+            (Answer::Started { .. }, fds) => {
                 let Ok([stdin, stdout, stderr]): Result<[OwnedFd; 3], _> = fds.try_into() else {
-                    return Err(failed("the broker sent no pipes".into()));
+                    return Err(OpenError::NoPipes);
                 };
                 // stdin is not waited for: the program may end without reading it.
                 let _ = std::thread::Builder::new()
@@ -752,24 +832,24 @@ fn try_open(app: &str, vm: Option<&str>, args: &[String]) -> Result<i32, (i32, S
                     relay(std::fs::File::from(stderr), std::io::stderr())
                 }));
             }
-            Ok(Some((Answer::Exited { code }, _))) => {
+            (Answer::Exited { code }, _) => {
                 for relay in relays {
                     let _ = relay.join();
                 }
                 return Ok(code);
             }
-            Ok(Some((Answer::Refused { why }, _))) => {
-                return Err((EXIT_REFUSED, format!("refused: {why}")))
-            }
-            Ok(Some((Answer::Failed { why }, _))) => return Err(failed(format!("failed: {why}"))),
-            Err(Errno::EINTR) => {}
-            Ok(None) | Err(_) => {
-                return Err(failed(
-                    "the shuttle went away before the program ended (did the VM stop?)".into(),
-                ))
-            }
+            (Answer::Refused { why }, _) => return Err(OpenError::Refused(why)),
+            (Answer::Failed { why }, _) => return Err(OpenError::Failed(why)),
+            (other @ Answer::Hello { .. }, _) => return Err(out_of_turn(OUTCOME, &other)),
         }
     }
+}
+
+fn out_of_turn(expected: &'static str, received: &Answer) -> OpenError {
+    OpenError::Protocol(ProtocolError::Unexpected {
+        expected,
+        received: format!("{received:?}"),
+    })
 }
 
 /// Copies until end of input (or a write fails).
@@ -873,6 +953,22 @@ mod tests {
         assert!(matches!(argument_mode(&none), Args::None));
         let any = rule("invoke viewer a b allow args=any\n");
         assert!(matches!(argument_mode(&any), Args::Any));
+    }
+
+    #[test]
+    fn feather_opens_exit_status_is_chosen_by_the_error_variant() {
+        assert_eq!(OpenError::Refused("no".into()).exit_code(), EXIT_REFUSED);
+        for failed in [
+            OpenError::Failed("x".into()),
+            OpenError::Gone,
+            OpenError::Protocol(ProtocolError::Version {
+                peer: "a shuttle",
+                expected: VERSION,
+                received: VERSION + 1,
+            }),
+        ] {
+            assert_eq!(failed.exit_code(), EXIT_FAILED, "{failed}");
+        }
     }
 
     #[test]

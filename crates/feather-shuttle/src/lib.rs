@@ -3,16 +3,24 @@
 //! audit log.
 //!
 //! - [`policy`]: the rule files, and the decision for one request (first match wins, default
-//!   deny).
-//! - [`broker`]: per VM, in its keeper: opens what the policy offers the VM.
-//! - [`gate`]: the one door: decide, ask where the rule says so, record, then open.
+//!   deny); [`error`]: why a policy does not load.
+//! - [`broker`]: per VM, in its keeper: opens what the policy offers the VM ([`side`]).
+//! - [`gate`]: the one door: decide, [`ask`] where the rule says so, record, then open.
 //! - [`audit`]: one JSON line per decision.
+//! - [`watch`]: the broker's thread: reopens the channels when the policy changes.
 //! - [`channels`]: IPC channels (unix sockets, TCP ports, D-Bus names through [`dbus`]) and
-//!   the dependencies they start; [`watch`] reopens them when the policy changes.
+//!   the dependencies they start; [`endpoint`] binds and connects inside VMs, [`splice`]
+//!   carries the bytes.
 //! - [`peers`]: what the broker needs of other VMs, provided by the keeper that hosts it.
 //! - [`invoke`]: `feather-open` in a VM, and the broker's side of it: run an allowed
 //!   application in another VM.
 //! - [`transfer`]: hand a path of one VM to another (bind mount, argument rewritten).
+//! - [`protocol`]: every message between the broker and the processes it talks to, one module
+//!   per pair, versioned.
+//!
+//! Imports point one way: broker → watch → channels → dbus; broker → invoke → transfer; all
+//! → gate → policy → error; [`side`] (the VM served) above policy; [`protocol`] at the bottom.
+//! Raw system calls are feather-sys's: this crate has no `unsafe`.
 
 pub mod ask;
 pub mod audit;
@@ -26,15 +34,17 @@ mod identity;
 pub mod invoke;
 pub mod peers;
 pub mod policy;
-mod raw;
+pub mod protocol;
+pub mod side;
 pub mod splice;
 pub mod transfer;
 pub mod view;
 pub mod watch;
 
 pub use audit::{Audit, Outcome};
-pub use broker::{Broker, VmSide};
-pub use error::PolicyError;
+pub use broker::Broker;
+pub use error::{PolicyError, RuleFault};
 pub use gate::{Gate, Refusal};
 pub use peers::Peers;
 pub use policy::{Consulted, Decision, Kind, Party, Policy, Request, Rule, Verdict};
+pub use side::VmSide;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
-use crate::error::PolicyError;
+use crate::error::{PolicyError, RuleFault};
 
 /// The policy folder every state root has (tests use their own root's).
 pub const ROOT_POLICY_DIR: &str = "policy.d";
@@ -61,13 +61,20 @@ impl Kind {
     }
 }
 
-impl fmt::Display for Kind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
+impl Kind {
+    /// The kind's word in rule files.
+    pub fn word(self) -> &'static str {
+        match self {
             Kind::Ipc => "ipc",
             Kind::Invoke => "invoke",
             Kind::Files => "files",
-        })
+        }
+    }
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.word())
     }
 }
 
@@ -137,7 +144,7 @@ pub enum Selector {
 }
 
 impl Selector {
-    fn parse(word: &str) -> Result<Selector, String> {
+    fn parse(word: &str) -> Result<Selector, RuleFault> {
         match word {
             "@any" => Ok(Selector::Any),
             "@anyvm" => Ok(Selector::AnyVm),
@@ -147,12 +154,10 @@ impl Selector {
                     check_word(tag, "tag")?;
                     Ok(Selector::Tag(tag.to_owned()))
                 } else if word.starts_with('@') {
-                    Err(format!(
-                        "unknown {word:?} (use a VM name, @tag:NAME, @host, @anyvm or @any)"
-                    ))
+                    Err(RuleFault::UnknownSelector(word.to_owned()))
                 } else {
                     word.parse::<feather_core::VmName>()
-                        .map_err(|e| e.to_string())?;
+                        .map_err(RuleFault::VmName)?;
                     Ok(Selector::Vm(word.to_owned()))
                 }
             }
@@ -209,9 +214,12 @@ const GLOB_OPTIONS: glob::MatchOptions = glob::MatchOptions {
 };
 
 impl ObjectPattern {
-    fn parse(kind: Kind, text: &str) -> Result<ObjectPattern, String> {
+    fn parse(kind: Kind, text: &str) -> Result<ObjectPattern, RuleFault> {
         check_object(kind, text)?;
-        let glob = glob::Pattern::new(text).map_err(|e| format!("object {text:?}: {e}"))?;
+        let glob = glob::Pattern::new(text).map_err(|error| RuleFault::Glob {
+            object: text.to_owned(),
+            error,
+        })?;
         Ok(ObjectPattern {
             text: text.to_owned(),
             glob,
@@ -333,9 +341,9 @@ impl Policy {
         let mut rules = Vec::new();
         for dir in dirs {
             for file in rule_files(dir)? {
-                let text = fs::read_to_string(&file).map_err(|source| PolicyError::Read {
+                let text = fs::read_to_string(&file).map_err(|error| PolicyError::Read {
                     path: file.clone(),
-                    source,
+                    error,
                 })?;
                 rules.extend(parse(&file, &text)?);
             }
@@ -403,10 +411,10 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(source) => {
+        Err(error) => {
             return Err(PolicyError::Read {
                 path: dir.to_path_buf(),
-                source,
+                error,
             })
         }
     };
@@ -430,38 +438,36 @@ pub fn parse(file: &Path, text: &str) -> Result<Vec<Rule>, PolicyError> {
         if content.is_empty() || content.starts_with('#') {
             continue;
         }
-        let rule = parse_rule(content, at.clone()).map_err(|why| PolicyError::Malformed {
+        let rule = parse_rule(content, at.clone()).map_err(|fault| PolicyError::Malformed {
             file: at.file.clone(),
             line: at.line,
-            why,
+            fault,
         })?;
         rules.push(rule);
     }
     Ok(rules)
 }
 
-fn parse_rule(line: &str, at: RuleRef) -> Result<Rule, String> {
-    let words = shlex::split(line).ok_or("unbalanced quotes")?;
+fn parse_rule(line: &str, at: RuleRef) -> Result<Rule, RuleFault> {
+    let words = shlex::split(line).ok_or(RuleFault::UnbalancedQuotes)?;
     let [kind, object, source, target, verdict, options @ ..] = words.as_slice() else {
-        return Err(format!(
-            "expected KIND OBJECT SOURCE TARGET VERDICT [OPTION=VALUE]..., found {} word(s)",
-            words.len()
-        ));
+        return Err(RuleFault::WordCount(words.len()));
     };
-    let kind = Kind::parse(kind)
-        .ok_or_else(|| format!("unknown kind {kind:?} (use ipc, invoke or files)"))?;
+    let kind = Kind::parse(kind).ok_or_else(|| RuleFault::UnknownKind(kind.clone()))?;
     let object = ObjectPattern::parse(kind, object)?;
-    let source = Selector::parse(source).map_err(|why| format!("source: {why}"))?;
-    let target = Selector::parse(target).map_err(|why| format!("target: {why}"))?;
+    let side = |side: &'static str| {
+        move |fault| RuleFault::Selector {
+            side,
+            fault: Box::new(fault),
+        }
+    };
+    let source = Selector::parse(source).map_err(side("source"))?;
+    let target = Selector::parse(target).map_err(side("target"))?;
     let verdict = match verdict.as_str() {
         "allow" => Verdict::Allow,
         "deny" => Verdict::Deny,
         "ask" => Verdict::Ask,
-        other => {
-            return Err(format!(
-                "unknown verdict {other:?} (use allow, deny or ask)"
-            ))
-        }
+        other => return Err(RuleFault::UnknownVerdict(other.to_owned())),
     };
     let options = parse_options(kind, options)?;
     let rule = Rule {
@@ -477,56 +483,49 @@ fn parse_rule(line: &str, at: RuleRef) -> Result<Rule, String> {
     Ok(rule)
 }
 
-fn parse_options(kind: Kind, words: &[String]) -> Result<BTreeMap<String, String>, String> {
+fn parse_options(kind: Kind, words: &[String]) -> Result<BTreeMap<String, String>, RuleFault> {
     let mut options = BTreeMap::new();
     for word in words {
         let (name, value) = word
             .split_once('=')
-            .ok_or_else(|| format!("option {word:?} is not NAME=VALUE"))?;
+            .ok_or_else(|| RuleFault::NotNameValue(word.clone()))?;
         if !kind.options().contains(&name) {
-            return Err(format!(
-                "unknown option {name:?} for {kind} rules (known: {})",
-                kind.options().join(", ")
-            ));
+            return Err(RuleFault::UnknownOption {
+                name: name.to_owned(),
+                kind: kind.word(),
+                known: kind.options(),
+            });
         }
         if options.insert(name.to_owned(), value.to_owned()).is_some() {
-            return Err(format!("option {name:?} given twice"));
+            return Err(RuleFault::OptionTwice(name.to_owned()));
         }
     }
     Ok(options)
 }
 
 /// The object's form for its kind.
-fn check_object(kind: Kind, object: &str) -> Result<(), String> {
+fn check_object(kind: Kind, object: &str) -> Result<(), RuleFault> {
     match kind {
         Kind::Ipc => match object.split_once(':') {
             Some(("unix", path)) if path.starts_with('/') => Ok(()),
             Some(("tcp", port)) if port.parse::<u16>().is_ok_and(|p| p > 0) => Ok(()),
             Some(("dbus", name)) if !name.is_empty() => Ok(()),
-            _ => Err(format!(
-                "ipc object {object:?}: use unix:/ABSOLUTE/PATH, tcp:PORT or dbus:BUS.NAME"
-            )),
+            _ => Err(RuleFault::IpcObject(object.to_owned())),
         },
         Kind::Invoke => check_word(object, "application name"),
         Kind::Files if object.starts_with('/') => Ok(()),
-        Kind::Files => Err(format!("files object {object:?} is not an absolute path")),
+        Kind::Files => Err(RuleFault::RelativeFiles(object.to_owned())),
     }
 }
 
 /// Options and combinations that only make sense one way.
-fn check_rule(rule: &Rule) -> Result<(), String> {
+fn check_rule(rule: &Rule) -> Result<(), RuleFault> {
     if rule.kind == Kind::Ipc && rule.verdict != Verdict::Deny {
         if rule.target.single().is_none() {
-            return Err(format!(
-                "an ipc rule opens a channel to one place: its target must be a VM name or @host, not {}",
-                rule.target
-            ));
+            return Err(RuleFault::NotOnePlace(rule.target.to_string()));
         }
         if !rule.object.is_literal() {
-            return Err(format!(
-                "an ipc rule that allows must name one socket, port or bus name, not the pattern {:?}",
-                rule.object.as_str()
-            ));
+            return Err(RuleFault::PatternAllowed(rule.object.as_str().to_owned()));
         }
     }
     if let Some(at) = rule.option("at") {
@@ -536,37 +535,31 @@ fn check_rule(rule: &Rule) -> Result<(), String> {
             _ => at.starts_with('/'),
         };
         if !fits {
-            return Err(format!(
-                "at={at:?}: a {scheme} channel appears at {}",
-                if scheme == "tcp" {
-                    "a port"
-                } else {
-                    "an absolute path"
-                }
-            ));
+            return Err(RuleFault::At {
+                at: at.to_owned(),
+                scheme: scheme.to_owned(),
+            });
         }
     }
     if let Some(mode) = rule.option("mode") {
         if !matches!(mode, "ro" | "rw") {
-            return Err(format!("mode={mode:?}: use ro or rw"));
+            return Err(RuleFault::Mode(mode.to_owned()));
         }
     }
     if let Some(args) = rule.option("args") {
         if !matches!(args, "none" | "files" | "any") {
-            return Err(format!("args={args:?}: use none, files or any"));
+            return Err(RuleFault::Args(args.to_owned()));
         }
     }
     if let Some(command) = rule.option("command") {
         if shlex::split(command).is_none_or(|words| words.is_empty()) {
-            return Err(format!(
-                "command={command:?} is empty or has unbalanced quotes"
-            ));
+            return Err(RuleFault::Command(command.to_owned()));
         }
     }
     Ok(())
 }
 
-fn check_word(word: &str, what: &str) -> Result<(), String> {
+fn check_word(word: &str, what: &'static str) -> Result<(), RuleFault> {
     let fine = !word.is_empty()
         && word
             .chars()
@@ -574,9 +567,10 @@ fn check_word(word: &str, what: &str) -> Result<(), String> {
     if fine {
         Ok(())
     } else {
-        Err(format!(
-            "{what} {word:?} may hold only letters, digits, '.', '_', '-', '@' (and '*' as a wildcard)"
-        ))
+        Err(RuleFault::Word {
+            what,
+            word: word.to_owned(),
+        })
     }
 }
 
@@ -700,6 +694,26 @@ mod tests {
             assert!(message.contains(why), "{text:?}: {message}");
             assert!(message.contains("allows nothing"), "{message}");
         }
+    }
+
+    #[test]
+    fn malformed_lines_are_told_apart_by_variant() {
+        let fault = |text: &str| match parse(Path::new("bad.policy"), text).unwrap_err() {
+            PolicyError::Malformed { fault, .. } => fault,
+            other => panic!("{other}"),
+        };
+        assert!(matches!(
+            fault("ipc unix:/a web db maybe\n"),
+            RuleFault::UnknownVerdict(_)
+        ));
+        assert!(matches!(
+            fault("ipc unix:/a web Bad/Name allow\n"),
+            RuleFault::Selector { side: "target", .. }
+        ));
+        assert!(matches!(
+            fault("ipc unix:/a web db allow mode=ro\n"),
+            RuleFault::UnknownOption { kind: "ipc", .. }
+        ));
     }
 
     #[test]

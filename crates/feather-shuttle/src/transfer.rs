@@ -7,6 +7,7 @@
 //!
 //! ```text
 //! broker (keeper, multi-threaded)              share helper (`feather-keeper __shuttle-share PLAN`)
+//!   ◀── Hello { version }
 //!   gate: files PATH (as written) ──────────▶   in the host's mount namespace:
 //!                                                 openat2(/proc/<source init>/root, PATH,
 //!                                                   RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS)
@@ -18,31 +19,33 @@
 //!                                                 mount_setattr(nosuid, nodev[, rdonly])
 //!                                               setns(target's mounts): mkdir
 //!                                                 /run/feather/shared/<id>/, move_mount
-//!   ◀── Mounted { paths }  |  Failed { why }
+//!   ◀── Mounted { paths }  |  Failed { fault }
 //!   …the program runs in the target…
 //!   close the helper's stdin ───────────────▶   umount by the tree's descriptor, remove
 //!                                                 what it made (by folder descriptor), exit
 //! ```
 //!
 //! Entering mount namespaces needs a single-threaded process, hence the helper; if the keeper
-//! dies, the helper's stdin closes and it removes the mounts all the same.
+//! dies, the helper's stdin closes and it removes the mounts all the same. The messages are
+//! [`crate::protocol::share`]'s.
 
 use std::collections::HashSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader};
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::FileTypeExt;
 use std::path::Path;
 use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 
+use feather_sys::mount::{self, TreeFlags};
 use nix::errno::Errno;
 use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sched::CloneFlags;
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
-use serde::{Deserialize, Serialize};
 
-use crate::raw;
+use crate::protocol::share::{End, Found, Go, Os, Plan, Report, ShareFault, VERSION};
+use crate::protocol::{self, ProtocolError};
 
 /// Where handed-over files appear in a target VM: `<this>/<id>/<basename>`.
 pub const SHARED_IN_VM: &str = "/run/feather/shared";
@@ -54,73 +57,68 @@ pub const HELPER_SUBCOMMAND: &str = "__shuttle-share";
 /// The absolute path an argument names in the source, from the source's working folder
 /// `cwd`, with `.` and empty components dropped. A `..` is refused: it is how a path walks out
 /// of what a `files` rule allows, and a requester can always name the file directly.
-pub fn requested_path(arg: &str, cwd: &str) -> Result<String, String> {
+pub fn requested_path(arg: &str, cwd: &str) -> Result<String, PathFault> {
     if arg.is_empty() || arg.contains('\0') {
-        return Err(format!("{arg:?} is not a path"));
+        return Err(PathFault::NotAPath(arg.to_owned()));
     }
     let joined = if arg.starts_with('/') {
         arg.to_owned()
     } else if cwd.starts_with('/') {
         format!("{cwd}/{arg}")
     } else {
-        return Err(format!(
-            "{arg:?} is relative and the working folder {cwd:?} is not absolute"
-        ));
+        return Err(PathFault::Relative {
+            arg: arg.to_owned(),
+            cwd: cwd.to_owned(),
+        });
     };
     let mut parts = Vec::new();
     for part in joined.split('/') {
         match part {
             "" | "." => {}
-            ".." => {
-                return Err(format!(
-                    "{arg:?} climbs with '..' (name the file by its own path)"
-                ))
-            }
+            ".." => return Err(PathFault::Climbs(arg.to_owned())),
             part => parts.push(part),
         }
     }
     Ok(format!("/{}", parts.join("/")))
 }
 
-/// What the broker asks the helper to hand over.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct Plan {
-    /// Host pid of the source VM's init (a child of the keeper that runs the helper)…
-    pub source_pid: i32,
-    /// …and its start time: a process that reused the pid is not entered.
-    pub source_ticks: Option<u64>,
-    /// Names the folder under [`SHARED_IN_VM`]; unique among the target's hand-overs.
-    pub id: String,
-    /// Absolute paths in the source, as [`requested_path`] made them.
-    pub items: Vec<String>,
+/// Why an argument is not a path that may be handed over.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathFault {
+    #[error("{0:?} is not a path")]
+    NotAPath(String),
+    #[error("{arg:?} is relative and the working folder {cwd:?} is not absolute")]
+    Relative { arg: String, cwd: String },
+    #[error("{0:?} climbs with '..' (name the file by its own path)")]
+    Climbs(String),
 }
 
-/// Where a requested path led in the source.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Found {
-    /// The path with every symlink followed (inside the source's root).
-    pub real: String,
-    pub folder: bool,
+/// Why the broker's share helper did not hand the paths over.
+#[derive(Debug, thiserror::Error)]
+pub enum HelperError {
+    #[error("cannot start the share helper: {0}")]
+    Spawn(io::Error),
+    #[error("the share helper has no pipes")]
+    NoPipes,
+    #[error("the share helper ended early (see the keeper's log)")]
+    Ended,
+    #[error("the share helper answered out of turn: {0}")]
+    Protocol(ProtocolError),
+    #[error("the share helper's input is closed")]
+    InputClosed,
+    #[error("cannot talk to the share helper: {0}")]
+    Talk(io::Error),
+    #[error(transparent)]
+    Failed(ShareFault),
 }
 
-/// The broker's word to the helper after the paths were checked.
-#[derive(Debug, Serialize, Deserialize)]
-pub struct Go {
-    /// Host pid of the target VM's init, and its start time.
-    pub target_pid: i32,
-    pub target_ticks: Option<u64>,
-    /// Per item, whether it is mounted writable (both rules for a path and its real path
-    /// must say rw).
-    pub writable: Vec<bool>,
-}
-
-/// What the helper reports, one JSON line each.
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(tag = "step", rename_all = "snake_case")]
-pub enum Report {
-    Resolved { items: Vec<Result<Found, String>> },
-    Mounted { paths: Vec<String> },
-    Failed { why: String },
+impl From<ProtocolError> for HelperError {
+    fn from(error: ProtocolError) -> HelperError {
+        match error {
+            ProtocolError::Closed { .. } | ProtocolError::Io { .. } => HelperError::Ended,
+            error => HelperError::Protocol(error),
+        }
+    }
 }
 
 /// The broker's handle on one running helper. Dropping it ends the hand-over: the helper
@@ -133,57 +131,68 @@ pub struct Helper {
 
 impl Helper {
     /// Starts the helper (`command` runs [`HELPER_SUBCOMMAND`]) on `plan`.
-    pub fn spawn(mut command: Command, plan: &Plan) -> Result<Helper, String> {
-        let plan = serde_json::to_string(plan).map_err(|e| e.to_string())?;
+    /// The plan's version is set here.
+    pub fn spawn(mut command: Command, plan: &Plan) -> Result<Helper, HelperError> {
+        let plan = Plan {
+            version: VERSION,
+            ..plan.clone()
+        };
+        let plan = String::from_utf8_lossy(&protocol::encode(&plan)).into_owned();
         let mut child = command
             .arg(plan)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
-            .map_err(|e| format!("cannot start the share helper: {e}"))?;
+            .map_err(HelperError::Spawn)?;
         let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
-            return Err("the share helper has no pipes".into());
+            return Err(HelperError::NoPipes);
         };
-        Ok(Helper {
+        let mut helper = Helper {
             child,
             stdin: Some(stdin),
             stdout: BufReader::new(stdout),
-        })
+        };
+        match helper.report("the share helper's hello")? {
+            Report::Hello { version } => {
+                protocol::check_version("a share helper", VERSION, version)?;
+                Ok(helper)
+            }
+            other => Err(out_of_turn("the share helper's hello", &other)),
+        }
     }
 
     /// Where each item led in the source, or why it cannot be handed over.
-    pub fn resolved(&mut self) -> Result<Vec<Result<Found, String>>, String> {
-        match self.report()? {
+    pub fn resolved(&mut self) -> Result<Vec<Result<Found, ShareFault>>, HelperError> {
+        const EXPECTED: &str = "resolved paths";
+        match self.report(EXPECTED)? {
             Report::Resolved { items } => Ok(items),
-            Report::Failed { why } => Err(why),
-            other => Err(format!("the share helper answered out of turn: {other:?}")),
+            Report::Failed { fault } => Err(HelperError::Failed(fault)),
+            other => Err(out_of_turn(EXPECTED, &other)),
         }
     }
 
     /// Mounts every item in the target; returns where each is there.
-    pub fn mount(&mut self, go: &Go) -> Result<Vec<String>, String> {
-        let mut line = serde_json::to_vec(go).map_err(|e| e.to_string())?;
-        line.push(b'\n');
-        self.stdin
-            .as_mut()
-            .ok_or("the share helper's input is closed")?
-            .write_all(&line)
-            .map_err(|e| format!("cannot talk to the share helper: {e}"))?;
-        match self.report()? {
+    pub fn mount(&mut self, go: &Go) -> Result<Vec<String>, HelperError> {
+        const EXPECTED: &str = "mounted paths";
+        let stdin = self.stdin.as_mut().ok_or(HelperError::InputClosed)?;
+        protocol::send_line(stdin, go).map_err(HelperError::Talk)?;
+        match self.report(EXPECTED)? {
             Report::Mounted { paths } => Ok(paths),
-            Report::Failed { why } => Err(why),
-            other => Err(format!("the share helper answered out of turn: {other:?}")),
+            Report::Failed { fault } => Err(HelperError::Failed(fault)),
+            other => Err(out_of_turn(EXPECTED, &other)),
         }
     }
 
-    fn report(&mut self) -> Result<Report, String> {
-        let mut line = String::new();
-        match self.stdout.read_line(&mut line) {
-            Ok(0) | Err(_) => Err("the share helper ended early (see the keeper's log)".into()),
-            Ok(_) => serde_json::from_str(&line)
-                .map_err(|e| format!("the share helper's report does not parse: {e}")),
-        }
+    fn report(&mut self, expected: &'static str) -> Result<Report, HelperError> {
+        Ok(protocol::receive_line(&mut self.stdout, expected)?)
     }
+}
+
+fn out_of_turn(expected: &'static str, received: &Report) -> HelperError {
+    HelperError::Protocol(ProtocolError::Unexpected {
+        expected,
+        received: format!("{received:?}"),
+    })
 }
 
 impl Drop for Helper {
@@ -198,24 +207,21 @@ impl Drop for Helper {
 /// code (errors are reported on stdout, for the broker, before it ends).
 pub fn helper_main(plan: &str) -> i32 {
     let mut out = std::io::stdout().lock();
-    let mut say = |report: &Report| -> bool {
-        serde_json::to_string(report)
-            .ok()
-            .is_some_and(|line| writeln!(out, "{line}").and_then(|()| out.flush()).is_ok())
-    };
-    let plan: Plan = match serde_json::from_str(plan) {
+    let mut say = |report: &Report| -> bool { protocol::send_line(&mut out, report).is_ok() };
+    if !say(&Report::Hello { version: VERSION }) {
+        return 1;
+    }
+    let plan = match read_plan(plan) {
         Ok(plan) => plan,
-        Err(e) => {
-            say(&Report::Failed {
-                why: format!("bad plan: {e}"),
-            });
+        Err(fault) => {
+            say(&Report::Failed { fault });
             return 2;
         }
     };
     let opened = match open_in_source(&plan) {
         Ok(opened) => opened,
-        Err(why) => {
-            say(&Report::Failed { why });
+        Err(fault) => {
+            say(&Report::Failed { fault });
             return 1;
         }
     };
@@ -231,30 +237,28 @@ pub fn helper_main(plan: &str) -> i32 {
         return 1;
     }
     let mut stdin = std::io::stdin().lock();
-    let mut line = String::new();
-    if stdin.read_line(&mut line).unwrap_or(0) == 0 {
-        return 0;
-    }
-    let go: Go = match serde_json::from_str(&line) {
+    let go: Go = match protocol::receive_line(&mut stdin, "the broker's go") {
         Ok(go) => go,
+        // The broker closed our input: it hands nothing over.
+        Err(ProtocolError::Closed { .. }) => return 0,
         Err(e) => {
             say(&Report::Failed {
-                why: format!("bad go: {e}"),
+                fault: protocol_fault(e),
             });
             return 2;
         }
     };
     let fds: Vec<(OwnedFd, Found)> = match opened.into_iter().collect() {
         Ok(fds) => fds,
-        Err(why) => {
-            say(&Report::Failed { why });
+        Err(fault) => {
+            say(&Report::Failed { fault });
             return 1;
         }
     };
     let shared = match share(&plan, &go, fds) {
         Ok(shared) => shared,
-        Err(why) => {
-            say(&Report::Failed { why });
+        Err(fault) => {
+            say(&Report::Failed { fault });
             return 1;
         }
     };
@@ -264,23 +268,56 @@ pub fn helper_main(plan: &str) -> i32 {
         return 1;
     }
     // Until the broker closes our input: the program runs.
+    let mut line = String::new();
     while stdin.read_line(&mut line).unwrap_or(0) > 0 {}
     drop(shared);
     0
 }
 
+/// The plan, of this build's version.
+fn read_plan(plan: &str) -> Result<Plan, ShareFault> {
+    let plan: Plan =
+        protocol::decode(plan.as_bytes(), "the broker's plan").map_err(protocol_fault)?;
+    protocol::check_version("a broker", VERSION, plan.version).map_err(protocol_fault)?;
+    Ok(plan)
+}
+
+/// A protocol error of the helper's side, as it is reported to the broker.
+fn protocol_fault(error: ProtocolError) -> ShareFault {
+    let expected = match &error {
+        ProtocolError::Unexpected { expected, .. }
+        | ProtocolError::Closed { expected }
+        | ProtocolError::Io { expected, .. } => (*expected).to_owned(),
+        ProtocolError::Version { peer, expected, .. } => {
+            format!("{peer} of protocol version {expected}")
+        }
+    };
+    let received = match error {
+        ProtocolError::Unexpected { received, .. } => received,
+        ProtocolError::Closed { .. } => "the end of input".to_owned(),
+        ProtocolError::Io { error, .. } => error.to_string(),
+        ProtocolError::Version { received, .. } => {
+            format!("version {received} (install feather from one build)")
+        }
+    };
+    ShareFault::Protocol { expected, received }
+}
+
+/// One item opened in the source (a descriptor of it, and where it led), or why not.
+type Opened = Result<(OwnedFd, Found), ShareFault>;
+
 /// Opens each item in the source's root (from the host's mounts, through
 /// `/proc/<init>/root`), refusing what may not be handed over.
-/// One item opened in the source (a descriptor of it, and where it led), or why not.
-type Opened = Result<(OwnedFd, Found), String>;
-
-fn open_in_source(plan: &Plan) -> Result<Vec<Opened>, String> {
+fn open_in_source(plan: &Plan) -> Result<Vec<Opened>, ShareFault> {
     let root_path = format!("/proc/{}/root", plan.source_pid);
     let root: OwnedFd = File::open(&root_path)
-        .map_err(|e| format!("cannot open the source VM's root {root_path}: {e}"))?
+        .map_err(|e| ShareFault::SourceRoot {
+            path: root_path.clone(),
+            os: Os::from(&e),
+        })?
         .into();
     // Checked after the open: the root opened belongs to the init the broker named.
-    same_process(plan.source_pid, plan.source_ticks, "source")?;
+    same_process(plan.source_pid, plan.source_ticks, End::Source)?;
     Ok(plan
         .items
         .iter()
@@ -288,22 +325,30 @@ fn open_in_source(plan: &Plan) -> Result<Vec<Opened>, String> {
         .collect())
 }
 
-fn open_one(root: &OwnedFd, path: &str) -> Result<(OwnedFd, Found), String> {
+fn open_one(root: &OwnedFd, path: &str) -> Result<(OwnedFd, Found), ShareFault> {
     // RESOLVE_IN_ROOT: `/`, `..` and absolute symlinks stop at the VM's root, so nothing
     // outside the VM is reachable; RESOLVE_NO_MAGICLINKS: no /proc/*/fd jumps to a file the
     // VM's processes hold open elsewhere.
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    let fd = openat2(root, path, how).map_err(|e| match e {
-        Errno::ENOENT => format!("{path} does not exist in the source VM"),
-        Errno::ELOOP => format!("{path} leads through a /proc magic link or a symlink loop"),
-        Errno::EXDEV => format!("{path} leads out of the source VM"),
-        e => format!("{path}: {}", e.desc()),
+    let path = path.to_owned();
+    let fd = openat2(root, path.as_str(), how).map_err(|e| match e {
+        Errno::ENOENT => ShareFault::Missing { path: path.clone() },
+        Errno::ELOOP => ShareFault::Loops { path: path.clone() },
+        Errno::EXDEV => ShareFault::LeavesVm { path: path.clone() },
+        e => ShareFault::Open {
+            path: path.clone(),
+            os: e.into(),
+        },
     })?;
-    let meta = File::from(fd.try_clone().map_err(|e| e.to_string())?)
+    let io_fault = |e: io::Error| ShareFault::Open {
+        path: path.clone(),
+        os: Os::from(&e),
+    };
+    let meta = File::from(fd.try_clone().map_err(io_fault)?)
         .metadata()
-        .map_err(|e| format!("{path}: {e}"))?;
+        .map_err(io_fault)?;
     let kind = meta.file_type();
     let folder = if kind.is_dir() {
         true
@@ -319,19 +364,22 @@ fn open_one(root: &OwnedFd, path: &str) -> Result<(OwnedFd, Found), String> {
         } else {
             "not a regular file or folder"
         };
-        return Err(format!(
-            "{path} is {what}: only regular files and folders are handed over"
-        ));
+        return Err(ShareFault::NotFileOrFolder {
+            path,
+            what: what.to_owned(),
+        });
     };
     // The descriptor's path as the source's root sees it: its mount belongs to the VM's
     // mount namespace, whose root is the VM's root.
-    let real = std::fs::read_link(format!("/proc/self/fd/{}", raw_fd(&fd)))
-        .map_err(|e| format!("{path}: cannot tell where it leads: {e}"))?;
+    let real = std::fs::read_link(format!("/proc/self/fd/{}", raw_fd(&fd))).map_err(|e| {
+        ShareFault::Unplaced {
+            path: path.clone(),
+            os: Os::from(&e),
+        }
+    })?;
     let real = real.to_string_lossy().into_owned();
     if !real.starts_with('/') || real.ends_with(" (deleted)") {
-        return Err(format!(
-            "{path} leads to {real:?}, not a path in the source VM"
-        ));
+        return Err(ShareFault::NotInVm { path, real });
     }
     Ok((fd, Found { real, folder }))
 }
@@ -393,7 +441,7 @@ impl Drop for Shared {
 /// link to that mount and no other, and the kernel refuses it unless the descriptor is the
 /// mount's root. A path such as `/run/feather/shared/<id>/sys` would be looked up anew in the
 /// VM's view, where `<id>` may have become a symlink to `/proc`.
-fn unmount(own_fds: &OwnedFd, mounted: &Mounted) -> Result<(), String> {
+fn unmount(own_fds: &OwnedFd, mounted: &Mounted) -> Result<(), UnmountError> {
     // What the kernel says is at the mount point now: if not ours, the VM moved names around;
     // ours is unmounted all the same (by descriptor), and whatever is there is left alone.
     let here = open_entry(&mounted.point.parent, &mounted.point.name)
@@ -406,11 +454,19 @@ fn unmount(own_fds: &OwnedFd, mounted: &Mounted) -> Result<(), String> {
             mounted.point.name
         );
     }
-    nix::unistd::fchdir(own_fds)
-        .map_err(|e| format!("cannot enter /proc/self/fd: {}", e.desc()))?;
+    nix::unistd::fchdir(own_fds).map_err(UnmountError::OwnFds)?;
     let link = raw_fd(&mounted.tree).to_string();
     nix::mount::umount2(link.as_str(), nix::mount::MntFlags::MNT_DETACH)
-        .map_err(|e| e.desc().to_owned())
+        .map_err(UnmountError::Unmount)
+}
+
+/// Why a hand-over mount could not be removed (said in the keeper's log).
+#[derive(Debug, thiserror::Error)]
+enum UnmountError {
+    #[error("cannot enter /proc/self/fd: {}", .0.desc())]
+    OwnFds(Errno),
+    #[error("{}", .0.desc())]
+    Unmount(Errno),
 }
 
 /// Removes an entry the helper made if the name still holds it (same inode), by the folder's
@@ -444,13 +500,10 @@ fn open_entry(parent: &OwnedFd, name: &str) -> Result<OwnedFd, Errno> {
 
 /// Makes folder `name` in `parent` and opens it (never through a symlink, never onto another
 /// filesystem): the entry to remove later, and the folder's descriptor.
-fn make_folder(parent: &OwnedFd, name: &str, shown: &Path) -> Result<(Entry, OwnedFd), String> {
-    let fail = |e: Errno| {
-        format!(
-            "cannot make {} in the target VM: {}",
-            shown.display(),
-            e.desc()
-        )
+fn make_folder(parent: &OwnedFd, name: &str, shown: &Path) -> Result<(Entry, OwnedFd), ShareFault> {
+    let fail = |e: Errno| ShareFault::Make {
+        path: shown.display().to_string(),
+        os: e.into(),
     };
     nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o755)).map_err(fail)?;
     let how = OpenHow::new()
@@ -484,13 +537,10 @@ fn mount_at(
     parent: &OwnedFd,
     name: &str,
     shown: &Path,
-) -> Result<(), String> {
-    let fail = |e: Errno| {
-        format!(
-            "cannot make {} in the target VM: {}",
-            shown.display(),
-            e.desc()
-        )
+) -> Result<(), ShareFault> {
+    let fail = |e: Errno| ShareFault::Make {
+        path: shown.display().to_string(),
+        os: e.into(),
     };
     if folder {
         nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o755))
@@ -506,18 +556,15 @@ fn mount_at(
     .map_err(fail)?;
     let point_fd = open_entry(parent, name).map_err(fail)?;
     let point = made_entry(parent, name, &point_fd, folder).map_err(fail)?;
-    let mount_failed = |e: Errno| {
-        format!(
-            "cannot mount at {} in the target VM: {}",
-            shown.display(),
-            e.desc()
-        )
+    let mount_failed = |e: feather_sys::SysError| ShareFault::Mount {
+        path: shown.display().to_string(),
+        os: Os::from(&e),
     };
-    if let Err(e) = raw::attach_tree(&tree, &point_fd) {
+    if let Err(e) = feather_sys::mount::attach_tree(&tree, &point_fd) {
         remove_entry(&point);
         return Err(mount_failed(e));
     }
-    let mount_id = feather_sys::mount::mount_id(&tree).map_err(|e| mount_failed(e.errno));
+    let mount_id = feather_sys::mount::mount_id(&tree).map_err(mount_failed);
     // Recorded before a failure is returned: dropping `shared` then unmounts it.
     shared.mounted.push(Mounted {
         tree,
@@ -529,41 +576,51 @@ fn mount_at(
 
 /// Clones each opened item in the source's mount namespace, then enters the target's and
 /// mounts the clones under a fresh folder.
-fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, String> {
-    let source = feather_sys::process::pidfd_open(Pid::from_raw(plan.source_pid))
-        .map_err(|e| format!("the source VM: {e}"))?;
-    let target = feather_sys::process::pidfd_open(Pid::from_raw(go.target_pid))
-        .map_err(|e| format!("the target VM: {e}"))?;
+fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, ShareFault> {
+    let pidfd = |pid: i32, end: End| {
+        feather_sys::process::pidfd_open(Pid::from_raw(pid)).map_err(|e| ShareFault::Pidfd {
+            end,
+            os: Os::from(&e),
+        })
+    };
+    let source = pidfd(plan.source_pid, End::Source)?;
+    let target = pidfd(go.target_pid, End::Target)?;
     // The pidfds pin both processes: checked now, they are the VMs' inits while we enter them.
-    same_process(plan.source_pid, plan.source_ticks, "source")?;
-    same_process(go.target_pid, go.target_ticks, "target")?;
+    same_process(plan.source_pid, plan.source_ticks, End::Source)?;
+    same_process(go.target_pid, go.target_ticks, End::Target)?;
     let own_fds: OwnedFd = File::open("/proc/self/fd")
-        .map_err(|e| format!("cannot open /proc/self/fd: {e}"))?
+        .map_err(|e| ShareFault::OwnFds { os: Os::from(&e) })?
         .into();
+    let enter = |pidfd: &OwnedFd, end: End| {
+        feather_sys::process::join_namespaces(pidfd, CloneFlags::CLONE_NEWNS).map_err(|e| {
+            ShareFault::Enter {
+                end,
+                os: Os::from(&e),
+            }
+        })
+    };
     // open_tree(OPEN_TREE_CLONE) clones only mounts of the caller's own namespace.
-    feather_sys::process::join_namespaces(&source, CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("cannot enter the source VM's mounts: {e}"))?;
+    enter(&source, End::Source)?;
     let mut trees = Vec::new();
     for (index, (fd, found)) in opened.iter().enumerate() {
-        let tree = raw::clone_tree(fd).map_err(|e| {
-            format!(
-                "cannot take {} from the source VM: {}",
-                found.real,
-                e.desc()
-            )
+        let tree = mount::clone_tree(fd).map_err(|e| ShareFault::Take {
+            path: found.real.clone(),
+            os: Os::from(&e),
         })?;
         // Never a way to gain privilege or reach devices through a handed-over file.
-        let mut flags = raw::MOUNT_ATTR_NOSUID | raw::MOUNT_ATTR_NODEV;
-        if !go.writable.get(index).copied().unwrap_or(false) {
-            flags |= raw::MOUNT_ATTR_RDONLY;
-        }
-        raw::set_mount_flags(&tree, flags)
-            .map_err(|e| format!("cannot make {} read-only: {}", found.real, e.desc()))?;
+        let flags = TreeFlags {
+            read_only: !go.writable.get(index).copied().unwrap_or(false),
+            no_suid: true,
+            no_dev: true,
+        };
+        mount::set_tree_flags(&tree, flags).map_err(|e| ShareFault::Flags {
+            path: found.real.clone(),
+            os: Os::from(&e),
+        })?;
         trees.push((tree, found.folder));
     }
     drop(opened);
-    feather_sys::process::join_namespaces(&target, CloneFlags::CLONE_NEWNS)
-        .map_err(|e| format!("cannot enter the target VM's mounts: {e}"))?;
+    enter(&target, End::Target)?;
     let base = folder_beneath_root(SHARED_IN_VM)?;
     let dir = Path::new(SHARED_IN_VM).join(&plan.id);
     let (id_entry, id_dir) = make_folder(&base, &plan.id, &dir)?;
@@ -581,7 +638,11 @@ fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, 
             .unwrap_or_else(|| "root".to_owned());
         // Two arguments with one name each get a folder of their own.
         let (parent, parent_path) = if used.insert(name.clone()) {
-            (id_dir.try_clone().map_err(|e| e.to_string())?, dir.clone())
+            let parent = id_dir.try_clone().map_err(|e| ShareFault::Make {
+                path: dir.display().to_string(),
+                os: Os::from(&e),
+            })?;
+            (parent, dir.clone())
         } else {
             let sub = (index + 1).to_string();
             let sub_path = dir.join(&sub);
@@ -597,33 +658,40 @@ fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, 
 }
 
 /// Whether `pid` is still the process that started at `ticks` (the VM's init the broker saw).
-fn same_process(pid: i32, ticks: Option<u64>, which: &str) -> Result<(), String> {
+fn same_process(pid: i32, ticks: Option<u64>, end: End) -> Result<(), ShareFault> {
     let now = feather_sys::process::start_ticks(Pid::from_raw(pid));
     if ticks.is_some() && now == ticks {
         Ok(())
     } else {
-        Err(format!("the {which} VM stopped during the hand-over"))
+        Err(ShareFault::Stopped { end })
     }
 }
 
 /// Opens the absolute `path` in the caller's root, making missing folders; no symlink is
 /// followed (the target VM's own processes could have planted them).
-fn folder_beneath_root(path: &str) -> Result<OwnedFd, String> {
+fn folder_beneath_root(path: &str) -> Result<OwnedFd, ShareFault> {
     let how = || {
         OpenHow::new()
             .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
             .resolve(ResolveFlag::RESOLVE_NO_SYMLINKS | ResolveFlag::RESOLVE_BENEATH)
     };
     let mut dir: OwnedFd = File::open("/")
-        .map_err(|e| format!("cannot open the target VM's root: {e}"))?
+        .map_err(|e| ShareFault::TargetRoot { os: Os::from(&e) })?
         .into();
     for part in path.split('/').filter(|p| !p.is_empty()) {
         match nix::sys::stat::mkdirat(&dir, part, Mode::from_bits_truncate(0o755)) {
             Ok(()) | Err(Errno::EEXIST) => {}
-            Err(e) => return Err(format!("cannot make {path} in the target VM: {}", e.desc())),
+            Err(e) => {
+                return Err(ShareFault::Make {
+                    path: path.to_owned(),
+                    os: e.into(),
+                })
+            }
         }
-        dir = openat2(&dir, part, how())
-            .map_err(|e| format!("cannot open {path} in the target VM: {}", e.desc()))?;
+        dir = openat2(&dir, part, how()).map_err(|e| ShareFault::OpenInTarget {
+            path: path.to_owned(),
+            os: e.into(),
+        })?;
     }
     Ok(dir)
 }
@@ -640,15 +708,86 @@ mod tests {
         );
         assert_eq!(requested_path("/tmp//./x", "/").unwrap(), "/tmp/x");
         assert_eq!(requested_path("./d/", "/srv").unwrap(), "/srv/d");
-        assert!(requested_path("../etc/shadow", "/home/ann")
-            .unwrap_err()
-            .contains("'..'"));
+        let climbs = requested_path("../etc/shadow", "/home/ann").unwrap_err();
+        assert!(matches!(climbs, PathFault::Climbs(_)), "{climbs}");
+        assert!(climbs.to_string().contains("'..'"), "{climbs}");
+        let climbs = requested_path("/home/ann/Downloads/../../../etc/shadow", "/").unwrap_err();
+        assert!(climbs.to_string().contains("'..'"), "{climbs}");
+        assert!(matches!(
+            requested_path("a", "relative"),
+            Err(PathFault::Relative { .. })
+        ));
+        assert!(matches!(
+            requested_path("", "/"),
+            Err(PathFault::NotAPath(_))
+        ));
+    }
+
+    /// A stand-in helper: a shell that says `reports` (one per line), then waits for its
+    /// input to close.
+    fn fake_helper(reports: &[&str]) -> Command {
+        let mut script = String::new();
+        for report in reports {
+            script.push_str(&format!("printf '%s\\n' '{report}'; "));
+        }
+        script.push_str("cat >/dev/null");
+        let mut command = Command::new("sh");
+        command.args(["-c", &script, "fake-helper"]);
+        command
+    }
+
+    fn plan() -> Plan {
+        Plan {
+            version: 0,
+            source_pid: 1,
+            source_ticks: None,
+            id: "t".into(),
+            items: vec!["/a".into()],
+        }
+    }
+
+    #[test]
+    fn a_helper_of_another_build_is_named_not_misread() {
+        let error = Helper::spawn(fake_helper(&[r#"{"step":"hello","version":99}"#]), &plan())
+            .err()
+            .unwrap();
         assert!(
-            requested_path("/home/ann/Downloads/../../../etc/shadow", "/")
-                .unwrap_err()
-                .contains("'..'")
+            matches!(
+                error,
+                HelperError::Protocol(ProtocolError::Version {
+                    expected: VERSION,
+                    received: 99,
+                    ..
+                })
+            ),
+            "{error}"
         );
-        assert!(requested_path("a", "relative").is_err());
-        assert!(requested_path("", "/").is_err());
+        let mut ends = Command::new("sh");
+        ends.args(["-c", "exit 0"]);
+        let silent = Helper::spawn(ends, &plan()).err().unwrap();
+        assert!(matches!(silent, HelperError::Ended), "{silent}");
+    }
+
+    #[test]
+    fn reports_out_of_turn_and_faults_arrive_typed() {
+        let hello = format!(r#"{{"step":"hello","version":{VERSION}}}"#);
+        let mounted = r#"{"step":"mounted","paths":[]}"#;
+        let mut helper = Helper::spawn(fake_helper(&[&hello, mounted]), &plan()).unwrap();
+        let error = helper.resolved().unwrap_err();
+        assert!(
+            matches!(
+                &error,
+                HelperError::Protocol(ProtocolError::Unexpected {
+                    expected: "resolved paths",
+                    ..
+                })
+            ),
+            "{error}"
+        );
+        assert!(error.to_string().contains("Mounted"), "{error}");
+        let refused = r#"{"step":"resolved","items":[{"Err":{"fault":"missing","path":"/a"}}]}"#;
+        let mut helper = Helper::spawn(fake_helper(&[&hello, refused]), &plan()).unwrap();
+        let items = helper.resolved().unwrap();
+        assert_eq!(items, [Err(ShareFault::Missing { path: "/a".into() })]);
     }
 }

@@ -19,11 +19,20 @@ use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
-use crate::broker::VmSide;
 use crate::channels::{self, Channel, Offer, Shared};
 use crate::gate::Gate;
 use crate::peers::Peers;
 use crate::policy::{self, Kind, Party, Request};
+use crate::side::VmSide;
+
+/// Why a broker cannot watch (and so opens no channels).
+#[derive(Debug, thiserror::Error)]
+enum WatchError {
+    #[error(transparent)]
+    Io(#[from] io::Error),
+    #[error(transparent)]
+    Vm(#[from] feather_sys::SysError),
+}
 
 /// The IPC side of a broker: its thread and what the thread shares with connections.
 pub struct Channels {
@@ -36,6 +45,7 @@ impl Channels {
     /// so its first connection finds them), then watches from a thread of its own.
     pub fn start(side: &Arc<VmSide>, gate: &Arc<Gate>, peers: &Arc<dyn Peers>) -> Option<Channels> {
         let started = Shared::new(side.clone(), gate.clone(), peers.clone())
+            .map_err(WatchError::from)
             .map(Arc::new)
             .and_then(|shared| Ok((Watcher::new(shared.clone())?, shared)));
         let (mut watcher, shared) = match started {
@@ -164,9 +174,8 @@ struct Watcher {
 }
 
 impl Watcher {
-    fn new(shared: Arc<Shared>) -> io::Result<Watcher> {
-        let source = feather_sys::process::pidfd_open(Pid::from_raw(shared.side.init_pid))
-            .map_err(|e| io::Error::other(e.to_string()))?;
+    fn new(shared: Arc<Shared>) -> Result<Watcher, WatchError> {
+        let source = feather_sys::process::pidfd_open(Pid::from_raw(shared.side.init_pid))?;
         // The gate's state root: where its audit log is.
         let root = shared
             .gate

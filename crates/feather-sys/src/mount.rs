@@ -218,3 +218,62 @@ pub fn mount_id(fd: &impl std::os::fd::AsFd) -> Result<u64> {
     use std::os::fd::AsRawFd;
     raw::unique_mount_id(fd.as_fd().as_raw_fd()).ctx("statx(STATX_MNT_ID_UNIQUE)", "descriptor")
 }
+
+/// Flags of a detached mount made by [`clone_tree`] (`MOUNT_ATTR_*` of uapi/linux/mount.h).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TreeFlags {
+    pub read_only: bool,
+    pub no_suid: bool,
+    pub no_dev: bool,
+}
+
+impl TreeFlags {
+    fn bits(self) -> u64 {
+        const MOUNT_ATTR_RDONLY: u64 = 0x01;
+        const MOUNT_ATTR_NOSUID: u64 = 0x02;
+        const MOUNT_ATTR_NODEV: u64 = 0x04;
+        [
+            (self.read_only, MOUNT_ATTR_RDONLY),
+            (self.no_suid, MOUNT_ATTR_NOSUID),
+            (self.no_dev, MOUNT_ATTR_NODEV),
+        ]
+        .iter()
+        .filter(|(set, _)| *set)
+        .fold(0, |bits, (_, bit)| bits | bit)
+    }
+}
+
+/// A detached bind mount of exactly the file or folder `fd` refers to (no submounts):
+/// `open_tree(OPEN_TREE_CLONE)`. The caller must be in the mount namespace that holds `fd`'s
+/// mount.
+pub fn clone_tree(fd: &impl AsFd) -> Result<OwnedFd> {
+    raw::open_tree_clone(fd.as_fd()).ctx("open_tree", "descriptor")
+}
+
+/// Sets `flags` on a mount made by [`clone_tree`] (`mount_setattr`).
+pub fn set_tree_flags(tree: &impl AsFd, flags: TreeFlags) -> Result<()> {
+    raw::mount_setattr_set(tree.as_fd(), flags.bits()).ctx("mount_setattr", "descriptor")
+}
+
+/// Attaches the detached mount `tree` on exactly the file or folder `point` refers to (an
+/// `O_PATH` descriptor), in the caller's mount namespace (`move_mount`): no name is looked up,
+/// so nothing renamed meanwhile can move where it lands.
+pub fn attach_tree(tree: &impl AsFd, point: &impl AsFd) -> Result<()> {
+    raw::move_mount_onto(tree.as_fd(), point.as_fd()).ctx("move_mount", "descriptor")
+}
+
+#[cfg(test)]
+mod tree_tests {
+    use super::TreeFlags;
+
+    #[test]
+    fn tree_flags_are_the_kernels_bits() {
+        assert_eq!(TreeFlags::default().bits(), 0);
+        let all = TreeFlags {
+            read_only: true,
+            no_suid: true,
+            no_dev: true,
+        };
+        assert_eq!(all.bits(), 0x07);
+    }
+}

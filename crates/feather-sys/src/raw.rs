@@ -615,3 +615,76 @@ pub fn set_thread_ids(
     Errno::result(unsafe { libc::syscall(libc::SYS_setresuid, uid, uid, uid) })?;
     Ok(())
 }
+
+// The new mount API (uapi/linux/mount.h), which nix does not offer: hand one file or folder
+// of a mount namespace to another by descriptor, never by a path looked up again.
+const OPEN_TREE_CLONE: libc::c_uint = 0x01;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x04;
+const MOVE_MOUNT_T_EMPTY_PATH: libc::c_uint = 0x40;
+
+/// `struct mount_attr` (MOUNT_ATTR_SIZE_VER0).
+#[repr(C)]
+#[derive(Default)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// `open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)`.
+pub fn open_tree_clone(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    // SAFETY: `fd` is a live descriptor borrowed for the call, the empty path a valid
+    // NUL-terminated string that outlives it; the kernel only reads them.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_open_tree,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+        )
+    };
+    let raw = Errno::result(result)?;
+    // SAFETY: open_tree returned a fresh descriptor (checked non-negative above), owned by no
+    // one else; the cast is lossless for a descriptor number.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH, {attr_set}, sizeof)`.
+pub fn mount_setattr_set(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set,
+        ..MountAttr::default()
+    };
+    // SAFETY: `tree` is a live descriptor; the empty path and `attr` live across the call and
+    // the size passed is exactly `attr`'s, which the kernel only reads.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
+/// `move_mount(tree, "", point, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`.
+pub fn move_mount_onto(tree: BorrowedFd<'_>, point: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: both descriptors are live for the call; the empty path is a valid
+    // NUL-terminated string that outlives it, only read by the kernel.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            point.as_raw_fd(),
+            c"".as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH,
+        )
+    };
+    Errno::result(result).map(drop)
+}
