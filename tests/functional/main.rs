@@ -19,6 +19,7 @@ mod recovery;
 mod services;
 mod services_accept;
 mod services_dbus;
+mod services_generators;
 mod services_protocol;
 mod services_state;
 mod services_timers;

@@ -29,6 +29,8 @@ pub const MANAGER_LOG: &str = "/run/feather-svc/manager.log";
 pub const NOTIFY_DIR: &str = "/run/feather-svc/notify";
 /// Per-service logs (stdout and stderr), `<unit>.log`, in the VM's own layer.
 pub const LOG_DIR: &str = "/var/log/feather";
+/// What the VM's systemd generators printed, and what became of each.
+pub const GENERATORS_LOG: &str = "/var/log/feather/generators.log";
 
 /// The version of these messages; raise it with any change a peer of the previous version
 /// would misread.

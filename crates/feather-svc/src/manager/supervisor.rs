@@ -46,7 +46,7 @@ use crate::name::UnitName;
 use crate::paths::UnitPaths;
 use crate::unit::{KillMode, Restart, ServiceType, Unit};
 use crate::words::ExecCommand;
-use crate::{catalog, conditions, state};
+use crate::{catalog, conditions, generators, state};
 
 mod accepting;
 mod bus_names;
@@ -325,6 +325,7 @@ impl Manager {
         // occupied so nothing else the manager (or std, while spawning) opens lands there.
         crate::raw::reserve_low_fds(MAX_PASSED_SOCKETS).map_err(setup("reserving descriptors"))?;
         fs::create_dir_all(NOTIFY_DIR).map_err(setup(NOTIFY_DIR))?;
+        run_generators();
         Ok(Manager {
             paths: UnitPaths::new("/"),
             units: BTreeMap::new(),
@@ -616,6 +617,41 @@ impl Manager {
             })
             .map(Pid::as_raw)
             .collect()
+    }
+}
+
+/// Runs the host's systemd generators into the VM's /run before any unit is loaded, as systemd
+/// does at boot. Their output and one line for each (ran, not run and why, failed, timed out)
+/// go to [`protocol::GENERATORS_LOG`]; the manager's log names the ones that failed.
+fn run_generators() {
+    let log = match spawn::open_log("generators") {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("feather-svc: generators not run: {e}");
+            return;
+        }
+    };
+    let results = match generators::run(Path::new("/"), generators::BUDGET, &log) {
+        Ok(results) => results,
+        Err(e) => {
+            eprintln!("feather-svc: generators not run: their output folders: {e}");
+            return;
+        }
+    };
+    let mut log = log;
+    for (generator, outcome) in results {
+        let line = format!(
+            "{} ({}): {outcome}",
+            generator.name,
+            generator.path.display()
+        );
+        let _ = std::io::Write::write_all(&mut log, format!("feather: {line}\n").as_bytes());
+        if !matches!(
+            outcome,
+            generators::Outcome::Ran | generators::Outcome::NotRun(_)
+        ) {
+            eprintln!("feather-svc: generator {line}");
+        }
     }
 }
 
