@@ -80,6 +80,10 @@ pub enum ValueError {
     UnknownSizeSuffix { suffix: String, text: String },
     #[error("{0:?} is too large")]
     TooLarge(String),
+    #[error("{0:?} is not a percentage (such as 50%)")]
+    NotPercent(String),
+    #[error("{0:?} is not a CPU weight (1 to 10000, or idle)")]
+    NotCpuWeight(String),
     /// A value of one of the `Limit*=` settings (the problem is part of the message).
     #[error("{key}: {problem}")]
     Limit {

@@ -39,6 +39,9 @@ pub struct ProcessSetup {
     pub umask: u32,
     pub limits: Vec<(Resource, u64, u64)>,
     pub listen: Option<ListenFds>,
+    /// The unit's `cgroup.procs` files (one per hierarchy), open for writing: the process
+    /// moves itself into its unit's group first, so whatever it starts is in it too.
+    pub cgroup_procs: Vec<RawFd>,
 }
 
 /// The first descriptor a passed socket gets, as sd_listen_fds(3) expects.
@@ -52,6 +55,10 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
         // The manager blocks the signals it reads from a signalfd; a service must not inherit
         // that mask, or it would never see SIGTERM.
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+        for fd in &setup.cgroup_procs {
+            // "0" is the writer itself; done before the user changes (moving needs root).
+            write_all(*fd, b"0")?;
+        }
         setsid()?;
         umask(Mode::from_bits_truncate(setup.umask));
         for (resource, soft, hard) in &setup.limits {
@@ -81,6 +88,17 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
     unsafe {
         command.pre_exec(hook);
     }
+}
+
+/// write(2) of `bytes` to a raw descriptor the caller holds open.
+fn write_all(fd: RawFd, bytes: &[u8]) -> std::io::Result<()> {
+    // SAFETY: the pointer and length describe `bytes`, which lives for the call; `fd` is a
+    // descriptor the manager opened (a cgroup.procs file) and keeps open until the spawn ends.
+    let ret = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// dup3(2) over raw descriptors; `new` is closed on exec if `cloexec`.

@@ -279,6 +279,27 @@ pub struct Service {
     pub final_kill_signal: i32,
     pub send_sigkill: bool,
     pub success_exit_status: Vec<i32>,
+    /// `MemoryMax=`, `TasksMax=`, `CPUQuota=`, `CPUWeight=`: applied to the unit's own cgroup.
+    pub resources: Resources,
+}
+
+/// A unit's resource-control settings (systemd.resource-control(5)); `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Resources {
+    /// `MemoryMax=` (or the older `MemoryLimit=`), in bytes.
+    pub memory_max: Option<u64>,
+    /// `TasksMax=`: processes and threads.
+    pub tasks_max: Option<u64>,
+    /// `CPUQuota=`, as CPUs (`50%` is 0.5, `200%` is 2).
+    pub cpu_quota: Option<f64>,
+    /// `CPUWeight=` (or the older `CPUShares=`, converted), 1 to 10000.
+    pub cpu_weight: Option<u64>,
+}
+
+impl Resources {
+    pub fn any(&self) -> bool {
+        *self != Resources::default()
+    }
 }
 
 impl Default for Service {
@@ -307,6 +328,7 @@ impl Default for Service {
             final_kill_signal: libc::SIGKILL,
             send_sigkill: true,
             success_exit_status: Vec::new(),
+            resources: Resources::default(),
         }
     }
 }
@@ -853,6 +875,27 @@ impl Unit {
             "StartLimitInterval" | "StartLimitIntervalSec" | "StartLimitBurst" => {
                 return self.apply_unit(key, raw, expand)
             }
+            "MemoryMax" | "MemoryLimit" => {
+                service.resources.memory_max =
+                    non_empty_value(raw, |v| values::amount_or_share(v, physical_memory()))?
+                        .flatten()
+            }
+            "TasksMax" => {
+                service.resources.tasks_max =
+                    non_empty_value(raw, |v| values::amount_or_share(v, pid_max()))?.flatten()
+            }
+            "CPUQuota" => service.resources.cpu_quota = non_empty_value(raw, values::percent)?,
+            "CPUWeight" => service.resources.cpu_weight = non_empty_value(raw, values::cpu_weight)?,
+            "CPUShares" => {
+                // cgroup v1's shares, 1024 by default, as a weight (100 by default).
+                service.resources.cpu_weight = non_empty_value(raw, |v| {
+                    let shares: u64 = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| values::ValueError::NotNumber(v.to_owned()))?;
+                    Ok((shares * 100 / 1024).clamp(1, 10_000))
+                })?
+            }
             other => self.note_not_applied("Service", other),
         }
         Ok(())
@@ -986,6 +1029,38 @@ fn unknown(key: &'static str, value: &str) -> SettingError {
         key,
         value: value.to_owned(),
     }
+}
+
+/// An empty assignment resets a setting (None); anything else is parsed.
+fn non_empty_value<T>(
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, values::ValueError>,
+) -> Result<Option<T>, SettingError> {
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(parse(raw)?))
+}
+
+/// The machine's memory, in bytes: `MemoryMax=50%` is half of it.
+fn physical_memory() -> u64 {
+    let pages = nix::unistd::sysconf(nix::unistd::SysconfVar::_PHYS_PAGES)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096);
+    (pages.max(0) as u64).saturating_mul(page.max(0) as u64)
+}
+
+/// The kernel's pid limit: `TasksMax=15%` is that share of it, as systemd's default is.
+fn pid_max() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn non_empty(value: String) -> Option<String> {

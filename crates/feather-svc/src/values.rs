@@ -140,6 +140,48 @@ pub fn limit(key: &str, text: &str) -> Result<Limit, ValueError> {
     })
 }
 
+/// A percentage, `50%` (as a fraction, 0.5); systemd also takes `‰` and `‱`, which no unit
+/// Debian ships uses.
+pub fn percent(text: &str) -> Result<f64, ValueError> {
+    let number = text
+        .trim()
+        .strip_suffix('%')
+        .ok_or_else(|| ValueError::NotPercent(text.to_owned()))?;
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(|n| n / 100.0)
+        .ok_or_else(|| ValueError::NotPercent(text.to_owned()))
+}
+
+/// `MemoryMax=`, `TasksMax=`: a number (for memory with `K`, `M`, `G`, … in powers of 1024),
+/// `infinity` (None), or a percentage of `whole` (the machine's memory, the kernel's pid
+/// limit).
+pub fn amount_or_share(text: &str, whole: u64) -> Result<Option<u64>, ValueError> {
+    let text = text.trim();
+    if text == "infinity" {
+        return Ok(None);
+    }
+    if text.ends_with('%') {
+        return Ok(Some((percent(text)? * whole as f64) as u64));
+    }
+    size(text).map(Some)
+}
+
+/// `CPUWeight=`: 1 to 10000 (`idle` is taken as 1).
+pub fn cpu_weight(text: &str) -> Result<u64, ValueError> {
+    let text = text.trim();
+    if text == "idle" {
+        return Ok(1);
+    }
+    text.parse::<u64>()
+        .ok()
+        .filter(|w| (1..=10_000).contains(w))
+        .ok_or_else(|| ValueError::NotCpuWeight(text.to_owned()))
+}
+
 fn in_limit(key: &str, problem: ValueError) -> ValueError {
     ValueError::Limit {
         key: key.to_owned(),
@@ -230,6 +272,21 @@ mod tests {
         assert_eq!(limit("LimitCPU", "2min").unwrap().soft, Some(120));
         assert_eq!(limit("LimitNICE", "-5").unwrap().soft, Some(25));
         assert!(limit("LimitNOFILE", "lots").is_err());
+    }
+
+    #[test]
+    fn resource_control_values() {
+        assert_eq!(percent("50%").unwrap(), 0.5);
+        assert_eq!(percent("250%").unwrap(), 2.5);
+        assert!(percent("50").is_err() && percent("-5%").is_err());
+        assert_eq!(amount_or_share("64M", 0).unwrap(), Some(64 << 20));
+        assert_eq!(amount_or_share("infinity", 0).unwrap(), None);
+        assert_eq!(amount_or_share("25%", 4000).unwrap(), Some(1000));
+        assert_eq!(amount_or_share("100", 0).unwrap(), Some(100));
+        assert!(amount_or_share("lots", 0).is_err());
+        assert_eq!(cpu_weight("100").unwrap(), 100);
+        assert_eq!(cpu_weight("idle").unwrap(), 1);
+        assert!(cpu_weight("0").is_err() && cpu_weight("10001").is_err());
     }
 
     #[test]

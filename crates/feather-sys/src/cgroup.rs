@@ -76,6 +76,22 @@ impl Hierarchies {
         }
     }
 
+    /// The mount points of the hierarchies a VM's services get groups in: the v1 ones holding
+    /// memory, pids, cpu or cpuacct (not devices: a VM never changes its device rules), and
+    /// the v2 one.
+    fn for_services(&self) -> Vec<&Path> {
+        let mut mounts: Vec<&Path> = Vec::new();
+        for (controller, mount) in &self.v1 {
+            if controller != "devices" && !mounts.contains(&mount.as_path()) {
+                mounts.push(mount);
+            }
+        }
+        if let Some((mount, _)) = &self.v2 {
+            mounts.push(mount);
+        }
+        mounts
+    }
+
     /// A short description for `feather check` and error messages, e.g. "v1: memory pids; v2: none".
     pub fn describe(&self) -> String {
         let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
@@ -254,11 +270,74 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The processes in the group (host pids).
+    /// Where this group's subtree for a VM's services is in each hierarchy they use (see
+    /// [`SERVICES`]), with where that hierarchy is mounted relative to `/sys/fs/cgroup` (`memory`,
+    /// `unified`; empty on a machine with v2 only): the VM's init binds each folder there.
+    pub fn service_subtrees(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.hierarchies
+            .for_services()
+            .into_iter()
+            .map(|mount| {
+                let at = mount
+                    .strip_prefix("/sys/fs/cgroup")
+                    .unwrap_or(Path::new(""))
+                    .to_path_buf();
+                (mount.join(&self.relative).join(SERVICES), at)
+            })
+            .collect()
+    }
+
+    /// The `cgroup.procs` file of the group in each hierarchy: writing "0" to each moves the
+    /// writer in (a service's process does it before it executes its program).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .map(|dir| dir.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// Sets the group's share of CPU time against its siblings: systemd's `CPUWeight=` (1 to
+    /// 10000, 100 by default); on v1 as `cpu.shares` (1024 for a weight of 100).
+    pub fn set_cpu_weight(&self, weight: u64) -> Result<()> {
+        match self.hierarchies.locate("cpu") {
+            Some((Version::V1, mount)) => {
+                let shares = (weight * 1024 / 100).max(2);
+                write(
+                    &mount.join(&self.relative).join("cpu.shares"),
+                    &shares.to_string(),
+                )
+            }
+            Some((Version::V2, _)) => {
+                self.write_limit("cpu", "", "cpu.weight", &weight.to_string())
+            }
+            None => Err(missing_controller("cpu")),
+        }
+    }
+
+    /// CPU time the group's processes used so far, from the kernel's accounting.
+    pub fn cpu_usage(&self) -> Option<Duration> {
+        if let Some((Version::V1, mount)) = self.hierarchies.locate("cpuacct") {
+            let text = fs::read_to_string(mount.join(&self.relative).join("cpuacct.usage")).ok()?;
+            return Some(Duration::from_nanos(text.trim().parse().ok()?));
+        }
+        let dir = self.v2_dir()?;
+        let stat = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        let usec = stat
+            .lines()
+            .find_map(|line| line.strip_prefix("usage_usec "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Duration::from_micros(usec))
+    }
+
+    /// The processes in the group and in the groups below it (pids as the reader's pid
+    /// namespace numbers them).
     pub fn members(&self) -> Vec<Pid> {
         let procs = self
             .dirs()
             .into_iter()
+            .flat_map(|dir| subtree(&dir))
             .map(|dir| fs::read_to_string(dir.join("cgroup.procs")));
         let mut pids: Vec<Pid> = procs
             .flatten()
@@ -294,11 +373,15 @@ impl Cgroup {
         }
     }
 
-    /// Removes the group from every hierarchy. Dying processes leave a group a moment after
-    /// their last signal, so an occupied group is retried for up to `patience`.
+    /// Removes the group, and the groups below it (a VM's services), from every hierarchy.
+    /// Dying processes leave a group a moment after their last signal, so an occupied group is
+    /// retried for up to `patience`.
     pub fn remove(&self, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
-        for dir in self.dirs() {
+        // The deepest first: a group with groups below it cannot be removed.
+        let mut dirs: Vec<PathBuf> = self.dirs().iter().flat_map(|d| subtree(d)).collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in dirs {
             loop {
                 match fs::remove_dir(&dir) {
                     Ok(()) => break,
@@ -371,6 +454,29 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         let _ = write(&self.dir.join("cgroup.freeze"), "0");
     }
+}
+
+/// The folder below a VM's group that its init hands to the VM's service manager: one group
+/// per unit is made in it (`feather/ID/services/nginx.service`).
+pub const SERVICES: &str = "services";
+
+/// `dir` and every group folder below it, parents before children.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < found.len() {
+        if let Ok(entries) = fs::read_dir(&found[i]) {
+            let mut children: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            children.sort();
+            found.extend(children);
+        }
+        i += 1;
+    }
+    found
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {

@@ -12,6 +12,7 @@
 //! only this crate, not the whole command line.
 
 mod bus;
+mod cgroups;
 mod processes;
 pub mod protocol;
 mod sockets;

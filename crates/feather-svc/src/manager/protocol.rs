@@ -301,6 +301,16 @@ pub struct ServiceInfo {
     pub log: Option<String>,
     /// Settings read from the unit but not applied in a VM.
     pub not_applied: Vec<String>,
+    /// The unit's own cgroup, as the VM names it (`/sys/fs/cgroup/memory/nginx.service`, the
+    /// first hierarchy's), while it has one.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Memory its processes use now (its cgroup's accounting), in bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// CPU time its processes used since its group was made, in nanoseconds.
+    #[serde(default)]
+    pub cpu_nsec: Option<u64>,
 }
 
 pub fn send(stream: &mut UnixStream, value: &impl Serialize) -> std::io::Result<()> {

@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -270,20 +270,33 @@ fn invocation_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the manager hands one process of a unit beyond its settings.
+pub struct Handed<'a> {
+    /// Sockets to hand over (socket activation), with their names.
+    pub listen: &'a [(RawFd, String)],
+    /// The connection of an `Accept=yes` socket, which is also stdin/stdout where the unit
+    /// says `StandardInput=socket`/`StandardOutput=socket`.
+    pub connection: Option<BorrowedFd<'a>>,
+    /// The unit's group's `cgroup.procs` files, kept open by the caller until the process is
+    /// spawned.
+    pub cgroup_procs: &'a [File],
+}
+
 /// Builds the process for one command. `env` is the unit's environment plus this command's
 /// additions (MAINPID, NOTIFY_SOCKET).
-/// `listen`: sockets to hand over (socket activation), with their names; `connection`: the
-/// connection of an `Accept=yes` socket, which is also stdin/stdout where the unit says
-/// `StandardInput=socket`/`StandardOutput=socket`.
 pub fn command(
     unit: &Unit,
     exec: &ExecCommand,
     identity: &Identity,
     env: &[(String, String)],
     log: &File,
-    listen: &[(RawFd, String)],
-    connection: Option<BorrowedFd<'_>>,
+    handed: Handed<'_>,
 ) -> Result<Command, SpawnError> {
+    let Handed {
+        listen,
+        connection,
+        cgroup_procs,
+    } = handed;
     let program = resolve_program(Path::new("/"), &exec.path).map_err(|program| {
         SpawnError::ProgramNotFound {
             unit: unit.name.to_string(),
@@ -353,6 +366,7 @@ pub fn command(
             umask: unit.exec.umask,
             limits: limits(unit),
             listen,
+            cgroup_procs: cgroup_procs.iter().map(|f| f.as_raw_fd()).collect(),
         },
     );
     Ok(command)

@@ -9,9 +9,13 @@
 //!   active ─(stop)─▶ deactivating: stop → sigterm → (timeout) sigkill → stop-post ─▶ inactive
 //! ```
 //!
-//! A unit's processes are found by session: every command starts in a new session, and a
-//! daemon that makes a session of its own is followed by its main pid's session. The manager is
-//! a child subreaper, so daemons that fork away are reparented to it and reaped here.
+//! A unit's processes are found by what the kernel knows: each unit has a cgroup of its own
+//! below the VM's (`super::cgroups`), which every process of the unit enters before it executes
+//! its program, so a daemon that forks away or makes a session of its own is still the unit's.
+//! In a VM without per-unit cgroups (a throw-away VM without limits has no cgroup at all),
+//! sessions stand in: every command starts in a new session, and a daemon that makes one of its
+//! own is followed by its main pid's session. The manager is a child subreaper, so daemons that
+//! fork away are reparented to it and reaped here.
 //!
 //! Beside this file, one part of the manager each:
 //! - `requests`: what clients ask, and the answers;
@@ -35,6 +39,7 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::bus::{self, Bus};
+use super::cgroups;
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
 use super::protocol::{
     self, FreshState, Refusal, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET,
@@ -98,6 +103,8 @@ pub enum StartError {
     FreshState(state::StateError),
     #[error("the forking start command exited, and no main process was left")]
     NoMainProcess,
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
 }
 
 /// Why the manager could not set itself up (it then exits; its log says why).
@@ -165,6 +172,8 @@ struct Runtime {
     /// OnUnitInactiveSec= count from them).
     last_activated: Option<Instant>,
     last_deactivated: Option<Instant>,
+    /// Its own cgroup below the VM's, where the VM has them.
+    group: Option<feather_sys::cgroup::Cgroup>,
 }
 
 impl Runtime {
@@ -205,7 +214,15 @@ impl Runtime {
             timer: None,
             last_activated: None,
             last_deactivated: None,
+            group: None,
         }
+    }
+
+    /// Whether the unit's cgroup holds any process.
+    fn group_populated(&self) -> bool {
+        self.group
+            .as_ref()
+            .is_some_and(|g| !cgroups::members(g).is_empty())
     }
 
     /// A socket unit with `Accept=yes`: the manager accepts its connections itself.
@@ -264,6 +281,17 @@ impl Runtime {
                     .to_string(),
             ),
             not_applied: self.unit.not_applied.clone(),
+            cgroup: self
+                .group
+                .as_ref()
+                .and_then(|g| g.dirs().into_iter().next())
+                .map(|d| d.display().to_string()),
+            memory_bytes: self.group.as_ref().and_then(|g| cgroups::usage(g).0),
+            cpu_nsec: self
+                .group
+                .as_ref()
+                .and_then(|g| cgroups::usage(g).1)
+                .map(|d| d.as_nanos() as u64),
         }
     }
 }
@@ -296,6 +324,8 @@ pub struct Manager {
     /// Why the bus could not be reached (or was lost), for the messages of waiting units.
     bus_problem: Option<bus::BusError>,
     bus_attempt: Option<Instant>,
+    /// The cgroup hierarchies the VM's init bound for per-unit groups; None without them.
+    hierarchies: Option<feather_sys::cgroup::Hierarchies>,
 }
 
 impl Manager {
@@ -338,6 +368,7 @@ impl Manager {
             bus: None,
             bus_problem: None,
             bus_attempt: None,
+            hierarchies: cgroups::detect(),
         })
     }
 
@@ -521,6 +552,7 @@ impl Manager {
             if gone {
                 self.main_exited(name, Exit::Unknown);
             }
+            self.follow_group(name);
         }
         for name in &names {
             let state_of =
@@ -598,6 +630,34 @@ impl Manager {
                     }
                 }
             }
+        }
+    }
+
+    /// A running forking unit without a known main process lives as long as its cgroup holds
+    /// a process: the main process is taken from the group once it has exactly one top
+    /// process, and an empty group ends the unit, as systemd ends it (successfully).
+    fn follow_group(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
+        let forking = r
+            .unit
+            .service
+            .as_ref()
+            .is_some_and(|s| s.kind == ServiceType::Forking && !s.remain_after_exit);
+        if r.state != State::Active || r.phase != Phase::Running || r.main_pid.is_some() {
+            return;
+        }
+        let Some(group) = r.group.as_ref().filter(|_| forking) else {
+            return;
+        };
+        let members = cgroups::members_with_parents(group);
+        if members.is_empty() {
+            self.main_exited(name, Exit::Code(0));
+            return;
+        }
+        if let Some(top) = decide::top_of_group(&members) {
+            r.main_pid = Some(Pid::from_raw(top));
         }
     }
 
@@ -683,8 +743,8 @@ fn log_line(r: &mut Runtime, line: &str) {
     }
 }
 
-/// The living processes of a unit: its main and control processes and everything in its
-/// sessions.
+/// The living processes of a unit: its main and control processes, everything in its cgroup
+/// and in its sessions.
 fn processes_of(r: &Runtime) -> Vec<Pid> {
     let me = std::process::id() as i32;
     let mut pids: BTreeSet<i32> = all_processes()
@@ -692,6 +752,9 @@ fn processes_of(r: &Runtime) -> Vec<Pid> {
         .filter(|p| r.sessions.contains(&p.session) && p.pid != me)
         .map(|p| p.pid)
         .collect();
+    if let Some(group) = &r.group {
+        pids.extend(cgroups::members(group).into_iter().map(Pid::as_raw));
+    }
     pids.extend(r.main_pid.map(Pid::as_raw));
     pids.extend(r.control.as_ref().map(|(p, _)| p.as_raw()));
     pids.into_iter()

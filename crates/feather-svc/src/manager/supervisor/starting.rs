@@ -105,6 +105,24 @@ impl Manager {
                 return;
             }
         }
+        r.group = None;
+        if let Some(hierarchies) = &self.hierarchies {
+            match cgroups::prepare(hierarchies, &r.unit) {
+                Ok(group) => r.group = Some(group),
+                // A limit the unit asks for and cannot have fails it; without limits, its
+                // processes are followed by session.
+                Err(why) if service.resources.any() => {
+                    fail(r, StartError::from(why));
+                    return;
+                }
+                Err(why) => log_line(r, &format!("feather: {why}; followed by session")),
+            }
+        } else if service.resources.any() {
+            log_line(
+                r,
+                "feather: MemoryMax=/TasksMax=/CPUQuota=/CPUWeight= not applied: this VM has no cgroup (a throw-away VM without limits)",
+            );
+        }
         match &r.fresh {
             Some(plan) => {
                 r.phase = Phase::FreshState;
@@ -226,7 +244,10 @@ impl Manager {
                     r.deadline = None;
                     r.ready = true;
                     r.was_active = true;
-                    let keeps_running = r.main_pid.is_some() || service.remain_after_exit;
+                    // A forking daemon without a main process known lives in its group.
+                    let keeps_running = r.main_pid.is_some()
+                        || service.remain_after_exit
+                        || (service.kind == ServiceType::Forking && r.group_populated());
                     if keeps_running {
                         r.set(State::Active, Phase::Running);
                     } else {
@@ -303,14 +324,23 @@ impl Manager {
             ));
         }
         let log = r.log.as_ref().ok_or(not_prepared("its log"))?;
+        // Open until the process is spawned: it enters the unit's group through them.
+        let cgroup_procs = r
+            .group
+            .as_ref()
+            .map(cgroups::open_procs)
+            .unwrap_or_default();
         let mut process = spawn::command(
             &r.unit,
             command,
             &identity,
             &env,
             log,
-            &listen,
-            connection.map(|c| c.as_fd()),
+            spawn::Handed {
+                listen: &listen,
+                connection: connection.map(|c| c.as_fd()),
+                cgroup_procs: &cgroup_procs,
+            },
         )?;
         let phase = r.phase.name();
         log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
