@@ -84,6 +84,8 @@ pub enum ValueError {
     NotPercent(String),
     #[error("{0:?} is not a CPU weight (1 to 10000, or idle)")]
     NotCpuWeight(String),
+    #[error("{0:?} is not a capability name (such as CAP_NET_BIND_SERVICE)")]
+    NotCapability(String),
     /// A value of one of the `Limit*=` settings (the problem is part of the message).
     #[error("{key}: {problem}")]
     Limit {

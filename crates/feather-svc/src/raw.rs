@@ -42,14 +42,20 @@ pub struct ProcessSetup {
     /// The unit's `cgroup.procs` files (one per hierarchy), open for writing: the process
     /// moves itself into its unit's group first, so whatever it starts is in it too.
     pub cgroup_procs: Vec<RawFd>,
+    /// `CapabilityBoundingSet=`: the capabilities taken out of the bounding set (before the
+    /// user changes: dropping needs CAP_SETPCAP).
+    pub drop_capabilities: Vec<caps::Capability>,
+    /// `NoNewPrivileges=`: set last, just before the program is executed.
+    pub no_new_privileges: bool,
 }
 
 /// The first descriptor a passed socket gets, as sd_listen_fds(3) expects.
 pub const LISTEN_FDS_START: RawFd = 3;
 
-/// Installs `setup` to run in the child: the signal mask cleared, a new session (so the
-/// service's processes can be found and signalled as a group), its umask and resource limits,
-/// its user and groups, and with sockets to pass, the sockets and the exec itself.
+/// Installs `setup` to run in the child: the signal mask cleared, its cgroup, a new session (so
+/// the service's processes can be found and signalled as a group), its umask and resource
+/// limits, its bounding set, its user and groups, no_new_privs, and with sockets to pass, the
+/// sockets and the exec itself.
 pub fn install(command: &mut Command, setup: ProcessSetup) {
     let hook = move || -> std::io::Result<()> {
         // The manager blocks the signals it reads from a signalfd; a service must not inherit
@@ -64,11 +70,20 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
         for (resource, soft, hard) in &setup.limits {
             setrlimit(*resource, *soft, *hard)?;
         }
+        for cap in &setup.drop_capabilities {
+            caps::drop(None, caps::CapSet::Bounding, *cap).map_err(std::io::Error::other)?;
+            // Out of the inheritable set too: a root process's new permitted set takes it in
+            // at exec, bounding set or not.
+            caps::drop(None, caps::CapSet::Inheritable, *cap).map_err(std::io::Error::other)?;
+        }
         if let Some(credentials) = &setup.credentials {
             // Groups first: once the uid is not 0, they can no longer be changed.
             setgroups(&credentials.groups)?;
             setgid(credentials.gid)?;
             setuid(credentials.uid)?;
+        }
+        if setup.no_new_privileges {
+            nix::sys::prctl::set_no_new_privs()?;
         }
         if let Some(listen) = &setup.listen {
             for (i, fd) in listen.fds.iter().enumerate() {

@@ -203,6 +203,11 @@ pub struct ExecContext {
     pub standard_input: StandardInput,
     pub standard_output: StandardOutput,
     pub standard_error: StandardOutput,
+    /// `NoNewPrivileges=`: no setuid bit or file capability raises what the process may do.
+    pub no_new_privileges: bool,
+    /// `CapabilityBoundingSet=`: the capabilities the unit's processes may ever hold; None is
+    /// all (the VM's own set bounds them anyway).
+    pub capability_bounding_set: Option<std::collections::BTreeSet<String>>,
 }
 
 impl Default for ExecContext {
@@ -230,6 +235,8 @@ impl Default for ExecContext {
             standard_input: StandardInput::Null,
             standard_output: StandardOutput::Inherit,
             standard_error: StandardOutput::Inherit,
+            no_new_privileges: false,
+            capability_bounding_set: None,
         }
     }
 }
@@ -683,6 +690,11 @@ impl Unit {
                 exec.runtime_directory_preserve = raw == "restart" || values::boolean(raw)?
             }
             "SyslogIdentifier" => exec.syslog_identifier = non_empty(expand(raw)?),
+            "NoNewPrivileges" => exec.no_new_privileges = values::boolean(raw)?,
+            "CapabilityBoundingSet" => {
+                exec.capability_bounding_set =
+                    bounding_set(exec.capability_bounding_set.take(), raw)?
+            }
             "StandardInput" => {
                 exec.standard_input = match raw {
                     "" | "null" => StandardInput::Null,
@@ -1029,6 +1041,51 @@ fn unknown(key: &'static str, value: &str) -> SettingError {
         key,
         value: value.to_owned(),
     }
+}
+
+/// `CapabilityBoundingSet=` as systemd combines its lines: a list adds to what earlier lines
+/// kept (the first list replaces "all"), `~list` takes those away, an empty value resets to
+/// all (None).
+fn bounding_set(
+    current: Option<std::collections::BTreeSet<String>>,
+    raw: &str,
+) -> Result<Option<std::collections::BTreeSet<String>>, SettingError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let (inverted, list) = match raw.strip_prefix('~') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let mut named = std::collections::BTreeSet::new();
+    for word in list.split_whitespace() {
+        let cap = word.to_ascii_uppercase();
+        let cap = if cap.starts_with("CAP_") {
+            cap
+        } else {
+            format!("CAP_{cap}")
+        };
+        if cap.parse::<caps::Capability>().is_err() {
+            return Err(SettingError::Value(values::ValueError::NotCapability(
+                word.to_owned(),
+            )));
+        }
+        named.insert(cap);
+    }
+    let all = || caps::all().iter().map(|c| c.to_string()).collect();
+    Ok(Some(if inverted {
+        current
+            .unwrap_or_else(all)
+            .difference(&named)
+            .cloned()
+            .collect()
+    } else {
+        match current {
+            Some(kept) => kept.union(&named).cloned().collect(),
+            None => named,
+        }
+    }))
 }
 
 /// An empty assignment resets a setting (None); anything else is parsed.

@@ -490,3 +490,67 @@ fn missing_controller(controller: &str) -> SysError {
         errno: nix::errno::Errno::ENOTSUP,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain folders standing in for a hybrid machine's hierarchies below `dir`.
+    fn hybrid(dir: &Path) -> Hierarchies {
+        Hierarchies {
+            v1: ["memory", "pids", "devices"]
+                .iter()
+                .map(|c| (c.to_string(), dir.join(c)))
+                .collect(),
+            v2: Some((dir.join("unified"), Vec::new())),
+        }
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("feather-cgroup-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn services_get_every_hierarchy_but_devices() {
+        let dir = scratch("subtrees");
+        let group = Cgroup::new(hybrid(&dir), "feather/x");
+        let subtrees: Vec<PathBuf> = group
+            .service_subtrees()
+            .into_iter()
+            .map(|(host, _)| host)
+            .collect();
+        assert_eq!(
+            subtrees,
+            ["memory", "pids", "unified"].map(|h| dir.join(h).join("feather/x/services"))
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn members_and_removal_take_the_groups_below_in() {
+        let dir = scratch("subtree");
+        let group = Cgroup::new(hybrid(&dir), "feather/x");
+        let unit = dir.join("memory/feather/x/services/a.service");
+        fs::create_dir_all(&unit).unwrap();
+        fs::write(dir.join("memory/feather/x/cgroup.procs"), "7\n").unwrap();
+        fs::write(unit.join("cgroup.procs"), "9\n8\n").unwrap();
+        assert_eq!(
+            group.members(),
+            [7, 8, 9].map(Pid::from_raw).to_vec(),
+            "the unit's processes are the VM's too"
+        );
+        fs::remove_file(dir.join("memory/feather/x/cgroup.procs")).unwrap();
+        fs::remove_file(unit.join("cgroup.procs")).unwrap();
+        for h in ["pids", "unified"] {
+            fs::create_dir_all(dir.join(h).join("feather/x/services/b.service")).unwrap();
+        }
+        group.remove(Duration::from_millis(10)).unwrap();
+        for h in ["memory", "pids", "unified"] {
+            assert!(!dir.join(h).join("feather/x").exists(), "{h} left");
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

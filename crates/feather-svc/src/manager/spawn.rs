@@ -367,9 +367,28 @@ pub fn command(
             limits: limits(unit),
             listen,
             cgroup_procs: cgroup_procs.iter().map(|f| f.as_raw_fd()).collect(),
+            // `+` runs a command with full privileges: none of these restrictions.
+            drop_capabilities: if exec.full_privileges {
+                Vec::new()
+            } else {
+                capabilities_to_drop(unit)
+            },
+            no_new_privileges: unit.exec.no_new_privileges && !exec.full_privileges,
         },
     );
     Ok(command)
+}
+
+/// The capabilities of the manager's bounding set that `CapabilityBoundingSet=` leaves out.
+fn capabilities_to_drop(unit: &Unit) -> Vec<caps::Capability> {
+    let Some(kept) = &unit.exec.capability_bounding_set else {
+        return Vec::new();
+    };
+    caps::read(None, caps::CapSet::Bounding)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|cap| !kept.contains(&cap.to_string()))
+        .collect()
 }
 
 /// stdin, stdout and stderr of a process of `unit`, by its Standard*= settings.
