@@ -246,6 +246,7 @@ impl Runtime {
     }
 
     fn info(&self) -> ServiceInfo {
+        let usage = self.group.as_ref().map(cgroups::usage).unwrap_or_default();
         ServiceInfo {
             name: self.unit.name.to_string(),
             description: self.unit.description.clone(),
@@ -286,12 +287,8 @@ impl Runtime {
                 .as_ref()
                 .and_then(|g| g.dirs().into_iter().next())
                 .map(|d| d.display().to_string()),
-            memory_bytes: self.group.as_ref().and_then(|g| cgroups::usage(g).0),
-            cpu_nsec: self
-                .group
-                .as_ref()
-                .and_then(|g| cgroups::usage(g).1)
-                .map(|d| d.as_nanos() as u64),
+            memory_bytes: usage.0,
+            cpu_nsec: usage.1.map(|d| d.as_nanos() as u64),
         }
     }
 }
@@ -422,10 +419,10 @@ impl Manager {
                         .iter()
                         .map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)),
                 );
-                let watching = self
-                    .units
-                    .values()
-                    .any(|r| r.state == State::Active && r.main_pid.is_some());
+                // A forking unit without a main process is followed through its group.
+                let watching = self.units.values().any(|r| {
+                    r.state == State::Active && (r.main_pid.is_some() || r.group.is_some())
+                });
                 let next_timer = self
                     .units
                     .values()
