@@ -61,3 +61,62 @@ fn services_no_new_privileges_and_the_capability_bounding_set_are_applied() {
         serde_json::json!(["Service.PrivateTmp"])
     );
 }
+
+#[test]
+fn services_restrict_address_families_refuses_other_sockets() {
+    let feather = Feather::new("svc-families");
+    vm(&feather, "af");
+    let script = "import socket\n\
+        for name in (\"AF_UNIX\", \"AF_INET\", \"AF_INET6\"):\n\
+        \x20   try:\n\
+        \x20       socket.socket(getattr(socket, name), socket.SOCK_STREAM).close()\n\
+        \x20       print(name, \"ok\")\n\
+        \x20   except OSError as e:\n\
+        \x20       print(name, \"errno\", e.errno)";
+    feather.sh(
+        "af",
+        &format!("mkdir -p /opt/probe && cat > /opt/probe/families.py <<'EOF'\n{script}\nEOF"),
+    );
+    for (unit, setting) in [
+        ("unixonly", "RestrictAddressFamilies=AF_UNIX\n"),
+        ("noinet6", "RestrictAddressFamilies=~AF_INET6\n"),
+        ("open", ""),
+    ] {
+        write_unit(
+            &feather,
+            "af",
+            &format!("{unit}.service"),
+            &format!(
+                "[Service]\nType=oneshot\nRemainAfterExit=yes\n{setting}\
+                 ExecStart=/usr/bin/python3 /opt/probe/families.py\n\
+                 ExecStart=/bin/grep NoNewPrivs /proc/self/status\n"
+            ),
+        );
+    }
+    feather.ok(&["service", "start", "af", "unixonly", "noinet6", "open"]);
+    let log = |unit: &str| status_lines(&feather, "af", unit);
+    let eafnosupport = "errno 97";
+    let unixonly = log("unixonly");
+    assert!(unixonly.contains("AF_UNIX ok"), "{unixonly}");
+    assert!(
+        unixonly.contains(&format!("AF_INET {eafnosupport}")),
+        "{unixonly}"
+    );
+    assert!(
+        unixonly.contains(&format!("AF_INET6 {eafnosupport}")),
+        "{unixonly}"
+    );
+    // The filter implies no_new_privs, as systemd implies it without CAP_SYS_ADMIN.
+    assert!(unixonly.contains("NoNewPrivs:\t1"), "{unixonly}");
+    let noinet6 = log("noinet6");
+    assert!(
+        noinet6.contains("AF_INET ok") && noinet6.contains(&format!("AF_INET6 {eafnosupport}")),
+        "{noinet6}"
+    );
+    let open = log("open");
+    assert!(
+        open.contains("AF_INET ok") && open.contains("AF_INET6 ok"),
+        "{open}"
+    );
+    assert!(open.contains("NoNewPrivs:\t0"), "{open}");
+}

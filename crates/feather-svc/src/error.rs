@@ -86,6 +86,8 @@ pub enum ValueError {
     NotCpuWeight(String),
     #[error("{0:?} is not a capability name (such as CAP_NET_BIND_SERVICE)")]
     NotCapability(String),
+    #[error("{0:?} is not an address family (such as AF_INET)")]
+    NotAddressFamily(String),
     /// A value of one of the `Limit*=` settings (the problem is part of the message).
     #[error("{key}: {problem}")]
     Limit {

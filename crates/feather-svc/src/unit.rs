@@ -208,6 +208,27 @@ pub struct ExecContext {
     /// `CapabilityBoundingSet=`: the capabilities the unit's processes may ever hold; None is
     /// all (the VM's own set bounds them anyway).
     pub capability_bounding_set: Option<std::collections::BTreeSet<String>>,
+    /// `RestrictAddressFamilies=`: which families `socket()` may make; None is all.
+    pub address_families: Option<AddressFamilies>,
+}
+
+/// `RestrictAddressFamilies=`, as systemd keeps it: a list of families allowed (the first
+/// assignment not inverted) or denied (the first one with `~`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AddressFamilies {
+    pub allow: bool,
+    pub families: std::collections::BTreeSet<i32>,
+}
+
+impl AddressFamilies {
+    /// The families `socket()` must refuse.
+    pub fn denied(&self) -> Vec<i32> {
+        crate::values::ADDRESS_FAMILIES
+            .iter()
+            .map(|(_, number)| *number)
+            .filter(|n| self.families.contains(n) != self.allow)
+            .collect()
+    }
 }
 
 impl Default for ExecContext {
@@ -237,6 +258,7 @@ impl Default for ExecContext {
             standard_error: StandardOutput::Inherit,
             no_new_privileges: false,
             capability_bounding_set: None,
+            address_families: None,
         }
     }
 }
@@ -691,6 +713,9 @@ impl Unit {
             }
             "SyslogIdentifier" => exec.syslog_identifier = non_empty(expand(raw)?),
             "NoNewPrivileges" => exec.no_new_privileges = values::boolean(raw)?,
+            "RestrictAddressFamilies" => {
+                exec.address_families = address_families(exec.address_families.take(), raw)?
+            }
             "CapabilityBoundingSet" => {
                 exec.capability_bounding_set =
                     bounding_set(exec.capability_bounding_set.take(), raw)?
@@ -1086,6 +1111,43 @@ fn bounding_set(
             None => named,
         }
     }))
+}
+
+/// `RestrictAddressFamilies=` as systemd combines its lines: the first one decides whether the
+/// list allows (`AF_INET AF_UNIX`, or `none`) or denies (`~AF_PACKET`); a later line of the
+/// same kind adds its families, one of the other kind takes them away; empty resets.
+fn address_families(
+    current: Option<AddressFamilies>,
+    raw: &str,
+) -> Result<Option<AddressFamilies>, SettingError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw == "none" {
+        return Ok(Some(AddressFamilies {
+            allow: true,
+            families: Default::default(),
+        }));
+    }
+    let (inverted, list) = match raw.strip_prefix('~') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let named = list
+        .split_whitespace()
+        .map(values::address_family)
+        .collect::<Result<std::collections::BTreeSet<i32>, _>>()?;
+    let mut set = current.unwrap_or(AddressFamilies {
+        allow: !inverted,
+        families: Default::default(),
+    });
+    if set.allow != inverted {
+        set.families.extend(named);
+    } else {
+        set.families.retain(|f| !named.contains(f));
+    }
+    Ok(Some(set))
 }
 
 /// An empty assignment resets a setting (None); anything else is parsed.

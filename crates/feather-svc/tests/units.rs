@@ -576,3 +576,39 @@ fn generator_output_folders_are_searched_as_systemd_orders_them() {
         .wants
         .contains(&"inst@a.service".to_owned()));
 }
+
+#[test]
+fn restrict_address_families_combines_its_lines_as_systemd() {
+    let tree = Tree::new("families");
+    let load = |lines: &str| {
+        tree.lib(
+            "f.service",
+            &format!("[Service]\nExecStart=/bin/true\n{lines}"),
+        );
+        tree.load("f.service").exec.address_families
+    };
+    let allowed = load("RestrictAddressFamilies=AF_UNIX AF_INET\nRestrictAddressFamilies=AF_INET6\nRestrictAddressFamilies=~AF_INET\n")
+        .unwrap();
+    assert!(allowed.allow);
+    assert_eq!(
+        allowed.families.iter().copied().collect::<Vec<_>>(),
+        [1, 10]
+    );
+    assert!(!allowed.denied().contains(&1) && allowed.denied().contains(&2));
+    let denied =
+        load("RestrictAddressFamilies=~AF_PACKET AF_NETLINK\nRestrictAddressFamilies=AF_NETLINK\n")
+            .unwrap();
+    assert!(!denied.allow);
+    assert_eq!(denied.denied(), [17]);
+    let none = load("RestrictAddressFamilies=none\n").unwrap();
+    assert_eq!(none.denied().len(), 46);
+    assert_eq!(
+        load("RestrictAddressFamilies=AF_UNIX\nRestrictAddressFamilies=\n"),
+        None
+    );
+    tree.lib(
+        "bad.service",
+        "[Service]\nExecStart=/bin/true\nRestrictAddressFamilies=AF_MARS\n",
+    );
+    assert!(tree.load_err("bad.service").contains("AF_MARS"));
+}
