@@ -271,17 +271,21 @@ impl Cgroup {
     }
 
     /// Where this group's subtree for a VM's services is in each hierarchy they use (see
-    /// [`SERVICES`]), with where that hierarchy is mounted relative to `/sys/fs/cgroup` (`memory`,
-    /// `unified`; empty on a machine with v2 only): the VM's init binds each folder there.
+    /// [`SERVICES`]), with where that hierarchy is mounted relative to `/sys/fs/cgroup`
+    /// (`memory`, `unified`; `unified` also for a machine with v2 only, whose hierarchy is
+    /// `/sys/fs/cgroup` itself, so that `/sys/fs/cgroup` stays a read-only folder in every
+    /// VM): the VM's init binds each folder there.
     pub fn service_subtrees(&self) -> Vec<(PathBuf, PathBuf)> {
         self.hierarchies
             .for_services()
             .into_iter()
             .map(|mount| {
-                let at = mount
-                    .strip_prefix("/sys/fs/cgroup")
-                    .unwrap_or(Path::new(""))
-                    .to_path_buf();
+                let at = match (mount.strip_prefix("/sys/fs/cgroup"), mount.file_name()) {
+                    (Ok(rest), _) if !rest.as_os_str().is_empty() => rest.to_path_buf(),
+                    (Ok(_), _) | (_, None) => PathBuf::from("unified"),
+                    // Mounted elsewhere (`/cgroup/memory`): by its folder's name.
+                    (Err(_), Some(name)) => PathBuf::from(name),
+                };
                 (mount.join(&self.relative).join(SERVICES), at)
             })
             .collect()
@@ -526,6 +530,30 @@ mod tests {
             subtrees,
             ["memory", "pids", "unified"].map(|h| dir.join(h).join("feather/x/services"))
         );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_v2_only_hierarchy_is_bound_at_unified_so_the_top_stays_read_only() {
+        let only_v2 = Hierarchies {
+            v1: Vec::new(),
+            v2: Some((PathBuf::from("/sys/fs/cgroup"), vec!["memory".into()])),
+        };
+        assert_eq!(
+            Cgroup::new(only_v2, "feather/x").service_subtrees(),
+            [(
+                PathBuf::from("/sys/fs/cgroup/feather/x/services"),
+                PathBuf::from("unified")
+            )]
+        );
+        let dir = scratch("hybrid-names");
+        let names: Vec<PathBuf> = Cgroup::new(hybrid(&dir), "feather/x")
+            .service_subtrees()
+            .into_iter()
+            .map(|(_, at)| at)
+            .collect();
+        // Hierarchies mounted elsewhere are named by their folders.
+        assert_eq!(names, ["memory", "pids", "unified"].map(PathBuf::from));
         let _ = fs::remove_dir_all(&dir);
     }
 

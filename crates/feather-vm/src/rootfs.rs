@@ -240,14 +240,11 @@ fn mount_service_cgroups(root: &Path, subtrees: &[(PathBuf, PathBuf)]) -> Result
         return Ok(());
     }
     let top = root.join("sys/fs/cgroup");
-    let only_v2 = subtrees.iter().any(|(_, at)| at.as_os_str().is_empty());
-    if !only_v2 {
-        mount::tmpfs(
-            &top,
-            Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
-            "mode=0755,size=16k",
-        )?;
-    }
+    mount::tmpfs(
+        &top,
+        Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
+        "mode=0755,size=16k",
+    )?;
     for (subtree, at) in subtrees {
         let io = |op: &'static str, path: &Path| {
             let target = path.display().to_string();
@@ -267,9 +264,7 @@ fn mount_service_cgroups(root: &Path, subtrees: &[(PathBuf, PathBuf)]) -> Result
         fs::create_dir_all(&target).map_err(io("create", &target))?;
         mount::bind(subtree, &target)?;
     }
-    if !only_v2 {
-        mount::remount_bind_readonly(&top)?;
-    }
+    mount::remount_bind_readonly(&top)?;
     Ok(())
 }
 
