@@ -75,7 +75,10 @@ pub enum SpawnError {
     },
     /// `RestrictAddressFamilies=` could not be made into a seccomp filter.
     #[error("{unit}: RestrictAddressFamilies=: {problem}")]
-    Filter { unit: String, problem: String },
+    Filter {
+        unit: String,
+        problem: seccompiler::BackendError,
+    },
     /// The manager's own bookkeeping lost the unit's state before its command ran.
     #[error("{unit}: {what} is missing before its command ran (a bug in the service manager)")]
     NotPrepared { unit: String, what: &'static str },
@@ -398,9 +401,9 @@ fn address_family_filter(
     let Some(families) = &unit.exec.address_families else {
         return Ok(None);
     };
-    let failed = |e: &dyn std::fmt::Display| SpawnError::Filter {
+    let failed = |problem: seccompiler::BackendError| SpawnError::Filter {
         unit: unit.name.to_string(),
-        problem: e.to_string(),
+        problem,
     };
     let denied = families.denied();
     if denied.is_empty() {
@@ -412,8 +415,8 @@ fn address_family_filter(
         .map(|family| {
             let condition =
                 SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)
-                    .map_err(|e| failed(&e))?;
-            SeccompRule::new(vec![condition]).map_err(|e| failed(&e))
+                    .map_err(failed)?;
+            SeccompRule::new(vec![condition]).map_err(failed)
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut calls = std::collections::BTreeMap::new();
@@ -421,19 +424,15 @@ fn address_family_filter(
     // The same call by its x32 number, which would otherwise pass unfiltered.
     #[cfg(target_arch = "x86_64")]
     calls.insert(libc::SYS_socket | 0x4000_0000, rules);
-    let arch = std::env::consts::ARCH
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| failed(&e))?;
+    let arch = std::env::consts::ARCH.try_into().map_err(failed)?;
     let filter = SeccompFilter::new(
         calls,
         SeccompAction::Allow,
         SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
         arch,
     )
-    .map_err(|e| failed(&e))?;
-    let program: seccompiler::BpfProgram = filter
-        .try_into()
-        .map_err(|e: seccompiler::BackendError| failed(&e))?;
+    .map_err(failed)?;
+    let program: seccompiler::BpfProgram = filter.try_into().map_err(failed)?;
     Ok(Some(
         program
             .into_iter()
