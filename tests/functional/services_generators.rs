@@ -94,6 +94,16 @@ fn services_a_failing_or_hanging_generator_is_named_and_the_others_still_run() {
     ] {
         assert!(report.contains(line), "{line:?} not in {report}");
     }
+    // A unit that is not there names the generators that failed: one may have been meant to
+    // make it.
+    let missing = feather.fails(&["service", "start", "gen", "never-made"]);
+    assert!(
+        missing.contains("never-made.service")
+            && missing.contains(
+                "generators that failed when the VM's service manager started: aa-fails, bb-hangs"
+            ),
+        "{missing}"
+    );
     assert!(
         !feather
             .sh("gen", "ps -eo comm")

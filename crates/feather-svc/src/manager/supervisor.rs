@@ -323,6 +323,8 @@ pub struct Manager {
     bus_attempt: Option<Instant>,
     /// The cgroup hierarchies the VM's init bound for per-unit groups; None without them.
     hierarchies: Option<feather_sys::cgroup::Hierarchies>,
+    /// The generators that failed or overran when the manager started, by name.
+    failed_generators: Vec<String>,
 }
 
 impl Manager {
@@ -352,7 +354,7 @@ impl Manager {
         // occupied so nothing else the manager (or std, while spawning) opens lands there.
         crate::raw::reserve_low_fds(MAX_PASSED_SOCKETS).map_err(setup("reserving descriptors"))?;
         fs::create_dir_all(NOTIFY_DIR).map_err(setup(NOTIFY_DIR))?;
-        run_generators();
+        let failed_generators = run_generators();
         Ok(Manager {
             paths: UnitPaths::new("/"),
             units: BTreeMap::new(),
@@ -366,6 +368,7 @@ impl Manager {
             bus_problem: None,
             bus_attempt: None,
             hierarchies: cgroups::detect(),
+            failed_generators,
         })
     }
 
@@ -679,23 +682,25 @@ impl Manager {
 
 /// Runs the host's systemd generators into the VM's /run before any unit is loaded, as systemd
 /// does at boot. Their output and one line for each (ran, not run and why, failed, timed out)
-/// go to [`protocol::GENERATORS_LOG`]; the manager's log names the ones that failed.
-fn run_generators() {
+/// go to [`protocol::GENERATORS_LOG`]; the manager's log names the ones that failed, which are
+/// returned.
+fn run_generators() -> Vec<String> {
     let log = match spawn::open_log("generators") {
         Ok(log) => log,
         Err(e) => {
             eprintln!("feather-svc: generators not run: {e}");
-            return;
+            return Vec::new();
         }
     };
     let results = match generators::run(Path::new("/"), generators::BUDGET, &log) {
         Ok(results) => results,
         Err(e) => {
             eprintln!("feather-svc: generators not run: their output folders: {e}");
-            return;
+            return Vec::new();
         }
     };
     let mut log = log;
+    let mut failed = Vec::new();
     for (generator, outcome) in results {
         let line = format!(
             "{} ({}): {outcome}",
@@ -708,8 +713,10 @@ fn run_generators() {
             generators::Outcome::Ran | generators::Outcome::NotRun(_)
         ) {
             eprintln!("feather-svc: generator {line}");
+            failed.push(generator.name);
         }
     }
+    failed
 }
 
 /// Stops listening: closes a socket unit's sockets and removes its socket files.
