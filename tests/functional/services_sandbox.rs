@@ -120,3 +120,53 @@ fn services_restrict_address_families_refuses_other_sockets() {
     );
     assert!(open.contains("NoNewPrivs:\t0"), "{open}");
 }
+
+#[test]
+fn services_system_call_filter_uses_the_groups_of_the_installed_systemd() {
+    let feather = Feather::new("svc-syscalls");
+    vm(&feather, "sc");
+    let units = [
+        // A deny list with an errno: uname(2) fails, the shell goes on.
+        (
+            "deny-errno",
+            "SystemCallFilter=~uname\nSystemCallErrorNumber=EPERM\n",
+            "ExecStart=/bin/sh -c 'uname -s || echo uname refused'\n",
+        ),
+        // Without an errno a refused call ends the process (SIGSYS): the command fails.
+        (
+            "deny-kill",
+            "SystemCallFilter=~uname\n",
+            "ExecStart=/bin/uname -s\n",
+        ),
+        // An allow list of systemd's groups, as redis-server.service has it: a service runs.
+        (
+            "allow",
+            "SystemCallFilter=@system-service\nSystemCallFilter=~@privileged @resources\n",
+            "ExecStart=/bin/sh -c 'uname -s; echo ran'\n",
+        ),
+    ];
+    for (unit, filter, command) in units {
+        write_unit(
+            &feather,
+            "sc",
+            &format!("{unit}.service"),
+            &format!("[Service]\nType=oneshot\nRemainAfterExit=yes\n{filter}{command}"),
+        );
+    }
+    feather.ok(&["service", "start", "sc", "deny-errno", "allow"]);
+    let refused = status_lines(&feather, "sc", "deny-errno");
+    assert!(
+        refused.contains("uname refused") && !refused.contains("Linux"),
+        "{refused}"
+    );
+    let allowed = status_lines(&feather, "sc", "allow");
+    assert!(
+        allowed.contains("Linux") && allowed.contains("ran"),
+        "{allowed}"
+    );
+    let killed = feather.fails(&["service", "start", "sc", "deny-kill"]);
+    assert!(killed.contains("deny-kill.service failed"), "{killed}");
+    let log = status_lines(&feather, "sc", "deny-kill");
+    assert!(log.contains("signal 31") || log.contains("SIGSYS"), "{log}");
+    assert!(!log.contains("Linux"), "{log}");
+}

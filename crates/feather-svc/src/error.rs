@@ -88,6 +88,8 @@ pub enum ValueError {
     NotCapability(String),
     #[error("{0:?} is not an address family (such as AF_INET)")]
     NotAddressFamily(String),
+    #[error("{0:?} is not an errno (EPERM, EACCES, ENOSYS, …, or a number)")]
+    NotErrno(String),
     /// A value of one of the `Limit*=` settings (the problem is part of the message).
     #[error("{key}: {problem}")]
     Limit {

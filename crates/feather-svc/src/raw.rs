@@ -47,10 +47,10 @@ pub struct ProcessSetup {
     pub drop_capabilities: Vec<caps::Capability>,
     /// `NoNewPrivileges=`: set last, just before the program is executed.
     pub no_new_privileges: bool,
-    /// A seccomp filter of the unit's own (`RestrictAddressFamilies=`), installed after
-    /// no_new_privs (which it implies: a VM's processes lack CAP_SYS_ADMIN, as systemd implies
-    /// it for a service without that capability).
-    pub seccomp: Option<Vec<feather_sys::seccomp::Instruction>>,
+    /// Seccomp filters of the unit's own (`RestrictAddressFamilies=`, `SystemCallFilter=`),
+    /// installed last, after no_new_privs (which they imply: a VM's processes lack
+    /// CAP_SYS_ADMIN, as systemd implies it for a service without that capability).
+    pub seccomp: Vec<Vec<feather_sys::seccomp::Instruction>>,
 }
 
 /// The first descriptor a passed socket gets, as sd_listen_fds(3) expects.
@@ -86,10 +86,10 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
             setgid(credentials.gid)?;
             setuid(credentials.uid)?;
         }
-        if setup.no_new_privileges || setup.seccomp.is_some() {
+        if setup.no_new_privileges || !setup.seccomp.is_empty() {
             nix::sys::prctl::set_no_new_privs()?;
         }
-        if let Some(filter) = &setup.seccomp {
+        for filter in &setup.seccomp {
             feather_sys::seccomp::install_filter(filter).map_err(std::io::Error::other)?;
         }
         if let Some(listen) = &setup.listen {

@@ -233,6 +233,29 @@ pub fn address_family(name: &str) -> Result<i32, ValueError> {
         .ok_or_else(|| ValueError::NotAddressFamily(name.to_owned()))
 }
 
+/// `SystemCallErrorNumber=`: an errno by name (`EPERM`) or number.
+pub fn errno(text: &str) -> Result<i32, ValueError> {
+    if let Ok(number) = text.parse::<i32>() {
+        return Ok(number);
+    }
+    let known = [
+        ("EPERM", libc::EPERM),
+        ("ENOENT", libc::ENOENT),
+        ("EACCES", libc::EACCES),
+        ("EINVAL", libc::EINVAL),
+        ("EROFS", libc::EROFS),
+        ("ENOSYS", libc::ENOSYS),
+        ("EAFNOSUPPORT", libc::EAFNOSUPPORT),
+        ("EOPNOTSUPP", libc::EOPNOTSUPP),
+        ("ENOTSUP", libc::ENOTSUP),
+    ];
+    known
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, number)| *number)
+        .ok_or_else(|| ValueError::NotErrno(text.to_owned()))
+}
+
 /// `CPUWeight=`: 1 to 10000 (`idle` is taken as 1).
 pub fn cpu_weight(text: &str) -> Result<u64, ValueError> {
     let text = text.trim();

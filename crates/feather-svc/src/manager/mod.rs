@@ -18,6 +18,7 @@ pub mod protocol;
 mod sockets;
 mod spawn;
 pub mod supervisor;
+mod syscall_filter;
 mod syslog;
 
 use std::fs::{self, File, OpenOptions};

@@ -286,6 +286,8 @@ pub struct Handed<'a> {
     /// The unit's group's `cgroup.procs` files, kept open by the caller until the process is
     /// spawned.
     pub cgroup_procs: &'a [File],
+    /// Its `SystemCallFilter=`, compiled when the unit started.
+    pub syscall_filter: Option<&'a [feather_sys::seccomp::Instruction]>,
 }
 
 /// Builds the process for one command. `env` is the unit's environment plus this command's
@@ -302,6 +304,7 @@ pub fn command(
         listen,
         connection,
         cgroup_procs,
+        syscall_filter,
     } = handed;
     let program = resolve_program(Path::new("/"), &exec.path).map_err(|program| {
         SpawnError::ProgramNotFound {
@@ -381,9 +384,12 @@ pub fn command(
             },
             no_new_privileges: unit.exec.no_new_privileges && !exec.full_privileges,
             seccomp: if exec.full_privileges {
-                None
+                Vec::new()
             } else {
                 address_family_filter(unit)?
+                    .into_iter()
+                    .chain(syscall_filter.map(<[_]>::to_vec))
+                    .collect()
             },
         },
     );

@@ -39,12 +39,12 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use super::bus::{self, Bus};
-use super::cgroups;
 use super::processes::{all_processes, guess_main_pid, is_zombie, read_pid_file, session_of};
 use super::protocol::{
     self, FreshState, Refusal, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET,
 };
 use super::spawn::{self, Identity, SpawnError};
+use super::{cgroups, syscall_filter};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
 use crate::name::UnitName;
@@ -174,6 +174,8 @@ struct Runtime {
     last_deactivated: Option<Instant>,
     /// Its own cgroup below the VM's, where the VM has them.
     group: Option<feather_sys::cgroup::Cgroup>,
+    /// Its `SystemCallFilter=`, compiled at its start.
+    syscall_filter: Option<Vec<feather_sys::seccomp::Instruction>>,
 }
 
 impl Runtime {
@@ -215,6 +217,7 @@ impl Runtime {
             last_activated: None,
             last_deactivated: None,
             group: None,
+            syscall_filter: None,
         }
     }
 
@@ -325,6 +328,10 @@ pub struct Manager {
     hierarchies: Option<feather_sys::cgroup::Hierarchies>,
     /// The generators that failed or overran when the manager started, by name.
     failed_generators: Vec<String>,
+    /// The groups of `SystemCallFilter=`, read from the VM's systemd when a unit first needs
+    /// them.
+    syscall_groups:
+        Option<Result<syscall_filter::Groups, std::sync::Arc<syscall_filter::FilterError>>>,
 }
 
 impl Manager {
@@ -369,6 +376,7 @@ impl Manager {
             bus_attempt: None,
             hierarchies: cgroups::detect(),
             failed_generators,
+            syscall_groups: None,
         })
     }
 

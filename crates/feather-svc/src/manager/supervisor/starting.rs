@@ -117,7 +117,40 @@ impl Manager {
                 }
                 Err(why) => log_line(r, &format!("feather: {why}; followed by session")),
             }
-        } else if service.resources.any() {
+        }
+        r.syscall_filter = None;
+        if !r.unit.exec.system_call_filter.is_empty() {
+            let groups = self
+                .syscall_groups
+                .get_or_insert_with(|| syscall_filter::load_groups().map_err(std::sync::Arc::new));
+            let compiled = match groups {
+                Ok(groups) => syscall_filter::resolve(&r.unit.exec.system_call_filter, groups)
+                    .and_then(|resolved| {
+                        resolved
+                            .map(|resolved| {
+                                syscall_filter::compile(
+                                    &resolved,
+                                    r.unit.exec.system_call_error_number,
+                                )
+                            })
+                            .transpose()
+                    }),
+                Err(e) => Err(syscall_filter::FilterError::Earlier(e.clone())),
+            };
+            match compiled {
+                Ok(filter) => r.syscall_filter = filter,
+                // Shown, not hidden: the unit runs, and `status` lists the setting as not
+                // applied.
+                Err(why) => {
+                    log_line(r, &format!("feather: {why}; SystemCallFilter= not applied"));
+                    let entry = "Service.SystemCallFilter".to_owned();
+                    if !r.unit.not_applied.contains(&entry) {
+                        r.unit.not_applied.push(entry);
+                    }
+                }
+            }
+        }
+        if self.hierarchies.is_none() && service.resources.any() {
             log_line(
                 r,
                 "feather: MemoryMax=/TasksMax=/CPUQuota=/CPUWeight= not applied: this VM has no cgroup (a throw-away VM without limits)",
@@ -340,6 +373,7 @@ impl Manager {
                 listen: &listen,
                 connection: connection.map(|c| c.as_fd()),
                 cgroup_procs: &cgroup_procs,
+                syscall_filter: r.syscall_filter.as_deref(),
             },
         )?;
         let phase = r.phase.name();
