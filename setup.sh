@@ -38,6 +38,7 @@ packages=(
     mariadb-server mariadb-client  # Type=notify, /run/mysqld from tmpfiles.d; the mariadb client
     rsyslog          # a VM's own syslog daemon: logger lands in the VM's /var/log/syslog
     cron             # an @reboot job runs inside the VM
+    postfix          # postfix.service pulls postfix@-.service through its generator (postfix-instance-generator); SMTP on the VM's port 25
     memcached        # answers set/get/stats on the VM's loopback
     apache2          # Type=forking through apachectl; also with mariadb as one group
     openssh-server   # sshd's banner on the VM's port 22

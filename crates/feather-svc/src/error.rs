@@ -80,6 +80,16 @@ pub enum ValueError {
     UnknownSizeSuffix { suffix: String, text: String },
     #[error("{0:?} is too large")]
     TooLarge(String),
+    #[error("{0:?} is not a percentage (such as 50%)")]
+    NotPercent(String),
+    #[error("{0:?} is not a CPU weight (1 to 10000, or idle)")]
+    NotCpuWeight(String),
+    #[error("{0:?} is not a capability name (such as CAP_NET_BIND_SERVICE)")]
+    NotCapability(String),
+    #[error("{0:?} is not an address family (such as AF_INET)")]
+    NotAddressFamily(String),
+    #[error("{0:?} is not an errno (EPERM, EACCES, ENOSYS, …, or a number)")]
+    NotErrno(String),
     /// A value of one of the `Limit*=` settings (the problem is part of the message).
     #[error("{key}: {problem}")]
     Limit {

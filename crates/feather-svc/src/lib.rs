@@ -3,6 +3,7 @@
 //! - [`syntax`], [`words`], [`specifier`], [`values`]: unit files read as systemd reads them
 //! - [`name`]: unit names, templates and instances
 //! - [`paths`]: the search path, precedence, aliases, masks, drop-ins, `.wants/`
+//! - [`generators`]: the host's systemd generators, run for a VM into its `/run`
 //! - [`unit`](mod@unit): what a unit says, typed
 //! - [`sysv`]: SysV init scripts and their LSB headers
 //! - [`graph`]: the dependency closure, start order in waves, cycles
@@ -22,13 +23,14 @@
 //! - [`error`]: [`SvcError`] and the parsers' errors; the bottom layer, using no other module
 //!
 //! Dependencies point one way: `error` at the bottom; the parsers (`values`, `words`,
-//! `specifier`, `syntax`, `calendar`) above it; `name`, `unit`, `sysv`, `paths`, `graph`,
-//! `catalog` above those; `manager` on top. No two modules use each other.
+//! `specifier`, `syntax`, `calendar`) above it; `name`, `unit`, `sysv`, `paths`, `generators`,
+//! `graph`, `catalog` above those; `manager` on top. No two modules use each other.
 
 pub mod calendar;
 pub mod catalog;
 pub mod conditions;
 pub mod error;
+pub mod generators;
 pub mod graph;
 pub mod infra;
 pub mod manager;

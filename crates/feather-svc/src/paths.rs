@@ -14,12 +14,18 @@ use crate::name::UnitName;
 use crate::syntax;
 use crate::unit::Unit;
 
-/// The system manager's unit directories, highest precedence first.
-pub const SEARCH_PATH: [&str; 4] = [
+/// The system manager's unit directories, highest precedence first, as systemd orders them
+/// (`systemd-analyze unit-paths`): the generators' output folders (made in a VM's `/run` by
+/// [`crate::generators`]; absent on a host without systemd) early, in the middle and late.
+pub const SEARCH_PATH: [&str; 8] = [
+    "/run/systemd/generator.early",
     "/etc/systemd/system",
     "/run/systemd/system",
+    "/run/systemd/generator",
+    "/usr/local/lib/systemd/system",
     "/lib/systemd/system",
     "/usr/lib/systemd/system",
+    "/run/systemd/generator.late",
 ];
 
 /// How many alias symlinks are followed before giving up.

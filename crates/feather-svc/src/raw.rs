@@ -39,29 +39,58 @@ pub struct ProcessSetup {
     pub umask: u32,
     pub limits: Vec<(Resource, u64, u64)>,
     pub listen: Option<ListenFds>,
+    /// The unit's `cgroup.procs` files (one per hierarchy), open for writing: the process
+    /// moves itself into its unit's group first, so whatever it starts is in it too.
+    pub cgroup_procs: Vec<RawFd>,
+    /// `CapabilityBoundingSet=`: the capabilities taken out of the bounding set (before the
+    /// user changes: dropping needs CAP_SETPCAP).
+    pub drop_capabilities: Vec<caps::Capability>,
+    /// `NoNewPrivileges=`: set last, just before the program is executed.
+    pub no_new_privileges: bool,
+    /// Seccomp filters of the unit's own (`RestrictAddressFamilies=`, `SystemCallFilter=`),
+    /// installed last, after no_new_privs (which they imply: a VM's processes lack
+    /// CAP_SYS_ADMIN, as systemd implies it for a service without that capability).
+    pub seccomp: Vec<Vec<feather_sys::seccomp::Instruction>>,
 }
 
 /// The first descriptor a passed socket gets, as sd_listen_fds(3) expects.
 pub const LISTEN_FDS_START: RawFd = 3;
 
-/// Installs `setup` to run in the child: the signal mask cleared, a new session (so the
-/// service's processes can be found and signalled as a group), its umask and resource limits,
-/// its user and groups, and with sockets to pass, the sockets and the exec itself.
+/// Installs `setup` to run in the child: the signal mask cleared, its cgroup, a new session (so
+/// the service's processes can be found and signalled as a group), its umask and resource
+/// limits, its bounding set, its user and groups, no_new_privs, and with sockets to pass, the
+/// sockets and the exec itself.
 pub fn install(command: &mut Command, setup: ProcessSetup) {
     let hook = move || -> std::io::Result<()> {
         // The manager blocks the signals it reads from a signalfd; a service must not inherit
         // that mask, or it would never see SIGTERM.
         sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+        for fd in &setup.cgroup_procs {
+            // "0" is the writer itself; done before the user changes (moving needs root).
+            write_all(*fd, b"0")?;
+        }
         setsid()?;
         umask(Mode::from_bits_truncate(setup.umask));
         for (resource, soft, hard) in &setup.limits {
             setrlimit(*resource, *soft, *hard)?;
+        }
+        for cap in &setup.drop_capabilities {
+            caps::drop(None, caps::CapSet::Bounding, *cap).map_err(std::io::Error::other)?;
+            // Out of the inheritable set too: a root process's new permitted set takes it in
+            // at exec, bounding set or not.
+            caps::drop(None, caps::CapSet::Inheritable, *cap).map_err(std::io::Error::other)?;
         }
         if let Some(credentials) = &setup.credentials {
             // Groups first: once the uid is not 0, they can no longer be changed.
             setgroups(&credentials.groups)?;
             setgid(credentials.gid)?;
             setuid(credentials.uid)?;
+        }
+        if setup.no_new_privileges || !setup.seccomp.is_empty() {
+            nix::sys::prctl::set_no_new_privs()?;
+        }
+        for filter in &setup.seccomp {
+            feather_sys::seccomp::install_filter(filter).map_err(std::io::Error::other)?;
         }
         if let Some(listen) = &setup.listen {
             for (i, fd) in listen.fds.iter().enumerate() {
@@ -81,6 +110,17 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
     unsafe {
         command.pre_exec(hook);
     }
+}
+
+/// write(2) of `bytes` to a raw descriptor the caller holds open.
+fn write_all(fd: RawFd, bytes: &[u8]) -> std::io::Result<()> {
+    // SAFETY: the pointer and length describe `bytes`, which lives for the call; `fd` is a
+    // descriptor the manager opened (a cgroup.procs file) and keeps open until the spawn ends.
+    let ret = unsafe { libc::write(fd, bytes.as_ptr().cast(), bytes.len()) };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// dup3(2) over raw descriptors; `new` is closed on exec if `cloexec`.

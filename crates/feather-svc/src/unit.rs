@@ -203,6 +203,44 @@ pub struct ExecContext {
     pub standard_input: StandardInput,
     pub standard_output: StandardOutput,
     pub standard_error: StandardOutput,
+    /// `NoNewPrivileges=`: no setuid bit or file capability raises what the process may do.
+    pub no_new_privileges: bool,
+    /// `CapabilityBoundingSet=`: the capabilities the unit's processes may ever hold; None is
+    /// all (the VM's own set bounds them anyway).
+    pub capability_bounding_set: Option<std::collections::BTreeSet<String>>,
+    /// `RestrictAddressFamilies=`: which families `socket()` may make; None is all.
+    pub address_families: Option<AddressFamilies>,
+    /// `SystemCallFilter=`, line by line (groups are expanded where the unit runs, by the
+    /// systemd installed there).
+    pub system_call_filter: Vec<SyscallFilterLine>,
+    /// `SystemCallErrorNumber=`: a refused call fails with it instead of killing the process.
+    pub system_call_error_number: Option<i32>,
+}
+
+/// One `SystemCallFilter=` line: calls and `@groups`, allowed, or with `~` denied.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SyscallFilterLine {
+    pub inverted: bool,
+    pub entries: Vec<String>,
+}
+
+/// `RestrictAddressFamilies=`, as systemd keeps it: a list of families allowed (the first
+/// assignment not inverted) or denied (the first one with `~`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct AddressFamilies {
+    pub allow: bool,
+    pub families: std::collections::BTreeSet<i32>,
+}
+
+impl AddressFamilies {
+    /// The families `socket()` must refuse.
+    pub fn denied(&self) -> Vec<i32> {
+        crate::values::ADDRESS_FAMILIES
+            .iter()
+            .map(|(_, number)| *number)
+            .filter(|n| self.families.contains(n) != self.allow)
+            .collect()
+    }
 }
 
 impl Default for ExecContext {
@@ -230,6 +268,11 @@ impl Default for ExecContext {
             standard_input: StandardInput::Null,
             standard_output: StandardOutput::Inherit,
             standard_error: StandardOutput::Inherit,
+            no_new_privileges: false,
+            capability_bounding_set: None,
+            address_families: None,
+            system_call_filter: Vec::new(),
+            system_call_error_number: None,
         }
     }
 }
@@ -279,6 +322,27 @@ pub struct Service {
     pub final_kill_signal: i32,
     pub send_sigkill: bool,
     pub success_exit_status: Vec<i32>,
+    /// `MemoryMax=`, `TasksMax=`, `CPUQuota=`, `CPUWeight=`: applied to the unit's own cgroup.
+    pub resources: Resources,
+}
+
+/// A unit's resource-control settings (systemd.resource-control(5)); `None` is no limit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Serialize)]
+pub struct Resources {
+    /// `MemoryMax=` (or the older `MemoryLimit=`), in bytes.
+    pub memory_max: Option<u64>,
+    /// `TasksMax=`: processes and threads.
+    pub tasks_max: Option<u64>,
+    /// `CPUQuota=`, as CPUs (`50%` is 0.5, `200%` is 2).
+    pub cpu_quota: Option<f64>,
+    /// `CPUWeight=` (or the older `CPUShares=`, converted), 1 to 10000.
+    pub cpu_weight: Option<u64>,
+}
+
+impl Resources {
+    pub fn any(&self) -> bool {
+        *self != Resources::default()
+    }
 }
 
 impl Default for Service {
@@ -307,6 +371,7 @@ impl Default for Service {
             final_kill_signal: libc::SIGKILL,
             send_sigkill: true,
             success_exit_status: Vec::new(),
+            resources: Resources::default(),
         }
     }
 }
@@ -661,6 +726,37 @@ impl Unit {
                 exec.runtime_directory_preserve = raw == "restart" || values::boolean(raw)?
             }
             "SyslogIdentifier" => exec.syslog_identifier = non_empty(expand(raw)?),
+            "NoNewPrivileges" => exec.no_new_privileges = values::boolean(raw)?,
+            "SystemCallFilter" if raw.trim().is_empty() => exec.system_call_filter.clear(),
+            "SystemCallFilter" => {
+                let raw = raw.trim();
+                let (inverted, list) = match raw.strip_prefix('~') {
+                    Some(rest) => (true, rest),
+                    None => (false, raw),
+                };
+                exec.system_call_filter.push(SyscallFilterLine {
+                    inverted,
+                    // A per-call errno (`name:EPERM`) is not kept: SystemCallErrorNumber=
+                    // applies to the whole filter.
+                    entries: list
+                        .split_whitespace()
+                        .map(|e| e.split(':').next().unwrap_or(e).to_owned())
+                        .collect(),
+                });
+            }
+            "SystemCallErrorNumber" => {
+                exec.system_call_error_number = match raw.trim() {
+                    "" | "kill" => None,
+                    other => Some(values::errno(other)?),
+                }
+            }
+            "RestrictAddressFamilies" => {
+                exec.address_families = address_families(exec.address_families.take(), raw)?
+            }
+            "CapabilityBoundingSet" => {
+                exec.capability_bounding_set =
+                    bounding_set(exec.capability_bounding_set.take(), raw)?
+            }
             "StandardInput" => {
                 exec.standard_input = match raw {
                     "" | "null" => StandardInput::Null,
@@ -853,6 +949,27 @@ impl Unit {
             "StartLimitInterval" | "StartLimitIntervalSec" | "StartLimitBurst" => {
                 return self.apply_unit(key, raw, expand)
             }
+            "MemoryMax" | "MemoryLimit" => {
+                service.resources.memory_max =
+                    non_empty_value(raw, |v| values::amount_or_share(v, physical_memory()))?
+                        .flatten()
+            }
+            "TasksMax" => {
+                service.resources.tasks_max =
+                    non_empty_value(raw, |v| values::amount_or_share(v, pid_max()))?.flatten()
+            }
+            "CPUQuota" => service.resources.cpu_quota = non_empty_value(raw, values::percent)?,
+            "CPUWeight" => service.resources.cpu_weight = non_empty_value(raw, values::cpu_weight)?,
+            "CPUShares" => {
+                // cgroup v1's shares, 1024 by default, as a weight (100 by default).
+                service.resources.cpu_weight = non_empty_value(raw, |v| {
+                    let shares: u64 = v
+                        .trim()
+                        .parse()
+                        .map_err(|_| values::ValueError::NotNumber(v.to_owned()))?;
+                    Ok((shares * 100 / 1024).clamp(1, 10_000))
+                })?
+            }
             other => self.note_not_applied("Service", other),
         }
         Ok(())
@@ -986,6 +1103,120 @@ fn unknown(key: &'static str, value: &str) -> SettingError {
         key,
         value: value.to_owned(),
     }
+}
+
+/// `CapabilityBoundingSet=` as systemd combines its lines: a list adds to what earlier lines
+/// kept (the first list replaces "all"), `~list` takes those away, an empty value resets to
+/// all (None).
+fn bounding_set(
+    current: Option<std::collections::BTreeSet<String>>,
+    raw: &str,
+) -> Result<Option<std::collections::BTreeSet<String>>, SettingError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let (inverted, list) = match raw.strip_prefix('~') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let mut named = std::collections::BTreeSet::new();
+    for word in list.split_whitespace() {
+        let cap = word.to_ascii_uppercase();
+        let cap = if cap.starts_with("CAP_") {
+            cap
+        } else {
+            format!("CAP_{cap}")
+        };
+        if cap.parse::<caps::Capability>().is_err() {
+            return Err(SettingError::Value(values::ValueError::NotCapability(
+                word.to_owned(),
+            )));
+        }
+        named.insert(cap);
+    }
+    let all = || caps::all().iter().map(|c| c.to_string()).collect();
+    Ok(Some(if inverted {
+        current
+            .unwrap_or_else(all)
+            .difference(&named)
+            .cloned()
+            .collect()
+    } else {
+        match current {
+            Some(kept) => kept.union(&named).cloned().collect(),
+            None => named,
+        }
+    }))
+}
+
+/// `RestrictAddressFamilies=` as systemd combines its lines: the first one decides whether the
+/// list allows (`AF_INET AF_UNIX`, or `none`) or denies (`~AF_PACKET`); a later line of the
+/// same kind adds its families, one of the other kind takes them away; empty resets.
+fn address_families(
+    current: Option<AddressFamilies>,
+    raw: &str,
+) -> Result<Option<AddressFamilies>, SettingError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if raw == "none" {
+        return Ok(Some(AddressFamilies {
+            allow: true,
+            families: Default::default(),
+        }));
+    }
+    let (inverted, list) = match raw.strip_prefix('~') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let named = list
+        .split_whitespace()
+        .map(values::address_family)
+        .collect::<Result<std::collections::BTreeSet<i32>, _>>()?;
+    let mut set = current.unwrap_or(AddressFamilies {
+        allow: !inverted,
+        families: Default::default(),
+    });
+    if set.allow != inverted {
+        set.families.extend(named);
+    } else {
+        set.families.retain(|f| !named.contains(f));
+    }
+    Ok(Some(set))
+}
+
+/// An empty assignment resets a setting (None); anything else is parsed.
+fn non_empty_value<T>(
+    raw: &str,
+    parse: impl FnOnce(&str) -> Result<T, values::ValueError>,
+) -> Result<Option<T>, SettingError> {
+    if raw.trim().is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(parse(raw)?))
+}
+
+/// The machine's memory, in bytes: `MemoryMax=50%` is half of it.
+fn physical_memory() -> u64 {
+    let pages = nix::unistd::sysconf(nix::unistd::SysconfVar::_PHYS_PAGES)
+        .ok()
+        .flatten()
+        .unwrap_or(0);
+    let page = nix::unistd::sysconf(nix::unistd::SysconfVar::PAGE_SIZE)
+        .ok()
+        .flatten()
+        .unwrap_or(4096);
+    (pages.max(0) as u64).saturating_mul(page.max(0) as u64)
+}
+
+/// The kernel's pid limit: `TasksMax=15%` is that share of it, as systemd's default is.
+fn pid_max() -> u64 {
+    std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or(32_768)
 }
 
 fn non_empty(value: String) -> Option<String> {

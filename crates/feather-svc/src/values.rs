@@ -140,6 +140,134 @@ pub fn limit(key: &str, text: &str) -> Result<Limit, ValueError> {
     })
 }
 
+/// A percentage, `50%` (as a fraction, 0.5); systemd also takes `‰` and `‱`, which no unit
+/// Debian ships uses.
+pub fn percent(text: &str) -> Result<f64, ValueError> {
+    let number = text
+        .trim()
+        .strip_suffix('%')
+        .ok_or_else(|| ValueError::NotPercent(text.to_owned()))?;
+    number
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|n| n.is_finite() && *n >= 0.0)
+        .map(|n| n / 100.0)
+        .ok_or_else(|| ValueError::NotPercent(text.to_owned()))
+}
+
+/// `MemoryMax=`, `TasksMax=`: a number (for memory with `K`, `M`, `G`, … in powers of 1024),
+/// `infinity` (None), or a percentage of `whole` (the machine's memory, the kernel's pid
+/// limit).
+pub fn amount_or_share(text: &str, whole: u64) -> Result<Option<u64>, ValueError> {
+    let text = text.trim();
+    if text == "infinity" {
+        return Ok(None);
+    }
+    if text.ends_with('%') {
+        return Ok(Some((percent(text)? * whole as f64) as u64));
+    }
+    size(text).map(Some)
+}
+
+/// The socket address families of Linux by the names systemd takes (`AF_UNIX`, …), with
+/// their numbers; `AF_LOCAL` is `AF_UNIX`.
+pub const ADDRESS_FAMILIES: [(&str, i32); 46] = [
+    ("AF_UNSPEC", 0),
+    ("AF_UNIX", 1),
+    ("AF_INET", 2),
+    ("AF_AX25", 3),
+    ("AF_IPX", 4),
+    ("AF_APPLETALK", 5),
+    ("AF_NETROM", 6),
+    ("AF_BRIDGE", 7),
+    ("AF_ATMPVC", 8),
+    ("AF_X25", 9),
+    ("AF_INET6", 10),
+    ("AF_ROSE", 11),
+    ("AF_DECnet", 12),
+    ("AF_NETBEUI", 13),
+    ("AF_SECURITY", 14),
+    ("AF_KEY", 15),
+    ("AF_NETLINK", 16),
+    ("AF_PACKET", 17),
+    ("AF_ASH", 18),
+    ("AF_ECONET", 19),
+    ("AF_ATMSVC", 20),
+    ("AF_RDS", 21),
+    ("AF_SNA", 22),
+    ("AF_IRDA", 23),
+    ("AF_PPPOX", 24),
+    ("AF_WANPIPE", 25),
+    ("AF_LLC", 26),
+    ("AF_IB", 27),
+    ("AF_MPLS", 28),
+    ("AF_CAN", 29),
+    ("AF_TIPC", 30),
+    ("AF_BLUETOOTH", 31),
+    ("AF_IUCV", 32),
+    ("AF_RXRPC", 33),
+    ("AF_ISDN", 34),
+    ("AF_PHONET", 35),
+    ("AF_IEEE802154", 36),
+    ("AF_CAIF", 37),
+    ("AF_ALG", 38),
+    ("AF_NFC", 39),
+    ("AF_VSOCK", 40),
+    ("AF_KCM", 41),
+    ("AF_QIPCRTR", 42),
+    ("AF_SMC", 43),
+    ("AF_XDP", 44),
+    ("AF_MCTP", 45),
+];
+
+/// One address family by name.
+pub fn address_family(name: &str) -> Result<i32, ValueError> {
+    if name == "AF_LOCAL" {
+        return Ok(libc::AF_UNIX);
+    }
+    ADDRESS_FAMILIES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, number)| *number)
+        .ok_or_else(|| ValueError::NotAddressFamily(name.to_owned()))
+}
+
+/// `SystemCallErrorNumber=`: an errno by name (`EPERM`) or number.
+pub fn errno(text: &str) -> Result<i32, ValueError> {
+    if let Ok(number) = text.parse::<i32>() {
+        return Ok(number);
+    }
+    let known = [
+        ("EPERM", libc::EPERM),
+        ("ENOENT", libc::ENOENT),
+        ("EACCES", libc::EACCES),
+        ("EINVAL", libc::EINVAL),
+        ("EROFS", libc::EROFS),
+        ("ENOSYS", libc::ENOSYS),
+        ("EAFNOSUPPORT", libc::EAFNOSUPPORT),
+        ("EOPNOTSUPP", libc::EOPNOTSUPP),
+        ("ENOTSUP", libc::ENOTSUP),
+    ];
+    known
+        .iter()
+        .find(|(name, _)| *name == text)
+        .map(|(_, number)| *number)
+        .ok_or_else(|| ValueError::NotErrno(text.to_owned()))
+}
+
+/// `CPUWeight=`: 1 to 10000 (`idle` is taken as 1).
+pub fn cpu_weight(text: &str) -> Result<u64, ValueError> {
+    let text = text.trim();
+    if text == "idle" {
+        return Ok(1);
+    }
+    text.parse::<u64>()
+        .ok()
+        .filter(|w| (1..=10_000).contains(w))
+        .ok_or_else(|| ValueError::NotCpuWeight(text.to_owned()))
+}
+
 fn in_limit(key: &str, problem: ValueError) -> ValueError {
     ValueError::Limit {
         key: key.to_owned(),
@@ -230,6 +358,21 @@ mod tests {
         assert_eq!(limit("LimitCPU", "2min").unwrap().soft, Some(120));
         assert_eq!(limit("LimitNICE", "-5").unwrap().soft, Some(25));
         assert!(limit("LimitNOFILE", "lots").is_err());
+    }
+
+    #[test]
+    fn resource_control_values() {
+        assert_eq!(percent("50%").unwrap(), 0.5);
+        assert_eq!(percent("250%").unwrap(), 2.5);
+        assert!(percent("50").is_err() && percent("-5%").is_err());
+        assert_eq!(amount_or_share("64M", 0).unwrap(), Some(64 << 20));
+        assert_eq!(amount_or_share("infinity", 0).unwrap(), None);
+        assert_eq!(amount_or_share("25%", 4000).unwrap(), Some(1000));
+        assert_eq!(amount_or_share("100", 0).unwrap(), Some(100));
+        assert!(amount_or_share("lots", 0).is_err());
+        assert_eq!(cpu_weight("100").unwrap(), 100);
+        assert_eq!(cpu_weight("idle").unwrap(), 1);
+        assert!(cpu_weight("0").is_err() && cpu_weight("10001").is_err());
     }
 
     #[test]

@@ -492,3 +492,123 @@ fn timer_settings() {
     );
     assert!(other.timer.as_ref().unwrap().on_calendar.is_empty());
 }
+
+#[test]
+fn resource_control_and_privilege_settings() {
+    let tree = Tree::new("resources");
+    tree.lib(
+        "r.service",
+        "[Service]\nExecStart=/bin/true\nMemoryMax=64M\nTasksMax=32\nCPUQuota=150%\nCPUShares=2048\n\
+         NoNewPrivileges=yes\nCapabilityBoundingSet=CAP_NET_BIND_SERVICE chown\n\
+         CapabilityBoundingSet=CAP_KILL\nCapabilityBoundingSet=~CAP_CHOWN\n",
+    );
+    let unit = tree.load("r.service");
+    let resources = unit.service.as_ref().unwrap().resources;
+    assert_eq!(resources.memory_max, Some(64 << 20));
+    assert_eq!(resources.tasks_max, Some(32));
+    assert_eq!(resources.cpu_quota, Some(1.5));
+    assert_eq!(resources.cpu_weight, Some(200));
+    assert!(unit.exec.no_new_privileges);
+    let kept: Vec<&str> = unit
+        .exec
+        .capability_bounding_set
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(kept, ["CAP_KILL", "CAP_NET_BIND_SERVICE"]);
+    assert!(unit.not_applied.is_empty(), "{:?}", unit.not_applied);
+    // An empty assignment resets to no limit / every capability.
+    tree.write(
+        "etc/systemd/system/r.service.d/reset.conf",
+        "[Service]\nMemoryMax=\nCapabilityBoundingSet=\nTasksMax=infinity\n",
+    );
+    let unit = tree.load("r.service");
+    let resources = unit.service.as_ref().unwrap().resources;
+    assert_eq!((resources.memory_max, resources.tasks_max), (None, None));
+    assert_eq!(unit.exec.capability_bounding_set, None);
+    tree.lib(
+        "bad.service",
+        "[Service]\nExecStart=/bin/true\nCapabilityBoundingSet=CAP_FLY\n",
+    );
+    assert!(tree.load_err("bad.service").contains("CAP_FLY"));
+}
+
+#[test]
+fn generator_output_folders_are_searched_as_systemd_orders_them() {
+    let tree = Tree::new("generated");
+    tree.lib(
+        "g.service",
+        "[Unit]\nDescription=lib\n[Service]\nExecStart=/bin/true\n",
+    );
+    tree.write(
+        "run/systemd/generator.late/late.service",
+        "[Service]\nExecStart=/bin/true\n",
+    );
+    tree.write(
+        "run/systemd/generator.late/g.service",
+        "[Unit]\nDescription=late\n[Service]\nExecStart=/bin/true\n",
+    );
+    tree.link(
+        "run/systemd/generator/umbrella.service.wants/inst@a.service",
+        "/lib/systemd/system/inst@.service",
+    );
+    tree.lib(
+        "umbrella.service",
+        "[Service]\nType=oneshot\nExecStart=/bin/true\n",
+    );
+    // A late unit loses to /lib; an early one wins over /etc.
+    assert_eq!(tree.load("g.service").description.as_deref(), Some("lib"));
+    assert!(tree.load("late.service").fragment.is_some());
+    tree.write(
+        "run/systemd/generator.early/g.service",
+        "[Unit]\nDescription=early\n[Service]\nExecStart=/bin/true\n",
+    );
+    tree.write(
+        "etc/systemd/system/g.service",
+        "[Unit]\nDescription=etc\n[Service]\nExecStart=/bin/true\n",
+    );
+    assert_eq!(tree.load("g.service").description.as_deref(), Some("early"));
+    assert!(tree
+        .load("umbrella.service")
+        .dependencies
+        .wants
+        .contains(&"inst@a.service".to_owned()));
+}
+
+#[test]
+fn restrict_address_families_combines_its_lines_as_systemd() {
+    let tree = Tree::new("families");
+    let load = |lines: &str| {
+        tree.lib(
+            "f.service",
+            &format!("[Service]\nExecStart=/bin/true\n{lines}"),
+        );
+        tree.load("f.service").exec.address_families
+    };
+    let allowed = load("RestrictAddressFamilies=AF_UNIX AF_INET\nRestrictAddressFamilies=AF_INET6\nRestrictAddressFamilies=~AF_INET\n")
+        .unwrap();
+    assert!(allowed.allow);
+    assert_eq!(
+        allowed.families.iter().copied().collect::<Vec<_>>(),
+        [1, 10]
+    );
+    assert!(!allowed.denied().contains(&1) && allowed.denied().contains(&2));
+    let denied =
+        load("RestrictAddressFamilies=~AF_PACKET AF_NETLINK\nRestrictAddressFamilies=AF_NETLINK\n")
+            .unwrap();
+    assert!(!denied.allow);
+    assert_eq!(denied.denied(), [17]);
+    let none = load("RestrictAddressFamilies=none\n").unwrap();
+    assert_eq!(none.denied().len(), 46);
+    assert_eq!(
+        load("RestrictAddressFamilies=AF_UNIX\nRestrictAddressFamilies=\n"),
+        None
+    );
+    tree.lib(
+        "bad.service",
+        "[Service]\nExecStart=/bin/true\nRestrictAddressFamilies=AF_MARS\n",
+    );
+    assert!(tree.load_err("bad.service").contains("AF_MARS"));
+}

@@ -76,6 +76,22 @@ impl Hierarchies {
         }
     }
 
+    /// The mount points of the hierarchies a VM's services get groups in: the v1 ones holding
+    /// memory, pids, cpu or cpuacct (not devices: a VM never changes its device rules), and
+    /// the v2 one.
+    fn for_services(&self) -> Vec<&Path> {
+        let mut mounts: Vec<&Path> = Vec::new();
+        for (controller, mount) in &self.v1 {
+            if controller != "devices" && !mounts.contains(&mount.as_path()) {
+                mounts.push(mount);
+            }
+        }
+        if let Some((mount, _)) = &self.v2 {
+            mounts.push(mount);
+        }
+        mounts
+    }
+
     /// A short description for `feather check` and error messages, e.g. "v1: memory pids; v2: none".
     pub fn describe(&self) -> String {
         let v1: Vec<&str> = self.v1.iter().map(|(c, _)| c.as_str()).collect();
@@ -263,11 +279,78 @@ impl Cgroup {
         Ok(())
     }
 
-    /// The processes in the group (host pids).
+    /// Where this group's subtree for a VM's services is in each hierarchy they use (see
+    /// [`SERVICES`]), with where that hierarchy is mounted relative to `/sys/fs/cgroup`
+    /// (`memory`, `unified`; `unified` also for a machine with v2 only, whose hierarchy is
+    /// `/sys/fs/cgroup` itself, so that `/sys/fs/cgroup` stays a read-only folder in every
+    /// VM): the VM's init binds each folder there.
+    pub fn service_subtrees(&self) -> Vec<(PathBuf, PathBuf)> {
+        self.hierarchies
+            .for_services()
+            .into_iter()
+            .map(|mount| {
+                let at = match (mount.strip_prefix("/sys/fs/cgroup"), mount.file_name()) {
+                    (Ok(rest), _) if !rest.as_os_str().is_empty() => rest.to_path_buf(),
+                    (Ok(_), _) | (_, None) => PathBuf::from("unified"),
+                    // Mounted elsewhere (`/cgroup/memory`): by its folder's name.
+                    (Err(_), Some(name)) => PathBuf::from(name),
+                };
+                (mount.join(&self.relative).join(SERVICES), at)
+            })
+            .collect()
+    }
+
+    /// The `cgroup.procs` file of the group in each hierarchy: writing "0" to each moves the
+    /// writer in (a service's process does it before it executes its program).
+    pub fn procs_files(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .map(|dir| dir.join("cgroup.procs"))
+            .collect()
+    }
+
+    /// Sets the group's share of CPU time against its siblings: systemd's `CPUWeight=` (1 to
+    /// 10000, 100 by default); on v1 as `cpu.shares` (1024 for a weight of 100).
+    pub fn set_cpu_weight(&self, weight: u64) -> Result<()> {
+        match self.hierarchies.locate("cpu") {
+            Some((Version::V1, mount)) => {
+                let shares = (weight * 1024 / 100).max(2);
+                write(
+                    &mount.join(&self.relative).join("cpu.shares"),
+                    &shares.to_string(),
+                )
+            }
+            Some((Version::V2, _)) => {
+                self.write_limit("cpu", "", "cpu.weight", &weight.to_string())
+            }
+            None => Err(missing_controller("cpu")),
+        }
+    }
+
+    /// CPU time the group's processes used so far, from the kernel's accounting.
+    pub fn cpu_usage(&self) -> Option<Duration> {
+        if let Some((Version::V1, mount)) = self.hierarchies.locate("cpuacct") {
+            let text = fs::read_to_string(mount.join(&self.relative).join("cpuacct.usage")).ok()?;
+            return Some(Duration::from_nanos(text.trim().parse().ok()?));
+        }
+        let dir = self.v2_dir()?;
+        let stat = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        let usec = stat
+            .lines()
+            .find_map(|line| line.strip_prefix("usage_usec "))?
+            .trim()
+            .parse()
+            .ok()?;
+        Some(Duration::from_micros(usec))
+    }
+
+    /// The processes in the group and in the groups below it (pids as the reader's pid
+    /// namespace numbers them).
     pub fn members(&self) -> Vec<Pid> {
         let procs = self
             .dirs()
             .into_iter()
+            .flat_map(|dir| subtree(&dir))
             .map(|dir| fs::read_to_string(dir.join("cgroup.procs")));
         let mut pids: Vec<Pid> = procs
             .flatten()
@@ -303,11 +386,15 @@ impl Cgroup {
         }
     }
 
-    /// Removes the group from every hierarchy. Dying processes leave a group a moment after
-    /// their last signal, so an occupied group is retried for up to `patience`.
+    /// Removes the group, and the groups below it (a VM's services), from every hierarchy.
+    /// Dying processes leave a group a moment after their last signal, so an occupied group is
+    /// retried for up to `patience`.
     pub fn remove(&self, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
-        for dir in self.dirs() {
+        // The deepest first: a group with groups below it cannot be removed.
+        let mut dirs: Vec<PathBuf> = self.dirs().iter().flat_map(|d| subtree(d)).collect();
+        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
+        for dir in dirs {
             loop {
                 match fs::remove_dir(&dir) {
                     Ok(()) => break,
@@ -382,6 +469,29 @@ impl Drop for Frozen {
     }
 }
 
+/// The folder below a VM's group that its init hands to the VM's service manager: one group
+/// per unit is made in it (`feather/ID/services/nginx.service`).
+pub const SERVICES: &str = "services";
+
+/// `dir` and every group folder below it, parents before children.
+fn subtree(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < found.len() {
+        if let Ok(entries) = fs::read_dir(&found[i]) {
+            let mut children: Vec<PathBuf> = entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path())
+                .collect();
+            children.sort();
+            found.extend(children);
+        }
+        i += 1;
+    }
+    found
+}
+
 fn write(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).ctx("write", format_args!("{value:?} to {}", path.display()))
 }
@@ -391,5 +501,93 @@ fn missing_controller(controller: &str) -> SysError {
         op: "limit",
         target: format!("the {controller} cgroup controller is not available on this machine"),
         errno: nix::errno::Errno::ENOTSUP,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain folders standing in for a hybrid machine's hierarchies below `dir`.
+    fn hybrid(dir: &Path) -> Hierarchies {
+        Hierarchies {
+            v1: ["memory", "pids", "devices"]
+                .iter()
+                .map(|c| (c.to_string(), dir.join(c)))
+                .collect(),
+            v2: Some((dir.join("unified"), Vec::new())),
+        }
+    }
+
+    fn scratch(tag: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("feather-cgroup-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn services_get_every_hierarchy_but_devices() {
+        let dir = scratch("subtrees");
+        let group = Cgroup::new(hybrid(&dir), "feather/x");
+        let subtrees: Vec<PathBuf> = group
+            .service_subtrees()
+            .into_iter()
+            .map(|(host, _)| host)
+            .collect();
+        assert_eq!(
+            subtrees,
+            ["memory", "pids", "unified"].map(|h| dir.join(h).join("feather/x/services"))
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_v2_only_hierarchy_is_bound_at_unified_so_the_top_stays_read_only() {
+        let only_v2 = Hierarchies {
+            v1: Vec::new(),
+            v2: Some((PathBuf::from("/sys/fs/cgroup"), vec!["memory".into()])),
+        };
+        assert_eq!(
+            Cgroup::new(only_v2, "feather/x").service_subtrees(),
+            [(
+                PathBuf::from("/sys/fs/cgroup/feather/x/services"),
+                PathBuf::from("unified")
+            )]
+        );
+        let dir = scratch("hybrid-names");
+        let names: Vec<PathBuf> = Cgroup::new(hybrid(&dir), "feather/x")
+            .service_subtrees()
+            .into_iter()
+            .map(|(_, at)| at)
+            .collect();
+        // Hierarchies mounted elsewhere are named by their folders.
+        assert_eq!(names, ["memory", "pids", "unified"].map(PathBuf::from));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn members_and_removal_take_the_groups_below_in() {
+        let dir = scratch("subtree");
+        let group = Cgroup::new(hybrid(&dir), "feather/x");
+        let unit = dir.join("memory/feather/x/services/a.service");
+        fs::create_dir_all(&unit).unwrap();
+        fs::write(dir.join("memory/feather/x/cgroup.procs"), "7\n").unwrap();
+        fs::write(unit.join("cgroup.procs"), "9\n8\n").unwrap();
+        assert_eq!(
+            group.members(),
+            [7, 8, 9].map(Pid::from_raw).to_vec(),
+            "the unit's processes are the VM's too"
+        );
+        fs::remove_file(dir.join("memory/feather/x/cgroup.procs")).unwrap();
+        fs::remove_file(unit.join("cgroup.procs")).unwrap();
+        for h in ["pids", "unified"] {
+            fs::create_dir_all(dir.join(h).join("feather/x/services/b.service")).unwrap();
+        }
+        group.remove(Duration::from_millis(10)).unwrap();
+        for h in ["memory", "pids", "unified"] {
+            assert!(!dir.join(h).join("feather/x").exists(), "{h} left");
+        }
+        let _ = fs::remove_dir_all(&dir);
     }
 }

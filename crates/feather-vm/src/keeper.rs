@@ -142,6 +142,10 @@ impl Keeper {
                 layers: layers::for_start(root, vm, &config)?,
                 hidden: hidden.clone(),
                 network: inside,
+                service_cgroups: cgroup
+                    .as_ref()
+                    .map(Cgroup::service_subtrees)
+                    .unwrap_or_default(),
                 // A throw-away VM is never checkpointed, so its init need not re-execute from
                 // inside: that saves an exec and a dozen mounts on every `run --rm`.
                 init_files: if config.ephemeral {

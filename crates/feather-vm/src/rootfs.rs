@@ -31,6 +31,11 @@ pub struct RootfsPlan {
     /// The host's feather binary and the shared libraries it runs with, bound read-only into
     /// [`INIT_DIR`] for init to re-execute from (see step 8b).
     pub init_files: Vec<PathBuf>,
+    /// The VM group's `services` folder in each cgroup hierarchy its services use (host paths),
+    /// with where the hierarchy is mounted below `/sys/fs/cgroup`: bound there in the VM, so its
+    /// service manager gives each unit a group of its own (step 6b). Empty for a VM without a
+    /// cgroup.
+    pub service_cgroups: Vec<(PathBuf, PathBuf)>,
 }
 
 /// Where init's own program and libraries appear inside the VM.
@@ -96,6 +101,7 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     let ro = Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC;
     mount::api_filesystem("sysfs", &root.join("sys"), ro, None)?;
     mask(root, &MASKED_SYS)?;
+    mount_service_cgroups(root, &plan.service_cgroups)?;
     mount_dev(root)?;
     // 8. A private /run: the host's sockets and pid files there are not the VM's.
     mount::tmpfs(
@@ -220,6 +226,45 @@ fn mask(root: &Path, paths: &[&str]) -> Result<()> {
             Err(_) => {}
         }
     }
+    Ok(())
+}
+
+/// 6b. The VM's services get cgroups of their own below the VM's: the `services` folder of
+///     the VM's group in each hierarchy (memory, pids, cpu, cpuacct, v2; never devices) is bound
+///     at its usual place under `/sys/fs/cgroup` (a read-only tmpfs holding only these mount
+///     points). The VM's root can make groups and move its own processes there, and set limits
+///     below the VM's own, which it never sees: the VM's group itself (where the keeper wrote
+///     the VM's limits) is above every mount the VM has.
+fn mount_service_cgroups(root: &Path, subtrees: &[(PathBuf, PathBuf)]) -> Result<()> {
+    if subtrees.is_empty() {
+        return Ok(());
+    }
+    let top = root.join("sys/fs/cgroup");
+    mount::tmpfs(
+        &top,
+        Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
+        "mode=0755,size=16k",
+    )?;
+    for (subtree, at) in subtrees {
+        let io = |op: &'static str, path: &Path| {
+            let target = path.display().to_string();
+            move |e: std::io::Error| feather_sys::SysError {
+                op,
+                target,
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            }
+        };
+        match fs::create_dir(subtree) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                return Err(io("create cgroup", subtree)(e));
+            }
+            _ => {}
+        }
+        let target = top.join(at);
+        fs::create_dir_all(&target).map_err(io("create", &target))?;
+        mount::bind(subtree, &target)?;
+    }
+    mount::remount_bind_readonly(&top)?;
     Ok(())
 }
 

@@ -283,6 +283,15 @@ pub fn service_status(s: &ServiceInfo, log: &[String]) {
     }
     println!("   ready: {}", if s.ready { "yes" } else { "no" });
     println!("restarts: {}", s.restarts);
+    if let Some(bytes) = s.memory_bytes {
+        println!("  memory: {}", human_bytes(bytes));
+    }
+    if let Some(nsec) = s.cpu_nsec {
+        println!("     cpu: {:.3}s", nsec as f64 / 1e9);
+    }
+    if let Some(cgroup) = &s.cgroup {
+        println!("  cgroup: {}", shown(cgroup));
+    }
     if let Some(status) = &s.status_text {
         println!("  status: {}", shown(status));
     }

@@ -13,6 +13,7 @@
 //! only this crate, not the whole command line.
 
 mod bus;
+mod cgroups;
 pub mod client;
 pub mod client_protocol;
 mod processes;
@@ -20,6 +21,7 @@ pub mod protocol;
 mod sockets;
 mod spawn;
 pub mod supervisor;
+mod syscall_filter;
 mod syslog;
 
 use std::fs::{self, File, OpenOptions};

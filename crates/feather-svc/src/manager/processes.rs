@@ -1,5 +1,6 @@
-//! Finding a service's processes in the VM's /proc: by session, by parent, by pid file.
-//! A VM has no per-service cgroups yet, so sessions stand in for them.
+//! Finding a service's processes in the VM's /proc: by session, by parent, by pid file. Where
+//! the VM has per-unit cgroups (`cgroups`), a unit's group is what counts; sessions stand in
+//! for it in a VM without them.
 
 use std::collections::BTreeSet;
 use std::fs::{self, File};
@@ -61,6 +62,13 @@ pub(super) fn all_processes() -> Vec<ProcessEntry> {
             })
         })
         .collect()
+}
+
+/// The parent of a living process.
+pub(super) fn parent_of(pid: Pid) -> Option<i32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = text.get(text.rfind(')')? + 2..)?;
+    after.split_whitespace().nth(1)?.parse().ok()
 }
 
 pub(super) fn session_of(pid: Pid) -> Option<i32> {

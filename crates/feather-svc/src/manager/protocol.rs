@@ -29,6 +29,8 @@ pub const MANAGER_LOG: &str = "/run/feather-svc/manager.log";
 pub const NOTIFY_DIR: &str = "/run/feather-svc/notify";
 /// Per-service logs (stdout and stderr), `<unit>.log`, in the VM's own layer.
 pub const LOG_DIR: &str = "/var/log/feather";
+/// What the VM's systemd generators printed, and what became of each.
+pub const GENERATORS_LOG: &str = "/var/log/feather/generators.log";
 
 /// The version of these messages; raise it with any change a peer of the previous version
 /// would misread.
@@ -299,6 +301,16 @@ pub struct ServiceInfo {
     pub log: Option<String>,
     /// Settings read from the unit but not applied in a VM.
     pub not_applied: Vec<String>,
+    /// The unit's own cgroup, as the VM names it (`/sys/fs/cgroup/memory/nginx.service`, the
+    /// first hierarchy's), while it has one.
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// Memory its processes use now (its cgroup's accounting), in bytes.
+    #[serde(default)]
+    pub memory_bytes: Option<u64>,
+    /// CPU time its processes used since its group was made, in nanoseconds.
+    #[serde(default)]
+    pub cpu_nsec: Option<u64>,
 }
 
 pub fn send(stream: &mut UnixStream, value: &impl Serialize) -> std::io::Result<()> {

@@ -5,7 +5,7 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::{BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -72,6 +72,12 @@ pub enum SpawnError {
         setting: &'static str,
         path: String,
         error: std::io::Error,
+    },
+    /// `RestrictAddressFamilies=` could not be made into a seccomp filter.
+    #[error("{unit}: RestrictAddressFamilies=: {problem}")]
+    Filter {
+        unit: String,
+        problem: seccompiler::BackendError,
     },
     /// The manager's own bookkeeping lost the unit's state before its command ran.
     #[error("{unit}: {what} is missing before its command ran (a bug in the service manager)")]
@@ -270,20 +276,36 @@ fn invocation_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// What the manager hands one process of a unit beyond its settings.
+pub struct Handed<'a> {
+    /// Sockets to hand over (socket activation), with their names.
+    pub listen: &'a [(RawFd, String)],
+    /// The connection of an `Accept=yes` socket, which is also stdin/stdout where the unit
+    /// says `StandardInput=socket`/`StandardOutput=socket`.
+    pub connection: Option<BorrowedFd<'a>>,
+    /// The unit's group's `cgroup.procs` files, kept open by the caller until the process is
+    /// spawned.
+    pub cgroup_procs: &'a [File],
+    /// Its `SystemCallFilter=`, compiled when the unit started.
+    pub syscall_filter: Option<&'a [feather_sys::seccomp::Instruction]>,
+}
+
 /// Builds the process for one command. `env` is the unit's environment plus this command's
 /// additions (MAINPID, NOTIFY_SOCKET).
-/// `listen`: sockets to hand over (socket activation), with their names; `connection`: the
-/// connection of an `Accept=yes` socket, which is also stdin/stdout where the unit says
-/// `StandardInput=socket`/`StandardOutput=socket`.
 pub fn command(
     unit: &Unit,
     exec: &ExecCommand,
     identity: &Identity,
     env: &[(String, String)],
     log: &File,
-    listen: &[(RawFd, String)],
-    connection: Option<BorrowedFd<'_>>,
+    handed: Handed<'_>,
 ) -> Result<Command, SpawnError> {
+    let Handed {
+        listen,
+        connection,
+        cgroup_procs,
+        syscall_filter,
+    } = handed;
     let program = resolve_program(Path::new("/"), &exec.path).map_err(|program| {
         SpawnError::ProgramNotFound {
             unit: unit.name.to_string(),
@@ -353,9 +375,93 @@ pub fn command(
             umask: unit.exec.umask,
             limits: limits(unit),
             listen,
+            cgroup_procs: cgroup_procs.iter().map(|f| f.as_raw_fd()).collect(),
+            // `+` runs a command with full privileges: none of these restrictions.
+            drop_capabilities: if exec.full_privileges {
+                Vec::new()
+            } else {
+                capabilities_to_drop(unit)
+            },
+            no_new_privileges: unit.exec.no_new_privileges && !exec.full_privileges,
+            seccomp: if exec.full_privileges {
+                Vec::new()
+            } else {
+                address_family_filter(unit)?
+                    .into_iter()
+                    .chain(syscall_filter.map(<[_]>::to_vec))
+                    .collect()
+            },
         },
     );
     Ok(command)
+}
+
+/// `RestrictAddressFamilies=` as a seccomp filter: `socket()` with a refused family fails with
+/// EAFNOSUPPORT, as under systemd; every other call passes.
+fn address_family_filter(
+    unit: &Unit,
+) -> Result<Option<Vec<feather_sys::seccomp::Instruction>>, SpawnError> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
+    let Some(families) = &unit.exec.address_families else {
+        return Ok(None);
+    };
+    let failed = |problem: seccompiler::BackendError| SpawnError::Filter {
+        unit: unit.name.to_string(),
+        problem,
+    };
+    let denied = families.denied();
+    if denied.is_empty() {
+        // (An empty list of rules would refuse the call whatever its family.)
+        return Ok(None);
+    }
+    let rules = denied
+        .into_iter()
+        .map(|family| {
+            let condition =
+                SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)
+                    .map_err(failed)?;
+            SeccompRule::new(vec![condition]).map_err(failed)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut calls = std::collections::BTreeMap::new();
+    calls.insert(libc::SYS_socket, rules.clone());
+    // The same call by its x32 number, which would otherwise pass unfiltered.
+    #[cfg(target_arch = "x86_64")]
+    calls.insert(libc::SYS_socket | 0x4000_0000, rules);
+    let arch = std::env::consts::ARCH.try_into().map_err(failed)?;
+    let filter = SeccompFilter::new(
+        calls,
+        SeccompAction::Allow,
+        SeccompAction::Errno(libc::EAFNOSUPPORT as u32),
+        arch,
+    )
+    .map_err(failed)?;
+    let program: seccompiler::BpfProgram = filter.try_into().map_err(failed)?;
+    Ok(Some(
+        program
+            .into_iter()
+            .map(|i| feather_sys::seccomp::Instruction {
+                code: i.code,
+                jt: i.jt,
+                jf: i.jf,
+                k: i.k,
+            })
+            .collect(),
+    ))
+}
+
+/// The capabilities of the manager's bounding set that `CapabilityBoundingSet=` leaves out.
+fn capabilities_to_drop(unit: &Unit) -> Vec<caps::Capability> {
+    let Some(kept) = &unit.exec.capability_bounding_set else {
+        return Vec::new();
+    };
+    caps::read(None, caps::CapSet::Bounding)
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|cap| !kept.contains(&cap.to_string()))
+        .collect()
 }
 
 /// stdin, stdout and stderr of a process of `unit`, by its Standard*= settings.

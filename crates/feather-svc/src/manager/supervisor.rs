@@ -9,9 +9,13 @@
 //!   active ─(stop)─▶ deactivating: stop → sigterm → (timeout) sigkill → stop-post ─▶ inactive
 //! ```
 //!
-//! A unit's processes are found by session: every command starts in a new session, and a
-//! daemon that makes a session of its own is followed by its main pid's session. The manager is
-//! a child subreaper, so daemons that fork away are reparented to it and reaped here.
+//! A unit's processes are found by what the kernel knows: each unit has a cgroup of its own
+//! below the VM's (`super::cgroups`), which every process of the unit enters before it executes
+//! its program, so a daemon that forks away or makes a session of its own is still the unit's.
+//! In a VM without per-unit cgroups (a throw-away VM without limits has no cgroup at all),
+//! sessions stand in: every command starts in a new session, and a daemon that makes one of its
+//! own is followed by its main pid's session. The manager is a child subreaper, so daemons that
+//! fork away are reparented to it and reaped here.
 //!
 //! Beside this file, one part of the manager each:
 //! - `requests`: what clients ask, and the answers;
@@ -40,13 +44,14 @@ use super::protocol::{
     self, FreshState, Refusal, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET,
 };
 use super::spawn::{self, Identity, SpawnError};
+use super::{cgroups, syscall_filter};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
 use crate::name::UnitName;
 use crate::paths::UnitPaths;
 use crate::unit::{KillMode, Restart, ServiceType, Unit};
 use crate::words::ExecCommand;
-use crate::{catalog, conditions, state};
+use crate::{catalog, conditions, generators, state};
 
 mod accepting;
 mod bus_names;
@@ -98,6 +103,8 @@ pub enum StartError {
     FreshState(state::StateError),
     #[error("the forking start command exited, and no main process was left")]
     NoMainProcess,
+    #[error(transparent)]
+    Cgroup(#[from] cgroups::CgroupError),
 }
 
 /// Why the manager could not set itself up (it then exits; its log says why).
@@ -165,6 +172,10 @@ struct Runtime {
     /// OnUnitInactiveSec= count from them).
     last_activated: Option<Instant>,
     last_deactivated: Option<Instant>,
+    /// Its own cgroup below the VM's, where the VM has them.
+    group: Option<feather_sys::cgroup::Cgroup>,
+    /// Its `SystemCallFilter=`, compiled at its start.
+    syscall_filter: Option<Vec<feather_sys::seccomp::Instruction>>,
 }
 
 impl Runtime {
@@ -205,7 +216,16 @@ impl Runtime {
             timer: None,
             last_activated: None,
             last_deactivated: None,
+            group: None,
+            syscall_filter: None,
         }
+    }
+
+    /// Whether the unit's cgroup holds any process.
+    fn group_populated(&self) -> bool {
+        self.group
+            .as_ref()
+            .is_some_and(|g| !cgroups::members(g).is_empty())
     }
 
     /// A socket unit with `Accept=yes`: the manager accepts its connections itself.
@@ -229,6 +249,7 @@ impl Runtime {
     }
 
     fn info(&self) -> ServiceInfo {
+        let usage = self.group.as_ref().map(cgroups::usage).unwrap_or_default();
         ServiceInfo {
             name: self.unit.name.to_string(),
             description: self.unit.description.clone(),
@@ -264,6 +285,13 @@ impl Runtime {
                     .to_string(),
             ),
             not_applied: self.unit.not_applied.clone(),
+            cgroup: self
+                .group
+                .as_ref()
+                .and_then(|g| g.dirs().into_iter().next())
+                .map(|d| d.display().to_string()),
+            memory_bytes: usage.0,
+            cpu_nsec: usage.1.map(|d| d.as_nanos() as u64),
         }
     }
 }
@@ -296,6 +324,14 @@ pub struct Manager {
     /// Why the bus could not be reached (or was lost), for the messages of waiting units.
     bus_problem: Option<bus::BusError>,
     bus_attempt: Option<Instant>,
+    /// The cgroup hierarchies the VM's init bound for per-unit groups; None without them.
+    hierarchies: Option<feather_sys::cgroup::Hierarchies>,
+    /// The generators that failed or overran when the manager started, by name.
+    failed_generators: Vec<String>,
+    /// The groups of `SystemCallFilter=`, read from the VM's systemd when a unit first needs
+    /// them.
+    syscall_groups:
+        Option<Result<syscall_filter::Groups, std::sync::Arc<syscall_filter::FilterError>>>,
 }
 
 impl Manager {
@@ -325,6 +361,7 @@ impl Manager {
         // occupied so nothing else the manager (or std, while spawning) opens lands there.
         crate::raw::reserve_low_fds(MAX_PASSED_SOCKETS).map_err(setup("reserving descriptors"))?;
         fs::create_dir_all(NOTIFY_DIR).map_err(setup(NOTIFY_DIR))?;
+        let failed_generators = run_generators();
         Ok(Manager {
             paths: UnitPaths::new("/"),
             units: BTreeMap::new(),
@@ -337,6 +374,9 @@ impl Manager {
             bus: None,
             bus_problem: None,
             bus_attempt: None,
+            hierarchies: cgroups::detect(),
+            failed_generators,
+            syscall_groups: None,
         })
     }
 
@@ -390,10 +430,10 @@ impl Manager {
                         .iter()
                         .map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)),
                 );
-                let watching = self
-                    .units
-                    .values()
-                    .any(|r| r.state == State::Active && r.main_pid.is_some());
+                // A forking unit without a main process is followed through its group.
+                let watching = self.units.values().any(|r| {
+                    r.state == State::Active && (r.main_pid.is_some() || r.group.is_some())
+                });
                 let next_timer = self
                     .units
                     .values()
@@ -520,6 +560,7 @@ impl Manager {
             if gone {
                 self.main_exited(name, Exit::Unknown);
             }
+            self.follow_group(name);
         }
         for name in &names {
             let state_of =
@@ -600,6 +641,34 @@ impl Manager {
         }
     }
 
+    /// A running forking unit without a known main process lives as long as its cgroup holds
+    /// a process: the main process is taken from the group once it has exactly one top
+    /// process, and an empty group ends the unit, as systemd ends it (successfully).
+    fn follow_group(&mut self, name: &str) {
+        let Some(r) = self.units.get_mut(name) else {
+            return;
+        };
+        let forking = r
+            .unit
+            .service
+            .as_ref()
+            .is_some_and(|s| s.kind == ServiceType::Forking && !s.remain_after_exit);
+        if r.state != State::Active || r.phase != Phase::Running || r.main_pid.is_some() {
+            return;
+        }
+        let Some(group) = r.group.as_ref().filter(|_| forking) else {
+            return;
+        };
+        let members = cgroups::members_with_parents(group);
+        if members.is_empty() {
+            self.main_exited(name, Exit::Code(0));
+            return;
+        }
+        if let Some(top) = decide::top_of_group(&members) {
+            r.main_pid = Some(Pid::from_raw(top));
+        }
+    }
+
     /// What the decisions about other units need to know of `name`.
     fn peer(&self, name: &str) -> Option<Peer> {
         self.units.get(name).map(Runtime::peer)
@@ -617,6 +686,45 @@ impl Manager {
             .map(Pid::as_raw)
             .collect()
     }
+}
+
+/// Runs the host's systemd generators into the VM's /run before any unit is loaded, as systemd
+/// does at boot. Their output and one line for each (ran, not run and why, failed, timed out)
+/// go to [`protocol::GENERATORS_LOG`]; the manager's log names the ones that failed, which are
+/// returned.
+fn run_generators() -> Vec<String> {
+    let log = match spawn::open_log("generators") {
+        Ok(log) => log,
+        Err(e) => {
+            eprintln!("feather-svc: generators not run: {e}");
+            return Vec::new();
+        }
+    };
+    let results = match generators::run(Path::new("/"), generators::BUDGET, &log) {
+        Ok(results) => results,
+        Err(e) => {
+            eprintln!("feather-svc: generators not run: their output folders: {e}");
+            return Vec::new();
+        }
+    };
+    let mut log = log;
+    let mut failed = Vec::new();
+    for (generator, outcome) in results {
+        let line = format!(
+            "{} ({}): {outcome}",
+            generator.name,
+            generator.path.display()
+        );
+        let _ = std::io::Write::write_all(&mut log, format!("feather: {line}\n").as_bytes());
+        if !matches!(
+            outcome,
+            generators::Outcome::Ran | generators::Outcome::NotRun(_)
+        ) {
+            eprintln!("feather-svc: generator {line}");
+            failed.push(generator.name);
+        }
+    }
+    failed
 }
 
 /// Stops listening: closes a socket unit's sockets and removes its socket files.
@@ -647,8 +755,8 @@ fn log_line(r: &mut Runtime, line: &str) {
     }
 }
 
-/// The living processes of a unit: its main and control processes and everything in its
-/// sessions.
+/// The living processes of a unit: its main and control processes, everything in its cgroup
+/// and in its sessions.
 fn processes_of(r: &Runtime) -> Vec<Pid> {
     let me = std::process::id() as i32;
     let mut pids: BTreeSet<i32> = all_processes()
@@ -656,6 +764,9 @@ fn processes_of(r: &Runtime) -> Vec<Pid> {
         .filter(|p| r.sessions.contains(&p.session) && p.pid != me)
         .map(|p| p.pid)
         .collect();
+    if let Some(group) = &r.group {
+        pids.extend(cgroups::members(group).into_iter().map(Pid::as_raw));
+    }
     pids.extend(r.main_pid.map(Pid::as_raw));
     pids.extend(r.control.as_ref().map(|(p, _)| p.as_raw()));
     pids.into_iter()

@@ -474,7 +474,8 @@ pub(super) fn after_sets<'a>(
 /// KillMode=: which signal goes to the main process and which to the unit's other processes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(super) struct KillPlan {
-    pub(super) main: Signal,
+    /// None: KillMode=none, where no process is signalled (only ExecStop= runs).
+    pub(super) main: Option<Signal>,
     /// SIGCONT after the signal, so a stopped process sees it.
     pub(super) continue_main: bool,
     pub(super) others: Option<Signal>,
@@ -489,15 +490,41 @@ pub(super) fn kill_plan(kill_mode: KillMode, signal: Signal, finally: bool) -> K
         (KillMode::Process | KillMode::None, _) => None,
     };
     KillPlan {
-        main: signal,
+        main: (kill_mode != KillMode::None).then_some(signal),
         continue_main: signal != Signal::SIGKILL,
         others,
     }
 }
 
-/// KillMode=: whether a stop waits for all the unit's processes, or only its main process.
+/// KillMode=: whether a stop waits for all the unit's processes, or only its main process
+/// (`mixed`: once the main process is gone, the rest get SIGKILL at once, see
+/// [`kill_rest_after_stop`]).
 pub(super) fn stop_waits_for_all(kill_mode: KillMode) -> bool {
-    !matches!(kill_mode, KillMode::Process | KillMode::None)
+    kill_mode == KillMode::ControlGroup
+}
+
+/// KillMode=mixed: what is left of the unit once its main process ended gets SIGKILL, as
+/// systemd's final kill sends it.
+pub(super) fn kill_rest_after_stop(kill_mode: KillMode) -> bool {
+    kill_mode == KillMode::Mixed
+}
+
+/// KillMode=: whether a stop waits for the main process to end (not with `none`, where
+/// nothing is signalled and what runs is left running).
+pub(super) fn stop_waits_for_main(kill_mode: KillMode) -> bool {
+    kill_mode != KillMode::None
+}
+
+/// A unit's main process, found in its own cgroup (`members` with their parents): the one
+/// process whose parent is outside the group (the manager, whose child it became), if there
+/// is exactly one. A forking daemon's master process is found so, wherever its PID file is.
+pub(super) fn top_of_group(members: &[(i32, i32)]) -> Option<i32> {
+    let mut tops = members
+        .iter()
+        .filter(|(_, parent)| !members.iter().any(|(pid, _)| pid == parent))
+        .map(|(pid, _)| *pid);
+    let first = tops.next()?;
+    tops.next().is_none().then_some(first)
 }
 
 /// A running timer.

@@ -10,14 +10,25 @@ impl Manager {
             return;
         };
         let service = r.unit.service.clone().unwrap_or_default();
-        let main = match &service.pid_file {
-            Some(path) => read_pid_file(path),
-            None if service.guess_main_pid => guess_main_pid(&known),
-            None => None,
+        let group = r.group.as_ref().map(cgroups::members_with_parents);
+        let main = match (&service.pid_file, &group) {
+            (Some(path), _) => read_pid_file(path),
+            // Its group says which process is the daemon, not a guess (so also with
+            // GuessMainPID=no, where systemd would show none).
+            // (RemainAfterExit=yes, as SysV scripts have, keeps them `exited` without one.)
+            (None, Some(members)) if !service.remain_after_exit => {
+                decide::top_of_group(members).map(Pid::from_raw)
+            }
+            (None, Some(_)) => None,
+            (None, None) if service.guess_main_pid => guess_main_pid(&known),
+            (None, None) => None,
         };
+        // A group with processes but no single top process: the unit runs without a main
+        // process, as long as its group holds one.
+        let populated = group.as_ref().is_some_and(|m| !m.is_empty());
         let outcome = decide::pid_file_outcome(
             main.is_some(),
-            r.main_pid.is_some(),
+            r.main_pid.is_some() || populated,
             service.pid_file.is_some(),
             service.guess_main_pid,
             service.remain_after_exit,

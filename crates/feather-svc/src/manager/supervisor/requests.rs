@@ -17,6 +17,13 @@ pub enum RequestError {
     /// A unit (or its dependency closure) cannot be loaded.
     #[error(transparent)]
     Unit(#[from] crate::SvcError),
+    /// A unit is not installed, and generators failed when the manager started: one of them
+    /// may have been meant to make it.
+    #[error("{error} (generators that failed when the VM's service manager started: {}; see {})", failed.join(", "), protocol::GENERATORS_LOG)]
+    NotFoundAfterGenerators {
+        error: crate::SvcError,
+        failed: Vec<String>,
+    },
     #[error("{unit} cannot start with fresh state: {problem}")]
     FreshState {
         unit: String,
@@ -209,7 +216,15 @@ impl Manager {
             .iter()
             .map(|n| UnitName::parse(n))
             .collect::<Result<Vec<_>, _>>()?;
-        let graph = DependencyGraph::closure(&self.paths, &roots)?;
+        let graph = DependencyGraph::closure(&self.paths, &roots).map_err(|error| match error {
+            crate::SvcError::NotFound { .. } if !self.failed_generators.is_empty() => {
+                RequestError::NotFoundAfterGenerators {
+                    error,
+                    failed: self.failed_generators.clone(),
+                }
+            }
+            error => RequestError::Unit(error),
+        })?;
         graph.start_waves()?;
         let mut after_sets = decide::after_sets(&graph.ordering());
         let mut fresh = self.fresh_plans(&graph, fresh_state)?;

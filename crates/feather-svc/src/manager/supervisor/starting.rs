@@ -105,6 +105,57 @@ impl Manager {
                 return;
             }
         }
+        r.group = None;
+        if let Some(hierarchies) = &self.hierarchies {
+            match cgroups::prepare(hierarchies, &r.unit) {
+                Ok(group) => r.group = Some(group),
+                // A limit the unit asks for and cannot have fails it; without limits, its
+                // processes are followed by session.
+                Err(why) if service.resources.any() => {
+                    fail(r, StartError::from(why));
+                    return;
+                }
+                Err(why) => log_line(r, &format!("feather: {why}; followed by session")),
+            }
+        }
+        r.syscall_filter = None;
+        if !r.unit.exec.system_call_filter.is_empty() {
+            let groups = self
+                .syscall_groups
+                .get_or_insert_with(|| syscall_filter::load_groups().map_err(std::sync::Arc::new));
+            let compiled = match groups {
+                Ok(groups) => syscall_filter::resolve(&r.unit.exec.system_call_filter, groups)
+                    .and_then(|resolved| {
+                        resolved
+                            .map(|resolved| {
+                                syscall_filter::compile(
+                                    &resolved,
+                                    r.unit.exec.system_call_error_number,
+                                )
+                            })
+                            .transpose()
+                    }),
+                Err(e) => Err(syscall_filter::FilterError::Earlier(e.clone())),
+            };
+            match compiled {
+                Ok(filter) => r.syscall_filter = filter,
+                // Shown, not hidden: the unit runs, and `status` lists the setting as not
+                // applied.
+                Err(why) => {
+                    log_line(r, &format!("feather: {why}; SystemCallFilter= not applied"));
+                    let entry = "Service.SystemCallFilter".to_owned();
+                    if !r.unit.not_applied.contains(&entry) {
+                        r.unit.not_applied.push(entry);
+                    }
+                }
+            }
+        }
+        if self.hierarchies.is_none() && service.resources.any() {
+            log_line(
+                r,
+                "feather: MemoryMax=/TasksMax=/CPUQuota=/CPUWeight= not applied: this VM has no cgroup (a throw-away VM without limits)",
+            );
+        }
         match &r.fresh {
             Some(plan) => {
                 r.phase = Phase::FreshState;
@@ -226,7 +277,10 @@ impl Manager {
                     r.deadline = None;
                     r.ready = true;
                     r.was_active = true;
-                    let keeps_running = r.main_pid.is_some() || service.remain_after_exit;
+                    // A forking daemon without a main process known lives in its group.
+                    let keeps_running = r.main_pid.is_some()
+                        || service.remain_after_exit
+                        || (service.kind == ServiceType::Forking && r.group_populated());
                     if keeps_running {
                         r.set(State::Active, Phase::Running);
                     } else {
@@ -303,14 +357,24 @@ impl Manager {
             ));
         }
         let log = r.log.as_ref().ok_or(not_prepared("its log"))?;
+        // Open until the process is spawned: it enters the unit's group through them.
+        let cgroup_procs = r
+            .group
+            .as_ref()
+            .map(cgroups::open_procs)
+            .unwrap_or_default();
         let mut process = spawn::command(
             &r.unit,
             command,
             &identity,
             &env,
             log,
-            &listen,
-            connection.map(|c| c.as_fd()),
+            spawn::Handed {
+                listen: &listen,
+                connection: connection.map(|c| c.as_fd()),
+                cgroup_procs: &cgroup_procs,
+                syscall_filter: r.syscall_filter.as_deref(),
+            },
         )?;
         let phase = r.phase.name();
         log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));

@@ -58,8 +58,8 @@ impl Manager {
             .into_iter()
             .filter(|p| Some(*p) != main)
             .collect();
-        if let Some(main) = main {
-            let _ = kill(main, plan.main);
+        if let (Some(main), Some(signal)) = (main, plan.main) {
+            let _ = kill(main, signal);
             if plan.continue_main {
                 let _ = kill(main, Signal::SIGCONT);
             }
@@ -93,7 +93,7 @@ impl Manager {
             .service
             .as_ref()
             .map_or(KillMode::ControlGroup, |s| s.kill_mode);
-        let left = r.main_pid.is_some()
+        let left = (r.main_pid.is_some() && decide::stop_waits_for_main(kill_mode))
             || (decide::stop_waits_for_all(kill_mode) && !processes_of(r).is_empty());
         if left {
             return;
@@ -204,6 +204,16 @@ impl Manager {
         let Some(r) = self.units.get_mut(name) else {
             return;
         };
+        let kill_mode = r
+            .unit
+            .service
+            .as_ref()
+            .map_or(KillMode::ControlGroup, |s| s.kill_mode);
+        if decide::kill_rest_after_stop(kill_mode) {
+            for pid in processes_of(r) {
+                let _ = kill(pid, Signal::SIGKILL);
+            }
+        }
         spawn::remove_runtime_directories(&r.unit);
         r.last_deactivated = Some(Instant::now());
         if r.notify.take().is_some() {
@@ -213,6 +223,9 @@ impl Manager {
         r.main_pid = None;
         r.control = None;
         r.sessions.clear();
+        if let Some(group) = &r.group {
+            cgroups::remove(group);
+        }
         if std::mem::take(&mut r.start_after_stop) {
             r.result = None;
             r.ready = false;

@@ -358,7 +358,7 @@ fn kill_mode_decides_who_gets_which_signal() {
     assert_eq!(
         plan(KillMode::ControlGroup, term, false),
         KillPlan {
-            main: term,
+            main: Some(term),
             continue_main: true,
             others: Some(term)
         }
@@ -368,16 +368,24 @@ fn kill_mode_decides_who_gets_which_signal() {
     // mixed: SIGTERM to the main process only; the final kill reaches all.
     assert_eq!(plan(KillMode::Mixed, term, false).others, None);
     assert_eq!(plan(KillMode::Mixed, term, true).others, Some(kill));
-    // process and none: only the main process.
+    // process: only the main process; none: no process at all (systemd.kill(5)).
     for mode in [KillMode::Process, KillMode::None] {
         assert_eq!(plan(mode, term, false).others, None);
         assert_eq!(plan(mode, kill, true).others, None);
-        assert_eq!(plan(mode, term, false).main, term);
     }
+    assert_eq!(plan(KillMode::Process, term, false).main, Some(term));
+    assert_eq!(plan(KillMode::None, term, false).main, None);
+    assert_eq!(plan(KillMode::None, kill, true).main, None);
     assert!(stop_waits_for_all(KillMode::ControlGroup));
-    assert!(stop_waits_for_all(KillMode::Mixed));
+    // mixed: the stop waits for the main process; then the rest gets SIGKILL at once.
+    assert!(!stop_waits_for_all(KillMode::Mixed));
+    assert!(kill_rest_after_stop(KillMode::Mixed));
+    assert!(!kill_rest_after_stop(KillMode::ControlGroup));
+    assert!(!kill_rest_after_stop(KillMode::Process));
     assert!(!stop_waits_for_all(KillMode::Process));
     assert!(!stop_waits_for_all(KillMode::None));
+    assert!(stop_waits_for_main(KillMode::Process));
+    assert!(!stop_waits_for_main(KillMode::None));
 }
 
 fn clock(now: Instant) -> TimerClock {
@@ -657,4 +665,14 @@ fn a_stop_takes_along_what_requires_or_is_part_of_the_stopped_units() {
         stop_closure(&["cache".to_owned(), "app".to_owned()], &stops_with),
         set(&["app", "cache", "web", "worker"])
     );
+}
+
+#[test]
+fn the_main_process_of_a_group_is_its_one_process_whose_parent_is_outside() {
+    // postfix: master (349, child of the manager, 4) and its children.
+    let postfix = [(349, 4), (350, 349), (351, 349), (357, 349)];
+    assert_eq!(top_of_group(&postfix), Some(349));
+    // The forking parent still there beside the daemon: two candidates, none is guessed.
+    assert_eq!(top_of_group(&[(20, 4), (21, 4), (22, 21)]), None);
+    assert_eq!(top_of_group(&[]), None);
 }
