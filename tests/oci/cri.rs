@@ -1,6 +1,7 @@
 //! The path the kubelet takes: containerd 1.6's CRI plugin, with a runtime handler `feather`
 //! that maps to containerd's runc shim with `BinaryName` = feather-oci (what a Kubernetes
-//! RuntimeClass names; docs/kubernetes.md), driven over containerd's socket by a CRI v1 client.
+//! RuntimeClass names; docs/kubernetes.md), driven over containerd's socket by a CRI v1 client,
+//! with feather's own feature asked for by a pod annotation.
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +47,7 @@ fn cri_config(scratch: &Scratch, runtime_root: &Path) -> String {
          \x20 runtime_type = \"io.containerd.runc.v2\"\n\
          [{cri}.containerd.runtimes.{HANDLER}]\n\
          \x20 runtime_type = \"io.containerd.runc.v2\"\n\
+         \x20 pod_annotations = [\"org.feather.*\"]\n\
          [{cri}.containerd.runtimes.{HANDLER}.options]\n\
          \x20 BinaryName = \"{binary}\"\n\
          \x20 Root = \"{root}\"\n\
@@ -89,6 +91,8 @@ fn pod_config(scratch: &Scratch, cgroup_parent: &str) -> PodSandboxConfig {
             attempt: 0,
         }),
         log_directory: scratch.path("pod-logs").display().to_string(),
+        // feather's own feature, asked for as a Kubernetes pod would: the host as the base.
+        annotations: [("org.feather.base".to_owned(), "host".to_owned())].into(),
         linux: Some(LinuxPodSandboxConfig {
             cgroup_parent: cgroup_parent.into(),
             security_context: Some(LinuxSandboxSecurityContext {
@@ -215,6 +219,30 @@ async fn lifecycle(scratch: &Scratch, containerd: &Containerd, cgroup_parent: &s
 
     let status = container_status(&mut cri, &container).await;
     assert_eq!(status.state, ContainerState::ContainerRunning as i32);
+
+    // The pod's annotation reached feather-oci: the container sees the host's files, and its
+    // writes stay its own.
+    let marker = scratch.path("marker");
+    std::fs::write(&marker, "host file\n").unwrap();
+    let script = format!(
+        "cat {m}; echo container > {m}; cat {m}",
+        m = marker.display()
+    );
+    let exec = cri
+        .exec_sync(ExecSyncRequest {
+            container_id: container.clone(),
+            cmd: vec!["/bin/sh".into(), "-c".into(), script],
+            timeout: 20,
+        })
+        .await
+        .expect("ExecSync")
+        .into_inner();
+    assert_eq!(
+        String::from_utf8_lossy(&exec.stdout),
+        "host file\ncontainer\n",
+        "{exec:?}"
+    );
+    assert_eq!(std::fs::read_to_string(&marker).unwrap(), "host file\n");
 
     // containerd 1.6's CRI plugin does not implement the kubelet's checkpoint API (1.7 does,
     // through the runtime's checkpoint): the call is answered Unimplemented.
