@@ -50,11 +50,12 @@ packages=(
     mount            # --disk without project quotas: mount -o loop attaches a VM's disk image
     # Engines that drive feather-oci in tests/oci (each test starts its own daemon; none is
     # started on the host). runc is the reference runtime the engines' calls were learnt from.
-    containerd runc  # containerd 1.6 and ctr: `ctr run --runc-binary feather-oci`
+    containerd runc  # containerd 1.6 and ctr: `ctr run --runc-binary feather-oci`; its CRI plugin (docs/kubernetes.md)
     podman           # podman 4.3 --runtime feather-oci (with conmon)
     docker.io        # dockerd with a runtimes entry for feather-oci (docs/oci.md)
     uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it
     bsdutils         # `script`: a pseudo-terminal for `ctr run -t` in tests
+    protobuf-compiler  # protoc: the k8s-cri crate compiles CRI's .proto files (tests/oci/cri.rs)
     chromium chromium-driver python3-selenium  # tests/web drive `feather web` in a real browser
     sudo             # the README's examples are written as `sudo feather …`
     jq make          # and use these (tests/functional/conventions.rs runs them as written)

@@ -32,6 +32,8 @@ from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 REPORT = REPO / "docs" / "benchmarks.md"
+# Where cargo puts the builds: its own CARGO_TARGET_DIR when set, as cargo does.
+TARGET_DIR = Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
 MIB = 1024 * 1024
 
 # Debian packages the run needs, and what for.
@@ -50,6 +52,9 @@ PACKAGES = {
     "chromium": "the browser that loads feather web's page in the web view comparison",
     "chromium-driver": "drives chromium for the web view comparison",
     "python3-selenium": "the driver's client library (Debian's python3)",
+    "containerd": "the engine of the OCI runtime comparison (ctr run)",
+    "runc": "the reference OCI runtime",
+    "docker.io": "the engine of the OCI runtime comparison (docker run)",
 }
 
 # Run-time folders the peers make on the host on first use; removed at the end if this run
@@ -469,7 +474,7 @@ class Bench:
         self.work.chmod(0o755)
         self.scratch = self.work / "scratch"  # visible inside VMs (lower layer)
         self.scratch.mkdir(mode=0o755)
-        self.feather = Feather(REPO / "target" / "release" / "feather", self.work / "root")
+        self.feather = Feather(TARGET_DIR / "release" / "feather", self.work / "root")
         FEATHER_PREFIX[:] = self.feather.cmd()
         WORK_DIR[:] = [str(self.work)]
         self.floor = self.work / "floor"
@@ -1782,6 +1787,265 @@ def measure_web(bench: Bench, driver, server: subprocess.Popen, url: str, count:
     return renders, idle, seconds
 
 
+# ---------------------------------------------------------------------------------------------
+# 8. feather-oci as an OCI runtime (issue 14), against runc in the same engines
+
+CTR_TARGET = 1.1  # ctr run --rm with feather-oci within 1.1x the same with runc
+DOCKER_TARGET = 1.1  # docker run --rm likewise
+RUNTIME_TARGET_OCI = 0.5  # the runtime's own create+start+delete at most 0.5x runc's
+OCI_IMAGE = "docker.io/library/feather-bench-busybox:1"
+BUSYBOX_APPLETS = ["sh", "true", "sleep", "cat", "echo"]
+
+
+def busybox_rootfs(root: Path) -> None:
+    """A minimal root: busybox-static and a few applets (the tests' image, tests/oci/support.rs)."""
+    for sub in ("bin", "etc", "proc", "sys", "dev", "tmp", "root"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in BUSYBOX_APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\n")
+
+
+def oci_image_tar(folder: Path, name: str) -> tuple[Path, Path]:
+    """An OCI image layout tar of the busybox root named `name` (`ctr images import`), and the
+    layer tar itself (`docker import`)."""
+    import hashlib
+
+    rootfs, layout = folder / "image-rootfs", folder / "layout"
+    busybox_rootfs(rootfs)
+    blobs = layout / "blobs" / "sha256"
+    blobs.mkdir(parents=True)
+    layer = folder / "layer.tar"
+    run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(layer), "."])
+
+    def blob(data: bytes) -> dict:
+        digest = hashlib.sha256(data).hexdigest()
+        (blobs / digest).write_bytes(data)
+        return {"digest": f"sha256:{digest}", "size": len(data)}
+
+    layer_blob = blob(layer.read_bytes())
+    config = blob(json.dumps({
+        "architecture": "amd64", "os": "linux", "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [layer_blob["digest"]]},
+    }).encode())  # fmt: skip
+    manifest = blob(json.dumps({
+        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", **config},
+        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar", **layer_blob}],
+    }).encode())  # fmt: skip
+    (layout / "index.json").write_text(json.dumps({
+        "schemaVersion": 2,
+        "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", **manifest,
+                       "annotations": {"io.containerd.image.name": name, "org.opencontainers.image.ref.name": "1"}}],
+    }))  # fmt: skip
+    (layout / "oci-layout").write_text('{"imageLayoutVersion":"1.0.0"}')
+    image = folder / "image.tar"
+    run(["tar", "-C", str(layout), "-cf", str(image), "."])
+    return image, layer
+
+
+def start_daemon(bench: Bench, name: str, argv: list[str], ready: list[str], log_file: Path) -> subprocess.Popen:
+    """A daemon of the run's own (containerd, dockerd); stopped by its pid at the end."""
+    with open(log_file, "w") as log_out:
+        daemon = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log_out, stderr=log_out)
+    bench.on_cleanup(f"stop {name}", lambda: stop_by_pid(daemon.pid, str(bench.work), grace=15))
+    deadline = time.monotonic() + 60
+    while try_once(ready, timeout=20) is not None:
+        if daemon.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{name} did not come up: {' / '.join(log_file.read_text().splitlines()[-3:])}")
+        time.sleep(0.2)
+    return daemon
+
+
+def remove_cgroup_parent(name: str) -> None:
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        try:
+            (hierarchy / name).rmdir()
+        except OSError:
+            pass
+
+
+def oci_runtime_bundle(folder: Path, runtime: str) -> Path:
+    """A busybox bundle running `true`, with the config `runc spec` writes."""
+    bundle = folder / "bundle"
+    busybox_rootfs(bundle / "rootfs")
+    run([runtime, "spec"], cwd=bundle)
+    spec = json.loads((bundle / "config.json").read_text())
+    spec["process"]["args"] = ["/bin/true"]
+    spec["process"]["terminal"] = False
+    (bundle / "config.json").write_text(json.dumps(spec, indent=1))
+    return bundle
+
+
+def lifecycle_command(runtime: str, root: Path, bundle: Path, name: str) -> list[str]:
+    """create + start + delete of one container, as an engine does them (three calls)."""
+    r = f"{shlex.quote(runtime)} --root {shlex.quote(str(root))}"
+    script = (
+        f"{r} create --bundle {shlex.quote(str(bundle))} {name} && {r} start {name} && "
+        f"{r} delete --force {name}"
+    )
+    return ["sh", "-c", script]
+
+
+def oci_ctr(bench: Bench, folder: Path, feather_oci: str, image: Path) -> tuple[list, dict[str, Stats]]:
+    socket = folder / "containerd.sock"
+    namespace = f"feather-bench-{os.getpid()}"
+    config = folder / "containerd.toml"
+    config.write_text(
+        f'version = 2\nroot = "{folder / "containerd-root"}"\nstate = "{folder / "containerd-state"}"\n'
+        'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+        f'[grpc]\n  address = "{socket}"\n'
+    )
+    ctr = ["ctr", "-a", str(socket), "-n", namespace]
+
+    def forget_namespace() -> None:
+        for listed in ("containers", "tasks"):
+            for line in run(ctr + [listed, "ls", "-q"], check=False).stdout.split():
+                run(ctr + ["task", "delete", "-f", line], check=False)
+                run(ctr + ["containers", "rm", line], check=False)
+        shutil.rmtree(Path("/run/containerd/runc") / namespace, ignore_errors=True)
+        remove_cgroup_parent(namespace)
+
+    start_daemon(bench, "containerd", ["containerd", "--config", str(config)], ctr + ["version"], folder / "containerd.log")
+    bench.on_cleanup("remove containerd's containers", forget_namespace)
+    run(ctr + ["images", "import", str(image)])
+    commands = [
+        ("ctr run --rm, runc", ctr + ["run", "--rm", "--runc-binary", shutil.which("runc") or "runc", OCI_IMAGE, "bench-runc", "true"]),
+        ("ctr run --rm, feather-oci", ctr + ["run", "--rm", "--runc-binary", feather_oci, OCI_IMAGE, "bench-feather", "true"]),
+    ]  # fmt: skip
+    for _, argv in commands:
+        problem = try_once(argv, timeout=120)
+        if problem:
+            raise RuntimeError(f"{code(argv)}: {problem}")
+    return commands, bench.hyperfine(commands)
+
+
+def oci_docker(bench: Bench, folder: Path, feather_oci: str, layer: Path) -> tuple[list, dict[str, Stats]]:
+    # dockerd as tests/oci starts it: roots of the run's own, no iptables or bridge, nofile 1024
+    # (this machine withholds CAP_SYS_RESOURCE), cgroupfs, feather-oci as the runtime "feather".
+    socket = folder / "docker.sock"
+    exec_root = Path(f"/tmp/feather-bench-dx-{os.getpid()}")  # containerd's socket: short path
+    namespace = exec_root.name
+    config = folder / "daemon.json"
+    config.write_text(json.dumps({
+        "data-root": str(folder / "docker-data"), "exec-root": str(exec_root),
+        "pidfile": str(folder / "docker.pid"), "hosts": [f"unix://{socket}"],
+        "iptables": False, "ip6tables": False, "bridge": "none",
+        "default-ulimits": {"nofile": {"Name": "nofile", "Hard": 1024, "Soft": 1024}},
+        "runtimes": {"feather": {"path": feather_oci}},
+        "exec-opts": ["native.cgroupdriver=cgroupfs"],
+        "containerd-namespace": namespace, "containerd-plugins-namespace": f"{namespace}-plugins",
+    }))  # fmt: skip
+    docker = ["docker", "-H", f"unix://{socket}"]
+
+    def forget_docker() -> None:
+        for line in run(docker + ["ps", "-aq"], check=False).stdout.split():
+            run(docker + ["rm", "-f", line], check=False)
+
+    def forget_exec_root() -> None:
+        bench.unmount_all(exec_root)
+        shutil.rmtree(exec_root, ignore_errors=True)
+        remove_cgroup_parent("docker")
+        for leftover in (Path("/run/docker/plugins"), Path("/run/docker")):
+            try:
+                leftover.rmdir()
+            except OSError:
+                pass
+
+    bench.on_cleanup("remove dockerd's exec root", forget_exec_root)
+    start_daemon(bench, "dockerd", ["dockerd", "--config-file", str(config)], docker + ["info"], folder / "dockerd.log")
+    bench.on_cleanup("remove dockerd's containers", forget_docker)
+    run(docker + ["import", str(layer), "feather-bench-busybox:1"])
+    commands = [
+        ("docker run --rm, runc", docker + ["run", "--rm", "--runtime", "runc", "feather-bench-busybox:1", "/bin/true"]),
+        ("docker run --rm, feather-oci", docker + ["run", "--rm", "--runtime", "feather", "feather-bench-busybox:1", "/bin/true"]),
+    ]  # fmt: skip
+    for _, argv in commands:
+        problem = try_once(argv, timeout=120)
+        if problem:
+            raise RuntimeError(f"{code(argv)}: {problem}")
+    return commands, bench.hyperfine(commands)
+
+
+def oci_lifecycle(bench: Bench, folder: Path, feather_oci: str) -> tuple[list, dict[str, Stats]]:
+    runc = shutil.which("runc") or "runc"
+    bundle = oci_runtime_bundle(folder, runc)
+    roots = {"runc": folder / "runc-root", "feather-oci": folder / "feather-oci-root"}
+
+    def forget_containers() -> None:
+        for runtime, root in ((runc, roots["runc"]), (feather_oci, roots["feather-oci"])):
+            run([runtime, "--root", str(root), "delete", "--force", "bench-lifecycle"], check=False)
+        remove_cgroup_parent("bench-lifecycle")
+
+    bench.on_cleanup("delete the lifecycle containers", forget_containers)
+    commands = [
+        ("runc create + start + delete", lifecycle_command(runc, roots["runc"], bundle, "bench-lifecycle")),
+        ("feather-oci create + start + delete", lifecycle_command(feather_oci, roots["feather-oci"], bundle, "bench-lifecycle")),
+    ]  # fmt: skip
+    for _, argv in commands:
+        problem = try_once(argv)
+        if problem:
+            raise RuntimeError(f"{code(argv)}: {problem}")
+    return commands, bench.hyperfine(commands)
+
+
+def compare_oci_runtime(bench: Bench) -> None:
+    log("building feather-oci (release)")
+    cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
+    run([cargo, "build", "--release", "-p", "feather-oci", "--quiet"], cwd=REPO, timeout=1800)
+    feather_oci = str(TARGET_DIR / "release" / "feather-oci")
+    folder = bench.work / "oci"
+    folder.mkdir()
+    image, layer = oci_image_tar(folder, OCI_IMAGE)
+    parts = [
+        "feather-oci (docs/oci.md) in the engines' own paths, against runc (Debian's, the "
+        "reference runtime) in the same engine started by this run: containerd 1.6 "
+        "(`ctr run --rm --runc-binary`, its own root, state, socket; CRI plugin off), dockerd "
+        "(its own data-root and exec-root, no bridge or iptables, a `runtimes` entry `feather`), "
+        "and the runtime's own command line. The image is a busybox-static root the run builds "
+        "(imported, no registry). The two commands of each pair take turns "
+        f"(hyperfine, {bench.plan.runs} runs each in {bench.plan.rounds} round(s))."
+    ]
+    rows, failures = [], []
+    pairs = [
+        ("ctr", lambda: oci_ctr(bench, folder, feather_oci, image), CTR_TARGET, "`ctr run --rm … true`"),
+        ("docker", lambda: oci_docker(bench, folder, feather_oci, layer), DOCKER_TARGET, "`docker run --rm … true`"),
+        ("runtime", lambda: oci_lifecycle(bench, folder, feather_oci), RUNTIME_TARGET_OCI, "the runtime's `create` + `start` + `delete` of a busybox `true` bundle"),
+    ]  # fmt: skip
+    for kind, measure, target, what in pairs:
+        try:
+            commands, stats = measure()
+        except (RuntimeError, subprocess.TimeoutExpired) as e:
+            failures.append(f"- **{kind}**: {e}")
+            bench.report.target(f"oci runtime: {what}", f"feather-oci median ≤ {target}× runc's", "could not run here (section 8)", None)
+            continue
+        (runc_label, _), (feather_label, _) = commands
+        runc_s, feather_s = stats[runc_label], stats[feather_label]
+        ratio = feather_s.median / runc_s.median
+        for label, argv in commands:
+            rows.append([label, code(argv).replace(feather_oci, "feather-oci"), *stat_cells(stats[label]), times(stats[label].median / runc_s.median)])
+        bench.report.target(
+            f"oci runtime: {what}",
+            f"feather-oci median ≤ {target}× runc's",
+            f"{secs(feather_s.median)} vs {secs(runc_s.median)}: {times(ratio)}",
+            ratio <= target,
+        )
+    parts.append(table(["what", "command", "min", "median", "max", "× runc"], rows))
+    if failures:
+        parts.append("Could not run here (exact error):\n\n" + "\n".join(failures))
+    parts.append(
+        "In the create + start + delete rows each call is a separate process, as an engine makes "
+        "them; `delete --force` ends the container if `true` has not exited yet. runc re-executes "
+        "itself as `runc init` (a Go runtime start each time) and waits on it through a FIFO; "
+        "feather-oci does its work in one clone of its own binary. In the engine rows the "
+        "engine's own work (containerd's snapshot, shim start, task events; dockerd's container "
+        "set-up through containerd) is the same for both and dominates."
+    )
+    bench.report.add("8. OCI runtime: feather-oci against runc", *parts)
+
+
 COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("start", compare_start),
     ("exec", compare_exec),
@@ -1797,6 +2061,7 @@ COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("network namespace", compare_network_namespace),
     ("shuttle", compare_shuttle),
     ("web view", compare_web),
+    ("oci runtime", compare_oci_runtime),
 ]
 
 

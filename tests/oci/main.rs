@@ -1,5 +1,5 @@
 //! feather-oci driven as engines drive it: by the runtime specification's lifecycle directly,
-//! by containerd (`ctr run --runc-binary`), podman (`--runtime`) and Docker (a `runtimes` entry). Each test starts its
+//! by containerd (`ctr run --runc-binary`, and its CRI plugin as the kubelet drives it), podman (`--runtime`) and Docker (a `runtimes` entry). Each test starts its
 //! own engine with its own config, root, state and socket, and removes all of it after, also
 //! when it fails.
 
@@ -7,6 +7,7 @@ mod support;
 
 mod checkpoint;
 mod containerd;
+mod cri;
 mod docker;
 mod feather;
 mod podman;

@@ -1,5 +1,5 @@
 //! Fixtures for the OCI tests: a busybox rootfs and bundles, the runtime with a private
-//! `--root`, and engines (containerd, podman) started per test and stopped by pid.
+//! `--root`, and engines (containerd, with or without its CRI plugin, podman, dockerd) started per test and stopped by pid.
 
 #![allow(dead_code)]
 
@@ -298,6 +298,11 @@ fn add_blob(layout: &Path, file: &Path) -> (String, u64) {
 
 /// An OCI image layout tar of the busybox rootfs, named `name` (what `ctr image import` takes).
 pub fn busybox_image_tar(scratch: &Scratch, name: &str) -> PathBuf {
+    busybox_image_tar_running(scratch, name, &["/bin/sh"])
+}
+
+/// The same image with `cmd` as its command (a pod sandbox image's must keep running).
+pub fn busybox_image_tar_running(scratch: &Scratch, name: &str, cmd: &[&str]) -> PathBuf {
     let layer = busybox_layer_tar(scratch);
     let layout = scratch.path("layout");
     fs::create_dir_all(layout.join("blobs/sha256")).unwrap();
@@ -307,7 +312,7 @@ pub fn busybox_image_tar(scratch: &Scratch, name: &str) -> PathBuf {
         &config,
         json!({
             "architecture": "amd64", "os": "linux",
-            "config": {"Env": ["PATH=/bin"], "Cmd": ["/bin/sh"]},
+            "config": {"Env": ["PATH=/bin"], "Cmd": cmd},
             "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{layer_digest}")]}
         })
         .to_string(),
@@ -394,25 +399,69 @@ static ENGINES: AtomicUsize = AtomicUsize::new(0);
 pub struct Containerd {
     pub address: PathBuf,
     pub namespace: String,
+    runtime_root: PathBuf,
+    /// The cgroup parent of its containers, removed from every hierarchy when empty.
+    cgroup_parent: String,
     daemon: Daemon,
 }
 
+/// containerd's config: its root, state and socket in `scratch`, then `plugins`.
+fn containerd_config(scratch: &Scratch, plugins: &str) -> String {
+    format!(
+        "version = 2\nroot = \"{}\"\nstate = \"{}\"\n{plugins}\n\
+         [grpc]\n  address = \"{}\"\n",
+        scratch.path("containerd-root").display(),
+        scratch.path("containerd-state").display(),
+        scratch.path("containerd.sock").display()
+    )
+}
+
 impl Containerd {
+    /// containerd without its CRI plugin, for `ctr` in a namespace of the test's own.
     pub fn start(scratch: &Scratch) -> Containerd {
+        let namespace = format!(
+            "feather-oci-{}-{}",
+            std::process::id(),
+            ENGINES.fetch_add(1, Ordering::SeqCst)
+        );
+        let config = containerd_config(
+            scratch,
+            "disabled_plugins = [\"io.containerd.grpc.v1.cri\"]",
+        );
+        // The shim's `--root` for feather-oci: containerd's runc shim puts it under /run.
+        let runtime_root = PathBuf::from("/run/containerd/runc").join(&namespace);
+        Containerd::launch(scratch, &config, namespace.clone(), runtime_root, namespace)
+    }
+
+    /// containerd with its CRI plugin configured by `cri` (a `[plugins."io.containerd.grpc.v1.cri"]`
+    /// table), serving the kubelet's namespace `k8s.io`; its shims' runtime root is
+    /// `runtime_root` (the runtime's `Root` option) and its pods' cgroup parent `cgroup_parent`.
+    pub fn start_cri(
+        scratch: &Scratch,
+        cri: &str,
+        runtime_root: &Path,
+        cgroup_parent: &str,
+    ) -> Containerd {
+        let config = containerd_config(scratch, cri);
+        Containerd::launch(
+            scratch,
+            &config,
+            "k8s.io".to_owned(),
+            runtime_root.join("k8s.io"),
+            cgroup_parent.trim_start_matches('/').to_owned(),
+        )
+    }
+
+    fn launch(
+        scratch: &Scratch,
+        config_text: &str,
+        namespace: String,
+        runtime_root: PathBuf,
+        cgroup_parent: String,
+    ) -> Containerd {
         let address = scratch.path("containerd.sock");
         let config = scratch.path("containerd.toml");
-        fs::write(
-            &config,
-            format!(
-                "version = 2\nroot = \"{}\"\nstate = \"{}\"\n\
-                 disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
-                 [grpc]\n  address = \"{}\"\n",
-                scratch.path("containerd-root").display(),
-                scratch.path("containerd-state").display(),
-                address.display()
-            ),
-        )
-        .unwrap();
+        fs::write(&config, config_text).unwrap();
         let log = fs::File::create(scratch.path("containerd.log")).unwrap();
         let child = Command::new("containerd")
             .arg("--config")
@@ -424,11 +473,9 @@ impl Containerd {
             .expect("containerd is installed (setup.sh)");
         let containerd = Containerd {
             address,
-            namespace: format!(
-                "feather-oci-{}-{}",
-                std::process::id(),
-                ENGINES.fetch_add(1, Ordering::SeqCst)
-            ),
+            namespace,
+            runtime_root,
+            cgroup_parent,
             daemon: Daemon {
                 child,
                 name: "containerd",
@@ -459,9 +506,9 @@ impl Containerd {
         run(self.command().args(args))
     }
 
-    /// The shim's `--root` for feather-oci: containerd's runc shim puts it under /run.
+    /// The `--root` the shim gives feather-oci.
     pub fn runtime_root(&self) -> PathBuf {
-        PathBuf::from("/run/containerd/runc").join(&self.namespace)
+        self.runtime_root.clone()
     }
 }
 
@@ -478,13 +525,14 @@ impl Drop for Containerd {
         }
         self.daemon.stop();
         let _ = fs::remove_dir_all(self.runtime_root());
-        // The shim's cgroupsPath is /<namespace>/<id>: remove the namespace's empty parents.
+        // The shim's cgroupsPath is /<parent>/<id> (ctr's parent is the namespace): remove
+        // the parent where it is left empty.
         for hierarchy in fs::read_dir("/sys/fs/cgroup")
             .into_iter()
             .flatten()
             .flatten()
         {
-            let _ = fs::remove_dir(hierarchy.path().join(&self.namespace));
+            let _ = fs::remove_dir(hierarchy.path().join(&self.cgroup_parent));
         }
     }
 }
