@@ -196,8 +196,28 @@ def checkpoint(tour):
     tour.text_appears("#vm-job", "restore: failed")
 
 
+def services(tour):
+    """Start host services in a VM from its page, follow a unit's log live, stop one."""
+    vm = tour.args["vm"]
+    tour.open("#/vm/" + vm)
+    tour.text_appears("#vm-services", "No services")
+    for unit in ("nginx", "talker"):
+        form = tour.find("#service-start")
+        form.find_element(By.NAME, "unit").send_keys(unit)
+        form.find_element(By.CSS_SELECTOR, "button").click()
+        tour.text_appears(f'#vm-services tr[data-unit="{unit}.service"]', "active")
+    tour.click('tr[data-unit="talker.service"] button[data-action="logs"]')
+    tour.text_appears("#service-log", "tick 3")
+    tour.text_appears("#service-log", "tick 6")  # it follows: later lines arrive
+    assert not tour.driver.find_elements(By.CSS_SELECTOR, "#service-log b"), \
+        "a log line became markup"
+    tour.screenshot("services")
+    tour.click('tr[data-unit="nginx.service"] button[data-action="stop"]')
+    tour.text_appears('#vm-services tr[data-unit="nginx.service"]', "inactive")
+
+
 TOURS = {"vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
-         "lost_contact": lost_contact, "checkpoint": checkpoint}
+         "lost_contact": lost_contact, "checkpoint": checkpoint, "services": services}
 
 
 def main():

@@ -19,6 +19,8 @@ use feather_core::{StateRoot, VmName};
 use feather_shuttle::policy::{policy_dirs, Policy};
 use feather_shuttle::view::{self, Explanation, RuleRow};
 use feather_shuttle::{Audit, Kind};
+use feather_svc::manager::client_protocol::Ask;
+use feather_svc::manager::protocol::{FreshState, Response as ManagerAnswer};
 use feather_vm::error::VmError;
 use feather_vm::options::CreateRequest;
 use feather_vm::services::ServicesError;
@@ -58,6 +60,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/vms/{name}/stop", post(stop))
         .route("/api/vms/{name}/commit", post(commit))
         .route("/api/vms/{name}/reset", post(reset))
+        .route("/api/vms/{name}/services", post(service_action))
+        .route("/api/vms/{name}/services/events", get(service_events))
+        .route("/api/vms/{name}/services/{unit}/logs", get(service_logs))
         .route("/api/vms/{name}/checkpoint", post(checkpoint))
         .route("/api/vms/{name}/restore", post(restore))
         .route("/api/vms/{name}/migrate", post(migrate))
@@ -351,6 +356,114 @@ async fn reset(State(shared): AppState, Path(name): Path<String>) -> Answer {
         Ok(Json(json!({ "reset": name.to_string() })))
     })
     .await
+}
+
+/// What `feather service start|stop|restart|reload VM UNIT…` does, from the page.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceAction {
+    action: String,
+    units: Vec<String>,
+}
+
+async fn service_action(
+    State(shared): AppState,
+    Path(name): Path<String>,
+    Json(request): Json<ServiceAction>,
+) -> Answer {
+    let name = vm_name(&name)?;
+    let units = request.units;
+    let ask = match request.action.as_str() {
+        "start" => Ask::Start {
+            units,
+            fresh_state: FreshState::No,
+        },
+        "stop" => Ask::Stop { units },
+        "restart" => Ask::Restart { units },
+        "reload" => Ask::Reload { units },
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown service action {other:?} (start, stop, restart or reload)"),
+            ))
+        }
+    };
+    blocking(move || {
+        let answer = feather_vm::services::call(&shared.root, &name, &ask)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, causes(&e)))?;
+        let ManagerAnswer::Done {
+            units,
+            reload_failed,
+        } = answer
+        else {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "the service manager answered something else",
+            ));
+        };
+        let failed: Vec<&str> = feather_vm::services::failures(&units, &reload_failed)
+            .iter()
+            .map(|unit| unit.name.as_str())
+            .collect();
+        if !failed.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("in VM {name}, these failed: {}", failed.join(", ")),
+            ));
+        }
+        Ok(Json(json!({ "services": units })))
+    })
+    .await
+}
+
+/// A VM's services, pushed as they change while its page is open.
+async fn service_events(
+    State(shared): AppState,
+    Path(name): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let name = vm_name(&name)?;
+    let services = WatchStream::new(shared.live.services(&name))
+        .filter(|json| !json.is_empty())
+        .map(|json| Ok(Event::default().event("services").data(json.as_str())));
+    Ok(Sse::new(services).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default = "LogQuery::default_lines")]
+    lines: usize,
+}
+
+impl LogQuery {
+    fn default_lines() -> usize {
+        100
+    }
+}
+
+/// A unit's log, its last lines then what it writes, as `service logs -f` follows it. The
+/// follower ends at the first line after the page went away.
+async fn service_logs(
+    State(shared): AppState,
+    Path((name, unit)): Path<(String, String)>,
+    Query(query): Query<LogQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let name = vm_name(&name)?;
+    let (lines, received) = tokio::sync::mpsc::channel::<Event>(256);
+    tokio::task::spawn_blocking(move || {
+        let mut send = |line: &[u8]| {
+            let text = String::from_utf8_lossy(line);
+            lines
+                .blocking_send(Event::default().event("line").data(text))
+                .is_ok()
+        };
+        if let Err(e) =
+            feather_vm::services::logs(&shared.root, &name, &unit, query.lines, true, &mut send)
+        {
+            let _ = lines.blocking_send(Event::default().event("failed").data(causes(&e)));
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(received).map(Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 
 #[derive(Deserialize)]
