@@ -191,3 +191,13 @@ fn services_are_started_followed_and_stopped_from_the_page() {
         "{list}"
     );
 }
+
+/// `feather check ipc` from a VM's page: the matrix appears, every cell holds.
+#[test]
+fn the_ipc_matrix_of_a_vm_is_probed_from_its_page() {
+    let feather = Feather::new("web-ipc");
+    feather.ok(&["create", "i1"]);
+    feather.ok(&["start", "i1"]);
+    let server = WebServer::start(&feather);
+    tour("ipc", &server, json!({ "vm": "i1" }));
+}

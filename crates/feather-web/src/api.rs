@@ -63,6 +63,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/vms/{name}/services", post(service_action))
         .route("/api/vms/{name}/services/events", get(service_events))
         .route("/api/vms/{name}/services/{unit}/logs", get(service_logs))
+        .route("/api/vms/{name}/ipc", post(check_ipc))
         .route("/api/vms/{name}/checkpoint", post(checkpoint))
         .route("/api/vms/{name}/restore", post(restore))
         .route("/api/vms/{name}/migrate", post(migrate))
@@ -464,6 +465,67 @@ async fn service_logs(
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(received).map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `feather check ipc VM`, as a job: every IPC channel probed across the VM's boundary and
+/// inside it. Its result is the matrix with each cell judged by the probe's own rules.
+async fn check_ipc(State(shared): AppState, Path(name): Path<String>) -> Answer {
+    let name = vm_name(&name)?;
+    let agent = feather_ipcprobe::run::agent_program()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, causes(&e)))?;
+    if !agent.exists() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "the IPC probe's agent {} is missing; install {} beside feather",
+                agent.display(),
+                feather_ipcprobe::run::AGENT_PROGRAM
+            ),
+        ));
+    }
+    let setup = feather_ipcprobe::run::ProbeSetup {
+        agent,
+        root: Some(shared.root.dir().to_owned()),
+        vm: Some(name.to_string()),
+        label: None,
+    };
+    let job = shared
+        .jobs
+        .start(name.to_string(), "check ipc", move |report| {
+            report(feather_vm::checkpoint::Progress::Phase(
+                "probing every IPC channel",
+            ));
+            feather_ipcprobe::run::run(&setup)
+                .map(|matrix| judged(&matrix))
+                .map_err(|e| causes(&e))
+        });
+    Ok(Json(json!({ "job": job })))
+}
+
+/// The matrix as the page shows it: each cell with whether it holds and whether it leaks.
+fn judged(matrix: &feather_ipcprobe::matrix::Matrix) -> Value {
+    let rows: Vec<Value> = matrix
+        .rows
+        .iter()
+        .map(|row| {
+            let cells: Vec<Value> = row
+                .cells
+                .iter()
+                .map(|cell| {
+                    json!({
+                        "direction": cell.direction.label(),
+                        "outcome": cell.outcome,
+                        "expect": cell.expect,
+                        "rule": cell.rule,
+                        "holds": cell.holds(),
+                        "leak": cell.is_leak(),
+                    })
+                })
+                .collect();
+            json!({ "channel": row.channel, "group": row.group, "by_design": row.by_design, "cells": cells })
+        })
+        .collect();
+    json!({ "matrix": { "rows": rows, "notes": matrix.notes, "failures": matrix.failures().len() } })
 }
 
 #[derive(Deserialize)]

@@ -292,14 +292,16 @@ async function renderVm(name) {
       el("span", { id: "vm-actions", class: "actions" })),
     el("section", { class: "card" }, el("h2", {}, "Overview"), el("dl", { id: "vm-overview", class: "facts" })),
     el("section", { class: "card" },
-      el("div", { class: "bar" }, el("h2", {}, "Checkpoint and migration"),
+      el("div", { class: "bar" }, el("h2", {}, "Checkpoint, migration, IPC check"),
         el("span", { class: "actions" },
           el("button", { id: "checkpoint-vm", class: "quiet", onclick: (e) => checkpointVm(e.target, name, false) }, "Checkpoint"),
           el("button", { id: "checkpoint-running", class: "quiet", onclick: (e) => checkpointVm(e.target, name, true) }, "Checkpoint, leave running"),
           el("button", { id: "restore-vm", class: "quiet", onclick: (e) => startJob(e.target, name, "restore", {}) }, "Restore"),
-          el("button", { id: "migrate-vm", class: "quiet", onclick: () => migrateForm(name) }, "Migrate…"))),
+          el("button", { id: "migrate-vm", class: "quiet", onclick: () => migrateForm(name) }, "Migrate…"),
+          el("button", { id: "check-ipc", class: "quiet", onclick: (e) => startJob(e.target, name, "ipc", {}) }, "Check IPC"))),
       el("div", { id: "migrate-form" }),
-      el("p", { id: "vm-job", class: "job quiet" }, "")),
+      el("p", { id: "vm-job", class: "job quiet" }, ""),
+      el("div", { id: "ipc-matrix" })),
     el("section", { class: "card" },
       el("div", { class: "bar" }, el("h2", {}, "Services"),
         el("form", { id: "service-start", class: "inline", onsubmit: (e) => { e.preventDefault(); startService(e.target, name); } },
@@ -462,6 +464,39 @@ function showJob(job) {
   line.textContent = text;
   line.className = "job " + (job.finished ? (job.error ? "error" : "ok") : "quiet");
   if (job.finished) loadVm(job.vm);
+  if (job.finished && job.result && job.result.matrix) renderMatrix(job.result.matrix);
+}
+
+/// `feather check ipc`'s matrix: a row per channel, a column per direction, each cell
+/// coloured by whether it holds (and red where it leaks).
+function renderMatrix(matrix) {
+  const holder = document.getElementById("ipc-matrix");
+  if (!holder) return;
+  const directions = [];
+  for (const row of matrix.rows) for (const cell of row.cells) if (!directions.includes(cell.direction)) directions.push(cell.direction);
+  let group = null;
+  const rows = [];
+  for (const row of matrix.rows) {
+    if (row.group !== group) {
+      group = row.group;
+      rows.push(el("tr", { class: "group" }, el("th", { colspan: directions.length + 1 }, group)));
+    }
+    rows.push(el("tr", {}, el("td", { class: "channel" }, row.channel),
+      directions.map((direction) => {
+        const cell = row.cells.find((c) => c.direction === direction);
+        if (!cell) return el("td", { class: "cell none" }, "");
+        const state = cell.leak ? "leak" : !cell.holds ? "broken" : cell.outcome.kind;
+        return el("td", { class: "cell " + state, title: cell.outcome.detail + (cell.rule ? " (rule " + cell.rule + ")" : "") },
+          cell.leak ? "LEAK" : !cell.holds ? "BROKEN" : cell.outcome.kind.replace("_", " "));
+      })));
+  }
+  holder.replaceChildren(
+    el("p", { class: matrix.failures ? "error" : "ok-text" },
+      matrix.failures ? matrix.failures + " cell(s) do not hold" : "every cell holds: nothing leaks, nothing is broken"),
+    el("div", { class: "matrix-wrap" }, el("table", { class: "matrix" },
+      el("thead", {}, el("tr", {}, el("th", {}, "channel"), directions.map((d) => el("th", {}, d)))),
+      el("tbody", {}, rows))),
+    el("ul", { class: "quiet small" }, matrix.notes.map((note) => el("li", {}, note))));
 }
 
 // ---- a VM's services ------------------------------------------------------------------------
