@@ -23,6 +23,7 @@ from selenium.webdriver.support import expected_conditions as EC
 from selenium.webdriver.support.ui import WebDriverWait
 
 WAIT = 20  # seconds: a VM starts in well under one; the live feed pushes every second
+JOB = 180  # seconds for a long action (checkpoint, restore, the IPC probe) on a loaded machine
 
 
 def browser(width=1280, height=900):
@@ -63,11 +64,12 @@ class Tour:
     def click(self, css):
         self.wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, css))).click()
 
-    def text_appears(self, css, text):
+    def text_appears(self, css, text, seconds=WAIT):
         try:
-            self.wait.until(EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
+            WebDriverWait(self.driver, seconds).until(
+                EC.text_to_be_present_in_element((By.CSS_SELECTOR, css), text))
         except TimeoutException:
-            raise AssertionError(f"{text!r} never appeared in {css}")
+            raise AssertionError(f"{text!r} never appeared in {css} within {seconds} s")
 
     def gone(self, css):
         self.wait.until(lambda d: not d.find_elements(By.CSS_SELECTOR, css))
@@ -185,19 +187,52 @@ def checkpoint(tour):
     tour.text_appears("#vm-status", "running")
     tour.click("#checkpoint-vm")
     tour.confirm()
-    tour.text_appears("#vm-job", "checkpoint: done")
+    tour.text_appears("#vm-job", "checkpoint: done", JOB)
     tour.text_appears("#vm-status", "checkpointed")
     tour.click("#restore-vm")
-    tour.text_appears("#vm-job", "restore: done")
+    tour.text_appears("#vm-job", "restore: done", JOB)
     tour.text_appears("#vm-status", "running")
     tour.text_appears("#vm-processes", "sleep 1000")
     tour.screenshot("checkpoint")
     tour.click("#restore-vm")
-    tour.text_appears("#vm-job", "restore: failed")
+    tour.text_appears("#vm-job", "restore: failed", JOB)
+
+
+def services(tour):
+    """Start host services in a VM from its page, follow a unit's log live, stop one."""
+    vm = tour.args["vm"]
+    tour.open("#/vm/" + vm)
+    tour.text_appears("#vm-services", "No services")
+    for unit in ("nginx", "talker"):
+        form = tour.find("#service-start")
+        form.find_element(By.NAME, "unit").send_keys(unit)
+        form.find_element(By.CSS_SELECTOR, "button").click()
+        tour.text_appears(f'#vm-services tr[data-unit="{unit}.service"]', "active")
+    tour.click('tr[data-unit="talker.service"] button[data-action="logs"]')
+    tour.text_appears("#service-log", "tick 3")
+    tour.text_appears("#service-log", "tick 6")  # it follows: later lines arrive
+    assert not tour.driver.find_elements(By.CSS_SELECTOR, "#service-log b"), \
+        "a log line became markup"
+    tour.screenshot("services")
+    tour.click('tr[data-unit="nginx.service"] button[data-action="stop"]')
+    tour.text_appears('#vm-services tr[data-unit="nginx.service"]', "inactive")
+
+
+def ipc(tour):
+    """The IPC matrix of a VM, probed from its page: every cell judged, none leaking."""
+    vm = tour.args["vm"]
+    tour.open("#/vm/" + vm)
+    tour.click("#check-ipc")
+    tour.text_appears("#vm-job", "check ipc: done", JOB)
+    tour.find("#ipc-matrix table.matrix")
+    tour.text_appears("#ipc-matrix", "every cell holds")
+    assert not tour.driver.find_elements(By.CSS_SELECTOR, "#ipc-matrix td.leak"), "a leak"
+    tour.screenshot("ipc")
 
 
 TOURS = {"vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
-         "lost_contact": lost_contact, "checkpoint": checkpoint}
+         "lost_contact": lost_contact, "checkpoint": checkpoint, "services": services,
+         "ipc": ipc}
 
 
 def main():

@@ -145,3 +145,59 @@ fn a_vm_is_checkpointed_and_restored_from_its_page() {
     tour("checkpoint", &server, json!({ "vm": "k1" }));
     assert!(feather.ok(&["ps", "k1"]).contains("sleep 1000"));
 }
+
+/// A VM's services from its page: host units started, a unit's log followed as it writes
+/// (its markup shown as text), a unit stopped.
+#[test]
+fn services_are_started_followed_and_stopped_from_the_page() {
+    let feather = Feather::new("web-services");
+    feather.ok(&["create", "s1"]);
+    feather.ok(&["start", "s1"]);
+    let unit = "[Service]\nExecStart=/bin/sh -c 'n=0; while :; do n=$$((n+1)); echo \"tick $$n <b>x</b>\"; sleep 0.2; done'\n";
+    let written = feather
+        .command()
+        .args([
+            "exec",
+            "s1",
+            "--",
+            "sh",
+            "-c",
+            "mkdir -p /etc/systemd/system && cat > /etc/systemd/system/talker.service",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(unit.as_bytes())?;
+            child.wait()
+        })
+        .unwrap();
+    assert!(written.success());
+    let server = WebServer::start(&feather);
+    tour("services", &server, json!({ "vm": "s1" }));
+    let list = feather.ok(&["service", "ls", "s1", "--json"]);
+    let list: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let state = |name: &str| {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|unit| unit["name"] == name)
+            .map(|unit| unit["state"].as_str().unwrap_or_default().to_owned())
+    };
+    assert_eq!(state("talker.service").as_deref(), Some("active"), "{list}");
+    assert_eq!(
+        state("nginx.service").as_deref(),
+        Some("inactive"),
+        "{list}"
+    );
+}
+
+/// `feather check ipc` from a VM's page: the matrix appears, every cell holds.
+#[test]
+fn the_ipc_matrix_of_a_vm_is_probed_from_its_page() {
+    let feather = Feather::new("web-ipc");
+    feather.ok(&["create", "i1"]);
+    feather.ok(&["start", "i1"]);
+    let server = WebServer::start(&feather);
+    tour("ipc", &server, json!({ "vm": "i1" }));
+}

@@ -19,6 +19,8 @@ use feather_core::{StateRoot, VmName};
 use feather_shuttle::policy::{policy_dirs, Policy};
 use feather_shuttle::view::{self, Explanation, RuleRow};
 use feather_shuttle::{Audit, Kind};
+use feather_svc::manager::client_protocol::Ask;
+use feather_svc::manager::protocol::{FreshState, Response as ManagerAnswer};
 use feather_vm::error::VmError;
 use feather_vm::options::CreateRequest;
 use feather_vm::services::ServicesError;
@@ -58,6 +60,10 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/vms/{name}/stop", post(stop))
         .route("/api/vms/{name}/commit", post(commit))
         .route("/api/vms/{name}/reset", post(reset))
+        .route("/api/vms/{name}/services", post(service_action))
+        .route("/api/vms/{name}/services/events", get(service_events))
+        .route("/api/vms/{name}/services/{unit}/logs", get(service_logs))
+        .route("/api/vms/{name}/ipc", post(check_ipc))
         .route("/api/vms/{name}/checkpoint", post(checkpoint))
         .route("/api/vms/{name}/restore", post(restore))
         .route("/api/vms/{name}/migrate", post(migrate))
@@ -351,6 +357,175 @@ async fn reset(State(shared): AppState, Path(name): Path<String>) -> Answer {
         Ok(Json(json!({ "reset": name.to_string() })))
     })
     .await
+}
+
+/// What `feather service start|stop|restart|reload VM UNIT…` does, from the page.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServiceAction {
+    action: String,
+    units: Vec<String>,
+}
+
+async fn service_action(
+    State(shared): AppState,
+    Path(name): Path<String>,
+    Json(request): Json<ServiceAction>,
+) -> Answer {
+    let name = vm_name(&name)?;
+    let units = request.units;
+    let ask = match request.action.as_str() {
+        "start" => Ask::Start {
+            units,
+            fresh_state: FreshState::No,
+        },
+        "stop" => Ask::Stop { units },
+        "restart" => Ask::Restart { units },
+        "reload" => Ask::Reload { units },
+        other => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("unknown service action {other:?} (start, stop, restart or reload)"),
+            ))
+        }
+    };
+    blocking(move || {
+        let answer = feather_vm::services::call(&shared.root, &name, &ask)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, causes(&e)))?;
+        let ManagerAnswer::Done {
+            units,
+            reload_failed,
+        } = answer
+        else {
+            return Err(ApiError::new(
+                StatusCode::BAD_GATEWAY,
+                "the service manager answered something else",
+            ));
+        };
+        let failed: Vec<&str> = feather_vm::services::failures(&units, &reload_failed)
+            .iter()
+            .map(|unit| unit.name.as_str())
+            .collect();
+        if !failed.is_empty() {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                format!("in VM {name}, these failed: {}", failed.join(", ")),
+            ));
+        }
+        Ok(Json(json!({ "services": units })))
+    })
+    .await
+}
+
+/// A VM's services, pushed as they change while its page is open.
+async fn service_events(
+    State(shared): AppState,
+    Path(name): Path<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let name = vm_name(&name)?;
+    let services = WatchStream::new(shared.live.services(&name))
+        .filter(|json| !json.is_empty())
+        .map(|json| Ok(Event::default().event("services").data(json.as_str())));
+    Ok(Sse::new(services).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Deserialize)]
+struct LogQuery {
+    #[serde(default = "LogQuery::default_lines")]
+    lines: usize,
+}
+
+impl LogQuery {
+    fn default_lines() -> usize {
+        100
+    }
+}
+
+/// A unit's log, its last lines then what it writes, as `service logs -f` follows it. The
+/// follower ends at the first line after the page went away.
+async fn service_logs(
+    State(shared): AppState,
+    Path((name, unit)): Path<(String, String)>,
+    Query(query): Query<LogQuery>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let name = vm_name(&name)?;
+    let (lines, received) = tokio::sync::mpsc::channel::<Event>(256);
+    tokio::task::spawn_blocking(move || {
+        let mut send = |line: &[u8]| {
+            let text = String::from_utf8_lossy(line);
+            lines
+                .blocking_send(Event::default().event("line").data(text))
+                .is_ok()
+        };
+        if let Err(e) =
+            feather_vm::services::logs(&shared.root, &name, &unit, query.lines, true, &mut send)
+        {
+            let _ = lines.blocking_send(Event::default().event("failed").data(causes(&e)));
+        }
+    });
+    let stream = tokio_stream::wrappers::ReceiverStream::new(received).map(Ok);
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// `feather check ipc VM`, as a job: every IPC channel probed across the VM's boundary and
+/// inside it. Its result is the matrix with each cell judged by the probe's own rules.
+async fn check_ipc(State(shared): AppState, Path(name): Path<String>) -> Answer {
+    let name = vm_name(&name)?;
+    let agent = feather_ipcprobe::run::agent_program()
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, causes(&e)))?;
+    if !agent.exists() {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "the IPC probe's agent {} is missing; install {} beside feather",
+                agent.display(),
+                feather_ipcprobe::run::AGENT_PROGRAM
+            ),
+        ));
+    }
+    let setup = feather_ipcprobe::run::ProbeSetup {
+        agent,
+        root: Some(shared.root.dir().to_owned()),
+        vm: Some(name.to_string()),
+        label: None,
+    };
+    let job = shared
+        .jobs
+        .start(name.to_string(), "check ipc", move |report| {
+            report(feather_vm::checkpoint::Progress::Phase(
+                "probing every IPC channel",
+            ));
+            feather_ipcprobe::run::run(&setup)
+                .map(|matrix| judged(&matrix))
+                .map_err(|e| causes(&e))
+        });
+    Ok(Json(json!({ "job": job })))
+}
+
+/// The matrix as the page shows it: each cell with whether it holds and whether it leaks.
+fn judged(matrix: &feather_ipcprobe::matrix::Matrix) -> Value {
+    let rows: Vec<Value> = matrix
+        .rows
+        .iter()
+        .map(|row| {
+            let cells: Vec<Value> = row
+                .cells
+                .iter()
+                .map(|cell| {
+                    json!({
+                        "direction": cell.direction.label(),
+                        "outcome": cell.outcome,
+                        "expect": cell.expect,
+                        "rule": cell.rule,
+                        "holds": cell.holds(),
+                        "leak": cell.is_leak(),
+                    })
+                })
+                .collect();
+            json!({ "channel": row.channel, "group": row.group, "by_design": row.by_design, "cells": cells })
+        })
+        .collect();
+    json!({ "matrix": { "rows": rows, "notes": matrix.notes, "failures": matrix.failures().len() } })
 }
 
 #[derive(Deserialize)]

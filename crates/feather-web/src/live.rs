@@ -3,15 +3,21 @@
 //! audit entries are read from where the last read ended. However many tabs are open, the VMs
 //! and the command line see one reader.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use feather_core::StateRoot;
+use feather_core::{StateRoot, VmName};
 use feather_shuttle::Audit;
+use feather_svc::manager::client_protocol::Ask;
+use feather_svc::manager::protocol::Response;
+use feather_vm::services::ServicesError;
 use tokio::sync::{broadcast, watch};
 
 /// How often the VM table is read while someone watches.
 const TABLE_EVERY: Duration = Duration::from_secs(1);
+/// How often an open VM page's services are read.
+const SERVICES_EVERY: Duration = Duration::from_secs(2);
 /// How often the audit log is looked at for new lines.
 const AUDIT_EVERY: Duration = Duration::from_millis(300);
 
@@ -22,8 +28,11 @@ pub struct Table {
 }
 
 pub struct Live {
+    root: StateRoot,
     table: watch::Sender<Arc<Table>>,
     audit: broadcast::Sender<Arc<String>>,
+    /// Per VM whose page is open: its services, read by one gatherer for all its viewers.
+    services: Mutex<HashMap<VmName, watch::Sender<Arc<String>>>>,
 }
 
 impl Live {
@@ -33,8 +42,30 @@ impl Live {
         }));
         let (audit, _) = broadcast::channel(256);
         tokio::spawn(gather_table(root.clone(), table.clone()));
-        tokio::spawn(follow_audit(root, audit.clone()));
-        Live { table, audit }
+        tokio::spawn(follow_audit(root.clone(), audit.clone()));
+        Live {
+            root,
+            table,
+            audit,
+            services: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// VM `name`'s services as `service ls --json` gives them, pushed as they change. The
+    /// first viewer starts its gatherer; it ends when the last one goes.
+    pub fn services(&self, name: &VmName) -> watch::Receiver<Arc<String>> {
+        let mut gatherers = self.services.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(sender) = gatherers.get(name).filter(|s| !s.is_closed()) {
+            return sender.subscribe();
+        }
+        let (sender, receiver) = watch::channel(Arc::new(String::new()));
+        tokio::spawn(gather_services(
+            self.root.clone(),
+            name.clone(),
+            sender.clone(),
+        ));
+        gatherers.insert(name.clone(), sender);
+        receiver
     }
 
     pub fn table(&self) -> watch::Receiver<Arc<Table>> {
@@ -73,6 +104,39 @@ async fn gather_table(root: StateRoot, table: watch::Sender<Arc<Table>>) {
             let changed = current.json != json;
             if changed {
                 *current = Arc::new(Table { json });
+            }
+            changed
+        });
+    }
+}
+
+/// VM `name`'s services: `{"services": […]}`, or `{"error": …}` (not running, none).
+pub fn read_services(root: &StateRoot, name: &VmName) -> String {
+    let answer = feather_vm::services::call(root, name, &Ask::List);
+    let json = match answer {
+        Ok(Response::List { units }) => serde_json::json!({ "services": units }),
+        Ok(_) => serde_json::json!({ "error": "the service manager answered something else" }),
+        Err(ServicesError::NoServices { .. }) => serde_json::json!({ "services": [] }),
+        Err(e) => serde_json::json!({ "error": feather_core::error::causes(&e) }),
+    };
+    json.to_string()
+}
+
+async fn gather_services(root: StateRoot, name: VmName, services: watch::Sender<Arc<String>>) {
+    let mut every = tokio::time::interval(SERVICES_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Ends once nobody watches (the first tick runs at once, for the first viewer).
+    while services.receiver_count() > 0 {
+        every.tick().await;
+        let (root, name) = (root.clone(), name.clone());
+        let Ok(json) = tokio::task::spawn_blocking(move || read_services(&root, &name)).await
+        else {
+            continue;
+        };
+        services.send_if_modified(|current| {
+            let changed = **current != json;
+            if changed {
+                *current = Arc::new(json);
             }
             changed
         });

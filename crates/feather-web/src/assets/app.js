@@ -174,6 +174,7 @@ function render() {
   document.getElementById("nav-vms").classList.toggle("here", r.view !== "shuttle");
   document.getElementById("nav-shuttle").classList.toggle("here", r.view === "shuttle");
   notice("");
+  closeFeeds();
   if (r.view === "vm") renderVm(r.name);
   else if (r.view === "shuttle") renderShuttle();
   else renderVms();
@@ -291,14 +292,26 @@ async function renderVm(name) {
       el("span", { id: "vm-actions", class: "actions" })),
     el("section", { class: "card" }, el("h2", {}, "Overview"), el("dl", { id: "vm-overview", class: "facts" })),
     el("section", { class: "card" },
-      el("div", { class: "bar" }, el("h2", {}, "Checkpoint and migration"),
+      el("div", { class: "bar" }, el("h2", {}, "Checkpoint, migration, IPC check"),
         el("span", { class: "actions" },
           el("button", { id: "checkpoint-vm", class: "quiet", onclick: (e) => checkpointVm(e.target, name, false) }, "Checkpoint"),
           el("button", { id: "checkpoint-running", class: "quiet", onclick: (e) => checkpointVm(e.target, name, true) }, "Checkpoint, leave running"),
           el("button", { id: "restore-vm", class: "quiet", onclick: (e) => startJob(e.target, name, "restore", {}) }, "Restore"),
-          el("button", { id: "migrate-vm", class: "quiet", onclick: () => migrateForm(name) }, "Migrate…"))),
+          el("button", { id: "migrate-vm", class: "quiet", onclick: () => migrateForm(name) }, "Migrate…"),
+          el("button", { id: "check-ipc", class: "quiet", onclick: (e) => startJob(e.target, name, "ipc", {}) }, "Check IPC"))),
       el("div", { id: "migrate-form" }),
-      el("p", { id: "vm-job", class: "job quiet" }, "")),
+      el("p", { id: "vm-job", class: "job quiet" }, ""),
+      el("div", { id: "ipc-matrix" })),
+    el("section", { class: "card" },
+      el("div", { class: "bar" }, el("h2", {}, "Services"),
+        el("form", { id: "service-start", class: "inline", onsubmit: (e) => { e.preventDefault(); startService(e.target, name); } },
+          el("input", { name: "unit", placeholder: "a host unit, e.g. nginx", required: true, autocomplete: "off" }),
+          el("button", { type: "submit" }, "Start"))),
+      el("div", { id: "vm-services" }, "loading…"),
+      el("div", { id: "service-log-box", hidden: true },
+        el("div", { class: "bar" }, el("h2", { id: "service-log-title" }, "Log"),
+          el("button", { class: "quiet", onclick: closeLog }, "Close")),
+        el("pre", { id: "service-log", class: "log" }))),
     el("section", { class: "card" }, el("h2", {}, "Processes"), el("div", { id: "vm-processes" }, "loading…")),
     el("section", { class: "card" },
       el("div", { class: "bar" }, el("h2", {}, "Changes on disk"),
@@ -308,6 +321,7 @@ async function renderVm(name) {
           el("button", { id: "reset-vm", class: "danger quiet", onclick: (e) => resetVm(e.target, name) }, "Reset"))),
       el("div", { id: "vm-changes" }, "loading…")));
   refreshVmHeader();
+  followServices(name);
   await loadVm(name);
   await loadChanges(name);
 }
@@ -450,6 +464,123 @@ function showJob(job) {
   line.textContent = text;
   line.className = "job " + (job.finished ? (job.error ? "error" : "ok") : "quiet");
   if (job.finished) loadVm(job.vm);
+  if (job.finished && job.result && job.result.matrix) renderMatrix(job.result.matrix);
+}
+
+/// `feather check ipc`'s matrix: a row per channel, a column per direction, each cell
+/// coloured by whether it holds (and red where it leaks).
+function renderMatrix(matrix) {
+  const holder = document.getElementById("ipc-matrix");
+  if (!holder) return;
+  const directions = [];
+  for (const row of matrix.rows) for (const cell of row.cells) if (!directions.includes(cell.direction)) directions.push(cell.direction);
+  let group = null;
+  const rows = [];
+  for (const row of matrix.rows) {
+    if (row.group !== group) {
+      group = row.group;
+      rows.push(el("tr", { class: "group" }, el("th", { colspan: directions.length + 1 }, group)));
+    }
+    rows.push(el("tr", {}, el("td", { class: "channel" }, row.channel),
+      directions.map((direction) => {
+        const cell = row.cells.find((c) => c.direction === direction);
+        if (!cell) return el("td", { class: "cell none" }, "");
+        const state = cell.leak ? "leak" : !cell.holds ? "broken" : cell.outcome.kind;
+        return el("td", { class: "cell " + state, title: cell.outcome.detail + (cell.rule ? " (rule " + cell.rule + ")" : "") },
+          cell.leak ? "LEAK" : !cell.holds ? "BROKEN" : cell.outcome.kind.replace("_", " "));
+      })));
+  }
+  holder.replaceChildren(
+    el("p", { class: matrix.failures ? "error" : "ok-text" },
+      matrix.failures ? matrix.failures + " cell(s) do not hold" : "every cell holds: nothing leaks, nothing is broken"),
+    el("div", { class: "matrix-wrap" }, el("table", { class: "matrix" },
+      el("thead", {}, el("tr", {}, el("th", {}, "channel"), directions.map((d) => el("th", {}, d)))),
+      el("tbody", {}, rows))),
+    el("ul", { class: "quiet small" }, matrix.notes.map((note) => el("li", {}, note))));
+}
+
+// ---- a VM's services ------------------------------------------------------------------------
+
+let serviceFeed = null;   // the open VM page's services feed
+let logFeed = null;       // the log being followed
+
+function closeFeeds() {
+  if (serviceFeed) { serviceFeed.close(); serviceFeed = null; }
+  closeLog();
+}
+
+function followServices(name) {
+  closeFeeds();
+  serviceFeed = new EventSource("/api/vms/" + encodeURIComponent(name) + "/services/events");
+  serviceFeed.addEventListener("services", (event) => renderServices(name, JSON.parse(event.data)));
+}
+
+function renderServices(name, answer) {
+  const holder = document.getElementById("vm-services");
+  if (!holder) return;
+  if (answer.error) { holder.replaceChildren(el("p", { class: "quiet" }, answer.error)); return; }
+  if (answer.services.length === 0) {
+    holder.replaceChildren(el("p", { class: "quiet" }, "No services: start one of the host's units above."));
+    return;
+  }
+  holder.replaceChildren(el("table", { class: "services" },
+    el("thead", {}, el("tr", {}, ["Unit", "State", "Main PID", "Ready", "Restarts", "Memory", "CPU", ""].map((h) => el("th", {}, h)))),
+    el("tbody", {}, answer.services.map((unit) => el("tr", { "data-unit": unit.name },
+      el("td", {}, unit.name, unit.description ? el("div", { class: "quiet small" }, unit.description) : ""),
+      el("td", {}, badge(unit.state), " ", el("span", { class: "quiet" }, unit.sub),
+        unit.result ? el("div", { class: "error small" }, unit.result) : ""),
+      el("td", { class: "num" }, unit.main_pid || "—"),
+      el("td", {}, unit.ready ? "yes" : "no"),
+      el("td", { class: "num" }, unit.restarts),
+      el("td", { class: "num" }, bytes(unit.memory_bytes)),
+      el("td", { class: "num" }, unit.cpu_nsec === null || unit.cpu_nsec === undefined ? "—" : (unit.cpu_nsec / 1e9).toFixed(2) + "s"),
+      el("td", { class: "actions" },
+        el("button", { class: "quiet", "data-action": "logs", onclick: () => followLog(name, unit.name) }, "Log"),
+        el("button", { class: "quiet", "data-action": "restart", onclick: (e) => serviceAction(e.target, name, "restart", unit.name) }, "Restart"),
+        el("button", { class: "danger quiet", "data-action": "stop", onclick: (e) => serviceAction(e.target, name, "stop", unit.name) }, "Stop")))))));
+}
+
+async function serviceAction(button, name, action, unit) {
+  await act(button, unit + ": " + action + " done",
+    () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/services", { action, units: [unit] }));
+}
+
+async function startService(form, name) {
+  const unit = form.elements.unit.value.trim();
+  const done = await act(form.querySelector("button"), unit + " started",
+    () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/services", { action: "start", units: [unit] }));
+  if (done) form.reset();
+}
+
+function followLog(name, unit) {
+  closeLog();
+  const box = document.getElementById("service-log-box");
+  const log = document.getElementById("service-log");
+  document.getElementById("service-log-title").textContent = "Log of " + unit;
+  log.replaceChildren();
+  box.hidden = false;
+  logFeed = new EventSource("/api/vms/" + encodeURIComponent(name) + "/services/" + encodeURIComponent(unit) + "/logs");
+  logFeed.addEventListener("line", (event) => {
+    const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
+    log.append(document.createTextNode(event.data + "\n"));
+    // A long-followed log keeps its last 2000 lines.
+    while (log.childNodes.length > 2000) log.removeChild(log.firstChild);
+    if (atEnd) log.scrollTop = log.scrollHeight;
+  });
+  logFeed.addEventListener("failed", (event) => {
+    log.append(el("span", { class: "error" }, event.data + "\n"));
+    closeLogFeed();
+  });
+}
+
+function closeLogFeed() {
+  if (logFeed) { logFeed.close(); logFeed = null; }
+}
+
+function closeLog() {
+  closeLogFeed();
+  const box = document.getElementById("service-log-box");
+  if (box) box.hidden = true;
 }
 
 // ---- Shuttle --------------------------------------------------------------------------------
