@@ -30,7 +30,7 @@ use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 
 use crate::auth::{RequestFacts, Sessions, CSRF_HEADER};
-use crate::jobs::Jobs;
+use crate::jobs::{JobError, Jobs};
 use crate::live::{read_table, Live};
 use crate::page;
 
@@ -497,7 +497,7 @@ async fn check_ipc(State(shared): AppState, Path(name): Path<String>) -> Answer 
             ));
             feather_ipcprobe::run::run(&setup)
                 .map(|matrix| judged(&matrix))
-                .map_err(|e| causes(&e))
+                .map_err(JobError::from)
         });
     Ok(Json(json!({ "job": job })))
 }
@@ -548,7 +548,7 @@ async fn checkpoint(
         .start(name.to_string(), "checkpoint", move |report| {
             feather_vm::checkpoint::checkpoint(&root, &name, request.leave_running, None, report)
                 .map(|images| json!({ "images": images }))
-                .map_err(|e| causes(&e))
+                .map_err(JobError::from)
         });
     Ok(Json(json!({ "job": job })))
 }
@@ -565,7 +565,7 @@ async fn restore(State(shared): AppState, Path(name): Path<String>) -> Answer {
             ));
             feather_vm::checkpoint::restore(&root, &name, None)
                 .map(|()| json!({}))
-                .map_err(|e| causes(&e))
+                .map_err(JobError::from)
         });
     Ok(Json(json!({ "job": job })))
 }
@@ -594,7 +594,7 @@ async fn migrate(
             .map(|moved| {
                 json!({ "bytes": moved.bytes, "frozen_ms": moved.frozen.as_millis() as u64 })
             })
-            .map_err(|e| causes(&e))
+            .map_err(JobError::from)
         });
     Ok(Json(json!({ "job": job })))
 }

@@ -38,6 +38,9 @@ pub struct Jobs {
     feed: broadcast::Sender<Arc<String>>,
 }
 
+/// Why a job's work failed: the library's own error, shown with its causes.
+pub type JobError = Box<dyn std::error::Error + Send + Sync>;
+
 /// What a job's work gets to report its steps with.
 pub type Report<'a> = &'a mut dyn FnMut(Progress);
 
@@ -58,7 +61,7 @@ impl Jobs {
         &self,
         vm: String,
         action: &'static str,
-        work: impl FnOnce(Report<'_>) -> Result<Value, String> + Send + 'static,
+        work: impl FnOnce(Report<'_>) -> Result<Value, JobError> + Send + 'static,
     ) -> u64 {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let feed = self.feed.clone();
@@ -103,7 +106,7 @@ impl Jobs {
             });
             let (error, result) = match outcome {
                 Ok(result) => (None, Some(result)),
-                Err(why) => (Some(why), None),
+                Err(error) => (Some(feather_core::error::causes(&*error)), None),
             };
             send(JobEvent {
                 finished: true,
