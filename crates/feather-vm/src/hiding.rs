@@ -87,7 +87,17 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
     // An operation under way finishes first, and none starts while the tmpfs is mounted: a
     // hiding mount made while CRIU dumps the VM would go into its images, which leave out
     // only the hiding mounts the dump saw (snapshot::dump).
-    let Some(_op) = vm.lock_operations_within(OPERATION_PATIENCE)? else {
+    let lock = match vm.lock_operations_within(OPERATION_PATIENCE) {
+        Ok(lock) => lock,
+        // Its folder went away meanwhile: a VM being removed has nothing to hide in.
+        Err(feather_core::Error::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound =>
+        {
+            return Ok(())
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let Some(_op) = lock else {
         return Err(HidingError::Busy);
     };
     let Ok(state) = vm.read_state() else {
