@@ -150,6 +150,18 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether `pid` is a live process: it exists and has not exited (a zombie, state `Z`, or a
+/// dying one, `X`, has no namespaces left to enter or read).
+pub fn is_alive(pid: Pid) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let state = stat
+        .rfind(')')
+        .and_then(|end| stat[end + 1..].split_whitespace().next());
+    !matches!(state, None | Some("Z" | "X" | "x"))
+}
+
 /// Asks the kernel to send `signal` to the caller when its parent dies.
 pub fn set_parent_death_signal(signal: Signal) -> Result<()> {
     nix::sys::prctl::set_pdeathsig(signal).ctx("prctl(PR_SET_PDEATHSIG)", signal)
@@ -226,5 +238,21 @@ mod tests {
         assert!(start_ticks(me).is_some());
         assert_eq!(start_ticks(me), start_ticks(me));
         assert_eq!(start_ticks(Pid::from_raw(i32::MAX)), None);
+    }
+
+    #[test]
+    fn a_zombie_is_not_alive() {
+        assert!(is_alive(Pid::this()));
+        assert!(!is_alive(Pid::from_raw(i32::MAX)));
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        // Not reaped yet: it stays a zombie until wait().
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while is_alive(pid) && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        assert!(!is_alive(pid), "an exited, unreaped child is a zombie");
+        assert!(start_ticks(pid).is_some(), "a zombie still has its stat");
+        child.wait().unwrap();
     }
 }

@@ -116,9 +116,10 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
         return Ok(());
     }
     let base = vm.read_config()?.base;
-    // A VM that stopped meanwhile has nothing left to hide anything in.
+    // A VM that stopped meanwhile (its init gone, or a zombie not yet reaped) has nothing
+    // left to hide anything in.
     in_vm(&pidfd, pid, &base, folders).or_else(|why| {
-        if process::start_ticks(pid) == state.init_start_ticks {
+        if process::start_ticks(pid) == state.init_start_ticks && process::is_alive(pid) {
             Err(why)
         } else {
             Ok(())
