@@ -463,7 +463,12 @@ impl Containerd {
         let config = scratch.path("containerd.toml");
         fs::write(&config, config_text).unwrap();
         let log = fs::File::create(scratch.path("containerd.log")).unwrap();
+        // containerd 1.6 leaves a task checkpoint's images in a temporary folder
+        // (ctrd-checkpoint*): in the test's own, removed with it.
+        let tmp = scratch.path("tmp");
+        fs::create_dir_all(&tmp).unwrap();
         let child = Command::new("containerd")
+            .env("TMPDIR", &tmp)
             .arg("--config")
             .arg(&config)
             .stdin(Stdio::null())
