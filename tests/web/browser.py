@@ -230,9 +230,24 @@ def ipc(tour):
     tour.screenshot("ipc")
 
 
+def terminal(tour):
+    """A shell in the VM from its page: what is typed runs inside, its exit is reported."""
+    vm = tour.args["vm"]
+    tour.open("#/vm/" + vm)
+    tour.click("#open-terminal")
+    keys = tour.find("#terminal .xterm-helper-textarea")
+    tour.wait.until(lambda d: d.execute_script(
+        "return document.querySelector('#terminal .xterm-rows').textContent.trim().length > 0"))
+    keys.send_keys("echo inside-$(hostname)-$((6*7))\n")
+    tour.text_appears("#terminal .xterm-rows", "inside-" + vm + "-42")
+    tour.screenshot("terminal")
+    keys.send_keys("exit 3\n")
+    tour.text_appears("#terminal .xterm-rows", "exited with status 3")
+
+
 TOURS = {"vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
          "lost_contact": lost_contact, "checkpoint": checkpoint, "services": services,
-         "ipc": ipc}
+         "ipc": ipc, "terminal": terminal}
 
 
 def main():

@@ -201,3 +201,14 @@ fn the_ipc_matrix_of_a_vm_is_probed_from_its_page() {
     let server = WebServer::start(&feather);
     tour("ipc", &server, json!({ "vm": "i1" }));
 }
+
+/// A terminal into the VM from its page: a command typed runs in the VM, its exit status
+/// comes back when the shell ends.
+#[test]
+fn a_shell_in_the_vm_runs_in_the_page() {
+    let feather = Feather::new("web-terminal");
+    feather.ok(&["create", "t1", "--net", "none"]);
+    feather.ok(&["start", "t1"]);
+    let server = WebServer::start(&feather);
+    tour("terminal", &server, json!({ "vm": "t1" }));
+}

@@ -365,3 +365,33 @@ fn beyond_loopback_it_serves_only_over_tls() {
         "{warning}"
     );
 }
+
+/// A page of another site cannot open a terminal into a VM: the WebSocket's handshake (a GET,
+/// which needs no CSRF token) must carry the page's own Origin.
+#[test]
+fn a_terminal_opens_only_from_the_page_itself() {
+    let feather = Feather::new("web-ws");
+    feather.ok(&["create", "w", "--net", "none"]);
+    feather.ok(&["start", "w"]);
+    let server = WebServer::start(&feather);
+    let cookie = format!("Cookie: {}", server.log_in());
+    let handshake = |origin: Option<&str>| {
+        let mut headers = vec![
+            cookie.clone(),
+            "Upgrade: websocket".to_owned(),
+            "Connection: Upgrade".to_owned(),
+            "Sec-WebSocket-Version: 13".to_owned(),
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==".to_owned(),
+        ];
+        if let Some(origin) = origin {
+            headers.push(format!("Origin: {origin}"));
+        }
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        // The answer's head is enough: read what came within a moment.
+        server.request_head("GET", "/api/vms/w/terminal", &headers)
+    };
+    assert!(handshake(Some("http://attacker.example")).starts_with("HTTP/1.1 403"));
+    assert!(handshake(None).starts_with("HTTP/1.1 403"));
+    let ours = handshake(Some(&format!("http://{}", server.address)));
+    assert!(ours.starts_with("HTTP/1.1 101"), "{ours}");
+}

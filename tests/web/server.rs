@@ -95,6 +95,28 @@ impl WebServer {
         }
     }
 
+    /// The status line and headers of one request's answer, without waiting for the
+    /// connection to end (a WebSocket's stays open).
+    pub fn request_head(&self, method: &str, path: &str, headers: &[&str]) -> String {
+        let mut stream = TcpStream::connect(&self.address).unwrap();
+        let mut text = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\n", self.address);
+        for header in headers {
+            text.push_str(header);
+            text.push_str("\r\n");
+        }
+        text.push_str("\r\n");
+        stream.write_all(text.as_bytes()).unwrap();
+        stream
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut head = Vec::new();
+        let mut byte = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+            head.push(byte[0]);
+        }
+        String::from_utf8_lossy(&head).into_owned()
+    }
+
     /// Logs in with the printed token; the session cookie (`feather_session=…`).
     pub fn log_in(&self) -> String {
         let answer = self.request("GET", &format!("/login?token={}", self.token()), &[], "");

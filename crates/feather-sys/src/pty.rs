@@ -25,6 +25,28 @@ pub fn open_pair() -> Result<(PtyMaster, OwnedFd)> {
         nix::sys::stat::Mode::empty(),
     )
     .ctx("open", PTMX)?;
+    pair_of(fd)
+}
+
+/// [`open_pair`] from the devpts instance at `dev/pts` beneath `root`, a VM's root directory
+/// (its init's `/proc/PID/root`), without entering the VM's mount namespace: for a
+/// multi-threaded caller, which cannot. The walk never follows a symlink and cannot leave
+/// `root`; what it reaches must be a devpts instance's ptmx.
+pub fn open_pair_beneath(root: &impl AsFd) -> Result<(PtyMaster, OwnedFd)> {
+    let how = nix::fcntl::OpenHow::new()
+        .flags(OFlag::O_RDWR | OFlag::O_NOCTTY | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(
+            nix::fcntl::ResolveFlag::RESOLVE_IN_ROOT
+                | nix::fcntl::ResolveFlag::RESOLVE_NO_SYMLINKS
+                | nix::fcntl::ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = nix::fcntl::openat2(root.as_fd(), &PTMX[1..], how)
+        .ctx("open beneath the VM's root", PTMX)?;
+    pair_of(fd)
+}
+
+/// The master and slave of the new pseudo-terminal `fd` (a ptmx just opened) made.
+fn pair_of(fd: OwnedFd) -> Result<(PtyMaster, OwnedFd)> {
     let on_devpts = nix::sys::statfs::fstatfs(&fd)
         .is_ok_and(|fs| fs.filesystem_type() == nix::sys::statfs::DEVPTS_SUPER_MAGIC);
     if !on_devpts {

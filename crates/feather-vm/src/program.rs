@@ -13,8 +13,9 @@
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use feather_core::{Error, StateRoot, VmName, VmStatus};
-use feather_sys::process;
+use feather_sys::{process, pty};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::pty::PtyMaster;
 use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
@@ -41,60 +42,10 @@ pub fn launch(
     workload: &Workload,
     stdio: [OwnedFd; 3],
 ) -> Result<Launched> {
-    let vm = root.open(name)?;
-    let state = vm.read_state()?;
-    let (VmStatus::Running, Some(init_pid)) = (state.status, state.init_pid) else {
-        return Err(Error::NotRunning(name.to_string()).into());
-    };
-    let init = Pid::from_raw(init_pid);
-    let pidfd = process::pidfd_open(init).in_vm(name)?;
-    // The pidfd pins the process; the start time proves it is our init and not a newcomer
-    // that reused the pid.
-    if process::start_ticks(init) != state.init_start_ticks {
-        return Err(Error::NotRunning(name.to_string()).into());
-    }
-    let channel = connect_from_a_thread(init, &pidfd).map_err(|source| VmError::Command {
-        vm: name.to_string(),
-        source,
-    })?;
+    let (init, pidfd, _) = running_init(root, name)?;
     let (vm_ends, relay) =
         crate::relay::pipes().map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
-    let request = ToInit::Exec {
-        version: commands::VERSION,
-        workload: workload.clone(),
-        terminal: None,
-    };
-    let fds: Vec<i32> = vm_ends.iter().map(|fd| fd.as_raw_fd()).collect();
-    commands::send(&channel, &request, &fds).map_err(|e| {
-        failed(
-            name,
-            format!("cannot ask the VM's init to run {}: {e}", program(workload)),
-        )
-    })?;
-    // Only the program holds the VM's ends now: their end shows as the end of its stdio.
-    drop(vm_ends);
-    match commands::receive::<FromInit>(&channel) {
-        Ok(Some((FromInit::Started { .. }, _))) => {}
-        Ok(Some((FromInit::Failed { message }, _))) => return Err(failed(name, message)),
-        Ok(Some((other, _))) => {
-            return Err(failed(
-                name,
-                format!("the VM's init answered {other:?} where Started or Failed was expected"),
-            ))
-        }
-        Err(nix::errno::Errno::EBADMSG) => {
-            return Err(failed(
-                name,
-                "the VM's init answered something that is not a FromInit message (Started or Failed expected)",
-            ))
-        }
-        _ => {
-            return Err(failed(
-                name,
-                format!("the VM's init did not start {} (is the VM stopping?)", program(workload)),
-            ))
-        }
-    }
+    let channel = start(name, init, &pidfd, workload, None, Vec::from(vm_ends))?;
     let relaying = relay
         .with_caller_stdio(stdio)
         .spawn()
@@ -105,6 +56,107 @@ pub fn launch(
         relaying: Some(relaying),
         code: None,
     })
+}
+
+/// Starts `workload` in the running VM `name` on a new terminal of the VM's own devpts (as
+/// `feather exec -t`), `term` its TERM; returns it with the terminal's master, which the
+/// caller reads and writes. Safe to call from any thread: the terminal is opened beneath the
+/// VM's root (its init's `/proc/PID/root`), never by entering its mount namespace.
+pub fn launch_with_terminal(
+    root: &StateRoot,
+    name: &VmName,
+    workload: &Workload,
+    term: &str,
+) -> Result<(Launched, PtyMaster)> {
+    let (init, pidfd, ticks) = running_init(root, name)?;
+    let vm_root = std::fs::File::open(format!("/proc/{init}/root"))
+        .map_err(|e| io(name, "cannot open its init's root")(e))?;
+    // The root was opened through the pid number: it is our init's if that number still
+    // names the process of the same start time.
+    if process::start_ticks(init) != ticks {
+        return Err(Error::NotRunning(name.to_string()).into());
+    }
+    let (master, slave) = pty::open_pair_beneath(&vm_root).in_vm(name)?;
+    let channel = start(
+        name,
+        init,
+        &pidfd,
+        workload,
+        Some(term.to_owned()),
+        vec![slave],
+    )?;
+    let launched = Launched {
+        vm: name.clone(),
+        channel,
+        relaying: None,
+        code: None,
+    };
+    Ok((launched, master))
+}
+
+/// The running VM's init, pinned by a pidfd whose process is proven to be the init the VM's
+/// state names (its start time), not a newcomer that reused the pid.
+fn running_init(root: &StateRoot, name: &VmName) -> Result<(Pid, OwnedFd, Option<u64>)> {
+    let vm = root.open(name)?;
+    let state = vm.read_state()?;
+    let (VmStatus::Running, Some(init_pid)) = (state.status, state.init_pid) else {
+        return Err(Error::NotRunning(name.to_string()).into());
+    };
+    let init = Pid::from_raw(init_pid);
+    let pidfd = process::pidfd_open(init).in_vm(name)?;
+    if process::start_ticks(init) != state.init_start_ticks {
+        return Err(Error::NotRunning(name.to_string()).into());
+    }
+    Ok((init, pidfd, state.init_start_ticks))
+}
+
+/// Asks init to start `workload` on `vm_ends` (three pipe ends, or one terminal for all
+/// three); the connection on which init reports the program's end.
+fn start(
+    name: &VmName,
+    init: Pid,
+    pidfd: &OwnedFd,
+    workload: &Workload,
+    terminal: Option<String>,
+    vm_ends: Vec<OwnedFd>,
+) -> Result<OwnedFd> {
+    let channel = connect_from_a_thread(init, pidfd).map_err(|source| VmError::Command {
+        vm: name.to_string(),
+        source,
+    })?;
+    let request = ToInit::Exec {
+        version: commands::VERSION,
+        workload: workload.clone(),
+        terminal,
+    };
+    let fds: Vec<i32> = match vm_ends.as_slice() {
+        [terminal] => vec![terminal.as_raw_fd(); 3],
+        ends => ends.iter().map(|fd| fd.as_raw_fd()).collect(),
+    };
+    commands::send(&channel, &request, &fds).map_err(|e| {
+        failed(
+            name,
+            format!("cannot ask the VM's init to run {}: {e}", program(workload)),
+        )
+    })?;
+    // Only the program holds the VM's ends now: their end shows as the end of its stdio.
+    drop(vm_ends);
+    match commands::receive::<FromInit>(&channel) {
+        Ok(Some((FromInit::Started { .. }, _))) => Ok(channel),
+        Ok(Some((FromInit::Failed { message }, _))) => Err(failed(name, message)),
+        Ok(Some((other, _))) => Err(failed(
+            name,
+            format!("the VM's init answered {other:?} where Started or Failed was expected"),
+        )),
+        Err(nix::errno::Errno::EBADMSG) => Err(failed(
+            name,
+            "the VM's init answered something that is not a FromInit message (Started or Failed expected)",
+        )),
+        _ => Err(failed(
+            name,
+            format!("the VM's init did not start {} (is the VM stopping?)", program(workload)),
+        )),
+    }
 }
 
 fn program(workload: &Workload) -> &str {

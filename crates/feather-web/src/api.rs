@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::{Path, Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
@@ -52,6 +53,9 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/", get(page::index))
         .route("/app.js", get(page::script))
         .route("/app.css", get(page::style))
+        .route("/vendor/xterm.js", get(page::xterm))
+        .route("/vendor/addon-fit.js", get(page::xterm_fit))
+        .route("/vendor/xterm.css", get(page::xterm_style))
         .route("/api/session", get(session))
         .route("/api/vms", get(vms).post(create))
         .route("/api/vms/{name}", get(vm).delete(remove))
@@ -64,6 +68,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/vms/{name}/services/events", get(service_events))
         .route("/api/vms/{name}/services/{unit}/logs", get(service_logs))
         .route("/api/vms/{name}/ipc", post(check_ipc))
+        .route("/api/vms/{name}/terminal", get(terminal))
         .route("/api/vms/{name}/checkpoint", post(checkpoint))
         .route("/api/vms/{name}/restore", post(restore))
         .route("/api/vms/{name}/migrate", post(migrate))
@@ -465,6 +470,26 @@ async fn service_logs(
     });
     let stream = tokio_stream::wrappers::ReceiverStream::new(received).map(Ok);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A terminal into the VM over a WebSocket (see [`crate::terminal`]). The handshake must come
+/// from our page: its Origin is checked, since a GET needs no CSRF token.
+async fn terminal(
+    State(shared): AppState,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Result<Response, ApiError> {
+    let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
+    if !shared.sessions.is_our_origin(origin) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            crate::auth::Refusal::CrossSite.message(),
+        ));
+    }
+    let name = vm_name(&name)?;
+    let root = shared.root.clone();
+    Ok(upgrade.on_upgrade(move |socket| crate::terminal::relay(root, name, socket)))
 }
 
 /// `feather check ipc VM`, as a job: every IPC channel probed across the VM's boundary and

@@ -129,6 +129,12 @@ impl Sessions {
         Ok(())
     }
 
+    /// Whether a WebSocket's handshake comes from our page: browsers always send its Origin,
+    /// and the session cookie alone would let another site's page open one (SameSite aside).
+    pub fn is_our_origin(&self, origin: Option<&str>) -> bool {
+        origin.is_some_and(|origin| self.tls || origin == self.origin())
+    }
+
     /// The page's own origin, as a browser sends it.
     fn origin(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };

@@ -8,6 +8,7 @@
 //! - [`api`]: the JSON endpoints, each one library call
 //! - [`jobs`]: long actions (checkpoint, restore, migrate) whose steps the page follows
 //! - [`live`]: what is pushed to open pages (server-sent events), gathered once for all of them
+//! - [`terminal`]: a shell in a VM on a terminal of its own, over a WebSocket
 //! - [`page`]: the page itself (HTML, CSS, JavaScript, embedded in the binary)
 //!
 //! Everything a VM controls (process command lines, file names in a diff, audit objects)
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod jobs;
 pub mod live;
 pub mod page;
+pub mod terminal;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -8,6 +8,10 @@ use axum::response::IntoResponse;
 const INDEX: &str = include_str!("assets/index.html");
 const SCRIPT: &str = include_str!("assets/app.js");
 const STYLE: &str = include_str!("assets/app.css");
+// xterm.js for the terminal, vendored (assets/vendor/README.md).
+const XTERM: &str = include_str!("assets/vendor/xterm.js");
+const XTERM_FIT: &str = include_str!("assets/vendor/addon-fit.js");
+const XTERM_STYLE: &str = include_str!("assets/vendor/xterm.css");
 
 /// No other site may frame the page or load scripts into it; it loads only its own files.
 const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
@@ -30,11 +34,7 @@ pub async fn index() -> impl IntoResponse {
 }
 
 pub async fn script() -> impl IntoResponse {
-    (
-        SECURITY_HEADERS,
-        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
-        SCRIPT,
-    )
+    script_file(SCRIPT)
 }
 
 pub async fn style() -> impl IntoResponse {
@@ -42,5 +42,29 @@ pub async fn style() -> impl IntoResponse {
         SECURITY_HEADERS,
         [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
         STYLE,
+    )
+}
+
+pub async fn xterm() -> impl IntoResponse {
+    script_file(XTERM)
+}
+
+pub async fn xterm_fit() -> impl IntoResponse {
+    script_file(XTERM_FIT)
+}
+
+pub async fn xterm_style() -> impl IntoResponse {
+    (
+        SECURITY_HEADERS,
+        [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+        XTERM_STYLE,
+    )
+}
+
+fn script_file(text: &'static str) -> impl IntoResponse {
+    (
+        SECURITY_HEADERS,
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        text,
     )
 }

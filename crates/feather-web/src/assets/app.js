@@ -312,6 +312,10 @@ async function renderVm(name) {
         el("div", { class: "bar" }, el("h2", { id: "service-log-title" }, "Log"),
           el("button", { class: "quiet", onclick: closeLog }, "Close")),
         el("pre", { id: "service-log", class: "log" }))),
+    el("section", { class: "card" },
+      el("div", { class: "bar" }, el("h2", {}, "Terminal"),
+        el("button", { id: "open-terminal", class: "quiet", onclick: () => openTerminal(name) }, "Open a shell")),
+      el("div", { id: "terminal" })),
     el("section", { class: "card" }, el("h2", {}, "Processes"), el("div", { id: "vm-processes" }, "loading…")),
     el("section", { class: "card" },
       el("div", { class: "bar" }, el("h2", {}, "Changes on disk"),
@@ -507,6 +511,54 @@ let logFeed = null;       // the log being followed
 function closeFeeds() {
   if (serviceFeed) { serviceFeed.close(); serviceFeed = null; }
   closeLog();
+  closeTerminal();
+}
+
+// ---- a terminal into a VM -------------------------------------------------------------------
+
+let terminal = null;  // { term, socket } while a shell is open
+
+/// A shell in the VM on a terminal of its own (as `feather exec -it`), over a WebSocket:
+/// keys and output as bytes, the window's size as a small JSON text.
+function openTerminal(name) {
+  closeTerminal();
+  const holder = document.getElementById("terminal");
+  holder.replaceChildren();
+  const term = new Terminal({ cursorBlink: true, fontSize: 13, scrollback: 5000 });
+  const fit = new FitAddon.FitAddon();
+  term.loadAddon(fit);
+  term.open(holder);
+  fit.fit();
+  const scheme = location.protocol === "https:" ? "wss://" : "ws://";
+  const socket = new WebSocket(scheme + location.host + "/api/vms/" + encodeURIComponent(name) + "/terminal");
+  socket.binaryType = "arraybuffer";
+  const encoder = new TextEncoder();
+  socket.addEventListener("open", () => {
+    socket.send(JSON.stringify({ cols: term.cols, rows: term.rows }));
+    term.focus();
+  });
+  socket.addEventListener("message", (event) => {
+    if (event.data instanceof ArrayBuffer) term.write(new Uint8Array(event.data));
+  });
+  socket.addEventListener("close", (event) => {
+    term.write("\r\n[" + (event.reason || "the connection closed") + "]\r\n");
+    holder.dataset.closed = event.reason || "closed";
+  });
+  term.onData((data) => { if (socket.readyState === WebSocket.OPEN) socket.send(encoder.encode(data)); });
+  term.onResize(({ cols, rows }) => {
+    if (socket.readyState === WebSocket.OPEN) socket.send(JSON.stringify({ cols, rows }));
+  });
+  const refit = () => fit.fit();
+  window.addEventListener("resize", refit);
+  terminal = { term, socket, refit };
+}
+
+function closeTerminal() {
+  if (!terminal) return;
+  terminal.socket.close();
+  terminal.term.dispose();
+  window.removeEventListener("resize", terminal.refit);
+  terminal = null;
 }
 
 function followServices(name) {
