@@ -727,6 +727,9 @@ fn ask_rules_ask_the_terminal_that_started_the_vm() {
     assert_eq!(output.stdout, "");
     let decided = decisions(&feather, "unasked", &format!("unix:{}", socket.display()));
     assert_eq!(decided.len(), 1, "{decided:?}");
-    assert_eq!(decided[0]["detail"], "asked: no terminal started this VM");
+    assert_eq!(
+        decided[0]["detail"],
+        "asked: no terminal started this VM, and no web view of its state root is open"
+    );
     assert_eq!(decided[0]["outcome"], "denied");
 }

@@ -245,9 +245,28 @@ def terminal(tour):
     tour.text_appears("#terminal .xterm-rows", "exited with status 3")
 
 
+def ask(tour):
+    """A question of an `ask` rule answered from the page: it appears live (and in the header
+    on every page), Allow lets the request go ahead."""
+    tour.open("#/shuttle")
+    asking = subprocess.Popen(tour.args["trigger"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        tour.text_appears("#asks", tour.args["object"])
+        tour.text_appears("#asks-badge", "1 question")
+        tour.screenshot("ask")
+        tour.click('#asks button[data-answer="allow"]')
+        tour.text_appears("#asks", "None.")
+        out, err = asking.communicate(timeout=60)
+    finally:
+        if asking.poll() is None:
+            asking.kill()
+            asking.wait()
+    assert asking.returncode == 0, f"the allowed request failed ({asking.returncode}): {err!r}"
+
+
 TOURS = {"vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
          "lost_contact": lost_contact, "checkpoint": checkpoint, "services": services,
-         "ipc": ipc, "terminal": terminal}
+         "ipc": ipc, "terminal": terminal, "ask": ask}
 
 
 def main():

@@ -212,3 +212,41 @@ fn a_shell_in_the_vm_runs_in_the_page() {
     let server = WebServer::start(&feather);
     tour("terminal", &server, json!({ "vm": "t1" }));
 }
+
+/// An `ask` rule's question, for a VM started without a terminal, is answered from the page
+/// while a web view is open; the audit log says where it was answered.
+#[test]
+fn an_ask_rule_is_answered_from_the_page() {
+    let feather = Feather::new("web-ask");
+    let host = HostDir::new("web-ask");
+    let open = host.feather_open();
+    fs::create_dir_all(feather.root.join("policy.d")).unwrap();
+    fs::write(
+        feather.root.join("policy.d/10-ask.policy"),
+        "invoke viewer a b ask command=/bin/true\n",
+    )
+    .unwrap();
+    feather.ok(&["create", "a", "--net", "none"]);
+    feather.ok(&["create", "b", "--net", "none"]);
+    feather.ok(&["start", "a"]);
+    let server = WebServer::start(&feather);
+    let trigger: Vec<String> = std::iter::once(Feather::bin().to_owned())
+        .chain(
+            feather
+                .command()
+                .args(["exec", "a", "--", &open, "viewer"])
+                .get_args()
+                .map(|arg| arg.to_string_lossy().into_owned()),
+        )
+        .collect();
+    tour(
+        "ask",
+        &server,
+        json!({ "object": "viewer", "trigger": trigger }),
+    );
+    let audit = fs::read_to_string(feather.root.join("audit.log")).unwrap();
+    assert!(
+        audit.contains("asked: allowed from the web view"),
+        "the audit says where it was answered: {audit}"
+    );
+}

@@ -7,6 +7,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::ask::{self, Answer, ANSWER_WITHIN};
 use crate::audit::{Audit, Outcome};
+use crate::board::Board;
 use crate::error::PolicyError;
 use crate::policy::{Decision, Policy, Request, Rule, RuleRef, Verdict};
 
@@ -176,24 +177,19 @@ impl Gate {
 
     fn ask(&self, request: &Request, rule: &Rule) -> (bool, Option<String>) {
         let _one_at_a_time = self.asking.lock().unwrap_or_else(|e| e.into_inner());
-        match ask::ask(self.terminal.as_deref(), request, rule, ANSWER_WITHIN) {
-            Answer::Yes => (
-                true,
-                Some(format!("asked: allowed at {}", self.terminal_name())),
-            ),
-            Answer::No => (
-                false,
-                Some(format!("asked: refused at {}", self.terminal_name())),
-            ),
+        let board = Board::of(&self.root_dir);
+        let answer = ask::ask(
+            self.terminal.as_deref(),
+            &board,
+            request,
+            rule,
+            ANSWER_WITHIN,
+        );
+        match answer {
+            Answer::Yes(at) => (true, Some(format!("asked: allowed {at}"))),
+            Answer::No(at) => (false, Some(format!("asked: refused {at}"))),
             Answer::NoOne(why) => (false, Some(format!("asked: {why}"))),
         }
-    }
-
-    fn terminal_name(&self) -> String {
-        self.terminal
-            .as_deref()
-            .map(|t| t.display().to_string())
-            .unwrap_or_default()
     }
 }
 

@@ -5,7 +5,8 @@
 //! - [`policy`]: the rule files, and the decision for one request (first match wins, default
 //!   deny); [`error`]: why a policy does not load.
 //! - [`broker`]: per VM, in its keeper: opens what the policy offers the VM ([`side`]).
-//! - [`gate`]: the one door: decide, [`ask`] where the rule says so, record, then open.
+//! - [`gate`]: the one door: decide, [`ask`] where the rule says so (on the terminal, and on
+//!   the [`board`] a web view answers), record, then open.
 //! - [`audit`]: one JSON line per decision.
 //! - [`watch`]: the broker's thread: reopens the channels when the policy changes.
 //! - [`channels`]: IPC channels (unix sockets, TCP ports, D-Bus names through [`dbus`]) and
@@ -24,6 +25,7 @@
 
 pub mod ask;
 pub mod audit;
+pub mod board;
 pub mod broker;
 pub mod channels;
 pub mod dbus;

@@ -17,6 +17,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use feather_core::error::causes;
 use feather_core::{StateRoot, VmName};
+use feather_shuttle::board::Board;
 use feather_shuttle::policy::{policy_dirs, Policy};
 use feather_shuttle::view::{self, Explanation, RuleRow};
 use feather_shuttle::{Audit, Kind};
@@ -75,6 +76,7 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/api/policy", get(policy))
         .route("/api/policy/check", get(policy_check))
         .route("/api/audit", get(audit))
+        .route("/api/asks/{id}", post(answer_ask))
         .route("/api/events", get(events))
         .layer(middleware::from_fn_with_state(shared.clone(), guard));
     Router::new()
@@ -668,6 +670,28 @@ async fn policy_check(State(shared): AppState, Query(query): Query<CheckQuery>) 
 }
 
 #[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AskAnswer {
+    allow: bool,
+}
+
+/// Answers a question of an `ask` rule waiting on the board (the first answer counts: the
+/// terminal's or this one).
+async fn answer_ask(
+    State(shared): AppState,
+    Path(id): Path<String>,
+    Json(answer): Json<AskAnswer>,
+) -> Answer {
+    blocking(move || {
+        Board::of(shared.root.dir())
+            .answer(&id, answer.allow)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, causes(&e)))?;
+        Ok(Json(json!({ "answered": id, "allow": answer.allow })))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
 struct AuditQuery {
     #[serde(default = "AuditQuery::default_lines")]
     lines: usize,
@@ -704,10 +728,13 @@ async fn events(State(shared): AppState) -> Sse<impl Stream<Item = Result<Event,
             .ok()
             .map(|json| Event::default().event("audit").data(json.as_str()))
     });
+    let asks = WatchStream::new(shared.live.asks())
+        .map(|json| Event::default().event("asks").data(json.as_str()));
     let jobs = BroadcastStream::new(shared.jobs.feed()).filter_map(|event| {
         event
             .ok()
             .map(|json| Event::default().event("job").data(json.as_str()))
     });
-    Sse::new(table.merge(audit).merge(jobs).map(Ok)).keep_alive(KeepAlive::default())
+    let events = table.merge(audit).merge(jobs).merge(asks);
+    Sse::new(events.map(Ok)).keep_alive(KeepAlive::default())
 }

@@ -72,6 +72,12 @@ pub enum WebError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot mark the board of questions {} as watched", .path.display())]
+    Board {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot make a session token from the kernel's random source")]
     Random(#[source] getrandom::Error),
     #[error("cannot start the web server's runtime")]
@@ -118,6 +124,14 @@ pub fn serve(root: StateRoot, options: &Options, ready: impl FnOnce(&str)) -> Re
             sessions,
             jobs: jobs::Jobs::new(),
         });
+        // While it serves, questions of `ask` rules wait on its board too (not only on the
+        // terminal that started the source VM).
+        let _watching = feather_shuttle::board::Board::of(state.root.dir())
+            .watch()
+            .map_err(|source| WebError::Board {
+                path: state.root.dir().join("asks"),
+                source,
+            })?;
         let app = api::router(state);
         match &options.tls {
             None => {

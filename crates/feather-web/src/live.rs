@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use feather_core::{StateRoot, VmName};
+use feather_shuttle::board::Board;
 use feather_shuttle::Audit;
 use feather_svc::manager::client_protocol::Ask;
 use feather_svc::manager::protocol::Response;
@@ -31,6 +32,8 @@ pub struct Live {
     root: StateRoot,
     table: watch::Sender<Arc<Table>>,
     audit: broadcast::Sender<Arc<String>>,
+    /// The questions of `ask` rules waiting on the board, as JSON.
+    asks: watch::Sender<Arc<String>>,
     /// Per VM whose page is open: its services, read by one gatherer for all its viewers.
     services: Mutex<HashMap<VmName, watch::Sender<Arc<String>>>>,
 }
@@ -43,10 +46,13 @@ impl Live {
         let (audit, _) = broadcast::channel(256);
         tokio::spawn(gather_table(root.clone(), table.clone()));
         tokio::spawn(follow_audit(root.clone(), audit.clone()));
+        let (asks, _) = watch::channel(Arc::new("[]".to_owned()));
+        tokio::spawn(follow_board(root.clone(), asks.clone()));
         Live {
             root,
             table,
             audit,
+            asks,
             services: Mutex::new(HashMap::new()),
         }
     }
@@ -74,6 +80,10 @@ impl Live {
 
     pub fn audit(&self) -> broadcast::Receiver<Arc<String>> {
         self.audit.subscribe()
+    }
+
+    pub fn asks(&self) -> watch::Receiver<Arc<String>> {
+        self.asks.subscribe()
     }
 }
 
@@ -134,6 +144,25 @@ async fn gather_services(root: StateRoot, name: VmName, services: watch::Sender<
             continue;
         };
         services.send_if_modified(|current| {
+            let changed = **current != json;
+            if changed {
+                *current = Arc::new(json);
+            }
+            changed
+        });
+    }
+}
+
+/// How often the board of `ask` questions is looked at (a question waits 60 s at most).
+const BOARD_EVERY: Duration = Duration::from_millis(300);
+
+async fn follow_board(root: StateRoot, asks: watch::Sender<Arc<String>>) {
+    let board = Board::of(root.dir());
+    let mut every = tokio::time::interval(BOARD_EVERY);
+    loop {
+        every.tick().await;
+        let json = serde_json::to_string(&board.pending()).unwrap_or_else(|_| "[]".into());
+        asks.send_if_modified(|current| {
             let changed = **current != json;
             if changed {
                 *current = Arc::new(json);

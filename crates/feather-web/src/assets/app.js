@@ -10,6 +10,7 @@ const state = {
   lastContact: null,  // when the live feed last spoke
   connected: false,
   jobs: {},           // long actions by id, as their events arrived
+  asks: [],           // questions of `ask` rules waiting for an answer
 };
 
 // ---- small helpers -------------------------------------------------------------------------
@@ -126,6 +127,11 @@ function connect() {
     touch();
     state.audit.push(JSON.parse(event.data));
     if (route().view === "shuttle") renderAudit();
+  });
+  feed.addEventListener("asks", (event) => {
+    touch();
+    state.asks = JSON.parse(event.data);
+    renderAsks();
   });
   feed.addEventListener("job", (event) => {
     touch();
@@ -641,6 +647,7 @@ async function renderShuttle() {
   const main = document.getElementById("main");
   main.replaceChildren(
     el("section", { class: "bar" }, el("h1", {}, "Shuttle")),
+    el("section", { class: "card", id: "asks-card" }, el("h2", {}, "Questions waiting"), el("div", { id: "asks" })),
     el("section", { class: "card" }, el("h2", {}, "Rules in force, in order"), el("div", { id: "rules" }, "loading…")),
     el("section", { class: "card" }, el("h2", {}, "Which rule decides?"), checkForm(), el("div", { id: "check-result" })),
     el("section", { class: "card" },
@@ -661,12 +668,38 @@ async function renderShuttle() {
   } catch (e) {
     document.getElementById("rules").replaceChildren(el("p", { class: "error" }, e.message));
   }
+  renderAsks();
   try {
     state.audit = (await api("GET", "/api/audit?lines=500")).entries;
   } catch (e) {
     notice(e.message, "error");
   }
   renderAudit();
+}
+
+/// The questions of `ask` rules: a badge in the header on every page, and on the Shuttle
+/// page each with Allow and Deny (the first answer counts, here or on the VM's terminal).
+function renderAsks() {
+  const badgeNode = document.getElementById("asks-badge");
+  badgeNode.hidden = state.asks.length === 0;
+  badgeNode.textContent = state.asks.length + (state.asks.length === 1 ? " question" : " questions");
+  const holder = document.getElementById("asks");
+  if (!holder) return;
+  if (state.asks.length === 0) {
+    holder.replaceChildren(el("p", { class: "quiet" }, "None. An ask rule's question appears here while this page is open, as well as on the terminal that started the VM."));
+    return;
+  }
+  holder.replaceChildren(el("ul", { class: "asks" }, state.asks.map((q) => el("li", { "data-ask": q.id },
+    el("p", {}, el("strong", {}, q.source), " asks for ", q.kind, " ", el("span", { class: "object" }, q.object),
+      " of ", el("strong", {}, q.target), el("span", { class: "quiet" }, " (rule " + q.rule + ", until " +
+        new Date(q.until * 1000).toLocaleTimeString() + ")")),
+    el("span", { class: "actions" },
+      el("button", { "data-answer": "allow", onclick: (e) => answerAsk(e.target, q.id, true) }, "Allow"),
+      el("button", { class: "danger", "data-answer": "deny", onclick: (e) => answerAsk(e.target, q.id, false) }, "Deny"))))));
+}
+
+async function answerAsk(button, id, allow) {
+  await act(button, allow ? "Allowed" : "Denied", () => api("POST", "/api/asks/" + encodeURIComponent(id), { allow }));
 }
 
 function checkForm() {
