@@ -469,7 +469,7 @@ class Bench:
         self.work.chmod(0o755)
         self.scratch = self.work / "scratch"  # visible inside VMs (lower layer)
         self.scratch.mkdir(mode=0o755)
-        self.feather = Feather(REPO / "target" / "release" / "feather", self.work / "root")
+        self.feather = Feather(target_dir() / "release" / "feather", self.work / "root")
         FEATHER_PREFIX[:] = self.feather.cmd()
         WORK_DIR[:] = [str(self.work)]
         self.floor = self.work / "floor"
@@ -609,6 +609,11 @@ def install_peers(bench: Bench) -> None:
                     bench.installed[package] = f"not installed: {why(result)}"
     for package in PACKAGES:
         bench.installed.setdefault(package, version(package) or "not installed")
+
+
+def target_dir() -> Path:
+    """Where cargo puts the build: CARGO_TARGET_DIR when set, as cargo itself does."""
+    return Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target")
 
 
 def build(bench: Bench) -> None:
@@ -762,6 +767,8 @@ def compare_start(bench: Bench) -> None:
     # Like the peers (bwrap's and podman's namespaces hold only loopback), feather gets no network
     # here; what its own network (--net private, the default) costs is section 6.
     candidates.append(("feather run --rm", f.cmd("run", "--rm", "--net", "none", "--", "/bin/true")))
+    # The command a user types: the default network, a private one (issue 15's first row).
+    candidates.append(("feather run --rm, default network (private)", f.cmd("run", "--rm", "--", "/bin/true")))
     # The same two with every file they make on a tmpfs: what the disk costs them (see the note).
     memory_fs = bench.work / "tmpfs"
     memory_fs.mkdir()
@@ -787,6 +794,7 @@ def compare_start(bench: Bench) -> None:
              times(s.median / floor.median) if floor else "—"]
         )  # fmt: skip
     feather = stats.get("feather run --rm")
+    default = stats.get("feather run --rm, default network (private)")
     parts = [
         "Time from exec of the command until it has exited, for a command that does nothing: the "
         "cost of making (and removing) the sandbox. hyperfine without a shell, "
@@ -842,7 +850,63 @@ def compare_start(bench: Bench) -> None:
             f"{secs(feather.median)} vs {secs(floor.median)}: {times(feather.median / floor.median)}",
             None,
         )
+    if default and bwrap:
+        ratio = default.median / bwrap.median
+        bench.report.target(
+            "start: `feather run --rm -- /bin/true`, default network (private)",
+            f"median ≤ {START_TARGET}× `bwrap --unshare-all`",
+            f"{secs(default.median)} vs {secs(bwrap.median)}: {times(ratio)}",
+            ratio <= START_TARGET,
+        )
+    parts += phase_breakdown(bench)
     bench.report.add("1. Start", *parts)
+
+
+# What `FEATHER_TRACE=phases` prints: "feather-trace: <phase> <milliseconds> ms".
+TRACE_LINE = re.compile(r"^feather-trace: (.+) (\d+(?:\.\d+)?) ms$")
+
+
+def traced_phases(argv: list[str]) -> tuple[float, list[tuple[str, float]]]:
+    """Runs `argv` once with feather's phase timings on; its wall time and its phases (seconds)."""
+    env = dict(os.environ, FEATHER_TRACE="phases")
+    elapsed, result = timed(argv, env=env)
+    phases = []
+    for line in result.stderr.splitlines():
+        match = TRACE_LINE.match(line)
+        if match:
+            phases.append((match.group(1), float(match.group(2)) / 1000))
+    return elapsed, phases
+
+
+def phase_breakdown(bench: Bench) -> list[str]:
+    """Where the time of the default `feather run --rm -- /bin/true` goes, phase by phase."""
+    runs = max(10, bench.plan.runs // 3)
+    argv = bench.feather.cmd("run", "--rm", "--", "/bin/true")
+    walls: list[float] = []
+    by_phase: dict[str, list[float]] = {}
+    for _ in range(runs):
+        wall, phases = traced_phases(argv)
+        walls.append(wall)
+        for name, took in phases:
+            by_phase.setdefault(name, []).append(took)
+    if not by_phase:
+        return ["No phase timings: this feather prints none (`FEATHER_TRACE=phases`)."]
+    wall = statistics.median(walls)
+    rows = [
+        [name, secs(statistics.median(values)), f"{100 * statistics.median(values) / wall:.0f}%",
+         secs(max(values))]
+        for name, values in by_phase.items()
+    ]  # fmt: skip
+    traced = sum(statistics.median(values) for values in by_phase.values())
+    rows.append(["before the first phase and after the last (exec, exit)", secs(max(0.0, wall - traced)), "", ""])
+    rows.append(["**whole run (wall clock)**", secs(wall), "100%", secs(max(walls))])
+    return [
+        f"Where the time of the default `feather run --rm -- /bin/true` goes: {runs} runs with "
+        "`FEATHER_TRACE=phases`, which makes feather print each phase's duration to stderr (each "
+        "phase is the time since the previous one). Medians per phase; their sum need not equal "
+        "the median of the whole. Phases after \"run the command\" are the teardown.",
+        table(["phase", "median", "share of the whole", "max"], rows),
+    ]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,6 +23,7 @@ use feather_core::atomic::Durability;
 use feather_core::error::causes;
 use feather_core::error::IoContext;
 use feather_core::state::now;
+use feather_core::trace;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
 use feather_shuttle::Peers;
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
@@ -133,6 +134,7 @@ impl Keeper {
         )
         .inspect_err(|_| remove_leftovers(vm, &config))
         .in_vm(&name)?;
+        trace::phase("prepare the network (/etc files, ports)");
         let hidden = hiding::state_folders(root);
         let plan = InitPlan {
             rootfs: RootfsPlan {
@@ -160,8 +162,10 @@ impl Keeper {
             attached,
             seccomp: seccomp_profile(&config),
         };
+        trace::phase("plan the root (layers, hidden folders)");
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
+            trace::phase("create the cgroup");
         }
         let booted =
             start_init(&name, cgroup.as_ref(), &network, plan, stdio).and_then(|started| {
@@ -201,8 +205,10 @@ impl Keeper {
             init_waits: Some(init_waits),
         };
         keeper.record_running()?;
+        trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
         keeper.hide_state_folders(root, &hidden);
+        trace::phase("hide late state folders");
         Ok(keeper)
     }
 
@@ -413,6 +419,7 @@ impl Keeper {
             }
             phase = self.act(decide::on_time(phase, Instant::now()));
         };
+        trace::phase("run the command");
         let ended = decide::ended(status, foreground);
         self.tear_down(&ended.how);
         // Everything is cleaned up: the VM may be started again before this process has exited,
@@ -513,9 +520,12 @@ impl Keeper {
             if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
                 eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
             }
+            trace::phase("teardown: remove the cgroup");
         }
         self.network.detach();
+        trace::phase("teardown: start the network's removal");
         let _ = fs::remove_dir_all(self.vm.run_dir());
+        trace::phase("teardown: remove the run folder");
         if self.config.ephemeral {
             self.network.release(&self.config.id);
             // <root>/vms/<name>: the VM's state root is two folders up.
@@ -523,8 +533,11 @@ impl Keeper {
             if let (Some(disk), Some(root)) = (self.config.limits.disk, root) {
                 crate::disk::release(root, &self.vm, disk);
             }
+            trace::phase("teardown: return the lease");
             let _ = fs::remove_dir_all(self.vm.path());
+            trace::phase("teardown: remove the VM's folder");
             self.network.wait();
+            trace::phase("teardown: wait for the network's removal");
             return;
         }
         let mut state = self.vm.read_state().unwrap_or_else(|_| VmState::created());
@@ -610,6 +623,7 @@ fn start_init(
     if !plan.rootfs.network.own_namespace {
         namespaces -= nix::sched::CloneFlags::CLONE_NEWNET;
     }
+    trace::phase("before the clone");
     let init = match process::fork_into(namespaces).in_vm(name)? {
         Forked::Child => {
             drop(ours);
@@ -630,10 +644,12 @@ fn start_init(
     // Only init holds the VM's ends now: their end is the end of everything in the VM.
     drop(stdio);
     drop(theirs);
+    trace::phase("clone init into new namespaces");
     let mut boot = || -> Result<()> {
         if let Some(cgroup) = cgroup {
             cgroup.add(init.pid).in_vm(name)?;
             cgroup.restrict_devices().in_vm(name)?;
+            trace::phase("move init into the cgroup");
         }
         boot::send(&mut ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
         // The host side of the VM's network is built while init assembles the VM's root.
@@ -651,10 +667,13 @@ fn start_init(
                 },
             );
         }
+        trace::phase("attach the network (host side)");
         boot::send(&mut ours, &ToInit::NetworkReady).map_err(io(name, "init did not start"))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
             .map_err(io(name, "init's socket"))?;
-        match boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)") {
+        let report = boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)");
+        trace::phase("wait for init to assemble the root");
+        match report {
             Ok(InitReport::Ready) => Ok(()),
             Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
             Err(boot::BootError::Closed { .. }) => Err(failed(

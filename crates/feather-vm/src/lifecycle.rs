@@ -11,6 +11,7 @@ use std::time::Duration;
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
 use feather_core::state::now;
+use feather_core::trace;
 use feather_core::{
     Error, Limits, NetworkConfig, StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus,
 };
@@ -320,6 +321,7 @@ pub fn run_ephemeral(
     let (ends, relay) =
         crate::relay::pipes().map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
     let vm = create(root, name, &options)?;
+    trace::phase("create the VM's folder and lease");
     let mut keeper = match Keeper::boot(root, &vm, Some(workload), Some(ends)) {
         Ok(keeper) => keeper,
         Err(e) => {
@@ -334,10 +336,12 @@ pub fn run_ephemeral(
     // must come from a single-threaded process).
     let relaying = relay.spawn().map_err(io(name, "cannot relay stdio"));
     keeper.begin(root, starting_terminal(), peers);
+    trace::phase("open the broker, start the command");
     let ended = keeper.serve(true);
     if let Ok(relaying) = relaying {
         relaying.finish();
     }
+    trace::phase("finish relaying stdio");
     Ok(ended?.code)
 }
 

@@ -27,9 +27,13 @@ use cli::{CheckCommand, Cli, Command, CreateArgs, ProcessArgs, RunArgs};
 const EXIT_FEATHER_FAILED_RUN: u8 = 125;
 
 fn main() -> ExitCode {
+    feather_core::trace::begin();
     let cli = Cli::parse_from(arguments());
+    feather_core::trace::phase("parse the command line");
     let runs_a_command = matches!(cli.command, Command::Run(_) | Command::Exec { .. });
-    match dispatch(cli) {
+    let result = dispatch(cli);
+    feather_core::trace::phase("finish the command");
+    match result {
         Ok(code) => code,
         Err(e) => {
             // An error may quote a VM's path or text: each line is escaped for the terminal.
@@ -156,6 +160,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     if !inside_a_vm {
         open_root(&root)?;
+        feather_core::trace::phase("open the state root");
     }
     match cli.command {
         Command::Create {
