@@ -273,6 +273,48 @@ pub fn recover(vm: &VmDir) -> Result<()> {
     Ok(())
 }
 
+/// Finishes the teardowns of throw-away VMs that were set aside when their command ended (see
+/// `Keeper::hand_off`). One whose lock is free was left half-way by a child that died: it is
+/// finished here. One still under way is waited for when `wait` (every command but `run --rm`,
+/// so that nothing feather shows or counts includes a teardown under way), else left to its
+/// child.
+pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
+    for aside in root.set_aside_vms() {
+        let lock = if wait {
+            aside.await_keeper().ok()
+        } else {
+            aside.lock_keeper().ok().flatten()
+        };
+        // Done meanwhile, by its child: nothing is left to do.
+        if lock.is_some() && aside.path().exists() {
+            finish_throw_away(root, &aside);
+        }
+    }
+}
+
+/// In the process a foreground `run --rm` handed its teardown to (see `Keeper::hand_off`),
+/// which holds the VM's keeper lock: finishes the VM set aside as `folder`.
+pub fn finish_handed_off(root: &StateRoot, folder: &str) {
+    let aside = root
+        .set_aside_vms()
+        .into_iter()
+        .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
+    if let Some(aside) = aside {
+        finish_throw_away(root, &aside);
+    }
+}
+
+/// Removes what a throw-away VM that is set aside still holds: leftovers of its network and
+/// cgroup, its lease, its folders.
+fn finish_throw_away(root: &StateRoot, aside: &VmDir) {
+    if let Ok(config) = aside.read_config() {
+        keeper::remove_leftovers(aside, &config);
+        let _ = feather_net::release(root.dir(), &config.id, &config.network);
+    }
+    let _ = fs::remove_dir_all(aside.run_dir());
+    let _ = fs::remove_dir_all(aside.path());
+}
+
 /// Removes a VM and its layer. A running VM is refused unless `force`, which stops it first.
 pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     let vm = root.open(name)?;

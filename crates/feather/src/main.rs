@@ -160,6 +160,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     );
     if !inside_a_vm {
         open_root(&root)?;
+        // A throw-away run does not wait for the teardowns of the runs before it.
+        let throw_away = matches!(&cli.command, Command::Run(args) if args.rm);
+        lifecycle::settle_throw_aways(&root, !throw_away);
         feather_core::trace::phase("open the state root");
     }
     match cli.command {
