@@ -146,3 +146,39 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
         "its lease is returned"
     );
 }
+
+/// The state a teardown's child killed while the root's bridge lingers leaves (see
+/// feather_net::linger): the bridge and tables with no VM on them, and the linger lock's file
+/// with no one holding it. The next feather command removes them.
+#[test]
+fn a_lingering_bridge_whose_process_died_is_removed_by_the_next_command() {
+    let feather = Feather::new("linger-crash");
+    let base = crate::support::ScratchBase::new("linger-crash");
+    feather.ok(&["create", "vm", "--base", base.as_str()]);
+    feather.ok(&["start", "vm"]);
+    let bridge = feather.inspect("vm")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let init = pid_of(&feather, "vm", "init_pid");
+    kill(pid_of(&feather, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    feather.eventually("its veth is gone with its namespace", || {
+        crate::support::HostTraces::of(&feather.root, Some(&bridge))
+            .links
+            .iter()
+            .all(|link| !link.contains("master"))
+    });
+    let lock = feather.root.join("network-linger.lock");
+    std::fs::write(&lock, b"").unwrap();
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert!(!traces.nft_tables.is_empty(), "{traces:?}");
+
+    feather.ok(&["ls"]);
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert!(
+        traces.links.is_empty() && traces.nft_tables.is_empty(),
+        "left on the host: {traces:?}"
+    );
+    assert!(!lock.exists());
+}

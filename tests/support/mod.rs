@@ -738,7 +738,7 @@ impl HostTraces {
                     .collect(),
                 lines("nft", &["list", "tables"])
                     .into_iter()
-                    .filter(|l| l.ends_with(&format!(" {bridge}")))
+                    .filter(|l| l.contains(bridge))
                     .collect(),
             ),
             None => (Vec::new(), Vec::new()),

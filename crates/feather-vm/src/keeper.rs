@@ -687,6 +687,20 @@ fn limits_of(config: &VmConfig) -> Limits {
 /// it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
 /// namespace, which the kernel dropped with its last process.
 pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
+    remove_leftovers_with(vm, config, feather_net::remove_leftovers);
+}
+
+/// Like [`remove_leftovers`], for a throw-away VM whose teardown was handed over: the root's
+/// bridge and tables stay for a moment even after its last VM (see `feather_net::linger`).
+pub fn remove_throw_away_leftovers(vm: &VmDir, config: &VmConfig) {
+    remove_leftovers_with(vm, config, feather_net::remove_leftovers_keeping_bridge);
+}
+
+fn remove_leftovers_with(
+    vm: &VmDir,
+    config: &VmConfig,
+    network: fn(&std::path::Path, &std::path::Path, &str, &feather_core::NetworkConfig),
+) {
     let cgroup = cgroup_path(config);
     if cgroup.exists() {
         cgroup.kill_all();
@@ -694,7 +708,7 @@ pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
     }
     // <root>/vms/<name>: the VM's state root is two folders up.
     if let Some(root) = vm.path().parent().and_then(|vms| vms.parent()) {
-        feather_net::remove_leftovers(root, vm.run_dir(), &config.id, &config.network);
+        network(root, vm.run_dir(), &config.id, &config.network);
     }
     let _ = fs::remove_dir_all(vm.run_dir());
 }

@@ -287,9 +287,10 @@ pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
         };
         // Done meanwhile, by its child: nothing is left to do.
         if lock.is_some() && aside.path().exists() {
-            finish_throw_away(root, &aside);
+            finish_throw_away(root, &aside, keeper::remove_leftovers);
         }
     }
+    feather_net::linger::settle(root.dir(), wait);
 }
 
 /// In the process a foreground `run --rm` handed its teardown to (see `Keeper::hand_off`),
@@ -300,19 +301,26 @@ pub fn finish_handed_off(root: &StateRoot, folder: &str) {
         .into_iter()
         .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
     if let Some(aside) = aside {
-        finish_throw_away(root, &aside);
+        let private = finish_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
+        // The VM is gone; the root's bridge and tables wait a moment for the next one.
+        if private {
+            feather_net::linger::hold(root.dir());
+        }
     }
 }
 
 /// Removes what a throw-away VM that is set aside still holds: leftovers of its network and
-/// cgroup, its lease, its folders.
-fn finish_throw_away(root: &StateRoot, aside: &VmDir) {
+/// cgroup (by `leftovers`), its lease, its folders. Whether it had a private network.
+fn finish_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmConfig)) -> bool {
+    let mut private = false;
     if let Ok(config) = aside.read_config() {
-        keeper::remove_leftovers(aside, &config);
+        leftovers(aside, &config);
         let _ = feather_net::release(root.dir(), &config.id, &config.network);
+        private = config.network.mode == feather_core::NetMode::Private;
     }
     let _ = fs::remove_dir_all(aside.run_dir());
     let _ = fs::remove_dir_all(aside.path());
+    private
 }
 
 /// Removes a VM and its layer. A running VM is refused unless `force`, which stops it first.
