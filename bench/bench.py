@@ -829,7 +829,7 @@ def compare_start(bench: Bench) -> None:
             + (f" feather / floor: {times(feather.median / floor.median)}." if floor else "")
         )
         bench.report.target(
-            "start: `feather run --rm -- /bin/true`",
+            "start: `feather run --rm --net none -- /bin/true`",
             f"median ≤ {START_TARGET}× `bwrap --unshare-all`",
             f"{secs(feather.median)} vs {secs(bwrap.median)}: {times(ratio)}",
             ratio <= START_TARGET,
@@ -853,7 +853,7 @@ def compare_start(bench: Bench) -> None:
     if default and bwrap:
         ratio = default.median / bwrap.median
         bench.report.target(
-            "start: `feather run --rm -- /bin/true`, default network (private)",
+            "start: `feather run --rm -- /bin/true`",
             f"median ≤ {START_TARGET}× `bwrap --unshare-all`",
             f"{secs(default.median)} vs {secs(bwrap.median)}: {times(ratio)}",
             ratio <= START_TARGET,

@@ -500,7 +500,13 @@ fn clean_up(
     egress: bool,
     keep_bridge: bool,
 ) -> Option<JoinHandle<()>> {
-    let lock = network.lock().ok()?;
+    // With `keep_bridge` the root's lock guards nothing here (the veth and chains are this VM's
+    // alone, and the bridge stays): a VM starting meanwhile need not wait for the kernel.
+    let lock = if keep_bridge {
+        None
+    } else {
+        Some(network.lock().ok()?)
+    };
     let mut netlink = Netlink::open().ok()?;
     let network = network.clone();
     let host_end = host_end.to_owned();

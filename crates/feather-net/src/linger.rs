@@ -23,17 +23,19 @@ pub const LINGER: Duration = Duration::from_millis(150);
 const LOCK_FILE: &str = "network-linger.lock";
 
 /// Waits [`LINGER`], holding the root's linger lock, then removes the root's bridge and tables
-/// unless a VM uses them. Another process lingering already will do the same after its wait.
+/// unless a VM uses them. When another process lingers already, its look at the bridge may
+/// come before this VM's port was gone: this one looks again after it, without waiting more.
 pub fn hold(root_dir: &Path) {
     let path = root_dir.join(LOCK_FILE);
     let Ok(file) = open(&path) else {
         remove_if_unused(root_dir);
         return;
     };
-    if file.try_lock().is_err() {
+    if file.try_lock().is_ok() {
+        std::thread::sleep(LINGER);
+    } else if file.lock().is_err() {
         return;
     }
-    std::thread::sleep(LINGER);
     remove_if_unused(root_dir);
     let_go(&path, file);
 }
