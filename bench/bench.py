@@ -1613,10 +1613,11 @@ def compare_network_namespace(bench: Bench) -> None:
         f"A network namespace adds {secs(cost_unshare)} to unshare's median and {secs(cost_floor)} "
         f"to the floor's on this kernel. A throw-away feather VM's median: {secs(none)} with "
         f"`--net none`, {secs(beside)} with `--net private` beside a running VM, {secs(alone)} as "
-        "the root's only VM. Most of the difference is at the end (the kernel deleting the veth "
-        "and the namespace, waiting for RCU grace periods) and, for the only VM, the `nft` runs "
-        "that make and remove the root's tables; the start itself gains about 3 ms "
-        "(docs/network.md).",
+        "the root's only VM. The slow end of a private network (the kernel deleting the veth "
+        "and the namespace, waiting for RCU grace periods) is no longer waited for: `run --rm` "
+        "reports the exit status and hands that teardown to a process of its own, and the "
+        "root's bridge and tables linger 150 ms for the next throw-away VM instead of being "
+        "removed and made again by `nft` on every run (docs/network.md).",
         "Service start-to-ready against a direct start is measured by `cargo bench -p feather "
         "--bench services` (bench/README.md); the service manager's memory is in 3e. IPC "
         "hardening's share of the start time is not measured yet.",
