@@ -77,3 +77,108 @@ fn rm_of_a_crashed_vm_leaves_no_cgroup_socket_or_state() {
         "no mount of this root on the host"
     );
 }
+
+/// The state a throw-away VM's teardown child leaves when it is killed before its first step:
+/// the VM's processes gone, its folders set aside (renamed `.removing-<name>-<id>`), its
+/// network, lease and run folder all still there. The next feather command finishes it.
+#[test]
+fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_command() {
+    let feather = Feather::new("teardown-crash");
+    let base = crate::support::ScratchBase::new("teardown-crash");
+    let mut run = feather
+        .command()
+        .args([
+            "run",
+            "--rm",
+            "--base",
+            base.as_str(),
+            "tmp",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    feather.eventually("the throw-away VM runs", || {
+        feather
+            .run(&["inspect", "tmp"])
+            .stdout
+            .contains("\"running\"")
+    });
+    let info = feather.inspect("tmp");
+    let id = info["config"]["id"].as_str().unwrap().to_owned();
+    let bridge = info["network"]["bridge"].as_str().unwrap().to_owned();
+    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = run.wait();
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    let aside = format!(".removing-tmp-{id}");
+    for folder in ["vms", "run"] {
+        let dir = feather.root.join(folder);
+        std::fs::rename(dir.join("tmp"), dir.join(&aside)).unwrap();
+    }
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    // The veth may have gone with the VM's namespace; the bridge and the rules stay.
+    assert!(
+        !traces.nft_tables.is_empty() && traces.links.iter().any(|l| l.contains(&bridge)),
+        "the root's network is still there before the next command: {traces:?}"
+    );
+
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert_eq!(
+        traces,
+        crate::support::HostTraces::default(),
+        "left on the host"
+    );
+    for folder in ["vms", "run"] {
+        let left: Vec<_> = std::fs::read_dir(feather.root.join(folder))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left in {folder}: {left:?}");
+    }
+    assert!(
+        std::fs::read_dir(feather.root.join("network-leases"))
+            .map_or(true, |mut leases| leases.next().is_none()),
+        "its lease is returned"
+    );
+}
+
+/// The state a teardown's child killed while the root's bridge lingers leaves (see
+/// feather_net::linger): the bridge and tables with no VM on them, and the linger lock's file
+/// with no one holding it. The next feather command removes them.
+#[test]
+fn a_lingering_bridge_whose_process_died_is_removed_by_the_next_command() {
+    let feather = Feather::new("linger-crash");
+    let base = crate::support::ScratchBase::new("linger-crash");
+    feather.ok(&["create", "vm", "--base", base.as_str()]);
+    feather.ok(&["start", "vm"]);
+    let bridge = feather.inspect("vm")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let init = pid_of(&feather, "vm", "init_pid");
+    kill(pid_of(&feather, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    feather.eventually("its veth is gone with its namespace", || {
+        crate::support::HostTraces::of(&feather.root, Some(&bridge))
+            .links
+            .iter()
+            .all(|link| !link.contains("master"))
+    });
+    let lock = feather.root.join("network-linger.lock");
+    std::fs::write(&lock, b"").unwrap();
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert!(!traces.nft_tables.is_empty(), "{traces:?}");
+
+    feather.ok(&["ls"]);
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert!(
+        traces.links.is_empty() && traces.nft_tables.is_empty(),
+        "left on the host: {traces:?}"
+    );
+    assert!(!lock.exists());
+}

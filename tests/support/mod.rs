@@ -172,6 +172,11 @@ impl Feather {
 
 impl Drop for Feather {
     fn drop(&mut self) {
+        // Any feather command but `run --rm` waits for throw-away VMs' teardowns under way
+        // (and finishes one a crash cut short) before the root goes.
+        if self.root.join("vms").exists() {
+            let _ = self.run(&["ls"]);
+        }
         for vm in self.vm_names() {
             let removed = self.run(&["rm", "--force", &vm]).code == 0;
             if !removed {
@@ -681,4 +686,99 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
         .next()
         .unwrap_or_default()
         .to_owned()
+}
+
+/// What of a state root is on the host outside its folder, for leak counts: its processes
+/// (keepers, inits, teardown children: their command lines name the root), the host's mounts
+/// that name it, its bridge's links and its nftables tables (named after the bridge).
+#[derive(Debug, Default, PartialEq)]
+pub struct HostTraces {
+    pub processes: Vec<i32>,
+    pub mounts: Vec<String>,
+    pub links: Vec<String>,
+    pub nft_tables: Vec<String>,
+}
+
+impl HostTraces {
+    /// The traces of the root at `root` whose bridge (if it has had one) is `bridge`.
+    pub fn of(root: &Path, bridge: Option<&str>) -> HostTraces {
+        let root_text = root.to_string_lossy().into_owned();
+        let processes = fs::read_dir("/proc")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|pid| *pid != std::process::id() as i32)
+            .filter(|pid| {
+                fs::read(format!("/proc/{pid}/cmdline"))
+                    .is_ok_and(|c| String::from_utf8_lossy(&c).contains(&root_text))
+            })
+            .collect();
+        let mounts = fs::read_to_string("/proc/self/mountinfo")
+            .unwrap_or_default()
+            .lines()
+            .filter(|line| line.contains(&root_text))
+            .map(str::to_owned)
+            .collect();
+        let lines = |program: &str, args: &[&str]| -> Vec<String> {
+            let out = Command::new(program).args(args).output().unwrap();
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(str::to_owned)
+                .collect()
+        };
+        let (links, nft_tables) = match bridge {
+            Some(bridge) => (
+                lines("ip", &["-o", "link"])
+                    .into_iter()
+                    .filter(|l| {
+                        l.contains(&format!(" {bridge}:"))
+                            || l.contains(&format!("master {bridge} "))
+                    })
+                    .collect(),
+                lines("nft", &["list", "tables"])
+                    .into_iter()
+                    .filter(|l| l.contains(bridge))
+                    .collect(),
+            ),
+            None => (Vec::new(), Vec::new()),
+        };
+        HostTraces {
+            processes,
+            mounts,
+            links,
+            nft_tables,
+        }
+    }
+}
+
+/// The host's interface indexes now (`ip -o link`: "INDEX: NAME…").
+pub fn host_link_indexes() -> Vec<u32> {
+    let out = Command::new("ip").args(["-o", "link"]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split(':').next()?.trim().parse().ok())
+        .collect()
+}
+
+/// The cgroup folders of feather VMs on this host, in every hierarchy.
+pub fn feather_cgroups() -> Vec<PathBuf> {
+    fs::read_dir("/sys/fs/cgroup")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .flat_map(|hierarchy| {
+            fs::read_dir(hierarchy.path().join("feather"))
+                .into_iter()
+                .flatten()
+                .flatten()
+        })
+        .map(|group| group.path())
+        .filter(|path| path.is_dir())
+        .collect()
+}
+
+/// Whether a cgroup holds no process.
+pub fn cgroup_is_empty(path: &Path) -> bool {
+    fs::read_to_string(path.join("cgroup.procs")).map_or(true, |procs| procs.trim().is_empty())
 }

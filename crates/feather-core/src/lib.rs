@@ -14,6 +14,7 @@ pub mod roots;
 pub mod size;
 pub mod state;
 pub mod store;
+pub mod trace;
 
 pub use config::{DiskQuota, Limits, VmConfig};
 pub use error::{Error, Result};

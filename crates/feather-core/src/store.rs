@@ -12,6 +12,10 @@
 //!                  /op.lock       serialises start, stop, rm, reset and commit
 //!                  /checkpoint/   CRIU images of the last checkpoint, and CRIU's logs
 //! <run>/<name>/control.sock       the keeper's control socket
+//! <root>/vms/.removing-<name>-<id>/, <run>/.removing-<name>-<id>/
+//!                                 a throw-away VM that ended, set aside while its teardown
+//!                                 finishes (its keeper lock held until then; see
+//!                                 `feather_vm::lifecycle::settle_throw_aways`)
 //! ```
 //!
 //! The root, its `vms/`, every VM folder, the run folder and every VM's run folder are 0700:
@@ -31,6 +35,10 @@ use crate::{VmConfig, VmName, VmState, VmStatus};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/feather";
 pub const DEFAULT_RUN_DIR: &str = "/run/feather";
+
+/// How the folders of a throw-away VM whose teardown is under way begin (see
+/// [`VmDir::set_aside`]); no VM name starts with a dot.
+const SET_ASIDE: &str = ".removing-";
 
 /// The mode of every folder of feather's own: root alone may enter.
 const PRIVATE: u32 = 0o700;
@@ -195,6 +203,26 @@ impl StateRoot {
         Ok(vm)
     }
 
+    /// Throw-away VMs set aside by [`VmDir::set_aside`] whose folders are still there: their
+    /// teardown is under way (their keeper lock is held) or died half-way.
+    pub fn set_aside_vms(&self) -> Vec<VmDir> {
+        let Ok(entries) = fs::read_dir(self.vms_dir()) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|entry| {
+                let folder = entry.file_name().into_string().ok()?;
+                let (name, _id) = folder.strip_prefix(SET_ASIDE)?.rsplit_once('-')?;
+                Some(VmDir {
+                    name: name.parse().ok()?,
+                    path: entry.path(),
+                    run: self.run.join(&folder),
+                })
+            })
+            .collect()
+    }
+
     /// Removes what creates that died half-way left behind. A create takes milliseconds, so
     /// only folders older than a minute are swept: younger ones may belong to a create running
     /// right now in another process.
@@ -314,6 +342,36 @@ impl VmDir {
     /// it when the keeper dies, however it dies, which is how a crash is noticed.
     pub fn lock_keeper(&self) -> Result<Option<File>> {
         try_lock(&self.path.join("keeper.lock"))
+    }
+
+    /// Waits until no keeper holds the keeper lock, and takes it.
+    pub fn await_keeper(&self) -> Result<File> {
+        let path = self.path.join("keeper.lock");
+        let file = open_lock_file(&path)?;
+        file.lock().at(&path)?;
+        Ok(file)
+    }
+
+    /// Moves a throw-away VM that has ended out of the way, folder and run folder, under names
+    /// no VM can have (see [`StateRoot::set_aside_vms`]): from here on its name is free and
+    /// `ls` no longer shows it, while its teardown finishes. Renames only, so it is quick on
+    /// any filesystem. `id` is the VM's id, which makes the names unique.
+    pub fn set_aside(&self, id: &str) -> Result<VmDir> {
+        let folder = format!("{SET_ASIDE}{}-{id}", self.name);
+        let aside = VmDir {
+            name: self.name.clone(),
+            path: self.path.with_file_name(&folder),
+            run: self.run.with_file_name(&folder),
+        };
+        match fs::rename(&self.run, &aside.run) {
+            Err(e) if e.kind() != ErrorKind::NotFound => return Err(e).at(&self.run),
+            _ => {}
+        }
+        if let Err(e) = fs::rename(&self.path, &aside.path) {
+            let _ = fs::rename(&aside.run, &self.run);
+            return Err(e).at(&self.path);
+        }
+        Ok(aside)
     }
 
     /// Whether a keeper holds the keeper lock right now.
@@ -474,6 +532,32 @@ mod tests {
                 .unwrap(),
             config("a")
         );
+        fs::remove_dir_all(root.dir()).unwrap();
+    }
+
+    #[test]
+    fn a_set_aside_vm_frees_its_name_and_is_found_again() {
+        let root = scratch();
+        let vm = root.create(&config("tmp"), Durability::Volatile).unwrap();
+        root.make_run_dir(&vm).unwrap();
+        let held = vm.lock_keeper().unwrap().unwrap();
+        let aside = vm.set_aside("abc").unwrap();
+        assert!(root.list().unwrap().is_empty());
+        assert!(matches!(
+            root.open(&"tmp".parse().unwrap()),
+            Err(Error::NotFound(_))
+        ));
+        assert!(!vm.run_dir().exists() && aside.run_dir().exists());
+        let found = root.set_aside_vms();
+        assert_eq!(found.len(), 1);
+        assert_eq!(found[0].name().as_str(), "tmp");
+        assert_eq!(found[0].path(), aside.path());
+        // The lock moved with the folder: whoever finishes the teardown still holds it.
+        assert!(found[0].keeper_alive().unwrap());
+        drop(held);
+        assert!(!found[0].keeper_alive().unwrap());
+        // The name may be used again at once.
+        root.create(&config("tmp"), Durability::Volatile).unwrap();
         fs::remove_dir_all(root.dir()).unwrap();
     }
 

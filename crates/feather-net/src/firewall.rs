@@ -113,15 +113,27 @@ pub fn note_arrival(network: &RootNetwork, address: Ipv4Addr) -> Result<()> {
     )
 }
 
-/// Removes the root's tables (when its bridge goes).
+/// Removes the root's tables (when its bridge goes): one netlink batch, or, when one of them
+/// is gone already (which fails the batch), each on its own.
 pub fn delete_tables(network: &RootNetwork) {
+    use nftables::Family::{Bridge, Inet};
     let table = network.table();
-    let _ = run(
-        &format!("delete tables {table}"),
-        &format!(
-            "add table inet {table}\ndelete table inet {table}\nadd table bridge {table}\ndelete table bridge {table}\n"
-        ),
-    );
+    let table = table.as_str();
+    let changes = [
+        Change::DeleteTable {
+            family: Inet,
+            table,
+        },
+        Change::DeleteTable {
+            family: Bridge,
+            table,
+        },
+    ];
+    if nftables::apply(&changes).is_err() {
+        for change in changes {
+            let _ = nftables::apply(std::slice::from_ref(&change));
+        }
+    }
 }
 
 /// The changes that give one VM its chains and map entries (and its address to `egress`).

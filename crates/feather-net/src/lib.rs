@@ -18,12 +18,15 @@
 //!                     entry, detach removes it)
 //! stop:   detach()   veth; the VM's entries, or bridge and tables with the root's last VM
 //!         wait()     before the keeper reports the VM stopped
+//! run --rm: remove_leftovers_keeping_bridge() in the process the teardown is handed to, then
+//!         linger::hold(): the root's bridge and tables wait a moment for the next VM
 //! ```
 
 pub mod error;
 pub mod etc;
 pub mod firewall;
 pub mod leases;
+pub mod linger;
 pub mod netlink;
 pub mod nftables;
 pub mod publish;
@@ -415,7 +418,7 @@ impl Attachment {
         self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
             *self.removing.borrow_mut() =
-                clean_up(network, &self.host_end, address, self.config.egress);
+                clean_up(network, &self.host_end, address, self.config.egress, false);
             let _ = fs::remove_file(&self.marker);
         }
     }
@@ -446,13 +449,38 @@ impl Drop for Attachment {
 /// and the bridge if no other VM of the root uses it. Looks only when the VM's run folder says
 /// it was attached, so a clean start pays nothing for it.
 pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &NetworkConfig) {
+    remove_attached(root_dir, run_dir, vm_id, config, false);
+}
+
+/// Like [`remove_leftovers`], for a throw-away VM whose teardown was handed over: the root's
+/// bridge and tables stay even if the VM was their last user, for [`linger::hold`] to remove
+/// unless a VM started meanwhile uses them.
+pub fn remove_leftovers_keeping_bridge(
+    root_dir: &Path,
+    run_dir: &Path,
+    vm_id: &str,
+    config: &NetworkConfig,
+) {
+    remove_attached(root_dir, run_dir, vm_id, config, true);
+}
+
+fn remove_attached(
+    root_dir: &Path,
+    run_dir: &Path,
+    vm_id: &str,
+    config: &NetworkConfig,
+    keep_bridge: bool,
+) {
     let marker = run_dir.join(ATTACHED);
     if !marker.exists() {
         return;
     }
     if let (NetMode::Private, Some(address)) = (config.mode, config.address) {
         if let Ok(Some(network)) = RootNetwork::load(root_dir) {
-            if let Some(removing) = clean_up(&network, &host_end(vm_id), address, config.egress) {
+            let host_end = host_end(vm_id);
+            if let Some(removing) =
+                clean_up(&network, &host_end, address, config.egress, keep_bridge)
+            {
                 let _ = removing.join();
             }
         }
@@ -463,14 +491,22 @@ pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &N
 const ATTACHED: &str = "network-attached";
 
 /// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
-/// its firewall entries or, if it was the bridge's last port, the bridge and both tables. The thread blocks every signal (they belong to the keeper's main thread).
+/// its firewall entries or, if it was the bridge's last port (and not `keep_bridge`), the bridge
+/// and both tables. The thread blocks every signal (they belong to the keeper's main thread).
 fn clean_up(
     network: &RootNetwork,
     host_end: &str,
     address: Ipv4Addr,
     egress: bool,
+    keep_bridge: bool,
 ) -> Option<JoinHandle<()>> {
-    let lock = network.lock().ok()?;
+    // With `keep_bridge` the root's lock guards nothing here (the veth and chains are this VM's
+    // alone, and the bridge stays): a VM starting meanwhile need not wait for the kernel.
+    let lock = if keep_bridge {
+        None
+    } else {
+        Some(network.lock().ok()?)
+    };
     let mut netlink = Netlink::open().ok()?;
     let network = network.clone();
     let host_end = host_end.to_owned();
@@ -481,11 +517,12 @@ fn clean_up(
         let others = Path::new("/sys/class/net")
             .join(&network.bridge)
             .join("brif");
-        let in_use = fs::read_dir(&others).is_ok_and(|entries| {
-            entries
-                .flatten()
-                .any(|port| port.file_name().to_str() != Some(host_end.as_str()))
-        });
+        let in_use = keep_bridge
+            || fs::read_dir(&others).is_ok_and(|entries| {
+                entries
+                    .flatten()
+                    .any(|port| port.file_name().to_str() != Some(host_end.as_str()))
+            });
         // The veth is usually still there: the kernel tears the VM's namespace down in the
         // background. Deleting it and committing the nftables change each wait for RCU grace
         // periods, so the two run side by side.

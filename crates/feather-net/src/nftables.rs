@@ -2,7 +2,8 @@
 //! `egress` set — written as one nf_tables netlink batch, atomic like `nft -f`, but without
 //! starting a process (which costs more than the rest of a VM's network set-up together).
 //! The root's tables themselves are made with the `nft` tool ([`crate::firewall`]): that
-//! happens once per root and its rules are far easier to read in nft's own language.
+//! happens once per root and its rules are far easier to read in nft's own language. Their
+//! removal, which the teardown of a root's last VM waits for, is a batch here too.
 
 use std::io;
 use std::net::Ipv4Addr;
@@ -15,6 +16,7 @@ const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
 const NFT_MSG_NEWSETELEM: u16 = 12;
@@ -26,6 +28,7 @@ const NLM_F_CREATE: u16 = 0x400;
 const NLMSG_ERROR: u16 = 2;
 const NLA_F_NESTED: u16 = 0x8000;
 
+const NFTA_TABLE_NAME: u16 = 1;
 const NFTA_CHAIN_TABLE: u16 = 1;
 const NFTA_CHAIN_NAME: u16 = 3;
 const NFTA_SET_ELEM_LIST_TABLE: u16 = 1;
@@ -69,6 +72,8 @@ impl Key<'_> {
 
 /// One change in a batch.
 pub enum Change<'a> {
+    /// A whole table, with everything in it.
+    DeleteTable { family: Family, table: &'a str },
     AddChain {
         family: Family,
         table: &'a str,
@@ -159,6 +164,10 @@ pub fn apply(changes: &[Change]) -> io::Result<()> {
 fn encode<'a>(change: &Change<'a>) -> (u16, u16, Family, Vec<u8>) {
     let mut attributes = Vec::new();
     match change {
+        Change::DeleteTable { family, table } => {
+            string(&mut attributes, NFTA_TABLE_NAME, table);
+            (NFT_MSG_DELTABLE, 0, *family, attributes)
+        }
         Change::AddChain {
             family,
             table,
@@ -295,6 +304,16 @@ mod tests {
             &attributes[..20],
             b"\x0a\x00\x01\x00probe\x00\x00\x00\x06\x00\x02\x00m\x00\x00\x00"
         );
+    }
+
+    #[test]
+    fn a_table_is_deleted_by_its_name() {
+        let (kind, flags, family, attributes) = encode(&Change::DeleteTable {
+            family: Family::Bridge,
+            table: "fbr0a5d0c00",
+        });
+        assert_eq!((kind, flags, family as u8), (NFT_MSG_DELTABLE, 0, 7));
+        assert_eq!(&attributes[..], b"\x10\x00\x01\x00fbr0a5d0c00\x00");
     }
 
     #[test]

@@ -5,12 +5,15 @@
 //! ```text
 //! keeper ── clone3(new namespaces) ──▶ init (pid 1 inside)
 //!   │  1. create the cgroup, apply limits        │  waits for GO
-//!   │  2. move init into it, send GO  ─────────▶ │  3. unshare cgroupns, assemble root, pivot
-//!   │     bridge, veth into init's netns,        │     (meanwhile)
-//!   │     send NETWORK_READY  ─────────────────▶ │     configure eth0
+//!   │  2. a thread: move init into it, GO ─────▶ │  3. unshare cgroupns, assemble root, pivot
+//!   │     meanwhile: bridge, veth into init's    │     (meanwhile)
+//!   │     netns; send NETWORK_READY  ──────────▶ │     configure eth0
 //!   │  5. record state, open control.sock ◀───── │  4. report Ready (or Failed: why)
 //!   └─ serve until init exits, then clean up     └─ supervise
 //! ```
+//!
+//! A throw-away VM run in the foreground (`run --rm`) reports its command's exit status before
+//! the slow end of its teardown: see [`Keeper::hand_off`].
 
 use std::fs::{self, File};
 use std::os::fd::{AsFd, OwnedFd};
@@ -23,6 +26,7 @@ use feather_core::atomic::Durability;
 use feather_core::error::causes;
 use feather_core::error::IoContext;
 use feather_core::state::now;
+use feather_core::trace;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
 use feather_shuttle::Peers;
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
@@ -133,6 +137,7 @@ impl Keeper {
         )
         .inspect_err(|_| remove_leftovers(vm, &config))
         .in_vm(&name)?;
+        trace::phase("prepare the network (/etc files, ports)");
         let hidden = hiding::state_folders(root);
         let plan = InitPlan {
             rootfs: RootfsPlan {
@@ -164,8 +169,10 @@ impl Keeper {
             attached,
             seccomp: seccomp_profile(&config),
         };
+        trace::phase("plan the root (layers, hidden folders)");
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
+            trace::phase("create the cgroup");
         }
         let booted =
             start_init(&name, cgroup.as_ref(), &network, plan, stdio).and_then(|started| {
@@ -205,8 +212,10 @@ impl Keeper {
             init_waits: Some(init_waits),
         };
         keeper.record_running()?;
+        trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
         keeper.hide_state_folders(root, &hidden);
+        trace::phase("hide late state folders");
         Ok(keeper)
     }
 
@@ -417,8 +426,9 @@ impl Keeper {
             }
             phase = self.act(decide::on_time(phase, Instant::now()));
         };
+        trace::phase("run the command");
         let ended = decide::ended(status, foreground);
-        self.tear_down(&ended.how);
+        self.tear_down(&ended.how, foreground);
         // Everything is cleaned up: the VM may be started again before this process has exited,
         // so the lock goes now, before anyone waiting for the stop hears of it.
         drop(self.lock);
@@ -511,15 +521,24 @@ impl Keeper {
         }
     }
 
-    fn tear_down(&self, how: &str) {
+    /// `foreground`: this process is the user's `feather run --rm`, which may leave the slow end
+    /// of a throw-away VM's teardown to a child of its own (see [`Keeper::hand_off`]).
+    fn tear_down(&self, how: &str, foreground: bool) {
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();
             if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
                 eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
             }
+            trace::phase("teardown: remove the cgroup");
+        }
+        if self.config.ephemeral && foreground && self.config.limits.disk.is_none() {
+            self.hand_off();
+            return;
         }
         self.network.detach();
+        trace::phase("teardown: start the network's removal");
         let _ = fs::remove_dir_all(self.vm.run_dir());
+        trace::phase("teardown: remove the run folder");
         if self.config.ephemeral {
             self.network.release(&self.config.id);
             // <root>/vms/<name>: the VM's state root is two folders up.
@@ -527,8 +546,11 @@ impl Keeper {
             if let (Some(disk), Some(root)) = (self.config.limits.disk, root) {
                 crate::disk::release(root, &self.vm, disk);
             }
+            trace::phase("teardown: return the lease");
             let _ = fs::remove_dir_all(self.vm.path());
+            trace::phase("teardown: remove the VM's folder");
             self.network.wait();
+            trace::phase("teardown: wait for the network's removal");
             return;
         }
         let mut state = self.vm.read_state().unwrap_or_else(|_| VmState::created());
@@ -550,6 +572,88 @@ impl Keeper {
             eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
         self.network.wait();
+    }
+}
+
+impl Keeper {
+    /// Ends a throw-away VM run in the foreground without making the user wait for the kernel:
+    /// its network's removal waits for RCU grace periods, and its folders' removal for the
+    /// disk. The VM, whose processes are all gone, is set aside (renamed: its name is free and
+    /// `ls` shows it no more), and a process of the keeper program (`__finish`), which inherits
+    /// the keeper lock, removes the rest while this process reports the command's exit status.
+    /// A finisher killed half-way leaves a set-aside VM whose lock is free: the next feather
+    /// command finishes it ([`crate::lifecycle::settle_throw_aways`]), and every command but
+    /// `run --rm` first waits for teardowns under way, so that what feather shows never
+    /// includes one.
+    fn hand_off(&self) {
+        let complain = |e: &dyn std::error::Error| {
+            eprintln!("feather keeper {}: {}", self.vm.name(), causes(e));
+        };
+        let aside = match self.vm.set_aside(&self.config.id) {
+            Ok(aside) => aside,
+            Err(e) => {
+                complain(&e);
+                self.remove_throw_away(&self.vm);
+                return;
+            }
+        };
+        match self.start_finisher(&aside) {
+            Ok(()) => trace::phase("teardown: set aside, hand the rest over"),
+            Err(e) => {
+                complain(&e);
+                self.remove_throw_away(&aside);
+            }
+        }
+    }
+
+    /// Starts the process that finishes the teardown of the VM set aside as `aside`: the
+    /// keeper program, in a process group of its own (the terminal's signals are not for it),
+    /// with none of the caller's descriptors but the keeper lock, which it inherits.
+    fn start_finisher(&self, aside: &VmDir) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let name = self.vm.name();
+        let lock = &self.lock;
+        nix::fcntl::fcntl(
+            lock,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+        )
+        .map_err(|e| io(name, "fcntl")(e.into()))?;
+        let parent = |path: &std::path::Path| path.parent().map(std::path::Path::to_path_buf);
+        // <root>/vms/<folder> and <run>/<folder>.
+        let (Some(state_dir), Some(run_dir), Some(folder)) = (
+            aside.path().parent().and_then(parent),
+            parent(aside.run_dir()),
+            aside.path().file_name().and_then(|n| n.to_str()),
+        ) else {
+            return Err(failed(name, "its set-aside folder has no parent"));
+        };
+        let args = crate::launch::FinishArgs {
+            state_dir,
+            run_dir,
+            lock_fd: std::os::fd::AsRawFd::as_raw_fd(lock),
+            folder: folder.to_owned(),
+        };
+        let exe = crate::launch::program().map_err(io(name, "cannot find the keeper program"))?;
+        std::process::Command::new(exe)
+            .args(args.to_args())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .process_group(0)
+            .spawn()
+            .map_err(io(name, "cannot start its teardown"))?;
+        Ok(())
+    }
+
+    /// Removes what is left of a throw-away VM after its processes: its network (waiting for
+    /// the kernel), its lease, its run folder and last its folder, whose presence tells a later
+    /// command that something may be left.
+    fn remove_throw_away(&self, vm: &VmDir) {
+        self.network.detach();
+        self.network.release(&self.config.id);
+        self.network.wait();
+        let _ = fs::remove_dir_all(vm.run_dir());
+        let _ = fs::remove_dir_all(vm.path());
     }
 }
 
@@ -587,6 +691,20 @@ fn limits_of(config: &VmConfig) -> Limits {
 /// it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
 /// namespace, which the kernel dropped with its last process.
 pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
+    remove_leftovers_with(vm, config, feather_net::remove_leftovers);
+}
+
+/// Like [`remove_leftovers`], for a throw-away VM whose teardown was handed over: the root's
+/// bridge and tables stay for a moment even after its last VM (see `feather_net::linger`).
+pub fn remove_throw_away_leftovers(vm: &VmDir, config: &VmConfig) {
+    remove_leftovers_with(vm, config, feather_net::remove_leftovers_keeping_bridge);
+}
+
+fn remove_leftovers_with(
+    vm: &VmDir,
+    config: &VmConfig,
+    network: fn(&std::path::Path, &std::path::Path, &str, &feather_core::NetworkConfig),
+) {
     let cgroup = cgroup_path(config);
     if cgroup.exists() {
         cgroup.kill_all();
@@ -594,7 +712,7 @@ pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
     }
     // <root>/vms/<name>: the VM's state root is two folders up.
     if let Some(root) = vm.path().parent().and_then(|vms| vms.parent()) {
-        feather_net::remove_leftovers(root, vm.run_dir(), &config.id, &config.network);
+        network(root, vm.run_dir(), &config.id, &config.network);
     }
     let _ = fs::remove_dir_all(vm.run_dir());
 }
@@ -614,6 +732,7 @@ fn start_init(
     if !plan.rootfs.network.own_namespace {
         namespaces -= nix::sched::CloneFlags::CLONE_NEWNET;
     }
+    trace::phase("before the clone");
     let init = match process::fork_into(namespaces).in_vm(name)? {
         Forked::Child => {
             drop(ours);
@@ -634,14 +753,29 @@ fn start_init(
     // Only init holds the VM's ends now: their end is the end of everything in the VM.
     drop(stdio);
     drop(theirs);
+    trace::phase("clone init into new namespaces");
     let mut boot = || -> Result<()> {
-        if let Some(cgroup) = cgroup {
-            cgroup.add(init.pid).in_vm(name)?;
-            cgroup.restrict_devices().in_vm(name)?;
-        }
-        boot::send(&mut ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
-        // The host side of the VM's network is built while init assembles the VM's root.
-        if let Err(e) = network.attach(init.pid.as_raw() as u32) {
+        // Moving init into a v1 cgroup waits for an RCU grace period, and so does much of the
+        // network's host side: the two go side by side, and init hears GO as soon as it is in
+        // its cgroup. The host side of the network is built while init assembles its root.
+        let mut to_init = ours.try_clone().map_err(io(name, "socketpair"))?;
+        let (entered, attached) = std::thread::scope(|both| {
+            let entering = both.spawn(move || -> Result<()> {
+                if let Some(cgroup) = cgroup {
+                    cgroup.add(init.pid).in_vm(name)?;
+                    cgroup.restrict_devices().in_vm(name)?;
+                }
+                boot::send(&mut to_init, &ToInit::Go).map_err(io(name, "init did not start"))
+            });
+            let attached = network.attach(init.pid.as_raw() as u32);
+            let entered = entering
+                .join()
+                .unwrap_or_else(|_| Err(failed(name, "its cgroup could not be entered")));
+            (entered, attached)
+        });
+        trace::phase("move init into the cgroup, attach the network (side by side)");
+        entered?;
+        if let Err(e) = attached {
             // An init that failed while assembling the root is gone before its network is
             // attached: its own report says why, better than the missing process does.
             let _ = ours.set_read_timeout(Some(Duration::from_secs(1)));
@@ -658,7 +792,9 @@ fn start_init(
         boot::send(&mut ours, &ToInit::NetworkReady).map_err(io(name, "init did not start"))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
             .map_err(io(name, "init's socket"))?;
-        match boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)") {
+        let report = boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)");
+        trace::phase("wait for init to assemble the root");
+        match report {
             Ok(InitReport::Ready) => Ok(()),
             Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
             Err(boot::BootError::Closed { .. }) => Err(failed(

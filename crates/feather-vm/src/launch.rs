@@ -28,6 +28,10 @@ pub const KEEPER_SUBCOMMAND: &str = "__keeper";
 /// The subcommand init re-executes as (of [`KEEPER_PROGRAM`]).
 pub const INIT_SUBCOMMAND: &str = "__init";
 
+/// The subcommand that finishes the teardown of a throw-away VM run in the foreground (see
+/// `Keeper::hand_off`).
+pub const FINISH_SUBCOMMAND: &str = "__finish";
+
 /// What [`KEEPER_PROGRAM`] says when it is run by hand.
 pub const USAGE: &str = "feather-keeper keeps a running feather VM; `feather start VM` starts it \
     (usage: feather-keeper __keeper --state-dir DIR --run-dir DIR --ready-fd FD [--restore] \
@@ -66,11 +70,22 @@ pub struct InitArgs {
     pub resumed: Resumed,
 }
 
+/// A teardown's orders: the state root, the keeper lock the finisher holds until it is done
+/// (inherited), and the folder name of the VM set aside (`.removing-<name>-<id>`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishArgs {
+    pub state_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub lock_fd: RawFd,
+    pub folder: String,
+}
+
 /// What [`KEEPER_PROGRAM`] was started to be.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Launch {
     Keeper(KeeperArgs),
     Init(InitArgs),
+    Finish(FinishArgs),
 }
 
 /// A command line of [`KEEPER_PROGRAM`] that is not one this module builds.
@@ -178,10 +193,33 @@ impl InitArgs {
     }
 }
 
+impl FinishArgs {
+    /// The arguments after the program's name.
+    pub fn to_args(&self) -> Vec<OsString> {
+        vec![
+            FINISH_SUBCOMMAND.into(),
+            self.state_dir.clone().into(),
+            self.run_dir.clone().into(),
+            self.lock_fd.to_string().into(),
+            self.folder.clone().into(),
+        ]
+    }
+}
+
 impl Launch {
     /// Parses the arguments after the program's name.
     pub fn parse(args: &[OsString]) -> Result<Launch, LaunchError> {
         match args.split_first() {
+            Some((command, [state_dir, run_dir, lock_fd, folder]))
+                if command == FINISH_SUBCOMMAND =>
+            {
+                Ok(Launch::Finish(FinishArgs {
+                    state_dir: state_dir.into(),
+                    run_dir: run_dir.into(),
+                    lock_fd: descriptor(lock_fd)?,
+                    folder: folder.to_string_lossy().into_owned(),
+                }))
+            }
             Some((command, rest)) if command == KEEPER_SUBCOMMAND => {
                 KeeperArgs::parse(rest).map(Launch::Keeper)
             }
@@ -251,6 +289,20 @@ mod tests {
         };
         let line: Vec<OsString> = args.to_args().into_iter().map(OsString::from).collect();
         assert_eq!(Launch::parse(&line).unwrap(), Launch::Init(args));
+    }
+
+    #[test]
+    fn a_finish_command_line_reads_back_as_built() {
+        let args = FinishArgs {
+            state_dir: "/var/lib/feather".into(),
+            run_dir: "/run/feather".into(),
+            lock_fd: 4,
+            folder: ".removing-run-12-0123456789ab".into(),
+        };
+        assert_eq!(
+            Launch::parse(&args.to_args()).unwrap(),
+            Launch::Finish(args)
+        );
     }
 
     #[test]

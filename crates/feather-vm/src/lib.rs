@@ -22,8 +22,8 @@
 //! - [`peers`]: the other VMs of the state root, as a keeper's Shuttle broker reaches them
 //!   (passed in by the binary, so that the keeper depends on nothing above it)
 //!
-//! The messages between them, one typed module per pair: [`launch`] (the keeper's and init's
-//! command lines), [`boot`] (feather start ↔ keeper ↔ init during a start), [`protocol`]
+//! The messages between them, one typed module per pair: [`launch`] (the keeper's, init's and
+//! a handed-over teardown's command lines), [`boot`] (feather start ↔ keeper ↔ init during a start), [`protocol`]
 //! (CLI ↔ keeper, `control.sock`), [`commands`] (`feather exec` ↔ init); [`images`]: the
 //! checkpoint folder's files both sides read. [`error`]: [`VmError`], one variant per kind of
 //! failure, each naming the VM.

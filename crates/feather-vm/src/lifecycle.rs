@@ -11,6 +11,7 @@ use std::time::Duration;
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
 use feather_core::state::now;
+use feather_core::trace;
 use feather_core::{
     Error, Limits, NetworkConfig, StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus,
 };
@@ -272,6 +273,56 @@ pub fn recover(vm: &VmDir) -> Result<()> {
     Ok(())
 }
 
+/// Finishes the teardowns of throw-away VMs that were set aside when their command ended (see
+/// `Keeper::hand_off`). One whose lock is free was left half-way by a child that died: it is
+/// finished here. One still under way is waited for when `wait` (every command but `run --rm`,
+/// so that nothing feather shows or counts includes a teardown under way), else left to its
+/// child.
+pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
+    for aside in root.set_aside_vms() {
+        let lock = if wait {
+            aside.await_keeper().ok()
+        } else {
+            aside.lock_keeper().ok().flatten()
+        };
+        // Done meanwhile, by its child: nothing is left to do.
+        if lock.is_some() && aside.path().exists() {
+            finish_throw_away(root, &aside, keeper::remove_leftovers);
+        }
+    }
+    feather_net::linger::settle(root.dir(), wait);
+}
+
+/// In the process a foreground `run --rm` handed its teardown to (see `Keeper::hand_off`),
+/// which holds the VM's keeper lock: finishes the VM set aside as `folder`.
+pub fn finish_handed_off(root: &StateRoot, folder: &str) {
+    let aside = root
+        .set_aside_vms()
+        .into_iter()
+        .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
+    if let Some(aside) = aside {
+        let private = finish_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
+        // The VM is gone; the root's bridge and tables wait a moment for the next one.
+        if private {
+            feather_net::linger::hold(root.dir());
+        }
+    }
+}
+
+/// Removes what a throw-away VM that is set aside still holds: leftovers of its network and
+/// cgroup (by `leftovers`), its lease, its folders. Whether it had a private network.
+fn finish_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmConfig)) -> bool {
+    let mut private = false;
+    if let Ok(config) = aside.read_config() {
+        leftovers(aside, &config);
+        let _ = feather_net::release(root.dir(), &config.id, &config.network);
+        private = config.network.mode == feather_core::NetMode::Private;
+    }
+    let _ = fs::remove_dir_all(aside.run_dir());
+    let _ = fs::remove_dir_all(aside.path());
+    private
+}
+
 /// Removes a VM and its layer. A running VM is refused unless `force`, which stops it first.
 pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     let vm = root.open(name)?;
@@ -320,6 +371,7 @@ pub fn run_ephemeral(
     let (ends, relay) =
         crate::relay::pipes().map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
     let vm = create(root, name, &options)?;
+    trace::phase("create the VM's folder and lease");
     let mut keeper = match Keeper::boot(root, &vm, Some(workload), Some(ends)) {
         Ok(keeper) => keeper,
         Err(e) => {
@@ -334,10 +386,12 @@ pub fn run_ephemeral(
     // must come from a single-threaded process).
     let relaying = relay.spawn().map_err(io(name, "cannot relay stdio"));
     keeper.begin(root, starting_terminal(), peers);
+    trace::phase("open the broker, start the command");
     let ended = keeper.serve(true);
     if let Ok(relaying) = relaying {
         relaying.finish();
     }
+    trace::phase("finish relaying stdio");
     Ok(ended?.code)
 }
 

@@ -27,9 +27,13 @@ use cli::{CheckCommand, Cli, Command, CreateArgs, ProcessArgs, RunArgs};
 const EXIT_FEATHER_FAILED_RUN: u8 = 125;
 
 fn main() -> ExitCode {
+    feather_core::trace::begin();
     let cli = Cli::parse_from(arguments());
+    feather_core::trace::phase("parse the command line");
     let runs_a_command = matches!(cli.command, Command::Run(_) | Command::Exec { .. });
-    match dispatch(cli) {
+    let result = dispatch(cli);
+    feather_core::trace::phase("finish the command");
+    match result {
         Ok(code) => code,
         Err(e) => {
             // An error may quote a VM's path or text: each line is escaped for the terminal.
@@ -150,6 +154,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let root_arg = cli.root.clone();
     let root = StateRoot::new(cli.root);
     open_root(&root)?;
+    // A throw-away run does not wait for the teardowns of the runs before it.
+    let throw_away = matches!(&cli.command, Command::Run(args) if args.rm);
+    lifecycle::settle_throw_aways(&root, !throw_away);
+    feather_core::trace::phase("open the state root");
     match cli.command {
         Command::Create {
             name,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use feather_core::StateRoot;
 use feather_shuttle::{dbus, transfer};
-use feather_vm::launch::{InitArgs, KeeperArgs, Launch};
+use feather_vm::launch::{FinishArgs, InitArgs, KeeperArgs, Launch};
 use feather_vm::peers::RootPeers;
 
 fn main() -> ExitCode {
@@ -31,6 +31,7 @@ fn main() -> ExitCode {
     let code = match Launch::parse(&args) {
         Ok(Launch::Keeper(args)) => keeper(args),
         Ok(Launch::Init(args)) => init(args),
+        Ok(Launch::Finish(args)) => finish(args),
         Err(e) => Err(anyhow::Error::from(e)),
     };
     match code {
@@ -74,6 +75,21 @@ fn keeper(args: KeeperArgs) -> anyhow::Result<i32> {
 fn init(args: InitArgs) -> anyhow::Result<i32> {
     let keeper = inherited(args.keeper_fd)?;
     feather_vm::init::resume(keeper.into(), args.resumed)
+}
+
+/// Finishes a throw-away VM's teardown that the `feather run --rm` which ran it handed over,
+/// holding its keeper lock until done.
+fn finish(args: FinishArgs) -> anyhow::Result<i32> {
+    let lock = inherited(args.lock_fd)?;
+    // Not to be inherited by what the teardown runs (nft): the lock ends with this process.
+    nix::fcntl::fcntl(
+        &lock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    let root = StateRoot::with_dirs(args.state_dir, args.run_dir);
+    feather_vm::lifecycle::finish_handed_off(&root, &args.folder);
+    drop(lock);
+    Ok(0)
 }
 
 /// The descriptor named on the command line by the process that started this one.
