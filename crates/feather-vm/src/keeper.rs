@@ -475,7 +475,20 @@ impl Keeper {
             decide::Answer::Checkpoint {
                 leave_running,
                 criu,
-            } => match snapshot::dump(&self.vm, self.init.pid, leave_running, &criu) {
+                lazy,
+            } => match snapshot::dump(
+                &self.vm,
+                self.init.pid,
+                leave_running,
+                &criu,
+                lazy.as_ref(),
+                // Post-copy: the asker sends the images while CRIU serves the memory.
+                &mut || {
+                    if lazy.is_some() {
+                        let _ = protocol::write_response(stream, &Response::Dumped);
+                    }
+                },
+            ) {
                 Ok(()) => match decide::after_dump(leave_running) {
                     decide::AfterDump::AnswerNow => {
                         let _ = protocol::write_response(
