@@ -194,7 +194,7 @@ pub struct PageServer {
     pub port: u16,
 }
 
-/// What a dump's `stats-dump` image says of its pages.
+/// The pages of a dump, from its `pagemap-<pid>.img` images.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DumpStats {
     /// Pages written into the images (they travel with the archive).
@@ -203,30 +203,62 @@ pub struct DumpStats {
     pub pages_lazy: u64,
 }
 
+/// pagemap_entry (images/pagemap.proto).
 #[derive(Clone, PartialEq, prost::Message)]
-struct DumpStatsEntry {
-    #[prost(uint64, optional, tag = "7")]
-    pages_written: Option<u64>,
-    #[prost(uint64, optional, tag = "9")]
-    pages_lazy: Option<u64>,
+struct PagemapEntry {
+    #[prost(uint32, optional, tag = "2")]
+    compat_nr_pages: Option<u32>,
+    #[prost(uint32, optional, tag = "4")]
+    flags: Option<u32>,
+    #[prost(uint64, optional, tag = "5")]
+    nr_pages: Option<u64>,
 }
 
-#[derive(Clone, PartialEq, prost::Message)]
-struct StatsEntry {
-    #[prost(message, optional, tag = "1")]
-    dump: Option<DumpStatsEntry>,
-}
+/// `PE_LAZY` and `PE_PRESENT` of criu/include/pagemap.h.
+const PE_LAZY: u32 = 1 << 1;
+const PE_PRESENT: u32 = 1 << 2;
 
-/// Reads `stats-dump` of an images folder: two magic words, a 4-byte length, a stats_entry.
+/// Counts the pages of a dump in `images`: every `pagemap-<pid>.img` is two magic words, then
+/// records of a 4-byte length and a message: a pagemap_head, then pagemap_entry ones. (CRIU's
+/// own `stats-dump` counts none of them on this kernel's scan of pages.)
 pub fn dump_stats(images: &Path) -> Option<DumpStats> {
     use prost::Message;
-    let bytes = fs::read(images.join("stats-dump")).ok()?;
-    let length = u32::from_le_bytes(bytes.get(8..12)?.try_into().ok()?) as usize;
-    let entry = StatsEntry::decode(bytes.get(12..12 + length)?).ok()?.dump?;
-    Some(DumpStats {
-        pages_written: entry.pages_written.unwrap_or(0),
-        pages_lazy: entry.pages_lazy.unwrap_or(0),
-    })
+    let mut stats = DumpStats::default();
+    for entry in fs::read_dir(images).ok()?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(pid) = name
+            .strip_prefix("pagemap-")
+            .and_then(|n| n.strip_suffix(".img"))
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let bytes = fs::read(entry.path()).ok()?;
+        let mut at = 8;
+        let mut first = true;
+        while let Some(length) = bytes.get(at..at + 4) {
+            let length = u32::from_le_bytes(length.try_into().ok()?) as usize;
+            let record = bytes.get(at + 4..at + 4 + length)?;
+            at += 4 + length;
+            if std::mem::take(&mut first) {
+                continue;
+            }
+            let record = PagemapEntry::decode(record).ok()?;
+            let pages = record
+                .nr_pages
+                .unwrap_or(u64::from(record.compat_nr_pages.unwrap_or(0)));
+            let flags = record.flags.unwrap_or(PE_PRESENT);
+            if flags & PE_LAZY != 0 {
+                stats.pages_lazy += pages;
+            } else if flags & PE_PRESENT != 0 {
+                stats.pages_written += pages;
+            }
+        }
+    }
+    Some(stats)
 }
 
 #[derive(Clone, Debug, Serialize)]

@@ -231,10 +231,6 @@ impl LazyCheckpoint {
             Err(source) => Err(VmError::KeeperSilent { vm: name, source }),
         }
     }
-
-    pub(crate) fn vm(&self) -> &feather_core::VmDir {
-        &self.vm
-    }
 }
 
 /// `feather restore`: brings a checkpointed VM back; with `import`, first adds it to this state

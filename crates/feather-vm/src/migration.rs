@@ -302,7 +302,6 @@ fn post_copy(
     };
     let page_stream = page_server.try_clone().ok();
     let _relaying = relay.serve(accepted.pages_tag(), page_server);
-    let stats = feather_migrate::criu::dump_stats(&lazy.vm().checkpoint_dir()).unwrap_or_default();
     let (bytes, restored) = match send_folder(&vm, to, accepted, progress) {
         Ok(sent) => sent,
         Err(e) => return resume_here(name, lazy, page_stream, e),
@@ -331,6 +330,8 @@ fn post_copy(
             )));
             let served = lazy.finish();
             let all_pages = started.elapsed();
+            // CRIU writes its statistics once the last page was served.
+            let stats = feather_migrate::criu::dump_stats(&vm.checkpoint_dir()).unwrap_or_default();
             if let Err(e) = served {
                 return Err(VmError::PagesLost {
                     vm: name.to_string(),
