@@ -687,7 +687,8 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 /// (each tick rewrites a byte of another page with its own value): `/run/sum-before` is the
 /// SHA-256 of the 256 MiB once filled; a file `/run/sum-request` makes it write the SHA-256 it
 /// finds then to `/run/sum-after`; `/run/longest-gap` is the longest time between two ticks in
-/// milliseconds since it was filled (a frozen VM's ticks stop; measured from inside).
+/// milliseconds since it was filled (a frozen VM's ticks stop; measured from inside, on the
+/// wall clock: CRIU's time namespace makes the monotonic one skip a checkpoint's pause).
 pub const MEMORY_WRITER: &str = r#"
 import hashlib, os, time
 size = 256 << 20
@@ -701,10 +702,10 @@ def publish(path, text):
         f.write(text)
     os.rename(path + ".tmp", path)
 publish("/run/sum-before", hashlib.sha256(memory).hexdigest())
-longest, ticks, last = 0.0, 0, time.monotonic()
+longest, ticks, last = 0.0, 0, time.time()
 while True:
     time.sleep(0.005)
-    now = time.monotonic()
+    now = time.time()
     if now - last > longest:
         longest = now - last
         publish("/run/longest-gap", "%d" % (longest * 1000))
@@ -715,5 +716,5 @@ while True:
     if os.path.exists("/run/sum-request"):
         os.remove("/run/sum-request")
         publish("/run/sum-after", hashlib.sha256(memory).hexdigest())
-        last = time.monotonic()
+        last = time.time()
 "#;

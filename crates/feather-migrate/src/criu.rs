@@ -250,11 +250,13 @@ pub fn dump_stats(images: &Path) -> Option<DumpStats> {
             let pages = record
                 .nr_pages
                 .unwrap_or(u64::from(record.compat_nr_pages.unwrap_or(0)));
+            // Private anonymous pages are marked lazy in every dump; only a lazy dump leaves
+            // them out of the images (not present).
             let flags = record.flags.unwrap_or(PE_PRESENT);
-            if flags & PE_LAZY != 0 {
-                stats.pages_lazy += pages;
-            } else if flags & PE_PRESENT != 0 {
+            if flags & PE_PRESENT != 0 {
                 stats.pages_written += pages;
+            } else if flags & PE_LAZY != 0 {
+                stats.pages_lazy += pages;
             }
         }
     }
