@@ -120,8 +120,14 @@ impl PostCopy {
 const CRIU_PIPE_SIZE: u64 = 4 << 20;
 
 /// Decides [`PostCopy`] from what `criu check --feature` said of userfaultfd, the system's
-/// pipe size limit, and whether the preloaded shim caps pipe sizes.
-pub fn post_copy(uffd: bool, pipe_max_size: Option<u64>, shim_caps_pipes: bool) -> PostCopy {
+/// pipe size limit, whether this process may exceed it, and whether the preloaded shim caps
+/// pipe sizes.
+pub fn post_copy(
+    uffd: bool,
+    pipe_max_size: Option<u64>,
+    capable: bool,
+    shim_caps_pipes: bool,
+) -> PostCopy {
     let Some(max) = pipe_max_size else {
         return PostCopy::Unavailable {
             why: "/proc/sys/fs/pipe-max-size cannot be read".into(),
@@ -132,7 +138,7 @@ pub fn post_copy(uffd: bool, pipe_max_size: Option<u64>, shim_caps_pipes: bool) 
             why: "the kernel lacks userfaultfd (uffd, uffd-noncoop), which lazy restore needs"
                 .into(),
         }
-    } else if max >= CRIU_PIPE_SIZE || capable_of_big_pipes() {
+    } else if max >= CRIU_PIPE_SIZE || capable {
         PostCopy::PipesFit { pipe_max_size: max }
     } else if shim_caps_pipes {
         PostCopy::ShimCapsPipes { pipe_max_size: max }
@@ -394,6 +400,7 @@ impl Criu {
         post_copy(
             self.has_feature("uffd-noncoop"),
             pipe_max_size(),
+            capable_of_big_pipes(),
             shim_caps_pipes(&self.path),
         )
     }
@@ -429,6 +436,7 @@ impl Criu {
         let post_copy = post_copy(
             has("uffd-noncoop"),
             pipe_max_size(),
+            capable_of_big_pipes(),
             shim_caps_pipes(&self.path),
         );
         let pre_copy = has("mem_dirty_track");
@@ -756,6 +764,33 @@ fn at_least(version: &str, min: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn post_copy_needs_uffd_and_pipes_that_fit_or_the_shim() {
+        let mib = 1 << 20;
+        assert!(matches!(
+            post_copy(false, Some(4 * mib), true, true),
+            PostCopy::Unavailable { .. }
+        ));
+        assert_eq!(
+            post_copy(true, Some(4 * mib), false, false),
+            PostCopy::PipesFit {
+                pipe_max_size: 4 * mib
+            }
+        );
+        assert_eq!(
+            post_copy(true, Some(mib), true, false),
+            PostCopy::PipesFit { pipe_max_size: mib }
+        );
+        assert_eq!(
+            post_copy(true, Some(mib), false, true),
+            PostCopy::ShimCapsPipes { pipe_max_size: mib }
+        );
+        let PostCopy::Unavailable { why } = post_copy(true, Some(mib), false, false) else {
+            panic!("post-copy without the shim or the capability");
+        };
+        assert!(why.contains("scripts/install-criu"), "{why}");
+    }
 
     #[test]
     fn versions_compare_by_number() {

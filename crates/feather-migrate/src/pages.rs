@@ -164,3 +164,81 @@ fn join(receiver: TcpStream, page_server: TcpStream) {
     let _ = to_receiver.shutdown(Shutdown::Write);
     let _ = requests.join();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A page server's side: what the relay passed on, once it ended.
+    fn page_server() -> (TcpStream, std::thread::JoinHandle<Vec<u8>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let received = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut bytes = Vec::new();
+            let _ = stream.read_to_end(&mut bytes);
+            bytes
+        });
+        (TcpStream::connect(address).unwrap(), received)
+    }
+
+    fn request(command: u32) -> [u8; REQUEST_LEN] {
+        let mut request = [0u8; REQUEST_LEN];
+        request[..4].copy_from_slice(&command.to_le_bytes());
+        request
+    }
+
+    /// Relays what `send` writes after `proof`, and returns what the page server got.
+    fn relayed(proof: [u8; 32], send: &[u8]) -> Vec<u8> {
+        let (to_criu, received) = page_server();
+        let relay = Relay::bind("127.0.0.1".parse().unwrap()).unwrap();
+        let at = relay.local_addr().unwrap();
+        let relaying = relay.serve([7; 32], to_criu);
+        let mut receiver = TcpStream::connect(at).unwrap();
+        let _ = receiver.write_all(&proof);
+        let _ = receiver.write_all(send);
+        let _ = receiver.shutdown(Shutdown::Write);
+        let bytes = received.join().unwrap();
+        relaying.join().unwrap();
+        bytes
+    }
+
+    #[test]
+    fn a_finished_transfer_ends_cleanly() {
+        let mut sent = request(7).to_vec();
+        sent.extend(request(PS_IOV_CLOSE));
+        assert_eq!(relayed([7; 32], &sent), sent);
+    }
+
+    #[test]
+    fn a_stream_that_breaks_before_its_close_makes_criu_fail() {
+        let sent = request(7);
+        let got = relayed([7; 32], &sent[..]);
+        assert_eq!(&got[..REQUEST_LEN], &sent[..]);
+        assert_eq!(&got[REQUEST_LEN..], &request(UNKNOWN_COMMAND)[..]);
+        // A request cut in the middle is not passed on: CRIU sees only the failing command.
+        let got = relayed([7; 32], &sent[..10]);
+        assert_eq!(got, request(UNKNOWN_COMMAND).to_vec());
+    }
+
+    #[test]
+    fn a_connection_without_the_receiver_s_tag_gets_nothing_through() {
+        let (to_criu, received) = page_server();
+        let relay = Relay::bind("127.0.0.1".parse().unwrap()).unwrap();
+        let at = relay.local_addr().unwrap();
+        let relaying = relay.serve([7; 32], to_criu);
+        let mut stranger = TcpStream::connect(at).unwrap();
+        stranger.write_all(&[8; 32]).unwrap();
+        stranger.write_all(&request(7)).unwrap();
+        let mut answer = Vec::new();
+        let _ = stranger.read_to_end(&mut answer);
+        assert!(answer.is_empty(), "no memory for a stranger");
+        // The receiver, with its tag, still gets through.
+        let mut receiver = TcpStream::connect(at).unwrap();
+        receiver.write_all(&[7; 32]).unwrap();
+        receiver.write_all(&request(PS_IOV_CLOSE)).unwrap();
+        receiver.shutdown(Shutdown::Write).unwrap();
+        assert_eq!(received.join().unwrap(), request(PS_IOV_CLOSE).to_vec());
+        relaying.join().unwrap();
+    }
+}
