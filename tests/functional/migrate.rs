@@ -1000,8 +1000,9 @@ fn a_vm_holding_256_mib_and_writing_migrates_in_post_copy_with_its_memory_intact
         "every byte of its 256 MiB arrived"
     );
     eprintln!(
-        "post-copy of a 256 MiB writer: frozen {frozen} ms by migrate's count, longest gap \
+        "post-copy of a 256 MiB writer: frozen {frozen} ms by migrate's count ({}), longest gap \
          between ticks inside {} ms, every page {all_pages} ms after the freeze began",
+        phases["phases_ms"],
         longest_gap.trim()
     );
     target.ok(&["rm", "-f", "big"]);

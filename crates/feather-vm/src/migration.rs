@@ -5,7 +5,7 @@
 //! ([`crate::snapshot::await_release`]), so it never runs twice and is never lost.
 
 use std::fs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use feather_core::atomic::Durability;
 use feather_core::error::causes;
@@ -79,11 +79,35 @@ pub struct Migrated {
     /// Post-copy: from the start of the freeze until the receiver had every page.
     #[serde(rename = "all_pages_ms", serialize_with = "maybe_millis")]
     pub all_pages: Option<Duration>,
+    /// Where the freeze went: the dump, the archive's transfer and the receiver's import
+    /// and restore, the release (until the receiver said the VM runs).
+    pub phases_ms: Phases,
     /// Pages that travelled in the archive, before the VM ran at the receiver.
     pub pages_before_resume: u64,
     /// Pages that followed from the page server, fetched from the restore on (on demand
     /// once the VM runs, and in the background).
     pub pages_after_resume: u64,
+}
+
+/// The parts of a migration's freeze, in milliseconds.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Phases {
+    pub dump: u64,
+    pub transfer_and_restore: u64,
+    pub release: u64,
+}
+
+impl Phases {
+    /// From the instants the freeze began, the dump ended and the receiver had restored the
+    /// VM, to now, when it runs there.
+    fn measured(started: Instant, dumped: Instant, restored: Instant) -> Phases {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Phases {
+            dump: ms(dumped - started),
+            transfer_and_restore: ms(restored - dumped),
+            release: ms(restored.elapsed()),
+        }
+    }
 }
 
 fn millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -201,14 +225,19 @@ fn stop_and_copy(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Migrated> {
     let vm = root.open(name)?;
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     progress(Progress::Phase(&format!(
         "checkpointing {name} (frozen from now on)"
     )));
+    let mut dumped = started;
     let sent = match checkpoint(root, name, false, None, progress) {
-        Ok(_) => send_folder(&vm, to, accepted, progress),
+        Ok(_) => {
+            dumped = Instant::now();
+            send_folder(&vm, to, accepted, progress)
+        }
         Err(e) => Err(e),
     };
+    let restored_at = Instant::now();
     let (bytes, restored) = match sent {
         Ok(sent) => sent,
         // The checkpoint itself failed: CRIU left the VM running.
@@ -229,6 +258,7 @@ fn stop_and_copy(
                 mode: Mode::StopAndCopy,
                 bytes,
                 frozen,
+                phases_ms: Phases::measured(started, dumped, restored_at),
                 all_pages: None,
                 pages_before_resume: stats.pages_written,
                 pages_after_resume: 0,
@@ -287,12 +317,13 @@ fn post_copy(
         address: "127.0.0.1".into(),
         port: free_port().map_err(|e| failed(name, format!("no port for its pages: {e}")))?,
     };
-    let started = std::time::Instant::now();
+    let started = Instant::now();
     progress(Progress::Phase(&format!(
         "checkpointing {name} but its memory (frozen from now on)"
     )));
     // A failed dump leaves the VM running here (CRIU resumes it).
     let lazy = checkpoint_lazy(root, name, &at)?;
+    let dumped = Instant::now();
     let page_server = match connect_in_netns_of(keeper, at.port) {
         Ok(connection) => connection,
         Err(e) => {
@@ -306,6 +337,7 @@ fn post_copy(
         Ok(sent) => sent,
         Err(e) => return resume_here(name, lazy, page_stream, e),
     };
+    let restored_at = Instant::now();
     let frozen_here = match cgroup.freeze(Duration::from_secs(10)) {
         Ok(frozen) => frozen,
         Err(e) => {
@@ -322,6 +354,7 @@ fn post_copy(
     match restored.release() {
         feather_migrate::transfer::Released::Running => {
             let frozen = started.elapsed();
+            let phases_ms = Phases::measured(started, dumped, restored_at);
             // It runs there: its processes here never run again.
             cgroup.kill_all();
             drop(frozen_here);
@@ -344,6 +377,7 @@ fn post_copy(
                 mode: Mode::PostCopy,
                 bytes,
                 frozen,
+                phases_ms,
                 all_pages: Some(all_pages),
                 pages_before_resume: stats.pages_written,
                 pages_after_resume: stats.pages_lazy,
@@ -387,11 +421,11 @@ fn connect_in_netns_of(pid: i32, port: u16) -> std::io::Result<std::net::TcpStre
         scope
             .spawn(|| {
                 nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                let deadline = Instant::now() + Duration::from_secs(10);
                 loop {
                     match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
                         Ok(stream) => return Ok(stream),
-                        Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                        Err(e) if Instant::now() >= deadline => return Err(e),
                         Err(_) => std::thread::sleep(Duration::from_millis(2)),
                     }
                 }
@@ -662,8 +696,8 @@ fn discard(root: &StateRoot, name: &VmName) {
             cgroup.kill_all();
         }
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while vm.keeper_alive().unwrap_or(false) && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vm.keeper_alive().unwrap_or(false) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = lifecycle::remove(root, name, true);
