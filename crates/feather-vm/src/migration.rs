@@ -397,8 +397,25 @@ fn post_copy(
             // case it does.
             cgroup.kill_all();
             drop(frozen_here);
-            let _ = lazy.finish();
-            Err(unsure(name, to, &why, &marker))
+            // Whether the receiver fetched every page tells what became of it there.
+            match lazy.finish() {
+                Ok(()) => Err(failed(
+                    name,
+                    format!(
+                        "the connection to {to} broke after the VM was let go there ({}); \
+                         the receiver fetched every page of its memory, so it runs there unless \
+                         the release never reached it (then it is lost): check with `feather \
+                         ls` there. Here its processes have ended (`feather rm {name}` removes \
+                         what is left)",
+                        causes(&why)
+                    ),
+                )),
+                Err(e) => Err(VmError::PagesLost {
+                    vm: name.to_string(),
+                    to: to.to_owned(),
+                    source: Box::new(e),
+                }),
+            }
         }
     }
 }
