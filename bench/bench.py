@@ -1853,7 +1853,7 @@ def compare_migration(bench: Bench) -> None:
         ])  # fmt: skip
     post = runs["post-copy"]["inside_ms"] / 1000
     bench.report.add(
-        "14. Migration of a 256 MiB writer",
+        "9. Migration of a 256 MiB writer",
         "A VM over the host's / whose python process holds 256 MiB and rewrites a byte of "
         "another page every 5 ms, moved with `feather migrate --mode MODE --json` to a `feather "
         "serve` of a second state root on 127.0.0.1. Frozen inside: the longest gap between two "

@@ -3,7 +3,8 @@
 //!
 //! Run by the CLI (the asker's side; they reach a running VM only through its keeper):
 //! - [`lifecycle`]: create, start, stop, rm, and the throw-away `run --rm`; [`options`]: a new VM's options as a person writes them
-//! - [`checkpoint`]: `feather checkpoint` and `restore`; [`migration`]: `migrate` and `serve`
+//! - [`checkpoint`]: `feather checkpoint` and `restore`; [`migration`]: `migrate` (post-copy or
+//!   stop-and-copy) and `serve`
 //! - [`exec`] (with [`relay`]): entering a running VM
 //! - [`diff`] and [`commit`]: what a VM changed, applying it, dropping it
 //! - [`inspect`]: what a VM is and holds, for `ls`, `ps` and `inspect`
