@@ -9,11 +9,13 @@
  * is what CRIU's own fix does. CRIU restores the options only when they were on. Every other
  * call, and every other failure, is the kernel's own.
  *
- * It also stands in for one prlimit(2) failure where CAP_SYS_RESOURCE is withheld (below).
+ * It also stands in for one prlimit(2) failure where CAP_SYS_RESOURCE is withheld, and caps
+ * the pipe sizes CRIU asks for at what such a process may have (both below).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -114,5 +116,76 @@ long syscall(long number, ...)
 	if (ret < 0 && errno == EPERM && number == SYS_prlimit64 && (pid_t)a[0] > 0 && a[2] == 0 &&
 	    a[3] != 0 && limits_from_proc((pid_t)a[0], (int)a[1], (struct limits *)a[3]) == 0)
 		return 0;
+	return ret;
+}
+
+/*
+ * CRIU sizes its page pipes (and the pipe it tee()s pages through for a page server) with
+ * F_SETPIPE_SZ up to 4 MiB. Above fs.pipe-max-size (1 MiB by default) only CAP_SYS_RESOURCE
+ * may go, so where it is withheld the call fails with EPERM. For a page pipe CRIU then starts
+ * another pipe, but the tee pipe of the lazy page server is left at 64 KiB, and serving a page
+ * pipe of more than that fails ("page-pipe: splice/tee ... Bad file descriptor"): post-copy
+ * (lazy pages) cannot work. On exactly that failure this asks for fs.pipe-max-size instead,
+ * when that still grows the pipe; CRIU reads the size it got from the answer, and a page pipe
+ * never holds more than the tee pipe can then take. Nothing host-wide changes.
+ */
+static long pipe_max_size(void)
+{
+	char text[32] = "";
+	FILE *file = fopen("/proc/sys/fs/pipe-max-size", "re");
+	long value = -1;
+
+	if (file != NULL) {
+		if (fgets(text, sizeof(text), file) != NULL)
+			value = strtol(text, NULL, 10);
+		fclose(file);
+	}
+	return value;
+}
+
+static int capped_pipe_size(int fd, long asked)
+{
+	long ret = syscall(SYS_fcntl, fd, F_SETPIPE_SZ, asked);
+	long max, now;
+
+	if (ret >= 0 || errno != EPERM)
+		return (int)ret;
+	max = pipe_max_size();
+	now = syscall(SYS_fcntl, fd, F_GETPIPE_SZ, 0);
+	if (max <= 0 || asked <= max || now < 0 || now >= max) {
+		errno = EPERM;
+		return -1;
+	}
+	return (int)syscall(SYS_fcntl, fd, F_SETPIPE_SZ, max);
+}
+
+static int fcntl_with(int fd, int command, va_list list)
+{
+	long argument = va_arg(list, long);
+
+	if (command == F_SETPIPE_SZ)
+		return capped_pipe_size(fd, argument);
+	return (int)syscall(SYS_fcntl, fd, command, argument);
+}
+
+int fcntl(int fd, int command, ...)
+{
+	va_list list;
+	int ret;
+
+	va_start(list, command);
+	ret = fcntl_with(fd, command, list);
+	va_end(list);
+	return ret;
+}
+
+int fcntl64(int fd, int command, ...)
+{
+	va_list list;
+	int ret;
+
+	va_start(list, command);
+	ret = fcntl_with(fd, command, list);
+	va_end(list);
 	return ret;
 }

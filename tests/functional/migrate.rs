@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::support::{
     await_line_server, count, free_port, python_daemon, received_numbers, redis_cli,
-    start_counting, Feather, ScratchBase, TestSubnet, LINE_CLIENT, LINE_SERVER,
+    start_counting, Feather, ScratchBase, TestSubnet, LINE_CLIENT, LINE_SERVER, MEMORY_WRITER,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -157,11 +157,70 @@ fn migrate_vm(
     vm: &str,
     token: &str,
 ) -> crate::support::Outcome {
-    TwoHosts::feather(&hosts.a, source, &["migrate", vm, "--to", "10.77.0.2:7070"])
+    migrating(hosts, source, vm, &[])
         .env("FEATHER_MIGRATE_TOKEN", token)
         .output()
         .unwrap()
         .into()
+}
+
+/// `feather migrate vm --to` host b, in the mode `FEATHER_TEST_MIGRATE_MODE` names (so that
+/// the suite runs in each: `post-copy`, `stop-and-copy`), else the default, then `more`.
+fn migrating(hosts: &TwoHosts, source: &Feather, vm: &str, more: &[&str]) -> Command {
+    let mut args = vec!["migrate", vm, "--to", "10.77.0.2:7070"];
+    let mode = std::env::var("FEATHER_TEST_MIGRATE_MODE").unwrap_or_default();
+    if !mode.is_empty() && !more.contains(&"--mode") {
+        args.extend(["--mode", mode.as_str()]);
+    }
+    args.extend_from_slice(more);
+    let mut command = TwoHosts::feather(&hosts.a, source, &args);
+    command.env("FEATHER_MIGRATE_TOKEN", TOKEN);
+    command
+}
+
+/// A VM over the host's root holding 256 MiB and writing (see [`MEMORY_WRITER`]), and the
+/// checksum of its memory.
+fn memory_vm(source: &Feather) -> String {
+    source.ok(&["create", "big", "--net", "none"]);
+    source.ok(&["start", "big"]);
+    python_daemon(source, "big", MEMORY_WRITER, &[]);
+    source.eventually("the writer holds its 256 MiB", || {
+        source
+            .run(&["exec", "big", "--", "cat", "/run/sum-before"])
+            .code
+            == 0
+    });
+    source.sh("big", "cat /run/sum-before")
+}
+
+/// The pids of `pid`'s children.
+fn children(pid: u32) -> Vec<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Once the VM runs at the target and its memory still follows (`migrate` still runs).
+fn await_post_copy_window(target: &Feather, migrating: &mut Child) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        assert!(
+            migrating.try_wait().unwrap().is_none(),
+            "the migration ended before the test could break it"
+        );
+        // Its keeper removes the hold once the sender has let the VM go.
+        let held = target.vm_dir("big").join("checkpoint").join("hold");
+        if target.vm_dir("big").exists() && target.status("big") == "running" && !held.exists() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never ran at the target"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
 }
 
 #[test]
@@ -894,4 +953,121 @@ fn without_an_uplink_a_vm_stays_off_the_lan() {
         !rules.contains(&lan.uplinks[0]),
         "a rule for the LAN: {rules}"
     );
+}
+
+#[test]
+fn a_vm_holding_256_mib_and_writing_migrates_in_post_copy_with_its_memory_intact() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-mem"), Feather::new("mig-mem-dst"));
+    let before = memory_vm(&source);
+    let server = Server::start(&hosts, &target, &[]);
+    let moved: crate::support::Outcome =
+        migrating(&hosts, &source, "big", &["--mode", "post-copy", "--json"])
+            .output()
+            .unwrap()
+            .into();
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait(), "the receiver ran the VM");
+    let phases: serde_json::Value = serde_json::from_str(&moved.stdout).unwrap();
+    assert_eq!(phases["mode"], "post-copy", "{phases}");
+    let (frozen, all_pages) = (
+        phases["frozen_ms"].as_u64().unwrap(),
+        phases["all_pages_ms"].as_u64().unwrap(),
+    );
+    assert!(all_pages >= frozen, "{phases}");
+    // 256 MiB is 65,536 pages: nearly all of them followed the VM.
+    assert!(
+        phases["pages_after_resume"].as_u64().unwrap() > 60_000,
+        "{phases}"
+    );
+    assert_eq!(
+        source.ok(&["ls", "--json"]).trim(),
+        "[]",
+        "released on the source"
+    );
+    assert_eq!(target.status("big"), "running");
+    let longest_gap = target.sh("big", "cat /run/longest-gap");
+    target.sh("big", "touch /run/sum-request");
+    target.eventually("the writer checks its memory at the target", || {
+        target
+            .run(&["exec", "big", "--", "cat", "/run/sum-after"])
+            .code
+            == 0
+    });
+    assert_eq!(
+        target.sh("big", "cat /run/sum-after"),
+        before,
+        "every byte of its 256 MiB arrived"
+    );
+    eprintln!(
+        "post-copy of a 256 MiB writer: frozen {frozen} ms by migrate's count ({}), longest gap \
+         between ticks inside {} ms, every page {all_pages} ms after the freeze began",
+        phases["phases_ms"],
+        longest_gap.trim()
+    );
+    target.ok(&["rm", "-f", "big"]);
+}
+
+#[test]
+fn a_receiver_killed_during_post_copy_loses_the_vm_on_both_sides() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-pc-rx"), Feather::new("mig-pc-rx-dst"));
+    memory_vm(&source);
+    let mut server = Server::start(&hosts, &target, &[]);
+    let mut migrating = migrating(&hosts, &source, "big", &["--mode", "post-copy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    await_post_copy_window(&target, &mut migrating);
+    // The receiving host goes: its serve and the daemon fetching the pages.
+    let daemons = children(server.child.id());
+    server.child.kill().unwrap();
+    for pid in daemons {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    server.child.wait().unwrap();
+    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    assert_ne!(failed.code, 0, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("the VM is lost"),
+        "{}",
+        failed.stderr
+    );
+    // Its copy at the receiver, missing pages, does not run on (its keeper ends it).
+    target.eventually("the receiver's copy has ended", || {
+        target.status("big") != "running"
+    });
+    source.eventually("never running twice: not at the source either", || {
+        source.status("big") != "running"
+    });
+}
+
+#[test]
+fn a_sender_killed_during_post_copy_loses_the_vm_and_the_receiver_ends_its_copy() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-pc-tx"), Feather::new("mig-pc-tx-dst"));
+    memory_vm(&source);
+    let keeper = source.inspect("big")["state"]["keeper_pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let server = Server::start(&hosts, &target, &[]);
+    let mut migrating = migrating(&hosts, &source, "big", &["--mode", "post-copy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    await_post_copy_window(&target, &mut migrating);
+    // The sending host goes: its migrate, the VM's keeper and the CRIU serving the pages.
+    let mut pids = children(keeper);
+    pids.extend([keeper, migrating.id()]);
+    for pid in pids {
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+    }
+    let _ = migrating.wait();
+    // The receiver sees the pages stop and ends its copy rather than run it on zeros.
+    assert!(!server.wait(), "the receiver says the migration failed");
+    target.eventually("the receiver's copy is gone", || {
+        target.ok(&["ls", "--json"]).trim() == "[]"
+    });
 }

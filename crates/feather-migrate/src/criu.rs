@@ -21,7 +21,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use std::os::fd::AsRawFd;
 
@@ -41,6 +41,9 @@ const SYSTEM: [&str; 2] = ["/usr/sbin/criu", "/usr/local/sbin/criu"];
 /// The log each action writes inside the images folder.
 pub const DUMP_LOG: &str = "dump.log";
 pub const RESTORE_LOG: &str = "restore.log";
+pub const LAZY_LOG: &str = "lazy-pages.log";
+/// Where `criu lazy-pages` waits for a lazy restore (CRIU's own name, in the images folder).
+pub const LAZY_SOCKET: &str = "lazy-pages.socket";
 
 /// Kernel features CRIU probes that matter to feather, and what each is for.
 pub const FEATURES: [(&str, &str); 12] = [
@@ -87,6 +90,183 @@ pub struct Report {
     /// What `criu check` printed.
     pub check_output: String,
     pub features: Vec<Feature>,
+    /// Whether a migration can be post-copy here, and why (not).
+    pub post_copy: PostCopy,
+    /// Whether a migration can be pre-copy here (soft-dirty tracking).
+    pub pre_copy: bool,
+}
+
+/// Whether post-copy (CRIU's lazy pages) works here, and what makes CRIU's page pipes fit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum PostCopy {
+    /// `fs.pipe-max-size` is at least the 4 MiB CRIU asks for.
+    PipesFit { pipe_max_size: u64 },
+    /// The shim `scripts/install-criu` preloads caps CRIU's pipe sizes at `fs.pipe-max-size`
+    /// (this process may not exceed it: `CAP_SYS_RESOURCE` is withheld); nothing host-wide
+    /// changes.
+    ShimCapsPipes { pipe_max_size: u64 },
+    /// Lazy pages cannot work here.
+    Unavailable { why: String },
+}
+
+impl PostCopy {
+    pub fn available(&self) -> bool {
+        !matches!(self, PostCopy::Unavailable { .. })
+    }
+}
+
+/// The page size CRIU's page pipes grow to (`PIPE_MAX_SIZE` pages of 4 KiB).
+const CRIU_PIPE_SIZE: u64 = 4 << 20;
+
+/// Decides [`PostCopy`] from what `criu check --feature` said of userfaultfd, the system's
+/// pipe size limit, whether this process may exceed it, and whether the preloaded shim caps
+/// pipe sizes.
+pub fn post_copy(
+    uffd: bool,
+    pipe_max_size: Option<u64>,
+    capable: bool,
+    shim_caps_pipes: bool,
+) -> PostCopy {
+    let Some(max) = pipe_max_size else {
+        return PostCopy::Unavailable {
+            why: "/proc/sys/fs/pipe-max-size cannot be read".into(),
+        };
+    };
+    if !uffd {
+        PostCopy::Unavailable {
+            why: "the kernel lacks userfaultfd (uffd, uffd-noncoop), which lazy restore needs"
+                .into(),
+        }
+    } else if max >= CRIU_PIPE_SIZE || capable {
+        PostCopy::PipesFit { pipe_max_size: max }
+    } else if shim_caps_pipes {
+        PostCopy::ShimCapsPipes { pipe_max_size: max }
+    } else {
+        PostCopy::Unavailable {
+            why: format!(
+                "CRIU sizes its page pipes to 4 MiB, above fs.pipe-max-size ({max} bytes), which \
+                 needs CAP_SYS_RESOURCE; run feather's scripts/install-criu, whose shim caps them"
+            ),
+        }
+    }
+}
+
+/// Whether this process may size pipes past `fs.pipe-max-size` (`CAP_SYS_RESOURCE` in its
+/// effective set).
+fn capable_of_big_pipes() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+/// Whether the CRIU at `path` is the wrapper of `scripts/install-criu` preloading a shim that
+/// caps pipe sizes (it names the limit's file).
+fn shim_caps_pipes(path: &Path) -> bool {
+    let Ok(wrapper) = fs::read_to_string(path) else {
+        return false;
+    };
+    let Some(shim) = wrapper
+        .split_whitespace()
+        .skip_while(|w| *w != "--preload")
+        .nth(1)
+    else {
+        return false;
+    };
+    fs::read(shim).is_ok_and(|bytes| {
+        let needle = b"/proc/sys/fs/pipe-max-size";
+        bytes.windows(needle.len()).any(|w| w == needle)
+    })
+}
+
+fn pipe_max_size() -> Option<u64> {
+    fs::read_to_string("/proc/sys/fs/pipe-max-size")
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+}
+
+/// Where a lazy dump serves the memory it kept back: the sender's address the receiver
+/// reached it by, and a port.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageServer {
+    pub address: String,
+    pub port: u16,
+}
+
+/// The pages of a dump, from its `pagemap-<pid>.img` images.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DumpStats {
+    /// Pages written into the images (they travel with the archive).
+    pub pages_written: u64,
+    /// Pages kept back for the page server (post-copy: they follow after the restore).
+    pub pages_lazy: u64,
+}
+
+/// pagemap_entry (images/pagemap.proto).
+#[derive(Clone, PartialEq, prost::Message)]
+struct PagemapEntry {
+    #[prost(uint32, optional, tag = "2")]
+    compat_nr_pages: Option<u32>,
+    #[prost(uint32, optional, tag = "4")]
+    flags: Option<u32>,
+    #[prost(uint64, optional, tag = "5")]
+    nr_pages: Option<u64>,
+}
+
+/// `PE_LAZY` and `PE_PRESENT` of criu/include/pagemap.h.
+const PE_LAZY: u32 = 1 << 1;
+const PE_PRESENT: u32 = 1 << 2;
+
+/// Counts the pages of a dump in `images`: every `pagemap-<pid>.img` is two magic words, then
+/// records of a 4-byte length and a message: a pagemap_head, then pagemap_entry ones. (CRIU's
+/// own `stats-dump` counts none of them on this kernel's scan of pages.)
+pub fn dump_stats(images: &Path) -> Option<DumpStats> {
+    use prost::Message;
+    let mut stats = DumpStats::default();
+    for entry in fs::read_dir(images).ok()?.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        let Some(pid) = name
+            .strip_prefix("pagemap-")
+            .and_then(|n| n.strip_suffix(".img"))
+        else {
+            continue;
+        };
+        if pid.parse::<u32>().is_err() {
+            continue;
+        }
+        let bytes = fs::read(entry.path()).ok()?;
+        let mut at = 8;
+        let mut first = true;
+        while let Some(length) = bytes.get(at..at + 4) {
+            let length = u32::from_le_bytes(length.try_into().ok()?) as usize;
+            let record = bytes.get(at + 4..at + 4 + length)?;
+            at += 4 + length;
+            if std::mem::take(&mut first) {
+                continue;
+            }
+            let record = PagemapEntry::decode(record).ok()?;
+            let pages = record
+                .nr_pages
+                .unwrap_or(u64::from(record.compat_nr_pages.unwrap_or(0)));
+            // Private anonymous pages are marked lazy in every dump; only a lazy dump leaves
+            // them out of the images (not present).
+            let flags = record.flags.unwrap_or(PE_PRESENT);
+            if flags & PE_PRESENT != 0 {
+                stats.pages_written += pages;
+            } else if flags & PE_LAZY != 0 {
+                stats.pages_lazy += pages;
+            }
+        }
+    }
+    Some(stats)
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -116,6 +296,8 @@ pub struct Dump<'a> {
     /// hiding state roots, which the restoring side mounts anew for the roots of its host
     /// (a root removed since would leave CRIU no folder to mount on).
     pub skipped_mounts: &'a [String],
+    /// Post-copy: keep private memory back and serve it here once the rest is dumped.
+    pub lazy: Option<&'a PageServer>,
 }
 
 /// A restore of a dumped tree.
@@ -131,6 +313,9 @@ pub struct Restore<'a> {
     pub veths: &'a [(String, String, String)],
     /// Leave the restored processes stopped (SIGSTOP), for the caller to continue them.
     pub leave_stopped: bool,
+    /// Post-copy: memory comes from the `criu lazy-pages` daemon listening in the images
+    /// folder ([`Criu::lazy_pages`]).
+    pub lazy: bool,
 }
 
 impl Criu {
@@ -199,6 +384,27 @@ impl Criu {
         &self.version
     }
 
+    /// Whether `criu check --feature NAME` passes.
+    pub fn has_feature(&self, name: &str) -> bool {
+        Command::new(&self.path)
+            .args(["check", "--feature", name])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|status| status.success())
+    }
+
+    /// Whether post-copy works with this CRIU here (see [`PostCopy`]).
+    pub fn post_copy(&self) -> PostCopy {
+        post_copy(
+            self.has_feature("uffd-noncoop"),
+            pipe_max_size(),
+            capable_of_big_pipes(),
+            shim_caps_pipes(&self.path),
+        )
+    }
+
     /// Asks CRIU whether this kernel has what it needs, and which optional features it has.
     pub fn report(&self) -> Report {
         let check = Command::new(&self.path)
@@ -218,33 +424,39 @@ impl Criu {
             ),
             Err(e) => (false, e.to_string()),
         };
-        let features = FEATURES
+        let features: Vec<Feature> = FEATURES
             .iter()
             .map(|&(name, purpose)| Feature {
                 name,
                 purpose,
-                supported: Command::new(&self.path)
-                    .args(["check", "--feature", name])
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|status| status.success()),
+                supported: self.has_feature(name),
             })
             .collect();
+        let has = |name: &str| features.iter().any(|f| f.name == name && f.supported);
+        let post_copy = post_copy(
+            has("uffd-noncoop"),
+            pipe_max_size(),
+            capable_of_big_pipes(),
+            shim_caps_pipes(&self.path),
+        );
+        let pre_copy = has("mem_dirty_track");
         Report {
             path: self.path.clone(),
             version: self.version.clone(),
             works,
             check_output,
             features,
+            post_copy,
+            pre_copy,
         }
     }
 
     /// Dumps a VM's process tree into `dump.images`, through CRIU's RPC (`criu swrk`). On
     /// failure the VM's processes go on running (CRIU resumes them), and the error carries
     /// CRIU's own words from its log, which name the resource it could not dump.
-    pub fn dump(&self, dump: &Dump) -> Result<()> {
+    /// `on_images` runs once the images are written (before a lazy dump serves its memory,
+    /// which it does until the receiver has every page).
+    pub fn dump(&self, dump: &Dump, on_images: &mut dyn FnMut()) -> Result<()> {
         fs::create_dir_all(dump.images).map_err(io_at(dump.images))?;
         let images = fs::File::open(dump.images).map_err(io_at(dump.images))?;
         let opts = rpc::Opts {
@@ -259,15 +471,31 @@ impl Criu {
                 .map(|(mount_point, key)| format!("mnt[{mount_point}]:{key}"))
                 .collect(),
             skip_mnt: dump.skipped_mounts.to_vec(),
+            lazy_pages: dump.lazy.map(|_| true),
+            ps: dump.lazy.map(|at| rpc::PageServer {
+                address: Some(at.address.clone()),
+                port: Some(i32::from(at.port)),
+            }),
+            notify_scripts: Some(true),
             ..common_options()
         };
-        self.dump_with(dump.vm, opts, &dump.images.join(DUMP_LOG))
+        self.dump_notified(dump.vm, opts, &dump.images.join(DUMP_LOG), on_images)
     }
 
     /// A dump with options the caller chose (feather-oci maps runc's flags onto them, starting
     /// from [`common_options`]); `opts.images_dir_fd` (and `work_dir_fd`) must stay open until
     /// it returns. `log` is where CRIU's log lands, for the error's words.
     pub fn dump_with(&self, name: &str, opts: rpc::Opts, log: &Path) -> Result<()> {
+        self.dump_notified(name, opts, log, &mut || {})
+    }
+
+    fn dump_notified(
+        &self,
+        name: &str,
+        opts: rpc::Opts,
+        log: &Path,
+        on_images: &mut dyn FnMut(),
+    ) -> Result<()> {
         let mut channel = rpc::Channel::new().map_err(|e| self.broken(e))?;
         let mut criu = Command::new(&self.path)
             .arg("swrk")
@@ -278,10 +506,19 @@ impl Criu {
             .spawn()
             .map_err(|e| self.broken(e))?;
         channel.criu_started();
-        let answer = channel.call(&rpc::Request {
-            kind: rpc::ReqType::Dump as i32,
-            opts: Some(opts),
-        });
+        let answer = channel.call_notified(
+            &rpc::Request {
+                kind: rpc::ReqType::Dump as i32,
+                opts: Some(opts),
+                notify_success: None,
+            },
+            &mut |script| {
+                if script == "post-dump" {
+                    on_images();
+                }
+                true
+            },
+        );
         let _ = criu.wait();
         match answer {
             Ok(answer) if answer.success => Ok(()),
@@ -313,6 +550,7 @@ impl Criu {
             root: Some(restore.root.display().to_string()),
             rst_sibling: Some(true),
             leave_stopped: restore.leave_stopped.then_some(true),
+            lazy_pages: restore.lazy.then_some(true),
             external,
             ..common_options()
         };
@@ -340,9 +578,50 @@ impl Criu {
             request: rpc::Request {
                 kind: rpc::ReqType::Restore as i32,
                 opts: Some(opts),
+                notify_success: None,
             },
             log,
         })
+    }
+
+    /// Post-copy, on the receiver: starts `criu lazy-pages`, which listens on
+    /// [`LAZY_SOCKET`] in `images` for the restore's userfaultfds and fetches their pages from
+    /// the sender's page server `from`, on demand and in the background, until it has them
+    /// all; it then exits 0. Returns once it listens.
+    pub fn lazy_pages(
+        &self,
+        vm: &str,
+        images: &Path,
+        from: &PageServer,
+    ) -> Result<std::process::Child> {
+        let socket = images.join(LAZY_SOCKET);
+        let _ = fs::remove_file(&socket);
+        let mut child = Command::new(&self.path)
+            .arg("lazy-pages")
+            .arg("--page-server")
+            .args(["--address", &from.address])
+            .args(["--port", &from.port.to_string()])
+            .arg("--images-dir")
+            .arg(images)
+            .args(["--log-file", LAZY_LOG])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| self.broken(e))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !socket.exists() {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Err(failure(vm, "fetch the memory of", &images.join(LAZY_LOG)));
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(failure(vm, "fetch the memory of", &images.join(LAZY_LOG)));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        Ok(child)
     }
 
     fn broken(&self, source: std::io::Error) -> MigrateError {
@@ -485,6 +764,33 @@ fn at_least(version: &str, min: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn post_copy_needs_uffd_and_pipes_that_fit_or_the_shim() {
+        let mib = 1 << 20;
+        assert!(matches!(
+            post_copy(false, Some(4 * mib), true, true),
+            PostCopy::Unavailable { .. }
+        ));
+        assert_eq!(
+            post_copy(true, Some(4 * mib), false, false),
+            PostCopy::PipesFit {
+                pipe_max_size: 4 * mib
+            }
+        );
+        assert_eq!(
+            post_copy(true, Some(mib), true, false),
+            PostCopy::PipesFit { pipe_max_size: mib }
+        );
+        assert_eq!(
+            post_copy(true, Some(mib), false, true),
+            PostCopy::ShimCapsPipes { pipe_max_size: mib }
+        );
+        let PostCopy::Unavailable { why } = post_copy(true, Some(mib), false, false) else {
+            panic!("post-copy without the shim or the capability");
+        };
+        assert!(why.contains("scripts/install-criu"), "{why}");
+    }
 
     #[test]
     fn versions_compare_by_number() {

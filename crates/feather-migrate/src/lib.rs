@@ -5,6 +5,8 @@
 //! - [`rpc`]: CRIU's RPC messages and the connection to `criu swrk`
 //! - [`archive`]: a stopped or checkpointed VM as one compressed file, and back
 //! - [`transfer`]: an archive sent to another host, authenticated and checksummed
+//! - [`pages`]: post-copy's page stream between CRIU's page server and `criu lazy-pages`,
+//!   relayed on both hosts and opened with the receiver's proof of the token
 //!
 //! The VM side (which process tree, which mounts, who owns the restored init) is the keeper's,
 //! in `feather-vm`; this crate knows CRIU and files, nothing of namespaces.
@@ -12,6 +14,7 @@
 pub mod archive;
 pub mod criu;
 mod error;
+pub mod pages;
 pub mod rpc;
 pub mod transfer;
 

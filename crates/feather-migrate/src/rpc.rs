@@ -28,6 +28,8 @@ pub enum ReqType {
     Dump = 1,
     Restore = 2,
     Check = 3,
+    /// A notification from criu (a "script" hook); the requester answers with `notify_success`.
+    Notify = 6,
     Version = 10,
 }
 
@@ -79,6 +81,13 @@ pub struct Opts {
     /// Relative to the images folder.
     #[prost(string, optional, tag = "10")]
     pub log_file: Option<String>,
+    /// The page server: where a lazy dump serves the memory it kept back (`--address`,
+    /// `--port`).
+    #[prost(message, optional, tag = "11")]
+    pub ps: Option<PageServer>,
+    /// Send a [`ReqType::Notify`] at each hook (`post-dump`: the images are written).
+    #[prost(bool, optional, tag = "12")]
+    pub notify_scripts: Option<bool>,
     #[prost(string, optional, tag = "13")]
     pub root: Option<String>,
     /// A descriptor of the folder for logs and work files (else the images folder).
@@ -102,6 +111,10 @@ pub struct Opts {
     /// `--skip-mnt`: mounts not dumped at all (dump).
     #[prost(string, repeated, tag = "31")]
     pub skip_mnt: Vec<String>,
+    /// `--lazy-pages`: a dump keeps private memory back for a page server; a restore fetches
+    /// it on demand from a `criu lazy-pages` daemon.
+    #[prost(bool, optional, tag = "48")]
+    pub lazy_pages: Option<bool>,
     #[prost(enumeration = "CgMode", optional, tag = "34")]
     pub manage_cgroups_mode: Option<i32>,
     /// `--external` resources: `mnt[…]:…`, `veth[…]:…@…`.
@@ -112,6 +125,22 @@ pub struct Opts {
     pub leave_stopped: Option<bool>,
 }
 
+/// criu_page_server_info.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PageServer {
+    #[prost(string, optional, tag = "1")]
+    pub address: Option<String>,
+    #[prost(int32, optional, tag = "2")]
+    pub port: Option<i32>,
+}
+
+/// criu_notify: which hook criu has reached.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Notify {
+    #[prost(string, optional, tag = "1")]
+    pub script: Option<String>,
+}
+
 /// criu_req.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Request {
@@ -119,6 +148,9 @@ pub struct Request {
     pub kind: i32,
     #[prost(message, optional, tag = "2")]
     pub opts: Option<Opts>,
+    /// The answer to a notification: false makes criu fail the action.
+    #[prost(bool, optional, tag = "3")]
+    pub notify_success: Option<bool>,
 }
 
 /// criu_restore_resp.
@@ -138,6 +170,8 @@ pub struct Response {
     pub success: bool,
     #[prost(message, optional, tag = "4")]
     pub restore: Option<RestoreResponse>,
+    #[prost(message, optional, tag = "5")]
+    pub notify: Option<Notify>,
     #[prost(int32, optional, tag = "7")]
     pub cr_errno: Option<i32>,
     #[prost(string, optional, tag = "9")]
@@ -179,8 +213,38 @@ impl Channel {
 
     /// Sends one request and waits for its answer.
     pub fn call(&self, request: &Request) -> std::io::Result<Response> {
+        self.call_notified(request, &mut |_| true)
+    }
+
+    /// Sends one request and waits for its answer, answering each notification criu sends on
+    /// the way (with `notify_scripts`) with what `on_notify` says of its hook's name.
+    pub fn call_notified(
+        &self,
+        request: &Request,
+        on_notify: &mut dyn FnMut(&str) -> bool,
+    ) -> std::io::Result<Response> {
+        self.send(request)?;
+        loop {
+            let response = self.receive()?;
+            if response.kind != ReqType::Notify as i32 {
+                return Ok(response);
+            }
+            let script = response.notify.and_then(|n| n.script).unwrap_or_default();
+            self.send(&Request {
+                kind: ReqType::Notify as i32,
+                opts: None,
+                notify_success: Some(on_notify(&script)),
+            })?;
+        }
+    }
+
+    fn send(&self, request: &Request) -> std::io::Result<()> {
         let bytes = request.encode_to_vec();
         send(self.ours.as_raw_fd(), &bytes, MsgFlags::empty())?;
+        Ok(())
+    }
+
+    fn receive(&self) -> std::io::Result<Response> {
         let mut buffer = vec![0u8; 64 << 10];
         let n = recv(self.ours.as_raw_fd(), &mut buffer, MsgFlags::empty())?;
         if n == 0 {
@@ -208,6 +272,7 @@ mod tests {
                 external: vec!["mnt[/home]:k".into()],
                 ..Default::default()
             }),
+            notify_success: None,
         };
         let bytes = request.encode_to_vec();
         // field 1 varint 1 (DUMP); field 2 (opts), length-delimited.

@@ -57,7 +57,7 @@ pub use crate::error::TransferError;
 use crate::error::{MigrateError, Result};
 
 /// Changes whenever a message of this module (or what it means) changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -92,6 +92,10 @@ enum Message {
         address: String,
         #[serde(default)]
         subnet: String,
+        /// Post-copy: the port of the sender's page server (at the address the receiver sees
+        /// the sender at); 0 for stop-and-copy.
+        #[serde(default)]
+        pages_port: u16,
         proof: String,
     },
     Accept,
@@ -134,6 +138,8 @@ pub struct Offer {
     pub vm: String,
     pub address: String,
     pub subnet: String,
+    /// Post-copy: the port the sender's page server will listen on; 0 for stop-and-copy.
+    pub pages_port: u16,
 }
 
 /// How far a transfer has come, for a progress display: `sent` of `total` bytes.
@@ -186,6 +192,7 @@ pub fn offer(to: &str, token: &str, offer: &Offer) -> Result<Accepted> {
             &offer.vm,
             &offer.address,
             &offer.subnet,
+            &offer.pages_port.to_string(),
         ],
     );
     accepted.send(&Message::Offer {
@@ -193,6 +200,7 @@ pub fn offer(to: &str, token: &str, offer: &Offer) -> Result<Accepted> {
         vm: offer.vm.clone(),
         address: offer.address.clone(),
         subnet: offer.subnet.clone(),
+        pages_port: offer.pages_port,
         proof,
     })?;
     match read(&mut accepted.reader).map_err(failed)? {
@@ -202,7 +210,43 @@ pub fn offer(to: &str, token: &str, offer: &Offer) -> Result<Accepted> {
     }
 }
 
+/// This side's address towards `to`: where the receiver reaches a page server of this host
+/// (the address this host's packets to it come from).
+pub fn local_address_towards(to: &str) -> Result<std::net::IpAddr> {
+    let failed = |e| MigrateError::Transfer {
+        peer: to.to_owned(),
+        source: TransferError::Connect(e),
+    };
+    let target = std::net::ToSocketAddrs::to_socket_addrs(to)
+        .map_err(failed)?
+        .next()
+        .ok_or_else(|| failed(std::io::Error::from(std::io::ErrorKind::AddrNotAvailable)))?;
+    let unspecified: std::net::SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    // A UDP socket connects without a packet: the kernel only picks the route and address.
+    let probe = std::net::UdpSocket::bind(unspecified).map_err(failed)?;
+    probe.connect(target).map_err(failed)?;
+    Ok(probe.local_addr().map_err(failed)?.ip())
+}
+
+/// The tag that opens a post-copy page stream: the receiver's proof of the token for this
+/// transfer (see [`crate::pages`]).
+fn pages_tag(token: &str, nonce: &str) -> [u8; TAG_LEN] {
+    keyed(token, &[nonce.as_bytes(), b"pages"])
+        .finalize()
+        .into_bytes()
+        .into()
+}
+
 impl Accepted {
+    /// The tag the receiver's page stream must open with.
+    pub fn pages_tag(&self) -> [u8; TAG_LEN] {
+        pages_tag(&self.token, &self.nonce)
+    }
+
     fn send(&mut self, message: &Message) -> Result<()> {
         write(&mut self.stream, message).map_err(|e| self.failed(TransferError::Lost(e)))
     }
@@ -310,6 +354,8 @@ pub struct Incoming<'a> {
     pub vm: String,
     /// Who sent it, for messages.
     pub peer: String,
+    /// Post-copy: the sender's page server, which serves the VM's memory after its restore.
+    pub pages: Option<crate::criu::PageServer>,
     stream: TcpStream,
     reader: BufReader<TcpStream>,
     nonce: String,
@@ -382,6 +428,11 @@ impl Incoming<'_> {
 }
 
 impl<'a> Incoming<'a> {
+    /// The tag this side's page stream opens with.
+    pub fn pages_tag(&self) -> [u8; TAG_LEN] {
+        pages_tag(&self.receiver.token, &self.nonce)
+    }
+
     /// The archive, read as it arrives; `progress` hears the bytes so far.
     pub fn archive<'i>(&'i mut self, progress: Progress<'i>) -> ArchiveReader<'i, 'a> {
         ArchiveReader {
@@ -481,11 +532,12 @@ impl Receiver {
         &self,
         check: impl Fn(&Offer) -> std::result::Result<(), E>,
     ) -> Result<Incoming<'_>> {
-        let (mut stream, peer) = self.listener.accept().map_err(|e| MigrateError::Transfer {
-            peer: self.local_addr(),
-            source: TransferError::Lost(e),
-        })?;
-        let peer = peer.to_string();
+        let (mut stream, peer_address) =
+            self.listener.accept().map_err(|e| MigrateError::Transfer {
+                peer: self.local_addr(),
+                source: TransferError::Lost(e),
+            })?;
+        let peer = peer_address.to_string();
         let failed = |source: TransferError| MigrateError::Transfer {
             peer: peer.clone(),
             source,
@@ -527,10 +579,18 @@ impl Receiver {
                 vm,
                 address,
                 subnet,
+                pages_port,
                 proof,
             } if verify(
                 &self.token,
-                &[&nonce, "offer", &vm, &address, &subnet],
+                &[
+                    &nonce,
+                    "offer",
+                    &vm,
+                    &address,
+                    &subnet,
+                    &pages_port.to_string(),
+                ],
                 &proof,
             ) =>
             {
@@ -538,6 +598,7 @@ impl Receiver {
                     vm,
                     address,
                     subnet,
+                    pages_port,
                 }
             }
             Message::Offer { .. } => return Err(refuse(TransferError::WrongToken)),
@@ -557,9 +618,14 @@ impl Receiver {
             return Err(refuse(TransferError::Declined { why }));
         }
         write(&mut stream, &Message::Accept).map_err(|e| failed(TransferError::Lost(e)))?;
+        let pages = (offer.pages_port != 0).then(|| crate::criu::PageServer {
+            address: peer_address.ip().to_string(),
+            port: offer.pages_port,
+        });
         Ok(Incoming {
             vm,
             peer,
+            pages,
             stream,
             reader,
             nonce,
@@ -828,7 +894,8 @@ mod tests {
             }
         ));
         assert!(
-            feather_core::error::causes(&error).contains("version 0, where this side speaks 1"),
+            feather_core::error::causes(&error)
+                .contains(&format!("version 0, where this side speaks {VERSION}")),
             "{error}"
         );
         assert!(old.join().unwrap().is_empty(), "no offer was sent");
@@ -867,7 +934,8 @@ mod tests {
         ));
         let answer = sender.join().unwrap();
         assert!(
-            answer.contains("refuse") && answer.contains("version 9, where this side speaks 1"),
+            answer.contains("refuse")
+                && answer.contains(&format!("version 9, where this side speaks {VERSION}")),
             "{answer}"
         );
     }

@@ -51,6 +51,60 @@ pub fn checkpoint(
 ) -> Result<PathBuf> {
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
+    let config = checkpointable(&vm, name)?;
+    progress(Progress::Phase(&format!("checkpointing {name}")));
+    // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
+    let criu = Criu::locate().in_vm(name)?;
+    let answer = protocol::call(
+        &vm.control_socket(),
+        &Request::Checkpoint {
+            leave_running,
+            criu: criu.path().to_path_buf(),
+            lazy: None,
+        },
+        DUMP_TIMEOUT,
+    )
+    .map_err(|source| VmError::KeeperSilent {
+        vm: name.to_string(),
+        source,
+    })?;
+    match answer {
+        Response::Checkpointed {
+            leave_running: true,
+        } => {}
+        // The keeper answers once the VM's processes are gone, just before it exits itself; a
+        // restore right after must not find its lock still held.
+        Response::Checkpointed {
+            leave_running: false,
+        } => {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while vm.keeper_alive()? && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+        // The keeper's error names the VM and carries its causes.
+        Response::Error { message } => return Err(VmError::Keeper(message)),
+        other => {
+            return Err(VmError::KeeperAnswer {
+                vm: name.to_string(),
+                answer: format!("{other:?}"),
+            })
+        }
+    }
+    record_subnet(root, &vm, &config)?;
+    if let Some(file) = export {
+        progress(Progress::Phase(&format!("writing {}", file.display())));
+        archive::export(vm.path(), file, &mut |done| {
+            progress(Progress::Bytes { done, total: 0 })
+        })
+        .in_vm(name)?;
+    }
+    Ok(vm.checkpoint_dir())
+}
+
+/// Whether the VM may be checkpointed now (it runs, is not throw-away, and CRIU can reach its
+/// processes); its config if so.
+fn checkpointable(vm: &feather_core::VmDir, name: &VmName) -> Result<feather_core::VmConfig> {
     match vm.read_state()?.status {
         VmStatus::Running => {}
         VmStatus::Checkpointed => {
@@ -82,45 +136,16 @@ pub fn checkpoint(
              created with --net none",
         ));
     }
-    progress(Progress::Phase(&format!("checkpointing {name}")));
-    // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
-    let criu = Criu::locate().in_vm(name)?;
-    let answer = protocol::call(
-        &vm.control_socket(),
-        &Request::Checkpoint {
-            leave_running,
-            criu: criu.path().to_path_buf(),
-        },
-        DUMP_TIMEOUT,
-    )
-    .map_err(|source| VmError::KeeperSilent {
-        vm: name.to_string(),
-        source,
-    })?;
-    match answer {
-        Response::Checkpointed {
-            leave_running: true,
-        } => {}
-        // The keeper answers once the VM's processes are gone, just before it exits itself; a
-        // restore right after must not find its lock still held.
-        Response::Checkpointed {
-            leave_running: false,
-        } => {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while vm.keeper_alive()? && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
-        }
-        // The keeper's error names the VM and carries its causes.
-        Response::Error { message } => return Err(VmError::Keeper(message)),
-        other => {
-            return Err(VmError::KeeperAnswer {
-                vm: name.to_string(),
-                answer: format!("{other:?}"),
-            })
-        }
-    }
-    // Where the VM's address came from: a restore elsewhere keeps it only in the same subnet.
+    Ok(config)
+}
+
+/// Where the VM's address came from: a restore elsewhere keeps it only in the same subnet.
+fn record_subnet(
+    root: &StateRoot,
+    vm: &feather_core::VmDir,
+    config: &feather_core::VmConfig,
+) -> Result<()> {
+    let name = vm.name();
     if let Some(subnet) = feather_net::subnet_of(root.dir(), &config.network).in_vm(name)? {
         let text = serde_json::to_vec(&subnet).map_err(encode(name, SUBNET))?;
         feather_core::atomic::write_atomic(
@@ -129,14 +154,83 @@ pub fn checkpoint(
             Durability::Durable,
         )?;
     }
-    if let Some(file) = export {
-        progress(Progress::Phase(&format!("writing {}", file.display())));
-        archive::export(vm.path(), file, &mut |done| {
-            progress(Progress::Bytes { done, total: 0 })
-        })
-        .in_vm(name)?;
+    Ok(())
+}
+
+/// A post-copy checkpoint under way: everything but the VM's memory is in its checkpoint
+/// folder, and CRIU, in the keeper, serves the memory from its page server until the receiver
+/// has every page (or the fetching fails: then CRIU lets the VM's processes go on here).
+pub(crate) struct LazyCheckpoint {
+    vm: feather_core::VmDir,
+    keeper: protocol::Conversation,
+    _op: std::fs::File,
+}
+
+/// Post-copy: dumps the running VM `name` but its memory, which CRIU serves at `at`; returns
+/// once the rest is in the checkpoint folder. If this fails the VM runs on.
+pub(crate) fn checkpoint_lazy(
+    root: &StateRoot,
+    name: &VmName,
+    at: &feather_migrate::criu::PageServer,
+) -> Result<LazyCheckpoint> {
+    let vm = root.open(name)?;
+    let op = vm.lock_operations()?;
+    let config = checkpointable(&vm, name)?;
+    let criu = Criu::locate().in_vm(name)?;
+    let silent = |source| VmError::KeeperSilent {
+        vm: name.to_string(),
+        source,
+    };
+    let mut keeper = protocol::Conversation::start(
+        &vm.control_socket(),
+        &Request::Checkpoint {
+            leave_running: false,
+            criu: criu.path().to_path_buf(),
+            lazy: Some(at.clone()),
+        },
+        DUMP_TIMEOUT,
+    )
+    .map_err(silent)?;
+    match keeper.answer().map_err(silent)? {
+        Response::Dumped => {}
+        Response::Error { message } => return Err(VmError::Keeper(message)),
+        other => {
+            return Err(VmError::KeeperAnswer {
+                vm: name.to_string(),
+                answer: format!("{other:?}"),
+            })
+        }
     }
-    Ok(vm.checkpoint_dir())
+    record_subnet(root, &vm, &config)?;
+    Ok(LazyCheckpoint {
+        vm,
+        keeper,
+        _op: op,
+    })
+}
+
+impl LazyCheckpoint {
+    /// Waits until the page server has served every page and the VM's processes here have
+    /// ended (`Ok`), or the fetching failed (`Err`; CRIU then lets the processes here go on,
+    /// unless they were ended or are frozen).
+    pub(crate) fn finish(mut self) -> Result<()> {
+        let name = self.vm.name().to_string();
+        match self.keeper.answer() {
+            Ok(Response::Checkpointed { .. }) => {
+                let deadline = std::time::Instant::now() + Duration::from_secs(10);
+                while self.vm.keeper_alive()? && std::time::Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Ok(())
+            }
+            Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
+            Ok(other) => Err(VmError::KeeperAnswer {
+                vm: name,
+                answer: format!("{other:?}"),
+            }),
+            Err(source) => Err(VmError::KeeperSilent { vm: name, source }),
+        }
+    }
 }
 
 /// `feather restore`: brings a checkpointed VM back; with `import`, first adds it to this state

@@ -108,10 +108,12 @@ pub enum Answer {
     Running,
     /// Stop the VM with this grace; the asker hears when it has stopped.
     Stop(Duration),
-    /// Dump the VM with CRIU (then see [`after_dump`]).
+    /// Dump the VM with CRIU (then see [`after_dump`]); `lazy`: post-copy, its memory served
+    /// from there.
     Checkpoint {
         leave_running: bool,
         criu: std::path::PathBuf,
+        lazy: Option<feather_migrate::criu::PageServer>,
     },
 }
 
@@ -123,9 +125,11 @@ pub fn answer(request: Request) -> Answer {
         Request::Checkpoint {
             leave_running,
             criu,
+            lazy,
         } => Answer::Checkpoint {
             leave_running,
             criu,
+            lazy,
         },
     }
 }
@@ -347,11 +351,13 @@ mod tests {
         assert_eq!(
             answer(Request::Checkpoint {
                 leave_running: true,
-                criu: "/usr/sbin/criu".into()
+                criu: "/usr/sbin/criu".into(),
+                lazy: None,
             }),
             Answer::Checkpoint {
                 leave_running: true,
-                criu: "/usr/sbin/criu".into()
+                criu: "/usr/sbin/criu".into(),
+                lazy: None,
             }
         );
         assert_eq!(after_dump(true), AfterDump::AnswerNow);
@@ -369,7 +375,8 @@ mod tests {
         assert_eq!(
             while_held(&Request::Checkpoint {
                 leave_running: false,
-                criu: "criu".into()
+                criu: "criu".into(),
+                lazy: None,
             }),
             WhileHeld::Refuse
         );

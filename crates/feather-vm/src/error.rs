@@ -118,6 +118,19 @@ pub enum VmError {
         source: Box<VmError>,
     },
 
+    /// A migration mode this host cannot do.
+    #[error("{mode} migration is not possible here: {why}")]
+    ModeUnavailable { mode: &'static str, why: String },
+
+    /// Post-copy: the VM ran at the receiver, and the transfer of its remaining memory failed.
+    #[error("VM {vm}: it ran at {to}, but the rest of its memory could not follow, so the copy there is incomplete and `feather serve` ends it; the VM is lost (its processes here ended when it ran there)")]
+    PagesLost {
+        vm: String,
+        to: String,
+        #[source]
+        source: Box<VmError>,
+    },
+
     /// A migration failed, and so did restoring the VM here (`source`).
     #[error("VM {vm}: migration failed ({migration}) and so did restoring it here; it stays checkpointed: `feather restore {vm}`")]
     MigrationAndRestoreFailed {

@@ -36,6 +36,10 @@ pub(crate) struct ExternalLayer {
     pub(crate) generated: bool,
 }
 
+/// Present while a VM received by a post-copy migration has its memory fetched from the
+/// sender's page server by `criu lazy-pages` (started by `feather serve`): its restore is lazy.
+pub(crate) const LAZY: &str = "lazy-pages";
+
 /// The marker a sending host leaves in the VM's checkpoint folder from the moment it lets the
 /// VM go until the receiver says it runs there: a restore here would run it twice.
 pub(crate) const RELEASED_TO: &str = "released-to";

@@ -384,12 +384,20 @@ impl Keeper {
         let mut stop_requests: Vec<UnixStream> = Vec::new();
         let mut checkpoint_requests: Vec<UnixStream> = Vec::new();
         let mut phase = Phase::Running;
+        // Post-copy: the VM's memory arrives through `feather serve` (its `criu lazy-pages`
+        // and tunnel). If that serve ends before every page has, the pages never fetched
+        // would read as zeros: the VM ends instead (docs/migration.md, "Post-copy").
+        let lazy = self.vm.checkpoint_dir().join(crate::images::LAZY);
+        let mut pages_from = self.hold.as_ref().filter(|_| runs && lazy.exists());
         let status = loop {
-            let mut fds = [
+            let mut fds = vec![
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
+            if let Some(serve) = pages_from {
+                fds.push(PollFd::new(serve.as_fd(), PollFlags::POLLIN));
+            }
             let timeout = phase
                 .patience(Instant::now())
                 .map_or(PollTimeout::NONE, |left| {
@@ -399,6 +407,17 @@ impl Keeper {
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
+            if fds.get(3).is_some_and(ready) {
+                pages_from = None;
+                if lazy.exists() {
+                    eprintln!(
+                        "feather keeper {}: the `feather serve` fetching its memory ended before \
+                         every page arrived; ending the VM",
+                        self.vm.name()
+                    );
+                    let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+                }
+            }
             if init_ended {
                 break waitpid(self.init.pid, None);
             }
@@ -489,7 +508,20 @@ impl Keeper {
             decide::Answer::Checkpoint {
                 leave_running,
                 criu,
-            } => match snapshot::dump(&self.vm, self.init.pid, leave_running, &criu) {
+                lazy,
+            } => match snapshot::dump(
+                &self.vm,
+                self.init.pid,
+                leave_running,
+                &criu,
+                lazy.as_ref(),
+                // Post-copy: the asker sends the images while CRIU serves the memory.
+                &mut || {
+                    if lazy.is_some() {
+                        let _ = protocol::write_response(stream, &Response::Dumped);
+                    }
+                },
+            ) {
                 Ok(()) => match decide::after_dump(leave_running) {
                     decide::AfterDump::AnswerNow => {
                         let _ = protocol::write_response(

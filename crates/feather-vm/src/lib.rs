@@ -3,7 +3,8 @@
 //!
 //! Run by the CLI (the asker's side; they reach a running VM only through its keeper):
 //! - [`lifecycle`]: create, start, stop, rm, and the throw-away `run --rm`; [`options`]: a new VM's options as a person writes them
-//! - [`checkpoint`]: `feather checkpoint` and `restore`; [`migration`]: `migrate` and `serve`
+//! - [`checkpoint`]: `feather checkpoint` and `restore`; [`migration`]: `migrate` (post-copy or
+//!   stop-and-copy) and `serve`
 //! - [`exec`] (with [`relay`]): entering a running VM
 //! - [`services`]: starting a VM with its services, and one request to its service manager
 //! - [`program`]: a program started in a running VM with stdio its caller gives, from any

@@ -5,38 +5,138 @@
 //! ([`crate::snapshot::await_release`]), so it never runs twice and is never lost.
 
 use std::fs;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use feather_core::atomic::Durability;
 use feather_core::error::causes;
 use feather_core::{Error, StateRoot, VmDir, VmName, VmStatus};
 use feather_migrate::archive;
 
-use crate::checkpoint::{checkpoint, import_archive, restore, serving, Progress, Source};
+use crate::checkpoint::{
+    checkpoint, checkpoint_lazy, import_archive, restore, serving, Progress, Source,
+};
 use crate::error::{failed, InVm, Result, VmError};
 use crate::images::{held_for, RELEASED_TO};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
 
+/// How a VM moves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+// The names are the modes' own (post-copy, stop-and-copy, pre-copy).
+#[allow(clippy::enum_variant_names)]
+pub enum Mode {
+    /// Frozen for the dump of everything but its memory, the transfer of that and its layer,
+    /// and the restore; its memory follows on demand from the sender's page server.
+    PostCopy,
+    /// Frozen for the whole dump, transfer and restore.
+    StopAndCopy,
+    /// Memory copied in rounds while it runs, then frozen for what changed: needs the kernel's
+    /// soft-dirty page tracking.
+    PreCopy,
+}
+
+/// The mode a migration takes: `asked`, if it works here, or else the best that does
+/// (post-copy where CRIU's lazy pages work, stop-and-copy otherwise).
+pub fn choose_mode(asked: Option<Mode>) -> Result<Mode> {
+    let criu = feather_migrate::criu::Criu::locate().map_err(|e| VmError::MigrateVm {
+        vm: String::new(),
+        source: Box::new(e),
+    })?;
+    match asked {
+        Some(Mode::StopAndCopy) => Ok(Mode::StopAndCopy),
+        Some(Mode::PreCopy) => Err(VmError::ModeUnavailable {
+            mode: "pre-copy",
+            why: if criu.has_feature("mem_dirty_track") {
+                "feather does not do pre-dump rounds yet".into()
+            } else {
+                "the kernel lacks soft-dirty page tracking (CONFIG_MEM_SOFT_DIRTY; `criu check \
+                 --feature mem_dirty_track` fails), so rounds could not tell changed pages"
+                    .into()
+            },
+        }),
+        Some(Mode::PostCopy) => match criu.post_copy() {
+            feather_migrate::criu::PostCopy::Unavailable { why } => Err(VmError::ModeUnavailable {
+                mode: "post-copy",
+                why,
+            }),
+            _ => Ok(Mode::PostCopy),
+        },
+        None if criu.post_copy().available() => Ok(Mode::PostCopy),
+        None => Ok(Mode::StopAndCopy),
+    }
+}
+
 /// What a migration moved and how long the VM was frozen: from the start of its checkpoint
 /// to the receiver's word that it runs there.
-#[derive(Debug)]
+#[derive(Debug, serde::Serialize)]
 pub struct Migrated {
+    pub mode: Mode,
+    /// Bytes of the archive (the VM's files and, for stop-and-copy, its memory).
     pub bytes: u64,
+    #[serde(rename = "frozen_ms", serialize_with = "millis")]
     pub frozen: Duration,
+    /// Post-copy: from the start of the freeze until the receiver had every page.
+    #[serde(rename = "all_pages_ms", serialize_with = "maybe_millis")]
+    pub all_pages: Option<Duration>,
+    /// Where the freeze went: the dump, the archive's transfer and the receiver's import
+    /// and restore, the release (until the receiver said the VM runs).
+    pub phases_ms: Phases,
+    /// Pages that travelled in the archive, before the VM ran at the receiver.
+    pub pages_before_resume: u64,
+    /// Pages that followed from the page server, fetched from the restore on (on demand
+    /// once the VM runs, and in the background).
+    pub pages_after_resume: u64,
+}
+
+/// The parts of a migration's freeze, in milliseconds.
+#[derive(Debug, Default, serde::Serialize)]
+pub struct Phases {
+    pub dump: u64,
+    pub transfer_and_restore: u64,
+    pub release: u64,
+}
+
+impl Phases {
+    /// From the instants the freeze began, the dump ended and the receiver had restored the
+    /// VM, to now, when it runs there.
+    fn measured(started: Instant, dumped: Instant, restored: Instant) -> Phases {
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Phases {
+            dump: ms(dumped - started),
+            transfer_and_restore: ms(restored - dumped),
+            release: ms(restored.elapsed()),
+        }
+    }
+}
+
+fn millis<S: serde::Serializer>(d: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
+
+fn maybe_millis<S: serde::Serializer>(
+    d: &Option<Duration>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => millis(d, s),
+        None => s.serialize_none(),
+    }
 }
 
 /// `feather migrate`: moves the running VM `name` to the receiver at `to` (a `feather serve`
-/// knowing `token`). The receiver is asked first, so an unreachable one, a wrong token or an
-/// address that cannot be kept there leaves the VM untouched. Then the VM is checkpointed and
-/// its archive sent; the receiver restores it, stopped, and only once this side has let it go
-/// does it run there, and only once it runs there is it removed here (two phases, see
-/// feather_migrate::transfer). If anything fails before the release, the VM is restored here.
+/// knowing `token`), in `mode` (see [`choose_mode`]). The receiver is asked first, so an
+/// unreachable one, a wrong token or an address that cannot be kept there leaves the VM
+/// untouched. Then the VM is checkpointed and its archive sent; the receiver restores it,
+/// stopped, and only once this side has let it go does it run there, and only once it runs
+/// there is it removed here (two phases, see feather_migrate::transfer). If anything fails
+/// before the release, the VM runs here again.
 pub fn migrate(
     root: &StateRoot,
     name: &VmName,
     to: &str,
     token: &str,
+    mode: Mode,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Migrated> {
     let vm = root.open(name)?;
@@ -45,6 +145,28 @@ pub fn migrate(
     }
     let config = vm.read_config()?;
     let subnet = feather_net::subnet_of(root.dir(), &config.network).in_vm(name)?;
+    let relay = match mode {
+        Mode::PostCopy => {
+            let here = feather_migrate::transfer::local_address_towards(to).in_vm(name)?;
+            Some(
+                feather_migrate::pages::Relay::bind(here)
+                    .map_err(|e| failed(name, format!("cannot listen for its page stream: {e}")))?,
+            )
+        }
+        Mode::StopAndCopy => None,
+        Mode::PreCopy => {
+            return Err(choose_mode(Some(Mode::PreCopy))
+                .err()
+                .unwrap_or_else(|| failed(name, "pre-copy is not implemented")))
+        }
+    };
+    let relay_port = match &relay {
+        Some(relay) => relay
+            .local_addr()
+            .map_err(|e| failed(name, format!("cannot listen for its page stream: {e}")))?
+            .port(),
+        None => 0,
+    };
     let offer = feather_migrate::transfer::Offer {
         vm: name.to_string(),
         address: config
@@ -54,43 +176,75 @@ pub fn migrate(
             .map(|a| a.to_string())
             .unwrap_or_default(),
         subnet: subnet.map(|s| s.to_string()).unwrap_or_default(),
+        pages_port: relay_port,
     };
     progress(Progress::Phase(&format!("asking {to} to take {name}")));
     let accepted = feather_migrate::transfer::offer(to, token, &offer)?;
-    let started = std::time::Instant::now();
+    match relay {
+        Some(relay) => post_copy(root, name, to, accepted, relay, progress),
+        None => stop_and_copy(root, name, to, accepted, progress),
+    }
+}
+
+/// Sends the VM's folder (config, layers, checkpoint) as tar makes it, and waits for the
+/// receiver to have restored it, stopped.
+fn send_folder(
+    vm: &VmDir,
+    to: &str,
+    accepted: feather_migrate::transfer::Accepted,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<(u64, feather_migrate::transfer::Restored)> {
+    let name = vm.name();
+    progress(Progress::Phase(&format!("sending {name} to {to}")));
+    // Made as it is sent: tar, the connection and the receiver work at once.
+    let mut stream = archive::stream(vm.path());
+    let output = stream.as_mut().ok().and_then(|s| s.take_output());
+    match (stream, output) {
+        (Err(e), _) => Err(VmError::MigrateVm {
+            vm: name.to_string(),
+            source: Box::new(e),
+        }),
+        (Ok(stream), Some(mut output)) => accepted
+            .send_archive(&mut output, move || stream.finish(), &mut |done, total| {
+                progress(Progress::Bytes { done, total });
+                if total > 0 && done == total {
+                    progress(Progress::Phase(&format!("{to} restores {name}")));
+                }
+            })
+            .map_err(VmError::from),
+        (Ok(_), None) => Err(failed(name, "tar gave no output")),
+    }
+}
+
+/// Stop-and-copy: the whole VM, memory included, travels in the archive while it is frozen.
+fn stop_and_copy(
+    root: &StateRoot,
+    name: &VmName,
+    to: &str,
+    accepted: feather_migrate::transfer::Accepted,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Migrated> {
+    let vm = root.open(name)?;
+    let started = Instant::now();
     progress(Progress::Phase(&format!(
         "checkpointing {name} (frozen from now on)"
     )));
+    let mut dumped = started;
     let sent = match checkpoint(root, name, false, None, progress) {
         Ok(_) => {
-            progress(Progress::Phase(&format!("sending {name} to {to}")));
-            // Made as it is sent: tar, the connection and the receiver work at once.
-            let mut stream = archive::stream(vm.path());
-            let output = stream.as_mut().ok().and_then(|s| s.take_output());
-            match (stream, output) {
-                (Err(e), _) => Err(VmError::MigrateVm {
-                    vm: name.to_string(),
-                    source: Box::new(e),
-                }),
-                (Ok(stream), Some(mut output)) => accepted
-                    .send_archive(&mut output, move || stream.finish(), &mut |done, total| {
-                        progress(Progress::Bytes { done, total });
-                        if total > 0 && done == total {
-                            progress(Progress::Phase(&format!("{to} restores {name}")));
-                        }
-                    })
-                    .map_err(VmError::from),
-                (Ok(_), None) => Err(failed(name, "tar gave no output")),
-            }
+            dumped = Instant::now();
+            send_folder(&vm, to, accepted, progress)
         }
         Err(e) => Err(e),
     };
+    let restored_at = Instant::now();
     let (bytes, restored) = match sent {
         Ok(sent) => sent,
         // The checkpoint itself failed: CRIU left the VM running.
         Err(e) if vm.read_state()?.status != VmStatus::Checkpointed => return Err(e),
         Err(e) => return restore_here(root, name, e, progress),
     };
+    let stats = feather_migrate::criu::dump_stats(&vm.checkpoint_dir()).unwrap_or_default();
     // From here the receiver may run the VM: a restore here must not happen unless it says it
     // does not.
     let marker = vm.checkpoint_dir().join(RELEASED_TO);
@@ -100,24 +254,222 @@ pub fn migrate(
         feather_migrate::transfer::Released::Running => {
             let frozen = started.elapsed();
             lifecycle::remove(root, name, false)?;
-            Ok(Migrated { bytes, frozen })
+            Ok(Migrated {
+                mode: Mode::StopAndCopy,
+                bytes,
+                frozen,
+                phases_ms: Phases::measured(started, dumped, restored_at),
+                all_pages: None,
+                pages_before_resume: stats.pages_written,
+                pages_after_resume: 0,
+            })
         }
         feather_migrate::transfer::Released::Failed(why) => {
             let _ = fs::remove_file(&marker);
             let e = failed(name, format!("{to} could not run it: {why}"));
             restore_here(root, name, e, progress)
         }
-        feather_migrate::transfer::Released::Unknown(why) => Err(failed(
-            name,
-            format!(
-                "the connection to {to} broke after the VM was let go there ({}), so it may \
-                 run there or nowhere; it stays checkpointed here. If `feather ls` on {to} does \
-                 not show it running, remove {} and `feather restore {name}` here",
-                causes(&why),
-                marker.display()
-            ),
-        )),
+        feather_migrate::transfer::Released::Unknown(why) => Err(unsure(name, to, &why, &marker)),
     }
+}
+
+/// The error for a connection lost after the VM was let go at `to`.
+fn unsure(
+    name: &VmName,
+    to: &str,
+    why: &feather_migrate::transfer::TransferError,
+    marker: &std::path::Path,
+) -> VmError {
+    failed(
+        name,
+        format!(
+            "the connection to {to} broke after the VM was let go there ({}), so it may \
+             run there or nowhere; it stays checkpointed here. If `feather ls` on {to} does \
+             not show it running, remove {} and `feather restore {name}` here",
+            causes(why),
+            marker.display()
+        ),
+    )
+}
+
+/// Post-copy: everything but the VM's memory travels while it is frozen; the receiver runs it
+/// as soon as it is restored, and its pages follow from this side's page server (CRIU's lazy
+/// pages). Before the VM may run there, its processes here are frozen (cgroup freezer), so
+/// that CRIU, which lets them go on if the page transfer fails, cannot run them twice: they
+/// thaw only if the receiver says it could not run the VM, and end once it runs there.
+fn post_copy(
+    root: &StateRoot,
+    name: &VmName,
+    to: &str,
+    accepted: feather_migrate::transfer::Accepted,
+    relay: feather_migrate::pages::Relay,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<Migrated> {
+    let vm = root.open(name)?;
+    let config = vm.read_config()?;
+    let cgroup = crate::keeper::cgroup_path(&config);
+    let keeper = vm
+        .read_state()?
+        .keeper_pid
+        .ok_or_else(|| Error::NotRunning(name.to_string()))?;
+    // CRIU's page server listens in the keeper's network namespace, reached only by the relay.
+    let at = feather_migrate::criu::PageServer {
+        address: "127.0.0.1".into(),
+        port: free_port().map_err(|e| failed(name, format!("no port for its pages: {e}")))?,
+    };
+    let started = Instant::now();
+    progress(Progress::Phase(&format!(
+        "checkpointing {name} but its memory (frozen from now on)"
+    )));
+    // A failed dump leaves the VM running here (CRIU resumes it).
+    let lazy = checkpoint_lazy(root, name, &at)?;
+    let dumped = Instant::now();
+    let page_server = match connect_in_netns_of(keeper, at.port) {
+        Ok(connection) => connection,
+        Err(e) => {
+            let e = failed(name, format!("cannot reach its page server: {e}"));
+            return resume_here(name, lazy, None, e);
+        }
+    };
+    let page_stream = page_server.try_clone().ok();
+    let _relaying = relay.serve(accepted.pages_tag(), page_server);
+    let (bytes, restored) = match send_folder(&vm, to, accepted, progress) {
+        Ok(sent) => sent,
+        Err(e) => return resume_here(name, lazy, page_stream, e),
+    };
+    let restored_at = Instant::now();
+    let frozen_here = match cgroup.freeze(Duration::from_secs(10)) {
+        Ok(frozen) => frozen,
+        Err(e) => {
+            let e = failed(
+                name,
+                format!("cannot freeze it here before letting it go: {e}"),
+            );
+            return resume_here(name, lazy, page_stream, e);
+        }
+    };
+    let marker = vm.checkpoint_dir().join(RELEASED_TO);
+    feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
+    progress(Progress::Phase(&format!("letting {name} run at {to}")));
+    match restored.release() {
+        feather_migrate::transfer::Released::Running => {
+            let frozen = started.elapsed();
+            let phases_ms = Phases::measured(started, dumped, restored_at);
+            // It runs there: its processes here never run again.
+            cgroup.kill_all();
+            drop(frozen_here);
+            progress(Progress::Phase(&format!(
+                "{name} runs at {to}; serving its memory until it has every page"
+            )));
+            let served = lazy.finish();
+            let all_pages = started.elapsed();
+            // CRIU writes its statistics once the last page was served.
+            let stats = feather_migrate::criu::dump_stats(&vm.checkpoint_dir()).unwrap_or_default();
+            if let Err(e) = served {
+                return Err(VmError::PagesLost {
+                    vm: name.to_string(),
+                    to: to.to_owned(),
+                    source: Box::new(e),
+                });
+            }
+            lifecycle::remove(root, name, false)?;
+            Ok(Migrated {
+                mode: Mode::PostCopy,
+                bytes,
+                frozen,
+                phases_ms,
+                all_pages: Some(all_pages),
+                pages_before_resume: stats.pages_written,
+                pages_after_resume: stats.pages_lazy,
+            })
+        }
+        feather_migrate::transfer::Released::Failed(why) => {
+            let _ = fs::remove_file(&marker);
+            let e = failed(name, format!("{to} could not run it: {why}"));
+            // The receiver discarded its copy; CRIU lets the processes go on when it sees the
+            // page transfer end, and they thaw once it has.
+            let outcome = resume_here(name, lazy, page_stream, e);
+            drop(frozen_here);
+            outcome
+        }
+        feather_migrate::transfer::Released::Unknown(why) => {
+            // It may run there: here it must never run again. Its memory is served on, in
+            // case it does.
+            cgroup.kill_all();
+            drop(frozen_here);
+            // Whether the receiver fetched every page tells what became of it there.
+            match lazy.finish() {
+                Ok(()) => Err(failed(
+                    name,
+                    format!(
+                        "the connection to {to} broke after the VM was let go there ({}); \
+                         the receiver fetched every page of its memory, so it runs there unless \
+                         the release never reached it (then it is lost): check with `feather \
+                         ls` there. Here its processes have ended (`feather rm {name}` removes \
+                         what is left)",
+                        causes(&why)
+                    ),
+                )),
+                Err(e) => Err(VmError::PagesLost {
+                    vm: name.to_string(),
+                    to: to.to_owned(),
+                    source: Box::new(e),
+                }),
+            }
+        }
+    }
+}
+
+/// A port free on 127.0.0.1 here, for CRIU's page server.
+fn free_port() -> std::io::Result<u16> {
+    Ok(
+        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port(),
+    )
+}
+
+/// Connects to 127.0.0.1:`port` in the network namespace of process `pid` (the keeper's: where
+/// its criu's page server listens), from a thread that enters it; the socket stays there.
+/// CRIU listens only once it has been told the images are written, just after it said so.
+fn connect_in_netns_of(pid: i32, port: u16) -> std::io::Result<std::net::TcpStream> {
+    let netns = fs::File::open(format!("/proc/{pid}/ns/net"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
+                let deadline = Instant::now() + Duration::from_secs(10);
+                loop {
+                    match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
+                        Ok(stream) => return Ok(stream),
+                        Err(e) if Instant::now() >= deadline => return Err(e),
+                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
+                    }
+                }
+            })
+            .join()
+            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+    })
+}
+
+/// After a post-copy migration failed before the receiver ran the VM: ends the page server
+/// (a connection that closes at once is a failed transfer to it), whereupon CRIU lets the
+/// VM's processes here go on.
+fn resume_here(
+    name: &VmName,
+    lazy: crate::checkpoint::LazyCheckpoint,
+    page_stream: Option<std::net::TcpStream>,
+    e: VmError,
+) -> Result<Migrated> {
+    if let Some(stream) = page_stream {
+        feather_migrate::pages::abort(&stream);
+    }
+    // Its error is the page transfer's end, which is what was asked for.
+    let _ = lazy.finish();
+    Err(VmError::MigrationFailed {
+        vm: name.to_string(),
+        source: Box::new(e),
+    })
 }
 
 /// After a failed migration: brings the VM back here.
@@ -221,12 +573,17 @@ fn receive(
             return Err(e);
         }
     };
-    let restored = (|| -> Result<()> {
+    let restored = (|| -> Result<Option<Pages>> {
         // The VM's keeper keeps it stopped until this process tells it to resume, and ends it
         // if this process ends first; until then no one may restore it here.
         let source = Source::Migration(&mut incoming, &mut *progress);
         import_archive(root, &name, source, Some(std::process::id()))?;
         let vm = root.open(&name)?;
+        // Post-copy: the daemon that fetches the VM's memory listens before the restore.
+        let pages = match &incoming.pages {
+            Some(from) => Some(fetch_pages(&vm, from, incoming.pages_tag())?),
+            None => None,
+        };
         progress(Progress::Phase(&format!("restoring {name}")));
         restore(root, &name, None)?;
         progress(Progress::Phase(&format!(
@@ -238,23 +595,110 @@ fn receive(
                 vm: name.to_string(),
                 source,
             })?;
-        resume(&vm)
+        resume(&vm)?;
+        Ok(pages)
     })();
-    match &restored {
-        Ok(()) => eprintln!("feather serve: VM {name} received and running"),
+    let restored = match restored {
+        Ok(pages) => {
+            // The sender hears that it runs here; its memory may still be on its way.
+            incoming.finish(Ok(()));
+            match pages {
+                Some(pages) => pages.wait_all(root, &name),
+                None => Ok(()),
+            }
+            .map(|()| eprintln!("feather serve: VM {name} received and running"))
+        }
         Err(e) => {
-            eprintln!("feather serve: {}", causes(e));
+            eprintln!("feather serve: {}", causes(&e));
             // The sender keeps the VM or restores it at home: a copy left here would be a second.
             discard(root, &name);
+            incoming.finish(Err(&e));
+            Err(e)
+        }
+    };
+    restored
+}
+
+/// Post-copy, on the receiver: `criu lazy-pages`, fetching the VM's memory from the sender.
+struct Pages {
+    daemon: std::process::Child,
+    vm: VmDir,
+}
+
+/// Starts the daemon fetching `vm`'s memory from the page server `from`, and marks the VM's
+/// restore as lazy.
+fn fetch_pages(
+    vm: &VmDir,
+    from: &feather_migrate::criu::PageServer,
+    tag: [u8; 32],
+) -> Result<Pages> {
+    let name = vm.name();
+    let criu = feather_migrate::criu::Criu::locate().in_vm(name)?;
+    let images = vm.checkpoint_dir();
+    let sender: std::net::SocketAddr = format!("{}:{}", from.address, from.port)
+        .parse()
+        .map_err(|_| failed(name, format!("a garbled page server address {from:?}")))?;
+    let local = feather_migrate::pages::tunnel(sender, tag).map_err(|e| {
+        failed(
+            name,
+            format!("cannot reach the sender's page stream at {sender}: {e}"),
+        )
+    })?;
+    let local = feather_migrate::criu::PageServer {
+        address: "127.0.0.1".into(),
+        port: local,
+    };
+    let daemon = criu
+        .lazy_pages(name.as_str(), &images, &local)
+        .in_vm(name)?;
+    feather_core::atomic::write_atomic(
+        &images.join(crate::images::LAZY),
+        format!("{}:{}", from.address, from.port).as_bytes(),
+        Durability::Durable,
+    )?;
+    Ok(Pages {
+        daemon,
+        vm: vm.clone(),
+    })
+}
+
+impl Drop for Pages {
+    /// A migration that failed before its VM ran here: the daemon's pages are not wanted (nor
+    /// would they come: the sender's page server ends).
+    fn drop(&mut self) {
+        if let Ok(None) = self.daemon.try_wait() {
+            let _ = self.daemon.kill();
+            let _ = self.daemon.wait();
         }
     }
-    incoming.finish(
-        restored
-            .as_ref()
-            .map(|_| ())
-            .map_err(|e| e as &dyn std::error::Error),
-    );
-    restored
+}
+
+impl Pages {
+    /// Waits until every page has arrived. If the daemon fails (the connection broke, the
+    /// sender ended), the VM's memory is incomplete: pages it never got would read as zeros
+    /// once the daemon is gone, so the VM is ended rather than left to run on wrong memory.
+    fn wait_all(mut self, root: &StateRoot, name: &VmName) -> Result<()> {
+        let images = self.vm.checkpoint_dir();
+        let status = self.daemon.wait();
+        let _ = fs::remove_file(images.join(crate::images::LAZY));
+        if status.is_ok_and(|s| s.success()) {
+            return Ok(());
+        }
+        let why = feather_migrate::criu::failure(
+            name.as_str(),
+            "fetch the memory of",
+            &images.join(feather_migrate::criu::LAZY_LOG),
+        );
+        eprintln!(
+            "feather serve: VM {name}: the rest of its memory cannot arrive ({}); ending it",
+            causes(&why)
+        );
+        discard(root, name);
+        Err(VmError::MigrateVm {
+            vm: name.to_string(),
+            source: Box::new(why),
+        })
+    }
 }
 
 /// Removes a received VM that must not run here, whatever state it reached.
@@ -269,8 +713,8 @@ fn discard(root: &StateRoot, name: &VmName) {
             cgroup.kill_all();
         }
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while vm.keeper_alive().unwrap_or(false) && std::time::Instant::now() < deadline {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while vm.keeper_alive().unwrap_or(false) && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(5));
     }
     let _ = lifecycle::remove(root, name, true);

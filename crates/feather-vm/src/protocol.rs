@@ -20,16 +20,21 @@ pub enum Request {
     /// Save the VM's processes with CRIU; unless `leave_running`, they end once saved.
     /// `criu`: the CRIU the asker found and checked (the keeper's own environment, from when the
     /// VM started, may name another).
+    /// `lazy`: post-copy, the VM's memory is kept back and served there once the rest is
+    /// dumped; the keeper answers [`Response::Dumped`] then, and the final answer once every
+    /// page was fetched (or the fetching failed).
     Checkpoint {
         leave_running: bool,
         criu: std::path::PathBuf,
+        #[serde(default)]
+        lazy: Option<feather_migrate::criu::PageServer>,
     },
     /// Let a VM received by a migration run: the sender has released it (checkpoint.rs).
     Resume,
 }
 
 /// Changes whenever a message of this module changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// A request as it travels: with the asker's protocol version.
 #[derive(Debug, Serialize, Deserialize)]
@@ -43,27 +48,65 @@ struct Envelope {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "result", rename_all = "snake_case")]
 pub enum Response {
-    Running { init_pid: i32 },
-    Stopped { how: String },
-    Checkpointed { leave_running: bool },
-    Error { message: String },
+    Running {
+        init_pid: i32,
+    },
+    Stopped {
+        how: String,
+    },
+    Checkpointed {
+        leave_running: bool,
+    },
+    /// A lazy dump's images are written; its page server serves the memory from now on.
+    Dumped,
+    Error {
+        message: String,
+    },
 }
 
 /// Sends one request and waits up to `timeout` for the answer.
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> std::io::Result<Response> {
-    let mut stream = UnixStream::connect(socket)?;
-    stream.set_read_timeout(Some(timeout))?;
-    let envelope = Envelope {
-        version: VERSION,
-        request: request.clone(),
-    };
-    let mut line = serde_json::to_vec(&envelope)?;
-    line.push(b'\n');
-    stream.write_all(&line)?;
-    let mut answer = String::new();
-    BufReader::new(stream).read_line(&mut answer)?;
-    serde_json::from_str(&answer)
-        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    Conversation::start(socket, request, timeout)?.answer()
+}
+
+/// A request whose keeper answers more than once (a lazy checkpoint: [`Response::Dumped`],
+/// then how it ended).
+pub struct Conversation {
+    reader: BufReader<UnixStream>,
+}
+
+impl Conversation {
+    pub fn start(
+        socket: &Path,
+        request: &Request,
+        timeout: Duration,
+    ) -> std::io::Result<Conversation> {
+        let mut stream = UnixStream::connect(socket)?;
+        stream.set_read_timeout(Some(timeout))?;
+        let envelope = Envelope {
+            version: VERSION,
+            request: request.clone(),
+        };
+        let mut line = serde_json::to_vec(&envelope)?;
+        line.push(b'\n');
+        stream.write_all(&line)?;
+        Ok(Conversation {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    /// The keeper's next answer.
+    pub fn answer(&mut self) -> std::io::Result<Response> {
+        let mut answer = String::new();
+        if self.reader.read_line(&mut answer)? == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the keeper ended without answering",
+            ));
+        }
+        serde_json::from_str(&answer)
+            .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+    }
 }
 
 /// A request the keeper could not take.
@@ -110,7 +153,7 @@ mod tests {
             .unwrap();
         let error = read_request(&keeper).unwrap_err().to_string();
         assert!(
-            error.contains("version 7, where this keeper speaks 1"),
+            error.contains(&format!("version 7, where this keeper speaks {VERSION}")),
             "{error}"
         );
         (&asker).write_all(b"{\"op\":\"status\"}\n").unwrap();

@@ -42,7 +42,7 @@ use nix::unistd::Pid;
 use crate::decide::{self, WhileHeld};
 use crate::error::{encode, failed, io, InVm, Result};
 use crate::hiding;
-use crate::images::{held_for, ExternalLayer, HOLD, LAYERS};
+use crate::images::{held_for, ExternalLayer, HOLD, LAYERS, LAZY};
 use crate::layers;
 use crate::protocol::{self, Response};
 
@@ -84,7 +84,16 @@ pub(crate) fn remove_stale(vm: &VmDir) {
 /// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder
 /// (the last checkpoint is set aside first). Every error names the VM: the keeper's answer
 /// carries it to `feather checkpoint` as it is.
-pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> Result<()> {
+/// `lazy`: post-copy, the memory is kept back and served there until the receiver has it
+/// all; `on_images` runs once everything else is dumped, before that.
+pub(crate) fn dump(
+    vm: &VmDir,
+    init: Pid,
+    leave_running: bool,
+    criu: &Path,
+    lazy: Option<&feather_migrate::criu::PageServer>,
+    on_images: &mut dyn FnMut(),
+) -> Result<()> {
     let name = vm.name();
     let criu = Criu::checked(criu.to_path_buf(), String::new());
     let images = vm.checkpoint_dir();
@@ -124,14 +133,30 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
         .filter(|m| hiding::is_hiding_mount(m))
         .map(|m| m.mount_point.display().to_string())
         .collect();
-    let dumped = criu.dump(&Dump {
-        vm: name.as_str(),
-        pid: init.as_raw(),
-        images: &images,
-        leave_running,
-        external_mounts: &external,
-        skipped_mounts: &skipped,
-    });
+    // Written before the dump, which a post-copy receiver reads before the dump ends.
+    let list = serde_json::to_vec_pretty(&layers).map_err(encode(name, LAYERS))?;
+    let dumped = criu.dump(
+        &Dump {
+            vm: name.as_str(),
+            pid: init.as_raw(),
+            images: &images,
+            leave_running,
+            external_mounts: &external,
+            skipped_mounts: &skipped,
+            lazy,
+        },
+        &mut || {
+            let written = feather_core::atomic::write_atomic(
+                &images.join(LAYERS),
+                &list,
+                Durability::Durable,
+            );
+            if let Err(e) = written {
+                eprintln!("feather keeper {name}: {}", feather_core::error::causes(&e));
+            }
+            on_images();
+        },
+    );
     if let Err(e) = dumped {
         // Keep only the log, which the error points to.
         if let Ok(entries) = fs::read_dir(&images) {
@@ -143,9 +168,6 @@ pub(crate) fn dump(vm: &VmDir, init: Pid, leave_running: bool, criu: &Path) -> R
         }
         return Err(e.into());
     }
-    let list = serde_json::to_vec_pretty(&layers).map_err(encode(name, LAYERS))?;
-    feather_core::atomic::write_atomic(&images.join(LAYERS), &list, Durability::Durable)
-        .in_vm(name)?;
     Ok(())
 }
 
@@ -215,6 +237,8 @@ pub(crate) fn restore_tree(
             veths: &veths,
             // Always: the keeper hides the state roots before the VM's processes go on.
             leave_stopped: true,
+            // Post-copy: `feather serve` runs the daemon that fetches the memory.
+            lazy: images.join(LAZY).exists(),
         })
         .in_vm(name)?;
     let sync = if config.ephemeral {

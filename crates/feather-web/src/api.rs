@@ -617,11 +617,20 @@ async fn migrate(
     let job = shared
         .jobs
         .start(name.to_string(), "migrate", move |report| {
-            feather_vm::migration::migrate(&root, &name, &request.to, &request.token, report)
-            .map(|moved| {
-                json!({ "bytes": moved.bytes, "frozen_ms": moved.frozen.as_millis() as u64 })
-            })
-            .map_err(JobError::from)
+            feather_vm::migration::choose_mode(None)
+                .and_then(|mode| {
+                    feather_vm::migration::migrate(
+                        &root,
+                        &name,
+                        &request.to,
+                        &request.token,
+                        mode,
+                        report,
+                    )
+                })
+                // bytes, frozen_ms, mode and the pages moved before and after the resume.
+                .map(|moved| serde_json::to_value(&moved).unwrap_or_default())
+                .map_err(JobError::from)
         });
     Ok(Json(json!({ "job": job })))
 }

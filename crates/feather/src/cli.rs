@@ -135,7 +135,8 @@ pub enum Command {
         #[arg(long, value_name = "FILE")]
         import: Option<PathBuf>,
     },
-    /// Move a running VM to another host's `feather serve` (stop, send, run there)
+    /// Move a running VM to another host's `feather serve` (post-copy where CRIU's lazy pages
+    /// work, else stop-and-copy)
     Migrate {
         name: String,
         /// The receiver, ADDR:PORT
@@ -144,6 +145,14 @@ pub enum Command {
         /// Shared secret of sender and receiver
         #[arg(long, env = "FEATHER_MIGRATE_TOKEN", hide_env_values = true)]
         token: String,
+        /// post-copy: frozen for all but the memory, which follows on demand; stop-and-copy:
+        /// frozen for the whole move; pre-copy needs soft-dirty tracking (default: the best
+        /// this host can do, see `feather check criu`)
+        #[arg(long)]
+        mode: Option<MigrateMode>,
+        /// The measured phases as JSON on stdout
+        #[arg(long)]
+        json: bool,
     },
     /// Receive VMs sent with `feather migrate` and run them here
     Serve {
@@ -361,6 +370,16 @@ pub enum ServiceCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `feather migrate --mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+// The names are the modes' own (post-copy, stop-and-copy, pre-copy).
+#[allow(clippy::enum_variant_names)]
+pub enum MigrateMode {
+    PostCopy,
+    StopAndCopy,
+    PreCopy,
 }
 
 #[derive(Debug, Subcommand)]

@@ -296,18 +296,29 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             })?;
         }
         Command::Check(CheckCommand::Criu { json }) => return check_criu(json),
-        Command::Migrate { name, to, token } => {
+        Command::Migrate {
+            name,
+            to,
+            token,
+            mode,
+            json,
+        } => {
+            let mode = migration::choose_mode(mode.map(|m| match m {
+                cli::MigrateMode::PostCopy => migration::Mode::PostCopy,
+                cli::MigrateMode::StopAndCopy => migration::Mode::StopAndCopy,
+                cli::MigrateMode::PreCopy => migration::Mode::PreCopy,
+            }))?;
             let mut display = progress::Display::new();
-            let migrated = migration::migrate(&root, &name.parse()?, &to, &token, &mut |step| {
-                display.show(step)
-            });
+            let migrated =
+                migration::migrate(&root, &name.parse()?, &to, &token, mode, &mut |step| {
+                    display.show(step)
+                });
             display.finish();
             let migrated = migrated?;
-            eprintln!(
-                "migrated {name} to {to}: {} bytes, frozen for {} ms",
-                migrated.bytes,
-                migrated.frozen.as_millis()
-            );
+            if json {
+                output::json(&migrated)?;
+            }
+            eprintln!("migrated {name} to {to}: {}", output::migrated(&migrated));
         }
         Command::Serve {
             listen,

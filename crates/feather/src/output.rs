@@ -188,6 +188,43 @@ pub fn criu_report(report: &feather_migrate::criu::Report) {
         ]);
     }
     println!("{}", t.trim_fmt());
+    use feather_migrate::criu::PostCopy;
+    match &report.post_copy {
+        PostCopy::PipesFit { pipe_max_size } => println!(
+            "migration: post-copy (lazy pages; fs.pipe-max-size is {pipe_max_size} bytes, enough for CRIU's 4 MiB page pipes)"
+        ),
+        PostCopy::ShimCapsPipes { pipe_max_size } => println!(
+            "migration: post-copy (lazy pages; the shim caps CRIU's 4 MiB page pipes at fs.pipe-max-size, {pipe_max_size} bytes, which stays as it is)"
+        ),
+        PostCopy::Unavailable { why } => {
+            println!("migration: stop-and-copy (post-copy is not possible: {why})")
+        }
+    }
+    if !report.pre_copy {
+        println!("pre-copy: not possible (no soft-dirty page tracking: mem_dirty_track)");
+    }
+}
+
+/// The result line of `feather migrate`.
+pub fn migrated(m: &feather_vm::migration::Migrated) -> String {
+    let mut line = format!(
+        "{}, {} bytes, frozen for {} ms",
+        match m.mode {
+            feather_vm::migration::Mode::PostCopy => "post-copy",
+            feather_vm::migration::Mode::StopAndCopy => "stop-and-copy",
+            feather_vm::migration::Mode::PreCopy => "pre-copy",
+        },
+        m.bytes,
+        m.frozen.as_millis()
+    );
+    if let Some(all) = m.all_pages {
+        line.push_str(&format!(
+            "; {} pages followed, the last {} ms after the freeze began",
+            m.pages_after_resume,
+            all.as_millis()
+        ));
+    }
+    line
 }
 
 fn human_bytes(bytes: u64) -> String {
