@@ -8,14 +8,13 @@
 use std::io::IsTerminal;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use feather_core::{Error, StateRoot, VmName, VmStatus};
+use feather_core::{StateRoot, VmName};
 use feather_sys::process;
 use feather_sys::pty;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
 use nix::sys::signalfd::SignalFd;
 use nix::sys::termios::{self, SetArg, Termios};
-use nix::unistd::Pid;
 
 use crate::commands::{self, FromInit, ToInit};
 use crate::error::{failed, io, InVm, Result, VmError};
@@ -28,18 +27,7 @@ pub use crate::workload::EXIT_CANNOT_EXEC;
 /// VM's network namespace (and, with `tty`, its mount namespace): call this last, or from a
 /// child process.
 pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> Result<i32> {
-    let vm = root.open(name)?;
-    let state = vm.read_state()?;
-    let (VmStatus::Running, Some(init_pid)) = (state.status, state.init_pid) else {
-        return Err(Error::NotRunning(name.to_string()).into());
-    };
-    let init = Pid::from_raw(init_pid);
-    let pidfd = process::pidfd_open(init).in_vm(name)?;
-    // The pidfd pins the process; the start time proves it is our init and not a newcomer
-    // that reused the pid.
-    if process::start_ticks(init) != state.init_start_ticks {
-        return Err(Error::NotRunning(name.to_string()).into());
-    }
+    let (init, pidfd, _) = crate::program::running_init(root, name)?;
     let channel = commands::connect_to_init(init, &pidfd).map_err(|source| VmError::Command {
         vm: name.to_string(),
         source,

@@ -53,7 +53,7 @@ use crate::workload::Workload;
 const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Signals that stop the VM (or, in the foreground, go to its workload).
-const HANDLED: [Signal; 6] = [
+pub(crate) const HANDLED: [Signal; 6] = [
     Signal::SIGTERM,
     Signal::SIGINT,
     Signal::SIGHUP,

@@ -382,6 +382,11 @@ pub fn run_ephemeral(
             return Err(e);
         }
     };
+    // The signals the keeper passes on to the command are held from here (init is cloned, so
+    // it does not inherit the mask), before any thread starts: a Ctrl-C that comes while the
+    // command starts waits for the keeper's loop instead of ending this process (or landing on
+    // the relay's thread).
+    let _held = feather_sys::process::block_signals(&crate::keeper::HANDLED).in_vm(name)?;
     // The relay runs beside the keeper's loop; it is started once init is cloned (a clone
     // must come from a single-threaded process).
     let relaying = relay.spawn().map_err(io(name, "cannot relay stdio"));

@@ -96,7 +96,7 @@ pub fn launch_with_terminal(
 
 /// The running VM's init, pinned by a pidfd whose process is proven to be the init the VM's
 /// state names (its start time), not a newcomer that reused the pid.
-fn running_init(root: &StateRoot, name: &VmName) -> Result<(Pid, OwnedFd, Option<u64>)> {
+pub(crate) fn running_init(root: &StateRoot, name: &VmName) -> Result<(Pid, OwnedFd, Option<u64>)> {
     let vm = root.open(name)?;
     let state = vm.read_state()?;
     let (VmStatus::Running, Some(init_pid)) = (state.status, state.init_pid) else {

@@ -516,17 +516,12 @@ async fn check_ipc(State(shared): AppState, Path(name): Path<String>) -> Answer 
         vm: Some(name.to_string()),
         label: None,
     };
-    let job = shared
-        .jobs
-        .start(name.to_string(), "check ipc", move |report| {
-            report(feather_vm::checkpoint::Progress::Phase(
-                "probing every IPC channel",
-            ));
-            feather_ipcprobe::run::run(&setup)
-                .map(|matrix| judged(&matrix))
-                .map_err(JobError::from)
-        });
-    Ok(Json(json!({ "job": job })))
+    start_job(&shared, name.as_str(), "check ipc", move |_, _, report| {
+        report(feather_vm::checkpoint::Progress::Phase(
+            "probing every IPC channel",
+        ));
+        Ok(judged(&feather_ipcprobe::run::run(&setup)?))
+    })
 }
 
 /// The matrix as the page shows it: each cell with whether it holds and whether it leaks.
@@ -562,39 +557,45 @@ struct CheckpointRequest {
     leave_running: bool,
 }
 
+/// Starts `work` as the job `action` on VM `name`; the answer names the job the page follows.
+fn start_job(
+    shared: &Shared,
+    name: &str,
+    action: &'static str,
+    work: impl FnOnce(&StateRoot, &VmName, crate::jobs::Report<'_>) -> Result<Value, JobError>
+        + Send
+        + 'static,
+) -> Answer {
+    let name = vm_name(name)?;
+    let root = shared.root.clone();
+    let job = shared.jobs.start(name.to_string(), action, move |report| {
+        work(&root, &name, report)
+    });
+    Ok(Json(json!({ "job": job })))
+}
+
 /// `feather checkpoint`, as a job whose steps the page follows.
 async fn checkpoint(
     State(shared): AppState,
     Path(name): Path<String>,
     Json(request): Json<CheckpointRequest>,
 ) -> Answer {
-    let name = vm_name(&name)?;
-    let root = shared.root.clone();
-    let job = shared
-        .jobs
-        .start(name.to_string(), "checkpoint", move |report| {
-            feather_vm::checkpoint::checkpoint(&root, &name, request.leave_running, None, report)
-                .map(|images| json!({ "images": images }))
-                .map_err(JobError::from)
-        });
-    Ok(Json(json!({ "job": job })))
+    start_job(&shared, &name, "checkpoint", move |root, name, report| {
+        let images =
+            feather_vm::checkpoint::checkpoint(root, name, request.leave_running, None, report)?;
+        Ok(json!({ "images": images }))
+    })
 }
 
 /// `feather restore`, as a job.
 async fn restore(State(shared): AppState, Path(name): Path<String>) -> Answer {
-    let name = vm_name(&name)?;
-    let root = shared.root.clone();
-    let job = shared
-        .jobs
-        .start(name.to_string(), "restore", move |report| {
-            report(feather_vm::checkpoint::Progress::Phase(
-                "restoring the VM's processes",
-            ));
-            feather_vm::checkpoint::restore(&root, &name, None)
-                .map(|()| json!({}))
-                .map_err(JobError::from)
-        });
-    Ok(Json(json!({ "job": job })))
+    start_job(&shared, &name, "restore", |root, name, report| {
+        report(feather_vm::checkpoint::Progress::Phase(
+            "restoring the VM's processes",
+        ));
+        feather_vm::checkpoint::restore(root, name, None)?;
+        Ok(json!({}))
+    })
 }
 
 #[derive(Deserialize)]
@@ -612,27 +613,13 @@ async fn migrate(
     Path(name): Path<String>,
     Json(request): Json<MigrateRequest>,
 ) -> Answer {
-    let name = vm_name(&name)?;
-    let root = shared.root.clone();
-    let job = shared
-        .jobs
-        .start(name.to_string(), "migrate", move |report| {
-            feather_vm::migration::choose_mode(None)
-                .and_then(|mode| {
-                    feather_vm::migration::migrate(
-                        &root,
-                        &name,
-                        &request.to,
-                        &request.token,
-                        mode,
-                        report,
-                    )
-                })
-                // bytes, frozen_ms, mode and the pages moved before and after the resume.
-                .map(|moved| serde_json::to_value(&moved).unwrap_or_default())
-                .map_err(JobError::from)
-        });
-    Ok(Json(json!({ "job": job })))
+    start_job(&shared, &name, "migrate", move |root, name, report| {
+        let mode = feather_vm::migration::choose_mode(None)?;
+        let moved =
+            feather_vm::migration::migrate(root, name, &request.to, &request.token, mode, report)?;
+        // bytes, frozen_ms, mode and the pages moved before and after the resume.
+        Ok(serde_json::to_value(&moved)?)
+    })
 }
 
 async fn policy(State(shared): AppState) -> Answer {
