@@ -55,6 +55,14 @@ pub enum ServicesError {
         base: PathBuf,
         program: PathBuf,
     },
+    /// A unit asked for at create that cannot be duplicated: its name or file is wrong.
+    #[error(transparent)]
+    Unit(#[from] feather_svc::SvcError),
+    #[error("{unit} is host infrastructure and is not duplicated in VMs; in a VM: {stand_in}")]
+    Infrastructure {
+        unit: String,
+        stand_in: &'static str,
+    },
     #[error("VM {vm} runs no services (start one with `feather service start {vm} UNIT`)")]
     NoServices { vm: VmName },
     /// The manager refused; nothing was changed.
@@ -84,6 +92,45 @@ fn stderr_note(stderr: &str) -> String {
 }
 
 pub type Result<T, E = ServicesError> = std::result::Result<T, E>;
+
+/// The unit names of `services` as installed below `base` (`nginx` → `nginx.service`), or
+/// why one cannot be duplicated into a VM: what `create --service` checks before it makes the
+/// VM.
+pub fn check_installed(base: &std::path::Path, services: &[String]) -> Result<Vec<String>> {
+    let paths = feather_svc::UnitPaths::new(base);
+    services
+        .iter()
+        .map(|service| {
+            let name = feather_svc::UnitName::parse(service)?;
+            if let Some(stand_in) = feather_svc::infra::stand_in(&name) {
+                return Err(ServicesError::Infrastructure {
+                    unit: name.to_string(),
+                    stand_in,
+                });
+            }
+            Ok(paths.load(&name)?.name.to_string())
+        })
+        .collect()
+}
+
+/// Records the services VM `name` starts whenever it starts (`fresh_state`: from empty data on
+/// its first start).
+pub fn configure(
+    root: &StateRoot,
+    name: &VmName,
+    services: Vec<String>,
+    fresh_state: bool,
+) -> Result<()> {
+    if services.is_empty() {
+        return Ok(());
+    }
+    let vm = root.open(name)?;
+    let mut config = vm.read_config()?;
+    config.services = services;
+    config.fresh_state = fresh_state;
+    vm.write_config(&config, feather_core::atomic::Durability::Durable)?;
+    Ok(())
+}
 
 /// Starts VM `name` (see [`lifecycle::start`]), then the services it was created with; the
 /// answer of their start (empty if it has none).

@@ -218,8 +218,10 @@ async fn vms(State(shared): AppState) -> Result<Response, ApiError> {
     Ok(([(header::CONTENT_TYPE, "application/json")], json).into_response())
 }
 
-/// A new VM: `{"name": …}` and the create options as the command line takes them (an unknown
-/// field is refused by name: a typo never silently does nothing).
+/// A new VM: `{"name": …}`, the create options as the command line takes them, and
+/// `services` (host units it starts whenever it starts) with `fresh_state`, as `feather create
+/// --service … [--fresh-state]` (an unknown field is refused by name: a typo never silently
+/// does nothing).
 async fn create(
     State(shared): AppState,
     Json(mut new): Json<serde_json::Map<String, Value>>,
@@ -233,11 +235,21 @@ async fn create(
             ))
         }
     };
+    let services: Vec<String> = match new.remove("services") {
+        Some(list) => serde_json::from_value(list).map_err(|e| ApiError::bad_request(&e))?,
+        None => Vec::new(),
+    };
+    let fresh_state = matches!(new.remove("fresh_state"), Some(Value::Bool(true)));
     let request: CreateRequest =
         serde_json::from_value(Value::Object(new)).map_err(|e| ApiError::bad_request(&e))?;
     let options = request.options().map_err(|e| ApiError::bad_request(&e))?;
     blocking(move || {
+        let base = options.base.clone().unwrap_or_else(|| "/".into());
+        let services = feather_vm::services::check_installed(&base, &services)
+            .map_err(|e| ApiError::bad_request(&e))?;
         library(feather_vm::lifecycle::create(&shared.root, &name, &options))?;
+        feather_vm::services::configure(&shared.root, &name, services, fresh_state)
+            .map_err(|e| ApiError::new(StatusCode::CONFLICT, causes(&e)))?;
         Ok(Json(json!({ "created": name.to_string() })))
     })
     .await

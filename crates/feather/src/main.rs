@@ -167,9 +167,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             let name = name.parse()?;
             let base = options.base.clone().unwrap_or_else(|| "/".into());
-            let services = service::check_installed(&base, &services)?;
+            let services = feather_vm::services::check_installed(&base, &services)?;
             lifecycle::create(&root, &name, &create_options(&options)?)?;
-            service::configure(&root, &name, services, fresh_state)?;
+            feather_vm::services::configure(&root, &name, services, fresh_state)?;
         }
         Command::Start { name } => return service::start(&root, &name.parse()?),
         Command::Stop { name, time } => {

@@ -130,39 +130,6 @@ fn logs(
     Ok(ExitCode::SUCCESS)
 }
 
-/// The unit names of `services` as installed below `base`, or why one cannot be duplicated.
-pub fn check_installed(base: &std::path::Path, services: &[String]) -> anyhow::Result<Vec<String>> {
-    let paths = feather_svc::UnitPaths::new(base);
-    services
-        .iter()
-        .map(|service| {
-            let name = feather_svc::UnitName::parse(service)?;
-            if let Some(stand_in) = feather_svc::infra::stand_in(&name) {
-                anyhow::bail!("{name} is host infrastructure and is not duplicated in VMs; in a VM: {stand_in}");
-            }
-            Ok(paths.load(&name)?.name.to_string())
-        })
-        .collect()
-}
-
-/// Records the services a VM starts whenever it starts.
-pub fn configure(
-    root: &StateRoot,
-    name: &VmName,
-    services: Vec<String>,
-    fresh_state: bool,
-) -> anyhow::Result<()> {
-    if services.is_empty() {
-        return Ok(());
-    }
-    let vm = root.open(name)?;
-    let mut config = vm.read_config()?;
-    config.services = services;
-    config.fresh_state = fresh_state;
-    vm.write_config(&config, feather_core::atomic::Durability::Durable)?;
-    Ok(())
-}
-
 /// Starts VM `name` and the services it was created with, if any; only failures are shown.
 pub fn start(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitCode> {
     let units = services::start(root, name)?;
