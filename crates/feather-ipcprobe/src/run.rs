@@ -13,7 +13,7 @@
 //!           listener entered into C as `feather exec` enters
 //! ```
 //! The probe is a library of the host: it creates, starts and removes VMs with
-//! feather_vm::lifecycle and starts agents in them with feather_vm::launch. The agent is the
+//! feather_vm::lifecycle and starts agents in them with feather_vm::program. The agent is the
 //! binary [`AGENT_PROGRAM`] (`feather-probe __ipcprobe`, crate::agent::SUBCOMMAND), which also
 //! keeps the throw-away VM ([`THROWAWAY_SUBCOMMAND`]); the probe never runs the `feather`
 //! command line.
