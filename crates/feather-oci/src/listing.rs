@@ -2,7 +2,6 @@
 //! the runtime roots of the host's [`RootRegistry`], through the same records and kernel state
 //! `feather-oci state` reads — the CLI never runs feather-oci to learn them.
 
-use std::fs;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -121,7 +120,7 @@ pub fn processes(
         .groups()
         .members()
         .into_iter()
-        .filter_map(|pid| describe(pid.as_raw()))
+        .filter_map(|pid| feather_sys::process::describe(pid).map(ContainerProcess::from))
         .collect();
     rows.sort_by_key(|p| p.pid);
     Ok(rows)
@@ -156,30 +155,13 @@ fn find(
     }
 }
 
-fn describe(host_pid: i32) -> Option<ContainerProcess> {
-    let status = fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key))
-            .map(str::trim)
-    };
-    // NSpid lists the pid in each nested namespace, outermost first: the last is the
-    // container's.
-    let pid = field("NSpid:")?.split_whitespace().last()?.parse().ok()?;
-    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
-    let cmdline = fs::read(format!("/proc/{host_pid}/cmdline")).unwrap_or_default();
-    let command = if cmdline.is_empty() {
-        format!("[{}]", field("Name:").unwrap_or("?"))
-    } else {
-        String::from_utf8_lossy(&cmdline)
-            .trim_end_matches('\0')
-            .replace('\0', " ")
-    };
-    Some(ContainerProcess {
-        pid,
-        host_pid,
-        uid,
-        command,
-    })
+impl From<feather_sys::process::Described> for ContainerProcess {
+    fn from(d: feather_sys::process::Described) -> ContainerProcess {
+        ContainerProcess {
+            pid: d.pid,
+            host_pid: d.host_pid,
+            uid: d.uid,
+            command: d.command,
+        }
+    }
 }

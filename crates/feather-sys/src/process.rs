@@ -150,6 +150,45 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// A process as `ps` in its own pid namespace shows it, read from the host's /proc.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Described {
+    /// Its pid in its innermost pid namespace (a VM's or a container's).
+    pub pid: i32,
+    pub host_pid: i32,
+    pub uid: u32,
+    /// Its command line, or `[name]` for a kernel-less one (a zombie, an exiting process).
+    pub command: String,
+}
+
+/// `host_pid` described, or None if it is gone.
+pub fn describe(host_pid: Pid) -> Option<Described> {
+    let status = fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
+    let field = |key: &str| {
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix(key))
+            .map(str::trim)
+    };
+    // NSpid lists the pid in each nested namespace, outermost first: the last is its own.
+    let pid = field("NSpid:")?.split_whitespace().last()?.parse().ok()?;
+    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
+    let cmdline = fs::read(format!("/proc/{host_pid}/cmdline")).unwrap_or_default();
+    let command = if cmdline.is_empty() {
+        format!("[{}]", field("Name:").unwrap_or("?"))
+    } else {
+        String::from_utf8_lossy(&cmdline)
+            .trim_end_matches('\0')
+            .replace('\0', " ")
+    };
+    Some(Described {
+        pid,
+        host_pid: host_pid.as_raw(),
+        uid,
+        command,
+    })
+}
+
 /// Whether `pid` is a live process: it exists and has not exited (a zombie, state `Z`, or a
 /// dying one, `X`, has no namespaces left to enter or read).
 pub fn is_alive(pid: Pid) -> bool {

@@ -1,6 +1,5 @@
 //! What a VM is and holds: the summaries behind `ls`, `ps` and `inspect`.
 
-use std::fs;
 use std::path::PathBuf;
 
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
@@ -115,7 +114,7 @@ pub fn processes(root: &StateRoot, name: &VmName) -> Result<Vec<Process>> {
     }
     let mut rows: Vec<Process> = members(cgroup_of(&config).as_ref(), &state)
         .into_iter()
-        .filter_map(describe_process)
+        .filter_map(|pid| feather_sys::process::describe(pid).map(Process::from))
         .collect();
     rows.sort_by_key(|p| p.pid);
     Ok(rows)
@@ -131,31 +130,15 @@ fn members(cgroup: Option<&Cgroup>, state: &VmState) -> Vec<Pid> {
     }
 }
 
-fn describe_process(host_pid: Pid) -> Option<Process> {
-    let status = fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
-    let field = |key: &str| {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(key))
-            .map(str::trim)
-    };
-    // NSpid lists the pid in each nested namespace, outermost first: the last is the VM's.
-    let pid = field("NSpid:")?.split_whitespace().last()?.parse().ok()?;
-    let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
-    let cmdline = fs::read(format!("/proc/{host_pid}/cmdline")).unwrap_or_default();
-    let command = if cmdline.is_empty() {
-        format!("[{}]", field("Name:").unwrap_or("?"))
-    } else {
-        String::from_utf8_lossy(&cmdline)
-            .trim_end_matches('\0')
-            .replace('\0', " ")
-    };
-    Some(Process {
-        pid,
-        host_pid: host_pid.as_raw(),
-        uid,
-        command,
-    })
+impl From<feather_sys::process::Described> for Process {
+    fn from(d: feather_sys::process::Described) -> Process {
+        Process {
+            pid: d.pid,
+            host_pid: d.host_pid,
+            uid: d.uid,
+            command: d.command,
+        }
+    }
 }
 
 /// Everything about a VM, for `feather inspect`.
