@@ -2111,30 +2111,8 @@ def compare_oci_runtime(bench: Bench) -> None:
 # machine (a `feather serve` on 127.0.0.1), in each mode. Its frozen time is measured inside it:
 # the longest gap between the ticks it takes every 5 ms, on the wall clock (CRIU restores the
 # VM's time namespace so that its monotonic clock skips the pause).
-MEMORY_WRITER = """
-import hashlib, os, time
-size = 256 << 20
-memory = bytearray(size)
-block = os.urandom(1 << 20)
-for i in range(size >> 20):
-    memory[i << 20:(i + 1) << 20] = block
-def publish(path, text):
-    with open(path + ".tmp", "w") as f:
-        f.write(text)
-    os.rename(path + ".tmp", path)
-publish("/run/sum-before", hashlib.sha256(memory).hexdigest())
-longest, ticks, last = 0.0, 0, time.time()
-while True:
-    time.sleep(0.005)
-    now = time.time()
-    if now - last > longest:
-        longest = now - last
-        publish("/run/longest-gap", "%d" % (longest * 1000))
-    last = now
-    ticks += 1
-    at = (ticks * 4099 * 4096) % size
-    memory[at] = memory[at]
-"""
+# The same program as the migration tests' (tests/support/mod.rs, MEMORY_WRITER).
+MEMORY_WRITER = (REPO / "tests" / "support" / "memory-writer.py").read_text()
 FREEZE_TARGET = 0.3  # seconds a post-copy migration may freeze a 256 MiB writer
 
 
