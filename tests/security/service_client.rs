@@ -2,7 +2,7 @@
 //! binary, which the VM's root may replace: the host reads its output as hostile and never
 //! waits on it without end.
 
-use std::process::{Command, Output, Stdio};
+use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::{Feather, ScratchBase};
