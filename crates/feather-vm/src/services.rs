@@ -63,6 +63,10 @@ pub enum ServicesError {
         unit: String,
         stand_in: &'static str,
     },
+    /// The catalogue's no (`feather service catalog`): the unit is installed but a VM's copy
+    /// cannot work, for the reason given.
+    #[error("{unit} cannot be duplicated into a VM: {reason}")]
+    NotDuplicable { unit: String, reason: String },
     #[error("VM {vm} runs no services (start one with `feather service start {vm} UNIT`)")]
     NoServices { vm: VmName },
     /// The manager refused; nothing was changed.
@@ -108,7 +112,16 @@ pub fn check_installed(base: &std::path::Path, services: &[String]) -> Result<Ve
                     stand_in,
                 });
             }
-            Ok(paths.load(&name)?.name.to_string())
+            let unit = paths.load(&name)?;
+            // What the catalogue says no to is refused here with its reason, not at the
+            // VM's start.
+            if let Some(reason) = feather_svc::catalog::why_not(&paths, &unit, &unit.name) {
+                return Err(ServicesError::NotDuplicable {
+                    unit: unit.name.to_string(),
+                    reason,
+                });
+            }
+            Ok(unit.name.to_string())
         })
         .collect()
 }
