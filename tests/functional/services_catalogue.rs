@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::services::{service, services, vm, write_unit};
 use crate::support::Feather;
 
 /// How long a duplicated service has to answer its client after its VM started: rabbitmq's
@@ -99,7 +100,8 @@ duplicated! {
     // Mail.
     catalogue_dovecot_imap_greets_curl: "dovecot",
         "curl -sv --max-time 5 imap://127.0.0.1/ 2>&1", "Dovecot (Debian) ready";
-    catalogue_spamd_answers_spamc_ping: "spamd", "spamc -K", "PONG";
+    catalogue_spamd_reports_on_a_message_for_spamc: "spamd",
+        "printf 'Subject: feather\\n\\nhello\\n' | spamc -R", "Content analysis details";
     // DNS.
     catalogue_bind9_named_answers_dig: "named", dig!("version.bind CH TXT"), "\"9.18";
     catalogue_bind9_alias_bind9_answers_dig: "bind9", dig!("localhost A"), "127.0.0.1";
@@ -263,4 +265,46 @@ fn catalogue_daemons_do_not_run_on_the_host() {
         })
         .collect();
     assert!(on_host.is_empty(), "running on the host: {on_host:?}");
+}
+
+#[test]
+fn catalogue_a_start_retried_without_a_start_limit_answers_failed() {
+    // pdns@NAME.service without its configuration: Restart=on-failure with
+    // StartLimitInterval=0 retries the failed start for ever; the start that asked for it
+    // must still end, failed, as `systemctl start` does.
+    let feather = Feather::new("cat-no-limit");
+    vm(&feather, "loop");
+    write_unit(
+        &feather,
+        "loop",
+        "retry.service",
+        "[Unit]\nStartLimitIntervalSec=0\n[Service]\nType=notify\n\
+         ExecStart=/bin/sh -c 'echo no backend; exit 99'\nRestart=on-failure\nRestartSec=100ms\n",
+    );
+    let started = Instant::now();
+    let e = feather.fails(&["service", "start", "loop", "retry"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the start ended"
+    );
+    assert!(
+        e.contains("retry.service failed: main process exited with status 99"),
+        "{e}"
+    );
+    // It goes on trying, as under systemd, and is shown so.
+    feather.eventually("retry.service is restarted", || {
+        service(&services(&feather, "loop"), "retry.service")["restarts"]
+            .as_u64()
+            .is_some_and(|n| n >= 2)
+    });
+    let retry = service(&services(&feather, "loop"), "retry.service").clone();
+    assert_eq!(retry["state"], "activating", "{retry}");
+    assert_eq!(retry["start_failing"], true, "{retry}");
+    feather.ok(&["service", "stop", "loop", "retry"]);
+    let retry = service(&services(&feather, "loop"), "retry.service").clone();
+    assert_eq!(
+        (retry["state"].as_str(), retry["start_failing"].as_bool()),
+        (Some("inactive"), Some(false)),
+        "{retry}"
+    );
 }

@@ -174,11 +174,14 @@ pub fn start_configured(root: &StateRoot, name: &VmName) -> Result<Vec<ServiceIn
     }
 }
 
-/// The units of an answer that failed: their start, or their reload (`reload_failed`).
+/// The units of an answer that failed: their start (also one retried without a start limit,
+/// which goes on trying), or their reload (`reload_failed`).
 pub fn failures<'a>(units: &'a [ServiceInfo], reload_failed: &[String]) -> Vec<&'a ServiceInfo> {
     units
         .iter()
-        .filter(|u| u.state == UnitState::Failed || reload_failed.contains(&u.name))
+        .filter(|u| {
+            u.state == UnitState::Failed || u.start_failing || reload_failed.contains(&u.name)
+        })
         .collect()
 }
 
