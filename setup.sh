@@ -46,8 +46,8 @@ packages=(
     # The measured catalogue (tests/functional/services_catalogue.rs, docs/services.md): Debian
     # server packages, each duplicated into a VM and asked by its own client (never started on
     # the host). Mail, DNS, file transfer:
-    dovecot-imapd spamd spamc bind9 bind9-dnsutils unbound dnsmasq nsd knot knot-dnsutils
-    pdns-server pdns-backend-bind pdns-recursor vsftpd tftpd-hpa tftp-hpa samba smbclient rpcbind
+    dovecot-imapd spamd spamc bind9 bind9-dnsutils unbound dnsmasq nsd knot
+    pdns-server pdns-backend-bind pdns-recursor vsftpd tftpd-hpa samba smbclient rpcbind
     # HTTP servers and proxies, PHP-FPM (cgi-fcgi asks it):
     lighttpd haproxy squid varnish tinyproxy privoxy apt-cacher-ng php8.2-fpm libfcgi-bin
     # Brokers, directory, printing, key-value, monitoring, and their clients:

@@ -25,10 +25,15 @@ const ANSWER_WITHIN: Duration = Duration::from_secs(90);
 /// dependency closure and waits for its readiness by `Type=`), then runs `question` (a bash
 /// command line) inside the VM until its output contains `answer`, within [`ANSWER_WITHIN`].
 fn answers(unit: &str, question: &str, answer: &str) {
-    let feather = Feather::new(&format!("cat-{unit}"));
     // --net none: the VM's own loopback is all it needs, and nothing it does (a resolver's
     // priming queries, say) can leave the machine.
-    feather.ok(&["create", "svc", "--net", "none", "--service", unit]);
+    answers_on("none", unit, question, answer)
+}
+
+/// [`answers`] in a VM with the network `net` (`--net`).
+fn answers_on(net: &str, unit: &str, question: &str, answer: &str) {
+    let feather = Feather::new(&format!("cat-{unit}"));
+    feather.ok(&["create", "svc", "--net", net, "--service", unit]);
     let started = feather.run(&["start", "svc"]);
     assert_eq!(
         started.code,
@@ -158,6 +163,22 @@ duplicated! {
     catalogue_munin_node_answers_version: "munin-node", tcp!(4949, "version\\nquit\\n"), "munins node";
 }
 
+/// Measured on a VM of its own network (below).
+const MEASURED_ON_A_PRIVATE_NETWORK: &[&str] = &["nmbd"];
+
+#[test]
+fn catalogue_samba_nmbd_answers_nmblookup_on_a_private_network() {
+    // NetBIOS names are broadcast: nmbd waits for an IPv4 interface other than loopback, so
+    // its VM gets the default private network (its broadcasts stay on feather's bridge; no
+    // egress). In a --net none VM it stays "activating" until TimeoutStartSec=.
+    answers_on(
+        "private",
+        "nmbd",
+        "nmblookup -U 127.0.0.1 -S '*'",
+        "<ACTIVE>",
+    );
+}
+
 /// Units of installed packages that cannot work in a VM, with the words of the catalogue's
 /// reason that `create --service` must repeat.
 const REFUSED: &[(&str, &str)] = &[
@@ -189,7 +210,7 @@ fn catalogue_says_yes_to_every_measured_unit_and_no_with_the_reason_to_the_rest(
             .clone()
     };
     assert!(MEASURED.len() >= 25, "{} measured", MEASURED.len());
-    for unit in MEASURED {
+    for unit in MEASURED.iter().chain(MEASURED_ON_A_PRIVATE_NETWORK) {
         let e = entry(unit);
         assert_eq!(e["duplicable"], true, "{unit}: {e}");
     }
@@ -248,6 +269,7 @@ fn catalogue_daemons_do_not_run_on_the_host() {
         "spamd",
         "prometheus-node",
         "munin-node",
+        "nmbd",
     ];
     let own = std::fs::read_link("/proc/self/ns/pid").unwrap();
     let on_host: Vec<String> = std::fs::read_dir("/proc")
