@@ -43,6 +43,18 @@ packages=(
     apache2          # Type=forking through apachectl; also with mariadb as one group
     openssh-server   # sshd's banner on the VM's port 22
     inetutils-inetd inetutils-telnetd tcpd  # telnetd through inetd (its inetd.conf line runs tcpd)
+    # The measured catalogue (tests/functional/services_catalogue.rs, docs/services.md): Debian
+    # server packages, each duplicated into a VM and asked by its own client (never started on
+    # the host). Mail, DNS, file transfer:
+    dovecot-imapd spamd spamc bind9 bind9-dnsutils unbound dnsmasq nsd knot
+    pdns-server pdns-backend-bind pdns-recursor vsftpd tftpd-hpa samba smbclient rpcbind
+    # HTTP servers and proxies, PHP-FPM (cgi-fcgi asks it):
+    lighttpd haproxy squid varnish tinyproxy privoxy apt-cacher-ng php8.2-fpm libfcgi-bin
+    # Brokers, directory, printing, key-value, monitoring, and their clients:
+    rabbitmq-server mosquitto mosquitto-clients beanstalkd prosody slapd ldap-utils cups
+    cups-client etcd-server etcd-client snmpd snmp prometheus-node-exporter munin-node
+    # Ones the catalogue says no to (the host's kernel NFS server; a tun device):
+    nfs-kernel-server openvpn
     xdg-dbus-proxy   # Shuttle's D-Bus channels: the filtering proxy between a VM and another's bus
     python3-dbus python3-gi  # Shuttle tests: a program owning names on a VM's system bus
     socat            # Shuttle tests: a unix-socket client inside a VM

@@ -18,6 +18,7 @@ mod network;
 mod recovery;
 mod services;
 mod services_accept;
+mod services_catalogue;
 mod services_cgroups;
 mod services_dbus;
 mod services_generators;

@@ -1,5 +1,6 @@
 //! Sandboxing settings the VM's service manager applies to a unit's processes
-//! (`NoNewPrivileges=`, `CapabilityBoundingSet=`), and the ones it lists as not applied.
+//! (`NoNewPrivileges=`, `CapabilityBoundingSet=`, `AmbientCapabilities=`), and the ones it lists
+//! as not applied.
 
 use crate::services::{service, services, vm, write_unit};
 use crate::support::Feather;
@@ -169,4 +170,41 @@ fn services_system_call_filter_uses_the_groups_of_the_installed_systemd() {
     let log = status_lines(&feather, "sc", "deny-kill");
     assert!(log.contains("signal 31") || log.contains("SIGSYS"), "{log}");
     assert!(!log.contains("Linux"), "{log}");
+}
+
+#[test]
+fn services_ambient_capabilities_survive_the_user_change() {
+    let feather = Feather::new("svc-ambient");
+    vm(&feather, "amb");
+    // pdns-recursor's way to bind port 53 as its own user.
+    let report = "ExecStart=/bin/sh -c 'id -u; grep -E \"^Cap(Amb|Eff)\" /proc/self/status'\n";
+    write_unit(
+        &feather,
+        "amb",
+        "bind53.service",
+        &format!(
+            "[Service]\nType=oneshot\nRemainAfterExit=yes\nUser=nobody\n\
+             AmbientCapabilities=CAP_NET_BIND_SERVICE\n{report}"
+        ),
+    );
+    write_unit(
+        &feather,
+        "amb",
+        "nocaps.service",
+        &format!("[Service]\nType=oneshot\nRemainAfterExit=yes\nUser=nobody\n{report}"),
+    );
+    feather.ok(&["service", "start", "amb", "bind53", "nocaps"]);
+    let kept = status_lines(&feather, "amb", "bind53");
+    assert!(kept.contains("65534\n"), "{kept}");
+    assert!(kept.contains("CapAmb:\t0000000000000400"), "{kept}");
+    assert!(kept.contains("CapEff:\t0000000000000400"), "{kept}");
+    let none = status_lines(&feather, "amb", "nocaps");
+    assert!(none.contains("CapAmb:\t0000000000000000"), "{none}");
+    assert!(none.contains("CapEff:\t0000000000000000"), "{none}");
+    assert!(
+        service(&services(&feather, "amb"), "bind53.service")["not_applied"]
+            .as_array()
+            .unwrap()
+            .is_empty()
+    );
 }

@@ -154,10 +154,93 @@ pub fn why_not(paths: &UnitPaths, unit: &Unit, name: &UnitName) -> Option<String
     if unit.exec.dynamic_user {
         return Some("DynamicUser=yes is not supported in VMs yet".into());
     }
-    match DependencyGraph::closure(paths, std::slice::from_ref(name)) {
-        Err(e) => Some(e.to_string()),
-        Ok(graph) => graph.start_waves().err().map(|e| e.to_string()),
+    let graph = match DependencyGraph::closure(paths, std::slice::from_ref(name)) {
+        Err(e) => return Some(e.to_string()),
+        Ok(graph) => graph,
+    };
+    if let Err(e) = graph.start_waves() {
+        return Some(e.to_string());
     }
+    graph
+        .units
+        .values()
+        .find_map(needs_the_host)
+        .map(|e| e.to_string())
+}
+
+/// A unit that only the host's kernel or devices can serve: a VM's copy could start but never
+/// do its work, so the catalogue says no.
+#[derive(Debug, thiserror::Error)]
+pub enum HostOnly {
+    #[error("{unit} requires {mount}: {what}, which a VM can neither mount nor serve (mounting needs CAP_SYS_ADMIN, which a VM does not have; the server is the host's kernel)")]
+    KernelFilesystem {
+        unit: String,
+        mount: String,
+        what: &'static str,
+    },
+    #[error("{unit} needs the device {device} (DeviceAllow=), which a VM's /dev does not have (a VM gets only null, zero, full, random, urandom, tty, ptmx and its own pts, shm and mqueue)")]
+    Device { unit: String, device: String },
+}
+
+/// Mount units of kernel filesystems whose users talk to a server in the host's kernel.
+const KERNEL_FILESYSTEMS: &[(&str, &str)] = &[
+    (
+        "proc-fs-nfsd.mount",
+        "the kernel's NFS server (the nfsd filesystem at /proc/fs/nfsd)",
+    ),
+    (
+        "var-lib-nfs-rpc_pipefs.mount",
+        "rpc_pipefs, through which NFS's id mapping and security daemons serve the kernel's NFS",
+    ),
+    (
+        "run-rpc_pipefs.mount",
+        "rpc_pipefs, through which NFS's id mapping and security daemons serve the kernel's NFS",
+    ),
+    (
+        "proc-sys-fs-binfmt_misc.mount",
+        "binfmt_misc, where binary formats are registered for the whole host",
+    ),
+    (
+        "sys-kernel-config.mount",
+        "configfs, the kernel's configurable objects (iSCSI and USB gadget targets)",
+    ),
+];
+
+/// The device nodes a VM's /dev has (feather-vm's rootfs makes it); `/dev/pts/…` too.
+const VM_DEVICES: &[&str] = &[
+    "/dev/null",
+    "/dev/zero",
+    "/dev/full",
+    "/dev/random",
+    "/dev/urandom",
+    "/dev/tty",
+    "/dev/ptmx",
+];
+
+/// Why `unit` can only work on the host: a kernel filesystem it requires, or a device its
+/// `DeviceAllow=` names that a VM lacks.
+pub fn needs_the_host(unit: &Unit) -> Option<HostOnly> {
+    let deps = &unit.dependencies;
+    let mount = deps.requires.iter().chain(&deps.binds_to).find_map(|dep| {
+        KERNEL_FILESYSTEMS
+            .iter()
+            .find(|(mount, _)| mount == dep)
+            .map(|(mount, what)| HostOnly::KernelFilesystem {
+                unit: unit.name.to_string(),
+                mount: (*mount).to_owned(),
+                what,
+            })
+    });
+    mount.or_else(|| {
+        unit.exec
+            .device_allow
+            .iter()
+            .find(|d| !VM_DEVICES.contains(&d.as_str()) && !d.starts_with("/dev/pts/"))
+            .map(|device| HostOnly::Device {
+                unit: unit.name.to_string(),
+                device: device.clone(),
+            })
+    })
 }
 
 /// A unit systemd would refuse to start, though its syntax is fine.

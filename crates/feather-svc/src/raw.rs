@@ -45,6 +45,9 @@ pub struct ProcessSetup {
     /// `CapabilityBoundingSet=`: the capabilities taken out of the bounding set (before the
     /// user changes: dropping needs CAP_SETPCAP).
     pub drop_capabilities: Vec<caps::Capability>,
+    /// `AmbientCapabilities=` (those the bounding set keeps): raised in the ambient set after
+    /// the user changes, so the program keeps them through its exec as that user.
+    pub ambient_capabilities: Vec<caps::Capability>,
     /// `NoNewPrivileges=`: set last, just before the program is executed.
     pub no_new_privileges: bool,
     /// Seccomp filters of the unit's own (`RestrictAddressFamilies=`, `SystemCallFilter=`),
@@ -58,7 +61,7 @@ pub const LISTEN_FDS_START: RawFd = 3;
 
 /// Installs `setup` to run in the child: the signal mask cleared, its cgroup, a new session (so
 /// the service's processes can be found and signalled as a group), its umask and resource
-/// limits, its bounding set, its user and groups, no_new_privs, and with sockets to pass, the
+/// limits, its bounding set, its user and groups (keeping its ambient capabilities), no_new_privs, and with sockets to pass, the
 /// sockets and the exec itself.
 pub fn install(command: &mut Command, setup: ProcessSetup) {
     let hook = move || -> std::io::Result<()> {
@@ -81,10 +84,21 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
             caps::drop(None, caps::CapSet::Inheritable, *cap).map_err(std::io::Error::other)?;
         }
         if let Some(credentials) = &setup.credentials {
+            let ambient = &setup.ambient_capabilities;
+            if !ambient.is_empty() {
+                // The permitted set survives setuid only with keep-caps (reset at exec); an
+                // ambient capability must be permitted and inheritable when it is raised.
+                nix::sys::prctl::set_keepcaps(true)?;
+            }
             // Groups first: once the uid is not 0, they can no longer be changed.
             setgroups(&credentials.groups)?;
             setgid(credentials.gid)?;
             setuid(credentials.uid)?;
+            for cap in ambient {
+                caps::raise(None, caps::CapSet::Inheritable, *cap)
+                    .map_err(std::io::Error::other)?;
+                caps::raise(None, caps::CapSet::Ambient, *cap).map_err(std::io::Error::other)?;
+            }
         }
         if setup.no_new_privileges || !setup.seccomp.is_empty() {
             nix::sys::prctl::set_no_new_privs()?;

@@ -208,6 +208,14 @@ pub struct ExecContext {
     /// `CapabilityBoundingSet=`: the capabilities the unit's processes may ever hold; None is
     /// all (the VM's own set bounds them anyway).
     pub capability_bounding_set: Option<std::collections::BTreeSet<String>>,
+    /// `AmbientCapabilities=`: the capabilities a service that runs as another user than root
+    /// keeps through its user change and its program's exec (`CAP_NET_BIND_SERVICE` for a
+    /// daemon that binds port 53 as its own user).
+    pub ambient_capabilities: std::collections::BTreeSet<String>,
+    /// The device nodes `DeviceAllow=` names (`/dev/net/tun`), not the classes (`char-pts`):
+    /// the catalogue refuses a unit that needs a device a VM's `/dev` does not have. The
+    /// device cgroup itself is not applied (the setting stays listed as not applied).
+    pub device_allow: Vec<String>,
     /// `RestrictAddressFamilies=`: which families `socket()` may make; None is all.
     pub address_families: Option<AddressFamilies>,
     /// `SystemCallFilter=`, line by line (groups are expanded where the unit runs, by the
@@ -270,6 +278,8 @@ impl Default for ExecContext {
             standard_error: StandardOutput::Inherit,
             no_new_privileges: false,
             capability_bounding_set: None,
+            ambient_capabilities: std::collections::BTreeSet::new(),
+            device_allow: Vec::new(),
             address_families: None,
             system_call_filter: Vec::new(),
             system_call_error_number: None,
@@ -387,6 +397,7 @@ impl Default for Socket {
             socket_group: None,
             file_descriptor_name: None,
             max_connections: 64,
+            bind_ipv6_only: BindIpv6Only::Default,
         }
     }
 }
@@ -425,6 +436,22 @@ pub struct Socket {
     pub file_descriptor_name: Option<String>,
     /// `Accept=yes`: the most instances that run at once; more connections are refused.
     pub max_connections: u32,
+    /// `BindIPv6Only=`: whether a socket on an IPv6 address also takes IPv4 connections.
+    pub bind_ipv6_only: BindIpv6Only,
+}
+
+/// `BindIPv6Only=` of a socket unit.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BindIpv6Only {
+    /// The kernel's default (`net.ipv6.bindv6only`).
+    #[default]
+    Default,
+    /// IPv6 and IPv4 (mapped) on one socket.
+    Both,
+    /// IPv6 alone, so that an IPv4 socket on the same port can be bound beside it (rpcbind's
+    /// `0.0.0.0:111` and `[::]:111`).
+    Ipv6Only,
 }
 
 /// A timer unit's `[Timer]`: when it starts the unit it triggers.
@@ -757,6 +784,21 @@ impl Unit {
                 exec.capability_bounding_set =
                     bounding_set(exec.capability_bounding_set.take(), raw)?
             }
+            "AmbientCapabilities" => {
+                exec.ambient_capabilities =
+                    ambient_set(std::mem::take(&mut exec.ambient_capabilities), raw)?
+            }
+            "DeviceAllow" => {
+                match expand(raw)?.split_whitespace().next() {
+                    None => exec.device_allow.clear(),
+                    Some(device) if device.starts_with("/dev/") => {
+                        exec.device_allow.push(device.to_owned())
+                    }
+                    Some(_) => {}
+                }
+                // Recorded, not applied: the section's own handler lists it as not applied.
+                return Ok(false);
+            }
             "StandardInput" => {
                 exec.standard_input = match raw {
                     "" | "null" => StandardInput::Null,
@@ -1016,6 +1058,14 @@ impl Unit {
             "SocketUser" => socket.socket_user = non_empty(expand(raw)?),
             "SocketGroup" => socket.socket_group = non_empty(expand(raw)?),
             "FileDescriptorName" => socket.file_descriptor_name = non_empty(expand(raw)?),
+            "BindIPv6Only" => {
+                socket.bind_ipv6_only = match raw {
+                    "" | "default" => BindIpv6Only::Default,
+                    "both" => BindIpv6Only::Both,
+                    "ipv6-only" => BindIpv6Only::Ipv6Only,
+                    other => return Err(unknown("BindIPv6Only", other)),
+                }
+            }
             "MaxConnections" => {
                 socket.max_connections = raw.parse().map_err(|_| SettingError::NotANumber {
                     key: "MaxConnections",
@@ -1105,21 +1155,34 @@ fn unknown(key: &'static str, value: &str) -> SettingError {
     }
 }
 
-/// `CapabilityBoundingSet=` as systemd combines its lines: a list adds to what earlier lines
-/// kept (the first list replaces "all"), `~list` takes those away, an empty value resets to
-/// all (None).
-fn bounding_set(
-    current: Option<std::collections::BTreeSet<String>>,
+/// `AmbientCapabilities=` as systemd combines its lines: a list adds to what earlier lines
+/// named, `~list` keeps all but those, an empty value resets to none.
+fn ambient_set(
+    current: std::collections::BTreeSet<String>,
     raw: &str,
-) -> Result<Option<std::collections::BTreeSet<String>>, SettingError> {
+) -> Result<std::collections::BTreeSet<String>, SettingError> {
     let raw = raw.trim();
     if raw.is_empty() {
-        return Ok(None);
+        return Ok(std::collections::BTreeSet::new());
     }
     let (inverted, list) = match raw.strip_prefix('~') {
         Some(rest) => (true, rest),
         None => (false, raw),
     };
+    let named = capability_names(list)?;
+    Ok(if inverted {
+        caps::all()
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !named.contains(c))
+            .collect()
+    } else {
+        current.union(&named).cloned().collect()
+    })
+}
+
+/// The capabilities a space-separated list names (`CAP_CHOWN`, or `chown`), as `CAP_…`.
+fn capability_names(list: &str) -> Result<std::collections::BTreeSet<String>, SettingError> {
     let mut named = std::collections::BTreeSet::new();
     for word in list.split_whitespace() {
         let cap = word.to_ascii_uppercase();
@@ -1135,6 +1198,25 @@ fn bounding_set(
         }
         named.insert(cap);
     }
+    Ok(named)
+}
+
+/// `CapabilityBoundingSet=` as systemd combines its lines: a list adds to what earlier lines
+/// kept (the first list replaces "all"), `~list` takes those away, an empty value resets to
+/// all (None).
+fn bounding_set(
+    current: Option<std::collections::BTreeSet<String>>,
+    raw: &str,
+) -> Result<Option<std::collections::BTreeSet<String>>, SettingError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    let (inverted, list) = match raw.strip_prefix('~') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let named = capability_names(list)?;
     let all = || caps::all().iter().map(|c| c.to_string()).collect();
     Ok(Some(if inverted {
         current

@@ -271,3 +271,52 @@ fn catalog_says_what_can_be_duplicated_and_why_not() {
         Some("masked on the host")
     );
 }
+
+#[test]
+fn catalog_says_no_to_units_only_the_hosts_kernel_or_devices_can_serve() {
+    let t = Tree::new("catalog-host-only");
+    std::fs::create_dir_all(t.root.join("usr/bin")).unwrap();
+    t.write("usr/bin/present", "#!/bin/sh\n");
+    std::fs::set_permissions(
+        t.root.join("usr/bin/present"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    t.lib("true.service", "[Service]\nExecStart=/usr/bin/present\n");
+    // Debian's nfs-kernel-server: the daemons need the kernel's nfsd filesystem.
+    t.lib(
+        "mountd.service",
+        "[Unit]\nRequires=proc-fs-nfsd.mount\n[Service]\nExecStart=/usr/bin/present\n",
+    );
+    t.lib(
+        "nfsd.service",
+        "[Unit]\nRequires=mountd.service\n[Service]\nType=oneshot\nExecStart=/usr/bin/present\n",
+    );
+    // openvpn@.service: its tunnel device.
+    t.lib(
+        "vpn@.service",
+        "[Service]\nExecStart=/usr/bin/present\nDeviceAllow=/dev/null rw\nDeviceAllow=/dev/net/tun rw\n",
+    );
+    // Devices a VM has, and device classes, are no reason.
+    t.lib(
+        "devices.service",
+        "[Service]\nExecStart=/usr/bin/present\nDeviceAllow=/dev/urandom r\nDeviceAllow=char-pts rw\n",
+    );
+    let entries = catalog::catalog(&t.root).unwrap();
+    let note = |n: &str| {
+        let e = entries.iter().find(|e| e.name == n).unwrap();
+        (e.duplicable, e.note.clone().unwrap_or_default())
+    };
+    let (yes, why) = note("nfsd.service");
+    assert!(
+        !yes && why.contains("mountd.service requires proc-fs-nfsd.mount: the kernel's NFS server"),
+        "{why}"
+    );
+    let (yes, why) = note("vpn@.service");
+    assert!(
+        !yes && why.contains("needs the device /dev/net/tun (DeviceAllow=)"),
+        "{why}"
+    );
+    assert!(note("devices.service").0);
+    assert!(note("true.service").0);
+}

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::Tree;
-use feather_svc::unit::{DirectoryKind, KillMode, ListenKind, NotifyAccess, Restart, ServiceType};
+use feather_svc::unit::{
+    BindIpv6Only, DirectoryKind, KillMode, ListenKind, NotifyAccess, Restart, ServiceType,
+};
 
 #[test]
 fn etc_overrides_run_overrides_lib() {
@@ -373,6 +375,66 @@ fn socket_units() {
             (ListenKind::Datagram, "[::1]:7778"),
             (ListenKind::SequentialPacket, "@echo-abstract"),
         ]
+    );
+}
+
+#[test]
+fn bind_ipv6_only_ambient_capabilities_and_device_allow() {
+    let t = Tree::new("v6only");
+    // rpcbind.socket: IPv4 and IPv6 sockets on one port need IPV6_V6ONLY on the second.
+    t.lib(
+        "rpc.socket",
+        "[Socket]\nBindIPv6Only=ipv6-only\nListenStream=0.0.0.0:111\nListenStream=[::]:111\n",
+    );
+    assert_eq!(
+        t.load("rpc.socket").socket.unwrap().bind_ipv6_only,
+        BindIpv6Only::Ipv6Only
+    );
+    t.lib(
+        "both.socket",
+        "[Socket]\nBindIPv6Only=both\nListenStream=80\n",
+    );
+    assert_eq!(
+        t.load("both.socket").socket.unwrap().bind_ipv6_only,
+        BindIpv6Only::Both
+    );
+    t.lib("plain.socket", "[Socket]\nListenStream=80\n");
+    assert_eq!(
+        t.load("plain.socket").socket.unwrap().bind_ipv6_only,
+        BindIpv6Only::Default
+    );
+    t.lib(
+        "odd.socket",
+        "[Socket]\nBindIPv6Only=sometimes\nListenStream=80\n",
+    );
+    assert!(t.load_err("odd.socket").contains("BindIPv6Only=sometimes"));
+    // pdns-recursor.service: a list adds, an empty value resets, `~` keeps all but those.
+    t.lib(
+        "amb.service",
+        "[Service]\nExecStart=/bin/true\nUser=pdns\nAmbientCapabilities=CAP_NET_BIND_SERVICE\n\
+         AmbientCapabilities=chown\nDeviceAllow=/dev/null rw\nDeviceAllow=char-pts rw\n\
+         DeviceAllow=/dev/net/tun rw\n",
+    );
+    let unit = t.load("amb.service");
+    let ambient: Vec<&str> = unit
+        .exec
+        .ambient_capabilities
+        .iter()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(ambient, ["CAP_CHOWN", "CAP_NET_BIND_SERVICE"]);
+    assert_eq!(unit.exec.device_allow, ["/dev/null", "/dev/net/tun"]);
+    // The device cgroup is not applied: the setting stays listed.
+    assert_eq!(unit.not_applied, ["Service.DeviceAllow"]);
+    t.write(
+        "etc/systemd/system/amb.service.d/reset.conf",
+        "[Service]\nAmbientCapabilities=\nAmbientCapabilities=~CAP_SYS_ADMIN\nDeviceAllow=\n",
+    );
+    let unit = t.load("amb.service");
+    assert!(unit.exec.device_allow.is_empty());
+    assert!(
+        unit.exec.ambient_capabilities.contains("CAP_KILL")
+            && !unit.exec.ambient_capabilities.contains("CAP_SYS_ADMIN")
     );
 }
 

@@ -72,6 +72,10 @@ pub enum ServicesError {
         unit: String,
         stand_in: &'static str,
     },
+    /// The catalogue's no (`feather service catalog`): the unit is installed but a VM's copy
+    /// cannot work, for the reason given.
+    #[error("{unit} cannot be duplicated into a VM: {reason}")]
+    NotDuplicable { unit: String, reason: String },
     #[error("VM {vm} runs no services (start one with `feather service start {vm} UNIT`)")]
     NoServices { vm: VmName },
     /// The manager refused; nothing was changed.
@@ -120,7 +124,16 @@ pub fn check_installed(base: &std::path::Path, services: &[String]) -> Result<Ve
                     stand_in,
                 });
             }
-            Ok(paths.load(&name)?.name.to_string())
+            let unit = paths.load(&name)?;
+            // What the catalogue says no to is refused here with its reason, not at the
+            // VM's start.
+            if let Some(reason) = feather_svc::catalog::why_not(&paths, &unit, &unit.name) {
+                return Err(ServicesError::NotDuplicable {
+                    unit: unit.name.to_string(),
+                    reason,
+                });
+            }
+            Ok(unit.name.to_string())
         })
         .collect()
 }
@@ -173,11 +186,14 @@ pub fn start_configured(root: &StateRoot, name: &VmName) -> Result<Vec<ServiceIn
     }
 }
 
-/// The units of an answer that failed: their start, or their reload (`reload_failed`).
+/// The units of an answer that failed: their start (also one retried without a start limit,
+/// which goes on trying), or their reload (`reload_failed`).
 pub fn failures<'a>(units: &'a [ServiceInfo], reload_failed: &[String]) -> Vec<&'a ServiceInfo> {
     units
         .iter()
-        .filter(|u| u.state == UnitState::Failed || reload_failed.contains(&u.name))
+        .filter(|u| {
+            u.state == UnitState::Failed || u.start_failing || reload_failed.contains(&u.name)
+        })
         .collect()
 }
 

@@ -311,6 +311,11 @@ pub struct ServiceInfo {
     /// CPU time its processes used since its group was made, in nanoseconds.
     #[serde(default)]
     pub cpu_nsec: Option<u64>,
+    /// Its start failed and is retried without a start limit (`StartLimitIntervalSec=0`): a
+    /// start that asked for it has failed, though the unit goes on trying (`activating
+    /// (auto-restart)`).
+    #[serde(default)]
+    pub start_failing: bool,
 }
 
 pub fn send(stream: &mut UnixStream, value: &impl Serialize) -> std::io::Result<()> {

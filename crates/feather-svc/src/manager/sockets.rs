@@ -14,7 +14,7 @@ use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::socket::{getsockopt, sockopt, SockFlag};
 use nix::unistd::{chown, Group, User};
 
-use crate::unit::{Listen, ListenKind, Unit};
+use crate::unit::{BindIpv6Only, Listen, ListenKind, Unit};
 
 /// One bound socket of a socket unit.
 pub struct Bound {
@@ -75,12 +75,13 @@ pub fn bind(unit: &Unit) -> Result<Vec<Bound>, SocketError> {
         .unwrap_or_else(|| unit.name.to_string());
     let mut bound = Vec::new();
     for listen in &socket.listen {
-        let (fd, path) = bind_one(listen).map_err(|problem| SocketError::Listen {
-            unit: unit.name.to_string(),
-            address: listen.address.clone(),
-            kind: listen.kind,
-            problem,
-        })?;
+        let (fd, path) =
+            bind_one(listen, socket.bind_ipv6_only).map_err(|problem| SocketError::Listen {
+                unit: unit.name.to_string(),
+                address: listen.address.clone(),
+                kind: listen.kind,
+                problem,
+            })?;
         if let Some(path) = &path {
             let mode = socket.socket_mode.unwrap_or(0o666);
             let failed = |step: &'static str, error: std::io::Error| SocketError::Permissions {
@@ -114,7 +115,10 @@ pub fn bind(unit: &Unit) -> Result<Vec<Bound>, SocketError> {
     Ok(bound)
 }
 
-fn bind_one(listen: &Listen) -> Result<(OwnedFd, Option<PathBuf>), ListenProblem> {
+fn bind_one(
+    listen: &Listen,
+    ipv6_only: BindIpv6Only,
+) -> Result<(OwnedFd, Option<PathBuf>), ListenProblem> {
     let address = listen.address.as_str();
     match (listen.kind, address.chars().next()) {
         (ListenKind::Stream | ListenKind::Datagram, Some('/')) => {
@@ -142,9 +146,14 @@ fn bind_one(listen: &Listen) -> Result<(OwnedFd, Option<PathBuf>), ListenProblem
             let addresses = inet_addresses(address)?;
             let mut last_error = None;
             for addr in addresses {
-                let result: std::io::Result<OwnedFd> = match listen.kind {
-                    ListenKind::Stream => TcpListener::bind(addr).map(Into::into),
-                    _ => UdpSocket::bind(addr).map(Into::into),
+                let result = match (addr, ipv6_only) {
+                    (SocketAddr::V6(v6), BindIpv6Only::Both | BindIpv6Only::Ipv6Only) => {
+                        bind_ipv6(listen.kind, v6, ipv6_only == BindIpv6Only::Ipv6Only)
+                    }
+                    _ => match listen.kind {
+                        ListenKind::Stream => TcpListener::bind(addr).map(Into::into),
+                        _ => UdpSocket::bind(addr).map(Into::into),
+                    },
                 };
                 match result {
                     Ok(fd) => return Ok((fd, None)),
@@ -158,6 +167,43 @@ fn bind_one(listen: &Listen) -> Result<(OwnedFd, Option<PathBuf>), ListenProblem
         }
         (kind, _) => Err(ListenProblem::Unsupported(kind)),
     }
+}
+
+/// A TCP listener or UDP socket on the IPv6 address `addr`, with IPV6_V6ONLY set to `only`
+/// before it is bound (the option cannot change afterwards), as systemd binds for
+/// `BindIPv6Only=`.
+fn bind_ipv6(
+    kind: ListenKind,
+    addr: std::net::SocketAddrV6,
+    only: bool,
+) -> std::io::Result<OwnedFd> {
+    use nix::sys::socket::{
+        bind, listen, setsockopt, socket, AddressFamily, Backlog, SockType, SockaddrIn6,
+    };
+    let stream = kind == ListenKind::Stream;
+    let fd = socket(
+        AddressFamily::Inet6,
+        if stream {
+            SockType::Stream
+        } else {
+            SockType::Datagram
+        },
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    setsockopt(&fd, sockopt::Ipv6V6Only, &only)?;
+    if stream {
+        // As std's TcpListener does: a restarted service binds again at once.
+        setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    }
+    bind(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        &SockaddrIn6::from(addr),
+    )?;
+    if stream {
+        listen(&fd, Backlog::MAXCONN)?;
+    }
+    Ok(fd)
 }
 
 /// `80` (every address: IPv6 with IPv4 mapped, or IPv4 alone), `127.0.0.1:80`, `[::1]:80`.

@@ -382,6 +382,7 @@ pub fn command(
             } else {
                 capabilities_to_drop(unit)
             },
+            ambient_capabilities: ambient_capabilities(unit),
             no_new_privileges: unit.exec.no_new_privileges && !exec.full_privileges,
             seccomp: if exec.full_privileges {
                 Vec::new()
@@ -461,6 +462,21 @@ fn capabilities_to_drop(unit: &Unit) -> Vec<caps::Capability> {
         .unwrap_or_default()
         .into_iter()
         .filter(|cap| !kept.contains(&cap.to_string()))
+        .collect()
+}
+
+/// The capabilities of `AmbientCapabilities=` that the process can hold: those of the
+/// manager's bounding set (the VM's) that `CapabilityBoundingSet=` keeps. Raising another fails
+/// with EPERM; left out, the program meets the missing privilege itself, as it would in a
+/// container without it.
+fn ambient_capabilities(unit: &Unit) -> Vec<caps::Capability> {
+    let dropped = capabilities_to_drop(unit);
+    let bounding = caps::read(None, caps::CapSet::Bounding).unwrap_or_default();
+    unit.exec
+        .ambient_capabilities
+        .iter()
+        .filter_map(|name| name.parse::<caps::Capability>().ok())
+        .filter(|cap| bounding.contains(cap) && !dropped.contains(cap))
         .collect()
 }
 

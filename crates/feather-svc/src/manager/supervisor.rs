@@ -145,6 +145,10 @@ struct Runtime {
     /// Units whose failure fails this one (Requires=, BindsTo=, Requisite=).
     requires: BTreeSet<String>,
     restart_at: Option<Instant>,
+    /// A start of it failed and is retried without a start limit (`StartLimitIntervalSec=0`,
+    /// pdns's units): its state would never settle, so a job waiting for it answers, with the
+    /// unit shown as failing. Cleared once it is active, or stopped, or failed for good.
+    start_failing: bool,
     /// Asked to stop, waiting for the units ordered after it to stop first.
     stop_pending: bool,
     /// The stop was asked for: the unit is not restarted.
@@ -203,6 +207,7 @@ impl Runtime {
             after: BTreeSet::new(),
             requires: BTreeSet::new(),
             restart_at: None,
+            start_failing: false,
             stop_pending: false,
             stop_requested: false,
             was_active: false,
@@ -243,6 +248,9 @@ impl Runtime {
     fn set(&mut self, state: State, phase: Phase) {
         if self.state != state {
             self.since = Instant::now();
+        }
+        if matches!(state, State::Active | State::Inactive | State::Failed) {
+            self.start_failing = false;
         }
         self.state = state;
         self.phase = phase;
@@ -292,6 +300,7 @@ impl Runtime {
                 .map(|d| d.display().to_string()),
             memory_bytes: usage.0,
             cpu_nsec: usage.1.map(|d| d.as_nanos() as u64),
+            start_failing: self.start_failing,
         }
     }
 }

@@ -427,10 +427,11 @@ impl Manager {
         for mut job in std::mem::take(&mut self.jobs) {
             let settled = job.units.iter().all(|n| {
                 self.units.get(n).is_none_or(|r| {
-                    r.state.settled()
+                    let settled = r.state.settled()
                         && !r.stop_pending
                         && r.restart_at.is_none()
-                        && r.phase != Phase::Reload
+                        && r.phase != Phase::Reload;
+                    settled || r.start_failing
                 })
             });
             if !settled {

@@ -256,6 +256,7 @@ impl Manager {
         if failed && decide::restart_after_failed_start(restart) {
             r.restart_at = Some(decide::restart_at(Instant::now(), restart_sec));
             r.set(State::Activating, Phase::AutoRestart);
+            r.start_failing = r.unit.start_limit.interval.is_none();
             return;
         }
         if failed {
