@@ -300,9 +300,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             to,
             token,
+            tls,
             mode,
             json,
         } => {
+            let security = security(token, tls);
             let mode = migration::choose_mode(mode.map(|m| match m {
                 cli::MigrateMode::PostCopy => migration::Mode::PostCopy,
                 cli::MigrateMode::StopAndCopy => migration::Mode::StopAndCopy,
@@ -310,7 +312,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }))?;
             let mut display = progress::Display::new();
             let migrated =
-                migration::migrate(&root, &name.parse()?, &to, &token, mode, &mut |step| {
+                migration::migrate(&root, &name.parse()?, &to, &security, mode, &mut |step| {
                     display.show(step)
                 });
             display.finish();
@@ -323,13 +325,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             listen,
             token,
+            tls,
             once,
         } => {
             let mut display = progress::Display::new();
             let served = migration::serve(
                 &root,
                 &listen,
-                &token,
+                &security(token, tls),
                 once,
                 |address| eprintln!("feather serve: listening on {address}"),
                 &mut |step| display.show(step),
@@ -521,4 +524,14 @@ mod tests {
             ["feather", "exec", "vm", "--", "open", "x"]
         );
     }
+}
+
+/// A migration's security from the command line: the token, and certificates if given (clap
+/// makes sure all three files come together).
+fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
+    let files = match (tls.tls_cert, tls.tls_key, tls.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(migration::TlsFiles { cert, key, ca }),
+        _ => None,
+    };
+    migration::Security { token, files }
 }
