@@ -2,10 +2,11 @@
 //! `feather migrate` and `feather serve` run in two network namespaces the test creates, joined
 //! by a veth pair with addresses of the test's own.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::support::wire::{self, TamperProxy, Tap};
 use crate::support::{
     await_line_server, count, free_port, python_daemon, received_numbers, redis_cli,
     start_counting, Feather, ScratchBase, TestSubnet, LINE_CLIENT, LINE_SERVER, MEMORY_WRITER,
@@ -20,17 +21,20 @@ const TOKEN: &str = "test-token-7f3a";
 struct TwoHosts {
     a: String,
     b: String,
+    /// Host a's end of the veth pair: the wire between the hosts.
+    wire: String,
 }
 
 impl TwoHosts {
     fn new() -> TwoHosts {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}{n}", std::process::id() % 100_000);
+        let (va, vb) = (format!("fma{tag}"), format!("fmb{tag}"));
         let hosts = TwoHosts {
             a: format!("fmig-a-{tag}"),
             b: format!("fmig-b-{tag}"),
+            wire: va.clone(),
         };
-        let (va, vb) = (format!("fma{tag}"), format!("fmb{tag}"));
         for args in [
             vec!["netns", "add", &hosts.a],
             vec!["netns", "add", &hosts.b],
@@ -131,6 +135,18 @@ impl Server {
         let status = self.child.wait().unwrap();
         status.success()
     }
+
+    /// Waits for it to end: whether it succeeded, and what it said after it listened.
+    fn finish(mut self) -> (bool, String) {
+        let mut said = String::new();
+        let _ = self
+            .child
+            .stderr
+            .as_mut()
+            .unwrap()
+            .read_to_string(&mut said);
+        (self.child.wait().unwrap().success(), said)
+    }
 }
 
 impl Drop for Server {
@@ -167,7 +183,12 @@ fn migrate_vm(
 /// `feather migrate vm --to` host b, in the mode `FEATHER_TEST_MIGRATE_MODE` names (so that
 /// the suite runs in each: `post-copy`, `stop-and-copy`), else the default, then `more`.
 fn migrating(hosts: &TwoHosts, source: &Feather, vm: &str, more: &[&str]) -> Command {
-    let mut args = vec!["migrate", vm, "--to", "10.77.0.2:7070"];
+    migrating_to(hosts, source, vm, "10.77.0.2:7070", more)
+}
+
+/// [`migrating`] to `to`.
+fn migrating_to(hosts: &TwoHosts, source: &Feather, vm: &str, to: &str, more: &[&str]) -> Command {
+    let mut args = vec!["migrate", vm, "--to", to];
     let mode = std::env::var("FEATHER_TEST_MIGRATE_MODE").unwrap_or_default();
     if !mode.is_empty() && !more.contains(&"--mode") {
         args.extend(["--mode", mode.as_str()]);
@@ -1070,4 +1091,120 @@ fn a_sender_killed_during_post_copy_loses_the_vm_and_the_receiver_ends_its_copy(
     target.eventually("the receiver's copy is gone", || {
         target.ok(&["ls", "--json"]).trim() == "[]"
     });
+}
+
+/// A man in the middle between the hosts that alters one byte of the stream from sender to
+/// receiver (in the VM's archive, past the handshake and the offer): TLS refuses the record
+/// it is in before any of it is used, the migration fails naming it, the VM runs on at the
+/// source, and the receiver keeps nothing of it.
+#[test]
+fn a_man_in_the_middle_altering_a_byte_is_refused_and_the_vm_runs_on_at_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-mitm"), Feather::new("mig-mitm-dst"));
+    let base = ScratchBase::new("mig-mitm");
+    counting_vm(&source, &base);
+
+    let server = Server::start(&hosts, &target, &[]);
+    // On host a, where migrate connects; its page relay stays reachable at host a's address.
+    let proxy = TamperProxy::start(&hosts.a, "10.77.0.1:7071", "10.77.0.2:7070", 6000);
+    let moved: crate::support::Outcome = migrating_to(&hosts, &source, "vm", "10.77.0.1:7071", &[])
+        .output()
+        .unwrap()
+        .into();
+    assert_ne!(moved.code, 0, "the migration must be refused");
+    assert!(
+        proxy.flipped(),
+        "the stream was too short to alter: {} bytes",
+        proxy.forwarded()
+    );
+    assert!(
+        moved.stderr.contains("altered on the way"),
+        "the sender says why: {}",
+        moved.stderr
+    );
+    let (served, said) = server.finish();
+    assert!(!served, "the receiver refused it");
+    assert!(said.contains("altered on the way"), "{said}");
+
+    // The VM runs on at the source: its counting loop goes on.
+    assert_eq!(source.status("vm"), "running");
+    let now = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > now
+    });
+    // Nothing of it at the receiver: no VM, no folder unpacked aside.
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+    let left: Vec<_> = std::fs::read_dir(target.root.join("vms"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left at the receiver: {left:?}");
+}
+
+/// What the VM of [`a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear`] holds in memory.
+const MARKER_HOLDER: &str = r#"
+import sys, time
+held = bytearray((sys.argv[1] + "|").encode() * 4096)
+open("/run/holding", "w").write("%d" % len(held))
+while True:
+    time.sleep(0.05)
+"#;
+
+/// A passive tap on the wire between the hosts records every byte of a migration (the archive
+/// and, in post-copy, the page stream): a marker the VM holds in a file of its layer and in its
+/// memory never appears in it, while a datagram sent in clear over the same wire does.
+#[test]
+fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-tap"), Feather::new("mig-tap-dst"));
+    let marker = format!("feather-marker-{}-c0ffee", std::process::id());
+    source.ok(&["create", "tap", "--net", "none"]);
+    source.ok(&["start", "tap"]);
+    source.sh(
+        "tap",
+        &format!("for i in $(seq 200); do printf '%s\\n' {marker}; done > /marker.txt"),
+    );
+    python_daemon(&source, "tap", MARKER_HOLDER, &[&marker]);
+    source.eventually("the VM holds the marker in memory", || {
+        source
+            .run(&["exec", "tap", "--", "cat", "/run/holding"])
+            .code
+            == 0
+    });
+
+    let tap = Tap::start(&hosts.a, &hosts.wire);
+    // The tap sees what crosses in clear.
+    let clear = format!("feather-in-clear-{}", std::process::id());
+    let sent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", hosts.a))
+        .args(["python3", "-c"])
+        .arg(format!(
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'{clear}', ('10.77.0.2', 9))"
+        ))
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let server = Server::start(&hosts, &target, &[]);
+    let moved: crate::support::Outcome = migrating(&hosts, &source, "tap", &[])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait());
+    // It arrived whole: the file, and the process holding the marker.
+    assert!(target.sh("tap", "cat /marker.txt").contains(&marker));
+    assert!(target.ok(&["ps", "tap"]).contains("python3"));
+    let recording = tap.recording();
+    assert!(
+        wire::contains(&recording, clear.as_bytes()),
+        "the tap records what crosses in clear"
+    );
+    assert!(
+        recording.len() > 100_000,
+        "the tap recorded the migration: {} bytes",
+        recording.len()
+    );
+    assert!(
+        !wire::contains(&recording, marker.as_bytes()),
+        "the marker crossed the wire in clear"
+    );
 }
