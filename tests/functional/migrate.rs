@@ -1151,7 +1151,9 @@ while True:
 
 /// A passive tap on the wire between the hosts records every byte of a migration (the archive
 /// and, in post-copy, the page stream): a marker the VM holds in a file of its layer and in its
-/// memory never appears in it, while a datagram sent in clear over the same wire does.
+/// memory never appears in it, while a datagram sent in clear over the same wire does, and (in
+/// post-copy) the marker's pages do appear on the receiver's own loopback, where its tunnel
+/// hands them to `criu lazy-pages` decrypted.
 #[test]
 fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
     let hosts = TwoHosts::new();
@@ -1172,6 +1174,8 @@ fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
     });
 
     let tap = Tap::start(&hosts.a, &hosts.wire);
+    // Where the pages are in clear: host b's loopback, between its tunnel and `criu lazy-pages`.
+    let loopback = Tap::start(&hosts.b, "lo");
     // The tap sees what crosses in clear.
     let clear = format!("feather-in-clear-{}", std::process::id());
     let sent = Command::new("nsenter")
@@ -1184,11 +1188,12 @@ fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
         .unwrap();
     assert!(sent.success());
     let server = Server::start(&hosts, &target, &[]);
-    let moved: crate::support::Outcome = migrating(&hosts, &source, "tap", &[])
+    let moved: crate::support::Outcome = migrating(&hosts, &source, "tap", &["--json"])
         .output()
         .unwrap()
         .into();
     assert_eq!(moved.code, 0, "{}", moved.stderr);
+    let mode = serde_json::from_str::<serde_json::Value>(&moved.stdout).unwrap()["mode"].clone();
     assert!(server.wait());
     // It arrived whole: the file, and the process holding the marker.
     assert!(target.sh("tap", "cat /marker.txt").contains(&marker));
@@ -1207,4 +1212,11 @@ fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
         !wire::contains(&recording, marker.as_bytes()),
         "the marker crossed the wire in clear"
     );
+    if mode == "post-copy" {
+        // The memory holding the marker did travel, in pages: in clear only on host b itself.
+        assert!(
+            wire::contains(&loopback.recording(), marker.as_bytes()),
+            "the marker's pages reached criu lazy-pages in clear on host b's loopback"
+        );
+    }
 }

@@ -491,6 +491,17 @@ fn workload(args: &ProcessArgs, argv: Vec<String>) -> anyhow::Result<Workload> {
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
+
+/// A migration's security from the command line: the token, and certificates if given (clap
+/// makes sure all three files come together).
+fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
+    let files = match (tls.tls_cert, tls.tls_key, tls.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(migration::TlsFiles { cert, key, ca }),
+        _ => None,
+    };
+    migration::Security { token, files }
+}
+
 #[cfg(test)]
 mod tests {
     use super::end_options_after_app;
@@ -524,14 +535,4 @@ mod tests {
             ["feather", "exec", "vm", "--", "open", "x"]
         );
     }
-}
-
-/// A migration's security from the command line: the token, and certificates if given (clap
-/// makes sure all three files come together).
-fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
-    let files = match (tls.tls_cert, tls.tls_key, tls.tls_ca) {
-        (Some(cert), Some(key), Some(ca)) => Some(migration::TlsFiles { cert, key, ca }),
-        _ => None,
-    };
-    migration::Security { token, files }
 }
