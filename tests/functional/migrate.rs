@@ -6,10 +6,11 @@ use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use crate::support::wire::{self, TamperProxy, Tap};
+use crate::support::wire::{self, TamperProxy, Tap, TestCa};
 use crate::support::{
     await_line_server, count, free_port, python_daemon, received_numbers, redis_cli,
-    start_counting, Feather, ScratchBase, TestSubnet, LINE_CLIENT, LINE_SERVER, MEMORY_WRITER,
+    start_counting, Feather, ScratchBase, ScratchDir, TestSubnet, LINE_CLIENT, LINE_SERVER,
+    MEMORY_WRITER,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -109,6 +110,13 @@ impl Server {
     fn start(hosts: &TwoHosts, root: &Feather, env: &[(&str, &str)]) -> Server {
         let args = ["serve", "--listen", "10.77.0.2:7070", "--once"];
         Self::started(TwoHosts::feather(&hosts.b, root, &args), env)
+    }
+
+    /// A receiver on host b with `more` arguments (e.g. its certificates).
+    fn start_with(hosts: &TwoHosts, root: &Feather, more: &[String]) -> Server {
+        let mut args = vec!["serve", "--listen", "10.77.0.2:7070", "--once"];
+        args.extend(more.iter().map(String::as_str));
+        Self::started(TwoHosts::feather(&hosts.b, root, &args), &[])
     }
 
     /// A receiver on host b as another machine (see [`TwoHosts::feather_apart`]).
@@ -1219,4 +1227,47 @@ fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
             "the marker's pages reached criu lazy-pages in clear on host b's loopback"
         );
     }
+}
+
+/// With certificates from files (`--tls-cert/--tls-key/--tls-ca` on both hosts, mutual TLS):
+/// a sender whose certificate another CA issued is refused before anything happens to the VM;
+/// one the receiver's CA issued migrates it.
+#[test]
+fn configured_certificates_let_only_a_sender_of_the_same_ca_migrate() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-tls"), Feather::new("mig-tls-dst"));
+    let base = ScratchBase::new("mig-tls");
+    counting_vm(&source, &base);
+    let files = ScratchDir::new("mig-tls");
+    let ca = TestCa::new(&files.path, "test-ca");
+    let receiver = ca.issue("receiver", "IP:10.77.0.2");
+    let sender = ca.issue("sender", "DNS:sender.test");
+    let foreign = TestCa::new(&files.path, "other-ca").issue("stranger", "DNS:sender.test");
+
+    let server = Server::start_with(&hosts, &target, &receiver.flags(&receiver));
+    let flags = foreign.flags(&receiver);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let refused: crate::support::Outcome = migrating(&hosts, &source, "vm", &flags)
+        .output()
+        .unwrap()
+        .into();
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("TLS failed"), "{}", refused.stderr);
+    assert!(!server.wait(), "the receiver refused the stranger");
+    assert_eq!(source.status("vm"), "running");
+
+    let server = Server::start_with(&hosts, &target, &receiver.flags(&receiver));
+    let flags = sender.flags(&receiver);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let moved: crate::support::Outcome = migrating(&hosts, &source, "vm", &flags)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait());
+    assert_eq!(target.status("vm"), "running");
+    let resumed = count(&target, "vm");
+    target.eventually("the loop counts on at the target", || {
+        count(&target, "vm") > resumed
+    });
 }

@@ -124,3 +124,112 @@ impl Drop for Tap {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// A certificate authority made with openssl in `dir`, issuing certificates for tests of
+/// mutual TLS.
+pub struct TestCa {
+    dir: PathBuf,
+    name: String,
+}
+
+/// One certificate and its key, as PEM files, with the CA that issued it.
+pub struct Issued {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+const EC_KEY: [&str; 4] = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1"];
+
+impl TestCa {
+    /// A new CA named `name`, its files in `dir`.
+    pub fn new(dir: &std::path::Path, name: &str) -> TestCa {
+        let mut args = vec!["req", "-x509", "-nodes", "-days", "1"];
+        args.extend(EC_KEY);
+        let (key, cert, subject) = (
+            format!("{name}.key"),
+            format!("{name}.crt"),
+            format!("/CN={name}"),
+        );
+        args.extend(["-keyout", &key, "-out", &cert, "-subj", &subject]);
+        openssl(dir, &args);
+        TestCa {
+            dir: dir.to_owned(),
+            name: name.to_owned(),
+        }
+    }
+
+    /// A certificate for `san` (an openssl subjectAltName, e.g. `IP:10.77.0.2`), saved as
+    /// `file`.crt and `file`.key.
+    pub fn issue(&self, file: &str, san: &str) -> Issued {
+        let (key, request, cert) = (
+            format!("{file}.key"),
+            format!("{file}.csr"),
+            format!("{file}.crt"),
+        );
+        let mut args = vec!["req", "-new", "-nodes"];
+        args.extend(EC_KEY);
+        let subject = format!("/CN={file}");
+        args.extend(["-keyout", &key, "-out", &request, "-subj", &subject]);
+        openssl(&self.dir, &args);
+        let extensions = format!("{file}.ext");
+        std::fs::write(
+            self.dir.join(&extensions),
+            format!("subjectAltName={san}\n"),
+        )
+        .unwrap();
+        let (ca_cert, ca_key) = (format!("{}.crt", self.name), format!("{}.key", self.name));
+        openssl(
+            &self.dir,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &request,
+                "-CA",
+                &ca_cert,
+                "-CAkey",
+                &ca_key,
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-extfile",
+                &extensions,
+                "-out",
+                &cert,
+            ],
+        );
+        Issued {
+            cert: self.dir.join(cert),
+            key: self.dir.join(key),
+            ca: self.dir.join(ca_cert),
+        }
+    }
+}
+
+impl Issued {
+    /// `--tls-cert`, `--tls-key` and `--tls-ca` for these files, trusting `ca`'s CA.
+    pub fn flags(&self, ca: &Issued) -> Vec<String> {
+        vec![
+            "--tls-cert".into(),
+            self.cert.display().to_string(),
+            "--tls-key".into(),
+            self.key.display().to_string(),
+            "--tls-ca".into(),
+            ca.ca.display().to_string(),
+        ]
+    }
+}
