@@ -33,6 +33,9 @@ use crate::error::TransferError;
 /// How long the relay waits for the receiver's daemon to connect and prove itself.
 const PATIENCE: Duration = Duration::from_secs(120);
 
+/// How much of CRIU's answers (pages) a relay reads at once.
+const PAGES_BUFFER: usize = 256 << 10;
+
 /// How long one connection may take for its handshake and proofs.
 const HANDSHAKE: Duration = Duration::from_secs(10);
 
@@ -140,7 +143,10 @@ pub fn tunnel(sender: SocketAddr, channel: &ServerSide) -> Result<u16, TransferE
 /// transfer from a broken one).
 async fn pass_on(mut daemon: tokio::net::TcpStream, mut sender: crate::channel::AsyncServerStream) {
     let _ = daemon.set_nodelay(true);
-    let _ = tokio::io::copy_bidirectional(&mut daemon, &mut sender).await;
+    // Pages come in large answers: a large buffer makes full TLS records and fewer calls.
+    let _ =
+        tokio::io::copy_bidirectional_with_sizes(&mut daemon, &mut sender, 8 << 10, PAGES_BUFFER)
+            .await;
 }
 
 /// CRIU's page server protocol (criu/page-xfer.c): every request is a `page_server_iov`,
@@ -203,7 +209,8 @@ async fn join(receiver: AsyncClientStream, page_server: TcpStream) {
         let _ = to_criu.shutdown().await;
     };
     let pages = async move {
-        let _ = tokio::io::copy(&mut pages_back, &mut to_receiver).await;
+        let mut pages_back = tokio::io::BufReader::with_capacity(PAGES_BUFFER, &mut pages_back);
+        let _ = tokio::io::copy_buf(&mut pages_back, &mut to_receiver).await;
         let _ = to_receiver.shutdown().await;
     };
     tokio::join!(requests, pages);

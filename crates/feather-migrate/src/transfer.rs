@@ -714,12 +714,10 @@ mod tests {
             }
         };
         let broken = incoming.broken();
-        let outcome = if ended.is_ok() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other("refused"))
-        };
-        incoming.finish(outcome.as_ref().map(|_| ()).map_err(|e| e as _));
+        match &ended {
+            Ok(()) => incoming.finish(Ok(())),
+            Err(e) => incoming.finish(Err(e)),
+        }
         let sent = sender.join().unwrap();
         Relayed {
             handed_out,
