@@ -127,11 +127,12 @@ fn maybe_millis<S: serde::Serializer>(
 
 /// `feather migrate`: moves the running VM `name` to the receiver at `to` (a `feather serve`
 /// knowing the same token; `security`: the token, and certificates from files or not), in
-/// `mode` (see [`choose_mode`]). The receiver is asked first, so an unreachable one, a wrong token or an address that cannot be kept there leaves the VM
-/// untouched. Then the VM is checkpointed and its archive sent; the receiver restores it,
-/// stopped, and only once this side has let it go does it run there, and only once it runs
-/// there is it removed here (two phases, see feather_migrate::transfer). If anything fails
-/// before the release, the VM runs here again.
+/// `mode` (see [`choose_mode`]). The receiver is asked first, so an unreachable one, a wrong
+/// token or an address that cannot be kept there leaves the VM untouched. Then the VM is
+/// checkpointed and its archive sent; the receiver restores it, stopped, and only once this
+/// side has let it go does it run there, and only once it runs there is it removed here (two
+/// phases, see feather_migrate::transfer). If anything fails before the release, the VM runs
+/// here again.
 pub fn migrate(
     root: &StateRoot,
     name: &VmName,
