@@ -2,13 +2,15 @@
 //! `feather migrate` and `feather serve` run in two network namespaces the test creates, joined
 //! by a veth pair with addresses of the test's own.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
+use crate::support::wire::{self, TamperProxy, Tap, TestCa};
 use crate::support::{
     await_line_server, count, free_port, python_daemon, received_numbers, redis_cli,
-    start_counting, Feather, ScratchBase, TestSubnet, LINE_CLIENT, LINE_SERVER, MEMORY_WRITER,
+    start_counting, Feather, ScratchBase, ScratchDir, TestSubnet, LINE_CLIENT, LINE_SERVER,
+    MEMORY_WRITER,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -20,17 +22,20 @@ const TOKEN: &str = "test-token-7f3a";
 struct TwoHosts {
     a: String,
     b: String,
+    /// Host a's end of the veth pair: the wire between the hosts.
+    wire: String,
 }
 
 impl TwoHosts {
     fn new() -> TwoHosts {
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
         let tag = format!("{}{n}", std::process::id() % 100_000);
+        let (va, vb) = (format!("fma{tag}"), format!("fmb{tag}"));
         let hosts = TwoHosts {
             a: format!("fmig-a-{tag}"),
             b: format!("fmig-b-{tag}"),
+            wire: va.clone(),
         };
-        let (va, vb) = (format!("fma{tag}"), format!("fmb{tag}"));
         for args in [
             vec!["netns", "add", &hosts.a],
             vec!["netns", "add", &hosts.b],
@@ -107,6 +112,13 @@ impl Server {
         Self::started(TwoHosts::feather(&hosts.b, root, &args), env)
     }
 
+    /// A receiver on host b with `more` arguments (e.g. its certificates).
+    fn start_with(hosts: &TwoHosts, root: &Feather, more: &[String]) -> Server {
+        let mut args = vec!["serve", "--listen", "10.77.0.2:7070", "--once"];
+        args.extend(more.iter().map(String::as_str));
+        Self::started(TwoHosts::feather(&hosts.b, root, &args), &[])
+    }
+
     /// A receiver on host b as another machine (see [`TwoHosts::feather_apart`]).
     fn start_apart(hosts: &TwoHosts, root: &Feather, env: &[(&str, &str)]) -> Server {
         let args = ["serve", "--listen", "10.77.0.2:7070", "--once"];
@@ -130,6 +142,18 @@ impl Server {
     fn wait(mut self) -> bool {
         let status = self.child.wait().unwrap();
         status.success()
+    }
+
+    /// Waits for it to end: whether it succeeded, and what it said after it listened.
+    fn finish(mut self) -> (bool, String) {
+        let mut said = String::new();
+        let _ = self
+            .child
+            .stderr
+            .as_mut()
+            .unwrap()
+            .read_to_string(&mut said);
+        (self.child.wait().unwrap().success(), said)
     }
 }
 
@@ -167,7 +191,12 @@ fn migrate_vm(
 /// `feather migrate vm --to` host b, in the mode `FEATHER_TEST_MIGRATE_MODE` names (so that
 /// the suite runs in each: `post-copy`, `stop-and-copy`), else the default, then `more`.
 fn migrating(hosts: &TwoHosts, source: &Feather, vm: &str, more: &[&str]) -> Command {
-    let mut args = vec!["migrate", vm, "--to", "10.77.0.2:7070"];
+    migrating_to(hosts, source, vm, "10.77.0.2:7070", more)
+}
+
+/// [`migrating`] to `to`.
+fn migrating_to(hosts: &TwoHosts, source: &Feather, vm: &str, to: &str, more: &[&str]) -> Command {
+    let mut args = vec!["migrate", vm, "--to", to];
     let mode = std::env::var("FEATHER_TEST_MIGRATE_MODE").unwrap_or_default();
     if !mode.is_empty() && !more.contains(&"--mode") {
         args.extend(["--mode", mode.as_str()]);
@@ -1069,5 +1098,180 @@ fn a_sender_killed_during_post_copy_loses_the_vm_and_the_receiver_ends_its_copy(
     assert!(!server.wait(), "the receiver says the migration failed");
     target.eventually("the receiver's copy is gone", || {
         target.ok(&["ls", "--json"]).trim() == "[]"
+    });
+}
+
+/// A man in the middle between the hosts that alters one byte of the stream from sender to
+/// receiver (in the VM's archive, past the handshake and the offer): TLS refuses the record
+/// it is in before any of it is used, the migration fails naming it, the VM runs on at the
+/// source, and the receiver keeps nothing of it.
+#[test]
+fn a_man_in_the_middle_altering_a_byte_is_refused_and_the_vm_runs_on_at_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-mitm"), Feather::new("mig-mitm-dst"));
+    let base = ScratchBase::new("mig-mitm");
+    counting_vm(&source, &base);
+
+    let server = Server::start(&hosts, &target, &[]);
+    // On host a, where migrate connects; its page relay stays reachable at host a's address.
+    let proxy = TamperProxy::start(&hosts.a, "10.77.0.1:7071", "10.77.0.2:7070", 6000);
+    let moved: crate::support::Outcome = migrating_to(&hosts, &source, "vm", "10.77.0.1:7071", &[])
+        .output()
+        .unwrap()
+        .into();
+    assert_ne!(moved.code, 0, "the migration must be refused");
+    assert!(
+        proxy.flipped(),
+        "the stream was too short to alter: {} bytes",
+        proxy.forwarded()
+    );
+    assert!(
+        moved.stderr.contains("altered on the way"),
+        "the sender says why: {}",
+        moved.stderr
+    );
+    let (served, said) = server.finish();
+    assert!(!served, "the receiver refused it");
+    // Refused while the archive arrived (its import names it), not before.
+    assert!(
+        said.contains("the VM sent from") && said.contains("altered on the way"),
+        "{said}"
+    );
+
+    // The VM runs on at the source: its counting loop goes on.
+    assert_eq!(source.status("vm"), "running");
+    let now = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > now
+    });
+    // Nothing of it at the receiver: no VM, no folder unpacked aside.
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+    let left: Vec<_> = std::fs::read_dir(target.root.join("vms"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "left at the receiver: {left:?}");
+}
+
+/// What the VM of [`a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear`] holds in memory.
+const MARKER_HOLDER: &str = r#"
+import sys, time
+held = bytearray((sys.argv[1] + "|").encode() * 4096)
+open("/run/holding", "w").write("%d" % len(held))
+while True:
+    time.sleep(0.05)
+"#;
+
+/// A passive tap on the wire between the hosts records every byte of a migration (the archive
+/// and, in post-copy, the page stream): a marker the VM holds in a file of its layer and in its
+/// memory never appears in it, while a datagram sent in clear over the same wire does, and (in
+/// post-copy) the marker's pages do appear on the receiver's own loopback, where its tunnel
+/// hands them to `criu lazy-pages` decrypted.
+#[test]
+fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-tap"), Feather::new("mig-tap-dst"));
+    let marker = format!("feather-marker-{}-c0ffee", std::process::id());
+    source.ok(&["create", "tap", "--net", "none"]);
+    source.ok(&["start", "tap"]);
+    source.sh(
+        "tap",
+        &format!("for i in $(seq 200); do printf '%s\\n' {marker}; done > /marker.txt"),
+    );
+    python_daemon(&source, "tap", MARKER_HOLDER, &[&marker]);
+    source.eventually("the VM holds the marker in memory", || {
+        source
+            .run(&["exec", "tap", "--", "cat", "/run/holding"])
+            .code
+            == 0
+    });
+
+    let tap = Tap::start(&hosts.a, &hosts.wire);
+    // Where the pages are in clear: host b's loopback, between its tunnel and `criu lazy-pages`.
+    let loopback = Tap::start(&hosts.b, "lo");
+    // The tap sees what crosses in clear.
+    let clear = format!("feather-in-clear-{}", std::process::id());
+    let sent = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{}", hosts.a))
+        .args(["python3", "-c"])
+        .arg(format!(
+            "import socket; socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'{clear}', ('10.77.0.2', 9))"
+        ))
+        .status()
+        .unwrap();
+    assert!(sent.success());
+    let server = Server::start(&hosts, &target, &[]);
+    let moved: crate::support::Outcome = migrating(&hosts, &source, "tap", &["--json"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    let mode = serde_json::from_str::<serde_json::Value>(&moved.stdout).unwrap()["mode"].clone();
+    assert!(server.wait());
+    // It arrived whole: the file, and the process holding the marker.
+    assert!(target.sh("tap", "cat /marker.txt").contains(&marker));
+    assert!(target.ok(&["ps", "tap"]).contains("python3"));
+    let recording = tap.recording();
+    assert!(
+        wire::contains(&recording, clear.as_bytes()),
+        "the tap records what crosses in clear"
+    );
+    assert!(
+        recording.len() > 100_000,
+        "the tap recorded the migration: {} bytes",
+        recording.len()
+    );
+    assert!(
+        !wire::contains(&recording, marker.as_bytes()),
+        "the marker crossed the wire in clear"
+    );
+    if mode == "post-copy" {
+        // The memory holding the marker did travel, in pages: in clear only on host b itself.
+        assert!(
+            wire::contains(&loopback.recording(), marker.as_bytes()),
+            "the marker's pages reached criu lazy-pages in clear on host b's loopback"
+        );
+    }
+}
+
+/// With certificates from files (`--tls-cert/--tls-key/--tls-ca` on both hosts, mutual TLS):
+/// a sender whose certificate another CA issued is refused before anything happens to the VM;
+/// one the receiver's CA issued migrates it.
+#[test]
+fn configured_certificates_let_only_a_sender_of_the_same_ca_migrate() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-tls"), Feather::new("mig-tls-dst"));
+    let base = ScratchBase::new("mig-tls");
+    counting_vm(&source, &base);
+    let files = ScratchDir::new("mig-tls");
+    let ca = TestCa::new(&files.path, "test-ca");
+    let receiver = ca.issue("receiver", "IP:10.77.0.2");
+    let sender = ca.issue("sender", "DNS:sender.test");
+    let foreign = TestCa::new(&files.path, "other-ca").issue("stranger", "DNS:sender.test");
+
+    let server = Server::start_with(&hosts, &target, &receiver.flags(&receiver));
+    let flags = foreign.flags(&receiver);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let refused: crate::support::Outcome = migrating(&hosts, &source, "vm", &flags)
+        .output()
+        .unwrap()
+        .into();
+    assert_ne!(refused.code, 0);
+    assert!(refused.stderr.contains("TLS failed"), "{}", refused.stderr);
+    assert!(!server.wait(), "the receiver refused the stranger");
+    assert_eq!(source.status("vm"), "running");
+
+    let server = Server::start_with(&hosts, &target, &receiver.flags(&receiver));
+    let flags = sender.flags(&receiver);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let moved: crate::support::Outcome = migrating(&hosts, &source, "vm", &flags)
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait());
+    assert_eq!(target.status("vm"), "running");
+    let resumed = count(&target, "vm");
+    target.eventually("the loop counts on at the target", || {
+        count(&target, "vm") > resumed
     });
 }

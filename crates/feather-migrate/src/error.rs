@@ -55,6 +55,25 @@ pub enum MigrateError {
         source: toml::de::Error,
     },
 
+    #[error("cannot set up TLS for the migration")]
+    Tls(#[source] rustls::Error),
+
+    #[error("cannot set up TLS for the migration: the CA")]
+    TlsVerifier(#[source] rustls::client::VerifierBuilderError),
+
+    #[error("cannot make this side's TLS certificate")]
+    Certificate(#[source] rcgen::Error),
+
+    #[error("TLS file {}", .path.display())]
+    TlsFile {
+        path: PathBuf,
+        #[source]
+        source: rustls::pki_types::pem::Error,
+    },
+
+    #[error("{to}: not a host name or address a certificate can name (--tls-cert needs one)")]
+    TlsName { to: String },
+
     #[error("migration to/from {peer}")]
     Transfer {
         peer: String,
@@ -100,8 +119,20 @@ pub enum TransferError {
     },
     #[error("migration protocol version {received}, where this side speaks {expected} (install the same build of feather on both hosts)")]
     Version { expected: u32, received: u32 },
-    #[error("wrong token")]
+    /// The sender's proof of the token did not verify at the receiver (or the receiver refused
+    /// this side's).
+    #[error("wrong token: the other side does not know the same FEATHER_MIGRATE_TOKEN")]
     WrongToken,
+    /// The receiver answered with a proof that does not verify: a receiver with another token,
+    /// or someone else in its place (a man in the middle terminating TLS).
+    #[error("wrong token: the receiver does not prove the same token (another token, or a man in the middle in its place); nothing was sent")]
+    ReceiverUnproven,
+    /// A TLS record failed its authentication (here or, said by its alert, at the other end):
+    /// bytes were altered on the way.
+    #[error("the stream was altered on the way (a TLS record failed its authentication: a man in the middle, or a broken network); nothing of it was used")]
+    Tampered(#[source] rustls::Error),
+    #[error("TLS failed")]
+    Tls(#[source] rustls::Error),
     #[error("{vm:?} is not a VM name")]
     BadName { vm: String },
     /// This side declined the offer (`why`: the receiver's check, its causes joined).
@@ -117,14 +148,10 @@ pub enum TransferError {
     ReadingArchive(#[source] std::io::Error),
     #[error("the archive was not read to its end")]
     NotReadToEnd,
-    #[error("the {what} is not authentic")]
-    NotAuthentic { what: &'static str },
     #[error("received {received} of {sent} bytes")]
     Size { sent: u64, received: u64 },
     #[error("checksum mismatch: sent {sent}, received {received}")]
     Checksum { sent: String, received: String },
     #[error("the sender did not release the VM (it sent {received})")]
     NotReleased { received: &'static str },
-    #[error("cannot make a nonce")]
-    Nonce(#[source] std::io::Error),
 }

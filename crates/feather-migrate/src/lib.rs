@@ -4,14 +4,17 @@
 //!   process tree
 //! - [`rpc`]: CRIU's RPC messages and the connection to `criu swrk`
 //! - [`archive`]: a stopped or checkpointed VM as one compressed file, and back
-//! - [`transfer`]: an archive sent to another host, authenticated and checksummed
+//! - [`channel`]: what every migration connection runs over: TLS 1.3, and both ends' proof of
+//!   the shared token bound to the session
+//! - [`transfer`]: an archive sent to another host over the channel, checksummed
 //! - [`pages`]: post-copy's page stream between CRIU's page server and `criu lazy-pages`,
-//!   relayed on both hosts and opened with the receiver's proof of the token
+//!   relayed on both hosts over the channel
 //!
 //! The VM side (which process tree, which mounts, who owns the restored init) is the keeper's,
 //! in `feather-vm`; this crate knows CRIU and files, nothing of namespaces.
 
 pub mod archive;
+pub mod channel;
 pub mod criu;
 mod error;
 pub mod pages;

@@ -1,31 +1,55 @@
-//! Post-copy's page stream between the hosts, relayed by feather on both ends.
+//! Post-copy's page stream between the hosts, relayed by feather on both ends over the
+//! migration channel ([`crate::channel`]: TLS 1.3 and both ends' proof of the token).
 //!
 //! ```text
 //! sender host                                          receiver host
-//! CRIU's page server ◀── keeper's netns ── feather migrate ◀═ TCP ═ feather serve ◀── criu lazy-pages
-//!  (lazy dump, in the   127.0.0.1:<port>   relay: checks the      tunnel: sends     (127.0.0.1:<port>)
-//!   keeper's criu)                         receiver's tag first   the tag first
+//! CRIU's page server ◀── keeper's netns ── feather migrate ◀═ TLS ═ feather serve ◀── criu lazy-pages
+//!  (lazy dump, in the   127.0.0.1:<port>   relay: TLS client,      tunnel: TLS       (127.0.0.1:<port>)
+//!   keeper's criu)                         pins the receiver's     server, proves
+//!                                          certificate, proves     the token
+//!                                          the token
 //! ```
 //!
 //! Why relays: CRIU's page server of a lazy dump listens on every address of the keeper's
 //! network namespace, which need not be the one `feather migrate` reached the receiver from,
-//! and it serves whoever connects first, unauthenticated: the VM's memory. The sender's relay
-//! is the only thing that connects to it (at once, once the dump is written), and it passes on
-//! only a connection that opens with the receiver's HMAC tag, keyed by the migration's token
-//! over the receiver's nonce of this transfer; anyone else is dropped without a byte of memory.
-//! The receiver's tunnel gives its `criu lazy-pages` a local address to connect to.
+//! and it serves whoever connects first, unauthenticated and in plain text: the VM's memory.
+//! The sender's relay is the only thing that connects to it (at once, once the dump is
+//! written), and it passes on only a connection from the receiver of this migration: the TCP
+//! connection comes from the receiver, but TLS runs with the receiver as its server, so the
+//! relay checks that it presents the very certificate the transfer stream's receiver presented
+//! and that it proves the token over this session; anyone else is dropped without a byte of
+//! memory. The receiver's tunnel gives its `criu lazy-pages` a local address to connect to.
+//! Pages and requests cross the network only inside TLS.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::channel::{AsyncClientStream, ClientSide, ServerSide};
+use crate::error::TransferError;
+
 /// How long the relay waits for the receiver's daemon to connect and prove itself.
 const PATIENCE: Duration = Duration::from_secs(120);
+
+/// How much of CRIU's answers (pages) a relay reads at once.
+const PAGES_BUFFER: usize = 256 << 10;
+
+/// How long one connection may take for its handshake and proofs.
+const HANDSHAKE: Duration = Duration::from_secs(10);
 
 /// The sender's end: a listener the receiver connects to, bound before the offer names its
 /// port.
 pub struct Relay {
     listener: TcpListener,
+}
+
+/// The relays' I/O runs on a runtime of their own thread (the rest of feather is blocking).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
 }
 
 impl Relay {
@@ -40,72 +64,89 @@ impl Relay {
         self.listener.local_addr()
     }
 
-    /// In a thread: waits for a connection that opens with `tag`, then joins it to
-    /// `page_server` (a connection to CRIU's page server) both ways until either end closes.
-    /// Connections that do not prove themselves are dropped; the listener closes once one has.
-    pub fn serve(self, tag: [u8; 32], page_server: TcpStream) -> std::thread::JoinHandle<()> {
+    /// In a thread: waits for the receiver's connection over `channel` (the receiver's pinned
+    /// certificate, the token), then joins it to `page_server` (a connection to CRIU's page
+    /// server) both ways until either end closes. Connections that do not prove themselves
+    /// are dropped; the listener closes once one has.
+    pub fn serve(self, channel: ClientSide, page_server: TcpStream) -> std::thread::JoinHandle<()> {
         std::thread::spawn(move || {
-            let deadline = std::time::Instant::now() + PATIENCE;
-            let _ = self.listener.set_nonblocking(true);
-            while std::time::Instant::now() < deadline {
-                match self.listener.accept() {
-                    Ok((mut peer, _)) => {
-                        let _ = peer.set_nonblocking(false);
-                        let _ = peer.set_read_timeout(Some(Duration::from_secs(10)));
-                        let mut proof = [0u8; 32];
-                        if peer.read_exact(&mut proof).is_ok() && proof == tag {
-                            let _ = peer.set_read_timeout(None);
-                            join(peer, page_server);
-                            return;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(_) => break,
-                }
+            let Ok(runtime) = runtime() else {
+                abort(&page_server);
+                return;
+            };
+            match runtime.block_on(self.first_proven(&channel)) {
+                Some(receiver) => runtime.block_on(join(receiver, page_server)),
+                // Nobody proved themselves: CRIU fails the transfer and lets the VM go on at
+                // the sender.
+                None => abort(&page_server),
             }
-            // Nobody proved themselves: CRIU fails the transfer and lets the VM go on at the
-            // sender.
-            abort(&page_server);
         })
+    }
+
+    /// The first connection that completes the channel within [`PATIENCE`].
+    async fn first_proven(self, channel: &ClientSide) -> Option<AsyncClientStream> {
+        self.listener.set_nonblocking(true).ok()?;
+        let listener = tokio::net::TcpListener::from_std(self.listener).ok()?;
+        let deadline = tokio::time::Instant::now() + PATIENCE;
+        loop {
+            let (peer, _) = tokio::time::timeout_at(deadline, listener.accept())
+                .await
+                .ok()?
+                .ok()?;
+            let _ = peer.set_nodelay(true);
+            if let Ok(Ok(stream)) =
+                tokio::time::timeout(HANDSHAKE, channel.connect_async(peer)).await
+            {
+                return Some(stream);
+            }
+        }
     }
 }
 
-/// The receiver's end: listens on 127.0.0.1 for `criu lazy-pages`, and joins its connection to
-/// one to the sender's relay at `sender`, opened with `tag`. Returns the local port.
-pub fn tunnel(sender: SocketAddr, tag: [u8; 32]) -> std::io::Result<u16> {
-    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?;
-    let port = listener.local_addr()?.port();
-    let mut upstream = TcpStream::connect_timeout(&sender, Duration::from_secs(10))?;
-    upstream.write_all(&tag)?;
+/// The receiver's end: connects to the sender's relay at `sender` and completes the channel
+/// over it (`channel`: this receiver's certificate and the token), then listens on 127.0.0.1
+/// for `criu lazy-pages` and joins its connection to the relay's. Returns the local port.
+pub fn tunnel(sender: SocketAddr, channel: &ServerSide) -> Result<u16, TransferError> {
+    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(TransferError::Listen)?;
+    let port = listener.local_addr().map_err(TransferError::Listen)?.port();
+    let upstream =
+        TcpStream::connect_timeout(&sender, HANDSHAKE).map_err(TransferError::Connect)?;
+    let _ = upstream.set_nodelay(true);
+    upstream
+        .set_nonblocking(true)
+        .map_err(TransferError::Connect)?;
+    let runtime = runtime().map_err(TransferError::Lost)?;
+    let upstream = runtime.block_on(async {
+        let upstream = tokio::net::TcpStream::from_std(upstream).map_err(TransferError::Lost)?;
+        tokio::time::timeout(HANDSHAKE, channel.accept_async(upstream))
+            .await
+            .map_err(|_| TransferError::Lost(std::io::ErrorKind::TimedOut.into()))?
+    })?;
     std::thread::spawn(move || {
-        if let Ok((daemon, _)) = listener.accept() {
-            drop(listener);
-            pass_on(daemon, upstream);
-        }
+        runtime.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            if let Ok((daemon, _)) = listener.accept().await {
+                drop(listener);
+                pass_on(daemon, upstream).await;
+            }
+        })
     });
     Ok(port)
 }
 
-/// Copies bytes both ways between the receiver's daemon and the sender's relay, until either
-/// ends; an end is passed on as it came (the sender's relay tells a finished transfer from a
-/// broken one).
-fn pass_on(daemon: TcpStream, sender: TcpStream) {
+/// Copies bytes both ways between the receiver's daemon and the sender's relay, until both
+/// directions ended; an end is passed on as it came (the sender's relay tells a finished
+/// transfer from a broken one).
+async fn pass_on(mut daemon: tokio::net::TcpStream, mut sender: crate::channel::AsyncServerStream) {
     let _ = daemon.set_nodelay(true);
-    let _ = sender.set_nodelay(true);
-    let (Ok(mut daemon_back), Ok(mut sender_back)) = (daemon.try_clone(), sender.try_clone())
-    else {
-        return;
-    };
-    let forth = std::thread::spawn(move || {
-        let (mut daemon, mut sender) = (daemon, sender);
-        let _ = std::io::copy(&mut daemon, &mut sender);
-        let _ = sender.shutdown(Shutdown::Write);
-    });
-    let _ = std::io::copy(&mut sender_back, &mut daemon_back);
-    let _ = daemon_back.shutdown(Shutdown::Write);
-    let _ = forth.join();
+    // Pages come in large answers: a large buffer makes full TLS records and fewer calls.
+    let _ =
+        tokio::io::copy_bidirectional_with_sizes(&mut daemon, &mut sender, 8 << 10, PAGES_BUFFER)
+            .await;
 }
 
 /// CRIU's page server protocol (criu/page-xfer.c): every request is a `page_server_iov`,
@@ -123,51 +164,70 @@ const UNKNOWN_COMMAND: u32 = 0xffff;
 /// (a connection that just closes between requests counts as a finished transfer to CRIU 4.1,
 /// which then ends them: their memory would be lost).
 pub fn abort(page_server: &TcpStream) {
-    let mut request = [0u8; REQUEST_LEN];
-    request[..4].copy_from_slice(&UNKNOWN_COMMAND.to_le_bytes());
-    let _ = (&*page_server).write_all(&request);
+    let _ = (&*page_server).write_all(&request(UNKNOWN_COMMAND));
     let _ = page_server.shutdown(Shutdown::Both);
+}
+
+/// A request of `command` for no pages.
+fn request(command: u32) -> [u8; REQUEST_LEN] {
+    let mut request = [0u8; REQUEST_LEN];
+    request[..4].copy_from_slice(&command.to_le_bytes());
+    request
 }
 
 /// Joins the receiver's connection `receiver` and CRIU's `page_server` both ways until either
 /// ends. The requests from the receiver are passed on whole; if its side ends without
-/// `PS_IOV_CLOSE` (the receiver died, the network broke), CRIU is made to fail the transfer
-/// ([`abort`]) rather than see a clean end it would take for success.
-fn join(receiver: TcpStream, page_server: TcpStream) {
-    let _ = receiver.set_nodelay(true);
-    let _ = page_server.set_nodelay(true);
-    let (Ok(mut pages_back), Ok(mut to_receiver)) = (page_server.try_clone(), receiver.try_clone())
-    else {
-        abort(&page_server);
-        return;
+/// `PS_IOV_CLOSE` (the receiver died, the network broke, a record was altered), CRIU is made to
+/// fail the transfer ([`abort`]) rather than see a clean end it would take for success.
+async fn join(receiver: AsyncClientStream, page_server: TcpStream) {
+    let page_server = match page_server
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::TcpStream::from_std(page_server.try_clone()?))
+    {
+        Ok(stream) => stream,
+        Err(_) => {
+            abort(&page_server);
+            return;
+        }
     };
-    let requests = std::thread::spawn(move || {
-        let mut receiver = receiver;
-        let mut page_server = page_server;
-        let mut request = [0u8; REQUEST_LEN];
+    let _ = page_server.set_nodelay(true);
+    let (mut from_receiver, mut to_receiver) = tokio::io::split(receiver);
+    let (mut pages_back, mut to_criu) = page_server.into_split();
+    let requests = async move {
+        let mut asked = [0u8; REQUEST_LEN];
         let mut closed = false;
-        while receiver.read_exact(&mut request).is_ok() {
-            let command = u32::from_le_bytes([request[0], request[1], request[2], request[3]]);
+        while from_receiver.read_exact(&mut asked).await.is_ok() {
+            let command = u32::from_le_bytes([asked[0], asked[1], asked[2], asked[3]]);
             closed = matches!(command & PS_CMD_MASK, PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE);
-            if page_server.write_all(&request).is_err() {
+            if to_criu.write_all(&asked).await.is_err() {
                 break;
             }
         }
-        if closed {
-            let _ = page_server.shutdown(Shutdown::Write);
-        } else {
-            abort(&page_server);
+        if !closed {
+            let _ = to_criu.write_all(&request(UNKNOWN_COMMAND)).await;
         }
-        let _ = receiver.shutdown(Shutdown::Read);
-    });
-    let _ = std::io::copy(&mut pages_back, &mut to_receiver);
-    let _ = to_receiver.shutdown(Shutdown::Write);
-    let _ = requests.join();
+        let _ = to_criu.shutdown().await;
+    };
+    let pages = async move {
+        let mut pages_back = tokio::io::BufReader::with_capacity(PAGES_BUFFER, &mut pages_back);
+        let _ = tokio::io::copy_buf(&mut pages_back, &mut to_receiver).await;
+        let _ = to_receiver.shutdown().await;
+    };
+    tokio::join!(requests, pages);
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::channel::Security;
+    use std::io::Read;
+
+    fn security(token: &str) -> Security {
+        Security {
+            token: token.into(),
+            files: None,
+        }
+    }
 
     /// A page server's side: what the relay passed on, once it ended.
     fn page_server() -> (TcpStream, std::thread::JoinHandle<Vec<u8>>) {
@@ -182,22 +242,34 @@ mod tests {
         (TcpStream::connect(address).unwrap(), received)
     }
 
-    fn request(command: u32) -> [u8; REQUEST_LEN] {
-        let mut request = [0u8; REQUEST_LEN];
-        request[..4].copy_from_slice(&command.to_le_bytes());
-        request
+    /// A relay for a receiver of `server`, and the channel the sender's relay pins to it.
+    fn relay_for(server: &ServerSide) -> (Relay, ClientSide) {
+        let relay = Relay::bind("127.0.0.1".parse().unwrap()).unwrap();
+        let client = ClientSide::new(&security("t"), "127.0.0.1:1").unwrap();
+        // The sender pins the certificate its transfer stream saw: take it from a handshake.
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = listener.local_addr().unwrap();
+        let accepting = {
+            let server = server.clone();
+            std::thread::spawn(move || server.accept(listener.accept().unwrap().0).is_ok())
+        };
+        let stream = client.connect(TcpStream::connect(at).unwrap()).unwrap();
+        assert!(accepting.join().unwrap());
+        let certificate = crate::channel::receiver_certificate(&stream).unwrap();
+        (relay, client.pinned(certificate).unwrap())
     }
 
-    /// Relays what `send` writes after `proof`, and returns what the page server got.
-    fn relayed(proof: [u8; 32], send: &[u8]) -> Vec<u8> {
+    /// Relays what a receiver of `server` sends through its tunnel, and returns what the page
+    /// server got.
+    fn relayed(server: &ServerSide, send: &[u8]) -> Vec<u8> {
         let (to_criu, received) = page_server();
-        let relay = Relay::bind("127.0.0.1".parse().unwrap()).unwrap();
+        let (relay, pinned) = relay_for(server);
         let at = relay.local_addr().unwrap();
-        let relaying = relay.serve([7; 32], to_criu);
-        let mut receiver = TcpStream::connect(at).unwrap();
-        let _ = receiver.write_all(&proof);
-        let _ = receiver.write_all(send);
-        let _ = receiver.shutdown(Shutdown::Write);
+        let relaying = relay.serve(pinned, to_criu);
+        let local = tunnel(at, server).unwrap();
+        let mut daemon = TcpStream::connect(("127.0.0.1", local)).unwrap();
+        daemon.write_all(send).unwrap();
+        daemon.shutdown(Shutdown::Write).unwrap();
         let bytes = received.join().unwrap();
         relaying.join().unwrap();
         bytes
@@ -205,39 +277,46 @@ mod tests {
 
     #[test]
     fn a_finished_transfer_ends_cleanly() {
+        let server = ServerSide::new(&security("t")).unwrap();
         let mut sent = request(7).to_vec();
         sent.extend(request(PS_IOV_CLOSE));
-        assert_eq!(relayed([7; 32], &sent), sent);
+        assert_eq!(relayed(&server, &sent), sent);
     }
 
     #[test]
     fn a_stream_that_breaks_before_its_close_makes_criu_fail() {
+        let server = ServerSide::new(&security("t")).unwrap();
         let sent = request(7);
-        let got = relayed([7; 32], &sent[..]);
+        let got = relayed(&server, &sent[..]);
         assert_eq!(&got[..REQUEST_LEN], &sent[..]);
         assert_eq!(&got[REQUEST_LEN..], &request(UNKNOWN_COMMAND)[..]);
         // A request cut in the middle is not passed on: CRIU sees only the failing command.
-        let got = relayed([7; 32], &sent[..10]);
+        let got = relayed(&server, &sent[..10]);
         assert_eq!(got, request(UNKNOWN_COMMAND).to_vec());
     }
 
     #[test]
-    fn a_connection_without_the_receiver_s_tag_gets_nothing_through() {
+    fn a_connection_that_does_not_complete_the_channel_gets_nothing_through() {
+        let server = ServerSide::new(&security("t")).unwrap();
         let (to_criu, received) = page_server();
-        let relay = Relay::bind("127.0.0.1".parse().unwrap()).unwrap();
+        let (relay, pinned) = relay_for(&server);
         let at = relay.local_addr().unwrap();
-        let relaying = relay.serve([7; 32], to_criu);
+        let relaying = relay.serve(pinned, to_criu);
+        // Plain text: no TLS.
         let mut stranger = TcpStream::connect(at).unwrap();
-        stranger.write_all(&[8; 32]).unwrap();
-        stranger.write_all(&request(7)).unwrap();
-        let mut answer = Vec::new();
-        let _ = stranger.read_to_end(&mut answer);
-        assert!(answer.is_empty(), "no memory for a stranger");
-        // The receiver, with its tag, still gets through.
-        let mut receiver = TcpStream::connect(at).unwrap();
-        receiver.write_all(&[7; 32]).unwrap();
-        receiver.write_all(&request(PS_IOV_CLOSE)).unwrap();
-        receiver.shutdown(Shutdown::Write).unwrap();
+        let _ = stranger.write_all(&request(7));
+        let _ = stranger.read_to_end(&mut Vec::new());
+        // Another receiver's certificate, even with the token.
+        let other = ServerSide::new(&security("t")).unwrap();
+        assert!(tunnel(at, &other).is_err(), "not the pinned certificate");
+        // The receiver's own certificate with another token.
+        let wrong = server.with_token("u");
+        assert!(tunnel(at, &wrong).is_err());
+        // The receiver itself still gets through.
+        let local = tunnel(at, &server).unwrap();
+        let mut daemon = TcpStream::connect(("127.0.0.1", local)).unwrap();
+        daemon.write_all(&request(PS_IOV_CLOSE)).unwrap();
+        daemon.shutdown(Shutdown::Write).unwrap();
         assert_eq!(received.join().unwrap(), request(PS_IOV_CLOSE).to_vec());
         relaying.join().unwrap();
     }

@@ -339,7 +339,21 @@ pub(crate) fn import_archive(
             &staging,
         ),
     };
-    let mut config = unpacked.in_vm(name)?;
+    // A channel that broke (a record altered on the way) says why; tar only saw it end.
+    let broken = match &mut source {
+        Source::Migration(incoming, _) => incoming.broken(),
+        Source::File(_) => None,
+    };
+    let mut config = match (unpacked, broken) {
+        (Err(_), Some(source)) => {
+            return Err(VmError::Received {
+                vm: name.to_string(),
+                file,
+                source,
+            })
+        }
+        (unpacked, _) => unpacked.in_vm(name)?,
+    };
     let mut leased = false;
     let placed = (|| -> Result<()> {
         // Nothing of what arrived is used before it is known to be what the sender sent.

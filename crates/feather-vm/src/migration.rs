@@ -11,6 +11,7 @@ use feather_core::atomic::Durability;
 use feather_core::error::causes;
 use feather_core::{Error, StateRoot, VmDir, VmName, VmStatus};
 use feather_migrate::archive;
+pub use feather_migrate::channel::{Security, TlsFiles};
 
 use crate::checkpoint::{
     checkpoint, checkpoint_lazy, import_archive, restore, serving, Progress, Source,
@@ -125,17 +126,18 @@ fn maybe_millis<S: serde::Serializer>(
 }
 
 /// `feather migrate`: moves the running VM `name` to the receiver at `to` (a `feather serve`
-/// knowing `token`), in `mode` (see [`choose_mode`]). The receiver is asked first, so an
-/// unreachable one, a wrong token or an address that cannot be kept there leaves the VM
-/// untouched. Then the VM is checkpointed and its archive sent; the receiver restores it,
-/// stopped, and only once this side has let it go does it run there, and only once it runs
-/// there is it removed here (two phases, see feather_migrate::transfer). If anything fails
-/// before the release, the VM runs here again.
+/// knowing the same token; `security`: the token, and certificates from files or not), in
+/// `mode` (see [`choose_mode`]). The receiver is asked first, so an unreachable one, a wrong
+/// token or an address that cannot be kept there leaves the VM untouched. Then the VM is
+/// checkpointed and its archive sent; the receiver restores it, stopped, and only once this
+/// side has let it go does it run there, and only once it runs there is it removed here (two
+/// phases, see feather_migrate::transfer). If anything fails before the release, the VM runs
+/// here again.
 pub fn migrate(
     root: &StateRoot,
     name: &VmName,
     to: &str,
-    token: &str,
+    security: &Security,
     mode: Mode,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Migrated> {
@@ -179,7 +181,7 @@ pub fn migrate(
         pages_port: relay_port,
     };
     progress(Progress::Phase(&format!("asking {to} to take {name}")));
-    let accepted = feather_migrate::transfer::offer(to, token, &offer)?;
+    let accepted = feather_migrate::transfer::offer(to, security, &offer)?;
     match relay {
         Some(relay) => post_copy(root, name, to, accepted, relay, progress),
         None => stop_and_copy(root, name, to, accepted, progress),
@@ -332,7 +334,7 @@ fn post_copy(
         }
     };
     let page_stream = page_server.try_clone().ok();
-    let _relaying = relay.serve(accepted.pages_tag(), page_server);
+    let _relaying = relay.serve(accepted.pages_channel(), page_server);
     let (bytes, restored) = match send_folder(&vm, to, accepted, progress) {
         Ok(sent) => sent,
         Err(e) => return resume_here(name, lazy, page_stream, e),
@@ -495,18 +497,19 @@ fn restore_here(
     }
 }
 
-/// `feather serve`: receives VMs sent by `feather migrate` with `token` on `listen` and runs
-/// them in this state root; with `once`, returns after the first (its error, if it failed).
+/// `feather serve`: receives VMs sent by `feather migrate` on `listen` (over TLS, with the
+/// token and certificates of `security`) and runs them in this state root; with `once`,
+/// returns after the first (its error, if it failed).
 pub fn serve(
     root: &StateRoot,
     listen: &str,
-    token: &str,
+    security: &Security,
     once: bool,
     mut on_ready: impl FnMut(&str),
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
     discard_unconfirmed(root);
-    let receiver = feather_migrate::transfer::Receiver::bind(listen, token)?;
+    let receiver = feather_migrate::transfer::Receiver::bind(listen, security)?;
     on_ready(&receiver.local_addr());
     loop {
         let outcome = match receiver.next(|offer| take(root, offer)) {
@@ -581,7 +584,7 @@ fn receive(
         let vm = root.open(&name)?;
         // Post-copy: the daemon that fetches the VM's memory listens before the restore.
         let pages = match &incoming.pages {
-            Some(from) => Some(fetch_pages(&vm, from, incoming.pages_tag())?),
+            Some(from) => Some(fetch_pages(&vm, from, &incoming.pages_channel())?),
             None => None,
         };
         progress(Progress::Phase(&format!("restoring {name}")));
@@ -630,7 +633,7 @@ struct Pages {
 fn fetch_pages(
     vm: &VmDir,
     from: &feather_migrate::criu::PageServer,
-    tag: [u8; 32],
+    channel: &feather_migrate::channel::ServerSide,
 ) -> Result<Pages> {
     let name = vm.name();
     let criu = feather_migrate::criu::Criu::locate().in_vm(name)?;
@@ -638,10 +641,13 @@ fn fetch_pages(
     let sender: std::net::SocketAddr = format!("{}:{}", from.address, from.port)
         .parse()
         .map_err(|_| failed(name, format!("a garbled page server address {from:?}")))?;
-    let local = feather_migrate::pages::tunnel(sender, tag).map_err(|e| {
+    let local = feather_migrate::pages::tunnel(sender, channel).map_err(|e| {
         failed(
             name,
-            format!("cannot reach the sender's page stream at {sender}: {e}"),
+            format!(
+                "cannot reach the sender's page stream at {sender}: {}",
+                causes(&e)
+            ),
         )
     })?;
     let local = feather_migrate::criu::PageServer {

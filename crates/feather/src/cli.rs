@@ -165,6 +165,8 @@ pub enum Command {
         /// Shared secret of sender and receiver
         #[arg(long, env = "FEATHER_MIGRATE_TOKEN", hide_env_values = true)]
         token: String,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// post-copy: frozen for all but the memory, which follows on demand; stop-and-copy:
         /// frozen for the whole move; pre-copy needs soft-dirty tracking (default: the best
         /// this host can do, see `feather check criu`)
@@ -181,6 +183,8 @@ pub enum Command {
         /// Shared secret of sender and receiver
         #[arg(long, env = "FEATHER_MIGRATE_TOKEN", hide_env_values = true)]
         token: String,
+        #[command(flatten)]
+        tls: TlsArgs,
         /// Exit after the first VM received (with its outcome)
         #[arg(long)]
         once: bool,
@@ -283,6 +287,22 @@ impl CreateArgs {
             && !self.egress
             && self.tags.is_empty()
     }
+}
+
+/// Certificates for a migration's TLS instead of the ephemeral one the receiver makes: both
+/// ends verify the other's against the CA (the token is proved as well).
+#[derive(Debug, Args, Clone)]
+pub struct TlsArgs {
+    /// This host's certificate chain, PEM (with --tls-key and --tls-ca); the receiver's must
+    /// name the host `migrate --to` gives
+    #[arg(long, value_name = "FILE", requires_all = ["tls_key", "tls_ca"])]
+    pub tls_cert: Option<PathBuf>,
+    /// This host's private key, PEM
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_ca"])]
+    pub tls_key: Option<PathBuf>,
+    /// The CA, PEM, that must have issued the other host's certificate
+    #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
+    pub tls_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Args, Clone)]

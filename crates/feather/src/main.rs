@@ -302,9 +302,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             name,
             to,
             token,
+            tls,
             mode,
             json,
         } => {
+            let security = security(token, tls);
             let mode = migration::choose_mode(mode.map(|m| match m {
                 cli::MigrateMode::PostCopy => migration::Mode::PostCopy,
                 cli::MigrateMode::StopAndCopy => migration::Mode::StopAndCopy,
@@ -312,7 +314,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }))?;
             let mut display = progress::Display::new();
             let migrated =
-                migration::migrate(&root, &name.parse()?, &to, &token, mode, &mut |step| {
+                migration::migrate(&root, &name.parse()?, &to, &security, mode, &mut |step| {
                     display.show(step)
                 });
             display.finish();
@@ -325,13 +327,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve {
             listen,
             token,
+            tls,
             once,
         } => {
             let mut display = progress::Display::new();
             let served = migration::serve(
                 &root,
                 &listen,
-                &token,
+                &security(token, tls),
                 once,
                 |address| eprintln!("feather serve: listening on {address}"),
                 &mut |step| display.show(step),
@@ -490,6 +493,17 @@ fn workload(args: &ProcessArgs, argv: Vec<String>) -> anyhow::Result<Workload> {
 fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
+
+/// A migration's security from the command line: the token, and certificates if given (clap
+/// makes sure all three files come together).
+fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
+    let files = match (tls.tls_cert, tls.tls_key, tls.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(migration::TlsFiles { cert, key, ca }),
+        _ => None,
+    };
+    migration::Security { token, files }
+}
+
 #[cfg(test)]
 mod tests {
     use super::end_options_after_app;

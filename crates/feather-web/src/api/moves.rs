@@ -55,8 +55,13 @@ pub(super) async fn migrate(
 ) -> Answer {
     start_job(&shared, &name, "migrate", move |root, name, report| {
         let mode = feather_vm::migration::choose_mode(None)?;
+        // The web view migrates with the token alone (the receiver's ephemeral certificate).
+        let security = feather_vm::migration::Security {
+            token: request.token,
+            files: None,
+        };
         let moved =
-            feather_vm::migration::migrate(root, name, &request.to, &request.token, mode, report)?;
+            feather_vm::migration::migrate(root, name, &request.to, &security, mode, report)?;
         // bytes, frozen_ms, mode and the pages moved before and after the resume.
         Ok(serde_json::to_value(&moved)?)
     })
