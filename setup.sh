@@ -28,6 +28,7 @@ packages=(
     nftables         # `nft`: feather's network policy for --net private VMs (crates/feather-net)
     nginx            # network tests serve pages from VMs and the host; service tests duplicate its unit
     curl             # network and service tests fetch those pages
+    openssl          # tests make certificate authorities (the web view beyond loopback, migration over mutual TLS)
     gcc libc6-dev    # scripts/install-criu compiles the small shim it preloads into criu (TCP sockets on Linux >= 6.16, other users' limits without CAP_SYS_RESOURCE)
     tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
     iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
