@@ -12,5 +12,6 @@ mod docker;
 mod feather;
 mod podman;
 mod resources;
+mod run;
 mod spec;
 mod userns;

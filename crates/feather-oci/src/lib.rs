@@ -8,6 +8,8 @@
 //!   ([`hierarchies`]: where they are mounted)
 //! - [`validate`]: every field feather cannot honour is refused by name before anything is made
 //! - [`ops`] and [`exec`]: state, start, kill, delete, ps, list, pause, resume, events, update
+//! - [`run`]: create and start in one; [`foreground`]: waiting for a program, passing signals
+//!   on and relaying its terminal (`run`, `exec` without `--detach`)
 //! - [`checkpoint`] and [`restore`]: runc's `checkpoint`/`restore` through feather's CRIU
 //! - [`annotations`]: feather's own features, through `org.feather.*` annotations:
 //!   [`confine`] (feather's IPC confinement on top of the config's) and [`services`] (the
@@ -25,6 +27,7 @@ pub mod confine;
 pub mod controllers;
 pub mod create;
 pub mod exec;
+pub mod foreground;
 pub mod hierarchies;
 pub mod hooks;
 pub mod init;
@@ -35,6 +38,7 @@ pub mod ops;
 pub mod process;
 pub mod registry;
 pub mod restore;
+pub mod run;
 pub mod seccomp;
 pub mod services;
 pub mod store;
