@@ -8,6 +8,7 @@ mod support;
 mod checkpoint;
 mod containerd;
 mod cri;
+mod diff;
 mod docker;
 mod feather;
 mod podman;

@@ -99,6 +99,9 @@ fn build(
     let linux = spec.linux().clone().context("linux")?;
     let groups = container.groups();
     groups.create(linux.resources().as_ref())?;
+    if feather.host_base {
+        crate::mounts::host_layer(&container.dir)?;
+    }
     let mut new = CloneFlags::empty();
     let mut new_cgroup_namespace = false;
     let mut joins = Vec::new();

@@ -17,7 +17,8 @@
 //! - [`userns`]: a new user namespace and its uid/gid maps
 //! - [`store`]: a container's folder under `--root` and its status
 //! - [`registry`] and [`listing`]: the runtime roots used on this host, and their containers
-//!   as feather's own tools (`feather ls`, `feather ps`) read them
+//!   as feather's own tools (`feather ls`, `feather ps`) read them; [`layer`]: what a
+//!   container wrote (`feather diff`)
 
 pub mod annotations;
 pub mod cgroups;
@@ -31,6 +32,7 @@ pub mod foreground;
 pub mod hierarchies;
 pub mod hooks;
 pub mod init;
+pub mod layer;
 pub mod listing;
 pub mod log;
 pub mod mounts;

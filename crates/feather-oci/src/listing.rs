@@ -126,7 +126,7 @@ pub fn processes(
     Ok(rows)
 }
 
-fn find(
+pub(crate) fn find(
     registry: &RootRegistry,
     id: &str,
     runtime_root: Option<&Path>,

@@ -255,27 +255,43 @@ pub fn prepare_root(spec: &Spec, bundle: &Path, dir: &Path, host_base: bool) -> 
     Ok(rootfs)
 }
 
-/// `org.feather.base=host`: an overlay of the host's `/`. Its writable layer is a tmpfs of the
-/// container's own mount namespace — it lives and dies with the container, and it is never
-/// inside its own lower layer (overlayfs refuses that; the runtime's root may be on `/`).
-fn host_root(dir: &Path) -> Result<PathBuf> {
-    let rootfs = dir.join("rootfs");
-    let layer = dir.join("layer");
-    for folder in [&rootfs, &layer] {
-        fs::create_dir_all(folder).with_context(|| format!("create {}", folder.display()))?;
-    }
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+/// `org.feather.base=host`: the writable layer of the overlay of the host's `/`, a tmpfs
+/// mounted by `create` in the host's mount namespace at `<container>/layer` — outside the
+/// host's root filesystem (overlayfs refuses an upper layer inside its own lower one; the
+/// runtime's root may be on `/`), thrown away at `delete`, and where feather's own tools read
+/// what the container wrote (`feather diff`, [`crate::layer`]). Its pages are charged to the
+/// container's memory cgroup, which writes them.
+pub fn host_layer(dir: &Path) -> Result<()> {
+    let layer = dir.join(HOST_LAYER);
+    fs::create_dir(&layer).with_context(|| format!("create {}", layer.display()))?;
     mount(
         Some("tmpfs"),
         &layer,
         Some("tmpfs"),
-        flags,
-        Some("mode=755"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=700"),
     )
     .context("org.feather.base=host: mount the layer's tmpfs")?;
     for sub in ["upper", "work"] {
         fs::create_dir(layer.join(sub))?;
     }
+    Ok(())
+}
+
+/// The folder of a container that holds its [`host_layer`].
+pub const HOST_LAYER: &str = "layer";
+
+/// Unmounts the [`host_layer`] of the container in `dir`, if it has one.
+pub fn remove_host_layer(dir: &Path) {
+    let _ = nix::mount::umount2(&dir.join(HOST_LAYER), nix::mount::MntFlags::MNT_DETACH);
+}
+
+/// `org.feather.base=host`, in the init: the overlay of the host's `/` with the layer `create`
+/// made ([`host_layer`]).
+fn host_root(dir: &Path) -> Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    let layer = dir.join(HOST_LAYER);
+    fs::create_dir_all(&rootfs).with_context(|| format!("create {}", rootfs.display()))?;
     feather_sys::mount::overlay(
         Path::new("/"),
         &layer.join("upper"),

@@ -136,6 +136,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Err(error) if force => {
             // A folder without a readable record: what a killed create leaves.
             crate::log::warn(&format!("{error:#}"));
+            crate::mounts::remove_host_layer(&root.join(id));
             let _ = fs::remove_dir_all(root.join(id));
             return Ok(());
         }
@@ -178,6 +179,7 @@ pub fn destroy(container: &Container) {
     }
     groups.remove();
     if container.record.pid == 0 || !container.init_alive() {
+        crate::mounts::remove_host_layer(&container.dir);
         let _ = fs::remove_dir_all(&container.dir);
     }
 }

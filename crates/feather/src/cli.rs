@@ -99,11 +99,15 @@ pub enum Command {
     },
     /// Everything about a VM, as JSON
     Inspect { name: String },
-    /// What a VM changed: A(dded), M(odified), D(eleted) paths
+    /// What a VM (or an OCI container, by its engine's id) changed: A(dded), M(odified),
+    /// D(eleted) paths
     Diff {
         name: String,
         #[arg(long)]
         json: bool,
+        /// NAME is an OCI container in this runtime root (feather-oci's --root)
+        #[arg(long, value_name = "DIR")]
+        runtime_root: Option<std::path::PathBuf>,
     },
     /// Apply a VM's changes (all, or those at or below PATHS) to its base
     Commit {

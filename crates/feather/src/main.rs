@@ -224,8 +224,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Inspect { name } => output::json(&inspect::inspect(&root, &name.parse()?)?)?,
-        Command::Diff { name, json } => {
-            let changes = commit::changes(&root, &name.parse()?)?;
+        Command::Diff {
+            name,
+            json,
+            runtime_root,
+        } => {
+            let changes = oci::changes(&root, &name, runtime_root.as_deref())?;
             if json {
                 output::json(&changes)?
             } else {
