@@ -343,6 +343,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(CheckCommand::Ipc {
             vm,
+            runtime_root,
             json,
             markdown,
             label,
@@ -355,10 +356,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     feather_ipcprobe::run::AGENT_PROGRAM
                 );
             }
+            let (vm, container) = oci::probed(&root, vm, runtime_root.as_deref())?;
             let setup = feather_ipcprobe::run::ProbeSetup {
                 agent,
                 root: root_arg,
                 vm,
+                container,
                 label,
             };
             let matrix = feather_ipcprobe::run::run(&setup)?;

@@ -1,11 +1,12 @@
 //! OCI containers in feather's own tools: `feather ls` shows the containers of every runtime
-//! root feather-oci was used with; `feather ps` and `feather diff` find a container by its
-//! engine's id when no VM has that name. The state is read through feather-oci's library
+//! root feather-oci was used with; `feather ps`, `feather diff` and `feather check ipc` find a
+//! container by its engine's id when no VM has that name. The state is read through feather-oci's library
 //! (`feather_oci::listing`, `feather_oci::layer`), never by running feather-oci.
 
 use std::path::{Path, PathBuf};
 
 use feather_core::{StateRoot, VmName};
+use feather_ipcprobe::run::OciContainer;
 use feather_oci::layer::LayerError;
 use feather_oci::listing::{self, ContainerProcess, ContainerSummary, ListError};
 use feather_oci::registry::RootRegistry;
@@ -52,6 +53,36 @@ pub fn changes(
             found => Ok(Some(found?)),
         },
     )
+}
+
+/// What `feather check ipc NAME` probes as VM A: VM `name`, or else the running OCI container
+/// of that id (in `runtime_root` when given). When neither exists, the VM: the probe's error
+/// says what it needs.
+pub fn probed(
+    root: &StateRoot,
+    name: Option<String>,
+    runtime_root: Option<&Path>,
+) -> anyhow::Result<(Option<String>, Option<OciContainer>)> {
+    let Some(name) = name else {
+        return Ok((None, None));
+    };
+    let is_vm = name
+        .parse::<VmName>()
+        .is_ok_and(|vm| root.open(&vm).is_ok());
+    if is_vm && runtime_root.is_none() {
+        return Ok((Some(name), None));
+    }
+    match listing::running(&RootRegistry::host(), &name, runtime_root) {
+        Ok(runtime_root) => Ok((
+            None,
+            Some(OciContainer {
+                runtime_root,
+                id: name,
+            }),
+        )),
+        Err(ListError::NotFound { .. }) if runtime_root.is_none() => Ok((Some(name), None)),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// `for_vm` when a VM is named `name` (and no runtime root is given), else `for_container`,
