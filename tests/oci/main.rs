@@ -11,6 +11,7 @@ mod cri;
 mod diff;
 mod docker;
 mod feather;
+mod idmap;
 mod ipc;
 mod podman;
 mod resources;

@@ -133,6 +133,7 @@ fn build(
         }
         _ => None,
     };
+    let idmapped = crate::idmap::prepare(spec, &container.record.bundle)?;
     let (mut socket, child_socket) = UnixStream::pair().context("socketpair")?;
     // Joined namespaces apply to this process (a pid namespace to its children): the init is
     // cloned into them, and into new ones for the rest.
@@ -155,6 +156,7 @@ fn build(
                 confinement: crate::confine::Confinement::of(feather.confine, spec),
                 services: feather.services.clone(),
                 preserve_fds: args.preserve_fds,
+                idmapped,
                 started: false,
             }
             .run()
@@ -163,6 +165,7 @@ fn build(
     };
     drop(child_socket);
     drop(console);
+    drop(idmapped);
     let outcome = supervise(container, spec, &mut socket, child.pid.as_raw());
     if outcome.is_err() {
         let _ = feather_sys::process::signal(&child.pidfd, Signal::SIGKILL);

@@ -14,7 +14,7 @@
 //! - [`annotations`]: feather's own features, through `org.feather.*` annotations:
 //!   [`confine`] (feather's IPC confinement on top of the config's) and [`services`] (the
 //!   host's units started in the container)
-//! - [`userns`]: a new user namespace and its uid/gid maps
+//! - [`userns`]: a new user namespace and its uid/gid maps; [`idmap`]: id-mapped bind mounts
 //! - [`store`]: a container's folder under `--root` and its status
 //! - [`registry`] and [`listing`]: the runtime roots used on this host, and their containers
 //!   as feather's own tools (`feather ls`, `feather ps`) read them; [`layer`]: what a
@@ -31,6 +31,7 @@ pub mod exec;
 pub mod foreground;
 pub mod hierarchies;
 pub mod hooks;
+pub mod idmap;
 pub mod init;
 pub mod layer;
 pub mod listing;

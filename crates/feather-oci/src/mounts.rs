@@ -304,7 +304,13 @@ fn host_root(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Every entry of `mounts`, in order, then the default devices and `linux.devices`.
-pub fn mount_all(spec: &Spec, rootfs: &Path, bundle: &Path, groups: &Groups) -> Result<()> {
+pub fn mount_all(
+    spec: &Spec,
+    rootfs: &Path,
+    bundle: &Path,
+    groups: &Groups,
+    idmapped: &crate::idmap::Trees,
+) -> Result<()> {
     let root = nix::fcntl::open(
         rootfs,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -312,8 +318,8 @@ pub fn mount_all(spec: &Spec, rootfs: &Path, bundle: &Path, groups: &Groups) -> 
     )
     .with_context(|| format!("open {}", rootfs.display()))?;
     let mut dev_is_tmpfs = false;
-    for entry in spec.mounts().iter().flatten() {
-        mount_one(&root, entry, bundle, groups)
+    for (index, entry) in spec.mounts().iter().flatten().enumerate() {
+        mount_one(&root, entry, bundle, groups, idmapped.of(index))
             .with_context(|| format!("mounts[{}]", entry.destination().display()))?;
         if entry.destination() == Path::new("/dev") && entry.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
@@ -334,7 +340,15 @@ pub fn mount_all(spec: &Spec, rootfs: &Path, bundle: &Path, groups: &Groups) -> 
     Ok(())
 }
 
-fn mount_one(root: &OwnedFd, entry: &Mount, bundle: &Path, groups: &Groups) -> Result<()> {
+/// One entry of `mounts`; `idmapped`: the id-mapped tree create made for it (see
+/// [`crate::idmap`]), attached in place of a bind.
+fn mount_one(
+    root: &OwnedFd,
+    entry: &Mount,
+    bundle: &Path,
+    groups: &Groups,
+    idmapped: Option<&OwnedFd>,
+) -> Result<()> {
     let options = parse_options(entry.options().as_deref().unwrap_or_default());
     let typ = entry.typ().clone().unwrap_or_default();
     let destination = entry.destination();
@@ -353,9 +367,15 @@ fn mount_one(root: &OwnedFd, entry: &Mount, bundle: &Path, groups: &Groups) -> R
             .with_context(|| format!("source {}", source.display()))?
             .is_dir();
         let target = make_target(root, destination, directory)?;
-        let flags = MsFlags::MS_BIND | (options.set & MsFlags::MS_REC);
-        mount(Some(&source), fd_path(&target).as_str(), NONE, flags, NONE)
-            .with_context(|| format!("bind {}", source.display()))?;
+        match idmapped {
+            Some(tree) => feather_sys::mount::attach_tree(tree, &target)
+                .map_err(|e| anyhow::anyhow!("attach the id-mapped {}: {e}", source.display()))?,
+            None => {
+                let flags = MsFlags::MS_BIND | (options.set & MsFlags::MS_REC);
+                mount(Some(&source), fd_path(&target).as_str(), NONE, flags, NONE)
+                    .with_context(|| format!("bind {}", source.display()))?
+            }
+        }
         let extra = options.set - (MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
             let top = make_target(root, destination, directory)?;

@@ -633,8 +633,12 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// `open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)`.
-pub fn open_tree_clone(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH [| AT_RECURSIVE])`.
+pub fn open_tree_clone(fd: BorrowedFd<'_>, recursive: bool) -> Result<OwnedFd, Errno> {
+    let recursive = if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: `fd` is a live descriptor borrowed for the call, the empty path a valid
     // NUL-terminated string that outlives it; the kernel only reads them.
     let result = unsafe {
@@ -642,7 +646,7 @@ pub fn open_tree_clone(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
             libc::SYS_open_tree,
             fd.as_raw_fd(),
             c"".as_ptr(),
-            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint | recursive,
         )
     };
     let raw = Errno::result(result)?;
@@ -665,6 +669,34 @@ pub fn mount_setattr_set(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), Errn
             tree.as_raw_fd(),
             c"".as_ptr(),
             libc::AT_EMPTY_PATH as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH [| AT_RECURSIVE], {MOUNT_ATTR_IDMAP, userns}, sizeof)`.
+pub fn mount_setattr_idmap(
+    tree: BorrowedFd<'_>,
+    userns: BorrowedFd<'_>,
+    recursive: bool,
+) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        userns_fd: userns.as_raw_fd() as u64,
+        ..MountAttr::default()
+    };
+    let recursive = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `tree` and `userns` are live descriptors for the call; the empty path and
+    // `attr` live across it and the size passed is exactly `attr`'s, which the kernel only
+    // reads.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | recursive,
             &attr as *const MountAttr,
             std::mem::size_of::<MountAttr>(),
         )
