@@ -164,9 +164,11 @@ fn user_namespace(uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<Owne
         let mut byte = [0u8; 1];
         matches!(nix::unistd::read(ready_read.as_fd(), &mut byte), Ok(1)) && byte[0] == 1
     };
-    let userns = made
-        .then(|| write_maps_of(child.as_raw(), uid, gid))
-        .unwrap_or_else(|| Err(anyhow::anyhow!("unshare(CLONE_NEWUSER) failed")));
+    let userns = if made {
+        write_maps_of(child.as_raw(), uid, gid)
+    } else {
+        Err(anyhow::anyhow!("unshare(CLONE_NEWUSER) failed"))
+    };
     drop(done_write);
     let _ = nix::sys::wait::waitpid(child, None);
     userns
