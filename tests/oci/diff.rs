@@ -117,22 +117,48 @@ fn diff_of_a_container_over_the_host_is_its_upper_layer() {
 
 #[test]
 fn diff_of_a_container_on_an_overlay_rootfs_is_that_overlays_upper_layer() {
+    diff_over_an_overlay_rootfs(false);
+}
+
+#[test]
+fn diff_of_a_container_on_an_overlay_of_several_lower_layers_reads_them_merged() {
+    diff_over_an_overlay_rootfs(true);
+}
+
+/// A container whose rootfs is an overlay mounted by the test, as an engine's snapshotter
+/// does: the busybox rootfs as the lower layer, and with `two_lowers` a layer above it
+/// holding `/etc/motd` and a whiteout of `/bin/ls`.
+fn diff_over_an_overlay_rootfs(two_lowers: bool) {
     let scratch = Scratch::new("diff-overlay");
     let runtime = Runtime::new(&scratch);
-    let script = "echo new > /added; echo more >> /etc/passwd; rm /bin/wc";
+    let script = "echo new > /added; echo more >> /etc/passwd; rm /bin/wc; \
+                  if test -e /etc/motd; then rm /etc/motd; fi; test -e /bin/ls && echo ls-seen";
     let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sh", "-c", script]));
-    // The bundle's rootfs becomes the lower layer of an overlay mounted in its place, as an
-    // engine's snapshotter does.
-    let lower = scratch.path("lower");
-    fs::rename(bundle.dir.join("rootfs"), &lower).unwrap();
+    let base = scratch.path("base");
+    fs::rename(bundle.dir.join("rootfs"), &base).unwrap();
+    let mut lowers = vec![base.display().to_string()];
+    if two_lowers {
+        let layer = scratch.path("layer");
+        fs::create_dir_all(layer.join("etc")).unwrap();
+        fs::create_dir_all(layer.join("bin")).unwrap();
+        fs::write(layer.join("etc/motd"), "hello\n").unwrap();
+        nix::sys::stat::mknod(
+            &layer.join("bin/ls"),
+            nix::sys::stat::SFlag::S_IFCHR,
+            nix::sys::stat::Mode::empty(),
+            0,
+        )
+        .unwrap();
+        lowers.insert(0, layer.display().to_string());
+    }
     let (upper, work) = (scratch.path("upper"), scratch.path("work"));
-    for dir in [&upper, &work, &bundle.dir.join("rootfs")] {
+    let rootfs: PathBuf = bundle.dir.join("rootfs");
+    for dir in [&upper, &work, &rootfs] {
         fs::create_dir_all(dir).unwrap();
     }
-    let rootfs: PathBuf = bundle.dir.join("rootfs");
     let options = format!(
         "lowerdir={},upperdir={},workdir={}",
-        lower.display(),
+        lowers.join(":"),
         upper.display(),
         work.display()
     );
@@ -146,17 +172,26 @@ fn diff_of_a_container_on_an_overlay_rootfs_is_that_overlays_upper_layer() {
     .unwrap();
     let id = format!("diff-overlay-{}", std::process::id());
     run_to_stopped(&runtime, &scratch, &id, &bundle);
+    let output = fs::read_to_string(scratch.path("output")).unwrap();
+    assert_eq!(
+        output.contains("ls-seen"),
+        !two_lowers,
+        "a whiteout in the upper lower layer hides /bin/ls: {output}"
+    );
 
     let outcome = feather_diff(&scratch, &[&id, "--json"]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
     let all = changes(&outcome.stdout);
-    for expected in [
+    let mut expected = vec![
         change("Added", Path::new("/added")),
-        change("Modified", Path::new("/etc/passwd")),
         change("Deleted", Path::new("/bin/wc")),
-    ] {
-        assert!(all.contains(&expected), "{expected:?} in {all:?}");
+        change("Modified", Path::new("/etc/passwd")),
+    ];
+    if two_lowers {
+        // Removed from the upper of the two lower layers: a deletion of the merged view.
+        expected.insert(2, change("Deleted", Path::new("/etc/motd")));
     }
+    assert_eq!(all, expected, "{outcome:?}");
     assert_eq!(runtime.run(&["delete", &id]).code, 0);
     let _ = nix::mount::umount2(&rootfs, nix::mount::MntFlags::MNT_DETACH);
 }

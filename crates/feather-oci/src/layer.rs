@@ -8,7 +8,9 @@
 //! - an image's rootfs: when the engine made it an overlay mount (containerd's, Docker's and
 //!   podman's overlay snapshotters), that overlay's upper layer over its lower one, as the
 //!   host's mount table says (the engine's mount options; a container cannot mount in the
-//!   host's namespace). A rootfs that is a plain folder records nothing of what was written.
+//!   host's namespace); several lower layers are read merged, through a read-only overlay of
+//!   them alone mounted detached. A rootfs that is a plain folder records nothing of what was
+//!   written.
 
 use std::fs::File;
 use std::io;
@@ -22,7 +24,8 @@ pub struct ContainerLayer {
     pub upper: File,
     pub upper_path: PathBuf,
     pub lower: File,
-    /// The folder beneath, as the host names it (`/` for a container over the host).
+    /// The folder beneath, as the host names it (`/` for a container over the host; `a:b:…`
+    /// for an overlay of several lower layers, uppermost first).
     pub lower_path: PathBuf,
     /// The destinations of the config's mounts: mount points the runtime made when missing,
     /// never the container's writing (what it writes there goes to the mounted filesystem).
@@ -41,11 +44,11 @@ pub enum LayerError {
         rootfs: PathBuf,
         options: String,
     },
-    #[error("OCI container {id}: its rootfs {} is an overlay of {count} lower layers; feather diff reads one lower layer so far", rootfs.display())]
-    SeveralLowers {
+    #[error("OCI container {id}: its rootfs {} is an overlay whose lower layers feather diff cannot read ({options})", rootfs.display())]
+    UnreadableLowers {
         id: String,
         rootfs: PathBuf,
-        count: usize,
+        options: String,
     },
     #[error("OCI container {id}: its rootfs {} is an overlay whose lower layer {} is named relative to the engine's working folder, which feather cannot know", rootfs.display(), lower.display())]
     RelativeLower {
@@ -120,10 +123,10 @@ pub fn layer(
             rootfs: rootfs.clone(),
             options: options.clone(),
         },
-        Problem::Lowers(count) => LayerError::SeveralLowers {
+        Problem::Lowers => LayerError::UnreadableLowers {
             id: id.to_owned(),
             rootfs: rootfs.clone(),
-            count,
+            options: options.clone(),
         },
         Problem::Relative(lower) => LayerError::RelativeLower {
             id: id.to_owned(),
@@ -133,8 +136,8 @@ pub fn layer(
     })?;
     let upper = feather_sys::beneath::open_root(&upper_path)
         .map_err(io_error("its overlay's upper layer", &upper_path))?;
-    let lower = feather_sys::beneath::open_root(&lower_path)
-        .map_err(io_error("its overlay's lower layer", &lower_path))?;
+    let lower =
+        lower_view(&lower_path).map_err(io_error("its overlay's lower layers", &lower_path))?;
     Ok(ContainerLayer {
         upper,
         upper_path,
@@ -154,6 +157,19 @@ fn host_root_alone() -> io::Result<File> {
         .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
 }
 
+/// What lies beneath an overlay's upper layer: its one lower folder, or the merged view of
+/// several (`a:b:…`, uppermost first) as a read-only overlay of them alone, mounted detached.
+fn lower_view(lowers: &Path) -> io::Result<File> {
+    let text = lowers.as_os_str().to_string_lossy();
+    let layers: Vec<&Path> = text.split(':').map(Path::new).collect();
+    if let [one] = layers.as_slice() {
+        return feather_sys::beneath::open_root(one);
+    }
+    let merged = feather_sys::mount::detached_lower_overlay(&layers).map_err(io::Error::other)?;
+    feather_sys::beneath::open_dir(&merged, Path::new(""))?
+        .ok_or_else(|| io::Error::from(io::ErrorKind::NotFound))
+}
+
 /// The super options of the overlay mounted last at `rootfs` in this mount namespace, if the
 /// last mount there is an overlay.
 fn overlay_options(rootfs: &Path) -> io::Result<Option<String>> {
@@ -168,12 +184,13 @@ fn overlay_options(rootfs: &Path) -> io::Result<Option<String>> {
 
 enum Problem {
     NoUpper,
-    Lowers(usize),
+    /// None, or data-only ones (`::`), which this reading does not know.
+    Lowers,
     Relative(PathBuf),
 }
 
-/// The upper and the one lower folder of an overlay's super options
-/// (`lowerdir=L,upperdir=U,workdir=W,…`).
+/// The upper folder and the lower ones (`a:b:…`, uppermost first, as one path) of an
+/// overlay's super options (`lowerdir=L,upperdir=U,workdir=W,…`).
 fn layers_of(options: &str) -> Result<(PathBuf, PathBuf), Problem> {
     let value = |key: &str| {
         options
@@ -182,17 +199,14 @@ fn layers_of(options: &str) -> Result<(PathBuf, PathBuf), Problem> {
             .map(str::to_owned)
     };
     let upper = value("upperdir=").ok_or(Problem::NoUpper)?;
-    let lowers: Vec<String> = value("lowerdir=")
-        .unwrap_or_default()
-        .split(':')
-        .filter(|l| !l.is_empty())
-        .map(str::to_owned)
-        .collect();
-    match lowers.as_slice() {
-        [lower] if !Path::new(lower).is_absolute() => Err(Problem::Relative(lower.into())),
-        [lower] => Ok((PathBuf::from(upper), PathBuf::from(lower))),
-        other => Err(Problem::Lowers(other.len())),
+    let lowers = value("lowerdir=").unwrap_or_default();
+    if lowers.is_empty() || lowers.contains("::") {
+        return Err(Problem::Lowers);
     }
+    if let Some(relative) = lowers.split(':').find(|l| !Path::new(l).is_absolute()) {
+        return Err(Problem::Relative(relative.into()));
+    }
+    Ok((PathBuf::from(upper), PathBuf::from(lowers)))
 }
 
 #[cfg(test)]
@@ -210,14 +224,18 @@ mod tests {
     }
 
     #[test]
-    fn several_lower_layers_or_none_writable_are_told_apart() {
+    fn several_lower_layers_are_kept_in_order_and_what_cannot_be_read_is_told_apart() {
+        let (_, lowers) = layers_of("rw,lowerdir=/a:/b,upperdir=/u,workdir=/w")
+            .ok()
+            .unwrap();
+        assert_eq!(lowers, Path::new("/a:/b"));
         assert!(matches!(
-            layers_of("rw,lowerdir=/a:/b,upperdir=/u,workdir=/w"),
-            Err(Problem::Lowers(2))
+            layers_of("rw,lowerdir=l/ABC:l/DEF,upperdir=/u,workdir=/w"),
+            Err(Problem::Relative(_))
         ));
         assert!(matches!(
-            layers_of("rw,lowerdir=l/ABC,upperdir=/u,workdir=/w"),
-            Err(Problem::Relative(_))
+            layers_of("rw,lowerdir=/a::/data,upperdir=/u,workdir=/w"),
+            Err(Problem::Lowers)
         ));
         assert!(matches!(
             layers_of("ro,lowerdir=/a:/b"),
