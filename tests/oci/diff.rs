@@ -211,3 +211,46 @@ fn diff_of_a_container_on_a_plain_folder_is_refused_naming_why() {
     );
     assert_eq!(runtime.run(&["delete", &id]).code, 0);
 }
+
+#[test]
+fn diff_of_a_ctr_run_container_reads_containerds_snapshot() {
+    let scratch = Scratch::new("diff-containerd");
+    let containerd = crate::support::Containerd::start(&scratch);
+    let image = "docker.io/library/feather-busybox:diff";
+    let tar = crate::support::busybox_image_tar(&scratch, image);
+    let imported = containerd.ctr(&["images", "import", tar.to_str().unwrap()]);
+    assert_eq!(imported.code, 0, "{imported:?}");
+    let outcome = containerd.ctr(&[
+        "run",
+        "-d",
+        "--runc-binary",
+        crate::support::runtime_bin(),
+        image,
+        "d1",
+        "sh",
+        "-c",
+        "echo x > /written; rm /bin/wc; sleep 100",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let root = containerd.runtime_root();
+    let expected = [
+        change("Deleted", Path::new("/bin/wc")),
+        change("Added", Path::new("/written")),
+    ];
+    let mut last = None;
+    let seen = crate::support::eventually(std::time::Duration::from_secs(20), || {
+        let outcome = feather_diff(
+            &scratch,
+            &["d1", "--json", "--runtime-root", root.to_str().unwrap()],
+        );
+        let found = outcome.code == 0 && {
+            let all = changes(&outcome.stdout);
+            expected.iter().all(|e| all.contains(e))
+        };
+        last = Some(outcome);
+        found
+    });
+    assert!(seen, "{last:?}");
+    let killed = containerd.ctr(&["task", "kill", "-s", "SIGKILL", "d1"]);
+    assert_eq!(killed.code, 0, "{killed:?}");
+}
