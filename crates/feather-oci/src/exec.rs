@@ -5,7 +5,9 @@
 //! This process joins the container's cgroup, then its namespaces through a pidfd of the
 //! init (checked against the recorded start time, so a reused pid is never entered), then
 //! forks: the child is in the container's pid namespace and becomes the program. Its errors
-//! come back over a close-on-exec socket, so a failed exec is this command's error.
+//! come back over a close-on-exec socket, so a failed exec is this command's error. Without
+//! `--detach` this command waits for the program, passing signals on, and relays its terminal
+//! itself when `--tty` comes without `--console-socket` ([`crate::foreground`]).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
