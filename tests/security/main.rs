@@ -11,6 +11,7 @@ mod host_view;
 mod ipc_matrix;
 mod landlock;
 mod limits_default;
+mod service_client;
 mod shuttle_edges;
 mod shuttle_paths;
 mod terminal_escapes;

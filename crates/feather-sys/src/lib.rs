@@ -13,6 +13,7 @@ pub mod pty;
 pub mod quota;
 mod raw;
 pub mod seccomp;
+pub mod timed;
 
 pub use nix::errno::Errno;
 pub use nix::sched::CloneFlags;

@@ -10,22 +10,31 @@
 //! VM's to replace, so its output is read as hostile input: bounded lines, typed serde, the
 //! version checked first; whoever shows it escapes what it holds.
 
-use std::fs::File;
 use std::io::{BufRead, BufReader, Read as _};
 use std::os::fd::OwnedFd;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use feather_core::{StateRoot, VmName};
 use feather_svc::manager::client_protocol::{self, Ask, Failure, Line, ReadError, CLIENT_FLAG};
 use feather_svc::manager::protocol::{FreshState, Refusal, Response, ServiceInfo, UnitState};
+use feather_sys::timed::Timed;
 
 use crate::error::VmError;
 use crate::lifecycle;
 use crate::program::launch;
 use crate::workload::Workload;
 
-/// How long the client may take to exit once its output ended.
-const CLIENT_END: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long the client may take to end its output and exit once it answered.
+const CLIENT_END: Duration = Duration::from_secs(5);
+
+/// How long the manager may take to answer a start, stop, restart or reload: it bounds each
+/// unit's work by the unit's own timeouts (TimeoutStartSec= and the like, 90 s by default), so
+/// this is a last resort against a client that never answers.
+const ACTION_ANSWER: Duration = Duration::from_secs(600);
+
+/// How long the manager may take to answer a question (the list, a status, a log's end).
+const QUERY_ANSWER: Duration = Duration::from_secs(30);
 
 /// How much of the client's stderr is kept, to explain a client that gave no answer.
 const STDERR_KEPT: u64 = 4096;
@@ -80,6 +89,9 @@ pub enum ServicesError {
         code: i32,
         stderr: String,
     },
+    /// The client (the VM's program) did not answer, or did not end, in time; it was killed.
+    #[error("VM {vm}: the service client gave no answer within {} s and was stopped", .waited.as_secs())]
+    NoAnswerInTime { vm: VmName, waited: Duration },
     #[error("cannot make a pipe for the service client: {0}")]
     Pipe(#[source] std::io::Error),
 }
@@ -231,8 +243,21 @@ fn unexpected(name: &VmName, expected: &'static str, received: &Response) -> Ser
     }
 }
 
+/// How long the manager may take to answer `ask`; `None` for a log followed until the one
+/// who reads it stops.
+fn answer_time(ask: &Ask) -> Option<Duration> {
+    match ask {
+        Ask::Logs { follow: true, .. } => None,
+        Ask::Start { .. } | Ask::Stop { .. } | Ask::Restart { .. } | Ask::Reload { .. } => {
+            Some(ACTION_ANSWER)
+        }
+        Ask::List | Ask::Status { .. } | Ask::Logs { .. } => Some(QUERY_ANSWER),
+    }
+}
+
 /// Runs the client in the VM for `ask` and reads its lines: log lines go to `log` (while it
-/// returns true); the answer is returned (`None` where the ask was for log lines).
+/// returns true); the answer is returned (`None` where the ask was for log lines). The client
+/// is the VM's program: it is never waited for without end, and killed when it overstays.
 fn converse(
     root: &StateRoot,
     name: &VmName,
@@ -261,30 +286,51 @@ fn converse(
     let (stderr_read, stderr_write) = pipe()?;
     let stdio: [OwnedFd; 3] = [stdin.into(), stdout_write.into(), stderr_write.into()];
     let mut launched = launch(root, name, &workload, stdio)?;
-    let stderr = std::thread::spawn(move || {
-        let mut kept = Vec::new();
-        let mut stderr = stderr_read;
-        let _ = (&mut stderr).take(STDERR_KEPT).read_to_end(&mut kept);
-        // The rest is read and dropped, so that the client never blocks on it.
-        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
-        String::from_utf8_lossy(&kept).into_owned()
-    });
-    let mut output = BufReader::new(File::from(OwnedFd::from(stdout_read)));
+    let stderr = keep_stderr(stderr_read);
+    let started = Instant::now();
+    let deadline = answer_time(ask).map(|time| started + time);
+    let mut output = BufReader::new(Timed::new(stdout_read, deadline));
     let logs_asked = matches!(ask, Ask::Logs { .. });
-    let read = read_output(name, &mut output, logs_asked, log)?;
+    let read = read_answer(name, &mut output, logs_asked, log).and_then(|read| {
+        if let Read::Answer(_) = read {
+            // Answered: the output must end now (more is refused), and soon; an output held
+            // open past that (by a process the client left behind) does not take the answer.
+            output
+                .get_mut()
+                .set_deadline(Some(Instant::now() + CLIENT_END));
+            match expect_end(name, &mut output) {
+                Err(e) if !timed_out(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(read)
+    });
     drop(output);
+    let overstayed = |launched: &mut crate::program::Launched| {
+        let _ = launched.signal(nix::sys::signal::Signal::SIGKILL);
+        ServicesError::NoAnswerInTime {
+            vm: name.clone(),
+            waited: started.elapsed(),
+        }
+    };
     match read {
-        Read::Answer(response) => {
-            // Its output ended: it is ending. Its end is waited for (a little: it is the VM's
-            // program), so that nothing of the request is left running in the VM.
-            let _ = launched.wait_timeout(CLIENT_END);
+        Err(e) if timed_out(&e) => return Err(overstayed(&mut launched)),
+        Err(e) => return Err(e),
+        Ok(Read::Answer(response)) => {
+            // Its output ended: it is ending. Its end is waited for (a little), so that
+            // nothing of the request is left running in the VM.
+            if launched.wait_timeout(CLIENT_END)?.is_none() {
+                let _ = launched.signal(nix::sys::signal::Signal::SIGKILL);
+            }
             return Ok(Some(response));
         }
         // Dropping the client hangs it up.
-        Read::LogsStopped => return Ok(None),
-        Read::Ended => {}
+        Ok(Read::LogsStopped) => return Ok(None),
+        Ok(Read::Ended) => {}
     }
-    let code = launched.wait()?;
+    let Some(code) = launched.wait_timeout(CLIENT_END)? else {
+        return Err(overstayed(&mut launched));
+    };
     if logs_asked && code == 0 {
         return Ok(None);
     }
@@ -292,14 +338,36 @@ fn converse(
     Err(ServicesError::NoAnswer {
         vm: name.clone(),
         code,
-        stderr: stderr.join().unwrap_or_default(),
+        stderr: stderr.recv_timeout(CLIENT_END).unwrap_or_default(),
     })
+}
+
+/// The first [`STDERR_KEPT`] bytes of the client's stderr, once it ends; the rest is read and
+/// dropped, so that the client never blocks on it.
+fn keep_stderr(stderr: std::io::PipeReader) -> std::sync::mpsc::Receiver<String> {
+    let (kept_tx, kept_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        let mut stderr = stderr;
+        let _ = (&mut stderr).take(STDERR_KEPT).read_to_end(&mut kept);
+        let _ = std::io::copy(&mut stderr, &mut std::io::sink());
+        let _ = kept_tx.send(String::from_utf8_lossy(&kept).into_owned());
+    });
+    kept_rx
+}
+
+/// Whether reading the client's output failed because its time ran out.
+fn timed_out(error: &ServicesError) -> bool {
+    matches!(
+        error,
+        ServicesError::Protocol { error: ReadError::Io(e), .. } if e.kind() == std::io::ErrorKind::TimedOut
+    )
 }
 
 /// What the client's output came to.
 #[derive(Debug, PartialEq)]
 enum Read {
-    /// The manager's answer, then the end of the output.
+    /// The manager's answer (the output must end after it: [`expect_end`]).
     Answer(Response),
     /// Log lines, until the one who reads them stopped.
     LogsStopped,
@@ -308,9 +376,9 @@ enum Read {
     Ended,
 }
 
-/// Reads the client's output: the hello, then the answer, a failure or (`logs_asked`) log
-/// lines, each given to `log` while it returns true.
-fn read_output(
+/// Reads the client's output up to its answer: the hello, then the answer, a failure or
+/// (`logs_asked`) log lines, each given to `log` while it returns true.
+fn read_answer(
     name: &VmName,
     output: &mut impl BufRead,
     logs_asked: bool,
@@ -325,16 +393,15 @@ fn read_output(
         Err(ReadError::Ended { .. }) => return Ok(Read::Ended),
         Err(error) => return Err(protocol(error)),
     }
-    let mut answer = None;
     while let Some(line) = client_protocol::read_line(output).map_err(protocol)? {
         match line {
-            Line::Log { bytes } if logs_asked && answer.is_none() => {
+            Line::Log { bytes } if logs_asked => {
                 if !log(&bytes) {
                     return Ok(Read::LogsStopped);
                 }
             }
-            Line::Answer { response } if answer.is_none() => answer = Some(response),
-            Line::Failed { failure } if answer.is_none() => {
+            Line::Answer { response } => return Ok(Read::Answer(response)),
+            Line::Failed { failure } => {
                 return Err(match failure {
                     Failure::NoServices => ServicesError::NoServices { vm: name.clone() },
                     failure => ServicesError::Failed {
@@ -345,19 +412,29 @@ fn read_output(
             }
             other => {
                 return Err(protocol(ReadError::Unexpected {
-                    expected: if answer.is_some() {
-                        "the end of the output"
-                    } else if logs_asked {
-                        "log lines"
-                    } else {
-                        "an answer"
-                    },
+                    expected: if logs_asked { "log lines" } else { "an answer" },
                     received: other.kind().to_owned(),
                 }))
             }
         }
     }
-    Ok(answer.map_or(Read::Ended, Read::Answer))
+    Ok(Read::Ended)
+}
+
+/// After the answer, nothing: the output's end.
+fn expect_end(name: &VmName, output: &mut impl BufRead) -> Result<()> {
+    match client_protocol::read_line(output) {
+        Ok(None) => Ok(()),
+        Ok(Some(other)) => Err(ReadError::Unexpected {
+            expected: "the end of the output",
+            received: other.kind().to_owned(),
+        }),
+        Err(error) => Err(error),
+    }
+    .map_err(|error| ServicesError::Protocol {
+        vm: name.clone(),
+        error,
+    })
 }
 
 /// The manager's binary, which runs as the client: beside this one on the host, and at the
@@ -398,12 +475,14 @@ mod tests {
             logged.push(line.to_vec());
             true
         };
-        let read = read_output(
-            &name,
-            &mut std::io::Cursor::new(text.as_bytes().to_vec()),
-            logs_asked,
-            &mut log,
-        );
+        let mut output = std::io::Cursor::new(text.as_bytes().to_vec());
+        let read = read_answer(&name, &mut output, logs_asked, &mut log);
+        let read = match read {
+            Ok(Read::Answer(answer)) => {
+                expect_end(&name, &mut output).map(|()| Read::Answer(answer))
+            }
+            other => other,
+        };
         (read, logged)
     }
 

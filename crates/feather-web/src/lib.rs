@@ -5,7 +5,9 @@
 //!
 //! - [`auth`]: who may ask — a one-time token exchanged for a session cookie, a CSRF token
 //!   for every state-changing request, and the Host and Origin a request must come with
-//! - [`api`]: the JSON endpoints, each one library call
+//! - [`api`]: the JSON endpoints, each one library call, by area: a VM's own (`api::vms`),
+//!   its services (`api::services`), checkpoint/restore/migrate (`api::moves`), Shuttle
+//!   (`api::shuttle`); the router, the guard and the live feed in `api` itself
 //! - [`jobs`]: long actions (checkpoint, restore, migrate) whose steps the page follows
 //! - [`live`]: what is pushed to open pages (server-sent events), gathered once for all of them
 //! - [`terminal`]: a shell in a VM on a terminal of its own, over a WebSocket

@@ -9,12 +9,13 @@ use clap::CommandFactory;
 
 use crate::cli::Cli;
 
-/// `feather completions SHELL`: the script, made whole before it is written (clap_complete
-/// panics on a failed write; a closed pipe is an error like any other here).
+/// `feather completions SHELL`: the script, made whole before it is written (a closed pipe is
+/// an error like any other here). Bash, zsh and fish get a script that asks `feather` itself
+/// what to complete (crate::completion), so it also knows the VMs' names.
 pub fn completions(shell: clap_complete::Shell, out: &mut impl Write) -> anyhow::Result<()> {
     let mut script = Vec::new();
-    clap_complete::generate(shell, &mut Cli::command(), "feather", &mut script);
-    out.write_all(&script)
+    crate::completion::registration(shell, &mut script)
+        .and_then(|()| out.write_all(&script))
         .and_then(|()| out.flush())
         .context("cannot write the completion script")
 }

@@ -2,6 +2,7 @@
 //! formats; everything else lives in the libraries.
 
 mod cli;
+mod completion;
 mod generated;
 mod oci;
 mod output;
@@ -28,6 +29,7 @@ const EXIT_FEATHER_FAILED_RUN: u8 = 125;
 
 fn main() -> ExitCode {
     feather_core::trace::begin();
+    completion::answer_if_asked();
     let cli = Cli::parse_from(arguments());
     feather_core::trace::phase("parse the command line");
     let runs_a_command = matches!(cli.command, Command::Run(_) | Command::Exec { .. });

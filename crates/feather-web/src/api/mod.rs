@@ -1,0 +1,167 @@
+//! The endpoints. Each reads a request, makes one library call — the call the command line
+//! makes for the same thing — and answers JSON; the library's blocking work runs off the
+//! server's threads.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use axum::extract::{Query, Request, State};
+use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use tokio_stream::wrappers::{BroadcastStream, WatchStream};
+use tokio_stream::{Stream, StreamExt};
+
+use crate::auth::{RequestFacts, CSRF_HEADER};
+use crate::page;
+
+mod moves;
+mod services;
+mod shared;
+mod shuttle;
+mod vms;
+
+use moves::{checkpoint, migrate, restore};
+use services::{service_action, service_events, service_logs};
+pub use shared::Shared;
+use shared::{Answer, ApiError, AppState};
+use shuttle::{answer_ask, audit, policy, policy_check};
+use vms::{changes, check_ipc, commit, create, remove, reset, start, stop, terminal, vm, vms};
+
+pub fn router(shared: Arc<Shared>) -> Router {
+    let guarded = Router::new()
+        .route("/", get(page::index))
+        .route("/app.js", get(page::script))
+        .route("/app.css", get(page::style))
+        .route("/vendor/xterm.js", get(page::xterm))
+        .route("/vendor/addon-fit.js", get(page::xterm_fit))
+        .route("/vendor/xterm.css", get(page::xterm_style))
+        .route("/api/session", get(session))
+        .route("/api/vms", get(vms).post(create))
+        .route("/api/vms/{name}", get(vm).delete(remove))
+        .route("/api/vms/{name}/changes", get(changes))
+        .route("/api/vms/{name}/start", post(start))
+        .route("/api/vms/{name}/stop", post(stop))
+        .route("/api/vms/{name}/commit", post(commit))
+        .route("/api/vms/{name}/reset", post(reset))
+        .route("/api/vms/{name}/services", post(service_action))
+        .route("/api/vms/{name}/services/events", get(service_events))
+        .route("/api/vms/{name}/services/{unit}/logs", get(service_logs))
+        .route("/api/vms/{name}/ipc", post(check_ipc))
+        .route("/api/vms/{name}/terminal", get(terminal))
+        .route("/api/vms/{name}/checkpoint", post(checkpoint))
+        .route("/api/vms/{name}/restore", post(restore))
+        .route("/api/vms/{name}/migrate", post(migrate))
+        .route("/api/policy", get(policy))
+        .route("/api/policy/check", get(policy_check))
+        .route("/api/audit", get(audit))
+        .route("/api/asks/{id}", post(answer_ask))
+        .route("/api/events", get(events))
+        .layer(middleware::from_fn_with_state(shared.clone(), guard));
+    Router::new()
+        .route("/login", get(login))
+        .merge(guarded)
+        .with_state(shared)
+}
+
+/// The host a request was sent to: its `Host` header, or under HTTP/2 its `:authority`.
+fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
+}
+
+async fn guard(State(shared): AppState, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let text = |name: header::HeaderName| headers.get(name).and_then(|v| v.to_str().ok());
+    let facts = RequestFacts {
+        host: host_of(headers, request.uri()),
+        cookies: text(header::COOKIE),
+        origin: text(header::ORIGIN),
+        csrf: headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
+        changes_state: !matches!(*request.method(), Method::GET | Method::HEAD),
+    };
+    match shared.sessions.check(&facts) {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => {
+            let status = match refusal {
+                crate::auth::Refusal::NoSession => StatusCode::UNAUTHORIZED,
+                _ => StatusCode::FORBIDDEN,
+            };
+            ApiError::new(status, refusal.message()).into_response()
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    token: String,
+}
+
+async fn login(
+    State(shared): AppState,
+    headers: HeaderMap,
+    uri: Uri,
+    Query(query): Query<LoginQuery>,
+) -> Response {
+    let host = host_of(&headers, &uri);
+    if !shared.sessions.is_our_host(host) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            crate::auth::Refusal::ForeignHost.message(),
+        )
+        .into_response();
+    }
+    match shared.sessions.log_in(&query.token) {
+        Ok(id) => (
+            [(header::SET_COOKIE, shared.sessions.cookie(&id))],
+            Redirect::to("/"),
+        )
+            .into_response(),
+        Err(refusal) => ApiError::new(StatusCode::FORBIDDEN, refusal.message()).into_response(),
+    }
+}
+
+async fn session(State(shared): AppState, headers: HeaderMap) -> Answer {
+    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    let csrf = shared
+        .sessions
+        .csrf_of(cookies)
+        .map_err(|refusal| ApiError::new(StatusCode::UNAUTHORIZED, refusal.message()))?;
+    Ok(Json(json!({
+        "csrf": csrf,
+        "root": shared.root.dir(),
+        "version": env!("CARGO_PKG_VERSION"),
+    })))
+}
+
+/// The page's live feed: `vms` with the whole table when it changed, `audit` with each new
+/// decision. A page that stops hearing from it says it lost contact.
+async fn events(State(shared): AppState) -> Sse<impl Stream<Item = Result<Event, Infallible>>> {
+    // The first value of a fresh gatherer is no table yet: only real tables are sent.
+    let table = WatchStream::new(shared.live.table())
+        .filter(|table| table.json != "null")
+        .map(|table| Event::default().event("vms").data(table.json.clone()));
+    let audit = BroadcastStream::new(shared.live.audit()).filter_map(|entry| {
+        // A page too slow to keep up misses entries (it can reload the log); it never holds
+        // up the others.
+        entry
+            .ok()
+            .map(|json| Event::default().event("audit").data(json.as_str()))
+    });
+    let asks = WatchStream::new(shared.live.asks())
+        .map(|json| Event::default().event("asks").data(json.as_str()));
+    let jobs = BroadcastStream::new(shared.jobs.feed()).filter_map(|event| {
+        event
+            .ok()
+            .map(|json| Event::default().event("job").data(json.as_str()))
+    });
+    let events = table.merge(audit).merge(jobs).merge(asks);
+    Sse::new(events.map(Ok)).keep_alive(KeepAlive::default())
+}
