@@ -15,7 +15,7 @@ use crate::support::{
 
 const HOST_ROOT: u32 = 100_000;
 
-fn chown_tree(path: &Path, id: u32) {
+pub(crate) fn chown_tree(path: &Path, id: u32) {
     std::os::unix::fs::lchown(path, Some(id), Some(id)).unwrap();
     if fs::symlink_metadata(path).unwrap().is_dir() {
         for entry in fs::read_dir(path).unwrap().flatten() {

@@ -77,13 +77,39 @@ pub struct ProbeSetup {
     pub root: Option<PathBuf>,
     /// A running VM of the user's to probe as VM A; without it the probe makes its own.
     pub vm: Option<String>,
+    /// An OCI container (feather-oci's) to probe as VM A instead of a VM, entered as
+    /// `feather-oci exec` enters it; its root must show the agent's binary at the same path
+    /// (a container over the host's `/` does).
+    pub container: Option<OciContainer>,
     /// Names the probe's VMs and objects (instead of this process's pid), so that shuttle
     /// policy rules can be written for them beforehand: VMs `ipcprobe-{a,b,c}-LABEL`, objects
     /// `fpLABEL{a,v,i,c,h,l}` (`v` for the VM→VM listener, in VM A).
     pub label: Option<String>,
 }
 
+/// A running OCI container: its runtime root (feather-oci's `--root`) and its id.
+#[derive(Clone, Debug)]
+pub struct OciContainer {
+    pub runtime_root: PathBuf,
+    pub id: String,
+}
+
+/// The subcommand of the agent's binary that runs the agent in an OCI container (see
+/// [`enter_oci_main`]).
+pub const ENTER_OCI_SUBCOMMAND: &str = "__ipcprobe-enter-oci";
+
 impl ProbeSetup {
+    /// The place that is VM A when it is the user's: their VM, or their OCI container.
+    fn users_a(&self) -> Option<&str> {
+        self.vm
+            .as_deref()
+            .or(self.container.as_ref().map(|c| c.id.as_str()))
+    }
+
+    fn container_at(&self, place: &str) -> Option<&OciContainer> {
+        self.container.as_ref().filter(|c| c.id == place)
+    }
+
     fn state_root(&self) -> StateRoot {
         StateRoot::new(self.root.clone())
     }
@@ -131,9 +157,20 @@ impl ProbeSetup {
         args: &[&str],
         stdio: [OwnedFd; 3],
     ) -> Result<Agent, ProbeError> {
-        let argv = self.agent_argv(args);
+        let mut argv = self.agent_argv(args);
         let where_ = place.unwrap_or("the host");
-        match place {
+        if let Some(container) = place.and_then(|p| self.container_at(p)) {
+            // Entered by a fresh process of the agent's binary: joining a mount namespace
+            // takes a single-threaded process.
+            let enter = [
+                self.agent.display().to_string(),
+                ENTER_OCI_SUBCOMMAND.to_owned(),
+                container.runtime_root.display().to_string(),
+                container.id.clone(),
+            ];
+            argv.splice(0..0, enter);
+        }
+        match place.filter(|p| self.container_at(p).is_none()) {
             None => {
                 let [stdin, stdout, stderr] = stdio;
                 let mut command = Command::new(&argv[0]);
@@ -506,6 +543,32 @@ pub fn throwaway_main(args: &[String]) -> i32 {
     }
 }
 
+/// `AGENT __ipcprobe-enter-oci RUNTIME_ROOT ID ARGV…`: runs ARGV in the running OCI container
+/// ID as `feather-oci exec` does (its namespaces, cgroup, the config's process with feather's
+/// confinement), with this process's stdio and its `FPROBE_TOKEN`. Returns ARGV's exit status.
+pub fn enter_oci_main(args: &[String]) -> i32 {
+    let [root, id, command @ ..] = args else {
+        eprintln!("usage: {ENTER_OCI_SUBCOMMAND} RUNTIME_ROOT ID ARGV…");
+        return 2;
+    };
+    let exec = feather_oci::exec::ExecArgs {
+        id: id.clone(),
+        command: command.to_vec(),
+        env: std::env::var("FPROBE_TOKEN")
+            .map(|token| format!("FPROBE_TOKEN={token}"))
+            .into_iter()
+            .collect(),
+        ..feather_oci::exec::ExecArgs::default()
+    };
+    match feather_oci::exec::exec(std::path::Path::new(root), &exec) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{ENTER_OCI_SUBCOMMAND}: OCI container {id}: {e:#}");
+            125
+        }
+    }
+}
+
 /// Channels whose outcome is the listener's report, not the client's.
 fn confirmed_by_listener(channel: &str) -> Option<&'static str> {
     match channel {
@@ -655,7 +718,7 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
         .unwrap_or_else(|| std::process::id().to_string());
     let base = format!("fp{label}");
     let mut notes = vec![];
-    if let Some(vm) = &setup.vm {
+    if let Some(vm) = setup.users_a() {
         check_agent_runs_in(setup, vm)?;
     }
     // The lower listener first: its files exist before the VMs start.
@@ -664,12 +727,20 @@ pub fn run(setup: &ProbeSetup) -> Result<Matrix, ProbeError> {
         setup,
         names: Vec::new(),
     };
-    let a = match &setup.vm {
-        Some(vm) => {
+    let a = match (&setup.vm, &setup.container) {
+        (Some(vm), _) => {
             notes.push(format!("VM A is the user's VM {vm}; it was started before the lower-layer files were made."));
             vm.clone()
         }
-        None => {
+        (None, Some(container)) => {
+            notes.push(format!(
+                "VM A is the OCI container {} (runtime root {}), entered as `feather-oci exec` enters it; it was started before the lower-layer files were made.",
+                container.id,
+                container.runtime_root.display()
+            ));
+            container.id.clone()
+        }
+        (None, None) => {
             let name = format!("ipcprobe-a-{label}");
             vms.names.push(name.clone());
             setup.create_and_start(&name)?;

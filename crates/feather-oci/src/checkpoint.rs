@@ -76,7 +76,7 @@ pub fn check_config(spec: &Spec, action: &str) -> Result<()> {
         bail!("org.feather.confine: {action} of a confined container on the host's network is not supported (its Landlock domain scopes the host's abstract unix sockets, which CRIU cannot restore); give it a network namespace of its own, or annotate org.feather.confine=none");
     }
     if feather.base_is_host() {
-        bail!("annotation org.feather.base=host: {action} of a container over the host is not supported (its layer is a tmpfs of the container's mount namespace; feather checkpoint works on feather VMs)");
+        bail!("annotation org.feather.base=host: {action} of a container over the host is not supported (its layer is a tmpfs that is not part of the images; feather checkpoint works on feather VMs)");
     }
     if spec.process().as_ref().and_then(|p| p.terminal()) == Some(true) {
         bail!("process.terminal: {action} of a container with a terminal is not supported by feather-oci");

@@ -11,6 +11,7 @@ use crate::checkpoint::CheckpointArgs;
 use crate::create::CreateArgs;
 use crate::exec::ExecArgs;
 use crate::restore::RestoreArgs;
+use crate::run::RunArgs;
 
 #[derive(Parser)]
 #[command(
@@ -68,6 +69,33 @@ enum Command {
     },
     /// Run the program of a created container.
     Start { id: String },
+    /// Create and start a container; in the foreground wait for its program (passing
+    /// signals on, relaying its terminal), delete the container and exit with its status.
+    Run {
+        #[arg(long, short = 'b', default_value = ".")]
+        bundle: PathBuf,
+        #[arg(long = "console-socket")]
+        console_socket: Option<PathBuf>,
+        /// Return once the program runs.
+        #[arg(long, short = 'd')]
+        detach: bool,
+        /// Keep the container after its program ends (for `state`, `delete`).
+        #[arg(long)]
+        keep: bool,
+        #[arg(long = "pid-file")]
+        pid_file: Option<PathBuf>,
+        #[arg(long = "no-pivot")]
+        no_pivot: bool,
+        /// feather-oci never makes a session keyring: always so.
+        #[arg(long = "no-new-keyring")]
+        no_new_keyring: bool,
+        /// Accepted: feather-oci never becomes a subreaper.
+        #[arg(long = "no-subreaper")]
+        no_subreaper: bool,
+        #[arg(long = "preserve-fds", default_value_t = 0)]
+        preserve_fds: i32,
+        id: String,
+    },
     /// The container's state JSON (the runtime specification's).
     State { id: String },
     /// Send a signal (name or number; SIGTERM if none) to the container's init, or with --all
@@ -294,6 +322,34 @@ fn run(cli: Cli) -> Result<i32> {
             },
         )?,
         Command::Start { id } => crate::ops::start(root, &id)?,
+        Command::Run {
+            bundle,
+            console_socket,
+            detach,
+            keep,
+            pid_file,
+            no_pivot,
+            no_new_keyring: _,
+            no_subreaper: _,
+            preserve_fds,
+            id,
+        } => {
+            return crate::run::run(
+                root,
+                RunArgs {
+                    create: CreateArgs {
+                        id,
+                        bundle,
+                        pid_file,
+                        console_socket,
+                        no_pivot,
+                        preserve_fds,
+                    },
+                    detach,
+                    keep,
+                },
+            )
+        }
         Command::State { id } => crate::ops::state(root, &id)?,
         Command::Kill { all, id, signal } => {
             crate::ops::kill_container(root, &id, signal.as_deref().unwrap_or("SIGTERM"), all)?

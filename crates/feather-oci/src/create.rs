@@ -99,6 +99,9 @@ fn build(
     let linux = spec.linux().clone().context("linux")?;
     let groups = container.groups();
     groups.create(linux.resources().as_ref())?;
+    if feather.host_base {
+        crate::mounts::host_layer(&container.dir)?;
+    }
     let mut new = CloneFlags::empty();
     let mut new_cgroup_namespace = false;
     let mut joins = Vec::new();
@@ -130,6 +133,7 @@ fn build(
         }
         _ => None,
     };
+    let idmapped = crate::idmap::prepare(spec, &container.record.bundle)?;
     let (mut socket, child_socket) = UnixStream::pair().context("socketpair")?;
     // Joined namespaces apply to this process (a pid namespace to its children): the init is
     // cloned into them, and into new ones for the rest.
@@ -152,6 +156,7 @@ fn build(
                 confinement: crate::confine::Confinement::of(feather.confine, spec),
                 services: feather.services.clone(),
                 preserve_fds: args.preserve_fds,
+                idmapped,
                 started: false,
             }
             .run()
@@ -160,6 +165,7 @@ fn build(
     };
     drop(child_socket);
     drop(console);
+    drop(idmapped);
     let outcome = supervise(container, spec, &mut socket, child.pid.as_raw());
     if outcome.is_err() {
         let _ = feather_sys::process::signal(&child.pidfd, Signal::SIGKILL);

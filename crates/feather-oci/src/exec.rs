@@ -5,7 +5,9 @@
 //! This process joins the container's cgroup, then its namespaces through a pidfd of the
 //! init (checked against the recorded start time, so a reused pid is never entered), then
 //! forks: the child is in the container's pid namespace and becomes the program. Its errors
-//! come back over a close-on-exec socket, so a failed exec is this command's error.
+//! come back over a close-on-exec socket, so a failed exec is this command's error. Without
+//! `--detach` this command waits for the program, passing signals on, and relays its terminal
+//! itself when `--tty` comes without `--console-socket` ([`crate::foreground`]).
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use nix::sched::CloneFlags;
-use nix::sys::wait::{waitpid, WaitStatus};
+use nix::sys::wait::waitpid;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxCapabilities, Process, Spec};
 
@@ -56,13 +58,24 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         &config,
     );
     let terminal = process.terminal() == Some(true);
-    let console = match (&args.console_socket, terminal) {
-        (Some(path), true) => Some(
-            UnixStream::connect(path)
-                .with_context(|| format!("--console-socket {}", path.display()))?,
+    // Without --console-socket, this side relays the terminal itself (as runc): the master
+    // comes back over `relayed`.
+    let (console, relayed) = match (&args.console_socket, terminal) {
+        (Some(path), true) => (
+            Some(
+                UnixStream::connect(path)
+                    .with_context(|| format!("--console-socket {}", path.display()))?,
+            ),
+            None,
         ),
-        (None, true) => bail!("--tty: a terminal needs --console-socket"),
-        _ => None,
+        (None, true) if args.detach => {
+            bail!("--tty with --detach: give --console-socket (nobody would relay the terminal)")
+        }
+        (None, true) => {
+            let (ours, theirs) = UnixStream::pair().context("socketpair")?;
+            (Some(theirs), Some(ours))
+        }
+        _ => (None, None),
     };
     let pid_file = args
         .pid_file
@@ -114,13 +127,12 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     if args.detach {
         return Ok(0);
     }
-    loop {
-        match waitpid(child, None)? {
-            WaitStatus::Exited(_, code) => return Ok(code),
-            WaitStatus::Signaled(_, signal, _) => return Ok(128 + signal as i32),
-            _ => {}
-        }
-    }
+    let foreground = crate::foreground::Foreground::hold_signals()?;
+    let master = relayed
+        .as_ref()
+        .map(crate::foreground::receive_master)
+        .transpose()?;
+    foreground.wait(child, master)
 }
 
 fn become_it(

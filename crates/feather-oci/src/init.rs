@@ -37,6 +37,8 @@ pub struct Init {
     pub confinement: crate::confine::Confinement,
     pub services: Vec<String>,
     pub preserve_fds: i32,
+    /// The id-mapped mounts create made, to attach at their destinations.
+    pub idmapped: crate::idmap::Trees,
     /// Set once `start` released the init: errors then go to the container's stderr.
     pub started: bool,
 }
@@ -73,6 +75,7 @@ impl Init {
         let mut keep: Vec<i32> = (3..3 + self.preserve_fds).collect();
         keep.push(self.socket.as_raw_fd());
         keep.extend(self.console.as_ref().map(|c| c.as_raw_fd()));
+        keep.extend(self.idmapped.raw_fds());
         feather_sys::process::close_other_fds(&keep);
         let go = self.receive()?;
         let host_pid: i32 = go
@@ -103,7 +106,13 @@ impl Init {
             &self.dir,
             self.host_base,
         )?;
-        crate::mounts::mount_all(&self.spec, &rootfs, &self.record.bundle, &groups)?;
+        crate::mounts::mount_all(
+            &self.spec,
+            &rootfs,
+            &self.record.bundle,
+            &groups,
+            &std::mem::take(&mut self.idmapped),
+        )?;
         writeln!(self.socket, "mounted")?;
         if self.receive()? != "go" {
             bail!("unexpected message from create");

@@ -8,14 +8,17 @@
 //!   ([`hierarchies`]: where they are mounted)
 //! - [`validate`]: every field feather cannot honour is refused by name before anything is made
 //! - [`ops`] and [`exec`]: state, start, kill, delete, ps, list, pause, resume, events, update
+//! - [`run`]: create and start in one; [`foreground`]: waiting for a program, passing signals
+//!   on and relaying its terminal (`run`, `exec` without `--detach`)
 //! - [`checkpoint`] and [`restore`]: runc's `checkpoint`/`restore` through feather's CRIU
 //! - [`annotations`]: feather's own features, through `org.feather.*` annotations:
 //!   [`confine`] (feather's IPC confinement on top of the config's) and [`services`] (the
 //!   host's units started in the container)
-//! - [`userns`]: a new user namespace and its uid/gid maps
+//! - [`userns`]: a new user namespace and its uid/gid maps; [`idmap`]: id-mapped bind mounts
 //! - [`store`]: a container's folder under `--root` and its status
 //! - [`registry`] and [`listing`]: the runtime roots used on this host, and their containers
-//!   as feather's own tools (`feather ls`, `feather ps`) read them
+//!   as feather's own tools (`feather ls`, `feather ps`) read them; [`layer`]: what a
+//!   container wrote (`feather diff`)
 
 pub mod annotations;
 pub mod cgroups;
@@ -25,9 +28,12 @@ pub mod confine;
 pub mod controllers;
 pub mod create;
 pub mod exec;
+pub mod foreground;
 pub mod hierarchies;
 pub mod hooks;
+pub mod idmap;
 pub mod init;
+pub mod layer;
 pub mod listing;
 pub mod log;
 pub mod mounts;
@@ -35,6 +41,7 @@ pub mod ops;
 pub mod process;
 pub mod registry;
 pub mod restore;
+pub mod run;
 pub mod seccomp;
 pub mod services;
 pub mod store;

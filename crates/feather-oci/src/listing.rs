@@ -126,7 +126,25 @@ pub fn processes(
     Ok(rows)
 }
 
-fn find(
+/// The runtime root of container `id` (found as by [`processes`]), which must be running:
+/// for tools that enter it (`feather check ipc`).
+pub fn running(
+    registry: &RootRegistry,
+    id: &str,
+    runtime_root: Option<&Path>,
+) -> Result<PathBuf, ListError> {
+    let (root, container) = find(registry, id, runtime_root)?;
+    match container.status() {
+        Status::Running => Ok(root),
+        other => Err(ListError::NotRunning {
+            id: id.to_owned(),
+            root,
+            status: other.name(),
+        }),
+    }
+}
+
+pub(crate) fn find(
     registry: &RootRegistry,
     id: &str,
     runtime_root: Option<&Path>,

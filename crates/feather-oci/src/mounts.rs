@@ -255,27 +255,43 @@ pub fn prepare_root(spec: &Spec, bundle: &Path, dir: &Path, host_base: bool) -> 
     Ok(rootfs)
 }
 
-/// `org.feather.base=host`: an overlay of the host's `/`. Its writable layer is a tmpfs of the
-/// container's own mount namespace — it lives and dies with the container, and it is never
-/// inside its own lower layer (overlayfs refuses that; the runtime's root may be on `/`).
-fn host_root(dir: &Path) -> Result<PathBuf> {
-    let rootfs = dir.join("rootfs");
-    let layer = dir.join("layer");
-    for folder in [&rootfs, &layer] {
-        fs::create_dir_all(folder).with_context(|| format!("create {}", folder.display()))?;
-    }
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV;
+/// `org.feather.base=host`: the writable layer of the overlay of the host's `/`, a tmpfs
+/// mounted by `create` in the host's mount namespace at `<container>/layer` — outside the
+/// host's root filesystem (overlayfs refuses an upper layer inside its own lower one; the
+/// runtime's root may be on `/`), thrown away at `delete`, and where feather's own tools read
+/// what the container wrote (`feather diff`, [`crate::layer`]). Its pages are charged to the
+/// container's memory cgroup, which writes them.
+pub fn host_layer(dir: &Path) -> Result<()> {
+    let layer = dir.join(HOST_LAYER);
+    fs::create_dir(&layer).with_context(|| format!("create {}", layer.display()))?;
     mount(
         Some("tmpfs"),
         &layer,
         Some("tmpfs"),
-        flags,
-        Some("mode=755"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some("mode=700"),
     )
     .context("org.feather.base=host: mount the layer's tmpfs")?;
     for sub in ["upper", "work"] {
         fs::create_dir(layer.join(sub))?;
     }
+    Ok(())
+}
+
+/// The folder of a container that holds its [`host_layer`].
+pub const HOST_LAYER: &str = "layer";
+
+/// Unmounts the [`host_layer`] of the container in `dir`, if it has one.
+pub fn remove_host_layer(dir: &Path) {
+    let _ = nix::mount::umount2(&dir.join(HOST_LAYER), nix::mount::MntFlags::MNT_DETACH);
+}
+
+/// `org.feather.base=host`, in the init: the overlay of the host's `/` with the layer `create`
+/// made ([`host_layer`]).
+fn host_root(dir: &Path) -> Result<PathBuf> {
+    let rootfs = dir.join("rootfs");
+    let layer = dir.join(HOST_LAYER);
+    fs::create_dir_all(&rootfs).with_context(|| format!("create {}", rootfs.display()))?;
     feather_sys::mount::overlay(
         Path::new("/"),
         &layer.join("upper"),
@@ -288,7 +304,13 @@ fn host_root(dir: &Path) -> Result<PathBuf> {
 }
 
 /// Every entry of `mounts`, in order, then the default devices and `linux.devices`.
-pub fn mount_all(spec: &Spec, rootfs: &Path, bundle: &Path, groups: &Groups) -> Result<()> {
+pub fn mount_all(
+    spec: &Spec,
+    rootfs: &Path,
+    bundle: &Path,
+    groups: &Groups,
+    idmapped: &crate::idmap::Trees,
+) -> Result<()> {
     let root = nix::fcntl::open(
         rootfs,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -296,8 +318,8 @@ pub fn mount_all(spec: &Spec, rootfs: &Path, bundle: &Path, groups: &Groups) -> 
     )
     .with_context(|| format!("open {}", rootfs.display()))?;
     let mut dev_is_tmpfs = false;
-    for entry in spec.mounts().iter().flatten() {
-        mount_one(&root, entry, bundle, groups)
+    for (index, entry) in spec.mounts().iter().flatten().enumerate() {
+        mount_one(&root, entry, bundle, groups, idmapped.of(index))
             .with_context(|| format!("mounts[{}]", entry.destination().display()))?;
         if entry.destination() == Path::new("/dev") && entry.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
@@ -318,7 +340,15 @@ pub fn mount_all(spec: &Spec, rootfs: &Path, bundle: &Path, groups: &Groups) -> 
     Ok(())
 }
 
-fn mount_one(root: &OwnedFd, entry: &Mount, bundle: &Path, groups: &Groups) -> Result<()> {
+/// One entry of `mounts`; `idmapped`: the id-mapped tree create made for it (see
+/// [`crate::idmap`]), attached in place of a bind.
+fn mount_one(
+    root: &OwnedFd,
+    entry: &Mount,
+    bundle: &Path,
+    groups: &Groups,
+    idmapped: Option<&OwnedFd>,
+) -> Result<()> {
     let options = parse_options(entry.options().as_deref().unwrap_or_default());
     let typ = entry.typ().clone().unwrap_or_default();
     let destination = entry.destination();
@@ -337,9 +367,15 @@ fn mount_one(root: &OwnedFd, entry: &Mount, bundle: &Path, groups: &Groups) -> R
             .with_context(|| format!("source {}", source.display()))?
             .is_dir();
         let target = make_target(root, destination, directory)?;
-        let flags = MsFlags::MS_BIND | (options.set & MsFlags::MS_REC);
-        mount(Some(&source), fd_path(&target).as_str(), NONE, flags, NONE)
-            .with_context(|| format!("bind {}", source.display()))?;
+        match idmapped {
+            Some(tree) => feather_sys::mount::attach_tree(tree, &target)
+                .map_err(|e| anyhow::anyhow!("attach the id-mapped {}: {e}", source.display()))?,
+            None => {
+                let flags = MsFlags::MS_BIND | (options.set & MsFlags::MS_REC);
+                mount(Some(&source), fd_path(&target).as_str(), NONE, flags, NONE)
+                    .with_context(|| format!("bind {}", source.display()))?
+            }
+        }
         let extra = options.set - (MsFlags::MS_BIND | MsFlags::MS_REC);
         if !extra.is_empty() {
             let top = make_target(root, destination, directory)?;

@@ -136,6 +136,7 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
         Err(error) if force => {
             // A folder without a readable record: what a killed create leaves.
             crate::log::warn(&format!("{error:#}"));
+            crate::mounts::remove_host_layer(&root.join(id));
             let _ = fs::remove_dir_all(root.join(id));
             return Ok(());
         }
@@ -178,6 +179,7 @@ pub fn destroy(container: &Container) {
     }
     groups.remove();
     if container.record.pid == 0 || !container.init_alive() {
+        crate::mounts::remove_host_layer(&container.dir);
         let _ = fs::remove_dir_all(&container.dir);
     }
 }
@@ -294,7 +296,7 @@ pub fn features() -> Result<()> {
         "ociVersionMin": "1.0.0",
         "ociVersionMax": oci_spec::runtime::VERSION,
         "hooks": ["prestart", "createRuntime", "createContainer", "startContainer", "poststart", "poststop"],
-        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async", "dirsync", "remount", "mand", "nomand", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime", "bind", "rbind", "private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable"],
+        "mountOptions": ["ro", "rw", "nosuid", "suid", "nodev", "dev", "noexec", "exec", "sync", "async", "dirsync", "remount", "mand", "nomand", "atime", "noatime", "diratime", "nodiratime", "relatime", "norelatime", "strictatime", "nostrictatime", "bind", "rbind", "private", "rprivate", "shared", "rshared", "slave", "rslave", "unbindable", "runbindable", "idmap", "ridmap"],
         "linux": {
             "namespaces": ["cgroup", "ipc", "mount", "network", "pid", "user", "uts"],
             "capabilities": caps::all().iter().map(|c| c.to_string()).collect::<Vec<_>>(),
@@ -305,6 +307,7 @@ pub fn features() -> Result<()> {
                 "operators": ["SCMP_CMP_EQ", "SCMP_CMP_GE", "SCMP_CMP_GT", "SCMP_CMP_LE", "SCMP_CMP_LT", "SCMP_CMP_MASKED_EQ", "SCMP_CMP_NE"],
                 "archs": [std::env::consts::ARCH],
             },
+            "mountExtensions": {"idmap": {"enabled": true}},
             "apparmor": {"enabled": false},
             "selinux": {"enabled": false},
         },

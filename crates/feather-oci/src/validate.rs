@@ -89,13 +89,20 @@ pub fn check(spec: &Spec) -> Result<()> {
                 mount.destination().display()
             );
         }
-        for option in mount.options().iter().flatten() {
-            if matches!(option.as_str(), "idmap" | "ridmap" | "tmpcopyup") {
-                bail!(
-                    "mounts[{}].options {option:?}: not supported by feather-oci",
-                    mount.destination().display()
-                );
-            }
+        let options = mount.options().clone().unwrap_or_default();
+        if options.iter().any(|o| o == "tmpcopyup") {
+            bail!(
+                "mounts[{}].options \"tmpcopyup\": not supported by feather-oci",
+                mount.destination().display()
+            );
+        }
+        let is_bind = mount.typ().as_deref() == Some("bind")
+            || options.iter().any(|o| o == "bind" || o == "rbind");
+        if crate::idmap::requested(&options).is_some() && !is_bind {
+            bail!(
+                "mounts[{}].options idmap: only bind mounts are id-mapped by feather-oci",
+                mount.destination().display()
+            );
         }
     }
     crate::annotations::Feather::parse(spec)?;

@@ -247,7 +247,37 @@ impl TreeFlags {
 /// `open_tree(OPEN_TREE_CLONE)`. The caller must be in the mount namespace that holds `fd`'s
 /// mount.
 pub fn clone_tree(fd: &impl AsFd) -> Result<OwnedFd> {
-    raw::open_tree_clone(fd.as_fd()).ctx("open_tree", "descriptor")
+    raw::open_tree_clone(fd.as_fd(), false).ctx("open_tree", "descriptor")
+}
+
+/// [`clone_tree`] with the mounts beneath `fd` too (`AT_RECURSIVE`): an `rbind`'s tree.
+pub fn clone_tree_recursive(fd: &impl AsFd) -> Result<OwnedFd> {
+    raw::open_tree_clone(fd.as_fd(), true).ctx("open_tree(AT_RECURSIVE)", "descriptor")
+}
+
+/// A read-only overlay of `lowers` (uppermost first), as a detached mount that no path leads
+/// to (`fsopen`, `fsconfig` with one `lowerdir+` each, `fsmount`): the merged view of an
+/// overlay's lower layers, without its upper one.
+pub fn detached_lower_overlay(lowers: &[&Path]) -> Result<OwnedFd> {
+    use std::os::unix::ffi::OsStrExt;
+    let context = raw::fsopen(c"overlay").ctx("fsopen", "overlay")?;
+    for lower in lowers {
+        let value = std::ffi::CString::new(lower.as_os_str().as_bytes())
+            .map_err(|_| Errno::EINVAL)
+            .ctx("fsconfig lowerdir+", lower.display())?;
+        raw::fsconfig_string(context.as_fd(), c"lowerdir+", &value)
+            .ctx("fsconfig lowerdir+", lower.display())?;
+    }
+    raw::fsmount_readonly(context.as_fd()).ctx("fsmount", "overlay of lower layers")
+}
+
+/// Makes the detached mount `tree` an id-mapped one (`mount_setattr` with
+/// `MOUNT_ATTR_IDMAP`): files owned by an id appear owned by what the user namespace `userns`
+/// maps it to. `recursive`: every mount of the tree, else its top one only. The caller must
+/// be privileged over the filesystem's own user namespace (the host's, for a disk).
+pub fn idmap_tree(tree: &impl AsFd, userns: &impl AsFd, recursive: bool) -> Result<()> {
+    raw::mount_setattr_idmap(tree.as_fd(), userns.as_fd(), recursive)
+        .ctx("mount_setattr(MOUNT_ATTR_IDMAP)", "descriptor")
 }
 
 /// Sets `flags` on a mount made by [`clone_tree`] (`mount_setattr`).

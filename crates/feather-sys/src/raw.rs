@@ -633,8 +633,12 @@ struct MountAttr {
     userns_fd: u64,
 }
 
-/// `open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH)`.
-pub fn open_tree_clone(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOUNT_ATTR_IDMAP: u64 = 0x0010_0000;
+
+/// `open_tree(fd, "", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH [| AT_RECURSIVE])`.
+pub fn open_tree_clone(fd: BorrowedFd<'_>, recursive: bool) -> Result<OwnedFd, Errno> {
+    let recursive = if recursive { AT_RECURSIVE } else { 0 };
     // SAFETY: `fd` is a live descriptor borrowed for the call, the empty path a valid
     // NUL-terminated string that outlives it; the kernel only reads them.
     let result = unsafe {
@@ -642,7 +646,7 @@ pub fn open_tree_clone(fd: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
             libc::SYS_open_tree,
             fd.as_raw_fd(),
             c"".as_ptr(),
-            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint,
+            OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | libc::AT_EMPTY_PATH as libc::c_uint | recursive,
         )
     };
     let raw = Errno::result(result)?;
@@ -670,6 +674,102 @@ pub fn mount_setattr_set(tree: BorrowedFd<'_>, attr_set: u64) -> Result<(), Errn
         )
     };
     Errno::result(result).map(drop)
+}
+
+/// `mount_setattr(tree, "", AT_EMPTY_PATH [| AT_RECURSIVE], {MOUNT_ATTR_IDMAP, userns}, sizeof)`.
+pub fn mount_setattr_idmap(
+    tree: BorrowedFd<'_>,
+    userns: BorrowedFd<'_>,
+    recursive: bool,
+) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_IDMAP,
+        userns_fd: userns.as_raw_fd() as u64,
+        ..MountAttr::default()
+    };
+    let recursive = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `tree` and `userns` are live descriptors for the call; the empty path and
+    // `attr` live across it and the size passed is exactly `attr`'s, which the kernel only
+    // reads.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            tree.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | recursive,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
+const FSOPEN_CLOEXEC: libc::c_uint = 0x01;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 0x01;
+const MOUNT_ATTR_RDONLY: libc::c_uint = 0x01;
+
+/// A new filesystem context: `fsopen(fs_type, FSOPEN_CLOEXEC)`.
+pub fn fsopen(fs_type: &std::ffi::CStr) -> Result<OwnedFd, Errno> {
+    // SAFETY: `fs_type` is a valid NUL-terminated string that outlives the call, only read.
+    let result = unsafe { libc::syscall(libc::SYS_fsopen, fs_type.as_ptr(), FSOPEN_CLOEXEC) };
+    let raw = Errno::result(result)?;
+    // SAFETY: fsopen returned a fresh descriptor (checked non-negative above), owned by no one
+    // else; the cast is lossless for a descriptor number.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// `fsconfig(context, FSCONFIG_SET_STRING, key, value, 0)`.
+pub fn fsconfig_string(
+    context: BorrowedFd<'_>,
+    key: &std::ffi::CStr,
+    value: &std::ffi::CStr,
+) -> Result<(), Errno> {
+    // SAFETY: `context` is a live descriptor; `key` and `value` are valid NUL-terminated
+    // strings that outlive the call, only read by the kernel.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            FSCONFIG_SET_STRING,
+            key.as_ptr(),
+            value.as_ptr(),
+            0,
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
+/// `fsconfig(context, FSCONFIG_CMD_CREATE, NULL, NULL, 0)`, then `fsmount(context,
+/// FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY)`: the filesystem as a detached read-only mount.
+pub fn fsmount_readonly(context: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    // SAFETY: `context` is a live descriptor; the null key and value are what
+    // FSCONFIG_CMD_CREATE takes.
+    let created = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    Errno::result(created)?;
+    // SAFETY: plain integer arguments on a live descriptor.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            context.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            MOUNT_ATTR_RDONLY,
+        )
+    };
+    let raw = Errno::result(result)?;
+    // SAFETY: fsmount returned a fresh descriptor (checked non-negative above), owned by no
+    // one else; the cast is lossless for a descriptor number.
+    Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }
 
 /// `move_mount(tree, "", point, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`.

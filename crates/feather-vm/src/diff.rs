@@ -99,12 +99,18 @@ pub fn open_trees(layers: Vec<Layer>, base: &File, base_path: &Path) -> std::io:
 
 /// Every change in every layer, sorted by path (a folder before what it holds).
 pub fn diff(trees: &[Tree], config: &VmConfig) -> std::io::Result<Vec<Change>> {
+    diff_trees(trees, &config.scaffold)
+}
+
+/// [`diff`] of any overlay's layers (an OCI container's too), passing over the paths in
+/// `scaffold` (mount points the runtime made, not the workload).
+pub fn diff_trees(trees: &[Tree], scaffold: &[PathBuf]) -> std::io::Result<Vec<Change>> {
     let mut changes = Vec::new();
     for (index, tree) in trees.iter().enumerate() {
         let walk = Walk {
             index,
             tree,
-            config,
+            scaffold,
         };
         let lower = match &tree.lower {
             Some(lower) => Some(lower.try_clone()?),
@@ -125,7 +131,7 @@ pub fn diff(trees: &[Tree], config: &VmConfig) -> std::io::Result<Vec<Change>> {
 struct Walk<'a> {
     index: usize,
     tree: &'a Tree,
-    config: &'a VmConfig,
+    scaffold: &'a [PathBuf],
 }
 
 impl Walk<'_> {
@@ -167,11 +173,7 @@ impl Walk<'_> {
         let names = beneath::names(upper)?;
         for name in &names {
             let rel_child = rel.join(name);
-            if self
-                .config
-                .scaffold
-                .contains(&self.tree.layer.vm_path(&rel_child))
-            {
+            if self.scaffold.contains(&self.tree.layer.vm_path(&rel_child)) {
                 continue;
             }
             let Some(entry) = Entry::open(upper, Path::new(name))? else {

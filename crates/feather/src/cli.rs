@@ -111,12 +111,16 @@ pub enum Command {
         #[arg(add = completion::vm_names())]
         name: String,
     },
-    /// What a VM changed: A(dded), M(odified), D(eleted) paths
+    /// What a VM (or an OCI container, by its engine's id) changed: A(dded), M(odified),
+    /// D(eleted) paths
     Diff {
         #[arg(add = completion::vm_names())]
         name: String,
         #[arg(long)]
         json: bool,
+        /// NAME is an OCI container in this runtime root (feather-oci's --root)
+        #[arg(long, value_name = "DIR")]
+        runtime_root: Option<std::path::PathBuf>,
     },
     /// Apply a VM's changes (all, or those at or below PATHS) to its base
     Commit {
@@ -465,10 +469,14 @@ pub enum CheckCommand {
         json: bool,
     },
     /// Try every IPC channel host→VM, VM→host, VM→VM and inside one VM, and print the matrix
-    /// (uses temporary VMs over /; with VM, probes that running VM as the first one)
+    /// (uses temporary VMs over /; with VM, probes that running VM, or OCI container, as the
+    /// first one)
     Ipc {
-        /// A running VM to probe
+        /// A running VM to probe, or a running OCI container by its engine's id
         vm: Option<String>,
+        /// VM is an OCI container in this runtime root (feather-oci's --root)
+        #[arg(long, value_name = "DIR", requires = "vm")]
+        runtime_root: Option<std::path::PathBuf>,
         #[arg(long)]
         json: bool,
         /// Print the matrix as Markdown (as in docs/ipc-matrix.md)

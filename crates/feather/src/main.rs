@@ -226,8 +226,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Inspect { name } => output::json(&inspect::inspect(&root, &name.parse()?)?)?,
-        Command::Diff { name, json } => {
-            let changes = commit::changes(&root, &name.parse()?)?;
+        Command::Diff {
+            name,
+            json,
+            runtime_root,
+        } => {
+            let changes = oci::changes(&root, &name, runtime_root.as_deref())?;
             if json {
                 output::json(&changes)?
             } else {
@@ -344,6 +348,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Check(CheckCommand::Ipc {
             vm,
+            runtime_root,
             json,
             markdown,
             label,
@@ -356,10 +361,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     feather_ipcprobe::run::AGENT_PROGRAM
                 );
             }
+            let (vm, container) = oci::probed(&root, vm, runtime_root.as_deref())?;
             let setup = feather_ipcprobe::run::ProbeSetup {
                 agent,
                 root: root_arg,
                 vm,
+                container,
                 label,
             };
             let matrix = feather_ipcprobe::run::run(&setup)?;

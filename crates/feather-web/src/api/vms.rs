@@ -227,6 +227,7 @@ pub(super) async fn check_ipc(State(shared): AppState, Path(name): Path<String>)
         agent,
         root: Some(shared.root.dir().to_owned()),
         vm: Some(name.to_string()),
+        container: None,
         label: None,
     };
     start_job(&shared, name.as_str(), "check ipc", move |_, _, report| {
