@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::completion;
+use crate::candidates;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -41,12 +41,12 @@ pub enum Command {
     },
     /// Start a VM in the background (and the services it was created with)
     Start {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
     },
     /// Stop a VM: SIGTERM to its processes, SIGKILL after --time seconds
     Stop {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         /// Seconds to wait before killing
         #[arg(short, long, default_value_t = 10)]
@@ -54,7 +54,7 @@ pub enum Command {
     },
     /// Remove a VM and its layer
     Rm {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         /// Stop it first if it is running
         #[arg(short, long)]
@@ -66,7 +66,7 @@ pub enum Command {
     Exec {
         #[command(flatten)]
         process: ProcessArgs,
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         #[arg(last = true, required = true, value_name = "COMMAND")]
         command: Vec<String>,
@@ -98,7 +98,7 @@ pub enum Command {
     },
     /// List the processes of a running VM, or of an OCI container by its engine's id
     Ps {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         #[arg(long)]
         json: bool,
@@ -108,13 +108,13 @@ pub enum Command {
     },
     /// Everything about a VM, as JSON
     Inspect {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
     },
     /// What a VM (or an OCI container, by its engine's id) changed: A(dded), M(odified),
     /// D(eleted) paths
     Diff {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         #[arg(long)]
         json: bool,
@@ -124,7 +124,7 @@ pub enum Command {
     },
     /// Apply a VM's changes (all, or those at or below PATHS) to its base
     Commit {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         paths: Vec<PathBuf>,
         /// Overwrite host files changed after the VM copied them
@@ -133,7 +133,7 @@ pub enum Command {
     },
     /// Drop all changes of a stopped VM
     Reset {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
     },
     /// Services: the host's installed services, and private copies of them in VMs
@@ -141,7 +141,7 @@ pub enum Command {
     Service(ServiceCommand),
     /// Save a running VM's processes with CRIU (they end, unless --leave-running)
     Checkpoint {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         /// Keep the VM running after saving it
         #[arg(long)]
@@ -152,7 +152,7 @@ pub enum Command {
     },
     /// Bring a checkpointed VM back, where it was
     Restore {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         /// First add the VM to this state root from FILE (made by `checkpoint --export`)
         #[arg(long, value_name = "FILE")]
@@ -161,7 +161,7 @@ pub enum Command {
     /// Move a running VM to another host's `feather serve` (post-copy where CRIU's lazy pages
     /// work, else stop-and-copy)
     Migrate {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         /// The receiver, ADDR:PORT
         #[arg(long, value_name = "ADDR:PORT")]
@@ -338,7 +338,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub create: CreateArgs,
     /// The VM (created if it does not exist); optional with --rm
-    #[arg(add = completion::vm_names())]
+    #[arg(add = candidates::vm_names())]
     pub name: Option<String>,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
@@ -354,7 +354,7 @@ pub enum ServiceCommand {
     },
     /// Start services (with their dependency closure) in a running VM, from the host's units
     Start {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         #[arg(required = true, value_name = "UNIT")]
         units: Vec<String>,
@@ -367,7 +367,7 @@ pub enum ServiceCommand {
     },
     /// Stop services in a running VM (and what needs them), in reverse dependency order
     Stop {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         #[arg(required = true, value_name = "UNIT")]
         units: Vec<String>,
@@ -376,7 +376,7 @@ pub enum ServiceCommand {
     },
     /// Stop services in a running VM (if they run), then start them again
     Restart {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         #[arg(required = true, value_name = "UNIT")]
         units: Vec<String>,
@@ -385,7 +385,7 @@ pub enum ServiceCommand {
     },
     /// Run the ExecReload= commands of running services (they reread their configuration)
     Reload {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         #[arg(required = true, value_name = "UNIT")]
         units: Vec<String>,
@@ -394,14 +394,14 @@ pub enum ServiceCommand {
     },
     /// The services of a running VM: state, main pid, uptime, restarts, readiness
     Ls {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         #[arg(long)]
         json: bool,
     },
     /// A service's log in a running VM: its stdout, stderr and syslog messages
     Logs {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         unit: String,
         /// Lines to show from the end
@@ -413,7 +413,7 @@ pub enum ServiceCommand {
     },
     /// One service of a running VM in detail, with the last lines of its log
     Status {
-        #[arg(add = completion::vm_names())]
+        #[arg(add = candidates::vm_names())]
         name: String,
         unit: String,
         /// Log lines to show

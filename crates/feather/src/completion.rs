@@ -3,13 +3,9 @@
 //! subcommands, flags and the names of this state root's VMs are completed from the same
 //! clap definitions the parser uses.
 
-use std::path::PathBuf;
-
 use clap::CommandFactory;
-use clap_complete::engine::{ArgValueCandidates, CompletionCandidate};
 use clap_complete::env::{Bash, EnvCompleter, Fish, Zsh};
 use clap_complete::CompleteEnv;
-use feather_core::StateRoot;
 
 use crate::cli::Cli;
 
@@ -47,21 +43,4 @@ pub fn registration(
 fn static_script(shell: clap_complete::Shell, out: &mut dyn std::io::Write) -> std::io::Result<()> {
     clap_complete::generate(shell, &mut Cli::command(), BIN, out);
     Ok(())
-}
-
-/// Completes an existing VM's name: those of the state root in `FEATHER_ROOT` (or the default
-/// one). A `--root` typed on the same line is not seen (clap gives candidates no context); a
-/// root the user may not read completes nothing.
-pub fn vm_names() -> ArgValueCandidates {
-    ArgValueCandidates::new(|| {
-        let root = StateRoot::new(std::env::var_os("FEATHER_ROOT").map(PathBuf::from));
-        let mut names: Vec<String> = root
-            .list()
-            .unwrap_or_default()
-            .iter()
-            .map(|vm| vm.name().to_string())
-            .collect();
-        names.sort();
-        names.into_iter().map(CompletionCandidate::new).collect()
-    })
 }

@@ -1,6 +1,7 @@
 //! `feather`: the command-line front of feather VMs. It parses, calls `feather-vm`, and
 //! formats; everything else lives in the libraries.
 
+mod candidates;
 mod cli;
 mod completion;
 mod generated;
