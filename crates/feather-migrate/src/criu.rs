@@ -94,6 +94,8 @@ pub struct Report {
     pub post_copy: PostCopy,
     /// Whether a migration can be pre-copy here (soft-dirty tracking).
     pub pre_copy: bool,
+    /// Whether CRIU finds its cache of kernel probes (see [`crate::kdat`]).
+    pub kdat: crate::kdat::Cache,
 }
 
 /// Whether post-copy (CRIU's lazy pages) works here, and what makes CRIU's page pipes fit.
@@ -364,6 +366,8 @@ impl Criu {
                 min: MIN_VERSION,
             });
         }
+        // Spares every CRIU call its kernel probing (100–200 ms here).
+        crate::kdat::prepare(path, &version);
         Ok(Criu {
             path: path.clone(),
             version,
@@ -448,6 +452,7 @@ impl Criu {
             features,
             post_copy,
             pre_copy,
+            kdat: crate::kdat::prepare(&self.path, &self.version),
         }
     }
 

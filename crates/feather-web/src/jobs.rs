@@ -103,6 +103,8 @@ impl Jobs {
                         });
                     }
                 }
+                // The web view shows phases and bytes only.
+                Progress::Frozen | Progress::EstimatedFreeze(_) | Progress::Pages { .. } => {}
             });
             let (error, result) = match outcome {
                 Ok(result) => (None, Some(result)),
