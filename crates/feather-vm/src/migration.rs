@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use feather_core::atomic::Durability;
 use feather_core::error::causes;
-use feather_core::{Error, StateRoot, VmDir, VmName, VmStatus};
+use feather_core::{trace, Error, StateRoot, VmDir, VmName, VmStatus};
 
 use crate::checkpoint::{
     checkpoint, checkpoint_lazy, import_archive, restore, serving, Progress, Source,
@@ -301,9 +301,11 @@ fn stop_and_copy(
             "checkpointing {name} (frozen from now on)"
         )));
         let mut progress = |p: Progress| (progress.borrow_mut())(p);
+        trace::phase("migrate: pre-copy of the layers");
         match checkpoint(root, name, false, None, &mut progress) {
             Ok(_) => {
                 dumped.set(Some(Instant::now()));
+                trace::phase("migrate: dump (frozen)");
                 Ok(())
             }
             Err(e) => {
@@ -318,6 +320,7 @@ fn stop_and_copy(
         .unwrap_or(0);
     let sent = send_folder(&vm, to, accepted, &progress, memory, freeze);
     let restored_at = Instant::now();
+    trace::phase("migrate: the rest sent, imported and restored there");
     let progress = progress.into_inner();
     let Sent {
         bytes,
@@ -342,6 +345,7 @@ fn stop_and_copy(
     match restored.release() {
         feather_migrate::transfer::Released::Running => {
             let frozen = started.elapsed();
+            trace::phase("migrate: release");
             lifecycle::remove(root, name, false)?;
             Ok(Migrated {
                 mode: Mode::StopAndCopy,
@@ -422,8 +426,10 @@ fn post_copy(
             "checkpointing {name} but its memory (frozen from now on)"
         )));
         // A failed dump leaves the VM running here (CRIU resumes it).
+        trace::phase("migrate: pre-copy of the layers");
         let dump = checkpoint_lazy(root, name, &at).and_then(|checkpoint| {
             dumped.set(Some(Instant::now()));
+            trace::phase("migrate: dump but the memory (frozen)");
             lazy = Some(checkpoint);
             connect_in_netns_of(keeper, at.port)
                 .map_err(|e| failed(name, format!("cannot reach its page server: {e}")))
@@ -443,6 +449,7 @@ fn post_copy(
     };
     let sent = send_folder(&vm, to, accepted, &progress, 0, freeze);
     let restored_at = Instant::now();
+    trace::phase("migrate: the rest sent, imported and restored there");
     let progress = progress.into_inner();
     let _relaying = relaying;
     let (sent, lazy) = match (sent, lazy) {
@@ -478,6 +485,7 @@ fn post_copy(
     match restored.release() {
         feather_migrate::transfer::Released::Running => {
             let frozen = started.elapsed();
+            trace::phase("migrate: release");
             let phases_ms = Phases::measured(started, dumped, restored_at);
             // It runs there: its processes here never run again.
             cgroup.kill_all();
@@ -662,6 +670,8 @@ pub fn serve(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
     discard_unconfirmed(root);
+    // Found, and its kernel probes cached, before a VM is frozen for it.
+    let _ = feather_migrate::criu::Criu::locate();
     let receiver = feather_migrate::transfer::Receiver::bind(listen, token)?;
     on_ready(&receiver.local_addr());
     loop {
@@ -734,14 +744,17 @@ fn receive(
         // if this process ends first; until then no one may restore it here.
         let source = Source::Migration(&mut incoming, &mut *progress);
         import_archive(root, &name, source, Some(std::process::id()))?;
+        trace::phase("serve: archive received, checked, imported");
         let vm = root.open(&name)?;
         // Post-copy: the daemon that fetches the VM's memory listens before the restore.
         let pages = match &incoming.pages {
             Some(from) => Some(fetch_pages(&vm, from, incoming.pages_tag())?),
             None => None,
         };
+        trace::phase("serve: criu lazy-pages listens");
         progress(Progress::Phase(&format!("restoring {name}")));
         restore(root, &name, None)?;
+        trace::phase("serve: restored (keeper and CRIU), stopped");
         progress(Progress::Phase(&format!(
             "{name} restored; waiting for the sender to let it go"
         )));
@@ -751,7 +764,9 @@ fn receive(
                 vm: name.to_string(),
                 source,
             })?;
+        trace::phase("serve: released by the sender");
         resume(&vm)?;
+        trace::phase("serve: resumed");
         Ok(pages)
     })();
     let restored = match restored {

@@ -222,15 +222,15 @@ pub fn criu_report(report: &feather_migrate::criu::Report) {
 /// The result line of `feather migrate`.
 pub fn migrated(m: &feather_vm::migration::Migrated) -> String {
     let mut line = format!(
-        "{}, {} bytes ({} of them before the freeze), frozen for {} ms",
+        "{}, {} bytes, frozen for {} ms ({} bytes of its layers went before)",
         match m.mode {
             feather_vm::migration::Mode::PostCopy => "post-copy",
             feather_vm::migration::Mode::StopAndCopy => "stop-and-copy",
             feather_vm::migration::Mode::PreCopy => "pre-copy",
         },
         m.bytes,
-        m.precopy.bytes,
-        m.frozen.as_millis()
+        m.frozen.as_millis(),
+        m.precopy.bytes
     );
     if let Some(all) = m.all_pages {
         line.push_str(&format!(
