@@ -56,8 +56,9 @@ use sha2::{Digest, Sha256};
 pub use crate::error::TransferError;
 use crate::error::{MigrateError, Result};
 
-/// Changes whenever a message of this module (or what it means) changes.
-pub const VERSION: u32 = 2;
+/// Changes whenever a message of this module (or what it means) changes. 3: the archive is two
+/// tar streams, the layers pre-copied and then the rest (crate::precopy).
+pub const VERSION: u32 = 3;
 
 type HmacSha256 = Hmac<Sha256>;
 
