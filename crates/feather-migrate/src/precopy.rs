@@ -145,16 +145,22 @@ pub fn stream<'f>(
     freeze: impl FnOnce() -> std::io::Result<()> + 'f,
 ) -> Result<(PreCopy<'f>, Finish)> {
     let survey = survey(vm_dir);
-    let mut layers = archive::tar_create(vm_dir, Path::new("-"));
-    layers
-        .args(["--ignore-failed-read", "--warning=no-file-changed"])
-        .args(["--warning=no-file-removed", "--warning=no-file-shrank"])
-        .args(archive::members(vm_dir, &LAYERS));
-    let mut layers = spawn(vm_dir, layers, None)?;
-    layers.changes_allowed = true;
-    let output = layers.tar.stdout.take();
+    let members = archive::members(vm_dir, &LAYERS);
+    // tar refuses to make an empty archive: without layers, the stream begins frozen.
+    let mut layers = if members.is_empty() {
+        None
+    } else {
+        let mut tar = archive::tar_create(vm_dir, Path::new("-"));
+        tar.args(["--ignore-failed-read", "--warning=no-file-changed"])
+            .args(["--warning=no-file-removed", "--warning=no-file-shrank"])
+            .args(members);
+        let mut layers = spawn(vm_dir, tar, None)?;
+        layers.changes_allowed = true;
+        Some(layers)
+    };
+    let output = layers.as_mut().and_then(|l| l.tar.stdout.take());
     let shared = Rc::new(RefCell::new(Shared {
-        stream: Some(layers),
+        stream: layers,
         error: None,
     }));
     Ok((
