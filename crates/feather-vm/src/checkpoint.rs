@@ -428,6 +428,8 @@ pub enum Progress<'a> {
     Bytes { done: u64, total: u64 },
     /// A migration froze the VM just now; it stays frozen until it runs at the receiver.
     Frozen,
+    /// The migrated VM runs at the receiver: its freeze is over.
+    Resumed,
     /// About how long the freeze will be, said before it begins.
     EstimatedFreeze(Duration),
     /// Post-copy: pages of the VM's memory not yet at the receiver (about: counted from the

@@ -346,6 +346,7 @@ fn stop_and_copy(
         feather_migrate::transfer::Released::Running => {
             let frozen = started.elapsed();
             trace::phase("migrate: release");
+            progress(Progress::Resumed);
             lifecycle::remove(root, name, false)?;
             Ok(Migrated {
                 mode: Mode::StopAndCopy,
@@ -486,6 +487,7 @@ fn post_copy(
         feather_migrate::transfer::Released::Running => {
             let frozen = started.elapsed();
             trace::phase("migrate: release");
+            progress(Progress::Resumed);
             let phases_ms = Phases::measured(started, dumped, restored_at);
             // It runs there: its processes here never run again.
             cgroup.kill_all();

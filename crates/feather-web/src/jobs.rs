@@ -104,7 +104,10 @@ impl Jobs {
                     }
                 }
                 // The web view shows phases and bytes only.
-                Progress::Frozen | Progress::EstimatedFreeze(_) | Progress::Pages { .. } => {}
+                Progress::Frozen
+                | Progress::Resumed
+                | Progress::EstimatedFreeze(_)
+                | Progress::Pages { .. } => {}
             });
             let (error, result) = match outcome {
                 Ok(result) => (None, Some(result)),

@@ -63,9 +63,12 @@ impl Display {
                 self.frozen = Some(Instant::now());
                 bar.set_message(self.described());
             }
-            Progress::Pages { left, total } => {
-                // The freeze is over: what is left is the memory following it.
+            Progress::Resumed => {
                 self.frozen = None;
+                self.estimate = None;
+                bar.set_message(self.described());
+            }
+            Progress::Pages { left, total } => {
                 bar.set_message(format!(
                     "{}: about {left} of {total} pages ({}) still to arrive",
                     self.phase,
