@@ -263,9 +263,10 @@ fn send_folder<'f>(
 }
 
 /// The part of a freeze that does not grow with what the VM holds: CRIU's dump and restore
-/// of its processes, the receiver's import and restoring keeper (about what a post-copy
-/// migration of a small VM froze for on this machine, release build; docs/migration.md).
-const FREEZE_BASE: Duration = Duration::from_millis(200);
+/// of its processes, mounts and namespaces, the receiver's import and restoring keeper (what
+/// a post-copy migration of an idle VM over `/` froze for on this machine, release build, load
+/// about 6: 578 and 656 ms; docs/migration.md).
+const FREEZE_BASE: Duration = Duration::from_millis(600);
 /// The rate assumed for the frozen transfer when the pre-copy sent too little to tell one.
 const ASSUMED_RATE: f64 = 100e6;
 
