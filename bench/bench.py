@@ -2169,6 +2169,45 @@ def compare_migration(bench: Bench) -> None:
     )
 
 
+# Checkpoint and restore (issue 16): `feather checkpoint` / `feather restore` of a VM holding
+# 64 MB against the `criu` command line on the same process tree with the same options, by
+# bench/checkpoint.sh (its header says what each side includes); its medians are parsed.
+CHECKPOINT_TARGET = 1.1  # feather's median at most this times criu's
+
+
+def compare_checkpoint(bench: Bench) -> None:
+    rounds = 3 if bench.plan.quick else 7
+    env = {**os.environ, "FEATHER": str(bench.feather.binary)}
+    result = run(["bash", str(REPO / "bench" / "checkpoint.sh"), str(rounds), "64", "0"], env=env, timeout=900)
+    medians = {}
+    for line in result.stdout.splitlines():
+        words = line.split()
+        if len(words) == 4 and words[0] in ("checkpoint", "restore"):
+            medians[words[0]] = (int(words[1]), int(words[2]))
+    if set(medians) != {"checkpoint", "restore"}:
+        raise RuntimeError(f"bench/checkpoint.sh printed no medians: {why(result)}")
+    rows = []
+    for action, (feather_ms, criu_ms) in medians.items():
+        ratio = feather_ms / criu_ms
+        rows.append([action, f"{feather_ms} ms", f"{criu_ms} ms", times(ratio)])
+        bench.report.target(
+            f"`feather {action}` of a VM holding 64 MB",
+            f"median ≤ {CHECKPOINT_TARGET}× the `criu` command line's",
+            f"{feather_ms} ms vs {criu_ms} ms: {times(ratio)}",
+            ratio <= CHECKPOINT_TARGET,
+        )
+    bench.report.add(
+        "9b. Checkpoint and restore against the criu command line",
+        f"`bench/checkpoint.sh {rounds} 64 0`: a VM over a busybox scratch base holding 64 MB in "
+        "an awk string, checkpointed and restored by feather (CLI, keeper, state records, the "
+        "restoring keeper's mount namespace and cgroup), then the same tree by `criu dump` and "
+        "`criu restore` with the same options from a shell that has mounted the VM's root; "
+        f"median of {rounds} rounds each. Both read CRIU's cache of kernel probes "
+        "(`/run/criu.kdat`, docs/migration.md).",
+        table(["action", "feather", "criu", "× criu"], rows),
+    )
+
+
 COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("start", compare_start),
     ("exec", compare_exec),
@@ -2186,6 +2225,7 @@ COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("web view", compare_web),
     ("oci runtime", compare_oci_runtime),
     ("migration", compare_migration),
+    ("checkpoint", compare_checkpoint),
 ]
 
 

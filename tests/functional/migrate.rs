@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use crate::support::wire::{self, TamperProxy, Tap, TestCa};
 use crate::support::{
     await_line_server, count, free_port, python_daemon, received_numbers, redis_cli,
-    start_counting, Feather, ScratchBase, ScratchDir, TestSubnet, LINE_CLIENT, LINE_SERVER,
-    MEMORY_WRITER,
+    start_counting, Feather, ScratchBase, ScratchDir, TestSubnet, LAYER_WRITER, LINE_CLIENT,
+    LINE_SERVER, MEMORY_WRITER,
 };
 
 static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -297,6 +297,86 @@ fn a_vm_migrates_to_another_host_and_goes_on_there() {
     assert_eq!(pid_of(&pids, "while true"), pid_of(&after, "while true"));
     assert_eq!(pid_of(&pids, "__init"), 1);
     assert_eq!(pid_of(&after, "__init"), 1);
+}
+
+/// The layer pre-copy (docs/migration.md): the layer travels while the VM runs, and what it
+/// writes and removes meanwhile, up to the freeze, follows.
+#[test]
+fn a_vm_s_layer_travels_before_the_freeze_and_what_changed_meanwhile_follows() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-layer"), Feather::new("mig-layer-dst"));
+    source.ok(&["create", "files", "--net", "none"]);
+    source.ok(&["start", "files"]);
+    // 32 MiB that do not compress, so that the pre-copy takes a while; a file written and a
+    // host file removed (a whiteout in the layer) well before the migration.
+    source.sh(
+        "files",
+        "mkdir -p /var/tmp/layer && head -c 33554432 /dev/urandom > /var/tmp/layer/noise && \
+         echo kept > /var/tmp/layer/before && rm /etc/debian_version",
+    );
+    python_daemon(&source, "files", LAYER_WRITER, &[]);
+    source.eventually("the writer writes", || {
+        source
+            .sh("files", "cat /var/tmp/layer/counter 2>/dev/null || echo 0")
+            .trim()
+            .parse::<u64>()
+            .unwrap_or(0)
+            > 10
+    });
+    let server = Server::start(&hosts, &target, &[]);
+    let moved: crate::support::Outcome = migrating(&hosts, &source, "files", &["--json"])
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait(), "the receiver ran the VM");
+    let phases: serde_json::Value = serde_json::from_str(&moved.stdout).unwrap();
+    assert!(
+        phases["precopy_bytes"].as_u64().unwrap() >= 32 << 20,
+        "the layer went before the freeze: {phases}"
+    );
+    // Read between the writer's truncation and its write, the counter is empty: 0.
+    let counter = || -> u64 {
+        target
+            .sh("files", "cat /var/tmp/layer/counter")
+            .trim()
+            .parse()
+            .unwrap_or(0)
+    };
+    let arrived = counter();
+    target.eventually("the writer goes on at the target", || {
+        counter() > arrived + 10
+    });
+    assert_eq!(
+        target.sh("files", "cat /var/tmp/layer/before").trim(),
+        "kept"
+    );
+    assert_eq!(
+        target
+            .sh(
+                "files",
+                "test -e /etc/debian_version && echo there || echo gone"
+            )
+            .trim(),
+        "gone"
+    );
+    assert_eq!(
+        target
+            .sh(
+                "files",
+                "cat /var/tmp/layer/MISMATCH 2>/dev/null || echo none"
+            )
+            .trim(),
+        "none",
+        "every file written or removed up to the freeze arrived so"
+    );
+    assert_eq!(
+        target
+            .sh("files", "ls /var/tmp/layer | grep -c '^gone-'")
+            .trim(),
+        "1"
+    );
+    target.ok(&["rm", "-f", "files"]);
 }
 
 #[test]

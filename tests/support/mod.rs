@@ -792,3 +792,9 @@ pub fn cgroup_is_empty(path: &Path) -> bool {
 /// milliseconds since it was filled (a frozen VM's ticks stop; measured from inside, on the
 /// wall clock: CRIU's time namespace makes the monotonic one skip a checkpoint's pause).
 pub const MEMORY_WRITER: &str = include_str!("memory-writer.py");
+
+/// A python program that rewrites `/var/tmp/layer/counter` in place, makes one file and removes
+/// another in that folder every 5 ms, and checks at each round that the last round's files are
+/// as it left them (a mismatch is written to `/var/tmp/layer/MISMATCH`): across a migration, it
+/// proves that what the VM wrote and removed while its layer was pre-copied arrived.
+pub const LAYER_WRITER: &str = include_str!("layer-writer.py");

@@ -33,17 +33,40 @@ const IMAGE_HOME: &str = "disk";
 
 /// `tar` writing the VM folder `vm_dir` as an archive to `file` (`-`: its stdout).
 fn create_command(vm_dir: &Path, file: &Path) -> Command {
-    let in_image = vm_dir.join(format!("{IMAGE_HOME}.img")).exists();
-    let members: Vec<String> = MEMBERS
-        .into_iter()
-        .map(|m| match m {
+    let mut tar = tar_create(vm_dir, file);
+    tar.args(members(vm_dir, &MEMBERS));
+    tar
+}
+
+/// Whether the VM keeps its layers in a disk image (see [`IMAGE_HOME`]).
+fn in_image(vm_dir: &Path) -> bool {
+    vm_dir.join(format!("{IMAGE_HOME}.img")).exists()
+}
+
+/// Where the members `names` of [`MEMBERS`] are in `vm_dir`, relative to it (a layer of a VM
+/// with a disk image is under [`IMAGE_HOME`]); those that do not exist are left out.
+pub(crate) fn members(vm_dir: &Path, names: &[&str]) -> Vec<String> {
+    let in_image = in_image(vm_dir);
+    names
+        .iter()
+        .map(|m| match *m {
             "upper" | "mounts" if in_image => format!("{IMAGE_HOME}/{m}"),
-            _ => m.to_owned(),
+            m => m.to_owned(),
         })
         .filter(|m| vm_dir.join(m).exists())
-        .collect();
+        .collect()
+}
+
+/// A member's path in `vm_dir` as the archive names it (without [`IMAGE_HOME`]).
+pub(crate) fn archived_name(path: &Path) -> &Path {
+    path.strip_prefix(IMAGE_HOME).unwrap_or(path)
+}
+
+/// `tar --create` of members of `vm_dir` (the caller names them) to `file` (`-`: its stdout),
+/// compressed, with everything overlayfs relies on kept.
+pub(crate) fn tar_create(vm_dir: &Path, file: &Path) -> Command {
     let mut tar = Command::new("tar");
-    if in_image {
+    if in_image(vm_dir) {
         // disk/upper/… is stored as upper/…; hard links' targets are member names too (h), a
         // symlink's target is the VM's own text and stays as it is (S).
         tar.arg(format!("--transform=s,^{IMAGE_HOME}/,,rSh"));
@@ -58,15 +81,17 @@ fn create_command(vm_dir: &Path, file: &Path) -> Command {
         .arg("--file")
         .arg(file)
         .arg("--directory")
-        .arg(vm_dir)
-        .args(&members);
+        .arg(vm_dir);
     tar
 }
 
 /// An archive being written by tar to a pipe, for sending as it is made.
 pub struct Stream {
-    tar: std::process::Child,
-    vm_dir: PathBuf,
+    pub(crate) tar: std::process::Child,
+    pub(crate) vm_dir: PathBuf,
+    /// tar's exit status 1 ("some files differ": changed while read) is no failure: the VM
+    /// runs while its layers are pre-copied, and what changed travels again.
+    pub(crate) changes_allowed: bool,
 }
 
 /// Starts writing the VM folder `vm_dir` as an archive to a pipe: read it from
@@ -81,6 +106,7 @@ pub fn stream(vm_dir: &Path) -> Result<Stream> {
     Ok(Stream {
         tar,
         vm_dir: vm_dir.to_path_buf(),
+        changes_allowed: false,
     })
 }
 
@@ -97,7 +123,7 @@ impl Stream {
             .tar
             .wait_with_output()
             .map_err(|e| tar_error("archive", &self.vm_dir, e))?;
-        if output.status.success() {
+        if output.status.success() || (self.changes_allowed && output.status.code() == Some(1)) {
             Ok(())
         } else {
             Err(tar_failed(
@@ -188,6 +214,9 @@ pub fn unpack_from(
         .arg("--zstd")
         .args(TAR_OPTIONS)
         .arg("--same-permissions")
+        // A migration's archive is two, one after the other: the layers pre-copied while the
+        // VM ran, then the rest and what changed meanwhile (crate::precopy).
+        .arg("--ignore-zeros")
         .arg("--file")
         .arg("-")
         .arg("--directory")

@@ -94,6 +94,8 @@ pub struct Report {
     pub post_copy: PostCopy,
     /// Whether a migration can be pre-copy here (soft-dirty tracking).
     pub pre_copy: bool,
+    /// Whether CRIU finds its cache of kernel probes (see [`crate::kdat`]).
+    pub kdat: crate::kdat::Cache,
 }
 
 /// Whether post-copy (CRIU's lazy pages) works here, and what makes CRIU's page pipes fit.
@@ -318,9 +320,86 @@ pub struct Restore<'a> {
     pub lazy: bool,
 }
 
+/// Where the version of the last CRIU checked is remembered between processes, with its path
+/// and modification time: `feather checkpoint` and `restore` then run no `criu --version`
+/// (10–100 ms here) before CRIU itself. A CRIU replaced has another time and is checked anew.
+const VERSION_CACHE: &str = "/run/feather-criu.version";
+
+/// The line [`VERSION_CACHE`] holds for `path` changed at `modified`.
+fn version_key(path: &Path, modified: Option<std::time::SystemTime>) -> Option<String> {
+    let since = modified?.duration_since(std::time::UNIX_EPOCH).ok()?;
+    Some(format!("{} {}", path.display(), since.as_nanos()))
+}
+
+fn remembered_version(path: &Path, modified: Option<std::time::SystemTime>) -> Option<String> {
+    let key = version_key(path, modified)?;
+    let text = fs::read_to_string(VERSION_CACHE).ok()?;
+    let (line, version) = text.trim_end().rsplit_once('\n')?;
+    (line == key && at_least(version, MIN_VERSION)).then(|| version.to_owned())
+}
+
+fn remember_version(path: &Path, modified: Option<std::time::SystemTime>, version: &str) {
+    let Some(key) = version_key(path, modified) else {
+        return;
+    };
+    let partial = format!("{VERSION_CACHE}.{}", std::process::id());
+    if fs::write(&partial, format!("{key}\n{version}\n")).is_ok() {
+        let _ = fs::rename(&partial, VERSION_CACHE);
+    }
+    let _ = fs::remove_file(&partial);
+}
+
+/// The CRIU [`Criu::locate`] found in this process, with the file's modification time.
+type Located = Option<(PathBuf, Option<std::time::SystemTime>, Criu)>;
+static LOCATED: std::sync::Mutex<Located> = std::sync::Mutex::new(None);
+
 impl Criu {
     /// Finds a CRIU that runs and is new enough.
     pub fn locate() -> Result<Criu> {
+        let path = &Criu::find()?;
+        // Asked once per process and file: `criu --version` through the wrapper takes 10–100 ms
+        // here, and a migration asks several times while its VM is frozen.
+        let modified = fs::metadata(path).and_then(|m| m.modified()).ok();
+        let mut known = LOCATED
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((at, when, criu)) = known.as_ref() {
+            if at == path && *when == modified {
+                crate::kdat::prepare(path, &criu.version);
+                return Ok(criu.clone());
+            }
+        }
+        let criu = match remembered_version(path, modified) {
+            Some(version) => {
+                crate::kdat::prepare(path, &version);
+                Criu {
+                    path: path.clone(),
+                    version,
+                }
+            }
+            None => {
+                let criu = Criu::check(path)?;
+                remember_version(path, modified, &criu.version);
+                criu
+            }
+        };
+        *known = Some((path.clone(), modified, criu.clone()));
+        Ok(criu)
+    }
+
+    /// The CRIU [`Criu::locate`] would find, without running it: for a process whose starter
+    /// located and checked it just before (a keeper restoring a VM; a restore is asked only
+    /// once `feather restore` or `serve` has found a CRIU that works).
+    pub fn located_by_starter() -> Result<Criu> {
+        Ok(Criu {
+            path: Criu::find()?,
+            version: String::new(),
+        })
+    }
+
+    /// The first CRIU file where one may be (`$FEATHER_CRIU`, the installed wrapper, the
+    /// system's).
+    fn find() -> Result<PathBuf> {
         let candidates: Vec<PathBuf> = match std::env::var_os("FEATHER_CRIU") {
             Some(path) => vec![PathBuf::from(path)],
             None => std::iter::once(INSTALLED)
@@ -328,16 +407,22 @@ impl Criu {
                 .map(PathBuf::from)
                 .collect(),
         };
-        let Some(path) = candidates.iter().find(|path| path.is_file()) else {
-            return Err(MigrateError::CriuMissing {
+        match candidates.iter().find(|path| path.is_file()) {
+            Some(path) => Ok(path.clone()),
+            None => Err(MigrateError::CriuMissing {
                 looked: candidates
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", "),
                 min: MIN_VERSION,
-            });
-        };
+            }),
+        }
+    }
+
+    /// Runs `path --version` and checks what it says.
+    fn check(path: &Path) -> Result<Criu> {
+        let path = &path.to_path_buf();
         let output = Command::new(path)
             .arg("--version")
             .stdin(Stdio::null())
@@ -364,6 +449,8 @@ impl Criu {
                 min: MIN_VERSION,
             });
         }
+        // Spares every CRIU call its kernel probing (100–200 ms here).
+        crate::kdat::prepare(path, &version);
         Ok(Criu {
             path: path.clone(),
             version,
@@ -448,6 +535,7 @@ impl Criu {
             features,
             post_copy,
             pre_copy,
+            kdat: crate::kdat::prepare(&self.path, &self.version),
         }
     }
 

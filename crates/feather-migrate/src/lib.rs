@@ -2,10 +2,12 @@
 //!
 //! - [`criu`]: finds CRIU, says whether it works here, and runs its dumps and restores of a VM's
 //!   process tree
+//! - [`kdat`]: CRIU's cache of its kernel probes, kept usable where CRIU would not keep it
 //! - [`rpc`]: CRIU's RPC messages and the connection to `criu swrk`
 //! - [`archive`]: a stopped or checkpointed VM as one compressed file, and back
 //! - [`channel`]: what every migration connection runs over: TLS 1.3, and both ends' proof of
 //!   the shared token bound to the session
+//! - [`precopy`]: a migration's layers sent while the VM runs, then only what changed
 //! - [`transfer`]: an archive sent to another host over the channel, checksummed
 //! - [`pages`]: post-copy's page stream between CRIU's page server and `criu lazy-pages`,
 //!   relayed on both hosts over the channel
@@ -17,7 +19,9 @@ pub mod archive;
 pub mod channel;
 pub mod criu;
 mod error;
+pub mod kdat;
 pub mod pages;
+pub mod precopy;
 pub mod rpc;
 pub mod transfer;
 

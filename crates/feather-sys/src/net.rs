@@ -49,3 +49,9 @@ pub fn announce_ipv4(interface: &str, ifindex: u32, address: std::net::Ipv4Addr)
         format!("{address} on {interface}"),
     )
 }
+
+/// How many bytes of data the TCP connection `stream` has received so far (its TCP_INFO).
+pub fn bytes_received(stream: &std::net::TcpStream) -> std::io::Result<u64> {
+    use std::os::fd::AsFd;
+    Ok(raw::tcp_bytes_received(stream.as_fd())?)
+}

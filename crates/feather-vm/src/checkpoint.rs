@@ -363,6 +363,8 @@ pub(crate) fn import_archive(
                 file: file.clone(),
                 source,
             })?;
+            // What the VM removed from its layers while they were pre-copied.
+            feather_migrate::precopy::prune(&staging).in_vm(name)?;
         }
         if config.name != *name {
             return Err(failed(
@@ -438,4 +440,13 @@ pub enum Progress<'a> {
     Phase(&'a str),
     /// Bytes of the step's data done so far, of `total` (0: not known).
     Bytes { done: u64, total: u64 },
+    /// A migration froze the VM just now; it stays frozen until it runs at the receiver.
+    Frozen,
+    /// The migrated VM runs at the receiver: its freeze is over.
+    Resumed,
+    /// About how long the freeze will be, said before it begins.
+    EstimatedFreeze(Duration),
+    /// Post-copy: pages of the VM's memory not yet at the receiver (about: counted from the
+    /// bytes the page server sent), of `total`.
+    Pages { left: u64, total: u64 },
 }

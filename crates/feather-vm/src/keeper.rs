@@ -231,6 +231,7 @@ impl Keeper {
         remove_leftovers(vm, &config);
         root.make_run_dir(vm)?;
         let hold = snapshot::hold(vm)?;
+        trace::phase("restore: lock, run folder, hold");
         // The host side of a private network (bridge, firewall entries, published ports) is
         // made as at a start; CRIU makes the veth pair itself, with its host end on the bridge.
         let (mut network, _) = feather_net::prepare(
@@ -245,6 +246,7 @@ impl Keeper {
         if let Some(cgroup) = &cgroup {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
         }
+        trace::phase("restore: network prepared, cgroup made");
         let restored = network
             .attach_for_restore()
             .in_vm(&name)
@@ -285,6 +287,7 @@ impl Keeper {
             broker: None,
             init_waits: None,
         };
+        trace::phase("restore: CRIU restored the tree, network completed");
         keeper.record_running()?;
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
         // of this host are hidden before anything of the VM runs again. A VM received by a
@@ -293,6 +296,7 @@ impl Keeper {
         if keeper.hold.is_none() {
             keeper.continue_processes();
         }
+        trace::phase("restore: recorded running, state folders hidden");
         Ok(keeper)
     }
 

@@ -4,13 +4,13 @@
 //! the receiver's keeper holds it stopped until the sender lets it go
 //! ([`crate::snapshot::await_release`]), so it never runs twice and is never lost.
 
+use std::cell::{Cell, RefCell};
 use std::fs;
 use std::time::{Duration, Instant};
 
 use feather_core::atomic::Durability;
 use feather_core::error::causes;
-use feather_core::{Error, StateRoot, VmDir, VmName, VmStatus};
-use feather_migrate::archive;
+use feather_core::{trace, Error, StateRoot, VmDir, VmName, VmStatus};
 pub use feather_migrate::channel::{Security, TlsFiles};
 
 use crate::checkpoint::{
@@ -75,6 +75,9 @@ pub struct Migrated {
     pub mode: Mode,
     /// Bytes of the archive (the VM's files and, for stop-and-copy, its memory).
     pub bytes: u64,
+    /// The layers sent before the freeze.
+    #[serde(flatten)]
+    pub precopy: PreCopied,
     #[serde(rename = "frozen_ms", serialize_with = "millis")]
     pub frozen: Duration,
     /// Post-copy: from the start of the freeze until the receiver had every page.
@@ -188,37 +191,100 @@ pub fn migrate(
     }
 }
 
-/// Sends the VM's folder (config, layers, checkpoint) as tar makes it, and waits for the
-/// receiver to have restored it, stopped.
-fn send_folder(
+/// What [`send_folder`] sent: the archive's bytes, those of them that went before the
+/// freeze, and the connection to the receiver, which has restored the VM, stopped.
+struct Sent {
+    bytes: u64,
+    precopy: PreCopied,
+    restored: feather_migrate::transfer::Restored,
+}
+
+/// The layer pre-copy: what went out while the VM still ran.
+#[derive(Debug, Default, Clone, Copy, serde::Serialize)]
+pub struct PreCopied {
+    /// Bytes of the archive sent before the freeze (the layers, compressed).
+    #[serde(rename = "precopy_bytes")]
+    pub bytes: u64,
+    /// How long that took, the VM running.
+    #[serde(rename = "precopy_ms", serialize_with = "millis")]
+    pub took: Duration,
+}
+
+/// Sends the VM's folder as tar makes it: its layers while it still runs, then `freeze` (the
+/// dump), then the rest and what of the layers changed meanwhile (feather_migrate::precopy).
+/// Waits for the receiver to have restored it, stopped. An error of `freeze` ends the
+/// transfer (the caller kept what it needs to know of it).
+/// `frozen_bytes`: about how much of the VM travels only frozen (its memory, for
+/// stop-and-copy), for the estimate of the freeze shown before it.
+fn send_folder<'f>(
     vm: &VmDir,
     to: &str,
     accepted: feather_migrate::transfer::Accepted,
-    progress: &mut dyn FnMut(Progress),
-) -> Result<(u64, feather_migrate::transfer::Restored)> {
+    progress: &RefCell<&mut dyn FnMut(Progress)>,
+    frozen_bytes: u64,
+    freeze: impl FnOnce() -> std::io::Result<()> + 'f,
+) -> Result<Sent> {
     let name = vm.name();
-    progress(Progress::Phase(&format!("sending {name} to {to}")));
-    // Made as it is sent: tar, the connection and the receiver work at once.
-    let mut stream = archive::stream(vm.path());
-    let output = stream.as_mut().ok().and_then(|s| s.take_output());
-    match (stream, output) {
-        (Err(e), _) => Err(VmError::MigrateVm {
+    (progress.borrow_mut())(Progress::Phase(&format!(
+        "sending {name}'s layers to {to} while it runs"
+    )));
+    let began = Instant::now();
+    let frozen_at = Cell::new(None);
+    let sent_so_far = Cell::new(0);
+    let freeze = || {
+        let rate = sent_so_far.get() as f64 / began.elapsed().as_secs_f64();
+        (progress.borrow_mut())(Progress::EstimatedFreeze(estimated_freeze(
+            frozen_bytes,
+            rate,
+        )));
+        frozen_at.set(Some(Instant::now()));
+        freeze()
+    };
+    let (mut stream, finish) =
+        feather_migrate::precopy::stream(vm.path(), freeze).map_err(|e| VmError::MigrateVm {
             vm: name.to_string(),
             source: Box::new(e),
-        }),
-        (Ok(stream), Some(mut output)) => accepted
-            .send_archive(&mut output, move || stream.finish(), &mut |done, total| {
-                progress(Progress::Bytes { done, total });
-                if total > 0 && done == total {
-                    progress(Progress::Phase(&format!("{to} restores {name}")));
-                }
-            })
-            .map_err(VmError::from),
-        (Ok(_), None) => Err(failed(name, "tar gave no output")),
-    }
+        })?;
+    let sent = accepted.send_archive(&mut stream, move || finish.finish(), &mut |done, total| {
+        sent_so_far.set(done);
+        (progress.borrow_mut())(Progress::Bytes { done, total });
+        if total > 0 && done == total {
+            (progress.borrow_mut())(Progress::Phase(&format!("{to} restores {name}")));
+        }
+    });
+    let precopy = PreCopied {
+        bytes: stream.layer_bytes(),
+        took: frozen_at.get().unwrap_or_else(Instant::now) - began,
+    };
+    let (bytes, restored) = sent?;
+    Ok(Sent {
+        bytes,
+        precopy,
+        restored,
+    })
 }
 
-/// Stop-and-copy: the whole VM, memory included, travels in the archive while it is frozen.
+/// The part of a freeze that does not grow with what the VM holds: CRIU's dump and restore
+/// of its processes, mounts and namespaces, the receiver's import and restoring keeper (what
+/// a post-copy migration of an idle VM over `/` froze for on this machine, release build, load
+/// about 6: 578 and 656 ms; docs/migration.md).
+const FREEZE_BASE: Duration = Duration::from_millis(600);
+/// The rate assumed for the frozen transfer when the pre-copy sent too little to tell one.
+const ASSUMED_RATE: f64 = 100e6;
+
+/// About how long a freeze moving `frozen_bytes` takes, at the pre-copy's `rate` (bytes per
+/// second as sent, compressed; a rough guide, as the display says).
+fn estimated_freeze(frozen_bytes: u64, rate: f64) -> Duration {
+    let rate = if rate.is_finite() && rate > 1e6 {
+        rate
+    } else {
+        ASSUMED_RATE
+    };
+    FREEZE_BASE + Duration::from_secs_f64(frozen_bytes as f64 / rate)
+}
+
+/// Stop-and-copy: the whole VM, memory included, travels in the archive while it is frozen
+/// (its layers, but what changes meanwhile, went before).
 fn stop_and_copy(
     root: &StateRoot,
     name: &VmName,
@@ -227,25 +293,52 @@ fn stop_and_copy(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<Migrated> {
     let vm = root.open(name)?;
-    let started = Instant::now();
-    progress(Progress::Phase(&format!(
-        "checkpointing {name} (frozen from now on)"
-    )));
-    let mut dumped = started;
-    let sent = match checkpoint(root, name, false, None, progress) {
-        Ok(_) => {
-            dumped = Instant::now();
-            send_folder(&vm, to, accepted, progress)
+    let progress = RefCell::new(progress);
+    let started = Cell::new(None);
+    let dumped = Cell::new(None);
+    let mut dump_error = None;
+    let freeze = || {
+        started.set(Some(Instant::now()));
+        (progress.borrow_mut())(Progress::Frozen);
+        (progress.borrow_mut())(Progress::Phase(&format!(
+            "checkpointing {name} (frozen from now on)"
+        )));
+        let mut progress = |p: Progress| (progress.borrow_mut())(p);
+        trace::phase("migrate: pre-copy of the layers");
+        match checkpoint(root, name, false, None, &mut progress) {
+            Ok(_) => {
+                dumped.set(Some(Instant::now()));
+                trace::phase("migrate: dump (frozen)");
+                Ok(())
+            }
+            Err(e) => {
+                let message = causes(&e);
+                dump_error = Some(e);
+                Err(std::io::Error::other(message))
+            }
         }
-        Err(e) => Err(e),
     };
+    let memory = crate::keeper::cgroup_path(&vm.read_config()?)
+        .memory_usage()
+        .unwrap_or(0);
+    let sent = send_folder(&vm, to, accepted, &progress, memory, freeze);
     let restored_at = Instant::now();
-    let (bytes, restored) = match sent {
-        Ok(sent) => sent,
+    trace::phase("migrate: the rest sent, imported and restored there");
+    let progress = progress.into_inner();
+    let Sent {
+        bytes,
+        precopy,
+        restored,
+    } = match (sent, dump_error) {
+        (Ok(sent), _) => sent,
         // The checkpoint itself failed: CRIU left the VM running.
-        Err(e) if vm.read_state()?.status != VmStatus::Checkpointed => return Err(e),
-        Err(e) => return restore_here(root, name, e, progress),
+        (Err(_), Some(e)) => return Err(e),
+        // Nothing was frozen yet: the VM runs here.
+        (Err(e), None) if vm.read_state()?.status != VmStatus::Checkpointed => return Err(e),
+        (Err(e), None) => return restore_here(root, name, e, progress),
     };
+    let started = started.get().unwrap_or(restored_at);
+    let dumped = dumped.get().unwrap_or(started);
     let stats = feather_migrate::criu::dump_stats(&vm.checkpoint_dir()).unwrap_or_default();
     // From here the receiver may run the VM: a restore here must not happen unless it says it
     // does not.
@@ -255,10 +348,13 @@ fn stop_and_copy(
     match restored.release() {
         feather_migrate::transfer::Released::Running => {
             let frozen = started.elapsed();
+            trace::phase("migrate: release");
+            progress(Progress::Resumed);
             lifecycle::remove(root, name, false)?;
             Ok(Migrated {
                 mode: Mode::StopAndCopy,
                 bytes,
+                precopy,
                 frozen,
                 phases_ms: Phases::measured(started, dumped, restored_at),
                 all_pages: None,
@@ -319,27 +415,66 @@ fn post_copy(
         address: "127.0.0.1".into(),
         port: free_port().map_err(|e| failed(name, format!("no port for its pages: {e}")))?,
     };
-    let started = Instant::now();
-    progress(Progress::Phase(&format!(
-        "checkpointing {name} but its memory (frozen from now on)"
-    )));
-    // A failed dump leaves the VM running here (CRIU resumes it).
-    let lazy = checkpoint_lazy(root, name, &at)?;
-    let dumped = Instant::now();
-    let page_server = match connect_in_netns_of(keeper, at.port) {
-        Ok(connection) => connection,
-        Err(e) => {
-            let e = failed(name, format!("cannot reach its page server: {e}"));
-            return resume_here(name, lazy, None, e);
+    let mut channel = Some(accepted.pages_channel());
+    let progress = RefCell::new(progress);
+    let started = Cell::new(None);
+    let dumped = Cell::new(None);
+    let mut dump_error = None;
+    let mut lazy = None;
+    let mut page_stream = None;
+    let mut relaying = None;
+    let freeze = || {
+        started.set(Some(Instant::now()));
+        (progress.borrow_mut())(Progress::Frozen);
+        (progress.borrow_mut())(Progress::Phase(&format!(
+            "checkpointing {name} but its memory (frozen from now on)"
+        )));
+        // A failed dump leaves the VM running here (CRIU resumes it).
+        trace::phase("migrate: pre-copy of the layers");
+        let dump = checkpoint_lazy(root, name, &at).and_then(|checkpoint| {
+            dumped.set(Some(Instant::now()));
+            trace::phase("migrate: dump but the memory (frozen)");
+            lazy = Some(checkpoint);
+            connect_in_netns_of(keeper, at.port)
+                .map_err(|e| failed(name, format!("cannot reach its page server: {e}")))
+        });
+        match dump {
+            Ok(page_server) => {
+                page_stream = page_server.try_clone().ok();
+                relaying = channel
+                    .take()
+                    .map(|channel| relay.serve(channel, page_server));
+                Ok(())
+            }
+            Err(e) => {
+                let message = causes(&e);
+                dump_error = Some(e);
+                Err(std::io::Error::other(message))
+            }
         }
     };
-    let page_stream = page_server.try_clone().ok();
-    let _relaying = relay.serve(accepted.pages_channel(), page_server);
-    let (bytes, restored) = match send_folder(&vm, to, accepted, progress) {
-        Ok(sent) => sent,
-        Err(e) => return resume_here(name, lazy, page_stream, e),
-    };
+    let sent = send_folder(&vm, to, accepted, &progress, 0, freeze);
     let restored_at = Instant::now();
+    trace::phase("migrate: the rest sent, imported and restored there");
+    let progress = progress.into_inner();
+    let _relaying = relaying;
+    let (sent, lazy) = match (sent, lazy) {
+        (Ok(sent), Some(lazy)) => (sent, lazy),
+        // Dumped, but it could not go: CRIU lets the processes go on here.
+        (Err(e), Some(lazy)) => {
+            return resume_here(name, lazy, page_stream, dump_error.unwrap_or(e))
+        }
+        (Ok(_), None) => return Err(failed(name, "its transfer ended without a dump")),
+        // Nothing was frozen, or the dump failed: the VM runs here.
+        (Err(e), None) => return Err(dump_error.unwrap_or(e)),
+    };
+    let Sent {
+        bytes,
+        precopy,
+        restored,
+    } = sent;
+    let started = started.get().unwrap_or(restored_at);
+    let dumped = dumped.get().unwrap_or(started);
     let frozen_here = match cgroup.freeze(Duration::from_secs(10)) {
         Ok(frozen) => frozen,
         Err(e) => {
@@ -356,6 +491,8 @@ fn post_copy(
     match restored.release() {
         feather_migrate::transfer::Released::Running => {
             let frozen = started.elapsed();
+            trace::phase("migrate: release");
+            progress(Progress::Resumed);
             let phases_ms = Phases::measured(started, dumped, restored_at);
             // It runs there: its processes here never run again.
             cgroup.kill_all();
@@ -363,7 +500,10 @@ fn post_copy(
             progress(Progress::Phase(&format!(
                 "{name} runs at {to}; serving its memory until it has every page"
             )));
-            let served = lazy.finish();
+            let total = feather_migrate::criu::dump_stats(&vm.checkpoint_dir())
+                .unwrap_or_default()
+                .pages_lazy;
+            let served = serve_pages(lazy, page_stream.as_ref(), total, progress);
             let all_pages = started.elapsed();
             // CRIU writes its statistics once the last page was served.
             let stats = feather_migrate::criu::dump_stats(&vm.checkpoint_dir()).unwrap_or_default();
@@ -378,6 +518,7 @@ fn post_copy(
             Ok(Migrated {
                 mode: Mode::PostCopy,
                 bytes,
+                precopy,
                 frozen,
                 phases_ms,
                 all_pages: Some(all_pages),
@@ -420,6 +561,34 @@ fn post_copy(
             }
         }
     }
+}
+
+/// Waits until CRIU's page server has served every page of `total` (see
+/// [`crate::checkpoint::LazyCheckpoint::finish`]), telling `progress` about how many are left,
+/// from the bytes the page server sent through `page_stream`.
+fn serve_pages(
+    lazy: crate::checkpoint::LazyCheckpoint,
+    page_stream: Option<&std::net::TcpStream>,
+    total: u64,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    const PAGE: u64 = 4096;
+    std::thread::scope(|scope| {
+        let serving = scope.spawn(move || lazy.finish());
+        while !serving.is_finished() {
+            let sent = page_stream.and_then(|s| feather_sys::net::bytes_received(s).ok());
+            if let (Some(sent), true) = (sent, total > 0) {
+                progress(Progress::Pages {
+                    left: total.saturating_sub(sent / PAGE),
+                    total,
+                });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        serving
+            .join()
+            .unwrap_or_else(|_| Err(VmError::Keeper("the thread serving pages panicked".into())))
+    })
 }
 
 /// A port free on 127.0.0.1 here, for CRIU's page server.
@@ -509,6 +678,8 @@ pub fn serve(
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
     discard_unconfirmed(root);
+    // Found, and its kernel probes cached, before a VM is frozen for it.
+    let _ = feather_migrate::criu::Criu::locate();
     let receiver = feather_migrate::transfer::Receiver::bind(listen, security)?;
     on_ready(&receiver.local_addr());
     loop {
@@ -581,14 +752,17 @@ fn receive(
         // if this process ends first; until then no one may restore it here.
         let source = Source::Migration(&mut incoming, &mut *progress);
         import_archive(root, &name, source, Some(std::process::id()))?;
+        trace::phase("serve: archive received, checked, imported");
         let vm = root.open(&name)?;
         // Post-copy: the daemon that fetches the VM's memory listens before the restore.
         let pages = match &incoming.pages {
             Some(from) => Some(fetch_pages(&vm, from, &incoming.pages_channel())?),
             None => None,
         };
+        trace::phase("serve: criu lazy-pages listens");
         progress(Progress::Phase(&format!("restoring {name}")));
         restore(root, &name, None)?;
+        trace::phase("serve: restored (keeper and CRIU), stopped");
         progress(Progress::Phase(&format!(
             "{name} restored; waiting for the sender to let it go"
         )));
@@ -598,7 +772,9 @@ fn receive(
                 vm: name.to_string(),
                 source,
             })?;
+        trace::phase("serve: released by the sender");
         resume(&vm)?;
+        trace::phase("serve: resumed");
         Ok(pages)
     })();
     let restored = match restored {

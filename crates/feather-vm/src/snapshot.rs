@@ -183,7 +183,8 @@ pub(crate) fn restore_tree(
     veth: Option<&feather_net::VethPair>,
 ) -> Result<ChildProcess> {
     let name = vm.name();
-    let criu = Criu::locate().in_vm(name)?;
+    // `feather restore` (or `serve`) checked it before starting this keeper.
+    let criu = Criu::located_by_starter().in_vm(name)?;
     let images = vm.checkpoint_dir();
     let top = layers::for_start(root, vm, config)?.swap_remove(0);
     let rootfs = vm.rootfs();

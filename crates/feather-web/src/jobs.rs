@@ -103,6 +103,11 @@ impl Jobs {
                         });
                     }
                 }
+                // The web view shows phases and bytes only.
+                Progress::Frozen
+                | Progress::Resumed
+                | Progress::EstimatedFreeze(_)
+                | Progress::Pages { .. } => {}
             });
             let (error, result) = match outcome {
                 Ok(result) => (None, Some(result)),

@@ -203,19 +203,34 @@ pub fn criu_report(report: &feather_migrate::criu::Report) {
     if !report.pre_copy {
         println!("pre-copy: not possible (no soft-dirty page tracking: mem_dirty_track)");
     }
+    use feather_migrate::kdat::Cache;
+    match &report.kdat {
+        Cache::KeptByCriu => println!(
+            "kernel probes: cached by CRIU in {} (/run is a tmpfs)",
+            feather_migrate::kdat::CACHE
+        ),
+        Cache::MadeByFeather => println!(
+            "kernel probes: cached in {} by feather for this boot and this CRIU (/run is not a tmpfs, where CRIU would not keep it)",
+            feather_migrate::kdat::CACHE
+        ),
+        Cache::Missing { why } => {
+            println!("kernel probes: not cached, every CRIU call probes the kernel ({why})")
+        }
+    }
 }
 
 /// The result line of `feather migrate`.
 pub fn migrated(m: &feather_vm::migration::Migrated) -> String {
     let mut line = format!(
-        "{}, {} bytes, frozen for {} ms",
+        "{}, {} bytes, frozen for {} ms ({} bytes of its layers went before)",
         match m.mode {
             feather_vm::migration::Mode::PostCopy => "post-copy",
             feather_vm::migration::Mode::StopAndCopy => "stop-and-copy",
             feather_vm::migration::Mode::PreCopy => "pre-copy",
         },
         m.bytes,
-        m.frozen.as_millis()
+        m.frozen.as_millis(),
+        m.precopy.bytes
     );
     if let Some(all) = m.all_pages {
         line.push_str(&format!(

@@ -1,6 +1,8 @@
 //! The progress display of `checkpoint --export`, `migrate` and `serve`: on stderr, only when
-//! stderr is a terminal (a script or a pipe sees nothing extra), and only once an action has
-//! taken more than a moment.
+//! both stdout and stderr are terminals (a script, a pipe or `--json` read by a program sees
+//! nothing extra), and only once an action has taken more than a moment. A migration adds the
+//! estimated freeze before it, the time frozen so far during it, and, for post-copy, the pages
+//! of memory still to reach the receiver.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -17,11 +19,15 @@ pub struct Display {
     phase: String,
     /// Bytes known to have a total: the bar shows them as such.
     sized: bool,
+    /// Since when a migration's VM is frozen, and the estimate said before.
+    frozen: Option<Instant>,
+    estimate: Option<Duration>,
 }
 
 impl Display {
     pub fn new() -> Display {
-        let bar = std::io::stderr().is_terminal().then(|| {
+        let terminals = std::io::stderr().is_terminal() && std::io::stdout().is_terminal();
+        let bar = terminals.then(|| {
             let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::hidden());
             bar.set_style(spinner());
             bar
@@ -31,6 +37,8 @@ impl Display {
             started: Instant::now(),
             phase: String::new(),
             sized: false,
+            frozen: None,
+            estimate: None,
         }
     }
 
@@ -45,7 +53,27 @@ impl Display {
                 bar.set_length(0);
                 bar.set_position(0);
                 bar.reset_eta();
-                bar.set_message(self.phase.clone());
+                bar.set_message(self.described());
+            }
+            Progress::EstimatedFreeze(estimate) => {
+                self.estimate = Some(estimate);
+                bar.set_message(self.described());
+            }
+            Progress::Frozen => {
+                self.frozen = Some(Instant::now());
+                bar.set_message(self.described());
+            }
+            Progress::Resumed => {
+                self.frozen = None;
+                self.estimate = None;
+                bar.set_message(self.described());
+            }
+            Progress::Pages { left, total } => {
+                bar.set_message(format!(
+                    "{}: about {left} of {total} pages ({}) still to arrive",
+                    self.phase,
+                    indicatif::HumanBytes(left * 4096)
+                ));
             }
             Progress::Bytes { done, total } => {
                 if total > 0 && !self.sized {
@@ -61,8 +89,13 @@ impl Display {
                 }
                 if total > 0 {
                     bar.set_length(total);
+                    bar.set_message(self.described());
                 } else {
-                    bar.set_message(format!("{}: {}", self.phase, indicatif::HumanBytes(done)));
+                    bar.set_message(format!(
+                        "{}: {}",
+                        self.described(),
+                        indicatif::HumanBytes(done)
+                    ));
                 }
                 bar.set_position(done);
             }
@@ -73,6 +106,29 @@ impl Display {
         if self.started.elapsed() >= MOMENT {
             bar.enable_steady_tick(Duration::from_millis(120));
             bar.tick();
+        }
+    }
+
+    /// The phase, with the freeze: estimated before it, so far during it.
+    fn described(&self) -> String {
+        match (self.frozen, self.estimate) {
+            (Some(since), Some(estimate)) => format!(
+                "{} [frozen {} ms, estimated {} ms]",
+                self.phase,
+                since.elapsed().as_millis(),
+                estimate.as_millis()
+            ),
+            (Some(since), None) => {
+                format!("{} [frozen {} ms]", self.phase, since.elapsed().as_millis())
+            }
+            (None, Some(estimate)) => {
+                format!(
+                    "{} [estimated freeze {} ms]",
+                    self.phase,
+                    estimate.as_millis()
+                )
+            }
+            (None, None) => self.phase.clone(),
         }
     }
 
