@@ -102,6 +102,7 @@ fn build(
     let mut new = CloneFlags::empty();
     let mut new_cgroup_namespace = false;
     let mut joins = Vec::new();
+    let mut mount_namespace = None;
     for namespace in linux.namespaces().iter().flatten() {
         let flag = CloneFlags::from_bits_truncate(namespace.typ() as i32);
         match namespace.path() {
@@ -113,7 +114,13 @@ fn build(
                         path.display()
                     )
                 })?;
-                joins.push((file, flag, namespace.typ()));
+                // The init joins a mount namespace itself: this process goes on with the
+                // engine's paths (pid file, state root) in its own.
+                if namespace.typ() == LinuxNamespaceType::Mount {
+                    mount_namespace = Some(file);
+                } else {
+                    joins.push((file, flag, namespace.typ()));
+                }
             }
             None if namespace.typ() == LinuxNamespaceType::Cgroup => new_cgroup_namespace = true,
             None => new |= flag,
@@ -148,6 +155,7 @@ fn build(
                 console,
                 no_pivot: args.no_pivot,
                 new_cgroup_namespace,
+                mount_namespace,
                 host_base: feather.host_base,
                 confinement: crate::confine::Confinement::of(feather.confine, spec),
                 services: feather.services.clone(),
