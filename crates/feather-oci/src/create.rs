@@ -196,7 +196,9 @@ fn supervise(
         let line = line?;
         match line.as_str() {
             "mounted" => {
-                let state = crate::ops::hook_state(&container.record, "creating");
+                // runtime.md: "creating" is lifecycle step 2, the environment being made;
+                // these hooks are steps 3 and 4, after it ("created"; runc says "creating").
+                let state = crate::ops::hook_state(&container.record, "created");
                 hooks::run(spec, Kind::Prestart, &state)?;
                 hooks::run(spec, Kind::CreateRuntime, &state)?;
                 writeln!(socket, "go")?;
