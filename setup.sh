@@ -67,6 +67,9 @@ packages=(
     podman           # podman 4.3 --runtime feather-oci (with conmon)
     docker.io        # dockerd with a runtimes entry for feather-oci (docs/oci.md)
     uidmap fuse-overlayfs slirp4netns  # what podman's package expects beside it
+    # opencontainers' own conformance suite (runtime-tools' validation programs, built from
+    # source in GOPATH mode by scripts/oci-conformance; tests/oci/conformance.rs runs it).
+    golang-go golang-github-opencontainers-runtime-tools-dev golang-github-google-uuid-dev
     bsdutils         # `script`: a pseudo-terminal for `ctr run -t` in tests
     protobuf-compiler  # protoc: the k8s-cri crate compiles CRI's .proto files (tests/oci/cri.rs)
     chromium chromium-driver python3-selenium  # tests/web drive `feather web` in a real browser

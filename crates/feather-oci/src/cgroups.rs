@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
 use nix::unistd::Pid;
-use oci_spec::runtime::{LinuxDeviceCgroup, LinuxResources};
+use oci_spec::runtime::{LinuxDeviceCgroup, LinuxMemory, LinuxResources};
 
 use crate::hierarchies::{v1_mount, v2_mount};
 
@@ -142,6 +142,9 @@ impl Groups {
         {
             self.apply_swap(swap, resources.memory().as_ref().and_then(|m| m.limit()))?;
         }
+        if let Some(memory) = resources.memory() {
+            self.apply_memory_v1(memory)?;
+        }
         if let Some(cpu) = resources.cpu() {
             if let Some(dir) = self.v1_dir("cpu") {
                 if let Some(shares) = cpu.shares() {
@@ -163,6 +166,21 @@ impl Groups {
                 .enable_v2(controller)
                 .map_err(|e| anyhow::anyhow!("{e}"))
         })
+    }
+
+    /// The memory fields only v1 has files for ([`check_memory_v1_fields`] refused them
+    /// elsewhere).
+    fn apply_memory_v1(&self, memory: &LinuxMemory) -> Result<()> {
+        let Some(dir) = self.v1_dir("memory") else {
+            return Ok(());
+        };
+        for (field, file, value) in memory_v1_fields(memory) {
+            if let Some(value) = value {
+                write(&dir.join(file), &value)
+                    .with_context(|| format!("linux.resources.memory.{field}"))?;
+            }
+        }
+        Ok(())
     }
 
     /// `memory.swap` is memory plus swap, as v1's `memory.memsw.limit_in_bytes` (written after
@@ -342,6 +360,57 @@ fn limits_of(resources: &LinuxResources) -> Result<Limits> {
 
 fn read(path: &Path) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_owned())
+}
+
+/// Each memory field v1's memory controller has a file for, with what to write there (None
+/// when the config leaves it out). `kernel` is written as given: Linux 6.x takes the write and
+/// leaves kernel memory unlimited (the field is deprecated in the runtime specification).
+fn memory_v1_fields(memory: &LinuxMemory) -> [(&'static str, &'static str, Option<String>); 5] {
+    [
+        (
+            "reservation",
+            "memory.soft_limit_in_bytes",
+            memory
+                .reservation()
+                .filter(|r| *r > 0)
+                .map(|r| r.to_string()),
+        ),
+        (
+            "kernel",
+            "memory.kmem.limit_in_bytes",
+            memory.kernel().map(|k| k.to_string()),
+        ),
+        (
+            "kernelTCP",
+            "memory.kmem.tcp.limit_in_bytes",
+            memory.kernel_tcp().map(|k| k.to_string()),
+        ),
+        (
+            "swappiness",
+            "memory.swappiness",
+            memory.swappiness().map(|s| s.to_string()),
+        ),
+        (
+            "disableOOMKiller",
+            "memory.oom_control",
+            memory
+                .disable_oom_killer()
+                .filter(|d| *d)
+                .map(|_| "1".to_owned()),
+        ),
+    ]
+}
+
+/// The memory fields v2 has no file for are refused, by name, on a host whose memory
+/// controller is not a v1 hierarchy (or whose v1 hierarchy lacks that file).
+pub fn check_memory_v1_fields(memory: &LinuxMemory) -> Result<()> {
+    let dir = v1_mount("memory");
+    for (field, file, value) in memory_v1_fields(memory) {
+        if value.is_some() && !dir.as_ref().is_some_and(|d| d.join(file).exists()) {
+            bail!("linux.resources.memory.{field}: this host's memory controller has no {file} (a cgroup v1 file)");
+        }
+    }
+    Ok(())
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {

@@ -105,6 +105,7 @@ fn build(
     let mut new = CloneFlags::empty();
     let mut new_cgroup_namespace = false;
     let mut joins = Vec::new();
+    let mut mount_namespace = None;
     for namespace in linux.namespaces().iter().flatten() {
         let flag = CloneFlags::from_bits_truncate(namespace.typ() as i32);
         match namespace.path() {
@@ -116,7 +117,13 @@ fn build(
                         path.display()
                     )
                 })?;
-                joins.push((file, flag, namespace.typ()));
+                // The init joins a mount namespace itself: this process goes on with the
+                // engine's paths (pid file, state root) in its own.
+                if namespace.typ() == LinuxNamespaceType::Mount {
+                    mount_namespace = Some(file);
+                } else {
+                    joins.push((file, flag, namespace.typ()));
+                }
             }
             None if namespace.typ() == LinuxNamespaceType::Cgroup => new_cgroup_namespace = true,
             None => new |= flag,
@@ -152,6 +159,7 @@ fn build(
                 console,
                 no_pivot: args.no_pivot,
                 new_cgroup_namespace,
+                mount_namespace,
                 host_base: feather.host_base,
                 confinement: crate::confine::Confinement::of(feather.confine, spec),
                 services: feather.services.clone(),
@@ -194,7 +202,9 @@ fn supervise(
         let line = line?;
         match line.as_str() {
             "mounted" => {
-                let state = crate::ops::hook_state(&container.record, "creating");
+                // runtime.md: "creating" is lifecycle step 2, the environment being made;
+                // these hooks are steps 3 and 4, after it ("created"; runc says "creating").
+                let state = crate::ops::hook_state(&container.record, "created");
                 hooks::run(spec, Kind::Prestart, &state)?;
                 hooks::run(spec, Kind::CreateRuntime, &state)?;
                 writeln!(socket, "go")?;

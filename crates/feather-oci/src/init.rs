@@ -32,6 +32,8 @@ pub struct Init {
     pub console: Option<UnixStream>,
     pub no_pivot: bool,
     pub new_cgroup_namespace: bool,
+    /// `linux.namespaces[mount].path`: joined by the init before it builds the root there.
+    pub mount_namespace: Option<std::fs::File>,
     pub host_base: bool,
     /// feather's own features (`org.feather.*`): its confinement and the host's services.
     pub confinement: crate::confine::Confinement,
@@ -76,6 +78,7 @@ impl Init {
         keep.push(self.socket.as_raw_fd());
         keep.extend(self.console.as_ref().map(|c| c.as_raw_fd()));
         keep.extend(self.idmapped.raw_fds());
+        keep.extend(self.mount_namespace.as_ref().map(|m| m.as_raw_fd()));
         feather_sys::process::close_other_fds(&keep);
         let go = self.receive()?;
         let host_pid: i32 = go
@@ -92,6 +95,12 @@ impl Init {
             Mode::empty(),
         )
         .context("open exec.fifo")?;
+        if let Some(namespace) = self.mount_namespace.take() {
+            // As runc: the root is assembled in the joined namespace, whose root it becomes;
+            // the bundle's paths resolve there.
+            nix::sched::setns(namespace, CloneFlags::CLONE_NEWNS)
+                .context("linux.namespaces[mount].path: join")?;
+        }
         if crate::userns::is_new(&self.spec) {
             crate::userns::become_root()?;
         }

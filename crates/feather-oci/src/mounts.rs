@@ -16,7 +16,7 @@ use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, MsFlags};
-use nix::sys::stat::{mkdirat, mknodat, Mode, SFlag};
+use nix::sys::stat::{mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
 use crate::cgroups::{self, Groups};
@@ -518,12 +518,13 @@ fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
     };
     let number = nix::sys::stat::makedev(device.major() as u64, device.minor() as u64);
     let mode = Mode::from_bits_truncate(device.file_mode().unwrap_or(0o666));
-    match mknodat(parent.as_fd(), name, kind, mode, number) {
-        Ok(()) | Err(Errno::EEXIST) => {}
+    let made = match mknodat(parent.as_fd(), name, kind, mode, number) {
+        Ok(()) => true,
+        Err(Errno::EEXIST) => false,
         // No node may be made in a user namespace: the host's is bound instead, as runc does.
         Err(Errno::EPERM) if kind != SFlag::S_IFIFO => return bind_host_node(root, device, number),
         Err(e) => return Err(e).context("mknod"),
-    }
+    };
     nix::unistd::fchownat(
         parent.as_fd(),
         name,
@@ -532,6 +533,12 @@ fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .context("chown")?;
+    if made {
+        // mknod's mode passed through the init's umask (0640 for 0660 under 022): fileMode is
+        // the node's mode exactly, as runc sets it. After chown, which may clear set-id bits.
+        nix::sys::stat::fchmodat(parent.as_fd(), name, mode, FchmodatFlags::FollowSymlink)
+            .context("chmod")?;
+    }
     Ok(())
 }
 

@@ -42,19 +42,19 @@ pub fn check(spec: &Spec) -> Result<()> {
         "linux.namespaces[time]",
         has(LinuxNamespaceType::Time).is_some(),
     )?;
-    match has(LinuxNamespaceType::Mount) {
-        None => bail!("linux.namespaces: feather-oci needs a mount namespace (type \"mount\")"),
-        Some(ns) if ns.path().is_some() => {
-            bail!("linux.namespaces[mount].path: joining another mount namespace is not supported")
-        }
-        Some(_) => {}
+    if has(LinuxNamespaceType::Mount).is_none() {
+        bail!("linux.namespaces: feather-oci needs a mount namespace (type \"mount\"), new or joined by path");
     }
-    let new_uts = has(LinuxNamespaceType::Uts).is_some_and(|n| n.path().is_none());
-    if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !new_uts {
-        bail!("hostname: setting it needs a new UTS namespace (linux.namespaces[uts])");
+    // New or joined by path (the names are then set in that namespace, as runc does); never
+    // the runtime's own, which is the host's.
+    let own_uts = has(LinuxNamespaceType::Uts).is_some();
+    if spec.hostname().as_ref().is_some_and(|h| !h.is_empty()) && !own_uts {
+        bail!(
+            "hostname: setting it needs a UTS namespace of the container's (linux.namespaces[uts])"
+        );
     }
-    if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !new_uts {
-        bail!("domainname: setting it needs a new UTS namespace (linux.namespaces[uts])");
+    if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !own_uts {
+        bail!("domainname: setting it needs a UTS namespace of the container's (linux.namespaces[uts])");
     }
     refuse_set("linux.intelRdt", linux.intel_rdt().is_some())?;
     refuse_set("linux.personality", linux.personality().is_some())?;
@@ -126,19 +126,7 @@ pub fn check_resources_public(resources: &LinuxResources) -> Result<()> {
 
 fn check_resources(resources: &LinuxResources) -> Result<()> {
     if let Some(memory) = resources.memory() {
-        refuse_set("linux.resources.memory.kernel", memory.kernel().is_some())?;
-        refuse_set(
-            "linux.resources.memory.kernelTCP",
-            memory.kernel_tcp().is_some(),
-        )?;
-        refuse_set(
-            "linux.resources.memory.reservation",
-            memory.reservation().is_some_and(|r| r > 0),
-        )?;
-        refuse_set(
-            "linux.resources.memory.disableOOMKiller",
-            memory.disable_oom_killer() == Some(true),
-        )?;
+        crate::cgroups::check_memory_v1_fields(memory)?;
     }
     if let Some(cpu) = resources.cpu() {
         refuse_set(
