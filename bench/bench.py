@@ -2261,14 +2261,22 @@ def section_key(section: str) -> str:
     return first if re.fullmatch(r"\d+[a-z]?\.", first) else title
 
 
+def noted_sections(note: str) -> list[str]:
+    """The sections a partial run's note says it measured ("sections 9, 9b and their rows")."""
+    found = re.search(r"\): sections (.*?) and their rows", note)
+    return [x.strip() for x in found.group(1).split(",")] if found else []
+
+
 def merge(previous: str, bench: Bench, only: list[str], problems: list[str], failed: list[str]) -> str:
     """The previous full report with the sections and target rows of an `--only` run put in
     place of theirs (a full run takes minutes; this keeps the rest of the report as measured)."""
     body, _, _ = previous.rpartition("\n\nClean-up")
     header, *sections = (body or previous).split("\n\n## ")
     sections = ["## " + x for x in sections]
-    header = header.split("\n\n" + PARTIAL_NOTE)[0]
+    header, *notes = header.split("\n\n" + PARTIAL_NOTE)
     fresh = {section_key(x): x for x in bench.report.sections}
+    # Earlier partial runs stay noted, but for sections this run measured again.
+    notes = [PARTIAL_NOTE + n for n in notes if not set(noted_sections(n)) <= {k.rstrip(".") for k in fresh}]
     kept = [x for x in sections if section_key(x) not in ("Targets", "Comparisons that failed")]
     merged = [fresh.get(section_key(x), x) for x in kept]
     for key, new in fresh.items():
@@ -2297,7 +2305,7 @@ def merge(previous: str, bench: Bench, only: list[str], problems: list[str], fai
         f"at the end {load_average()}): sections " + ", ".join(k.rstrip(".") for k in sorted(fresh)) + " and their rows "
         "in Targets. Everything else, the Machine table included, is from the run above."
     )
-    parts = [header, note, "## Targets\n\n" + summary, *merged]
+    parts = [header, *notes, note, "## Targets\n\n" + summary, *merged]
     if failed:
         parts.append("## Comparisons that failed\n\n" + "\n".join(f"- {f}" for f in failed))
     parts.append(
@@ -2318,6 +2326,9 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer runs, no nginx density (≤ 2 min)")
     parser.add_argument("--only", action="append", metavar="NAME", help="run only this comparison (repeatable); its sections replace theirs in the existing report")
     args = parser.parse_args()
+    unknown = [name for name in args.only or [] if name not in dict(COMPARISONS)]
+    if unknown:
+        parser.error(f"no comparison named {', '.join(map(repr, unknown))}; the comparisons: " + ", ".join(repr(n) for n, _ in COMPARISONS))
     started = time.monotonic()
     load_before = load_average()
     bench = Bench(Plan.of(args.quick))
