@@ -331,3 +331,31 @@ fn podman_run_over_the_host_with_a_duplicated_host_service() {
     // (runc's), /dev/null among them.
     assert_eq!(outcome.stdout, "PONG\nDEVNULL=ok\n", "{outcome:?}");
 }
+
+/// feather's confinement keeps the host kernel's global knobs out of reach when the config
+/// does not protect them itself (no `readonlyPaths`, no `maskedPaths`): a sysctl write is
+/// refused and the kernel's timers (like its memory and keys) are masked, as in a feather VM. Without the confinement the
+/// same config lets the container write the host's sysctl (the test writes back the value it
+/// read: harmless) and read /proc/timer_list, as runc does.
+#[test]
+fn feather_confinement_protects_the_kernels_knobs_a_config_leaves_open() {
+    let scratch = Scratch::new("knobs");
+    let runtime = Runtime::new(&scratch);
+    let probe = "v=$(cat /proc/sys/vm/swappiness); \
+                 if { echo $v > /proc/sys/vm/swappiness; } 2>/dev/null; then echo SYSCTL=written; else echo SYSCTL=refused; fi; \
+                 if [ -n \"$(head -c 1 /proc/timer_list)\" ]; then echo TIMERS=visible; else echo TIMERS=masked; fi";
+    let config = |confine: Option<&str>| {
+        let mut config = base_config(&["sh", "-c", probe]);
+        let linux = config["linux"].as_object_mut().unwrap();
+        linux.remove("readonlyPaths");
+        linux.remove("maskedPaths");
+        if let Some(confine) = confine {
+            config["annotations"] = json!({ "org.feather.confine": confine });
+        }
+        config
+    };
+    let confined = run_to_end(&runtime, &scratch, "knobs-confined", &config(None));
+    assert_eq!(confined, "SYSCTL=refused\nTIMERS=masked\n");
+    let open = run_to_end(&runtime, &scratch, "knobs-open", &config(Some("none")));
+    assert_eq!(open, "SYSCTL=written\nTIMERS=visible\n");
+}

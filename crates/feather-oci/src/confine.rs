@@ -63,7 +63,33 @@ pub struct Confinement {
     pub host_network: bool,
 }
 
+/// The host kernel's global knobs under /proc that a container's root could otherwise write
+/// or read whatever its config says: made read-only, as every engine's default config asks.
+/// A config without `readonlyPaths` still gets them under feather's confinement, so that such
+/// a container cannot do what a feather VM cannot (write `vm.swappiness`, trigger sysrq).
+pub const READONLY: &[&str] = &[
+    "/proc/bus",
+    "/proc/fs",
+    "/proc/irq",
+    "/proc/sys",
+    "/proc/sysrq-trigger",
+];
+
+/// The host's kernel memory, its timers and keys, masked likewise.
+pub const MASKED: &[&str] = &[
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/timer_list",
+    "/proc/sched_debug",
+    "/sys/firmware",
+];
+
 impl Confinement {
+    /// Whether feather's confinement is on for this container.
+    pub fn is_on(&self) -> bool {
+        self.confine == Confine::Ipc
+    }
+
     /// `asked`: the annotation's value, if it was given.
     pub fn of(asked: Option<Confine>, spec: &Spec) -> Confinement {
         let confine = asked.unwrap_or(if is_privileged(spec) {

@@ -130,7 +130,7 @@ impl Init {
         hooks::run(&self.spec, Kind::CreateContainer, &state)?;
         crate::mounts::enter_root(&rootfs, self.no_pivot)?;
         self.set_names()?;
-        crate::mounts::finish_root(&self.spec)?;
+        crate::mounts::finish_root(&self.spec, &self.confinement)?;
         if has_new_network(&self.spec) {
             // As runc: programs expect 127.0.0.1 in a new network namespace, which starts with
             // `lo` down.

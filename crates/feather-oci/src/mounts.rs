@@ -579,7 +579,7 @@ pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
 }
 
 /// What is done inside the new root: sysctls, masked and read-only paths, a read-only root.
-pub fn finish_root(spec: &Spec) -> Result<()> {
+pub fn finish_root(spec: &Spec, confinement: &crate::confine::Confinement) -> Result<()> {
     let Some(linux) = spec.linux() else {
         return Ok(());
     };
@@ -596,6 +596,9 @@ pub fn finish_root(spec: &Spec) -> Result<()> {
     for path in linux.readonly_paths().iter().flatten() {
         make_readonly(Path::new(path)).with_context(|| format!("linux.readonlyPaths[{path}]"))?;
     }
+    if confinement.is_on() {
+        protect_kernel_knobs(linux)?;
+    }
     if let Some(flag) = linux
         .rootfs_propagation()
         .as_deref()
@@ -606,6 +609,27 @@ pub fn finish_root(spec: &Spec) -> Result<()> {
     if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
         let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
         mount(NONE, "/", NONE, flags, NONE).context("root.readonly")?;
+    }
+    Ok(())
+}
+
+/// Under feather's confinement: the kernel's global knobs the config did not protect itself
+/// (crate::confine::READONLY, MASKED), so that its `readonlyPaths` and `maskedPaths` decide
+/// nothing that would let the container reach past a feather VM's limits.
+fn protect_kernel_knobs(linux: &oci_spec::runtime::Linux) -> Result<()> {
+    let listed =
+        |list: &Option<Vec<String>>, path: &str| list.iter().flatten().any(|given| given == path);
+    for path in crate::confine::MASKED {
+        if !listed(linux.masked_paths(), path) {
+            mask(Path::new(path))
+                .with_context(|| format!("feather's confinement: masking {path}"))?;
+        }
+    }
+    for path in crate::confine::READONLY {
+        if !listed(linux.readonly_paths(), path) && !listed(linux.masked_paths(), path) {
+            make_readonly(Path::new(path))
+                .with_context(|| format!("feather's confinement: {path} read-only"))?;
+        }
     }
     Ok(())
 }
