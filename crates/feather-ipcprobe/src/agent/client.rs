@@ -472,7 +472,9 @@ fn netlink_route(p: &Published) -> Outcome {
 }
 
 /// Checks that `p.pid`, as this side names processes, is the listener: same start time, and
-/// the token in its command line.
+/// `--token TOKEN` among its arguments (not merely the token somewhere in its command line:
+/// this client's own holds it in its plan). The pid is the listener's word; the token is the
+/// probe's own (run.rs refuses a listener that reports another).
 fn same_process(p: &Published) -> Result<(), Outcome> {
     let pid = p.pid;
     match start_ticks(pid) {
@@ -482,7 +484,10 @@ fn same_process(p: &Published) -> Result<(), Outcome> {
         )),
         Some(ticks) => {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let has_token = String::from_utf8_lossy(&cmdline).contains(&p.token);
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let has_token = args
+                .windows(2)
+                .any(|pair| pair[0] == b"--token" && pair[1] == p.token.as_bytes());
             if ticks == p.start_ticks && has_token {
                 Ok(())
             } else {
