@@ -600,3 +600,67 @@ pub(super) fn ptrace(p: &Published) -> Result<Outcome, Outcome> {
         },
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A process whose command line is `sh -c 'read line' stand ARGS…` (waiting on a pipe, with
+    /// no child of its own), ended on drop.
+    struct Stand(Child);
+
+    impl Stand {
+        fn with(args: &[&str]) -> Stand {
+            let child = Command::new("/bin/sh")
+                .args(["-c", "read line", "stand"])
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            // Until the exec, the child's command line is still this test's.
+            let cmdline = format!("/proc/{}/cmdline", child.id());
+            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            while !fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"/bin/sh\0"))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Stand(child)
+        }
+
+        fn as_listener(&self, token: &str) -> Published {
+            let pid = self.0.id() as i32;
+            Published {
+                token: token.to_owned(),
+                pid,
+                start_ticks: start_ticks(pid).unwrap(),
+                ..Published::default()
+            }
+        }
+    }
+
+    impl Drop for Stand {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// The client's own command line holds the token in its plan: a pid counts as the
+    /// listener's only with `--token TOKEN` among its arguments.
+    #[test]
+    fn a_pid_is_the_listeners_only_with_its_token_argument() {
+        let token = format!("fpunit{}", std::process::id());
+        let listener = Stand::with(&["--token", &token]);
+        assert!(same_process(&listener.as_listener(&token)).is_ok());
+        let plan = format!("{{\"main\":{{\"token\":\"{token}\"}}}}");
+        let client = Stand::with(&["attempt", &plan]);
+        assert!(same_process(&client.as_listener(&token)).is_err());
+        let mut stale = listener.as_listener(&token);
+        stale.start_ticks += 1;
+        assert!(same_process(&stale).is_err());
+    }
+}
