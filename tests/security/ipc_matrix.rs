@@ -417,6 +417,9 @@ fn a_listener_in_a_vm_that_names_host_files_and_processes_moves_the_host_to_noth
     let token = format!("redteamdecoy{}", std::process::id());
     let mut decoy = std::process::Command::new("/bin/sh")
         .args(["-c", "while :; do sleep 1; done", "decoy", &token])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
     let forged = serde_json::json!({
