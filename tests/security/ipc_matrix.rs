@@ -394,3 +394,89 @@ fn a_policy_rule_opens_exactly_its_cell_and_nothing_else() {
         "the crossing is in the audit log: {audit}"
     );
 }
+
+/// A host process's start time in clock ticks (field 22 of /proc/PID/stat).
+fn start_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 1..];
+    after.split_whitespace().nth(19).unwrap().parse().unwrap()
+}
+
+/// The probe's listener in a VM is a process of the VM, run from the VM's view of the agent's
+/// binary, which the VM's root can replace; what it prints is the VM's word. Here the VM's
+/// listener names a host file (which the host's client would append to) and a host process by
+/// its pid and start time under a token of the VM's choosing (which the host's client would
+/// signal, trace and read). `check ipc` refuses such a listener: the host acts only on names
+/// derived from the token it chose. Both harmless markers stay as they were.
+#[test]
+fn a_listener_in_a_vm_that_names_host_files_and_processes_moves_the_host_to_nothing() {
+    let feather = Feather::new("ipc-forged");
+    let host = crate::support::HostDir::new("ipc-forged");
+    let victim = host.0.join("victim");
+    fs::write(&victim, "marker").unwrap();
+    let token = format!("redteamdecoy{}", std::process::id());
+    let mut decoy = std::process::Command::new("/bin/sh")
+        .args(["-c", "while :; do sleep 1; done", "decoy", &token])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let forged = serde_json::json!({
+        "token": token,
+        "pid": decoy.id(),
+        "start_ticks": start_ticks(decoy.id()),
+        "buffer_addr": 0,
+        "sysv_key": 0,
+        "mq_name": format!("/{token}"),
+        "shm_path": format!("/dev/shm/{token}"),
+        "tcp_port": 1,
+        "udp_port": 1,
+        "abstract_name": format!("{token}-abstract"),
+        "fifo": format!("/tmp/{token}.fifo"),
+        "file": victim.display().to_string(),
+        "watched": format!("/tmp/{token}.watched"),
+        "churned": format!("/tmp/{token}.churned"),
+        "netns": 0,
+        "interfaces": [],
+        "dbus_system": false,
+        "missing": [],
+    });
+    let agent = Path::new(Feather::bin()).with_file_name("feather-probe");
+    feather.ok(&["create", "forger"]);
+    feather.ok(&["start", "forger"]);
+    // The VM's root replaces the agent in its own view (its layer; the host's file stays).
+    let script = format!(
+        "#!/bin/sh\ncase \"$2\" in\nping) exit 0 ;;\nlisten) echo '{forged}'; cat >/dev/null; \
+         echo '{{\"events\":[]}}' ;;\n*) exit 1 ;;\nesac\n"
+    );
+    feather.sh(
+        "forger",
+        &format!(
+            "rm -f {agent} && cat > {agent} <<'EOF'\n{script}EOF\nchmod 755 {agent}",
+            agent = agent.display()
+        ),
+    );
+    let outcome = feather.run(&["check", "ipc", "forger", "--json"]);
+    let alive = decoy.try_wait().unwrap().is_none();
+    let _ = decoy.kill();
+    let _ = decoy.wait();
+    assert_eq!(
+        fs::read_to_string(&victim).unwrap(),
+        "marker",
+        "the host's client wrote to a host file the VM named: {}{}",
+        outcome.stdout,
+        outcome.stderr
+    );
+    assert!(
+        alive,
+        "the host's client signalled a host process the VM named: {}{}",
+        outcome.stdout, outcome.stderr
+    );
+    assert_eq!(outcome.code, 1, "{}{}", outcome.stdout, outcome.stderr);
+    assert!(
+        outcome.stderr.contains("refused"),
+        "the refusal says why: {}",
+        outcome.stderr
+    );
+}

@@ -355,6 +355,14 @@ impl Listener {
             })?;
         listener.published = serde_json::from_str(&line)
             .map_err(|e| fail(format!("the listener in {where_} said {line:?}: {e}")))?;
+        // The host's client opens, appends to, signals and traces what this report names:
+        // only the names the probe's own token gives are acted on.
+        if let Some((field, said)) = listener.published.departure_from(token) {
+            return Err(fail(format!(
+                "the listener in {where_} published {field} {said:?}, not what its token {token}                  gives: refused, the host acts on no name a VM chose (in a VM the listener runs                  the VM's view of {}, which its root can replace)",
+                setup.agent.display()
+            )));
+        }
         Ok(listener)
     }
 

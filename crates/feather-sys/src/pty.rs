@@ -71,3 +71,73 @@ pub fn window_size(terminal: &impl AsFd) -> Option<WindowSize> {
 pub fn set_window_size(terminal: &impl AsFd, size: &WindowSize) {
     let _ = raw::set_window_size(terminal.as_fd().as_raw_fd(), size);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs::{self, File};
+    use std::os::unix::fs::symlink;
+    use std::path::PathBuf;
+
+    /// A stand-in for a VM's root under the temp dir, removed on drop: the VM's root decides
+    /// every entry of it but its devpts mount.
+    struct FakeRoot(PathBuf);
+
+    impl FakeRoot {
+        fn new(label: &str) -> FakeRoot {
+            let dir = std::env::temp_dir().join(format!("pty-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            FakeRoot(dir)
+        }
+
+        fn open_pair(&self) -> Result<(PtyMaster, OwnedFd)> {
+            open_pair_beneath(&File::open(&self.0).unwrap())
+        }
+    }
+
+    impl Drop for FakeRoot {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The web view's terminal opens `dev/pts/ptmx` beneath a VM's root: a link anywhere on
+    /// that way (to the host's devpts, which the host's own terminals are on) is never
+    /// followed, and what is opened must be a devpts instance's ptmx, not a file or FIFO.
+    #[test]
+    fn links_and_stand_ins_in_a_vms_tree_lead_to_no_terminal() {
+        let root = FakeRoot::new("links");
+        symlink("/dev", root.0.join("dev")).unwrap();
+        assert!(root.open_pair().is_err(), "followed dev → the host's /dev");
+        fs::remove_file(root.0.join("dev")).unwrap();
+        fs::create_dir(root.0.join("dev")).unwrap();
+        symlink("/dev/pts", root.0.join("dev/pts")).unwrap();
+        assert!(root.open_pair().is_err(), "followed dev/pts → the host's");
+        fs::remove_file(root.0.join("dev/pts")).unwrap();
+        fs::create_dir(root.0.join("dev/pts")).unwrap();
+        symlink("/dev/pts/ptmx", root.0.join("dev/pts/ptmx")).unwrap();
+        assert!(
+            root.open_pair().is_err(),
+            "followed dev/pts/ptmx → the host's"
+        );
+        fs::remove_file(root.0.join("dev/pts/ptmx")).unwrap();
+        fs::write(root.0.join("dev/pts/ptmx"), "").unwrap();
+        assert!(root.open_pair().is_err(), "a plain file passed for a ptmx");
+        fs::remove_file(root.0.join("dev/pts/ptmx")).unwrap();
+        nix::unistd::mkfifo(
+            &root.0.join("dev/pts/ptmx"),
+            nix::sys::stat::Mode::from_bits_truncate(0o666),
+        )
+        .unwrap();
+        assert!(root.open_pair().is_err(), "a FIFO passed for a ptmx");
+    }
+
+    /// The same walk reaches a real devpts instance beneath the root it is given.
+    #[test]
+    fn a_devpts_beneath_the_root_gives_a_terminal_pair() {
+        let (master, slave) = open_pair_beneath(&File::open("/").unwrap()).unwrap();
+        assert!(nix::unistd::isatty(&slave).unwrap());
+        assert!(nix::unistd::isatty(&master).unwrap());
+    }
+}

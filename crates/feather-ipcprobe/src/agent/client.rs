@@ -472,7 +472,9 @@ fn netlink_route(p: &Published) -> Outcome {
 }
 
 /// Checks that `p.pid`, as this side names processes, is the listener: same start time, and
-/// the token in its command line.
+/// `--token TOKEN` among its arguments (not merely the token somewhere in its command line:
+/// this client's own holds it in its plan). The pid is the listener's word; the token is the
+/// probe's own (run.rs refuses a listener that reports another).
 fn same_process(p: &Published) -> Result<(), Outcome> {
     let pid = p.pid;
     match start_ticks(pid) {
@@ -482,7 +484,10 @@ fn same_process(p: &Published) -> Result<(), Outcome> {
         )),
         Some(ticks) => {
             let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-            let has_token = String::from_utf8_lossy(&cmdline).contains(&p.token);
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            let has_token = args
+                .windows(2)
+                .any(|pair| pair[0] == b"--token" && pair[1] == p.token.as_bytes());
             if ticks == p.start_ticks && has_token {
                 Ok(())
             } else {
@@ -594,4 +599,68 @@ pub(super) fn ptrace(p: &Published) -> Result<Outcome, Outcome> {
             Err(e) => Outcome::from_errno("ptrace(PTRACE_SEIZE)", e),
         },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Child, Command, Stdio};
+
+    /// A process whose command line is `sh -c 'read line' stand ARGS…` (waiting on a pipe, with
+    /// no child of its own), ended on drop.
+    struct Stand(Child);
+
+    impl Stand {
+        fn with(args: &[&str]) -> Stand {
+            let child = Command::new("/bin/sh")
+                .args(["-c", "read line", "stand"])
+                .args(args)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            // Until the exec, the child's command line is still this test's.
+            let cmdline = format!("/proc/{}/cmdline", child.id());
+            let deadline = Instant::now() + std::time::Duration::from_secs(5);
+            while !fs::read(&cmdline).is_ok_and(|c| c.starts_with(b"/bin/sh\0"))
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(std::time::Duration::from_millis(2));
+            }
+            Stand(child)
+        }
+
+        fn as_listener(&self, token: &str) -> Published {
+            let pid = self.0.id() as i32;
+            Published {
+                token: token.to_owned(),
+                pid,
+                start_ticks: start_ticks(pid).unwrap(),
+                ..Published::default()
+            }
+        }
+    }
+
+    impl Drop for Stand {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    /// The client's own command line holds the token in its plan: a pid counts as the
+    /// listener's only with `--token TOKEN` among its arguments.
+    #[test]
+    fn a_pid_is_the_listeners_only_with_its_token_argument() {
+        let token = format!("fpunit{}", std::process::id());
+        let listener = Stand::with(&["--token", &token]);
+        assert!(same_process(&listener.as_listener(&token)).is_ok());
+        let plan = format!("{{\"main\":{{\"token\":\"{token}\"}}}}");
+        let client = Stand::with(&["attempt", &plan]);
+        assert!(same_process(&client.as_listener(&token)).is_err());
+        let mut stale = listener.as_listener(&token);
+        stale.start_ticks += 1;
+        assert!(same_process(&stale).is_err());
+    }
 }

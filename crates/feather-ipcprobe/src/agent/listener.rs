@@ -69,27 +69,25 @@ enum Locked {
     File(#[allow(dead_code)] fs::File),
 }
 
-/// A display number for the X11 rows that no real X server is likely to use.
-const X11_DISPLAY: &str = "X0";
-
 fn open_endpoints(token: &str, x11: bool) -> Endpoints {
     let mut missing = Vec::new();
     let mut note = |what: &str, e: &dyn std::fmt::Display| missing.push(format!("{what}: {e}"));
     let mut token_buffer = Box::new([0u8; 64]);
     token_buffer[..token.len().min(64)].copy_from_slice(&token.as_bytes()[..token.len().min(64)]);
+    let names = Names::of(token);
     let mut published = Published {
         token: token.to_owned(),
         pid: std::process::id() as i32,
         start_ticks: start_ticks(std::process::id() as i32).unwrap_or(0),
         buffer_addr: token_buffer.as_ptr() as u64,
-        sysv_key: sysv_key(token),
-        mq_name: format!("/{token}"),
-        shm_path: format!("/dev/shm/{token}"),
-        abstract_name: format!("{token}-abstract"),
-        fifo: format!("/tmp/{token}.fifo"),
-        file: format!("/tmp/{token}.file"),
-        watched: format!("/tmp/{token}.watched"),
-        churned: format!("/tmp/{token}.churned"),
+        sysv_key: names.sysv_key,
+        mq_name: names.mq_name,
+        shm_path: names.shm_path,
+        abstract_name: names.abstract_name,
+        fifo: names.fifo,
+        file: names.file,
+        watched: names.watched,
+        churned: names.churned,
         netns: netns_inode(),
         interfaces: interfaces(),
         ..Default::default()
@@ -247,7 +245,7 @@ fn open_endpoints(token: &str, x11: bool) -> Endpoints {
     }
     let mut abstract_names = vec![published.abstract_name.clone()];
     if x11 {
-        abstract_names.push(format!("/tmp/.X11-unix/{X11_DISPLAY}"));
+        abstract_names.push(X11_NAME.to_owned());
     }
     for name in abstract_names {
         match std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())
@@ -266,7 +264,7 @@ fn open_endpoints(token: &str, x11: bool) -> Endpoints {
     if x11 && !Path::new("/tmp/.X11-unix").exists() {
         made_x11_dir = fs::create_dir("/tmp/.X11-unix").is_ok();
     }
-    let x11_path = format!("/tmp/.X11-unix/{X11_DISPLAY}");
+    let x11_path = X11_NAME.to_owned();
     if !x11 {
     } else if !Path::new(&x11_path).exists() {
         match UnixListener::bind(&x11_path) {

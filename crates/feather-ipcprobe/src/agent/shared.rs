@@ -70,6 +70,97 @@ impl Published {
     pub fn socket_path(&self, dir: &str, suffix: &str, kind: &str) -> String {
         format!("{dir}/{}{suffix}.{kind}", self.token)
     }
+
+    /// The first field in which this report is not what a listener given `token` publishes,
+    /// with what it said. A listener in a VM is the VM's process, run from the VM's view of
+    /// the agent's binary: its report is the VM's word, and the host's client opens, appends
+    /// to, signals and traces what the report names. Only the names the host's own token
+    /// gives are acted on.
+    pub fn departure_from(&self, token: &str) -> Option<(&'static str, String)> {
+        let names = Names::of(token);
+        let x11 = |said: &Option<String>| said.as_deref().is_some_and(|s| s != X11_NAME);
+        [
+            ("token", self.token != token, self.token.clone()),
+            (
+                "sysv_key",
+                self.sysv_key != names.sysv_key,
+                self.sysv_key.to_string(),
+            ),
+            (
+                "mq_name",
+                self.mq_name != names.mq_name,
+                self.mq_name.clone(),
+            ),
+            (
+                "shm_path",
+                self.shm_path != names.shm_path,
+                self.shm_path.clone(),
+            ),
+            (
+                "abstract_name",
+                self.abstract_name != names.abstract_name,
+                self.abstract_name.clone(),
+            ),
+            ("fifo", self.fifo != names.fifo, self.fifo.clone()),
+            ("file", self.file != names.file, self.file.clone()),
+            (
+                "watched",
+                self.watched != names.watched,
+                self.watched.clone(),
+            ),
+            (
+                "churned",
+                self.churned != names.churned,
+                self.churned.clone(),
+            ),
+            (
+                "x11_abstract",
+                x11(&self.x11_abstract),
+                format!("{:?}", self.x11_abstract),
+            ),
+            (
+                "x11_path",
+                x11(&self.x11_path),
+                format!("{:?}", self.x11_path),
+            ),
+        ]
+        .into_iter()
+        .find(|(_, departs, _)| *departs)
+        .map(|(field, _, said)| (field, said))
+    }
+}
+
+/// The X11 display's name the listener binds (abstract and path): display 0's, which no real
+/// X server in a VM or on a test host is likely to use.
+pub const X11_NAME: &str = "/tmp/.X11-unix/X0";
+
+/// The names of a listener's endpoints, every one derived from its token: the listener makes
+/// them from the token it is given, and the host checks a listener's report against them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Names {
+    pub sysv_key: i32,
+    pub mq_name: String,
+    pub shm_path: String,
+    pub abstract_name: String,
+    pub fifo: String,
+    pub file: String,
+    pub watched: String,
+    pub churned: String,
+}
+
+impl Names {
+    pub fn of(token: &str) -> Names {
+        Names {
+            sysv_key: sysv_key(token),
+            mq_name: format!("/{token}"),
+            shm_path: format!("/dev/shm/{token}"),
+            abstract_name: format!("{token}-abstract"),
+            fifo: format!("/tmp/{token}.fifo"),
+            file: format!("/tmp/{token}.file"),
+            watched: format!("/tmp/{token}.watched"),
+            churned: format!("/tmp/{token}.churned"),
+        }
+    }
 }
 
 /// What a listener noticed while it served.
@@ -159,4 +250,50 @@ pub fn print_line(text: &str) {
     let mut out = std::io::stdout();
     let _ = writeln!(out, "{text}");
     let _ = out.flush();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn genuine(token: &str) -> Published {
+        let names = Names::of(token);
+        Published {
+            token: token.to_owned(),
+            sysv_key: names.sysv_key,
+            mq_name: names.mq_name,
+            shm_path: names.shm_path,
+            abstract_name: names.abstract_name,
+            fifo: names.fifo,
+            file: names.file,
+            watched: names.watched,
+            churned: names.churned,
+            x11_abstract: Some(X11_NAME.to_owned()),
+            x11_path: None,
+            ..Published::default()
+        }
+    }
+
+    #[test]
+    fn a_listeners_own_names_are_accepted() {
+        assert_eq!(genuine("fp1a").departure_from("fp1a"), None);
+    }
+
+    #[test]
+    fn a_name_the_token_does_not_give_is_named() {
+        let mut forged = genuine("fp1a");
+        forged.file = "/etc/shadow".into();
+        assert_eq!(
+            forged.departure_from("fp1a"),
+            Some(("file", "/etc/shadow".to_owned()))
+        );
+        let mut forged = genuine("fp1a");
+        forged.x11_path = Some("/run/docker.sock".into());
+        assert_eq!(forged.departure_from("fp1a").map(|d| d.0), Some("x11_path"));
+        // Names consistent with another token are still another token's.
+        assert_eq!(
+            genuine("sshd").departure_from("fp1a").map(|d| d.0),
+            Some("token")
+        );
+    }
 }
