@@ -366,6 +366,20 @@ impl Cgroup {
         pids
     }
 
+    /// How many processes are in the group and the groups below it, counted in one hierarchy:
+    /// a process is in one group of every hierarchy, and a VM's are put in its group in all of
+    /// them ([`Cgroup::members`] reads them all, for killing, where a straggler matters).
+    pub fn member_count(&self) -> usize {
+        let Some(dir) = self.dirs().into_iter().next() else {
+            return 0;
+        };
+        subtree(&dir)
+            .iter()
+            .filter_map(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok())
+            .map(|text| text.lines().filter(|l| !l.is_empty()).count())
+            .sum()
+    }
+
     /// Kills every process in the group. Uses `cgroup.kill` where the kernel has it, which also
     /// catches processes forking while we kill.
     pub fn kill_all(&self) {

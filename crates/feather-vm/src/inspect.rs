@@ -3,12 +3,12 @@
 use std::path::PathBuf;
 
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
-use feather_sys::cgroup::Cgroup;
+use feather_sys::cgroup::{Cgroup, Hierarchies};
 use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::keeper::cgroup_of;
+use crate::keeper::{cgroup_of, cgroup_path_in, uses_cgroup};
 use crate::layers;
 
 /// One row of `feather ls`.
@@ -55,19 +55,25 @@ impl From<&feather_core::Limits> for LimitsView {
 
 pub fn summaries(root: &StateRoot) -> Result<Vec<Summary>> {
     let mut rows = Vec::new();
+    let hierarchies = Hierarchies::detect();
     for vm in root.list()? {
         // A VM removed while we looked is simply not listed.
         let (Ok(config), Ok(state)) = (vm.read_config(), vm.read_state()) else {
             continue;
         };
-        rows.push(summary(root, &config, state));
+        rows.push(summary(root, &hierarchies, &config, state));
     }
     Ok(rows)
 }
 
-fn summary(root: &StateRoot, config: &VmConfig, state: VmState) -> Summary {
+fn summary(
+    root: &StateRoot,
+    hierarchies: &Hierarchies,
+    config: &VmConfig,
+    state: VmState,
+) -> Summary {
     let running = state.status == VmStatus::Running;
-    let cgroup = cgroup_of(config);
+    let cgroup = uses_cgroup(config).then(|| cgroup_path_in(hierarchies.clone(), config));
     let memory_bytes = if running {
         cgroup.as_ref().and_then(|c| c.memory_usage())
     } else {
@@ -78,10 +84,10 @@ fn summary(root: &StateRoot, config: &VmConfig, state: VmState) -> Summary {
         status: state.status,
         base: config.base.clone(),
         network: feather_net::summary(&config.network),
-        processes: if running {
-            members(cgroup.as_ref(), &state).len()
-        } else {
-            0
+        processes: match (running, cgroup.as_ref()) {
+            (false, _) => 0,
+            (true, Some(cgroup)) => cgroup.member_count(),
+            (true, None) => members(None, &state).len(),
         },
         memory_bytes,
         limits: LimitsView::from(&config.limits),

@@ -70,7 +70,13 @@ pub fn cgroup_of(config: &VmConfig) -> Option<Cgroup> {
 
 /// Where a VM's cgroup is or would be; for cleaning up whatever a crash left.
 pub fn cgroup_path(config: &VmConfig) -> Cgroup {
-    Cgroup::new(Hierarchies::detect(), format!("feather/{}", config.id))
+    cgroup_path_in(Hierarchies::detect(), config)
+}
+
+/// [`cgroup_path`] in hierarchies already detected (reading the mount table once for many
+/// VMs: the web view's table lists every VM every second).
+pub fn cgroup_path_in(hierarchies: Hierarchies, config: &VmConfig) -> Cgroup {
+    Cgroup::new(hierarchies, format!("feather/{}", config.id))
 }
 
 /// Every VM that lives on gets a cgroup (limits, accounting, `ps`), and so does a throw-away VM
