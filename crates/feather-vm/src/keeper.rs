@@ -761,13 +761,20 @@ fn start_init(
     let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
     let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
-    if !plan.rootfs.network.own_namespace {
+    // A namespace made ahead (feather_net::pool) is joined instead of made: fresh, never used.
+    let pooled = network.namespace();
+    if !plan.rootfs.network.own_namespace || pooled.is_some() {
         namespaces -= nix::sched::CloneFlags::CLONE_NEWNET;
     }
     trace::phase("before the clone");
     let init = match process::fork_into(namespaces).in_vm(name)? {
         Forked::Child => {
             drop(ours);
+            if let Some(namespace) = pooled {
+                if nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                    std::process::exit(1);
+                }
+            }
             if let Some([stdin, stdout, stderr]) = &stdio {
                 let taken = nix::unistd::dup2_stdin(stdin)
                     .and_then(|_| nix::unistd::dup2_stdout(stdout))
@@ -787,17 +794,19 @@ fn start_init(
     drop(theirs);
     trace::phase("clone init into new namespaces");
     let mut boot = || -> Result<()> {
-        // Moving init into a v1 cgroup waits for an RCU grace period, and so does much of the
-        // network's host side: the two go side by side, and init hears GO as soon as it is in
-        // its cgroup. The host side of the network is built while init assembles its root.
-        let mut to_init = ours.try_clone().map_err(io(name, "socketpair"))?;
+        // Moving init into a v1 cgroup waits for an RCU grace period (cgroup_threadgroup_rwsem),
+        // and so does much of the network's host side. Neither is needed while init assembles
+        // its root (trusted code of ours, no VM program runs yet, nothing forks), so init hears
+        // GO at once and all three go side by side; init waits for NETWORK_READY — in its cgroup
+        // and its network attached — before it makes its cgroup namespace and runs anything.
+        boot::send(&mut ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
         let (entered, attached) = std::thread::scope(|both| {
             let entering = both.spawn(move || -> Result<()> {
                 if let Some(cgroup) = cgroup {
                     cgroup.add(init.pid).in_vm(name)?;
                     cgroup.restrict_devices().in_vm(name)?;
                 }
-                boot::send(&mut to_init, &ToInit::Go).map_err(io(name, "init did not start"))
+                Ok(())
             });
             let attached = network.attach(init.pid.as_raw() as u32);
             let entered = entering
@@ -805,19 +814,21 @@ fn start_init(
                 .unwrap_or_else(|_| Err(failed(name, "its cgroup could not be entered")));
             (entered, attached)
         });
-        trace::phase("move init into the cgroup, attach the network (side by side)");
-        entered?;
-        if let Err(e) = attached {
-            // An init that failed while assembling the root is gone before its network is
-            // attached: its own report says why, better than the missing process does.
+        trace::phase("move init into the cgroup, attach the network (while init assembles)");
+        let placed = entered.and_then(|()| {
+            attached.map_err(|e| VmError::Net {
+                vm: name.to_string(),
+                source: Box::new(e),
+            })
+        });
+        if let Err(e) = placed {
+            // An init that failed while assembling the root is gone before it is placed: its
+            // own report says why, better than the missing process does.
             let _ = ours.set_read_timeout(Some(Duration::from_secs(1)));
             return Err(
                 match boot::receive::<InitReport>(&mut ours, "init's report") {
                     Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
-                    _ => VmError::Net {
-                        vm: name.to_string(),
-                        source: Box::new(e),
-                    },
+                    _ => e,
                 },
             );
         }

@@ -301,6 +301,14 @@ pub fn finish_handed_off(root: &StateRoot, folder: &str) {
         .into_iter()
         .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
     if let Some(aside) = aside {
+        // First: a next `run --rm` may be starting now, and the teardown below waits for the
+        // kernel (RCU grace periods).
+        if aside
+            .read_config()
+            .is_ok_and(|config| config.network.mode == feather_core::NetMode::Private)
+        {
+            feather_net::pool::refill(root.dir());
+        }
         let private = finish_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
         // The VM is gone; the root's bridge and tables wait a moment for the next one.
         if private {
