@@ -655,28 +655,43 @@ fn a_throw_away_vm_takes_a_pooled_namespace_and_the_pool_goes_with_the_last_vm()
     let pooled: Vec<String> = ready.iter().map(|n| format!("fthp{n}")).collect();
     for host_end in &pooled {
         let master = std::fs::read_link(format!("/sys/class/net/{host_end}/master")).unwrap();
-        assert!(master.ends_with(&bridge), "{host_end} is a port of {bridge}");
+        assert!(
+            master.ends_with(&bridge),
+            "{host_end} is a port of {bridge}"
+        );
     }
 
     let taker = throw_away_running(&feather, "taker");
     let net = network(&feather, "taker");
     let host_end = net["host_interface"].as_str().unwrap().to_owned();
-    assert!(pooled.contains(&host_end), "{host_end} is one of {pooled:?}");
+    assert!(
+        pooled.contains(&host_end),
+        "{host_end} is one of {pooled:?}"
+    );
     let inside: u32 = feather
         .ok(&["exec", "taker", "--", "cat", "/sys/class/net/eth0/iflink"])
         .trim()
         .parse()
         .unwrap();
-    assert_eq!(inside, link_index(&host_end), "the VM's eth0 is the pooled pair's");
+    assert_eq!(
+        inside,
+        link_index(&host_end),
+        "the VM's eth0 is the pooled pair's"
+    );
     let vm_address = net["address"].as_str().unwrap().to_owned();
-    let shown = feather.ok(&["exec", "taker", "--", "ip", "-4", "-o", "addr", "show", "eth0"]);
+    let shown = feather.ok(&[
+        "exec", "taker", "--", "ip", "-4", "-o", "addr", "show", "eth0",
+    ]);
     assert!(
         shown.contains(&format!("{vm_address}/")),
         "the VM's own address on eth0: {shown}"
     );
-    let lease = std::fs::read_to_string(feather.root.join("network-leases").join(&vm_address))
-        .unwrap();
-    assert_eq!(lease.trim(), feather.inspect("taker")["config"]["id"].as_str().unwrap());
+    let lease =
+        std::fs::read_to_string(feather.root.join("network-leases").join(&vm_address)).unwrap();
+    assert_eq!(
+        lease.trim(),
+        feather.inspect("taker")["config"]["id"].as_str().unwrap()
+    );
     assert!(
         !pool_dir(&feather, "ready")
             .iter()
@@ -698,8 +713,15 @@ fn a_throw_away_vm_takes_a_pooled_namespace_and_the_pool_goes_with_the_last_vm()
     stop_throw_away(&feather, "keep", keep);
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
     let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
-    assert_eq!(traces, crate::support::HostTraces::default(), "left on the host");
-    assert!(!feather.root.join("network-pool").exists(), "the pool is gone");
+    assert_eq!(
+        traces,
+        crate::support::HostTraces::default(),
+        "left on the host"
+    );
+    assert!(
+        !feather.root.join("network-pool").exists(),
+        "the pool is gone"
+    );
     assert!(
         std::fs::read_dir(feather.root.join("network-leases"))
             .map_or(true, |mut leases| leases.next().is_none()),
@@ -734,7 +756,10 @@ fn an_interrupted_pool_refill_leaves_nothing_after_the_next_command() {
     ));
     std::fs::write(entry.join("link"), format!("fthp0badcafe {address}")).unwrap();
     std::fs::write(
-        feather.root.join("network-leases").join(address.to_string()),
+        feather
+            .root
+            .join("network-leases")
+            .join(address.to_string()),
         "pool-0badcafe",
     )
     .unwrap();
@@ -757,5 +782,9 @@ fn an_interrupted_pool_refill_leaves_nothing_after_the_next_command() {
     stop_throw_away(&feather, "keep", keep);
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
     let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
-    assert_eq!(traces, crate::support::HostTraces::default(), "left on the host");
+    assert_eq!(
+        traces,
+        crate::support::HostTraces::default(),
+        "left on the host"
+    );
 }

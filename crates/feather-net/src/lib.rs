@@ -28,6 +28,7 @@
 pub mod error;
 pub mod etc;
 pub mod firewall;
+pub mod inside;
 pub mod leases;
 pub mod linger;
 pub mod netlink;
@@ -52,13 +53,11 @@ use serde::Serialize;
 
 use error::netlink as netlink_error;
 pub use error::{NetError, Result};
+pub use inside::{Inside, Interface, VM_INTERFACE};
 use netlink::{index_of, Netlink, PeerNamespace};
 use pool::Pooled;
 use publish::Published;
 pub use settings::RootNetwork;
-
-/// The name of the VM's end of its veth pair, inside its namespace.
-pub const VM_INTERFACE: &str = "eth0";
 
 /// The host end of a VM's veth pair: `fth` and 8 hex digits of the VM's id (interface names
 /// have at most 15 characters).
@@ -178,55 +177,6 @@ pub fn release(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> Result<(
         network.forget_if_unused();
     }
     Ok(())
-}
-
-/// What the VM's init does about the network inside its new namespace.
-#[derive(Clone, Debug)]
-pub struct Inside {
-    /// Whether the VM has a network namespace of its own (not `--net host`).
-    pub own_namespace: bool,
-    /// The VM's end of its veth pair to configure (`--net private`).
-    pub interface: Option<Interface>,
-    /// Generated files on the host and the paths inside the VM to bind them over.
-    pub files: Vec<(PathBuf, PathBuf)>,
-}
-
-#[derive(Clone, Debug)]
-pub struct Interface {
-    pub name: String,
-    pub address: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Ipv4Addr,
-}
-
-impl Inside {
-    /// Gives the VM's interface its address, brings it up and routes through the bridge.
-    /// Runs in the VM's network namespace.
-    pub fn configure(&self) -> Result<()> {
-        let Some(interface) = &self.interface else {
-            return Ok(());
-        };
-        let name = &interface.name;
-        let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "in the VM"))?;
-        let index = index_of(name).ok_or_else(|| {
-            NetError::Invalid(format!("interface {name} did not appear in the VM"))
-        })?;
-        netlink
-            .add_address(index, interface.address, interface.prefix)
-            .map_err(netlink_error(
-                "add address",
-                format!("{} to {name}", interface.address),
-            ))?;
-        netlink
-            .set_up(index)
-            .map_err(netlink_error("bring up", name.clone()))?;
-        netlink
-            .add_default_route(index, interface.gateway)
-            .map_err(netlink_error(
-                "add default route via",
-                interface.gateway.to_string(),
-            ))
-    }
 }
 
 /// A VM's veth pair as CRIU recreates it on restore: its end `inside` the VM, and its host end

@@ -13,9 +13,9 @@ use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::{firewall, pool};
 use crate::netlink::{index_of, Netlink};
 use crate::settings::RootNetwork;
+use crate::{firewall, pool};
 
 /// How long the bridge and tables wait for a next VM.
 pub const LINGER: Duration = Duration::from_millis(150);
@@ -47,7 +47,8 @@ pub fn hold(root_dir: &Path) {
 /// past the linger, or a refill was killed) is looked at too.
 pub fn settle(root_dir: &Path, wait: bool) {
     let path = root_dir.join(LOCK_FILE);
-    if !path.exists() && !(wait && pool::has_entries(root_dir)) {
+    let orphaned_pool = wait && pool::has_entries(root_dir);
+    if !path.exists() && !orphaned_pool {
         return;
     }
     let Ok(file) = open(&path) else {
