@@ -41,6 +41,16 @@ pub fn hold(root_dir: &Path) {
     let_go(&path, file);
 }
 
+/// Fills the root's pool ([`pool::refill`]) when VMs come one after another: other teardowns
+/// are under way (`others_finishing`), the root's bridge lingers for a VM that ended a moment
+/// ago, or a VM is on the bridge (which then stays). A lone `run --rm` now and then makes
+/// none: its bridge goes after the linger, and the pool would go with it, unused.
+pub fn refill_pool_if_in_demand(root_dir: &Path, others_finishing: bool) {
+    if others_finishing || root_dir.join(LOCK_FILE).exists() || pool::vm_on_bridge(root_dir) {
+        pool::refill(root_dir);
+    }
+}
+
 /// Before a command: a lingering process that died leaves the bridge and tables (and the
 /// pool filled while it lingered), which are removed here unless a VM uses them; with `wait`,
 /// one lingering now is waited for, and a pool left without a lingering process (its VM ran

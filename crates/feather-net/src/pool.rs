@@ -18,7 +18,8 @@
 //!   root's network lock, and the namespace's bind mount goes when the VM's init is in it. The
 //!   VM's own state of the namespace ends with the VM (a VM controls its namespace: hostile).
 //! - Bounded: at most [`SIZE`] entries, refilled by the process a `run --rm` hands its
-//!   teardown to (`feather-keeper __finish`), off the critical path, first thing; and removed
+//!   teardown to (`feather-keeper __finish`), off the critical path, when VMs come one after
+//!   another ([`crate::linger::refill_pool_if_in_demand`]); and removed
 //!   with the root's bridge once no VM took an entry for a moment ([`crate::linger`]): nothing
 //!   stays once a root's VMs are gone, so a root is removed as before (its VMs, then its
 //!   folder).
@@ -212,7 +213,8 @@ pub fn since_last_taken(root_dir: &Path) -> Option<std::time::Duration> {
     let modified = fs::metadata(dir_of(root_dir).join(CLAIMED))
         .and_then(|m| m.modified())
         .ok()?;
-    Some(modified.elapsed().unwrap_or_default())
+    // A time in the future (the clock set back) counts as long ago.
+    modified.elapsed().ok()
 }
 
 /// Whether an entry is claimed by a VM that has not attached it yet: the bridge is in use.
@@ -248,6 +250,23 @@ fn refill_lock(root_dir: &Path) -> Option<File> {
         .ok()?;
     file.lock().ok()?;
     Some(file)
+}
+
+/// Whether a VM's port (not a pooled pair's) is on the root's bridge.
+pub(crate) fn vm_on_bridge(root_dir: &Path) -> bool {
+    let Ok(Some(network)) = RootNetwork::load(root_dir) else {
+        return false;
+    };
+    fs::read_dir(
+        Path::new("/sys/class/net")
+            .join(&network.bridge)
+            .join("brif"),
+    )
+    .is_ok_and(|ports| {
+        ports
+            .flatten()
+            .any(|port| !is_pooled_port(&port.file_name().to_string_lossy()))
+    })
 }
 
 /// Fills the root's pool up to [`SIZE`], after removing what a killed refill or keeper left.

@@ -301,17 +301,12 @@ pub fn finish_handed_off(root: &StateRoot, folder: &str) {
         .into_iter()
         .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
     if let Some(aside) = aside {
-        // First: a next `run --rm` may be starting now, and the teardown below waits for the
-        // kernel (RCU grace periods).
-        if aside
-            .read_config()
-            .is_ok_and(|config| config.network.mode == feather_core::NetMode::Private)
-        {
-            feather_net::pool::refill(root.dir());
-        }
         let private = finish_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
-        // The VM is gone; the root's bridge and tables wait a moment for the next one.
+        // The VM is gone; the root's bridge and tables wait a moment for the next one, with
+        // namespaces made ahead when VMs come one after another (other teardowns under way).
         if private {
+            let others_finishing = !root.set_aside_vms().is_empty();
+            feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
             feather_net::linger::hold(root.dir());
         }
     }
