@@ -310,6 +310,11 @@ fn assert_nothing_left(feather: &Feather, bridge: &str, cgroups_before: &[std::p
             .unwrap_or_default();
         assert!(left.is_empty(), "left in {folder}: {left:?}");
     }
+    // The pool of namespaces made ahead goes with the root's last VM (feather_net::pool).
+    assert!(
+        !feather.root.join("network-pool").exists(),
+        "the pool is left"
+    );
     // Other tests' VMs come and go meanwhile: a new cgroup of ours would stay, empty.
     feather.eventually("no new empty VM cgroup stays", || {
         support::feather_cgroups()

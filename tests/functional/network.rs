@@ -595,3 +595,196 @@ fn two_state_roots_never_share_a_subnet() {
     assert!(create(&second, "two", subnet).status.success());
     assert_eq!(address(&second, "two"), subnet.replace(".0/24", ".2"));
 }
+
+/// A `feather run --rm` in the background (the default base, a private network), named `vm`.
+fn throw_away_running(feather: &Feather, vm: &str) -> Child {
+    let child = feather
+        .command()
+        .args(["run", "--rm", vm, "--", "sleep", "60"])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    feather.eventually(&format!("{vm} runs"), || {
+        feather.run(&["inspect", vm]).stdout.contains("\"running\"")
+    });
+    child
+}
+
+fn pool_dir(feather: &Feather, part: &str) -> Vec<String> {
+    std::fs::read_dir(feather.root.join("network-pool").join(part))
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn link_index(name: &str) -> u32 {
+    std::fs::read_to_string(format!("/sys/class/net/{name}/ifindex"))
+        .unwrap_or_else(|e| panic!("{name}: {e}"))
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn stop_throw_away(feather: &Feather, vm: &str, mut child: Child) {
+    feather.ok(&["stop", "--time", "1", vm]);
+    let _ = child.wait();
+}
+
+/// The pool (feather_net::pool): a `run --rm`'s teardown fills it while the bridge lingers; the
+/// next throw-away VM takes a namespace of it, whose pair, address, lease and host end are its
+/// own from then on, and the entry never comes back to the pool; with the root's last VM the
+/// pool goes, and nothing is left.
+#[test]
+fn a_throw_away_vm_takes_a_pooled_namespace_and_the_pool_goes_with_the_last_vm() {
+    let feather = Feather::new("net-pool");
+    // Keeps the bridge in use, so that the pool outlives the linger.
+    let keep = throw_away_running(&feather, "keep");
+    let bridge = network(&feather, "keep")["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    feather.ok(&["run", "--rm", "--", "true"]);
+    // `ls` waits for the teardown handed over, which fills the pool as it lingers.
+    feather.ok(&["ls"]);
+    let ready = pool_dir(&feather, "ready");
+    assert_eq!(ready.len(), 2, "the pool is full: {ready:?}");
+    let pooled: Vec<String> = ready.iter().map(|n| format!("fthp{n}")).collect();
+    for host_end in &pooled {
+        let master = std::fs::read_link(format!("/sys/class/net/{host_end}/master")).unwrap();
+        assert!(
+            master.ends_with(&bridge),
+            "{host_end} is a port of {bridge}"
+        );
+    }
+
+    let taker = throw_away_running(&feather, "taker");
+    let net = network(&feather, "taker");
+    let host_end = net["host_interface"].as_str().unwrap().to_owned();
+    assert!(
+        pooled.contains(&host_end),
+        "{host_end} is one of {pooled:?}"
+    );
+    let inside: u32 = feather
+        .ok(&["exec", "taker", "--", "cat", "/sys/class/net/eth0/iflink"])
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(
+        inside,
+        link_index(&host_end),
+        "the VM's eth0 is the pooled pair's"
+    );
+    let vm_address = net["address"].as_str().unwrap().to_owned();
+    let shown = feather.ok(&[
+        "exec", "taker", "--", "ip", "-4", "-o", "addr", "show", "eth0",
+    ]);
+    assert!(
+        shown.contains(&format!("{vm_address}/")),
+        "the VM's own address on eth0: {shown}"
+    );
+    let lease =
+        std::fs::read_to_string(feather.root.join("network-leases").join(&vm_address)).unwrap();
+    assert_eq!(
+        lease.trim(),
+        feather.inspect("taker")["config"]["id"].as_str().unwrap()
+    );
+    assert!(
+        !pool_dir(&feather, "ready")
+            .iter()
+            .any(|n| host_end.ends_with(n.as_str())),
+        "a taken namespace is never in the pool again"
+    );
+    // The VM → host policy holds for it as for any VM: its chain is reached by its address.
+    let tables = Command::new("nft")
+        .args(["list", "table", "inet", &bridge])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(
+        tables.contains(&format!("{vm_address} : jump vm-{host_end}")),
+        "{tables}"
+    );
+
+    stop_throw_away(&feather, "taker", taker);
+    stop_throw_away(&feather, "keep", keep);
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert_eq!(
+        traces,
+        crate::support::HostTraces::default(),
+        "left on the host"
+    );
+    assert!(
+        !feather.root.join("network-pool").exists(),
+        "the pool is gone"
+    );
+    assert!(
+        std::fs::read_dir(feather.root.join("network-leases"))
+            .map_or(true, |mut leases| leases.next().is_none()),
+        "every lease is returned"
+    );
+}
+
+/// What a refill killed half-way leaves — a `making-` entry with its namespace mounted, its
+/// pair on the bridge and its lease — is removed by the next feather command, while another VM
+/// keeps the bridge.
+#[test]
+fn an_interrupted_pool_refill_leaves_nothing_after_the_next_command() {
+    let feather = Feather::new("net-pool-crash");
+    let keep = throw_away_running(&feather, "keep");
+    let net = network(&feather, "keep");
+    let bridge = net["bridge"].as_str().unwrap().to_owned();
+    let keep_address: std::net::Ipv4Addr = net["address"].as_str().unwrap().parse().unwrap();
+    let address = std::net::Ipv4Addr::from(u32::from(keep_address) + 100);
+    let entry = feather.root.join("network-pool/making-0badcafe");
+    std::fs::create_dir_all(&entry).unwrap();
+    let netns = entry.join("netns");
+    std::fs::write(&netns, b"").unwrap();
+    let sh = |script: &str| {
+        let status = Command::new("sh").args(["-c", script]).status().unwrap();
+        assert!(status.success(), "{script}");
+    };
+    let netns_text = netns.to_str().unwrap();
+    sh(&format!("unshare --net={netns_text} true"));
+    sh(&format!(
+        "nsenter --net={netns_text} ip link add eth0 type veth peer name fthp0badcafe netns 1 \
+         && ip link set fthp0badcafe master {bridge} up"
+    ));
+    std::fs::write(entry.join("link"), format!("fthp0badcafe {address}")).unwrap();
+    std::fs::write(
+        feather
+            .root
+            .join("network-leases")
+            .join(address.to_string()),
+        "pool-0badcafe",
+    )
+    .unwrap();
+
+    feather.ok(&["ls"]);
+    assert!(!entry.exists(), "the half-made entry is gone");
+    assert!(!host_links().contains("fthp0badcafe"), "{}", host_links());
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(netns_text), "its namespace is unmounted");
+    assert!(
+        !feather
+            .root
+            .join("network-leases")
+            .join(address.to_string())
+            .exists(),
+        "its lease is returned"
+    );
+    assert_eq!(feather.status("keep"), "running");
+
+    stop_throw_away(&feather, "keep", keep);
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert_eq!(
+        traces,
+        crate::support::HostTraces::default(),
+        "left on the host"
+    );
+}

@@ -17,7 +17,8 @@ fn leases_dir(network: &RootNetwork) -> PathBuf {
 }
 
 /// (address, VM id) of every lease of the root.
-fn read(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
+/// Every lease of the root: its address and its holder.
+pub(crate) fn held(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
     let dir = leases_dir(network);
     let entries = match fs::read_dir(&dir) {
         Ok(entries) => entries,
@@ -37,7 +38,7 @@ fn read(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
 /// Leases the lowest free address of the root's subnet to VM `vm_id` (or returns the one it
 /// holds already).
 pub fn lease(network: &RootNetwork, vm_id: &str, durable: bool) -> Result<Ipv4Addr> {
-    let held = read(network)?;
+    let held = held(network)?;
     if let Some((address, _)) = held.iter().find(|(_, id)| id == vm_id) {
         return Ok(*address);
     }
@@ -70,7 +71,7 @@ pub fn lease(network: &RootNetwork, vm_id: &str, durable: bool) -> Result<Ipv4Ad
 /// Leases exactly `address` to VM `vm_id`: a VM arriving from elsewhere keeps its address.
 /// Returns whether it was free; false if another VM of the root holds it.
 pub fn lease_exact(network: &RootNetwork, vm_id: &str, address: Ipv4Addr) -> Result<bool> {
-    let held = read(network)?;
+    let held = held(network)?;
     if let Some((_, id)) = held.iter().find(|(a, _)| *a == address) {
         return Ok(id == vm_id);
     }
@@ -89,9 +90,20 @@ pub fn lease_exact(network: &RootNetwork, vm_id: &str, address: Ipv4Addr) -> Res
 }
 
 /// Returns every address VM `vm_id` holds to the pool.
+/// Hands the lease of `address` to `vm_id` (a pooled namespace's, taken by a VM): the file is
+/// replaced at once, so it always names one holder.
+pub(crate) fn hand_over(network: &RootNetwork, address: Ipv4Addr, vm_id: &str) -> Result<()> {
+    let dir = leases_dir(network);
+    let path = dir.join(address.to_string());
+    // Not an address: `held` passes over it.
+    let new = dir.join(format!(".{address}.{vm_id}"));
+    fs::write(&new, vm_id).at(&new)?;
+    fs::rename(&new, &path).at(&path)
+}
+
 pub fn release(network: &RootNetwork, vm_id: &str) -> Result<()> {
     let dir = leases_dir(network);
-    for (address, id) in read(network)? {
+    for (address, id) in held(network)? {
         if id == vm_id {
             let path = dir.join(address.to_string());
             match fs::remove_file(&path) {

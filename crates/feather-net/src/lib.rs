@@ -18,17 +18,22 @@
 //!                     entry, detach removes it)
 //! stop:   detach()   veth; the VM's entries, or bridge and tables with the root's last VM
 //!         wait()     before the keeper reports the VM stopped
-//! run --rm: remove_leftovers_keeping_bridge() in the process the teardown is handed to, then
-//!         linger::hold(): the root's bridge and tables wait a moment for the next VM
+//! run --rm: in the process the teardown is handed to: pool::refill() makes namespaces ahead
+//!         for the next VM (a fresh namespace, its veth pair, address, route and firewall
+//!         entries; a throw-away VM takes one at create, allocate → pool::claim, and its init
+//!         joins it, Attachment::namespace), remove_leftovers_keeping_bridge(), then
+//!         linger::hold(): the root's bridge, tables and pool wait a moment for the next VM
 //! ```
 
 pub mod error;
 pub mod etc;
 pub mod firewall;
+pub mod inside;
 pub mod leases;
 pub mod linger;
 pub mod netlink;
 pub mod nftables;
+pub mod pool;
 pub mod publish;
 pub mod settings;
 pub mod subnet;
@@ -48,12 +53,11 @@ use serde::Serialize;
 
 use error::netlink as netlink_error;
 pub use error::{NetError, Result};
-use netlink::{index_of, Netlink};
+pub use inside::{Inside, Interface, VM_INTERFACE};
+use netlink::{index_of, Netlink, PeerNamespace};
+use pool::Pooled;
 use publish::Published;
 pub use settings::RootNetwork;
-
-/// The name of the VM's end of its veth pair, inside its namespace.
-pub const VM_INTERFACE: &str = "eth0";
 
 /// The host end of a VM's veth pair: `fth` and 8 hex digits of the VM's id (interface names
 /// have at most 15 characters).
@@ -79,7 +83,17 @@ pub fn allocate(
     publish::check_free(&config.publish)?;
     if config.mode == NetMode::Private {
         let (network, _lock) = RootNetwork::load_or_choose_locked(root_dir)?;
-        config.address = Some(leases::lease(&network, vm_id, durable)?);
+        // A throw-away VM that needs nothing more of the host side takes a namespace made
+        // ahead (pool.rs), with its address and firewall entries.
+        let pooled = if !durable && !config.egress && network.uplink.is_none() {
+            pool::claim(&network, vm_id)
+        } else {
+            None
+        };
+        config.address = match pooled {
+            Some(address) => Some(address),
+            None => Some(leases::lease(&network, vm_id, durable)?),
+        };
     }
     Ok(())
 }
@@ -158,59 +172,11 @@ pub fn release(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> Result<(
     }
     if let Some(network) = RootNetwork::load(root_dir)? {
         let _lock = network.lock()?;
+        pool::drop_claimed(&network, vm_id);
         leases::release(&network, vm_id)?;
         network.forget_if_unused();
     }
     Ok(())
-}
-
-/// What the VM's init does about the network inside its new namespace.
-#[derive(Clone, Debug)]
-pub struct Inside {
-    /// Whether the VM has a network namespace of its own (not `--net host`).
-    pub own_namespace: bool,
-    /// The VM's end of its veth pair to configure (`--net private`).
-    pub interface: Option<Interface>,
-    /// Generated files on the host and the paths inside the VM to bind them over.
-    pub files: Vec<(PathBuf, PathBuf)>,
-}
-
-#[derive(Clone, Debug)]
-pub struct Interface {
-    pub name: String,
-    pub address: Ipv4Addr,
-    pub prefix: u8,
-    pub gateway: Ipv4Addr,
-}
-
-impl Inside {
-    /// Gives the VM's interface its address, brings it up and routes through the bridge.
-    /// Runs in the VM's network namespace.
-    pub fn configure(&self) -> Result<()> {
-        let Some(interface) = &self.interface else {
-            return Ok(());
-        };
-        let name = &interface.name;
-        let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "in the VM"))?;
-        let index = index_of(name).ok_or_else(|| {
-            NetError::Invalid(format!("interface {name} did not appear in the VM"))
-        })?;
-        netlink
-            .add_address(index, interface.address, interface.prefix)
-            .map_err(netlink_error(
-                "add address",
-                format!("{} to {name}", interface.address),
-            ))?;
-        netlink
-            .set_up(index)
-            .map_err(netlink_error("bring up", name.clone()))?;
-        netlink
-            .add_default_route(index, interface.gateway)
-            .map_err(netlink_error(
-                "add default route via",
-                interface.gateway.to_string(),
-            ))
-    }
 }
 
 /// A VM's veth pair as CRIU recreates it on restore: its end `inside` the VM, and its host end
@@ -237,6 +203,9 @@ pub struct Attachment {
     released: Cell<bool>,
     /// Set by `detach`: announcements of the VM's address on the uplink stop.
     gone: Arc<AtomicBool>,
+    /// The namespace made ahead that the VM claimed at create, if it did (pool.rs): init joins
+    /// it, and its pair, address and firewall entries are made already.
+    pooled: Option<Pooled>,
 }
 
 /// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
@@ -284,7 +253,13 @@ pub fn prepare(
         Some((address, _)) => Some(publish::bind(&config.publish, address)?),
         None => None,
     };
+    let pooled = match network {
+        Some(_) => pool::take(root_dir, vm_id)?,
+        None => None,
+    };
     let interface = match (&network, private) {
+        // Configured when the pool made it.
+        _ if pooled.is_some() => None,
         (Some(network), Some((address, gateway))) => Some(Interface {
             name: VM_INTERFACE.to_owned(),
             address,
@@ -301,12 +276,15 @@ pub fn prepare(
     let attachment = Attachment {
         config: config.clone(),
         network,
-        host_end: host_end(vm_id),
+        host_end: pooled
+            .as_ref()
+            .map_or_else(|| host_end(vm_id), |p| p.host_end.clone()),
         published,
         marker: run_dir.join(ATTACHED),
         removing: RefCell::new(None),
         released: Cell::new(false),
         gone: Arc::new(AtomicBool::new(false)),
+        pooled,
     };
     Ok((attachment, inside))
 }
@@ -315,7 +293,27 @@ impl Attachment {
     /// Joins the namespace of the VM's init (process `init_pid`) to the root's bridge, making
     /// the bridge and its tables first if this is the root's first running VM.
     pub fn attach(&self, init_pid: u32) -> Result<()> {
+        if let Some(pooled) = &self.pooled {
+            self.mark()?;
+            pooled.let_go();
+            return Ok(());
+        }
         self.join(Some(init_pid)).map(|_| ())
+    }
+
+    /// The network namespace made ahead for this VM, which its init joins instead of making
+    /// one (see pool.rs); None when the VM gets a namespace of its own.
+    pub fn namespace(&self) -> Option<&fs::File> {
+        self.pooled.as_ref().map(|pooled| &pooled.namespace)
+    }
+
+    /// Written before anything of the VM's is made on the host: whatever happens next, a later
+    /// clean-up knows there may be something of this VM to remove, and which host end.
+    fn mark(&self) -> Result<()> {
+        fs::write(&self.marker, &self.host_end).map_err(|source| NetError::Io {
+            path: self.marker.clone(),
+            source,
+        })
     }
 
     /// Before a restore: everything [`Attachment::attach`] does but the veth pair, which CRIU
@@ -336,12 +334,7 @@ impl Attachment {
             return Ok(None);
         };
         let _lock = network.lock()?;
-        // Written first: whatever happens next, a later clean-up knows there may be something
-        // of this VM to remove.
-        fs::write(&self.marker, b"").map_err(|source| NetError::Io {
-            path: self.marker.clone(),
-            source,
-        })?;
+        self.mark()?;
         let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "on the host"))?;
         let bridge = match index_of(&network.bridge) {
             Some(index) => index,
@@ -364,7 +357,12 @@ impl Attachment {
         }
         if let Some(init_pid) = init_pid {
             netlink
-                .create_veth(&self.host_end, bridge, VM_INTERFACE, init_pid)
+                .create_veth(
+                    &self.host_end,
+                    bridge,
+                    VM_INTERFACE,
+                    PeerNamespace::Process(init_pid),
+                )
                 .map_err(netlink_error("create veth pair", self.host_end.clone()))?;
         }
         if let Err(e) = firewall::add_vm(network, &self.host_end, address, self.config.egress) {
@@ -472,12 +470,16 @@ fn remove_attached(
     keep_bridge: bool,
 ) {
     let marker = run_dir.join(ATTACHED);
-    if !marker.exists() {
+    let Ok(recorded) = fs::read_to_string(&marker) else {
         return;
-    }
+    };
     if let (NetMode::Private, Some(address)) = (config.mode, config.address) {
         if let Ok(Some(network)) = RootNetwork::load(root_dir) {
-            let host_end = host_end(vm_id);
+            // A marker of an older build is empty: the host end was always the VM's own.
+            let host_end = match recorded.trim() {
+                "" => host_end(vm_id),
+                recorded => recorded.to_owned(),
+            };
             if let Some(removing) =
                 clean_up(&network, &host_end, address, config.egress, keep_bridge)
             {
@@ -517,12 +519,18 @@ fn clean_up(
         let others = Path::new("/sys/class/net")
             .join(&network.bridge)
             .join("brif");
+        // Pooled pairs are no VM's: they go with the bridge, unless a refill is under way
+        // (whose process lingers, and removes the bridge and the pool after it).
         let in_use = keep_bridge
             || fs::read_dir(&others).is_ok_and(|entries| {
-                entries
-                    .flatten()
-                    .any(|port| port.file_name().to_str() != Some(host_end.as_str()))
-            });
+                entries.flatten().any(|port| {
+                    let port = port.file_name();
+                    let port = port.to_string_lossy();
+                    port != host_end.as_str() && !pool::is_pooled_port(&port)
+                })
+            })
+            || pool::has_claimed(network.root())
+            || !pool::try_drain(&network);
         // The veth is usually still there: the kernel tears the VM's namespace down in the
         // background. Deleting it and committing the nftables change each wait for RCU grace
         // periods, so the two run side by side.
@@ -594,7 +602,9 @@ pub struct NetworkView {
     pub egress: bool,
 }
 
-pub fn view(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> NetworkView {
+/// `run_dir`: the VM's run folder, whose marker names the host end of a running VM's pair
+/// (a pooled one's is not named after the VM).
+pub fn view(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &NetworkConfig) -> NetworkView {
     let network = match config.mode {
         NetMode::Private => RootNetwork::load(root_dir).ok().flatten(),
         _ => None,
@@ -606,7 +616,13 @@ pub fn view(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> NetworkView
         prefix: network.as_ref().map(|n| n.subnet.prefix()),
         gateway: network.as_ref().map(RootNetwork::gateway),
         bridge: network.as_ref().map(|n| n.bridge.clone()),
-        host_interface: network.as_ref().map(|_| host_end(vm_id)),
+        host_interface: network.as_ref().map(|_| {
+            fs::read_to_string(run_dir.join(ATTACHED))
+                .ok()
+                .map(|recorded| recorded.trim().to_owned())
+                .filter(|recorded| !recorded.is_empty())
+                .unwrap_or_else(|| host_end(vm_id))
+        }),
         nftables_table: network.as_ref().map(RootNetwork::table),
         uplink: network.as_ref().and_then(|n| n.uplink.clone()),
         publish: config.publish.iter().map(ToString::to_string).collect(),

@@ -21,6 +21,15 @@ use netlink_packet_route::route::{
 use netlink_packet_route::{AddressFamily, RouteNetlinkMessage};
 use netlink_sys::{protocols::NETLINK_ROUTE, Socket, SocketAddr};
 
+/// Where the peer of a new veth pair goes.
+#[derive(Clone, Copy, Debug)]
+pub enum PeerNamespace {
+    /// The network namespace of this process.
+    Process(u32),
+    /// The network namespace this descriptor refers to (an nsfs file).
+    Fd(std::os::fd::RawFd),
+}
+
 /// A netlink route socket bound in the network namespace of the thread that opened it.
 pub struct Netlink {
     socket: Socket,
@@ -92,18 +101,21 @@ impl Netlink {
     }
 
     /// Creates a veth pair: `host_end` in this namespace, up and a port of `bridge`, and
-    /// `peer` directly in the network namespace of process `peer_pid`.
+    /// `peer` directly in the network namespace `namespace`.
     pub fn create_veth(
         &mut self,
         host_end: &str,
         bridge: u32,
         peer: &str,
-        peer_pid: u32,
+        namespace: PeerNamespace,
     ) -> io::Result<()> {
         let mut peer_link = LinkMessage::default();
         peer_link.attributes = vec![
             LinkAttribute::IfName(peer.to_owned()),
-            LinkAttribute::NetNsPid(peer_pid),
+            match namespace {
+                PeerNamespace::Process(pid) => LinkAttribute::NetNsPid(pid),
+                PeerNamespace::Fd(fd) => LinkAttribute::NetNsFd(fd),
+            },
         ];
         let mut link = LinkMessage::default();
         link.header.flags = LinkFlags::Up;

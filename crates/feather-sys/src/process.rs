@@ -62,7 +62,17 @@ pub enum Forked {
 /// Forks into new `namespaces`. With CLONE_NEWPID the child is pid 1 of its namespace.
 /// The caller must be single-threaded.
 pub fn fork_into(namespaces: CloneFlags) -> Result<Forked> {
-    match raw::clone3(namespaces.bits()).ctx("clone3", "new VM namespaces")? {
+    fork_into_cgroup(namespaces, None)
+}
+
+/// [`fork_into`], the child starting in the v2 cgroup whose folder `cgroup` is open
+/// (`CLONE_INTO_CGROUP`): no move afterwards, which would wait for an RCU grace period.
+pub fn fork_into_cgroup(
+    namespaces: CloneFlags,
+    cgroup: Option<std::os::fd::BorrowedFd>,
+) -> Result<Forked> {
+    let cgroup = cgroup.map(|fd| fd.as_raw_fd());
+    match raw::clone3(namespaces.bits(), cgroup).ctx("clone3", "new VM namespaces")? {
         Cloned::Parent { pid, pidfd } => Ok(Forked::Parent(ChildProcess {
             pid: Pid::from_raw(pid),
             pidfd,

@@ -23,6 +23,9 @@ struct CloneArgs {
     cgroup: u64,
 }
 
+/// uapi/linux/sched.h: the child starts in the (v2) cgroup `clone_args.cgroup` refers to.
+const CLONE_INTO_CGROUP: u64 = 0x2_0000_0000;
+
 /// What clone3 returned: in the parent the child's pid and a pidfd for it, in the child 0.
 pub enum Cloned {
     Parent { pid: libc::pid_t, pidfd: OwnedFd },
@@ -36,17 +39,22 @@ pub enum Cloned {
 /// After a fork of a multi-threaded process the child may only call async-signal-safe
 /// functions, and feather's children do much more; so this refuses (`EDEADLK`, "a lock
 /// another thread may hold") unless the caller is the process's only thread.
-pub fn clone3(namespaces: libc::c_int) -> Result<Cloned, Errno> {
+pub fn clone3(namespaces: libc::c_int, cgroup: Option<RawFd>) -> Result<Cloned, Errno> {
     require_single_thread()?;
     let mut pidfd: RawFd = -1;
-    let args = CloneArgs {
+    let mut args = CloneArgs {
         flags: namespaces as u64 | libc::CLONE_PIDFD as u64,
         pidfd: &mut pidfd as *mut RawFd as u64,
         exit_signal: libc::SIGCHLD as u64,
         ..Default::default()
     };
+    if let Some(cgroup) = cgroup {
+        args.flags |= CLONE_INTO_CGROUP;
+        args.cgroup = cgroup as u64;
+    }
     // SAFETY: `args` is a valid, fully initialised clone_args that lives across the call, and its
-    // size is passed with it. With stack 0 the child resumes here on a private copy of our
+    // size is passed with it; `cgroup`, if given, is a descriptor the caller holds open across
+    // the call (the kernel only reads it). With stack 0 the child resumes here on a private copy of our
     // stack (fork semantics). The kernel writes the pidfd into `pidfd`, which outlives the call.
     // The caller is the only thread (checked above; only it could have started another
     // since), so the child's copy of the address space holds no lock of another thread.

@@ -3,8 +3,8 @@
 //!
 //! ```text
 //! feather start ──spawns──▶ keeper ──clones──▶ init
-//!               ◀─ KeeperReport ──  ── ToInit::Go ─────────▶   (in the VM's cgroup now)
-//!                                   ── ToInit::NetworkReady ─▶  (the VM's veth end is in place)
+//!               ◀─ KeeperReport ──  ── ToInit::Go ─────────▶   (assemble the root)
+//!                                   ── ToInit::NetworkReady ─▶  (in the VM's cgroup, veth in place)
 //!                                   ◀─ FromInitBoot ─────────   (Ready, or Failed and why)
 //!                                   ── ToInit::Start ────────▶  (the broker is open: go on)
 //! ```
@@ -28,10 +28,11 @@ const MAX_LINE: usize = 64 * 1024;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToInit {
-    /// Init is in the VM's cgroup: it may assemble the VM.
+    /// Init may assemble the VM's root; the keeper moves it into the VM's cgroup and builds
+    /// the network's host side meanwhile.
     Go,
-    /// The VM's end of its veth pair (if any) is in init's network namespace: the keeper
-    /// builds the host side while init assembles the root.
+    /// Init is in the VM's cgroup and the VM's end of its veth pair (if any) is in init's
+    /// network namespace: init may make its cgroup namespace and configure the interface.
     NetworkReady,
     /// The VM is ready around init (its Shuttle broker open): init starts the first workload.
     Start,

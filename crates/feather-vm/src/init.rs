@@ -226,11 +226,14 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     // outside (which would also keep it from being checkpointed), and a foreground run's VM has
     // no controlling terminal of the caller's that its processes could open as /dev/tty.
     nix::unistd::setsid().map_err(call("setsid"))?;
+    // The root is assembled while the keeper moves init into the VM's cgroup and attaches its
+    // network (both wait for RCU grace periods on this kernel): nothing here forks or runs a
+    // program of the VM's.
+    rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
+    boot::expect(keeper, ToInit::NetworkReady).map_err(InitError::Network)?;
     // The cgroup namespace is made now, after the keeper moved us into the VM's group, so that
     // the VM sees its own group as the root of the hierarchy.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(call("unshare cgroup namespace"))?;
-    rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
-    boot::expect(keeper, ToInit::NetworkReady).map_err(InitError::Network)?;
     plan.rootfs
         .network
         .configure()

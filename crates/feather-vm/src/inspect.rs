@@ -185,7 +185,7 @@ pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
     } else {
         vec!["mount", "pid", "ipc", "uts", "net", "cgroup"]
     };
-    let network = feather_net::view(root.dir(), &config.id, &config.network);
+    let network = feather_net::view(root.dir(), vm.run_dir(), &config.id, &config.network);
     Ok(Inspection {
         cgroup: cgroup_of(&config).map(|c| c.dirs()).unwrap_or_default(),
         config,

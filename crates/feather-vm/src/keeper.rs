@@ -771,13 +771,29 @@ fn start_init(
     let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
     let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
-    if !plan.rootfs.network.own_namespace {
+    // A namespace made ahead (feather_net::pool) is joined instead of made: fresh, never used.
+    let pooled = network.namespace();
+    if !plan.rootfs.network.own_namespace || pooled.is_some() {
         namespaces -= nix::sched::CloneFlags::CLONE_NEWNET;
     }
+    // Init starts in the VM's v2 group and moves itself into its v1 groups: a move by pid would
+    // wait for an RCU grace period (feather_sys::cgroup::Cgroup::entry).
+    let entry = cgroup.map(Cgroup::entry).transpose().in_vm(name)?;
     trace::phase("before the clone");
-    let init = match process::fork_into(namespaces).in_vm(name)? {
+    let init = match process::fork_into_cgroup(namespaces, entry.as_ref().and_then(|e| e.v2()))
+        .in_vm(name)?
+    {
         Forked::Child => {
             drop(ours);
+            if let Some(namespace) = pooled {
+                if nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNET).is_err() {
+                    std::process::exit(1);
+                }
+            }
+            if let Some(Err(e)) = entry.as_ref().map(feather_sys::cgroup::Entry::enter_v1) {
+                eprintln!("feather init: cannot enter the VM's cgroup: {e}");
+                std::process::exit(1);
+            }
             if let Some([stdin, stdout, stderr]) = &stdio {
                 let taken = nix::unistd::dup2_stdin(stdin)
                     .and_then(|_| nix::unistd::dup2_stdout(stdout))
@@ -792,22 +808,24 @@ fn start_init(
         }
         Forked::Parent(init) => init,
     };
+    drop(entry);
     // Only init holds the VM's ends now: their end is the end of everything in the VM.
     drop(stdio);
     drop(theirs);
     trace::phase("clone init into new namespaces");
     let mut boot = || -> Result<()> {
-        // Moving init into a v1 cgroup waits for an RCU grace period, and so does much of the
-        // network's host side: the two go side by side, and init hears GO as soon as it is in
-        // its cgroup. The host side of the network is built while init assembles its root.
-        let mut to_init = ours.try_clone().map_err(io(name, "socketpair"))?;
+        // Init is in its cgroup already (it started in the v2 group and moved itself into the
+        // v1 ones). The devices rules of its v1 group and the network's host side (which waits
+        // for RCU grace periods) are not needed while init assembles its root (trusted code of
+        // ours, no VM program runs yet, nothing forks), so init hears GO at once and they go
+        // side by side; init waits for NETWORK_READY before it runs anything of the VM's.
+        boot::send(&mut ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
         let (entered, attached) = std::thread::scope(|both| {
             let entering = both.spawn(move || -> Result<()> {
                 if let Some(cgroup) = cgroup {
-                    cgroup.add(init.pid).in_vm(name)?;
                     cgroup.restrict_devices().in_vm(name)?;
                 }
-                boot::send(&mut to_init, &ToInit::Go).map_err(io(name, "init did not start"))
+                Ok(())
             });
             let attached = network.attach(init.pid.as_raw() as u32);
             let entered = entering
@@ -815,19 +833,21 @@ fn start_init(
                 .unwrap_or_else(|_| Err(failed(name, "its cgroup could not be entered")));
             (entered, attached)
         });
-        trace::phase("move init into the cgroup, attach the network (side by side)");
-        entered?;
-        if let Err(e) = attached {
-            // An init that failed while assembling the root is gone before its network is
-            // attached: its own report says why, better than the missing process does.
+        trace::phase("restrict devices, attach the network (while init assembles)");
+        let placed = entered.and_then(|()| {
+            attached.map_err(|e| VmError::Net {
+                vm: name.to_string(),
+                source: Box::new(e),
+            })
+        });
+        if let Err(e) = placed {
+            // An init that failed while assembling the root is gone before it is placed: its
+            // own report says why, better than the missing process does.
             let _ = ours.set_read_timeout(Some(Duration::from_secs(1)));
             return Err(
                 match boot::receive::<InitReport>(&mut ours, "init's report") {
                     Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
-                    _ => VmError::Net {
-                        vm: name.to_string(),
-                        source: Box::new(e),
-                    },
+                    _ => e,
                 },
             );
         }

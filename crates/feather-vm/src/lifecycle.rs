@@ -302,8 +302,11 @@ pub fn finish_handed_off(root: &StateRoot, folder: &str) {
         .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
     if let Some(aside) = aside {
         let private = finish_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
-        // The VM is gone; the root's bridge and tables wait a moment for the next one.
+        // The VM is gone; the root's bridge and tables wait a moment for the next one, with
+        // namespaces made ahead when VMs come one after another (other teardowns under way).
         if private {
+            let others_finishing = !root.set_aside_vms().is_empty();
+            feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
             feather_net::linger::hold(root.dir());
         }
     }

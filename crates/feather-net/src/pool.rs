@@ -1,0 +1,541 @@
+//! Network namespaces made ahead of use for a root's throw-away VMs, as serverless platforms
+//! keep them: a fresh namespace with its veth pair made, the VM's end (`eth0`) given an
+//! address, brought up and routed through the bridge, and the firewall entries of that pair
+//! and address added. A `run --rm` with a private network takes one at create ([`claim`]) and
+//! its init joins it instead of making a namespace and waiting for the pair and the entries.
+//!
+//! ```text
+//! <root>/network-pool/refill.lock      held while a process fills the pool
+//! <root>/network-pool/making-<n>/      an entry being made (stale when the lock is free)
+//! <root>/network-pool/ready/<n>/       an entry ready to be taken
+//! <root>/network-pool/claimed/<vm id>/ taken by that VM, until its keeper attaches it
+//!     netns    the namespace, kept alive by a bind mount of it
+//!     link     "<host end> <address>": the pair's host end (`fthp` + n) and the address
+//! <root>/network-leases/<address>      the entry's lease, held as `pool-<n>`, then the VM's id
+//! ```
+//!
+//! - A namespace is never used twice: an entry leaves `ready/` by an atomic rename under the
+//!   root's network lock, and the namespace's bind mount goes when the VM's init is in it. The
+//!   VM's own state of the namespace ends with the VM (a VM controls its namespace: hostile).
+//! - Bounded: at most [`SIZE`] entries, refilled by the process a `run --rm` hands its
+//!   teardown to (`feather-keeper __finish`), off the critical path, when VMs come one after
+//!   another ([`crate::linger::refill_pool_if_in_demand`]); and removed
+//!   with the root's bridge once no VM took an entry for a moment ([`crate::linger`]): nothing
+//!   stays once a root's VMs are gone, so a root is removed as before (its VMs, then its
+//!   folder).
+//! - Crash-safe: an entry being made is under `making-` until it is complete; whatever a killed
+//!   refill or keeper left (a `making-` entry, a claimed entry whose VM holds no lease, a
+//!   `pool-` lease without its entry, a ready entry whose host end is gone after a reboot) is
+//!   removed by the next refill or by the next feather command of the root.
+//! - Only VMs that need nothing else of the host side take an entry: a private network without
+//!   `--egress` in a root without an uplink (their entries are made per VM as before).
+
+use std::fs::{self, File};
+use std::io::Read;
+use std::net::Ipv4Addr;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use nix::mount::MntFlags;
+use nix::sched::CloneFlags;
+
+use crate::error::{netlink as netlink_error, IoAt, NetError, Result};
+use crate::inside::{Inside, Interface, VM_INTERFACE};
+use crate::netlink::{index_of, Netlink, PeerNamespace};
+use crate::settings::RootNetwork;
+use crate::{firewall, leases};
+
+/// How many entries a root keeps ready: a script's loop of `run --rm` finds one each time
+/// while the teardown of the one before refills the pool.
+pub const SIZE: usize = 2;
+
+const DIR: &str = "network-pool";
+const READY: &str = "ready";
+const CLAIMED: &str = "claimed";
+const MAKING: &str = "making-";
+const NETNS: &str = "netns";
+const LINK: &str = "link";
+const REFILL_LOCK: &str = "refill.lock";
+
+/// Host ends of pooled pairs start with this (and so match the firewall's `fth*` drops).
+pub const HOST_END_PREFIX: &str = "fthp";
+
+fn dir_of(root_dir: &Path) -> PathBuf {
+    root_dir.join(DIR)
+}
+
+fn lease_id(n: &str) -> String {
+    format!("pool-{n}")
+}
+
+/// Whether `port` (a bridge port's name) is a pooled pair's host end rather than a VM's.
+pub fn is_pooled_port(port: &str) -> bool {
+    port.starts_with(HOST_END_PREFIX)
+}
+
+/// An entry's pair: its host end and the address of its VM end.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Link {
+    host_end: String,
+    address: Ipv4Addr,
+}
+
+impl Link {
+    fn read(entry: &Path) -> Option<Link> {
+        let text = fs::read_to_string(entry.join(LINK)).ok()?;
+        let (host_end, address) = text.trim().split_once(' ')?;
+        Some(Link {
+            host_end: host_end.to_owned(),
+            address: address.parse().ok()?,
+        })
+    }
+}
+
+/// At `create` of a throw-away VM, holding the root's network lock: takes a ready entry for
+/// VM `vm_id` and hands it the entry's lease. Returns the VM's address, or None when the pool
+/// has no entry fit to take (the VM then gets a lease and a namespace of its own).
+pub(crate) fn claim(network: &RootNetwork, vm_id: &str) -> Option<Ipv4Addr> {
+    let dir = dir_of(network.root());
+    let ready = fs::read_dir(dir.join(READY)).ok()?;
+    for entry in ready.flatten() {
+        let Some(link) = Link::read(&entry.path()) else {
+            continue;
+        };
+        // After a reboot the entry's folder outlives its namespace: left to the clean-up.
+        if !is_port_of(&link.host_end, &network.bridge) {
+            continue;
+        }
+        let claimed = dir.join(CLAIMED).join(vm_id);
+        if fs::create_dir_all(dir.join(CLAIMED)).is_err()
+            || fs::rename(entry.path(), &claimed).is_err()
+        {
+            continue;
+        }
+        // A crash between the rename and here leaves a `pool-` lease without its entry and a
+        // claimed entry whose VM holds no lease: both are removed by the clean-up.
+        return match leases::hand_over(network, link.address, vm_id) {
+            Ok(()) => Some(link.address),
+            Err(_) => {
+                destroy(network, &claimed);
+                None
+            }
+        };
+    }
+    None
+}
+
+/// Whether interface `name` exists and is a port of `bridge`.
+fn is_port_of(name: &str, bridge: &str) -> bool {
+    fs::read_link(Path::new("/sys/class/net").join(name).join("master"))
+        .is_ok_and(|master| master.file_name().is_some_and(|b| b == bridge))
+}
+
+/// The entry VM `vm_id` claimed, opened by its keeper at start.
+pub struct Pooled {
+    entry: PathBuf,
+    pub host_end: String,
+    /// The namespace, for init to join (`setns`) instead of making one.
+    pub namespace: File,
+}
+
+/// At start: the entry VM `vm_id` claimed at create, if it did.
+pub(crate) fn take(root_dir: &Path, vm_id: &str) -> Result<Option<Pooled>> {
+    let entry = dir_of(root_dir).join(CLAIMED).join(vm_id);
+    let Some(link) = Link::read(&entry) else {
+        return Ok(None);
+    };
+    let path = entry.join(NETNS);
+    let namespace = File::open(&path).at(&path)?;
+    Ok(Some(Pooled {
+        entry,
+        host_end: link.host_end,
+        namespace,
+    }))
+}
+
+impl Pooled {
+    /// Once init is in the namespace: the entry goes (its bind mount with it), so that nothing
+    /// but the VM holds the namespace and nothing can take it again.
+    pub(crate) fn let_go(&self) {
+        unmount(&self.entry.join(NETNS));
+        let _ = fs::remove_dir_all(&self.entry);
+    }
+}
+
+fn unmount(netns: &Path) {
+    let _ = nix::mount::umount2(netns, MntFlags::MNT_DETACH);
+}
+
+/// At `rm` (or the end of a throw-away VM that never started): an entry VM `vm_id` claimed and
+/// did not take is removed.
+pub(crate) fn drop_claimed(network: &RootNetwork, vm_id: &str) {
+    let entry = dir_of(network.root()).join(CLAIMED).join(vm_id);
+    if entry.exists() {
+        destroy(network, &entry);
+    }
+}
+
+/// Removes one entry: its namespace's mount, its pair, its firewall entries, its folder, and
+/// its lease if the pool still holds it. Deleting the pair waits for RCU grace periods.
+fn destroy(network: &RootNetwork, entry: &Path) {
+    unmount(&entry.join(NETNS));
+    if let Some(link) = Link::read(entry) {
+        if let (Some(index), Ok(mut netlink)) = (index_of(&link.host_end), Netlink::open()) {
+            let _ = netlink.delete_link(index);
+        }
+        firewall::remove_vm(network, &link.host_end, link.address, false);
+    }
+    if let Some(n) = entry
+        .file_name()
+        .and_then(|name| name.to_str())
+        .map(|name| name.trim_start_matches(MAKING))
+    {
+        let _ = leases::release(network, &lease_id(n));
+    }
+    let _ = fs::remove_dir_all(entry);
+}
+
+/// Whether the root has pool entries (any folder in the pool: ready, claimed or half-made).
+pub fn has_entries(root_dir: &Path) -> bool {
+    let dir = dir_of(root_dir);
+    let nonempty = |path: PathBuf| fs::read_dir(path).is_ok_and(|mut e| e.next().is_some());
+    nonempty(dir.join(READY))
+        || nonempty(dir.join(CLAIMED))
+        || fs::read_dir(&dir).is_ok_and(|entries| {
+            entries
+                .flatten()
+                .any(|e| e.file_name().to_string_lossy().starts_with(MAKING))
+        })
+}
+
+/// How long ago a VM last took an entry (or attached one it took), if one ever did.
+pub fn since_last_taken(root_dir: &Path) -> Option<std::time::Duration> {
+    let modified = fs::metadata(dir_of(root_dir).join(CLAIMED))
+        .and_then(|m| m.modified())
+        .ok()?;
+    // A time in the future (the clock set back) counts as long ago.
+    modified.elapsed().ok()
+}
+
+/// Whether an entry is claimed by a VM that has not attached it yet: the bridge is in use.
+pub(crate) fn has_claimed(root_dir: &Path) -> bool {
+    fs::read_dir(dir_of(root_dir).join(CLAIMED)).is_ok_and(|mut e| e.next().is_some())
+}
+
+/// The refill lock, when no other process holds it.
+fn try_refill_lock(root_dir: &Path) -> Option<File> {
+    let dir = dir_of(root_dir);
+    fs::create_dir_all(&dir).ok()?;
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(REFILL_LOCK))
+        .ok()?;
+    file.try_lock().ok()?;
+    Some(file)
+}
+
+/// The refill lock, waiting for a refill under way.
+fn refill_lock(root_dir: &Path) -> Option<File> {
+    let dir = dir_of(root_dir);
+    if !dir.exists() {
+        return None;
+    }
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(REFILL_LOCK))
+        .ok()?;
+    file.lock().ok()?;
+    Some(file)
+}
+
+/// Whether a VM's port (not a pooled pair's) is on the root's bridge.
+pub(crate) fn vm_on_bridge(root_dir: &Path) -> bool {
+    let Ok(Some(network)) = RootNetwork::load(root_dir) else {
+        return false;
+    };
+    fs::read_dir(
+        Path::new("/sys/class/net")
+            .join(&network.bridge)
+            .join("brif"),
+    )
+    .is_ok_and(|ports| {
+        ports
+            .flatten()
+            .any(|port| !is_pooled_port(&port.file_name().to_string_lossy()))
+    })
+}
+
+/// Fills the root's pool up to [`SIZE`], after removing what a killed refill or keeper left.
+/// Only while the root's bridge exists (the entries are its ports); never fails its caller:
+/// an entry that cannot be made leaves nothing, and VMs then make their own.
+pub fn refill(root_dir: &Path) {
+    let Ok(Some(network)) = RootNetwork::load(root_dir) else {
+        return;
+    };
+    if network.uplink.is_some() {
+        return;
+    }
+    let Some(_refilling) = try_refill_lock(root_dir) else {
+        return;
+    };
+    clean_stale(&network);
+    let ready = dir_of(root_dir).join(READY);
+    if fs::create_dir_all(&ready).is_err() {
+        return;
+    }
+    let count = || fs::read_dir(&ready).map_or(SIZE, |entries| entries.count());
+    while count() < SIZE {
+        if make_one(&network).is_err() {
+            break;
+        }
+    }
+}
+
+/// Makes one entry under `making-<n>`, then moves it to `ready/<n>`. Whatever fails on the way
+/// is undone here, and a process killed on the way leaves the `making-` entry to the clean-up.
+fn make_one(network: &RootNetwork) -> Result<()> {
+    let n = random_hex()?;
+    let making = dir_of(network.root()).join(format!("{MAKING}{n}"));
+    let made = make_entry(network, &making, &n);
+    if made.is_err() {
+        let _lock = network.lock()?;
+        destroy(network, &making);
+    }
+    made
+}
+
+fn make_entry(network: &RootNetwork, making: &Path, n: &str) -> Result<()> {
+    let host_end = format!("{HOST_END_PREFIX}{n}");
+    let address = {
+        let _lock = network.lock()?;
+        if index_of(&network.bridge).is_none() {
+            return Err(NetError::Invalid(format!(
+                "bridge {} is gone: no pool entry to make",
+                network.bridge
+            )));
+        }
+        fs::create_dir(making).at(making)?;
+        let address = leases::lease(network, &lease_id(n), false)?;
+        let link = making.join(LINK);
+        fs::write(&link, format!("{host_end} {address}")).at(&link)?;
+        address
+    };
+    let netns = making.join(NETNS);
+    new_namespace_at(&netns)?;
+    let namespace = File::open(&netns).at(&netns)?;
+    let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "on the host"))?;
+    let bridge = index_of(&network.bridge)
+        .ok_or_else(|| NetError::Invalid(format!("bridge {} vanished", network.bridge)))?;
+    netlink
+        .create_veth(
+            &host_end,
+            bridge,
+            VM_INTERFACE,
+            PeerNamespace::Fd(namespace.as_raw_fd()),
+        )
+        .map_err(netlink_error("create veth pair", host_end.clone()))?;
+    let inside = Inside {
+        own_namespace: true,
+        interface: Some(Interface {
+            name: VM_INTERFACE.to_owned(),
+            address,
+            prefix: network.subnet.prefix(),
+            gateway: network.gateway(),
+        }),
+        files: Vec::new(),
+    };
+    in_namespace(&namespace, move || {
+        feather_sys::net::loopback_up().map_err(|e| NetError::Invalid(e.to_string()))?;
+        inside.configure()
+    })?;
+    firewall::add_vm(network, &host_end, address, false)?;
+    let _lock = network.lock()?;
+    // The bridge may have gone meanwhile (its last VM's linger): then so must this entry.
+    if !is_port_of(&host_end, &network.bridge) {
+        return Err(NetError::Invalid(format!(
+            "{host_end} is no port of bridge {}",
+            network.bridge
+        )));
+    }
+    let ready = dir_of(network.root()).join(READY).join(n);
+    fs::rename(making, &ready).at(&ready)
+}
+
+/// A new network namespace, kept by a bind mount on `path` (what `ip netns add` does): made by
+/// a thread of its own, which alone changes namespace.
+fn new_namespace_at(path: &Path) -> Result<()> {
+    File::create(path).at(path)?;
+    let target = path.to_owned();
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || -> Result<()> {
+                nix::sched::unshare(CloneFlags::CLONE_NEWNET).map_err(|e| NetError::Io {
+                    path: target.clone(),
+                    source: e.into(),
+                })?;
+                feather_sys::mount::bind(Path::new("/proc/thread-self/ns/net"), &target).map_err(
+                    |e| NetError::Io {
+                        path: target.clone(),
+                        source: std::io::Error::from_raw_os_error(e.errno as i32),
+                    },
+                )
+            })
+            .join()
+            .unwrap_or_else(|_| Err(NetError::Invalid("namespace thread panicked".into())))
+    })
+}
+
+/// Runs `work` on a thread that joined `namespace` (the caller's own stays as it is).
+fn in_namespace(namespace: &File, work: impl FnOnce() -> Result<()> + Send) -> Result<()> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                nix::sched::setns(namespace, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                    NetError::Io {
+                        path: PathBuf::from("(pooled network namespace)"),
+                        source: e.into(),
+                    }
+                })?;
+                work()
+            })
+            .join()
+            .unwrap_or_else(|_| Err(NetError::Invalid("namespace thread panicked".into())))
+    })
+}
+
+fn random_hex() -> Result<String> {
+    let mut bytes = [0u8; 4];
+    let path = Path::new("/dev/urandom");
+    File::open(path)
+        .and_then(|mut f| f.read_exact(&mut bytes))
+        .at(path)?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Removes what killed refills and keepers left: `making-` entries (the caller holds the refill
+/// lock, so none is being made), claimed entries whose VM holds no lease, ready entries whose
+/// pair is gone, and `pool-` leases without an entry.
+pub(crate) fn clean_stale(network: &RootNetwork) {
+    if let Ok(_lock) = network.lock() {
+        clean_stale_locked(network, false);
+    }
+}
+
+/// [`clean_stale`] for a caller that holds the root's network lock; with `all`, the ready
+/// entries go too.
+fn clean_stale_locked(network: &RootNetwork, all: bool) {
+    let dir = dir_of(network.root());
+    let held = leases::held(network).unwrap_or_default();
+    let listed = |path: PathBuf| -> Vec<fs::DirEntry> {
+        fs::read_dir(path).map_or_else(|_| Vec::new(), |e| e.flatten().collect())
+    };
+    let mut doomed: Vec<PathBuf> = listed(dir.clone())
+        .into_iter()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(MAKING))
+        .map(|e| e.path())
+        .collect();
+    doomed.extend(
+        listed(dir.join(CLAIMED))
+            .into_iter()
+            .filter(|e| {
+                let id = e.file_name().to_string_lossy().into_owned();
+                !held.iter().any(|(_, holder)| *holder == id)
+            })
+            .map(|e| e.path()),
+    );
+    let mut ready = Vec::new();
+    for entry in listed(dir.join(READY)) {
+        let fit = Link::read(&entry.path())
+            .is_some_and(|link| is_port_of(&link.host_end, &network.bridge));
+        if fit && !all {
+            ready.push(entry.file_name().to_string_lossy().into_owned());
+        } else {
+            doomed.push(entry.path());
+        }
+    }
+    for entry in &doomed {
+        destroy(network, entry);
+    }
+    // Leases of the pool whose entry is no longer there.
+    for (_, holder) in held {
+        if let Some(n) = holder.strip_prefix("pool-") {
+            if !ready.iter().any(|r| r == n) {
+                let _ = leases::release(network, &holder);
+            }
+        }
+    }
+}
+
+/// With the root's bridge (its last VM gone; the caller holds the root's network lock and the
+/// refill lock): every entry goes but those claimed by VMs. Their pairs are deleted here, so
+/// that no veth of the root outlives its bridge even for the moment the kernel takes to drop
+/// a namespace.
+pub(crate) fn drain(network: &RootNetwork) {
+    clean_stale_locked(network, true);
+    let dir = dir_of(network.root());
+    // Empty folders only: a claimed entry belongs to a VM starting now.
+    let _ = fs::remove_dir(dir.join(READY));
+    let _ = fs::remove_dir(dir.join(CLAIMED));
+    if fs::read_dir(&dir).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .all(|e| e.file_name().as_os_str() == REFILL_LOCK)
+    }) {
+        let _ = fs::remove_dir_all(&dir);
+    }
+}
+
+/// Runs `work` holding the refill lock (waiting for a refill under way): for the removal of
+/// the root's bridge, which drains the pool.
+pub(crate) fn with_refill_lock<T>(root_dir: &Path, work: impl FnOnce() -> T) -> T {
+    let _lock = refill_lock(root_dir);
+    work()
+}
+
+/// With the root's last VM's bridge (holding the root's network lock): drains the pool unless
+/// a refill is under way. Whether the pool is empty now.
+pub(crate) fn try_drain(network: &RootNetwork) -> bool {
+    if !has_entries(network.root()) {
+        return true;
+    }
+    match try_refill_lock(network.root()) {
+        Some(_refilling) => {
+            drain(network);
+            true
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pooled_ports_are_told_from_vm_ports() {
+        assert!(is_pooled_port("fthp0a1b2c3d"));
+        // A VM's own host end: `fth` and hex digits of its id.
+        assert!(!is_pooled_port("fth0a1b2c3d"));
+    }
+
+    #[test]
+    fn a_link_file_reads_back() {
+        let dir = std::env::temp_dir().join(format!("feather-pool-link-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join(LINK), "fthp01020304 10.78.3.7\n").unwrap();
+        assert_eq!(
+            Link::read(&dir),
+            Some(Link {
+                host_end: "fthp01020304".into(),
+                address: "10.78.3.7".parse().unwrap(),
+            })
+        );
+        fs::write(dir.join(LINK), "garbage").unwrap();
+        assert_eq!(Link::read(&dir), None);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+}
