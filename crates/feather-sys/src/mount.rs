@@ -62,6 +62,38 @@ pub fn overlay(
 }
 
 /// overlayfs separates options with ',' and lower layers with ':'; both may be escaped.
+/// Whether an overlay whose super options (a mountinfo field, as it reads) are `super_options`
+/// has `upper` as its upper folder. The options are compared as [`overlay`] wrote them: the
+/// kernel shows an overlay's options as they were given, escapes and all.
+pub fn is_overlay_upper(super_options: &str, upper: &Path) -> bool {
+    let options = crate::mountinfo::unescape(super_options);
+    let wanted = format!("upperdir={}", escape_option(upper));
+    let found = split_options(&options).any(|option| option == wanted);
+    found
+}
+
+/// An overlay's options, split at the commas its escapes (`\,`) do not hide.
+fn split_options(options: &str) -> impl Iterator<Item = &str> {
+    let mut rest = Some(options);
+    std::iter::from_fn(move || {
+        let text = rest?;
+        let bytes = text.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            match bytes[i] {
+                b'\\' => i += 2,
+                b',' => {
+                    rest = Some(&text[i + 1..]);
+                    return Some(&text[..i]);
+                }
+                _ => i += 1,
+            }
+        }
+        rest = None;
+        Some(text)
+    })
+}
+
 fn escape_option(path: &Path) -> String {
     path.to_string_lossy()
         .replace('\\', "\\\\")

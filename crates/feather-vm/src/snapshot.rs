@@ -34,6 +34,7 @@ use feather_core::{StateRoot, VmConfig, VmDir};
 use feather_migrate::criu::{self, Criu, Dump, Restore};
 use feather_sys::cgroup::Cgroup;
 use feather_sys::mount::{self, LayerSync};
+use feather_sys::mountinfo::MountEntry;
 use feather_sys::process::{self, ChildProcess};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::waitpid;
@@ -101,9 +102,10 @@ pub(crate) fn dump(
     let mountinfo = format!("/proc/{init}/mountinfo");
     let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
     let mounts = feather_sys::mountinfo::parse(&text);
+    let config = vm.read_config().in_vm(name)?;
     let mut layers: Vec<ExternalLayer> = mounts
         .iter()
-        .filter(|m| m.fs_type == "overlay" && m.mount_point != Path::new("/"))
+        .filter(|m| is_own_layer(vm, &config, m))
         .enumerate()
         .map(|(i, m)| ExternalLayer {
             key: format!("feather-layer-{i}"),
@@ -169,6 +171,20 @@ pub(crate) fn dump(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// Whether `mount` is one of the VM's own layers over a host mount: an overlay whose upper
+/// folder is the one feather made for that mount point. Any other overlay in the VM is not
+/// taken for one — a Shuttle hand-over binds another VM's overlay into this VM's `/run`, in a
+/// folder this VM can rename, and a restore layers `base + mount point` from the host at each
+/// layer's mount point, so a mount point the VM chose must never be one. (CRIU then meets that
+/// overlay as a mount it cannot dump, and the checkpoint is refused.)
+fn is_own_layer(vm: &VmDir, config: &VmConfig, mount: &MountEntry) -> bool {
+    if mount.fs_type != "overlay" || mount.mount_point == Path::new("/") {
+        return false;
+    }
+    let expected = layers::Layer::submount(vm, config, mount.mount_point.clone()).upper;
+    mount::is_overlay_upper(&mount.super_options, &expected)
 }
 
 /// In a keeper started in restore mode: restores the VM's process tree from its checkpoint
@@ -414,5 +430,58 @@ pub(crate) fn await_release(
                 );
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_and_config() -> (VmDir, VmConfig) {
+        let root = StateRoot::new(Some(PathBuf::from("/state")));
+        let config: VmConfig =
+            toml::from_str("name = \"web\"\nid = \"abc\"\nbase = \"/\"\ncreated = 0\n").unwrap();
+        (root.vm(&config.name), config)
+    }
+
+    /// An overlay's mountinfo entry as the kernel shows it: the options as given (overlay's
+    /// escapes), then mountinfo's octal escapes of backslashes.
+    fn overlay(at: &str, upper: &Path) -> MountEntry {
+        let given = upper.display().to_string().replace('\\', "\\\\");
+        MountEntry {
+            mount_point: PathBuf::from(at),
+            fs_type: "overlay".into(),
+            source: "overlay".into(),
+            super_options: format!(
+                "rw,lowerdir=/srv,upperdir={},workdir=/state/w,redirect_dir=off",
+                given.replace('\\', "\\134")
+            ),
+        }
+    }
+
+    #[test]
+    fn only_overlays_over_the_vms_own_layer_folders_are_its_layers() {
+        let (vm, config) = vm_and_config();
+        let own = layers::Layer::submount(&vm, &config, "/srv".into()).upper;
+        assert!(is_own_layer(&vm, &config, &overlay("/srv", &own)));
+        // A mount point whose folder name needs escapes (`-` is `\x2d` in it).
+        let escaped = layers::Layer::submount(&vm, &config, "/srv/my-data".into()).upper;
+        assert!(is_own_layer(
+            &vm,
+            &config,
+            &overlay("/srv/my-data", &escaped)
+        ));
+        // Another VM's overlay bound in (a Shuttle hand-over), wherever this VM moved it: even
+        // at a mount point of a real layer, its upper folder is not this VM's.
+        let theirs = Path::new("/state/vms/other/upper");
+        assert!(!is_own_layer(
+            &vm,
+            &config,
+            &overlay("/run/feather-shuttle/x", theirs)
+        ));
+        assert!(!is_own_layer(&vm, &config, &overlay("/srv", theirs)));
+        // This VM's layer folder for /srv, mounted elsewhere, is no layer of that elsewhere.
+        assert!(!is_own_layer(&vm, &config, &overlay("/root", &own)));
+        assert!(!is_own_layer(&vm, &config, &overlay("/", &vm.upper())));
     }
 }
