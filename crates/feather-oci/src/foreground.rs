@@ -9,7 +9,7 @@
 //! pidfd), the terminal's master and stdin.
 
 use std::io::IsTerminal;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 
@@ -215,7 +215,10 @@ impl Relay {
         let mut next = 0;
         if self.master_open {
             if ready.get(next) == Some(&true)
-                && !copy(self.master.as_fd(), feather_sys::process::standard_fd(1))
+                && !feather_sys::pty::relay_available(
+                    self.master.as_fd(),
+                    feather_sys::process::standard_fd(1),
+                )
             {
                 self.master_open = false;
             }
@@ -223,7 +226,10 @@ impl Relay {
         }
         if self.stdin_open
             && ready.get(next) == Some(&true)
-            && !copy(feather_sys::process::standard_fd(0), self.master.as_fd())
+            && !feather_sys::pty::relay_available(
+                feather_sys::process::standard_fd(0),
+                self.master.as_fd(),
+            )
         {
             self.stdin_open = false;
         }
@@ -234,26 +240,6 @@ impl Drop for Relay {
     fn drop(&mut self) {
         if let Some(saved) = &self.saved {
             let _ = termios::tcsetattr(std::io::stdin(), SetArg::TCSANOW, saved);
-        }
-    }
-}
-
-/// Copies what is available from one descriptor to another; false at the end of input (a
-/// master whose every slave closed reads EIO).
-fn copy(from: BorrowedFd, to: BorrowedFd) -> bool {
-    let mut buffer = [0u8; 8192];
-    match nix::unistd::read(from, &mut buffer) {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            let mut written = 0;
-            while written < n {
-                match nix::unistd::write(to, &buffer[written..n]) {
-                    Ok(count) => written += count,
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(_) => return false,
-                }
-            }
-            true
         }
     }
 }

@@ -1,6 +1,7 @@
-//! Pseudo-terminals for `exec -t`.
+//! Pseudo-terminals for `exec -t` (and feather-oci's relayed terminal): opening them in a VM,
+//! their window size, and relaying what they carry.
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use nix::fcntl::OFlag;
 use nix::pty::{grantpt, unlockpt, PtyMaster};
@@ -70,6 +71,26 @@ pub fn window_size(terminal: &impl AsFd) -> Option<WindowSize> {
 
 pub fn set_window_size(terminal: &impl AsFd, size: &WindowSize) {
     let _ = raw::set_window_size(terminal.as_fd().as_raw_fd(), size);
+}
+
+/// Copies what is available on `from` (one read) to `to`, for a terminal relay woken by poll;
+/// false at the end of input (a master whose every slave closed reads EIO) or when `to` is gone.
+pub fn relay_available(from: BorrowedFd, to: BorrowedFd) -> bool {
+    let mut buffer = [0u8; 8192];
+    match nix::unistd::read(from, &mut buffer) {
+        Ok(0) | Err(_) => false,
+        Ok(n) => {
+            let mut written = 0;
+            while written < n {
+                match nix::unistd::write(to, &buffer[written..n]) {
+                    Ok(count) => written += count,
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => return false,
+                }
+            }
+            true
+        }
+    }
 }
 
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! program's stdio, and returns the program's exit code.
 
 use std::io::IsTerminal;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
 use feather_core::{StateRoot, VmName};
 use feather_sys::process;
@@ -218,25 +218,6 @@ fn handle_signal(channel: &OwnedFd, signo: i32, terminal: Option<&Terminal>) {
     let _ = commands::send(channel, &ToInit::Signal { signo }, &[]);
 }
 
-/// Copies what is available from one descriptor to another; false at end of input.
-fn copy(from: BorrowedFd, to: BorrowedFd) -> bool {
-    let mut buffer = [0u8; 8192];
-    match nix::unistd::read(from, &mut buffer) {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            let mut written = 0;
-            while written < n {
-                match nix::unistd::write(to, &buffer[written..n]) {
-                    Ok(count) => written += count,
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(_) => return false,
-                }
-            }
-            true
-        }
-    }
-}
-
 /// A terminal of the VM's devpts for `exec -t`, and the user's terminal in raw mode while it
 /// is used.
 struct Terminal {
@@ -299,7 +280,10 @@ impl Terminal {
         let mut next = 0;
         if self.master_open {
             if ready.get(next) == Some(&true)
-                && !copy(self.master.as_fd(), std::io::stdout().as_fd())
+                && !feather_sys::pty::relay_available(
+                    self.master.as_fd(),
+                    std::io::stdout().as_fd(),
+                )
             {
                 self.master_open = false;
             }
@@ -307,7 +291,7 @@ impl Terminal {
         }
         if self.stdin_open
             && ready.get(next) == Some(&true)
-            && !copy(std::io::stdin().as_fd(), self.master.as_fd())
+            && !feather_sys::pty::relay_available(std::io::stdin().as_fd(), self.master.as_fd())
         {
             self.stdin_open = false;
         }
