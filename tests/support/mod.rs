@@ -180,9 +180,18 @@ impl Drop for Feather {
             let _ = self.run(&["ls"]);
         }
         for vm in self.vm_names() {
-            let removed = self.run(&["rm", "--force", &vm]).code == 0;
-            if !removed {
-                kill_recorded_processes(&self.vm_dir(&vm));
+            if self.run(&["rm", "--force", &vm]).code == 0 {
+                continue;
+            }
+            // Busy (an operation of a server the test started, such as a restore, may still
+            // hold it) or half made: end its processes, then remove it once more, so that its
+            // mounts go with it and the root can be removed.
+            kill_recorded_processes(&self.vm_dir(&vm));
+            for _ in 0..50 {
+                if self.run(&["rm", "--force", &vm]).code == 0 {
+                    break;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
         let _ = fs::remove_dir_all(&self.root);
