@@ -39,6 +39,9 @@ use std::process::{ChildStdout, Stdio};
 use std::rc::Rc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use feather_sys::beneath;
+use nix::fcntl::OFlag;
+
 use crate::archive::{self, Stream};
 use crate::error::{io_at, MigrateError, Result};
 
@@ -93,17 +96,27 @@ fn horizon() -> Duration {
 
 /// Calls `found` for every entry under the members `roots` of `dir` (the roots too), with its
 /// path relative to `dir` and its metadata; never follows a symlink. Entries that vanish while
-/// it walks are skipped.
+/// it walks are skipped. The layers are the VM's, and it still runs during the survey: every
+/// entry is reached beneath `dir`'s descriptor with no symlink allowed on the way (a folder
+/// swapped for a link between two steps is refused by the kernel, not listed through).
 fn walk(dir: &Path, roots: &[String], found: &mut dyn FnMut(&Path, &fs::Metadata)) {
+    let Ok(top) = beneath::open_root(dir) else {
+        return;
+    };
     let mut pending: Vec<PathBuf> = roots.iter().map(PathBuf::from).collect();
     while let Some(rel) = pending.pop() {
-        let Ok(meta) = fs::symlink_metadata(dir.join(&rel)) else {
+        // O_PATH with O_NOFOLLOW: the entry itself, a symlink included, for its metadata.
+        let Ok(entry) = beneath::open_beneath(&top, &rel, OFlag::O_PATH) else {
+            continue;
+        };
+        let Ok(meta) = fs::File::from(entry).metadata() else {
             continue;
         };
         found(&rel, &meta);
         if meta.is_dir() {
-            if let Ok(listing) = fs::read_dir(dir.join(&rel)) {
-                pending.extend(listing.flatten().map(|e| rel.join(e.file_name())));
+            if let Ok(Some(folder)) = beneath::open_dir(&top, &rel) {
+                let names = beneath::names(&folder).unwrap_or_default();
+                pending.extend(names.into_iter().map(|name| rel.join(name)));
             }
         }
     }
@@ -329,14 +342,14 @@ pub fn prune(staging: &Path) -> Result<()> {
         .filter(|p| !p.is_empty())
         .map(|p| Path::new(OsStr::from_bytes(p)))
         .collect();
-    let root = feather_sys::beneath::open_root(staging).map_err(io_at(staging))?;
+    let root = beneath::open_root(staging).map_err(io_at(staging))?;
     for layer in LAYERS {
         let layer = Path::new(layer);
         if !keep.contains(layer) {
             continue;
         }
-        if let Some(dir) = feather_sys::beneath::open_dir(&root.as_fd(), layer)
-            .map_err(io_at(&staging.join(layer)))?
+        if let Some(dir) =
+            beneath::open_dir(&root.as_fd(), layer).map_err(io_at(&staging.join(layer)))?
         {
             prune_folder(staging, layer, &dir, &keep)?;
         }
@@ -347,7 +360,6 @@ pub fn prune(staging: &Path) -> Result<()> {
 /// Removes what of the folder `dir` (at `rel` in `staging`) `keep` does not list, and prunes
 /// its subfolders alike.
 fn prune_folder(staging: &Path, rel: &Path, dir: &fs::File, keep: &HashSet<&Path>) -> Result<()> {
-    use feather_sys::beneath;
     let failed = |e| io_at(&staging.join(rel))(e);
     for name in beneath::names(dir).map_err(failed)? {
         let path = rel.join(&name);
@@ -403,5 +415,31 @@ mod tests {
         assert!(exists("checkpoint/x") && exists("outside/precious"));
         assert!(!exists(MANIFEST));
         fs::remove_dir_all(&staging).unwrap();
+    }
+
+    #[test]
+    fn the_walk_reports_a_symlink_as_itself_and_never_lists_through_it() {
+        let dir = std::env::temp_dir().join(format!("feather-walk-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("upper/folder")).unwrap();
+        fs::create_dir_all(dir.join("outside")).unwrap();
+        fs::write(dir.join("upper/folder/file"), "x").unwrap();
+        fs::write(dir.join("outside/precious"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), dir.join("upper/link")).unwrap();
+        let mut seen = Vec::new();
+        walk(&dir, &["upper".to_owned()], &mut |path, meta| {
+            seen.push((path.display().to_string(), meta.file_type().is_symlink()));
+        });
+        seen.sort();
+        assert_eq!(
+            seen,
+            [
+                ("upper".to_owned(), false),
+                ("upper/folder".to_owned(), false),
+                ("upper/folder/file".to_owned(), false),
+                ("upper/link".to_owned(), true),
+            ]
+        );
+        fs::remove_dir_all(&dir).unwrap();
     }
 }
