@@ -74,23 +74,13 @@ fn open_endpoints(token: &str, x11: bool) -> Endpoints {
     let mut note = |what: &str, e: &dyn std::fmt::Display| missing.push(format!("{what}: {e}"));
     let mut token_buffer = Box::new([0u8; 64]);
     token_buffer[..token.len().min(64)].copy_from_slice(&token.as_bytes()[..token.len().min(64)]);
-    let names = Names::of(token);
     let mut published = Published {
-        token: token.to_owned(),
         pid: std::process::id() as i32,
         start_ticks: start_ticks(std::process::id() as i32).unwrap_or(0),
         buffer_addr: token_buffer.as_ptr() as u64,
-        sysv_key: names.sysv_key,
-        mq_name: names.mq_name,
-        shm_path: names.shm_path,
-        abstract_name: names.abstract_name,
-        fifo: names.fifo,
-        file: names.file,
-        watched: names.watched,
-        churned: names.churned,
         netns: netns_inode(),
         interfaces: interfaces(),
-        ..Default::default()
+        ..Published::named(token)
     };
     let mut paths: Vec<PathBuf> = Vec::new();
 

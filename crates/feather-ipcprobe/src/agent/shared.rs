@@ -67,6 +67,24 @@ pub struct Published {
 }
 
 impl Published {
+    /// A report holding the names a listener given `token` makes ([`Names`]),
+    /// for the rest to be filled in.
+    pub fn named(token: &str) -> Published {
+        let names = Names::of(token);
+        Published {
+            token: token.to_owned(),
+            sysv_key: names.sysv_key,
+            mq_name: names.mq_name,
+            shm_path: names.shm_path,
+            abstract_name: names.abstract_name,
+            fifo: names.fifo,
+            file: names.file,
+            watched: names.watched,
+            churned: names.churned,
+            ..Published::default()
+        }
+    }
+
     pub fn socket_path(&self, dir: &str, suffix: &str, kind: &str) -> String {
         format!("{dir}/{}{suffix}.{kind}", self.token)
     }
@@ -257,20 +275,10 @@ mod tests {
     use super::*;
 
     fn genuine(token: &str) -> Published {
-        let names = Names::of(token);
         Published {
-            token: token.to_owned(),
-            sysv_key: names.sysv_key,
-            mq_name: names.mq_name,
-            shm_path: names.shm_path,
-            abstract_name: names.abstract_name,
-            fifo: names.fifo,
-            file: names.file,
-            watched: names.watched,
-            churned: names.churned,
             x11_abstract: Some(X11_NAME.to_owned()),
             x11_path: None,
-            ..Published::default()
+            ..Published::named(token)
         }
     }
 
