@@ -226,12 +226,7 @@ pub(crate) fn has_claimed(root_dir: &Path) -> bool {
 fn try_refill_lock(root_dir: &Path) -> Option<File> {
     let dir = dir_of(root_dir);
     fs::create_dir_all(&dir).ok()?;
-    let file = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(REFILL_LOCK))
-        .ok()?;
+    let file = open_refill_lock(&dir)?;
     file.try_lock().ok()?;
     Some(file)
 }
@@ -242,14 +237,18 @@ fn refill_lock(root_dir: &Path) -> Option<File> {
     if !dir.exists() {
         return None;
     }
-    let file = fs::OpenOptions::new()
+    let file = open_refill_lock(&dir)?;
+    file.lock().ok()?;
+    Some(file)
+}
+
+fn open_refill_lock(dir: &Path) -> Option<File> {
+    fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(dir.join(REFILL_LOCK))
-        .ok()?;
-    file.lock().ok()?;
-    Some(file)
+        .ok()
 }
 
 /// Whether a VM's port (not a pooled pair's) is on the root's bridge.
