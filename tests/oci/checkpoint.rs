@@ -138,6 +138,62 @@ fn checkpoint_and_restore_go_on_counting() {
     assert_eq!(runtime.run(&["delete", "ckpt-c2"]).code, 0);
 }
 
+/// Four shells counting as fast as they can, each into /tmp/count-N: any moment one of them
+/// runs moves its number.
+const RACERS: &str = "for n in 1 2 3 4; do (i=0; while true; do i=$((i+1)); echo $i > /tmp/count-$n; done) & done; wait";
+
+#[test]
+fn a_paused_container_stays_frozen_through_its_checkpoint() {
+    // containerd pauses a task, checkpoints it with --leave-running, copies its writable layer
+    // and then resumes it: if the container ran for a moment during the checkpoint, the layer
+    // it copies no longer matches the images (a file CRIU recorded can be half-rewritten).
+    let scratch = Scratch::new("checkpoint-paused");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sh", "-c", RACERS]));
+    let counts = || -> Vec<String> {
+        (1..=4)
+            .map(|n| fs::read_to_string(bundle.dir.join(format!("rootfs/tmp/count-{n}"))))
+            .map(|read| read.unwrap_or_default())
+            .collect()
+    };
+    let id = "ckpt-paused";
+    assert_eq!(runtime.create(id, &bundle, &scratch.path("out")).code, 0);
+    assert_eq!(runtime.run(&["start", id]).code, 0);
+    // Running (each file is rewritten without pause, so it is often caught empty).
+    let racing = |n: usize| bundle.dir.join(format!("rootfs/tmp/count-{n}")).exists();
+    assert!(eventually(Duration::from_secs(10), || (1..=4).all(racing)));
+    assert_eq!(runtime.run(&["pause", id]).code, 0);
+    let paused_at = counts();
+
+    // Five checkpoints in a row: a moment of running is short, and the racers may miss one.
+    for round in 0..5 {
+        let images = scratch.path(&format!("images-{round}"));
+        let outcome = runtime.run(&[
+            "checkpoint",
+            "--leave-running",
+            "--image-path",
+            images.to_str().unwrap(),
+            id,
+        ]);
+        assert_eq!(outcome.code, 0, "{outcome:?}");
+        assert_eq!(runtime.status(id), "paused", "it is left as it was");
+        assert_eq!(
+            counts(),
+            paused_at,
+            "nothing ran while it was checkpointed (round {round})"
+        );
+    }
+
+    assert_eq!(runtime.run(&["resume", id]).code, 0);
+    assert!(
+        eventually(Duration::from_secs(5), || counts() != paused_at),
+        "it runs on once resumed"
+    );
+    assert_eq!(runtime.run(&["kill", id, "KILL"]).code, 0);
+    runtime.wait_stopped(id);
+    assert_eq!(runtime.run(&["delete", id]).code, 0);
+}
+
 #[test]
 fn ctr_checkpoint_and_restore_go_on_counting() {
     let scratch = Scratch::new("containerd-checkpoint");

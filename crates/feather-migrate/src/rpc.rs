@@ -120,6 +120,11 @@ pub struct Opts {
     /// `--external` resources: `mnt[…]:…`, `veth[…]:…@…`.
     #[prost(string, repeated, tag = "37")]
     pub external: Vec<String>,
+    /// `--freeze-cgroup`: the freezer group (v1 `freezer.state`, v2 `cgroup.freeze`) CRIU
+    /// freezes before it seizes the tasks, and leaves as it found it: a frozen group stays
+    /// frozen through a `leave_running` dump.
+    #[prost(string, optional, tag = "44")]
+    pub freeze_cgroup: Option<String>,
     /// `--leave-stopped` (restore).
     #[prost(bool, optional, tag = "69")]
     pub leave_stopped: Option<bool>,

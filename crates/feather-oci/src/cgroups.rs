@@ -276,6 +276,18 @@ impl Groups {
         }
     }
 
+    /// The folder whose freezer holds the group's processes: the v1 freezer where the machine
+    /// has it, otherwise the v2 group (`cgroup.freeze`).
+    pub fn freezer_group(&self) -> Result<PathBuf> {
+        if let Some(dir) = self.freezer_dir() {
+            return Ok(dir);
+        }
+        match v2_mount() {
+            Some(mount) => Ok(mount.join(&self.relative)),
+            None => bail!("neither a v1 freezer nor a v2 hierarchy is mounted: cannot freeze"),
+        }
+    }
+
     /// Freezes or thaws every process of the group: the v1 freezer where the machine has it,
     /// otherwise v2's `cgroup.freeze`.
     pub fn freeze(&self, frozen: bool) -> Result<()> {

@@ -168,15 +168,13 @@ pub fn checkpoint(root: &Path, args: &CheckpointArgs) -> Result<()> {
     }
     let mode = cgroups_mode(args.manage_cgroups_mode.as_deref())?;
     let container = Container::load(root, &args.id)?;
-    let paused = match container.status() {
-        Status::Running => false,
-        Status::Paused => true,
-        other => bail!(
+    if !matches!(container.status(), Status::Running | Status::Paused) {
+        bail!(
             "cannot checkpoint container {}: it is {} (only a running or paused container can be checkpointed)",
             args.id,
-            other.name()
-        ),
-    };
+            container.status().name()
+        );
+    }
     let spec = container.config()?;
     check_config(&spec, "checkpoint")?;
     let criu = Criu::locate()?;
@@ -210,6 +208,12 @@ pub fn checkpoint(root: &Path, args: &CheckpointArgs) -> Result<()> {
         shell_job: Some(args.shell_job),
         manage_cgroups_mode: Some(mode),
         external,
+        // CRIU freezes the group, seizes its tasks while they cannot run, and leaves the group
+        // as it found it: containerd pauses a container, checkpoints it with --leave-running,
+        // copies its writable layer and only then resumes it — the layer must not change
+        // between the dump and that copy (a thaw of ours let a writer truncate a file whose
+        // size CRIU had just recorded, and the restore failed: "File tmp/count has bad size").
+        freeze_cgroup: Some(container.groups().freezer_group()?.display().to_string()),
         ..common_options()
     };
     let log = args
@@ -217,16 +221,7 @@ pub fn checkpoint(root: &Path, args: &CheckpointArgs) -> Result<()> {
         .as_ref()
         .unwrap_or(&args.image_path)
         .join(DUMP_LOG);
-    // containerd pauses a container before its checkpoint. CRIU stops the tasks itself (with
-    // ptrace, which a frozen task does not answer): thawed for the dump, frozen again after
-    // when they go on.
-    if paused {
-        container.groups().freeze(false)?;
-    }
     let dumped = criu.dump_with(&args.id, opts, &log);
-    if paused && (args.leave_running || dumped.is_err()) {
-        container.groups().freeze(true)?;
-    }
     dumped?;
     // As runc: a container checkpointed without --leave-running is gone (CRIU ended its
     // processes); the engine restores it under a new or the same id.
