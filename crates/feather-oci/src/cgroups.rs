@@ -201,10 +201,11 @@ impl Groups {
         if rules.is_empty() {
             return Ok(());
         }
-        let policy = crate::devices::Policy::of_config(rules)?;
+        let list = crate::devices::listed(rules)?;
+        let policy = crate::devices::Policy::of(&list)?;
         let v1 = self.v1_dir("devices");
         if let Some(dir) = &v1 {
-            for (file, line) in policy.v1_lines() {
+            for (file, line) in crate::devices::v1_lines(&list) {
                 write(&dir.join(file), &line)
                     .with_context(|| format!("linux.resources.devices: the v1 rule {line:?}"))?;
             }

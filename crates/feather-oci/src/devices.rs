@@ -137,27 +137,66 @@ pub struct Policy {
     exceptions: BTreeMap<Target, u8>,
 }
 
+/// A rule with where it comes from, for errors: `linux.resources.devices[2]`, or runc's
+/// defaults.
+pub type Listed = (String, Rule);
+
+/// The config's rules, checked, then runc's always-allowed devices: the full list, in order.
+pub fn listed(rules: &[LinuxDeviceCgroup]) -> Result<Vec<Listed>> {
+    let mut list = Vec::new();
+    for (index, rule) in rules.iter().enumerate() {
+        list.push((
+            format!("linux.resources.devices[{index}]"),
+            Rule::from_config(index, rule)?,
+        ));
+    }
+    for &(kind, major, minor, access) in ALWAYS_ALLOWED {
+        let rule = Rule {
+            allow: true,
+            kind: Some(kind),
+            major,
+            minor,
+            access,
+        };
+        list.push(("runc's default device rule".to_owned(), rule));
+    }
+    Ok(list)
+}
+
+/// The lines that make a v1 devices group (a new one allows everything) hold what `list`
+/// says: "deny everything" first unless the list starts with a type-`a` rule of its own, then
+/// each rule in the config's order (the conformance suite reads `devices.list` in that
+/// order), as (file, line). The kernel's v1 semantics are the ones [`Policy`] follows, but
+/// for the holes in wildcard rules it ignores, which [`Policy::of`] refuses.
+pub fn v1_lines(list: &[Listed]) -> Vec<(&'static str, String)> {
+    let file = |allow: bool| {
+        if allow {
+            "devices.allow"
+        } else {
+            "devices.deny"
+        }
+    };
+    let mut lines = Vec::new();
+    if list.first().is_none_or(|(_, r)| r.kind.is_some()) {
+        lines.push(("devices.deny", "a".to_owned()));
+    }
+    lines.extend(list.iter().map(|(_, r)| (file(r.allow), r.line())));
+    lines
+}
+
 impl Policy {
     /// The config's rules, then runc's always-allowed devices, from "deny everything".
     pub fn of_config(rules: &[LinuxDeviceCgroup]) -> Result<Policy> {
+        Policy::of(&listed(rules)?)
+    }
+
+    /// What `list` amounts to, from "deny everything".
+    pub fn of(list: &[Listed]) -> Result<Policy> {
         let mut policy = Policy::default();
-        for (index, rule) in rules.iter().enumerate() {
-            let rule = Rule::from_config(index, rule)?;
+        for (origin, rule) in list {
             policy
-                .apply(rule)
-                .with_context(|| format!("linux.resources.devices[{index}] {:?}", rule.line()))?;
-        }
-        for &(kind, major, minor, access) in ALWAYS_ALLOWED {
-            let rule = Rule {
-                allow: true,
-                kind: Some(kind),
-                major,
-                minor,
-                access,
-            };
-            policy
-                .apply(rule)
-                .with_context(|| format!("runc's default device rule {:?}", rule.line()))?;
+                .apply(*rule)
+                .with_context(|| format!("{origin} {:?}", rule.line()))?;
         }
         Ok(policy)
     }
@@ -232,21 +271,6 @@ impl Policy {
                 minor,
                 access,
             })
-    }
-
-    /// The lines that make a v1 devices group hold this policy: the default (type `a`), then
-    /// each exception, as (file, line).
-    pub fn v1_lines(&self) -> Vec<(&'static str, String)> {
-        let file = |allow: bool| {
-            if allow {
-                "devices.allow"
-            } else {
-                "devices.deny"
-            }
-        };
-        let mut lines = vec![(file(self.default_allow), "a".to_owned())];
-        lines.extend(self.exception_rules().map(|r| (file(r.allow), r.line())));
-        lines
     }
 }
 
@@ -535,14 +559,24 @@ mod tests {
     }
 
     #[test]
-    fn v1_lines_start_with_the_default() {
-        let p = policy(&[
-            rule(false, None, None, None, "rwm"),
+    fn v1_lines_start_from_deny_and_keep_the_configs_order() {
+        let list = listed(&[
             rule(true, B, Some(7), Some(0), "rw"),
-        ]);
-        let lines = p.v1_lines();
+            rule(true, C, Some(4), Some(1), "r"),
+        ])
+        .unwrap();
+        let lines = v1_lines(&list);
         assert_eq!(lines[0], ("devices.deny", "a".to_owned()));
-        assert!(lines.contains(&("devices.allow", "b 7:0 rw".to_owned())));
+        assert_eq!(lines[1], ("devices.allow", "b 7:0 rw".to_owned()));
+        assert_eq!(lines[2], ("devices.allow", "c 4:1 r".to_owned()));
         assert!(lines.contains(&("devices.allow", "c 136:* rwm".to_owned())));
+        let list = listed(&[rule(false, None, None, None, "rwm")]).unwrap();
+        assert_eq!(
+            v1_lines(&list)
+                .iter()
+                .filter(|(_, l)| l.starts_with('a'))
+                .count(),
+            1
+        );
     }
 }
