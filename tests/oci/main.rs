@@ -9,6 +9,7 @@ mod checkpoint;
 mod conformance;
 mod containerd;
 mod cri;
+mod devices;
 mod diff;
 mod docker;
 mod feather;

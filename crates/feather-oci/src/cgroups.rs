@@ -1,7 +1,8 @@
 //! A container's cgroup: the config's `linux.cgroupsPath` (or `feather-oci/<id>`) in every
 //! hierarchy, on v1, v2 and hybrid hosts. Memory, pids and CPU quota go through feather-sys's
 //! [`Cgroup`] (which writes each limit to whichever hierarchy holds its controller); the v1
-//! files it does not know (cpu.shares, the devices list, the freezer) are written here.
+//! files it does not know (cpu.shares, the freezer) are written here, and the device list
+//! goes to [`crate::devices`]'s policy, on v1 and v2.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -13,23 +14,6 @@ use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxMemory, LinuxResources};
 
 use crate::hierarchies::{v1_mount, v2_mount};
-
-/// mknod of any device; null, zero, full, random, urandom, tty, console; the pseudo-terminals
-/// (136:*, ptmx) and tun: runc's default allowed devices.
-const ALWAYS_ALLOWED_DEVICES: &[&str] = &[
-    "c *:* m",
-    "b *:* m",
-    "c 1:3 rwm",
-    "c 1:5 rwm",
-    "c 1:7 rwm",
-    "c 1:8 rwm",
-    "c 1:9 rwm",
-    "c 5:0 rwm",
-    "c 5:1 rwm",
-    "c 136:* rwm",
-    "c 5:2 rwm",
-    "c 10:200 rwm",
-];
 
 pub struct Groups {
     cgroup: Cgroup,
@@ -131,7 +115,7 @@ impl Groups {
         self.apply_extras(resources)
     }
 
-    /// cpu.shares, the CFS quota and period, memory+swap, the device list (v1), and what
+    /// cpu.shares, the CFS quota and period, memory+swap, the device list, and what
     /// [`crate::controllers`] applies (cpuset, block I/O, huge pages, `unified`).
     fn apply_extras(&self, resources: &LinuxResources) -> Result<()> {
         if let Some(swap) = resources
@@ -204,43 +188,46 @@ impl Groups {
         }
     }
 
-    /// The device list, rule by rule, as the v1 devices controller takes them. On v2 device
-    /// access is a BPF program, which feather-oci does not load: there the mounts' `nodev` and
-    /// the capability set (no CAP_MKNOD unless given) are what stands.
+    /// The device list (with runc's always-allowed devices after it) as one policy
+    /// ([`crate::devices`]), enforced by every devices mechanism this host has: the v1
+    /// controller's lines, and a device program on the container's v2 group. On a pure v2
+    /// host the program is all there is, so a failure to load or attach it fails `create`;
+    /// on a hybrid host the v1 controller decides (as runc has it) and the program is defence
+    /// in depth — the container's processes are in a v2 group of its own here too
+    /// (feather-sys puts them in each hierarchy) — whose failure is only a warning.
     fn apply_devices(&self, rules: &[LinuxDeviceCgroup]) -> Result<()> {
-        let Some(dir) = self.v1_dir("devices") else {
+        // An empty list restricts nothing, as before this policy existed (runc would apply
+        // its defaults alone); every engine sends a list starting with a deny-all rule.
+        if rules.is_empty() {
             return Ok(());
-        };
-        for rule in rules {
-            let kind = rule
-                .typ()
-                .map(|t| t.as_str().to_owned())
-                .unwrap_or_else(|| "a".into());
-            let number = |n: Option<i64>| n.map_or("*".to_owned(), |n| n.to_string());
-            let access = rule.access().clone().unwrap_or_else(|| "rwm".into());
-            let line = format!(
-                "{kind} {}:{} {access}",
-                number(rule.major()),
-                number(rule.minor())
-            );
-            let file = if rule.allow() {
-                "devices.allow"
-            } else {
-                "devices.deny"
-            };
-            write(&dir.join(file), &line)
-                .with_context(|| format!("linux.resources.devices rule {line:?}"))?;
         }
-        // After the config's rules, the devices runc allows whatever they say (libcontainer's
-        // AllowedDevices; youki does the same): engines such as podman send only a deny-all
-        // rule and count on them — without, the container cannot even open /dev/null.
-        if !rules.is_empty() {
-            for line in ALWAYS_ALLOWED_DEVICES {
-                write(&dir.join("devices.allow"), line)
-                    .with_context(|| format!("the default device rule {line:?}"))?;
+        let list = crate::devices::listed(rules)?;
+        let policy = crate::devices::Policy::of(&list)?;
+        let v1 = self.v1_dir("devices");
+        if let Some(dir) = &v1 {
+            for (file, line) in crate::devices::v1_lines(&list) {
+                write(&dir.join(file), &line)
+                    .with_context(|| format!("linux.resources.devices: the v1 rule {line:?}"))?;
             }
         }
-        Ok(())
+        let Some(mount) = v2_mount() else {
+            if v1.is_none() {
+                bail!("linux.resources.devices: this host has neither a v1 devices controller nor a cgroup v2 hierarchy to enforce them with");
+            }
+            return Ok(());
+        };
+        let dir = mount.join(&self.relative);
+        match crate::devices::enforce_v2(&dir, &policy) {
+            Ok(()) => Ok(()),
+            Err(e) if v1.is_some() => {
+                eprintln!("feather-oci: warning: linux.resources.devices: the v1 devices controller enforces them; the cgroup v2 device program (defence in depth) was not set: {e:#}");
+                Ok(())
+            }
+            Err(e) => Err(e.context(format!(
+                "linux.resources.devices: cannot enforce them with a cgroup device program on {} (no container runs with its device rules unenforced)",
+                dir.display()
+            ))),
+        }
     }
 
     pub fn add(&self, pid: Pid) -> Result<()> {

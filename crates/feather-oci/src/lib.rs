@@ -4,6 +4,7 @@
 //! - [`cli`]: the commands and flags, as runc spells them
 //! - [`create`] and [`init`]: a container's init, held until `start` on the `exec.fifo`
 //! - [`mounts`], [`process`], [`seccomp`], [`cgroups`], [`hooks`]: the config, field by field
+//!   ([`devices`]: the device rules as one policy, v1 lines and a cgroup v2 device program)
 //! - [`controllers`]: cpuset, block I/O, huge pages and `unified`, where this host has them
 //!   ([`hierarchies`]: where they are mounted)
 //! - [`validate`]: every field feather cannot honour is refused by name before anything is made
@@ -27,6 +28,7 @@ pub mod cli;
 pub mod confine;
 pub mod controllers;
 pub mod create;
+pub mod devices;
 pub mod exec;
 pub mod foreground;
 pub mod hierarchies;

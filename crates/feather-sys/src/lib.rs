@@ -2,6 +2,7 @@
 //! this crate is in [`raw`]; the other modules compose safe calls into named operations.
 
 pub mod beneath;
+pub mod bpf;
 pub mod cgroup;
 pub mod creds;
 pub mod fdpass;

@@ -817,3 +817,170 @@ pub fn tcp_bytes_received(socket: BorrowedFd<'_>) -> Result<u64, Errno> {
     Errno::result(ret)?;
     Ok(info.tcpi_bytes_received)
 }
+
+/// bpf(2)'s commands feather uses (uapi/linux/bpf.h, `enum bpf_cmd`).
+const BPF_PROG_LOAD: libc::c_int = 5;
+const BPF_PROG_ATTACH: libc::c_int = 8;
+const BPF_PROG_DETACH: libc::c_int = 9;
+const BPF_PROG_GET_FD_BY_ID: libc::c_int = 13;
+const BPF_PROG_QUERY: libc::c_int = 16;
+
+/// The part of `union bpf_attr` BPF_PROG_LOAD reads, up to `expected_attach_type`.
+#[repr(C)]
+#[derive(Default)]
+struct ProgLoadAttr {
+    prog_type: u32,
+    insn_cnt: u32,
+    insns: u64,
+    license: u64,
+    log_level: u32,
+    log_size: u32,
+    log_buf: u64,
+    kern_version: u32,
+    prog_flags: u32,
+    prog_name: [u8; 16],
+    prog_ifindex: u32,
+    expected_attach_type: u32,
+}
+
+/// The part of `union bpf_attr` BPF_PROG_ATTACH and BPF_PROG_DETACH read.
+#[repr(C)]
+#[derive(Default)]
+struct ProgAttachAttr {
+    target_fd: u32,
+    attach_bpf_fd: u32,
+    attach_type: u32,
+    attach_flags: u32,
+    replace_bpf_fd: u32,
+}
+
+/// The part of `union bpf_attr` BPF_PROG_QUERY reads and writes.
+#[repr(C)]
+#[derive(Default)]
+struct ProgQueryAttr {
+    target_fd: u32,
+    attach_type: u32,
+    query_flags: u32,
+    attach_flags: u32,
+    prog_ids: u64,
+    prog_cnt: u32,
+    _pad: u32,
+}
+
+/// The part of `union bpf_attr` BPF_PROG_GET_FD_BY_ID reads.
+#[repr(C)]
+#[derive(Default)]
+struct GetFdByIdAttr {
+    prog_id: u32,
+    next_id: u32,
+    open_flags: u32,
+}
+
+/// bpf(2) with `attr` of its own size (the kernel takes a prefix of `union bpf_attr` and
+/// treats the rest as zero).
+///
+/// # Safety
+/// `T` must be the prefix of `union bpf_attr` that `cmd` reads, `#[repr(C)]`, and every
+/// address in it must point to memory valid for what the kernel does there during the call
+/// (reading the instructions and license, writing the log or the ids up to their stated sizes).
+unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> Result<libc::c_long, Errno> {
+    // SAFETY: `attr` is a live, exclusively borrowed T of the size given; the caller vouches
+    // for the layout and the addresses inside it.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr as *mut T,
+            std::mem::size_of::<T>() as libc::c_uint,
+        )
+    };
+    Errno::result(ret)
+}
+
+/// BPF_PROG_LOAD of `insns` (each a `struct bpf_insn`, 8 bytes) as a program of `prog_type`
+/// expecting `attach_type`, under `license`; the verifier's log goes into `log` if not empty.
+pub fn bpf_prog_load(
+    prog_type: u32,
+    attach_type: u32,
+    insns: &[u64],
+    license: &std::ffi::CStr,
+    log: &mut [u8],
+) -> Result<OwnedFd, Errno> {
+    let mut attr = ProgLoadAttr {
+        prog_type,
+        insn_cnt: insns.len() as u32,
+        insns: insns.as_ptr() as u64,
+        license: license.as_ptr() as u64,
+        expected_attach_type: attach_type,
+        ..Default::default()
+    };
+    if !log.is_empty() {
+        attr.log_level = 1;
+        attr.log_size = log.len() as u32;
+        attr.log_buf = log.as_mut_ptr() as u64;
+    }
+    // SAFETY: ProgLoadAttr is BPF_PROG_LOAD's prefix of bpf_attr; `insns` (insn_cnt of 8
+    // bytes), `license` (NUL-terminated) and `log` (log_size bytes, written) are borrowed
+    // across the call.
+    let fd = unsafe { bpf(BPF_PROG_LOAD, &mut attr) }?;
+    // SAFETY: on success BPF_PROG_LOAD returns a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// BPF_PROG_ATTACH (`attach`) or BPF_PROG_DETACH of `prog` on `target` (a cgroup folder).
+pub fn bpf_prog_attach(
+    attach: bool,
+    target: BorrowedFd<'_>,
+    prog: BorrowedFd<'_>,
+    attach_type: u32,
+    flags: u32,
+) -> Result<(), Errno> {
+    let mut attr = ProgAttachAttr {
+        target_fd: target.as_raw_fd() as u32,
+        attach_bpf_fd: prog.as_raw_fd() as u32,
+        attach_type,
+        attach_flags: flags,
+        ..Default::default()
+    };
+    let cmd = if attach {
+        BPF_PROG_ATTACH
+    } else {
+        BPF_PROG_DETACH
+    };
+    // SAFETY: ProgAttachAttr is the prefix of bpf_attr both commands read; it holds no
+    // address, and both descriptors are borrowed across the call.
+    unsafe { bpf(cmd, &mut attr) }.map(drop)
+}
+
+/// BPF_PROG_QUERY: the ids of the programs of `attach_type` attached to `target` itself (up
+/// to `ids.len()`, written there) and how many there are.
+pub fn bpf_prog_query(
+    target: BorrowedFd<'_>,
+    attach_type: u32,
+    ids: &mut [u32],
+) -> Result<usize, Errno> {
+    let mut attr = ProgQueryAttr {
+        target_fd: target.as_raw_fd() as u32,
+        attach_type,
+        prog_ids: ids.as_mut_ptr() as u64,
+        prog_cnt: ids.len() as u32,
+        ..Default::default()
+    };
+    // SAFETY: ProgQueryAttr is BPF_PROG_QUERY's prefix of bpf_attr; the kernel writes at most
+    // prog_cnt ids into `ids`, which is exclusively borrowed across the call.
+    unsafe { bpf(BPF_PROG_QUERY, &mut attr) }?;
+    Ok(attr.prog_cnt as usize)
+}
+
+/// BPF_PROG_GET_FD_BY_ID: a descriptor of the loaded program `id`.
+pub fn bpf_prog_get_fd_by_id(id: u32) -> Result<OwnedFd, Errno> {
+    let mut attr = GetFdByIdAttr {
+        prog_id: id,
+        ..Default::default()
+    };
+    // SAFETY: GetFdByIdAttr is BPF_PROG_GET_FD_BY_ID's prefix of bpf_attr and holds no
+    // address.
+    let fd = unsafe { bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) }?;
+    // SAFETY: on success the kernel returns a new descriptor that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
