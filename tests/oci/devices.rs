@@ -150,3 +150,26 @@ fn device_rules_the_runtime_cannot_enforce_fail_create_by_name() {
     );
     assert!(!v2_mount().join("feather-oci/bad").exists());
 }
+
+#[test]
+fn a_config_without_device_rules_gets_runcs_defaults_not_every_device() {
+    // runc's emulator starts from "deny all" and adds its always-allowed devices; a config
+    // that lists no rules (hand-written, or from a tool that omits them) must not leave the
+    // host's disks to a container holding CAP_MKNOD.
+    let scratch = Scratch::new("devices-none");
+    let runtime = Runtime::new(&scratch);
+    let id = format!("devnone-{}", std::process::id());
+    let config = base_config(&["sleep", "100"]);
+    assert!(config["linux"].get("resources").is_none());
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let outcome = runtime.create(&id, &bundle, &scratch.path("output"));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(runtime.run(&["start", &id]).code, 0);
+
+    let output = probe(&runtime, &id, &a_disk());
+    assert!(!output.contains("MKNOD=failed"), "{output}");
+    assert!(line(&output, "DISK_READ").contains(REFUSED), "{output}");
+    assert!(line(&output, "FUSE_READ").contains(REFUSED), "{output}");
+    assert_eq!(line(&output, "NULL_WRITE"), "ok", "{output}");
+    assert_eq!(runtime.run(&["delete", "--force", &id]).code, 0);
+}

@@ -84,6 +84,15 @@ impl Groups {
         if let Some(resources) = resources {
             self.apply_extras(resources)?;
         }
+        // A config that lists no device rules gets runc's defaults alone (runc's emulator
+        // starts from "deny all"): a hand-written config without `linux.resources.devices`
+        // must not leave the host's disks open to a container holding CAP_MKNOD.
+        if resources
+            .and_then(|r| r.devices().as_ref())
+            .is_none_or(|d| d.is_empty())
+        {
+            self.apply_devices(&[])?;
+        }
         Ok(())
     }
 
@@ -142,7 +151,8 @@ impl Groups {
                 }
             }
         }
-        if let Some(devices) = resources.devices() {
+        // An empty list changes nothing on `update`; at create it means the defaults (below).
+        if let Some(devices) = resources.devices().as_ref().filter(|d| !d.is_empty()) {
             self.apply_devices(devices)?;
         }
         crate::controllers::apply(&self.relative, resources, &|controller| {
@@ -196,11 +206,6 @@ impl Groups {
     /// in depth — the container's processes are in a v2 group of its own here too
     /// (feather-sys puts them in each hierarchy) — whose failure is only a warning.
     fn apply_devices(&self, rules: &[LinuxDeviceCgroup]) -> Result<()> {
-        // An empty list restricts nothing, as before this policy existed (runc would apply
-        // its defaults alone); every engine sends a list starting with a deny-all rule.
-        if rules.is_empty() {
-            return Ok(());
-        }
         let list = crate::devices::listed(rules)?;
         let policy = crate::devices::Policy::of(&list)?;
         let v1 = self.v1_dir("devices");
