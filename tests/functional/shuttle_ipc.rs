@@ -404,8 +404,8 @@ fn bulk_transfers_cross_intact_both_ways_and_a_removed_rule_cuts_them_mid_stream
                 "--",
                 "sh",
                 "-c",
-                "test -S /run/big/drain.sock && \
-                    ss -Hltn 'sport = 9001' | grep -q 9001",
+                "test -S /run/big/answer.sock && test -S /run/big/drain.sock && \
+                    [ $(ss -Hltn '( sport = 9000 or sport = 9001 )' | wc -l) = 2 ]",
             ])
             .code
             == 0
