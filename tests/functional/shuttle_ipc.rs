@@ -353,6 +353,123 @@ fn a_redis_channel_carries_data_both_ways_and_closes_when_its_target_stops() {
     );
 }
 
+/// What VM sink serves for the bulk test: on each connection to the unix socket or the port,
+/// read everything until the client's end of writing, then answer with its SHA-256 (one line)
+/// and the bytes themselves; and a drain that takes whatever comes, for the cut.
+const BULK_SERVERS: &str = "mkdir -p /run/big && \
+    echo 'f=$(mktemp); cat > $f; sha256sum < $f | cut -c1-64; cat $f; rm -f $f' > /run/big/answer && \
+    socat UNIX-LISTEN:/run/big/answer.sock,fork SYSTEM:'sh /run/big/answer' & \
+    socat TCP-LISTEN:9000,bind=127.0.0.1,fork,reuseaddr SYSTEM:'sh /run/big/answer' & \
+    socat -u UNIX-LISTEN:/run/big/drain.sock,fork OPEN:/dev/null & \
+    socat -u TCP-LISTEN:9001,bind=127.0.0.1,fork,reuseaddr OPEN:/dev/null & \
+    wait";
+
+/// Sends 16 MB of random bytes from VM src to `address` (socat's), then checks the answer: the
+/// server's SHA-256 of what it got, then those bytes, back.
+fn bulk_round_trip(feather: &Feather, address: &str) -> String {
+    feather.sh(
+        "src",
+        &format!(
+            "head -c 16000000 /dev/urandom > /tmp/in && \
+             socat -t 30 - {address} < /tmp/in > /tmp/out && \
+             want=$(sha256sum < /tmp/in | cut -c1-64) && got=$(head -n1 /tmp/out) && \
+             tail -c +66 /tmp/out | cmp - /tmp/in && [ \"$got\" = \"$want\" ] && echo same"
+        ),
+    )
+}
+
+/// The bulk path between two VMs: many megabytes each way over a unix and a TCP channel arrive
+/// intact and in order, the client's end of writing reaches the server (which answers only
+/// after it), and removing the rules cuts connections that are carrying bytes at that moment.
+#[test]
+fn bulk_transfers_cross_intact_both_ways_and_a_removed_rule_cuts_them_mid_stream() {
+    let feather = Feather::new("shuttle-bulk");
+    feather.ok(&["create", "sink"]);
+    feather.ok(&["create", "src"]);
+    write_policy(
+        &feather,
+        "10-bulk.policy",
+        "ipc unix:/run/big/answer.sock src sink allow\n\
+         ipc tcp:9000 src sink allow\n\
+         ipc unix:/run/big/drain.sock src sink allow\n\
+         ipc tcp:9001 src sink allow\n",
+    );
+    feather.ok(&["start", "sink"]);
+    let _servers = spawn(&feather, &["exec", "sink", "--", "sh", "-c", BULK_SERVERS]);
+    feather.eventually("sink's servers listen", || {
+        feather
+            .run(&[
+                "exec",
+                "sink",
+                "--",
+                "sh",
+                "-c",
+                "test -S /run/big/answer.sock && test -S /run/big/drain.sock && \
+                    [ $(ss -Hltn '( sport = 9000 or sport = 9001 )' | wc -l) = 2 ]",
+            ])
+            .code
+            == 0
+    });
+    feather.ok(&["start", "src"]);
+    assert_eq!(
+        bulk_round_trip(&feather, "UNIX-CONNECT:/run/big/answer.sock"),
+        "same\n",
+        "through the unix channel"
+    );
+    assert_eq!(
+        bulk_round_trip(&feather, "TCP:127.0.0.1:9000"),
+        "same\n",
+        "through the TCP channel"
+    );
+
+    // Endless streams into sink's drains, cut by the rules' removal.
+    let mut streams = [
+        spawn(
+            &feather,
+            &[
+                "exec",
+                "src",
+                "--",
+                "socat",
+                "-u",
+                "/dev/zero",
+                "UNIX-CONNECT:/run/big/drain.sock",
+            ],
+        ),
+        spawn(
+            &feather,
+            &[
+                "exec",
+                "src",
+                "--",
+                "socat",
+                "-u",
+                "/dev/zero",
+                "TCP:127.0.0.1:9001",
+            ],
+        ),
+    ];
+    feather.eventually("both streams were let through", || {
+        ["unix:/run/big/drain.sock", "tcp:9001"]
+            .iter()
+            .all(|object| decisions(&feather, "src", object).len() == 1)
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    for stream in &mut streams {
+        assert!(
+            stream.ends_within(Duration::ZERO).is_none(),
+            "the stream flows"
+        );
+    }
+    write_policy(&feather, "10-bulk.policy", "");
+    for (stream, kind) in streams.iter_mut().zip(["unix", "TCP"]) {
+        assert!(
+            stream.ends_within(Duration::from_secs(10)).is_some(),
+            "the {kind} stream was cut when its rule went"
+        );
+    }
+}
+
 /// A D-Bus system bus policy and a program owning two names on it, written into VM `vm`.
 fn bus_with_two_names(feather: &Feather, vm: &str) {
     feather.sh(
