@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
-use feather_core::{Error, StateRoot, VmName, VmStatus};
+use feather_core::{trace, Error, StateRoot, VmName, VmStatus};
 use feather_migrate::archive;
 use feather_migrate::criu::Criu;
 
@@ -41,7 +41,9 @@ const DUMP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `feather checkpoint`: saves the running VM `name` to its checkpoint folder. Unless
 /// `leave_running`, its processes end and the VM is recorded as checkpointed. With `export`,
-/// the VM (config, layers, images) is also written to that file.
+/// the VM (config, layers, images) is also written to that file, as it was at the moment of the
+/// dump: a VM left running stays frozen from before its dump until its layers are archived
+/// (see [`crate::moment`]).
 pub fn checkpoint(
     root: &StateRoot,
     name: &VmName,
@@ -55,20 +57,26 @@ pub fn checkpoint(
     progress(Progress::Phase(&format!("checkpointing {name}")));
     // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
     let criu = Criu::locate().in_vm(name)?;
-    let answer = protocol::call(
+    let silent = |source| VmError::KeeperSilent {
+        vm: name.to_string(),
+        source,
+    };
+    let held = leave_running && export.is_some();
+    let mut keeper = protocol::Conversation::start(
         &vm.control_socket(),
         &Request::Checkpoint {
             leave_running,
             criu: criu.path().to_path_buf(),
             lazy: None,
+            hold_frozen: held,
         },
         DUMP_TIMEOUT,
     )
-    .map_err(|source| VmError::KeeperSilent {
-        vm: name.to_string(),
-        source,
-    })?;
-    match answer {
+    .map_err(silent)?;
+    if held {
+        progress(Progress::Frozen);
+    }
+    match keeper.answer().map_err(silent)? {
         Response::Checkpointed {
             leave_running: true,
         } => {}
@@ -91,6 +99,8 @@ pub fn checkpoint(
             })
         }
     }
+    trace::phase("checkpoint: dump");
+    // Any error from here on drops the conversation, which thaws a held VM.
     record_subnet(root, &vm, &config)?;
     if let Some(file) = export {
         progress(Progress::Phase(&format!("writing {}", file.display())));
@@ -98,8 +108,46 @@ pub fn checkpoint(
             progress(Progress::Bytes { done, total: 0 })
         })
         .in_vm(name)?;
+        trace::phase("checkpoint: export");
+        if held {
+            let thawed = let_go(keeper, name, &config);
+            progress(Progress::Resumed);
+            if let Err(e) = thawed {
+                let _ = fs::remove_file(file);
+                return Err(e);
+            }
+            trace::phase("checkpoint: thaw");
+        }
     }
     Ok(vm.checkpoint_dir())
+}
+
+/// Tells the keeper holding the VM frozen that its layers are archived, and checks that it
+/// stayed frozen all along. A keeper that ended meanwhile (it may have died holding the
+/// freeze) leaves the thaw to this side.
+fn let_go(
+    mut keeper: protocol::Conversation,
+    name: &VmName,
+    config: &feather_core::VmConfig,
+) -> Result<()> {
+    let answer = keeper.done_sending().and_then(|()| keeper.answer());
+    match answer {
+        Ok(Response::Thawed { .. }) => Ok(()),
+        Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
+        Ok(other) => Err(VmError::KeeperAnswer {
+            vm: name.to_string(),
+            answer: format!("{other:?}"),
+        }),
+        Err(source) => {
+            if let Some(cgroup) = crate::keeper::cgroup_of(config) {
+                let _ = cgroup.thaw();
+            }
+            Err(VmError::KeeperSilent {
+                vm: name.to_string(),
+                source,
+            })
+        }
+    }
 }
 
 /// Whether the VM may be checkpointed now (it runs, is not throw-away, and CRIU can reach its
@@ -187,6 +235,7 @@ pub(crate) fn checkpoint_lazy(
             leave_running: false,
             criu: criu.path().to_path_buf(),
             lazy: Some(at.clone()),
+            hold_frozen: false,
         },
         DUMP_TIMEOUT,
     )
@@ -244,6 +293,21 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
     match vm.read_state()?.status {
         VmStatus::Checkpointed => {}
         VmStatus::Running => return Err(Error::Running(name.to_string()).into()),
+        // A --leave-running checkpoint leaves its images here, but the VM ran on over its
+        // layer: they describe processes whose files have changed since, and are never
+        // restored (an export, taken frozen, is).
+        _ if vm.checkpoint_dir().join(INVENTORY).exists() => {
+            return Err(failed(
+                name,
+                format!(
+                    "has run since its last checkpoint (left running, or restored), so its \
+                     files no longer match that checkpoint's processes and it cannot be \
+                     restored; a VM left running is restored from an export taken with the \
+                     checkpoint (`feather checkpoint {name} --leave-running --export FILE`, then \
+                     `feather restore {name} --import FILE` in another state root)"
+                ),
+            ))
+        }
         _ => {
             return Err(failed(
                 name,
