@@ -231,10 +231,11 @@ fn an_exported_vm_is_restored_in_another_state_root() {
     );
 }
 
-/// Four shells rewriting /data/count-N without pause, and one appending the numbers 1, 2, 3 …
-/// to /data/log, a file it keeps open (CRIU records its size): any moment the VM runs moves
-/// them. /data is in the VM's layer, which an export archives.
-const WRITERS: &str = "for n in 1 2 3 4; do (i=0; while true; do i=$((i+1)); echo $i > /data/count-$n; done) & done; (i=0; exec 3>>/data/log; while true; do i=$((i+1)); echo $i >&3; done) &";
+/// Four shells rewriting /data/count-N without pause, one appending the numbers 1, 2, 3 … to
+/// /data/log, a file it keeps open (CRIU records its size), and one making /data/tmp-N and
+/// removing the one before: any moment the VM runs moves them. /data is in the VM's layer,
+/// which an export archives.
+const WRITERS: &str = "for n in 1 2 3 4; do (i=0; while true; do i=$((i+1)); echo $i > /data/count-$n; done) & done; (i=0; exec 3>>/data/log; while true; do i=$((i+1)); echo $i >&3; done) & (i=0; while true; do i=$((i+1)); : > /data/tmp-$i; sleep 0.05; rm -f /data/tmp-$((i-1)); done) &";
 
 /// A running VM `vm` whose [`WRITERS`] write.
 fn writing_vm(label: &str) -> (Feather, ScratchBase) {
@@ -297,6 +298,13 @@ fn a_vm_left_running_is_exported_as_it_was_at_its_checkpoint() {
         let log = elsewhere.vm_dir("vm").join("upper/data/log");
         let at = logged(&log);
         elsewhere.eventually("the restored writers go on", || logged(&log) > at);
+        // The export's layers were archived while the VM ran, then what changed since: the
+        // files removed meanwhile are gone (one or two of the making shell's files are there).
+        let made = elsewhere.sh("vm", "ls /data");
+        assert!(
+            made.lines().filter(|f| f.starts_with("tmp-")).count() <= 2,
+            "round {round}: files removed before the dump came back: {made}"
+        );
         let count = elsewhere.sh("vm", "cat /data/count-1");
         elsewhere.eventually("the restored rewriters go on", || {
             elsewhere.sh("vm", "cat /data/count-1") != count
