@@ -2,10 +2,11 @@
 //! processes (CRIU's images) and its layers (the archive) as they were at the same instant.
 //!
 //! ```text
-//! feather checkpoint --leave-running --export ──Checkpoint{hold_frozen}──▶ keeper
+//! feather checkpoint --leave-running --export: archives the layers while the VM runs, then
+//!       ──Checkpoint{hold_frozen}──▶ keeper
 //!   keeper: freeze the VM's group ── CRIU dump (freeze_cgroup: it leaves the group frozen)
 //!       ◀── Checkpointed ──
-//!   feather: archives the VM's folder (layers and images) while no process of it runs
+//!   feather: archives the images and what the layers changed, while no process of it runs
 //!       ── closes its end ──▶ keeper: thaws ── Thawed{frozen_ms} ──▶
 //! ```
 //!
