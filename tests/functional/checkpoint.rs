@@ -166,6 +166,14 @@ fn leave_running_keeps_the_vm_running() {
     feather.eventually("the loop counts on", || count(&feather, "vm") > after);
     let refused = feather.fails(&["restore", "vm"]);
     assert!(refused.contains("is running"), "{refused}");
+    // Its images stay, but the VM ran on over its layer: they are never restored.
+    feather.ok(&["stop", "vm"]);
+    let refused = feather.fails(&["restore", "vm"]);
+    assert!(
+        refused.contains("has run since its last checkpoint") && refused.contains("--export"),
+        "{refused}"
+    );
+    assert_eq!(feather.status("vm"), "stopped");
 }
 
 #[test]
@@ -221,6 +229,144 @@ fn an_exported_vm_is_restored_in_another_state_root() {
         bad.ok(&["ls", "--json"]).trim() == "[]",
         "nothing half-imported"
     );
+}
+
+/// Four shells rewriting /data/count-N without pause, one appending the numbers 1, 2, 3 … to
+/// /data/log, a file it keeps open (CRIU records its size), and one making /data/tmp-N and
+/// removing the one before: any moment the VM runs moves them. /data is in the VM's layer,
+/// which an export archives.
+const WRITERS: &str = "for n in 1 2 3 4; do (i=0; while true; do i=$((i+1)); echo $i > /data/count-$n; done) & done; (i=0; exec 3>>/data/log; while true; do i=$((i+1)); echo $i >&3; done) & (i=0; while true; do i=$((i+1)); : > /data/tmp-$i; sleep 0.05; rm -f /data/tmp-$((i-1)); done) &";
+
+/// A running VM `vm` whose [`WRITERS`] write.
+fn writing_vm(label: &str) -> (Feather, ScratchBase) {
+    let (feather, base) = offline_vm(label);
+    require_criu(&feather);
+    feather.sh(
+        "vm",
+        &format!("sh -c '{WRITERS}' </dev/null >/dev/null 2>&1 &"),
+    );
+    feather.eventually("the writers write", || {
+        logged(&feather.vm_dir("vm").join("upper/data/log")) > 1000
+    });
+    (feather, base)
+}
+
+/// How many numbers the log at `path` holds, checking that they are 1, 2, 3 … without a gap
+/// or a repeat (the last line may be half-written).
+fn logged(path: &Path) -> u64 {
+    let text = fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    let whole = if text.ends_with('\n') {
+        &lines[..]
+    } else {
+        &lines[..lines.len().saturating_sub(1)]
+    };
+    for (i, line) in whole.iter().enumerate() {
+        assert_eq!(
+            line.parse::<u64>().ok(),
+            Some(i as u64 + 1),
+            "{}: line {} is {line:?} (a writer restored from another moment than its log \
+             writes numbers again, or skips some)",
+            path.display(),
+            i + 1
+        );
+    }
+    whole.len() as u64
+}
+
+#[test]
+fn a_vm_left_running_is_exported_as_it_was_at_its_checkpoint() {
+    // The export must hold the VM's layer as it was at the dump: a writer that ran on between
+    // the dump and the archive's copy leaves its log longer than CRIU recorded ("File
+    // data/log has bad size"), and the restore fails.
+    let (feather, _base) = writing_vm("ckpt-moment");
+    for round in 0..3 {
+        let archive = feather.root.join(format!("vm-{round}.tar.zst"));
+        let archive = archive.to_str().unwrap();
+        feather.ok(&["checkpoint", "vm", "--leave-running", "--export", archive]);
+        assert_eq!(feather.status("vm"), "running");
+
+        let elsewhere = Feather::new(&format!("ckpt-moment-{round}"));
+        let restored = elsewhere.run(&["restore", "vm", "--import", archive]);
+        assert_eq!(
+            restored.code, 0,
+            "round {round}: the export restores: {}",
+            restored.stderr
+        );
+        // The restored writer goes on from the number it was at, in the log as archived: one
+        // moment for both.
+        let log = elsewhere.vm_dir("vm").join("upper/data/log");
+        let at = logged(&log);
+        elsewhere.eventually("the restored writers go on", || logged(&log) > at);
+        // The export's layers were archived while the VM ran, then what changed since: the
+        // files removed meanwhile are gone (one or two of the making shell's files are there).
+        let made = elsewhere.sh("vm", "ls /data");
+        assert!(
+            made.lines().filter(|f| f.starts_with("tmp-")).count() <= 2,
+            "round {round}: files removed before the dump came back: {made}"
+        );
+        let count = elsewhere.sh("vm", "cat /data/count-1");
+        elsewhere.eventually("the restored rewriters go on", || {
+            elsewhere.sh("vm", "cat /data/count-1") != count
+        });
+    }
+    let after = logged(&feather.vm_dir("vm").join("upper/data/log"));
+    feather.eventually("the original writes on", || {
+        logged(&feather.vm_dir("vm").join("upper/data/log")) > after
+    });
+}
+
+/// The CRIU `feather checkpoint` would hand the keeper.
+fn criu_path() -> std::path::PathBuf {
+    std::env::var_os("FEATHER_CRIU")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            [
+                "/usr/local/lib/feather/criu",
+                "/usr/sbin/criu",
+                "/usr/local/sbin/criu",
+            ]
+            .iter()
+            .map(std::path::PathBuf::from)
+            .find(|p| p.is_file())
+            .expect("a CRIU is installed")
+        })
+}
+
+#[test]
+fn a_vm_held_frozen_for_an_export_thaws_when_the_asker_dies() {
+    use feather_vm::protocol::{Conversation, Request, Response};
+    let (feather, _base) = writing_vm("ckpt-hold");
+    let log = feather.vm_dir("vm").join("upper/data/log");
+    // What `feather checkpoint --leave-running --export` asks, from an asker that then dies
+    // before it has archived the layers (the kernel closes its end, as here).
+    let mut asker = Conversation::start(
+        &feather_core::StateRoot::new(Some(feather.root.clone()))
+            .vm(&"vm".parse().unwrap())
+            .control_socket(),
+        &Request::Checkpoint {
+            leave_running: true,
+            criu: criu_path(),
+            lazy: None,
+            hold_frozen: true,
+        },
+        std::time::Duration::from_secs(120),
+    )
+    .unwrap();
+    assert_eq!(
+        asker.answer().unwrap(),
+        Response::Checkpointed {
+            leave_running: true
+        }
+    );
+    let frozen_at = logged(&log);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(logged(&log), frozen_at, "nothing runs while it is held");
+    drop(asker);
+    feather.eventually("the VM runs on once its asker is gone", || {
+        logged(&log) > frozen_at
+    });
+    assert_eq!(feather.status("vm"), "running");
 }
 
 #[test]

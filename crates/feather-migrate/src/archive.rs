@@ -192,6 +192,8 @@ pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
         .arg("--zstd")
         .args(TAR_OPTIONS)
         .arg("--same-permissions")
+        // A --leave-running export is two archives, one after the other, like a migration's.
+        .arg("--ignore-zeros")
         .arg("--file")
         .arg(file)
         .arg("--directory")

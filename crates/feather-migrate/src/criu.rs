@@ -300,6 +300,10 @@ pub struct Dump<'a> {
     pub skipped_mounts: &'a [String],
     /// Post-copy: keep private memory back and serve it here once the rest is dumped.
     pub lazy: Option<&'a PageServer>,
+    /// The VM's freezer group (`--freeze-cgroup`): CRIU freezes it before it seizes the tasks,
+    /// so none forks out of reach of the one-by-one ptrace seize, and leaves it as it found
+    /// it — a group frozen before the dump stays frozen after a `leave_running` one.
+    pub freeze_cgroup: Option<&'a Path>,
 }
 
 /// A restore of a dumped tree.
@@ -565,6 +569,7 @@ impl Criu {
                 port: Some(i32::from(at.port)),
             }),
             notify_scripts: Some(true),
+            freeze_cgroup: dump.freeze_cgroup.map(|dir| dir.display().to_string()),
             ..common_options()
         };
         self.dump_notified(dump.vm, opts, &dump.images.join(DUMP_LOG), on_images)

@@ -153,7 +153,9 @@ impl Cgroup {
         dirs
     }
 
-    fn v2_dir(&self) -> Option<PathBuf> {
+    /// The group's folder in the v2 hierarchy, where one is mounted (also on a hybrid machine):
+    /// its `cgroup.freeze` is the freezer [`Cgroup::freeze`] uses, and the one to name to CRIU.
+    pub fn v2_dir(&self) -> Option<PathBuf> {
         self.hierarchies
             .v2
             .as_ref()
@@ -488,6 +490,15 @@ impl Cgroup {
                 });
             }
             std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    /// Lets the group's processes run again after a freeze whose guard was lost with its
+    /// process (a keeper that died holding a checkpoint's freeze).
+    pub fn thaw(&self) -> Result<()> {
+        match self.v2_dir() {
+            Some(dir) => write(&dir.join("cgroup.freeze"), "0"),
+            None => Ok(()),
         }
     }
 

@@ -27,11 +27,11 @@ use std::time::Duration;
 
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
-use feather_core::{Error, StateRoot, VmName, VmStatus};
+use feather_core::{trace, Error, StateRoot, VmName, VmStatus};
 use feather_migrate::archive;
 use feather_migrate::criu::Criu;
 
-use crate::error::{encode, failed, InVm, Result, VmError};
+use crate::error::{encode, failed, io, InVm, Result, VmError};
 use crate::images::{held_for, HOLD, INVENTORY, RELEASED_TO, SUBNET};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
@@ -41,7 +41,9 @@ const DUMP_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// `feather checkpoint`: saves the running VM `name` to its checkpoint folder. Unless
 /// `leave_running`, its processes end and the VM is recorded as checkpointed. With `export`,
-/// the VM (config, layers, images) is also written to that file.
+/// the VM (config, layers, images) is also written to that file, as it was at the moment of the
+/// dump: a VM left running is frozen from before its dump until its layers are archived (see
+/// [`export_at_one_moment`]).
 pub fn checkpoint(
     root: &StateRoot,
     name: &VmName,
@@ -55,20 +57,40 @@ pub fn checkpoint(
     progress(Progress::Phase(&format!("checkpointing {name}")));
     // Found here, before the keeper is asked, so that a missing CRIU is reported plainly.
     let criu = Criu::locate().in_vm(name)?;
-    let answer = protocol::call(
-        &vm.control_socket(),
-        &Request::Checkpoint {
-            leave_running,
-            criu: criu.path().to_path_buf(),
-            lazy: None,
-        },
-        DUMP_TIMEOUT,
-    )
-    .map_err(|source| VmError::KeeperSilent {
+    let request = |hold_frozen| Request::Checkpoint {
+        leave_running,
+        criu: criu.path().to_path_buf(),
+        lazy: None,
+        hold_frozen,
+    };
+    if let (true, Some(file)) = (leave_running, export) {
+        export_at_one_moment(root, &vm, &config, &request(true), file, progress)?;
+        return Ok(vm.checkpoint_dir());
+    }
+    dump(&vm, &request(false))?;
+    record_subnet(root, &vm, &config)?;
+    // The VM's processes ended with the dump: its layers hold still while they are archived.
+    if let Some(file) = export {
+        progress(Progress::Phase(&format!("writing {}", file.display())));
+        archive::export(vm.path(), file, &mut |done| {
+            progress(Progress::Bytes { done, total: 0 })
+        })
+        .in_vm(name)?;
+    }
+    Ok(vm.checkpoint_dir())
+}
+
+/// Asks the VM's keeper for a dump; returns the conversation once the images are written (a
+/// held VM stays frozen as long as it is open, see [`crate::moment`]).
+fn dump(vm: &feather_core::VmDir, request: &Request) -> Result<protocol::Conversation> {
+    let name = vm.name();
+    let silent = |source| VmError::KeeperSilent {
         vm: name.to_string(),
         source,
-    })?;
-    match answer {
+    };
+    let mut keeper = protocol::Conversation::start(&vm.control_socket(), request, DUMP_TIMEOUT)
+        .map_err(silent)?;
+    match keeper.answer().map_err(silent)? {
         Response::Checkpointed {
             leave_running: true,
         } => {}
@@ -91,15 +113,130 @@ pub fn checkpoint(
             })
         }
     }
-    record_subnet(root, &vm, &config)?;
-    if let Some(file) = export {
-        progress(Progress::Phase(&format!("writing {}", file.display())));
-        archive::export(vm.path(), file, &mut |done| {
-            progress(Progress::Bytes { done, total: 0 })
-        })
-        .in_vm(name)?;
+    trace::phase("checkpoint: dump");
+    Ok(keeper)
+}
+
+/// `checkpoint --leave-running --export FILE`: the VM's processes and layers in `file` as they
+/// were at one moment, while the VM goes on. Its layers are archived while it still runs; then
+/// the keeper freezes it and dumps it (`request` holds it frozen), and only the images and
+/// what changed in the layers since follow, the way a migration's pre-copy sends them
+/// (`feather_migrate::precopy`; the import prunes what the VM removed meanwhile); then the
+/// keeper thaws it. Any failure thaws it too: the keeper's end of the conversation closes.
+fn export_at_one_moment(
+    root: &StateRoot,
+    vm: &feather_core::VmDir,
+    config: &feather_core::VmConfig,
+    request: &Request,
+    file: &Path,
+    progress: &mut dyn FnMut(Progress),
+) -> Result<()> {
+    let name = vm.name();
+    let progress = std::cell::RefCell::new(progress);
+    let keeper = std::cell::RefCell::new(None);
+    let failure = std::cell::RefCell::new(None);
+    let freeze = || {
+        (progress.borrow_mut())(Progress::Frozen);
+        trace::phase("checkpoint: layers, running");
+        let dumped = dump(vm, request).and_then(|held| {
+            record_subnet(root, vm, config)?;
+            Ok(held)
+        });
+        match dumped {
+            Ok(held) => {
+                keeper.replace(Some(held));
+                Ok(())
+            }
+            Err(e) => {
+                failure.replace(Some(e));
+                Err(std::io::Error::other("the checkpoint failed"))
+            }
+        }
+    };
+    (progress.borrow_mut())(Progress::Phase(&format!("writing {}", file.display())));
+    let written = write_precopied(vm, file, freeze, &progress);
+    trace::phase("checkpoint: images and changes, frozen");
+    let thawed = keeper.take().map(|held| let_go(held, name, config));
+    (progress.borrow_mut())(Progress::Resumed);
+    let done = match (failure.take(), written, thawed) {
+        (Some(e), _, _) => Err(e),
+        (None, Err(e), _) => Err(e),
+        (None, Ok(()), Some(thawed)) => thawed,
+        (None, Ok(()), None) => Err(failed(name, "was never frozen for its checkpoint")),
+    };
+    if done.is_err() {
+        let _ = fs::remove_file(file);
     }
-    Ok(vm.checkpoint_dir())
+    trace::phase("checkpoint: thaw");
+    done
+}
+
+/// Writes the VM folder's pre-copy stream (see [`export_at_one_moment`]) to `file`, through
+/// a file beside it renamed once complete.
+fn write_precopied<'f>(
+    vm: &feather_core::VmDir,
+    file: &Path,
+    freeze: impl FnOnce() -> std::io::Result<()> + 'f,
+    progress: &std::cell::RefCell<&mut dyn FnMut(Progress)>,
+) -> Result<()> {
+    use std::io::{Read, Write};
+    let name = vm.name();
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let (mut stream, finish) = feather_migrate::precopy::stream(vm.path(), freeze).in_vm(name)?;
+    let copied = (|| -> std::io::Result<()> {
+        let mut out = fs::File::create(&partial)?;
+        let mut buffer = vec![0u8; 1 << 20];
+        let mut done = 0u64;
+        loop {
+            // Not borrowed across the read: the freeze, run inside it, reports too.
+            let read = stream.read(&mut buffer)?;
+            if read == 0 {
+                break;
+            }
+            out.write_all(&buffer[..read])?;
+            done += read as u64;
+            (progress.borrow_mut())(Progress::Bytes { done, total: 0 });
+        }
+        out.sync_all()
+    })();
+    let finished = finish.finish().in_vm(name);
+    let renamed = copied
+        .and_then(|()| fs::rename(&partial, file))
+        .map_err(io(name, format!("writing {}", file.display())));
+    if finished.is_err() || renamed.is_err() {
+        let _ = fs::remove_file(&partial);
+    }
+    finished.and(renamed)
+}
+
+/// Tells the keeper holding the VM frozen that its layers are archived, and checks that it
+/// stayed frozen all along. A keeper that ended meanwhile (it may have died holding the
+/// freeze) leaves the thaw to this side.
+fn let_go(
+    mut keeper: protocol::Conversation,
+    name: &VmName,
+    config: &feather_core::VmConfig,
+) -> Result<()> {
+    let answer = keeper.done_sending().and_then(|()| keeper.answer());
+    match answer {
+        Ok(Response::Thawed { .. }) => Ok(()),
+        Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
+        Ok(other) => Err(VmError::KeeperAnswer {
+            vm: name.to_string(),
+            answer: format!("{other:?}"),
+        }),
+        Err(source) => {
+            if let Some(cgroup) = crate::keeper::cgroup_of(config) {
+                let _ = cgroup.thaw();
+            }
+            Err(VmError::KeeperSilent {
+                vm: name.to_string(),
+                source,
+            })
+        }
+    }
 }
 
 /// Whether the VM may be checkpointed now (it runs, is not throw-away, and CRIU can reach its
@@ -187,6 +324,7 @@ pub(crate) fn checkpoint_lazy(
             leave_running: false,
             criu: criu.path().to_path_buf(),
             lazy: Some(at.clone()),
+            hold_frozen: false,
         },
         DUMP_TIMEOUT,
     )
@@ -244,6 +382,21 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
     match vm.read_state()?.status {
         VmStatus::Checkpointed => {}
         VmStatus::Running => return Err(Error::Running(name.to_string()).into()),
+        // A --leave-running checkpoint leaves its images here, but the VM ran on over its
+        // layer: they describe processes whose files have changed since, and are never
+        // restored (an export, taken frozen, is).
+        _ if vm.checkpoint_dir().join(INVENTORY).exists() => {
+            return Err(failed(
+                name,
+                format!(
+                    "has run since its last checkpoint (left running, or restored), so its \
+                     files no longer match that checkpoint's processes and it cannot be \
+                     restored; a VM left running is restored from an export taken with the \
+                     checkpoint (`feather checkpoint {name} --leave-running --export FILE`, then \
+                     `feather restore {name} --import FILE` in another state root)"
+                ),
+            ))
+        }
         _ => {
             return Err(failed(
                 name,
@@ -363,9 +516,10 @@ pub(crate) fn import_archive(
                 file: file.clone(),
                 source,
             })?;
-            // What the VM removed from its layers while they were pre-copied.
-            feather_migrate::precopy::prune(&staging).in_vm(name)?;
         }
+        // What the VM removed from its layers while they were pre-copied (a migration, or a
+        // --leave-running export); an archive without a manifest is left as it is.
+        feather_migrate::precopy::prune(&staging).in_vm(name)?;
         if config.name != *name {
             return Err(failed(
                 name,

@@ -109,11 +109,13 @@ pub enum Answer {
     /// Stop the VM with this grace; the asker hears when it has stopped.
     Stop(Duration),
     /// Dump the VM with CRIU (then see [`after_dump`]); `lazy`: post-copy, its memory served
-    /// from there.
+    /// from there; `hold_frozen`: frozen from before the dump until the asker lets go (only a
+    /// VM left running has something to hold: otherwise its processes end with the dump).
     Checkpoint {
         leave_running: bool,
         criu: std::path::PathBuf,
         lazy: Option<feather_migrate::criu::PageServer>,
+        hold_frozen: bool,
     },
 }
 
@@ -126,9 +128,11 @@ pub fn answer(request: Request) -> Answer {
             leave_running,
             criu,
             lazy,
+            hold_frozen,
         } => Answer::Checkpoint {
             leave_running,
             criu,
+            hold_frozen: hold_frozen && leave_running && lazy.is_none(),
             lazy,
         },
     }
@@ -353,11 +357,28 @@ mod tests {
                 leave_running: true,
                 criu: "/usr/sbin/criu".into(),
                 lazy: None,
+                hold_frozen: true,
             }),
             Answer::Checkpoint {
                 leave_running: true,
                 criu: "/usr/sbin/criu".into(),
                 lazy: None,
+                hold_frozen: true,
+            }
+        );
+        // A VM whose processes end with the dump is never held frozen.
+        assert_eq!(
+            answer(Request::Checkpoint {
+                leave_running: false,
+                criu: "/usr/sbin/criu".into(),
+                lazy: None,
+                hold_frozen: true,
+            }),
+            Answer::Checkpoint {
+                leave_running: false,
+                criu: "/usr/sbin/criu".into(),
+                lazy: None,
+                hold_frozen: false,
             }
         );
         assert_eq!(after_dump(true), AfterDump::AnswerNow);
@@ -377,6 +398,7 @@ mod tests {
                 leave_running: false,
                 criu: "criu".into(),
                 lazy: None,
+                hold_frozen: false,
             }),
             WhileHeld::Refuse
         );

@@ -43,6 +43,7 @@ use crate::error::{failed, io, InVm, Result, VmError};
 use crate::hiding;
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
+use crate::moment;
 use crate::protocol::{self, Response};
 use crate::relay::VmEnds;
 use crate::rootfs::RootfsPlan;
@@ -519,47 +520,82 @@ impl Keeper {
                 leave_running,
                 criu,
                 lazy,
-            } => match snapshot::dump(
-                &self.vm,
-                self.init.pid,
-                leave_running,
-                &criu,
-                lazy.as_ref(),
-                // Post-copy: the asker sends the images while CRIU serves the memory.
-                &mut || {
-                    if lazy.is_some() {
-                        let _ = protocol::write_response(stream, &Response::Dumped);
+                hold_frozen,
+            } => {
+                // Frozen from before the dump until the asker has archived the layers.
+                let held = match hold_frozen
+                    .then(|| moment::freeze(&self.vm, self.cgroup.as_ref()))
+                    .transpose()
+                {
+                    Ok(held) => held,
+                    Err(e) => {
+                        let message = causes(&e);
+                        let _ = protocol::write_response(stream, &Response::Error { message });
+                        return Answered::Done;
                     }
-                },
-            ) {
-                Ok(()) => match decide::after_dump(leave_running) {
-                    decide::AfterDump::AnswerNow => {
-                        let _ = protocol::write_response(
-                            stream,
-                            &Response::Checkpointed { leave_running },
-                        );
-                        snapshot::remove_stale(&self.vm);
-                        Answered::Done
+                };
+                self.dumped(stream, leave_running, &criu, lazy, held)
+            }
+        }
+    }
+
+    /// Dumps the VM for a checkpoint request and answers it, or says what the asker waits for.
+    /// `held`: the VM frozen for the whole checkpoint, thawed once the asker lets go.
+    fn dumped(
+        &self,
+        stream: &UnixStream,
+        leave_running: bool,
+        criu: &std::path::Path,
+        lazy: Option<feather_migrate::criu::PageServer>,
+        held: Option<moment::Held>,
+    ) -> Answered {
+        // CRIU seizes the tasks frozen (none forks out of its reach), and leaves a held VM
+        // frozen. Not for post-copy: the migration freezes the VM itself while CRIU still
+        // serves its pages, and CRIU's thaw at the end must not undo that.
+        let freezer = moment::freezer_of(self.cgroup.as_ref()).filter(|_| lazy.is_none());
+        match snapshot::dump(
+            &self.vm,
+            self.init.pid,
+            leave_running,
+            criu,
+            lazy.as_ref(),
+            freezer.as_deref(),
+            // Post-copy: the asker sends the images while CRIU serves the memory.
+            &mut || {
+                if lazy.is_some() {
+                    let _ = protocol::write_response(stream, &Response::Dumped);
+                }
+            },
+        ) {
+            Ok(()) => match decide::after_dump(leave_running) {
+                decide::AfterDump::AnswerNow => {
+                    let _ =
+                        protocol::write_response(stream, &Response::Checkpointed { leave_running });
+                    if let Some(held) = held {
+                        let thawed = moment::release_when_done(held, stream, &self.vm);
+                        let _ = protocol::write_response(stream, &thawed);
                     }
-                    // CRIU left the VM's processes stopped; they end with their init, and the
-                    // answer waits for that end.
-                    decide::AfterDump::EndAsCheckpointed => {
-                        self.checkpointed.set(true);
-                        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-                        Answered::Checkpointed
-                    }
-                },
-                Err(e) => {
-                    let _ = protocol::write_response(
-                        stream,
-                        &Response::Error {
-                            message: causes(&e),
-                        },
-                    );
                     snapshot::remove_stale(&self.vm);
                     Answered::Done
                 }
+                // CRIU left the VM's processes stopped; they end with their init, and the
+                // answer waits for that end.
+                decide::AfterDump::EndAsCheckpointed => {
+                    self.checkpointed.set(true);
+                    let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+                    Answered::Checkpointed
+                }
             },
+            Err(e) => {
+                let _ = protocol::write_response(
+                    stream,
+                    &Response::Error {
+                        message: causes(&e),
+                    },
+                );
+                snapshot::remove_stale(&self.vm);
+                Answered::Done
+            }
         }
     }
 

@@ -16,7 +16,9 @@
 //! Run by the VM's resident processes:
 //! - [`keeper`] (host side) and [`init`] (pid 1 inside); what each does on each event is
 //!   decided in [`decide`] (pure functions, unit-tested without root)
-//! - [`snapshot`]: the keeper's side of checkpoint, restore and a migration's hold
+//! - [`snapshot`]: the keeper's side of checkpoint, restore and a migration's hold;
+//!   [`moment`]: a `--leave-running --export` checkpoint's freeze, held while its layers are
+//!   archived
 //! - [`rootfs`]: the isolation recipe, step by step, which init runs; [`layers`] and [`disk`]:
 //!   the overlays a VM needs and their cap
 //! - [`workload`] and [`accounts`]: the last steps before a process becomes the user's program
@@ -51,6 +53,7 @@ pub mod launch;
 pub mod layers;
 pub mod lifecycle;
 pub mod migration;
+pub mod moment;
 pub mod options;
 pub mod peers;
 pub mod program;

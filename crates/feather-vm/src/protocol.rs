@@ -23,18 +23,23 @@ pub enum Request {
     /// `lazy`: post-copy, the VM's memory is kept back and served there once the rest is
     /// dumped; the keeper answers [`Response::Dumped`] then, and the final answer once every
     /// page was fetched (or the fetching failed).
+    /// `hold_frozen` (with `leave_running`): the VM is frozen before the dump and stays frozen
+    /// after the answer, until the asker closes its end of the connection (it has copied the
+    /// VM's layers, or it died) or the keeper's limit passes; then [`Response::Thawed`].
     Checkpoint {
         leave_running: bool,
         criu: std::path::PathBuf,
         #[serde(default)]
         lazy: Option<feather_migrate::criu::PageServer>,
+        #[serde(default)]
+        hold_frozen: bool,
     },
     /// Let a VM received by a migration run: the sender has released it (checkpoint.rs).
     Resume,
 }
 
 /// Changes whenever a message of this module changes.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 
 /// A request as it travels: with the asker's protocol version.
 #[derive(Debug, Serialize, Deserialize)]
@@ -59,6 +64,10 @@ pub enum Response {
     },
     /// A lazy dump's images are written; its page server serves the memory from now on.
     Dumped,
+    /// A checkpoint's freeze (`hold_frozen`) is over: the VM ran not at all for `frozen_ms`.
+    Thawed {
+        frozen_ms: u64,
+    },
     Error {
         message: String,
     },
@@ -93,6 +102,12 @@ impl Conversation {
         Ok(Conversation {
             reader: BufReader::new(stream),
         })
+    }
+
+    /// Tells the keeper this side has nothing more to say (a held checkpoint: the layers are
+    /// copied); its answers can still be read.
+    pub fn done_sending(&self) -> std::io::Result<()> {
+        self.reader.get_ref().shutdown(std::net::Shutdown::Write)
     }
 
     /// The keeper's next answer.

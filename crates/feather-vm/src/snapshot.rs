@@ -86,13 +86,15 @@ pub(crate) fn remove_stale(vm: &VmDir) {
 /// (the last checkpoint is set aside first). Every error names the VM: the keeper's answer
 /// carries it to `feather checkpoint` as it is.
 /// `lazy`: post-copy, the memory is kept back and served there until the receiver has it
-/// all; `on_images` runs once everything else is dumped, before that.
+/// all; `on_images` runs once everything else is dumped, before that. `freezer`: the VM's
+/// freezer group, for CRIU to seize its tasks frozen (see `moment::freezer_of`).
 pub(crate) fn dump(
     vm: &VmDir,
     init: Pid,
     leave_running: bool,
     criu: &Path,
     lazy: Option<&feather_migrate::criu::PageServer>,
+    freezer: Option<&Path>,
     on_images: &mut dyn FnMut(),
 ) -> Result<()> {
     let name = vm.name();
@@ -146,6 +148,7 @@ pub(crate) fn dump(
             external_mounts: &external,
             skipped_mounts: &skipped,
             lazy,
+            freeze_cgroup: freezer,
         },
         &mut || {
             let written = feather_core::atomic::write_atomic(

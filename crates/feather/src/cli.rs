@@ -146,7 +146,8 @@ pub enum Command {
         /// Keep the VM running after saving it
         #[arg(long)]
         leave_running: bool,
-        /// Also write the VM (config, layers, checkpoint) to FILE, a zstd-compressed tar
+        /// Also write the VM (config, layers, checkpoint) to FILE, a zstd-compressed tar, as it
+        /// was at the dump (a VM left running stays frozen until FILE is written)
         #[arg(long, value_name = "FILE")]
         export: Option<PathBuf>,
     },
