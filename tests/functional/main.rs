@@ -23,6 +23,7 @@ mod services_cgroups;
 mod services_dbus;
 mod services_generators;
 mod services_protocol;
+mod services_restrictions;
 mod services_sandbox;
 mod services_state;
 mod services_timers;

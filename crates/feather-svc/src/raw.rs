@@ -50,10 +50,14 @@ pub struct ProcessSetup {
     pub ambient_capabilities: Vec<caps::Capability>,
     /// `NoNewPrivileges=`: set last, just before the program is executed.
     pub no_new_privileges: bool,
-    /// Seccomp filters of the unit's own (`RestrictAddressFamilies=`, `SystemCallFilter=`),
+    /// Seccomp filters of the unit's own (`RestrictAddressFamilies=`, `RestrictNamespaces=`
+    /// and the other argument checks, then `SystemCallFilter=`, whose allow list may lack
+    /// seccomp(2) itself),
     /// installed last, after no_new_privs (which they imply: a VM's processes lack
     /// CAP_SYS_ADMIN, as systemd implies it for a service without that capability).
     pub seccomp: Vec<Vec<feather_sys::seccomp::Instruction>>,
+    /// `MemoryDenyWriteExecute=` by the kernel's `PR_SET_MDWE` (see [`kernel_has_mdwe`]).
+    pub memory_deny_write_execute: bool,
 }
 
 /// The first descriptor a passed socket gets, as sd_listen_fds(3) expects.
@@ -103,6 +107,9 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
         if setup.no_new_privileges || !setup.seccomp.is_empty() {
             nix::sys::prctl::set_no_new_privs()?;
         }
+        if setup.memory_deny_write_execute {
+            set_mdwe()?;
+        }
         for filter in &setup.seccomp {
             feather_sys::seccomp::install_filter(filter).map_err(std::io::Error::other)?;
         }
@@ -124,6 +131,33 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
     unsafe {
         command.pre_exec(hook);
     }
+}
+
+/// Whether the running kernel has `PR_SET_MDWE` (Linux 6.3): `PR_GET_MDWE` answers EINVAL
+/// where it does not.
+pub fn kernel_has_mdwe() -> bool {
+    // SAFETY: PR_GET_MDWE only reads the caller's flags; the other arguments must be 0.
+    unsafe { libc::prctl(libc::PR_GET_MDWE, 0, 0, 0, 0) >= 0 }
+}
+
+/// `prctl(PR_SET_MDWE, PR_MDWE_REFUSE_EXEC_GAIN)`: from now on, and in every program the
+/// process executes, no mapping is writable and executable and none becomes executable.
+fn set_mdwe() -> std::io::Result<()> {
+    // SAFETY: PR_SET_MDWE takes its flags by value and changes only the caller's memory
+    // policy; the unused arguments must be 0.
+    let ret = unsafe {
+        libc::prctl(
+            libc::PR_SET_MDWE,
+            libc::PR_MDWE_REFUSE_EXEC_GAIN as libc::c_ulong,
+            0,
+            0,
+            0,
+        )
+    };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// write(2) of `bytes` to a raw descriptor the caller holds open.

@@ -223,6 +223,39 @@ pub struct ExecContext {
     pub system_call_filter: Vec<SyscallFilterLine>,
     /// `SystemCallErrorNumber=`: a refused call fails with it instead of killing the process.
     pub system_call_error_number: Option<i32>,
+    /// The argument checks systemd makes with seccomp (and `PR_SET_MDWE`).
+    pub restrictions: Restrictions,
+}
+
+/// `RestrictNamespaces=`, `RestrictRealtime=`, `RestrictSUIDSGID=`,
+/// `MemoryDenyWriteExecute=`, `LockPersonality=` and `SystemCallArchitectures=native`: what
+/// systemd checks in a call's arguments (`src/shared/seccomp-util.c`), applied by
+/// `manager/restrictions.rs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct Restrictions {
+    /// The namespace types (`CLONE_NEW*` flags) a unit may still create or join; None: all
+    /// (the setting is absent).
+    pub namespaces: Option<u64>,
+    pub realtime: bool,
+    pub suid_sgid: bool,
+    pub memory_deny_write_execute: bool,
+    pub lock_personality: bool,
+    /// `SystemCallArchitectures=native` (or this machine's own name for its architecture):
+    /// calls of any other ABI (i386 `int 0x80`, x32) kill the process.
+    pub native_architecture_only: bool,
+}
+
+impl Restrictions {
+    /// Whether any is set: systemd then implies `NoNewPrivileges=` for a service without
+    /// CAP_SYS_ADMIN, which no process of a VM has.
+    pub fn any(&self) -> bool {
+        self.namespaces.is_some()
+            || self.realtime
+            || self.suid_sgid
+            || self.memory_deny_write_execute
+            || self.lock_personality
+            || self.native_architecture_only
+    }
 }
 
 /// One `SystemCallFilter=` line: calls and `@groups`, allowed, or with `~` denied.
@@ -283,6 +316,7 @@ impl Default for ExecContext {
             address_families: None,
             system_call_filter: Vec::new(),
             system_call_error_number: None,
+            restrictions: Restrictions::default(),
         }
     }
 }
@@ -777,6 +811,27 @@ impl Unit {
                     other => Some(values::errno(other)?),
                 }
             }
+            "RestrictNamespaces" => {
+                exec.restrictions.namespaces =
+                    restrict_namespaces(exec.restrictions.namespaces, raw)?
+            }
+            "RestrictRealtime" => exec.restrictions.realtime = values::boolean(raw)?,
+            "RestrictSUIDSGID" => exec.restrictions.suid_sgid = values::boolean(raw)?,
+            "MemoryDenyWriteExecute" => {
+                exec.restrictions.memory_deny_write_execute = values::boolean(raw)?
+            }
+            "LockPersonality" => exec.restrictions.lock_personality = values::boolean(raw)?,
+            "SystemCallArchitectures" => {
+                let names: Vec<&str> = raw.split_whitespace().collect();
+                let native = native_architecture_names();
+                exec.restrictions.native_architecture_only = !names.is_empty();
+                if names.iter().any(|name| !native.contains(name)) {
+                    // Another ABI allowed besides the native one: not expressed (the VM's own
+                    // filter ends every call of another ABI anyway).
+                    exec.restrictions.native_architecture_only = false;
+                    return Ok(false);
+                }
+            }
             "RestrictAddressFamilies" => {
                 exec.address_families = address_families(exec.address_families.take(), raw)?
             }
@@ -1230,6 +1285,67 @@ fn bounding_set(
             None => named,
         }
     }))
+}
+
+/// The `CLONE_NEW*` flag of each namespace type, by the name `RestrictNamespaces=` uses.
+pub const NAMESPACE_TYPES: [(&str, u64); 8] = [
+    ("cgroup", libc::CLONE_NEWCGROUP as u64),
+    ("ipc", libc::CLONE_NEWIPC as u64),
+    ("net", libc::CLONE_NEWNET as u64),
+    ("mnt", libc::CLONE_NEWNS as u64),
+    ("pid", libc::CLONE_NEWPID as u64),
+    ("user", libc::CLONE_NEWUSER as u64),
+    ("uts", libc::CLONE_NEWUTS as u64),
+    ("time", libc::CLONE_NEWTIME as u64),
+];
+
+/// Every namespace type's flag.
+pub fn all_namespaces() -> u64 {
+    NAMESPACE_TYPES.iter().fold(0, |all, (_, flag)| all | flag)
+}
+
+/// `RestrictNamespaces=` as systemd reads it, as the namespace types still allowed: a boolean
+/// replaces what was before (`yes`: none, `no`: all); a list allows only those types, `~list`
+/// all but those; a later list adds its types, a later `~list` takes them away; empty resets.
+fn restrict_namespaces(current: Option<u64>, raw: &str) -> Result<Option<u64>, SettingError> {
+    let raw = raw.trim();
+    if raw.is_empty() {
+        return Ok(None);
+    }
+    if let Ok(restrict) = values::boolean(raw) {
+        return Ok(Some(if restrict { 0 } else { all_namespaces() }));
+    }
+    let (inverted, list) = match raw.strip_prefix('~') {
+        Some(rest) => (true, rest),
+        None => (false, raw),
+    };
+    let mut named = 0;
+    for word in list.split_whitespace() {
+        let (_, flag) = NAMESPACE_TYPES
+            .iter()
+            .find(|(name, _)| *name == word)
+            .ok_or_else(|| SettingError::UnknownValue {
+                key: "RestrictNamespaces",
+                value: word.to_owned(),
+            })?;
+        named |= flag;
+    }
+    Ok(Some(match (current, inverted) {
+        (None, false) => named,
+        (None, true) => all_namespaces() & !named,
+        (Some(allowed), false) => allowed | named,
+        (Some(allowed), true) => allowed & !named,
+    }))
+}
+
+/// The names `SystemCallArchitectures=` may give this machine's own architecture.
+fn native_architecture_names() -> &'static [&'static str] {
+    #[cfg(target_arch = "x86_64")]
+    return &["native", "x86-64"];
+    #[cfg(target_arch = "aarch64")]
+    return &["native", "arm64"];
+    #[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+    return &["native"];
 }
 
 /// `RestrictAddressFamilies=` as systemd combines its lines: the first one decides whether the

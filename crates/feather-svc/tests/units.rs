@@ -674,3 +674,57 @@ fn restrict_address_families_combines_its_lines_as_systemd() {
     );
     assert!(tree.load_err("bad.service").contains("AF_MARS"));
 }
+
+#[test]
+fn argument_restrictions_are_read_as_systemd_reads_them() {
+    let tree = Tree::new("restrictions");
+    let load = |lines: &str| {
+        tree.lib(
+            "r.service",
+            &format!("[Service]\nExecStart=/bin/true\n{lines}"),
+        );
+        tree.load("r.service")
+    };
+    let namespaces = |lines: &str| load(lines).exec.restrictions.namespaces;
+    let user = libc::CLONE_NEWUSER as u64;
+    let net = libc::CLONE_NEWNET as u64;
+    let all = feather_svc::unit::all_namespaces();
+    assert_eq!(namespaces("RestrictNamespaces=yes\n"), Some(0));
+    assert_eq!(namespaces("RestrictNamespaces=no\n"), Some(all));
+    assert_eq!(
+        namespaces("RestrictNamespaces=user\nRestrictNamespaces=net\n"),
+        Some(user | net)
+    );
+    assert_eq!(namespaces("RestrictNamespaces=~user\n"), Some(all & !user));
+    assert_eq!(
+        namespaces("RestrictNamespaces=user net\nRestrictNamespaces=~net\n"),
+        Some(user)
+    );
+    assert_eq!(
+        namespaces("RestrictNamespaces=user\nRestrictNamespaces=yes\n"),
+        Some(0)
+    );
+    assert_eq!(
+        namespaces("RestrictNamespaces=yes\nRestrictNamespaces=\n"),
+        None
+    );
+    tree.lib(
+        "bad.service",
+        "[Service]\nExecStart=/bin/true\nRestrictNamespaces=moon\n",
+    );
+    assert!(tree.load_err("bad.service").contains("moon"));
+
+    let unit = load(
+        "RestrictRealtime=yes\nRestrictSUIDSGID=yes\nMemoryDenyWriteExecute=yes\n\
+         LockPersonality=yes\nSystemCallArchitectures=native\n",
+    );
+    let r = &unit.exec.restrictions;
+    assert!(r.realtime && r.suid_sgid && r.memory_deny_write_execute && r.lock_personality);
+    assert!(r.native_architecture_only && r.any());
+    assert!(unit.not_applied.is_empty(), "{:?}", unit.not_applied);
+    // Another ABI besides the native one is not expressed: listed as not applied.
+    let mixed = load("SystemCallArchitectures=native x86\n");
+    assert!(!mixed.exec.restrictions.native_architecture_only);
+    assert_eq!(mixed.not_applied, ["Service.SystemCallArchitectures"]);
+    assert!(!load("").exec.restrictions.any());
+}

@@ -18,6 +18,7 @@ pub mod client;
 pub mod client_protocol;
 mod processes;
 pub mod protocol;
+mod restrictions;
 mod sockets;
 mod spawn;
 pub mod supervisor;

@@ -79,6 +79,12 @@ pub enum SpawnError {
         unit: String,
         problem: seccompiler::BackendError,
     },
+    /// `RestrictNamespaces=`, `RestrictSUIDSGID=`, … could not be made into a filter.
+    #[error("{unit}: {problem}")]
+    Restriction {
+        unit: String,
+        problem: super::restrictions::RestrictionError,
+    },
     /// The manager's own bookkeeping lost the unit's state before its command ran.
     #[error("{unit}: {what} is missing before its command ran (a bug in the service manager)")]
     NotPrepared { unit: String, what: &'static str },
@@ -357,6 +363,17 @@ pub fn command(
     for (key, value) in env {
         command.env(key, value);
     }
+    // `+` runs a command with full privileges: none of the restrictions.
+    let restrictions = if exec.full_privileges {
+        super::restrictions::Applied::default()
+    } else {
+        super::restrictions::apply(&unit.exec.restrictions, raw::kernel_has_mdwe()).map_err(
+            |problem| SpawnError::Restriction {
+                unit: unit.name.to_string(),
+                problem,
+            },
+        )?
+    };
     let run_as_root = exec.full_privileges || exec.no_user_change;
     let credentials = if run_as_root {
         None
@@ -383,15 +400,22 @@ pub fn command(
                 capabilities_to_drop(unit)
             },
             ambient_capabilities: ambient_capabilities(unit),
-            no_new_privileges: unit.exec.no_new_privileges && !exec.full_privileges,
+            // The restrictions imply no_new_privs, as systemd implies it for a service without
+            // CAP_SYS_ADMIN (no process of a VM has it).
+            no_new_privileges: (unit.exec.no_new_privileges || unit.exec.restrictions.any())
+                && !exec.full_privileges,
             seccomp: if exec.full_privileges {
                 Vec::new()
             } else {
+                // SystemCallFilter= last, as systemd installs it: an allow list without
+                // seccomp(2) (redis's) would end the process at the next filter's install.
                 address_family_filter(unit)?
                     .into_iter()
+                    .chain(restrictions.filters)
                     .chain(syscall_filter.map(<[_]>::to_vec))
                     .collect()
             },
+            memory_deny_write_execute: restrictions.mdwe,
         },
     );
     Ok(command)
