@@ -12,6 +12,7 @@ mod cri;
 mod diff;
 mod docker;
 mod feather;
+mod host_binary;
 mod idmap;
 mod ipc;
 mod podman;
