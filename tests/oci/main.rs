@@ -19,4 +19,5 @@ mod podman;
 mod resources;
 mod run;
 mod spec;
+mod state_roots;
 mod userns;
