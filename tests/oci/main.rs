@@ -20,4 +20,5 @@ mod resources;
 mod run;
 mod spec;
 mod state_roots;
+mod terminal_escapes;
 mod userns;
