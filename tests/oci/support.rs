@@ -185,17 +185,25 @@ pub fn run(command: &mut Command) -> Outcome {
 /// `feather-oci --root <private root>`. Dropping it force-deletes every container left.
 pub struct Runtime {
     pub root: PathBuf,
+    /// The binary run: the build's, or a copy a test may let a container attack.
+    pub program: PathBuf,
 }
 
 impl Runtime {
     pub fn new(scratch: &Scratch) -> Runtime {
+        Runtime::of(scratch, Path::new(runtime_bin()))
+    }
+
+    /// The runtime `program` (a copy of the build's) with a private root in `scratch`.
+    pub fn of(scratch: &Scratch, program: &Path) -> Runtime {
         Runtime {
             root: scratch.path("runtime-root"),
+            program: program.to_owned(),
         }
     }
 
     pub fn command(&self) -> Command {
-        let mut command = Command::new(runtime_bin());
+        let mut command = Command::new(&self.program);
         command.arg("--root").arg(&self.root);
         command
     }

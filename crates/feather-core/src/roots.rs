@@ -110,6 +110,23 @@ impl Registry {
     }
 }
 
+/// The host folders no VM, and no OCI container over the host, may see: the state and run
+/// folders of every registered root (canonical where they exist), and the registry itself.
+pub fn host_state_folders() -> Vec<PathBuf> {
+    let mut folders = std::collections::BTreeSet::new();
+    for root in Registry::host().roots() {
+        folders.extend(root_folders(&root));
+    }
+    folders.insert(PathBuf::from(REGISTRY_DIR));
+    folders.into_iter().collect()
+}
+
+/// The state and run folders of `root`, canonical where they exist.
+pub fn root_folders(root: &StateRoot) -> [PathBuf; 2] {
+    [root.dir(), root.run_dir()]
+        .map(|dir| fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()))
+}
+
 fn entry_of(root: &StateRoot) -> Result<Entry> {
     let dir = fs::canonicalize(root.dir()).at(root.dir())?;
     let run = canonical_run(root.run_dir())?;

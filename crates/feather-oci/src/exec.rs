@@ -41,6 +41,10 @@ pub struct ExecArgs {
 
 /// Returns the exit code to exit with (0 when detached).
 pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
+    // The child runs this program inside the container up to its execve, and a program of
+    // the container may run it again (`#!/proc/self/exe`): from a read-only mount (see
+    // feather_sys::own_program), before anything is done. Re-executes the whole command.
+    feather_sys::own_program::run_from_read_only_mount().context("exec")?;
     let container = Container::load(root, &args.id)?;
     match container.status() {
         Status::Created | Status::Running => {}

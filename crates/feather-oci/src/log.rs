@@ -49,7 +49,7 @@ pub fn debug(message: &str) {
 
 fn write(level: &str, message: &str) {
     let Some(sink) = SINK.get() else {
-        eprintln!("feather-oci: {level}: {message}");
+        to_stderr(level, message);
         return;
     };
     let line = if sink.json {
@@ -61,11 +61,20 @@ fn write(level: &str, message: &str) {
         Some(file) => {
             let written = writeln!(&*file, "{line}");
             if written.is_err() || level == "error" {
-                eprintln!("feather-oci: {level}: {message}");
+                to_stderr(level, message);
             }
         }
-        None => eprintln!("feather-oci: {level}: {message}"),
+        None => to_stderr(level, message),
     }
+}
+
+/// A message for a person: it may quote what a container chose (its paths, its services'
+/// log lines), so it is escaped for the terminal; the log file keeps it exact.
+fn to_stderr(level: &str, message: &str) {
+    eprintln!(
+        "feather-oci: {level}: {}",
+        feather_core::display::escape_for_terminal(message)
+    );
 }
 
 /// The current time as RFC 3339 in UTC (what runc's state and logs carry).

@@ -300,7 +300,30 @@ fn host_root(dir: &Path) -> Result<PathBuf> {
         feather_sys::mount::LayerSync::Volatile,
     )
     .map_err(|e| anyhow::anyhow!("org.feather.base=host: {e}"))?;
+    hide_state_roots(&rootfs)?;
     Ok(rootfs)
+}
+
+/// `org.feather.base=host`: every feather state root of the host, and their registry, under
+/// an empty read-only tmpfs, as in every feather VM (docs/security.md): they hold the layers
+/// of the host's VMs. Each folder is opened beneath the rootfs without following a link.
+fn hide_state_roots(rootfs: &Path) -> Result<()> {
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .with_context(|| format!("open {}", rootfs.display()))?;
+    for folder in feather_core::roots::host_state_folders() {
+        feather_sys::mount::hide_beneath(&root, &folder).with_context(|| {
+            format!(
+                "org.feather.base=host: hide feather's state folder {} in the container",
+                folder.display()
+            )
+        })?;
+    }
+    // hide_beneath mounts where it changed the working folder to.
+    nix::unistd::chdir("/").context("chdir /")
 }
 
 /// Every entry of `mounts`, in order, then the default devices and `linux.devices`.

@@ -197,8 +197,10 @@ pub fn ps(root: &Path, id: &str, json: bool) -> Result<()> {
     } else {
         println!("PID CMD");
         for pid in pids {
-            let command = fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            println!("{pid} {}", command.trim());
+            // The container names its processes (any bytes): escaped for the terminal.
+            let command = fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
+            let command = command.strip_suffix(b"\n").unwrap_or(&command);
+            println!("{pid} {}", feather_core::display::escape_bytes(command));
         }
     }
     Ok(())

@@ -6,7 +6,7 @@
 
 use std::path::Path;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use nix::unistd::Pid;
 
 use crate::create::CreateArgs;
@@ -22,6 +22,9 @@ pub struct RunArgs {
 
 /// Returns the exit code to exit with (0 when detached).
 pub fn run(root: &Path, mut args: RunArgs) -> Result<i32> {
+    // create's re-execution from a read-only mount (feather_sys::own_program) restarts the
+    // command: first thing, before the terminal is made.
+    feather_sys::own_program::run_from_read_only_mount().context("run")?;
     let id = args.create.id.clone();
     let console = relayed_terminal(root, &mut args)?;
     crate::create::create(root, &args.create)?;

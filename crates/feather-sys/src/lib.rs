@@ -9,6 +9,7 @@ pub mod fdpass;
 pub mod mount;
 pub mod mountinfo;
 pub mod net;
+pub mod own_program;
 pub mod process;
 pub mod pty;
 pub mod quota;

@@ -13,7 +13,7 @@ use std::collections::BTreeSet;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
-use feather_core::roots::{Registry, REGISTRY_DIR};
+use feather_core::roots::Registry;
 use feather_core::{StateRoot, VmDir, VmStatus};
 use feather_sys::process;
 
@@ -24,13 +24,10 @@ pub const MOUNT_POINTS: [&str; 4] = ["proc", "sys", "dev", "run"];
 /// The host folders every VM must not see: the state and run folders of every registered
 /// root and of `own`, and the registry itself.
 pub fn state_folders(own: &StateRoot) -> Vec<PathBuf> {
-    let mut folders = BTreeSet::new();
-    for root in Registry::host().roots().iter().chain([own]) {
-        for dir in [root.dir(), root.run_dir()] {
-            folders.insert(std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf()));
-        }
-    }
-    folders.insert(PathBuf::from(REGISTRY_DIR));
+    let mut folders: BTreeSet<PathBuf> = feather_core::roots::host_state_folders()
+        .into_iter()
+        .collect();
+    folders.extend(feather_core::roots::root_folders(own));
     folders.into_iter().collect()
 }
 

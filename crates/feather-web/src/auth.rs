@@ -120,7 +120,9 @@ impl Sessions {
         }
         let csrf = self.csrf_of(request.cookies)?;
         if request.changes_state {
-            let origin_ok = request.origin.is_none_or(|origin| origin == self.origin());
+            let origin_ok = request
+                .origin
+                .is_none_or(|origin| self.is_page_origin(origin, request.host));
             let token_ok = request.csrf.is_some_and(|sent| same(sent, &csrf));
             if !(origin_ok && token_ok) {
                 return Err(Refusal::CrossSite);
@@ -129,16 +131,22 @@ impl Sessions {
         Ok(())
     }
 
-    /// Whether a WebSocket's handshake comes from our page: browsers always send its Origin,
-    /// and the session cookie alone would let another site's page open one (SameSite aside).
-    pub fn is_our_origin(&self, origin: Option<&str>) -> bool {
-        origin.is_some_and(|origin| self.tls || origin == self.origin())
+    /// Whether a WebSocket's handshake, sent to `host` (its Host), comes from our page:
+    /// browsers always send its Origin, and the session cookie alone would let another page
+    /// open one — SameSite=Strict keeps other sites' pages out, not pages of the same host on
+    /// another port (a VM's published service), which are the same site.
+    pub fn is_our_origin(&self, origin: Option<&str>, host: Option<&str>) -> bool {
+        origin.is_some_and(|origin| self.is_page_origin(origin, host))
     }
 
-    /// The page's own origin, as a browser sends it.
-    fn origin(&self) -> String {
+    /// Whether `origin` is our page as reached at `host`: exactly the scheme served and that
+    /// host, itself one this server answers to (over TLS any name its certificate holds, but
+    /// the very name and port the request went to).
+    fn is_page_origin(&self, origin: &str, host: Option<&str>) -> bool {
         let scheme = if self.tls { "https" } else { "http" };
-        format!("{scheme}://{}", self.address)
+        host.is_some_and(|host| {
+            self.is_our_host(Some(host)) && origin == format!("{scheme}://{host}")
+        })
     }
 
     pub fn is_our_host(&self, host: Option<&str>) -> bool {
@@ -244,6 +252,47 @@ mod tests {
             sessions.check(&facts(Some("feather_session=made-up"), None, false)),
             Err(Refusal::NoSession)
         );
+    }
+
+    /// Over TLS any host name is served (a rebound name cannot present the certificate), but a
+    /// page of the same host on another port — a VM's published service, same site, so the
+    /// SameSite cookie goes with its requests — is not ours: no terminal, no change.
+    #[test]
+    fn over_tls_only_the_page_at_the_requests_own_host_is_ours() {
+        let sessions = Sessions::new("10.0.0.1:7070".parse().unwrap(), true).unwrap();
+        let host = Some("box.example:7070");
+        assert!(sessions.is_our_origin(Some("https://box.example:7070"), host));
+        for foreign in [
+            "https://box.example:8443",
+            "https://vm.box.example:7070",
+            "http://box.example:7070",
+            "null",
+        ] {
+            assert!(!sessions.is_our_origin(Some(foreign), host), "{foreign}");
+        }
+        assert!(!sessions.is_our_origin(None, host));
+        let id = sessions.log_in(&sessions.login_token()).unwrap();
+        let cookie = format!("{COOKIE}={id}");
+        let csrf = sessions.csrf_of(Some(&cookie)).unwrap();
+        let mut change = RequestFacts {
+            host,
+            cookies: Some(&cookie),
+            origin: Some("https://box.example:8443"),
+            csrf: Some(&csrf),
+            changes_state: true,
+        };
+        assert_eq!(sessions.check(&change), Err(Refusal::CrossSite));
+        change.origin = Some("https://box.example:7070");
+        assert_eq!(sessions.check(&change), Ok(()));
+    }
+
+    #[test]
+    fn over_http_the_page_is_at_an_address_served() {
+        let sessions = sessions();
+        assert!(sessions.is_our_origin(Some("http://127.0.0.1:7070"), Some("127.0.0.1:7070")));
+        assert!(sessions.is_our_origin(Some("http://localhost:7070"), Some("localhost:7070")));
+        assert!(!sessions.is_our_origin(Some("http://127.0.0.1:8080"), Some("127.0.0.1:7070")));
+        assert!(!sessions.is_our_origin(Some("http://evil.example"), Some("evil.example")));
     }
 
     #[test]

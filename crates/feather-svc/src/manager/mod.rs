@@ -60,9 +60,10 @@ pub enum ClientError {
 /// Where the service manager's binary is: beside the running binary (`feather`,
 /// `feather-keeper` or the manager itself; cargo builds them into one folder, and an install
 /// puts them in one folder). Inside a VM over the host's root that path is the same as on the
-/// host.
+/// host. (The running binary's host path: a re-execution from a read-only mount keeps it,
+/// feather_sys::own_program.)
 pub fn program() -> Result<PathBuf, ClientError> {
-    let exe = std::env::current_exe().map_err(ClientError::OwnBinary)?;
+    let exe = feather_sys::own_program::path().map_err(ClientError::OwnBinary)?;
     Ok(exe.with_file_name(PROGRAM))
 }
 

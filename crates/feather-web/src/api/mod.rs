@@ -29,7 +29,7 @@ mod vms;
 use moves::{checkpoint, migrate, restore};
 use services::{service_action, service_events, service_logs};
 pub use shared::Shared;
-use shared::{Answer, ApiError, AppState};
+use shared::{host_of, Answer, ApiError, AppState};
 use shuttle::{answer_ask, audit, policy, policy_check};
 use vms::{changes, check_ipc, commit, create, remove, reset, start, stop, terminal, vm, vms};
 
@@ -67,14 +67,6 @@ pub fn router(shared: Arc<Shared>) -> Router {
         .route("/login", get(login))
         .merge(guarded)
         .with_state(shared)
-}
-
-/// The host a request was sent to: its `Host` header, or under HTTP/2 its `:authority`.
-fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
-    headers
-        .get(header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .or_else(|| uri.authority().map(|a| a.as_str()))
 }
 
 async fn guard(State(shared): AppState, request: Request, next: Next) -> Response {

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{header, HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use feather_core::error::causes;
@@ -97,4 +97,12 @@ pub(super) fn start_job(
         work(&root, &name, report)
     });
     Ok(Json(json!({ "job": job })))
+}
+
+/// The host a request was sent to: its `Host` header, or under HTTP/2 its `:authority`.
+pub(super) fn host_of<'a>(headers: &'a HeaderMap, uri: &'a Uri) -> Option<&'a str> {
+    headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .or_else(|| uri.authority().map(|a| a.as_str()))
 }

@@ -16,7 +16,7 @@ use feather_vm::services::ServicesError;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::shared::{blocking, library, start_job, vm_name, Answer, ApiError, AppState};
+use super::shared::{blocking, host_of, library, start_job, vm_name, Answer, ApiError, AppState};
 use crate::live::read_table;
 
 /// How long `stop` lets a VM's processes end before killing them (the command line's default).
@@ -193,10 +193,14 @@ pub(super) async fn terminal(
     State(shared): AppState,
     Path(name): Path<String>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     upgrade: WebSocketUpgrade,
 ) -> Result<Response, ApiError> {
     let origin = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok());
-    if !shared.sessions.is_our_origin(origin) {
+    if !shared
+        .sessions
+        .is_our_origin(origin, host_of(&headers, &uri))
+    {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
             crate::auth::Refusal::CrossSite.message(),

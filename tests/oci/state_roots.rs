@@ -1,0 +1,79 @@
+//! A container over the host (`org.feather.base=host`) sees the host's files copy-on-write, as
+//! a feather VM does — and, as in a VM, none of feather's state roots: they hold the layers of
+//! the host's VMs (what each wrote) and their sockets.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use feather_core::roots::{Registry, REGISTRY_DIR};
+use feather_core::StateRoot;
+use serde_json::json;
+
+use crate::support::{base_config, Bundle, Runtime, Scratch};
+
+/// A state root recorded in the host's registry for the test; its entry is removed after.
+struct Registered {
+    dir: PathBuf,
+}
+
+impl Registered {
+    fn new(dir: &Path, run: &Path) -> Registered {
+        fs::create_dir_all(dir).unwrap();
+        let root = StateRoot::with_dirs(dir.to_owned(), run.to_owned());
+        Registry::host().register(&root).unwrap();
+        Registered {
+            dir: fs::canonicalize(dir).unwrap(),
+        }
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        let needle = serde_json::to_string(&self.dir).unwrap();
+        for entry in fs::read_dir(REGISTRY_DIR).into_iter().flatten().flatten() {
+            if fs::read_to_string(entry.path()).is_ok_and(|text| text.contains(&needle)) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
+    }
+}
+
+#[test]
+fn a_container_over_the_host_sees_no_feather_state_root() {
+    let scratch = Scratch::new("state-roots");
+    // A VM's layer in a registered root, holding what the VM wrote.
+    let state = scratch.path("feather-state");
+    let layer = state.join("vms/db/upper/srv");
+    fs::create_dir_all(&layer).unwrap();
+    fs::write(layer.join("secret"), "LAYER-OF-ANOTHER-VM\n").unwrap();
+    let _registered = Registered::new(&state, &scratch.path("feather-run"));
+    // A file beside the root, on the same filesystem: the container sees the host there.
+    fs::write(scratch.path("beside"), "HOST-FILE-BESIDE\n").unwrap();
+
+    let script = format!(
+        "cat {beside}; cat {secret}; ls {registry}; true",
+        beside = scratch.path("beside").display(),
+        secret = layer.join("secret").display(),
+        registry = REGISTRY_DIR,
+    );
+    let mut config = base_config(&["/bin/sh", "-c", &script]);
+    config["annotations"] = json!({"org.feather.base": "host"});
+    config["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let runtime = Runtime::new(&scratch);
+    let id = format!("state-roots-{}", std::process::id());
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        outcome.stdout.contains("HOST-FILE-BESIDE"),
+        "the container sees the host's files: {outcome:?}"
+    );
+    assert!(
+        !outcome.stdout.contains("LAYER-OF-ANOTHER-VM"),
+        "a VM's layer was read from a container over the host: {outcome:?}"
+    );
+    assert!(
+        !outcome.stdout.contains(".json"),
+        "the registry of state roots was listed: {outcome:?}"
+    );
+}
