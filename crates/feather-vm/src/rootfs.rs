@@ -217,16 +217,38 @@ fn mask(root: &Path, paths: &[&str]) -> Result<()> {
     for path in paths {
         let target = root.join(path);
         match fs::symlink_metadata(&target) {
-            Ok(meta) if meta.is_dir() => mount::tmpfs(
-                &target,
-                Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
-                "size=0,mode=0555",
-            )?,
+            Ok(meta) if meta.is_dir() => mount_mask(&target)?,
             Ok(_) => mount::bind(Path::new("/dev/null"), &target)?,
             Err(_) => {}
         }
     }
     Ok(())
+}
+
+/// The mask over a folder: an empty tmpfs, read-only from its making (its superblock too, so
+/// no remount of the mount alone makes it writable), holding nothing and able to hold nothing.
+/// A restore hands one to CRIU for every mask of the VM (see [`is_folder_mask`]).
+pub(crate) fn mount_mask(target: &Path) -> Result<()> {
+    mount::tmpfs(
+        target,
+        Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
+        "size=0,mode=0555",
+    )
+}
+
+/// Whether `mount`, as the VM's init's mountinfo shows it, is one of the masks over a folder
+/// that [`assemble`] made: a read-only tmpfs at one of the masked paths (a VM cannot mount, so
+/// nothing else is there). Its content is known, nothing: a checkpoint need not carry it.
+pub(crate) fn is_folder_mask(mount: &feather_sys::mountinfo::MountEntry) -> bool {
+    let Ok(path) = mount.mount_point.strip_prefix("/") else {
+        return false;
+    };
+    mount.fs_type == "tmpfs"
+        && mount.super_options.split(',').any(|o| o == "ro")
+        && MASKED_PROC
+            .iter()
+            .chain(&MASKED_SYS)
+            .any(|masked| path == Path::new(masked))
 }
 
 /// 6b. The VM's services get cgroups of their own below the VM's: the `services` folder of

@@ -46,6 +46,11 @@ use crate::hiding;
 use crate::images::{held_for, ExternalLayer, HOLD, LAYERS, LAZY};
 use crate::layers;
 use crate::protocol::{self, Response};
+use crate::rootfs;
+
+/// The folder of the VM's run folder where a restore mounts the mask it hands to CRIU for
+/// each of the VM's masks over kernel folders (in the restoring child's mount namespace only).
+const MASK: &str = "mask";
 
 /// The name a replaced checkpoint folder takes beside the VM's other files until it is removed.
 const STALE_PREFIX: &str = "checkpoint.stale-";
@@ -111,6 +116,7 @@ pub(crate) fn dump(
             key: format!("feather-layer-{i}"),
             mount_point: m.mount_point.clone(),
             generated: false,
+            mask: false,
         })
         .collect();
     layers.extend(
@@ -122,6 +128,19 @@ pub(crate) fn dump(
                 key: format!("feather-etc-{i}"),
                 mount_point: m.mount_point.clone(),
                 generated: true,
+                mask: false,
+            }),
+    );
+    layers.extend(
+        mounts
+            .iter()
+            .filter(|m| rootfs::is_folder_mask(m))
+            .enumerate()
+            .map(|(i, m)| ExternalLayer {
+                key: format!("feather-mask-{i}"),
+                mount_point: m.mount_point.clone(),
+                generated: false,
+                mask: true,
             }),
     );
     let external: Vec<(String, String)> = layers
@@ -211,6 +230,8 @@ pub(crate) fn restore_tree(
         }
         Err(_) => Vec::new(),
     };
+    let (masks, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
+        external.into_iter().partition(|l| l.mask);
     let (generated, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.generated);
     let others: Vec<(layers::Layer, PathBuf)> = external
@@ -242,6 +263,10 @@ pub(crate) fn restore_tree(
         };
         mapping.push((file.key.clone(), path));
     }
+    // One empty read-only tmpfs, mounted in the restoring child's namespace only, is every
+    // mask: CRIU binds it at each and gives each its dumped flags.
+    let mask = vm.run_dir().join(MASK);
+    mapping.extend(masks.iter().map(|m| (m.key.clone(), mask.clone())));
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
@@ -280,6 +305,10 @@ pub(crate) fn restore_tree(
                     }
                     mount::overlay(&layer.lower, &layer.upper, &layer.work, at, sync)
                         .in_vm(name)?;
+                }
+                if !masks.is_empty() {
+                    fs::create_dir_all(&mask).map_err(io(name, mask.display().to_string()))?;
+                    rootfs::mount_mask(&mask).in_vm(name)?;
                 }
                 if let Some(cgroup) = cgroup {
                     cgroup.add(Pid::this()).in_vm(name)?;
