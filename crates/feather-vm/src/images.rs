@@ -32,8 +32,10 @@ pub(crate) const HOLD: &str = "hold";
 /// So are the masks over kernel folders (`/proc/acpi`, `/sys/firmware`, …), with `mask`: empty
 /// read-only tmpfs, which CRIU would otherwise archive with `tar --gzip` and unpack again, a
 /// program run each way per mask during a migration's freeze; the restoring side mounts one
-/// such tmpfs and hands it to CRIU for each.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+/// such tmpfs and hands it to CRIU for each. And so is the read-only tmpfs at `/sys/fs/cgroup`
+/// with `cgroup_top`, the folders it holds for the cgroup hierarchies bound there, which CRIU
+/// binds again on them.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ExternalLayer {
     pub(crate) key: String,
     pub(crate) mount_point: PathBuf,
@@ -41,6 +43,8 @@ pub(crate) struct ExternalLayer {
     pub(crate) generated: bool,
     #[serde(default)]
     pub(crate) mask: bool,
+    #[serde(default)]
+    pub(crate) cgroup_top: Option<Vec<PathBuf>>,
 }
 
 /// Present while a VM received by a post-copy migration has its memory fetched from the

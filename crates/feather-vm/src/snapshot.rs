@@ -52,6 +52,9 @@ use crate::rootfs;
 /// each of the VM's masks over kernel folders (in the restoring child's mount namespace only).
 const MASK: &str = "mask";
 
+/// The same for the tmpfs at the VM's `/sys/fs/cgroup`.
+const CGROUP_TOP: &str = "cgroup-top";
+
 /// The name a replaced checkpoint folder takes beside the VM's other files until it is removed.
 const STALE_PREFIX: &str = "checkpoint.stale-";
 
@@ -115,8 +118,7 @@ pub(crate) fn dump(
         .map(|(i, m)| ExternalLayer {
             key: format!("feather-layer-{i}"),
             mount_point: m.mount_point.clone(),
-            generated: false,
-            mask: false,
+            ..ExternalLayer::default()
         })
         .collect();
     layers.extend(
@@ -128,7 +130,7 @@ pub(crate) fn dump(
                 key: format!("feather-etc-{i}"),
                 mount_point: m.mount_point.clone(),
                 generated: true,
-                mask: false,
+                ..ExternalLayer::default()
             }),
     );
     layers.extend(
@@ -139,8 +141,19 @@ pub(crate) fn dump(
             .map(|(i, m)| ExternalLayer {
                 key: format!("feather-mask-{i}"),
                 mount_point: m.mount_point.clone(),
-                generated: false,
                 mask: true,
+                ..ExternalLayer::default()
+            }),
+    );
+    layers.extend(
+        mounts
+            .iter()
+            .filter_map(|m| Some((m, rootfs::cgroup_top_folders(m, &mounts)?)))
+            .map(|(m, folders)| ExternalLayer {
+                key: "feather-cgroup-top".into(),
+                mount_point: m.mount_point.clone(),
+                cgroup_top: Some(folders),
+                ..ExternalLayer::default()
             }),
     );
     let external: Vec<(String, String)> = layers
@@ -232,6 +245,8 @@ pub(crate) fn restore_tree(
     };
     let (masks, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.mask);
+    let (cgroup_top, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
+        external.into_iter().partition(|l| l.cgroup_top.is_some());
     let (generated, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.generated);
     let others: Vec<(layers::Layer, PathBuf)> = external
@@ -267,6 +282,9 @@ pub(crate) fn restore_tree(
     // mask: CRIU binds it at each and gives each its dumped flags.
     let mask = vm.run_dir().join(MASK);
     mapping.extend(masks.iter().map(|m| (m.key.clone(), mask.clone())));
+    // The same for the tmpfs at /sys/fs/cgroup, with the folders the hierarchies are bound on.
+    let cgroups = vm.run_dir().join(CGROUP_TOP);
+    mapping.extend(cgroup_top.iter().map(|c| (c.key.clone(), cgroups.clone())));
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
@@ -309,6 +327,13 @@ pub(crate) fn restore_tree(
                 if !masks.is_empty() {
                     fs::create_dir_all(&mask).map_err(io(name, mask.display().to_string()))?;
                     rootfs::mount_mask(&mask).in_vm(name)?;
+                }
+                for top in &cgroup_top {
+                    let folders = top.cgroup_top.iter().flatten().map(PathBuf::as_path);
+                    fs::create_dir_all(&cgroups)
+                        .map_err(io(name, cgroups.display().to_string()))?;
+                    rootfs::mount_cgroup_top(&cgroups, folders).in_vm(name)?;
+                    mount::remount_bind_readonly(&cgroups).in_vm(name)?;
                 }
                 if let Some(cgroup) = cgroup {
                     cgroup.add(Pid::this()).in_vm(name)?;
