@@ -21,8 +21,10 @@
 //! run ([`await_release`]): the two phases of a migration (see [`crate::migration`]).
 //!
 //! The VM's root overlay is mounted by the restoring side, because CRIU rebuilds the VM's mount
-//! namespace on top of a root it is given (`--root`); every other mount of the VM (its /proc,
-//! /dev, /run with its content, devpts, mqueue) CRIU recreates from its images.
+//! namespace on top of a root it is given (`--root`), and so are the mounts whose content is
+//! known (the masks over kernel folders, the tmpfs at /sys/fs/cgroup: see
+//! [`crate::images::ExternalLayer`]); every other mount of the VM (its /proc, /dev, /run with
+//! its content, devpts, mqueue) CRIU recreates from its images.
 
 use std::fs;
 use std::path::{Path, PathBuf};
