@@ -7,8 +7,9 @@
 #                               # defaults: 5 rounds, 64 MB held in memory, redis holding 256 MB
 #
 # Then the downtime of a migration: redis over the host's / holding REDIS_MB, with a client in
-# the VM writing to it all the time, is migrated (`feather migrate`, stop-and-copy with the
-# two-phase release) to a `feather serve` of a second state root on 127.0.0.1. The VM is frozen
+# the VM writing to it all the time, is migrated (`feather migrate`, post-copy and then
+# stop-and-copy, both with the two-phase release) to a `feather serve` of a second state root on
+# 127.0.0.1. The VM is frozen
 # from the start of its checkpoint until the receiver says it runs there: `migrate` prints that
 # time ("frozen for N ms"), and the script reports it with the archive's size and the writes
 # the client made before and after. REDIS_MB=0 skips it.
@@ -96,36 +97,42 @@ printf '%-10s %12s %12s %8s\n' restore "$fr" "$cr" "$(awk -v a="$fr" -v b="$cr" 
 echo "images: ${images} MB for ${megabytes} MB held in memory (median of $rounds rounds)"
 
 ((redis_mb > 0)) || exit 0
-# Migration downtime: redis with REDIS_MB under a steady write load.
+# Migration downtime: redis with REDIS_MB under a steady write load, in each mode.
 export FEATHER_MIGRATE_TOKEN=bench-$$-$RANDOM
-port=$((20000 + $$ % 20000))
-f create redis --net none >/dev/null
-f start redis
-f exec redis -- sh -c "redis-server --port 0 --unixsocket /run/redis.sock --save '' --appendonly no \
-    --daemonize yes --logfile /run/redis.log --enable-debug-command yes" >/dev/null
-until f exec redis -- redis-cli -s /run/redis.sock PING 2>/dev/null | grep -q PONG; do sleep 0.1; done
-keys=$((redis_mb * 1024 * 1024 / 1100))
-f exec redis -- redis-cli -s /run/redis.sock DEBUG POPULATE "$keys" key 1000 >/dev/null
-# The writer: one connection, one SET at a time, for as long as the VM lives.
-f exec redis -- sh -c "redis-benchmark -s /run/redis.sock -c 1 -n 2000000000 -r 100000 -t set -q \
-    </dev/null >/dev/null 2>&1 &"
-sleep 2
 writes() { "$feather" --root "$1" exec redis -- redis-cli -s /run/redis.sock INFO stats |
     sed -n 's/^total_commands_processed:\([0-9]*\).*/\1/p'; }
-before=$(writes "$root")
-memory=$(f exec redis -- redis-cli -s /run/redis.sock INFO memory | sed -n 's/^used_memory_human:\(.*\)\r/\1/p')
-"$feather" --root "$work/target" serve --listen "127.0.0.1:$port" --once 2>"$work/serve.log" &
-echo $! >"$work/serve.pid"
-until grep -q listening "$work/serve.log"; do sleep 0.05; done
-t0=$(now)
-f migrate redis --to "127.0.0.1:$port" 2>"$work/migrate.log" || { cat "$work/migrate.log" >&2; exit 1; }
-t1=$(now)
-wait "$(cat "$work/serve.pid")"; rm -f "$work/serve.pid"
-sleep 2
-after=$(writes "$work/target")
-frozen=$(sed -n 's/.*frozen for \([0-9]*\) ms.*/\1/p' "$work/migrate.log")
-sent=$(sed -n 's/.*: \([0-9]*\) bytes,.*/\1/p' "$work/migrate.log")
-echo
-echo "migration of redis holding $memory ($keys keys), one client writing all the time:"
-echo "  frozen ${frozen} ms (checkpoint, archive, transfer, restore, release); migrate took $(ms "$t0" "$t1") ms"
-echo "  archive $((sent >> 20)) MB; commands processed before: $before, 2 s after arriving: $after (the client goes on)"
+migrate_redis() {
+    local mode=$1 port=$((20000 + ($$ + RANDOM) % 20000))
+    f create redis --net none >/dev/null
+    f start redis
+    f exec redis -- sh -c "redis-server --port 0 --unixsocket /run/redis.sock --save '' --appendonly no \
+        --daemonize yes --logfile /run/redis.log --enable-debug-command yes" >/dev/null
+    until f exec redis -- redis-cli -s /run/redis.sock PING 2>/dev/null | grep -q PONG; do sleep 0.1; done
+    keys=$((redis_mb * 1024 * 1024 / 1100))
+    f exec redis -- redis-cli -s /run/redis.sock DEBUG POPULATE "$keys" key 1000 >/dev/null
+    # The writer: one connection, one SET at a time, for as long as the VM lives.
+    f exec redis -- sh -c "redis-benchmark -s /run/redis.sock -c 1 -n 2000000000 -r 100000 -t set -q \
+        </dev/null >/dev/null 2>&1 &"
+    sleep 2
+    before=$(writes "$root")
+    memory=$(f exec redis -- redis-cli -s /run/redis.sock INFO memory | sed -n 's/^used_memory_human:\(.*\)\r/\1/p')
+    "$feather" --root "$work/target" serve --listen "127.0.0.1:$port" --once 2>"$work/serve.log" &
+    echo $! >"$work/serve.pid"
+    until grep -q listening "$work/serve.log"; do sleep 0.05; done
+    t0=$(now)
+    f migrate redis --to "127.0.0.1:$port" --mode "$mode" 2>"$work/migrate.log" ||
+        { cat "$work/migrate.log" >&2; exit 1; }
+    t1=$(now)
+    wait "$(cat "$work/serve.pid")"; rm -f "$work/serve.pid"
+    sleep 2
+    after=$(writes "$work/target")
+    frozen=$(sed -n 's/.*frozen for \([0-9]*\) ms.*/\1/p' "$work/migrate.log")
+    sent=$(sed -n 's/.* \([0-9]*\) bytes,.*/\1/p' "$work/migrate.log")
+    echo
+    echo "migration ($mode) of redis holding $memory ($keys keys), one client writing all the time:"
+    echo "  frozen ${frozen} ms (checkpoint, archive, transfer, restore, release); migrate took $(ms "$t0" "$t1") ms"
+    echo "  archive $((sent >> 20)) MB; commands processed before: $before, 2 s after arriving: $after (the client goes on)"
+    "$feather" --root "$work/target" rm --force redis >/dev/null
+}
+migrate_redis post-copy
+migrate_redis stop-and-copy

@@ -151,6 +151,73 @@ fn checkpoint_and_restore_continue_where_the_vm_was() {
     assert!(!feather.vm_dir("vm").exists());
 }
 
+/// For each mask over a kernel folder, and the read-only tmpfs at /sys/fs/cgroup: where, the
+/// mount's filesystem and superblock options as the VM's mountinfo shows them, how many
+/// entries it lists, and whether root in the VM can write there.
+const MASKS: &str = r#"for p in /proc/acpi /sys/firmware /sys/fs/cgroup; do
+  [ -d $p ] || continue
+  printf '%s %s %s %s\n' $p "$(grep " $p " /proc/self/mountinfo | sed 's/.* - //; s/,inode64//')" \
+    "$(ls -A $p | wc -l)" "$(touch $p/marker 2>/dev/null && echo writable || echo read-only)"
+done"#;
+
+/// The masks over kernel folders (/proc/acpi, /sys/firmware) and the read-only tmpfs at
+/// /sys/fs/cgroup travel in no archive: the checkpoint lists them and the restoring side makes
+/// them anew, as empty read-only tmpfs and as one holding the folders the VM's cgroup
+/// hierarchies are bound on. A restored VM has them exactly as a booted one does.
+#[test]
+fn a_restored_vm_keeps_its_masks_over_kernel_folders() {
+    let (feather, _base) = offline_vm("ckpt-masks");
+    require_criu(&feather);
+    let masks = || feather.ok(&["exec", "vm", "--", "sh", "-c", MASKS]);
+    let booted = masks();
+    assert!(
+        booted.contains("/sys/firmware tmpfs tmpfs ro,size=0k,mode=555 0 read-only"),
+        "{booted}"
+    );
+    // CRIU archives the tmpfs holding the VM's data (/dev, /dev/shm, /run), and no mask nor
+    // the tmpfs at /sys/fs/cgroup.
+    let data_tmpfs = feather.ok(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "grep ' - tmpfs tmpfs rw' /proc/self/mountinfo | grep -vc ' /sys/fs/cgroup '",
+    ]);
+    feather.ok(&["checkpoint", "vm"]);
+    let images = feather.vm_dir("vm").join("checkpoint");
+    let archives = fs::read_dir(&images)
+        .unwrap()
+        .filter(|e| {
+            let name = e.as_ref().unwrap().file_name();
+            name.to_string_lossy().starts_with("tmpfs-dev-")
+        })
+        .count();
+    assert_eq!(archives.to_string(), data_tmpfs.trim());
+    let listed = fs::read_to_string(images.join("layers.json")).unwrap();
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert!(
+        listed
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|l| l["mount_point"] == "/sys/firmware" && l["mask"] == true),
+        "{listed}"
+    );
+    assert!(
+        listed.as_array().unwrap().iter().any(|l| {
+            l["mount_point"] == "/sys/fs/cgroup"
+                && l["cgroup_top"].as_array().is_some_and(|f| !f.is_empty())
+        }),
+        "{listed}"
+    );
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(masks(), booted);
+    // The VM's services still get groups of their own there.
+    feather.ok(&["exec", "vm", "--", "mkdir", "/sys/fs/cgroup/pids/unit"]);
+    feather.ok(&["exec", "vm", "--", "rmdir", "/sys/fs/cgroup/pids/unit"]);
+}
+
 #[test]
 fn leave_running_keeps_the_vm_running() {
     let (feather, _base) = counting_vm("ckpt-leave");

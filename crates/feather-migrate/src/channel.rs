@@ -55,8 +55,10 @@ use crate::error::{MigrateError, Result, TransferError};
 
 /// The version of what crosses the network, from the channel up; changes whenever a message
 /// (or what it means) changes. 3: TLS 1.3 with the token proved over its exporter. 4: the
-/// archive is two tar streams, the layers pre-copied and then the rest (crate::precopy).
-pub const VERSION: u32 = 4;
+/// archive is two tar streams, the layers pre-copied and then the rest (crate::precopy). 5: the
+/// checkpoint lists the VM's masks over kernel folders as external mounts, which the receiver
+/// mounts itself (an older one would take them for layers).
+pub const VERSION: u32 = 5;
 
 /// The exporter's label (RFC 8446 §7.5): keying material for this protocol only.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-feather-migrate-token-proof";

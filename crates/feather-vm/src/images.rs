@@ -28,12 +28,23 @@ pub(crate) const HOLD: &str = "hold";
 /// The files feather generates for the VM (`/etc/hosts`, …) are listed here too, with
 /// `generated`: they are bound from the VM's run folder, which lies elsewhere in another state
 /// root, so the restoring side names where its own copies are.
-#[derive(Debug, serde::Serialize, serde::Deserialize)]
+///
+/// So are the masks over kernel folders (`/proc/acpi`, `/sys/firmware`, …), with `mask`: empty
+/// read-only tmpfs, which CRIU would otherwise archive with `tar --gzip` and unpack again, a
+/// program run each way per mask during a migration's freeze; the restoring side mounts one
+/// such tmpfs and hands it to CRIU for each. And so is the read-only tmpfs at `/sys/fs/cgroup`
+/// with `cgroup_top`, the folders it holds for the cgroup hierarchies bound there, which CRIU
+/// binds again on them.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ExternalLayer {
     pub(crate) key: String,
     pub(crate) mount_point: PathBuf,
     #[serde(default)]
     pub(crate) generated: bool,
+    #[serde(default)]
+    pub(crate) mask: bool,
+    #[serde(default)]
+    pub(crate) cgroup_top: Option<Vec<PathBuf>>,
 }
 
 /// Present while a VM received by a post-copy migration has its memory fetched from the

@@ -217,16 +217,38 @@ fn mask(root: &Path, paths: &[&str]) -> Result<()> {
     for path in paths {
         let target = root.join(path);
         match fs::symlink_metadata(&target) {
-            Ok(meta) if meta.is_dir() => mount::tmpfs(
-                &target,
-                Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
-                "size=0,mode=0555",
-            )?,
+            Ok(meta) if meta.is_dir() => mount_mask(&target)?,
             Ok(_) => mount::bind(Path::new("/dev/null"), &target)?,
             Err(_) => {}
         }
     }
     Ok(())
+}
+
+/// The mask over a folder: an empty tmpfs, read-only from its making (its superblock too, so
+/// no remount of the mount alone makes it writable), holding nothing and able to hold nothing.
+/// A restore hands one to CRIU for every mask of the VM (see [`is_folder_mask`]).
+pub(crate) fn mount_mask(target: &Path) -> Result<()> {
+    mount::tmpfs(
+        target,
+        Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
+        "size=0,mode=0555",
+    )
+}
+
+/// Whether `mount`, as the VM's init's mountinfo shows it, is one of the masks over a folder
+/// that [`assemble`] made: a read-only tmpfs at one of the masked paths (a VM cannot mount, so
+/// nothing else is there). Its content is known, nothing: a checkpoint need not carry it.
+pub(crate) fn is_folder_mask(mount: &feather_sys::mountinfo::MountEntry) -> bool {
+    let Ok(path) = mount.mount_point.strip_prefix("/") else {
+        return false;
+    };
+    mount.fs_type == "tmpfs"
+        && mount.super_options.split(',').any(|o| o == "ro")
+        && MASKED_PROC
+            .iter()
+            .chain(&MASKED_SYS)
+            .any(|masked| path == Path::new(masked))
 }
 
 /// 6b. The VM's services get cgroups of their own below the VM's: the `services` folder of
@@ -240,32 +262,70 @@ fn mount_service_cgroups(root: &Path, subtrees: &[(PathBuf, PathBuf)]) -> Result
         return Ok(());
     }
     let top = root.join("sys/fs/cgroup");
-    mount::tmpfs(
-        &top,
-        Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
-        "mode=0755,size=16k",
-    )?;
+    mount_cgroup_top(&top, subtrees.iter().map(|(_, at)| at.as_path()))?;
     for (subtree, at) in subtrees {
-        let io = |op: &'static str, path: &Path| {
-            let target = path.display().to_string();
-            move |e: std::io::Error| feather_sys::SysError {
-                op,
-                target,
-                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
-            }
-        };
         match fs::create_dir(subtree) {
             Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
-                return Err(io("create cgroup", subtree)(e));
+                return Err(io_failed("create cgroup", subtree)(e));
             }
             _ => {}
         }
-        let target = top.join(at);
-        fs::create_dir_all(&target).map_err(io("create", &target))?;
-        mount::bind(subtree, &target)?;
+        mount::bind(subtree, &top.join(at))?;
     }
-    mount::remount_bind_readonly(&top)?;
+    mount::remount_bind_readonly(&top)
+}
+
+/// The tmpfs at `/sys/fs/cgroup` (see [`mount_service_cgroups`]), holding only the folders
+/// `mount_points` (relative to it), where each hierarchy is bound next. The mount is made
+/// read-only once they are bound; a restore, which hands it to CRIU to bind the hierarchies
+/// again (see [`cgroup_top_folders`]), makes it read-only at once.
+pub(crate) fn mount_cgroup_top<'a>(
+    top: &Path,
+    mount_points: impl Iterator<Item = &'a Path>,
+) -> Result<()> {
+    mount::tmpfs(
+        top,
+        Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
+        "mode=0755,size=16k",
+    )?;
+    for at in mount_points {
+        let target = top.join(at);
+        fs::create_dir_all(&target).map_err(io_failed("create", &target))?;
+    }
     Ok(())
+}
+
+/// If `mount`, as the VM's init's mountinfo shows it, is the tmpfs [`mount_service_cgroups`]
+/// made at `/sys/fs/cgroup`: the folders it holds, the first part of the mount point of each
+/// of `mounts` below it. Read-only, so the VM added nothing: a checkpoint need not carry it.
+pub(crate) fn cgroup_top_folders(
+    mount: &feather_sys::mountinfo::MountEntry,
+    mounts: &[feather_sys::mountinfo::MountEntry],
+) -> Option<Vec<PathBuf>> {
+    let top = Path::new("/sys/fs/cgroup");
+    if mount.fs_type != "tmpfs" || mount.mount_point != top {
+        return None;
+    }
+    let mut folders: Vec<PathBuf> = mounts
+        .iter()
+        .filter_map(|m| m.mount_point.strip_prefix(top).ok()?.iter().next())
+        .map(PathBuf::from)
+        .collect();
+    folders.sort();
+    folders.dedup();
+    Some(folders)
+}
+
+fn io_failed(
+    op: &'static str,
+    path: &Path,
+) -> impl FnOnce(std::io::Error) -> feather_sys::SysError {
+    let target = path.display().to_string();
+    move |e: std::io::Error| feather_sys::SysError {
+        op,
+        target,
+        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+    }
 }
 
 /// 7. A minimal /dev: a few harmless devices, a devpts instance of the VM's own (its terminals

@@ -21,8 +21,10 @@
 //! run ([`await_release`]): the two phases of a migration (see [`crate::migration`]).
 //!
 //! The VM's root overlay is mounted by the restoring side, because CRIU rebuilds the VM's mount
-//! namespace on top of a root it is given (`--root`); every other mount of the VM (its /proc,
-//! /dev, /run with its content, devpts, mqueue) CRIU recreates from its images.
+//! namespace on top of a root it is given (`--root`), and so are the mounts whose content is
+//! known (the masks over kernel folders, the tmpfs at /sys/fs/cgroup: see
+//! [`crate::images::ExternalLayer`]); every other mount of the VM (its /proc, /dev, /run with
+//! its content, devpts, mqueue) CRIU recreates from its images.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -46,6 +48,14 @@ use crate::hiding;
 use crate::images::{held_for, ExternalLayer, HOLD, LAYERS, LAZY};
 use crate::layers;
 use crate::protocol::{self, Response};
+use crate::rootfs;
+
+/// The folder of the VM's run folder where a restore mounts the mask it hands to CRIU for
+/// each of the VM's masks over kernel folders (in the restoring child's mount namespace only).
+const MASK: &str = "mask";
+
+/// The same for the tmpfs at the VM's `/sys/fs/cgroup`.
+const CGROUP_TOP: &str = "cgroup-top";
 
 /// The name a replaced checkpoint folder takes beside the VM's other files until it is removed.
 const STALE_PREFIX: &str = "checkpoint.stale-";
@@ -112,7 +122,7 @@ pub(crate) fn dump(
         .map(|(i, m)| ExternalLayer {
             key: format!("feather-layer-{i}"),
             mount_point: m.mount_point.clone(),
-            generated: false,
+            ..ExternalLayer::default()
         })
         .collect();
     layers.extend(
@@ -124,6 +134,30 @@ pub(crate) fn dump(
                 key: format!("feather-etc-{i}"),
                 mount_point: m.mount_point.clone(),
                 generated: true,
+                ..ExternalLayer::default()
+            }),
+    );
+    layers.extend(
+        mounts
+            .iter()
+            .filter(|m| rootfs::is_folder_mask(m))
+            .enumerate()
+            .map(|(i, m)| ExternalLayer {
+                key: format!("feather-mask-{i}"),
+                mount_point: m.mount_point.clone(),
+                mask: true,
+                ..ExternalLayer::default()
+            }),
+    );
+    layers.extend(
+        mounts
+            .iter()
+            .filter_map(|m| Some((m, rootfs::cgroup_top_folders(m, &mounts)?)))
+            .map(|(m, folders)| ExternalLayer {
+                key: "feather-cgroup-top".into(),
+                mount_point: m.mount_point.clone(),
+                cgroup_top: Some(folders),
+                ..ExternalLayer::default()
             }),
     );
     let external: Vec<(String, String)> = layers
@@ -214,6 +248,10 @@ pub(crate) fn restore_tree(
         }
         Err(_) => Vec::new(),
     };
+    let (masks, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
+        external.into_iter().partition(|l| l.mask);
+    let (cgroup_top, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
+        external.into_iter().partition(|l| l.cgroup_top.is_some());
     let (generated, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.generated);
     let others: Vec<(layers::Layer, PathBuf)> = external
@@ -245,6 +283,13 @@ pub(crate) fn restore_tree(
         };
         mapping.push((file.key.clone(), path));
     }
+    // One empty read-only tmpfs, mounted in the restoring child's namespace only, is every
+    // mask: CRIU binds it at each and gives each its dumped flags.
+    let mask = vm.run_dir().join(MASK);
+    mapping.extend(masks.iter().map(|m| (m.key.clone(), mask.clone())));
+    // The same for the tmpfs at /sys/fs/cgroup, with the folders the hierarchies are bound on.
+    let cgroups = vm.run_dir().join(CGROUP_TOP);
+    mapping.extend(cgroup_top.iter().map(|c| (c.key.clone(), cgroups.clone())));
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
@@ -283,6 +328,17 @@ pub(crate) fn restore_tree(
                     }
                     mount::overlay(&layer.lower, &layer.upper, &layer.work, at, sync)
                         .in_vm(name)?;
+                }
+                if !masks.is_empty() {
+                    fs::create_dir_all(&mask).map_err(io(name, mask.display().to_string()))?;
+                    rootfs::mount_mask(&mask).in_vm(name)?;
+                }
+                for top in &cgroup_top {
+                    let folders = top.cgroup_top.iter().flatten().map(PathBuf::as_path);
+                    fs::create_dir_all(&cgroups)
+                        .map_err(io(name, cgroups.display().to_string()))?;
+                    rootfs::mount_cgroup_top(&cgroups, folders).in_vm(name)?;
+                    mount::remount_bind_readonly(&cgroups).in_vm(name)?;
                 }
                 if let Some(cgroup) = cgroup {
                     cgroup.add(Pid::this()).in_vm(name)?;
