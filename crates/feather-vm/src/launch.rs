@@ -71,13 +71,15 @@ pub struct InitArgs {
 }
 
 /// A teardown's orders: the state root, the keeper lock the finisher holds until it is done
-/// (inherited), and the folder name of the VM set aside (`.removing-<name>-<id>`).
+/// (inherited), the folder name of the VM set aside (`.removing-<name>-<id>`), and the VM's
+/// mount namespace if the keeper held it (inherited; its release unmounts the VM's tree).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FinishArgs {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub lock_fd: RawFd,
     pub folder: String,
+    pub mounts_fd: Option<RawFd>,
 }
 
 /// What [`KEEPER_PROGRAM`] was started to be.
@@ -203,6 +205,9 @@ impl FinishArgs {
             self.lock_fd.to_string().into(),
             self.folder.clone().into(),
         ]
+        .into_iter()
+        .chain(self.mounts_fd.map(|fd| fd.to_string().into()))
+        .collect()
     }
 }
 
@@ -210,14 +215,15 @@ impl Launch {
     /// Parses the arguments after the program's name.
     pub fn parse(args: &[OsString]) -> Result<Launch, LaunchError> {
         match args.split_first() {
-            Some((command, [state_dir, run_dir, lock_fd, folder]))
-                if command == FINISH_SUBCOMMAND =>
+            Some((command, [state_dir, run_dir, lock_fd, folder, mounts_fd @ ..]))
+                if command == FINISH_SUBCOMMAND && mounts_fd.len() <= 1 =>
             {
                 Ok(Launch::Finish(FinishArgs {
                     state_dir: state_dir.into(),
                     run_dir: run_dir.into(),
                     lock_fd: descriptor(lock_fd)?,
                     folder: folder.to_string_lossy().into_owned(),
+                    mounts_fd: mounts_fd.first().map(|fd| descriptor(fd)).transpose()?,
                 }))
             }
             Some((command, rest)) if command == KEEPER_SUBCOMMAND => {
@@ -298,10 +304,19 @@ mod tests {
             run_dir: "/run/feather".into(),
             lock_fd: 4,
             folder: ".removing-run-12-0123456789ab".into(),
+            mounts_fd: None,
         };
         assert_eq!(
             Launch::parse(&args.to_args()).unwrap(),
-            Launch::Finish(args)
+            Launch::Finish(args.clone())
+        );
+        let holding = FinishArgs {
+            mounts_fd: Some(5),
+            ..args
+        };
+        assert_eq!(
+            Launch::parse(&holding.to_args()).unwrap(),
+            Launch::Finish(holding)
         );
     }
 

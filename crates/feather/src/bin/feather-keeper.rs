@@ -81,6 +81,11 @@ fn init(args: InitArgs) -> anyhow::Result<i32> {
 /// holding its keeper lock until done.
 fn finish(args: FinishArgs) -> anyhow::Result<i32> {
     let lock = inherited(args.lock_fd)?;
+    // The VM's mount namespace, held by its keeper so that init's exit did not unmount it: let
+    // go first, which unmounts the VM's tree (the VM's layers among it) before they are removed.
+    if let Some(fd) = args.mounts_fd {
+        drop(inherited(fd)?);
+    }
     // Not to be inherited by what the teardown runs (nft): the lock ends with this process.
     nix::fcntl::fcntl(
         &lock,
