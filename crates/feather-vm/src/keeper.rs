@@ -691,9 +691,19 @@ impl Keeper {
         use std::os::unix::process::CommandExt;
         let name = self.vm.name();
         let lock = &self.lock;
-        // Ours closes when this returns; the finisher's copy is the namespace's last hold.
+        // The finisher closes its copy of the namespace once this process has closed its own,
+        // which it hears as the end of `keeper_done`: the last hold, whose release unmounts
+        // the VM's tree, is the finisher's, never this process's on its way to the exit status.
         let mounts = self.held_mounts.take();
-        for fd in std::iter::once(lock.as_fd()).chain(mounts.as_ref().map(AsFd::as_fd)) {
+        let keeper_done = mounts
+            .as_ref()
+            .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
+            .transpose()
+            .map_err(|e| io(name, "pipe")(e.into()))?;
+        let inherited = std::iter::once(lock.as_fd())
+            .chain(mounts.as_ref().map(AsFd::as_fd))
+            .chain(keeper_done.as_ref().map(|(read, _)| read.as_fd()));
+        for fd in inherited {
             nix::fcntl::fcntl(
                 fd,
                 nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
@@ -714,7 +724,13 @@ impl Keeper {
             run_dir,
             lock_fd: lock.as_raw_fd(),
             folder: folder.to_owned(),
-            mounts_fd: mounts.as_ref().map(AsRawFd::as_raw_fd),
+            mounts: mounts
+                .as_ref()
+                .zip(keeper_done.as_ref())
+                .map(|(namespace, (read, _))| crate::launch::HeldMounts {
+                    namespace_fd: namespace.as_raw_fd(),
+                    keeper_done_fd: read.as_raw_fd(),
+                }),
         };
         let exe = crate::launch::program().map_err(io(name, "cannot find the keeper program"))?;
         std::process::Command::new(exe)
@@ -725,6 +741,8 @@ impl Keeper {
             .process_group(0)
             .spawn()
             .map_err(io(name, "cannot start its teardown"))?;
+        drop(mounts);
+        drop(keeper_done);
         Ok(())
     }
 

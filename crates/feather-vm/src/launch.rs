@@ -79,7 +79,15 @@ pub struct FinishArgs {
     pub run_dir: PathBuf,
     pub lock_fd: RawFd,
     pub folder: String,
-    pub mounts_fd: Option<RawFd>,
+    pub mounts: Option<HeldMounts>,
+}
+
+/// The VM's mount namespace as the finisher inherits it: the namespace, and the read end of a
+/// pipe whose end says the keeper has closed its own copy (so that the finisher's is the last).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldMounts {
+    pub namespace_fd: RawFd,
+    pub keeper_done_fd: RawFd,
 }
 
 /// What [`KEEPER_PROGRAM`] was started to be.
@@ -206,7 +214,9 @@ impl FinishArgs {
             self.folder.clone().into(),
         ]
         .into_iter()
-        .chain(self.mounts_fd.map(|fd| fd.to_string().into()))
+        .chain(self.mounts.into_iter().flat_map(|held| {
+            [held.namespace_fd, held.keeper_done_fd].map(|fd| fd.to_string().into())
+        }))
         .collect()
     }
 }
@@ -215,15 +225,21 @@ impl Launch {
     /// Parses the arguments after the program's name.
     pub fn parse(args: &[OsString]) -> Result<Launch, LaunchError> {
         match args.split_first() {
-            Some((command, [state_dir, run_dir, lock_fd, folder, mounts_fd @ ..]))
-                if command == FINISH_SUBCOMMAND && mounts_fd.len() <= 1 =>
+            Some((command, [state_dir, run_dir, lock_fd, folder, held @ ..]))
+                if command == FINISH_SUBCOMMAND && matches!(held.len(), 0 | 2) =>
             {
                 Ok(Launch::Finish(FinishArgs {
                     state_dir: state_dir.into(),
                     run_dir: run_dir.into(),
                     lock_fd: descriptor(lock_fd)?,
                     folder: folder.to_string_lossy().into_owned(),
-                    mounts_fd: mounts_fd.first().map(|fd| descriptor(fd)).transpose()?,
+                    mounts: match held {
+                        [namespace, keeper_done] => Some(HeldMounts {
+                            namespace_fd: descriptor(namespace)?,
+                            keeper_done_fd: descriptor(keeper_done)?,
+                        }),
+                        _ => None,
+                    },
                 }))
             }
             Some((command, rest)) if command == KEEPER_SUBCOMMAND => {
@@ -304,14 +320,17 @@ mod tests {
             run_dir: "/run/feather".into(),
             lock_fd: 4,
             folder: ".removing-run-12-0123456789ab".into(),
-            mounts_fd: None,
+            mounts: None,
         };
         assert_eq!(
             Launch::parse(&args.to_args()).unwrap(),
             Launch::Finish(args.clone())
         );
         let holding = FinishArgs {
-            mounts_fd: Some(5),
+            mounts: Some(HeldMounts {
+                namespace_fd: 5,
+                keeper_done_fd: 6,
+            }),
             ..args
         };
         assert_eq!(
