@@ -124,6 +124,17 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
         !traces.nft_tables.is_empty() && traces.links.iter().any(|l| l.contains(&bridge)),
         "the root's network is still there before the next command: {traces:?}"
     );
+    // So does the VM's cgroup, which a handed-over teardown leaves to its finisher too.
+    let groups_of_vm = || -> Vec<_> {
+        crate::support::feather_cgroups()
+            .into_iter()
+            .filter(|group| group.file_name().is_some_and(|name| name == id.as_str()))
+            .collect()
+    };
+    assert!(
+        !groups_of_vm().is_empty(),
+        "the VM's cgroup is there before the next command"
+    );
 
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
     let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
@@ -131,6 +142,11 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
         traces,
         crate::support::HostTraces::default(),
         "left on the host"
+    );
+    assert_eq!(
+        groups_of_vm(),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left"
     );
     for folder in ["vms", "run"] {
         let left: Vec<_> = std::fs::read_dir(feather.root.join(folder))

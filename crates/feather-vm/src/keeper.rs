@@ -108,6 +108,27 @@ pub struct Keeper {
     /// Init waits on this before it starts the first workload (see [`Keeper::begin`]); `None`
     /// once told, and for a restored VM, whose processes run already.
     init_waits: Option<UnixStream>,
+    /// The VM's mount namespace, held by a keeper that will hand its teardown over (see
+    /// [`hands_off`]): the last process of a namespace unmounts its ~30 mounts as it exits
+    /// (an RCU grace period among them), and without this that is init, whose end this
+    /// process waits for before it can report the command's exit status. Held, the namespace
+    /// outlives init and is let go by the finisher, after the status is reported.
+    held_mounts: std::cell::Cell<Option<OwnedFd>>,
+}
+
+/// Whether a keeper leaves the slow end of its VM's teardown to a finisher process of its own
+/// (see [`Keeper::hand_off`]): a throw-away VM run in the foreground, without a disk image
+/// (whose release must come before the exit status).
+fn hands_off(config: &VmConfig, foreground: bool) -> bool {
+    config.ephemeral && foreground && config.limits.disk.is_none()
+}
+
+/// Init's mount namespace, opened while init is this process's unreaped child (its pid cannot
+/// name another process). `None` if init is gone already: its namespace went with it.
+fn hold_mount_namespace(init: &ChildProcess) -> Option<OwnedFd> {
+    File::open(format!("/proc/{}/ns/mnt", init.pid))
+        .ok()
+        .map(OwnedFd::from)
 }
 
 impl Keeper {
@@ -204,6 +225,9 @@ impl Keeper {
                 source: Box::new(e),
             });
         }
+        let held_mounts = hands_off(&config, attached)
+            .then(|| hold_mount_namespace(&init))
+            .flatten();
         let keeper = Keeper {
             vm: vm.clone(),
             config,
@@ -217,6 +241,7 @@ impl Keeper {
             lock,
             broker: None,
             init_waits: Some(init_waits),
+            held_mounts: std::cell::Cell::new(held_mounts),
         };
         keeper.record_running()?;
         trace::phase("listen, record the state");
@@ -293,6 +318,7 @@ impl Keeper {
             lock,
             broker: None,
             init_waits: None,
+            held_mounts: std::cell::Cell::new(None),
         };
         trace::phase("restore: CRIU restored the tree, network completed");
         keeper.record_running()?;
@@ -602,17 +628,14 @@ impl Keeper {
     /// `foreground`: this process is the user's `feather run --rm`, which may leave the slow end
     /// of a throw-away VM's teardown to a child of its own (see [`Keeper::hand_off`]).
     fn tear_down(&self, how: &str, foreground: bool) {
-        if let Some(cgroup) = &self.cgroup {
-            cgroup.kill_all();
-            if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
-                eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
-            }
-            trace::phase("teardown: remove the cgroup");
-        }
-        if self.config.ephemeral && foreground && self.config.limits.disk.is_none() {
+        // Handed over, the cgroup goes in the finisher too (`remove_throw_away_leftovers`):
+        // every process of the VM ended with its init (its pid namespace), and the group is
+        // named by the VM's id, which no later VM has.
+        if hands_off(&self.config, foreground) {
             self.hand_off();
             return;
         }
+        self.remove_cgroup();
         self.network.detach();
         trace::phase("teardown: start the network's removal");
         let _ = fs::remove_dir_all(self.vm.run_dir());
@@ -654,9 +677,20 @@ impl Keeper {
 }
 
 impl Keeper {
+    fn remove_cgroup(&self) {
+        if let Some(cgroup) = &self.cgroup {
+            cgroup.kill_all();
+            if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
+                eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
+            }
+            trace::phase("teardown: remove the cgroup");
+        }
+    }
+
     /// Ends a throw-away VM run in the foreground without making the user wait for the kernel:
-    /// its network's removal waits for RCU grace periods, and its folders' removal for the
-    /// disk. The VM, whose processes are all gone, is set aside (renamed: its name is free and
+    /// its network's removal, its cgroup's and the unmounting of its tree wait for RCU grace
+    /// periods, and its folders' removal for the disk. The VM, whose processes are all gone, is
+    /// set aside (renamed: its name is free and
     /// `ls` shows it no more), and a process of the keeper program (`__finish`), which inherits
     /// the keeper lock, removes the rest while this process reports the command's exit status.
     /// A finisher killed half-way leaves a set-aside VM whose lock is free: the next feather
@@ -686,16 +720,32 @@ impl Keeper {
 
     /// Starts the process that finishes the teardown of the VM set aside as `aside`: the
     /// keeper program, in a process group of its own (the terminal's signals are not for it),
-    /// with none of the caller's descriptors but the keeper lock, which it inherits.
+    /// with none of the caller's descriptors but the keeper lock and the VM's mount namespace,
+    /// which it inherits.
     fn start_finisher(&self, aside: &VmDir) -> Result<()> {
+        use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
         let name = self.vm.name();
         let lock = &self.lock;
-        nix::fcntl::fcntl(
-            lock,
-            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-        )
-        .map_err(|e| io(name, "fcntl")(e.into()))?;
+        // The finisher closes its copy of the namespace once this process has closed its own,
+        // which it hears as the end of `keeper_done`: the last hold, whose release unmounts
+        // the VM's tree, is the finisher's, never this process's on its way to the exit status.
+        let mounts = self.held_mounts.take();
+        let keeper_done = mounts
+            .as_ref()
+            .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
+            .transpose()
+            .map_err(|e| io(name, "pipe")(e.into()))?;
+        let inherited = std::iter::once(lock.as_fd())
+            .chain(mounts.as_ref().map(AsFd::as_fd))
+            .chain(keeper_done.as_ref().map(|(read, _)| read.as_fd()));
+        for fd in inherited {
+            nix::fcntl::fcntl(
+                fd,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+            )
+            .map_err(|e| io(name, "fcntl")(e.into()))?;
+        }
         let parent = |path: &std::path::Path| path.parent().map(std::path::Path::to_path_buf);
         // <root>/vms/<folder> and <run>/<folder>.
         let (Some(state_dir), Some(run_dir), Some(folder)) = (
@@ -708,8 +758,15 @@ impl Keeper {
         let args = crate::launch::FinishArgs {
             state_dir,
             run_dir,
-            lock_fd: std::os::fd::AsRawFd::as_raw_fd(lock),
+            lock_fd: lock.as_raw_fd(),
             folder: folder.to_owned(),
+            mounts: mounts
+                .as_ref()
+                .zip(keeper_done.as_ref())
+                .map(|(namespace, (read, _))| crate::launch::HeldMounts {
+                    namespace_fd: namespace.as_raw_fd(),
+                    keeper_done_fd: read.as_raw_fd(),
+                }),
         };
         let exe = crate::launch::program().map_err(io(name, "cannot find the keeper program"))?;
         std::process::Command::new(exe)
@@ -720,6 +777,8 @@ impl Keeper {
             .process_group(0)
             .spawn()
             .map_err(io(name, "cannot start its teardown"))?;
+        drop(mounts);
+        drop(keeper_done);
         Ok(())
     }
 
@@ -727,6 +786,8 @@ impl Keeper {
     /// the kernel), its lease, its run folder and last its folder, whose presence tells a later
     /// command that something may be left.
     fn remove_throw_away(&self, vm: &VmDir) {
+        drop(self.held_mounts.take());
+        self.remove_cgroup();
         self.network.detach();
         self.network.release(&self.config.id);
         self.network.wait();

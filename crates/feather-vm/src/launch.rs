@@ -71,13 +71,23 @@ pub struct InitArgs {
 }
 
 /// A teardown's orders: the state root, the keeper lock the finisher holds until it is done
-/// (inherited), and the folder name of the VM set aside (`.removing-<name>-<id>`).
+/// (inherited), the folder name of the VM set aside (`.removing-<name>-<id>`), and the VM's
+/// mount namespace if the keeper held it (inherited; its release unmounts the VM's tree).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FinishArgs {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
     pub lock_fd: RawFd,
     pub folder: String,
+    pub mounts: Option<HeldMounts>,
+}
+
+/// The VM's mount namespace as the finisher inherits it: the namespace, and the read end of a
+/// pipe whose end says the keeper has closed its own copy (so that the finisher's is the last).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HeldMounts {
+    pub namespace_fd: RawFd,
+    pub keeper_done_fd: RawFd,
 }
 
 /// What [`KEEPER_PROGRAM`] was started to be.
@@ -203,6 +213,11 @@ impl FinishArgs {
             self.lock_fd.to_string().into(),
             self.folder.clone().into(),
         ]
+        .into_iter()
+        .chain(self.mounts.into_iter().flat_map(|held| {
+            [held.namespace_fd, held.keeper_done_fd].map(|fd| fd.to_string().into())
+        }))
+        .collect()
     }
 }
 
@@ -210,14 +225,21 @@ impl Launch {
     /// Parses the arguments after the program's name.
     pub fn parse(args: &[OsString]) -> Result<Launch, LaunchError> {
         match args.split_first() {
-            Some((command, [state_dir, run_dir, lock_fd, folder]))
-                if command == FINISH_SUBCOMMAND =>
+            Some((command, [state_dir, run_dir, lock_fd, folder, held @ ..]))
+                if command == FINISH_SUBCOMMAND && matches!(held.len(), 0 | 2) =>
             {
                 Ok(Launch::Finish(FinishArgs {
                     state_dir: state_dir.into(),
                     run_dir: run_dir.into(),
                     lock_fd: descriptor(lock_fd)?,
                     folder: folder.to_string_lossy().into_owned(),
+                    mounts: match held {
+                        [namespace, keeper_done] => Some(HeldMounts {
+                            namespace_fd: descriptor(namespace)?,
+                            keeper_done_fd: descriptor(keeper_done)?,
+                        }),
+                        _ => None,
+                    },
                 }))
             }
             Some((command, rest)) if command == KEEPER_SUBCOMMAND => {
@@ -298,10 +320,22 @@ mod tests {
             run_dir: "/run/feather".into(),
             lock_fd: 4,
             folder: ".removing-run-12-0123456789ab".into(),
+            mounts: None,
         };
         assert_eq!(
             Launch::parse(&args.to_args()).unwrap(),
-            Launch::Finish(args)
+            Launch::Finish(args.clone())
+        );
+        let holding = FinishArgs {
+            mounts: Some(HeldMounts {
+                namespace_fd: 5,
+                keeper_done_fd: 6,
+            }),
+            ..args
+        };
+        assert_eq!(
+            Launch::parse(&holding.to_args()).unwrap(),
+            Launch::Finish(holding)
         );
     }
 

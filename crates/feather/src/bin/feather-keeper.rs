@@ -81,6 +81,15 @@ fn init(args: InitArgs) -> anyhow::Result<i32> {
 /// holding its keeper lock until done.
 fn finish(args: FinishArgs) -> anyhow::Result<i32> {
     let lock = inherited(args.lock_fd)?;
+    // The VM's mount namespace, held by its keeper so that init's exit did not unmount it: let
+    // go first, once the keeper has let go of its own copy (the end of `keeper_done`), which
+    // unmounts the VM's tree (its layers among it) before they are removed.
+    if let Some(held) = args.mounts {
+        let namespace = inherited(held.namespace_fd)?;
+        let mut keeper_done = std::fs::File::from(inherited(held.keeper_done_fd)?);
+        let _ = std::io::Read::read_to_end(&mut keeper_done, &mut Vec::new());
+        drop(namespace);
+    }
     // Not to be inherited by what the teardown runs (nft): the lock ends with this process.
     nix::fcntl::fcntl(
         &lock,
