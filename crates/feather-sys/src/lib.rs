@@ -1,11 +1,13 @@
-//! Safe wrappers over the Linux interfaces feather is built from. Every `unsafe` block of
-//! this crate is in [`raw`]; the other modules compose safe calls into named operations.
+//! Safe wrappers over the Linux interfaces feather is built from. Every `unsafe` call of a
+//! foreign function is in [`raw`]; the other modules compose safe calls into named operations,
+//! and where they call one of raw's `unsafe fn`s, say why its contract holds.
 
 pub mod beneath;
 pub mod bpf;
 pub mod cgroup;
 pub mod creds;
 pub mod fdpass;
+pub mod memory;
 pub mod mount;
 pub mod mountinfo;
 pub mod net;

@@ -984,3 +984,27 @@ pub fn bpf_prog_get_fd_by_id(id: u32) -> Result<OwnedFd, Errno> {
     // SAFETY: on success the kernel returns a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
+
+/// madvise(MADV_DONTNEED) over `len` bytes at `start`: the pages leave this process's page
+/// tables (and its Rss) and stay in the page cache; the next access maps them again.
+///
+/// # Safety
+/// The range must be one read-only private mapping of a file with no anonymous page (every
+/// page reads exactly as the file does), which stays mapped during the call (the program's
+/// own, never unmapped): then dropping its page-table entries changes no value any code can
+/// read. On memory of the process's own it would replace the contents by zeros or the file's.
+pub unsafe fn release_clean_pages(start: usize, len: usize) -> Result<(), Errno> {
+    // SAFETY: madvise reads and writes no memory of ours through its arguments; that dropping
+    // these pages loses nothing is this function's contract, passed to its caller.
+    let ret = unsafe { libc::madvise(start as *mut libc::c_void, len, libc::MADV_DONTNEED) };
+    Errno::result(ret).map(drop)
+}
+
+/// malloc_trim(0): glibc's allocator gives the free pages of its heaps back to the kernel.
+pub fn trim_heap() {
+    // SAFETY: malloc_trim takes no pointer and frees no allocation: it only returns pages
+    // holding no live allocation, under the allocator's own locks (safe from any thread).
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}

@@ -14,11 +14,12 @@ use nix::unistd::Pid;
 
 use std::os::fd::AsFd;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 
 use crate::boot::{self, ToInit};
 use crate::commands::Commands;
 use crate::decide::{self, InitAction};
+use crate::idle::Quiet;
 use crate::launch::{InitArgs, Resumed};
 use crate::rootfs::{self, RootfsPlan};
 use crate::workload::{become_workload, Workload};
@@ -314,10 +315,13 @@ fn supervise(
     workload: Option<Pid>,
     grace: Duration,
 ) -> i32 {
+    // The VM is up: init gives back the code that made it (and, after each burst of requests,
+    // the code that served them).
+    let mut quiet = Quiet::release_first();
     loop {
         let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
         fds.extend(commands.poll_fds());
-        if poll(&mut fds, PollTimeout::NONE).is_err() {
+        if quiet.wait(&mut fds, None).is_err() {
             continue;
         }
         let ready: Vec<bool> = fds

@@ -32,7 +32,7 @@ use feather_shuttle::Peers;
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
 use feather_sys::mount::LayerSync;
 use feather_sys::process::{self, ChildProcess, Forked};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sys::signal::Signal;
 use nix::sys::wait::waitpid;
 
@@ -41,6 +41,7 @@ use crate::decide::{self, Phase};
 pub use crate::decide::{Ended, DEFAULT_GRACE};
 use crate::error::{failed, io, InVm, Result, VmError};
 use crate::hiding;
+use crate::idle::Quiet;
 use crate::init::{self, InitPlan, InitReport};
 use crate::layers;
 use crate::moment;
@@ -426,6 +427,12 @@ impl Keeper {
         // would read as zeros: the VM ends instead (docs/migration.md, "Post-copy").
         let lazy = self.vm.checkpoint_dir().join(crate::images::LAZY);
         let mut pages_from = self.hold.as_ref().filter(|_| runs && lazy.exists());
+        // A background keeper is done building its VM: it gives back the code that did.
+        let mut quiet = if foreground {
+            Quiet::busy_since(Instant::now())
+        } else {
+            Quiet::release_first()
+        };
         let status = loop {
             let mut fds = vec![
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
@@ -435,12 +442,8 @@ impl Keeper {
             if let Some(serve) = pages_from {
                 fds.push(PollFd::new(serve.as_fd(), PollFlags::POLLIN));
             }
-            let timeout = phase
-                .patience(Instant::now())
-                .map_or(PollTimeout::NONE, |left| {
-                    PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
-                });
-            let _ = poll(&mut fds, timeout);
+            let now = Instant::now();
+            let _ = quiet.wait(&mut fds, phase.patience(now).map(|left| now + left));
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));

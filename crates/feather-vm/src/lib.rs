@@ -21,6 +21,7 @@
 //!   archived
 //! - [`rootfs`]: the isolation recipe, step by step, which init runs; [`layers`] and [`disk`]:
 //!   the overlays a VM needs and their cap
+//! - [`idle`]: what keeper and init give back of their program's pages once the VM is up
 //! - [`workload`] and [`accounts`]: the last steps before a process becomes the user's program
 //! - [`peers`]: the other VMs of the state root, as a keeper's Shuttle broker reaches them
 //!   (passed in by the binary, so that the keeper depends on nothing above it)
@@ -45,6 +46,7 @@ pub mod disk;
 pub mod error;
 pub mod exec;
 pub mod hiding;
+pub mod idle;
 pub mod images;
 pub mod init;
 pub mod inspect;
