@@ -301,6 +301,13 @@ fn run(cli: Cli) -> Result<i32> {
         bail!("--systemd-cgroup: feather-oci manages cgroupfs paths only; configure the engine's cgroup manager as cgroupfs (podman --cgroup-manager cgroupfs, Docker native.cgroupdriver=cgroupfs, containerd SystemdCgroup = false)");
     }
     let root = &cli.root;
+    let enters_a_container = matches!(
+        cli.command,
+        Command::Create { .. } | Command::Run { .. } | Command::Exec { .. }
+    );
+    if enters_a_container {
+        crate::sealed::ensure()?;
+    }
     match cli.command {
         Command::Create {
             bundle,

@@ -16,6 +16,8 @@
 //!   [`confine`] (feather's IPC confinement on top of the config's) and [`services`] (the
 //!   host's units started in the container)
 //! - [`userns`]: a new user namespace and its uid/gid maps; [`idmap`]: id-mapped bind mounts
+//! - [`sealed`]: `create`, `run` and `exec` run from a read-only view of their binary, which
+//!   the container cannot overwrite through `/proc/PID/exe`
 //! - [`store`]: a container's folder under `--root` and its status
 //! - [`registry`] and [`listing`]: the runtime roots used on this host, and their containers
 //!   as feather's own tools (`feather ls`, `feather ps`) read them; [`layer`]: what a
@@ -44,6 +46,7 @@ pub mod process;
 pub mod registry;
 pub mod restore;
 pub mod run;
+pub mod sealed;
 pub mod seccomp;
 pub mod services;
 pub mod store;

@@ -61,8 +61,20 @@ pub enum ClientError {
 /// puts them in one folder). Inside a VM over the host's root that path is the same as on the
 /// host.
 pub fn program() -> Result<PathBuf, ClientError> {
-    let exe = std::env::current_exe().map_err(ClientError::OwnBinary)?;
+    let exe = match INSTALLED_BINARY.get() {
+        Some(installed) => installed.clone(),
+        None => std::env::current_exe().map_err(ClientError::OwnBinary)?,
+    };
     Ok(exe.with_file_name(PROGRAM))
+}
+
+static INSTALLED_BINARY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// For a binary that runs from a view of itself no path leads to (feather-oci runs from a
+/// read-only detached mount of its binary, out of its containers' reach): where it is
+/// installed, which [`program`] then looks beside instead of the running binary's path.
+pub fn set_installed_binary(path: PathBuf) {
+    let _ = INSTALLED_BINARY.set(path);
 }
 
 /// Sends `request` to the VM's manager (starting one first if `start_if_absent`), after the
