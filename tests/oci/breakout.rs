@@ -152,3 +152,22 @@ fn a_masked_path_is_the_hosts_dev_null_whatever_the_images_dev_null_is() {
         "the write to the masked /proc/timer_list reached a kernel knob: {outcome:?}"
     );
 }
+
+/// The init looks `HOME` up in the container's /etc/passwd when the config has none. An image
+/// whose /etc/passwd is a link to `/dev/zero` had the init read it into memory without end
+/// (here until the container's 64 MiB limit killed it): a regular file only, and a bounded
+/// read; the program starts with `HOME=/`.
+#[test]
+fn an_etc_passwd_without_end_does_not_hold_the_program() {
+    let scratch = Scratch::new("passwd");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sh", "-c", "echo home=$HOME"]);
+    config["linux"]["resources"] = serde_json::json!({"memory": {"limit": 64 << 20}});
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let passwd = bundle.dir.join("rootfs/etc/passwd");
+    fs::remove_file(&passwd).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &passwd).unwrap();
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "passwd"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(outcome.stdout.trim(), "home=/", "{outcome:?}");
+}
