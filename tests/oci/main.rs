@@ -5,6 +5,7 @@
 
 mod support;
 
+mod breakout;
 mod checkpoint;
 mod conformance;
 mod containerd;

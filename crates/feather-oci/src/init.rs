@@ -128,6 +128,7 @@ impl Init {
         }
         let state = crate::ops::hook_state(&self.record, "created");
         hooks::run(&self.spec, Kind::CreateContainer, &state)?;
+        crate::mounts::mask_all(&self.spec, &rootfs, &self.confinement)?;
         crate::mounts::enter_root(&rootfs, self.no_pivot)?;
         self.set_names()?;
         crate::mounts::finish_root(&self.spec, &self.confinement)?;

@@ -601,7 +601,8 @@ pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
     Ok(())
 }
 
-/// What is done inside the new root: sysctls, masked and read-only paths, a read-only root.
+/// What is done inside the new root: sysctls, read-only paths, a read-only root (the masked
+/// paths were covered before: [`mask_all`]).
 pub fn finish_root(spec: &Spec, confinement: &crate::confine::Confinement) -> Result<()> {
     let Some(linux) = spec.linux() else {
         return Ok(());
@@ -612,9 +613,6 @@ pub fn finish_root(spec: &Spec, confinement: &crate::confine::Confinement) -> Re
         }
         let path = Path::new("/proc/sys").join(key.replace('.', "/"));
         fs::write(&path, value).with_context(|| format!("linux.sysctl[{key}]"))?;
-    }
-    for path in linux.masked_paths().iter().flatten() {
-        mask(Path::new(path)).with_context(|| format!("linux.maskedPaths[{path}]"))?;
     }
     for path in linux.readonly_paths().iter().flatten() {
         make_readonly(Path::new(path)).with_context(|| format!("linux.readonlyPaths[{path}]"))?;
@@ -636,18 +634,10 @@ pub fn finish_root(spec: &Spec, confinement: &crate::confine::Confinement) -> Re
     Ok(())
 }
 
-/// Under feather's confinement: the kernel's global knobs the config did not protect itself
-/// (crate::confine::READONLY, MASKED), so that its `readonlyPaths` and `maskedPaths` decide
-/// nothing that would let the container reach past a feather VM's limits.
+/// Under feather's confinement: the kernel's global knobs the config did not make read-only
+/// itself (crate::confine::READONLY; the masked ones: [`mask_all`]), so that its
+/// `readonlyPaths` decide nothing that would let the container reach past a feather VM's limits.
 fn protect_kernel_knobs(linux: &oci_spec::runtime::Linux) -> Result<()> {
-    let listed =
-        |list: &Option<Vec<String>>, path: &str| list.iter().flatten().any(|given| given == path);
-    for path in crate::confine::MASKED {
-        if !listed(linux.masked_paths(), path) {
-            mask(Path::new(path))
-                .with_context(|| format!("feather's confinement: masking {path}"))?;
-        }
-    }
     for path in crate::confine::READONLY {
         if !listed(linux.readonly_paths(), path) && !listed(linux.masked_paths(), path) {
             make_readonly(Path::new(path))
@@ -657,16 +647,90 @@ fn protect_kernel_knobs(linux: &oci_spec::runtime::Linux) -> Result<()> {
     Ok(())
 }
 
-fn mask(path: &Path) -> Result<()> {
-    let metadata = match fs::symlink_metadata(path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+/// `linux.maskedPaths`, and under feather's confinement the kernel's global knobs the config
+/// did not mask itself (crate::confine::MASKED): in the rootfs, before pivot_root. Each path is
+/// resolved inside the rootfs (RESOLVE_IN_ROOT) and covered on its descriptor by the host's
+/// `/dev/null` (checked to be that device) or an empty read-only tmpfs — never by the
+/// container's own `/dev/null`, which the image or a shared volume can make a link to a kernel
+/// knob: the "mask" would then be a writable bind of it (runc's CVE-2025-31133).
+pub fn mask_all(
+    spec: &Spec,
+    rootfs: &Path,
+    confinement: &crate::confine::Confinement,
+) -> Result<()> {
+    let Some(linux) = spec.linux() else {
+        return Ok(());
+    };
+    let root = nix::fcntl::open(
+        rootfs,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("open {}", rootfs.display()))?;
+    let null = host_null()?;
+    for path in linux.masked_paths().iter().flatten() {
+        mask(&root, &null, Path::new(path))
+            .with_context(|| format!("linux.maskedPaths[{path}]"))?;
+    }
+    if confinement.is_on() {
+        for path in crate::confine::MASKED {
+            if !listed(linux.masked_paths(), path) {
+                mask(&root, &null, Path::new(path))
+                    .with_context(|| format!("feather's confinement: masking {path}"))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn listed(list: &Option<Vec<String>>, path: &str) -> bool {
+    list.iter().flatten().any(|given| given == path)
+}
+
+/// The host's `/dev/null` (the init still sees the host's `/dev`), checked to be the null
+/// device.
+fn host_null() -> Result<OwnedFd> {
+    let null = nix::fcntl::open(
+        "/dev/null",
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("open the host's /dev/null")?;
+    let stat = nix::sys::stat::fstat(&null)?;
+    let is_null = stat.st_mode & libc::S_IFMT == libc::S_IFCHR
+        && stat.st_rdev == nix::sys::stat::makedev(1, 3);
+    if !is_null {
+        bail!("the host's /dev/null is not the null device (1:3): fix the host's /dev");
+    }
+    Ok(null)
+}
+
+fn mask(root: &OwnedFd, null: &OwnedFd, path: &Path) -> Result<()> {
+    let target = match resolve(root, path, OFlag::O_PATH) {
+        Ok(target) => target,
+        Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
-    if metadata.is_dir() {
-        mount(Some("tmpfs"), path, Some("tmpfs"), MsFlags::MS_RDONLY, NONE)?;
+    let is_dir = nix::sys::stat::fstat(&target)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    if is_dir {
+        let flags =
+            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+        mount(
+            Some("tmpfs"),
+            fd_path(&target).as_str(),
+            Some("tmpfs"),
+            flags,
+            NONE,
+        )?;
     } else {
-        mount(Some("/dev/null"), path, NONE, MsFlags::MS_BIND, NONE)?;
+        let source = fd_path(null);
+        mount(
+            Some(source.as_str()),
+            fd_path(&target).as_str(),
+            NONE,
+            MsFlags::MS_BIND,
+            NONE,
+        )?;
     }
     Ok(())
 }

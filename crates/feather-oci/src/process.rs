@@ -206,7 +206,7 @@ fn environment(process: &Process) -> Result<Vec<CString>> {
 
 /// The user's home from the container's /etc/passwd, else "/" (as runc).
 fn home_of(uid: u32) -> String {
-    std::fs::read_to_string("/etc/passwd")
+    read_passwd()
         .unwrap_or_default()
         .lines()
         .find_map(|line| {
@@ -214,6 +214,22 @@ fn home_of(uid: u32) -> String {
             (fields.len() >= 6 && fields[2].parse() == Ok(uid)).then(|| fields[5].to_owned())
         })
         .unwrap_or_else(|| "/".to_owned())
+}
+
+/// The most of /etc/passwd read: far more than any real one.
+const PASSWD_LIMIT: u64 = 4 << 20;
+
+/// The container's /etc/passwd, which the image chose: only a regular file (a link to
+/// `/dev/zero` or a FIFO would have the init read forever), and at most [`PASSWD_LIMIT`].
+fn read_passwd() -> Option<String> {
+    use std::io::Read;
+    let file = std::fs::File::open("/etc/passwd").ok()?;
+    if !file.metadata().ok()?.is_file() {
+        return None;
+    }
+    let mut text = String::new();
+    file.take(PASSWD_LIMIT).read_to_string(&mut text).ok()?;
+    Some(text)
 }
 
 fn cstrings<'a>(items: impl Iterator<Item = &'a String>) -> Result<Vec<CString>> {

@@ -1,0 +1,173 @@
+//! runc's container-breakout CVEs, performed against feather-oci by a hostile image and the
+//! root of the container it runs, each proving success with a harmless marker.
+
+use std::fs;
+use std::io::{Read, Write};
+use std::os::fd::OwnedFd;
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
+
+use crate::support::*;
+
+const MARKER: &[u8] = b"FEATHER-CVE-2019-5736-MARKER";
+
+/// A process `exec`ed into the container: opens the binary of the container's program
+/// (`$1`, its pid) through `/proc/PID/exe`, says so, waits until that process is gone, then
+/// appends the marker to the binary through its descriptor — what overwrote runc's.
+const ATTACKER: &str = r#"
+exec 3</proc/$1/exe && echo opened > /tmp/result
+while readlink /proc/$1/exe >/dev/null 2>&1; do sleep 0.05; done
+printf FEATHER-CVE-2019-5736-MARKER >> /proc/self/fd/3 && echo wrote >> /tmp/result
+echo done >> /tmp/result
+"#;
+
+/// CVE-2019-5736: the image's program is a script whose interpreter is `/proc/self/exe`, so
+/// the container's init, exec'ing it, runs the runtime's own binary as the container's root;
+/// a process of the container opens its `/proc/PID/exe` and, once it exited, writes through
+/// the descriptor. (The container shares the host's pid namespace, as with `--pid=host`, so
+/// that the attacker outlives it; the write is the same in a pid namespace of its own, where
+/// it is a race.) feather-oci runs `create`/`run`/`exec` from a read-only view of its
+/// binary: the write fails (EROFS) and the host's binary stays as it was.
+#[test]
+fn the_container_cannot_write_the_runtime_binary_through_proc_pid_exe() {
+    let scratch = Scratch::new("exe");
+    // A copy of its own: no other test runs it (a running binary refuses writers: ETXTBSY),
+    // and if the attack succeeds, only the copy holds the marker.
+    let binary = scratch.path("feather-oci");
+    fs::copy(runtime_bin(), &binary).unwrap();
+    let runtime = Runtime::new(&scratch);
+    let copy = |args: &[&str], output: Stdio| {
+        let status = Command::new(&binary)
+            .arg("--root")
+            .arg(&runtime.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(output)
+            .status()
+            .unwrap();
+        assert!(status.success(), "{args:?}: {status}");
+    };
+    let mut config = base_config(&["/bin/evil"]);
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|ns| ns["type"] != "pid");
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    let evil = rootfs.join("bin/evil");
+    fs::write(&evil, "#!/proc/self/exe\n").unwrap();
+    fs::set_permissions(&evil, fs::Permissions::from_mode(0o755)).unwrap();
+    // The runtime run as `evil` prints a usage error to a full pipe: it waits there, in the
+    // container, until the container has its binary open.
+    let (mut drain, full) = full_pipe();
+    copy(
+        &[
+            "run",
+            "--detach",
+            "--bundle",
+            bundle.dir.to_str().unwrap(),
+            "exe",
+        ],
+        full.into(),
+    );
+    let pid = runtime.state("exe")["pid"].to_string();
+    let log = fs::File::create(scratch.path("exec.log")).unwrap();
+    copy(
+        &[
+            "exec", "--detach", "exe", "sh", "-c", ATTACKER, "attacker", &pid,
+        ],
+        log.into(),
+    );
+
+    let result = rootfs.join("tmp/result");
+    let opened = eventually(Duration::from_secs(30), || {
+        fs::read_to_string(&result).is_ok_and(|r| r.contains("opened"))
+    });
+    assert!(
+        opened,
+        "the container should reach the runtime's binary for reading"
+    );
+    let mut drained = Vec::new();
+    drain.read_to_end(&mut drained).unwrap();
+    let finished = eventually(Duration::from_secs(30), || {
+        fs::read_to_string(&result).is_ok_and(|r| r.contains("done"))
+    });
+    let reported = fs::read_to_string(&result).unwrap_or_default();
+    assert!(finished, "the attack did not finish: {reported:?}");
+    let written = fs::read(&binary).unwrap();
+    assert!(
+        !written.ends_with(MARKER) && !reported.contains("wrote"),
+        "the container wrote into the runtime's binary on the host: {reported:?}"
+    );
+    assert_eq!(
+        written.len() as u64,
+        fs::metadata(runtime_bin()).unwrap().len()
+    );
+}
+
+/// A pipe whose buffer is full (a writer to it waits until the reader drains it) and its
+/// reader, whose `read_to_end` returns once every writer is gone.
+fn full_pipe() -> (fs::File, OwnedFd) {
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    fcntl(&writer, FcntlArg::F_SETFL(OFlag::O_NONBLOCK)).unwrap();
+    let mut filling = fs::File::from(writer);
+    for chunk in [&[b'.'; 4096][..], b"."] {
+        while filling.write(chunk).is_ok() {}
+    }
+    fcntl(&filling, FcntlArg::F_SETFL(OFlag::empty())).unwrap();
+    (fs::File::from(reader), filling.into())
+}
+
+/// CVE-2025-31133: maskedPaths are covered with a bind of `/dev/null`. An image whose
+/// `/dev/null` is a link to a kernel knob (here the container's own hostname, a harmless one of
+/// its UTS namespace; `/proc/sys/kernel/core_pattern` in the advisory) turned a container's own
+/// `/dev/null` into a writable bind of that knob at `/proc/timer_list`, past `/proc/sys` being
+/// read-only. feather-oci covers the masked paths with the host's `/dev/null`.
+#[test]
+fn a_masked_path_is_the_hosts_dev_null_whatever_the_images_dev_null_is() {
+    let scratch = Scratch::new("mask");
+    let runtime = Runtime::new(&scratch);
+    let script = "echo masked-knob > /proc/timer_list; hostname";
+    let mut config = base_config(&["sh", "-c", script]);
+    // No tmpfs on /dev: the image's /dev is the container's (as in configs that bind one).
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["destination"] != "/dev");
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    std::os::unix::fs::symlink(
+        "/proc/sys/kernel/hostname",
+        bundle.dir.join("rootfs/dev/null"),
+    )
+    .unwrap();
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "mask"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(
+        outcome.stdout.trim(),
+        "box",
+        "the write to the masked /proc/timer_list reached a kernel knob: {outcome:?}"
+    );
+}
+
+/// The init looks `HOME` up in the container's /etc/passwd when the config has none. An image
+/// whose /etc/passwd is a link to `/dev/zero` had the init read it into memory without end
+/// (here until the container's 64 MiB limit killed it): a regular file only, and a bounded
+/// read; the program starts with `HOME=/`.
+#[test]
+fn an_etc_passwd_without_end_does_not_hold_the_program() {
+    let scratch = Scratch::new("passwd");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sh", "-c", "echo home=$HOME"]);
+    config["linux"]["resources"] = serde_json::json!({"memory": {"limit": 64 << 20}});
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let passwd = bundle.dir.join("rootfs/etc/passwd");
+    fs::remove_file(&passwd).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &passwd).unwrap();
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "passwd"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(outcome.stdout.trim(), "home=/", "{outcome:?}");
+}
