@@ -42,6 +42,8 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         unmount_below(&self.dir);
+        // feather's state roots the test made in its folder (`feather --root`).
+        feather_core::roots::Registry::host().forget_below(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
 }

@@ -194,6 +194,7 @@ impl Drop for Feather {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
+        feather_core::roots::Registry::host().forget_below(&self.root);
         let _ = fs::remove_dir_all(&self.root);
     }
 }

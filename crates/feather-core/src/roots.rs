@@ -105,6 +105,24 @@ impl Registry {
         roots
     }
 
+    /// Removes the entries of every root at or below `folder` (a folder about to be removed
+    /// with the roots in it), so that nothing waits for the sweep in [`Registry::roots`].
+    pub fn forget_below(&self, folder: &Path) {
+        let folder = fs::canonicalize(folder).unwrap_or_else(|_| folder.to_path_buf());
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return;
+        };
+        for file in entries.flatten() {
+            let path = file.path();
+            if self
+                .read(&path)
+                .is_some_and(|entry| entry.dir.starts_with(&folder))
+            {
+                let _ = fs::remove_file(&path);
+            }
+        }
+    }
+
     fn read(&self, path: &Path) -> Option<Entry> {
         serde_json::from_slice(&fs::read(path).ok()?).ok()
     }
@@ -199,5 +217,27 @@ mod tests {
         fs::remove_dir_all(root.dir()).unwrap();
         assert!(registry.roots().is_empty(), "a removed root is not listed");
         fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
+    #[test]
+    fn forgetting_a_folder_removes_the_entries_of_the_roots_below_it_only() {
+        let registry = Registry::at(scratch("registry-forget"));
+        let folder = scratch("forget");
+        let inside = StateRoot::new(Some(folder.join("root")));
+        let outside = StateRoot::new(Some(scratch("root-kept")));
+        for root in [&inside, &outside] {
+            root.prepare().unwrap();
+            registry.register(root).unwrap();
+        }
+        registry.forget_below(&folder);
+        let left: Vec<PathBuf> = registry
+            .roots()
+            .iter()
+            .map(|r| r.dir().to_owned())
+            .collect();
+        assert_eq!(left, [fs::canonicalize(outside.dir()).unwrap()]);
+        for dir in [&folder, outside.dir(), registry.dir()] {
+            fs::remove_dir_all(dir).unwrap();
+        }
     }
 }
