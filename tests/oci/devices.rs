@@ -11,18 +11,11 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{base_config, eventually, Bundle, Runtime, Scratch};
+use crate::support::{a_disk, base_config, eventually, Bundle, Runtime, Scratch};
 
-/// "major minor" of a disk of this host.
-fn a_disk() -> String {
-    fs::read_dir("/sys/block")
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
-        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
-        .map(|d| d.trim().replace(':', " "))
-        .next()
-        .expect("a block device")
+/// "major minor" of a disk of this host, as mknod takes it.
+fn a_disk_node() -> String {
+    a_disk().replace(':', " ")
 }
 
 fn v2_mount() -> PathBuf {
@@ -76,7 +69,7 @@ fn the_v2_device_program_alone_refuses_what_the_rules_deny() {
     let runtime = Runtime::new(&scratch);
     let id = format!("devbpf-{}", std::process::id());
     let group = format!("feather-oci/{id}");
-    let disk = a_disk();
+    let disk = a_disk_node();
     let mut config = base_config(&["sleep", "100"]);
     config["linux"]["resources"] = json!({"devices": [
         {"allow": false, "access": "rwm"},
@@ -166,7 +159,7 @@ fn a_config_without_device_rules_gets_runcs_defaults_not_every_device() {
     assert_eq!(outcome.code, 0, "{outcome:?}");
     assert_eq!(runtime.run(&["start", &id]).code, 0);
 
-    let output = probe(&runtime, &id, &a_disk());
+    let output = probe(&runtime, &id, &a_disk_node());
     assert!(!output.contains("MKNOD=failed"), "{output}");
     assert!(line(&output, "DISK_READ").contains(REFUSED), "{output}");
     assert!(line(&output, "FUSE_READ").contains(REFUSED), "{output}");

@@ -10,19 +10,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use crate::spec::{merge, run_to_end};
-use crate::support::{base_config, eventually, Bundle, Runtime, Scratch};
-
-/// "major:minor" of a disk of this host.
-fn a_disk() -> String {
-    fs::read_dir("/sys/block")
-        .unwrap()
-        .flatten()
-        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
-        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
-        .map(|d| d.trim().to_owned())
-        .next()
-        .expect("a block device")
-}
+use crate::support::{a_disk, base_config, eventually, Bundle, Runtime, Scratch};
 
 fn v2_offers(controller: &str) -> bool {
     fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers")

@@ -135,6 +135,18 @@ pub fn base_config(args: &[&str]) -> Value {
     })
 }
 
+/// "major:minor" of a disk of this host (not a loop device).
+pub fn a_disk() -> String {
+    fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|e| fs::read_to_string(e.path().join("dev")).ok())
+        .map(|d| d.trim().to_owned())
+        .next()
+        .expect("a block device")
+}
+
 /// A bundle folder with a busybox rootfs and `config` as its config.json.
 pub struct Bundle {
     pub dir: PathBuf,
