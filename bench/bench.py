@@ -1008,11 +1008,12 @@ def compare_idle_memory(bench: Bench) -> None:
         f"**keeper + init Pss: {mib(both.pss)}** (target ≤ 1 MiB: {verdict(ok)}); Rss "
         f"{mib(both.rss)}, which counts the shared `feather-keeper` binary and libc pages in "
         f"full; anonymous {mib(both.anon)}. Once the VM is up, keeper and init give back the "
-        "pages of `feather-keeper` they ran while building it and the free pages of their heap "
+        "pages of `feather-keeper` and of the C library they ran while building it and the free "
+        "pages of their heap "
         "(crates/feather-vm/src/idle.rs; the pages stay in the page cache, shared and "
         "reclaimable): the code left is what their wait mapped again, in the kernel's 64 KiB "
         "fault-around windows. The rest is their relocated data (private to each process), "
-        "heap, stacks and libc's pages, shared by every further VM (see 3b).",
+        "heap, stacks and the libraries' pages left, shared by every further VM (see 3b).",
     )
     bench.report.target("memory: one idle VM, keeper + init", "≤ 1 MiB resident", f"Pss {mib(both.pss)} (anonymous {mib(both.anon)}), Rss {mib(both.rss)}", ok)
 
