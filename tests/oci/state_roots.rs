@@ -29,12 +29,7 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        let needle = serde_json::to_string(&self.dir).unwrap();
-        for entry in fs::read_dir(REGISTRY_DIR).into_iter().flatten().flatten() {
-            if fs::read_to_string(entry.path()).is_ok_and(|text| text.contains(&needle)) {
-                let _ = fs::remove_file(entry.path());
-            }
-        }
+        Registry::host().forget_below(&self.dir);
     }
 }
 
