@@ -2,11 +2,12 @@
 //! config-linux.md), with feather-oci called directly as an engine calls it.
 
 use std::fs;
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::json;
 
-use crate::support::{base_config, eventually, Bundle, Runtime, Scratch};
+use crate::support::{base_config, eventually, Bundle, Outcome, Runtime, Scratch};
 
 #[test]
 fn lifecycle_states_and_errors_per_state() {
@@ -537,4 +538,24 @@ impl Drop for KillOnDrop {
             nix::sys::signal::Signal::SIGKILL,
         );
     }
+}
+
+#[test]
+fn output_to_a_reader_that_went_away_ends_quietly() {
+    // `feather-oci features | head -1`: the reader closes before the runtime writes.
+    let scratch = Scratch::new("reader-gone");
+    let runtime = Runtime::new(&scratch);
+    let (reader, writer) = nix::unistd::pipe().unwrap();
+    drop(reader);
+    let outcome: Outcome = runtime
+        .command()
+        .arg("features")
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(writer))
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap()
+        .into();
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(outcome.stderr, "", "no panic, no message");
 }

@@ -289,6 +289,8 @@ pub fn main() -> i32 {
     crate::log::debug(&format!("argv: {:?}", std::env::args().collect::<Vec<_>>()));
     match run(cli) {
         Ok(code) => code,
+        // As a command whose output goes to `head`: it ends quietly.
+        Err(error) if error.chain().any(|e| e.is::<crate::ops::ReaderGone>()) => 0,
         Err(error) => {
             crate::log::error(&format!("{error:#}"));
             1

@@ -32,10 +32,10 @@ pub fn hook_state(record: &Record, status: &str) -> serde_json::Value {
 
 pub fn state(root: &Path, id: &str) -> Result<()> {
     let container = Container::load(root, id)?;
-    println!(
+    say(format_args!(
         "{}",
         serde_json::to_string_pretty(&container.state_json()?)?
-    );
+    ))?;
     Ok(())
 }
 
@@ -193,14 +193,17 @@ pub fn ps(root: &Path, id: &str, json: bool) -> Result<()> {
         .map(Pid::as_raw)
         .collect();
     if json {
-        println!("{}", serde_json::to_string(&pids)?);
+        say(format_args!("{}", serde_json::to_string(&pids)?))?;
     } else {
-        println!("PID CMD");
+        say(format_args!("PID CMD"))?;
         for pid in pids {
             // The container names its processes (any bytes): escaped for the terminal.
             let command = fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
             let command = command.strip_suffix(b"\n").unwrap_or(&command);
-            println!("{pid} {}", feather_core::display::escape_bytes(command));
+            say(format_args!(
+                "{pid} {}",
+                feather_core::display::escape_bytes(command)
+            ))?;
         }
     }
     Ok(())
@@ -214,25 +217,25 @@ pub fn list(root: &Path, json: bool, quiet: bool) -> Result<()> {
         }
     }
     if json {
-        println!("{}", serde_json::to_string(&states)?);
+        say(format_args!("{}", serde_json::to_string(&states)?))?;
     } else if quiet {
         for state in &states {
-            println!("{}", state["id"].as_str().unwrap_or_default());
+            say(format_args!("{}", state["id"].as_str().unwrap_or_default()))?;
         }
     } else {
-        println!(
+        say(format_args!(
             "{:<24} {:<8} {:<8} {:<40} CREATED",
             "ID", "PID", "STATUS", "BUNDLE"
-        );
+        ))?;
         for state in &states {
-            println!(
+            say(format_args!(
                 "{:<24} {:<8} {:<8} {:<40} {}",
                 state["id"].as_str().unwrap_or_default(),
                 state["pid"].to_string(),
                 state["status"].as_str().unwrap_or_default(),
                 state["bundle"].as_str().unwrap_or_default(),
                 state["created"].as_str().unwrap_or_default()
-            );
+            ))?;
         }
     }
     Ok(())
@@ -265,7 +268,7 @@ pub fn events(root: &Path, id: &str, stats: bool, interval: Duration) -> Result<
             "id": id,
             "data": container.groups().stats(),
         });
-        println!("{event}");
+        say(format_args!("{event}"))?;
         if stats {
             return Ok(());
         }
@@ -318,7 +321,7 @@ pub fn features() -> Result<()> {
             "org.feather.tags": "comma-separated Shuttle tags",
         },
     });
-    println!("{}", serde_json::to_string_pretty(&features)?);
+    say(format_args!("{}", serde_json::to_string_pretty(&features)?))?;
     Ok(())
 }
 
@@ -335,3 +338,25 @@ pub fn spec(bundle: &Path) -> Result<()> {
     spec.save(&path)
         .with_context(|| format!("write {}", path.display()))
 }
+
+/// One line on stdout. A reader that went away (`feather-oci state | head`) ends the command
+/// with [`ReaderGone`] instead of the panic of `println!`.
+fn say(line: std::fmt::Arguments) -> Result<()> {
+    use std::io::Write;
+    match writeln!(std::io::stdout().lock(), "{line}") {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ReaderGone.into()),
+        other => other.context("write to stdout"),
+    }
+}
+
+/// The reader of stdout closed it: the command stops, and that is no failure of its own.
+#[derive(Debug)]
+pub struct ReaderGone;
+
+impl std::fmt::Display for ReaderGone {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("the reader of stdout closed it")
+    }
+}
+
+impl std::error::Error for ReaderGone {}
