@@ -355,9 +355,12 @@ fn a_redis_channel_carries_data_both_ways_and_closes_when_its_target_stops() {
 
 /// What VM sink serves for the bulk test: on each connection to the unix socket or the port,
 /// read everything until the client's end of writing, then answer with its SHA-256 (one line)
-/// and the bytes themselves; and a drain that takes whatever comes, for the cut.
+/// and the bytes themselves; and a drain that takes whatever comes, for the cut. The folder and
+/// the script are made before any server starts (`a && b & c` would put `a && b` in the
+/// background beside `c`, and a drain could find no folder to listen in).
 const BULK_SERVERS: &str = "mkdir -p /run/big && \
-    echo 'f=$(mktemp); cat > $f; sha256sum < $f | cut -c1-64; cat $f; rm -f $f' > /run/big/answer && \
+    echo 'f=$(mktemp); cat > $f; sha256sum < $f | cut -c1-64; cat $f; rm -f $f' > /run/big/answer \
+    || exit 1; \
     socat UNIX-LISTEN:/run/big/answer.sock,fork SYSTEM:'sh /run/big/answer' & \
     socat TCP-LISTEN:9000,bind=127.0.0.1,fork,reuseaddr SYSTEM:'sh /run/big/answer' & \
     socat -u UNIX-LISTEN:/run/big/drain.sock,fork OPEN:/dev/null & \
