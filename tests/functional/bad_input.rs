@@ -1,6 +1,6 @@
-use std::process::Command;
+use std::process::{Command, Stdio};
 
-use crate::support::{Feather, ScratchBase};
+use crate::support::{Feather, Outcome, ScratchBase};
 
 /// Asserts a one-line error that says `expected`, a non-zero exit, and no VM left behind.
 fn refused(feather: &Feather, args: &[&str], expected: &str) {
@@ -159,4 +159,27 @@ fn a_base_without_the_program_fails_cleanly() {
     assert_eq!(outcome.code, 127, "{outcome:?}");
     assert_eq!(outcome.stderr, "feather: /bin/sh: command not found\n");
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
+fn output_to_a_reader_that_went_away_ends_quietly() {
+    // `feather ls | head -0`: the reader closes before feather writes. Before, println!
+    // panicked: status 101 and a backtrace.
+    let feather = Feather::new("reader-gone");
+    let base = ScratchBase::new("reader-gone");
+    feather.ok(&["create", "quiet", "--base", base.as_str()]);
+    for args in [&["ls"][..], &["ls", "--json"], &["inspect", "quiet"]] {
+        let (reader, writer) = nix::unistd::pipe().unwrap();
+        drop(reader);
+        let outcome: Outcome = feather
+            .command()
+            .args(args)
+            .stdout(Stdio::from(writer))
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+            .into();
+        assert_eq!(outcome.code, 0, "feather {args:?}: {outcome:?}");
+        assert_eq!(outcome.stderr, "", "feather {args:?}: no panic, no message");
+    }
 }

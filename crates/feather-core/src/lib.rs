@@ -13,6 +13,7 @@ pub mod network;
 pub mod roots;
 pub mod size;
 pub mod state;
+pub mod stdout;
 pub mod store;
 pub mod trace;
 

@@ -290,7 +290,7 @@ pub fn main() -> i32 {
     match run(cli) {
         Ok(code) => code,
         // As a command whose output goes to `head`: it ends quietly.
-        Err(error) if error.chain().any(|e| e.is::<crate::ops::ReaderGone>()) => 0,
+        Err(error) if feather_core::stdout::reader_gone(error.as_ref()) => 0,
         Err(error) => {
             crate::log::error(&format!("{error:#}"));
             1

@@ -8,6 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use feather_core::say;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{kill, Signal};
@@ -32,10 +33,10 @@ pub fn hook_state(record: &Record, status: &str) -> serde_json::Value {
 
 pub fn state(root: &Path, id: &str) -> Result<()> {
     let container = Container::load(root, id)?;
-    say(format_args!(
+    say!(
         "{}",
         serde_json::to_string_pretty(&container.state_json()?)?
-    ))?;
+    )?;
     Ok(())
 }
 
@@ -193,17 +194,14 @@ pub fn ps(root: &Path, id: &str, json: bool) -> Result<()> {
         .map(Pid::as_raw)
         .collect();
     if json {
-        say(format_args!("{}", serde_json::to_string(&pids)?))?;
+        say!("{}", serde_json::to_string(&pids)?)?;
     } else {
-        say(format_args!("PID CMD"))?;
+        say!("PID CMD")?;
         for pid in pids {
             // The container names its processes (any bytes): escaped for the terminal.
             let command = fs::read(format!("/proc/{pid}/comm")).unwrap_or_default();
             let command = command.strip_suffix(b"\n").unwrap_or(&command);
-            say(format_args!(
-                "{pid} {}",
-                feather_core::display::escape_bytes(command)
-            ))?;
+            say!("{pid} {}", feather_core::display::escape_bytes(command))?;
         }
     }
     Ok(())
@@ -217,25 +215,28 @@ pub fn list(root: &Path, json: bool, quiet: bool) -> Result<()> {
         }
     }
     if json {
-        say(format_args!("{}", serde_json::to_string(&states)?))?;
+        say!("{}", serde_json::to_string(&states)?)?;
     } else if quiet {
         for state in &states {
-            say(format_args!("{}", state["id"].as_str().unwrap_or_default()))?;
+            say!("{}", state["id"].as_str().unwrap_or_default())?;
         }
     } else {
-        say(format_args!(
+        say!(
             "{:<24} {:<8} {:<8} {:<40} CREATED",
-            "ID", "PID", "STATUS", "BUNDLE"
-        ))?;
+            "ID",
+            "PID",
+            "STATUS",
+            "BUNDLE"
+        )?;
         for state in &states {
-            say(format_args!(
+            say!(
                 "{:<24} {:<8} {:<8} {:<40} {}",
                 state["id"].as_str().unwrap_or_default(),
                 state["pid"].to_string(),
                 state["status"].as_str().unwrap_or_default(),
                 state["bundle"].as_str().unwrap_or_default(),
                 state["created"].as_str().unwrap_or_default()
-            ))?;
+            )?;
         }
     }
     Ok(())
@@ -268,7 +269,7 @@ pub fn events(root: &Path, id: &str, stats: bool, interval: Duration) -> Result<
             "id": id,
             "data": container.groups().stats(),
         });
-        say(format_args!("{event}"))?;
+        say!("{event}")?;
         if stats {
             return Ok(());
         }
@@ -321,7 +322,7 @@ pub fn features() -> Result<()> {
             "org.feather.tags": "comma-separated Shuttle tags",
         },
     });
-    say(format_args!("{}", serde_json::to_string_pretty(&features)?))?;
+    say!("{}", serde_json::to_string_pretty(&features)?)?;
     Ok(())
 }
 
@@ -338,25 +339,3 @@ pub fn spec(bundle: &Path) -> Result<()> {
     spec.save(&path)
         .with_context(|| format!("write {}", path.display()))
 }
-
-/// One line on stdout. A reader that went away (`feather-oci state | head`) ends the command
-/// with [`ReaderGone`] instead of the panic of `println!`.
-fn say(line: std::fmt::Arguments) -> Result<()> {
-    use std::io::Write;
-    match writeln!(std::io::stdout().lock(), "{line}") {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Err(ReaderGone.into()),
-        other => other.context("write to stdout"),
-    }
-}
-
-/// The reader of stdout closed it: the command stops, and that is no failure of its own.
-#[derive(Debug)]
-pub struct ReaderGone;
-
-impl std::fmt::Display for ReaderGone {
-    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-        f.write_str("the reader of stdout closed it")
-    }
-}
-
-impl std::error::Error for ReaderGone {}

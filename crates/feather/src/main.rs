@@ -16,7 +16,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use feather_core::{Error, StateRoot, VmName};
+use feather_core::{say, Error, StateRoot, VmName};
 use feather_vm::exec::exec;
 use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::options::CreateRequest;
@@ -38,6 +38,8 @@ fn main() -> ExitCode {
     feather_core::trace::phase("finish the command");
     match result {
         Ok(code) => code,
+        // As a command whose output goes to `head`: it ends quietly.
+        Err(e) if feather_core::stdout::reader_gone(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             // An error may quote a VM's path or text: each line is escaped for the terminal.
             let message = format!("{e:#}");
@@ -198,7 +200,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 output::json(&containers)?
             } else {
-                output::oci_containers(&containers)
+                output::oci_containers(&containers)?
             }
         }
         Command::Ls { json, oci: false } => {
@@ -206,11 +208,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 output::json(&rows)?
             } else {
-                output::vms(&rows);
+                output::vms(&rows)?;
                 let containers = oci::containers();
                 if !containers.is_empty() {
-                    println!();
-                    output::oci_containers(&containers);
+                    say!("")?;
+                    output::oci_containers(&containers)?;
                 }
             }
         }
@@ -223,7 +225,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 output::json(&rows)?
             } else {
-                output::processes(&rows)
+                output::processes(&rows)?
             }
         }
         Command::Inspect { name } => output::json(&inspect::inspect(&root, &name.parse()?)?)?,
@@ -236,12 +238,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 output::json(&changes)?
             } else {
-                output::changes_with_sizes(&changes)
+                output::changes_with_sizes(&changes)?
             }
         }
         Command::Commit { name, paths, force } => {
             let applied = commit::commit(&root, &name.parse()?, &paths, force)?;
-            output::changes(&applied);
+            output::changes(&applied)?;
         }
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
         Command::Service(command) => return service::run(&root, command),
@@ -374,9 +376,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             if json {
                 output::json(&matrix)?
             } else if markdown {
-                print!("{}", matrix.to_markdown())
+                say!("{}", matrix.to_markdown().trim_end_matches('\n'))?
             } else {
-                output::ipc_matrix(&matrix)
+                output::ipc_matrix(&matrix)?
             }
             if !matrix.failures().is_empty() {
                 return Ok(ExitCode::from(1));
@@ -451,7 +453,7 @@ fn check_criu(json: bool) -> anyhow::Result<ExitCode> {
     if json {
         output::json(&report)?;
     } else {
-        output::criu_report(&report);
+        output::criu_report(&report)?;
     }
     if report.works {
         Ok(ExitCode::SUCCESS)

@@ -12,8 +12,14 @@ use feather_vm::inspect::{LimitsView, Process, Summary};
 use serde::Serialize;
 use std::path::Path;
 
+use feather_core::say;
+use feather_core::stdout::StdoutError;
+
+/// What a printing function returns: its reader may have gone (see feather_core::stdout).
+pub type Said = Result<(), StdoutError>;
+
 pub fn json(value: &impl Serialize) -> anyhow::Result<()> {
-    println!("{}", serde_json::to_string_pretty(value)?);
+    say!("{}", serde_json::to_string_pretty(value)?)?;
     Ok(())
 }
 
@@ -30,7 +36,7 @@ fn table(header: &[&str]) -> Table {
     table
 }
 
-pub fn vms(rows: &[Summary]) {
+pub fn vms(rows: &[Summary]) -> Said {
     let mut t = table(&[
         "NAME",
         "STATUS",
@@ -58,11 +64,12 @@ pub fn vms(rows: &[Summary]) {
             shown(&vm.last_exit.clone().unwrap_or_default()),
         ]);
     }
-    println!("{}", t.trim_fmt());
+    say!("{}", t.trim_fmt())?;
+    Ok(())
 }
 
 /// OCI containers: the engine's id, the runtime root it keeps them in, what `state` says.
-pub fn oci_containers(rows: &[ContainerSummary]) {
+pub fn oci_containers(rows: &[ContainerSummary]) -> Said {
     let mut t = table(&[
         "OCI CONTAINER",
         "STATUS",
@@ -86,7 +93,8 @@ pub fn oci_containers(rows: &[ContainerSummary]) {
             shown(&container.created),
         ]);
     }
-    println!("{}", t.trim_fmt());
+    say!("{}", t.trim_fmt())?;
+    Ok(())
 }
 
 /// `mem 512M pids 2048 cpus 0.5 disk 10G`: the limits set, or `none`.
@@ -111,7 +119,7 @@ fn limits_cell(limits: &LimitsView) -> String {
     }
 }
 
-pub fn processes(rows: &[Process]) {
+pub fn processes(rows: &[Process]) -> Said {
     let mut t = table(&["PID", "HOST PID", "UID", "COMMAND"]);
     for p in rows {
         t.add_row(vec![
@@ -121,33 +129,36 @@ pub fn processes(rows: &[Process]) {
             shown(&p.command),
         ]);
     }
-    println!("{}", t.trim_fmt());
+    say!("{}", t.trim_fmt())?;
+    Ok(())
 }
 
 /// What commit applied: one change a line, `A /path`.
-pub fn changes(changes: &[Change]) {
+pub fn changes(changes: &[Change]) -> Said {
     for change in changes {
-        println!("{} {}", change.kind.letter(), escape_path(&change.path));
+        say!("{} {}", change.kind.letter(), escape_path(&change.path))?;
     }
+    Ok(())
 }
 
 /// What `diff` found: the kind, the size of the VM's version (its length, and the disk space
 /// it takes when that is less, as for a sparse file), then the path, which is last so that
 /// no name can shift the columns.
-pub fn changes_with_sizes(changes: &[Change]) {
+pub fn changes_with_sizes(changes: &[Change]) -> Said {
     let sizes: Vec<String> = changes.iter().map(size_of_change).collect();
     let width = sizes.iter().map(String::len).max().unwrap_or(0);
     for (change, size) in changes.iter().zip(&sizes) {
-        println!(
+        say!(
             "{} {size:>width$}  {}",
             change.kind.letter(),
             escape_path(&change.path)
-        );
+        )?;
     }
     let total: u64 = changes.iter().map(|c| c.allocated).sum();
     if !changes.is_empty() {
-        println!("total: {} on disk", human_bytes(total));
+        say!("total: {} on disk", human_bytes(total))?;
     }
+    Ok(())
 }
 
 fn size_of_change(change: &Change) -> String {
@@ -165,8 +176,8 @@ fn size_of_change(change: &Change) -> String {
     }
 }
 
-pub fn criu_report(report: &feather_migrate::criu::Report) {
-    println!(
+pub fn criu_report(report: &feather_migrate::criu::Report) -> Said {
+    say!(
         "criu {} at {}: {}",
         report.version,
         report.path.display(),
@@ -175,9 +186,9 @@ pub fn criu_report(report: &feather_migrate::criu::Report) {
         } else {
             "`criu check` fails on this kernel"
         }
-    );
+    )?;
     if !report.works {
-        println!("{}", report.check_output);
+        say!("{}", report.check_output)?;
     }
     let mut t = table(&["FEATURE", "KERNEL", "WHAT IT GIVES"]);
     for feature in &report.features {
@@ -187,36 +198,37 @@ pub fn criu_report(report: &feather_migrate::criu::Report) {
             feature.purpose.to_owned(),
         ]);
     }
-    println!("{}", t.trim_fmt());
+    say!("{}", t.trim_fmt())?;
     use feather_migrate::criu::PostCopy;
     match &report.post_copy {
-        PostCopy::PipesFit { pipe_max_size } => println!(
+        PostCopy::PipesFit { pipe_max_size } => say!(
             "migration: post-copy (lazy pages; fs.pipe-max-size is {pipe_max_size} bytes, enough for CRIU's 4 MiB page pipes)"
-        ),
-        PostCopy::ShimCapsPipes { pipe_max_size } => println!(
+        )?,
+        PostCopy::ShimCapsPipes { pipe_max_size } => say!(
             "migration: post-copy (lazy pages; the shim caps CRIU's 4 MiB page pipes at fs.pipe-max-size, {pipe_max_size} bytes, which stays as it is)"
-        ),
+        )?,
         PostCopy::Unavailable { why } => {
-            println!("migration: stop-and-copy (post-copy is not possible: {why})")
+            say!("migration: stop-and-copy (post-copy is not possible: {why})")?
         }
     }
     if !report.pre_copy {
-        println!("pre-copy: not possible (no soft-dirty page tracking: mem_dirty_track)");
+        say!("pre-copy: not possible (no soft-dirty page tracking: mem_dirty_track)")?;
     }
     use feather_migrate::kdat::Cache;
     match &report.kdat {
-        Cache::KeptByCriu => println!(
+        Cache::KeptByCriu => say!(
             "kernel probes: cached by CRIU in {} (/run is a tmpfs)",
             feather_migrate::kdat::CACHE
-        ),
-        Cache::MadeByFeather => println!(
+        )?,
+        Cache::MadeByFeather => say!(
             "kernel probes: cached in {} by feather for this boot and this CRIU (/run is not a tmpfs, where CRIU would not keep it)",
             feather_migrate::kdat::CACHE
-        ),
+        )?,
         Cache::Missing { why } => {
-            println!("kernel probes: not cached, every CRIU call probes the kernel ({why})")
+            say!("kernel probes: not cached, every CRIU call probes the kernel ({why})")?
         }
     }
+    Ok(())
 }
 
 /// The result line of `feather migrate`.
@@ -260,7 +272,7 @@ fn age(seconds: u64) -> String {
     }
 }
 
-pub fn catalog(entries: &[feather_svc::catalog::Entry]) {
+pub fn catalog(entries: &[feather_svc::catalog::Entry]) -> Said {
     let mut t = table(&["SERVICE", "DUPLICABLE", "TYPE", "SOURCE", "NOTE"]);
     for e in entries {
         let note = e
@@ -279,12 +291,13 @@ pub fn catalog(entries: &[feather_svc::catalog::Entry]) {
             note,
         ]);
     }
-    println!("{}", t.trim_fmt());
+    say!("{}", t.trim_fmt())?;
+    Ok(())
 }
 
 /// A VM's units, as its service manager reported them: every text in them is the VM's to
 /// choose, and is escaped.
-pub fn services(rows: &[ServiceInfo]) {
+pub fn services(rows: &[ServiceInfo]) -> Said {
     let mut t = table(&[
         "UNIT",
         "STATE",
@@ -315,57 +328,59 @@ pub fn services(rows: &[ServiceInfo]) {
             ),
         ]);
     }
-    println!("{}", t.trim_fmt());
+    say!("{}", t.trim_fmt())?;
+    Ok(())
 }
 
 /// One unit and its last log lines, as the VM's service manager reported them (escaped).
-pub fn service_status(s: &ServiceInfo, log: &[String]) {
+pub fn service_status(s: &ServiceInfo, log: &[String]) -> Said {
     match &s.description {
-        Some(description) => println!("{} - {}", shown(&s.name), shown(description)),
-        None => println!("{}", shown(&s.name)),
+        Some(description) => say!("{} - {}", shown(&s.name), shown(description))?,
+        None => say!("{}", shown(&s.name))?,
     }
-    println!(
+    say!(
         "   state: {} ({}) for {}",
         s.state,
         shown(&s.sub),
         age(s.since_secs)
-    );
+    )?;
     if let Some(pid) = s.main_pid {
-        println!("    main: {pid}");
+        say!("    main: {pid}")?;
     }
-    println!("   ready: {}", if s.ready { "yes" } else { "no" });
-    println!("restarts: {}", s.restarts);
+    say!("   ready: {}", if s.ready { "yes" } else { "no" })?;
+    say!("restarts: {}", s.restarts)?;
     if let Some(bytes) = s.memory_bytes {
-        println!("  memory: {}", human_bytes(bytes));
+        say!("  memory: {}", human_bytes(bytes))?;
     }
     if let Some(nsec) = s.cpu_nsec {
-        println!("     cpu: {:.3}s", nsec as f64 / 1e9);
+        say!("     cpu: {:.3}s", nsec as f64 / 1e9)?;
     }
     if let Some(cgroup) = &s.cgroup {
-        println!("  cgroup: {}", shown(cgroup));
+        say!("  cgroup: {}", shown(cgroup))?;
     }
     if let Some(status) = &s.status_text {
-        println!("  status: {}", shown(status));
+        say!("  status: {}", shown(status))?;
     }
     if let Some(result) = &s.result {
-        println!("  result: {}", shown(result));
+        say!("  result: {}", shown(result))?;
     }
     if let Some(by) = &s.pulled_by {
-        println!(" pulled by: {}", shown(by));
+        say!(" pulled by: {}", shown(by))?;
     }
     if !s.not_applied.is_empty() {
-        println!(" not applied in a VM: {}", shown(&s.not_applied.join(", ")));
+        say!(" not applied in a VM: {}", shown(&s.not_applied.join(", ")))?;
     }
     if let Some(path) = &s.log {
-        println!("     log: {}", shown(path));
+        say!("     log: {}", shown(path))?;
     }
     for line in log {
-        println!("  {}", shown(line));
+        say!("  {}", shown(line))?;
     }
+    Ok(())
 }
 
 /// The IPC matrix: one line per channel, one column per direction; then what failed.
-pub fn ipc_matrix(matrix: &feather_ipcprobe::Matrix) {
+pub fn ipc_matrix(matrix: &feather_ipcprobe::Matrix) -> Said {
     use feather_ipcprobe::{Direction, Matrix};
     let mut header = vec!["CHANNEL"];
     header.extend(Direction::ALL.iter().map(|d| d.label()));
@@ -383,30 +398,31 @@ pub fn ipc_matrix(matrix: &feather_ipcprobe::Matrix) {
         }
         t.add_row(cells);
     }
-    println!("{t}");
+    say!("{t}")?;
     for note in &matrix.notes {
-        println!("{}", shown(note));
+        say!("{}", shown(note))?;
     }
     let failures = matrix.failures();
     if failures.is_empty() {
-        println!("every cross-boundary channel is blocked; every channel inside the VM works");
+        say!("every cross-boundary channel is blocked; every channel inside the VM works")?;
     }
     for (row, cell) in failures {
         let what = if cell.is_leak() { "LEAK" } else { "BROKEN" };
         // The detail is what a probe inside a VM reported: the VM's to choose.
-        println!(
+        say!(
             "{what}: {} {}: {}",
             row.channel,
             cell.direction.label(),
             shown(&cell.outcome.detail)
-        );
+        )?;
     }
+    Ok(())
 }
 
-pub fn rules(rules: &[feather_shuttle::Rule]) {
+pub fn rules(rules: &[feather_shuttle::Rule]) -> Said {
     if rules.is_empty() {
-        println!("no rules: nothing crosses between VMs (add *.policy files; see docs/shuttle.md)");
-        return;
+        say!("no rules: nothing crosses between VMs (add *.policy files; see docs/shuttle.md)")?;
+        return Ok(());
     }
     let mut t = table(&[
         "RULE", "KIND", "OBJECT", "SOURCE", "TARGET", "VERDICT", "OPTIONS",
@@ -427,7 +443,8 @@ pub fn rules(rules: &[feather_shuttle::Rule]) {
             options.join(" "),
         ]);
     }
-    println!("{}", t.trim_fmt());
+    say!("{}", t.trim_fmt())?;
+    Ok(())
 }
 
 /// `policy check` for one request: the rules passed over, and the one that decides.
@@ -435,24 +452,29 @@ pub fn explanation(
     request: &feather_shuttle::Request,
     decision: &feather_shuttle::Decision,
     consulted: &[feather_shuttle::Consulted],
-) {
-    println!(
+) -> Said {
+    say!(
         "{} {} from {} to {}:",
-        request.kind, request.object, request.source, request.target
-    );
+        request.kind,
+        request.object,
+        request.source,
+        request.target
+    )?;
     for step in consulted {
         match step.mismatch {
-            Some(part) => println!(
+            Some(part) => say!(
                 "  {}: {} — does not match the {part}",
-                step.rule.at, step.rule
-            ),
-            None => println!("  {}: {} — matches", step.rule.at, step.rule),
+                step.rule.at,
+                step.rule
+            )?,
+            None => say!("  {}: {} — matches", step.rule.at, step.rule)?,
         }
     }
     match &decision.rule {
-        Some(rule) => println!("{} by {}", verdict_word(decision.verdict), rule.at),
-        None => println!("denied: no rule matches (default deny)"),
+        Some(rule) => say!("{} by {}", verdict_word(decision.verdict), rule.at)?,
+        None => say!("denied: no rule matches (default deny)")?,
     }
+    Ok(())
 }
 
 fn verdict_word(verdict: feather_shuttle::Verdict) -> &'static str {
@@ -464,13 +486,13 @@ fn verdict_word(verdict: feather_shuttle::Verdict) -> &'static str {
 }
 
 /// Audit entries, one a line (also while following the log, so no table widths to settle).
-pub fn audit_entries(entries: &[feather_shuttle::audit::Entry], json: bool, first: bool) {
+pub fn audit_entries(entries: &[feather_shuttle::audit::Entry], json: bool, first: bool) -> Said {
     if !json && first && entries.is_empty() {
-        println!("no decisions recorded");
+        say!("no decisions recorded")?;
     }
     for entry in entries {
         if json {
-            println!("{}", serde_json::to_string(entry).unwrap_or_default());
+            say!("{}", serde_json::to_string(entry).unwrap_or_default())?;
             continue;
         }
         let rule = entry.rule.as_deref().unwrap_or("no rule: default deny");
@@ -490,6 +512,7 @@ pub fn audit_entries(entries: &[feather_shuttle::audit::Entry], json: bool, firs
             entry.outcome,
             entry.verdict
         );
-        println!("{}", shown(&line));
+        say!("{}", shown(&line))?;
     }
+    Ok(())
 }

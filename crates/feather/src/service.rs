@@ -21,7 +21,7 @@ pub fn run(root: &StateRoot, command: ServiceCommand) -> anyhow::Result<ExitCode
             if json {
                 output::json(&entries)?;
             } else {
-                output::catalog(&entries);
+                output::catalog(&entries)?;
             }
             return Ok(ExitCode::SUCCESS);
         }
@@ -67,7 +67,7 @@ fn show(name: &VmName, answer: Response, json: bool, quiet: bool) -> anyhow::Res
             if json {
                 output::json(&units)?;
             } else {
-                output::services(&units);
+                output::services(&units)?;
             }
         }
         Response::Done {
@@ -77,7 +77,7 @@ fn show(name: &VmName, answer: Response, json: bool, quiet: bool) -> anyhow::Res
             if json && !quiet {
                 output::json(&units)?;
             } else if !quiet {
-                output::services(&units);
+                output::services(&units)?;
             }
             let failed = services::failures(&units, &reload_failed);
             if !failed.is_empty() {
@@ -89,7 +89,7 @@ fn show(name: &VmName, answer: Response, json: bool, quiet: bool) -> anyhow::Res
             if json {
                 output::json(&serde_json::json!({ "unit": unit, "log": log }))?;
             } else {
-                output::service_status(&unit, &log);
+                output::service_status(&unit, &log)?;
             }
         }
         // services::call returns refusals as errors and checks the hello.

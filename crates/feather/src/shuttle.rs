@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use feather_core::StateRoot;
+use feather_core::{say, StateRoot};
 use feather_shuttle::audit::Entry;
 use feather_shuttle::policy::Policy;
 use feather_shuttle::view::{self, Explanation, RuleRow};
@@ -23,7 +23,7 @@ pub fn policy(root: &StateRoot, command: PolicyCommand) -> anyhow::Result<ExitCo
             if json {
                 output::json(&policy.rules().iter().map(RuleRow::from).collect::<Vec<_>>())?;
             } else {
-                output::rules(policy.rules());
+                output::rules(policy.rules())?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -35,11 +35,11 @@ pub fn policy(root: &StateRoot, command: PolicyCommand) -> anyhow::Result<ExitCo
                 output::json(&serde_json::json!({ "rules": policy.rules().len(), "dirs": dirs }))?;
             } else {
                 let dirs: Vec<_> = dirs.iter().map(|d| d.display().to_string()).collect();
-                println!(
+                say!(
                     "policy: {} rule(s) from {}; well-formed",
                     policy.rules().len(),
                     dirs.join(" and ")
-                );
+                )?;
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -62,7 +62,7 @@ pub fn policy(root: &StateRoot, command: PolicyCommand) -> anyhow::Result<ExitCo
             if json {
                 output::json(&Explanation::new(&decision, &consulted))?;
             } else {
-                output::explanation(&request, &decision, &consulted);
+                output::explanation(&request, &decision, &consulted)?;
             }
             Ok(match decision.verdict {
                 Verdict::Allow => ExitCode::SUCCESS,
@@ -100,7 +100,7 @@ pub fn audit(
     let (entries, mut offset) = audit.entries_from(0)?;
     let kept: Vec<Entry> = entries.into_iter().filter(|e| filter.keeps(e)).collect();
     let shown = &kept[kept.len().saturating_sub(lines)..];
-    output::audit_entries(shown, json, true);
+    output::audit_entries(shown, json, true)?;
     if !follow {
         return Ok(ExitCode::SUCCESS);
     }
@@ -109,6 +109,6 @@ pub fn audit(
         let (entries, next) = audit.entries_from(offset)?;
         offset = next;
         let kept: Vec<Entry> = entries.into_iter().filter(|e| filter.keeps(e)).collect();
-        output::audit_entries(&kept, json, false);
+        output::audit_entries(&kept, json, false)?;
     }
 }
