@@ -171,3 +171,56 @@ fn an_etc_passwd_without_end_does_not_hold_the_program() {
     assert_eq!(outcome.code, 0, "{outcome:?}");
     assert_eq!(outcome.stdout.trim(), "home=/", "{outcome:?}");
 }
+
+/// CVE-2025-52881: the runtime's writes into the container's `/proc` (`domainname`, the
+/// sysctls, `oom_score_adj`, and the reopening of `exec.fifo` through `/proc/self/fd`) were made
+/// by path, so whatever that path leads to received them. Here the image's `/proc` is a link
+/// into a volume another container prepared (a `proc/` tree whose files are binds of a kernel
+/// knob: the container's own hostname, a harmless one of its UTS namespace; `sysrq-trigger` or
+/// `core_pattern` in the advisory). feather-oci writes through a procfs of its own, opened
+/// before any of the container's mounts and never by a path the container controls.
+#[test]
+fn writes_into_proc_reach_the_containers_procfs_whatever_its_proc_path_leads_to() {
+    let scratch = Scratch::new("procw");
+    let runtime = Runtime::new(&scratch);
+    let volume = scratch.path("volume");
+    let knob = std::path::Path::new("/proc/sys/kernel/hostname");
+    let mut redirected = vec![
+        "proc/sys/kernel/domainname".to_owned(),
+        "proc/self/oom_score_adj".to_owned(),
+    ];
+    redirected.extend((3..32).map(|fd| format!("proc/self/fd/{fd}")));
+    for inside in &redirected {
+        let file = volume.join(inside);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, "").unwrap();
+        nix::mount::mount(
+            Some(knob),
+            &file,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+    }
+    let script = "hostname; cat /kernel/sys/kernel/domainname /kernel/self/oom_score_adj";
+    let mut config = base_config(&["sh", "-c", script]);
+    config["domainname"] = serde_json::json!("dn-marker");
+    config["process"]["oomScoreAdj"] = serde_json::json!(7);
+    let mounts = config["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/shared", "type": "bind", "source": volume, "options": ["rbind"]}));
+    mounts.push(serde_json::json!({"destination": "/kernel", "type": "proc", "source": "proc"}));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("shared/proc")).unwrap();
+    fs::remove_dir(rootfs.join("proc")).unwrap();
+    std::os::unix::fs::symlink("/shared/proc", rootfs.join("proc")).unwrap();
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "procw"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["box", "dn-marker", "7"],
+        "a write meant for the container's /proc reached another kernel knob: {outcome:?}"
+    );
+}

@@ -601,9 +601,13 @@ pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
     Ok(())
 }
 
-/// What is done inside the new root: sysctls, read-only paths, a read-only root (the masked
+/// What is done inside the new root: sysctls (through `proc`), read-only paths, a read-only root (the masked
 /// paths were covered before: [`mask_all`]).
-pub fn finish_root(spec: &Spec, confinement: &crate::confine::Confinement) -> Result<()> {
+pub fn finish_root(
+    spec: &Spec,
+    confinement: &crate::confine::Confinement,
+    proc: &feather_sys::procfs::ProcFs,
+) -> Result<()> {
     let Some(linux) = spec.linux() else {
         return Ok(());
     };
@@ -611,8 +615,10 @@ pub fn finish_root(spec: &Spec, confinement: &crate::confine::Confinement) -> Re
         if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
             bail!("linux.sysctl[{key}]: not a sysctl name");
         }
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-        fs::write(&path, value).with_context(|| format!("linux.sysctl[{key}]"))?;
+        // Through the init's private procfs, never the container's /proc (feather_sys::procfs).
+        let path = Path::new("sys").join(key.replace('.', "/"));
+        proc.write(&path, value.as_bytes())
+            .map_err(|e| anyhow::anyhow!("linux.sysctl[{key}]: {e}"))?;
     }
     for path in linux.readonly_paths().iter().flatten() {
         make_readonly(Path::new(path)).with_context(|| format!("linux.readonlyPaths[{path}]"))?;
