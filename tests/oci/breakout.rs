@@ -16,8 +16,10 @@ const MARKER: &[u8] = b"FEATHER-CVE-2019-5736-MARKER";
 
 /// A process `exec`ed into the container: opens the binary of the container's program
 /// (`$1`, its pid) through `/proc/PID/exe`, says so, waits until that process is gone, then
-/// appends the marker to the binary through its descriptor — what overwrote runc's.
+/// appends the marker to the binary through its descriptor — what overwrote runc's. Says
+/// `refused` when the process is out of its reach.
 const ATTACKER: &str = r#"
+if ! head -c 1 /proc/$1/exe > /dev/null 2>&1; then echo refused > /tmp/result; echo done >> /tmp/result; exit 0; fi
 exec 3</proc/$1/exe && echo opened > /tmp/result
 while readlink /proc/$1/exe >/dev/null 2>&1; do sleep 0.05; done
 printf FEATHER-CVE-2019-5736-MARKER >> /proc/self/fd/3 && echo wrote >> /tmp/result
@@ -30,7 +32,10 @@ echo done >> /tmp/result
 /// the descriptor. (The container shares the host's pid namespace, as with `--pid=host`, so
 /// that the attacker outlives it; the write is the same in a pid namespace of its own, where
 /// it is a race.) feather-oci runs `create`/`run`/`exec` from a read-only view of its
-/// binary: the write fails (EROFS) and the host's binary stays as it was.
+/// binary: the write fails (EROFS) and the host's binary stays as it was. (Since the runtime
+/// made itself not dumpable, the kernel also keeps the container's root from opening this
+/// process's `/proc/PID/exe` at all; `host_binary::a_container_cannot_write_the_runtime_binary_that_enters_it`
+/// still reaches the binary and proves the read-only view.)
 #[test]
 fn the_container_cannot_write_the_runtime_binary_through_proc_pid_exe() {
     let scratch = Scratch::new("exe");
@@ -85,12 +90,9 @@ fn the_container_cannot_write_the_runtime_binary_through_proc_pid_exe() {
 
     let result = rootfs.join("tmp/result");
     let opened = eventually(Duration::from_secs(30), || {
-        fs::read_to_string(&result).is_ok_and(|r| r.contains("opened"))
+        fs::read_to_string(&result).is_ok_and(|r| r.contains("opened") || r.contains("refused"))
     });
-    assert!(
-        opened,
-        "the container should reach the runtime's binary for reading"
-    );
+    assert!(opened, "the attacker never tried the runtime's binary");
     let mut drained = Vec::new();
     drain.read_to_end(&mut drained).unwrap();
     let finished = eventually(Duration::from_secs(30), || {
@@ -222,5 +224,85 @@ fn writes_into_proc_reach_the_containers_procfs_whatever_its_proc_path_leads_to(
         lines,
         ["box", "dn-marker", "7"],
         "a write meant for the container's /proc reached another kernel knob: {outcome:?}"
+    );
+}
+
+/// The container's root, watching for `exec`'s child (the only process of the container whose
+/// parent is outside it: `PPid: 0`, pid 1 aside), tries to read its environment, its
+/// descriptors' links and its root, then opens the FIFO the child waits on. The image's `/etc/passwd` is that FIFO:
+/// the child, looking up `HOME`, waits in it after taking the container's credentials and
+/// before its `execve` — the window in which a runtime process of the container's uid and
+/// capabilities is open to ptrace and `/proc/PID/{environ,fd,mem}` unless it is not dumpable.
+const WATCHER: &str = r#"
+rm /etc/passwd && mkfifo /etc/passwd && echo ready > /tmp/result
+tries=0
+while [ $tries -lt 600 ]; do
+  for status in /proc/[0-9]*/status; do
+    pid=${status#/proc/}; pid=${pid%/status}
+    [ "$pid" = 1 ] && continue
+    grep -q '^PPid:[[:space:]]*0$' $status 2>/dev/null || continue
+    if cat /proc/$pid/environ > /tmp/environ 2>/dev/null; then echo read-environ >> /tmp/result; fi
+    for fd in /proc/$pid/fd/*; do readlink $fd >> /tmp/fds 2>/dev/null && echo read-fd >> /tmp/result; done
+    if ls /proc/$pid/root/ > /dev/null 2>&1; then echo read-root >> /tmp/result; fi
+    echo found >> /tmp/result
+    echo root:x:0:0::/root:/bin/sh > /etc/passwd
+    exec sleep 60
+  done
+  tries=$((tries + 1))
+  sleep 0.05
+done
+echo released-unfound >> /tmp/result
+echo root:x:0:0::/root:/bin/sh > /etc/passwd
+"#;
+
+/// A runtime process inside the container (here `exec`'s child, between taking the container's
+/// credentials and its `execve`) is not dumpable: the container's root cannot read its
+/// environment (the engine's, on the host) nor reach its descriptors through `/proc/PID`. (With
+/// `org.feather.confine=none`: feather's Landlock domain would also refuse the access.)
+#[test]
+fn the_container_cannot_reach_into_the_runtime_process_that_enters_it() {
+    let scratch = Scratch::new("dumpable");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sh", "-c", WATCHER]);
+    config["annotations"] = serde_json::json!({"org.feather.confine": "none"});
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/mkfifo")).unwrap();
+    // The container keeps the stdio it is given: not the pipes `output()` would wait on.
+    let detached = runtime
+        .command()
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle.dir)
+        .arg("dumpable")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(detached.success(), "run: {detached}");
+    let result = rootfs.join("tmp/result");
+    assert!(
+        eventually(Duration::from_secs(20), || fs::read_to_string(&result)
+            .is_ok_and(|r| r.contains("ready"))),
+        "the watcher did not start"
+    );
+    let exec = run(runtime
+        .command()
+        .env("FEATHER_HOST_SECRET", "host-secret-marker")
+        .args(["exec", "dumpable", "sh", "-c", "echo exec-ran"]));
+    assert_eq!(exec.code, 0, "{exec:?}");
+    assert_eq!(exec.stdout.trim(), "exec-ran", "{exec:?}");
+    let reported = fs::read_to_string(&result).unwrap_or_default();
+    assert!(
+        reported.contains("found"),
+        "the watcher never saw exec's child: {reported:?}"
+    );
+    let environ = fs::read(rootfs.join("tmp/environ")).unwrap_or_default();
+    assert!(
+        !reported.contains("read-environ")
+            && !reported.contains("read-fd")
+            && !reported.contains("read-root")
+            && !String::from_utf8_lossy(&environ).contains("host-secret-marker"),
+        "the container reached into the runtime's process: {reported:?}"
     );
 }

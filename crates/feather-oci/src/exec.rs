@@ -45,6 +45,8 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     // the container may run it again (`#!/proc/self/exe`): from a read-only mount (see
     // feather_sys::own_program), before anything is done. Re-executes the whole command.
     feather_sys::own_program::run_from_read_only_mount().context("exec")?;
+    // The child, forked into the container, keeps it until its execve.
+    feather_sys::process::make_undumpable().context("exec")?;
     let container = Container::load(root, &args.id)?;
     match container.status() {
         Status::Created | Status::Running => {}

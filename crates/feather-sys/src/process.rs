@@ -101,6 +101,16 @@ pub fn signal(pidfd: &impl AsFd, signal: Signal) -> Result<()> {
         .ctx("pidfd_send_signal", signal)
 }
 
+/// Makes the caller not dumpable (`PR_SET_DUMPABLE 0`), and so its children until they
+/// exec: a runtime process that enters a container's pid namespace (a container's init before
+/// its program, `exec`'s child) would otherwise be open, once it has the container's uid and
+/// capabilities, to ptrace and `/proc/PID/{environ,fd,mem,root}` from the container's root —
+/// its environment and descriptors are the host's. The kernel makes a process dumpable again
+/// at `execve` of an ordinary program, so the container's program is as usual.
+pub fn make_undumpable() -> Result<()> {
+    nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE, 0)", "runtime process")
+}
+
 /// Moves the caller into every namespace in `namespaces` of the process behind `pidfd`, in one
 /// atomic step. A new pid namespace applies to the caller's children, not to the caller.
 pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> {
