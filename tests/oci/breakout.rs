@@ -306,3 +306,55 @@ fn the_container_cannot_reach_into_the_runtime_process_that_enters_it() {
         "the container reached into the runtime's process: {reported:?}"
     );
 }
+
+/// CVE-2025-52565: with `process.terminal`, `/dev/console` is a bind of the terminal. An image
+/// whose `/dev` is its own and whose `/dev/console` is a link to a kernel knob (the
+/// container's hostname here) must not turn that bind into a bind over the knob; feather-oci
+/// binds the terminal's own descriptor onto `/dev/console` opened without following links,
+/// and refuses a link there. Without the link, `/dev/console` is the program's terminal.
+#[test]
+fn dev_console_is_the_terminal_and_never_what_an_image_link_names() {
+    let scratch = Scratch::new("console");
+    let runtime = Runtime::new(&scratch);
+    let script = "test /dev/console -ef /proc/self/fd/0 && echo console-is-the-terminal; hostname";
+    let mut config = base_config(&["sh", "-c", script]);
+    config["process"]["terminal"] = serde_json::json!(true);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let line = |id: &str| {
+        format!(
+            "{} --root {} run --bundle {} {id}",
+            runtime_bin(),
+            runtime.root.display(),
+            bundle.dir.display()
+        )
+    };
+    let outcome = with_terminal(&line("console"));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        outcome.stdout.contains("console-is-the-terminal"),
+        "{outcome:?}"
+    );
+
+    // The image's own /dev (no tmpfs), with /dev/console a link to the hostname knob.
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["destination"] != "/dev");
+    config["process"]["args"] =
+        serde_json::json!(["sh", "-c", "echo console-knob > /dev/console; hostname"]);
+    bundle.set_config(&config);
+    std::os::unix::fs::symlink(
+        "/proc/sys/kernel/hostname",
+        bundle.dir.join("rootfs/dev/console"),
+    )
+    .unwrap();
+    let outcome = with_terminal(&line("console-link"));
+    assert!(
+        !outcome.stdout.contains("console-knob"),
+        "the terminal was bound over the knob the image's /dev/console names: {outcome:?}"
+    );
+    assert!(
+        outcome.stdout.contains("/dev/console") && outcome.code != 0,
+        "a link at /dev/console is refused by name: {outcome:?}"
+    );
+}

@@ -184,8 +184,8 @@ impl Init {
     }
 
     /// `process.terminal`: a pseudo-terminal of the container's devpts; the master goes to the
-    /// engine through `--console-socket`, the slave becomes the init's controlling terminal
-    /// and stdio.
+    /// engine through `--console-socket`, the slave becomes the init's controlling terminal,
+    /// its stdio and `/dev/console`.
     fn give_terminal(&mut self) -> Result<()> {
         let Some(console) = &self.console else {
             bail!("process.terminal: a terminal needs --console-socket");
@@ -196,6 +196,7 @@ impl Init {
             .context("process.terminal: send the terminal to --console-socket")?;
         drop(master);
         feather_sys::pty::make_controlling(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::mounts::bind_console(&slave)?;
         feather_sys::process::redirect_stdio(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
         self.console = None;
         Ok(())

@@ -765,3 +765,51 @@ fn make_readonly(path: &Path) -> Result<()> {
         .or_else(|_| mount(NONE, path, NONE, flags - MsFlags::MS_NOEXEC, NONE))?;
     Ok(())
 }
+
+/// `process.terminal`: the terminal's slave bound over `/dev/console`, as the runtime
+/// specification asks. The bind's source is the slave's own descriptor (a detached copy of it,
+/// `open_tree`), never a `/dev/pts/N` path the container could swap for a link or a mount
+/// (runc's CVE-2025-52565); the target is opened beneath the root without following a link
+/// (made as an empty file when missing, refused when it is a link or a folder), and the bind
+/// lands on that descriptor. Runs after pivot_root.
+pub fn bind_console(slave: &OwnedFd) -> Result<()> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("process.terminal: open /")?;
+    let dev = openat2(root.as_fd(), "dev", how)
+        .context("process.terminal: open /dev (a link or missing) for /dev/console")?;
+    match openat(
+        dev.as_fd(),
+        "console",
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    ) {
+        Ok(_) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e).context("process.terminal: make /dev/console"),
+    }
+    let target = openat(
+        dev.as_fd(),
+        "console",
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("process.terminal: open /dev/console")?;
+    let kind = nix::sys::stat::fstat(&target)?.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFREG && kind != libc::S_IFCHR {
+        bail!("process.terminal: /dev/console in the container is not a file or a device (a link or a folder): remove it from the image");
+    }
+    let tree = feather_sys::mount::clone_tree(slave)
+        .map_err(|e| anyhow::anyhow!("process.terminal: /dev/console: {e}"))?;
+    feather_sys::mount::attach_tree(&tree, &target)
+        .map_err(|e| anyhow::anyhow!("process.terminal: bind /dev/console: {e}"))
+}
