@@ -358,3 +358,51 @@ fn dev_console_is_the_terminal_and_never_what_an_image_link_names() {
         "a link at /dev/console is refused by name: {outcome:?}"
     );
 }
+
+/// `exec`'s child closes every descriptor of the caller but the standard ones and
+/// `--preserve-fds`, after it entered the container. It listed them in `/proc/self/fd` — the
+/// container's `/proc`, which here is a link into a volume with an empty `self/fd`: nothing
+/// was closed, and a descriptor the engine left inheritable (a host file, here holding a
+/// marker) reached the container's program. feather-oci closes by number (`close_range`).
+#[test]
+fn a_lying_proc_self_fd_keeps_no_host_descriptor_open_in_exec() {
+    let scratch = Scratch::new("fds");
+    let runtime = Runtime::new(&scratch);
+    let volume = scratch.path("volume");
+    fs::create_dir_all(volume.join("proc/self/fd")).unwrap();
+    let mut config = base_config(&["sleep", "60"]);
+    let mounts = config["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/shared", "type": "bind", "source": volume, "options": ["rbind"]}));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("shared/proc")).unwrap();
+    fs::remove_dir(rootfs.join("proc")).unwrap();
+    std::os::unix::fs::symlink("/shared/proc", rootfs.join("proc")).unwrap();
+    let started = runtime
+        .command()
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle.dir)
+        .arg("fds")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success(), "run: {started}");
+
+    // A host file the engine left open without close-on-exec (this test process is its own:
+    // nextest runs each test in a process of its own).
+    let secret = scratch.path("host-secret");
+    fs::write(&secret, "host-fd-marker\n").unwrap();
+    let file = fs::File::open(&secret).unwrap();
+    fcntl(&file, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let script = format!("cat <&{fd} || echo closed");
+    let exec = runtime.run(&["exec", "fds", "sh", "-c", &script]);
+    drop(file);
+    assert!(
+        !exec.stdout.contains("host-fd-marker"),
+        "the container's program read a host descriptor of the runtime: {exec:?}"
+    );
+    assert!(exec.stdout.contains("closed"), "{exec:?}");
+}

@@ -229,18 +229,25 @@ pub fn set_parent_death_signal(signal: Signal) -> Result<()> {
 /// Closes every descriptor of the caller except stdin, stdout, stderr and `keep`: a VM must not
 /// inherit a descriptor of the host side (a lock, a socket, a directory outside its root).
 pub fn close_other_fds(keep: &[RawFd]) {
-    let Ok(entries) = fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<RawFd> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    // By number (close_range over the gaps), not from a listing of /proc/self/fd: a caller
+    // that joined a container's mount namespace sees the container's /proc, which may list
+    // nothing at all, and then nothing would be closed.
+    let mut kept: Vec<RawFd> = keep
+        .iter()
+        .copied()
+        .chain(raw::remembered_threads_fd())
+        .filter(|fd| *fd > 2)
         .collect();
-    for fd in fds {
-        if fd > 2 && !keep.contains(&fd) && Some(fd) != raw::remembered_threads_fd() {
-            let _ = nix::unistd::close(fd);
+    kept.sort_unstable();
+    kept.dedup();
+    let mut first: RawFd = 3;
+    for fd in kept {
+        if fd > first {
+            let _ = raw::close_range(first as u32, (fd - 1) as u32);
         }
+        first = fd + 1;
     }
+    let _ = raw::close_range(first as u32, u32::MAX);
 }
 
 /// Gives every signal its default action back, before exec (see [`raw::reset_signal_dispositions`]).

@@ -787,6 +787,15 @@ pub fn fsmount(context: BorrowedFd<'_>, attributes: libc::c_uint) -> Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
 }
 
+/// `close_range(first, last, 0)`: closes every descriptor numbered `first..=last` the caller
+/// has. Descriptors owned by objects of the caller then dangle: callers use it right before
+/// an exec, or in a child that keeps only what it names.
+pub fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments; closing descriptors touches no memory of this process.
+    let result = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
+    Errno::result(result).map(drop)
+}
+
 /// `setdomainname(name, len)`: the NIS domain name of the caller's UTS namespace.
 pub fn set_domain_name(name: &[u8]) -> Result<(), Errno> {
     // SAFETY: `name` is a live slice for the call and its exact length is passed; the kernel
