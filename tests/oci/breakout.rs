@@ -16,8 +16,10 @@ const MARKER: &[u8] = b"FEATHER-CVE-2019-5736-MARKER";
 
 /// A process `exec`ed into the container: opens the binary of the container's program
 /// (`$1`, its pid) through `/proc/PID/exe`, says so, waits until that process is gone, then
-/// appends the marker to the binary through its descriptor — what overwrote runc's.
+/// appends the marker to the binary through its descriptor — what overwrote runc's. Says
+/// `refused` when the process is out of its reach.
 const ATTACKER: &str = r#"
+if ! head -c 1 /proc/$1/exe > /dev/null 2>&1; then echo refused > /tmp/result; echo done >> /tmp/result; exit 0; fi
 exec 3</proc/$1/exe && echo opened > /tmp/result
 while readlink /proc/$1/exe >/dev/null 2>&1; do sleep 0.05; done
 printf FEATHER-CVE-2019-5736-MARKER >> /proc/self/fd/3 && echo wrote >> /tmp/result
@@ -30,7 +32,10 @@ echo done >> /tmp/result
 /// the descriptor. (The container shares the host's pid namespace, as with `--pid=host`, so
 /// that the attacker outlives it; the write is the same in a pid namespace of its own, where
 /// it is a race.) feather-oci runs `create`/`run`/`exec` from a read-only view of its
-/// binary: the write fails (EROFS) and the host's binary stays as it was.
+/// binary: the write fails (EROFS) and the host's binary stays as it was. (Since the runtime
+/// made itself not dumpable, the kernel also keeps the container's root from opening this
+/// process's `/proc/PID/exe` at all; `host_binary::a_container_cannot_write_the_runtime_binary_that_enters_it`
+/// still reaches the binary and proves the read-only view.)
 #[test]
 fn the_container_cannot_write_the_runtime_binary_through_proc_pid_exe() {
     let scratch = Scratch::new("exe");
@@ -85,12 +90,9 @@ fn the_container_cannot_write_the_runtime_binary_through_proc_pid_exe() {
 
     let result = rootfs.join("tmp/result");
     let opened = eventually(Duration::from_secs(30), || {
-        fs::read_to_string(&result).is_ok_and(|r| r.contains("opened"))
+        fs::read_to_string(&result).is_ok_and(|r| r.contains("opened") || r.contains("refused"))
     });
-    assert!(
-        opened,
-        "the container should reach the runtime's binary for reading"
-    );
+    assert!(opened, "the attacker never tried the runtime's binary");
     let mut drained = Vec::new();
     drain.read_to_end(&mut drained).unwrap();
     let finished = eventually(Duration::from_secs(30), || {
@@ -170,4 +172,237 @@ fn an_etc_passwd_without_end_does_not_hold_the_program() {
     let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "passwd"]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
     assert_eq!(outcome.stdout.trim(), "home=/", "{outcome:?}");
+}
+
+/// CVE-2025-52881: the runtime's writes into the container's `/proc` (`domainname`, the
+/// sysctls, `oom_score_adj`, and the reopening of `exec.fifo` through `/proc/self/fd`) were made
+/// by path, so whatever that path leads to received them. Here the image's `/proc` is a link
+/// into a volume another container prepared (a `proc/` tree whose files are binds of a kernel
+/// knob: the container's own hostname, a harmless one of its UTS namespace; `sysrq-trigger` or
+/// `core_pattern` in the advisory). feather-oci writes through a procfs of its own, opened
+/// before any of the container's mounts and never by a path the container controls.
+#[test]
+fn writes_into_proc_reach_the_containers_procfs_whatever_its_proc_path_leads_to() {
+    let scratch = Scratch::new("procw");
+    let runtime = Runtime::new(&scratch);
+    let volume = scratch.path("volume");
+    let knob = std::path::Path::new("/proc/sys/kernel/hostname");
+    let mut redirected = vec![
+        "proc/sys/kernel/domainname".to_owned(),
+        "proc/self/oom_score_adj".to_owned(),
+    ];
+    redirected.extend((3..32).map(|fd| format!("proc/self/fd/{fd}")));
+    for inside in &redirected {
+        let file = volume.join(inside);
+        fs::create_dir_all(file.parent().unwrap()).unwrap();
+        fs::write(&file, "").unwrap();
+        nix::mount::mount(
+            Some(knob),
+            &file,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+    }
+    let script = "hostname; cat /kernel/sys/kernel/domainname /kernel/self/oom_score_adj";
+    let mut config = base_config(&["sh", "-c", script]);
+    config["domainname"] = serde_json::json!("dn-marker");
+    config["process"]["oomScoreAdj"] = serde_json::json!(7);
+    let mounts = config["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/shared", "type": "bind", "source": volume, "options": ["rbind"]}));
+    mounts.push(serde_json::json!({"destination": "/kernel", "type": "proc", "source": "proc"}));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("shared/proc")).unwrap();
+    fs::remove_dir(rootfs.join("proc")).unwrap();
+    std::os::unix::fs::symlink("/shared/proc", rootfs.join("proc")).unwrap();
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "procw"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    assert_eq!(
+        lines,
+        ["box", "dn-marker", "7"],
+        "a write meant for the container's /proc reached another kernel knob: {outcome:?}"
+    );
+}
+
+/// The container's root, watching for `exec`'s child (the only process of the container whose
+/// parent is outside it: `PPid: 0`, pid 1 aside), tries to read its environment, its
+/// descriptors' links and its root, then opens the FIFO the child waits on. The image's `/etc/passwd` is that FIFO:
+/// the child, looking up `HOME`, waits in it after taking the container's credentials and
+/// before its `execve` — the window in which a runtime process of the container's uid and
+/// capabilities is open to ptrace and `/proc/PID/{environ,fd,mem}` unless it is not dumpable.
+const WATCHER: &str = r#"
+rm /etc/passwd && mkfifo /etc/passwd && echo ready > /tmp/result
+tries=0
+while [ $tries -lt 600 ]; do
+  for status in /proc/[0-9]*/status; do
+    pid=${status#/proc/}; pid=${pid%/status}
+    [ "$pid" = 1 ] && continue
+    grep -q '^PPid:[[:space:]]*0$' $status 2>/dev/null || continue
+    if cat /proc/$pid/environ > /tmp/environ 2>/dev/null; then echo read-environ >> /tmp/result; fi
+    for fd in /proc/$pid/fd/*; do readlink $fd >> /tmp/fds 2>/dev/null && echo read-fd >> /tmp/result; done
+    if ls /proc/$pid/root/ > /dev/null 2>&1; then echo read-root >> /tmp/result; fi
+    echo found >> /tmp/result
+    echo root:x:0:0::/root:/bin/sh > /etc/passwd
+    exec sleep 60
+  done
+  tries=$((tries + 1))
+  sleep 0.05
+done
+echo released-unfound >> /tmp/result
+echo root:x:0:0::/root:/bin/sh > /etc/passwd
+"#;
+
+/// A runtime process inside the container (here `exec`'s child, between taking the container's
+/// credentials and its `execve`) is not dumpable: the container's root cannot read its
+/// environment (the engine's, on the host) nor reach its descriptors through `/proc/PID`. (With
+/// `org.feather.confine=none`: feather's Landlock domain would also refuse the access.)
+#[test]
+fn the_container_cannot_reach_into_the_runtime_process_that_enters_it() {
+    let scratch = Scratch::new("dumpable");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sh", "-c", WATCHER]);
+    config["annotations"] = serde_json::json!({"org.feather.confine": "none"});
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    std::os::unix::fs::symlink("busybox", rootfs.join("bin/mkfifo")).unwrap();
+    // The container keeps the stdio it is given: not the pipes `output()` would wait on.
+    let detached = runtime
+        .command()
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle.dir)
+        .arg("dumpable")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(detached.success(), "run: {detached}");
+    let result = rootfs.join("tmp/result");
+    assert!(
+        eventually(Duration::from_secs(20), || fs::read_to_string(&result)
+            .is_ok_and(|r| r.contains("ready"))),
+        "the watcher did not start"
+    );
+    let exec = run(runtime
+        .command()
+        .env("FEATHER_HOST_SECRET", "host-secret-marker")
+        .args(["exec", "dumpable", "sh", "-c", "echo exec-ran"]));
+    assert_eq!(exec.code, 0, "{exec:?}");
+    assert_eq!(exec.stdout.trim(), "exec-ran", "{exec:?}");
+    let reported = fs::read_to_string(&result).unwrap_or_default();
+    assert!(
+        reported.contains("found"),
+        "the watcher never saw exec's child: {reported:?}"
+    );
+    let environ = fs::read(rootfs.join("tmp/environ")).unwrap_or_default();
+    assert!(
+        !reported.contains("read-environ")
+            && !reported.contains("read-fd")
+            && !reported.contains("read-root")
+            && !String::from_utf8_lossy(&environ).contains("host-secret-marker"),
+        "the container reached into the runtime's process: {reported:?}"
+    );
+}
+
+/// CVE-2025-52565: with `process.terminal`, `/dev/console` is a bind of the terminal. An image
+/// whose `/dev` is its own and whose `/dev/console` is a link to a kernel knob (the
+/// container's hostname here) must not turn that bind into a bind over the knob; feather-oci
+/// binds the terminal's own descriptor onto `/dev/console` opened without following links,
+/// and refuses a link there. Without the link, `/dev/console` is the program's terminal.
+#[test]
+fn dev_console_is_the_terminal_and_never_what_an_image_link_names() {
+    let scratch = Scratch::new("console");
+    let runtime = Runtime::new(&scratch);
+    let script = "test /dev/console -ef /proc/self/fd/0 && echo console-is-the-terminal; hostname";
+    let mut config = base_config(&["sh", "-c", script]);
+    config["process"]["terminal"] = serde_json::json!(true);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let line = |id: &str| {
+        format!(
+            "{} --root {} run --bundle {} {id}",
+            runtime_bin(),
+            runtime.root.display(),
+            bundle.dir.display()
+        )
+    };
+    let outcome = with_terminal(&line("console"));
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        outcome.stdout.contains("console-is-the-terminal"),
+        "{outcome:?}"
+    );
+
+    // The image's own /dev (no tmpfs), with /dev/console a link to the hostname knob.
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|m| m["destination"] != "/dev");
+    config["process"]["args"] =
+        serde_json::json!(["sh", "-c", "echo console-knob > /dev/console; hostname"]);
+    bundle.set_config(&config);
+    std::os::unix::fs::symlink(
+        "/proc/sys/kernel/hostname",
+        bundle.dir.join("rootfs/dev/console"),
+    )
+    .unwrap();
+    let outcome = with_terminal(&line("console-link"));
+    assert!(
+        !outcome.stdout.contains("console-knob"),
+        "the terminal was bound over the knob the image's /dev/console names: {outcome:?}"
+    );
+    assert!(
+        outcome.stdout.contains("/dev/console") && outcome.code != 0,
+        "a link at /dev/console is refused by name: {outcome:?}"
+    );
+}
+
+/// `exec`'s child closes every descriptor of the caller but the standard ones and
+/// `--preserve-fds`, after it entered the container. It listed them in `/proc/self/fd` — the
+/// container's `/proc`, which here is a link into a volume with an empty `self/fd`: nothing
+/// was closed, and a descriptor the engine left inheritable (a host file, here holding a
+/// marker) reached the container's program. feather-oci closes by number (`close_range`).
+#[test]
+fn a_lying_proc_self_fd_keeps_no_host_descriptor_open_in_exec() {
+    let scratch = Scratch::new("fds");
+    let runtime = Runtime::new(&scratch);
+    let volume = scratch.path("volume");
+    fs::create_dir_all(volume.join("proc/self/fd")).unwrap();
+    let mut config = base_config(&["sleep", "60"]);
+    let mounts = config["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/shared", "type": "bind", "source": volume, "options": ["rbind"]}));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    fs::create_dir_all(rootfs.join("shared/proc")).unwrap();
+    fs::remove_dir(rootfs.join("proc")).unwrap();
+    std::os::unix::fs::symlink("/shared/proc", rootfs.join("proc")).unwrap();
+    let started = runtime
+        .command()
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle.dir)
+        .arg("fds")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success(), "run: {started}");
+
+    // A host file the engine left open without close-on-exec (this test process is its own:
+    // nextest runs each test in a process of its own).
+    let secret = scratch.path("host-secret");
+    fs::write(&secret, "host-fd-marker\n").unwrap();
+    let file = fs::File::open(&secret).unwrap();
+    fcntl(&file, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&file);
+    let script = format!("cat <&{fd} || echo closed");
+    let exec = runtime.run(&["exec", "fds", "sh", "-c", &script]);
+    drop(file);
+    assert!(
+        !exec.stdout.contains("host-fd-marker"),
+        "the container's program read a host descriptor of the runtime: {exec:?}"
+    );
+    assert!(exec.stdout.contains("closed"), "{exec:?}");
 }

@@ -32,6 +32,8 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
     // The init runs this program inside the container until `start`: from a read-only mount
     // (see feather_sys::own_program), before anything is made.
     feather_sys::own_program::run_from_read_only_mount().context("create")?;
+    // The init, forked from here, keeps it until its program's execve.
+    feather_sys::process::make_undumpable().context("create")?;
     let (mut container, spec, feather) = make_container(root, &args.id, &args.bundle)?;
     let made = build(&mut container, &spec, args, &feather);
     if let Err(error) = made {

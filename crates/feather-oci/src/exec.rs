@@ -45,6 +45,8 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     // the container may run it again (`#!/proc/self/exe`): from a read-only mount (see
     // feather_sys::own_program), before anything is done. Re-executes the whole command.
     feather_sys::own_program::run_from_read_only_mount().context("exec")?;
+    // The child, forked into the container, keeps it until its execve.
+    feather_sys::process::make_undumpable().context("exec")?;
     let container = Container::load(root, &args.id)?;
     match container.status() {
         Status::Created | Status::Running => {}
@@ -92,6 +94,10 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         bail!("cannot exec in container {}: it stopped", args.id);
     }
     container.groups().add(Pid::this())?;
+    // Taken in the host's namespaces, before the container's: the child writes into /proc
+    // through it, never through the container's /proc (feather_sys::procfs).
+    let proc = feather_sys::procfs::ProcFs::private()
+        .map_err(|e| anyhow::anyhow!("exec: a private procfs: {e}"))?;
     let namespaces = config
         .linux()
         .iter()
@@ -108,9 +114,10 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         drop(report);
         let mut keep: Vec<i32> = (3..3 + args.preserve_fds).collect();
         keep.push(child_report.as_raw_fd());
+        keep.push(proc.raw_fd());
         keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
         feather_sys::process::close_other_fds(&keep);
-        let error = match become_it(&process, console, seccomp.as_ref(), &confinement) {
+        let error = match become_it(&process, console, seccomp.as_ref(), &confinement, &proc) {
             Ok(never) => match never {},
             Err(error) => error,
         };
@@ -144,6 +151,7 @@ fn become_it(
     console: Option<UnixStream>,
     seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
     confinement: &crate::confine::Confinement,
+    proc: &feather_sys::procfs::ProcFs,
 ) -> Result<std::convert::Infallible> {
     nix::unistd::setsid().context("setsid")?;
     confinement.scope_exec()?;
@@ -155,7 +163,7 @@ fn become_it(
         feather_sys::pty::make_controlling(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
         feather_sys::process::redirect_stdio(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    crate::process::become_program(process, seccomp, confinement.filters()?)
+    crate::process::become_program(process, seccomp, confinement.filters()?, proc)
 }
 
 /// `--process FILE`, or the container's own process with the command and flags applied.

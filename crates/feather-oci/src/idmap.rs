@@ -174,21 +174,20 @@ fn user_namespace(uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<Owne
     userns
 }
 
+/// `pid` is this process's child, not yet waited for: its pid names no other process.
 fn write_maps_of(pid: i32, uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<OwnedFd> {
+    let proc = feather_sys::procfs::ProcFs::private().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let folder = Path::new(&pid.to_string()).to_owned();
     for (file, maps) in [("uid_map", uid), ("gid_map", gid)] {
         let text: String = maps
             .iter()
             .map(|m| format!("{} {} {}\n", m.container_id(), m.host_id(), m.size()))
             .collect();
-        std::fs::write(format!("/proc/{pid}/{file}"), text)
-            .with_context(|| format!("write the mappings ({file})"))?;
+        proc.write(&folder.join(file), text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("write the mappings: {e}"))?;
     }
-    nix::fcntl::open(
-        format!("/proc/{pid}/ns/user").as_str(),
-        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context("open the mappings' user namespace")
+    proc.open_link(&folder.join("ns"), "user", OFlag::O_RDONLY)
+        .map_err(|e| anyhow::anyhow!("open the mappings' user namespace: {e}"))
 }
 
 #[cfg(test)]

@@ -86,6 +86,11 @@ impl Init {
             .and_then(|p| p.parse().ok())
             .context("unexpected message from create")?;
         self.record.pid = host_pid;
+        // Every write into /proc goes through a procfs of the init's own, taken before the
+        // container has a single mount (docs/security.md): the container's /proc is its own to
+        // make lead anywhere.
+        let proc = feather_sys::procfs::ProcFs::private()
+            .map_err(|e| anyhow::anyhow!("a private procfs for the init: {e}"))?;
         // The fifo is opened now, on the host's path (the namespace's root may not reach it);
         // after pivot_root it is reopened through this descriptor, for writing, which blocks
         // until `start` opens it for reading.
@@ -131,7 +136,7 @@ impl Init {
         crate::mounts::mask_all(&self.spec, &rootfs, &self.confinement)?;
         crate::mounts::enter_root(&rootfs, self.no_pivot)?;
         self.set_names()?;
-        crate::mounts::finish_root(&self.spec, &self.confinement)?;
+        crate::mounts::finish_root(&self.spec, &self.confinement, &proc)?;
         if has_new_network(&self.spec) {
             // As runc: programs expect 127.0.0.1 in a new network namespace, which starts with
             // `lo` down.
@@ -153,12 +158,17 @@ impl Init {
         // Held open until exec closes it (O_CLOEXEC): `start` reads the byte, then waits for
         // the end of the fifo, so its poststart hooks follow the startContainer ones and the
         // program's exec.
-        let _started = wait_for_start(&fifo)?;
+        let _started = wait_for_start(&fifo, &proc)?;
         self.started = true;
         let state = crate::ops::hook_state(&self.record, "running");
         hooks::run(&self.spec, Kind::StartContainer, &state)?;
         let seccomp = self.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
-        crate::process::become_program(&process, seccomp.as_ref(), self.confinement.filters()?)
+        crate::process::become_program(
+            &process,
+            seccomp.as_ref(),
+            self.confinement.filters()?,
+            &proc,
+        )
     }
 
     fn set_names(&self) -> Result<()> {
@@ -166,14 +176,16 @@ impl Init {
             nix::unistd::sethostname(hostname).context("hostname")?;
         }
         if let Some(domain) = self.spec.domainname().as_deref().filter(|h| !h.is_empty()) {
-            std::fs::write("/proc/sys/kernel/domainname", domain).context("domainname")?;
+            // The system call, not /proc/sys/kernel/domainname: see feather_sys::procfs.
+            feather_sys::net::set_domain_name(domain)
+                .map_err(|e| anyhow::anyhow!("domainname: {e}"))?;
         }
         Ok(())
     }
 
     /// `process.terminal`: a pseudo-terminal of the container's devpts; the master goes to the
-    /// engine through `--console-socket`, the slave becomes the init's controlling terminal
-    /// and stdio.
+    /// engine through `--console-socket`, the slave becomes the init's controlling terminal,
+    /// its stdio and `/dev/console`.
     fn give_terminal(&mut self) -> Result<()> {
         let Some(console) = &self.console else {
             bail!("process.terminal: a terminal needs --console-socket");
@@ -184,6 +196,7 @@ impl Init {
             .context("process.terminal: send the terminal to --console-socket")?;
         drop(master);
         feather_sys::pty::make_controlling(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
+        crate::mounts::bind_console(&slave)?;
         feather_sys::process::redirect_stdio(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
         self.console = None;
         Ok(())
@@ -197,14 +210,10 @@ fn has_new_network(spec: &Spec) -> bool {
         .any(|ns| ns.typ() == oci_spec::runtime::LinuxNamespaceType::Network && ns.path().is_none())
 }
 
-fn wait_for_start(fifo: &OwnedFd) -> Result<OwnedFd> {
-    let path = format!("/proc/self/fd/{}", fifo.as_raw_fd());
-    let writer = nix::fcntl::open(
-        path.as_str(),
-        OFlag::O_WRONLY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context("wait on exec.fifo (the container needs /proc mounted)")?;
+fn wait_for_start(fifo: &OwnedFd, proc: &feather_sys::procfs::ProcFs) -> Result<OwnedFd> {
+    let writer = proc
+        .reopen(fifo, OFlag::O_WRONLY)
+        .map_err(|e| anyhow::anyhow!("wait on exec.fifo: {e}"))?;
     nix::unistd::write(&writer, b"0").context("write exec.fifo")?;
     Ok(writer)
 }

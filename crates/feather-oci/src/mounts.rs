@@ -601,9 +601,13 @@ pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
     Ok(())
 }
 
-/// What is done inside the new root: sysctls, read-only paths, a read-only root (the masked
+/// What is done inside the new root: sysctls (through `proc`), read-only paths, a read-only root (the masked
 /// paths were covered before: [`mask_all`]).
-pub fn finish_root(spec: &Spec, confinement: &crate::confine::Confinement) -> Result<()> {
+pub fn finish_root(
+    spec: &Spec,
+    confinement: &crate::confine::Confinement,
+    proc: &feather_sys::procfs::ProcFs,
+) -> Result<()> {
     let Some(linux) = spec.linux() else {
         return Ok(());
     };
@@ -611,8 +615,10 @@ pub fn finish_root(spec: &Spec, confinement: &crate::confine::Confinement) -> Re
         if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
             bail!("linux.sysctl[{key}]: not a sysctl name");
         }
-        let path = Path::new("/proc/sys").join(key.replace('.', "/"));
-        fs::write(&path, value).with_context(|| format!("linux.sysctl[{key}]"))?;
+        // Through the init's private procfs, never the container's /proc (feather_sys::procfs).
+        let path = Path::new("sys").join(key.replace('.', "/"));
+        proc.write(&path, value.as_bytes())
+            .map_err(|e| anyhow::anyhow!("linux.sysctl[{key}]: {e}"))?;
     }
     for path in linux.readonly_paths().iter().flatten() {
         make_readonly(Path::new(path)).with_context(|| format!("linux.readonlyPaths[{path}]"))?;
@@ -758,4 +764,52 @@ fn make_readonly(path: &Path) -> Result<()> {
     mount(NONE, path, NONE, flags, NONE)
         .or_else(|_| mount(NONE, path, NONE, flags - MsFlags::MS_NOEXEC, NONE))?;
     Ok(())
+}
+
+/// `process.terminal`: the terminal's slave bound over `/dev/console`, as the runtime
+/// specification asks. The bind's source is the slave's own descriptor (a detached copy of it,
+/// `open_tree`), never a `/dev/pts/N` path the container could swap for a link or a mount
+/// (runc's CVE-2025-52565); the target is opened beneath the root without following a link
+/// (made as an empty file when missing, refused when it is a link or a folder), and the bind
+/// lands on that descriptor. Runs after pivot_root.
+pub fn bind_console(slave: &OwnedFd) -> Result<()> {
+    let how = OpenHow::new()
+        .flags(OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("process.terminal: open /")?;
+    let dev = openat2(root.as_fd(), "dev", how)
+        .context("process.terminal: open /dev (a link or missing) for /dev/console")?;
+    match openat(
+        dev.as_fd(),
+        "console",
+        OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_WRONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    ) {
+        Ok(_) | Err(Errno::EEXIST) => {}
+        Err(e) => return Err(e).context("process.terminal: make /dev/console"),
+    }
+    let target = openat(
+        dev.as_fd(),
+        "console",
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("process.terminal: open /dev/console")?;
+    let kind = nix::sys::stat::fstat(&target)?.st_mode & libc::S_IFMT;
+    if kind != libc::S_IFREG && kind != libc::S_IFCHR {
+        bail!("process.terminal: /dev/console in the container is not a file or a device (a link or a folder): remove it from the image");
+    }
+    let tree = feather_sys::mount::clone_tree(slave)
+        .map_err(|e| anyhow::anyhow!("process.terminal: /dev/console: {e}"))?;
+    feather_sys::mount::attach_tree(&tree, &target)
+        .map_err(|e| anyhow::anyhow!("process.terminal: bind /dev/console: {e}"))
 }

@@ -49,11 +49,13 @@ fn env_value(process: &Process, key: &str) -> Option<String> {
 }
 
 /// Everything up to exec, then exec. Runs in the container (after pivot_root), as root.
-/// `feather` are feather's own filters ([`crate::confine`]), installed after the config's.
+/// `feather` are feather's own filters ([`crate::confine`]), installed after the config's;
+/// `proc` the runtime's private procfs ([`feather_sys::procfs`]).
 pub fn become_program(
     process: &Process,
     seccomp: Option<&LinuxSeccomp>,
     feather: Filters,
+    proc: &feather_sys::procfs::ProcFs,
 ) -> Result<Infallible> {
     let program = find_program(process)?;
     let mut filters = seccomp
@@ -62,8 +64,12 @@ pub fn become_program(
         .unwrap_or_default();
     filters.extend(feather);
     if let Some(score) = process.oom_score_adj() {
-        std::fs::write("/proc/self/oom_score_adj", score.to_string())
-            .context("process.oomScoreAdj")?;
+        // Through the runtime's private procfs: the container's /proc/self may lead anywhere.
+        proc.write(
+            Path::new("self/oom_score_adj"),
+            score.to_string().as_bytes(),
+        )
+        .map_err(|e| anyhow::anyhow!("process.oomScoreAdj: {e}"))?;
     }
     for limit in process.rlimits().iter().flatten() {
         let resource = resource(limit.typ());

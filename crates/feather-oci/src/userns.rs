@@ -5,7 +5,6 @@
 //! belongs to the container's root. The rootfs's ownership is the engine's (containerd's
 //! `--uidmap` remaps the snapshot, podman chowns it), as with runc.
 
-use std::fs;
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -40,19 +39,23 @@ pub fn check(linux: &Linux) -> Result<()> {
     Ok(())
 }
 
-/// From the host, before the init goes on: the init's uid and gid maps.
+/// From the host, before the init goes on: the init's uid and gid maps. `pid` is create's
+/// own child, not yet waited for: even if it died, its pid stays its own (a zombie) and names
+/// no other process. Written through a private procfs ([`feather_sys::procfs`]).
 pub fn write_maps(pid: i32, spec: &Spec) -> Result<()> {
     if !is_new(spec) {
         return Ok(());
     }
     let linux = spec.linux().as_ref().context("linux")?;
+    let proc = feather_sys::procfs::ProcFs::private()
+        .map_err(|e| anyhow::anyhow!("linux.uidMappings: {e}"))?;
     for (field, file, maps) in [
         ("linux.uidMappings", "uid_map", linux.uid_mappings()),
         ("linux.gidMappings", "gid_map", linux.gid_mappings()),
     ] {
         let text = map_text(maps.as_deref().unwrap_or_default());
-        fs::write(format!("/proc/{pid}/{file}"), text.as_bytes())
-            .with_context(|| format!("{field}: write /proc/{pid}/{file}"))?;
+        proc.write(&Path::new(&pid.to_string()).join(file), text.as_bytes())
+            .map_err(|e| anyhow::anyhow!("{field}: {e}"))?;
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod mountinfo;
 pub mod net;
 pub mod own_program;
 pub mod process;
+pub mod procfs;
 pub mod pty;
 pub mod quota;
 mod raw;

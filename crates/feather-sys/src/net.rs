@@ -55,3 +55,10 @@ pub fn bytes_received(stream: &std::net::TcpStream) -> std::io::Result<u64> {
     use std::os::fd::AsFd;
     Ok(raw::tcp_bytes_received(stream.as_fd())?)
 }
+
+/// Sets the NIS domain name of the caller's UTS namespace (`setdomainname`): a system call,
+/// where a write to `/proc/sys/kernel/domainname` inside a container goes wherever the
+/// container's `/proc` leads.
+pub fn set_domain_name(name: &str) -> Result<()> {
+    crate::raw::set_domain_name(name.as_bytes()).ctx("setdomainname", name)
+}

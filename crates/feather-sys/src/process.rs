@@ -101,6 +101,16 @@ pub fn signal(pidfd: &impl AsFd, signal: Signal) -> Result<()> {
         .ctx("pidfd_send_signal", signal)
 }
 
+/// Makes the caller not dumpable (`PR_SET_DUMPABLE 0`), and so its children until they
+/// exec: a runtime process that enters a container's pid namespace (a container's init before
+/// its program, `exec`'s child) would otherwise be open, once it has the container's uid and
+/// capabilities, to ptrace and `/proc/PID/{environ,fd,mem,root}` from the container's root —
+/// its environment and descriptors are the host's. The kernel makes a process dumpable again
+/// at `execve` of an ordinary program, so the container's program is as usual.
+pub fn make_undumpable() -> Result<()> {
+    nix::sys::prctl::set_dumpable(false).ctx("prctl(PR_SET_DUMPABLE, 0)", "runtime process")
+}
+
 /// Moves the caller into every namespace in `namespaces` of the process behind `pidfd`, in one
 /// atomic step. A new pid namespace applies to the caller's children, not to the caller.
 pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> {
@@ -219,18 +229,25 @@ pub fn set_parent_death_signal(signal: Signal) -> Result<()> {
 /// Closes every descriptor of the caller except stdin, stdout, stderr and `keep`: a VM must not
 /// inherit a descriptor of the host side (a lock, a socket, a directory outside its root).
 pub fn close_other_fds(keep: &[RawFd]) {
-    let Ok(entries) = fs::read_dir("/proc/self/fd") else {
-        return;
-    };
-    let fds: Vec<RawFd> = entries
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    // By number (close_range over the gaps), not from a listing of /proc/self/fd: a caller
+    // that joined a container's mount namespace sees the container's /proc, which may list
+    // nothing at all, and then nothing would be closed.
+    let mut kept: Vec<RawFd> = keep
+        .iter()
+        .copied()
+        .chain(raw::remembered_threads_fd())
+        .filter(|fd| *fd > 2)
         .collect();
-    for fd in fds {
-        if fd > 2 && !keep.contains(&fd) && Some(fd) != raw::remembered_threads_fd() {
-            let _ = nix::unistd::close(fd);
+    kept.sort_unstable();
+    kept.dedup();
+    let mut first: RawFd = 3;
+    for fd in kept {
+        if fd > first {
+            let _ = raw::close_range(first as u32, (fd - 1) as u32);
         }
+        first = fd + 1;
     }
+    let _ = raw::close_range(first as u32, u32::MAX);
 }
 
 /// Gives every signal its default action back, before exec (see [`raw::reset_signal_dispositions`]).

@@ -752,6 +752,13 @@ pub fn fsconfig_string(
 /// `fsconfig(context, FSCONFIG_CMD_CREATE, NULL, NULL, 0)`, then `fsmount(context,
 /// FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY)`: the filesystem as a detached read-only mount.
 pub fn fsmount_readonly(context: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    fsmount(context, MOUNT_ATTR_RDONLY)
+}
+
+/// `fsconfig(context, FSCONFIG_CMD_CREATE, NULL, NULL, 0)`, then `fsmount(context,
+/// FSMOUNT_CLOEXEC, attributes)`: the filesystem as a detached mount with `MOUNT_ATTR_*`
+/// `attributes`.
+pub fn fsmount(context: BorrowedFd<'_>, attributes: libc::c_uint) -> Result<OwnedFd, Errno> {
     // SAFETY: `context` is a live descriptor; the null key and value are what
     // FSCONFIG_CMD_CREATE takes.
     let created = unsafe {
@@ -771,13 +778,30 @@ pub fn fsmount_readonly(context: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
             libc::SYS_fsmount,
             context.as_raw_fd(),
             FSMOUNT_CLOEXEC,
-            MOUNT_ATTR_RDONLY,
+            attributes,
         )
     };
     let raw = Errno::result(result)?;
     // SAFETY: fsmount returned a fresh descriptor (checked non-negative above), owned by no
     // one else; the cast is lossless for a descriptor number.
     Ok(unsafe { OwnedFd::from_raw_fd(raw as RawFd) })
+}
+
+/// `close_range(first, last, 0)`: closes every descriptor numbered `first..=last` the caller
+/// has. Descriptors owned by objects of the caller then dangle: callers use it right before
+/// an exec, or in a child that keeps only what it names.
+pub fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments; closing descriptors touches no memory of this process.
+    let result = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
+    Errno::result(result).map(drop)
+}
+
+/// `setdomainname(name, len)`: the NIS domain name of the caller's UTS namespace.
+pub fn set_domain_name(name: &[u8]) -> Result<(), Errno> {
+    // SAFETY: `name` is a live slice for the call and its exact length is passed; the kernel
+    // only reads that many bytes (no terminating NUL is needed).
+    let result = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+    Errno::result(result).map(drop)
 }
 
 /// `move_mount(tree, "", point, "", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH)`.
