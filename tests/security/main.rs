@@ -5,6 +5,7 @@ mod support;
 
 mod capabilities;
 mod commit_races;
+mod devices;
 mod exec_channel;
 mod hardening;
 mod host_view;
