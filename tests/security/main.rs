@@ -15,4 +15,5 @@ mod limits_default;
 mod service_client;
 mod shuttle_edges;
 mod shuttle_paths;
+mod spoofing;
 mod terminal_escapes;

@@ -55,6 +55,8 @@ pub enum Family {
 pub enum Key<'a> {
     Ipv4(Ipv4Addr),
     Interface(&'a str),
+    /// `ifname . ipv4_addr`: each part in its own registers (16 and 4 bytes).
+    InterfaceAddress(&'a str, Ipv4Addr),
 }
 
 impl Key<'_> {
@@ -64,6 +66,11 @@ impl Key<'_> {
             Key::Interface(name) => {
                 let mut bytes = name.as_bytes().to_vec();
                 bytes.resize(IFNAMSIZ, 0);
+                bytes
+            }
+            Key::InterfaceAddress(name, address) => {
+                let mut bytes = Key::Interface(name).bytes();
+                bytes.extend(address.octets());
                 bytes
             }
         }
