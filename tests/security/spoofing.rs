@@ -266,3 +266,79 @@ fn a_vm_cannot_claim_another_vms_address_in_the_hosts_arp_table() {
         "another VM ({claimer_mac}) took the victim's address in the host's ARP table"
     );
 }
+
+/// Python in a VM that, for three seconds, sends frames with `mac` as their source (IPv4 from
+/// its own address, to the gateway, which refuses them) and watches its interface for a frame
+/// holding `marker`; prints CAUGHT if one came.
+fn steal_frames(mac: &str, gateway: &str, marker: &str) -> String {
+    format!(
+        "import socket, struct, time\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
+         s.bind(('eth0', 0))\n\
+         s.settimeout(0.02)\n\
+         me = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         me.connect(('{gateway}', 9))\n\
+         mine = socket.inet_aton(me.getsockname()[0])\n\
+         victim = bytes.fromhex('{mac}'.replace(':', ''))\n\
+         body = b'x'\n\
+         udp = struct.pack('!HHHH', 40000, 9, 8 + len(body), 0) + body\n\
+         hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, mine, socket.inet_aton('{gateway}'))\n\
+         words = sum(struct.unpack('!10H', hdr))\n\
+         words = (words & 0xffff) + (words >> 16)\n\
+         hdr = hdr[:10] + struct.pack('!H', ~words & 0xffff) + hdr[12:]\n\
+         frame = b'\\xff' * 6 + victim + struct.pack('!H', 0x0800) + hdr + udp\n\
+         end = time.time() + 3\n\
+         caught = False\n\
+         while time.time() < end and not caught:\n\
+         \x20   s.send(frame)\n\
+         \x20   try:\n\
+         \x20       caught = b'{marker}' in s.recv(65535)\n\
+         \x20   except socket.timeout:\n\
+         \x20       pass\n\
+         print('CAUGHT' if caught else 'nothing')\n"
+    )
+}
+
+#[test]
+fn a_vm_cannot_take_the_hosts_frames_for_another_vm() {
+    let feather = Feather::new("spoof-mac");
+    feather.ok(&["create", "victim"]);
+    feather.ok(&["create", "thief"]);
+    feather.ok(&["start", "victim"]);
+    feather.ok(&["start", "thief"]);
+    let victim = address(&feather, "victim");
+    let gateway = feather.inspect("victim")["network"]["gateway"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let victim_mac = feather.sh("victim", "cat /sys/class/net/eth0/address");
+    let victim_mac = victim_mac.trim().to_owned();
+    // The host sends datagrams with a marker to the victim all the while.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = std::sync::Arc::clone(&stop);
+        let to = format!("{victim}:9");
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = socket.send_to(b"FOR-THE-VICTIM-ONLY", &to);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let seen = feather.ok(&[
+        "exec",
+        "thief",
+        "--",
+        "python3",
+        "-c",
+        &steal_frames(&victim_mac, &gateway, "FOR-THE-VICTIM-ONLY"),
+    ]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    assert_eq!(
+        seen.trim(),
+        "nothing",
+        "another VM received the host's frames for the victim ({victim_mac})"
+    );
+}

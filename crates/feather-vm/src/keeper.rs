@@ -312,14 +312,26 @@ impl Keeper {
             })
             .and_then(|init| {
                 // CRIU restores no cgroup settings (feather makes the group), and the restored
-                // processes are still stopped: the VM's device rules are set before any runs.
-                match cgroup.as_ref().map(|c| restrict_devices(c, &name)) {
-                    Some(Err(e)) => {
+                // processes are still stopped: the VM's device rules, and the link-layer
+                // address its bridge port takes, are set before any runs.
+                let pinned = network
+                    .own_mac_after_restore(init.pid.as_raw() as u32)
+                    .map_err(|e| VmError::Net {
+                        vm: name.to_string(),
+                        source: Box::new(e),
+                    });
+                match cgroup
+                    .as_ref()
+                    .map(|c| restrict_devices(c, &name))
+                    .unwrap_or(Ok(()))
+                    .and(pinned)
+                {
+                    Err(e) => {
                         let _ = process::signal(&init.pidfd, Signal::SIGKILL);
                         let _ = waitpid(init.pid, None);
                         Err(e)
                     }
-                    _ => Ok(init),
+                    Ok(()) => Ok(init),
                 }
             })
             .and_then(|init| Ok((init, listen(vm)?)))
