@@ -5,6 +5,7 @@ mod support;
 
 mod capabilities;
 mod commit_races;
+mod devices;
 mod exec_channel;
 mod hardening;
 mod host_view;
@@ -14,4 +15,5 @@ mod limits_default;
 mod service_client;
 mod shuttle_edges;
 mod shuttle_paths;
+mod spoofing;
 mod terminal_escapes;

@@ -282,3 +282,69 @@ fn the_dbus_proxy_runs_confined() {
     let nspid = nspid.lines().find(|l| l.starts_with("NSpid:")).unwrap();
     assert!(nspid.trim_end().ends_with("\t1"), "{nspid}");
 }
+
+/// Python in a VM: `count` requests to its broker, each naming an application of `size` bytes.
+fn invoke_requests(count: usize, size: usize) -> String {
+    format!(
+        "import socket, json\n\
+         for _ in range({count}):\n\
+         \x20   s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)\n\
+         \x20   s.connect('/run/feather/shuttle.sock')\n\
+         \x20   s.recv(65536)\n\
+         \x20   s.send(json.dumps({{'version': 1, 'app': 'x' * {size}, 'vm': None, 'args': [], 'cwd': '/'}}).encode())\n\
+         \x20   s.recv(65536)\n\
+         \x20   s.close()\n\
+         print('asked')\n"
+    )
+}
+
+#[test]
+fn a_vm_asking_its_broker_without_end_cannot_fill_the_hosts_disk_through_the_audit_log() {
+    use feather_shuttle::audit::{MAX_FIELD, MAX_LOG_BYTES};
+    let feather = Feather::new("audit-bound");
+    feather.write_policy("invoke", "invoke true a b allow command=\"/bin/true\"\n");
+    feather.ok(&["create", "a", "--net", "none"]);
+    feather.ok(&["start", "a"]);
+    // The log is near its bound already: one line of zeros, a sparse file that takes no disk.
+    let log = feather.root.join("audit.log");
+    let mut filled = fs::File::create(&log).unwrap();
+    filled.set_len(MAX_LOG_BYTES - 10_001).unwrap();
+    std::io::Seek::seek(&mut filled, std::io::SeekFrom::End(0)).unwrap();
+    std::io::Write::write_all(&mut filled, b"\n").unwrap();
+    drop(filled);
+    let asked = feather.ok(&[
+        "exec",
+        "a",
+        "--",
+        "python3",
+        "-c",
+        &invoke_requests(40, 60_000),
+    ]);
+    assert_eq!(asked.trim(), "asked");
+    let rotated = feather.root.join("audit.log.1");
+    let size = |path: &Path| fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+    assert!(
+        size(&log) <= MAX_LOG_BYTES && size(&rotated) <= MAX_LOG_BYTES,
+        "the audit log grew past its bound: {} and {} bytes",
+        size(&log),
+        size(&rotated)
+    );
+    assert!(rotated.exists(), "the full log was kept as audit.log.1");
+    // Each request is recorded, its object cut with its length said; `feather audit` reads
+    // both files.
+    let audit = feather.ok(&["audit", "-n", "1000", "--json"]);
+    let entries: Vec<serde_json::Value> = audit
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect();
+    let objects: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["object"].as_str())
+        .filter(|o| o.starts_with("xxx"))
+        .collect();
+    assert_eq!(objects.len(), 40, "{audit:.2000}");
+    for object in objects {
+        assert!(object.len() <= MAX_FIELD + 64, "{} bytes", object.len());
+        assert!(object.ends_with("(60000 bytes in all)"), "{object:.60}…");
+    }
+}

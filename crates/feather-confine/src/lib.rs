@@ -10,8 +10,11 @@
 //!    it is "last" in the sense that matters: it covers everything the program does.
 //! 2. capabilities reduced ([`capabilities::reduce_to_default`]), bounding set first.
 //! 3. the user switch and execve, in feather-vm's workload module.
+//!
+//! Device access ([`devices`]) is the VM's cgroup's: its keeper sets it on the group.
 
 pub mod capabilities;
+pub mod devices;
 pub mod landlock;
 pub mod seccomp;
 

@@ -11,6 +11,17 @@
 //!   `meta ibrname`, bridge conntrack nor bridge `reject`, so the rules there match ports,
 //!   statelessly, and drop)
 //! - VM → outside: dropped unless the VM was created with `--egress` (then masqueraded)
+//! - a VM's frames carry its own address: a VM's root holds `CAP_NET_RAW` and can write any
+//!   source address and ARP claim, so the `bridge prerouting` chain drops, before the bridge
+//!   learns from them or the host sees them, frames from a VM's port whose source MAC address
+//!   is not that port's VM's (`port_mac`, [`crate::inside::vm_mac`]), IPv4 packets and ARP
+//!   claims whose sender address is not (`port_address`), and frames other than IPv4, ARP and
+//!   IPv6. It
+//!   matches the root's own ports (`ports`), not `fth*`: a bridge table's hooks see the frames
+//!   of every bridge, other roots' too (this kernel has no `meta ibrname`).
+//!   Otherwise a VM would leave with another's `--egress` address, take another's address in
+//!   the host's ARP table, or teach the bridge another's MAC address on its own port (and
+//!   with either receive the host's and the LAN's traffic to that VM).
 //! - LAN → VM (a root with an uplink, see [`crate::uplink`]): allowed, like host → VM; the VM
 //!   answers but opens nothing towards the LAN
 //!
@@ -86,6 +97,17 @@ table inet {table} {{
 }}
 table bridge {table} {{
     map from_port {{ type ifname : verdict; }}
+    set ports {{ type ifname; }}
+    set port_address {{ type ifname . ipv4_addr; }}
+    set port_mac {{ type ifname . ether_addr; }}
+    chain prerouting {{
+        type filter hook prerouting priority filter; policy accept;
+        iifname @ports iifname . ether saddr != @port_mac counter drop comment "a VM's frame from a link-layer address not its own"
+        iifname @ports ether type != {{ ip, arp, ip6 }} counter drop comment "neither IPv4, ARP nor IPv6 from a VM"
+        iifname @ports ether type ip iifname . ip saddr != @port_address counter drop comment "a VM's packet from an address not its own"
+        iifname @ports ether type arp iifname . arp saddr ip != @port_address counter drop comment "a VM's ARP claim of an address not its own"
+        iifname @ports ether type arp iifname . arp saddr ether != @port_mac counter drop comment "a VM's ARP claim of a link-layer address not its own"
+    }}
     chain forward {{
         type filter hook forward priority filter; policy accept;
         iifname vmap @from_port
@@ -170,6 +192,27 @@ fn vm_entries<'a>(
             key: Key::Interface(host_end),
             jump: Some(chain),
         },
+        Change::AddElement {
+            family: Bridge,
+            table,
+            set: "ports",
+            key: Key::Interface(host_end),
+            jump: None,
+        },
+        Change::AddElement {
+            family: Bridge,
+            table,
+            set: "port_address",
+            key: Key::InterfaceAddress(host_end, address),
+            jump: None,
+        },
+        Change::AddElement {
+            family: Bridge,
+            table,
+            set: "port_mac",
+            key: Key::InterfaceMac(host_end, crate::inside::vm_mac(address)),
+            jump: None,
+        },
     ];
     if egress {
         changes.push(Change::AddElement {
@@ -235,6 +278,24 @@ pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egres
             table,
             set: "from_port",
             key: Key::Interface(host_end),
+        },
+        Change::DeleteElement {
+            family: Bridge,
+            table,
+            set: "ports",
+            key: Key::Interface(host_end),
+        },
+        Change::DeleteElement {
+            family: Bridge,
+            table,
+            set: "port_address",
+            key: Key::InterfaceAddress(host_end, address),
+        },
+        Change::DeleteElement {
+            family: Bridge,
+            table,
+            set: "port_mac",
+            key: Key::InterfaceMac(host_end, crate::inside::vm_mac(address)),
         },
         Change::DeleteChain {
             family: Bridge,

@@ -11,6 +11,15 @@ use crate::netlink::{index_of, Netlink};
 /// The name of the VM's end of its veth pair, inside its namespace.
 pub const VM_INTERFACE: &str = "eth0";
 
+/// The link-layer address of the VM's interface: its IPv4 address after a locally
+/// administered prefix (`02:66:` then the four bytes), so the host's bridge tables can pin it
+/// to the VM's port before the VM runs (crate::firewall), and a restored VM, which keeps its
+/// address, keeps it too.
+pub fn vm_mac(address: Ipv4Addr) -> [u8; 6] {
+    let [a, b, c, d] = address.octets();
+    [0x02, 0x66, a, b, c, d]
+}
+
 /// What the VM's init does about the network inside its new namespace.
 #[derive(Clone, Debug)]
 pub struct Inside {
@@ -31,8 +40,8 @@ pub struct Interface {
 }
 
 impl Inside {
-    /// Gives the VM's interface its address, brings it up and routes through the bridge.
-    /// Runs in the VM's network namespace.
+    /// Gives the VM's interface its link-layer address ([`vm_mac`]) and its address, brings it
+    /// up and routes through the bridge. Runs in the VM's network namespace.
     pub fn configure(&self) -> Result<()> {
         let Some(interface) = &self.interface else {
             return Ok(());
@@ -42,6 +51,9 @@ impl Inside {
         let index = index_of(name).ok_or_else(|| {
             NetError::Invalid(format!("interface {name} did not appear in the VM"))
         })?;
+        netlink
+            .set_mac(index, vm_mac(interface.address))
+            .map_err(netlink_error("set the link-layer address of", name.clone()))?;
         netlink
             .add_address(index, interface.address, interface.prefix)
             .map_err(netlink_error(

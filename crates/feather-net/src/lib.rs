@@ -53,7 +53,7 @@ use serde::Serialize;
 
 use error::netlink as netlink_error;
 pub use error::{NetError, Result};
-pub use inside::{Inside, Interface, VM_INTERFACE};
+pub use inside::{vm_mac, Inside, Interface, VM_INTERFACE};
 use netlink::{index_of, Netlink, PeerNamespace};
 use pool::Pooled;
 use publish::Published;
@@ -380,6 +380,29 @@ impl Attachment {
             host_end: self.host_end.clone(),
             bridge: network.bridge.clone(),
         }))
+    }
+
+    /// After a restore, before the restored processes continue: the VM's interface has the
+    /// link-layer address it had at the dump, which a VM checkpointed by a feather before the
+    /// bridge pinned it chose at random; it gets [`vm_mac`] of its address, the only one the
+    /// bridge takes from its port. (CRIU's own veth pair of a VM dumped since has it already.)
+    pub fn own_mac_after_restore(&self, init_pid: u32) -> Result<()> {
+        use error::IoAt;
+        let (Some(_), Some(address)) = (&self.network, self.config.address) else {
+            return Ok(());
+        };
+        let path = format!("/proc/{init_pid}/ns/net");
+        let namespace = fs::File::open(&path).at(&path)?;
+        pool::in_namespace(&namespace, move || {
+            let mut netlink =
+                Netlink::open().map_err(netlink_error("open netlink", "in the VM"))?;
+            let index = index_of(VM_INTERFACE).ok_or_else(|| {
+                NetError::Invalid(format!("the restored VM has no interface {VM_INTERFACE}"))
+            })?;
+            netlink
+                .set_mac(index, vm_mac(address))
+                .map_err(netlink_error("set the link-layer address of", VM_INTERFACE))
+        })
     }
 
     /// Once the VM is up: starts forwarding the published ports (threads of the calling

@@ -140,6 +140,14 @@ impl Netlink {
         self.request(RouteNetlinkMessage::DelLink(link), 0)
     }
 
+    /// Gives interface `index` the link-layer address `mac`.
+    pub fn set_mac(&mut self, index: u32, mac: [u8; 6]) -> io::Result<()> {
+        let mut link = LinkMessage::default();
+        link.header.index = index;
+        link.attributes = vec![LinkAttribute::Address(mac.to_vec())];
+        self.request(RouteNetlinkMessage::SetLink(link), 0)
+    }
+
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
         let mut link = LinkMessage::default();
         link.header.index = index;

@@ -55,6 +55,10 @@ pub enum Family {
 pub enum Key<'a> {
     Ipv4(Ipv4Addr),
     Interface(&'a str),
+    /// `ifname . ipv4_addr`: each part in its own registers (16 and 4 bytes).
+    InterfaceAddress(&'a str, Ipv4Addr),
+    /// `ifname . ether_addr`: 16 bytes, then 6 padded to the registers' 8.
+    InterfaceMac(&'a str, [u8; 6]),
 }
 
 impl Key<'_> {
@@ -64,6 +68,17 @@ impl Key<'_> {
             Key::Interface(name) => {
                 let mut bytes = name.as_bytes().to_vec();
                 bytes.resize(IFNAMSIZ, 0);
+                bytes
+            }
+            Key::InterfaceAddress(name, address) => {
+                let mut bytes = Key::Interface(name).bytes();
+                bytes.extend(address.octets());
+                bytes
+            }
+            Key::InterfaceMac(name, mac) => {
+                let mut bytes = Key::Interface(name).bytes();
+                bytes.extend(mac);
+                bytes.extend([0, 0]);
                 bytes
             }
         }

@@ -389,7 +389,10 @@ fn new_namespace_at(path: &Path) -> Result<()> {
 }
 
 /// Runs `work` on a thread that joined `namespace` (the caller's own stays as it is).
-fn in_namespace(namespace: &File, work: impl FnOnce() -> Result<()> + Send) -> Result<()> {
+pub(crate) fn in_namespace(
+    namespace: &File,
+    work: impl FnOnce() -> Result<()> + Send,
+) -> Result<()> {
     std::thread::scope(|scope| {
         scope
             .spawn(move || {

@@ -207,7 +207,7 @@ impl Groups {
     /// (feather-sys puts them in each hierarchy) — whose failure is only a warning.
     fn apply_devices(&self, rules: &[LinuxDeviceCgroup]) -> Result<()> {
         let list = crate::devices::listed(rules)?;
-        let policy = crate::devices::Policy::of(&list)?;
+        let policy = crate::devices::policy_of(&list)?;
         let v1 = self.v1_dir("devices");
         if let Some(dir) = &v1 {
             for (file, line) in crate::devices::v1_lines(&list) {
@@ -228,7 +228,7 @@ impl Groups {
                 eprintln!("feather-oci: warning: linux.resources.devices: the v1 devices controller enforces them; the cgroup v2 device program (defence in depth) was not set: {e:#}");
                 Ok(())
             }
-            Err(e) => Err(e.context(format!(
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
                 "linux.resources.devices: cannot enforce them with a cgroup device program on {} (no container runs with its device rules unenforced)",
                 dir.display()
             ))),

@@ -126,7 +126,7 @@ pub fn check_resources_public(resources: &LinuxResources) -> Result<()> {
 
 fn check_resources(resources: &LinuxResources) -> Result<()> {
     if let Some(devices) = resources.devices() {
-        crate::devices::Policy::of_config(devices)?;
+        crate::devices::policy_of_config(devices)?;
     }
     if let Some(memory) = resources.memory() {
         crate::cgroups::check_memory_v1_fields(memory)?;

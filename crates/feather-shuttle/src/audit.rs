@@ -2,6 +2,12 @@
 //!
 //! Each line is written with one `write` on a file opened with `O_APPEND`, so lines from
 //! several keepers never interleave.
+//!
+//! What a VM asks for is its choice, and so is how often it asks: the log is bounded so that
+//! no VM fills the host's disk through it. A text a VM chose (the object, the detail) is cut
+//! at [`MAX_FIELD`] bytes, its full length said; a log that would pass [`MAX_LOG_BYTES`] is
+//! moved to `audit.log.1` (the one before is dropped) and a new one begun, so the two hold at
+//! most twice that. Readers take `audit.log.1` first.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
@@ -14,6 +20,30 @@ use serde::{Deserialize, Serialize};
 use crate::policy::{Decision, Request};
 
 pub const AUDIT_FILE: &str = "audit.log";
+
+/// The log before the current one (see the module's documentation).
+pub const ROTATED_FILE: &str = "audit.log.1";
+
+/// Serialises rotations among the keepers of a root.
+const LOCK_FILE: &str = "audit.lock";
+
+/// The size at which the log is rotated.
+pub const MAX_LOG_BYTES: u64 = 64 << 20;
+
+/// The most of a VM-chosen text (an entry's object or detail) the log keeps.
+pub const MAX_FIELD: usize = 1024;
+
+/// `text` cut to at most [`MAX_FIELD`] bytes (on a character boundary), with its length said.
+fn bounded(text: String) -> String {
+    if text.len() <= MAX_FIELD {
+        return text;
+    }
+    let mut end = MAX_FIELD;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
 
 /// What came of a decision.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -66,11 +96,11 @@ impl Entry {
             kind: request.kind.to_string(),
             source: request.source.to_string(),
             target: request.target.to_string(),
-            object: request.object.clone(),
+            object: bounded(request.object.clone()),
             rule: decision.rule.as_ref().map(|rule| rule.at.to_string()),
             verdict: decision.verdict.to_string(),
             outcome: outcome.to_owned(),
-            detail,
+            detail: detail.map(bounded),
         }
     }
 }
@@ -79,12 +109,16 @@ impl Entry {
 #[derive(Clone, Debug)]
 pub struct Audit {
     path: PathBuf,
+    rotated: PathBuf,
+    lock: PathBuf,
 }
 
 impl Audit {
     pub fn new(root_dir: &Path) -> Audit {
         Audit {
             path: root_dir.join(AUDIT_FILE),
+            rotated: root_dir.join(ROTATED_FILE),
+            lock: root_dir.join(LOCK_FILE),
         }
     }
 
@@ -107,55 +141,118 @@ impl Audit {
     pub fn append(&self, entry: &Entry) -> io::Result<()> {
         let mut line = serde_json::to_vec(entry).map_err(io::Error::other)?;
         line.push(b'\n');
-        let mut file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .mode(0o600)
-            .open(&self.path)?;
+        let mut file = self.open_for_append()?;
+        if file.metadata()?.len() + line.len() as u64 > MAX_LOG_BYTES {
+            file = self.rotate(line.len() as u64)?;
+        }
         file.write_all(&line)
     }
 
-    /// Every entry so far (lines that do not parse are skipped: a line cut short by a crash).
+    fn open_for_append(&self) -> io::Result<File> {
+        OpenOptions::new()
+            .create(true)
+            .append(true)
+            .mode(0o600)
+            .open(&self.path)
+    }
+
+    /// Moves a full log to [`ROTATED_FILE`] and returns a new one, under the root's audit lock:
+    /// another keeper may have rotated it meanwhile (then its new log is taken as it is). A
+    /// writer still holding the old log appends its line there, which readers see too.
+    fn rotate(&self, adding: u64) -> io::Result<File> {
+        use nix::fcntl::{Flock, FlockArg};
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&self.lock)?;
+        let _held =
+            Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+        let file = self.open_for_append()?;
+        if file.metadata()?.len() + adding <= MAX_LOG_BYTES {
+            return Ok(file);
+        }
+        std::fs::rename(&self.path, &self.rotated)?;
+        self.open_for_append()
+    }
+
+    /// Every entry kept, oldest first: the rotated log's, then the current one's (lines that do
+    /// not parse are skipped: a line cut short by a crash).
     pub fn entries(&self) -> io::Result<Vec<Entry>> {
-        Ok(self.entries_from(0)?.0)
+        Ok(self.history()?.0)
+    }
+
+    /// [`Audit::entries`], and the offset in the current log to follow it from with
+    /// [`Audit::entries_from`].
+    pub fn history(&self) -> io::Result<(Vec<Entry>, u64)> {
+        let mut entries = match File::open(&self.rotated) {
+            Ok(file) => read_entries(file, 0)?.0,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+            Err(e) => return Err(e),
+        };
+        let (current, offset) = self.entries_from(0)?;
+        entries.extend(current);
+        Ok((entries, offset))
     }
 
     /// The whole entries written at or after byte `offset`, and the offset after the last
     /// whole line: call again with it to follow the log.
     pub fn entries_from(&self, offset: u64) -> io::Result<(Vec<Entry>, u64)> {
-        let mut file = match File::open(&self.path) {
+        let file = match File::open(&self.path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
             Err(e) => return Err(e),
         };
-        // A log that shrank was replaced: read it from its start.
+        // A log that shrank was replaced (rotated): read it from its start.
         let offset = if file.metadata()?.len() < offset {
             0
         } else {
             offset
         };
-        file.seek(SeekFrom::Start(offset))?;
-        let mut reader = BufReader::new(file);
-        let (mut entries, mut end) = (Vec::new(), offset);
-        let mut line = String::new();
-        while reader.read_line(&mut line)? > 0 {
-            if !line.ends_with('\n') {
-                break; // still being written
-            }
-            end += line.len() as u64;
-            if let Ok(entry) = serde_json::from_str(&line) {
-                entries.push(entry);
-            }
-            line.clear();
-        }
-        Ok((entries, end))
+        read_entries(file, offset)
     }
+}
+
+/// The whole entries of `file` from byte `offset`, and the offset after the last whole line.
+fn read_entries(mut file: File, offset: u64) -> io::Result<(Vec<Entry>, u64)> {
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = BufReader::new(file);
+    let (mut entries, mut end) = (Vec::new(), offset);
+    let mut line = String::new();
+    while reader.read_line(&mut line)? > 0 {
+        if !line.ends_with('\n') {
+            break; // still being written
+        }
+        end += line.len() as u64;
+        if let Ok(entry) = serde_json::from_str(&line) {
+            entries.push(entry);
+        }
+        line.clear();
+    }
+    Ok((entries, end))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::policy::{Kind, Party, Policy, Verdict};
+
+    #[test]
+    fn a_long_text_is_cut_on_a_character_boundary_with_its_length_said() {
+        assert_eq!(bounded("tcp:5432".into()), "tcp:5432");
+        let long = format!("{}é{}", "a".repeat(MAX_FIELD - 1), "b".repeat(100));
+        let cut = bounded(long.clone());
+        assert!(cut.starts_with(&"a".repeat(MAX_FIELD - 1)), "{cut}");
+        assert!(
+            !cut.contains('é'),
+            "the cut falls before the character it would split"
+        );
+        assert!(
+            cut.ends_with(&format!("… ({} bytes in all)", long.len())),
+            "{cut}"
+        );
+    }
 
     #[test]
     fn decisions_are_appended_as_json_lines() {

@@ -249,28 +249,29 @@ impl Cgroup {
         Ok(())
     }
 
-    /// Allows only the devices a VM's /dev holds (null, zero, full, random, urandom, tty, ptys)
-    /// where the v1 devices controller exists. On v2, device access is controlled by BPF
-    /// programs instead; feather relies there on nodev mounts and the capability set.
-    pub fn restrict_devices(&self) -> Result<()> {
+    /// Writes `lines` (file, line: `devices.deny a`, `devices.allow c 1:3 rw`, …) to the
+    /// group's v1 devices controller, where this host has one; false where it has none.
+    pub fn restrict_devices_v1(&self, lines: &[(&str, String)]) -> Result<bool> {
         let Some((Version::V1, mount)) = self.hierarchies.locate("devices") else {
-            return Ok(());
+            return Ok(false);
         };
         let dir = mount.join(&self.relative);
-        write(&dir.join("devices.deny"), "a")?;
-        for rule in [
-            "c 1:3 rwm",
-            "c 1:5 rwm",
-            "c 1:7 rwm",
-            "c 1:8 rwm",
-            "c 1:9 rwm",
-            "c 5:0 rwm",
-            "c 5:2 rwm",
-            "c 136:* rwm",
-        ] {
-            write(&dir.join("devices.allow"), rule)?;
+        for (file, line) in lines {
+            write(&dir.join(file), line)?;
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Makes `program` (a loaded `BPF_PROG_TYPE_CGROUP_DEVICE` program) the device program of
+    /// the group's v2 folder, where v2 is mounted (also on a hybrid host, whose v2 group holds
+    /// the group's processes too); false where v2 is not mounted. The program goes with the
+    /// group.
+    pub fn set_device_program(&self, program: &std::os::fd::OwnedFd) -> Result<bool> {
+        let Some(dir) = self.v2_dir() else {
+            return Ok(false);
+        };
+        crate::bpf::set_device_program(&dir, program)?;
+        Ok(true)
     }
 
     /// What a new process needs to start in this group without being moved by pid: a move by

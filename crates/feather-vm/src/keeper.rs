@@ -81,6 +81,30 @@ pub fn cgroup_path_in(hierarchies: Hierarchies, config: &VmConfig) -> Cgroup {
     Cgroup::new(hierarchies, format!("feather/{}", config.id))
 }
 
+/// Lets the VM's processes open only the devices its `/dev` holds
+/// (`feather_confine::devices::vm_policy`), with every mechanism this host has: the v1
+/// `devices` controller's lines, and a device program on the VM's v2 group (where its
+/// processes are on v1, hybrid and v2 hosts alike). On a host whose only mechanism is the
+/// program, a program that cannot be set fails the start; where the v1 controller holds the
+/// same rules, the program is defence in depth and its failure is a line in the keeper's log.
+fn restrict_devices(cgroup: &Cgroup, name: &VmName) -> Result<()> {
+    use feather_confine::devices;
+    let v1 = cgroup
+        .restrict_devices_v1(&devices::vm_v1_lines())
+        .in_vm(name)?;
+    let program = devices::load(&devices::vm_policy()).and_then(|p| cgroup.set_device_program(&p));
+    match program {
+        Ok(_) => Ok(()),
+        Err(e) if v1 => {
+            eprintln!(
+                "feather keeper {name}: the v1 devices controller restricts its devices; the cgroup v2 device program (defence in depth) was not set: {e}"
+            );
+            Ok(())
+        }
+        Err(e) => Err(e).in_vm(name),
+    }
+}
+
 /// Every VM that lives on gets a cgroup (limits, accounting, `ps`), and so does a throw-away VM
 /// with limits. A throw-away VM without limits does not: on cgroup v1 the first move of a process
 /// into a group waits for an RCU grace period (about 10 ms), most of such a VM's start time, and
@@ -285,6 +309,30 @@ impl Keeper {
             .in_vm(&name)
             .and_then(|veth| {
                 snapshot::restore_tree(root, vm, &config, cgroup.as_ref(), veth.as_ref())
+            })
+            .and_then(|init| {
+                // CRIU restores no cgroup settings (feather makes the group), and the restored
+                // processes are still stopped: the VM's device rules, and the link-layer
+                // address its bridge port takes, are set before any runs.
+                let pinned = network
+                    .own_mac_after_restore(init.pid.as_raw() as u32)
+                    .map_err(|e| VmError::Net {
+                        vm: name.to_string(),
+                        source: Box::new(e),
+                    });
+                match cgroup
+                    .as_ref()
+                    .map(|c| restrict_devices(c, &name))
+                    .unwrap_or(Ok(()))
+                    .and(pinned)
+                {
+                    Err(e) => {
+                        let _ = process::signal(&init.pidfd, Signal::SIGKILL);
+                        let _ = waitpid(init.pid, None);
+                        Err(e)
+                    }
+                    Ok(()) => Ok(init),
+                }
             })
             .and_then(|init| Ok((init, listen(vm)?)))
             .and_then(|(init, listener)| match network.complete() {
@@ -922,10 +970,10 @@ fn start_init(
         boot::send(&mut ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
         let (entered, attached) = std::thread::scope(|both| {
             let entering = both.spawn(move || -> Result<()> {
-                if let Some(cgroup) = cgroup {
-                    cgroup.restrict_devices().in_vm(name)?;
+                match cgroup {
+                    Some(cgroup) => restrict_devices(cgroup, name),
+                    None => Ok(()),
                 }
-                Ok(())
             });
             let attached = network.attach(init.pid.as_raw() as u32);
             let entered = entering

@@ -97,7 +97,7 @@ pub fn audit(
     json: bool,
 ) -> anyhow::Result<ExitCode> {
     let audit = Audit::new(root.dir());
-    let (entries, mut offset) = audit.entries_from(0)?;
+    let (entries, mut offset) = audit.history()?;
     let kept: Vec<Entry> = entries.into_iter().filter(|e| filter.keeps(e)).collect();
     let shown = &kept[kept.len().saturating_sub(lines)..];
     output::audit_entries(shown, json, true)?;

@@ -1,0 +1,128 @@
+//! Device access of a VM's processes: only the devices its `/dev` holds, refused by every
+//! mechanism the host has — the v1 `devices` controller, and a cgroup-v2 device program on the
+//! VM's v2 group (the only one a pure cgroup-v2 host has) — from its start, and again after a
+//! restore (CRIU restores no cgroup settings).
+//!
+//! A VM holds no `CAP_MKNOD` and its layers are `nodev`, so the test (host root) stands in for
+//! any way a device node could reach it: it makes a node of one of the host's disks in the
+//! VM's `/dev` through init's `/proc/PID/root`, and the VM opens it, never reading a byte.
+
+use std::path::{Path, PathBuf};
+
+use crate::support::{Feather, ScratchBase};
+
+const REFUSED: &str = "Operation not permitted";
+
+/// "major:minor" of a disk of this host.
+fn a_disk() -> String {
+    std::fs::read_dir("/sys/block")
+        .unwrap()
+        .flatten()
+        .filter(|e| !e.file_name().to_string_lossy().starts_with("loop"))
+        .filter_map(|e| std::fs::read_to_string(e.path().join("dev")).ok())
+        .map(|d| d.trim().to_owned())
+        .next()
+        .expect("a block device")
+}
+
+/// Makes `/dev/hostdisk` in running VM `vm`: a node of a disk of the host.
+fn place_a_disk_node(feather: &Feather, vm: &str) {
+    let init = feather.inspect(vm)["state"]["init_pid"].as_i64().unwrap();
+    let node = format!("/proc/{init}/root/dev/hostdisk");
+    let _ = std::fs::remove_file(&node);
+    let disk = a_disk();
+    let (major, minor) = disk.split_once(':').unwrap();
+    let made = std::process::Command::new("mknod")
+        .args([&node, "b", major, minor])
+        .status()
+        .unwrap();
+    assert!(made.success(), "mknod {node} b {disk}");
+}
+
+/// Each probe's line: `NAME=ok`, or `NAME=` and the shell's complaint.
+fn probe(feather: &Feather, vm: &str) -> String {
+    feather.sh(
+        vm,
+        "try() { if (eval \"$2\") 2>/tmp/e; then echo $1=ok; else echo $1=$(cat /tmp/e); fi; }; \
+         try DISK_READ ': < /dev/hostdisk'; try NULL_WRITE ': >> /dev/null'; \
+         try URANDOM_READ ': < /dev/urandom'; try PTMX ': < /dev/pts/ptmx'",
+    )
+}
+
+fn line<'a>(output: &'a str, name: &str) -> &'a str {
+    output
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} in {output:?}"))
+}
+
+/// The VM's own devices work, the host's disk is refused.
+fn assert_only_its_own_devices(output: &str) {
+    assert!(line(output, "DISK_READ").contains(REFUSED), "{output}");
+    for own in ["NULL_WRITE", "URANDOM_READ", "PTMX"] {
+        assert_eq!(line(output, own), "ok", "{output}");
+    }
+}
+
+/// The VM's group in the hierarchy mounted at `/sys/fs/cgroup/<hierarchy>`, if it has one.
+fn group_in(feather: &Feather, vm: &str, hierarchy: &str) -> Option<PathBuf> {
+    let mount = Path::new("/sys/fs/cgroup").join(hierarchy);
+    feather
+        .cgroup_dirs(vm)
+        .into_iter()
+        .find(|dir| dir.starts_with(&mount))
+}
+
+/// The VM's v2 group: under `/sys/fs/cgroup/unified` on a hybrid host, else `/sys/fs/cgroup`.
+fn v2_group(feather: &Feather, vm: &str) -> PathBuf {
+    group_in(feather, vm, "unified")
+        .or_else(|| {
+            let pure = Path::new("/sys/fs/cgroup/cgroup.controllers").exists();
+            pure.then(|| feather.cgroup_dirs(vm).into_iter().next())
+                .flatten()
+        })
+        .expect("a v2 group")
+}
+
+/// Lets the VM's v1 devices group allow every device (where this host has one), so only the
+/// v2 program stands.
+fn open_v1_devices(feather: &Feather, vm: &str) {
+    if let Some(dir) = group_in(feather, vm, "devices") {
+        std::fs::write(dir.join("devices.allow"), "a").unwrap();
+        assert_eq!(
+            std::fs::read_to_string(dir.join("devices.list"))
+                .unwrap()
+                .trim(),
+            "a *:* rwm"
+        );
+    }
+}
+
+#[test]
+fn the_v2_device_program_alone_keeps_a_vm_from_the_hosts_disks() {
+    let feather = Feather::new("devices-v2");
+    let base = ScratchBase::new("devices-v2");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    open_v1_devices(&feather, "vm");
+    place_a_disk_node(&feather, "vm");
+    assert_only_its_own_devices(&probe(&feather, "vm"));
+    let programs = feather_sys::bpf::device_programs(&v2_group(&feather, "vm")).unwrap();
+    assert_eq!(programs.len(), 1, "one device program on the VM's v2 group");
+}
+
+#[test]
+fn a_restored_vm_keeps_its_device_rules() {
+    let feather = Feather::new("devices-restore");
+    let base = ScratchBase::new("devices-restore");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.ok(&["checkpoint", "vm"]);
+    feather.ok(&["restore", "vm"]);
+    place_a_disk_node(&feather, "vm");
+    assert_only_its_own_devices(&probe(&feather, "vm"));
+    if let Some(dir) = group_in(&feather, "vm", "devices") {
+        let list = std::fs::read_to_string(dir.join("devices.list")).unwrap();
+        assert!(!list.contains("a *:*"), "{list}");
+    }
+    let programs = feather_sys::bpf::device_programs(&v2_group(&feather, "vm")).unwrap();
+    assert_eq!(programs.len(), 1, "one device program on the VM's v2 group");
+}

@@ -1,0 +1,344 @@
+//! A VM's frames carry its own addresses. Its root holds `CAP_NET_RAW` (ping, raw sockets in its
+//! own network namespace), so it can put any source address and any ARP claim on its port of
+//! the bridge; the host's rules that decide by source address — `--egress` is a set of VM
+//! addresses — and the host's ARP table must not take another VM's address from it.
+//!
+//! Harmless markers: a datagram with a marker text to a namespace the test makes, standing for
+//! the world beyond the host; an ARP claim whose only effect would be on the host's neighbour
+//! entry for the other VM (read, never used).
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use crate::support::{Feather, TestSubnet};
+
+/// A network namespace joined to the host by a veth pair: "outside" for a VM with `--egress`
+/// (the host routes to it). Removed on drop.
+struct Outside {
+    namespace: String,
+    host_end: String,
+    address: String,
+}
+
+fn ip(args: &[&str]) {
+    let status = Command::new("ip").args(args).status().unwrap();
+    assert!(status.success(), "ip {args:?}");
+}
+
+impl Outside {
+    fn new(subnet: &TestSubnet) -> Outside {
+        let tag = std::process::id();
+        let prefix = subnet.cidr.trim_end_matches(".0/24");
+        let outside = Outside {
+            namespace: format!("fspoof-{tag}"),
+            host_end: format!("fspo{tag}"),
+            address: format!("{prefix}.2"),
+        };
+        let inner = format!("fspi{tag}");
+        ip(&["netns", "add", &outside.namespace]);
+        ip(&[
+            "link",
+            "add",
+            &outside.host_end,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &inner,
+            "netns",
+            &outside.namespace,
+        ]);
+        ip(&[
+            "addr",
+            "add",
+            &format!("{prefix}.1/24"),
+            "dev",
+            &outside.host_end,
+        ]);
+        ip(&["link", "set", &outside.host_end, "up"]);
+        let inside = |args: &[&str]| {
+            let mut all = vec!["-n", outside.namespace.as_str()];
+            all.extend_from_slice(args);
+            ip(&all);
+        };
+        inside(&[
+            "addr",
+            "add",
+            &format!("{}/24", outside.address),
+            "dev",
+            &inner,
+        ]);
+        inside(&["link", "set", &inner, "up"]);
+        inside(&["link", "set", "lo", "up"]);
+        // Its answers go back through the host (they never come here: datagrams only).
+        inside(&["route", "add", "default", "via", &format!("{prefix}.1")]);
+        outside
+    }
+
+    /// A UDP listener in the namespace that prints each datagram for `seconds`, then ends.
+    fn listen(&self, port: u16, seconds: u32) -> Child {
+        let script = format!(
+            "import socket, time\n\
+             s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+             s.bind(('0.0.0.0', {port}))\n\
+             print('ready', flush=True)\n\
+             end = time.time() + {seconds}\n\
+             while time.time() < end:\n\
+             \x20   s.settimeout(max(0.01, end - time.time()))\n\
+             \x20   try:\n\
+             \x20       data, peer = s.recvfrom(100)\n\
+             \x20   except socket.timeout:\n\
+             \x20       break\n\
+             \x20   print(data.decode(), peer[0], flush=True)\n"
+        );
+        Command::new("ip")
+            .args(["netns", "exec", &self.namespace, "python3", "-c", &script])
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_end])
+            .status();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.namespace])
+            .status();
+    }
+}
+
+/// Waits for the listener's first line.
+fn await_ready(listener: &mut Child) -> std::io::BufReader<std::process::ChildStdout> {
+    use std::io::BufRead;
+    let mut out = std::io::BufReader::new(listener.stdout.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    out
+}
+
+/// Python in a VM sending `marker` ten times as a UDP datagram from `source` (raw, header
+/// written by hand) to `to:port`.
+fn spoofed_datagrams(source: &str, to: &str, port: u16, marker: &str) -> String {
+    format!(
+        "import socket, struct, time\n\
+         src, dst = socket.inet_aton('{source}'), socket.inet_aton('{to}')\n\
+         body = b'{marker}'\n\
+         udp = struct.pack('!HHHH', 40000, {port}, 8 + len(body), 0) + body\n\
+         def checksum(b):\n\
+         \x20   b += b'\\0' * (len(b) % 2)\n\
+         \x20   s = sum(struct.unpack('!%dH' % (len(b) // 2), b))\n\
+         \x20   while s >> 16: s = (s & 0xffff) + (s >> 16)\n\
+         \x20   return ~s & 0xffff\n\
+         hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, src, dst)\n\
+         hdr = hdr[:10] + struct.pack('!H', checksum(hdr)) + hdr[12:]\n\
+         s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_RAW)\n\
+         for _ in range(10):\n\
+         \x20   s.sendto(hdr + udp, ('{to}', 0))\n\
+         \x20   time.sleep(0.05)\n\
+         print('sent')\n"
+    )
+}
+
+fn address(feather: &Feather, vm: &str) -> String {
+    feather.inspect(vm)["network"]["address"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+#[test]
+fn a_vm_without_egress_cannot_leave_the_host_with_another_vms_address() {
+    let subnet = TestSubnet::of("10.87");
+    let outside = Outside::new(&subnet);
+    let feather = Feather::new("spoof-egress");
+    feather.ok(&["create", "open", "--egress"]);
+    feather.ok(&["create", "closed"]);
+    feather.ok(&["start", "open"]);
+    feather.ok(&["start", "closed"]);
+    let open = address(&feather, "open");
+    let port = 47_000 + (std::process::id() % 1000) as u16;
+
+    let mut listener = outside.listen(port, 4);
+    let _out = await_ready(&mut listener);
+    // The VM with --egress reaches the outside: the path works.
+    let to = &outside.address;
+    feather.ok(&[
+        "exec", "open", "--", "python3", "-c",
+        &format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'EGRESS-OPEN', ('{to}', {port}))"),
+    ]);
+    // The VM without it, with the other's address as its source.
+    let sent = feather.ok(&[
+        "exec",
+        "closed",
+        "--",
+        "python3",
+        "-c",
+        &spoofed_datagrams(&open, to, port, "SPOOFED-BY-CLOSED"),
+    ]);
+    assert_eq!(sent.trim(), "sent");
+    // And with its own (dropped: no --egress).
+    let _ = feather.run(&[
+        "exec", "closed", "--", "python3", "-c",
+        &format!("import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.sendto(b'PLAIN-CLOSED', ('{to}', {port}))"),
+    ]);
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut _out.into_inner(), &mut rest).unwrap();
+    let _ = listener.wait();
+    assert!(rest.contains("EGRESS-OPEN"), "{rest}");
+    assert!(!rest.contains("PLAIN-CLOSED"), "{rest}");
+    assert!(
+        !rest.contains("SPOOFED-BY-CLOSED"),
+        "a VM without --egress reached the outside with another VM's address: {rest}"
+    );
+}
+
+/// Python in a VM sending ARP replies that claim `claimed` is at this VM's MAC, to the host
+/// (the gateway `gateway`), on the VM's eth0.
+fn arp_claims(claimed: &str, gateway: &str) -> String {
+    format!(
+        "import socket, struct, time\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)\n\
+         s.bind(('eth0', 0))\n\
+         mine = s.getsockname()[4]\n\
+         arp = struct.pack('!HHBBH6s4s6s4s', 1, 0x0800, 6, 4, 2, mine, socket.inet_aton('{claimed}'), b'\\xff' * 6, socket.inet_aton('{gateway}'))\n\
+         frame = b'\\xff' * 6 + mine + struct.pack('!H', 0x0806) + arp\n\
+         for _ in range(10):\n\
+         \x20   s.send(frame)\n\
+         \x20   time.sleep(0.05)\n\
+         print(mine.hex(':'))\n"
+    )
+}
+
+/// The host's neighbour entry for `address`: its link-layer address, if it has one.
+fn neighbour(address: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["neigh", "show", address])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let fields: Vec<&str> = text.split_whitespace().collect();
+    fields
+        .iter()
+        .position(|f| *f == "lladdr")
+        .map(|i| fields[i + 1].to_owned())
+}
+
+#[test]
+fn a_vm_cannot_claim_another_vms_address_in_the_hosts_arp_table() {
+    let feather = Feather::new("spoof-arp");
+    feather.ok(&["create", "victim"]);
+    feather.ok(&["create", "claimer"]);
+    feather.ok(&["start", "victim"]);
+    feather.ok(&["start", "claimer"]);
+    let victim = address(&feather, "victim");
+    let gateway = feather.inspect("victim")["network"]["gateway"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The host learns the victim's address from the victim itself.
+    let pinged = Command::new("ping")
+        .args(["-c", "1", "-W", "2", &victim])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(pinged.success());
+    let before = neighbour(&victim).expect("the host has a neighbour entry for the VM");
+    // Past the neighbour table's lock time (1 s), when a claim would replace the entry.
+    std::thread::sleep(Duration::from_millis(1200));
+    let claimer_mac = feather.ok(&[
+        "exec",
+        "claimer",
+        "--",
+        "python3",
+        "-c",
+        &arp_claims(&victim, &gateway),
+    ]);
+    let claimer_mac = claimer_mac.trim();
+    assert_ne!(before, claimer_mac);
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        neighbour(&victim).as_deref(),
+        Some(before.as_str()),
+        "another VM ({claimer_mac}) took the victim's address in the host's ARP table"
+    );
+}
+
+/// Python in a VM that, for three seconds, sends frames with `mac` as their source (IPv4 from
+/// its own address, to the gateway, which refuses them) and watches its interface for a frame
+/// holding `marker`; prints CAUGHT if one came.
+fn steal_frames(mac: &str, gateway: &str, marker: &str) -> String {
+    format!(
+        "import socket, struct, time\n\
+         s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))\n\
+         s.bind(('eth0', 0))\n\
+         s.settimeout(0.02)\n\
+         me = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+         me.connect(('{gateway}', 9))\n\
+         mine = socket.inet_aton(me.getsockname()[0])\n\
+         victim = bytes.fromhex('{mac}'.replace(':', ''))\n\
+         body = b'x'\n\
+         udp = struct.pack('!HHHH', 40000, 9, 8 + len(body), 0) + body\n\
+         hdr = struct.pack('!BBHHHBBH4s4s', 0x45, 0, 20 + len(udp), 1, 0, 64, 17, 0, mine, socket.inet_aton('{gateway}'))\n\
+         words = sum(struct.unpack('!10H', hdr))\n\
+         words = (words & 0xffff) + (words >> 16)\n\
+         hdr = hdr[:10] + struct.pack('!H', ~words & 0xffff) + hdr[12:]\n\
+         frame = b'\\xff' * 6 + victim + struct.pack('!H', 0x0800) + hdr + udp\n\
+         end = time.time() + 3\n\
+         caught = False\n\
+         while time.time() < end and not caught:\n\
+         \x20   s.send(frame)\n\
+         \x20   try:\n\
+         \x20       caught = b'{marker}' in s.recv(65535)\n\
+         \x20   except socket.timeout:\n\
+         \x20       pass\n\
+         print('CAUGHT' if caught else 'nothing')\n"
+    )
+}
+
+#[test]
+fn a_vm_cannot_take_the_hosts_frames_for_another_vm() {
+    let feather = Feather::new("spoof-mac");
+    feather.ok(&["create", "victim"]);
+    feather.ok(&["create", "thief"]);
+    feather.ok(&["start", "victim"]);
+    feather.ok(&["start", "thief"]);
+    let victim = address(&feather, "victim");
+    let gateway = feather.inspect("victim")["network"]["gateway"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let victim_mac = feather.sh("victim", "cat /sys/class/net/eth0/address");
+    let victim_mac = victim_mac.trim().to_owned();
+    // The host sends datagrams with a marker to the victim all the while.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sender = {
+        let stop = std::sync::Arc::clone(&stop);
+        let to = format!("{victim}:9");
+        std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = socket.send_to(b"FOR-THE-VICTIM-ONLY", &to);
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        })
+    };
+    let seen = feather.ok(&[
+        "exec",
+        "thief",
+        "--",
+        "python3",
+        "-c",
+        &steal_frames(&victim_mac, &gateway, "FOR-THE-VICTIM-ONLY"),
+    ]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    sender.join().unwrap();
+    assert_eq!(
+        seen.trim(),
+        "nothing",
+        "another VM received the host's frames for the victim ({victim_mac})"
+    );
+}
