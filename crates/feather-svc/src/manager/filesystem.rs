@@ -193,6 +193,88 @@ fn rights(abi: ABI, access: Access, is_dir: bool) -> BitFlags<AccessFs> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::filesystem::PathSetting;
+
+    /// Runs `script` under a unit's domain made from `settings`, as the manager's spawn hook
+    /// enters it (no_new_privs first); the test runs on the host, outside any VM.
+    fn run_confined(
+        settings: crate::filesystem::FilesystemSettings,
+        script: &str,
+    ) -> std::process::Output {
+        let mut unit = Unit::new(crate::name::UnitName::parse("probe.service").unwrap());
+        unit.exec.filesystem = settings;
+        let ruleset = ruleset(&unit).unwrap().map(std::sync::Arc::new);
+        assert!(ruleset.is_some(), "this kernel has Landlock");
+        let mut command = std::process::Command::new("/bin/sh");
+        command.args(["-c", script]);
+        crate::raw::install(
+            &mut command,
+            crate::raw::ProcessSetup {
+                credentials: None,
+                umask: 0o022,
+                limits: Vec::new(),
+                listen: None,
+                cgroup_procs: Vec::new(),
+                drop_capabilities: Vec::new(),
+                ambient_capabilities: Vec::new(),
+                no_new_privileges: true,
+                seccomp: Vec::new(),
+                memory_deny_write_execute: false,
+                landlock: ruleset,
+            },
+        );
+        command.output().expect("sh runs")
+    }
+
+    /// A folder of the test's own, removed when the test ends, also when it fails.
+    struct Scratch(PathBuf);
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_domain_refuses_what_the_settings_protect_and_nothing_else() {
+        let scratch = Scratch(
+            std::env::temp_dir().join(format!("feather-svc-landlock-{}", std::process::id())),
+        );
+        let base = scratch.0.clone();
+        for folder in ["ro", "hidden", "rw"] {
+            std::fs::create_dir_all(base.join(folder)).unwrap();
+        }
+        std::fs::write(base.join("hidden/secret"), "secret\n").unwrap();
+        std::fs::write(base.join("ro/file"), "file\n").unwrap();
+        let at = |rel: &str| PathSetting {
+            path: base.join(rel),
+            optional: false,
+        };
+        let settings = crate::filesystem::FilesystemSettings {
+            read_only_paths: vec![at("ro")],
+            inaccessible_paths: vec![at("hidden")],
+            ..Default::default()
+        };
+        let script = format!(
+            "cd {}; echo x > ro/new && echo ro-written; cat ro/file; \
+             cat hidden/secret && echo hidden-read; echo x > rw/new && echo rw-written",
+            base.display()
+        );
+        let confined = run_confined(settings, &script);
+        let free = std::process::Command::new("/bin/sh")
+            .args(["-c", &script])
+            .output()
+            .unwrap();
+        drop(scratch);
+        let out = String::from_utf8_lossy(&confined.stdout);
+        let err = String::from_utf8_lossy(&confined.stderr);
+        assert_eq!(out, "file\nrw-written\n", "{err}");
+        assert!(err.contains("Permission denied"), "{err}");
+        assert_eq!(
+            String::from_utf8_lossy(&free.stdout),
+            "ro-written\nfile\nsecret\nhidden-read\nrw-written\n"
+        );
+    }
 
     #[test]
     fn read_only_leaves_out_every_change() {
