@@ -55,24 +55,34 @@ fn log(feather: &Feather, vm: &str, unit: &str) -> String {
     feather.sh(vm, &format!("cat /var/log/feather/{unit}.service.log"))
 }
 
-/// Asserts each of `calls` succeeded in `unit`'s log.
-fn allowed(text: &str, unit: &str, calls: &[&str]) {
-    for call in calls {
-        assert!(
-            text.contains(&format!("{call} ok\n")),
-            "{unit}: {call}: {text}"
-        );
-    }
-}
+/// What the units' logs say against what each setting must give: every mismatch is kept, so a
+/// failure names all of them at once.
+#[derive(Default)]
+struct Expectations(Vec<String>);
 
-/// Asserts each of `calls` failed with EACCES, Landlock's answer (systemd's read-only mounts
-/// answer EROFS, its inaccessible ones EACCES).
-fn refused(text: &str, unit: &str, calls: &[&str]) {
-    for call in calls {
-        assert!(
-            text.contains(&format!("{call} errno {EACCES}\n")),
-            "{unit}: {call}: {text}"
-        );
+impl Expectations {
+    /// Each of `calls` succeeded in `unit`'s log `text`.
+    fn allowed(&mut self, text: &str, unit: &str, calls: &[&str]) {
+        for call in calls {
+            if !text.contains(&format!("{call} ok\n")) {
+                self.0.push(format!("{unit}: {call} should succeed"));
+            }
+        }
+    }
+
+    /// Each of `calls` failed with EACCES, Landlock's answer (systemd's read-only mounts
+    /// answer EROFS, its inaccessible ones EACCES).
+    fn refused(&mut self, text: &str, unit: &str, calls: &[&str]) {
+        for call in calls {
+            if !text.contains(&format!("{call} errno {EACCES}\n")) {
+                self.0
+                    .push(format!("{unit}: {call} should fail with EACCES"));
+            }
+        }
+    }
+
+    fn assert_met(self, logs: &str) {
+        assert!(self.0.is_empty(), "{:#?}\n{logs}", self.0);
     }
 }
 
@@ -146,25 +156,26 @@ fn services_filesystem_settings_confine_what_a_unit_reaches() {
         "read-hidden",
         "mkdir-cgroup",
     ];
+    let mut checks = Expectations::default();
     for unit in ["open", "nonnp", "plus"] {
-        allowed(&text(unit), unit, &every);
+        checks.allowed(&text(unit), unit, &every);
     }
 
     let yes = text("yes");
-    refused(&yes, "yes", &["write-usr"]);
-    allowed(&yes, "yes", &["write-etc", "write-var-tmp", "read-home"]);
+    checks.refused(&yes, "yes", &["write-usr"]);
+    checks.allowed(&yes, "yes", &["write-etc", "write-var-tmp", "read-home"]);
 
     let full = text("full");
-    refused(&full, "full", &["write-usr", "write-etc"]);
-    allowed(&full, "full", &["write-var-tmp", "write-rw", "read-home"]);
+    checks.refused(&full, "full", &["write-usr", "write-etc"]);
+    checks.allowed(&full, "full", &["write-var-tmp", "write-rw", "read-home"]);
 
     let strict = text("strict");
-    refused(
+    checks.refused(
         &strict,
         "strict",
         &["write-usr", "write-etc", "write-var-tmp", "write-ro"],
     );
-    allowed(
+    checks.allowed(
         &strict,
         "strict",
         &[
@@ -177,32 +188,38 @@ fn services_filesystem_settings_confine_what_a_unit_reaches() {
     );
 
     let stricttmp = text("stricttmp");
-    refused(&stricttmp, "stricttmp", &["write-etc", "write-rw"]);
-    allowed(&stricttmp, "stricttmp", &["write-var-tmp"]);
+    checks.refused(&stricttmp, "stricttmp", &["write-etc", "write-rw"]);
+    checks.allowed(&stricttmp, "stricttmp", &["write-var-tmp"]);
 
     let home = text("home");
-    refused(&home, "home", &["read-home", "read-root", "write-home"]);
-    allowed(&home, "home", &["write-var-tmp", "write-etc", "read-ro"]);
+    checks.refused(&home, "home", &["read-home", "read-root", "write-home"]);
+    checks.allowed(&home, "home", &["write-var-tmp", "write-etc", "read-ro"]);
 
     let homero = text("homero");
-    refused(&homero, "homero", &["write-home"]);
-    allowed(&homero, "homero", &["read-home", "read-root", "write-etc"]);
+    checks.refused(&homero, "homero", &["write-home"]);
+    checks.allowed(&homero, "homero", &["read-home", "read-root", "write-etc"]);
 
     let ro = text("ro");
-    refused(&ro, "ro", &["write-ro"]);
-    allowed(&ro, "ro", &["read-ro", "write-rw", "read-hidden"]);
+    checks.refused(&ro, "ro", &["write-ro"]);
+    checks.allowed(&ro, "ro", &["read-ro", "write-rw", "read-hidden"]);
 
     let hidden = text("hidden");
-    refused(&hidden, "hidden", &["read-hidden"]);
-    allowed(
+    checks.refused(&hidden, "hidden", &["read-hidden"]);
+    checks.allowed(
         &hidden,
         "hidden",
         &["read-ro", "write-rw", "write-ro", "write-etc"],
     );
 
     let cgroups = text("cgroups");
-    refused(&cgroups, "cgroups", &["mkdir-cgroup"]);
-    allowed(&cgroups, "cgroups", &["write-etc", "write-var-tmp"]);
+    checks.refused(&cgroups, "cgroups", &["mkdir-cgroup"]);
+    checks.allowed(&cgroups, "cgroups", &["write-etc", "write-var-tmp"]);
+
+    let logs: String = units
+        .iter()
+        .map(|(name, _)| format!("{name}:\n{}", text(name)))
+        .collect();
+    checks.assert_met(&logs);
 
     // Applied settings are not listed; the one without no_new_privs says so and why.
     let list = services(&feather, "fs");
