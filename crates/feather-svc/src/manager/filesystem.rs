@@ -85,7 +85,11 @@ pub fn ruleset(unit: &Unit) -> Result<Option<OwnedFd>, FilesystemError> {
         .and_then(|ruleset| ruleset.create())
         .map_err(|e| landlock(&e))?;
     for (path, access) in rules {
-        let (fd, is_dir) = open(&path)?;
+        let Some((fd, is_dir)) = open(&path)? else {
+            // Gone, or a link now, since it was listed: it needs no rule (a link's target
+            // has its own), and one made again gets its folder's access.
+            continue;
+        };
         let rights = rights(abi, access, is_dir);
         if rights.is_empty() {
             continue;
@@ -151,23 +155,29 @@ fn list(folder: &Path) -> Result<Vec<Child>, FilesystemError> {
     Ok(children)
 }
 
-/// `path` opened for a rule, without following a final link (one that appeared since the
-/// folder was listed is refused rather than granted its target's access).
-fn open(path: &Path) -> Result<(OwnedFd, bool), FilesystemError> {
+/// `path` opened for a rule, without following a final link, and whether it is a folder;
+/// None if it vanished or became a link since it was listed (a link is never granted its
+/// target's access through its own name).
+fn open(path: &Path) -> Result<Option<(OwnedFd, bool)>, FilesystemError> {
     let failed = |error| FilesystemError::Open {
         path: path.to_path_buf(),
         error,
     };
-    let file = File::options()
+    let file = match File::options()
         .read(true)
         .custom_flags(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC)
         .open(path)
-        .map_err(failed)?;
+    {
+        Ok(file) => file,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(error) => return Err(failed(error)),
+    };
+    // O_PATH with O_NOFOLLOW opens a final link itself rather than failing.
     let kind = file.metadata().map_err(failed)?.file_type();
     if kind.is_symlink() {
-        return Err(failed(std::io::Error::from_raw_os_error(libc::ELOOP)));
+        return Ok(None);
     }
-    Ok((file.into(), kind.is_dir()))
+    Ok(Some((file.into(), kind.is_dir())))
 }
 
 /// The rights `access` stands for on this kernel. Read-only keeps executing, reading, listing,
