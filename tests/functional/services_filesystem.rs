@@ -47,6 +47,8 @@ check("read-ro", read("/srv/ro/file"))
 check("write-ro", write("/srv/ro"))
 check("read-hidden", read("/srv/hidden/secret"))
 check("mkdir-cgroup", cgroup)
+# ptrace-level access to a process outside the unit's domain (the VM's init).
+check("read-init-environ", read("/proc/1/environ"))
 "#;
 
 const EACCES: i32 = libc::EACCES;
@@ -155,6 +157,7 @@ fn services_filesystem_settings_confine_what_a_unit_reaches() {
         "write-ro",
         "read-hidden",
         "mkdir-cgroup",
+        "read-init-environ",
     ];
     let mut checks = Expectations::default();
     for unit in ["open", "nonnp", "plus"] {
@@ -162,7 +165,7 @@ fn services_filesystem_settings_confine_what_a_unit_reaches() {
     }
 
     let yes = text("yes");
-    checks.refused(&yes, "yes", &["write-usr"]);
+    checks.refused(&yes, "yes", &["write-usr", "read-init-environ"]);
     checks.allowed(&yes, "yes", &["write-etc", "write-var-tmp", "read-home"]);
 
     let full = text("full");
