@@ -139,7 +139,17 @@ fn services_filesystem_settings_confine_what_a_unit_reaches() {
             ),
         );
     }
-    let mut start = vec!["service", "start", "fs"];
+    // In force in every VM already (read-only /proc/sys, no /dev/kmsg): applied, and they
+    // imply no_new_privs as systemd says.
+    write_unit(
+        &feather,
+        "fs",
+        "kernel.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nProtectKernelTunables=yes\n\
+         ProtectKernelLogs=yes\nExecStart=/bin/sh -c 'echo 1 > /proc/sys/kernel/ns_last_pid; \
+         test -e /dev/kmsg || echo no-kmsg; grep NoNewPrivs /proc/self/status'\n",
+    );
+    let mut start = vec!["service", "start", "fs", "kernel"];
     start.extend(units.iter().map(|(name, _)| *name));
     feather.ok(&start);
     let text = |unit: &str| log(&feather, "fs", unit);
@@ -238,6 +248,17 @@ fn services_filesystem_settings_confine_what_a_unit_reaches() {
             "{name}"
         );
     }
+    let kernel = text("kernel");
+    assert!(
+        kernel.contains("Read-only file system")
+            && kernel.contains("no-kmsg")
+            && kernel.contains("NoNewPrivs:\t1"),
+        "{kernel}"
+    );
+    assert_eq!(
+        service(&list, "kernel.service")["not_applied"],
+        serde_json::json!([])
+    );
     let nonnp = text("nonnp");
     assert!(
         nonnp.contains("ProtectSystem= not applied: a Landlock domain needs no_new_privs"),
