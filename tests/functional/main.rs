@@ -21,6 +21,7 @@ mod services_accept;
 mod services_catalogue;
 mod services_cgroups;
 mod services_dbus;
+mod services_filesystem;
 mod services_generators;
 mod services_protocol;
 mod services_restrictions;

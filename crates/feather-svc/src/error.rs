@@ -183,6 +183,8 @@ pub enum SettingError {
         word: String,
         root: &'static str,
     },
+    #[error("{key}={word:?} is not an absolute path (prefix it with '-' to skip it where it does not exist)")]
+    NotAbsolute { key: String, word: String },
     #[error("unknown service type Type={0}")]
     UnknownType(String),
     /// A value outside the ones systemd lists for an enumerated setting.

@@ -11,6 +11,8 @@
 //! - [`calendar`]: `OnCalendar=` events of timer units
 //! - [`catalog`]: the host's services and whether each can be duplicated
 //! - [`conditions`]: `Condition*=`/`Assert*=`, checked when a unit starts
+//! - [`filesystem`]: `ProtectSystem=`, `ProtectHome=`, `ReadWritePaths=`, …: which path a
+//!   unit may write, only read, or not reach
 //! - [`manager`]: the in-VM service manager and its client: [`manager::protocol`] (client ↔
 //!   manager: a versioned hello, then one typed request and one typed response),
 //!   [`manager::client_protocol`] (host ↔ client: one typed ask, typed JSON lines back, read by
@@ -30,6 +32,7 @@ pub mod calendar;
 pub mod catalog;
 pub mod conditions;
 pub mod error;
+pub mod filesystem;
 pub mod generators;
 pub mod graph;
 pub mod infra;

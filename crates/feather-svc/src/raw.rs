@@ -2,7 +2,7 @@
 //! fork and exec.
 
 use std::ffi::CString;
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -58,6 +58,10 @@ pub struct ProcessSetup {
     pub seccomp: Vec<Vec<feather_sys::seccomp::Instruction>>,
     /// `MemoryDenyWriteExecute=` by the kernel's `PR_SET_MDWE` (see [`kernel_has_mdwe`]).
     pub memory_deny_write_execute: bool,
+    /// `ProtectSystem=`, `ReadWritePaths=`, …: a Landlock ruleset the manager made, entered
+    /// after no_new_privs (which it needs) and before the seccomp filters (which may not allow
+    /// `landlock_restrict_self`). Closed on exec.
+    pub landlock: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
 /// The first descriptor a passed socket gets, as sd_listen_fds(3) expects.
@@ -65,7 +69,8 @@ pub const LISTEN_FDS_START: RawFd = 3;
 
 /// Installs `setup` to run in the child: the signal mask cleared, its cgroup, a new session (so
 /// the service's processes can be found and signalled as a group), its umask and resource
-/// limits, its bounding set, its user and groups (keeping its ambient capabilities), no_new_privs, and with sockets to pass, the
+/// limits, its bounding set, its user and groups (keeping its ambient capabilities),
+/// no_new_privs, its Landlock domain, its seccomp filters, and with sockets to pass, the
 /// sockets and the exec itself.
 pub fn install(command: &mut Command, setup: ProcessSetup) {
     let hook = move || -> std::io::Result<()> {
@@ -106,6 +111,9 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
         }
         if setup.no_new_privileges || !setup.seccomp.is_empty() {
             nix::sys::prctl::set_no_new_privs()?;
+        }
+        if let Some(ruleset) = &setup.landlock {
+            landlock_restrict_self(ruleset.as_raw_fd())?;
         }
         if setup.memory_deny_write_execute {
             set_mdwe()?;
@@ -154,6 +162,18 @@ fn set_mdwe() -> std::io::Result<()> {
             0,
         )
     };
+    if ret < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// landlock_restrict_self(2): the caller, and everything it starts, enters the domain of
+/// `ruleset` (nested in the one it is in). Needs no_new_privs without CAP_SYS_ADMIN.
+fn landlock_restrict_self(ruleset: RawFd) -> std::io::Result<()> {
+    // SAFETY: the call takes a descriptor and flags by value; `ruleset` is a Landlock ruleset
+    // the manager made and keeps open (in the Arc the hook holds) until the spawn ends.
+    let ret = unsafe { libc::syscall(libc::SYS_landlock_restrict_self, ruleset, 0u32) };
     if ret < 0 {
         return Err(std::io::Error::last_os_error());
     }

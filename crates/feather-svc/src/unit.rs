@@ -9,6 +9,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 pub use crate::error::SettingError;
+use crate::filesystem::{self, FilesystemSettings};
 use crate::name::UnitName;
 use crate::specifier::{self, Context};
 use crate::syntax::Assignment;
@@ -225,6 +226,9 @@ pub struct ExecContext {
     pub system_call_error_number: Option<i32>,
     /// The argument checks systemd makes with seccomp (and `PR_SET_MDWE`).
     pub restrictions: Restrictions,
+    /// `ProtectSystem=`, `ProtectHome=`, `ReadWritePaths=`, …: applied with a Landlock domain
+    /// of the unit's own (`manager/filesystem.rs`).
+    pub filesystem: FilesystemSettings,
 }
 
 /// `RestrictNamespaces=`, `RestrictRealtime=`, `RestrictSUIDSGID=`,
@@ -317,6 +321,7 @@ impl Default for ExecContext {
             system_call_filter: Vec::new(),
             system_call_error_number: None,
             restrictions: Restrictions::default(),
+            filesystem: FilesystemSettings::default(),
         }
     }
 }
@@ -788,6 +793,13 @@ impl Unit {
             }
             "SyslogIdentifier" => exec.syslog_identifier = non_empty(expand(raw)?),
             "NoNewPrivileges" => exec.no_new_privileges = values::boolean(raw)?,
+            k if filesystem::KEYS.contains(&k) => {
+                exec.filesystem.apply(k, &expand(raw)?)?;
+                if k == "PrivateTmp" {
+                    // A view of its own, which Landlock cannot give: listed as not applied.
+                    return Ok(false);
+                }
+            }
             "SystemCallFilter" if raw.trim().is_empty() => exec.system_call_filter.clear(),
             "SystemCallFilter" => {
                 let raw = raw.trim();

@@ -16,6 +16,7 @@ mod bus;
 mod cgroups;
 pub mod client;
 pub mod client_protocol;
+mod filesystem;
 mod processes;
 pub mod protocol;
 mod restrictions;

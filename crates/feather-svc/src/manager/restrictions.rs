@@ -403,6 +403,7 @@ mod tests {
                 no_new_privileges: false,
                 seccomp: filters,
                 memory_deny_write_execute: false,
+                landlock: None,
             },
         );
         command.output().expect("python3 runs")

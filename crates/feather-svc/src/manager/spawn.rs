@@ -85,6 +85,12 @@ pub enum SpawnError {
         unit: String,
         problem: super::restrictions::RestrictionError,
     },
+    /// `ProtectSystem=`, `ReadWritePaths=`, …: a path or the Landlock ruleset.
+    #[error("{unit}: {problem}")]
+    Filesystem {
+        unit: String,
+        problem: super::filesystem::FilesystemError,
+    },
     /// The manager's own bookkeeping lost the unit's state before its command ran.
     #[error("{unit}: {what} is missing before its command ran (a bug in the service manager)")]
     NotPrepared { unit: String, what: &'static str },
@@ -374,6 +380,19 @@ pub fn command(
             },
         )?
     };
+    let no_new_privileges =
+        !exec.full_privileges && gets_no_new_privileges(unit, syscall_filter.is_some());
+    // Without no_new_privs the settings are listed as not applied (see `not_applicable`).
+    let landlock = if no_new_privileges {
+        super::filesystem::ruleset(unit)
+            .map_err(|problem| SpawnError::Filesystem {
+                unit: unit.name.to_string(),
+                problem,
+            })?
+            .map(std::sync::Arc::new)
+    } else {
+        None
+    };
     let run_as_root = exec.full_privileges || exec.no_user_change;
     let credentials = if run_as_root {
         None
@@ -400,10 +419,7 @@ pub fn command(
                 capabilities_to_drop(unit)
             },
             ambient_capabilities: ambient_capabilities(unit),
-            // The restrictions imply no_new_privs, as systemd implies it for a service without
-            // CAP_SYS_ADMIN (no process of a VM has it).
-            no_new_privileges: (unit.exec.no_new_privileges || unit.exec.restrictions.any())
-                && !exec.full_privileges,
+            no_new_privileges,
             seccomp: if exec.full_privileges {
                 Vec::new()
             } else {
@@ -416,9 +432,28 @@ pub fn command(
                     .collect()
             },
             memory_deny_write_execute: restrictions.mdwe,
+            landlock,
         },
     );
     Ok(command)
+}
+
+/// Whether a process of `unit` (not a `+` command) runs with no_new_privs: `NoNewPrivileges=`,
+/// or a setting systemd implies it with for a service without CAP_SYS_ADMIN, which no process
+/// of a VM has: the seccomp-based ones feather applies (`syscall_filter`: its
+/// `SystemCallFilter=` was compiled), `ProtectKernelTunables=` and `ProtectKernelLogs=`.
+pub fn gets_no_new_privileges(unit: &Unit, syscall_filter: bool) -> bool {
+    let exec = &unit.exec;
+    let families = exec
+        .address_families
+        .as_ref()
+        .is_some_and(|families| !families.denied().is_empty());
+    exec.no_new_privileges
+        || exec.restrictions.any()
+        || exec.filesystem.protect_kernel_tunables
+        || exec.filesystem.protect_kernel_logs
+        || families
+        || syscall_filter
 }
 
 /// `RestrictAddressFamilies=` as a seccomp filter: `socket()` with a refused family fails with

@@ -44,7 +44,7 @@ use super::protocol::{
     self, FreshState, Refusal, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET,
 };
 use super::spawn::{self, Identity, SpawnError};
-use super::{cgroups, syscall_filter};
+use super::{cgroups, filesystem, syscall_filter};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
 use crate::name::UnitName;

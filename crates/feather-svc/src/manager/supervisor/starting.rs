@@ -150,6 +150,21 @@ impl Manager {
                 }
             }
         }
+        let no_new_privileges = spawn::gets_no_new_privileges(&r.unit, r.syscall_filter.is_some());
+        if let Some(why) = filesystem::not_applicable(&r.unit, no_new_privileges) {
+            let keys = r.unit.exec.filesystem.confining_keys();
+            let names: Vec<String> = keys.iter().map(|k| format!("{k}=")).collect();
+            log_line(
+                r,
+                &format!("feather: {} not applied: {why}", names.join(", ")),
+            );
+            for key in keys {
+                let entry = format!("Service.{key}");
+                if !r.unit.not_applied.contains(&entry) {
+                    r.unit.not_applied.push(entry);
+                }
+            }
+        }
         if self.hierarchies.is_none() && service.resources.any() {
             log_line(
                 r,
