@@ -72,3 +72,47 @@ fn a_container_over_the_host_sees_no_feather_state_root() {
         "the registry of state roots was listed: {outcome:?}"
     );
 }
+
+/// A state root registered while a container over the host runs — as `feather --root DIR`
+/// registers a new root: the registry first, then the running VMs and containers — is hidden
+/// in it too, not only in containers started after.
+#[test]
+fn a_state_root_registered_after_a_container_over_the_host_started_is_hidden_in_it() {
+    let scratch = Scratch::new("late-root");
+    let mut config = base_config(&["sleep", "60"]);
+    config["annotations"] = json!({"org.feather.base": "host"});
+    config["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let runtime = Runtime::new(&scratch);
+    let id = format!("late-root-{}", std::process::id());
+    let started = runtime
+        .command()
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle.dir)
+        .arg(&id)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success(), "run: {started}");
+
+    let state = scratch.path("late-state");
+    let layer = state.join("vms/db/upper/srv");
+    fs::create_dir_all(&layer).unwrap();
+    fs::write(layer.join("secret"), "LAYER-OF-A-LATER-ROOT\n").unwrap();
+    let run_dir = scratch.path("late-run");
+    let _registered = Registered::new(&state, &run_dir);
+    let root = StateRoot::with_dirs(fs::canonicalize(&state).unwrap(), run_dir);
+    let warnings = feather_oci::hiding::in_running_containers(&root);
+    let ours: Vec<&String> = warnings.iter().filter(|w| w.contains(&id)).collect();
+    assert!(ours.is_empty(), "{warnings:?}");
+
+    let secret = layer.join("secret");
+    let outcome = runtime.run(&["exec", &id, "cat", secret.to_str().unwrap()]);
+    assert!(
+        !outcome.stdout.contains("LAYER-OF-A-LATER-ROOT"),
+        "a root registered after the container started is readable in it: {outcome:?}"
+    );
+    assert_ne!(outcome.code, 0, "{outcome:?}");
+}

@@ -146,6 +146,13 @@ fn build(
         _ => None,
     };
     let idmapped = crate::idmap::prepare(spec, &container.record.bundle)?;
+    // Read before the init exists; roots registered from now on are hidden once it is
+    // recorded (crate::hiding).
+    let hidden_roots = if feather.host_base {
+        feather_core::roots::host_state_folders()
+    } else {
+        Vec::new()
+    };
     let (mut socket, child_socket) = UnixStream::pair().context("socketpair")?;
     // Joined namespaces apply to this process (a pid namespace to its children): the init is
     // cloned into them, and into new ones for the rest.
@@ -166,6 +173,7 @@ fn build(
                 new_cgroup_namespace,
                 mount_namespace,
                 host_base: feather.host_base,
+                hidden_roots: hidden_roots.clone(),
                 confinement: crate::confine::Confinement::of(feather.confine, spec),
                 services: feather.services.clone(),
                 preserve_fds: args.preserve_fds,
@@ -179,7 +187,12 @@ fn build(
     drop(child_socket);
     drop(console);
     drop(idmapped);
-    let outcome = supervise(container, spec, &mut socket, child.pid.as_raw());
+    let outcome = supervise(container, spec, &mut socket, child.pid.as_raw()).and_then(|()| {
+        if feather.host_base {
+            crate::hiding::registered_since(container, &hidden_roots)?;
+        }
+        Ok(())
+    });
     if outcome.is_err() {
         let _ = feather_sys::process::signal(&child.pidfd, Signal::SIGKILL);
         let _ = nix::sys::wait::waitpid(child.pid, None);

@@ -35,6 +35,8 @@ pub struct Init {
     /// `linux.namespaces[mount].path`: joined by the init before it builds the root there.
     pub mount_namespace: Option<std::fs::File>,
     pub host_base: bool,
+    /// With `host_base`: the host's state folders to hide, as create read them.
+    pub hidden_roots: Vec<std::path::PathBuf>,
     /// feather's own features (`org.feather.*`): its confinement and the host's services.
     pub confinement: crate::confine::Confinement,
     pub services: Vec<String>,
@@ -119,6 +121,7 @@ impl Init {
             &self.record.bundle,
             &self.dir,
             self.host_base,
+            &self.hidden_roots,
         )?;
         crate::mounts::mount_all(
             &self.spec,

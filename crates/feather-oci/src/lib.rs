@@ -14,7 +14,8 @@
 //! - [`checkpoint`] and [`restore`]: runc's `checkpoint`/`restore` through feather's CRIU
 //! - [`annotations`]: feather's own features, through `org.feather.*` annotations:
 //!   [`confine`] (feather's IPC confinement on top of the config's) and [`services`] (the
-//!   host's units started in the container)
+//!   host's units started in the container); [`hiding`]: state roots registered after a
+//!   container over the host started, hidden in it
 //! - [`userns`]: a new user namespace and its uid/gid maps; [`idmap`]: id-mapped bind mounts
 //! - [`store`]: a container's folder under `--root` and its status
 //! - [`registry`] and [`listing`]: the runtime roots used on this host, and their containers
@@ -31,6 +32,7 @@ pub mod create;
 pub mod devices;
 pub mod exec;
 pub mod foreground;
+pub mod hiding;
 pub mod hierarchies;
 pub mod hooks;
 pub mod idmap;

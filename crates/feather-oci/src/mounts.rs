@@ -229,13 +229,20 @@ fn fd_path(fd: &OwnedFd) -> String {
 
 /// Makes the mount namespace private (or as `linux.rootfsPropagation` says) and the rootfs a
 /// mount point of its own, ready for pivot_root. Returns the rootfs path.
-pub fn prepare_root(spec: &Spec, bundle: &Path, dir: &Path, host_base: bool) -> Result<PathBuf> {
+/// `hidden`: the host's state folders to hide in a container over the host (`host_base`).
+pub fn prepare_root(
+    spec: &Spec,
+    bundle: &Path,
+    dir: &Path,
+    host_base: bool,
+    hidden: &[PathBuf],
+) -> Result<PathBuf> {
     // Slave, not private, by default (as runc): the host's later unmounts still reach the
     // container, and nothing the container mounts reaches the host.
     mount(NONE, "/", NONE, MsFlags::MS_SLAVE | MsFlags::MS_REC, NONE)
         .context("make the container's mounts private")?;
     if host_base {
-        return host_root(dir);
+        return host_root(dir, hidden);
     }
     let Some(root) = spec.root() else {
         bail!("root: missing");
@@ -288,7 +295,7 @@ pub fn remove_host_layer(dir: &Path) {
 
 /// `org.feather.base=host`, in the init: the overlay of the host's `/` with the layer `create`
 /// made ([`host_layer`]).
-fn host_root(dir: &Path) -> Result<PathBuf> {
+fn host_root(dir: &Path, hidden: &[PathBuf]) -> Result<PathBuf> {
     let rootfs = dir.join("rootfs");
     let layer = dir.join(HOST_LAYER);
     fs::create_dir_all(&rootfs).with_context(|| format!("create {}", rootfs.display()))?;
@@ -300,22 +307,24 @@ fn host_root(dir: &Path) -> Result<PathBuf> {
         feather_sys::mount::LayerSync::Volatile,
     )
     .map_err(|e| anyhow::anyhow!("org.feather.base=host: {e}"))?;
-    hide_state_roots(&rootfs)?;
+    hide_state_roots(&rootfs, hidden)?;
     Ok(rootfs)
 }
 
-/// `org.feather.base=host`: every feather state root of the host, and their registry, under
-/// an empty read-only tmpfs, as in every feather VM (docs/security.md): they hold the layers
-/// of the host's VMs. Each folder is opened beneath the rootfs without following a link.
-fn hide_state_roots(rootfs: &Path) -> Result<()> {
+/// `org.feather.base=host`: every feather state root of the host, and their registry
+/// (`folders`, read by create from `feather_core::roots::host_state_folders`), under an empty
+/// read-only tmpfs, as in every feather VM (docs/security.md): they hold the layers of the
+/// host's VMs. Each folder is opened beneath the rootfs without following a link. Roots
+/// registered later: [`crate::hiding`].
+fn hide_state_roots(rootfs: &Path, folders: &[PathBuf]) -> Result<()> {
     let root = nix::fcntl::open(
         rootfs,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
     .with_context(|| format!("open {}", rootfs.display()))?;
-    for folder in feather_core::roots::host_state_folders() {
-        feather_sys::mount::hide_beneath(&root, &folder).with_context(|| {
+    for folder in folders {
+        feather_sys::mount::hide_beneath(&root, folder).with_context(|| {
             format!(
                 "org.feather.base=host: hide feather's state folder {} in the container",
                 folder.display()

@@ -233,6 +233,41 @@ mod tests {
             .is_ok());
     }
 
+    /// In a mount namespace of this thread's own where `/proc/sys/kernel/domainname` is covered
+    /// by a bind of the hostname knob (what a container can arrange in its `/proc`): a new
+    /// instance and the fallback's clone both lead to the domain name itself.
+    #[test]
+    fn a_mount_over_a_file_of_proc_redirects_nothing() {
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+        let private = nix::mount::MsFlags::MS_PRIVATE | nix::mount::MsFlags::MS_REC;
+        nix::mount::mount(None::<&str>, "/", None::<&str>, private, None::<&str>).unwrap();
+        nix::mount::mount(
+            Some("/proc/sys/kernel/hostname"),
+            "/proc/sys/kernel/domainname",
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
+        let domain = nix::sys::utsname::uname().unwrap();
+        let want = format!("{}\n", domain.domainname().to_string_lossy());
+        let by_path = std::fs::read_to_string("/proc/sys/kernel/domainname").unwrap();
+        assert_ne!(by_path, want, "the bind should cover the path");
+        let read = |root: OwnedFd| {
+            let mount = raw::unique_mount_id(root.as_raw_fd()).unwrap();
+            let proc = ProcFs { root, mount };
+            let file = proc
+                .open(Path::new("sys/kernel/domainname"), OFlag::O_RDONLY)
+                .unwrap();
+            let mut text = String::new();
+            use std::io::Read;
+            std::fs::File::from(file).read_to_string(&mut text).unwrap();
+            text
+        };
+        assert_eq!(read(fresh_instance().unwrap()), want);
+        assert_eq!(read(clone_of_proc().unwrap()), want);
+    }
+
     #[test]
     fn a_descriptor_is_reopened_as_the_same_file() {
         let proc = ProcFs::private().unwrap();

@@ -127,6 +127,10 @@ fn open_root(root: &StateRoot) -> anyhow::Result<()> {
         for warning in feather_vm::hiding::in_running_vms(&new) {
             eprintln!("feather: warning: {warning}");
         }
+        // OCI containers over the host see the host's tree, state roots included.
+        for warning in feather_oci::hiding::in_running_containers(&new) {
+            eprintln!("feather: warning: {warning}");
+        }
     }
     root.prepare()?;
     Ok(())

@@ -1,0 +1,81 @@
+//! State roots registered after a container over the host (`org.feather.base=host`) started:
+//! hidden in it as in a running VM (feather_vm::hiding). The init hides the roots registered
+//! when it assembles the root ([`crate::mounts`]); a root registered later is hidden by a
+//! short child that joins the init's mount namespace through its pidfd (checked against the
+//! recorded start time) and mounts the empty tmpfs there. `create` reads the registry once
+//! more after it recorded the init, so a root registered while the container started is never
+//! missed: the registering call writes its entry before it looks for containers, `create`
+//! records its init before it reads the registry again, so one of the two sees the other.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use feather_core::StateRoot;
+use nix::unistd::Pid;
+
+use crate::registry::RootRegistry;
+use crate::store::Container;
+
+/// Hides `new`'s folders in every running container over the host, of every runtime root
+/// feather-oci was used with. Returns one warning per container where that failed.
+pub fn in_running_containers(new: &StateRoot) -> Vec<String> {
+    let folders = feather_core::roots::root_folders(new);
+    let mut warnings = Vec::new();
+    for root in RootRegistry::host().roots() {
+        for id in crate::store::ids(&root) {
+            let Ok(container) = Container::load(&root, &id) else {
+                continue;
+            };
+            if !is_over_the_host(&container) || container.record.pid == 0 {
+                continue;
+            }
+            if let Err(error) = hide_in(&container, &folders) {
+                warnings.push(format!(
+                    "cannot hide state root {} from the running OCI container {id} (of {}): \
+                     {error:#}; delete and run that container again to hide it",
+                    new.dir().display(),
+                    root.display()
+                ));
+            }
+        }
+    }
+    warnings
+}
+
+/// After `create` recorded the init: hides the state folders registered since `seen` (the
+/// ones the init hid) in the container.
+pub fn registered_since(container: &Container, seen: &[PathBuf]) -> Result<()> {
+    let new: Vec<PathBuf> = feather_core::roots::host_state_folders()
+        .into_iter()
+        .filter(|folder| !seen.contains(folder))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    hide_in(container, &new).context(
+        "org.feather.base=host: hide the state roots registered while the container started",
+    )
+}
+
+fn is_over_the_host(container: &Container) -> bool {
+    container
+        .record
+        .annotations
+        .get("org.feather.base")
+        .is_some_and(|base| base == "host")
+}
+
+/// Hides `folders` (host paths: the container's root is the host's `/`) in the mount namespace
+/// of `container`'s init, if it still runs.
+fn hide_in(container: &Container, folders: &[impl AsRef<Path>]) -> Result<()> {
+    let Ok(pidfd) = feather_sys::process::pidfd_open(Pid::from_raw(container.record.pid)) else {
+        return Ok(());
+    };
+    // Checked after the pidfd is held: a pid reused since names another process.
+    if !container.init_alive() {
+        return Ok(());
+    }
+    let folders: Vec<PathBuf> = folders.iter().map(|f| f.as_ref().to_owned()).collect();
+    feather_sys::process::hide_in_mount_namespace_of(&pidfd, &folders)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+}
