@@ -348,3 +348,76 @@ fn a_vm_asking_its_broker_without_end_cannot_fill_the_hosts_disk_through_the_aud
         assert!(object.ends_with("(60000 bytes in all)"), "{object:.60}…");
     }
 }
+
+/// Python in a VM: `count` connections to the bus at `at`, each sending a malformed message
+/// (the proxy warns about each, on its stderr).
+fn malformed_bus_connections(at: &str, count: usize) -> String {
+    format!(
+        "import socket\n\
+         for _ in range({count}):\n\
+         \x20   s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+         \x20   try:\n\
+         \x20       s.connect('{at}')\n\
+         \x20       s.sendall(b'\\0AUTH EXTERNAL 30\\r\\nBEGIN\\r\\n' + b'\\xff' * 64)\n\
+         \x20       s.recv(100)\n\
+         \x20   except OSError:\n\
+         \x20       pass\n\
+         \x20   s.close()\n\
+         print('sent')\n"
+    )
+}
+
+#[test]
+fn a_vm_cannot_fill_the_hosts_run_folder_through_the_dbus_proxys_log() {
+    use feather_shuttle::dbus::LOG_BYTES;
+    let feather = Feather::new("edges-dbus-log");
+    let name = format!("org.feather.EdgesLog{}", std::process::id());
+    feather.write_policy(
+        "10-test",
+        &format!("ipc dbus:{name} client bus allow at=/run/edges-bus.sock\n"),
+    );
+    feather.ok(&["create", "bus", "--net", "none"]);
+    feather.ok(&["start", "bus"]);
+    feather.ok(&["service", "start", "bus", "dbus"]);
+    feather.ok(&["create", "client", "--net", "none"]);
+    feather.ok(&["start", "client"]);
+    // Any call makes the proxy; its answer does not matter here.
+    feather.run(&[
+        "exec",
+        "client",
+        "-e",
+        "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/edges-bus.sock",
+        "--",
+        "dbus-send",
+        "--system",
+        "--print-reply",
+        "--dest=org.freedesktop.DBus",
+        "/",
+        "org.freedesktop.DBus.Peer.Ping",
+    ]);
+    let talk = format!("--talk={name}");
+    let pid = proxy_pid(&talk).expect("the proxy runs for the channel");
+    let sent = feather.ok(&[
+        "exec",
+        "client",
+        "--",
+        "python3",
+        "-c",
+        &malformed_bus_connections("/run/edges-bus.sock", 5000),
+    ]);
+    assert_eq!(sent.trim(), "sent");
+    let shuttle = feather.root.join("run").join("client").join("shuttle");
+    let logs: Vec<u64> = fs::read_dir(&shuttle)
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".log"))
+        .map(|e| e.metadata().unwrap().len())
+        .collect();
+    let largest = logs.iter().copied().max().expect("the proxy's log");
+    // The warnings filled the log to its bound (so the VM did make it warn), and no further.
+    assert!(
+        largest > LOG_BYTES - 1000 && largest <= LOG_BYTES,
+        "the proxy's log holds {largest} bytes (bound {LOG_BYTES})"
+    );
+    assert_eq!(proxy_pid(&talk), Some(pid), "the proxy runs on");
+}

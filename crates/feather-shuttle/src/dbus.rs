@@ -61,6 +61,12 @@ fn proxy_user(client: &Identity) -> Identity {
 /// Proxies one channel may run at once (one per client uid).
 pub const MAX_PROXIES: usize = 8;
 
+/// The most of the proxy's output its log keeps. The log is a file of the root's run folder
+/// (`/run`, memory, on most hosts), and a VM decides how often the proxy warns: a line for each
+/// connection that sends it a malformed message (2,900 connections in 3 s, 207 KB, measured
+/// here). Thousands of lines fit.
+pub const LOG_BYTES: u64 = 256 << 10;
+
 /// How long a proxy may take to listen.
 const READY_WITHIN: Duration = Duration::from_secs(5);
 
@@ -272,6 +278,8 @@ pub enum JailError {
     JailEnded,
     #[error("no_new_privs: {}", .0.desc())]
     NoNewPrivs(Errno),
+    #[error("bound the proxy's log: {}", .0.desc())]
+    Limit(Errno),
     #[error(transparent)]
     Seccomp(feather_confine::seccomp::SeccompError),
     #[error("an argument holds a NUL byte")]
@@ -362,7 +370,10 @@ fn wait_for(child: nix::unistd::Pid) -> i32 {
 
 /// In the child (pid 1 of the new pid namespace): only returns why it could not exec.
 fn confine_and_run(jail: &Plan, bus: OwnedFd, jail_alive: OwnedFd) -> JailError {
-    match build_root(jail).and_then(|()| drop_privileges(jail, &jail_alive)) {
+    match build_root(jail)
+        .and_then(|()| bound_output())
+        .and_then(|()| drop_privileges(jail, &jail_alive))
+    {
         Ok(()) => {}
         Err(why) => return why,
     }
@@ -426,6 +437,20 @@ fn build_root(jail: &Plan) -> Result<(), JailError> {
     .map_err(fail)?;
     m::remount_bind_readonly(root).map_err(fail)?;
     m::pivot_into(root).map_err(fail)
+}
+
+/// The proxy's log (its stderr) stops growing at [`LOG_BYTES`]: past it, writes fail with EFBIG
+/// (`RLIMIT_FSIZE`, soft and hard) instead of filling the host's run folder. SIGXFSZ, which the
+/// kernel sends with that failure and which would end the proxy, stays blocked (the mask and
+/// the pending signal are kept across the exec; the proxy never unblocks it).
+fn bound_output() -> Result<(), JailError> {
+    use nix::sys::resource::{setrlimit, Resource};
+    use nix::sys::signal::{SigSet, SigmaskHow, Signal};
+    setrlimit(Resource::RLIMIT_FSIZE, LOG_BYTES, LOG_BYTES).map_err(JailError::Limit)?;
+    let mut xfsz = SigSet::empty();
+    xfsz.add(Signal::SIGXFSZ);
+    nix::sys::signal::sigprocmask(SigmaskHow::SIG_BLOCK, Some(&xfsz), None)
+        .map_err(JailError::Limit)
 }
 
 /// Every capability, root's uid and groups, and the right to gain privilege again: gone. The
