@@ -67,8 +67,9 @@ fn diff_lists_exactly_what_the_vm_changed() {
 fn commit_applies_every_change_with_its_metadata_and_then_diff_is_empty() {
     let (feather, base) = prepared("commit-all");
     feather.sh("vm", CHANGES);
+    // /data/mode becomes set-user-ID: applied only when asked (tests/security/commit_privileges.rs).
     assert_eq!(
-        feather.ok(&["commit", "vm"]),
+        feather.ok(&["commit", "vm", "--keep-privileges"]),
         EXPECTED_DIFF,
         "commit reports what diff listed"
     );

@@ -4,6 +4,7 @@
 mod support;
 
 mod capabilities;
+mod commit_privileges;
 mod commit_races;
 mod devices;
 mod exec_channel;

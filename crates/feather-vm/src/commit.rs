@@ -133,6 +133,17 @@ impl Drop for BlockedSignals {
     }
 }
 
+/// What `commit` applies beyond the changes that raise no question.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Consent {
+    /// Overwrite host paths changed after the VM copied them (`--force`).
+    pub force: bool,
+    /// Apply the set-user-ID and set-group-ID programs and file capabilities the VM made
+    /// (`--keep-privileges`): the VM's root could make them, and they would run with those
+    /// privileges on the host.
+    pub keep_privileges: bool,
+}
+
 /// Applies the changes at or below `paths` (all changes when empty) to the VM's base.
 /// Returns the changes applied. A running VM is frozen meanwhile and thawed afterwards, also
 /// when the commit fails.
@@ -140,7 +151,7 @@ pub fn commit(
     root: &StateRoot,
     name: &VmName,
     paths: &[PathBuf],
-    force: bool,
+    consent: Consent,
 ) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
@@ -152,13 +163,27 @@ pub fn commit(
     let mut journal = Journal::load(&vm);
     let conflicts: Vec<String> = selected
         .iter()
-        .filter(|change| !force && host_changed_since_copy_up(&trees, change, &journal))
+        .filter(|change| !consent.force && host_changed_since_copy_up(&trees, change, &journal))
         .map(|change| escape_path(&change.path).into_owned())
         .collect();
     if !conflicts.is_empty() {
         return Err(VmError::CommitConflict {
             vm: name.to_string(),
             paths: conflicts,
+        });
+    }
+    let privileged: Vec<String> = selected
+        .iter()
+        .filter(|change| !consent.keep_privileges && !change.privileges.is_empty())
+        .map(|change| {
+            let words: Vec<_> = change.privileges.iter().map(|p| p.word()).collect();
+            format!("{} ({})", escape_path(&change.path), words.join(", "))
+        })
+        .collect();
+    if !privileged.is_empty() {
+        return Err(VmError::CommitPrivileges {
+            vm: name.to_string(),
+            paths: privileged,
         });
     }
     apply_all(&trees, &selected).map_err(|(path, e)| {

@@ -43,6 +43,30 @@ impl ChangeKind {
     }
 }
 
+/// What a file the VM made would grant whoever runs it on the host, beyond its owner's rights.
+/// None shows in the file's content, and file capabilities not even in `ls -l`: `diff` names
+/// them, and `commit` applies them only when asked (`--keep-privileges`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Privilege {
+    /// An executable with the set-user-ID bit: it runs as its owner.
+    SetUid,
+    /// An executable with the set-group-ID bit: it runs with its group.
+    SetGid,
+    /// `security.capability`: it runs with the capabilities the attribute names.
+    FileCapabilities,
+}
+
+impl Privilege {
+    pub fn word(self) -> &'static str {
+        match self {
+            Privilege::SetUid => "set-user-ID",
+            Privilege::SetGid => "set-group-ID",
+            Privilege::FileCapabilities => "file capabilities",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Change {
     pub kind: ChangeKind,
@@ -58,6 +82,9 @@ pub struct Change {
     /// Disk space the VM's version of a regular file takes (a sparse file takes less than its
     /// length; a small file may take more); the length for symlinks and FIFOs.
     pub allocated: u64,
+    /// What the VM's version would grant whoever runs it (regular files only).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub privileges: Vec<Privilege>,
     /// Which layer (index into the list `diff` was given) holds the change.
     #[serde(skip)]
     pub layer: usize,
@@ -135,7 +162,17 @@ struct Walk<'a> {
 }
 
 impl Walk<'_> {
-    fn change(&self, kind: ChangeKind, rel: &Path, upper: Option<&Metadata>) -> Change {
+    fn change(
+        &self,
+        kind: ChangeKind,
+        rel: &Path,
+        upper: Option<&Entry>,
+    ) -> std::io::Result<Change> {
+        let privileges = match upper {
+            Some(entry) if kind != ChangeKind::Deleted => privileges(entry)?,
+            _ => Vec::new(),
+        };
+        let upper = upper.map(|entry| &entry.meta);
         let path = self.tree.layer.vm_path(rel);
         let path_bytes = std::str::from_utf8(path.as_os_str().as_bytes())
             .is_err()
@@ -147,15 +184,16 @@ impl Walk<'_> {
             Some(meta) => (meta.len(), meta.len()),
             _ => (0, 0),
         };
-        Change {
+        Ok(Change {
             kind,
             path,
             path_bytes,
             size,
             allocated,
+            privileges,
             layer: self.index,
             rel: rel.to_path_buf(),
-        }
+        })
     }
 
     /// Walks one folder of the upper layer (`upper`, pinned) beside its host counterpart
@@ -195,7 +233,7 @@ impl Walk<'_> {
         if replaced {
             if let Some(lower) = lower {
                 for name in beneath::names(lower)?.iter().filter(|n| !names.contains(n)) {
-                    changes.push(self.change(ChangeKind::Deleted, &rel.join(name), None));
+                    changes.push(self.change(ChangeKind::Deleted, &rel.join(name), None)?);
                 }
             }
         }
@@ -214,7 +252,7 @@ impl Walk<'_> {
         let meta = &upper.meta;
         if is_whiteout(meta) {
             if lower.is_some() {
-                changes.push(self.change(ChangeKind::Deleted, rel, None));
+                changes.push(self.change(ChangeKind::Deleted, rel, None)?);
             }
             return Ok(());
         }
@@ -231,20 +269,20 @@ impl Walk<'_> {
         };
         match &lower {
             None => {
-                changes.push(self.change(ChangeKind::Added, rel, Some(meta)));
+                changes.push(self.change(ChangeKind::Added, rel, Some(upper))?);
                 if meta.is_dir() {
                     descend(changes, None, true)?;
                 }
             }
             Some(lower) if meta.is_dir() && lower.meta.is_dir() => {
                 if !same_metadata(meta, &lower.meta) {
-                    changes.push(self.change(ChangeKind::Modified, rel, Some(meta)));
+                    changes.push(self.change(ChangeKind::Modified, rel, Some(upper))?);
                 }
                 descend(changes, lower_dir, replaced)?;
             }
             Some(lower) => {
                 if !same_entry(upper, lower)? {
-                    changes.push(self.change(ChangeKind::Modified, rel, Some(meta)));
+                    changes.push(self.change(ChangeKind::Modified, rel, Some(upper))?);
                 }
                 if meta.is_dir() {
                     // A folder where the host has something else: it hides nothing below.
@@ -254,6 +292,30 @@ impl Walk<'_> {
         }
         Ok(())
     }
+}
+
+/// The privileges a regular file of the VM's carries (see [`Privilege`]), read from the
+/// opened file: its mode, and whether it has a `security.capability` attribute.
+fn privileges(entry: &Entry) -> std::io::Result<Vec<Privilege>> {
+    use xattr::FileExt;
+    let meta = &entry.meta;
+    if !meta.is_file() {
+        return Ok(Vec::new());
+    }
+    let mode = meta.mode();
+    let executable = mode & 0o111 != 0;
+    let mut found = Vec::new();
+    if executable && mode & 0o4000 != 0 {
+        found.push(Privilege::SetUid);
+    }
+    // Set-group-ID without group execute marks mandatory locking, not a privilege.
+    if mode & 0o2010 == 0o2010 {
+        found.push(Privilege::SetGid);
+    }
+    if entry.reopen()?.get_xattr("security.capability")?.is_some() {
+        found.push(Privilege::FileCapabilities);
+    }
+    Ok(found)
 }
 
 pub(crate) fn is_whiteout(meta: &Metadata) -> bool {

@@ -150,6 +150,9 @@ pub enum VmError {
 
     #[error("commit {vm}: the host changed {} after the VM copied {}; nothing was committed (look at both, then commit with --force to overwrite the host's version): {}", if .paths.len() == 1 { "this path" } else { "these paths" }, if .paths.len() == 1 { "it" } else { "them" }, .paths.join(", "))]
     CommitConflict { vm: String, paths: Vec<String> },
+
+    #[error("commit {vm}: the VM made {} that would run with privileges on the host; nothing was committed (review {} with `feather diff {vm}`, then commit with --keep-privileges to apply {} as they are, or commit other paths): {}", if .paths.len() == 1 { "a program" } else { "programs" }, if .paths.len() == 1 { "it" } else { "them" }, if .paths.len() == 1 { "it" } else { "them" }, .paths.join(", "))]
+    CommitPrivileges { vm: String, paths: Vec<String> },
 }
 
 pub type Result<T, E = VmError> = std::result::Result<T, E>;

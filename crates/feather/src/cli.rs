@@ -130,6 +130,9 @@ pub enum Command {
         /// Overwrite host files changed after the VM copied them
         #[arg(long)]
         force: bool,
+        /// Apply set-user-ID/set-group-ID programs and file capabilities the VM made
+        #[arg(long)]
+        keep_privileges: bool,
     },
     /// Drop all changes of a stopped VM
     Reset {

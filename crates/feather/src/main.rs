@@ -245,8 +245,17 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::changes_with_sizes(&changes)?
             }
         }
-        Command::Commit { name, paths, force } => {
-            let applied = commit::commit(&root, &name.parse()?, &paths, force)?;
+        Command::Commit {
+            name,
+            paths,
+            force,
+            keep_privileges,
+        } => {
+            let consent = commit::Consent {
+                force,
+                keep_privileges,
+            };
+            let applied = commit::commit(&root, &name.parse()?, &paths, consent)?;
             output::changes(&applied)?;
         }
         Command::Reset { name } => commit::reset(&root, &name.parse()?)?,

@@ -149,8 +149,9 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
     let width = sizes.iter().map(String::len).max().unwrap_or(0);
     for (change, size) in changes.iter().zip(&sizes) {
         say!(
-            "{} {size:>width$}  {}",
+            "{} {size:>width$}  {}{}",
             change.kind.letter(),
+            privileges_of(change),
             escape_path(&change.path)
         )?;
     }
@@ -159,6 +160,16 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
         say!("total: {} on disk", human_bytes(total))?;
     }
     Ok(())
+}
+
+/// `[set-user-ID, file capabilities] ` before the path of a change that carries privileges
+/// (before it: a long name cannot push the mark out of sight).
+fn privileges_of(change: &Change) -> String {
+    if change.privileges.is_empty() {
+        return String::new();
+    }
+    let words: Vec<_> = change.privileges.iter().map(|p| p.word()).collect();
+    format!("[{}] ", words.join(", "))
 }
 
 fn size_of_change(change: &Change) -> String {

@@ -158,6 +158,8 @@ pub(super) struct CommitRequest {
     paths: Vec<PathBuf>,
     #[serde(default)]
     force: bool,
+    #[serde(default)]
+    keep_privileges: bool,
 }
 
 pub(super) async fn commit(
@@ -171,7 +173,10 @@ pub(super) async fn commit(
             &shared.root,
             &name,
             &request.paths,
-            request.force,
+            feather_vm::commit::Consent {
+                force: request.force,
+                keep_privileges: request.keep_privileges,
+            },
         ))?;
         Ok(Json(json!({ "applied": applied })))
     })

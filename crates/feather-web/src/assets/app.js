@@ -400,11 +400,14 @@ async function loadChanges(name) {
       el("ul", { class: "tree" }, changes.map((c) => {
         const depth = c.path.split("/").length - 2;
         const letter = c.kind.charAt(0);  // Added, Modified, Deleted: as `feather diff` shows them
+        // What the file would grant whoever runs it on the host (as `feather diff` shows it).
+        const privileges = (c.privileges || []).map(privilegeWord).join(", ");
         return el("li", { class: "change " + letter, style: { "--depth": Math.max(0, depth) } },
           el("label", {},
-            el("input", { type: "checkbox", class: "pick", "data-path": c.path }),
+            el("input", { type: "checkbox", class: "pick", "data-path": c.path, "data-privileges": privileges || null }),
             el("span", { class: "kind", title: c.kind.toLowerCase() }, letter),
             el("span", { class: "path" }, c.path),
+            privileges ? el("span", { class: "privileges", title: "runs with privileges on the host" }, privileges) : null,
             el("span", { class: "size" }, letter === "D" ? "" : bytes(c.size))));
       })),
       el("p", { class: "quiet" }, changes.length + " changes, " + bytes(total) + " on disk"));
@@ -413,14 +416,24 @@ async function loadChanges(name) {
   }
 }
 
+function privilegeWord(privilege) {
+  return { "set-uid": "set-user-ID", "set-gid": "set-group-ID", "file-capabilities": "file capabilities" }[privilege] || privilege;
+}
+
 async function commitSelected(button, name) {
-  const paths = [...document.querySelectorAll("#vm-changes input.pick:checked")].map((box) => box.dataset.path);
+  const picked = [...document.querySelectorAll("#vm-changes input.pick:checked")];
+  const paths = picked.map((box) => box.dataset.path);
   if (paths.length === 0) { notice("Choose the changes to commit first.", "error"); return; }
+  // Confirming a commit that lists them is the consent `--keep-privileges` gives on the command line.
+  const privileged = picked.filter((box) => box.dataset.privileges)
+    .map((box) => box.dataset.path + " (" + box.dataset.privileges + ")");
   const text = "Commit " + paths.length + " change(s) of " + name + " to its base? The base's files are replaced: "
-    + paths.join(", ");
+    + paths.join(", ")
+    + (privileged.length ? ". These will run with privileges on the host: " + privileged.join(", ") : "");
   if (!(await confirmAction(text, "Commit"))) return;
+  const body = { paths, keep_privileges: privileged.length > 0 };
   const done = await act(button, "Committed " + paths.length + " change(s)",
-    () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/commit", { paths }));
+    () => api("POST", "/api/vms/" + encodeURIComponent(name) + "/commit", body));
   if (done) loadChanges(name);
 }
 
