@@ -45,6 +45,12 @@ pub struct VmConfig {
     /// default the seccomp filter refuses them (docs/confinement.md).
     #[serde(default)]
     pub allow_userns: bool,
+    /// Paths of the base the VM sees as read-only bind mounts of the base's own files instead
+    /// of through its layer (`create --ro PATH`): absolute as inside the VM, without links.
+    /// Writes there fail (EROFS), nothing there ever reaches the layer, and lookups skip
+    /// overlayfs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<PathBuf>,
 }
 
 /// Resource limits: memory, pids and cpus through the VM's cgroup, disk through a project quota
@@ -184,6 +190,7 @@ mod tests {
             fresh_state: true,
             tags: vec!["web".into()],
             allow_userns: true,
+            read_only: vec!["/usr".into()],
             network: NetworkConfig {
                 mode: crate::network::NetMode::Private,
                 address: Some([10, 77, 0, 2].into()),

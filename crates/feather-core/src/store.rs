@@ -506,6 +506,7 @@ mod tests {
             network: Default::default(),
             tags: vec![],
             allow_userns: false,
+            read_only: vec![],
         }
     }
 

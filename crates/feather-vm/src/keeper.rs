@@ -168,12 +168,14 @@ impl Keeper {
         .in_vm(&name)?;
         trace::phase("prepare the network (/etc files, ports)");
         let hidden = hiding::state_folders(root);
+        let tree = layers::for_start(root, vm, &config)?;
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
                 base: config.base.clone(),
                 rootfs: vm.rootfs(),
-                layers: layers::for_start(root, vm, &config)?,
+                layers: tree.layers,
+                read_only: tree.read_only,
                 hidden: hidden.clone(),
                 network: inside,
                 service_cgroups: cgroup

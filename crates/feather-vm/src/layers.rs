@@ -11,6 +11,7 @@ use feather_core::{StateRoot, VmConfig, VmDir};
 use feather_sys::mountinfo::{self, is_api_filesystem};
 
 use crate::error::Result;
+use crate::read_only;
 
 /// Folders under which the VM gets fresh kernel filesystems of its own instead of a view of
 /// the host's: nothing mounted there on the host is layered.
@@ -86,9 +87,19 @@ impl Layer {
     }
 }
 
-/// The layers a VM starting now needs, given what is mounted under its base on the host.
-/// Their folders are created.
-pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<Layer>> {
+/// What a VM starting now is made of besides its root layer, given what is mounted under its
+/// base on the host.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ForStart {
+    /// The root layer first, then one per filesystem mounted under the base.
+    pub layers: Vec<Layer>,
+    /// The VM paths bound read-only from the base (`create --ro`): the configured paths and
+    /// the filesystems mounted under them, each after what it lies in.
+    pub read_only: Vec<PathBuf>,
+}
+
+/// The layers and read-only binds a VM starting now needs. The layers' folders are created.
+pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<ForStart> {
     if let Some(disk) = config.limits.disk {
         // An image holds the layer folders: mounted before any of them is made.
         crate::disk::attach(&config.name, vm, disk)?;
@@ -118,6 +129,10 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
         submounts.retain(|m| m != &mount_point);
         submounts.push(mount_point);
     }
+    // Filesystems under a read-only path are bound read-only with it, not layered.
+    let (under_read_only, submounts): (Vec<PathBuf>, Vec<PathBuf>) = submounts
+        .into_iter()
+        .partition(|m| read_only::covers(&config.read_only, m));
     let mut layers = vec![Layer::root(vm, config)];
     for mount_point in submounts {
         let layer = Layer::submount(vm, config, mount_point);
@@ -133,7 +148,13 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
             .collect();
         crate::disk::apply(&config.name, root.dir(), vm, disk, &folders)?;
     }
-    Ok(layers)
+    let read_only = config
+        .read_only
+        .iter()
+        .cloned()
+        .chain(under_read_only)
+        .collect();
+    Ok(ForStart { layers, read_only })
 }
 
 /// The layers that hold a VM's changes, whether or not it runs: the root layer and every

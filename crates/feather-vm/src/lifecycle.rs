@@ -35,6 +35,8 @@ pub struct CreateOptions {
     pub disk: Option<u64>,
     /// `--allow-userns`: the VM's processes may create user namespaces.
     pub allow_userns: bool,
+    /// `--ro PATH`: paths of the base the VM sees read-only, not through its layer.
+    pub read_only: Vec<PathBuf>,
 }
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
@@ -54,6 +56,11 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         }
         .into());
     }
+    let read_only = crate::read_only::resolve(
+        &base,
+        &options.read_only,
+        &crate::hiding::state_folders(root),
+    )?;
     let scaffold: Vec<PathBuf> = MOUNT_POINTS
         .iter()
         .filter(|dir| !base.join(dir).is_dir())
@@ -83,6 +90,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         network,
         tags: options.tags.clone(),
         allow_userns: options.allow_userns,
+        read_only,
     };
     let durability = if options.ephemeral {
         Durability::Volatile
