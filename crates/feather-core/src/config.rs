@@ -145,6 +145,14 @@ impl Limits {
 }
 
 impl VmConfig {
+    /// Whether the VM's layer lives in memory, in a tmpfs its keeper holds, rather than in its
+    /// folder: a throw-away VM without a disk cap. Its layer goes with it, so nothing of it
+    /// need ever reach the disk; made and removed on a disk (ext4 with `discard` above all)
+    /// its folders cost a throw-away VM more than its whole start (docs/benchmarks.md).
+    pub fn layer_in_memory(&self) -> bool {
+        self.ephemeral && self.limits.disk.is_none()
+    }
+
     /// A tag is a word policy files can name: letters, digits, '.', '_' and '-'.
     pub fn validate_tag(tag: &str) -> crate::Result<()> {
         let fine = !tag.is_empty()

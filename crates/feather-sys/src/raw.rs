@@ -752,6 +752,12 @@ pub fn fsconfig_string(
 /// `fsconfig(context, FSCONFIG_CMD_CREATE, NULL, NULL, 0)`, then `fsmount(context,
 /// FSMOUNT_CLOEXEC, MOUNT_ATTR_RDONLY)`: the filesystem as a detached read-only mount.
 pub fn fsmount_readonly(context: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
+    fsmount_with(context, MOUNT_ATTR_RDONLY)
+}
+
+/// `fsconfig(context, FSCONFIG_CMD_CREATE, NULL, NULL, 0)`, then `fsmount(context,
+/// FSMOUNT_CLOEXEC, attributes)` (`MOUNT_ATTR_*`): the filesystem as a detached mount.
+pub fn fsmount_with(context: BorrowedFd<'_>, attributes: libc::c_uint) -> Result<OwnedFd, Errno> {
     // SAFETY: `context` is a live descriptor; the null key and value are what
     // FSCONFIG_CMD_CREATE takes.
     let created = unsafe {
@@ -771,7 +777,7 @@ pub fn fsmount_readonly(context: BorrowedFd<'_>) -> Result<OwnedFd, Errno> {
             libc::SYS_fsmount,
             context.as_raw_fd(),
             FSMOUNT_CLOEXEC,
-            MOUNT_ATTR_RDONLY,
+            attributes,
         )
     };
     let raw = Errno::result(result)?;

@@ -110,8 +110,9 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
             return Err(e);
         }
     }
+    // A layer in memory gets them from its keeper, which makes it.
     let upper = crate::layers::home(&vm, &config).upper;
-    for dir in &config.scaffold {
+    for dir in config.scaffold.iter().filter(|_| !config.layer_in_memory()) {
         let path = upper.join(dir.strip_prefix("/").unwrap_or(dir));
         fs::create_dir(&path).at(&path)?;
     }

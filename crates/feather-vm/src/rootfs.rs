@@ -24,6 +24,11 @@ pub struct RootfsPlan {
     /// VM paths bound read-only from the base instead of layered (`create --ro`), each after
     /// what it lies in.
     pub read_only: Vec<PathBuf>,
+    /// The descriptor of a throw-away VM's layer in memory, which init (a clone of the keeper)
+    /// has a copy of: the layers' folders are `/proc/self/fd/<it>/…` until they are mounted,
+    /// then init closes it (the overlays hold the layer), so that nothing in the VM can reach
+    /// its layer from below through init's descriptors.
+    pub memory_layer_fd: Option<std::os::fd::RawFd>,
     /// Volatile for a throw-away VM, whose layers go with it.
     pub sync: LayerSync,
     /// Host paths that must not be visible inside the VM: feather's state and run folders,
@@ -104,6 +109,9 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
             }
             None => bind_read_only(&plan.base, root, vm_path)?,
         }
+    }
+    if let Some(fd) = plan.memory_layer_fd {
+        let _ = nix::unistd::close(fd);
     }
     // 4. feather's state (every VM's layer, the control sockets) of every state root of the
     //    host, and the registry of them, are replaced by an empty read-only folder: a VM sees
