@@ -819,8 +819,10 @@ def compare_start(bench: Bench) -> None:
         "feather's state) on a tmpfs: the difference to the rows above is what the disk costs "
         "them — creating and removing folders on the host's filesystem (see its mount options "
         "under Machine: with ext4's `discard`, each freed block is a synchronous discard) and "
-        "overlayfs syncing its upper filesystem when the VM's mounts go away. `feather --root` on "
-        "a tmpfs is a choice a user has today for throw-away VMs."
+        "overlayfs syncing its upper filesystem when the VM's mounts go away. A throw-away VM "
+        "keeps its layer in a tmpfs of its keeper's anyway (docs/design.md, \"A throw-away VM's "
+        "layer in memory\"): for feather the difference is its records (config, state, run "
+        "folder), which stay on the state root's disk."
     )
     if feather and bwrap:
         ratio = feather.median / bwrap.median
