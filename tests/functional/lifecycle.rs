@@ -1,3 +1,5 @@
+use std::fs;
+
 use crate::support::{self, Feather, LoneFeather, ScratchBase};
 
 #[test]
@@ -381,4 +383,50 @@ fn many_create_start_stop_rm_cycles_leave_no_mount_link_namespace_cgroup_or_rule
         .filter(|group| ids.iter().any(|id| group.ends_with(id)))
         .collect();
     assert!(left.is_empty(), "cgroups left: {left:?}");
+}
+
+#[test]
+fn a_throw_away_vm_s_layer_is_in_memory_and_diff_and_commit_read_it_while_it_runs() {
+    let feather = Feather::new("run-rm-memory");
+    let base = ScratchBase::new("run-rm-memory");
+    let mut run = feather
+        .command()
+        .args([
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            "--base",
+            base.as_str(),
+            "tmp",
+            "--",
+        ])
+        .args(["sh", "-c", "echo vm > /data/new && sleep 60"])
+        .spawn()
+        .unwrap();
+    feather.eventually("the throw-away VM wrote its file", || {
+        feather.run(&["diff", "tmp"]).stdout.contains("/data/new")
+    });
+    // Nothing of the layer is on the host's disk: the VM's folder holds its records and the
+    // mount point of its root only, and no mount of the host leads to the layer.
+    let mut on_disk: Vec<String> = fs::read_dir(feather.vm_dir("tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    on_disk.sort();
+    assert_eq!(
+        on_disk,
+        ["config.toml", "keeper.lock", "rootfs", "state.json"]
+    );
+    let host_mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !host_mounts.contains(feather.root.to_str().unwrap()),
+        "{host_mounts}"
+    );
+    // A commit takes the change from the running VM's layer into the base.
+    feather.ok(&["commit", "tmp", "/data/new"]);
+    assert_eq!(base.read("data/new").as_deref(), Some("vm\n"));
+    feather.ok(&["stop", "--time", "1", "tmp"]);
+    run.wait().unwrap();
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
 }

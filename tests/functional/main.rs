@@ -15,6 +15,7 @@ mod lifecycle;
 mod limits;
 mod migrate;
 mod network;
+mod read_only;
 mod recovery;
 mod services;
 mod services_accept;

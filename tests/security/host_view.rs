@@ -442,3 +442,18 @@ fn roots_made_and_removed_while_a_vm_is_checkpointed_do_not_fail_its_restore() {
         "roots came and went throughout"
     );
 }
+
+/// A throw-away VM's layer is a tmpfs its keeper holds by a descriptor; init, the keeper's
+/// clone, closes its copy once the overlays hold the layer. Left open, the VM's root could
+/// reach its layer from below through /proc/1/fd (init's descriptors are readable to it) and
+/// write there behind the overlay's back.
+#[test]
+fn a_throw_away_vm_cannot_reach_its_layer_through_init_s_descriptors() {
+    let feather = Feather::new("memory-layer-fds");
+    let script = "for fd in /proc/1/fd/*; do \
+                    if [ -d \"$fd/upper\" ] || [ -d \"$fd/work\" ]; then echo \"reached $fd\"; fi; \
+                  done; echo looked";
+    let outcome = feather.run(&["run", "--rm", "--net", "none", "--", "sh", "-c", script]);
+    assert_eq!(outcome.code, 0, "{}", outcome.stderr);
+    assert_eq!(outcome.stdout, "looked\n");
+}

@@ -45,6 +45,12 @@ pub struct VmConfig {
     /// default the seccomp filter refuses them (docs/confinement.md).
     #[serde(default)]
     pub allow_userns: bool,
+    /// Paths of the base the VM sees as read-only bind mounts of the base's own files instead
+    /// of through its layer (`create --ro PATH`): absolute as inside the VM, without links.
+    /// Writes there fail (EROFS), nothing there ever reaches the layer, and lookups skip
+    /// overlayfs.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub read_only: Vec<PathBuf>,
 }
 
 /// Resource limits: memory, pids and cpus through the VM's cgroup, disk through a project quota
@@ -139,6 +145,14 @@ impl Limits {
 }
 
 impl VmConfig {
+    /// Whether the VM's layer lives in memory, in a tmpfs its keeper holds, rather than in its
+    /// folder: a throw-away VM without a disk cap. Its layer goes with it, so nothing of it
+    /// need ever reach the disk; made and removed on a disk (ext4 with `discard` above all)
+    /// its folders cost a throw-away VM more than its whole start (docs/benchmarks.md).
+    pub fn layer_in_memory(&self) -> bool {
+        self.ephemeral && self.limits.disk.is_none()
+    }
+
     /// A tag is a word policy files can name: letters, digits, '.', '_' and '-'.
     pub fn validate_tag(tag: &str) -> crate::Result<()> {
         let fine = !tag.is_empty()
@@ -184,6 +198,7 @@ mod tests {
             fresh_state: true,
             tags: vec!["web".into()],
             allow_userns: true,
+            read_only: vec!["/usr".into()],
             network: NetworkConfig {
                 mode: crate::network::NetMode::Private,
                 address: Some([10, 77, 0, 2].into()),

@@ -54,6 +54,20 @@ pub struct VmState {
     /// How the last run ended, in words ("stopped by request", "init killed by SIGKILL").
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_exit: Option<String>,
+    /// A running throw-away VM's layer in memory (see `VmConfig::layer_in_memory`): where its
+    /// keeper holds it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_layer: Option<MemoryLayer>,
+}
+
+/// A tmpfs no path leads to, holding a throw-away VM's layer: open in its keeper as `fd`, and
+/// reached by others as `/proc/<keeper>/fd/<fd>`. `mount_id` (the kernel's unique mount id,
+/// never reused) proves that what that path leads to is this tmpfs, not what a later process
+/// that reused the keeper's pid has open there.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemoryLayer {
+    pub fd: i32,
+    pub mount_id: u64,
 }
 
 impl VmState {
@@ -66,6 +80,7 @@ impl VmState {
             started: None,
             stopped: None,
             last_exit: None,
+            memory_layer: None,
         }
     }
 }

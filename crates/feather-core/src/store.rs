@@ -174,8 +174,14 @@ impl StateRoot {
                 .mode(PRIVATE)
                 .create(&temp)
                 .at(&temp)?;
-            // upper/ keeps the ordinary 0755: its mode is the mode of the VM's `/`.
-            for sub in ["upper", "work", "rootfs", "mounts"] {
+            // upper/ keeps the ordinary 0755: its mode is the mode of the VM's `/`. A layer in
+            // memory is made by the keeper; only the mount point is on disk.
+            let folders: &[&str] = if config.layer_in_memory() {
+                &["rootfs"]
+            } else {
+                &["upper", "work", "rootfs", "mounts"]
+            };
+            for sub in folders {
                 fs::create_dir(temp.join(sub)).at(temp.join(sub))?;
             }
             let staged = VmDir {
@@ -506,6 +512,7 @@ mod tests {
             network: Default::default(),
             tags: vec![],
             allow_userns: false,
+            read_only: vec![],
         }
     }
 

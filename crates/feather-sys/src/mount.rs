@@ -303,6 +303,16 @@ pub fn detached_lower_overlay(lowers: &[&Path]) -> Result<OwnedFd> {
     raw::fsmount_readonly(context.as_fd()).ctx("fsmount", "overlay of lower layers")
 }
 
+/// A tmpfs as a detached mount that no path leads to (`fsopen`, `fsconfig`, `fsmount`), `nodev`,
+/// its root folder of `mode`: it lives as long as a descriptor or a mount (an overlay using a
+/// folder of it as its upper layer) holds it, and no longer, whoever dies when.
+pub fn detached_tmpfs(mode: &std::ffi::CStr) -> Result<OwnedFd> {
+    const MOUNT_ATTR_NODEV: libc::c_uint = 0x04;
+    let context = raw::fsopen(c"tmpfs").ctx("fsopen", "tmpfs")?;
+    raw::fsconfig_string(context.as_fd(), c"mode", mode).ctx("fsconfig mode", "tmpfs")?;
+    raw::fsmount(context.as_fd(), MOUNT_ATTR_NODEV).ctx("fsmount", "tmpfs")
+}
+
 /// Makes the detached mount `tree` an id-mapped one (`mount_setattr` with
 /// `MOUNT_ATTR_IDMAP`): files owned by an id appear owned by what the user namespace `userns`
 /// maps it to. `recursive`: every mount of the tree, else its top one only. The caller must

@@ -154,6 +154,9 @@ pub struct Inspection {
     pub state: VmState,
     pub path: PathBuf,
     pub layers: Vec<LayerInfo>,
+    /// The paths the VM sees read-only from its base (`create --ro`): no layer holds anything
+    /// there, so `diff` and `commit` never show anything under them.
+    pub read_only: Vec<ReadOnlyInfo>,
     pub cgroup: Vec<PathBuf>,
     pub control_socket: PathBuf,
     pub capabilities: Vec<String>,
@@ -168,6 +171,13 @@ pub struct LayerInfo {
     pub upper: PathBuf,
 }
 
+#[derive(Debug, Serialize)]
+pub struct ReadOnlyInfo {
+    pub mount_point: PathBuf,
+    /// The host path bound there, read-only.
+    pub source: PathBuf,
+}
+
 pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
     let vm: VmDir = root.open(name)?;
     let config = vm.read_config()?;
@@ -178,6 +188,14 @@ pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
             mount_point: l.mount_point,
             lower: l.lower,
             upper: l.upper,
+        })
+        .collect();
+    let read_only = config
+        .read_only
+        .iter()
+        .map(|path| ReadOnlyInfo {
+            mount_point: path.clone(),
+            source: config.base.join(path.strip_prefix("/").unwrap_or(path)),
         })
         .collect();
     let namespaces = if config.network.mode == feather_core::NetMode::Host {
@@ -192,6 +210,7 @@ pub fn inspect(root: &StateRoot, name: &VmName) -> Result<Inspection> {
         state,
         path: vm.path().to_path_buf(),
         layers,
+        read_only,
         control_socket: vm.control_socket(),
         capabilities: feather_confine::capabilities::default_set_names(),
         namespaces,

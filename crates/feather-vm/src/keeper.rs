@@ -16,7 +16,7 @@
 //! the slow end of its teardown: see [`Keeper::hand_off`].
 
 use std::fs::{self, File};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -139,6 +139,8 @@ pub struct Keeper {
     /// process waits for before it can report the command's exit status. Held, the namespace
     /// outlives init and is let go by the finisher, after the status is reported.
     held_mounts: std::cell::Cell<Option<OwnedFd>>,
+    /// A throw-away VM's layer in memory (see [`layers::MemoryLayer`]), held for the VM's life.
+    memory_layer: Option<layers::MemoryLayer>,
 }
 
 /// Whether a keeper leaves the slow end of its VM's teardown to a finisher process of its own
@@ -192,12 +194,16 @@ impl Keeper {
         .in_vm(&name)?;
         trace::phase("prepare the network (/etc files, ports)");
         let hidden = hiding::state_folders(root);
+        let mut tree = layers::for_start(root, vm, &config)?;
+        let memory_layer = tree.memory_layer.take();
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
                 base: config.base.clone(),
                 rootfs: vm.rootfs(),
-                layers: layers::for_start(root, vm, &config)?,
+                layers: tree.layers,
+                memory_layer_fd: memory_layer.as_ref().map(|layer| layer.recorded.fd),
+                read_only: tree.read_only,
                 hidden: hidden.clone(),
                 network: inside,
                 service_cgroups: cgroup
@@ -267,6 +273,7 @@ impl Keeper {
             broker: None,
             init_waits: Some(init_waits),
             held_mounts: std::cell::Cell::new(held_mounts),
+            memory_layer,
         };
         keeper.record_running()?;
         trace::phase("listen, record the state");
@@ -368,6 +375,7 @@ impl Keeper {
             broker: None,
             init_waits: None,
             held_mounts: std::cell::Cell::new(None),
+            memory_layer: None,
         };
         trace::phase("restore: CRIU restored the tree, network completed");
         keeper.record_running()?;
@@ -445,6 +453,7 @@ impl Keeper {
         state.init_pid = Some(self.init.pid.as_raw());
         state.init_start_ticks = process::start_ticks(self.init.pid);
         state.started = Some(now());
+        state.memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
         Ok(self.vm.write_state(&state, self.durability)?)
     }
 
@@ -951,7 +960,11 @@ fn start_init(
                 }
             }
             drop(stdio);
-            process::close_other_fds(&[std::os::fd::AsRawFd::as_raw_fd(&theirs)]);
+            // The layer in memory, until the recipe has mounted it (rootfs::assemble).
+            let keep: Vec<std::os::fd::RawFd> = std::iter::once(theirs.as_raw_fd())
+                .chain(plan.rootfs.memory_layer_fd)
+                .collect();
+            process::close_other_fds(&keep);
             init::run(plan, theirs)
         }
         Forked::Parent(init) => init,

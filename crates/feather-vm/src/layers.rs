@@ -7,10 +7,11 @@ use std::fs;
 use std::path::{Component, Path, PathBuf};
 
 use feather_core::error::IoContext;
-use feather_core::{StateRoot, VmConfig, VmDir};
+use feather_core::{StateRoot, VmConfig, VmDir, VmName};
 use feather_sys::mountinfo::{self, is_api_filesystem};
 
-use crate::error::Result;
+use crate::error::{InVm, Result};
+use crate::read_only;
 
 /// Folders under which the VM gets fresh kernel filesystems of its own instead of a view of
 /// the host's: nothing mounted there on the host is layered.
@@ -39,13 +40,9 @@ pub struct Home {
 pub fn home(vm: &VmDir, config: &VmConfig) -> Home {
     match config.limits.disk {
         Some(feather_core::DiskQuota::Image { .. }) => {
-            let image = crate::disk::mount_point(vm);
-            Home {
-                upper: image.join("upper"),
-                work: image.join("work"),
-                mounts: image.join("mounts"),
-            }
+            Home::in_folder(&crate::disk::mount_point(vm))
         }
+        _ if config.layer_in_memory() => in_memory(vm),
         _ => Home {
             upper: vm.upper(),
             work: vm.work(),
@@ -54,19 +51,79 @@ pub fn home(vm: &VmDir, config: &VmConfig) -> Home {
     }
 }
 
+impl Home {
+    fn in_folder(dir: &Path) -> Home {
+        Home {
+            upper: dir.join("upper"),
+            work: dir.join("work"),
+            mounts: dir.join("mounts"),
+        }
+    }
+}
+
+/// A running throw-away VM's layer in memory, reached through its keeper's descriptor
+/// (`/proc/<keeper>/fd/<fd>`) once the mount there proves to be the VM's tmpfs. Where there is
+/// none (the VM does not run, its keeper died: the layer went with it), folders of the VM's
+/// own folder that do not exist: an empty layer.
+fn in_memory(vm: &VmDir) -> Home {
+    let held = vm.read_state().ok().and_then(|state| {
+        let (pid, layer) = (state.keeper_pid?, state.memory_layer?);
+        let dir = PathBuf::from(format!("/proc/{pid}/fd/{}", layer.fd));
+        let opened = feather_sys::beneath::open_root(&dir).ok()?;
+        (feather_sys::mount::mount_id(&opened).ok()? == layer.mount_id).then_some(dir)
+    });
+    Home::in_folder(held.as_deref().unwrap_or(vm.path()))
+}
+
+/// A throw-away VM's layer in memory (see `VmConfig::layer_in_memory`), made by its keeper
+/// at the start: a tmpfs no path leads to, open as `fd` for the keeper's life. Init, the
+/// keeper's clone, reaches it as `/proc/self/fd/<fd>` while it mounts the VM's overlays; then
+/// the overlays hold it. It goes when the last of them does, whatever dies when: nothing of it
+/// is ever on the host's disk or in its mount table.
+#[derive(Debug)]
+pub struct MemoryLayer {
+    pub fd: std::os::fd::OwnedFd,
+    /// What the VM's state records, for others to find it by.
+    pub recorded: feather_core::state::MemoryLayer,
+}
+
+impl MemoryLayer {
+    fn make(name: &VmName) -> Result<MemoryLayer> {
+        use std::os::fd::AsRawFd;
+        let fd = feather_sys::mount::detached_tmpfs(c"0700").in_vm(name)?;
+        let recorded = feather_core::state::MemoryLayer {
+            fd: fd.as_raw_fd(),
+            mount_id: feather_sys::mount::mount_id(&fd).in_vm(name)?,
+        };
+        Ok(MemoryLayer { fd, recorded })
+    }
+
+    /// The layer's folders as this process (or a clone of it) reaches them.
+    fn home(&self) -> Home {
+        Home::in_folder(Path::new(&format!("/proc/self/fd/{}", self.recorded.fd)))
+    }
+}
+
 impl Layer {
     fn root(vm: &VmDir, config: &VmConfig) -> Layer {
-        let home = home(vm, config);
+        Layer::root_in(&home(vm, config), config)
+    }
+
+    fn root_in(home: &Home, config: &VmConfig) -> Layer {
         Layer {
             mount_point: "/".into(),
             lower: config.base.clone(),
-            upper: home.upper,
-            work: home.work,
+            upper: home.upper.clone(),
+            work: home.work.clone(),
         }
     }
 
     pub(crate) fn submount(vm: &VmDir, config: &VmConfig, mount_point: PathBuf) -> Layer {
-        let dir = home(vm, config).mounts.join(escape(&mount_point));
+        Layer::submount_in(&home(vm, config), config, mount_point)
+    }
+
+    fn submount_in(home: &Home, config: &VmConfig, mount_point: PathBuf) -> Layer {
+        let dir = home.mounts.join(escape(&mount_point));
         Layer {
             lower: config.base.join(relative(&mount_point)),
             upper: dir.join("upper"),
@@ -86,13 +143,44 @@ impl Layer {
     }
 }
 
-/// The layers a VM starting now needs, given what is mounted under its base on the host.
-/// Their folders are created.
-pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<Layer>> {
+/// What a VM starting now is made of besides its root layer, given what is mounted under its
+/// base on the host.
+#[derive(Debug)]
+pub struct ForStart {
+    /// The root layer first, then one per filesystem mounted under the base.
+    pub layers: Vec<Layer>,
+    /// The VM paths bound read-only from the base (`create --ro`): the configured paths and
+    /// the filesystems mounted under them, each after what it lies in.
+    pub read_only: Vec<PathBuf>,
+    /// A throw-away VM's layer in memory, which the keeper holds for the VM's life.
+    pub memory_layer: Option<MemoryLayer>,
+}
+
+/// The layers and read-only binds a VM starting now needs. The layers' folders are created.
+pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<ForStart> {
     if let Some(disk) = config.limits.disk {
         // An image holds the layer folders: mounted before any of them is made.
         crate::disk::attach(&config.name, vm, disk)?;
     }
+    let memory_layer = config
+        .layer_in_memory()
+        .then(|| MemoryLayer::make(&config.name))
+        .transpose()?;
+    let home = match &memory_layer {
+        Some(layer) => {
+            let home = layer.home();
+            // The mode of upper/ is the mode of the VM's `/`: the ordinary 0755.
+            for dir in [&home.upper, &home.work, &home.mounts] {
+                fs::create_dir(dir).at(dir)?;
+            }
+            for dir in &config.scaffold {
+                let path = home.upper.join(relative(dir));
+                fs::create_dir(&path).at(&path)?;
+            }
+            home
+        }
+        None => home(vm, config),
+    };
     let base = &config.base;
     // Every state root of the host, this one included: what is mounted in them (another VM's
     // disk image) is hidden from the VM, never one of its layers.
@@ -118,9 +206,13 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
         submounts.retain(|m| m != &mount_point);
         submounts.push(mount_point);
     }
-    let mut layers = vec![Layer::root(vm, config)];
+    // Filesystems under a read-only path are bound read-only with it, not layered.
+    let (under_read_only, submounts): (Vec<PathBuf>, Vec<PathBuf>) = submounts
+        .into_iter()
+        .partition(|m| read_only::covers(&config.read_only, m));
+    let mut layers = vec![Layer::root_in(&home, config)];
     for mount_point in submounts {
-        let layer = Layer::submount(vm, config, mount_point);
+        let layer = Layer::submount_in(&home, config, mount_point);
         for dir in [&layer.upper, &layer.work] {
             fs::create_dir_all(dir).at(dir)?;
         }
@@ -133,7 +225,17 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<Vec<
             .collect();
         crate::disk::apply(&config.name, root.dir(), vm, disk, &folders)?;
     }
-    Ok(layers)
+    let read_only = config
+        .read_only
+        .iter()
+        .cloned()
+        .chain(under_read_only)
+        .collect();
+    Ok(ForStart {
+        layers,
+        read_only,
+        memory_layer,
+    })
 }
 
 /// The layers that hold a VM's changes, whether or not it runs: the root layer and every

@@ -20,7 +20,7 @@
 //!   [`moment`]: a `--leave-running --export` checkpoint's freeze, held while its layers are
 //!   archived
 //! - [`rootfs`]: the isolation recipe, step by step, which init runs; [`layers`] and [`disk`]:
-//!   the overlays a VM needs and their cap
+//!   the overlays a VM needs and their cap; [`read_only`]: the paths it sees read-only instead
 //! - [`idle`]: what keeper and init give back of their program's pages once the VM is up
 //! - [`workload`] and [`accounts`]: the last steps before a process becomes the user's program
 //! - [`peers`]: the other VMs of the state root, as a keeper's Shuttle broker reaches them
@@ -60,6 +60,7 @@ pub mod options;
 pub mod peers;
 pub mod program;
 pub mod protocol;
+pub mod read_only;
 pub mod relay;
 pub mod rootfs;
 pub mod services;

@@ -35,6 +35,8 @@ pub struct CreateOptions {
     pub disk: Option<u64>,
     /// `--allow-userns`: the VM's processes may create user namespaces.
     pub allow_userns: bool,
+    /// `--ro PATH`: paths of the base the VM sees read-only, not through its layer.
+    pub read_only: Vec<PathBuf>,
 }
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
@@ -54,6 +56,11 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         }
         .into());
     }
+    let read_only = crate::read_only::resolve(
+        &base,
+        &options.read_only,
+        &crate::hiding::state_folders(root),
+    )?;
     let scaffold: Vec<PathBuf> = MOUNT_POINTS
         .iter()
         .filter(|dir| !base.join(dir).is_dir())
@@ -83,6 +90,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         network,
         tags: options.tags.clone(),
         allow_userns: options.allow_userns,
+        read_only,
     };
     let durability = if options.ephemeral {
         Durability::Volatile
@@ -102,8 +110,9 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
             return Err(e);
         }
     }
+    // A layer in memory gets them from its keeper, which makes it.
     let upper = crate::layers::home(&vm, &config).upper;
-    for dir in &config.scaffold {
+    for dir in config.scaffold.iter().filter(|_| !config.layer_in_memory()) {
         let path = upper.join(dir.strip_prefix("/").unwrap_or(dir));
         fs::create_dir(&path).at(&path)?;
     }

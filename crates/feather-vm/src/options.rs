@@ -24,6 +24,8 @@ pub struct CreateRequest {
     pub publish: Vec<String>,
     pub egress: bool,
     pub tags: Vec<String>,
+    /// `--ro PATH`, repeatable: paths of the base the VM sees read-only.
+    pub ro: Vec<PathBuf>,
 }
 
 impl CreateRequest {
@@ -66,6 +68,7 @@ impl CreateRequest {
                 .collect::<Result<_, _>>()?,
             disk: self.disk.as_deref().map(parse_bytes).transpose()?,
             allow_userns: self.allow_userns,
+            read_only: self.ro.clone(),
         })
     }
 }

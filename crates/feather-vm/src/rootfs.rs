@@ -21,6 +21,14 @@ pub struct RootfsPlan {
     /// The host folder where the root is assembled (the VM's `rootfs/`).
     pub rootfs: PathBuf,
     pub layers: Vec<Layer>,
+    /// VM paths bound read-only from the base instead of layered (`create --ro`), each after
+    /// what it lies in.
+    pub read_only: Vec<PathBuf>,
+    /// The descriptor of a throw-away VM's layer in memory, which init (a clone of the keeper)
+    /// has a copy of: the layers' folders are `/proc/self/fd/<it>/…` until they are mounted,
+    /// then init closes it (the overlays hold the layer), so that nothing in the VM can reach
+    /// its layer from below through init's descriptors.
+    pub memory_layer_fd: Option<std::os::fd::RawFd>,
     /// Volatile for a throw-away VM, whose layers go with it.
     pub sync: LayerSync,
     /// Host paths that must not be visible inside the VM: feather's state and run folders,
@@ -82,12 +90,28 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     };
     mount::overlay(&first.lower, &first.upper, &first.work, root, plan.sync)?;
     // 3. Other filesystems under the base get layers of their own, or the VM would see empty
-    //    folders (overlayfs does not cross mount points of its lower layer).
-    for layer in others {
-        let target = inside(root, &layer.mount_point);
-        if target.is_dir() {
-            mount::overlay(&layer.lower, &layer.upper, &layer.work, &target, plan.sync)?;
+    //    folders (overlayfs does not cross mount points of its lower layer); the read-only
+    //    paths are the base's own files, bound read-only (3b). A mount goes after every mount
+    //    it lies in.
+    let mut upper_mounts: Vec<(&Path, Option<&Layer>)> = others
+        .iter()
+        .map(|layer| (layer.mount_point.as_path(), Some(layer)))
+        .chain(plan.read_only.iter().map(|path| (path.as_path(), None)))
+        .collect();
+    upper_mounts.sort_by_key(|(path, _)| path.components().count());
+    for (vm_path, layer) in upper_mounts {
+        match layer {
+            Some(layer) => {
+                let target = inside(root, vm_path);
+                if target.is_dir() {
+                    mount::overlay(&layer.lower, &layer.upper, &layer.work, &target, plan.sync)?;
+                }
+            }
+            None => bind_read_only(&plan.base, root, vm_path)?,
         }
+    }
+    if let Some(fd) = plan.memory_layer_fd {
+        let _ = nix::unistd::close(fd);
     }
     // 4. feather's state (every VM's layer, the control sockets) of every state root of the
     //    host, and the registry of them, are replaced by an empty read-only folder: a VM sees
@@ -162,6 +186,32 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     //     (The interface itself is configured by init right after this recipe.)
     // 11. Make the assembled tree the root and drop every path back to the host's.
     mount::pivot_into(root)
+}
+
+/// 3b. Binds the base's `vm_path` read-only (and nodev, as the layers are) at the same path of
+///     the VM's tree. Both ends are opened without following any link and without leaving
+///     the base, resp. the VM's tree (a link the host or the VM's layer put there since the
+///     VM was created cannot steer the bind), and the bind is attached to exactly what was
+///     opened. Only the one filesystem at `vm_path` is bound: what is mounted under it is
+///     bound by an entry of its own, or hidden.
+fn bind_read_only(base: &Path, root: &Path, vm_path: &Path) -> Result<()> {
+    let rel = vm_path.strip_prefix("/").unwrap_or(vm_path);
+    let source = crate::read_only::open_in_base(base, rel)
+        .map_err(io_failed("open read-only path in base", &base.join(rel)))?;
+    let tree = mount::clone_tree(&source)?;
+    mount::set_tree_flags(
+        &tree,
+        mount::TreeFlags {
+            read_only: true,
+            no_suid: false,
+            no_dev: true,
+        },
+    )?;
+    let point = crate::read_only::open_in_base(root, rel).map_err(io_failed(
+        "open read-only path in the VM's tree",
+        &root.join(rel),
+    ))?;
+    mount::attach_tree(&tree, &point)
 }
 
 /// 4. See [`assemble`].

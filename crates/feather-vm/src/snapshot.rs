@@ -239,7 +239,7 @@ pub(crate) fn restore_tree(
     // `feather restore` (or `serve`) checked it before starting this keeper.
     let criu = Criu::located_by_starter().in_vm(name)?;
     let images = vm.checkpoint_dir();
-    let top = layers::for_start(root, vm, config)?.swap_remove(0);
+    let top = layers::for_start(root, vm, config)?.layers.swap_remove(0);
     let rootfs = vm.rootfs();
     let list = images.join(LAYERS);
     let external: Vec<ExternalLayer> = match fs::read(&list) {

@@ -280,6 +280,10 @@ pub struct CreateArgs {
     /// A label policy rules can select the VM by, as @tag:NAME (repeatable)
     #[arg(long = "tag", value_name = "NAME")]
     pub tags: Vec<String>,
+    /// See PATH of the base read-only, as the base has it, instead of through the VM's layer:
+    /// writes there fail, lookups cost what they cost on the host (repeatable), e.g. --ro /usr
+    #[arg(long = "ro", value_name = "PATH")]
+    pub read_only: Vec<PathBuf>,
 }
 
 impl CreateArgs {
@@ -294,6 +298,7 @@ impl CreateArgs {
             && self.publish.is_empty()
             && !self.egress
             && self.tags.is_empty()
+            && self.read_only.is_empty()
     }
 }
 

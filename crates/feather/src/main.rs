@@ -428,7 +428,7 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
     let name: VmName = name.parse()?;
     match root.open(&name) {
         Ok(_) if !args.create.is_empty() => {
-            anyhow::bail!("VM {name} exists: --base, --memory, --pids, --cpus, --disk, --allow-userns and the network options apply only when run creates it")
+            anyhow::bail!("VM {name} exists: --base, --memory, --pids, --cpus, --disk, --allow-userns, --ro and the network options apply only when run creates it")
         }
         Ok(_) => {}
         Err(Error::NotFound(_)) => {
@@ -488,6 +488,7 @@ fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
         publish: args.publish.clone(),
         egress: args.egress,
         tags: args.tags.clone(),
+        ro: args.read_only.clone(),
     };
     Ok(request.options()?)
 }
