@@ -167,3 +167,27 @@ fn a_host_socket_in_the_lower_layer_refuses_connections_from_a_vm() {
         "nothing reached the host listener"
     );
 }
+
+#[test]
+fn the_vm_s_root_cannot_reach_into_its_init() {
+    // init holds the exec channel's listener and, in a throw-away VM, briefly its layer; it
+    // has the same capabilities as the VM's root, so only its being not dumpable keeps the
+    // VM's root out of its descriptors, environment and memory. A process of the VM's own,
+    // dumpable, shows the probe reaches where it may.
+    let feather = Feather::new("init-undumpable");
+    let base = crate::support::ScratchBase::new("init-undumpable");
+    feather.start_over("vm", &base, &[]);
+    // Each: a descriptor's link, the environment, the memory opened (its first page is
+    // unmapped, so nothing is read).
+    let probe = |pid: &str| {
+        format!(
+            "readlink /proc/{pid}/fd/0 >/dev/null 2>&1 && echo fd=reached || echo fd=refused; \
+             head -c1 /proc/{pid}/environ >/dev/null 2>&1 && echo environ=reached || echo environ=refused; \
+             (: < /proc/{pid}/mem) 2>/dev/null && echo mem=reached || echo mem=refused"
+        )
+    };
+    let init = feather.sh("vm", &probe("1"));
+    assert_eq!(init, "fd=refused\nenviron=refused\nmem=refused\n");
+    let own = feather.sh("vm", &format!("sleep 30 & {}; kill $!", probe("$!")));
+    assert_eq!(own, "fd=reached\nenviron=reached\nmem=reached\n");
+}

@@ -187,6 +187,14 @@ pub fn program_files() -> std::io::Result<Vec<std::path::PathBuf>> {
 /// on `keeper`, and supervises until the VM ends. Never returns.
 pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
     let _ = nix::sys::prctl::set_name(c"feather-init");
+    // The VM's root holds the same capabilities as init: were init dumpable, it could ptrace
+    // it or take its descriptors (`/proc/1/fd`, pidfd_getfd) — the exec channel's listener, the
+    // layer's tmpfs before it is closed. Not dumpable, only the host (CAP_SYS_PTRACE: CRIU,
+    // `feather ps`) reaches in. What init starts is dumpable again at its execve.
+    if let Err(e) = feather_sys::process::make_undumpable() {
+        report_failure(&mut keeper, &InitError::Root(e));
+        std::process::exit(1);
+    }
     // As pid 1 of its namespace, init would ignore every signal it has no handler for; blocked
     // and read from a signalfd, they arrive.
     let signals = match feather_sys::process::block_signals(&HANDLED) {
