@@ -367,7 +367,34 @@ pub(crate) fn restore_tree(
     let _ = waitpid(child, None);
     let pid = Pid::from_raw(restored?);
     let pidfd = process::pidfd_open(pid).in_vm(name)?;
-    Ok(ChildProcess { pid, pidfd })
+    let init = ChildProcess { pid, pidfd };
+    // Stopped still: a VM never runs with a kernel interface unmasked.
+    if let Err(e) = mask_what_the_dump_lacked(vm, &init) {
+        let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(init.pid, None);
+        return Err(e);
+    }
+    Ok(init)
+}
+
+/// Masks the kernel interfaces that the restored VM of `init` sees unmasked: CRIU recreates
+/// only the masks it dumped, and a folder or file that was not there at the dump (another
+/// host's kernel, a driver loaded since) may be here. Done while the VM is stopped.
+fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess) -> Result<()> {
+    let name = vm.name();
+    let mountinfo = format!("/proc/{}/mountinfo", init.pid);
+    let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
+    // A path the VM's kernel lacks needs no helper (which looks again, safely, at the rest).
+    let root = PathBuf::from(format!("/proc/{}/root", init.pid));
+    let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(&text))
+        .into_iter()
+        .filter(|path| fs::symlink_metadata(root.join(path)).is_ok())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    process::mask_in_mount_namespace_of(&init.pidfd, &missing).in_vm(name)?;
+    Ok(())
 }
 
 /// Runs `program`; returns only on failure.
