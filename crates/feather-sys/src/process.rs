@@ -285,6 +285,16 @@ pub fn close_other_fds(keep: &[RawFd]) {
     }
 }
 
+/// Clears close-on-exec on `fd`: a descriptor the program about to be exec'd takes over.
+pub fn keep_across_exec(fd: &impl AsFd) -> Result<()> {
+    nix::fcntl::fcntl(
+        fd.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map(drop)
+    .ctx("clear close-on-exec on", fd.as_fd().as_raw_fd())
+}
+
 /// Gives every signal its default action back, before exec (see [`raw::reset_signal_dispositions`]).
 pub fn reset_signal_dispositions() {
     raw::reset_signal_dispositions();

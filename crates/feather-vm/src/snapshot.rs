@@ -27,6 +27,7 @@
 //! its content, devpts, mqueue) CRIU recreates from its images.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ use nix::unistd::Pid;
 use crate::decide::{self, WhileHeld};
 use crate::error::{encode, failed, io, InVm, Result};
 use crate::hiding;
-use crate::images::{held_for, ExternalLayer, HOLD, LAYERS, LAZY};
+use crate::images::{held_for, ExternalLayer, EXTERNAL_NETNS, HOLD, LAYERS, LAZY};
 use crate::layers;
 use crate::protocol::{self, Response};
 use crate::rootfs;
@@ -171,6 +172,7 @@ pub(crate) fn dump(
         .filter(|m| hiding::is_hiding_mount(m))
         .map(|m| m.mount_point.display().to_string())
         .collect();
+    let external_netns = loopback_only_netns(vm, &config, init)?;
     // Written before the dump, which a post-copy receiver reads before the dump ends.
     let list = serde_json::to_vec_pretty(&layers).map_err(encode(name, LAYERS))?;
     let dumped = criu.dump(
@@ -183,6 +185,7 @@ pub(crate) fn dump(
             skipped_mounts: &skipped,
             lazy,
             freeze_cgroup: freezer,
+            external_netns,
         },
         &mut || {
             let written = feather_core::atomic::write_atomic(
@@ -208,6 +211,25 @@ pub(crate) fn dump(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// The inode of the network namespace of a VM with `--net none`, whose content is known —
+/// loopback, up, and nothing else: the VM has no CAP_NET_ADMIN and its /proc/sys is read-only
+/// — so that CRIU leaves it out of the dump; the restore makes it anew. Marks the images so
+/// (see [`EXTERNAL_NETNS`]). None for a VM with another network, which CRIU dumps.
+fn loopback_only_netns(vm: &VmDir, config: &VmConfig, init: Pid) -> Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    if config.network.mode != feather_core::NetMode::None {
+        return Ok(None);
+    }
+    let name = vm.name();
+    let netns = format!("/proc/{init}/ns/net");
+    let inode = fs::metadata(&netns).at(&netns).in_vm(name)?.ino();
+    let images = vm.checkpoint_dir();
+    fs::create_dir_all(&images).at(&images).in_vm(name)?;
+    let marker = images.join(EXTERNAL_NETNS);
+    fs::write(&marker, b"").at(&marker).in_vm(name)?;
+    Ok(Some(inode))
 }
 
 /// Whether `mount` is one of the VM's own layers over a host mount: an overlay whose upper
@@ -294,6 +316,13 @@ pub(crate) fn restore_tree(
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
         .collect();
+    // A VM dumped without its network namespace gets a new one, as at a start.
+    let netns = images
+        .join(EXTERNAL_NETNS)
+        .exists()
+        .then(feather_sys::net::new_loopback_namespace)
+        .transpose()
+        .in_vm(name)?;
     let call = criu
         .restore_call(&Restore {
             images: &images,
@@ -304,6 +333,7 @@ pub(crate) fn restore_tree(
             leave_stopped: true,
             // Post-copy: `feather serve` runs the daemon that fetches the memory.
             lazy: images.join(LAZY).exists(),
+            netns: netns.as_ref().map(AsRawFd::as_raw_fd),
         })
         .in_vm(name)?;
     let sync = if config.ephemeral {
@@ -352,7 +382,15 @@ pub(crate) fn restore_tree(
                 );
                 std::process::exit(125);
             }
-            process::close_other_fds(&[0, 1, 2, call.criu_end()]);
+            let mut keep = vec![0, 1, 2, call.criu_end()];
+            if let Some(netns) = &netns {
+                if let Err(e) = process::keep_across_exec(netns) {
+                    eprintln!("feather keeper {name}: cannot hand CRIU its network namespace: {e}");
+                    std::process::exit(125);
+                }
+                keep.push(netns.as_raw_fd());
+            }
+            process::close_other_fds(&keep);
             let why = exec(&call.program, &call.args);
             eprintln!(
                 "feather keeper {name}: cannot run {}: {why}",
