@@ -708,16 +708,11 @@ impl Criu {
     /// Post-copy, on the receiver: starts `criu lazy-pages`, which listens on
     /// [`LAZY_SOCKET`] in `images` for the restore's userfaultfds and fetches their pages from
     /// the sender's page server `from`, on demand and in the background, until it has them
-    /// all; it then exits 0. Returns once it listens.
-    pub fn lazy_pages(
-        &self,
-        vm: &str,
-        images: &Path,
-        from: &PageServer,
-    ) -> Result<std::process::Child> {
-        let socket = images.join(LAZY_SOCKET);
-        let _ = fs::remove_file(&socket);
-        let mut child = Command::new(&self.path)
+    /// all; it then exits 0. Returns at once: the restore waits for the socket
+    /// ([`await_lazy_pages`]) while the rest of it is prepared meanwhile.
+    pub fn lazy_pages(&self, images: &Path, from: &PageServer) -> Result<std::process::Child> {
+        let _ = fs::remove_file(images.join(LAZY_SOCKET));
+        Command::new(&self.path)
             .arg("lazy-pages")
             .arg("--page-server")
             .args(["--address", &from.address])
@@ -729,20 +724,7 @@ impl Criu {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| self.broken(e))?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !socket.exists() {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Err(failure(vm, "fetch the memory of", &images.join(LAZY_LOG)));
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failure(vm, "fetch the memory of", &images.join(LAZY_LOG)));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        Ok(child)
+            .map_err(|e| self.broken(e))
     }
 
     fn broken(&self, source: std::io::Error) -> MigrateError {
@@ -785,6 +767,21 @@ impl RestoreCall {
             _ => Err(failure(vm, "restore", &self.log)),
         }
     }
+}
+
+/// Waits until the `criu lazy-pages` started for a lazy restore of `images`
+/// ([`Criu::lazy_pages`]) listens; a daemon that ended or never listened within `patience`
+/// fails with its log's words.
+pub fn await_lazy_pages(vm: &str, images: &Path, patience: std::time::Duration) -> Result<()> {
+    let socket = images.join(LAZY_SOCKET);
+    let deadline = std::time::Instant::now() + patience;
+    while !socket.exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(failure(vm, "fetch the memory of", &images.join(LAZY_LOG)));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 /// Options of both dump and restore, and why feather needs each.

@@ -323,6 +323,7 @@ pub(crate) fn restore_tree(
         .then(feather_sys::net::new_loopback_namespace)
         .transpose()
         .in_vm(name)?;
+    let lazy = images.join(LAZY).exists();
     let call = criu
         .restore_call(&Restore {
             images: &images,
@@ -332,7 +333,7 @@ pub(crate) fn restore_tree(
             // Always: the keeper hides the state roots before the VM's processes go on.
             leave_stopped: true,
             // Post-copy: `feather serve` runs the daemon that fetches the memory.
-            lazy: images.join(LAZY).exists(),
+            lazy,
             netns: netns.as_ref().map(AsRawFd::as_raw_fd),
         })
         .in_vm(name)?;
@@ -400,7 +401,14 @@ pub(crate) fn restore_tree(
         }
         Some(pid) => pid,
     };
-    let restored = call.restore(name.as_str());
+    // Post-copy: `feather serve` started the daemon fetching the memory just before this
+    // keeper, which prepared meanwhile; CRIU's restore needs it listening.
+    let listening = match lazy {
+        true => criu::await_lazy_pages(name.as_str(), &images, LAZY_PATIENCE),
+        false => Ok(()),
+    };
+    // A daemon that never listened: dropping the call ends criu swrk, which waits for it.
+    let restored = listening.and_then(|()| call.restore(name.as_str()));
     // criu swrk ends once it has answered; the restored tree is this process's child.
     let _ = waitpid(child, None);
     let pid = Pid::from_raw(restored?);
@@ -434,6 +442,9 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess) -> Result<()> {
     process::mask_in_mount_namespace_of(&init.pidfd, &missing).in_vm(name)?;
     Ok(())
 }
+
+/// How long a lazy restore waits for `criu lazy-pages` to listen.
+const LAZY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Runs `program`; returns only on failure.
 fn exec(program: &Path, args: &[std::ffi::OsString]) -> std::io::Error {
