@@ -303,6 +303,76 @@ fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_s
     assert_eq!(seen, "1\n", "the reader runs on and saw nothing");
 }
 
+/// The host pid of VM `vm`'s init, from its state record.
+fn init_pid(feather: &Feather, vm: &str) -> String {
+    let state = fs::read_to_string(feather.vm_dir(vm).join("state.json")).unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state).unwrap();
+    state["init_pid"].to_string()
+}
+
+#[test]
+fn a_restored_vm_masks_the_kernel_interfaces_its_checkpoint_lacked() {
+    // A kernel interface that was not there at the dump (another host's kernel, a driver
+    // loaded since) but is where the VM is restored: made here by taking the masks away in
+    // the VM's mount namespace before its checkpoint, so that its images hold none of them.
+    let a = Feather::new("host-view-masks");
+    start_host_vm(&a, "w");
+    let pid = init_pid(&a, "w");
+    let masked = [
+        "/proc/acpi",
+        "/proc/interrupts",
+        "/proc/timer_list",
+        "/sys/firmware",
+    ];
+    let present: Vec<&str> = masked
+        .iter()
+        .copied()
+        .filter(|p| Path::new(p).exists())
+        .collect();
+    assert!(
+        present.contains(&"/sys/firmware") && present.contains(&"/proc/interrupts"),
+        "this test needs a host with /sys/firmware and /proc/interrupts"
+    );
+    // In its pid namespace too: umount reads /proc/self/mountinfo, and the VM's /proc shows
+    // only the VM's processes.
+    let unmount = Command::new("nsenter")
+        .args(["-t", &pid, "-m", "-p", "umount"])
+        .args(&present)
+        .status()
+        .unwrap();
+    assert!(unmount.success());
+    let reveal = "ls -A /sys/firmware | head -c 64; head -c 64 /proc/interrupts; echo end";
+    assert_ne!(a.sh("w", reveal), "end\n", "the masks were taken away");
+    a.ok(&["checkpoint", "w"]);
+    a.ok(&["restore", "w"]);
+    assert_eq!(a.status("w"), "running");
+    assert_eq!(
+        a.sh("w", reveal),
+        "end\n",
+        "a restored VM saw the host's kernel"
+    );
+    // Masked as at a start: an empty read-only tmpfs over a folder, /dev/null over a file.
+    let mounts = a.sh("w", "cat /proc/self/mountinfo");
+    for path in &present {
+        let mount = mounts
+            .lines()
+            .find(|l| l.split(' ').nth(4) == Some(path))
+            .unwrap_or_else(|| panic!("no mask at {path}:\n{mounts}"));
+        let (fields, source) = mount.split_once(" - ").unwrap();
+        if Path::new(path).is_dir() {
+            assert!(source.starts_with("tmpfs tmpfs ro,"), "{mount}");
+            assert!(
+                fields.split(' ').nth(5).unwrap().starts_with("ro,"),
+                "{mount}"
+            );
+        } else {
+            assert_eq!(fields.split(' ').nth(3), Some("/null"), "{mount}");
+        }
+    }
+    let write = a.run(&["exec", "w", "--", "sh", "-c", "touch /sys/firmware/x"]);
+    assert_ne!(write.code, 0, "{write:?}");
+}
+
 #[test]
 fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
     use std::sync::atomic::{AtomicBool, Ordering};

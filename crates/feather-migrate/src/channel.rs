@@ -57,8 +57,9 @@ use crate::error::{MigrateError, Result, TransferError};
 /// (or what it means) changes. 3: TLS 1.3 with the token proved over its exporter. 4: the
 /// archive is two tar streams, the layers pre-copied and then the rest (crate::precopy). 5: the
 /// checkpoint lists the VM's masks over kernel folders as external mounts, which the receiver
-/// mounts itself (an older one would take them for layers).
-pub const VERSION: u32 = 5;
+/// mounts itself (an older one would take them for layers). 6: a VM with `--net none` comes
+/// without its network namespace, which the receiver makes (an older one could not restore it).
+pub const VERSION: u32 = 6;
 
 /// The exporter's label (RFC 8446 §7.5): keying material for this protocol only.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-feather-migrate-token-proof";

@@ -42,6 +42,10 @@ const SYSTEM: [&str; 2] = ["/usr/sbin/criu", "/usr/local/sbin/criu"];
 pub const DUMP_LOG: &str = "dump.log";
 pub const RESTORE_LOG: &str = "restore.log";
 pub const LAZY_LOG: &str = "lazy-pages.log";
+/// The key a network namespace that CRIU neither dumps nor recreates goes by: dumped as
+/// `--external net[<inode>]:<key>`, handed back at restore as `--inherit-fd fd[<n>]:<key>`.
+pub const NETNS_KEY: &str = "feather-netns";
+
 /// Where `criu lazy-pages` waits for a lazy restore (CRIU's own name, in the images folder).
 pub const LAZY_SOCKET: &str = "lazy-pages.socket";
 
@@ -304,6 +308,10 @@ pub struct Dump<'a> {
     /// so none forks out of reach of the one-by-one ptrace seize, and leaves it as it found
     /// it — a group frozen before the dump stays frozen after a `leave_running` one.
     pub freeze_cgroup: Option<&'a Path>,
+    /// The inode of the tree's network namespace, if CRIU is not to dump it (its content is
+    /// known: the restoring side makes it anew and hands it over, see [`Restore::netns`]).
+    /// Only for a namespace with nothing but loopback: its network is not locked either.
+    pub external_netns: Option<u64>,
 }
 
 /// A restore of a dumped tree.
@@ -322,6 +330,9 @@ pub struct Restore<'a> {
     /// Post-copy: memory comes from the `criu lazy-pages` daemon listening in the images
     /// folder ([`Criu::lazy_pages`]).
     pub lazy: bool,
+    /// The network namespace for a tree dumped with [`Dump::external_netns`]: a descriptor
+    /// the process running criu holds (open across its exec).
+    pub netns: Option<i32>,
 }
 
 /// Where the version of the last CRIU checked is remembered between processes, with its path
@@ -561,6 +572,10 @@ impl Criu {
                 .external_mounts
                 .iter()
                 .map(|(mount_point, key)| format!("mnt[{mount_point}]:{key}"))
+                .chain(
+                    dump.external_netns
+                        .map(|inode| format!("net[{inode}]:{NETNS_KEY}")),
+                )
                 .collect(),
             skip_mnt: dump.skipped_mounts.to_vec(),
             lazy_pages: dump.lazy.map(|_| true),
@@ -570,6 +585,11 @@ impl Criu {
             }),
             notify_scripts: Some(true),
             freeze_cgroup: dump.freeze_cgroup.map(|dir| dir.display().to_string()),
+            // A namespace with loopback only and every process in it frozen: no packet can
+            // reach a socket being dumped, so CRIU's lock (iptables rules put in and taken
+            // out, two programs each way) guards nothing, and the restore, which takes the
+            // dump's method, would try to take out rules its new namespace never had.
+            network_lock: dump.external_netns.map(|_| rpc::NetworkLock::Skip as i32),
             ..common_options()
         };
         self.dump_notified(dump.vm, opts, &dump.images.join(DUMP_LOG), on_images)
@@ -645,6 +665,14 @@ impl Criu {
             leave_stopped: restore.leave_stopped.then_some(true),
             lazy_pages: restore.lazy.then_some(true),
             external,
+            inherit_fd: restore
+                .netns
+                .map(|fd| rpc::InheritFd {
+                    key: NETNS_KEY.into(),
+                    fd,
+                })
+                .into_iter()
+                .collect(),
             ..common_options()
         };
         self.restore_call_with(images, opts, restore.images.join(RESTORE_LOG))
@@ -680,16 +708,11 @@ impl Criu {
     /// Post-copy, on the receiver: starts `criu lazy-pages`, which listens on
     /// [`LAZY_SOCKET`] in `images` for the restore's userfaultfds and fetches their pages from
     /// the sender's page server `from`, on demand and in the background, until it has them
-    /// all; it then exits 0. Returns once it listens.
-    pub fn lazy_pages(
-        &self,
-        vm: &str,
-        images: &Path,
-        from: &PageServer,
-    ) -> Result<std::process::Child> {
-        let socket = images.join(LAZY_SOCKET);
-        let _ = fs::remove_file(&socket);
-        let mut child = Command::new(&self.path)
+    /// all; it then exits 0. Returns at once: the restore waits for the socket
+    /// ([`await_lazy_pages`]) while the rest of it is prepared meanwhile.
+    pub fn lazy_pages(&self, images: &Path, from: &PageServer) -> Result<std::process::Child> {
+        let _ = fs::remove_file(images.join(LAZY_SOCKET));
+        Command::new(&self.path)
             .arg("lazy-pages")
             .arg("--page-server")
             .args(["--address", &from.address])
@@ -701,20 +724,7 @@ impl Criu {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .map_err(|e| self.broken(e))?;
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while !socket.exists() {
-            if let Ok(Some(_)) = child.try_wait() {
-                return Err(failure(vm, "fetch the memory of", &images.join(LAZY_LOG)));
-            }
-            if std::time::Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(failure(vm, "fetch the memory of", &images.join(LAZY_LOG)));
-            }
-            std::thread::sleep(std::time::Duration::from_millis(2));
-        }
-        Ok(child)
+            .map_err(|e| self.broken(e))
     }
 
     fn broken(&self, source: std::io::Error) -> MigrateError {
@@ -757,6 +767,21 @@ impl RestoreCall {
             _ => Err(failure(vm, "restore", &self.log)),
         }
     }
+}
+
+/// Waits until the `criu lazy-pages` started for a lazy restore of `images`
+/// ([`Criu::lazy_pages`]) listens; a daemon that ended or never listened within `patience`
+/// fails with its log's words.
+pub fn await_lazy_pages(vm: &str, images: &Path, patience: std::time::Duration) -> Result<()> {
+    let socket = images.join(LAZY_SOCKET);
+    let deadline = std::time::Instant::now() + patience;
+    while !socket.exists() {
+        if std::time::Instant::now() > deadline {
+            return Err(failure(vm, "fetch the memory of", &images.join(LAZY_LOG)));
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    Ok(())
 }
 
 /// Options of both dump and restore, and why feather needs each.

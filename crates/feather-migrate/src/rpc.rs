@@ -33,6 +33,15 @@ pub enum ReqType {
     Version = 10,
 }
 
+/// criu_network_lock_method.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
+#[repr(i32)]
+pub enum NetworkLock {
+    Iptables = 1,
+    Nftables = 2,
+    Skip = 3,
+}
+
 /// criu_cg_mode.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration)]
 #[repr(i32)]
@@ -125,6 +134,9 @@ pub struct Opts {
     /// frozen through a `leave_running` dump.
     #[prost(string, optional, tag = "44")]
     pub freeze_cgroup: Option<String>,
+    /// `--network-lock` (dump; a restore takes the dump's, from its inventory).
+    #[prost(enumeration = "NetworkLock", optional, tag = "64")]
+    pub network_lock: Option<i32>,
     /// `--leave-stopped` (restore).
     #[prost(bool, optional, tag = "69")]
     pub leave_stopped: Option<bool>,

@@ -197,6 +197,41 @@ pub fn hide_beneath(dir: &impl AsFd, rel: &Path) -> nix::Result<bool> {
     Ok(true)
 }
 
+/// Masks the kernel interface `rel` beneath `dir` as a VM's recipe does: a folder under an
+/// empty read-only tmpfs (size 0, its superblock read-only too), a file under `dev_null`, a
+/// detached bind mount of the host's `/dev/null` (`raw::open_tree_clone`, made in the host's
+/// mount namespace), which this consumes. Found as [`hide_beneath`] finds a folder: without
+/// following a symbolic link, never leaving `dir`, and mounted on what was opened. Returns
+/// false when there is nothing at `rel`. Changes the working folder.
+pub fn mask_beneath(dir: &impl AsFd, rel: &Path, dev_null: OwnedFd) -> nix::Result<bool> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(
+            ResolveFlag::RESOLVE_BENEATH
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let target = match openat2(dir.as_fd(), rel, how) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(false),
+        Err(errno) => return Err(errno),
+    };
+    if nix::sys::stat::fstat(&target)?.st_mode & libc::S_IFMT != libc::S_IFDIR {
+        raw::move_mount_onto(dev_null.as_fd(), target.as_fd())?;
+        return Ok(true);
+    }
+    nix::unistd::fchdir(&target)?;
+    mount(
+        Some("tmpfs"),
+        ".",
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("size=0,mode=0555"),
+    )?;
+    Ok(true)
+}
+
 fn open_dir_beneath(dir: &impl AsFd, rel: &Path) -> nix::Result<OwnedFd> {
     let how = OpenHow::new()
         .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)

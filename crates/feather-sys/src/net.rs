@@ -20,6 +20,28 @@ pub fn loopback_up() -> Result<()> {
     raw::set_interface_flags(socket.as_raw_fd(), "lo", true).ctx("bring up", "lo")
 }
 
+/// A new network namespace with its loopback up and nothing else — what a VM with `--net
+/// none` has — held by the returned descriptor (close-on-exec). Made by a thread of its own,
+/// which alone changes namespace and ends with the call.
+pub fn new_loopback_namespace() -> Result<std::os::fd::OwnedFd> {
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| {
+                nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                    .ctx("unshare", "a network namespace")?;
+                loopback_up()?;
+                let path = "/proc/thread-self/ns/net";
+                std::fs::File::open(path)
+                    .map(std::os::fd::OwnedFd::from)
+                    .ctx("open", path)
+            })
+            .join()
+            .unwrap_or_else(|_| {
+                Err(nix::errno::Errno::EIO).ctx("make", "a network namespace (thread panicked)")
+            })
+    })
+}
+
 /// Announces that IPv4 `address` is now reached through interface `interface` of the caller's
 /// network namespace: one gratuitous ARP request (sender and target address both `address`,
 /// sender hardware address the interface's own), broadcast. Neighbours that know `address`

@@ -161,6 +161,58 @@ pub fn hide_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
     }
 }
 
+/// Masks the kernel interfaces `rels` (paths inside the VM, such as `proc/kcore`) in the
+/// mount namespace of the process `pidfd` names, as a VM's recipe masks them
+/// ([`crate::mount::mask_beneath`]), from a short-lived child as
+/// [`hide_in_mount_namespace_of`] does. Paths that are not there are passed over.
+pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]) -> Result<()> {
+    // One detached bind mount of the host's /dev/null per path that may be a file, made here:
+    // open_tree copies only mounts of the caller's own namespace.
+    let dev_null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_PATH | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .ctx("open", "/dev/null")?;
+    let mut clones = Vec::with_capacity(rels.len());
+    for _ in rels {
+        clones.push(raw::open_tree_clone(dev_null.as_fd(), false).ctx("open_tree", "/dev/null")?);
+    }
+    // SAFETY: the child below makes system calls only: setns, open, openat2, fstat, fchdir,
+    // mount and move_mount with paths nix keeps on its stack (a VM path of under 1 KiB), then
+    // exit_now. It takes no lock, allocates nothing and runs no exit handler.
+    let forked = unsafe { raw::fork_threaded() }.ctx("fork", "mount namespace helper")?;
+    let Some(child) = forked else {
+        let outcome = nix::sched::setns(pidfd.as_fd(), CloneFlags::CLONE_NEWNS).and_then(|()| {
+            let root = nix::fcntl::open(
+                "/",
+                nix::fcntl::OFlag::O_PATH
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )?;
+            for (rel, dev_null) in rels.iter().zip(clones) {
+                crate::mount::mask_beneath(&root, rel, dev_null)?;
+            }
+            Ok(())
+        });
+        raw::exit_now(match outcome {
+            Ok(()) => 0,
+            Err(errno) => errno as i32,
+        })
+    };
+    match nix::sys::wait::waitpid(Pid::from_raw(child), None)
+        .ctx("wait for", "mount namespace helper")?
+    {
+        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
+        nix::sys::wait::WaitStatus::Exited(_, code) => {
+            Err::<(), _>(nix::errno::Errno::from_raw(code)).ctx("mask in mount namespace", "VM")
+        }
+        other => Err::<(), _>(nix::errno::Errno::ECHILD)
+            .ctx("mount namespace helper ended", format_args!("{other:?}")),
+    }
+}
+
 /// The start time of `pid` in clock ticks since boot, or None if there is no such process.
 /// A (pid, start time) pair names one process for the whole uptime of the machine.
 pub fn start_ticks(pid: Pid) -> Option<u64> {
@@ -248,6 +300,16 @@ pub fn close_other_fds(keep: &[RawFd]) {
         first = fd + 1;
     }
     let _ = raw::close_range(first as u32, u32::MAX);
+}
+
+/// Clears close-on-exec on `fd`: a descriptor the program about to be exec'd takes over.
+pub fn keep_across_exec(fd: &impl AsFd) -> Result<()> {
+    nix::fcntl::fcntl(
+        fd.as_fd(),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .map(drop)
+    .ctx("clear close-on-exec on", fd.as_fd().as_raw_fd())
 }
 
 /// Gives every signal its default action back, before exec (see [`raw::reset_signal_dispositions`]).

@@ -16,6 +16,11 @@ pub(crate) const LAYERS: &str = "layers.json";
 /// The subnet of the VM's address (`--net private`) where it was checkpointed.
 pub(crate) const SUBNET: &str = "subnet.json";
 
+/// Present when the VM's network namespace was not dumped (`--net none`: loopback only, which
+/// the VM cannot change): the restoring side makes one anew and hands it to CRIU. Saves CRIU's
+/// `ip` and `iptables-save` runs at the dump and their counterparts at the restore.
+pub(crate) const EXTERNAL_NETNS: &str = "external-netns";
+
 /// Present while a VM restored for a migration waits for `feather serve` to confirm it; holds
 /// that serve's pid. See `snapshot::await_release`.
 pub(crate) const HOLD: &str = "hold";

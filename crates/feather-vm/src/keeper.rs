@@ -379,6 +379,7 @@ impl Keeper {
         };
         trace::phase("restore: CRIU restored the tree, network completed");
         keeper.record_running()?;
+        trace::phase("restore: recorded running");
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
         // of this host are hidden before anything of the VM runs again. A VM received by a
         // migration stays stopped until the sender lets it go (snapshot::await_release).
@@ -386,7 +387,7 @@ impl Keeper {
         if keeper.hold.is_none() {
             keeper.continue_processes();
         }
-        trace::phase("restore: recorded running, state folders hidden");
+        trace::phase("restore: state folders hidden, processes continued");
         Ok(keeper)
     }
 
@@ -639,7 +640,13 @@ impl Keeper {
         // frozen. Not for post-copy: the migration freezes the VM itself while CRIU still
         // serves its pages, and CRIU's thaw at the end must not undo that.
         let freezer = moment::freezer_of(self.cgroup.as_ref()).filter(|_| lazy.is_none());
-        match snapshot::dump(
+        // A VM held frozen for an export is frozen already.
+        let frozen = freezer
+            .as_ref()
+            .filter(|_| held.is_none())
+            .and_then(|_| moment::frozen_for_dump(self.cgroup.as_ref()));
+        trace::phase("checkpoint: frozen");
+        let dumped = snapshot::dump(
             &self.vm,
             self.init.pid,
             leave_running,
@@ -652,7 +659,11 @@ impl Keeper {
                     let _ = protocol::write_response(stream, &Response::Dumped);
                 }
             },
-        ) {
+        );
+        // Thawed: the processes of a VM left running go on; the others were ended by CRIU.
+        drop(frozen);
+        trace::phase("checkpoint: CRIU dumped");
+        match dumped {
             Ok(()) => match decide::after_dump(leave_running) {
                 decide::AfterDump::AnswerNow => {
                     let _ =
@@ -732,6 +743,7 @@ impl Keeper {
         if let Err(e) = self.vm.write_state(&state, self.durability) {
             eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
+        trace::phase("teardown: record the state");
         self.network.wait();
     }
 }

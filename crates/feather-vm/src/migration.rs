@@ -759,7 +759,7 @@ fn receive(
             Some(from) => Some(fetch_pages(&vm, from, &incoming.pages_channel())?),
             None => None,
         };
-        trace::phase("serve: criu lazy-pages listens");
+        trace::phase("serve: tunnel open, criu lazy-pages started");
         progress(Progress::Phase(&format!("restoring {name}")));
         restore(root, &name, None)?;
         trace::phase("serve: restored (keeper and CRIU), stopped");
@@ -830,9 +830,9 @@ fn fetch_pages(
         address: "127.0.0.1".into(),
         port: local,
     };
-    let daemon = criu
-        .lazy_pages(name.as_str(), &images, &local)
-        .in_vm(name)?;
+    // Not awaited here: the restoring keeper prepares while it starts, and waits for it only
+    // before CRIU's restore (snapshot::restore_tree).
+    let daemon = criu.lazy_pages(&images, &local).in_vm(name)?;
     feather_core::atomic::write_atomic(
         &images.join(crate::images::LAZY),
         format!("{}:{}", from.address, from.port).as_bytes(),

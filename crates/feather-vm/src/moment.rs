@@ -44,6 +44,18 @@ pub(crate) fn freezer_of(cgroup: Option<&Cgroup>) -> Option<PathBuf> {
         .filter(|dir| dir.join("cgroup.freeze").exists())
 }
 
+/// Freezes the VM's group for a dump that names it to CRIU (`--freeze-cgroup`), and returns
+/// the guard that thaws it; None if it could not be frozen in time (CRIU then freezes it
+/// itself). CRIU, given a group that is not frozen yet, writes its `cgroup.freeze` and looks
+/// again only every 100 ms (criu/seize.c, `freeze_processes`): the first look comes before
+/// the kernel has stopped every task, so each checkpoint waited 100 ms more than it took.
+/// This waits for the kernel's word, looking every 2 ms; CRIU finds the group frozen, seizes
+/// the tasks at once, and leaves the group frozen, as it found it, until the guard goes.
+pub(crate) fn frozen_for_dump(cgroup: Option<&Cgroup>) -> Option<Frozen> {
+    let cgroup = cgroup.filter(|c| freezer_of(Some(c)).is_some())?;
+    cgroup.freeze(FREEZE_PATIENCE).ok()
+}
+
 /// A VM frozen for its checkpoint; dropping it thaws the VM.
 pub(crate) struct Held {
     _frozen: Frozen,

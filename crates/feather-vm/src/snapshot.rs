@@ -27,6 +27,7 @@
 //! its content, devpts, mqueue) CRIU recreates from its images.
 
 use std::fs;
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,7 +46,7 @@ use nix::unistd::Pid;
 use crate::decide::{self, WhileHeld};
 use crate::error::{encode, failed, io, InVm, Result};
 use crate::hiding;
-use crate::images::{held_for, ExternalLayer, HOLD, LAYERS, LAZY};
+use crate::images::{held_for, ExternalLayer, EXTERNAL_NETNS, HOLD, LAYERS, LAZY};
 use crate::layers;
 use crate::protocol::{self, Response};
 use crate::rootfs;
@@ -171,6 +172,7 @@ pub(crate) fn dump(
         .filter(|m| hiding::is_hiding_mount(m))
         .map(|m| m.mount_point.display().to_string())
         .collect();
+    let external_netns = loopback_only_netns(vm, &config, init)?;
     // Written before the dump, which a post-copy receiver reads before the dump ends.
     let list = serde_json::to_vec_pretty(&layers).map_err(encode(name, LAYERS))?;
     let dumped = criu.dump(
@@ -183,6 +185,7 @@ pub(crate) fn dump(
             skipped_mounts: &skipped,
             lazy,
             freeze_cgroup: freezer,
+            external_netns,
         },
         &mut || {
             let written = feather_core::atomic::write_atomic(
@@ -208,6 +211,25 @@ pub(crate) fn dump(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// The inode of the network namespace of a VM with `--net none`, whose content is known —
+/// loopback, up, and nothing else: the VM has no CAP_NET_ADMIN and its /proc/sys is read-only
+/// — so that CRIU leaves it out of the dump; the restore makes it anew. Marks the images so
+/// (see [`EXTERNAL_NETNS`]). None for a VM with another network, which CRIU dumps.
+fn loopback_only_netns(vm: &VmDir, config: &VmConfig, init: Pid) -> Result<Option<u64>> {
+    use std::os::unix::fs::MetadataExt;
+    if config.network.mode != feather_core::NetMode::None {
+        return Ok(None);
+    }
+    let name = vm.name();
+    let netns = format!("/proc/{init}/ns/net");
+    let inode = fs::metadata(&netns).at(&netns).in_vm(name)?.ino();
+    let images = vm.checkpoint_dir();
+    fs::create_dir_all(&images).at(&images).in_vm(name)?;
+    let marker = images.join(EXTERNAL_NETNS);
+    fs::write(&marker, b"").at(&marker).in_vm(name)?;
+    Ok(Some(inode))
 }
 
 /// Whether `mount` is one of the VM's own layers over a host mount: an overlay whose upper
@@ -294,6 +316,14 @@ pub(crate) fn restore_tree(
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
         .collect();
+    // A VM dumped without its network namespace gets a new one, as at a start.
+    let netns = images
+        .join(EXTERNAL_NETNS)
+        .exists()
+        .then(feather_sys::net::new_loopback_namespace)
+        .transpose()
+        .in_vm(name)?;
+    let lazy = images.join(LAZY).exists();
     let call = criu
         .restore_call(&Restore {
             images: &images,
@@ -303,7 +333,8 @@ pub(crate) fn restore_tree(
             // Always: the keeper hides the state roots before the VM's processes go on.
             leave_stopped: true,
             // Post-copy: `feather serve` runs the daemon that fetches the memory.
-            lazy: images.join(LAZY).exists(),
+            lazy,
+            netns: netns.as_ref().map(AsRawFd::as_raw_fd),
         })
         .in_vm(name)?;
     let sync = if config.ephemeral {
@@ -352,7 +383,15 @@ pub(crate) fn restore_tree(
                 );
                 std::process::exit(125);
             }
-            process::close_other_fds(&[0, 1, 2, call.criu_end()]);
+            let mut keep = vec![0, 1, 2, call.criu_end()];
+            if let Some(netns) = &netns {
+                if let Err(e) = process::keep_across_exec(netns) {
+                    eprintln!("feather keeper {name}: cannot hand CRIU its network namespace: {e}");
+                    std::process::exit(125);
+                }
+                keep.push(netns.as_raw_fd());
+            }
+            process::close_other_fds(&keep);
             let why = exec(&call.program, &call.args);
             eprintln!(
                 "feather keeper {name}: cannot run {}: {why}",
@@ -362,13 +401,50 @@ pub(crate) fn restore_tree(
         }
         Some(pid) => pid,
     };
-    let restored = call.restore(name.as_str());
+    // Post-copy: `feather serve` started the daemon fetching the memory just before this
+    // keeper, which prepared meanwhile; CRIU's restore needs it listening.
+    let listening = match lazy {
+        true => criu::await_lazy_pages(name.as_str(), &images, LAZY_PATIENCE),
+        false => Ok(()),
+    };
+    // A daemon that never listened: dropping the call ends criu swrk, which waits for it.
+    let restored = listening.and_then(|()| call.restore(name.as_str()));
     // criu swrk ends once it has answered; the restored tree is this process's child.
     let _ = waitpid(child, None);
     let pid = Pid::from_raw(restored?);
     let pidfd = process::pidfd_open(pid).in_vm(name)?;
-    Ok(ChildProcess { pid, pidfd })
+    let init = ChildProcess { pid, pidfd };
+    // Stopped still: a VM never runs with a kernel interface unmasked.
+    if let Err(e) = mask_what_the_dump_lacked(vm, &init) {
+        let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
+        let _ = waitpid(init.pid, None);
+        return Err(e);
+    }
+    Ok(init)
 }
+
+/// Masks the kernel interfaces that the restored VM of `init` sees unmasked: CRIU recreates
+/// only the masks it dumped, and a folder or file that was not there at the dump (another
+/// host's kernel, a driver loaded since) may be here. Done while the VM is stopped.
+fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess) -> Result<()> {
+    let name = vm.name();
+    let mountinfo = format!("/proc/{}/mountinfo", init.pid);
+    let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
+    // A path the VM's kernel lacks needs no helper (which looks again, safely, at the rest).
+    let root = PathBuf::from(format!("/proc/{}/root", init.pid));
+    let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(&text))
+        .into_iter()
+        .filter(|path| fs::symlink_metadata(root.join(path)).is_ok())
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    process::mask_in_mount_namespace_of(&init.pidfd, &missing).in_vm(name)?;
+    Ok(())
+}
+
+/// How long a lazy restore waits for `criu lazy-pages` to listen.
+const LAZY_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Runs `program`; returns only on failure.
 fn exec(program: &Path, args: &[std::ffi::OsString]) -> std::io::Error {
