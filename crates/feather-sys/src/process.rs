@@ -126,38 +126,13 @@ pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> 
 /// as they are, and the caller may have other threads (a keeper hides roots registered while
 /// its VM started). Folders that are not there are passed over.
 pub fn hide_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]) -> Result<()> {
-    // SAFETY: the child below makes system calls only: setns, open, openat2, fchdir and mount
-    // with paths nix keeps on its stack (a VM path of under 1 KiB), then exit_now. It takes no
-    // lock and runs no exit handler.
-    let forked = unsafe { raw::fork_threaded() }.ctx("fork", "mount namespace helper")?;
-    let Some(child) = forked else {
-        let outcome = nix::sched::setns(pidfd.as_fd(), CloneFlags::CLONE_NEWNS).and_then(|()| {
-            let root = nix::fcntl::open(
-                "/",
-                nix::fcntl::OFlag::O_PATH
-                    | nix::fcntl::OFlag::O_DIRECTORY
-                    | nix::fcntl::OFlag::O_CLOEXEC,
-                nix::sys::stat::Mode::empty(),
-            )?;
-            for rel in rels {
-                crate::mount::hide_beneath(&root, rel)?;
-            }
-            Ok(())
-        });
-        raw::exit_now(match outcome {
-            Ok(()) => 0,
-            Err(errno) => errno as i32,
+    // SAFETY: the job makes system calls only: open, openat2, fchdir and mount with paths nix
+    // keeps on its stack (a VM path of under 1 KiB). It takes no lock and allocates nothing.
+    unsafe {
+        in_mount_namespace_of(pidfd, "hide in mount namespace", |root| {
+            rels.iter()
+                .try_for_each(|rel| crate::mount::hide_beneath(root, rel).map(drop))
         })
-    };
-    match nix::sys::wait::waitpid(Pid::from_raw(child), None)
-        .ctx("wait for", "mount namespace helper")?
-    {
-        nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
-        nix::sys::wait::WaitStatus::Exited(_, code) => {
-            Err::<(), _>(nix::errno::Errno::from_raw(code)).ctx("in mount namespace", "VM")
-        }
-        other => Err::<(), _>(nix::errno::Errno::ECHILD)
-            .ctx("mount namespace helper ended", format_args!("{other:?}")),
     }
 }
 
@@ -178,9 +153,33 @@ pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
     for _ in rels {
         clones.push(raw::open_tree_clone(dev_null.as_fd(), false).ctx("open_tree", "/dev/null")?);
     }
-    // SAFETY: the child below makes system calls only: setns, open, openat2, fstat, fchdir,
-    // mount and move_mount with paths nix keeps on its stack (a VM path of under 1 KiB), then
-    // exit_now. It takes no lock, allocates nothing and runs no exit handler.
+    // SAFETY: the job makes system calls only: open, openat2, fstat, fchdir, mount and
+    // move_mount with paths nix keeps on its stack (a VM path of under 1 KiB); the clones were
+    // made before the fork. It takes no lock and allocates nothing.
+    unsafe {
+        in_mount_namespace_of(pidfd, "mask in mount namespace", |root| {
+            rels.iter().zip(clones).try_for_each(|(rel, dev_null)| {
+                crate::mount::mask_beneath(root, rel, dev_null).map(drop)
+            })
+        })
+    }
+}
+
+/// Runs `job` on the root folder of the mount namespace of the process `pidfd` names, in a
+/// child forked for it that joins that namespace and exits right after: the caller's own
+/// mounts stay as they are, and the caller may have other threads.
+///
+/// # Safety
+/// The caller may have other threads, so the child may only make system calls: `job` must not
+/// allocate, take a lock or run anything that does (no `format!`, no `println!`, no `Vec`
+/// growth), as after any `fork` of a threaded process.
+unsafe fn in_mount_namespace_of(
+    pidfd: &impl AsFd,
+    what: &'static str,
+    job: impl FnOnce(&OwnedFd) -> nix::Result<()>,
+) -> Result<()> {
+    // SAFETY: the child below makes system calls only (setns, open, then `job`, which the
+    // caller vouches for), then exit_now; it runs no exit handler.
     let forked = unsafe { raw::fork_threaded() }.ctx("fork", "mount namespace helper")?;
     let Some(child) = forked else {
         let outcome = nix::sched::setns(pidfd.as_fd(), CloneFlags::CLONE_NEWNS).and_then(|()| {
@@ -191,10 +190,7 @@ pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
                     | nix::fcntl::OFlag::O_CLOEXEC,
                 nix::sys::stat::Mode::empty(),
             )?;
-            for (rel, dev_null) in rels.iter().zip(clones) {
-                crate::mount::mask_beneath(&root, rel, dev_null)?;
-            }
-            Ok(())
+            job(&root)
         });
         raw::exit_now(match outcome {
             Ok(()) => 0,
@@ -206,7 +202,7 @@ pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
     {
         nix::sys::wait::WaitStatus::Exited(_, 0) => Ok(()),
         nix::sys::wait::WaitStatus::Exited(_, code) => {
-            Err::<(), _>(nix::errno::Errno::from_raw(code)).ctx("mask in mount namespace", "VM")
+            Err::<(), _>(nix::errno::Errno::from_raw(code)).ctx(what, "VM")
         }
         other => Err::<(), _>(nix::errno::Errno::ECHILD)
             .ctx("mount namespace helper ended", format_args!("{other:?}")),
