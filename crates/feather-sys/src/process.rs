@@ -241,7 +241,7 @@ pub fn describe(host_pid: Pid) -> Option<Described> {
     // NSpid lists the pid in each nested namespace, outermost first: the last is its own.
     let pid = field("NSpid:")?.split_whitespace().last()?.parse().ok()?;
     let uid = field("Uid:")?.split_whitespace().next()?.parse().ok()?;
-    let cmdline = fs::read(format!("/proc/{host_pid}/cmdline")).unwrap_or_default();
+    let cmdline = command_line(host_pid);
     let command = if cmdline.is_empty() {
         format!("[{}]", field("Name:").unwrap_or("?"))
     } else {
@@ -255,6 +255,21 @@ pub fn describe(host_pid: Pid) -> Option<Described> {
         uid,
         command,
     })
+}
+
+/// The most of a process's command line `describe` reads: a VM's process chooses its own (up
+/// to the kernel's ARG_MAX, megabytes), and `feather ps` of a VM with thousands of them must
+/// not take the host's memory for it.
+const COMMAND_LINE_MAX: u64 = 64 * 1024;
+
+/// The first [`COMMAND_LINE_MAX`] bytes of `pid`'s command line (empty if it is gone).
+fn command_line(pid: Pid) -> Vec<u8> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    if let Ok(file) = fs::File::open(format!("/proc/{pid}/cmdline")) {
+        let _ = file.take(COMMAND_LINE_MAX).read_to_end(&mut bytes);
+    }
+    bytes
 }
 
 /// Whether `pid` is a live process: it exists and has not exited (a zombie, state `Z`, or a
@@ -362,6 +377,34 @@ mod tests {
         assert!(start_ticks(me).is_some());
         assert_eq!(start_ticks(me), start_ticks(me));
         assert_eq!(start_ticks(Pid::from_raw(i32::MAX)), None);
+    }
+
+    #[test]
+    fn a_long_command_line_is_described_by_its_first_64_kib() {
+        // A VM's process chooses its command line; `ps` reads no more of it than this. (One
+        // argument may hold at most 128 KiB: two make it longer than what is read.)
+        let long = "x".repeat(100 * 1024);
+        // The shell waits on its stdin, a pipe: it starts no child that could outlive the test.
+        let mut child = std::process::Command::new("/bin/sh")
+            .args(["-c", "read line", &long, &long])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let command = loop {
+            // Until the child has run /bin/sh, its command line is this test's.
+            let command = describe(pid).expect("the shell runs").command;
+            if command.starts_with("/bin/sh") || std::time::Instant::now() > deadline {
+                break command;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        };
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let start: String = command.chars().take(60).collect();
+        assert!(command.starts_with("/bin/sh -c read line xxx"), "{start}");
+        assert_eq!(command.len() as u64, COMMAND_LINE_MAX);
     }
 
     #[test]
