@@ -161,7 +161,8 @@ def stat_cells(stats: Stats, unit: Callable[[float], str] = secs) -> list[str]:
 def table(headers: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:
-        lines.append("| " + " | ".join(cell.replace("|", "\\|") for cell in row) + " |")
+        # A newline would end the table row; in a shell command it is a `;`.
+        lines.append("| " + " | ".join(cell.replace("|", "\\|").replace("\n", "; ") for cell in row) + " |")
     return "\n".join(lines)
 
 
