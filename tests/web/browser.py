@@ -92,8 +92,8 @@ class Tour:
 
 
 def vms(tour):
-    """Create a VM from the form, start it, see it run, stop it, remove it (with the
-    confirmation), and see a bad value refused on the page."""
+    """Create a VM from the form (with a read-only path), start it, see it run, stop it, remove
+    it (with the confirmation), and see bad values refused on the page."""
     tour.open()
     tour.click("#new-vm")
     form = tour.find("#create-form")
@@ -110,6 +110,11 @@ def vms(tour):
     tour.notice("no-such-unit-here")
     form.find_element(By.NAME, "services").clear()
     form.find_element(By.NAME, "services").send_keys("nginx")
+    form.find_element(By.NAME, "ro").send_keys("usr/relative")
+    tour.click("#create-submit")
+    tour.notice("usr/relative")
+    form.find_element(By.NAME, "ro").clear()
+    form.find_element(By.NAME, "ro").send_keys("/usr")
     tour.click("#create-submit")
     tour.text_appears(tour.row("b1"), "created")
     tour.click(tour.row("b1") + ' button[data-action="start"]')
@@ -142,7 +147,8 @@ def phone(tour):
 
 
 def changes(tour):
-    """A VM's changes as a tree, a hostile file name shown as text, a chosen change committed."""
+    """A VM's changes as a tree, a hostile file name shown as text, a chosen change committed,
+    and a set-user-ID one marked and committed after a confirmation that names it."""
     vm = tour.args["vm"]
     tour.open("#/vm/" + vm)
     tour.text_appears("#vm-changes", tour.args["keep"])
@@ -155,6 +161,16 @@ def changes(tour):
     box = tour.find(f'#vm-changes input[data-path="{tour.args["keep"]}"]')
     box.click()
     tour.click("#commit-selected")
+    tour.confirm()
+    tour.notice("Committed 1")
+    # A set-user-ID program the VM made carries a badge, and committing it asks with its name.
+    tour.gone(f'#vm-changes input[data-path="{tour.args["keep"]}"]')
+    privileged = f'#vm-changes input[data-path="{tour.args["privileged"]}"]'
+    label = tour.find(privileged).find_element(By.XPATH, "..")
+    assert label.find_element(By.CSS_SELECTOR, ".privileges").text == "set-user-ID", label.text
+    tour.click(privileged)
+    tour.click("#commit-selected")
+    tour.text_appears("dialog#confirm", "run with privileges on the host: " + tour.args["privileged"])
     tour.confirm()
     tour.notice("Committed 1")
 

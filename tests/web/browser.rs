@@ -4,6 +4,7 @@
 //! otherwise nowhere.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
@@ -56,7 +57,8 @@ fn at_phone_width_each_vm_is_a_card() {
 }
 
 /// What a VM chose — a file name, a command line — is shown as text on the page and never
-/// becomes markup; a chosen change is committed to the VM's (scratch) base.
+/// becomes markup; a chosen change is committed to the VM's (scratch) base, and a set-user-ID
+/// one only after a confirmation that names it.
 #[test]
 fn changes_are_shown_as_text_and_a_chosen_one_is_committed() {
     let feather = Feather::new("web-changes");
@@ -67,6 +69,7 @@ fn changes_are_shown_as_text_and_a_chosen_one_is_committed() {
         "c1",
         &format!(
             "echo kept > /data/kept.txt; echo left > /data/left.txt; echo x > \"/data/{hostile}\"; \
+             cp /bin/busybox /data/as-owner; chmod 4755 /data/as-owner; \
              (sh -c 'sleep 1000; true' '<script>document.title=1</script>' > /dev/null 2>&1 &)"
         ),
     );
@@ -74,9 +77,19 @@ fn changes_are_shown_as_text_and_a_chosen_one_is_committed() {
     tour(
         "changes",
         &server,
-        json!({ "vm": "c1", "keep": "/data/kept.txt", "hostile": format!("/data/{hostile}") }),
+        json!({ "vm": "c1", "keep": "/data/kept.txt", "hostile": format!("/data/{hostile}"),
+                "privileged": "/data/as-owner" }),
     );
     assert_eq!(base.read("data/kept.txt").as_deref(), Some("kept\n"));
+    let mode = fs::metadata(base.file("data/as-owner"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o7777,
+        0o4755,
+        "committed with its set-user-ID bit, as confirmed"
+    );
     assert_eq!(
         base.read("data/left.txt"),
         None,

@@ -269,6 +269,7 @@ function newVmForm() {
     field("Published ports", "publish", { placeholder: "8080:80, 5353:53/udp" }),
     field("Tags", "tags", { placeholder: "web, db" }),
     field("Services", "services", { placeholder: "host units, e.g. nginx, redis-server" }),
+    field("Read-only paths", "ro", { placeholder: "seen as the base has them, e.g. /usr" }),
     el("div", { class: "buttons" },
       el("button", { type: "submit", id: "create-submit" }, "Create"),
       el("button", { type: "button", class: "quiet", onclick: () => holder.replaceChildren() }, "Cancel")));
@@ -279,7 +280,7 @@ function newVmForm() {
 async function createVm(form) {
   const value = (name) => form.elements[name].value.trim();
   const list = (name) => value(name).split(",").map((s) => s.trim()).filter(Boolean);
-  const request = { name: value("name"), net: value("net"), publish: list("publish"), tags: list("tags"), services: list("services") };
+  const request = { name: value("name"), net: value("net"), publish: list("publish"), tags: list("tags"), services: list("services"), ro: list("ro") };
   for (const optional of ["base", "memory", "pids", "cpus"]) {
     if (value(optional)) request[optional] = value(optional);
   }
