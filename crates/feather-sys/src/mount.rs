@@ -180,20 +180,10 @@ pub fn bind_over_readonly(target: &Path) -> Result<()> {
 /// cannot steer the mount elsewhere. Returns false when there is no such folder to hide
 /// (nothing of the host's is then reachable by that path). Changes the working folder.
 pub fn hide_beneath(dir: &impl AsFd, rel: &Path) -> nix::Result<bool> {
-    let rel = rel.strip_prefix("/").unwrap_or(rel);
-    let target = match open_dir_beneath(dir, rel) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(false),
-        Err(errno) => return Err(errno),
+    let Some(target) = open_beneath(dir, rel, OFlag::O_DIRECTORY)? else {
+        return Ok(false);
     };
-    nix::unistd::fchdir(&target)?;
-    mount(
-        Some("tmpfs"),
-        ".",
-        Some("tmpfs"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("size=4k,mode=0755"),
-    )?;
+    empty_tmpfs_on(&target, "size=4k,mode=0755")?;
     Ok(true)
 }
 
@@ -204,37 +194,23 @@ pub fn hide_beneath(dir: &impl AsFd, rel: &Path) -> nix::Result<bool> {
 /// following a symbolic link, never leaving `dir`, and mounted on what was opened. Returns
 /// false when there is nothing at `rel`. Changes the working folder.
 pub fn mask_beneath(dir: &impl AsFd, rel: &Path, dev_null: OwnedFd) -> nix::Result<bool> {
-    let rel = rel.strip_prefix("/").unwrap_or(rel);
-    let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
-        .resolve(
-            ResolveFlag::RESOLVE_BENEATH
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
-    let target = match openat2(dir.as_fd(), rel, how) {
-        Ok(fd) => fd,
-        Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(false),
-        Err(errno) => return Err(errno),
+    let Some(target) = open_beneath(dir, rel, OFlag::empty())? else {
+        return Ok(false);
     };
     if nix::sys::stat::fstat(&target)?.st_mode & libc::S_IFMT != libc::S_IFDIR {
         raw::move_mount_onto(dev_null.as_fd(), target.as_fd())?;
         return Ok(true);
     }
-    nix::unistd::fchdir(&target)?;
-    mount(
-        Some("tmpfs"),
-        ".",
-        Some("tmpfs"),
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
-        Some("size=0,mode=0555"),
-    )?;
+    empty_tmpfs_on(&target, "size=0,mode=0555")?;
     Ok(true)
 }
 
-fn open_dir_beneath(dir: &impl AsFd, rel: &Path) -> nix::Result<OwnedFd> {
+/// `rel` (leading `/` ignored) opened `O_PATH` (with `flags`) beneath `dir` without following
+/// any symbolic link and never leaving it; None when nothing of that kind is there.
+fn open_beneath(dir: &impl AsFd, rel: &Path, flags: OFlag) -> nix::Result<Option<OwnedFd>> {
+    let rel = rel.strip_prefix("/").unwrap_or(rel);
     let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | flags)
         .resolve(
             ResolveFlag::RESOLVE_BENEATH
                 | ResolveFlag::RESOLVE_NO_SYMLINKS
@@ -245,9 +221,24 @@ fn open_dir_beneath(dir: &impl AsFd, rel: &Path) -> nix::Result<OwnedFd> {
     loop {
         match openat2(dir.as_fd(), rel, how) {
             Err(Errno::EAGAIN) if tries < 16 => tries += 1,
-            other => return other,
+            Ok(fd) => return Ok(Some(fd)),
+            Err(Errno::ENOENT | Errno::ENOTDIR | Errno::ELOOP | Errno::EXDEV) => return Ok(None),
+            Err(errno) => return Err(errno),
         }
     }
+}
+
+/// Mounts an empty read-only, inert tmpfs with `options` on the folder `target` (through the
+/// working folder, which is left there): no path is looked up again.
+fn empty_tmpfs_on(target: &OwnedFd, options: &str) -> nix::Result<()> {
+    nix::unistd::fchdir(target)?;
+    mount(
+        Some("tmpfs"),
+        ".",
+        Some("tmpfs"),
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some(options),
+    )
 }
 
 pub fn tmpfs(target: &Path, flags: MsFlags, options: &str) -> Result<()> {
