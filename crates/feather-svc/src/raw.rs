@@ -64,6 +64,26 @@ pub struct ProcessSetup {
     pub landlock: Option<std::sync::Arc<std::os::fd::OwnedFd>>,
 }
 
+/// For host tests of one setting: the caller's identity, umask 022, nothing else set.
+#[cfg(test)]
+impl ProcessSetup {
+    pub(crate) fn plain() -> ProcessSetup {
+        ProcessSetup {
+            credentials: None,
+            umask: 0o022,
+            limits: Vec::new(),
+            listen: None,
+            cgroup_procs: Vec::new(),
+            drop_capabilities: Vec::new(),
+            ambient_capabilities: Vec::new(),
+            no_new_privileges: false,
+            seccomp: Vec::new(),
+            memory_deny_write_execute: false,
+            landlock: None,
+        }
+    }
+}
+
 /// The first descriptor a passed socket gets, as sd_listen_fds(3) expects.
 pub const LISTEN_FDS_START: RawFd = 3;
 

@@ -220,17 +220,9 @@ mod tests {
         crate::raw::install(
             &mut command,
             crate::raw::ProcessSetup {
-                credentials: None,
-                umask: 0o022,
-                limits: Vec::new(),
-                listen: None,
-                cgroup_procs: Vec::new(),
-                drop_capabilities: Vec::new(),
-                ambient_capabilities: Vec::new(),
                 no_new_privileges: true,
-                seccomp: Vec::new(),
-                memory_deny_write_execute: false,
                 landlock: ruleset,
+                ..crate::raw::ProcessSetup::plain()
             },
         );
         command.output().expect("sh runs")

@@ -393,17 +393,8 @@ mod tests {
         crate::raw::install(
             &mut command,
             crate::raw::ProcessSetup {
-                credentials: None,
-                umask: 0o022,
-                limits: Vec::new(),
-                listen: None,
-                cgroup_procs: Vec::new(),
-                drop_capabilities: Vec::new(),
-                ambient_capabilities: Vec::new(),
-                no_new_privileges: false,
                 seccomp: filters,
-                memory_deny_write_execute: false,
-                landlock: None,
+                ..crate::raw::ProcessSetup::plain()
             },
         );
         command.output().expect("python3 runs")
