@@ -176,8 +176,11 @@ pub fn commit(
         .iter()
         .filter(|change| !consent.keep_privileges && !change.privileges.is_empty())
         .map(|change| {
-            let words: Vec<_> = change.privileges.iter().map(|p| p.word()).collect();
-            format!("{} ({})", escape_path(&change.path), words.join(", "))
+            format!(
+                "{} ({})",
+                escape_path(&change.path),
+                change.privileges_shown()
+            )
         })
         .collect();
     if !privileged.is_empty() {

@@ -93,6 +93,15 @@ pub struct Change {
     pub rel: PathBuf,
 }
 
+impl Change {
+    /// What the VM's version would grant, for people: "set-user-ID, file capabilities"; empty
+    /// when nothing.
+    pub fn privileges_shown(&self) -> String {
+        let words: Vec<_> = self.privileges.iter().map(|p| p.word()).collect();
+        words.join(", ")
+    }
+}
+
 fn path_as_text<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&feather_core::display::utf8_or_escaped(
         path.as_os_str().as_bytes(),

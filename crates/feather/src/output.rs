@@ -168,8 +168,7 @@ fn privileges_of(change: &Change) -> String {
     if change.privileges.is_empty() {
         return String::new();
     }
-    let words: Vec<_> = change.privileges.iter().map(|p| p.word()).collect();
-    format!("[{}] ", words.join(", "))
+    format!("[{}] ", change.privileges_shown())
 }
 
 fn size_of_change(change: &Change) -> String {
