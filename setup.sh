@@ -25,6 +25,7 @@ packages=(
     dbus             # service tests duplicate the D-Bus system bus into VMs
     polkitd          # polkit.service is Type=dbus: tests wait for org.freedesktop.PolicyKit1 on a VM's bus
     attr             # setfattr/getfattr: tests check that commit keeps extended attributes
+    libcap2-bin      # setcap/getcap: a test VM gives a file capabilities that commit must not apply unasked
     nftables         # `nft`: feather's network policy for --net private VMs (crates/feather-net)
     nginx            # network tests serve pages from VMs and the host; service tests duplicate its unit
     curl             # network and service tests fetch those pages
