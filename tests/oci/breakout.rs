@@ -229,12 +229,13 @@ fn writes_into_proc_reach_the_containers_procfs_whatever_its_proc_path_leads_to(
 
 /// The container's root, watching for `exec`'s child (the only process of the container whose
 /// parent is outside it: `PPid: 0`, pid 1 aside), tries to read its environment, its
-/// descriptors' links and its root, then opens the FIFO the child waits on. The image's `/etc/passwd` is that FIFO:
-/// the child, looking up `HOME`, waits in it after taking the container's credentials and
-/// before its `execve` — the window in which a runtime process of the container's uid and
-/// capabilities is open to ptrace and `/proc/PID/{environ,fd,mem}` unless it is not dumpable.
+/// descriptors' links and its root, then says `found`. The test holds the child meanwhile in
+/// its `execve`, after it took the container's credentials: the program it execs is a file the
+/// test holds a write lease on ([`LEASE_HOLDER`]), so the kernel waits before opening it — the
+/// window in which a runtime process of the container's uid and capabilities is open to ptrace
+/// and `/proc/PID/{environ,fd,mem}` unless it is not dumpable.
 const WATCHER: &str = r#"
-rm /etc/passwd && mkfifo /etc/passwd && echo ready > /tmp/result
+echo ready > /tmp/result
 tries=0
 while [ $tries -lt 600 ]; do
   for status in /proc/[0-9]*/status; do
@@ -245,14 +246,25 @@ while [ $tries -lt 600 ]; do
     for fd in /proc/$pid/fd/*; do readlink $fd >> /tmp/fds 2>/dev/null && echo read-fd >> /tmp/result; done
     if ls /proc/$pid/root/ > /dev/null 2>&1; then echo read-root >> /tmp/result; fi
     echo found >> /tmp/result
-    echo root:x:0:0::/root:/bin/sh > /etc/passwd
     exec sleep 60
   done
   tries=$((tries + 1))
   sleep 0.05
 done
 echo released-unfound >> /tmp/result
-echo root:x:0:0::/root:/bin/sh > /etc/passwd
+"#;
+
+/// Holds a write lease on the file `argv[1]` (an open of it for reading then waits until the
+/// lease is given up, up to the kernel's `lease-break-time`), says `held`, and gives it up at
+/// the first line on stdin. The lease-break signal is ignored: the holder decides when.
+const LEASE_HOLDER: &str = r#"
+import fcntl, os, signal, sys
+signal.signal(signal.SIGIO, signal.SIG_IGN)
+fd = os.open(sys.argv[1], os.O_RDONLY)
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_WRLCK)
+print("held", flush=True)
+sys.stdin.readline()
+fcntl.fcntl(fd, fcntl.F_SETLEASE, fcntl.F_UNLCK)
 "#;
 
 /// A runtime process inside the container (here `exec`'s child, between taking the container's
@@ -267,7 +279,9 @@ fn the_container_cannot_reach_into_the_runtime_process_that_enters_it() {
     config["annotations"] = serde_json::json!({"org.feather.confine": "none"});
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let rootfs = bundle.dir.join("rootfs");
-    std::os::unix::fs::symlink("busybox", rootfs.join("bin/mkfifo")).unwrap();
+    // A busybox of its own (an inode nothing else has open, as a write lease needs).
+    let held = rootfs.join("bin/busybox-held");
+    fs::copy(rootfs.join("bin/busybox"), &held).unwrap();
     // The container keeps the stdio it is given: not the pipes `output()` would wait on.
     let detached = runtime
         .command()
@@ -286,17 +300,40 @@ fn the_container_cannot_reach_into_the_runtime_process_that_enters_it() {
             .is_ok_and(|r| r.contains("ready"))),
         "the watcher did not start"
     );
-    let exec = run(runtime
+    let mut holder = Command::new("python3")
+        .args(["-c", LEASE_HOLDER])
+        .arg(&held)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut said = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+        &mut said,
+    )
+    .unwrap();
+    assert_eq!(said.trim(), "held", "the lease was not taken");
+    let exec = runtime
         .command()
         .env("FEATHER_HOST_SECRET", "host-secret-marker")
-        .args(["exec", "dumpable", "sh", "-c", "echo exec-ran"]));
+        .args(["exec", "dumpable", "/bin/busybox-held", "echo", "exec-ran"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let found = eventually(Duration::from_secs(30), || {
+        fs::read_to_string(&result).is_ok_and(|r| r.contains("found"))
+    });
+    // Gives the lease up: the child's execve goes on.
+    drop(holder.stdin.take());
+    let _ = holder.wait();
+    let exec: Outcome = exec.wait_with_output().unwrap().into();
     assert_eq!(exec.code, 0, "{exec:?}");
     assert_eq!(exec.stdout.trim(), "exec-ran", "{exec:?}");
     let reported = fs::read_to_string(&result).unwrap_or_default();
-    assert!(
-        reported.contains("found"),
-        "the watcher never saw exec's child: {reported:?}"
-    );
+    assert!(found, "the watcher never saw exec's child: {reported:?}");
     let environ = fs::read(rootfs.join("tmp/environ")).unwrap_or_default();
     assert!(
         !reported.contains("read-environ")
@@ -305,6 +342,53 @@ fn the_container_cannot_reach_into_the_runtime_process_that_enters_it() {
             && !String::from_utf8_lossy(&environ).contains("host-secret-marker"),
         "the container reached into the runtime's process: {reported:?}"
     );
+}
+
+/// The init (and `exec`'s child) looks `HOME` up in the container's /etc/passwd when the
+/// config has none. An image whose /etc/passwd is a FIFO nobody writes held the runtime in
+/// `open` — and with it `run`, or the engine waiting on `create` — for as long as the
+/// container liked: it is opened without waiting, found not to be a regular file, and the
+/// program starts with `HOME=/`.
+#[test]
+fn an_etc_passwd_fifo_does_not_hold_the_runtime() {
+    let scratch = Scratch::new("passwdfifo");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(
+        &scratch,
+        "bundle",
+        &base_config(&["sh", "-c", "echo home=$HOME"]),
+    );
+    let passwd = bundle.dir.join("rootfs/etc/passwd");
+    fs::remove_file(&passwd).unwrap();
+    nix::unistd::mkfifo(&passwd, nix::sys::stat::Mode::from_bits_truncate(0o644)).unwrap();
+    let mut child = runtime
+        .command()
+        .args(["run", "--bundle"])
+        .arg(&bundle.dir)
+        .arg("passwdfifo")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = eventually(Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    if !finished {
+        // Lets the runtime's open go on (and the test end): a writer that writes nothing.
+        let _ = nix::fcntl::open(
+            &passwd,
+            OFlag::O_WRONLY | OFlag::O_NONBLOCK,
+            nix::sys::stat::Mode::empty(),
+        );
+    }
+    let outcome: Outcome = child.wait_with_output().unwrap().into();
+    assert!(
+        finished,
+        "the container's /etc/passwd, a FIFO, held the runtime: {outcome:?}"
+    );
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(outcome.stdout.trim(), "home=/", "{outcome:?}");
 }
 
 /// CVE-2025-52565: with `process.terminal`, `/dev/console` is a bind of the terminal. An image

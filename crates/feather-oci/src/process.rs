@@ -10,7 +10,9 @@ use std::str::FromStr;
 
 use anyhow::{bail, Context, Result};
 use caps::{CapSet, Capability as Cap, CapsHashSet};
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::resource::{setrlimit, Resource};
+use nix::sys::stat::Mode;
 use nix::unistd::{AccessFlags, Gid, Uid};
 use oci_spec::runtime::{Capabilities, LinuxSeccomp, PosixRlimitType, Process};
 use seccompiler::BpfProgram;
@@ -225,11 +227,25 @@ fn home_of(uid: u32) -> String {
 /// The most of /etc/passwd read: far more than any real one.
 const PASSWD_LIMIT: u64 = 4 << 20;
 
-/// The container's /etc/passwd, which the image chose: only a regular file (a link to
-/// `/dev/zero` or a FIFO would have the init read forever), and at most [`PASSWD_LIMIT`].
+/// The container's /etc/passwd, which the image chose: opened without waiting (`O_NONBLOCK`:
+/// a FIFO there, or a file another process holds a lease on, would hold the runtime — and
+/// the engine waiting on it — for as long as the container likes) and without following a
+/// magic link (`/proc/PID/fd/N` of another process), then read only when it is a regular
+/// file (not `/dev/zero`), and at most [`PASSWD_LIMIT`]. Plain links are followed, as by
+/// runc: after pivot_root they lead only to the container's own files.
 fn read_passwd() -> Option<String> {
     use std::io::Read;
-    let file = std::fs::File::open("/etc/passwd").ok()?;
+    use std::os::fd::AsFd;
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    let how = OpenHow::new()
+        .flags(OFlag::O_RDONLY | OFlag::O_NONBLOCK | OFlag::O_NOCTTY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let file = std::fs::File::from(openat2(root.as_fd(), "etc/passwd", how).ok()?);
     if !file.metadata().ok()?.is_file() {
         return None;
     }
