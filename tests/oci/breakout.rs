@@ -490,3 +490,123 @@ fn a_lying_proc_self_fd_keeps_no_host_descriptor_open_in_exec() {
     );
     assert!(exec.stdout.contains("closed"), "{exec:?}");
 }
+
+/// A process holding a mount namespace of its own, for a container to join by `path`, whose
+/// `/proc` is a tmpfs where every `self/fd/N` is a link to `victim` — what the namespace's
+/// owner (another container) can make of it. Killed on drop.
+struct LyingNamespace(std::process::Child);
+
+impl LyingNamespace {
+    fn new(victim: &std::path::Path) -> LyingNamespace {
+        let script = format!(
+            "mount -t tmpfs lie /proc && mkdir -p /proc/self/fd && i=0 && \
+             while [ $i -lt 256 ]; do ln -s {victim} /proc/self/fd/$i; i=$((i+1)); done && \
+             echo ready && exec sleep 600",
+            victim = victim.display()
+        );
+        let mut holder = LyingNamespace(
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let mut said = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.0.stdout.take().unwrap()),
+            &mut said,
+        )
+        .unwrap();
+        assert_eq!(said.trim(), "ready", "the namespace was not made");
+        holder
+    }
+
+    fn path(&self) -> String {
+        format!("/proc/{}/ns/mnt", self.0.id())
+    }
+}
+
+impl Drop for LyingNamespace {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// runc's CVE-2021-30465 class: a container joining a mount namespace by `path` has its root
+/// assembled there, and the runtime mounted on `/proc/self/fd/N` of the descriptors it had
+/// resolved — a path through that namespace's `/proc`, which its owner makes what it likes.
+/// Here every such link leads to the container's `/victim`: the container's procfs, its `/dev`
+/// and the rest landed there (or create failed on the way). feather-oci mounts with the new
+/// mount API on the descriptors themselves (`move_mount`), no path looked up.
+#[test]
+fn a_joined_mount_namespaces_proc_cannot_move_the_containers_mounts() {
+    let scratch = Scratch::new("joinmnt");
+    let runtime = Runtime::new(&scratch);
+    let script = "test -e /proc/self/status && echo own-proc; ls -A /victim | wc -l; hostname";
+    let mut config = base_config(&["sh", "-c", script]);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let victim = bundle.dir.join("rootfs/victim");
+    fs::create_dir(&victim).unwrap();
+    let namespace = LyingNamespace::new(&victim);
+    for ns in config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if ns["type"] == "mount" {
+            ns["path"] = serde_json::json!(namespace.path());
+        }
+    }
+    bundle.set_config(&config);
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "joinmnt"]);
+    let lines: Vec<&str> = outcome.stdout.lines().collect();
+    assert_eq!(
+        (outcome.code, lines.as_slice()),
+        (0, ["own-proc", "0", "box"].as_slice()),
+        "the container's mounts went where the joined namespace's /proc led: {outcome:?}"
+    );
+}
+
+/// `linux.maskedPaths` and `readonlyPaths` under `/proc` were found by path after the mounts
+/// were made. The image's `/proc` is a link into a volume shared with another container,
+/// which moves the folder the container's procfs is mounted on (`mv proc real`, here at a
+/// known moment: a `createRuntime` hook, run between the mounts and the masks) and puts a
+/// plain `proc/sys` in its place: the masks found nothing and the read-only bind covered the
+/// plain folder, leaving the container's real procfs at `/shared/real` unmasked and writable
+/// (here its hostname knob takes a marker). feather-oci finds them beneath the procfs mount
+/// it made, held by its descriptor.
+#[test]
+fn masked_and_read_only_paths_cover_the_containers_procfs_wherever_a_volume_moved_it() {
+    let scratch = Scratch::new("procmove");
+    let runtime = Runtime::new(&scratch);
+    let volume = scratch.path("volume");
+    fs::create_dir_all(volume.join("proc")).unwrap();
+    let script = "echo ro-marker > /shared/real/sys/kernel/hostname; hostname; \
+                  grep -q . /shared/real/timer_list && echo timer-list-readable; true";
+    let mut config = base_config(&["sh", "-c", script]);
+    config["annotations"] = serde_json::json!({"org.feather.confine": "none"});
+    // The volume first: the procfs is mounted inside it, through the image's link.
+    config["mounts"].as_array_mut().unwrap().insert(
+        0,
+        serde_json::json!({"destination": "/shared", "type": "bind", "source": volume, "options": ["rbind"]}),
+    );
+    let moved = format!(
+        "mv {v}/proc {v}/real && mkdir -p {v}/proc/sys",
+        v = volume.display()
+    );
+    config["hooks"] =
+        serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", moved]}]});
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    fs::remove_dir(rootfs.join("proc")).unwrap();
+    std::os::unix::fs::symlink("/shared/proc", rootfs.join("proc")).unwrap();
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "procmove"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        volume.join("real").is_dir(),
+        "the hook did not move the procfs: {outcome:?}"
+    );
+    assert_eq!(
+        outcome.stdout.trim(),
+        "box",
+        "the container's procfs was left writable or unmasked: {outcome:?}"
+    );
+}

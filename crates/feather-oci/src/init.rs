@@ -123,7 +123,7 @@ impl Init {
             self.host_base,
             &self.hidden_roots,
         )?;
-        crate::mounts::mount_all(
+        let assembled = crate::mounts::mount_all(
             &self.spec,
             &rootfs,
             &self.record.bundle,
@@ -136,10 +136,10 @@ impl Init {
         }
         let state = crate::ops::hook_state(&self.record, "created");
         hooks::run(&self.spec, Kind::CreateContainer, &state)?;
-        crate::mounts::mask_all(&self.spec, &rootfs, &self.confinement)?;
-        crate::mounts::enter_root(&rootfs, self.no_pivot)?;
+        crate::mounts::mask_all(&self.spec, &assembled, &self.confinement)?;
+        crate::mounts::enter_root(&assembled, self.no_pivot)?;
         self.set_names()?;
-        crate::mounts::finish_root(&self.spec, &self.confinement, &proc)?;
+        crate::mounts::finish_root(&self.spec, &assembled, &self.confinement, &proc)?;
         if has_new_network(&self.spec) {
             // As runc: programs expect 127.0.0.1 in a new network namespace, which starts with
             // `lo` down.

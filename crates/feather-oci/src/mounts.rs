@@ -2,14 +2,18 @@
 //! `mounts`, `linux.devices`, `maskedPaths`, `readonlyPaths` and `linux.rootfsPropagation`.
 //!
 //! The rootfs comes from an image, so it is hostile: a mount destination is resolved inside it
-//! with openat2(RESOLVE_IN_ROOT) — a symlink in the image can never point a mount at a host
-//! path — and the mount is made on the descriptor (`/proc/self/fd/N`), never on a path the
-//! image could swap between the check and the mount. Missing folders are made with mkdirat
-//! relative to their resolved parent.
+//! one component at a time ([`make_target`]) — a symlink in the image can never point a mount
+//! at a host path — and every mount is made on that descriptor with the new mount API: a bind
+//! is a detached copy of its source's descriptor (`open_tree`), a filesystem a detached mount
+//! of its own (`fsopen`, `fsmount`), their flags set on the detached mount (`mount_setattr`),
+//! and both attached onto the descriptor (`move_mount`). No path is looked up twice, and none
+//! goes through a `/proc/self/fd/N` of the mount namespace, which in a namespace joined by
+//! `path` is whatever that namespace's `/proc` is (runc's CVE-2021-30465 class). Missing
+//! folders are made with mkdirat relative to their resolved parent.
 
 use std::ffi::OsStr;
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -223,8 +227,69 @@ fn make_entry(parent: &OwnedFd, name: &OsStr, directory: bool) -> nix::Result<()
     }
 }
 
-fn fd_path(fd: &OwnedFd) -> String {
-    format!("/proc/self/fd/{}", fd.as_raw_fd())
+/// The per-mount flags among `flags` as `MOUNT_ATTR_*` bits, and the bits to clear with
+/// them (the access-time field, when `flags` sets an access-time mode).
+fn mount_attributes(flags: MsFlags) -> (u64, u64) {
+    use feather_sys::mount::attr;
+    let mut set = 0;
+    for (flag, bit) in [
+        (MsFlags::MS_RDONLY, attr::RDONLY),
+        (MsFlags::MS_NOSUID, attr::NOSUID),
+        (MsFlags::MS_NODEV, attr::NODEV),
+        (MsFlags::MS_NOEXEC, attr::NOEXEC),
+        (MsFlags::MS_NOATIME, attr::NOATIME),
+        (MsFlags::MS_STRICTATIME, attr::STRICTATIME),
+        (MsFlags::MS_NODIRATIME, attr::NODIRATIME),
+    ] {
+        if flags.contains(flag) {
+            set |= bit;
+        }
+    }
+    let atime = MsFlags::MS_NOATIME | MsFlags::MS_STRICTATIME | MsFlags::MS_RELATIME;
+    let clear = if flags.intersects(atime) {
+        attr::ATIME
+    } else {
+        0
+    };
+    (set, clear)
+}
+
+/// The superblock's flags among `flags`, as the generic options `fsconfig` takes.
+fn superblock_options(flags: MsFlags) -> impl Iterator<Item = &'static str> {
+    [
+        (MsFlags::MS_RDONLY, "ro"),
+        (MsFlags::MS_SYNCHRONOUS, "sync"),
+        (MsFlags::MS_DIRSYNC, "dirsync"),
+        (MsFlags::MS_MANDLOCK, "mand"),
+    ]
+    .into_iter()
+    .filter(move |(flag, _)| flags.contains(*flag))
+    .map(|(_, name)| name)
+}
+
+/// Sets each of `propagation` (as `mount` options name them) on the mount `fd` is on.
+fn set_propagation(fd: &OwnedFd, propagation: &[MsFlags]) -> Result<()> {
+    for flag in propagation {
+        let recursive = flag.contains(MsFlags::MS_REC);
+        feather_sys::mount::set_propagation(fd, *flag - MsFlags::MS_REC, recursive)
+            .map_err(|e| anyhow::anyhow!("set propagation: {e}"))?;
+    }
+    Ok(())
+}
+
+/// Attaches the detached mount `tree` onto `target` (an `O_PATH` descriptor).
+fn attach(tree: &OwnedFd, target: &OwnedFd, what: &str) -> Result<()> {
+    feather_sys::mount::attach_tree(tree, target).map_err(|e| anyhow::anyhow!("{what}: {e}"))
+}
+
+/// A detached bind of exactly what `source` is (with the mounts below it when `recursive`).
+fn clone_of(source: &OwnedFd, recursive: bool) -> Result<OwnedFd> {
+    let tree = if recursive {
+        feather_sys::mount::clone_tree_recursive(source)
+    } else {
+        feather_sys::mount::clone_tree(source)
+    };
+    tree.map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 /// Makes the mount namespace private (or as `linux.rootfsPropagation` says) and the rootfs a
@@ -335,6 +400,17 @@ fn hide_state_roots(rootfs: &Path, folders: &[PathBuf]) -> Result<()> {
     nix::unistd::chdir("/").context("chdir /")
 }
 
+/// The container's root as assembled: the rootfs's descriptor (pivot_root goes there, not to
+/// a path looked up again) and the procfs the config mounted at `/proc`, held by its mount's
+/// descriptor. The masked and read-only paths under `/proc` are found beneath that mount,
+/// never through the path `/proc`, which the image may make a link into a volume another
+/// container renames under us: the runtime would cover the wrong thing and leave the
+/// container's real procfs open.
+pub struct Assembled {
+    root: OwnedFd,
+    proc: Option<OwnedFd>,
+}
+
 /// Every entry of `mounts`, in order, then the default devices and `linux.devices`.
 pub fn mount_all(
     spec: &Spec,
@@ -342,7 +418,7 @@ pub fn mount_all(
     bundle: &Path,
     groups: &Groups,
     idmapped: &crate::idmap::Trees,
-) -> Result<()> {
+) -> Result<Assembled> {
     let root = nix::fcntl::open(
         rootfs,
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
@@ -350,11 +426,21 @@ pub fn mount_all(
     )
     .with_context(|| format!("open {}", rootfs.display()))?;
     let mut dev_is_tmpfs = false;
+    let mut proc = None;
     for (index, entry) in spec.mounts().iter().flatten().enumerate() {
-        mount_one(&root, entry, bundle, groups, idmapped.of(index))
+        let mount = mount_one(&root, entry, bundle, groups, idmapped.of(index))
             .with_context(|| format!("mounts[{}]", entry.destination().display()))?;
-        if entry.destination() == Path::new("/dev") && entry.typ().as_deref() == Some("tmpfs") {
+        let at = |path: &str| {
+            entry
+                .destination()
+                .components()
+                .eq(Path::new(path).components())
+        };
+        if at("/dev") && entry.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
+        }
+        if at("/proc") && entry.typ().as_deref() == Some("proc") {
+            proc = mount;
         }
     }
     let devices = spec
@@ -369,75 +455,97 @@ pub fn mount_all(
         make_device(&root, device)
             .with_context(|| format!("linux.devices[{}]", device.path().display()))?;
     }
-    Ok(())
+    Ok(Assembled { root, proc })
 }
 
 /// One entry of `mounts`; `idmapped`: the id-mapped tree create made for it (see
-/// [`crate::idmap`]), attached in place of a bind.
+/// [`crate::idmap`]), attached in place of a bind. Returns the descriptor of the mount made
+/// (none for `cgroup`, which makes several).
 fn mount_one(
     root: &OwnedFd,
     entry: &Mount,
     bundle: &Path,
     groups: &Groups,
     idmapped: Option<&OwnedFd>,
-) -> Result<()> {
+) -> Result<Option<OwnedFd>> {
     let options = parse_options(entry.options().as_deref().unwrap_or_default());
     let typ = entry.typ().clone().unwrap_or_default();
     let destination = entry.destination();
     if typ == "cgroup" || typ == "cgroup2" {
-        return mount_cgroups(root, destination, &options, groups);
+        mount_cgroups(root, destination, &options, groups)?;
+        return Ok(None);
     }
-    let is_bind = typ == "bind" || options.set.contains(MsFlags::MS_BIND);
-    if is_bind {
-        let source = entry.source().clone().unwrap_or_default();
-        let source = if source.is_relative() {
-            bundle.join(source)
-        } else {
-            source
-        };
-        let directory = fs::metadata(&source)
-            .with_context(|| format!("source {}", source.display()))?
-            .is_dir();
-        let target = make_target(root, destination, directory)?;
-        match idmapped {
-            Some(tree) => feather_sys::mount::attach_tree(tree, &target)
-                .map_err(|e| anyhow::anyhow!("attach the id-mapped {}: {e}", source.display()))?,
-            None => {
-                let flags = MsFlags::MS_BIND | (options.set & MsFlags::MS_REC);
-                mount(Some(&source), fd_path(&target).as_str(), NONE, flags, NONE)
-                    .with_context(|| format!("bind {}", source.display()))?
-            }
-        }
-        let extra = options.set - (MsFlags::MS_BIND | MsFlags::MS_REC);
-        if !extra.is_empty() {
-            let top = make_target(root, destination, directory)?;
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra;
-            mount(NONE, fd_path(&top).as_str(), NONE, flags, NONE).context("remount")?;
-        }
-    } else {
+    let mount = if typ == "bind" || options.set.contains(MsFlags::MS_BIND) {
+        bind_one(root, entry, bundle, &options, idmapped)?
+    } else if options.set.contains(MsFlags::MS_REMOUNT) {
+        // The mount already at the destination, its own flags changed.
         let target = make_target(root, destination, true)?;
-        let source = entry
-            .source()
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(&typ));
-        let data = options.data.join(",");
-        let data = (!data.is_empty()).then_some(data.as_str());
-        mount(
-            Some(&source),
-            fd_path(&target).as_str(),
-            Some(typ.as_str()),
-            options.set,
-            data,
-        )
-        .with_context(|| format!("mount {typ}"))?;
+        let (set, clear) = mount_attributes(options.set);
+        feather_sys::mount::set_attributes(&target, set, clear, false)
+            .map_err(|e| anyhow::anyhow!("remount: {e}"))?;
+        target
+    } else {
+        filesystem_one(root, entry, &typ, &options)?
+    };
+    set_propagation(&mount, &options.propagation)?;
+    Ok(Some(mount))
+}
+
+/// A bind (or rbind) of `entry`'s source: a detached copy of the source opened once, its flags
+/// set while detached, attached onto the destination's descriptor. Returns the attached mount.
+fn bind_one(
+    root: &OwnedFd,
+    entry: &Mount,
+    bundle: &Path,
+    options: &Options,
+    idmapped: Option<&OwnedFd>,
+) -> Result<OwnedFd> {
+    let source = entry.source().clone().unwrap_or_default();
+    let source = if source.is_relative() {
+        bundle.join(source)
+    } else {
+        source
+    };
+    let opened = nix::fcntl::open(&source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
+        .with_context(|| format!("source {}", source.display()))?;
+    let directory = nix::sys::stat::fstat(&opened)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
+    let target = make_target(root, entry.destination(), directory)?;
+    let tree = match idmapped {
+        Some(tree) => tree.try_clone()?,
+        None => clone_of(&opened, options.set.contains(MsFlags::MS_REC))
+            .with_context(|| format!("bind {}", source.display()))?,
+    };
+    let (set, clear) = mount_attributes(options.set);
+    if set != 0 || clear != 0 {
+        feather_sys::mount::set_attributes(&tree, set, clear, false)
+            .map_err(|e| anyhow::anyhow!("bind {}: flags: {e}", source.display()))?;
     }
-    if !options.propagation.is_empty() {
-        let top = make_target(root, destination, true)?;
-        for flag in &options.propagation {
-            mount(NONE, fd_path(&top).as_str(), NONE, *flag, NONE).context("set propagation")?;
-        }
-    }
-    Ok(())
+    attach(&tree, &target, &format!("bind {}", source.display()))?;
+    Ok(tree)
+}
+
+/// A new filesystem of `typ` (proc, sysfs, tmpfs, devpts, mqueue…) with `entry`'s source,
+/// flags and data, made detached and attached onto the destination's descriptor. Returns the
+/// attached mount.
+fn filesystem_one(root: &OwnedFd, entry: &Mount, typ: &str, options: &Options) -> Result<OwnedFd> {
+    let target = make_target(root, entry.destination(), true)?;
+    let source = match entry.source() {
+        Some(source) => source.to_string_lossy().into_owned(),
+        None => typ.to_owned(),
+    };
+    let mut fs_options: Vec<&str> = superblock_options(options.set).collect();
+    fs_options.extend(
+        options
+            .data
+            .iter()
+            .map(String::as_str)
+            .filter(|o| !o.is_empty()),
+    );
+    let (attributes, _) = mount_attributes(options.set);
+    let mount = feather_sys::mount::new_filesystem(typ, &source, &fs_options, attributes)
+        .map_err(|e| anyhow::anyhow!("mount {typ}: {e}"))?;
+    attach(&mount, &target, &format!("mount {typ}"))?;
+    Ok(mount)
 }
 
 /// A `cgroup` mount: a tmpfs with, for each hierarchy, the container's own group bound in —
@@ -448,70 +556,59 @@ fn mount_cgroups(
     options: &Options,
     groups: &Groups,
 ) -> Result<()> {
+    use feather_sys::mount::{attr, set_attributes};
+    let inert = attr::NOSUID | attr::NODEV | attr::NOEXEC;
     let target = make_target(root, destination, true)?;
-    let flags = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-    mount(
-        Some("tmpfs"),
-        fd_path(&target).as_str(),
-        Some("tmpfs"),
-        flags,
-        Some("mode=755"),
-    )
-    .context("mount tmpfs for cgroups")?;
+    let tmpfs = feather_sys::mount::new_filesystem("tmpfs", "tmpfs", &["mode=755"], inert)
+        .map_err(|e| anyhow::anyhow!("a tmpfs for cgroups: {e}"))?;
+    attach(&tmpfs, &target, "mount tmpfs for cgroups")?;
     let readonly = options.set.contains(MsFlags::MS_RDONLY);
     for (name, hierarchy) in cgroups::hierarchies() {
         let own = groups.dir_in(&hierarchy);
-        if !own.is_dir() {
-            continue;
-        }
-        let inside = destination.join(&name);
-        let target = make_target(root, &inside, true)?;
-        mount(
-            Some(&own),
-            fd_path(&target).as_str(),
-            NONE,
-            MsFlags::MS_BIND,
-            NONE,
-        )
-        .with_context(|| format!("bind {}", own.display()))?;
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let source = match nix::fcntl::open(&own, flags, Mode::empty()) {
+            Ok(source) => source,
+            Err(Errno::ENOENT | Errno::ENOTDIR) => continue,
+            Err(e) => return Err(e).with_context(|| format!("open {}", own.display())),
+        };
+        let tree = clone_of(&source, false).with_context(|| format!("bind {}", own.display()))?;
         if readonly {
-            let top = make_target(root, &inside, true)?;
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags;
-            mount(NONE, fd_path(&top).as_str(), NONE, flags, NONE).context("remount read-only")?;
+            set_attributes(&tree, attr::RDONLY | inert, 0, false)
+                .map_err(|e| anyhow::anyhow!("{} read-only: {e}", own.display()))?;
         }
+        let target = make_target(root, &destination.join(&name), true)?;
+        attach(&tree, &target, &format!("bind {}", own.display()))?;
     }
     if readonly {
-        let top = make_target(root, destination, true)?;
-        mount(
-            NONE,
-            fd_path(&top).as_str(),
-            NONE,
-            MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | flags,
-            NONE,
-        )
-        .context("remount read-only")?;
+        set_attributes(&tmpfs, attr::RDONLY, 0, false)
+            .map_err(|e| anyhow::anyhow!("the cgroups' tmpfs read-only: {e}"))?;
     }
     Ok(())
 }
 
-/// runc's default devices in a tmpfs /dev: bound from the host's nodes (the devices cgroup
-/// and the engine's device list decide what may be opened), and the usual links.
+/// runc's default devices in a tmpfs /dev (name, major, minor): bound from the host's nodes
+/// (the devices cgroup and the engine's device list decide what may be opened).
+const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
+    ("null", 1, 3),
+    ("zero", 1, 5),
+    ("full", 1, 7),
+    ("random", 1, 8),
+    ("urandom", 1, 9),
+    ("tty", 5, 0),
+];
+
+/// [`DEFAULT_DEVICES`], each the host's node checked to be that device, and the usual links.
 fn default_devices(root: &OwnedFd, configured: &[LinuxDevice]) -> Result<()> {
-    for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+    for (name, major, minor) in DEFAULT_DEVICES {
         let inside = Path::new("/dev").join(name);
         if configured.iter().any(|d| d.path() == &inside) {
             continue;
         }
+        let number = nix::sys::stat::makedev(major, minor);
+        let node = host_node(&inside, libc::S_IFCHR, number)?;
+        let tree = clone_of(&node, false)?;
         let target = make_target(root, &inside, false)?;
-        let host = Path::new("/dev").join(name);
-        mount(
-            Some(&host),
-            fd_path(&target).as_str(),
-            NONE,
-            MsFlags::MS_BIND,
-            NONE,
-        )
-        .with_context(|| format!("bind {}", host.display()))?;
+        attach(&tree, &target, &format!("bind {}", inside.display()))?;
     }
     let dev = resolve(root, Path::new("/dev"), OFlag::O_PATH | OFlag::O_DIRECTORY)?;
     for (name, target) in [
@@ -528,6 +625,28 @@ fn default_devices(root: &OwnedFd, configured: &[LinuxDevice]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The host's node at `path` (the init's `/dev`: the host's, or that of a mount namespace
+/// joined by `path`), opened without following a link and checked to be of `kind`
+/// (`S_IFCHR`, `S_IFBLK`) and device `number`.
+fn host_node(path: &Path, kind: libc::mode_t, number: u64) -> Result<OwnedFd> {
+    let node = nix::fcntl::open(
+        path,
+        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .with_context(|| format!("open the host's {}", path.display()))?;
+    let stat = nix::sys::stat::fstat(&node)?;
+    if stat.st_mode & libc::S_IFMT != kind || stat.st_rdev != number {
+        bail!(
+            "the host's {} is not the device {}:{}: fix the host's /dev",
+            path.display(),
+            nix::sys::stat::major(number),
+            nix::sys::stat::minor(number)
+        );
+    }
+    Ok(node)
 }
 
 fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
@@ -554,7 +673,9 @@ fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
         Ok(()) => true,
         Err(Errno::EEXIST) => false,
         // No node may be made in a user namespace: the host's is bound instead, as runc does.
-        Err(Errno::EPERM) if kind != SFlag::S_IFIFO => return bind_host_node(root, device, number),
+        Err(Errno::EPERM) if kind != SFlag::S_IFIFO => {
+            return bind_host_node(root, device, kind, number)
+        }
         Err(e) => return Err(e).context("mknod"),
     };
     nix::unistd::fchownat(
@@ -574,36 +695,35 @@ fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
     Ok(())
 }
 
-/// `device` bound from the host's node of the same path, which must be that device.
-fn bind_host_node(root: &OwnedFd, device: &LinuxDevice, number: u64) -> Result<()> {
+/// `device` bound from the host's node of the same path, which must be that device (opened
+/// once, without following a link, checked, and bound from that descriptor).
+fn bind_host_node(root: &OwnedFd, device: &LinuxDevice, kind: SFlag, number: u64) -> Result<()> {
     let host = device.path();
-    let same = fs::metadata(host).is_ok_and(|m| {
-        use std::os::unix::fs::MetadataExt;
-        m.rdev() == number
-    });
-    if !same {
+    let Ok(node) = host_node(host, kind.bits(), number) else {
         bail!(
             "mknod is not allowed in a user namespace, and the host has no such node at {} to bind",
             host.display()
         );
-    }
+    };
+    let tree = clone_of(&node, false)?;
     let target = make_target(root, host, false)?;
-    mount(
-        Some(host),
-        fd_path(&target).as_str(),
-        NONE,
-        MsFlags::MS_BIND,
-        NONE,
-    )
-    .with_context(|| format!("bind {}", host.display()))
+    attach(&tree, &target, &format!("bind {}", host.display()))
 }
 
-/// Makes the rootfs the root: pivot_root, or with `--no-pivot` a move and chroot.
-pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
+/// Makes the rootfs the root: pivot_root, or with `--no-pivot` a move and chroot. Enters the
+/// rootfs by its descriptor: its path, in a mount namespace joined by `path`, is that
+/// namespace's to change meanwhile.
+pub fn enter_root(assembled: &Assembled, no_pivot: bool) -> Result<()> {
+    nix::unistd::fchdir(&assembled.root).context("enter the rootfs")?;
     if !no_pivot {
-        return feather_sys::mount::pivot_into(rootfs).map_err(|e| anyhow::anyhow!("{e}"));
+        // pivot_root(".", ".") stacks the old root on the new one; unmounting "." then
+        // removes the old root without a folder to park it in.
+        nix::unistd::pivot_root(".", ".").context("pivot_root")?;
+        nix::mount::umount2(".", nix::mount::MntFlags::MNT_DETACH)
+            .context("detach the old root")?;
+        nix::unistd::chdir("/").context("chdir /")?;
+        return Ok(());
     }
-    nix::unistd::chdir(rootfs)?;
     mount(Some("."), "/", NONE, MsFlags::MS_MOVE, NONE).context("move the rootfs to /")?;
     nix::unistd::chroot(".").context("chroot")?;
     nix::unistd::chdir("/").context("chdir /")?;
@@ -614,6 +734,7 @@ pub fn enter_root(rootfs: &Path, no_pivot: bool) -> Result<()> {
 /// paths were covered before: [`mask_all`]).
 pub fn finish_root(
     spec: &Spec,
+    assembled: &Assembled,
     confinement: &crate::confine::Confinement,
     proc: &feather_sys::procfs::ProcFs,
 ) -> Result<()> {
@@ -629,11 +750,22 @@ pub fn finish_root(
         proc.write(&path, value.as_bytes())
             .map_err(|e| anyhow::anyhow!("linux.sysctl[{key}]: {e}"))?;
     }
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("open /")?;
+    let within = Within {
+        root: &root,
+        proc: assembled.proc.as_ref(),
+    };
     for path in linux.readonly_paths().iter().flatten() {
-        make_readonly(Path::new(path)).with_context(|| format!("linux.readonlyPaths[{path}]"))?;
+        make_readonly(&within, Path::new(path))
+            .with_context(|| format!("linux.readonlyPaths[{path}]"))?;
     }
     if confinement.is_on() {
-        protect_kernel_knobs(linux)?;
+        protect_kernel_knobs(&within, linux)?;
     }
     if let Some(flag) = linux
         .rootfs_propagation()
@@ -652,10 +784,10 @@ pub fn finish_root(
 /// Under feather's confinement: the kernel's global knobs the config did not make read-only
 /// itself (crate::confine::READONLY; the masked ones: [`mask_all`]), so that its
 /// `readonlyPaths` decide nothing that would let the container reach past a feather VM's limits.
-fn protect_kernel_knobs(linux: &oci_spec::runtime::Linux) -> Result<()> {
+fn protect_kernel_knobs(within: &Within, linux: &oci_spec::runtime::Linux) -> Result<()> {
     for path in crate::confine::READONLY {
         if !listed(linux.readonly_paths(), path) && !listed(linux.masked_paths(), path) {
-            make_readonly(Path::new(path))
+            make_readonly(within, Path::new(path))
                 .with_context(|| format!("feather's confinement: {path} read-only"))?;
         }
     }
@@ -664,33 +796,35 @@ fn protect_kernel_knobs(linux: &oci_spec::runtime::Linux) -> Result<()> {
 
 /// `linux.maskedPaths`, and under feather's confinement the kernel's global knobs the config
 /// did not mask itself (crate::confine::MASKED): in the rootfs, before pivot_root. Each path is
-/// resolved inside the rootfs (RESOLVE_IN_ROOT) and covered on its descriptor by the host's
-/// `/dev/null` (checked to be that device) or an empty read-only tmpfs — never by the
-/// container's own `/dev/null`, which the image or a shared volume can make a link to a kernel
-/// knob: the "mask" would then be a writable bind of it (runc's CVE-2025-31133).
+/// found as [`Within::open`] says and covered on its descriptor by the host's `/dev/null`
+/// (checked to be that device) or an empty read-only tmpfs — never by the container's own
+/// `/dev/null`, which the image or a shared volume can make a link to a kernel knob: the
+/// "mask" would then be a writable bind of it (runc's CVE-2025-31133).
 pub fn mask_all(
     spec: &Spec,
-    rootfs: &Path,
+    assembled: &Assembled,
     confinement: &crate::confine::Confinement,
 ) -> Result<()> {
     let Some(linux) = spec.linux() else {
         return Ok(());
     };
-    let root = nix::fcntl::open(
-        rootfs,
-        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .with_context(|| format!("open {}", rootfs.display()))?;
-    let null = host_null()?;
+    let within = Within {
+        root: &assembled.root,
+        proc: assembled.proc.as_ref(),
+    };
+    let null = host_node(
+        Path::new("/dev/null"),
+        libc::S_IFCHR,
+        nix::sys::stat::makedev(1, 3),
+    )?;
     for path in linux.masked_paths().iter().flatten() {
-        mask(&root, &null, Path::new(path))
+        mask(&within, &null, Path::new(path))
             .with_context(|| format!("linux.maskedPaths[{path}]"))?;
     }
     if confinement.is_on() {
         for path in crate::confine::MASKED {
             if !listed(linux.masked_paths(), path) {
-                mask(&root, &null, Path::new(path))
+                mask(&within, &null, Path::new(path))
                     .with_context(|| format!("feather's confinement: masking {path}"))?;
             }
         }
@@ -702,77 +836,72 @@ fn listed(list: &Option<Vec<String>>, path: &str) -> bool {
     list.iter().flatten().any(|given| given == path)
 }
 
-/// The host's `/dev/null` (the init still sees the host's `/dev`), checked to be the null
-/// device.
-fn host_null() -> Result<OwnedFd> {
-    let null = nix::fcntl::open(
-        "/dev/null",
-        OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-        Mode::empty(),
-    )
-    .context("open the host's /dev/null")?;
-    let stat = nix::sys::stat::fstat(&null)?;
-    let is_null = stat.st_mode & libc::S_IFMT == libc::S_IFCHR
-        && stat.st_rdev == nix::sys::stat::makedev(1, 3);
-    if !is_null {
-        bail!("the host's /dev/null is not the null device (1:3): fix the host's /dev");
-    }
-    Ok(null)
+/// Where the masked and read-only paths are looked for: the container's root, and the procfs
+/// the config mounted at `/proc` ([`Assembled`]).
+struct Within<'a> {
+    root: &'a OwnedFd,
+    proc: Option<&'a OwnedFd>,
 }
 
-fn mask(root: &OwnedFd, null: &OwnedFd, path: &Path) -> Result<()> {
-    let target = match resolve(root, path, OFlag::O_PATH) {
+impl Within<'_> {
+    /// `path` opened `O_PATH`: under `/proc`, beneath the config's procfs mount without
+    /// following any link (procfs's kernel files have none; a link there is no kernel file);
+    /// elsewhere (or without such a mount) inside the root (RESOLVE_IN_ROOT).
+    fn open(&self, path: &Path) -> nix::Result<OwnedFd> {
+        let (Some(proc), Ok(rest)) = (self.proc, path.strip_prefix("/proc")) else {
+            return resolve(self.root, path, OFlag::O_PATH);
+        };
+        let rest = if rest.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            rest
+        };
+        let how = OpenHow::new()
+            .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+            .resolve(
+                ResolveFlag::RESOLVE_BENEATH
+                    | ResolveFlag::RESOLVE_NO_SYMLINKS
+                    | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+            );
+        openat2(proc.as_fd(), rest, how)
+    }
+}
+
+/// Covers `path` (nothing there: nothing to cover) on its descriptor: a folder with an empty
+/// read-only tmpfs, anything else with a bind of `null`.
+fn mask(within: &Within, null: &OwnedFd, path: &Path) -> Result<()> {
+    use feather_sys::mount::attr;
+    let target = match within.open(path) {
         Ok(target) => target,
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e.into()),
     };
     let is_dir = nix::sys::stat::fstat(&target)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
-    if is_dir {
-        let flags =
-            MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
-        mount(
-            Some("tmpfs"),
-            fd_path(&target).as_str(),
-            Some("tmpfs"),
-            flags,
-            NONE,
-        )?;
+    let cover = if is_dir {
+        let inert = attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC;
+        feather_sys::mount::new_filesystem("tmpfs", "tmpfs", &["ro"], inert)
+            .map_err(|e| anyhow::anyhow!("an empty tmpfs: {e}"))?
     } else {
-        let source = fd_path(null);
-        mount(
-            Some(source.as_str()),
-            fd_path(&target).as_str(),
-            NONE,
-            MsFlags::MS_BIND,
-            NONE,
-        )?;
-    }
-    Ok(())
+        clone_of(null, false)?
+    };
+    attach(&cover, &target, "cover")
 }
 
-fn make_readonly(path: &Path) -> Result<()> {
-    match mount(
-        Some(path),
-        path,
-        NONE,
-        MsFlags::MS_BIND | MsFlags::MS_REC,
-        NONE,
-    ) {
-        Ok(()) => {}
+/// Makes `path` (nothing there: nothing to protect) read-only with everything below it: a
+/// detached recursive copy of what was opened, made read-only (and nosuid, nodev, noexec)
+/// while detached, attached onto that same descriptor.
+fn make_readonly(within: &Within, path: &Path) -> Result<()> {
+    use feather_sys::mount::attr;
+    let target = match within.open(path) {
+        Ok(target) => target,
         Err(Errno::ENOENT) => return Ok(()),
         Err(e) => return Err(e.into()),
-    }
-    let flags = MsFlags::MS_BIND
-        | MsFlags::MS_REMOUNT
-        | MsFlags::MS_RDONLY
-        | MsFlags::MS_REC
-        | MsFlags::MS_NOSUID
-        | MsFlags::MS_NODEV
-        | MsFlags::MS_NOEXEC;
-    // A bind remount keeps nosuid/nodev/noexec only if asked again; proc's are always set.
-    mount(NONE, path, NONE, flags, NONE)
-        .or_else(|_| mount(NONE, path, NONE, flags - MsFlags::MS_NOEXEC, NONE))?;
-    Ok(())
+    };
+    let tree = clone_of(&target, true)?;
+    let flags = attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC;
+    feather_sys::mount::set_attributes(&tree, flags, 0, true)
+        .map_err(|e| anyhow::anyhow!("read-only: {e}"))?;
+    attach(&tree, &target, "read-only bind")
 }
 
 /// `process.terminal`: the terminal's slave bound over `/dev/console`, as the runtime

@@ -360,6 +360,63 @@ pub fn attach_tree(tree: &impl AsFd, point: &impl AsFd) -> Result<()> {
     raw::move_mount_onto(tree.as_fd(), point.as_fd()).ctx("move_mount", "descriptor")
 }
 
+/// `MOUNT_ATTR_*` of uapi/linux/mount.h: a mount's own flags, for [`set_attributes`] and
+/// [`new_filesystem`].
+pub mod attr {
+    pub const RDONLY: u64 = 0x01;
+    pub const NOSUID: u64 = 0x02;
+    pub const NODEV: u64 = 0x04;
+    pub const NOEXEC: u64 = 0x08;
+    /// The three access-time modes below are one field: clear it to set one.
+    pub const ATIME: u64 = 0x70;
+    pub const RELATIME: u64 = 0x00;
+    pub const NOATIME: u64 = 0x10;
+    pub const STRICTATIME: u64 = 0x20;
+    pub const NODIRATIME: u64 = 0x80;
+}
+
+/// Sets the attributes `set` and clears `clear` ([`attr`]) on the mount `fd` is on (the whole
+/// tree below it too with `recursive`), attached or detached (`mount_setattr`): the mount is
+/// the one the descriptor holds, never one a path leads to.
+pub fn set_attributes(fd: &impl AsFd, set: u64, clear: u64, recursive: bool) -> Result<()> {
+    raw::mount_setattr(fd.as_fd(), recursive, set, clear, 0).ctx("mount_setattr", "descriptor")
+}
+
+/// Sets the propagation of the mount `fd` is on (with `recursive`, of every mount below it
+/// too): `propagation` one of `MS_SHARED`, `MS_SLAVE`, `MS_PRIVATE`, `MS_UNBINDABLE`.
+pub fn set_propagation(fd: &impl AsFd, propagation: MsFlags, recursive: bool) -> Result<()> {
+    raw::mount_setattr(fd.as_fd(), recursive, 0, 0, propagation.bits())
+        .ctx("mount_setattr(propagation)", "descriptor")
+}
+
+/// A new filesystem of `fs_type` as a detached mount that no path leads to (`fsopen`,
+/// `fsconfig`, `fsmount`): `source` its source name, each of `options` a `key=value` or a
+/// `key` (the filesystem's own options, and the superblock's `ro`, `sync`, `dirsync`,
+/// `lazytime`), the mount's flags `attributes` ([`attr`]). Attach it with [`attach_tree`].
+pub fn new_filesystem(
+    fs_type: &str,
+    source: &str,
+    options: &[&str],
+    attributes: u64,
+) -> Result<OwnedFd> {
+    let c = |text: &str| {
+        std::ffi::CString::new(text)
+            .map_err(|_| Errno::EINVAL)
+            .ctx("a NUL byte in", text)
+    };
+    let context = raw::fsopen(&c(fs_type)?).ctx("fsopen", fs_type)?;
+    raw::fsconfig_string(context.as_fd(), c"source", &c(source)?)
+        .ctx("fsconfig source", format_args!("{fs_type} {source}"))?;
+    for option in options {
+        let set = match option.split_once('=') {
+            Some((key, value)) => raw::fsconfig_string(context.as_fd(), &c(key)?, &c(value)?),
+            None => raw::fsconfig_flag(context.as_fd(), &c(option)?),
+        };
+        set.ctx("fsconfig", format_args!("{fs_type} option {option}"))?;
+    }
+    raw::fsmount(context.as_fd(), attributes as libc::c_uint).ctx("fsmount", fs_type)
+}
+
 #[cfg(test)]
 mod tree_tests {
     use super::TreeFlags;

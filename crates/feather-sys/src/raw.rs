@@ -712,6 +712,57 @@ pub fn mount_setattr_idmap(
     Errno::result(result).map(drop)
 }
 
+/// `mount_setattr(fd, "", AT_EMPTY_PATH [| AT_RECURSIVE], {attr_set, attr_clr, propagation},
+/// sizeof)`: per-mount attributes (`MOUNT_ATTR_*`) and propagation (`MS_SHARED`, `MS_SLAVE`,
+/// `MS_PRIVATE`, `MS_UNBINDABLE` or 0) of the mount `fd` is on, attached or detached.
+pub fn mount_setattr(
+    fd: BorrowedFd<'_>,
+    recursive: bool,
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+) -> Result<(), Errno> {
+    let attr = MountAttr {
+        attr_set,
+        attr_clr,
+        propagation,
+        ..MountAttr::default()
+    };
+    let recursive = if recursive { AT_RECURSIVE } else { 0 };
+    // SAFETY: `fd` is a live descriptor; the empty path and `attr` live across the call and
+    // the size passed is exactly `attr`'s, which the kernel only reads.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH as libc::c_uint | recursive,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
+const FSCONFIG_SET_FLAG: libc::c_uint = 0;
+
+/// `fsconfig(context, FSCONFIG_SET_FLAG, key, NULL, 0)`: a filesystem option without a value.
+pub fn fsconfig_flag(context: BorrowedFd<'_>, key: &std::ffi::CStr) -> Result<(), Errno> {
+    // SAFETY: `context` is a live descriptor; `key` is a valid NUL-terminated string that
+    // outlives the call, only read by the kernel; the null value is what SET_FLAG takes.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            context.as_raw_fd(),
+            FSCONFIG_SET_FLAG,
+            key.as_ptr(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
 const FSOPEN_CLOEXEC: libc::c_uint = 0x01;
 const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
