@@ -610,3 +610,76 @@ fn masked_and_read_only_paths_cover_the_containers_procfs_wherever_a_volume_move
         "the container's procfs was left writable or unmasked: {outcome:?}"
     );
 }
+
+/// Writes a marker into the hostname knob of the procfs the program starts in (`sys/kernel/
+/// hostname`, relative: the working folder), then prints the hostname. In the container's own
+/// `/proc`, read-only, the write fails; in a procfs of the runtime's, it renames the container.
+const CWD_PROBE: &str = "echo cwd-marker > sys/kernel/hostname 2>/dev/null; hostname";
+
+/// runc's CVE-2024-21626: `process.cwd` is the image's `WORKDIR` as the engines pass it, and the
+/// runtime `chdir`ed to it while its own descriptors were still open — `/proc/self/fd/N` then
+/// started the program in one of them. feather-oci's init and `exec`'s child hold the
+/// runtime's private procfs until `execve`: unmasked, its `/proc/sys` writable (the hostname
+/// knob here; `core_pattern` and `sysrq-trigger` of the host without a user namespace).
+/// feather-oci resolves the working folder inside the root without following a magic link.
+#[test]
+fn a_working_folder_through_proc_self_fd_never_starts_the_program_in_a_runtime_descriptor() {
+    let scratch = Scratch::new("cwdfd");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sh", "-c", CWD_PROBE]);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let outcomes: Vec<(i32, Outcome)> = (3..20)
+        .map(|fd| {
+            config["process"]["cwd"] = serde_json::json!(format!("/proc/self/fd/{fd}"));
+            bundle.set_config(&config);
+            let id = format!("cwdfd{fd}");
+            let run = ["run", "--bundle", bundle.dir.to_str().unwrap(), &id];
+            (fd, runtime.run(&run))
+        })
+        .collect();
+    for (fd, outcome) in &outcomes {
+        assert!(
+            !outcome.stdout.contains("cwd-marker"),
+            "the init started the program in its descriptor {fd}: {outcome:?}"
+        );
+    }
+    for (_, outcome) in &outcomes {
+        assert!(
+            outcome.code != 0 && outcome.stderr.contains("process.cwd"),
+            "a working folder through /proc/self/fd is refused by name: {outcome:?}"
+        );
+    }
+    config["process"]["cwd"] = serde_json::json!("/");
+    config["process"]["args"] = serde_json::json!(["sleep", "60"]);
+    bundle.set_config(&config);
+    let started = runtime
+        .command()
+        .args(["run", "--detach", "--bundle"])
+        .arg(&bundle.dir)
+        .arg("cwdexec")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(started.success(), "run: {started}");
+    let execs: Vec<(i32, Outcome)> = (3..20)
+        .map(|fd| {
+            let cwd = format!("/proc/self/fd/{fd}");
+            let exec = ["exec", "--cwd", &cwd, "cwdexec", "sh", "-c", CWD_PROBE];
+            (fd, runtime.run(&exec))
+        })
+        .collect();
+    for (fd, exec) in &execs {
+        assert!(
+            !exec.stdout.contains("cwd-marker"),
+            "exec's child started the program in its descriptor {fd}: {exec:?}"
+        );
+    }
+    for (_, exec) in &execs {
+        assert!(
+            exec.code != 0 && exec.stderr.contains("process.cwd"),
+            "{exec:?}"
+        );
+    }
+}

@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::ffi::CString;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -91,8 +92,7 @@ pub fn become_program(
     if no_new_privileges {
         nix::sys::prctl::set_no_new_privs().context("process.noNewPrivileges")?;
     }
-    nix::unistd::chdir(process.cwd())
-        .with_context(|| format!("process.cwd {}", process.cwd().display()))?;
+    enter_cwd(process.cwd())?;
     let argv = cstrings(process.args().iter().flatten())?;
     let env = environment(process)?;
     let program = CString::new(program.as_os_str().as_encoded_bytes())?;
@@ -102,6 +102,39 @@ pub fn become_program(
     feather_sys::process::reset_signal_dispositions();
     let error = nix::unistd::execve(&program, &argv, &env).unwrap_err();
     bail!("process.args[0]: exec {program:?}: {error}")
+}
+
+/// `process.cwd` (the image's `WORKDIR`, as engines pass it), entered as the program's user:
+/// resolved inside the container's root without following a magic link, and entered by
+/// descriptor. Until its `execve` the runtime holds descriptors of its own (its private
+/// procfs, unmasked and writable, the container's root, `exec.fifo`'s state folder entry):
+/// a `chdir` to `/proc/self/fd/N` would have started the program in one of them (runc's
+/// CVE-2024-21626).
+fn enter_cwd(cwd: &Path) -> Result<()> {
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    )
+    .context("open /")?;
+    let relative = cwd.strip_prefix("/").unwrap_or(cwd);
+    let relative = if relative.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        relative
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    let folder = openat2(root.as_fd(), relative, how).map_err(|e| {
+        let why = if e == nix::errno::Errno::ELOOP {
+            " (a link through /proc/PID/fd, cwd or root is refused)"
+        } else {
+            ""
+        };
+        anyhow::anyhow!("process.cwd {}: {e}{why}", cwd.display())
+    })?;
+    nix::unistd::fchdir(&folder).with_context(|| format!("process.cwd {}", cwd.display()))
 }
 
 fn resource(typ: PosixRlimitType) -> Resource {
@@ -235,7 +268,6 @@ const PASSWD_LIMIT: u64 = 4 << 20;
 /// runc: after pivot_root they lead only to the container's own files.
 fn read_passwd() -> Option<String> {
     use std::io::Read;
-    use std::os::fd::AsFd;
     let root = nix::fcntl::open(
         "/",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
