@@ -565,22 +565,25 @@ fn a_joined_mount_namespaces_proc_cannot_move_the_containers_mounts() {
     );
 }
 
-/// `linux.maskedPaths` and `readonlyPaths` under `/proc` were found by path after the mounts
-/// were made. The image's `/proc` is a link into a volume shared with another container,
-/// which moves the folder the container's procfs is mounted on (`mv proc real`, here at a
-/// known moment: a `createRuntime` hook, run between the mounts and the masks) and puts a
-/// plain `proc/sys` in its place: the masks found nothing and the read-only bind covered the
-/// plain folder, leaving the container's real procfs at `/shared/real` unmasked and writable
-/// (here its hostname knob takes a marker). feather-oci finds them beneath the procfs mount
-/// it made, held by its descriptor.
+/// `linux.maskedPaths` and `readonlyPaths` under `/proc` and `/sys` were found by path after
+/// the mounts were made. The image's `/proc` and `/sys` are links into a volume shared with
+/// another container, which moves the folders the container's procfs and sysfs are mounted on
+/// (`mv proc real`, here at a known moment: a `createRuntime` hook, run between the mounts
+/// and the masks) and puts plain ones in their place: the masks found nothing and the
+/// read-only bind covered a plain folder, leaving the container's real procfs at
+/// `/shared/real` unmasked and writable (here its hostname knob takes a marker) and its
+/// sysfs's `firmware` unmasked. feather-oci finds them beneath the procfs and sysfs mounts it
+/// made, held by their descriptors.
 #[test]
 fn masked_and_read_only_paths_cover_the_containers_procfs_wherever_a_volume_moved_it() {
     let scratch = Scratch::new("procmove");
     let runtime = Runtime::new(&scratch);
     let volume = scratch.path("volume");
     fs::create_dir_all(volume.join("proc")).unwrap();
+    fs::create_dir_all(volume.join("sys")).unwrap();
     let script = "echo ro-marker > /shared/real/sys/kernel/hostname; hostname; \
-                  grep -q . /shared/real/timer_list && echo timer-list-readable; true";
+                  grep -q . /shared/real/timer_list && echo timer-list-readable; \
+                  ls /shared/realsys/firmware | grep -q . && echo firmware-listed; true";
     let mut config = base_config(&["sh", "-c", script]);
     config["annotations"] = serde_json::json!({"org.feather.confine": "none"});
     // The volume first: the procfs is mounted inside it, through the image's link.
@@ -589,25 +592,27 @@ fn masked_and_read_only_paths_cover_the_containers_procfs_wherever_a_volume_move
         serde_json::json!({"destination": "/shared", "type": "bind", "source": volume, "options": ["rbind"]}),
     );
     let moved = format!(
-        "mv {v}/proc {v}/real && mkdir -p {v}/proc/sys",
+        "mv {v}/proc {v}/real && mkdir -p {v}/proc/sys && mv {v}/sys {v}/realsys && mkdir {v}/sys",
         v = volume.display()
     );
     config["hooks"] =
         serde_json::json!({"createRuntime": [{"path": "/bin/sh", "args": ["sh", "-c", moved]}]});
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let rootfs = bundle.dir.join("rootfs");
-    fs::remove_dir(rootfs.join("proc")).unwrap();
-    std::os::unix::fs::symlink("/shared/proc", rootfs.join("proc")).unwrap();
+    for kernel in ["proc", "sys"] {
+        fs::remove_dir(rootfs.join(kernel)).unwrap();
+        std::os::unix::fs::symlink(format!("/shared/{kernel}"), rootfs.join(kernel)).unwrap();
+    }
     let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "procmove"]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
     assert!(
-        volume.join("real").is_dir(),
-        "the hook did not move the procfs: {outcome:?}"
+        volume.join("real").is_dir() && volume.join("realsys").is_dir(),
+        "the hook did not move the procfs and sysfs: {outcome:?}"
     );
     assert_eq!(
         outcome.stdout.trim(),
         "box",
-        "the container's procfs was left writable or unmasked: {outcome:?}"
+        "the container's procfs or sysfs was left writable or unmasked: {outcome:?}"
     );
 }
 
@@ -682,4 +687,24 @@ fn a_working_folder_through_proc_self_fd_never_starts_the_program_in_a_runtime_d
             "{exec:?}"
         );
     }
+}
+
+/// The working folder and `HOME` are found with openat2 before the config's seccomp profile
+/// is loaded: a profile written before openat2 existed (runtime-tools' default) refuses it,
+/// and without `noNewPrivileges` the profile is loaded before the user changes.
+#[test]
+fn a_profile_refusing_openat2_still_gets_its_working_folder_and_home() {
+    let scratch = Scratch::new("openat2");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sh", "-c", "echo $HOME; pwd"]);
+    config["process"]["cwd"] = serde_json::json!("/tmp");
+    config["process"]["noNewPrivileges"] = serde_json::json!(false);
+    config["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "syscalls": [{"names": ["openat2"], "action": "SCMP_ACT_ERRNO"}]
+    });
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "openat2"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(outcome.stdout, "/root\n/tmp\n", "{outcome:?}");
 }

@@ -20,7 +20,7 @@ use anyhow::{bail, Context, Result};
 use nix::errno::Errno;
 use nix::fcntl::{openat, openat2, OFlag, OpenHow, ResolveFlag};
 use nix::mount::{mount, MsFlags};
-use nix::sys::stat::{mkdirat, mknodat, FchmodatFlags, Mode, SFlag};
+use nix::sys::stat::{mkdirat, mknodat, Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
 use crate::cgroups::{self, Groups};
@@ -401,14 +401,15 @@ fn hide_state_roots(rootfs: &Path, folders: &[PathBuf]) -> Result<()> {
 }
 
 /// The container's root as assembled: the rootfs's descriptor (pivot_root goes there, not to
-/// a path looked up again) and the procfs the config mounted at `/proc`, held by its mount's
-/// descriptor. The masked and read-only paths under `/proc` are found beneath that mount,
-/// never through the path `/proc`, which the image may make a link into a volume another
+/// a path looked up again) and the kernel's filesystems the config mounted (`proc`, `sysfs`),
+/// each with its destination and held by its mount's descriptor. The masked and read-only
+/// paths under them (`/proc/sys`, `/sys/firmware`) are found beneath those mounts, never
+/// through the destination's path, which the image may make a link into a volume another
 /// container renames under us: the runtime would cover the wrong thing and leave the
-/// container's real procfs open.
+/// container's real procfs or sysfs open.
 pub struct Assembled {
     root: OwnedFd,
-    proc: Option<OwnedFd>,
+    kernel: Vec<(PathBuf, OwnedFd)>,
 }
 
 /// Every entry of `mounts`, in order, then the default devices and `linux.devices`.
@@ -426,7 +427,7 @@ pub fn mount_all(
     )
     .with_context(|| format!("open {}", rootfs.display()))?;
     let mut dev_is_tmpfs = false;
-    let mut proc = None;
+    let mut kernel = Vec::new();
     for (index, entry) in spec.mounts().iter().flatten().enumerate() {
         let mount = mount_one(&root, entry, bundle, groups, idmapped.of(index))
             .with_context(|| format!("mounts[{}]", entry.destination().display()))?;
@@ -439,8 +440,9 @@ pub fn mount_all(
         if at("/dev") && entry.typ().as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
         }
-        if at("/proc") && entry.typ().as_deref() == Some("proc") {
-            proc = mount;
+        let is_kernel = matches!(entry.typ().as_deref(), Some("proc" | "sysfs"));
+        if let (true, Some(mount)) = (is_kernel, mount) {
+            kernel.push((entry.destination().clone(), mount));
         }
     }
     let devices = spec
@@ -455,7 +457,7 @@ pub fn mount_all(
         make_device(&root, device)
             .with_context(|| format!("linux.devices[{}]", device.path().display()))?;
     }
-    Ok(Assembled { root, proc })
+    Ok(Assembled { root, kernel })
 }
 
 /// One entry of `mounts`; `idmapped`: the id-mapped tree create made for it (see
@@ -669,9 +671,15 @@ fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
     };
     let number = nix::sys::stat::makedev(device.major() as u64, device.minor() as u64);
     let mode = Mode::from_bits_truncate(device.file_mode().unwrap_or(0o666));
-    let made = match mknodat(parent.as_fd(), name, kind, mode, number) {
-        Ok(()) => true,
-        Err(Errno::EEXIST) => false,
+    // mknod's mode passes through the umask (0640 for 0660 under 022): fileMode is the node's
+    // mode exactly, as runc makes it, with the umask cleared around the call — never by a chmod
+    // afterwards, which goes by the name and follows a link put there meanwhile (before
+    // pivot_root an absolute one names a host file).
+    let umask = nix::sys::stat::umask(Mode::empty());
+    let made = mknodat(parent.as_fd(), name, kind, mode, number);
+    nix::sys::stat::umask(umask);
+    match made {
+        Ok(()) | Err(Errno::EEXIST) => {}
         // No node may be made in a user namespace: the host's is bound instead, as runc does.
         Err(Errno::EPERM) if kind != SFlag::S_IFIFO => {
             return bind_host_node(root, device, kind, number)
@@ -686,12 +694,6 @@ fn make_device(root: &OwnedFd, device: &LinuxDevice) -> Result<()> {
         nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
     )
     .context("chown")?;
-    if made {
-        // mknod's mode passed through the init's umask (0640 for 0660 under 022): fileMode is
-        // the node's mode exactly, as runc sets it. After chown, which may clear set-id bits.
-        nix::sys::stat::fchmodat(parent.as_fd(), name, mode, FchmodatFlags::FollowSymlink)
-            .context("chmod")?;
-    }
     Ok(())
 }
 
@@ -758,7 +760,7 @@ pub fn finish_root(
     .context("open /")?;
     let within = Within {
         root: &root,
-        proc: assembled.proc.as_ref(),
+        kernel: &assembled.kernel,
     };
     for path in linux.readonly_paths().iter().flatten() {
         make_readonly(&within, Path::new(path))
@@ -810,7 +812,7 @@ pub fn mask_all(
     };
     let within = Within {
         root: &assembled.root,
-        proc: assembled.proc.as_ref(),
+        kernel: &assembled.kernel,
     };
     let null = host_node(
         Path::new("/dev/null"),
@@ -836,19 +838,26 @@ fn listed(list: &Option<Vec<String>>, path: &str) -> bool {
     list.iter().flatten().any(|given| given == path)
 }
 
-/// Where the masked and read-only paths are looked for: the container's root, and the procfs
-/// the config mounted at `/proc` ([`Assembled`]).
+/// Where the masked and read-only paths are looked for: the container's root, and the
+/// kernel's filesystems the config mounted ([`Assembled`]).
 struct Within<'a> {
     root: &'a OwnedFd,
-    proc: Option<&'a OwnedFd>,
+    kernel: &'a [(PathBuf, OwnedFd)],
 }
 
 impl Within<'_> {
-    /// `path` opened `O_PATH`: under `/proc`, beneath the config's procfs mount without
-    /// following any link (procfs's kernel files have none; a link there is no kernel file);
-    /// elsewhere (or without such a mount) inside the root (RESOLVE_IN_ROOT).
+    /// `path` opened `O_PATH`: under the destination of a `proc` or `sysfs` mount (the
+    /// longest such, the later of equal ones), beneath that mount without following any link
+    /// (the kernel files masked or made read-only are reached without one; a link on the way
+    /// leads to no such file); elsewhere inside the root (RESOLVE_IN_ROOT).
     fn open(&self, path: &Path) -> nix::Result<OwnedFd> {
-        let (Some(proc), Ok(rest)) = (self.proc, path.strip_prefix("/proc")) else {
+        let beneath = self
+            .kernel
+            .iter()
+            .rev()
+            .filter_map(|(destination, mount)| Some((path.strip_prefix(destination).ok()?, mount)))
+            .min_by_key(|(rest, _)| rest.components().count());
+        let Some((rest, mount)) = beneath else {
             return resolve(self.root, path, OFlag::O_PATH);
         };
         let rest = if rest.as_os_str().is_empty() {
@@ -863,7 +872,7 @@ impl Within<'_> {
                     | ResolveFlag::RESOLVE_NO_SYMLINKS
                     | ResolveFlag::RESOLVE_NO_MAGICLINKS,
             );
-        openat2(proc.as_fd(), rest, how)
+        openat2(mount.as_fd(), rest, how)
     }
 }
 

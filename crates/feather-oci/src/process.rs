@@ -82,6 +82,10 @@ pub fn become_program(
     if let Some(umask) = process.user().umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     }
+    // Before any filter (a profile written before openat2 existed refuses it), and as root,
+    // as runc enters it: a working folder its user cannot search is still entered.
+    enter_cwd(process.cwd())?;
+    let env = environment(process)?;
     let no_new_privileges = process.no_new_privileges() == Some(true);
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
     if !no_new_privileges {
@@ -92,9 +96,7 @@ pub fn become_program(
     if no_new_privileges {
         nix::sys::prctl::set_no_new_privs().context("process.noNewPrivileges")?;
     }
-    enter_cwd(process.cwd())?;
     let argv = cstrings(process.args().iter().flatten())?;
-    let env = environment(process)?;
     let program = CString::new(program.as_os_str().as_encoded_bytes())?;
     if no_new_privileges {
         crate::seccomp::install(&filters)?;
@@ -104,8 +106,8 @@ pub fn become_program(
     bail!("process.args[0]: exec {program:?}: {error}")
 }
 
-/// `process.cwd` (the image's `WORKDIR`, as engines pass it), entered as the program's user:
-/// resolved inside the container's root without following a magic link, and entered by
+/// `process.cwd` (the image's `WORKDIR`, as engines pass it), entered by the runtime before
+/// it takes the program's user: resolved inside the container's root without following a magic link, and entered by
 /// descriptor. Until its `execve` the runtime holds descriptors of its own (its private
 /// procfs, unmasked and writable, the container's root, `exec.fifo`'s state folder entry):
 /// a `chdir` to `/proc/self/fd/N` would have started the program in one of them (runc's
