@@ -74,6 +74,11 @@ pub fn become_program(
         )
         .map_err(|e| anyhow::anyhow!("process.oomScoreAdj: {e}"))?;
     }
+    // Before the rlimits (a low RLIMIT_NOFILE would refuse the descriptors), before any filter
+    // (a profile written before openat2 existed refuses it), and as root, as runc enters it: a
+    // working folder its user cannot search is still entered.
+    enter_cwd(process.cwd())?;
+    let env = environment(process)?;
     for limit in process.rlimits().iter().flatten() {
         let resource = resource(limit.typ());
         setrlimit(resource, limit.soft(), limit.hard())
@@ -82,10 +87,6 @@ pub fn become_program(
     if let Some(umask) = process.user().umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
     }
-    // Before any filter (a profile written before openat2 existed refuses it), and as root,
-    // as runc enters it: a working folder its user cannot search is still entered.
-    enter_cwd(process.cwd())?;
-    let env = environment(process)?;
     let no_new_privileges = process.no_new_privileges() == Some(true);
     // Without no_new_privs, loading a filter needs CAP_SYS_ADMIN: load it while we have it.
     if !no_new_privileges {
