@@ -708,3 +708,33 @@ fn a_profile_refusing_openat2_still_gets_its_working_folder_and_home() {
     assert_eq!(outcome.code, 0, "{outcome:?}");
     assert_eq!(outcome.stdout, "/root\n/tmp\n", "{outcome:?}");
 }
+
+/// A bind whose source lies inside the container's rootfs (`rootfs/data`, relative to the
+/// bundle) was opened as a host path: a link the image put there, to a host folder, bound the
+/// host's folder into the container. Such a source is the image's path and is resolved inside
+/// the root: the link names the container's own folder of that path.
+#[test]
+fn a_bind_source_inside_the_rootfs_is_the_containers_never_the_hosts() {
+    let scratch = Scratch::new("bindsrc");
+    let runtime = Runtime::new(&scratch);
+    let host = scratch.path("host-folder");
+    fs::create_dir_all(&host).unwrap();
+    fs::write(host.join("marker"), "host-marker\n").unwrap();
+    let mut config = base_config(&["cat", "/mnt/data/marker"]);
+    config["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/mnt/data", "type": "bind", "source": "rootfs/data", "options": ["rbind"]}
+    ));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    std::os::unix::fs::symlink(&host, rootfs.join("data")).unwrap();
+    let own = rootfs.join(host.strip_prefix("/").unwrap());
+    fs::create_dir_all(&own).unwrap();
+    fs::write(own.join("marker"), "container-marker\n").unwrap();
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "bindsrc"]);
+    assert!(
+        !outcome.stdout.contains("host-marker"),
+        "the image's link bound a host folder into the container: {outcome:?}"
+    );
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(outcome.stdout, "container-marker\n", "{outcome:?}");
+}

@@ -426,10 +426,22 @@ pub fn mount_all(
         Mode::empty(),
     )
     .with_context(|| format!("open {}", rootfs.display()))?;
+    let sources = Sources {
+        bundle,
+        rootfs: [
+            rootfs.to_owned(),
+            bundle.join(
+                spec.root()
+                    .as_ref()
+                    .map(|r| r.path().clone())
+                    .unwrap_or_default(),
+            ),
+        ],
+    };
     let mut dev_is_tmpfs = false;
     let mut kernel = Vec::new();
     for (index, entry) in spec.mounts().iter().flatten().enumerate() {
-        let mount = mount_one(&root, entry, bundle, groups, idmapped.of(index))
+        let mount = mount_one(&root, entry, &sources, groups, idmapped.of(index))
             .with_context(|| format!("mounts[{}]", entry.destination().display()))?;
         let at = |path: &str| {
             entry
@@ -466,7 +478,7 @@ pub fn mount_all(
 fn mount_one(
     root: &OwnedFd,
     entry: &Mount,
-    bundle: &Path,
+    sources: &Sources,
     groups: &Groups,
     idmapped: Option<&OwnedFd>,
 ) -> Result<Option<OwnedFd>> {
@@ -478,7 +490,7 @@ fn mount_one(
         return Ok(None);
     }
     let mount = if typ == "bind" || options.set.contains(MsFlags::MS_BIND) {
-        bind_one(root, entry, bundle, &options, idmapped)?
+        bind_one(root, entry, sources, &options, idmapped)?
     } else if options.set.contains(MsFlags::MS_REMOUNT) {
         // The mount already at the destination, its own flags changed.
         let target = make_target(root, destination, true)?;
@@ -498,18 +510,12 @@ fn mount_one(
 fn bind_one(
     root: &OwnedFd,
     entry: &Mount,
-    bundle: &Path,
+    sources: &Sources,
     options: &Options,
     idmapped: Option<&OwnedFd>,
 ) -> Result<OwnedFd> {
     let source = entry.source().clone().unwrap_or_default();
-    let source = if source.is_relative() {
-        bundle.join(source)
-    } else {
-        source
-    };
-    let opened = nix::fcntl::open(&source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .with_context(|| format!("source {}", source.display()))?;
+    let (source, opened) = sources.open(root, &source)?;
     let directory = nix::sys::stat::fstat(&opened)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let target = make_target(root, entry.destination(), directory)?;
     let tree = match idmapped {
@@ -524,6 +530,34 @@ fn bind_one(
     }
     attach(&tree, &target, &format!("bind {}", source.display()))?;
     Ok(tree)
+}
+
+/// Where a bind's source is found: a path of the host (absolute, or relative to the bundle) —
+/// but one inside the rootfs, whose folders and links are the image's, as a path of the
+/// container: resolved inside the root (a link there to `/etc` is the container's `/etc`,
+/// never the host's).
+struct Sources<'a> {
+    bundle: &'a Path,
+    /// The rootfs as the init found it, and as the config names it.
+    rootfs: [PathBuf; 2],
+}
+
+impl Sources<'_> {
+    /// `source` (as the config gives it) opened `O_PATH`, with its host path.
+    fn open(&self, root: &OwnedFd, source: &Path) -> Result<(PathBuf, OwnedFd)> {
+        let source = self.bundle.join(source);
+        let inside = self
+            .rootfs
+            .iter()
+            .find_map(|rootfs| source.strip_prefix(rootfs).ok())
+            .filter(|rest| !rest.components().any(|c| c == Component::ParentDir));
+        let opened = match inside {
+            Some(rest) => resolve(root, rest, OFlag::O_PATH),
+            None => nix::fcntl::open(&source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()),
+        };
+        let opened = opened.with_context(|| format!("source {}", source.display()))?;
+        Ok((source, opened))
+    }
 }
 
 /// A new filesystem of `typ` (proc, sysfs, tmpfs, devpts, mqueue…) with `entry`'s source,
