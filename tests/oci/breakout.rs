@@ -711,8 +711,9 @@ fn a_profile_refusing_openat2_still_gets_its_working_folder_and_home() {
 
 /// A bind whose source lies inside the container's rootfs (`rootfs/data`, relative to the
 /// bundle) was opened as a host path: a link the image put there, to a host folder, bound the
-/// host's folder into the container. Such a source is the image's path and is resolved inside
-/// the root: the link names the container's own folder of that path.
+/// host's folder into the container (by the init for a bind, by `create` for an id-mapped
+/// one). Such a source is the image's path and is resolved inside the root: the link names
+/// the container's own folder of that path.
 #[test]
 fn a_bind_source_inside_the_rootfs_is_the_containers_never_the_hosts() {
     let scratch = Scratch::new("bindsrc");
@@ -720,10 +721,16 @@ fn a_bind_source_inside_the_rootfs_is_the_containers_never_the_hosts() {
     let host = scratch.path("host-folder");
     fs::create_dir_all(&host).unwrap();
     fs::write(host.join("marker"), "host-marker\n").unwrap();
-    let mut config = base_config(&["cat", "/mnt/data/marker"]);
-    config["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+    let mut config = base_config(&["cat", "/mnt/data/marker", "/mnt/mapped/marker"]);
+    let map = serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 10}]);
+    let mounts = config["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!(
         {"destination": "/mnt/data", "type": "bind", "source": "rootfs/data", "options": ["rbind"]}
     ));
+    mounts.push(serde_json::json!({
+        "destination": "/mnt/mapped", "type": "bind", "source": "rootfs/data",
+        "options": ["bind", "idmap"], "uidMappings": map, "gidMappings": map
+    }));
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let rootfs = bundle.dir.join("rootfs");
     std::os::unix::fs::symlink(&host, rootfs.join("data")).unwrap();
@@ -736,5 +743,8 @@ fn a_bind_source_inside_the_rootfs_is_the_containers_never_the_hosts() {
         "the image's link bound a host folder into the container: {outcome:?}"
     );
     assert_eq!(outcome.code, 0, "{outcome:?}");
-    assert_eq!(outcome.stdout, "container-marker\n", "{outcome:?}");
+    assert_eq!(
+        outcome.stdout, "container-marker\ncontainer-marker\n",
+        "{outcome:?}"
+    );
 }

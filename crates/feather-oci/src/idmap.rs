@@ -80,6 +80,16 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Trees> {
         .with_context(|| format!("{}/config.json", bundle.display()))?;
     let raw: RawConfig = serde_json::from_str(&text)
         .with_context(|| format!("{}/config.json: mounts", bundle.display()))?;
+    // A source inside the rootfs is the image's path: resolved inside it (crate::sources).
+    let rootfs = bundle.join(
+        spec.root()
+            .as_ref()
+            .map(|r| r.path().clone())
+            .unwrap_or_default(),
+    );
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+    let root = nix::fcntl::open(&rootfs, flags, Mode::empty()).ok();
+    let sources = crate::sources::Sources::new(spec, bundle, &rootfs);
     let linux = spec.linux().as_ref();
     let none = MountMappings::default();
     for (index, mount) in mounts.iter().enumerate() {
@@ -105,13 +115,9 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Trees> {
             bail!("{field}.options idmap: give the mount uidMappings and gidMappings, or the container a user namespace with linux.uidMappings and linux.gidMappings");
         }
         let source = mount.source().clone().unwrap_or_default();
-        let source = if source.is_relative() {
-            bundle.join(source)
-        } else {
-            source
-        };
+        let (source, opened) = sources.open(root.as_ref(), &source)?;
         let tree = id_mapped_tree(
-            &source,
+            &opened,
             recursive,
             options.iter().any(|o| o == "rbind"),
             &uid,
@@ -126,18 +132,16 @@ pub fn prepare(spec: &Spec, bundle: &Path) -> Result<Trees> {
 /// A detached copy of the mount at `source` (its tree with `rbind`), id-mapped (every mount of
 /// it with `ridmap`).
 fn id_mapped_tree(
-    source: &Path,
+    at: &OwnedFd,
     ridmap: bool,
     rbind: bool,
     uid: &[LinuxIdMapping],
     gid: &[LinuxIdMapping],
 ) -> Result<OwnedFd> {
-    let at = nix::fcntl::open(source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty())
-        .context("open")?;
     let tree = if rbind || ridmap {
-        feather_sys::mount::clone_tree_recursive(&at)
+        feather_sys::mount::clone_tree_recursive(at)
     } else {
-        feather_sys::mount::clone_tree(&at)
+        feather_sys::mount::clone_tree(at)
     }
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     let userns = user_namespace(uid, gid)?;

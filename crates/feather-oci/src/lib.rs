@@ -48,6 +48,7 @@ pub mod restore;
 pub mod run;
 pub mod seccomp;
 pub mod services;
+pub mod sources;
 pub mod store;
 pub mod userns;
 pub mod validate;

@@ -24,6 +24,7 @@ use nix::sys::stat::{mkdirat, mknodat, Mode, SFlag};
 use oci_spec::runtime::{LinuxDevice, LinuxDeviceType, Mount, Spec};
 
 use crate::cgroups::{self, Groups};
+use crate::sources::{resolve, Sources};
 
 const NONE: Option<&str> = None;
 
@@ -98,20 +99,6 @@ fn parse_options(options: &[String]) -> Options {
         parsed.clear |= clear;
     }
     parsed
-}
-
-/// Opens `path` (absolute, as the container sees it) inside `root`, never leaving it.
-fn resolve(root: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd> {
-    let relative = path.strip_prefix("/").unwrap_or(path);
-    let relative = if relative.as_os_str().is_empty() {
-        Path::new(".")
-    } else {
-        relative
-    };
-    let how = OpenHow::new()
-        .flags(flags | OFlag::O_CLOEXEC)
-        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
-    openat2(root.as_fd(), relative, how)
 }
 
 /// Opens `path` inside `root` as an O_PATH descriptor, making what is missing: folders on the
@@ -426,18 +413,7 @@ pub fn mount_all(
         Mode::empty(),
     )
     .with_context(|| format!("open {}", rootfs.display()))?;
-    let sources = Sources {
-        bundle,
-        rootfs: [
-            rootfs.to_owned(),
-            bundle.join(
-                spec.root()
-                    .as_ref()
-                    .map(|r| r.path().clone())
-                    .unwrap_or_default(),
-            ),
-        ],
-    };
+    let sources = Sources::new(spec, bundle, rootfs);
     let mut dev_is_tmpfs = false;
     let mut kernel = Vec::new();
     for (index, entry) in spec.mounts().iter().flatten().enumerate() {
@@ -515,7 +491,7 @@ fn bind_one(
     idmapped: Option<&OwnedFd>,
 ) -> Result<OwnedFd> {
     let source = entry.source().clone().unwrap_or_default();
-    let (source, opened) = sources.open(root, &source)?;
+    let (source, opened) = sources.open(Some(root), &source)?;
     let directory = nix::sys::stat::fstat(&opened)?.st_mode & libc::S_IFMT == libc::S_IFDIR;
     let target = make_target(root, entry.destination(), directory)?;
     let tree = match idmapped {
@@ -530,34 +506,6 @@ fn bind_one(
     }
     attach(&tree, &target, &format!("bind {}", source.display()))?;
     Ok(tree)
-}
-
-/// Where a bind's source is found: a path of the host (absolute, or relative to the bundle) —
-/// but one inside the rootfs, whose folders and links are the image's, as a path of the
-/// container: resolved inside the root (a link there to `/etc` is the container's `/etc`,
-/// never the host's).
-struct Sources<'a> {
-    bundle: &'a Path,
-    /// The rootfs as the init found it, and as the config names it.
-    rootfs: [PathBuf; 2],
-}
-
-impl Sources<'_> {
-    /// `source` (as the config gives it) opened `O_PATH`, with its host path.
-    fn open(&self, root: &OwnedFd, source: &Path) -> Result<(PathBuf, OwnedFd)> {
-        let source = self.bundle.join(source);
-        let inside = self
-            .rootfs
-            .iter()
-            .find_map(|rootfs| source.strip_prefix(rootfs).ok())
-            .filter(|rest| !rest.components().any(|c| c == Component::ParentDir));
-        let opened = match inside {
-            Some(rest) => resolve(root, rest, OFlag::O_PATH),
-            None => nix::fcntl::open(&source, OFlag::O_PATH | OFlag::O_CLOEXEC, Mode::empty()),
-        };
-        let opened = opened.with_context(|| format!("source {}", source.display()))?;
-        Ok((source, opened))
-    }
 }
 
 /// A new filesystem of `typ` (proc, sysfs, tmpfs, devpts, mqueue…) with `entry`'s source,
