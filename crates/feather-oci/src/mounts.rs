@@ -942,3 +942,39 @@ pub fn bind_console(slave: &OwnedFd) -> Result<()> {
     feather_sys::mount::attach_tree(&tree, &target)
         .map_err(|e| anyhow::anyhow!("process.terminal: bind /dev/console: {e}"))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use feather_sys::mount::attr;
+
+    #[test]
+    fn a_mounts_options_become_its_own_flags_and_its_superblocks() {
+        let options = parse_options(&[
+            "ro".into(),
+            "nosuid".into(),
+            "nodev".into(),
+            "noexec".into(),
+            "strictatime".into(),
+            "sync".into(),
+            "mode=755".into(),
+        ]);
+        let (set, clear) = mount_attributes(options.set);
+        assert_eq!(
+            set,
+            attr::RDONLY | attr::NOSUID | attr::NODEV | attr::NOEXEC | attr::STRICTATIME
+        );
+        // Setting an access-time mode clears the field first, or the kernel refuses it.
+        assert_eq!(clear, attr::ATIME);
+        let superblock: Vec<&str> = superblock_options(options.set).collect();
+        assert_eq!(superblock, ["ro", "sync"]);
+        assert_eq!(options.data, ["mode=755"]);
+    }
+
+    #[test]
+    fn relatime_alone_still_clears_the_access_time_field() {
+        let (set, clear) = mount_attributes(parse_options(&["relatime".into()]).set);
+        assert_eq!((set, clear), (attr::RELATIME, attr::ATIME));
+        assert_eq!(mount_attributes(MsFlags::empty()), (0, 0));
+    }
+}
