@@ -748,3 +748,50 @@ fn a_bind_source_inside_the_rootfs_is_the_containers_never_the_hosts() {
         "{outcome:?}"
     );
 }
+
+/// A bind with flags of its own (`ro`) was remounted with exactly those (`MS_BIND|MS_REMOUNT`),
+/// which cleared the `nosuid`, `nodev` and `noexec` of the source's mount: a volume the host
+/// mounted `nosuid,nodev` came into the container as one where set-user-ID programs and device
+/// nodes work. feather-oci adds a bind's flags to its source's (`mount_setattr` on the
+/// detached copy).
+#[test]
+fn a_binds_own_flags_keep_the_sources_nosuid_nodev_and_noexec() {
+    let scratch = Scratch::new("bindflags");
+    let runtime = Runtime::new(&scratch);
+    let volume = scratch.path("volume");
+    fs::create_dir_all(&volume).unwrap();
+    let inert = nix::mount::MsFlags::MS_NOSUID
+        | nix::mount::MsFlags::MS_NODEV
+        | nix::mount::MsFlags::MS_NOEXEC;
+    nix::mount::mount(
+        Some("tmpfs"),
+        &volume,
+        Some("tmpfs"),
+        inert,
+        Some("size=1m"),
+    )
+    .unwrap();
+    let mut config = base_config(&["grep", " /data ", "/proc/self/mountinfo"]);
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!(
+            {"destination": "/data", "type": "bind", "source": volume, "options": ["rbind", "ro"]}
+        ));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "bindflags"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let flags: Vec<&str> = outcome
+        .stdout
+        .split(' ')
+        .nth(5)
+        .unwrap_or_default()
+        .split(',')
+        .collect();
+    for flag in ["ro", "nosuid", "nodev", "noexec"] {
+        assert!(
+            flags.contains(&flag),
+            "the bind of a {flag} source lost it: {outcome:?}"
+        );
+    }
+}
