@@ -172,3 +172,22 @@ fn exec_tty_without_a_console_socket_relays_a_terminal() {
     assert!(detached.stderr.contains("--console-socket"), "{detached:?}");
     assert_eq!(runtime.run(&["delete", "--force", &id]).code, 0);
 }
+
+/// `--no-pivot`: the rootfs is moved onto `/` and chrooted into instead of pivot_root; the
+/// program runs in it with its mounts and masks as with pivot_root.
+#[test]
+fn run_no_pivot_runs_the_program_in_its_rootfs_with_its_masks() {
+    let scratch = Scratch::new("run-no-pivot");
+    let runtime = Runtime::new(&scratch);
+    let script = "cat /etc/passwd | head -c 5; echo; wc -c < /proc/timer_list; hostname";
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sh", "-c", script]));
+    let outcome = runtime.run(&[
+        "run",
+        "--no-pivot",
+        "--bundle",
+        bundle.dir.to_str().unwrap(),
+        "no-pivot",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(outcome.stdout, "root:\n0\nbox\n", "{outcome:?}");
+}
