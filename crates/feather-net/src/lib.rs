@@ -332,21 +332,24 @@ impl Attachment {
     }
 
     /// Before the restore of a VM whose network namespace was not dumped (its content was
-    /// what feather made, see [`as_made`]): a new namespace with loopback up and, with a private
-    /// network, everything [`Attachment::attach`] does — the veth pair with its VM end in the
-    /// new namespace, given its address, link-layer address and default route, and the VM's
+    /// what feather made, see [`as_made`]): a new namespace with loopback up, for CRIU to
+    /// restore the VM's processes into; with a private network, [`Attachment::wire_restored`]
+    /// gives it the rest.
+    pub fn new_namespace_for_restore(&self) -> Result<std::os::fd::OwnedFd> {
+        feather_sys::net::new_loopback_namespace()
+            .map_err(|e| NetError::Invalid(format!("make a network namespace: {e}")))
+    }
+
+    /// With a private network, in the namespace made by [`Attachment::new_namespace_for_restore`]:
+    /// everything [`Attachment::attach`] does — the veth pair with its VM end in that
+    /// namespace, given its address, link-layer address and default route, and the VM's
     /// firewall entries. The host end stays down, so no packet reaches the namespace before the
     /// restored sockets are there and the VM may run: [`Attachment::hold_traffic`] opens it.
-    /// Returns the namespace, for CRIU to restore the VM's processes into.
-    pub fn new_namespace_for_restore(&self) -> Result<std::os::fd::OwnedFd> {
-        let namespace = fs::File::from(
-            feather_sys::net::new_loopback_namespace()
-                .map_err(|e| NetError::Invalid(format!("make a network namespace: {e}")))?,
-        );
-        let (Some(network), Some(address)) = (&self.network, self.config.address) else {
-            return Ok(namespace.into());
-        };
+    pub fn wire_restored(&self, namespace: &std::os::fd::OwnedFd) -> Result<()> {
         use std::os::fd::AsRawFd;
+        let (Some(network), Some(address)) = (&self.network, self.config.address) else {
+            return Ok(());
+        };
         self.join(Some(PeerNamespace::Fd(namespace.as_raw_fd())))?;
         self.hold_traffic(true)?;
         let inside = Inside {
@@ -359,11 +362,15 @@ impl Attachment {
             }),
             files: Vec::new(),
         };
+        let namespace = fs::File::from(namespace.try_clone().map_err(|source| NetError::Io {
+            path: PathBuf::from("(restored network namespace)"),
+            source,
+        })?);
         pool::in_namespace(&namespace, move || inside.configure())?;
         if network.uplink.is_some() {
             firewall::note_arrival(network, address)?;
         }
-        Ok(namespace.into())
+        Ok(())
     }
 
     /// Whether the network namespace of the VM's init (process `init_pid`) holds what feather

@@ -326,10 +326,26 @@ impl Keeper {
         } else {
             "restore: host side attached (CRIU makes the namespace)"
         });
+        // The namespace's veth pair, address and firewall entries are made while CRIU starts.
+        let wire = |netns: &std::os::fd::OwnedFd| {
+            let wired = network.wire_restored(netns).map_err(|e| VmError::Net {
+                vm: name.to_string(),
+                source: Box::new(e),
+            });
+            trace::phase("restore: the namespace's veth pair, address and firewall entries");
+            wired
+        };
         let restored = attached
             .in_vm(&name)
             .and_then(|(veth, netns)| {
-                snapshot::restore_tree(root, vm, &config, cgroup.as_ref(), veth.as_ref(), netns)
+                snapshot::restore_tree(
+                    root,
+                    vm,
+                    &config,
+                    cgroup.as_ref(),
+                    veth.as_ref(),
+                    netns.map(|netns| (netns, &wire as &snapshot::Wire<'_>)),
+                )
             })
             .and_then(|init| {
                 // CRIU restores no cgroup settings (feather makes the group), and the restored

@@ -93,6 +93,10 @@ pub(crate) fn remove_stale(vm: &VmDir) {
     }
 }
 
+/// Completes a network namespace made anew for a restore (its veth pair, address and firewall
+/// entries: `feather_net::Attachment::wire_restored`), while CRIU starts.
+pub(crate) type Wire<'a> = dyn Fn(&std::os::fd::OwnedFd) -> Result<()> + 'a;
+
 /// What a dump does with the VM's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum NetnsAtDump {
@@ -279,16 +283,21 @@ fn is_own_layer(vm: &VmDir, config: &VmConfig, mount: &MountEntry) -> bool {
 /// folder and returns its init, now a child of this process.
 /// `veth`: the VM's veth pair, for CRIU to make (`--net private`, its namespace dumped);
 /// `netns`: the namespace made anew for a VM whose namespace was not dumped (see
-/// [`netns_external`]). A VM received by a migration comes back stopped, until `feather serve`
-/// confirms it (see [`await_release`]).
+/// [`netns_external`]), and what completes it ([`Wire`]), run while CRIU starts. A VM received
+/// by a migration comes back stopped, until `feather serve` confirms it (see
+/// [`await_release`]).
 pub(crate) fn restore_tree(
     root: &StateRoot,
     vm: &VmDir,
     config: &VmConfig,
     cgroup: Option<&Cgroup>,
     veth: Option<&feather_net::VethPair>,
-    netns: Option<std::os::fd::OwnedFd>,
+    netns: Option<(std::os::fd::OwnedFd, &Wire<'_>)>,
 ) -> Result<ChildProcess> {
+    let (netns, wire) = match netns {
+        Some((netns, wire)) => (Some(netns), Some(wire)),
+        None => (None, None),
+    };
     let name = vm.name();
     // `feather restore` (or `serve`) checked it before starting this keeper.
     let criu = Criu::located_by_starter().in_vm(name)?;
@@ -426,14 +435,22 @@ pub(crate) fn restore_tree(
         }
         Some(pid) => pid,
     };
+    // The network, while the child prepares and CRIU starts.
+    let wired = match (wire, &netns) {
+        (Some(wire), Some(netns)) => wire(netns),
+        _ => Ok(()),
+    };
     // Post-copy: `feather serve` started the daemon fetching the memory just before this
     // keeper, which prepared meanwhile; CRIU's restore needs it listening.
     let listening = match lazy {
-        true => criu::await_lazy_pages(name.as_str(), &images, LAZY_PATIENCE),
+        true => criu::await_lazy_pages(name.as_str(), &images, LAZY_PATIENCE).map_err(Into::into),
         false => Ok(()),
     };
-    // A daemon that never listened: dropping the call ends criu swrk, which waits for it.
-    let restored = listening.and_then(|()| call.restore(name.as_str()));
+    // A daemon that never listened, or a network not made: dropping the call ends criu swrk,
+    // which waits for its request.
+    let restored = wired
+        .and(listening)
+        .and_then(|()| call.restore(name.as_str()).map_err(Into::into));
     // criu swrk ends once it has answered; the restored tree is this process's child.
     let _ = waitpid(child, None);
     let pid = Pid::from_raw(restored?);
