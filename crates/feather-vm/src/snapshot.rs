@@ -530,15 +530,16 @@ const HOLD_PATIENCE: Duration = Duration::from_secs(600);
 
 /// In a keeper whose VM came back stopped for a migration (see [`hold`]): waits until
 /// `feather serve` says the sender has released it (`Request::Resume`), then continues every
-/// process of the VM (`before_running` first) and returns true. If that serve ends first, or nothing is heard for
-/// [`HOLD_PATIENCE`], returns false: the sender keeps the VM, and this copy must never run.
+/// process of the VM, answers, runs `once_running` and returns true. If that serve ends
+/// first, or nothing is heard for [`HOLD_PATIENCE`], returns false: the sender keeps the VM,
+/// and this copy must never run.
 pub(crate) fn await_release(
     vm: &VmDir,
     serve: &std::os::fd::OwnedFd,
     init: &ChildProcess,
     listener: &std::os::unix::net::UnixListener,
     cgroup: Option<&Cgroup>,
-    before_running: &dyn Fn(),
+    once_running: &dyn Fn(),
 ) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
@@ -575,7 +576,6 @@ pub(crate) fn await_release(
         match decision {
             Ok(WhileHeld::Release) => {
                 let _ = fs::remove_file(vm.checkpoint_dir().join(HOLD));
-                before_running();
                 for pid in cgroup.map(Cgroup::members).unwrap_or_default() {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
                 }
@@ -586,6 +586,8 @@ pub(crate) fn await_release(
                         init_pid: init.pid.as_raw(),
                     },
                 );
+                // After the answer: the VM's link, brought up, is not part of its freeze.
+                once_running();
                 return true;
             }
             Ok(WhileHeld::Status) => {
