@@ -716,6 +716,91 @@ fn a_vm_with_a_private_network_comes_back_with_its_address_and_published_port() 
     );
 }
 
+/// A private network's namespace is left out of the dump only while it holds exactly what
+/// feather made; the VM's root cannot change it (no CAP_NET_ADMIN, read-only /proc/sys), and a
+/// change made from outside (here the host, as something holding CAP_NET_ADMIN there would)
+/// makes CRIU dump it whole, so that the restored VM keeps it. Taking every private namespace
+/// as made would lose the address and route added here.
+#[test]
+fn a_private_vm_s_network_changed_since_its_start_is_kept_across_a_checkpoint() {
+    let feather = Feather::new("ckpt-netns");
+    require_criu(&feather);
+    feather.ok(&["create", "vm"]);
+    feather.ok(&["start", "vm"]);
+    let view = feather.inspect("vm");
+    let address = view["network"]["address"].as_str().unwrap().to_owned();
+    let gateway = view["network"]["gateway"].as_str().unwrap().to_owned();
+    let images = feather.vm_dir("vm").join("checkpoint");
+
+    // The VM's own root cannot change its network.
+    let refused = feather.run(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "ip addr add 192.0.2.99/32 dev eth0 || echo address refused; \
+         echo 1 > /proc/sys/net/ipv4/conf/eth0/forwarding || echo sysctl refused",
+    ]);
+    assert!(
+        refused.stdout.contains("address refused") && refused.stdout.contains("sysctl refused"),
+        "{refused:?}"
+    );
+
+    // As made: not dumped, made anew at the restore, with the VM's address, link-layer
+    // address and route.
+    feather.ok(&["checkpoint", "vm"]);
+    assert!(
+        images.join("external-netns").exists(),
+        "left out of the dump"
+    );
+    feather.ok(&["restore", "vm"]);
+    let mac = format!(
+        "02:66:{}",
+        address
+            .split('.')
+            .map(|b| format!("{:02x}", b.parse::<u8>().unwrap()))
+            .collect::<Vec<_>>()
+            .join(":")
+    );
+    let link = feather.sh(
+        "vm",
+        "ip -br link show eth0; ip -br addr show eth0; ip route",
+    );
+    assert!(link.contains(&mac), "{link}");
+    assert!(link.contains(&format!("{address}/")), "{link}");
+    assert!(
+        link.contains(&format!("default via {gateway} dev eth0")),
+        "{link}"
+    );
+
+    // Changed from outside: dumped by CRIU, and the change comes back.
+    let init = feather.inspect("vm")["state"]["init_pid"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    for change in [
+        "ip addr add 192.0.2.7/32 dev eth0",
+        "ip route add 198.51.100.0/24 dev eth0",
+    ] {
+        let status = Command::new("nsenter")
+            .args(["-t", &init, "-n"])
+            .args(change.split(' '))
+            .status()
+            .unwrap();
+        assert!(status.success(), "{change}");
+    }
+    feather.ok(&["checkpoint", "vm"]);
+    assert!(!images.join("external-netns").exists(), "dumped");
+    let why = fs::read_to_string(images.join("netns-dumped")).unwrap();
+    assert!(why.contains("192.0.2.7/32"), "the dump says why: {why}");
+    feather.ok(&["restore", "vm"]);
+    let restored = feather.sh("vm", "ip -br addr show eth0; ip route");
+    assert!(restored.contains("192.0.2.7/32"), "{restored}");
+    assert!(restored.contains("198.51.100.0/24 dev eth0"), "{restored}");
+    assert!(restored.contains(&format!("{address}/")), "{restored}");
+}
+
 #[test]
 fn layers_over_other_filesystems_come_back_even_if_the_host_removed_them() {
     let feather = Feather::new("ckpt-layers");

@@ -59,7 +59,9 @@ use crate::error::{MigrateError, Result, TransferError};
 /// checkpoint lists the VM's masks over kernel folders as external mounts, which the receiver
 /// mounts itself (an older one would take them for layers). 6: a VM with `--net none` comes
 /// without its network namespace, which the receiver makes (an older one could not restore it).
-pub const VERSION: u32 = 6;
+/// 7: so does a VM with `--net private` whose namespace is as feather made it (an older
+/// receiver would give it loopback only).
+pub const VERSION: u32 = 7;
 
 /// The exporter's label (RFC 8446 §7.5): keying material for this protocol only.
 const EXPORTER_LABEL: &[u8] = b"EXPORTER-feather-migrate-token-proof";

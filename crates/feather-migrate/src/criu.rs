@@ -310,8 +310,33 @@ pub struct Dump<'a> {
     pub freeze_cgroup: Option<&'a Path>,
     /// The inode of the tree's network namespace, if CRIU is not to dump it (its content is
     /// known: the restoring side makes it anew and hands it over, see [`Restore::netns`]).
-    /// Only for a namespace with nothing but loopback: its network is not locked either.
+    /// CRIU's own network lock (iptables rules inside the namespace) is skipped for it: the
+    /// caller locks it, if it must, when told [`DumpNote::NetworkLock`].
     pub external_netns: Option<u64>,
+}
+
+/// What CRIU tells the caller of a dump while it runs (its action scripts, over RPC). The
+/// caller's answer to each is whether the dump goes on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DumpNote {
+    /// The tasks are seized and nothing of them is dumped yet: lock the network (`network-lock`).
+    NetworkLock,
+    /// Everything but lazy memory is dumped (`post-dump`; a lazy dump serves its memory after).
+    Images,
+    /// The tasks go on (a failed dump, or one that leaves them running): let the network
+    /// through again (`network-unlock`).
+    NetworkUnlock,
+}
+
+impl DumpNote {
+    fn of_script(script: &str) -> Option<DumpNote> {
+        match script {
+            "network-lock" => Some(DumpNote::NetworkLock),
+            "post-dump" => Some(DumpNote::Images),
+            "network-unlock" => Some(DumpNote::NetworkUnlock),
+            _ => None,
+        }
+    }
 }
 
 /// A restore of a dumped tree.
@@ -557,9 +582,10 @@ impl Criu {
     /// Dumps a VM's process tree into `dump.images`, through CRIU's RPC (`criu swrk`). On
     /// failure the VM's processes go on running (CRIU resumes them), and the error carries
     /// CRIU's own words from its log, which name the resource it could not dump.
-    /// `on_images` runs once the images are written (before a lazy dump serves its memory,
-    /// which it does until the receiver has every page).
-    pub fn dump(&self, dump: &Dump, on_images: &mut dyn FnMut()) -> Result<()> {
+    /// `on_note` hears what CRIU says while it dumps ([`DumpNote`]): among them, when the
+    /// images are written (before a lazy dump serves its memory, which it does until the
+    /// receiver has every page). Its `false` fails the dump.
+    pub fn dump(&self, dump: &Dump, on_note: &mut dyn FnMut(DumpNote) -> bool) -> Result<()> {
         fs::create_dir_all(dump.images).map_err(io_at(dump.images))?;
         let images = fs::File::open(dump.images).map_err(io_at(dump.images))?;
         let opts = rpc::Opts {
@@ -585,21 +611,22 @@ impl Criu {
             }),
             notify_scripts: Some(true),
             freeze_cgroup: dump.freeze_cgroup.map(|dir| dir.display().to_string()),
-            // A namespace with loopback only and every process in it frozen: no packet can
-            // reach a socket being dumped, so CRIU's lock (iptables rules put in and taken
-            // out, two programs each way) guards nothing, and the restore, which takes the
-            // dump's method, would try to take out rules its new namespace never had.
+            // CRIU's lock puts iptables rules into the namespace and takes them out (two
+            // programs each way), and the restore, which takes the dump's method, would try to
+            // take out rules its new namespace never had. A namespace with loopback only needs
+            // no lock (nothing reaches it; every process in it is seized); the caller locks
+            // one with a link outside when told (DumpNote::NetworkLock).
             network_lock: dump.external_netns.map(|_| rpc::NetworkLock::Skip as i32),
             ..common_options()
         };
-        self.dump_notified(dump.vm, opts, &dump.images.join(DUMP_LOG), on_images)
+        self.dump_notified(dump.vm, opts, &dump.images.join(DUMP_LOG), on_note)
     }
 
     /// A dump with options the caller chose (feather-oci maps runc's flags onto them, starting
     /// from [`common_options`]); `opts.images_dir_fd` (and `work_dir_fd`) must stay open until
     /// it returns. `log` is where CRIU's log lands, for the error's words.
     pub fn dump_with(&self, name: &str, opts: rpc::Opts, log: &Path) -> Result<()> {
-        self.dump_notified(name, opts, log, &mut || {})
+        self.dump_notified(name, opts, log, &mut |_| true)
     }
 
     fn dump_notified(
@@ -607,7 +634,7 @@ impl Criu {
         name: &str,
         opts: rpc::Opts,
         log: &Path,
-        on_images: &mut dyn FnMut(),
+        on_note: &mut dyn FnMut(DumpNote) -> bool,
     ) -> Result<()> {
         let mut channel = rpc::Channel::new().map_err(|e| self.broken(e))?;
         let mut criu = Command::new(&self.path)
@@ -625,12 +652,7 @@ impl Criu {
                 opts: Some(opts),
                 notify_success: None,
             },
-            &mut |script| {
-                if script == "post-dump" {
-                    on_images();
-                }
-                true
-            },
+            &mut |script| DumpNote::of_script(script).is_none_or(&mut *on_note),
         );
         let _ = criu.wait();
         match answer {

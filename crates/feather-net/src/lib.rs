@@ -25,6 +25,7 @@
 //!         linger::hold(): the root's bridge, tables and pool wait a moment for the next VM
 //! ```
 
+pub mod as_made;
 pub mod error;
 pub mod etc;
 pub mod firewall;
@@ -298,7 +299,8 @@ impl Attachment {
             pooled.let_go();
             return Ok(());
         }
-        self.join(Some(init_pid)).map(|_| ())
+        self.join(Some(PeerNamespace::Process(init_pid)))
+            .map(|_| ())
     }
 
     /// The network namespace made ahead for this VM, which its init joins instead of making
@@ -329,7 +331,89 @@ impl Attachment {
         Ok(pair)
     }
 
-    fn join(&self, init_pid: Option<u32>) -> Result<Option<VethPair>> {
+    /// Before the restore of a VM whose network namespace was not dumped (its content was
+    /// what feather made, see [`as_made`]): a new namespace with loopback up, for CRIU to
+    /// restore the VM's processes into; with a private network, [`Attachment::wire_restored`]
+    /// gives it the rest.
+    pub fn new_namespace_for_restore(&self) -> Result<std::os::fd::OwnedFd> {
+        feather_sys::net::new_loopback_namespace()
+            .map_err(|e| NetError::Invalid(format!("make a network namespace: {e}")))
+    }
+
+    /// With a private network, in the namespace made by [`Attachment::new_namespace_for_restore`]:
+    /// everything [`Attachment::attach`] does — the veth pair with its VM end in that
+    /// namespace, given its address, link-layer address and default route, and the VM's
+    /// firewall entries. The host end stays down, so no packet reaches the namespace before the
+    /// restored sockets are there and the VM may run: [`Attachment::hold_traffic`] opens it.
+    pub fn wire_restored(&self, namespace: &std::os::fd::OwnedFd) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        let (Some(network), Some(address)) = (&self.network, self.config.address) else {
+            return Ok(());
+        };
+        self.join(Some(PeerNamespace::Fd(namespace.as_raw_fd())))?;
+        self.hold_traffic(true)?;
+        let inside = Inside {
+            own_namespace: true,
+            interface: Some(Interface {
+                name: VM_INTERFACE.to_owned(),
+                address,
+                prefix: network.subnet.prefix(),
+                gateway: network.gateway(),
+            }),
+            files: Vec::new(),
+        };
+        let namespace = fs::File::from(namespace.try_clone().map_err(|source| NetError::Io {
+            path: PathBuf::from("(restored network namespace)"),
+            source,
+        })?);
+        pool::in_namespace(&namespace, move || inside.configure())?;
+        if network.uplink.is_some() {
+            firewall::note_arrival(network, address)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the network namespace of the VM's init (process `init_pid`) holds what feather
+    /// made in it and nothing else: what differs, in words (see [`as_made`]); empty for a VM
+    /// without a private network, whose namespace holds loopback only or is the host's.
+    pub fn changed_since_made(&self, init_pid: u32) -> Result<Vec<String>> {
+        use error::IoAt;
+        let (Some(network), Some(address)) = (&self.network, self.config.address) else {
+            return Ok(Vec::new());
+        };
+        let interface = Interface {
+            name: VM_INTERFACE.to_owned(),
+            address,
+            prefix: network.subnet.prefix(),
+            gateway: network.gateway(),
+        };
+        let path = format!("/proc/{init_pid}/ns/net");
+        let namespace = fs::File::open(&path).at(&path)?;
+        pool::in_namespace(&namespace, move || {
+            as_made::differences(&interface)
+                .map_err(netlink_error("compare the network namespace", "of the VM"))
+        })
+    }
+
+    /// Holds (`true`) or lets through (`false`) every packet between the VM and its bridge:
+    /// the host end of its veth pair down or up. What CRIU's network lock does inside a
+    /// namespace it dumps, for one it does not: while the VM's TCP sockets are dumped or
+    /// restored (in repair mode) no segment reaches them, so none is acknowledged behind the
+    /// dump's back and none is answered with a reset. The VM sees its link lose its carrier.
+    pub fn hold_traffic(&self, held: bool) -> Result<()> {
+        if self.network.is_none() {
+            return Ok(());
+        }
+        let index = index_of(&self.host_end).ok_or_else(|| {
+            NetError::Invalid(format!("the VM's host end {} is gone", self.host_end))
+        })?;
+        let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "on the host"))?;
+        netlink
+            .set_state(index, !held)
+            .map_err(netlink_error("set the state of", self.host_end.clone()))
+    }
+
+    fn join(&self, peer: Option<PeerNamespace>) -> Result<Option<VethPair>> {
         let (Some(network), Some(address)) = (&self.network, self.config.address) else {
             return Ok(None);
         };
@@ -355,14 +439,9 @@ impl Attachment {
         if let Some(stale) = index_of(&self.host_end) {
             let _ = netlink.delete_link(stale);
         }
-        if let Some(init_pid) = init_pid {
+        if let Some(peer) = peer {
             netlink
-                .create_veth(
-                    &self.host_end,
-                    bridge,
-                    VM_INTERFACE,
-                    PeerNamespace::Process(init_pid),
-                )
+                .create_veth(&self.host_end, bridge, VM_INTERFACE, peer)
                 .map_err(netlink_error("create veth pair", self.host_end.clone()))?;
         }
         if let Err(e) = firewall::add_vm(network, &self.host_end, address, self.config.egress) {

@@ -5,7 +5,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr};
 
 use netlink_packet_core::{
-    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_EXCL,
+    NetlinkHeader, NetlinkMessage, NetlinkPayload, NLM_F_ACK, NLM_F_CREATE, NLM_F_DUMP, NLM_F_EXCL,
     NLM_F_REQUEST,
 };
 use netlink_packet_route::address::{AddressAttribute, AddressMessage};
@@ -72,6 +72,48 @@ impl Netlink {
                             None => Ok(()),
                             Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
                         };
+                    }
+                }
+                if length == 0 {
+                    break;
+                }
+                offset += length;
+            }
+        }
+    }
+
+    /// Sends one dump request (`ip link show`, `ip address`, `ip route show table all`) and
+    /// returns every message of the kernel's answer.
+    pub fn dump(&mut self, message: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.sequence += 1;
+        let mut header = NetlinkHeader::default();
+        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.sequence_number = self.sequence;
+        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
+        packet.finalize();
+        let mut buffer = vec![0u8; packet.buffer_len()];
+        packet.serialize(&mut buffer);
+        self.socket.send(&buffer, 0)?;
+        let mut answers = Vec::new();
+        loop {
+            let (reply, _) = self.socket.recv_from_full()?;
+            let mut offset = 0;
+            while offset < reply.len() {
+                let answer =
+                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[offset..])
+                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+                let length = answer.header.length as usize;
+                if answer.header.sequence_number == self.sequence {
+                    match answer.payload {
+                        NetlinkPayload::Done(_) => return Ok(answers),
+                        NetlinkPayload::Error(error) => {
+                            return Err(match error.code {
+                                None => io::Error::other("dump ended by an acknowledgement"),
+                                Some(code) => io::Error::from_raw_os_error(-code.get()),
+                            })
+                        }
+                        NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                        _ => {}
                     }
                 }
                 if length == 0 {
@@ -149,9 +191,18 @@ impl Netlink {
     }
 
     pub fn set_up(&mut self, index: u32) -> io::Result<()> {
+        self.set_state(index, true)
+    }
+
+    /// Brings interface `index` up or down.
+    pub fn set_state(&mut self, index: u32, up: bool) -> io::Result<()> {
         let mut link = LinkMessage::default();
         link.header.index = index;
-        link.header.flags = LinkFlags::Up;
+        link.header.flags = if up {
+            LinkFlags::Up
+        } else {
+            LinkFlags::empty()
+        };
         link.header.change_mask = LinkFlags::Up;
         self.request(RouteNetlinkMessage::SetLink(link), 0)
     }

@@ -16,6 +16,8 @@ const NETLINK_NETFILTER: isize = 12;
 const NFNL_SUBSYS_NFTABLES: u16 = 10;
 const NFNL_MSG_BATCH_BEGIN: u16 = 0x10;
 const NFNL_MSG_BATCH_END: u16 = 0x11;
+const NFT_MSG_NEWTABLE: u16 = 0;
+const NFT_MSG_GETTABLE: u16 = 1;
 const NFT_MSG_DELTABLE: u16 = 2;
 const NFT_MSG_NEWCHAIN: u16 = 3;
 const NFT_MSG_DELCHAIN: u16 = 5;
@@ -25,7 +27,9 @@ const NFT_MSG_DELSETELEM: u16 = 14;
 const NLM_F_REQUEST: u16 = 0x1;
 const NLM_F_ACK: u16 = 0x4;
 const NLM_F_CREATE: u16 = 0x400;
+const NLM_F_DUMP: u16 = 0x300;
 const NLMSG_ERROR: u16 = 2;
+const NLMSG_DONE: u16 = 3;
 const NLA_F_NESTED: u16 = 0x8000;
 
 const NFTA_TABLE_NAME: u16 = 1;
@@ -174,6 +178,50 @@ pub fn apply(changes: &[Change]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Whether the caller's network namespace has any nftables table, of any family (`nft list
+/// tables` printing something).
+pub fn has_tables() -> io::Result<bool> {
+    let mut socket = Socket::new(NETLINK_NETFILTER)?;
+    socket.bind_auto()?;
+    socket.connect(&SocketAddr::new(0, 0))?;
+    set_receive_timeout(&socket)?;
+    let mut request = Vec::new();
+    message(
+        &mut request,
+        (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE,
+        NLM_F_REQUEST | NLM_F_DUMP,
+        1,
+        0,
+        &[],
+    );
+    socket.send(&request, 0)?;
+    let mut tables = false;
+    loop {
+        let (reply, _) = socket.recv_from_full()?;
+        let mut rest = &reply[..];
+        while rest.len() >= 16 {
+            let length = u32::from_ne_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+            let kind = u16::from_ne_bytes(rest[4..6].try_into().expect("2 bytes"));
+            if length < 16 || length > rest.len() {
+                return Ok(tables);
+            }
+            match kind {
+                NLMSG_DONE => return Ok(tables),
+                NLMSG_ERROR if length >= 20 => {
+                    let code = i32::from_ne_bytes(rest[16..20].try_into().expect("4 bytes"));
+                    return match code {
+                        0 => Ok(tables),
+                        code => Err(io::Error::from_raw_os_error(-code)),
+                    };
+                }
+                kind if kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE => tables = true,
+                _ => {}
+            }
+            rest = &rest[align(length).min(rest.len())..];
+        }
+    }
 }
 
 fn encode<'a>(change: &Change<'a>) -> (u16, u16, Family, Vec<u8>) {

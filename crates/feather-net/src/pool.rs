@@ -389,10 +389,10 @@ fn new_namespace_at(path: &Path) -> Result<()> {
 }
 
 /// Runs `work` on a thread that joined `namespace` (the caller's own stays as it is).
-pub(crate) fn in_namespace(
+pub(crate) fn in_namespace<T: Send>(
     namespace: &File,
-    work: impl FnOnce() -> Result<()> + Send,
-) -> Result<()> {
+    work: impl FnOnce() -> Result<T> + Send,
+) -> Result<T> {
     std::thread::scope(|scope| {
         scope
             .spawn(move || {

@@ -16,10 +16,16 @@ pub(crate) const LAYERS: &str = "layers.json";
 /// The subnet of the VM's address (`--net private`) where it was checkpointed.
 pub(crate) const SUBNET: &str = "subnet.json";
 
-/// Present when the VM's network namespace was not dumped (`--net none`: loopback only, which
-/// the VM cannot change): the restoring side makes one anew and hands it to CRIU. Saves CRIU's
-/// `ip` and `iptables-save` runs at the dump and their counterparts at the restore.
+/// Present when the VM's network namespace was not dumped (`--net none`: loopback only;
+/// `--net private`: what feather made and nothing else, `feather_net::as_made`; the VM cannot
+/// change either): the restoring side makes one anew, as at a start, and hands it to CRIU.
+/// Saves CRIU's `ip` and `iptables-save` runs at the dump, their counterparts at the restore,
+/// and the veth pair CRIU made.
 pub(crate) const EXTERNAL_NETNS: &str = "external-netns";
+
+/// Present, saying why, when a private network's namespace differed from what feather made and
+/// CRIU dumped it whole.
+pub(crate) const NETNS_DUMPED: &str = "netns-dumped";
 
 /// Present while a VM restored for a migration waits for `feather serve` to confirm it; holds
 /// that serve's pid. See `snapshot::await_release`.

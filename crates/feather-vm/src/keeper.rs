@@ -28,6 +28,7 @@ use feather_core::error::IoContext;
 use feather_core::state::now;
 use feather_core::trace;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
+use feather_migrate::criu::DumpNote;
 use feather_shuttle::Peers;
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
 use feather_sys::mount::LayerSync;
@@ -311,11 +312,40 @@ impl Keeper {
             cgroup.create(&limits_of(&config)).in_vm(&name)?;
         }
         trace::phase("restore: network prepared, cgroup made");
-        let restored = network
-            .attach_for_restore()
+        // A namespace left out of the dump is made here, as at a start; a dumped one CRIU
+        // makes again, veth pair included.
+        let external = snapshot::netns_external(vm);
+        let attached = match external {
+            true => network
+                .new_namespace_for_restore()
+                .map(|netns| (None, Some(netns))),
+            false => network.attach_for_restore().map(|veth| (veth, None)),
+        };
+        trace::phase(if external {
+            "restore: network namespace made anew"
+        } else {
+            "restore: host side attached (CRIU makes the namespace)"
+        });
+        // The namespace's veth pair, address and firewall entries are made while CRIU starts.
+        let wire = |netns: &std::os::fd::OwnedFd| {
+            let wired = network.wire_restored(netns).map_err(|e| VmError::Net {
+                vm: name.to_string(),
+                source: Box::new(e),
+            });
+            trace::phase("restore: the namespace's veth pair, address and firewall entries");
+            wired
+        };
+        let restored = attached
             .in_vm(&name)
-            .and_then(|veth| {
-                snapshot::restore_tree(root, vm, &config, cgroup.as_ref(), veth.as_ref())
+            .and_then(|(veth, netns)| {
+                snapshot::restore_tree(
+                    root,
+                    vm,
+                    &config,
+                    cgroup.as_ref(),
+                    veth.as_ref(),
+                    netns.map(|netns| (netns, &wire as &snapshot::Wire<'_>)),
+                )
             })
             .and_then(|init| {
                 // CRIU restores no cgroup settings (feather makes the group), and the restored
@@ -385,6 +415,7 @@ impl Keeper {
         // migration stays stopped until the sender lets it go (snapshot::await_release).
         keeper.hide_state_folders(root, &[]);
         if keeper.hold.is_none() {
+            keeper.let_traffic_through();
             keeper.continue_processes();
         }
         trace::phase("restore: state folders hidden, processes continued");
@@ -434,6 +465,18 @@ impl Keeper {
         }
     }
 
+    /// Opens the VM's link to its bridge, which a restore into a namespace made anew keeps
+    /// closed until the VM may run (see `feather_net::Attachment::hold_traffic`).
+    fn let_traffic_through(&self) {
+        if let Err(e) = self.network.hold_traffic(false) {
+            eprintln!(
+                "feather keeper {}: cannot open the VM's link: {}",
+                self.vm.name(),
+                causes(&e)
+            );
+        }
+    }
+
     /// Continues the VM's processes, which CRIU restored stopped.
     fn continue_processes(&self) {
         for pid in self
@@ -465,7 +508,8 @@ impl Keeper {
         let runs = match &self.hold {
             Some(serve) => {
                 let cgroup = self.cgroup.as_ref();
-                snapshot::await_release(&self.vm, serve, &self.init, &self.listener, cgroup)
+                let open = || self.let_traffic_through();
+                snapshot::await_release(&self.vm, serve, &self.init, &self.listener, cgroup, &open)
             }
             None => true,
         };
@@ -646,6 +690,22 @@ impl Keeper {
             .filter(|_| held.is_none())
             .and_then(|_| moment::frozen_for_dump(self.cgroup.as_ref()));
         trace::phase("checkpoint: frozen");
+        let netns = self.netns_at_dump();
+        trace::phase(match &netns {
+            snapshot::NetnsAtDump::Known => "checkpoint: network namespace as made, not dumped",
+            snapshot::NetnsAtDump::ToCriu(_) => "checkpoint: network namespace left to CRIU",
+        });
+        if let snapshot::NetnsAtDump::ToCriu(Some(why)) = &netns {
+            eprintln!(
+                "feather keeper {}: CRIU dumps the network namespace: {why}",
+                self.vm.name()
+            );
+        }
+        // A private network left out of the dump is locked by the keeper (CRIU's own lock
+        // works inside a namespace it dumps): see `hold_network`.
+        let lockable = netns == snapshot::NetnsAtDump::Known
+            && self.config.network.mode == feather_core::NetMode::Private;
+        let locked = std::cell::Cell::new(false);
         let dumped = snapshot::dump(
             &self.vm,
             self.init.pid,
@@ -653,13 +713,32 @@ impl Keeper {
             criu,
             lazy.as_ref(),
             freezer.as_deref(),
-            // Post-copy: the asker sends the images while CRIU serves the memory.
-            &mut || {
-                if lazy.is_some() {
-                    let _ = protocol::write_response(stream, &Response::Dumped);
+            &netns,
+            &mut |note| match note {
+                // Post-copy: the asker sends the images while CRIU serves the memory.
+                DumpNote::Images => {
+                    if lazy.is_some() {
+                        let _ = protocol::write_response(stream, &Response::Dumped);
+                    }
+                    true
                 }
+                DumpNote::NetworkLock if lockable => {
+                    locked.set(true);
+                    self.hold_network()
+                }
+                DumpNote::NetworkUnlock if locked.get() => {
+                    locked.set(false);
+                    self.let_traffic_through();
+                    true
+                }
+                _ => true,
             },
         );
+        // A VM that goes on (a failed dump, or one left running) gets its link back, whether
+        // or not CRIU said so.
+        if locked.get() && (dumped.is_err() || leave_running) {
+            self.let_traffic_through();
+        }
         // Thawed: the processes of a VM left running go on; the others were ended by CRIU.
         drop(frozen);
         trace::phase("checkpoint: CRIU dumped");
@@ -692,6 +771,65 @@ impl Keeper {
                 );
                 snapshot::remove_stale(&self.vm);
                 Answered::Done
+            }
+        }
+    }
+
+    /// What the dump does with the VM's network namespace: leaves it out when its content is
+    /// known — loopback only, or a private network's as feather made it (compared, see
+    /// `feather_net::as_made`) — and CRIU dumps it otherwise.
+    fn netns_at_dump(&self) -> snapshot::NetnsAtDump {
+        use feather_core::NetMode;
+        match self.config.network.mode {
+            // Loopback only, and the VM cannot change that (no CAP_NET_ADMIN).
+            NetMode::None => snapshot::NetnsAtDump::Known,
+            NetMode::Host => snapshot::NetnsAtDump::ToCriu(None),
+            NetMode::Private => match self
+                .network
+                .changed_since_made(self.init.pid.as_raw() as u32)
+            {
+                Ok(changes) if changes.is_empty() => snapshot::NetnsAtDump::Known,
+                Ok(changes) => snapshot::NetnsAtDump::ToCriu(Some(changes.join("; "))),
+                Err(e) => snapshot::NetnsAtDump::ToCriu(Some(format!(
+                    "it could not be compared with what feather made: {}",
+                    causes(&e)
+                ))),
+            },
+        }
+    }
+
+    /// At CRIU's `network-lock` (every task seized, nothing dumped yet), for a private network
+    /// left out of the dump: closes the VM's link to its bridge for the dump (see
+    /// `feather_net::Attachment::hold_traffic`), and compares its namespace once more, now
+    /// that nothing of the VM runs. A namespace changed since the first look fails the dump
+    /// (the VM goes on, and says so) rather than lose the change. Whether the dump goes on.
+    fn hold_network(&self) -> bool {
+        let name = self.vm.name();
+        if let Err(e) = self.network.hold_traffic(true) {
+            eprintln!(
+                "feather keeper {name}: cannot lock the VM's network: {}",
+                causes(&e)
+            );
+            return false;
+        }
+        match self
+            .network
+            .changed_since_made(self.init.pid.as_raw() as u32)
+        {
+            Ok(changes) if changes.is_empty() => {
+                trace::phase("checkpoint: network locked, namespace compared again");
+                true
+            }
+            Ok(changes) => {
+                eprintln!(
+                    "feather keeper {name}: the network namespace changed during the checkpoint                      ({}); try again",
+                    changes.join("; ")
+                );
+                false
+            }
+            Err(e) => {
+                eprintln!("feather keeper {name}: {}", causes(&e));
+                false
             }
         }
     }

@@ -91,6 +91,22 @@ pub struct Migrated {
     /// Pages that followed from the page server, fetched from the restore on (on demand
     /// once the VM runs, and in the background).
     pub pages_after_resume: u64,
+    /// How the VM's network namespace travelled: `made anew` by the receiving keeper (its
+    /// content was known), or `dumped` by CRIU, with why when feather made it and it had
+    /// changed (see `crate::snapshot::NetnsAtDump`).
+    pub network_namespace: String,
+}
+
+/// [`Migrated::network_namespace`], from the images of the VM's checkpoint.
+fn netns_moved(images: &std::path::Path) -> String {
+    use crate::images::{EXTERNAL_NETNS, NETNS_DUMPED};
+    if images.join(EXTERNAL_NETNS).exists() {
+        return "made anew".into();
+    }
+    match fs::read_to_string(images.join(NETNS_DUMPED)) {
+        Ok(why) => format!("dumped: {why}"),
+        Err(_) => "dumped".into(),
+    }
 }
 
 /// The parts of a migration's freeze, in milliseconds.
@@ -340,6 +356,7 @@ fn stop_and_copy(
     let started = started.get().unwrap_or(restored_at);
     let dumped = dumped.get().unwrap_or(started);
     let stats = feather_migrate::criu::dump_stats(&vm.checkpoint_dir()).unwrap_or_default();
+    let network_namespace = netns_moved(&vm.checkpoint_dir());
     // From here the receiver may run the VM: a restore here must not happen unless it says it
     // does not.
     let marker = vm.checkpoint_dir().join(RELEASED_TO);
@@ -360,6 +377,7 @@ fn stop_and_copy(
                 all_pages: None,
                 pages_before_resume: stats.pages_written,
                 pages_after_resume: 0,
+                network_namespace,
             })
         }
         feather_migrate::transfer::Released::Failed(why) => {
@@ -507,6 +525,7 @@ fn post_copy(
             let all_pages = started.elapsed();
             // CRIU writes its statistics once the last page was served.
             let stats = feather_migrate::criu::dump_stats(&vm.checkpoint_dir()).unwrap_or_default();
+            let network_namespace = netns_moved(&vm.checkpoint_dir());
             if let Err(e) = served {
                 return Err(VmError::PagesLost {
                     vm: name.to_string(),
@@ -524,6 +543,7 @@ fn post_copy(
                 all_pages: Some(all_pages),
                 pages_before_resume: stats.pages_written,
                 pages_after_resume: stats.pages_lazy,
+                network_namespace,
             })
         }
         feather_migrate::transfer::Released::Failed(why) => {

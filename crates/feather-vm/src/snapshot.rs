@@ -34,7 +34,7 @@ use std::time::Duration;
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
 use feather_core::{StateRoot, VmConfig, VmDir};
-use feather_migrate::criu::{self, Criu, Dump, Restore};
+use feather_migrate::criu::{self, Criu, Dump, DumpNote, Restore};
 use feather_sys::cgroup::Cgroup;
 use feather_sys::mount::{self, LayerSync};
 use feather_sys::mountinfo::MountEntry;
@@ -46,7 +46,7 @@ use nix::unistd::Pid;
 use crate::decide::{self, WhileHeld};
 use crate::error::{encode, failed, io, InVm, Result};
 use crate::hiding;
-use crate::images::{held_for, ExternalLayer, EXTERNAL_NETNS, HOLD, LAYERS, LAZY};
+use crate::images::{held_for, ExternalLayer, EXTERNAL_NETNS, HOLD, LAYERS, LAZY, NETNS_DUMPED};
 use crate::layers;
 use crate::protocol::{self, Response};
 use crate::rootfs;
@@ -93,12 +93,30 @@ pub(crate) fn remove_stale(vm: &VmDir) {
     }
 }
 
+/// Completes a network namespace made anew for a restore (its veth pair, address and firewall
+/// entries: `feather_net::Attachment::wire_restored`), while CRIU starts.
+pub(crate) type Wire<'a> = dyn Fn(&std::os::fd::OwnedFd) -> Result<()> + 'a;
+
+/// What a dump does with the VM's network namespace.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum NetnsAtDump {
+    /// Its content is known — loopback only (`--net none`), or what feather made for a private
+    /// network and nothing else (`feather_net::as_made`) — so CRIU leaves it out and the
+    /// restoring keeper makes it anew ([`EXTERNAL_NETNS`]).
+    Known,
+    /// CRIU dumps it (or, `--net host`, leaves it to the host); with why, for a private
+    /// network whose namespace differs from what feather made ([`NETNS_DUMPED`]).
+    ToCriu(Option<String>),
+}
+
 /// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder
 /// (the last checkpoint is set aside first). Every error names the VM: the keeper's answer
 /// carries it to `feather checkpoint` as it is.
 /// `lazy`: post-copy, the memory is kept back and served there until the receiver has it
-/// all; `on_images` runs once everything else is dumped, before that. `freezer`: the VM's
-/// freezer group, for CRIU to seize its tasks frozen (see `moment::freezer_of`).
+/// all; `on_note` hears CRIU's notes ([`DumpNote::Images`] once everything else is dumped,
+/// before that). `freezer`: the VM's freezer group, for CRIU to seize its tasks frozen (see
+/// `moment::freezer_of`). `netns`: whether its network namespace is dumped.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn dump(
     vm: &VmDir,
     init: Pid,
@@ -106,7 +124,8 @@ pub(crate) fn dump(
     criu: &Path,
     lazy: Option<&feather_migrate::criu::PageServer>,
     freezer: Option<&Path>,
-    on_images: &mut dyn FnMut(),
+    netns: &NetnsAtDump,
+    on_note: &mut dyn FnMut(DumpNote) -> bool,
 ) -> Result<()> {
     let name = vm.name();
     let criu = Criu::checked(criu.to_path_buf(), String::new());
@@ -172,7 +191,7 @@ pub(crate) fn dump(
         .filter(|m| hiding::is_hiding_mount(m))
         .map(|m| m.mount_point.display().to_string())
         .collect();
-    let external_netns = loopback_only_netns(vm, &config, init)?;
+    let external_netns = mark_netns(vm, netns, init)?;
     // Written before the dump, which a post-copy receiver reads before the dump ends.
     let list = serde_json::to_vec_pretty(&layers).map_err(encode(name, LAYERS))?;
     let dumped = criu.dump(
@@ -187,16 +206,18 @@ pub(crate) fn dump(
             freeze_cgroup: freezer,
             external_netns,
         },
-        &mut || {
-            let written = feather_core::atomic::write_atomic(
-                &images.join(LAYERS),
-                &list,
-                Durability::Durable,
-            );
-            if let Err(e) = written {
-                eprintln!("feather keeper {name}: {}", feather_core::error::causes(&e));
+        &mut |note| {
+            if note == DumpNote::Images {
+                let written = feather_core::atomic::write_atomic(
+                    &images.join(LAYERS),
+                    &list,
+                    Durability::Durable,
+                );
+                if let Err(e) = written {
+                    eprintln!("feather keeper {name}: {}", feather_core::error::causes(&e));
+                }
             }
-            on_images();
+            on_note(note)
         },
     );
     if let Err(e) = dumped {
@@ -213,23 +234,35 @@ pub(crate) fn dump(
     Ok(())
 }
 
-/// The inode of the network namespace of a VM with `--net none`, whose content is known —
-/// loopback, up, and nothing else: the VM has no CAP_NET_ADMIN and its /proc/sys is read-only
-/// — so that CRIU leaves it out of the dump; the restore makes it anew. Marks the images so
-/// (see [`EXTERNAL_NETNS`]). None for a VM with another network, which CRIU dumps.
-fn loopback_only_netns(vm: &VmDir, config: &VmConfig, init: Pid) -> Result<Option<u64>> {
+/// The inode of the VM's network namespace if CRIU is to leave it out ([`NetnsAtDump::Known`]),
+/// which the images say ([`EXTERNAL_NETNS`]); or None, and why, if feather made it and it
+/// changed since ([`NETNS_DUMPED`]).
+fn mark_netns(vm: &VmDir, netns: &NetnsAtDump, init: Pid) -> Result<Option<u64>> {
     use std::os::unix::fs::MetadataExt;
-    if config.network.mode != feather_core::NetMode::None {
-        return Ok(None);
-    }
     let name = vm.name();
-    let netns = format!("/proc/{init}/ns/net");
-    let inode = fs::metadata(&netns).at(&netns).in_vm(name)?.ino();
     let images = vm.checkpoint_dir();
     fs::create_dir_all(&images).at(&images).in_vm(name)?;
-    let marker = images.join(EXTERNAL_NETNS);
-    fs::write(&marker, b"").at(&marker).in_vm(name)?;
-    Ok(Some(inode))
+    match netns {
+        NetnsAtDump::Known => {
+            let path = format!("/proc/{init}/ns/net");
+            let inode = fs::metadata(&path).at(&path).in_vm(name)?.ino();
+            let marker = images.join(EXTERNAL_NETNS);
+            fs::write(&marker, b"").at(&marker).in_vm(name)?;
+            Ok(Some(inode))
+        }
+        NetnsAtDump::ToCriu(None) => Ok(None),
+        NetnsAtDump::ToCriu(Some(why)) => {
+            let marker = images.join(NETNS_DUMPED);
+            fs::write(&marker, why).at(&marker).in_vm(name)?;
+            Ok(None)
+        }
+    }
+}
+
+/// Whether the VM's last checkpoint left its network namespace out (see [`NetnsAtDump`]): the
+/// restore makes it anew.
+pub(crate) fn netns_external(vm: &VmDir) -> bool {
+    vm.checkpoint_dir().join(EXTERNAL_NETNS).exists()
 }
 
 /// Whether `mount` is one of the VM's own layers over a host mount: an overlay whose upper
@@ -248,15 +281,23 @@ fn is_own_layer(vm: &VmDir, config: &VmConfig, mount: &MountEntry) -> bool {
 
 /// In a keeper started in restore mode: restores the VM's process tree from its checkpoint
 /// folder and returns its init, now a child of this process.
-/// `veth`: the VM's veth pair, for CRIU to make (`--net private`). A VM received by a migration
-/// comes back stopped, until `feather serve` confirms it (see [`await_release`]).
+/// `veth`: the VM's veth pair, for CRIU to make (`--net private`, its namespace dumped);
+/// `netns`: the namespace made anew for a VM whose namespace was not dumped (see
+/// [`netns_external`]), and what completes it ([`Wire`]), run while CRIU starts. A VM received
+/// by a migration comes back stopped, until `feather serve` confirms it (see
+/// [`await_release`]).
 pub(crate) fn restore_tree(
     root: &StateRoot,
     vm: &VmDir,
     config: &VmConfig,
     cgroup: Option<&Cgroup>,
     veth: Option<&feather_net::VethPair>,
+    netns: Option<(std::os::fd::OwnedFd, &Wire<'_>)>,
 ) -> Result<ChildProcess> {
+    let (netns, wire) = match netns {
+        Some((netns, wire)) => (Some(netns), Some(wire)),
+        None => (None, None),
+    };
     let name = vm.name();
     // `feather restore` (or `serve`) checked it before starting this keeper.
     let criu = Criu::located_by_starter().in_vm(name)?;
@@ -316,13 +357,6 @@ pub(crate) fn restore_tree(
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
         .collect();
-    // A VM dumped without its network namespace gets a new one, as at a start.
-    let netns = images
-        .join(EXTERNAL_NETNS)
-        .exists()
-        .then(feather_sys::net::new_loopback_namespace)
-        .transpose()
-        .in_vm(name)?;
     let lazy = images.join(LAZY).exists();
     let call = criu
         .restore_call(&Restore {
@@ -401,14 +435,22 @@ pub(crate) fn restore_tree(
         }
         Some(pid) => pid,
     };
+    // The network, while the child prepares and CRIU starts.
+    let wired = match (wire, &netns) {
+        (Some(wire), Some(netns)) => wire(netns),
+        _ => Ok(()),
+    };
     // Post-copy: `feather serve` started the daemon fetching the memory just before this
     // keeper, which prepared meanwhile; CRIU's restore needs it listening.
     let listening = match lazy {
-        true => criu::await_lazy_pages(name.as_str(), &images, LAZY_PATIENCE),
+        true => criu::await_lazy_pages(name.as_str(), &images, LAZY_PATIENCE).map_err(Into::into),
         false => Ok(()),
     };
-    // A daemon that never listened: dropping the call ends criu swrk, which waits for it.
-    let restored = listening.and_then(|()| call.restore(name.as_str()));
+    // A daemon that never listened, or a network not made: dropping the call ends criu swrk,
+    // which waits for its request.
+    let restored = wired
+        .and(listening)
+        .and_then(|()| call.restore(name.as_str()).map_err(Into::into));
     // criu swrk ends once it has answered; the restored tree is this process's child.
     let _ = waitpid(child, None);
     let pid = Pid::from_raw(restored?);
@@ -488,14 +530,16 @@ const HOLD_PATIENCE: Duration = Duration::from_secs(600);
 
 /// In a keeper whose VM came back stopped for a migration (see [`hold`]): waits until
 /// `feather serve` says the sender has released it (`Request::Resume`), then continues every
-/// process of the VM and returns true. If that serve ends first, or nothing is heard for
-/// [`HOLD_PATIENCE`], returns false: the sender keeps the VM, and this copy must never run.
+/// process of the VM, answers, runs `once_running` and returns true. If that serve ends
+/// first, or nothing is heard for [`HOLD_PATIENCE`], returns false: the sender keeps the VM,
+/// and this copy must never run.
 pub(crate) fn await_release(
     vm: &VmDir,
     serve: &std::os::fd::OwnedFd,
     init: &ChildProcess,
     listener: &std::os::unix::net::UnixListener,
     cgroup: Option<&Cgroup>,
+    once_running: &dyn Fn(),
 ) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
@@ -542,6 +586,8 @@ pub(crate) fn await_release(
                         init_pid: init.pid.as_raw(),
                     },
                 );
+                // After the answer: the VM's link, brought up, is not part of its freeze.
+                once_running();
                 return true;
             }
             Ok(WhileHeld::Status) => {
