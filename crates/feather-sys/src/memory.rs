@@ -58,24 +58,28 @@ pub fn release_program_pages() -> crate::Result<usize> {
     Ok(released)
 }
 
-/// Gives the program's pages back as [`release_program_pages`] does and waits in poll(2) on
-/// `fds` for up to `timeout`; returns what poll returns. If /proc/self/smaps cannot be read,
-/// nothing is released (an optimisation only) and the wait is the same.
+/// Gives the program's pages back as [`release_program_pages`] does, and the heap's free pages
+/// ([`trim_heap`]), and waits in poll(2) on `fds` for up to `timeout`; returns what poll
+/// returns. If /proc/self/smaps cannot be read, no program page is released (an optimisation
+/// only) and the wait is the same.
 ///
 /// Why one function: code that runs after the release maps its pages again, each fault with
 /// its neighbours in the kernel's 64 KiB fault-around window. Released here, right before the
 /// poll call, what the wait maps again is this function's own window and the C library's
 /// `madvise` and `poll`, not every window of the code between a caller's release and its poll
 /// (an idle VM's keeper and init kept four and five windows of `feather-keeper` that way, 0.25
-/// and 0.31 MiB). What the release needs is found before the first page is given back and
-/// freed only once poll has returned.
+/// and 0.31 MiB). What the release needs is found before the first page is given back; the
+/// text of smaps (tens of KiB) is freed before the heap is trimmed, so that the wait does not
+/// keep it resident.
 pub fn release_program_pages_and_poll(
     fds: &mut [nix::poll::PollFd],
     timeout: nix::poll::PollTimeout,
 ) -> nix::Result<i32> {
-    let smaps = std::fs::read_to_string("/proc/self/smaps").unwrap_or_default();
-    let mappings = releasable(&smaps);
-    for (_, mapping) in &mappings {
+    let mappings: Vec<CleanMapping> = std::fs::read_to_string("/proc/self/smaps")
+        .map(|smaps| releasable(&smaps).into_iter().map(|(_, m)| m).collect())
+        .unwrap_or_default();
+    trim_heap();
+    for mapping in &mappings {
         // SAFETY: as in release_program_pages: a CleanMapping read from the kernel's smaps
         // just now, of the program or the C library, which are never unmapped.
         let _ = unsafe { raw::release_clean_pages(mapping.start, mapping.len()) };

@@ -114,7 +114,6 @@ fn sooner(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
 /// (feather_sys::memory::release_program_pages_and_poll). Releasing is an optimisation: if /proc
 /// cannot be read, the pages just stay mapped.
 fn release_and_poll(fds: &mut [PollFd], timeout: PollTimeout) -> nix::Result<i32> {
-    feather_sys::memory::trim_heap();
     feather_sys::memory::release_program_pages_and_poll(fds, timeout)
 }
 
