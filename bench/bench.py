@@ -1015,8 +1015,10 @@ def compare_idle_memory(bench: Bench) -> None:
         "pages of `feather-keeper` and of the C library they ran while building it and the free "
         "pages of their heap "
         "(crates/feather-vm/src/idle.rs; the pages stay in the page cache, shared and "
-        "reclaimable): the code left is what their wait mapped again, in the kernel's 64 KiB "
-        "fault-around windows. The rest is their relocated data (private to each process), "
+        "reclaimable), from inside the function that then polls, so that the code left is "
+        "that function's 64 KiB fault-around window (the kernel maps a faulting page's "
+        "neighbours with it), the same one in both. The rest is their relocated data (private "
+        "to each process), "
         "heap, stacks and the libraries' pages left, shared by every further VM (see 3b).",
     )
     bench.report.target("memory: one idle VM, keeper + init", "≤ 1 MiB resident", f"Pss {mib(both.pss)} (anonymous {mib(both.anon)}), Rss {mib(both.rss)}", ok)

@@ -729,6 +729,112 @@ fn a_throw_away_vm_takes_a_pooled_namespace_and_the_pool_goes_with_the_last_vm()
     );
 }
 
+/// Fills the root's pool while VM `keep` holds the bridge, and starts VM `vm`, which takes a
+/// pooled namespace. Returns the running `vm`, its bridge and its host end.
+fn pooled_vm_running(feather: &Feather, keep: &str, vm: &str) -> (Child, String, String) {
+    let bridge = network(feather, keep)["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    feather.ok(&["run", "--rm", "--", "true"]);
+    // `ls` waits for the teardown handed over, which fills the pool as it lingers.
+    feather.ok(&["ls"]);
+    assert!(
+        !pool_dir(feather, "ready").is_empty(),
+        "the pool has an entry to take"
+    );
+    let child = throw_away_running(feather, vm);
+    let host_end = network(feather, vm)["host_interface"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(
+        host_end.starts_with("fthp"),
+        "{vm} took a pooled pair: {host_end}"
+    );
+    (child, bridge, host_end)
+}
+
+/// A VM that took a pooled namespace is a VM on the bridge like any other: when the root's
+/// other VMs end and their teardowns' linger is over, its bridge and firewall tables stay while
+/// it runs (they went, and left it without a network, while its host end's pooled name made it
+/// count as a spare pair), and go with it.
+#[test]
+fn a_vm_on_a_pooled_pair_keeps_its_bridge_and_tables_after_the_other_vms_end() {
+    let feather = Feather::new("net-pool-alone");
+    let keep = throw_away_running(&feather, "keep");
+    let (taker, bridge, host_end) = pooled_vm_running(&feather, "keep", "taker");
+    stop_throw_away(&feather, "keep", keep);
+    // Waits for keep's teardown, its linger included (every command waits for the linger).
+    feather.ok(&["ls"]);
+    let master = std::fs::read_link(format!("/sys/class/net/{host_end}/master"));
+    assert!(
+        master.as_ref().is_ok_and(|m| m.ends_with(&bridge)),
+        "taker's host end {host_end} is still a port of {bridge}: {master:?}\n{}",
+        host_links()
+    );
+    let vm_address = address(&feather, "taker");
+    let tables = Command::new("nft")
+        .args(["list", "table", "inet", &bridge])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(
+        tables.contains(&format!("{vm_address} : jump vm-{host_end}")),
+        "the VM's firewall entries stay: {tables}"
+    );
+    assert_eq!(feather.status("taker"), "running");
+
+    stop_throw_away(&feather, "taker", taker);
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert_eq!(
+        traces,
+        crate::support::HostTraces::default(),
+        "left on the host"
+    );
+    assert!(
+        !feather.root.join("network-pool").exists(),
+        "the pool is gone"
+    );
+}
+
+/// A keeper killed while its VM runs on a pooled pair it took (the entry marked taken, its
+/// folder kept until the teardown) leaves nothing once the crashed VM is removed.
+#[test]
+fn a_killed_keeper_of_a_vm_on_a_pooled_pair_leaves_nothing() {
+    let feather = Feather::new("net-pool-killed");
+    let keep = throw_away_running(&feather, "keep");
+    let (mut taker, bridge, _) = pooled_vm_running(&feather, "keep", "taker");
+    assert_eq!(
+        pool_dir(&feather, "claimed").len(),
+        1,
+        "the taken entry is kept while its VM runs"
+    );
+    taker.kill().unwrap();
+    let _ = taker.wait();
+    assert_eq!(feather.status("taker"), "crashed");
+    // `rm` removes what a crashed keeper left, as for any VM.
+    feather.ok(&["rm", "taker"]);
+    stop_throw_away(&feather, "keep", keep);
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert_eq!(
+        traces,
+        crate::support::HostTraces::default(),
+        "left on the host"
+    );
+    assert!(
+        !feather.root.join("network-pool").exists(),
+        "the pool is gone"
+    );
+    assert!(
+        std::fs::read_dir(feather.root.join("network-leases"))
+            .map_or(true, |mut leases| leases.next().is_none()),
+        "every lease is returned"
+    );
+}
+
 /// What a refill killed half-way leaves — a `making-` entry with its namespace mounted, its
 /// pair on the bridge and its lease — is removed by the next feather command, while another VM
 /// keeps the bridge.

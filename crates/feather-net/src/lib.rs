@@ -621,14 +621,15 @@ fn clean_up(
         let others = Path::new("/sys/class/net")
             .join(&network.bridge)
             .join("brif");
-        // Pooled pairs are no VM's: they go with the bridge, unless a refill is under way
-        // (whose process lingers, and removes the bridge and the pool after it).
+        // Spare pooled pairs are no VM's: they go with the bridge, unless a refill is under
+        // way (whose process lingers, and removes the bridge and the pool after it).
+        let taken = pool::taken_ports(network.root());
         let in_use = keep_bridge
             || fs::read_dir(&others).is_ok_and(|entries| {
                 entries.flatten().any(|port| {
                     let port = port.file_name();
                     let port = port.to_string_lossy();
-                    port != host_end.as_str() && !pool::is_pooled_port(&port)
+                    port != host_end.as_str() && pool::is_vm_port(&port, &taken)
                 })
             })
             || pool::has_claimed(network.root())

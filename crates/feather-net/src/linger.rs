@@ -119,9 +119,10 @@ fn remove_unused(network: &RootNetwork) {
         let ports = Path::new("/sys/class/net")
             .join(&network.bridge)
             .join("brif");
+        let taken = pool::taken_ports(network.root());
         let used = fs::read_dir(ports).is_ok_and(|mut entries| {
             entries.any(|port| {
-                port.is_ok_and(|port| !pool::is_pooled_port(&port.file_name().to_string_lossy()))
+                port.is_ok_and(|port| pool::is_vm_port(&port.file_name().to_string_lossy(), &taken))
             })
         });
         if used || pool::has_claimed(network.root()) {

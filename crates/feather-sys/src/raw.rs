@@ -1068,6 +1068,7 @@ pub fn bpf_prog_get_fd_by_id(id: u32) -> Result<OwnedFd, Errno> {
 /// page reads exactly as the file does), which stays mapped during the call (the program's
 /// own, never unmapped): then dropping its page-table entries changes no value any code can
 /// read. On memory of the process's own it would replace the contents by zeros or the file's.
+#[inline]
 pub unsafe fn release_clean_pages(start: usize, len: usize) -> Result<(), Errno> {
     // SAFETY: madvise reads and writes no memory of ours through its arguments; that dropping
     // these pages loses nothing is this function's contract, passed to its caller.

@@ -3,14 +3,16 @@
 //! Building a VM runs most of `feather-keeper`'s code once; serving it afterwards runs a few
 //! pages of it. Every page a process ran stays mapped in its page tables until it exits, and
 //! counts in its memory (an idle VM's keeper and init held about 1.9 MiB Pss of code this way).
-//! So both give their program's pages back (feather_sys::memory::release_program_pages: the
-//! pages stay in the page cache, shared by every VM and reclaimable), and their heap's free
-//! pages, right before their first wait once the VM is up, and again whenever they have been
-//! quiet for [`QUIET`] after serving something (an exec, an inspect, a checkpoint): the next
-//! request maps what it runs again with minor faults, a few hundred microseconds, which a burst
-//! of requests pays once. The kernel maps a faulting page's neighbours with it (fault-around, 64
-//! KiB), so what stays mapped while idle is the few 64 KiB windows of the code between the
-//! release and the poll call, and of poll's own.
+//! So both give their program's pages back (feather_sys::memory: the pages stay in the page
+//! cache, shared by every VM and reclaimable), and their heap's free pages, once the VM is up —
+//! init right before its first wait, the keeper once quiet for [`QUIET`] (its shuttle thread
+//! starts meanwhile) — and again whenever they have been quiet for [`QUIET`] after serving
+//! something (an exec, an inspect, a checkpoint): the next request maps what it runs again with
+//! minor faults, a few hundred microseconds, which a burst of requests pays once. The kernel
+//! maps a faulting page's neighbours with it (fault-around, 64 KiB), so the release is made
+//! from inside the function that then polls
+//! (`feather_sys::memory::release_program_pages_and_poll`): what stays mapped while idle is
+//! that function's window and the C library's `poll`.
 
 use std::time::{Duration, Instant};
 
@@ -58,8 +60,8 @@ impl Quiet {
     pub fn wait(&mut self, fds: &mut [PollFd], deadline: Option<Instant>) -> nix::Result<i32> {
         loop {
             let now = Instant::now();
-            if self.release_due(now) {
-                release();
+            let releasing = self.release_due(now);
+            if releasing {
                 self.state = State::Released;
             }
             let wake = sooner(deadline, self.release_at());
@@ -67,7 +69,11 @@ impl Quiet {
                 let left = wake.saturating_duration_since(now);
                 PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX)
             });
-            let events = poll(fds, timeout);
+            let events = if releasing {
+                release_and_poll(fds, timeout)
+            } else {
+                poll(fds, timeout)
+            };
             let now = Instant::now();
             if events != Ok(0) || deadline.is_some_and(|deadline| now >= deadline) {
                 self.state = State::Busy(now);
@@ -103,10 +109,12 @@ fn sooner(a: Option<Instant>, b: Option<Instant>) -> Option<Instant> {
     }
 }
 
-/// Releasing is an optimisation: if /proc cannot be read, the pages just stay mapped.
-fn release() {
-    feather_sys::memory::trim_heap();
-    let _ = feather_sys::memory::release_program_pages();
+/// Gives the heap's free pages and the program's pages back, then polls: the release comes
+/// from inside the function that polls, so that the code it maps again is only that function's
+/// (feather_sys::memory::release_program_pages_and_poll). Releasing is an optimisation: if /proc
+/// cannot be read, the pages just stay mapped.
+fn release_and_poll(fds: &mut [PollFd], timeout: PollTimeout) -> nix::Result<i32> {
+    feather_sys::memory::release_program_pages_and_poll(fds, timeout)
 }
 
 #[cfg(test)]

@@ -104,7 +104,14 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         grace_ms: plan.grace.as_millis() as u64,
     };
     if plan.rootfs.init_files.is_empty() {
-        resume(keeper, resumed)
+        // A foreground run's command may end at once, and init's end would map again the code
+        // a release gave back: init waits until it has been quiet a while (see `idle`).
+        let quiet = if plan.attached {
+            Quiet::busy_since(std::time::Instant::now())
+        } else {
+            Quiet::release_first()
+        };
+        serve(keeper, resumed, quiet)
     }
     let why = reexecute(&plan, &resumed, &keeper);
     report_failure(&mut keeper, &why);
@@ -185,7 +192,12 @@ pub fn program_files() -> std::io::Result<Vec<std::path::PathBuf>> {
 
 /// init after its re-execution inside the VM: starts the first workload, reports to the keeper
 /// on `keeper`, and supervises until the VM ends. Never returns.
-pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
+pub fn resume(keeper: UnixStream, resumed: Resumed) -> ! {
+    serve(keeper, resumed, Quiet::release_first())
+}
+
+/// [`resume`], giving the program's pages back when `quiet` says (see `idle`).
+fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
     let _ = nix::sys::prctl::set_name(c"feather-init");
     // The VM's root holds the same capabilities as init: were init dumpable, it could ptrace
     // it or take its descriptors (`/proc/1/fd`, pidfd_getfd) — the exec channel's listener, the
@@ -224,6 +236,7 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
         &mut commands,
         workload,
         Duration::from_millis(resumed.grace_ms),
+        quiet,
     );
     std::process::exit(code)
 }
@@ -322,10 +335,10 @@ fn supervise(
     commands: &mut Commands,
     workload: Option<Pid>,
     grace: Duration,
+    mut quiet: Quiet,
 ) -> i32 {
     // The VM is up: init gives back the code that made it (and, after each burst of requests,
-    // the code that served them).
-    let mut quiet = Quiet::release_first();
+    // the code that served them), at once or, for a foreground run, once quiet.
     loop {
         let mut fds = vec![PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
         fds.extend(commands.poll_fds());

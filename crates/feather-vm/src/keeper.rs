@@ -529,12 +529,11 @@ impl Keeper {
         // would read as zeros: the VM ends instead (docs/migration.md, "Post-copy").
         let lazy = self.vm.checkpoint_dir().join(crate::images::LAZY);
         let mut pages_from = self.hold.as_ref().filter(|_| runs && lazy.exists());
-        // A background keeper is done building its VM: it gives back the code that did.
-        let mut quiet = if foreground {
-            Quiet::busy_since(Instant::now())
-        } else {
-            Quiet::release_first()
-        };
+        // A keeper is done building its VM: it gives back the code that did once quiet, not at
+        // once: a foreground run's command may end at once (and the teardown would map the
+        // pages again), and a background keeper's shuttle thread (feather_shuttle::watch),
+        // started a moment ago, would map the pages of its first steps again after the release.
+        let mut quiet = Quiet::busy_since(Instant::now());
         let status = loop {
             let mut fds = vec![
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
