@@ -71,8 +71,8 @@ pub struct FilesystemSettings {
     pub protect_kernel_tunables: bool,
     /// `/dev/kmsg`, `/proc/kmsg`, `syslog(2)`: out of every VM's reach already.
     pub protect_kernel_logs: bool,
-    /// `PrivateTmp=`: its view is not made (see docs/services.md), but under
-    /// `ProtectSystem=strict` `/tmp` and `/var/tmp` stay writable, as systemd's private ones are.
+    /// `PrivateTmp=`: `/tmp` and `/var/tmp` are folders of the unit's own (the VM's spawner
+    /// makes its processes, docs/services.md), writable under `ProtectSystem=strict`.
     pub private_tmp: bool,
 }
 
@@ -235,6 +235,16 @@ impl Entry {
         Entry {
             optional: true,
             ..Entry::fixed(path, access)
+        }
+    }
+
+    /// One of a unit's `PrivateTmp=` folders, writable (the manager made it).
+    pub fn private_tmp(path: PathBuf) -> Entry {
+        Entry {
+            path,
+            access: Access::ReadWrite,
+            optional: false,
+            setting: "PrivateTmp",
         }
     }
 }

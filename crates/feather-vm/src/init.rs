@@ -12,7 +12,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags};
 
@@ -22,6 +22,7 @@ use crate::decide::{self, InitAction};
 use crate::idle::Quiet;
 use crate::launch::{InitArgs, Resumed};
 use crate::rootfs::{self, RootfsPlan};
+use crate::spawner;
 use crate::workload::{become_workload, Workload};
 
 /// Why init could not assemble the VM or get ready (reported to the keeper, with its causes).
@@ -49,10 +50,8 @@ pub enum InitError {
     Commands(#[source] crate::commands::CommandError),
     #[error("fcntl on the keeper socket")]
     KeeperSocket(#[source] nix::errno::Errno),
-    #[error("feather's binary has no dynamic loader mapped; cannot re-execute it")]
+    #[error("feather's binary has no dynamic loader mapped, or no program; cannot re-execute it")]
     NoLoader,
-    #[error("no program to re-execute")]
-    NoProgram,
     #[error("the workload's arguments contain a NUL byte")]
     Nul,
     #[error("cannot run {program} inside the VM")]
@@ -95,16 +94,27 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         eprintln!("feather init: from the keeper: {e}");
         std::process::exit(1);
     }
-    if let Err(why) = prepare(&plan, &mut keeper) {
-        report_failure(&mut keeper, &why);
-        std::process::exit(1);
-    }
+    let spawner = match prepare(&plan, &mut keeper) {
+        Ok(spawner) => spawner,
+        Err(why) => {
+            report_failure(&mut keeper, &why);
+            std::process::exit(1);
+        }
+    };
     let resumed = Resumed {
         workload: plan.workload.clone(),
         grace_ms: plan.grace.as_millis() as u64,
+        spawner_fd: spawner.as_ref().map(|_| spawner::SPAWNER_FD),
     };
     if plan.rootfs.init_files.is_empty() {
-        resume(keeper, resumed)
+        resume(keeper, resumed, spawner)
+    }
+    // Init's end of the spawner's socket goes across the re-execution at its number.
+    if let Some(spawner) = &spawner {
+        if let Err(e) = feather_sys::process::keep_across_exec(spawner) {
+            report_failure(&mut keeper, &InitError::Root(e));
+            std::process::exit(1);
+        }
     }
     let why = reexecute(&plan, &resumed, &keeper);
     report_failure(&mut keeper, &why);
@@ -123,29 +133,13 @@ fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> InitErr
     ) {
         return InitError::KeeperSocket(e);
     }
-    let dir = std::path::Path::new(rootfs::INIT_DIR);
-    let Some(loader) = plan
-        .rootfs
-        .init_files
-        .iter()
-        .filter_map(|file| file.file_name())
-        .find(|name| name.to_string_lossy().starts_with("ld-linux"))
-    else {
+    let Some(args) = rootfs::in_vm_program(&plan.rootfs.init_files) else {
         return InitError::NoLoader;
-    };
-    let Some(program) = plan.rootfs.init_files.first().and_then(|f| f.file_name()) else {
-        return InitError::NoProgram;
     };
     let launch = InitArgs {
         keeper_fd: fd,
         resumed: resumed.clone(),
     };
-    let args = [
-        dir.join(loader).display().to_string(),
-        "--library-path".into(),
-        dir.display().to_string(),
-        dir.join(program).display().to_string(),
-    ];
     let Ok(args) = args
         .into_iter()
         .chain(launch.to_args())
@@ -185,7 +179,8 @@ pub fn program_files() -> std::io::Result<Vec<std::path::PathBuf>> {
 
 /// init after its re-execution inside the VM: starts the first workload, reports to the keeper
 /// on `keeper`, and supervises until the VM ends. Never returns.
-pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
+/// `spawner`: init's end of the spawner's socket (`PrivateTmp=`), if it has one.
+pub fn resume(mut keeper: UnixStream, resumed: Resumed, spawner: Option<OwnedFd>) -> ! {
     let _ = nix::sys::prctl::set_name(c"feather-init");
     // The VM's root holds the same capabilities as init: were init dumpable, it could ptrace
     // it or take its descriptors (`/proc/1/fd`, pidfd_getfd) — the exec channel's listener, the
@@ -205,7 +200,15 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
         }
     };
     // `feather exec` starts its programs through init (see commands.rs), ready before the VM is.
-    let mut commands = match Commands::listen() {
+    // Not inherited by what init starts, but for the service client it runs for the host.
+    if let Some(spawner) = &spawner {
+        let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
+        if let Err(e) = nix::fcntl::fcntl(spawner, cloexec) {
+            report_failure(&mut keeper, &InitError::KeeperSocket(e));
+            std::process::exit(1);
+        }
+    }
+    let mut commands = match Commands::listen(spawner) {
         Ok(commands) => commands,
         Err(e) => {
             report_failure(&mut keeper, &InitError::Commands(e));
@@ -228,9 +231,9 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
     std::process::exit(code)
 }
 
-/// Everything before init starts supervising: the cgroup view, the root, the seccomp filter
-/// and the capability set.
-fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
+/// Everything before init starts supervising: the cgroup view, the root, the spawner, the
+/// seccomp filter and the capability set. Returns init's end of the spawner's socket.
+fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<Option<OwnedFd>, InitError> {
     // Every VM is a session of its own, led by its init: nothing of it belongs to a session
     // outside (which would also keep it from being checkpointed), and a foreground run's VM has
     // no controlling terminal of the caller's that its processes could open as /dev/tty.
@@ -266,8 +269,23 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
         }
         detach_stdio();
     }
+    // The spawner (PrivateTmp=) is forked now: inside the VM's Landlock domain, and before the
+    // filter and the capability drop below, since its one recipe needs CAP_SYS_ADMIN (it
+    // confines itself to that recipe at once). A VM whose spawner cannot start still runs;
+    // only its units with PrivateTmp= fail, saying so.
+    let spawner = match spawner::start(&plan.rootfs.init_files, plan.seccomp) {
+        Ok(end) => Some(end),
+        Err(e) => {
+            eprintln!(
+                "feather init: {}; units with PrivateTmp= cannot start in this VM",
+                feather_core::error::causes(&e)
+            );
+            None
+        }
+    };
     // The seccomp filter and the reduced capability set, inherited by everything init starts.
-    feather_confine::confine(plan.seccomp).map_err(InitError::Confine)
+    feather_confine::confine(plan.seccomp).map_err(InitError::Confine)?;
+    Ok(spawner)
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {

@@ -44,6 +44,7 @@ use super::protocol::{
     self, FreshState, Refusal, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET,
 };
 use super::spawn::{self, Identity, SpawnError};
+use super::spawner::{self, Spawner};
 use super::{cgroups, filesystem, syscall_filter};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
@@ -180,6 +181,9 @@ struct Runtime {
     group: Option<feather_sys::cgroup::Cgroup>,
     /// Its `SystemCallFilter=`, compiled at its start.
     syscall_filter: Option<Vec<feather_sys::seccomp::Instruction>>,
+    /// `PrivateTmp=`: the name of its folders in `/tmp` and `/var/tmp`, from its start to its
+    /// stop.
+    private_tmp: Option<String>,
 }
 
 impl Runtime {
@@ -223,6 +227,7 @@ impl Runtime {
             last_deactivated: None,
             group: None,
             syscall_filter: None,
+            private_tmp: None,
         }
     }
 
@@ -341,6 +346,10 @@ pub struct Manager {
     /// them.
     syscall_groups:
         Option<Result<syscall_filter::Groups, std::sync::Arc<syscall_filter::FilterError>>>,
+    /// The VM's spawner, which makes the processes of units with `PrivateTmp=`.
+    spawner: Spawner,
+    /// Those processes, which are not the manager's children: followed by pidfd, by pid.
+    adopted: BTreeMap<i32, OwnedFd>,
 }
 
 impl Manager {
@@ -355,6 +364,8 @@ impl Manager {
         ] {
             set.add(signal);
         }
+        // Taken first, before the manager opens a descriptor of its own.
+        let spawner = Spawner::inherited();
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
             .map_err(|e| setup("sigprocmask")(e.into()))?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
@@ -386,6 +397,8 @@ impl Manager {
             hierarchies: cgroups::detect(),
             failed_generators,
             syscall_groups: None,
+            spawner,
+            adopted: BTreeMap::new(),
         })
     }
 
@@ -408,6 +421,11 @@ impl Manager {
                         .iter()
                         .filter_map(|b| Some((n.clone(), b.fd.try_clone().ok()?)))
                 })
+                .collect();
+            let adopted: Vec<OwnedFd> = self
+                .adopted
+                .values()
+                .filter_map(|fd| fd.try_clone().ok())
                 .collect();
             let notify: Vec<(String, UnixDatagram)> = self
                 .units
@@ -438,6 +456,12 @@ impl Manager {
                     notify
                         .iter()
                         .map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)),
+                );
+                // A process of the spawner's is readable once it ended.
+                fds.extend(
+                    adopted
+                        .iter()
+                        .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
                 );
                 // A forking unit without a main process is followed through its group.
                 let watching = self.units.values().any(|r| {
@@ -559,12 +583,15 @@ impl Manager {
         let names: Vec<String> = self.units.keys().cloned().collect();
         // A main process named by MAINPID= or a PID file need not be the manager's child, and
         // then its end sends no SIGCHLD here: look whether it still lives. (A child of the
-        // manager that ended is a zombie until reaped, so it still counts as alive here.)
+        // manager that ended is a zombie until reaped, so it still counts as alive here; one
+        // the spawner made is followed through its pidfd, which gives its status.)
         for name in &names {
             let gone = self.units.get(name).is_some_and(|r| {
                 r.state == State::Active
-                    && r.main_pid
-                        .is_some_and(|pid| kill(pid, None) == Err(nix::errno::Errno::ESRCH))
+                    && r.main_pid.is_some_and(|pid| {
+                        !self.adopted.contains_key(&pid.as_raw())
+                            && kill(pid, None) == Err(nix::errno::Errno::ESRCH)
+                    })
             });
             if gone {
                 self.main_exited(name, Exit::Unknown);
