@@ -27,7 +27,7 @@ use feather_svc::private_tmp::{
 };
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
-use nix::poll::{PollFd, PollFlags, PollTimeout};
+use nix::poll::{PollFd, PollFlags};
 use nix::sched::CloneFlags;
 use nix::sys::signal::Signal;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
@@ -136,12 +136,14 @@ pub fn serve(socket: OwnedFd, seccomp: Profile) -> Result<i32, ServeError> {
     // manager their status.
     let children =
         feather_sys::process::block_signals(&[Signal::SIGCHLD]).map_err(ServeError::Sys)?;
+    // Resident in every VM, as init is: its program's pages go back while it waits.
+    let mut quiet = crate::idle::Quiet::release_first();
     loop {
         let mut fds = [
             PollFd::new(socket.as_fd(), PollFlags::POLLIN),
             PollFd::new(children.as_fd(), PollFlags::POLLIN),
         ];
-        if nix::poll::poll(&mut fds, PollTimeout::NONE).is_err() {
+        if quiet.wait(&mut fds, None).is_err() {
             continue;
         }
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());

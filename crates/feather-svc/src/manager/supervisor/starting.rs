@@ -128,6 +128,8 @@ impl Manager {
             }
         }
         r.syscall_filter = None;
+        r.landlocked = false;
+        r.unconfined_since_restore = false;
         if !r.unit.exec.system_call_filter.is_empty() {
             let groups = self
                 .syscall_groups
@@ -403,6 +405,7 @@ impl Manager {
                 private_tmp: private_tmp.as_deref(),
             },
         )?;
+        r.landlocked |= prepared.setup.landlock.is_some();
         let phase = r.phase.name();
         log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
         let pid = match private_tmp {
