@@ -464,8 +464,8 @@ pub fn compile_spawner(profile: Profile) -> Result<BpfProgram, SeccompError> {
             .map_err(compile_error)
     };
     let recipe_mount = SeccompRule::new(vec![
-        not_equal(3, (libc::MS_REC | libc::MS_PRIVATE) as u64)?,
-        not_equal(3, libc::MS_BIND as u64)?,
+        not_equal(3, libc::MS_REC | libc::MS_PRIVATE)?,
+        not_equal(3, libc::MS_BIND)?,
     ])
     .map_err(compile_error)?;
     add_rules(&mut rules, libc::SYS_mount, Some(recipe_mount));

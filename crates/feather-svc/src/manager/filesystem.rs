@@ -228,7 +228,7 @@ mod tests {
     ) -> std::process::Output {
         let mut unit = Unit::new(crate::name::UnitName::parse("probe.service").unwrap());
         unit.exec.filesystem = settings;
-        let ruleset = ruleset(&unit).unwrap().map(std::sync::Arc::new);
+        let ruleset = ruleset(&unit, None).unwrap().map(std::sync::Arc::new);
         assert!(ruleset.is_some(), "this kernel has Landlock");
         let mut command = std::process::Command::new("/bin/sh");
         command.args(["-c", script]);
