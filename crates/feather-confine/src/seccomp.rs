@@ -420,13 +420,33 @@ fn instructions(program: BpfProgram) -> Vec<feather_sys::seccomp::Instruction> {
 /// itself needs a denied call (the VM's mounts). Both filters are compiled before either is
 /// installed, so a compile error leaves the process as it was.
 pub fn install(profile: Profile) -> Result<(), SeccompError> {
-    let main = instructions(compile(profile)?);
-    let clone3 = compile_clone3(profile)?.map(instructions);
-    if let Some(clone3) = clone3 {
-        feather_sys::seccomp::install_filter(&clone3)?;
+    Compiled::new(profile)?.install()
+}
+
+/// The filters of a [`Profile`], compiled once to be installed many times (the VM's spawner
+/// installs them in every process it makes).
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    clone3: Option<Vec<feather_sys::seccomp::Instruction>>,
+    main: Vec<feather_sys::seccomp::Instruction>,
+}
+
+impl Compiled {
+    pub fn new(profile: Profile) -> Result<Compiled, SeccompError> {
+        Ok(Compiled {
+            main: instructions(compile(profile)?),
+            clone3: compile_clone3(profile)?.map(instructions),
+        })
     }
-    feather_sys::seccomp::install_filter(&main)?;
-    Ok(())
+
+    /// Installs them on the calling process (which holds CAP_SYS_ADMIN: see [`install`]).
+    pub fn install(&self) -> Result<(), SeccompError> {
+        if let Some(clone3) = &self.clone3 {
+            feather_sys::seccomp::install_filter(clone3)?;
+        }
+        feather_sys::seccomp::install_filter(&self.main)?;
+        Ok(())
+    }
 }
 
 /// The filter of the VM's spawner (crates/feather-vm/src/spawner.rs), which holds

@@ -21,7 +21,7 @@
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
-use feather_confine::seccomp::Profile;
+use feather_confine::seccomp::{Compiled, Profile};
 use feather_svc::private_tmp::{
     self, check_folder_name, SpawnAnswer, SpawnRequest, TEMPORARY_ROOTS,
 };
@@ -131,6 +131,8 @@ pub fn serve(socket: OwnedFd, seccomp: Profile) -> Result<i32, ServeError> {
     let _ = nix::sys::prctl::set_name(c"feather-spawner");
     feather_sys::process::make_undumpable().map_err(ServeError::Sys)?;
     feather_confine::capabilities::reduce_to_spawner().map_err(ServeError::Capabilities)?;
+    // The VM's filters, which each process it makes enters, compiled once.
+    let vm_filters = Compiled::new(seccomp).map_err(ServeError::Filter)?;
     feather_confine::seccomp::install_spawner(seccomp).map_err(ServeError::Filter)?;
     // Its children end here (their parent): reaped at once, so that their pidfds give the
     // manager their status.
@@ -153,7 +155,7 @@ pub fn serve(socket: OwnedFd, seccomp: Profile) -> Result<i32, ServeError> {
             let _ = children.read_signal();
             reap_children();
         }
-        if request_ready && !answer_one(&socket, seccomp) {
+        if request_ready && !answer_one(&socket, &vm_filters) {
             return Ok(0);
         }
     }
@@ -168,7 +170,7 @@ fn reap_children() {
 }
 
 /// Reads one request and answers it; false once the socket has no other end.
-fn answer_one(socket: &OwnedFd, seccomp: Profile) -> bool {
+fn answer_one(socket: &OwnedFd, vm_filters: &Compiled) -> bool {
     let mut buffer = vec![0u8; 4096];
     let (length, fds) = match feather_sys::fdpass::receive(socket, &mut buffer) {
         Ok((0, _)) => return false,
@@ -178,7 +180,7 @@ fn answer_one(socket: &OwnedFd, seccomp: Profile) -> bool {
     };
     // A request carries no descriptor: any sent along is closed unread.
     drop(fds);
-    let (answer, fds) = match spawn(&buffer[..length], seccomp) {
+    let (answer, fds) = match spawn(&buffer[..length], vm_filters) {
         Ok((pid, pidfd, channel)) => (
             SpawnAnswer::Started { pid: pid.as_raw() },
             vec![pidfd, channel],
@@ -193,7 +195,7 @@ fn answer_one(socket: &OwnedFd, seccomp: Profile) -> bool {
 
 /// Checks the request and forks its process: its pid, pidfd, and the manager's end of the
 /// channel to it.
-fn spawn(request: &[u8], seccomp: Profile) -> Result<(Pid, OwnedFd, OwnedFd), String> {
+fn spawn(request: &[u8], vm_filters: &Compiled) -> Result<(Pid, OwnedFd, OwnedFd), String> {
     let request: SpawnRequest =
         serde_json::from_slice(request).map_err(|e| format!("not a request: {e}"))?;
     check_folder_name(&request.folder).map_err(|e| e.to_string())?;
@@ -214,7 +216,7 @@ fn spawn(request: &[u8], seccomp: Profile) -> Result<(Pid, OwnedFd, OwnedFd), St
         None => {
             drop(manager_end);
             feather_sys::process::close_other_fds(&[child_end.as_raw_fd()]);
-            if let Err(why) = private_view(&request.folder, seccomp) {
+            if let Err(why) = private_view(&request.folder, vm_filters) {
                 let _ = feather_sys::fdpass::send(&child_end, why.as_bytes(), &[]);
                 std::process::exit(127);
             }
@@ -226,7 +228,7 @@ fn spawn(request: &[u8], seccomp: Profile) -> Result<(Pid, OwnedFd, OwnedFd), St
 /// The recipe, in the spawner's child: a mount namespace of its own, private, with `/tmp` and
 /// `/var/tmp` bound from the unit's folders; then the VM's filter and capability set, as
 /// every process of the VM (CAP_SYS_ADMIN dropped).
-fn private_view(folder: &str, seccomp: Profile) -> Result<(), String> {
+fn private_view(folder: &str, vm_filters: &Compiled) -> Result<(), String> {
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
     // Nothing bound here reaches the VM's namespace.
     nix::mount::mount(
@@ -245,7 +247,7 @@ fn private_view(folder: &str, seccomp: Profile) -> Result<(), String> {
         "/proc/self/oom_score_adj",
         crate::workload::WORKLOAD_OOM_SCORE_ADJ.to_string(),
     );
-    feather_confine::confine(seccomp).map_err(|e| feather_core::error::causes(&e))
+    feather_confine::confine_compiled(vm_filters).map_err(|e| feather_core::error::causes(&e))
 }
 
 /// Binds `ROOT/FOLDER/tmp` over `ROOT`, both opened beneath `/` without following a link
