@@ -121,3 +121,69 @@ fn services_private_tmp_main_process_is_followed_to_its_end() {
         "{text}"
     );
 }
+
+/// Debian's own units that ship `PrivateTmp=true` and that the catalogue starts (apache2,
+/// redis-server, memcached) start from the host's files, answer their clients, and each one's
+/// main process sees its own folder at `/tmp`, shown in the VM where systemd puts it.
+#[test]
+fn services_private_tmp_debians_units_answer_with_their_own_tmp() {
+    let feather = Feather::new("svc-privtmp-debian");
+    vm(&feather, "deb");
+    feather.ok(&[
+        "service",
+        "start",
+        "deb",
+        "apache2",
+        "redis-server",
+        "memcached",
+    ]);
+    assert!(feather
+        .sh("deb", "curl -sf http://127.0.0.1/")
+        .contains("Apache2 Debian Default Page"));
+    assert_eq!(feather.sh("deb", "redis-cli PING"), "PONG\n");
+    let version = feather.ok(&[
+        "exec",
+        "deb",
+        "--",
+        "bash",
+        "-c",
+        "exec 3<>/dev/tcp/127.0.0.1/11211 && printf 'version\\r\\nquit\\r\\n' >&3 && timeout 2 cat <&3",
+    ]);
+    assert!(version.starts_with("VERSION "), "{version}");
+    let list = services(&feather, "deb");
+    for unit in [
+        "apache2.service",
+        "redis-server.service",
+        "memcached.service",
+    ] {
+        let entry = service(&list, unit);
+        let not_applied = entry["not_applied"].as_array().unwrap();
+        assert!(
+            !not_applied.contains(&serde_json::json!("Service.PrivateTmp")),
+            "{entry}"
+        );
+        let pid = entry["main_pid"].as_i64().unwrap();
+        // What its main process has at /tmp and /var/tmp: binds of its folders (mountinfo,
+        // readable also for a unit in a Landlock domain, which keeps /proc/PID/root out of
+        // reach), which the VM shows where systemd puts them.
+        let binds = feather.sh(
+            "deb",
+            &format!(
+                "awk '$5 == \"/tmp\" || $5 == \"/var/tmp\" {{print $5, $4}}' /proc/{pid}/mountinfo; \
+                 ls -d /tmp/systemd-private-*-{unit}/tmp /var/tmp/systemd-private-*-{unit}/tmp"
+            ),
+        );
+        for root in ["/tmp", "/var/tmp"] {
+            let bound = binds
+                .lines()
+                .filter_map(|line| line.strip_prefix(&format!("{root} ")))
+                .last()
+                .unwrap_or_else(|| panic!("{unit}: nothing at {root}: {binds}"));
+            assert!(
+                bound.contains("/systemd-private-") && bound.ends_with(&format!("-{unit}/tmp")),
+                "{unit}: {root} is {bound}: {binds}"
+            );
+        }
+        assert_eq!(binds.matches("/systemd-private-").count(), 4, "{binds}");
+    }
+}
