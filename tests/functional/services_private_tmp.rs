@@ -177,7 +177,7 @@ fn services_private_tmp_debians_units_answer_with_their_own_tmp() {
             let bound = binds
                 .lines()
                 .filter_map(|line| line.strip_prefix(&format!("{root} ")))
-                .last()
+                .next_back()
                 .unwrap_or_else(|| panic!("{unit}: nothing at {root}: {binds}"));
             assert!(
                 bound.contains("/systemd-private-") && bound.ends_with(&format!("-{unit}/tmp")),

@@ -44,14 +44,26 @@ pub const TEMPORARY_ROOTS: [&str; 2] = ["/tmp", "/var/tmp"];
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SpawnRequest {
     pub folder: String,
+    /// Echoed in the answer: an answer that comes after its asker gave up waiting is told
+    /// from the next one's.
+    #[serde(default)]
+    pub id: u64,
 }
 
-/// The spawner's answer: the process it made (its pidfd and the channel to it are attached),
-/// or why it made none.
+/// The spawner's answer to request `id`: the process it made (its pidfd and the channel to it
+/// are attached), or why it made none.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum SpawnAnswer {
-    Started { pid: i32 },
-    Refused { why: String },
+    Started { id: u64, pid: i32 },
+    Refused { id: u64, why: String },
+}
+
+impl SpawnAnswer {
+    pub fn id(&self) -> u64 {
+        match self {
+            SpawnAnswer::Started { id, .. } | SpawnAnswer::Refused { id, .. } => *id,
+        }
+    }
 }
 
 /// Why a folder name is refused.

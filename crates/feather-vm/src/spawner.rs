@@ -180,12 +180,20 @@ fn answer_one(socket: &OwnedFd, vm_filters: &Compiled) -> bool {
     };
     // A request carries no descriptor: any sent along is closed unread.
     drop(fds);
-    let (answer, fds) = match spawn(&buffer[..length], vm_filters) {
+    let request = serde_json::from_slice::<SpawnRequest>(&buffer[..length]);
+    let id = request.as_ref().map_or(0, |r| r.id);
+    let spawned = request
+        .map_err(|e| format!("not a request: {e}"))
+        .and_then(|request| spawn(&request, vm_filters));
+    let (answer, fds) = match spawned {
         Ok((pid, pidfd, channel)) => (
-            SpawnAnswer::Started { pid: pid.as_raw() },
+            SpawnAnswer::Started {
+                id,
+                pid: pid.as_raw(),
+            },
             vec![pidfd, channel],
         ),
-        Err(why) => (SpawnAnswer::Refused { why }, Vec::new()),
+        Err(why) => (SpawnAnswer::Refused { id, why }, Vec::new()),
     };
     let raw: Vec<RawFd> = fds.iter().map(|fd| fd.as_raw_fd()).collect();
     let message = serde_json::to_vec(&answer).unwrap_or_default();
@@ -195,9 +203,7 @@ fn answer_one(socket: &OwnedFd, vm_filters: &Compiled) -> bool {
 
 /// Checks the request and forks its process: its pid, pidfd, and the manager's end of the
 /// channel to it.
-fn spawn(request: &[u8], vm_filters: &Compiled) -> Result<(Pid, OwnedFd, OwnedFd), String> {
-    let request: SpawnRequest =
-        serde_json::from_slice(request).map_err(|e| format!("not a request: {e}"))?;
+fn spawn(request: &SpawnRequest, vm_filters: &Compiled) -> Result<(Pid, OwnedFd, OwnedFd), String> {
     check_folder_name(&request.folder).map_err(|e| e.to_string())?;
     let (manager_end, child_end) = socketpair(
         AddressFamily::Unix,

@@ -50,6 +50,8 @@ pub struct Adopted {
 /// The manager's end of the spawner's socket, if it was given one.
 pub struct Spawner {
     socket: Option<OwnedFd>,
+    /// The id of the last request.
+    asked: u64,
 }
 
 impl Spawner {
@@ -57,24 +59,34 @@ impl Spawner {
     pub fn inherited() -> Spawner {
         Spawner {
             socket: crate::raw::inherited_spawner_socket(SPAWNER_FD),
+            asked: 0,
         }
     }
 
     /// A process of `prepared` whose `/tmp` and `/var/tmp` are the unit's `folder`s.
-    pub fn spawn(&self, folder: &str, prepared: &Prepared) -> Result<Adopted, SpawnerError> {
+    pub fn spawn(&mut self, folder: &str, prepared: &Prepared) -> Result<Adopted, SpawnerError> {
         let socket = self.socket.as_ref().ok_or(SpawnerError::Absent)?;
+        self.asked += 1;
         let request = serde_json::to_vec(&SpawnRequest {
             folder: folder.to_owned(),
+            id: self.asked,
         })
         .map_err(|e| SpawnerError::Refused(e.to_string()))?;
         let gone = |e: nix::errno::Errno| SpawnerError::Gone(e.desc().to_owned());
         feather_sys::fdpass::send(socket, &request, &[]).map_err(gone)?;
-        let (answer, fds) = receive(socket).map_err(gone)?;
-        let answer: SpawnAnswer = serde_json::from_slice(&answer)
-            .map_err(|e| SpawnerError::Gone(format!("its answer: {e}")))?;
+        // An answer to an earlier request, which came after its wait ended, is dropped with
+        // its descriptors (its process, without a plan, ends).
+        let (answer, fds) = loop {
+            let (answer, fds) = receive(socket).map_err(gone)?;
+            let answer: SpawnAnswer = serde_json::from_slice(&answer)
+                .map_err(|e| SpawnerError::Gone(format!("its answer: {e}")))?;
+            if answer.id() == self.asked {
+                break (answer, fds);
+            }
+        };
         let pid = match answer {
-            SpawnAnswer::Started { pid } => Pid::from_raw(pid),
-            SpawnAnswer::Refused { why } => return Err(SpawnerError::Refused(why)),
+            SpawnAnswer::Started { pid, .. } => Pid::from_raw(pid),
+            SpawnAnswer::Refused { why, .. } => return Err(SpawnerError::Refused(why)),
         };
         let [pidfd, channel]: [OwnedFd; 2] = fds
             .try_into()
