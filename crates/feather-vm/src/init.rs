@@ -94,27 +94,18 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
         eprintln!("feather init: from the keeper: {e}");
         std::process::exit(1);
     }
-    let spawner = match prepare(&plan, &mut keeper) {
-        Ok(spawner) => spawner,
-        Err(why) => {
-            report_failure(&mut keeper, &why);
-            std::process::exit(1);
-        }
-    };
+    if let Err(why) = prepare(&plan, &mut keeper) {
+        report_failure(&mut keeper, &why);
+        std::process::exit(1);
+    }
     let resumed = Resumed {
         workload: plan.workload.clone(),
         grace_ms: plan.grace.as_millis() as u64,
-        spawner_fd: spawner.as_ref().map(|_| spawner::SPAWNER_FD),
+        allow_userns: plan.seccomp.allow_userns,
+        disk_quota: plan.seccomp.disk_quota,
     };
     if plan.rootfs.init_files.is_empty() {
-        resume(keeper, resumed, spawner)
-    }
-    // Init's end of the spawner's socket goes across the re-execution at its number.
-    if let Some(spawner) = &spawner {
-        if let Err(e) = feather_sys::process::keep_across_exec(spawner) {
-            report_failure(&mut keeper, &InitError::Root(e));
-            std::process::exit(1);
-        }
+        resume(keeper, resumed)
     }
     let why = reexecute(&plan, &resumed, &keeper);
     report_failure(&mut keeper, &why);
@@ -177,10 +168,10 @@ pub fn program_files() -> std::io::Result<Vec<std::path::PathBuf>> {
     Ok(files)
 }
 
-/// init after its re-execution inside the VM: starts the first workload, reports to the keeper
-/// on `keeper`, and supervises until the VM ends. Never returns.
-/// `spawner`: init's end of the spawner's socket (`PrivateTmp=`), if it has one.
-pub fn resume(mut keeper: UnixStream, resumed: Resumed, spawner: Option<OwnedFd>) -> ! {
+/// init after its re-execution inside the VM: forks the spawner, enters the VM's filter and
+/// capability set, starts the first workload, reports to the keeper on `keeper`, and
+/// supervises until the VM ends. Never returns.
+pub fn resume(mut keeper: UnixStream, resumed: Resumed) -> ! {
     let _ = nix::sys::prctl::set_name(c"feather-init");
     // The VM's root holds the same capabilities as init: were init dumpable, it could ptrace
     // it or take its descriptors (`/proc/1/fd`, pidfd_getfd) — the exec channel's listener, the
@@ -188,6 +179,15 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed, spawner: Option<OwnedFd>
     // `feather ps`) reaches in. What init starts is dumpable again at its execve.
     if let Err(e) = feather_sys::process::make_undumpable() {
         report_failure(&mut keeper, &InitError::Root(e));
+        std::process::exit(1);
+    }
+    let seccomp = resumed.seccomp();
+    let spawner = start_spawner(seccomp);
+    // The seccomp filter and the reduced capability set, inherited by everything init starts.
+    // (Until now nothing of the VM's has run: only init, its re-execution from the VM's own
+    // copy of feather's binary, and the spawner's fork.)
+    if let Err(e) = feather_confine::confine(seccomp) {
+        report_failure(&mut keeper, &InitError::Confine(e));
         std::process::exit(1);
     }
     // As pid 1 of its namespace, init would ignore every signal it has no handler for; blocked
@@ -200,14 +200,6 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed, spawner: Option<OwnedFd>
         }
     };
     // `feather exec` starts its programs through init (see commands.rs), ready before the VM is.
-    // Not inherited by what init starts, but for the service client it runs for the host.
-    if let Some(spawner) = &spawner {
-        let cloexec = nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC);
-        if let Err(e) = nix::fcntl::fcntl(spawner, cloexec) {
-            report_failure(&mut keeper, &InitError::KeeperSocket(e));
-            std::process::exit(1);
-        }
-    }
     let mut commands = match Commands::listen(spawner) {
         Ok(commands) => commands,
         Err(e) => {
@@ -231,9 +223,27 @@ pub fn resume(mut keeper: UnixStream, resumed: Resumed, spawner: Option<OwnedFd>
     std::process::exit(code)
 }
 
-/// Everything before init starts supervising: the cgroup view, the root, the spawner, the
-/// seccomp filter and the capability set. Returns init's end of the spawner's socket.
-fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<Option<OwnedFd>, InitError> {
+/// The spawner (PrivateTmp=), forked inside the VM's Landlock domain, after init's
+/// re-execution (so it shares init's pages, and maps no host file) and before init's filter
+/// and capability drop, since its one recipe needs CAP_SYS_ADMIN (it confines itself to that
+/// recipe at once). Returns init's end of its socket. A VM whose spawner cannot start still
+/// runs; only its units with PrivateTmp= fail, saying so.
+fn start_spawner(seccomp: feather_confine::seccomp::Profile) -> Option<OwnedFd> {
+    match spawner::start(seccomp) {
+        Ok(end) => Some(end),
+        Err(e) => {
+            eprintln!(
+                "feather init: {}; units with PrivateTmp= cannot start in this VM",
+                feather_core::error::causes(&e)
+            );
+            None
+        }
+    }
+}
+
+/// Everything before init re-executes itself: the cgroup view, the root, the network, the
+/// Landlock domain.
+fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     // Every VM is a session of its own, led by its init: nothing of it belongs to a session
     // outside (which would also keep it from being checkpointed), and a foreground run's VM has
     // no controlling terminal of the caller's that its processes could open as /dev/tty.
@@ -269,23 +279,9 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<Option<OwnedFd>, 
         }
         detach_stdio();
     }
-    // The spawner (PrivateTmp=) is forked now: inside the VM's Landlock domain, and before the
-    // filter and the capability drop below, since its one recipe needs CAP_SYS_ADMIN (it
-    // confines itself to that recipe at once). A VM whose spawner cannot start still runs;
-    // only its units with PrivateTmp= fail, saying so.
-    let spawner = match spawner::start(&plan.rootfs.init_files, plan.seccomp) {
-        Ok(end) => Some(end),
-        Err(e) => {
-            eprintln!(
-                "feather init: {}; units with PrivateTmp= cannot start in this VM",
-                feather_core::error::causes(&e)
-            );
-            None
-        }
-    };
-    // The seccomp filter and the reduced capability set, inherited by everything init starts.
-    feather_confine::confine(plan.seccomp).map_err(InitError::Confine)?;
-    Ok(spawner)
+    // The filter and the capability drop come after the re-execution (`resume`), once the
+    // spawner is forked.
+    Ok(())
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {

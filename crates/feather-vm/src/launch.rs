@@ -28,9 +28,6 @@ pub const KEEPER_SUBCOMMAND: &str = "__keeper";
 /// The subcommand init re-executes as (of [`KEEPER_PROGRAM`]).
 pub const INIT_SUBCOMMAND: &str = "__init";
 
-/// The subcommand the VM's spawner (crate::spawner) re-executes as, from inside the VM.
-pub const SPAWNER_SUBCOMMAND: &str = "__spawner";
-
 /// The subcommand that finishes the teardown of a throw-away VM run in the foreground (see
 /// `Keeper::hand_off`).
 pub const FINISH_SUBCOMMAND: &str = "__finish";
@@ -64,9 +61,20 @@ pub struct KeeperArgs {
 pub struct Resumed {
     pub workload: Option<Workload>,
     pub grace_ms: u64,
-    /// init's end of the spawner's socket (crate::spawner), left open at this number.
+    /// The VM's seccomp profile, which init enters after its re-execution.
     #[serde(default)]
-    pub spawner_fd: Option<RawFd>,
+    pub allow_userns: bool,
+    #[serde(default)]
+    pub disk_quota: bool,
+}
+
+impl Resumed {
+    pub fn seccomp(&self) -> feather_confine::seccomp::Profile {
+        feather_confine::seccomp::Profile {
+            allow_userns: self.allow_userns,
+            disk_quota: self.disk_quota,
+        }
+    }
 }
 
 /// A re-executed init's orders: its socket to the keeper, and what it carries over.
@@ -102,28 +110,6 @@ pub enum Launch {
     Keeper(KeeperArgs),
     Init(InitArgs),
     Finish(FinishArgs),
-    Spawner(SpawnerArgs),
-}
-
-/// The spawner's orders: its socket (inherited) and the VM's seccomp profile, which the
-/// processes it makes enter.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct SpawnerArgs {
-    pub socket_fd: RawFd,
-    pub seccomp: feather_confine::seccomp::Profile,
-}
-
-impl SpawnerArgs {
-    /// The arguments after the program's name.
-    pub fn to_args(&self) -> Vec<String> {
-        let flag = |on: bool| if on { "1" } else { "0" }.to_owned();
-        vec![
-            SPAWNER_SUBCOMMAND.to_owned(),
-            self.socket_fd.to_string(),
-            flag(self.seccomp.allow_userns),
-            flag(self.seccomp.disk_quota),
-        ]
-    }
 }
 
 /// A command line of [`KEEPER_PROGRAM`] that is not one this module builds.
@@ -270,15 +256,6 @@ impl Launch {
                     },
                 }))
             }
-            Some((command, [fd, userns, quota])) if command == SPAWNER_SUBCOMMAND => {
-                Ok(Launch::Spawner(SpawnerArgs {
-                    socket_fd: descriptor(fd)?,
-                    seccomp: feather_confine::seccomp::Profile {
-                        allow_userns: userns == "1",
-                        disk_quota: quota == "1",
-                    },
-                }))
-            }
             Some((command, rest)) if command == KEEPER_SUBCOMMAND => {
                 KeeperArgs::parse(rest).map(Launch::Keeper)
             }
@@ -344,24 +321,12 @@ mod tests {
                     user: None,
                 }),
                 grace_ms: 1500,
-                spawner_fd: Some(101),
-            },
-        };
-        let line: Vec<OsString> = args.to_args().into_iter().map(OsString::from).collect();
-        assert_eq!(Launch::parse(&line).unwrap(), Launch::Init(args));
-    }
-
-    #[test]
-    fn a_spawner_command_line_reads_back_as_built() {
-        let args = SpawnerArgs {
-            socket_fd: 7,
-            seccomp: feather_confine::seccomp::Profile {
                 allow_userns: true,
                 disk_quota: false,
             },
         };
         let line: Vec<OsString> = args.to_args().into_iter().map(OsString::from).collect();
-        assert_eq!(Launch::parse(&line).unwrap(), Launch::Spawner(args));
+        assert_eq!(Launch::parse(&line).unwrap(), Launch::Init(args));
     }
 
     #[test]

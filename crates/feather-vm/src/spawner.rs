@@ -3,11 +3,12 @@
 //! folders (`PrivateTmp=`, docs/services.md). The protocol is feather_svc::private_tmp's.
 //!
 //! How it is confined, in order:
-//! 1. init forks it inside the VM's Landlock domain, before init's own filter and capability
-//!    drop; its socket's other end stays with init, which hands a duplicate only to the service
-//!    client it runs for the host, which hands it to the manager it starts;
-//! 2. it re-executes feather's binary from inside the VM (as init does), so that nothing of it
-//!    maps a file outside the VM's mounts;
+//! 1. init forks it inside the VM's Landlock domain, after its own re-execution from the VM's
+//!    copy of feather's binary (so the spawner maps no host file and shares init's pages) and
+//!    before its filter and capability drop; its socket's other end stays with init, which
+//!    hands a duplicate only to the service client it runs for the host, which hands it to the
+//!    manager it starts;
+//! 2. nothing of init's but that socket: its other descriptors closed, stdio on `/dev/null`;
 //! 3. not dumpable: no process of the VM can trace it or take its descriptors;
 //! 4. its capabilities: the VM's set and CAP_SYS_ADMIN, no other;
 //! 5. its filter (feather_confine::seccomp::compile_spawner): the VM's, with only `unshare`
@@ -19,7 +20,7 @@
 //!    reads anything from the manager.
 
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use feather_confine::seccomp::{Compiled, Profile};
 use feather_svc::private_tmp::{
@@ -33,8 +34,6 @@ use nix::sys::signal::Signal;
 use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
-
-use crate::launch::SpawnerArgs;
 
 /// Where init holds its end of the spawner's socket (and hands it to the service client).
 pub const SPAWNER_FD: RawFd = private_tmp::SPAWNER_FD;
@@ -54,7 +53,7 @@ pub enum SpawnerError {
 
 /// Forks the spawner (init calls it while it still holds CAP_SYS_ADMIN, before its filter);
 /// returns init's end of its socket, at [`SPAWNER_FD`], close-on-exec.
-pub fn start(init_files: &[PathBuf], seccomp: Profile) -> Result<OwnedFd, SpawnerError> {
+pub fn start(seccomp: Profile) -> Result<OwnedFd, SpawnerError> {
     let (init_end, spawner_end) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -72,14 +71,13 @@ pub fn start(init_files: &[PathBuf], seccomp: Profile) -> Result<OwnedFd, Spawne
         }
         None => {
             drop(init_end);
-            become_spawner(init_files, spawner_end, seccomp)
+            become_spawner(spawner_end, seccomp)
         }
     }
 }
 
-/// The forked child: nothing of init's but its socket, then the binary inside the VM.
-fn become_spawner(init_files: &[PathBuf], socket: OwnedFd, seccomp: Profile) -> ! {
-    let _ = nix::sys::prctl::set_name(c"feather-spawner");
+/// The forked child: nothing of init's but its socket; then it serves until init is gone.
+fn become_spawner(socket: OwnedFd, seccomp: Profile) -> ! {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -88,30 +86,7 @@ fn become_spawner(init_files: &[PathBuf], socket: OwnedFd, seccomp: Profile) -> 
         let _ = feather_sys::process::redirect_stdio(&null);
     }
     feather_sys::process::close_other_fds(&[socket.as_raw_fd()]);
-    let Some(mut argv) = crate::rootfs::in_vm_program(init_files) else {
-        // No binary to re-execute (init does not either): serve from this one.
-        serve(socket, seccomp).unwrap_or(1);
-        std::process::exit(1)
-    };
-    if feather_sys::process::keep_across_exec(&socket).is_err() {
-        std::process::exit(1);
-    }
-    argv.extend(
-        SpawnerArgs {
-            socket_fd: socket.as_raw_fd(),
-            seccomp,
-        }
-        .to_args(),
-    );
-    let Ok(argv) = argv
-        .into_iter()
-        .map(std::ffi::CString::new)
-        .collect::<Result<Vec<_>, _>>()
-    else {
-        std::process::exit(1)
-    };
-    let _ = nix::unistd::execv(&argv[0], &argv);
-    std::process::exit(1)
+    std::process::exit(serve(socket, seccomp).unwrap_or(1))
 }
 
 /// Why the spawner could not confine itself (it then ends, before it serves anything).
@@ -125,8 +100,8 @@ pub enum ServeError {
     Filter(#[source] feather_confine::seccomp::SeccompError),
 }
 
-/// The spawner's life, re-executed inside the VM: confines itself, then serves requests on
-/// `socket` until no other end of it is left (init is gone). Returns its exit code.
+/// The spawner's life: confines itself, then serves requests on `socket` until no other end
+/// of it is left (init is gone). Returns its exit code.
 pub fn serve(socket: OwnedFd, seccomp: Profile) -> Result<i32, ServeError> {
     let _ = nix::sys::prctl::set_name(c"feather-spawner");
     feather_sys::process::make_undumpable().map_err(ServeError::Sys)?;

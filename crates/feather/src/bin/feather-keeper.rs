@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use feather_core::StateRoot;
 use feather_shuttle::{dbus, transfer};
-use feather_vm::launch::{FinishArgs, InitArgs, KeeperArgs, Launch, SpawnerArgs};
+use feather_vm::launch::{FinishArgs, InitArgs, KeeperArgs, Launch};
 use feather_vm::peers::RootPeers;
 
 fn main() -> ExitCode {
@@ -32,7 +32,6 @@ fn main() -> ExitCode {
         Ok(Launch::Keeper(args)) => keeper(args),
         Ok(Launch::Init(args)) => init(args),
         Ok(Launch::Finish(args)) => finish(args),
-        Ok(Launch::Spawner(args)) => spawner(args),
         Err(e) => Err(anyhow::Error::from(e)),
     };
     match code {
@@ -75,15 +74,7 @@ fn keeper(args: KeeperArgs) -> anyhow::Result<i32> {
 
 fn init(args: InitArgs) -> anyhow::Result<i32> {
     let keeper = inherited(args.keeper_fd)?;
-    let spawner = args.resumed.spawner_fd.map(inherited).transpose()?;
-    feather_vm::init::resume(keeper.into(), args.resumed, spawner)
-}
-
-/// The VM's spawner (`PrivateTmp=`), re-executed from inside the VM by the child init forked
-/// for it; serves until init is gone.
-fn spawner(args: SpawnerArgs) -> anyhow::Result<i32> {
-    let socket = inherited(args.socket_fd)?;
-    Ok(feather_vm::spawner::serve(socket, args.seccomp)?)
+    feather_vm::init::resume(keeper.into(), args.resumed)
 }
 
 /// Finishes a throw-away VM's teardown that the `feather run --rm` which ran it handed over,
