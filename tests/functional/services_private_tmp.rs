@@ -69,6 +69,22 @@ fn services_private_tmp_gives_a_unit_its_own_tmp_and_var_tmp() {
             && vm_view.ends_with("unit\nunit\n"),
         "{vm_view}"
     );
+    // Under a Landlock domain that leaves `/` writable only through its entries (here
+    // ProtectSystem=full, as spamd's unit has), its folders stay writable: the rule is on them.
+    write_unit(
+        &feather,
+        "pt",
+        "guarded.service",
+        "[Service]\nType=oneshot\nRemainAfterExit=yes\nPrivateTmp=yes\nNoNewPrivileges=yes\n\
+         ProtectSystem=full\nExecStart=/bin/sh -c 'for d in /tmp /var/tmp; do \
+         echo x > $$d/guarded && echo $$d writable; done'\n",
+    );
+    feather.ok(&["service", "start", "pt", "guarded"]);
+    let guarded = log(&feather, "pt", "guarded");
+    assert!(
+        guarded.contains("/tmp writable\n") && guarded.contains("/var/tmp writable\n"),
+        "{guarded}"
+    );
     // A unit without it shares the VM's.
     feather.ok(&["service", "start", "pt", "shared"]);
     let shared = log(&feather, "pt", "shared");
@@ -85,7 +101,8 @@ fn services_private_tmp_gives_a_unit_its_own_tmp_and_var_tmp() {
     feather.ok(&["service", "stop", "pt", "private"]);
     let left = feather.sh(
         "pt",
-        "ls -d /tmp/systemd-private-* /var/tmp/systemd-private-* 2>/dev/null | wc -l",
+        "ls -d /tmp/systemd-private-*-private.service /var/tmp/systemd-private-*-private.service \
+         2>/dev/null | wc -l",
     );
     assert_eq!(left.trim(), "0", "folders left after the stop");
 }

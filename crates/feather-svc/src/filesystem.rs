@@ -237,16 +237,6 @@ impl Entry {
             ..Entry::fixed(path, access)
         }
     }
-
-    /// One of a unit's `PrivateTmp=` folders, writable (the manager made it).
-    pub fn private_tmp(path: PathBuf) -> Entry {
-        Entry {
-            path,
-            access: Access::ReadWrite,
-            optional: false,
-            setting: "PrivateTmp",
-        }
-    }
 }
 
 /// The access of every path of `entries` once they are combined as systemd's mounts combine
@@ -266,6 +256,15 @@ pub fn combine(entries: &[(PathBuf, Access)]) -> Vec<(PathBuf, Access)> {
         .into_iter()
         .filter(|(path, _)| !hidden.iter().any(|h| path != h && path.starts_with(h)))
         .collect()
+}
+
+/// The access `combined` gives at `path`: that of the deepest entry at or above it.
+pub fn access_at(combined: &[(PathBuf, Access)], path: &Path) -> Access {
+    combined
+        .iter()
+        .filter(|(p, _)| path.starts_with(p))
+        .max_by_key(|(p, _)| p.components().count())
+        .map_or(Access::ReadWrite, |(_, access)| *access)
 }
 
 /// What a Landlock domain grants, as rules: each path and the access granted beneath it
@@ -423,6 +422,25 @@ fn path_list(list: &mut Vec<PathSetting>, key: &str, raw: &str) -> Result<(), Se
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_at_a_path_is_that_of_the_deepest_entry_above_it() {
+        let combined = [
+            (PathBuf::from("/"), Access::ReadWrite),
+            (PathBuf::from("/usr"), Access::ReadOnly),
+            (PathBuf::from("/srv/hidden"), Access::Inaccessible),
+        ];
+        assert_eq!(access_at(&combined, Path::new("/tmp")), Access::ReadWrite);
+        assert_eq!(
+            access_at(&combined, Path::new("/usr/lib")),
+            Access::ReadOnly
+        );
+        assert_eq!(
+            access_at(&combined, Path::new("/srv/hidden/x")),
+            Access::Inaccessible
+        );
+        assert_eq!(access_at(&[], Path::new("/tmp")), Access::ReadWrite);
+    }
 
     fn read(lines: &[(&str, &str)]) -> FilesystemSettings {
         let mut settings = FilesystemSettings::default();

@@ -431,12 +431,12 @@ pub fn accept(listener: RawFd, flags: nix::sys::socket::SockFlag) -> Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// recvmsg(2) of one message into `buffer`, with room for up to sixteen descriptors passed by
+/// recvmsg(2) of one message into `buffer`, with room for up to 64 descriptors passed by
 /// SCM_RIGHTS (installed close-on-exec; more are closed by the kernel, and the message marked
 /// truncated): the length received and the descriptors, owned.
 pub fn receive_with_fds(socket: RawFd, buffer: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut control = nix::cmsg_space!([RawFd; 16]);
+    let mut control = nix::cmsg_space!([RawFd; 64]);
     let mut iov = [std::io::IoSliceMut::new(buffer)];
     let received = recvmsg::<()>(
         socket,

@@ -102,7 +102,7 @@ pub enum ServeError {
 
 /// The spawner's life: confines itself, then serves requests on `socket` until no other end
 /// of it is left (init is gone). Returns its exit code.
-pub fn serve(socket: OwnedFd, seccomp: Profile) -> Result<i32, ServeError> {
+fn serve(socket: OwnedFd, seccomp: Profile) -> Result<i32, ServeError> {
     let _ = nix::sys::prctl::set_name(c"feather-spawner");
     feather_sys::process::make_undumpable().map_err(ServeError::Sys)?;
     feather_confine::capabilities::reduce_to_spawner().map_err(ServeError::Capabilities)?;

@@ -72,27 +72,28 @@ pub fn not_applicable(unit: &Unit, no_new_privileges: bool) -> Option<String> {
 /// None when it has none (or they cannot be applied: see [`not_applicable`]).
 ///
 /// `private_tmp`: the unit's folders (`PrivateTmp=`), which its processes see at `/tmp` and
-/// `/var/tmp`, are writable, as systemd's are, by rules on their own inodes: Landlock walks a
-/// path up through the mounts skipping the folder a mount covers, so a rule for `/tmp` itself
-/// does not reach the root of the bind mount at `/tmp`.
+/// `/var/tmp`, get the unit's access to those (writable, unless a setting names them), by
+/// rules on their own inodes: Landlock walks a path up through the mounts skipping the folder
+/// a mount covers, so a rule for `/tmp`, or for `/` above it, does not reach the root of the
+/// bind mount at `/tmp`.
 pub fn ruleset(unit: &Unit, private_tmp: Option<&str>) -> Result<Option<OwnedFd>, FilesystemError> {
     let settings = &unit.exec.filesystem;
     let abi = kernel_abi();
     if settings.confining_keys().is_empty() || abi == ABI::Unsupported {
         return Ok(None);
     }
-    let mut entries = settings.entries(&writable_directories(unit));
+    let entries = resolve(&settings.entries(&writable_directories(unit)))?;
+    let combined = filesystem::combine(&entries);
+    let mut rules = filesystem::rules(&combined, &mut list)?;
     if let Some(folder) = private_tmp {
-        // What the unit sees at /tmp and /var/tmp are its folders: the VM's own are out of its
-        // view, and a rule of theirs would make the folders' own look redundant.
-        let roots = crate::private_tmp::TEMPORARY_ROOTS;
-        entries.retain(|entry| !roots.iter().any(|root| entry.path == Path::new(root)));
-        entries.extend(roots.iter().map(|root| {
-            filesystem::Entry::private_tmp(crate::private_tmp::private_folder(root, folder))
-        }));
+        // What the unit sees at /tmp and /var/tmp are its folders: each gets, by a rule of
+        // its own (never left to one above it, which the walk up from the mount skips), the
+        // access the unit would have at /tmp or /var/tmp.
+        for root in crate::private_tmp::TEMPORARY_ROOTS {
+            let access = filesystem::access_at(&combined, Path::new(root));
+            rules.push((crate::private_tmp::private_folder(root, folder), access));
+        }
     }
-    let entries = resolve(&entries)?;
-    let rules = filesystem::rules(&filesystem::combine(&entries), &mut list)?;
     let landlock = |e: &dyn std::fmt::Display| FilesystemError::Landlock(e.to_string());
     let mut created = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
