@@ -69,8 +69,9 @@ fn services_private_tmp_gives_a_unit_its_own_tmp_and_var_tmp() {
             && vm_view.ends_with("unit\nunit\n"),
         "{vm_view}"
     );
-    // Under a Landlock domain that leaves `/` writable only through its entries (here
-    // ProtectSystem=full, as spamd's unit has), its folders stay writable: the rule is on them.
+    // Under a Landlock domain of the unit's own (here ProtectSystem=full, as spamd's unit has),
+    // its folders stay writable. (The rule that makes them so under ProtectSystem=strict is
+    // checked by services_filesystem's `stricttmp`, which fails without it.)
     write_unit(
         &feather,
         "pt",
