@@ -41,7 +41,7 @@ fn counting_vm(label: &str) -> (Feather, ScratchBase) {
     (feather, base)
 }
 
-/// (pid inside the VM, command) of the VM's init and of the counting loop. The loop's
+/// (pid inside the VM, command) of the VM's init, its spawner and the counting loop. The loop's
 /// short-lived children are left out: its `sleep` (also in the instant between its fork and
 /// its exec, when it still shows the loop's command line) and `ps`'s own `cat`.
 fn lasting_processes(feather: &Feather, vm: &str) -> Vec<(i64, String)> {
@@ -97,7 +97,11 @@ fn parent_of(pid: i64) -> i64 {
 fn checkpoint_and_restore_continue_where_the_vm_was() {
     let (feather, _base) = counting_vm("ckpt-restore");
     let processes = lasting_processes(&feather, "vm");
-    assert_eq!(processes.len(), 2, "init and the loop: {processes:?}");
+    assert_eq!(
+        processes.len(),
+        3,
+        "init, its spawner and the loop: {processes:?}"
+    );
     let old_init = state_pid(&feather, "vm", "init_pid");
 
     let before = count(&feather, "vm");
@@ -947,4 +951,61 @@ fn a_vm_on_the_hosts_network_is_refused_plainly_where_landlock_scopes_it() {
         );
         assert_eq!(feather.status("vm"), "running");
     }
+}
+
+/// CRIU does not recreate Landlock domains: a unit that ran under one (`ProtectSystem=`, …)
+/// runs without it after a restore, until it restarts. That is shown, not hidden: `service
+/// ls --json` lists its settings as not in force, and its log says why; a restart ends it.
+/// A `PrivateTmp=` unit (its process in a mount namespace of its own) comes back with its
+/// private `/tmp`.
+#[test]
+fn a_restored_unit_that_lost_its_landlock_domain_says_so_until_it_restarts() {
+    let feather = Feather::new("ckpt-landlock-units");
+    require_criu(&feather);
+    feather.ok(&["create", "vm", "--net", "none"]);
+    feather.ok(&["start", "vm"]);
+    feather.sh(
+        "vm",
+        "mkdir -p /etc/systemd/system && \
+         printf '[Service]\\nNoNewPrivileges=yes\\nProtectSystem=strict\\nExecStart=/bin/sleep 1000\\n' \
+         > /etc/systemd/system/strict.service && \
+         printf '[Service]\\nPrivateTmp=yes\\nExecStart=/bin/sh -c \"echo mine > /tmp/mine; exec sleep 1000\"\\n' \
+         > /etc/systemd/system/private.service",
+    );
+    feather.ok(&["service", "start", "vm", "strict", "private"]);
+    let not_applied = |unit: &str| {
+        let list: serde_json::Value =
+            serde_json::from_str(&feather.ok(&["service", "ls", "vm", "--json"])).unwrap();
+        list.as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["name"] == unit)
+            .unwrap_or_else(|| panic!("{unit} not in {list}"))["not_applied"]
+            .clone()
+    };
+    assert_eq!(not_applied("strict.service"), serde_json::json!([]));
+    feather.ok(&["checkpoint", "vm"]);
+    feather.ok(&["restore", "vm"]);
+    let lost = not_applied("strict.service");
+    assert!(
+        lost.as_array().unwrap().iter().any(|entry| entry
+            .as_str()
+            .unwrap()
+            .starts_with("Service.ProtectSystem (not in force until it restarts")),
+        "{lost}"
+    );
+    let log = feather.sh("vm", "cat /var/log/feather/strict.service.log");
+    assert!(
+        log.contains("the VM was restored from a checkpoint: ProtectSystem= (not in force"),
+        "{log}"
+    );
+    assert_eq!(not_applied("private.service"), serde_json::json!([]));
+    // The private unit's process still sees its own /tmp.
+    let private = feather.sh(
+        "vm",
+        "for p in $(pgrep -x sleep); do cat /proc/$p/root/tmp/mine 2>/dev/null; done; echo end",
+    );
+    assert!(private.contains("mine\n"), "{private}");
+    feather.ok(&["service", "restart", "vm", "strict"]);
+    assert_eq!(not_applied("strict.service"), serde_json::json!([]));
 }

@@ -193,7 +193,8 @@ fn only_the_command_joins_the_vms_cgroup() {
             .unwrap()
             .clone()
     };
-    feather.eventually("the command runs", || members().len() == 2);
+    // init, its spawner and the command.
+    feather.eventually("the command runs", || members().len() == 3);
     // The command is in the VM's group; the feather process relaying for it is not: it must not
     // count against the VM's limits nor be a candidate for the VM's OOM killer.
     let host_pids: Vec<i64> = members()

@@ -238,8 +238,8 @@ fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
                 .map(|p| p["command"].as_str().unwrap().to_owned())
                 .collect()
         };
-        feather.eventually("ps shows init and the command", || {
-            commands().len() == 2 && commands()[1] == "sleep 60"
+        feather.eventually("ps shows init, its spawner and the command", || {
+            commands().len() == 3 && commands()[2] == "sleep 60"
         });
         assert_eq!(feather.sh("tmp", "echo inside"), "inside\n");
         feather.ok(&["stop", "--time", "1", "tmp"]);

@@ -24,6 +24,7 @@ mod services_cgroups;
 mod services_dbus;
 mod services_filesystem;
 mod services_generators;
+mod services_private_tmp;
 mod services_protocol;
 mod services_restrictions;
 mod services_sandbox;

@@ -241,7 +241,6 @@ fn services_filesystem_settings_confine_what_a_unit_reaches() {
     for (name, _) in &units {
         let expected = match *name {
             "nonnp" => serde_json::json!(["Service.ProtectSystem"]),
-            "stricttmp" => serde_json::json!(["Service.PrivateTmp"]),
             _ => serde_json::json!([]),
         };
         assert_eq!(

@@ -55,11 +55,11 @@ fn services_no_new_privileges_and_the_capability_bounding_set_are_applied() {
         assert!(text.contains("CapBnd:\t00000000a00425fb"), "{unit}: {text}");
         assert!(text.contains("NoNewPrivs:\t0"), "{unit}: {text}");
     }
-    // What is not applied is listed, and only that.
+    // Everything is applied (PrivateTmp= too: tight's process came from the VM's spawner).
     let list = services(&feather, "sb");
     assert_eq!(
         service(&list, "tight.service")["not_applied"],
-        serde_json::json!(["Service.PrivateTmp"])
+        serde_json::json!([])
     );
 }
 

@@ -16,5 +16,6 @@ mod limits_default;
 mod service_client;
 mod shuttle_edges;
 mod shuttle_paths;
+mod spawner;
 mod spoofing;
 mod terminal_escapes;

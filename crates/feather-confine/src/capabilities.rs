@@ -43,7 +43,20 @@ pub struct CapabilityError(#[from] caps::errors::CapsError);
 /// Reduces the caller to [`DEFAULT_SET`]: first the bounding set (which caps what any later
 /// exec can gain), then the ambient, inheritable, permitted and effective sets.
 pub fn reduce_to_default() -> Result<(), CapabilityError> {
-    let keep: CapsHashSet = DEFAULT_SET.into_iter().collect();
+    reduce_to(DEFAULT_SET.into_iter().collect())
+}
+
+/// The VM's spawner (crates/feather-vm/src/spawner.rs): [`DEFAULT_SET`], which each process it
+/// makes goes on with, and CAP_SYS_ADMIN, for the one mount namespace and the binds of its
+/// recipe, which each such process drops (by [`reduce_to_default`]) before anything of the
+/// VM's runs in it.
+pub fn reduce_to_spawner() -> Result<(), CapabilityError> {
+    let mut keep: CapsHashSet = DEFAULT_SET.into_iter().collect();
+    keep.insert(Capability::CAP_SYS_ADMIN);
+    reduce_to(keep)
+}
+
+fn reduce_to(keep: CapsHashSet) -> Result<(), CapabilityError> {
     for capability in caps::all() {
         if !keep.contains(&capability) {
             // A capability the running kernel does not know cannot be dropped, nor held.

@@ -28,7 +28,12 @@ pub enum ConfineError {
 
 /// Steps 1 and 2 above, for a process that is already inside the VM's namespaces and root.
 pub fn confine(profile: seccomp::Profile) -> Result<(), ConfineError> {
-    seccomp::install(profile)?;
+    confine_compiled(&seccomp::Compiled::new(profile)?)
+}
+
+/// [`confine`] with the filters compiled beforehand.
+pub fn confine_compiled(filters: &seccomp::Compiled) -> Result<(), ConfineError> {
+    filters.install()?;
     capabilities::reduce_to_default()?;
     Ok(())
 }

@@ -420,11 +420,102 @@ fn instructions(program: BpfProgram) -> Vec<feather_sys::seccomp::Instruction> {
 /// itself needs a denied call (the VM's mounts). Both filters are compiled before either is
 /// installed, so a compile error leaves the process as it was.
 pub fn install(profile: Profile) -> Result<(), SeccompError> {
-    let main = instructions(compile(profile)?);
-    let clone3 = compile_clone3(profile)?.map(instructions);
-    if let Some(clone3) = clone3 {
-        feather_sys::seccomp::install_filter(&clone3)?;
+    Compiled::new(profile)?.install()
+}
+
+/// The filters of a [`Profile`], compiled once to be installed many times (the VM's spawner
+/// installs them in every process it makes).
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    clone3: Option<Vec<feather_sys::seccomp::Instruction>>,
+    main: Vec<feather_sys::seccomp::Instruction>,
+}
+
+impl Compiled {
+    pub fn new(profile: Profile) -> Result<Compiled, SeccompError> {
+        Ok(Compiled {
+            main: instructions(compile(profile)?),
+            clone3: compile_clone3(profile)?.map(instructions),
+        })
     }
+
+    /// Installs them on the calling process (which holds CAP_SYS_ADMIN: see [`install`]).
+    pub fn install(&self) -> Result<(), SeccompError> {
+        if let Some(clone3) = &self.clone3 {
+            feather_sys::seccomp::install_filter(clone3)?;
+        }
+        feather_sys::seccomp::install_filter(&self.main)?;
+        Ok(())
+    }
+}
+
+/// The filter of the VM's spawner (crates/feather-vm/src/spawner.rs), which holds
+/// CAP_SYS_ADMIN for one recipe: a new mount namespace, made private, and two binds. It is
+/// the VM's filter with exactly that let through: `unshare` only with `CLONE_NEWNS` alone;
+/// `mount` only with the flags `MS_REC|MS_PRIVATE` (propagation) or `MS_BIND` (a bind, not
+/// recursive, no remount); `clone` with no namespace flag; `clone3` ENOSYS; `setns` never;
+/// every other call of [`denied`] refused, the new mount API included. The processes it makes
+/// install the VM's own filter over it (filters stack: the stricter answer wins).
+pub fn compile_spawner(profile: Profile) -> Result<BpfProgram, SeccompError> {
+    let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
+    for call in denied() {
+        if call.number == libc::SYS_mount {
+            continue;
+        }
+        let rule = match call.when {
+            [] => None,
+            conditions => Some(all_equal(conditions)?),
+        };
+        add_rules(&mut rules, call.number, rule);
+    }
+    for call in profile_denied(profile) {
+        // unshare, clone and setns get the spawner's own rules below.
+        if [libc::SYS_unshare, libc::SYS_clone, libc::SYS_setns].contains(&call.number) {
+            continue;
+        }
+        let rule = match &call.arg {
+            None => None,
+            Some((index, test)) => Some(rule(*index, test)?),
+        };
+        add_rules(&mut rules, call.number, rule);
+    }
+    let not_equal = |index: u8, value: u64| {
+        SeccompCondition::new(index, SeccompCmpArgLen::Dword, SeccompCmpOp::Ne, value)
+            .map_err(compile_error)
+    };
+    let recipe_mount = SeccompRule::new(vec![
+        not_equal(3, libc::MS_REC | libc::MS_PRIVATE)?,
+        not_equal(3, libc::MS_BIND)?,
+    ])
+    .map_err(compile_error)?;
+    add_rules(&mut rules, libc::SYS_mount, Some(recipe_mount));
+    let only_mounts =
+        SeccompRule::new(vec![not_equal(0, libc::CLONE_NEWNS as u64)?]).map_err(compile_error)?;
+    add_rules(&mut rules, libc::SYS_unshare, Some(only_mounts));
+    for namespace in [
+        libc::CLONE_NEWNS,
+        libc::CLONE_NEWUSER,
+        libc::CLONE_NEWPID,
+        libc::CLONE_NEWNET,
+        libc::CLONE_NEWUTS,
+        libc::CLONE_NEWIPC,
+        libc::CLONE_NEWCGROUP,
+    ] {
+        let test = ArgTest::HasBits(namespace as u64);
+        add_rules(&mut rules, libc::SYS_clone, Some(rule(0, &test)?));
+    }
+    add_rules(&mut rules, libc::SYS_setns, None);
+    build(rules, SeccompAction::Errno(libc::EPERM as u32))
+}
+
+/// Installs the spawner's filters ([`compile_spawner`], and `clone3` as ENOSYS) on the
+/// calling process, which holds CAP_SYS_ADMIN.
+pub fn install_spawner(profile: Profile) -> Result<(), SeccompError> {
+    let main = instructions(compile_spawner(profile)?);
+    let mut clone3 = BTreeMap::new();
+    add_rules(&mut clone3, libc::SYS_clone3, None);
+    let clone3 = instructions(build(clone3, SeccompAction::Errno(libc::ENOSYS as u32))?);
+    feather_sys::seccomp::install_filter(&clone3)?;
     feather_sys::seccomp::install_filter(&main)?;
     Ok(())
 }
@@ -533,6 +624,111 @@ mod tests {
             [(true, false), (true, false)],
             "(without a cap, with one) for +P and -p 0"
         );
+    }
+
+    /// Set in the child [`the_spawners_filter_lets_through_its_recipe_alone`] starts.
+    const SPAWNER_CHILD: &str = "FEATHER_SPAWNER_FILTER_TEST_CHILD";
+
+    /// The spawner holds CAP_SYS_ADMIN: its filter is what keeps it to its recipe. In a child
+    /// (root, as tests run), under the filter: the recipe's calls pass, every other mount or
+    /// namespace call is refused with EPERM (each would succeed for root without the filter).
+    #[test]
+    fn the_spawners_filter_lets_through_its_recipe_alone() {
+        use nix::mount::{mount, umount2, MntFlags, MsFlags};
+        use nix::sched::{unshare, CloneFlags};
+        if std::env::var(SPAWNER_CHILD).is_ok() {
+            install_spawner(Profile::default()).expect("installs (tests run as root)");
+            let dir = std::env::temp_dir().join(format!("feather-spawner-{}", std::process::id()));
+            std::fs::create_dir_all(dir.join("a")).unwrap();
+            std::fs::create_dir_all(dir.join("b")).unwrap();
+            let none = None::<&str>;
+            let report = |name: &str, result: nix::Result<()>| {
+                println!(
+                    "{name} {}",
+                    result.map_or_else(|e| e.desc().to_owned(), |()| "ok".into())
+                );
+            };
+            report("unshare-mnt", unshare(CloneFlags::CLONE_NEWNS));
+            report(
+                "private",
+                mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
+            );
+            report(
+                "bind",
+                mount(
+                    Some(&dir.join("a")),
+                    &dir.join("b"),
+                    none,
+                    MsFlags::MS_BIND,
+                    none,
+                ),
+            );
+            report(
+                "rbind",
+                mount(
+                    Some(&dir.join("a")),
+                    &dir.join("b"),
+                    none,
+                    MsFlags::MS_BIND | MsFlags::MS_REC,
+                    none,
+                ),
+            );
+            report(
+                "tmpfs",
+                mount(
+                    Some("tmpfs"),
+                    &dir.join("a"),
+                    Some("tmpfs"),
+                    MsFlags::empty(),
+                    none,
+                ),
+            );
+            report(
+                "remount",
+                mount(
+                    none,
+                    &dir.join("b"),
+                    none,
+                    MsFlags::MS_REMOUNT | MsFlags::MS_BIND,
+                    none,
+                ),
+            );
+            report("umount", umount2(&dir.join("b"), MntFlags::MNT_DETACH));
+            report("unshare-net", unshare(CloneFlags::CLONE_NEWNET));
+            report(
+                "unshare-mnt-uts",
+                unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS),
+            );
+            let _ = std::fs::remove_dir_all(&dir);
+            return;
+        }
+        let me = std::env::current_exe().unwrap();
+        let output = std::process::Command::new(me)
+            .args([
+                "--exact",
+                "seccomp::tests::the_spawners_filter_lets_through_its_recipe_alone",
+                "--nocapture",
+            ])
+            .env(SPAWNER_CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        for line in [
+            "unshare-mnt ok",
+            "private ok",
+            "bind ok",
+            "rbind Operation not permitted",
+            "tmpfs Operation not permitted",
+            "remount Operation not permitted",
+            "umount Operation not permitted",
+            "unshare-net Operation not permitted",
+            "unshare-mnt-uts Operation not permitted",
+        ] {
+            assert!(
+                text.contains(&format!("{line}\n")),
+                "{line:?} not in\n{text}"
+            );
+        }
     }
 
     #[test]

@@ -71,8 +71,8 @@ pub struct FilesystemSettings {
     pub protect_kernel_tunables: bool,
     /// `/dev/kmsg`, `/proc/kmsg`, `syslog(2)`: out of every VM's reach already.
     pub protect_kernel_logs: bool,
-    /// `PrivateTmp=`: its view is not made (see docs/services.md), but under
-    /// `ProtectSystem=strict` `/tmp` and `/var/tmp` stay writable, as systemd's private ones are.
+    /// `PrivateTmp=`: `/tmp` and `/var/tmp` are folders of the unit's own (the VM's spawner
+    /// makes its processes, docs/services.md), writable under `ProtectSystem=strict`.
     pub private_tmp: bool,
 }
 
@@ -258,6 +258,15 @@ pub fn combine(entries: &[(PathBuf, Access)]) -> Vec<(PathBuf, Access)> {
         .collect()
 }
 
+/// The access `combined` gives at `path`: that of the deepest entry at or above it.
+pub fn access_at(combined: &[(PathBuf, Access)], path: &Path) -> Access {
+    combined
+        .iter()
+        .filter(|(p, _)| path.starts_with(p))
+        .max_by_key(|(p, _)| p.components().count())
+        .map_or(Access::ReadWrite, |(_, access)| *access)
+}
+
 /// What a Landlock domain grants, as rules: each path and the access granted beneath it
 /// (`Inaccessible` is no right). Landlock can only add rights along a path, never take one
 /// away below, so a path stricter than a folder above it is made by granting that folder
@@ -413,6 +422,25 @@ fn path_list(list: &mut Vec<PathSetting>, key: &str, raw: &str) -> Result<(), Se
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_access_at_a_path_is_that_of_the_deepest_entry_above_it() {
+        let combined = [
+            (PathBuf::from("/"), Access::ReadWrite),
+            (PathBuf::from("/usr"), Access::ReadOnly),
+            (PathBuf::from("/srv/hidden"), Access::Inaccessible),
+        ];
+        assert_eq!(access_at(&combined, Path::new("/tmp")), Access::ReadWrite);
+        assert_eq!(
+            access_at(&combined, Path::new("/usr/lib")),
+            Access::ReadOnly
+        );
+        assert_eq!(
+            access_at(&combined, Path::new("/srv/hidden/x")),
+            Access::Inaccessible
+        );
+        assert_eq!(access_at(&[], Path::new("/tmp")), Access::ReadWrite);
+    }
 
     fn read(lines: &[(&str, &str)]) -> FilesystemSettings {
         let mut settings = FilesystemSettings::default();

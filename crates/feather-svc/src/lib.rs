@@ -21,6 +21,8 @@
 //!   (start and stop order, readiness by `Type=`, `Restart=`, start limits, `KillMode=`, timers)
 //!   are pure functions in `manager/supervisor/decide.rs`, unit-tested without root
 //! - [`state`]: empty state for a service (`--fresh-state`): its data folders and initialiser
+//! - [`private_tmp`]: `PrivateTmp=` between the manager and the VM's spawner, and the spawner's
+//!   child becoming the unit's process
 //! - [`tmpfiles`]: the host's `tmpfiles.d` folders under `/run`, made in a VM's fresh `/run`
 //! - [`error`]: [`SvcError`] and the parsers' errors; the bottom layer, using no other module
 //!
@@ -39,6 +41,7 @@ pub mod infra;
 pub mod manager;
 pub mod name;
 pub mod paths;
+pub mod private_tmp;
 mod raw;
 pub mod specifier;
 pub mod state;

@@ -2,7 +2,7 @@
 //! fork and exec.
 
 use std::ffi::CString;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::process::Command;
@@ -93,65 +93,7 @@ pub const LISTEN_FDS_START: RawFd = 3;
 /// no_new_privs, its Landlock domain, its seccomp filters, and with sockets to pass, the
 /// sockets and the exec itself.
 pub fn install(command: &mut Command, setup: ProcessSetup) {
-    let hook = move || -> std::io::Result<()> {
-        // The manager blocks the signals it reads from a signalfd; a service must not inherit
-        // that mask, or it would never see SIGTERM.
-        sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
-        for fd in &setup.cgroup_procs {
-            // "0" is the writer itself; done before the user changes (moving needs root).
-            write_all(*fd, b"0")?;
-        }
-        setsid()?;
-        umask(Mode::from_bits_truncate(setup.umask));
-        for (resource, soft, hard) in &setup.limits {
-            setrlimit(*resource, *soft, *hard)?;
-        }
-        for cap in &setup.drop_capabilities {
-            caps::drop(None, caps::CapSet::Bounding, *cap).map_err(std::io::Error::other)?;
-            // Out of the inheritable set too: a root process's new permitted set takes it in
-            // at exec, bounding set or not.
-            caps::drop(None, caps::CapSet::Inheritable, *cap).map_err(std::io::Error::other)?;
-        }
-        if let Some(credentials) = &setup.credentials {
-            let ambient = &setup.ambient_capabilities;
-            if !ambient.is_empty() {
-                // The permitted set survives setuid only with keep-caps (reset at exec); an
-                // ambient capability must be permitted and inheritable when it is raised.
-                nix::sys::prctl::set_keepcaps(true)?;
-            }
-            // Groups first: once the uid is not 0, they can no longer be changed.
-            setgroups(&credentials.groups)?;
-            setgid(credentials.gid)?;
-            setuid(credentials.uid)?;
-            for cap in ambient {
-                caps::raise(None, caps::CapSet::Inheritable, *cap)
-                    .map_err(std::io::Error::other)?;
-                caps::raise(None, caps::CapSet::Ambient, *cap).map_err(std::io::Error::other)?;
-            }
-        }
-        if setup.no_new_privileges || !setup.seccomp.is_empty() {
-            nix::sys::prctl::set_no_new_privs()?;
-        }
-        if let Some(ruleset) = &setup.landlock {
-            landlock_restrict_self(ruleset.as_raw_fd())?;
-        }
-        if setup.memory_deny_write_execute {
-            set_mdwe()?;
-        }
-        for filter in &setup.seccomp {
-            feather_sys::seccomp::install_filter(filter).map_err(std::io::Error::other)?;
-        }
-        if let Some(listen) = &setup.listen {
-            for (i, fd) in listen.fds.iter().enumerate() {
-                // Without O_CLOEXEC, the new descriptor survives the exec.
-                dup_to(*fd, LISTEN_FDS_START + i as RawFd, false)?;
-            }
-            let mut env = listen.env.clone();
-            env.push(CString::new(format!("LISTEN_PID={}", getpid())).unwrap_or_default());
-            execve(&listen.program, &listen.argv, &env)?;
-        }
-        Ok(())
-    };
+    let hook = move || apply(&setup);
     // SAFETY: the hook runs in the forked child before exec. The manager is single-threaded,
     // so no lock (the allocator's included) can be held by another thread at the fork: the
     // hook may allocate. It makes system calls over values computed before the fork; on an
@@ -159,6 +101,67 @@ pub fn install(command: &mut Command, setup: ProcessSetup) {
     unsafe {
         command.pre_exec(hook);
     }
+}
+
+/// What [`install`]'s hook does, in the process about to become the service's program (also
+/// the VM's spawner's child, `private_tmp::become_planned`).
+pub(crate) fn apply(setup: &ProcessSetup) -> std::io::Result<()> {
+    // The manager blocks the signals it reads from a signalfd; a service must not inherit
+    // that mask, or it would never see SIGTERM.
+    sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None)?;
+    for fd in &setup.cgroup_procs {
+        // "0" is the writer itself; done before the user changes (moving needs root).
+        write_all(*fd, b"0")?;
+    }
+    setsid()?;
+    umask(Mode::from_bits_truncate(setup.umask));
+    for (resource, soft, hard) in &setup.limits {
+        setrlimit(*resource, *soft, *hard)?;
+    }
+    for cap in &setup.drop_capabilities {
+        caps::drop(None, caps::CapSet::Bounding, *cap).map_err(std::io::Error::other)?;
+        // Out of the inheritable set too: a root process's new permitted set takes it in
+        // at exec, bounding set or not.
+        caps::drop(None, caps::CapSet::Inheritable, *cap).map_err(std::io::Error::other)?;
+    }
+    if let Some(credentials) = &setup.credentials {
+        let ambient = &setup.ambient_capabilities;
+        if !ambient.is_empty() {
+            // The permitted set survives setuid only with keep-caps (reset at exec); an
+            // ambient capability must be permitted and inheritable when it is raised.
+            nix::sys::prctl::set_keepcaps(true)?;
+        }
+        // Groups first: once the uid is not 0, they can no longer be changed.
+        setgroups(&credentials.groups)?;
+        setgid(credentials.gid)?;
+        setuid(credentials.uid)?;
+        for cap in ambient {
+            caps::raise(None, caps::CapSet::Inheritable, *cap).map_err(std::io::Error::other)?;
+            caps::raise(None, caps::CapSet::Ambient, *cap).map_err(std::io::Error::other)?;
+        }
+    }
+    if setup.no_new_privileges || !setup.seccomp.is_empty() {
+        nix::sys::prctl::set_no_new_privs()?;
+    }
+    if let Some(ruleset) = &setup.landlock {
+        landlock_restrict_self(ruleset.as_raw_fd())?;
+    }
+    if setup.memory_deny_write_execute {
+        set_mdwe()?;
+    }
+    for filter in &setup.seccomp {
+        feather_sys::seccomp::install_filter(filter).map_err(std::io::Error::other)?;
+    }
+    if let Some(listen) = &setup.listen {
+        for (i, fd) in listen.fds.iter().enumerate() {
+            // Without O_CLOEXEC, the new descriptor survives the exec.
+            dup_to(*fd, LISTEN_FDS_START + i as RawFd, false)?;
+        }
+        let mut env = listen.env.clone();
+        env.push(CString::new(format!("LISTEN_PID={}", getpid())).unwrap_or_default());
+        execve(&listen.program, &listen.argv, &env)?;
+    }
+    Ok(())
 }
 
 /// Whether the running kernel has `PR_SET_MDWE` (Linux 6.3): `PR_GET_MDWE` answers EINVAL
@@ -212,7 +215,7 @@ fn write_all(fd: RawFd, bytes: &[u8]) -> std::io::Result<()> {
 }
 
 /// dup3(2) over raw descriptors; `new` is closed on exec if `cloexec`.
-fn dup_to(old: RawFd, new: RawFd, cloexec: bool) -> nix::Result<()> {
+pub(crate) fn dup_to(old: RawFd, new: RawFd, cloexec: bool) -> nix::Result<()> {
     // SAFETY: dup2 takes two integers. The callers pass a descriptor they hold open (a
     // listening socket of the manager, or /dev/null just opened) and a target that is either
     // free or one of the placeholders the manager reserved (see `reserve_low_fds`), so no
@@ -260,4 +263,30 @@ pub fn local_offset(unix: i64) -> i64 {
     } else {
         0
     }
+}
+
+/// The spawner's socket the manager's starter left at `fd` (see `manager/spawner.rs`), made
+/// close-on-exec; `None` when nothing, or something else than a unix `SOCK_SEQPACKET` socket,
+/// is there.
+pub fn inherited_spawner_socket(fd: RawFd) -> Option<OwnedFd> {
+    use nix::sys::socket::{getsockname, getsockopt, sockopt, SockType, UnixAddr};
+    // SAFETY: F_GETFD only asks whether `fd` is open in this process.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        return None;
+    }
+    // SAFETY: the manager calls this once, at its start, before it opens anything of its own:
+    // `fd` is the descriptor its starter left open for it, owned by nothing else here.
+    let socket = unsafe { feather_sys::process::inherited_fd(fd) }.ok()?;
+    // (A socket of another family has no unix address.)
+    let unix = getsockopt(&socket, sockopt::SockType).ok() == Some(SockType::SeqPacket)
+        && getsockname::<UnixAddr>(socket.as_raw_fd()).is_ok();
+    if !unix {
+        return None;
+    }
+    nix::fcntl::fcntl(
+        &socket,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .ok()?;
+    Some(socket)
 }

@@ -793,13 +793,7 @@ impl Unit {
             }
             "SyslogIdentifier" => exec.syslog_identifier = non_empty(expand(raw)?),
             "NoNewPrivileges" => exec.no_new_privileges = values::boolean(raw)?,
-            k if filesystem::KEYS.contains(&k) => {
-                exec.filesystem.apply(k, &expand(raw)?)?;
-                if k == "PrivateTmp" {
-                    // A view of its own, which Landlock cannot give: listed as not applied.
-                    return Ok(false);
-                }
-            }
+            k if filesystem::KEYS.contains(&k) => exec.filesystem.apply(k, &expand(raw)?)?,
             "SystemCallFilter" if raw.trim().is_empty() => exec.system_call_filter.clear(),
             "SystemCallFilter" => {
                 let raw = raw.trim();

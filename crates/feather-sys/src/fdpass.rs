@@ -32,7 +32,7 @@ pub fn send(socket: &impl AsFd, message: &[u8], fds: &[RawFd]) -> nix::Result<()
     .map(drop)
 }
 
-/// Receives one message into `buffer` and up to three descriptors sent with it.
+/// Receives one message into `buffer` and up to 64 descriptors sent with it.
 pub fn receive(socket: &impl AsFd, buffer: &mut [u8]) -> nix::Result<(usize, Vec<OwnedFd>)> {
     raw::receive_with_fds(socket.as_fd().as_raw_fd(), buffer)
 }

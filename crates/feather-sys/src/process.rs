@@ -90,6 +90,12 @@ pub fn pidfd_open(pid: Pid) -> Result<OwnedFd> {
     raw::pidfd_open(pid.as_raw()).ctx("pidfd_open", pid)
 }
 
+/// The wait(2) status of the process behind `pidfd` once it ended and was reaped (by whichever
+/// process is its parent); `None` while it runs. See [`raw::pidfd_exit_status`].
+pub fn exit_status(pidfd: &impl AsFd) -> Result<Option<i32>> {
+    raw::pidfd_exit_status(pidfd.as_fd()).ctx("ioctl(PIDFD_GET_INFO)", "process")
+}
+
 /// A duplicate of descriptor `fd` of the process behind `pidfd` (pidfd_getfd(2)): the kernel's
 /// own object, found by the process's identity, never by a name the process could forge.
 pub fn take_fd(pidfd: &impl AsFd, fd: RawFd) -> Result<OwnedFd> {

@@ -92,6 +92,26 @@ pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// The exit status (as wait(2) encodes it) of the process behind `pidfd`, once it has ended and
+/// been reaped by its parent (`PIDFD_GET_INFO` with `PIDFD_INFO_EXIT`, Linux 6.15); `None`
+/// while it runs or before its parent reaped it. Works for a process that is not the caller's
+/// child, which waitpid cannot follow.
+pub fn pidfd_exit_status(pidfd: BorrowedFd<'_>) -> Result<Option<i32>, Errno> {
+    // SAFETY: pidfd_info is plain old data; all zeroes is a valid value.
+    let mut info: libc::pidfd_info = unsafe { std::mem::zeroed() };
+    info.mask = libc::PIDFD_INFO_EXIT as u64;
+    // SAFETY: PIDFD_GET_INFO reads `mask` and writes at most size_of::<pidfd_info>() bytes
+    // (the size encoded in the request) into `info`, a live local.
+    let ret = unsafe { libc::ioctl(pidfd.as_raw_fd(), libc::PIDFD_GET_INFO, &mut info) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    if info.mask & libc::PIDFD_INFO_EXIT as u64 == 0 {
+        return Ok(None);
+    }
+    Ok(Some(info.exit_code))
+}
+
 /// pidfd_getfd(2): a duplicate, in the caller, of descriptor `fd` of the process behind `pidfd`
 /// (close-on-exec, as the kernel always makes it). The duplicate refers to the same open file
 /// as the target's descriptor: what the kernel holds, not anything the target could describe.
@@ -411,11 +431,12 @@ pub fn accept(listener: RawFd, flags: nix::sys::socket::SockFlag) -> Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// recvmsg(2) of one message into `buffer`, with room for up to three descriptors passed by
-/// SCM_RIGHTS (installed close-on-exec): the length received and the descriptors, owned.
+/// recvmsg(2) of one message into `buffer`, with room for up to 64 descriptors passed by
+/// SCM_RIGHTS (installed close-on-exec; more are closed by the kernel, and the message marked
+/// truncated): the length received and the descriptors, owned.
 pub fn receive_with_fds(socket: RawFd, buffer: &mut [u8]) -> Result<(usize, Vec<OwnedFd>), Errno> {
     use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
-    let mut control = nix::cmsg_space!([RawFd; 3]);
+    let mut control = nix::cmsg_space!([RawFd; 64]);
     let mut iov = [std::io::IoSliceMut::new(buffer)];
     let received = recvmsg::<()>(
         socket,

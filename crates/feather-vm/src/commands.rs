@@ -4,7 +4,7 @@
 //!
 //! ```text
 //! feather exec ── connect @<init's abstract name>, in the VM's net namespace ──────────▶ init
-//!   Exec { version, workload, terminal } + stdin, stdout, stderr ──────▶ fork: setsid,
+//!   Exec { version, workload, terminal, spawner } + stdin, stdout, stderr ──────▶ fork: setsid,
 //!                                                                     (TIOCSCTTY), dup2,
 //!   ◀── Started { pid }  |  Failed { message }                        become_workload
 //!   Signal { signo } ──▶ kill(pid, signo)              (TERM, INT, HUP, QUIT, USR1, USR2)
@@ -109,6 +109,10 @@ pub enum ToInit {
         version: u32,
         workload: Workload,
         terminal: Option<String>,
+        /// The program is the VM's service client: it gets a duplicate of init's end of the
+        /// spawner's socket (crate::spawner) at its number, for the manager it may start.
+        #[serde(default)]
+        spawner: bool,
     },
     /// Deliver this signal to the program.
     Signal { signo: i32 },
@@ -135,6 +139,8 @@ pub enum FromInit {
 pub struct Commands {
     listener: OwnedFd,
     sessions: Vec<Session>,
+    /// init's end of the spawner's socket (`PrivateTmp=`), if the VM has a spawner.
+    spawner: Option<OwnedFd>,
 }
 
 struct Session {
@@ -144,7 +150,8 @@ struct Session {
 
 impl Commands {
     /// Opens the command socket at [`COMMAND_FD`]. Called by init before it reports ready.
-    pub fn listen() -> Result<Commands, CommandError> {
+    /// `spawner`: init's end of the spawner's socket, which the service client gets.
+    pub fn listen(spawner: Option<OwnedFd>) -> Result<Commands, CommandError> {
         let socket = socket(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -162,6 +169,7 @@ impl Commands {
         Ok(Commands {
             listener,
             sessions: Vec::new(),
+            spawner,
         })
     }
 
@@ -229,11 +237,13 @@ impl Commands {
                     version,
                     workload,
                     terminal,
+                    spawner,
                 },
                 None,
             ) => {
-                let started =
-                    admit(version).and_then(|()| start(&workload, terminal.as_deref(), fds));
+                let spawner = if spawner { self.spawner.as_ref() } else { None };
+                let started = admit(version)
+                    .and_then(|()| start(&workload, terminal.as_deref(), fds, spawner));
                 let reply = match started {
                     Ok(pid) => {
                         session.program = Some(pid);
@@ -277,6 +287,7 @@ fn start(
     workload: &Workload,
     terminal: Option<&str>,
     fds: Vec<OwnedFd>,
+    spawner: Option<&OwnedFd>,
 ) -> Result<Pid, CommandError> {
     let [stdin, stdout, stderr]: [OwnedFd; 3] =
         fds.try_into().map_err(|_| CommandError::NoStdio)?;
@@ -298,6 +309,12 @@ fn start(
                 std::process::exit(crate::workload::EXIT_CANNOT_EXEC);
             }
             drop((stdin, stdout, stderr));
+            if let Some(spawner) = spawner {
+                // Only this program keeps it across its exec; init's own stays close-on-exec.
+                if feather_sys::process::keep_across_exec(spawner).is_err() {
+                    std::process::exit(crate::workload::EXIT_CANNOT_EXEC);
+                }
+            }
             let why = become_workload(workload, terminal);
             eprintln!("feather: {}", feather_core::error::causes(&why));
             std::process::exit(why.exit_code());

@@ -44,6 +44,7 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
         version: commands::VERSION,
         workload: workload.clone(),
         terminal: terminal.as_ref().map(|t| t.term.clone()),
+        spawner: false,
     };
     let (streams, vm_ends) = match terminal {
         Some(mut t) => {

@@ -12,7 +12,7 @@ use nix::sys::signalfd::SignalFd;
 use nix::sys::wait::{waitpid, WaitPidFlag};
 use nix::unistd::Pid;
 
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 
 use nix::poll::{PollFd, PollFlags};
 
@@ -22,6 +22,7 @@ use crate::decide::{self, InitAction};
 use crate::idle::Quiet;
 use crate::launch::{InitArgs, Resumed};
 use crate::rootfs::{self, RootfsPlan};
+use crate::spawner;
 use crate::workload::{become_workload, Workload};
 
 /// Why init could not assemble the VM or get ready (reported to the keeper, with its causes).
@@ -49,10 +50,8 @@ pub enum InitError {
     Commands(#[source] crate::commands::CommandError),
     #[error("fcntl on the keeper socket")]
     KeeperSocket(#[source] nix::errno::Errno),
-    #[error("feather's binary has no dynamic loader mapped; cannot re-execute it")]
+    #[error("feather's binary has no dynamic loader mapped, or no program; cannot re-execute it")]
     NoLoader,
-    #[error("no program to re-execute")]
-    NoProgram,
     #[error("the workload's arguments contain a NUL byte")]
     Nul,
     #[error("cannot run {program} inside the VM")]
@@ -102,6 +101,8 @@ pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     let resumed = Resumed {
         workload: plan.workload.clone(),
         grace_ms: plan.grace.as_millis() as u64,
+        allow_userns: plan.seccomp.allow_userns,
+        disk_quota: plan.seccomp.disk_quota,
     };
     if plan.rootfs.init_files.is_empty() {
         // A foreground run's command may end at once, and init's end would map again the code
@@ -130,29 +131,13 @@ fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> InitErr
     ) {
         return InitError::KeeperSocket(e);
     }
-    let dir = std::path::Path::new(rootfs::INIT_DIR);
-    let Some(loader) = plan
-        .rootfs
-        .init_files
-        .iter()
-        .filter_map(|file| file.file_name())
-        .find(|name| name.to_string_lossy().starts_with("ld-linux"))
-    else {
+    let Some(args) = rootfs::in_vm_program(&plan.rootfs.init_files) else {
         return InitError::NoLoader;
-    };
-    let Some(program) = plan.rootfs.init_files.first().and_then(|f| f.file_name()) else {
-        return InitError::NoProgram;
     };
     let launch = InitArgs {
         keeper_fd: fd,
         resumed: resumed.clone(),
     };
-    let args = [
-        dir.join(loader).display().to_string(),
-        "--library-path".into(),
-        dir.display().to_string(),
-        dir.join(program).display().to_string(),
-    ];
     let Ok(args) = args
         .into_iter()
         .chain(launch.to_args())
@@ -190,8 +175,9 @@ pub fn program_files() -> std::io::Result<Vec<std::path::PathBuf>> {
     Ok(files)
 }
 
-/// init after its re-execution inside the VM: starts the first workload, reports to the keeper
-/// on `keeper`, and supervises until the VM ends. Never returns.
+/// init after its re-execution inside the VM: forks the spawner, enters the VM's filter and
+/// capability set, starts the first workload, reports to the keeper on `keeper`, and
+/// supervises until the VM ends. Never returns.
 pub fn resume(keeper: UnixStream, resumed: Resumed) -> ! {
     serve(keeper, resumed, Quiet::release_first())
 }
@@ -207,6 +193,15 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         report_failure(&mut keeper, &InitError::Root(e));
         std::process::exit(1);
     }
+    let seccomp = resumed.seccomp();
+    let spawner = start_spawner(seccomp);
+    // The seccomp filter and the reduced capability set, inherited by everything init starts.
+    // (Until now nothing of the VM's has run: only init, its re-execution from the VM's own
+    // copy of feather's binary, and the spawner's fork.)
+    if let Err(e) = feather_confine::confine(seccomp) {
+        report_failure(&mut keeper, &InitError::Confine(e));
+        std::process::exit(1);
+    }
     // As pid 1 of its namespace, init would ignore every signal it has no handler for; blocked
     // and read from a signalfd, they arrive.
     let signals = match feather_sys::process::block_signals(&HANDLED) {
@@ -217,7 +212,7 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         }
     };
     // `feather exec` starts its programs through init (see commands.rs), ready before the VM is.
-    let mut commands = match Commands::listen() {
+    let mut commands = match Commands::listen(spawner) {
         Ok(commands) => commands,
         Err(e) => {
             report_failure(&mut keeper, &InitError::Commands(e));
@@ -241,8 +236,26 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
     std::process::exit(code)
 }
 
-/// Everything before init starts supervising: the cgroup view, the root, the seccomp filter
-/// and the capability set.
+/// The spawner (PrivateTmp=), forked inside the VM's Landlock domain, after init's
+/// re-execution (so it shares init's pages, and maps no host file) and before init's filter
+/// and capability drop, since its one recipe needs CAP_SYS_ADMIN (it confines itself to that
+/// recipe at once). Returns init's end of its socket. A VM whose spawner cannot start still
+/// runs; only its units with PrivateTmp= fail, saying so.
+fn start_spawner(seccomp: feather_confine::seccomp::Profile) -> Option<OwnedFd> {
+    match spawner::start(seccomp) {
+        Ok(end) => Some(end),
+        Err(e) => {
+            eprintln!(
+                "feather init: {}; units with PrivateTmp= cannot start in this VM",
+                feather_core::error::causes(&e)
+            );
+            None
+        }
+    }
+}
+
+/// Everything before init re-executes itself: the cgroup view, the root, the network, the
+/// Landlock domain.
 fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     // Every VM is a session of its own, led by its init: nothing of it belongs to a session
     // outside (which would also keep it from being checkpointed), and a foreground run's VM has
@@ -279,8 +292,9 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
         }
         detach_stdio();
     }
-    // The seccomp filter and the reduced capability set, inherited by everything init starts.
-    feather_confine::confine(plan.seccomp).map_err(InitError::Confine)
+    // The filter and the capability drop come after the re-execution (`resume`), once the
+    // spawner is forked.
+    Ok(())
 }
 
 fn report(keeper: &mut UnixStream, report: InitReport) {

@@ -61,6 +61,20 @@ pub struct KeeperArgs {
 pub struct Resumed {
     pub workload: Option<Workload>,
     pub grace_ms: u64,
+    /// The VM's seccomp profile, which init enters after its re-execution.
+    #[serde(default)]
+    pub allow_userns: bool,
+    #[serde(default)]
+    pub disk_quota: bool,
+}
+
+impl Resumed {
+    pub fn seccomp(&self) -> feather_confine::seccomp::Profile {
+        feather_confine::seccomp::Profile {
+            allow_userns: self.allow_userns,
+            disk_quota: self.disk_quota,
+        }
+    }
 }
 
 /// A re-executed init's orders: its socket to the keeper, and what it carries over.
@@ -307,6 +321,8 @@ mod tests {
                     user: None,
                 }),
                 grace_ms: 1500,
+                allow_userns: true,
+                disk_quota: false,
             },
         };
         let line: Vec<OsString> = args.to_args().into_iter().map(OsString::from).collect();

@@ -21,6 +21,8 @@
 //!   archived
 //! - [`rootfs`]: the isolation recipe, step by step, which init runs; [`layers`] and [`disk`]:
 //!   the overlays a VM needs and their cap; [`read_only`]: the paths it sees read-only instead
+//! - [`spawner`]: the one process of a VM that keeps CAP_SYS_ADMIN, for one recipe: a unit's
+//!   process with a private `/tmp` (`PrivateTmp=`)
 //! - [`idle`]: what keeper and init give back of their program's pages once the VM is up
 //! - [`workload`] and [`accounts`]: the last steps before a process becomes the user's program
 //! - [`peers`]: the other VMs of the state root, as a keeper's Shuttle broker reaches them
@@ -65,6 +67,7 @@ pub mod relay;
 pub mod rootfs;
 pub mod services;
 pub mod snapshot;
+pub mod spawner;
 pub mod workload;
 
 pub use error::{Result, VmError};

@@ -42,10 +42,36 @@ pub fn launch(
     workload: &Workload,
     stdio: [OwnedFd; 3],
 ) -> Result<Launched> {
+    launch_handing(root, name, workload, stdio, false)
+}
+
+/// [`launch`] for the VM's service client, which init gives the spawner's socket, for the
+/// service manager it may start (`PrivateTmp=`, crate::spawner).
+pub fn launch_service_client(
+    root: &StateRoot,
+    name: &VmName,
+    workload: &Workload,
+    stdio: [OwnedFd; 3],
+) -> Result<Launched> {
+    launch_handing(root, name, workload, stdio, true)
+}
+
+fn launch_handing(
+    root: &StateRoot,
+    name: &VmName,
+    workload: &Workload,
+    stdio: [OwnedFd; 3],
+    spawner: bool,
+) -> Result<Launched> {
     let (init, pidfd, _) = running_init(root, name)?;
     let (vm_ends, relay) =
         crate::relay::pipes().map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;
-    let channel = start(name, init, &pidfd, workload, None, Vec::from(vm_ends))?;
+    let request = Request {
+        workload,
+        terminal: None,
+        spawner,
+    };
+    let channel = start(name, init, &pidfd, request, Vec::from(vm_ends))?;
     let relaying = relay
         .with_caller_stdio(stdio)
         .spawn()
@@ -77,14 +103,12 @@ pub fn launch_with_terminal(
         return Err(Error::NotRunning(name.to_string()).into());
     }
     let (master, slave) = pty::open_pair_beneath(&vm_root).in_vm(name)?;
-    let channel = start(
-        name,
-        init,
-        &pidfd,
+    let request = Request {
         workload,
-        Some(term.to_owned()),
-        vec![slave],
-    )?;
+        terminal: Some(term.to_owned()),
+        spawner: false,
+    };
+    let channel = start(name, init, &pidfd, request, vec![slave])?;
     let launched = Launched {
         vm: name.clone(),
         channel,
@@ -112,14 +136,25 @@ pub(crate) fn running_init(root: &StateRoot, name: &VmName) -> Result<(Pid, Owne
 
 /// Asks init to start `workload` on `vm_ends` (three pipe ends, or one terminal for all
 /// three); the connection on which init reports the program's end.
+/// What init is asked to start.
+struct Request<'a> {
+    workload: &'a Workload,
+    terminal: Option<String>,
+    spawner: bool,
+}
+
 fn start(
     name: &VmName,
     init: Pid,
     pidfd: &OwnedFd,
-    workload: &Workload,
-    terminal: Option<String>,
+    request: Request<'_>,
     vm_ends: Vec<OwnedFd>,
 ) -> Result<OwnedFd> {
+    let Request {
+        workload,
+        terminal,
+        spawner,
+    } = request;
     let channel = connect_from_a_thread(init, pidfd).map_err(|source| VmError::Command {
         vm: name.to_string(),
         source,
@@ -128,6 +163,7 @@ fn start(
         version: commands::VERSION,
         workload: workload.clone(),
         terminal,
+        spawner,
     };
     let fds: Vec<i32> = match vm_ends.as_slice() {
         [terminal] => vec![terminal.as_raw_fd(); 3],

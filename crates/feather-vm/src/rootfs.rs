@@ -49,6 +49,24 @@ pub struct RootfsPlan {
 /// Where init's own program and libraries appear inside the VM.
 pub const INIT_DIR: &str = "/run/.feather-init";
 
+/// The command that runs feather's binary from [`INIT_DIR`] inside the VM (step 8b): its
+/// dynamic loader with the folder as the library path, then the program; its arguments follow.
+/// `None` when `init_files` has no loader or no program.
+pub fn in_vm_program(init_files: &[PathBuf]) -> Option<Vec<String>> {
+    let dir = Path::new(INIT_DIR);
+    let loader = init_files
+        .iter()
+        .filter_map(|file| file.file_name())
+        .find(|name| name.to_string_lossy().starts_with("ld-linux"))?;
+    let program = init_files.first().and_then(|f| f.file_name())?;
+    Some(vec![
+        dir.join(loader).display().to_string(),
+        "--library-path".into(),
+        dir.display().to_string(),
+        dir.join(program).display().to_string(),
+    ])
+}
+
 /// Host devices a VM gets, bound into its own small /dev. Everything else (disks, /dev/mem,
 /// /dev/kmsg, input devices) simply does not exist inside.
 const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];

@@ -22,7 +22,7 @@ use feather_sys::timed::Timed;
 
 use crate::error::VmError;
 use crate::lifecycle;
-use crate::program::launch;
+use crate::program::launch_service_client;
 use crate::workload::Workload;
 
 /// How long the client may take to end its output and exit once it answered.
@@ -301,7 +301,7 @@ fn converse(
     let (stdout_read, stdout_write) = pipe()?;
     let (stderr_read, stderr_write) = pipe()?;
     let stdio: [OwnedFd; 3] = [stdin.into(), stdout_write.into(), stderr_write.into()];
-    let mut launched = launch(root, name, &workload, stdio)?;
+    let mut launched = launch_service_client(root, name, &workload, stdio)?;
     let stderr = keep_stderr(stderr_read);
     let started = Instant::now();
     let deadline = answer_time(ask).map(|time| started + time);

@@ -70,14 +70,30 @@ pub fn not_applicable(unit: &Unit, no_new_privileges: bool) -> Option<String> {
 
 /// The Landlock ruleset of `unit`'s filesystem settings, ready for `landlock_restrict_self`;
 /// None when it has none (or they cannot be applied: see [`not_applicable`]).
-pub fn ruleset(unit: &Unit) -> Result<Option<OwnedFd>, FilesystemError> {
+///
+/// `private_tmp`: the unit's folders (`PrivateTmp=`), which its processes see at `/tmp` and
+/// `/var/tmp`, get the unit's access to those (writable, unless a setting names them), by
+/// rules on their own inodes: Landlock walks a path up through the mounts skipping the folder
+/// a mount covers, so a rule for `/tmp`, or for `/` above it, does not reach the root of the
+/// bind mount at `/tmp`.
+pub fn ruleset(unit: &Unit, private_tmp: Option<&str>) -> Result<Option<OwnedFd>, FilesystemError> {
     let settings = &unit.exec.filesystem;
     let abi = kernel_abi();
     if settings.confining_keys().is_empty() || abi == ABI::Unsupported {
         return Ok(None);
     }
     let entries = resolve(&settings.entries(&writable_directories(unit)))?;
-    let rules = filesystem::rules(&filesystem::combine(&entries), &mut list)?;
+    let combined = filesystem::combine(&entries);
+    let mut rules = filesystem::rules(&combined, &mut list)?;
+    if let Some(folder) = private_tmp {
+        // What the unit sees at /tmp and /var/tmp are its folders: each gets, by a rule of
+        // its own (never left to one above it, which the walk up from the mount skips), the
+        // access the unit would have at /tmp or /var/tmp.
+        for root in crate::private_tmp::TEMPORARY_ROOTS {
+            let access = filesystem::access_at(&combined, Path::new(root));
+            rules.push((crate::private_tmp::private_folder(root, folder), access));
+        }
+    }
     let landlock = |e: &dyn std::fmt::Display| FilesystemError::Landlock(e.to_string());
     let mut created = Ruleset::default()
         .set_compatibility(CompatLevel::HardRequirement)
@@ -213,7 +229,7 @@ mod tests {
     ) -> std::process::Output {
         let mut unit = Unit::new(crate::name::UnitName::parse("probe.service").unwrap());
         unit.exec.filesystem = settings;
-        let ruleset = ruleset(&unit).unwrap().map(std::sync::Arc::new);
+        let ruleset = ruleset(&unit, None).unwrap().map(std::sync::Arc::new);
         assert!(ruleset.is_some(), "this kernel has Landlock");
         let mut command = std::process::Command::new("/bin/sh");
         command.args(["-c", script]);

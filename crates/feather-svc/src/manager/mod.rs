@@ -22,6 +22,7 @@ pub mod protocol;
 mod restrictions;
 mod sockets;
 mod spawn;
+mod spawner;
 pub mod supervisor;
 mod syscall_filter;
 mod syslog;
@@ -127,7 +128,8 @@ fn launch(vm: &str) -> Result<(), ClientError> {
                     {
                         let _ = feather_sys::process::redirect_stdio(&log);
                     }
-                    feather_sys::process::close_other_fds(&[]);
+                    // The spawner's socket (PrivateTmp=), if init handed it to this client.
+                    feather_sys::process::close_other_fds(&[crate::private_tmp::SPAWNER_FD]);
                     let why = std::process::Command::new(&program)
                         .arg0(PROGRAM)
                         .args(["--vm", vm])
@@ -153,7 +155,7 @@ pub fn serve() -> i32 {
     if let Ok(log) = &log {
         let _ = feather_sys::process::redirect_stdio(log);
     }
-    feather_sys::process::close_other_fds(&[]);
+    feather_sys::process::close_other_fds(&[crate::private_tmp::SPAWNER_FD]);
     let lock = match File::create(LOCK_FILE) {
         Ok(file) => file,
         Err(e) => {

@@ -5,15 +5,16 @@
 
 use std::ffi::CString;
 use std::fs::{self, File, OpenOptions};
-use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use nix::sys::resource::{getrlimit, Resource, RLIM_INFINITY};
 use nix::unistd::{chown, Gid, Group, Uid, User};
 
 use crate::catalog::resolve_program;
+use crate::private_tmp::PlannedProcess;
 use crate::raw::{self, Credentials, ListenFds, ProcessSetup};
 use crate::unit::{DirectoryKind, StandardInput, StandardOutput, Unit};
 use crate::words::{self, ExecCommand};
@@ -72,6 +73,13 @@ pub enum SpawnError {
         setting: &'static str,
         path: String,
         error: std::io::Error,
+    },
+    /// A process of a unit with `PrivateTmp=`, which the VM's spawner makes.
+    #[error("{setting} {path}: {why}")]
+    PrivateTmp {
+        setting: &'static str,
+        path: String,
+        why: String,
     },
     /// `RestrictAddressFamilies=` could not be made into a seccomp filter.
     #[error("{unit}: RestrictAddressFamilies=: {problem}")]
@@ -300,6 +308,54 @@ pub struct Handed<'a> {
     pub cgroup_procs: &'a [File],
     /// Its `SystemCallFilter=`, compiled when the unit started.
     pub syscall_filter: Option<&'a [feather_sys::seccomp::Instruction]>,
+    /// `PrivateTmp=`: its folders' name, when the VM's spawner makes this process.
+    pub private_tmp: Option<&'a str>,
+}
+
+/// One command of a unit, ready to start: as a child of the manager ([`Prepared::into_command`])
+/// or, for a unit with `PrivateTmp=`, as a plan the VM's spawner's child carries out
+/// ([`Prepared::into_plan`]).
+pub struct Prepared {
+    pub program: PathBuf,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub cwd: PathBuf,
+    pub stdio: [OwnedFd; 3],
+    pub setup: ProcessSetup,
+}
+
+impl Prepared {
+    pub fn into_command(self) -> Command {
+        let [stdin, stdout, stderr] = self.stdio;
+        let mut command = Command::new(&self.program);
+        let mut argv = self.argv.into_iter();
+        if let Some(arg0) = argv.next() {
+            std::os::unix::process::CommandExt::arg0(&mut command, arg0);
+        }
+        command.args(argv).env_clear();
+        for (key, value) in &self.env {
+            command.env(key, value);
+        }
+        command.current_dir(&self.cwd);
+        command.stdin(stdin);
+        command.stdout(stdout);
+        command.stderr(stderr);
+        raw::install(&mut command, self.setup);
+        command
+    }
+
+    /// The plan and the descriptors it names, valid while `self` lives.
+    pub fn plan(&self) -> (PlannedProcess, Vec<RawFd>) {
+        let stdio = [0, 1, 2].map(|i| self.stdio[i].as_raw_fd());
+        PlannedProcess::new(
+            self.program.display().to_string(),
+            self.argv.clone(),
+            self.env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            self.cwd.display().to_string(),
+            stdio,
+            &self.setup,
+        )
+    }
 }
 
 /// Builds the process for one command. `env` is the unit's environment plus this command's
@@ -311,12 +367,13 @@ pub fn command(
     env: &[(String, String)],
     log: &File,
     handed: Handed<'_>,
-) -> Result<Command, SpawnError> {
+) -> Result<Prepared, SpawnError> {
     let Handed {
         listen,
         connection,
         cgroup_procs,
         syscall_filter,
+        private_tmp,
     } = handed;
     let program = resolve_program(Path::new("/"), &exec.path).map_err(|program| {
         SpawnError::ProgramNotFound {
@@ -363,12 +420,7 @@ pub fn command(
             env: listen_env,
         })
     };
-    let mut command = Command::new(&program);
-    std::os::unix::process::CommandExt::arg0(&mut command, &exec.argv[0]);
-    command.args(&args).env_clear();
-    for (key, value) in env {
-        command.env(key, value);
-    }
+    let argv: Vec<String> = std::iter::once(exec.argv[0].clone()).chain(args).collect();
     // `+` runs a command with full privileges: none of the restrictions.
     let restrictions = if exec.full_privileges {
         super::restrictions::Applied::default()
@@ -384,7 +436,7 @@ pub fn command(
         !exec.full_privileges && gets_no_new_privileges(unit, syscall_filter.is_some());
     // Without no_new_privs the settings are listed as not applied (see `not_applicable`).
     let landlock = if no_new_privileges {
-        super::filesystem::ruleset(unit)
+        super::filesystem::ruleset(unit, private_tmp)
             .map_err(|problem| SpawnError::Filesystem {
                 unit: unit.name.to_string(),
                 problem,
@@ -399,14 +451,15 @@ pub fn command(
     } else {
         identity.credentials.clone()
     };
-    command.current_dir(working_directory(unit, identity)?);
+    let cwd = working_directory(unit, identity)?;
     let (stdin, stdout, stderr) = stdio(unit, log, connection)?;
-    command.stdin(stdin);
-    command.stdout(stdout);
-    command.stderr(stderr);
-    raw::install(
-        &mut command,
-        ProcessSetup {
+    Ok(Prepared {
+        program,
+        argv,
+        env: env.to_vec(),
+        cwd,
+        stdio: [stdin, stdout, stderr],
+        setup: ProcessSetup {
             credentials,
             umask: unit.exec.umask,
             limits: limits(unit),
@@ -434,8 +487,7 @@ pub fn command(
             memory_deny_write_execute: restrictions.mdwe,
             landlock,
         },
-    );
-    Ok(command)
+    })
 }
 
 /// Whether a process of `unit` (not a `+` command) runs with no_new_privs: `NoNewPrivileges=`,
@@ -544,15 +596,22 @@ fn stdio(
     unit: &Unit,
     log: &File,
     connection: Option<BorrowedFd<'_>>,
-) -> Result<(Stdio, Stdio, Stdio), SpawnError> {
-    let from_log = || -> Result<Stdio, SpawnError> {
+) -> Result<(OwnedFd, OwnedFd, OwnedFd), SpawnError> {
+    let null = || -> Result<OwnedFd, SpawnError> {
+        Ok(OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .map_err(SpawnError::LogDescriptor)?
+            .into())
+    };
+    let from_log = || -> Result<OwnedFd, SpawnError> {
         Ok(log.try_clone().map_err(SpawnError::LogDescriptor)?.into())
     };
-    let from_connection = || -> Result<Option<Stdio>, SpawnError> {
+    let from_connection = || -> Result<Option<OwnedFd>, SpawnError> {
         connection
             .map(|fd| {
                 fd.try_clone_to_owned()
-                    .map(Stdio::from)
                     .map_err(|error| SpawnError::Connection {
                         unit: unit.name.to_string(),
                         error,
@@ -560,17 +619,23 @@ fn stdio(
             })
             .transpose()
     };
+    let connection_or_null = || -> Result<OwnedFd, SpawnError> {
+        match from_connection()? {
+            Some(fd) => Ok(fd),
+            None => null(),
+        }
+    };
     let exec = &unit.exec;
     let input_is_socket = exec.standard_input == StandardInput::Socket && connection.is_some();
     let stdin = if input_is_socket {
-        from_connection()?.unwrap_or_else(Stdio::null)
+        connection_or_null()?
     } else {
-        Stdio::null()
+        null()?
     };
-    let output = |setting: StandardOutput, inherited: &dyn Fn() -> Result<Stdio, SpawnError>| {
+    let output = |setting: StandardOutput, inherited: &dyn Fn() -> Result<OwnedFd, SpawnError>| {
         match setting {
-            StandardOutput::Null => Ok(Stdio::null()),
-            StandardOutput::Socket => Ok(from_connection()?.unwrap_or_else(Stdio::null)),
+            StandardOutput::Null => null(),
+            StandardOutput::Socket => connection_or_null(),
             StandardOutput::Log => from_log(),
             StandardOutput::Inherit => inherited(),
         }
@@ -578,7 +643,7 @@ fn stdio(
     // stdout inherits stdin when that is the connection (inetd style), else goes to the log.
     let stdout = output(exec.standard_output, &|| {
         if input_is_socket {
-            Ok(from_connection()?.unwrap_or_else(Stdio::null))
+            connection_or_null()
         } else {
             from_log()
         }
@@ -587,7 +652,7 @@ fn stdio(
     let stderr = output(exec.standard_error, &|| {
         output(exec.standard_output, &|| {
             if input_is_socket {
-                Ok(from_connection()?.unwrap_or_else(Stdio::null))
+                connection_or_null()
             } else {
                 from_log()
             }

@@ -44,6 +44,7 @@ use super::protocol::{
     self, FreshState, Refusal, Request, Response, ServiceInfo, NOTIFY_DIR, SOCKET,
 };
 use super::spawn::{self, Identity, SpawnError};
+use super::spawner::{self, Spawner};
 use super::{cgroups, filesystem, syscall_filter};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
@@ -180,6 +181,15 @@ struct Runtime {
     group: Option<feather_sys::cgroup::Cgroup>,
     /// Its `SystemCallFilter=`, compiled at its start.
     syscall_filter: Option<Vec<feather_sys::seccomp::Instruction>>,
+    /// `PrivateTmp=`: the name of its folders in `/tmp` and `/var/tmp`, from its start to its
+    /// stop.
+    private_tmp: Option<String>,
+    /// A process of it entered a Landlock domain of its own (`ProtectSystem=`, …) since it
+    /// started.
+    landlocked: bool,
+    /// The VM was restored from a checkpoint while it ran under a Landlock domain, which
+    /// CRIU does not restore: its processes run without it until it starts again.
+    unconfined_since_restore: bool,
 }
 
 impl Runtime {
@@ -223,6 +233,9 @@ impl Runtime {
             last_deactivated: None,
             group: None,
             syscall_filter: None,
+            private_tmp: None,
+            landlocked: false,
+            unconfined_since_restore: false,
         }
     }
 
@@ -254,6 +267,22 @@ impl Runtime {
         }
         self.state = state;
         self.phase = phase;
+    }
+
+    /// The unit's settings not applied, and those lost to a restore until it restarts.
+    fn not_applied(&self) -> Vec<String> {
+        let mut list = self.unit.not_applied.clone();
+        if self.unconfined_since_restore {
+            list.extend(
+                self.unit
+                    .exec
+                    .filesystem
+                    .confining_keys()
+                    .into_iter()
+                    .map(|key| format!("Service.{key} {LOST_TO_RESTORE}")),
+            );
+        }
+        list
     }
 
     fn info(&self) -> ServiceInfo {
@@ -292,7 +321,7 @@ impl Runtime {
                     .display()
                     .to_string(),
             ),
-            not_applied: self.unit.not_applied.clone(),
+            not_applied: self.not_applied(),
             cgroup: self
                 .group
                 .as_ref()
@@ -341,6 +370,13 @@ pub struct Manager {
     /// them.
     syscall_groups:
         Option<Result<syscall_filter::Groups, std::sync::Arc<syscall_filter::FilterError>>>,
+    /// The VM's spawner, which makes the processes of units with `PrivateTmp=`.
+    spawner: Spawner,
+    /// The manager's own start time: another one means CRIU restored it (it restores a
+    /// process as a new one, which the kernel gives a new start time).
+    started: Option<u64>,
+    /// Those processes, which are not the manager's children: followed by pidfd, by pid.
+    adopted: BTreeMap<i32, OwnedFd>,
 }
 
 impl Manager {
@@ -355,6 +391,8 @@ impl Manager {
         ] {
             set.add(signal);
         }
+        // Taken first, before the manager opens a descriptor of its own.
+        let spawner = Spawner::inherited();
         sigprocmask(SigmaskHow::SIG_BLOCK, Some(&set), None)
             .map_err(|e| setup("sigprocmask")(e.into()))?;
         let signals = SignalFd::with_flags(&set, SfdFlags::SFD_CLOEXEC | SfdFlags::SFD_NONBLOCK)
@@ -386,6 +424,9 @@ impl Manager {
             hierarchies: cgroups::detect(),
             failed_generators,
             syscall_groups: None,
+            spawner,
+            adopted: BTreeMap::new(),
+            started: own_start_time(),
         })
     }
 
@@ -408,6 +449,11 @@ impl Manager {
                         .iter()
                         .filter_map(|b| Some((n.clone(), b.fd.try_clone().ok()?)))
                 })
+                .collect();
+            let adopted: Vec<OwnedFd> = self
+                .adopted
+                .values()
+                .filter_map(|fd| fd.try_clone().ok())
                 .collect();
             let notify: Vec<(String, UnixDatagram)> = self
                 .units
@@ -438,6 +484,12 @@ impl Manager {
                     notify
                         .iter()
                         .map(|(_, s)| PollFd::new(s.as_fd(), PollFlags::POLLIN)),
+                );
+                // A process of the spawner's is readable once it ended.
+                fds.extend(
+                    adopted
+                        .iter()
+                        .map(|fd| PollFd::new(fd.as_fd(), PollFlags::POLLIN)),
                 );
                 // A forking unit without a main process is followed through its group.
                 let watching = self.units.values().any(|r| {
@@ -543,6 +595,60 @@ impl Manager {
         }
     }
 
+    /// The main process of a `PrivateTmp=` unit that is not the manager's child — the
+    /// spawner's, or a daemon one of those left behind, which the VM's init inherited — is
+    /// followed through a pidfd, which gives its end and its status (once its parent reaped
+    /// it). (Other units' main processes named by `MAINPID=` or a PID file are looked for, as
+    /// before: their end is "not a child of the manager: its status is unknown".)
+    fn adopt_main_processes(&mut self) {
+        let me = std::process::id() as i32;
+        let strangers: Vec<Pid> = self
+            .units
+            .values()
+            .filter(|r| r.private_tmp.is_some())
+            .filter_map(|r| r.main_pid)
+            .filter(|pid| !self.adopted.contains_key(&pid.as_raw()))
+            .filter(|pid| super::processes::parent_of(*pid).is_some_and(|parent| parent != me))
+            .collect();
+        for pid in strangers {
+            if let Ok(pidfd) = feather_sys::process::pidfd_open(pid) {
+                self.adopted.insert(pid.as_raw(), pidfd);
+            }
+        }
+    }
+
+    /// After a restore from a checkpoint, the units whose processes ran in a Landlock domain
+    /// of their own run without it (CRIU does not recreate Landlock domains): shown by
+    /// `service status` and `ls --json` (`not_applied`), and said in their logs, until they
+    /// start again.
+    fn notice_restore(&mut self) {
+        let now = own_start_time();
+        if now == self.started {
+            return;
+        }
+        self.started = now;
+        for r in self.units.values_mut() {
+            if r.landlocked && r.state == State::Active {
+                r.unconfined_since_restore = true;
+                let keys: Vec<String> = r
+                    .unit
+                    .exec
+                    .filesystem
+                    .confining_keys()
+                    .iter()
+                    .map(|k| format!("{k}="))
+                    .collect();
+                log_line(
+                    r,
+                    &format!(
+                        "feather: the VM was restored from a checkpoint: {} {LOST_TO_RESTORE}",
+                        keys.join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
     fn begin_shutdown(&mut self) {
         if self.shutting_down {
             return;
@@ -555,16 +661,21 @@ impl Manager {
     /// Moves every unit on: starts the ones whose turn it is, checks deadlines, pid files,
     /// restarts and stops.
     fn tick(&mut self) {
+        self.notice_restore();
+        self.adopt_main_processes();
         let now = Instant::now();
         let names: Vec<String> = self.units.keys().cloned().collect();
         // A main process named by MAINPID= or a PID file need not be the manager's child, and
         // then its end sends no SIGCHLD here: look whether it still lives. (A child of the
-        // manager that ended is a zombie until reaped, so it still counts as alive here.)
+        // manager that ended is a zombie until reaped, so it still counts as alive here; one
+        // the spawner made is followed through its pidfd, which gives its status.)
         for name in &names {
             let gone = self.units.get(name).is_some_and(|r| {
                 r.state == State::Active
-                    && r.main_pid
-                        .is_some_and(|pid| kill(pid, None) == Err(nix::errno::Errno::ESRCH))
+                    && r.main_pid.is_some_and(|pid| {
+                        !self.adopted.contains_key(&pid.as_raw())
+                            && kill(pid, None) == Err(nix::errno::Errno::ESRCH)
+                    })
             });
             if gone {
                 self.main_exited(name, Exit::Unknown);
@@ -797,6 +908,15 @@ fn tail(path: &Path, lines: usize) -> Vec<String> {
 
 /// When the VM's init started: `/proc/1/stat`'s start time (clock ticks after the host's boot)
 /// against `/proc/uptime`.
+/// What a unit restored under a Landlock domain is told, and shows.
+const LOST_TO_RESTORE: &str = "(not in force until it restarts: the VM was restored from a \
+    checkpoint, and CRIU does not restore Landlock domains)";
+
+/// The manager's start time, in clock ticks since boot.
+fn own_start_time() -> Option<u64> {
+    feather_sys::process::start_ticks(nix::unistd::getpid())
+}
+
 pub(super) fn vm_boot() -> Instant {
     let now = Instant::now();
     let ticks = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)

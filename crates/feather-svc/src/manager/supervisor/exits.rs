@@ -5,30 +5,53 @@ use super::*;
 
 impl Manager {
     pub(super) fn reap(&mut self) {
+        self.reap_adopted();
         loop {
             let status = match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) | Err(_) => return,
                 Ok(status) => status,
             };
-            let (pid, code) = match status {
-                WaitStatus::Exited(pid, code) => (pid, Exit::Code(code)),
-                WaitStatus::Signaled(pid, signal, _) => (pid, Exit::Signal(signal as i32)),
-                _ => continue,
-            };
-            let owner = self.units.iter().find_map(|(n, r)| {
-                if r.control.as_ref().is_some_and(|(p, _)| *p == pid) {
-                    Some((n.clone(), true))
-                } else if r.main_pid == Some(pid) {
-                    Some((n.clone(), false))
-                } else {
-                    None
-                }
-            });
-            match owner {
-                Some((name, true)) => self.control_exited(&name, code),
-                Some((name, false)) => self.main_exited(&name, code),
-                None => {}
+            if let Some((pid, code)) = ended_status(status) {
+                self.process_ended(pid, code);
             }
+        }
+    }
+
+    /// The processes the spawner made (`PrivateTmp=`) that ended: their status comes from
+    /// their pidfd once their parent, the spawner, reaped them.
+    fn reap_adopted(&mut self) {
+        let ended: Vec<(i32, i32)> = self
+            .adopted
+            .iter()
+            .filter_map(|(pid, pidfd)| {
+                let status = feather_sys::process::exit_status(pidfd).ok()??;
+                Some((*pid, status))
+            })
+            .collect();
+        for (pid, status) in ended {
+            self.adopted.remove(&pid);
+            let status = WaitStatus::from_raw(Pid::from_raw(pid), status);
+            if let Some((pid, code)) = status.ok().and_then(ended_status) {
+                self.process_ended(pid, code);
+            }
+        }
+    }
+
+    /// Moves on the unit whose control or main process `pid` was.
+    fn process_ended(&mut self, pid: Pid, code: Exit) {
+        let owner = self.units.iter().find_map(|(n, r)| {
+            if r.control.as_ref().is_some_and(|(p, _)| *p == pid) {
+                Some((n.clone(), true))
+            } else if r.main_pid == Some(pid) {
+                Some((n.clone(), false))
+            } else {
+                None
+            }
+        });
+        match owner {
+            Some((name, true)) => self.control_exited(&name, code),
+            Some((name, false)) => self.main_exited(&name, code),
+            None => {}
         }
     }
 
@@ -200,5 +223,14 @@ impl Manager {
         r.restarts += 1;
         r.set(State::Waiting, Phase::Idle);
         self.begin_start(name);
+    }
+}
+
+/// A process's end as the manager counts it; `None` for a stop or a continue.
+fn ended_status(status: WaitStatus) -> Option<(Pid, Exit)> {
+    match status {
+        WaitStatus::Exited(pid, code) => Some((pid, Exit::Code(code))),
+        WaitStatus::Signaled(pid, signal, _) => Some((pid, Exit::Signal(signal as i32))),
+        _ => None,
     }
 }

@@ -105,6 +105,15 @@ impl Manager {
                 return;
             }
         }
+        if r.unit.exec.filesystem.private_tmp && r.private_tmp.is_none() {
+            match spawner::make_folders(r.unit.name.as_str()) {
+                Ok(folder) => r.private_tmp = Some(folder),
+                Err(why) => {
+                    fail(r, why);
+                    return;
+                }
+            }
+        }
         r.group = None;
         if let Some(hierarchies) = &self.hierarchies {
             match cgroups::prepare(hierarchies, &r.unit) {
@@ -119,6 +128,8 @@ impl Manager {
             }
         }
         r.syscall_filter = None;
+        r.landlocked = false;
+        r.unconfined_since_restore = false;
         if !r.unit.exec.system_call_filter.is_empty() {
             let groups = self
                 .syscall_groups
@@ -378,7 +389,9 @@ impl Manager {
             .as_ref()
             .map(cgroups::open_procs)
             .unwrap_or_default();
-        let mut process = spawn::command(
+        // `+` runs a command with full privileges: no namespace either, as in systemd.
+        let private_tmp = r.private_tmp.clone().filter(|_| !command.full_privileges);
+        let prepared = spawn::command(
             &r.unit,
             command,
             &identity,
@@ -389,18 +402,37 @@ impl Manager {
                 connection: connection.map(|c| c.as_fd()),
                 cgroup_procs: &cgroup_procs,
                 syscall_filter: r.syscall_filter.as_deref(),
+                private_tmp: private_tmp.as_deref(),
             },
         )?;
+        r.landlocked |= prepared.setup.landlock.is_some();
         let phase = r.phase.name();
         log_line(r, &format!("feather: {phase}: {}", command.argv.join(" ")));
-        let child = process.spawn().map_err(|error| SpawnError::Start {
-            setting: phase_setting(r.phase),
-            path: command.path.clone(),
-            error,
-        })?;
-        let pid = Pid::from_raw(child.id() as i32);
-        // The child is reaped by the manager's own waitpid loop, not through `child`.
-        drop(child);
+        let pid = match private_tmp {
+            Some(folder) => {
+                let adopted = self.spawner.spawn(&folder, &prepared).map_err(|why| {
+                    SpawnError::PrivateTmp {
+                        setting: phase_setting(r.phase),
+                        path: command.path.clone(),
+                        why: why.to_string(),
+                    }
+                })?;
+                self.adopted.insert(adopted.pid.as_raw(), adopted.pidfd);
+                adopted.pid
+            }
+            None => {
+                let child = prepared
+                    .into_command()
+                    .spawn()
+                    .map_err(|error| SpawnError::Start {
+                        setting: phase_setting(r.phase),
+                        path: command.path.clone(),
+                        error,
+                    })?;
+                // The child is reaped by the manager's own waitpid loop, not through `child`.
+                Pid::from_raw(child.id() as i32)
+            }
+        };
         r.sessions.insert(pid.as_raw());
         if main {
             r.main_pid = Some(pid);

@@ -215,6 +215,9 @@ impl Manager {
             }
         }
         spawn::remove_runtime_directories(&r.unit);
+        if let Some(folder) = r.private_tmp.take() {
+            spawner::remove_folders(&folder);
+        }
         r.last_deactivated = Some(Instant::now());
         if r.notify.take().is_some() {
             let _ = fs::remove_file(notify_path(name));
