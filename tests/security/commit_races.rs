@@ -450,3 +450,40 @@ fn commit_freezes_a_throw_away_vm_without_limits_too() {
     assert!(committed.contains("/data/new"), "{committed}");
     assert_eq!(base.read("data/new").as_deref(), Some("vm\n"));
 }
+
+#[test]
+fn diff_and_commit_of_a_layer_nested_thousands_deep_end_in_an_answer_not_a_crash() {
+    let feather = Feather::new("deep-layer");
+    let base = ScratchBase::new("deep-layer");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    // Two chains of 1500 folders, one moved to the end of the other: 3000 deep (no path
+    // names the bottom, longer than PATH_MAX; the walks recursed one level a call, and
+    // overflowed the stack at about 2000 in a debug build).
+    let made = feather.sh(
+        "vm",
+        "chain() { mkdir $1 && cd $1 && i=0; while [ $i -lt 1500 ]; do mkdir d && cd d; \
+         i=$((i+1)); done; pwd; }; leaf=$(chain /a); (chain /b >/dev/null); \
+         mv /b \"$leaf/\" && echo made",
+    );
+    assert_eq!(made.trim(), "made");
+    let diff = feather.run(&["diff", "vm", "--json"]);
+    assert_eq!(diff.code, 0, "{}", diff.stderr);
+    let changes: Vec<serde_json::Value> = serde_json::from_str(&diff.stdout).unwrap();
+    let deepest = changes
+        .iter()
+        .filter_map(|c| c["path"].as_str())
+        .map(|p| p.matches('/').count())
+        .max()
+        .unwrap();
+    assert!(deepest > 3000, "{deepest}");
+    // The bottom is past what a path can name: commit fails there, saying so, and the VM
+    // (frozen meanwhile) runs on.
+    let commit = feather.run(&["commit", "vm"]);
+    assert_eq!(commit.code, 1, "{}", commit.stderr);
+    assert!(
+        commit.stderr.contains("File name too long"),
+        "{}",
+        commit.stderr
+    );
+    assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
+}
