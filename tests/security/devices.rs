@@ -126,3 +126,38 @@ fn a_restored_vm_keeps_its_device_rules() {
     let programs = feather_sys::bpf::device_programs(&v2_group(&feather, "vm")).unwrap();
     assert_eq!(programs.len(), 1, "one device program on the VM's v2 group");
 }
+
+#[test]
+fn a_throw_away_vm_without_limits_keeps_the_hosts_disks_out_of_reach() {
+    let feather = Feather::new("devices-rm");
+    // `--pids max` and no other limit: such a VM once had no cgroup, hence no device rules.
+    // It waits (at most 20 s) for the node the test places, then probes.
+    let script = "n=0; while [ ! -e /dev/hostdisk ] && [ $n -lt 400 ]; do sleep 0.05; \
+                  n=$((n+1)); done; try() { if (eval \"$2\") 2>/tmp/e; then echo $1=ok; \
+                  else echo $1=$(cat /tmp/e); fi; }; try DISK_READ ': < /dev/hostdisk'; \
+                  try NULL_WRITE ': >> /dev/null'; try URANDOM_READ ': < /dev/urandom'; \
+                  try PTMX ': < /dev/pts/ptmx'";
+    let run = feather
+        .command()
+        .args(["run", "--rm", "--pids", "max", "--net", "none", "tmp", "--"])
+        .args(["sh", "-c", script])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    feather.eventually("the throw-away VM runs", || {
+        feather
+            .run(&["inspect", "tmp"])
+            .stdout
+            .contains("\"running\"")
+    });
+    place_a_disk_node(&feather, "tmp");
+    let output = run.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_only_its_own_devices(&stdout);
+}

@@ -454,3 +454,57 @@ fn another_roots_disk_image_is_never_a_layer_of_a_vm() {
         "another root's disk image became a layer: {layers}"
     );
 }
+
+/// Python removing the group folder `sys.argv[1]` and every group below it, bottom up,
+/// however deep (relative steps only).
+const REMOVE_GROUPS: &str = "import os, sys\n\
+os.chdir(sys.argv[1])\n\
+below = []\n\
+while True:\n\
+\x20   inner = [e.name for e in os.scandir('.') if e.is_dir(follow_symlinks=False)]\n\
+\x20   if inner:\n\
+\x20       below.append(inner[0]); os.chdir(inner[0]); continue\n\
+\x20   if not below:\n\
+\x20       break\n\
+\x20   name = below.pop(); os.chdir('..'); os.rmdir(name)\n\
+os.chdir('/'); os.rmdir(sys.argv[1])\n";
+
+/// Removes, when dropped, what the test left of a VM's groups (on failure: a leak on the host).
+struct Groups(Vec<std::path::PathBuf>);
+
+impl Drop for Groups {
+    fn drop(&mut self) {
+        for dir in self.0.iter().filter(|dir| dir.exists()) {
+            let _ = std::process::Command::new("python3")
+                .args(["-c", REMOVE_GROUPS])
+                .arg(dir)
+                .status();
+        }
+    }
+}
+
+#[test]
+fn the_groups_a_vm_nests_past_path_max_go_with_it() {
+    let feather = Feather::new("deep-groups");
+    feather.ok(&["create", "vm", "--net", "none"]);
+    feather.ok(&["start", "vm"]);
+    let groups = Groups(feather.cgroup_dirs("vm"));
+    // The VM's services subtree of the pids hierarchy is its own to make groups in (for its
+    // units): 2300 nested, past what a path of the host can name (PATH_MAX) from the top.
+    let made = feather.ok(&[
+        "exec",
+        "vm",
+        "--",
+        "python3",
+        "-c",
+        "import os\nos.chdir('/sys/fs/cgroup/pids')\n\
+         for _ in range(2300):\n\x20   os.mkdir('g'); os.chdir('g')\nprint('made')\n",
+    ]);
+    assert_eq!(made.trim(), "made");
+    feather.ok(&["stop", "vm"]);
+    let left: Vec<_> = groups.0.iter().filter(|dir| dir.exists()).collect();
+    assert!(
+        left.is_empty(),
+        "the VM's groups stayed after its end: {left:?}"
+    );
+}

@@ -349,6 +349,75 @@ fn a_vm_asking_its_broker_without_end_cannot_fill_the_hosts_disk_through_the_aud
     }
 }
 
+/// The entries of `feather audit --json` (both files of the log).
+fn audit_entries(feather: &Feather) -> Vec<serde_json::Value> {
+    feather
+        .ok(&["audit", "-n", "100000", "--json"])
+        .lines()
+        .map(|line| serde_json::from_str(line).unwrap())
+        .collect()
+}
+
+#[test]
+fn a_vm_asking_without_end_is_paced_in_the_audit_log_and_the_rest_counted() {
+    use feather_shuttle::audit::{PACE_BURST, PACE_PER_SECOND};
+    let feather = Feather::new("audit-pace");
+    feather.write_policy(
+        "invoke",
+        "invoke true flood quiet allow command=\"/bin/true\"\n",
+    );
+    feather.ok(&["create", "flood", "--net", "none"]);
+    feather.ok(&["start", "flood"]);
+    // 1000 requests the policy denies (no rule for the application), as fast as the broker
+    // answers: each one a decision.
+    let asking = std::time::Instant::now();
+    let asked = feather.ok(&[
+        "exec",
+        "flood",
+        "--",
+        "python3",
+        "-c",
+        &invoke_requests(1000, 8),
+    ]);
+    let took = asking.elapsed().as_secs_f64();
+    assert_eq!(asked.trim(), "asked");
+    let from_flood = |entries: &[serde_json::Value], outcome: &str| -> Vec<serde_json::Value> {
+        entries
+            .iter()
+            .filter(|e| e["source"] == "flood" && e["outcome"] == outcome)
+            .cloned()
+            .collect()
+    };
+    let written = from_flood(&audit_entries(&feather), "denied").len();
+    // Its burst, then its pace (a line of counts before each paced line) while it asked.
+    let bound = PACE_BURST as usize + (2.0 * f64::from(PACE_PER_SECOND) * took).ceil() as usize;
+    assert!(
+        bound < 1000,
+        "the broker took {took:.1} s for 1000 requests: too slow to tell pacing from none"
+    );
+    assert!(
+        written <= bound,
+        "one VM wrote {written} lines into the shared audit log in {took:.1} s (at most {bound})"
+    );
+    assert!(written >= PACE_BURST as usize, "{written}");
+    // When its broker ends, the decisions held back are written as counts: none is lost.
+    feather.ok(&["stop", "flood"]);
+    let entries = audit_entries(&feather);
+    let counted: u64 = from_flood(&entries, "held")
+        .iter()
+        .map(|held| {
+            let detail = held["detail"].as_str().unwrap();
+            detail.split(' ').next().unwrap().parse::<u64>().unwrap()
+        })
+        .sum();
+    let written = from_flood(&entries, "denied").len() as u64;
+    assert_eq!(
+        written + counted,
+        1000,
+        "{written} written, {counted} counted"
+    );
+}
+
 /// Python in a VM: `count` connections to the bus at `at`, each sending a malformed message
 /// (the proxy warns about each, on its stderr).
 fn malformed_bus_connections(at: &str, count: usize) -> String {

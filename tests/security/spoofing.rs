@@ -342,3 +342,84 @@ fn a_vm_cannot_take_the_hosts_frames_for_another_vm() {
         "another VM received the host's frames for the victim ({victim_mac})"
     );
 }
+
+/// Python in a VM sending router advertisements to every node of its link (`ff02::1`): a
+/// default router (itself, for 30 s) and the prefix `2001:db8:f00d::/64` to make addresses
+/// from, the marker. (Until its link-local address has passed duplicate address detection,
+/// about a second after the VM's start, the kernel has no source for them: it tries again.)
+const ROUTER_ADVERTISEMENTS: &str = "import socket, struct, time\n\
+s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)\n\
+s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)\n\
+index = socket.if_nametoindex('eth0')\n\
+mine = bytes.fromhex(open('/sys/class/net/eth0/address').read().strip().replace(':', ''))\n\
+ra = struct.pack('!BBHBBHII', 134, 0, 0, 64, 0, 30, 0, 0)\n\
+ra += struct.pack('!BB6s', 1, 1, mine)\n\
+prefix = socket.inet_pton(socket.AF_INET6, '2001:db8:f00d::')\n\
+ra += struct.pack('!BBBBIII16s', 3, 4, 64, 0xc0, 30, 30, 0, prefix)\n\
+sent, end = 0, time.time() + 10\n\
+while sent < 10 and time.time() < end:\n\
+\x20   try:\n\
+\x20       s.sendto(ra, ('ff02::1', 0, 0, index))\n\
+\x20       sent += 1\n\
+\x20   except OSError:\n\
+\x20       pass\n\
+\x20   time.sleep(0.05)\n\
+print('sent', sent)\n";
+
+/// The host's IPv6 routes and addresses on `device`.
+fn host_ipv6_on(device: &str) -> String {
+    let list = |what: &str| {
+        let out = Command::new("ip")
+            .args(["-6", what, "show", "dev", device])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    list("route") + &list("addr")
+}
+
+/// Whether `listing` (routes and addresses) holds what the advertisements carry: the marker
+/// prefix or a default route.
+fn took_an_advertisement(listing: &str) -> bool {
+    listing.contains("2001:db8:f00d") || listing.lines().any(|l| l.starts_with("default"))
+}
+
+#[test]
+fn a_vms_router_advertisements_reach_neither_the_host_nor_another_vm() {
+    let feather = Feather::new("spoof-ra");
+    feather.ok(&["create", "router"]);
+    feather.ok(&["create", "peer"]);
+    feather.ok(&["start", "router"]);
+    feather.ok(&["start", "peer"]);
+    let bridge = feather.inspect("router")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The host's side of the bridge takes router advertisements (the kernel's default).
+    let accept_ra =
+        std::fs::read_to_string(format!("/proc/sys/net/ipv6/conf/{bridge}/accept_ra")).unwrap();
+    assert_eq!(accept_ra.trim(), "1");
+    let sent = feather.ok(&[
+        "exec",
+        "router",
+        "--",
+        "python3",
+        "-c",
+        ROUTER_ADVERTISEMENTS,
+    ]);
+    assert_eq!(sent.trim(), "sent 10");
+    std::thread::sleep(Duration::from_millis(300));
+    let host = host_ipv6_on(&bridge);
+    assert!(
+        !took_an_advertisement(&host),
+        "the host took a VM's router advertisement on {bridge}: {host}"
+    );
+    let peer = feather.sh(
+        "peer",
+        "ip -6 route show dev eth0; ip -6 addr show dev eth0",
+    );
+    assert!(
+        !took_an_advertisement(&peer),
+        "another VM took the router advertisement: {peer}"
+    );
+}

@@ -98,11 +98,6 @@ impl Limits {
     /// any ordinary workload, and it stops a fork bomb before it starves the host.
     pub const DEFAULT_PIDS: u64 = 2048;
 
-    /// Whether a cgroup limit (memory, pids or cpus) is set; the disk cap needs no cgroup.
-    pub fn needs_cgroup(&self) -> bool {
-        self.memory.is_some() || self.pids.is_some() || self.cpus.is_some()
-    }
-
     /// `--pids N`, or `--pids max` for no limit at all.
     pub fn parse_pids(text: &str) -> Result<Option<u64>, Error> {
         if text == "max" {

@@ -15,8 +15,11 @@
 //!   source address and ARP claim, so the `bridge prerouting` chain drops, before the bridge
 //!   learns from them or the host sees them, frames from a VM's port whose source MAC address
 //!   is not that port's VM's (`port_mac`, [`crate::inside::vm_mac`]), IPv4 packets and ARP
-//!   claims whose sender address is not (`port_address`), and frames other than IPv4, ARP and
-//!   IPv6. It
+//!   claims whose sender address is not (`port_address`), and frames other than IPv4 and ARP.
+//!   A VM has no IPv6 (feather gives it none; its kernel still makes a link-local address):
+//!   its router and neighbour advertisements would otherwise reach the host's IPv6 stack on
+//!   the bridge, which takes router advertisements (`accept_ra`) — `inet input` rejects them
+//!   too, but the host need not parse them at all. It
 //!   matches the root's own ports (`ports`), not `fth*`: a bridge table's hooks see the frames
 //!   of every bridge, other roots' too (this kernel has no `meta ibrname`).
 //!   Otherwise a VM would leave with another's `--egress` address, take another's address in
@@ -103,7 +106,7 @@ table bridge {table} {{
     chain prerouting {{
         type filter hook prerouting priority filter; policy accept;
         iifname @ports iifname . ether saddr != @port_mac counter drop comment "a VM's frame from a link-layer address not its own"
-        iifname @ports ether type != {{ ip, arp, ip6 }} counter drop comment "neither IPv4, ARP nor IPv6 from a VM"
+        iifname @ports ether type != {{ ip, arp }} counter drop comment "neither IPv4 nor ARP from a VM (a VM has no IPv6)"
         iifname @ports ether type ip iifname . ip saddr != @port_address counter drop comment "a VM's packet from an address not its own"
         iifname @ports ether type arp iifname . arp saddr ip != @port_address counter drop comment "a VM's ARP claim of an address not its own"
         iifname @ports ether type arp iifname . arp saddr ether != @port_mac counter drop comment "a VM's ARP claim of a link-layer address not its own"

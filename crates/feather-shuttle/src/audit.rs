@@ -8,12 +8,18 @@
 //! at [`MAX_FIELD`] bytes, its full length said; a log that would pass [`MAX_LOG_BYTES`] is
 //! moved to `audit.log.1` (the one before is dropped) and a new one begun, so the two hold at
 //! most twice that. Readers take `audit.log.1` first.
+//!
+//! The log is shared by every VM of a root, so one VM asking without end would push the others'
+//! lines out of it. Each VM's broker paces its own lines ([`Pace`]): up to [`PACE_BURST`] at
+//! once, then [`PACE_PER_SECOND`] a second; a decision past that is carried out as decided but
+//! counted, not written, and the count is written as one line (outcome `held`) before the
+//! VM's next line, or when its broker ends.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufRead, BufReader, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -43,6 +49,97 @@ fn bounded(text: String) -> String {
         end -= 1;
     }
     format!("{}… ({} bytes in all)", &text[..end], text.len())
+}
+
+/// The lines one VM's broker writes at once before [`PACE_PER_SECOND`] paces it: well above
+/// what any workload asks in a burst (a policy test, a start that opens its channels).
+pub const PACE_BURST: u32 = 200;
+
+/// The lines a second one VM's broker writes past its burst (each after a line of counts): at
+/// the longest line a VM can make (about 2.5 KiB), filling the log (64 MiB) takes it about 40
+/// minutes, against a minute or two unpaced.
+pub const PACE_PER_SECOND: u32 = 10;
+
+/// One VM's lines in the log: a token bucket of [`PACE_BURST`] lines refilled at
+/// [`PACE_PER_SECOND`], and the decisions held back since it last ran dry.
+#[derive(Debug)]
+pub struct Pace {
+    tokens: f64,
+    at: Instant,
+    held: Option<Held>,
+}
+
+/// Decisions not written one by one, counted by outcome.
+#[derive(Debug)]
+struct Held {
+    kind: String,
+    source: String,
+    since: String,
+    allowed: u64,
+    denied: u64,
+    failed: u64,
+}
+
+impl Pace {
+    pub fn new(now: Instant) -> Pace {
+        Pace {
+            tokens: f64::from(PACE_BURST),
+            at: now,
+            held: None,
+        }
+    }
+
+    /// The lines to write for `entry` at `now`: the count held back (if any) and `entry`, or
+    /// none when the VM is past its pace (then `entry` is counted).
+    pub fn admit(&mut self, entry: Entry, now: Instant) -> Vec<Entry> {
+        let elapsed = now.saturating_duration_since(self.at).as_secs_f64();
+        self.at = now;
+        self.tokens =
+            (self.tokens + elapsed * f64::from(PACE_PER_SECOND)).min(f64::from(PACE_BURST));
+        if self.tokens < 1.0 {
+            self.hold(&entry);
+            return Vec::new();
+        }
+        self.tokens -= 1.0;
+        self.release().into_iter().chain([entry]).collect()
+    }
+
+    fn hold(&mut self, entry: &Entry) {
+        let held = self.held.get_or_insert_with(|| Held {
+            kind: entry.kind.clone(),
+            source: entry.source.clone(),
+            since: entry.time.clone(),
+            allowed: 0,
+            denied: 0,
+            failed: 0,
+        });
+        match entry.outcome.as_str() {
+            "allowed" => held.allowed += 1,
+            "denied" => held.denied += 1,
+            _ => held.failed += 1,
+        }
+    }
+
+    /// The line that says what was held back, if anything was; the count starts again.
+    pub fn release(&mut self) -> Option<Entry> {
+        let held = self.held.take()?;
+        let total = held.allowed + held.denied + held.failed;
+        Some(Entry {
+            time: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+            kind: held.kind,
+            source: held.source,
+            target: "-".to_owned(),
+            object: "-".to_owned(),
+            rule: None,
+            verdict: "-".to_owned(),
+            outcome: "held".to_owned(),
+            detail: Some(format!(
+                "{total} decisions since {} not written one by one (more than {PACE_PER_SECOND} a \
+                 second after {PACE_BURST}): {} allowed, {} denied, {} failed",
+                held.since, held.allowed, held.denied, held.failed
+            )),
+        })
+    }
 }
 
 /// What came of a decision.
@@ -252,6 +349,54 @@ mod tests {
             cut.ends_with(&format!("… ({} bytes in all)", long.len())),
             "{cut}"
         );
+    }
+
+    fn entry(outcome: &str) -> Entry {
+        Entry {
+            time: "2026-12-04T18:00:00Z".into(),
+            kind: "invoke".into(),
+            source: "flood".into(),
+            target: "-".into(),
+            object: "x".into(),
+            rule: None,
+            verdict: "deny".into(),
+            outcome: outcome.into(),
+            detail: None,
+        }
+    }
+
+    #[test]
+    fn a_vm_past_its_pace_has_its_decisions_counted_then_written_as_one_line() {
+        let start = Instant::now();
+        let mut pace = Pace::new(start);
+        let written: usize = (0..1000)
+            .map(|i| {
+                let outcome = if i % 2 == 0 { "denied" } else { "allowed" };
+                pace.admit(entry(outcome), start).len()
+            })
+            .sum();
+        assert_eq!(written, PACE_BURST as usize);
+        // A second later it has PACE_PER_SECOND lines again; the first says what was held.
+        let later = start + std::time::Duration::from_secs(1);
+        let lines = pace.admit(entry("denied"), later);
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[0].outcome, "held");
+        assert_eq!(lines[0].source, "flood");
+        let detail = lines[0].detail.as_deref().unwrap();
+        assert!(
+            detail.starts_with("800 decisions since 2026-12-04T18:00:00Z")
+                && detail.ends_with("400 allowed, 400 denied, 0 failed"),
+            "{detail}"
+        );
+        assert_eq!(lines[1], entry("denied"));
+        let rest: usize = (0..100)
+            .map(|_| pace.admit(entry("denied"), later).len())
+            .sum();
+        assert_eq!(rest, PACE_PER_SECOND as usize - 1);
+        assert!(pace
+            .release()
+            .is_some_and(|held| held.detail.unwrap().starts_with("91 decisions")));
+        assert!(pace.release().is_none());
     }
 
     #[test]

@@ -4,9 +4,10 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Instant;
 
 use crate::ask::{self, Answer, ANSWER_WITHIN};
-use crate::audit::{Audit, Outcome};
+use crate::audit::{Audit, Entry, Outcome, Pace};
 use crate::board::Board;
 use crate::error::PolicyError;
 use crate::policy::{Decision, Policy, Request, Rule, RuleRef, Verdict};
@@ -16,6 +17,8 @@ pub struct Gate {
     root_dir: PathBuf,
     loaded: RwLock<Loaded>,
     audit: Audit,
+    /// This VM's lines in the root's shared log (see [`crate::audit`]).
+    pace: Mutex<Pace>,
     terminal: Option<PathBuf>,
     /// One question at a time on the terminal.
     asking: Mutex<()>,
@@ -53,6 +56,7 @@ impl Gate {
             root_dir: root_dir.to_path_buf(),
             loaded: RwLock::new(Loaded::Rules(Arc::default())),
             audit: Audit::new(root_dir),
+            pace: Mutex::new(Pace::new(Instant::now())),
             terminal,
             asking: Mutex::new(()),
         };
@@ -86,6 +90,24 @@ impl Gate {
         &self.audit
     }
 
+    /// Records a decision in the audit log at this VM's pace: past it, the decision is
+    /// counted and written with others later as one line (see [`crate::audit`]).
+    pub fn record(
+        &self,
+        request: &Request,
+        decision: &Decision,
+        outcome: &Outcome,
+        detail: Option<String>,
+    ) -> std::io::Result<()> {
+        let entry = Entry::new(request, decision, outcome, detail);
+        let lines = self
+            .pace
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(entry, Instant::now());
+        lines.iter().try_for_each(|line| self.audit.append(line))
+    }
+
     /// Decides `request`, asks where the rule says so, and records the outcome. Returns the
     /// allowing rule (its options say how to carry the request out). A decision that cannot
     /// be recorded is refused.
@@ -112,7 +134,7 @@ impl Gate {
                     rule: None,
                 };
                 let why = format!("denied: the policy does not load: {why}");
-                let _ = self.audit.record(
+                let _ = self.record(
                     request,
                     &decision,
                     &Outcome::Denied,
@@ -136,10 +158,7 @@ impl Gate {
             Outcome::Denied
         };
         let rule_ref = decision.rule.as_ref().map(|rule| rule.at.clone());
-        if let Err(e) =
-            self.audit
-                .record(request, &decision, &outcome, with_requester(detail.clone()))
-        {
+        if let Err(e) = self.record(request, &decision, &outcome, with_requester(detail.clone())) {
             return Err(Refusal {
                 rule: rule_ref,
                 why: format!(
@@ -170,9 +189,7 @@ impl Gate {
             verdict: rule.verdict,
             rule: Some(rule.clone()),
         };
-        let _ = self
-            .audit
-            .record(request, &decision, &Outcome::Failed(why.to_owned()), None);
+        let _ = self.record(request, &decision, &Outcome::Failed(why.to_owned()), None);
     }
 
     fn ask(&self, request: &Request, rule: &Rule) -> (bool, Option<String>) {
@@ -189,6 +206,20 @@ impl Gate {
             Answer::Yes(at) => (true, Some(format!("asked: allowed {at}"))),
             Answer::No(at) => (false, Some(format!("asked: refused {at}"))),
             Answer::NoOne(why) => (false, Some(format!("asked: {why}"))),
+        }
+    }
+}
+
+impl Drop for Gate {
+    /// What this VM's pace held back is written when its broker ends.
+    fn drop(&mut self) {
+        let held = self
+            .pace
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .release();
+        if let Some(held) = held {
+            let _ = self.audit.append(&held);
         }
     }
 }

@@ -406,7 +406,7 @@ fn invoke(
             verdict: Verdict::Deny,
             rule: None,
         };
-        let _ = gate.audit().record(
+        let _ = gate.record(
             &request,
             &denied,
             &Outcome::Denied,

@@ -140,7 +140,7 @@ pub fn names(dir: &File) -> io::Result<Vec<OsString>> {
 
 /// Removes the entry `name` of `dir` and, if it is a folder, everything in it, never following
 /// a symlink: each folder is opened with `O_NOFOLLOW` beneath its parent's descriptor, and each
-/// entry is unlinked by name from its parent's descriptor.
+/// entry is unlinked by name from its parent's descriptor (see [`empty_dir`]).
 pub fn remove_tree(dir: &File, name: &OsStr) -> io::Result<()> {
     let entry = match Entry::open(dir, Path::new(name))? {
         None => return Ok(()),
@@ -157,10 +157,69 @@ pub fn remove_tree(dir: &File, name: &OsStr) -> io::Result<()> {
     Ok(())
 }
 
-/// Removes everything in the folder `dir`, keeping the folder.
+/// Removes everything in the folder `dir`, keeping the folder, with two descriptors whatever
+/// the depth: the files of each folder in it are unlinked there, its folders moved up into
+/// `dir` (`renameat2` between the two pinned folders, under names of feather's that replace
+/// nothing), and the emptied folder removed; the tree gets shallower instead of the walk
+/// deeper. A VM chooses how deep its folders nest: a walk that held a descriptor a level (or
+/// recursed) ran out of descriptors (or stack) on a layer thousands of levels deep, and
+/// `feather rm` left such a VM's folder behind.
 pub fn empty_dir(dir: &File) -> io::Result<()> {
-    for name in names(dir)? {
-        remove_tree(dir, &name)?;
+    let mut moved = 0u64;
+    loop {
+        let names = names(dir)?;
+        if names.is_empty() {
+            return Ok(());
+        }
+        for name in names {
+            let Some(entry) = Entry::open(dir, Path::new(&name))? else {
+                continue; // gone since it was listed
+            };
+            if !entry.meta.is_dir() {
+                nix::unistd::unlinkat(
+                    dir,
+                    name.as_os_str(),
+                    nix::unistd::UnlinkatFlags::NoRemoveDir,
+                )?;
+                continue;
+            }
+            if let Some(folder) = open_dir(dir, Path::new(&name))? {
+                lift_contents(&folder, dir, &mut moved)?;
+            }
+            nix::unistd::unlinkat(dir, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir)?;
+        }
+    }
+}
+
+/// Unlinks the files of `folder` and moves its folders into `into` under fresh names.
+fn lift_contents(folder: &File, into: &File, moved: &mut u64) -> io::Result<()> {
+    use nix::fcntl::{renameat2, RenameFlags};
+    for name in names(folder)? {
+        let Some(entry) = Entry::open(folder, Path::new(&name))? else {
+            continue;
+        };
+        if !entry.meta.is_dir() {
+            nix::unistd::unlinkat(
+                folder,
+                name.as_os_str(),
+                nix::unistd::UnlinkatFlags::NoRemoveDir,
+            )?;
+            continue;
+        }
+        loop {
+            *moved += 1;
+            let fresh = format!(".feather-removing-{moved}");
+            match renameat2(
+                folder,
+                name.as_os_str(),
+                into,
+                fresh.as_str(),
+                RenameFlags::RENAME_NOREPLACE,
+            ) {
+                Err(Errno::EEXIST) => continue, // a name of the tree's own: the next one
+                result => break result?,
+            }
+        }
     }
     Ok(())
 }

@@ -444,22 +444,8 @@ impl Cgroup {
     /// retried for up to `patience`.
     pub fn remove(&self, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
-        // The deepest first: a group with groups below it cannot be removed.
-        let mut dirs: Vec<PathBuf> = self.dirs().iter().flat_map(|d| subtree(d)).collect();
-        dirs.sort_by_key(|d| std::cmp::Reverse(d.components().count()));
-        for dir in dirs {
-            loop {
-                match fs::remove_dir(&dir) {
-                    Ok(()) => break,
-                    Err(e) if e.kind() == ErrorKind::NotFound => break,
-                    Err(e)
-                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
-                    {
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err(e) => return Err(e).ctx("remove cgroup", dir.display()),
-                }
-            }
+        for dir in self.dirs() {
+            remove_groups(&dir, deadline).ctx("remove cgroup", dir.display())?;
         }
         Ok(())
     }
@@ -534,6 +520,85 @@ impl Drop for Frozen {
 /// The folder below a VM's group that its init hands to the VM's service manager: one group
 /// per unit is made in it (`feather/ID/services/nginx.service`).
 pub const SERVICES: &str = "services";
+
+/// Removes the group `dir` and every group below it, the deepest first (a group with groups
+/// below it cannot go), with two descriptors whatever the depth: down by name beneath the
+/// current group, back up through its `..`. The groups below `services/` are the VM's own
+/// (row 27 of docs/security.md), nested as deep as it likes: walked by path, those past
+/// PATH_MAX were never listed, and the VM's group stayed behind after its end. Called once
+/// its processes are gone, so nothing moves meanwhile.
+fn remove_groups(dir: &Path, deadline: Instant) -> std::io::Result<()> {
+    use nix::fcntl::{openat, OFlag};
+    use nix::sys::stat::Mode;
+    use nix::unistd::{unlinkat, UnlinkatFlags};
+    use std::os::fd::OwnedFd;
+    let open_in = |at: &OwnedFd, name: &std::ffi::OsStr| -> nix::Result<OwnedFd> {
+        openat(
+            at,
+            name,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+    };
+    let mut current: OwnedFd = match fs::File::open(dir) {
+        Ok(file) => file.into(),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    let mut names: Vec<std::ffi::OsString> = Vec::new();
+    loop {
+        if let Some(name) = first_group_in(&current)? {
+            current = open_in(&current, &name)?;
+            names.push(name);
+            continue;
+        }
+        let Some(name) = names.pop() else {
+            return remove_when_idle(deadline, || fs::remove_dir(dir));
+        };
+        let parent = open_in(&current, std::ffi::OsStr::new(".."))?;
+        remove_when_idle(deadline, || {
+            unlinkat(&parent, name.as_os_str(), UnlinkatFlags::RemoveDir).map_err(Into::into)
+        })?;
+        current = parent;
+    }
+}
+
+/// The name of a group (folder) in the group open at `dir`, if it has one.
+fn first_group_in(dir: &std::os::fd::OwnedFd) -> std::io::Result<Option<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let listing = nix::dir::Dir::openat(
+        dir,
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    for entry in listing.into_iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." && entry.file_type() == Some(nix::dir::Type::Directory) {
+            return Ok(Some(std::ffi::OsStr::from_bytes(name).to_owned()));
+        }
+    }
+    Ok(None)
+}
+
+/// Runs `remove` until it succeeds, the group is gone, or it stays busy (its last processes
+/// still leaving) past `deadline`.
+fn remove_when_idle(
+    deadline: Instant,
+    remove: impl Fn() -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    loop {
+        match remove() {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
 
 /// `dir` and every group folder below it, parents before children.
 fn subtree(dir: &Path) -> Vec<PathBuf> {

@@ -66,7 +66,8 @@ fn pin(vm: &VmDir, config: &VmConfig) -> Result<(File, Vec<Tree>)> {
 /// Stops a running VM's processes for as long as the result is held, so the layer holds still
 /// while it is read and applied. Any VM whose cgroup exists is frozen (also one whose keeper
 /// crashed, whose processes may live on). A running VM without a cgroup (a throw-away VM
-/// started without limits) cannot be frozen and is refused.
+/// started without limits by a feather from before every VM had one) cannot be frozen and is
+/// refused.
 fn hold_still(vm: &VmDir, config: &VmConfig) -> Result<Option<Stilled>> {
     let running = vm.read_state()?.status == VmStatus::Running;
     let name = vm.name();
@@ -84,10 +85,10 @@ fn hold_still(vm: &VmDir, config: &VmConfig) -> Result<Option<Stilled>> {
         _ if !running => Ok(None),
         _ => Err(failed(
             name,
-            "runs without a cgroup (a throw-away VM started without limits), so it cannot \
-                 be frozen while its changes are committed, and nothing was committed: give \
-                 such a VM a limit (e.g. `feather run --rm --memory 1G …`) to commit it while it \
-                 runs, or use a VM that lives on (`feather create`)",
+            "runs without a cgroup (a throw-away VM started without limits by an older \
+                 feather), so it cannot be frozen while its changes are committed, and nothing \
+                 was committed: commit it from a VM started by this feather, or use a VM that \
+                 lives on (`feather create`)",
         )),
     }
 }

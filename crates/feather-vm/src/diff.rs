@@ -10,7 +10,7 @@
 //! pinned once, every entry is opened beneath them without following any symlink, and its
 //! type is what fstat on that descriptor says. A symlink in the layer is an entry, never a way.
 
-use std::ffi::OsStr;
+use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
 use std::io::Read;
 use std::os::unix::ffi::OsStrExt;
@@ -152,13 +152,7 @@ pub fn diff_trees(trees: &[Tree], scaffold: &[PathBuf]) -> std::io::Result<Vec<C
             Some(lower) => Some(lower.try_clone()?),
             None => None,
         };
-        walk.folder(
-            &mut changes,
-            Path::new(""),
-            &tree.upper,
-            lower.as_ref(),
-            false,
-        )?;
+        walk.all(&mut changes, tree.upper.try_clone()?, lower)?;
     }
     changes.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(changes)
@@ -168,6 +162,38 @@ struct Walk<'a> {
     index: usize,
     tree: &'a Tree,
     scaffold: &'a [PathBuf],
+}
+
+/// One folder of the upper layer being walked (`upper`, pinned) beside its host counterpart
+/// (`lower`, if the host has a folder there), and the names in it still to be seen.
+/// `replaced`: the folder hides its lower counterpart entirely (it or an ancestor is opaque,
+/// or new), so lower entries it lacks are deletions.
+struct Folder {
+    rel: PathBuf,
+    upper: File,
+    lower: Option<File>,
+    replaced: bool,
+    names: Vec<OsString>,
+    next: usize,
+}
+
+impl Folder {
+    fn open(
+        rel: PathBuf,
+        upper: File,
+        lower: Option<File>,
+        replaced: bool,
+    ) -> std::io::Result<Folder> {
+        let names = beneath::names(&upper)?;
+        Ok(Folder {
+            rel,
+            upper,
+            lower,
+            replaced,
+            names,
+            next: 0,
+        })
+    }
 }
 
 impl Walk<'_> {
@@ -205,101 +231,105 @@ impl Walk<'_> {
         })
     }
 
-    /// Walks one folder of the upper layer (`upper`, pinned) beside its host counterpart
-    /// (`lower`, if the host has a folder there). `replaced`: the folder hides its lower
-    /// counterpart entirely (it or an ancestor is opaque, or new), so lower entries it lacks
-    /// are deletions.
-    fn folder(
+    /// Walks the upper layer from its root (`upper`) beside the host's (`lower`), depth first
+    /// with a stack of open folders, not by recursion: the VM chooses how deep its folders
+    /// nest, and a recursive walk of a few thousand levels overflowed the stack and aborted
+    /// feather (the web view's server with it, where it showed the VM's changes).
+    fn all(
         &self,
         changes: &mut Vec<Change>,
-        rel: &Path,
-        upper: &File,
-        lower: Option<&File>,
-        replaced: bool,
+        upper: File,
+        lower: Option<File>,
     ) -> std::io::Result<()> {
-        let names = beneath::names(upper)?;
-        for name in &names {
-            let rel_child = rel.join(name);
-            if self.scaffold.contains(&self.tree.layer.vm_path(&rel_child)) {
+        let mut open = vec![Folder::open(PathBuf::new(), upper, lower, false)?];
+        while let Some(folder) = open.last_mut() {
+            let Some(name) = folder.names.get(folder.next).cloned() else {
+                let done = open.pop().expect("a folder is open");
+                self.deletions(changes, &done)?;
                 continue;
-            }
-            let Some(entry) = Entry::open(upper, Path::new(name))? else {
-                continue; // gone since it was listed
             };
-            let lower_entry = match lower {
-                Some(dir) => Entry::open(dir, Path::new(name))?,
-                None => None,
-            };
-            self.entry(
-                changes,
-                &rel_child,
-                name,
-                (upper, &entry),
-                (lower, lower_entry),
-                replaced,
-            )?;
-        }
-        if replaced {
-            if let Some(lower) = lower {
-                for name in beneath::names(lower)?.iter().filter(|n| !names.contains(n)) {
-                    changes.push(self.change(ChangeKind::Deleted, &rel.join(name), None)?);
-                }
+            folder.next += 1;
+            if let Some(inner) = self.entry(changes, folder, &name)? {
+                open.push(inner);
             }
         }
         Ok(())
     }
 
+    /// When `folder` hides its lower counterpart: the lower entries it lacks, as deletions.
+    fn deletions(&self, changes: &mut Vec<Change>, folder: &Folder) -> std::io::Result<()> {
+        if let (true, Some(lower)) = (folder.replaced, &folder.lower) {
+            for name in beneath::names(lower)?
+                .iter()
+                .filter(|n| !folder.names.contains(n))
+            {
+                changes.push(self.change(ChangeKind::Deleted, &folder.rel.join(name), None)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// The change (if any) at entry `name` of `folder`, and the folder to walk next when it is
+    /// one the walk goes into.
     fn entry(
         &self,
         changes: &mut Vec<Change>,
-        rel: &Path,
+        folder: &Folder,
         name: &OsStr,
-        (upper_dir, upper): (&File, &Entry),
-        (lower_dir, lower): (Option<&File>, Option<Entry>),
-        replaced: bool,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<Option<Folder>> {
+        let rel = folder.rel.join(name);
+        if self.scaffold.contains(&self.tree.layer.vm_path(&rel)) {
+            return Ok(None);
+        }
+        let Some(upper) = Entry::open(&folder.upper, Path::new(name))? else {
+            return Ok(None); // gone since it was listed
+        };
+        let lower = match &folder.lower {
+            Some(dir) => Entry::open(dir, Path::new(name))?,
+            None => None,
+        };
         let meta = &upper.meta;
         if is_whiteout(meta) {
             if lower.is_some() {
-                changes.push(self.change(ChangeKind::Deleted, rel, None)?);
+                changes.push(self.change(ChangeKind::Deleted, &rel, None)?);
             }
-            return Ok(());
+            return Ok(None);
         }
-        let descend = |changes: &mut Vec<Change>, lower_dir: Option<&File>, hides: bool| {
-            let Some(child) = beneath::open_dir(upper_dir, Path::new(name))? else {
-                return Ok(()); // replaced since it was opened: nothing to follow
+        let inner = |lower_dir: Option<&File>, hides: bool| -> std::io::Result<Option<Folder>> {
+            let Some(child) = beneath::open_dir(&folder.upper, Path::new(name))? else {
+                return Ok(None); // replaced since it was opened: nothing to follow
             };
             let lower_child = match lower_dir {
                 Some(dir) => beneath::open_dir(dir, Path::new(name))?,
                 None => None,
             };
             let hides = hides || is_opaque(&child);
-            self.folder(changes, rel, &child, lower_child.as_ref(), hides)
+            Folder::open(rel.clone(), child, lower_child, hides).map(Some)
         };
         match &lower {
             None => {
-                changes.push(self.change(ChangeKind::Added, rel, Some(upper))?);
+                changes.push(self.change(ChangeKind::Added, &rel, Some(&upper))?);
                 if meta.is_dir() {
-                    descend(changes, None, true)?;
+                    return inner(None, true);
                 }
             }
             Some(lower) if meta.is_dir() && lower.meta.is_dir() => {
                 if !same_metadata(meta, &lower.meta) {
-                    changes.push(self.change(ChangeKind::Modified, rel, Some(upper))?);
+                    changes.push(self.change(ChangeKind::Modified, &rel, Some(&upper))?);
                 }
-                descend(changes, lower_dir, replaced)?;
+                return inner(folder.lower.as_ref(), folder.replaced);
             }
             Some(lower) => {
-                if !same_entry(upper, lower)? {
-                    changes.push(self.change(ChangeKind::Modified, rel, Some(upper))?);
+                if !same_entry(&upper, lower)? {
+                    changes.push(self.change(ChangeKind::Modified, &rel, Some(&upper))?);
                 }
                 if meta.is_dir() {
                     // A folder where the host has something else: it hides nothing below.
-                    descend(changes, None, true)?;
+                    return inner(None, true);
                 }
             }
         }
-        Ok(())
+        Ok(None)
     }
 }
 

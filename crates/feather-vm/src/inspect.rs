@@ -8,7 +8,7 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::keeper::{cgroup_of, cgroup_path_in, uses_cgroup};
+use crate::keeper::{cgroup_of, cgroup_path_in};
 use crate::layers;
 
 /// One row of `feather ls`.
@@ -73,22 +73,14 @@ fn summary(
     state: VmState,
 ) -> Summary {
     let running = state.status == VmStatus::Running;
-    let cgroup = uses_cgroup(config).then(|| cgroup_path_in(hierarchies.clone(), config));
-    let memory_bytes = if running {
-        cgroup.as_ref().and_then(|c| c.memory_usage())
-    } else {
-        None
-    };
+    let cgroup = cgroup_path_in(hierarchies.clone(), config);
+    let memory_bytes = if running { cgroup.memory_usage() } else { None };
     Summary {
         name: config.name.to_string(),
         status: state.status,
         base: config.base.clone(),
         network: feather_net::summary(&config.network),
-        processes: match (running, cgroup.as_ref()) {
-            (false, _) => 0,
-            (true, Some(cgroup)) => cgroup.member_count(),
-            (true, None) => members(None, &state).len(),
-        },
+        processes: if running { cgroup.member_count() } else { 0 },
         memory_bytes,
         limits: LimitsView::from(&config.limits),
         disk_bytes: config.limits.disk.and_then(|disk| {

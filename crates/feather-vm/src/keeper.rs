@@ -66,9 +66,12 @@ pub(crate) const HANDLED: [Signal; 6] = [
 ];
 
 /// The cgroup of a VM, named by its id so VMs of one name under two state roots never meet.
-/// `None` for a VM that has none (see [`uses_cgroup`]).
+/// Every VM has one, a throw-away VM without limits (`run --rm --pids max`) too: its device
+/// rules live there ([`restrict_devices`]), whatever its limits. (Before, such a VM had no
+/// group, to spare it the RCU grace period of its first move on cgroup v1, about 10 ms, and
+/// with it no device rules: a node of the host's disk in its `/dev` opened.)
 pub fn cgroup_of(config: &VmConfig) -> Option<Cgroup> {
-    uses_cgroup(config).then(|| cgroup_path(config))
+    Some(cgroup_path(config))
 }
 
 /// Where a VM's cgroup is or would be; for cleaning up whatever a crash left.
@@ -104,14 +107,6 @@ fn restrict_devices(cgroup: &Cgroup, name: &VmName) -> Result<()> {
         }
         Err(e) => Err(e).in_vm(name),
     }
-}
-
-/// Every VM that lives on gets a cgroup (limits, accounting, `ps`), and so does a throw-away VM
-/// with limits. A throw-away VM without limits does not: on cgroup v1 the first move of a process
-/// into a group waits for an RCU grace period (about 10 ms), most of such a VM's start time, and
-/// its pid namespace already finds and ends every process it has.
-pub fn uses_cgroup(config: &VmConfig) -> bool {
-    !config.ephemeral || config.limits.needs_cgroup()
 }
 
 pub struct Keeper {

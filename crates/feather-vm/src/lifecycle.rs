@@ -15,6 +15,7 @@ use feather_core::trace;
 use feather_core::{
     Error, Limits, NetworkConfig, StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus,
 };
+use feather_sys::beneath;
 
 use crate::error::{failed, io, InVm, Result, VmError};
 use crate::hiding::MOUNT_POINTS;
@@ -356,12 +357,14 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         crate::disk::release(root.dir(), &vm, disk);
     }
     // Renamed out of the way first, so a half-finished removal never looks like a VM.
-    let doomed = root
-        .dir()
-        .join("vms")
-        .join(format!(".creating-removed-{}-{}", name, config.id));
+    let vms = root.dir().join("vms");
+    let doomed_name = format!(".creating-removed-{}-{}", name, config.id);
+    let doomed = vms.join(&doomed_name);
     fs::rename(vm.path(), &doomed).at(vm.path())?;
-    fs::remove_dir_all(&doomed).at(&doomed)?;
+    // Through descriptors, at any depth: the VM chose how deep its layer's folders nest.
+    beneath::open_root(&vms)
+        .and_then(|vms| beneath::remove_tree(&vms, doomed_name.as_ref()))
+        .at(&doomed)?;
     feather_net::release(root.dir(), &config.id, &config.network).in_vm(name)?;
     Ok(())
 }
