@@ -63,6 +63,11 @@ impl Spawner {
         }
     }
 
+    /// Whether the manager's starter handed it a spawner's socket at all.
+    pub fn is_present(&self) -> bool {
+        self.socket.is_some()
+    }
+
     /// A process of `prepared` whose `/tmp` and `/var/tmp` are the unit's `folder`s.
     pub fn spawn(&mut self, folder: &str, prepared: &Prepared) -> Result<Adopted, SpawnerError> {
         let socket = self.socket.as_ref().ok_or(SpawnerError::Absent)?;

@@ -906,8 +906,6 @@ fn tail(path: &Path, lines: usize) -> Vec<String> {
         .collect()
 }
 
-/// When the VM's init started: `/proc/1/stat`'s start time (clock ticks after the host's boot)
-/// against `/proc/uptime`.
 /// What a unit restored under a Landlock domain is told, and shows.
 const LOST_TO_RESTORE: &str = "(not in force until it restarts: the VM was restored from a \
     checkpoint, and CRIU does not restore Landlock domains)";

@@ -105,7 +105,9 @@ impl Manager {
                 return;
             }
         }
-        if r.unit.exec.filesystem.private_tmp && r.private_tmp.is_none() {
+        if r.unit.exec.filesystem.private_tmp && !self.spawner.is_present() {
+            private_tmp_not_applied(r);
+        } else if r.unit.exec.filesystem.private_tmp && r.private_tmp.is_none() {
             match spawner::make_folders(r.unit.name.as_str()) {
                 Ok(folder) => r.private_tmp = Some(folder),
                 Err(why) => {
@@ -444,4 +446,23 @@ impl Manager {
         }
         Ok(())
     }
+}
+
+/// A manager given no spawner at all runs where none is made: in a container of feather-oci
+/// (whose init has none), or in a VM whose init could not start it (init's log says why). There
+/// a `PrivateTmp=` unit shares `/tmp` and `/var/tmp`, as it did before VMs had spawners, and
+/// says so in its log and `not_applied`, rather than fail. A spawner that was given and has
+/// ended since fails the unit instead (`SpawnerError::Gone`): its VM had one and lost it.
+fn private_tmp_not_applied(r: &mut Runtime) {
+    const ENTRY: &str = "Service.PrivateTmp";
+    if r.unit.not_applied.iter().any(|e| e == ENTRY) {
+        return;
+    }
+    r.unit.not_applied.push(ENTRY.to_owned());
+    log_line(
+        r,
+        "feather: PrivateTmp= not applied: this manager has no spawner (a container of \
+         feather-oci has none; in a VM, init's log says why it could not start one), so the \
+         unit shares /tmp and /var/tmp",
+    );
 }
