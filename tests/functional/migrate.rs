@@ -683,6 +683,82 @@ fn a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_so
     );
 }
 
+/// A post-copy migration that fails after the dump (a receiver without CRIU) must leave the VM
+/// whole at the source: every process, its memory and its connections, not only a shell loop.
+/// CRIU's lazy dump leaves the processes' memory to its page server; the sender makes that
+/// server fail so that CRIU lets them go on.
+#[test]
+fn a_post_copy_migration_failing_after_its_dump_leaves_every_process_whole_at_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-pcfail"), Feather::new("mig-pcfail-dst"));
+    source.ok(&["create", "big", "--net", "none"]);
+    source.ok(&["start", "big"]);
+    python_daemon(
+        &source,
+        "big",
+        &MEMORY_WRITER.replace("256 << 20", "64 << 20"),
+        &[],
+    );
+    python_daemon(&source, "big", LINE_SERVER, &[]);
+    await_line_server(&source, "big");
+    python_daemon(&source, "big", LINE_CLIENT, &[]);
+    source.eventually("the writer holds its 64 MiB", || {
+        source
+            .run(&["exec", "big", "--", "cat", "/run/sum-before"])
+            .code
+            == 0
+    });
+    let before = source.sh("big", "cat /run/sum-before");
+    source.eventually("the loopback connection carries data", || {
+        received_numbers(&source, "big").len() >= 3
+    });
+    let pythons = "pgrep -x python3 | sort | tr '\\n' ' '";
+    let running = source.sh("big", pythons);
+    assert_eq!(running.split_whitespace().count(), 3, "{running}");
+
+    // The receiver has no CRIU: it takes the archive, then cannot restore it.
+    let server = Server::start(&hosts, &target, &[("FEATHER_CRIU", "/nonexistent/criu")]);
+    let failed: crate::support::Outcome =
+        migrating(&hosts, &source, "big", &["--mode", "post-copy"])
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("runs here again"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!server.wait());
+    assert_eq!(source.status("big"), "running");
+    assert_eq!(source.sh("big", pythons), running, "every process lives on");
+
+    source.sh("big", "touch /run/sum-request");
+    source.eventually("the writer checks its memory at the source", || {
+        source
+            .run(&["exec", "big", "--", "cat", "/run/sum-after"])
+            .code
+            == 0
+    });
+    assert_eq!(
+        source.sh("big", "cat /run/sum-after"),
+        before,
+        "its 64 MiB are intact"
+    );
+    let resumed = received_numbers(&source, "big").len();
+    source.eventually("the loopback connection carries on", || {
+        received_numbers(&source, "big").len() > resumed + 5
+    });
+    let numbers = received_numbers(&source, "big");
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "one connection, nothing lost or repeated"
+    );
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+    source.ok(&["rm", "-f", "big"]);
+}
+
 /// When the connection breaks after the sender let the VM go, the sender cannot know whether it
 /// runs at the receiver: it keeps its checkpoint with a marker naming the receiver, and a
 /// restore here is refused until the user, having looked, removes the marker.

@@ -734,6 +734,16 @@ impl Keeper {
                 _ => true,
             },
         );
+        // A post-copy dump whose page transfer failed: CRIU let the processes go on (frozen by
+        // the migration) with their TCP connections still in repair mode (see `tcp_repair`).
+        if lazy.is_some() && dumped.is_err() {
+            if let Some(cgroup) = &self.cgroup {
+                let ended = crate::tcp_repair::end_repair(&cgroup.members());
+                trace::phase(&format!(
+                    "checkpoint: {ended} TCP connections taken out of repair mode"
+                ));
+            }
+        }
         // A VM that goes on (a failed dump, or one left running) gets its link back, whether
         // or not CRIU said so.
         if locked.get() && (dumped.is_err() || leave_running) {

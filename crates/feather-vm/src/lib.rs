@@ -65,6 +65,7 @@ pub mod relay;
 pub mod rootfs;
 pub mod services;
 pub mod snapshot;
+mod tcp_repair;
 pub mod workload;
 
 pub use error::{Result, VmError};
