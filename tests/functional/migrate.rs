@@ -608,10 +608,21 @@ impl Drop for Killed {
 /// (its namespace is not dumped, so CRIU's own lock does not apply): a migration that fails
 /// after the dump must give the restored VM its link back, or it would run on at the source
 /// unreachable. A client on the source host keeps its TCP connection to the VM's address
-/// through the failed migration. (Stop-and-copy: a post-copy migration failing after the dump
-/// loses the VM's python processes, before this change too — see docs/migration.md.)
+/// through the failed migration, in stop-and-copy (the VM restored at the source) and in
+/// post-copy (CRIU lets the dumped processes go on, see `tcp_repair` in feather-vm).
 #[test]
 fn a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_source() {
+    default_vm_keeps_its_network_through_a_failed_migration("stop-and-copy");
+}
+
+/// [`a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_source`] in
+/// post-copy.
+#[test]
+fn a_default_vm_whose_post_copy_migration_fails_after_its_dump_keeps_its_network() {
+    default_vm_keeps_its_network_through_a_failed_migration("post-copy");
+}
+
+fn default_vm_keeps_its_network_through_a_failed_migration(mode: &str) {
     let hosts = TwoHosts::new();
     let (source, target) = (Feather::new("mig-nfail"), Feather::new("mig-nfail-dst"));
     let subnet = own_subnet();
@@ -652,11 +663,10 @@ fn a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_so
             ("FEATHER_CRIU", "/nonexistent/criu"),
         ],
     );
-    let failed: crate::support::Outcome =
-        migrating(&hosts, &source, "vm", &["--mode", "stop-and-copy"])
-            .output()
-            .unwrap()
-            .into();
+    let failed: crate::support::Outcome = migrating(&hosts, &source, "vm", &["--mode", mode])
+        .output()
+        .unwrap()
+        .into();
     assert_ne!(failed.code, 0);
     assert!(
         failed.stderr.contains("runs here again"),
