@@ -612,17 +612,24 @@ impl Drop for Killed {
 /// post-copy (CRIU lets the dumped processes go on, see `tcp_repair` in feather-vm).
 #[test]
 fn a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_source() {
-    default_vm_keeps_its_network_through_a_failed_migration("stop-and-copy");
+    default_vm_keeps_its_network_through_a_failed_migration("stop-and-copy", false);
 }
 
 /// [`a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_source`] in
 /// post-copy.
 #[test]
 fn a_default_vm_whose_post_copy_migration_fails_after_its_dump_keeps_its_network() {
-    default_vm_keeps_its_network_through_a_failed_migration("post-copy");
+    default_vm_keeps_its_network_through_a_failed_migration("post-copy", false);
 }
 
-fn default_vm_keeps_its_network_through_a_failed_migration(mode: &str) {
+/// The same with a namespace changed from outside, which CRIU dumps and locks with its own
+/// iptables rules: after a failed post-copy they must go, or the VM runs on unreachable.
+#[test]
+fn a_default_vm_with_a_dumped_namespace_keeps_its_network_through_a_failed_post_copy() {
+    default_vm_keeps_its_network_through_a_failed_migration("post-copy", true);
+}
+
+fn default_vm_keeps_its_network_through_a_failed_migration(mode: &str, changed: bool) {
     let hosts = TwoHosts::new();
     let (source, target) = (Feather::new("mig-nfail"), Feather::new("mig-nfail-dst"));
     let subnet = own_subnet();
@@ -641,6 +648,28 @@ fn default_vm_keeps_its_network_through_a_failed_migration(mode: &str) {
         .to_owned();
     python_daemon(&source, "vm", LINE_SERVER, &[]);
     await_line_server(&source, "vm");
+    if changed {
+        // An address feather did not give it: CRIU dumps the namespace.
+        let init = source.inspect("vm")["state"]["init_pid"]
+            .as_i64()
+            .unwrap()
+            .to_string();
+        let added = Command::new("nsenter")
+            .args([
+                "-t",
+                &init,
+                "-n",
+                "ip",
+                "addr",
+                "add",
+                "192.0.2.7/32",
+                "dev",
+                "eth0",
+            ])
+            .status()
+            .unwrap();
+        assert!(added.success());
+    }
     let mut client = Killed(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", hosts.a))
@@ -676,6 +705,14 @@ fn default_vm_keeps_its_network_through_a_failed_migration(mode: &str) {
     assert!(!server.wait());
     assert_eq!(source.status("vm"), "running");
 
+    let keeper_log = std::fs::read_to_string(source.vm_dir("vm").join("keeper.log"));
+    assert_eq!(
+        keeper_log
+            .unwrap_or_default()
+            .contains("CRIU dumps the network namespace"),
+        changed,
+        "the namespace was dumped only when changed"
+    );
     let resumed = received_numbers(&source, "vm").len();
     source.eventually("the host's connection carries on at the source", || {
         received_numbers(&source, "vm").len() > resumed + 5

@@ -743,6 +743,16 @@ impl Keeper {
                     "checkpoint: {ended} TCP connections taken out of repair mode"
                 ));
             }
+            // CRIU's lock of a private namespace it dumped stays too (see `criu_lock`).
+            let dumped_netns = matches!(netns, snapshot::NetnsAtDump::ToCriu(_));
+            if dumped_netns && self.config.network.mode == feather_core::NetMode::Private {
+                if let Err(e) = crate::criu_lock::remove(self.init.pid) {
+                    eprintln!(
+                        "feather keeper {}: CRIU's network lock stays: {e}",
+                        self.vm.name()
+                    );
+                }
+            }
         }
         // A VM that goes on (a failed dump, or one left running) gets its link back, whether
         // or not CRIU said so.

@@ -40,6 +40,7 @@ pub mod boot;
 pub mod checkpoint;
 pub mod commands;
 pub mod commit;
+mod criu_lock;
 pub mod decide;
 pub mod diff;
 pub mod disk;
