@@ -608,10 +608,28 @@ impl Drop for Killed {
 /// (its namespace is not dumped, so CRIU's own lock does not apply): a migration that fails
 /// after the dump must give the restored VM its link back, or it would run on at the source
 /// unreachable. A client on the source host keeps its TCP connection to the VM's address
-/// through the failed migration. (Stop-and-copy: a post-copy migration failing after the dump
-/// loses the VM's python processes, before this change too — see docs/migration.md.)
+/// through the failed migration, in stop-and-copy (the VM restored at the source) and in
+/// post-copy (CRIU lets the dumped processes go on, see `tcp_repair` in feather-vm).
 #[test]
 fn a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_source() {
+    default_vm_keeps_its_network_through_a_failed_migration("stop-and-copy", false);
+}
+
+/// [`a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_source`] in
+/// post-copy.
+#[test]
+fn a_default_vm_whose_post_copy_migration_fails_after_its_dump_keeps_its_network() {
+    default_vm_keeps_its_network_through_a_failed_migration("post-copy", false);
+}
+
+/// The same with a namespace changed from outside, which CRIU dumps and locks with its own
+/// iptables rules: after a failed post-copy they must go, or the VM runs on unreachable.
+#[test]
+fn a_default_vm_with_a_dumped_namespace_keeps_its_network_through_a_failed_post_copy() {
+    default_vm_keeps_its_network_through_a_failed_migration("post-copy", true);
+}
+
+fn default_vm_keeps_its_network_through_a_failed_migration(mode: &str, changed: bool) {
     let hosts = TwoHosts::new();
     let (source, target) = (Feather::new("mig-nfail"), Feather::new("mig-nfail-dst"));
     let subnet = own_subnet();
@@ -630,6 +648,28 @@ fn a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_so
         .to_owned();
     python_daemon(&source, "vm", LINE_SERVER, &[]);
     await_line_server(&source, "vm");
+    if changed {
+        // An address feather did not give it: CRIU dumps the namespace.
+        let init = source.inspect("vm")["state"]["init_pid"]
+            .as_i64()
+            .unwrap()
+            .to_string();
+        let added = Command::new("nsenter")
+            .args([
+                "-t",
+                &init,
+                "-n",
+                "ip",
+                "addr",
+                "add",
+                "192.0.2.7/32",
+                "dev",
+                "eth0",
+            ])
+            .status()
+            .unwrap();
+        assert!(added.success());
+    }
     let mut client = Killed(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", hosts.a))
@@ -652,11 +692,10 @@ fn a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_so
             ("FEATHER_CRIU", "/nonexistent/criu"),
         ],
     );
-    let failed: crate::support::Outcome =
-        migrating(&hosts, &source, "vm", &["--mode", "stop-and-copy"])
-            .output()
-            .unwrap()
-            .into();
+    let failed: crate::support::Outcome = migrating(&hosts, &source, "vm", &["--mode", mode])
+        .output()
+        .unwrap()
+        .into();
     assert_ne!(failed.code, 0);
     assert!(
         failed.stderr.contains("runs here again"),
@@ -666,6 +705,14 @@ fn a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_so
     assert!(!server.wait());
     assert_eq!(source.status("vm"), "running");
 
+    let keeper_log = std::fs::read_to_string(source.vm_dir("vm").join("keeper.log"));
+    assert_eq!(
+        keeper_log
+            .unwrap_or_default()
+            .contains("CRIU dumps the network namespace"),
+        changed,
+        "the namespace was dumped only when changed"
+    );
     let resumed = received_numbers(&source, "vm").len();
     source.eventually("the host's connection carries on at the source", || {
         received_numbers(&source, "vm").len() > resumed + 5
@@ -681,6 +728,82 @@ fn a_default_vm_whose_migration_fails_after_its_dump_keeps_its_network_at_the_so
         None,
         "the client is still connected"
     );
+}
+
+/// A post-copy migration that fails after the dump (a receiver without CRIU) must leave the VM
+/// whole at the source: every process, its memory and its connections, not only a shell loop.
+/// CRIU's lazy dump leaves the processes' memory to its page server; the sender makes that
+/// server fail so that CRIU lets them go on.
+#[test]
+fn a_post_copy_migration_failing_after_its_dump_leaves_every_process_whole_at_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-pcfail"), Feather::new("mig-pcfail-dst"));
+    source.ok(&["create", "big", "--net", "none"]);
+    source.ok(&["start", "big"]);
+    python_daemon(
+        &source,
+        "big",
+        &MEMORY_WRITER.replace("256 << 20", "64 << 20"),
+        &[],
+    );
+    python_daemon(&source, "big", LINE_SERVER, &[]);
+    await_line_server(&source, "big");
+    python_daemon(&source, "big", LINE_CLIENT, &[]);
+    source.eventually("the writer holds its 64 MiB", || {
+        source
+            .run(&["exec", "big", "--", "cat", "/run/sum-before"])
+            .code
+            == 0
+    });
+    let before = source.sh("big", "cat /run/sum-before");
+    source.eventually("the loopback connection carries data", || {
+        received_numbers(&source, "big").len() >= 3
+    });
+    let pythons = "pgrep -x python3 | sort | tr '\\n' ' '";
+    let running = source.sh("big", pythons);
+    assert_eq!(running.split_whitespace().count(), 3, "{running}");
+
+    // The receiver has no CRIU: it takes the archive, then cannot restore it.
+    let server = Server::start(&hosts, &target, &[("FEATHER_CRIU", "/nonexistent/criu")]);
+    let failed: crate::support::Outcome =
+        migrating(&hosts, &source, "big", &["--mode", "post-copy"])
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("runs here again"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!server.wait());
+    assert_eq!(source.status("big"), "running");
+    assert_eq!(source.sh("big", pythons), running, "every process lives on");
+
+    source.sh("big", "touch /run/sum-request");
+    source.eventually("the writer checks its memory at the source", || {
+        source
+            .run(&["exec", "big", "--", "cat", "/run/sum-after"])
+            .code
+            == 0
+    });
+    assert_eq!(
+        source.sh("big", "cat /run/sum-after"),
+        before,
+        "its 64 MiB are intact"
+    );
+    let resumed = received_numbers(&source, "big").len();
+    source.eventually("the loopback connection carries on", || {
+        received_numbers(&source, "big").len() > resumed + 5
+    });
+    let numbers = received_numbers(&source, "big");
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "one connection, nothing lost or repeated"
+    );
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+    source.ok(&["rm", "-f", "big"]);
 }
 
 /// When the connection breaks after the sender let the VM go, the sender cannot know whether it

@@ -728,6 +728,26 @@ impl Keeper {
                 _ => true,
             },
         );
+        // A post-copy dump whose page transfer failed: CRIU let the processes go on (frozen by
+        // the migration) with their TCP connections still in repair mode (see `tcp_repair`).
+        if lazy.is_some() && dumped.is_err() {
+            if let Some(cgroup) = &self.cgroup {
+                let ended = crate::tcp_repair::end_repair(&cgroup.members());
+                trace::phase(&format!(
+                    "checkpoint: {ended} TCP connections taken out of repair mode"
+                ));
+            }
+            // CRIU's lock of a private namespace it dumped stays too (see `criu_lock`).
+            let dumped_netns = matches!(netns, snapshot::NetnsAtDump::ToCriu(_));
+            if dumped_netns && self.config.network.mode == feather_core::NetMode::Private {
+                if let Err(e) = crate::criu_lock::remove(self.init.pid) {
+                    eprintln!(
+                        "feather keeper {}: CRIU's network lock stays: {e}",
+                        self.vm.name()
+                    );
+                }
+            }
+        }
         // A VM that goes on (a failed dump, or one left running) gets its link back, whether
         // or not CRIU said so.
         if locked.get() && (dumped.is_err() || leave_running) {

@@ -42,6 +42,7 @@ pub mod boot;
 pub mod checkpoint;
 pub mod commands;
 pub mod commit;
+mod criu_lock;
 pub mod decide;
 pub mod diff;
 pub mod disk;
@@ -68,6 +69,7 @@ pub mod rootfs;
 pub mod services;
 pub mod snapshot;
 pub mod spawner;
+mod tcp_repair;
 pub mod workload;
 
 pub use error::{Result, VmError};

@@ -478,9 +478,14 @@ fn post_copy(
     let _relaying = relaying;
     let (sent, lazy) = match (sent, lazy) {
         (Ok(sent), Some(lazy)) => (sent, lazy),
-        // Dumped, but it could not go: CRIU lets the processes go on here.
+        // Dumped, but it could not go: CRIU lets the processes go on here. They stay frozen
+        // until the keeper has taken their TCP connections out of the repair mode CRIU left
+        // them in (see `tcp_repair`).
         (Err(e), Some(lazy)) => {
-            return resume_here(name, lazy, page_stream, dump_error.unwrap_or(e))
+            let frozen_here = cgroup.freeze(Duration::from_secs(10));
+            let outcome = resume_here(name, lazy, page_stream, dump_error.unwrap_or(e));
+            drop(frozen_here);
+            return outcome;
         }
         (Ok(_), None) => return Err(failed(name, "its transfer ended without a dump")),
         // Nothing was frozen, or the dump failed: the VM runs here.
