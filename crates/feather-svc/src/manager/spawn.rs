@@ -308,6 +308,8 @@ pub struct Handed<'a> {
     pub cgroup_procs: &'a [File],
     /// Its `SystemCallFilter=`, compiled when the unit started.
     pub syscall_filter: Option<&'a [feather_sys::seccomp::Instruction]>,
+    /// The calls its `PrivateDevices=`, `ProtectClock=`, … refuse, compiled when it started.
+    pub protection_filter: Option<&'a [feather_sys::seccomp::Instruction]>,
     /// `PrivateTmp=`: its folders' name, when the VM's spawner makes this process.
     pub private_tmp: Option<&'a str>,
 }
@@ -373,6 +375,7 @@ pub fn command(
         connection,
         cgroup_procs,
         syscall_filter,
+        protection_filter,
         private_tmp,
     } = handed;
     let program = resolve_program(Path::new("/"), &exec.path).map_err(|program| {
@@ -481,6 +484,7 @@ pub fn command(
                 address_family_filter(unit)?
                     .into_iter()
                     .chain(restrictions.filters)
+                    .chain(protection_filter.map(<[_]>::to_vec))
                     .chain(syscall_filter.map(<[_]>::to_vec))
                     .collect()
             },
@@ -493,7 +497,8 @@ pub fn command(
 /// Whether a process of `unit` (not a `+` command) runs with no_new_privs: `NoNewPrivileges=`,
 /// or a setting systemd implies it with for a service without CAP_SYS_ADMIN, which no process
 /// of a VM has: the seccomp-based ones feather applies (`syscall_filter`: its
-/// `SystemCallFilter=` was compiled), `ProtectKernelTunables=` and `ProtectKernelLogs=`.
+/// `SystemCallFilter=` was compiled), `ProtectKernelTunables=`, `ProtectKernelLogs=`,
+/// `PrivateDevices=`, `ProtectKernelModules=`, `ProtectClock=` and `ProtectHostname=`.
 pub fn gets_no_new_privileges(unit: &Unit, syscall_filter: bool) -> bool {
     let exec = &unit.exec;
     let families = exec
@@ -502,6 +507,7 @@ pub fn gets_no_new_privileges(unit: &Unit, syscall_filter: bool) -> bool {
         .is_some_and(|families| !families.denied().is_empty());
     exec.no_new_privileges
         || exec.restrictions.any()
+        || exec.protections.any()
         || exec.filesystem.protect_kernel_tunables
         || exec.filesystem.protect_kernel_logs
         || families
@@ -566,13 +572,19 @@ fn address_family_filter(
 
 /// The capabilities of the manager's bounding set that `CapabilityBoundingSet=` leaves out.
 fn capabilities_to_drop(unit: &Unit) -> Vec<caps::Capability> {
-    let Some(kept) = &unit.exec.capability_bounding_set else {
-        return Vec::new();
+    let removed = super::protections::capabilities(&unit.exec.protections);
+    let kept = |cap: &caps::Capability| {
+        let by_set = unit
+            .exec
+            .capability_bounding_set
+            .as_ref()
+            .is_none_or(|kept| kept.contains(&cap.to_string()));
+        by_set && !removed.contains(cap)
     };
     caps::read(None, caps::CapSet::Bounding)
         .unwrap_or_default()
         .into_iter()
-        .filter(|cap| !kept.contains(&cap.to_string()))
+        .filter(|cap| !kept(cap))
         .collect()
 }
 
