@@ -42,7 +42,7 @@ check("personality", lambda: c_call(libc.personality, PER_LINUX32))
 "#;
 
 /// Makes the calls `PrivateDevices=`, `ProtectClock=` and `ProtectHostname=` refuse, and
-/// prints the process's filters and no_new_privs. `sethostname` runs in a child in a user and
+/// lists `/usr/lib/modules`, and prints the process's filters and no_new_privs. `sethostname` runs in a child in a user and
 /// UTS namespace of its own (the VM allows them), where it succeeds without a filter.
 const PROTECT_PROBE: &str = r#"import ctypes, os
 libc = ctypes.CDLL(None, use_errno=True)
@@ -66,6 +66,7 @@ check("iopl", lambda: c_call(libc.iopl, 0))
 # goes through clock_adjtime, which the VM's filter refuses.
 SYS_ADJTIMEX = {"x86_64": 159, "aarch64": 171}[os.uname().machine]
 check("adjtimex", lambda: c_call(libc.syscall, SYS_ADJTIMEX, ctypes.create_string_buffer(512)))
+check("modules", lambda: os.listdir("/usr/lib/modules"))
 child = os.fork()
 if child == 0:
     try:
@@ -239,6 +240,8 @@ fn services_kernel_protections_refuse_their_calls() {
         "pk",
         &format!("mkdir -p /opt/probe && cat > /opt/probe/protect.py <<'EOF'\n{PROTECT_PROBE}EOF"),
     );
+    // The host may have none: the VM's layer gets one.
+    feather.sh("pk", "mkdir -p /usr/lib/modules/probe");
     let probe = "ExecStart=/usr/bin/python3 /opt/probe/protect.py\n";
     let units = [
         ("devices", "PrivateDevices=yes\n"),
@@ -265,6 +268,7 @@ fn services_kernel_protections_refuse_their_calls() {
     let open = log(&feather, "pk", "open");
     assert!(open.contains("adjtimex ok"), "{open}");
     assert!(open.contains("sethostname ok"), "{open}");
+    assert!(open.contains("modules ok"), "{open}");
     // 0, or ENOSYS where the kernel has no iopl: never the filter's EPERM.
     assert!(!open.contains("iopl errno 1\n"), "{open}");
     assert!(open.contains("NoNewPrivs:\t0"), "{open}");
@@ -281,9 +285,14 @@ fn services_kernel_protections_refuse_their_calls() {
     assert!(devices.contains("iopl errno 1\n"), "{devices}");
     assert!(devices.contains("adjtimex ok"), "{devices}");
     // The module calls fail in every VM already (no CAP_SYS_MODULE, the VM's filter): the
-    // unit's own filter is what the setting adds.
+    // unit's own filter, and its Landlock domain hiding the modules, are what it adds.
     let modules = protected("modules");
     assert!(modules.contains("adjtimex ok"), "{modules}");
+    assert!(
+        modules.contains(&format!("modules errno {}\n", libc::EACCES)),
+        "{modules}"
+    );
+    assert!(devices.contains("modules ok"), "{devices}");
     let clock = protected("clock");
     assert!(clock.contains("adjtimex errno 1\n"), "{clock}");
     assert!(clock.contains("sethostname ok"), "{clock}");

@@ -851,7 +851,10 @@ impl Unit {
             }
             "LockPersonality" => exec.restrictions.lock_personality = values::boolean(raw)?,
             "PrivateDevices" => exec.protections.private_devices = values::boolean(raw)?,
-            "ProtectKernelModules" => exec.protections.kernel_modules = values::boolean(raw)?,
+            "ProtectKernelModules" => {
+                exec.protections.kernel_modules = values::boolean(raw)?;
+                exec.filesystem.protect_kernel_modules = exec.protections.kernel_modules;
+            }
             "ProtectClock" => exec.protections.clock = values::boolean(raw)?,
             // systemd 257's `private`: a UTS namespace where the name may change, no filter.
             "ProtectHostname" if raw.trim() == "private" => exec.protections.hostname = false,
