@@ -730,3 +730,33 @@ fn resource(name: &str) -> Option<Resource> {
         _ => return None,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caps::Capability::*;
+
+    /// The test runs as root on the host, whose bounding set holds these capabilities (a VM's
+    /// holds none of them: there, dropping them is defence in depth).
+    #[test]
+    fn kernel_protections_leave_the_bounding_set() {
+        let bounding = caps::read(None, caps::CapSet::Bounding).unwrap();
+        assert!(bounding.contains(&CAP_MKNOD) && bounding.contains(&CAP_SYS_MODULE));
+        let mut unit = Unit::new(crate::name::UnitName::parse("probe.service").unwrap());
+        assert!(capabilities_to_drop(&unit).is_empty());
+        unit.exec.protections.private_devices = true;
+        unit.exec.protections.clock = true;
+        let dropped = capabilities_to_drop(&unit);
+        for cap in [CAP_MKNOD, CAP_SYS_RAWIO, CAP_SYS_TIME, CAP_WAKE_ALARM] {
+            assert_eq!(dropped.contains(&cap), bounding.contains(&cap), "{cap}");
+        }
+        assert!(!dropped.contains(&CAP_SYS_MODULE), "{dropped:?}");
+        // With CapabilityBoundingSet= both remove: a protection wins over a kept capability.
+        unit.exec.capability_bounding_set =
+            Some(["CAP_MKNOD".to_owned(), "CAP_CHOWN".to_owned()].into());
+        let dropped = capabilities_to_drop(&unit);
+        assert!(dropped.contains(&CAP_MKNOD), "{dropped:?}");
+        assert!(dropped.contains(&CAP_SYS_MODULE), "{dropped:?}");
+        assert!(!dropped.contains(&CAP_CHOWN), "{dropped:?}");
+    }
+}
