@@ -71,6 +71,9 @@ pub struct FilesystemSettings {
     pub protect_kernel_tunables: bool,
     /// `/dev/kmsg`, `/proc/kmsg`, `syslog(2)`: out of every VM's reach already.
     pub protect_kernel_logs: bool,
+    /// `ProtectKernelModules=`: the module folders inaccessible (its capability and filter
+    /// are `manager/protections.rs`'s; the unit parser sets both from the one key).
+    pub protect_kernel_modules: bool,
     /// `PrivateTmp=`: `/tmp` and `/var/tmp` are folders of the unit's own (the VM's spawner
     /// makes its processes, docs/services.md), writable under `ProtectSystem=strict`.
     pub private_tmp: bool,
@@ -131,6 +134,9 @@ impl FilesystemSettings {
         if self.protect_control_groups {
             keys.push("ProtectControlGroups");
         }
+        if self.protect_kernel_modules {
+            keys.push("ProtectKernelModules");
+        }
         keys
     }
 
@@ -166,6 +172,9 @@ impl FilesystemSettings {
         }
         if self.protect_control_groups {
             entries.push(Entry::optional("/sys/fs/cgroup", Access::ReadOnly));
+        }
+        if self.protect_kernel_modules {
+            entries.extend(fixed(&MODULES, Access::Inaccessible));
         }
         entries.extend(
             writable
@@ -207,6 +216,8 @@ const SYSTEM: [&str; 3] = ["/usr", "/boot", "/efi"];
 const API_FILESYSTEMS: [&str; 3] = ["/dev", "/proc", "/sys"];
 /// `PrivateTmp=`'s folders.
 const TEMPORARY: [&str; 2] = ["/tmp", "/var/tmp"];
+/// `ProtectKernelModules=`'s folders (where `/lib` is not a link to `/usr/lib`, both).
+const MODULES: [&str; 2] = ["/usr/lib/modules", "/lib/modules"];
 /// `ProtectHome=`'s folders.
 const HOMES: [&str; 3] = ["/home", "/root", "/run/user"];
 

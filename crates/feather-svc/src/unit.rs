@@ -226,6 +226,8 @@ pub struct ExecContext {
     pub system_call_error_number: Option<i32>,
     /// The argument checks systemd makes with seccomp (and `PR_SET_MDWE`).
     pub restrictions: Restrictions,
+    /// `PrivateDevices=`, `ProtectKernelModules=`, `ProtectClock=`, `ProtectHostname=`.
+    pub protections: KernelProtections,
     /// `ProtectSystem=`, `ProtectHome=`, `ReadWritePaths=`, …: applied with a Landlock domain
     /// of the unit's own (`manager/filesystem.rs`).
     pub filesystem: FilesystemSettings,
@@ -259,6 +261,26 @@ impl Restrictions {
             || self.memory_deny_write_execute
             || self.lock_personality
             || self.native_architecture_only
+    }
+}
+
+/// `PrivateDevices=`, `ProtectKernelModules=`, `ProtectClock=` and `ProtectHostname=`: what
+/// systemd applies for them beyond a mount, capabilities and call filters, applied by
+/// `manager/protections.rs`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct KernelProtections {
+    pub private_devices: bool,
+    pub kernel_modules: bool,
+    pub clock: bool,
+    /// `ProtectHostname=yes` (not `private`, under which systemd lets the name change).
+    pub hostname: bool,
+}
+
+impl KernelProtections {
+    /// Whether any is set: each implies `NoNewPrivileges=` under systemd for a service
+    /// without CAP_SYS_ADMIN, which no process of a VM has.
+    pub fn any(&self) -> bool {
+        self.private_devices || self.kernel_modules || self.clock || self.hostname
     }
 }
 
@@ -321,6 +343,7 @@ impl Default for ExecContext {
             system_call_filter: Vec::new(),
             system_call_error_number: None,
             restrictions: Restrictions::default(),
+            protections: KernelProtections::default(),
             filesystem: FilesystemSettings::default(),
         }
     }
@@ -827,6 +850,15 @@ impl Unit {
                 exec.restrictions.memory_deny_write_execute = values::boolean(raw)?
             }
             "LockPersonality" => exec.restrictions.lock_personality = values::boolean(raw)?,
+            "PrivateDevices" => exec.protections.private_devices = values::boolean(raw)?,
+            "ProtectKernelModules" => {
+                exec.protections.kernel_modules = values::boolean(raw)?;
+                exec.filesystem.protect_kernel_modules = exec.protections.kernel_modules;
+            }
+            "ProtectClock" => exec.protections.clock = values::boolean(raw)?,
+            // systemd 257's `private`: a UTS namespace where the name may change, no filter.
+            "ProtectHostname" if raw.trim() == "private" => exec.protections.hostname = false,
+            "ProtectHostname" => exec.protections.hostname = values::boolean(raw)?,
             "SystemCallArchitectures" => {
                 let names: Vec<&str> = raw.split_whitespace().collect();
                 let native = native_architecture_names();

@@ -734,3 +734,50 @@ fn argument_restrictions_are_read_as_systemd_reads_them() {
     assert_eq!(mixed.not_applied, ["Service.SystemCallArchitectures"]);
     assert!(!load("").exec.restrictions.any());
 }
+
+#[test]
+fn kernel_protections_are_read_and_no_longer_listed_as_not_applied() {
+    let tree = Tree::new("protections");
+    let load = |lines: &str| {
+        tree.lib(
+            "p.service",
+            &format!("[Service]\nExecStart=/bin/true\n{lines}"),
+        );
+        tree.load("p.service")
+    };
+    let unit = load(
+        "PrivateDevices=yes\nProtectKernelModules=yes\nProtectClock=yes\nProtectHostname=yes\n",
+    );
+    let p = &unit.exec.protections;
+    assert!(p.private_devices && p.kernel_modules && p.clock && p.hostname && p.any());
+    assert!(unit.not_applied.is_empty(), "{:?}", unit.not_applied);
+    // The module folders are made inaccessible by the unit's Landlock domain.
+    assert!(unit.exec.filesystem.protect_kernel_modules);
+    assert_eq!(
+        unit.exec.filesystem.confining_keys(),
+        ["ProtectKernelModules"]
+    );
+    let hidden: Vec<_> = unit
+        .exec
+        .filesystem
+        .entries(&[])
+        .into_iter()
+        .filter(|e| e.access == feather_svc::filesystem::Access::Inaccessible)
+        .map(|e| e.path)
+        .collect();
+    assert_eq!(
+        hidden,
+        [
+            std::path::PathBuf::from("/usr/lib/modules"),
+            std::path::PathBuf::from("/lib/modules")
+        ]
+    );
+    // systemd 257's `private` lets the name change in the unit's own namespace: no filter.
+    assert!(!load("ProtectHostname=private\n").exec.protections.any());
+    assert!(!load("PrivateDevices=no\n").exec.protections.any());
+    tree.lib(
+        "bad.service",
+        "[Service]\nExecStart=/bin/true\nProtectClock=sometimes\n",
+    );
+    assert!(tree.load_err("bad.service").contains("sometimes"));
+}

@@ -18,6 +18,7 @@ pub mod client;
 pub mod client_protocol;
 mod filesystem;
 mod processes;
+mod protections;
 pub mod protocol;
 mod restrictions;
 mod sockets;

@@ -308,6 +308,8 @@ pub struct Handed<'a> {
     pub cgroup_procs: &'a [File],
     /// Its `SystemCallFilter=`, compiled when the unit started.
     pub syscall_filter: Option<&'a [feather_sys::seccomp::Instruction]>,
+    /// The calls its `PrivateDevices=`, `ProtectClock=`, … refuse, compiled when it started.
+    pub protection_filter: Option<&'a [feather_sys::seccomp::Instruction]>,
     /// `PrivateTmp=`: its folders' name, when the VM's spawner makes this process.
     pub private_tmp: Option<&'a str>,
 }
@@ -373,6 +375,7 @@ pub fn command(
         connection,
         cgroup_procs,
         syscall_filter,
+        protection_filter,
         private_tmp,
     } = handed;
     let program = resolve_program(Path::new("/"), &exec.path).map_err(|program| {
@@ -481,6 +484,7 @@ pub fn command(
                 address_family_filter(unit)?
                     .into_iter()
                     .chain(restrictions.filters)
+                    .chain(protection_filter.map(<[_]>::to_vec))
                     .chain(syscall_filter.map(<[_]>::to_vec))
                     .collect()
             },
@@ -493,7 +497,8 @@ pub fn command(
 /// Whether a process of `unit` (not a `+` command) runs with no_new_privs: `NoNewPrivileges=`,
 /// or a setting systemd implies it with for a service without CAP_SYS_ADMIN, which no process
 /// of a VM has: the seccomp-based ones feather applies (`syscall_filter`: its
-/// `SystemCallFilter=` was compiled), `ProtectKernelTunables=` and `ProtectKernelLogs=`.
+/// `SystemCallFilter=` was compiled), `ProtectKernelTunables=`, `ProtectKernelLogs=`,
+/// `PrivateDevices=`, `ProtectKernelModules=`, `ProtectClock=` and `ProtectHostname=`.
 pub fn gets_no_new_privileges(unit: &Unit, syscall_filter: bool) -> bool {
     let exec = &unit.exec;
     let families = exec
@@ -502,6 +507,7 @@ pub fn gets_no_new_privileges(unit: &Unit, syscall_filter: bool) -> bool {
         .is_some_and(|families| !families.denied().is_empty());
     exec.no_new_privileges
         || exec.restrictions.any()
+        || exec.protections.any()
         || exec.filesystem.protect_kernel_tunables
         || exec.filesystem.protect_kernel_logs
         || families
@@ -566,13 +572,19 @@ fn address_family_filter(
 
 /// The capabilities of the manager's bounding set that `CapabilityBoundingSet=` leaves out.
 fn capabilities_to_drop(unit: &Unit) -> Vec<caps::Capability> {
-    let Some(kept) = &unit.exec.capability_bounding_set else {
-        return Vec::new();
+    let removed = super::protections::capabilities(&unit.exec.protections);
+    let kept = |cap: &caps::Capability| {
+        let by_set = unit
+            .exec
+            .capability_bounding_set
+            .as_ref()
+            .is_none_or(|kept| kept.contains(&cap.to_string()));
+        by_set && !removed.contains(cap)
     };
     caps::read(None, caps::CapSet::Bounding)
         .unwrap_or_default()
         .into_iter()
-        .filter(|cap| !kept.contains(&cap.to_string()))
+        .filter(|cap| !kept(cap))
         .collect()
 }
 
@@ -717,4 +729,34 @@ fn resource(name: &str) -> Option<Resource> {
         "LimitRTTIME" => Resource::RLIMIT_RTTIME,
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use caps::Capability::*;
+
+    /// The test runs as root on the host, whose bounding set holds these capabilities (a VM's
+    /// holds none of them: there, dropping them is defence in depth).
+    #[test]
+    fn kernel_protections_leave_the_bounding_set() {
+        let bounding = caps::read(None, caps::CapSet::Bounding).unwrap();
+        assert!(bounding.contains(&CAP_MKNOD) && bounding.contains(&CAP_SYS_MODULE));
+        let mut unit = Unit::new(crate::name::UnitName::parse("probe.service").unwrap());
+        assert!(capabilities_to_drop(&unit).is_empty());
+        unit.exec.protections.private_devices = true;
+        unit.exec.protections.clock = true;
+        let dropped = capabilities_to_drop(&unit);
+        for cap in [CAP_MKNOD, CAP_SYS_RAWIO, CAP_SYS_TIME, CAP_WAKE_ALARM] {
+            assert_eq!(dropped.contains(&cap), bounding.contains(&cap), "{cap}");
+        }
+        assert!(!dropped.contains(&CAP_SYS_MODULE), "{dropped:?}");
+        // With CapabilityBoundingSet= both remove: a protection wins over a kept capability.
+        unit.exec.capability_bounding_set =
+            Some(["CAP_MKNOD".to_owned(), "CAP_CHOWN".to_owned()].into());
+        let dropped = capabilities_to_drop(&unit);
+        assert!(dropped.contains(&CAP_MKNOD), "{dropped:?}");
+        assert!(dropped.contains(&CAP_SYS_MODULE), "{dropped:?}");
+        assert!(!dropped.contains(&CAP_CHOWN), "{dropped:?}");
+    }
 }

@@ -45,7 +45,7 @@ use super::protocol::{
 };
 use super::spawn::{self, Identity, SpawnError};
 use super::spawner::{self, Spawner};
-use super::{cgroups, filesystem, syscall_filter};
+use super::{cgroups, filesystem, protections, syscall_filter};
 use super::{sockets, syslog};
 use crate::graph::{socket_service, DependencyGraph};
 use crate::name::UnitName;
@@ -181,6 +181,8 @@ struct Runtime {
     group: Option<feather_sys::cgroup::Cgroup>,
     /// Its `SystemCallFilter=`, compiled at its start.
     syscall_filter: Option<Vec<feather_sys::seccomp::Instruction>>,
+    /// The calls its `PrivateDevices=`, `ProtectClock=`, … refuse, compiled at its start.
+    protection_filter: Option<Vec<feather_sys::seccomp::Instruction>>,
     /// `PrivateTmp=`: the name of its folders in `/tmp` and `/var/tmp`, from its start to its
     /// stop.
     private_tmp: Option<String>,
@@ -233,6 +235,7 @@ impl Runtime {
             last_deactivated: None,
             group: None,
             syscall_filter: None,
+            protection_filter: None,
             private_tmp: None,
             landlocked: false,
             unconfined_since_restore: false,

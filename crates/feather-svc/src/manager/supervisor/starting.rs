@@ -163,6 +163,47 @@ impl Manager {
                 }
             }
         }
+        r.protection_filter = None;
+        let mut refused: Vec<&str> = Vec::new();
+        for (key, entries) in protections::refused(&r.unit.exec.protections) {
+            if !protections::needs_groups(entries) {
+                refused.extend(entries);
+                continue;
+            }
+            let groups = self
+                .syscall_groups
+                .get_or_insert_with(|| syscall_filter::load_groups().map_err(std::sync::Arc::new));
+            match groups {
+                Ok(_) => refused.extend(entries),
+                // Shown, not hidden: the unit runs, and `status` lists the setting as not
+                // applied.
+                Err(e) => {
+                    log_line(r, &format!("feather: {e}; {key}= not applied"));
+                    let entry = format!("Service.{key}");
+                    if !r.unit.not_applied.contains(&entry) {
+                        r.unit.not_applied.push(entry);
+                    }
+                }
+            }
+        }
+        let no_groups = syscall_filter::Groups::new();
+        let groups = match &self.syscall_groups {
+            Some(Ok(groups)) => groups,
+            _ => &no_groups,
+        };
+        match protections::filter(&refused, groups) {
+            Ok(filter) => r.protection_filter = filter,
+            // A group this systemd lacks: the unit runs, the settings are listed.
+            Err(why) => {
+                for (key, _) in protections::refused(&r.unit.exec.protections) {
+                    log_line(r, &format!("feather: {why}; {key}= not applied"));
+                    let entry = format!("Service.{key}");
+                    if !r.unit.not_applied.contains(&entry) {
+                        r.unit.not_applied.push(entry);
+                    }
+                }
+            }
+        }
         let no_new_privileges = spawn::gets_no_new_privileges(&r.unit, r.syscall_filter.is_some());
         if let Some(why) = filesystem::not_applicable(&r.unit, no_new_privileges) {
             let keys = r.unit.exec.filesystem.confining_keys();
@@ -404,6 +445,7 @@ impl Manager {
                 connection: connection.map(|c| c.as_fd()),
                 cgroup_procs: &cgroup_procs,
                 syscall_filter: r.syscall_filter.as_deref(),
+                protection_filter: r.protection_filter.as_deref(),
                 private_tmp: private_tmp.as_deref(),
             },
         )?;
