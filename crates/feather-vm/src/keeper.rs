@@ -498,7 +498,7 @@ impl Keeper {
 
     /// Serves the control socket until the VM's init exits, then cleans up. `foreground`:
     /// the keeper is the user's `feather run --rm`, and signals it receives go to the workload.
-    pub fn serve(self, foreground: bool) -> Result<Ended> {
+    pub fn serve(mut self, foreground: bool) -> Result<Ended> {
         let signals = process::block_signals(&HANDLED).in_vm(self.vm.name())?;
         let runs = match &self.hold {
             Some(serve) => {
@@ -584,6 +584,9 @@ impl Keeper {
         trace::phase("run the command");
         let ended = decide::ended(status, foreground);
         self.tear_down(&ended.how, foreground);
+        // The broker's last words (the audit lines its pace held back) go into the root's log
+        // before anyone waiting for the stop hears of it: they may remove the root next.
+        drop(self.broker.take());
         // Everything is cleaned up: the VM may be started again before this process has exited,
         // so the lock goes now, before anyone waiting for the stop hears of it.
         drop(self.lock);
