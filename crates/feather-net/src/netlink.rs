@@ -49,35 +49,15 @@ impl Netlink {
 
     /// Sends one request and waits for the kernel's acknowledgement.
     fn request(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
-        self.sequence += 1;
-        let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_ACK | flags;
-        header.sequence_number = self.sequence;
-        let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
-        packet.finalize();
-        let mut buffer = vec![0u8; packet.buffer_len()];
-        packet.serialize(&mut buffer);
-        self.socket.send(&buffer, 0)?;
+        self.send(message, NLM_F_REQUEST | NLM_F_ACK | flags)?;
         loop {
-            let (reply, _) = self.socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset < reply.len() {
-                let answer =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[offset..])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let length = answer.header.length as usize;
-                if answer.header.sequence_number == self.sequence {
-                    if let NetlinkPayload::Error(error) = answer.payload {
-                        return match error.code {
-                            None => Ok(()),
-                            Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
-                        };
-                    }
+            for answer in self.receive_answers()? {
+                if let NetlinkPayload::Error(error) = answer.payload {
+                    return match error.code {
+                        None => Ok(()),
+                        Some(code) => Err(io::Error::from_raw_os_error(-code.get())),
+                    };
                 }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
             }
         }
     }
@@ -85,43 +65,57 @@ impl Netlink {
     /// Sends one dump request (`ip link show`, `ip address`, `ip route show table all`) and
     /// returns every message of the kernel's answer.
     pub fn dump(&mut self, message: RouteNetlinkMessage) -> io::Result<Vec<RouteNetlinkMessage>> {
+        self.send(message, NLM_F_REQUEST | NLM_F_DUMP)?;
+        let mut answers = Vec::new();
+        loop {
+            for answer in self.receive_answers()? {
+                match answer.payload {
+                    NetlinkPayload::Done(_) => return Ok(answers),
+                    NetlinkPayload::Error(error) => {
+                        return Err(match error.code {
+                            None => io::Error::other("dump ended by an acknowledgement"),
+                            Some(code) => io::Error::from_raw_os_error(-code.get()),
+                        })
+                    }
+                    NetlinkPayload::InnerMessage(inner) => answers.push(inner),
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    /// Sends `message` with `flags` as the next request of this socket.
+    fn send(&mut self, message: RouteNetlinkMessage, flags: u16) -> io::Result<()> {
         self.sequence += 1;
         let mut header = NetlinkHeader::default();
-        header.flags = NLM_F_REQUEST | NLM_F_DUMP;
+        header.flags = flags;
         header.sequence_number = self.sequence;
         let mut packet = NetlinkMessage::new(header, NetlinkPayload::from(message));
         packet.finalize();
         let mut buffer = vec![0u8; packet.buffer_len()];
         packet.serialize(&mut buffer);
         self.socket.send(&buffer, 0)?;
+        Ok(())
+    }
+
+    /// Receives one datagram and returns its messages that answer the last request.
+    fn receive_answers(&mut self) -> io::Result<Vec<NetlinkMessage<RouteNetlinkMessage>>> {
+        let (reply, _) = self.socket.recv_from_full()?;
         let mut answers = Vec::new();
-        loop {
-            let (reply, _) = self.socket.recv_from_full()?;
-            let mut offset = 0;
-            while offset < reply.len() {
-                let answer =
-                    NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[offset..])
-                        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-                let length = answer.header.length as usize;
-                if answer.header.sequence_number == self.sequence {
-                    match answer.payload {
-                        NetlinkPayload::Done(_) => return Ok(answers),
-                        NetlinkPayload::Error(error) => {
-                            return Err(match error.code {
-                                None => io::Error::other("dump ended by an acknowledgement"),
-                                Some(code) => io::Error::from_raw_os_error(-code.get()),
-                            })
-                        }
-                        NetlinkPayload::InnerMessage(inner) => answers.push(inner),
-                        _ => {}
-                    }
-                }
-                if length == 0 {
-                    break;
-                }
-                offset += length;
+        let mut offset = 0;
+        while offset < reply.len() {
+            let answer = NetlinkMessage::<RouteNetlinkMessage>::deserialize(&reply[offset..])
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
+            let length = answer.header.length as usize;
+            if answer.header.sequence_number == self.sequence {
+                answers.push(answer);
             }
+            if length == 0 {
+                break;
+            }
+            offset += length;
         }
+        Ok(answers)
     }
 
     /// Creates a bridge that is up, unless one of that name exists.
