@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use crate::error::{netlink as netlink_error, NetError, Result};
 use crate::netlink::{index_of, Netlink};
+use crate::settings::RootNetwork;
 
 /// The name of the VM's end of its veth pair, inside its namespace.
 pub const VM_INTERFACE: &str = "eth0";
@@ -37,6 +38,19 @@ pub struct Interface {
     pub address: Ipv4Addr,
     pub prefix: u8,
     pub gateway: Ipv4Addr,
+}
+
+impl Interface {
+    /// The VM's end of its veth pair: `address` in `network`'s subnet, routed through its
+    /// bridge.
+    pub fn of_vm(network: &RootNetwork, address: Ipv4Addr) -> Interface {
+        Interface {
+            name: VM_INTERFACE.to_owned(),
+            address,
+            prefix: network.subnet.prefix(),
+            gateway: network.gateway(),
+        }
+    }
 }
 
 impl Inside {

@@ -261,12 +261,7 @@ pub fn prepare(
     let interface = match (&network, private) {
         // Configured when the pool made it.
         _ if pooled.is_some() => None,
-        (Some(network), Some((address, gateway))) => Some(Interface {
-            name: VM_INTERFACE.to_owned(),
-            address,
-            prefix: network.subnet.prefix(),
-            gateway,
-        }),
+        (Some(network), Some((address, _))) => Some(Interface::of_vm(network, address)),
         _ => None,
     };
     let inside = Inside {
@@ -354,12 +349,7 @@ impl Attachment {
         self.hold_traffic(true)?;
         let inside = Inside {
             own_namespace: true,
-            interface: Some(Interface {
-                name: VM_INTERFACE.to_owned(),
-                address,
-                prefix: network.subnet.prefix(),
-                gateway: network.gateway(),
-            }),
+            interface: Some(Interface::of_vm(network, address)),
             files: Vec::new(),
         };
         let namespace = fs::File::from(namespace.try_clone().map_err(|source| NetError::Io {
@@ -381,12 +371,7 @@ impl Attachment {
         let (Some(network), Some(address)) = (&self.network, self.config.address) else {
             return Ok(Vec::new());
         };
-        let interface = Interface {
-            name: VM_INTERFACE.to_owned(),
-            address,
-            prefix: network.subnet.prefix(),
-            gateway: network.gateway(),
-        };
+        let interface = Interface::of_vm(network, address);
         let path = format!("/proc/{init_pid}/ns/net");
         let namespace = fs::File::open(&path).at(&path)?;
         pool::in_namespace(&namespace, move || {

@@ -382,12 +382,7 @@ fn make_entry(network: &RootNetwork, making: &Path, n: &str) -> Result<()> {
         .map_err(netlink_error("create veth pair", host_end.clone()))?;
     let inside = Inside {
         own_namespace: true,
-        interface: Some(Interface {
-            name: VM_INTERFACE.to_owned(),
-            address,
-            prefix: network.subnet.prefix(),
-            gateway: network.gateway(),
-        }),
+        interface: Some(Interface::of_vm(network, address)),
         files: Vec::new(),
     };
     in_namespace(&namespace, move || {
