@@ -1,7 +1,8 @@
 //! `create --ro PATH`: paths of the base a VM sees as read-only bind mounts of the base's own
-//! files, not through its layer. A lookup there costs what it costs on the host (overlayfs
-//! looks every name up in two layers), a write fails with EROFS, and nothing there ever
-//! reaches the layer, so `diff` and `commit` have nothing to show under it.
+//! files, not through its layer. A lookup there costs what it costs on the host (through the
+//! overlay every path component's permission is checked on two inodes and every open opens a
+//! second file: docs/design.md, "The overlay's cost per file"), a write fails with EROFS, and
+//! nothing there ever reaches the layer, so `diff` and `commit` have nothing to show under it.
 //!
 //! A path is checked once, when the VM is created, and recorded as the VM sees it: absolute,
 //! without `..`, reached in the base without following any symbolic link (a link could lead
