@@ -2,8 +2,8 @@
 //! VM (a unix socket at the rule's `at=` path, or a TCP port on the VM's loopback), owned by
 //! the VM's keeper. Every connection to an endpoint is a request decided by the gate; an
 //! allowed one is connected to the target (a VM's socket or port, or the host's) — starting the
-//! target VM and its service first when the rule says `start=UNIT` — and its bytes are carried
-//! across: by the kernel (`redirect`) where it can, else spliced.
+//! target VM and its service first when the rule says `start=UNIT` — and its bytes are spliced
+//! across.
 
 use std::collections::HashMap;
 use std::io;
@@ -22,7 +22,6 @@ use crate::gate::Gate;
 use crate::identity;
 use crate::peers::{Peers, PeersError};
 use crate::policy::{Kind, Party, Policy, Request, Rule, RuleRef};
-use crate::redirect::{self, Path};
 use crate::side::VmSide;
 use crate::splice;
 
@@ -405,27 +404,6 @@ pub struct ChannelInfo {
     /// A D-Bus channel's filtering proxies, one per client uid (the proxy runs as its
     /// client), each made by that uid's first connection.
     proxy: Mutex<HashMap<u32, Proxy>>,
-    /// How the channel's last connection was carried, said in the keeper's log when it
-    /// changes (the first connection, or the kernel refusing where it took them before).
-    path: Mutex<Option<Path>>,
-}
-
-impl ChannelInfo {
-    /// Says in the keeper's log how the channel carries its connections, when that changes.
-    fn say_path(&self, vm: &str, path: &Path) {
-        let mut said = self.path.lock().unwrap_or_else(|e| e.into_inner());
-        if said.as_ref() != Some(path) {
-            eprintln!(
-                "feather shuttle {vm}: channel {} to {}: connections {path}",
-                self.spec.place,
-                match &self.spec.target {
-                    Target::Host => "the host".to_owned(),
-                    Target::Vm(name) => format!("VM {name}"),
-                }
-            );
-            *said = Some(path.clone());
-        }
-    }
 }
 
 impl Channel {
@@ -447,7 +425,6 @@ impl Channel {
                 spec: offer.spec,
                 rule: offer.rule,
                 proxy: Mutex::new(HashMap::new()),
-                path: Mutex::new(None),
             }),
             listener,
         })
@@ -502,7 +479,7 @@ fn target_party(peers: &dyn Peers, target: &Target) -> Party {
 }
 
 /// Carries one accepted connection: decide, reach the target (starting it if the rule says
-/// so), carry. Runs on a thread of its own; every way out closes the client's connection.
+/// so), splice. Runs on a thread of its own; every way out closes the client's connection.
 pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
     struct Carried<'a>(&'a AtomicUsize);
     impl Drop for Carried<'_> {
@@ -623,7 +600,7 @@ pub fn serve(shared: Arc<Shared>, channel: Arc<ChannelInfo>, client: OwnedFd) {
     }
 }
 
-/// Carries `client` to what was reached, or records why nothing was.
+/// Splices `client` to what was reached, or records why nothing was.
 fn carry(
     shared: &Shared,
     channel: &ChannelInfo,
@@ -652,9 +629,7 @@ fn carry(
     ) else {
         return;
     };
-    redirect::forward(client, server, |path| {
-        channel.say_path(&shared.side.name, path)
-    });
+    let _ = splice::forward(client, server);
 }
 
 /// Reaches the target with `connect`: right away if it is running and answers; otherwise, with

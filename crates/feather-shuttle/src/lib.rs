@@ -37,7 +37,6 @@ pub mod invoke;
 pub mod peers;
 pub mod policy;
 pub mod protocol;
-pub mod redirect;
 pub mod side;
 pub mod splice;
 pub mod transfer;

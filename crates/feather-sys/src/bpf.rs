@@ -55,24 +55,16 @@ const LOG_BYTES: usize = 64 * 1024;
 /// lines. Its memory is charged to the caller's memory cgroup (Linux 5.11 and later), not
 /// to RLIMIT_MEMLOCK.
 pub fn load_device_program(program: &[Insn], license: &CStr) -> Result<OwnedFd> {
-    load(
-        (PROG_TYPE_CGROUP_DEVICE, ATTACH_CGROUP_DEVICE),
-        program,
-        license,
-        "the device program",
-    )
-}
-
-/// Loads `program` as a program of `(type, expected attach type)`; `what` names it in errors.
-/// A refusal by the verifier names its log's last lines.
-pub(crate) fn load(
-    (prog_type, attach_type): (u32, u32),
-    program: &[Insn],
-    license: &CStr,
-    what: &str,
-) -> Result<OwnedFd> {
     let insns: Vec<u64> = program.iter().map(|i| i.encode()).collect();
-    let load = |log: &mut [u8]| raw::bpf_prog_load(prog_type, attach_type, &insns, license, log);
+    let load = |log: &mut [u8]| {
+        raw::bpf_prog_load(
+            PROG_TYPE_CGROUP_DEVICE,
+            ATTACH_CGROUP_DEVICE,
+            &insns,
+            license,
+            log,
+        )
+    };
     load(&mut []).or_else(|_| {
         // Loaded again with the verifier's log, for the error.
         let mut log = vec![0u8; LOG_BYTES];
@@ -81,9 +73,9 @@ pub(crate) fn load(
         let text = text.trim_end_matches('\0').trim();
         let tail: Vec<&str> = text.lines().rev().take(3).collect();
         again.map_err(|errno| SysError {
-            op: "load",
+            op: "load the device program",
             target: format!(
-                "{what} (BPF program type {prog_type}, {} instructions; verifier: {})",
+                "(BPF_PROG_TYPE_CGROUP_DEVICE, {} instructions; verifier: {})",
                 insns.len(),
                 tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
             ),

@@ -18,7 +18,6 @@ pub mod pty;
 pub mod quota;
 mod raw;
 pub mod seccomp;
-pub mod sockmap;
 pub mod timed;
 
 pub use nix::errno::Errno;

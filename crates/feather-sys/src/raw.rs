@@ -896,41 +896,6 @@ pub fn move_mount_onto(tree: BorrowedFd<'_>, point: BorrowedFd<'_>) -> Result<()
 /// getsockopt(TCP_INFO)'s `tcpi_bytes_received` of a TCP socket: how many bytes of data it
 /// has received (Linux 4.1 and later).
 pub fn tcp_bytes_received(socket: BorrowedFd<'_>) -> Result<u64, Errno> {
-    tcp_info(socket).map(|info| info.tcpi_bytes_received)
-}
-
-/// getsockopt(TCP_INFO)'s `tcpi_bytes_acked` of a TCP socket: how many bytes the peer has
-/// acknowledged (the connecting side's count includes its SYN).
-pub fn tcp_bytes_acked(socket: BorrowedFd<'_>) -> Result<u64, Errno> {
-    tcp_info(socket).map(|info| info.tcpi_bytes_acked)
-}
-
-/// ioctl(SIOCOUTQ) of a TCP socket: the bytes written to it and not yet acknowledged.
-pub fn tcp_unacknowledged(socket: BorrowedFd<'_>) -> Result<u64, Errno> {
-    let mut queued: libc::c_int = 0;
-    // SAFETY: SIOCOUTQ (TIOCOUTQ) writes one int into `queued`, which outlives the call.
-    let ret = unsafe { libc::ioctl(socket.as_raw_fd(), libc::TIOCOUTQ, &mut queued) };
-    Errno::result(ret)?;
-    Ok(queued.max(0) as u64)
-}
-
-/// setsockopt(SO_RCVLOWAT) of a socket. On TCP the kernel checks right away whether the
-/// socket now has data to report, calling its data-ready hook.
-pub fn set_receive_low_water(socket: BorrowedFd<'_>, bytes: libc::c_int) -> Result<(), Errno> {
-    // SAFETY: the option's value is one int, borrowed for the call and only read.
-    let ret = unsafe {
-        libc::setsockopt(
-            socket.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_RCVLOWAT,
-            (&bytes as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        )
-    };
-    Errno::result(ret).map(drop)
-}
-
-fn tcp_info(socket: BorrowedFd<'_>) -> Result<libc::tcp_info, Errno> {
     // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
     let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
     let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
@@ -946,39 +911,15 @@ fn tcp_info(socket: BorrowedFd<'_>) -> Result<libc::tcp_info, Errno> {
         )
     };
     Errno::result(ret)?;
-    Ok(info)
+    Ok(info.tcpi_bytes_received)
 }
 
 /// bpf(2)'s commands feather uses (uapi/linux/bpf.h, `enum bpf_cmd`).
-const BPF_MAP_CREATE: libc::c_int = 0;
-const BPF_MAP_UPDATE_ELEM: libc::c_int = 2;
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_ATTACH: libc::c_int = 8;
 const BPF_PROG_DETACH: libc::c_int = 9;
 const BPF_PROG_GET_FD_BY_ID: libc::c_int = 13;
 const BPF_PROG_QUERY: libc::c_int = 16;
-
-/// The part of `union bpf_attr` BPF_MAP_CREATE reads, up to `map_flags`.
-#[repr(C)]
-#[derive(Default)]
-struct MapCreateAttr {
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-}
-
-/// The part of `union bpf_attr` BPF_MAP_UPDATE_ELEM reads.
-#[repr(C)]
-#[derive(Default)]
-struct MapElemAttr {
-    map_fd: u32,
-    _pad: u32,
-    key: u64,
-    value: u64,
-    flags: u64,
-}
 
 /// The part of `union bpf_attr` BPF_PROG_LOAD reads, up to `expected_attach_type`.
 #[repr(C)]
@@ -1052,35 +993,6 @@ unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> Result<libc::c_long, Errno> 
     Errno::result(ret)
 }
 
-/// BPF_MAP_CREATE of a map of `map_type` with `max_entries` entries of 4-byte keys and values.
-pub fn bpf_map_create(map_type: u32, max_entries: u32) -> Result<OwnedFd, Errno> {
-    let mut attr = MapCreateAttr {
-        map_type,
-        key_size: 4,
-        value_size: 4,
-        max_entries,
-        ..Default::default()
-    };
-    // SAFETY: MapCreateAttr is BPF_MAP_CREATE's prefix of bpf_attr and holds no address.
-    let fd = unsafe { bpf(BPF_MAP_CREATE, &mut attr) }?;
-    // SAFETY: on success BPF_MAP_CREATE returns a new descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
-}
-
-/// BPF_MAP_UPDATE_ELEM of a map of 4-byte keys and values: `map[key] = value` (for a
-/// sockmap, the value is a socket's descriptor).
-pub fn bpf_map_update(map: BorrowedFd<'_>, key: u32, value: u32) -> Result<(), Errno> {
-    let mut attr = MapElemAttr {
-        map_fd: map.as_raw_fd() as u32,
-        key: &key as *const u32 as u64,
-        value: &value as *const u32 as u64,
-        ..Default::default()
-    };
-    // SAFETY: MapElemAttr is BPF_MAP_UPDATE_ELEM's prefix of bpf_attr; `key` and `value` (4
-    // bytes each, the map's sizes) live on this frame across the call and are only read.
-    unsafe { bpf(BPF_MAP_UPDATE_ELEM, &mut attr) }.map(drop)
-}
-
 /// BPF_PROG_LOAD of `insns` (each a `struct bpf_insn`, 8 bytes) as a program of `prog_type`
 /// expecting `attach_type`, under `license`; the verifier's log goes into `log` if not empty.
 pub fn bpf_prog_load(
@@ -1111,8 +1023,7 @@ pub fn bpf_prog_load(
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
-/// BPF_PROG_ATTACH (`attach`) or BPF_PROG_DETACH of `prog` on `target` (a cgroup folder, or
-/// a sockmap).
+/// BPF_PROG_ATTACH (`attach`) or BPF_PROG_DETACH of `prog` on `target` (a cgroup folder).
 pub fn bpf_prog_attach(
     attach: bool,
     target: BorrowedFd<'_>,
