@@ -249,6 +249,23 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Bounds the groups that may be made below this one, whoever makes them: at most
+    /// `descendants` in all, none more than `depth` levels below it (cgroup v2's
+    /// `cgroup.max.descendants` and `cgroup.max.depth`, which the kernel checks against every
+    /// ancestor of a new group, so a group below cannot raise them). v1 has no such bound:
+    /// false where no v2 hierarchy is mounted.
+    pub fn bound_descendants(&self, descendants: u32, depth: u32) -> Result<bool> {
+        let Some(dir) = self.v2_dir() else {
+            return Ok(false);
+        };
+        write(
+            &dir.join("cgroup.max.descendants"),
+            &descendants.to_string(),
+        )?;
+        write(&dir.join("cgroup.max.depth"), &depth.to_string())?;
+        Ok(true)
+    }
+
     /// Writes `lines` (file, line: `devices.deny a`, `devices.allow c 1:3 rw`, …) to the
     /// group's v1 devices controller, where this host has one; false where it has none.
     pub fn restrict_devices_v1(&self, lines: &[(&str, String)]) -> Result<bool> {
