@@ -597,6 +597,104 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
 /// A process of the test, killed (by its pid) and reaped on drop.
 struct Killed(Child);
 
+/// Starts a process of the test with host pid `pid` (free now): the kernel gives a new process
+/// the pid after `ns_last_pid`, unless another process of the machine forks between the two;
+/// then it tries again, once that other process (a short-lived one, on a busy machine) is gone.
+fn started_at_pid(pid: u32, command: impl Fn() -> Command) -> Killed {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while std::time::Instant::now() < deadline {
+        if std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+            continue;
+        }
+        std::fs::write("/proc/sys/kernel/ns_last_pid", (pid - 1).to_string()).unwrap();
+        let child = Killed(command().spawn().unwrap());
+        if child.0.id() == pid {
+            return child;
+        }
+    }
+    panic!("no process of the test got pid {pid} within a minute");
+}
+
+#[test]
+fn a_process_that_gets_a_dead_receivers_pid_does_not_pass_for_it() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-pid"), Feather::new("mig-pid-dst"));
+    let base = ScratchBase::new("mig-pid");
+    counting_vm(&source, &base);
+    let mut server = Server::start(&hosts, &target, &[]);
+    let migrating = TwoHosts::feather(
+        &hosts.a,
+        &source,
+        &["migrate", "vm", "--to", "10.77.0.2:7070"],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let hold = target.vm_dir("vm").join("checkpoint").join("hold");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !hold.exists() {
+        assert!(std::time::Instant::now() < deadline, "the VM never arrived");
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    assert_ne!(failed.code, 0);
+    assert_eq!(source.status("vm"), "running", "restored on the source");
+    target.eventually("the receiver's copy is not running", || {
+        target.status("vm") == "checkpointed"
+    });
+    // The receiver's pid, as its copy's hold names it, goes to a process whose command line
+    // says `serve` (what a VM's process may choose too).
+    let receiver: u32 = std::fs::read_to_string(&hold)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(receiver, server.child.id());
+    let _impostor = started_at_pid(receiver, || {
+        // One process, waiting on its stdin (a pipe the test holds) until it is killed.
+        let mut command = Command::new("sh");
+        command
+            .args(["-c", "read line", "serve"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+        command
+    });
+
+    // Taken for the receiver, the process would hold the restored copy, waiting, until it ends.
+    let mut restoring = Killed(
+        target
+            .command()
+            .args(["restore", "vm"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while restoring.0.try_wait().unwrap().is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the restore took the process at the dead receiver's pid for it and waits for it"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let mut said = String::new();
+    let _ = restoring.0.stderr.take().unwrap().read_to_string(&mut said);
+    assert!(said.contains("never confirmed"), "{said}");
+    let server = Server::start(&hosts, &target, &[]);
+    target.eventually("the unconfirmed copy is removed", || {
+        target.ok(&["ls", "--json"]).trim() == "[]"
+    });
+    drop(server);
+}
+
 impl Drop for Killed {
     fn drop(&mut self) {
         let _ = self.0.kill();

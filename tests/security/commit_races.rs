@@ -533,3 +533,25 @@ fn diff_and_commit_of_a_layer_nested_thousands_deep_end_in_an_answer_not_a_crash
     );
     assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
 }
+
+#[test]
+fn diff_and_commit_of_a_layer_deeper_than_the_open_file_limit_say_where_and_what_to_do() {
+    let feather = Feather::new("deep-files");
+    let base = ScratchBase::new("deep-files");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    nest_3000_deep(&feather, "vm");
+    // The walk holds two descriptors a level: 1024 (what most hosts give) ends it near 500.
+    for args in [&["diff", "vm"][..], &["commit", "vm"]] {
+        let ended = with_file_limit(&feather, 1024, args);
+        assert_eq!(ended.code, 1, "{args:?}: {}", ended.stderr);
+        for said in [
+            "levels deep",
+            "at /a/d/d/d/",
+            "open-file limit is 1024",
+            "ulimit -n",
+        ] {
+            assert!(ended.stderr.contains(said), "{args:?}: {}", ended.stderr);
+        }
+    }
+    assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
+}

@@ -508,3 +508,51 @@ fn the_groups_a_vm_nests_past_path_max_go_with_it() {
         "the VM's groups stayed after its end: {left:?}"
     );
 }
+
+/// Python in a VM, in its services subtree of the v2 hierarchy: raises the bounds that folder
+/// shows (its own, the VM's to write), then nests groups until the kernel refuses one and
+/// removes them, then makes sibling groups until it refuses one (at most 3000 each); prints
+/// both counts.
+const MANY_GROUPS: &str = "import os\n\
+os.chdir('/sys/fs/cgroup/unified')\n\
+for knob in ('cgroup.max.descendants', 'cgroup.max.depth'):\n\
+\x20   open(knob, 'w').write('max')\n\
+nested = 0\n\
+try:\n\
+\x20   while nested < 3000:\n\
+\x20       os.mkdir('n'); os.chdir('n'); nested += 1\n\
+except OSError:\n\
+\x20   pass\n\
+for _ in range(nested):\n\
+\x20   os.chdir('..'); os.rmdir('n')\n\
+siblings = 0\n\
+try:\n\
+\x20   while siblings < 3000:\n\
+\x20       os.mkdir('s%d' % siblings); siblings += 1\n\
+except OSError:\n\
+\x20   pass\n\
+print(nested, siblings)\n";
+
+#[test]
+fn a_vm_makes_a_bounded_number_of_cgroups_on_v2_however_it_sets_its_own() {
+    if !std::path::Path::new("/sys/fs/cgroup/unified/cgroup.procs").exists()
+        && !std::path::Path::new("/sys/fs/cgroup/cgroup.procs").exists()
+    {
+        eprintln!("skipped: this host mounts no cgroup v2 hierarchy");
+        return;
+    }
+    let feather = Feather::new("many-groups");
+    feather.ok(&["create", "vm", "--net", "none"]);
+    feather.ok(&["start", "vm"]);
+    let groups = Groups(feather.cgroup_dirs("vm"));
+    let made = feather.ok(&["exec", "vm", "--", "python3", "-c", MANY_GROUPS]);
+    // The VM's group allows 1000 groups below it, 16 levels deep (the keeper's MAX_CGROUPS
+    // and MAX_CGROUP_DEPTH): `services/` is one of them, one level down.
+    assert_eq!(
+        made.trim(),
+        "15 999",
+        "groups nested, then made side by side"
+    );
+    feather.ok(&["stop", "vm"]);
+    drop(groups);
+}

@@ -423,3 +423,57 @@ fn a_vms_router_advertisements_reach_neither_the_host_nor_another_vm() {
         "another VM took the router advertisement: {peer}"
     );
 }
+
+/// Joins 300 IPv4 groups (239.77.N.M) and 300 IPv6 ones (ff0e::77:N) on eth0, 20 a socket
+/// (the kernel's `igmp_max_memberships`), so that the VM's kernel sends its IGMP and MLD
+/// membership reports; writes how many it joined to `/run/joined` and holds them a minute
+/// (leaving would send leaves, which would empty a table that had learned them).
+const MANY_JOINS: &str = "import socket, struct, time\n\
+index = socket.if_nametoindex('eth0')\n\
+held, joined = [], 0\n\
+for n in range(15):\n\
+\x20   four = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n\
+\x20   six = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)\n\
+\x20   for m in range(20):\n\
+\x20       group = socket.inet_aton('239.77.%d.%d' % (n, m + 1))\n\
+\x20       four.setsockopt(socket.IPPROTO_IP, socket.IP_ADD_MEMBERSHIP, group + struct.pack('=4si', bytes(4), index))\n\
+\x20       group = socket.inet_pton(socket.AF_INET6, 'ff0e::77:%d' % (n * 20 + m + 1))\n\
+\x20       six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_JOIN_GROUP, group + struct.pack('=I', index))\n\
+\x20       joined += 1\n\
+\x20   held += [four, six]\n\
+open('/run/joined', 'w').write(str(joined))\n\
+time.sleep(60)\n";
+
+#[test]
+fn a_vms_multicast_joins_leave_the_bridges_multicast_table_empty() {
+    let feather = Feather::new("spoof-mdb");
+    feather.ok(&["create", "joiner"]);
+    feather.ok(&["start", "joiner"]);
+    let bridge = feather.inspect("joiner")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let host_end = feather.inspect("joiner")["network"]["host_interface"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    crate::support::python_daemon(&feather, "joiner", MANY_JOINS, &[]);
+    feather.eventually("the VM joined its groups", || {
+        feather
+            .run(&["exec", "joiner", "--", "cat", "/run/joined"])
+            .stdout
+            == "300"
+    });
+    // The reports go out at once on a join (and again within a second, IGMPv3's and MLDv2's
+    // unsolicited report interval): give them that second to reach the bridge.
+    std::thread::sleep(Duration::from_millis(1500));
+    let table = Command::new("bridge")
+        .args(["mdb", "show", "dev", &bridge])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        !table.contains(&host_end),
+        "the bridge {bridge} learned the VM's groups on its port {host_end}: {table}"
+    );
+}

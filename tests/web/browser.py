@@ -190,8 +190,14 @@ def shuttle(tour):
     subprocess.run(tour.args["trigger"], check=False, capture_output=True, timeout=60)
     tour.text_appears("#audit", "unlisted")
     tour.text_appears("#audit", "denied")
+    tour.text_appears("#audit", "quietvm")
+    held = tour.find("#audit .badge.held")
+    plain = "rgba(233, 237, 243, 1)"  # .badge's own background
+    assert held.value_of_css_property("background-color") != plain, "held has no badge style"
     tour.click("#audit-denied")
     tour.text_appears("#audit", "unlisted")
+    tour.text_appears("#audit", "loudvm")
+    assert "quietvm" not in tour.find("#audit").text, "a held line without refusals shown"
     tour.screenshot("shuttle")
 
 

@@ -98,7 +98,8 @@ fn changes_are_shown_as_text_and_a_chosen_one_is_committed() {
 }
 
 /// The Shuttle page: the rule in force with its file and line, the policy check naming it, and
-/// a denied request appearing in the audit log while the page is open.
+/// a denied request appearing in the audit log while the page is open; `held` lines with a
+/// badge of their own, under "only refusals" when they counted one.
 #[test]
 fn the_shuttle_page_explains_rules_and_follows_the_audit_log() {
     let feather = Feather::new("web-shuttle");
@@ -113,6 +114,26 @@ fn the_shuttle_page_explains_rules_and_follows_the_audit_log() {
     feather.ok(&["create", "a", "--net", "none"]);
     feather.ok(&["create", "b", "--net", "none"]);
     feather.ok(&["start", "a"]);
+    // Two VMs' decisions past their pace, counted in `held` lines: one counted refusals, the
+    // other none (only refusals shows the first alone).
+    let held = |source: &str, counts: &str| {
+        json!({
+            "time": "2026-12-04T18:00:00Z", "kind": "invoke", "source": source, "target": "-",
+            "object": "-", "verdict": "-", "outcome": "held",
+            "detail": format!("5 decisions since 2026-12-04T17:59:59Z not written one by one \
+                               (more than 10 a second after 200): {counts}"),
+        })
+        .to_string()
+    };
+    fs::write(
+        feather.root.join("audit.log"),
+        format!(
+            "{}\n{}\n",
+            held("loudvm", "3 allowed, 2 denied, 0 failed"),
+            held("quietvm", "5 allowed, 0 denied, 0 failed")
+        ),
+    )
+    .unwrap();
     let server = WebServer::start(&feather);
     let trigger = feather
         .command()

@@ -19,7 +19,9 @@
 //!   A VM has no IPv6 (feather gives it none; its kernel still makes a link-local address):
 //!   its router and neighbour advertisements would otherwise reach the host's IPv6 stack on
 //!   the bridge, which takes router advertisements (`accept_ra`) — `inet input` rejects them
-//!   too, but the host need not parse them at all. It
+//!   too, but the host need not parse them at all. Nor IGMP: a VM's membership reports would
+//!   fill the bridge's multicast table (see [`crate::netlink::Netlink::create_bridge`], which
+//!   makes bridges without one) and speak to the host's IGMP. It
 //!   matches the root's own ports (`ports`), not `fth*`: a bridge table's hooks see the frames
 //!   of every bridge, other roots' too (this kernel has no `meta ibrname`).
 //!   Otherwise a VM would leave with another's `--egress` address, take another's address in
@@ -107,6 +109,7 @@ table bridge {table} {{
         type filter hook prerouting priority filter; policy accept;
         iifname @ports iifname . ether saddr != @port_mac counter drop comment "a VM's frame from a link-layer address not its own"
         iifname @ports ether type != {{ ip, arp }} counter drop comment "neither IPv4 nor ARP from a VM (a VM has no IPv6)"
+        iifname @ports ip protocol igmp counter drop comment "a VM's IGMP (no multicast between VMs)"
         iifname @ports ether type ip iifname . ip saddr != @port_address counter drop comment "a VM's packet from an address not its own"
         iifname @ports ether type arp iifname . arp saddr ip != @port_address counter drop comment "a VM's ARP claim of an address not its own"
         iifname @ports ether type arp iifname . arp saddr ether != @port_mac counter drop comment "a VM's ARP claim of a link-layer address not its own"

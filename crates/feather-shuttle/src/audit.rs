@@ -173,6 +173,20 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// How many refusals a `held` line counted (see [`Pace::release`], which writes the count
+    /// into its detail); 0 for every other line.
+    pub fn held_denials(&self) -> u64 {
+        if self.outcome != "held" {
+            return 0;
+        }
+        let detail = self.detail.as_deref().unwrap_or_default();
+        detail
+            .split(", ")
+            .find_map(|part| part.strip_suffix(" denied"))
+            .and_then(|count| count.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    }
+
     pub fn new(
         request: &Request,
         decision: &Decision,
@@ -388,7 +402,9 @@ mod tests {
                 && detail.ends_with("400 allowed, 400 denied, 0 failed"),
             "{detail}"
         );
+        assert_eq!(lines[0].held_denials(), 400);
         assert_eq!(lines[1], entry("denied"));
+        assert_eq!(lines[1].held_denials(), 0);
         let rest: usize = (0..100)
             .map(|_| pace.admit(entry("denied"), later).len())
             .sum();

@@ -249,6 +249,23 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Bounds the groups that may be made below this one, whoever makes them: at most
+    /// `descendants` in all, none more than `depth` levels below it (cgroup v2's
+    /// `cgroup.max.descendants` and `cgroup.max.depth`, which the kernel checks against every
+    /// ancestor of a new group, so a group below cannot raise them). v1 has no such bound:
+    /// false where no v2 hierarchy is mounted.
+    pub fn bound_descendants(&self, descendants: u32, depth: u32) -> Result<bool> {
+        let Some(dir) = self.v2_dir() else {
+            return Ok(false);
+        };
+        write(
+            &dir.join("cgroup.max.descendants"),
+            &descendants.to_string(),
+        )?;
+        write(&dir.join("cgroup.max.depth"), &depth.to_string())?;
+        Ok(true)
+    }
+
     /// Writes `lines` (file, line: `devices.deny a`, `devices.allow c 1:3 rw`, …) to the
     /// group's v1 devices controller, where this host has one; false where it has none.
     pub fn restrict_devices_v1(&self, lines: &[(&str, String)]) -> Result<bool> {
@@ -384,22 +401,14 @@ impl Cgroup {
     }
 
     /// The processes in the group and in the groups below it (pids as the reader's pid
-    /// namespace numbers them).
+    /// namespace numbers them), however deep those are (see [`each_group`]).
     pub fn members(&self) -> Vec<Pid> {
-        let procs = self
-            .dirs()
-            .into_iter()
-            .flat_map(|dir| subtree(&dir))
-            .map(|dir| fs::read_to_string(dir.join("cgroup.procs")));
-        let mut pids: Vec<Pid> = procs
-            .flatten()
-            .flat_map(|text| {
-                text.lines()
-                    .filter_map(|l| l.parse().ok())
-                    .collect::<Vec<i32>>()
-            })
-            .map(Pid::from_raw)
-            .collect();
+        let mut pids: Vec<Pid> = Vec::new();
+        for dir in self.dirs() {
+            let _ = each_group(&dir, |group| {
+                pids.extend(procs_of(group).into_iter().map(Pid::from_raw));
+            });
+        }
         pids.sort();
         pids.dedup();
         pids
@@ -412,11 +421,9 @@ impl Cgroup {
         let Some(dir) = self.dirs().into_iter().next() else {
             return 0;
         };
-        subtree(&dir)
-            .iter()
-            .filter_map(|dir| fs::read_to_string(dir.join("cgroup.procs")).ok())
-            .map(|text| text.lines().filter(|l| !l.is_empty()).count())
-            .sum()
+        let mut count = 0;
+        let _ = each_group(&dir, |group| count += procs_of(group).len());
+        count
     }
 
     /// Kills every process in the group. Uses `cgroup.kill` where the kernel has it, which also
@@ -528,18 +535,9 @@ pub const SERVICES: &str = "services";
 /// PATH_MAX were never listed, and the VM's group stayed behind after its end. Called once
 /// its processes are gone, so nothing moves meanwhile.
 fn remove_groups(dir: &Path, deadline: Instant) -> std::io::Result<()> {
-    use nix::fcntl::{openat, OFlag};
-    use nix::sys::stat::Mode;
     use nix::unistd::{unlinkat, UnlinkatFlags};
     use std::os::fd::OwnedFd;
-    let open_in = |at: &OwnedFd, name: &std::ffi::OsStr| -> nix::Result<OwnedFd> {
-        openat(
-            at,
-            name,
-            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
-            Mode::empty(),
-        )
-    };
+    let open_in = open_group_in;
     let mut current: OwnedFd = match fs::File::open(dir) {
         Ok(file) => file.into(),
         Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
@@ -600,23 +598,91 @@ fn remove_when_idle(
     }
 }
 
-/// `dir` and every group folder below it, parents before children.
-fn subtree(dir: &Path) -> Vec<PathBuf> {
-    let mut found = vec![dir.to_path_buf()];
-    let mut i = 0;
-    while i < found.len() {
-        if let Ok(entries) = fs::read_dir(&found[i]) {
-            let mut children: Vec<PathBuf> = entries
-                .flatten()
-                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-                .map(|e| e.path())
-                .collect();
-            children.sort();
-            found.extend(children);
+/// Calls `visit` with a descriptor of the group `dir` and of every group below it, parents
+/// before children, with two descriptors open whatever the depth: down by name beneath the
+/// current group, back up through its `..`, as [`remove_groups`] does. The groups below a VM's
+/// `services/` are the VM's own, nested as deep as it likes (row 27 of docs/security.md):
+/// listed by path, those past PATH_MAX were never seen, and a process the VM kept there was
+/// missing from `feather ps`. A group that goes meanwhile is skipped.
+fn each_group(dir: &Path, mut visit: impl FnMut(&std::os::fd::OwnedFd)) -> std::io::Result<()> {
+    let mut current: std::os::fd::OwnedFd = fs::File::open(dir)?.into();
+    visit(&current);
+    // For each level walked down, the groups there still to visit.
+    let mut pending: Vec<Vec<std::ffi::OsString>> = vec![groups_in(&current)?];
+    while let Some(level) = pending.last_mut() {
+        match level.pop() {
+            Some(name) => {
+                let Ok(group) = open_group_in(&current, &name) else {
+                    continue;
+                };
+                current = group;
+                visit(&current);
+                pending.push(groups_in(&current).unwrap_or_default());
+            }
+            None => {
+                pending.pop();
+                if !pending.is_empty() {
+                    current = open_group_in(&current, std::ffi::OsStr::new(".."))?;
+                }
+            }
         }
-        i += 1;
     }
-    found
+    Ok(())
+}
+
+/// Opens the group (folder) `name` of the group open at `dir`, never through a link.
+fn open_group_in(
+    dir: &std::os::fd::OwnedFd,
+    name: &std::ffi::OsStr,
+) -> nix::Result<std::os::fd::OwnedFd> {
+    use nix::fcntl::{openat, OFlag};
+    openat(
+        dir,
+        name,
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+}
+
+/// The names of the groups (folders) in the group open at `dir`, in reverse order (the walk
+/// of [`each_group`] takes them from the end).
+fn groups_in(dir: &std::os::fd::OwnedFd) -> std::io::Result<Vec<std::ffi::OsString>> {
+    use std::os::unix::ffi::OsStrExt;
+    let listing = nix::dir::Dir::openat(
+        dir,
+        ".",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mut names = Vec::new();
+    for entry in listing.into_iter() {
+        let entry = entry?;
+        let name = entry.file_name().to_bytes();
+        if name != b"." && name != b".." && entry.file_type() == Some(nix::dir::Type::Directory) {
+            names.push(std::ffi::OsStr::from_bytes(name).to_owned());
+        }
+    }
+    names.sort();
+    names.reverse();
+    Ok(names)
+}
+
+/// The pids in the `cgroup.procs` of the group open at `group`.
+fn procs_of(group: &std::os::fd::OwnedFd) -> Vec<i32> {
+    use std::io::Read;
+    let Ok(procs) = nix::fcntl::openat(
+        group,
+        "cgroup.procs",
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    ) else {
+        return Vec::new();
+    };
+    let mut text = String::new();
+    if fs::File::from(procs).read_to_string(&mut text).is_err() {
+        return Vec::new();
+    }
+    text.lines().filter_map(|line| line.parse().ok()).collect()
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
@@ -677,6 +743,44 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         dir
+    }
+
+    /// Makes `levels` groups (folders named `g`) nested below `dir`, each step relative to the
+    /// last (the path of the deepest is past PATH_MAX); returns the deepest, open.
+    fn nest(dir: &Path, levels: usize) -> std::os::fd::OwnedFd {
+        use nix::sys::stat::{mkdirat, Mode};
+        let mut current: std::os::fd::OwnedFd = fs::File::open(dir).unwrap().into();
+        for _ in 0..levels {
+            mkdirat(&current, "g", Mode::from_bits_truncate(0o755)).unwrap();
+            current = open_group_in(&current, std::ffi::OsStr::new("g")).unwrap();
+        }
+        current
+    }
+
+    #[test]
+    fn members_are_found_in_groups_nested_past_path_max() {
+        let dir = scratch("deep-members");
+        let group = Cgroup::new(hybrid(&dir), "feather/x");
+        let top = dir.join("memory/feather/x");
+        fs::create_dir_all(top.join(SERVICES)).unwrap();
+        fs::write(top.join("cgroup.procs"), "4241\n").unwrap();
+        let deepest = nest(&top.join(SERVICES), 2300);
+        let procs = nix::fcntl::openat(
+            &deepest,
+            "cgroup.procs",
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut fs::File::from(procs), b"4242\n").unwrap();
+        drop(deepest);
+
+        let members = group.members();
+        let count = group.member_count();
+        crate::beneath::empty_dir(&fs::File::open(&dir).unwrap()).unwrap();
+        fs::remove_dir(&dir).unwrap();
+        assert_eq!(members, [Pid::from_raw(4241), Pid::from_raw(4242)]);
+        assert_eq!(count, 2);
     }
 
     #[test]

@@ -32,7 +32,7 @@ use feather_migrate::archive;
 use feather_migrate::criu::Criu;
 
 use crate::error::{encode, failed, io, InVm, Result, VmError};
-use crate::images::{held_for, HOLD, INVENTORY, RELEASED_TO, SUBNET};
+use crate::images::{held_for, Receiver, HOLD, INVENTORY, RELEASED_TO, SUBNET};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
 
@@ -423,28 +423,21 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
             ),
         ));
     }
-    if let Some(pid) = held_for(&vm) {
-        if !serving(pid) {
+    if let Some(receiver) = held_for(&vm) {
+        if !receiver.runs() {
             return Err(failed(
                 name,
                 format!(
                     "was received by a migration that was never confirmed (the `feather serve` \
-                     that received it, pid {pid}, ended first), so the sending host kept it; \
-                     `feather rm {name}` removes this copy"
+                     that received it, pid {}, ended first), so the sending host kept it; \
+                     `feather rm {name}` removes this copy",
+                    receiver.pid
                 ),
             ));
         }
     }
     Criu::locate().in_vm(name)?;
     lifecycle::spawn_keeper(root, &vm, true)
-}
-
-/// Whether `pid` is still a `feather serve` (not a process that got its pid since).
-pub(crate) fn serving(pid: i32) -> bool {
-    fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-        let mut words = cmdline.split(|b| *b == 0);
-        words.any(|w| w == b"serve")
-    })
 }
 
 /// Adds the VM in `file` to this state root under its recorded name, which must be `name`, as a
@@ -460,13 +453,13 @@ pub(crate) enum Source<'s, 'a> {
     ),
 }
 
-/// `held_by`: the pid of the `feather serve` receiving it; the VM is marked as waiting for it
+/// `held_by`: the `feather serve` receiving it; the VM is marked as waiting for it
 /// before it appears here (see `snapshot::hold`).
 pub(crate) fn import_archive(
     root: &StateRoot,
     name: &VmName,
     mut source: Source,
-    held_by: Option<u32>,
+    held_by: Option<Receiver>,
 ) -> Result<()> {
     let file = match &source {
         Source::File(file) => file.display().to_string(),
@@ -567,10 +560,10 @@ pub(crate) fn import_archive(
             &text,
             Durability::Durable,
         )?;
-        if let Some(pid) = held_by {
+        if let Some(receiver) = held_by {
             feather_core::atomic::write_atomic(
                 &staging.join("checkpoint").join(HOLD),
-                pid.to_string().as_bytes(),
+                receiver.to_text().as_bytes(),
                 Durability::Durable,
             )?;
         }

@@ -249,8 +249,14 @@ impl Walk<'_> {
                 continue;
             };
             folder.next += 1;
-            if let Some(inner) = self.entry(changes, folder, &name)? {
-                open.push(inner);
+            match self.entry(changes, folder, &name) {
+                Ok(Some(inner)) => open.push(inner),
+                Ok(None) => {}
+                Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
+                    let at = self.tree.layer.vm_path(&folder.rel);
+                    return Err(too_deep(&at, open.len()));
+                }
+                Err(e) => return Err(e),
             }
         }
         Ok(())
@@ -331,6 +337,28 @@ impl Walk<'_> {
         }
         Ok(None)
     }
+}
+
+/// The error of a walk that ran out of descriptors at `depth` levels, in the folder `at` (the
+/// VM's path): it holds two a level (the layer's folder and the host's), and a VM nests its
+/// folders as deep as it likes; a plain "Too many open files" said neither where nor what to do.
+fn too_deep(at: &Path, depth: usize) -> std::io::Error {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or_default();
+    // The path can be thousands of levels long: its first ones say where it is.
+    let shown: PathBuf = at.components().take(12).collect();
+    let more = if at.components().count() > 12 {
+        "/…"
+    } else {
+        ""
+    };
+    std::io::Error::other(format!(
+        "its folders nest {depth} levels deep and more at {}{more}, past the descriptors this \
+         process may open (two a level; its open-file limit is {soft}): raise that limit \
+         (`ulimit -n N`, up to the hard limit {hard}) and try again, or move those folders \
+         higher up inside the VM",
+        feather_core::display::escape_path(&shown)
+    ))
 }
 
 /// The privileges a regular file of the VM's carries (see [`Privilege`]), read from the

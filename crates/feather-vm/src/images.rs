@@ -3,9 +3,12 @@
 //! the keeper's, which dumps and restores the VM ([`crate::snapshot`]).
 
 use std::fs;
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 use feather_core::VmDir;
+use feather_sys::process;
+use nix::unistd::Pid;
 
 /// The file in an images folder that says a dump completed.
 pub(crate) const INVENTORY: &str = "inventory.img";
@@ -28,7 +31,7 @@ pub(crate) const EXTERNAL_NETNS: &str = "external-netns";
 pub(crate) const NETNS_DUMPED: &str = "netns-dumped";
 
 /// Present while a VM restored for a migration waits for `feather serve` to confirm it; holds
-/// that serve's pid. See `snapshot::await_release`.
+/// that serve's pid and start time ([`Receiver`]). See `snapshot::await_release`.
 pub(crate) const HOLD: &str = "hold";
 
 /// A layer of the VM over another host filesystem (a separate /home, a tmpfs under /mnt). CRIU
@@ -66,11 +69,63 @@ pub(crate) const LAZY: &str = "lazy-pages";
 /// VM go until the receiver says it runs there: a restore here would run it twice.
 pub(crate) const RELEASED_TO: &str = "released-to";
 
-/// The pid of the `feather serve` a VM received by migration waits for, if it waits.
-pub(crate) fn held_for(vm: &VmDir) -> Option<i32> {
-    fs::read_to_string(vm.checkpoint_dir().join(HOLD))
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
+/// The `feather serve` a VM received by migration waits for (in [`HOLD`]): a process named by
+/// its pid and its start time (`/proc/PID/stat` field 22), which together name one process for
+/// the machine's uptime. The pid alone names whatever has it now: once that serve ended, any
+/// process that got its pid — a VM's among them, whose command line is the VM's to choose —
+/// would pass for it, and a copy the sender kept would be restored here as well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Receiver {
+    pub(crate) pid: i32,
+    /// None in a hold an older feather wrote (its pid alone): such a receiver counts as ended.
+    start_ticks: Option<u64>,
+}
+
+impl Receiver {
+    /// This process, as the receiver of a migration.
+    pub(crate) fn this_process() -> Receiver {
+        let pid = std::process::id() as i32;
+        Receiver {
+            pid,
+            start_ticks: process::start_ticks(Pid::from_raw(pid)),
+        }
+    }
+
+    /// The text of a [`HOLD`] file: the pid and the start time.
+    pub(crate) fn to_text(self) -> String {
+        match self.start_ticks {
+            Some(ticks) => format!("{} {ticks}", self.pid),
+            None => self.pid.to_string(),
+        }
+    }
+
+    fn parse(text: &str) -> Option<Receiver> {
+        let mut words = text.split_whitespace();
+        let pid = words.next()?.parse().ok()?;
+        let start_ticks = match words.next() {
+            Some(ticks) => Some(ticks.parse().ok()?),
+            None => None,
+        };
+        Some(Receiver { pid, start_ticks })
+    }
+
+    /// A pidfd of the receiver while it runs; None once it ended, whatever has its pid since.
+    /// The pidfd is opened first: a process started when the receiver did, found at its pid
+    /// after that, is the one the pidfd holds (the pid was not free in between).
+    pub(crate) fn pidfd(self) -> Option<OwnedFd> {
+        let start_ticks = self.start_ticks?;
+        let pid = Pid::from_raw(self.pid);
+        let pidfd = process::pidfd_open(pid).ok()?;
+        (process::start_ticks(pid) == Some(start_ticks)).then_some(pidfd)
+    }
+
+    /// Whether the receiver still runs (see [`Receiver::pidfd`]).
+    pub(crate) fn runs(self) -> bool {
+        self.pidfd().is_some()
+    }
+}
+
+/// The `feather serve` a VM received by migration waits for, if it waits.
+pub(crate) fn held_for(vm: &VmDir) -> Option<Receiver> {
+    Receiver::parse(&fs::read_to_string(vm.checkpoint_dir().join(HOLD)).ok()?)
 }

@@ -226,7 +226,7 @@ impl Keeper {
         };
         trace::phase("plan the root (layers, hidden folders)");
         if let Some(cgroup) = &cgroup {
-            cgroup.create(&limits_of(&config)).in_vm(&name)?;
+            make_cgroup(cgroup, &config, &name)?;
             trace::phase("create the cgroup");
         }
         let booted =
@@ -304,7 +304,7 @@ impl Keeper {
         .in_vm(&name)?;
         let cgroup = cgroup_of(&config);
         if let Some(cgroup) = &cgroup {
-            cgroup.create(&limits_of(&config)).in_vm(&name)?;
+            make_cgroup(cgroup, &config, &name)?;
         }
         trace::phase("restore: network prepared, cgroup made");
         // A namespace left out of the dump is made here, as at a start; a dumped one CRIU
@@ -1042,6 +1042,25 @@ fn seccomp_profile(config: &VmConfig) -> feather_confine::seccomp::Profile {
             Some(feather_core::DiskQuota::ProjectQuota { .. })
         ),
     }
+}
+
+/// How many cgroups a VM may make below its group on cgroup v2 (`services/` and its units
+/// count), and how deep: each costs kernel memory, and the `services/` subtree is the VM
+/// root's to make groups in (row 27 of docs/security.md). A VM's service manager makes one
+/// group a unit; a VM running a thousand units is beyond what feather is for.
+pub const MAX_CGROUPS: u32 = 1000;
+/// See [`MAX_CGROUPS`]: `services/` is one level below the VM's group, a unit's group two.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+
+/// Makes the VM's group with its limits, and bounds the groups the VM can make below it
+/// ([`MAX_CGROUPS`]; on cgroup v1, which has no such bound, a memory limit holds: the kernel
+/// charges a group's memory to the memory group of the process that makes it).
+fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName) -> Result<()> {
+    cgroup.create(&limits_of(config)).in_vm(name)?;
+    cgroup
+        .bound_descendants(MAX_CGROUPS, MAX_CGROUP_DEPTH)
+        .in_vm(name)?;
+    Ok(())
 }
 
 fn limits_of(config: &VmConfig) -> Limits {

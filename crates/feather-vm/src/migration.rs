@@ -13,11 +13,9 @@ use feather_core::error::causes;
 use feather_core::{trace, Error, StateRoot, VmDir, VmName, VmStatus};
 pub use feather_migrate::channel::{Security, TlsFiles};
 
-use crate::checkpoint::{
-    checkpoint, checkpoint_lazy, import_archive, restore, serving, Progress, Source,
-};
+use crate::checkpoint::{checkpoint, checkpoint_lazy, import_archive, restore, Progress, Source};
 use crate::error::{failed, InVm, Result, VmError};
-use crate::images::{held_for, RELEASED_TO};
+use crate::images::{held_for, Receiver, RELEASED_TO};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
 
@@ -776,7 +774,7 @@ fn receive(
         // The VM's keeper keeps it stopped until this process tells it to resume, and ends it
         // if this process ends first; until then no one may restore it here.
         let source = Source::Migration(&mut incoming, &mut *progress);
-        import_archive(root, &name, source, Some(std::process::id()))?;
+        import_archive(root, &name, source, Some(Receiver::this_process()))?;
         trace::phase("serve: archive received, checked, imported");
         let vm = root.open(&name)?;
         // Post-copy: the daemon that fetches the VM's memory listens before the restore.
@@ -942,7 +940,7 @@ fn discard_unconfirmed(root: &StateRoot) {
             continue;
         };
         let Ok(vm) = root.open(&name) else { continue };
-        if held_for(&vm).is_some_and(|pid| !serving(pid))
+        if held_for(&vm).is_some_and(|receiver| !receiver.runs())
             && vm
                 .read_state()
                 .is_ok_and(|s| s.status == VmStatus::Checkpointed)

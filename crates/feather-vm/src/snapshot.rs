@@ -511,18 +511,18 @@ fn exec(program: &Path, args: &[std::ffi::OsString]) -> std::io::Error {
 /// waits for the sender's confirmation, opened before the restore so that its end cannot be
 /// missed. None for an ordinary restore.
 pub(crate) fn hold(vm: &VmDir) -> Result<Option<std::os::fd::OwnedFd>> {
-    let Some(pid) = held_for(vm) else {
+    let Some(receiver) = held_for(vm) else {
         return Ok(None);
     };
-    let name = vm.name();
-    process::pidfd_open(Pid::from_raw(pid))
-        .map(Some)
-        .map_err(|_| {
-            failed(
-                name,
-                format!("the `feather serve` receiving it (pid {pid}) ended"),
-            )
-        })
+    receiver.pidfd().map(Some).ok_or_else(|| {
+        failed(
+            vm.name(),
+            format!(
+                "the `feather serve` receiving it (pid {}) ended",
+                receiver.pid
+            ),
+        )
+    })
 }
 
 /// How long a received VM waits, stopped, for the migration to be confirmed.

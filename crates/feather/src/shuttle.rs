@@ -85,7 +85,18 @@ impl AuditFilter {
             .vm
             .as_ref()
             .is_none_or(|vm| &entry.source == vm || &entry.target == vm);
-        vm_fits && (!self.denied || entry.outcome != "allowed")
+        vm_fits && (!self.denied || is_refusal(entry))
+    }
+}
+
+/// What `--denied` shows: refusals and failures, and the `held` lines (the count of a VM's
+/// decisions past its pace) that counted a refusal; one that held only allowed decisions is
+/// no refusal.
+fn is_refusal(entry: &Entry) -> bool {
+    match entry.outcome.as_str() {
+        "allowed" => false,
+        "held" => entry.held_denials() > 0,
+        _ => true,
     }
 }
 
@@ -110,5 +121,46 @@ pub fn audit(
         offset = next;
         let kept: Vec<Entry> = entries.into_iter().filter(|e| filter.keeps(e)).collect();
         output::audit_entries(&kept, json, false)?;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(outcome: &str, detail: Option<&str>) -> Entry {
+        Entry {
+            time: "2026-12-04T18:00:00Z".into(),
+            kind: "invoke".into(),
+            source: "vm".into(),
+            target: "-".into(),
+            object: "x".into(),
+            rule: None,
+            verdict: "-".into(),
+            outcome: outcome.into(),
+            detail: detail.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn denied_keeps_refusals_and_the_held_lines_that_counted_one() {
+        let filter = AuditFilter {
+            vm: None,
+            denied: true,
+        };
+        let held = |counts: &str| {
+            line(
+                "held",
+                Some(&format!(
+                    "5 decisions since 2026-12-04T18:00:00Z not written one by one (more than 10 \
+                     a second after 200): {counts}"
+                )),
+            )
+        };
+        assert!(filter.keeps(&line("denied", None)));
+        assert!(filter.keeps(&line("failed", Some("no such unit"))));
+        assert!(!filter.keeps(&line("allowed", None)));
+        assert!(filter.keeps(&held("3 allowed, 2 denied, 0 failed")));
+        assert!(!filter.keeps(&held("5 allowed, 0 denied, 0 failed")));
     }
 }

@@ -108,6 +108,16 @@ function confirmAction(text, okLabel) {
   });
 }
 
+// What "only refusals" shows: as `feather audit --denied`, refusals and failures, and the
+// `held` lines (a VM's decisions past its pace, counted) that counted a refusal.
+function isRefusal(e) {
+  if (e.outcome === "held") {
+    const denied = /(\d+) denied/.exec(e.detail || "");
+    return denied !== null && Number(denied[1]) > 0;
+  }
+  return e.outcome !== "allowed";
+}
+
 function badge(status) {
   return el("span", { class: "badge " + status }, status);
 }
@@ -748,7 +758,7 @@ function renderAudit() {
   if (!holder) return;
   const vm = (document.getElementById("audit-vm").value || "").trim();
   const deniedOnly = document.getElementById("audit-denied").checked;
-  const kept = state.audit.filter((e) => (!vm || e.source === vm || e.target === vm) && (!deniedOnly || e.outcome !== "allowed"));
+  const kept = state.audit.filter((e) => (!vm || e.source === vm || e.target === vm) && (!deniedOnly || isRefusal(e)));
   if (kept.length === 0) { holder.replaceChildren(el("p", { class: "quiet" }, "No decisions recorded.")); return; }
   holder.replaceChildren(el("table", { class: "audit" },
     el("thead", {}, el("tr", {}, ["Time", "Kind", "From", "To", "Object", "Rule", "Outcome", "Detail"].map((h) => el("th", {}, h)))),
