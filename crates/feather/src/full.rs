@@ -8,8 +8,8 @@ use feather_vm::{checkpoint, migration};
 
 use feather_core::say;
 
-use crate::app::opened_root;
 use crate::cli::{self, CheckCommand, Cli, Command};
+use crate::opening::opened_root;
 use crate::{generated, oci, output, progress};
 
 /// Runs one of the commands `crate::app::runs_elsewhere` names.
@@ -155,7 +155,7 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::from(1));
             }
         }
-        _ => unreachable!("run by crate::app (see runs_elsewhere)"),
+        _ => unreachable!("a command both binaries run (see runs_elsewhere)"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -9,6 +9,7 @@ mod completion;
 mod full;
 mod generated;
 mod oci;
+mod opening;
 mod output;
 mod progress;
 mod service;
