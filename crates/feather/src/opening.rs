@@ -42,9 +42,19 @@ pub(crate) fn opened_root(cli: &Cli) -> anyhow::Result<StateRoot> {
     }
     let root = StateRoot::new(cli.root.clone());
     open_root(&root)?;
-    // A throw-away run does not wait for the teardowns of the runs before it.
-    let throw_away = matches!(&cli.command, Command::Run(args) if args.rm);
-    lifecycle::settle_throw_aways(&root, !throw_away);
+    lifecycle::settle_throw_aways(&root, waits_for_teardowns(&cli.command));
     feather_core::trace::phase("open the state root");
     Ok(root)
+}
+
+/// Whether a command waits for the teardowns of throw-away VMs under way before it acts (it
+/// finishes those whose finisher died either way). A throw-away run does not wait for the runs
+/// before it, nor does an exec, which makes nothing that could meet what they leave: in a
+/// script's loop, both would otherwise wait for the last run's network and folders to go.
+fn waits_for_teardowns(command: &Command) -> bool {
+    match command {
+        Command::Run(args) => !args.rm,
+        Command::Exec { .. } => false,
+        _ => true,
+    }
 }
