@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
-use crate::support::{free_port, Feather, ScratchBase, ScratchDir};
+use crate::support::{free_port, Feather, LoneFeather, ScratchBase, ScratchDir};
 
 /// Where the README's set-up command installs feather (scripts/install-feather).
 const PREFIX: &str = "/usr/local";
@@ -163,6 +163,7 @@ fn the_set_up_installs_this_builds_binaries_pages_and_completions() {
         "feather is found on a root shell's PATH (run sudo ./setup.sh)"
     );
     for companion in [
+        "feather-full",
         "feather-keeper",
         "feather-svcd",
         "feather-oci",
@@ -281,4 +282,61 @@ fn bash_completes_the_names_of_the_state_roots_vms() {
     assert_eq!(names(&["feather", "exec", "we"]), ["web1", "web2"]);
     assert_eq!(names(&["feather", "service", "ls", "d"]), ["db1"]);
     assert!(names(&["feather", "create", ""]).is_empty());
+}
+
+/// `feather` runs the frequent commands itself and hands the others (the web view, migration,
+/// checkpoints, `check`, manual pages, completion scripts) to `feather-full` from its own
+/// folder: the same output and exit status as that program gives, and, when it is missing
+/// there, an error naming it — never a `feather-full` found through `$PATH`.
+#[test]
+fn the_front_hands_the_other_commands_to_the_full_program_beside_it() {
+    let feather = Feather::new("front");
+    let lone = LoneFeather::new("front");
+    let built_full = Path::new(Feather::bin()).with_file_name("feather-full");
+    let built_dir = built_full.parent().unwrap().to_str().unwrap().to_owned();
+
+    let missing = Command::new(lone.dir.join("feather"))
+        .args(["restore", "nosuch"])
+        .arg("--root")
+        .arg(&feather.root)
+        .env("PATH", format!("{built_dir}:/usr/sbin:/usr/bin:/sbin:/bin"))
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&missing.stderr);
+    assert_eq!(missing.status.code(), Some(1), "{said}");
+    assert!(
+        said.contains(&format!("{}", lone.dir.join("feather-full").display()))
+            && said.contains("install feather again"),
+        "names the missing program beside it: {said}"
+    );
+
+    lone.add("feather-full");
+    let by_front = lone.run(&feather, &["restore", "nosuch"]);
+    let by_full = Command::new(&built_full)
+        .arg("--root")
+        .arg(&feather.root)
+        .args(["restore", "nosuch"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(by_front.status.code(), Some(1));
+    assert_eq!(by_front.status.code(), by_full.status.code());
+    assert_eq!(
+        String::from_utf8_lossy(&by_front.stderr),
+        String::from_utf8_lossy(&by_full.stderr)
+    );
+    assert!(String::from_utf8_lossy(&by_front.stderr).contains("nosuch"));
+
+    let script = |binary: &Path| {
+        let output = Command::new(binary)
+            .args(["completions", "fish"])
+            .output()
+            .unwrap();
+        assert!(output.status.success());
+        output.stdout
+    };
+    let handed_over = script(&lone.dir.join("feather"));
+    assert!(!handed_over.is_empty());
+    assert_eq!(handed_over, script(&built_full));
 }

@@ -209,3 +209,39 @@ fn only_the_command_joins_the_vms_cgroup() {
     .unwrap();
     assert_eq!(relay.wait().unwrap().code(), Some(128 + 15));
 }
+
+/// An exec makes nothing a throw-away VM's teardown could meet: it does not wait for one under
+/// way (here one whose keeper lock the test holds, as a finisher would).
+#[test]
+fn exec_does_not_wait_for_a_throw_away_vms_teardown() {
+    let (feather, _base) = running_vm("exec-nowait");
+    let aside = feather.root.join("vms/.removing-gone-0123456789abcdef");
+    std::fs::create_dir_all(&aside).unwrap();
+    let lock = std::fs::File::create(aside.join("keeper.lock")).unwrap();
+    lock.lock().unwrap();
+    let mut exec = feather
+        .command()
+        .args(["exec", "vm", "--", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // A hang detector, not a speed target: an exec takes milliseconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = exec.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    drop(lock);
+    let status = status.unwrap_or_else(|| {
+        let _ = exec.wait();
+        panic!("exec waited for the teardown of another VM");
+    });
+    assert!(status.success());
+    std::fs::remove_dir_all(&aside).unwrap();
+}

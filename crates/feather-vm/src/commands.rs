@@ -4,9 +4,9 @@
 //!
 //! ```text
 //! feather exec ── connect @<init's abstract name>, in the VM's net namespace ──────────▶ init
-//!   Exec { version, workload, terminal, spawner } + stdin, stdout, stderr ──────▶ fork: setsid,
-//!                                                                     (TIOCSCTTY), dup2,
-//!   ◀── Started { pid }  |  Failed { message }                        become_workload
+//!   Exec { version, workload, terminal, spawner, unannounced } + stdin, stdout, stderr ─▶ fork:
+//!                                                                     setsid, (TIOCSCTTY),
+//!   ◀── Started { pid } (unless unannounced)  |  Failed { message }   dup2, become_workload
 //!   Signal { signo } ──▶ kill(pid, signo)              (TERM, INT, HUP, QUIT, USR1, USR2)
 //!   ◀── Exited { code }  (when init reaps the program; code, or 128 + signal), then close
 //!   connection closed while the program runs ──▶ SIGHUP to it, as a terminal hang-up
@@ -113,6 +113,12 @@ pub enum ToInit {
         /// spawner's socket (crate::spawner) at its number, for the manager it may start.
         #[serde(default)]
         spawner: bool,
+        /// The asker does not wait for [`FromInit::Started`]: init answers only `Failed`, or
+        /// `Exited` at the program's end, which spares `feather exec` a wake-up per command.
+        /// Absent (false) from a build before it; an init of such a build answers `Started`
+        /// anyway, which the asker then ignores.
+        #[serde(default)]
+        unannounced: bool,
     },
     /// Deliver this signal to the program.
     Signal { signo: i32 },
@@ -238,6 +244,7 @@ impl Commands {
                     workload,
                     terminal,
                     spawner,
+                    unannounced,
                 },
                 None,
             ) => {
@@ -254,6 +261,9 @@ impl Commands {
                     },
                 };
                 let started = matches!(reply, FromInit::Started { .. });
+                if started && unannounced {
+                    return true;
+                }
                 send(&session.connection, &reply, &[]).is_ok() && started
             }
             (ToInit::Signal { signo }, Some(pid)) => {
@@ -407,6 +417,44 @@ pub fn receive<T: for<'de> Deserialize<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `unannounced` crosses builds both ways: absent (an earlier asker), it is false, and an
+    /// init that does not know it (an earlier build) reads the request all the same.
+    #[test]
+    fn an_unannounced_exec_is_read_by_either_build() {
+        let earlier: ToInit = serde_json::from_str(
+            r#"{"op":"exec","version":1,"workload":{"argv":["true"],"env":[],"cwd":null,"user":null},"terminal":null}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            earlier,
+            ToInit::Exec {
+                unannounced: false,
+                ..
+            }
+        ));
+        let newer = serde_json::to_value(ToInit::Exec {
+            version: VERSION,
+            workload: Workload {
+                argv: vec!["true".into()],
+                env: Vec::new(),
+                cwd: None,
+                user: None,
+            },
+            terminal: None,
+            spawner: false,
+            unannounced: true,
+        })
+        .unwrap();
+        assert_eq!(newer["unannounced"], true);
+        #[derive(Deserialize)]
+        #[serde(tag = "op", rename_all = "snake_case")]
+        enum EarlierToInit {
+            Exec { version: u32, workload: Workload },
+        }
+        let EarlierToInit::Exec { version, workload } = serde_json::from_value(newer).unwrap();
+        assert_eq!((version, workload.argv), (VERSION, vec!["true".to_owned()]));
+    }
 
     #[test]
     fn an_exec_of_another_version_is_refused_naming_both() {

@@ -45,6 +45,7 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
         workload: workload.clone(),
         terminal: terminal.as_ref().map(|t| t.term.clone()),
         spawner: false,
+        unannounced: true,
     };
     let (streams, vm_ends) = match terminal {
         Some(mut t) => {
@@ -76,34 +77,16 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     })?;
     // Only the program holds the VM's ends now: their end shows as the end of its stdio.
     drop(vm_ends);
-    match commands::receive::<FromInit>(&channel) {
-        Ok(Some((FromInit::Started { .. }, _))) => {}
-        Ok(Some((FromInit::Failed { message }, _))) => return Err(failed(name, message)),
-        Ok(Some((other, _))) => {
-            return Err(failed(
-                name,
-                format!("the VM's init answered {other:?} where Started or Failed was expected"),
-            ))
-        }
-        Err(nix::errno::Errno::EBADMSG) => {
-            return Err(failed(
-                name,
-                "the VM's init answered something that is not a FromInit message (Started or Failed expected)",
-            ))
-        }
-        _ => {
-            return Err(failed(
-                name,
-                "the VM's init did not start the command (is the VM stopping?)",
-            ))
-        }
-    }
-    wait_and_relay(&channel, &signals, streams).ok_or_else(|| {
-        failed(
+    // init answers only a failure to start, or the program's end (`unannounced`): this side
+    // relays from the start, and learns which it is from the channel.
+    match wait_and_relay(&channel, &signals, streams) {
+        Outcome::Exited(code) => Ok(code),
+        Outcome::Failed(message) => Err(failed(name, message)),
+        Outcome::Gone => Err(failed(
             name,
-            "stopped while the command ran; its exit status is unknown",
-        )
-    })
+            "the VM's init went away before the command's exit status came (is the VM stopping?)",
+        )),
+    }
 }
 
 /// What `exec` passes on to its program.
@@ -123,25 +106,48 @@ enum Streams {
     Pipes(Relay),
 }
 
-/// Waits for init to report the program's end, forwarding signals to it and copying between
-/// the caller's stdio and the program's (a terminal of the VM, or the pipes). Returns the
-/// program's exit code (128 + signal if killed) once its output is copied out, or `None` if
-/// init went away first.
-fn wait_and_relay(channel: &OwnedFd, signals: &SignalFd, mut streams: Streams) -> Option<i32> {
+/// How an exec ended, as init told.
+enum Outcome {
+    /// The program's exit code (128 + signal if killed), its output copied out.
+    Exited(i32),
+    /// init could not start the program: why.
+    Failed(String),
+    /// init went away (or answered something else) before telling.
+    Gone,
+}
+
+/// Waits for init to report the program's end (or its failure to start it), forwarding
+/// signals to it and copying between the caller's stdio and the program's (a terminal of the
+/// VM, or the pipes).
+fn wait_and_relay(channel: &OwnedFd, signals: &SignalFd, streams: Streams) -> Outcome {
+    match relay_until_told(channel, signals, streams) {
+        Ok(Some(code)) => Outcome::Exited(code),
+        Ok(None) => Outcome::Gone,
+        Err(message) => Outcome::Failed(message),
+    }
+}
+
+/// [`wait_and_relay`]: the exit code, `None` if init went away first, or init's message if it
+/// could not start the program.
+fn relay_until_told(
+    channel: &OwnedFd,
+    signals: &SignalFd,
+    mut streams: Streams,
+) -> Result<Option<i32>, String> {
     let mut code = None;
     let mut channel_open = true;
     loop {
         match (&mut streams, code) {
             (Streams::Pipes(relay), Some(_)) => {
                 relay.finish();
-                return code;
+                return Ok(code);
             }
-            (Streams::Terminal(t), Some(_)) if !t.master_open => return code,
+            (Streams::Terminal(t), Some(_)) if !t.master_open => return Ok(code),
             (Streams::Pipes(relay), None) if !channel_open => {
                 relay.finish();
-                return None;
+                return Ok(None);
             }
-            (Streams::Terminal(_), None) if !channel_open => return None,
+            (Streams::Terminal(_), None) if !channel_open => return Ok(None),
             _ => {}
         }
         let (signalled, message, ready, quiet) = {
@@ -175,7 +181,7 @@ fn wait_and_relay(channel: &OwnedFd, signals: &SignalFd, mut streams: Streams) -
             (is_ready(&fds[0]), is_ready(&fds[1]), ready, quiet)
         };
         if quiet && code.is_some() {
-            return code;
+            return Ok(code);
         }
         if signalled {
             if let Ok(Some(info)) = signals.read_signal() {
@@ -189,7 +195,9 @@ fn wait_and_relay(channel: &OwnedFd, signals: &SignalFd, mut streams: Streams) -
         if message && channel_open {
             match commands::receive::<FromInit>(channel) {
                 Ok(Some((FromInit::Exited { code: exited }, _))) => code = Some(exited),
-                Ok(Some(_)) => {}
+                Ok(Some((FromInit::Failed { message }, _))) => return Err(message),
+                // An init of an earlier build announces the start all the same.
+                Ok(Some((FromInit::Started { .. }, _))) => {}
                 Err(nix::errno::Errno::EINTR | nix::errno::Errno::EAGAIN) => {}
                 Ok(None) | Err(_) => channel_open = false,
             }

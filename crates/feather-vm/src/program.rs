@@ -164,6 +164,7 @@ fn start(
         workload: workload.clone(),
         terminal,
         spawner,
+        unannounced: false,
     };
     let fds: Vec<i32> = match vm_ends.as_slice() {
         [terminal] => vec![terminal.as_raw_fd(); 3],

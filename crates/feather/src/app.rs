@@ -1,0 +1,411 @@
+//! What both binaries run: the parse, the state root's opening, and the frequent commands
+//! (run, exec, create, start, stop, rm, ls, …), whose code is the VM core's. The others — the
+//! web view, migration, checkpoints, `check`, manual pages and completion scripts — pull in a
+//! web server, TLS, an async runtime and CRIU's protocol: `feather` hands them to
+//! `feather-full`, installed beside it ([`front`]), so that its own binary stays small and
+//! starts fast; `feather-full` runs them itself ([`full`]). Both parse the same command line, so
+//! help, errors and exit codes are the same whichever runs.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use feather_core::{say, Error, StateRoot, VmName};
+use feather_vm::exec::exec;
+use feather_vm::lifecycle::{self, CreateOptions};
+use feather_vm::options::CreateRequest;
+use feather_vm::workload::Workload;
+use feather_vm::{commit, inspect};
+
+use crate::cli::{Cli, Command, CreateArgs, ProcessArgs, RunArgs};
+use crate::opening::opened_root;
+use crate::{completion, oci, output, service, shuttle};
+
+/// Exit status when feather itself failed while asked to run a command.
+const EXIT_FEATHER_FAILED_RUN: u8 = 125;
+
+/// The binary that runs every command, installed beside `feather`.
+pub const FULL_PROGRAM: &str = "feather-full";
+
+/// What runs a command the front does not: `feather-full`, or that program's own code.
+type Others = fn(Cli) -> anyhow::Result<ExitCode>;
+
+/// `feather`: runs the frequent commands, hands the others to [`FULL_PROGRAM`].
+pub fn front() -> ExitCode {
+    main_with(hand_over)
+}
+
+/// `feather-full`: runs every command.
+pub fn full() -> ExitCode {
+    main_with(crate::full::dispatch)
+}
+
+fn main_with(others: Others) -> ExitCode {
+    feather_core::trace::begin();
+    completion::answer_if_asked();
+    let cli = Cli::parse_from(arguments());
+    feather_core::trace::phase("parse the command line");
+    let runs_a_command = matches!(cli.command, Command::Run(_) | Command::Exec { .. });
+    let result = if runs_elsewhere(&cli.command) {
+        others(cli)
+    } else {
+        dispatch(cli)
+    };
+    feather_core::trace::phase("finish the command");
+    match result {
+        Ok(code) => code,
+        // As a command whose output goes to `head`: it ends quietly.
+        Err(e) if feather_core::stdout::reader_gone(e.as_ref()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // An error may quote a VM's path or text: each line is escaped for the terminal.
+            let message = format!("{e:#}");
+            let lines: Vec<_> = message
+                .lines()
+                .map(feather_core::display::escape_for_terminal)
+                .collect();
+            eprintln!("feather: {}", lines.join("\n"));
+            ExitCode::from(if runs_a_command {
+                EXIT_FEATHER_FAILED_RUN
+            } else {
+                1
+            })
+        }
+    }
+}
+
+/// The commands [`crate::full`] runs (and the front hands over).
+fn runs_elsewhere(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Web { .. }
+            | Command::Migrate { .. }
+            | Command::Serve { .. }
+            | Command::Checkpoint { .. }
+            | Command::Restore { .. }
+            | Command::Check(_)
+            | Command::Man { .. }
+            | Command::Completions { .. }
+    )
+}
+
+/// Replaces this process by [`FULL_PROGRAM`] from this binary's own folder (never one found
+/// through `$PATH`), with the same arguments (the name it was called by included) and
+/// environment; returns only if that fails.
+fn hand_over(_: Cli) -> anyhow::Result<ExitCode> {
+    use std::os::unix::process::CommandExt;
+    let full = std::env::current_exe()?.with_file_name(FULL_PROGRAM);
+    let mut args = std::env::args_os();
+    let mut command = std::process::Command::new(&full);
+    if let Some(called) = args.next() {
+        command.arg0(called);
+    }
+    let error = command.args(args).exec();
+    Err(anyhow::anyhow!(
+        "cannot run {}, which runs this command: {error} (it is installed beside feather; \
+         install feather again)",
+        full.display()
+    ))
+}
+
+/// The command line, with the name the binary was called by turned into a subcommand:
+/// `feather-open ARGS…` is `feather open ARGS…`, `xdg-open ARGS…` is `feather open xdg-open
+/// ARGS…` (see docs/shuttle.md).
+fn arguments() -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let called = args
+        .first()
+        .and_then(|argv0| feather_shuttle::invoke::called_as(std::path::Path::new(argv0)));
+    match called {
+        Some("feather-open") => args.insert(1, "open".into()),
+        Some("xdg-open") => args
+            .splice(1..1, ["open".into(), "xdg-open".into()])
+            .for_each(drop),
+        _ => {}
+    }
+    end_options_after_app(&mut args);
+    args
+}
+
+/// `feather open [--vm VM] APP ARGS…`: everything after APP is the application's, even
+/// `--help` or `--vm` (the broker judges it), so a `--` is put after APP for the parser.
+fn end_options_after_app(args: &mut Vec<std::ffi::OsString>) {
+    let mut index = 1;
+    // Global options before the subcommand.
+    while index < args.len() {
+        match args[index].to_str() {
+            Some("--root") => index += 2,
+            Some(arg) if arg.starts_with('-') => index += 1,
+            _ => break,
+        }
+    }
+    if args.get(index).and_then(|a| a.to_str()) != Some("open") {
+        return;
+    }
+    index += 1;
+    while index < args.len() {
+        match args[index].to_str() {
+            Some("--vm" | "--root") => index += 2,
+            Some(arg) if arg.starts_with("--vm=") || arg.starts_with("--root=") => index += 1,
+            // Help, a typo or an explicit `--`: the parser deals with it.
+            Some(arg) if arg.starts_with('-') => return,
+            _ => {
+                if args.get(index + 1).and_then(|a| a.to_str()) != Some("--") {
+                    args.insert(index + 1, "--".into());
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // Inside a VM anyone may ask; the keeper's policy decides.
+    if let Command::Open { vm, app, args } = &cli.command {
+        return Ok(exit_code(feather_shuttle::invoke::open(
+            app,
+            vm.as_deref(),
+            args,
+        )));
+    }
+    let root = opened_root(&cli)?;
+    match cli.command {
+        Command::Create {
+            name,
+            options,
+            services,
+            fresh_state,
+        } => {
+            let name = name.parse()?;
+            let base = options.base.clone().unwrap_or_else(|| "/".into());
+            let services = feather_vm::services::check_installed(&base, &services)?;
+            lifecycle::create(&root, &name, &create_options(&options)?)?;
+            feather_vm::services::configure(&root, &name, services, fresh_state)?;
+        }
+        Command::Start { name } => return service::start(&root, &name.parse()?),
+        Command::Stop { name, time } => {
+            lifecycle::stop(&root, &name.parse()?, Duration::from_secs(time))?;
+        }
+        Command::Rm { name, force } => lifecycle::remove(&root, &name.parse()?, force)?,
+        Command::Run(args) => return run(&root, args),
+        Command::Exec {
+            process,
+            name,
+            command,
+        } => {
+            let code = exec(
+                &root,
+                &name.parse()?,
+                &workload(&process, command)?,
+                process.tty,
+            )?;
+            return Ok(exit_code(code));
+        }
+        Command::Ls { json, oci: true } => {
+            let containers = oci::containers();
+            if json {
+                output::json(&containers)?
+            } else {
+                output::oci_containers(&containers)?
+            }
+        }
+        Command::Ls { json, oci: false } => {
+            let rows = inspect::summaries(&root)?;
+            if json {
+                output::json(&rows)?
+            } else {
+                output::vms(&rows)?;
+                let containers = oci::containers();
+                if !containers.is_empty() {
+                    say!("")?;
+                    output::oci_containers(&containers)?;
+                }
+            }
+        }
+        Command::Ps {
+            name,
+            json,
+            runtime_root,
+        } => {
+            let rows = oci::processes(&root, &name, runtime_root.as_deref())?;
+            if json {
+                output::json(&rows)?
+            } else {
+                output::processes(&rows)?
+            }
+        }
+        Command::Inspect { name } => output::json(&inspect::inspect(&root, &name.parse()?)?)?,
+        Command::Diff {
+            name,
+            json,
+            runtime_root,
+        } => {
+            let changes = oci::changes(&root, &name, runtime_root.as_deref())?;
+            if json {
+                output::json(&changes)?
+            } else {
+                output::changes_with_sizes(&changes)?
+            }
+        }
+        Command::Commit {
+            name,
+            paths,
+            force,
+            keep_privileges,
+        } => {
+            let consent = commit::Consent {
+                force,
+                keep_privileges,
+            };
+            let applied = commit::commit(&root, &name.parse()?, &paths, consent)?;
+            output::changes(&applied)?;
+        }
+        Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
+        Command::Service(command) => return service::run(&root, command),
+        Command::Policy(command) => return shuttle::policy(&root, command),
+        Command::Audit {
+            follow,
+            lines,
+            vm,
+            denied,
+            json,
+        } => {
+            let filter = shuttle::AuditFilter { vm, denied };
+            return shuttle::audit(&root, &filter, lines, follow, json);
+        }
+        Command::Open { .. } => unreachable!("handled before the root check"),
+        _ => unreachable!("run by crate::full (see runs_elsewhere)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `run`: a throw-away VM with --rm; otherwise the named VM, created and started as needed.
+fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
+    let mut workload = workload(&args.process, args.command)?;
+    if args.rm {
+        start_where_the_caller_is(&mut workload, args.create.base.as_deref());
+        let name = match &args.name {
+            Some(name) => name.parse()?,
+            None => format!("run-{}", std::process::id()).parse()?,
+        };
+        let options = create_options(&args.create)?;
+        let code = if args.process.tty {
+            lifecycle::run_ephemeral_with_terminal(root, &name, &options, &workload)?
+        } else {
+            let peers = std::sync::Arc::new(feather_vm::peers::RootPeers::new(root));
+            lifecycle::run_ephemeral(root, &name, &options, workload, peers)?
+        };
+        return Ok(exit_code(code));
+    }
+    let Some(name) = args.name else {
+        anyhow::bail!("name the VM to run in, or use --rm for a throw-away one");
+    };
+    let name: VmName = name.parse()?;
+    match root.open(&name) {
+        Ok(_) if !args.create.is_empty() => {
+            anyhow::bail!("VM {name} exists: --base, --memory, --pids, --cpus, --disk, --allow-userns, --ro and the network options apply only when run creates it")
+        }
+        Ok(_) => {}
+        Err(Error::NotFound(_)) => {
+            lifecycle::create(root, &name, &create_options(&args.create)?)?;
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let base = root.open(&name)?.read_config()?.base;
+    start_where_the_caller_is(&mut workload, Some(&base));
+    if lifecycle::status(&root.open(&name)?)?.status != feather_core::VmStatus::Running {
+        lifecycle::start(root, &name)?;
+        if service::start_configured(root, &name)? != ExitCode::SUCCESS {
+            anyhow::bail!("VM {name} started, but not all of its services did");
+        }
+    }
+    Ok(exit_code(exec(root, &name, &workload, args.process.tty)?))
+}
+
+/// `run` in a VM over the host's own root starts the command in the caller's current folder,
+/// which the VM sees too (`feather run --rm -- make test` tests the project one is in), unless
+/// `-w` or `-u` says otherwise (another user starts in their home). Over another base the
+/// caller's folder means nothing there: the user's home, as `exec`.
+fn start_where_the_caller_is(workload: &mut Workload, base: Option<&std::path::Path>) {
+    let over_the_host = base.is_none_or(|base| base == std::path::Path::new("/"));
+    if over_the_host && workload.cwd.is_none() && workload.user.is_none() {
+        workload.cwd = std::env::current_dir().ok();
+    }
+}
+
+/// The command line's create flags, read as the library reads every create request.
+fn create_options(args: &CreateArgs) -> anyhow::Result<CreateOptions> {
+    let request = CreateRequest {
+        base: args.base.clone(),
+        memory: args.memory.clone(),
+        pids: args.pids.clone(),
+        cpus: args.cpus.clone(),
+        disk: args.disk.clone(),
+        allow_userns: args.allow_userns,
+        net: args.net.clone(),
+        publish: args.publish.clone(),
+        egress: args.egress,
+        tags: args.tags.clone(),
+        ro: args.read_only.clone(),
+    };
+    Ok(request.options()?)
+}
+
+fn workload(args: &ProcessArgs, argv: Vec<String>) -> anyhow::Result<Workload> {
+    let env = args
+        .env
+        .iter()
+        .map(|pair| match pair.split_once('=') {
+            Some((key, value)) if !key.is_empty() => Ok((key.to_owned(), value.to_owned())),
+            _ => Err(Error::InvalidValue {
+                what: "--env",
+                value: pair.clone(),
+                why: "expected KEY=VALUE".into(),
+            }),
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(Workload {
+        argv,
+        env,
+        cwd: args.workdir.clone(),
+        user: args.user.clone(),
+    })
+}
+
+pub(crate) fn exit_code(code: i32) -> ExitCode {
+    ExitCode::from(u8::try_from(code).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::end_options_after_app;
+
+    fn ended(args: &[&str]) -> Vec<String> {
+        let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();
+        end_options_after_app(&mut args);
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
+    }
+
+    #[test]
+    fn everything_after_the_app_is_the_apps() {
+        assert_eq!(
+            ended(&["feather", "open", "viewer", "--help", "x"]),
+            ["feather", "open", "viewer", "--", "--help", "x"]
+        );
+        assert_eq!(
+            ended(&["feather", "--root", "/r", "open", "--vm", "b", "v", "--vm", "c"]),
+            ["feather", "--root", "/r", "open", "--vm", "b", "v", "--", "--vm", "c"]
+        );
+        assert_eq!(
+            ended(&["feather", "open", "v", "--", "-x"]),
+            ["feather", "open", "v", "--", "-x"]
+        );
+        assert_eq!(
+            ended(&["feather", "open", "--help"]),
+            ["feather", "open", "--help"]
+        );
+        assert_eq!(
+            ended(&["feather", "exec", "vm", "--", "open", "x"]),
+            ["feather", "exec", "vm", "--", "open", "x"]
+        );
+    }
+}

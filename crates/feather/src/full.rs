@@ -1,0 +1,188 @@
+//! The commands only `feather-full` runs (see crate::app): the web view, migration,
+//! checkpoints, `check`, manual pages and completion scripts.
+
+use std::io::Write;
+use std::process::ExitCode;
+
+use feather_vm::{checkpoint, migration};
+
+use feather_core::say;
+
+use crate::cli::{self, CheckCommand, Cli, Command};
+use crate::opening::opened_root;
+use crate::{generated, oci, output, progress};
+
+/// Runs one of the commands `crate::app::runs_elsewhere` names.
+pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
+    // What is generated from the command line itself needs neither root nor a state root.
+    match &cli.command {
+        Command::Completions { shell } => {
+            generated::completions(*shell, &mut std::io::stdout())?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        Command::Man { dir } => {
+            generated::man_pages(dir)?;
+            return Ok(ExitCode::SUCCESS);
+        }
+        _ => {}
+    }
+    let root_arg = cli.root.clone();
+    let root = opened_root(&cli)?;
+    match cli.command {
+        Command::Checkpoint {
+            name,
+            leave_running,
+            export,
+        } => {
+            let mut display = progress::Display::new();
+            let images = checkpoint::checkpoint(
+                &root,
+                &name.parse()?,
+                leave_running,
+                export.as_deref(),
+                &mut |step| display.show(step),
+            );
+            display.finish();
+            let images = images?;
+            eprintln!("checkpoint of {name} in {}", images.display());
+            if let Some(file) = export {
+                eprintln!("exported to {}", file.display());
+            }
+        }
+        Command::Restore { name, import } => {
+            checkpoint::restore(&root, &name.parse()?, import.as_deref())?
+        }
+        Command::Web {
+            listen,
+            tls_cert,
+            tls_key,
+        } => {
+            let tls = tls_cert
+                .zip(tls_key)
+                .map(|(certificate, key)| feather_web::Tls { certificate, key });
+            let options = feather_web::Options { listen, tls };
+            if options.is_exposed() {
+                eprintln!(
+                    "feather: warning: serving on {listen}, which other machines can reach; \
+                     anyone with the link can act on this host's VMs until it is used"
+                );
+            }
+            feather_web::serve(root, &options, |url| {
+                // Serving goes on when nobody reads this any more (a closed terminal or pipe).
+                let _ = writeln!(
+                    std::io::stdout(),
+                    "feather web: open {url}\n(the link works once; keep this running, Ctrl-C ends it)"
+                );
+            })?;
+        }
+        Command::Check(CheckCommand::Criu { json }) => return check_criu(json),
+        Command::Migrate {
+            name,
+            to,
+            token,
+            tls,
+            mode,
+            json,
+        } => {
+            let security = security(token, tls);
+            let mode = migration::choose_mode(mode.map(|m| match m {
+                cli::MigrateMode::PostCopy => migration::Mode::PostCopy,
+                cli::MigrateMode::StopAndCopy => migration::Mode::StopAndCopy,
+                cli::MigrateMode::PreCopy => migration::Mode::PreCopy,
+            }))?;
+            let mut display = progress::Display::new();
+            let migrated =
+                migration::migrate(&root, &name.parse()?, &to, &security, mode, &mut |step| {
+                    display.show(step)
+                });
+            display.finish();
+            let migrated = migrated?;
+            if json {
+                output::json(&migrated)?;
+            }
+            eprintln!("migrated {name} to {to}: {}", output::migrated(&migrated));
+        }
+        Command::Serve {
+            listen,
+            token,
+            tls,
+            once,
+        } => {
+            let mut display = progress::Display::new();
+            let served = migration::serve(
+                &root,
+                &listen,
+                &security(token, tls),
+                once,
+                |address| eprintln!("feather serve: listening on {address}"),
+                &mut |step| display.show(step),
+            );
+            display.finish();
+            served?
+        }
+        Command::Check(CheckCommand::Ipc {
+            vm,
+            runtime_root,
+            json,
+            markdown,
+            label,
+        }) => {
+            let agent = feather_ipcprobe::run::agent_program()?;
+            if !agent.exists() {
+                anyhow::bail!(
+                    "the IPC probe's agent {} is missing; install {} beside feather (cargo builds and installs it)",
+                    agent.display(),
+                    feather_ipcprobe::run::AGENT_PROGRAM
+                );
+            }
+            let (vm, container) = oci::probed(&root, vm, runtime_root.as_deref())?;
+            let setup = feather_ipcprobe::run::ProbeSetup {
+                agent,
+                root: root_arg,
+                vm,
+                container,
+                label,
+            };
+            let matrix = feather_ipcprobe::run::run(&setup)?;
+            if json {
+                output::json(&matrix)?
+            } else if markdown {
+                say!("{}", matrix.to_markdown().trim_end_matches('\n'))?
+            } else {
+                output::ipc_matrix(&matrix)?
+            }
+            if !matrix.failures().is_empty() {
+                return Ok(ExitCode::from(1));
+            }
+        }
+        _ => unreachable!("a command both binaries run (see runs_elsewhere)"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `feather check criu`: is there a CRIU that works here, and which kernel features does it lack.
+/// Exits 1 when checkpoints cannot work.
+fn check_criu(json: bool) -> anyhow::Result<ExitCode> {
+    let criu = feather_migrate::criu::Criu::locate()?;
+    let report = criu.report();
+    if json {
+        output::json(&report)?;
+    } else {
+        output::criu_report(&report)?;
+    }
+    if report.works {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// A migration's security from the command line: the token, and certificates if given (clap
+/// makes sure all three files come together).
+fn security(token: String, tls: cli::TlsArgs) -> migration::Security {
+    let files = match (tls.tls_cert, tls.tls_key, tls.tls_ca) {
+        (Some(cert), Some(key), Some(ca)) => Some(migration::TlsFiles { cert, key, ca }),
+        _ => None,
+    };
+    migration::Security { token, files }
+}

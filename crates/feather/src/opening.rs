@@ -1,0 +1,60 @@
+//! Opening the state root a command acts on: shared by the commands both binaries run
+//! (crate::app) and those only `feather-full` runs (crate::full).
+
+use feather_core::{Error, StateRoot};
+use feather_vm::lifecycle;
+
+use crate::cli::{Cli, Command};
+
+/// Makes the state root's folders exist and private, and records it in the host's registry
+/// of roots before anything is put in it: a root new to the registry is hidden at once in
+/// every VM already running (of any root), and every VM started later hides it too.
+pub(crate) fn open_root(root: &StateRoot) -> anyhow::Result<()> {
+    root.prepare_dir()?;
+    let registry = feather_core::roots::Registry::host();
+    let registered = anyhow::Context::with_context(registry.register(root), || {
+        format!(
+            "cannot record state root {} in {}, which every VM start reads to keep VMs out of \
+             it (make {} writable for root)",
+            root.dir().display(),
+            registry.dir().display(),
+            registry.dir().display()
+        )
+    })?;
+    if let Some(new) = registered {
+        for warning in feather_vm::hiding::in_running_vms(&new) {
+            eprintln!("feather: warning: {warning}");
+        }
+        // OCI containers over the host see the host's tree, state roots included.
+        for warning in feather_oci::hiding::in_running_containers(&new) {
+            eprintln!("feather: warning: {warning}");
+        }
+    }
+    root.prepare()?;
+    Ok(())
+}
+
+/// The state root a command acts on, opened ([`open_root`]) and with the teardowns of ended
+/// throw-away VMs settled; only root may act on one.
+pub(crate) fn opened_root(cli: &Cli) -> anyhow::Result<StateRoot> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot.into());
+    }
+    let root = StateRoot::new(cli.root.clone());
+    open_root(&root)?;
+    lifecycle::settle_throw_aways(&root, waits_for_teardowns(&cli.command));
+    feather_core::trace::phase("open the state root");
+    Ok(root)
+}
+
+/// Whether a command waits for the teardowns of throw-away VMs under way before it acts (it
+/// finishes those whose finisher died either way). A throw-away run does not wait for the runs
+/// before it, nor does an exec, which makes nothing that could meet what they leave: in a
+/// script's loop, both would otherwise wait for the last run's network and folders to go.
+fn waits_for_teardowns(command: &Command) -> bool {
+    match command {
+        Command::Run(args) => !args.rm,
+        Command::Exec { .. } => false,
+        _ => true,
+    }
+}
