@@ -271,7 +271,10 @@ impl Keeper {
             held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer,
         };
-        keeper.record_running()?;
+        // Not synced to disk (a journal commit, 5–15 ms on this host's ext4): a power cut ends
+        // the keeper too, and the state read after it is the record before this one (created or
+        // stopped, as true then as "crashed") once ext4 had no time to commit it on its own.
+        keeper.record_running(Durability::Volatile)?;
         trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
         keeper.hide_state_folders(root, &hidden);
@@ -403,7 +406,9 @@ impl Keeper {
             memory_layer: None,
         };
         trace::phase("restore: CRIU restored the tree, network completed");
-        keeper.record_running()?;
+        // Synced: the checkpoint it was restored from must not read as restorable after a
+        // power cut, its layer having moved on since.
+        keeper.record_running(Durability::Durable)?;
         trace::phase("restore: recorded running");
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
         // of this host are hidden before anything of the VM runs again. A VM received by a
@@ -485,7 +490,7 @@ impl Keeper {
         let _ = process::signal(&self.init.pidfd, Signal::SIGCONT);
     }
 
-    fn record_running(&self) -> Result<()> {
+    fn record_running(&self, durability: Durability) -> Result<()> {
         let mut state = VmState::created();
         state.status = VmStatus::Running;
         state.keeper_pid = Some(std::process::id() as i32);
@@ -493,7 +498,7 @@ impl Keeper {
         state.init_start_ticks = process::start_ticks(self.init.pid);
         state.started = Some(now());
         state.memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
-        Ok(self.vm.write_state(&state, self.durability)?)
+        Ok(self.vm.write_state(&state, durability)?)
     }
 
     /// Serves the control socket until the VM's init exits, then cleans up. `foreground`:
