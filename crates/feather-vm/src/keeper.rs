@@ -1235,6 +1235,9 @@ pub fn main_background(
     // A session of its own: the terminal that ran `feather start` may close without taking
     // the VM with it.
     let _ = nix::unistd::setsid();
+    // A background keeper's phases (in its keeper.log) start here: what comes before is the
+    // exec and loading of `feather-keeper`, seen by `feather start` as its wait.
+    trace::begin();
     let mut ready = File::from(ready);
     let vm = root.vm(&name);
     let mut keeper = match if restore {
@@ -1250,6 +1253,7 @@ pub fn main_background(
         }
     };
     keeper.begin(&root, terminal, peers);
+    trace::phase("open the broker");
     let _ = boot::send(
         &mut ready,
         &KeeperReport::Up {
