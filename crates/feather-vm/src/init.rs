@@ -194,7 +194,9 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         std::process::exit(1);
     }
     let seccomp = resumed.seccomp();
-    let spawner = start_spawner(seccomp);
+    // The spawner gives its pages back when init does: for a foreground run, not while its
+    // command may end at once (reading its smaps and unmapping took CPU from the command).
+    let spawner = start_spawner(seccomp, quiet.clone());
     // The seccomp filter and the reduced capability set, inherited by everything init starts.
     // (Until now nothing of the VM's has run: only init, its re-execution from the VM's own
     // copy of feather's binary, and the spawner's fork.)
@@ -241,8 +243,8 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
 /// and capability drop, since its one recipe needs CAP_SYS_ADMIN (it confines itself to that
 /// recipe at once). Returns init's end of its socket. A VM whose spawner cannot start still
 /// runs; only its units with PrivateTmp= fail, saying so.
-fn start_spawner(seccomp: feather_confine::seccomp::Profile) -> Option<OwnedFd> {
-    match spawner::start(seccomp) {
+fn start_spawner(seccomp: feather_confine::seccomp::Profile, quiet: Quiet) -> Option<OwnedFd> {
+    match spawner::start(seccomp, quiet) {
         Ok(end) => Some(end),
         Err(e) => {
             eprintln!(
