@@ -530,6 +530,21 @@ mod tests {
     }
 
     #[test]
+    fn a_durable_create_leaves_a_complete_vm_and_no_staging_folder() {
+        let root = scratch();
+        let vm = root.create(&config("kept"), Durability::Durable).unwrap();
+        assert_eq!(vm.read_config().unwrap().name.as_str(), "kept");
+        assert_eq!(vm.read_state().unwrap().status, VmStatus::Created);
+        let leftovers: Vec<String> = fs::read_dir(root.vms_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "kept")
+            .collect();
+        assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+        let _ = fs::remove_dir_all(root.dir());
+    }
+
+    #[test]
     fn create_then_list_then_refuse_duplicate() {
         let root = scratch();
         root.create(&config("b"), Durability::Volatile).unwrap();
