@@ -431,7 +431,9 @@ impl Keeper {
         self.open_broker(root, terminal, peers);
         if let Some(mut init) = self.init_waits.take() {
             // Init's end, if it ended meanwhile, is seen by serve().
-            let _ = boot::send(&mut init, &ToInit::Start);
+            if boot::send(&mut init, &ToInit::Start).is_ok() {
+                await_init_letting_go(&mut init);
+            }
         }
     }
 
@@ -1055,6 +1057,19 @@ fn limits_of(config: &VmConfig) -> Limits {
         pids: config.limits.pids,
         cpus: config.limits.cpus,
     }
+}
+
+/// How long the keeper waits for init to close its end of their boot socket after Start.
+const INIT_LETS_GO: Duration = Duration::from_secs(5);
+
+/// Waits until init has closed its end of the boot socket, which it does as soon as it has
+/// read Start. Until then that end is a socket of the VM whose peer (the keeper's end) lies
+/// outside it, which CRIU cannot dump ("Unix socket … not found"): a checkpoint right after
+/// `feather start` returned failed now and then on a loaded machine.
+fn await_init_letting_go(init: &mut UnixStream) {
+    let _ = init.set_read_timeout(Some(INIT_LETS_GO));
+    // Init sends nothing more: the read ends at its close (0), its death, or the timeout.
+    let _ = std::io::Read::read(init, &mut [0u8; 1]);
 }
 
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still
