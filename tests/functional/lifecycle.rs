@@ -177,6 +177,35 @@ fn stop_ends_every_process_of_the_vm() {
 }
 
 #[test]
+fn stop_waits_for_a_process_that_ends_late_after_sigterm() {
+    let feather = Feather::new("stop-late");
+    let base = ScratchBase::new("stop-late");
+    feather.start_over("late", &base, &[]);
+    // Init waits for SIGCHLD between its looks (no timer): the process that takes its time
+    // is a grandchild whose parent dies at SIGTERM at once, so it is re-parented to init
+    // while it still runs, and it must be left to finish before the grace runs out.
+    feather.sh(
+        "late",
+        "sh -c '(trap \"sleep 0.5; echo finished > /late-end; exit 0\" TERM; \
+         touch /late-ready; while :; do sleep 0.05; done) & wait' >/dev/null 2>&1 &",
+    );
+    feather.sh(
+        "late",
+        "i=0; while [ ! -e /late-ready ] && [ $i -lt 200 ]; do sleep 0.05; i=$((i+1)); done; \
+         test -e /late-ready",
+    );
+    feather.ok(&["stop", "--time", "20", "late"]);
+    assert_eq!(feather.status("late"), "stopped");
+    let ended = feather.vm_dir("late").join("upper/late-end");
+    assert_eq!(
+        fs::read_to_string(&ended).unwrap_or_default(),
+        "finished\n",
+        "the process was stopped before its SIGTERM handler ended ({})",
+        ended.display()
+    );
+}
+
+#[test]
 fn run_rm_with_a_terminal_gives_one_and_leaves_nothing() {
     let feather = Feather::new("run-rm-tty");
     let base = ScratchBase::new("run-rm-tty");

@@ -41,6 +41,15 @@ pub fn write_atomic(path: &Path, contents: &[u8], durability: Durability) -> Res
         .at(path)
 }
 
+/// Flushes files and folders already written (unsynced) to disk, in order: a batch written
+/// first and synced here syncs a folder once for all it holds.
+pub fn sync_all(paths: &[std::path::PathBuf]) -> Result<()> {
+    for path in paths {
+        File::open(path).and_then(|file| file.sync_all()).at(path)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,7 +30,7 @@ use std::io::ErrorKind;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::atomic::{write_atomic, Durability};
+use crate::atomic::{sync_all, write_atomic, Durability};
 use crate::error::{Error, IoContext, Result};
 use crate::{VmConfig, VmName, VmState, VmStatus};
 
@@ -206,8 +206,14 @@ impl StateRoot {
                 path: temp.clone(),
                 run: vm.run.clone(),
             };
-            staged.write_config(config, durability)?;
-            staged.write_state(&VmState::created(), durability)
+            // Written unsynced, then synced together: the folder once, after both files (it
+            // was synced after each), and the rename into place below, which was not.
+            staged.write_config(config, Durability::Volatile)?;
+            staged.write_state(&VmState::created(), Durability::Volatile)?;
+            if durability == Durability::Durable {
+                sync_all(&[staged.config_path(), staged.state_path(), temp.clone()])?;
+            }
+            Ok(())
         };
         if let Err(e) = assemble() {
             let _ = fs::remove_dir_all(&temp);
@@ -222,6 +228,13 @@ impl StateRoot {
                 }
                 _ => Err(e).at(&vm.path),
             };
+        }
+        if durability == Durability::Durable {
+            // The rename itself: without this, a power cut could forget the VM just made.
+            if let Err(e) = sync_all(&[vms_dir]) {
+                let _ = fs::remove_dir_all(&vm.path);
+                return Err(e);
+            }
         }
         Ok(vm)
     }
@@ -531,6 +544,21 @@ mod tests {
             allow_userns: false,
             read_only: vec![],
         }
+    }
+
+    #[test]
+    fn a_durable_create_leaves_a_complete_vm_and_no_staging_folder() {
+        let root = scratch();
+        let vm = root.create(&config("kept"), Durability::Durable).unwrap();
+        assert_eq!(vm.read_config().unwrap().name.as_str(), "kept");
+        assert_eq!(vm.read_state().unwrap().status, VmStatus::Created);
+        let leftovers: Vec<String> = fs::read_dir(root.vms_dir())
+            .unwrap()
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name != "kept")
+            .collect();
+        assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+        let _ = fs::remove_dir_all(root.dir());
     }
 
     #[test]

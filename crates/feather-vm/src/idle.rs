@@ -35,7 +35,7 @@ enum State {
 }
 
 /// When a resident process last did something, and whether it has given its pages back since.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Quiet {
     state: State,
 }

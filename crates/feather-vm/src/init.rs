@@ -194,7 +194,9 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         std::process::exit(1);
     }
     let seccomp = resumed.seccomp();
-    let spawner = start_spawner(seccomp);
+    // The spawner gives its pages back when init does: for a foreground run, not while its
+    // command may end at once (reading its smaps and unmapping took CPU from the command).
+    let spawner = start_spawner(seccomp, quiet.clone());
     // The seccomp filter and the reduced capability set, inherited by everything init starts.
     // (Until now nothing of the VM's has run: only init, its re-execution from the VM's own
     // copy of feather's binary, and the spawner's fork.)
@@ -241,8 +243,8 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
 /// and capability drop, since its one recipe needs CAP_SYS_ADMIN (it confines itself to that
 /// recipe at once). Returns init's end of its socket. A VM whose spawner cannot start still
 /// runs; only its units with PrivateTmp= fail, saying so.
-fn start_spawner(seccomp: feather_confine::seccomp::Profile) -> Option<OwnedFd> {
-    match spawner::start(seccomp) {
+fn start_spawner(seccomp: feather_confine::seccomp::Profile, quiet: Quiet) -> Option<OwnedFd> {
+    match spawner::start(seccomp, quiet) {
         Ok(end) => Some(end),
         Err(e) => {
             eprintln!(
@@ -377,7 +379,7 @@ fn supervise(
         match decide::init_on_signal(signal, workload) {
             InitAction::Reap => {
                 if let Some(code) = reap(workload, commands) {
-                    shut_down(decide::grace_after_workload(grace), commands);
+                    shut_down(decide::grace_after_workload(grace), signals, commands);
                     return code;
                 }
             }
@@ -387,7 +389,7 @@ fn supervise(
                 let _ = kill(pid, signal);
             }
             InitAction::ShutDown => {
-                shut_down(grace, commands);
+                shut_down(grace, signals, commands);
                 return 0;
             }
             InitAction::Ignore => {}
@@ -414,7 +416,7 @@ const SERVICE_MANAGER_COMM: &str = "feather-svcd";
 
 /// Gives the VM's service manager, if one runs, the first part of the grace period to stop its
 /// services in reverse dependency order, before everything gets SIGTERM at once.
-fn stop_services_first(deadline: Instant, commands: &mut Commands) {
+fn stop_services_first(deadline: Instant, signals: &SignalFd, commands: &mut Commands) {
     let Some(manager) = std::fs::read_to_string(SERVICE_MANAGER_PID_FILE)
         .ok()
         .and_then(|text| text.trim().parse::<i32>().ok())
@@ -433,15 +435,15 @@ fn stop_services_first(deadline: Instant, commands: &mut Commands) {
         if kill(manager, None) == Err(Errno::ESRCH) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        await_child_signal(signals, deadline);
     }
 }
 
 /// Stops every process of the VM: SIGTERM to all, up to `grace` for them to exit, then SIGKILL.
-fn shut_down(grace: Duration, commands: &mut Commands) {
+fn shut_down(grace: Duration, signals: &SignalFd, commands: &mut Commands) {
     let everyone = Pid::from_raw(-1);
     let deadline = Instant::now() + grace;
-    stop_services_first(deadline, commands);
+    stop_services_first(deadline, signals, commands);
     let _ = kill(everyone, Signal::SIGTERM);
     while Instant::now() < deadline {
         let _ = reap(None, commands);
@@ -449,8 +451,28 @@ fn shut_down(grace: Duration, commands: &mut Commands) {
         if kill(everyone, None) == Err(Errno::ESRCH) {
             return;
         }
-        std::thread::sleep(Duration::from_millis(10));
+        await_child_signal(signals, deadline);
     }
     let _ = kill(everyone, Signal::SIGKILL);
     let _ = reap(None, commands);
+}
+
+/// Longest wait for a SIGCHLD before init looks again anyway: a safety net only.
+const SHUT_DOWN_RECHECK: Duration = Duration::from_millis(100);
+
+/// Waits until a signal arrives (a SIGCHLD: some process of the VM ended) or `deadline`, and
+/// takes it. Every end that can leave init alone in the VM sends it a SIGCHLD: the last
+/// process to end is init's child then (orphans are re-parented to init), so init looks again
+/// the moment it may be alone instead of at the next tick of a timer (a fixed 10 ms sleep
+/// cost every `run --rm` and every stop 10 ms). Other signals that arrive meanwhile (a
+/// second stop, a forwarded Ctrl-C) change nothing: the VM is being stopped already.
+fn await_child_signal(signals: &SignalFd, deadline: Instant) {
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .min(SHUT_DOWN_RECHECK);
+    let timeout = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
+    let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
+    if let Ok(1..) = nix::poll::poll(&mut fds, timeout) {
+        let _ = signals.read_signal();
+    }
 }

@@ -271,7 +271,10 @@ impl Keeper {
             held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer,
         };
-        keeper.record_running()?;
+        // Not synced to disk (a journal commit, 5–15 ms on this host's ext4): a power cut ends
+        // the keeper too, and the state read after it is the record before this one (created or
+        // stopped, as true then as "crashed") once ext4 had no time to commit it on its own.
+        keeper.record_running(Durability::Volatile)?;
         trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
         keeper.hide_state_folders(root, &hidden);
@@ -403,7 +406,9 @@ impl Keeper {
             memory_layer: None,
         };
         trace::phase("restore: CRIU restored the tree, network completed");
-        keeper.record_running()?;
+        // Synced: the checkpoint it was restored from must not read as restorable after a
+        // power cut, its layer having moved on since.
+        keeper.record_running(Durability::Durable)?;
         trace::phase("restore: recorded running");
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
         // of this host are hidden before anything of the VM runs again. A VM received by a
@@ -426,7 +431,9 @@ impl Keeper {
         self.open_broker(root, terminal, peers);
         if let Some(mut init) = self.init_waits.take() {
             // Init's end, if it ended meanwhile, is seen by serve().
-            let _ = boot::send(&mut init, &ToInit::Start);
+            if boot::send(&mut init, &ToInit::Start).is_ok() {
+                await_init_letting_go(&mut init);
+            }
         }
     }
 
@@ -485,7 +492,7 @@ impl Keeper {
         let _ = process::signal(&self.init.pidfd, Signal::SIGCONT);
     }
 
-    fn record_running(&self) -> Result<()> {
+    fn record_running(&self, durability: Durability) -> Result<()> {
         let mut state = VmState::created();
         state.status = VmStatus::Running;
         state.keeper_pid = Some(std::process::id() as i32);
@@ -493,7 +500,7 @@ impl Keeper {
         state.init_start_ticks = process::start_ticks(self.init.pid);
         state.started = Some(now());
         state.memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
-        Ok(self.vm.write_state(&state, self.durability)?)
+        Ok(self.vm.write_state(&state, durability)?)
     }
 
     /// Serves the control socket until the VM's init exits, then cleans up. `foreground`:
@@ -1071,6 +1078,19 @@ fn limits_of(config: &VmConfig) -> Limits {
     }
 }
 
+/// How long the keeper waits for init to close its end of their boot socket after Start.
+const INIT_LETS_GO: Duration = Duration::from_secs(5);
+
+/// Waits until init has closed its end of the boot socket, which it does as soon as it has
+/// read Start. Until then that end is a socket of the VM whose peer (the keeper's end) lies
+/// outside it, which CRIU cannot dump ("Unix socket … not found"): a checkpoint right after
+/// `feather start` returned failed now and then on a loaded machine.
+fn await_init_letting_go(init: &mut UnixStream) {
+    let _ = init.set_read_timeout(Some(INIT_LETS_GO));
+    // Init sends nothing more: the read ends at its close (0), its death, or the timeout.
+    let _ = std::io::Read::read(init, &mut [0u8; 1]);
+}
+
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still
 /// in it), its veth and nftables chains (and the bridge, if no other VM of its state root uses
 /// it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
@@ -1249,6 +1269,9 @@ pub fn main_background(
     // A session of its own: the terminal that ran `feather start` may close without taking
     // the VM with it.
     let _ = nix::unistd::setsid();
+    // A background keeper's phases (in its keeper.log) start here: what comes before is the
+    // exec and loading of `feather-keeper`, seen by `feather start` as its wait.
+    trace::begin();
     let mut ready = File::from(ready);
     let vm = root.vm(&name);
     let mut keeper = match if restore {
@@ -1264,6 +1287,7 @@ pub fn main_background(
         }
     };
     keeper.begin(&root, terminal, peers);
+    trace::phase("open the broker");
     let _ = boot::send(
         &mut ready,
         &KeeperReport::Up {

@@ -35,6 +35,8 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
+use crate::idle::Quiet;
+
 /// Where init holds its end of the spawner's socket (and hands it to the service client).
 pub const SPAWNER_FD: RawFd = private_tmp::SPAWNER_FD;
 
@@ -52,8 +54,9 @@ pub enum SpawnerError {
 }
 
 /// Forks the spawner (init calls it while it still holds CAP_SYS_ADMIN, before its filter);
-/// returns init's end of its socket, at [`SPAWNER_FD`], close-on-exec.
-pub fn start(seccomp: Profile) -> Result<OwnedFd, SpawnerError> {
+/// returns init's end of its socket, at [`SPAWNER_FD`], close-on-exec. `quiet`: when it gives
+/// its pages back, as init does.
+pub fn start(seccomp: Profile, quiet: Quiet) -> Result<OwnedFd, SpawnerError> {
     let (init_end, spawner_end) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -71,13 +74,13 @@ pub fn start(seccomp: Profile) -> Result<OwnedFd, SpawnerError> {
         }
         None => {
             drop(init_end);
-            become_spawner(spawner_end, seccomp)
+            become_spawner(spawner_end, seccomp, quiet)
         }
     }
 }
 
 /// The forked child: nothing of init's but its socket; then it serves until init is gone.
-fn become_spawner(socket: OwnedFd, seccomp: Profile) -> ! {
+fn become_spawner(socket: OwnedFd, seccomp: Profile, quiet: Quiet) -> ! {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -86,7 +89,7 @@ fn become_spawner(socket: OwnedFd, seccomp: Profile) -> ! {
         let _ = feather_sys::process::redirect_stdio(&null);
     }
     feather_sys::process::close_other_fds(&[socket.as_raw_fd()]);
-    std::process::exit(serve(socket, seccomp).unwrap_or(1))
+    std::process::exit(serve(socket, seccomp, quiet).unwrap_or(1))
 }
 
 /// Why the spawner could not confine itself (it then ends, before it serves anything).
@@ -102,7 +105,7 @@ pub enum ServeError {
 
 /// The spawner's life: confines itself, then serves requests on `socket` until no other end
 /// of it is left (init is gone). Returns its exit code.
-fn serve(socket: OwnedFd, seccomp: Profile) -> Result<i32, ServeError> {
+fn serve(socket: OwnedFd, seccomp: Profile, mut quiet: Quiet) -> Result<i32, ServeError> {
     let _ = nix::sys::prctl::set_name(c"feather-spawner");
     feather_sys::process::make_undumpable().map_err(ServeError::Sys)?;
     feather_confine::capabilities::reduce_to_spawner().map_err(ServeError::Capabilities)?;
@@ -113,8 +116,8 @@ fn serve(socket: OwnedFd, seccomp: Profile) -> Result<i32, ServeError> {
     // manager their status.
     let children =
         feather_sys::process::block_signals(&[Signal::SIGCHLD]).map_err(ServeError::Sys)?;
-    // Resident in every VM, as init is: its program's pages go back while it waits.
-    let mut quiet = crate::idle::Quiet::release_first();
+    // Resident in every VM, as init is: its program's pages go back while it waits, when
+    // init's do (`quiet`, init's).
     loop {
         let mut fds = [
             PollFd::new(socket.as_fd(), PollFlags::POLLIN),
