@@ -471,9 +471,24 @@ fn a_vms_multicast_joins_leave_the_bridges_multicast_table_empty() {
         .args(["mdb", "show", "dev", &bridge])
         .output()
         .unwrap();
+    assert!(
+        table.status.success(),
+        "bridge mdb show dev {bridge}: {}",
+        String::from_utf8_lossy(&table.stderr)
+    );
     let table = String::from_utf8_lossy(&table.stdout);
     assert!(
         !table.contains(&host_end),
         "the bridge {bridge} learned the VM's groups on its port {host_end}: {table}"
+    );
+    // The first wall on its own: the bridge does not snoop at all.
+    let link = Command::new("ip")
+        .args(["-d", "link", "show", "dev", &bridge])
+        .output()
+        .unwrap();
+    let link = String::from_utf8_lossy(&link.stdout);
+    assert!(
+        link.contains("mcast_snooping 0"),
+        "the bridge {bridge} snoops multicast: {link}"
     );
 }

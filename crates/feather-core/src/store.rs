@@ -120,7 +120,11 @@ impl StateRoot {
                 }
             }
         }
-        write_atomic(&marker, b"", Durability::Durable)
+        // The walk is done; a marker that cannot be written (a full disk, a root mounted
+        // read-only) only means the next command walks again, and must not fail this one —
+        // `feather rm`, which frees the space, included.
+        let _ = write_atomic(&marker, b"", Durability::Durable);
+        Ok(())
     }
 
     /// Makes the state folder alone exist, 0700, without anything in it yet: what the

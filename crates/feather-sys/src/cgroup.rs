@@ -598,15 +598,33 @@ fn remove_when_idle(
     }
 }
 
+/// How many groups [`each_group`] visits at most: far more than a VM's v2 subtree may hold
+/// (1,000, row 60 of docs/security.md) or its services make.
+const MOST_GROUPS_WALKED: usize = 20_000;
+
 /// Calls `visit` with a descriptor of the group `dir` and of every group below it, parents
 /// before children, with two descriptors open whatever the depth: down by name beneath the
 /// current group, back up through its `..`, as [`remove_groups`] does. The groups below a VM's
 /// `services/` are the VM's own, nested as deep as it likes (row 27 of docs/security.md):
 /// listed by path, those past PATH_MAX were never seen, and a process the VM kept there was
 /// missing from `feather ps`. A group that goes meanwhile is skipped.
-fn each_group(dir: &Path, mut visit: impl FnMut(&std::os::fd::OwnedFd)) -> std::io::Result<()> {
+///
+/// The walk ends after [`MOST_GROUPS_WALKED`] groups: on cgroup v1 nothing bounds how many
+/// groups a VM makes (row 60), and a VM nesting groups as fast as it can would otherwise keep
+/// `feather ls` and `ps`, which walk its groups, walking behind it.
+fn each_group(dir: &Path, visit: impl FnMut(&std::os::fd::OwnedFd)) -> std::io::Result<()> {
+    each_group_of_first(dir, MOST_GROUPS_WALKED, visit)
+}
+
+/// [`each_group`], ending after the first `most` groups.
+fn each_group_of_first(
+    dir: &Path,
+    most: usize,
+    mut visit: impl FnMut(&std::os::fd::OwnedFd),
+) -> std::io::Result<()> {
     let mut current: std::os::fd::OwnedFd = fs::File::open(dir)?.into();
     visit(&current);
+    let mut walked = 1;
     // For each level walked down, the groups there still to visit.
     let mut pending: Vec<Vec<std::ffi::OsString>> = vec![groups_in(&current)?];
     while let Some(level) = pending.last_mut() {
@@ -617,6 +635,10 @@ fn each_group(dir: &Path, mut visit: impl FnMut(&std::os::fd::OwnedFd)) -> std::
                 };
                 current = group;
                 visit(&current);
+                walked += 1;
+                if walked >= most {
+                    return Ok(());
+                }
                 pending.push(groups_in(&current).unwrap_or_default());
             }
             None => {
@@ -781,6 +803,33 @@ mod tests {
         fs::remove_dir(&dir).unwrap();
         assert_eq!(members, [Pid::from_raw(4241), Pid::from_raw(4242)]);
         assert_eq!(count, 2);
+    }
+
+    #[test]
+    fn the_walk_of_a_vms_groups_ends_after_its_budget() {
+        let dir = scratch("walk-budget");
+        fs::write(dir.join("cgroup.procs"), "4241\n").unwrap();
+        let deepest = nest(&dir, 300);
+        let procs = nix::fcntl::openat(
+            &deepest,
+            "cgroup.procs",
+            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        std::io::Write::write_all(&mut fs::File::from(procs), b"4242\n").unwrap();
+        drop(deepest);
+
+        let mut visited = 0;
+        let mut pids = Vec::new();
+        each_group_of_first(&dir, 100, |group| {
+            visited += 1;
+            pids.extend(procs_of(group));
+        })
+        .unwrap();
+        crate::beneath::empty_dir(&fs::File::open(&dir).unwrap()).unwrap();
+        fs::remove_dir(&dir).unwrap();
+        assert_eq!((visited, pids), (100, vec![4241]));
     }
 
     #[test]

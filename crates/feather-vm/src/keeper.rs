@@ -271,10 +271,12 @@ impl Keeper {
             held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer,
         };
-        // Not synced to disk (a journal commit, 5–15 ms on this host's ext4): a power cut ends
-        // the keeper too, and the state read after it is the record before this one (created or
-        // stopped, as true then as "crashed") once ext4 had no time to commit it on its own.
-        keeper.record_running(Durability::Volatile)?;
+        // A throw-away VM's record is not synced to disk (a journal commit, 5–15 ms on this
+        // host's ext4): nothing of it outlives a power cut. A kept VM's is: renamed over the
+        // last record unsynced, on XFS or on ext4 without `auto_da_alloc` a power cut can leave
+        // an empty state file, and the VM would be missing from `ls` with its folder and
+        // address still taken.
+        keeper.record_running(durability)?;
         trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
         keeper.hide_state_folders(root, &hidden);

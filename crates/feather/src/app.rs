@@ -73,19 +73,35 @@ fn main_with(others: Others) -> ExitCode {
     }
 }
 
-/// The commands [`crate::full`] runs (and the front hands over).
+/// The commands [`crate::full`] runs (and the front hands over). Every command is named
+/// here, none by a wildcard, so that a new one cannot compile before it is given a side.
 fn runs_elsewhere(command: &Command) -> bool {
-    matches!(
-        command,
+    match command {
         Command::Web { .. }
-            | Command::Migrate { .. }
-            | Command::Serve { .. }
-            | Command::Checkpoint { .. }
-            | Command::Restore { .. }
-            | Command::Check(_)
-            | Command::Man { .. }
-            | Command::Completions { .. }
-    )
+        | Command::Migrate { .. }
+        | Command::Serve { .. }
+        | Command::Checkpoint { .. }
+        | Command::Restore { .. }
+        | Command::Check(_)
+        | Command::Man { .. }
+        | Command::Completions { .. } => true,
+        Command::Create { .. }
+        | Command::Start { .. }
+        | Command::Stop { .. }
+        | Command::Rm { .. }
+        | Command::Run(_)
+        | Command::Exec { .. }
+        | Command::Open { .. }
+        | Command::Ls { .. }
+        | Command::Ps { .. }
+        | Command::Inspect { .. }
+        | Command::Diff { .. }
+        | Command::Commit { .. }
+        | Command::Reset { .. }
+        | Command::Service(_)
+        | Command::Policy(_)
+        | Command::Audit { .. } => false,
+    }
 }
 
 /// Replaces this process by [`FULL_PROGRAM`] from this binary's own folder (never one found
@@ -93,7 +109,14 @@ fn runs_elsewhere(command: &Command) -> bool {
 /// environment; returns only if that fails.
 fn hand_over(_: Cli) -> anyhow::Result<ExitCode> {
     use std::os::unix::process::CommandExt;
-    let full = std::env::current_exe()?.with_file_name(FULL_PROGRAM);
+    let full = std::env::current_exe()
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "cannot find this program's own path in /proc/self/exe ({e}), needed to run \
+                 {FULL_PROGRAM} beside it: mount /proc"
+            )
+        })?
+        .with_file_name(FULL_PROGRAM);
     let mut args = std::env::args_os();
     let mut command = std::process::Command::new(&full);
     if let Some(called) = args.next() {
