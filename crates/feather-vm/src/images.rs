@@ -82,13 +82,15 @@ pub(crate) struct Receiver {
 }
 
 impl Receiver {
-    /// This process, as the receiver of a migration.
-    pub(crate) fn this_process() -> Receiver {
+    /// This process, as the receiver of a migration; None when its start time cannot be
+    /// read (no /proc): a hold without it would count as a receiver that ended, and the copy
+    /// would be refused while this process still receives it.
+    pub(crate) fn this_process() -> Option<Receiver> {
         let pid = std::process::id() as i32;
-        Receiver {
+        Some(Receiver {
             pid,
-            start_ticks: process::start_ticks(Pid::from_raw(pid)),
-        }
+            start_ticks: Some(process::start_ticks(Pid::from_raw(pid))?),
+        })
     }
 
     /// The text of a [`HOLD`] file: the pid and the start time.

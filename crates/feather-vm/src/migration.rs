@@ -774,7 +774,14 @@ fn receive(
         // The VM's keeper keeps it stopped until this process tells it to resume, and ends it
         // if this process ends first; until then no one may restore it here.
         let source = Source::Migration(&mut incoming, &mut *progress);
-        import_archive(root, &name, source, Some(Receiver::this_process()))?;
+        let receiver = Receiver::this_process().ok_or_else(|| {
+            failed(
+                &name,
+                "cannot read this process's start time in /proc/self/stat, which names the \
+                 receiver the VM waits for: mount /proc and serve again",
+            )
+        })?;
+        import_archive(root, &name, source, Some(receiver))?;
         trace::phase("serve: archive received, checked, imported");
         let vm = root.open(&name)?;
         // Post-copy: the daemon that fetches the VM's memory listens before the restore.
