@@ -4,11 +4,11 @@
 //! namespace these tests made; the "host" nginx listens on a port of its own per test.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use crate::support::{free_port, Feather, ScratchBase, TestSubnet};
+use crate::support::{bridge_claim, free_port, Feather, HostTraces, ScratchBase, TestSubnet};
 
 fn host_links() -> String {
     let out = Command::new("ip")
@@ -460,26 +460,17 @@ fn a_killed_keeper_leaves_no_veth_or_rules_after_rm() {
 }
 
 /// Asserts that `bridge`, the root's until its last VM went, is gone with its firewall tables
-/// and its host-wide claim. Bridge names are host-wide and handed out lowest first, so the root
-/// of a test running beside this one may have claimed the same name since: what is found under
-/// the name must then be that root's, as its claim says.
+/// and its host-wide claim (see `HostTraces::of` for a name another root claimed since).
 fn assert_bridge_returned(feather: &Feather, bridge: &str) {
-    let bridge_left = host_links().contains(&format!(" {bridge}:"));
-    let tables_left = nft_tables()
-        .lines()
-        .any(|table| table.split_whitespace().last() == Some(bridge));
-    let claim = std::fs::read_to_string(Path::new("/run/feather-net/claims").join(bridge));
-    let ours = format!("root = \"{}\"", feather.root.display());
-    match claim {
-        Ok(claim) => assert!(
-            !claim.lines().any(|line| line == ours),
-            "the host-wide claim on {bridge} was not returned: {claim}"
-        ),
-        Err(_) => assert!(
-            !bridge_left && !tables_left,
-            "{bridge} left after rm (bridge: {bridge_left}, nftables tables: {tables_left})"
-        ),
-    }
+    let traces = HostTraces::of(&feather.root, Some(bridge));
+    assert!(
+        traces.links.is_empty() && traces.nft_tables.is_empty(),
+        "{bridge} left after rm: {traces:?}"
+    );
+    assert!(
+        !bridge_claim(bridge).is_some_and(|claim| claim.names(&feather.root)),
+        "the host-wide claim on {bridge} was not returned"
+    );
 }
 
 #[test]

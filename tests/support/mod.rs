@@ -740,6 +740,12 @@ impl HostTraces {
                 .collect()
         };
         let (links, nft_tables) = match bridge {
+            // Bridge names are host-wide and handed out lowest first: once this root returned
+            // its bridge, the root of a test running beside this one may have claimed the same
+            // name, and what is found under it is that root's.
+            Some(bridge) if bridge_claim(bridge).is_some_and(|claim| !claim.names(root)) => {
+                (Vec::new(), Vec::new())
+            }
             Some(bridge) => (
                 lines("ip", &["-o", "link"])
                     .into_iter()
@@ -750,7 +756,7 @@ impl HostTraces {
                     .collect(),
                 lines("nft", &["list", "tables"])
                     .into_iter()
-                    .filter(|l| l.contains(bridge))
+                    .filter(|l| l.split_whitespace().last() == Some(bridge))
                     .collect(),
             ),
             None => (Vec::new(), Vec::new()),
@@ -762,6 +768,24 @@ impl HostTraces {
             nft_tables,
         }
     }
+}
+
+/// The host-wide claim on a bridge name (feather-net's `/run/feather-net/claims/<bridge>`),
+/// if a state root holds one.
+pub struct BridgeClaim(String);
+
+impl BridgeClaim {
+    /// Whether the claim is the root's at `root`.
+    pub fn names(&self, root: &Path) -> bool {
+        let line = format!("root = \"{}\"", root.display());
+        self.0.lines().any(|l| l == line)
+    }
+}
+
+pub fn bridge_claim(bridge: &str) -> Option<BridgeClaim> {
+    fs::read_to_string(Path::new("/run/feather-net/claims").join(bridge))
+        .ok()
+        .map(BridgeClaim)
 }
 
 /// The host's interface indexes now (`ip -o link`: "INDEX: NAME…").
