@@ -779,14 +779,10 @@ mod tests {
         current
     }
 
-    #[test]
-    fn members_are_found_in_groups_nested_past_path_max() {
-        let dir = scratch("deep-members");
-        let group = Cgroup::new(hybrid(&dir), "feather/x");
-        let top = dir.join("memory/feather/x");
-        fs::create_dir_all(top.join(SERVICES)).unwrap();
-        fs::write(top.join("cgroup.procs"), "4241\n").unwrap();
-        let deepest = nest(&top.join(SERVICES), 2300);
+    /// Nests `levels` groups below `dir` and puts `pid` in the deepest's `cgroup.procs`,
+    /// reached by descriptor (past PATH_MAX, no path does).
+    fn nest_with_member(dir: &Path, levels: usize, pid: i32) {
+        let deepest = nest(dir, levels);
         let procs = nix::fcntl::openat(
             &deepest,
             "cgroup.procs",
@@ -794,8 +790,18 @@ mod tests {
             nix::sys::stat::Mode::from_bits_truncate(0o644),
         )
         .unwrap();
-        std::io::Write::write_all(&mut fs::File::from(procs), b"4242\n").unwrap();
-        drop(deepest);
+        std::io::Write::write_all(&mut fs::File::from(procs), format!("{pid}\n").as_bytes())
+            .unwrap();
+    }
+
+    #[test]
+    fn members_are_found_in_groups_nested_past_path_max() {
+        let dir = scratch("deep-members");
+        let group = Cgroup::new(hybrid(&dir), "feather/x");
+        let top = dir.join("memory/feather/x");
+        fs::create_dir_all(top.join(SERVICES)).unwrap();
+        fs::write(top.join("cgroup.procs"), "4241\n").unwrap();
+        nest_with_member(&top.join(SERVICES), 2300, 4242);
 
         let members = group.members();
         let count = group.member_count();
@@ -809,16 +815,7 @@ mod tests {
     fn the_walk_of_a_vms_groups_ends_after_its_budget() {
         let dir = scratch("walk-budget");
         fs::write(dir.join("cgroup.procs"), "4241\n").unwrap();
-        let deepest = nest(&dir, 300);
-        let procs = nix::fcntl::openat(
-            &deepest,
-            "cgroup.procs",
-            nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CREAT,
-            nix::sys::stat::Mode::from_bits_truncate(0o644),
-        )
-        .unwrap();
-        std::io::Write::write_all(&mut fs::File::from(procs), b"4242\n").unwrap();
-        drop(deepest);
+        nest_with_member(&dir, 300, 4242);
 
         let mut visited = 0;
         let mut pids = Vec::new();
