@@ -65,7 +65,7 @@ pub(crate) fn archived_name(path: &Path) -> &Path {
 /// `tar --create` of members of `vm_dir` (the caller names them) to `file` (`-`: its stdout),
 /// compressed, with everything overlayfs relies on kept.
 pub(crate) fn tar_create(vm_dir: &Path, file: &Path) -> Command {
-    let mut tar = Command::new("tar");
+    let mut tar = feather_sys::process::command("tar");
     if in_image(vm_dir) {
         // disk/upper/… is stored as upper/…; hard links' targets are member names too (h), a
         // symlink's target is the VM's own text and stays as it is (S).
@@ -187,7 +187,7 @@ pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
         return Err(tar_failed("import from", file, "no such file".into()));
     }
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = Command::new("tar")
+    let output = feather_sys::process::command("tar")
         .arg("--extract")
         .arg("--zstd")
         .args(TAR_OPTIONS)
@@ -211,7 +211,7 @@ pub fn unpack_from(
     staging: &Path,
 ) -> Result<VmConfig> {
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = Command::new("tar")
+    let output = feather_sys::process::command("tar")
         .arg("--extract")
         .arg("--zstd")
         .args(TAR_OPTIONS)

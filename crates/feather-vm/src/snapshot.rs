@@ -417,6 +417,10 @@ pub(crate) fn restore_tree(
                 );
                 std::process::exit(125);
             }
+            if let Err(e) = call.keep_criu_end_across_exec() {
+                eprintln!("feather keeper {name}: cannot hand CRIU its channel: {e}");
+                std::process::exit(125);
+            }
             let mut keep = vec![0, 1, 2, call.criu_end()];
             if let Some(netns) = &netns {
                 if let Err(e) = process::keep_across_exec(netns) {
