@@ -527,3 +527,26 @@ fn a_throw_away_vm_cannot_reach_its_layer_through_init_s_descriptors() {
     assert_eq!(outcome.code, 0, "{}", outcome.stderr);
     assert_eq!(outcome.stdout, "looked\n");
 }
+
+#[test]
+fn a_restored_vm_sees_no_cgroup_of_the_host() {
+    let feather = Feather::new("restored-cgroups");
+    let base = crate::support::ScratchBase::new("restored-cgroups");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.ok(&["checkpoint", "vm"]);
+    feather.ok(&["restore", "vm"]);
+    // The host's group names (`feather/<id>`) appear in /proc/self/cgroup and as folders of
+    // every hierarchy when the VM's cgroup namespace is the host's.
+    let seen = feather.sh("vm", "cat /proc/self/cgroup; ls /sys/fs/cgroup/*/");
+    assert!(
+        !seen.contains("feather"),
+        "the restored VM sees the host's groups: {seen}"
+    );
+    let init = init_pid(&feather, "vm");
+    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap();
+    assert_ne!(
+        namespace(&init),
+        namespace("self"),
+        "the restored VM is in the host's cgroup namespace"
+    );
+}

@@ -884,6 +884,43 @@ pub fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), Errno>
     Errno::result(result).map(drop)
 }
 
+/// `close_range(first, last, CLOSE_RANGE_CLOEXEC)`: marks every descriptor numbered
+/// `first..=last` the caller has close-on-exec, closing none.
+pub fn close_range_on_exec(first: libc::c_uint, last: libc::c_uint) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments; marking descriptors touches no memory of this process.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            last,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
+/// Makes the program `command` starts inherit only its stdin, stdout, stderr and `given`: in
+/// the child, between fork and exec, every descriptor above stderr is marked close-on-exec,
+/// then `given` unmarked. What the parent's other threads open meanwhile is marked too.
+pub fn pass_only_on_exec(command: &mut std::process::Command, given: Vec<RawFd>) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> std::io::Result<()> {
+        close_range_on_exec(3, libc::c_uint::MAX)?;
+        for &fd in &given {
+            // SAFETY: F_SETFD takes an integer argument and touches no memory.
+            Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child of a possibly multi-threaded process before
+    // exec: it makes only async-signal-safe system calls (close_range, fcntl) over a vector
+    // allocated before the fork, allocates nothing (an Errno converts to an io::Error without
+    // allocating), and takes no lock.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
 /// `setdomainname(name, len)`: the NIS domain name of the caller's UTS namespace.
 pub fn set_domain_name(name: &[u8]) -> Result<(), Errno> {
     // SAFETY: `name` is a live slice for the call and its exact length is passed; the kernel

@@ -957,7 +957,7 @@ impl Keeper {
     /// Starts the process that finishes the teardown of the VM set aside as `aside`: the
     /// keeper program, in a process group of its own (the terminal's signals are not for it),
     /// with none of the caller's descriptors but the keeper lock and the VM's mount namespace,
-    /// which it inherits.
+    /// which it is passed by name (they stay close-on-exec here).
     fn start_finisher(&self, aside: &VmDir) -> Result<()> {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
@@ -972,16 +972,10 @@ impl Keeper {
             .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
             .transpose()
             .map_err(|e| io(name, "pipe")(e.into()))?;
-        let inherited = std::iter::once(lock.as_fd())
+        let passed: Vec<_> = std::iter::once(lock.as_fd())
             .chain(mounts.as_ref().map(AsFd::as_fd))
-            .chain(keeper_done.as_ref().map(|(read, _)| read.as_fd()));
-        for fd in inherited {
-            nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-            )
-            .map_err(|e| io(name, "fcntl")(e.into()))?;
-        }
+            .chain(keeper_done.as_ref().map(|(read, _)| read.as_fd()))
+            .collect();
         let parent = |path: &std::path::Path| path.parent().map(std::path::Path::to_path_buf);
         // <root>/vms/<folder> and <run>/<folder>.
         let (Some(state_dir), Some(run_dir), Some(folder)) = (
@@ -1005,12 +999,15 @@ impl Keeper {
                 }),
         };
         let exe = crate::launch::program().map_err(io(name, "cannot find the keeper program"))?;
-        std::process::Command::new(exe)
+        let mut finisher = std::process::Command::new(exe);
+        finisher
             .args(args.to_args())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .process_group(0)
+            .process_group(0);
+        feather_sys::process::pass_only(&mut finisher, &passed);
+        finisher
             .spawn()
             .map_err(io(name, "cannot start its teardown"))?;
         drop(mounts);

@@ -151,13 +151,10 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
 /// checkpoint, and waits until the VM is up or has failed.
 pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Result<()> {
     let name = vm.name();
+    // Close-on-exec (std's pipe is): the keeper is passed the write end by name, and no
+    // program another thread of this process starts meanwhile (`feather serve`'s, the web
+    // view's) gets it, which would keep the read below from ever seeing the keeper's end.
     let (mut ready_read, ready_write) = std::io::pipe().map_err(io(name, "pipe"))?;
-    // The write end must survive the exec into the keeper: std's pipe is close-on-exec.
-    nix::fcntl::fcntl(
-        &ready_write,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .map_err(|e| io(name, "fcntl")(e.into()))?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -188,6 +185,7 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .stdin(Stdio::null())
         .stdout(log.try_clone().at(vm.keeper_log())?)
         .stderr(log);
+    feather_sys::process::pass_only(&mut command, &[std::os::fd::AsFd::as_fd(&ready_write)]);
     let mut child = command
         .spawn()
         .map_err(io(name, "cannot start its keeper"))?;
