@@ -57,11 +57,17 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         }
         .into());
     }
-    let read_only = crate::read_only::resolve(
-        &base,
-        &options.read_only,
-        &crate::hiding::state_folders(root),
-    )?;
+    // The host's state folders (a look at the registry of roots) only when there is a path
+    // to check against them: most VMs have no `--ro`.
+    let read_only = if options.read_only.is_empty() {
+        Vec::new()
+    } else {
+        crate::read_only::resolve(
+            &base,
+            &options.read_only,
+            &crate::hiding::state_folders(root),
+        )?
+    };
     let scaffold: Vec<PathBuf> = MOUNT_POINTS
         .iter()
         .filter(|dir| !base.join(dir).is_dir())
