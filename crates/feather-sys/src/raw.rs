@@ -431,6 +431,22 @@ pub fn accept(listener: RawFd, flags: nix::sys::socket::SockFlag) -> Result<Owne
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
+/// read(2) once from `fd` into the unused capacity of `buffer`, at most `most` bytes, which are
+/// appended to its contents: the bytes read, 0 at the end of the file.
+pub fn read_appending(fd: RawFd, buffer: &mut Vec<u8>, most: usize) -> Result<usize, Errno> {
+    buffer.reserve(most);
+    let spare = buffer.spare_capacity_mut();
+    let count = most.min(spare.len());
+    // SAFETY: the kernel writes at most `count` bytes at `spare`, memory this Vec owns beyond
+    // its contents.
+    let read = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), count) };
+    let read = usize::try_from(Errno::result(read)?).map_err(|_| Errno::EIO)?;
+    // SAFETY: the read above initialised these `read` bytes (at most `count`, within the
+    // capacity), right after the contents.
+    unsafe { buffer.set_len(buffer.len() + read) };
+    Ok(read)
+}
+
 /// recvmsg(2) of one message into `buffer`, with room for up to 64 descriptors passed by
 /// SCM_RIGHTS (installed close-on-exec; more are closed by the kernel, and the message marked
 /// truncated): the length received and the descriptors, owned.

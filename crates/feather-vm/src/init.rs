@@ -447,14 +447,27 @@ fn shut_down(grace: Duration, signals: &SignalFd, commands: &mut Commands) {
     let _ = kill(everyone, Signal::SIGTERM);
     while Instant::now() < deadline {
         let _ = reap(None, commands);
-        // kill(-1, 0) fails with ESRCH once no process but init is left in the namespace.
-        if kill(everyone, None) == Err(Errno::ESRCH) {
+        if alone() {
             return;
         }
         await_child_signal(signals, deadline);
     }
     let _ = kill(everyone, Signal::SIGKILL);
     let _ = reap(None, commands);
+}
+
+/// Whether no process but init is left in the VM's pid namespace. kill(-1, 0) fails with ESRCH
+/// then, but it walks every process of the host; a child init has not reaped yet says at once
+/// that init is not alone (every process of the VM that init started descends from it, and
+/// orphans are re-parented to it), so the walk is left for when init has no child left (a
+/// process entered from the host with setns has a parent outside, which only the walk sees).
+fn alone() -> bool {
+    use nix::sys::wait::{waitid, Id};
+    let no_child = waitid(
+        Id::All,
+        WaitPidFlag::WEXITED | WaitPidFlag::WNOHANG | WaitPidFlag::WNOWAIT,
+    ) == Err(Errno::ECHILD);
+    no_child && kill(Pid::from_raw(-1), None) == Err(Errno::ESRCH)
 }
 
 /// Longest wait for a SIGCHLD before init looks again anyway: a safety net only.
