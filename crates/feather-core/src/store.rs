@@ -26,7 +26,7 @@
 //! host folders, and the generated /etc files are bound in by descriptor, not by path.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -210,10 +210,11 @@ impl StateRoot {
                 path: temp.clone(),
                 run: vm.run.clone(),
             };
-            // Written unsynced, then synced together: the folder once, after both files (it
-            // was synced after each), and the rename into place below, which was not.
-            staged.write_config(config, Durability::Volatile)?;
-            staged.write_state(&VmState::created(), Durability::Volatile)?;
+            // Written in place (no one reads a folder by its temporary name, and a crash leaves
+            // it to `sweep_incomplete`), unsynced, then synced together: the folder once,
+            // after both files, and the rename into place below.
+            write_new(&staged.config_path(), config_text(config)?.as_bytes())?;
+            write_new(&staged.state_path(), &state_text(&VmState::created())?)?;
             if durability == Durability::Durable {
                 sync_all(&[staged.config_path(), staged.state_path(), temp.clone()])?;
             }
@@ -357,8 +358,11 @@ impl VmDir {
     }
 
     pub fn write_config(&self, config: &VmConfig, durability: Durability) -> Result<()> {
-        let text = toml::to_string(config).map_err(|e| Error::Other(e.to_string()))?;
-        write_atomic(&self.config_path(), text.as_bytes(), durability)
+        write_atomic(
+            &self.config_path(),
+            config_text(config)?.as_bytes(),
+            durability,
+        )
     }
 
     /// The recorded state, with a dead keeper turned into [`VmStatus::Crashed`].
@@ -374,8 +378,7 @@ impl VmDir {
     }
 
     pub fn write_state(&self, state: &VmState, durability: Durability) -> Result<()> {
-        let text = serde_json::to_vec_pretty(state).map_err(|e| Error::Other(e.to_string()))?;
-        write_atomic(&self.state_path(), &text, durability)
+        write_atomic(&self.state_path(), &state_text(state)?, durability)
     }
 
     /// Takes the keeper lock, which the keeper holds for as long as it lives. The kernel drops
@@ -451,6 +454,22 @@ impl VmDir {
             why,
         }
     }
+}
+
+fn config_text(config: &VmConfig) -> Result<String> {
+    toml::to_string(config).map_err(|e| Error::Other(e.to_string()))
+}
+
+fn state_text(state: &VmState) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(state).map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Writes a new file of a folder no other process reads yet: in place, without the temporary
+/// file and rename a write others may read needs (`write_atomic`).
+fn write_new(path: &Path, contents: &[u8]) -> Result<()> {
+    File::create_new(path)
+        .and_then(|mut file| file.write_all(contents))
+        .at(path)
 }
 
 /// Creates `dir` and any missing parent 0700 (an existing one keeps its mode).

@@ -209,11 +209,13 @@ pub struct Attachment {
     pooled: Option<Pooled>,
 }
 
-/// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
-/// binds its published ports. Returns the host side and the plan for init.
+/// At start, before the VM's init exists: writes the VM's /etc files into `etc_dir` (see
+/// [`etc::write`]) and binds its published ports. `run_dir`: the VM's run folder, for the
+/// marker of an attached network. Returns the host side and the plan for init.
 pub fn prepare(
     root_dir: &Path,
     run_dir: &Path,
+    etc_dir: &Path,
     name: &str,
     vm_id: &str,
     config: &NetworkConfig,
@@ -242,7 +244,7 @@ pub fn prepare(
         _ => None,
     };
     let files = etc::write(
-        &run_dir.join("etc"),
+        etc_dir,
         &etc::Identity {
             name,
             mode: config.mode,

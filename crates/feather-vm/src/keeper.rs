@@ -179,9 +179,11 @@ impl Keeper {
         remove_leftovers(vm, &config);
         root.make_run_dir(vm)?;
         let cgroup = cgroup_of(&config);
+        let memory_layer = layers::MemoryLayer::for_vm(&config)?;
         let (mut network, inside) = feather_net::prepare(
             root.dir(),
             vm.run_dir(),
+            &etc_dir(vm, memory_layer.as_ref()),
             name.as_str(),
             &config.id,
             &config.network,
@@ -190,7 +192,7 @@ impl Keeper {
         .in_vm(&name)?;
         trace::phase("prepare the network (/etc files, ports)");
         let hidden = hiding::state_folders(root);
-        let mut tree = layers::for_start(root, vm, &config)?;
+        let mut tree = layers::for_start_in(root, vm, &config, memory_layer, &hidden)?;
         let memory_layer = tree.memory_layer.take();
         let plan = InitPlan {
             rootfs: RootfsPlan {
@@ -302,6 +304,7 @@ impl Keeper {
         let (mut network, _) = feather_net::prepare(
             root.dir(),
             vm.run_dir(),
+            &vm.run_dir().join("etc"),
             name.as_str(),
             &config.id,
             &config.network,
@@ -1088,6 +1091,13 @@ fn await_init_letting_go(init: &mut UnixStream) {
     let _ = init.set_read_timeout(Some(INIT_LETS_GO));
     // Init sends nothing more: the read ends at its close (0), its death, or the timeout.
     let _ = std::io::Read::read(init, &mut [0u8; 1]);
+}
+
+/// Where a starting VM's generated /etc files go: beside its layer in memory, for a
+/// throw-away VM (nothing of them on the host's disk, nothing to remove at its end), else its
+/// run folder (a checkpoint's restore binds them from there again, see `snapshot`).
+fn etc_dir(vm: &VmDir, memory_layer: Option<&layers::MemoryLayer>) -> PathBuf {
+    memory_layer.map_or_else(|| vm.run_dir().join("etc"), layers::MemoryLayer::etc_dir)
 }
 
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still

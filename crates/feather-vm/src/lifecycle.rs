@@ -57,11 +57,17 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         }
         .into());
     }
-    let read_only = crate::read_only::resolve(
-        &base,
-        &options.read_only,
-        &crate::hiding::state_folders(root),
-    )?;
+    // The host's state folders (a look at the registry of roots) only when there is a path
+    // to check against them: most VMs have no `--ro`.
+    let read_only = if options.read_only.is_empty() {
+        Vec::new()
+    } else {
+        crate::read_only::resolve(
+            &base,
+            &options.read_only,
+            &crate::hiding::state_folders(root),
+        )?
+    };
     let scaffold: Vec<PathBuf> = MOUNT_POINTS
         .iter()
         .filter(|dir| !base.join(dir).is_dir())
@@ -309,20 +315,35 @@ pub fn finish_handed_off(root: &StateRoot, folder: &str) {
         .into_iter()
         .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
     if let Some(aside) = aside {
-        let private = finish_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
+        let private = release_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
         // The VM is gone; the root's bridge and tables wait a moment for the next one, with
         // namespaces made ahead when VMs come one after another (other teardowns under way).
         if private {
-            let others_finishing = !root.set_aside_vms().is_empty();
+            let others_finishing = root
+                .set_aside_vms()
+                .iter()
+                .any(|other| other.path() != aside.path());
             feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
             feather_net::linger::hold(root.dir());
         }
+        // The VM's folder goes last: until then every command that waits for teardowns waits
+        // for this process by the folder's keeper lock, its refill and linger included. Gone
+        // first, it left a moment in which such a command found neither the folder nor the
+        // linger lock, and went on while this process still ran.
+        let _ = fs::remove_dir_all(aside.path());
     }
 }
 
 /// Removes what a throw-away VM that is set aside still holds: leftovers of its network and
 /// cgroup (by `leftovers`), its lease, its folders. Whether it had a private network.
 fn finish_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmConfig)) -> bool {
+    let private = release_throw_away(root, aside, leftovers);
+    let _ = fs::remove_dir_all(aside.path());
+    private
+}
+
+/// [`finish_throw_away`] but the VM's folder, which holds its keeper lock.
+fn release_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmConfig)) -> bool {
     let mut private = false;
     if let Ok(config) = aside.read_config() {
         leftovers(aside, &config);
@@ -330,7 +351,6 @@ fn finish_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmC
         private = config.network.mode == feather_core::NetMode::Private;
     }
     let _ = fs::remove_dir_all(aside.run_dir());
-    let _ = fs::remove_dir_all(aside.path());
     private
 }
 
