@@ -592,7 +592,11 @@ mod tests {
         fs::create_dir_all(root.dir()).unwrap();
         let lease = root.dir().join("network-leases").join("10.0.0.2");
         let err = root
-            .create_synced_with(&config("kept"), Durability::Durable, &[lease.clone()])
+            .create_synced_with(
+                &config("kept"),
+                Durability::Durable,
+                std::slice::from_ref(&lease),
+            )
             .unwrap_err();
         assert!(
             matches!(&err, Error::Io { path, .. } if *path == lease),

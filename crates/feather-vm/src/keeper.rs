@@ -1235,13 +1235,14 @@ fn start_init(
             (entered, attached, staged)
         });
         trace::phase("restrict devices, attach the network (while init assembles)");
-        let placed = entered.and_then(|()| {
-            attached.map_err(|e| VmError::Net {
-                vm: name.to_string(),
-                source: Box::new(e),
+        let placed = entered
+            .and_then(|()| {
+                attached.map_err(|e| VmError::Net {
+                    vm: name.to_string(),
+                    source: Box::new(e),
+                })
             })
-        });
-        let placed = placed.and_then(|()| staged);
+            .and(staged);
         let staged = match placed {
             Ok(staged) => staged,
             Err(e) => {
