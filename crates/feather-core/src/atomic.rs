@@ -112,17 +112,20 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let target = dir.join("state.json");
         write_atomic(&target, b"old", Durability::Durable).unwrap();
+        let names = || -> Vec<_> {
+            fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect()
+        };
         let dropped = stage(&target, b"never", Durability::Whole, "staged").unwrap();
         drop(dropped);
+        assert_eq!(names(), ["state.json"], "a dropped staged file was left");
         let staged = stage(&target, b"new", Durability::Whole, "staged").unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"old");
         staged.commit().unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"new");
-        let names: Vec<_> = fs::read_dir(&dir)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(names, ["state.json"], "a staged file was left behind");
+        assert_eq!(names(), ["state.json"], "a committed staged file was left");
         fs::remove_dir_all(&dir).unwrap();
     }
 }
