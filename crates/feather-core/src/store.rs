@@ -30,7 +30,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::atomic::{sync_all, write_atomic, Durability};
+use crate::atomic::{stage, sync_all, write_atomic, Durability, Staged};
 use crate::error::{Error, IoContext, Result};
 use crate::{VmConfig, VmName, VmState, VmStatus};
 
@@ -183,6 +183,19 @@ impl StateRoot {
     /// under a temporary name and renamed into place, so a crash leaves no half-made VM and
     /// two racing creates of one name cannot both succeed.
     pub fn create(&self, config: &VmConfig, durability: Durability) -> Result<VmDir> {
+        self.create_synced_with(config, durability, &[])
+    }
+
+    /// [`Self::create`], where `made_for_it` (files written unsynced elsewhere for this VM, such
+    /// as its address lease, in the order they must reach the disk) are synced with the VM's
+    /// own files when `durability` asks for it: in one journal commit, and before the rename
+    /// that makes the VM exist, so that a power cut never leaves a VM without them.
+    pub fn create_synced_with(
+        &self,
+        config: &VmConfig,
+        durability: Durability,
+        made_for_it: &[PathBuf],
+    ) -> Result<VmDir> {
         let vm = self.vm(&config.name);
         if vm.path.exists() {
             return Err(Error::AlreadyExists(config.name.to_string()));
@@ -216,7 +229,8 @@ impl StateRoot {
             write_new(&staged.config_path(), config_text(config)?.as_bytes())?;
             write_new(&staged.state_path(), &state_text(&VmState::created())?)?;
             if durability == Durability::Durable {
-                sync_all(&[staged.config_path(), staged.state_path(), temp.clone()])?;
+                let own = [staged.config_path(), staged.state_path(), temp.clone()];
+                sync_all(&[made_for_it, &own].concat())?;
             }
             Ok(())
         };
@@ -379,6 +393,13 @@ impl VmDir {
 
     pub fn write_state(&self, state: &VmState, durability: Durability) -> Result<()> {
         write_atomic(&self.state_path(), &state_text(state)?, durability)
+    }
+
+    /// A state written (and synced, unless `Volatile`) ahead, that becomes the VM's record when
+    /// committed (see [`crate::atomic::Staged`]).
+    pub fn stage_state(&self, state: &VmState, durability: Durability) -> Result<Staged> {
+        let text = serde_json::to_vec_pretty(state).map_err(|e| Error::Other(e.to_string()))?;
+        stage(&self.state_path(), &text, durability, "staged")
     }
 
     /// Takes the keeper lock, which the keeper holds for as long as it lives. The kernel drops
@@ -581,6 +602,36 @@ mod tests {
             .filter(|name| name != "kept")
             .collect();
         assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+        let _ = fs::remove_dir_all(root.dir());
+    }
+
+    #[test]
+    fn a_durable_create_whose_lease_cannot_be_synced_makes_no_vm() {
+        let root = scratch();
+        fs::create_dir_all(root.dir()).unwrap();
+        let lease = root.dir().join("network-leases").join("10.0.0.2");
+        let err = root
+            .create_synced_with(
+                &config("kept"),
+                Durability::Durable,
+                std::slice::from_ref(&lease),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { path, .. } if *path == lease),
+            "{err}"
+        );
+        let left: Vec<_> = fs::read_dir(root.vms_dir()).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "a VM or its staging folder is left: {left:?}"
+        );
+        // Once there, it is synced with the VM's files, and the VM is made.
+        fs::create_dir_all(lease.parent().unwrap()).unwrap();
+        fs::write(&lease, "abc").unwrap();
+        root.create_synced_with(&config("kept"), Durability::Durable, &[lease])
+            .unwrap();
+        assert_eq!(root.list().unwrap().len(), 1);
         let _ = fs::remove_dir_all(root.dir());
     }
 

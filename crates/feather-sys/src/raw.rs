@@ -384,6 +384,15 @@ pub fn landlock_abi_version() -> Result<i64, Errno> {
     Errno::result(ret)
 }
 
+/// sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): starts writing the file's dirty pages out
+/// and returns without waiting for them (nix does not offer it).
+pub fn start_writeback(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: the call takes a descriptor and three integers; it reads and writes no memory of
+    // ours, and `fd` is open for the duration of the borrow.
+    let ret = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    Errno::result(ret).map(drop)
+}
+
 /// A descriptor this process inherited from its parent for one use, owned from now on.
 /// EBADF if `fd` is not open.
 ///

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use feather_core::atomic::Durability;
+use feather_core::atomic::{Durability, Staged};
 use feather_core::error::causes;
 use feather_core::error::IoContext;
 use feather_core::state::now;
@@ -231,12 +231,30 @@ impl Keeper {
             make_cgroup(cgroup, &config, &name)?;
             trace::phase("create the cgroup");
         }
+        // A throw-away VM's record is not synced to disk (a journal commit, 5–15 ms on this
+        // host's ext4): nothing of it outlives a power cut. A kept VM's contents are, while
+        // init assembles the root: renamed over the last record unsynced, on XFS or on ext4
+        // without `auto_da_alloc` a power cut could leave an empty state file, and the VM
+        // would be missing from `ls` with its folder and address still taken. The rename is
+        // not synced (a second commit): a power cut ends the keeper too, and the record before
+        // this one (created or stopped) is as true then as this one (running, by a keeper whose
+        // lock is free). A restore's record is fully synced: its checkpoint must not read
+        // restorable.
+        let recorded = match durability {
+            Durability::Durable => Durability::Whole,
+            other => other,
+        };
+        let memory_recorded = memory_layer.as_ref().map(|layer| layer.recorded);
+        let stage = |init: nix::unistd::Pid| {
+            let state = running_state(init, memory_recorded);
+            Ok(vm.stage_state(&state, recorded)?)
+        };
         let booted =
-            start_init(&name, cgroup.as_ref(), &network, plan, stdio).and_then(|started| {
+            start_init(&name, cgroup.as_ref(), &network, plan, stdio, &stage).and_then(|started| {
                 let listener = listen(vm)?;
                 Ok((started, listener))
             });
-        let ((init, init_waits), listener) = match booted {
+        let ((init, init_waits, record), listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
                 network.detach();
@@ -273,12 +291,7 @@ impl Keeper {
             held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer,
         };
-        // A throw-away VM's record is not synced to disk (a journal commit, 5–15 ms on this
-        // host's ext4): nothing of it outlives a power cut. A kept VM's is: renamed over the
-        // last record unsynced, on XFS or on ext4 without `auto_da_alloc` a power cut can leave
-        // an empty state file, and the VM would be missing from `ls` with its folder and
-        // address still taken.
-        keeper.record_running(durability)?;
+        record.commit()?;
         trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
         keeper.hide_state_folders(root, &hidden);
@@ -498,13 +511,8 @@ impl Keeper {
     }
 
     fn record_running(&self, durability: Durability) -> Result<()> {
-        let mut state = VmState::created();
-        state.status = VmStatus::Running;
-        state.keeper_pid = Some(std::process::id() as i32);
-        state.init_pid = Some(self.init.pid.as_raw());
-        state.init_start_ticks = process::start_ticks(self.init.pid);
-        state.started = Some(now());
-        state.memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
+        let memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
+        let state = running_state(self.init.pid, memory_layer);
         Ok(self.vm.write_state(&state, durability)?)
     }
 
@@ -1133,13 +1141,32 @@ fn remove_leftovers_with(
 
 /// Clones init into the VM's namespaces, moves it into the cgroup, and waits for its report.
 /// `stdio`: init's stdin, stdout and stderr (else it keeps this process's until it detaches).
+/// The record of a VM that runs with this process as its keeper and `init` as its init.
+fn running_state(
+    init: nix::unistd::Pid,
+    memory_layer: Option<feather_core::state::MemoryLayer>,
+) -> VmState {
+    let mut state = VmState::created();
+    state.status = VmStatus::Running;
+    state.keeper_pid = Some(std::process::id() as i32);
+    state.init_pid = Some(init.as_raw());
+    state.init_start_ticks = process::start_ticks(init);
+    state.started = Some(now());
+    state.memory_layer = memory_layer;
+    state
+}
+
+/// Clones init and waits until it has assembled the VM's root. Meanwhile, beside the devices
+/// rules and the network's host side: `stage` writes the VM's running record ahead, which the
+/// caller commits once the VM runs (dropped on a failure, it leaves the last record as it was).
 fn start_init(
     name: &VmName,
     cgroup: Option<&Cgroup>,
     network: &feather_net::Attachment,
     plan: InitPlan,
     stdio: Option<VmEnds>,
-) -> Result<(ChildProcess, UnixStream)> {
+    stage: &(dyn Fn(nix::unistd::Pid) -> Result<Staged> + Sync),
+) -> Result<(ChildProcess, UnixStream, Staged)> {
     let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
     let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
@@ -1189,51 +1216,61 @@ fn start_init(
     drop(stdio);
     drop(theirs);
     trace::phase("clone init into new namespaces");
-    let mut boot = || -> Result<()> {
+    let mut boot = || -> Result<Staged> {
         // Init is in its cgroup already (it started in the v2 group and moved itself into the
         // v1 ones). The devices rules of its v1 group and the network's host side (which waits
         // for RCU grace periods) are not needed while init assembles its root (trusted code of
         // ours, no VM program runs yet, nothing forks), so init hears GO at once and they go
         // side by side; init waits for NETWORK_READY before it runs anything of the VM's.
         boot::send(&mut ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
-        let (entered, attached) = std::thread::scope(|both| {
+        let pid = init.pid;
+        let (entered, attached, staged) = std::thread::scope(|both| {
             let entering = both.spawn(move || -> Result<()> {
                 match cgroup {
                     Some(cgroup) => restrict_devices(cgroup, name),
                     None => Ok(()),
                 }
             });
-            let attached = network.attach(init.pid.as_raw() as u32);
+            let staging = both.spawn(move || stage(pid));
+            let attached = network.attach(pid.as_raw() as u32);
             let entered = entering
                 .join()
                 .unwrap_or_else(|_| Err(failed(name, "its cgroup could not be entered")));
-            (entered, attached)
+            let staged = staging
+                .join()
+                .unwrap_or_else(|_| Err(failed(name, "its record could not be written")));
+            (entered, attached, staged)
         });
         trace::phase("restrict devices, attach the network (while init assembles)");
-        let placed = entered.and_then(|()| {
-            attached.map_err(|e| VmError::Net {
-                vm: name.to_string(),
-                source: Box::new(e),
+        let placed = entered
+            .and_then(|()| {
+                attached.map_err(|e| VmError::Net {
+                    vm: name.to_string(),
+                    source: Box::new(e),
+                })
             })
-        });
-        if let Err(e) = placed {
-            // An init that failed while assembling the root is gone before it is placed: its
-            // own report says why, better than the missing process does.
-            let _ = ours.set_read_timeout(Some(Duration::from_secs(1)));
-            return Err(
-                match boot::receive::<InitReport>(&mut ours, "init's report") {
-                    Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
-                    _ => e,
-                },
-            );
-        }
+            .and(staged);
+        let staged = match placed {
+            Ok(staged) => staged,
+            Err(e) => {
+                // An init that failed while assembling the root is gone before it is placed: its
+                // own report says why, better than the missing process does.
+                let _ = ours.set_read_timeout(Some(Duration::from_secs(1)));
+                return Err(
+                    match boot::receive::<InitReport>(&mut ours, "init's report") {
+                        Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
+                        _ => e,
+                    },
+                );
+            }
+        };
         boot::send(&mut ours, &ToInit::NetworkReady).map_err(io(name, "init did not start"))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
             .map_err(io(name, "init's socket"))?;
         let report = boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)");
         trace::phase("wait for init to assemble the root");
         match report {
-            Ok(InitReport::Ready) => Ok(()),
+            Ok(InitReport::Ready) => Ok(staged),
             Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
             Err(boot::BootError::Closed { .. }) => Err(failed(
                 name,
@@ -1247,7 +1284,7 @@ fn start_init(
         }
     };
     match boot() {
-        Ok(()) => Ok((init, ours)),
+        Ok(staged) => Ok((init, ours, staged)),
         Err(e) => {
             let _ = process::signal(&init.pidfd, Signal::SIGKILL);
             let _ = waitpid(init.pid, None);

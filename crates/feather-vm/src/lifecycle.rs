@@ -105,9 +105,12 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         Durability::Durable
     };
     root.sweep_incomplete();
-    let vm = root.create(&config, durability).inspect_err(|_| {
-        let _ = feather_net::release(root.dir(), &config.id, &config.network);
-    })?;
+    let lease = feather_net::lease_files(root.dir(), &config.network);
+    let vm = root
+        .create_synced_with(&config, durability, &lease)
+        .inspect_err(|_| {
+            let _ = feather_net::release(root.dir(), &config.id, &config.network);
+        })?;
     // Before the scaffold folders are made, so that they too are in the VM's project.
     if let Some(disk) = config.limits.disk {
         if let Err(e) = crate::disk::prepare(name, root.dir(), &vm, disk) {
