@@ -598,3 +598,105 @@ fn a_restored_vm_sees_no_cgroup_of_the_host() {
         "the restored VM is in the host's cgroup namespace"
     );
 }
+
+/// How VM `vm`'s init has its cgroup mounts: root, mount point, options and type of each mount
+/// at or below `/sys/fs/cgroup`, as its mountinfo says (without the mount ids).
+fn cgroup_mounts(feather: &Feather, vm: &str) -> Vec<String> {
+    let mountinfo = fs::read_to_string(format!("/proc/{}/mountinfo", init_pid(feather, vm)))
+        .expect("the VM's init's mountinfo");
+    mountinfo
+        .lines()
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            let fs_type = fields.iter().skip_while(|f| **f != "-").nth(1)?;
+            let (root, at, options) = (fields[3], fields[4], fields[5]);
+            at.starts_with("/sys/fs/cgroup")
+                .then(|| format!("{root} {at} {options} {fs_type}"))
+        })
+        .collect()
+}
+
+/// The limits the keeper wrote in VM `vm`'s group on the host, file by file.
+fn group_limits(feather: &Feather, vm: &str) -> Vec<(std::path::PathBuf, String)> {
+    const LIMITS: [&str; 6] = [
+        "pids.max",
+        "memory.max",
+        "memory.limit_in_bytes",
+        "memory.memsw.limit_in_bytes",
+        "cpu.max",
+        "cpu.cfs_quota_us",
+    ];
+    feather
+        .cgroup_dirs(vm)
+        .iter()
+        .flat_map(|dir| LIMITS.iter().map(move |file| dir.join(file)))
+        .filter_map(|file| Some((file.clone(), fs::read_to_string(&file).ok()?)))
+        .collect()
+}
+
+/// Every limit the VM's root can name under its `/sys/fs/cgroup` set to none.
+const RAISE_LIMITS: &str = r#"
+for f in /sys/fs/cgroup/*/pids.max /sys/fs/cgroup/*/memory.max /sys/fs/cgroup/*/cpu.max; do
+    { echo max > "$f"; } 2>/dev/null
+done
+for f in /sys/fs/cgroup/*/memory.limit_in_bytes /sys/fs/cgroup/*/memory.memsw.limit_in_bytes \
+         /sys/fs/cgroup/*/cpu.cfs_quota_us; do
+    { echo -1 > "$f"; } 2>/dev/null
+done
+echo tried
+"#;
+
+#[test]
+fn a_restored_vm_cannot_raise_its_own_groups_limits() {
+    let feather = Feather::new("restored-limits");
+    // Over the host's root: services run only there.
+    start_host_vm(&feather, "vm");
+    let started = cgroup_mounts(&feather, "vm");
+    assert!(
+        started.iter().any(|m| m.contains("/services ")),
+        "a started VM has its services/ folders bound: {started:?}"
+    );
+    let limits = group_limits(&feather, "vm");
+    assert!(
+        limits
+            .iter()
+            .any(|(file, value)| file.ends_with("pids.max") && value.trim() == "2048"),
+        "the VM's group has its default pids limit: {limits:?}"
+    );
+    feather.sh(
+        "vm",
+        "mkdir -p /etc/systemd/system && \
+         printf '[Service]\\nExecStart=/bin/sleep 1000\\n' > /etc/systemd/system/probe.service",
+    );
+    let pids = feather
+        .cgroup_dirs("vm")
+        .into_iter()
+        .find(|d| d.join("pids.max").exists())
+        .expect("a pids controller");
+    let unit_group = pids.join("services/probe.service/cgroup.procs");
+    // Twice: a restored VM's checkpoint restores as well.
+    for round in 1..=2 {
+        feather.ok(&["checkpoint", "vm"]);
+        feather.ok(&["restore", "vm"]);
+        // The VM's services still get groups of their own, below its services/ folder.
+        feather.ok(&["service", "restart", "vm", "probe"]);
+        let members = fs::read_to_string(&unit_group).unwrap_or_default();
+        assert!(
+            !members.trim().is_empty(),
+            "restore {round}: the unit has no group of its own: {}",
+            unit_group.display()
+        );
+        // Left to CRIU, each hierarchy was mounted anew at the VM's own group (root `/`).
+        assert_eq!(
+            cgroup_mounts(&feather, "vm"),
+            started,
+            "restore {round}: the VM's cgroup mounts differ from a started VM's"
+        );
+        assert_eq!(feather.sh("vm", RAISE_LIMITS), "tried\n");
+        assert_eq!(
+            group_limits(&feather, "vm"),
+            limits,
+            "restore {round}: the restored VM changed its own group's limits"
+        );
+    }
+}

@@ -48,7 +48,10 @@ pub(crate) const HOLD: &str = "hold";
 /// program run each way per mask during a migration's freeze; the restoring side mounts one
 /// such tmpfs and hands it to CRIU for each. And so is the read-only tmpfs at `/sys/fs/cgroup`
 /// with `cgroup_top`, the folders it holds for the cgroup hierarchies bound there, which CRIU
-/// binds again on them.
+/// binds again on them. And so is each hierarchy bound there, with `cgroup_services`: the
+/// restoring side hands CRIU the `services/` folder of the VM's group in that hierarchy, as a
+/// start binds it; left to CRIU, which mounts a cgroup hierarchy anew at the cgroup
+/// namespace's root, the restored VM had its own group there, its limits writable.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ExternalLayer {
     pub(crate) key: String,
@@ -59,6 +62,8 @@ pub(crate) struct ExternalLayer {
     pub(crate) mask: bool,
     #[serde(default)]
     pub(crate) cgroup_top: Option<Vec<PathBuf>>,
+    #[serde(default)]
+    pub(crate) cgroup_services: bool,
 }
 
 /// Present while a VM received by a post-copy migration has its memory fetched from the

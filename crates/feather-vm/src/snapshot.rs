@@ -22,7 +22,8 @@
 //!
 //! The VM's root overlay is mounted by the restoring side, because CRIU rebuilds the VM's mount
 //! namespace on top of a root it is given (`--root`), and so are the mounts whose content is
-//! known (the masks over kernel folders, the tmpfs at /sys/fs/cgroup: see
+//! known (the masks over kernel folders, the tmpfs at /sys/fs/cgroup and the `services/`
+//! folders of the VM's group bound on it: see
 //! [`crate::images::ExternalLayer`]); every other mount of the VM (its /proc, /dev, /run with
 //! its content, devpts, mqueue) CRIU recreates from its images.
 
@@ -180,6 +181,18 @@ pub(crate) fn dump(
                 ..ExternalLayer::default()
             }),
     );
+    layers.extend(
+        mounts
+            .iter()
+            .filter(|m| cgroup_hierarchy_at(m).is_some())
+            .enumerate()
+            .map(|(i, m)| ExternalLayer {
+                key: format!("feather-cgroup-{i}"),
+                mount_point: m.mount_point.clone(),
+                cgroup_services: true,
+                ..ExternalLayer::default()
+            }),
+    );
     let external: Vec<(String, String)> = layers
         .iter()
         .map(|l| (l.mount_point.display().to_string(), l.key.clone()))
@@ -259,6 +272,76 @@ fn mark_netns(vm: &VmDir, netns: &NetnsAtDump, init: Pid) -> Result<Option<u64>>
     }
 }
 
+/// If `mount`, as the VM's init's mountinfo shows it, is a cgroup hierarchy bound at
+/// `/sys/fs/cgroup/<folder>` (a start binds the `services/` folder of the VM's group there):
+/// that folder.
+fn cgroup_hierarchy_at(mount: &MountEntry) -> Option<PathBuf> {
+    if !matches!(mount.fs_type.as_str(), "cgroup" | "cgroup2") {
+        return None;
+    }
+    let mut below = mount.mount_point.strip_prefix(CGROUP_MOUNTS).ok()?.iter();
+    match (below.next(), below.next()) {
+        (Some(folder), None) => Some(PathBuf::from(folder)),
+        _ => None,
+    }
+}
+
+/// Where the VM's cgroup hierarchies are, in the VM as on the host.
+const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
+
+/// For each cgroup hierarchy the checkpoint bound under `/sys/fs/cgroup` (`bound`, see
+/// [`cgroup_hierarchy_at`]): its key, and the `services/` folder of the VM's group in that
+/// hierarchy on this host (made if missing), for CRIU to bind there as a start does. Never
+/// the VM's group itself: its limits are the keeper's, out of the VM's reach (security row 27).
+/// A checkpoint with the tmpfs at `/sys/fs/cgroup` (`has_top`) but no hierarchy listed was
+/// taken by an older feather, which left the hierarchies to CRIU: CRIU mounts each anew at the
+/// cgroup namespace's root, the VM's own group, so such a checkpoint is refused.
+fn services_folders(
+    vm: &VmDir,
+    cgroup: Option<&Cgroup>,
+    bound: &[ExternalLayer],
+    has_top: bool,
+) -> Result<Vec<(String, PathBuf)>> {
+    let name = vm.name();
+    if has_top && bound.is_empty() {
+        return Err(failed(
+            name,
+            "its checkpoint was taken by an older feather, whose restore would leave the VM \
+             its own cgroup limits writable; start the VM anew (`feather start`) and checkpoint \
+             it again",
+        ));
+    }
+    let subtrees = cgroup.map(Cgroup::service_subtrees).unwrap_or_default();
+    bound
+        .iter()
+        .map(|layer| {
+            let at = layer
+                .mount_point
+                .strip_prefix(CGROUP_MOUNTS)
+                .unwrap_or(&layer.mount_point);
+            let Some((folder, _)) = subtrees.iter().find(|(_, here)| here == at) else {
+                return Err(failed(
+                    name,
+                    format!(
+                        "its checkpoint binds the cgroup hierarchy {} at {}, which this host \
+                         does not give its VMs' services; restore it on a host with the same \
+                         cgroup hierarchies",
+                        at.display(),
+                        layer.mount_point.display()
+                    ),
+                ));
+            };
+            match fs::create_dir(folder) {
+                Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => {
+                    return Err(io(name, format!("create {}", folder.display()))(e));
+                }
+                _ => {}
+            }
+            Ok((layer.key.clone(), folder.clone()))
+        })
+        .collect()
+}
+
 /// Whether the VM's last checkpoint left its network namespace out (see [`NetnsAtDump`]): the
 /// restore makes it anew.
 pub(crate) fn netns_external(vm: &VmDir) -> bool {
@@ -315,6 +398,9 @@ pub(crate) fn restore_tree(
         external.into_iter().partition(|l| l.mask);
     let (cgroup_top, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.cgroup_top.is_some());
+    let (hierarchies, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
+        external.into_iter().partition(|l| l.cgroup_services);
+    let services = services_folders(vm, cgroup, &hierarchies, !cgroup_top.is_empty())?;
     let (generated, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.generated);
     let others: Vec<(layers::Layer, PathBuf)> = external
@@ -353,6 +439,7 @@ pub(crate) fn restore_tree(
     // The same for the tmpfs at /sys/fs/cgroup, with the folders the hierarchies are bound on.
     let cgroups = vm.run_dir().join(CGROUP_TOP);
     mapping.extend(cgroup_top.iter().map(|c| (c.key.clone(), cgroups.clone())));
+    mapping.extend(services);
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
@@ -649,6 +736,59 @@ mod tests {
                 given.replace('\\', "\\134")
             ),
         }
+    }
+
+    fn mount(at: &str, fs_type: &str) -> MountEntry {
+        MountEntry {
+            mount_point: PathBuf::from(at),
+            fs_type: fs_type.into(),
+            source: fs_type.into(),
+            super_options: "rw".into(),
+        }
+    }
+
+    #[test]
+    fn the_cgroup_hierarchies_bound_under_sys_fs_cgroup_are_found() {
+        let at = |m: &MountEntry| cgroup_hierarchy_at(m);
+        assert_eq!(
+            at(&mount("/sys/fs/cgroup/pids", "cgroup")),
+            Some(PathBuf::from("pids"))
+        );
+        assert_eq!(
+            at(&mount("/sys/fs/cgroup/unified", "cgroup2")),
+            Some(PathBuf::from("unified"))
+        );
+        // The tmpfs they are bound on, a hierarchy elsewhere or deeper, another filesystem.
+        assert_eq!(at(&mount("/sys/fs/cgroup", "tmpfs")), None);
+        assert_eq!(at(&mount("/sys/fs/cgroup", "cgroup2")), None);
+        assert_eq!(at(&mount("/mnt/pids", "cgroup")), None);
+        assert_eq!(at(&mount("/sys/fs/cgroup/pids/x", "cgroup")), None);
+        assert_eq!(at(&mount("/sys/fs/cgroup/pids", "tmpfs")), None);
+    }
+
+    #[test]
+    fn a_checkpoint_leaving_the_cgroup_hierarchies_to_criu_is_refused() {
+        // An older feather listed the tmpfs at /sys/fs/cgroup but not the hierarchies on it,
+        // which CRIU then mounted at the VM's own group.
+        let (vm, _) = vm_and_config();
+        let refused = services_folders(&vm, None, &[], true).unwrap_err();
+        assert!(
+            refused.to_string().contains("taken by an older feather"),
+            "{refused}"
+        );
+        // A VM without cgroup mounts at all (no cgroup) has nothing to bind.
+        assert!(services_folders(&vm, None, &[], false).unwrap().is_empty());
+        let pids = ExternalLayer {
+            key: "feather-cgroup-0".into(),
+            mount_point: "/sys/fs/cgroup/pids".into(),
+            cgroup_services: true,
+            ..ExternalLayer::default()
+        };
+        let missing = services_folders(&vm, None, &[pids], true).unwrap_err();
+        assert!(
+            missing.to_string().contains("cgroup hierarchy pids"),
+            "{missing}"
+        );
     }
 
     #[test]
