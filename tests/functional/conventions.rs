@@ -340,3 +340,23 @@ fn the_front_hands_the_other_commands_to_the_full_program_beside_it() {
     assert!(!handed_over.is_empty());
     assert_eq!(handed_over, script(&built_full));
 }
+
+/// The front, started for every `exec` and `run`, loads no shared library but libc (and the
+/// dynamic loader, which every dynamic program maps anyway): the unwinder is linked into it
+/// (crates/feather/src/main.rs), so libgcc_s is neither mapped, relocated nor initialised at
+/// each start.
+#[test]
+fn the_front_loads_no_shared_library_but_libc() {
+    let dynamic = Command::new("readelf")
+        .args(["--dynamic", Feather::bin()])
+        .output()
+        .expect("readelf (binutils) runs");
+    assert!(dynamic.status.success(), "{dynamic:?}");
+    let needed: Vec<String> = String::from_utf8_lossy(&dynamic.stdout)
+        .lines()
+        .filter(|line| line.contains("(NEEDED)"))
+        .filter_map(|line| line.split('[').nth(1)?.split(']').next().map(str::to_owned))
+        .filter(|library| !library.starts_with("ld-linux"))
+        .collect();
+    assert_eq!(needed, ["libc.so.6"], "the front's shared libraries");
+}

@@ -9,6 +9,14 @@ fn create_start_stop_rm_round_trip() {
     assert_eq!(feather.status("web1"), "created");
     feather.ok(&["start", "web1"]);
     assert_eq!(feather.status("web1"), "running");
+    // The running record, written ahead while init assembled the root, took the place of the
+    // last one: no copy of it is left beside it.
+    let beside: Vec<String> = fs::read_dir(feather.vm_dir("web1"))
+        .unwrap()
+        .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name.starts_with('.'))
+        .collect();
+    assert!(beside.is_empty(), "left in the VM's folder: {beside:?}");
     let listing: serde_json::Value = serde_json::from_str(&feather.ok(&["ls", "--json"])).unwrap();
     assert_eq!(listing[0]["name"], "web1");
     assert_eq!(listing[0]["status"], "running");

@@ -555,3 +555,41 @@ fn diff_and_commit_of_a_layer_deeper_than_the_open_file_limit_say_where_and_what
     }
     assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
 }
+
+/// `feather ARGS` under a soft limit of 64 open files, 50 of them taken before it starts
+/// (descriptors 10 to 59, as a process's other work would hold them).
+fn with_most_descriptors_taken(feather: &Feather, args: &[&str]) -> crate::support::Outcome {
+    std::process::Command::new("bash")
+        .arg("-c")
+        .arg("for fd in $(seq 10 59); do eval \"exec $fd</dev/null\"; done; exec prlimit --nofile=64: \"$@\"")
+        .arg("bash")
+        .arg(Feather::bin())
+        .arg("--root")
+        .arg(&feather.root)
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+        .into()
+}
+
+#[test]
+fn diff_and_commit_out_of_descriptors_held_elsewhere_do_not_blame_the_layers_depth() {
+    let feather = Feather::new("crowded-files");
+    let base = ScratchBase::new("crowded-files");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.sh("vm", "mkdir -p /a/b/c/d/e/f/g/h/i/j/k/l/m/n/o/p/q/r/s/t");
+    for args in [&["diff", "vm"][..], &["commit", "vm"]] {
+        let ended = with_most_descriptors_taken(&feather, args);
+        assert_eq!(ended.code, 1, "{args:?}: {}", ended.stderr);
+        assert!(
+            !ended.stderr.contains("levels deep"),
+            "{args:?}: {}",
+            ended.stderr
+        );
+        for said in ["ran out of descriptors", "held only", "ulimit -n"] {
+            assert!(ended.stderr.contains(said), "{args:?}: {}", ended.stderr);
+        }
+    }
+    assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
+}

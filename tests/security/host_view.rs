@@ -117,6 +117,54 @@ fn the_generated_etc_files_cannot_be_written_from_a_vm() {
     assert!(!feather.root.join("run/host-view-fill").exists());
 }
 
+/// A throw-away VM's generated /etc files lie beside its layer in memory, not in its run
+/// folder on the host's disk; they are bound as read-only as a kept VM's are.
+#[test]
+fn a_throw_away_vm_s_generated_etc_files_are_in_memory_and_cannot_be_written() {
+    let feather = Feather::new("host-view-etc-rm");
+    let mut run = feather
+        .command()
+        .args(["run", "--rm", "--net", "none", "tmp", "--", "sleep", "60"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    feather.eventually("the throw-away VM runs", || {
+        feather.run(&["exec", "tmp", "--", "true"]).code == 0
+    });
+    let run_dir: Vec<String> = fs::read_dir(feather.root.join("run/tmp"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(run_dir, ["control.sock"], "nothing else on the host's disk");
+    let script = "cat /etc/hostname; \
+                  for f in /etc/hosts /etc/hostname /etc/resolv.conf; do \
+                    if echo overwritten-by-vm > $f; then echo \"wrote $f\"; fi; \
+                  done 2>/dev/null; \
+                  grep -E ' /etc/(hosts|hostname|resolv.conf) ' /proc/self/mountinfo";
+    let out = feather.sh("tmp", script);
+    assert!(!out.contains("wrote"), "{out}");
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("tmp"), "{out}");
+    let binds: Vec<&str> = lines.collect();
+    assert_eq!(binds.len(), 3, "{out}");
+    for line in binds {
+        let options = line.split(' ').nth(5).unwrap();
+        for flag in ["ro", "nosuid", "nodev", "noexec"] {
+            assert!(
+                options.split(',').any(|o| o == flag),
+                "{flag} missing: {line}"
+            );
+        }
+    }
+    assert_eq!(
+        feather.ok(&["diff", "tmp"]),
+        "",
+        "nothing reached the VM's layer"
+    );
+    feather.ok(&["stop", "--time", "1", "tmp"]);
+    run.wait().unwrap();
+}
+
 /// Tries, from inside the VM, to open each file for writing (opening is enough: nothing is
 /// written, so the test is harmless even where the defence is missing), and to undo the
 /// masks and read-only binds with mount calls. Prints one line per success.
@@ -526,4 +574,27 @@ fn a_throw_away_vm_cannot_reach_its_layer_through_init_s_descriptors() {
     let outcome = feather.run(&["run", "--rm", "--net", "none", "--", "sh", "-c", script]);
     assert_eq!(outcome.code, 0, "{}", outcome.stderr);
     assert_eq!(outcome.stdout, "looked\n");
+}
+
+#[test]
+fn a_restored_vm_sees_no_cgroup_of_the_host() {
+    let feather = Feather::new("restored-cgroups");
+    let base = crate::support::ScratchBase::new("restored-cgroups");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.ok(&["checkpoint", "vm"]);
+    feather.ok(&["restore", "vm"]);
+    // The host's group names (`feather/<id>`) appear in /proc/self/cgroup and as folders of
+    // every hierarchy when the VM's cgroup namespace is the host's.
+    let seen = feather.sh("vm", "cat /proc/self/cgroup; ls /sys/fs/cgroup/*/");
+    assert!(
+        !seen.contains("feather"),
+        "the restored VM sees the host's groups: {seen}"
+    );
+    let init = init_pid(&feather, "vm");
+    let namespace = |pid: &str| fs::read_link(format!("/proc/{pid}/ns/cgroup")).unwrap();
+    assert_ne!(
+        namespace(&init),
+        namespace("self"),
+        "the restored VM is in the host's cgroup namespace"
+    );
 }

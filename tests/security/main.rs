@@ -6,6 +6,7 @@ mod support;
 mod capabilities;
 mod commit_privileges;
 mod commit_races;
+mod descriptors;
 mod devices;
 mod exec_channel;
 mod hardening;

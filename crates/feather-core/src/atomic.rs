@@ -3,51 +3,89 @@
 
 use std::fs::{self, File};
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use crate::error::{IoContext, Result};
+use crate::error::{Error, IoContext, Result};
 
 /// Whether a write must survive a power cut (`Durable`) or only a crash of feather itself
-/// (`Volatile`, used for throw-away VMs whose state dies with them anyway).
+/// (`Volatile`, used for throw-away VMs whose state dies with them anyway). `Whole`: the new
+/// contents reach the disk before the rename, which is not synced: a power cut leaves the
+/// file old or new, never empty or half-written, and may forget the change (one journal
+/// commit instead of two; for a record that is as true as the old one once the power is back).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     Durable,
+    Whole,
     Volatile,
 }
 
 pub fn write_atomic(path: &Path, contents: &[u8], durability: Durability) -> Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    stage(path, contents, durability, "tmp")?.commit()
+}
+
+/// A new version of a file, written (and synced, unless `Volatile`) beside it, that replaces it
+/// only when committed: the slow half of [`write_atomic`] done ahead, while something else is
+/// waited for. Dropped uncommitted, it is removed and the file stays as it was.
+#[must_use = "a staged file replaces nothing until it is committed"]
+pub struct Staged {
+    temp: PathBuf,
+    target: PathBuf,
+    durability: Durability,
+}
+
+/// Writes `contents` beside `path` under a name of this process's (`.<name>.<kind>-<pid>`).
+pub fn stage(path: &Path, contents: &[u8], durability: Durability, kind: &str) -> Result<Staged> {
     let file_name = path
         .file_name()
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
-    let temp = dir.join(format!(".{file_name}.tmp-{}", std::process::id()));
+    let staged = Staged {
+        temp: folder_of(path).join(format!(".{file_name}.{kind}-{}", std::process::id())),
+        target: path.to_path_buf(),
+        durability,
+    };
     let write = || -> std::io::Result<()> {
-        let mut file = File::create(&temp)?;
+        let mut file = File::create(&staged.temp)?;
         file.write_all(contents)?;
-        if durability == Durability::Durable {
+        if durability != Durability::Volatile {
             file.sync_all()?;
-        }
-        fs::rename(&temp, path)?;
-        if durability == Durability::Durable {
-            File::open(dir)?.sync_all()?;
         }
         Ok(())
     };
-    write()
-        .inspect_err(|_| {
-            let _ = fs::remove_file(&temp);
-        })
-        .at(path)
+    write().at(path)?;
+    Ok(staged)
+}
+
+impl Staged {
+    /// Renames the new version over the file (and syncs that, if `Durable`).
+    pub fn commit(self) -> Result<()> {
+        let folder = folder_of(&self.target);
+        fs::rename(&self.temp, &self.target).at(&self.target)?;
+        if self.durability == Durability::Durable {
+            File::open(folder)
+                .and_then(|dir| dir.sync_all())
+                .at(folder)?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // Gone already once committed.
+        let _ = fs::remove_file(&self.temp);
+    }
+}
+
+fn folder_of(path: &Path) -> &Path {
+    path.parent().unwrap_or(Path::new("."))
 }
 
 /// Flushes files and folders already written (unsynced) to disk, in order: a batch written
-/// first and synced here syncs a folder once for all it holds.
+/// first and synced here syncs a folder once for all it holds, and its files' data in one
+/// journal commit rather than one each (`feather_sys::flush`).
 pub fn sync_all(paths: &[std::path::PathBuf]) -> Result<()> {
-    for path in paths {
-        File::open(path).and_then(|file| file.sync_all()).at(path)?;
-    }
-    Ok(())
+    feather_sys::flush::sync_together(paths).map_err(|(path, source)| Error::Io { path, source })
 }
 
 #[cfg(test)]
@@ -62,7 +100,32 @@ mod tests {
         write_atomic(&target, b"first", Durability::Durable).unwrap();
         write_atomic(&target, b"second", Durability::Volatile).unwrap();
         assert_eq!(fs::read(&target).unwrap(), b"second");
+        write_atomic(&target, b"third", Durability::Whole).unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"third");
         assert_eq!(fs::read_dir(&dir).unwrap().count(), 1);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_staged_file_replaces_the_old_one_only_when_committed() {
+        let dir = std::env::temp_dir().join(format!("feather-staged-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("state.json");
+        write_atomic(&target, b"old", Durability::Durable).unwrap();
+        let names = || -> Vec<_> {
+            fs::read_dir(&dir)
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .collect()
+        };
+        let dropped = stage(&target, b"never", Durability::Whole, "staged").unwrap();
+        drop(dropped);
+        assert_eq!(names(), ["state.json"], "a dropped staged file was left");
+        let staged = stage(&target, b"new", Durability::Whole, "staged").unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"old");
+        staged.commit().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"new");
+        assert_eq!(names(), ["state.json"], "a committed staged file was left");
         fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -26,11 +26,11 @@
 //! host folders, and the generated /etc files are bound in by descriptor, not by path.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::ErrorKind;
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::atomic::{sync_all, write_atomic, Durability};
+use crate::atomic::{stage, sync_all, write_atomic, Durability, Staged};
 use crate::error::{Error, IoContext, Result};
 use crate::{VmConfig, VmName, VmState, VmStatus};
 
@@ -183,6 +183,19 @@ impl StateRoot {
     /// under a temporary name and renamed into place, so a crash leaves no half-made VM and
     /// two racing creates of one name cannot both succeed.
     pub fn create(&self, config: &VmConfig, durability: Durability) -> Result<VmDir> {
+        self.create_synced_with(config, durability, &[])
+    }
+
+    /// [`Self::create`], where `made_for_it` (files written unsynced elsewhere for this VM, such
+    /// as its address lease, in the order they must reach the disk) are synced with the VM's
+    /// own files when `durability` asks for it: in one journal commit, and before the rename
+    /// that makes the VM exist, so that a power cut never leaves a VM without them.
+    pub fn create_synced_with(
+        &self,
+        config: &VmConfig,
+        durability: Durability,
+        made_for_it: &[PathBuf],
+    ) -> Result<VmDir> {
         let vm = self.vm(&config.name);
         if vm.path.exists() {
             return Err(Error::AlreadyExists(config.name.to_string()));
@@ -210,12 +223,14 @@ impl StateRoot {
                 path: temp.clone(),
                 run: vm.run.clone(),
             };
-            // Written unsynced, then synced together: the folder once, after both files (it
-            // was synced after each), and the rename into place below, which was not.
-            staged.write_config(config, Durability::Volatile)?;
-            staged.write_state(&VmState::created(), Durability::Volatile)?;
+            // Written in place (no one reads a folder by its temporary name, and a crash leaves
+            // it to `sweep_incomplete`), unsynced, then synced together: the folder once,
+            // after both files, and the rename into place below.
+            write_new(&staged.config_path(), config_text(config)?.as_bytes())?;
+            write_new(&staged.state_path(), &state_text(&VmState::created())?)?;
             if durability == Durability::Durable {
-                sync_all(&[staged.config_path(), staged.state_path(), temp.clone()])?;
+                let own = [staged.config_path(), staged.state_path(), temp.clone()];
+                sync_all(&[made_for_it, &own].concat())?;
             }
             Ok(())
         };
@@ -357,8 +372,11 @@ impl VmDir {
     }
 
     pub fn write_config(&self, config: &VmConfig, durability: Durability) -> Result<()> {
-        let text = toml::to_string(config).map_err(|e| Error::Other(e.to_string()))?;
-        write_atomic(&self.config_path(), text.as_bytes(), durability)
+        write_atomic(
+            &self.config_path(),
+            config_text(config)?.as_bytes(),
+            durability,
+        )
     }
 
     /// The recorded state, with a dead keeper turned into [`VmStatus::Crashed`].
@@ -374,8 +392,14 @@ impl VmDir {
     }
 
     pub fn write_state(&self, state: &VmState, durability: Durability) -> Result<()> {
+        write_atomic(&self.state_path(), &state_text(state)?, durability)
+    }
+
+    /// A state written (and synced, unless `Volatile`) ahead, that becomes the VM's record when
+    /// committed (see [`crate::atomic::Staged`]).
+    pub fn stage_state(&self, state: &VmState, durability: Durability) -> Result<Staged> {
         let text = serde_json::to_vec_pretty(state).map_err(|e| Error::Other(e.to_string()))?;
-        write_atomic(&self.state_path(), &text, durability)
+        stage(&self.state_path(), &text, durability, "staged")
     }
 
     /// Takes the keeper lock, which the keeper holds for as long as it lives. The kernel drops
@@ -451,6 +475,22 @@ impl VmDir {
             why,
         }
     }
+}
+
+fn config_text(config: &VmConfig) -> Result<String> {
+    toml::to_string(config).map_err(|e| Error::Other(e.to_string()))
+}
+
+fn state_text(state: &VmState) -> Result<Vec<u8>> {
+    serde_json::to_vec_pretty(state).map_err(|e| Error::Other(e.to_string()))
+}
+
+/// Writes a new file of a folder no other process reads yet: in place, without the temporary
+/// file and rename a write others may read needs (`write_atomic`).
+fn write_new(path: &Path, contents: &[u8]) -> Result<()> {
+    File::create_new(path)
+        .and_then(|mut file| file.write_all(contents))
+        .at(path)
 }
 
 /// Creates `dir` and any missing parent 0700 (an existing one keeps its mode).
@@ -562,6 +602,36 @@ mod tests {
             .filter(|name| name != "kept")
             .collect();
         assert!(leftovers.is_empty(), "staging left behind: {leftovers:?}");
+        let _ = fs::remove_dir_all(root.dir());
+    }
+
+    #[test]
+    fn a_durable_create_whose_lease_cannot_be_synced_makes_no_vm() {
+        let root = scratch();
+        fs::create_dir_all(root.dir()).unwrap();
+        let lease = root.dir().join("network-leases").join("10.0.0.2");
+        let err = root
+            .create_synced_with(
+                &config("kept"),
+                Durability::Durable,
+                std::slice::from_ref(&lease),
+            )
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Io { path, .. } if *path == lease),
+            "{err}"
+        );
+        let left: Vec<_> = fs::read_dir(root.vms_dir()).unwrap().collect();
+        assert!(
+            left.is_empty(),
+            "a VM or its staging folder is left: {left:?}"
+        );
+        // Once there, it is synced with the VM's files, and the VM is made.
+        fs::create_dir_all(lease.parent().unwrap()).unwrap();
+        fs::write(&lease, "abc").unwrap();
+        root.create_synced_with(&config("kept"), Durability::Durable, &[lease])
+            .unwrap();
+        assert_eq!(root.list().unwrap().len(), 1);
         let _ = fs::remove_dir_all(root.dir());
     }
 

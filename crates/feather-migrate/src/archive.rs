@@ -65,7 +65,7 @@ pub(crate) fn archived_name(path: &Path) -> &Path {
 /// `tar --create` of members of `vm_dir` (the caller names them) to `file` (`-`: its stdout),
 /// compressed, with everything overlayfs relies on kept.
 pub(crate) fn tar_create(vm_dir: &Path, file: &Path) -> Command {
-    let mut tar = Command::new("tar");
+    let mut tar = feather_sys::process::command("tar");
     if in_image(vm_dir) {
         // disk/upper/… is stored as upper/…; hard links' targets are member names too (h), a
         // symlink's target is the VM's own text and stays as it is (S).
@@ -187,7 +187,7 @@ pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
         return Err(tar_failed("import from", file, "no such file".into()));
     }
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = Command::new("tar")
+    let output = feather_sys::process::command("tar")
         .arg("--extract")
         .arg("--zstd")
         .args(TAR_OPTIONS)
@@ -211,7 +211,7 @@ pub fn unpack_from(
     staging: &Path,
 ) -> Result<VmConfig> {
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = Command::new("tar")
+    let output = feather_sys::process::command("tar")
         .arg("--extract")
         .arg("--zstd")
         .args(TAR_OPTIONS)
@@ -249,10 +249,7 @@ fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) ->
             return Err(tar_failed(
                 "import from",
                 file,
-                format!(
-                    "damaged or not a feather archive: {}",
-                    String::from_utf8_lossy(&output.stderr).trim()
-                ),
+                unpack_failure(&output.stderr),
             ));
         }
         let config_path = staging.join("config.toml");
@@ -279,6 +276,26 @@ fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) ->
     })
 }
 
+/// Why tar could not unpack an archive, from what it printed (`stderr`). A VM nests its
+/// folders as deep as it likes, and tar archives paths of any length but opens each by its
+/// whole name when it unpacks, which fails past `PATH_MAX`: that is no damage, and only the
+/// VM's owner can shorten the path.
+fn unpack_failure(stderr: &[u8]) -> String {
+    let said = String::from_utf8_lossy(stderr);
+    let said = said.trim();
+    if said.contains("File name too long") {
+        let first = said.lines().next().unwrap_or_default();
+        let shown: String = first.chars().take(200).collect();
+        return format!(
+            "the VM's layer holds a path longer than the {} bytes a path may have, which tar \
+             cannot unpack ({shown}…): move those folders higher up inside the VM, then send \
+             it again",
+            nix::libc::PATH_MAX
+        );
+    }
+    format!("damaged or not a feather archive: {said}")
+}
+
 fn tar_error(what: &'static str, path: &Path, source: std::io::Error) -> MigrateError {
     MigrateError::Tar {
         what,
@@ -299,4 +316,71 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Makes `levels` folders of 200-byte names in `dir`, one in the other, by descriptor (the
+    /// whole path is past what a path may name), and a file `leaf` in the deepest.
+    fn nest(dir: &Path, levels: usize) {
+        let mut at = fs::File::open(dir).unwrap();
+        let name = "d".repeat(200);
+        for _ in 0..levels {
+            nix::sys::stat::mkdirat(
+                &at,
+                name.as_str(),
+                nix::sys::stat::Mode::from_bits_truncate(0o755),
+            )
+            .unwrap();
+            at = beneath_dir(&at, &name);
+        }
+        let leaf = nix::fcntl::openat(
+            &at,
+            "leaf",
+            nix::fcntl::OFlag::O_CREAT | nix::fcntl::OFlag::O_WRONLY | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::from_bits_truncate(0o644),
+        )
+        .unwrap();
+        nix::unistd::write(&leaf, b"deep\n").unwrap();
+    }
+
+    fn beneath_dir(at: &fs::File, name: &str) -> fs::File {
+        let fd = nix::fcntl::openat(
+            at,
+            name,
+            nix::fcntl::OFlag::O_RDONLY
+                | nix::fcntl::OFlag::O_DIRECTORY
+                | nix::fcntl::OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        )
+        .unwrap();
+        fs::File::from(fd)
+    }
+
+    #[test]
+    fn a_layer_path_past_path_max_is_named_as_such_not_as_a_damaged_archive() {
+        let dir = std::env::temp_dir().join(format!("feather-deep-archive-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let vm_dir = dir.join("vm");
+        fs::create_dir_all(vm_dir.join("upper")).unwrap();
+        fs::write(vm_dir.join("config.toml"), "").unwrap();
+        nest(&vm_dir.join("upper"), 25);
+        let file = dir.join("vm.tar.zst");
+        export(&vm_dir, &file, &mut |_| {}).unwrap();
+        let error = unpack(&file, &dir.join("staging")).unwrap_err().to_string();
+        // Removed by descriptor: `remove_dir_all` reaches entries by their whole path.
+        fs::remove_file(&file).unwrap();
+        assert!(
+            !dir.join("staging").exists(),
+            "the failed unpack left its folder"
+        );
+        feather_sys::beneath::empty_dir(&fs::File::open(&vm_dir).unwrap()).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        for said in ["longer than the 4096 bytes", "higher up inside the VM"] {
+            assert!(error.contains(said), "{error}");
+        }
+        assert!(!error.contains("damaged"), "{error}");
+    }
 }

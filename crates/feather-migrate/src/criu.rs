@@ -19,7 +19,7 @@
 use std::ffi::OsString;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
 
@@ -463,7 +463,7 @@ impl Criu {
     /// Runs `path --version` and checks what it says.
     fn check(path: &Path) -> Result<Criu> {
         let path = &path.to_path_buf();
-        let output = Command::new(path)
+        let output = feather_sys::process::command(path)
             .arg("--version")
             .stdin(Stdio::null())
             .output()
@@ -513,7 +513,7 @@ impl Criu {
 
     /// Whether `criu check --feature NAME` passes.
     pub fn has_feature(&self, name: &str) -> bool {
-        Command::new(&self.path)
+        feather_sys::process::command(&self.path)
             .args(["check", "--feature", name])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -534,7 +534,7 @@ impl Criu {
 
     /// Asks CRIU whether this kernel has what it needs, and which optional features it has.
     pub fn report(&self) -> Report {
-        let check = Command::new(&self.path)
+        let check = feather_sys::process::command(&self.path)
             .arg("check")
             .stdin(Stdio::null())
             .output();
@@ -637,14 +637,14 @@ impl Criu {
         on_note: &mut dyn FnMut(DumpNote) -> bool,
     ) -> Result<()> {
         let mut channel = rpc::Channel::new().map_err(|e| self.broken(e))?;
-        let mut criu = Command::new(&self.path)
-            .arg("swrk")
+        let mut criu = feather_sys::process::command(&self.path);
+        criu.arg("swrk")
             .arg(channel.criu_end().unwrap_or(-1).to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .map_err(|e| self.broken(e))?;
+            .stderr(Stdio::null());
+        feather_sys::process::pass_only(&mut criu, channel.criu_fd().as_slice());
+        let mut criu = criu.spawn().map_err(|e| self.broken(e))?;
         channel.criu_started();
         let answer = channel.call_notified(
             &rpc::Request {
@@ -734,7 +734,7 @@ impl Criu {
     /// ([`await_lazy_pages`]) while the rest of it is prepared meanwhile.
     pub fn lazy_pages(&self, images: &Path, from: &PageServer) -> Result<std::process::Child> {
         let _ = fs::remove_file(images.join(LAZY_SOCKET));
-        Command::new(&self.path)
+        feather_sys::process::command(&self.path)
             .arg("lazy-pages")
             .arg("--page-server")
             .args(["--address", &from.address])
@@ -772,6 +772,15 @@ impl RestoreCall {
     /// The descriptor the child running criu must keep open.
     pub fn criu_end(&self) -> i32 {
         self.channel.criu_end().unwrap_or(-1)
+    }
+
+    /// In the child about to exec criu: lets [`RestoreCall::criu_end`] survive the exec (it
+    /// is close-on-exec everywhere else, so no other program gets it).
+    pub fn keep_criu_end_across_exec(&self) -> feather_sys::Result<()> {
+        match self.channel.criu_fd() {
+            Some(fd) => feather_sys::process::keep_across_exec(&fd),
+            None => Ok(()),
+        }
     }
 
     /// In the parent, once the child runs criu: asks for the restore and returns the host pid

@@ -21,7 +21,7 @@
 
 use std::fs;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -100,7 +100,7 @@ fn remove_stale_tmp() {
 /// Runs `criu check` where `/run` is a fresh tmpfs (a private mount namespace, through
 /// util-linux's `unshare`), and returns the cache it saved there.
 fn probe(criu: &Path) -> Result<Vec<u8>, String> {
-    let output = Command::new("unshare")
+    let output = feather_sys::process::command("unshare")
         .args(["--mount", "--propagation", "private", "--", "sh", "-c"])
         .arg(
             "mount -t tmpfs -o size=1m,mode=0755 feather-criu-kdat /run || exit 1; \

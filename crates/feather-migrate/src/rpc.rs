@@ -14,9 +14,8 @@
 //!                         ◀──────────────────────    CriuResp { success, restore.pid, cr_errmsg }
 //! ```
 
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
-use nix::fcntl::{fcntl, FcntlArg, FdFlag};
 use nix::sys::socket::{recv, send, socketpair, AddressFamily, MsgFlags, SockFlag, SockType};
 use prost::Message;
 
@@ -202,16 +201,16 @@ pub struct Channel {
 }
 
 impl Channel {
-    /// A socket pair whose second end survives exec (criu gets its number on its command line);
-    /// ours does not.
+    /// A socket pair, both ends close-on-exec: criu's end is passed to criu by name
+    /// ([`Channel::criu_fd`], its number on criu's command line), never to a program another
+    /// thread starts meanwhile.
     pub fn new() -> std::io::Result<Channel> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
             None,
-            SockFlag::empty(),
+            SockFlag::SOCK_CLOEXEC,
         )?;
-        fcntl(ours.as_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
         Ok(Channel {
             ours,
             theirs: Some(theirs),
@@ -221,6 +220,11 @@ impl Channel {
     /// The number of criu's end, for `criu swrk <n>`.
     pub fn criu_end(&self) -> Option<i32> {
         self.theirs.as_ref().map(AsRawFd::as_raw_fd)
+    }
+
+    /// Criu's end, to pass to criu.
+    pub fn criu_fd(&self) -> Option<BorrowedFd<'_>> {
+        self.theirs.as_ref().map(AsFd::as_fd)
     }
 
     /// Once criu runs with its end: our copy of it goes, so that criu's exit closes the pair.

@@ -1,7 +1,8 @@
 //! The files that tell programs inside a VM who they are on the network: `/etc/hostname`,
-//! `/etc/hosts` and `/etc/resolv.conf`. They are generated into the VM's run folder and bound
-//! over the VM's own files during the isolation recipe, so nothing is written into its layer
-//! (`diff` stays clean) and they vanish when the VM stops.
+//! `/etc/hosts` and `/etc/resolv.conf`. They are generated into the VM's run folder (a
+//! throw-away VM's: into the tmpfs holding its layer, beside the layer, never on the host's
+//! disk) and bound over the VM's own files during the isolation recipe, so nothing is written
+//! into its layer (`diff` stays clean) and they vanish when the VM stops.
 
 use std::fs;
 use std::net::Ipv4Addr;
@@ -32,7 +33,8 @@ pub fn generated(run_dir: &Path, vm_path: &Path) -> Option<PathBuf> {
         .then(|| run_dir.join("etc").join(file))
 }
 
-/// Writes the files under `dir` and returns (file, path inside the VM) pairs to bind.
+/// Writes the files under `dir` (made if missing) and returns (file, path inside the VM) pairs
+/// to bind.
 pub fn write(dir: &Path, identity: &Identity) -> Result<Vec<(PathBuf, PathBuf)>> {
     fs::create_dir_all(dir).at(dir)?;
     let mut files = vec![

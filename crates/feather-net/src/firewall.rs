@@ -35,7 +35,7 @@
 
 use std::io::Write;
 use std::net::Ipv4Addr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use crate::error::{NetError, Result};
 use crate::nftables::{self, Change, Key};
@@ -322,7 +322,7 @@ fn run(what: &str, script: &str) -> Result<()> {
         what: what.to_owned(),
         source,
     };
-    let mut child = Command::new("nft")
+    let mut child = feather_sys::process::command("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())

@@ -1,19 +1,23 @@
 //! Address leases: which VM of a state root holds which address, one file per leased address
 //! (`<root>/network-leases/<address>`, holding the VM's id). A lease is taken by creating its
 //! file with O_EXCL, which the kernel makes atomic: two creates racing each other never get
-//! the same address, with no lock to wait for. Leases of durable VMs are flushed to disk;
-//! those of throw-away VMs (`run --rm`) need not survive a power cut.
+//! the same address, with no lock to wait for. A lease is written unsynced: a kept VM's is
+//! flushed to disk together with the VM's folder, before the VM exists (see [`files`]); those
+//! of throw-away VMs (`run --rm`) need not survive a power cut.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use crate::error::{IoAt, NetError, Result};
 use crate::settings::RootNetwork;
 
+/// The folder of a root's leases.
+const LEASES: &str = "network-leases";
+
 fn leases_dir(network: &RootNetwork) -> PathBuf {
-    network.root().join("network-leases")
+    network.root().join(LEASES)
 }
 
 /// (address, VM id) of every lease of the root.
@@ -36,8 +40,8 @@ pub(crate) fn held(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
 }
 
 /// Leases the lowest free address of the root's subnet to VM `vm_id` (or returns the one it
-/// holds already).
-pub fn lease(network: &RootNetwork, vm_id: &str, durable: bool) -> Result<Ipv4Addr> {
+/// holds already), unsynced.
+pub fn lease(network: &RootNetwork, vm_id: &str) -> Result<Ipv4Addr> {
     let held = held(network)?;
     if let Some((address, _)) = held.iter().find(|(_, id)| id == vm_id) {
         return Ok(*address);
@@ -56,10 +60,6 @@ pub fn lease(network: &RootNetwork, vm_id: &str, durable: bool) -> Result<Ipv4Ad
             Err(e) => return Err(e).at(path),
         };
         file.write_all(vm_id.as_bytes()).at(&path)?;
-        if durable {
-            file.sync_all().at(&path)?;
-            File::open(&dir).and_then(|d| d.sync_all()).at(&dir)?;
-        }
         return Ok(address);
     }
     Err(NetError::SubnetFull {
@@ -101,6 +101,13 @@ pub(crate) fn hand_over(network: &RootNetwork, address: Ipv4Addr, vm_id: &str) -
     fs::rename(&new, &path).at(&path)
 }
 
+/// What must reach the disk for the lease of `address` to survive a power cut: its file, then
+/// the folder that names it.
+pub fn files(root_dir: &Path, address: Ipv4Addr) -> [PathBuf; 2] {
+    let dir = root_dir.join(LEASES);
+    [dir.join(address.to_string()), dir]
+}
+
 pub fn release(network: &RootNetwork, vm_id: &str) -> Result<()> {
     let dir = leases_dir(network);
     for (address, id) in held(network)? {
@@ -138,7 +145,7 @@ mod tests {
         let threads: Vec<_> = (0..5)
             .map(|i| {
                 let network = network.clone();
-                std::thread::spawn(move || lease(&network, &format!("vm{i}"), false).unwrap())
+                std::thread::spawn(move || lease(&network, &format!("vm{i}")).unwrap())
             })
             .collect();
         let mut addresses: Vec<Ipv4Addr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
@@ -147,14 +154,14 @@ mod tests {
         assert_eq!(addresses.len(), 5, "{addresses:?}");
         // A /29 has 5 addresses for VMs (.2 to .6): the sixth VM is refused.
         assert!(matches!(
-            lease(&network, "vm5", false),
+            lease(&network, "vm5"),
             Err(NetError::SubnetFull { .. })
         ));
         // Asking again gives a VM the address it holds; a returned one is leased anew.
-        let held = lease(&network, "vm3", false).unwrap();
+        let held = lease(&network, "vm3").unwrap();
         assert!(addresses.contains(&held));
         release(&network, "vm3").unwrap();
-        assert_eq!(lease(&network, "vm5", true).unwrap(), held);
+        assert_eq!(lease(&network, "vm5").unwrap(), held);
         fs::remove_dir_all(network.root()).unwrap();
     }
 }

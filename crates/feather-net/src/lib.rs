@@ -72,13 +72,14 @@ pub fn host_end(vm_id: &str) -> String {
 }
 
 /// At `feather create`: checks the options, checks the published host ports are free now, and
-/// leases the VM's address (private mode). `durable`: the lease must survive a power cut (not
-/// needed for a throw-away VM).
+/// leases the VM's address (private mode), unsynced. `kept`: a VM that is not thrown away,
+/// whose lease must survive a power cut: its caller syncs [`lease_files`] with the VM's own
+/// files, before the VM exists. A throw-away VM may take a namespace made ahead instead.
 pub fn allocate(
     root_dir: &Path,
     vm_id: &str,
     config: &mut NetworkConfig,
-    durable: bool,
+    kept: bool,
 ) -> Result<()> {
     config.validate()?;
     publish::check_free(&config.publish)?;
@@ -86,17 +87,26 @@ pub fn allocate(
         let (network, _lock) = RootNetwork::load_or_choose_locked(root_dir)?;
         // A throw-away VM that needs nothing more of the host side takes a namespace made
         // ahead (pool.rs), with its address and firewall entries.
-        let pooled = if !durable && !config.egress && network.uplink.is_none() {
+        let pooled = if !kept && !config.egress && network.uplink.is_none() {
             pool::claim(&network, vm_id)
         } else {
             None
         };
         config.address = match pooled {
             Some(address) => Some(address),
-            None => Some(leases::lease(&network, vm_id, durable)?),
+            None => Some(leases::lease(&network, vm_id)?),
         };
     }
     Ok(())
+}
+
+/// The files that hold a VM's lease, which a kept VM syncs before it exists (see [`allocate`]);
+/// none without a private network.
+pub fn lease_files(root_dir: &Path, config: &NetworkConfig) -> Vec<PathBuf> {
+    match (config.mode, config.address) {
+        (NetMode::Private, Some(address)) => leases::files(root_dir, address).to_vec(),
+        _ => Vec::new(),
+    }
 }
 
 /// The subnet a VM's address belongs to, as recorded where the VM was checkpointed; None
@@ -209,11 +219,13 @@ pub struct Attachment {
     pooled: Option<Pooled>,
 }
 
-/// At start, before the VM's init exists: writes the VM's /etc files into `run_dir` and
-/// binds its published ports. Returns the host side and the plan for init.
+/// At start, before the VM's init exists: writes the VM's /etc files into `etc_dir` (see
+/// [`etc::write`]) and binds its published ports. `run_dir`: the VM's run folder, for the
+/// marker of an attached network. Returns the host side and the plan for init.
 pub fn prepare(
     root_dir: &Path,
     run_dir: &Path,
+    etc_dir: &Path,
     name: &str,
     vm_id: &str,
     config: &NetworkConfig,
@@ -242,7 +254,7 @@ pub fn prepare(
         _ => None,
     };
     let files = etc::write(
-        &run_dir.join("etc"),
+        etc_dir,
         &etc::Identity {
             name,
             mode: config.mode,

@@ -361,7 +361,7 @@ fn make_entry(network: &RootNetwork, making: &Path, n: &str) -> Result<()> {
             )));
         }
         fs::create_dir(making).at(making)?;
-        let address = leases::lease(network, &lease_id(n), false)?;
+        let address = leases::lease(network, &lease_id(n))?;
         let link = making.join(LINK);
         fs::write(&link, format!("{host_end} {address}")).at(&link)?;
         address

@@ -232,6 +232,9 @@ fn become_criu(call: &RestoreCall, container: &Container) -> anyhow::Error {
     if let Err(error) = placed {
         return error;
     }
+    if let Err(error) = call.keep_criu_end_across_exec() {
+        return anyhow::Error::from(error).context("hand criu its channel");
+    }
     let error = std::process::Command::new(&call.program)
         .args(&call.args)
         .exec();

@@ -7,6 +7,8 @@ pub mod bpf;
 pub mod cgroup;
 pub mod creds;
 pub mod fdpass;
+pub mod flush;
+pub mod io;
 pub mod memory;
 pub mod mount;
 pub mod mountinfo;

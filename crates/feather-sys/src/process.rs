@@ -1,7 +1,7 @@
 //! Creating, joining and signalling processes.
 
 use std::fs;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 
 use nix::sched::CloneFlags;
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow, Signal};
@@ -317,6 +317,29 @@ pub fn close_other_fds(keep: &[RawFd]) {
         first = fd + 1;
     }
     let _ = raw::close_range(first as u32, u32::MAX);
+}
+
+/// A [`std::process::Command`] for `program` that passes it its stdin, stdout and stderr
+/// only (see [`pass_only`]); a descriptor it needs besides is named with [`pass_only`].
+pub fn command(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    pass_only(&mut command, &[]);
+    command
+}
+
+/// Lets the program `command` will start inherit its stdin, stdout, stderr and `given`,
+/// nothing else of this process: not a descriptor some other code (or this process's own
+/// starter) left without close-on-exec, not one another thread holds for a moment without it.
+/// Every program feather's host side starts is started so, naming what it passes.
+pub fn pass_only(command: &mut std::process::Command, given: &[BorrowedFd]) {
+    raw::pass_only_on_exec(command, given.iter().map(AsRawFd::as_raw_fd).collect());
+}
+
+/// Marks every descriptor above stderr close-on-exec: run first by a feather program that
+/// takes over the descriptors its starter names, so that neither those nor any its starter
+/// left open by mistake reach the programs it starts.
+pub fn inherited_close_on_exec() -> Result<()> {
+    raw::close_range_on_exec(3, u32::MAX).ctx("close_range(CLOSE_RANGE_CLOEXEC)", "3..")
 }
 
 /// Clears close-on-exec on `fd`: a descriptor the program about to be exec'd takes over.

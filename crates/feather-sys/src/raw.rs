@@ -384,6 +384,15 @@ pub fn landlock_abi_version() -> Result<i64, Errno> {
     Errno::result(ret)
 }
 
+/// sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE): starts writing the file's dirty pages out
+/// and returns without waiting for them (nix does not offer it).
+pub fn start_writeback(fd: BorrowedFd<'_>) -> Result<(), Errno> {
+    // SAFETY: the call takes a descriptor and three integers; it reads and writes no memory of
+    // ours, and `fd` is open for the duration of the borrow.
+    let ret = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE) };
+    Errno::result(ret).map(drop)
+}
+
 /// A descriptor this process inherited from its parent for one use, owned from now on.
 /// EBADF if `fd` is not open.
 ///
@@ -429,6 +438,22 @@ pub fn accept(listener: RawFd, flags: nix::sys::socket::SockFlag) -> Result<Owne
     let fd = nix::sys::socket::accept4(listener, flags)?;
     // SAFETY: accept4 just created this descriptor; nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// read(2) once from `fd` into the unused capacity of `buffer`, at most `most` bytes, which are
+/// appended to its contents: the bytes read, 0 at the end of the file.
+pub fn read_appending(fd: RawFd, buffer: &mut Vec<u8>, most: usize) -> Result<usize, Errno> {
+    buffer.reserve(most);
+    let spare = buffer.spare_capacity_mut();
+    let count = most.min(spare.len());
+    // SAFETY: the kernel writes at most `count` bytes at `spare`, memory this Vec owns beyond
+    // its contents.
+    let read = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), count) };
+    let read = usize::try_from(Errno::result(read)?).map_err(|_| Errno::EIO)?;
+    // SAFETY: the read above initialised these `read` bytes (at most `count`, within the
+    // capacity), right after the contents.
+    unsafe { buffer.set_len(buffer.len() + read) };
+    Ok(read)
 }
 
 /// recvmsg(2) of one message into `buffer`, with room for up to 64 descriptors passed by
@@ -866,6 +891,43 @@ pub fn close_range(first: libc::c_uint, last: libc::c_uint) -> Result<(), Errno>
     // SAFETY: plain integer arguments; closing descriptors touches no memory of this process.
     let result = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0 as libc::c_uint) };
     Errno::result(result).map(drop)
+}
+
+/// `close_range(first, last, CLOSE_RANGE_CLOEXEC)`: marks every descriptor numbered
+/// `first..=last` the caller has close-on-exec, closing none.
+pub fn close_range_on_exec(first: libc::c_uint, last: libc::c_uint) -> Result<(), Errno> {
+    // SAFETY: plain integer arguments; marking descriptors touches no memory of this process.
+    let result = unsafe {
+        libc::syscall(
+            libc::SYS_close_range,
+            first,
+            last,
+            libc::CLOSE_RANGE_CLOEXEC,
+        )
+    };
+    Errno::result(result).map(drop)
+}
+
+/// Makes the program `command` starts inherit only its stdin, stdout, stderr and `given`: in
+/// the child, between fork and exec, every descriptor above stderr is marked close-on-exec,
+/// then `given` unmarked. What the parent's other threads open meanwhile is marked too.
+pub fn pass_only_on_exec(command: &mut std::process::Command, given: Vec<RawFd>) {
+    use std::os::unix::process::CommandExt;
+    let hook = move || -> std::io::Result<()> {
+        close_range_on_exec(3, libc::c_uint::MAX)?;
+        for &fd in &given {
+            // SAFETY: F_SETFD takes an integer argument and touches no memory.
+            Errno::result(unsafe { libc::fcntl(fd, libc::F_SETFD, 0) })?;
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child of a possibly multi-threaded process before
+    // exec: it makes only async-signal-safe system calls (close_range, fcntl) over a vector
+    // allocated before the fork, allocates nothing (an Errno converts to an io::Error without
+    // allocating), and takes no lock.
+    unsafe {
+        command.pre_exec(hook);
+    }
 }
 
 /// `setdomainname(name, len)`: the NIS domain name of the caller's UTS namespace.

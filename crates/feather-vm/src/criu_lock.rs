@@ -9,7 +9,7 @@
 //! same `iptables-restore` input, in the VM's namespace.
 
 use std::io::Write;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use nix::unistd::Pid;
 
@@ -28,7 +28,7 @@ pub(crate) fn remove(init: Pid) -> Result<(), String> {
 
 /// `tool --noflush` with `rules` on its input, in the network namespace of `init`.
 fn restore(init: Pid, tool: &str, rules: &str) -> Result<(), String> {
-    let mut child = Command::new("nsenter")
+    let mut child = feather_sys::process::command("nsenter")
         .arg(format!("--net=/proc/{init}/ns/net"))
         .args(["--", tool, "-w", "--noflush"])
         .stdin(Stdio::piped())

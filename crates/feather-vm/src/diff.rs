@@ -254,7 +254,7 @@ impl Walk<'_> {
                 Ok(None) => {}
                 Err(e) if e.raw_os_error() == Some(libc::EMFILE) => {
                     let at = self.tree.layer.vm_path(&folder.rel);
-                    return Err(too_deep(&at, open.len()));
+                    return Err(out_of_descriptors(&at, &open));
                 }
                 Err(e) => return Err(e),
             }
@@ -339,12 +339,36 @@ impl Walk<'_> {
     }
 }
 
+/// The error of a walk that ran out of descriptors in the folder `at` (the VM's path) with
+/// the folders `open` on its stack: [`too_deep`] when the walk's own descriptors are most of
+/// the process's limit, else [`crowded_out`] (the process's other work holds the rest: the
+/// web view's connections, other walks), which moving folders in the VM would not help.
+fn out_of_descriptors(at: &Path, open: &[Folder]) -> std::io::Error {
+    use nix::sys::resource::{getrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or_default();
+    let held: u64 = open.iter().map(|f| 1 + u64::from(f.lower.is_some())).sum();
+    if held.saturating_mul(2) >= soft {
+        too_deep(at, open.len(), (soft, hard))
+    } else {
+        crowded_out(held, (soft, hard))
+    }
+}
+
+/// The error of a walk that ran out of descriptors while holding `held` of the process's
+/// `limits` (soft, hard): the rest were the process's others'.
+fn crowded_out(held: u64, (soft, hard): (u64, u64)) -> std::io::Error {
+    std::io::Error::other(format!(
+        "this process ran out of descriptors (its open-file limit is {soft}), of which the \
+         walk of the VM's layer held only {held}: the rest are held by the process's other \
+         work (the web view's connections, other walks); try again once it has less to do, \
+         or raise the limit (`ulimit -n N`, up to the hard limit {hard})"
+    ))
+}
+
 /// The error of a walk that ran out of descriptors at `depth` levels, in the folder `at` (the
 /// VM's path): it holds two a level (the layer's folder and the host's), and a VM nests its
 /// folders as deep as it likes; a plain "Too many open files" said neither where nor what to do.
-fn too_deep(at: &Path, depth: usize) -> std::io::Error {
-    use nix::sys::resource::{getrlimit, Resource};
-    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap_or_default();
+fn too_deep(at: &Path, depth: usize, (soft, hard): (u64, u64)) -> std::io::Error {
     // The path can be thousands of levels long: its first ones say where it is.
     let shown: PathBuf = at.components().take(12).collect();
     let more = if at.components().count() > 12 {

@@ -227,7 +227,7 @@ fn make_image(name: &VmName, vm: &VmDir, bytes: u64) -> Result<()> {
     drop(file);
     run(
         name,
-        Command::new("mkfs.ext4")
+        feather_sys::process::command("mkfs.ext4")
             .args(["-q", "-F", "-m", "0", "-E", "nodiscard,root_owner=0:0"])
             .arg(&image),
     )
@@ -251,7 +251,7 @@ pub fn attach(name: &VmName, vm: &VmDir, disk: DiskQuota) -> Result<()> {
     if !is_mounted_on(vm.path(), &mount_point) {
         run(
             name,
-            Command::new("mount")
+            feather_sys::process::command("mount")
                 .args(["-t", "ext4", "-o", "loop,nosuid,nodev,noatime"])
                 .arg(&image)
                 .arg(&mount_point),
@@ -277,7 +277,7 @@ fn move_into_image(name: &VmName, outside: &Path, inside: &Path) -> Result<()> {
     let source = outside.join(".");
     run(
         name,
-        Command::new("cp")
+        feather_sys::process::command("cp")
             .args(["-a", "--sparse=always", "--no-target-directory"])
             .arg(&source)
             .arg(inside),

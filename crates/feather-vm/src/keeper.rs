@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use feather_core::atomic::Durability;
+use feather_core::atomic::{Durability, Staged};
 use feather_core::error::causes;
 use feather_core::error::IoContext;
 use feather_core::state::now;
@@ -179,9 +179,11 @@ impl Keeper {
         remove_leftovers(vm, &config);
         root.make_run_dir(vm)?;
         let cgroup = cgroup_of(&config);
+        let memory_layer = layers::MemoryLayer::for_vm(&config)?;
         let (mut network, inside) = feather_net::prepare(
             root.dir(),
             vm.run_dir(),
+            &etc_dir(vm, memory_layer.as_ref()),
             name.as_str(),
             &config.id,
             &config.network,
@@ -190,7 +192,7 @@ impl Keeper {
         .in_vm(&name)?;
         trace::phase("prepare the network (/etc files, ports)");
         let hidden = hiding::state_folders(root);
-        let mut tree = layers::for_start(root, vm, &config)?;
+        let mut tree = layers::for_start_in(root, vm, &config, memory_layer, &hidden)?;
         let memory_layer = tree.memory_layer.take();
         let plan = InitPlan {
             rootfs: RootfsPlan {
@@ -229,12 +231,30 @@ impl Keeper {
             make_cgroup(cgroup, &config, &name)?;
             trace::phase("create the cgroup");
         }
+        // A throw-away VM's record is not synced to disk (a journal commit, 5–15 ms on this
+        // host's ext4): nothing of it outlives a power cut. A kept VM's contents are, while
+        // init assembles the root: renamed over the last record unsynced, on XFS or on ext4
+        // without `auto_da_alloc` a power cut could leave an empty state file, and the VM
+        // would be missing from `ls` with its folder and address still taken. The rename is
+        // not synced (a second commit): a power cut ends the keeper too, and the record before
+        // this one (created or stopped) is as true then as this one (running, by a keeper whose
+        // lock is free). A restore's record is fully synced: its checkpoint must not read
+        // restorable.
+        let recorded = match durability {
+            Durability::Durable => Durability::Whole,
+            other => other,
+        };
+        let memory_recorded = memory_layer.as_ref().map(|layer| layer.recorded);
+        let stage = |init: nix::unistd::Pid| {
+            let state = running_state(init, memory_recorded);
+            Ok(vm.stage_state(&state, recorded)?)
+        };
         let booted =
-            start_init(&name, cgroup.as_ref(), &network, plan, stdio).and_then(|started| {
+            start_init(&name, cgroup.as_ref(), &network, plan, stdio, &stage).and_then(|started| {
                 let listener = listen(vm)?;
                 Ok((started, listener))
             });
-        let ((init, init_waits), listener) = match booted {
+        let ((init, init_waits, record), listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
                 network.detach();
@@ -271,12 +291,7 @@ impl Keeper {
             held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer,
         };
-        // A throw-away VM's record is not synced to disk (a journal commit, 5–15 ms on this
-        // host's ext4): nothing of it outlives a power cut. A kept VM's is: renamed over the
-        // last record unsynced, on XFS or on ext4 without `auto_da_alloc` a power cut can leave
-        // an empty state file, and the VM would be missing from `ls` with its folder and
-        // address still taken.
-        keeper.record_running(durability)?;
+        record.commit()?;
         trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
         keeper.hide_state_folders(root, &hidden);
@@ -302,6 +317,7 @@ impl Keeper {
         let (mut network, _) = feather_net::prepare(
             root.dir(),
             vm.run_dir(),
+            &vm.run_dir().join("etc"),
             name.as_str(),
             &config.id,
             &config.network,
@@ -495,13 +511,8 @@ impl Keeper {
     }
 
     fn record_running(&self, durability: Durability) -> Result<()> {
-        let mut state = VmState::created();
-        state.status = VmStatus::Running;
-        state.keeper_pid = Some(std::process::id() as i32);
-        state.init_pid = Some(self.init.pid.as_raw());
-        state.init_start_ticks = process::start_ticks(self.init.pid);
-        state.started = Some(now());
-        state.memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
+        let memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
+        let state = running_state(self.init.pid, memory_layer);
         Ok(self.vm.write_state(&state, durability)?)
     }
 
@@ -957,7 +968,7 @@ impl Keeper {
     /// Starts the process that finishes the teardown of the VM set aside as `aside`: the
     /// keeper program, in a process group of its own (the terminal's signals are not for it),
     /// with none of the caller's descriptors but the keeper lock and the VM's mount namespace,
-    /// which it inherits.
+    /// which it is passed by name (they stay close-on-exec here).
     fn start_finisher(&self, aside: &VmDir) -> Result<()> {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
@@ -972,16 +983,10 @@ impl Keeper {
             .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
             .transpose()
             .map_err(|e| io(name, "pipe")(e.into()))?;
-        let inherited = std::iter::once(lock.as_fd())
+        let passed: Vec<_> = std::iter::once(lock.as_fd())
             .chain(mounts.as_ref().map(AsFd::as_fd))
-            .chain(keeper_done.as_ref().map(|(read, _)| read.as_fd()));
-        for fd in inherited {
-            nix::fcntl::fcntl(
-                fd,
-                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-            )
-            .map_err(|e| io(name, "fcntl")(e.into()))?;
-        }
+            .chain(keeper_done.as_ref().map(|(read, _)| read.as_fd()))
+            .collect();
         let parent = |path: &std::path::Path| path.parent().map(std::path::Path::to_path_buf);
         // <root>/vms/<folder> and <run>/<folder>.
         let (Some(state_dir), Some(run_dir), Some(folder)) = (
@@ -1005,12 +1010,15 @@ impl Keeper {
                 }),
         };
         let exe = crate::launch::program().map_err(io(name, "cannot find the keeper program"))?;
-        std::process::Command::new(exe)
+        let mut finisher = std::process::Command::new(exe);
+        finisher
             .args(args.to_args())
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
-            .process_group(0)
+            .process_group(0);
+        feather_sys::process::pass_only(&mut finisher, &passed);
+        finisher
             .spawn()
             .map_err(io(name, "cannot start its teardown"))?;
         drop(mounts);
@@ -1093,6 +1101,13 @@ fn await_init_letting_go(init: &mut UnixStream) {
     let _ = std::io::Read::read(init, &mut [0u8; 1]);
 }
 
+/// Where a starting VM's generated /etc files go: beside its layer in memory, for a
+/// throw-away VM (nothing of them on the host's disk, nothing to remove at its end), else its
+/// run folder (a checkpoint's restore binds them from there again, see `snapshot`).
+fn etc_dir(vm: &VmDir, memory_layer: Option<&layers::MemoryLayer>) -> PathBuf {
+    memory_layer.map_or_else(|| vm.run_dir().join("etc"), layers::MemoryLayer::etc_dir)
+}
+
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still
 /// in it), its veth and nftables chains (and the bridge, if no other VM of its state root uses
 /// it) and its control socket. Mounts need no cleaning: they lived only in the VM's mount
@@ -1126,13 +1141,32 @@ fn remove_leftovers_with(
 
 /// Clones init into the VM's namespaces, moves it into the cgroup, and waits for its report.
 /// `stdio`: init's stdin, stdout and stderr (else it keeps this process's until it detaches).
+/// The record of a VM that runs with this process as its keeper and `init` as its init.
+fn running_state(
+    init: nix::unistd::Pid,
+    memory_layer: Option<feather_core::state::MemoryLayer>,
+) -> VmState {
+    let mut state = VmState::created();
+    state.status = VmStatus::Running;
+    state.keeper_pid = Some(std::process::id() as i32);
+    state.init_pid = Some(init.as_raw());
+    state.init_start_ticks = process::start_ticks(init);
+    state.started = Some(now());
+    state.memory_layer = memory_layer;
+    state
+}
+
+/// Clones init and waits until it has assembled the VM's root. Meanwhile, beside the devices
+/// rules and the network's host side: `stage` writes the VM's running record ahead, which the
+/// caller commits once the VM runs (dropped on a failure, it leaves the last record as it was).
 fn start_init(
     name: &VmName,
     cgroup: Option<&Cgroup>,
     network: &feather_net::Attachment,
     plan: InitPlan,
     stdio: Option<VmEnds>,
-) -> Result<(ChildProcess, UnixStream)> {
+    stage: &(dyn Fn(nix::unistd::Pid) -> Result<Staged> + Sync),
+) -> Result<(ChildProcess, UnixStream, Staged)> {
     let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
     let mut namespaces = process::vm_namespaces() - nix::sched::CloneFlags::CLONE_NEWCGROUP;
@@ -1182,36 +1216,41 @@ fn start_init(
     drop(stdio);
     drop(theirs);
     trace::phase("clone init into new namespaces");
-    let mut boot = || -> Result<()> {
+    let mut boot = || -> Result<Staged> {
         // Init is in its cgroup already (it started in the v2 group and moved itself into the
         // v1 ones). The devices rules of its v1 group and the network's host side (which waits
         // for RCU grace periods) are not needed while init assembles its root (trusted code of
         // ours, no VM program runs yet, nothing forks), so init hears GO at once and they go
         // side by side; init waits for NETWORK_READY before it runs anything of the VM's.
         boot::send(&mut ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
-        let (entered, attached) = std::thread::scope(|both| {
+        let pid = init.pid;
+        let (entered, attached, staged) = std::thread::scope(|both| {
             let entering = both.spawn(move || -> Result<()> {
                 match cgroup {
                     Some(cgroup) => restrict_devices(cgroup, name),
                     None => Ok(()),
                 }
             });
-            let attached = network.attach(init.pid.as_raw() as u32);
+            let staging = both.spawn(move || stage(pid));
+            let attached = network.attach(pid.as_raw() as u32);
             let entered = entering
                 .join()
                 .unwrap_or_else(|_| Err(failed(name, "its cgroup could not be entered")));
-            (entered, attached)
+            let staged = staging
+                .join()
+                .unwrap_or_else(|_| Err(failed(name, "its record could not be written")));
+            (entered, attached, staged)
         });
         trace::phase("restrict devices, attach the network (while init assembles)");
-        let placed = entered.and_then(|()| {
-            attached.map_err(|e| VmError::Net {
-                vm: name.to_string(),
-                source: Box::new(e),
+        let placed = entered
+            .and_then(|()| {
+                attached.map_err(|e| VmError::Net {
+                    vm: name.to_string(),
+                    source: Box::new(e),
+                })
             })
-        });
-        if let Err(e) = placed {
-            return Err(reported_failure(&mut ours, name, e));
-        }
+            .and(staged);
+        let staged = placed.map_err(|e| reported_failure(&mut ours, name, e))?;
         boot::send(&mut ours, &ToInit::NetworkReady)
             .map_err(io(name, "init did not start"))
             .map_err(|e| reported_failure(&mut ours, name, e))?;
@@ -1220,7 +1259,7 @@ fn start_init(
         let report = boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)");
         trace::phase("wait for init to assemble the root");
         match report {
-            Ok(InitReport::Ready) => Ok(()),
+            Ok(InitReport::Ready) => Ok(staged),
             Ok(InitReport::Failed(why)) => Err(failed(name, format!("cannot start: {why}"))),
             Err(boot::BootError::Closed { .. }) => Err(failed(
                 name,
@@ -1234,7 +1273,7 @@ fn start_init(
         }
     };
     match boot() {
-        Ok(()) => Ok((init, ours)),
+        Ok(staged) => Ok((init, ours, staged)),
         Err(e) => {
             let _ = process::signal(&init.pidfd, Signal::SIGKILL);
             let _ = waitpid(init.pid, None);

@@ -88,6 +88,14 @@ pub struct MemoryLayer {
 }
 
 impl MemoryLayer {
+    /// The layer a VM with `config` keeps in memory, made now; None if its layer is on disk.
+    pub fn for_vm(config: &VmConfig) -> Result<Option<MemoryLayer>> {
+        config
+            .layer_in_memory()
+            .then(|| MemoryLayer::make(&config.name))
+            .transpose()
+    }
+
     fn make(name: &VmName) -> Result<MemoryLayer> {
         use std::os::fd::AsRawFd;
         let fd = feather_sys::mount::detached_tmpfs(c"0700").in_vm(name)?;
@@ -98,9 +106,21 @@ impl MemoryLayer {
         Ok(MemoryLayer { fd, recorded })
     }
 
+    /// The tmpfs as this process (or a clone of it) reaches it.
+    fn top(&self) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", self.recorded.fd))
+    }
+
     /// The layer's folders as this process (or a clone of it) reaches them.
     fn home(&self) -> Home {
-        Home::in_folder(Path::new(&format!("/proc/self/fd/{}", self.recorded.fd)))
+        Home::in_folder(&self.top())
+    }
+
+    /// Where the VM's generated /etc files go (`feather_net::etc`): beside the layer's folders,
+    /// so never in the layer (`diff` and `commit` do not see them), and in memory like it. Init
+    /// binds them from here, read-only, before it lets go of the tmpfs: the binds then hold it.
+    pub fn etc_dir(&self) -> PathBuf {
+        self.top().join("etc")
     }
 }
 
@@ -158,14 +178,23 @@ pub struct ForStart {
 
 /// The layers and read-only binds a VM starting now needs. The layers' folders are created.
 pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<ForStart> {
+    let hidden = crate::hiding::state_folders(root);
+    for_start_in(root, vm, config, MemoryLayer::for_vm(config)?, &hidden)
+}
+
+/// [`for_start`] with the VM's layer in memory made already (by [`MemoryLayer::for_vm`]) and
+/// the host's state folders looked up already (`hiding::state_folders`).
+pub fn for_start_in(
+    root: &StateRoot,
+    vm: &VmDir,
+    config: &VmConfig,
+    memory_layer: Option<MemoryLayer>,
+    state_folders: &[PathBuf],
+) -> Result<ForStart> {
     if let Some(disk) = config.limits.disk {
         // An image holds the layer folders: mounted before any of them is made.
         crate::disk::attach(&config.name, vm, disk)?;
     }
-    let memory_layer = config
-        .layer_in_memory()
-        .then(|| MemoryLayer::make(&config.name))
-        .transpose()?;
     let home = match &memory_layer {
         Some(layer) => {
             let home = layer.home();
@@ -182,10 +211,6 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<ForS
         None => home(vm, config),
     };
     let base = &config.base;
-    // Every state root of the host, this one included: what is mounted in them (another VM's
-    // disk image) is hidden from the VM, never one of its layers.
-    let mut roots = feather_core::roots::Registry::host().roots();
-    roots.push(root.clone());
     let mut submounts: Vec<PathBuf> = Vec::new();
     for entry in mountinfo::mounts().at("/proc/self/mountinfo")? {
         let Ok(rel) = entry.mount_point.strip_prefix(base) else {
@@ -195,9 +220,11 @@ pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<ForS
             .components()
             .next()
             .is_some_and(|c| OWN_TREES.iter().any(|t| c.as_os_str() == *t));
-        let is_state = roots.iter().any(|r| {
-            entry.mount_point.starts_with(r.dir()) || entry.mount_point.starts_with(r.run_dir())
-        });
+        // Every state root of the host, this one included: what is mounted in them (another
+        // VM's disk image) is hidden from the VM, never one of its layers.
+        let is_state = state_folders
+            .iter()
+            .any(|folder| entry.mount_point.starts_with(folder));
         if rel.as_os_str().is_empty() || own_tree || is_state || is_api_filesystem(&entry.fs_type) {
             continue;
         }

@@ -57,11 +57,17 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         }
         .into());
     }
-    let read_only = crate::read_only::resolve(
-        &base,
-        &options.read_only,
-        &crate::hiding::state_folders(root),
-    )?;
+    // The host's state folders (a look at the registry of roots) only when there is a path
+    // to check against them: most VMs have no `--ro`.
+    let read_only = if options.read_only.is_empty() {
+        Vec::new()
+    } else {
+        crate::read_only::resolve(
+            &base,
+            &options.read_only,
+            &crate::hiding::state_folders(root),
+        )?
+    };
     let scaffold: Vec<PathBuf> = MOUNT_POINTS
         .iter()
         .filter(|dir| !base.join(dir).is_dir())
@@ -99,9 +105,12 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
         Durability::Durable
     };
     root.sweep_incomplete();
-    let vm = root.create(&config, durability).inspect_err(|_| {
-        let _ = feather_net::release(root.dir(), &config.id, &config.network);
-    })?;
+    let lease = feather_net::lease_files(root.dir(), &config.network);
+    let vm = root
+        .create_synced_with(&config, durability, &lease)
+        .inspect_err(|_| {
+            let _ = feather_net::release(root.dir(), &config.id, &config.network);
+        })?;
     // Before the scaffold folders are made, so that they too are in the VM's project.
     if let Some(disk) = config.limits.disk {
         if let Err(e) = crate::disk::prepare(name, root.dir(), &vm, disk) {
@@ -151,13 +160,10 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
 /// checkpoint, and waits until the VM is up or has failed.
 pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Result<()> {
     let name = vm.name();
+    // Close-on-exec (std's pipe is): the keeper is passed the write end by name, and no
+    // program another thread of this process starts meanwhile (`feather serve`'s, the web
+    // view's) gets it, which would keep the read below from ever seeing the keeper's end.
     let (mut ready_read, ready_write) = std::io::pipe().map_err(io(name, "pipe"))?;
-    // The write end must survive the exec into the keeper: std's pipe is close-on-exec.
-    nix::fcntl::fcntl(
-        &ready_write,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .map_err(|e| io(name, "fcntl")(e.into()))?;
     let log = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -188,6 +194,7 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .stdin(Stdio::null())
         .stdout(log.try_clone().at(vm.keeper_log())?)
         .stderr(log);
+    feather_sys::process::pass_only(&mut command, &[std::os::fd::AsFd::as_fd(&ready_write)]);
     let mut child = command
         .spawn()
         .map_err(io(name, "cannot start its keeper"))?;
@@ -311,20 +318,35 @@ pub fn finish_handed_off(root: &StateRoot, folder: &str) {
         .into_iter()
         .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
     if let Some(aside) = aside {
-        let private = finish_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
+        let private = release_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
         // The VM is gone; the root's bridge and tables wait a moment for the next one, with
         // namespaces made ahead when VMs come one after another (other teardowns under way).
         if private {
-            let others_finishing = !root.set_aside_vms().is_empty();
+            let others_finishing = root
+                .set_aside_vms()
+                .iter()
+                .any(|other| other.path() != aside.path());
             feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
             feather_net::linger::hold(root.dir());
         }
+        // The VM's folder goes last: until then every command that waits for teardowns waits
+        // for this process by the folder's keeper lock, its refill and linger included. Gone
+        // first, it left a moment in which such a command found neither the folder nor the
+        // linger lock, and went on while this process still ran.
+        let _ = fs::remove_dir_all(aside.path());
     }
 }
 
 /// Removes what a throw-away VM that is set aside still holds: leftovers of its network and
 /// cgroup (by `leftovers`), its lease, its folders. Whether it had a private network.
 fn finish_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmConfig)) -> bool {
+    let private = release_throw_away(root, aside, leftovers);
+    let _ = fs::remove_dir_all(aside.path());
+    private
+}
+
+/// [`finish_throw_away`] but the VM's folder, which holds its keeper lock.
+fn release_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmConfig)) -> bool {
     let mut private = false;
     if let Ok(config) = aside.read_config() {
         leftovers(aside, &config);
@@ -332,7 +354,6 @@ fn finish_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmC
         private = config.network.mode == feather_core::NetMode::Private;
     }
     let _ = fs::remove_dir_all(aside.run_dir());
-    let _ = fs::remove_dir_all(aside.path());
     private
 }
 

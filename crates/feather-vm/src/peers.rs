@@ -114,7 +114,7 @@ impl Peers for RootPeers {
             let beside = std::env::current_exe().map_err(PeersError::OwnBinary)?;
             return Err(PeersError::HelperMissing { helper, beside });
         }
-        let mut command = Command::new(helper);
+        let mut command = feather_sys::process::command(helper);
         command.arg(subcommand).stdin(Stdio::null());
         Ok(command)
     }

@@ -234,13 +234,10 @@ impl Relay {
     }
 
     fn read_caller_stdin(&mut self) {
-        let mut buffer = vec![0u8; CHUNK];
-        match nix::unistd::read(self.caller(0), &mut buffer) {
+        let mut buffer = Vec::new();
+        match feather_sys::io::read_appending(self.caller(0), &mut buffer, CHUNK) {
             Ok(0) => self.caller_stdin_open = false,
-            Ok(n) => {
-                buffer.truncate(n);
-                self.pending = buffer;
-            }
+            Ok(_) => self.pending = buffer,
             Err(Errno::EINTR | Errno::EAGAIN) => {}
             // Unreadable (closed, a directory, ...): as an empty stdin.
             Err(_) => self.caller_stdin_open = false,
@@ -277,11 +274,11 @@ impl Relay {
         let Some(output) = &self.outputs[index] else {
             return;
         };
-        let mut buffer = vec![0u8; CHUNK];
-        match nix::unistd::read(output, &mut buffer) {
+        let mut buffer = Vec::new();
+        match feather_sys::io::read_appending(output, &mut buffer, CHUNK) {
             Ok(0) => self.outputs[index] = None,
-            Ok(n) => {
-                if write_all(self.caller(index as i32 + 1), &buffer[..n]).is_err() {
+            Ok(_) => {
+                if write_all(self.caller(index as i32 + 1), &buffer).is_err() {
                     // The caller's side is closed: closing the pipe gives the program the
                     // SIGPIPE (or EPIPE) it would have had writing there itself.
                     self.outputs[index] = None;

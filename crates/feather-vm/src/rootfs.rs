@@ -27,9 +27,10 @@ pub struct RootfsPlan {
     /// what it lies in.
     pub read_only: Vec<PathBuf>,
     /// The descriptor of a throw-away VM's layer in memory, which init (a clone of the keeper)
-    /// has a copy of: the layers' folders are `/proc/self/fd/<it>/…` until they are mounted,
-    /// then init closes it (the overlays hold the layer), so that nothing in the VM can reach
-    /// its layer from below through init's descriptors.
+    /// has a copy of: the layers' folders and the generated /etc files are `/proc/self/fd/<it>/…`
+    /// until they are mounted, then init closes it (the overlays and binds hold the tmpfs),
+    /// before anything of the VM's runs, so that nothing in the VM can reach its layer from
+    /// below through init's descriptors.
     pub memory_layer_fd: Option<std::os::fd::RawFd>,
     /// Volatile for a throw-away VM, whose layers go with it.
     pub sync: LayerSync,
@@ -130,9 +131,6 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
             None => bind_read_only(&plan.base, root, vm_path)?,
         }
     }
-    if let Some(fd) = plan.memory_layer_fd {
-        let _ = nix::unistd::close(fd);
-    }
     // 4. feather's state (every VM's layer, the control sockets) of every state root of the
     //    host, and the registry of them, are replaced by an empty read-only folder: a VM sees
     //    neither its own layer from below nor any other VM's, of its root or of any other.
@@ -195,7 +193,8 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     //     own namespace here). Generated /etc/hostname, hosts and resolv.conf are bound over
     //     the VM's files, so they never reach its layer; a base without the file goes without.
     //     They are bound read-only: they are host files (on the default root in the host's
-    //     /run), which a VM must not write into, let alone fill.
+    //     /run; a throw-away VM's in the tmpfs of its layer), which a VM must not write into,
+    //     let alone fill.
     if plan.network.own_namespace {
         feather_sys::net::loopback_up()?;
     }
@@ -203,6 +202,11 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     //     layer may hold one on the way) and the file is bound onto what was opened.
     for (file, vm_path) in &plan.network.files {
         mount::bind_file_beneath_inert(file, &tree, vm_path)?;
+    }
+    //     A throw-away VM's files lie in the tmpfs of its layer in memory: the overlays and
+    //     these binds hold it now, and init lets go of it.
+    if let Some(fd) = plan.memory_layer_fd {
+        let _ = nix::unistd::close(fd);
     }
     //     (The interface itself is configured by init right after this recipe.)
     // 11. Make the assembled tree the root and drop every path back to the host's.

@@ -407,6 +407,13 @@ pub(crate) fn restore_tree(
                 }
                 if let Some(cgroup) = cgroup {
                     cgroup.add(Pid::this()).in_vm(name)?;
+                    // CRIU runs with cgroups ignored and restores no cgroup namespace: the
+                    // VM's processes take criu's, this one, which must be rooted at the VM's
+                    // group as the one init made at the start was. Without it the restored
+                    // VM saw the host's whole cgroup tree (its cgroup2 mount was the host's
+                    // root) and could write in it: other VMs' groups, their `cgroup.kill`.
+                    unshare(CloneFlags::CLONE_NEWCGROUP)
+                        .map_err(|e| io(name, "unshare cgroup namespace")(e.into()))?;
                 }
                 Ok(())
             })();
@@ -415,6 +422,10 @@ pub(crate) fn restore_tree(
                     "feather keeper {name}: cannot prepare the restore: {}",
                     feather_core::error::causes(&why)
                 );
+                std::process::exit(125);
+            }
+            if let Err(e) = call.keep_criu_end_across_exec() {
+                eprintln!("feather keeper {name}: cannot hand CRIU its channel: {e}");
                 std::process::exit(125);
             }
             let mut keep = vec![0, 1, 2, call.criu_end()];

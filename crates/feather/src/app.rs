@@ -9,7 +9,6 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
 use feather_core::{say, Error, StateRoot, VmName};
 use feather_vm::exec::exec;
 use feather_vm::lifecycle::{self, CreateOptions};
@@ -43,9 +42,9 @@ pub fn full() -> ExitCode {
 fn main_with(others: Others) -> ExitCode {
     feather_core::trace::begin();
     completion::answer_if_asked();
-    let cli = Cli::parse_from(arguments());
+    let cli = crate::parse::parse(arguments());
     feather_core::trace::phase("parse the command line");
-    let runs_a_command = matches!(cli.command, Command::Run(_) | Command::Exec { .. });
+    let runs_a_command = matches!(cli.command, Command::Run(_) | Command::Exec(_));
     let result = if runs_elsewhere(&cli.command) {
         others(cli)
     } else {
@@ -90,7 +89,7 @@ fn runs_elsewhere(command: &Command) -> bool {
         | Command::Stop { .. }
         | Command::Rm { .. }
         | Command::Run(_)
-        | Command::Exec { .. }
+        | Command::Exec(_)
         | Command::Open { .. }
         | Command::Ls { .. }
         | Command::Ps { .. }
@@ -210,16 +209,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rm { name, force } => lifecycle::remove(&root, &name.parse()?, force)?,
         Command::Run(args) => return run(&root, args),
-        Command::Exec {
-            process,
-            name,
-            command,
-        } => {
+        Command::Exec(args) => {
             let code = exec(
                 &root,
-                &name.parse()?,
-                &workload(&process, command)?,
-                process.tty,
+                &args.name.parse()?,
+                &workload(&args.process, args.command)?,
+                args.process.tty,
             )?;
             return Ok(exit_code(code));
         }

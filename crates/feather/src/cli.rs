@@ -17,12 +17,21 @@ use crate::candidates;
                         125 if feather could not run it, 126 if it could not be executed, 127 if it was not found."
 )]
 pub struct Cli {
-    /// State folder (VMs, layers, sockets) [default: /var/lib/feather, sockets in /run/feather]
-    #[arg(long, global = true, env = "FEATHER_ROOT", value_name = "DIR")]
-    pub root: Option<PathBuf>,
+    #[command(flatten)]
+    pub global: GlobalArgs,
 
     #[command(subcommand)]
     pub command: Command,
+}
+
+// The options of every command (a struct of their own so that crate::parse can give them to a
+// command line narrowed to one subcommand): an option of `Cli`'s own belongs here, or the
+// narrowed line would not know it (parse::tests compares both lines).
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// State folder (VMs, layers, sockets) [default: /var/lib/feather, sockets in /run/feather]
+    #[arg(long, global = true, env = "FEATHER_ROOT", value_name = "DIR")]
+    pub root: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -63,14 +72,7 @@ pub enum Command {
     /// Run a command in a VM (created and started as needed); with --rm, in a throw-away VM
     Run(RunArgs),
     /// Run a command in a running VM
-    Exec {
-        #[command(flatten)]
-        process: ProcessArgs,
-        #[arg(add = candidates::vm_names())]
-        name: String,
-        #[arg(last = true, required = true, value_name = "COMMAND")]
-        command: Vec<String>,
-    },
+    Exec(ExecArgs),
     /// Inside a VM: run APP in another VM, as a policy `invoke` rule allows; path arguments are
     /// handed over and rewritten (also called as `feather-open`, and `xdg-open` as the app
     /// `xdg-open`). Exit status: the program's; 77 refused by the policy; 125 could not be done
@@ -349,6 +351,18 @@ pub struct RunArgs {
     /// The VM (created if it does not exist); optional with --rm
     #[arg(add = candidates::vm_names())]
     pub name: Option<String>,
+    #[arg(last = true, required = true, value_name = "COMMAND")]
+    pub command: Vec<String>,
+}
+
+// `exec`'s arguments (a struct of their own, as `run`'s, so that crate::parse can narrow the
+// command line to it; no doc comment: the variant's is the command's help).
+#[derive(Debug, Args)]
+pub struct ExecArgs {
+    #[command(flatten)]
+    pub process: ProcessArgs,
+    #[arg(add = candidates::vm_names())]
+    pub name: String,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
 }

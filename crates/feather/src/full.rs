@@ -26,7 +26,7 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         _ => {}
     }
-    let root_arg = cli.root.clone();
+    let root_arg = cli.global.root.clone();
     let root = opened_root(&cli)?;
     match cli.command {
         Command::Checkpoint {

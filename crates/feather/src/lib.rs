@@ -11,6 +11,7 @@ mod generated;
 mod oci;
 mod opening;
 mod output;
+mod parse;
 mod progress;
 mod service;
 mod shuttle;

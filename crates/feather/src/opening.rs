@@ -40,7 +40,7 @@ pub(crate) fn opened_root(cli: &Cli) -> anyhow::Result<StateRoot> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot.into());
     }
-    let root = StateRoot::new(cli.root.clone());
+    let root = StateRoot::new(cli.global.root.clone());
     open_root(&root)?;
     lifecycle::settle_throw_aways(&root, waits_for_teardowns(&cli.command));
     feather_core::trace::phase("open the state root");
@@ -54,7 +54,7 @@ pub(crate) fn opened_root(cli: &Cli) -> anyhow::Result<StateRoot> {
 fn waits_for_teardowns(command: &Command) -> bool {
     match command {
         Command::Run(args) => !args.rm,
-        Command::Exec { .. } => false,
+        Command::Exec(_) => false,
         _ => true,
     }
 }

@@ -29,9 +29,9 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let code = match Launch::parse(&args) {
-        Ok(Launch::Keeper(args)) => keeper(args),
+        Ok(Launch::Keeper(args)) => take_only(&[args.ready_fd]).and_then(|()| keeper(args)),
         Ok(Launch::Init(args)) => init(args),
-        Ok(Launch::Finish(args)) => finish(args),
+        Ok(Launch::Finish(args)) => take_only(&finish_fds(&args)).and_then(|()| finish(args)),
         Err(e) => Err(anyhow::Error::from(e)),
     };
     match code {
@@ -47,9 +47,11 @@ fn main() -> ExitCode {
 fn helper(args: &[OsString]) -> Option<i32> {
     match args {
         [command, plan] if command == transfer::HELPER_SUBCOMMAND => {
+            take_only(&[]).ok()?;
             Some(transfer::helper_main(plan.to_str()?))
         }
         [command, plan] if command == dbus::JAIL_SUBCOMMAND => {
+            take_only(&[]).ok()?;
             Some(dbus::jail_main(plan.to_str()?))
         }
         _ => None,
@@ -90,15 +92,32 @@ fn finish(args: FinishArgs) -> anyhow::Result<i32> {
         let _ = std::io::Read::read_to_end(&mut keeper_done, &mut Vec::new());
         drop(namespace);
     }
-    // Not to be inherited by what the teardown runs (nft): the lock ends with this process.
-    nix::fcntl::fcntl(
-        &lock,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )?;
     let root = StateRoot::with_dirs(args.state_dir, args.run_dir);
     feather_vm::lifecycle::finish_handed_off(&root, &args.folder);
     drop(lock);
     Ok(0)
+}
+
+/// Keeps of the descriptors this process's starter left open only stdin, stdout, stderr and
+/// those it named (`named`), all close-on-exec: whatever else the starter leaked (a caller's
+/// descriptor of `feather start`, one of another thread) is closed, and what this process
+/// takes over never reaches the programs it starts (nft, criu, the share helper) unnamed.
+/// Not init's: it runs in the VM and keeps its own rules.
+fn take_only(named: &[RawFd]) -> anyhow::Result<()> {
+    feather_sys::process::close_other_fds(named);
+    Ok(feather_sys::process::inherited_close_on_exec()?)
+}
+
+/// The descriptors a finisher is passed: the keeper lock and, if held, the VM's mount
+/// namespace and the end of the keeper's pipe.
+fn finish_fds(args: &FinishArgs) -> Vec<RawFd> {
+    std::iter::once(args.lock_fd)
+        .chain(
+            args.mounts
+                .iter()
+                .flat_map(|held| [held.namespace_fd, held.keeper_done_fd]),
+        )
+        .collect()
 }
 
 /// The descriptor named on the command line by the process that started this one.
