@@ -37,7 +37,8 @@ fn restart_over_a_linked_mount_point(label: &str, link: impl Fn(&Feather) -> Str
         "readlink /mnt/point; cat /victim/marker /mnt/victim/marker /mnt/point/marker 2>&1; \
          grep -c ' /victim \\| /mnt/victim ' /proc/self/mountinfo || true",
     )
-    // `feather` (the VM) goes first, then `base` with its tmpfs: declared in that order.
+    // Dropped in reverse order of declaration, also on a failure: `feather` (stopping the VM)
+    // first, then `base` (unmounting its tmpfs).
 }
 
 #[test]
