@@ -14,6 +14,7 @@ mod host_view;
 mod ipc_matrix;
 mod landlock;
 mod limits_default;
+mod recipe_mount_points;
 mod service_client;
 mod shuttle_edges;
 mod shuttle_paths;

@@ -1250,21 +1250,10 @@ fn start_init(
                 })
             })
             .and(staged);
-        let staged = match placed {
-            Ok(staged) => staged,
-            Err(e) => {
-                // An init that failed while assembling the root is gone before it is placed: its
-                // own report says why, better than the missing process does.
-                let _ = ours.set_read_timeout(Some(Duration::from_secs(1)));
-                return Err(
-                    match boot::receive::<InitReport>(&mut ours, "init's report") {
-                        Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
-                        _ => e,
-                    },
-                );
-            }
-        };
-        boot::send(&mut ours, &ToInit::NetworkReady).map_err(io(name, "init did not start"))?;
+        let staged = placed.map_err(|e| reported_failure(&mut ours, name, e))?;
+        boot::send(&mut ours, &ToInit::NetworkReady)
+            .map_err(io(name, "init did not start"))
+            .map_err(|e| reported_failure(&mut ours, name, e))?;
         ours.set_read_timeout(Some(BOOT_TIMEOUT))
             .map_err(io(name, "init's socket"))?;
         let report = boot::receive::<InitReport>(&mut ours, "init's report (ready or failed)");
@@ -1290,6 +1279,17 @@ fn start_init(
             let _ = waitpid(init.pid, None);
             Err(e)
         }
+    }
+}
+
+/// An init that failed while assembling the root is gone before the keeper is done with it
+/// (placing it, or telling it the network is ready): its own report says why, better than the
+/// missing process or the closed socket (`otherwise`) does.
+fn reported_failure(ours: &mut UnixStream, name: &VmName, otherwise: VmError) -> VmError {
+    let _ = ours.set_read_timeout(Some(Duration::from_secs(1)));
+    match boot::receive::<InitReport>(ours, "init's report") {
+        Ok(InitReport::Failed(why)) => failed(name, format!("cannot start: {why}")),
+        _ => otherwise,
     }
 }
 

@@ -2,11 +2,13 @@
 //! Runs in the VM's init before anything of the VM runs. Each step says what it prevents.
 
 use std::fs;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use feather_sys::mount::{self, Flags, LayerSync};
 use feather_sys::Result;
+use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
@@ -108,10 +110,15 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
         unreachable!("a VM has a root layer")
     };
     mount::overlay(&first.lower, &first.upper, &first.work, root, plan.sync)?;
+    //    Every later mount point is a name in this tree, which the VM's layer controls (a link
+    //    `proc -> /x` left there by an earlier run). Each is opened beneath the tree without
+    //    following a link, checked to be a folder, and mounted on what was opened.
+    let tree = open_tree(root)?;
     // 3. Other filesystems under the base get layers of their own, or the VM would see empty
     //    folders (overlayfs does not cross mount points of its lower layer); the read-only
     //    paths are the base's own files, bound read-only (3b). A mount goes after every mount
-    //    it lies in.
+    //    it lies in. Where the VM's layer holds a link or a non-folder, the VM's own entry
+    //    shadows that filesystem, and it is not layered.
     let mut upper_mounts: Vec<(&Path, Option<&Layer>)> = others
         .iter()
         .map(|layer| (layer.mount_point.as_path(), Some(layer)))
@@ -120,12 +127,7 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     upper_mounts.sort_by_key(|(path, _)| path.components().count());
     for (vm_path, layer) in upper_mounts {
         match layer {
-            Some(layer) => {
-                let target = inside(root, vm_path);
-                if target.is_dir() {
-                    mount::overlay(&layer.lower, &layer.upper, &layer.work, &target, plan.sync)?;
-                }
-            }
+            Some(layer) => mount_submount_layer(&tree, layer, plan.sync)?,
             None => bind_read_only(&plan.base, root, vm_path)?,
         }
     }
@@ -135,17 +137,23 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     //    The folders are found beneath the VM's root without following links (a link in the
     //    VM's layer cannot steer the mount), and the tmpfs is mounted on what was opened.
     hide_state_folders(plan)?;
-    mount_proc(root)?;
+    //    Steps 5 to 8 mount the VM's own /proc, /sys, /dev and /run on folders opened as above
+    //    (a link or a non-folder there fails the start: the VM must get its own instances).
+    //    What they then do below those points is in the filesystems just mounted, which
+    //    nothing of the VM's layer reaches.
+    mount_proc(root, &tree)?;
     mask(root, &MASKED_PROC)?;
     // 6. sysfs read-only: it shows this VM's network devices, and nothing in it can be written.
     let ro = Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC;
-    mount::api_filesystem("sysfs", &root.join("sys"), ro, None)?;
+    let sys = own_mount_point(&tree, "sys")?;
+    mount::api_filesystem("sysfs", &by_descriptor(&sys), ro, None)?;
     mask(root, &MASKED_SYS)?;
     mount_service_cgroups(root, &plan.service_cgroups)?;
-    mount_dev(root)?;
+    mount_dev(root, &tree)?;
     // 8. A private /run: the host's sockets and pid files there are not the VM's.
+    let run = own_mount_point(&tree, "run")?;
     mount::tmpfs(
-        &root.join("run"),
+        &by_descriptor(&run),
         Flags::MS_NOSUID | Flags::MS_NODEV,
         "mode=0755,size=10%",
     )?;
@@ -192,11 +200,6 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     }
     //     Each target is opened beneath the VM's root without following a link (the VM's
     //     layer may hold one on the way) and the file is bound onto what was opened.
-    let tree = feather_sys::beneath::open_root(root).map_err(|e| feather_sys::SysError {
-        op: "open",
-        target: root.display().to_string(),
-        errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)),
-    })?;
     for (file, vm_path) in &plan.network.files {
         mount::bind_file_beneath_inert(file, &tree, vm_path)?;
     }
@@ -208,6 +211,89 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     //     (The interface itself is configured by init right after this recipe.)
     // 11. Make the assembled tree the root and drop every path back to the host's.
     mount::pivot_into(root)
+}
+
+/// The VM's tree at `root` (the overlay of step 2), opened: every later mount point is looked
+/// up beneath it.
+fn open_tree(root: &Path) -> Result<fs::File> {
+    feather_sys::beneath::open_root(root).map_err(io_failed("open", root))
+}
+
+/// What is at a mount point of the recipe in the VM's tree.
+enum MountPoint {
+    /// A folder, opened (`O_PATH`): the mount goes on exactly it.
+    Folder(OwnedFd),
+    /// Nothing to mount on: a link on the way or at the end, not a folder, or missing (the
+    /// errno says which). The VM's own entry is there.
+    Not(Errno),
+}
+
+/// `vm_path` opened beneath the VM's `tree` with `openat2` (`RESOLVE_BENEATH`, no symbolic
+/// link, no magic link followed) and checked to be a folder by `fstat` on what was opened.
+fn open_mount_point(tree: &fs::File, vm_path: &Path) -> Result<MountPoint> {
+    let rel = vm_path.strip_prefix("/").unwrap_or(vm_path);
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+    match feather_sys::beneath::open_beneath(tree, rel, flags) {
+        Ok(fd) if is_folder(&fd) => Ok(MountPoint::Folder(fd)),
+        Ok(_) => Ok(MountPoint::Not(Errno::ENOTDIR)),
+        Err(e) if feather_sys::beneath::absent(&e) => Ok(MountPoint::Not(Errno::from_raw(
+            e.raw_os_error().unwrap_or(libc::ENOENT),
+        ))),
+        Err(e) => Err(io_failed("open beneath the VM's root", vm_path)(e)),
+    }
+}
+
+fn is_folder(fd: &OwnedFd) -> bool {
+    nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
+}
+
+/// The name that leads to exactly what `fd` holds open, for the mount calls that take a path:
+/// the kernel resolves it to the opened folder itself, whatever names changed since.
+fn by_descriptor(fd: &OwnedFd) -> PathBuf {
+    PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+}
+
+/// 3. The layer of a filesystem mounted under the base, on the folder at its mount point in
+///    the VM's tree. None there (a link or a file the VM's layer holds, or nothing): the VM's
+///    own entry shadows that filesystem, which is said in the keeper's log and not layered.
+fn mount_submount_layer(tree: &fs::File, layer: &Layer, sync: LayerSync) -> Result<()> {
+    match open_mount_point(tree, &layer.mount_point)? {
+        MountPoint::Folder(point) => mount::overlay(
+            &layer.lower,
+            &layer.upper,
+            &layer.work,
+            &by_descriptor(&point),
+            sync,
+        ),
+        MountPoint::Not(Errno::ENOENT) => Ok(()),
+        MountPoint::Not(why) => {
+            eprintln!(
+                "feather init: {} is not a folder in the VM ({why}: a link or a file in its \
+                 layer), which shadows the host's filesystem mounted there: it is not layered \
+                 (remove the entry from the VM's layer to see it again)",
+                layer.mount_point.display()
+            );
+            Ok(())
+        }
+    }
+}
+
+/// The folder `/name` of the VM's tree, where the VM's own instance of a kernel or memory
+/// filesystem (/proc, /sys, /dev, /run) is mounted next. Anything else there fails the start,
+/// naming the path and what to do: the VM must not run without its own instance, and a mount
+/// never lands where a link points.
+fn own_mount_point(tree: &fs::File, name: &str) -> Result<OwnedFd> {
+    match open_mount_point(tree, Path::new(name))? {
+        MountPoint::Folder(point) => Ok(point),
+        MountPoint::Not(errno) => Err(feather_sys::SysError {
+            op: "cannot mount the VM's own filesystem at",
+            target: format!(
+                "/{name}, which is not a folder in the VM (a link or a file in its layer, or \
+                 missing: remove that entry from the VM's layer, or `feather reset` the VM)"
+            ),
+            errno,
+        }),
+    }
 }
 
 /// 3b. Binds the base's `vm_path` read-only (and nodev, as the layers are) at the same path of
@@ -265,11 +351,12 @@ fn failed(op: &'static str, target: &Path, errno: nix::errno::Errno) -> feather_
 /// 5. A /proc of the VM's own pid namespace; the parts that speak about or to the host kernel
 ///    are masked or read-only. These stay as they are: a VM has neither CAP_SYS_ADMIN nor the
 ///    mount calls (seccomp), so it can neither remount them read-write nor unmount them.
-fn mount_proc(root: &Path) -> Result<()> {
+fn mount_proc(root: &Path, tree: &fs::File) -> Result<()> {
     let proc_dir = root.join("proc");
+    let point = own_mount_point(tree, "proc")?;
     mount::api_filesystem(
         "proc",
-        &proc_dir,
+        &by_descriptor(&point),
         Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
         None,
     )?;
@@ -420,10 +507,11 @@ fn io_failed(
 /// 7. A minimal /dev: a few harmless devices, a devpts instance of the VM's own (its terminals
 ///    are not the host's), a private /dev/shm and a POSIX message-queue filesystem that shows
 ///    only the VM's IPC namespace.
-fn mount_dev(root: &Path) -> Result<()> {
+fn mount_dev(root: &Path, tree: &fs::File) -> Result<()> {
     let dev = root.join("dev");
+    let point = own_mount_point(tree, "dev")?;
     mount::tmpfs(
-        &dev,
+        &by_descriptor(&point),
         Flags::MS_NOSUID | Flags::MS_NOEXEC,
         "mode=0755,size=64k",
     )?;
