@@ -968,7 +968,8 @@ impl Keeper {
     /// Starts the process that finishes the teardown of the VM set aside as `aside`: the
     /// keeper program, in a process group of its own (the terminal's signals are not for it),
     /// with none of the caller's descriptors but the keeper lock and the VM's mount namespace,
-    /// which it is passed by name (they stay close-on-exec here).
+    /// which it is passed by name (it closes the rest at its start; see
+    /// `feather_sys::process::spawn_handing_over`).
     fn start_finisher(&self, aside: &VmDir) -> Result<()> {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
@@ -1017,9 +1018,7 @@ impl Keeper {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .process_group(0);
-        feather_sys::process::pass_only(&mut finisher, &passed);
-        finisher
-            .spawn()
+        feather_sys::process::spawn_handing_over(&mut finisher, &passed)
             .map_err(io(name, "cannot start its teardown"))?;
         drop(mounts);
         drop(keeper_done);

@@ -194,10 +194,12 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .stdin(Stdio::null())
         .stdout(log.try_clone().at(vm.keeper_log())?)
         .stderr(log);
-    feather_sys::process::pass_only(&mut command, &[std::os::fd::AsFd::as_fd(&ready_write)]);
-    let mut child = command
-        .spawn()
-        .map_err(io(name, "cannot start its keeper"))?;
+    // The keeper closes at its start what it was not named (feather-keeper's `take_only`).
+    let mut child = feather_sys::process::spawn_handing_over(
+        &mut command,
+        &[std::os::fd::AsFd::as_fd(&ready_write)],
+    )
+    .map_err(io(name, "cannot start its keeper"))?;
     drop(ready_write);
     match crate::boot::read_report(&mut ready_read) {
         Ok(()) => Ok(()),
