@@ -15,6 +15,7 @@ mod ipc_matrix;
 mod landlock;
 mod limits_default;
 mod recipe_mount_points;
+mod restore_mount_points;
 mod service_client;
 mod shuttle_edges;
 mod shuttle_paths;

@@ -215,12 +215,12 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
 
 /// The VM's tree at `root` (the overlay of step 2), opened: every later mount point is looked
 /// up beneath it.
-fn open_tree(root: &Path) -> Result<fs::File> {
+pub(crate) fn open_tree(root: &Path) -> Result<fs::File> {
     feather_sys::beneath::open_root(root).map_err(io_failed("open", root))
 }
 
 /// What is at a mount point of the recipe in the VM's tree.
-enum MountPoint {
+pub(crate) enum MountPoint {
     /// A folder, opened (`O_PATH`): the mount goes on exactly it.
     Folder(OwnedFd),
     /// Nothing to mount on: a link on the way or at the end, not a folder, or missing (the
@@ -243,13 +243,50 @@ fn open_mount_point(tree: &fs::File, vm_path: &Path) -> Result<MountPoint> {
     }
 }
 
+/// [`open_mount_point`], after making what is missing of `vm_path` folder by folder beneath
+/// the VM's `tree` (`mkdirat` on the descriptor of the folder before, which was opened as
+/// [`open_mount_point`] opens: a link is never followed, nothing is made outside the tree).
+/// Where a link or a non-folder stands on the way, nothing more is made, and the answer says
+/// what is there. A restore uses it for the mount points of the layers it mounts: the host may
+/// have removed a filesystem's mount point since the checkpoint.
+pub(crate) fn make_mount_point(tree: &fs::File, vm_path: &Path) -> Result<MountPoint> {
+    make_folders_beneath(tree, vm_path)
+        .map_err(io_failed("make beneath the VM's root", vm_path))?;
+    open_mount_point(tree, vm_path)
+}
+
+/// The walk of [`make_mount_point`]: stops quietly at the first name that is not a folder.
+fn make_folders_beneath(tree: &fs::File, vm_path: &Path) -> std::io::Result<()> {
+    use std::path::Component;
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+    let mut folder = feather_sys::beneath::open_beneath(tree, Path::new("."), flags)?;
+    for component in vm_path.components() {
+        let name = match component {
+            Component::Normal(name) => Path::new(name),
+            Component::RootDir | Component::CurDir => continue,
+            // Never climbed: what is there is left to `open_mount_point` to judge.
+            Component::ParentDir | Component::Prefix(_) => return Ok(()),
+        };
+        match nix::sys::stat::mkdirat(&folder, name, Mode::from_bits_truncate(0o755)) {
+            Ok(()) | Err(Errno::EEXIST) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+        folder = match feather_sys::beneath::open_beneath(&folder, name, flags) {
+            Ok(next) => next,
+            Err(e) if feather_sys::beneath::absent(&e) => return Ok(()),
+            Err(e) => return Err(e),
+        };
+    }
+    Ok(())
+}
+
 fn is_folder(fd: &OwnedFd) -> bool {
     nix::sys::stat::fstat(fd).is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFDIR)
 }
 
 /// The name that leads to exactly what `fd` holds open, for the mount calls that take a path:
 /// the kernel resolves it to the opened folder itself, whatever names changed since.
-fn by_descriptor(fd: &OwnedFd) -> PathBuf {
+pub(crate) fn by_descriptor(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 

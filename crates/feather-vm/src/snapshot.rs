@@ -463,6 +463,12 @@ pub(crate) fn restore_tree(
     } else {
         LayerSync::Durable
     };
+    // The child's reason when it cannot prepare (a mount point it refuses), for the user: its
+    // stderr is only the keeper's log. Not blocking: a process forked meanwhile may hold the
+    // writing end until its exec.
+    let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
+    let (why_read, why_write) = nix::unistd::pipe2(flags)
+        .map_err(|e| io(name, "make the restoring child's pipe")(e.into()))?;
     let child = match process::fork().in_vm(name)? {
         None => {
             // In the child: a mount namespace of its own, so that the VM's root overlay, which
@@ -472,15 +478,11 @@ pub(crate) fn restore_tree(
                     .map_err(|e| io(name, "unshare mounts")(e.into()))?;
                 mount::make_all_private().in_vm(name)?;
                 mount::overlay(&top.lower, &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
-                for (layer, at) in &others {
-                    // Missing only when the host removed the mount point: made in the VM's
-                    // own layer, so that the layer has somewhere to appear.
-                    if !at.exists() {
-                        fs::create_dir_all(at).map_err(io(name, at.display().to_string()))?;
-                    }
-                    mount::overlay(&layer.lower, &layer.upper, &layer.work, at, sync)
-                        .in_vm(name)?;
+                let tree = rootfs::open_tree(&rootfs).in_vm(name)?;
+                for (layer, _) in &others {
+                    mount_restored_layer(&tree, layer, &top.upper, sync).in_vm(name)?;
                 }
+                drop(tree);
                 if !masks.is_empty() {
                     fs::create_dir_all(&mask).map_err(io(name, mask.display().to_string()))?;
                     rootfs::mount_mask(&mask).in_vm(name)?;
@@ -505,10 +507,12 @@ pub(crate) fn restore_tree(
                 Ok(())
             })();
             if let Err(why) = prepared {
-                eprintln!(
-                    "feather keeper {name}: cannot prepare the restore: {}",
-                    feather_core::error::causes(&why)
-                );
+                let why = feather_core::error::causes(&why);
+                eprintln!("feather keeper {name}: cannot prepare the restore: {why}");
+                // The parent names the VM itself.
+                let vm_said = format!("VM {name}: ");
+                let why = why.strip_prefix(&vm_said).unwrap_or(&why);
+                let _ = nix::unistd::write(&why_write, why.as_bytes());
                 std::process::exit(125);
             }
             if let Err(e) = call.keep_criu_end_across_exec() {
@@ -533,6 +537,7 @@ pub(crate) fn restore_tree(
         }
         Some(pid) => pid,
     };
+    drop(why_write);
     // The network, while the child prepares and CRIU starts.
     let wired = match (wire, &netns) {
         (Some(wire), Some(netns)) => wire(netns),
@@ -551,7 +556,7 @@ pub(crate) fn restore_tree(
         .and_then(|()| call.restore(name.as_str()).map_err(Into::into));
     // criu swrk ends once it has answered; the restored tree is this process's child.
     let _ = waitpid(child, None);
-    let pid = Pid::from_raw(restored?);
+    let pid = Pid::from_raw(restored.map_err(|e| unprepared(name, why_read).unwrap_or(e))?);
     let pidfd = process::pidfd_open(pid).in_vm(name)?;
     let init = ChildProcess { pid, pidfd };
     // Stopped still: a VM never runs with a kernel interface unmasked.
@@ -561,6 +566,54 @@ pub(crate) fn restore_tree(
         return Err(e);
     }
     Ok(init)
+}
+
+/// The reason the restoring child gave for not preparing the restore, if it gave one (read
+/// once it has ended; one write of less than a pipe's buffer, so whole).
+fn unprepared(
+    name: &impl std::fmt::Display,
+    why: std::os::fd::OwnedFd,
+) -> Option<crate::error::VmError> {
+    let mut text = [0u8; 4096];
+    let len = nix::unistd::read(&why, &mut text).ok()?;
+    let text = String::from_utf8_lossy(&text[..len]);
+    (len > 0).then(|| failed(name, format!("cannot prepare the restore: {text}")))
+}
+
+/// The layer of a host filesystem the checkpointed VM had, mounted in the restoring child
+/// on its mount point in the VM's tree, opened beneath it as a start opens it (the VM's layer
+/// holds whatever a crafted layer put there; an absolute link would resolve against the
+/// host's root here). A point the host removed since is made, folder by folder, in the VM's
+/// layer. A link or a non-folder there refuses the restore: CRIU binds the layer from that
+/// path and recreates the VM's mount there, following the link, and the VM's mount
+/// namespace as dumped has a mount there. (CRIU is handed the point's path: once each name
+/// on it was found a folder here, nothing changes them before CRIU reads it, since nothing of
+/// the VM runs.)
+fn mount_restored_layer(
+    tree: &fs::File,
+    layer: &layers::Layer,
+    vm_layer: &Path,
+    sync: LayerSync,
+) -> feather_sys::Result<()> {
+    match rootfs::make_mount_point(tree, &layer.mount_point)? {
+        rootfs::MountPoint::Folder(point) => mount::overlay(
+            &layer.lower,
+            &layer.upper,
+            &layer.work,
+            &rootfs::by_descriptor(&point),
+            sync,
+        ),
+        rootfs::MountPoint::Not(errno) => Err(feather_sys::SysError {
+            op: "cannot restore the layer of the host's filesystem at",
+            target: format!(
+                "{}, which is not a folder in the VM (a link or a file in its layer): remove \
+                 that entry from the VM's layer ({}), then restore",
+                layer.mount_point.display(),
+                vm_layer.display()
+            ),
+            errno,
+        }),
+    }
 }
 
 /// Masks the kernel interfaces that the restored VM of `init` sees unmasked: CRIU recreates
