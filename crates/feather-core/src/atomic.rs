@@ -28,7 +28,9 @@ pub fn write_atomic(path: &Path, contents: &[u8], durability: Durability) -> Res
 /// waited for. Dropped uncommitted, it is removed and the file stays as it was.
 #[must_use = "a staged file replaces nothing until it is committed"]
 pub struct Staged {
-    temp: PathBuf,
+    /// None once committed: the name is the target's then (and another thread of this process
+    /// may stage under it again).
+    temp: Option<PathBuf>,
     target: PathBuf,
     durability: Durability,
 }
@@ -40,27 +42,34 @@ pub fn stage(path: &Path, contents: &[u8], durability: Durability, kind: &str) -
         .map(|n| n.to_string_lossy())
         .unwrap_or_default();
     let staged = Staged {
-        temp: folder_of(path).join(format!(".{file_name}.{kind}-{}", std::process::id())),
+        temp: Some(folder_of(path).join(format!(".{file_name}.{kind}-{}", std::process::id()))),
         target: path.to_path_buf(),
         durability,
     };
-    let write = || -> std::io::Result<()> {
-        let mut file = File::create(&staged.temp)?;
+    let write = |temp: &Path| -> std::io::Result<()> {
+        let mut file = File::create(temp)?;
         file.write_all(contents)?;
         if durability != Durability::Volatile {
             file.sync_all()?;
         }
         Ok(())
     };
-    write().at(path)?;
+    if let Some(temp) = &staged.temp {
+        write(temp).at(path)?;
+    }
     Ok(staged)
 }
 
 impl Staged {
     /// Renames the new version over the file (and syncs that, if `Durable`).
-    pub fn commit(self) -> Result<()> {
+    pub fn commit(mut self) -> Result<()> {
         let folder = folder_of(&self.target);
-        fs::rename(&self.temp, &self.target).at(&self.target)?;
+        if let Some(temp) = self.temp.take() {
+            if let Err(e) = fs::rename(&temp, &self.target) {
+                self.temp = Some(temp);
+                return Err(e).at(&self.target);
+            }
+        }
         if self.durability == Durability::Durable {
             File::open(folder)
                 .and_then(|dir| dir.sync_all())
@@ -72,9 +81,39 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
-        // Gone already once committed.
-        let _ = fs::remove_file(&self.temp);
+        if let Some(temp) = &self.temp {
+            let _ = fs::remove_file(temp);
+        }
     }
+}
+
+/// Removes from `folder` the new versions staged by processes that died before they committed
+/// or dropped them (`.<name>.<kind>-<pid>`, [`stage`]): a keeper killed while init assembled
+/// the root leaves its staged record. A process alive under that pid keeps its file (it may be
+/// writing it now; one that merely reused the pid leaves the file to a later call).
+pub fn remove_abandoned(folder: &Path) {
+    let Ok(entries) = fs::read_dir(folder) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = staged_by(&name.to_string_lossy()) else {
+            continue;
+        };
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+/// The pid in a staged file's name `.<name>.<kind>-<pid>`, if it is one.
+fn staged_by(file_name: &str) -> Option<u32> {
+    let rest = file_name.strip_prefix('.')?;
+    let (head, pid) = rest.rsplit_once('-')?;
+    let kind = head.rsplit_once('.')?.1;
+    matches!(kind, "tmp" | "staged")
+        .then(|| pid.parse().ok())
+        .flatten()
 }
 
 fn folder_of(path: &Path) -> &Path {
@@ -91,6 +130,40 @@ pub fn sync_all(paths: &[std::path::PathBuf]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn files_staged_by_dead_processes_are_removed_and_live_ones_kept() {
+        let dir = std::env::temp_dir().join(format!("feather-abandoned-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let mut ended = std::process::Command::new("true").spawn().unwrap();
+        let dead = ended.id();
+        ended.wait().unwrap();
+        let own = std::process::id();
+        for name in [
+            format!(".state.json.staged-{dead}"),
+            format!(".config.toml.tmp-{dead}"),
+            format!(".state.json.staged-{own}"),
+            format!(".hidden-{dead}"),
+            "state.json".to_owned(),
+        ] {
+            fs::write(dir.join(name), b"x").unwrap();
+        }
+        remove_abandoned(&dir);
+        let mut left: Vec<String> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        left.sort();
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            left,
+            [
+                format!(".hidden-{dead}"),
+                format!(".state.json.staged-{own}"),
+                "state.json".to_owned()
+            ]
+        );
+    }
 
     #[test]
     fn replaces_whole_file_and_leaves_no_temp() {

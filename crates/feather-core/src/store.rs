@@ -228,7 +228,8 @@ impl StateRoot {
             // after both files, and the rename into place below.
             write_new(&staged.config_path(), config_text(config)?.as_bytes())?;
             write_new(&staged.state_path(), &state_text(&VmState::created())?)?;
-            if durability == Durability::Durable {
+            // `Whole` as `Durable`: a VM's folder is whole only with its files and their names.
+            if durability != Durability::Volatile {
                 let own = [staged.config_path(), staged.state_path(), temp.clone()];
                 sync_all(&[made_for_it, &own].concat())?;
             }
@@ -398,8 +399,7 @@ impl VmDir {
     /// A state written (and synced, unless `Volatile`) ahead, that becomes the VM's record when
     /// committed (see [`crate::atomic::Staged`]).
     pub fn stage_state(&self, state: &VmState, durability: Durability) -> Result<Staged> {
-        let text = serde_json::to_vec_pretty(state).map_err(|e| Error::Other(e.to_string()))?;
-        stage(&self.state_path(), &text, durability, "staged")
+        stage(&self.state_path(), &state_text(state)?, durability, "staged")
     }
 
     /// Takes the keeper lock, which the keeper holds for as long as it lives. The kernel drops

@@ -1136,10 +1136,10 @@ fn remove_leftovers_with(
         network(root, vm.run_dir(), &config.id, &config.network);
     }
     let _ = fs::remove_dir_all(vm.run_dir());
+    // A record a keeper killed while init assembled the root had staged (never committed).
+    feather_core::atomic::remove_abandoned(vm.path());
 }
 
-/// Clones init into the VM's namespaces, moves it into the cgroup, and waits for its report.
-/// `stdio`: init's stdin, stdout and stderr (else it keeps this process's until it detaches).
 /// The record of a VM that runs with this process as its keeper and `init` as its init.
 fn running_state(
     init: nix::unistd::Pid,
@@ -1155,9 +1155,12 @@ fn running_state(
     state
 }
 
-/// Clones init and waits until it has assembled the VM's root. Meanwhile, beside the devices
-/// rules and the network's host side: `stage` writes the VM's running record ahead, which the
-/// caller commits once the VM runs (dropped on a failure, it leaves the last record as it was).
+/// Clones init into the VM's namespaces, moves it into the cgroup, and waits until it has
+/// assembled the VM's root. `stdio`: init's stdin, stdout and stderr (else it keeps this
+/// process's until it detaches). Meanwhile, beside the devices rules and the network's host
+/// side: `stage` writes the VM's running record ahead, which the caller commits once the VM
+/// runs (dropped on a failure, it leaves the last record as it was; a keeper killed meanwhile
+/// leaves it to the next start's `remove_leftovers`).
 fn start_init(
     name: &VmName,
     cgroup: Option<&Cgroup>,
