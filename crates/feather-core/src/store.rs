@@ -399,7 +399,12 @@ impl VmDir {
     /// A state written (and synced, unless `Volatile`) ahead, that becomes the VM's record when
     /// committed (see [`crate::atomic::Staged`]).
     pub fn stage_state(&self, state: &VmState, durability: Durability) -> Result<Staged> {
-        stage(&self.state_path(), &state_text(state)?, durability, "staged")
+        stage(
+            &self.state_path(),
+            &state_text(state)?,
+            durability,
+            "staged",
+        )
     }
 
     /// Takes the keeper lock, which the keeper holds for as long as it lives. The kernel drops

@@ -428,6 +428,59 @@ pub fn same_pid_namespace(pid: Pid) -> Vec<Pid> {
 mod tests {
     use super::*;
 
+    /// The descriptors a program started by `start` holds beyond stdio, as it lists them.
+    fn descriptors_of_a_program(
+        start: impl FnOnce(&mut std::process::Command) -> std::io::Result<std::process::Child>,
+    ) -> Vec<RawFd> {
+        let mut command = std::process::Command::new("sh");
+        command
+            .args(["-c", "ls /proc/self/fd"])
+            .stdout(std::process::Stdio::piped());
+        let output = start(&mut command).unwrap().wait_with_output().unwrap();
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .filter(|fd| *fd > 2)
+            .collect()
+    }
+
+    /// Row 62: a descriptor left without close-on-exec (as a caller or another thread may)
+    /// reaches no program started through `command` or `pass_only` unless named; one named
+    /// reaches it, by `pass_only` and by `spawn_handing_over`, and stays close-on-exec here.
+    #[test]
+    fn a_started_program_gets_only_the_descriptors_it_is_named() {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        // Not close-on-exec (what the defence is about), and numbered above what the listing
+        // opens itself (`ls` reads /proc/self/fd through the lowest free descriptor).
+        let high = |fd: OwnedFd| {
+            let moved = raw::duplicate_from(fd.as_raw_fd(), 200).unwrap();
+            keep_across_exec(&moved).unwrap();
+            moved
+        };
+        let (leaked, named) = nix::unistd::pipe().unwrap();
+        let (leaked, named) = (high(leaked), high(named));
+        let close_on_exec = |fd: &OwnedFd| {
+            FdFlag::from_bits_truncate(fcntl(fd, FcntlArg::F_GETFD).unwrap())
+                .contains(FdFlag::FD_CLOEXEC)
+        };
+        let unnamed = descriptors_of_a_program(|c| {
+            pass_only(c, &[]);
+            c.spawn()
+        });
+        assert!(!unnamed.contains(&leaked.as_raw_fd()), "{unnamed:?}");
+        assert!(!unnamed.contains(&named.as_raw_fd()), "{unnamed:?}");
+        let passed = descriptors_of_a_program(|c| {
+            pass_only(c, &[named.as_fd()]);
+            c.spawn()
+        });
+        assert!(passed.contains(&named.as_raw_fd()), "{passed:?}");
+        assert!(!passed.contains(&leaked.as_raw_fd()), "{passed:?}");
+        fcntl(&named, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).unwrap();
+        let handed = descriptors_of_a_program(|c| spawn_handing_over(c, &[named.as_fd()]));
+        assert!(handed.contains(&named.as_raw_fd()), "{handed:?}");
+        assert!(close_on_exec(&named), "still close-on-exec here");
+    }
+
     #[test]
     fn start_ticks_of_self_is_stable_and_of_nobody_is_none() {
         let me = Pid::this();

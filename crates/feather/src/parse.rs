@@ -134,6 +134,63 @@ mod tests {
         }
     }
 
+    /// Every argument of `command` as clap defines it (name, flags, value count, whether
+    /// required, global, positional), sorted: what decides how a line is read.
+    fn definitions(command: &clap::Command) -> Vec<String> {
+        let mut all: Vec<String> = command
+            .get_arguments()
+            .map(|arg| {
+                format!(
+                    "{} {:?} {:?} {:?} {:?} {} {} {} {:?}",
+                    arg.get_id(),
+                    arg.get_long(),
+                    arg.get_short(),
+                    arg.get_num_args(),
+                    arg.get_action(),
+                    arg.is_required_set(),
+                    arg.is_global_set(),
+                    arg.is_positional(),
+                    arg.get_value_delimiter(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// The narrowed lines are built from the same definitions as the whole one, but what is
+    /// set on the subcommand's variant in `Command` or on `Cli` itself (an alias, a setting,
+    /// an argument added there) would reach only the whole line: this catches that drift.
+    #[test]
+    fn the_narrowed_lines_define_exec_and_run_as_the_whole_line_does() {
+        use clap::CommandFactory;
+        let whole = Cli::command();
+        for (name, frequent) in [("exec", Frequent::Exec), ("run", Frequent::Run)] {
+            let mut narrowed = frequent.command_line();
+            narrowed.build();
+            let mut whole = whole.clone();
+            whole.build();
+            let (Some(mine), Some(theirs)) =
+                (narrowed.find_subcommand(name), whole.find_subcommand(name))
+            else {
+                panic!("{name} missing from a line");
+            };
+            assert_eq!(definitions(mine), definitions(theirs), "{name}");
+            assert_eq!(
+                format!("{:?}", mine.get_all_aliases().collect::<Vec<_>>()),
+                format!("{:?}", theirs.get_all_aliases().collect::<Vec<_>>()),
+                "{name}'s aliases"
+            );
+            let global = |c: &clap::Command| {
+                definitions(c)
+                    .into_iter()
+                    .filter(|d| !d.starts_with("help ") && !d.starts_with("version "))
+                    .collect::<Vec<_>>()
+            };
+            assert_eq!(global(&narrowed), global(&whole), "the global options");
+        }
+    }
+
     #[test]
     fn help_versions_errors_and_other_commands_are_left_to_the_whole_line() {
         let lines: &[&[&str]] = &[
