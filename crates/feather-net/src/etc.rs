@@ -23,6 +23,12 @@ pub struct Identity<'a> {
     pub egress: bool,
 }
 
+/// The folder of a kept VM's generated files in its run folder `run_dir` (a throw-away VM's
+/// are beside its layer in memory instead).
+pub fn dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("etc")
+}
+
 /// Where the keeper of a VM whose run folder is `run_dir` writes the generated file bound over
 /// `vm_path` (`/etc/hosts`, …), if feather generates that file. A restore binds the VM's
 /// generated files from here, wherever the run folder of the restoring state root is.
@@ -30,7 +36,7 @@ pub fn generated(run_dir: &Path, vm_path: &Path) -> Option<PathBuf> {
     let file = vm_path.strip_prefix("/etc").ok()?.to_str()?;
     ["hostname", "hosts", "resolv.conf"]
         .contains(&file)
-        .then(|| run_dir.join("etc").join(file))
+        .then(|| dir(run_dir).join(file))
 }
 
 /// Writes the files under `dir` (made if missing) and returns (file, path inside the VM) pairs

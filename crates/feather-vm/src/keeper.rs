@@ -317,7 +317,7 @@ impl Keeper {
         let (mut network, _) = feather_net::prepare(
             root.dir(),
             vm.run_dir(),
-            &vm.run_dir().join("etc"),
+            &feather_net::etc::dir(vm.run_dir()),
             name.as_str(),
             &config.id,
             &config.network,
@@ -1104,7 +1104,10 @@ fn await_init_letting_go(init: &mut UnixStream) {
 /// throw-away VM (nothing of them on the host's disk, nothing to remove at its end), else its
 /// run folder (a checkpoint's restore binds them from there again, see `snapshot`).
 fn etc_dir(vm: &VmDir, memory_layer: Option<&layers::MemoryLayer>) -> PathBuf {
-    memory_layer.map_or_else(|| vm.run_dir().join("etc"), layers::MemoryLayer::etc_dir)
+    memory_layer.map_or_else(
+        || feather_net::etc::dir(vm.run_dir()),
+        layers::MemoryLayer::etc_dir,
+    )
 }
 
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still

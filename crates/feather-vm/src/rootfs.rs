@@ -7,7 +7,7 @@ use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 
 use feather_sys::mount::{self, Flags, LayerSync};
-use feather_sys::Result;
+use feather_sys::{Result, SysError};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
@@ -146,7 +146,8 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     // 6. sysfs read-only: it shows this VM's network devices, and nothing in it can be written.
     let ro = Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC;
     let sys = own_mount_point(&tree, "sys")?;
-    mount::api_filesystem("sysfs", &by_descriptor(&sys), ro, None)?;
+    mount::api_filesystem("sysfs", &by_descriptor(&sys), ro, None)
+        .map_err(at_vm_path(Path::new("/sys")))?;
     mask(root, &MASKED_SYS)?;
     mount_service_cgroups(root, &plan.service_cgroups)?;
     mount_dev(root, &tree)?;
@@ -156,7 +157,8 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
         &by_descriptor(&run),
         Flags::MS_NOSUID | Flags::MS_NODEV,
         "mode=0755,size=10%",
-    )?;
+    )
+    .map_err(at_vm_path(Path::new("/run")))?;
     let _ = fs::create_dir(root.join("run/lock"));
     let _ = fs::set_permissions(
         root.join("run/lock"),
@@ -290,9 +292,19 @@ pub(crate) fn by_descriptor(fd: &OwnedFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }
 
+/// For an error of a mount made through [`by_descriptor`]: names the folder by its place in
+/// the VM, not by the descriptor's `/proc/self/fd/N`, which tells the reader nothing.
+pub(crate) fn at_vm_path(vm_path: &Path) -> impl FnOnce(SysError) -> SysError + '_ {
+    move |e| SysError {
+        target: format!("{} in the VM", vm_path.display()),
+        ..e
+    }
+}
+
 /// 3. The layer of a filesystem mounted under the base, on the folder at its mount point in
 ///    the VM's tree. None there (a link or a file the VM's layer holds, or nothing): the VM's
-///    own entry shadows that filesystem, which is said in the keeper's log and not layered.
+///    own entry shadows that filesystem, which is not layered, as init says on its stderr (the
+///    keeper's log, or a foreground `run`'s stderr).
 fn mount_submount_layer(tree: &fs::File, layer: &Layer, sync: LayerSync) -> Result<()> {
     match open_mount_point(tree, &layer.mount_point)? {
         MountPoint::Folder(point) => mount::overlay(
@@ -301,7 +313,8 @@ fn mount_submount_layer(tree: &fs::File, layer: &Layer, sync: LayerSync) -> Resu
             &layer.work,
             &by_descriptor(&point),
             sync,
-        ),
+        )
+        .map_err(at_vm_path(&layer.mount_point)),
         MountPoint::Not(Errno::ENOENT) => Ok(()),
         MountPoint::Not(why) => {
             eprintln!(
@@ -396,7 +409,8 @@ fn mount_proc(root: &Path, tree: &fs::File) -> Result<()> {
         &by_descriptor(&point),
         Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC,
         None,
-    )?;
+    )
+    .map_err(at_vm_path(Path::new("/proc")))?;
     for dir in READ_ONLY_PROC {
         let target = proc_dir.join(dir);
         if target.exists() {
@@ -551,7 +565,8 @@ fn mount_dev(root: &Path, tree: &fs::File) -> Result<()> {
         &by_descriptor(&point),
         Flags::MS_NOSUID | Flags::MS_NOEXEC,
         "mode=0755,size=64k",
-    )?;
+    )
+    .map_err(at_vm_path(Path::new("/dev")))?;
     for name in DEVICES {
         let target = dev.join(name);
         let _ = fs::File::create(&target);

@@ -602,7 +602,8 @@ fn mount_restored_layer(
             &layer.work,
             &rootfs::by_descriptor(&point),
             sync,
-        ),
+        )
+        .map_err(rootfs::at_vm_path(&layer.mount_point)),
         rootfs::MountPoint::Not(errno) => Err(feather_sys::SysError {
             op: "cannot restore the layer of the host's filesystem at",
             target: format!(

@@ -45,17 +45,17 @@ fn main() -> ExitCode {
 
 /// One of feather's helper processes, if `args` name one: its exit status.
 fn helper(args: &[OsString]) -> Option<i32> {
-    match args {
-        [command, plan] if command == transfer::HELPER_SUBCOMMAND => {
-            take_only(&[]).ok()?;
-            Some(transfer::helper_main(plan.to_str()?))
-        }
-        [command, plan] if command == dbus::JAIL_SUBCOMMAND => {
-            take_only(&[]).ok()?;
-            Some(dbus::jail_main(plan.to_str()?))
-        }
-        _ => None,
+    let (main, plan): (fn(&str) -> i32, _) = match args {
+        [command, plan] if command == transfer::HELPER_SUBCOMMAND => (transfer::helper_main, plan),
+        [command, plan] if command == dbus::JAIL_SUBCOMMAND => (dbus::jail_main, plan),
+        _ => return None,
+    };
+    let plan = plan.to_str()?;
+    if let Err(e) = take_only(&[]) {
+        eprintln!("feather-keeper: {e:#}");
+        return Some(2);
     }
+    Some(main(plan))
 }
 
 fn keeper(args: KeeperArgs) -> anyhow::Result<i32> {
