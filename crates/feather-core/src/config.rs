@@ -143,9 +143,13 @@ impl VmConfig {
     /// Whether the VM's layer lives in memory, in a tmpfs its keeper holds, rather than in its
     /// folder: a throw-away VM without a disk cap. Its layer goes with it, so nothing of it
     /// need ever reach the disk; made and removed on a disk (ext4 with `discard` above all)
-    /// its folders cost a throw-away VM more than its whole start (docs/benchmarks.md).
+    /// its folders cost a throw-away VM more than its whole start (docs/benchmarks.md). Only
+    /// where the kernel takes overlay layers from a detached mount (Linux 6.15 and later);
+    /// on an older one the layer is in the VM's folder, as a kept VM's.
     pub fn layer_in_memory(&self) -> bool {
-        self.ephemeral && self.limits.disk.is_none()
+        self.ephemeral
+            && self.limits.disk.is_none()
+            && feather_sys::kernel::takes_layers_from_detached_mounts()
     }
 
     /// A tag is a word policy files can name: letters, digits, '.', '_' and '-'.

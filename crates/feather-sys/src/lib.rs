@@ -9,6 +9,7 @@ pub mod creds;
 pub mod fdpass;
 pub mod flush;
 pub mod io;
+pub mod kernel;
 pub mod memory;
 pub mod mount;
 pub mod mountinfo;
