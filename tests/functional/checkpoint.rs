@@ -21,22 +21,12 @@ fn offline_vm(label: &str) -> (Feather, ScratchBase) {
     (feather, base)
 }
 
-/// Fails the test, with the reason, unless `feather check` finds a CRIU that works here.
-fn require_criu(feather: &Feather) {
-    let check = feather.run(&["check", "criu"]);
-    assert_eq!(
-        check.code, 0,
-        "checkpoint tests need a working CRIU (run ./setup.sh, which installs it with scripts/install-criu): {}{}",
-        check.stderr, check.stdout
-    );
-}
-
 /// A running VM `vm` whose shell loop counts in memory and writes each value to /run/count
 /// every 50 ms, started by a plain `feather exec` as a user would (exec gives it a session
 /// inside the VM); its stdio is the VM's /dev/null, as a daemon's would be.
 fn counting_vm(label: &str) -> (Feather, ScratchBase) {
     let (feather, base) = offline_vm(label);
-    require_criu(&feather);
+    feather.require_criu();
     start_counting(&feather, "vm");
     (feather, base)
 }
@@ -171,7 +161,7 @@ done"#;
 #[test]
 fn a_restored_vm_keeps_its_masks_over_kernel_folders() {
     let (feather, _base) = offline_vm("ckpt-masks");
-    require_criu(&feather);
+    feather.require_criu();
     let masks = || feather.ok(&["exec", "vm", "--", "sh", "-c", MASKS]);
     let booted = masks();
     assert!(
@@ -311,7 +301,7 @@ const WRITERS: &str = "for n in 1 2 3 4; do (i=0; while true; do i=$((i+1)); ech
 /// A running VM `vm` whose [`WRITERS`] write.
 fn writing_vm(label: &str) -> (Feather, ScratchBase) {
     let (feather, base) = offline_vm(label);
-    require_criu(&feather);
+    feather.require_criu();
     feather.sh(
         "vm",
         &format!("sh -c '{WRITERS}' </dev/null >/dev/null 2>&1 &"),
@@ -574,7 +564,7 @@ while True:
 fn a_listening_socket_and_an_established_connection_survive() {
     // Over the host's own root: the VM runs the host's python3.
     let feather = Feather::new("ckpt-unix");
-    require_criu(&feather);
+    feather.require_criu();
     feather.ok(&["create", "vm", "--net", "none"]);
     feather.ok(&["start", "vm"]);
     python_daemon(&feather, "vm", UNIX_SERVER, &[]);
@@ -621,7 +611,7 @@ fn a_listening_socket_and_an_established_connection_survive() {
 #[test]
 fn a_tcp_server_and_an_established_connection_survive() {
     let feather = Feather::new("ckpt-tcp");
-    require_criu(&feather);
+    feather.require_criu();
     feather.ok(&["create", "vm", "--net", "none"]);
     feather.ok(&["start", "vm"]);
     python_daemon(&feather, "vm", LINE_SERVER, &[]);
@@ -659,7 +649,7 @@ fn a_tcp_server_and_an_established_connection_survive() {
 fn a_vm_with_a_private_network_comes_back_with_its_address_and_published_port() {
     // Over the host's own root: the VM runs the host's redis-server, listening on TCP.
     let feather = Feather::new("ckpt-net");
-    require_criu(&feather);
+    feather.require_criu();
     let port = free_port();
     feather.ok(&["create", "db", "--publish", &format!("{port}:6379")]);
     feather.ok(&["start", "db"]);
@@ -728,7 +718,7 @@ fn a_vm_with_a_private_network_comes_back_with_its_address_and_published_port() 
 #[test]
 fn a_private_vm_s_network_changed_since_its_start_is_kept_across_a_checkpoint() {
     let feather = Feather::new("ckpt-netns");
-    require_criu(&feather);
+    feather.require_criu();
     feather.ok(&["create", "vm"]);
     feather.ok(&["start", "vm"]);
     let view = feather.inspect("vm");
@@ -808,7 +798,7 @@ fn a_private_vm_s_network_changed_since_its_start_is_kept_across_a_checkpoint() 
 #[test]
 fn layers_over_other_filesystems_come_back_even_if_the_host_removed_them() {
     let feather = Feather::new("ckpt-layers");
-    require_criu(&feather);
+    feather.require_criu();
     let mut base = ScratchBase::new("ckpt-layers");
     let data = base.mount_tmpfs("data");
     fs::write(data.join("host.txt"), "from the host\n").unwrap();
@@ -847,7 +837,7 @@ fn layers_over_other_filesystems_come_back_even_if_the_host_removed_them() {
 fn redis_with_hundreds_of_megabytes_keeps_every_key() {
     // Over the host's own root: the VM runs the host's redis-server, on a unix socket.
     let feather = Feather::new("ckpt-redis");
-    require_criu(&feather);
+    feather.require_criu();
     feather.ok(&["create", "db", "--net", "none"]);
     feather.ok(&["start", "db"]);
     feather.sh(
@@ -909,7 +899,7 @@ fn redis_with_hundreds_of_megabytes_keeps_every_key() {
 #[test]
 fn a_running_exec_is_named_and_the_vm_keeps_running() {
     let (feather, _base) = offline_vm("ckpt-exec");
-    require_criu(&feather);
+    feather.require_criu();
     // `feather exec` keeps a connection to the VM's init until its command ends.
     let mut exec = feather
         .command()
@@ -961,7 +951,7 @@ fn a_vm_on_the_hosts_network_is_refused_plainly_where_landlock_scopes_it() {
 #[test]
 fn a_restored_unit_that_lost_its_landlock_domain_says_so_until_it_restarts() {
     let feather = Feather::new("ckpt-landlock-units");
-    require_criu(&feather);
+    feather.require_criu();
     feather.ok(&["create", "vm", "--net", "none"]);
     feather.ok(&["start", "vm"]);
     feather.sh(

@@ -132,12 +132,7 @@ fn ro_refuses_what_a_vm_must_not_see_through_and_names_it() {
 #[test]
 fn a_checkpointed_vm_comes_back_with_its_read_only_path() {
     let feather = Feather::new("ro-ckpt");
-    let check = feather.run(&["check", "criu"]);
-    assert_eq!(
-        check.code, 0,
-        "this test needs a working CRIU (./setup.sh): {}",
-        check.stderr
-    );
+    feather.require_criu();
     let base = ScratchBase::new("ro-ckpt");
     base.write("data/tool", "v1\n");
     feather.start_over("vm", &base, &["--net", "none", "--ro", "/data"]);

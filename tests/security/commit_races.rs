@@ -465,8 +465,19 @@ fn nest_3000_deep(feather: &Feather, vm: &str) {
 
 /// `feather ARGS` with a soft limit of `files` open files (1024: what most hosts give).
 fn with_file_limit(feather: &Feather, files: u32, args: &[&str]) -> crate::support::Outcome {
-    std::process::Command::new("prlimit")
-        .arg(format!("--nofile={files}:"))
+    let mut prlimit = std::process::Command::new("prlimit");
+    prlimit.arg(format!("--nofile={files}:"));
+    feather_through(prlimit, feather, args)
+}
+
+/// `feather ARGS` started by `runner`, a program that prepares the process and then runs the
+/// command line that follows its own arguments.
+fn feather_through(
+    mut runner: std::process::Command,
+    feather: &Feather,
+    args: &[&str],
+) -> crate::support::Outcome {
+    runner
         .arg(Feather::bin())
         .arg("--root")
         .arg(&feather.root)
@@ -559,18 +570,11 @@ fn diff_and_commit_of_a_layer_deeper_than_the_open_file_limit_say_where_and_what
 /// `feather ARGS` under a soft limit of 64 open files, 50 of them taken before it starts
 /// (descriptors 10 to 59, as a process's other work would hold them).
 fn with_most_descriptors_taken(feather: &Feather, args: &[&str]) -> crate::support::Outcome {
-    std::process::Command::new("bash")
-        .arg("-c")
+    let mut bash = std::process::Command::new("bash");
+    bash.arg("-c")
         .arg("for fd in $(seq 10 59); do eval \"exec $fd</dev/null\"; done; exec prlimit --nofile=64: \"$@\"")
-        .arg("bash")
-        .arg(Feather::bin())
-        .arg("--root")
-        .arg(&feather.root)
-        .args(args)
-        .stdin(std::process::Stdio::null())
-        .output()
-        .unwrap()
-        .into()
+        .arg("bash");
+    feather_through(bash, feather, args)
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
-use crate::support::{Feather, ScratchBase};
+use crate::support::{assert_no_mount_under, Feather, ScratchBase};
 
 const MARKER: &str = "host-filesystem-marker";
 
@@ -16,7 +16,7 @@ const MARKER: &str = "host-filesystem-marker";
 fn a_link_at_a_layered_mount_point_refuses_the_restore_and_steers_nothing() {
     let mut base = ScratchBase::new("restore-link");
     let feather = Feather::new("restore-link");
-    require_criu(&feather);
+    feather.require_criu();
     base.mount_tmpfs("mnt/point");
     base.write("mnt/point/marker", MARKER);
     feather.start_over("vm", &base, &["--net", "none"]);
@@ -81,24 +81,5 @@ fn assert_refused(feather: &Feather, vm_dir: &Path) {
     assert!(
         !vm_dir.join("upper/victim/marker").exists(),
         "the layer landed where the link points"
-    );
-}
-
-/// Fails the test, with the reason, unless `feather check` finds a CRIU that works here.
-fn require_criu(feather: &Feather) {
-    let check = feather.run(&["check", "criu"]);
-    assert_eq!(
-        check.code, 0,
-        "this test needs a working CRIU (run ./setup.sh): {}{}",
-        check.stderr, check.stdout
-    );
-}
-
-fn assert_no_mount_under(dir: &Path) {
-    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
-    let dir = dir.display().to_string();
-    assert!(
-        !mounts.lines().any(|line| line.contains(&dir)),
-        "a mount is left under {dir}:\n{mounts}"
     );
 }

@@ -92,6 +92,17 @@ impl Feather {
         outcome.stdout
     }
 
+    /// Fails the test, with the reason, unless `feather check criu` finds a CRIU that works
+    /// here (checkpoints and restores need it).
+    pub fn require_criu(&self) {
+        let check = self.run(&["check", "criu"]);
+        assert_eq!(
+            check.code, 0,
+            "this test needs a working CRIU (run ./setup.sh, which installs it with scripts/install-criu): {}{}",
+            check.stderr, check.stdout
+        );
+    }
+
     /// Runs `feather args…`, asserts it failed, and returns its stderr.
     pub fn fails(&self, args: &[&str]) -> String {
         let outcome = self.run(args);
@@ -832,3 +843,13 @@ pub const MEMORY_WRITER: &str = include_str!("memory-writer.py");
 /// as it left them (a mismatch is written to `/var/tmp/layer/MISMATCH`): across a migration, it
 /// proves that what the VM wrote and removed while its layer was pre-copied arrived.
 pub const LAYER_WRITER: &str = include_str!("layer-writer.py");
+
+/// Fails the test if any mount of this host lies under `dir` (a test's VM folder, say).
+pub fn assert_no_mount_under(dir: &Path) {
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = dir.display().to_string();
+    assert!(
+        !mounts.lines().any(|line| line.contains(&dir)),
+        "a mount is left under {dir}:\n{mounts}"
+    );
+}
