@@ -136,40 +136,20 @@ pub(crate) fn dump(
     let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
     let mounts = feather_sys::mountinfo::parse(&text);
     let config = vm.read_config().in_vm(name)?;
-    let mut layers: Vec<ExternalLayer> = mounts
-        .iter()
-        .filter(|m| is_own_layer(vm, &config, m))
-        .enumerate()
-        .map(|(i, m)| ExternalLayer {
-            key: format!("feather-layer-{i}"),
-            mount_point: m.mount_point.clone(),
-            ..ExternalLayer::default()
-        })
-        .collect();
-    layers.extend(
-        mounts
-            .iter()
-            .filter(|m| feather_net::etc::generated(Path::new("/"), &m.mount_point).is_some())
-            .enumerate()
-            .map(|(i, m)| ExternalLayer {
-                key: format!("feather-etc-{i}"),
-                mount_point: m.mount_point.clone(),
-                generated: true,
-                ..ExternalLayer::default()
-            }),
-    );
-    layers.extend(
-        mounts
-            .iter()
-            .filter(|m| rootfs::is_folder_mask(m))
-            .enumerate()
-            .map(|(i, m)| ExternalLayer {
-                key: format!("feather-mask-{i}"),
-                mount_point: m.mount_point.clone(),
-                mask: true,
-                ..ExternalLayer::default()
-            }),
-    );
+    let mut layers: Vec<ExternalLayer> =
+        numbered(&mounts, "layer", |m| is_own_layer(vm, &config, m), |l| l).collect();
+    layers.extend(numbered(
+        &mounts,
+        "etc",
+        |m| feather_net::etc::generated(Path::new("/"), &m.mount_point).is_some(),
+        |l| ExternalLayer {
+            generated: true,
+            ..l
+        },
+    ));
+    layers.extend(numbered(&mounts, "mask", rootfs::is_folder_mask, |l| {
+        ExternalLayer { mask: true, ..l }
+    }));
     layers.extend(
         mounts
             .iter()
@@ -181,18 +161,15 @@ pub(crate) fn dump(
                 ..ExternalLayer::default()
             }),
     );
-    layers.extend(
-        mounts
-            .iter()
-            .filter(|m| cgroup_hierarchy_at(m).is_some())
-            .enumerate()
-            .map(|(i, m)| ExternalLayer {
-                key: format!("feather-cgroup-{i}"),
-                mount_point: m.mount_point.clone(),
-                cgroup_services: true,
-                ..ExternalLayer::default()
-            }),
-    );
+    layers.extend(numbered(
+        &mounts,
+        "cgroup",
+        |m| cgroup_hierarchy_at(m).is_some(),
+        |l| ExternalLayer {
+            cgroup_services: true,
+            ..l
+        },
+    ));
     let external: Vec<(String, String)> = layers
         .iter()
         .map(|l| (l.mount_point.display().to_string(), l.key.clone()))
@@ -245,6 +222,27 @@ pub(crate) fn dump(
         return Err(e.into());
     }
     Ok(())
+}
+
+/// The mounts `picked` chooses, in order, as external mounts of the dump keyed
+/// `feather-<kind>-<n>`, each made what it is by `what`.
+fn numbered<'a>(
+    mounts: &'a [MountEntry],
+    kind: &'a str,
+    picked: impl Fn(&MountEntry) -> bool + 'a,
+    what: impl Fn(ExternalLayer) -> ExternalLayer + 'a,
+) -> impl Iterator<Item = ExternalLayer> + 'a {
+    mounts
+        .iter()
+        .filter(move |m| picked(m))
+        .enumerate()
+        .map(move |(i, m)| {
+            what(ExternalLayer {
+                key: format!("feather-{kind}-{i}"),
+                mount_point: m.mount_point.clone(),
+                ..ExternalLayer::default()
+            })
+        })
 }
 
 /// The inode of the VM's network namespace if CRIU is to leave it out ([`NetnsAtDump::Known`]),
