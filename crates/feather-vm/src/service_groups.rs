@@ -132,7 +132,7 @@ fn as_written(file: &str, read: &str) -> String {
 
 /// Makes the saved `groups` again below `services` (this host's `services/` folder of the VM's
 /// group in the same hierarchy, made already), each with its settings, before CRIU restores
-/// the processes. A value the new group has already is not written.
+/// the processes. Each group is checked before anything is made for it.
 pub(crate) fn recreate(
     vm: &impl std::fmt::Display,
     services: &Path,
@@ -140,32 +140,50 @@ pub(crate) fn recreate(
 ) -> Result<()> {
     for group in groups {
         let dir = services.join(checked_path(vm, &group.path)?);
+        check_settings(vm, group)?;
         if let Err(e) = fs::create_dir(&dir) {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
                 return Err(io(vm, format!("create the cgroup {}", dir.display()))(e));
             }
         }
-        for (file, value) in &group.settings {
-            if !SETTINGS.contains(&file.as_str()) || value.len() > MAX_VALUE || value.contains('\n')
-            {
-                return Err(failed(
-                    vm,
-                    format!(
-                        "its checkpoint gives the cgroup {} the setting {file:?} = {value:?}, \
-                         which feather never saves; the checkpoint was changed: start the VM \
-                         anew",
-                        group.path.display()
-                    ),
-                ));
-            }
-            let path = dir.join(file);
-            let now = fs::read_to_string(&path).map(|read| as_written(file, &read));
-            if now.as_deref().is_ok_and(|now| now == value) {
-                continue;
-            }
-            fs::write(&path, value)
-                .map_err(io(vm, format!("write {value:?} into {}", path.display())))?;
+        apply_settings(vm, &dir, &group.settings)?;
+    }
+    Ok(())
+}
+
+/// Refuses a group whose settings name a file feather never saves, or a value no kernel wrote.
+fn check_settings(vm: &impl std::fmt::Display, group: &SavedGroup) -> Result<()> {
+    let odd = group.settings.iter().find(|(file, value)| {
+        !SETTINGS.contains(&file.as_str()) || value.len() > MAX_VALUE || value.contains('\n')
+    });
+    match odd {
+        None => Ok(()),
+        Some((file, value)) => Err(failed(
+            vm,
+            format!(
+                "its checkpoint gives the cgroup {} the setting {file:?} = {value:?}, which \
+                 feather never saves; the checkpoint was changed: start the VM anew",
+                group.path.display()
+            ),
+        )),
+    }
+}
+
+/// Writes each setting into the group at `dir`, in order; a value the group has already (a
+/// new group's default) is not written.
+fn apply_settings(
+    vm: &impl std::fmt::Display,
+    dir: &Path,
+    settings: &[(String, String)],
+) -> Result<()> {
+    for (file, value) in settings {
+        let path = dir.join(file);
+        let now = fs::read_to_string(&path).map(|read| as_written(file, &read));
+        if now.as_deref().is_ok_and(|now| now == value) {
+            continue;
         }
+        fs::write(&path, value)
+            .map_err(io(vm, format!("write {value:?} into {}", path.display())))?;
     }
     Ok(())
 }
@@ -263,7 +281,9 @@ mod tests {
             ..SavedGroup::default()
         };
         let e = recreate(&"vm", &dir, &[group]).unwrap_err();
+        let made = dir.join("x.service").exists();
         let _ = fs::remove_dir_all(&dir);
         assert!(e.to_string().contains("which feather never saves"), "{e}");
+        assert!(!made, "the group was made before its settings were checked");
     }
 }
