@@ -203,7 +203,9 @@ pub(crate) fn dump(
                 // Written before the dump ends, for a post-copy receiver reads it meanwhile;
                 // CRIU holds the tasks seized until then, so the groups' members are still
                 // those it dumped.
+                feather_core::trace::phase("checkpoint: CRIU dumped all but lazy memory");
                 save_service_groups(&mut layers, cgroup);
+                feather_core::trace::phase("checkpoint: the units' groups saved");
                 let written = serde_json::to_vec_pretty(&layers)
                     .map_err(encode(name, LAYERS))
                     .and_then(|list| {
@@ -599,8 +601,12 @@ pub(crate) fn restore_tree(
     let init = ChildProcess { pid, pidfd };
     // Stopped still: a VM never runs with a kernel interface unmasked, nor a unit's process
     // outside its group.
-    let ready = mask_what_the_dump_lacked(vm, &init)
-        .and_then(|()| regroup(name, cgroup, &hierarchies, &services));
+    let ready = mask_what_the_dump_lacked(vm, &init).and_then(|()| {
+        feather_core::trace::phase("restore: CRIU restored the tree, kernel interfaces masked");
+        let regrouped = regroup(name, cgroup, &hierarchies, &services);
+        feather_core::trace::phase("restore: the units' processes back in their groups");
+        regrouped
+    });
     if let Err(e) = ready {
         let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(init.pid, None);
@@ -621,7 +627,13 @@ fn regroup(
     let Some(cgroup) = cgroup else {
         return Ok(());
     };
-    if hierarchies.iter().all(|l| l.groups.is_empty()) {
+    // A VM without services has nothing in its `services/` folders: its processes are not
+    // even looked up.
+    let nothing_saved = hierarchies
+        .iter()
+        .flat_map(|l| &l.groups)
+        .all(|g| g.pids.is_empty());
+    if nothing_saved {
         return Ok(());
     }
     let restored = service_groups::restored_processes(cgroup);
