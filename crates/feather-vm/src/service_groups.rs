@@ -257,6 +257,40 @@ mod tests {
     }
 
     #[test]
+    fn groups_are_saved_parents_first_with_their_processes_in_the_vm_and_their_settings() {
+        let dir = std::env::temp_dir().join(format!("feather-saved-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(dir.join("b.service/inner")).unwrap();
+        fs::create_dir_all(dir.join("a.service")).unwrap();
+        let me = std::process::id().to_string();
+        fs::write(dir.join("cgroup.procs"), "").unwrap();
+        fs::write(dir.join("a.service/cgroup.procs"), format!("{me}\n")).unwrap();
+        fs::write(dir.join("a.service/pids.max"), "16\n").unwrap();
+        fs::write(dir.join("a.service/cpu.cfs_quota_us"), "50000\n").unwrap();
+        fs::write(dir.join("a.service/cpu.cfs_period_us"), "100000\n").unwrap();
+        let saved = save(&dir);
+        let _ = fs::remove_dir_all(&dir);
+        let paths: Vec<&Path> = saved.iter().map(|g| g.path.as_path()).collect();
+        assert_eq!(
+            paths,
+            ["", "a.service", "b.service", "b.service/inner"].map(Path::new)
+        );
+        let own = feather_sys::process::innermost_pid(Pid::this()).unwrap();
+        assert_eq!(saved[1].pids, [own]);
+        // In the order they are written back: the period before the quota.
+        assert_eq!(
+            saved[1].settings,
+            [
+                ("pids.max", "16"),
+                ("cpu.cfs_period_us", "100000"),
+                ("cpu.cfs_quota_us", "50000")
+            ]
+            .map(|(f, v)| (f.to_owned(), v.to_owned()))
+        );
+        assert!(saved[0].pids.is_empty() && saved[2].settings.is_empty());
+    }
+
+    #[test]
     fn a_saved_group_outside_services_is_refused() {
         for bad in ["../x", "/x", "a/../../x", "./x"] {
             let e = checked_path(&"vm", Path::new(bad)).unwrap_err();
