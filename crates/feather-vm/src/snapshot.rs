@@ -200,9 +200,10 @@ pub(crate) fn dump(
         },
         &mut |note| {
             if note == DumpNote::Images {
-                // Written before the dump ends, for a post-copy receiver reads it meanwhile;
+                // Written before the dump ends, as a post-copy receiver reads it meanwhile;
                 // CRIU holds the tasks seized until then, so the groups' members are still
-                // those it dumped.
+                // those it dumped. Without it the images could not be restored: the dump
+                // fails instead (CRIU lets the tasks go on).
                 feather_core::trace::phase("checkpoint: CRIU dumped all but lazy memory");
                 save_service_groups(&mut layers, cgroup);
                 feather_core::trace::phase("checkpoint: the units' groups saved");
