@@ -1792,3 +1792,44 @@ fn configured_certificates_let_only_a_sender_of_the_same_ca_migrate() {
         count(&target, "vm") > resumed
     });
 }
+
+/// A migrated VM's service units are in their own groups at the target, with their limits,
+/// and a stop there ends every process of one, a daemon it forked that `setsid`ed away
+/// included (the restore's counterpart is in services_cgroups.rs; docs/services.md, "Per-unit
+/// cgroups"). Without the keepers carrying the groups, the unit's group at the target did not
+/// exist.
+#[test]
+fn a_migrated_vms_units_are_in_their_groups_at_the_target() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-units"), Feather::new("mig-units-dst"));
+    source.ok(&["create", "vm", "--net", "none"]);
+    source.ok(&["start", "vm"]);
+    crate::services::write_unit(
+        &source,
+        "vm",
+        "escaper.service",
+        "[Service]\nTasksMax=33\nExecStart=/bin/sh -c 'setsid -f sleep 4242; exec sleep 4343'\n",
+    );
+    source.ok(&["service", "start", "vm", "escaper"]);
+    source.eventually("the daemon runs beside the unit's main process", || {
+        source.sh("vm", "pgrep -x sleep | wc -l").trim() == "2"
+    });
+    let group = "/sys/fs/cgroup/pids/escaper.service";
+    let members = |feather: &Feather| {
+        feather.sh(
+            "vm",
+            &format!("cat {group}/pids.max; sort -n {group}/cgroup.procs"),
+        )
+    };
+    let before = members(&source);
+    assert_eq!(before.lines().count(), 3, "{before}");
+
+    let server = Server::start(&hosts, &target, &[]);
+    let moved = migrate(&hosts, &source, TOKEN);
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait(), "the receiver ran the VM");
+
+    assert_eq!(members(&target), before);
+    target.ok(&["service", "stop", "vm", "escaper"]);
+    assert_eq!(target.sh("vm", "pgrep -x sleep || true"), "");
+}

@@ -209,3 +209,91 @@ fn services_a_units_memory_limit_kills_only_that_unit() {
         "{status}"
     );
 }
+
+/// The processes of each group below the VM's `services/` folder (`/sys/fs/cgroup/pids` in
+/// the VM) and its `pids.max`, one line per unit: `UNIT MAX PID…`, pids sorted.
+fn unit_groups(feather: &Feather, vm: &str, units: &[&str]) -> Vec<String> {
+    units
+        .iter()
+        .map(|unit| {
+            let dir = format!("/sys/fs/cgroup/pids/{unit}");
+            let text = feather.sh(
+                vm,
+                &format!("cat {dir}/pids.max; sort -n {dir}/cgroup.procs | tr '\\n' ' '"),
+            );
+            format!(
+                "{unit} {}",
+                text.split_whitespace().collect::<Vec<_>>().join(" ")
+            )
+        })
+        .collect()
+}
+
+/// After a checkpoint and restore, each unit's processes are in its own group again — the
+/// daemon the manager started and those it forked, also one that `setsid`ed away, which the
+/// manager never knew by pid — with its limits read back from the group's files, and `service
+/// stop` (`KillMode=control-group`, the default) ends all of them. CRIU restores the processes
+/// in the VM's group: without the keeper putting them back, the units' groups were gone after
+/// a restore (their `services/` folder new and empty) and a stop left the escaped daemon
+/// running.
+#[test]
+fn services_a_restored_vms_units_are_back_in_their_groups_with_their_limits() {
+    let feather = Feather::new("svc-cg-restore");
+    feather.require_criu();
+    feather.ok(&["create", "rs", "--net", "none"]);
+    feather.ok(&["start", "rs"]);
+    // Debian's nginx unit (a master and its workers), with limits of its own from a drop-in.
+    feather.sh(
+        "rs",
+        "mkdir -p /etc/systemd/system/nginx.service.d && \
+         printf '[Service]\\nTasksMax=77\\nMemoryMax=200M\\n' \
+         > /etc/systemd/system/nginx.service.d/limits.conf",
+    );
+    write_unit(
+        &feather,
+        "rs",
+        "escaper.service",
+        "[Service]\nTasksMax=33\nCPUQuota=50%\n\
+         ExecStart=/bin/sh -c 'setsid -f sleep 4242; exec sleep 4343'\n",
+    );
+    feather.ok(&["service", "start", "rs", "nginx", "escaper"]);
+    wait_until_some(|| pids_of(&feather, "rs", "sleep 4242"));
+    let units = ["nginx.service", "escaper.service"];
+    let before = unit_groups(&feather, "rs", &units);
+    assert!(before[0].starts_with("nginx.service 77 "), "{before:?}");
+    assert!(before[1].starts_with("escaper.service 33 "), "{before:?}");
+    // Every nginx process (master and workers) is in its unit's group.
+    let nginx = pids_of(&feather, "rs", "nginx: .*");
+    assert!(nginx.len() >= 2, "{nginx:?}");
+    for pid in &nginx {
+        assert!(
+            before[0].split(' ').any(|p| p == pid),
+            "{pid} not in {before:?}"
+        );
+    }
+
+    feather.ok(&["checkpoint", "rs"]);
+    feather.ok(&["restore", "rs"]);
+
+    assert_eq!(unit_groups(&feather, "rs", &units), before);
+    let limits = feather.sh(
+        "rs",
+        "cat /sys/fs/cgroup/memory/nginx.service/memory.limit_in_bytes \
+             /sys/fs/cgroup/cpu/escaper.service/cpu.cfs_quota_us",
+    );
+    assert_eq!(
+        limits.split_whitespace().collect::<Vec<_>>(),
+        [(200u64 << 20).to_string().as_str(), "50000"]
+    );
+    let nginx_unit = assert_running(&feather, "rs", "nginx.service");
+    assert!(
+        nginx_unit["memory_bytes"].as_u64().is_some(),
+        "{nginx_unit}"
+    );
+    assert_running(&feather, "rs", "escaper.service");
+
+    feather.ok(&["service", "stop", "rs", "nginx", "escaper"]);
+    assert_eq!(pids_of(&feather, "rs", "nginx: .*"), Vec::<String>::new());
+    assert_eq!(pids_of(&feather, "rs", "sleep 4242"), Vec::<String>::new());
+    assert_eq!(pids_of(&feather, "rs", "sleep 4343"), Vec::<String>::new());
+}

@@ -224,6 +224,20 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// `host_pid`'s number in its innermost pid namespace (a VM's: what the VM's processes call
+/// it, and what CRIU restores), or None if it is gone.
+pub fn innermost_pid(host_pid: Pid) -> Option<i32> {
+    let status = fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
+    // NSpid lists the pid in each nested namespace, outermost first: the last is its own.
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("NSpid:"))?
+        .split_whitespace()
+        .last()?
+        .parse()
+        .ok()
+}
+
 /// A process as `ps` in its own pid namespace shows it, read from the host's /proc.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Described {

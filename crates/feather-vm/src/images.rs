@@ -51,7 +51,8 @@ pub(crate) const HOLD: &str = "hold";
 /// binds again on them. And so is each hierarchy bound there, with `cgroup_services`: the
 /// restoring side hands CRIU the `services/` folder of the VM's group in that hierarchy, as a
 /// start binds it; left to CRIU, which mounts a cgroup hierarchy anew at the cgroup
-/// namespace's root, the restored VM had its own group there, its limits writable.
+/// namespace's root, the restored VM had its own group there, its limits writable; its
+/// `groups` are the units' groups in it, which CRIU leaves out.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(crate) struct ExternalLayer {
     pub(crate) key: String,
@@ -64,6 +65,10 @@ pub(crate) struct ExternalLayer {
     pub(crate) cgroup_top: Option<Vec<PathBuf>>,
     #[serde(default)]
     pub(crate) cgroup_services: bool,
+    /// With `cgroup_services`: the groups below that `services/` folder at the dump, with their
+    /// processes and limits, which the restore puts back (see [`crate::service_groups`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) groups: Vec<crate::service_groups::SavedGroup>,
 }
 
 /// Present while a VM received by a post-copy migration has its memory fetched from the

@@ -726,6 +726,7 @@ impl Keeper {
         let dumped = snapshot::dump(
             &self.vm,
             self.init.pid,
+            self.cgroup.as_ref(),
             leave_running,
             criu,
             lazy.as_ref(),

@@ -66,6 +66,7 @@ pub mod protocol;
 pub mod read_only;
 pub mod relay;
 pub mod rootfs;
+mod service_groups;
 pub mod services;
 pub mod snapshot;
 pub mod spawner;

@@ -51,6 +51,7 @@ use crate::images::{held_for, ExternalLayer, EXTERNAL_NETNS, HOLD, LAYERS, LAZY,
 use crate::layers;
 use crate::protocol::{self, Response};
 use crate::rootfs;
+use crate::service_groups;
 
 /// The folder of the VM's run folder where a restore mounts the mask it hands to CRIU for
 /// each of the VM's masks over kernel folders (in the restoring child's mount namespace only).
@@ -116,11 +117,14 @@ pub(crate) enum NetnsAtDump {
 /// `lazy`: post-copy, the memory is kept back and served there until the receiver has it
 /// all; `on_note` hears CRIU's notes ([`DumpNote::Images`] once everything else is dumped,
 /// before that). `freezer`: the VM's freezer group, for CRIU to seize its tasks frozen (see
-/// `moment::freezer_of`). `netns`: whether its network namespace is dumped.
+/// `moment::freezer_of`). `netns`: whether its network namespace is dumped. `cgroup`: the
+/// VM's group, whose `services/` subtrees are saved with the checkpoint (see
+/// [`crate::service_groups`]).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn dump(
     vm: &VmDir,
     init: Pid,
+    cgroup: Option<&Cgroup>,
     leave_running: bool,
     criu: &Path,
     lazy: Option<&feather_migrate::criu::PageServer>,
@@ -182,8 +186,6 @@ pub(crate) fn dump(
         .map(|m| m.mount_point.display().to_string())
         .collect();
     let external_netns = mark_netns(vm, netns, init)?;
-    // Written before the dump, which a post-copy receiver reads before the dump ends.
-    let list = serde_json::to_vec_pretty(&layers).map_err(encode(name, LAYERS))?;
     let dumped = criu.dump(
         &Dump {
             vm: name.as_str(),
@@ -198,13 +200,26 @@ pub(crate) fn dump(
         },
         &mut |note| {
             if note == DumpNote::Images {
-                let written = feather_core::atomic::write_atomic(
-                    &images.join(LAYERS),
-                    &list,
-                    Durability::Durable,
-                );
+                // Written before the dump ends, as a post-copy receiver reads it meanwhile;
+                // CRIU holds the tasks seized until then, so the groups' members are still
+                // those it dumped. Without it the images could not be restored: the dump
+                // fails instead (CRIU lets the tasks go on).
+                feather_core::trace::phase("checkpoint: CRIU dumped all but lazy memory");
+                save_service_groups(&mut layers, cgroup);
+                feather_core::trace::phase("checkpoint: the units' groups saved");
+                let written = serde_json::to_vec_pretty(&layers)
+                    .map_err(encode(name, LAYERS))
+                    .and_then(|list| {
+                        feather_core::atomic::write_atomic(
+                            &images.join(LAYERS),
+                            &list,
+                            Durability::Durable,
+                        )
+                        .in_vm(name)
+                    });
                 if let Err(e) = written {
                     eprintln!("feather keeper {name}: {}", feather_core::error::causes(&e));
+                    return false;
                 }
             }
             on_note(note)
@@ -287,6 +302,32 @@ fn cgroup_hierarchy_at(mount: &MountEntry) -> Option<PathBuf> {
 /// Where the VM's cgroup hierarchies are, in the VM as on the host.
 const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
 
+/// Saves, with each cgroup hierarchy of `layers`, the groups below the `services/` folder of
+/// the VM's group there (see [`crate::service_groups`]).
+fn save_service_groups(layers: &mut [ExternalLayer], cgroup: Option<&Cgroup>) {
+    let subtrees = cgroup.map(Cgroup::service_subtrees).unwrap_or_default();
+    for layer in layers.iter_mut().filter(|l| l.cgroup_services) {
+        if let Some(folder) = services_folder_of(&subtrees, &layer.mount_point) {
+            layer.groups = service_groups::save(folder);
+        }
+    }
+}
+
+/// Of the `services/` folders of the VM's group (`subtrees`, see
+/// [`Cgroup::service_subtrees`]), the one bound at `mount_point` in the VM.
+fn services_folder_of<'a>(
+    subtrees: &'a [(PathBuf, PathBuf)],
+    mount_point: &Path,
+) -> Option<&'a Path> {
+    let at = mount_point
+        .strip_prefix(CGROUP_MOUNTS)
+        .unwrap_or(mount_point);
+    subtrees
+        .iter()
+        .find(|(_, here)| here == at)
+        .map(|(folder, _)| folder.as_path())
+}
+
 /// For each cgroup hierarchy the checkpoint bound under `/sys/fs/cgroup` (`bound`, see
 /// [`cgroup_hierarchy_at`]): its key, and the `services/` folder of the VM's group in that
 /// hierarchy on this host (made if missing), for CRIU to bind there as a start does. Never
@@ -313,11 +354,11 @@ fn services_folders(
     bound
         .iter()
         .map(|layer| {
-            let at = layer
-                .mount_point
-                .strip_prefix(CGROUP_MOUNTS)
-                .unwrap_or(&layer.mount_point);
-            let Some((folder, _)) = subtrees.iter().find(|(_, here)| here == at) else {
+            let Some(folder) = services_folder_of(&subtrees, &layer.mount_point) else {
+                let at = layer
+                    .mount_point
+                    .strip_prefix(CGROUP_MOUNTS)
+                    .unwrap_or(&layer.mount_point);
                 return Err(failed(
                     name,
                     format!(
@@ -335,7 +376,9 @@ fn services_folders(
                 }
                 _ => {}
             }
-            Ok((layer.key.clone(), folder.clone()))
+            // The units' groups, with their limits, before any process is restored.
+            service_groups::recreate(name, folder, &layer.groups)?;
+            Ok((layer.key.clone(), folder.to_path_buf()))
         })
         .collect()
 }
@@ -437,7 +480,7 @@ pub(crate) fn restore_tree(
     // The same for the tmpfs at /sys/fs/cgroup, with the folders the hierarchies are bound on.
     let cgroups = vm.run_dir().join(CGROUP_TOP);
     mapping.extend(cgroup_top.iter().map(|c| (c.key.clone(), cgroups.clone())));
-    mapping.extend(services);
+    mapping.extend(services.iter().cloned());
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
@@ -557,13 +600,48 @@ pub(crate) fn restore_tree(
     let pid = Pid::from_raw(restored.map_err(|e| unprepared(name, why_read).unwrap_or(e))?);
     let pidfd = process::pidfd_open(pid).in_vm(name)?;
     let init = ChildProcess { pid, pidfd };
-    // Stopped still: a VM never runs with a kernel interface unmasked.
-    if let Err(e) = mask_what_the_dump_lacked(vm, &init) {
+    // Stopped still: a VM never runs with a kernel interface unmasked, nor a unit's process
+    // outside its group.
+    let ready = mask_what_the_dump_lacked(vm, &init).and_then(|()| {
+        feather_core::trace::phase("restore: CRIU restored the tree, kernel interfaces masked");
+        let regrouped = regroup(name, cgroup, &hierarchies, &services);
+        feather_core::trace::phase("restore: the units' processes back in their groups");
+        regrouped
+    });
+    if let Err(e) = ready {
         let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(init.pid, None);
         return Err(e);
     }
     Ok(init)
+}
+
+/// Moves each restored process back into the group below `services/` it was in at the dump
+/// (CRIU restored them all in the VM's group), in every hierarchy of the checkpoint
+/// (`hierarchies`, bound from `folders` on this host: see [`services_folders`]).
+fn regroup(
+    name: &feather_core::VmName,
+    cgroup: Option<&Cgroup>,
+    hierarchies: &[ExternalLayer],
+    folders: &[(String, PathBuf)],
+) -> Result<()> {
+    let Some(cgroup) = cgroup else {
+        return Ok(());
+    };
+    // A VM without services has nothing in its `services/` folders: its processes are not
+    // even looked up.
+    let nothing_saved = hierarchies
+        .iter()
+        .flat_map(|l| &l.groups)
+        .all(|g| g.pids.is_empty());
+    if nothing_saved {
+        return Ok(());
+    }
+    let restored = service_groups::restored_processes(cgroup);
+    for (layer, (_, folder)) in hierarchies.iter().zip(folders) {
+        service_groups::move_back(name, folder, &layer.groups, &restored)?;
+    }
+    Ok(())
 }
 
 /// The reason the restoring child gave for not preparing the restore, if it gave one (read
