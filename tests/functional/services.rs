@@ -1176,7 +1176,10 @@ fn apache2_in_a_vm_serves_its_pages_through_apachectl() {
     // and the daemon it left writes its pid file a moment later.
     let pid_file = "cat /run/apache2/apache2.pid 2>/dev/null";
     feather.eventually("apache2 writes its pid file", || {
-        feather.run(&["exec", "web", "--", "sh", "-c", pid_file]).code == 0
+        feather
+            .run(&["exec", "web", "--", "sh", "-c", pid_file])
+            .code
+            == 0
     });
     assert_eq!(
         feather.sh("web", pid_file),
