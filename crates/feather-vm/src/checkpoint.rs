@@ -418,7 +418,9 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
         return Err(failed(
             name,
             format!(
-                "was let go to {to} by a migration, and may run there: restoring it here could                  run it twice. If it does not run there, remove {} and restore it again",
+                "was let go to {} by a migration, and may run there: restoring it here could \
+                 run it twice. If it does not run there, remove {} and restore it again",
+                feather_core::display::escape_for_terminal(to.trim()),
                 released.display()
             ),
         ));
