@@ -917,7 +917,7 @@ fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed(
     std::fs::write(&marker, "10.77.0.2:7070").unwrap();
     let refused = source.fails(&["restore", "vm"]);
     assert!(
-        refused.contains("10.77.0.2:7070") && refused.contains("run it twice"),
+        refused.contains("let go to 10.77.0.2:7070 by") && refused.contains("could run it twice"),
         "{refused}"
     );
     assert_eq!(source.status("vm"), "checkpointed");

@@ -795,3 +795,126 @@ fn a_binds_own_flags_keep_the_sources_nosuid_nodev_and_noexec() {
         );
     }
 }
+
+/// A file of the test's, left open without close-on-exec in this process (nextest runs each
+/// test in a process of its own) as an engine or shim might leave one when it starts the
+/// runtime: every runtime this test starts inherits it. Closed on drop.
+struct LeftOpen {
+    path: std::path::PathBuf,
+    _file: fs::File,
+}
+
+impl LeftOpen {
+    fn new(scratch: &Scratch) -> LeftOpen {
+        let path = scratch.path("engine-left-open-marker");
+        fs::write(&path, "left open\n").unwrap();
+        let file = fs::File::open(&path).unwrap();
+        fcntl(&file, FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty())).unwrap();
+        LeftOpen { path, _file: file }
+    }
+
+    /// Fails unless `listing` (descriptor targets) names the left-open file nowhere.
+    fn assert_absent_from(&self, listing: &str, what: &str) {
+        assert!(
+            !listing.contains(self.path.to_str().unwrap()),
+            "{what} got the descriptor the runtime's caller left open:\n{listing}"
+        );
+    }
+}
+
+/// The hooks the runtime starts (row 62 of docs/security.md) get stdin, stdout and stderr:
+/// not a descriptor the engine left open when it started the runtime, nor one of the
+/// runtime's own. Each hook lists its descriptors' targets; before, every hook started by
+/// `create`, `start` and `delete` held the engine's file.
+#[test]
+fn hooks_get_no_descriptor_the_engine_left_open() {
+    let scratch = Scratch::new("hookfds");
+    let runtime = Runtime::new(&scratch);
+    let left_open = LeftOpen::new(&scratch);
+    let log = scratch.path("hook-descriptors");
+    let hook = |name: &str| {
+        let script = format!(
+            "for f in /proc/$$/fd/*; do readlink \"$f\"; done >> {log}; echo ran {name} >> {log}",
+            log = log.display()
+        );
+        serde_json::json!({"path": "/bin/sh", "args": ["sh", "-c", script]})
+    };
+    let mut config = base_config(&["true"]);
+    config["hooks"] = serde_json::json!({
+        "prestart": [hook("prestart")],
+        "createRuntime": [hook("createRuntime")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")]
+    });
+    crate::spec::run_to_end(&runtime, &scratch, "hookfds", &config);
+    let listing = fs::read_to_string(&log).unwrap();
+    for name in ["prestart", "createRuntime", "poststart", "poststop"] {
+        assert!(listing.contains(&format!("ran {name}")), "{listing}");
+    }
+    left_open.assert_absent_from(&listing, "a hook");
+}
+
+/// `restore`'s criu gets the restore's stdio, its channel and the descriptors the request
+/// names (row 62 of docs/security.md): not a descriptor the engine left open when it started
+/// the runtime. A stand-in criu lists its descriptors, then runs the real one; before, it held
+/// the engine's file.
+#[test]
+fn restores_criu_gets_no_descriptor_the_engine_left_open() {
+    let scratch = Scratch::new("criufds");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "600"]));
+    let images = scratch.path("images");
+    let images = images.to_str().unwrap();
+    assert_eq!(
+        runtime
+            .create("criufds-a", &bundle, &scratch.path("out"))
+            .code,
+        0
+    );
+    assert_eq!(runtime.run(&["start", "criufds-a"]).code, 0);
+    let outcome = runtime.run(&["checkpoint", "--image-path", images, "criufds-a"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+
+    let left_open = LeftOpen::new(&scratch);
+    let listing = scratch.path("criu-descriptors");
+    let criu = scratch.path("listing-criu");
+    fs::write(
+        &criu,
+        format!(
+            "#!/usr/bin/python3\nimport os, sys\nheld = []\nfor fd in os.listdir(\"/proc/self/fd\"):\n    try:\n        held.append(os.readlink(\"/proc/self/fd/\" + fd))\n    except OSError:\n        pass\nwith open(\"{listing}\", \"a\") as out:\n    out.write(\"--- \" + \" \".join(sys.argv[1:]) + \"\\n\" + \"\".join(h + \"\\n\" for h in held))\nos.execv(\"/usr/local/lib/feather/criu\", [\"criu\"] + sys.argv[1:])\n",
+            listing = listing.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&criu, fs::Permissions::from_mode(0o755)).unwrap();
+    // The restore's stdout and stderr are files, as the dumped tree's were (`create`'s).
+    let output = fs::File::create(scratch.path("out2")).unwrap();
+    let outcome: Outcome = runtime
+        .command()
+        .args(["restore", "--detach", "--image-path", images, "--bundle"])
+        .arg(&bundle.dir)
+        .arg("criufds-b")
+        .env("FEATHER_CRIU", &criu)
+        .stdin(Stdio::null())
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .output()
+        .unwrap()
+        .into();
+    let outcome = Outcome {
+        stderr: fs::read_to_string(scratch.path("out2")).unwrap_or_default(),
+        ..outcome
+    };
+    let said = fs::read_to_string(&listing).unwrap_or_default();
+    if outcome.code == 0 {
+        assert_eq!(runtime.run(&["kill", "criufds-b", "KILL"]).code, 0);
+        runtime.wait_stopped("criufds-b");
+        assert_eq!(runtime.run(&["delete", "criufds-b"]).code, 0);
+    }
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        said.contains("--- swrk"),
+        "the stand-in ran criu swrk: {said}"
+    );
+    left_open.assert_absent_from(&said, "criu");
+}

@@ -4,6 +4,7 @@
 mod support;
 
 mod capabilities;
+mod checkpoint_records;
 mod commit_privileges;
 mod commit_races;
 mod descriptors;

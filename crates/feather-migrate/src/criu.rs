@@ -23,7 +23,7 @@ use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
 
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 
 use crate::error::{io_at, MigrateError, Result};
 use crate::rpc;
@@ -781,6 +781,19 @@ impl RestoreCall {
             Some(fd) => feather_sys::process::keep_across_exec(&fd),
             None => Ok(()),
         }
+    }
+
+    /// In the child about to exec criu: `command` (criu with [`RestoreCall::program`]'s
+    /// arguments) passes criu its stdin, stdout, stderr, its end of the channel and `also` (the
+    /// descriptors the request's `inherit_fd` names), nothing else of this process.
+    pub fn pass_only_to_criu(&self, command: &mut std::process::Command, also: &[BorrowedFd]) {
+        let given: Vec<BorrowedFd> = self
+            .channel
+            .criu_fd()
+            .into_iter()
+            .chain(also.iter().copied())
+            .collect();
+        feather_sys::process::pass_only(command, &given);
     }
 
     /// In the parent, once the child runs criu: asks for the restore and returns the host pid

@@ -5,7 +5,7 @@
 
 use std::io::Write;
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -58,8 +58,11 @@ pub fn run(spec: &Spec, kind: Kind, state: &serde_json::Value) -> Result<()> {
     Ok(())
 }
 
+/// Runs `hook` with `state` on its stdin. It gets stdin, stdout and stderr only: not a
+/// descriptor of the runtime's (the container's folder, its `exec.fifo`, a namespace), nor one
+/// the engine left open when it started the runtime (security row 62).
 fn run_one(hook: &Hook, state: &str) -> Result<()> {
-    let mut command = Command::new(hook.path());
+    let mut command = feather_sys::process::command(hook.path());
     let args = hook.args().clone().unwrap_or_default();
     if let Some((first, rest)) = args.split_first() {
         command.arg0(first).args(rest);

@@ -153,8 +153,9 @@ fn id_mapped_tree(
 /// A user namespace with these maps, held by a descriptor: a child unshares one and waits
 /// while its maps are written from here, then ends.
 fn user_namespace(uid: &[LinuxIdMapping], gid: &[LinuxIdMapping]) -> Result<OwnedFd> {
-    let (ready_read, ready_write) = nix::unistd::pipe().context("pipe")?;
-    let (done_read, done_write) = nix::unistd::pipe().context("pipe")?;
+    // Close-on-exec: a program another part of the runtime starts meanwhile gets neither.
+    let (ready_read, ready_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
+    let (done_read, done_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC).context("pipe")?;
     let Some(child) = feather_sys::process::fork().map_err(|e| anyhow::anyhow!("{e}"))? else {
         drop((ready_read, done_write));
         let made = nix::sched::unshare(CloneFlags::CLONE_NEWUSER).is_ok();

@@ -11,7 +11,7 @@
 //! The init holds the pid the engine waits on, as after `start`: the container is running.
 
 use std::fs;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
@@ -65,8 +65,8 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             container.groups().create(linux.resources().as_ref())
         })
         .and_then(|()| {
-            let call = prepare(&criu, &container, &spec, args, images, mode)?;
-            run(call, &container, &args.id)
+            let (call, netns) = prepare(&criu, &container, &spec, args, images, mode)?;
+            run(call, netns.as_ref(), &container, &args.id)
         });
     let pid = match restored {
         Ok(pid) => pid,
@@ -88,7 +88,8 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
     wait_for(Pid::from_raw(pid))
 }
 
-/// The restore request: the config's externals, the inherited descriptors, the flags.
+/// The restore request: the config's externals, the inherited descriptors, the flags; and
+/// the network namespace it hands the restored tree (joined by `path`), which criu inherits.
 fn prepare(
     criu: &Criu,
     container: &Container,
@@ -96,7 +97,7 @@ fn prepare(
     args: &RestoreArgs,
     images: fs::File,
     mode: i32,
-) -> Result<RestoreCall> {
+) -> Result<(RestoreCall, Option<OwnedFd>)> {
     let work = match &args.work_path {
         Some(path) => Some(checkpoint::open_folder(path, "--work-path")?),
         None => None,
@@ -109,13 +110,18 @@ fn prepare(
         .map(|m| format!("mnt[{}]:{}", m.key, m.source.display()))
         .collect();
     let mut inherit_fd = inherited_stdio(&args.image_path)?;
-    if let Some(path) = checkpoint::joined_network(spec) {
-        // Not close-on-exec: criu inherits it, and hands it to the restored tree.
-        let netns = nix::fcntl::open(&path, OFlag::O_RDONLY, Mode::empty())
-            .with_context(|| format!("linux.namespaces[network].path {}", path.display()))?;
+    let netns = match checkpoint::joined_network(spec) {
+        // criu is passed it by name (`run`), and hands it to the restored tree.
+        Some(path) => Some(
+            nix::fcntl::open(&path, OFlag::O_RDONLY | OFlag::O_CLOEXEC, Mode::empty())
+                .with_context(|| format!("linux.namespaces[network].path {}", path.display()))?,
+        ),
+        None => None,
+    };
+    if let Some(netns) = &netns {
         inherit_fd.push(rpc::InheritFd {
             key: NET_KEY.into(),
-            fd: leak(netns),
+            fd: netns.as_raw_fd(),
         });
     }
     let opts = rpc::Opts {
@@ -143,7 +149,7 @@ fn prepare(
     if let Some(work) = work {
         leak(OwnedFd::from(work));
     }
-    Ok(call)
+    Ok((call, netns))
 }
 
 /// The bind mounts' mount points, made in the rootfs as `create` makes them (an engine's
@@ -165,7 +171,7 @@ fn make_mount_points(rootfs: &Path, externals: &[checkpoint::External]) -> Resul
 }
 
 /// A descriptor kept open for the rest of this short-lived process (criu, started later,
-/// reaches it by number).
+/// reaches it through this process's `/proc/PID/fd`, by number).
 fn leak(fd: OwnedFd) -> i32 {
     std::os::fd::IntoRawFd::into_raw_fd(fd)
 }
@@ -187,12 +193,13 @@ fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
 }
 
 /// Runs criu in a child placed where the container belongs; returns the restored init's pid.
-fn run(call: RestoreCall, container: &Container, id: &str) -> Result<i32> {
+/// criu gets the restore's stdio, its channel and `netns`: nothing else the engine left open.
+fn run(call: RestoreCall, netns: Option<&OwnedFd>, container: &Container, id: &str) -> Result<i32> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
         feather_sys::process::Forked::Child => {
-            let error = become_criu(&call, container);
+            let error = become_criu(&call, netns, container);
             eprintln!("feather-oci: restore {id}: {error:#}");
             std::process::exit(1)
         }
@@ -207,7 +214,11 @@ fn run(call: RestoreCall, container: &Container, id: &str) -> Result<i32> {
 /// restored root from it), its mounts slaves of the host's rather than private (CRIU gives the
 /// restored root the sharing the dumped one had: Docker's overlay root is a slave of the
 /// host's), the container's cgroup (the restored tree inherits it), then criu.
-fn become_criu(call: &RestoreCall, container: &Container) -> anyhow::Error {
+fn become_criu(
+    call: &RestoreCall,
+    netns: Option<&OwnedFd>,
+    container: &Container,
+) -> anyhow::Error {
     let placed = (|| -> Result<()> {
         nix::mount::mount(
             None::<&str>,
@@ -232,12 +243,11 @@ fn become_criu(call: &RestoreCall, container: &Container) -> anyhow::Error {
     if let Err(error) = placed {
         return error;
     }
-    if let Err(error) = call.keep_criu_end_across_exec() {
-        return anyhow::Error::from(error).context("hand criu its channel");
-    }
-    let error = std::process::Command::new(&call.program)
-        .args(&call.args)
-        .exec();
+    let mut criu = std::process::Command::new(&call.program);
+    criu.args(&call.args);
+    let passed: Vec<BorrowedFd> = netns.iter().map(|fd| fd.as_fd()).collect();
+    call.pass_only_to_criu(&mut criu, &passed);
+    let error = criu.exec();
     anyhow::Error::from(error).context(format!("run {}", call.program.display()))
 }
 

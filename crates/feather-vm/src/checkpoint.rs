@@ -32,7 +32,7 @@ use feather_migrate::archive;
 use feather_migrate::criu::Criu;
 
 use crate::error::{encode, failed, io, InVm, Result, VmError};
-use crate::images::{held_for, Receiver, HOLD, INVENTORY, RELEASED_TO, SUBNET};
+use crate::images::{self, held_for, Receiver, HOLD, INVENTORY, RELEASED_TO, SUBNET};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
 
@@ -418,7 +418,9 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
         return Err(failed(
             name,
             format!(
-                "was let go to {to} by a migration, and may run there: restoring it here could                  run it twice. If it does not run there, remove {} and restore it again",
+                "was let go to {} by a migration, and may run there: restoring it here could \
+                 run it twice. If it does not run there, remove {} and restore it again",
+                feather_core::display::escape_for_terminal(to.trim()),
                 released.display()
             ),
         ));
@@ -436,6 +438,7 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
             ));
         }
     }
+    images::read_layers(&vm.checkpoint_dir(), name, images::Reading::Restore)?;
     Criu::locate().in_vm(name)?;
     lifecycle::spawn_keeper(root, &vm, true)
 }
@@ -527,6 +530,12 @@ pub(crate) fn import_archive(
                 ),
             ));
         }
+        // Its records checked before it is placed: a restore derives host folders from them.
+        images::read_layers(
+            &staging.join("checkpoint"),
+            name,
+            images::Reading::Import(&file),
+        )?;
         config.id = lifecycle::new_id();
         // A VM with a private network keeps its address, in the same subnet only.
         let subnet = match fs::read(staging.join("checkpoint").join(SUBNET)) {

@@ -143,6 +143,12 @@ pub enum VmError {
     #[error("VM {vm}: {why}")]
     Failed { vm: String, why: String },
 
+    /// A record of a checkpoint (`layers.json`, its format) that no feather this old or
+    /// younger writes: from a newer feather, damaged, or crafted. Refused as it is read,
+    /// before anything is derived from it.
+    #[error("VM {}: its checkpoint's {}: {}: {}; {}", .0.vm, .0.file, .0.entry, .0.why, .0.remedy)]
+    CheckpointRecord(Box<RecordRefusal>),
+
     /// What a VM's keeper reported when it could not do what it was asked (its message names
     /// the VM and carries every cause).
     #[error("{0}")]
@@ -153,6 +159,19 @@ pub enum VmError {
 
     #[error("commit {vm}: the VM made {} that would run with privileges on the host; nothing was committed (review {} with `feather diff {vm}`, then commit with --keep-privileges to apply {} as they are, or commit other paths): {}", if .paths.len() == 1 { "a program" } else { "programs" }, if .paths.len() == 1 { "it" } else { "them" }, if .paths.len() == 1 { "it" } else { "them" }, .paths.join(", "))]
     CommitPrivileges { vm: String, paths: Vec<String> },
+}
+
+/// Why a checkpoint's record was refused (see [`VmError::CheckpointRecord`]).
+#[derive(Debug)]
+pub struct RecordRefusal {
+    pub vm: String,
+    /// The record, and the archive it came in.
+    pub file: String,
+    /// Which entry of it (or "the file").
+    pub entry: String,
+    pub why: String,
+    /// What the user can do.
+    pub remedy: String,
 }
 
 pub type Result<T, E = VmError> = std::result::Result<T, E>;

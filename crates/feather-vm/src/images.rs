@@ -2,13 +2,17 @@
 //! checkpoint`, `restore`, `migrate`, `serve`: [`crate::checkpoint`], [`crate::migration`]) and
 //! the keeper's, which dumps and restores the VM ([`crate::snapshot`]).
 
+use std::collections::HashSet;
 use std::fs;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
+use feather_core::display::escape_path;
 use feather_core::VmDir;
 use feather_sys::process;
 use nix::unistd::Pid;
+
+use crate::error::{RecordRefusal, Result, VmError};
 
 /// The file in an images folder that says a dump completed.
 pub(crate) const INVENTORY: &str = "inventory.img";
@@ -54,6 +58,7 @@ pub(crate) const HOLD: &str = "hold";
 /// namespace's root, the restored VM had its own group there, its limits writable; its
 /// `groups` are the units' groups in it, which CRIU leaves out.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub(crate) struct ExternalLayer {
     pub(crate) key: String,
     pub(crate) mount_point: PathBuf,
@@ -140,4 +145,348 @@ impl Receiver {
 /// The `feather serve` a VM received by migration waits for, if it waits.
 pub(crate) fn held_for(vm: &VmDir) -> Option<Receiver> {
     Receiver::parse(&fs::read_to_string(vm.checkpoint_dir().join(HOLD)).ok()?)
+}
+
+/// The file in an images folder that names the format of the checkpoint: its records (this
+/// folder's files besides CRIU's images, [`LAYERS`] first) and what they mean. A feather
+/// restores and imports only the formats it knows; an archive or a migration carries the
+/// file with the checkpoint.
+pub(crate) const FORMAT: &str = "format";
+
+/// The format this feather writes. 1 is a checkpoint without a [`FORMAT`] file (every feather
+/// before the file), read as 2; 2 has the cgroup hierarchies as `feather-cgroup-N` external
+/// mounts (an older one is refused in `snapshot::services_folders`).
+pub(crate) const FORMAT_VERSION: u32 = 2;
+
+/// Writes [`FORMAT`] into the images folder `images` of a dump.
+pub(crate) fn write_format(images: &Path) -> std::io::Result<()> {
+    fs::write(images.join(FORMAT), format!("{FORMAT_VERSION}\n"))
+}
+
+/// Where a checkpoint's records are read, which decides what the user can do about a refusal.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Reading<'a> {
+    /// The VM's own checkpoint, restored here (`restore`, the keeper).
+    Restore,
+    /// An archive being imported (`restore --import FILE`, a migration's): it names it.
+    Import(&'a str),
+}
+
+/// The layers of the checkpoint in `images` ([`LAYERS`]; none without the file), read and
+/// checked before anything is derived from them: refused if its format is not one this feather
+/// knows, or an entry is not one a dump writes (see [`check_layer`]).
+pub(crate) fn read_layers(
+    images: &Path,
+    vm: &impl std::fmt::Display,
+    reading: Reading,
+) -> Result<Vec<ExternalLayer>> {
+    check_format(images, vm, reading)?;
+    let refused = |entry: String, why: String| refusal(vm, reading, LAYERS, entry, why, false);
+    let bytes = match fs::read(images.join(LAYERS)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(refused("the file".into(), format!("cannot be read ({e})"))),
+    };
+    let layers: Vec<ExternalLayer> = serde_json::from_slice(&bytes)
+        .map_err(|e| refused("the list".into(), format!("is not a list of layers ({e})")))?;
+    let mut keys = HashSet::new();
+    let mut points = HashSet::new();
+    for (i, layer) in layers.iter().enumerate() {
+        let entry = || {
+            format!(
+                "entry {} (key \"{}\", mount point {})",
+                i + 1,
+                feather_core::display::escape_for_terminal(&layer.key),
+                escape_path(&layer.mount_point)
+            )
+        };
+        check_layer(layer).map_err(|why| refused(entry(), why))?;
+        if !keys.insert(&layer.key) {
+            return Err(refused(entry(), "its key is an earlier entry's too".into()));
+        }
+        if !points.insert(&layer.mount_point) {
+            return Err(refused(
+                entry(),
+                "its mount point is an earlier entry's too".into(),
+            ));
+        }
+    }
+    Ok(layers)
+}
+
+/// Refuses a checkpoint whose [`FORMAT`] this feather does not know (a newer feather's), or
+/// cannot read. No file: format 1.
+fn check_format(images: &Path, vm: &impl std::fmt::Display, reading: Reading) -> Result<()> {
+    let text = match fs::read(images.join(FORMAT)) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => {
+            let why = format!("cannot be read ({e})");
+            return Err(refusal(vm, reading, FORMAT, "the file".into(), why, false));
+        }
+    };
+    let shown = feather_core::display::escape_bytes(text.trim_ascii()).into_owned();
+    let version: Option<u32> = std::str::from_utf8(text.trim_ascii())
+        .ok()
+        .and_then(|t| t.parse().ok());
+    match version {
+        Some(1..=FORMAT_VERSION) => Ok(()),
+        Some(newer) if newer > FORMAT_VERSION => Err(refusal(
+            vm,
+            reading,
+            FORMAT,
+            format!("format {newer}"),
+            format!("written by a newer feather (this one knows formats 1 to {FORMAT_VERSION})"),
+            true,
+        )),
+        _ => Err(refusal(
+            vm,
+            reading,
+            FORMAT,
+            format!("\"{shown}\""),
+            "is no format feather writes".into(),
+            false,
+        )),
+    }
+}
+
+/// Why `layer` is not an entry a dump writes: its key names its kind (`feather-<kind>-<n>`),
+/// the kind what it is and where; a mount point is an absolute path of plain names (never
+/// `..`, `.`, an empty name or a NUL: a restore derives host folders from it).
+fn check_layer(layer: &ExternalLayer) -> std::result::Result<(), String> {
+    let point = &layer.mount_point;
+    check_vm_path(point)?;
+    let flags = [
+        layer.generated,
+        layer.mask,
+        layer.cgroup_top.is_some(),
+        layer.cgroup_services,
+    ];
+    if flags.iter().filter(|f| **f).count() > 1 {
+        return Err("it is of more than one kind".into());
+    }
+    let kind = layer_kind(&layer.key).ok_or("its key is none a dump gives")?;
+    let cgroups = Path::new("/sys/fs/cgroup");
+    let below_cgroups = point.strip_prefix(cgroups).ok();
+    let fits = match kind {
+        "layer" => {
+            let own = ["proc", "sys", "dev", "run"];
+            flags == [false; 4]
+                && !own
+                    .iter()
+                    .any(|tree| point.starts_with(Path::new("/").join(tree)))
+        }
+        "etc" => layer.generated && feather_net::etc::generated(Path::new("/"), point).is_some(),
+        "mask" => layer.mask,
+        "cgroup-top" => {
+            let folders = layer.cgroup_top.as_deref().unwrap_or_default();
+            return match point == cgroups {
+                true => check_cgroup_folders(folders),
+                false => Err("it is not at /sys/fs/cgroup".into()),
+            };
+        }
+        "cgroup" => {
+            layer.cgroup_services && below_cgroups.is_some_and(|p| p.components().count() == 1)
+        }
+        _ => false,
+    };
+    match fits {
+        true => Ok(()),
+        false => Err("its key does not fit its kind or its mount point".into()),
+    }
+}
+
+/// The kind a dump's key names: `feather-cgroup-top`, or `feather-<kind>-<n>`.
+fn layer_kind(key: &str) -> Option<&str> {
+    let rest = key.strip_prefix("feather-")?;
+    if rest == "cgroup-top" {
+        return Some(rest);
+    }
+    let (kind, number) = rest.rsplit_once('-')?;
+    let numbered = !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit());
+    let known = ["layer", "etc", "mask", "cgroup"].contains(&kind);
+    (numbered && known).then_some(kind)
+}
+
+/// The folders the tmpfs at `/sys/fs/cgroup` holds: one plain name each, each once.
+fn check_cgroup_folders(folders: &[PathBuf]) -> std::result::Result<(), String> {
+    let mut seen = HashSet::new();
+    for folder in folders {
+        let bytes = folder.as_os_str().as_encoded_bytes();
+        let plain = !bytes.is_empty()
+            && !bytes.contains(&b'/')
+            && !bytes.contains(&0)
+            && bytes != b"."
+            && bytes != b"..";
+        if !plain {
+            return Err(format!(
+                "its folder {} is not one plain name",
+                escape_path(folder)
+            ));
+        }
+        if !seen.insert(folder) {
+            return Err(format!(
+                "its folder {} is listed twice",
+                escape_path(folder)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `path` is a path in the VM a dump writes: `/` then plain names, at least one.
+fn check_vm_path(path: &Path) -> std::result::Result<(), String> {
+    let bytes = path.as_os_str().as_encoded_bytes();
+    let Some(names) = bytes.strip_prefix(b"/") else {
+        return Err("the mount point is not an absolute path".into());
+    };
+    let plain =
+        |name: &[u8]| !name.is_empty() && name != b"." && name != b".." && !name.contains(&0);
+    match names.split(|b| *b == b'/').all(plain) {
+        true => Ok(()),
+        false => Err(
+            "the mount point is not a path of plain names (it has `..`, `.`, an empty name or \
+             a NUL byte, or is `/`)"
+                .into(),
+        ),
+    }
+}
+
+/// The refusal of a checkpoint's record `file`, at `entry`, for `why`; `newer`: the format of
+/// a newer feather, else a record no feather writes (damaged or altered).
+fn refusal(
+    vm: &impl std::fmt::Display,
+    reading: Reading,
+    file: &str,
+    entry: String,
+    why: String,
+    newer: bool,
+) -> VmError {
+    let (file, remedy) = match (reading, newer) {
+        (Reading::Restore, true) => (
+            file.to_owned(),
+            format!("nothing was restored: restore it with a feather as new as the one that took it, or start the VM anew here (`feather start {vm}`)"),
+        ),
+        (Reading::Restore, false) => (
+            file.to_owned(),
+            format!("nothing was made or restored for it: the checkpoint is damaged or was altered; start the VM anew (`feather start {vm}`) or remove it (`feather rm {vm}`)"),
+        ),
+        (Reading::Import(archive), true) => (
+            format!("{file} in {archive}"),
+            "nothing was imported: import it with a feather as new as the one that exported it".into(),
+        ),
+        (Reading::Import(archive), false) => (
+            format!("{file} in {archive}"),
+            "nothing was imported: the archive is damaged or was altered; export the VM again where it was checkpointed".into(),
+        ),
+    };
+    VmError::CheckpointRecord(Box::new(RecordRefusal {
+        vm: vm.to_string(),
+        file,
+        entry,
+        why,
+        remedy,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(key: &str, point: &str) -> ExternalLayer {
+        ExternalLayer {
+            key: key.into(),
+            mount_point: point.into(),
+            ..ExternalLayer::default()
+        }
+    }
+
+    #[test]
+    fn the_entries_a_dump_writes_pass() {
+        let entries = [
+            layer("feather-layer-0", "/mnt/data-1"),
+            ExternalLayer {
+                generated: true,
+                ..layer("feather-etc-2", "/etc/hosts")
+            },
+            ExternalLayer {
+                mask: true,
+                ..layer("feather-mask-10", "/proc/acpi")
+            },
+            ExternalLayer {
+                cgroup_top: Some(vec!["unified".into(), "pids".into()]),
+                ..layer("feather-cgroup-top", "/sys/fs/cgroup")
+            },
+            ExternalLayer {
+                cgroup_services: true,
+                ..layer("feather-cgroup-0", "/sys/fs/cgroup/pids")
+            },
+        ];
+        for entry in &entries {
+            assert_eq!(check_layer(entry), Ok(()), "{entry:?}");
+        }
+    }
+
+    #[test]
+    fn mount_points_that_leave_or_bend_the_vms_tree_are_refused() {
+        for point in [
+            "/mnt/../../../tmp",
+            "/..",
+            "mnt/relative",
+            "/",
+            "",
+            "/mnt//data",
+            "/mnt/./data",
+            "/mnt/data/",
+            "/mnt/nul\0byte",
+        ] {
+            assert!(
+                check_layer(&layer("feather-layer-0", point)).is_err(),
+                "{point:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn keys_and_kinds_must_agree() {
+        let refused = [
+            layer("feather-layer-x", "/mnt"),
+            layer("other-layer-0", "/mnt"),
+            layer("feather-layer-0", "/proc/x"),
+            ExternalLayer {
+                generated: true,
+                ..layer("feather-etc-0", "/etc/passwd")
+            },
+            ExternalLayer {
+                cgroup_services: true,
+                ..layer("feather-cgroup-0", "/sys/fs/cgroup/a/b")
+            },
+            ExternalLayer {
+                mask: true,
+                generated: true,
+                ..layer("feather-mask-0", "/etc/hosts")
+            },
+        ];
+        for entry in &refused {
+            assert!(check_layer(entry).is_err(), "{entry:?}");
+        }
+    }
+
+    #[test]
+    fn cgroup_folders_are_plain_names_each_once() {
+        for folders in [
+            vec!["../../../tmp/x"],
+            vec!["/tmp/x"],
+            vec!["a/b"],
+            vec![".."],
+            vec![""],
+            vec!["pids", "pids"],
+        ] {
+            let top = ExternalLayer {
+                cgroup_top: Some(folders.iter().map(PathBuf::from).collect()),
+                ..layer("feather-cgroup-top", "/sys/fs/cgroup")
+            };
+            assert!(check_layer(&top).is_err(), "{folders:?}");
+        }
+    }
 }

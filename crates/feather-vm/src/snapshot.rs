@@ -47,7 +47,9 @@ use nix::unistd::Pid;
 use crate::decide::{self, WhileHeld};
 use crate::error::{encode, failed, io, InVm, Result};
 use crate::hiding;
-use crate::images::{held_for, ExternalLayer, EXTERNAL_NETNS, HOLD, LAYERS, LAZY, NETNS_DUMPED};
+use crate::images::{
+    self, held_for, ExternalLayer, EXTERNAL_NETNS, HOLD, LAYERS, LAZY, NETNS_DUMPED,
+};
 use crate::layers;
 use crate::protocol::{self, Response};
 use crate::rootfs;
@@ -186,6 +188,10 @@ pub(crate) fn dump(
         .map(|m| m.mount_point.display().to_string())
         .collect();
     let external_netns = mark_netns(vm, netns, init)?;
+    images::write_format(&images).map_err(io(
+        name,
+        format!("write {}", images.join(images::FORMAT).display()),
+    ))?;
     let dumped = criu.dump(
         &Dump {
             vm: name.as_str(),
@@ -428,13 +434,8 @@ pub(crate) fn restore_tree(
     let images = vm.checkpoint_dir();
     let top = layers::for_start(root, vm, config)?.layers.swap_remove(0);
     let rootfs = vm.rootfs();
-    let list = images.join(LAYERS);
-    let external: Vec<ExternalLayer> = match fs::read(&list) {
-        Ok(bytes) => {
-            serde_json::from_slice(&bytes).map_err(encode(name, list.display().to_string()))?
-        }
-        Err(_) => Vec::new(),
-    };
+    // Checked before anything is derived from it: host folders are, from its names.
+    let external = images::read_layers(&images, name, images::Reading::Restore)?;
     let (masks, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.mask);
     let (cgroup_top, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =

@@ -1,0 +1,222 @@
+//! A checkpoint's records (`layers.json`, its `format`) travel with it: in the VM's folder, in
+//! an archive `restore --import` takes from another host. A restore derives host folders from
+//! the names in `layers.json` (a layer's folders, the folders of the tmpfs at
+//! `/sys/fs/cgroup`), so every entry is checked as it is read, and a format this feather does
+//! not know is refused, before anything is made, removed or imported (security row 65).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::{json, Value};
+
+use crate::support::{assert_no_mount_under, Feather, ScratchBase};
+
+const MARKER: &str = "left alone";
+
+#[test]
+fn layers_json_naming_places_outside_the_vm_is_refused_at_restore_and_import() {
+    let (feather, _base) = checkpointed_vm("records");
+    let vm_dir = feather.vm_dir("vm");
+    let list = vm_dir.join("checkpoint/layers.json");
+    let original = fs::read(&list).unwrap();
+    let outside = Outside::new(&feather);
+    let target = outside.made.to_str().unwrap().to_owned();
+    // Up from the tmpfs folder of the VM's run folder to `/`, then down to the target.
+    let climbed = format!("{}{}", "../".repeat(40), target.trim_start_matches('/'));
+
+    let doctored: Vec<(&str, Value)> = vec![
+        // Without the fix the restoring keeper made these folders on the host (as root).
+        (
+            "an absolute cgroup folder",
+            with_cgroup_folder(&original, &target),
+        ),
+        (
+            "a climbing cgroup folder",
+            with_cgroup_folder(&original, &climbed),
+        ),
+        (
+            "a layer climbing out",
+            with_entry(
+                &original,
+                json!({"key": "feather-layer-9", "mount_point": format!("/mnt/{climbed}")}),
+            ),
+        ),
+        (
+            "a layer at an empty name",
+            with_entry(
+                &original,
+                json!({"key": "feather-layer-9", "mount_point": "/mnt//x"}),
+            ),
+        ),
+        ("a duplicate", with_duplicate(&original)),
+    ];
+    for (what, records) in &doctored {
+        fs::write(&list, serde_json::to_vec_pretty(records).unwrap()).unwrap();
+        let outcome = feather.run(&["restore", "vm"]);
+        outside.assert_untouched(what);
+        assert!(
+            outcome.code != 0
+                && outcome
+                    .stderr
+                    .contains("its checkpoint's layers.json: entry")
+                && outcome.stderr.contains("nothing was made or restored"),
+            "{what}: the restore names the file, the entry and what to do: {outcome:?}"
+        );
+        assert_no_mount_under(&vm_dir);
+        assert_eq!(feather.status("vm"), "checkpointed", "{what}");
+
+        // The same checkpoint in a hand-made archive, as another host would send it.
+        let archive = hand_made_archive(&feather, &vm_dir);
+        let elsewhere = Feather::new("records-import");
+        let refused = elsewhere.fails(&["restore", "vm", "--import", archive.to_str().unwrap()]);
+        let named = format!("layers.json in {}: entry", archive.display());
+        assert!(
+            refused.contains(&named) && refused.contains("nothing was imported"),
+            "{what}: the import names the archive, the entry and what to do: {refused}"
+        );
+        assert_eq!(
+            elsewhere.ok(&["ls", "--json"]).trim(),
+            "[]",
+            "{what}: imported"
+        );
+        outside.assert_untouched(what);
+    }
+
+    fs::write(&list, &original).unwrap();
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(feather.sh("vm", "echo back").trim(), "back");
+}
+
+#[test]
+fn a_checkpoint_of_a_newer_format_is_refused_and_an_unversioned_one_restores() {
+    let (feather, _base) = checkpointed_vm("format");
+    let vm_dir = feather.vm_dir("vm");
+    let format = vm_dir.join("checkpoint/format");
+    assert_eq!(
+        fs::read_to_string(&format).unwrap(),
+        "2\n",
+        "a dump names its format"
+    );
+
+    fs::write(&format, "3\n").unwrap();
+    let refused = feather.fails(&["restore", "vm"]);
+    assert!(
+        refused.contains("its checkpoint's format: format 3: written by a newer feather")
+            && refused.contains("restore it with a feather as new as the one that took it"),
+        "{refused}"
+    );
+    assert_eq!(feather.status("vm"), "checkpointed");
+    let archive = hand_made_archive(&feather, &vm_dir);
+    let elsewhere = Feather::new("format-import");
+    let refused = elsewhere.fails(&["restore", "vm", "--import", archive.to_str().unwrap()]);
+    assert!(
+        refused.contains(&format!("format in {}: format 3", archive.display()))
+            && refused.contains("import it with a feather as new as the one that exported it"),
+        "{refused}"
+    );
+    assert_eq!(elsewhere.ok(&["ls", "--json"]).trim(), "[]");
+
+    // A checkpoint of a feather before the format file is read as it always was.
+    fs::remove_file(&format).unwrap();
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(feather.sh("vm", "echo back").trim(), "back");
+}
+
+/// A checkpointed VM `vm` in a new state root, over a new base.
+fn checkpointed_vm(label: &str) -> (Feather, ScratchBase) {
+    let feather = Feather::new(label);
+    feather.require_criu();
+    let base = ScratchBase::new(label);
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.ok(&["checkpoint", "vm"]);
+    (feather, base)
+}
+
+/// A host folder outside every VM, holding a marker: nothing may be made or removed in it.
+struct Outside {
+    dir: PathBuf,
+    made: PathBuf,
+}
+
+impl Outside {
+    fn new(feather: &Feather) -> Outside {
+        let dir = feather.root.join("outside");
+        fs::create_dir(&dir).unwrap();
+        fs::write(dir.join("marker"), MARKER).unwrap();
+        let made = dir.join("made");
+        Outside { dir, made }
+    }
+
+    fn assert_untouched(&self, what: &str) {
+        assert!(!self.made.exists(), "{what}: a folder was made outside");
+        assert_eq!(
+            fs::read_to_string(self.dir.join("marker")).ok().as_deref(),
+            Some(MARKER),
+            "{what}: the marker outside was removed"
+        );
+    }
+}
+
+fn records(original: &[u8]) -> Vec<Value> {
+    serde_json::from_slice(original).unwrap()
+}
+
+/// The records with `folder` added to the folders of the tmpfs at `/sys/fs/cgroup`.
+fn with_cgroup_folder(original: &[u8], folder: &str) -> Value {
+    let mut entries = records(original);
+    let top = entries
+        .iter_mut()
+        .find(|e| e["key"] == "feather-cgroup-top")
+        .expect("the checkpoint lists the tmpfs at /sys/fs/cgroup");
+    top["cgroup_top"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!(folder));
+    Value::Array(entries)
+}
+
+fn with_entry(original: &[u8], entry: Value) -> Value {
+    let mut entries = records(original);
+    entries.push(entry);
+    Value::Array(entries)
+}
+
+/// The records with the first cgroup hierarchy listed twice, under another key.
+fn with_duplicate(original: &[u8]) -> Value {
+    let mut entries = records(original);
+    let mut copy = entries
+        .iter()
+        .find(|e| e["cgroup_services"] == true)
+        .expect("the checkpoint lists a cgroup hierarchy")
+        .clone();
+    copy["key"] = json!("feather-cgroup-99");
+    entries.push(copy);
+    Value::Array(entries)
+}
+
+/// The VM's folder as an archive `restore --import` takes, made with tar as feather makes it.
+fn hand_made_archive(feather: &Feather, vm_dir: &Path) -> PathBuf {
+    let archive = feather.root.join("hand-made.tar.zst");
+    let _ = fs::remove_file(&archive);
+    let status = Command::new("tar")
+        .args([
+            "--create",
+            "--zstd",
+            "--numeric-owner",
+            "--xattrs",
+            "--file",
+        ])
+        .arg(&archive)
+        .arg("--directory")
+        .arg(vm_dir)
+        .args(
+            ["config.toml", "state.json", "upper", "mounts", "checkpoint"]
+                .into_iter()
+                .filter(|member| vm_dir.join(member).exists()),
+        )
+        .status()
+        .unwrap();
+    assert!(status.success(), "tar made the archive");
+    archive
+}
