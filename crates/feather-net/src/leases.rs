@@ -20,7 +20,6 @@ fn leases_dir(network: &RootNetwork) -> PathBuf {
     network.root().join(LEASES)
 }
 
-/// (address, VM id) of every lease of the root.
 /// Every lease of the root: its address and its holder.
 pub(crate) fn held(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
     let dir = leases_dir(network);
@@ -42,14 +41,25 @@ pub(crate) fn held(network: &RootNetwork) -> Result<Vec<(Ipv4Addr, String)>> {
 /// Leases the lowest free address of the root's subnet to VM `vm_id` (or returns the one it
 /// holds already), unsynced.
 pub fn lease(network: &RootNetwork, vm_id: &str) -> Result<Ipv4Addr> {
-    let held = held(network)?;
-    if let Some((address, _)) = held.iter().find(|(_, id)| id == vm_id) {
-        return Ok(*address);
+    match held(network)?.into_iter().find(|(_, id)| id == vm_id) {
+        Some((address, _)) => Ok(address),
+        None => lease_new(network, vm_id),
     }
+}
+
+/// Leases the lowest free address of the root's subnet to VM `vm_id`, a VM just made that
+/// holds none yet (its id is new), unsynced. Unlike [`lease`] it reads no lease, only the
+/// folder's names: a root with n VMs costs one listing, not n reads, per VM made.
+pub fn lease_new(network: &RootNetwork, vm_id: &str) -> Result<Ipv4Addr> {
     let dir = leases_dir(network);
     fs::create_dir_all(&dir).at(&dir)?;
+    let taken: std::collections::HashSet<Ipv4Addr> = fs::read_dir(&dir)
+        .at(&dir)?
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse().ok())
+        .collect();
     for address in network.subnet.vm_hosts() {
-        if held.iter().any(|(a, _)| *a == address) {
+        if taken.contains(&address) {
             continue;
         }
         let path = dir.join(address.to_string());
@@ -89,7 +99,6 @@ pub fn lease_exact(network: &RootNetwork, vm_id: &str, address: Ipv4Addr) -> Res
     Ok(true)
 }
 
-/// Returns every address VM `vm_id` holds to the pool.
 /// Hands the lease of `address` to `vm_id` (a pooled namespace's, taken by a VM): the file is
 /// replaced at once, so it always names one holder.
 pub(crate) fn hand_over(network: &RootNetwork, address: Ipv4Addr, vm_id: &str) -> Result<()> {
@@ -108,6 +117,22 @@ pub fn files(root_dir: &Path, address: Ipv4Addr) -> [PathBuf; 2] {
     [dir.join(address.to_string()), dir]
 }
 
+/// Returns the lease of `address` to the pool if VM `vm_id` holds it: one read, where
+/// [`release`] reads every lease of the root. Another VM's lease of that address is kept.
+pub fn release_at(network: &RootNetwork, vm_id: &str, address: Ipv4Addr) -> Result<()> {
+    let path = leases_dir(network).join(address.to_string());
+    match fs::read_to_string(&path) {
+        Ok(holder) if holder.trim() == vm_id => match fs::remove_file(&path) {
+            Err(e) if e.kind() != ErrorKind::NotFound => Err(e).at(path),
+            _ => Ok(()),
+        },
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e).at(path),
+    }
+}
+
+/// Returns every address VM `vm_id` holds to the pool.
 pub fn release(network: &RootNetwork, vm_id: &str) -> Result<()> {
     let dir = leases_dir(network);
     for (address, id) in held(network)? {
@@ -162,6 +187,47 @@ mod tests {
         assert!(addresses.contains(&held));
         release(&network, "vm3").unwrap();
         assert_eq!(lease(&network, "vm5").unwrap(), held);
+        fs::remove_dir_all(network.root()).unwrap();
+    }
+
+    #[test]
+    fn new_vms_take_the_lowest_free_addresses_and_give_back_only_their_own() {
+        let network = scratch_network("new");
+        let threads: Vec<_> = (0..4)
+            .map(|i| {
+                let network = network.clone();
+                std::thread::spawn(move || lease_new(&network, &format!("vm{i}")).unwrap())
+            })
+            .collect();
+        let mut addresses: Vec<Ipv4Addr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        addresses.sort();
+        let lowest: Vec<Ipv4Addr> = network.subnet.vm_hosts().take(4).collect();
+        assert_eq!(addresses, lowest);
+        let holder = |address: Ipv4Addr| {
+            held(&network)
+                .unwrap()
+                .into_iter()
+                .find(|(a, _)| *a == address)
+                .map(|(_, id)| id)
+        };
+        // A VM that does not hold the address it names leaves its holder's lease alone.
+        let (second, second_holder) = (lowest[1], holder(lowest[1]).unwrap());
+        release_at(&network, "someone-else", second).unwrap();
+        assert_eq!(holder(second), Some(second_holder.clone()));
+        release_at(&network, &second_holder, second).unwrap();
+        assert_eq!(holder(second), None);
+        // Released twice: nothing to do.
+        release_at(&network, &second_holder, second).unwrap();
+        // The freed address is the lowest free one again; then the subnet's last one; then none.
+        assert_eq!(lease_new(&network, "vm4").unwrap(), second);
+        assert_eq!(
+            lease_new(&network, "vm5").unwrap(),
+            network.subnet.vm_hosts().nth(4).unwrap()
+        );
+        assert!(matches!(
+            lease_new(&network, "vm6"),
+            Err(NetError::SubnetFull { .. })
+        ));
         fs::remove_dir_all(network.root()).unwrap();
     }
 }

@@ -75,6 +75,7 @@ pub fn host_end(vm_id: &str) -> String {
 /// leases the VM's address (private mode), unsynced. `kept`: a VM that is not thrown away,
 /// whose lease must survive a power cut: its caller syncs [`lease_files`] with the VM's own
 /// files, before the VM exists. A throw-away VM may take a namespace made ahead instead.
+/// `vm_id`: a new id, which holds no lease yet.
 pub fn allocate(
     root_dir: &Path,
     vm_id: &str,
@@ -94,7 +95,8 @@ pub fn allocate(
         };
         config.address = match pooled {
             Some(address) => Some(address),
-            None => Some(leases::lease(&network, vm_id)?),
+            // The VM's id is new: it holds no lease to look for.
+            None => Some(leases::lease_new(&network, vm_id)?),
         };
     }
     Ok(())
@@ -184,10 +186,19 @@ pub fn release(root_dir: &Path, vm_id: &str, config: &NetworkConfig) -> Result<(
     if let Some(network) = RootNetwork::load(root_dir)? {
         let _lock = network.lock()?;
         pool::drop_claimed(&network, vm_id);
-        leases::release(&network, vm_id)?;
+        release_lease(&network, vm_id, config)?;
         network.forget_if_unused();
     }
     Ok(())
+}
+
+/// Returns the lease of VM `vm_id`: by the address its config names (one file), or, without
+/// one, by looking at every lease.
+fn release_lease(network: &RootNetwork, vm_id: &str, config: &NetworkConfig) -> Result<()> {
+    match config.address {
+        Some(address) => leases::release_at(network, vm_id, address),
+        None => leases::release(network, vm_id),
+    }
 }
 
 /// A VM's veth pair as CRIU recreates it on restore: its end `inside` the VM, and its host end
@@ -502,7 +513,7 @@ impl Attachment {
     /// can forget its network is decided in [`Attachment::wait`], after the tear-down.)
     pub fn release(&self, vm_id: &str) {
         if let Some(network) = &self.network {
-            if leases::release(network, vm_id).is_ok() {
+            if release_lease(network, vm_id, &self.config).is_ok() {
                 self.released.set(true);
             }
         }

@@ -32,6 +32,11 @@ enum State {
     Busy(Instant),
     /// Given back, and nothing has run since.
     Released,
+    /// The process is ending (its VM is being stopped): never given back again. Its teardown
+    /// maps the pages again at once, and a release (reading its own smaps, tens of
+    /// milliseconds on a loaded host) in the middle of a stop delayed the keeper's noticing
+    /// that init had ended, and so every stop.
+    Ending,
 }
 
 /// When a resident process last did something, and whether it has given its pages back since.
@@ -52,6 +57,11 @@ impl Quiet {
         Quiet {
             state: State::Busy(now),
         }
+    }
+
+    /// From now on the pages are not given back: the process is on its way out.
+    pub fn ending(&mut self) {
+        self.state = State::Ending;
     }
 
     /// poll(2) on `fds` until an event or `deadline`, giving the program's pages back when
@@ -76,7 +86,9 @@ impl Quiet {
             };
             let now = Instant::now();
             if events != Ok(0) || deadline.is_some_and(|deadline| now >= deadline) {
-                self.state = State::Busy(now);
+                if self.state != State::Ending {
+                    self.state = State::Busy(now);
+                }
                 return events;
             }
         }
@@ -87,7 +99,7 @@ impl Quiet {
         match self.state {
             State::Due => true,
             State::Busy(at) => now >= at + QUIET,
-            State::Released => false,
+            State::Released | State::Ending => false,
         }
     }
 
@@ -96,7 +108,7 @@ impl Quiet {
         match self.state {
             State::Due => Some(Instant::now()),
             State::Busy(at) => Some(at + QUIET),
-            State::Released => None,
+            State::Released | State::Ending => None,
         }
     }
 }
@@ -174,6 +186,27 @@ mod tests {
         assert!(
             Instant::now() >= deadline,
             "the wait lasted until its deadline"
+        );
+    }
+
+    #[test]
+    fn an_ending_process_never_gives_its_pages_back_whatever_happens() {
+        let (ours, theirs) = nix::unistd::pipe().unwrap();
+        let start = Instant::now();
+        let mut quiet = Quiet::busy_since(start);
+        quiet.ending();
+        assert!(!quiet.release_due(start + QUIET * 10));
+        assert_eq!(quiet.release_at(), None, "no release to wake up for");
+        nix::unistd::write(&theirs, b"x").unwrap();
+        let mut fds = [PollFd::new(
+            std::os::fd::AsFd::as_fd(&ours),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        assert_eq!(quiet.wait(&mut fds, None), Ok(1));
+        assert_eq!(
+            quiet.state,
+            State::Ending,
+            "an event does not make it busy again"
         );
     }
 

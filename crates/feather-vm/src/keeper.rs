@@ -582,6 +582,8 @@ impl Keeper {
                     match self.answer(&stream) {
                         Answered::Done => {}
                         Answered::Stop(grace) => {
+                            // From here "run the command" is the wait for the VM's end.
+                            trace::phase("run until asked to stop");
                             phase = self.act(decide::stop(phase, grace, Instant::now()));
                             stop_requests.push(stream);
                         }
@@ -600,6 +602,9 @@ impl Keeper {
                 }
             }
             phase = self.act(decide::on_time(phase, Instant::now()));
+            if phase != Phase::Running {
+                quiet.ending();
+            }
         };
         trace::phase("run the command");
         let ended = decide::ended(status, foreground);
@@ -916,7 +921,16 @@ impl Keeper {
         } else {
             how.to_owned()
         });
-        if let Err(e) = self.vm.write_state(&state, self.durability) {
+        // Whole, not Durable: the rename is not synced (a second device flush on every stop).
+        // A power cut that forgets it leaves the record before, "running" by a keeper whose
+        // lock is free, which `ls` shows as crashed and `start` and `rm` clean up after: as
+        // true as "stopped" once the power is back, since the cut ended every process of the
+        // VM too. A checkpointed record is fully synced: it must not read as running.
+        let recorded = match self.durability {
+            Durability::Durable if !self.checkpointed.get() => Durability::Whole,
+            other => other,
+        };
+        if let Err(e) = self.vm.write_state(&state, recorded) {
             eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
         trace::phase("teardown: record the state");
