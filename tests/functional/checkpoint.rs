@@ -710,6 +710,72 @@ fn a_vm_with_a_private_network_comes_back_with_its_address_and_published_port() 
     );
 }
 
+/// The keeper holds a default VM's traffic during its dump by bringing the host end of its
+/// veth pair down (CRIU's own lock works only in a namespace it dumps), from the start of the
+/// dump on; a VM that goes on after it, as one checkpointed with `--leave-running` does, gets
+/// its link back: the host end up, the VM's end with its carrier, and a host client's
+/// connection to it carrying on, one connection without a gap.
+#[test]
+fn a_default_vm_checkpointed_and_left_running_keeps_its_link_and_connection() {
+    // Over the host's own root, for its python3.
+    let feather = Feather::new("ckpt-link");
+    feather.require_criu();
+    feather.ok(&["create", "vm"]);
+    feather.ok(&["start", "vm"]);
+    let view = feather.inspect("vm");
+    let address = view["network"]["address"].as_str().unwrap().to_owned();
+    let host_end = view["network"]["host_interface"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    python_daemon(&feather, "vm", LINE_SERVER, &[]);
+    await_line_server(&feather, "vm");
+    let client = Command::new("/usr/bin/python3")
+        .args(["-c", LINE_CLIENT, &address])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let _client = EndedOnDrop(client);
+    let received = || received_numbers(&feather, "vm");
+    feather.eventually("the host's connection carries data", || {
+        received().len() >= 3
+    });
+
+    feather.ok(&["checkpoint", "vm", "--leave-running"]);
+    assert_eq!(feather.status("vm"), "running");
+    let operstate = Path::new("/sys/class/net")
+        .join(&host_end)
+        .join("operstate");
+    let operstate = fs::read_to_string(&operstate).expect("the VM's host end is there");
+    assert_eq!(
+        operstate.trim(),
+        "up",
+        "the host end {host_end} is up again"
+    );
+    assert_eq!(feather.sh("vm", "cat /sys/class/net/eth0/carrier"), "1\n");
+    let resumed = received().len();
+    feather.eventually("the connection carries on", || {
+        received().len() > resumed + 2
+    });
+    let numbers = received();
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "one connection, without a gap or a repeat"
+    );
+}
+
+/// A process of the test, killed and reaped on drop.
+struct EndedOnDrop(std::process::Child);
+
+impl Drop for EndedOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// A private network's namespace is left out of the dump only while it holds exactly what
 /// feather made; the VM's root cannot change it (no CAP_NET_ADMIN, read-only /proc/sys), and a
 /// change made from outside (here the host, as something holding CAP_NET_ADMIN there would)

@@ -201,6 +201,28 @@ fn release_lease(network: &RootNetwork, vm_id: &str, config: &NetworkConfig) -> 
     }
 }
 
+/// The host end of a VM's veth pair, brought down to hold every packet between the VM and its
+/// bridge, and up to let them through (see [`Attachment::hold_traffic`]).
+#[derive(Clone, Debug)]
+pub struct TrafficSwitch {
+    host_end: String,
+}
+
+impl TrafficSwitch {
+    /// Holds (`true`) or lets through (`false`) the VM's traffic. Bringing a link down waits
+    /// for the kernel's RCU grace period (`synchronize_net`): milliseconds, more on a loaded
+    /// machine.
+    pub fn hold(&self, held: bool) -> Result<()> {
+        let index = index_of(&self.host_end).ok_or_else(|| {
+            NetError::Invalid(format!("the VM's host end {} is gone", self.host_end))
+        })?;
+        let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "on the host"))?;
+        netlink
+            .set_state(index, !held)
+            .map_err(netlink_error("set the state of", self.host_end.clone()))
+    }
+}
+
 /// A VM's veth pair as CRIU recreates it on restore: its end `inside` the VM, and its host end
 /// joined to `bridge`.
 #[derive(Clone, Debug)]
@@ -317,7 +339,7 @@ impl Attachment {
             pooled.let_go();
             return Ok(());
         }
-        self.join(Some(PeerNamespace::Process(init_pid)))
+        self.join(Some(PeerNamespace::Process(init_pid)), true)
             .map(|_| ())
     }
 
@@ -340,7 +362,7 @@ impl Attachment {
     /// makes itself as it recreates the VM's network namespace, with its host end on the bridge
     /// (`--external veth[…]`). Returns that pair for CRIU, or None without a private network.
     pub fn attach_for_restore(&self) -> Result<Option<VethPair>> {
-        let pair = self.join(None)?;
+        let pair = self.join(None, true)?;
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
             if network.uplink.is_some() {
                 firewall::note_arrival(network, address)?;
@@ -368,8 +390,8 @@ impl Attachment {
         let (Some(network), Some(address)) = (&self.network, self.config.address) else {
             return Ok(());
         };
-        self.join(Some(PeerNamespace::Fd(namespace.as_raw_fd())))?;
-        self.hold_traffic(true)?;
+        // Made down: held from the start, without bringing it down (see `TrafficSwitch`).
+        self.join(Some(PeerNamespace::Fd(namespace.as_raw_fd())), false)?;
         let inside = Inside {
             own_namespace: true,
             interface: Some(Interface::of_vm(network, address)),
@@ -409,19 +431,22 @@ impl Attachment {
     /// restored (in repair mode) no segment reaches them, so none is acknowledged behind the
     /// dump's back and none is answered with a reset. The VM sees its link lose its carrier.
     pub fn hold_traffic(&self, held: bool) -> Result<()> {
-        if self.network.is_none() {
-            return Ok(());
+        match self.traffic_switch() {
+            Some(switch) => switch.hold(held),
+            None => Ok(()),
         }
-        let index = index_of(&self.host_end).ok_or_else(|| {
-            NetError::Invalid(format!("the VM's host end {} is gone", self.host_end))
-        })?;
-        let mut netlink = Netlink::open().map_err(netlink_error("open netlink", "on the host"))?;
-        netlink
-            .set_state(index, !held)
-            .map_err(netlink_error("set the state of", self.host_end.clone()))
     }
 
-    fn join(&self, peer: Option<PeerNamespace>) -> Result<Option<VethPair>> {
+    /// What [`Attachment::hold_traffic`] switches, to be switched from another thread (the
+    /// attachment itself stays with its keeper's): None without a private network.
+    pub fn traffic_switch(&self) -> Option<TrafficSwitch> {
+        self.network.as_ref().map(|_| TrafficSwitch {
+            host_end: self.host_end.clone(),
+        })
+    }
+
+    /// `host_end_up`: whether the pair it makes (with `peer`) has its host end up.
+    fn join(&self, peer: Option<PeerNamespace>, host_end_up: bool) -> Result<Option<VethPair>> {
         let (Some(network), Some(address)) = (&self.network, self.config.address) else {
             return Ok(None);
         };
@@ -449,7 +474,7 @@ impl Attachment {
         }
         if let Some(peer) = peer {
             netlink
-                .create_veth(&self.host_end, bridge, VM_INTERFACE, peer)
+                .create_veth_with(&self.host_end, bridge, VM_INTERFACE, peer, host_end_up)
                 .map_err(netlink_error("create veth pair", self.host_end.clone()))?;
         }
         if let Err(e) = firewall::add_vm(network, &self.host_end, address, self.config.egress) {

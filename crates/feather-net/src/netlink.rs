@@ -152,6 +152,19 @@ impl Netlink {
         peer: &str,
         namespace: PeerNamespace,
     ) -> io::Result<()> {
+        self.create_veth_with(host_end, bridge, peer, namespace, true)
+    }
+
+    /// [`Netlink::create_veth`] with the host end left down (`up` false): nothing crosses
+    /// until it is brought up, and no bringing down (an RCU grace period) is needed to hold it.
+    pub fn create_veth_with(
+        &mut self,
+        host_end: &str,
+        bridge: u32,
+        peer: &str,
+        namespace: PeerNamespace,
+        up: bool,
+    ) -> io::Result<()> {
         let mut peer_link = LinkMessage::default();
         peer_link.attributes = vec![
             LinkAttribute::IfName(peer.to_owned()),
@@ -161,7 +174,11 @@ impl Netlink {
             },
         ];
         let mut link = LinkMessage::default();
-        link.header.flags = LinkFlags::Up;
+        link.header.flags = if up {
+            LinkFlags::Up
+        } else {
+            LinkFlags::empty()
+        };
         link.header.change_mask = LinkFlags::Up;
         link.attributes = vec![
             LinkAttribute::IfName(host_end.to_owned()),

@@ -374,6 +374,17 @@ impl LazyCheckpoint {
 /// `feather restore`: brings a checkpointed VM back; with `import`, first adds it to this state
 /// root from an archive made by `feather checkpoint --export`.
 pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result<()> {
+    restore_with(root, name, import, None)
+}
+
+/// [`restore`], with the network namespace `netns` made ahead for the VM (see
+/// `migration::receive`), which its keeper uses if the checkpoint left the VM's out.
+pub(crate) fn restore_with(
+    root: &StateRoot,
+    name: &VmName,
+    import: Option<&Path>,
+    netns: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<()> {
     if let Some(file) = import {
         import_archive(root, name, Source::File(file), None)?;
     }
@@ -440,7 +451,7 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
     }
     images::read_layers(&vm.checkpoint_dir(), name, images::Reading::Restore)?;
     Criu::locate().in_vm(name)?;
-    lifecycle::spawn_keeper(root, &vm, true)
+    lifecycle::spawn_keeper_with(root, &vm, true, netns)
 }
 
 /// Adds the VM in `file` to this state root under its recorded name, which must be `name`, as a

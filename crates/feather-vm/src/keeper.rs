@@ -137,7 +137,13 @@ pub struct Keeper {
     held_mounts: std::cell::Cell<Option<OwnedFd>>,
     /// A throw-away VM's layer in memory (see [`layers::MemoryLayer`]), held for the VM's life.
     memory_layer: Option<layers::MemoryLayer>,
+    /// A VM received by a migration: its record as running, being synced while the sender is
+    /// asked to let it go; awaited before it runs (see [`Keeper::restore`]).
+    recording: std::cell::RefCell<Option<Recording>>,
 }
+
+/// The thread writing a VM's state durably.
+type Recording = std::thread::JoinHandle<feather_core::Result<()>>;
 
 /// Whether a keeper leaves the slow end of its VM's teardown to a finisher process of its own
 /// (see [`Keeper::hand_off`]): a throw-away VM run in the foreground, without a disk image
@@ -290,6 +296,7 @@ impl Keeper {
             init_waits: Some(init_waits),
             held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer,
+            recording: std::cell::RefCell::new(None),
         };
         record.commit()?;
         trace::phase("listen, record the state");
@@ -301,8 +308,10 @@ impl Keeper {
 
     /// Restores a checkpointed VM (see [`crate::checkpoint`]): its cgroup is made anew with
     /// its limits, and CRIU brings its processes back with init as this keeper's child. On
-    /// failure nothing is left behind and the VM stays checkpointed.
-    pub fn restore(root: &StateRoot, vm: &VmDir) -> Result<Keeper> {
+    /// failure nothing is left behind and the VM stays checkpointed. `made`: a network
+    /// namespace with loopback up made ahead (by `feather serve`, while the VM was on its
+    /// way), taken instead of a new one where the checkpoint left the VM's out.
+    pub fn restore(root: &StateRoot, vm: &VmDir, made: Option<OwnedFd>) -> Result<Keeper> {
         let name = vm.name().clone();
         let lock = vm
             .lock_keeper()?
@@ -331,11 +340,12 @@ impl Keeper {
         // A namespace left out of the dump is made here, as at a start; a dumped one CRIU
         // makes again, veth pair included.
         let external = snapshot::netns_external(vm);
-        let attached = match external {
-            true => network
+        let attached = match (external, made) {
+            (true, Some(netns)) => Ok((None, Some(netns))),
+            (true, None) => network
                 .new_namespace_for_restore()
                 .map(|netns| (None, Some(netns))),
-            false => network.attach_for_restore().map(|veth| (veth, None)),
+            (false, _) => network.attach_for_restore().map(|veth| (veth, None)),
         };
         trace::phase(if external {
             "restore: network namespace made anew"
@@ -366,13 +376,17 @@ impl Keeper {
             .and_then(|init| {
                 // CRIU restores no cgroup settings (feather makes the group), and the restored
                 // processes are still stopped: the VM's device rules, and the link-layer
-                // address its bridge port takes, are set before any runs.
-                let pinned = network
-                    .own_mac_after_restore(init.pid.as_raw() as u32)
-                    .map_err(|e| VmError::Net {
-                        vm: name.to_string(),
-                        source: Box::new(e),
-                    });
+                // address its bridge port takes, are set before any runs (a namespace made
+                // anew has that address from `wire_restored`).
+                let pinned = match external {
+                    true => Ok(()),
+                    false => network
+                        .own_mac_after_restore(init.pid.as_raw() as u32)
+                        .map_err(|e| VmError::Net {
+                            vm: name.to_string(),
+                            source: Box::new(e),
+                        }),
+                };
                 match cgroup
                     .as_ref()
                     .map(|c| restrict_devices(c, &name))
@@ -422,11 +436,18 @@ impl Keeper {
             init_waits: None,
             held_mounts: std::cell::Cell::new(None),
             memory_layer: None,
+            recording: std::cell::RefCell::new(None),
         };
         trace::phase("restore: CRIU restored the tree, network completed");
-        // Synced: the checkpoint it was restored from must not read as restorable after a
-        // power cut, its layer having moved on since.
-        keeper.record_running(Durability::Durable)?;
+        // Synced before anything of the VM runs: the checkpoint it was restored from must not
+        // read as restorable after a power cut, its layer having moved on since. A VM received
+        // by a migration runs only once the sender lets it go, a round trip between the hosts
+        // later: its record is synced meanwhile, on a thread, and awaited before it runs
+        // (`serve`). Until then it reads as checkpointed, which it still is.
+        match keeper.hold.is_some() {
+            true => *keeper.recording.borrow_mut() = Some(keeper.record_running_aside()),
+            false => keeper.record_running(Durability::Durable)?,
+        }
         trace::phase("restore: recorded running");
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
         // of this host are hidden before anything of the VM runs again. A VM received by a
@@ -510,6 +531,14 @@ impl Keeper {
         let _ = process::signal(&self.init.pidfd, Signal::SIGCONT);
     }
 
+    /// [`Keeper::record_running`], durably, on a thread of its own.
+    fn record_running_aside(&self) -> Recording {
+        let memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
+        let state = running_state(self.init.pid, memory_layer);
+        let vm = self.vm.clone();
+        std::thread::spawn(move || vm.write_state(&state, Durability::Durable))
+    }
+
     fn record_running(&self, durability: Durability) -> Result<()> {
         let memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
         let state = running_state(self.init.pid, memory_layer);
@@ -524,7 +553,24 @@ impl Keeper {
             Some(serve) => {
                 let cgroup = self.cgroup.as_ref();
                 let open = || self.let_traffic_through();
-                snapshot::await_release(&self.vm, serve, &self.init, &self.listener, cgroup, &open)
+                let mut recording = self.recording.borrow_mut().take();
+                let mut recorded = || match recording.take().map(std::thread::JoinHandle::join) {
+                    None | Some(Ok(Ok(()))) => Ok(()),
+                    Some(Ok(Err(e))) => Err(causes(&e)),
+                    Some(Err(_)) => Err("the thread writing it panicked".to_owned()),
+                };
+                let runs = snapshot::await_release(
+                    &self.vm,
+                    serve,
+                    &self.init,
+                    &self.listener,
+                    cgroup,
+                    &mut recorded,
+                    &open,
+                );
+                // Not let run: its end, recorded below, comes after that record.
+                let _ = recorded();
+                runs
             }
             None => true,
         };
@@ -727,7 +773,16 @@ impl Keeper {
         // works inside a namespace it dumps): see `hold_network`.
         let lockable = netns == snapshot::NetnsAtDump::Known
             && self.config.network.mode == feather_core::NetMode::Private;
-        let locked = std::cell::Cell::new(false);
+        // The link goes down while CRIU starts and seizes the tasks, rather than at its
+        // `network-lock` notice, which would wait for it (an RCU grace period, more under
+        // load) inside the freeze; the notice then finds it down. Earlier is no looser a lock.
+        let early_lock = std::cell::RefCell::new(
+            self.network
+                .traffic_switch()
+                .filter(|_| lockable)
+                .map(|switch| std::thread::spawn(move || switch.hold(true))),
+        );
+        let locked = std::cell::Cell::new(early_lock.borrow().is_some());
         let dumped = snapshot::dump(
             &self.vm,
             self.init.pid,
@@ -740,6 +795,7 @@ impl Keeper {
             &mut |note| match note {
                 // Post-copy: the asker sends the images while CRIU serves the memory.
                 DumpNote::Images => {
+                    trace::phase("checkpoint: CRIU dumped all but the memory");
                     if lazy.is_some() {
                         let _ = protocol::write_response(stream, &Response::Dumped);
                     }
@@ -747,7 +803,7 @@ impl Keeper {
                 }
                 DumpNote::NetworkLock if lockable => {
                     locked.set(true);
-                    self.hold_network()
+                    self.hold_network(early_lock.borrow_mut().take())
                 }
                 DumpNote::NetworkUnlock if locked.get() => {
                     locked.set(false);
@@ -776,6 +832,10 @@ impl Keeper {
                     );
                 }
             }
+        }
+        // A dump that failed before CRIU's notice: the link went down all the same.
+        if let Some(early) = early_lock.borrow_mut().take() {
+            let _ = early.join();
         }
         // A VM that goes on (a failed dump, or one left running) gets its link back, whether
         // or not CRIU said so.
@@ -846,9 +906,23 @@ impl Keeper {
     /// `feather_net::Attachment::hold_traffic`), and compares its namespace once more, now
     /// that nothing of the VM runs. A namespace changed since the first look fails the dump
     /// (the VM goes on, and says so) rather than lose the change. Whether the dump goes on.
-    fn hold_network(&self) -> bool {
+    /// `early`: the link already going down on a thread of its own, started with the dump.
+    fn hold_network(
+        &self,
+        early: Option<std::thread::JoinHandle<feather_net::Result<()>>>,
+    ) -> bool {
         let name = self.vm.name();
-        if let Err(e) = self.network.hold_traffic(true) {
+        trace::phase("checkpoint: CRIU's network-lock notice (tasks seized)");
+        let held = match early {
+            Some(early) => early.join().unwrap_or_else(|_| {
+                Err(feather_net::NetError::Invalid(
+                    "the thread bringing the link down panicked".into(),
+                ))
+            }),
+            None => self.network.hold_traffic(true),
+        };
+        trace::phase("checkpoint: network locked");
+        if let Err(e) = held {
             eprintln!(
                 "feather keeper {name}: cannot lock the VM's network: {}",
                 causes(&e)
@@ -860,7 +934,7 @@ impl Keeper {
             .changed_since_made(self.init.pid.as_raw() as u32)
         {
             Ok(changes) if changes.is_empty() => {
-                trace::phase("checkpoint: network locked, namespace compared again");
+                trace::phase("checkpoint: namespace compared again");
                 true
             }
             Ok(changes) => {
@@ -1323,12 +1397,14 @@ fn listen(vm: &VmDir) -> Result<UnixListener> {
 }
 
 /// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the waiting `feather start` through
-/// `ready` whether it worked, then serves until the VM ends.
+/// `ready` whether it worked, then serves until the VM ends. `netns`: a restore's network
+/// namespace made ahead by its starter (see [`Keeper::restore`]).
 pub fn main_background(
     root: StateRoot,
     name: VmName,
     ready: OwnedFd,
     restore: bool,
+    netns: Option<OwnedFd>,
     terminal: Option<PathBuf>,
     peers: Arc<dyn Peers>,
 ) -> i32 {
@@ -1341,7 +1417,7 @@ pub fn main_background(
     let mut ready = File::from(ready);
     let vm = root.vm(&name);
     let mut keeper = match if restore {
-        Keeper::restore(&root, &vm)
+        Keeper::restore(&root, &vm, netns)
     } else {
         Keeper::boot(&root, &vm, None, None)
     } {

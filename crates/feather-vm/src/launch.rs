@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! feather start ──exec──▶ feather-keeper __keeper --state-dir DIR --run-dir DIR --ready-fd FD
-//!                                                 [--restore] [--terminal TTY] NAME
+//!                                                 [--restore [--netns-fd FD]] [--terminal TTY] NAME
 //! init (cloned by the keeper) ──re-executes from inside the VM──▶ feather-keeper __init FD RESUMED
 //! ```
 //!
@@ -34,8 +34,8 @@ pub const FINISH_SUBCOMMAND: &str = "__finish";
 
 /// What [`KEEPER_PROGRAM`] says when it is run by hand.
 pub const USAGE: &str = "feather-keeper keeps a running feather VM; `feather start VM` starts it \
-    (usage: feather-keeper __keeper --state-dir DIR --run-dir DIR --ready-fd FD [--restore] \
-    [--terminal TTY] NAME)";
+    (usage: feather-keeper __keeper --state-dir DIR --run-dir DIR --ready-fd FD [--restore \
+    [--netns-fd FD]] [--terminal TTY] NAME)";
 
 /// Where [`KEEPER_PROGRAM`] is: beside the running `feather` binary.
 pub fn program() -> std::io::Result<PathBuf> {
@@ -51,6 +51,9 @@ pub struct KeeperArgs {
     pub ready_fd: RawFd,
     /// Restore the VM from its checkpoint instead of booting it.
     pub restore: bool,
+    /// A restore's network namespace made ahead by its starter (`feather serve`, while the
+    /// VM was still on its way), inherited: used if the checkpoint left the namespace out.
+    pub netns_fd: Option<RawFd>,
     /// Where `ask` policy rules ask: the terminal `feather start` ran from.
     pub terminal: Option<PathBuf>,
     pub name: VmName,
@@ -151,6 +154,9 @@ impl KeeperArgs {
         if self.restore {
             args.push("--restore".into());
         }
+        if let Some(fd) = self.netns_fd {
+            args.extend(["--netns-fd".into(), fd.to_string().into()]);
+        }
         if let Some(terminal) = &self.terminal {
             args.extend(["--terminal".into(), terminal.clone().into()]);
         }
@@ -161,6 +167,7 @@ impl KeeperArgs {
     fn parse(args: &[OsString]) -> Result<KeeperArgs, LaunchError> {
         let (mut state_dir, mut run_dir, mut ready_fd, mut restore, mut terminal, mut name) =
             (None, None, None, false, None, None);
+        let mut netns_fd = None;
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             let mut value = || {
@@ -175,6 +182,7 @@ impl KeeperArgs {
                 Some("--run-dir") => run_dir = Some(value()?.into()),
                 Some("--ready-fd") => ready_fd = Some(descriptor(&value()?)?),
                 Some("--restore") => restore = true,
+                Some("--netns-fd") => netns_fd = Some(descriptor(&value()?)?),
                 Some("--terminal") => terminal = Some(value()?.into()),
                 Some(text) if name.is_none() && !text.starts_with('-') => {
                     name = Some(text.parse().map_err(|source| LaunchError::Name {
@@ -199,6 +207,7 @@ impl KeeperArgs {
             run_dir,
             ready_fd,
             restore,
+            netns_fd,
             terminal,
             name,
         })
@@ -291,6 +300,7 @@ mod tests {
             run_dir: "/run/feather".into(),
             ready_fd: 5,
             restore,
+            netns_fd: restore.then_some(7),
             terminal: terminal.map(PathBuf::from),
             name: "web".parse().unwrap(),
         }

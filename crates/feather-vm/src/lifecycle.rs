@@ -159,6 +159,16 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
 /// Spawns a VM's background keeper, which boots the VM or, with `restore`, restores it from its
 /// checkpoint, and waits until the VM is up or has failed.
 pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Result<()> {
+    spawn_keeper_with(root, vm, restore, None)
+}
+
+/// [`spawn_keeper`], handing a restoring keeper the network namespace `netns`, made ahead.
+pub(crate) fn spawn_keeper_with(
+    root: &StateRoot,
+    vm: &VmDir,
+    restore: bool,
+    netns: Option<std::os::fd::BorrowedFd<'_>>,
+) -> Result<()> {
     let name = vm.name();
     // Close-on-exec (std's pipe is): the keeper is passed the write end by name, and no
     // program another thread of this process starts meanwhile (`feather serve`'s, the web
@@ -185,6 +195,7 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         run_dir: root.run_dir().to_path_buf(),
         ready_fd: ready_write.as_raw_fd(),
         restore,
+        netns_fd: netns.map(|fd| fd.as_raw_fd()),
         terminal: starting_terminal(),
         name: name.clone(),
     };
@@ -195,11 +206,12 @@ pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Resul
         .stdout(log.try_clone().at(vm.keeper_log())?)
         .stderr(log);
     // The keeper closes at its start what it was not named (feather-keeper's `take_only`).
-    let mut child = feather_sys::process::spawn_handing_over(
-        &mut command,
-        &[std::os::fd::AsFd::as_fd(&ready_write)],
-    )
-    .map_err(io(name, "cannot start its keeper"))?;
+    let handed: Vec<std::os::fd::BorrowedFd<'_>> =
+        std::iter::once(std::os::fd::AsFd::as_fd(&ready_write))
+            .chain(netns)
+            .collect();
+    let mut child = feather_sys::process::spawn_handing_over(&mut command, &handed)
+        .map_err(io(name, "cannot start its keeper"))?;
     drop(ready_write);
     match crate::boot::read_report(&mut ready_read) {
         Ok(()) => Ok(()),

@@ -758,16 +758,18 @@ pub(crate) fn hold(vm: &VmDir) -> Result<Option<std::os::fd::OwnedFd>> {
 const HOLD_PATIENCE: Duration = Duration::from_secs(600);
 
 /// In a keeper whose VM came back stopped for a migration (see [`hold`]): waits until
-/// `feather serve` says the sender has released it (`Request::Resume`), then continues every
-/// process of the VM, answers, runs `once_running` and returns true. If that serve ends
-/// first, or nothing is heard for [`HOLD_PATIENCE`], returns false: the sender keeps the VM,
-/// and this copy must never run.
+/// `feather serve` says the sender has released it (`Request::Resume`), then — once
+/// `recorded` says its record as running is on disk — continues every process of the VM,
+/// answers, runs `once_running` and returns true. If that serve ends first, nothing is heard
+/// for [`HOLD_PATIENCE`], or the record failed, returns false: the sender keeps the VM, and
+/// this copy must never run.
 pub(crate) fn await_release(
     vm: &VmDir,
     serve: &std::os::fd::OwnedFd,
     init: &ChildProcess,
     listener: &std::os::unix::net::UnixListener,
     cgroup: Option<&Cgroup>,
+    recorded: &mut dyn FnMut() -> std::result::Result<(), String>,
     once_running: &dyn Fn(),
 ) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -804,6 +806,16 @@ pub(crate) fn await_release(
         let decision = protocol::read_request(&stream).map(|r| decide::while_held(&r));
         match decision {
             Ok(WhileHeld::Release) => {
+                // Its record as running is on disk before any of it runs.
+                if let Err(why) = recorded() {
+                    let _ = protocol::write_response(
+                        &stream,
+                        &Response::Error {
+                            message: format!("VM {}: cannot record it running: {why}", vm.name()),
+                        },
+                    );
+                    return false;
+                }
                 let _ = fs::remove_file(vm.checkpoint_dir().join(HOLD));
                 for pid in cgroup.map(Cgroup::members).unwrap_or_default() {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);

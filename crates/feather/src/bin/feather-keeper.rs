@@ -29,7 +29,12 @@ fn main() -> ExitCode {
         return ExitCode::from(u8::try_from(code).unwrap_or(1));
     }
     let code = match Launch::parse(&args) {
-        Ok(Launch::Keeper(args)) => take_only(&[args.ready_fd]).and_then(|()| keeper(args)),
+        Ok(Launch::Keeper(args)) => {
+            let named: Vec<RawFd> = std::iter::once(args.ready_fd)
+                .chain(args.netns_fd)
+                .collect();
+            take_only(&named).and_then(|()| keeper(args))
+        }
         Ok(Launch::Init(args)) => init(args),
         Ok(Launch::Finish(args)) => take_only(&finish_fds(&args)).and_then(|()| finish(args)),
         Err(e) => Err(anyhow::Error::from(e)),
@@ -60,6 +65,7 @@ fn helper(args: &[OsString]) -> Option<i32> {
 
 fn keeper(args: KeeperArgs) -> anyhow::Result<i32> {
     let ready = inherited(args.ready_fd)?;
+    let netns = args.netns_fd.map(inherited).transpose()?;
     let root = StateRoot::with_dirs(args.state_dir, args.run_dir);
     // The other VMs of the state root, as the VM's broker reaches them; the binary wires them
     // in, so that the keeper depends on nothing above it.
@@ -69,6 +75,7 @@ fn keeper(args: KeeperArgs) -> anyhow::Result<i32> {
         args.name,
         ready,
         args.restore,
+        netns,
         args.terminal,
         peers,
     ))
