@@ -98,10 +98,16 @@ impl StateRoot {
     /// with 100 VMs).
     pub fn prepare(&self) -> Result<()> {
         self.prepare_dir()?;
+        self.prepare_inside()
+    }
+
+    /// [`Self::prepare`] after [`Self::prepare_dir`], for a caller that made the state folder
+    /// itself first (the front, before it records the root in the registry of roots): each
+    /// folder looked at once.
+    pub fn prepare_inside(&self) -> Result<()> {
         make_private_dir(&self.run)?;
-        for dir in [&self.dir, &self.run] {
-            make_private(dir, Follow::Yes)?;
-        }
+        // The run folder is opened without following a link below (as `vms/`): a link there
+        // is refused either way.
         let parents = [self.vms_dir(), self.run.clone()];
         for parent in &parents {
             make_private(parent, Follow::No)?;
