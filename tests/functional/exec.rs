@@ -140,6 +140,50 @@ fn a_command_whose_exec_is_killed_gets_a_hang_up() {
     });
 }
 
+/// Started with stdin, stdout and stderr closed, the front holds /dev/null in their places, as
+/// Rust's runtime (which it starts without) would: no descriptor it opens for its work (the
+/// VM's pidfd, init's socket, the command's pipes) is taken for one of them, where its
+/// messages and the command's output would be written.
+#[test]
+fn exec_started_with_closed_stdio_holds_dev_null_in_their_places() {
+    let (feather, _base) = running_vm("exec-closed-stdio");
+    let mut front = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "exec 0<&- 1>&- 2>&- \"$0\" \"$@\"",
+            Feather::bin(),
+            "--root",
+        ])
+        .arg(&feather.root)
+        .args([
+            "exec",
+            "vm",
+            "--",
+            "sh",
+            "-c",
+            "touch /run/started; exec sleep 60",
+        ])
+        .spawn()
+        .unwrap();
+    feather.eventually("the command runs", || {
+        feather
+            .run(&["exec", "vm", "--", "test", "-e", "/run/started"])
+            .code
+            == 0
+    });
+    let held: Vec<String> = (0..3)
+        .map(
+            |fd| match std::fs::read_link(format!("/proc/{}/fd/{fd}", front.id())) {
+                Ok(target) => target.display().to_string(),
+                Err(e) => format!("nothing ({e})"),
+            },
+        )
+        .collect();
+    front.kill().unwrap();
+    front.wait().unwrap();
+    assert_eq!(held, ["/dev/null"; 3]);
+}
+
 #[test]
 fn exec_into_a_stopped_vm_is_refused() {
     let feather = Feather::new("exec-stopped");

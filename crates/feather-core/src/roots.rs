@@ -59,15 +59,16 @@ impl Registry {
     /// registry already knew it.
     pub fn register(&self, root: &StateRoot) -> Result<Option<StateRoot>> {
         let entry = entry_of(root)?;
+        let path = self.dir.join(entry_name(&entry.dir));
+        if self.read(&path).is_some_and(|known| known == entry) {
+            return Ok(None);
+        }
+        // Made only for a new entry: one read found, the folder exists.
         fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(&self.dir)
             .at(&self.dir)?;
-        let path = self.dir.join(entry_name(&entry.dir));
-        if self.read(&path).is_some_and(|known| known == entry) {
-            return Ok(None);
-        }
         let text = serde_json::to_vec(&entry).map_err(|e| {
             Error::Other(format!(
                 "cannot record state root {} in {}: {e} (give --root a UTF-8 path)",
@@ -147,7 +148,12 @@ pub fn root_folders(root: &StateRoot) -> [PathBuf; 2] {
 
 fn entry_of(root: &StateRoot) -> Result<Entry> {
     let dir = fs::canonicalize(root.dir()).at(root.dir())?;
-    let run = canonical_run(root.run_dir())?;
+    let run = match root.run_dir().strip_prefix(root.dir()) {
+        // `--root DIR`'s own `DIR/run`: the canonical folder resolved once, not twice (each
+        // resolution reads every component of the path as a link).
+        Ok(inside) => canonical_inside(&dir, inside)?,
+        Err(_) => canonical_run(root.run_dir())?,
+    };
     let meta = fs::metadata(&dir).at(&dir)?;
     Ok(Entry {
         dir,
@@ -155,6 +161,23 @@ fn entry_of(root: &StateRoot) -> Result<Entry> {
         dev: meta.dev(),
         ino: meta.ino(),
     })
+}
+
+/// `canonical_dir` joined with `inside`, a folder's name in it, where that is no link (or does
+/// not exist yet): what [`canonical_run`] resolves, with one look instead of a resolution of
+/// every component of the path. Anything else is resolved.
+fn canonical_inside(canonical_dir: &Path, inside: &Path) -> Result<PathBuf> {
+    let joined = canonical_dir.join(inside);
+    let mut components = inside.components();
+    let one_name = matches!(
+        (components.next(), components.next()),
+        (Some(std::path::Component::Normal(_)), None)
+    );
+    match fs::symlink_metadata(&joined) {
+        Ok(meta) if one_name && !meta.file_type().is_symlink() => Ok(joined),
+        Err(e) if one_name && e.kind() == ErrorKind::NotFound => Ok(joined),
+        _ => canonical_run(&joined),
+    }
 }
 
 /// The run folder may not exist yet: its parent does (the state folder, or /run).

@@ -98,14 +98,20 @@ impl StateRoot {
     /// with 100 VMs).
     pub fn prepare(&self) -> Result<()> {
         self.prepare_dir()?;
-        make_private_dir(&self.run)?;
-        for dir in [&self.dir, &self.run] {
-            make_private(dir, Follow::Yes)?;
+        self.prepare_inside()
+    }
+
+    /// [`Self::prepare`] after [`Self::prepare_dir`], for a caller that made the state folder
+    /// itself first (the front, before it records the root in the registry of roots): each
+    /// folder looked at once.
+    pub fn prepare_inside(&self) -> Result<()> {
+        // The run folder is opened without following a link (as `vms/`), and made only if it
+        // is not there (after a reboot, for the default root in /run).
+        if !make_private(&self.run, Follow::No)? {
+            make_private_dir(&self.run)?;
         }
+        make_private(&self.vms_dir(), Follow::No)?;
         let parents = [self.vms_dir(), self.run.clone()];
-        for parent in &parents {
-            make_private(parent, Follow::No)?;
-        }
         let marker = self.dir.join(TIGHTENED);
         if marker.exists() {
             return Ok(());
@@ -130,8 +136,13 @@ impl StateRoot {
     /// Makes the state folder alone exist, 0700, without anything in it yet: what the
     /// registry of roots needs before the root is hidden from running VMs.
     pub fn prepare_dir(&self) -> Result<()> {
-        make_private_dir(&self.dir)?;
-        make_private(&self.dir, Follow::Yes)
+        // Opened first, made only if missing (a root's first command): a folder made here is
+        // 0700 already, and an existing one is not asked to be made again (mkdir's EEXIST and
+        // the look that follows it, at every command).
+        if !make_private(&self.dir, Follow::Yes)? {
+            make_private_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// Makes the VM's run folder (and the root's) exist, 0700, before its keeper puts its
@@ -139,7 +150,7 @@ impl StateRoot {
     pub fn make_run_dir(&self, vm: &VmDir) -> Result<()> {
         make_private_dir(&vm.run)?;
         make_private(&self.run, Follow::Yes)?;
-        make_private(&vm.run, Follow::No)
+        make_private(&vm.run, Follow::No).map(drop)
     }
 
     /// The folder a VM of this name has or would have; it may not exist.
@@ -515,16 +526,16 @@ enum Follow {
     No,
 }
 
-/// Takes group and other permissions off an existing folder, acting on the opened folder. A
-/// missing one is fine; a link where feather made a folder is refused.
-fn make_private(dir: &Path, follow: Follow) -> Result<()> {
+/// Takes group and other permissions off an existing folder, acting on the opened folder, and
+/// says whether it exists. A missing one is fine; a link where feather made a folder is refused.
+fn make_private(dir: &Path, follow: Follow) -> Result<bool> {
     let mut flags = libc::O_DIRECTORY | libc::O_CLOEXEC;
     if follow == Follow::No {
         flags |= libc::O_NOFOLLOW;
     }
     let opened = match OpenOptions::new().read(true).custom_flags(flags).open(dir) {
         Ok(file) => file,
-        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(()),
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
         Err(e) => return Err(e).at(dir),
     };
     let mode = opened.metadata().at(dir)?.mode();
@@ -533,7 +544,7 @@ fn make_private(dir: &Path, follow: Follow) -> Result<()> {
             .set_permissions(fs::Permissions::from_mode(PRIVATE))
             .at(dir)?;
     }
-    Ok(())
+    Ok(true)
 }
 
 fn open_lock_file(path: &Path) -> Result<File> {

@@ -121,8 +121,10 @@ pub fn make_undumpable() -> Result<()> {
 /// atomic step. A new pid namespace applies to the caller's children, not to the caller.
 pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> {
     // A later fork checks this process's threads in its own /proc, which a joined mount
-    // namespace would hide.
-    raw::remember_threads();
+    // namespace would hide (no other namespace changes what /proc shows this process).
+    if namespaces.contains(CloneFlags::CLONE_NEWNS) {
+        raw::remember_threads();
+    }
     nix::sched::setns(pidfd.as_fd(), namespaces).ctx("setns", "VM namespaces")
 }
 
@@ -215,10 +217,18 @@ unsafe fn in_mount_namespace_of(
     }
 }
 
+/// For a program started without Rust's runtime (`#![no_main]`): stdin, stdout and stderr
+/// made sure to be open (on /dev/null where closed) and SIGPIPE ignored, as that runtime would
+/// (see the front, crates/feather/src/main.rs).
+pub fn start_without_rusts_runtime() {
+    raw::start_without_rusts_runtime();
+}
+
 /// The start time of `pid` in clock ticks since boot, or None if there is no such process.
 /// A (pid, start time) pair names one process for the whole uptime of the machine.
 pub fn start_ticks(pid: Pid) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut buffer = [0u8; STAT_LINE_MAX];
+    let stat = read_whole(&format!("/proc/{pid}/stat"), &mut buffer)?;
     // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
     let after_comm = &stat[stat.rfind(')')? + 1..];
     after_comm.split_whitespace().nth(19)?.parse().ok()
@@ -236,6 +246,30 @@ pub fn innermost_pid(host_pid: Pid) -> Option<i32> {
         .last()?
         .parse()
         .ok()
+}
+
+/// Room for a whole `/proc/PID/stat` line: 52 fields of at most 20 digits, and a command name
+/// of at most 64 bytes escaped.
+const STAT_LINE_MAX: usize = 52 * 21 + 64 + 3;
+
+/// A small file read whole into `buffer`, in one read and the one that sees its end (where
+/// `read_to_string` grows its buffer from 32 bytes: six reads for a `stat` line), or None if
+/// it cannot be read, is not UTF-8 or does not fit.
+fn read_whole<'b>(path: &str, buffer: &'b mut [u8]) -> Option<&'b str> {
+    use std::io::Read;
+    let mut file = fs::File::open(path).ok()?;
+    let mut filled = 0;
+    loop {
+        if filled == buffer.len() {
+            return None;
+        }
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => return std::str::from_utf8(&buffer[..filled]).ok(),
+            Ok(read) => filled += read,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return None,
+        }
+    }
 }
 
 /// A process as `ps` in its own pid namespace shows it, read from the host's /proc.
@@ -501,6 +535,37 @@ mod tests {
         assert!(start_ticks(me).is_some());
         assert_eq!(start_ticks(me), start_ticks(me));
         assert_eq!(start_ticks(Pid::from_raw(i32::MAX)), None);
+    }
+
+    /// The start time is field 22 of the whole line, also behind a command name that holds
+    /// spaces and parentheses (a VM's program chooses its name).
+    #[test]
+    fn start_ticks_reads_past_a_command_name_with_parentheses() {
+        let dir = std::env::temp_dir().join(format!("feather-ticks-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let program = dir.join("a) 1 2 (b");
+        std::os::unix::fs::symlink("/bin/sleep", &program).unwrap();
+        let mut child = std::process::Command::new(&program)
+            .arg("10")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let whole = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let expected: u64 = whole
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .split_whitespace()
+            .nth(19)
+            .unwrap()
+            .parse()
+            .unwrap();
+        let found = start_ticks(pid);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(whole.contains("(a) 1 2 (b)"), "{whole}");
+        assert_eq!(found, Some(expected));
     }
 
     #[test]

@@ -259,6 +259,58 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
+/// What Rust's runtime does before `main` that a program started without it (`#![no_main]`:
+/// the front, crates/feather/src/main.rs) must still do. Each of stdin, stdout and stderr that
+/// is closed is opened on /dev/null, so that no file the program opens is taken for one of them
+/// ([`standard_fd`] relies on it); SIGPIPE is ignored, so that a write to a pipe whose reader
+/// is gone is an `EPIPE` error the program handles, not a silent death. Aborts if /dev/null
+/// cannot be opened, as the runtime does.
+pub fn start_without_rusts_runtime() {
+    let mut fds = [0, 1, 2].map(|fd| libc::pollfd {
+        fd,
+        events: 0,
+        revents: 0,
+    });
+    loop {
+        // SAFETY: poll reads and writes the three entries of `fds` and nothing else; their
+        // count is given. A zero timeout returns at once.
+        if unsafe { libc::poll(fds.as_mut_ptr(), 3, 0) } != -1 {
+            break;
+        }
+        if Errno::last() == Errno::EINTR {
+            continue;
+        }
+        // As the runtime: where poll cannot tell (no memory, too many descriptors), ask each.
+        for entry in &mut fds {
+            // SAFETY: F_GETFD reads a descriptor's flags; any number is accepted (EBADF).
+            let closed = unsafe { libc::fcntl(entry.fd, libc::F_GETFD) } == -1
+                && Errno::last() == Errno::EBADF;
+            entry.revents = if closed { libc::POLLNVAL } else { 0 };
+        }
+        break;
+    }
+    for _closed in fds.iter().filter(|e| e.revents & libc::POLLNVAL != 0) {
+        // open(2) takes the lowest free number: the closed ones in order.
+        match nix::fcntl::open(
+            "/dev/null",
+            nix::fcntl::OFlag::O_RDWR,
+            nix::sys::stat::Mode::empty(),
+        ) {
+            // Kept for the process's life: it is stdin, stdout or stderr now.
+            Ok(null) => drop(std::os::fd::IntoRawFd::into_raw_fd(null)),
+            Err(_) => std::process::abort(),
+        }
+    }
+    // SAFETY: SIG_IGN installs no handler, so nothing runs in signal context; the previous
+    // disposition is not needed.
+    let _ = unsafe {
+        nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGPIPE,
+            nix::sys::signal::SigHandler::SigIgn,
+        )
+    };
+}
+
 /// `struct sigaction` as the kernel's rt_sigaction(2) takes it on x86-64 and aarch64.
 #[repr(C)]
 struct KernelSigaction {

@@ -389,13 +389,32 @@ fn workload(args: &ProcessArgs, argv: Vec<String>) -> anyhow::Result<Workload> {
     })
 }
 
+/// The number `code` stands for, for a `main` that returns it to the C library itself (the
+/// front's: std offers no way to read it back on stable Rust).
+pub fn exit_status(code: ExitCode) -> std::ffi::c_int {
+    (0..=u8::MAX)
+        .find(|status| ExitCode::from(*status) == code)
+        .map_or(1, std::ffi::c_int::from)
+}
+
 pub(crate) fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }
 
 #[cfg(test)]
 mod tests {
-    use super::end_options_after_app;
+    use super::{end_options_after_app, exit_status};
+    use std::process::ExitCode;
+
+    /// The front returns the status itself (crates/feather/src/main.rs): every one is kept.
+    #[test]
+    fn every_exit_status_is_read_back() {
+        for status in 0..=u8::MAX {
+            assert_eq!(exit_status(ExitCode::from(status)), i32::from(status));
+        }
+        assert_eq!(exit_status(ExitCode::SUCCESS), 0);
+        assert_eq!(exit_status(ExitCode::FAILURE), 1);
+    }
 
     fn ended(args: &[&str]) -> Vec<String> {
         let mut args: Vec<std::ffi::OsString> = args.iter().map(Into::into).collect();

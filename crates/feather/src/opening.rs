@@ -30,7 +30,7 @@ pub(crate) fn open_root(root: &StateRoot) -> anyhow::Result<()> {
             eprintln!("feather: warning: {warning}");
         }
     }
-    root.prepare()?;
+    root.prepare_inside()?;
     Ok(())
 }
 
