@@ -19,10 +19,12 @@
 //! the VM's root may write them itself), and a pid is moved only if it names a process of the
 //! restored VM (looked up among the VM's group's members, in the VM's pid namespace).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt::Display;
 use std::fs;
 use std::path::{Component, Path, PathBuf};
 
+use feather_core::display::escape_path;
 use feather_sys::cgroup::Cgroup;
 use nix::unistd::Pid;
 
@@ -57,43 +59,82 @@ pub(crate) const SETTINGS: [&str; 9] = [
     "cpu.weight",
 ];
 
-/// How deep below `services/` groups are saved (cgroup v2 bounds a VM to 16 levels below its
-/// own group: docs/security.md row 60; v1 has no bound).
-const MAX_DEPTH: usize = 16;
+/// How many cgroups a VM may make below its group on cgroup v2 (`services/` and its units
+/// count), and how deep: each costs kernel memory, and the `services/` subtree is the VM
+/// root's to make groups in (row 27 of docs/security.md). A VM's service manager makes one
+/// group a unit; a VM running a thousand units is beyond what feather is for. A restore, which
+/// makes the groups itself (on cgroup v1 charged to the keeper, not the VM), holds to both.
+pub const MAX_CGROUPS: u32 = 1000;
+/// See [`MAX_CGROUPS`]: `services/` is one level below the VM's group, a unit's group two.
+pub const MAX_CGROUP_DEPTH: u32 = 16;
+
+/// How many names a group's path below `services/` may have (`services/` is one level of
+/// [`MAX_CGROUP_DEPTH`]).
+const MAX_DEPTH: usize = MAX_CGROUP_DEPTH as usize - 1;
 
 /// The longest value of a setting written back (the kernel's are a few words).
 const MAX_VALUE: usize = 64;
 
 /// The groups in `services` (the `services/` folder of the VM's group in one hierarchy, on
 /// this host), parents before their children. Read while the VM's processes cannot fork.
-pub(crate) fn save(services: &Path) -> Vec<SavedGroup> {
+/// At most [`MAX_CGROUPS`] groups, [`MAX_DEPTH`] deep, as a restore makes no more. Nothing the
+/// VM named fails the dump: a group that cannot be saved is left out (said in the keeper's
+/// log), and its processes come back in the VM's own group.
+pub(crate) fn save(vm: &impl Display, services: &Path) -> Vec<SavedGroup> {
     let mut groups = Vec::new();
-    save_below(services, Path::new(""), 0, &mut groups);
+    save_below(vm, services, Path::new(""), &mut groups);
     groups
 }
 
-fn save_below(services: &Path, path: &Path, depth: usize, groups: &mut Vec<SavedGroup>) {
+fn save_below(vm: &impl Display, services: &Path, path: &Path, groups: &mut Vec<SavedGroup>) {
+    if groups.len() >= MAX_CGROUPS as usize {
+        return;
+    }
     let dir = services.join(path);
     groups.push(SavedGroup {
         path: path.to_path_buf(),
         pids: vm_pids(&dir),
         settings: settings_of(&dir),
     });
-    if depth >= MAX_DEPTH {
+    if path.components().count() >= MAX_DEPTH {
         return;
     }
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return;
+    for child in children_of(vm, &dir) {
+        save_below(vm, services, &path.join(child), groups);
+    }
+}
+
+/// The names of the groups in the group at `dir`, sorted; those not UTF-8 (which
+/// `layers.json` cannot hold) left out.
+fn children_of(vm: &impl Display, dir: &Path) -> Vec<String> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            eprintln!(
+                "feather keeper {vm}: the cgroups in {} are not saved with the checkpoint: \
+                 cannot list them: {e}",
+                escape_path(dir)
+            );
+            return Vec::new();
+        }
     };
-    let mut children: Vec<PathBuf> = entries
+    let mut children: Vec<String> = entries
         .flatten()
         .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
-        .map(|e| path.join(e.file_name()))
+        .filter_map(|e| {
+            let name = e.file_name().into_string();
+            if let Err(odd) = &name {
+                eprintln!(
+                    "feather keeper {vm}: the cgroup {} is not saved with the checkpoint: its \
+                     name is not UTF-8; a restore leaves its processes in the VM's group",
+                    escape_path(&dir.join(odd))
+                );
+            }
+            name.ok()
+        })
         .collect();
     children.sort();
-    for child in children {
-        save_below(services, &child, depth + 1, groups);
-    }
+    children
 }
 
 /// The processes of the group at `dir` (not those below it), by their numbers in the VM.
@@ -133,17 +174,29 @@ fn as_written(file: &str, read: &str) -> String {
 /// Makes the saved `groups` again below `services` (this host's `services/` folder of the VM's
 /// group in the same hierarchy, made already), each with its settings, before CRIU restores
 /// the processes. Each group is checked before anything is made for it.
-pub(crate) fn recreate(
-    vm: &impl std::fmt::Display,
-    services: &Path,
-    groups: &[SavedGroup],
-) -> Result<()> {
+pub(crate) fn recreate(vm: &impl Display, services: &Path, groups: &[SavedGroup]) -> Result<()> {
+    if groups.len() > MAX_CGROUPS as usize {
+        return Err(failed(
+            vm,
+            format!(
+                "its checkpoint lists {} cgroups in one hierarchy, more than the {MAX_CGROUPS} \
+                 a VM may make; the checkpoint was changed: start the VM anew",
+                groups.len()
+            ),
+        ));
+    }
     for group in groups {
         let dir = services.join(checked_path(vm, &group.path)?);
         check_settings(vm, group)?;
         if let Err(e) = fs::create_dir(&dir) {
             if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(io(vm, format!("create the cgroup {}", dir.display()))(e));
+                return Err(io(
+                    vm,
+                    format!(
+                        "create the cgroup {} (free what blocks it, or start the VM anew)",
+                        escape_path(&dir)
+                    ),
+                )(e));
             }
         }
         apply_settings(vm, &dir, &group.settings)?;
@@ -152,7 +205,7 @@ pub(crate) fn recreate(
 }
 
 /// Refuses a group whose settings name a file feather never saves, or a value no kernel wrote.
-fn check_settings(vm: &impl std::fmt::Display, group: &SavedGroup) -> Result<()> {
+fn check_settings(vm: &impl Display, group: &SavedGroup) -> Result<()> {
     let odd = group.settings.iter().find(|(file, value)| {
         !SETTINGS.contains(&file.as_str()) || value.len() > MAX_VALUE || value.contains('\n')
     });
@@ -163,7 +216,7 @@ fn check_settings(vm: &impl std::fmt::Display, group: &SavedGroup) -> Result<()>
             format!(
                 "its checkpoint gives the cgroup {} the setting {file:?} = {value:?}, which \
                  feather never saves; the checkpoint was changed: start the VM anew",
-                group.path.display()
+                escape_path(&group.path)
             ),
         )),
     }
@@ -171,37 +224,46 @@ fn check_settings(vm: &impl std::fmt::Display, group: &SavedGroup) -> Result<()>
 
 /// Writes each setting into the group at `dir`, in order; a value the group has already (a
 /// new group's default) is not written.
-fn apply_settings(
-    vm: &impl std::fmt::Display,
-    dir: &Path,
-    settings: &[(String, String)],
-) -> Result<()> {
+fn apply_settings(vm: &impl Display, dir: &Path, settings: &[(String, String)]) -> Result<()> {
     for (file, value) in settings {
         let path = dir.join(file);
         let now = fs::read_to_string(&path).map(|read| as_written(file, &read));
         if now.as_deref().is_ok_and(|now| now == value) {
             continue;
         }
-        fs::write(&path, value)
-            .map_err(io(vm, format!("write {value:?} into {}", path.display())))?;
+        fs::write(&path, value).map_err(io(
+            vm,
+            format!(
+                "write {value:?} into {} (the VM's restore needs its limits back)",
+                escape_path(&path)
+            ),
+        ))?;
     }
     Ok(())
 }
 
 /// A group's path below `services/`, refused unless it stays there (names only: no `..`, no
-/// root).
-fn checked_path<'a>(vm: &impl std::fmt::Display, path: &'a Path) -> Result<&'a Path> {
-    match path.components().all(|c| matches!(c, Component::Normal(_))) {
-        true => Ok(path),
-        false => Err(failed(
+/// root) and is no deeper than a VM may make groups ([`MAX_DEPTH`]).
+fn checked_path<'a>(vm: &impl Display, path: &'a Path) -> Result<&'a Path> {
+    let refused = |why: &str| {
+        Err(failed(
             vm,
             format!(
-                "its checkpoint names the cgroup {}, which is not below the VM's services/ \
-                 folder; the checkpoint was changed: start the VM anew",
-                path.display()
+                "its checkpoint names the cgroup {}, which is {why}; the checkpoint was \
+                 changed: start the VM anew",
+                escape_path(path)
             ),
-        )),
+        ))
+    };
+    if !path.components().all(|c| matches!(c, Component::Normal(_))) {
+        return refused("not below the VM's services/ folder");
     }
+    if path.components().count() > MAX_DEPTH {
+        return refused(&format!(
+            "deeper than the {MAX_CGROUP_DEPTH} levels a VM may make below its group"
+        ));
+    }
+    Ok(path)
 }
 
 /// The restored VM's processes, by their numbers in the VM, with their host pids: the members
@@ -216,13 +278,15 @@ pub(crate) fn restored_processes(cgroup: &Cgroup) -> BTreeMap<i32, Pid> {
 
 /// Moves each restored process back into the group it was in at the dump (`restored`: see
 /// [`restored_processes`]), while CRIU leaves them stopped. A pid not among the VM's processes
-/// is skipped (an image lists no other), as is one that ended meanwhile.
+/// is skipped (an image lists no other), as is one that ended meanwhile; a pid listed twice is
+/// refused (each move takes a lock every cgroup change on the host waits for).
 pub(crate) fn move_back(
-    vm: &impl std::fmt::Display,
+    vm: &impl Display,
     services: &Path,
     groups: &[SavedGroup],
     restored: &BTreeMap<i32, Pid>,
 ) -> Result<()> {
+    check_listed_once(vm, groups)?;
     for group in groups {
         let procs = services
             .join(checked_path(vm, &group.path)?)
@@ -232,7 +296,10 @@ pub(crate) fn move_back(
                 Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
                     return Err(io(
                         vm,
-                        format!("move process {host} into {}", procs.display()),
+                        format!(
+                            "move process {host} into {} (start the VM anew)",
+                            escape_path(&procs)
+                        ),
                     )(e));
                 }
                 _ => {}
@@ -240,6 +307,26 @@ pub(crate) fn move_back(
         }
     }
     Ok(())
+}
+
+/// Refuses `groups` (of one hierarchy) listing a pid more than once: a dump lists each
+/// process once, in its one group.
+fn check_listed_once(vm: &impl Display, groups: &[SavedGroup]) -> Result<()> {
+    let mut seen = BTreeSet::new();
+    let twice = groups
+        .iter()
+        .flat_map(|g| &g.pids)
+        .find(|pid| !seen.insert(**pid));
+    match twice {
+        None => Ok(()),
+        Some(pid) => Err(failed(
+            vm,
+            format!(
+                "its checkpoint lists the process {pid} more than once in one cgroup \
+                 hierarchy; the checkpoint was changed: start the VM anew"
+            ),
+        )),
+    }
 }
 
 #[cfg(test)]
@@ -268,7 +355,7 @@ mod tests {
         fs::write(dir.join("a.service/pids.max"), "16\n").unwrap();
         fs::write(dir.join("a.service/cpu.cfs_quota_us"), "50000\n").unwrap();
         fs::write(dir.join("a.service/cpu.cfs_period_us"), "100000\n").unwrap();
-        let saved = save(&dir);
+        let saved = save(&"vm", &dir);
         let _ = fs::remove_dir_all(&dir);
         let paths: Vec<&Path> = saved.iter().map(|g| g.path.as_path()).collect();
         assert_eq!(
@@ -319,5 +406,153 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         assert!(e.to_string().contains("which feather never saves"), "{e}");
         assert!(!made, "the group was made before its settings were checked");
+    }
+
+    /// A fresh folder under the temporary one, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(what: &str) -> Scratch {
+            let dir = std::env::temp_dir().join(format!(
+                "feather-{what}-{}-{:?}",
+                std::process::id(),
+                std::thread::current().id()
+            ));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn a_group_whose_name_is_not_utf8_is_left_out_and_the_dump_goes_on() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = Scratch::new("odd-name");
+        let odd = dir.0.join(std::ffi::OsStr::from_bytes(b"\xff.service"));
+        fs::create_dir_all(odd.join("inner")).unwrap();
+        fs::create_dir(dir.0.join("a.service")).unwrap();
+        let saved = save(&"vm", &dir.0);
+        let paths: Vec<&Path> = saved.iter().map(|g| g.path.as_path()).collect();
+        assert_eq!(paths, ["", "a.service"].map(Path::new));
+        let layer = crate::images::ExternalLayer {
+            cgroup_services: true,
+            groups: saved,
+            ..Default::default()
+        };
+        serde_json::to_vec_pretty(&[layer]).expect("layers.json is written");
+    }
+
+    #[test]
+    fn no_more_groups_are_saved_than_a_restore_makes() {
+        let dir = Scratch::new("many");
+        for i in 0..MAX_CGROUPS {
+            fs::create_dir(dir.0.join(format!("{i:04}.service"))).unwrap();
+        }
+        let deep: PathBuf = (0..MAX_CGROUP_DEPTH + 2).map(|i| format!("d{i}")).collect();
+        fs::create_dir_all(dir.0.join("0000.service").join(&deep)).unwrap();
+        let saved = save(&"vm", &dir.0);
+        assert_eq!(saved.len(), MAX_CGROUPS as usize);
+        let deepest = saved.iter().map(|g| g.path.components().count()).max();
+        assert_eq!(deepest, Some(MAX_DEPTH));
+        assert!(saved.iter().all(|g| checked_path(&"vm", &g.path).is_ok()));
+    }
+
+    #[test]
+    fn more_groups_than_a_vm_may_make_are_refused_before_any_is_made() {
+        let dir = Scratch::new("too-many");
+        let groups: Vec<SavedGroup> = (0..=MAX_CGROUPS)
+            .map(|i| SavedGroup {
+                path: format!("{i}.service").into(),
+                ..SavedGroup::default()
+            })
+            .collect();
+        let e = recreate(&"vm", &dir.0, &groups).unwrap_err();
+        assert!(e.to_string().contains("more than the 1000"), "{e}");
+        assert!(!dir.0.join("0.service").exists(), "a group was made");
+    }
+
+    #[test]
+    fn a_group_deeper_than_a_vm_may_make_is_refused() {
+        let dir = Scratch::new("too-deep");
+        let deep: PathBuf = (0..MAX_CGROUP_DEPTH).map(|i| format!("d{i}")).collect();
+        let group = SavedGroup {
+            path: deep,
+            ..SavedGroup::default()
+        };
+        let e = recreate(&"vm", &dir.0, &[group]).unwrap_err();
+        assert!(e.to_string().contains("deeper than the 16 levels"), "{e}");
+        assert!(!dir.0.join("d0").exists(), "a group was made");
+        let allowed: PathBuf = (0..MAX_DEPTH).map(|i| format!("d{i}")).collect();
+        assert!(checked_path(&"vm", &allowed).is_ok());
+    }
+
+    /// `cgroup.procs` of each group made as a plain file, for move_back to write into.
+    fn groups_in(dir: &Path, groups: &[SavedGroup]) {
+        for group in groups {
+            fs::create_dir_all(dir.join(&group.path)).unwrap();
+            fs::write(dir.join(&group.path).join("cgroup.procs"), "").unwrap();
+        }
+    }
+
+    #[test]
+    fn a_process_listed_twice_is_refused_before_any_is_moved() {
+        let dir = Scratch::new("twice");
+        let groups = [
+            SavedGroup {
+                path: "a.service".into(),
+                pids: vec![7],
+                ..SavedGroup::default()
+            },
+            SavedGroup {
+                path: "b.service".into(),
+                pids: vec![9, 7],
+                ..SavedGroup::default()
+            },
+        ];
+        groups_in(&dir.0, &groups);
+        let restored = BTreeMap::from([(7, Pid::from_raw(1007)), (9, Pid::from_raw(1009))]);
+        let e = move_back(&"vm", &dir.0, &groups, &restored).unwrap_err();
+        assert!(e.to_string().contains("process 7 more than once"), "{e}");
+        let moved = fs::read_to_string(dir.0.join("a.service/cgroup.procs")).unwrap();
+        assert_eq!(moved, "", "a process was moved");
+    }
+
+    #[test]
+    fn a_process_not_of_the_restored_vm_is_not_moved() {
+        let dir = Scratch::new("stranger");
+        let groups = [SavedGroup {
+            path: "a.service".into(),
+            pids: vec![7, 8],
+            ..SavedGroup::default()
+        }];
+        groups_in(&dir.0, &groups);
+        let restored = BTreeMap::from([(7, Pid::from_raw(1007))]);
+        move_back(&"vm", &dir.0, &groups, &restored).unwrap();
+        let moved = fs::read_to_string(dir.0.join("a.service/cgroup.procs")).unwrap();
+        assert_eq!(moved, "1007");
+    }
+
+    #[test]
+    fn a_setting_no_kernel_wrote_is_refused() {
+        for value in ["1\n+cpu".to_owned(), "9".repeat(MAX_VALUE + 1)] {
+            let group = SavedGroup {
+                path: "x.service".into(),
+                settings: vec![("pids.max".into(), value.clone())],
+                ..SavedGroup::default()
+            };
+            let e = check_settings(&"vm", &group).unwrap_err();
+            assert!(e.to_string().contains("which feather never saves"), "{e}");
+        }
+        let fine = SavedGroup {
+            settings: vec![("pids.max".into(), "9".repeat(MAX_VALUE))],
+            ..SavedGroup::default()
+        };
+        assert!(check_settings(&"vm", &fine).is_ok());
     }
 }

@@ -205,7 +205,7 @@ pub(crate) fn dump(
                 // those it dumped. Without it the images could not be restored: the dump
                 // fails instead (CRIU lets the tasks go on).
                 feather_core::trace::phase("checkpoint: CRIU dumped all but lazy memory");
-                save_service_groups(&mut layers, cgroup);
+                save_service_groups(name, &mut layers, cgroup);
                 feather_core::trace::phase("checkpoint: the units' groups saved");
                 let written = serde_json::to_vec_pretty(&layers)
                     .map_err(encode(name, LAYERS))
@@ -304,11 +304,15 @@ const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
 
 /// Saves, with each cgroup hierarchy of `layers`, the groups below the `services/` folder of
 /// the VM's group there (see [`crate::service_groups`]).
-fn save_service_groups(layers: &mut [ExternalLayer], cgroup: Option<&Cgroup>) {
+fn save_service_groups(
+    name: &feather_core::VmName,
+    layers: &mut [ExternalLayer],
+    cgroup: Option<&Cgroup>,
+) {
     let subtrees = cgroup.map(Cgroup::service_subtrees).unwrap_or_default();
     for layer in layers.iter_mut().filter(|l| l.cgroup_services) {
         if let Some(folder) = services_folder_of(&subtrees, &layer.mount_point) {
-            layer.groups = service_groups::save(folder);
+            layer.groups = service_groups::save(name, folder);
         }
     }
 }
@@ -429,11 +433,11 @@ pub(crate) fn restore_tree(
     let top = layers::for_start(root, vm, config)?.layers.swap_remove(0);
     let rootfs = vm.rootfs();
     let list = images.join(LAYERS);
-    let external: Vec<ExternalLayer> = match fs::read(&list) {
-        Ok(bytes) => {
+    let external: Vec<ExternalLayer> = match read_layers_list(name, &list)? {
+        Some(bytes) => {
             serde_json::from_slice(&bytes).map_err(encode(name, list.display().to_string()))?
         }
-        Err(_) => Vec::new(),
+        None => Vec::new(),
     };
     let (masks, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.mask);
@@ -614,6 +618,37 @@ pub(crate) fn restore_tree(
         return Err(e);
     }
     Ok(init)
+}
+
+/// The most of `layers.json` a restore reads: the list a dump writes is a few KiB (1000
+/// groups in each of a dozen hierarchies, the most a VM may have, are about 3 MiB); a
+/// checkpoint can be an archive from elsewhere, and a longer list would only cost the host's
+/// memory.
+const MAX_LAYERS_LIST: u64 = 8 << 20;
+
+/// The checkpoint's `layers.json` at `list` (None if it has none), refused if longer than
+/// [`MAX_LAYERS_LIST`].
+fn read_layers_list(name: &feather_core::VmName, list: &Path) -> Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let Ok(file) = fs::File::open(list) else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    file.take(MAX_LAYERS_LIST + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(name, format!("read {}", list.display())))?;
+    if bytes.len() as u64 > MAX_LAYERS_LIST {
+        return Err(failed(
+            name,
+            format!(
+                "its checkpoint's {} is longer than the {} MiB a dump writes; the checkpoint \
+                 was changed: start the VM anew",
+                list.display(),
+                MAX_LAYERS_LIST >> 20
+            ),
+        ));
+    }
+    Ok(Some(bytes))
 }
 
 /// Moves each restored process back into the group below `services/` it was in at the dump
@@ -845,6 +880,26 @@ pub(crate) fn await_release(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_layers_list_longer_than_a_dump_writes_is_refused() {
+        let (_, config) = vm_and_config();
+        let dir = std::env::temp_dir().join(format!("feather-layers-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let list = dir.join(LAYERS);
+        let longest = vec![b' '; MAX_LAYERS_LIST as usize];
+        fs::write(&list, &longest).unwrap();
+        let read = read_layers_list(&config.name, &list).map(|b| b.map(|b| b.len()));
+        fs::write(&list, [longest.as_slice(), b" "].concat()).unwrap();
+        let longer = read_layers_list(&config.name, &list);
+        let none = read_layers_list(&config.name, &dir.join("none"));
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(read.unwrap(), Some(MAX_LAYERS_LIST as usize));
+        let e = longer.unwrap_err();
+        assert!(e.to_string().contains("longer than the 8 MiB"), "{e}");
+        assert!(none.unwrap().is_none());
+    }
 
     fn vm_and_config() -> (VmDir, VmConfig) {
         let root = StateRoot::new(Some(PathBuf::from("/state")));
