@@ -143,7 +143,7 @@ fn vm_pids(dir: &Path) -> Vec<i32> {
         .unwrap_or_default()
         .split_whitespace()
         .filter_map(|pid| pid.parse().ok())
-        .filter_map(|pid| feather_sys::process::innermost_pid(Pid::from_raw(pid)))
+        .filter_map(|pid| feather_sys::process::pid_in_child_namespace(Pid::from_raw(pid)))
         .collect()
 }
 
@@ -272,7 +272,7 @@ pub(crate) fn restored_processes(cgroup: &Cgroup) -> BTreeMap<i32, Pid> {
     cgroup
         .members()
         .into_iter()
-        .filter_map(|host| Some((feather_sys::process::innermost_pid(host)?, host)))
+        .filter_map(|host| Some((feather_sys::process::pid_in_child_namespace(host)?, host)))
         .collect()
 }
 
@@ -343,15 +343,56 @@ mod tests {
         assert_eq!(as_written("pids.max", "16\n"), "16");
     }
 
+    /// `unshare` (which the test started) with the init of the pid namespace it made; both end
+    /// on drop (`--kill-child`).
+    struct InitOfANamespace {
+        unshare: std::process::Child,
+        init: i32,
+    }
+
+    impl InitOfANamespace {
+        fn start() -> InitOfANamespace {
+            let unshare = std::process::Command::new("unshare")
+                .args(["--pid", "--fork", "--kill-child", "sleep", "60"])
+                .spawn()
+                .unwrap();
+            let children = format!("/proc/{0}/task/{0}/children", unshare.id());
+            let mut unshare = unshare;
+            loop {
+                let ended = unshare.try_wait().unwrap();
+                assert!(ended.is_none(), "unshare ended: {ended:?}");
+                let listed = fs::read_to_string(&children).unwrap_or_default();
+                if let Some(init) = listed.split_whitespace().find_map(|c| c.parse().ok()) {
+                    return InitOfANamespace { unshare, init };
+                }
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+    }
+
+    impl Drop for InitOfANamespace {
+        fn drop(&mut self) {
+            let _ = self.unshare.kill();
+            let _ = self.unshare.wait();
+        }
+    }
+
     #[test]
     fn groups_are_saved_parents_first_with_their_processes_in_the_vm_and_their_settings() {
         let dir = std::env::temp_dir().join(format!("feather-saved-{}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(dir.join("b.service/inner")).unwrap();
         fs::create_dir_all(dir.join("a.service")).unwrap();
-        let me = std::process::id().to_string();
+        // A VM's init (pid 1 in a namespace below ours), and this test, which has no number
+        // there and is left out.
+        let vm = InitOfANamespace::start();
+        let me = std::process::id();
         fs::write(dir.join("cgroup.procs"), "").unwrap();
-        fs::write(dir.join("a.service/cgroup.procs"), format!("{me}\n")).unwrap();
+        fs::write(
+            dir.join("a.service/cgroup.procs"),
+            format!("{me}\n{}\n", vm.init),
+        )
+        .unwrap();
         fs::write(dir.join("a.service/pids.max"), "16\n").unwrap();
         fs::write(dir.join("a.service/cpu.cfs_quota_us"), "50000\n").unwrap();
         fs::write(dir.join("a.service/cpu.cfs_period_us"), "100000\n").unwrap();
@@ -362,8 +403,7 @@ mod tests {
             paths,
             ["", "a.service", "b.service", "b.service/inner"].map(Path::new)
         );
-        let own = feather_sys::process::innermost_pid(Pid::this()).unwrap();
-        assert_eq!(saved[1].pids, [own]);
+        assert_eq!(saved[1].pids, [1]);
         // In the order they are written back: the period before the quota.
         assert_eq!(
             saved[1].settings,
