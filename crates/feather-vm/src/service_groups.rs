@@ -173,8 +173,37 @@ fn as_written(file: &str, read: &str) -> String {
 
 /// Makes the saved `groups` again below `services` (this host's `services/` folder of the VM's
 /// group in the same hierarchy, made already), each with its settings, before CRIU restores
-/// the processes. Each group is checked before anything is made for it.
-pub(crate) fn recreate(vm: &impl Display, services: &Path, groups: &[SavedGroup]) -> Result<()> {
+/// the processes, and returns those made, for [`move_back`]. Only a changed checkpoint refuses
+/// the restore, checked before anything is made; a group that cannot be made or given its
+/// settings (a name too long for a path, a v2 group the VM had made threaded) is left out,
+/// said in the keeper's log, and its processes stay in the VM's group.
+pub(crate) fn recreate(
+    vm: &impl Display,
+    services: &Path,
+    groups: &[SavedGroup],
+) -> Result<Vec<SavedGroup>> {
+    check_groups(vm, groups)?;
+    let made = groups
+        .iter()
+        .filter(|group| {
+            let made = make_group(vm, &services.join(&group.path), &group.settings);
+            if let Err(e) = &made {
+                eprintln!(
+                    "feather keeper {vm}: {}; its processes stay in the VM's group",
+                    feather_core::error::causes(e)
+                );
+            }
+            made.is_ok()
+        })
+        .cloned()
+        .collect();
+    Ok(made)
+}
+
+/// Refuses `groups` (of one hierarchy) that no dump saves: more than a VM may make, a path
+/// that leaves `services/` or goes deeper than a VM may, settings no kernel wrote, a pid
+/// listed twice.
+fn check_groups(vm: &impl Display, groups: &[SavedGroup]) -> Result<()> {
     if groups.len() > MAX_CGROUPS as usize {
         return Err(failed(
             vm,
@@ -186,22 +215,20 @@ pub(crate) fn recreate(vm: &impl Display, services: &Path, groups: &[SavedGroup]
         ));
     }
     for group in groups {
-        let dir = services.join(checked_path(vm, &group.path)?);
+        checked_path(vm, &group.path)?;
         check_settings(vm, group)?;
-        if let Err(e) = fs::create_dir(&dir) {
-            if e.kind() != std::io::ErrorKind::AlreadyExists {
-                return Err(io(
-                    vm,
-                    format!(
-                        "create the cgroup {} (free what blocks it, or start the VM anew)",
-                        escape_path(&dir)
-                    ),
-                )(e));
-            }
-        }
-        apply_settings(vm, &dir, &group.settings)?;
     }
-    Ok(())
+    check_listed_once(vm, groups)
+}
+
+/// Makes the group at `dir` (if missing) and writes its settings.
+fn make_group(vm: &impl Display, dir: &Path, settings: &[(String, String)]) -> Result<()> {
+    if let Err(e) = fs::create_dir(dir) {
+        if e.kind() != std::io::ErrorKind::AlreadyExists {
+            return Err(io(vm, format!("create the cgroup {}", escape_path(dir)))(e));
+        }
+    }
+    apply_settings(vm, dir, settings)
 }
 
 /// Refuses a group whose settings name a file feather never saves, or a value no kernel wrote.
@@ -233,10 +260,7 @@ fn apply_settings(vm: &impl Display, dir: &Path, settings: &[(String, String)]) 
         }
         fs::write(&path, value).map_err(io(
             vm,
-            format!(
-                "write {value:?} into {} (the VM's restore needs its limits back)",
-                escape_path(&path)
-            ),
+            format!("write {value:?} into {}", escape_path(&path)),
         ))?;
     }
     Ok(())
@@ -279,7 +303,8 @@ pub(crate) fn restored_processes(cgroup: &Cgroup) -> BTreeMap<i32, Pid> {
 /// Moves each restored process back into the group it was in at the dump (`restored`: see
 /// [`restored_processes`]), while CRIU leaves them stopped. A pid not among the VM's processes
 /// is skipped (an image lists no other), as is one that ended meanwhile; a pid listed twice is
-/// refused (each move takes a lock every cgroup change on the host waits for).
+/// refused (each move takes a lock every cgroup change on the host waits for). A group that
+/// cannot be entered is said in the keeper's log, its processes left in the VM's group.
 pub(crate) fn move_back(
     vm: &impl Display,
     services: &Path,
@@ -294,13 +319,12 @@ pub(crate) fn move_back(
         for host in group.pids.iter().filter_map(|pid| restored.get(pid)) {
             match fs::write(&procs, host.to_string()) {
                 Err(e) if e.raw_os_error() != Some(libc::ESRCH) => {
-                    return Err(io(
-                        vm,
-                        format!(
-                            "move process {host} into {} (start the VM anew)",
-                            escape_path(&procs)
-                        ),
-                    )(e));
+                    eprintln!(
+                        "feather keeper {vm}: cannot move process {host} into {}: {e}; the \
+                         processes of that group stay in the VM's group",
+                        escape_path(&procs)
+                    );
+                    break;
                 }
                 _ => {}
             }
@@ -530,6 +554,29 @@ mod tests {
         assert!(!dir.0.join("d0").exists(), "a group was made");
         let allowed: PathBuf = (0..MAX_DEPTH).map(|i| format!("d{i}")).collect();
         assert!(checked_path(&"vm", &allowed).is_ok());
+    }
+
+    #[test]
+    fn a_group_that_cannot_be_made_is_left_out_and_the_restore_goes_on() {
+        let dir = Scratch::new("unmade");
+        let group = |path: &str, pids: Vec<i32>| SavedGroup {
+            path: path.into(),
+            pids,
+            settings: vec![("pids.max".into(), "16".into())],
+        };
+        // A group the kernel will not make (here a name past NAME_MAX).
+        let long = "n".repeat(300);
+        let groups = [group("a.service", vec![7]), group(&long, vec![8])];
+        let made = recreate(&"vm", &dir.0, &groups).unwrap();
+        assert_eq!(made, groups[..1]);
+        let limit = fs::read_to_string(dir.0.join("a.service/pids.max")).unwrap();
+        assert_eq!(limit, "16");
+        // And a group that went meanwhile is not entered, the others are.
+        let gone = [group("gone.service", vec![8]), groups[0].clone()];
+        let restored = BTreeMap::from([(7, Pid::from_raw(1007)), (8, Pid::from_raw(1008))]);
+        move_back(&"vm", &dir.0, &gone, &restored).unwrap();
+        let moved = fs::read_to_string(dir.0.join("a.service/cgroup.procs")).unwrap();
+        assert_eq!(moved, "1007");
     }
 
     /// `cgroup.procs` of each group made as a plain file, for move_back to write into.

@@ -344,7 +344,7 @@ fn services_folders(
     cgroup: Option<&Cgroup>,
     bound: &[ExternalLayer],
     has_top: bool,
-) -> Result<Vec<(String, PathBuf)>> {
+) -> Result<Vec<ServicesFolder>> {
     let name = vm.name();
     if has_top && bound.is_empty() {
         return Err(failed(
@@ -381,10 +381,22 @@ fn services_folders(
                 _ => {}
             }
             // The units' groups, with their limits, before any process is restored.
-            service_groups::recreate(name, folder, &layer.groups)?;
-            Ok((layer.key.clone(), folder.to_path_buf()))
+            Ok(ServicesFolder {
+                key: layer.key.clone(),
+                groups: service_groups::recreate(name, folder, &layer.groups)?,
+                folder: folder.to_path_buf(),
+            })
         })
         .collect()
+}
+
+/// A cgroup hierarchy's `services/` folder of the VM's group on this host, bound where the
+/// checkpoint's external mount `key` was, with the groups made again below it.
+#[derive(Debug)]
+struct ServicesFolder {
+    key: String,
+    folder: PathBuf,
+    groups: Vec<service_groups::SavedGroup>,
 }
 
 /// Whether the VM's last checkpoint left its network namespace out (see [`NetnsAtDump`]): the
@@ -484,7 +496,7 @@ pub(crate) fn restore_tree(
     // The same for the tmpfs at /sys/fs/cgroup, with the folders the hierarchies are bound on.
     let cgroups = vm.run_dir().join(CGROUP_TOP);
     mapping.extend(cgroup_top.iter().map(|c| (c.key.clone(), cgroups.clone())));
-    mapping.extend(services.iter().cloned());
+    mapping.extend(services.iter().map(|s| (s.key.clone(), s.folder.clone())));
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
@@ -608,7 +620,7 @@ pub(crate) fn restore_tree(
     // outside its group.
     let ready = mask_what_the_dump_lacked(vm, &init).and_then(|()| {
         feather_core::trace::phase("restore: CRIU restored the tree, kernel interfaces masked");
-        let regrouped = regroup(name, cgroup, &hierarchies, &services);
+        let regrouped = regroup(name, cgroup, &services);
         feather_core::trace::phase("restore: the units' processes back in their groups");
         regrouped
     });
@@ -653,28 +665,27 @@ fn read_layers_list(name: &feather_core::VmName, list: &Path) -> Result<Option<V
 
 /// Moves each restored process back into the group below `services/` it was in at the dump
 /// (CRIU restored them all in the VM's group), in every hierarchy of the checkpoint
-/// (`hierarchies`, bound from `folders` on this host: see [`services_folders`]).
+/// (`services`: the groups made again, see [`services_folders`]).
 fn regroup(
     name: &feather_core::VmName,
     cgroup: Option<&Cgroup>,
-    hierarchies: &[ExternalLayer],
-    folders: &[(String, PathBuf)],
+    services: &[ServicesFolder],
 ) -> Result<()> {
     let Some(cgroup) = cgroup else {
         return Ok(());
     };
     // A VM without services has nothing in its `services/` folders: its processes are not
     // even looked up.
-    let nothing_saved = hierarchies
+    let nothing_saved = services
         .iter()
-        .flat_map(|l| &l.groups)
+        .flat_map(|s| &s.groups)
         .all(|g| g.pids.is_empty());
     if nothing_saved {
         return Ok(());
     }
     let restored = service_groups::restored_processes(cgroup);
-    for (layer, (_, folder)) in hierarchies.iter().zip(folders) {
-        service_groups::move_back(name, folder, &layer.groups, &restored)?;
+    for services in services {
+        service_groups::move_back(name, &services.folder, &services.groups, &restored)?;
     }
     Ok(())
 }
