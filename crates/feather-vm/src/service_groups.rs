@@ -45,9 +45,11 @@ pub(crate) struct SavedGroup {
 
 /// The files of a group that hold what it was given (by the VM's service manager: its units'
 /// `MemoryMax=`, `TasksMax=`, `CPUQuota=`, `CPUWeight=`), in the order they are written back:
-/// a v2 group's controllers for its children before its children's limits are written, a CPU
-/// period before its quota.
-pub(crate) const SETTINGS: [&str; 9] = [
+/// a v2 group's type first (`threaded`, which a process moved into a domain group made in its
+/// stead would not fit), its controllers for its children before its children's limits are
+/// written, a CPU period before its quota.
+pub(crate) const SETTINGS: [&str; 10] = [
+    "cgroup.type",
     "cgroup.subtree_control",
     "memory.limit_in_bytes",
     "memory.max",
@@ -93,7 +95,7 @@ fn save_below(vm: &impl Display, services: &Path, path: &Path, groups: &mut Vec<
     let dir = services.join(path);
     groups.push(SavedGroup {
         path: path.to_path_buf(),
-        pids: vm_pids(&dir),
+        pids: vm_pids(vm, &dir),
         settings: settings_of(&dir),
     });
     if path.components().count() >= MAX_DEPTH {
@@ -137,10 +139,25 @@ fn children_of(vm: &impl Display, dir: &Path) -> Vec<String> {
     children
 }
 
-/// The processes of the group at `dir` (not those below it), by their numbers in the VM.
-fn vm_pids(dir: &Path) -> Vec<i32> {
-    fs::read_to_string(dir.join("cgroup.procs"))
-        .unwrap_or_default()
+/// The processes of the group at `dir` (not those below it), by their numbers in the VM. A
+/// threaded group has no list of its own (the kernel lists its processes in the domain group
+/// above it); a group that cannot be read is said in the keeper's log, its processes restored
+/// in the VM's group.
+fn vm_pids(vm: &impl Display, dir: &Path) -> Vec<i32> {
+    let procs = dir.join("cgroup.procs");
+    let listed = match fs::read_to_string(&procs) {
+        Ok(listed) => listed,
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => String::new(),
+        Err(e) => {
+            eprintln!(
+                "feather keeper {vm}: the processes in {} are not saved with the checkpoint: \
+                 {e}",
+                escape_path(&procs)
+            );
+            String::new()
+        }
+    };
+    listed
         .split_whitespace()
         .filter_map(|pid| pid.parse().ok())
         .filter_map(|pid| feather_sys::process::pid_in_child_namespace(Pid::from_raw(pid)))
@@ -159,9 +176,12 @@ fn settings_of(dir: &Path) -> Vec<(String, String)> {
 }
 
 /// A setting's value as read (`memory pids` from `cgroup.subtree_control`) turned into what
-/// writing it takes (`+memory +pids`).
+/// writing it takes (`+memory +pids`); a type other than `threaded` (the only one written:
+/// the kernel sets the others itself) as nothing.
 fn as_written(file: &str, read: &str) -> String {
     match file {
+        "cgroup.type" if read.trim() == "threaded" => "threaded".to_owned(),
+        "cgroup.type" => String::new(),
         "cgroup.subtree_control" => read
             .split_whitespace()
             .map(|controller| format!("+{controller}"))
@@ -577,6 +597,81 @@ mod tests {
         move_back(&"vm", &dir.0, &gone, &restored).unwrap();
         let moved = fs::read_to_string(dir.0.join("a.service/cgroup.procs")).unwrap();
         assert_eq!(moved, "1007");
+    }
+
+    /// A group of this host's cgroup v2 hierarchy, removed (with the groups below it) on drop.
+    struct V2Group(PathBuf);
+
+    impl Drop for V2Group {
+        fn drop(&mut self) {
+            let mut below: Vec<PathBuf> = walk(&self.0);
+            below.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+            for dir in below {
+                let _ = fs::remove_dir(dir);
+            }
+        }
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut found = vec![dir.to_path_buf()];
+        for entry in fs::read_dir(dir).into_iter().flatten().flatten() {
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
+                found.extend(walk(&entry.path()));
+            }
+        }
+        found
+    }
+
+    #[test]
+    fn a_threaded_group_is_made_threaded_again() {
+        let hierarchies = feather_sys::cgroup::Hierarchies::detect();
+        let name = format!("feather-test-threaded-{}", std::process::id());
+        let top = Cgroup::new(hierarchies, name)
+            .v2_dir()
+            .expect("this host has a cgroup v2 hierarchy");
+        fs::create_dir(&top).unwrap();
+        let top = V2Group(top);
+        let (dumped, restored) = (top.0.join("dumped"), top.0.join("restored"));
+        fs::create_dir_all(dumped.join("worker.service")).unwrap();
+        fs::create_dir(&restored).unwrap();
+        fs::write(dumped.join("worker.service/cgroup.type"), "threaded").unwrap();
+        let saved = save(&"vm", &dumped);
+        assert_eq!(
+            saved[1].settings[0],
+            ("cgroup.type".into(), "threaded".into())
+        );
+        let made = recreate(&"vm", &restored, &saved).unwrap();
+        assert_eq!(made.len(), 2);
+        let kind = fs::read_to_string(restored.join("worker.service/cgroup.type")).unwrap();
+        assert_eq!(kind.trim(), "threaded");
+        // A process goes into it (ended before the groups are removed).
+        let process = Started(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        );
+        let host = Pid::from_raw(process.0.id() as i32);
+        let threaded = [SavedGroup {
+            path: "worker.service".into(),
+            pids: vec![1],
+            ..SavedGroup::default()
+        }];
+        move_back(&"vm", &restored, &threaded, &BTreeMap::from([(1, host)])).unwrap();
+        // (A threaded group's `cgroup.procs` cannot be read: the process says where it is.)
+        let groups = fs::read_to_string(format!("/proc/{host}/cgroup")).unwrap();
+        let v2 = groups.lines().find_map(|l| l.strip_prefix("0::")).unwrap();
+        assert!(v2.ends_with("/restored/worker.service"), "{v2}");
+    }
+
+    /// A process the test started, ended on drop.
+    struct Started(std::process::Child);
+
+    impl Drop for Started {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
     }
 
     /// `cgroup.procs` of each group made as a plain file, for move_back to write into.
