@@ -141,13 +141,15 @@ fn children_of(vm: &impl Display, dir: &Path) -> Vec<String> {
 
 /// The processes of the group at `dir` (not those below it), by their numbers in the VM. A
 /// threaded group has no list of its own (the kernel lists its processes in the domain group
-/// above it); a group that cannot be read is said in the keeper's log, its processes restored
-/// in the VM's group.
+/// above it), and one the VM removed meanwhile none; a group that cannot be read is said in
+/// the keeper's log, its processes restored in the VM's group.
 fn vm_pids(vm: &impl Display, dir: &Path) -> Vec<i32> {
     let procs = dir.join("cgroup.procs");
     let listed = match fs::read_to_string(&procs) {
         Ok(listed) => listed,
-        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => String::new(),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::ENOENT)) => {
+            String::new()
+        }
         Err(e) => {
             eprintln!(
                 "feather keeper {vm}: the processes in {} are not saved with the checkpoint: \
@@ -545,6 +547,26 @@ mod tests {
         let deepest = saved.iter().map(|g| g.path.components().count()).max();
         assert_eq!(deepest, Some(MAX_DEPTH));
         assert!(saved.iter().all(|g| checked_path(&"vm", &g.path).is_ok()));
+    }
+
+    /// The bound on depth keeps every path below PATH_MAX: 15 names of 255 bytes below a
+    /// `services/` folder.
+    #[test]
+    fn the_deepest_groups_with_the_longest_names_are_saved_and_made_again() {
+        use nix::fcntl::{openat, OFlag};
+        use nix::sys::stat::{mkdirat, Mode};
+        let (dumped, restored) = (Scratch::new("deepest"), Scratch::new("deepest-restored"));
+        let name = "n".repeat(255);
+        // One level more than a VM may make, each made beneath the last (past PATH_MAX).
+        let mut dir: std::os::fd::OwnedFd = fs::File::open(&dumped.0).unwrap().into();
+        for _ in 0..=MAX_DEPTH {
+            mkdirat(&dir, name.as_str(), Mode::from_bits_truncate(0o755)).unwrap();
+            dir = openat(&dir, name.as_str(), OFlag::O_DIRECTORY, Mode::empty()).unwrap();
+        }
+        let saved = save(&"vm", &dumped.0);
+        assert_eq!(saved.len(), MAX_DEPTH + 1);
+        let made = recreate(&"vm", &restored.0, &saved).unwrap();
+        assert_eq!(made, saved);
     }
 
     #[test]
