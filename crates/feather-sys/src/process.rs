@@ -234,16 +234,19 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// `host_pid`'s number in its innermost pid namespace (a VM's: what the VM's processes call
-/// it, and what CRIU restores), or None if it is gone.
-pub fn innermost_pid(host_pid: Pid) -> Option<i32> {
+/// `host_pid`'s number in the pid namespace one level below this process's (for a keeper, the
+/// VM's: what the VM's root calls it, and what CRIU restores), or None if it is gone or has
+/// none (a process of this namespace). Not its number in its innermost namespace: a process
+/// the VM started in a namespace of its own (`--allow-userns`) has a number there, 1 for its
+/// init, that another of the VM's processes has in the VM.
+pub fn pid_in_child_namespace(host_pid: Pid) -> Option<i32> {
     let status = fs::read_to_string(format!("/proc/{host_pid}/status")).ok()?;
-    // NSpid lists the pid in each nested namespace, outermost first: the last is its own.
+    // NSpid lists the pid in each namespace from /proc's (this process's) down to its own.
     status
         .lines()
         .find_map(|line| line.strip_prefix("NSpid:"))?
         .split_whitespace()
-        .last()?
+        .nth(1)?
         .parse()
         .ok()
 }
@@ -475,6 +478,56 @@ pub fn same_pid_namespace(pid: Pid) -> Vec<Pid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The host pids of the processes `pid` started (waiting until it has started one; a
+    /// minute at most, should it have failed).
+    fn children_of(pid: u32) -> Vec<i32> {
+        for _ in 0..6000 {
+            let listed =
+                fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            let children: Vec<i32> = listed
+                .split_whitespace()
+                .filter_map(|c| c.parse().ok())
+                .collect();
+            if !children.is_empty() {
+                return children;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("{pid} started no process");
+    }
+
+    /// Ends `unshare` (which we started) on drop; its child, and so both namespaces, with it
+    /// (`--kill-child`).
+    struct Started(std::process::Child);
+
+    impl Drop for Started {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_pid_is_numbered_as_the_namespace_below_ours_numbers_it() {
+        let nest = ["--pid", "--fork", "--kill-child"];
+        let outer = Started(
+            std::process::Command::new("unshare")
+                .args(nest)
+                .arg("unshare")
+                .args(nest)
+                .args(["sleep", "60"])
+                .spawn()
+                .unwrap(),
+        );
+        // The VM's init (pid 1 in the namespace below ours), and a process that init started
+        // in a namespace of its own, where it is 1 too.
+        let init = children_of(outer.0.id())[0];
+        let nested = children_of(init as u32)[0];
+        assert_eq!(pid_in_child_namespace(Pid::from_raw(init)), Some(1));
+        assert_eq!(pid_in_child_namespace(Pid::from_raw(nested)), Some(2));
+        assert_eq!(pid_in_child_namespace(Pid::this()), None);
+    }
 
     /// The descriptors a program started by `start` holds beyond stdio, as it lists them.
     fn descriptors_of_a_program(

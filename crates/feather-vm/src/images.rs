@@ -172,6 +172,21 @@ pub(crate) enum Reading<'a> {
     Import(&'a str),
 }
 
+/// The most a dump writes into `layers.json`: its groups below `services/` are bounded
+/// ([`crate::service_groups`]), about 3 MiB for the most a VM may make in a dozen hierarchies.
+/// A longer file was made by hand, and is not read into the host's memory.
+const MAX_LAYERS: u64 = 8 << 20;
+
+/// The file at `path` if it holds at most `max` bytes, None if it holds more.
+fn read_at_most(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    fs::File::open(path)?
+        .take(max + 1)
+        .read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
+}
+
 /// The layers of the checkpoint in `images` ([`LAYERS`]; none without the file), read and
 /// checked before anything is derived from them: refused if its format is not one this feather
 /// knows, or an entry is not one a dump writes (see [`check_layer`]).
@@ -182,8 +197,14 @@ pub(crate) fn read_layers(
 ) -> Result<Vec<ExternalLayer>> {
     check_format(images, vm, reading)?;
     let refused = |entry: String, why: String| refusal(vm, reading, LAYERS, entry, why, false);
-    let bytes = match fs::read(images.join(LAYERS)) {
-        Ok(bytes) => bytes,
+    let bytes = match read_at_most(&images.join(LAYERS), MAX_LAYERS) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            return Err(refused(
+                "the file".into(),
+                format!("is longer than the {} MiB a dump writes", MAX_LAYERS >> 20),
+            ))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(refused("the file".into(), format!("cannot be read ({e})"))),
     };
@@ -488,5 +509,23 @@ mod tests {
             };
             assert!(check_layer(&top).is_err(), "{folders:?}");
         }
+    }
+
+    #[test]
+    fn a_layers_list_longer_than_a_dump_writes_is_refused_unread() {
+        let dir = std::env::temp_dir().join(format!("feather-layers-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let longest = vec![b' '; MAX_LAYERS as usize];
+        fs::write(dir.join(LAYERS), &longest).unwrap();
+        let longest_read = read_layers(&dir, &"web", Reading::Restore);
+        fs::write(dir.join(LAYERS), [longest.as_slice(), b" "].concat()).unwrap();
+        let longer_read = read_layers(&dir, &"web", Reading::Restore);
+        let _ = fs::remove_dir_all(&dir);
+        // The longest a dump writes is read (and refused only as not a list).
+        let e = longest_read.unwrap_err().to_string();
+        assert!(e.contains("is not a list") && !e.contains("longer"), "{e}");
+        let e = longer_read.unwrap_err().to_string();
+        assert!(e.contains("longer than the 8 MiB a dump writes"), "{e}");
     }
 }

@@ -1149,13 +1149,8 @@ fn seccomp_profile(config: &VmConfig) -> feather_confine::seccomp::Profile {
     }
 }
 
-/// How many cgroups a VM may make below its group on cgroup v2 (`services/` and its units
-/// count), and how deep: each costs kernel memory, and the `services/` subtree is the VM
-/// root's to make groups in (row 27 of docs/security.md). A VM's service manager makes one
-/// group a unit; a VM running a thousand units is beyond what feather is for.
-pub const MAX_CGROUPS: u32 = 1000;
-/// See [`MAX_CGROUPS`]: `services/` is one level below the VM's group, a unit's group two.
-pub const MAX_CGROUP_DEPTH: u32 = 16;
+// Defined beside the restore, which remakes the VM's groups and holds to the same bounds.
+pub use crate::service_groups::{MAX_CGROUPS, MAX_CGROUP_DEPTH};
 
 /// Makes the VM's group with its limits, and bounds the groups the VM can make below it
 /// ([`MAX_CGROUPS`]; on cgroup v1, which has no such bound, a memory limit holds: the kernel

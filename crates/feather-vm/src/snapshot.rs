@@ -211,7 +211,7 @@ pub(crate) fn dump(
                 // those it dumped. Without it the images could not be restored: the dump
                 // fails instead (CRIU lets the tasks go on).
                 feather_core::trace::phase("checkpoint: CRIU dumped all but lazy memory");
-                save_service_groups(&mut layers, cgroup);
+                save_service_groups(name, &mut layers, cgroup);
                 feather_core::trace::phase("checkpoint: the units' groups saved");
                 let written = serde_json::to_vec_pretty(&layers)
                     .map_err(encode(name, LAYERS))
@@ -310,11 +310,15 @@ const CGROUP_MOUNTS: &str = "/sys/fs/cgroup";
 
 /// Saves, with each cgroup hierarchy of `layers`, the groups below the `services/` folder of
 /// the VM's group there (see [`crate::service_groups`]).
-fn save_service_groups(layers: &mut [ExternalLayer], cgroup: Option<&Cgroup>) {
+fn save_service_groups(
+    name: &feather_core::VmName,
+    layers: &mut [ExternalLayer],
+    cgroup: Option<&Cgroup>,
+) {
     let subtrees = cgroup.map(Cgroup::service_subtrees).unwrap_or_default();
     for layer in layers.iter_mut().filter(|l| l.cgroup_services) {
         if let Some(folder) = services_folder_of(&subtrees, &layer.mount_point) {
-            layer.groups = service_groups::save(folder);
+            layer.groups = service_groups::save(name, folder);
         }
     }
 }
@@ -346,7 +350,7 @@ fn services_folders(
     cgroup: Option<&Cgroup>,
     bound: &[ExternalLayer],
     has_top: bool,
-) -> Result<Vec<(String, PathBuf)>> {
+) -> Result<Vec<ServicesFolder>> {
     let name = vm.name();
     if has_top && bound.is_empty() {
         return Err(failed(
@@ -383,10 +387,22 @@ fn services_folders(
                 _ => {}
             }
             // The units' groups, with their limits, before any process is restored.
-            service_groups::recreate(name, folder, &layer.groups)?;
-            Ok((layer.key.clone(), folder.to_path_buf()))
+            Ok(ServicesFolder {
+                key: layer.key.clone(),
+                groups: service_groups::recreate(name, folder, &layer.groups)?,
+                folder: folder.to_path_buf(),
+            })
         })
         .collect()
+}
+
+/// A cgroup hierarchy's `services/` folder of the VM's group on this host, bound where the
+/// checkpoint's external mount `key` was, with the groups made again below it.
+#[derive(Debug)]
+struct ServicesFolder {
+    key: String,
+    folder: PathBuf,
+    groups: Vec<service_groups::SavedGroup>,
 }
 
 /// Whether the VM's last checkpoint left its network namespace out (see [`NetnsAtDump`]): the
@@ -481,7 +497,7 @@ pub(crate) fn restore_tree(
     // The same for the tmpfs at /sys/fs/cgroup, with the folders the hierarchies are bound on.
     let cgroups = vm.run_dir().join(CGROUP_TOP);
     mapping.extend(cgroup_top.iter().map(|c| (c.key.clone(), cgroups.clone())));
-    mapping.extend(services.iter().cloned());
+    mapping.extend(services.iter().map(|s| (s.key.clone(), s.folder.clone())));
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
@@ -605,7 +621,7 @@ pub(crate) fn restore_tree(
     // outside its group.
     let ready = mask_what_the_dump_lacked(vm, &init).and_then(|()| {
         feather_core::trace::phase("restore: CRIU restored the tree, kernel interfaces masked");
-        let regrouped = regroup(name, cgroup, &hierarchies, &services);
+        let regrouped = regroup(name, cgroup, &services);
         feather_core::trace::phase("restore: the units' processes back in their groups");
         regrouped
     });
@@ -619,28 +635,27 @@ pub(crate) fn restore_tree(
 
 /// Moves each restored process back into the group below `services/` it was in at the dump
 /// (CRIU restored them all in the VM's group), in every hierarchy of the checkpoint
-/// (`hierarchies`, bound from `folders` on this host: see [`services_folders`]).
+/// (`services`: the groups made again, see [`services_folders`]).
 fn regroup(
     name: &feather_core::VmName,
     cgroup: Option<&Cgroup>,
-    hierarchies: &[ExternalLayer],
-    folders: &[(String, PathBuf)],
+    services: &[ServicesFolder],
 ) -> Result<()> {
     let Some(cgroup) = cgroup else {
         return Ok(());
     };
     // A VM without services has nothing in its `services/` folders: its processes are not
     // even looked up.
-    let nothing_saved = hierarchies
+    let nothing_saved = services
         .iter()
-        .flat_map(|l| &l.groups)
+        .flat_map(|s| &s.groups)
         .all(|g| g.pids.is_empty());
     if nothing_saved {
         return Ok(());
     }
     let restored = service_groups::restored_processes(cgroup);
-    for (layer, (_, folder)) in hierarchies.iter().zip(folders) {
-        service_groups::move_back(name, folder, &layer.groups, &restored)?;
+    for services in services {
+        service_groups::move_back(name, &services.folder, &services.groups, &restored)?;
     }
     Ok(())
 }
