@@ -700,3 +700,38 @@ fn a_restored_vm_cannot_raise_its_own_groups_limits() {
         );
     }
 }
+
+/// The host's root leaves a VM's mount namespace before anything of the VM's runs: init
+/// detaches it on a thread of its own beside its last steps (crates/feather-sys mount.rs,
+/// `pivot_beside`), joins that thread and waits until it is alone before it starts anything.
+/// The command a throw-away VM runs first sees one mount at `/`, its overlay, and no mount of
+/// the host's root filesystem; and init is one thread by then.
+#[test]
+fn the_first_command_of_a_vm_sees_nothing_of_the_hosts_root() {
+    let feather = Feather::new("host-view-old-root");
+    let script = "cat /proc/self/mountinfo; echo threads; ls /proc/1/task";
+    let outcome = feather.run(&["run", "--rm", "--", "sh", "-c", script]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let (mounts, threads) = outcome.stdout.split_once("threads\n").unwrap();
+    let at_root: Vec<&str> = mounts
+        .lines()
+        .filter(|line| line.split(' ').nth(4) == Some("/"))
+        .collect();
+    assert_eq!(at_root.len(), 1, "one mount at / only:\n{mounts}");
+    assert!(at_root[0].contains(" - overlay "), "{}", at_root[0]);
+    // The host's root filesystem ("ext4 /dev/vda"), by its type and source: nothing of the
+    // VM's is mounted from it in a throw-away VM (its layers are overlays, its /etc files in
+    // memory).
+    let host = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let host_root = host
+        .lines()
+        .find(|line| line.split(' ').nth(4) == Some("/"))
+        .and_then(|line| line.split_once(" - "))
+        .map(|(_, fs)| fs.split(' ').take(2).collect::<Vec<_>>().join(" "))
+        .unwrap();
+    assert!(
+        !mounts.contains(&format!(" - {host_root} ")),
+        "the host's root ({host_root}) is mounted in the VM:\n{mounts}"
+    );
+    assert_eq!(threads.lines().count(), 1, "init's threads: {threads:?}");
+}

@@ -261,10 +261,58 @@ pub fn api_filesystem(
 /// Makes `new_root` the caller's root and detaches the old root entirely, so that no path
 /// inside the VM leads back to the host's tree.
 pub fn pivot_into(new_root: &Path) -> Result<()> {
+    pivot(new_root)?;
+    detach_old_root()
+}
+
+/// [`pivot_into`], whose last step runs on a thread of its own beside what the caller does
+/// next: the detach of the old root waits for an RCU grace period (`namespace_unlock`), 0.1 to
+/// over 10 ms on a busy host, although the old tree is gone from the namespace at its start.
+/// Until [`OldRoot::detached`] has returned, the host's tree may still be stacked over the
+/// new root and the working folder (shared with the thread) must not change: the caller
+/// resolves no path and starts no process before it.
+pub fn pivot_beside(new_root: &Path) -> Result<OldRoot> {
+    pivot(new_root)?;
+    match std::thread::Builder::new()
+        .name("detach-old-root".into())
+        .stack_size(64 * 1024)
+        .spawn(detach_old_root)
+    {
+        Ok(thread) => Ok(OldRoot(Some(thread))),
+        // No thread: the detach is done here, as pivot_into does it.
+        Err(_) => detach_old_root().map(|()| OldRoot(None)),
+    }
+}
+
+/// The host's root being detached by [`pivot_beside`]'s thread.
+#[must_use = "the old root is gone only once `detached` has returned"]
+pub struct OldRoot(Option<std::thread::JoinHandle<Result<()>>>);
+
+impl OldRoot {
+    /// Waits until the old root is detached: from here on no path leads back to the host.
+    /// The caller is then again the process's only thread (it may fork).
+    pub fn detached(self) -> Result<()> {
+        let Some(thread) = self.0 else {
+            return Ok(());
+        };
+        thread.join().unwrap_or_else(|_| {
+            Err(Errno::EIO).ctx("detach old root", "/ (its thread panicked)")
+        })?;
+        raw::await_single_thread(std::time::Duration::from_secs(1)).ctx(
+            "wait for the end of",
+            "the thread that detached the old root",
+        )
+    }
+}
+
+/// pivot_root(".", ".") in `new_root`: stacks the old root on top of the new one at "/", so
+/// that unmounting "." ([`detach_old_root`]) removes it without a folder to park it in.
+fn pivot(new_root: &Path) -> Result<()> {
     nix::unistd::chdir(new_root).ctx("chdir", new_root.display())?;
-    // pivot_root(".", ".") stacks the old root on top of the new one at "/"; unmounting "."
-    // then removes the old root without needing a folder to park it in.
-    nix::unistd::pivot_root(".", ".").ctx("pivot_root", new_root.display())?;
+    nix::unistd::pivot_root(".", ".").ctx("pivot_root", new_root.display())
+}
+
+fn detach_old_root() -> Result<()> {
     umount2(".", MntFlags::MNT_DETACH).ctx("detach old root", "/")?;
     nix::unistd::chdir("/").ctx("chdir", "/")
 }

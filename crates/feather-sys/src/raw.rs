@@ -251,6 +251,20 @@ fn require_single_thread() -> Result<(), Errno> {
     }
 }
 
+/// Waits, up to `limit`, until the caller is the process's only thread again: a thread that
+/// was joined has returned from its work but is still counted until it has finished its exit
+/// in the kernel, which a fork right after the join would see (and refuse, see
+/// [`require_single_thread`]).
+pub fn await_single_thread(limit: std::time::Duration) -> Result<(), Errno> {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        match require_single_thread() {
+            Err(Errno::EDEADLK) if std::time::Instant::now() < deadline => std::thread::yield_now(),
+            done => return done,
+        }
+    }
+}
+
 /// Ends the calling process at once with `code`, running no exit handler: for a forked child,
 /// whose exit must not flush or tear down anything it shares with its parent.
 pub fn exit_now(code: i32) -> ! {
@@ -387,6 +401,12 @@ pub fn set_interface_flags(socket: RawFd, name: &str, up: bool) -> Result<(), Er
     Errno::result(unsafe { libc::ioctl(socket, libc::SIOCGIFFLAGS, &mut request) })?;
     // SAFETY: the union member written by SIOCGIFFLAGS is ifru_flags.
     let flags = unsafe { &mut request.ifr_ifru.ifru_flags };
+    // Reading the flags takes no lock; setting them takes the host-wide RTNL, which other
+    // namespaces' changes hold (often for milliseconds): an interface already as wanted (the
+    // loopback of a namespace made ahead, feather_net::pool) is left alone.
+    if (*flags & libc::IFF_UP as libc::c_short != 0) == up {
+        return Ok(());
+    }
     if up {
         *flags |= libc::IFF_UP as libc::c_short;
     } else {

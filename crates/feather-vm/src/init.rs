@@ -266,11 +266,19 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     // The root is assembled while the keeper moves init into the VM's cgroup and attaches its
     // network (both wait for RCU grace periods on this kernel): nothing here forks or runs a
     // program of the VM's.
-    rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
+    let old_root = rootfs::assemble(&plan.rootfs).map_err(InitError::Root)?;
+    // Until the old root is detached (an RCU grace period, on a thread of init's), only steps
+    // that resolve no path follow: the wait for the network, the cgroup namespace, the
+    // interfaces, the Landlock domain.
     boot::expect(keeper, ToInit::NetworkReady).map_err(InitError::Network)?;
     // The cgroup namespace is made now, after the keeper moved us into the VM's group, so that
     // the VM sees its own group as the root of the hierarchy.
     unshare(CloneFlags::CLONE_NEWCGROUP).map_err(call("unshare cgroup namespace"))?;
+    // After NETWORK_READY: bringing `lo` up takes the host-wide RTNL, which the keeper's attach
+    // holds meanwhile.
+    if plan.rootfs.network.own_namespace {
+        feather_sys::net::loopback_up().map_err(InitError::Root)?;
+    }
     plan.rootfs
         .network
         .configure()
@@ -284,6 +292,7 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
         feather_confine::landlock::scope_ipc()
     }
     .map_err(InitError::Landlock)?;
+    old_root.detached().map_err(InitError::Root)?;
     if !plan.attached {
         if scoping == feather_confine::landlock::Scoping::Unsupported {
             eprintln!(

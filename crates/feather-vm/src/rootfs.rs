@@ -101,7 +101,10 @@ const MASKED_SYS: [&str; 3] = [
 /// paths): host-wide settings, interrupt routing, PCI configuration space, SysRq.
 const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
 
-pub fn assemble(plan: &RootfsPlan) -> Result<()> {
+/// Assembles the root and pivots into it. The old root's detach goes on beside the caller's
+/// next steps (see [`mount::pivot_beside`]): nothing of the VM's may run, and no path be
+/// resolved, before [`mount::OldRoot::detached`] has returned.
+pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
     // 1. Mounts made from here on stay in this namespace, and the host's later mounts stay out.
     mount::make_all_private()?;
     // 2. The copy-on-write view of the base: lower = the base, upper = the VM's layer.
@@ -190,16 +193,14 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
         target: plan.hostname.clone(),
         errno,
     })?;
-    // 10. The VM's network identity. Loopback works inside; with --net private the VM's end of
-    //     its veth pair gets its address and route (init still holds CAP_NET_ADMIN of its
-    //     own namespace here). Generated /etc/hostname, hosts and resolv.conf are bound over
+    // 10. The VM's network identity. Its loopback is brought up and, with --net private, the
+    //     VM's end of its veth pair gets its address and route by init after this recipe
+    //     (beside the old root's detach; init still holds CAP_NET_ADMIN of its own namespace
+    //     then). Generated /etc/hostname, hosts and resolv.conf are bound over
     //     the VM's files, so they never reach its layer; a base without the file goes without.
     //     They are bound read-only: they are host files (on the default root in the host's
     //     /run; a throw-away VM's in the tmpfs of its layer), which a VM must not write into,
     //     let alone fill.
-    if plan.network.own_namespace {
-        feather_sys::net::loopback_up()?;
-    }
     //     Each target is opened beneath the VM's root without following a link (the VM's
     //     layer may hold one on the way) and the file is bound onto what was opened.
     for (file, vm_path) in &plan.network.files {
@@ -210,9 +211,8 @@ pub fn assemble(plan: &RootfsPlan) -> Result<()> {
     if let Some(fd) = plan.memory_layer_fd {
         let _ = nix::unistd::close(fd);
     }
-    //     (The interface itself is configured by init right after this recipe.)
     // 11. Make the assembled tree the root and drop every path back to the host's.
-    mount::pivot_into(root)
+    mount::pivot_beside(root)
 }
 
 /// The VM's tree at `root` (the overlay of step 2), opened: every later mount point is looked
