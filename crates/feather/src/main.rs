@@ -11,7 +11,8 @@
 //! What the front needs of it — stdin, stdout and stderr open, SIGPIPE ignored — it does
 //! itself, and it flushes stdout at its end as the runtime would. The command line is std's all
 //! the same (glibc hands it to std before `main`).
-#![no_main]
+// Under `cargo test` the test harness brings its own `main`.
+#![cfg_attr(not(test), no_main)]
 
 // The unwinder (what panics and backtraces use) linked into this binary, whole and ahead of
 // the libraries the standard library names, so that nothing is left for libgcc_s.so.1: that
@@ -23,6 +24,7 @@ extern "C" {}
 
 /// The program's entry, called by the C library's start code with the command line (which
 /// std reads from what glibc handed it, not from these).
+#[cfg(not(test))]
 #[no_mangle]
 extern "C" fn main(
     _argc: std::ffi::c_int,
