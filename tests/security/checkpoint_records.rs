@@ -123,6 +123,65 @@ fn a_checkpoint_of_a_newer_format_is_refused_and_an_unversioned_one_restores() {
     assert_eq!(feather.sh("vm", "echo back").trim(), "back");
 }
 
+#[test]
+fn an_archive_whose_records_or_layers_are_not_what_an_export_makes_is_refused() {
+    let (feather, _base) = checkpointed_vm("shape");
+    let vm_dir = feather.vm_dir("vm");
+    let outside = Outside::new(&feather);
+    let crafted = feather.root.join("crafted");
+    let copy = |what: &str| {
+        let status = Command::new("cp")
+            .args(["-a", "--"])
+            .arg(vm_dir.join(what))
+            .arg(&crafted)
+            .status()
+            .unwrap();
+        assert!(status.success(), "copied {what}");
+    };
+    let cases: [(&str, &dyn Fn()); 3] = [
+        // Without the check the imported VM's layer was the host folder the link names.
+        ("a link at upper", &|| {
+            std::os::unix::fs::symlink(&outside.dir, crafted.join("upper")).unwrap()
+        }),
+        // Without the check the import waited for a writer for ever.
+        ("a FIFO for the format", &|| {
+            let format = crafted.join("checkpoint/format");
+            fs::remove_file(&format).unwrap();
+            nix::unistd::mkfifo(&format, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        }),
+        ("a member no export holds", &|| {
+            fs::create_dir(crafted.join("work")).unwrap();
+            std::os::unix::fs::symlink(&outside.dir, crafted.join("work/link")).unwrap()
+        }),
+    ];
+    for (what, craft) in cases {
+        let _ = fs::remove_dir_all(&crafted);
+        fs::create_dir(&crafted).unwrap();
+        for member in ["config.toml", "state.json", "checkpoint"] {
+            copy(member);
+        }
+        craft();
+        let archive = archive_of(
+            &feather,
+            &crafted,
+            &["config.toml", "state.json", "upper", "checkpoint", "work"],
+        );
+        let elsewhere = Feather::new("shape-import");
+        let refused = elsewhere.fails(&["restore", "vm", "--import", archive.to_str().unwrap()]);
+        assert!(
+            refused.contains("made by hand or altered; nothing was imported"),
+            "{what}: the import says what is wrong: {refused}"
+        );
+        assert_eq!(
+            elsewhere.ok(&["ls", "--json"]).trim(),
+            "[]",
+            "{what}: imported"
+        );
+        outside.assert_untouched(what);
+    }
+    let _ = fs::remove_dir_all(&crafted);
+}
+
 /// A checkpointed VM `vm` in a new state root, over a new base.
 fn checkpointed_vm(label: &str) -> (Feather, ScratchBase) {
     let feather = Feather::new(label);
@@ -197,6 +256,12 @@ fn with_duplicate(original: &[u8]) -> Value {
 
 /// The VM's folder as an archive `restore --import` takes, made with tar as feather makes it.
 fn hand_made_archive(feather: &Feather, vm_dir: &Path) -> PathBuf {
+    let members = ["config.toml", "state.json", "upper", "mounts", "checkpoint"];
+    archive_of(feather, vm_dir, &members)
+}
+
+/// Those of `members` that are in `dir`, archived with tar as feather archives a VM's folder.
+fn archive_of(feather: &Feather, dir: &Path, members: &[&str]) -> PathBuf {
     let archive = feather.root.join("hand-made.tar.zst");
     let _ = fs::remove_file(&archive);
     let status = Command::new("tar")
@@ -209,11 +274,11 @@ fn hand_made_archive(feather: &Feather, vm_dir: &Path) -> PathBuf {
         ])
         .arg(&archive)
         .arg("--directory")
-        .arg(vm_dir)
+        .arg(dir)
         .args(
-            ["config.toml", "state.json", "upper", "mounts", "checkpoint"]
-                .into_iter()
-                .filter(|member| vm_dir.join(member).exists()),
+            members
+                .iter()
+                .filter(|member| dir.join(member).symlink_metadata().is_ok()),
         )
         .status()
         .unwrap();

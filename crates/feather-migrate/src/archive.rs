@@ -242,6 +242,67 @@ pub fn unpack_from(
 
 /// What tar made of an archive, checked: the VM's config from the unpacked folder; on any
 /// failure the folder is removed.
+/// Whether what an archive unpacked into `staging` has the shape an export gives it, checked
+/// before anything in it is read or used: only [`MEMBERS`] at the top, the records
+/// (`config.toml`, `state.json`, every entry below `checkpoint/`) plain files and folders, the
+/// layers (`upper/`, `mounts/`) folders. What a VM wrote inside its layers may be anything (links,
+/// FIFOs, whiteouts), but an archive is made elsewhere: a link at `upper` would make a host
+/// folder the imported VM's layer, and a link or FIFO for a record be followed, or block, when
+/// the host reads it. Returns what is wrong.
+fn members_as_exported(staging: &Path) -> std::result::Result<(), String> {
+    for entry in fs::read_dir(staging).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let name = entry.file_name();
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        let shown =
+            feather_core::display::escape_for_terminal(&name.to_string_lossy()).into_owned();
+        match name.to_str() {
+            Some("config.toml" | "state.json") if kind.is_file() => {}
+            Some("upper" | "mounts") if kind.is_dir() => {}
+            Some("checkpoint") if kind.is_dir() => {
+                only_files_and_folders(&entry.path(), "checkpoint")?
+            }
+            Some(member) if MEMBERS.contains(&member) => return Err(altered(&shown, &kind)),
+            _ => return Err(format!("it holds {shown}, which no export holds{ALTERED}")),
+        }
+    }
+    Ok(())
+}
+
+/// Said of an archive whose shape no export has.
+const ALTERED: &str = ": it was made by hand or altered; nothing was imported";
+
+fn altered(name: &str, kind: &fs::FileType) -> String {
+    let what = if kind.is_symlink() {
+        "a link"
+    } else if kind.is_dir() {
+        "a folder"
+    } else if kind.is_file() {
+        "a file"
+    } else {
+        "a special file"
+    };
+    format!("it holds {name} as {what}, which an export never makes{ALTERED}")
+}
+
+/// Every entry below `dir` (shown as `shown`) a plain file or a folder.
+fn only_files_and_folders(dir: &Path, shown: &str) -> std::result::Result<(), String> {
+    for entry in fs::read_dir(dir).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        let name = format!(
+            "{shown}/{}",
+            feather_core::display::escape_for_terminal(&entry.file_name().to_string_lossy())
+        );
+        if kind.is_dir() {
+            only_files_and_folders(&entry.path(), &name)?;
+        } else if !kind.is_file() {
+            return Err(altered(&name, &kind));
+        }
+    }
+    Ok(())
+}
+
 fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) -> Result<VmConfig> {
     let checked = || -> Result<VmConfig> {
         let output = output?;
@@ -251,6 +312,9 @@ fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) ->
                 file,
                 unpack_failure(&output.stderr),
             ));
+        }
+        if let Err(why) = members_as_exported(staging) {
+            return Err(tar_failed("import from", file, why));
         }
         let config_path = staging.join("config.toml");
         let text = fs::read_to_string(&config_path).map_err(|_| {

@@ -500,7 +500,7 @@ pub fn standard_fd(fd: RawFd) -> std::os::fd::BorrowedFd<'static> {
         "descriptor {fd} is not stdin, stdout or stderr"
     );
     // SAFETY: descriptors 0-2 are open from the start of the process (Rust's runtime opens
-    // /dev/null on any that was closed) and feather never closes them, only dup2s onto them,
+    // /dev/null on any that was closed, and `start_without_rusts_runtime` where it does not run) and feather never closes them, only dup2s onto them,
     // which keeps the number open.
     unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }
 }

@@ -177,13 +177,24 @@ pub(crate) enum Reading<'a> {
 /// A longer file was made by hand, and is not read into the host's memory.
 const MAX_LAYERS: u64 = 8 << 20;
 
-/// The file at `path` if it holds at most `max` bytes, None if it holds more.
+/// The plain file at `path` if it holds at most `max` bytes, None if it holds more. A link is
+/// not followed and a FIFO or device not waited on (a record may come from an archive made
+/// elsewhere): both are errors.
 fn read_at_most(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
     use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a plain file, which a dump always writes",
+        ));
+    }
     let mut bytes = Vec::new();
-    fs::File::open(path)?
-        .take(max + 1)
-        .read_to_end(&mut bytes)?;
+    file.take(max + 1).read_to_end(&mut bytes)?;
     Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
@@ -238,8 +249,12 @@ pub(crate) fn read_layers(
 /// Refuses a checkpoint whose [`FORMAT`] this feather does not know (a newer feather's), or
 /// cannot read. No file: format 1.
 fn check_format(images: &Path, vm: &impl std::fmt::Display, reading: Reading) -> Result<()> {
-    let text = match fs::read(images.join(FORMAT)) {
-        Ok(bytes) => bytes,
+    let text = match read_at_most(&images.join(FORMAT), 16) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            let why = "is longer than any format feather writes".to_owned();
+            return Err(refusal(vm, reading, FORMAT, "the file".into(), why, false));
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => {
             let why = format!("cannot be read ({e})");
@@ -527,5 +542,26 @@ mod tests {
         assert!(e.contains("is not a list") && !e.contains("longer"), "{e}");
         let e = longer_read.unwrap_err().to_string();
         assert!(e.contains("longer than the 8 MiB a dump writes"), "{e}");
+    }
+
+    #[test]
+    fn a_record_that_is_a_link_or_a_fifo_is_refused_without_waiting_or_following() {
+        let dir = std::env::temp_dir().join(format!("feather-records-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("target"), "2\n").unwrap();
+        std::os::unix::fs::symlink(dir.join("target"), dir.join("link")).unwrap();
+        nix::unistd::mkfifo(
+            &dir.join("fifo"),
+            nix::sys::stat::Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let plain = read_at_most(&dir.join("target"), 16);
+        let link = read_at_most(&dir.join("link"), 16);
+        let fifo = read_at_most(&dir.join("fifo"), 16);
+        let _ = fs::remove_dir_all(&dir);
+        assert_eq!(plain.unwrap(), Some(b"2\n".to_vec()));
+        assert!(link.is_err(), "a link was followed");
+        assert!(fifo.is_err(), "a FIFO was read");
     }
 }

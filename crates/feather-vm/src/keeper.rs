@@ -817,6 +817,11 @@ impl Keeper {
                 }
                 DumpNote::NetworkUnlock if locked.get() => {
                     locked.set(false);
+                    // CRIU unlocks on a failure before any lock too: the early hold must
+                    // have landed first, or it would take the link down after this.
+                    if let Some(early) = early_lock.borrow_mut().take() {
+                        let _ = early.join();
+                    }
                     self.let_traffic_through();
                     true
                 }
@@ -1327,8 +1332,11 @@ fn start_init(
             let entering = both.spawn(move || -> Result<()> {
                 match cgroup {
                     Some(cgroup) => {
+                        // After the device rules: v1 refuses a deny-all on a group with
+                        // children, were `devices` co-mounted with a controller of these.
+                        restrict_devices(cgroup, name)?;
                         make_service_groups(cgroup);
-                        restrict_devices(cgroup, name)
+                        Ok(())
                     }
                     None => Ok(()),
                 }
