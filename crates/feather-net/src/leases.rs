@@ -164,10 +164,14 @@ mod tests {
         RootNetwork::load(&root).unwrap().unwrap()
     }
 
-    #[test]
-    fn racing_leases_are_distinct_and_released_ones_come_back() {
-        let network = scratch_network("race");
-        let threads: Vec<_> = (0..5)
+    /// The addresses `count` VMs (vm0, vm1, …) leased by `lease`, all at once on threads of
+    /// their own, sorted.
+    fn leased_at_once(
+        network: &RootNetwork,
+        count: usize,
+        lease: fn(&RootNetwork, &str) -> Result<Ipv4Addr>,
+    ) -> Vec<Ipv4Addr> {
+        let threads: Vec<_> = (0..count)
             .map(|i| {
                 let network = network.clone();
                 std::thread::spawn(move || lease(&network, &format!("vm{i}")).unwrap())
@@ -175,6 +179,13 @@ mod tests {
             .collect();
         let mut addresses: Vec<Ipv4Addr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         addresses.sort();
+        addresses
+    }
+
+    #[test]
+    fn racing_leases_are_distinct_and_released_ones_come_back() {
+        let network = scratch_network("race");
+        let mut addresses = leased_at_once(&network, 5, lease);
         addresses.dedup();
         assert_eq!(addresses.len(), 5, "{addresses:?}");
         // A /29 has 5 addresses for VMs (.2 to .6): the sixth VM is refused.
@@ -193,14 +204,7 @@ mod tests {
     #[test]
     fn new_vms_take_the_lowest_free_addresses_and_give_back_only_their_own() {
         let network = scratch_network("new");
-        let threads: Vec<_> = (0..4)
-            .map(|i| {
-                let network = network.clone();
-                std::thread::spawn(move || lease_new(&network, &format!("vm{i}")).unwrap())
-            })
-            .collect();
-        let mut addresses: Vec<Ipv4Addr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-        addresses.sort();
+        let addresses = leased_at_once(&network, 4, lease_new);
         let lowest: Vec<Ipv4Addr> = network.subnet.vm_hosts().take(4).collect();
         assert_eq!(addresses, lowest);
         let holder = |address: Ipv4Addr| {
