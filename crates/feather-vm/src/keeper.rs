@@ -543,16 +543,19 @@ impl Keeper {
 
     /// [`Keeper::record_running`], durably, on a thread of its own.
     fn record_running_aside(&self) -> Recording {
-        let memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
-        let state = running_state(self.init.pid, memory_layer);
+        let state = self.running_record();
         let vm = self.vm.clone();
         std::thread::spawn(move || vm.write_state(&state, Durability::Durable))
     }
 
     fn record_running(&self, durability: Durability) -> Result<()> {
+        Ok(self.vm.write_state(&self.running_record(), durability)?)
+    }
+
+    /// The VM's record as running, as this keeper holds it now.
+    fn running_record(&self) -> VmState {
         let memory_layer = self.memory_layer.as_ref().map(|layer| layer.recorded);
-        let state = running_state(self.init.pid, memory_layer);
-        Ok(self.vm.write_state(&state, durability)?)
+        running_state(self.init.pid, memory_layer)
     }
 
     /// Serves the control socket until the VM's init exits, then cleans up. `foreground`:
@@ -813,15 +816,13 @@ impl Keeper {
                 }
                 DumpNote::NetworkLock if lockable => {
                     locked.set(true);
-                    self.hold_network(early_lock.borrow_mut().take())
+                    self.hold_network(landed(&early_lock))
                 }
                 DumpNote::NetworkUnlock if locked.get() => {
                     locked.set(false);
                     // CRIU unlocks on a failure before any lock too: the early hold must
                     // have landed first, or it would take the link down after this.
-                    if let Some(early) = early_lock.borrow_mut().take() {
-                        let _ = early.join();
-                    }
+                    let _ = landed(&early_lock);
                     self.let_traffic_through();
                     true
                 }
@@ -849,9 +850,7 @@ impl Keeper {
             }
         }
         // A dump that failed before CRIU's notice: the link went down all the same.
-        if let Some(early) = early_lock.borrow_mut().take() {
-            let _ = early.join();
-        }
+        let _ = landed(&early_lock);
         // A VM that goes on (a failed dump, or one left running) gets its link back, whether
         // or not CRIU said so.
         if locked.get() && (dumped.is_err() || leave_running) {
@@ -921,21 +920,11 @@ impl Keeper {
     /// `feather_net::Attachment::hold_traffic`), and compares its namespace once more, now
     /// that nothing of the VM runs. A namespace changed since the first look fails the dump
     /// (the VM goes on, and says so) rather than lose the change. Whether the dump goes on.
-    /// `early`: the link already going down on a thread of its own, started with the dump.
-    fn hold_network(
-        &self,
-        early: Option<std::thread::JoinHandle<feather_net::Result<()>>>,
-    ) -> bool {
+    /// `early`: how bringing the link down went, where a thread did it since the dump began.
+    fn hold_network(&self, early: Option<feather_net::Result<()>>) -> bool {
         let name = self.vm.name();
         trace::phase("checkpoint: CRIU's network-lock notice (tasks seized)");
-        let held = match early {
-            Some(early) => early.join().unwrap_or_else(|_| {
-                Err(feather_net::NetError::Invalid(
-                    "the thread bringing the link down panicked".into(),
-                ))
-            }),
-            None => self.network.hold_traffic(true),
-        };
+        let held = early.unwrap_or_else(|| self.network.hold_traffic(true));
         trace::phase("checkpoint: network locked");
         if let Err(e) = held {
             eprintln!(
@@ -1151,6 +1140,20 @@ enum Answered {
     Stop(Duration),
     /// The VM was checkpointed and its processes are ending; the asker hears when they have.
     Checkpointed,
+}
+
+/// The thread bringing a VM's link down since its dump began (see `Keeper::dumped`).
+type EarlyLock = std::thread::JoinHandle<feather_net::Result<()>>;
+
+/// Waits for the [`EarlyLock`] in `early`, if it is there still (the first caller takes it),
+/// and returns how it went.
+fn landed(early: &std::cell::RefCell<Option<EarlyLock>>) -> Option<feather_net::Result<()>> {
+    let thread = early.borrow_mut().take()?;
+    Some(thread.join().unwrap_or_else(|_| {
+        Err(feather_net::NetError::Invalid(
+            "the thread bringing the link down panicked".into(),
+        ))
+    }))
 }
 
 /// The seccomp filter a VM's config asks for (docs/confinement.md).
