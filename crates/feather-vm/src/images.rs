@@ -348,13 +348,7 @@ fn layer_kind(key: &str) -> Option<&str> {
 fn check_cgroup_folders(folders: &[PathBuf]) -> std::result::Result<(), String> {
     let mut seen = HashSet::new();
     for folder in folders {
-        let bytes = folder.as_os_str().as_encoded_bytes();
-        let plain = !bytes.is_empty()
-            && !bytes.contains(&b'/')
-            && !bytes.contains(&0)
-            && bytes != b"."
-            && bytes != b"..";
-        if !plain {
+        if !plain_name(folder.as_os_str().as_encoded_bytes()) {
             return Err(format!(
                 "its folder {} is not one plain name",
                 escape_path(folder)
@@ -370,15 +364,19 @@ fn check_cgroup_folders(folders: &[PathBuf]) -> std::result::Result<(), String> 
     Ok(())
 }
 
+/// Whether `name` is one plain name of a folder or file: not empty, `.` or `..`, without a
+/// `/` or a NUL byte.
+fn plain_name(name: &[u8]) -> bool {
+    !name.is_empty() && name != b"." && name != b".." && !name.contains(&b'/') && !name.contains(&0)
+}
+
 /// Whether `path` is a path in the VM a dump writes: `/` then plain names, at least one.
 fn check_vm_path(path: &Path) -> std::result::Result<(), String> {
     let bytes = path.as_os_str().as_encoded_bytes();
     let Some(names) = bytes.strip_prefix(b"/") else {
         return Err("the mount point is not an absolute path".into());
     };
-    let plain =
-        |name: &[u8]| !name.is_empty() && name != b"." && name != b".." && !name.contains(&0);
-    match names.split(|b| *b == b'/').all(plain) {
+    match names.split(|b| *b == b'/').all(plain_name) {
         true => Ok(()),
         false => Err(
             "the mount point is not a path of plain names (it has `..`, `.`, an empty name or \
