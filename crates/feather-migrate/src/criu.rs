@@ -880,13 +880,14 @@ pub fn failure(vm: &str, action: &'static str, log: &Path) -> MigrateError {
 
 /// What some of CRIU's errors mean for a feather VM, in its user's words.
 fn hint(error: &str) -> Option<&'static str> {
-    const HINTS: [(&str, &str); 7] = [
+    const HINTS: [(&str, &str); 8] = [
         ("Can't get 1:16 opt", "a process of the VM has a TCP or UDP socket, which this CRIU cannot save on Linux 6.16 or later (it asks for SO_PASSCRED, which these kernels refuse for IP sockets; fixed in CRIU after 4.2.1)"),
         ("Can't get rlimit", "a process of the VM runs as another user (a service such as postgres), and CRIU may not read its limits here: this machine withholds CAP_SYS_RESOURCE; run feather's scripts/install-criu, whose shim reads them from /proc"),
         ("Can't lookup mount", "a process of the VM holds a file that lies outside the VM's filesystems (opened on the host and passed in); end that process or have it close the file"),
         ("io_uring", "a process of the VM uses io_uring, which CRIU cannot save"),
         ("external socket", "a process of the VM is connected to a unix socket outside the VM, such as the connection of a `feather exec` still running in it (checkpoint once it has ended)"),
         ("is outside of its pid namespace", "a process of the VM belongs to a session or process group that started outside the VM (run it with `setsid`)"),
+        ("Unseizable non-zombie", "a process of the VM stayed in uninterruptible sleep (state D) for all of CRIU's seize: one waiting in vfork for a child that was stopped before it started its program (feather's own freeze waits those out; a child stopped by a debugger or SIGSTOP holds its parent), or one waiting on a disk or a network filesystem; its kernel stack (/proc/PID/stack) shows where; checkpoint again once it is out of that wait"),
         ("Unexpected rt vDSO area bounds", "this CRIU is too old for this kernel; run feather's scripts/install-criu"),
     ];
     HINTS
@@ -993,5 +994,15 @@ mod tests {
         assert!(message.contains("path=/tmp/host-file"), "{message}");
         assert!(!message.contains("rlimit"), "{message}");
         assert!(!message.contains("FAILED"), "{message}");
+    }
+
+    #[test]
+    fn a_task_criu_could_not_seize_is_explained() {
+        let error = "Unseizable non-zombie 2036 found, state D, err -1/4";
+        let hint = hint(error).expect("a hint for an unseizable task");
+        assert!(
+            hint.contains("uninterruptible sleep") && hint.contains("vfork"),
+            "{hint}"
+        );
     }
 }

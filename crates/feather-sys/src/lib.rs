@@ -3,6 +3,7 @@
 //! and where they call one of raw's `unsafe fn`s, say why its contract holds.
 
 pub mod beneath;
+pub mod blocked;
 pub mod bpf;
 pub mod cgroup;
 pub mod creds;

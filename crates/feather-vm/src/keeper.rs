@@ -766,10 +766,17 @@ impl Keeper {
         // serves its pages, and CRIU's thaw at the end must not undo that.
         let freezer = moment::freezer_of(self.cgroup.as_ref()).filter(|_| lazy.is_none());
         // A VM held frozen for an export is frozen already.
-        let frozen = freezer
-            .as_ref()
-            .filter(|_| held.is_none())
-            .and_then(|_| moment::frozen_for_dump(self.cgroup.as_ref()));
+        let frozen = match freezer.as_ref().filter(|_| held.is_none()) {
+            Some(_) => match moment::frozen_for_dump(&self.vm, self.cgroup.as_ref()) {
+                Ok(frozen) => frozen,
+                Err(e) => {
+                    let message = causes(&e);
+                    let _ = protocol::write_response(stream, &Response::Error { message });
+                    return Answered::Done;
+                }
+            },
+            None => None,
+        };
         trace::phase("checkpoint: frozen");
         let netns = self.netns_at_dump();
         trace::phase(match &netns {
