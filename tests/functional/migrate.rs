@@ -435,6 +435,34 @@ fn a_refused_or_unreachable_migration_leaves_the_vm_untouched() {
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
 
+/// A receiver runs a VM only over a tree it named (security row 66): one made over a scratch
+/// base is refused by a `serve` without `--base`, saying so, and runs on at the source.
+#[test]
+fn a_receiver_refuses_a_vm_over_a_tree_it_did_not_name_and_the_vm_runs_on_at_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-base"), Feather::new("mig-base-dst"));
+    let base = ScratchBase::new("mig-base");
+    counting_vm(&source, &base);
+    let server = Server::start(&hosts, &target, &[]);
+    let refused = migrate(&hosts, &source, TOKEN);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("config.toml's base is")
+            && refused
+                .stderr
+                .contains(&format!("--base {}", base.as_str())),
+        "{}",
+        refused.stderr
+    );
+    assert!(!server.wait(), "the receiver refused the VM");
+    assert_eq!(source.status("vm"), "running");
+    let before = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > before
+    });
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
 #[test]
 fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
     let hosts = TwoHosts::new();

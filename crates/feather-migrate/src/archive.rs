@@ -466,6 +466,35 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 mod tests {
     use super::*;
 
+    const CONFIG: &str = "name = \"vm\"\nid = \"0123456789ab\"\nbase = \"/\"\ncreated = 1\n\
+        allow_userns = false\n[limits]\npids = 2048\n[network]\nmode = \"none\"\negress = false\n";
+
+    fn unknown_in(text: &str) -> Option<String> {
+        let given: toml::Table = toml::from_str(text).unwrap();
+        let config: VmConfig = toml::from_str(text).unwrap();
+        unknown_field(&given, &toml::Table::try_from(&config).unwrap(), "")
+    }
+
+    #[test]
+    fn a_config_field_this_feather_does_not_know_is_found_at_any_depth() {
+        assert_eq!(unknown_in(CONFIG), None);
+        // What feather leaves out when empty or false, written out, is known.
+        let written_out = format!("services = []\nfresh_state = false\n{CONFIG}");
+        assert_eq!(unknown_in(&written_out), None);
+        let top = format!("mounts_from_host = [\"/etc\"]\n{CONFIG}");
+        assert_eq!(unknown_in(&top).as_deref(), Some("mounts_from_host"));
+        let nested = CONFIG.replace("pids = 2048", "pids = 2048\nswap = 1");
+        assert_eq!(unknown_in(&nested).as_deref(), Some("limits.swap"));
+        let in_list = CONFIG.replace(
+            "egress = false",
+            "egress = false\n[[network.publish]]\nhost_port = 1\nvm_port = 2\naddress = \"0.0.0.0\"",
+        );
+        assert_eq!(
+            unknown_in(&in_list).as_deref(),
+            Some("network.publish.address")
+        );
+    }
+
     /// Makes `levels` folders of 200-byte names in `dir`, one in the other, by descriptor (the
     /// whole path is past what a path may name), and a file `leaf` in the deepest.
     fn nest(dir: &Path, levels: usize) {
