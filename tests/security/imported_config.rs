@@ -208,6 +208,15 @@ fn paths_and_settings_no_create_makes_are_refused() {
     );
 }
 
+/// A case of what the receiver must accept: named, the config's change, what the refusal
+/// says, the flag that accepts it.
+type OptIn = (
+    &'static str,
+    fn(&mut toml::Table),
+    &'static [&'static str],
+    &'static str,
+);
+
 #[test]
 fn what_widens_a_vm_on_the_receiver_needs_the_receivers_word() {
     let base = ScratchBase::new("import-optin");
@@ -215,7 +224,7 @@ fn what_widens_a_vm_on_the_receiver_needs_the_receivers_word() {
     let vm_dir = feather.vm_dir("vm");
     let elsewhere = Feather::new("import-optin-dst");
     let named = ["--base", base.as_str()];
-    let cases: [(&str, fn(&mut toml::Table), &[&str], &str); 3] = [
+    let cases: [OptIn; 3] = [
         (
             "user namespaces",
             |c| set(c, "allow_userns", true),
