@@ -298,3 +298,65 @@ fn an_imported_address_that_is_no_vms_is_refused() {
         assert_eq!(elsewhere.ok(&["ls", "--json"]).trim(), "[]", "{address}");
     }
 }
+
+/// A restoring keeper handed a network namespace (`--netns-fd`, as `feather serve` hands it the
+/// one it made ahead) refuses one that is its own, the host's: the restored VM would share it.
+#[test]
+fn a_restoring_keeper_handed_the_hosts_network_namespace_refuses_to_start() {
+    use std::os::fd::AsRawFd;
+    let base = ScratchBase::new("keeper-netns");
+    let feather = checkpointed_vm("keeper-netns", &base);
+    let keeper = Path::new(Feather::bin()).with_file_name("feather-keeper");
+    // Not close-on-exec: the keeper inherits both under these numbers, as from `restore`.
+    let own = nix::fcntl::open(
+        "/proc/self/ns/net",
+        nix::fcntl::OFlag::O_RDONLY,
+        nix::sys::stat::Mode::empty(),
+    )
+    .unwrap();
+    let (_ready_read, ready_write) = nix::unistd::pipe().unwrap();
+    let (own_fd, ready_fd) = (
+        own.as_raw_fd().to_string(),
+        ready_write.as_raw_fd().to_string(),
+    );
+    let mut child = Command::new(keeper)
+        .arg("__keeper")
+        .arg("--state-dir")
+        .arg(&feather.root)
+        .arg("--run-dir")
+        .arg(feather.root.join("run"))
+        .args([
+            "--ready-fd",
+            &ready_fd,
+            "--restore",
+            "--netns-fd",
+            &own_fd,
+            "vm",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop((own, ready_write));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the keeper restored the VM in the host's network namespace and runs");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut said).unwrap();
+    assert!(!status.success(), "{said}");
+    assert!(
+        said.contains(&format!("--netns-fd {own_fd}")) && said.contains("own network namespace"),
+        "{said}"
+    );
+    assert_eq!(feather.status("vm"), "checkpointed");
+}
