@@ -272,7 +272,7 @@ fn a_vm_whose_shell_starts_command_after_command_is_checkpointed_every_time() {
 
 #[test]
 fn an_exported_vm_is_restored_in_another_state_root() {
-    let (feather, _base) = counting_vm("ckpt-export");
+    let (feather, base) = counting_vm("ckpt-export");
     let archive = feather.root.join("vm.tar.zst");
     let archive = archive.to_str().unwrap();
     let before = count(&feather, "vm");
@@ -282,7 +282,15 @@ fn an_exported_vm_is_restored_in_another_state_root() {
     assert_eq!(&bytes[..4], &[0x28, 0xb5, 0x2f, 0xfd], "a zstd archive");
 
     let elsewhere = Feather::new("ckpt-import");
-    elsewhere.ok(&["restore", "vm", "--import", archive]);
+    // The receiver names the tree the VM runs over (security row 66).
+    elsewhere.ok(&[
+        "restore",
+        "vm",
+        "--import",
+        archive,
+        "--base",
+        base.as_str(),
+    ]);
     assert_eq!(elsewhere.status("vm"), "running");
     let resumed = count(&elsewhere, "vm");
     assert!(
@@ -373,7 +381,7 @@ fn a_vm_left_running_is_exported_as_it_was_at_its_checkpoint() {
     // The export must hold the VM's layer as it was at the dump: a writer that ran on between
     // the dump and the archive's copy leaves its log longer than CRIU recorded ("File
     // data/log has bad size"), and the restore fails.
-    let (feather, _base) = writing_vm("ckpt-moment");
+    let (feather, base) = writing_vm("ckpt-moment");
     for round in 0..3 {
         let archive = feather.root.join(format!("vm-{round}.tar.zst"));
         let archive = archive.to_str().unwrap();
@@ -381,7 +389,14 @@ fn a_vm_left_running_is_exported_as_it_was_at_its_checkpoint() {
         assert_eq!(feather.status("vm"), "running");
 
         let elsewhere = Feather::new(&format!("ckpt-moment-{round}"));
-        let restored = elsewhere.run(&["restore", "vm", "--import", archive]);
+        let restored = elsewhere.run(&[
+            "restore",
+            "vm",
+            "--import",
+            archive,
+            "--base",
+            base.as_str(),
+        ]);
         assert_eq!(
             restored.code, 0,
             "round {round}: the export restores: {}",

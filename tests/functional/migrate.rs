@@ -108,7 +108,19 @@ struct Server {
 
 impl Server {
     fn start(hosts: &TwoHosts, root: &Feather, env: &[(&str, &str)]) -> Server {
-        let args = ["serve", "--listen", "10.77.0.2:7070", "--once"];
+        Self::accepting(hosts, root, env, &[])
+    }
+
+    /// [`Server::start`], accepting what `accept` says of the VMs it receives (e.g. `--base`
+    /// for a VM over a scratch base: security row 66).
+    fn accepting(
+        hosts: &TwoHosts,
+        root: &Feather,
+        env: &[(&str, &str)],
+        accept: &[&str],
+    ) -> Server {
+        let mut args = vec!["serve", "--listen", "10.77.0.2:7070", "--once"];
+        args.extend_from_slice(accept);
         Self::started(TwoHosts::feather(&hosts.b, root, &args), env)
     }
 
@@ -119,9 +131,16 @@ impl Server {
         Self::started(TwoHosts::feather(&hosts.b, root, &args), &[])
     }
 
-    /// A receiver on host b as another machine (see [`TwoHosts::feather_apart`]).
-    fn start_apart(hosts: &TwoHosts, root: &Feather, env: &[(&str, &str)]) -> Server {
-        let args = ["serve", "--listen", "10.77.0.2:7070", "--once"];
+    /// A receiver on host b as another machine (see [`TwoHosts::feather_apart`]), accepting
+    /// what `accept` says (e.g. `--allow-publish`).
+    fn start_apart(
+        hosts: &TwoHosts,
+        root: &Feather,
+        env: &[(&str, &str)],
+        accept: &[&str],
+    ) -> Server {
+        let mut args = vec!["serve", "--listen", "10.77.0.2:7070", "--once"];
+        args.extend_from_slice(accept);
         Self::started(TwoHosts::feather_apart(&hosts.b, root, &args), env)
     }
 
@@ -261,7 +280,7 @@ fn a_vm_migrates_to_another_host_and_goes_on_there() {
     let pids = source.ok(&["ps", "vm", "--json"]);
     let before = count(&source, "vm");
 
-    let server = Server::start(&hosts, &target, &[]);
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     let moved = migrate(&hosts, &source, TOKEN);
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     assert!(moved.stderr.contains("frozen for"), "{}", moved.stderr);
@@ -401,7 +420,7 @@ fn a_refused_or_unreachable_migration_leaves_the_vm_untouched() {
         nobody.stderr
     );
 
-    let server = Server::start(&hosts, &target, &[]);
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     let wrong = migrate(&hosts, &source, "not-the-token");
     assert_ne!(wrong.code, 0);
     assert!(wrong.stderr.contains("wrong token"), "{}", wrong.stderr);
@@ -416,6 +435,34 @@ fn a_refused_or_unreachable_migration_leaves_the_vm_untouched() {
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
 
+/// A receiver runs a VM only over a tree it named (security row 66): one made over a scratch
+/// base is refused by a `serve` without `--base`, saying so, and runs on at the source.
+#[test]
+fn a_receiver_refuses_a_vm_over_a_tree_it_did_not_name_and_the_vm_runs_on_at_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-base"), Feather::new("mig-base-dst"));
+    let base = ScratchBase::new("mig-base");
+    counting_vm(&source, &base);
+    let server = Server::start(&hosts, &target, &[]);
+    let refused = migrate(&hosts, &source, TOKEN);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("config.toml's base is")
+            && refused
+                .stderr
+                .contains(&format!("--base {}", base.as_str())),
+        "{}",
+        refused.stderr
+    );
+    assert!(!server.wait(), "the receiver refused the VM");
+    assert_eq!(source.status("vm"), "running");
+    let before = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > before
+    });
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
 #[test]
 fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
     let hosts = TwoHosts::new();
@@ -424,7 +471,12 @@ fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
     counting_vm(&source, &base);
     let before = count(&source, "vm");
     // The receiver has no CRIU: it takes the archive, then cannot restore it.
-    let server = Server::start(&hosts, &target, &[("FEATHER_CRIU", "/nonexistent/criu")]);
+    let server = Server::accepting(
+        &hosts,
+        &target,
+        &[("FEATHER_CRIU", "/nonexistent/criu")],
+        &["--base", base.as_str()],
+    );
     let failed = migrate(&hosts, &source, TOKEN);
     assert_ne!(failed.code, 0);
     assert!(
@@ -490,7 +542,13 @@ fn a_vm_with_a_private_network_migrates_with_its_address_and_published_port() {
     let port = free_port();
     let (address, digest) = redis_vm(&source, subnet, port);
 
-    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)]);
+    // The VM publishes a port: the receiver accepts it (security row 66).
+    let server = Server::start_apart(
+        &hosts,
+        &target,
+        &[("FEATHER_SUBNET", subnet)],
+        &["--allow-publish"],
+    );
     let moved = migrate_vm(&hosts, &source, "db", TOKEN);
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     assert!(server.wait(), "the receiver ran the VM");
@@ -552,7 +610,7 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
     let base = ScratchBase::new("mig-killed");
     counting_vm(&source, &base);
     let before = count(&source, "vm");
-    let mut server = Server::start(&hosts, &target, &[]);
+    let mut server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     let migrating = TwoHosts::feather(
         &hosts.a,
         &source,
@@ -593,7 +651,7 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
     let twice = target.fails(&["restore", "vm"]);
     assert!(twice.contains("never confirmed"), "{twice}");
     // A receiver started again removes what its predecessor left.
-    let server = Server::start(&hosts, &target, &[]);
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     target.eventually("the unconfirmed copy is removed", || {
         target.ok(&["ls", "--json"]).trim() == "[]"
     });
@@ -628,7 +686,7 @@ fn a_process_that_gets_a_dead_receivers_pid_does_not_pass_for_it() {
     let (source, target) = (Feather::new("mig-pid"), Feather::new("mig-pid-dst"));
     let base = ScratchBase::new("mig-pid");
     counting_vm(&source, &base);
-    let mut server = Server::start(&hosts, &target, &[]);
+    let mut server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     let migrating = TwoHosts::feather(
         &hosts.a,
         &source,
@@ -694,7 +752,7 @@ fn a_process_that_gets_a_dead_receivers_pid_does_not_pass_for_it() {
     let mut said = String::new();
     let _ = restoring.0.stderr.take().unwrap().read_to_string(&mut said);
     assert!(said.contains("never confirmed"), "{said}");
-    let server = Server::start(&hosts, &target, &[]);
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     target.eventually("the unconfirmed copy is removed", || {
         target.ok(&["ls", "--json"]).trim() == "[]"
     });
@@ -795,6 +853,7 @@ fn default_vm_keeps_its_network_through_a_failed_migration(mode: &str, changed: 
             ("FEATHER_SUBNET", subnet),
             ("FEATHER_CRIU", "/nonexistent/criu"),
         ],
+        &[],
     );
     let failed: crate::support::Outcome = migrating(&hosts, &source, "vm", &["--mode", mode])
         .output()
@@ -960,7 +1019,7 @@ fn a_tcp_connection_inside_a_private_vm_survives_its_migration() {
         received(&source).len() >= 3
     });
 
-    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)]);
+    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
     let moved = migrate(&hosts, &source, TOKEN);
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     assert!(server.wait());
@@ -1232,6 +1291,7 @@ fn a_lan_client_keeps_its_postgres_connection_across_a_migration() {
         &lan.hosts,
         &target,
         &[("FEATHER_SUBNET", subnet), ("FEATHER_UPLINK", uplink_b)],
+        &[],
     );
     let migrating_at = std::time::Instant::now();
     let moved = migrate_vm(&lan.hosts, &source, "db", TOKEN);
@@ -1374,6 +1434,8 @@ fn a_default_vm_keeps_its_address_its_published_port_and_a_lan_client_s_connecti
             ("FEATHER_SUBNET", subnet),
             ("FEATHER_UPLINK", lan.uplinks[1].as_str()),
         ],
+        // The VM publishes a port: the receiver accepts it (security row 66).
+        &["--allow-publish"],
     );
     let moved: crate::support::Outcome = migrating(
         &lan.hosts,
@@ -1635,7 +1697,7 @@ fn a_man_in_the_middle_altering_a_byte_is_refused_and_the_vm_runs_on_at_the_sour
     let base = ScratchBase::new("mig-mitm");
     counting_vm(&source, &base);
 
-    let server = Server::start(&hosts, &target, &[]);
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     // On host a, where migrate connects; its page relay stays reachable at host a's address.
     let proxy = TamperProxy::start(&hosts.a, "10.77.0.1:7071", "10.77.0.2:7070", 6000);
     let moved: crate::support::Outcome = migrating_to(&hosts, &source, "vm", "10.77.0.1:7071", &[])
@@ -1765,13 +1827,18 @@ fn configured_certificates_let_only_a_sender_of_the_same_ca_migrate() {
     let (source, target) = (Feather::new("mig-tls"), Feather::new("mig-tls-dst"));
     let base = ScratchBase::new("mig-tls");
     counting_vm(&source, &base);
+    let base_flag = vec!["--base".to_owned(), base.as_str().to_owned()];
     let files = ScratchDir::new("mig-tls");
     let ca = TestCa::new(&files.path, "test-ca");
     let receiver = ca.issue("receiver", "IP:10.77.0.2");
     let sender = ca.issue("sender", "DNS:sender.test");
     let foreign = TestCa::new(&files.path, "other-ca").issue("stranger", "DNS:sender.test");
 
-    let server = Server::start_with(&hosts, &target, &receiver.flags(&receiver));
+    let server = Server::start_with(
+        &hosts,
+        &target,
+        &[receiver.flags(&receiver), base_flag.clone()].concat(),
+    );
     let flags = foreign.flags(&receiver);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let refused: crate::support::Outcome = migrating(&hosts, &source, "vm", &flags)
@@ -1783,7 +1850,11 @@ fn configured_certificates_let_only_a_sender_of_the_same_ca_migrate() {
     assert!(!server.wait(), "the receiver refused the stranger");
     assert_eq!(source.status("vm"), "running");
 
-    let server = Server::start_with(&hosts, &target, &receiver.flags(&receiver));
+    let server = Server::start_with(
+        &hosts,
+        &target,
+        &[receiver.flags(&receiver), base_flag.clone()].concat(),
+    );
     let flags = sender.flags(&receiver);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let moved: crate::support::Outcome = migrating(&hosts, &source, "vm", &flags)

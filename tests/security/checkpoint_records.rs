@@ -16,7 +16,7 @@ const MARKER: &str = "left alone";
 
 #[test]
 fn layers_json_naming_places_outside_the_vm_is_refused_at_restore_and_import() {
-    let (feather, _base) = checkpointed_vm("records");
+    let (feather, base) = checkpointed_vm("records");
     let vm_dir = feather.vm_dir("vm");
     let list = vm_dir.join("checkpoint/layers.json");
     let original = fs::read(&list).unwrap();
@@ -69,7 +69,7 @@ fn layers_json_naming_places_outside_the_vm_is_refused_at_restore_and_import() {
         // The same checkpoint in a hand-made archive, as another host would send it.
         let archive = hand_made_archive(&feather, &vm_dir);
         let elsewhere = Feather::new("records-import");
-        let refused = elsewhere.fails(&["restore", "vm", "--import", archive.to_str().unwrap()]);
+        let refused = elsewhere.fails(&import_over(&archive, &base));
         let named = format!("layers.json in {}: entry", archive.display());
         assert!(
             refused.contains(&named) && refused.contains("nothing was imported"),
@@ -90,7 +90,7 @@ fn layers_json_naming_places_outside_the_vm_is_refused_at_restore_and_import() {
 
 #[test]
 fn a_checkpoint_of_a_newer_format_is_refused_and_an_unversioned_one_restores() {
-    let (feather, _base) = checkpointed_vm("format");
+    let (feather, base) = checkpointed_vm("format");
     let vm_dir = feather.vm_dir("vm");
     let format = vm_dir.join("checkpoint/format");
     assert_eq!(
@@ -109,7 +109,7 @@ fn a_checkpoint_of_a_newer_format_is_refused_and_an_unversioned_one_restores() {
     assert_eq!(feather.status("vm"), "checkpointed");
     let archive = hand_made_archive(&feather, &vm_dir);
     let elsewhere = Feather::new("format-import");
-    let refused = elsewhere.fails(&["restore", "vm", "--import", archive.to_str().unwrap()]);
+    let refused = elsewhere.fails(&import_over(&archive, &base));
     assert!(
         refused.contains(&format!("format in {}: format 3", archive.display()))
             && refused.contains("import it with a feather as new as the one that exported it"),
@@ -125,7 +125,7 @@ fn a_checkpoint_of_a_newer_format_is_refused_and_an_unversioned_one_restores() {
 
 #[test]
 fn an_archive_whose_records_or_layers_are_not_what_an_export_makes_is_refused() {
-    let (feather, _base) = checkpointed_vm("shape");
+    let (feather, base) = checkpointed_vm("shape");
     let vm_dir = feather.vm_dir("vm");
     let outside = Outside::new(&feather);
     let crafted = feather.root.join("crafted");
@@ -167,7 +167,7 @@ fn an_archive_whose_records_or_layers_are_not_what_an_export_makes_is_refused() 
             &["config.toml", "state.json", "upper", "checkpoint", "work"],
         );
         let elsewhere = Feather::new("shape-import");
-        let refused = elsewhere.fails(&["restore", "vm", "--import", archive.to_str().unwrap()]);
+        let refused = elsewhere.fails(&import_over(&archive, &base));
         assert!(
             refused.contains("made by hand or altered; nothing was imported"),
             "{what}: the import says what is wrong: {refused}"
@@ -254,6 +254,19 @@ fn with_duplicate(original: &[u8]) -> Value {
     Value::Array(entries)
 }
 
+/// `restore vm --import archive` over the VM's own base, which the receiver names (row 66).
+fn import_over<'a>(archive: &'a Path, base: &'a ScratchBase) -> [&'a str; 6] {
+    let archive = archive.to_str().unwrap();
+    [
+        "restore",
+        "vm",
+        "--import",
+        archive,
+        "--base",
+        base.as_str(),
+    ]
+}
+
 /// The VM's folder as an archive `restore --import` takes, made with tar as feather makes it.
 fn hand_made_archive(feather: &Feather, vm_dir: &Path) -> PathBuf {
     let members = ["config.toml", "state.json", "upper", "mounts", "checkpoint"];
@@ -261,7 +274,7 @@ fn hand_made_archive(feather: &Feather, vm_dir: &Path) -> PathBuf {
 }
 
 /// Those of `members` that are in `dir`, archived with tar as feather archives a VM's folder.
-fn archive_of(feather: &Feather, dir: &Path, members: &[&str]) -> PathBuf {
+pub(crate) fn archive_of(feather: &Feather, dir: &Path, members: &[&str]) -> PathBuf {
     let archive = feather.root.join("hand-made.tar.zst");
     let _ = fs::remove_file(&archive);
     let status = Command::new("tar")

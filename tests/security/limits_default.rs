@@ -414,7 +414,15 @@ fn a_vm_with_a_disk_image_moves_to_another_root_with_its_layer_and_cap() {
     feather.ok(&["checkpoint", "vm", "--export", archive]);
 
     let elsewhere = Feather::new("limit-disk-import");
-    elsewhere.ok(&["restore", "vm", "--import", archive]);
+    // The receiver names the tree the VM runs over (row 66).
+    elsewhere.ok(&[
+        "restore",
+        "vm",
+        "--import",
+        archive,
+        "--base",
+        base.as_str(),
+    ]);
     assert_eq!(disk_cap_mechanism(&elsewhere, "vm"), "image");
     assert!(elsewhere.vm_dir("vm").join("disk.img").exists());
     assert_eq!(

@@ -12,6 +12,7 @@ mod devices;
 mod exec_channel;
 mod hardening;
 mod host_view;
+mod imported_config;
 mod ipc_matrix;
 mod landlock;
 mod limits_default;

@@ -316,19 +316,7 @@ fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) ->
         if let Err(why) = members_as_exported(staging) {
             return Err(tar_failed("import from", file, why));
         }
-        let config_path = staging.join("config.toml");
-        let text = fs::read_to_string(&config_path).map_err(|_| {
-            tar_failed(
-                "import from",
-                file,
-                "it holds no VM (no config.toml)".into(),
-            )
-        })?;
-        let config: VmConfig =
-            toml::from_str(&text).map_err(|source| MigrateError::ArchiveConfig {
-                path: file.to_path_buf(),
-                source,
-            })?;
+        let config = read_config(&staging.join("config.toml"), file)?;
         for dir in ["upper", "work", "rootfs", "mounts"] {
             let path = staging.join(dir);
             fs::create_dir_all(&path).map_err(io_at(&path))?;
@@ -338,6 +326,98 @@ fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) ->
     checked().inspect_err(|_| {
         let _ = fs::remove_dir_all(staging);
     })
+}
+
+/// The most a VM's `config.toml` holds: a few hundred bytes, a few KiB with many `--ro` paths,
+/// tags or services. A longer one was made by hand, and is not read into the host's memory.
+const MAX_CONFIG: u64 = 1 << 20;
+
+/// The config of the VM unpacked from `file`, read as a record made elsewhere (bounded, without
+/// following a link or waiting on a FIFO) and refused if it holds a field this feather does not
+/// know: silently dropped, a newer feather's setting would be lost without a word.
+fn read_config(path: &Path, file: &Path) -> Result<VmConfig> {
+    let refused = |why: String| tar_failed("import from", file, format!("its config.toml {why}"));
+    let bytes = match read_at_most(path, MAX_CONFIG) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            return Err(refused(format!(
+                "is longer than the {} MiB a VM's config ever holds: it was made by hand or \
+                 altered; nothing was imported",
+                MAX_CONFIG >> 20
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(tar_failed(
+                "import from",
+                file,
+                "it holds no VM (no config.toml)".into(),
+            ))
+        }
+        Err(e) => return Err(refused(format!("cannot be read: {e}"))),
+    };
+    let text = String::from_utf8(bytes).map_err(|_| refused("is not UTF-8".into()))?;
+    let config_error = |source| MigrateError::ArchiveConfig {
+        path: file.to_path_buf(),
+        source,
+    };
+    let given: toml::Table = toml::from_str(&text).map_err(config_error)?;
+    let config: VmConfig = toml::from_str(&text).map_err(config_error)?;
+    let known = toml::Table::try_from(&config)
+        .map_err(|e| refused(format!("cannot be written back: {e}")))?;
+    if let Some(field) = unknown_field(&given, &known, "") {
+        return Err(refused(format!(
+            "holds `{}`, which this feather does not know: import it with a feather as new as \
+             the one that exported it; nothing was imported",
+            feather_core::display::escape_for_terminal(&field)
+        )));
+    }
+    Ok(config)
+}
+
+/// The first key of `given` that `known` (the same config as this feather writes it) lacks,
+/// with its path; a key this feather leaves out when empty or false is known with such a value.
+fn unknown_field(given: &toml::Table, known: &toml::Table, at: &str) -> Option<String> {
+    given.iter().find_map(|(key, value)| {
+        let path = format!("{at}{key}");
+        match (value, known.get(key)) {
+            (toml::Value::Table(given), Some(toml::Value::Table(known))) => {
+                unknown_field(given, known, &format!("{path}."))
+            }
+            (toml::Value::Array(given), Some(toml::Value::Array(known))) => {
+                given.iter().zip(known).find_map(|pair| match pair {
+                    (toml::Value::Table(given), toml::Value::Table(known)) => {
+                        unknown_field(given, known, &format!("{path}."))
+                    }
+                    _ => None,
+                })
+            }
+            (_, Some(_)) => None,
+            (toml::Value::Array(items), None) if items.is_empty() => None,
+            (toml::Value::Boolean(false), None) => None,
+            (_, None) => Some(path),
+        }
+    })
+}
+
+/// The plain file at `path` if it holds at most `max` bytes, None if it holds more. A link is
+/// not followed and a FIFO or device not waited on (a record may come from an archive made
+/// elsewhere): both are errors.
+pub fn read_at_most(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "not a plain file, which a dump always writes",
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    Ok((bytes.len() as u64 <= max).then_some(bytes))
 }
 
 /// Why tar could not unpack an archive, from what it printed (`stderr`). A VM nests its
@@ -385,6 +465,35 @@ fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const CONFIG: &str = "name = \"vm\"\nid = \"0123456789ab\"\nbase = \"/\"\ncreated = 1\n\
+        allow_userns = false\n[limits]\npids = 2048\n[network]\nmode = \"none\"\negress = false\n";
+
+    fn unknown_in(text: &str) -> Option<String> {
+        let given: toml::Table = toml::from_str(text).unwrap();
+        let config: VmConfig = toml::from_str(text).unwrap();
+        unknown_field(&given, &toml::Table::try_from(&config).unwrap(), "")
+    }
+
+    #[test]
+    fn a_config_field_this_feather_does_not_know_is_found_at_any_depth() {
+        assert_eq!(unknown_in(CONFIG), None);
+        // What feather leaves out when empty or false, written out, is known.
+        let written_out = format!("services = []\nfresh_state = false\n{CONFIG}");
+        assert_eq!(unknown_in(&written_out), None);
+        let top = format!("mounts_from_host = [\"/etc\"]\n{CONFIG}");
+        assert_eq!(unknown_in(&top).as_deref(), Some("mounts_from_host"));
+        let nested = CONFIG.replace("pids = 2048", "pids = 2048\nswap = 1");
+        assert_eq!(unknown_in(&nested).as_deref(), Some("limits.swap"));
+        let in_list = CONFIG.replace(
+            "egress = false",
+            "egress = false\n[[network.publish]]\nhost_port = 1\nvm_port = 2\naddress = \"0.0.0.0\"",
+        );
+        assert_eq!(
+            unknown_in(&in_list).as_deref(),
+            Some("network.publish.address")
+        );
+    }
 
     /// Makes `levels` folders of 200-byte names in `dir`, one in the other, by descriptor (the
     /// whole path is past what a path may name), and a file `leaf` in the deepest.

@@ -160,6 +160,17 @@ pub fn keep_address(
         }
         _ => {}
     }
+    // What the VM's records say of its subnet is the sender's word: its address must be one a
+    // VM here could have, never the bridge's (the host's own on it), the network's or the
+    // broadcast address.
+    if !network.subnet.is_vm_host(address) {
+        return refused(format!(
+            "but it is no address of a VM in the subnet {} (the network's, its gateway's, its \
+             broadcast address, or outside it): the VM's config or records were made by hand \
+             or altered",
+            network.subnet
+        ));
+    }
     match lease_for {
         Some(id) => {
             if !leases::lease_exact(&network, id, address)? {

@@ -72,6 +72,12 @@ impl Subnet {
         let size = 1u32 << (32 - self.prefix);
         (2..size - 1).map(|n| self.host(n))
     }
+
+    /// Whether `address` is one of [`Subnet::vm_hosts`].
+    pub fn is_vm_host(&self, address: Ipv4Addr) -> bool {
+        let n = u32::from(address).wrapping_sub(u32::from(self.network));
+        self.contains(address) && n >= 2 && n < (1u32 << (32 - self.prefix)) - 1
+    }
 }
 
 impl FromStr for Subnet {
@@ -114,6 +120,19 @@ impl fmt::Display for Subnet {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_vm_host_is_neither_the_network_nor_the_gateway_nor_the_broadcast_address() {
+        let subnet: Subnet = "10.78.3.0/24".parse().unwrap();
+        for last in [0, 1, 255] {
+            assert!(!subnet.is_vm_host(Ipv4Addr::new(10, 78, 3, last)), "{last}");
+        }
+        assert!(!subnet.is_vm_host(Ipv4Addr::new(10, 78, 4, 2)));
+        assert!(!subnet.is_vm_host(Ipv4Addr::new(10, 78, 2, 200)));
+        let all: Vec<_> = subnet.vm_hosts().collect();
+        assert!(all.iter().all(|a| subnet.is_vm_host(*a)));
+        assert_eq!(all.len(), 253);
+    }
 
     #[test]
     fn parses_and_counts_hosts() {

@@ -42,6 +42,31 @@ pub fn new_loopback_namespace() -> Result<std::os::fd::OwnedFd> {
     })
 }
 
+/// Whether `fd` holds a network namespace other than the caller's own: what a restoring
+/// keeper is handed to put a VM in (`--netns-fd`). A descriptor of anything else, or of the
+/// keeper's own namespace (the host's), would leave the restored VM on the host's network or
+/// fail in CRIU with no word of why. `Err` says what it holds instead.
+pub fn another_network_namespace(
+    fd: std::os::fd::BorrowedFd<'_>,
+) -> std::result::Result<(), String> {
+    // The kernel names a namespace's file `net:[INODE]`; any other file has a path, `/…`.
+    let link = format!("/proc/self/fd/{}", fd.as_raw_fd());
+    let held = std::fs::read_link(&link).map_err(|e| format!("cannot read {link}: {e}"))?;
+    let held = held.to_string_lossy();
+    if !held.starts_with("net:[") {
+        return Err(format!("it holds {held}, not a network namespace"));
+    }
+    let theirs = nix::sys::stat::fstat(fd).map_err(|e| format!("cannot fstat it: {e}"))?;
+    let own_path = "/proc/self/ns/net";
+    let own = nix::sys::stat::stat(own_path).map_err(|e| format!("cannot stat {own_path}: {e}"))?;
+    if (theirs.st_dev, theirs.st_ino) == (own.st_dev, own.st_ino) {
+        return Err(
+            "it is this process's own network namespace (the host's): the VM would share it".into(),
+        );
+    }
+    Ok(())
+}
+
 /// Announces that IPv4 `address` is now reached through interface `interface` of the caller's
 /// network namespace: one gratuitous ARP request (sender and target address both `address`,
 /// sender hardware address the interface's own), broadcast. Neighbours that know `address`
@@ -83,4 +108,29 @@ pub fn bytes_received(stream: &std::net::TcpStream) -> std::io::Result<u64> {
 /// container's `/proc` leads.
 pub fn set_domain_name(name: &str) -> Result<()> {
     crate::raw::set_domain_name(name.as_bytes()).ctx("setdomainname", name)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn only_a_network_namespace_other_than_ours_is_one_for_a_vm() {
+        let made = new_loopback_namespace().unwrap();
+        assert_eq!(another_network_namespace(made.as_fd()), Ok(()));
+        let own = std::fs::File::open("/proc/self/ns/net").unwrap();
+        let refused = another_network_namespace(own.as_fd()).unwrap_err();
+        assert!(refused.contains("own network namespace"), "{refused}");
+        let mounts = std::fs::File::open("/proc/self/ns/mnt").unwrap();
+        let refused = another_network_namespace(mounts.as_fd()).unwrap_err();
+        assert!(
+            refused.contains("mnt:[") && refused.contains("not a network"),
+            "{refused}"
+        );
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        let refused = another_network_namespace(file.as_fd()).unwrap_err();
+        assert!(refused.contains("not a network namespace"), "{refused}");
+    }
 }

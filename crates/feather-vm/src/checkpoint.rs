@@ -33,6 +33,7 @@ use feather_migrate::criu::Criu;
 
 use crate::error::{encode, failed, io, InVm, Result, VmError};
 use crate::images::{self, held_for, Receiver, HOLD, INVENTORY, RELEASED_TO, SUBNET};
+use crate::imported::{self, Accepted};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
 
@@ -372,8 +373,9 @@ impl LazyCheckpoint {
 }
 
 /// `feather restore`: brings a checkpointed VM back; with `import`, first adds it to this state
-/// root from an archive made by `feather checkpoint --export`.
-pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result<()> {
+/// root from an archive made by `feather checkpoint --export`, if its config asks nothing of
+/// this host beyond what `accepted` states (see [`crate::imported`]).
+pub fn restore(root: &StateRoot, name: &VmName, import: Option<(&Path, &Accepted)>) -> Result<()> {
     restore_with(root, name, import, None)
 }
 
@@ -382,11 +384,11 @@ pub fn restore(root: &StateRoot, name: &VmName, import: Option<&Path>) -> Result
 pub(crate) fn restore_with(
     root: &StateRoot,
     name: &VmName,
-    import: Option<&Path>,
+    import: Option<(&Path, &Accepted)>,
     netns: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<()> {
-    if let Some(file) = import {
-        import_archive(root, name, Source::File(file), None)?;
+    if let Some((file, accepted)) = import {
+        import_archive(root, name, Source::File(file), accepted, None)?;
     }
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
@@ -473,6 +475,7 @@ pub(crate) fn import_archive(
     root: &StateRoot,
     name: &VmName,
     mut source: Source,
+    accepted: &Accepted,
     held_by: Option<Receiver>,
 ) -> Result<()> {
     let file = match &source {
@@ -541,6 +544,8 @@ pub(crate) fn import_archive(
                 ),
             ));
         }
+        // What its config chose of this host, checked before anything of it is used.
+        imported::check(root, &config, accepted, &file)?;
         // Its records checked before it is placed: a restore derives host folders from them.
         images::read_layers(
             &staging.join("checkpoint"),

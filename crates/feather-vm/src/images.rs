@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use feather_core::display::escape_path;
 use feather_core::VmDir;
+use feather_migrate::archive::read_at_most;
 use feather_sys::process;
 use nix::unistd::Pid;
 
@@ -176,27 +177,6 @@ pub(crate) enum Reading<'a> {
 /// ([`crate::service_groups`]), about 3 MiB for the most a VM may make in a dozen hierarchies.
 /// A longer file was made by hand, and is not read into the host's memory.
 const MAX_LAYERS: u64 = 8 << 20;
-
-/// The plain file at `path` if it holds at most `max` bytes, None if it holds more. A link is
-/// not followed and a FIFO or device not waited on (a record may come from an archive made
-/// elsewhere): both are errors.
-fn read_at_most(path: &Path, max: u64) -> std::io::Result<Option<Vec<u8>>> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)?;
-    if !file.metadata()?.is_file() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            "not a plain file, which a dump always writes",
-        ));
-    }
-    let mut bytes = Vec::new();
-    file.take(max + 1).read_to_end(&mut bytes)?;
-    Ok((bytes.len() as u64 <= max).then_some(bytes))
-}
 
 /// The layers of the checkpoint in `images` ([`LAYERS`]; none without the file), read and
 /// checked before anything is derived from them: refused if its format is not one this feather

@@ -51,6 +51,7 @@ pub mod exec;
 pub mod hiding;
 pub mod idle;
 pub mod images;
+pub mod imported;
 pub mod init;
 pub mod inspect;
 pub mod keeper;

@@ -16,6 +16,7 @@ pub use feather_migrate::channel::{Security, TlsFiles};
 use crate::checkpoint::{checkpoint, checkpoint_lazy, import_archive, restore, Progress, Source};
 use crate::error::{failed, InVm, Result, VmError};
 use crate::images::{held_for, Receiver, RELEASED_TO};
+use crate::imported::Accepted;
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
 
@@ -691,11 +692,13 @@ fn restore_here(
 
 /// `feather serve`: receives VMs sent by `feather migrate` on `listen` (over TLS, with the
 /// token and certificates of `security`) and runs them in this state root; with `once`,
-/// returns after the first (its error, if it failed).
+/// returns after the first (its error, if it failed). A VM whose config asks of this host more
+/// than `accepted` states is refused (see [`crate::imported`]).
 pub fn serve(
     root: &StateRoot,
     listen: &str,
     security: &Security,
+    accepted: &Accepted,
     once: bool,
     mut on_ready: impl FnMut(&str),
     progress: &mut dyn FnMut(Progress),
@@ -707,7 +710,7 @@ pub fn serve(
     on_ready(&receiver.local_addr());
     loop {
         let outcome = match receiver.next(|offer| take(root, offer)) {
-            Ok(incoming) => receive(root, incoming, progress),
+            Ok(incoming) => receive(root, incoming, accepted, progress),
             Err(e) => {
                 eprintln!("feather serve: {}", causes(&e));
                 Err(e.into())
@@ -759,6 +762,7 @@ fn take(root: &StateRoot, offer: &feather_migrate::transfer::Offer) -> Result<()
 fn receive(
     root: &StateRoot,
     mut incoming: feather_migrate::transfer::Incoming,
+    accepted: &Accepted,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
     progress(Progress::Phase(&format!("receiving {}", incoming.vm)));
@@ -785,7 +789,7 @@ fn receive(
                  receiver the VM waits for: mount /proc and serve again",
             )
         })?;
-        import_archive(root, &name, source, Some(receiver))?;
+        import_archive(root, &name, source, accepted, Some(receiver))?;
         trace::phase("serve: archive received, checked, imported");
         let vm = root.open(&name)?;
         // Post-copy: the daemon that fetches the VM's memory listens before the restore.

@@ -163,6 +163,8 @@ pub enum Command {
         /// First add the VM to this state root from FILE (made by `checkpoint --export`)
         #[arg(long, value_name = "FILE")]
         import: Option<PathBuf>,
+        #[command(flatten)]
+        accept: AcceptArgs,
     },
     /// Move a running VM to another host's `feather serve` (post-copy where CRIU's lazy pages
     /// work, else stop-and-copy)
@@ -195,6 +197,8 @@ pub enum Command {
         token: String,
         #[command(flatten)]
         tls: TlsArgs,
+        #[command(flatten)]
+        accept: AcceptArgs,
         /// Exit after the first VM received (with its outcome)
         #[arg(long)]
         once: bool,
@@ -318,6 +322,31 @@ pub struct TlsArgs {
     /// The CA, PEM, that must have issued the other host's certificate
     #[arg(long, value_name = "FILE", requires_all = ["tls_cert", "tls_key"])]
     pub tls_ca: Option<PathBuf>,
+}
+
+/// What an imported VM's config may ask of this host beyond what it always accepts (the rest is
+/// refused, naming the field: docs/security.md, row 66).
+#[derive(Debug, Args, Clone, Default)]
+pub struct AcceptArgs {
+    /// The tree of this host imported VMs run over (default `/`); a VM made over another is
+    /// refused
+    #[arg(long, value_name = "PATH")]
+    pub base: Option<PathBuf>,
+    /// Accept VMs whose processes may create user namespaces (`create --allow-userns`)
+    #[arg(long)]
+    pub allow_userns: bool,
+    /// Accept VMs that publish host ports, published here as where they ran
+    #[arg(long)]
+    pub allow_publish: bool,
+    /// Accept VMs carrying TAG, which policy rules select VMs by (repeatable)
+    #[arg(long = "tag", value_name = "TAG")]
+    pub tags: Vec<String>,
+}
+
+impl AcceptArgs {
+    pub fn any(&self) -> bool {
+        self.base.is_some() || self.allow_userns || self.allow_publish || !self.tags.is_empty()
+    }
 }
 
 #[derive(Debug, Args, Clone)]

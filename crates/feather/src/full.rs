@@ -49,8 +49,20 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 eprintln!("exported to {}", file.display());
             }
         }
-        Command::Restore { name, import } => {
-            checkpoint::restore(&root, &name.parse()?, import.as_deref())?
+        Command::Restore {
+            name,
+            import,
+            accept,
+        } => {
+            if import.is_none() && accept.any() {
+                anyhow::bail!(
+                    "--base, --allow-userns, --allow-publish and --tag say what an imported VM \
+                     may ask of this host: give them with --import FILE"
+                );
+            }
+            let accepted = accepted(&root, accept)?;
+            let import = import.as_deref().map(|file| (file, &accepted));
+            checkpoint::restore(&root, &name.parse()?, import)?
         }
         Command::Web {
             listen,
@@ -106,13 +118,16 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             listen,
             token,
             tls,
+            accept,
             once,
         } => {
+            let accepted = accepted(&root, accept)?;
             let mut display = progress::Display::new();
             let served = migration::serve(
                 &root,
                 &listen,
                 &security(token, tls),
+                &accepted,
                 once,
                 |address| eprintln!("feather serve: listening on {address}"),
                 &mut |step| display.show(step),
@@ -175,6 +190,21 @@ fn check_criu(json: bool) -> anyhow::Result<ExitCode> {
     } else {
         Ok(ExitCode::from(1))
     }
+}
+
+/// What imported VMs may ask of this host, from the command line.
+fn accepted(
+    root: &feather_core::StateRoot,
+    accept: cli::AcceptArgs,
+) -> anyhow::Result<feather_vm::imported::Accepted> {
+    for tag in &accept.tags {
+        feather_core::VmConfig::validate_tag(tag)?;
+    }
+    let mut accepted = feather_vm::imported::Accepted::new(root, accept.base.as_deref())?;
+    accepted.allow_userns = accept.allow_userns;
+    accepted.publish = accept.allow_publish;
+    accepted.tags = accept.tags;
+    Ok(accepted)
 }
 
 /// A migration's security from the command line: the token, and certificates if given (clap

@@ -66,6 +66,10 @@ fn helper(args: &[OsString]) -> Option<i32> {
 fn keeper(args: KeeperArgs) -> anyhow::Result<i32> {
     let ready = inherited(args.ready_fd)?;
     let netns = args.netns_fd.map(inherited).transpose()?;
+    if let Some(netns) = &netns {
+        feather_sys::net::another_network_namespace(std::os::fd::AsFd::as_fd(netns))
+            .map_err(|why| anyhow::anyhow!("--netns-fd {}: {why}", args.netns_fd.unwrap_or(-1)))?;
+    }
     let root = StateRoot::with_dirs(args.state_dir, args.run_dir);
     // The other VMs of the state root, as the VM's broker reaches them; the binary wires them
     // in, so that the keeper depends on nothing above it.

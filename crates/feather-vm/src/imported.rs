@@ -1,0 +1,216 @@
+//! What an imported VM's own config may choose on this host (docs/security.md, row 66).
+//!
+//! `restore --import` and `feather serve` place a VM whose `config.toml` was written elsewhere:
+//! by another host, or by whoever made the archive. Several of its fields name things of the
+//! receiving host (the tree the VM runs over, paths of that tree it sees read-only, ports on
+//! every address, tags the host's policy rules select VMs by) or widen what the VM may do
+//! (user namespaces). Each is accepted only when it is what this host would choose itself, or
+//! what its root stated on the command line ([`Accepted`]); everything else is refused, naming
+//! the field, its value and what to do, before anything is placed.
+
+use std::path::{Path, PathBuf};
+
+use feather_core::display::escape_for_terminal;
+use feather_core::{Error, NetMode, StateRoot, VmConfig};
+
+use crate::error::{failed, Result};
+
+/// What the receiving host's root accepts of imported VMs beyond what it always accepts
+/// (`restore --import` and `serve` flags).
+#[derive(Clone, Debug, Default)]
+pub struct Accepted {
+    /// `--base PATH`: the tree of this host imported VMs run over, canonical; `/` if none.
+    base: Option<PathBuf>,
+    /// `--allow-userns`: VMs whose processes may create user namespaces.
+    pub allow_userns: bool,
+    /// `--allow-publish`: VMs publishing host ports, as they were published where they ran.
+    pub publish: bool,
+    /// `--tag TAG`: the tags an imported VM may carry.
+    pub tags: Vec<String>,
+}
+
+impl Accepted {
+    /// With `base` (`--base`) checked as `create --base` checks it: an existing folder outside
+    /// the state root, named by its canonical path (what a VM's config holds).
+    pub fn new(root: &StateRoot, base: Option<&Path>) -> Result<Accepted> {
+        let base = match base {
+            None => None,
+            Some(given) => {
+                let base = std::fs::canonicalize(given)
+                    .map_err(|_| Error::MissingBase(given.to_path_buf()))?;
+                if !base.is_dir() {
+                    return Err(Error::MissingBase(base).into());
+                }
+                if base.starts_with(root.dir()) {
+                    return Err(Error::InvalidValue {
+                        what: "--base",
+                        value: base.display().to_string(),
+                        why: "it lies inside feather's state folder".into(),
+                    }
+                    .into());
+                }
+                Some(base)
+            }
+        };
+        Ok(Accepted {
+            base,
+            ..Accepted::default()
+        })
+    }
+
+    /// The tree imported VMs run over here.
+    fn base(&self) -> &Path {
+        self.base.as_deref().unwrap_or(Path::new("/"))
+    }
+}
+
+/// Whether `config`, unpacked from `file`, asks nothing of this host that its root did not
+/// choose; the refusal names the field, the value and what to do.
+pub(crate) fn check(
+    root: &StateRoot,
+    config: &VmConfig,
+    accepted: &Accepted,
+    file: &str,
+) -> Result<()> {
+    let refuse = |field: &str, value: &dyn std::fmt::Display, why: String| {
+        let value = escape_for_terminal(&value.to_string()).into_owned();
+        Err(failed(
+            &config.name,
+            format!("{file}: its config.toml's {field} is {value}: {why}; nothing was imported"),
+        ))
+    };
+    if config.base != accepted.base() {
+        let base = config.base.display();
+        return refuse(
+            "base",
+            &base,
+            format!(
+                "the tree of this host the VM would run over, and this host runs imported VMs \
+                 over {}; if {base} on this host is the tree the VM was made over, import it \
+                 with `--base {base}`",
+                accepted.base().display()
+            ),
+        );
+    }
+    for dir in &config.scaffold {
+        let made_by_feather = crate::hiding::MOUNT_POINTS
+            .iter()
+            .any(|point| Path::new("/").join(point) == *dir);
+        if !made_by_feather {
+            return refuse(
+                "scaffold",
+                &dir.display(),
+                "feather makes no such mount point; the archive was made by hand or altered".into(),
+            );
+        }
+    }
+    let hidden = crate::hiding::state_folders(root);
+    for path in &config.read_only {
+        match crate::read_only::resolve(&config.base, std::slice::from_ref(path), &hidden) {
+            Ok(resolved) if resolved == [path.clone()] => {}
+            Ok(_) => {
+                return refuse(
+                    "read_only",
+                    &path.display(),
+                    "`create --ro` records it otherwise (absolute, without `.`); the archive \
+                     was made by hand or altered"
+                        .into(),
+                )
+            }
+            Err(e) => return refuse("read_only", &path.display(), read_only_why(e)),
+        }
+    }
+    if config.ephemeral {
+        return refuse(
+            "ephemeral",
+            &true,
+            "a throw-away VM is never checkpointed; the archive was made by hand or altered".into(),
+        );
+    }
+    if config.network.mode == NetMode::Host {
+        return refuse(
+            "network mode",
+            &"host",
+            "the VM would share this host's network, and a VM on its host's network is never \
+             checkpointed; the archive was made by hand or altered"
+                .into(),
+        );
+    }
+    if !config.network.publish.is_empty() && !accepted.publish {
+        let ports: Vec<String> = config
+            .network
+            .publish
+            .iter()
+            .map(|p| p.to_string())
+            .collect();
+        return refuse(
+            "publish",
+            &ports.join(", "),
+            "the VM would listen on those ports on every address of this host; import it with \
+             `--allow-publish` to publish them here as they were published where it ran"
+                .into(),
+        );
+    }
+    if config.allow_userns && !accepted.allow_userns {
+        return refuse(
+            "allow_userns",
+            &true,
+            "the VM's processes could create user namespaces, which this host refuses VMs by \
+             default; import it with `--allow-userns` to let them"
+                .into(),
+        );
+    }
+    for tag in &config.tags {
+        if VmConfig::validate_tag(tag).is_err() {
+            return refuse(
+                "tags",
+                tag,
+                "no `create --tag` makes such a tag; the archive was made by hand or altered"
+                    .into(),
+            );
+        }
+        if !accepted.tags.contains(tag) {
+            return refuse(
+                "tags",
+                tag,
+                format!(
+                    "this host's policy rules select VMs by their tags (`@tag:{tag}`); import \
+                     it with `--tag {tag}` if VMs with that tag may come in here"
+                ),
+            );
+        }
+    }
+    check_limits(config).or_else(|(field, value)| {
+        refuse(
+            field,
+            &value,
+            "no `feather create` sets that; the archive was made by hand or altered".into(),
+        )
+    })
+}
+
+/// Why `create --ro` would refuse a path, in the words of an imported config.
+fn read_only_why(e: Error) -> String {
+    let why = match e {
+        Error::InvalidValue { why, .. } => why,
+        other => other.to_string(),
+    };
+    format!("{why}; the archive was made by hand or altered, or the base differs here")
+}
+
+/// The limits `feather create` can set: a field and value it never sets otherwise.
+fn check_limits(config: &VmConfig) -> std::result::Result<(), (&'static str, String)> {
+    let limits = &config.limits;
+    if let Some(cpus) = limits.cpus {
+        if feather_core::config::Limits::parse_cpus(&cpus.to_string()).is_err() {
+            return Err(("limits.cpus", cpus.to_string()));
+        }
+    }
+    if limits.pids == Some(0) {
+        return Err(("limits.pids", "0".into()));
+    }
+    if limits.memory == Some(0) {
+        return Err(("limits.memory", "0".into()));
+    }
+    Ok(())
+}
