@@ -280,6 +280,40 @@ fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
 }
 
 #[test]
+fn rm_force_of_a_running_throw_away_vm_removes_it_and_says_nothing_went_wrong() {
+    let feather = Feather::new("run-rm-force");
+    let base = ScratchBase::new("run-rm-force");
+    let mut run = feather
+        .command()
+        .args([
+            "run",
+            "--rm",
+            "--base",
+            base.as_str(),
+            "tmp",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .spawn()
+        .unwrap();
+    feather.eventually("the throw-away VM runs", || {
+        feather
+            .run(&["inspect", "tmp"])
+            .stdout
+            .contains("\"running\"")
+    });
+    // The `run --rm` keeping it removes the VM as it ends: `rm -f` waits for that instead of
+    // racing it for the folder (it used to fail on the folder's op.lock after the stop).
+    let removed = feather.run(&["rm", "-f", "tmp"]);
+    assert_eq!(removed.code, 0, "{}", removed.stderr);
+    assert_eq!(removed.stderr, "");
+    assert!(!feather.vm_dir("tmp").exists());
+    run.wait().unwrap();
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+#[test]
 fn a_vm_starts_again_right_after_it_stopped() {
     let feather = Feather::new("restart");
     let base = ScratchBase::new("restart");

@@ -377,7 +377,11 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     match vm.read_state()?.status {
         VmStatus::Running if !force => return Err(Error::Running(name.to_string()).into()),
         VmStatus::Running => {
+            let throw_away = vm.read_config()?.ephemeral;
             stop(root, name, Duration::from_secs(2))?;
+            if throw_away && removed_by_its_run(root, name)? {
+                return Ok(());
+            }
         }
         _ => {}
     }
@@ -402,6 +406,24 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         .at(&doomed)?;
     feather_net::release(root.dir(), &config.id, &config.network).in_vm(name)?;
     Ok(())
+}
+
+/// Whether a stopped throw-away VM is gone: the `run --rm` that keeps it removes it as it
+/// ends, so `rm -f` waits for that (a removal of its own would race it for the folder). False
+/// when the run died first and left it to be removed here.
+fn removed_by_its_run(root: &StateRoot, name: &VmName) -> Result<bool> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let vm = match root.open(name) {
+            Ok(vm) => vm,
+            Err(feather_core::Error::NotFound(_)) => return Ok(true),
+            Err(e) => return Err(e.into()),
+        };
+        if !vm.keeper_alive()? || std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// `feather run --rm`: a throw-away VM for one command, kept by this very process, removed
