@@ -251,7 +251,7 @@ impl StateRoot {
                 // The files' data on the device now; their names and allocations reach the
                 // disk in the commit that takes the rename below, which comes after them.
                 _ if in_order => write_out(&[made_for_it, &own].concat()),
-                _ => sync_all(&[made_for_it, &own, &[temp.clone()]].concat()),
+                _ => sync_all(&[made_for_it, &own, std::slice::from_ref(&temp)].concat()),
             }
         };
         if let Err(e) = assemble() {

@@ -164,8 +164,8 @@ fn hands_off(config: &VmConfig, foreground: bool) -> bool {
 
 /// Whether a keeper holds its VM's mount namespace past init's end: one that hands its teardown
 /// over, and a persistent VM's (without a disk image, whose release must come first), which
-/// answers `stop` once the VM's processes are gone and records are written, and lets the
-/// mounts go after. The unmounting is the slow end of a stop: the overlay's unmount syncs its
+/// answers `stop` once the VM's processes are gone, its firewall entries removed and records
+/// written, and lets the mounts go and waits for the kernel's deletion of its veth after. The unmounting is the slow end of a stop: the overlay's unmount syncs its
 /// whole upper filesystem (measured: 50–500 ms of a 60–600 ms stop on a shared disk). The
 /// keeper lock is held until the namespace is gone; `start` and `rm` wait for it (the first
 /// mounts the layer again, the second promises that nothing of the VM is left).
@@ -690,6 +690,7 @@ impl Keeper {
         let lock = match held_mounts {
             Some(_) => Some(self.lock),
             None => {
+                self.network.wait();
                 drop(self.lock);
                 None
             }
@@ -715,8 +716,10 @@ impl Keeper {
         // The last reference to the VM's mount namespace: its mounts go, the layer's upper
         // filesystem is synced (see [`holds_mounts`]), then the lock tells `start` and `rm`.
         drop(held_mounts);
-        drop(lock);
         trace::phase("teardown: let the mounts go");
+        self.network.wait();
+        trace::phase("teardown: wait for the network's removal");
+        drop(lock);
         Ok(ended)
     }
 
@@ -1037,7 +1040,10 @@ impl Keeper {
             eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
         trace::phase("teardown: record the state");
-        self.network.wait();
+        // The rest of the network's removal (the kernel's deletion of the veth, waiting for
+        // RCU) is waited for by `serve`: after the answer where the keeper holds the mounts.
+        self.network.wait_for_rules();
+        trace::phase("teardown: remove the firewall entries");
     }
 }
 
