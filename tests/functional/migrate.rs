@@ -463,6 +463,43 @@ fn a_receiver_refuses_a_vm_over_a_tree_it_did_not_name_and_the_vm_runs_on_at_the
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
 
+/// Policy rules select VMs by name (docs/shuttle.md): a sender offering a VM named as a rule
+/// names one would get what the rule grants. Refused unless the receiver names it with
+/// `serve --name` (security row 66); then it comes in and runs.
+#[test]
+fn a_receiver_refuses_a_vm_a_policy_rule_names_unless_serve_names_it() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-name"), Feather::new("mig-name-dst"));
+    let base = ScratchBase::new("mig-name");
+    counting_vm(&source, &base);
+    let policy = target.root.join("policy.d");
+    std::fs::create_dir_all(&policy).unwrap();
+    std::fs::write(
+        policy.join("10-db.policy"),
+        "ipc  tcp:5432  vm  db  allow\n",
+    )
+    .unwrap();
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    let refused = migrate(&hosts, &source, TOKEN);
+    assert_ne!(refused.code, 0);
+    assert!(
+        refused.stderr.contains("10-db.policy:1 names VM vm")
+            && refused.stderr.contains("serve --name vm"),
+        "{}",
+        refused.stderr
+    );
+    assert!(!server.wait(), "the receiver refused the VM");
+    assert_eq!(source.status("vm"), "running");
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+
+    let named = ["--base", base.as_str(), "--name", "vm"];
+    let server = Server::accepting(&hosts, &target, &[], &named);
+    let moved = migrate(&hosts, &source, TOKEN);
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait(), "the receiver ran the VM");
+    assert_eq!(target.status("vm"), "running");
+}
+
 #[test]
 fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
     let hosts = TwoHosts::new();

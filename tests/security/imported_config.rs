@@ -23,6 +23,15 @@ fn crafted(feather: &Feather, vm_dir: &Path, edit: impl FnOnce(&mut toml::Table)
 
 /// An archive of the checkpointed VM in `vm_dir` whose config.toml is what `edit` makes of it.
 fn crafted_text(feather: &Feather, vm_dir: &Path, edit: impl FnOnce(&str) -> String) -> PathBuf {
+    crafted_folder(feather, vm_dir, |crafted| {
+        let path = crafted.join("config.toml");
+        let text = edit(&fs::read_to_string(&path).unwrap());
+        fs::write(&path, text).unwrap();
+    })
+}
+
+/// An archive of the checkpointed VM in `vm_dir`, its folder as `edit` leaves it.
+fn crafted_folder(feather: &Feather, vm_dir: &Path, edit: impl FnOnce(&Path)) -> PathBuf {
     let crafted = feather.root.join("crafted");
     let _ = fs::remove_dir_all(&crafted);
     fs::create_dir(&crafted).unwrap();
@@ -37,9 +46,7 @@ fn crafted_text(feather: &Feather, vm_dir: &Path, edit: impl FnOnce(&str) -> Str
             assert!(status.success(), "copied {member}");
         }
     }
-    let path = crafted.join("config.toml");
-    let text = edit(&fs::read_to_string(&path).unwrap());
-    fs::write(&path, text).unwrap();
+    edit(&crafted);
     let members = ["config.toml", "state.json", "upper", "mounts", "checkpoint"];
     let archive = archive_of(feather, &crafted, &members);
     fs::remove_dir_all(&crafted).unwrap();
@@ -180,6 +187,48 @@ fn paths_and_settings_no_create_makes_are_refused() {
             &["config.toml's limits.pids is 0"],
         ),
         (
+            "egress without a network",
+            Box::new(|c| set(network(c), "egress", true)),
+            &[
+                "config.toml's network is none",
+                "--egress needs --net private",
+            ],
+        ),
+        (
+            "a private network without an address",
+            Box::new(|c| set(network(c), "mode", "private")),
+            &["config.toml's network.address is none"],
+        ),
+        (
+            "a host port published twice",
+            Box::new(|c| {
+                let port = toml::Table::from_iter([
+                    ("host_port".to_owned(), toml::Value::from(18090)),
+                    ("vm_port".to_owned(), toml::Value::from(80)),
+                ]);
+                let network = network(c);
+                set(network, "mode", "private");
+                set(network, "address", "10.79.0.5");
+                let port = toml::Value::Table(port);
+                set(network, "publish", vec![port.clone(), port]);
+            }),
+            &["config.toml's network is private", "published twice"],
+        ),
+        (
+            "host port 0",
+            Box::new(|c| {
+                let port = toml::Table::from_iter([
+                    ("host_port".to_owned(), toml::Value::from(0)),
+                    ("vm_port".to_owned(), toml::Value::from(80)),
+                ]);
+                let network = network(c);
+                set(network, "mode", "private");
+                set(network, "address", "10.79.0.5");
+                set(network, "publish", vec![toml::Value::Table(port)]);
+            }),
+            &["config.toml's network is private", "from 1 to 65535"],
+        ),
+        (
             "a field this feather does not know",
             Box::new(|c| set(c, "mounts_from_host", vec!["/etc"])),
             &["holds `mounts_from_host`", "as new as"],
@@ -224,7 +273,7 @@ fn what_widens_a_vm_on_the_receiver_needs_the_receivers_word() {
     let vm_dir = feather.vm_dir("vm");
     let elsewhere = Feather::new("import-optin-dst");
     let named = ["--base", base.as_str()];
-    let cases: [OptIn; 3] = [
+    let cases: [OptIn; 4] = [
         (
             "user namespaces",
             |c| set(c, "allow_userns", true),
@@ -244,10 +293,24 @@ fn what_widens_a_vm_on_the_receiver_needs_the_receivers_word() {
                     ("host_port".to_owned(), toml::Value::from(18089)),
                     ("vm_port".to_owned(), toml::Value::from(80)),
                 ]);
-                set(network(c), "publish", vec![toml::Value::Table(port)]);
+                let network = network(c);
+                set(network, "mode", "private");
+                set(network, "address", "10.79.0.5");
+                set(network, "publish", vec![toml::Value::Table(port)]);
             },
             &["config.toml's publish is 18089:80", "--allow-publish"],
             "--allow-publish",
+        ),
+        (
+            "egress masqueraded as the receiver",
+            |c| {
+                let network = network(c);
+                set(network, "mode", "private");
+                set(network, "address", "10.79.0.5");
+                set(network, "egress", true);
+            },
+            &["config.toml's network.egress is true", "--allow-egress"],
+            "--allow-egress",
         ),
     ];
     for (what, edit, said, _) in &cases {
@@ -359,4 +422,72 @@ fn a_restoring_keeper_handed_the_hosts_network_namespace_refuses_to_start() {
         "{said}"
     );
     assert_eq!(feather.status("vm"), "checkpointed");
+}
+
+/// A disk cap's project id is the receiving host's choice, as at `create --disk`: an archive
+/// naming one (another VM's, the administrator's) gets one of its own, or an image.
+#[test]
+fn an_imported_disk_cap_names_no_project_of_the_receiver() {
+    let base = ScratchBase::new("import-disk");
+    let feather = checkpointed_vm("import-disk", &base);
+    let vm_dir = feather.vm_dir("vm");
+    let elsewhere = Feather::new("import-disk-dst");
+    // Below the ids feather chooses from: one an administrator numbered by hand.
+    let theirs = 4242;
+    let archive = crafted(&feather, &vm_dir, |c| {
+        let disk = toml::Table::from_iter([
+            ("by".to_owned(), toml::Value::from("project-quota")),
+            ("bytes".to_owned(), toml::Value::from(64 << 20)),
+            ("project".to_owned(), toml::Value::from(theirs)),
+        ]);
+        let limits = c.get_mut("limits").unwrap().as_table_mut().unwrap();
+        limits.insert("disk".into(), toml::Value::Table(disk));
+    });
+    let accepting = ["--base", base.as_str()];
+    let mut args = vec!["restore", "vm", "--import", archive.to_str().unwrap()];
+    args.extend_from_slice(&accepting);
+    elsewhere.ok(&args);
+    let config: toml::Table =
+        toml::from_str(&fs::read_to_string(elsewhere.vm_dir("vm").join("config.toml")).unwrap())
+            .unwrap();
+    let disk = config["limits"]["disk"].as_table().unwrap();
+    assert_eq!(disk["bytes"].as_integer(), Some(64 << 20), "{disk:?}");
+    assert_ne!(
+        disk.get("project").and_then(|p| p.as_integer()),
+        Some(theirs),
+        "the archive's project id was kept: {disk:?}"
+    );
+    assert_eq!(elsewhere.sh("vm", "echo back").trim(), "back");
+}
+
+/// Records this host writes while a migration runs are never in an export: a crafted `hold`
+/// would make the restore wait for a host process (pid 1), `released-to` refuse it.
+#[test]
+fn records_no_export_writes_are_refused() {
+    let base = ScratchBase::new("import-records");
+    let feather = checkpointed_vm("import-records", &base);
+    let vm_dir = feather.vm_dir("vm");
+    let elsewhere = Feather::new("import-records-dst");
+    let accepting = ["--base", base.as_str()];
+    let boot = fs::read_to_string("/proc/1/stat").unwrap();
+    let ticks = boot
+        .rsplit(')')
+        .next()
+        .unwrap()
+        .split_whitespace()
+        .nth(19)
+        .unwrap();
+    let records = [
+        ("hold", format!("1 {ticks}")),
+        ("released-to", "elsewhere:7000".to_owned()),
+        ("lazy-pages", "127.0.0.1:1".to_owned()),
+    ];
+    for (record, text) in records {
+        let archive = crafted_folder(&feather, &vm_dir, |crafted| {
+            fs::write(crafted.join("checkpoint").join(record), &text).unwrap()
+        });
+        let said = [format!("holds checkpoint/{record}, which no export holds")];
+        let said: Vec<&str> = said.iter().map(String::as_str).collect();
+        refused(&elsewhere, &archive, &accepting, &said, record);
+    }
 }

@@ -139,8 +139,8 @@ impl Default for NetworkConfig {
 }
 
 impl NetworkConfig {
-    /// Checks that the options fit together: ports and egress need a private network, and
-    /// no host port is published twice.
+    /// Checks that the options fit together: ports and egress need a private network, no port
+    /// is 0, and no host port is published twice.
     pub fn validate(&self) -> Result<(), Error> {
         if self.mode != NetMode::Private {
             let option = if !self.publish.is_empty() {
@@ -159,6 +159,14 @@ impl NetworkConfig {
             }
         }
         for (i, a) in self.publish.iter().enumerate() {
+            // `--publish` never parses a port 0; a config written elsewhere may hold one.
+            if a.host_port == 0 || a.vm_port == 0 {
+                return Err(Error::InvalidValue {
+                    what: "--publish",
+                    value: a.to_string(),
+                    why: "ports are numbers from 1 to 65535".into(),
+                });
+            }
             if self.publish[..i]
                 .iter()
                 .any(|b| a.host_port == b.host_port && a.protocol == b.protocol)

@@ -54,6 +54,10 @@ const REST: [&str; 3] = ["config.toml", "state.json", "checkpoint"];
 /// written by the sender into the second archive.
 pub const MANIFEST: &str = "checkpoint/layer-manifest";
 
+/// The longest [`MANIFEST`] a receiver reads: it comes from the sender, and is held in memory
+/// whole. A layer's every entry is listed by its path: four million entries of 64 bytes.
+const MAX_MANIFEST: u64 = 256 << 20;
+
 /// The layers' entries when the pre-copy began.
 pub struct Survey {
     /// Entries changed after this (seconds since the epoch, with the writeback horizon taken
@@ -332,8 +336,19 @@ fn spawn(vm_dir: &Path, mut tar: std::process::Command, list: Option<Vec<u8>>) -
 /// walked beneath the folder without following a symlink: a VM's names are only names.
 pub fn prune(staging: &Path) -> Result<()> {
     let list = staging.join(MANIFEST);
-    let bytes = match fs::read(&list) {
-        Ok(bytes) => bytes,
+    let bytes = match archive::read_at_most(&list, MAX_MANIFEST) {
+        Ok(Some(bytes)) => bytes,
+        Ok(None) => {
+            return Err(MigrateError::Archive {
+                what: "the layer manifest",
+                path: list,
+                why: format!(
+                    "it is longer than {} MiB, more than a layer of millions of files lists: \
+                     the VM was sent by hand or altered; nothing was imported",
+                    MAX_MANIFEST >> 20
+                ),
+            })
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(e) => return Err(io_at(&list)(e)),
     };

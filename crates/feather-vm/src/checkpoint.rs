@@ -546,6 +546,11 @@ pub(crate) fn import_archive(
         }
         // What its config chose of this host, checked before anything of it is used.
         imported::check(root, &config, accepted, &file)?;
+        imported::check_records(name, &staging.join("checkpoint"), &file)?;
+        if let Source::Migration(..) = source {
+            imported::check_received_name(root, name, accepted, &file)?;
+        }
+        config.limits.disk = imported::disk_here(root, &config)?;
         // Its records checked before it is placed: a restore derives host folders from them.
         images::read_layers(
             &staging.join("checkpoint"),
@@ -554,12 +559,22 @@ pub(crate) fn import_archive(
         )?;
         config.id = lifecycle::new_id();
         // A VM with a private network keeps its address, in the same subnet only.
-        let subnet = match fs::read(staging.join("checkpoint").join(SUBNET)) {
-            Ok(bytes) => Some(
+        let subnet = match archive::read_at_most(&staging.join("checkpoint").join(SUBNET), 4096) {
+            Ok(Some(bytes)) => Some(
                 serde_json::from_slice(&bytes)
                     .map_err(encode(name, format!("{file}: its {SUBNET}")))?,
             ),
-            Err(_) => None,
+            Ok(None) => {
+                return Err(failed(
+                    name,
+                    format!(
+                        "{file}: its {SUBNET} is longer than any feather writes: it was made by \
+                         hand or altered; nothing was imported"
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(failed(name, format!("{file}: its {SUBNET}: {e}"))),
         };
         feather_net::keep_address(
             root.dir(),

@@ -25,8 +25,12 @@ pub struct Accepted {
     pub allow_userns: bool,
     /// `--allow-publish`: VMs publishing host ports, as they were published where they ran.
     pub publish: bool,
+    /// `--allow-egress`: VMs reaching beyond this host, masqueraded as it (`create --egress`).
+    pub egress: bool,
     /// `--tag TAG`: the tags an imported VM may carry.
     pub tags: Vec<String>,
+    /// `serve --name NAME`: the names policy rules select VMs by that a received VM may have.
+    pub names: Vec<String>,
 }
 
 impl Accepted {
@@ -136,6 +140,31 @@ pub(crate) fn check(
                 .into(),
         );
     }
+    if let Err(e) = config.network.validate() {
+        return refuse(
+            "network",
+            &config.network.mode,
+            format!("{e}, which `feather create` refuses; the archive was made by hand or altered"),
+        );
+    }
+    if config.network.mode == NetMode::Private && config.network.address.is_none() {
+        return refuse(
+            "network.address",
+            &"none",
+            "a VM on a private network keeps the address it had, and `feather create` always \
+             leases one; the archive was made by hand or altered"
+                .into(),
+        );
+    }
+    if config.network.egress && !accepted.egress {
+        return refuse(
+            "network.egress",
+            &true,
+            "the VM would reach beyond this host, masqueraded as this host (and this host would \
+             forward packets); import it with `--allow-egress` to let it"
+                .into(),
+        );
+    }
     if !config.network.publish.is_empty() && !accepted.publish {
         let ports: Vec<String> = config
             .network
@@ -212,5 +241,90 @@ fn check_limits(config: &VmConfig) -> std::result::Result<(), (&'static str, Str
     if limits.memory == Some(0) {
         return Err(("limits.memory", "0".into()));
     }
+    if limits.disk.is_some_and(|disk| disk.bytes() == 0) {
+        return Err(("limits.disk", "0 bytes".into()));
+    }
     Ok(())
+}
+
+/// The VM's disk cap made on this host as `create --disk` makes it: the project id (or image)
+/// an archive names is another host's choice, and here could be another VM's project or the
+/// administrator's, whose limit the VM's start would set and its `rm` lift.
+pub(crate) fn disk_here(
+    root: &StateRoot,
+    config: &VmConfig,
+) -> Result<Option<feather_core::DiskQuota>> {
+    config
+        .limits
+        .disk
+        .map(|disk| crate::disk::allocate(&config.name, root.dir(), disk.bytes()))
+        .transpose()
+}
+
+/// Records of a VM's checkpoint folder that only this host writes (a migration's receiver and
+/// sender, while one runs), never an export: in an archive, made by hand. A `hold` would make
+/// the restore wait for whatever host process it names.
+const HOST_RECORDS: [&str; 3] = [
+    crate::images::HOLD,
+    crate::images::RELEASED_TO,
+    crate::images::LAZY,
+];
+
+/// Whether the unpacked checkpoint folder `checkpoint` holds a record no export writes.
+pub(crate) fn check_records(
+    name: &feather_core::VmName,
+    checkpoint: &Path,
+    file: &str,
+) -> Result<()> {
+    for record in HOST_RECORDS {
+        if checkpoint.join(record).symlink_metadata().is_ok() {
+            return Err(failed(
+                name,
+                format!(
+                    "{file} holds checkpoint/{record}, which no export holds (this host writes it \
+                     while a migration runs): it was made by hand or altered; nothing was imported"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether a VM a sender offers as `name` (`feather serve`) may have that name here: policy
+/// rules select VMs by name as by tag, and a VM named as a rule's source or target would get
+/// what the rule grants it, or receive what it opens to that VM. The receiver's root names
+/// such VMs with `serve --name NAME`; any other name is the sender's to choose, as before.
+/// (`restore --import` takes the name from its own command line: the root chose it.)
+pub(crate) fn check_received_name(
+    root: &StateRoot,
+    name: &feather_core::VmName,
+    accepted: &Accepted,
+    file: &str,
+) -> Result<()> {
+    if accepted.names.iter().any(|n| n == name.as_str()) {
+        return Ok(());
+    }
+    let policy = feather_shuttle::policy::Policy::load(root.dir()).map_err(|e| {
+        failed(
+            name,
+            format!("{file}: cannot read this host's policy to check its name: {e}; nothing was imported"),
+        )
+    })?;
+    let named = |selector: &feather_shuttle::policy::Selector| matches!(selector, feather_shuttle::policy::Selector::Vm(vm) if vm == name.as_str());
+    match policy
+        .rules()
+        .iter()
+        .find(|rule| named(&rule.source) || named(&rule.target))
+    {
+        None => Ok(()),
+        Some(rule) => Err(failed(
+            name,
+            format!(
+                "{file}: this host's policy rule {} names VM {name}, and a sender chooses the \
+                 name of the VM it sends; accept it with `serve --name {name}` if VM {name} may \
+                 come in here; nothing was imported",
+                rule.at
+            ),
+        )),
+    }
 }

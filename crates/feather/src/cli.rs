@@ -199,6 +199,10 @@ pub enum Command {
         tls: TlsArgs,
         #[command(flatten)]
         accept: AcceptArgs,
+        /// Accept a VM named NAME although a policy rule names it (repeatable); a VM whose name
+        /// a rule names is refused otherwise
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
         /// Exit after the first VM received (with its outcome)
         #[arg(long)]
         once: bool,
@@ -338,6 +342,9 @@ pub struct AcceptArgs {
     /// Accept VMs that publish host ports, published here as where they ran
     #[arg(long)]
     pub allow_publish: bool,
+    /// Accept VMs that reach beyond this host, masqueraded as it (`create --egress`)
+    #[arg(long)]
+    pub allow_egress: bool,
     /// Accept VMs carrying TAG, which policy rules select VMs by (repeatable)
     #[arg(long = "tag", value_name = "TAG")]
     pub tags: Vec<String>,
@@ -345,7 +352,11 @@ pub struct AcceptArgs {
 
 impl AcceptArgs {
     pub fn any(&self) -> bool {
-        self.base.is_some() || self.allow_userns || self.allow_publish || !self.tags.is_empty()
+        self.base.is_some()
+            || self.allow_userns
+            || self.allow_publish
+            || self.allow_egress
+            || !self.tags.is_empty()
     }
 }
 

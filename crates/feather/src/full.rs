@@ -56,7 +56,7 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         } => {
             if import.is_none() && accept.any() {
                 anyhow::bail!(
-                    "--base, --allow-userns, --allow-publish and --tag say what an imported VM \
+                    "--base, --allow-userns, --allow-publish, --allow-egress and --tag say what an imported VM \
                      may ask of this host: give them with --import FILE"
                 );
             }
@@ -119,9 +119,14 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             token,
             tls,
             accept,
+            names,
             once,
         } => {
-            let accepted = accepted(&root, accept)?;
+            let mut accepted = accepted(&root, accept)?;
+            for name in &names {
+                name.parse::<feather_core::VmName>()?;
+            }
+            accepted.names = names;
             let mut display = progress::Display::new();
             let served = migration::serve(
                 &root,
@@ -203,6 +208,7 @@ fn accepted(
     let mut accepted = feather_vm::imported::Accepted::new(root, accept.base.as_deref())?;
     accepted.allow_userns = accept.allow_userns;
     accepted.publish = accept.allow_publish;
+    accepted.egress = accept.allow_egress;
     accepted.tags = accept.tags;
     Ok(accepted)
 }
