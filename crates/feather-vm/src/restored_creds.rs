@@ -217,10 +217,10 @@ fn check_thread(
             vm,
             format!(
                 "refusing the restore: its process {pid} (thread {tid}, {:?}) came back with more \
-                 than a process of this VM may hold: {why}. Its checkpoint was made by another \
-                 configuration or altered; it is kept as it was. Start the VM afresh \
-                 (`feather stop`/`start` without its checkpoint) or restore a checkpoint from a \
-                 source you trust",
+                 than a process of this VM may hold: {why}. Its checkpoint was made under \
+                 another configuration or altered, and is kept as it was: restore it under the \
+                 configuration it was made with, or one from a source you trust; or remove the \
+                 VM (`feather rm {vm}`)",
                 creds.name
             ),
         )
