@@ -73,6 +73,8 @@ pub(crate) struct Credentials {
     pub caps: Vec<(&'static str, u64)>,
     pub seccomp: u32,
     pub filters: u32,
+    /// A zombie (or dead) task: it runs nothing again, and has no namespaces left to read.
+    pub ended: bool,
 }
 
 const CAP_FIELDS: [&str; 5] = ["CapBnd", "CapPrm", "CapEff", "CapInh", "CapAmb"];
@@ -96,6 +98,7 @@ impl Credentials {
             caps,
             seccomp: field("Seccomp")?.parse().ok()?,
             filters: field("Seccomp_filters").map_or(Some(0), |f| f.parse().ok())?,
+            ended: field("State").is_some_and(|state| state.starts_with(['Z', 'X'])),
         })
     }
 }
@@ -208,6 +211,10 @@ fn check_thread(
             format!("cannot read the credentials in {}", status_path.display()),
         )
     })?;
+    // CRIU restores zombies too (a child its parent has not waited for).
+    if creds.ended {
+        return Ok(());
+    }
     let tid = thread
         .file_name()
         .map(|t| t.to_string_lossy().into_owned())
@@ -279,6 +286,9 @@ mod tests {
         let allowed = vm();
         let ok = Credentials::parse(&status(allowed.caps, 2, 2)).unwrap();
         assert_eq!(excess(&ok, false, &allowed), None);
+        assert!(!ok.ended);
+        let zombie = format!("State:\tZ (zombie)\n{}", status(0, 0, 0));
+        assert!(Credentials::parse(&zombie).unwrap().ended);
         let admin = 1u64 << 21;
         let raised = Credentials::parse(&status(allowed.caps | admin, 2, 2)).unwrap();
         let why = excess(&raised, false, &allowed).unwrap();
