@@ -18,6 +18,7 @@ mod landlock;
 mod limits_default;
 mod recipe_mount_points;
 mod restore_mount_points;
+mod restored_credentials;
 mod service_client;
 mod shuttle_edges;
 mod shuttle_paths;

@@ -92,6 +92,34 @@ fn set_unless_already(set: CapSet, wanted: &CapsHashSet) -> Result<(), Capabilit
     Ok(())
 }
 
+/// [`DEFAULT_SET`] as a mask, bit N for capability N, as /proc/PID/status shows sets.
+pub fn default_mask() -> u64 {
+    mask_of(DEFAULT_SET.iter())
+}
+
+/// The spawner's set ([`reduce_to_spawner`]) as a mask: the most a process of a VM holds.
+pub fn spawner_mask() -> u64 {
+    default_mask() | mask_of([Capability::CAP_SYS_ADMIN].iter())
+}
+
+fn mask_of<'a>(set: impl Iterator<Item = &'a Capability>) -> u64 {
+    set.fold(0, |mask, c| mask | 1u64 << c.index())
+}
+
+/// The names of the capabilities of `mask` (bits this crate does not know as `cap_N`), for
+/// messages.
+pub fn names_of(mask: u64) -> Vec<String> {
+    (0..64u8)
+        .filter(|bit| mask & (1u64 << bit) != 0)
+        .map(|bit| {
+            caps::all()
+                .into_iter()
+                .find(|c| c.index() == bit)
+                .map_or_else(|| format!("cap_{bit}"), |c| c.to_string())
+        })
+        .collect()
+}
+
 /// The names of the default set, for `inspect` and documentation.
 pub fn default_set_names() -> Vec<String> {
     DEFAULT_SET.iter().map(|c| c.to_string()).collect()

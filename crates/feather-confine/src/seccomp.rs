@@ -449,6 +449,17 @@ impl Compiled {
     }
 }
 
+/// How many filters [`Compiled::install`] stacks for `profile`: the main one, and the one
+/// answering `clone3` unless user namespaces are allowed. A VM's process runs under at least
+/// these (the spawner under two of its own, [`install_spawner`]).
+pub fn filter_count(profile: Profile) -> usize {
+    if profile.allow_userns {
+        1
+    } else {
+        2
+    }
+}
+
 /// The filter of the VM's spawner (crates/feather-vm/src/spawner.rs), which holds
 /// CAP_SYS_ADMIN for one recipe: a new mount namespace, made private, and two binds. It is
 /// the VM's filter with exactly that let through: `unshare` only with `CLONE_NEWNS` alone;

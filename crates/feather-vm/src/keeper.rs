@@ -251,7 +251,7 @@ impl Keeper {
             workload,
             grace: decide::DEFAULT_GRACE,
             attached,
-            seccomp: seccomp_profile(&config),
+            seccomp: crate::restored_creds::seccomp_profile(&config),
         };
         trace::phase("plan the root (layers, hidden folders)");
         if let Some(cgroup) = &cgroup {
@@ -1192,17 +1192,6 @@ fn landed(early: &std::cell::RefCell<Option<EarlyLock>>) -> Option<feather_net::
             "the thread bringing the link down panicked".into(),
         ))
     }))
-}
-
-/// The seccomp filter a VM's config asks for (docs/confinement.md).
-fn seccomp_profile(config: &VmConfig) -> feather_confine::seccomp::Profile {
-    feather_confine::seccomp::Profile {
-        allow_userns: config.allow_userns,
-        disk_quota: matches!(
-            config.limits.disk,
-            Some(feather_core::DiskQuota::ProjectQuota { .. })
-        ),
-    }
 }
 
 // Defined beside the restore, which remakes the VM's groups and holds to the same bounds.

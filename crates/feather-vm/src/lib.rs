@@ -66,6 +66,7 @@ pub mod program;
 pub mod protocol;
 pub mod read_only;
 pub mod relay;
+mod restored_creds;
 pub mod rootfs;
 mod service_groups;
 pub mod services;

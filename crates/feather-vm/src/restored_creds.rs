@@ -1,0 +1,383 @@
+//! What a restored VM's processes came back with, checked before any of them runs.
+//!
+//! CRIU runs as the host's root and gives each task the credentials its images say: capability
+//! sets, seccomp filters, namespaces. The images of an imported archive or of a migration's
+//! sender are not the host's own, so a crafted core image could bring the VM's init back with
+//! every capability and no filter. The check reads the result, not the images: while CRIU left
+//! the tree stopped, every thread's `/proc/PID/task/TID/status` and namespaces, against what a
+//! process of this VM can ever hold:
+//! - capabilities (bounding, permitted, effective, inheritable, ambient) within the VM's set
+//!   ([`feather_confine::capabilities::DEFAULT_SET`]); the spawner, init's child named
+//!   `feather-spawner`, may hold CAP_SYS_ADMIN besides (its recipe's mounts);
+//! - seccomp mode 2 (filter), under at least as many filters as the VM's config installs;
+//! - the host's user namespace, where the VM lives, or, for a VM created with
+//!   `--allow-userns`, one below it (which a VM's process may make, and where it holds every
+//!   capability over that namespace's own objects only: its sets are not measured there);
+//! - a pid and a mount namespace not the keeper's (the VM's own).
+//!
+//! What the check cannot see: the filter's content and the restored mount tree come from the
+//! images (docs/security.md, docs/migration.md).
+
+use std::fs;
+use std::path::Path;
+
+use nix::unistd::Pid;
+
+use crate::error::{failed, VmError};
+
+/// The seccomp filter a VM's config asks for (docs/confinement.md).
+pub(crate) fn seccomp_profile(
+    config: &feather_core::VmConfig,
+) -> feather_confine::seccomp::Profile {
+    feather_confine::seccomp::Profile {
+        allow_userns: config.allow_userns,
+        disk_quota: matches!(
+            config.limits.disk,
+            Some(feather_core::DiskQuota::ProjectQuota { .. })
+        ),
+    }
+}
+
+/// The name the spawner gives itself (spawner.rs).
+const SPAWNER: &str = "feather-spawner";
+
+/// What a process of the VM may hold.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Allowed {
+    /// Any process's capability sets.
+    pub caps: u64,
+    /// The spawner's.
+    pub spawner_caps: u64,
+    /// The fewest seccomp filters.
+    pub filters: u32,
+    /// Whether a process may be in a user namespace of its own.
+    pub userns: bool,
+}
+
+impl Allowed {
+    pub(crate) fn for_vm(profile: feather_confine::seccomp::Profile) -> Allowed {
+        Allowed {
+            caps: feather_confine::capabilities::default_mask(),
+            spawner_caps: feather_confine::capabilities::spawner_mask(),
+            filters: feather_confine::seccomp::filter_count(profile) as u32,
+            userns: profile.allow_userns,
+        }
+    }
+}
+
+/// The fields of one thread's status the check reads.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Credentials {
+    pub name: String,
+    /// (field, mask): CapBnd, CapPrm, CapEff, CapInh, CapAmb.
+    pub caps: Vec<(&'static str, u64)>,
+    pub seccomp: u32,
+    pub filters: u32,
+    /// A zombie (or dead) task: it runs nothing again, and has no namespaces left to read.
+    pub ended: bool,
+}
+
+const CAP_FIELDS: [&str; 5] = ["CapBnd", "CapPrm", "CapEff", "CapInh", "CapAmb"];
+
+impl Credentials {
+    /// From the text of /proc/PID/task/TID/status; None if a field is missing (a kernel
+    /// without `Seccomp_filters`, Linux < 5.9, counts as 0 filters).
+    pub(crate) fn parse(status: &str) -> Option<Credentials> {
+        let field = |name: &str| {
+            status.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key == name).then(|| value.trim().to_string())
+            })
+        };
+        let mut caps = Vec::new();
+        for name in CAP_FIELDS {
+            caps.push((name, u64::from_str_radix(&field(name)?, 16).ok()?));
+        }
+        Some(Credentials {
+            name: field("Name").unwrap_or_default(),
+            caps,
+            seccomp: field("Seccomp")?.parse().ok()?,
+            filters: field("Seccomp_filters").map_or(Some(0), |f| f.parse().ok())?,
+            ended: field("State").is_some_and(|state| state.starts_with(['Z', 'X'])),
+        })
+    }
+}
+
+/// Why one thread's credentials are more than the VM may hold, for the user.
+pub(crate) fn excess(creds: &Credentials, spawner: bool, allowed: &Allowed) -> Option<String> {
+    let may = if spawner {
+        allowed.spawner_caps
+    } else {
+        allowed.caps
+    };
+    for (field, held) in &creds.caps {
+        let beyond = held & !may;
+        if beyond != 0 {
+            return Some(format!(
+                "{field} holds {held:016x}, with {} beyond the VM's set {may:016x} ({})",
+                feather_confine::capabilities::names_of(beyond).join(", "),
+                feather_confine::capabilities::names_of(may).join(", "),
+            ));
+        }
+    }
+    if creds.seccomp != 2 {
+        return Some(format!(
+            "Seccomp is {}, where every process of the VM runs under its filter (mode 2)",
+            creds.seccomp
+        ));
+    }
+    if creds.filters < allowed.filters {
+        return Some(format!(
+            "Seccomp_filters is {}, where a process of this VM runs under at least {}",
+            creds.filters, allowed.filters
+        ));
+    }
+    None
+}
+
+/// The namespaces of the keeper, which the VM's processes must not share (user: must share,
+/// or be below with `--allow-userns`).
+struct Host {
+    user: std::path::PathBuf,
+    pid: std::path::PathBuf,
+    mnt: std::path::PathBuf,
+}
+
+fn namespace(of: &Path, kind: &str) -> std::io::Result<std::path::PathBuf> {
+    fs::read_link(of.join("ns").join(kind))
+}
+
+/// Checks every thread of the stopped tree under `init` (a host pid); the first thread found
+/// holding more than `allowed` refuses, naming it.
+pub(crate) fn check_tree(
+    vm: &impl std::fmt::Display,
+    init: Pid,
+    allowed: &Allowed,
+) -> Result<(), VmError> {
+    let me = Path::new("/proc/self");
+    let unreadable = |what: &str, e: std::io::Error| {
+        failed(
+            vm,
+            format!("cannot read {what} to check the restored processes: {e}"),
+        )
+    };
+    let host = Host {
+        user: namespace(me, "user").map_err(|e| unreadable("the keeper's namespaces", e))?,
+        pid: namespace(me, "pid").map_err(|e| unreadable("the keeper's namespaces", e))?,
+        mnt: namespace(me, "mnt").map_err(|e| unreadable("the keeper's namespaces", e))?,
+    };
+    let mut pending = vec![(init, false)];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((pid, spawner_place)) = pending.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        let tasks = format!("/proc/{pid}/task");
+        let threads = fs::read_dir(&tasks).map_err(|e| unreadable(&tasks, e))?;
+        for thread in threads {
+            let thread = thread.map_err(|e| unreadable(&tasks, e))?.path();
+            check_thread(vm, pid, &thread, spawner_place, allowed, &host)?;
+            let children = fs::read_to_string(thread.join("children"))
+                .map_err(|e| unreadable(&thread.display().to_string(), e))?;
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                pending.push((Pid::from_raw(child), pid == init));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn check_thread(
+    vm: &impl std::fmt::Display,
+    pid: Pid,
+    thread: &Path,
+    child_of_init: bool,
+    allowed: &Allowed,
+    host: &Host,
+) -> Result<(), VmError> {
+    let status_path = thread.join("status");
+    let status = fs::read_to_string(&status_path).map_err(|e| {
+        failed(
+            vm,
+            format!(
+                "cannot read {} to check the restored processes: {e}",
+                status_path.display()
+            ),
+        )
+    })?;
+    let creds = Credentials::parse(&status).ok_or_else(|| {
+        failed(
+            vm,
+            format!("cannot read the credentials in {}", status_path.display()),
+        )
+    })?;
+    // CRIU restores zombies too (a child its parent has not waited for).
+    if creds.ended {
+        return Ok(());
+    }
+    let tid = thread
+        .file_name()
+        .map(|t| t.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let refuse = |why: String| {
+        failed(
+            vm,
+            format!(
+                "refusing the restore: its process {pid} (thread {tid}, {:?}) came back with more \
+                 than a process of this VM may hold: {why}. Its checkpoint was made under \
+                 another configuration or altered, and is kept as it was: restore it under the \
+                 configuration it was made with, or one from a source you trust; or remove the \
+                 VM (`feather rm {vm}`)",
+                creds.name
+            ),
+        )
+    };
+    let ns = |kind: &str| {
+        namespace(thread, kind).map_err(|e| {
+            failed(
+                vm,
+                format!("cannot read the namespaces of {}: {e}", thread.display()),
+            )
+        })
+    };
+    if ns("pid")? == host.pid || ns("mnt")? == host.mnt {
+        return Err(refuse(
+            "it is in the host's pid or mount namespace, not the VM's".into(),
+        ));
+    }
+    let user = ns("user")?;
+    if user != host.user {
+        if !allowed.userns {
+            return Err(refuse(format!(
+                "it is in a user namespace ({}) of its own, which this VM may not make \
+                 (created without --allow-userns)",
+                user.display()
+            )));
+        }
+        // Capabilities in a namespace the VM made act on that namespace's objects only.
+        let mut creds = creds.clone();
+        creds.caps.clear();
+        return excess(&creds, false, allowed).map_or(Ok(()), |why| Err(refuse(why)));
+    }
+    let spawner = child_of_init && creds.name == SPAWNER;
+    excess(&creds, spawner, allowed).map_or(Ok(()), |why| Err(refuse(why)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm() -> Allowed {
+        Allowed::for_vm(feather_confine::seccomp::Profile::default())
+    }
+
+    fn status(caps: u64, seccomp: u32, filters: u32) -> String {
+        format!(
+            "Name:\tsh\nCapInh:\t0000000000000000\nCapPrm:\t{caps:016x}\nCapEff:\t{caps:016x}\n\
+             CapBnd:\t{caps:016x}\nCapAmb:\t0000000000000000\nNoNewPrivs:\t0\n\
+             Seccomp:\t{seccomp}\nSeccomp_filters:\t{filters}\n"
+        )
+    }
+
+    /// A process as init leaves it (the VM's set, its two filters) passes; one more capability,
+    /// no filter or one filter fewer refuses, naming the field.
+    #[test]
+    fn measured_against_the_vm_set_and_filters() {
+        let allowed = vm();
+        let ok = Credentials::parse(&status(allowed.caps, 2, 2)).unwrap();
+        assert_eq!(excess(&ok, false, &allowed), None);
+        assert!(!ok.ended);
+        let zombie = format!("State:\tZ (zombie)\n{}", status(0, 0, 0));
+        assert!(Credentials::parse(&zombie).unwrap().ended);
+        let admin = 1u64 << 21;
+        let raised = Credentials::parse(&status(allowed.caps | admin, 2, 2)).unwrap();
+        let why = excess(&raised, false, &allowed).unwrap();
+        assert!(
+            why.starts_with("CapBnd") && why.contains("CAP_SYS_ADMIN"),
+            "{why}"
+        );
+        assert_eq!(excess(&raised, true, &allowed), None, "the spawner's set");
+        let module = 1u64 << 16;
+        let why = excess(
+            &Credentials::parse(&status(allowed.caps | module, 2, 2)).unwrap(),
+            true,
+            &allowed,
+        )
+        .unwrap();
+        assert!(why.contains("CAP_SYS_MODULE"), "{why}");
+        let why = excess(
+            &Credentials::parse(&status(allowed.caps, 0, 0)).unwrap(),
+            false,
+            &allowed,
+        )
+        .unwrap();
+        assert!(why.starts_with("Seccomp is 0"), "{why}");
+        let why = excess(
+            &Credentials::parse(&status(allowed.caps, 2, 1)).unwrap(),
+            false,
+            &allowed,
+        )
+        .unwrap();
+        assert!(why.starts_with("Seccomp_filters is 1"), "{why}");
+    }
+
+    /// Ends a process the test started, by its pid, on drop.
+    struct Started(std::process::Child);
+
+    impl Drop for Started {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn real(child: &Started) -> Credentials {
+        let status = fs::read_to_string(format!("/proc/{}/status", child.0.id())).unwrap();
+        Credentials::parse(&status).unwrap()
+    }
+
+    /// The real /proc of processes the test starts: as the host's root (every capability, no
+    /// filter, the host's namespaces) refused on its bounding set and on its namespaces; with
+    /// its sets reduced to the VM's by setpriv, refused still for lacking the filter.
+    #[test]
+    fn real_processes_are_measured() {
+        let root = Started(
+            std::process::Command::new("sleep")
+                .arg("60")
+                .spawn()
+                .unwrap(),
+        );
+        let why = excess(&real(&root), false, &vm()).unwrap();
+        assert!(
+            why.starts_with("CapBnd") && why.contains("CAP_SYS_MODULE"),
+            "{why}"
+        );
+        let pid = Pid::from_raw(root.0.id() as i32);
+        let why = feather_core::error::causes(&check_tree(&"test", pid, &vm()).unwrap_err());
+        assert!(why.contains("host's pid or mount namespace"), "{why}");
+        let keep = feather_confine::capabilities::names_of(vm().caps)
+            .iter()
+            .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))
+            .collect::<Vec<_>>()
+            .join(",");
+        let reduced = Started(
+            std::process::Command::new("setpriv")
+                .arg(format!("--bounding-set=-all,{keep}"))
+                .arg(format!("--inh-caps=-all,{keep}"))
+                .args(["sleep", "60"])
+                .spawn()
+                .unwrap(),
+        );
+        // setpriv has exec'd sleep once /proc names it so.
+        for _ in 0..500 {
+            if real(&reduced).name == "sleep" {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let creds = real(&reduced);
+        assert_eq!(creds.caps[0], ("CapBnd", vm().caps), "{creds:?}");
+        let why = excess(&creds, false, &vm()).unwrap();
+        assert!(why.starts_with("Seccomp is 0"), "{why}");
+    }
+}

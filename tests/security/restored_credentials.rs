@@ -1,0 +1,214 @@
+//! A restored VM's processes come back with no more than a process of that VM may hold: the
+//! keeper reads each thread's credentials while CRIU leaves the tree stopped, and refuses the
+//! restore otherwise (crates/feather-vm/src/restored_creds.rs), keeping the checkpoint.
+
+use std::fs;
+
+use crate::support::{count, start_counting, Feather, ScratchBase};
+
+/// A VM checkpointed under a configuration allowing user namespaces runs under one filter
+/// (no `clone3` filter); restored under a configuration without them, its processes lack the
+/// filter every process of such a VM runs under, so the restore is refused, naming the
+/// process and the field, and the checkpoint stays: restored under its own configuration
+/// again, the VM goes on counting where it was.
+#[test]
+fn a_process_under_fewer_filters_than_the_vm_is_refused() {
+    let feather = Feather::new("creds-filters");
+    let base = ScratchBase::new("creds-filters");
+    feather.start_over("vm", &base, &["--net", "none", "--allow-userns"]);
+    feather.require_criu();
+    start_counting(&feather, "vm");
+    feather.eventually("the loop counts", || count(&feather, "vm") > 0);
+    feather.ok(&["checkpoint", "vm"]);
+
+    let config = feather.vm_dir("vm").join("config.toml");
+    let allowing = fs::read_to_string(&config).unwrap();
+    assert!(allowing.contains("allow_userns = true"), "{allowing}");
+    fs::write(
+        &config,
+        allowing.replace("allow_userns = true", "allow_userns = false"),
+    )
+    .unwrap();
+    let refused = feather.fails(&["restore", "vm"]);
+    assert!(
+        refused.contains("refusing the restore")
+            && refused.contains("Seccomp_filters is 1")
+            && refused.contains("at least 2")
+            && refused.contains("feather-init"),
+        "{refused}"
+    );
+    assert_eq!(feather.status("vm"), "checkpointed", "{refused}");
+    assert!(feather
+        .vm_dir("vm")
+        .join("checkpoint/inventory.img")
+        .exists());
+
+    fs::write(&config, allowing).unwrap();
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    let resumed = count(&feather, "vm");
+    feather.eventually("the restored loop counts on", || {
+        count(&feather, "vm") > resumed
+    });
+    feather.ok(&["stop", "vm"]);
+    feather.ok(&["rm", "vm"]);
+}
+
+/// A checkpoint whose core image of the VM's init was altered to give it every capability the
+/// host's root has (its permitted, effective and bounding sets: fields of CRIU's
+/// `CredsEntry`) is refused: CRIU, running as the host's root, restores what the image says,
+/// and the keeper finds init holding capabilities no process of a VM may hold before anything
+/// of the VM runs. The checkpoint stays.
+#[test]
+fn an_init_whose_image_raises_its_capabilities_is_refused() {
+    let feather = Feather::new("creds-caps");
+    let base = ScratchBase::new("creds-caps");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.require_criu();
+    feather.ok(&["checkpoint", "vm"]);
+
+    let core = feather.vm_dir("vm").join("checkpoint/core-1.img");
+    let image = fs::read(&core).unwrap();
+    fs::write(&core, core_image::with_full_capabilities(&image)).unwrap();
+    let refused = feather.fails(&["restore", "vm"]);
+    assert!(
+        refused.contains("refusing the restore")
+            && refused.contains(&format!("CapBnd holds {:016x}", core_image::host_root()))
+            && refused.contains("CAP_SYS_ADMIN")
+            && refused.contains("feather-init"),
+        "{refused}"
+    );
+    assert_eq!(feather.status("vm"), "checkpointed", "{refused}");
+    assert!(core.exists());
+
+    fs::write(&core, image).unwrap();
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    feather.ok(&["rm", "--force", "vm"]);
+}
+
+/// Just enough of CRIU's image format and of protobuf's wire format to rewrite one task's
+/// capability sets: a core image is two magic words, then one entry (its length, a
+/// little-endian u32, then a `CoreEntry`); `CoreEntry.thread_core` (5) holds `creds` (10),
+/// whose `cap_prm` (10), `cap_eff` (11) and `cap_bnd` (12) are repeated 32-bit words, low
+/// word first.
+mod core_image {
+    const THREAD_CORE: u64 = 5;
+    const CREDS: u64 = 10;
+    const RAISED: [u64; 3] = [10, 11, 12];
+    /// Every capability the host's root holds (its bounding set, which CRIU cannot exceed).
+    pub fn host_root() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let hex = status
+            .lines()
+            .find_map(|line| line.strip_prefix("CapBnd:"))
+            .unwrap();
+        u64::from_str_radix(hex.trim(), 16).unwrap()
+    }
+
+    pub fn with_full_capabilities(image: &[u8]) -> Vec<u8> {
+        let size = u32::from_le_bytes(image[8..12].try_into().unwrap()) as usize;
+        assert_eq!(12 + size, image.len(), "one entry after two magic words");
+        let core = edit(&image[12..], THREAD_CORE, &|thread| {
+            edit(thread, CREDS, &raise)
+        });
+        let mut out = image[..8].to_vec();
+        out.extend((core.len() as u32).to_le_bytes());
+        out.extend(core);
+        out
+    }
+
+    /// The creds with the raised sets replaced by the host's root's ([`host_root`]).
+    fn raise(creds: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut replaced = Vec::new();
+        for (number, wire, body) in fields(creds) {
+            if RAISED.contains(&number) {
+                if !replaced.contains(&number) {
+                    replaced.push(number);
+                    let full = host_root();
+                    for word in [full & 0xffff_ffff, full >> 32] {
+                        varint(&mut out, number << 3);
+                        varint(&mut out, word);
+                    }
+                }
+                continue;
+            }
+            out.extend(body_with_key(number, wire, body));
+        }
+        assert_eq!(
+            replaced.len(),
+            RAISED.len(),
+            "the image holds the three sets"
+        );
+        out
+    }
+
+    /// `message` with its length-delimited field `number` rewritten by `change`.
+    fn edit(message: &[u8], number: u64, change: &dyn Fn(&[u8]) -> Vec<u8>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut found = false;
+        for (n, wire, body) in fields(message) {
+            if n == number && wire == 2 {
+                found = true;
+                let (len, at) = read_varint(body);
+                let changed = change(&body[at..at + len as usize]);
+                varint(&mut out, n << 3 | 2);
+                varint(&mut out, changed.len() as u64);
+                out.extend(changed);
+            } else {
+                out.extend(body_with_key(n, wire, body));
+            }
+        }
+        assert!(found, "field {number} in the image");
+        out
+    }
+
+    fn body_with_key(number: u64, wire: u64, body: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        varint(&mut out, number << 3 | wire);
+        out.extend(body);
+        out
+    }
+
+    /// Each field: (number, wire type, its encoded value — for type 2 with its length).
+    fn fields(mut message: &[u8]) -> Vec<(u64, u64, &[u8])> {
+        let mut all = Vec::new();
+        while !message.is_empty() {
+            let (key, at) = read_varint(message);
+            message = &message[at..];
+            let len = match key & 7 {
+                0 => read_varint(message).1,
+                1 => 8,
+                2 => {
+                    let (len, at) = read_varint(message);
+                    at + len as usize
+                }
+                5 => 4,
+                other => panic!("wire type {other} in a CRIU image"),
+            };
+            all.push((key >> 3, key & 7, &message[..len]));
+            message = &message[len..];
+        }
+        all
+    }
+
+    fn read_varint(bytes: &[u8]) -> (u64, usize) {
+        let mut value = 0;
+        for (i, byte) in bytes.iter().enumerate() {
+            value |= u64::from(byte & 0x7f) << (7 * i);
+            if byte & 0x80 == 0 {
+                return (value, i + 1);
+            }
+        }
+        panic!("a truncated varint");
+    }
+
+    fn varint(out: &mut Vec<u8>, mut value: u64) {
+        while value >= 0x80 {
+            out.push(value as u8 | 0x80);
+            value >>= 7;
+        }
+        out.push(value as u8);
+    }
+}
