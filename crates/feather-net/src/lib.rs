@@ -45,7 +45,6 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -255,9 +254,6 @@ pub struct Attachment {
     /// The thread removing the VM's firewall entries (or, with the root's last VM, the bridge
     /// and tables), from `detach` until the attachment is dropped.
     removing: RefCell<Option<JoinHandle<()>>>,
-    /// Hears from that thread once the VM's firewall entries (or the root's tables) are gone,
-    /// before the kernel's slow deletion of the veth is done (see [`Attachment::wait_for_rules`]).
-    rules_removed: RefCell<Option<Receiver<()>>>,
     /// Whether `release` returned the VM's lease (a throw-away VM).
     released: Cell<bool>,
     /// Set by `detach`: announcements of the VM's address on the uplink stop.
@@ -338,7 +334,6 @@ pub fn prepare(
         published,
         marker: run_dir.join(ATTACHED),
         removing: RefCell::new(None),
-        rules_removed: RefCell::new(None),
         released: Cell::new(false),
         gone: Arc::new(AtomicBool::new(false)),
         pooled,
@@ -566,28 +561,16 @@ impl Attachment {
     pub fn detach(&self) {
         self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
-            let (removing, rules_removed) =
-                clean_up(network, &self.host_end, address, self.config.egress, false).unzip();
-            *self.removing.borrow_mut() = removing;
-            *self.rules_removed.borrow_mut() = rules_removed;
+            *self.removing.borrow_mut() =
+                clean_up(network, &self.host_end, address, self.config.egress, false);
             let _ = fs::remove_file(&self.marker);
         }
     }
 }
 
 impl Attachment {
-    /// Waits until the firewall entries `detach` removes are gone (the VM's address no longer
-    /// reaches anything through them), not for the rest, which [`Attachment::wait`] waits for:
-    /// a persistent VM's keeper answers `stop` in between.
-    pub fn wait_for_rules(&self) {
-        if let Some(rules_removed) = self.rules_removed.borrow_mut().take() {
-            // An error is the thread's end, with or without the entries: `wait` follows.
-            let _ = rules_removed.recv();
-        }
-    }
-
-    /// Waits until what `detach` started is done: once the keeper lets its lock go (which
-    /// `start` and `rm` wait for), nothing of the VM's network may be left.
+    /// Waits until what `detach` started is done: once the keeper says the VM stopped, nothing
+    /// of its network may be left.
     pub fn wait(&self) {
         if let Some(removing) = self.removing.borrow_mut().take() {
             let _ = removing.join();
@@ -643,7 +626,7 @@ fn remove_attached(
                 "" => host_end(vm_id),
                 recorded => recorded.to_owned(),
             };
-            if let Some((removing, _)) =
+            if let Some(removing) =
                 clean_up(&network, &host_end, address, config.egress, keep_bridge)
             {
                 let _ = removing.join();
@@ -664,7 +647,7 @@ fn clean_up(
     address: Ipv4Addr,
     egress: bool,
     keep_bridge: bool,
-) -> Option<(JoinHandle<()>, Receiver<()>)> {
+) -> Option<JoinHandle<()>> {
     // With `keep_bridge` the root's lock guards nothing here (the veth and chains are this VM's
     // alone, and the bridge stays): a VM starting meanwhile need not wait for the kernel.
     let lock = if keep_bridge {
@@ -675,7 +658,6 @@ fn clean_up(
     let mut netlink = Netlink::open().ok()?;
     let network = network.clone();
     let host_end = host_end.to_owned();
-    let (rules_removed, removed) = std::sync::mpsc::channel();
     let work = move || {
         let _lock = lock;
         // First, so that the LAN stops being sent here what the VM no longer answers.
@@ -706,7 +688,6 @@ fn clean_up(
                 } else {
                     firewall::delete_tables(&network);
                 }
-                let _ = rules_removed.send(());
             });
             if let Some(index) = index_of(&host_end) {
                 let _ = netlink.delete_link(index);
@@ -728,7 +709,7 @@ fn clean_up(
         .stack_size(256 << 10)
         .spawn(work);
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-    Some((thread.ok()?, removed))
+    thread.ok()
 }
 
 /// `--egress` needs the host to route between the bridge and its other interfaces.

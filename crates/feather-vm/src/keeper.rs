@@ -162,17 +162,6 @@ fn hands_off(config: &VmConfig, foreground: bool) -> bool {
     config.ephemeral && foreground && config.limits.disk.is_none()
 }
 
-/// Whether a keeper holds its VM's mount namespace past init's end: one that hands its teardown
-/// over, and a persistent VM's (without a disk image, whose release must come first), which
-/// answers `stop` once the VM's processes are gone, its firewall entries removed and records
-/// written, and lets the mounts go and waits for the kernel's deletion of its veth after. The unmounting is the slow end of a stop: the overlay's unmount syncs its
-/// whole upper filesystem (measured: 50–500 ms of a 60–600 ms stop on a shared disk). The
-/// keeper lock is held until the namespace is gone; `start` and `rm` wait for it (the first
-/// mounts the layer again, the second promises that nothing of the VM is left).
-fn holds_mounts(config: &VmConfig, foreground: bool) -> bool {
-    hands_off(config, foreground) || (!config.ephemeral && config.limits.disk.is_none())
-}
-
 /// Init's mount namespace, opened while init is this process's unreaped child (its pid cannot
 /// name another process). `None` if init is gone already: its namespace went with it.
 fn hold_mount_namespace(init: &ChildProcess) -> Option<OwnedFd> {
@@ -299,7 +288,7 @@ impl Keeper {
                 source: Box::new(e),
             });
         }
-        let held_mounts = holds_mounts(&config, attached)
+        let held_mounts = hands_off(&config, attached)
             .then(|| hold_mount_namespace(&init))
             .flatten();
         let keeper = Keeper {
@@ -682,19 +671,9 @@ impl Keeper {
         // The broker's last words (the audit lines its pace held back) go into the root's log
         // before anyone waiting for the stop hears of it: they may remove the root next.
         drop(self.broker.take());
-        // A checkpointed VM's mounts go before anyone hears of its end: `restore` mounts its
-        // layer again, without waiting for this process. A stopped one's go after the answer.
-        let held_mounts = self.held_mounts.take().filter(|_| !self.checkpointed.get());
-        // Everything else is cleaned up: the VM may be started again before this process has
-        // exited, so without mounts held the lock goes now, before anyone hears of the stop.
-        let lock = match held_mounts {
-            Some(_) => Some(self.lock),
-            None => {
-                self.network.wait();
-                drop(self.lock);
-                None
-            }
-        };
+        // Everything is cleaned up: the VM may be started again before this process has exited,
+        // so the lock goes now, before anyone waiting for the stop hears of it.
+        drop(self.lock);
         for stream in stop_requests {
             let _ = protocol::write_response(
                 &stream,
@@ -713,13 +692,6 @@ impl Keeper {
         }
         // The checkpoint it replaced goes once the asker has their answer.
         snapshot::remove_stale(&self.vm);
-        // The last reference to the VM's mount namespace: its mounts go, the layer's upper
-        // filesystem is synced (see [`holds_mounts`]), then the lock tells `start` and `rm`.
-        drop(held_mounts);
-        trace::phase("teardown: let the mounts go");
-        self.network.wait();
-        trace::phase("teardown: wait for the network's removal");
-        drop(lock);
         Ok(ended)
     }
 
@@ -1047,10 +1019,7 @@ impl Keeper {
             eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
         trace::phase("teardown: record the state");
-        // The rest of the network's removal (the kernel's deletion of the veth, waiting for
-        // RCU) is waited for by `serve`: after the answer where the keeper holds the mounts.
-        self.network.wait_for_rules();
-        trace::phase("teardown: remove the firewall entries");
+        self.network.wait();
     }
 }
 

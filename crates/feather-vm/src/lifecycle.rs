@@ -151,10 +151,7 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
             ))
         }
         VmStatus::Crashed => recover(&vm)?,
-        VmStatus::Created => {}
-        // The keeper that stopped it may still be letting its mounts go (keeper::holds_mounts):
-        // the layer is mounted again only once the old overlay is gone.
-        VmStatus::Stopped => drop(vm.await_keeper()?),
+        VmStatus::Created | VmStatus::Stopped => {}
     }
     spawn_keeper(root, &vm, false)
 }
@@ -393,9 +390,6 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         return Err(Error::Running(name.to_string()).into());
     }
     let config = vm.read_config()?;
-    // Opened now, waited on last: the keeper that stopped the VM may still be letting its
-    // mounts go (keeper::holds_mounts), which goes on beside the removal of the folders.
-    let stopping_keeper = vm.keeper_lock_file()?;
     keeper::remove_leftovers(&vm, &config);
     if let Some(disk) = config.limits.disk {
         // Before the folder goes: an image's mounts would keep it busy.
@@ -411,8 +405,6 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         .and_then(|vms| beneath::remove_tree(&vms, doomed_name.as_ref()))
         .at(&doomed)?;
     feather_net::release(root.dir(), &config.id, &config.network).in_vm(name)?;
-    // Nothing of the VM is left when `rm` returns: its last keeper has ended too.
-    stopping_keeper.lock().at(vm.path())?;
     Ok(())
 }
 
