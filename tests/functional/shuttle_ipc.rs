@@ -358,11 +358,17 @@ fn a_redis_channel_carries_data_both_ways_and_closes_when_its_target_stops() {
 /// and the bytes themselves; and a drain that takes whatever comes, for the cut. The folder and
 /// the script are made before any server starts (`a && b & c` would put `a && b` in the
 /// background beside `c`, and a drain could find no folder to listen in).
+///
+/// The answer starts a second after the client's end of writing, as a server that computes
+/// before it answers would: the relay must keep the way back open while the way there has
+/// ended. The answering socats wait 30 s (`-t 30`) for their program after that end: with
+/// socat's default of 0.5 s a server socat closes the connection, cleanly and unanswered, when
+/// its program is silent that long — which a loaded machine made of the SHA-256 of 16 MB.
 const BULK_SERVERS: &str = "mkdir -p /run/big && \
-    echo 'f=$(mktemp); cat > $f; sha256sum < $f | cut -c1-64; cat $f; rm -f $f' > /run/big/answer \
+    echo 'f=$(mktemp); cat > $f; sleep 1; sha256sum < $f | cut -c1-64; cat $f; rm -f $f' > /run/big/answer \
     || exit 1; \
-    socat UNIX-LISTEN:/run/big/answer.sock,fork SYSTEM:'sh /run/big/answer' & \
-    socat TCP-LISTEN:9000,bind=127.0.0.1,fork,reuseaddr SYSTEM:'sh /run/big/answer' & \
+    socat -t 30 UNIX-LISTEN:/run/big/answer.sock,fork SYSTEM:'sh /run/big/answer' & \
+    socat -t 30 TCP-LISTEN:9000,bind=127.0.0.1,fork,reuseaddr SYSTEM:'sh /run/big/answer' & \
     socat -u UNIX-LISTEN:/run/big/drain.sock,fork OPEN:/dev/null & \
     socat -u TCP-LISTEN:9001,bind=127.0.0.1,fork,reuseaddr OPEN:/dev/null & \
     wait";
