@@ -12,8 +12,14 @@
 //! - seccomp mode 2 (filter), under at least as many filters as the VM's config installs;
 //! - the host's user namespace, where the VM lives, or, for a VM created with
 //!   `--allow-userns`, one below it (which a VM's process may make, and where it holds every
-//!   capability over that namespace's own objects only: its sets are not measured there);
-//! - a pid and a mount namespace not the keeper's (the VM's own).
+//!   capability over that namespace's own objects only: its sets are not measured there) —
+//!   init itself always in the host's (a user namespace CRIU made for the whole tree would
+//!   own the VM's other namespaces and give init every capability over them);
+//! - pid, mount, network (but for `--net host`), IPC and UTS namespaces none of which is the
+//!   keeper's, and a
+//!   mount namespace that is not the restoring child's either (its copy of the host's tree,
+//!   where CRIU runs): an inventory that leaves a kind out makes CRIU restore the tree in
+//!   criu's own, which is the host's or that copy.
 //!
 //! What the check cannot see: the filter's content and the restored mount tree come from the
 //! images (docs/security.md, docs/migration.md).
@@ -52,15 +58,21 @@ pub(crate) struct Allowed {
     pub filters: u32,
     /// Whether a process may be in a user namespace of its own.
     pub userns: bool,
+    /// Whether the VM shares the host's network namespace (`--net host`).
+    pub host_network: bool,
 }
 
 impl Allowed {
-    pub(crate) fn for_vm(profile: feather_confine::seccomp::Profile) -> Allowed {
+    pub(crate) fn for_vm(
+        profile: feather_confine::seccomp::Profile,
+        host_network: bool,
+    ) -> Allowed {
         Allowed {
             caps: feather_confine::capabilities::default_mask(),
             spawner_caps: feather_confine::capabilities::spawner_mask(),
             filters: feather_confine::seccomp::filter_count(profile) as u32,
             userns: profile.allow_userns,
+            host_network,
         }
     }
 }
@@ -72,7 +84,8 @@ pub(crate) struct Credentials {
     /// (field, mask): CapBnd, CapPrm, CapEff, CapInh, CapAmb.
     pub caps: Vec<(&'static str, u64)>,
     pub seccomp: u32,
-    pub filters: u32,
+    /// None on a kernel that does not count them (Linux < 5.9): the mode is all there is.
+    pub filters: Option<u32>,
     /// A zombie (or dead) task: it runs nothing again, and has no namespaces left to read.
     pub ended: bool,
 }
@@ -80,8 +93,8 @@ pub(crate) struct Credentials {
 const CAP_FIELDS: [&str; 5] = ["CapBnd", "CapPrm", "CapEff", "CapInh", "CapAmb"];
 
 impl Credentials {
-    /// From the text of /proc/PID/task/TID/status; None if a field is missing (a kernel
-    /// without `Seccomp_filters`, Linux < 5.9, counts as 0 filters).
+    /// From the text of /proc/PID/task/TID/status; None if a field is missing (but
+    /// `Seccomp_filters`, which Linux < 5.9 does not show).
     pub(crate) fn parse(status: &str) -> Option<Credentials> {
         let field = |name: &str| {
             status.lines().find_map(|line| {
@@ -97,7 +110,10 @@ impl Credentials {
             name: field("Name").unwrap_or_default(),
             caps,
             seccomp: field("Seccomp")?.parse().ok()?,
-            filters: field("Seccomp_filters").map_or(Some(0), |f| f.parse().ok())?,
+            filters: match field("Seccomp_filters") {
+                Some(count) => Some(count.parse().ok()?),
+                None => None,
+            },
             ended: field("State").is_some_and(|state| state.starts_with(['Z', 'X'])),
         })
     }
@@ -126,21 +142,31 @@ pub(crate) fn excess(creds: &Credentials, spawner: bool, allowed: &Allowed) -> O
             creds.seccomp
         ));
     }
-    if creds.filters < allowed.filters {
-        return Some(format!(
-            "Seccomp_filters is {}, where a process of this VM runs under at least {}",
-            creds.filters, allowed.filters
-        ));
+    match creds.filters {
+        Some(count) if count < allowed.filters => Some(format!(
+            "Seccomp_filters is {count}, where a process of this VM runs under at least {}",
+            allowed.filters
+        )),
+        _ => None,
     }
-    None
 }
 
-/// The namespaces of the keeper, which the VM's processes must not share (user: must share,
-/// or be below with `--allow-userns`).
+/// The kinds of namespace every VM has of its own, with the names the user reads.
+const OWN_NAMESPACES: [(&str, &str); 5] = [
+    ("pid", "pid"),
+    ("mnt", "mount"),
+    ("net", "network"),
+    ("ipc", "IPC"),
+    ("uts", "UTS"),
+];
+
+/// The namespaces the VM's processes must not be in: the keeper's own (the host's) of each
+/// kind, and the restoring child's mount namespace. Its user namespace they must share, or be
+/// below with `--allow-userns`.
 struct Host {
     user: std::path::PathBuf,
-    pid: std::path::PathBuf,
-    mnt: std::path::PathBuf,
+    own: Vec<(&'static str, std::path::PathBuf)>,
+    restoring_mnt: Option<std::path::PathBuf>,
 }
 
 fn namespace(of: &Path, kind: &str) -> std::io::Result<std::path::PathBuf> {
@@ -148,11 +174,13 @@ fn namespace(of: &Path, kind: &str) -> std::io::Result<std::path::PathBuf> {
 }
 
 /// Checks every thread of the stopped tree under `init` (a host pid); the first thread found
-/// holding more than `allowed` refuses, naming it.
+/// holding more than `allowed` refuses, naming it. `restoring_mnt`: the mount namespace CRIU
+/// ran in (`mnt:[…]`, as /proc shows it).
 pub(crate) fn check_tree(
     vm: &impl std::fmt::Display,
     init: Pid,
     allowed: &Allowed,
+    restoring_mnt: Option<&Path>,
 ) -> Result<(), VmError> {
     let me = Path::new("/proc/self");
     let unreadable = |what: &str, e: std::io::Error| {
@@ -161,10 +189,19 @@ pub(crate) fn check_tree(
             format!("cannot read {what} to check the restored processes: {e}"),
         )
     };
+    let keepers =
+        |kind: &str| namespace(me, kind).map_err(|e| unreadable("the keeper's namespaces", e));
+    let mut own = Vec::new();
+    for (kind, _) in OWN_NAMESPACES {
+        if kind == "net" && allowed.host_network {
+            continue;
+        }
+        own.push((kind, keepers(kind)?));
+    }
     let host = Host {
-        user: namespace(me, "user").map_err(|e| unreadable("the keeper's namespaces", e))?,
-        pid: namespace(me, "pid").map_err(|e| unreadable("the keeper's namespaces", e))?,
-        mnt: namespace(me, "mnt").map_err(|e| unreadable("the keeper's namespaces", e))?,
+        user: keepers("user")?,
+        own,
+        restoring_mnt: restoring_mnt.map(Path::to_path_buf),
     };
     let mut pending = vec![(init, false)];
     let mut seen = std::collections::BTreeSet::new();
@@ -176,7 +213,11 @@ pub(crate) fn check_tree(
         let threads = fs::read_dir(&tasks).map_err(|e| unreadable(&tasks, e))?;
         for thread in threads {
             let thread = thread.map_err(|e| unreadable(&tasks, e))?.path();
-            check_thread(vm, pid, &thread, spawner_place, allowed, &host)?;
+            let place = Place {
+                init: pid == init,
+                child_of_init: spawner_place,
+            };
+            check_thread(vm, pid, &thread, place, allowed, &host)?;
             let children = fs::read_to_string(thread.join("children"))
                 .map_err(|e| unreadable(&thread.display().to_string(), e))?;
             for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
@@ -187,11 +228,18 @@ pub(crate) fn check_tree(
     Ok(())
 }
 
+/// Where a process stands in the restored tree.
+#[derive(Clone, Copy)]
+struct Place {
+    init: bool,
+    child_of_init: bool,
+}
+
 fn check_thread(
     vm: &impl std::fmt::Display,
     pid: Pid,
     thread: &Path,
-    child_of_init: bool,
+    place: Place,
     allowed: &Allowed,
     host: &Host,
 ) -> Result<(), VmError> {
@@ -240,12 +288,31 @@ fn check_thread(
             )
         })
     };
-    if ns("pid")? == host.pid || ns("mnt")? == host.mnt {
+    for (kind, hosts) in &host.own {
+        if ns(kind)? == *hosts {
+            let said = OWN_NAMESPACES
+                .iter()
+                .find(|(k, _)| k == kind)
+                .map_or(*kind, |(_, s)| *s);
+            return Err(refuse(format!(
+                "it is in the host's {said} namespace, not one of the VM's"
+            )));
+        }
+    }
+    if host.restoring_mnt.as_deref() == Some(ns("mnt")?.as_path()) {
         return Err(refuse(
-            "it is in the host's pid or mount namespace, not the VM's".into(),
+            "it is in the mount namespace CRIU ran in (a copy of the host's tree), not the VM's"
+                .into(),
         ));
     }
     let user = ns("user")?;
+    if user != host.user && place.init {
+        return Err(refuse(format!(
+            "its init is in a user namespace ({}) other than the host's, which would own the \
+             VM's namespaces",
+            user.display()
+        )));
+    }
     if user != host.user {
         if !allowed.userns {
             return Err(refuse(format!(
@@ -259,7 +326,7 @@ fn check_thread(
         creds.caps.clear();
         return excess(&creds, false, allowed).map_or(Ok(()), |why| Err(refuse(why)));
     }
-    let spawner = child_of_init && creds.name == SPAWNER;
+    let spawner = place.child_of_init && creds.name == SPAWNER;
     excess(&creds, spawner, allowed).map_or(Ok(()), |why| Err(refuse(why)))
 }
 
@@ -268,7 +335,7 @@ mod tests {
     use super::*;
 
     fn vm() -> Allowed {
-        Allowed::for_vm(feather_confine::seccomp::Profile::default())
+        Allowed::for_vm(feather_confine::seccomp::Profile::default(), false)
     }
 
     fn status(caps: u64, seccomp: u32, filters: u32) -> String {
@@ -286,6 +353,11 @@ mod tests {
         let allowed = vm();
         let ok = Credentials::parse(&status(allowed.caps, 2, 2)).unwrap();
         assert_eq!(excess(&ok, false, &allowed), None);
+        // A kernel that does not count filters: the mode is what is checked.
+        let uncounted = status(allowed.caps, 2, 0).replace("Seccomp_filters:\t0\n", "");
+        let uncounted = Credentials::parse(&uncounted).unwrap();
+        assert_eq!(uncounted.filters, None);
+        assert_eq!(excess(&uncounted, false, &allowed), None);
         assert!(!ok.ended);
         let zombie = format!("State:\tZ (zombie)\n{}", status(0, 0, 0));
         assert!(Credentials::parse(&zombie).unwrap().ended);
@@ -321,6 +393,65 @@ mod tests {
         assert!(why.starts_with("Seccomp_filters is 1"), "{why}");
     }
 
+    /// The process `unshare --fork` started (its child), once there.
+    fn forked_by(unshare: &Started) -> Pid {
+        let children = format!("/proc/{0}/task/{0}/children", unshare.0.id());
+        for _ in 0..500 {
+            let child = fs::read_to_string(&children).unwrap_or_default();
+            if let Some(pid) = child.split_whitespace().next() {
+                return Pid::from_raw(pid.parse().unwrap());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("unshare started no child");
+    }
+
+    fn unshared(flags: &[&str]) -> Started {
+        Started(
+            std::process::Command::new("unshare")
+                .args(flags)
+                .args(["--fork", "--kill-child", "sleep", "60"])
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    /// A tree restored into namespaces an altered inventory left out is the host's in those:
+    /// a process with its own pid and mount namespaces but the host's network, IPC or UTS one
+    /// is refused, naming the kind; an init in a user namespace of its own (which would own
+    /// the VM's other namespaces) is refused even where the VM may make user namespaces.
+    #[test]
+    fn a_process_in_the_hosts_namespaces_or_an_init_in_a_user_namespace_is_refused() {
+        let shares = |flags: &[&str], kind: &str| {
+            let unshare = unshared(flags);
+            let why = feather_core::error::causes(
+                &check_tree(&"test", forked_by(&unshare), &vm(), None).unwrap_err(),
+            );
+            assert!(
+                why.contains(&format!("the host's {kind} namespace")),
+                "{why}"
+            );
+        };
+        shares(&["--pid", "--mount"], "network");
+        shares(&["--pid", "--mount", "--net"], "IPC");
+        shares(&["--pid", "--mount", "--net", "--ipc"], "UTS");
+        let all = ["--pid", "--mount", "--net", "--ipc", "--uts"];
+        let unshare = unshared(&all);
+        let init = forked_by(&unshare);
+        // Its own mount namespace named as CRIU's: refused too.
+        let mnt = fs::read_link(format!("/proc/{init}/ns/mnt")).unwrap();
+        let why =
+            feather_core::error::causes(&check_tree(&"test", init, &vm(), Some(&mnt)).unwrap_err());
+        assert!(why.contains("the mount namespace CRIU ran in"), "{why}");
+        let mut userns = vm();
+        userns.userns = true;
+        let unshare = unshared(&[&all[..], &["--user", "--map-root-user"]].concat());
+        let why = feather_core::error::causes(
+            &check_tree(&"test", forked_by(&unshare), &userns, None).unwrap_err(),
+        );
+        assert!(why.contains("its init is in a user namespace"), "{why}");
+    }
+
     /// Ends a process the test started, by its pid, on drop.
     struct Started(std::process::Child);
 
@@ -353,8 +484,8 @@ mod tests {
             "{why}"
         );
         let pid = Pid::from_raw(root.0.id() as i32);
-        let why = feather_core::error::causes(&check_tree(&"test", pid, &vm()).unwrap_err());
-        assert!(why.contains("host's pid or mount namespace"), "{why}");
+        let why = feather_core::error::causes(&check_tree(&"test", pid, &vm(), None).unwrap_err());
+        assert!(why.contains("the host's pid namespace"), "{why}");
         let keep = feather_confine::capabilities::names_of(vm().caps)
             .iter()
             .map(|c| format!("+{}", c.trim_start_matches("CAP_").to_lowercase()))

@@ -527,6 +527,9 @@ pub(crate) fn restore_tree(
     let flags = nix::fcntl::OFlag::O_CLOEXEC | nix::fcntl::OFlag::O_NONBLOCK;
     let (why_read, why_write) = nix::unistd::pipe2(flags)
         .map_err(|e| io(name, "make the restoring child's pipe")(e.into()))?;
+    // The child's mount namespace, where CRIU runs: no restored process may be left in it.
+    let (mnt_read, mnt_write) = nix::unistd::pipe2(flags)
+        .map_err(|e| io(name, "make the restoring child's pipe")(e.into()))?;
     let child = match process::fork().in_vm(name)? {
         None => {
             // In the child: a mount namespace of its own, so that the VM's root overlay, which
@@ -564,6 +567,10 @@ pub(crate) fn restore_tree(
                 }
                 Ok(())
             })();
+            if prepared.is_ok() {
+                let mnt = fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
+                let _ = nix::unistd::write(&mnt_write, mnt.as_os_str().as_encoded_bytes());
+            }
             if let Err(why) = prepared {
                 let why = feather_core::error::causes(&why);
                 eprintln!("feather keeper {name}: cannot prepare the restore: {why}");
@@ -596,6 +603,7 @@ pub(crate) fn restore_tree(
         Some(pid) => pid,
     };
     drop(why_write);
+    drop(mnt_write);
     // The network, while the child prepares and CRIU starts.
     let wired = match (wire, &netns) {
         (Some(wire), Some(netns)) => wire(netns),
@@ -621,16 +629,22 @@ pub(crate) fn restore_tree(
     // outside its group.
     // Before anything else of the restored tree is touched: what CRIU gave each task came
     // from images this host may not have written (an import, a migration's sender).
-    let allowed =
-        crate::restored_creds::Allowed::for_vm(crate::restored_creds::seccomp_profile(config));
-    let ready = crate::restored_creds::check_tree(name, init.pid, &allowed)
-        .and_then(|()| mask_what_the_dump_lacked(vm, &init))
-        .and_then(|()| {
-            feather_core::trace::phase("restore: CRIU restored the tree, kernel interfaces masked");
-            let regrouped = regroup(name, cgroup, &services);
-            feather_core::trace::phase("restore: the units' processes back in their groups");
-            regrouped
-        });
+    let allowed = crate::restored_creds::Allowed::for_vm(
+        crate::restored_creds::seccomp_profile(config),
+        config.network.mode == feather_core::NetMode::Host,
+    );
+    let restoring_mnt = restoring_namespace(&mnt_read);
+    let ready =
+        crate::restored_creds::check_tree(name, init.pid, &allowed, restoring_mnt.as_deref())
+            .and_then(|()| mask_what_the_dump_lacked(vm, &init))
+            .and_then(|()| {
+                feather_core::trace::phase(
+                    "restore: CRIU restored the tree, kernel interfaces masked",
+                );
+                let regrouped = regroup(name, cgroup, &services);
+                feather_core::trace::phase("restore: the units' processes back in their groups");
+                regrouped
+            });
     if let Err(e) = ready {
         let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(init.pid, None);
@@ -664,6 +678,14 @@ fn regroup(
         service_groups::move_back(name, &services.folder, &services.groups, &restored)?;
     }
     Ok(())
+}
+
+/// The mount namespace the restoring child prepared and ran CRIU in (`mnt:[…]`), as it wrote
+/// it before its exec (one short write, so whole); None if it did not.
+fn restoring_namespace(said: &std::os::fd::OwnedFd) -> Option<PathBuf> {
+    let mut text = [0u8; 256];
+    let len = nix::unistd::read(said, &mut text).ok()?;
+    (len > 0).then(|| PathBuf::from(String::from_utf8_lossy(&text[..len]).into_owned()))
 }
 
 /// The reason the restoring child gave for not preparing the restore, if it gave one (read
