@@ -441,11 +441,15 @@ impl Compiled {
 
     /// Installs them on the calling process (which holds CAP_SYS_ADMIN: see [`install`]).
     pub fn install(&self) -> Result<(), SeccompError> {
-        if let Some(clone3) = &self.clone3 {
-            feather_sys::seccomp::install_filter(clone3)?;
+        for program in self.stack() {
+            feather_sys::seccomp::install_filter(&program)?;
         }
-        feather_sys::seccomp::install_filter(&self.main)?;
         Ok(())
+    }
+
+    /// The programs [`Compiled::install`] stacks, the first installed first.
+    pub fn stack(&self) -> Vec<Vec<feather_sys::seccomp::Instruction>> {
+        self.clone3.iter().chain([&self.main]).cloned().collect()
     }
 }
 
@@ -522,13 +526,21 @@ pub fn compile_spawner(profile: Profile) -> Result<BpfProgram, SeccompError> {
 /// Installs the spawner's filters ([`compile_spawner`], and `clone3` as ENOSYS) on the
 /// calling process, which holds CAP_SYS_ADMIN.
 pub fn install_spawner(profile: Profile) -> Result<(), SeccompError> {
+    for program in spawner_stack(profile)? {
+        feather_sys::seccomp::install_filter(&program)?;
+    }
+    Ok(())
+}
+
+/// The programs [`install_spawner`] stacks, the first installed first.
+pub fn spawner_stack(
+    profile: Profile,
+) -> Result<Vec<Vec<feather_sys::seccomp::Instruction>>, SeccompError> {
     let main = instructions(compile_spawner(profile)?);
     let mut clone3 = BTreeMap::new();
     add_rules(&mut clone3, libc::SYS_clone3, None);
     let clone3 = instructions(build(clone3, SeccompAction::Errno(libc::ENOSYS as u32))?);
-    feather_sys::seccomp::install_filter(&clone3)?;
-    feather_sys::seccomp::install_filter(&main)?;
-    Ok(())
+    Ok(vec![clone3, main])
 }
 
 /// The table of the crate docs and `docs/confinement.md`, from [`denied`].
