@@ -247,6 +247,29 @@ pub struct Profile {
     pub disk_quota: bool,
 }
 
+impl Profile {
+    /// This profile and every one whose filters refuse at least what its do, this one first:
+    /// without `allow_userns` if it has it, with `disk_quota` if it lacks it (a checkpoint
+    /// made under a stricter configuration brings its processes back under those filters).
+    pub fn with_stricter(self) -> Vec<Profile> {
+        let mut all = vec![self];
+        for allow_userns in [false, true] {
+            for disk_quota in [false, true] {
+                let other = Profile {
+                    allow_userns,
+                    disk_quota,
+                };
+                let stricter =
+                    (!allow_userns || self.allow_userns) && (disk_quota || !self.disk_quota);
+                if stricter && other != self {
+                    all.push(other);
+                }
+            }
+        }
+        all
+    }
+}
+
 /// `file_setattr(2)` (Linux 6.17): FS_IOC_FSSETXATTR by path. Not in libc yet; calls added
 /// since Linux 5.1 have one number on every architecture feather builds for.
 const SYS_FILE_SETATTR: libc::c_long = 469;

@@ -14,7 +14,8 @@
 //!   `PTRACE_SECCOMP_GET_FILTER`, the keeper seizing each stopped thread for the read): the
 //!   VM's (init and what it starts), the spawner's (the spawner), or the spawner's then the
 //!   VM's (what the spawner starts). Filters above them are the VM's own to choose (a unit's
-//!   `SystemCallFilter=`): a stacked filter can only refuse more;
+//!   `SystemCallFilter=`): a stacked filter can only refuse more. The VM's configuration's
+//!   programs, or a stricter one's (a checkpoint made under it, restored under a wider one);
 //! - the host's user namespace, where the VM lives, or, for a VM created with
 //!   `--allow-userns`, one below it (which a VM's process may make, and where it holds every
 //!   capability over that namespace's own objects only: its sets are not measured there);
@@ -60,11 +61,17 @@ pub(crate) struct Allowed {
     pub filters: u32,
     /// Whether a process may be in a user namespace of its own.
     pub userns: bool,
-    /// The filters init installs, and every process of the VM enters: the first installed
-    /// first.
-    pub vm_stack: Vec<Program>,
-    /// The spawner's own.
-    pub spawner_stack: Vec<Program>,
+    /// For the VM's profile, then each stricter one (a checkpoint made under a stricter
+    /// configuration, restored under this one): the filters init installs and every process
+    /// of the VM enters, and the spawner's own; each the first installed first.
+    pub stacks: Vec<Stacks>,
+}
+
+/// The filters feather installs for one profile.
+#[derive(Clone, Debug)]
+pub(crate) struct Stacks {
+    pub vm: Vec<Program>,
+    pub spawner: Vec<Program>,
 }
 
 impl Allowed {
@@ -76,8 +83,16 @@ impl Allowed {
             spawner_caps: feather_confine::capabilities::spawner_mask(),
             filters: feather_confine::seccomp::filter_count(profile) as u32,
             userns: profile.allow_userns,
-            vm_stack: feather_confine::seccomp::Compiled::new(profile)?.stack(),
-            spawner_stack: feather_confine::seccomp::spawner_stack(profile)?,
+            stacks: profile
+                .with_stricter()
+                .into_iter()
+                .map(|profile| {
+                    Ok(Stacks {
+                        vm: feather_confine::seccomp::Compiled::new(profile)?.stack(),
+                        spawner: feather_confine::seccomp::spawner_stack(profile)?,
+                    })
+                })
+                .collect::<Result<_, feather_confine::seccomp::SeccompError>>()?,
         })
     }
 
@@ -85,13 +100,16 @@ impl Allowed {
     /// spawner; the VM's, or the spawner's under the VM's (what the spawner starts), for any
     /// other.
     fn feathers_stacks(&self, spawner: bool) -> Vec<Vec<&Program>> {
-        if spawner {
-            return vec![self.spawner_stack.iter().collect()];
+        let mut all = Vec::new();
+        for stacks in &self.stacks {
+            if spawner {
+                all.push(stacks.spawner.iter().collect());
+            } else {
+                all.push(stacks.vm.iter().collect());
+                all.push(stacks.spawner.iter().chain(&stacks.vm).collect());
+            }
         }
-        vec![
-            self.vm_stack.iter().collect(),
-            self.spawner_stack.iter().chain(&self.vm_stack).collect(),
-        ]
+        all
     }
 }
 
@@ -546,8 +564,8 @@ os.execvp("sleep", ["sleep", "60"])
             jf: 0,
             k: libc::SECCOMP_RET_ALLOW,
         }];
-        let vm_stack: Vec<&Program> = allowed.vm_stack.iter().collect();
-        let spawner_stack: Vec<&Program> = allowed.spawner_stack.iter().collect();
+        let vm_stack: Vec<&Program> = allowed.stacks[0].vm.iter().collect();
+        let spawner_stack: Vec<&Program> = allowed.stacks[0].spawner.iter().collect();
 
         let init = under(&vm_stack);
         nix::sys::signal::kill(
@@ -601,6 +619,20 @@ os.execvp("sleep", ["sleep", "60"])
         );
         let stacked = under(&[&allow_all, &allow_all, &allow_all]);
         let why = foreign_filters(&filters_of(&stacked), false, &allowed).unwrap();
+        assert!(why.starts_with("its seccomp filter 1 "), "{why}");
+
+        // A checkpoint made under a stricter configuration restores under a wider one (an
+        // import given --allow-userns), never the other way round.
+        let wider = Allowed::for_vm(feather_confine::seccomp::Profile {
+            allow_userns: true,
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(foreign_filters(&held, false, &wider), None);
+        let wide_stack: Vec<&Program> = wider.stacks[0].vm.iter().collect();
+        let wide = under(&wide_stack);
+        assert_eq!(foreign_filters(&filters_of(&wide), false, &wider), None);
+        let why = foreign_filters(&filters_of(&wide), false, &allowed).unwrap();
         assert!(why.starts_with("its seccomp filter 1 "), "{why}");
     }
 }
