@@ -1061,7 +1061,9 @@ fn a_vm_on_the_hosts_network_is_refused_plainly_where_landlock_scopes_it() {
 /// runs without it after a restore, until it restarts. That is shown, not hidden: `service
 /// ls --json` lists its settings as not in force, and its log says why; a restart ends it.
 /// A `PrivateTmp=` unit (its process in a mount namespace of its own) comes back with its
-/// private `/tmp`.
+/// private `/tmp`. A `SystemCallFilter=` unit comes back under its own filter, above the VM's
+/// (the restore checks that feather's filters are at the bottom of every process's stack, and
+/// lets the unit's own stand above them).
 #[test]
 fn a_restored_unit_that_lost_its_landlock_domain_says_so_until_it_restarts() {
     let feather = Feather::new("ckpt-landlock-units");
@@ -1074,9 +1076,11 @@ fn a_restored_unit_that_lost_its_landlock_domain_says_so_until_it_restarts() {
          printf '[Service]\\nNoNewPrivileges=yes\\nProtectSystem=strict\\nExecStart=/bin/sleep 1000\\n' \
          > /etc/systemd/system/strict.service && \
          printf '[Service]\\nPrivateTmp=yes\\nExecStart=/bin/sh -c \"echo mine > /tmp/mine; exec sleep 1000\"\\n' \
-         > /etc/systemd/system/private.service",
+         > /etc/systemd/system/private.service && \
+         printf '[Service]\\nSystemCallFilter=~ptrace\\nExecStart=/bin/sleep 999\\n' \
+         > /etc/systemd/system/filtered.service",
     );
-    feather.ok(&["service", "start", "vm", "strict", "private"]);
+    feather.ok(&["service", "start", "vm", "strict", "private", "filtered"]);
     let not_applied = |unit: &str| {
         let list: serde_json::Value =
             serde_json::from_str(&feather.ok(&["service", "ls", "vm", "--json"])).unwrap();
@@ -1110,6 +1114,14 @@ fn a_restored_unit_that_lost_its_landlock_domain_says_so_until_it_restarts() {
         "for p in $(pgrep -x sleep); do cat /proc/$p/root/tmp/mine 2>/dev/null; done; echo end",
     );
     assert!(private.contains("mine\n"), "{private}");
+    let filtered = feather.sh(
+        "vm",
+        "grep Seccomp_filters /proc/$(pgrep -xf '/bin/sleep 999')/status",
+    );
+    assert!(
+        filtered.contains("Seccomp_filters:\t3"),
+        "the VM's two and its own: {filtered}"
+    );
     feather.ok(&["service", "restart", "vm", "strict"]);
     assert_eq!(not_applied("strict.service"), serde_json::json!([]));
 }

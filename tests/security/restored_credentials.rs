@@ -87,6 +87,38 @@ fn an_init_whose_image_raises_its_capabilities_is_refused() {
     feather.ok(&["rm", "--force", "vm"]);
 }
 
+/// A checkpoint whose seccomp image was altered to replace every filter of the VM's processes
+/// with one that allows every call (as many filters as before, so their count, which the
+/// keeper also reads, is the VM's) is refused: the keeper reads each stopped thread's filter
+/// programs back (`PTRACE_SECCOMP_GET_FILTER`) and finds the first one not feather's, before
+/// anything of the VM runs. The checkpoint stays and restores once the image is put back.
+#[test]
+fn a_process_whose_image_allows_every_call_is_refused() {
+    let feather = Feather::new("creds-allow-all");
+    let base = ScratchBase::new("creds-allow-all");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.require_criu();
+    feather.ok(&["checkpoint", "vm"]);
+
+    let seccomp = feather.vm_dir("vm").join("checkpoint/seccomp.img");
+    let image = fs::read(&seccomp).unwrap();
+    fs::write(&seccomp, core_image::allowing_every_call(&image)).unwrap();
+    let refused = feather.fails(&["restore", "vm"]);
+    assert!(
+        refused.contains("refusing the restore")
+            && refused.contains("seccomp filter 1 (counted from the first installed)")
+            && refused.contains("1 instructions")
+            && refused.contains("feather-init"),
+        "{refused}"
+    );
+    assert_eq!(feather.status("vm"), "checkpointed", "{refused}");
+
+    fs::write(&seccomp, image).unwrap();
+    feather.ok(&["restore", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    feather.ok(&["rm", "--force", "vm"]);
+}
+
 /// Just enough of CRIU's image format and of protobuf's wire format to rewrite one task's
 /// capability sets: a core image is two magic words, then one entry (its length, a
 /// little-endian u32, then a `CoreEntry`); `CoreEntry.thread_core` (5) holds `creds` (10),
@@ -115,6 +147,27 @@ mod core_image {
         let mut out = image[..8].to_vec();
         out.extend((core.len() as u32).to_le_bytes());
         out.extend(core);
+        out
+    }
+
+    /// A seccomp image (two magic words, one `SeccompEntry`: its `seccomp_filters` (1), each
+    /// a `SeccompFilter` whose `filter` (1) is the program's `struct sock_filter`s) with every
+    /// program replaced by `return SECCOMP_RET_ALLOW`.
+    pub fn allowing_every_call(image: &[u8]) -> Vec<u8> {
+        let size = u32::from_le_bytes(image[8..12].try_into().unwrap()) as usize;
+        assert_eq!(12 + size, image.len(), "one entry after two magic words");
+        let allow: Vec<u8> = [
+            0x06u16.to_ne_bytes().as_slice(),
+            &[0, 0],
+            &0x7fff_0000u32.to_ne_bytes(),
+        ]
+        .concat();
+        let entry = edit(&image[12..], 1, &|filter| {
+            edit(filter, 1, &|_| allow.clone())
+        });
+        let mut out = image[..8].to_vec();
+        out.extend((entry.len() as u32).to_le_bytes());
+        out.extend(entry);
         out
     }
 

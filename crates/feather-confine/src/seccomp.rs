@@ -247,6 +247,29 @@ pub struct Profile {
     pub disk_quota: bool,
 }
 
+impl Profile {
+    /// This profile and every one whose filters refuse at least what its do, this one first:
+    /// without `allow_userns` if it has it, with `disk_quota` if it lacks it (a checkpoint
+    /// made under a stricter configuration brings its processes back under those filters).
+    pub fn with_stricter(self) -> Vec<Profile> {
+        let mut all = vec![self];
+        for allow_userns in [false, true] {
+            for disk_quota in [false, true] {
+                let other = Profile {
+                    allow_userns,
+                    disk_quota,
+                };
+                let stricter =
+                    (!allow_userns || self.allow_userns) && (disk_quota || !self.disk_quota);
+                if stricter && other != self {
+                    all.push(other);
+                }
+            }
+        }
+        all
+    }
+}
+
 /// `file_setattr(2)` (Linux 6.17): FS_IOC_FSSETXATTR by path. Not in libc yet; calls added
 /// since Linux 5.1 have one number on every architecture feather builds for.
 const SYS_FILE_SETATTR: libc::c_long = 469;
@@ -441,11 +464,15 @@ impl Compiled {
 
     /// Installs them on the calling process (which holds CAP_SYS_ADMIN: see [`install`]).
     pub fn install(&self) -> Result<(), SeccompError> {
-        if let Some(clone3) = &self.clone3 {
-            feather_sys::seccomp::install_filter(clone3)?;
+        for program in self.stack() {
+            feather_sys::seccomp::install_filter(&program)?;
         }
-        feather_sys::seccomp::install_filter(&self.main)?;
         Ok(())
+    }
+
+    /// The programs [`Compiled::install`] stacks, the first installed first.
+    pub fn stack(&self) -> Vec<Vec<feather_sys::seccomp::Instruction>> {
+        self.clone3.iter().chain([&self.main]).cloned().collect()
     }
 }
 
@@ -522,13 +549,21 @@ pub fn compile_spawner(profile: Profile) -> Result<BpfProgram, SeccompError> {
 /// Installs the spawner's filters ([`compile_spawner`], and `clone3` as ENOSYS) on the
 /// calling process, which holds CAP_SYS_ADMIN.
 pub fn install_spawner(profile: Profile) -> Result<(), SeccompError> {
+    for program in spawner_stack(profile)? {
+        feather_sys::seccomp::install_filter(&program)?;
+    }
+    Ok(())
+}
+
+/// The programs [`install_spawner`] stacks, the first installed first.
+pub fn spawner_stack(
+    profile: Profile,
+) -> Result<Vec<Vec<feather_sys::seccomp::Instruction>>, SeccompError> {
     let main = instructions(compile_spawner(profile)?);
     let mut clone3 = BTreeMap::new();
     add_rules(&mut clone3, libc::SYS_clone3, None);
     let clone3 = instructions(build(clone3, SeccompAction::Errno(libc::ENOSYS as u32))?);
-    feather_sys::seccomp::install_filter(&clone3)?;
-    feather_sys::seccomp::install_filter(&main)?;
-    Ok(())
+    Ok(vec![clone3, main])
 }
 
 /// The table of the crate docs and `docs/confinement.md`, from [`denied`].

@@ -439,6 +439,75 @@ pub fn seccomp_set_mode_filter(program: &[libc::sock_filter]) -> Result<(), Errn
     Errno::result(ret).map(drop)
 }
 
+/// PTRACE_SECCOMP_GET_FILTER of <linux/ptrace.h>, which libc does not name.
+const PTRACE_SECCOMP_GET_FILTER: libc::c_uint = 0x420c;
+
+/// One ptrace request that passes no pointer (`data` is a plain value).
+fn ptrace_plain(request: libc::c_uint, tid: libc::pid_t, data: libc::c_ulong) -> Result<(), Errno> {
+    // SAFETY: SEIZE, INTERRUPT and DETACH read `addr` (null) and `data` as values, never as
+    // pointers into our memory.
+    let ret = unsafe { libc::ptrace(request, tid, std::ptr::null_mut::<libc::c_void>(), data) };
+    Errno::result(ret).map(drop)
+}
+
+/// ptrace(PTRACE_SEIZE, tid): the caller becomes the thread's tracer; it keeps running (or
+/// stopped) as it was.
+pub fn ptrace_seize(tid: libc::pid_t) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_SEIZE, tid, 0)
+}
+
+/// ptrace(PTRACE_INTERRUPT, tid): a seized thread that runs stops for its tracer.
+pub fn ptrace_interrupt(tid: libc::pid_t) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_INTERRUPT, tid, 0)
+}
+
+/// ptrace(PTRACE_DETACH, tid, 0, 0): the thread goes back to what it was doing (a thread of a
+/// stopped group stays stopped).
+pub fn ptrace_detach(tid: libc::pid_t) -> Result<(), Errno> {
+    ptrace_plain(libc::PTRACE_DETACH, tid, 0)
+}
+
+/// ptrace(PTRACE_SECCOMP_GET_FILTER, tid, index): the program of the thread's seccomp filter
+/// `index` (0 the first installed), as it was installed. The thread must be in a ptrace stop of
+/// the caller's; the caller needs CAP_SYS_ADMIN and no seccomp filter of its own.
+pub fn ptrace_seccomp_filter(
+    tid: libc::pid_t,
+    index: u64,
+) -> Result<Vec<libc::sock_filter>, Errno> {
+    let request = PTRACE_SECCOMP_GET_FILTER;
+    // SAFETY: with a null buffer the kernel only returns the program's length.
+    let len = unsafe {
+        libc::ptrace(
+            request,
+            tid,
+            index as *mut libc::c_void,
+            std::ptr::null_mut::<libc::c_void>(),
+        )
+    };
+    let len = usize::try_from(Errno::result(len)?).map_err(|_| Errno::EINVAL)?;
+    let empty = libc::sock_filter {
+        code: 0,
+        jt: 0,
+        jf: 0,
+        k: 0,
+    };
+    let mut program = vec![empty; len];
+    // SAFETY: `program` holds `len` instructions, the length the kernel gave for this filter
+    // (a thread's filters are immutable and it adds none while stopped under us, so the kernel
+    // writes that same length); it outlives the call.
+    let written = unsafe {
+        libc::ptrace(
+            request,
+            tid,
+            index as *mut libc::c_void,
+            program.as_mut_ptr(),
+        )
+    };
+    let written = usize::try_from(Errno::result(written)?).map_err(|_| Errno::EINVAL)?;
+    program.truncate(written);
+    Ok(program)
+}
+
 /// landlock_create_ruleset(NULL, 0, LANDLOCK_CREATE_RULESET_VERSION): the Landlock ABI version
 /// of the running kernel, or the errno (ENOSYS: not built in; EOPNOTSUPP: disabled at boot).
 pub fn landlock_abi_version() -> Result<i64, Errno> {

@@ -9,7 +9,13 @@
 //! - capabilities (bounding, permitted, effective, inheritable, ambient) within the VM's set
 //!   ([`feather_confine::capabilities::DEFAULT_SET`]); the spawner, init's child named
 //!   `feather-spawner`, may hold CAP_SYS_ADMIN besides (its recipe's mounts);
-//! - seccomp mode 2 (filter), under at least as many filters as the VM's config installs;
+//! - seccomp mode 2 (filter), under at least as many filters as the VM's config installs,
+//!   whose first ones are feather's own programs, instruction by instruction (read with
+//!   `PTRACE_SECCOMP_GET_FILTER`, the keeper seizing each stopped thread for the read): the
+//!   VM's (init and what it starts), the spawner's (the spawner), or the spawner's then the
+//!   VM's (what the spawner starts). Filters above them are the VM's own to choose (a unit's
+//!   `SystemCallFilter=`): a stacked filter can only refuse more. The VM's configuration's
+//!   programs, or a stricter one's (a checkpoint made under it, restored under a wider one);
 //! - the host's user namespace, where the VM lives, or, for a VM created with
 //!   `--allow-userns`, one below it (which a VM's process may make, and where it holds every
 //!   capability over that namespace's own objects only: its sets are not measured there) —
@@ -21,8 +27,8 @@
 //!   where CRIU runs): an inventory that leaves a kind out makes CRIU restore the tree in
 //!   criu's own, which is the host's or that copy.
 //!
-//! What the check cannot see: the filter's content and the restored mount tree come from the
-//! images (docs/security.md, docs/migration.md).
+//! What the check cannot see: the restored mount tree comes from the images (docs/security.md,
+//! docs/migration.md).
 
 use std::fs;
 use std::path::Path;
@@ -47,8 +53,11 @@ pub(crate) fn seccomp_profile(
 /// The name the spawner gives itself (spawner.rs).
 const SPAWNER: &str = "feather-spawner";
 
+/// One seccomp filter's program.
+pub(crate) type Program = Vec<feather_sys::seccomp::Instruction>;
+
 /// What a process of the VM may hold.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Allowed {
     /// Any process's capability sets.
     pub caps: u64,
@@ -60,21 +69,111 @@ pub(crate) struct Allowed {
     pub userns: bool,
     /// Whether the VM shares the host's network namespace (`--net host`).
     pub host_network: bool,
+    /// For the VM's profile, then each stricter one (a checkpoint made under a stricter
+    /// configuration, restored under this one): the filters init installs and every process
+    /// of the VM enters, and the spawner's own; each the first installed first.
+    pub stacks: Vec<Stacks>,
+}
+
+/// The filters feather installs for one profile.
+#[derive(Clone, Debug)]
+pub(crate) struct Stacks {
+    pub vm: Vec<Program>,
+    pub spawner: Vec<Program>,
 }
 
 impl Allowed {
     pub(crate) fn for_vm(
         profile: feather_confine::seccomp::Profile,
         host_network: bool,
-    ) -> Allowed {
-        Allowed {
+    ) -> Result<Allowed, feather_confine::seccomp::SeccompError> {
+        Ok(Allowed {
             caps: feather_confine::capabilities::default_mask(),
             spawner_caps: feather_confine::capabilities::spawner_mask(),
             filters: feather_confine::seccomp::filter_count(profile) as u32,
             userns: profile.allow_userns,
             host_network,
+            stacks: profile
+                .with_stricter()
+                .into_iter()
+                .map(|profile| {
+                    Ok(Stacks {
+                        vm: feather_confine::seccomp::Compiled::new(profile)?.stack(),
+                        spawner: feather_confine::seccomp::spawner_stack(profile)?,
+                    })
+                })
+                .collect::<Result<_, feather_confine::seccomp::SeccompError>>()?,
+        })
+    }
+
+    /// The stacks feather leaves at the bottom of a thread's filters: the spawner's for the
+    /// spawner; the VM's, or the spawner's under the VM's (what the spawner starts), for any
+    /// other.
+    fn feathers_stacks(&self, spawner: bool) -> Vec<Vec<&Program>> {
+        let mut all = Vec::new();
+        for stacks in &self.stacks {
+            if spawner {
+                all.push(stacks.spawner.iter().collect());
+            } else {
+                all.push(stacks.vm.iter().collect());
+                all.push(stacks.spawner.iter().chain(&stacks.vm).collect());
+            }
+        }
+        all
+    }
+}
+
+/// Where two programs first differ (an instruction, or the end of the shorter), if they do.
+fn first_difference(
+    held: &[feather_sys::seccomp::Instruction],
+    ours: &[feather_sys::seccomp::Instruction],
+) -> Option<usize> {
+    let same = |a: &feather_sys::seccomp::Instruction, b: &feather_sys::seccomp::Instruction| {
+        (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k)
+    };
+    let differ = held.iter().zip(ours).position(|(a, b)| !same(a, b));
+    differ.or((held.len() != ours.len()).then(|| held.len().min(ours.len())))
+}
+
+/// Why a thread's filters (`held`, the first installed first) do not start with feather's,
+/// for the user; None when one of feather's stacks for it is at their bottom, in order.
+pub(crate) fn foreign_filters(
+    held: &[Program],
+    spawner: bool,
+    allowed: &Allowed,
+) -> Option<String> {
+    let mut closest = None;
+    for stack in allowed.feathers_stacks(spawner) {
+        let matching = stack
+            .iter()
+            .zip(held)
+            .take_while(|(ours, held)| first_difference(held, ours).is_none())
+            .count();
+        if matching == stack.len() {
+            return None;
+        }
+        if closest.as_ref().is_none_or(|(best, _)| matching > *best) {
+            closest = Some((matching, stack));
         }
     }
+    let (matching, stack) = closest?;
+    let position = matching + 1;
+    let Some(program) = held.get(matching) else {
+        return Some(format!(
+            "it runs under {} seccomp filters, where feather installs {} at the bottom of it",
+            held.len(),
+            stack.len()
+        ));
+    };
+    let ours = stack[matching];
+    let at = first_difference(program, ours).unwrap_or_default();
+    Some(format!(
+        "its seccomp filter {position} (counted from the first installed) is not the one \
+         feather installs there: {} instructions where feather's has {}, differing from \
+         instruction {at} on",
+        program.len(),
+        ours.len()
+    ))
 }
 
 /// The fields of one thread's status the check reads.
@@ -313,6 +412,8 @@ fn check_thread(
             user.display()
         )));
     }
+    let mut spawner = place.child_of_init && creds.name == SPAWNER;
+    let mut measured = creds.clone();
     if user != host.user {
         if !allowed.userns {
             return Err(refuse(format!(
@@ -322,12 +423,27 @@ fn check_thread(
             )));
         }
         // Capabilities in a namespace the VM made act on that namespace's objects only.
-        let mut creds = creds.clone();
-        creds.caps.clear();
-        return excess(&creds, false, allowed).map_or(Ok(()), |why| Err(refuse(why)));
+        measured.caps.clear();
+        spawner = false;
     }
-    let spawner = place.child_of_init && creds.name == SPAWNER;
-    excess(&creds, spawner, allowed).map_or(Ok(()), |why| Err(refuse(why)))
+    if let Some(why) = excess(&measured, spawner, allowed) {
+        return Err(refuse(why));
+    }
+    let unreadable = |why: String| {
+        failed(
+            vm,
+            format!(
+                "cannot read the seccomp filters of {}: {why}",
+                thread.display()
+            ),
+        )
+    };
+    let number = tid
+        .parse()
+        .map_err(|_| unreadable("not a thread id".into()))?;
+    let held = feather_sys::seccomp::filters_of(number)
+        .map_err(|e| unreadable(feather_core::error::causes(&e)))?;
+    foreign_filters(&held, spawner, allowed).map_or(Ok(()), |why| Err(refuse(why)))
 }
 
 #[cfg(test)]
@@ -335,7 +451,7 @@ mod tests {
     use super::*;
 
     fn vm() -> Allowed {
-        Allowed::for_vm(feather_confine::seccomp::Profile::default(), false)
+        Allowed::for_vm(feather_confine::seccomp::Profile::default(), false).unwrap()
     }
 
     fn status(caps: u64, seccomp: u32, filters: u32) -> String {
@@ -510,5 +626,145 @@ mod tests {
         assert_eq!(creds.caps[0], ("CapBnd", vm().caps), "{creds:?}");
         let why = excess(&creds, false, &vm()).unwrap();
         assert!(why.starts_with("Seccomp is 0"), "{why}");
+    }
+
+    /// Installs each program (hex of its `struct sock_filter`s) as a filter, the first first,
+    /// as root (CAP_SYS_ADMIN, so without no_new_privs), then becomes `sleep 60`.
+    const UNDER_FILTERS: &str = r#"
+import ctypes, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+class Fprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+kept = []
+for program in sys.argv[1:]:
+    code = ctypes.create_string_buffer(bytes.fromhex(program))
+    kept.append(code)
+    fprog = Fprog(len(bytes.fromhex(program)) // 8, ctypes.cast(code, ctypes.c_void_p))
+    if libc.prctl(22, 2, ctypes.byref(fprog), 0, 0) != 0:
+        sys.exit("prctl(PR_SET_SECCOMP): %s" % os.strerror(ctypes.get_errno()))
+os.execvp("sleep", ["sleep", "60"])
+"#;
+
+    fn hex(program: &Program) -> String {
+        program
+            .iter()
+            .flat_map(|i| {
+                let mut bytes = i.code.to_ne_bytes().to_vec();
+                bytes.extend([i.jt, i.jf]);
+                bytes.extend(i.k.to_ne_bytes());
+                bytes
+            })
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    }
+
+    /// A process of the test's under `stack`, once it runs `sleep` (its filters installed).
+    fn under(stack: &[&Program]) -> Started {
+        let child = Started(
+            std::process::Command::new("python3")
+                .args(["-c", UNDER_FILTERS])
+                .args(stack.iter().map(|p| hex(p)))
+                .spawn()
+                .unwrap(),
+        );
+        for _ in 0..500 {
+            if real(&child).name == "sleep" {
+                return child;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        panic!("the process under filters did not start sleep");
+    }
+
+    fn filters_of(child: &Started) -> Vec<Program> {
+        feather_sys::seccomp::filters_of(child.0.id() as i32).unwrap()
+    }
+
+    /// Filters read back from real processes (one stopped as CRIU leaves a tree, the others
+    /// running): feather's stacks at the bottom pass, with a unit's own filter above them or
+    /// not; an allow-all filter under them, one in place of one of them, or a stack lacking
+    /// them refuses, naming the filter.
+    #[test]
+    fn the_filters_of_real_processes_are_compared_with_feathers() {
+        let allowed = vm();
+        let allow_all: Program = vec![feather_sys::seccomp::Instruction {
+            code: (libc::BPF_RET | libc::BPF_K) as u16,
+            jt: 0,
+            jf: 0,
+            k: libc::SECCOMP_RET_ALLOW,
+        }];
+        let vm_stack: Vec<&Program> = allowed.stacks[0].vm.iter().collect();
+        let spawner_stack: Vec<&Program> = allowed.stacks[0].spawner.iter().collect();
+
+        let init = under(&vm_stack);
+        nix::sys::signal::kill(
+            Pid::from_raw(init.0.id() as i32),
+            nix::sys::signal::Signal::SIGSTOP,
+        )
+        .unwrap();
+        for _ in 0..500 {
+            let status = fs::read_to_string(format!("/proc/{}/status", init.0.id())).unwrap();
+            if status.contains("State:\tT") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let held = filters_of(&init);
+        assert_eq!(held.len(), 2);
+        assert_eq!(foreign_filters(&held, false, &allowed), None);
+        let status = fs::read_to_string(format!("/proc/{}/status", init.0.id())).unwrap();
+        assert!(
+            status.contains("State:\tT (stopped)"),
+            "left stopped: {status}"
+        );
+        let why = foreign_filters(&held, true, &allowed).unwrap();
+        assert!(why.starts_with("its seccomp filter 2"), "{why}");
+
+        let mut with_units = vm_stack.clone();
+        with_units.push(&allow_all);
+        let unit = under(&with_units);
+        assert_eq!(foreign_filters(&filters_of(&unit), false, &allowed), None);
+
+        let spawner = under(&spawner_stack);
+        assert_eq!(foreign_filters(&filters_of(&spawner), true, &allowed), None);
+        let why = foreign_filters(&filters_of(&spawner), false, &allowed).unwrap();
+        assert!(why.contains("under 2 seccomp filters"), "{why}");
+        let spawned: Vec<&Program> = spawner_stack.iter().chain(&vm_stack).copied().collect();
+        let spawned = under(&spawned);
+        assert_eq!(
+            foreign_filters(&filters_of(&spawned), false, &allowed),
+            None
+        );
+
+        let mut beneath = vec![&allow_all];
+        beneath.extend(&vm_stack);
+        let why = foreign_filters(&filters_of(&under(&beneath)), false, &allowed).unwrap();
+        assert!(why.starts_with("its seccomp filter 1 "), "{why}");
+        let replaced = under(&[vm_stack[0], &allow_all]);
+        let why = foreign_filters(&filters_of(&replaced), false, &allowed).unwrap();
+        assert!(
+            why.starts_with("its seccomp filter 2 ") && why.contains("1 instructions"),
+            "{why}"
+        );
+        let stacked = under(&[&allow_all, &allow_all, &allow_all]);
+        let why = foreign_filters(&filters_of(&stacked), false, &allowed).unwrap();
+        assert!(why.starts_with("its seccomp filter 1 "), "{why}");
+
+        // A checkpoint made under a stricter configuration restores under a wider one (an
+        // import given --allow-userns), never the other way round.
+        let wider = Allowed::for_vm(
+            feather_confine::seccomp::Profile {
+                allow_userns: true,
+                ..Default::default()
+            },
+            false,
+        )
+        .unwrap();
+        assert_eq!(foreign_filters(&held, false, &wider), None);
+        let wide_stack: Vec<&Program> = wider.stacks[0].vm.iter().collect();
+        let wide = under(&wide_stack);
+        assert_eq!(foreign_filters(&filters_of(&wide), false, &wider), None);
+        let why = foreign_filters(&filters_of(&wide), false, &allowed).unwrap();
+        assert!(why.starts_with("its seccomp filter 1 "), "{why}");
     }
 }

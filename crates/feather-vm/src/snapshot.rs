@@ -629,22 +629,27 @@ pub(crate) fn restore_tree(
     // outside its group.
     // Before anything else of the restored tree is touched: what CRIU gave each task came
     // from images this host may not have written (an import, a migration's sender).
-    let allowed = crate::restored_creds::Allowed::for_vm(
+    let restoring_mnt = restoring_namespace(&mnt_read);
+    let ready = crate::restored_creds::Allowed::for_vm(
         crate::restored_creds::seccomp_profile(config),
         config.network.mode == feather_core::NetMode::Host,
-    );
-    let restoring_mnt = restoring_namespace(&mnt_read);
-    let ready =
+    )
+    .map_err(|e| {
+        failed(
+            name,
+            format!("cannot compile the VM's seccomp filters to check the restored processes: {e}"),
+        )
+    })
+    .and_then(|allowed| {
         crate::restored_creds::check_tree(name, init.pid, &allowed, restoring_mnt.as_deref())
-            .and_then(|()| mask_what_the_dump_lacked(vm, &init))
-            .and_then(|()| {
-                feather_core::trace::phase(
-                    "restore: CRIU restored the tree, kernel interfaces masked",
-                );
-                let regrouped = regroup(name, cgroup, &services);
-                feather_core::trace::phase("restore: the units' processes back in their groups");
-                regrouped
-            });
+    })
+    .and_then(|()| mask_what_the_dump_lacked(vm, &init))
+    .and_then(|()| {
+        feather_core::trace::phase("restore: CRIU restored the tree, kernel interfaces masked");
+        let regrouped = regroup(name, cgroup, &services);
+        feather_core::trace::phase("restore: the units' processes back in their groups");
+        regrouped
+    });
     if let Err(e) = ready {
         let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(init.pid, None);
