@@ -712,7 +712,16 @@ os.execvp("sleep", ["sleep", "60"])
         let held = filters_of(&init);
         assert_eq!(held.len(), 2);
         assert_eq!(foreign_filters(&held, false, &allowed), None);
-        let status = fs::read_to_string(format!("/proc/{}/status", init.0.id())).unwrap();
+        // The detach wakes a thread that was in a group stop for it to enter the stop again,
+        // in the kernel, before any return to its own code: it may read running a moment.
+        let mut status = String::new();
+        for _ in 0..500 {
+            status = fs::read_to_string(format!("/proc/{}/status", init.0.id())).unwrap();
+            if status.contains("State:\tT (stopped)") {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         assert!(
             status.contains("State:\tT (stopped)"),
             "left stopped: {status}"
