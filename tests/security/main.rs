@@ -19,6 +19,7 @@ mod limits_default;
 mod recipe_mount_points;
 mod restore_mount_points;
 mod restored_credentials;
+mod restored_host_binds;
 mod service_client;
 mod shuttle_edges;
 mod shuttle_paths;

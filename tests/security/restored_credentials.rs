@@ -124,7 +124,7 @@ fn a_process_whose_image_allows_every_call_is_refused() {
 /// little-endian u32, then a `CoreEntry`); `CoreEntry.thread_core` (5) holds `creds` (10),
 /// whose `cap_prm` (10), `cap_eff` (11) and `cap_bnd` (12) are repeated 32-bit words, low
 /// word first.
-mod core_image {
+pub(crate) mod core_image {
     const THREAD_CORE: u64 = 5;
     const CREDS: u64 = 10;
     const RAISED: [u64; 3] = [10, 11, 12];
@@ -217,7 +217,7 @@ mod core_image {
         out
     }
 
-    fn body_with_key(number: u64, wire: u64, body: &[u8]) -> Vec<u8> {
+    pub(crate) fn body_with_key(number: u64, wire: u64, body: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
         varint(&mut out, number << 3 | wire);
         out.extend(body);
@@ -225,7 +225,7 @@ mod core_image {
     }
 
     /// Each field: (number, wire type, its encoded value — for type 2 with its length).
-    fn fields(mut message: &[u8]) -> Vec<(u64, u64, &[u8])> {
+    pub(crate) fn fields(mut message: &[u8]) -> Vec<(u64, u64, &[u8])> {
         let mut all = Vec::new();
         while !message.is_empty() {
             let (key, at) = read_varint(message);
@@ -246,7 +246,7 @@ mod core_image {
         all
     }
 
-    fn read_varint(bytes: &[u8]) -> (u64, usize) {
+    pub(crate) fn read_varint(bytes: &[u8]) -> (u64, usize) {
         let mut value = 0;
         for (i, byte) in bytes.iter().enumerate() {
             value |= u64::from(byte & 0x7f) << (7 * i);
@@ -257,7 +257,7 @@ mod core_image {
         panic!("a truncated varint");
     }
 
-    fn varint(out: &mut Vec<u8>, mut value: u64) {
+    pub(crate) fn varint(out: &mut Vec<u8>, mut value: u64) {
         while value >= 0x80 {
             out.push(value as u8 | 0x80);
             value >>= 7;

@@ -6,8 +6,8 @@
 //! mount namespace with the VM's root overlay mounted, the VM's cgroup) and execs `criu swrk`
 //! there, while the keeper sends the request and gets the restored init's pid in the answer
 //! (with `rst_sibling`, that init is the keeper's own child). The options are those the command
-//! line would take (`--external mnt[…]`/`veth[…]`, `--ext-mount-map auto`, `--leave-stopped`, …,
-//! see `common_options`), and a failure is reported the same way, from CRIU's log, which names
+//! line would take (`--external mnt[…]`/`veth[…]`, `--ext-mount-map auto`,
+//! `--leave-stopped`, …, see `common_options`), and a failure is reported the same way, from CRIU's log, which names
 //! what it could not save. `criu --version` and `criu check` still run as commands, for `feather
 //! check criu`. The `rust-criu` crate was not used: it builds the request for a criu it starts
 //! itself, which a restore into a prepared mount namespace cannot use, and it lacks the
@@ -834,9 +834,10 @@ pub fn common_options() -> rpc::Opts {
         // The keeper owns the VM's cgroup: it makes it with the VM's limits before a restore
         // and runs criu inside it, so CRIU neither dumps nor recreates cgroups.
         manage_cgroups_mode: Some(rpc::CgMode::Ignore as i32),
-        // The VM's /dev devices, its /proc masks and init's own program are bind mounts of host
-        // files; CRIU finds them in the host's mount namespace by itself, and binds them again
-        // from the same host paths on restore (`--ext-mount-map auto`).
+        // Binds of host files the caller did not key (those in a service's own mount
+        // namespace: `--external mnt[…]` keys the tree's root namespace only) are found by CRIU
+        // and bound again from the host path the image holds (`--ext-mount-map auto`): the
+        // caller checks those paths before a restore (see `mount_images`).
         auto_ext_mnt: Some(true),
         ext_sharing: Some(true),
         ext_masters: Some(true),

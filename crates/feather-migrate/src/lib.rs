@@ -20,6 +20,7 @@ pub mod channel;
 pub mod criu;
 mod error;
 pub mod kdat;
+pub mod mount_images;
 pub mod pages;
 pub mod precopy;
 pub mod rpc;

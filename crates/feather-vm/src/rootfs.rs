@@ -461,6 +461,54 @@ pub(crate) fn is_folder_mask(mount: &feather_sys::mountinfo::MountEntry) -> bool
             .any(|masked| path == Path::new(masked))
 }
 
+/// The key a checkpoint gives a bind of a host file that [`assemble`] made in the VM — a device
+/// of [`DEVICES`], /dev/null over a masked file, init's program and libraries in [`INIT_DIR`] —
+/// from `mount`, as the VM's init's mountinfo shows it (a VM cannot mount, so nothing else is
+/// at these points); None for any other mount. A restore binds each key from the host file
+/// [`host_file_binds`] names for it, never from a host path the images hold: CRIU's automatic
+/// external mounts take that path from the images, where a crafted checkpoint could name any.
+pub(crate) fn host_file_key(mount: &feather_sys::mountinfo::MountEntry) -> Option<String> {
+    let point = &mount.mount_point;
+    let name = point.file_name()?.to_str()?;
+    let parent = point.parent()?;
+    let device = parent == Path::new("/dev") && DEVICES.contains(&name);
+    let masked_file = !is_folder_mask(mount) && masked_paths().any(|m| m == point.as_path());
+    let init_file = parent == Path::new(INIT_DIR);
+    (device || masked_file || init_file).then(|| key_of(point))
+}
+
+/// The host file each key of [`host_file_key`] is bound from on this host: its devices, its
+/// /dev/null for the masked files, and `init_files` (this host's feather binary and libraries,
+/// see [`RootfsPlan::init_files`]) by name.
+pub(crate) fn host_file_binds(init_files: &[PathBuf]) -> Vec<(String, PathBuf)> {
+    let devices = DEVICES.iter().map(|name| {
+        let path = Path::new("/dev").join(name);
+        (key_of(&path), path)
+    });
+    let masks = masked_paths().map(|point| (key_of(&point), PathBuf::from("/dev/null")));
+    let init = init_files.iter().filter_map(|file| {
+        let point = Path::new(INIT_DIR).join(file.file_name()?);
+        Some((key_of(&point), file.clone()))
+    });
+    devices.chain(masks).chain(init).collect()
+}
+
+/// `/dev/null` → `feather-host-dev-null`.
+fn key_of(vm_path: &Path) -> String {
+    format!(
+        "feather-host{}",
+        vm_path.display().to_string().replace('/', "-")
+    )
+}
+
+/// Every path of [`MASKED_PROC`] and [`MASKED_SYS`], as a VM path.
+fn masked_paths() -> impl Iterator<Item = PathBuf> {
+    MASKED_PROC
+        .iter()
+        .chain(&MASKED_SYS)
+        .map(|masked| Path::new("/").join(masked))
+}
+
 /// The masked paths of [`MASKED_PROC`] and [`MASKED_SYS`] that no mount covers in a VM whose
 /// init's mountinfo lists `mounts`: what a VM restored from a checkpoint lacks when a kernel
 /// interface was not there at its dump (another host's kernel, another driver loaded) but is

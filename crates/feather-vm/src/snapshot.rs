@@ -176,9 +176,18 @@ pub(crate) fn dump(
             ..l
         },
     ));
+    // The host files a start binds (devices, file masks, init's program) get keys of their
+    // own, which a restore maps to this host's files (see rootfs::host_file_key).
+    let host_files = mounts.iter().filter_map(|m| {
+        Some((
+            m.mount_point.display().to_string(),
+            rootfs::host_file_key(m)?,
+        ))
+    });
     let external: Vec<(String, String)> = layers
         .iter()
         .map(|l| (l.mount_point.display().to_string(), l.key.clone()))
+        .chain(host_files)
         .collect();
     // The tmpfs hiding state roots are not dumped: the restoring keeper hides the roots of
     // its own host, before the restored processes run (see Keeper::restore).
@@ -425,6 +434,47 @@ fn is_own_layer(vm: &VmDir, config: &VmConfig, mount: &MountEntry) -> bool {
     mount::is_overlay_upper(&mount.super_options, &expected)
 }
 
+/// Refuses a checkpoint whose mount images have CRIU bind a host path into the VM that feather
+/// does not bind there itself: CRIU binds its automatic external mounts (those in a service's
+/// own mount namespace) from the path the image holds, which a crafted checkpoint or a
+/// migration's sender could set to any host folder (`/`, `/etc`), bound writable into the VM.
+/// Allowed: `host_files` (devices, /dev/null, init's program) and the VM's generated /etc
+/// files, at this host's paths.
+fn check_automatic_binds(
+    vm: &VmDir,
+    images: &Path,
+    host_files: &[(String, PathBuf)],
+) -> Result<()> {
+    let name = vm.name();
+    let binds = feather_migrate::mount_images::automatic_binds(images).map_err(io(
+        name,
+        format!("read the mount images in {}", images.display()),
+    ))?;
+    let allowed: Vec<PathBuf> = host_files
+        .iter()
+        .map(|(_, path)| path.clone())
+        .chain(
+            ["/etc/hostname", "/etc/hosts", "/etc/resolv.conf"]
+                .iter()
+                .filter_map(|file| feather_net::etc::generated(vm.run_dir(), Path::new(file))),
+        )
+        .collect();
+    match feather_migrate::mount_images::first_unknown(&binds, &allowed) {
+        None => Ok(()),
+        Some(bind) => Err(failed(
+            name,
+            format!(
+                "its checkpoint binds the host path {} at {} in the VM, which feather does not \
+                 bind into a VM (a checkpoint altered, or sent, to bind a host folder into the \
+                 VM); refusing the restore: start the VM anew or restore a checkpoint this host \
+                 or a trusted one took",
+                bind.source.display(),
+                bind.mount_point
+            ),
+        )),
+    }
+}
+
 /// In a keeper started in restore mode: restores the VM's process tree from its checkpoint
 /// folder and returns its init, now a child of this process.
 /// `veth`: the VM's veth pair, for CRIU to make (`--net private`, its namespace dumped);
@@ -498,6 +548,11 @@ pub(crate) fn restore_tree(
     let cgroups = vm.run_dir().join(CGROUP_TOP);
     mapping.extend(cgroup_top.iter().map(|c| (c.key.clone(), cgroups.clone())));
     mapping.extend(services.iter().map(|s| (s.key.clone(), s.folder.clone())));
+    // The host files a start binds, from this host's own paths, whatever the images say.
+    let program = crate::init::program_files().map_err(io(name, "find the feather binary"))?;
+    let host_files = rootfs::host_file_binds(&program);
+    check_automatic_binds(vm, &images, &host_files)?;
+    mapping.extend(host_files);
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
         .into_iter()
