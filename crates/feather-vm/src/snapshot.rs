@@ -439,9 +439,10 @@ fn is_own_layer(vm: &VmDir, config: &VmConfig, mount: &MountEntry) -> bool {
 /// own mount namespace) from the path the image holds, which a crafted checkpoint or a
 /// migration's sender could set to any host folder (`/`, `/etc`), bound writable into the VM.
 /// Allowed: `host_files` (devices, /dev/null, init's program) and the VM's generated /etc
-/// files, at this host's paths.
+/// files, at this host's paths, and read-only the base's paths the VM has read-only (`--ro`).
 fn check_automatic_binds(
     vm: &VmDir,
+    config: &VmConfig,
     images: &Path,
     host_files: &[(String, PathBuf)],
 ) -> Result<()> {
@@ -459,7 +460,14 @@ fn check_automatic_binds(
                 .filter_map(|file| feather_net::etc::generated(vm.run_dir(), Path::new(file))),
         )
         .collect();
-    match feather_migrate::mount_images::first_unknown(&binds, &allowed) {
+    // The base's paths the VM has read-only (`--ro`; an imported config's checked as `create`
+    // records them), bound read-only.
+    let read_only: Vec<PathBuf> = config
+        .read_only
+        .iter()
+        .map(|path| config.base.join(path.strip_prefix("/").unwrap_or(path)))
+        .collect();
+    match feather_migrate::mount_images::first_unknown(&binds, &allowed, &read_only) {
         None => Ok(()),
         Some(bind) => Err(failed(
             name,
@@ -551,7 +559,7 @@ pub(crate) fn restore_tree(
     // The host files a start binds, from this host's own paths, whatever the images say.
     let program = crate::init::program_files().map_err(io(name, "find the feather binary"))?;
     let host_files = rootfs::host_file_binds(&program);
-    check_automatic_binds(vm, &images, &host_files)?;
+    check_automatic_binds(vm, config, &images, &host_files)?;
     mapping.extend(host_files);
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
