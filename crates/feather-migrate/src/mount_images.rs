@@ -86,9 +86,10 @@ pub fn first_unknown<'a>(
     allowed: &[PathBuf],
     read_only: &[PathBuf],
 ) -> Option<&'a HostBind> {
-    binds.iter().find(|bind| {
-        !allowed.contains(&bind.source) && !(bind.read_only && read_only.contains(&bind.source))
-    })
+    let known = |bind: &HostBind| {
+        allowed.contains(&bind.source) || (bind.read_only && read_only.contains(&bind.source))
+    };
+    binds.iter().find(|bind| !known(bind))
 }
 
 #[cfg(test)]
