@@ -39,22 +39,7 @@ impl Accepted {
     pub fn new(root: &StateRoot, base: Option<&Path>) -> Result<Accepted> {
         let base = match base {
             None => None,
-            Some(given) => {
-                let base = std::fs::canonicalize(given)
-                    .map_err(|_| Error::MissingBase(given.to_path_buf()))?;
-                if !base.is_dir() {
-                    return Err(Error::MissingBase(base).into());
-                }
-                if base.starts_with(root.dir()) {
-                    return Err(Error::InvalidValue {
-                        what: "--base",
-                        value: base.display().to_string(),
-                        why: "it lies inside feather's state folder".into(),
-                    }
-                    .into());
-                }
-                Some(base)
-            }
+            Some(given) => Some(crate::lifecycle::checked_base(root, given)?),
         };
         Ok(Accepted {
             base,

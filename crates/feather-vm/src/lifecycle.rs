@@ -4,7 +4,7 @@
 use std::fs;
 use std::io::Read;
 use std::os::fd::AsRawFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -42,21 +42,7 @@ pub struct CreateOptions {
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
 pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Result<VmDir> {
-    let base = match &options.base {
-        Some(base) => fs::canonicalize(base).map_err(|_| Error::MissingBase(base.clone()))?,
-        None => PathBuf::from("/"),
-    };
-    if !base.is_dir() {
-        return Err(Error::MissingBase(base).into());
-    }
-    if base.starts_with(root.dir()) {
-        return Err(Error::InvalidValue {
-            what: "--base",
-            value: base.display().to_string(),
-            why: "it lies inside feather's state folder".into(),
-        }
-        .into());
-    }
+    let base = checked_base(root, options.base.as_deref().unwrap_or(Path::new("/")))?;
     // The host's state folders (a look at the registry of roots) only when there is a path
     // to check against them: most VMs have no `--ro`.
     let read_only = if options.read_only.is_empty() {
@@ -369,6 +355,23 @@ fn release_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &Vm
     }
     let _ = fs::remove_dir_all(aside.run_dir());
     private
+}
+
+/// A `--base` as a VM records it: the folder's canonical path, outside the state root.
+pub(crate) fn checked_base(root: &StateRoot, given: &Path) -> Result<PathBuf> {
+    let base = fs::canonicalize(given).map_err(|_| Error::MissingBase(given.to_path_buf()))?;
+    if !base.is_dir() {
+        return Err(Error::MissingBase(base).into());
+    }
+    if base.starts_with(root.dir()) {
+        return Err(Error::InvalidValue {
+            what: "--base",
+            value: base.display().to_string(),
+            why: "it lies inside feather's state folder".into(),
+        }
+        .into());
+    }
+    Ok(base)
 }
 
 /// Removes a VM and its layer. A running VM is refused unless `force`, which stops it first.
