@@ -360,3 +360,37 @@ fn the_front_loads_no_shared_library_but_libc() {
         .collect();
     assert_eq!(needed, ["libc.so.6"], "the front's shared libraries");
 }
+
+/// The front is linked at a fixed address (crates/feather/build.rs: it then maps its relocated
+/// data clean instead of writing ~40,000 addresses at every `exec` and `run`), while every
+/// binary that runs beside or inside a VM for longer — the keeper and init (`feather-keeper`),
+/// the service manager (`feather-svcd`), and `feather-full` (`serve`, `web`, imports) — stays
+/// position-independent, so that what a VM can reach keeps a randomised image
+/// (docs/security.md, "The front at a fixed address").
+#[test]
+fn only_the_front_is_linked_at_a_fixed_address() {
+    let elf_type = |binary: &Path| {
+        let header = Command::new("readelf")
+            .arg("--file-header")
+            .arg(binary)
+            .output()
+            .expect("readelf (binutils) runs");
+        assert!(header.status.success(), "{header:?}");
+        let text = String::from_utf8_lossy(&header.stdout).into_owned();
+        let line = text
+            .lines()
+            .find(|line| line.trim_start().starts_with("Type:"));
+        line.expect("readelf prints the type").to_owned()
+    };
+    let front = Path::new(Feather::bin());
+    assert!(
+        elf_type(front).contains("EXEC"),
+        "the front: {}",
+        elf_type(front)
+    );
+    for name in ["feather-keeper", "feather-svcd", "feather-full"] {
+        let binary = front.with_file_name(name);
+        let kind = elf_type(&binary);
+        assert!(kind.contains("DYN"), "{name} must stay PIE: {kind}");
+    }
+}
