@@ -30,24 +30,38 @@ pub fn forward(client: Arc<OwnedFd>, server: Arc<OwnedFd>) -> io::Result<(u64, u
     Ok((there?, back?))
 }
 
-/// Moves bytes from `from` to `to` until `from` ends, then ends `to`'s writing side. On an
-/// error both sockets are shut down, which ends the other direction too.
+/// Moves bytes from `from` to `to` until `from` ends, then ends `to`'s writing side. If `to`
+/// takes no more (its reader shut down or went away), only this direction ends, as it would on
+/// a direct connection: the sender learns it at its next write, and an answer still coming the
+/// other way is carried on. If reading `from` fails, that socket is broken both ways (a reset):
+/// both sockets are shut down, which ends the other direction too.
 fn pump(from: &OwnedFd, to: &OwnedFd) -> io::Result<u64> {
-    let result = pump_through_pipe(from, to);
-    match &result {
-        Ok(_) => {
+    match pump_through_pipe(from, to) {
+        Ok(carried) => {
             let _ = shutdown(to.as_raw_fd(), Shutdown::Write);
+            Ok(carried)
         }
-        Err(_) => {
+        Err(Broken::Writing(error)) => {
+            let _ = shutdown(from.as_raw_fd(), Shutdown::Read);
+            let _ = shutdown(to.as_raw_fd(), Shutdown::Write);
+            Err(error)
+        }
+        Err(Broken::Reading(error)) => {
             let _ = shutdown(from.as_raw_fd(), Shutdown::Both);
             let _ = shutdown(to.as_raw_fd(), Shutdown::Both);
+            Err(error)
         }
     }
-    result
 }
 
-fn pump_through_pipe(from: &OwnedFd, to: &OwnedFd) -> io::Result<u64> {
-    let (pipe_out, pipe_in) = pipe2(OFlag::O_CLOEXEC)?;
+/// Which side of a direction failed.
+enum Broken {
+    Reading(io::Error),
+    Writing(io::Error),
+}
+
+fn pump_through_pipe(from: &OwnedFd, to: &OwnedFd) -> Result<u64, Broken> {
+    let (pipe_out, pipe_in) = pipe2(OFlag::O_CLOEXEC).map_err(|e| Broken::Reading(e.into()))?;
     // A bigger pipe is only an optimisation; the default size works too.
     let _ = fcntl(&pipe_in, FcntlArg::F_SETPIPE_SZ(CHUNK as i32));
     let mut carried = 0u64;
@@ -63,15 +77,15 @@ fn pump_through_pipe(from: &OwnedFd, to: &OwnedFd) -> io::Result<u64> {
             Ok(0) => return Ok(carried),
             Ok(n) => n,
             Err(Errno::EINTR) => continue,
-            Err(e) => return Err(e.into()),
+            Err(e) => return Err(Broken::Reading(e.into())),
         };
         let mut left = got;
         while left > 0 {
             match splice(&pipe_out, None, to, None, left, SpliceFFlags::SPLICE_F_MOVE) {
-                Ok(0) => return Err(io::Error::from(io::ErrorKind::WriteZero)),
+                Ok(0) => return Err(Broken::Writing(io::ErrorKind::WriteZero.into())),
                 Ok(n) => left -= n,
                 Err(Errno::EINTR) => continue,
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(Broken::Writing(e.into())),
             }
         }
         carried += got as u64;
@@ -120,5 +134,39 @@ mod tests {
         assert_eq!(writer.join().unwrap(), "thanks");
         let (there, back) = forwarding.join().unwrap().unwrap();
         assert_eq!((there, back), (big.len() as u64, 6));
+    }
+
+    /// A server that stops reading mid-request (it shuts down its reading side, as one that
+    /// refuses an upload does) still gets its answer to the client: only the direction whose
+    /// receiver took no more ends.
+    #[test]
+    fn an_answer_crosses_after_the_receiver_stopped_reading() {
+        let (mut client, client_broker) = UnixStream::pair().unwrap();
+        let (server_broker, mut server) = UnixStream::pair().unwrap();
+        let forwarding = std::thread::spawn(move || {
+            forward(
+                Arc::new(OwnedFd::from(client_broker)),
+                Arc::new(OwnedFd::from(server_broker)),
+            )
+        });
+        server.shutdown(std::net::Shutdown::Read).unwrap();
+        // The client writes until the broker tells it the server takes no more.
+        let chunk = vec![7u8; 64 << 10];
+        let refused = loop {
+            if let Err(error) = client.write_all(&chunk) {
+                break error;
+            }
+        };
+        assert_eq!(refused.kind(), std::io::ErrorKind::BrokenPipe, "{refused}");
+        server.write_all(b"413 too large").unwrap();
+        drop(server);
+        let mut answer = String::new();
+        client.read_to_string(&mut answer).unwrap();
+        assert_eq!(answer, "413 too large");
+        let carried = forwarding.join().unwrap();
+        assert!(
+            carried.is_err(),
+            "the way to the server failed: {carried:?}"
+        );
     }
 }
