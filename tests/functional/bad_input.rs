@@ -183,3 +183,35 @@ fn output_to_a_reader_that_went_away_ends_quietly() {
         assert_eq!(outcome.stderr, "", "feather {args:?}: no panic, no message");
     }
 }
+
+/// `rm` of several VMs removes every one it can: a running one (without `--force`) and one that
+/// does not exist are each named with why, and the others are gone; with `--force` the running
+/// one goes too.
+#[test]
+fn rm_of_several_vms_removes_those_it_can_and_names_the_others() {
+    let feather = Feather::new("bad-rm-several");
+    let base = ScratchBase::new("bad-rm-several");
+    for name in ["a", "b", "c"] {
+        feather.ok(&["create", name, "--base", base.as_str()]);
+    }
+    feather.ok(&["start", "b"]);
+    let stderr = feather.fails(&["rm", "a", "b", "ghost", "c"]);
+    assert!(
+        stderr.contains("2 of the 4 VMs were not removed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("b: VM b is running (stop it first"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("ghost: "), "{stderr}");
+    let left: Vec<String> =
+        serde_json::from_str::<Vec<serde_json::Value>>(&feather.ok(&["ls", "--json"]))
+            .unwrap()
+            .iter()
+            .map(|vm| vm["name"].as_str().unwrap().to_owned())
+            .collect();
+    assert_eq!(left, ["b"], "a and c removed, b kept");
+    feather.ok(&["rm", "--force", "b"]);
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}

@@ -180,6 +180,30 @@ fn end_options_after_app(args: &mut Vec<std::ffi::OsString>) {
     }
 }
 
+/// `rm NAME…`: each VM removed in turn. One that cannot be removed is named in the error, and
+/// the others are removed all the same (as `docker rm` does); one name alone fails as it is.
+fn remove_each(root: &StateRoot, names: &[String], force: bool) -> anyhow::Result<()> {
+    let remove = |name: &String| -> anyhow::Result<()> {
+        Ok(lifecycle::remove(root, &name.parse()?, force)?)
+    };
+    if let [name] = names {
+        return remove(name);
+    }
+    let failures: Vec<String> = names
+        .iter()
+        .filter_map(|name| remove(name).err().map(|e| format!("{name}: {e:#}")))
+        .collect();
+    if failures.is_empty() {
+        return Ok(());
+    }
+    anyhow::bail!(
+        "{} of the {} VMs were not removed (the others were):\n{}",
+        failures.len(),
+        names.len(),
+        failures.join("\n")
+    )
+}
+
 fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     // Inside a VM anyone may ask; the keeper's policy decides.
     if let Command::Open { vm, app, args } = &cli.command {
@@ -207,7 +231,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Stop { name, time } => {
             lifecycle::stop(&root, &name.parse()?, Duration::from_secs(time))?;
         }
-        Command::Rm { name, force } => lifecycle::remove(&root, &name.parse()?, force)?,
+        Command::Rm { names, force } => remove_each(&root, &names, force)?,
         Command::Run(args) => return run(&root, args),
         Command::Exec(args) => {
             let code = exec(

@@ -63,8 +63,10 @@ pub enum Command {
     },
     /// Remove a VM and its layer
     Rm {
-        #[arg(add = candidates::vm_names())]
-        name: String,
+        /// One VM or several: each is removed in turn, and one that cannot be does not keep
+        /// the others
+        #[arg(add = candidates::vm_names(), required = true, value_name = "NAME")]
+        names: Vec<String>,
         /// Stop it first if it is running
         #[arg(short, long)]
         force: bool,
