@@ -112,7 +112,7 @@ class Plan:
                 commit_files=500, copy_up_files=50, commit_rounds=1, budget=110,
             )  # fmt: skip
         return Plan(
-            quick=False, runs=60, rounds=3, warmup=3, idle_vms=100, nginx_vms=50,
+            quick=False, runs=60, rounds=3, warmup=3, idle_vms=1000, nginx_vms=50,
             wrk_seconds=5, wrk_rounds=3, file_runs=5, cow_runs=3, cow_mib=256,
             commit_files=10_000, copy_up_files=1_000, commit_rounds=2, budget=14 * 60,
         )  # fmt: skip
@@ -428,15 +428,16 @@ def cgroup_pids(path: Path | None) -> list[int]:
 
 
 class Feather:
-    def __init__(self, binary: Path, root: Path):
+    def __init__(self, binary: Path, root: Path, env: dict[str, str] | None = None):
         self.binary, self.root = binary, root
+        self.env = None if env is None else {**os.environ, **env}
         self.ids: set[str] = set()  # every VM this run made, to look for leftover cgroups
 
     def cmd(self, *args: str) -> list[str]:
         return [str(self.binary), "--root", str(self.root), *args]
 
     def __call__(self, *args: str, **kw) -> subprocess.CompletedProcess:
-        return run(self.cmd(*args), **kw)
+        return run(self.cmd(*args), env=self.env, **kw)
 
     def up(self, name: str, *create_args: str) -> dict:
         self("create", name, *create_args)
@@ -1067,9 +1068,12 @@ def compare_idle_memory(bench: Bench) -> None:
     bench.report.target("memory: one idle VM, keeper + init + spawner", "≤ 1 MiB resident", f"Pss {mib(own.pss)} (anonymous {mib(own.anon)}), Rss {mib(own.rss)}", ok)
 
 
-def bring_up_vms(bench: Bench, count: int, prefix: str, then: list[str] | None = None) -> tuple[float, list[dict]]:
-    """Creates and starts `count` VMs (and runs `then` in each); returns the time and their info."""
-    f = bench.feather
+def bring_up_vms(
+    bench: Bench, count: int, prefix: str, then: list[str] | None = None, feather: Feather | None = None
+) -> tuple[float, list[dict]]:
+    """Creates and starts `count` VMs (and runs `then` in each) in `feather`'s root (the bench's
+    own by default); returns the time and their info."""
+    f = feather or bench.feather
     infos = []
     began = time.perf_counter()
     for i in range(count):
@@ -1085,25 +1089,48 @@ def bring_up_vms(bench: Bench, count: int, prefix: str, then: list[str] | None =
     return elapsed, infos
 
 
-def tear_down_vms(bench: Bench, infos: list[dict]) -> float:
+def tear_down_vms(feather: Feather, infos: list[dict]) -> float:
     began = time.perf_counter()
     for info in infos:
-        bench.feather("stop", "--time", "1", info["config"]["name"], check=False)
-        bench.feather.remove(info["config"]["name"])
+        feather("stop", "--time", "1", info["config"]["name"], check=False)
+        feather.remove(info["config"]["name"])
     return time.perf_counter() - began
+
+
+def unrouted_subnet(vms: int) -> str:
+    """The first subnet of 10.96.0.0/11 that holds `vms` VM addresses (beside its network,
+    gateway and broadcast addresses) and overlaps no route of the host."""
+    prefix = 32 - (vms + 2).bit_length()
+    listed = json.loads(run(["ip", "-j", "-4", "route", "show", "table", "all"]).stdout)
+    routed = [ipaddress.ip_network(r["dst"], strict=False) for r in listed if r.get("dst", "default") != "default"]
+    for candidate in ipaddress.ip_network("10.96.0.0/11").subnets(new_prefix=prefix):
+        if not any(candidate.overlaps(route) for route in routed):
+            return str(candidate)
+    raise RuntimeError(f"no /{prefix} of 10.96.0.0/11 is free of the host's routes")
+
+
+def density_feather(bench: Bench, vms: int) -> Feather:
+    """A state root of its own for `vms` VMs with private networks. A root's automatic subnet is
+    a /24 (253 VMs; docs/network.md), so this one is given one large enough that the host routes
+    nowhere (`FEATHER_SUBNET`, read when the root's first private VM is created)."""
+    feather = Feather(bench.feather.binary, bench.work / "density-root", {"FEATHER_SUBNET": unrouted_subnet(vms)})
+    bench.on_cleanup("remove the density root's VMs", feather.remove_all)
+    return feather
 
 
 def compare_idle_density(bench: Bench) -> None:
     n = bench.plan.idle_vms
+    feather = density_feather(bench, n)
     before = mem_available()
-    elapsed, infos = bring_up_vms(bench, n, "idle")
+    elapsed, infos = bring_up_vms(bench, n, "idle", feather=feather)
+    bench.feather.ids |= feather.ids
     time.sleep(1)
     after = mem_available()
     total = VmMemory(Memory(), Memory(), Memory(), Memory(), 0)
     for info in infos:
         m = vm_memory(info)
         total = total + m
-    down = tear_down_vms(bench, infos)
+    down = tear_down_vms(feather, infos)
     per_vm = total.own.per(n)
     system = (before - after) / n
 
@@ -1123,7 +1150,9 @@ def compare_idle_density(bench: Bench) -> None:
         "Rss, the VM's memory cgroup, and the drop of the host's MemAvailable divided by the number "
         "of VMs (everything, kernel included: namespaces, mounts, page tables; noisy on a shared "
         "machine). For bwrap, the same figures over its processes (the outer bwrap and the "
-        "pid-1 bwrap) beside the workload.",
+        "pid-1 bwrap) beside the workload. The VMs, each with its private network, are made in a "
+        f"state root of their own whose subnet ({feather.env['FEATHER_SUBNET']}) holds them all: a "
+        "root's automatic subnet is a /24, 253 VMs (docs/network.md).",
         table(["what", "all up", "per VM", "Pss per VM", "Rss per VM", "cgroup per VM", "MemAvailable drop per VM"], rows),
         bwrap_note,
         f"Stopping and removing the {n} VMs took {secs(down)}. **Idle VM Pss (keeper, init, spawner) at "
@@ -1257,7 +1286,7 @@ def compare_nginx_density(bench: Bench) -> None:
     for info in infos:
         m = vm_memory(info)
         own, nginx, cgroup = own + m.own, nginx + m.workload, cgroup + m.cgroup
-    tear_down_vms(bench, infos)
+    tear_down_vms(bench.feather, infos)
     system = (before - after) / n
 
     bwrap_rows, bwrap_note, _ = bwrap_density(
