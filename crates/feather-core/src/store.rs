@@ -270,8 +270,9 @@ impl StateRoot {
         Ok(vm)
     }
 
-    /// Throw-away VMs set aside by [`VmDir::set_aside`] whose folders are still there: their
-    /// teardown is under way (their keeper lock is held) or died half-way.
+    /// VMs set aside by [`VmDir::set_aside`] (throw-away VMs that ended, kept VMs removed while
+    /// their keeper still ends) whose folders are still there: their teardown is under way
+    /// (their keeper lock is held) or died half-way.
     pub fn set_aside_vms(&self) -> Vec<VmDir> {
         let Ok(entries) = fs::read_dir(self.vms_dir()) else {
             return Vec::new();
