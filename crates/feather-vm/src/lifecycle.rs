@@ -428,14 +428,13 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
 
 /// Removes a stopped VM whose keeper is still letting its mounts go (keeper::holds_mounts):
 /// the overlay's unmount syncs the host's filesystem, for a layer removed here anyway. Rather
-/// than wait for that, this waits only for the VM's network to be gone (the lease's return
-/// takes the root's network lock, which the keeper holds until its veth, and the root's bridge
-/// with its last VM, are deleted), sets the VM aside (its name is free at once) and removes its
-/// layer. Its config and keeper lock stay, with its run folder: the commands after this one
-/// wait for that lock, as for a throw-away VM's teardown under way, and remove the rest, with
-/// whatever a keeper killed half-way left ([`settle_throw_aways`]).
+/// than wait for that, this sets the VM aside (its name is free at once), removes its layer
+/// while the keeper ends, and then waits only for the VM's network to be gone: the lease's
+/// return takes the root's network lock, which the keeper holds until its veth, and the root's
+/// bridge with its last VM, are deleted. The VM's config, keeper lock and run folder stay: the
+/// commands after this one wait for that lock, as for a throw-away VM's teardown under way, and
+/// remove the rest, with whatever a keeper killed half-way left ([`settle_throw_aways`]).
 fn remove_beside_its_keeper(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<()> {
-    feather_net::release(root.dir(), &config.id, &config.network).in_vm(vm.name())?;
     let aside = vm.set_aside(&config.id)?;
     let folder = beneath::open_root(aside.path()).at(aside.path())?;
     for entry in fs::read_dir(aside.path()).at(aside.path())?.flatten() {
@@ -445,6 +444,7 @@ fn remove_beside_its_keeper(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> 
             beneath::remove_tree(&folder, &name).at(entry.path())?;
         }
     }
+    feather_net::release(root.dir(), &config.id, &config.network).in_vm(vm.name())?;
     // Ended meanwhile: the rest is done now.
     if aside.lock_keeper()?.is_some() {
         finish_throw_away(root, &aside, keeper::remove_leftovers);
