@@ -528,3 +528,24 @@ fn a_throw_away_vm_s_layer_is_in_memory_and_diff_and_commit_read_it_while_it_run
     run.wait().unwrap();
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
 }
+
+/// On an ext4 with a journal a create is one journal commit (`feather_sys::flush::orders_commits`,
+/// docs/design.md "State layout"): the VM it makes is whole, starts, keeps what it wrote across a
+/// stop and a start, and goes with `rm`.
+#[test]
+fn a_state_root_on_ext4_with_a_journal_makes_whole_vms() {
+    let journalled = support::ProjectQuotaFs::without_prjquota("journal-root", 96);
+    let root = journalled.mount.join("root");
+    fs::create_dir(&root).unwrap();
+    let feather = Feather::at(root);
+    let base = ScratchBase::new("journal-root");
+    feather.ok(&["create", "--net", "none", "kept", "--base", base.as_str()]);
+    assert_eq!(feather.status("kept"), "created");
+    feather.ok(&["start", "kept"]);
+    feather.sh("kept", "echo kept > /data/file");
+    feather.ok(&["stop", "--time", "1", "kept"]);
+    feather.ok(&["start", "kept"]);
+    assert_eq!(feather.sh("kept", "cat /data/file"), "kept\n");
+    feather.ok(&["rm", "--force", "kept"]);
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}
