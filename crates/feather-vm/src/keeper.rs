@@ -1024,11 +1024,12 @@ impl Keeper {
     /// `foreground`: this process is the user's `feather run --rm`, which may leave the slow end
     /// of a throw-away VM's teardown to a child of its own (see [`Keeper::hand_off`]).
     fn tear_down(&self, how: &str, foreground: bool) {
+        // The published ports first: a VM started next binds them at once, whatever this
+        // process does next.
+        self.network.close_ports();
         // Handed over, the cgroup goes in the finisher too (`remove_throw_away_leftovers`):
         // every process of the VM ended with its init (its pid namespace), and the group is
         // named by the VM's id, which no later VM has.
-        // First: a VM started next may bind them at once, whatever this process does next.
-        self.network.close_ports();
         if hands_off(&self.config, foreground) {
             self.hand_off();
             return;

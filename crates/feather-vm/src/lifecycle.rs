@@ -297,8 +297,8 @@ pub fn recover(vm: &VmDir) -> Result<()> {
 
 /// Finishes the teardowns of throw-away VMs that were set aside when their command ended (see
 /// `Keeper::hand_off`), and of kept VMs removed while their keeper still let their mounts go
-/// (see [`remove_beside_its_keeper`]). One whose lock is free was left half-way by a child that died: it is
-/// finished here. One still under way is waited for when `wait` (every command but `run --rm`,
+/// (see [`remove_beside_its_keeper`]). One whose lock is free was left half-way by a child
+/// (or keeper) that died: it is finished here. One still under way is waited for when `wait` (every command but `run --rm`,
 /// so that nothing feather shows or counts includes a teardown under way), else left to its
 /// child.
 pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
