@@ -549,3 +549,67 @@ fn a_state_root_on_ext4_with_a_journal_makes_whole_vms() {
     feather.ok(&["rm", "--force", "kept"]);
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
 }
+
+#[test]
+fn a_throw_away_vms_command_runs_as_its_user_in_its_folder_or_fails_saying_why() {
+    // init forks and prepares the command (user, groups, folder, environment) while the keeper
+    // finishes its own steps, and lets it exec only at the keeper's Start.
+    let feather = Feather::new("run-prepared");
+    let out = feather.ok(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "-u",
+        "nobody",
+        "-w",
+        "/tmp",
+        "-e",
+        "MARK=set",
+        "--",
+        "sh",
+        "-c",
+        "id -un; pwd; echo $MARK",
+    ]);
+    assert_eq!(out, "nobody\n/tmp\nset\n");
+    let unknown = feather.run(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "-u",
+        "nosuchuser",
+        "--",
+        "true",
+    ]);
+    assert_eq!(unknown.code, 127, "{unknown:?}");
+    assert!(unknown.stderr.contains("nosuchuser"), "{}", unknown.stderr);
+    let missing = feather.run(&["run", "--rm", "--net", "none", "--", "no-such-command"]);
+    assert_eq!(missing.code, 127, "{missing:?}");
+    assert!(
+        missing
+            .stderr
+            .contains("no-such-command: command not found"),
+        "{}",
+        missing.stderr
+    );
+    let folder = feather.run(&[
+        "run",
+        "--rm",
+        "--net",
+        "none",
+        "-w",
+        "/no/such/folder",
+        "--",
+        "true",
+    ]);
+    assert_eq!(folder.code, 127, "{folder:?}");
+    assert!(
+        folder.stderr.contains("/no/such/folder"),
+        "{}",
+        folder.stderr
+    );
+    // Each throw-away VM is gone with its run (its teardown's end may still be under way:
+    // `ls` waits for it).
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}

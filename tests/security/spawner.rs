@@ -42,7 +42,7 @@ elif what == "run":
     channel.settimeout(10)
     out = os.open("/root/spawned.out", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     null = os.open("/dev/null", os.O_RDONLY)
-    script = ("grep -E '^(CapEff|CapBnd|Seccomp):' /proc/self/status; "
+    script = ("grep -E '^(CapEff|CapBnd|Seccomp|Seccomp_filters):' /proc/self/status; "
               "mount -t tmpfs none /mnt && echo MOUNTED; "
               "unshare -m true && echo UNSHARED; "
               "echo done")
@@ -145,6 +145,9 @@ fn a_process_the_vms_root_gets_from_the_spawner_holds_no_more_than_the_vms_root(
         );
     }
     assert_eq!(status_field(&spawned, "Seccomp:"), "2", "{spawned}");
+    // Under the spawner's two filters, the VM's two, which init compiled for the spawner to
+    // install in each process it makes.
+    assert_eq!(status_field(&spawned, "Seccomp_filters:"), "4", "{spawned}");
     assert!(
         !spawned.contains("MOUNTED") && !spawned.contains("UNSHARED") && spawned.contains("done"),
         "{spawned}"
@@ -175,4 +178,30 @@ fn a_killed_spawner_fails_only_the_private_tmp_units_and_says_why() {
             && failed.contains("can start again once the VM restarts"),
         "{failed}"
     );
+}
+
+/// The spawner's capabilities and filters, as the VM's root reads them (its `/proc` shows
+/// them, though it can reach nothing else of the spawner's).
+const SPAWNER_STATUS: &str =
+    "grep -E '^(CapEff|CapBnd|Seccomp|Seccomp_filters):' /proc/$(pgrep -x feather-spawner)/status";
+
+#[test]
+fn a_throw_away_vms_spawner_is_confined_as_a_kept_vms() {
+    // A throw-away VM's init runs the keeper's memory and prepares its command as the keeper
+    // finishes (a kept VM's re-executes itself): its spawner, which installs the filters init
+    // compiled, must end confined the same.
+    let feather = Feather::new("spawner-throw-away");
+    feather.ok(&["create", "vm"]);
+    feather.ok(&["start", "vm"]);
+    let kept = feather.ok(&["exec", "vm", "--", "sh", "-c", SPAWNER_STATUS]);
+    let thrown = feather.ok(&["run", "--rm", "--", "sh", "-c", SPAWNER_STATUS]);
+    for field in ["CapEff:", "CapBnd:", "Seccomp:", "Seccomp_filters:"] {
+        assert_eq!(
+            status_field(&thrown, field),
+            status_field(&kept, field),
+            "{field}\nthrow-away:\n{thrown}\nkept:\n{kept}"
+        );
+    }
+    assert_eq!(status_field(&thrown, "Seccomp:"), "2", "{thrown}");
+    assert_eq!(status_field(&thrown, "Seccomp_filters:"), "2", "{thrown}");
 }

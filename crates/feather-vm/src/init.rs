@@ -23,7 +23,7 @@ use crate::idle::Quiet;
 use crate::launch::{InitArgs, Resumed};
 use crate::rootfs::{self, RootfsPlan};
 use crate::spawner;
-use crate::workload::{become_workload, Workload};
+use crate::workload::Workload;
 
 /// Why init could not assemble the VM or get ready (reported to the keeper, with its causes).
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +54,8 @@ pub enum InitError {
     NoLoader,
     #[error("the workload's arguments contain a NUL byte")]
     Nul,
+    #[error("cannot start the command")]
+    Workload(#[source] feather_sys::SysError),
     #[error("cannot run {program} inside the VM")]
     Reexecute {
         program: String,
@@ -193,14 +195,24 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         report_failure(&mut keeper, &InitError::Root(e));
         std::process::exit(1);
     }
+    // Compiled once, before the spawner's fork: the spawner installs these very programs in
+    // every process it makes (it compiled them again before), and compiles its own filter
+    // beside init's next steps.
     let seccomp = resumed.seccomp();
+    let filters = match feather_confine::seccomp::Compiled::new(seccomp) {
+        Ok(filters) => filters,
+        Err(e) => {
+            report_failure(&mut keeper, &InitError::Confine(e.into()));
+            std::process::exit(1);
+        }
+    };
     // The spawner gives its pages back when init does: for a foreground run, not while its
     // command may end at once (reading its smaps and unmapping took CPU from the command).
-    let spawner = start_spawner(seccomp, quiet.clone());
+    let spawner = start_spawner(seccomp, &filters, quiet.clone());
     // The seccomp filter and the reduced capability set, inherited by everything init starts.
     // (Until now nothing of the VM's has run: only init, its re-execution from the VM's own
     // copy of feather's binary, and the spawner's fork.)
-    if let Err(e) = feather_confine::confine(seccomp) {
+    if let Err(e) = feather_confine::confine_compiled(&filters) {
         report_failure(&mut keeper, &InitError::Confine(e));
         std::process::exit(1);
     }
@@ -222,12 +234,26 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         }
     };
     report(&mut keeper, InitReport::Ready);
+    // Right after the report: the keeper's steps up to Start are its own (its record, the
+    // shuttle broker), and the fork and the command's preparation go beside them.
+    let first = match resumed
+        .workload
+        .as_ref()
+        .map(|workload| FirstWorkload::prepare(workload, &keeper))
+        .transpose()
+    {
+        Ok(first) => first,
+        Err(e) => {
+            eprintln!("feather: {}", feather_core::error::causes(&e));
+            std::process::exit(crate::workload::EXIT_CANNOT_EXEC);
+        }
+    };
     if let Err(e) = boot::expect(&mut keeper, ToInit::Start) {
         eprintln!("feather init: from the keeper: {e}");
         std::process::exit(1);
     }
     drop(keeper);
-    let workload = resumed.workload.as_ref().map(start_workload);
+    let workload = first.map(FirstWorkload::start);
     let code = supervise(
         &signals,
         &mut commands,
@@ -243,8 +269,12 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
 /// and capability drop, since its one recipe needs CAP_SYS_ADMIN (it confines itself to that
 /// recipe at once). Returns init's end of its socket. A VM whose spawner cannot start still
 /// runs; only its units with PrivateTmp= fail, saying so.
-fn start_spawner(seccomp: feather_confine::seccomp::Profile, quiet: Quiet) -> Option<OwnedFd> {
-    match spawner::start(seccomp, quiet) {
+fn start_spawner(
+    seccomp: feather_confine::seccomp::Profile,
+    filters: &feather_confine::seccomp::Compiled,
+    quiet: Quiet,
+) -> Option<OwnedFd> {
+    match spawner::start(seccomp, filters, quiet) {
         Ok(end) => Some(end),
         Err(e) => {
             eprintln!(
@@ -338,17 +368,56 @@ const HANDLED: [Signal; 7] = [
     Signal::SIGUSR2,
 ];
 
-fn start_workload(workload: &Workload) -> Pid {
-    match feather_sys::process::fork() {
-        Ok(Some(pid)) => pid,
-        Ok(None) => {
-            let why = become_workload(workload, None);
-            eprintln!("feather: {}", feather_core::error::causes(&why));
-            std::process::exit(127);
+/// The VM's first workload (a `run --rm` command), forked and prepared — its user, groups,
+/// folder, signals and capabilities — as soon as init has reported ready, so that this runs
+/// beside the keeper's last steps (its record, the shuttle broker) instead of after them. The
+/// process execs the program only once the keeper says Start, so the command still finds the
+/// channels its policy gives it from its first instruction. (Forked and prepared after Start,
+/// these steps were about a quarter of the keeper's "run the command" for `/bin/true`.)
+struct FirstWorkload {
+    pid: Pid,
+    /// Its end of the pipe the prepared process waits on: a byte lets it exec, the pipe's
+    /// close without one (init gone) ends it.
+    go: OwnedFd,
+}
+
+impl FirstWorkload {
+    fn prepare(workload: &Workload, keeper: &UnixStream) -> Result<FirstWorkload, InitError> {
+        use std::os::fd::AsRawFd;
+        let (wait, go) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(call("pipe2"))?;
+        match feather_sys::process::fork().map_err(InitError::Workload)? {
+            Some(pid) => Ok(FirstWorkload { pid, go }),
+            None => {
+                drop(go);
+                // Only init talks to the keeper: the keeper's end sees init's close alone.
+                let _ = nix::unistd::close(keeper.as_raw_fd());
+                let why = match crate::workload::prepare(workload, None) {
+                    Ok(prepared) if await_go(&wait) => prepared.exec(),
+                    Ok(_) => std::process::exit(crate::workload::EXIT_CANNOT_EXEC),
+                    Err(why) => why,
+                };
+                eprintln!("feather: {}", feather_core::error::causes(&why));
+                std::process::exit(127);
+            }
         }
-        Err(e) => {
-            eprintln!("feather: cannot start {:?}: {e}", workload.argv);
-            std::process::exit(126);
+    }
+
+    /// Lets the prepared process exec its program; returns its pid.
+    fn start(self) -> Pid {
+        // A process that ended already (it failed to prepare) is reaped as any other.
+        let _ = nix::unistd::write(&self.go, &[1]);
+        self.pid
+    }
+}
+
+/// Whether init let the prepared workload go (a byte came), rather than ending first.
+fn await_go(wait: &OwnedFd) -> bool {
+    let mut byte = [0u8; 1];
+    loop {
+        match nix::unistd::read(wait, &mut byte) {
+            Ok(1) => return true,
+            Err(Errno::EINTR) => {}
+            _ => return false,
         }
     }
 }

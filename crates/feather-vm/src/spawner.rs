@@ -54,9 +54,14 @@ pub enum SpawnerError {
 }
 
 /// Forks the spawner (init calls it while it still holds CAP_SYS_ADMIN, before its filter);
-/// returns init's end of its socket, at [`SPAWNER_FD`], close-on-exec. `quiet`: when it gives
-/// its pages back, as init does.
-pub fn start(seccomp: Profile, quiet: Quiet) -> Result<OwnedFd, SpawnerError> {
+/// returns init's end of its socket, at [`SPAWNER_FD`], close-on-exec. `vm_filters`: the VM's
+/// filters of `seccomp`, compiled by init, which the spawner takes as they are instead of
+/// compiling them again. `quiet`: when it gives its pages back, as init does.
+pub fn start(
+    seccomp: Profile,
+    vm_filters: &Compiled,
+    quiet: Quiet,
+) -> Result<OwnedFd, SpawnerError> {
     let (init_end, spawner_end) = socketpair(
         AddressFamily::Unix,
         SockType::SeqPacket,
@@ -74,13 +79,13 @@ pub fn start(seccomp: Profile, quiet: Quiet) -> Result<OwnedFd, SpawnerError> {
         }
         None => {
             drop(init_end);
-            become_spawner(spawner_end, seccomp, quiet)
+            become_spawner(spawner_end, seccomp, vm_filters, quiet)
         }
     }
 }
 
 /// The forked child: nothing of init's but its socket; then it serves until init is gone.
-fn become_spawner(socket: OwnedFd, seccomp: Profile, quiet: Quiet) -> ! {
+fn become_spawner(socket: OwnedFd, seccomp: Profile, vm_filters: &Compiled, quiet: Quiet) -> ! {
     if let Ok(null) = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -89,7 +94,7 @@ fn become_spawner(socket: OwnedFd, seccomp: Profile, quiet: Quiet) -> ! {
         let _ = feather_sys::process::redirect_stdio(&null);
     }
     feather_sys::process::close_other_fds(&[socket.as_raw_fd()]);
-    std::process::exit(serve(socket, seccomp, quiet).unwrap_or(1))
+    std::process::exit(serve(socket, seccomp, vm_filters, quiet).unwrap_or(1))
 }
 
 /// Why the spawner could not confine itself (it then ends, before it serves anything).
@@ -105,12 +110,17 @@ pub enum ServeError {
 
 /// The spawner's life: confines itself, then serves requests on `socket` until no other end
 /// of it is left (init is gone). Returns its exit code.
-fn serve(socket: OwnedFd, seccomp: Profile, mut quiet: Quiet) -> Result<i32, ServeError> {
+fn serve(
+    socket: OwnedFd,
+    seccomp: Profile,
+    vm_filters: &Compiled,
+    mut quiet: Quiet,
+) -> Result<i32, ServeError> {
     let _ = nix::sys::prctl::set_name(c"feather-spawner");
     feather_sys::process::make_undumpable().map_err(ServeError::Sys)?;
     feather_confine::capabilities::reduce_to_spawner().map_err(ServeError::Capabilities)?;
-    // The VM's filters, which each process it makes enters, compiled once.
-    let vm_filters = Compiled::new(seccomp).map_err(ServeError::Filter)?;
+    // Its own filter; the VM's, which each process it makes enters, are init's (compiled once
+    // per start, before this fork).
     feather_confine::seccomp::install_spawner(seccomp).map_err(ServeError::Filter)?;
     // Its children end here (their parent): reaped at once, so that their pidfds give the
     // manager their status.
@@ -133,7 +143,7 @@ fn serve(socket: OwnedFd, seccomp: Profile, mut quiet: Quiet) -> Result<i32, Ser
             let _ = children.read_signal();
             reap_children();
         }
-        if request_ready && !answer_one(&socket, &vm_filters) {
+        if request_ready && !answer_one(&socket, vm_filters) {
             return Ok(0);
         }
     }

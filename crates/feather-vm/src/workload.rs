@@ -1,7 +1,6 @@
 //! Starting a program inside a VM: the last steps every process takes before it becomes the
 //! user's program, whether init starts it or `feather exec` does.
 
-use std::convert::Infallible;
 use std::ffi::CString;
 use std::path::PathBuf;
 
@@ -89,13 +88,24 @@ pub const WORKLOAD_OOM_SCORE_ADJ: i32 = 500;
 /// Turns the calling process, already inside the VM, into the workload. Returns only on
 /// failure, saying what could not be done.
 pub fn become_workload(workload: &Workload, terminal: Option<&str>) -> WorkloadError {
-    match try_become(workload, terminal) {
-        Ok(never) => match never {},
+    match prepare(workload, terminal) {
+        Ok(prepared) => prepared.exec(),
         Err(why) => why,
     }
 }
 
-fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible, WorkloadError> {
+/// A process that is its workload in everything but the program: its user, groups, working
+/// folder, signals and capabilities set, its arguments and environment ready for the exec.
+pub struct Prepared {
+    program: CString,
+    argv: Vec<CString>,
+    env: Vec<CString>,
+    /// As the user gave it, for an error's message.
+    name: String,
+}
+
+/// Everything [`become_workload`] does before the exec, in the calling process.
+pub fn prepare(workload: &Workload, terminal: Option<&str>) -> Result<Prepared, WorkloadError> {
     let program = workload.argv.first().ok_or(WorkloadError::NoCommand)?;
     // The parent blocked signals to read them from a signalfd; the program must not inherit that.
     let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
@@ -132,13 +142,27 @@ fn try_become(workload: &Workload, terminal: Option<&str>) -> Result<Infallible,
         .iter()
         .map(|a| cstring(a))
         .collect::<Result<_, _>>()?;
-    let program_c = cstring(program)?;
-    let errno = execvpe(&program_c, &argv, &resolved.env).unwrap_err();
-    let program = program.clone();
-    Err(match errno {
-        nix::errno::Errno::ENOENT => WorkloadError::NotFound { program },
-        errno => WorkloadError::Exec { program, errno },
+    Ok(Prepared {
+        program: cstring(program)?,
+        argv,
+        env: resolved.env,
+        name: program.clone(),
     })
+}
+
+impl Prepared {
+    /// Becomes the program; returns only on failure.
+    pub fn exec(self) -> WorkloadError {
+        let errno = match execvpe(&self.program, &self.argv, &self.env) {
+            Ok(never) => match never {},
+            Err(errno) => errno,
+        };
+        let program = self.name;
+        match errno {
+            nix::errno::Errno::ENOENT => WorkloadError::NotFound { program },
+            errno => WorkloadError::Exec { program, errno },
+        }
+    }
 }
 
 fn resolve(workload: &Workload, terminal: Option<&str>) -> Result<Resolved, WorkloadError> {
