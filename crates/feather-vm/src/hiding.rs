@@ -31,48 +31,6 @@ pub fn state_folders(own: &StateRoot) -> Vec<PathBuf> {
     folders.into_iter().collect()
 }
 
-/// What a starting VM hides ([`state_folders`]), with the registry's entries it came from, so
-/// that the keeper's second look at the registry once its init is recorded
-/// ([`registered_since`]) resolves only the roots registered meanwhile: resolving every root's
-/// folders again (each component of each path read as a link) was most of that look.
-pub struct StartHidden {
-    pub folders: Vec<PathBuf>,
-    /// Each registered root's state and run folders, as its registry entry gives them.
-    entries: Vec<(PathBuf, PathBuf)>,
-}
-
-impl StartHidden {
-    pub fn look(own: &StateRoot) -> StartHidden {
-        let roots = Registry::host().roots();
-        let mut folders: BTreeSet<PathBuf> = roots
-            .iter()
-            .flat_map(feather_core::roots::root_folders)
-            .collect();
-        folders.insert(PathBuf::from(feather_core::roots::REGISTRY_DIR));
-        folders.extend(feather_core::roots::root_folders(own));
-        StartHidden {
-            folders: folders.into_iter().collect(),
-            entries: roots.iter().map(entry).collect(),
-        }
-    }
-
-    /// The folders of the roots whose registry entries were not there at [`StartHidden::look`]
-    /// and that it did not hide already.
-    pub fn registered_since(&self) -> Vec<PathBuf> {
-        Registry::host()
-            .roots()
-            .iter()
-            .filter(|root| !self.entries.contains(&entry(root)))
-            .flat_map(feather_core::roots::root_folders)
-            .filter(|folder| !self.folders.contains(folder))
-            .collect()
-    }
-}
-
-fn entry(root: &StateRoot) -> (PathBuf, PathBuf) {
-    (root.dir().to_path_buf(), root.run_dir().to_path_buf())
-}
-
 /// Where the host folder `folder` is in a VM over `base`, if the VM sees it at all: folders
 /// under the recipe's own mounts (the VM's private /run, /dev, /proc, /sys) are never the
 /// host's, and hiding there would cover the VM's own files.

@@ -229,8 +229,8 @@ impl Keeper {
         .inspect_err(|_| remove_leftovers(vm, &config))
         .in_vm(&name)?;
         trace::phase("prepare the network (/etc files, ports)");
-        let hidden = hiding::StartHidden::look(root);
-        let mut tree = layers::for_start_in(root, vm, &config, memory_layer, &hidden.folders)?;
+        let hidden = hiding::state_folders(root);
+        let mut tree = layers::for_start_in(root, vm, &config, memory_layer, &hidden)?;
         let memory_layer = tree.memory_layer.take();
         let plan = InitPlan {
             rootfs: RootfsPlan {
@@ -240,7 +240,7 @@ impl Keeper {
                 layers: tree.layers,
                 memory_layer_fd: memory_layer.as_ref().map(|layer| layer.recorded.fd),
                 read_only: tree.read_only,
-                hidden: hidden.folders.clone(),
+                hidden: hidden.clone(),
                 network: inside,
                 service_cgroups: cgroup
                     .as_ref()
@@ -334,7 +334,7 @@ impl Keeper {
         record.commit()?;
         trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
-        keeper.hide_state_folders(&hidden.registered_since());
+        keeper.hide_state_folders(root, &hidden);
         trace::phase("hide late state folders");
         Ok(keeper)
     }
@@ -486,7 +486,7 @@ impl Keeper {
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
         // of this host are hidden before anything of the VM runs again. A VM received by a
         // migration stays stopped until the sender lets it go (snapshot::await_release).
-        keeper.hide_state_folders(&hiding::state_folders(root));
+        keeper.hide_state_folders(root, &[]);
         if keeper.hold.is_none() {
             keeper.let_traffic_through();
             keeper.continue_processes();
@@ -523,12 +523,15 @@ impl Keeper {
         self.broker = Some(feather_shuttle::Broker::start(side, gate, peers));
     }
 
-    /// Hides `folders` (state folders of the host) in the running VM where it does not hide
-    /// them yet. A failure is written to the keeper's log: the VM runs on, and `feather` warns
-    /// again when it registers the next root.
-    fn hide_state_folders(&self, folders: &[PathBuf]) {
-        if let Err(why) = hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, folders)
-        {
+    /// Hides in the running VM every state folder of the host it does not hide yet, other
+    /// than `known` (hidden at its start). A failure is written to the keeper's log: the VM
+    /// runs on, and `feather` warns again when it registers the next root.
+    fn hide_state_folders(&self, root: &StateRoot, known: &[PathBuf]) {
+        let late: Vec<PathBuf> = hiding::state_folders(root)
+            .into_iter()
+            .filter(|folder| !known.contains(folder))
+            .collect();
+        if let Err(why) = hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &late) {
             eprintln!(
                 "feather keeper {}: cannot hide state folders: {}",
                 self.vm.name(),
