@@ -582,7 +582,7 @@ fn a_throw_away_vms_command_runs_as_its_user_in_its_folder_or_fails_saying_why()
         "--",
         "true",
     ]);
-    assert_eq!(unknown.code, 127, "{unknown:?}");
+    assert_eq!(unknown.code, 126, "{unknown:?}");
     assert!(unknown.stderr.contains("nosuchuser"), "{}", unknown.stderr);
     let missing = feather.run(&["run", "--rm", "--net", "none", "--", "no-such-command"]);
     assert_eq!(missing.code, 127, "{missing:?}");
@@ -603,7 +603,7 @@ fn a_throw_away_vms_command_runs_as_its_user_in_its_folder_or_fails_saying_why()
         "--",
         "true",
     ]);
-    assert_eq!(folder.code, 127, "{folder:?}");
+    assert_eq!(folder.code, 126, "{folder:?}");
     assert!(
         folder.stderr.contains("/no/such/folder"),
         "{}",

@@ -465,6 +465,52 @@ fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
     );
 }
 
+/// A throw-away VM's command is forked and prepared while its keeper is still starting the VM,
+/// before the keeper hides the state roots registered during the start; its working folder is
+/// entered only at its exec, after that hiding, so such a root is not reachable through `.`.
+#[test]
+fn a_working_folder_in_a_root_registered_during_the_start_is_hidden_too() {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader, Read};
+    let a = Feather::new("host-view-cwd");
+    let late = Feather::new("host-view-cwd-late");
+    fs::write(late.root.join("marker-of-the-late-root"), "").unwrap();
+    let mut run = a
+        .command()
+        .env("FEATHER_TRACE", "phases")
+        .args(["run", "--rm", "--net", "none", "-w"])
+        .arg(&late.root)
+        .args(["--", "sh", "-c", "sleep 0.3; ls -A .; echo end"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The front is the throw-away VM's keeper: held once it has set init's device rules and
+    // attached its network, it has not yet hidden roots registered after its first look, while
+    // init goes on (to its ready report, and the command's preparation beside the keeper's
+    // last steps).
+    let front = Pid::from_raw(run.id() as i32);
+    let mut trace = BufReader::new(run.stderr.take().unwrap());
+    let mut line = String::new();
+    while trace.read_line(&mut line).unwrap() > 0 && !line.contains("restrict devices") {
+        line.clear();
+    }
+    kill(front, Signal::SIGSTOP).unwrap();
+    late.ok(&["ls"]);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    kill(front, Signal::SIGCONT).unwrap();
+    let mut rest = String::new();
+    trace.read_to_string(&mut rest).unwrap();
+    let out = run.wait_with_output().unwrap();
+    assert!(out.status.success(), "{out:?} {rest}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "end\n",
+        "the late root folder seen through the working folder: {rest}"
+    );
+}
+
 #[test]
 fn a_link_in_a_vms_layer_does_not_steer_where_a_root_is_hidden() {
     let a = Feather::new("host-view-link");

@@ -234,8 +234,10 @@ fn serve(mut keeper: UnixStream, resumed: Resumed, quiet: Quiet) -> ! {
         }
     };
     report(&mut keeper, InitReport::Ready);
-    // Right after the report: the keeper's steps up to Start are its own (its record, the
-    // shuttle broker), and the fork and the command's preparation go beside them.
+    // Right after the report: the keeper's steps up to Start are its own (the network's last
+    // step, its record, hiding state roots registered meanwhile, the shuttle broker), and the
+    // fork and the command's preparation go beside them; its working folder is entered only
+    // at the exec, after that hiding (workload::Prepared).
     let first = match resumed
         .workload
         .as_ref()
@@ -397,7 +399,7 @@ impl FirstWorkload {
                     Err(why) => why,
                 };
                 eprintln!("feather: {}", feather_core::error::causes(&why));
-                std::process::exit(127);
+                std::process::exit(why.exit_code());
             }
         }
     }

@@ -102,6 +102,12 @@ pub struct Prepared {
     env: Vec<CString>,
     /// As the user gave it, for an error's message.
     name: String,
+    /// The folder asked for (`-w`), else the user's home if it exists, else `/`: entered at
+    /// the exec, not before — a process prepared ahead waits while the keeper still hides state
+    /// roots registered during the start, and a working folder entered before that hiding
+    /// would keep such a root reachable through `.` ([`Prepared::exec`]).
+    cwd: Option<PathBuf>,
+    home: PathBuf,
 }
 
 /// Everything [`become_workload`] does before the exec, in the calling process.
@@ -127,16 +133,6 @@ pub fn prepare(workload: &Workload, terminal: Option<&str>) -> Result<Prepared, 
     setgroups(&resolved.groups).map_err(identity("setgroups".into()))?;
     setgid(resolved.gid).map_err(identity(format!("setgid {}", resolved.gid)))?;
     setuid(resolved.uid).map_err(identity(format!("setuid {}", resolved.uid)))?;
-    // Like login(1): the home folder if it exists, else the root.
-    let cwd = workload.cwd.clone().unwrap_or(if resolved.home.is_dir() {
-        resolved.home
-    } else {
-        PathBuf::from("/")
-    });
-    nix::unistd::chdir(&cwd).map_err(|source| WorkloadError::WorkingDirectory {
-        path: cwd.clone(),
-        source,
-    })?;
     let argv: Vec<CString> = workload
         .argv
         .iter()
@@ -147,12 +143,23 @@ pub fn prepare(workload: &Workload, terminal: Option<&str>) -> Result<Prepared, 
         argv,
         env: resolved.env,
         name: program.clone(),
+        cwd: workload.cwd.clone(),
+        home: resolved.home,
     })
 }
 
 impl Prepared {
-    /// Becomes the program; returns only on failure.
+    /// Enters the working folder and becomes the program; returns only on failure.
     pub fn exec(self) -> WorkloadError {
+        // Like login(1): the home folder if it exists, else the root.
+        let cwd = self.cwd.unwrap_or(if self.home.is_dir() {
+            self.home
+        } else {
+            PathBuf::from("/")
+        });
+        if let Err(source) = nix::unistd::chdir(&cwd) {
+            return WorkloadError::WorkingDirectory { path: cwd, source };
+        }
         let errno = match execvpe(&self.program, &self.argv, &self.env) {
             Ok(never) => match never {},
             Err(errno) => errno,
