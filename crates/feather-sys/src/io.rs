@@ -30,3 +30,16 @@ mod tests {
         assert_eq!(buffer, b">hello world");
     }
 }
+
+/// rename(2) that refuses to replace anything at `to` (`RENAME_NOREPLACE`): `AlreadyExists`
+/// when something is there, where a plain rename would replace a file or an empty folder.
+pub fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    nix::fcntl::renameat2(
+        nix::fcntl::AT_FDCWD,
+        from,
+        nix::fcntl::AT_FDCWD,
+        to,
+        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
+    )
+    .map_err(std::io::Error::from)
+}

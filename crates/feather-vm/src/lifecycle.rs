@@ -38,6 +38,8 @@ pub struct CreateOptions {
     pub allow_userns: bool,
     /// `--ro PATH`: paths of the base the VM sees read-only, not through its layer.
     pub read_only: Vec<PathBuf>,
+    /// A VM made ahead for `run --rm` by this version of feather (see [`crate::pool`]).
+    pub pooled: Option<String>,
 }
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
@@ -93,7 +95,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
     root.sweep_incomplete();
     let lease = feather_net::lease_files(root.dir(), &config.network);
     let vm = root
-        .create_synced_with(&config, durability, &lease)
+        .create_marked(&config, durability, &lease, options.pooled.as_deref())
         .inspect_err(|_| {
             let _ = feather_net::release(root.dir(), &config.id, &config.network);
         })?;

@@ -99,7 +99,8 @@ fn runs_elsewhere(command: &Command) -> bool {
         | Command::Reset { .. }
         | Command::Service(_)
         | Command::Policy(_)
-        | Command::Audit { .. } => false,
+        | Command::Audit { .. }
+        | Command::Pool { .. } => false,
     }
 }
 
@@ -290,6 +291,20 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let filter = shuttle::AuditFilter { vm, denied };
             return shuttle::audit(&root, &filter, lines, follow, json);
         }
+        Command::Pool { drain: true } => {
+            let drained = feather_vm::pool::drain(&root)?;
+            say!("removed {drained} VM(s) made ahead")?;
+        }
+        Command::Pool { drain: false } => {
+            let ours = feather_vm::pool::version();
+            for vm in root.pooled()? {
+                let made_by = match vm.pooled_version() {
+                    Some(version) if version == ours => "this feather",
+                    _ => "another feather (removed at the next refill)",
+                };
+                say!("{}\t{}", vm.name(), made_by)?;
+            }
+        }
         Command::Open { .. } => unreachable!("handled before the root check"),
         _ => unreachable!("run by crate::full (see runs_elsewhere)"),
     }
@@ -305,6 +320,13 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(name) => name.parse()?,
             None => format!("run-{}", std::process::id()).parse()?,
         };
+        // The default VM, for a command without a terminal: one made ahead, if the pool has
+        // one ready (see feather_vm::pool).
+        if args.create.is_empty() && !args.process.tty {
+            if let Some(code) = feather_vm::pool::run(root, &name, &workload) {
+                return Ok(exit_code(code?));
+            }
+        }
         let options = create_options(&args.create)?;
         let code = if args.process.tty {
             lifecycle::run_ephemeral_with_terminal(root, &name, &options, &workload)?
