@@ -217,10 +217,11 @@ fn lock_file(dir: &std::path::Path) -> std::io::Result<File> {
         .open(dir.join("refill.lock"))
 }
 
-/// Sleeps until no `run --rm` has started for [`QUIET`].
+/// Sleeps until no `run --rm` has started for [`QUIET`], or the pool is being drained.
 fn wait_for_quiet(root: &StateRoot) {
     let mark = folder(root).join("last-run");
-    loop {
+    let draining = folder(root).join("draining");
+    while !draining.exists() {
         let since = fs::metadata(&mark)
             .and_then(|m| m.modified())
             .ok()
