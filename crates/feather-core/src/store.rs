@@ -465,6 +465,13 @@ impl VmDir {
         try_lock(&self.path.join("keeper.lock"))
     }
 
+    /// The keeper lock's file, opened (not locked): locked later, it waits for the keeper of
+    /// the moment even once the VM's folder is gone (a throw-away VM's keeper removes it
+    /// before its teardown's end).
+    pub fn open_keeper_lock(&self) -> Result<File> {
+        open_lock_file(&self.path.join("keeper.lock"))
+    }
+
     /// Waits until no keeper holds the keeper lock, and takes it.
     pub fn await_keeper(&self) -> Result<File> {
         let path = self.path.join("keeper.lock");

@@ -645,9 +645,8 @@ impl Keeper {
             let pages_ended = pages_from && ready(&fds[3]);
             let claimer_left = claimer.is_some() && fds.last().is_some_and(ready);
             drop(fds);
-            if claimer_left {
-                claimer = None;
-                self.end_claimed();
+            if let Some(stream) = claimer.take_if(|_| claimer_left) {
+                self.end_claimed(Some(&stream));
             }
             if pages_ended {
                 pages_from = false;
@@ -682,7 +681,7 @@ impl Keeper {
                                 if protocol::write_response(&stream, &claimed).is_ok() {
                                     claimer = Some(stream);
                                 } else {
-                                    self.end_claimed();
+                                    self.end_claimed(None);
                                 }
                             }
                             Err(e) => {
@@ -786,10 +785,21 @@ impl Keeper {
     }
 
     /// The command of the `run --rm` that claimed this VM ended (or the run died): the VM ends
-    /// at once, as a throw-away VM does with its command, and its teardown yields to every
-    /// other process (the idle scheduling class: the next run is under way).
-    fn end_claimed(&self) {
+    /// at once, as a throw-away VM does with its command. As a foreground run's (see
+    /// [`Keeper::hand_off`]), it is set aside first, under a name no VM has, and the run told
+    /// (on `stream`), which then returns: `ls` never shows it again, and every command that
+    /// waits for teardowns waits for this one. The teardown yields to every other process (the
+    /// idle scheduling class: the next run is under way).
+    fn end_claimed(&mut self, stream: Option<&UnixStream>) {
+        match self.vm.set_aside(&self.config.id) {
+            Ok(aside) => self.vm = aside,
+            Err(e) => eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e)),
+        }
         let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+        if let Some(stream) = stream {
+            let how = "its command ended".to_owned();
+            let _ = protocol::write_response(stream, &Response::Stopped { how });
+        }
         let _ = feather_sys::sched::make_idle();
     }
 

@@ -70,7 +70,17 @@ pub fn version() -> String {
 /// A VM made ahead, claimed: the run's own now. Dropping it ends the VM.
 pub struct Claimed {
     pub name: VmName,
-    _connection: Conversation,
+    connection: Conversation,
+}
+
+impl Claimed {
+    /// Ends the VM, and returns once its keeper has set it aside (`ls` no longer shows it;
+    /// its teardown goes on, waited for by the commands that wait for teardowns).
+    pub fn end(mut self) {
+        if self.connection.done_sending().is_ok() {
+            let _ = self.connection.answer();
+        }
+    }
 }
 
 /// Runs `workload` in a VM made ahead, named `name`, and returns its exit code; `None` when
@@ -92,7 +102,8 @@ pub fn run(root: &StateRoot, name: &VmName, workload: &Workload) -> Option<crate
     trace::phase("pool: claim a VM made ahead");
     let code = crate::exec::exec(root, &claimed.name, workload, false);
     trace::phase("pool: run the command");
-    drop(claimed);
+    claimed.end();
+    trace::phase("pool: end the VM");
     Some(code)
 }
 
@@ -135,7 +146,7 @@ pub fn claim(root: &StateRoot, name: &VmName) -> Option<Claimed> {
         if let Ok(Response::Claimed { .. }) = connection.answer() {
             return Some(Claimed {
                 name: name.clone(),
-                _connection: connection,
+                connection,
             });
         }
     }
@@ -249,9 +260,15 @@ fn kept_or_discarded(root: &StateRoot, version: &str) -> crate::Result<usize> {
     Ok(kept)
 }
 
-/// Removes a VM made ahead, running or not.
+/// Removes a VM made ahead, running or not, and waits for its keeper's end: a throw-away
+/// VM's keeper removes its folder before its network is gone, and the root's bridge must be
+/// free of it when the drain returns.
 fn discard(root: &StateRoot, vm: &VmDir) {
+    let keeper = vm.open_keeper_lock();
     let _ = lifecycle::remove(root, vm.name(), true);
+    if let Ok(keeper) = keeper {
+        let _ = keeper.lock();
+    }
 }
 
 /// Makes and starts one VM ahead: the default `run --rm`'s configuration, hidden from `ls`
@@ -291,7 +308,11 @@ pub fn drain(root: &StateRoot) -> crate::Result<usize> {
         await_boot(vm);
         discard(root, vm);
     }
-    let _ = fs::remove_file(&flag);
+    // Nothing of the pool is left: a root whose VMs are all gone can be removed.
+    for file in ["last-run", "refill.lock", "draining"] {
+        let _ = fs::remove_file(dir.join(file));
+    }
+    let _ = fs::remove_dir(&dir);
     Ok(pooled.len())
 }
 
