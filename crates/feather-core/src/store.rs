@@ -199,8 +199,9 @@ impl StateRoot {
             .collect())
     }
 
-    /// Every complete VM folder, pooled ones included.
-    fn every_vm(&self) -> Result<Vec<VmDir>> {
+    /// Every VM, sorted by name, the pooled ones ([`StateRoot::pooled`]) included: for what
+    /// must reach every VM that runs (hiding a new state root in each).
+    pub fn every_vm(&self) -> Result<Vec<VmDir>> {
         let entries = match fs::read_dir(self.vms_dir()) {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),

@@ -153,9 +153,23 @@ pub fn claim(root: &StateRoot, name: &VmName) -> Option<Claimed> {
     None
 }
 
-/// Starts a detached process that fills the pool up to `size` (see [`refill`]). Two forks: the
-/// refill is no child of this process, which may wait for its own.
+/// Starts a detached process that fills the pool up to `size` (see [`refill`]), unless a refill
+/// is under way (waiting, as it does while runs come back to back): then a lock tells, and this
+/// run costs no process. The refill inherits the lock (a `flock` belongs to the open file, which
+/// the child shares); two forks: the refill is no child of this process, which may wait for its
+/// own.
 fn refill_in_background(root: &StateRoot, size: usize) {
+    let dir = folder(root);
+    let lock = lock_file(&dir).or_else(|_| {
+        fs::create_dir_all(&dir)?;
+        lock_file(&dir)
+    });
+    let Ok(lock) = lock else {
+        return;
+    };
+    if lock.try_lock().is_err() {
+        return;
+    }
     match feather_sys::process::fork() {
         Ok(Some(child)) => {
             let _ = nix::sys::wait::waitpid(child, None);
@@ -163,7 +177,7 @@ fn refill_in_background(root: &StateRoot, size: usize) {
         Ok(None) => {
             if let Ok(None) = feather_sys::process::fork() {
                 detach();
-                refill(root, size);
+                refill(root, size, lock);
             }
             // Without the run's exit handlers and destructors, which are the run's.
             std::process::exit(0);
@@ -183,22 +197,13 @@ fn detach() {
     }
 }
 
-/// Fills the pool up to `size`, in the idle scheduling and I/O classes (the VMs it starts
-/// inherit them until claimed), one refill at a time, a VM only once no run has started for
-/// [`QUIET`], none while the pool is drained. VMs made by another feather, and VMs whose
-/// making was cut short (a refill killed), are removed first.
-pub fn refill(root: &StateRoot, size: usize) {
+/// Fills the pool up to `size`, holding `lock` (the pool's refill lock, taken), in the idle
+/// scheduling and I/O classes (the VMs it starts inherit them until claimed), a VM only once
+/// no run has started for [`QUIET`], none while the pool is drained. VMs made by another
+/// feather, and VMs whose making was cut short (a refill killed), are removed first.
+fn refill(root: &StateRoot, size: usize, mut lock: File) {
     let _ = feather_sys::sched::make_idle();
     let dir = folder(root);
-    if fs::create_dir_all(&dir).is_err() {
-        return;
-    }
-    let Ok(mut lock) = lock_file(&dir) else {
-        return;
-    };
-    if lock.try_lock().is_err() {
-        return;
-    }
     // Who refills, for whoever looks (a test that kills it).
     let _ = lock
         .set_len(0)
