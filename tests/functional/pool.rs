@@ -280,3 +280,26 @@ fn a_state_root_made_while_a_vm_waits_in_the_pool_is_hidden_in_it() {
         "the new root is seen in the claimed VM"
     );
 }
+
+#[test]
+fn a_run_with_a_terminal_gets_one_of_the_claimed_vm_s_own() {
+    let feather = Feather::new("pool-tty");
+    assert_eq!(ran(run_rm(&feather, 1, &["true"])).code, 0);
+    await_pool(&feather, 1);
+    let mut command = feather.command();
+    command
+        .env("FEATHER_POOL", "1")
+        .env("FEATHER_TRACE", "phases")
+        .args(["run", "--rm", "-t", "--", "sh", "-c"])
+        .arg("readlink /proc/self/fd/0; test -t 1 && echo is-a-tty; hostname; exit 3");
+    let seen = ran(command);
+    assert!(seen.claimed, "the run claimed no VM made ahead");
+    assert_eq!(seen.code, 3);
+    assert_eq!(
+        seen.stdout.replace('\r', ""),
+        format!("/dev/pts/0\nis-a-tty\nrun-{}\n", seen.pid)
+    );
+    feather.eventually("the claimed VM is gone", || {
+        feather.ok(&["ls", "--json"]).trim() == "[]"
+    });
+}

@@ -495,22 +495,7 @@ pub fn run_ephemeral_with_terminal(
         let _ = fs::remove_dir_all(vm.path());
         return Err(e);
     }
-    // exec moves its caller into the VM's namespaces for good; this process must stay on the
-    // host to stop the VM afterwards, so the command is entered from a child.
-    let code = match feather_sys::process::fork().in_vm(name)? {
-        None => std::process::exit(match crate::exec::exec(root, name, workload, true) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("feather: {}", feather_core::error::causes(&e));
-                crate::workload::EXIT_CANNOT_EXEC
-            }
-        }),
-        Some(child) => match nix::sys::wait::waitpid(child, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
-            _ => crate::workload::EXIT_CANNOT_EXEC,
-        },
-    };
+    let code = crate::exec::exec_with_terminal_from_child(root, name, workload)?;
     stop(root, name, Duration::from_secs(1))?;
     Ok(code)
 }

@@ -83,9 +83,15 @@ impl Claimed {
     }
 }
 
-/// Runs `workload` in a VM made ahead, named `name`, and returns its exit code; `None` when
-/// none was ready (the run then makes its VM itself). Starts a refill in any case.
-pub fn run(root: &StateRoot, name: &VmName, workload: &Workload) -> Option<crate::Result<i32>> {
+/// Runs `workload` in a VM made ahead, named `name` (with a terminal of the VM's own with
+/// `tty`, as `exec -t`), and returns its exit code; `None` when none was ready (the run then
+/// makes its VM itself). Starts a refill in any case.
+pub fn run(
+    root: &StateRoot,
+    name: &VmName,
+    workload: &Workload,
+    tty: bool,
+) -> Option<crate::Result<i32>> {
     let size = size();
     if size == 0 {
         return None;
@@ -100,7 +106,10 @@ pub fn run(root: &StateRoot, name: &VmName, workload: &Workload) -> Option<crate
         return None;
     };
     trace::phase("pool: claim a VM made ahead");
-    let code = crate::exec::exec(root, &claimed.name, workload, false);
+    let code = match tty {
+        true => crate::exec::exec_with_terminal_from_child(root, &claimed.name, workload),
+        false => crate::exec::exec(root, &claimed.name, workload, false),
+    };
     trace::phase("pool: run the command");
     claimed.end();
     trace::phase("pool: end the VM");

@@ -320,10 +320,9 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(name) => name.parse()?,
             None => format!("run-{}", std::process::id()).parse()?,
         };
-        // The default VM, for a command without a terminal: one made ahead, if the pool has
-        // one ready (see feather_vm::pool).
-        if args.create.is_empty() && !args.process.tty {
-            if let Some(code) = feather_vm::pool::run(root, &name, &workload) {
+        // The default VM: one made ahead, if the pool has one ready (see feather_vm::pool).
+        if args.create.is_empty() {
+            if let Some(code) = feather_vm::pool::run(root, &name, &workload, args.process.tty) {
                 return Ok(exit_code(code?));
             }
         }
