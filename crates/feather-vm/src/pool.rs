@@ -116,6 +116,14 @@ pub fn run(
     Some(code)
 }
 
+/// For a `run --rm` that makes its own VM (options that change it): with a pool, records that
+/// a run starts now, so that a refill waits until runs stop coming, whatever their VMs.
+pub fn note_other_run(root: &StateRoot) {
+    if size() > 0 {
+        note_run(root);
+    }
+}
+
 /// Records that a `run --rm` starts now: a refill waits until runs stop coming.
 fn note_run(root: &StateRoot) {
     let dir = folder(root);

@@ -325,6 +325,8 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
             if let Some(code) = feather_vm::pool::run(root, &name, &workload, args.process.tty) {
                 return Ok(exit_code(code?));
             }
+        } else {
+            feather_vm::pool::note_other_run(root);
         }
         let options = create_options(&args.create)?;
         let code = if args.process.tty {
