@@ -303,3 +303,27 @@ fn a_run_with_a_terminal_gets_one_of_the_claimed_vm_s_own() {
         feather.ok(&["ls", "--json"]).trim() == "[]"
     });
 }
+
+#[test]
+fn a_claimed_vm_ends_when_its_run_is_killed() {
+    let feather = Feather::new("pool-killed-run");
+    assert_eq!(ran(run_rm(&feather, 1, &["true"])).code, 0);
+    await_pool(&feather, 1);
+    let mut child = run_rm(&feather, 1, &["sleep", "60"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let name = format!("run-{}", child.id());
+    feather.eventually("the run claimed a VM", || {
+        feather.ok(&["ls"]).contains(&name)
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The keeper sees the run's end of the claim close: the VM ends, and nothing of it stays.
+    feather.eventually("the claimed VM is gone", || {
+        feather.ok(&["ls", "--json"]).trim() == "[]" && !feather.vm_dir(&name).exists()
+    });
+    feather.ok(&["pool", "--drain"]);
+    assert_nothing_of_the_root_left(&feather);
+}
