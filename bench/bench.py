@@ -462,8 +462,6 @@ class Feather:
         self("rm", "--force", name, check=False, timeout=60)
 
     def remove_all(self) -> None:
-        # The VMs made ahead for `run --rm` (FEATHER_POOL), which `ls` does not list.
-        self("pool", "--drain", check=False, timeout=120)
         for name in self.names():
             self.remove(name)
 
@@ -779,9 +777,6 @@ def compare_start(bench: Bench) -> None:
     candidates.append(("feather run --rm", f.cmd("run", "--rm", "--net", "none", "--", "/bin/true")))
     # The command a user types: the default network, a private one (issue 15's first row).
     candidates.append(("feather run --rm, default network (private)", f.cmd("run", "--rm", "--", "/bin/true")))
-    # The same with VMs made ahead (see pool_loops: hyperfine's back-to-back runs mostly make
-    # their own; `env` adds its exec, about 1 ms).
-    candidates.append(("feather run --rm, default network, FEATHER_POOL=1 (via env)", ["env", "FEATHER_POOL=1", *f.cmd("run", "--rm", "--", "/bin/true")]))
     # The same two with every file they make on a tmpfs: what the disk costs them (see the note).
     memory_fs = bench.work / "tmpfs"
     memory_fs.mkdir()
@@ -873,95 +868,8 @@ def compare_start(bench: Bench) -> None:
             f"{secs(default.median)} vs {secs(bwrap.median)}: {times(ratio)}",
             ratio <= START_TARGET,
         )
-    parts += pool_loops(bench)
     parts += phase_breakdown(bench)
     bench.report.add("1. Start", *parts)
-
-
-def percentile(values: list[float], fraction: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
-
-
-def pool_loops(bench: Bench) -> list[str]:
-    """The default `run --rm` with VMs made ahead (FEATHER_POOL=1) against the same command
-    without (a VM made for each run) and bwrap, in loops timed here rather than by hyperfine:
-    back to back, as a script's loop (and hyperfine) runs them, and with a pause between runs,
-    as a person at a prompt does. Each loop in two halves, the order of the three reversed in
-    the second; the pool is drained after each of its loops. Then what the idle pooled VM costs."""
-    f = bench.feather
-    runs = max(20, bench.plan.runs)
-    default = f.cmd("run", "--rm", "--", "/bin/true")
-    traced = {**os.environ, "FEATHER_TRACE": "phases"}
-    loops = [
-        ("bwrap --unshare-all", ["bwrap", "--dev-bind", "/", "/", "--unshare-all", "true"], None),
-        ("feather run --rm, a VM made for each run", default, {**traced, "FEATHER_POOL": "0"}),
-        ("feather run --rm, FEATHER_POOL=1", default, {**traced, "FEATHER_POOL": "1"}),
-    ]  # fmt: skip
-    timings: dict[tuple[str, float], list[float]] = {}
-    claims: dict[tuple[str, float], int] = {}
-    pause = 0.4
-    for gap in (0.0, pause):
-        for half in range(2):
-            for label, argv, env in loops if half == 0 else loops[::-1]:
-                key = (label, gap)
-                for _ in range(runs // 2):
-                    start = time.perf_counter()
-                    done = subprocess.run(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                    timings.setdefault(key, []).append(time.perf_counter() - start)
-                    if done.returncode != 0:
-                        raise RuntimeError(f"{code(argv)} failed: {done.stderr.strip()}")
-                    claims[key] = claims.get(key, 0) + ("pool: claim a VM made ahead" in done.stderr)
-                    if gap:
-                        time.sleep(gap)
-                f("pool", "--drain")
-    # What an idle pooled VM costs: its keeper, init and the VM's other processes.
-    subprocess.run(default, env={**os.environ, "FEATHER_POOL": "1"}, stdout=subprocess.DEVNULL, check=True)
-    memory, pooled = None, ""
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not pooled:
-        time.sleep(0.5)
-        pooled = f("pool").stdout.split("\t")[0].strip()
-    if pooled:
-        time.sleep(2)  # the keeper gives back its start's pages once quiet
-        state = json.loads((f.root / "vms" / pooled / "state.json").read_text())
-        keeper = state.get("keeper_pid")
-        if keeper:
-            memory = processes_memory([keeper, *descendants(keeper)])
-    f("pool", "--drain")
-    rows = []
-    for label, _, _ in loops:
-        b2b, gapped = timings[(label, 0.0)], timings[(label, pause)]
-        rows.append([label, secs(percentile(b2b, 0.5)), secs(percentile(b2b, 0.9)),
-                     secs(percentile(gapped, 0.5)), secs(percentile(gapped, 0.9)),
-                     f"{claims[(label, 0.0)]} / {claims[(label, pause)]}" if "feather" in label else "—"])  # fmt: skip
-    parts = [
-        "### VMs made ahead (`FEATHER_POOL=1`)\n\n"
-        f"The default `run --rm -- /bin/true`, {runs} runs in each loop, timed by the bench: back to "
-        f"back, and with {pause} s between runs. Claimed: how many runs of each loop found a VM made "
-        "ahead (the refill makes one only once no run has started for 150 ms: back-to-back runs "
-        "make their own, unslowed).",
-        table(["what", "back to back p50", "p90", f"{pause} s apart p50", "p90", "claimed (b2b / apart)"], rows),
-    ]
-    if memory:
-        parts.append(f"An idle pooled VM (keeper, init, spawner): Pss {mib(memory.pss)}, Rss {mib(memory.rss)}.")
-    cold_b2b = percentile(timings[(loops[1][0], 0.0)], 0.9)
-    pool_b2b = percentile(timings[(loops[2][0], 0.0)], 0.9)
-    bench.report.target(
-        "start: back-to-back `run --rm` with `FEATHER_POOL=1`",
-        "p90 no worse than without the pool",
-        f"p90 {secs(pool_b2b)} vs {secs(cold_b2b)}: {times(pool_b2b / cold_b2b)}",
-        pool_b2b <= cold_b2b * 1.1,
-    )
-    bwrap_gap = percentile(timings[(loops[0][0], pause)], 0.5)
-    pool_gap = percentile(timings[(loops[2][0], pause)], 0.5)
-    bench.report.target(
-        f"start: `run --rm` {pause} s apart with `FEATHER_POOL=1`",
-        f"median ≤ {START_TARGET}× `bwrap --unshare-all`",
-        f"{secs(pool_gap)} vs {secs(bwrap_gap)}: {times(pool_gap / bwrap_gap)}",
-        pool_gap <= START_TARGET * bwrap_gap,
-    )
-    return parts
 
 
 # What `FEATHER_TRACE=phases` prints: "feather-trace: <phase> <milliseconds> ms".

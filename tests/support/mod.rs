@@ -186,10 +186,9 @@ impl Feather {
 impl Drop for Feather {
     fn drop(&mut self) {
         // Any feather command but `run --rm` waits for throw-away VMs' teardowns under way
-        // (and finishes one a crash cut short) before the root goes; the VMs made ahead for
-        // `run --rm` (FEATHER_POOL) go first, their refill stopped.
+        // (and finishes one a crash cut short) before the root goes.
         if self.root.join("vms").exists() {
-            let _ = self.run(&["pool", "--drain"]);
+            let _ = self.run(&["ls"]);
         }
         for vm in self.vm_names() {
             if self.run(&["rm", "--force", &vm]).code == 0 {

@@ -13,9 +13,6 @@
 //!                  /checkpoint/   CRIU images of the last checkpoint, and CRIU's logs
 //! <run>/<name>/control.sock       the keeper's control socket
 //! <root>/.tightened-v1            every VM folder made private once (see `StateRoot::prepare`)
-//! <root>/vms/<name>/pooled        a VM made ahead for `run --rm` (feather_vm::pool), not yet
-//!                                 claimed: it holds the version of feather that made it, and
-//!                                 hides the VM from `ls` (`StateRoot::list`)
 //! <root>/vms/.removing-<name>-<id>/, <run>/.removing-<name>-<id>/
 //!                                 a throw-away VM that ended, set aside while its teardown
 //!                                 finishes (its keeper lock held until then; see
@@ -45,10 +42,6 @@ pub const DEFAULT_RUN_DIR: &str = "/run/feather";
 /// How the folders of a throw-away VM whose teardown is under way begin (see
 /// [`VmDir::set_aside`]); no VM name starts with a dot.
 const SET_ASIDE: &str = ".removing-";
-
-/// The file marking a VM made ahead for `run --rm` and not yet claimed (see
-/// [`VmDir::pooled_version`]).
-const POOLED: &str = "pooled";
 
 /// The mode of every folder of feather's own: root alone may enter.
 const PRIVATE: u32 = 0o700;
@@ -182,28 +175,8 @@ impl StateRoot {
     }
 
     /// Every VM, sorted by name. Folders that are not complete VMs (a create that died
-    /// half-way) are skipped; [`StateRoot::sweep_incomplete`] removes them. So are VMs made
-    /// ahead and not yet claimed ([`StateRoot::pooled`]): they are no one's yet.
+    /// half-way) are skipped; [`StateRoot::sweep_incomplete`] removes them.
     pub fn list(&self) -> Result<Vec<VmDir>> {
-        Ok(self
-            .every_vm()?
-            .into_iter()
-            .filter(|vm| !vm.path.join(POOLED).exists())
-            .collect())
-    }
-
-    /// The VMs made ahead for `run --rm` and not yet claimed, sorted by name.
-    pub fn pooled(&self) -> Result<Vec<VmDir>> {
-        Ok(self
-            .every_vm()?
-            .into_iter()
-            .filter(|vm| vm.path.join(POOLED).exists())
-            .collect())
-    }
-
-    /// Every VM, sorted by name, the pooled ones ([`StateRoot::pooled`]) included: for what
-    /// must reach every VM that runs (hiding a new state root in each).
-    pub fn every_vm(&self) -> Result<Vec<VmDir>> {
         let entries = match fs::read_dir(self.vms_dir()) {
             Ok(entries) => entries,
             Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
@@ -235,18 +208,6 @@ impl StateRoot {
         config: &VmConfig,
         durability: Durability,
         made_for_it: &[PathBuf],
-    ) -> Result<VmDir> {
-        self.create_marked(config, durability, made_for_it, None)
-    }
-
-    /// [`Self::create_synced_with`]; with `pooled`, the VM is made ahead for `run --rm` by
-    /// that version of feather, and hidden from [`Self::list`] from its first moment.
-    pub fn create_marked(
-        &self,
-        config: &VmConfig,
-        durability: Durability,
-        made_for_it: &[PathBuf],
-        pooled: Option<&str>,
     ) -> Result<VmDir> {
         let vm = self.vm(&config.name);
         if vm.path.exists() {
@@ -283,9 +244,6 @@ impl StateRoot {
             // after both files, and the rename into place below.
             write_new(&staged.config_path(), config_text(config)?.as_bytes())?;
             write_new(&staged.state_path(), &state_text(&VmState::created())?)?;
-            if let Some(version) = pooled {
-                write_new(&temp.join(POOLED), version.as_bytes())?;
-            }
             // `Whole` as `Durable`: a VM's folder is whole only with its files and their names.
             let own = [staged.config_path(), staged.state_path()];
             match durability {
@@ -477,13 +435,6 @@ impl VmDir {
         try_lock(&self.path.join("keeper.lock"))
     }
 
-    /// The keeper lock's file, opened (not locked): locked later, it waits for the keeper of
-    /// the moment even once the VM's folder is gone (a throw-away VM's keeper removes it
-    /// before its teardown's end).
-    pub fn open_keeper_lock(&self) -> Result<File> {
-        open_lock_file(&self.path.join("keeper.lock"))
-    }
-
     /// Waits until no keeper holds the keeper lock, and takes it.
     pub fn await_keeper(&self) -> Result<File> {
         let path = self.path.join("keeper.lock");
@@ -512,48 +463,6 @@ impl VmDir {
             return Err(e).at(&self.path);
         }
         Ok(aside)
-    }
-
-    /// The version of feather that made this VM ahead for `run --rm`, while it is not claimed;
-    /// `None` for every other VM.
-    pub fn pooled_version(&self) -> Option<String> {
-        fs::read_to_string(self.path.join(POOLED)).ok()
-    }
-
-    /// Gives a VM made ahead its name at its claim: its folder and run folder are renamed (the
-    /// folder's rename, which refuses an existing name, is the claim: of two claims one wins),
-    /// then the mark that hid it from `ls` goes. The VM's keeper alone calls this, and then
-    /// uses the returned folder.
-    pub fn claim_as(&self, name: &VmName) -> Result<VmDir> {
-        if !self.path.join(POOLED).exists() {
-            return Err(Error::NotFound(format!(
-                "{} (made ahead, unclaimed)",
-                self.name
-            )));
-        }
-        let claimed = VmDir {
-            name: name.clone(),
-            path: self.path.with_file_name(name.as_str()),
-            run: self.run.with_file_name(name.as_str()),
-        };
-        feather_sys::io::rename_no_replace(&self.path, &claimed.path).map_err(|e| {
-            match e.kind() {
-                ErrorKind::AlreadyExists => Error::AlreadyExists(name.to_string()),
-                _ => Error::Io {
-                    path: self.path.clone(),
-                    source: e,
-                },
-            }
-        })?;
-        // A run folder left by a VM of that name that crashed holds nothing of use.
-        let _ = fs::remove_dir_all(&claimed.run);
-        if let Err(e) = feather_sys::io::rename_no_replace(&self.run, &claimed.run) {
-            let _ = fs::rename(&claimed.path, &self.path);
-            return Err(e).at(&self.run);
-        }
-        let mark = claimed.path.join(POOLED);
-        fs::remove_file(&mark).at(&mark)?;
-        Ok(claimed)
     }
 
     /// Whether a keeper holds the keeper lock right now.

@@ -355,27 +355,6 @@ pub fn prepare(
 }
 
 impl Attachment {
-    /// A VM made ahead took its name (see feather_vm::pool): its run folder is `run_dir` now,
-    /// and its generated `/etc/hostname` and `/etc/hosts` in `etc_dir` are written again for
-    /// `name`, in place (the VM has them bound by their inodes).
-    pub fn renamed(&mut self, run_dir: &Path, etc_dir: &Path, name: &str) -> Result<()> {
-        self.marker = run_dir.join(ATTACHED);
-        let private = match (&self.network, self.config.address) {
-            (Some(network), Some(address)) => Some((address, network.gateway())),
-            _ => None,
-        };
-        etc::write(
-            etc_dir,
-            &etc::Identity {
-                name,
-                mode: self.config.mode,
-                private,
-                egress: self.config.egress,
-            },
-        )
-        .map(drop)
-    }
-
     /// Joins the namespace of the VM's init (process `init_pid`) to the root's bridge, making
     /// the bridge and its tables first if this is the root's first running VM.
     pub fn attach(&self, init_pid: u32) -> Result<()> {

@@ -543,17 +543,15 @@ pub(crate) fn with_refill_lock<T>(root_dir: &Path, work: impl FnOnce() -> T) -> 
 /// With the root's last VM's bridge (holding the root's network lock): drains the pool unless
 /// a refill is under way. Whether the pool is empty now.
 pub(crate) fn try_drain(network: &RootNetwork) -> bool {
-    if !dir_of(network.root()).exists() {
+    if !has_entries(network.root()) {
         return true;
     }
-    // Empty, the pool's folders still go (an empty `ready/` and `claimed/` stayed after a
-    // kept or pooled VM's keeper removed the root's last VM, since no lingering follows it).
     match try_refill_lock(network.root()) {
         Some(_refilling) => {
             drain(network);
             true
         }
-        None => !has_entries(network.root()),
+        None => false,
     }
 }
 

@@ -12,19 +12,6 @@ pub fn read_appending(fd: impl AsFd, buffer: &mut Vec<u8>, most: usize) -> nix::
     raw::read_appending(fd.as_fd().as_raw_fd(), buffer, most)
 }
 
-/// rename(2) that refuses to replace anything at `to` (`RENAME_NOREPLACE`): `AlreadyExists`
-/// when something is there, where a plain rename would replace a file or an empty folder.
-pub fn rename_no_replace(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    nix::fcntl::renameat2(
-        nix::fcntl::AT_FDCWD,
-        from,
-        nix::fcntl::AT_FDCWD,
-        to,
-        nix::fcntl::RenameFlags::RENAME_NOREPLACE,
-    )
-    .map_err(std::io::Error::from)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

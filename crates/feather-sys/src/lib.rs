@@ -21,7 +21,6 @@ pub mod procfs;
 pub mod pty;
 pub mod quota;
 mod raw;
-pub mod sched;
 pub mod seccomp;
 pub mod timed;
 

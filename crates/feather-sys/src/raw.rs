@@ -1320,33 +1320,3 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
-
-/// sched_setscheduler(2) of process `pid` (0: the calling thread) to `policy` at priority 0:
-/// `SCHED_IDLE` or `SCHED_OTHER`, the two policies whose priority is 0.
-pub fn set_scheduler(pid: libc::pid_t, policy: libc::c_int) -> Result<(), Errno> {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: the kernel only reads the `sched_param` passed by reference, which lives for the
-    // call; no memory of ours is written.
-    let ret = unsafe { libc::sched_setscheduler(pid, policy, &param) };
-    Errno::result(ret).map(drop)
-}
-
-/// ioprio_set(2) of process `pid` (0: the calling one): `idle` puts it in the idle I/O class
-/// (its reads and writes wait for every other process's), else in none (its I/O priority
-/// follows its nice value, as every process's does by default).
-pub fn set_io_class(pid: libc::pid_t, idle: bool) -> Result<(), Errno> {
-    const IOPRIO_WHO_PROCESS: libc::c_long = 1;
-    const IOPRIO_CLASS_IDLE: libc::c_long = 3;
-    const IOPRIO_CLASS_SHIFT: libc::c_long = 13;
-    let class = if idle { IOPRIO_CLASS_IDLE } else { 0 };
-    // SAFETY: ioprio_set takes only integers and touches no memory of ours.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_ioprio_set,
-            IOPRIO_WHO_PROCESS,
-            pid as libc::c_long,
-            class << IOPRIO_CLASS_SHIFT,
-        )
-    };
-    Errno::result(ret).map(drop)
-}

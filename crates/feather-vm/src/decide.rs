@@ -117,11 +117,6 @@ pub enum Answer {
         lazy: Option<feather_migrate::criu::PageServer>,
         hold_frozen: bool,
     },
-    /// Give the VM made ahead its name and to the asker (see [`Request::Claim`]).
-    Claim {
-        name: String,
-        terminal: Option<std::path::PathBuf>,
-    },
 }
 
 pub fn answer(request: Request) -> Answer {
@@ -129,7 +124,6 @@ pub fn answer(request: Request) -> Answer {
         // A Resume reaches a running keeper only after the VM was let go: it runs already.
         Request::Status | Request::Resume => Answer::Running,
         Request::Stop { grace_secs } => Answer::Stop(Duration::from_secs(grace_secs)),
-        Request::Claim { name, terminal } => Answer::Claim { name, terminal },
         Request::Checkpoint {
             leave_running,
             criu,
@@ -178,9 +172,7 @@ pub fn while_held(request: &Request) -> WhileHeld {
     match request {
         Request::Resume => WhileHeld::Release,
         Request::Status => WhileHeld::Status,
-        Request::Stop { .. } | Request::Checkpoint { .. } | Request::Claim { .. } => {
-            WhileHeld::Refuse
-        }
+        Request::Stop { .. } | Request::Checkpoint { .. } => WhileHeld::Refuse,
     }
 }
 

@@ -23,30 +23,6 @@ use crate::workload::Workload;
 
 pub use crate::workload::EXIT_CANNOT_EXEC;
 
-/// [`exec`] with a terminal, from a child process: exec moves its caller into the VM's
-/// namespaces for good, and the caller must stay on the host to end the VM afterwards (a
-/// throw-away VM's `run --rm -t`). Returns the command's exit code.
-pub fn exec_with_terminal_from_child(
-    root: &StateRoot,
-    name: &VmName,
-    workload: &Workload,
-) -> Result<i32> {
-    Ok(match process::fork().in_vm(name)? {
-        None => std::process::exit(match exec(root, name, workload, true) {
-            Ok(code) => code,
-            Err(e) => {
-                eprintln!("feather: {}", feather_core::error::causes(&e));
-                EXIT_CANNOT_EXEC
-            }
-        }),
-        Some(child) => match nix::sys::wait::waitpid(child, None) {
-            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
-            Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
-            _ => EXIT_CANNOT_EXEC,
-        },
-    })
-}
-
 /// Runs `workload` in the running VM `name` and returns its exit code. The caller is left in the
 /// VM's network namespace (and, with `tty`, its mount namespace): call this last, or from a
 /// child process.

@@ -59,8 +59,7 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
     let folders = [new.dir().to_path_buf(), new.run_dir().to_path_buf()];
     let mut warnings = Vec::new();
     for root in Registry::host().roots() {
-        // The VMs made ahead too: one claimed later must not see the new root.
-        for vm in root.every_vm().unwrap_or_default() {
+        for vm in root.list().unwrap_or_default() {
             if let Err(why) = in_running_vm(&vm, &folders) {
                 warnings.push(format!(
                     "cannot hide state root {} from running VM {} (of {}): {}; stop and \

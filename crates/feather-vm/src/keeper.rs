@@ -153,11 +153,6 @@ pub struct Keeper {
     /// The run folder this keeper made (device and inode): removed at the end only while its
     /// path still names it (see [`Keeper::remove_run_dir`]).
     run_dir: Option<(u64, u64)>,
-    /// The VM's state root: a VM made ahead is renamed in it at its claim.
-    root: StateRoot,
-    /// A VM made ahead (crate::pool) opens its broker at its claim, under the name it takes
-    /// then: the peers it will reach, kept until then.
-    broker_waits: Option<Arc<dyn Peers>>,
 }
 
 /// The thread writing a VM's state durably.
@@ -335,8 +330,6 @@ impl Keeper {
             memory_layer,
             recording: std::cell::RefCell::new(None),
             run_dir: identity(vm.run_dir()),
-            root: root.clone(),
-            broker_waits: None,
         };
         record.commit()?;
         trace::phase("listen, record the state");
@@ -478,8 +471,6 @@ impl Keeper {
             memory_layer: None,
             recording: std::cell::RefCell::new(None),
             run_dir: identity(vm.run_dir()),
-            root: root.clone(),
-            broker_waits: None,
         };
         trace::phase("restore: CRIU restored the tree, network completed");
         // Synced before anything of the VM runs: the checkpoint it was restored from must not
@@ -510,12 +501,7 @@ impl Keeper {
     /// VMs of the state root as the broker reaches them (`crate::peers::RootPeers`), passed in
     /// by whoever runs the keeper so that the keeper depends on no part of feather above it.
     pub fn begin(&mut self, root: &StateRoot, terminal: Option<PathBuf>, peers: Arc<dyn Peers>) {
-        // The policy names VMs: a VM made ahead has none of its own yet.
-        if self.vm.pooled_version().is_some() {
-            self.broker_waits = Some(peers);
-        } else {
-            self.open_broker(root, terminal, peers);
-        }
+        self.open_broker(root, terminal, peers);
         if let Some(mut init) = self.init_waits.take() {
             // Init's end, if it ended meanwhile, is seen by serve().
             if boot::send(&mut init, &ToInit::Start).is_ok() {
@@ -640,40 +626,28 @@ impl Keeper {
         // and tunnel). If that serve ends before every page has, the pages never fetched
         // would read as zeros: the VM ends instead (docs/migration.md, "Post-copy").
         let lazy = self.vm.checkpoint_dir().join(crate::images::LAZY);
-        let mut pages_from = runs && lazy.exists() && self.hold.is_some();
+        let mut pages_from = self.hold.as_ref().filter(|_| runs && lazy.exists());
         // A keeper is done building its VM: it gives back the code that did once quiet, not at
         // once: a foreground run's command may end at once (and the teardown would map the
         // pages again), and a background keeper's shuttle thread (feather_shuttle::watch),
         // started a moment ago, would map the pages of its first steps again after the release.
         let mut quiet = Quiet::busy_since(Instant::now());
-        // The connection of the `run --rm` that claimed this VM made ahead: its end (the
-        // command's, or the run's death) ends the VM.
-        let mut claimer: Option<UnixStream> = None;
         let status = loop {
             let mut fds = vec![
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
                 PollFd::new(self.listener.as_fd(), PollFlags::POLLIN),
                 PollFd::new(signals.as_fd(), PollFlags::POLLIN),
             ];
-            if let Some(serve) = self.hold.as_ref().filter(|_| pages_from) {
+            if let Some(serve) = pages_from {
                 fds.push(PollFd::new(serve.as_fd(), PollFlags::POLLIN));
-            }
-            if let Some(claimer) = &claimer {
-                fds.push(PollFd::new(claimer.as_fd(), PollFlags::POLLIN));
             }
             let now = Instant::now();
             let _ = quiet.wait(&mut fds, phase.patience(now).map(|left| now + left));
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
-            let pages_ended = pages_from && ready(&fds[3]);
-            let claimer_left = claimer.is_some() && fds.last().is_some_and(ready);
-            drop(fds);
-            if let Some(stream) = claimer.take_if(|_| claimer_left) {
-                self.end_claimed(Some(&stream));
-            }
-            if pages_ended {
-                pages_from = false;
+            if fds.get(3).is_some_and(ready) {
+                pages_from = None;
                 if lazy.exists() {
                     eprintln!(
                         "feather keeper {}: the `feather serve` fetching its memory ended before \
@@ -697,23 +671,6 @@ impl Keeper {
                             stop_requests.push(stream);
                         }
                         Answered::Checkpointed => checkpoint_requests.push(stream),
-                        Answered::Claim { name, terminal } => match self.claim(&name, terminal) {
-                            Ok(()) => {
-                                let claimed = Response::Claimed {
-                                    init_pid: self.init.pid.as_raw(),
-                                };
-                                if protocol::write_response(&stream, &claimed).is_ok() {
-                                    claimer = Some(stream);
-                                } else {
-                                    self.end_claimed(None);
-                                }
-                            }
-                            Err(e) => {
-                                let message = causes(&e);
-                                let _ =
-                                    protocol::write_response(&stream, &Response::Error { message });
-                            }
-                        },
                     }
                 }
             }
@@ -797,71 +754,6 @@ impl Keeper {
         Ok(ended)
     }
 
-    /// Makes this VM made ahead `name`'s (see `protocol::Request::Claim`): renamed (the
-    /// rename is the claim: of two, one wins), its `/etc/hostname` and `/etc/hosts` written
-    /// and its hostname set for that name, its processes and this keeper back in the ordinary
-    /// scheduling class (a refill makes VMs in the idle one), its broker opened. A claim that
-    /// fails after the rename ends the VM: it is no longer made ahead, and no one's.
-    fn claim(&mut self, name: &str, terminal: Option<PathBuf>) -> Result<()> {
-        let name: VmName = name.parse()?;
-        self.vm = self.vm.claim_as(&name)?;
-        self.config.name = name.clone();
-        let made = self.take_name(&name);
-        if made.is_err() {
-            let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-            return made;
-        }
-        for pid in std::iter::once(nix::unistd::Pid::this())
-            .chain(std::iter::once(self.init.pid))
-            .chain(
-                self.cgroup
-                    .as_ref()
-                    .map(Cgroup::members)
-                    .unwrap_or_default(),
-            )
-        {
-            let _ = feather_sys::sched::make_ordinary(pid);
-        }
-        if let Some(peers) = self.broker_waits.take() {
-            let root = self.root.clone();
-            self.open_broker(&root, terminal, peers);
-        }
-        trace::phase("claimed");
-        Ok(())
-    }
-
-    /// A claimed VM's record, generated `/etc` files and hostname, for its new `name`.
-    fn take_name(&mut self, name: &VmName) -> Result<()> {
-        self.vm.write_config(&self.config, Durability::Volatile)?;
-        let etc = etc_dir(&self.vm, self.memory_layer.as_ref());
-        self.network
-            .renamed(self.vm.run_dir(), &etc, name.as_str())
-            .map_err(|e| VmError::Net {
-                vm: name.to_string(),
-                source: Box::new(e),
-            })?;
-        set_hostname(&self.init.pidfd, name.as_str()).in_vm(name)
-    }
-
-    /// The command of the `run --rm` that claimed this VM ended (or the run died): the VM ends
-    /// at once, as a throw-away VM does with its command. As a foreground run's (see
-    /// [`Keeper::hand_off`]), it is set aside first, under a name no VM has, and the run told
-    /// (on `stream`), which then returns: `ls` never shows it again, and every command that
-    /// waits for teardowns waits for this one. The teardown yields to every other process (the
-    /// idle scheduling class: the next run is under way).
-    fn end_claimed(&mut self, stream: Option<&UnixStream>) {
-        match self.vm.set_aside(&self.config.id) {
-            Ok(aside) => self.vm = aside,
-            Err(e) => eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e)),
-        }
-        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-        if let Some(stream) = stream {
-            let how = "its command ended".to_owned();
-            let _ = protocol::write_response(stream, &Response::Stopped { how });
-        }
-        let _ = feather_sys::sched::make_idle();
-    }
-
     /// Sends init the signal a decision asks for; returns the phase it leads to.
     fn act(&self, step: decide::Step) -> Phase {
         if let Some(signal) = step.signal {
@@ -895,7 +787,6 @@ impl Keeper {
                 Answered::Done
             }
             decide::Answer::Stop(grace) => Answered::Stop(grace),
-            decide::Answer::Claim { name, terminal } => Answered::Claim { name, terminal },
             decide::Answer::Checkpoint {
                 leave_running,
                 criu,
@@ -1352,11 +1243,6 @@ enum Answered {
     Stop(Duration),
     /// The VM was checkpointed and its processes are ending; the asker hears when they have.
     Checkpointed,
-    /// A VM made ahead is claimed as `name` (see [`Keeper::claim`]).
-    Claim {
-        name: String,
-        terminal: Option<PathBuf>,
-    },
 }
 
 /// The thread bringing a VM's link down since its dump began (see `Keeper::dumped`).
@@ -1416,28 +1302,6 @@ fn etc_dir(vm: &VmDir, memory_layer: Option<&layers::MemoryLayer>) -> PathBuf {
         || feather_net::etc::dir(vm.run_dir()),
         layers::MemoryLayer::etc_dir,
     )
-}
-
-/// Sets the hostname of the VM whose init `pidfd` names, from a thread that joins its UTS
-/// namespace alone and ends (a thread's namespaces are its own).
-fn set_hostname(pidfd: &OwnedFd, name: &str) -> feather_sys::Result<()> {
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                process::join_namespaces(pidfd, nix::sched::CloneFlags::CLONE_NEWUTS)?;
-                nix::unistd::sethostname(name).map_err(|errno| feather_sys::SysError {
-                    op: "sethostname",
-                    target: name.to_owned(),
-                    errno,
-                })
-            })
-            .join()
-            .unwrap_or(Err(feather_sys::SysError {
-                op: "sethostname",
-                target: name.to_owned(),
-                errno: nix::errno::Errno::EINVAL,
-            }))
-    })
 }
 
 /// Removes what a keeper that died without cleaning up left: its cgroup (and any process still

@@ -62,7 +62,6 @@ pub mod migration;
 pub mod moment;
 pub mod options;
 pub mod peers;
-pub mod pool;
 pub mod program;
 pub mod protocol;
 pub mod read_only;

@@ -38,8 +38,6 @@ pub struct CreateOptions {
     pub allow_userns: bool,
     /// `--ro PATH`: paths of the base the VM sees read-only, not through its layer.
     pub read_only: Vec<PathBuf>,
-    /// A VM made ahead for `run --rm` by this version of feather (see [`crate::pool`]).
-    pub pooled: Option<String>,
 }
 
 /// Creates a VM: a folder with its config and an empty layer. Nothing is copied.
@@ -95,7 +93,7 @@ pub fn create(root: &StateRoot, name: &VmName, options: &CreateOptions) -> Resul
     root.sweep_incomplete();
     let lease = feather_net::lease_files(root.dir(), &config.network);
     let vm = root
-        .create_marked(&config, durability, &lease, options.pooled.as_deref())
+        .create_synced_with(&config, durability, &lease)
         .inspect_err(|_| {
             let _ = feather_net::release(root.dir(), &config.id, &config.network);
         })?;
@@ -536,7 +534,22 @@ pub fn run_ephemeral_with_terminal(
         let _ = fs::remove_dir_all(vm.path());
         return Err(e);
     }
-    let code = crate::exec::exec_with_terminal_from_child(root, name, workload)?;
+    // exec moves its caller into the VM's namespaces for good; this process must stay on the
+    // host to stop the VM afterwards, so the command is entered from a child.
+    let code = match feather_sys::process::fork().in_vm(name)? {
+        None => std::process::exit(match crate::exec::exec(root, name, workload, true) {
+            Ok(code) => code,
+            Err(e) => {
+                eprintln!("feather: {}", feather_core::error::causes(&e));
+                crate::workload::EXIT_CANNOT_EXEC
+            }
+        }),
+        Some(child) => match nix::sys::wait::waitpid(child, None) {
+            Ok(nix::sys::wait::WaitStatus::Exited(_, code)) => code,
+            Ok(nix::sys::wait::WaitStatus::Signaled(_, signal, _)) => 128 + signal as i32,
+            _ => crate::workload::EXIT_CANNOT_EXEC,
+        },
+    };
     stop(root, name, Duration::from_secs(1))?;
     Ok(code)
 }

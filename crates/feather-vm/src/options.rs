@@ -69,7 +69,6 @@ impl CreateRequest {
             disk: self.disk.as_deref().map(parse_bytes).transpose()?,
             allow_userns: self.allow_userns,
             read_only: self.ro.clone(),
-            pooled: None,
         })
     }
 }

@@ -36,15 +36,6 @@ pub enum Request {
     },
     /// Let a VM received by a migration run: the sender has released it (checkpoint.rs).
     Resume,
-    /// A VM made ahead for `run --rm` (crate::pool) becomes `name`'s, the VM of the asker's
-    /// command: renamed, its hostname and generated `/etc` files made for that name, its
-    /// broker opened (`terminal`: where `ask` rules ask). It ends when the asker closes the
-    /// connection (its command ended, or it died). Of two claims, one wins.
-    Claim {
-        name: String,
-        #[serde(default)]
-        terminal: Option<std::path::PathBuf>,
-    },
 }
 
 /// Changes whenever a message of this module changes.
@@ -76,10 +67,6 @@ pub enum Response {
     /// A checkpoint's freeze (`hold_frozen`) is over: the VM ran not at all for `frozen_ms`.
     Thawed {
         frozen_ms: u64,
-    },
-    /// The VM made ahead is the asker's now (see [`Request::Claim`]).
-    Claimed {
-        init_pid: i32,
     },
     Error {
         message: String,

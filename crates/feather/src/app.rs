@@ -99,8 +99,7 @@ fn runs_elsewhere(command: &Command) -> bool {
         | Command::Reset { .. }
         | Command::Service(_)
         | Command::Policy(_)
-        | Command::Audit { .. }
-        | Command::Pool { .. } => false,
+        | Command::Audit { .. } => false,
     }
 }
 
@@ -315,20 +314,6 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let filter = shuttle::AuditFilter { vm, denied };
             return shuttle::audit(&root, &filter, lines, follow, json);
         }
-        Command::Pool { drain: true } => {
-            let drained = feather_vm::pool::drain(&root)?;
-            say!("removed {drained} VM(s) made ahead")?;
-        }
-        Command::Pool { drain: false } => {
-            let ours = feather_vm::pool::version();
-            for vm in root.pooled()? {
-                let made_by = match vm.pooled_version() {
-                    Some(version) if version == ours => "this feather",
-                    _ => "another feather (removed at the next refill)",
-                };
-                say!("{}\t{}", vm.name(), made_by)?;
-            }
-        }
         Command::Open { .. } => unreachable!("handled before the root check"),
         _ => unreachable!("run by crate::full (see runs_elsewhere)"),
     }
@@ -344,14 +329,6 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
             Some(name) => name.parse()?,
             None => format!("run-{}", std::process::id()).parse()?,
         };
-        // The default VM: one made ahead, if the pool has one ready (see feather_vm::pool).
-        if args.create.is_empty() {
-            if let Some(code) = feather_vm::pool::run(root, &name, &workload, args.process.tty) {
-                return Ok(exit_code(code?));
-            }
-        } else {
-            feather_vm::pool::note_other_run(root);
-        }
         let options = create_options(&args.create)?;
         let code = if args.process.tty {
             lifecycle::run_ephemeral_with_terminal(root, &name, &options, &workload)?

@@ -230,13 +230,6 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// The VMs made ahead for `run --rm` (FEATHER_POOL=N keeps N ready): list them, or remove
-    /// them all
-    Pool {
-        /// Remove every VM made ahead, and stop the refill under way
-        #[arg(long)]
-        drain: bool,
-    },
     /// Check a property of this machine or of confinement; exits 1 if it does not hold
     #[command(subcommand)]
     Check(CheckCommand),
