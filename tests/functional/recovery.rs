@@ -301,6 +301,37 @@ fn nft_list(kind: &str, table: &str, name: &str) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Has strace hold VM `vm`'s keeper, from its stop on, for 6 s in each removal it makes in
+/// the VM's run folder (by path or through a descriptor, under its name or the one `rm` sets
+/// it aside under): the marker of its network, the folder itself. Returns the keeper's pid,
+/// the keeper (killed on drop) and strace.
+fn held_in_its_end(feather: &Feather, vm: &str) -> (Pid, KillOnDrop, Ours) {
+    let keeper = pid_of(feather, vm, "keeper_pid");
+    let held = KillOnDrop(keeper, start_time(keeper));
+    let run_dir = std::fs::canonicalize(feather.root.join("run").join(vm)).unwrap();
+    let id = feather.inspect(vm)["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let set_aside = run_dir.with_file_name(format!(".removing-{vm}-{id}"));
+    let strace = Ours(
+        std::process::Command::new("strace")
+            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=unlinkat"])
+            .args(["-e", "inject=unlinkat:delay_enter=6s", "-P"])
+            .arg(&run_dir)
+            .arg("-P")
+            .arg(&set_aside)
+            .args(["-p", &keeper.to_string()])
+            .spawn()
+            .expect("strace (./setup.sh)"),
+    );
+    let traced = format!("TracerPid:\t{}", strace.0.id());
+    feather.eventually("strace traces the keeper", || {
+        std::fs::read_to_string(format!("/proc/{keeper}/status")).is_ok_and(|s| s.contains(&traced))
+    });
+    (keeper, held, strace)
+}
+
 /// `rm` of a stopped VM whose keeper still ends returns its address once the root's network
 /// lock is free; a VM that takes the address next adds its firewall entries, keyed by that
 /// address. A keeper killed after that must leave nothing that makes the next command remove
@@ -320,30 +351,7 @@ fn a_keeper_killed_after_rm_leaves_the_address_s_next_vm_its_firewall_entries() 
     let network = feather.inspect("x")["network"].clone();
     let address = network["address"].as_str().unwrap().to_owned();
     let table = network["nftables_table"].as_str().unwrap().to_owned();
-    let keeper = pid_of(&feather, "x", "keeper_pid");
-    let held = KillOnDrop(keeper, start_time(keeper));
-    let run_dir = std::fs::canonicalize(feather.root.join("run/x")).unwrap();
-    // Where `rm` moves it while the keeper ends.
-    let id = feather.inspect("x")["config"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let set_aside = run_dir.with_file_name(format!(".removing-x-{id}"));
-    let strace = Ours(
-        std::process::Command::new("strace")
-            .args(["-f", "-qq", "-o", "/dev/null", "-e", "trace=unlinkat"])
-            .args(["-e", "inject=unlinkat:delay_enter=6s", "-P"])
-            .arg(&run_dir)
-            .arg("-P")
-            .arg(&set_aside)
-            .args(["-p", &keeper.to_string()])
-            .spawn()
-            .expect("strace (./setup.sh)"),
-    );
-    let traced = format!("TracerPid:\t{}", strace.0.id());
-    feather.eventually("strace traces the keeper", || {
-        std::fs::read_to_string(format!("/proc/{keeper}/status")).is_ok_and(|s| s.contains(&traced))
-    });
+    let (keeper, held, strace) = held_in_its_end(&feather, "x");
     feather.ok(&["stop", "--time", "1", "x"]);
     feather.eventually("the root's network lock is free", || {
         network_lock_free(&feather)
@@ -379,4 +387,82 @@ fn a_keeper_killed_after_rm_leaves_the_address_s_next_vm_its_firewall_entries() 
         egress.contains(&address),
         "the running VM lost its egress: {egress}"
     );
+}
+
+/// `rm` of a stopped VM whose keeper still ends removes its layer while other commands run,
+/// each of which looks at the VMs set aside: one whose keeper died meanwhile is the `rm`'s
+/// until it is done (its operations lock), not finished under it. Here the keeper is killed
+/// while `rm` removes 60,000 files, and `ls` runs in a loop: `rm` succeeds, and nothing of the
+/// VM is left after it.
+#[test]
+fn rm_of_a_big_layer_beside_its_ending_keeper_succeeds_while_other_commands_run() {
+    let feather = Feather::new("rm-busy");
+    let base = crate::support::ScratchBase::new("rm-busy");
+    feather.ok(&["create", "big", "--net", "none", "--base", base.as_str()]);
+    feather.ok(&["start", "big"]);
+    feather.sh(
+        "big",
+        "mkdir /data/files && cd /data/files && seq 60000 | xargs touch && sync",
+    );
+    let (keeper, held, _strace) = held_in_its_end(&feather, "big");
+    feather.ok(&["stop", "--time", "1", "big"]);
+    let mut rm = Ours(
+        feather
+            .command()
+            .args(["rm", "big"])
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    feather.eventually("rm set the VM aside", || !feather.vm_dir("big").exists());
+    drop(held);
+    feather.eventually("the keeper is gone", || !alive(keeper));
+    let status = loop {
+        feather.ok(&["ls"]);
+        if let Some(status) = rm.0.try_wait().unwrap() {
+            break status;
+        }
+    };
+    let mut said = String::new();
+    std::io::Read::read_to_string(rm.0.stderr.as_mut().unwrap(), &mut said).unwrap();
+    assert!(status.success(), "rm failed: {said}");
+    feather.ok(&["ls"]);
+    for folder in ["vms", "run"] {
+        let left: Vec<_> = std::fs::read_dir(feather.root.join(folder))
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {folder}: {left:?}");
+    }
+}
+
+/// `rm` right after `stop`, while the keeper still ends: the keeper removes what `rm` left of
+/// the VM set aside (its config, its locks, its run folder) before it exits, so nothing of the
+/// VM is left in the state root without any further command.
+#[test]
+fn after_stop_and_rm_the_ending_keeper_leaves_nothing_of_the_vm() {
+    let feather = Feather::new("rm-ending");
+    let base = crate::support::ScratchBase::new("rm-ending");
+    feather.ok(&["create", "k", "--base", base.as_str()]);
+    feather.ok(&["start", "k"]);
+    feather.sh("k", "echo kept > /data/file");
+    let (keeper, _held, strace) = held_in_its_end(&feather, "k");
+    feather.ok(&["stop", "--time", "1", "k"]);
+    // The network is gone; the keeper is held in its removal of the run folder.
+    feather.eventually("the root's network lock is free", || {
+        network_lock_free(&feather)
+    });
+    feather.ok(&["rm", "k"]);
+    assert!(
+        alive(keeper),
+        "the keeper ended before rm: nothing to check"
+    );
+    // Let go: the keeper goes on at once.
+    drop(strace);
+    feather.eventually("the keeper exits", || !alive(keeper));
+    for folder in ["vms", "run", "network-leases"] {
+        let left: Vec<_> = std::fs::read_dir(feather.root.join(folder))
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {folder}: {left:?}");
+    }
 }

@@ -303,6 +303,11 @@ pub fn recover(vm: &VmDir) -> Result<()> {
 /// child.
 pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
     for aside in root.set_aside_vms() {
+        // An `rm` still removing its layer (remove_beside_its_keeper): it, or the VM's keeper
+        // after it, finishes the rest.
+        if aside.operations_under_way() {
+            continue;
+        }
         let lock = if wait {
             aside.await_keeper().ok()
         } else {
@@ -435,13 +440,18 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
 /// commands after this one wait for that lock, as for a throw-away VM's teardown under way, and
 /// remove the rest, with whatever a keeper killed half-way left ([`settle_throw_aways`]).
 fn remove_beside_its_keeper(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<()> {
+    // The operations lock this command holds goes with the folder: while it is held, no other
+    // command finishes the folder set aside (settle_throw_aways), nor the keeper.
     let aside = vm.set_aside(&config.id)?;
     let folder = beneath::open_root(aside.path()).at(aside.path())?;
     for entry in fs::read_dir(aside.path()).at(aside.path())?.flatten() {
         let name = entry.file_name();
-        if name != "keeper.lock" && name != "config.toml" {
+        if !KEPT_WHILE_ITS_KEEPER_ENDS.iter().any(|kept| name == *kept) {
             // Through descriptors, at any depth: the VM chose how deep its layer's folders nest.
-            beneath::remove_tree(&folder, &name).at(entry.path())?;
+            match beneath::remove_tree(&folder, &name) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // removed already
+                done => done.at(entry.path())?,
+            }
         }
     }
     feather_net::release(root.dir(), &config.id, &config.network).in_vm(vm.name())?;
@@ -451,6 +461,10 @@ fn remove_beside_its_keeper(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> 
     }
     Ok(())
 }
+
+/// What [`remove_beside_its_keeper`] leaves of a VM's folder for its keeper (or, if that dies,
+/// the next command) to remove: its config, and the locks held by the keeper and by the `rm`.
+const KEPT_WHILE_ITS_KEEPER_ENDS: [&str; 3] = ["keeper.lock", "config.toml", "op.lock"];
 
 /// Whether a stopped throw-away VM is gone: the `run --rm` that keeps it removes it as it
 /// ends, so `rm -f` waits for that (a removal of its own would race it for the folder). False

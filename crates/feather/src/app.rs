@@ -57,7 +57,8 @@ fn main_with(others: Others) -> ExitCode {
         Err(e) if feather_core::stdout::reader_gone(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             // An error may quote a VM's path or text: each line is escaped for the terminal.
-            let message = format!("{e:#}");
+            // Each cause once: an I/O error's message quotes its source already.
+            let message = feather_core::error::causes(e.as_ref());
             let lines: Vec<_> = message
                 .lines()
                 .map(feather_core::display::escape_for_terminal)
