@@ -148,6 +148,12 @@ pub fn commits_in_order(folder: &Path) -> bool {
     feather_sys::flush::orders_commits(folder)
 }
 
+/// Whether one commit of `folder`'s filesystem takes every change to `paths` made before it
+/// (`feather_sys::flush::commits_together`: in order, and all on that filesystem).
+pub fn commits_together(folder: &Path, paths: &[std::path::PathBuf]) -> bool {
+    feather_sys::flush::commits_together(folder, paths)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -31,7 +31,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 
 use crate::atomic::{
-    commits_in_order, stage, sync_all, write_atomic, write_out, Durability, Staged,
+    commits_together, stage, sync_all, write_atomic, write_out, Durability, Staged,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::{VmConfig, VmName, VmState, VmStatus};
@@ -217,8 +217,11 @@ impl StateRoot {
         make_private_dir(&vms_dir)?;
         let temp = vms_dir.join(format!(".creating-{}-{}", config.name, config.id));
         // One journal commit and one flush of the device for the whole create where the
-        // journal commits in order (feather_sys::flush), instead of one flush per file.
-        let in_order = durability != Durability::Volatile && commits_in_order(&vms_dir);
+        // journal commits in order (feather_sys::flush), instead of one flush per file: only
+        // where what was made for the VM (its lease) is on the same filesystem, which that
+        // commit takes with it.
+        let in_order =
+            durability != Durability::Volatile && commits_together(&vms_dir, made_for_it);
         let assemble = || -> Result<()> {
             fs::DirBuilder::new()
                 .mode(PRIVATE)
