@@ -466,3 +466,36 @@ fn after_stop_and_rm_the_ending_keeper_leaves_nothing_of_the_vm() {
         assert!(left.is_empty(), "left in {folder}: {left:?}");
     }
 }
+
+/// After `rm x` while x's keeper still ends (letting its mounts go, which may take long on a
+/// busy disk), a command that does not name x does not wait for that keeper; one that names x
+/// does, and says so.
+#[test]
+fn only_a_command_naming_a_vm_removed_beside_its_keeper_waits_for_it() {
+    let feather = Feather::new("rm-wait");
+    let base = crate::support::ScratchBase::new("rm-wait");
+    feather.ok(&["create", "x", "--base", base.as_str()]);
+    feather.ok(&["start", "x"]);
+    let (keeper, _held, _strace) = held_in_its_end(&feather, "x");
+    feather.ok(&["stop", "--time", "1", "x"]);
+    feather.eventually("the root's network lock is free", || {
+        network_lock_free(&feather)
+    });
+    feather.ok(&["rm", "x"]);
+    feather.ok(&["ls"]);
+    feather.ok(&["create", "y", "--base", base.as_str()]);
+    assert!(
+        alive(keeper),
+        "a command not naming x waited for x's keeper"
+    );
+    let created = feather.run(&["create", "x", "--base", base.as_str()]);
+    assert_eq!(created.code, 0, "{}", created.stderr);
+    assert!(!alive(keeper), "create x did not wait for x's last keeper");
+    assert!(
+        created
+            .stderr
+            .contains("waiting for VM x's previous keeper to release its mounts"),
+        "{}",
+        created.stderr
+    );
+}

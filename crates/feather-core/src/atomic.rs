@@ -12,8 +12,9 @@ use crate::error::{Error, IoContext, Result};
 /// contents reach the disk before the rename, which is not synced: a power cut leaves the
 /// file old or new, never empty or half-written, and may forget the change (one journal
 /// commit instead of two; for a record that is as true as the old one once the power is back).
-/// Where a journal commits in order (XFS, ext4 with a journal: `feather_sys::flush::orders_commits`), not even one: the contents are written out
-/// and waited for, and the journal's next commit takes them with the rename.
+/// Where a journal commits in order (XFS, ext4 with a journal:
+/// `feather_sys::flush::orders_commits`), not even one: the contents are written out and
+/// waited for, and the journal's next commit takes them with the rename.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     Durable,

@@ -550,9 +550,10 @@ impl Attachment {
         Ok(())
     }
 
-    /// Closes the VM's published ports and waits until no socket of this process holds one: called before the VM's end is reported, so
-    /// that a VM started next binds them at once, whether the keeper has exited by then or
-    /// not (a kept VM's keeper goes on letting the VM's mounts go).
+    /// Closes the VM's published ports and waits until no socket of this process holds one:
+    /// called before the VM's end is reported, so that a VM started next binds them at once,
+    /// whether the keeper has exited by then or not (a kept VM's keeper goes on letting the
+    /// VM's mounts go).
     pub fn close_ports(&self) {
         if let Some(mut forwarding) = self.forwarding.borrow_mut().take() {
             forwarding.close();

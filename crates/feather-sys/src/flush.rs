@@ -5,8 +5,8 @@
 //! transaction, which the first fsync commits; the later ones find theirs committed already
 //! and only flush the device's cache — one flush each, a few milliseconds on a busy disk.
 //!
-//! On a filesystem whose journal commits in order (XFS, ext4 with a journal: [`orders_commits`]), committing a change commits every
-//! change made before it: files whose data was written out and waited for ([`write_out`]), then
+//! On a filesystem whose journal commits in order (XFS, ext4 with a journal:
+//! [`orders_commits`]), committing a change commits every change made before it: files whose data was written out and waited for ([`write_out`]), then
 //! made to exist by a rename, reach the disk with that rename in one commit and one flush
 //! (the fsync of the rename's folder), and a commit that takes the rename (the journal's own,
 //! every few seconds) takes the files' allocations with it, which came first.

@@ -746,7 +746,8 @@ impl Keeper {
             // the user's command goes on to report the exit status.
             true => drop(self.lock),
             // A background keeper's is let go by its exit, never before: whoever waits for it
-            // (`start`, the commands after an `rm`) finds nothing of this keeper at work.
+            // (`start`, a command naming a VM removed meanwhile) finds nothing of this keeper
+            // at work.
             false => std::mem::forget(self.lock),
         }
         Ok(ended)
@@ -1534,8 +1535,8 @@ fn listen(vm: &VmDir) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the waiting `feather start` through
-/// `ready` whether it worked, then serves until the VM ends. `netns`: a restore's network
+/// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the
+/// waiting `feather start` through `ready` whether it worked, then serves until the VM ends. `netns`: a restore's network
 /// namespace made ahead by its starter (see [`Keeper::restore`]).
 pub fn main_background(
     root: StateRoot,
