@@ -425,8 +425,8 @@ fn many_throw_away_runs_leave_no_mount_link_namespace_cgroup_or_rule() {
 /// A kept VM's stop answers before its keeper lets the VM's mounts go (keeper::holds_mounts,
 /// docs/design.md "Stopping a kept VM"). Right after it, `ls` says stopped, `start` mounts the
 /// layer again once the old overlay is gone and finds what the VM wrote, and `rm` frees the
-/// name at once without waiting for the overlay's sync; the commands after it wait for that
-/// keeper, and nothing of the VM is left.
+/// name at once without waiting for the overlay's sync; the keeper removes what `rm` left,
+/// and nothing of the VM is left.
 #[test]
 fn right_after_stop_ls_says_stopped_start_finds_the_layer_and_rm_leaves_nothing() {
     let (feather, subnet, bridge) = root_with_known_bridge("stop-release");
