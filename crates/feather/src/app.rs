@@ -192,7 +192,13 @@ fn remove_each(root: &StateRoot, names: &[String], force: bool) -> anyhow::Resul
     }
     let failures: Vec<String> = names
         .iter()
-        .filter_map(|name| remove(name).err().map(|e| format!("{name}: {e:#}")))
+        .filter_map(|name| {
+            let failed = remove(name).err()?;
+            Some(format!(
+                "{name}: {}",
+                feather_core::error::causes(failed.as_ref())
+            ))
+        })
         .collect();
     if failures.is_empty() {
         return Ok(());
