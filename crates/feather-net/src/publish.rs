@@ -137,7 +137,16 @@ fn readable(socket: BorrowedFd<'_>, closed: &OwnedFd, timeout: PollTimeout) -> b
         ];
         match poll(&mut fds, timeout) {
             Err(nix::errno::Errno::EINTR) => continue,
-            Err(_) | Ok(0) => return false,
+            // Short of memory for the moment, as an accept can be: the forwarder goes on.
+            Err(e @ (nix::errno::Errno::ENOMEM | nix::errno::Errno::EAGAIN)) => {
+                eprintln!("feather: a published port's forwarder: poll: {e} (trying again)");
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            Err(e) => {
+                eprintln!("feather: a published port's forwarder ends: poll: {e}");
+                return false;
+            }
+            Ok(0) => return false,
             Ok(_) => {
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 return !ready(&fds[1]) && ready(&fds[0]);
