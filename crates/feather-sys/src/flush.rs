@@ -70,9 +70,8 @@ pub fn write_out(files: &[PathBuf]) -> Result<(), (PathBuf, io::Error)> {
 /// it for every file it writes.
 pub fn orders_commits(path: &Path) -> bool {
     static KNOWN: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
-    // A kernel that cannot name the mount for good (before 6.8) is asked every time.
     let Ok(mount) = raw::mount_id(path) else {
-        return looked_up(path);
+        return false;
     };
     let known = |known: &[(u64, bool)]| known.iter().find(|(m, _)| *m == mount).map(|k| k.1);
     if let Some(orders) = KNOWN.lock().ok().and_then(|k| known(&k)) {

@@ -547,9 +547,8 @@ pub fn write_out(fd: BorrowedFd<'_>) -> Result<(), Errno> {
 }
 
 /// The mount `path` lies on, by an id the kernel never gives another mount while it runs
-/// (statx's `STATX_MNT_ID_UNIQUE`, Linux 6.8). EOPNOTSUPP where the kernel cannot say so: an
-/// older kernel's mount id may be reused by a later mount, and one that fills no mount id at
-/// all would leave every path the same zero — a cache keyed by it would mix filesystems up.
+/// (statx's `STATX_MNT_ID_UNIQUE`, Linux 6.8; an older kernel answers the mount's id, which a
+/// later mount may reuse).
 pub fn mount_id(path: &std::path::Path) -> Result<u64, Errno> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
@@ -560,9 +559,6 @@ pub fn mount_id(path: &std::path::Path) -> Result<u64, Errno> {
     Errno::result(ret)?;
     // SAFETY: zeroed (every field an integer), then filled by the kernel.
     let stx = unsafe { stx.assume_init() };
-    if stx.stx_mask & libc::STATX_MNT_ID_UNIQUE == 0 {
-        return Err(Errno::EOPNOTSUPP);
-    }
     Ok(stx.stx_mnt_id)
 }
 
