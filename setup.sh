@@ -62,7 +62,6 @@ packages=(
     python3-dbus python3-gi  # Shuttle tests: a program owning names on a VM's system bus
     socat            # Shuttle tests: a unix-socket client inside a VM
     e2fsprogs        # --disk without project quotas: mkfs.ext4 formats a VM's disk image; tests: chattr tries to change a project
-    strace           # tests: holds a keeper in a system call (tests/functional/recovery.rs)
     mount            # --disk without project quotas: mount -o loop attaches a VM's disk image
     # Engines that drive feather-oci in tests/oci (each test starts its own daemon; none is
     # started on the host). runc is the reference runtime the engines' calls were learnt from.

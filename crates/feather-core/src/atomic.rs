@@ -12,9 +12,8 @@ use crate::error::{Error, IoContext, Result};
 /// contents reach the disk before the rename, which is not synced: a power cut leaves the
 /// file old or new, never empty or half-written, and may forget the change (one journal
 /// commit instead of two; for a record that is as true as the old one once the power is back).
-/// Where a journal commits in order (XFS, ext4 with a journal:
-/// `feather_sys::flush::orders_commits`), not even one: the contents are written out and
-/// waited for, and the journal's next commit takes them with the rename.
+/// Where a journal commits in order (XFS, ext4 with a journal: `feather_sys::flush::orders_commits`), not even one: the contents are written out
+/// and waited for, and the journal's next commit takes them with the rename.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     Durable,
@@ -147,12 +146,6 @@ pub fn write_out(files: &[std::path::PathBuf]) -> Result<()> {
 /// (`feather_sys::flush::orders_commits`).
 pub fn commits_in_order(folder: &Path) -> bool {
     feather_sys::flush::orders_commits(folder)
-}
-
-/// Whether one commit of `folder`'s filesystem takes every change to `paths` made before it
-/// (`feather_sys::flush::commits_together`: in order, and all on that filesystem).
-pub fn commits_together(folder: &Path, paths: &[std::path::PathBuf]) -> bool {
-    feather_sys::flush::commits_together(folder, paths)
 }
 
 #[cfg(test)]

@@ -31,7 +31,7 @@ use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsE
 use std::path::{Path, PathBuf};
 
 use crate::atomic::{
-    commits_together, stage, sync_all, write_atomic, write_out, Durability, Staged,
+    commits_in_order, stage, sync_all, write_atomic, write_out, Durability, Staged,
 };
 use crate::error::{Error, IoContext, Result};
 use crate::{VmConfig, VmName, VmState, VmStatus};
@@ -217,11 +217,8 @@ impl StateRoot {
         make_private_dir(&vms_dir)?;
         let temp = vms_dir.join(format!(".creating-{}-{}", config.name, config.id));
         // One journal commit and one flush of the device for the whole create where the
-        // journal commits in order (feather_sys::flush), instead of one flush per file: only
-        // where what was made for the VM (its lease) is on the same filesystem, which that
-        // commit takes with it.
-        let in_order =
-            durability != Durability::Volatile && commits_together(&vms_dir, made_for_it);
+        // journal commits in order (feather_sys::flush), instead of one flush per file.
+        let in_order = durability != Durability::Volatile && commits_in_order(&vms_dir);
         let assemble = || -> Result<()> {
             fs::DirBuilder::new()
                 .mode(PRIVATE)
@@ -451,7 +448,12 @@ impl VmDir {
     /// `ls` no longer shows it, while its teardown finishes. Renames only, so it is quick on
     /// any filesystem. `id` is the VM's id, which makes the names unique.
     pub fn set_aside(&self, id: &str) -> Result<VmDir> {
-        let aside = self.aside(id);
+        let folder = format!("{SET_ASIDE}{}-{id}", self.name);
+        let aside = VmDir {
+            name: self.name.clone(),
+            path: self.path.with_file_name(&folder),
+            run: self.run.with_file_name(&folder),
+        };
         match fs::rename(&self.run, &aside.run) {
             Err(e) if e.kind() != ErrorKind::NotFound => return Err(e).at(&self.run),
             _ => {}
@@ -461,16 +463,6 @@ impl VmDir {
             return Err(e).at(&self.path);
         }
         Ok(aside)
-    }
-
-    /// Where [`VmDir::set_aside`] moves this VM, of id `id` (nothing is moved here).
-    pub fn aside(&self, id: &str) -> VmDir {
-        let folder = format!("{SET_ASIDE}{}-{id}", self.name);
-        VmDir {
-            name: self.name.clone(),
-            path: self.path.with_file_name(&folder),
-            run: self.run.with_file_name(&folder),
-        }
     }
 
     /// Whether a keeper holds the keeper lock right now.
@@ -485,25 +477,6 @@ impl VmDir {
         let file = open_lock_file(&path)?;
         file.lock().at(&path)?;
         Ok(file)
-    }
-
-    /// For a VM set aside: whether the command that set it aside (`rm`) still works on it,
-    /// holding the operations lock it took before. Never makes the lock file: the folder may
-    /// be on its way out.
-    pub fn operations_under_way(&self) -> bool {
-        let Ok(file) = File::open(self.path.join("op.lock")) else {
-            return false;
-        };
-        matches!(file.try_lock(), Err(std::fs::TryLockError::WouldBlock))
-    }
-
-    /// For a VM set aside: waits until the command that set it aside (`rm`) is done with it,
-    /// and takes its operations lock. None if the folder has none (or is gone): nothing makes
-    /// one here, the folder may be on its way out.
-    pub fn await_operations_if_any(&self) -> Option<File> {
-        let file = File::open(self.path.join("op.lock")).ok()?;
-        file.lock().ok()?;
-        Some(file)
     }
 
     /// Like [`VmDir::lock_operations`], but waits at most `patience`: None when the lock

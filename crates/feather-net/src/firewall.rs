@@ -251,15 +251,7 @@ pub fn add_vm(
 
 /// Removes one VM's chains and map entries. Whatever is already gone is skipped: a batch with
 /// a missing entry fails as a whole, and then the entries are removed one at a time.
-/// `by_address`: whether to remove the entries keyed by the address alone too (`egress`,
-/// `from_vm`); false when another VM holds the address since, whose entries they are now.
-pub fn remove_vm(
-    network: &RootNetwork,
-    host_end: &str,
-    address: Ipv4Addr,
-    egress: bool,
-    by_address: bool,
-) {
+pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egress: bool) {
     use nftables::Family::{Bridge, Inet};
     let table = network.table();
     let chain = chain(host_end);
@@ -267,7 +259,7 @@ pub fn remove_vm(
     let chain = chain.as_str();
     // Elements before the chains they jump to: a chain still referenced cannot go.
     let mut changes = Vec::new();
-    if egress && by_address {
+    if egress {
         changes.push(Change::DeleteElement {
             family: Inet,
             table,
@@ -275,15 +267,13 @@ pub fn remove_vm(
             key: Key::Ipv4(address),
         });
     }
-    if by_address {
-        changes.push(Change::DeleteElement {
+    changes.extend([
+        Change::DeleteElement {
             family: Inet,
             table,
             set: "from_vm",
             key: Key::Ipv4(address),
-        });
-    }
-    changes.extend([
+        },
         Change::DeleteChain {
             family: Inet,
             table,

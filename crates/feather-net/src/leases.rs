@@ -110,12 +110,6 @@ pub(crate) fn hand_over(network: &RootNetwork, address: Ipv4Addr, vm_id: &str) -
     fs::rename(&new, &path).at(&path)
 }
 
-/// The id of the VM that holds `address`, if one does.
-pub(crate) fn holder(network: &RootNetwork, address: Ipv4Addr) -> Option<String> {
-    let path = leases_dir(network).join(address.to_string());
-    fs::read_to_string(path).ok().map(|id| id.trim().to_owned())
-}
-
 /// What must reach the disk for the lease of `address` to survive a power cut: its file, then
 /// the folder that names it.
 pub fn files(root_dir: &Path, address: Ipv4Addr) -> [PathBuf; 2] {

@@ -373,6 +373,20 @@ impl Attachment {
         self.pooled.as_ref().map(|pooled| &pooled.namespace)
     }
 
+    /// Removes the marker [`Attachment::mark`] wrote: through the run folder opened at the
+    /// start, never by a path another VM of the same name may have taken since.
+    fn unmark(&self) {
+        match &self.run_dir {
+            Some(dir) => {
+                let _ =
+                    nix::unistd::unlinkat(dir, ATTACHED, nix::unistd::UnlinkatFlags::NoRemoveDir);
+            }
+            None => {
+                let _ = fs::remove_file(&self.marker);
+            }
+        }
+    }
+
     /// Written before anything of the VM's is made on the host: whatever happens next, a later
     /// clean-up knows there may be something of this VM to remove, and which host end.
     fn mark(&self) -> Result<()> {
@@ -550,10 +564,9 @@ impl Attachment {
         Ok(())
     }
 
-    /// Closes the VM's published ports and waits until no socket of this process holds one:
-    /// called before the VM's end is reported, so that a VM started next binds them at once,
-    /// whether the keeper has exited by then or not (a kept VM's keeper goes on letting the
-    /// VM's mounts go).
+    /// Closes the VM's published ports and waits until no socket of this process holds one: called before the VM's end is reported, so
+    /// that a VM started next binds them at once, whether the keeper has exited by then or
+    /// not (a kept VM's keeper goes on letting the VM's mounts go).
     pub fn close_ports(&self) {
         if let Some(mut forwarding) = self.forwarding.borrow_mut().take() {
             forwarding.close();
@@ -586,16 +599,8 @@ impl Attachment {
         self.close_ports();
         self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
-            let run_dir = self.run_dir.as_ref().and_then(|dir| dir.try_clone().ok());
-            let removal = Removal {
-                host_end: &self.host_end,
-                address,
-                egress: self.config.egress,
-                keep_bridge: false,
-                marker: run_dir,
-                owner: None,
-            };
-            let (removing, rules_removed) = clean_up(network, removal).unzip();
+            let (removing, rules_removed) =
+                clean_up(network, &self.host_end, address, self.config.egress, false).unzip();
             *self.removing.borrow_mut() = removing;
             *self.rules_removed.borrow_mut() = rules_removed;
         }
@@ -618,11 +623,9 @@ impl Attachment {
     pub fn wait(&self) {
         if let Some(removing) = self.removing.borrow_mut().take() {
             let _ = removing.join();
-            // The thread removed it through the run folder before it let the root's network
-            // lock go; by its path only if that folder could not be opened.
-            if self.run_dir.is_none() {
-                let _ = fs::remove_file(&self.marker);
-            }
+            // Only now: a keeper killed before this leaves the marker, and with it the
+            // removal of what is left to the next command (`remove_leftovers`).
+            self.unmark();
         }
         if let (true, Some(network)) = (self.released.replace(false), &self.network) {
             if let Ok(_lock) = network.lock() {
@@ -675,37 +678,14 @@ fn remove_attached(
                 "" => host_end(vm_id),
                 recorded => recorded.to_owned(),
             };
-            let removal = Removal {
-                host_end: &host_end,
-                address,
-                egress: config.egress,
-                keep_bridge,
-                marker: fs::File::open(run_dir).ok(),
-                owner: Some(vm_id),
-            };
-            if let Some((removing, _)) = clean_up(&network, removal) {
+            if let Some((removing, _)) =
+                clean_up(&network, &host_end, address, config.egress, keep_bridge)
+            {
                 let _ = removing.join();
             }
         }
     }
     let _ = fs::remove_file(marker);
-}
-
-/// What [`clean_up`] removes of one VM's network.
-struct Removal<'a> {
-    host_end: &'a str,
-    address: Ipv4Addr,
-    egress: bool,
-    /// The root's bridge and tables stay even if this was their last VM.
-    keep_bridge: bool,
-    /// The VM's run folder, opened: its marker ([`ATTACHED`]) is removed through it once the
-    /// network is gone, before the root's network lock goes. A command that finds the lock
-    /// free finds the marker gone with it, so it never removes by the VM's address what a VM
-    /// leased that address since made (the firewall's `from_vm` and `egress` entries).
-    marker: Option<fs::File>,
-    /// For leftovers: the VM whose lease the address must still be for the entries keyed by
-    /// the address alone to be removed (another VM may hold it since, and its entries with it).
-    owner: Option<&'a str>,
 }
 
 /// The marker in a VM's run folder from attach until its network is removed (see
@@ -715,16 +695,13 @@ pub const ATTACHED: &str = "network-attached";
 /// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
 /// its firewall entries or, if it was the bridge's last port (and not `keep_bridge`), the bridge
 /// and both tables. The thread blocks every signal (they belong to the keeper's main thread).
-fn clean_up(network: &RootNetwork, removal: Removal) -> Option<(JoinHandle<()>, Receiver<()>)> {
-    let Removal {
-        host_end,
-        address,
-        egress,
-        keep_bridge,
-        marker,
-        owner,
-    } = removal;
-    let owner = owner.map(str::to_owned);
+fn clean_up(
+    network: &RootNetwork,
+    host_end: &str,
+    address: Ipv4Addr,
+    egress: bool,
+    keep_bridge: bool,
+) -> Option<(JoinHandle<()>, Receiver<()>)> {
     // With `keep_bridge` the root's lock guards nothing here (the veth and chains are this VM's
     // alone, and the bridge stays): a VM starting meanwhile need not wait for the kernel.
     let lock = if keep_bridge {
@@ -738,15 +715,8 @@ fn clean_up(network: &RootNetwork, removal: Removal) -> Option<(JoinHandle<()>, 
     let (rules_removed, removed) = std::sync::mpsc::channel();
     let work = move || {
         let _lock = lock;
-        // Under the lock: a VM leasing the address since attaches (and adds its entries) only
-        // once this is done, or has added them already and holds the lease.
-        let address_ours = owner.is_none_or(|owner| {
-            leases::holder(&network, address).is_none_or(|holder| holder == owner)
-        });
         // First, so that the LAN stops being sent here what the VM no longer answers.
-        if address_ours {
-            uplink::leave(&mut netlink, &network, address);
-        }
+        uplink::leave(&mut netlink, &network, address);
         let others = Path::new("/sys/class/net")
             .join(&network.bridge)
             .join("brif");
@@ -769,7 +739,7 @@ fn clean_up(network: &RootNetwork, removal: Removal) -> Option<(JoinHandle<()>, 
         std::thread::scope(|both| {
             both.spawn(|| {
                 if in_use {
-                    firewall::remove_vm(&network, &host_end, address, egress, address_ours);
+                    firewall::remove_vm(&network, &host_end, address, egress);
                 } else {
                     firewall::delete_tables(&network);
                 }
@@ -784,10 +754,6 @@ fn clean_up(network: &RootNetwork, removal: Removal) -> Option<(JoinHandle<()>, 
                 }
             }
         });
-        if let Some(run_dir) = &marker {
-            let _ =
-                nix::unistd::unlinkat(run_dir, ATTACHED, nix::unistd::UnlinkatFlags::NoRemoveDir);
-        }
     };
     let mut old = SigSet::empty();
     let _ = pthread_sigmask(

@@ -223,7 +223,7 @@ fn destroy(network: &RootNetwork, entry: &Path) {
         if let (Some(index), Ok(mut netlink)) = (index_of(&link.host_end), Netlink::open()) {
             let _ = netlink.delete_link(index);
         }
-        firewall::remove_vm(network, &link.host_end, link.address, false, true);
+        firewall::remove_vm(network, &link.host_end, link.address, false);
     }
     if let Some(n) = entry
         .file_name()

@@ -137,16 +137,7 @@ fn readable(socket: BorrowedFd<'_>, closed: &OwnedFd, timeout: PollTimeout) -> b
         ];
         match poll(&mut fds, timeout) {
             Err(nix::errno::Errno::EINTR) => continue,
-            // Short of memory for the moment, as an accept can be: the forwarder goes on.
-            Err(e @ (nix::errno::Errno::ENOMEM | nix::errno::Errno::EAGAIN)) => {
-                eprintln!("feather: a published port's forwarder: poll: {e} (trying again)");
-                std::thread::sleep(std::time::Duration::from_millis(100));
-            }
-            Err(e) => {
-                eprintln!("feather: a published port's forwarder ends: poll: {e}");
-                return false;
-            }
-            Ok(0) => return false,
+            Err(_) | Ok(0) => return false,
             Ok(_) => {
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
                 return !ready(&fds[1]) && ready(&fds[0]);

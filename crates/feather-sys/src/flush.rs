@@ -5,8 +5,8 @@
 //! transaction, which the first fsync commits; the later ones find theirs committed already
 //! and only flush the device's cache — one flush each, a few milliseconds on a busy disk.
 //!
-//! On a filesystem whose journal commits in order (XFS, ext4 with a journal:
-//! [`orders_commits`]), committing a change commits every change made before it: files whose data was written out and waited for ([`write_out`]), then
+//! On a filesystem whose journal commits in order (XFS, ext4 with a journal: [`orders_commits`]), committing a change commits every
+//! change made before it: files whose data was written out and waited for ([`write_out`]), then
 //! made to exist by a rename, reach the disk with that rename in one commit and one flush
 //! (the fsync of the rename's folder), and a commit that takes the rename (the journal's own,
 //! every few seconds) takes the files' allocations with it, which came first.
@@ -15,7 +15,6 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use crate::raw;
 
@@ -40,17 +39,11 @@ pub fn sync_together(paths: &[PathBuf]) -> Result<(), (PathBuf, io::Error)> {
 /// Writes the data of every file (already written, unsynced) out and waits until it is on the
 /// device, without a journal commit or a flush of the device's cache: the first half of a
 /// commit that [`orders_commits`] lets one later fsync finish. Returns the path that failed.
-/// A folder among them is passed over: sync_file_range(2) does nothing for one, whose entries
-/// reach the disk with the commit.
 pub fn write_out(files: &[PathBuf]) -> Result<(), (PathBuf, io::Error)> {
-    let mut opened = Vec::with_capacity(files.len());
-    for path in files {
-        let file = File::open(path).map_err(|e| failed(path, e))?;
-        if !file.metadata().map_err(|e| failed(path, e))?.is_dir() {
-            opened.push((file, path));
-        }
-    }
-    let (opened, files): (Vec<File>, Vec<&PathBuf>) = opened.into_iter().unzip();
+    let opened = files
+        .iter()
+        .map(|path| File::open(path).map_err(|e| failed(path, e)))
+        .collect::<Result<Vec<_>, _>>()?;
     for file in &opened {
         let _ = raw::start_writeback(file.as_fd());
     }
@@ -66,39 +59,7 @@ pub fn write_out(files: &[PathBuf]) -> Result<(), (PathBuf, io::Error)> {
 /// is also ext2's and ext3's, with or without a journal (this machine's root ext4 has none);
 /// without one nothing orders the commits, and every file is synced on its own. Other
 /// filesystems (btrfs's per-file log, tmpfs, unknown ones) are synced file by file too.
-/// Asked once per mount in a process (it reads sysfs), by the mount's unique id: a create asks
-/// it for every file it writes.
 pub fn orders_commits(path: &Path) -> bool {
-    static KNOWN: Mutex<Vec<(u64, bool)>> = Mutex::new(Vec::new());
-    let Ok(mount) = raw::mount_id(path) else {
-        return false;
-    };
-    let known = |known: &[(u64, bool)]| known.iter().find(|(m, _)| *m == mount).map(|k| k.1);
-    if let Some(orders) = KNOWN.lock().ok().and_then(|k| known(&k)) {
-        return orders;
-    }
-    let orders = looked_up(path);
-    if let Ok(mut known) = KNOWN.lock() {
-        known.push((mount, orders));
-    }
-    orders
-}
-
-/// Whether one commit of `folder`'s filesystem takes every change made before it to `paths`
-/// with it: its journal commits in order ([`orders_commits`]) and each path lies on that
-/// filesystem (its device). A path elsewhere (a state root's `vms/` on a filesystem of its
-/// own, its leases on another) would reach its disk only when its own filesystem commits.
-pub fn commits_together(folder: &Path, paths: &[PathBuf]) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    let device = |path: &Path| std::fs::metadata(path).ok().map(|meta| meta.dev());
-    let Some(here) = device(folder) else {
-        return false;
-    };
-    paths.iter().all(|path| device(path) == Some(here)) && orders_commits(folder)
-}
-
-/// [`orders_commits`], asking the kernel.
-fn looked_up(path: &Path) -> bool {
     use nix::sys::statfs::{statfs, EXT4_SUPER_MAGIC, XFS_SUPER_MAGIC};
     match statfs(path).map(|fs| fs.filesystem_type()) {
         Ok(kind) if kind == XFS_SUPER_MAGIC => true,
@@ -160,8 +121,6 @@ mod tests {
         let file = dir.join("config.toml");
         std::fs::write(&file, b"name = 'a'").unwrap();
         write_out(std::slice::from_ref(&file)).unwrap();
-        // A folder is passed over (sync_file_range(2) would do nothing for it).
-        write_out(&[dir.clone(), file.clone()]).unwrap();
         let missing = dir.join("missing");
         let (path, error) = write_out(&[file, missing.clone()]).unwrap_err();
         assert_eq!((path, error.kind()), (missing, io::ErrorKind::NotFound));
@@ -216,49 +175,12 @@ mod tests {
 
     /// ext4's statfs magic says nothing of a journal: one commit for many files is had only
     /// where the kernel names the journal's thread.
-    /// Loop devices and mounts need root: without it, says so and passes over the test.
-    fn can_mount(test: &str) -> bool {
-        let root = nix::unistd::Uid::effective().is_root();
-        if !root {
-            eprintln!("{test}: skipped, needs root (mkfs.ext4 and mount -o loop)");
-        }
-        root
-    }
-
     #[test]
     fn only_a_filesystem_with_a_journal_orders_its_commits() {
-        if !can_mount("only_a_filesystem_with_a_journal_orders_its_commits") {
-            return;
-        }
         let journalled = LoopExt4::new("journal", "has_journal");
         let bare = LoopExt4::new("no-journal", "^has_journal");
         assert!(orders_commits(&journalled.mount()));
         assert!(!orders_commits(&bare.mount()));
         assert!(!orders_commits(Path::new("/proc")));
-    }
-
-    /// A state root whose `vms/` is a filesystem of its own (with a journal), its leases on the
-    /// filesystem around it: a commit of `vms/`'s takes the VM's own files, never the lease,
-    /// which is synced on its own (`feather_core::store::StateRoot::create_synced_with`).
-    #[test]
-    fn a_file_on_another_filesystem_is_not_committed_with_the_folder() {
-        if !can_mount("a_file_on_another_filesystem_is_not_committed_with_the_folder") {
-            return;
-        }
-        let vms = LoopExt4::new("vms-apart", "has_journal");
-        let config = vms.mount().join("config.toml");
-        std::fs::write(&config, b"name = 'a'").unwrap();
-        let leases = vms.dir.join("network-leases");
-        std::fs::create_dir(&leases).unwrap();
-        let lease = leases.join("10.0.0.2");
-        std::fs::write(&lease, b"0123456789ab").unwrap();
-        assert!(commits_together(
-            &vms.mount(),
-            std::slice::from_ref(&config)
-        ));
-        assert!(!commits_together(&vms.mount(), &[config, lease.clone()]));
-        assert!(!commits_together(&vms.mount(), &[leases, lease]));
-        // Asked again (from what this process knows by then), the answer is the same.
-        assert!(orders_commits(&vms.mount()));
     }
 }

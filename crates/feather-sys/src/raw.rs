@@ -546,22 +546,6 @@ pub fn write_out(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     Errno::result(ret).map(drop)
 }
 
-/// The mount `path` lies on, by an id the kernel never gives another mount while it runs
-/// (statx's `STATX_MNT_ID_UNIQUE`, Linux 6.8; an older kernel answers the mount's id, which a
-/// later mount may reuse).
-pub fn mount_id(path: &std::path::Path) -> Result<u64, Errno> {
-    use std::os::unix::ffi::OsStrExt;
-    let path = std::ffi::CString::new(path.as_os_str().as_bytes()).map_err(|_| Errno::EINVAL)?;
-    let mut stx = std::mem::MaybeUninit::<libc::statx>::zeroed();
-    let mask = libc::STATX_MNT_ID_UNIQUE | libc::STATX_MNT_ID;
-    // SAFETY: a NUL-terminated path and a buffer of statx's size, which the kernel fills.
-    let ret = unsafe { libc::statx(libc::AT_FDCWD, path.as_ptr(), 0, mask, stx.as_mut_ptr()) };
-    Errno::result(ret)?;
-    // SAFETY: zeroed (every field an integer), then filled by the kernel.
-    let stx = unsafe { stx.assume_init() };
-    Ok(stx.stx_mnt_id)
-}
-
 /// A descriptor this process inherited from its parent for one use, owned from now on.
 /// EBADF if `fd` is not open.
 ///

@@ -742,15 +742,13 @@ impl Keeper {
             self.network.wait();
             trace::phase("teardown: wait for the network's removal");
             self.remove_run_dir();
-            self.finish_set_aside();
         }
         match foreground {
             // A `run --rm`'s: its VM is gone (or handed over with a copy of this lock), and
             // the user's command goes on to report the exit status.
             true => drop(self.lock),
             // A background keeper's is let go by its exit, never before: whoever waits for it
-            // (`start`, a command naming a VM removed meanwhile) finds nothing of this keeper
-            // at work.
+            // (`start`, the commands after an `rm`) finds nothing of this keeper at work.
             false => std::mem::forget(self.lock),
         }
         Ok(ended)
@@ -1102,35 +1100,6 @@ impl Keeper {
         if !self.config.ephemeral && identity(path).is_some_and(|now| Some(now) == self.run_dir) {
             let _ = fs::remove_dir_all(path);
         }
-    }
-
-    /// A kept VM removed while this keeper let its mounts go is left set aside with its config
-    /// and locks (`lifecycle::remove_beside_its_keeper`): removed here, once the `rm` is done
-    /// with it, so that nothing of the VM is left when this keeper has exited. A command that
-    /// meets it meanwhile leaves it alone: this keeper holds its keeper lock.
-    fn finish_set_aside(&self) {
-        use std::os::unix::fs::MetadataExt;
-        if self.config.ephemeral {
-            return;
-        }
-        let aside = self.vm.aside(&self.config.id);
-        // Ours only if its keeper lock is the one this keeper holds.
-        let held = self
-            .lock
-            .metadata()
-            .ok()
-            .map(|meta| (meta.dev(), meta.ino()));
-        if held.is_none() || identity(&aside.path().join("keeper.lock")) != held {
-            return;
-        }
-        // The `rm` that set it aside may still be removing its layer: the folder is its until
-        // it lets the VM's operations lock go.
-        let _op = aside.await_operations_if_any();
-        if identity(aside.run_dir()).is_some_and(|now| Some(now) == self.run_dir) {
-            let _ = fs::remove_dir_all(aside.run_dir());
-        }
-        let _ = fs::remove_dir_all(aside.path());
-        trace::phase("teardown: remove the VM set aside by rm");
     }
 
     /// Removes what the run folder holds (the control socket, the VM's `/etc` files) but the
@@ -1538,8 +1507,8 @@ fn listen(vm: &VmDir) -> Result<UnixListener> {
     Ok(listener)
 }
 
-/// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the
-/// waiting `feather start` through `ready` whether it worked, then serves until the VM ends. `netns`: a restore's network
+/// The background keeper's main: boots the VM (or restores it from its checkpoint), tells the waiting `feather start` through
+/// `ready` whether it worked, then serves until the VM ends. `netns`: a restore's network
 /// namespace made ahead by its starter (see [`Keeper::restore`]).
 pub fn main_background(
     root: StateRoot,

@@ -298,23 +298,15 @@ pub fn recover(vm: &VmDir) -> Result<()> {
 /// Finishes the teardowns of throw-away VMs that were set aside when their command ended (see
 /// `Keeper::hand_off`), and of kept VMs removed while their keeper still let their mounts go
 /// (see [`remove_beside_its_keeper`]). One whose lock is free was left half-way by a child
-/// (or keeper) that died: it is finished here. A throw-away VM's teardown still under way is
-/// waited for when `wait` (every command but `run --rm` and `exec`, so that nothing feather
-/// shows or counts includes it), else left to its child; a kept VM's ending keeper only by a
-/// command that waits and names the VM (`named`): nothing of it is shown or counted, its
-/// network is gone before `rm` returns, and it removes the rest itself.
-pub fn settle_throw_aways(root: &StateRoot, wait: bool, named: &[&str]) {
+/// (or keeper) that died: it is finished here. One still under way is waited for when `wait` (every command but `run --rm`,
+/// so that nothing feather shows or counts includes a teardown under way), else left to its
+/// child.
+pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
     for aside in root.set_aside_vms() {
-        // An `rm` still removing its layer (remove_beside_its_keeper): it, or the VM's keeper
-        // after it, finishes the rest.
-        if aside.operations_under_way() {
-            continue;
-        }
-        let kept = aside.read_config().is_ok_and(|config| !config.ephemeral);
-        let lock = match wait && (!kept || named.contains(&aside.name().as_str())) {
-            true if kept => await_ending_keeper(&aside),
-            true => aside.await_keeper().ok(),
-            false => aside.lock_keeper().ok().flatten(),
+        let lock = if wait {
+            aside.await_keeper().ok()
+        } else {
+            aside.lock_keeper().ok().flatten()
         };
         // Done meanwhile, by its child: nothing is left to do.
         if lock.is_some() && aside.path().exists() {
@@ -322,27 +314,6 @@ pub fn settle_throw_aways(root: &StateRoot, wait: bool, named: &[&str]) {
         }
     }
     feather_net::linger::settle(root.dir(), wait);
-}
-
-/// Waits for the keeper of a kept VM set aside by `rm` to exit (it lets the VM's mounts go,
-/// whose sync may take long on a busy disk), saying so when that takes a while.
-fn await_ending_keeper(aside: &VmDir) -> Option<std::fs::File> {
-    let said_after = std::time::Instant::now() + Duration::from_millis(200);
-    let mut said = false;
-    loop {
-        match aside.lock_keeper() {
-            Ok(None) => {}
-            done => return done.ok().flatten(),
-        }
-        if !said && std::time::Instant::now() >= said_after {
-            eprintln!(
-                "feather: waiting for VM {}'s previous keeper to release its mounts",
-                aside.name()
-            );
-            said = true;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    }
 }
 
 /// In the process a foreground `run --rm` handed its teardown to (see `Keeper::hand_off`),
@@ -460,23 +431,17 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
 /// than wait for that, this sets the VM aside (its name is free at once), removes its layer
 /// while the keeper ends, and then waits only for the VM's network to be gone: the lease's
 /// return takes the root's network lock, which the keeper holds until its veth, and the root's
-/// bridge with its last VM, are deleted. The VM's config, locks and run folder stay: the keeper
-/// removes them before it exits (`Keeper::finish_set_aside`), or, if it died, the next command
-/// with whatever it left half-way ([`settle_throw_aways`]), which only a command naming the VM
-/// waits for.
+/// bridge with its last VM, are deleted. The VM's config, keeper lock and run folder stay: the
+/// commands after this one wait for that lock, as for a throw-away VM's teardown under way, and
+/// remove the rest, with whatever a keeper killed half-way left ([`settle_throw_aways`]).
 fn remove_beside_its_keeper(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<()> {
-    // The operations lock this command holds goes with the folder: while it is held, no other
-    // command finishes the folder set aside (settle_throw_aways), nor the keeper.
     let aside = vm.set_aside(&config.id)?;
     let folder = beneath::open_root(aside.path()).at(aside.path())?;
     for entry in fs::read_dir(aside.path()).at(aside.path())?.flatten() {
         let name = entry.file_name();
-        if !KEPT_WHILE_ITS_KEEPER_ENDS.iter().any(|kept| name == *kept) {
+        if name != "keeper.lock" && name != "config.toml" {
             // Through descriptors, at any depth: the VM chose how deep its layer's folders nest.
-            match beneath::remove_tree(&folder, &name) {
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {} // removed already
-                done => done.at(entry.path())?,
-            }
+            beneath::remove_tree(&folder, &name).at(entry.path())?;
         }
     }
     feather_net::release(root.dir(), &config.id, &config.network).in_vm(vm.name())?;
@@ -486,10 +451,6 @@ fn remove_beside_its_keeper(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> 
     }
     Ok(())
 }
-
-/// What [`remove_beside_its_keeper`] leaves of a VM's folder for its keeper (or, if that dies,
-/// the next command) to remove: its config, and the locks held by the keeper and by the `rm`.
-const KEPT_WHILE_ITS_KEEPER_ENDS: [&str; 3] = ["keeper.lock", "config.toml", "op.lock"];
 
 /// Whether a stopped throw-away VM is gone: the `run --rm` that keeps it removes it as it
 /// ends, so `rm -f` waits for that (a removal of its own would race it for the folder). False

@@ -42,11 +42,7 @@ pub(crate) fn opened_root(cli: &Cli) -> anyhow::Result<StateRoot> {
     }
     let root = StateRoot::new(cli.global.root.clone());
     open_root(&root)?;
-    lifecycle::settle_throw_aways(
-        &root,
-        waits_for_teardowns(&cli.command),
-        &named_vms(&cli.command),
-    );
+    lifecycle::settle_throw_aways(&root, waits_for_teardowns(&cli.command));
     feather_core::trace::phase("open the state root");
     Ok(root)
 }
@@ -60,36 +56,5 @@ fn waits_for_teardowns(command: &Command) -> bool {
         Command::Run(args) => !args.rm,
         Command::Exec(_) => false,
         _ => true,
-    }
-}
-
-/// The VMs a command names: one removed while its keeper still ends is waited for only by a
-/// command that names it (`lifecycle::settle_throw_aways`).
-fn named_vms(command: &Command) -> Vec<&str> {
-    match command {
-        Command::Create { name, .. }
-        | Command::Start { name }
-        | Command::Stop { name, .. }
-        | Command::Ps { name, .. }
-        | Command::Inspect { name, .. }
-        | Command::Diff { name, .. }
-        | Command::Commit { name, .. }
-        | Command::Reset { name, .. }
-        | Command::Checkpoint { name, .. }
-        | Command::Restore { name, .. }
-        | Command::Migrate { name, .. } => vec![name.as_str()],
-        Command::Rm { names, .. } | Command::Serve { names, .. } => {
-            names.iter().map(String::as_str).collect()
-        }
-        Command::Run(args) => args.name.as_deref().into_iter().collect(),
-        Command::Exec(args) => vec![args.name.as_str()],
-        Command::Open { vm, .. } | Command::Audit { vm, .. } => vm.as_deref().into_iter().collect(),
-        Command::Ls { .. }
-        | Command::Service(_)
-        | Command::Policy(_)
-        | Command::Check(_)
-        | Command::Web { .. }
-        | Command::Completions { .. }
-        | Command::Man { .. } => Vec::new(),
     }
 }
