@@ -1168,50 +1168,6 @@ def compare_idle_density(bench: Bench) -> None:
     bench.report.target(f"density: time to bring up {n} idle VMs", f"≤ {DENSITY_TIME_TARGET:g}× bwrap sandboxes brought up one after another", measured, timely)
 
 
-LIFECYCLE_STEPS = ("create", "start", "stop", "rm")
-
-
-def compare_lifecycle(bench: Bench) -> None:
-    """create + start + stop + rm of one persistent VM, each step a command of its own, against
-    the floor (issue 15's evidence); per step, so that the slow one shows."""
-    f = bench.feather
-    cycles = max(5, bench.plan.runs // 3)
-    steps: dict[str, list[float]] = {step: [] for step in LIFECYCLE_STEPS}
-    wholes = []
-    bench.on_cleanup("remove the lifecycle VM", lambda: f.remove("cycle"))
-    for _ in range(cycles):
-        whole = 0.0
-        for step in LIFECYCLE_STEPS:
-            began = time.perf_counter()
-            f(step, "cycle")
-            steps[step].append(time.perf_counter() - began)
-            whole += steps[step][-1]
-        wholes.append(whole)
-    floor_dir = bench.work / "floor-lifecycle"
-    floor_dir.mkdir()
-    floor = bench.hyperfine([("floor", [str(bench.floor), str(floor_dir), "/bin/true"])], runs=cycles)["floor"]
-    cycle = Stats.of(wholes)
-    rows = [[f"`feather {step}`", secs(Stats.of(v).min), secs(Stats.of(v).median), secs(Stats.of(v).max), ""] for step, v in steps.items()]
-    rows.append(["**create + start + stop + rm**", secs(cycle.min), secs(cycle.median), secs(cycle.max), times(cycle.median / floor.median)])
-    rows.append(["floor: clone + overlay of / + pivot_root + exec", secs(floor.min), secs(floor.median), secs(floor.max), "1.00×"])
-    bench.report.add(
-        "3b2. create + start + stop + rm of a persistent VM",
-        f"{cycles} cycles of `feather create cycle`, `feather start cycle`, `feather stop cycle`, "
-        "`feather rm cycle` (default network: private), each a command of its own and timed on "
-        "its own; the floor timed by hyperfine right after. `stop` answers once the VM's "
-        "processes are gone, its ports closed and its record written; its keeper then lets the "
-        "VM's mounts go (the overlay's unmount syncs the host's filesystem) and exits, which "
-        "`start` waits for. `rm` waits only for the network's removal and leaves the rest of "
-        "that keeper's end to the next command, here the next cycle's `create`, which waits for "
-        "it (docs/design.md, \"Stopping a kept VM\"): compare the cycle's total.",
-        table(["what", "min", "median", "max", "× floor"], rows),
-    )
-    bench.report.target(
-        "density: create + start + stop + rm of a persistent VM", "— (issue 15: reported against the floor)",
-        f"{secs(cycle.median)} vs floor {secs(floor.median)}: {times(cycle.median / floor.median)}", None,
-    )  # fmt: skip
-
-
 BWRAP_SANDBOX = ["--dev-bind", "/", "/", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup", "--die-with-parent"]  # fmt: skip
 
 
@@ -2496,7 +2452,6 @@ COMPARISONS: list[tuple[str, Callable[[Bench], None]]] = [
     ("exec", compare_exec),
     ("memory of one idle VM", compare_idle_memory),
     ("density of idle VMs", compare_idle_density),
-    ("create + start + stop + rm", compare_lifecycle),
     ("density of nginx VMs", compare_nginx_density),
     ("hardware-VM reference", hardware_vm_reference),
     ("service manager memory", compare_service_manager),

@@ -33,9 +33,8 @@ fn create_start_stop_rm_round_trip() {
         cgroups.iter().all(|dir| !dir.exists()),
         "stop removed the cgroup"
     );
-    // The run folder itself goes with the network's removal, which may end after the answer.
     assert!(
-        !feather.root.join("run/web1/control.sock").exists(),
+        !feather.root.join("run/web1").exists(),
         "stop removed the control socket"
     );
 
@@ -420,36 +419,6 @@ fn many_throw_away_runs_leave_no_mount_link_namespace_cgroup_or_rule() {
     assert!(left.is_empty(), "veth host ends left: {left:?}");
 }
 
-/// A kept VM's stop answers before its keeper lets the VM's mounts go (keeper::holds_mounts,
-/// docs/design.md "Stopping a kept VM"). Right after it, `ls` says stopped, `start` mounts the
-/// layer again once the old overlay is gone and finds what the VM wrote, and `rm` frees the
-/// name at once without waiting for the overlay's sync; the commands after it wait for that
-/// keeper, and nothing of the VM is left.
-#[test]
-fn right_after_stop_ls_says_stopped_start_finds_the_layer_and_rm_leaves_nothing() {
-    let (feather, subnet, bridge) = root_with_known_bridge("stop-release");
-    let base = ScratchBase::new("stop-release");
-    let cgroups_before = support::feather_cgroups();
-    ok_in(
-        &feather,
-        &subnet,
-        &["create", "kept", "--base", base.as_str()],
-    );
-    for round in 0..5 {
-        ok_in(&feather, &subnet, &["start", "kept"]);
-        let wrote = format!("echo {round} >> /data/rounds && cat /data/rounds");
-        let expected: String = (0..=round).map(|r| format!("{r}\n")).collect();
-        assert_eq!(feather.sh("kept", &wrote), expected, "round {round}");
-        ok_in(&feather, &subnet, &["stop", "--time", "1", "kept"]);
-        let listing: serde_json::Value =
-            serde_json::from_str(&feather.ok(&["ls", "--json"])).unwrap();
-        assert_eq!(listing[0]["status"], "stopped", "round {round}: {listing}");
-    }
-    ok_in(&feather, &subnet, &["rm", "kept"]);
-    assert!(!feather.vm_dir("kept").exists(), "the name is free");
-    assert_nothing_left(&feather, &bridge, &cgroups_before);
-}
-
 #[test]
 fn many_create_start_stop_rm_cycles_leave_no_mount_link_namespace_cgroup_or_rule() {
     let (feather, subnet, bridge) = root_with_known_bridge("leaks-cycle");
@@ -526,27 +495,6 @@ fn a_throw_away_vm_s_layer_is_in_memory_and_diff_and_commit_read_it_while_it_run
     assert_eq!(base.read("data/new").as_deref(), Some("vm\n"));
     feather.ok(&["stop", "--time", "1", "tmp"]);
     run.wait().unwrap();
-    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
-}
-
-/// On an ext4 with a journal a create is one journal commit (`feather_sys::flush::orders_commits`,
-/// docs/design.md "State layout"): the VM it makes is whole, starts, keeps what it wrote across a
-/// stop and a start, and goes with `rm`.
-#[test]
-fn a_state_root_on_ext4_with_a_journal_makes_whole_vms() {
-    let journalled = support::ProjectQuotaFs::without_prjquota("journal-root", 96);
-    let root = journalled.mount.join("root");
-    fs::create_dir(&root).unwrap();
-    let feather = Feather::at(root);
-    let base = ScratchBase::new("journal-root");
-    feather.ok(&["create", "--net", "none", "kept", "--base", base.as_str()]);
-    assert_eq!(feather.status("kept"), "created");
-    feather.ok(&["start", "kept"]);
-    feather.sh("kept", "echo kept > /data/file");
-    feather.ok(&["stop", "--time", "1", "kept"]);
-    feather.ok(&["start", "kept"]);
-    assert_eq!(feather.sh("kept", "cat /data/file"), "kept\n");
-    feather.ok(&["rm", "--force", "kept"]);
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
 }
 

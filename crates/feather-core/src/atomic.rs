@@ -12,8 +12,6 @@ use crate::error::{Error, IoContext, Result};
 /// contents reach the disk before the rename, which is not synced: a power cut leaves the
 /// file old or new, never empty or half-written, and may forget the change (one journal
 /// commit instead of two; for a record that is as true as the old one once the power is back).
-/// Where a journal commits in order (XFS, ext4 with a journal: `feather_sys::flush::orders_commits`), not even one: the contents are written out
-/// and waited for, and the journal's next commit takes them with the rename.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Durability {
     Durable,
@@ -51,15 +49,8 @@ pub fn stage(path: &Path, contents: &[u8], durability: Durability, kind: &str) -
     let write = |temp: &Path| -> std::io::Result<()> {
         let mut file = File::create(temp)?;
         file.write_all(contents)?;
-        match durability {
-            Durability::Volatile => {}
-            // `Whole` where the journal commits in order: the contents on the device, and the
-            // commit that takes the rename takes their allocation, made before it. No flush of
-            // the device's cache of its own (feather_sys::flush).
-            Durability::Whole if commits_in_order(folder_of(path)) => {
-                feather_sys::flush::write_out(&[temp.to_path_buf()]).map_err(|(_, e)| e)?
-            }
-            _ => file.sync_all()?,
+        if durability != Durability::Volatile {
+            file.sync_all()?;
         }
         Ok(())
     };
@@ -134,18 +125,6 @@ fn folder_of(path: &Path) -> &Path {
 /// journal commit rather than one each (`feather_sys::flush`).
 pub fn sync_all(paths: &[std::path::PathBuf]) -> Result<()> {
     feather_sys::flush::sync_together(paths).map_err(|(path, source)| Error::Io { path, source })
-}
-
-/// Writes files already written (unsynced) out to the device and waits, without a commit: see
-/// `feather_sys::flush::write_out`, for a batch that one later fsync commits.
-pub fn write_out(files: &[std::path::PathBuf]) -> Result<()> {
-    feather_sys::flush::write_out(files).map_err(|(path, source)| Error::Io { path, source })
-}
-
-/// Whether `folder`'s filesystem commits every change before the last one with it
-/// (`feather_sys::flush::orders_commits`).
-pub fn commits_in_order(folder: &Path) -> bool {
-    feather_sys::flush::orders_commits(folder)
 }
 
 #[cfg(test)]

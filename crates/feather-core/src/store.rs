@@ -30,9 +30,7 @@ use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use crate::atomic::{
-    commits_in_order, stage, sync_all, write_atomic, write_out, Durability, Staged,
-};
+use crate::atomic::{stage, sync_all, write_atomic, Durability, Staged};
 use crate::error::{Error, IoContext, Result};
 use crate::{VmConfig, VmName, VmState, VmStatus};
 
@@ -216,9 +214,6 @@ impl StateRoot {
         let vms_dir = self.vms_dir();
         make_private_dir(&vms_dir)?;
         let temp = vms_dir.join(format!(".creating-{}-{}", config.name, config.id));
-        // One journal commit and one flush of the device for the whole create where the
-        // journal commits in order (feather_sys::flush), instead of one flush per file.
-        let in_order = durability != Durability::Volatile && commits_in_order(&vms_dir);
         let assemble = || -> Result<()> {
             fs::DirBuilder::new()
                 .mode(PRIVATE)
@@ -245,14 +240,11 @@ impl StateRoot {
             write_new(&staged.config_path(), config_text(config)?.as_bytes())?;
             write_new(&staged.state_path(), &state_text(&VmState::created())?)?;
             // `Whole` as `Durable`: a VM's folder is whole only with its files and their names.
-            let own = [staged.config_path(), staged.state_path()];
-            match durability {
-                Durability::Volatile => Ok(()),
-                // The files' data on the device now; their names and allocations reach the
-                // disk in the commit that takes the rename below, which comes after them.
-                _ if in_order => write_out(&[made_for_it, &own].concat()),
-                _ => sync_all(&[made_for_it, &own, std::slice::from_ref(&temp)].concat()),
+            if durability != Durability::Volatile {
+                let own = [staged.config_path(), staged.state_path(), temp.clone()];
+                sync_all(&[made_for_it, &own].concat())?;
             }
+            Ok(())
         };
         if let Err(e) = assemble() {
             let _ = fs::remove_dir_all(&temp);
@@ -268,10 +260,8 @@ impl StateRoot {
                 _ => Err(e).at(&vm.path),
             };
         }
-        // The rename itself: without this, a power cut could forget the VM just made. In order,
-        // this fsync is the create's one commit (`Whole`: the journal's own commit, in a few
-        // seconds, takes the rename and everything written before it).
         if durability == Durability::Durable {
+            // The rename itself: without this, a power cut could forget the VM just made.
             if let Err(e) = sync_all(&[vms_dir]) {
                 let _ = fs::remove_dir_all(&vm.path);
                 return Err(e);
@@ -280,9 +270,8 @@ impl StateRoot {
         Ok(vm)
     }
 
-    /// VMs set aside by [`VmDir::set_aside`] (throw-away VMs that ended, kept VMs removed while
-    /// their keeper still ends) whose folders are still there: their teardown is under way
-    /// (their keeper lock is held) or died half-way.
+    /// Throw-away VMs set aside by [`VmDir::set_aside`] whose folders are still there: their
+    /// teardown is under way (their keeper lock is held) or died half-way.
     pub fn set_aside_vms(&self) -> Vec<VmDir> {
         let Ok(entries) = fs::read_dir(self.vms_dir()) else {
             return Vec::new();

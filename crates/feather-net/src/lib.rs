@@ -45,7 +45,6 @@ use std::fs;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
@@ -58,7 +57,7 @@ pub use error::{NetError, Result};
 pub use inside::{vm_mac, Inside, Interface, VM_INTERFACE};
 use netlink::{index_of, Netlink, PeerNamespace};
 use pool::Pooled;
-use publish::{Forwarding, Published};
+use publish::Published;
 pub use settings::RootNetwork;
 
 /// The host end of a VM's veth pair: `fth` and 8 hex digits of the VM's id (interface names
@@ -250,20 +249,11 @@ pub struct Attachment {
     network: Option<RootNetwork>,
     host_end: String,
     published: Option<Published>,
-    /// The published ports' forwarders, from `complete` until [`Attachment::close_ports`].
-    forwarding: RefCell<Option<Forwarding>>,
     /// `<run dir>/network-attached`: present from attach until the VM's network is removed.
     marker: PathBuf,
-    /// The run folder, opened: the marker is removed through it once the VM's network is gone,
-    /// even if the folder was renamed meanwhile (an `rm` sets a stopped VM aside while its
-    /// keeper still ends).
-    run_dir: Option<fs::File>,
     /// The thread removing the VM's firewall entries (or, with the root's last VM, the bridge
     /// and tables), from `detach` until the attachment is dropped.
     removing: RefCell<Option<JoinHandle<()>>>,
-    /// Hears from that thread once the VM's firewall entries (or the root's tables) are gone,
-    /// before the kernel's slow deletion of the veth is done (see [`Attachment::wait_for_rules`]).
-    rules_removed: RefCell<Option<Receiver<()>>>,
     /// Whether `release` returned the VM's lease (a throw-away VM).
     released: Cell<bool>,
     /// Set by `detach`: announcements of the VM's address on the uplink stop.
@@ -342,11 +332,8 @@ pub fn prepare(
             .as_ref()
             .map_or_else(|| host_end(vm_id), |p| p.host_end.clone()),
         published,
-        forwarding: RefCell::new(None),
         marker: run_dir.join(ATTACHED),
-        run_dir: fs::File::open(run_dir).ok(),
         removing: RefCell::new(None),
-        rules_removed: RefCell::new(None),
         released: Cell::new(false),
         gone: Arc::new(AtomicBool::new(false)),
         pooled,
@@ -371,20 +358,6 @@ impl Attachment {
     /// one (see pool.rs); None when the VM gets a namespace of its own.
     pub fn namespace(&self) -> Option<&fs::File> {
         self.pooled.as_ref().map(|pooled| &pooled.namespace)
-    }
-
-    /// Removes the marker [`Attachment::mark`] wrote: through the run folder opened at the
-    /// start, never by a path another VM of the same name may have taken since.
-    fn unmark(&self) {
-        match &self.run_dir {
-            Some(dir) => {
-                let _ =
-                    nix::unistd::unlinkat(dir, ATTACHED, nix::unistd::UnlinkatFlags::NoRemoveDir);
-            }
-            None => {
-                let _ = fs::remove_file(&self.marker);
-            }
-        }
     }
 
     /// Written before anything of the VM's is made on the host: whatever happens next, a later
@@ -556,21 +529,12 @@ impl Attachment {
     }
 
     /// Once the VM is up: starts forwarding the published ports (threads of the calling
-    /// process), until [`Attachment::close_ports`].
+    /// process).
     pub fn complete(&mut self) -> Result<()> {
         if let Some(published) = self.published.take() {
-            *self.forwarding.get_mut() = Some(published.serve());
+            published.serve();
         }
         Ok(())
-    }
-
-    /// Closes the VM's published ports and waits until no socket of this process holds one: called before the VM's end is reported, so
-    /// that a VM started next binds them at once, whether the keeper has exited by then or
-    /// not (a kept VM's keeper goes on letting the VM's mounts go).
-    pub fn close_ports(&self) {
-        if let Some(mut forwarding) = self.forwarding.borrow_mut().take() {
-            forwarding.close();
-        }
     }
 
     /// Once the VM runs (started, restored, or let go by the host it migrated from): tells the
@@ -591,41 +555,25 @@ impl Attachment {
         }
     }
 
-    /// Closes the VM's published ports ([`Attachment::close_ports`]), and removes what `attach`
-    /// made for this VM, and the bridge with the root's last VM.
+    /// Removes what `attach` made for this VM, and the bridge with the root's last VM.
     /// The firewall part goes on, on a thread, while the keeper finishes its own tear-down;
     /// dropping the attachment waits for it.
     pub fn detach(&self) {
-        self.close_ports();
         self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
-            let (removing, rules_removed) =
-                clean_up(network, &self.host_end, address, self.config.egress, false).unzip();
-            *self.removing.borrow_mut() = removing;
-            *self.rules_removed.borrow_mut() = rules_removed;
+            *self.removing.borrow_mut() =
+                clean_up(network, &self.host_end, address, self.config.egress, false);
+            let _ = fs::remove_file(&self.marker);
         }
     }
 }
 
 impl Attachment {
-    /// Waits until the firewall entries `detach` removes are gone (the VM's address no longer
-    /// reaches anything through them), not for the rest, which [`Attachment::wait`] waits for:
-    /// a kept VM's keeper answers `stop` in between.
-    pub fn wait_for_rules(&self) {
-        if let Some(rules_removed) = self.rules_removed.borrow_mut().take() {
-            // An error is the thread's end, with or without the entries: `wait` follows.
-            let _ = rules_removed.recv();
-        }
-    }
-
-    /// Waits until what `detach` started is done: once the keeper has exited (which `start`
-    /// and `rm` wait for), nothing of the VM's network is left.
+    /// Waits until what `detach` started is done: once the keeper says the VM stopped, nothing
+    /// of its network may be left.
     pub fn wait(&self) {
         if let Some(removing) = self.removing.borrow_mut().take() {
             let _ = removing.join();
-            // Only now: a keeper killed before this leaves the marker, and with it the
-            // removal of what is left to the next command (`remove_leftovers`).
-            self.unmark();
         }
         if let (true, Some(network)) = (self.released.replace(false), &self.network) {
             if let Ok(_lock) = network.lock() {
@@ -678,7 +626,7 @@ fn remove_attached(
                 "" => host_end(vm_id),
                 recorded => recorded.to_owned(),
             };
-            if let Some((removing, _)) =
+            if let Some(removing) =
                 clean_up(&network, &host_end, address, config.egress, keep_bridge)
             {
                 let _ = removing.join();
@@ -688,9 +636,7 @@ fn remove_attached(
     let _ = fs::remove_file(marker);
 }
 
-/// The marker in a VM's run folder from attach until its network is removed (see
-/// [`remove_leftovers`]): a keeper ending its VM keeps it, and so the run folder, until then.
-pub const ATTACHED: &str = "network-attached";
+const ATTACHED: &str = "network-attached";
 
 /// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
 /// its firewall entries or, if it was the bridge's last port (and not `keep_bridge`), the bridge
@@ -701,7 +647,7 @@ fn clean_up(
     address: Ipv4Addr,
     egress: bool,
     keep_bridge: bool,
-) -> Option<(JoinHandle<()>, Receiver<()>)> {
+) -> Option<JoinHandle<()>> {
     // With `keep_bridge` the root's lock guards nothing here (the veth and chains are this VM's
     // alone, and the bridge stays): a VM starting meanwhile need not wait for the kernel.
     let lock = if keep_bridge {
@@ -712,7 +658,6 @@ fn clean_up(
     let mut netlink = Netlink::open().ok()?;
     let network = network.clone();
     let host_end = host_end.to_owned();
-    let (rules_removed, removed) = std::sync::mpsc::channel();
     let work = move || {
         let _lock = lock;
         // First, so that the LAN stops being sent here what the VM no longer answers.
@@ -743,7 +688,6 @@ fn clean_up(
                 } else {
                     firewall::delete_tables(&network);
                 }
-                let _ = rules_removed.send(());
             });
             if let Some(index) = index_of(&host_end) {
                 let _ = netlink.delete_link(index);
@@ -765,7 +709,7 @@ fn clean_up(
         .stack_size(256 << 10)
         .spawn(work);
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-    Some((thread.ok()?, removed))
+    thread.ok()
 }
 
 /// `--egress` needs the host to route between the bridge and its other interfaces.

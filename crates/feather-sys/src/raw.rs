@@ -534,18 +534,6 @@ pub fn start_writeback(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     Errno::result(ret).map(drop)
 }
 
-/// sync_file_range(fd, 0, 0, WAIT_BEFORE | WRITE | WAIT_AFTER): writes the file's dirty pages
-/// out and waits until they are on the device (its blocks allocated), without the journal
-/// commit or the flush of the device's cache that fsync(2) adds.
-pub fn write_out(fd: BorrowedFd<'_>) -> Result<(), Errno> {
-    let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-        | libc::SYNC_FILE_RANGE_WRITE
-        | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-    // SAFETY: as in `start_writeback`: a descriptor and integers, no memory of ours.
-    let ret = unsafe { libc::sync_file_range(fd.as_raw_fd(), 0, 0, all) };
-    Errno::result(ret).map(drop)
-}
-
 /// A descriptor this process inherited from its parent for one use, owned from now on.
 /// EBADF if `fd` is not open.
 ///

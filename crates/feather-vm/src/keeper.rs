@@ -150,9 +150,6 @@ pub struct Keeper {
     /// A VM received by a migration: its record as running, being synced while the sender is
     /// asked to let it go; awaited before it runs (see [`Keeper::restore`]).
     recording: std::cell::RefCell<Option<Recording>>,
-    /// The run folder this keeper made (device and inode): removed at the end only while its
-    /// path still names it (see [`Keeper::remove_run_dir`]).
-    run_dir: Option<(u64, u64)>,
 }
 
 /// The thread writing a VM's state durably.
@@ -163,25 +160,6 @@ type Recording = std::thread::JoinHandle<feather_core::Result<()>>;
 /// (whose release must come before the exit status).
 fn hands_off(config: &VmConfig, foreground: bool) -> bool {
     config.ephemeral && foreground && config.limits.disk.is_none()
-}
-
-/// Whether a keeper holds its VM's mount namespace past init's end: one that hands its teardown
-/// over, and a kept VM's (without a disk image, whose release must come first), which answers
-/// `stop` once the VM's processes are gone, its published ports closed, its firewall entries
-/// removed and its record written, and only then lets the mounts go: the overlay's unmount
-/// syncs its whole upper filesystem, the host's (docs/design.md, "Stopping a kept VM"). The
-/// keeper lock goes with the keeper's exit, after that: `start` waits for it before it mounts
-/// the layer again.
-fn holds_mounts(config: &VmConfig, foreground: bool) -> bool {
-    hands_off(config, foreground) || (!config.ephemeral && config.limits.disk.is_none())
-}
-
-/// A folder's device and inode, which tell it from another made at the same path since.
-fn identity(path: &std::path::Path) -> Option<(u64, u64)> {
-    use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(path)
-        .ok()
-        .map(|meta| (meta.dev(), meta.ino()))
 }
 
 /// Init's mount namespace, opened while init is this process's unreaped child (its pid cannot
@@ -310,7 +288,7 @@ impl Keeper {
                 source: Box::new(e),
             });
         }
-        let held_mounts = holds_mounts(&config, attached)
+        let held_mounts = hands_off(&config, attached)
             .then(|| hold_mount_namespace(&init))
             .flatten();
         let keeper = Keeper {
@@ -329,7 +307,6 @@ impl Keeper {
             held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer,
             recording: std::cell::RefCell::new(None),
-            run_dir: identity(vm.run_dir()),
         };
         record.commit()?;
         trace::phase("listen, record the state");
@@ -470,7 +447,6 @@ impl Keeper {
             held_mounts: std::cell::Cell::new(None),
             memory_layer: None,
             recording: std::cell::RefCell::new(None),
-            run_dir: identity(vm.run_dir()),
         };
         trace::phase("restore: CRIU restored the tree, network completed");
         // Synced before anything of the VM runs: the checkpoint it was restored from must not
@@ -695,25 +671,9 @@ impl Keeper {
         // The broker's last words (the audit lines its pace held back) go into the root's log
         // before anyone waiting for the stop hears of it: they may remove the root next.
         drop(self.broker.take());
-        // A kept VM's mounts go after the answer (see [`holds_mounts`]); a checkpointed one's,
-        // and the network's removal with them, before: `restore` mounts its layer at once.
-        let held_mounts = self.held_mounts.take();
-        let later = match self.checkpointed.get() {
-            true => {
-                drop(held_mounts);
-                None
-            }
-            false => held_mounts,
-        };
-        if later.is_none() {
-            self.network.wait();
-            self.remove_run_dir();
-            // The checkpoint it replaced goes once the asker has their answer (below).
-        } else {
-            // Nothing of this keeper touches the VM's folder after the answer: an `rm` may
-            // take it at once.
-            snapshot::remove_stale(&self.vm);
-        }
+        // Everything is cleaned up: the VM may be started again before this process has exited,
+        // so the lock goes now, before anyone waiting for the stop hears of it.
+        drop(self.lock);
         for stream in stop_requests {
             let _ = protocol::write_response(
                 &stream,
@@ -730,27 +690,8 @@ impl Keeper {
                 },
             );
         }
-        if later.is_none() {
-            // The checkpoint it replaced goes once the asker has their answer.
-            snapshot::remove_stale(&self.vm);
-        } else {
-            // The last hold on the VM's mount namespace: its mounts go, and the overlay syncs
-            // the host's filesystem. Then the kernel's deletion of the veth (RCU grace
-            // periods) is waited for.
-            drop(later);
-            trace::phase("teardown: let the mounts go");
-            self.network.wait();
-            trace::phase("teardown: wait for the network's removal");
-            self.remove_run_dir();
-        }
-        match foreground {
-            // A `run --rm`'s: its VM is gone (or handed over with a copy of this lock), and
-            // the user's command goes on to report the exit status.
-            true => drop(self.lock),
-            // A background keeper's is let go by its exit, never before: whoever waits for it
-            // (`start`, the commands after an `rm`) finds nothing of this keeper at work.
-            false => std::mem::forget(self.lock),
-        }
+        // The checkpoint it replaced goes once the asker has their answer.
+        snapshot::remove_stale(&self.vm);
         Ok(ended)
     }
 
@@ -1024,9 +965,6 @@ impl Keeper {
     /// `foreground`: this process is the user's `feather run --rm`, which may leave the slow end
     /// of a throw-away VM's teardown to a child of its own (see [`Keeper::hand_off`]).
     fn tear_down(&self, how: &str, foreground: bool) {
-        // The published ports first: a VM started next binds them at once, whatever this
-        // process does next.
-        self.network.close_ports();
         // Handed over, the cgroup goes in the finisher too (`remove_throw_away_leftovers`):
         // every process of the VM ended with its init (its pid namespace), and the group is
         // named by the VM's id, which no later VM has.
@@ -1037,10 +975,9 @@ impl Keeper {
         self.remove_cgroup();
         self.network.detach();
         trace::phase("teardown: start the network's removal");
-        self.empty_run_dir();
-        trace::phase("teardown: empty the run folder");
+        let _ = fs::remove_dir_all(self.vm.run_dir());
+        trace::phase("teardown: remove the run folder");
         if self.config.ephemeral {
-            let _ = fs::remove_dir_all(self.vm.run_dir());
             self.network.release(&self.config.id);
             // <root>/vms/<name>: the VM's state root is two folders up.
             let root = self.vm.path().parent().and_then(|vms| vms.parent());
@@ -1082,44 +1019,11 @@ impl Keeper {
             eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
         trace::phase("teardown: record the state");
-        // The rest of the network's removal (the kernel's deletion of the veth, waiting for
-        // RCU) is waited for by `serve`: after the answer where the keeper holds the mounts.
-        self.network.wait_for_rules();
-        trace::phase("teardown: remove the firewall entries");
+        self.network.wait();
     }
 }
 
 impl Keeper {
-    /// A kept VM's run folder, once its network is removed: it holds the marker that tells a
-    /// later command what of the network a keeper killed before that is left
-    /// (`feather_net::remove_leftovers`). By path: an `rm` that set the VM aside meanwhile
-    /// renamed it, and removes it itself ([`crate::lifecycle::settle_throw_aways`]).
-    fn remove_run_dir(&self) {
-        let path = self.vm.run_dir();
-        // Renamed by an `rm`, its path may name the run folder of a new VM of the same name.
-        if !self.config.ephemeral && identity(path).is_some_and(|now| Some(now) == self.run_dir) {
-            let _ = fs::remove_dir_all(path);
-        }
-    }
-
-    /// Removes what the run folder holds (the control socket, the VM's `/etc` files) but the
-    /// network's marker, which goes with the network's removal, and the folder after it
-    /// ([`Keeper::remove_run_dir`]).
-    fn empty_run_dir(&self) {
-        let Ok(entries) = fs::read_dir(self.vm.run_dir()) else {
-            return;
-        };
-        for entry in entries.flatten() {
-            if entry.file_name() == feather_net::ATTACHED {
-                continue;
-            }
-            let _ = match entry.file_type() {
-                Ok(kind) if kind.is_dir() => fs::remove_dir_all(entry.path()),
-                _ => fs::remove_file(entry.path()),
-            };
-        }
-    }
-
     fn remove_cgroup(&self) {
         if let Some(cgroup) = &self.cgroup {
             cgroup.kill_all();

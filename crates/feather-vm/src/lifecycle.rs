@@ -156,11 +156,6 @@ pub(crate) fn spawn_keeper_with(
     netns: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<()> {
     let name = vm.name();
-    // The keeper that last ended the VM may still be letting its mounts go (the overlay's
-    // unmount syncing the host's filesystem, keeper::holds_mounts): its layer is mounted again
-    // only once that keeper has exited, which lets its lock go.
-    drop(vm.await_keeper()?);
-    trace::phase("wait for the last keeper's exit");
     // Close-on-exec (std's pipe is): the keeper is passed the write end by name, and no
     // program another thread of this process starts meanwhile (`feather serve`'s, the web
     // view's) gets it, which would keep the read below from ever seeing the keeper's end.
@@ -296,9 +291,8 @@ pub fn recover(vm: &VmDir) -> Result<()> {
 }
 
 /// Finishes the teardowns of throw-away VMs that were set aside when their command ended (see
-/// `Keeper::hand_off`), and of kept VMs removed while their keeper still let their mounts go
-/// (see [`remove_beside_its_keeper`]). One whose lock is free was left half-way by a child
-/// (or keeper) that died: it is finished here. One still under way is waited for when `wait` (every command but `run --rm`,
+/// `Keeper::hand_off`). One whose lock is free was left half-way by a child that died: it is
+/// finished here. One still under way is waited for when `wait` (every command but `run --rm`,
 /// so that nothing feather shows or counts includes a teardown under way), else left to its
 /// child.
 pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
@@ -399,15 +393,6 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         return Err(Error::Running(name.to_string()).into());
     }
     let config = vm.read_config()?;
-    // The keeper that stopped it may still be ending: it lets the VM's mounts go after its
-    // answer (keeper::holds_mounts), or only exits, which a VM with a disk image, released
-    // below, waits for.
-    if vm.keeper_alive()? {
-        match config.limits.disk {
-            None => return remove_beside_its_keeper(root, &vm, &config),
-            Some(_) => drop(vm.await_keeper()?),
-        }
-    }
     keeper::remove_leftovers(&vm, &config);
     if let Some(disk) = config.limits.disk {
         // Before the folder goes: an image's mounts would keep it busy.
@@ -423,32 +408,6 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         .and_then(|vms| beneath::remove_tree(&vms, doomed_name.as_ref()))
         .at(&doomed)?;
     feather_net::release(root.dir(), &config.id, &config.network).in_vm(name)?;
-    Ok(())
-}
-
-/// Removes a stopped VM whose keeper is still letting its mounts go (keeper::holds_mounts):
-/// the overlay's unmount syncs the host's filesystem, for a layer removed here anyway. Rather
-/// than wait for that, this sets the VM aside (its name is free at once), removes its layer
-/// while the keeper ends, and then waits only for the VM's network to be gone: the lease's
-/// return takes the root's network lock, which the keeper holds until its veth, and the root's
-/// bridge with its last VM, are deleted. The VM's config, keeper lock and run folder stay: the
-/// commands after this one wait for that lock, as for a throw-away VM's teardown under way, and
-/// remove the rest, with whatever a keeper killed half-way left ([`settle_throw_aways`]).
-fn remove_beside_its_keeper(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<()> {
-    let aside = vm.set_aside(&config.id)?;
-    let folder = beneath::open_root(aside.path()).at(aside.path())?;
-    for entry in fs::read_dir(aside.path()).at(aside.path())?.flatten() {
-        let name = entry.file_name();
-        if name != "keeper.lock" && name != "config.toml" {
-            // Through descriptors, at any depth: the VM chose how deep its layer's folders nest.
-            beneath::remove_tree(&folder, &name).at(entry.path())?;
-        }
-    }
-    feather_net::release(root.dir(), &config.id, &config.network).in_vm(vm.name())?;
-    // Ended meanwhile: the rest is done now.
-    if aside.lock_keeper()?.is_some() {
-        finish_throw_away(root, &aside, keeper::remove_leftovers);
-    }
     Ok(())
 }
 
