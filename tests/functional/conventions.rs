@@ -364,8 +364,8 @@ fn the_front_loads_no_shared_library_but_libc() {
 /// The front is linked at a fixed address (crates/feather/build.rs: it then maps its relocated
 /// data clean instead of writing ~40,000 addresses at every `exec` and `run`), while every
 /// binary that runs beside or inside a VM for longer — the keeper and init (`feather-keeper`),
-/// the service manager (`feather-svcd`), and `feather-full` (`serve`, `web`, imports) — stays
-/// position-independent, so that what a VM can reach keeps a randomised image
+/// the service manager (`feather-svcd`), `feather-full` (`serve`, `web`, imports) and the IPC
+/// probe — stays position-independent, so that what a VM can reach keeps a randomised image
 /// (docs/security.md, "The front at a fixed address").
 #[test]
 fn only_the_front_is_linked_at_a_fixed_address() {
@@ -388,7 +388,12 @@ fn only_the_front_is_linked_at_a_fixed_address() {
         "the front: {}",
         elf_type(front)
     );
-    for name in ["feather-keeper", "feather-svcd", "feather-full"] {
+    for name in [
+        "feather-keeper",
+        "feather-svcd",
+        "feather-full",
+        "feather-probe",
+    ] {
         let binary = front.with_file_name(name);
         let kind = elf_type(&binary);
         assert!(kind.contains("DYN"), "{name} must stay PIE: {kind}");

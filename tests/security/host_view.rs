@@ -487,9 +487,11 @@ fn a_working_folder_in_a_root_registered_during_the_start_is_hidden_too() {
         .spawn()
         .unwrap();
     // The front is the throw-away VM's keeper: held once it has set init's device rules and
-    // attached its network, it has not yet hidden roots registered after its first look, while
-    // init goes on (to its ready report, and the command's preparation beside the keeper's
-    // last steps).
+    // attached its network, before it looks for roots registered after its first look, while
+    // the late root is registered. Let go, it waits for init's ready report, then hides that
+    // root (~1–3 ms) while init forks and prepares the command: a command that entered its
+    // folder while preparing (a chdir, microseconds) would do so before the hiding; one that
+    // enters it at its exec does so after the keeper's Start, which follows the hiding.
     let front = Pid::from_raw(run.id() as i32);
     let mut trace = BufReader::new(run.stderr.take().unwrap());
     let mut line = String::new();
@@ -498,7 +500,6 @@ fn a_working_folder_in_a_root_registered_during_the_start_is_hidden_too() {
     }
     kill(front, Signal::SIGSTOP).unwrap();
     late.ok(&["ls"]);
-    std::thread::sleep(std::time::Duration::from_millis(300));
     kill(front, Signal::SIGCONT).unwrap();
     let mut rest = String::new();
     trace.read_to_string(&mut rest).unwrap();

@@ -55,12 +55,14 @@ pub fn automatic_binds(images: &Path) -> std::io::Result<Vec<HostBind>> {
                     format!("{}: {why}", path.display()),
                 )
             };
-            let image = crate::archive::read_at_most(&path, MAX_IMAGE)?.ok_or_else(|| {
-                invalid(format!(
-                    "larger than {} MiB, which no mount image of a VM is",
-                    MAX_IMAGE >> 20
-                ))
-            })?;
+            let image = crate::archive::read_at_most(&path, MAX_IMAGE)
+                .map_err(|e| invalid(e.to_string()))?
+                .ok_or_else(|| {
+                    invalid(format!(
+                        "larger than {} MiB, which no mount image of a VM is",
+                        MAX_IMAGE >> 20
+                    ))
+                })?;
             binds.extend(binds_in(&image).map_err(invalid)?);
         }
     }
