@@ -215,3 +215,23 @@ fn rm_of_several_vms_removes_those_it_can_and_names_the_others() {
     feather.ok(&["rm", "--force", "b"]);
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
 }
+
+/// An I/O error names the path and says its cause once (the error's message quotes its source,
+/// which the chain of causes would otherwise say again).
+#[test]
+fn an_io_error_says_its_cause_once() {
+    let dir = crate::support::ScratchDir::new("io-once");
+    std::fs::create_dir_all(&dir.path).unwrap();
+    let file = dir.path.join("file");
+    std::fs::write(&file, "not a folder").unwrap();
+    let feather = Feather::at(file.join("root"));
+    let outcome = feather.run(&["ls"]);
+    assert_ne!(outcome.code, 0);
+    assert_eq!(
+        outcome.stderr.matches("(os error 20)").count(),
+        1,
+        "{}",
+        outcome.stderr
+    );
+    assert!(outcome.stderr.contains(&file.display().to_string()));
+}

@@ -57,7 +57,8 @@ fn main_with(others: Others) -> ExitCode {
         Err(e) if feather_core::stdout::reader_gone(e.as_ref()) => ExitCode::SUCCESS,
         Err(e) => {
             // An error may quote a VM's path or text: each line is escaped for the terminal.
-            let message = format!("{e:#}");
+            // Each cause once: an I/O error's message quotes its source already.
+            let message = feather_core::error::causes(e.as_ref());
             let lines: Vec<_> = message
                 .lines()
                 .map(feather_core::display::escape_for_terminal)
@@ -191,7 +192,13 @@ fn remove_each(root: &StateRoot, names: &[String], force: bool) -> anyhow::Resul
     }
     let failures: Vec<String> = names
         .iter()
-        .filter_map(|name| remove(name).err().map(|e| format!("{name}: {e:#}")))
+        .filter_map(|name| {
+            let failed = remove(name).err()?;
+            Some(format!(
+                "{name}: {}",
+                feather_core::error::causes(failed.as_ref())
+            ))
+        })
         .collect();
     if failures.is_empty() {
         return Ok(());
