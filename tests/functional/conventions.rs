@@ -399,3 +399,32 @@ fn only_the_front_is_linked_at_a_fixed_address() {
         assert!(kind.contains("DYN"), "{name} must stay PIE: {kind}");
     }
 }
+
+/// The commands that read what a VM wrote — its layer, its processes' command lines, the
+/// objects it named, its services' states and logs — are never run by the front, whose image
+/// sits at a fixed address (docs/security.md): it hands them to `feather-full`. A front alone
+/// in a folder runs its own commands, and for each of those says it cannot run feather-full.
+#[test]
+fn the_front_hands_over_every_command_that_reads_a_vm_s_writing() {
+    let feather = Feather::new("lone-front");
+    let lone = LoneFeather::new("lone-front");
+    let own = lone.run(&feather, &["ls"]);
+    assert!(own.status.success(), "the front runs ls itself: {own:?}");
+    for args in [
+        &["ps", "vm"][..],
+        &["diff", "vm"],
+        &["commit", "vm"],
+        &["reset", "vm"],
+        &["service", "status", "vm", "nginx"],
+        &["audit"],
+    ] {
+        let handed = lone.run(&feather, args);
+        let said = String::from_utf8_lossy(&handed.stderr);
+        assert!(
+            !handed.status.success()
+                && said.contains("cannot run")
+                && said.contains("feather-full"),
+            "feather {args:?} must be handed to feather-full: {said}"
+        );
+    }
+}

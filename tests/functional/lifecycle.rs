@@ -503,11 +503,15 @@ fn a_throw_away_vms_command_runs_as_its_user_in_its_folder_or_fails_saying_why()
     // init forks and prepares the command (user, groups, folder, environment) while the keeper
     // finishes its own steps, and lets it exec only at the keeper's Start.
     let feather = Feather::new("run-prepared");
-    let out = feather.ok(&[
-        "run",
-        "--rm",
-        "--net",
-        "none",
+    let throw_away = |args: &[&str]| {
+        let line: Vec<&str> = ["run", "--rm", "--net", "none"]
+            .iter()
+            .chain(args)
+            .copied()
+            .collect();
+        feather.run(&line)
+    };
+    let prepared = throw_away(&[
         "-u",
         "nobody",
         "-w",
@@ -519,20 +523,12 @@ fn a_throw_away_vms_command_runs_as_its_user_in_its_folder_or_fails_saying_why()
         "-c",
         "id -un; pwd; echo $MARK",
     ]);
-    assert_eq!(out, "nobody\n/tmp\nset\n");
-    let unknown = feather.run(&[
-        "run",
-        "--rm",
-        "--net",
-        "none",
-        "-u",
-        "nosuchuser",
-        "--",
-        "true",
-    ]);
+    assert_eq!(prepared.code, 0, "{prepared:?}");
+    assert_eq!(prepared.stdout, "nobody\n/tmp\nset\n");
+    let unknown = throw_away(&["-u", "nosuchuser", "--", "true"]);
     assert_eq!(unknown.code, 126, "{unknown:?}");
     assert!(unknown.stderr.contains("nosuchuser"), "{}", unknown.stderr);
-    let missing = feather.run(&["run", "--rm", "--net", "none", "--", "no-such-command"]);
+    let missing = throw_away(&["--", "no-such-command"]);
     assert_eq!(missing.code, 127, "{missing:?}");
     assert!(
         missing
@@ -541,16 +537,7 @@ fn a_throw_away_vms_command_runs_as_its_user_in_its_folder_or_fails_saying_why()
         "{}",
         missing.stderr
     );
-    let folder = feather.run(&[
-        "run",
-        "--rm",
-        "--net",
-        "none",
-        "-w",
-        "/no/such/folder",
-        "--",
-        "true",
-    ]);
+    let folder = throw_away(&["-w", "/no/such/folder", "--", "true"]);
     assert_eq!(folder.code, 126, "{folder:?}");
     assert!(
         folder.stderr.contains("/no/such/folder"),

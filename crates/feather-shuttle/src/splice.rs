@@ -105,16 +105,26 @@ mod tests {
     use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
-    #[test]
-    fn bytes_cross_both_ways_and_a_half_close_is_passed_on() {
-        let (mut client, client_broker) = UnixStream::pair().unwrap();
-        let (server_broker, mut server) = UnixStream::pair().unwrap();
+    /// A client and a server, with the broker's `forward` between them on a thread of its own.
+    fn relayed() -> (
+        UnixStream,
+        UnixStream,
+        std::thread::JoinHandle<std::io::Result<(u64, u64)>>,
+    ) {
+        let (client, client_broker) = UnixStream::pair().unwrap();
+        let (server_broker, server) = UnixStream::pair().unwrap();
         let forwarding = std::thread::spawn(move || {
             forward(
                 Arc::new(OwnedFd::from(client_broker)),
                 Arc::new(OwnedFd::from(server_broker)),
             )
         });
+        (client, server, forwarding)
+    }
+
+    #[test]
+    fn bytes_cross_both_ways_and_a_half_close_is_passed_on() {
+        let (mut client, mut server, forwarding) = relayed();
         let big: Vec<u8> = (0..3_000_000u32).map(|i| (i % 251) as u8).collect();
         let sent = big.clone();
         let writer = std::thread::spawn(move || {
@@ -142,14 +152,7 @@ mod tests {
     /// receiver took no more ends.
     #[test]
     fn an_answer_crosses_after_the_receiver_stopped_reading() {
-        let (mut client, client_broker) = UnixStream::pair().unwrap();
-        let (server_broker, mut server) = UnixStream::pair().unwrap();
-        let forwarding = std::thread::spawn(move || {
-            forward(
-                Arc::new(OwnedFd::from(client_broker)),
-                Arc::new(OwnedFd::from(server_broker)),
-            )
-        });
+        let (mut client, mut server, forwarding) = relayed();
         server.shutdown(std::net::Shutdown::Read).unwrap();
         // The client writes until the broker tells it the server takes no more.
         let chunk = vec![7u8; 64 << 10];

@@ -1,20 +1,21 @@
 //! What both binaries run: the parse, the state root's opening, and the frequent commands
 //! (run, exec, create, start, stop, rm, ls, …), whose code is the VM core's. The others — the
 //! web view, migration, checkpoints, `check`, manual pages and completion scripts — pull in a
-//! web server, TLS, an async runtime and CRIU's protocol: `feather` hands them to
-//! `feather-full`, installed beside it ([`front`]), so that its own binary stays small and
-//! starts fast; `feather-full` runs them itself ([`full`]). Both parse the same command line, so
-//! help, errors and exit codes are the same whichever runs.
+//! web server, TLS, an async runtime and CRIU's protocol, and those that read what a VM wrote
+//! (`ps`, `diff`, `commit`, `reset`, `service`, `audit`) belong in a PIE program: `feather`
+//! hands them to `feather-full`, installed beside it ([`front`]), so that its own binary stays
+//! small and starts fast; `feather-full` runs them itself ([`full`]). Both parse the same
+//! command line, so help, errors and exit codes are the same whichever runs.
 
 use std::process::ExitCode;
 use std::time::Duration;
 
 use feather_core::{say, Error, StateRoot, VmName};
 use feather_vm::exec::exec;
+use feather_vm::inspect;
 use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::options::CreateRequest;
 use feather_vm::workload::Workload;
-use feather_vm::{commit, inspect};
 
 use crate::cli::{Cli, Command, CreateArgs, ProcessArgs, RunArgs};
 use crate::opening::opened_root;
@@ -84,7 +85,16 @@ fn runs_elsewhere(command: &Command) -> bool {
         | Command::Restore { .. }
         | Command::Check(_)
         | Command::Man { .. }
-        | Command::Completions { .. } => true,
+        | Command::Completions { .. }
+        // These read what a VM wrote — its layer, its processes' command lines, objects it
+        // named, its service manager's texts —: a PIE program does, not the front at a fixed
+        // address (docs/security.md).
+        | Command::Ps { .. }
+        | Command::Diff { .. }
+        | Command::Commit { .. }
+        | Command::Reset { .. }
+        | Command::Service(_)
+        | Command::Audit { .. } => true,
         Command::Create { .. }
         | Command::Start { .. }
         | Command::Stop { .. }
@@ -93,14 +103,8 @@ fn runs_elsewhere(command: &Command) -> bool {
         | Command::Exec(_)
         | Command::Open { .. }
         | Command::Ls { .. }
-        | Command::Ps { .. }
         | Command::Inspect { .. }
-        | Command::Diff { .. }
-        | Command::Commit { .. }
-        | Command::Reset { .. }
-        | Command::Service(_)
-        | Command::Policy(_)
-        | Command::Audit { .. } => false,
+        | Command::Policy(_) => false,
     }
 }
 
@@ -270,57 +274,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 }
             }
         }
-        Command::Ps {
-            name,
-            json,
-            runtime_root,
-        } => {
-            let rows = oci::processes(&root, &name, runtime_root.as_deref())?;
-            if json {
-                output::json(&rows)?
-            } else {
-                output::processes(&rows)?
-            }
-        }
         Command::Inspect { name } => output::json(&inspect::inspect(&root, &name.parse()?)?)?,
-        Command::Diff {
-            name,
-            json,
-            runtime_root,
-        } => {
-            let changes = oci::changes(&root, &name, runtime_root.as_deref())?;
-            if json {
-                output::json(&changes)?
-            } else {
-                output::changes_with_sizes(&changes)?
-            }
-        }
-        Command::Commit {
-            name,
-            paths,
-            force,
-            keep_privileges,
-        } => {
-            let consent = commit::Consent {
-                force,
-                keep_privileges,
-            };
-            let applied = commit::commit(&root, &name.parse()?, &paths, consent)?;
-            output::changes(&applied)?;
-        }
-        Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
-        Command::Service(command) => return service::run(&root, command),
         Command::Policy(command) => return shuttle::policy(&root, command),
-        Command::Audit {
-            follow,
-            lines,
-            vm,
-            denied,
-            json,
-        } => {
-            let filter = shuttle::AuditFilter { vm, denied };
-            return shuttle::audit(&root, &filter, lines, follow, json);
-        }
         Command::Open { .. } => unreachable!("handled before the root check"),
         _ => unreachable!("run by crate::full (see runs_elsewhere)"),
     }

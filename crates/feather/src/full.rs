@@ -1,16 +1,18 @@
 //! The commands only `feather-full` runs (see crate::app): the web view, migration,
-//! checkpoints, `check`, manual pages and completion scripts.
+//! checkpoints, `check`, manual pages and completion scripts, and the commands that read what
+//! a VM wrote (`ps`, `diff`, `commit`, `reset`, `service`, `audit`), which stay out of the
+//! front at a fixed address.
 
 use std::io::Write;
 use std::process::ExitCode;
 
-use feather_vm::{checkpoint, migration};
+use feather_vm::{checkpoint, commit, migration};
 
 use feather_core::say;
 
 use crate::cli::{self, CheckCommand, Cli, Command};
 use crate::opening::opened_root;
-use crate::{generated, oci, output, progress};
+use crate::{generated, oci, output, progress, service, shuttle};
 
 /// Runs one of the commands `crate::app::runs_elsewhere` names.
 pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
@@ -29,6 +31,55 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let root_arg = cli.global.root.clone();
     let root = opened_root(&cli)?;
     match cli.command {
+        Command::Ps {
+            name,
+            json,
+            runtime_root,
+        } => {
+            let rows = oci::processes(&root, &name, runtime_root.as_deref())?;
+            if json {
+                output::json(&rows)?
+            } else {
+                output::processes(&rows)?
+            }
+        }
+        Command::Diff {
+            name,
+            json,
+            runtime_root,
+        } => {
+            let changes = oci::changes(&root, &name, runtime_root.as_deref())?;
+            if json {
+                output::json(&changes)?
+            } else {
+                output::changes_with_sizes(&changes)?
+            }
+        }
+        Command::Commit {
+            name,
+            paths,
+            force,
+            keep_privileges,
+        } => {
+            let consent = commit::Consent {
+                force,
+                keep_privileges,
+            };
+            let applied = commit::commit(&root, &name.parse()?, &paths, consent)?;
+            output::changes(&applied)?;
+        }
+        Command::Reset { name } => commit::reset(&root, &name.parse()?)?,
+        Command::Service(command) => return service::run(&root, command),
+        Command::Audit {
+            follow,
+            lines,
+            vm,
+            denied,
+            json,
+        } => {
+            let filter = shuttle::AuditFilter { vm, denied };
+            return shuttle::audit(&root, &filter, lines, follow, json);
+        }
         Command::Checkpoint {
             name,
             leave_running,
