@@ -464,6 +464,8 @@ class Feather:
     def remove_all(self) -> None:
         for name in self.names():
             self.remove(name)
+        # The root's network lingers after its last throw-away VM (docs/network.md).
+        self("network", "down", check=False, timeout=60)
 
 
 # ---------------------------------------------------------------------------------------------

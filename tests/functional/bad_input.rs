@@ -235,3 +235,23 @@ fn an_io_error_says_its_cause_once() {
     );
     assert!(outcome.stderr.contains(&file.display().to_string()));
 }
+
+/// A linger that is not a number of seconds is refused before the throw-away VM is made
+/// (the process that lingers later could tell no one).
+#[test]
+fn a_bad_network_linger_is_refused_naming_it() {
+    let feather = Feather::new("bad-linger");
+    let out = feather
+        .command()
+        .env("FEATHER_NETWORK_LINGER", "soon")
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(125), "{said}");
+    assert!(
+        said.contains("FEATHER_NETWORK_LINGER") && said.contains("soon"),
+        "{said}"
+    );
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}

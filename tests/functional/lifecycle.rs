@@ -366,8 +366,10 @@ fn ok_in(feather: &Feather, subnet: &support::TestSubnet, args: &[&str]) -> Stri
 
 /// After the VMs of a root are gone: nothing of them is left on the host or in the root.
 fn assert_nothing_left(feather: &Feather, bridge: &str, cgroups_before: &[std::path::PathBuf]) {
-    // Any command but `run --rm` waits for the teardowns still under way.
+    // Any command but `run --rm` waits for the teardowns still under way; the root's network
+    // lingers for the next throw-away VM until `network down` (feather_net::linger).
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    feather.ok(&["network", "down"]);
     let traces = support::HostTraces::of(&feather.root, Some(bridge));
     assert_eq!(traces, support::HostTraces::default(), "left on the host");
     for folder in ["vms", "run", "network-leases"] {
@@ -387,6 +389,65 @@ fn assert_nothing_left(feather: &Feather, bridge: &str, cgroups_before: &[std::p
             .iter()
             .filter(|group| !cgroups_before.contains(group))
             .all(|group| !support::cgroup_is_empty(group))
+    });
+}
+
+/// After a root's last throw-away VM its bridge and tables stay (feather_net::linger), so that
+/// the next throw-away VM, even one started a while later, finds them made instead of making
+/// them again; no command waits for them, and `network down` removes them and ends the process
+/// that kept them.
+#[test]
+fn the_root_s_network_waits_for_the_next_throw_away_vm_until_network_down() {
+    let (feather, subnet, bridge) = root_with_known_bridge("linger");
+    let base = ScratchBase::new("linger");
+    let run = || {
+        ok_in(
+            &feather,
+            &subnet,
+            &["run", "--rm", "--base", base.as_str(), "--", "true"],
+        )
+    };
+    let bridge_index = || fs::read_to_string(format!("/sys/class/net/{bridge}/ifindex")).ok();
+    run();
+    let first = bridge_index().expect("the bridge stays after the root's last VM");
+    // Longer apart than a script's loop runs them.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    run();
+    assert_eq!(
+        bridge_index(),
+        Some(first),
+        "the second VM found the bridge the first one made"
+    );
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    let lingering = support::HostTraces::of(&feather.root, Some(&bridge));
+    assert!(
+        !lingering.nft_tables.is_empty() && !lingering.processes.is_empty(),
+        "the tables, and the process that keeps them, stay: {lingering:?}"
+    );
+    feather.ok(&["network", "down"]);
+    assert_eq!(
+        support::HostTraces::of(&feather.root, Some(&bridge)),
+        support::HostTraces::default(),
+        "left on the host"
+    );
+}
+
+/// The linger ends by itself: with `FEATHER_NETWORK_LINGER` short, the root's network goes
+/// soon after its last VM without any command.
+#[test]
+fn the_root_s_network_goes_by_itself_when_its_linger_ends() {
+    let (feather, subnet, bridge) = root_with_known_bridge("linger-ends");
+    let base = ScratchBase::new("linger-ends");
+    let out = feather
+        .command()
+        .env("FEATHER_SUBNET", &subnet.cidr)
+        .env("FEATHER_NETWORK_LINGER", "0.5")
+        .args(["run", "--rm", "--base", base.as_str(), "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    feather.eventually("the root's network goes after its linger", || {
+        support::HostTraces::of(&feather.root, Some(&bridge)) == support::HostTraces::default()
     });
 }
 

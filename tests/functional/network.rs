@@ -713,6 +713,8 @@ fn a_throw_away_vm_takes_a_pooled_namespace_and_the_pool_goes_with_the_last_vm()
     stop_throw_away(&feather, "taker", taker);
     stop_throw_away(&feather, "keep", keep);
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    // The root's network lingers for the next throw-away VM (feather_net::linger).
+    feather.ok(&["network", "down"]);
     let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
     assert_eq!(
         traces,
@@ -766,7 +768,7 @@ fn a_vm_on_a_pooled_pair_keeps_its_bridge_and_tables_after_the_other_vms_end() {
     let keep = throw_away_running(&feather, "keep");
     let (taker, bridge, host_end) = pooled_vm_running(&feather, "keep", "taker");
     stop_throw_away(&feather, "keep", keep);
-    // Waits for keep's teardown, its linger included (every command waits for the linger).
+    // Waits for keep's teardown (not for its linger: the network stays for the next VM).
     feather.ok(&["ls"]);
     let master = std::fs::read_link(format!("/sys/class/net/{host_end}/master"));
     assert!(
@@ -788,6 +790,8 @@ fn a_vm_on_a_pooled_pair_keeps_its_bridge_and_tables_after_the_other_vms_end() {
 
     stop_throw_away(&feather, "taker", taker);
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    // The root's network lingers for the next throw-away VM (feather_net::linger).
+    feather.ok(&["network", "down"]);
     let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
     assert_eq!(
         traces,
@@ -819,6 +823,8 @@ fn a_killed_keeper_of_a_vm_on_a_pooled_pair_leaves_nothing() {
     feather.ok(&["rm", "taker"]);
     stop_throw_away(&feather, "keep", keep);
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    // The root's network lingers for the next throw-away VM (feather_net::linger).
+    feather.ok(&["network", "down"]);
     let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
     assert_eq!(
         traces,
@@ -888,6 +894,8 @@ fn an_interrupted_pool_refill_leaves_nothing_after_the_next_command() {
 
     stop_throw_away(&feather, "keep", keep);
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    // The root's network lingers for the next throw-away VM (feather_net::linger).
+    feather.ok(&["network", "down"]);
     let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
     assert_eq!(
         traces,

@@ -163,8 +163,8 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
     );
 }
 
-/// The state a teardown's child killed while the root's bridge lingers leaves (see
-/// feather_net::linger): the bridge and tables with no VM on them, and the linger lock's file
+/// The state a teardown's child killed while the root's network lingers leaves (see
+/// feather_net::linger): the bridge and tables with no VM on them, and the linger's wait file
 /// with no one holding it. The next feather command removes them.
 #[test]
 fn a_lingering_bridge_whose_process_died_is_removed_by_the_next_command() {
@@ -185,7 +185,7 @@ fn a_lingering_bridge_whose_process_died_is_removed_by_the_next_command() {
             .iter()
             .all(|link| !link.contains("master"))
     });
-    let lock = feather.root.join("network-linger.lock");
+    let lock = feather.root.join("network-linger.wait");
     std::fs::write(&lock, b"").unwrap();
     let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
     assert!(!traces.nft_tables.is_empty(), "{traces:?}");

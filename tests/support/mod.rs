@@ -205,6 +205,10 @@ impl Drop for Feather {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
+        // The root's network lingers after its last throw-away VM (feather_net::linger).
+        if self.root.join("network.toml").exists() {
+            let _ = self.run(&["network", "down"]);
+        }
         feather_core::roots::Registry::host().forget_below(&self.root);
         let _ = fs::remove_dir_all(&self.root);
     }
@@ -767,7 +771,11 @@ impl HostTraces {
                     .collect(),
                 lines("nft", &["list", "tables"])
                     .into_iter()
-                    .filter(|l| l.split_whitespace().last() == Some(bridge))
+                    .filter(|l| {
+                        // feather_net::settings::RootNetwork::table.
+                        let table = l.split_whitespace().last().unwrap_or_default();
+                        table == bridge || table.strip_prefix("feather-") == Some(bridge)
+                    })
                     .collect(),
             ),
             None => (Vec::new(), Vec::new()),

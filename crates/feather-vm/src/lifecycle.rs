@@ -310,31 +310,48 @@ pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
     feather_net::linger::settle(root.dir(), wait);
 }
 
+/// `feather network down`: the root's bridge and tables go now, unless a VM uses them, rather
+/// than when the linger after its last throw-away VM ends (feather_net::linger). Whether a
+/// VM uses them (they then stay).
+pub fn take_network_down(root: &StateRoot) -> bool {
+    feather_net::linger::end(root.dir())
+}
+
 /// In the process a foreground `run --rm` handed its teardown to (see `Keeper::hand_off`),
-/// which holds the VM's keeper lock: finishes the VM set aside as `folder`.
-pub fn finish_handed_off(root: &StateRoot, folder: &str) {
+/// which holds the VM's keeper lock: finishes the VM set aside as `folder`. Whether the VM had
+/// a private network: its process then lets go of the keeper lock and lingers for the root's
+/// network ([`linger_for_the_next_vm`]).
+pub fn finish_handed_off(root: &StateRoot, folder: &str) -> bool {
     let aside = root
         .set_aside_vms()
         .into_iter()
         .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
-    if let Some(aside) = aside {
-        let private = release_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
-        // The VM is gone; the root's bridge and tables wait a moment for the next one, with
-        // namespaces made ahead when VMs come one after another (other teardowns under way).
-        if private {
-            let others_finishing = root
-                .set_aside_vms()
-                .iter()
-                .any(|other| other.path() != aside.path());
-            feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
-            feather_net::linger::hold(root.dir());
-        }
-        // The VM's folder goes last: until then every command that waits for teardowns waits
-        // for this process by the folder's keeper lock, its refill and linger included. Gone
-        // first, it left a moment in which such a command found neither the folder nor the
-        // linger lock, and went on while this process still ran.
-        let _ = fs::remove_dir_all(aside.path());
+    let Some(aside) = aside else {
+        return false;
+    };
+    let private = release_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
+    // Namespaces made ahead when VMs come one after another (other teardowns under way).
+    if private {
+        let others_finishing = root
+            .set_aside_vms()
+            .iter()
+            .any(|other| other.path() != aside.path());
+        feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
     }
+    // The VM's folder goes last: until then every command that waits for teardowns waits for
+    // this process by the folder's keeper lock, its refill included. Gone first, it left a
+    // moment in which such a command found no folder and went on while this process still ran.
+    let _ = fs::remove_dir_all(aside.path());
+    private
+}
+
+/// After a throw-away VM's teardown, in the process it was handed to, with the VM's keeper
+/// lock let go (a command that opened the lock before the folder went waits for it): the
+/// root's bridge and tables wait for the next VM (feather_net::linger; the VM's run checked
+/// the period).
+pub fn linger_for_the_next_vm(root: &StateRoot) {
+    let period = feather_net::linger::period().unwrap_or(feather_net::linger::DEFAULT_PERIOD);
+    feather_net::linger::hold(root.dir(), period);
 }
 
 /// Removes what a throw-away VM that is set aside still holds: leftovers of its network and
@@ -442,6 +459,11 @@ pub fn run_ephemeral(
         ephemeral: true,
         ..options.clone()
     };
+    // Read again by the process its teardown is handed to, which can tell no one.
+    feather_net::linger::period().map_err(|source| VmError::Net {
+        vm: name.to_string(),
+        source: Box::new(source),
+    })?;
     // The workload's stdio: pipes this process relays, never the caller's own descriptors.
     let (ends, relay) =
         crate::relay::pipes().map_err(|e| io(name, "cannot make the command's pipes")(e.into()))?;

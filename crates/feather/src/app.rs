@@ -84,6 +84,7 @@ fn runs_elsewhere(command: &Command) -> bool {
         | Command::Checkpoint { .. }
         | Command::Restore { .. }
         | Command::Check(_)
+        | Command::Network(_)
         | Command::Man { .. }
         | Command::Completions { .. }
         // These read what a VM wrote — its layer, its processes' command lines, objects it

@@ -230,6 +230,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The state root's private network: its bridge and firewall tables
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Check a property of this machine or of confinement; exits 1 if it does not hold
     #[command(subcommand)]
     Check(CheckCommand),
@@ -497,6 +500,14 @@ pub enum MigrateMode {
     PostCopy,
     StopAndCopy,
     PreCopy,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Remove the root's bridge and firewall tables now, unless a VM uses them (after the last
+    /// throw-away VM they otherwise stay FEATHER_NETWORK_LINGER seconds, 300 unless set, for
+    /// the next VM to find them made)
+    Down,
 }
 
 #[derive(Debug, Subcommand)]

@@ -31,6 +31,13 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let root_arg = cli.global.root.clone();
     let root = opened_root(&cli)?;
     match cli.command {
+        Command::Network(cli::NetworkCommand::Down) => {
+            if feather_vm::lifecycle::take_network_down(&root) {
+                eprintln!(
+                    "feather: the root's network stays: a VM uses it (`feather ls` shows which)"
+                );
+            }
+        }
         Command::Ps {
             name,
             json,

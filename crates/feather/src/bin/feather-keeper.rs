@@ -91,7 +91,7 @@ fn init(args: InitArgs) -> anyhow::Result<i32> {
 }
 
 /// Finishes a throw-away VM's teardown that the `feather run --rm` which ran it handed over,
-/// holding its keeper lock until done.
+/// holding its keeper lock until done; then lingers for the root's network.
 fn finish(args: FinishArgs) -> anyhow::Result<i32> {
     let lock = inherited(args.lock_fd)?;
     // The VM's mount namespace, held by its keeper so that init's exit did not unmount it: let
@@ -104,8 +104,11 @@ fn finish(args: FinishArgs) -> anyhow::Result<i32> {
         drop(namespace);
     }
     let root = StateRoot::with_dirs(args.state_dir, args.run_dir);
-    feather_vm::lifecycle::finish_handed_off(&root, &args.folder);
+    let private = feather_vm::lifecycle::finish_handed_off(&root, &args.folder);
     drop(lock);
+    if private {
+        feather_vm::lifecycle::linger_for_the_next_vm(&root);
+    }
     Ok(0)
 }
 
