@@ -451,6 +451,35 @@ fn the_root_s_network_goes_by_itself_when_its_linger_ends() {
     });
 }
 
+/// A state root's folder removed by hand while its network lingers: the wait file goes with
+/// it, which ends the linger, and the lingering process removes the network it remembers (the
+/// host-wide claim still names that root), instead of leaving the bridge and tables to
+/// whichever root claims them next.
+#[test]
+fn the_network_of_a_root_removed_by_hand_goes_when_its_linger_ends() {
+    let (feather, subnet, bridge) = root_with_known_bridge("linger-orphan");
+    let base = ScratchBase::new("linger-orphan");
+    let out = feather
+        .command()
+        .env("FEATHER_SUBNET", &subnet.cidr)
+        .env("FEATHER_NETWORK_LINGER", "1")
+        .args(["run", "--rm", "--base", base.as_str(), "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    fs::remove_dir_all(&feather.root).unwrap();
+    feather.eventually("the root's network goes after its linger", || {
+        support::HostTraces::of(&feather.root, Some(&bridge)) == support::HostTraces::default()
+    });
+    assert!(
+        !std::path::Path::new("/run/feather-net/claims")
+            .join(&bridge)
+            .exists(),
+        "the host-wide claim on {bridge} is returned"
+    );
+}
+
 #[test]
 fn many_throw_away_runs_leave_no_mount_link_namespace_cgroup_or_rule() {
     let (feather, subnet, bridge) = root_with_known_bridge("leaks-rm");

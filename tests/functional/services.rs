@@ -565,6 +565,8 @@ fn a_missing_service_manager_binary_is_named_in_the_error() {
     let feather = Feather::new("svc-lone");
     vm(&feather, "lone");
     let lone = LoneFeather::new("svc");
+    // `service` runs in feather-full (it reads what the VM's manager says), beside the front.
+    lone.add("feather-full");
     let start = || lone.run(&feather, &["service", "start", "lone", "nginx"]);
     let output = start();
     let e = String::from_utf8_lossy(&output.stderr);

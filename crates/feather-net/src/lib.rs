@@ -22,7 +22,8 @@
 //!         for the next VM (a fresh namespace, its veth pair, address, route and firewall
 //!         entries; a throw-away VM takes one at create, allocate → pool::claim, and its init
 //!         joins it, Attachment::namespace), remove_leftovers_keeping_bridge(), then
-//!         linger::hold(): the root's bridge, tables and pool wait a moment for the next VM
+//!         linger::begin(), then hold(): the root's bridge, tables and pool wait for the next
+//!         VM (FEATHER_NETWORK_LINGER, 300 s), or until `feather network down`
 //! ```
 
 pub mod as_made;
@@ -597,8 +598,8 @@ pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &N
 }
 
 /// Like [`remove_leftovers`], for a throw-away VM whose teardown was handed over: the root's
-/// bridge and tables stay even if the VM was their last user, for [`linger::hold`] to remove
-/// unless a VM started meanwhile uses them.
+/// bridge and tables stay even if the VM was their last user, for the linger ([`linger`]) to
+/// remove unless a VM started meanwhile uses them.
 pub fn remove_leftovers_keeping_bridge(
     root_dir: &Path,
     run_dir: &Path,

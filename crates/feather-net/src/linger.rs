@@ -13,20 +13,25 @@
 //! <root>/network-linger.lock   held while a process removes the network if unused
 //! ```
 //!
-//! - The lingering process waits until the wait file's mtime is a [`period`] old, then unlinks
-//!   the file and removes the bridge, tables and pool unless a VM uses them. A VM that ends
-//!   while another process lingers moves the mtime on and leaves; if that process had already
-//!   unlinked the file, it lingers itself (its port may have been on the bridge at the other's
-//!   look).
-//! - `feather network down` ([`end`]) does not wait: it unlinks the file, which wakes the
-//!   lingering process (it watches the file), waits for it to end, and removes what is unused.
-//! - A lingering process that died leaves the file unlocked: the next command removes what is
+//! - The finisher of a VM's teardown takes the wait file ([`begin`]) before it removes the VM's
+//!   folder, which commands that wait for teardowns wait for: at every moment one of the two
+//!   files says that something may be left.
+//! - The lingering process waits until the wait file's mtime has not moved for a [`period`]
+//!   (timed on the monotonic clock), takes the removal lock, unlinks the wait file, and removes
+//!   the bridge, tables and pool unless a VM uses them. A VM that ends while another process
+//!   lingers moves the mtime on and leaves; if that process had unlinked the file already (its
+//!   look may come before this VM's port was gone), it lingers itself.
+//! - `feather network down` ([`end`]) unlinks the wait file, which wakes the lingering process
+//!   (it watches the file), waits for it to end, and removes what is unused.
+//! - A lingering process that died leaves a file unlocked: the next command removes what is
 //!   unused ([`settle`]). No command waits for a live one: the network it keeps is no VM's.
+//! - A root folder removed by hand while its network lingers: the lingering process removes
+//!   the network it remembers if the host-wide claim still names that root.
 
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use crate::netlink::{index_of, Netlink};
 use crate::settings::RootNetwork;
@@ -49,55 +54,90 @@ const WAIT_FILE: &str = "network-linger.wait";
 const LOCK_FILE: &str = "network-linger.lock";
 
 /// How long the root's network waits for a next VM: [`PERIOD_VARIABLE`] (seconds, fractions
-/// allowed), or [`DEFAULT_PERIOD`].
+/// allowed; unset or empty: [`DEFAULT_PERIOD`]).
 pub fn period() -> crate::error::Result<Duration> {
-    match std::env::var(PERIOD_VARIABLE) {
-        Err(_) => Ok(DEFAULT_PERIOD),
-        Ok(value) => value
-            .trim()
-            .parse::<f64>()
-            .ok()
-            .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
-            .ok_or_else(|| {
-                crate::error::NetError::Invalid(format!(
-                    "{PERIOD_VARIABLE}={value:?} is not a number of seconds (how long the \
-                     root's network waits for a next VM after its last one; unset, {} s)",
-                    DEFAULT_PERIOD.as_secs()
-                ))
-            }),
+    let value = std::env::var(PERIOD_VARIABLE).unwrap_or_default();
+    if value.trim().is_empty() {
+        return Ok(DEFAULT_PERIOD);
     }
+    value
+        .trim()
+        .parse::<f64>()
+        .ok()
+        .and_then(|seconds| Duration::try_from_secs_f64(seconds).ok())
+        .ok_or_else(|| {
+            crate::error::NetError::Invalid(format!(
+                "{PERIOD_VARIABLE}={value:?} is not a number of seconds (how long the root's \
+                 network waits for a next VM after its last one; unset, {} s)",
+                DEFAULT_PERIOD.as_secs()
+            ))
+        })
 }
 
-/// After a throw-away VM's teardown: lingers for the root's network ([`period`] after the last
-/// VM's end), then removes it unless a VM uses it; or, when another process lingers already,
-/// moves its end on and returns. The last thing its process does: a lingering process keeps
-/// the wait file's lock until it exits, so that [`end`], which waits for the lock, returns only
-/// once the process is gone.
-pub fn hold(root_dir: &Path, period: Duration) {
+/// The root's linger, begun by a throw-away VM's finisher once the VM's network is gone from
+/// the bridge, before the VM's folder goes ([`begin`]).
+pub struct Lingering<'a> {
+    root_dir: &'a Path,
+    /// The wait file, locked: this process lingers. None: another one does, and was told of
+    /// this VM's end.
+    waiting: Option<File>,
+}
+
+/// Moves the root's linger on to now: takes the wait file if no process lingers, else tells
+/// the one that does.
+pub fn begin(root_dir: &Path) -> Lingering<'_> {
     let path = root_dir.join(WAIT_FILE);
     loop {
         let Ok(file) = open(&path) else {
+            // Nothing can linger: the network goes now, unless a VM uses it.
             remove_if_unused(root_dir);
-            return;
+            return Lingering {
+                root_dir,
+                waiting: None,
+            };
         };
         let _ = file.set_modified(SystemTime::now());
-        if file.try_lock().is_ok() {
-            // Ours unless a process that found it unlocked (settle, end) unlinked it.
-            if is_linked(&path, &file) {
-                wait_out(&path, &file, period);
-                let_go(&path, &file);
-                remove_if_unused(root_dir);
-                std::mem::forget(file);
-                return;
-            }
-        } else if is_linked(&path, &file) {
-            // The lingering process has not looked yet: its look comes after this VM's end.
-            return;
+        let locked = file.try_lock().is_ok();
+        // Unlinked meanwhile (by a lingering process at its end, `settle` or `end`): its look
+        // may have come before this VM's port was gone. Take a new one.
+        if !is_linked(&path, &file) {
+            continue;
         }
+        let waiting = locked.then_some(file);
+        return Lingering { root_dir, waiting };
     }
 }
 
-/// Waits until the wait file is `period` older than its mtime, or unlinked (by [`end`]).
+impl Lingering<'_> {
+    /// Lingers, if this process does: waits until the root's last VM ended `period` ago, then
+    /// removes the root's network unless a VM uses it. The last thing its process does: it
+    /// keeps the wait file's lock until it exits, so that [`end`], which waits for the lock,
+    /// returns only once the process is gone.
+    pub fn hold(self, period: Duration) {
+        let Some(file) = self.waiting else {
+            return;
+        };
+        let path = self.root_dir.join(WAIT_FILE);
+        let remembered = RootNetwork::load(self.root_dir).ok().flatten();
+        wait_out(&path, &file, period);
+        match (RootNetwork::load(self.root_dir), remembered) {
+            (Ok(Some(_)), _) => {
+                // The removal lock before the wait file goes: a crash leaves one or the other.
+                let removing = lock_removal(self.root_dir);
+                let_go(&path, &file);
+                if let Some(removing) = removing {
+                    remove_under(self.root_dir, removing);
+                }
+            }
+            (_, Some(network)) => remove_orphaned(&network),
+            _ => {}
+        }
+        std::mem::forget(file);
+    }
+}
+
+/// Waits until the wait file's mtime has stayed the same for `period`, or the file is unlinked
+/// (by [`end`]).
 fn wait_out(path: &Path, file: &File, period: Duration) {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     // Touching the file (a later VM's end) and unlinking it both change its attributes.
@@ -106,6 +146,8 @@ fn wait_out(path: &Path, file: &File, period: Duration) {
             .add_watch(path, AddWatchFlags::IN_ATTRIB)
             .map(|_| inotify)
     });
+    let mut last_end = None;
+    let mut since = Instant::now();
     loop {
         let Ok(meta) = file.metadata() else {
             return;
@@ -113,10 +155,14 @@ fn wait_out(path: &Path, file: &File, period: Duration) {
         if meta.nlink() == 0 {
             return;
         }
-        let ended = meta.modified().unwrap_or_else(|_| SystemTime::now());
-        // An mtime in the future (the clock set back) counts from now.
-        let waited = ended.elapsed().unwrap_or_default();
-        let Some(left) = period.checked_sub(waited).filter(|left| !left.is_zero()) else {
+        // Timed on the monotonic clock from when this process saw the mtime move: setting the
+        // wall clock neither ends nor stretches the wait.
+        let ended = meta.modified().ok();
+        if ended != last_end {
+            last_end = ended;
+            since = Instant::now();
+        }
+        let Some(left) = period.checked_sub(since.elapsed()).filter(|l| !l.is_zero()) else {
             return;
         };
         match &watch {
@@ -166,8 +212,11 @@ pub fn settle(root_dir: &Path, wait: bool) {
     let waiting = root_dir.join(WAIT_FILE);
     if let Ok(file) = File::open(&waiting) {
         if file.try_lock().is_ok() && is_linked(&waiting, &file) {
+            let removing = lock_removal(root_dir);
             let_go(&waiting, &file);
-            remove_if_unused(root_dir);
+            if let Some(removing) = removing {
+                remove_under(root_dir, removing);
+            }
         }
         return;
     }
@@ -211,31 +260,37 @@ fn let_go(path: &Path, file: &File) {
     }
 }
 
-/// Under the root's removal lock, the pool's refill lock and the root's network lock: the
-/// bridge, its tables and the pool go if no VM's port is on the bridge and no VM claimed a
-/// pooled namespace.
+/// The root's removal lock, waited for; None when its file cannot be made.
+fn lock_removal(root_dir: &Path) -> Option<File> {
+    let removing = open(&root_dir.join(LOCK_FILE)).ok()?;
+    removing.lock().ok()?;
+    Some(removing)
+}
+
+/// Under the root's removal lock: [`remove_under`].
 fn remove_if_unused(root_dir: &Path) {
-    let Ok(Some(network)) = RootNetwork::load(root_dir) else {
-        return;
-    };
-    let path = root_dir.join(LOCK_FILE);
-    let Ok(removing) = open(&path) else {
-        return;
-    };
-    if removing.lock().is_err() {
-        return;
+    if let Some(removing) = lock_removal(root_dir) {
+        remove_under(root_dir, removing);
     }
-    // A loop of `run --rm` takes pooled namespaces one after another, and between two of them
-    // no VM may be on the bridge: the pool and the bridge stay while VMs keep coming.
-    while let Some(age) = pool::since_last_taken(root_dir).filter(|age| *age < TAKEN_RECENTLY) {
-        std::thread::sleep(TAKEN_RECENTLY - age);
+}
+
+/// Holding the root's removal lock (`removing`), then the pool's refill lock and the root's
+/// network lock: the bridge, its tables and the pool go if no VM's port is on the bridge and
+/// no VM claimed a pooled namespace. The lock's file goes last.
+fn remove_under(root_dir: &Path, removing: File) {
+    if let Ok(Some(network)) = RootNetwork::load(root_dir) {
+        // A loop of `run --rm` takes pooled namespaces one after another, and between two of
+        // them no VM may be on the bridge: the pool and the bridge stay while VMs keep coming.
+        while let Some(age) = pool::since_last_taken(root_dir).filter(|age| *age < TAKEN_RECENTLY) {
+            std::thread::sleep(TAKEN_RECENTLY - age);
+        }
+        pool::with_refill_lock(root_dir, || {
+            // What a killed refill or keeper left goes even while VMs use the bridge.
+            pool::clean_stale(&network);
+            remove_unused(&network)
+        });
     }
-    pool::with_refill_lock(root_dir, || {
-        // What a killed refill or keeper left goes even while VMs use the bridge.
-        pool::clean_stale(&network);
-        remove_unused(&network)
-    });
-    let_go(&path, &removing);
+    let_go(&root_dir.join(LOCK_FILE), &removing);
 }
 
 fn remove_unused(network: &RootNetwork) {
@@ -255,14 +310,33 @@ fn remove_unused(network: &RootNetwork) {
         if used || pool::has_claimed(network.root()) {
             return;
         }
-        pool::drain(network);
-        firewall::delete_tables(network);
-        if let Ok(mut netlink) = Netlink::open() {
-            let _ = netlink.delete_link(bridge);
-        }
+        remove_network(network, bridge);
     } else {
         // No bridge: the pool's pairs went with it; their folders and leases go now.
         pool::drain(network);
     }
     network.forget_if_unused();
+}
+
+/// The root's folder lost its network's settings while it lingered (removed by hand): no VM
+/// can use that network any more. It goes if the host-wide claim on its bridge still names
+/// the root (else the bridge is another root's now).
+fn remove_orphaned(network: &RootNetwork) {
+    if !network.still_claimed() {
+        return;
+    }
+    match index_of(&network.bridge) {
+        Some(bridge) => remove_network(network, bridge),
+        None => pool::drain(network),
+    }
+    network.forget_if_unused();
+}
+
+/// The pool, both tables and the bridge (index `bridge`).
+fn remove_network(network: &RootNetwork, bridge: u32) {
+    pool::drain(network);
+    firewall::delete_tables(network);
+    if let Ok(mut netlink) = Netlink::open() {
+        let _ = netlink.delete_link(bridge);
+    }
 }

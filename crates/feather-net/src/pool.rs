@@ -23,10 +23,10 @@
 //!   port, which keeps the root's bridge and tables while that VM runs ([`is_vm_port`]).
 //! - Bounded: at most [`SIZE`] entries, refilled by the process a `run --rm` hands its
 //!   teardown to (`feather-keeper __finish`), off the critical path, when VMs come one after
-//!   another ([`crate::linger::refill_pool_if_in_demand`]); and removed
-//!   with the root's bridge once no VM took an entry for a moment ([`crate::linger`]): nothing
-//!   stays once a root's VMs are gone, so a root is removed as before (its VMs, then its
-//!   folder).
+//!   another or while the root's network lingers ([`crate::linger::refill_pool_if_in_demand`]);
+//!   and removed with the root's bridge when its linger ends ([`crate::linger`]) or at
+//!   `feather network down`: nothing stays once a root's VMs are gone and its network is down,
+//!   so a root is removed as before (its VMs, `network down`, then its folder).
 //! - Crash-safe: an entry being made is under `making-` until it is complete; whatever a killed
 //!   refill or keeper left (a `making-` entry, a claimed entry whose VM holds no lease, a
 //!   `pool-` lease without its entry, a ready entry whose host end is gone after a reboot) is

@@ -1217,7 +1217,7 @@ pub fn remove_leftovers(vm: &VmDir, config: &VmConfig) {
 }
 
 /// Like [`remove_leftovers`], for a throw-away VM whose teardown was handed over: the root's
-/// bridge and tables stay for a moment even after its last VM (see `feather_net::linger`).
+/// bridge and tables stay for the next VM even after its last one (see `feather_net::linger`).
 pub fn remove_throw_away_leftovers(vm: &VmDir, config: &VmConfig) {
     remove_leftovers_with(vm, config, feather_net::remove_leftovers_keeping_bridge);
 }

@@ -318,40 +318,41 @@ pub fn take_network_down(root: &StateRoot) -> bool {
 }
 
 /// In the process a foreground `run --rm` handed its teardown to (see `Keeper::hand_off`),
-/// which holds the VM's keeper lock: finishes the VM set aside as `folder`. Whether the VM had
-/// a private network: its process then lets go of the keeper lock and lingers for the root's
-/// network ([`linger_for_the_next_vm`]).
-pub fn finish_handed_off(root: &StateRoot, folder: &str) -> bool {
+/// which holds the VM's keeper lock: finishes the VM set aside as `folder`. With a private
+/// network, the root's linger for the next VM is begun before the VM's folder goes; the
+/// process lingers ([`linger_for_the_next_vm`]) once it has let go of the keeper lock.
+pub fn finish_handed_off<'a>(
+    root: &'a StateRoot,
+    folder: &str,
+) -> Option<feather_net::linger::Lingering<'a>> {
     let aside = root
         .set_aside_vms()
         .into_iter()
-        .find(|vm| vm.path().file_name().is_some_and(|name| name == folder));
-    let Some(aside) = aside else {
-        return false;
-    };
+        .find(|vm| vm.path().file_name().is_some_and(|name| name == folder))?;
     let private = release_throw_away(root, &aside, keeper::remove_throw_away_leftovers);
-    // Namespaces made ahead when VMs come one after another (other teardowns under way).
-    if private {
+    let lingering = private.then(|| {
+        // Namespaces made ahead when VMs come one after another (other teardowns under way).
         let others_finishing = root
             .set_aside_vms()
             .iter()
             .any(|other| other.path() != aside.path());
         feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
-    }
+        feather_net::linger::begin(root.dir())
+    });
     // The VM's folder goes last: until then every command that waits for teardowns waits for
     // this process by the folder's keeper lock, its refill included. Gone first, it left a
     // moment in which such a command found no folder and went on while this process still ran.
     let _ = fs::remove_dir_all(aside.path());
-    private
+    lingering
 }
 
 /// After a throw-away VM's teardown, in the process it was handed to, with the VM's keeper
 /// lock let go (a command that opened the lock before the folder went waits for it): the
 /// root's bridge and tables wait for the next VM (feather_net::linger; the VM's run checked
 /// the period).
-pub fn linger_for_the_next_vm(root: &StateRoot) {
+pub fn linger_for_the_next_vm(lingering: feather_net::linger::Lingering) {
     let period = feather_net::linger::period().unwrap_or(feather_net::linger::DEFAULT_PERIOD);
-    feather_net::linger::hold(root.dir(), period);
+    lingering.hold(period);
 }
 
 /// Removes what a throw-away VM that is set aside still holds: leftovers of its network and

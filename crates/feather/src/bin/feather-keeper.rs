@@ -93,6 +93,10 @@ fn init(args: InitArgs) -> anyhow::Result<i32> {
 /// Finishes a throw-away VM's teardown that the `feather run --rm` which ran it handed over,
 /// holding its keeper lock until done; then lingers for the root's network.
 fn finish(args: FinishArgs) -> anyhow::Result<i32> {
+    // It may linger for minutes after its caller is gone: in a session of its own, and in no
+    // folder of the caller's (which it would keep from being unmounted).
+    let _ = nix::unistd::setsid();
+    let _ = std::env::set_current_dir("/");
     let lock = inherited(args.lock_fd)?;
     // The VM's mount namespace, held by its keeper so that init's exit did not unmount it: let
     // go first, once the keeper has let go of its own copy (the end of `keeper_done`), which
@@ -104,10 +108,10 @@ fn finish(args: FinishArgs) -> anyhow::Result<i32> {
         drop(namespace);
     }
     let root = StateRoot::with_dirs(args.state_dir, args.run_dir);
-    let private = feather_vm::lifecycle::finish_handed_off(&root, &args.folder);
+    let lingering = feather_vm::lifecycle::finish_handed_off(&root, &args.folder);
     drop(lock);
-    if private {
-        feather_vm::lifecycle::linger_for_the_next_vm(&root);
+    if let Some(lingering) = lingering {
+        feather_vm::lifecycle::linger_for_the_next_vm(lingering);
     }
     Ok(0)
 }
