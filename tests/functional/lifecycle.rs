@@ -451,32 +451,38 @@ fn the_root_s_network_goes_by_itself_when_its_linger_ends() {
     });
 }
 
-/// A state root's folder removed by hand while its network lingers: the wait file goes with
-/// it, which ends the linger, and the lingering process removes the network it remembers (the
-/// host-wide claim still names that root), instead of leaving the bridge and tables to
-/// whichever root claims them next.
+/// A state root named by a relative path: the process a `run --rm` hands its teardown to
+/// leaves the caller's folder for `/` while it lingers, and still finds the root.
 #[test]
-fn the_network_of_a_root_removed_by_hand_goes_when_its_linger_ends() {
-    let (feather, subnet, bridge) = root_with_known_bridge("linger-orphan");
-    let base = ScratchBase::new("linger-orphan");
-    let out = feather
-        .command()
+fn a_throw_away_vm_in_a_root_named_by_a_relative_path_is_torn_down() {
+    let (feather, subnet, bridge) = root_with_known_bridge("relative-root");
+    let base = ScratchBase::new("relative-root");
+    fs::create_dir_all(&feather.root).unwrap();
+    let parent = feather.root.parent().unwrap();
+    let relative = feather.root.file_name().unwrap();
+    let out = std::process::Command::new(Feather::bin())
+        .current_dir(parent)
+        .arg("--root")
+        .arg(relative)
         .env("FEATHER_SUBNET", &subnet.cidr)
-        .env("FEATHER_NETWORK_LINGER", "1")
         .args(["run", "--rm", "--base", base.as_str(), "--", "true"])
+        .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
+    // `ls` waits for the teardown: the VM's folders and lease are gone.
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
-    fs::remove_dir_all(&feather.root).unwrap();
-    feather.eventually("the root's network goes after its linger", || {
-        support::HostTraces::of(&feather.root, Some(&bridge)) == support::HostTraces::default()
-    });
-    assert!(
-        !std::path::Path::new("/run/feather-net/claims")
-            .join(&bridge)
-            .exists(),
-        "the host-wide claim on {bridge} is returned"
+    for folder in ["vms", "run", "network-leases"] {
+        let left: Vec<_> = fs::read_dir(feather.root.join(folder))
+            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+            .unwrap_or_default();
+        assert!(left.is_empty(), "left in {folder}: {left:?}");
+    }
+    feather.ok(&["network", "down"]);
+    assert_eq!(
+        support::HostTraces::of(&feather.root, Some(&bridge)),
+        support::HostTraces::default(),
+        "left on the host"
     );
 }
 

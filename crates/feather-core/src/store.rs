@@ -60,6 +60,9 @@ impl StateRoot {
     /// The default root (`/var/lib/feather`, sockets in `/run/feather`), or `dir` with its
     /// sockets in `dir/run`, so that separate roots (one per test) never share anything.
     pub fn new(dir: Option<PathBuf>) -> Self {
+        // Absolute: a VM's init mounts under it after changing folder, and the process a
+        // throw-away VM's teardown is handed to leaves the caller's folder.
+        let dir = dir.map(|dir| std::path::absolute(&dir).unwrap_or(dir));
         match dir {
             Some(dir) => StateRoot {
                 run: dir.join("run"),

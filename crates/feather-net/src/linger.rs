@@ -25,8 +25,8 @@
 //!   (it watches the file), waits for it to end, and removes what is unused.
 //! - A lingering process that died leaves a file unlocked: the next command removes what is
 //!   unused ([`settle`]). No command waits for a live one: the network it keeps is no VM's.
-//! - A root folder removed by hand while its network lingers: the lingering process removes
-//!   the network it remembers if the host-wide claim still names that root.
+//! - A root's folder removed by hand while its network lingers leaves the network (nothing on
+//!   disk says it was that root's any more): take it down first (`feather network down`).
 
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
@@ -118,19 +118,12 @@ impl Lingering<'_> {
             return;
         };
         let path = self.root_dir.join(WAIT_FILE);
-        let remembered = RootNetwork::load(self.root_dir).ok().flatten();
         wait_out(&path, &file, period);
-        match (RootNetwork::load(self.root_dir), remembered) {
-            (Ok(Some(_)), _) => {
-                // The removal lock before the wait file goes: a crash leaves one or the other.
-                let removing = lock_removal(self.root_dir);
-                let_go(&path, &file);
-                if let Some(removing) = removing {
-                    remove_under(self.root_dir, removing);
-                }
-            }
-            (_, Some(network)) => remove_orphaned(&network),
-            _ => {}
+        // The removal lock before the wait file goes: a crash leaves one or the other.
+        let removing = lock_removal(self.root_dir);
+        let_go(&path, &file);
+        if let Some(removing) = removing {
+            remove_under(self.root_dir, removing);
         }
         std::mem::forget(file);
     }
@@ -314,20 +307,6 @@ fn remove_unused(network: &RootNetwork) {
     } else {
         // No bridge: the pool's pairs went with it; their folders and leases go now.
         pool::drain(network);
-    }
-    network.forget_if_unused();
-}
-
-/// The root's folder lost its network's settings while it lingered (removed by hand): no VM
-/// can use that network any more. It goes if the host-wide claim on its bridge still names
-/// the root (else the bridge is another root's now).
-fn remove_orphaned(network: &RootNetwork) {
-    if !network.still_claimed() {
-        return;
-    }
-    match index_of(&network.bridge) {
-        Some(bridge) => remove_network(network, bridge),
-        None => pool::drain(network),
     }
     network.forget_if_unused();
 }

@@ -222,16 +222,6 @@ impl RootNetwork {
         holder(&self.root, &self.bridge, Some(&self.subnet))
     }
 
-    /// Whether the host-wide claim on this network's bridge still names this root (its root
-    /// may be gone: a claim names a root, not the root's files).
-    pub fn still_claimed(&self) -> bool {
-        let claim = Path::new(CLAIMS).join(&self.bridge);
-        fs::read_to_string(claim)
-            .ok()
-            .and_then(|text| toml::from_str::<Claim>(&text).ok())
-            .is_some_and(|claim| claim.root == self.root && claim.subnet == self.subnet)
-    }
-
     /// Records that this root holds its bridge and subnet (under the claims lock).
     fn claim(&self) -> Result<()> {
         if let Some(holder) = self.conflict() {

@@ -93,11 +93,13 @@ fn init(args: InitArgs) -> anyhow::Result<i32> {
 /// Finishes a throw-away VM's teardown that the `feather run --rm` which ran it handed over,
 /// holding its keeper lock until done; then lingers for the root's network.
 fn finish(args: FinishArgs) -> anyhow::Result<i32> {
-    // It may linger for minutes after its caller is gone: in a session of its own, and in no
-    // folder of the caller's (which it would keep from being unmounted).
-    let _ = nix::unistd::setsid();
-    let _ = std::env::set_current_dir("/");
     let lock = inherited(args.lock_fd)?;
+    // It may linger for minutes after its caller is gone: in no folder of the caller's (which
+    // it would keep from being unmounted), its paths made absolute first. (Its process group
+    // is its own already: the terminal's signals are not for it.)
+    let state_dir = std::path::absolute(&args.state_dir)?;
+    let run_dir = std::path::absolute(&args.run_dir)?;
+    std::env::set_current_dir("/")?;
     // The VM's mount namespace, held by its keeper so that init's exit did not unmount it: let
     // go first, once the keeper has let go of its own copy (the end of `keeper_done`), which
     // unmounts the VM's tree (its layers among it) before they are removed.
@@ -107,7 +109,7 @@ fn finish(args: FinishArgs) -> anyhow::Result<i32> {
         let _ = std::io::Read::read_to_end(&mut keeper_done, &mut Vec::new());
         drop(namespace);
     }
-    let root = StateRoot::with_dirs(args.state_dir, args.run_dir);
+    let root = StateRoot::with_dirs(state_dir, run_dir);
     let lingering = feather_vm::lifecycle::finish_handed_off(&root, &args.folder);
     drop(lock);
     if let Some(lingering) = lingering {
