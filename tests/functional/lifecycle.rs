@@ -457,33 +457,19 @@ fn the_root_s_network_goes_by_itself_when_its_linger_ends() {
 fn a_throw_away_vm_in_a_root_named_by_a_relative_path_is_torn_down() {
     let (feather, subnet, bridge) = root_with_known_bridge("relative-root");
     let base = ScratchBase::new("relative-root");
+    let cgroups_before = support::feather_cgroups();
     fs::create_dir_all(&feather.root).unwrap();
-    let parent = feather.root.parent().unwrap();
-    let relative = feather.root.file_name().unwrap();
     let out = std::process::Command::new(Feather::bin())
-        .current_dir(parent)
+        .current_dir(feather.root.parent().unwrap())
         .arg("--root")
-        .arg(relative)
+        .arg(feather.root.file_name().unwrap())
         .env("FEATHER_SUBNET", &subnet.cidr)
         .args(["run", "--rm", "--base", base.as_str(), "--", "true"])
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap();
     assert!(out.status.success(), "{out:?}");
-    // `ls` waits for the teardown: the VM's folders and lease are gone.
-    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
-    for folder in ["vms", "run", "network-leases"] {
-        let left: Vec<_> = fs::read_dir(feather.root.join(folder))
-            .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
-            .unwrap_or_default();
-        assert!(left.is_empty(), "left in {folder}: {left:?}");
-    }
-    feather.ok(&["network", "down"]);
-    assert_eq!(
-        support::HostTraces::of(&feather.root, Some(&bridge)),
-        support::HostTraces::default(),
-        "left on the host"
-    );
+    assert_nothing_left(&feather, &bridge, &cgroups_before);
 }
 
 #[test]
