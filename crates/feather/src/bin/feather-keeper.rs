@@ -97,9 +97,10 @@ fn finish(args: FinishArgs) -> anyhow::Result<i32> {
     // It may linger for minutes after its caller is gone: in no folder of the caller's (which
     // it would keep from being unmounted), its paths made absolute first. (Its process group
     // is its own already: the terminal's signals are not for it.)
-    let state_dir = std::path::absolute(&args.state_dir)?;
-    let run_dir = std::path::absolute(&args.run_dir)?;
-    std::env::set_current_dir("/")?;
+    // Neither may keep it from finishing the teardown.
+    let state_dir = std::path::absolute(&args.state_dir).unwrap_or(args.state_dir);
+    let run_dir = std::path::absolute(&args.run_dir).unwrap_or(args.run_dir);
+    let _ = std::env::set_current_dir("/");
     // The VM's mount namespace, held by its keeper so that init's exit did not unmount it: let
     // go first, once the keeper has let go of its own copy (the end of `keeper_done`), which
     // unmounts the VM's tree (its layers among it) before they are removed.
