@@ -119,12 +119,7 @@ impl Lingering<'_> {
         };
         let path = self.root_dir.join(WAIT_FILE);
         wait_out(&path, &file, period);
-        // The removal lock before the wait file goes: a crash leaves one or the other.
-        let removing = lock_removal(self.root_dir);
-        let_go(&path, &file);
-        if let Some(removing) = removing {
-            remove_under(self.root_dir, removing);
-        }
+        end_linger(self.root_dir, &path, &file);
         std::mem::forget(file);
     }
 }
@@ -205,11 +200,7 @@ pub fn settle(root_dir: &Path, wait: bool) {
     let waiting = root_dir.join(WAIT_FILE);
     if let Ok(file) = File::open(&waiting) {
         if file.try_lock().is_ok() && is_linked(&waiting, &file) {
-            let removing = lock_removal(root_dir);
-            let_go(&waiting, &file);
-            if let Some(removing) = removing {
-                remove_under(root_dir, removing);
-            }
+            end_linger(root_dir, &waiting, &file);
         }
         return;
     }
@@ -250,6 +241,17 @@ fn is_linked(path: &Path, file: &File) -> bool {
 fn let_go(path: &Path, file: &File) {
     if is_linked(path, file) {
         let _ = fs::remove_file(path);
+    }
+}
+
+/// Holding the wait file `file` (at `path`): takes the removal lock, lets the wait file go, and
+/// removes the network unless a VM uses it. The removal lock before the wait file goes: a crash
+/// leaves one or the other.
+fn end_linger(root_dir: &Path, path: &Path, file: &File) {
+    let removing = lock_removal(root_dir);
+    let_go(path, file);
+    if let Some(removing) = removing {
+        remove_under(root_dir, removing);
     }
 }
 

@@ -34,8 +34,8 @@ pub fn forward(client: Arc<OwnedFd>, server: Arc<OwnedFd>) -> io::Result<(u64, u
 /// takes no more (its reader shut down or went away), only this direction ends, as it would on
 /// a direct connection: `from`'s reading side is shut (a unix sender's next write fails; a TCP
 /// sender learns nothing, as from a peer that shut its own reading side), and an answer still
-/// coming the other way is carried on. If reading `from` fails, that socket is broken both ways (a reset):
-/// both sockets are shut down, which ends the other direction too.
+/// coming the other way is carried on. If reading `from` fails, that socket is broken both
+/// ways (a reset): both sockets are shut down, which ends the other direction too.
 fn pump(from: &OwnedFd, to: &OwnedFd) -> io::Result<u64> {
     match pump_through_pipe(from, to) {
         Ok(carried) => {
