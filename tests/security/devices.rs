@@ -1,7 +1,8 @@
 //! Device access of a VM's processes: only the devices its `/dev` holds, refused by every
-//! mechanism the host has — the v1 `devices` controller, and a cgroup-v2 device program on the
-//! VM's v2 group (the only one a pure cgroup-v2 host has) — from its start, and again after a
-//! restore (CRIU restores no cgroup settings).
+//! mechanism the host has — the v1 `devices` controller, and the cgroup-v2 device program of
+//! the group above every VM's, which the VM's v2 group inherits (the only mechanism a pure
+//! cgroup-v2 host has) — from its start, and again after a restore (CRIU restores no cgroup
+//! settings).
 //!
 //! A VM holds no `CAP_MKNOD` and its layers are `nodev`, so the test (host root) stands in for
 //! any way a device node could reach it: it makes a node of one of the host's disks in the
@@ -84,6 +85,33 @@ fn v2_group(feather: &Feather, vm: &str) -> PathBuf {
         .expect("a v2 group")
 }
 
+/// The ids of the VM device programs (by their name: this build's policy) among `ids`.
+fn vm_programs(ids: &[u32]) -> Vec<u32> {
+    let name = feather_confine::devices::vm_program_name();
+    ids.iter()
+        .copied()
+        .filter(|&id| feather_sys::bpf::program_name(id).as_deref() == Some(name.as_str()))
+        .collect()
+}
+
+/// The VM's v2 group runs the VM device program, inherited from the group above it: none of
+/// its own, one in effect.
+fn assert_runs_the_vm_program(group: &Path) {
+    let own = feather_sys::bpf::device_programs(group).unwrap();
+    assert_eq!(
+        own,
+        Vec::<u32>::new(),
+        "no device program of the VM's own group"
+    );
+    let effective = feather_sys::bpf::effective_device_programs(group).unwrap();
+    assert_eq!(
+        vm_programs(&effective).len(),
+        1,
+        "the VM device program in effect on {}: {effective:?}",
+        group.display()
+    );
+}
+
 /// Lets the VM's v1 devices group allow every device (where this host has one), so only the
 /// v2 program stands.
 fn open_v1_devices(feather: &Feather, vm: &str) {
@@ -106,8 +134,68 @@ fn the_v2_device_program_alone_keeps_a_vm_from_the_hosts_disks() {
     open_v1_devices(&feather, "vm");
     place_a_disk_node(&feather, "vm");
     assert_only_its_own_devices(&probe(&feather, "vm"));
-    let programs = feather_sys::bpf::device_programs(&v2_group(&feather, "vm")).unwrap();
-    assert_eq!(programs.len(), 1, "one device program on the VM's v2 group");
+    assert_runs_the_vm_program(&v2_group(&feather, "vm"));
+}
+
+#[test]
+fn every_vm_runs_the_one_device_program_loaded_for_the_host() {
+    let feather = Feather::new("devices-shared");
+    let base = ScratchBase::new("devices-shared");
+    feather.start_over("one", &base, &["--net", "none"]);
+    feather.start_over("two", &base, &["--net", "none"]);
+    let in_effect = |vm: &str| {
+        let group = v2_group(&feather, vm);
+        assert_runs_the_vm_program(&group);
+        vm_programs(&feather_sys::bpf::effective_device_programs(&group).unwrap())
+    };
+    assert_eq!(
+        in_effect("one"),
+        in_effect("two"),
+        "one program, not one per VM"
+    );
+}
+
+#[test]
+fn an_older_builds_device_program_is_replaced_at_the_next_start() {
+    let feather = Feather::new("devices-older");
+    let base = ScratchBase::new("devices-older");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let every_vms = v2_group(&feather, "vm").parent().unwrap().to_owned();
+    // An older build's program, as it would have named it. It lets everything through, so
+    // beside the current one it weakens nothing for the VMs of the tests running meanwhile.
+    let mut allow_all = feather_confine::devices::Policy::default();
+    allow_all
+        .apply(feather_confine::devices::Rule {
+            allow: true,
+            kind: None,
+            major: None,
+            minor: None,
+            access: feather_confine::devices::MKNOD
+                | feather_confine::devices::READ
+                | feather_confine::devices::WRITE,
+        })
+        .unwrap();
+    let older = format!("{}00old", feather_confine::devices::VM_PROGRAM_FAMILY);
+    let program = feather_sys::bpf::load_device_program(
+        &feather_confine::devices::program(&allow_all),
+        c"Apache-2.0",
+        &older,
+    )
+    .unwrap();
+    feather_sys::bpf::attach_device_program(&every_vms, &program).unwrap();
+    drop(program);
+    let named = |name: &str| {
+        feather_sys::bpf::device_programs(&every_vms)
+            .unwrap()
+            .into_iter()
+            .filter(|&id| feather_sys::bpf::program_name(id).as_deref() == Some(name))
+            .count()
+    };
+    // (A start of another test's VM may detach it first: either way a start did.)
+    feather.ok(&["stop", "vm"]);
+    feather.ok(&["start", "vm"]);
+    assert_eq!(named(&older), 0, "the older program detached by the start");
+    assert_runs_the_vm_program(&v2_group(&feather, "vm"));
 }
 
 #[test]
@@ -123,8 +211,7 @@ fn a_restored_vm_keeps_its_device_rules() {
         let list = std::fs::read_to_string(dir.join("devices.list")).unwrap();
         assert!(!list.contains("a *:*"), "{list}");
     }
-    let programs = feather_sys::bpf::device_programs(&v2_group(&feather, "vm")).unwrap();
-    assert_eq!(programs.len(), 1, "one device program on the VM's v2 group");
+    assert_runs_the_vm_program(&v2_group(&feather, "vm"));
 }
 
 #[test]

@@ -209,8 +209,42 @@ impl Policy {
 const LICENSE: &std::ffi::CStr = c"Apache-2.0";
 
 /// Loads [`program`]`(policy)`, ready to attach to a v2 group.
-pub fn load(policy: &Policy) -> feather_sys::Result<OwnedFd> {
-    feather_sys::bpf::load_device_program(&program(policy), LICENSE)
+fn load(policy: &Policy) -> feather_sys::Result<OwnedFd> {
+    feather_sys::bpf::load_device_program(&program(policy), LICENSE, "")
+}
+
+/// How the VM device programs' names begin: [`vm_program_name`] is this and a hash of the
+/// program.
+pub const VM_PROGRAM_FAMILY: &str = "feather_vm";
+
+/// The name [`share_vm_program`] gives the program of [`vm_policy`]: the family, then the
+/// program's FNV-1a (its low 20 bits: the name holds 15 characters), so that a build whose
+/// policy differs finds the program an older one attached, and replaces it.
+pub fn vm_program_name() -> String {
+    let bytes: Vec<u8> = program(&vm_policy())
+        .iter()
+        .flat_map(|insn| {
+            [insn.code, insn.dst, insn.src]
+                .into_iter()
+                .chain(insn.off.to_le_bytes())
+                .chain(insn.imm.to_le_bytes())
+        })
+        .collect();
+    let hash = feather_sys::fnv::fnv1a_64(&bytes);
+    format!("{VM_PROGRAM_FAMILY}{:05x}", hash & 0xf_ffff)
+}
+
+/// Makes the v2 group at `dir` (the parent of every VM's group) hold the program of
+/// [`vm_policy`], which every VM's group then inherits: loaded and attached once per host,
+/// not at every start ([`feather_sys::bpf::share_device_program`]).
+pub fn share_vm_program(dir: &Path) -> feather_sys::Result<feather_sys::bpf::Shared> {
+    feather_sys::bpf::share_device_program(
+        dir,
+        &vm_program_name(),
+        VM_PROGRAM_FAMILY,
+        &program(&vm_policy()),
+        LICENSE,
+    )
 }
 
 /// Loads [`program`]`(policy)` and makes it the device program of the v2 group at `dir`,

@@ -198,13 +198,7 @@ fn canonical_run(run: &Path) -> Result<PathBuf> {
 
 /// FNV-1a of the path: stable across builds, unlike std's hasher.
 fn entry_name(dir: &Path) -> String {
-    let hash = dir
-        .as_os_str()
-        .as_encoded_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = feather_sys::fnv::fnv1a_64(dir.as_os_str().as_encoded_bytes());
     format!("{hash:016x}.json")
 }
 

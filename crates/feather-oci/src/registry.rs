@@ -119,13 +119,7 @@ impl RootRegistry {
 /// FNV-1a of the path: stable across builds (std's hasher is not promised to be), short
 /// enough for a file name whatever the path's length.
 fn entry_name(root: &Path) -> String {
-    let hash = root
-        .as_os_str()
-        .as_bytes()
-        .iter()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |hash, byte| {
-            (hash ^ u64::from(*byte)).wrapping_mul(0x0100_0000_01b3)
-        });
+    let hash = feather_sys::fnv::fnv1a_64(root.as_os_str().as_bytes());
     format!("{hash:016x}.root")
 }
 

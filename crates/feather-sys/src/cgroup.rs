@@ -279,18 +279,6 @@ impl Cgroup {
         Ok(true)
     }
 
-    /// Makes `program` (a loaded `BPF_PROG_TYPE_CGROUP_DEVICE` program) the device program of
-    /// the group's v2 folder, where v2 is mounted (also on a hybrid host, whose v2 group holds
-    /// the group's processes too); false where v2 is not mounted. The program goes with the
-    /// group.
-    pub fn set_device_program(&self, program: &std::os::fd::OwnedFd) -> Result<bool> {
-        let Some(dir) = self.v2_dir() else {
-            return Ok(false);
-        };
-        crate::bpf::set_device_program(&dir, program)?;
-        Ok(true)
-    }
-
     /// What a new process needs to start in this group without being moved by pid: a move by
     /// pid (`cgroup.procs`) takes the kernel's global `cgroup_threadgroup_rwsem` for writing,
     /// which waits for an RCU grace period (7 ms measured here, per idle period). The child

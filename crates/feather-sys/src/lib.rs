@@ -9,6 +9,7 @@ pub mod cgroup;
 pub mod creds;
 pub mod fdpass;
 pub mod flush;
+pub mod fnv;
 pub mod io;
 pub mod kernel;
 pub mod memory;

@@ -1122,7 +1122,12 @@ const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_ATTACH: libc::c_int = 8;
 const BPF_PROG_DETACH: libc::c_int = 9;
 const BPF_PROG_GET_FD_BY_ID: libc::c_int = 13;
+const BPF_OBJ_GET_INFO_BY_FD: libc::c_int = 15;
 const BPF_PROG_QUERY: libc::c_int = 16;
+/// uapi/linux/bpf.h: BPF_PROG_QUERY counts the programs a group inherits from its ancestors.
+const BPF_F_QUERY_EFFECTIVE: u32 = 1;
+/// uapi/linux/bpf.h: `BPF_OBJ_NAME_LEN`, the name's NUL included.
+pub const BPF_OBJ_NAME_LEN: usize = 16;
 
 /// The part of `union bpf_attr` BPF_PROG_LOAD reads, up to `expected_attach_type`.
 #[repr(C)]
@@ -1166,6 +1171,33 @@ struct ProgQueryAttr {
     _pad: u32,
 }
 
+/// The part of `union bpf_attr` BPF_OBJ_GET_INFO_BY_FD reads.
+#[repr(C)]
+#[derive(Default)]
+struct GetInfoAttr {
+    bpf_fd: u32,
+    info_len: u32,
+    info: u64,
+}
+
+/// `struct bpf_prog_info` up to its `name`: the kernel writes the first `info_len` bytes.
+#[repr(C)]
+#[derive(Default)]
+struct ProgInfo {
+    prog_type: u32,
+    id: u32,
+    tag: [u8; 8],
+    jited_prog_len: u32,
+    xlated_prog_len: u32,
+    jited_prog_insns: u64,
+    xlated_prog_insns: u64,
+    load_time: u64,
+    created_by_uid: u32,
+    nr_map_ids: u32,
+    map_ids: u64,
+    name: [u8; BPF_OBJ_NAME_LEN],
+}
+
 /// The part of `union bpf_attr` BPF_PROG_GET_FD_BY_ID reads.
 #[repr(C)]
 #[derive(Default)]
@@ -1197,12 +1229,14 @@ unsafe fn bpf<T>(cmd: libc::c_int, attr: &mut T) -> Result<libc::c_long, Errno> 
 }
 
 /// BPF_PROG_LOAD of `insns` (each a `struct bpf_insn`, 8 bytes) as a program of `prog_type`
-/// expecting `attach_type`, under `license`; the verifier's log goes into `log` if not empty.
+/// expecting `attach_type`, under `license`, named `name` (letters, digits, `_` and `.`; the
+/// kernel refuses others); the verifier's log goes into `log` if not empty.
 pub fn bpf_prog_load(
     prog_type: u32,
     attach_type: u32,
     insns: &[u64],
     license: &std::ffi::CStr,
+    name: &[u8; BPF_OBJ_NAME_LEN],
     log: &mut [u8],
 ) -> Result<OwnedFd, Errno> {
     let mut attr = ProgLoadAttr {
@@ -1210,6 +1244,7 @@ pub fn bpf_prog_load(
         insn_cnt: insns.len() as u32,
         insns: insns.as_ptr() as u64,
         license: license.as_ptr() as u64,
+        prog_name: *name,
         expected_attach_type: attach_type,
         ..Default::default()
     };
@@ -1251,16 +1286,19 @@ pub fn bpf_prog_attach(
     unsafe { bpf(cmd, &mut attr) }.map(drop)
 }
 
-/// BPF_PROG_QUERY: the ids of the programs of `attach_type` attached to `target` itself (up
-/// to `ids.len()`, written there) and how many there are.
+/// BPF_PROG_QUERY: the ids of the programs of `attach_type` attached to `target` itself, or
+/// with `effective` the ones that run for it (its ancestors' included), up to `ids.len()`
+/// (written there), and how many there are.
 pub fn bpf_prog_query(
     target: BorrowedFd<'_>,
     attach_type: u32,
+    effective: bool,
     ids: &mut [u32],
 ) -> Result<usize, Errno> {
     let mut attr = ProgQueryAttr {
         target_fd: target.as_raw_fd() as u32,
         attach_type,
+        query_flags: if effective { BPF_F_QUERY_EFFECTIVE } else { 0 },
         prog_ids: ids.as_mut_ptr() as u64,
         prog_cnt: ids.len() as u32,
         ..Default::default()
@@ -1282,6 +1320,21 @@ pub fn bpf_prog_get_fd_by_id(id: u32) -> Result<OwnedFd, Errno> {
     let fd = unsafe { bpf(BPF_PROG_GET_FD_BY_ID, &mut attr) }?;
     // SAFETY: on success the kernel returns a new descriptor that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
+/// BPF_OBJ_GET_INFO_BY_FD: the name `prog` was loaded under (NUL-padded).
+pub fn bpf_prog_name(prog: BorrowedFd<'_>) -> Result<[u8; BPF_OBJ_NAME_LEN], Errno> {
+    let mut info = ProgInfo::default();
+    let mut attr = GetInfoAttr {
+        bpf_fd: prog.as_raw_fd() as u32,
+        info_len: std::mem::size_of::<ProgInfo>() as u32,
+        info: &mut info as *mut ProgInfo as u64,
+    };
+    // SAFETY: GetInfoAttr is BPF_OBJ_GET_INFO_BY_FD's prefix of bpf_attr; the kernel writes at
+    // most info_len bytes into `info`, which is exclusively borrowed across the call, and
+    // reads no address in it (its array fields stay 0: nothing asked).
+    unsafe { bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr) }?;
+    Ok(info.name)
 }
 
 /// madvise(MADV_DONTNEED) over `len` bytes at `start`: the pages leave this process's page

@@ -97,17 +97,23 @@ fn make_service_groups(cgroup: &Cgroup) {
 
 /// Lets the VM's processes open only the devices its `/dev` holds
 /// (`feather_confine::devices::vm_policy`), with every mechanism this host has: the v1
-/// `devices` controller's lines, and a device program on the VM's v2 group (where its
-/// processes are on v1, hybrid and v2 hosts alike). On a host whose only mechanism is the
-/// program, a program that cannot be set fails the start; where the v1 controller holds the
-/// same rules, the program is defence in depth and its failure is a line in the keeper's log.
+/// `devices` controller's lines on the VM's group, and the device program of the v2 group
+/// above every VM's (`feather/`), which the VM's v2 group (where its processes are on v1,
+/// hybrid and v2 hosts alike) inherits: loaded once per host, not at every start. On a host
+/// whose only mechanism is the program, a program that cannot be set fails the start; where
+/// the v1 controller holds the same rules, the program is defence in depth and its failure is
+/// a line in the keeper's log.
 fn restrict_devices(cgroup: &Cgroup, name: &VmName) -> Result<()> {
     use feather_confine::devices;
     let v1 = cgroup
         .restrict_devices_v1(&devices::vm_v1_lines())
         .in_vm(name)?;
-    let program = devices::load(&devices::vm_policy()).and_then(|p| cgroup.set_device_program(&p));
-    match program {
+    // Where v2 is not mounted there is no program to set.
+    let Some(group) = cgroup.v2_dir() else {
+        return Ok(());
+    };
+    let every_vms = group.parent().unwrap_or(&group);
+    match devices::share_vm_program(every_vms) {
         Ok(_) => Ok(()),
         Err(e) if v1 => {
             eprintln!(
