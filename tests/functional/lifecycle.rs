@@ -451,6 +451,41 @@ fn the_root_s_network_goes_by_itself_when_its_linger_ends() {
     });
 }
 
+/// A kept VM and a `run --rm` in one root, removed as the tests' roots are: the kept VM's `rm`
+/// takes the root's bridge and settings with it while the run's finisher still lingers, so
+/// `network down` seemed needless, and `rm -rf` of the folder woke the lingering process (the
+/// wait file goes first): it made its removal lock in the folder being removed, which kept the
+/// folder from going, then unlinked it (an empty root was left in CI). It makes nothing now.
+#[test]
+fn a_root_removed_while_its_network_lingers_gets_nothing_made_in_it() {
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    let feather = Feather::new("linger-removed");
+    let base = ScratchBase::new("linger-removed");
+    feather.start_over("vm", &base, &[]);
+    feather.ok(&["run", "--rm", "--base", base.as_str(), "--", "true"]);
+    // Waits for the run's teardown: its finisher lingers from here on.
+    feather.ok(&["rm", "--force", "vm"]);
+    let wait_file = feather.root.join("network-linger.wait");
+    let waiting = fs::File::open(&wait_file).expect("the run's finisher lingers");
+    let made = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+    made.add_watch(&feather.root, AddWatchFlags::IN_CREATE)
+        .unwrap();
+    // What `rm -rf` of the root does first. The lingering process holds the wait file's lock
+    // until it exits: all it did is done once the lock is ours.
+    fs::remove_file(&wait_file).unwrap();
+    waiting.lock().unwrap();
+    let names: Vec<_> = made
+        .read_events()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|event| event.name)
+        .collect();
+    assert!(
+        names.is_empty(),
+        "made in the root being removed: {names:?}"
+    );
+}
+
 /// A state root named by a relative path: the process a `run --rm` hands its teardown to
 /// leaves the caller's folder for `/` while it lingers, and still finds the root.
 #[test]

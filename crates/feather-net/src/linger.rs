@@ -22,7 +22,10 @@
 //!   lingers moves the mtime on and leaves; if that process had unlinked the file already (its
 //!   look may come before this VM's port was gone), it lingers itself.
 //! - `feather network down` ([`end`]) unlinks the wait file, which wakes the lingering process
-//!   (it watches the file), waits for it to end, and removes what is unused.
+//!   (it watches the file), waits for it to end, and removes what is unused. A lingering
+//!   process whose wait file another process unlinked (this, or the root's folder being
+//!   removed) makes and removes nothing in the root: a file made there while `rm -rf` removes
+//!   the folder keeps the folder from going.
 //! - A lingering process that died leaves a file unlocked: the next command removes what is
 //!   unused ([`settle`]). No command waits for a live one: the network it keeps is no VM's.
 //! - A root's folder removed by hand while its network lingers leaves the network (nothing on
@@ -118,15 +121,30 @@ impl Lingering<'_> {
             return;
         };
         let path = self.root_dir.join(WAIT_FILE);
-        wait_out(&path, &file, period);
-        end_linger(self.root_dir, &path, &file);
+        // Unlinked by another process, this one makes and removes nothing: `end` removes what
+        // is unused itself once this process is gone, and a root's folder being removed (whose
+        // `rm -rf` unlinks the wait file before the folder goes) must not get a file made in
+        // it: the removal lock made then kept the folder from going (ENOTEMPTY), and its unlink
+        // after left the folder there, empty.
+        if wait_out(&path, &file, period) == Waited::PeriodOver {
+            end_linger(self.root_dir, &path, &file);
+        }
         std::mem::forget(file);
     }
 }
 
+/// How the wait for a next VM ended.
+#[derive(Debug, PartialEq, Eq)]
+enum Waited {
+    /// No VM ended for the whole period: the lingering process removes the network.
+    PeriodOver,
+    /// The wait file was unlinked by another process ([`end`], or the root's folder removed).
+    Unlinked,
+}
+
 /// Waits until the wait file's mtime has stayed the same for `period`, or the file is unlinked
-/// (by [`end`]).
-fn wait_out(path: &Path, file: &File, period: Duration) {
+/// (by [`end`], or with the root's folder).
+fn wait_out(path: &Path, file: &File, period: Duration) -> Waited {
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
     // Touching the file (a later VM's end) and unlinking it both change its attributes.
     let watch = Inotify::init(InitFlags::IN_CLOEXEC).and_then(|inotify| {
@@ -137,11 +155,13 @@ fn wait_out(path: &Path, file: &File, period: Duration) {
     let mut last_end = None;
     let mut since = Instant::now();
     loop {
+        // fstat of a file this process holds open fails on no live file; if it ever did, the
+        // file can tell nothing more, so this process leaves the root as it finds it.
         let Ok(meta) = file.metadata() else {
-            return;
+            return Waited::Unlinked;
         };
         if meta.nlink() == 0 {
-            return;
+            return Waited::Unlinked;
         }
         // Timed on the monotonic clock from when this process saw the mtime move: setting the
         // wall clock neither ends nor stretches the wait.
@@ -151,7 +171,7 @@ fn wait_out(path: &Path, file: &File, period: Duration) {
             since = Instant::now();
         }
         let Some(left) = period.checked_sub(since.elapsed()).filter(|l| !l.is_zero()) else {
-            return;
+            return Waited::PeriodOver;
         };
         match &watch {
             Ok(inotify) => wait_for_change(inotify, left),
@@ -181,7 +201,8 @@ pub fn end(root_dir: &Path) -> bool {
     let path = root_dir.join(WAIT_FILE);
     if let Ok(file) = File::open(&path) {
         let _ = fs::remove_file(&path);
-        // The lingering process holds the lock until it has looked: wait for it.
+        // The unlink wakes the lingering process, which ends without removing anything (this
+        // command does, below); it holds the lock until it is gone: wait for it.
         let _ = file.lock();
     }
     remove_if_unused(root_dir);
@@ -319,5 +340,42 @@ fn remove_network(network: &RootNetwork, bridge: u32) {
     firewall::delete_tables(network);
     if let Ok(mut netlink) = Netlink::open() {
         let _ = netlink.delete_link(bridge);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+    /// `rm -rf` of a root whose network lingers unlinks the wait file before the root's folder
+    /// goes. The lingering process, woken by it, made the removal lock in the folder (then
+    /// unlinked it): made while `rm -rf` ran, it kept the folder from going, and an empty
+    /// folder was left (a test's root, in CI).
+    #[test]
+    fn a_linger_ended_by_its_root_s_removal_makes_nothing_in_the_root() {
+        let root =
+            std::env::temp_dir().join(format!("feather-linger-removed-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let lingering = begin(&root);
+        assert!(lingering.waiting.is_some(), "this process lingers");
+        // Everything made in the root from here on is queued here.
+        let made = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();
+        made.add_watch(&root, AddWatchFlags::IN_CREATE).unwrap();
+        std::thread::scope(|scope| {
+            let lingerer = scope.spawn(|| lingering.hold(DEFAULT_PERIOD));
+            // What `rm -rf` of the root does first: the wait file goes.
+            fs::remove_file(root.join(WAIT_FILE)).unwrap();
+            lingerer.join().unwrap();
+        });
+        let names: Vec<_> = made
+            .read_events()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|event| event.name)
+            .collect();
+        assert!(names.is_empty(), "made in the removed root: {names:?}");
+        fs::remove_dir(&root).unwrap();
     }
 }
