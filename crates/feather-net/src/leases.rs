@@ -11,6 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoAt, NetError, Result};
+use crate::make_dir;
 use crate::settings::RootNetwork;
 
 /// The folder of a root's leases.
@@ -52,7 +53,7 @@ pub fn lease(network: &RootNetwork, vm_id: &str) -> Result<Ipv4Addr> {
 /// folder's names: a root with n VMs costs one listing, not n reads, per VM made.
 pub fn lease_new(network: &RootNetwork, vm_id: &str) -> Result<Ipv4Addr> {
     let dir = leases_dir(network);
-    fs::create_dir_all(&dir).at(&dir)?;
+    make_dir(&dir).at(&dir)?;
     let taken: std::collections::HashSet<Ipv4Addr> = fs::read_dir(&dir)
         .at(&dir)?
         .flatten()
@@ -86,7 +87,7 @@ pub fn lease_exact(network: &RootNetwork, vm_id: &str, address: Ipv4Addr) -> Res
         return Ok(id == vm_id);
     }
     let dir = leases_dir(network);
-    fs::create_dir_all(&dir).at(&dir)?;
+    make_dir(&dir).at(&dir)?;
     let path = dir.join(address.to_string());
     let mut file = match OpenOptions::new().write(true).create_new(true).open(&path) {
         Ok(file) => file,
@@ -180,6 +181,17 @@ mod tests {
         let mut addresses: Vec<Ipv4Addr> = threads.into_iter().map(|t| t.join().unwrap()).collect();
         addresses.sort();
         addresses
+    }
+
+    /// A root whose folder is gone (removed while a process of it was still ending: a pool's
+    /// refill leases addresses) is not made again by a lease.
+    #[test]
+    fn a_lease_in_a_removed_root_makes_no_folder() {
+        let network = scratch_network("gone");
+        fs::remove_dir_all(network.root()).unwrap();
+        assert!(lease_new(&network, "vm0").is_err());
+        assert!(lease_exact(&network, "vm0", network.subnet.vm_hosts().next().unwrap()).is_err());
+        assert!(!network.root().exists(), "the removed root was made again");
     }
 
     #[test]

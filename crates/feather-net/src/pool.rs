@@ -47,7 +47,7 @@ use crate::error::{netlink as netlink_error, IoAt, NetError, Result};
 use crate::inside::{Inside, Interface, VM_INTERFACE};
 use crate::netlink::{index_of, Netlink, PeerNamespace};
 use crate::settings::RootNetwork;
-use crate::{firewall, leases};
+use crate::{firewall, leases, make_dir};
 
 /// How many entries a root keeps ready: a script's loop of `run --rm` finds one each time
 /// while the teardown of the one before refills the pool.
@@ -132,9 +132,7 @@ pub(crate) fn claim(network: &RootNetwork, vm_id: &str) -> Option<Ipv4Addr> {
             continue;
         }
         let claimed = dir.join(CLAIMED).join(vm_id);
-        if fs::create_dir_all(dir.join(CLAIMED)).is_err()
-            || fs::rename(entry.path(), &claimed).is_err()
-        {
+        if make_dir(&dir.join(CLAIMED)).is_err() || fs::rename(entry.path(), &claimed).is_err() {
             continue;
         }
         // A crash between the rename and here leaves a `pool-` lease without its entry and a
@@ -264,10 +262,10 @@ pub(crate) fn has_claimed(root_dir: &Path) -> bool {
         .is_ok_and(|entries| entries.flatten().any(|e| e.path().join(LINK).exists()))
 }
 
-/// The refill lock, when no other process holds it.
+/// The refill lock, when no other process holds it. None in a root whose folder is gone.
 fn try_refill_lock(root_dir: &Path) -> Option<File> {
     let dir = dir_of(root_dir);
-    fs::create_dir_all(&dir).ok()?;
+    make_dir(&dir).ok()?;
     let file = open_refill_lock(&dir)?;
     file.try_lock().ok()?;
     Some(file)
@@ -326,7 +324,7 @@ pub fn refill(root_dir: &Path) {
     };
     clean_stale(&network);
     let ready = dir_of(root_dir).join(READY);
-    if fs::create_dir_all(&ready).is_err() {
+    if make_dir(&ready).is_err() {
         return;
     }
     let count = || fs::read_dir(&ready).map_or(SIZE, |entries| entries.count());
@@ -564,6 +562,24 @@ mod tests {
         assert!(is_pooled_port("fthp0a1b2c3d"));
         // A VM's own host end: `fth` and hex digits of its id.
         assert!(!is_pooled_port("fth0a1b2c3d"));
+    }
+
+    /// A root whose folder is gone (removed while a process of it was still ending) is not
+    /// made again by the pool's locks and folders.
+    #[test]
+    fn a_removed_root_is_not_made_again_for_the_pool() {
+        let root = std::env::temp_dir().join(format!("feather-pool-gone-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        assert!(try_refill_lock(&root).is_none());
+        assert!(make_dir(&dir_of(&root).join(READY)).is_err());
+        assert!(!root.exists(), "the removed root was made again");
+        // In a root that is there, the pool's folder is made once and found after.
+        fs::create_dir_all(&root).unwrap();
+        let lock = try_refill_lock(&root).expect("the refill lock, in a root that is there");
+        make_dir(&dir_of(&root).join(READY)).unwrap();
+        make_dir(&dir_of(&root).join(READY)).unwrap();
+        drop(lock);
+        fs::remove_dir_all(&root).unwrap();
     }
 
     #[test]
