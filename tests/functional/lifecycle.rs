@@ -486,6 +486,20 @@ fn a_root_removed_while_its_network_lingers_gets_nothing_made_in_it() {
     );
 }
 
+/// `network down` of a root whose folder is gone has nothing to take down, and makes no folder
+/// (it made the root again, as every command makes a root that is missing, and recorded it
+/// among the host's roots).
+#[test]
+fn network_down_of_a_removed_root_makes_no_folder() {
+    let feather = Feather::new("network-down-gone");
+    fs::remove_dir(&feather.root).unwrap();
+    feather.ok(&["network", "down"]);
+    assert!(
+        !feather.root.exists(),
+        "network down made the removed root again"
+    );
+}
+
 /// A state root named by a relative path: the process a `run --rm` hands its teardown to
 /// leaves the caller's folder for `/` while it lingers, and still finds the root.
 #[test]

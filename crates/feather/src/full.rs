@@ -11,7 +11,7 @@ use feather_vm::{checkpoint, commit, migration};
 use feather_core::say;
 
 use crate::cli::{self, CheckCommand, Cli, Command};
-use crate::opening::opened_root;
+use crate::opening::{opened_root, root_is_missing};
 use crate::{generated, oci, output, progress, service, shuttle};
 
 /// Runs one of the commands `crate::app::runs_elsewhere` names.
@@ -27,6 +27,10 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         _ => {}
+    }
+    if matches!(cli.command, Command::Network(cli::NetworkCommand::Down)) && root_is_missing(&cli)?
+    {
+        return Ok(ExitCode::SUCCESS);
     }
     let root_arg = cli.global.root.clone();
     let root = opened_root(&cli)?;

@@ -47,6 +47,18 @@ pub(crate) fn opened_root(cli: &Cli) -> anyhow::Result<StateRoot> {
     Ok(root)
 }
 
+/// Whether the state root `network down` would act on has no folder: nothing of it to take
+/// down, and the folder is not made (every other command makes a root that is missing, its
+/// first command). Run after a root's folder was removed, it made the root again, and
+/// recorded it in the host's registry of roots.
+pub(crate) fn root_is_missing(cli: &Cli) -> anyhow::Result<bool> {
+    if !nix::unistd::geteuid().is_root() {
+        return Err(Error::NotRoot.into());
+    }
+    let root = StateRoot::new(cli.global.root.clone());
+    Ok(!root.dir().exists())
+}
+
 /// Whether a command waits for the teardowns of throw-away VMs under way before it acts (it
 /// finishes those whose finisher died either way). A throw-away run does not wait for the runs
 /// before it, nor does an exec, which makes nothing that could meet what they leave: in a
