@@ -205,8 +205,12 @@ impl Drop for Feather {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
-        // The root's network lingers after its last throw-away VM (feather_net::linger).
-        if self.root.join("network.toml").exists() {
+        // The root's network lingers after its last throw-away VM (feather_net::linger), and
+        // its lingering process may outlive the network: a kept VM's `rm` takes the bridge and
+        // network.toml with it when no other VM is on the bridge. Ended either way before the
+        // folder goes, as docs/network.md says a root is removed.
+        if self.root.join("network.toml").exists() || self.root.join("network-linger.wait").exists()
+        {
             let _ = self.run(&["network", "down"]);
         }
         feather_core::roots::Registry::host().forget_below(&self.root);
