@@ -85,13 +85,63 @@ fn v2_group(feather: &Feather, vm: &str) -> PathBuf {
         .expect("a v2 group")
 }
 
-/// The ids of the VM device programs (by their name: this build's policy) among `ids`.
-fn vm_programs(ids: &[u32]) -> Vec<u32> {
-    let name = feather_confine::devices::vm_program_name();
+/// The ids among `ids` of the programs named `name`.
+fn named(ids: &[u32], name: &str) -> Vec<u32> {
     ids.iter()
         .copied()
-        .filter(|&id| feather_sys::bpf::program_name(id).as_deref() == Some(name.as_str()))
+        .filter(|&id| feather_sys::bpf::program_name(id).unwrap().as_deref() == Some(name))
         .collect()
+}
+
+/// The ids of the VM device programs (by their name: this build's policy) among `ids`.
+fn vm_programs(ids: &[u32]) -> Vec<u32> {
+    named(ids, &feather_confine::devices::vm_program_name())
+}
+
+/// The group above every VM's v2 group, which holds the VM device program.
+fn every_vms_group(feather: &Feather, vm: &str) -> PathBuf {
+    v2_group(feather, vm).parent().unwrap().to_owned()
+}
+
+/// While it lives, the group above every VM's holds no VM device program of this build: a
+/// stand-in of the same policy under another name (no VM runs meanwhile with less) took its
+/// place, under the lock starts take. The stand-in goes at the end.
+struct ProgramTakenAway {
+    every_vms: PathBuf,
+    stand_in: u32,
+}
+
+const STAND_IN: &str = "test_stand_in";
+
+impl ProgramTakenAway {
+    fn new(every_vms: &Path) -> ProgramTakenAway {
+        let group = std::fs::File::open(every_vms).unwrap();
+        let locked = nix::fcntl::Flock::lock(group, nix::fcntl::FlockArg::LockExclusive).unwrap();
+        let policy = feather_confine::devices::vm_policy();
+        let program = feather_sys::bpf::load_device_program(
+            &feather_confine::devices::program(&policy),
+            c"Apache-2.0",
+            STAND_IN,
+        )
+        .unwrap();
+        feather_sys::bpf::attach_device_program(every_vms, &program).unwrap();
+        let held = feather_sys::bpf::device_programs(every_vms).unwrap();
+        let stand_in = *named(&held, STAND_IN).last().unwrap();
+        for id in vm_programs(&held) {
+            feather_sys::bpf::detach_device_program(every_vms, id).unwrap();
+        }
+        drop(locked);
+        ProgramTakenAway {
+            every_vms: every_vms.to_owned(),
+            stand_in,
+        }
+    }
+}
+
+impl Drop for ProgramTakenAway {
+    fn drop(&mut self) {
+        let _ = feather_sys::bpf::detach_device_program(&self.every_vms, self.stand_in);
+    }
 }
 
 /// The VM's v2 group runs the VM device program, inherited from the group above it: none of
@@ -138,10 +188,14 @@ fn the_v2_device_program_alone_keeps_a_vm_from_the_hosts_disks() {
 }
 
 #[test]
-fn every_vm_runs_the_one_device_program_loaded_for_the_host() {
+fn every_vm_runs_the_one_device_program_a_start_loaded_for_the_host() {
     let feather = Feather::new("devices-shared");
     let base = ScratchBase::new("devices-shared");
     feather.start_over("one", &base, &["--net", "none"]);
+    let every_vms = every_vms_group(&feather, "one");
+    feather.ok(&["stop", "one"]);
+    let taken = ProgramTakenAway::new(&every_vms);
+    feather.ok(&["start", "one"]);
     feather.start_over("two", &base, &["--net", "none"]);
     let in_effect = |vm: &str| {
         let group = v2_group(&feather, vm);
@@ -153,6 +207,7 @@ fn every_vm_runs_the_one_device_program_loaded_for_the_host() {
         in_effect("two"),
         "one program, not one per VM"
     );
+    drop(taken);
 }
 
 #[test]
@@ -160,7 +215,7 @@ fn an_older_builds_device_program_is_replaced_at_the_next_start() {
     let feather = Feather::new("devices-older");
     let base = ScratchBase::new("devices-older");
     feather.start_over("vm", &base, &["--net", "none"]);
-    let every_vms = v2_group(&feather, "vm").parent().unwrap().to_owned();
+    let every_vms = every_vms_group(&feather, "vm");
     // An older build's program, as it would have named it. It lets everything through, so
     // beside the current one it weakens nothing for the VMs of the tests running meanwhile.
     let mut allow_all = feather_confine::devices::Policy::default();
@@ -175,7 +230,12 @@ fn an_older_builds_device_program_is_replaced_at_the_next_start() {
                 | feather_confine::devices::WRITE,
         })
         .unwrap();
-    let older = format!("{}00old", feather_confine::devices::VM_PROGRAM_FAMILY);
+    let older = feather_sys::bpf::Versioned {
+        family: feather_confine::devices::VM_PROGRAM_FAMILY,
+        version: feather_confine::devices::VM_POLICY_VERSION - 1,
+        tag: "000old",
+    }
+    .name();
     let program = feather_sys::bpf::load_device_program(
         &feather_confine::devices::program(&allow_all),
         c"Apache-2.0",
@@ -184,17 +244,15 @@ fn an_older_builds_device_program_is_replaced_at_the_next_start() {
     .unwrap();
     feather_sys::bpf::attach_device_program(&every_vms, &program).unwrap();
     drop(program);
-    let named = |name: &str| {
-        feather_sys::bpf::device_programs(&every_vms)
-            .unwrap()
-            .into_iter()
-            .filter(|&id| feather_sys::bpf::program_name(id).as_deref() == Some(name))
-            .count()
-    };
     // (A start of another test's VM may detach it first: either way a start did.)
     feather.ok(&["stop", "vm"]);
     feather.ok(&["start", "vm"]);
-    assert_eq!(named(&older), 0, "the older program detached by the start");
+    let held = feather_sys::bpf::device_programs(&every_vms).unwrap();
+    assert_eq!(
+        named(&held, &older),
+        Vec::<u32>::new(),
+        "the older program detached"
+    );
     assert_runs_the_vm_program(&v2_group(&feather, "vm"));
 }
 
@@ -203,8 +261,12 @@ fn a_restored_vm_keeps_its_device_rules() {
     let feather = Feather::new("devices-restore");
     let base = ScratchBase::new("devices-restore");
     feather.start_over("vm", &base, &["--net", "none"]);
+    let every_vms = every_vms_group(&feather, "vm");
     feather.ok(&["checkpoint", "vm"]);
+    // The restore must set the program up itself: the start's is taken away.
+    let taken = ProgramTakenAway::new(&every_vms);
     feather.ok(&["restore", "vm"]);
+    drop(taken);
     place_a_disk_node(&feather, "vm");
     assert_only_its_own_devices(&probe(&feather, "vm"));
     if let Some(dir) = group_in(&feather, "vm", "devices") {

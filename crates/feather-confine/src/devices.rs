@@ -17,7 +17,6 @@
 //!   there, which lets `rw` through a deny of `w` alone — stricter here, as v1 is).
 
 use std::collections::BTreeMap;
-use std::os::fd::OwnedFd;
 use std::path::Path;
 
 use feather_sys::bpf::Insn;
@@ -208,19 +207,24 @@ impl Policy {
 /// The license the program is loaded under (it calls no GPL-only helper).
 const LICENSE: &std::ffi::CStr = c"Apache-2.0";
 
-/// Loads [`program`]`(policy)`, ready to attach to a v2 group.
-fn load(policy: &Policy) -> feather_sys::Result<OwnedFd> {
-    feather_sys::bpf::load_device_program(&program(policy), LICENSE, "")
+/// Loads [`program`]`(policy)` and makes it the device program of the v2 group at `dir`,
+/// replacing the one set before (feather-oci's `update`).
+pub fn enforce_v2(dir: &Path, policy: &Policy) -> feather_sys::Result<()> {
+    let program = feather_sys::bpf::load_device_program(&program(policy), LICENSE, "")?;
+    feather_sys::bpf::set_device_program(dir, &program)
 }
 
-/// How the VM device programs' names begin: [`vm_program_name`] is this and a hash of the
-/// program.
-pub const VM_PROGRAM_FAMILY: &str = "feather_vm";
+/// The VM device program's name: `fvm_v`, [`VM_POLICY_VERSION`], and the first 6 hex digits of
+/// the FNV-1a of its instructions (see [`feather_sys::bpf::Versioned`]).
+pub const VM_PROGRAM_FAMILY: &str = "fvm_v";
 
-/// The name [`share_vm_program`] gives the program of [`vm_policy`]: the family, then the
-/// program's FNV-1a (its low 20 bits: the name holds 15 characters), so that a build whose
-/// policy differs finds the program an older one attached, and replaces it.
-pub fn vm_program_name() -> String {
+/// The version of [`vm_policy`]'s program, to be raised with every change of it (the policy or
+/// the assembler): a start detaches the programs of lower versions that the group above every
+/// VM's holds, and keeps those of its own or higher versions beside its own (another build's
+/// VMs still run under them). `vm_program_tag_is_pinned` fails until it is raised.
+pub const VM_POLICY_VERSION: u16 = 1;
+
+fn vm_program_tag() -> String {
     let bytes: Vec<u8> = program(&vm_policy())
         .iter()
         .flat_map(|insn| {
@@ -230,27 +234,29 @@ pub fn vm_program_name() -> String {
                 .chain(insn.imm.to_le_bytes())
         })
         .collect();
-    let hash = feather_sys::fnv::fnv1a_64(&bytes);
-    format!("{VM_PROGRAM_FAMILY}{:05x}", hash & 0xf_ffff)
+    format!("{:016x}", feather_sys::fnv::fnv1a_64(&bytes))[..6].to_owned()
+}
+
+/// The name [`share_vm_program`] gives the program of [`vm_policy`], as the kernel shows it.
+pub fn vm_program_name() -> String {
+    let tag = vm_program_tag();
+    vm_program(&tag).name()
+}
+
+fn vm_program(tag: &str) -> feather_sys::bpf::Versioned<'_> {
+    feather_sys::bpf::Versioned {
+        family: VM_PROGRAM_FAMILY,
+        version: VM_POLICY_VERSION,
+        tag,
+    }
 }
 
 /// Makes the v2 group at `dir` (the parent of every VM's group) hold the program of
 /// [`vm_policy`], which every VM's group then inherits: loaded and attached once per host,
 /// not at every start ([`feather_sys::bpf::share_device_program`]).
 pub fn share_vm_program(dir: &Path) -> feather_sys::Result<feather_sys::bpf::Shared> {
-    feather_sys::bpf::share_device_program(
-        dir,
-        &vm_program_name(),
-        VM_PROGRAM_FAMILY,
-        &program(&vm_policy()),
-        LICENSE,
-    )
-}
-
-/// Loads [`program`]`(policy)` and makes it the device program of the v2 group at `dir`,
-/// replacing the one set before (feather-oci's `update`).
-pub fn enforce_v2(dir: &Path, policy: &Policy) -> feather_sys::Result<()> {
-    feather_sys::bpf::set_device_program(dir, &load(policy)?)
+    let tag = vm_program_tag();
+    feather_sys::bpf::share_device_program(dir, vm_program(&tag), &program(&vm_policy()), LICENSE)
 }
 
 // The instructions, hand-assembled (as runc does with its asm package): no crate assembles
@@ -356,6 +362,23 @@ fn exception_block(rule: &Rule, default_allow: bool) -> Vec<Insn> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The VM program's tag for [`VM_POLICY_VERSION`]. A change of the VM's policy or of the
+    /// assembler changes the tag: raise the version, then put the new tag here. (A new
+    /// program under the old version would stay beside the old one on every host that ran
+    /// the old, and the VMs would get only what both allow.)
+    #[test]
+    fn vm_program_tag_is_pinned() {
+        assert_eq!(
+            (VM_POLICY_VERSION, vm_program_tag().as_str()),
+            (1, "bdc4d6"),
+            "the VM's device program changed: raise VM_POLICY_VERSION and pin the new tag"
+        );
+        assert!(
+            vm_program_name().len() < 16,
+            "the kernel's limit for a name"
+        );
+    }
 
     /// Runs `program` on one access, as the kernel would: only the instructions
     /// [`program`] emits are known.

@@ -47,8 +47,14 @@ pub fn relative_path(configured: Option<&Path>, id: &str) -> Result<String> {
     if relative.is_empty() || relative.split('/').any(|c| c == ".." || c == ".") {
         bail!("linux.cgroupsPath {text:?} must name a group below the hierarchy's root");
     }
+    if relative.split('/').find(|c| !c.is_empty()) == Some(VMS_GROUP) {
+        bail!("linux.cgroupsPath {text:?} lies in `{VMS_GROUP}/`, the group of feather's VMs, whose device program every group below it runs: name a group elsewhere (the default is feather-oci/<id>)");
+    }
     Ok(relative.to_owned())
 }
+
+/// The group of feather's VMs (crates/feather-vm): a container's group is never in it.
+const VMS_GROUP: &str = "feather";
 
 impl Groups {
     pub fn new(relative: &str) -> Groups {
@@ -419,4 +425,24 @@ pub fn check_memory_v1_fields(memory: &LinuxMemory) -> Result<()> {
 
 fn write(path: &Path, value: &str) -> Result<()> {
     fs::write(path, value).with_context(|| format!("write {value:?} to {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_group_in_the_vms_group_is_refused_by_name() {
+        for path in ["/feather", "feather/c1", "//feather/x/y"] {
+            let e = relative_path(Some(Path::new(path)), "c1").unwrap_err();
+            assert!(
+                e.to_string().contains("the group of feather's VMs"),
+                "{path}: {e}"
+            );
+        }
+        for path in ["/feather-oci/c1", "/kubepods/featherx", "/a/feather"] {
+            assert!(relative_path(Some(Path::new(path)), "c1").is_ok(), "{path}");
+        }
+        assert_eq!(relative_path(None, "c1").unwrap(), "feather-oci/c1");
+    }
 }

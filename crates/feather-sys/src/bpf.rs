@@ -108,6 +108,20 @@ pub fn attach_device_program(dir: &Path, program: &OwnedFd) -> Result<()> {
     attach_beside(&group, dir, program.as_fd())
 }
 
+/// Detaches the device program `id` from the v2 group at `dir`.
+pub fn detach_device_program(dir: &Path, id: u32) -> Result<()> {
+    let group = File::open(dir).ctx("open cgroup", dir.display())?;
+    let program = raw::bpf_prog_get_fd_by_id(id).ctx("open BPF program", id)?;
+    raw::bpf_prog_attach(
+        false,
+        group.as_fd(),
+        program.as_fd(),
+        ATTACH_CGROUP_DEVICE,
+        0,
+    )
+    .ctx("detach a device program from", dir.display())
+}
+
 fn attach_beside(group: &File, dir: &Path, program: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     raw::bpf_prog_attach(
         true,
@@ -140,12 +154,38 @@ fn query(group: &File, dir: &Path, effective: bool) -> Result<Vec<u32>> {
     Ok(ids)
 }
 
-/// The name program `id` was loaded under; None when it is gone.
-pub fn program_name(id: u32) -> Option<String> {
-    let program = raw::bpf_prog_get_fd_by_id(id).ok()?;
-    let name = raw::bpf_prog_name(program.as_fd()).ok()?;
+/// The name program `id` was loaded under; None when it is gone (unloaded since it was seen).
+pub fn program_name(id: u32) -> Result<Option<String>> {
+    let program = match raw::bpf_prog_get_fd_by_id(id) {
+        Ok(program) => program,
+        Err(nix::errno::Errno::ENOENT) => return Ok(None),
+        Err(errno) => return Err(errno).ctx("open BPF program", id),
+    };
+    let name = raw::bpf_prog_name(program.as_fd()).ctx("read the name of BPF program", id)?;
     let end = name.iter().position(|&b| b == 0).unwrap_or(name.len());
-    Some(String::from_utf8_lossy(&name[..end]).into_owned())
+    Ok(Some(String::from_utf8_lossy(&name[..end]).into_owned()))
+}
+
+/// A program's name in a family whose members are ordered by version:
+/// `<family><version, 3 digits>_<tag>`, at most 15 characters (the kernel's limit). The tag
+/// tells apart programs of one version (a build whose program changed without its version).
+#[derive(Clone, Copy, Debug)]
+pub struct Versioned<'a> {
+    pub family: &'a str,
+    pub version: u16,
+    pub tag: &'a str,
+}
+
+impl Versioned<'_> {
+    pub fn name(&self) -> String {
+        format!("{}{:03}_{}", self.family, self.version, self.tag)
+    }
+
+    /// The version of `name`, if it is a member of this family.
+    fn version_of(&self, name: &str) -> Option<u16> {
+        let rest = name.strip_prefix(self.family)?;
+        rest.get(..3)?.parse().ok()
+    }
 }
 
 /// What [`share_device_program`] found on the group.
@@ -153,56 +193,57 @@ pub fn program_name(id: u32) -> Option<String> {
 pub enum Shared {
     /// The program was there already: nothing was loaded.
     Found,
-    /// The program was loaded and attached (and older ones of its family detached).
+    /// The program was loaded and attached.
     Attached,
 }
 
-/// Makes the v2 group at `dir` hold the device program `name`, for every group below it to
-/// inherit: when no program of that name is attached there, `program` is loaded under it and
-/// attached beside the others (`BPF_F_ALLOW_MULTI`), and only then are the programs whose
-/// names begin with `family` but differ (an older build's) detached, so the group never runs
-/// without one and an update never lets through what either refuses. Programs of other
-/// families (another tool's) are left alone.
+/// Makes the v2 group at `dir` hold the device program `named`, for every group below it to
+/// inherit. When no program of that name is attached there, `program` is loaded under it and
+/// attached beside the others (`BPF_F_ALLOW_MULTI`: all of them run, all must allow), and
+/// only then are the members of its family with a lower version (an older feather's)
+/// detached. A member of the same version with another tag, or of a higher version (another
+/// build's, still starting VMs), stays beside it: the groups below run under both, never under
+/// a looser policy than either's. Programs of other families (another tool's) are left alone.
 ///
 /// A start that finds the program loads nothing (the verifier's work, 0.4–0.6 ms of CPU here,
 /// is done once per host instead of once per group). A change is made under an exclusive
-/// `flock` of the group's folder, so that two starts never both attach, nor detach each
-/// other's program.
+/// `flock` of the group's folder, so that two starts never both attach. A detach that fails
+/// is not an error: the program left refuses at most more than the current one.
 pub fn share_device_program(
     dir: &Path,
-    name: &str,
-    family: &str,
+    named: Versioned<'_>,
     program: &[Insn],
     license: &CStr,
 ) -> Result<Shared> {
-    debug_assert!(name.starts_with(family));
     let group = File::open(dir).ctx("open cgroup", dir.display())?;
-    if looked_at(&group, dir, name, family)?.is_settled() {
+    if looked_at(&group, dir, named)?.is_settled() {
         return Ok(Shared::Found);
     }
-    nix::fcntl::Flock::lock(group, nix::fcntl::FlockArg::LockExclusive)
+    let group = nix::fcntl::Flock::lock(group, nix::fcntl::FlockArg::LockExclusive)
         .map_err(|(_, errno)| errno)
-        .ctx("lock cgroup", dir.display())
-        .and_then(|group| {
-            let found = looked_at(&group, dir, name, family)?;
-            if found.is_settled() {
-                return Ok(Shared::Found);
-            }
-            if !found.current {
-                let loaded = load_device_program(program, license, name)?;
-                attach_beside(&group, dir, loaded.as_fd())?;
-            }
-            for id in found.older {
-                let old = raw::bpf_prog_get_fd_by_id(id).ctx("open BPF program", id)?;
-                raw::bpf_prog_attach(false, group.as_fd(), old.as_fd(), ATTACH_CGROUP_DEVICE, 0)
-                    .ctx("detach an older device program from", dir.display())?;
-            }
-            Ok(Shared::Attached)
-        })
+        .ctx("lock cgroup", dir.display())?;
+    let found = looked_at(&group, dir, named)?;
+    if found.is_settled() {
+        return Ok(Shared::Found);
+    }
+    let shared = if found.current {
+        Shared::Found
+    } else {
+        let loaded = load_device_program(program, license, &named.name())?;
+        attach_beside(&group, dir, loaded.as_fd())?;
+        Shared::Attached
+    };
+    for id in found.older {
+        if let Ok(old) = raw::bpf_prog_get_fd_by_id(id) {
+            let _ =
+                raw::bpf_prog_attach(false, group.as_fd(), old.as_fd(), ATTACH_CGROUP_DEVICE, 0);
+        }
+    }
+    Ok(shared)
 }
 
-/// The programs of one family on a group: whether the current one is there, and the ids of
-/// the older ones.
+/// The members of one family on a group: whether the current one is there, and the ids of
+/// those of lower versions.
 struct Family {
     current: bool,
     older: Vec<u32>,
@@ -214,16 +255,20 @@ impl Family {
     }
 }
 
-fn looked_at(group: &File, dir: &Path, name: &str, family: &str) -> Result<Family> {
+fn looked_at(group: &File, dir: &Path, named: Versioned<'_>) -> Result<Family> {
+    let name = named.name();
     let mut found = Family {
         current: false,
         older: Vec::new(),
     };
     for id in query(group, dir, false)? {
-        match program_name(id) {
-            Some(held) if held == name => found.current = true,
-            Some(held) if held.starts_with(family) => found.older.push(id),
-            _ => {}
+        let Some(held) = program_name(id)? else {
+            continue;
+        };
+        if held == name {
+            found.current = true;
+        } else if named.version_of(&held).is_some_and(|v| v < named.version) {
+            found.older.push(id);
         }
     }
     Ok(found)
@@ -240,4 +285,130 @@ fn object_name(name: &str) -> [u8; raw::BPF_OBJ_NAME_LEN] {
 /// Whether the program `id` is still loaded (attached somewhere, or held open).
 pub fn program_exists(id: u32) -> bool {
     raw::bpf_prog_get_fd_by_id(id).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::PathBuf;
+
+    /// A v2 group of the test's own at the top of the v2 hierarchy (none where v2 is not
+    /// mounted); removed at the end, and its programs with it.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Option<Scratch> {
+            let v2 =
+                crate::cgroup::Cgroup::new(crate::cgroup::Hierarchies::detect(), "").v2_dir()?;
+            let dir = v2.join(format!("feather-test-{label}-{}", std::process::id()));
+            std::fs::create_dir(&dir).unwrap();
+            Some(Scratch(dir))
+        }
+
+        fn names(&self) -> Vec<String> {
+            let mut names: Vec<String> = device_programs(&self.0)
+                .unwrap()
+                .into_iter()
+                .filter_map(|id| program_name(id).unwrap())
+                .collect();
+            names.sort();
+            names
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+
+    /// `r0 = 1; exit`: lets every access through.
+    const ALLOW_ALL: [Insn; 2] = [
+        Insn {
+            code: 0xb7,
+            dst: 0,
+            src: 0,
+            off: 0,
+            imm: 1,
+        },
+        Insn {
+            code: 0x95,
+            dst: 0,
+            src: 0,
+            off: 0,
+            imm: 0,
+        },
+    ];
+
+    fn version(version: u16, tag: &str) -> Versioned<'_> {
+        Versioned {
+            family: "ftest_v",
+            version,
+            tag,
+        }
+    }
+
+    fn share(group: &Scratch, named: Versioned<'_>) -> Shared {
+        share_device_program(&group.0, named, &ALLOW_ALL, c"Apache-2.0").unwrap()
+    }
+
+    #[test]
+    fn a_shared_program_is_attached_once_then_found() {
+        let Some(group) = Scratch::new("share-once") else {
+            return;
+        };
+        assert_eq!(share(&group, version(1, "aaa")), Shared::Attached);
+        assert_eq!(share(&group, version(1, "aaa")), Shared::Found);
+        assert_eq!(group.names(), ["ftest_v001_aaa"]);
+    }
+
+    #[test]
+    fn only_lower_versions_of_the_family_are_detached() {
+        let Some(group) = Scratch::new("share-versions") else {
+            return;
+        };
+        share(&group, version(1, "aaa"));
+        let other_tool = load_device_program(&ALLOW_ALL, c"Apache-2.0", "other_tool").unwrap();
+        attach_device_program(&group.0, &other_tool).unwrap();
+        // A newer build: the older one goes, another tool's stays.
+        assert_eq!(share(&group, version(2, "bbb")), Shared::Attached);
+        assert_eq!(group.names(), ["ftest_v002_bbb", "other_tool"]);
+        // One of the same version with another program, or the older build again: beside it.
+        share(&group, version(2, "ccc"));
+        share(&group, version(1, "aaa"));
+        assert_eq!(
+            group.names(),
+            [
+                "ftest_v001_aaa",
+                "ftest_v002_bbb",
+                "ftest_v002_ccc",
+                "other_tool"
+            ]
+        );
+        // The newer build's next start finds its own and takes the older one away.
+        assert_eq!(share(&group, version(2, "bbb")), Shared::Found);
+        assert_eq!(
+            group.names(),
+            ["ftest_v002_bbb", "ftest_v002_ccc", "other_tool"]
+        );
+    }
+
+    #[test]
+    fn racing_starts_attach_one_program() {
+        let Some(group) = Scratch::new("share-race") else {
+            return;
+        };
+        let attached = std::thread::scope(|scope| {
+            let racers: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| share(&group, version(1, "aaa"))))
+                .collect();
+            racers
+                .into_iter()
+                .map(|racer| racer.join().unwrap())
+                .filter(|shared| *shared == Shared::Attached)
+                .count()
+        });
+        assert_eq!(attached, 1);
+        assert_eq!(group.names(), ["ftest_v001_aaa"]);
+    }
 }

@@ -99,10 +99,11 @@ fn make_service_groups(cgroup: &Cgroup) {
 /// (`feather_confine::devices::vm_policy`), with every mechanism this host has: the v1
 /// `devices` controller's lines on the VM's group, and the device program of the v2 group
 /// above every VM's (`feather/`), which the VM's v2 group (where its processes are on v1,
-/// hybrid and v2 hosts alike) inherits: loaded once per host, not at every start. On a host
-/// whose only mechanism is the program, a program that cannot be set fails the start; where
-/// the v1 controller holds the same rules, the program is defence in depth and its failure is
-/// a line in the keeper's log.
+/// hybrid and v2 hosts alike) inherits: loaded once per host, not at every start. Set as the
+/// group is made, before any process enters it (init at a start, CRIU at a restore). On a
+/// host whose only mechanism is the program, a program that cannot be set fails the start;
+/// where the v1 controller holds the same rules, the program is defence in depth and its
+/// failure is a line in the keeper's log.
 fn restrict_devices(cgroup: &Cgroup, name: &VmName) -> Result<()> {
     use feather_confine::devices;
     let v1 = cgroup
@@ -403,12 +404,7 @@ impl Keeper {
                             source: Box::new(e),
                         }),
                 };
-                match cgroup
-                    .as_ref()
-                    .map(|c| restrict_devices(c, &name))
-                    .unwrap_or(Ok(()))
-                    .and(pinned)
-                {
+                match pinned {
                     Err(e) => {
                         let _ = process::signal(&init.pidfd, Signal::SIGKILL);
                         let _ = waitpid(init.pid, None);
@@ -1180,7 +1176,9 @@ fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName) -> Result<()> 
     cgroup
         .bound_descendants(MAX_CGROUPS, MAX_CGROUP_DEPTH)
         .in_vm(name)?;
-    Ok(())
+    // Before the `services/` groups: v1 refuses a deny-all on a group with children, were
+    // `devices` co-mounted with a controller of these.
+    restrict_devices(cgroup, name)
 }
 
 fn limits_of(config: &VmConfig) -> Limits {
@@ -1335,16 +1333,10 @@ fn start_init(
         let pid = init.pid;
         let (entered, attached, staged) = std::thread::scope(|both| {
             let entering = both.spawn(move || -> Result<()> {
-                match cgroup {
-                    Some(cgroup) => {
-                        // After the device rules: v1 refuses a deny-all on a group with
-                        // children, were `devices` co-mounted with a controller of these.
-                        restrict_devices(cgroup, name)?;
-                        make_service_groups(cgroup);
-                        Ok(())
-                    }
-                    None => Ok(()),
+                if let Some(cgroup) = cgroup {
+                    make_service_groups(cgroup);
                 }
+                Ok(())
             });
             let staging = both.spawn(move || stage(pid));
             let attached = network.attach(pid.as_raw() as u32);
