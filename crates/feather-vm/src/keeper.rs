@@ -99,8 +99,9 @@ fn make_service_groups(cgroup: &Cgroup) {
 /// (`feather_confine::devices::vm_policy`), with every mechanism this host has: the v1
 /// `devices` controller's lines on the VM's group, and the device program of the v2 group
 /// above every VM's (`feather/`), which the VM's v2 group (where its processes are on v1,
-/// hybrid and v2 hosts alike) inherits: loaded once per host, not at every start. Set as the
-/// group is made, before any process enters it (init at a start, CRIU at a restore). On a
+/// hybrid and v2 hosts alike) inherits: loaded once per host, not at every start. Set before
+/// anything of the VM's runs: at a start beside init's assembly (feather's own code, which
+/// the VM's waits for), at a restore before CRIU enters the group. On a
 /// host whose only mechanism is the program, a program that cannot be set fails the start;
 /// where the v1 controller holds the same rules, the program is defence in depth and its
 /// failure is a line in the keeper's log.
@@ -352,6 +353,8 @@ impl Keeper {
         let cgroup = cgroup_of(&config);
         if let Some(cgroup) = &cgroup {
             make_cgroup(cgroup, &config, &name)?;
+            // Before CRIU enters the group and opens what the checkpoint names.
+            restrict_devices(cgroup, &name)?;
         }
         trace::phase("restore: network prepared, cgroup made");
         // A namespace left out of the dump is made here, as at a start; a dumped one CRIU
@@ -1176,9 +1179,7 @@ fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName) -> Result<()> 
     cgroup
         .bound_descendants(MAX_CGROUPS, MAX_CGROUP_DEPTH)
         .in_vm(name)?;
-    // Before the `services/` groups: v1 refuses a deny-all on a group with children, were
-    // `devices` co-mounted with a controller of these.
-    restrict_devices(cgroup, name)
+    Ok(())
 }
 
 fn limits_of(config: &VmConfig) -> Limits {
@@ -1333,10 +1334,16 @@ fn start_init(
         let pid = init.pid;
         let (entered, attached, staged) = std::thread::scope(|both| {
             let entering = both.spawn(move || -> Result<()> {
-                if let Some(cgroup) = cgroup {
-                    make_service_groups(cgroup);
+                match cgroup {
+                    Some(cgroup) => {
+                        // After the device rules: v1 refuses a deny-all on a group with
+                        // children, were `devices` co-mounted with a controller of these.
+                        restrict_devices(cgroup, name)?;
+                        make_service_groups(cgroup);
+                        Ok(())
+                    }
+                    None => Ok(()),
                 }
-                Ok(())
             });
             let staging = both.spawn(move || stage(pid));
             let attached = network.attach(pid.as_raw() as u32);
