@@ -11,7 +11,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use crate::error::{IoAt, NetError, Result};
-use crate::make_dir;
+use crate::folder::make_dir;
 use crate::settings::RootNetwork;
 
 /// The folder of a root's leases.

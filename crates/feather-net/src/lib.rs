@@ -30,6 +30,7 @@ pub mod as_made;
 pub mod error;
 pub mod etc;
 pub mod firewall;
+mod folder;
 pub mod inside;
 pub mod leases;
 pub mod linger;
@@ -70,17 +71,6 @@ pub fn host_end(vm_id: &str) -> String {
         .take(8)
         .collect();
     format!("fth{digits}")
-}
-
-/// Makes folder `path` of a state root unless it is there, never its parents: a root's folder
-/// removed meanwhile (its VMs, its network, then the folder; a process still ending, such as
-/// the one a `run --rm` handed its teardown to, may come here after) stays removed. Made with
-/// its parents, the pool's folder made the removed root again.
-pub(crate) fn make_dir(path: &Path) -> std::io::Result<()> {
-    match fs::create_dir(path) {
-        Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => Err(e),
-        _ => Ok(()),
-    }
 }
 
 /// At `feather create`: checks the options, checks the published host ports are free now, and

@@ -44,10 +44,11 @@ use nix::mount::MntFlags;
 use nix::sched::CloneFlags;
 
 use crate::error::{netlink as netlink_error, IoAt, NetError, Result};
+use crate::folder::make_dir;
 use crate::inside::{Inside, Interface, VM_INTERFACE};
 use crate::netlink::{index_of, Netlink, PeerNamespace};
 use crate::settings::RootNetwork;
-use crate::{firewall, leases, make_dir};
+use crate::{firewall, leases};
 
 /// How many entries a root keeps ready: a script's loop of `run --rm` finds one each time
 /// while the teardown of the one before refills the pool.
