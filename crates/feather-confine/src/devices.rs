@@ -214,8 +214,8 @@ pub fn enforce_v2(dir: &Path, policy: &Policy) -> feather_sys::Result<()> {
     feather_sys::bpf::set_device_program(dir, &program)
 }
 
-/// The VM device program's name: `fvm_v`, [`VM_POLICY_VERSION`], and the first 6 hex digits of
-/// the FNV-1a of its instructions (see [`feather_sys::bpf::Versioned`]).
+/// How the VM device program's name begins; [`VM_POLICY_VERSION`] and the first 6 hex digits
+/// of the FNV-1a of its instructions follow (see [`feather_sys::bpf::Versioned`]).
 pub const VM_PROGRAM_FAMILY: &str = "fvm_v";
 
 /// The version of [`vm_policy`]'s program, to be raised with every change of it (the policy or
