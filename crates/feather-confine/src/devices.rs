@@ -225,7 +225,12 @@ pub const VM_PROGRAM_FAMILY: &str = "fvm_v";
 pub const VM_POLICY_VERSION: u16 = 1;
 
 fn vm_program_tag() -> String {
-    let bytes: Vec<u8> = program(&vm_policy())
+    tag_of(&program(&vm_policy()))
+}
+
+/// The first 6 hex digits of the FNV-1a of `program`'s instructions.
+fn tag_of(program: &[Insn]) -> String {
+    let bytes: Vec<u8> = program
         .iter()
         .flat_map(|insn| {
             [insn.code, insn.dst, insn.src]
@@ -255,8 +260,9 @@ fn vm_program(tag: &str) -> feather_sys::bpf::Versioned<'_> {
 /// [`vm_policy`], which every VM's group then inherits: loaded and attached once per host,
 /// not at every start ([`feather_sys::bpf::share_device_program`]).
 pub fn share_vm_program(dir: &Path) -> feather_sys::Result<feather_sys::bpf::Shared> {
-    let tag = vm_program_tag();
-    feather_sys::bpf::share_device_program(dir, vm_program(&tag), &program(&vm_policy()), LICENSE)
+    let program = program(&vm_policy());
+    let tag = tag_of(&program);
+    feather_sys::bpf::share_device_program(dir, vm_program(&tag), &program, LICENSE)
 }
 
 // The instructions, hand-assembled (as runc does with its asm package): no crate assembles

@@ -94,9 +94,7 @@ pub fn set_device_program(dir: &Path, program: &OwnedFd) -> Result<()> {
     let before = device_programs(dir)?;
     attach_beside(&group, dir, program.as_fd())?;
     for id in before {
-        let old = raw::bpf_prog_get_fd_by_id(id).ctx("open BPF program", id)?;
-        raw::bpf_prog_attach(false, group.as_fd(), old.as_fd(), ATTACH_CGROUP_DEVICE, 0)
-            .ctx("detach the previous device program from", dir.display())?;
+        detach(&group, dir, id)?;
     }
     Ok(())
 }
@@ -111,6 +109,11 @@ pub fn attach_device_program(dir: &Path, program: &OwnedFd) -> Result<()> {
 /// Detaches the device program `id` from the v2 group at `dir`.
 pub fn detach_device_program(dir: &Path, id: u32) -> Result<()> {
     let group = File::open(dir).ctx("open cgroup", dir.display())?;
+    detach(&group, dir, id)
+}
+
+/// Detaches the device program `id` from `group` (the v2 group at `dir`).
+fn detach(group: &File, dir: &Path, id: u32) -> Result<()> {
     let program = raw::bpf_prog_get_fd_by_id(id).ctx("open BPF program", id)?;
     raw::bpf_prog_attach(
         false,
@@ -234,10 +237,7 @@ pub fn share_device_program(
         Shared::Attached
     };
     for id in found.older {
-        if let Ok(old) = raw::bpf_prog_get_fd_by_id(id) {
-            let _ =
-                raw::bpf_prog_attach(false, group.as_fd(), old.as_fd(), ATTACH_CGROUP_DEVICE, 0);
-        }
+        let _ = detach(&group, dir, id);
     }
     Ok(shared)
 }

@@ -37,9 +37,7 @@ pub(crate) fn open_root(root: &StateRoot) -> anyhow::Result<()> {
 /// The state root a command acts on, opened ([`open_root`]) and with the teardowns of ended
 /// throw-away VMs settled; only root may act on one.
 pub(crate) fn opened_root(cli: &Cli) -> anyhow::Result<StateRoot> {
-    if !nix::unistd::geteuid().is_root() {
-        return Err(Error::NotRoot.into());
-    }
+    must_be_root()?;
     let root = StateRoot::new(cli.global.root.clone());
     open_root(&root)?;
     lifecycle::settle_throw_aways(&root, waits_for_teardowns(&cli.command));
@@ -52,11 +50,17 @@ pub(crate) fn opened_root(cli: &Cli) -> anyhow::Result<StateRoot> {
 /// first command). Run after a root's folder was removed, it made the root again, and
 /// recorded it in the host's registry of roots.
 pub(crate) fn root_is_missing(cli: &Cli) -> anyhow::Result<bool> {
+    must_be_root()?;
+    let root = StateRoot::new(cli.global.root.clone());
+    Ok(!root.dir().exists())
+}
+
+/// Only root may act on a state root.
+fn must_be_root() -> anyhow::Result<()> {
     if !nix::unistd::geteuid().is_root() {
         return Err(Error::NotRoot.into());
     }
-    let root = StateRoot::new(cli.global.root.clone());
-    Ok(!root.dir().exists())
+    Ok(())
 }
 
 /// Whether a command waits for the teardowns of throw-away VMs under way before it acts (it
