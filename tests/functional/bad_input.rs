@@ -255,3 +255,44 @@ fn a_bad_network_linger_is_refused_naming_it() {
     );
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
 }
+
+/// A caller whose open-file limit is below the descriptor numbers init keeps its sockets at
+/// hears the limit and what to do, not a bare EINVAL from deep inside the start; nothing is
+/// left, and a VM it could not start stays as it was.
+#[test]
+fn an_open_file_limit_too_low_for_init_is_named() {
+    let feather = Feather::new("bad-nofile");
+    let base = ScratchBase::new("bad-nofile");
+    feather.ok(&["create", "kept", "--base", base.as_str()]);
+    for args in [
+        &["run", "--rm", "--base", base.as_str(), "--", "true"][..],
+        &["start", "kept"],
+    ] {
+        let out = Command::new("prlimit")
+            .arg("--nofile=64")
+            .arg("--")
+            .arg(Feather::bin())
+            .arg("--root")
+            .arg(&feather.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stderr);
+        // run says its own failure with 125 (its command's statuses are the others).
+        let expected = if args[0] == "run" { 125 } else { 1 };
+        assert_eq!(out.status.code(), Some(expected), "{args:?}: {said}");
+        assert!(
+            said.contains("`ulimit -n`) is 64") && said.contains("at least 102"),
+            "{args:?}: {said}"
+        );
+    }
+    assert_eq!(feather.status("kept"), "created");
+    let names: Vec<String> =
+        serde_json::from_str::<Vec<serde_json::Value>>(&feather.ok(&["ls", "--json"]))
+            .unwrap()
+            .iter()
+            .map(|vm| vm["name"].as_str().unwrap().to_string())
+            .collect();
+    assert_eq!(names, ["kept"]);
+}

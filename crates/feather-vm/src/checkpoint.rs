@@ -387,6 +387,7 @@ pub(crate) fn restore_with(
     import: Option<(&Path, &Accepted)>,
     netns: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<()> {
+    crate::init::check_descriptor_limit(name.as_str())?;
     if let Some((file, accepted)) = import {
         import_archive(root, name, Source::File(file), accepted, None)?;
     }

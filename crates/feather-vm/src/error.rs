@@ -91,6 +91,19 @@ pub enum VmError {
         source: CommandError,
     },
 
+    /// The caller's open-file limit is below a descriptor number init keeps a socket at.
+    #[error(
+        "VM {vm}: the open-file limit (`ulimit -n`) is {limit}, but a VM's init keeps \
+         sockets at descriptor {highest}: raise the limit to at least {needed} (e.g. \
+         `ulimit -n 1024`) and try again"
+    )]
+    DescriptorLimit {
+        vm: String,
+        limit: u64,
+        highest: i32,
+        needed: u64,
+    },
+
     #[error("VM {vm}: its keeper did not answer")]
     KeeperSilent {
         vm: String,

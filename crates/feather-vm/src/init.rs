@@ -85,6 +85,30 @@ pub struct InitPlan {
 /// What init tells its keeper once the VM is assembled, or why it could not be.
 pub use crate::boot::FromInitBoot as InitReport;
 
+/// Refuses, naming the limit and what to do, to start a VM whose init could not hold its
+/// sockets at their fixed numbers ([`crate::commands::COMMAND_FD`], [`spawner::SPAWNER_FD`]):
+/// init inherits the caller's open-file limit, and below them it would fail deep inside its
+/// start with a bare EINVAL. Checked by the keeper before anything of the VM is made.
+pub fn check_descriptor_limit(vm: &str) -> crate::error::Result<()> {
+    let highest = crate::commands::COMMAND_FD.max(spawner::SPAWNER_FD);
+    let needed = highest as u64 + 1;
+    let (limit, _) = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+        .map_err(|e| crate::error::VmError::Io {
+            vm: vm.to_string(),
+            doing: "cannot read the open-file limit".into(),
+            source: e.into(),
+        })?;
+    if limit < needed {
+        return Err(crate::error::VmError::DescriptorLimit {
+            vm: vm.to_string(),
+            limit,
+            highest,
+            needed,
+        });
+    }
+    Ok(())
+}
+
 /// Runs as the child of the keeper's clone into new namespaces; never returns.
 pub fn run(plan: InitPlan, mut keeper: UnixStream) -> ! {
     // If the keeper dies, so does the VM: a VM nobody keeps could be neither stopped nor seen.

@@ -191,6 +191,7 @@ impl Keeper {
     ) -> Result<Keeper> {
         let attached = stdio.is_some();
         let name = vm.name().clone();
+        init::check_descriptor_limit(name.as_str())?;
         let lock = vm
             .lock_keeper()?
             .ok_or_else(|| failed(&name, "is already running"))?;
