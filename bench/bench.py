@@ -1973,7 +1973,7 @@ def measure_shuttle(bench: Bench, python: list[str]) -> None:
         by_hand.append(time.perf_counter() - started)
         f("stop", "cache")
     demand, hand = Stats.of(on_demand), Stats.of(by_hand)
-    redirect = sockmap_redirect_check(bench, mib, rounds if bench.plan.quick else 3)
+    redirect = sockmap_redirect_check(bench, mib, 1 if bench.plan.quick else 3)
     bench.report.add(
         "7. Shuttle: IPC channels and dependencies",
         "Bulk transfer (MiB/s, medians of "
