@@ -1828,6 +1828,82 @@ def compare_shuttle(bench: Bench) -> None:
         shutil.rmtree(policy_dir, ignore_errors=True)
 
 
+# The kernel carrying a channel's bytes itself (a BPF sockmap redirect) instead of the broker's
+# splice: bench/sockmap/sockmap_probe.c plays a channel's four sockets in one process on the
+# host and prints one tab-separated line per (socket kind, path); see its header.
+SOCKMAP_PATHS = {
+    "direct": "direct (client connected to the server)",
+    "splice": "splice through the broker (what channels do)",
+    "verdict": "sk_skb stream verdict, redirected out of the broker's other socket",
+    "verdict+4MiB": "the same, the broker's sockets with 4 MiB send buffers",
+    "msg": "sk_msg on the client's sends, into the server's receive side",
+}
+
+
+def sockmap_redirect_check(bench: Bench, mib: int, runs: int) -> list[str]:
+    """Report parts: the probe's medians over `runs` runs, or why it could not run."""
+    binary = bench.work / "sockmap_probe"
+    source = REPO / "bench" / "sockmap" / "sockmap_probe.c"
+    failed = try_once(["gcc", "-O2", "-Wall", "-Wextra", "-o", str(binary), str(source), "-lpthread"])
+    lines: dict[tuple[str, str], list[list[str]]] = {}
+    for _ in range(runs):
+        if failed:
+            break
+        result = run([str(binary), str(mib)], timeout=600, check=False)
+        if result.returncode != 0:
+            failed = f"exit status {result.returncode}: {why(result)}"
+            break
+        for line in result.stdout.splitlines():
+            if line and not line.startswith("#"):
+                kind, path, *rest = line.split("\t")
+                lines.setdefault((kind, path), []).append(rest)
+    intro = (
+        "Could the kernel carry a channel's bytes instead of the broker (issue 15)? "
+        "bench/sockmap/sockmap_probe.c plays a channel's four sockets in one process on the host "
+        "(the VM's client, the broker's two, the target's server) and sends from client to "
+        "server; the redirects use one SOCKHASH and one hand-assembled program keyed by socket "
+        "cookie, as one broker would. *Arrived*: whether the server had every byte, in order, "
+        "before the end the broker passed on. *No reader*: how much a client got rid of into a "
+        "server that reads nothing (a 256 MiB cap means no flow control: the bytes wait in the "
+        "host kernel's memory). Why channels keep splicing: docs/shuttle.md, \"Why the bytes "
+        "still pass through the broker\"."
+    )
+    if failed:
+        return [intro, f"The probe could not run here: {failed}"]
+
+    def arrived(values: list[str]) -> str:
+        lost = [v for v in values if v != "all"]
+        if not lost:
+            return "every byte" if values[0] == "all" else values[0]
+        if "not-run" in values:
+            return "the program does not run for unix sends"
+        if "changed" in values:
+            return f"**{values.count('changed')} of {len(values)} runs changed bytes**"
+        missing = ", ".join(v.removeprefix("lost:") + " B" for v in lost)
+        return f"**{len(lost)} of {len(values)} runs lost bytes** ({missing})"
+
+    def pushed(values: list[str]) -> str:
+        if values[0] == "-":
+            return "—"
+        capped = [v for v in values if v.startswith("cap")]
+        if capped:
+            return f"**≥ {int(capped[0].removeprefix('cap')) // 1024} MiB: no flow control**"
+        return f"{max(int(v) for v in values)} KiB"
+
+    rows = []
+    for (kind, path), values in lines.items():
+        mibs, rates, arrivals, pushes = zip(*values)
+        rate = "—" if rates[0] == "-" else f"{statistics.median(float(r) for r in rates):.0f}"
+        rows.append([
+            "unix" if kind == "unix" else "TCP", SOCKMAP_PATHS.get(path, path),
+            mibs[0].replace("-", "—"), rate, arrived(list(arrivals)), pushed(list(pushes)),
+        ])  # fmt: skip
+    return [
+        intro,
+        table(["socket", "path", "MiB sent", f"MiB/s (median of {runs})", "arrived", "no reader"], rows),
+    ]
+
+
 def measure_shuttle(bench: Bench, python: list[str]) -> None:
     f = bench.feather
     f.up("sink")
@@ -1913,6 +1989,7 @@ def measure_shuttle(bench: Bench, python: list[str]) -> None:
         by_hand.append(time.perf_counter() - started)
         f("stop", "cache")
     demand, hand = Stats.of(on_demand), Stats.of(by_hand)
+    redirect = sockmap_redirect_check(bench, mib, 1 if bench.plan.quick else 3)
     bench.report.add(
         "7. Shuttle: IPC channels and dependencies",
         "Bulk transfer (MiB/s, medians of "
@@ -1936,6 +2013,7 @@ def measure_shuttle(bench: Bench, python: list[str]) -> None:
         "machine with two cores the client, the broker and the server take turns on them, which "
         "is where most of the throughput goes, more so while other work shares the cores (load "
         "average in the machine section).",
+        *redirect,
         table(
             ["dependency (redis-server in VM cache)", "min", "median", "max"],
             [

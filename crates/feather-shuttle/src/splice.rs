@@ -147,6 +147,57 @@ mod tests {
         assert_eq!((there, back), (big.len() as u64, 6));
     }
 
+    /// A server that reads nothing holds a TCP client back: what the channel keeps in flight is
+    /// bounded by the sockets' buffers and the pipe, as on a direct connection. This is what a
+    /// BPF sockmap redirect lacks on Linux 6.18 (docs/shuttle.md, "Why the bytes still pass
+    /// through the broker": bench/sockmap/sockmap_probe.c pushed its 256 MiB cap into such a
+    /// server), and why channels splice: a VM must not be able to park the host's memory in a
+    /// channel. The poll's wait only decides when to stop writing; a slow broker stops it
+    /// sooner, with less in flight, so the assertion cannot fail for want of time.
+    #[test]
+    fn a_server_that_reads_nothing_holds_a_tcp_client_back() {
+        use std::net::{TcpListener, TcpStream};
+        use std::os::fd::AsFd;
+
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+        const CAP: usize = 128 << 20;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        let mut client = TcpStream::connect(address).unwrap();
+        let (client_broker, _) = listener.accept().unwrap();
+        let server_broker = TcpStream::connect(address).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        let forwarding = std::thread::spawn(move || {
+            forward(
+                Arc::new(OwnedFd::from(client_broker)),
+                Arc::new(OwnedFd::from(server_broker)),
+            )
+        });
+        client.set_nonblocking(true).unwrap();
+        let chunk = vec![1u8; 64 << 10];
+        let mut pushed = 0;
+        while pushed < CAP {
+            match client.write(&chunk) {
+                Ok(n) => pushed += n,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let mut writable = [PollFd::new(client.as_fd(), PollFlags::POLLOUT)];
+                    if poll(&mut writable, PollTimeout::from(2000u16)).unwrap() == 0 {
+                        break;
+                    }
+                }
+                Err(e) => panic!("the client's write failed: {e}"),
+            }
+        }
+        assert!(
+            pushed < CAP,
+            "a client got {pushed} bytes into a channel whose server reads nothing"
+        );
+        drop(server);
+        drop(client);
+        let _ = forwarding.join().unwrap();
+    }
+
     /// A server that stops reading mid-request (it shuts down its reading side, as one that
     /// refuses an upload does) still gets its answer to the client: only the direction whose
     /// receiver took no more ends.
