@@ -33,7 +33,9 @@
 //! The filter is compiled for the running architecture. A system call made through another
 //! ABI of the same machine (i386 `int 0x80` on x86_64) would be numbered differently and slip
 //! past a deny list, so such calls kill the process; x32 numbers of the denied calls are denied
-//! as well.
+//! as well, by the same rules ([`Layout::Folded`]). Not x32's own numbers (512–547), where
+//! its `ioctl` (514) and `kexec_load` (528) are: on kernels with x32 enabled their requests
+//! pass (docs/confinement.md).
 
 use std::collections::BTreeMap;
 
@@ -237,6 +239,25 @@ pub enum SeccompError {
 #[cfg(target_arch = "x86_64")]
 const X32_SYSCALL_BIT: i64 = 0x4000_0000;
 
+/// How a program meets x32 calls (x86_64 numbers with [`X32_SYSCALL_BIT`] set, under the
+/// same audit architecture as native calls): both ways give every (architecture, number,
+/// arguments) the same answer, the rules of the call's native twin. On other architectures
+/// the two are one program.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Layout {
+    /// This build's: after the architecture check and the load of the number, one
+    /// instruction clears the x32 bit (`A &= !X32_SYSCALL_BIT`), and the rules follow once,
+    /// under native numbers. Half the instructions of [`Layout::Duplicated`] (default profile:
+    /// the main filter 389 → 198, the spawner's 467 → 237, `clone3`'s 15 → 11): the kernel
+    /// checks and translates every instruction at each load, and a VM start loads the VM's
+    /// filters and the spawner's.
+    Folded,
+    /// Builds before 2026-12-05's: every rule twice, under the native number and under the
+    /// number with the x32 bit. Compiled only to recognise the filters of processes a
+    /// checkpoint of such a build brings back (crates/feather-vm/src/restored_creds.rs).
+    Duplicated,
+}
+
 /// What a VM's config relaxes or adds to the filter.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Profile {
@@ -360,40 +381,134 @@ fn all_equal(conditions: &[(u8, u64)]) -> Result<SeccompRule, SeccompError> {
     SeccompRule::new(conditions).map_err(compile_error)
 }
 
-/// Adds `call`'s rules for its native number and, on x86_64, its x32 number.
+/// Adds `call`'s rules under its native number ([`build`] makes them match its x32 number
+/// too).
 fn add_rules(
     rules: &mut BTreeMap<i64, Vec<SeccompRule>>,
     number: libc::c_long,
     rule: Option<SeccompRule>,
 ) {
-    let mut numbers = vec![number];
-    #[cfg(target_arch = "x86_64")]
-    numbers.push(number | X32_SYSCALL_BIT);
-    for number in numbers {
-        // An empty list of rules denies the call whatever its arguments.
-        let entry = rules.entry(number).or_default();
-        entry.extend(rule.iter().cloned());
-    }
+    // An empty list of rules denies the call whatever its arguments.
+    let entry = rules.entry(number).or_default();
+    entry.extend(rule);
 }
 
-/// Builds a filter that answers `action` to the calls in `rules` and lets everything else
-/// through, for the running architecture.
+/// Builds a filter that answers `action` to the calls in `rules` (under native numbers) and
+/// lets everything else through, for the running architecture; on x86_64 the x32 numbers
+/// of the calls in `rules` get the same rules, as `layout` lays them out.
 fn build(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     action: SeccompAction,
+    layout: Layout,
 ) -> Result<BpfProgram, SeccompError> {
+    #[cfg(target_arch = "x86_64")]
+    let rules = match layout {
+        Layout::Folded => rules,
+        // Each native entry, then (after all native numbers, in the map's order) its twin:
+        // the previous builds' programs, instruction for instruction.
+        Layout::Duplicated => {
+            let twins: Vec<_> = rules
+                .iter()
+                .map(|(number, rules)| (number | X32_SYSCALL_BIT, rules.clone()))
+                .collect();
+            rules.into_iter().chain(twins).collect()
+        }
+    };
     let arch = std::env::consts::ARCH
         .try_into()
         .map_err(|e: seccompiler::BackendError| compile_error(e))?;
     let filter =
         SeccompFilter::new(rules, SeccompAction::Allow, action, arch).map_err(compile_error)?;
-    filter
+    let program = filter
         .try_into()
-        .map_err(|e: seccompiler::BackendError| compile_error(e))
+        .map_err(|e: seccompiler::BackendError| compile_error(e))?;
+    match layout {
+        Layout::Folded => fold_x32(program),
+        Layout::Duplicated => Ok(program),
+    }
+}
+
+// Classic BPF (linux/bpf_common.h, linux/seccomp.h): the instructions seccompiler emits and
+// the fields of `struct seccomp_data` it loads.
+const LD_W_ABS: u16 = 0x20;
+const ALU_AND_K: u16 = 0x54;
+const JMP_CLASS: u16 = 0x05;
+const JA: u16 = 0x05;
+const SECCOMP_DATA_NR: u32 = 0;
+
+/// Where seccompiler's program loads the call's number: after its architecture check (load
+/// the architecture, jump over the next if it is this machine's, kill the process).
+const NUMBER_LOAD: usize = 3;
+
+/// Makes x32 calls meet their native twins' rules: right after the number is loaded, one
+/// instruction clears the x32 bit (`A &= !0x4000_0000`); the comparisons that follow see the
+/// native number. Why the answers stay those of [`Layout::Duplicated`], for every number:
+/// the rules' numbers are native (below 2^30), so the cleared number equals a rule's number
+/// n exactly when the call's number is n or n with the x32 bit, the two numbers that
+/// duplicated layout gives n's rules to; any other number matches no rule either way and is
+/// allowed. x32's own numbers (512–547, x32 `ioctl` at 514 among them) clear to 512–547,
+/// where x86_64 has no native call and so no rule (the equivalence test covers them). The
+/// architecture check stays first: an i386 call is killed before its number is read. The
+/// instruction is unconditional (one instruction, no jump); cBPF jumps only forward and none
+/// of the four before it jumps past it, so no offset moves. The kernel's per-number cache of
+/// always-allowed calls (Linux 5.11) emulates `BPF_ALU|BPF_AND|BPF_K`, so allowed calls still
+/// skip the filter.
+///
+/// A second filter for x32 calls alone would keep the rules once too, but a call then walks
+/// two programs and each start loads one more; a binary split of the number chain would cut
+/// the walk of a denied call only: every other call is answered by the kernel's cache, and
+/// the argument-checked calls a VM makes often (`ioctl` 16, `socket` 41, `clone` 56) have the
+/// lowest numbers, first in seccompiler's ascending chain already.
+fn fold_x32(program: BpfProgram) -> Result<BpfProgram, SeccompError> {
+    if !cfg!(target_arch = "x86_64") {
+        return Ok(program);
+    }
+    let Some(load) = program.get(NUMBER_LOAD) else {
+        return Err(compile_error(
+            "a program shorter than its architecture check",
+        ));
+    };
+    if (load.code, load.k) != (LD_W_ABS, SECCOMP_DATA_NR) {
+        // A filter of no rules: the architecture check, then its one answer.
+        return match program.len() {
+            4 => Ok(program),
+            _ => Err(compile_error(
+                "the program does not load the call's number after the architecture check",
+            )),
+        };
+    }
+    for (at, before) in program[..=NUMBER_LOAD].iter().enumerate() {
+        if before.code & 0x07 != JMP_CLASS {
+            continue;
+        }
+        let furthest = match before.code {
+            JA => before.k as usize,
+            _ => usize::from(before.jt.max(before.jf)),
+        };
+        if at + 1 + furthest > NUMBER_LOAD {
+            return Err(compile_error(
+                "the architecture check jumps past the load of the call's number",
+            ));
+        }
+    }
+    let clear = seccompiler::sock_filter {
+        code: ALU_AND_K,
+        jt: 0,
+        jf: 0,
+        k: !(0x4000_0000u32),
+    };
+    let mut folded = program;
+    folded.insert(NUMBER_LOAD + 1, clear);
+    Ok(folded)
 }
 
 /// Compiles the main filter (every denied call gets EPERM) for the running architecture.
 pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
+    compile_in(profile, Layout::Folded)
+}
+
+/// The main filter of [`compile`], laid out as `layout`.
+pub fn compile_in(profile: Profile, layout: Layout) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for call in denied() {
         let rule = match call.when {
@@ -409,7 +524,7 @@ pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
         };
         add_rules(&mut rules, call.number, rule);
     }
-    build(rules, SeccompAction::Errno(libc::EPERM as u32))
+    build(rules, SeccompAction::Errno(libc::EPERM as u32), layout)
 }
 
 /// The second filter, for VMs without user namespaces: `clone3` answers ENOSYS, so that glibc
@@ -417,12 +532,21 @@ pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
 /// seccompiler gives one action per filter, hence a filter of its own. None when user
 /// namespaces are allowed.
 pub fn compile_clone3(profile: Profile) -> Result<Option<BpfProgram>, SeccompError> {
+    compile_clone3_in(profile, Layout::Folded)
+}
+
+fn compile_clone3_in(profile: Profile, layout: Layout) -> Result<Option<BpfProgram>, SeccompError> {
     if profile.allow_userns {
         return Ok(None);
     }
+    clone3_enosys(layout).map(Some)
+}
+
+/// A filter answering ENOSYS to `clone3` (the VM's, and the spawner's whatever the profile).
+fn clone3_enosys(layout: Layout) -> Result<BpfProgram, SeccompError> {
     let mut rules = BTreeMap::new();
     add_rules(&mut rules, libc::SYS_clone3, None);
-    build(rules, SeccompAction::Errno(libc::ENOSYS as u32)).map(Some)
+    build(rules, SeccompAction::Errno(libc::ENOSYS as u32), layout)
 }
 
 fn instructions(program: BpfProgram) -> Vec<feather_sys::seccomp::Instruction> {
@@ -456,9 +580,15 @@ pub struct Compiled {
 
 impl Compiled {
     pub fn new(profile: Profile) -> Result<Compiled, SeccompError> {
+        Compiled::in_layout(profile, Layout::Folded)
+    }
+
+    /// The filters of `profile` as a build of `layout` compiled them (a restore compares a
+    /// restored process's with these).
+    pub fn in_layout(profile: Profile, layout: Layout) -> Result<Compiled, SeccompError> {
         Ok(Compiled {
-            main: instructions(compile(profile)?),
-            clone3: compile_clone3(profile)?.map(instructions),
+            main: instructions(compile_in(profile, layout)?),
+            clone3: compile_clone3_in(profile, layout)?.map(instructions),
         })
     }
 
@@ -494,7 +624,7 @@ pub fn filter_count(profile: Profile) -> usize {
 /// recursive, no remount); `clone` with no namespace flag; `clone3` ENOSYS; `setns` never;
 /// every other call of [`denied`] refused, the new mount API included. The processes it makes
 /// install the VM's own filter over it (filters stack: the stricter answer wins).
-pub fn compile_spawner(profile: Profile) -> Result<BpfProgram, SeccompError> {
+pub fn compile_spawner(profile: Profile, layout: Layout) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for call in denied() {
         if call.number == libc::SYS_mount {
@@ -543,26 +673,25 @@ pub fn compile_spawner(profile: Profile) -> Result<BpfProgram, SeccompError> {
         add_rules(&mut rules, libc::SYS_clone, Some(rule(0, &test)?));
     }
     add_rules(&mut rules, libc::SYS_setns, None);
-    build(rules, SeccompAction::Errno(libc::EPERM as u32))
+    build(rules, SeccompAction::Errno(libc::EPERM as u32), layout)
 }
 
 /// Installs the spawner's filters ([`compile_spawner`], and `clone3` as ENOSYS) on the
 /// calling process, which holds CAP_SYS_ADMIN.
 pub fn install_spawner(profile: Profile) -> Result<(), SeccompError> {
-    for program in spawner_stack(profile)? {
+    for program in spawner_stack(profile, Layout::Folded)? {
         feather_sys::seccomp::install_filter(&program)?;
     }
     Ok(())
 }
 
-/// The programs [`install_spawner`] stacks, the first installed first.
+/// The programs [`install_spawner`] stacks (laid out as `layout`), the first installed first.
 pub fn spawner_stack(
     profile: Profile,
+    layout: Layout,
 ) -> Result<Vec<Vec<feather_sys::seccomp::Instruction>>, SeccompError> {
-    let main = instructions(compile_spawner(profile)?);
-    let mut clone3 = BTreeMap::new();
-    add_rules(&mut clone3, libc::SYS_clone3, None);
-    let clone3 = instructions(build(clone3, SeccompAction::Errno(libc::ENOSYS as u32))?);
+    let main = instructions(compile_spawner(profile, layout)?);
+    let clone3 = instructions(clone3_enosys(layout)?);
     Ok(vec![clone3, main])
 }
 
@@ -588,6 +717,291 @@ pub fn markdown_table() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kernel's answer to one call under `program`, as a classic-BPF interpreter computes
+    /// it for the instructions seccompiler emits and [`fold_x32`]'s AND; any other instruction
+    /// fails the test, so that a new one is looked at. `args` are read as the kernel lays out
+    /// `struct seccomp_data` on a little-endian machine.
+    fn evaluate(program: &[seccompiler::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
+        let mut data = [0u8; 64];
+        data[..4].copy_from_slice(&nr.to_le_bytes());
+        data[4..8].copy_from_slice(&arch.to_le_bytes());
+        for (index, arg) in args.iter().enumerate() {
+            data[16 + 8 * index..24 + 8 * index].copy_from_slice(&arg.to_le_bytes());
+        }
+        let mut a = 0u32;
+        let mut pc = 0usize;
+        loop {
+            let i = program.get(pc).expect("the program ends without an answer");
+            pc += 1;
+            let jump = |taken: bool| usize::from(if taken { i.jt } else { i.jf });
+            match i.code {
+                LD_W_ABS => {
+                    let at = i.k as usize;
+                    assert!(at.is_multiple_of(4) && at + 4 <= data.len(), "load at {at}");
+                    a = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
+                }
+                ALU_AND_K => a &= i.k,
+                JA => pc += i.k as usize,
+                0x15 => pc += jump(a == i.k),
+                0x25 => pc += jump(a > i.k),
+                0x35 => pc += jump(a >= i.k),
+                0x45 => pc += jump(a & i.k != 0),
+                0x06 => return i.k,
+                code => panic!("instruction {code:#x} at {}", pc - 1),
+            }
+        }
+    }
+
+    const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
+    const AUDIT_ARCH_I386: u32 = 0x4000_0003;
+    const AUDIT_ARCH_AARCH64: u32 = 0xc000_00b7;
+
+    /// The calls whose rules test arguments, in any of the filters.
+    fn argument_checked() -> Vec<u32> {
+        [
+            libc::SYS_ioctl,
+            libc::SYS_socket,
+            libc::SYS_clone,
+            libc::SYS_unshare,
+            libc::SYS_mount,
+            libc::SYS_setns,
+        ]
+        .iter()
+        .map(|&n| n as u32)
+        .collect()
+    }
+
+    /// Argument values the rules compare with, and neighbours: alone, with other bits, with
+    /// high bits (which the rules ignore).
+    #[allow(clippy::unnecessary_cast)]
+    fn argument_values() -> Vec<u64> {
+        let mut values = vec![
+            0,
+            u64::MAX,
+            libc::TIOCSTI as u64,
+            libc::TIOCLINUX as u64,
+            FS_IOC_FSSETXATTR,
+            libc::FS_IOC_SETFLAGS as u64,
+            libc::AF_NETLINK as u64,
+            libc::NETLINK_KOBJECT_UEVENT as u64,
+            libc::CLONE_NEWUSER as u64,
+            libc::CLONE_NEWNS as u64,
+            libc::CLONE_NEWNET as u64,
+            (libc::CLONE_NEWNS | libc::CLONE_NEWUTS) as u64,
+            (libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::SIGCHLD) as u64,
+            libc::MS_BIND,
+            libc::MS_REC | libc::MS_PRIVATE,
+            libc::MS_BIND | libc::MS_REC,
+            libc::MS_REMOUNT | libc::MS_BIND,
+        ];
+        let high: Vec<u64> = values.iter().map(|v| v | 0xffff_ffff_0000_0000).collect();
+        values.extend(high);
+        values
+    }
+
+    /// Every argument pattern the test tries on an argument-checked call: each value in each
+    /// argument the rules read (0–3), then each pair of values in each pair of them.
+    fn argument_patterns() -> Vec<[u64; 6]> {
+        let values = argument_values();
+        let mut patterns = Vec::new();
+        for index in 0..4 {
+            for &value in &values {
+                let mut args = [0; 6];
+                args[index] = value;
+                patterns.push(args);
+            }
+        }
+        for first in 0..4 {
+            for second in first + 1..4 {
+                for &a in &values[..values.len() / 2] {
+                    for &b in &values[..values.len() / 2] {
+                        let mut args = [0; 6];
+                        args[first] = a;
+                        args[second] = b;
+                        patterns.push(args);
+                    }
+                }
+            }
+        }
+        patterns
+    }
+
+    /// Asserts that `new` answers every (architecture, number, arguments) the test tries as
+    /// `old` does: every number below 1024 (the table's and x32's own 512–547 among them),
+    /// each also with the x32 bit, bit 31, or both; every argument pattern on the
+    /// argument-checked calls made as x86_64 calls, a few on the others. Returns how many calls `old` denied, so
+    /// that the caller can see the comparison was not vacuous.
+    fn assert_same_answers(what: &str, old: &BpfProgram, new: &BpfProgram) -> usize {
+        let checked = argument_checked();
+        let patterns = argument_patterns();
+        let few = [[0; 6], [u64::MAX; 6], [1, 2, 3, 4, 5, 6]];
+        let mut denied = 0;
+        for arch in [AUDIT_ARCH_X86_64, AUDIT_ARCH_I386, AUDIT_ARCH_AARCH64, 0] {
+            for native in (0..1024u32).chain([0x3fff_ffff]) {
+                for high in [0, 0x4000_0000, 0x8000_0000, 0xc000_0000] {
+                    let nr = native | high;
+                    // Another architecture's call is answered before any argument is read.
+                    let args: &[[u64; 6]] =
+                        if arch == AUDIT_ARCH_X86_64 && checked.contains(&native) {
+                            &patterns
+                        } else {
+                            &few
+                        };
+                    for &args in args {
+                        let answer = evaluate(old, arch, nr, args);
+                        assert_eq!(
+                            evaluate(new, arch, nr, args),
+                            answer,
+                            "{what}: arch {arch:#x}, nr {nr:#x}, args {args:x?}"
+                        );
+                        denied += usize::from(answer != libc::SECCOMP_RET_ALLOW);
+                    }
+                }
+            }
+        }
+        denied
+    }
+
+    fn all_profiles() -> Vec<Profile> {
+        Profile {
+            allow_userns: true,
+            disk_quota: false,
+        }
+        .with_stricter()
+    }
+
+    /// The folded programs answer every call as the duplicated ones (the previous builds')
+    /// do: the VM's filters and the spawner's, for every profile.
+    #[test]
+    fn folding_x32_changes_no_answer() {
+        for profile in all_profiles() {
+            let old = compile_in(profile, Layout::Duplicated).unwrap();
+            let new = compile(profile).unwrap();
+            let denied = assert_same_answers(&format!("main {profile:?}"), &old, &new);
+            assert!(denied > 0);
+            let old = compile_spawner(profile, Layout::Duplicated).unwrap();
+            let new = compile_spawner(profile, Layout::Folded).unwrap();
+            assert_same_answers(&format!("spawner {profile:?}"), &old, &new);
+        }
+        let old = clone3_enosys(Layout::Duplicated).unwrap();
+        let new = clone3_enosys(Layout::Folded).unwrap();
+        assert_same_answers("clone3", &old, &new);
+    }
+
+    /// The interpreter reads the programs as the kernel does: the answers the module's docs
+    /// promise, for native and x32 numbers, under the folded main filter.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    // The ioctl request constants are c_ulong with glibc but c_int with musl: keep the casts.
+    #[allow(clippy::unnecessary_cast)]
+    fn the_interpreter_gives_the_documented_answers() {
+        let program = compile(Profile::default()).unwrap();
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let x32 = 0x4000_0000;
+        let call = |nr: libc::c_long, args: [u64; 6]| {
+            evaluate(&program, AUDIT_ARCH_X86_64, nr as u32, args)
+        };
+        for bit in [0, x32] {
+            let nr = |n: libc::c_long| n | bit;
+            assert_eq!(call(nr(libc::SYS_keyctl), [0; 6]), eperm);
+            assert_eq!(call(nr(libc::SYS_getpid), [0; 6]), libc::SECCOMP_RET_ALLOW);
+            let tiocsti = [0, libc::TIOCSTI as u64, 0, 0, 0, 0];
+            assert_eq!(call(nr(libc::SYS_ioctl), tiocsti), eperm);
+            let tcgets = [0, libc::TCGETS as u64, 0, 0, 0, 0];
+            assert_eq!(call(nr(libc::SYS_ioctl), tcgets), libc::SECCOMP_RET_ALLOW);
+            let newuser = [libc::CLONE_NEWUSER as u64, 0, 0, 0, 0, 0];
+            assert_eq!(call(nr(libc::SYS_unshare), newuser), eperm);
+            let newnet = [libc::CLONE_NEWNET as u64, 0, 0, 0, 0, 0];
+            assert_eq!(call(nr(libc::SYS_unshare), newnet), libc::SECCOMP_RET_ALLOW);
+        }
+        assert_eq!(
+            evaluate(&program, AUDIT_ARCH_I386, libc::SYS_getpid as u32, [0; 6]),
+            libc::SECCOMP_RET_KILL_PROCESS
+        );
+    }
+
+    /// Length and FNV-1a hash of a program's instructions.
+    fn fingerprint(program: &[feather_sys::seccomp::Instruction]) -> (usize, u64) {
+        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+        for i in program {
+            let mut bytes = i.code.to_le_bytes().to_vec();
+            bytes.extend([i.jt, i.jf]);
+            bytes.extend(i.k.to_le_bytes());
+            for byte in bytes {
+                hash ^= u64::from(byte);
+                hash = hash.wrapping_mul(0x100_0000_01b3);
+            }
+        }
+        (program.len(), hash)
+    }
+
+    /// [`Layout::Duplicated`] compiles, instruction for instruction, the programs the build
+    /// before it installed (fingerprints taken from that build, commit bab0879): its
+    /// checkpoints hold those, and a restore accepts only what it compiles itself.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_duplicated_layout_is_the_previous_builds() {
+        const CLONE3: (usize, u64) = (0xf, 0xc8c9_e691_e6e8_55d9);
+        let previous = [
+            // (allow_userns, disk_quota): the VM's stack, the spawner's.
+            (
+                (false, false),
+                vec![CLONE3, (0x185, 0xa848_92a8_6274_62d9)],
+                vec![CLONE3, (0x1d3, 0xc702_ea15_5973_c0f1)],
+            ),
+            (
+                (false, true),
+                vec![CLONE3, (0x1a3, 0x32ab_e784_fba7_d05d)],
+                vec![CLONE3, (0x1f1, 0x062a_1f49_ec5d_88f9)],
+            ),
+            (
+                (true, false),
+                vec![(0x15b, 0x2039_3399_d0af_6dbd)],
+                vec![CLONE3, (0x1d3, 0xc702_ea15_5973_c0f1)],
+            ),
+            (
+                (true, true),
+                vec![(0x179, 0x8edc_698c_1e8c_63dd)],
+                vec![CLONE3, (0x1f1, 0x062a_1f49_ec5d_88f9)],
+            ),
+        ];
+        for ((allow_userns, disk_quota), vm, spawner) in previous {
+            let profile = Profile {
+                allow_userns,
+                disk_quota,
+            };
+            let stack = Compiled::in_layout(profile, Layout::Duplicated)
+                .unwrap()
+                .stack();
+            let held: Vec<_> = stack.iter().map(|p| fingerprint(p)).collect();
+            assert_eq!(held, vm, "{profile:?}");
+            let stack = spawner_stack(profile, Layout::Duplicated).unwrap();
+            let held: Vec<_> = stack.iter().map(|p| fingerprint(p)).collect();
+            assert_eq!(held, spawner, "{profile:?}");
+        }
+    }
+
+    /// The folded programs are about half the duplicated ones (each start loads the VM's and
+    /// the spawner's: the kernel checks and translates every instruction). Before folding:
+    /// main 389, spawner 467 (default profile).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_programs_stay_short() {
+        for profile in all_profiles() {
+            let main = compile(profile).unwrap().len();
+            let spawner = compile_spawner(profile, Layout::Folded).unwrap().len();
+            assert!(
+                main < 250,
+                "{profile:?}: main filter of {main} instructions"
+            );
+            assert!(
+                spawner < 290,
+                "{profile:?}: spawner's of {spawner} instructions"
+            );
+            assert!(clone3_enosys(Layout::Folded).unwrap().len() < 12);
+        }
+    }
 
     #[test]
     fn the_filter_compiles_for_this_machine() {
