@@ -237,7 +237,7 @@ pub enum SeccompError {
 
 /// x32 system calls are the x86_64 numbers with this bit set.
 #[cfg(target_arch = "x86_64")]
-const X32_SYSCALL_BIT: i64 = 0x4000_0000;
+const X32_SYSCALL_BIT: i64 = feather_sys::seccomp::X32_SYSCALL_BIT as i64;
 
 /// How a program meets x32 calls (x86_64 numbers with [`X32_SYSCALL_BIT`] set, under the
 /// same audit architecture as native calls): both ways give every (architecture, number,
@@ -428,78 +428,26 @@ fn build(
     }
 }
 
-// Classic BPF (linux/bpf_common.h, linux/seccomp.h): the instructions seccompiler emits and
-// the fields of `struct seccomp_data` it loads.
-const LD_W_ABS: u16 = 0x20;
-const ALU_AND_K: u16 = 0x54;
-const JMP_CLASS: u16 = 0x05;
-const JA: u16 = 0x05;
-const SECCOMP_DATA_NR: u32 = 0;
-
-/// Where seccompiler's program loads the call's number: after its architecture check (load
-/// the architecture, jump over the next if it is this machine's, kill the process).
-const NUMBER_LOAD: usize = 3;
-
-/// Makes x32 calls meet their native twins' rules: right after the number is loaded, one
-/// instruction clears the x32 bit (`A &= !0x4000_0000`); the comparisons that follow see the
-/// native number. Why the answers stay those of [`Layout::Duplicated`], for every number:
-/// the rules' numbers are native (below 2^30), so the cleared number equals a rule's number
-/// n exactly when the call's number is n or n with the x32 bit, the two numbers that
-/// duplicated layout gives n's rules to; any other number matches no rule either way and is
-/// allowed. x32's own numbers (512–547, x32 `ioctl` at 514 among them) clear to 512–547,
-/// where x86_64 has no native call and so no rule (the equivalence test covers them). The
-/// architecture check stays first: an i386 call is killed before its number is read. The
-/// instruction is unconditional (one instruction, no jump); cBPF jumps only forward and none
-/// of the four before it jumps past it, so no offset moves. The kernel's per-number cache of
-/// always-allowed calls (Linux 5.11) emulates `BPF_ALU|BPF_AND|BPF_K`, so allowed calls still
-/// skip the filter.
+/// [`feather_sys::seccomp::fold_x32`] on a seccompiler program (whose rules must all be under
+/// native numbers, as [`build`] gives them).
 ///
-/// A second filter for x32 calls alone would keep the rules once too, but a call then walks
-/// two programs and each start loads one more; a binary split of the number chain would cut
-/// the walk of a denied call only: every other call is answered by the kernel's cache, and
-/// the argument-checked calls a VM makes often (`ioctl` 16, `socket` 41, `clone` 56) have the
-/// lowest numbers, first in seccompiler's ascending chain already.
+/// Why not another shape: a second filter for x32 calls alone would keep the rules once too,
+/// but a call then walks two programs and each start loads one more (a load's fixed part is
+/// 80–160 µs here); a binary split of the number chain would cut the walk of a denied call
+/// only: every other call is answered by the kernel's cache, and the argument-checked calls
+/// a VM makes often (`ioctl` 16, `socket` 41, `clone` 56) have the lowest numbers, first in
+/// seccompiler's ascending chain already.
 fn fold_x32(program: BpfProgram) -> Result<BpfProgram, SeccompError> {
-    if !cfg!(target_arch = "x86_64") {
-        return Ok(program);
-    }
-    let Some(load) = program.get(NUMBER_LOAD) else {
-        return Err(compile_error(
-            "a program shorter than its architecture check",
-        ));
-    };
-    if (load.code, load.k) != (LD_W_ABS, SECCOMP_DATA_NR) {
-        // A filter of no rules: the architecture check, then its one answer.
-        return match program.len() {
-            4 => Ok(program),
-            _ => Err(compile_error(
-                "the program does not load the call's number after the architecture check",
-            )),
-        };
-    }
-    for (at, before) in program[..=NUMBER_LOAD].iter().enumerate() {
-        if before.code & 0x07 != JMP_CLASS {
-            continue;
-        }
-        let furthest = match before.code {
-            JA => before.k as usize,
-            _ => usize::from(before.jt.max(before.jf)),
-        };
-        if at + 1 + furthest > NUMBER_LOAD {
-            return Err(compile_error(
-                "the architecture check jumps past the load of the call's number",
-            ));
-        }
-    }
-    let clear = seccompiler::sock_filter {
-        code: ALU_AND_K,
-        jt: 0,
-        jf: 0,
-        k: !(0x4000_0000u32),
-    };
-    let mut folded = program;
-    folded.insert(NUMBER_LOAD + 1, clear);
-    Ok(folded)
+    let folded = feather_sys::seccomp::fold_x32(instructions(program)).map_err(compile_error)?;
+    Ok(folded
+        .into_iter()
+        .map(|i| seccompiler::sock_filter {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect())
 }
 
 /// Compiles the main filter (every denied call gets EPERM) for the running architecture.
@@ -718,39 +666,17 @@ pub fn markdown_table() -> String {
 mod tests {
     use super::*;
 
-    /// The kernel's answer to one call under `program`, as a classic-BPF interpreter computes
-    /// it for the instructions seccompiler emits and [`fold_x32`]'s AND; any other instruction
-    /// fails the test, so that a new one is looked at. `args` are read as the kernel lays out
-    /// `struct seccomp_data` on a little-endian machine.
-    fn evaluate(program: &[seccompiler::sock_filter], arch: u32, nr: u32, args: [u64; 6]) -> u32 {
-        let mut data = [0u8; 64];
-        data[..4].copy_from_slice(&nr.to_le_bytes());
-        data[4..8].copy_from_slice(&arch.to_le_bytes());
-        for (index, arg) in args.iter().enumerate() {
-            data[16 + 8 * index..24 + 8 * index].copy_from_slice(&arg.to_le_bytes());
-        }
-        let mut a = 0u32;
-        let mut pc = 0usize;
-        loop {
-            let i = program.get(pc).expect("the program ends without an answer");
-            pc += 1;
-            let jump = |taken: bool| usize::from(if taken { i.jt } else { i.jf });
-            match i.code {
-                LD_W_ABS => {
-                    let at = i.k as usize;
-                    assert!(at.is_multiple_of(4) && at + 4 <= data.len(), "load at {at}");
-                    a = u32::from_le_bytes(data[at..at + 4].try_into().unwrap());
-                }
-                ALU_AND_K => a &= i.k,
-                JA => pc += i.k as usize,
-                0x15 => pc += jump(a == i.k),
-                0x25 => pc += jump(a > i.k),
-                0x35 => pc += jump(a >= i.k),
-                0x45 => pc += jump(a & i.k != 0),
-                0x06 => return i.k,
-                code => panic!("instruction {code:#x} at {}", pc - 1),
-            }
-        }
+    /// The kernel's answer to one call under `program`
+    /// ([`feather_sys::seccomp::evaluate`]); an instruction the interpreter does not know
+    /// fails the test, so that a new one is looked at.
+    fn evaluate(
+        program: &[feather_sys::seccomp::Instruction],
+        arch: u32,
+        nr: u32,
+        args: [u64; 6],
+    ) -> u32 {
+        feather_sys::seccomp::evaluate(program, arch, nr, args)
+            .unwrap_or_else(|| panic!("an instruction the interpreter does not know, or no answer"))
     }
 
     const AUDIT_ARCH_X86_64: u32 = 0xc000_003e;
@@ -833,6 +759,7 @@ mod tests {
     /// argument-checked calls made as x86_64 calls, a few on the others. Returns how many calls `old` denied, so
     /// that the caller can see the comparison was not vacuous.
     fn assert_same_answers(what: &str, old: &BpfProgram, new: &BpfProgram) -> usize {
+        let (old, new) = (instructions(old.clone()), instructions(new.clone()));
         let checked = argument_checked();
         let patterns = argument_patterns();
         let few = [[0; 6], [u64::MAX; 6], [1, 2, 3, 4, 5, 6]];
@@ -849,9 +776,9 @@ mod tests {
                             &few
                         };
                     for &args in args {
-                        let answer = evaluate(old, arch, nr, args);
+                        let answer = evaluate(&old, arch, nr, args);
                         assert_eq!(
-                            evaluate(new, arch, nr, args),
+                            evaluate(&new, arch, nr, args),
                             answer,
                             "{what}: arch {arch:#x}, nr {nr:#x}, args {args:x?}"
                         );
@@ -896,7 +823,7 @@ mod tests {
     // The ioctl request constants are c_ulong with glibc but c_int with musl: keep the casts.
     #[allow(clippy::unnecessary_cast)]
     fn the_interpreter_gives_the_documented_answers() {
-        let program = compile(Profile::default()).unwrap();
+        let program = instructions(compile(Profile::default()).unwrap());
         let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
         let x32 = 0x4000_0000;
         let call = |nr: libc::c_long, args: [u64; 6]| {
