@@ -33,9 +33,9 @@
 //! The filter is compiled for the running architecture. A system call made through another
 //! ABI of the same machine (i386 `int 0x80` on x86_64) would be numbered differently and slip
 //! past a deny list, so such calls kill the process; x32 numbers of the denied calls are denied
-//! as well, by the same rules ([`Layout::Folded`]). Not x32's own numbers (512–547), where
-//! its `ioctl` (514) and `kexec_load` (528) are: on kernels with x32 enabled their requests
-//! pass (docs/confinement.md).
+//! as well, by the same rules ([`Layout::Folded`]), and so are x32's own numbers of them
+//! (512–547, `feather_sys::seccomp::X32_TWINS`: its `ioctl` is 514, its `kexec_load` 528),
+//! by their native twins' rules: an x32 program's `ioctl(TIOCSTI)` fails as a native one's.
 
 use std::collections::BTreeMap;
 
@@ -240,17 +240,21 @@ pub enum SeccompError {
 const X32_SYSCALL_BIT: i64 = feather_sys::seccomp::X32_SYSCALL_BIT as i64;
 
 /// How a program meets x32 calls (x86_64 numbers with [`X32_SYSCALL_BIT`] set, under the
-/// same audit architecture as native calls): both ways give every (architecture, number,
-/// arguments) the same answer, the rules of the call's native twin. On other architectures
-/// the two are one program.
+/// same audit architecture as native calls): both ways give an x32 call under a native number
+/// (`keyctl`'s 250|x32) the rules of that number. They differ on x32's own numbers (512–547,
+/// [`feather_sys::seccomp::X32_TWINS`]: its `ioctl` is 514|x32, its `kexec_load` 528|x32),
+/// which only [`Layout::Folded`] gives their native twins' rules; the duplicated layout lets
+/// them through. On other architectures the two are one program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Layout {
     /// This build's: after the architecture check and the load of the number, one
     /// instruction clears the x32 bit (`A &= !X32_SYSCALL_BIT`), and the rules follow once,
-    /// under native numbers. Half the instructions of [`Layout::Duplicated`] (default profile:
-    /// the main filter 389 → 198, the spawner's 467 → 237, `clone3`'s 15 → 11): the kernel
-    /// checks and translates every instruction at each load, and a VM start loads the VM's
-    /// filters and the spawner's.
+    /// under native numbers, with x32's own numbers of the calls that have one (`ioctl`,
+    /// `kexec_load`) under their native twins' rules. About half the instructions of
+    /// [`Layout::Duplicated`] (default profile: the main filter 389 → 215, the spawner's 467 →
+    /// 254, `clone3`'s 15 → 11; x32's own numbers are 17 of each): the kernel checks and
+    /// translates every instruction at each load, and a VM start loads the VM's filters and
+    /// the spawner's.
     Folded,
     /// Builds before 2026-12-05's: every rule twice, under the native number and under the
     /// number with the x32 bit. Compiled only to recognise the filters of processes a
@@ -395,7 +399,8 @@ fn add_rules(
 
 /// Builds a filter that answers `action` to the calls in `rules` (under native numbers) and
 /// lets everything else through, for the running architecture; on x86_64 the x32 numbers
-/// of the calls in `rules` get the same rules, as `layout` lays them out.
+/// of the calls in `rules` get the same rules, as `layout` lays them out (in
+/// [`Layout::Folded`] only, x32's own numbers of them too: `ioctl`'s 514).
 fn build(
     rules: BTreeMap<i64, Vec<SeccompRule>>,
     action: SeccompAction,
@@ -403,7 +408,9 @@ fn build(
 ) -> Result<BpfProgram, SeccompError> {
     #[cfg(target_arch = "x86_64")]
     let rules = match layout {
-        Layout::Folded => rules,
+        // x32's own numbers of the calls that have one (ioctl 514, kexec_load 528) get the
+        // rules too, under the number the fold makes of them.
+        Layout::Folded => feather_sys::seccomp::with_x32_twins(rules),
         // Each native entry, then (after all native numbers, in the map's order) its twin:
         // the previous builds' programs, instruction for instruction.
         Layout::Duplicated => {
@@ -753,11 +760,29 @@ mod tests {
         patterns
     }
 
+    /// What a folded program must answer to a call that the duplicated program `old` answers
+    /// as it is: `old`'s own answer, but for x32's own numbers (512–547, with or without the
+    /// x32 bit, under x86_64), which get `old`'s answer to their native twin.
+    fn folded_answer(
+        old: &[feather_sys::seccomp::Instruction],
+        arch: u32,
+        nr: u32,
+        args: [u64; 6],
+    ) -> u32 {
+        let nr = match feather_sys::seccomp::native_twin(nr) {
+            Some(twin) if arch == AUDIT_ARCH_X86_64 => twin,
+            _ => nr,
+        };
+        evaluate(old, arch, nr, args)
+    }
+
     /// Asserts that `new` answers every (architecture, number, arguments) the test tries as
-    /// `old` does: every number below 1024 (the table's and x32's own 512–547 among them),
-    /// each also with the x32 bit, bit 31, or both; every argument pattern on the
-    /// argument-checked calls made as x86_64 calls, a few on the others. Returns how many calls `old` denied, so
-    /// that the caller can see the comparison was not vacuous.
+    /// `old` does, but x32's own calls as `old` answers their native twins
+    /// ([`folded_answer`]): every number below 1024 (the table's and x32's own 512–547 among
+    /// them), each also with the x32 bit, bit 31, or both; every argument pattern on the
+    /// argument-checked calls (and their x32 twins) made as x86_64 calls, a few on the
+    /// others. Returns how many calls `new` denied, so that the caller can see the comparison
+    /// was not vacuous.
     fn assert_same_answers(what: &str, old: &BpfProgram, new: &BpfProgram) -> usize {
         let (old, new) = (instructions(old.clone()), instructions(new.clone()));
         let checked = argument_checked();
@@ -766,20 +791,22 @@ mod tests {
         let mut denied = 0;
         for arch in [AUDIT_ARCH_X86_64, AUDIT_ARCH_I386, AUDIT_ARCH_AARCH64, 0] {
             for native in (0..1024u32).chain([0x3fff_ffff]) {
+                let checked = checked.contains(&native)
+                    || feather_sys::seccomp::native_twin(native)
+                        .is_some_and(|n| checked.contains(&n));
                 for high in [0, 0x4000_0000, 0x8000_0000, 0xc000_0000] {
                     let nr = native | high;
                     // Another architecture's call is answered before any argument is read.
-                    let args: &[[u64; 6]] =
-                        if arch == AUDIT_ARCH_X86_64 && checked.contains(&native) {
-                            &patterns
-                        } else {
-                            &few
-                        };
+                    let args: &[[u64; 6]] = if arch == AUDIT_ARCH_X86_64 && checked {
+                        &patterns
+                    } else {
+                        &few
+                    };
                     for &args in args {
-                        let answer = evaluate(&old, arch, nr, args);
+                        let answer = evaluate(&new, arch, nr, args);
                         assert_eq!(
-                            evaluate(&new, arch, nr, args),
                             answer,
+                            folded_answer(&old, arch, nr, args),
                             "{what}: arch {arch:#x}, nr {nr:#x}, args {args:x?}"
                         );
                         denied += usize::from(answer != libc::SECCOMP_RET_ALLOW);
@@ -799,9 +826,10 @@ mod tests {
     }
 
     /// The folded programs answer every call as the duplicated ones (the previous builds')
-    /// do: the VM's filters and the spawner's, for every profile.
+    /// do, but x32's own numbers, which they answer as the duplicated ones answer the native
+    /// twins: the VM's filters and the spawner's, for every profile.
     #[test]
-    fn folding_x32_changes_no_answer() {
+    fn folding_x32_changes_no_answer_but_x32s_own_calls() {
         for profile in all_profiles() {
             let old = compile_in(profile, Layout::Duplicated).unwrap();
             let new = compile(profile).unwrap();
@@ -814,6 +842,62 @@ mod tests {
         let old = clone3_enosys(Layout::Duplicated).unwrap();
         let new = clone3_enosys(Layout::Folded).unwrap();
         assert_same_answers("clone3", &old, &new);
+    }
+
+    /// x32's own calls are refused as their native twins are, by the VM's filter and the
+    /// spawner's, for every profile: `ioctl` (514|x32) with `TIOCSTI` or `TIOCLINUX` (and,
+    /// under a disk cap, the project-changing requests) fails with EPERM while other requests
+    /// pass, `kexec_load` (528|x32) fails with EPERM, and every x32-only number answers every
+    /// argument pattern as its twin does (the duplicated layout, and the folded one before
+    /// its twins, let them all through).
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    // The ioctl request constants are c_ulong with glibc but c_int with musl: keep the casts.
+    #[allow(clippy::unnecessary_cast)]
+    fn x32s_own_calls_are_answered_as_their_native_twins() {
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let allow = libc::SECCOMP_RET_ALLOW;
+        let x32 = feather_sys::seccomp::X32_SYSCALL_BIT;
+        let patterns = argument_patterns();
+        let ioctl = |request: u64| [0, request, 0, 0, 0, 0];
+        for profile in all_profiles() {
+            let programs = [
+                ("main", compile(profile).unwrap()),
+                ("spawner", compile_spawner(profile, Layout::Folded).unwrap()),
+            ];
+            for (what, program) in programs {
+                let program = instructions(program);
+                let call = |nr: u32, args| evaluate(&program, AUDIT_ARCH_X86_64, nr, args);
+                let what = format!("{what} {profile:?}");
+                assert_eq!(
+                    call(514 | x32, ioctl(libc::TIOCSTI as u64)),
+                    eperm,
+                    "{what}"
+                );
+                assert_eq!(
+                    call(514 | x32, ioctl(libc::TIOCLINUX as u64)),
+                    eperm,
+                    "{what}"
+                );
+                assert_eq!(call(514 | x32, ioctl(libc::TCGETS as u64)), allow, "{what}");
+                let capped = if profile.disk_quota { eperm } else { allow };
+                assert_eq!(call(514 | x32, ioctl(FS_IOC_FSSETXATTR)), capped, "{what}");
+                let setflags = ioctl(libc::FS_IOC_SETFLAGS as u64);
+                assert_eq!(call(514 | x32, setflags), capped, "{what}");
+                assert_eq!(call(528 | x32, [0; 6]), eperm, "{what}");
+                for (own, native) in feather_sys::seccomp::X32_TWINS {
+                    for nr in [own | x32, own] {
+                        for &args in &patterns {
+                            assert_eq!(
+                                call(nr, args),
+                                call(native as u32, args),
+                                "{what}: nr {nr:#x}, args {args:x?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
     }
 
     /// The interpreter reads the programs as the kernel does: the answers the module's docs
@@ -911,7 +995,9 @@ mod tests {
 
     /// The folded programs are about half the duplicated ones (each start loads the VM's and
     /// the spawner's: the kernel checks and translates every instruction). Before folding:
-    /// main 389, spawner 467 (default profile).
+    /// main 389, spawner 467 (default profile). Folded: 198 and 237; x32's own `ioctl` and
+    /// `kexec_load` then added 17 to each (27 with a disk cap's two ioctl rules): main
+    /// 194–240 and spawner 254–279 over the profiles, within the bounds set before them.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_programs_stay_short() {
@@ -1011,6 +1097,69 @@ mod tests {
             [(true, false), (true, false)],
             "(without a cap, with one) for +P and -p 0"
         );
+    }
+
+    /// Set in the child [`x32s_own_calls_are_refused_by_the_running_kernel`] starts.
+    const X32_CHILD: &str = "FEATHER_SECCOMP_X32_TEST_CHILD";
+
+    /// On the running kernel, whose seccomp reads a call's number before the kernel turns an
+    /// x32 call down where x32 is switched off (as here: ENOSYS): a Python under the VM's
+    /// filter makes x32's `ioctl(TIOCSTI)` (514|x32) and `kexec_load` (528|x32), which fail
+    /// with EPERM as the native ones do (before, they passed the filter: ENOSYS here, the
+    /// call itself where x32 is on), and x32's `ioctl(TCGETS)`, which passes it. Descriptor -1
+    /// and an unknown kexec architecture: a call that passes changes nothing.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn x32s_own_calls_are_refused_by_the_running_kernel() {
+        // TIOCSTI 0x5412, TIOCLINUX 0x541c, TCGETS 0x5401 (x86_64).
+        const CALLS: &str = "import ctypes\n\
+            libc = ctypes.CDLL(None, use_errno=True)\n\
+            def call(name, nr, *args):\n\
+            \x20   result = libc.syscall(ctypes.c_long(nr), *[ctypes.c_long(a) for a in args])\n\
+            \x20   print(name, 0 if result != -1 else ctypes.get_errno())\n\
+            x32 = 0x40000000\n\
+            call('native-tiocsti', 16, -1, 0x5412, 0)\n\
+            call('x32-tiocsti', 514 | x32, -1, 0x5412, 0)\n\
+            call('x32-tioclinux', 514 | x32, -1, 0x541c, 0)\n\
+            call('x32-tcgets', 514 | x32, -1, 0x5401, 0)\n\
+            call('x32-kexec-load', 528 | x32, 0, 0, 0, 0x7fff0000)\n";
+        if std::env::var(X32_CHILD).is_ok() {
+            install(Profile::default()).expect("installs (tests run as root)");
+            let output = std::process::Command::new("python3")
+                .args(["-c", CALLS])
+                .output()
+                .expect("python3 runs");
+            print!("{}", String::from_utf8_lossy(&output.stdout));
+            eprint!("{}", String::from_utf8_lossy(&output.stderr));
+            return;
+        }
+        let me = std::env::current_exe().unwrap();
+        let output = std::process::Command::new(me)
+            .args([
+                "--exact",
+                "seccomp::tests::x32s_own_calls_are_refused_by_the_running_kernel",
+                "--nocapture",
+            ])
+            .env(X32_CHILD, "1")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&output.stdout);
+        let eperm = libc::EPERM.to_string();
+        let errno = |name: &str| {
+            text.lines()
+                .find_map(|line| line.strip_prefix(&format!("{name} ")))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+                .to_owned()
+        };
+        for name in [
+            "native-tiocsti",
+            "x32-tiocsti",
+            "x32-tioclinux",
+            "x32-kexec-load",
+        ] {
+            assert_eq!(errno(name), eperm, "{name}:\n{text}");
+        }
+        assert_ne!(errno("x32-tcgets"), eperm, "{text}");
     }
 
     /// Set in the child [`the_spawners_filter_lets_through_its_recipe_alone`] starts.
