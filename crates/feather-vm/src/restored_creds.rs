@@ -17,7 +17,10 @@
 //!   `SystemCallFilter=`): a stacked filter can only refuse more. The VM's configuration's
 //!   programs, or a stricter one's (a checkpoint made under it, restored under a wider one),
 //!   each as this build lays them out or as builds before 2026-12-05 did (every rule twice,
-//!   for x32: feather_confine::seccomp::Layout), whose checkpoints bring theirs back;
+//!   for x32: feather_confine::seccomp::Layout), whose checkpoints bring theirs back. Those
+//!   older programs are weaker on a kernel with x32 enabled: x32's own numbers (its `ioctl`
+//!   514, `kexec_load` 528, …) pass them (docs/confinement.md). Accepted all the same, so that
+//!   a checkpoint survives an upgrade; its processes get this build's filters when they restart;
 //! - the host's user namespace, where the VM lives, or, for a VM created with
 //!   `--allow-userns`, one below it (which a VM's process may make, and where it holds every
 //!   capability over that namespace's own objects only: its sets are not measured there) —
