@@ -15,7 +15,12 @@
 //!   VM's (init and what it starts), the spawner's (the spawner), or the spawner's then the
 //!   VM's (what the spawner starts). Filters above them are the VM's own to choose (a unit's
 //!   `SystemCallFilter=`): a stacked filter can only refuse more. The VM's configuration's
-//!   programs, or a stricter one's (a checkpoint made under it, restored under a wider one);
+//!   programs, or a stricter one's (a checkpoint made under it, restored under a wider one),
+//!   each as this build lays them out or as builds before 2026-12-05 did (every rule twice,
+//!   for x32: feather_confine::seccomp::Layout), whose checkpoints bring theirs back. Those
+//!   older programs are weaker on a kernel with x32 enabled: x32's own numbers (its `ioctl`
+//!   514, `kexec_load` 528, …) pass them (docs/confinement.md). Accepted all the same, so that
+//!   a checkpoint survives an upgrade; its processes get this build's filters when they restart;
 //! - the host's user namespace, where the VM lives, or, for a VM created with
 //!   `--allow-userns`, one below it (which a VM's process may make, and where it holds every
 //!   capability over that namespace's own objects only: its sets are not measured there) —
@@ -33,6 +38,7 @@
 use std::fs;
 use std::path::Path;
 
+use feather_confine::seccomp::{Compiled, Layout};
 use nix::unistd::Pid;
 
 use crate::error::{failed, VmError};
@@ -71,7 +77,10 @@ pub(crate) struct Allowed {
     pub host_network: bool,
     /// For the VM's profile, then each stricter one (a checkpoint made under a stricter
     /// configuration, restored under this one): the filters init installs and every process
-    /// of the VM enters, and the spawner's own; each the first installed first.
+    /// of the VM enters, and the spawner's own; each the first installed first. Each as this
+    /// build lays them out, then each as builds before 2026-12-05 did (their checkpoints
+    /// bring back those programs: a restored init keeps its own compiled filters, so its VM
+    /// holds one layout throughout).
     pub stacks: Vec<Stacks>,
 }
 
@@ -93,13 +102,18 @@ impl Allowed {
             filters: feather_confine::seccomp::filter_count(profile) as u32,
             userns: profile.allow_userns,
             host_network,
-            stacks: profile
-                .with_stricter()
+            stacks: [Layout::Folded, Layout::Duplicated]
                 .into_iter()
-                .map(|profile| {
+                .flat_map(|layout| {
+                    profile
+                        .with_stricter()
+                        .into_iter()
+                        .map(move |profile| (profile, layout))
+                })
+                .map(|(profile, layout)| {
                     Ok(Stacks {
-                        vm: feather_confine::seccomp::Compiled::new(profile)?.stack(),
-                        spawner: feather_confine::seccomp::spawner_stack(profile)?,
+                        vm: Compiled::in_layout(profile, layout)?.stack(),
+                        spawner: feather_confine::seccomp::spawner_stack(profile, layout)?,
                     })
                 })
                 .collect::<Result<_, feather_confine::seccomp::SeccompError>>()?,
@@ -678,6 +692,57 @@ os.execvp("sleep", ["sleep", "60"])
 
     fn filters_of(child: &Started) -> Vec<Program> {
         feather_sys::seccomp::filters_of(child.0.id() as i32).unwrap()
+    }
+
+    /// A checkpoint of a build before the x32 folding (feather_confine::seccomp::Layout)
+    /// brings its processes back under that build's longer programs: the VM's stack, the
+    /// spawner's, and the spawner's under the VM's, read back from real processes, pass. A
+    /// stack mixing the two layouts, or an old program altered by one instruction, refuses.
+    #[test]
+    fn the_previous_builds_filters_pass_and_altered_ones_refuse() {
+        let allowed = vm();
+        let profile = feather_confine::seccomp::Profile::default();
+        let old_vm = Compiled::in_layout(profile, Layout::Duplicated)
+            .unwrap()
+            .stack();
+        let old_spawner =
+            feather_confine::seccomp::spawner_stack(profile, Layout::Duplicated).unwrap();
+        let new_vm = Compiled::new(profile).unwrap().stack();
+        assert_ne!(old_vm[1].len(), new_vm[1].len());
+
+        let init = under(&old_vm.iter().collect::<Vec<_>>());
+        assert_eq!(foreign_filters(&filters_of(&init), false, &allowed), None);
+        let spawner = under(&old_spawner.iter().collect::<Vec<_>>());
+        assert_eq!(foreign_filters(&filters_of(&spawner), true, &allowed), None);
+        let spawned: Vec<&Program> = old_spawner.iter().chain(&old_vm).collect();
+        assert_eq!(
+            foreign_filters(&filters_of(&under(&spawned)), false, &allowed),
+            None
+        );
+
+        let mixed = under(&[&new_vm[0], &old_vm[1]]);
+        let why = foreign_filters(&filters_of(&mixed), false, &allowed).unwrap();
+        assert!(why.starts_with("its seccomp filter 2 "), "{why}");
+        // The first number compared (ioctl's, the lowest) made another call's.
+        let mut altered = old_vm[1].clone();
+        let at = altered
+            .iter()
+            .position(|i| {
+                i.code == (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16 && i.jf == 1
+            })
+            .unwrap();
+        altered[at].k += 1;
+        let why = foreign_filters(
+            &filters_of(&under(&[&old_vm[0], &altered])),
+            false,
+            &allowed,
+        )
+        .unwrap();
+        assert!(
+            why.starts_with("its seccomp filter 2 ")
+                && why.contains(&format!("instruction {at} on")),
+            "{why}"
+        );
     }
 
     /// Filters read back from real processes (one stopped as CRIU leaves a tree, the others

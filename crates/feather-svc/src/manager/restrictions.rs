@@ -36,7 +36,7 @@ use feather_sys::seccomp::Instruction;
 #[error("{setting}=: {problem}")]
 pub struct RestrictionError {
     pub setting: &'static str,
-    pub problem: BackendError,
+    pub problem: String,
 }
 
 /// What a unit's restrictions come to in its process.
@@ -51,30 +51,45 @@ pub struct Applied {
 /// The filters (and `PR_SET_MDWE`) for `restrictions`; `kernel_mdwe` says whether the running
 /// kernel has `PR_SET_MDWE`.
 pub fn apply(restrictions: &Restrictions, kernel_mdwe: bool) -> Result<Applied, RestrictionError> {
-    let mut applied = Applied::default();
+    let (refusals, mdwe) = refusals(restrictions, kernel_mdwe)?;
+    let mut filters = refusals
+        .into_iter()
+        .map(|refusal| refusal.compile(true))
+        .collect::<Result<Vec<_>, _>>()?;
+    if restrictions.native_architecture_only {
+        filters.push(native_architecture_only());
+    }
+    Ok(Applied { filters, mdwe })
+}
+
+/// The rules of the filters `apply` compiles (all but `SystemCallArchitectures=`'s, which is
+/// written out), in their order, and whether `PR_SET_MDWE` does `MemoryDenyWriteExecute=`.
+fn refusals(
+    restrictions: &Restrictions,
+    kernel_mdwe: bool,
+) -> Result<(Vec<Refusal>, bool), RestrictionError> {
+    let mut refusals = Vec::new();
+    let mut mdwe = false;
     if let Some(allowed) = restrictions.namespaces {
-        applied.filters.extend(namespaces(allowed)?);
+        refusals.extend(namespaces(allowed)?);
     }
     if restrictions.realtime {
-        applied.filters.push(realtime()?);
+        refusals.push(realtime()?);
     }
     if restrictions.suid_sgid {
-        applied.filters.extend(suid_sgid()?);
+        refusals.extend(suid_sgid()?);
     }
     if restrictions.memory_deny_write_execute {
         if kernel_mdwe {
-            applied.mdwe = true;
+            mdwe = true;
         } else {
-            applied.filters.push(write_execute()?);
+            refusals.push(write_execute()?);
         }
     }
     if restrictions.lock_personality {
-        applied.filters.push(personality()?);
+        refusals.push(personality()?);
     }
-    if restrictions.native_architecture_only {
-        applied.filters.push(native_architecture_only());
-    }
-    Ok(applied)
+    Ok((refusals, mdwe))
 }
 
 /// Rules for calls by name; a name this architecture lacks (`open` on aarch64) is left out,
@@ -103,8 +118,12 @@ fn arg(
     op: SeccompCmpOp,
     value: u64,
 ) -> Result<SeccompCondition, RestrictionError> {
-    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value)
-        .map_err(|problem| RestrictionError { setting, problem })
+    SeccompCondition::new(index, SeccompCmpArgLen::Dword, op, value).map_err(|problem| {
+        RestrictionError {
+            setting,
+            problem: problem.to_string(),
+        }
+    })
 }
 
 /// Argument `index` has all of `bits`.
@@ -118,36 +137,72 @@ fn rule(
 ) -> Result<Option<SeccompRule>, RestrictionError> {
     SeccompRule::new(conditions)
         .map(Some)
-        .map_err(|problem| RestrictionError { setting, problem })
+        .map_err(|problem| RestrictionError {
+            setting,
+            problem: problem.to_string(),
+        })
 }
 
-/// A filter that answers `errno` to the calls `rules` match and lets every other pass. On
-/// x86_64 the same calls by their x32 numbers are matched too.
-fn refuse(
-    setting: &'static str,
-    mut rules: Rules,
-    errno: i32,
-) -> Result<Vec<Instruction>, RestrictionError> {
-    let failed = |problem| RestrictionError { setting, problem };
-    #[cfg(target_arch = "x86_64")]
-    {
-        const X32_SYSCALL_BIT: i64 = 0x4000_0000;
-        let x32: Vec<_> = rules
-            .iter()
-            .map(|(number, rules)| (number | X32_SYSCALL_BIT, rules.clone()))
-            .collect();
-        rules.extend(x32);
-    }
-    let arch = std::env::consts::ARCH.try_into().map_err(failed)?;
-    let filter = SeccompFilter::new(
+/// A filter that answers `errno` to the calls `rules` match and lets every other pass.
+fn refuse(setting: &'static str, rules: Rules, errno: i32) -> Result<Refusal, RestrictionError> {
+    Ok(Refusal {
+        setting,
         rules,
-        SeccompAction::Allow,
-        SeccompAction::Errno(errno as u32),
-        arch,
-    )
-    .map_err(failed)?;
-    let program: BpfProgram = filter.try_into().map_err(failed)?;
-    Ok(program.into_iter().map(instruction).collect())
+        errno,
+    })
+}
+
+/// One filter of a setting, before it is compiled: its rules, under native numbers.
+struct Refusal {
+    setting: &'static str,
+    rules: Rules,
+    errno: i32,
+}
+
+impl Refusal {
+    /// The program for this machine's architecture. On x86_64 the same calls by their x32
+    /// numbers are matched too: with `fold_x32`, by one instruction that clears the number's
+    /// x32 bit before the rules (feather_sys::seccomp::fold_x32, as the VM's own filters do:
+    /// half the instructions), and x32's own numbers of a call (`ioctl`'s 514) by its rules
+    /// copied there (feather_sys::seccomp::with_x32_twins); without it, by every rule written
+    /// again under the x32 number (as before 2026-12-05; the tests compare the two).
+    fn compile(self, fold_x32: bool) -> Result<Vec<Instruction>, RestrictionError> {
+        let setting = self.setting;
+        let failed = |problem: BackendError| RestrictionError {
+            setting,
+            problem: problem.to_string(),
+        };
+        let mut rules = self.rules;
+        if fold_x32 {
+            // x32's own numbers of calls that have one (none of the calls above do today:
+            // the tests check that folding changed no answer here).
+            rules = feather_sys::seccomp::with_x32_twins(rules);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if !fold_x32 {
+            let x32_bit = i64::from(feather_sys::seccomp::X32_SYSCALL_BIT);
+            let x32: Vec<_> = rules
+                .iter()
+                .map(|(number, rules)| (number | x32_bit, rules.clone()))
+                .collect();
+            rules.extend(x32);
+        }
+        let arch = std::env::consts::ARCH.try_into().map_err(failed)?;
+        let filter = SeccompFilter::new(
+            rules,
+            SeccompAction::Allow,
+            SeccompAction::Errno(self.errno as u32),
+            arch,
+        )
+        .map_err(failed)?;
+        let program: BpfProgram = filter.try_into().map_err(failed)?;
+        let program = program.into_iter().map(instruction).collect();
+        if !fold_x32 {
+            return Ok(program);
+        }
+        feather_sys::seccomp::fold_x32(program)
+            .map_err(|problem| RestrictionError { setting, problem })
+    }
 }
 
 fn instruction(i: seccompiler::sock_filter) -> Instruction {
@@ -160,7 +215,7 @@ fn instruction(i: seccompiler::sock_filter) -> Instruction {
 }
 
 /// `RestrictNamespaces=`: `allowed` are the `CLONE_NEW*` flags still allowed.
-fn namespaces(allowed: u64) -> Result<Vec<Vec<Instruction>>, RestrictionError> {
+fn namespaces(allowed: u64) -> Result<Vec<Refusal>, RestrictionError> {
     const SETTING: &str = "RestrictNamespaces";
     if allowed & all_namespaces() == all_namespaces() {
         return Ok(Vec::new());
@@ -207,7 +262,7 @@ fn namespaces(allowed: u64) -> Result<Vec<Vec<Instruction>>, RestrictionError> {
 /// `RestrictRealtime=`: every scheduling policy but `SCHED_OTHER` (0), `SCHED_BATCH` (3) and
 /// `SCHED_IDLE` (5), by number, as systemd lists them: below the highest allowed one each
 /// refused policy, above it everything.
-fn realtime() -> Result<Vec<Instruction>, RestrictionError> {
+fn realtime() -> Result<Refusal, RestrictionError> {
     const SETTING: &str = "RestrictRealtime";
     let allowed = [libc::SCHED_OTHER, libc::SCHED_BATCH, libc::SCHED_IDLE];
     let highest = *allowed.iter().max().unwrap_or(&0);
@@ -230,7 +285,7 @@ fn realtime() -> Result<Vec<Instruction>, RestrictionError> {
 }
 
 /// `RestrictSUIDSGID=`: the calls that give a file a mode, with `S_ISUID` or `S_ISGID` in it.
-fn suid_sgid() -> Result<Vec<Vec<Instruction>>, RestrictionError> {
+fn suid_sgid() -> Result<Vec<Refusal>, RestrictionError> {
     const SETTING: &str = "RestrictSUIDSGID";
     let mut rules = Rules::new();
     for bit in [libc::S_ISUID, libc::S_ISGID] {
@@ -272,7 +327,7 @@ fn suid_sgid() -> Result<Vec<Vec<Instruction>>, RestrictionError> {
 }
 
 /// `MemoryDenyWriteExecute=` where the kernel lacks `PR_SET_MDWE`.
-fn write_execute() -> Result<Vec<Instruction>, RestrictionError> {
+fn write_execute() -> Result<Refusal, RestrictionError> {
     const SETTING: &str = "MemoryDenyWriteExecute";
     let write_exec = (libc::PROT_WRITE | libc::PROT_EXEC) as u64;
     let exec = libc::PROT_EXEC as u64;
@@ -307,7 +362,7 @@ fn write_execute() -> Result<Vec<Instruction>, RestrictionError> {
 
 /// `LockPersonality=`: the manager runs as a native process (`PER_LINUX`, 0), which is what
 /// systemd locks a unit to when it does not set `Personality=` (not read here).
-fn personality() -> Result<Vec<Instruction>, RestrictionError> {
+fn personality() -> Result<Refusal, RestrictionError> {
     const SETTING: &str = "LockPersonality";
     const PER_LINUX: u64 = 0;
     let mut rules = Rules::new();
@@ -354,6 +409,116 @@ fn native_architecture_only() -> Vec<Instruction> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Every filter of every setting answers each call the same with the x32 bit folded as
+    /// with the rules written twice (before 2026-12-05), run in feather_sys's interpreter, and
+    /// x32's own numbers (512–547) as their native twins (no setting's rules name one of
+    /// those twins, so this held before x32's own numbers were given their twins' rules):
+    /// every number below 1024, each also with the x32 bit,
+    /// bit 31 or both, under x86_64's and i386's architectures; on the calls with rules, each
+    /// of the values the rules compare with (and with high bits) in each argument, and pairs.
+    /// Also that folding shortens them.
+    #[test]
+    fn folding_x32_changes_no_answer() {
+        let all = Restrictions {
+            namespaces: Some(libc::CLONE_NEWUSER as u64),
+            realtime: true,
+            suid_sgid: true,
+            memory_deny_write_execute: true,
+            lock_personality: true,
+            native_architecture_only: true,
+        };
+        let none_allowed = Restrictions {
+            namespaces: Some(0),
+            ..Restrictions::default()
+        };
+        let mut values: Vec<u64> = vec![0, 1, 2, 3, 5, 6, 7, u64::MAX];
+        values.extend(NAMESPACE_TYPES.iter().map(|(_, flag)| *flag));
+        values.extend([
+            libc::S_ISUID as u64,
+            libc::S_ISGID as u64,
+            0o4755,
+            libc::O_CREAT as u64,
+            libc::O_TMPFILE as u64,
+            libc::O_CREAT as u64 | libc::O_WRONLY as u64,
+            (libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+            libc::PROT_EXEC as u64,
+            libc::PROT_READ as u64,
+            libc::SHM_EXEC as u64,
+        ]);
+        let high: Vec<u64> = values.iter().map(|v| v | 0xffff_ffff_0000_0000).collect();
+        values.extend(high);
+        let mut patterns = vec![[0u64; 6], [u64::MAX; 6]];
+        for index in 0..4 {
+            for &value in &values {
+                let mut args = [0; 6];
+                args[index] = value;
+                patterns.push(args);
+            }
+        }
+        for first in 0..4 {
+            for &a in &values[..values.len() / 2] {
+                for &b in &values[..values.len() / 2] {
+                    let mut args = [0; 6];
+                    args[first] = a;
+                    args[(first + 1) % 4] = b;
+                    patterns.push(args);
+                }
+            }
+        }
+        let few = [[0u64; 6], [u64::MAX; 6], [1, 2, 3, 4, 5, 6]];
+        for restrictions in [all, none_allowed] {
+            let (refusals, _) = refusals(&restrictions, false).unwrap();
+            for refusal in refusals {
+                let setting = refusal.setting;
+                let checked: Vec<u32> = refusal.rules.keys().map(|&n| n as u32).collect();
+                let old = Refusal {
+                    setting,
+                    rules: refusal.rules.clone(),
+                    errno: refusal.errno,
+                }
+                .compile(false)
+                .unwrap();
+                let new = refusal.compile(true).unwrap();
+                #[cfg(target_arch = "x86_64")]
+                assert!(
+                    new.len() < old.len(),
+                    "{setting}: {} -> {}",
+                    old.len(),
+                    new.len()
+                );
+                let mut denied = 0;
+                for arch in [0xc000_003e, 0x4000_0003] {
+                    for native in 0..1024u32 {
+                        for high in [0, 0x4000_0000, 0x8000_0000, 0xc000_0000] {
+                            let nr = native | high;
+                            // x32's own numbers are answered as their native twins.
+                            let twin = match feather_sys::seccomp::native_twin(nr) {
+                                Some(twin) if arch == 0xc000_003e => twin,
+                                _ => nr,
+                            };
+                            let args: &[[u64; 6]] = if checked.contains(&(twin & 0x3fff_ffff)) {
+                                &patterns
+                            } else {
+                                &few
+                            };
+                            for &args in args {
+                                let answer = feather_sys::seccomp::evaluate(&old, arch, twin, args);
+                                assert!(answer.is_some(), "{setting}: the interpreter answers");
+                                assert_eq!(
+                                    feather_sys::seccomp::evaluate(&new, arch, nr, args),
+                                    answer,
+                                    "{setting}: arch {arch:#x}, nr {nr:#x}, args {args:x?}"
+                                );
+                                denied += usize::from(answer != Some(libc::SECCOMP_RET_ALLOW));
+                            }
+                        }
+                    }
+                }
+                assert!(denied > 0, "{setting}");
+            }
+        }
+    }
 
     #[test]
     fn every_restriction_compiles_for_this_machine() {

@@ -83,10 +83,7 @@ pub enum SpawnError {
     },
     /// `RestrictAddressFamilies=` could not be made into a seccomp filter.
     #[error("{unit}: RestrictAddressFamilies=: {problem}")]
-    Filter {
-        unit: String,
-        problem: seccompiler::BackendError,
-    },
+    Filter { unit: String, problem: String },
     /// `RestrictNamespaces=`, `RestrictSUIDSGID=`, … could not be made into a filter.
     #[error("{unit}: {problem}")]
     Restriction {
@@ -519,24 +516,38 @@ pub fn gets_no_new_privileges(unit: &Unit, syscall_filter: bool) -> bool {
 fn address_family_filter(
     unit: &Unit,
 ) -> Result<Option<Vec<feather_sys::seccomp::Instruction>>, SpawnError> {
-    use seccompiler::{
-        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
-    };
     let Some(families) = &unit.exec.address_families else {
         return Ok(None);
-    };
-    let failed = |problem: seccompiler::BackendError| SpawnError::Filter {
-        unit: unit.name.to_string(),
-        problem,
     };
     let denied = families.denied();
     if denied.is_empty() {
         // (An empty list of rules would refuse the call whatever its family.)
         return Ok(None);
     }
+    family_program(&denied, true)
+        .map(Some)
+        .map_err(|problem| SpawnError::Filter {
+            unit: unit.name.to_string(),
+            problem,
+        })
+}
+
+/// The program refusing `socket()` with one of the `denied` families (not empty). On x86_64
+/// the same call by its x32 number is refused too, which would otherwise pass unfiltered:
+/// with `fold_x32`, by clearing the number's x32 bit before the rules
+/// (feather_sys::seccomp::fold_x32, as the VM's own filters do); without it, by the rules
+/// written again under the x32 number (as before 2026-12-05; the test compares the two).
+fn family_program(
+    denied: &[i32],
+    fold_x32: bool,
+) -> Result<Vec<feather_sys::seccomp::Instruction>, String> {
+    use seccompiler::{
+        SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter, SeccompRule,
+    };
+    let failed = |problem: seccompiler::BackendError| problem.to_string();
     let rules = denied
-        .into_iter()
-        .map(|family| {
+        .iter()
+        .map(|&family| {
             let condition =
                 SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, family as u64)
                     .map_err(failed)?;
@@ -544,10 +555,16 @@ fn address_family_filter(
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut calls = std::collections::BTreeMap::new();
-    calls.insert(libc::SYS_socket, rules.clone());
-    // The same call by its x32 number, which would otherwise pass unfiltered.
     #[cfg(target_arch = "x86_64")]
-    calls.insert(libc::SYS_socket | 0x4000_0000, rules);
+    if !fold_x32 {
+        let x32_bit = i64::from(feather_sys::seccomp::X32_SYSCALL_BIT);
+        calls.insert(libc::SYS_socket | x32_bit, rules.clone());
+    }
+    calls.insert(libc::SYS_socket, rules);
+    if fold_x32 {
+        // (socket has no x32 number of its own; kept for a call added here that has.)
+        calls = feather_sys::seccomp::with_x32_twins(calls);
+    }
     let arch = std::env::consts::ARCH.try_into().map_err(failed)?;
     let filter = SeccompFilter::new(
         calls,
@@ -557,17 +574,19 @@ fn address_family_filter(
     )
     .map_err(failed)?;
     let program: seccompiler::BpfProgram = filter.try_into().map_err(failed)?;
-    Ok(Some(
-        program
-            .into_iter()
-            .map(|i| feather_sys::seccomp::Instruction {
-                code: i.code,
-                jt: i.jt,
-                jf: i.jf,
-                k: i.k,
-            })
-            .collect(),
-    ))
+    let program = program
+        .into_iter()
+        .map(|i| feather_sys::seccomp::Instruction {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect();
+    if !fold_x32 {
+        return Ok(program);
+    }
+    feather_sys::seccomp::fold_x32(program)
 }
 
 /// The capabilities of the manager's bounding set that `CapabilityBoundingSet=` leaves out.
@@ -734,6 +753,41 @@ fn resource(name: &str) -> Option<Resource> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The `RestrictAddressFamilies=` program answers every call the same with the x32 bit
+    /// folded as with the rules written twice (before 2026-12-05), in feather_sys's
+    /// interpreter: every number below 1024, also with the x32 bit, bit 31 or both; every
+    /// family number below 64 (and with high bits) for the numbers, `socket`'s among them.
+    #[test]
+    fn folding_x32_changes_no_answer_to_socket() {
+        let denied = [libc::AF_NETLINK, libc::AF_PACKET, libc::AF_INET6];
+        let old = family_program(&denied, false).unwrap();
+        let new = family_program(&denied, true).unwrap();
+        #[cfg(target_arch = "x86_64")]
+        assert!(new.len() < old.len(), "{} -> {}", old.len(), new.len());
+        let mut refused = 0;
+        for arch in [0xc000_003e, 0x4000_0003] {
+            for native in 0..1024u32 {
+                for high in [0, 0x4000_0000, 0x8000_0000, 0xc000_0000] {
+                    for family in (0..64u64).chain([u64::MAX, 0xffff_ffff_0000_0010]) {
+                        let nr = native | high;
+                        let args = [family, 0, 0, 0, 0, 0];
+                        let answer = feather_sys::seccomp::evaluate(&old, arch, nr, args);
+                        assert!(answer.is_some());
+                        assert_eq!(
+                            feather_sys::seccomp::evaluate(&new, arch, nr, args),
+                            answer,
+                            "arch {arch:#x}, nr {nr:#x}, family {family:#x}"
+                        );
+                        refused += usize::from(
+                            answer == Some(libc::SECCOMP_RET_ERRNO | libc::EAFNOSUPPORT as u32),
+                        );
+                    }
+                }
+            }
+        }
+        assert!(refused > 0);
+    }
     use caps::Capability::*;
 
     /// The test runs as root on the host, whose bounding set holds these capabilities (a VM's

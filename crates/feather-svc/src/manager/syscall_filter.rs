@@ -23,6 +23,9 @@ pub enum FilterError {
     UnknownGroup(String),
     #[error("SystemCallFilter=: {0}")]
     Compile(seccompiler::BackendError),
+    /// feather_sys::seccomp::fold_x32 did not recognise seccompiler's program.
+    #[error("SystemCallFilter=: {0}")]
+    Fold(String),
     /// The groups could not be read when an earlier unit needed them (read once per manager).
     #[error(transparent)]
     Earlier(std::sync::Arc<FilterError>),
@@ -136,6 +139,23 @@ pub fn resolve(
 /// The filter for this machine's architecture: `errno` (SystemCallErrorNumber=) or, without
 /// it, the end of the process for a refused call. Names this architecture lacks are skipped,
 /// as systemd skips them.
+///
+/// On x86_64 an x32 call is decided as its native twin: the name's x86_64 number, with the
+/// x32 bit (`read`'s 0|x32) or as x32's own number of the call (`ioctl`'s 514|x32, `readv`'s
+/// 515|x32: feather_sys::seccomp::X32_TWINS), is allowed or refused as the name is
+/// (feather_sys::seccomp::fold_x32 and with_x32_twins). That is systemd's behaviour, not
+/// `SystemCallArchitectures=native`'s: systemd.exec(5) has `SystemCallArchitectures=` name
+/// "the architecture identifiers to include in the system call filter", and by default (an
+/// empty list) systemd includes every ABI of the machine in it, each under its own numbers
+/// of the same names (src/shared/seccomp-util.c compiles the filter once per local
+/// architecture, x32 among them), recommending `SystemCallArchitectures=native` beside
+/// `SystemCallFilter=` to end the other ABIs. Ending every x32 call here would kill x32
+/// programs that systemd runs under the same unit; leaving x32 numbers out (as before
+/// 2026-12-05) let every x32 call through a deny list (`~ptrace` by 521|x32) and refused
+/// every one under an allow list. A unit that sets `SystemCallArchitectures=native` gets its
+/// filter of its own, which ends x32 calls first (restrictions.rs). i386 calls are ended by
+/// the architecture check at the start of every feather filter, the VM's too, where systemd
+/// would filter them by their i386 numbers.
 pub fn compile(
     resolved: &Resolved,
     errno: Option<i32>,
@@ -147,6 +167,7 @@ pub fn compile(
             rules.insert(number.id() as i64, Vec::new());
         }
     }
+    let rules = feather_sys::seccomp::with_x32_twins(rules);
     let refuse = match errno {
         Some(errno) => SeccompAction::Errno(errno as u32),
         None => SeccompAction::KillProcess,
@@ -162,7 +183,7 @@ pub fn compile(
     let filter =
         SeccompFilter::new(rules, on_others, on_listed, arch).map_err(FilterError::Compile)?;
     let program: BpfProgram = filter.try_into().map_err(FilterError::Compile)?;
-    Ok(program
+    let program = program
         .into_iter()
         .map(|i| feather_sys::seccomp::Instruction {
             code: i.code,
@@ -170,7 +191,8 @@ pub fn compile(
             jf: i.jf,
             k: i.k,
         })
-        .collect())
+        .collect();
+    feather_sys::seccomp::fold_x32(program).map_err(FilterError::Fold)
 }
 
 #[cfg(test)]
@@ -256,6 +278,70 @@ mod tests {
             resolve(&[line(false, &["@nope"])], &groups),
             Err(FilterError::UnknownGroup(g)) if g == "@nope"
         ));
+    }
+
+    /// An x32 call is decided as its native twin, as systemd's filter (compiled for x32 too)
+    /// decides it: under deny and allow lists, refusing by errno or by killing, every number
+    /// below 1024 with the x32 bit (x32's own 512–547 among them) answers as the native call
+    /// of the same name; x32's `ioctl` (514) and `ptrace` (521) are refused by `~ioctl
+    /// ptrace`, allowed by an allow list naming them, and x32's `chroot` refused by one that
+    /// does not. Before, every x32 call passed a deny list and none an allow list.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn x32_calls_are_decided_as_their_native_twins() {
+        const X86_64: u32 = 0xc000_003e;
+        let x32 = feather_sys::seccomp::X32_SYSCALL_BIT;
+        let groups = parse_groups(LISTING);
+        let deny = resolve(
+            &[line(
+                true,
+                &["ioctl", "ptrace", "kexec_load", "readv", "@clock"],
+            )],
+            &groups,
+        )
+        .unwrap()
+        .unwrap();
+        let allow = resolve(&[line(false, &["@basic-io", "ioctl", "ptrace"])], &groups)
+            .unwrap()
+            .unwrap();
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let kill = libc::SECCOMP_RET_KILL_PROCESS;
+        let allowed = libc::SECCOMP_RET_ALLOW;
+        for (resolved, errno, refused) in [
+            (&deny, Some(libc::EPERM), eperm),
+            (&deny, None, kill),
+            (&allow, Some(libc::EPERM), eperm),
+            (&allow, None, kill),
+        ] {
+            let program = compile(resolved, errno).unwrap();
+            let answer = |nr: u32| feather_sys::seccomp::evaluate(&program, X86_64, nr, [0; 6]);
+            let what = format!("allow {}, errno {errno:?}", resolved.allow);
+            for native in 0..1024u32 {
+                let twin = feather_sys::seccomp::native_twin(native).unwrap_or(native);
+                assert_eq!(answer(native | x32), answer(twin), "{what}: {native}|x32");
+                assert!(answer(native | x32).is_some(), "{what}: {native}|x32");
+            }
+            let (listed, unlisted) = if resolved.allow {
+                (allowed, refused)
+            } else {
+                (refused, allowed)
+            };
+            for nr in [514 | x32, 521 | x32, libc::SYS_ioctl as u32 | x32] {
+                assert_eq!(answer(nr), Some(listed), "{what}: {nr:#x}");
+            }
+            assert_eq!(
+                answer(libc::SYS_chroot as u32 | x32),
+                Some(unlisted),
+                "{what}"
+            );
+            assert_eq!(
+                answer(libc::SYS_getpid as u32 | x32),
+                Some(allowed),
+                "{what}"
+            );
+            let i386 = feather_sys::seccomp::evaluate(&program, 0x4000_0003, 20, [0; 6]);
+            assert_eq!(i386, Some(kill), "{what}");
+        }
     }
 
     #[test]
