@@ -17,7 +17,7 @@ use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::options::CreateRequest;
 use feather_vm::workload::Workload;
 
-use crate::cli::{Cli, Command, CreateArgs, ProcessArgs, RunArgs};
+use crate::cli::{Cli, Command, CreateArgs, CreateCommandArgs, ProcessArgs, RunArgs, StartArgs};
 use crate::opening::opened_root;
 use crate::{completion, oci, output, service, shuttle};
 
@@ -96,8 +96,8 @@ fn runs_elsewhere(command: &Command) -> bool {
         | Command::Reset { .. }
         | Command::Service(_)
         | Command::Audit { .. } => true,
-        Command::Create { .. }
-        | Command::Start { .. }
+        Command::Create(_)
+        | Command::Start(_)
         | Command::Stop { .. }
         | Command::Rm { .. }
         | Command::Run(_)
@@ -227,19 +227,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     }
     let root = opened_root(&cli)?;
     match cli.command {
-        Command::Create {
+        Command::Create(CreateCommandArgs {
             name,
             options,
             services,
             fresh_state,
-        } => {
+        }) => {
             let name = name.parse()?;
             let base = options.base.clone().unwrap_or_else(|| "/".into());
             let services = feather_vm::services::check_installed(&base, &services)?;
             lifecycle::create(&root, &name, &create_options(&options)?)?;
             feather_vm::services::configure(&root, &name, services, fresh_state)?;
         }
-        Command::Start { name } => return service::start(&root, &name.parse()?),
+        Command::Start(StartArgs { name }) => return service::start(&root, &name.parse()?),
         Command::Stop { name, time } => {
             lifecycle::stop(&root, &name.parse()?, Duration::from_secs(time))?;
         }

@@ -37,22 +37,9 @@ pub struct GlobalArgs {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Create a VM: an empty copy-on-write layer over the host (or --base); nothing is copied
-    Create {
-        name: String,
-        #[command(flatten)]
-        options: CreateArgs,
-        /// A host service the VM starts (with what it needs) whenever it starts; repeatable
-        #[arg(long = "service", value_name = "UNIT")]
-        services: Vec<String>,
-        /// Those services start with empty state, not the host's data (on the VM's first start)
-        #[arg(long, requires = "services")]
-        fresh_state: bool,
-    },
+    Create(CreateCommandArgs),
     /// Start a VM in the background (and the services it was created with)
-    Start {
-        #[arg(add = candidates::vm_names())]
-        name: String,
-    },
+    Start(StartArgs),
     /// Stop a VM: SIGTERM to its processes, SIGKILL after --time seconds
     Stop {
         #[arg(add = candidates::vm_names())]
@@ -398,6 +385,28 @@ pub struct RunArgs {
     pub name: Option<String>,
     #[arg(last = true, required = true, value_name = "COMMAND")]
     pub command: Vec<String>,
+}
+
+// `create`'s and `start`'s arguments: structs of their own, as `exec`'s, so that crate::parse
+// can narrow the command line to them (a kept VM's create and start, one after the other for
+// every VM a script brings up); no doc comment: the variant's is the command's help.
+#[derive(Debug, Args)]
+pub struct CreateCommandArgs {
+    pub name: String,
+    #[command(flatten)]
+    pub options: CreateArgs,
+    /// A host service the VM starts (with what it needs) whenever it starts; repeatable
+    #[arg(long = "service", value_name = "UNIT")]
+    pub services: Vec<String>,
+    /// Those services start with empty state, not the host's data (on the VM's first start)
+    #[arg(long, requires = "services")]
+    pub fresh_state: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct StartArgs {
+    #[arg(add = candidates::vm_names())]
+    pub name: String,
 }
 
 // `exec`'s arguments (a struct of their own, as `run`'s, so that crate::parse can narrow the

@@ -12,10 +12,22 @@
 //! `feather-keeper __shuttle-share PLAN` (hands a path of one VM to another) and
 //! `feather-keeper __dbus-proxy PLAN` (xdg-dbus-proxy, jailed). No feather process runs the
 //! `feather` command line.
+//!
+//! Like the front (crates/feather/src/main.rs), it starts without Rust's runtime and links the
+//! unwinder in: it is exec'd twice at every start of a kept VM (the keeper, then init again
+//! from inside the VM through the VM's copy of the loader), and each time the runtime read
+//! `/proc/self/maps` and set up a stack-overflow handler, and the loader mapped, relocated and
+//! initialised libgcc_s.so.1 (whose copy init then needed bound into the VM as well).
+// Under `cargo test` the test harness brings its own `main`, and nothing calls the rest.
+#![cfg_attr(not(test), no_main)]
+#![cfg_attr(test, allow(dead_code))]
+
+// The unwinder linked in whole, so that nothing is left for libgcc_s.so.1 (see the front).
+#[link(name = "gcc_eh", kind = "static", modifiers = "+whole-archive,-bundle")]
+extern "C" {}
 
 use std::ffi::OsString;
 use std::os::fd::{OwnedFd, RawFd};
-use std::process::ExitCode;
 use std::sync::Arc;
 
 use feather_core::StateRoot;
@@ -23,10 +35,26 @@ use feather_shuttle::{dbus, transfer};
 use feather_vm::launch::{FinishArgs, InitArgs, KeeperArgs, Launch};
 use feather_vm::peers::RootPeers;
 
-fn main() -> ExitCode {
+/// The program's entry, called by the C library's start code (std reads the command line from
+/// what glibc handed it, not from these).
+#[cfg(not(test))]
+#[no_mangle]
+extern "C" fn main(
+    _argc: std::ffi::c_int,
+    _argv: *const *const std::ffi::c_char,
+) -> std::ffi::c_int {
+    feather_sys::process::start_without_rusts_runtime();
+    let code = run();
+    // The runtime's end: what is buffered for stdout is written before the exit.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    std::ffi::c_int::from(code)
+}
+
+/// What the program does; its exit status.
+fn run() -> u8 {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
     if let Some(code) = helper(&args) {
-        return ExitCode::from(u8::try_from(code).unwrap_or(1));
+        return u8::try_from(code).unwrap_or(1);
     }
     let code = match Launch::parse(&args) {
         Ok(Launch::Keeper(args)) => {
@@ -40,10 +68,10 @@ fn main() -> ExitCode {
         Err(e) => Err(anyhow::Error::from(e)),
     };
     match code {
-        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Ok(code) => u8::try_from(code).unwrap_or(1),
         Err(e) => {
             eprintln!("feather-keeper: {e:#}");
-            ExitCode::from(2)
+            2
         }
     }
 }
