@@ -420,49 +420,98 @@ fn a_restored_vm_masks_the_kernel_interfaces_its_checkpoint_lacked() {
     assert_ne!(write.code, 0, "{write:?}");
 }
 
-#[test]
-fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
-    use std::sync::atomic::{AtomicBool, Ordering};
-    use std::sync::Arc;
-    let a = Feather::new("host-view-race");
-    // Roots keep being registered, one every few milliseconds, all through the starts of
-    // throw-away VMs (which take no operation lock a registration would wait for): some land
-    // after the keeper read the registry and before it recorded its init.
-    let done = Arc::new(AtomicBool::new(false));
-    let registering = {
-        let done = done.clone();
-        std::thread::spawn(move || {
-            let mut roots = Vec::new();
-            while !done.load(Ordering::SeqCst) {
-                let root = Feather::new(&format!("host-view-race-{}", roots.len()));
-                root.ok(&["ls"]);
-                roots.push(root);
-            }
-            roots
-        })
-    };
-    // Every root of this test that exists: empty, or not yet registered (then feather has put
-    // nothing in it); a `run` folder in one means it was registered and is not hidden.
-    let script = format!(
-        "sleep 0.3; for d in /tmp/feather-tests/root-host-view-race-*-{}-*; do ls -A $d; done; \
-         echo end",
-        std::process::id()
-    );
-    for _ in 0..8 {
-        let seen = a.run(&["run", "--rm", "--net", "none", "--", "sh", "-c", &script]);
-        if seen.stdout != "end\n" {
-            done.store(true, Ordering::SeqCst);
-            let _ = registering.join();
-            panic!("a root registered during the start shows: {seen:?}");
+/// Runs `feather run --rm --net none [extra…] -- sh -c 'read go; SCRIPT'` in `a`, with `late`
+/// registered (`feather ls` on it, to its end) while the start is held right after it traced
+/// `phase`: the front, which is the throw-away VM's keeper, is stopped once that line is read,
+/// so the registration happens after every step before the line (the keeper may have gone a
+/// little further before the stop landed: the registration is then later in the start, which
+/// must be as hidden). The command waits for a line on its stdin, sent once the registration
+/// has ended and the start is let go: what it sees does not depend on how fast either side is.
+/// Returns the run's output and its trace from the phase on.
+fn run_registering_at(
+    a: &Feather,
+    phase: &str,
+    late: &Feather,
+    extra: &[&std::ffi::OsStr],
+    script: &str,
+) -> (std::process::Output, String) {
+    use nix::sys::signal::{kill, Signal};
+    use nix::unistd::Pid;
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut run = a
+        .command()
+        .env("FEATHER_TRACE", "phases")
+        .args(["run", "--rm", "--net", "none"])
+        .args(extra)
+        .args(["--", "sh", "-c", &format!("read go; {script}")])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let front = Pid::from_raw(run.id() as i32);
+    let mut trace = BufReader::new(run.stderr.take().unwrap());
+    let mut line = String::new();
+    let mut before = String::new();
+    while !line.contains(phase) {
+        before.push_str(&line);
+        line.clear();
+        if trace.read_line(&mut line).unwrap() == 0 {
+            let _ = run.kill();
+            panic!("the start never traced {phase:?}: {before}");
         }
     }
-    done.store(true, Ordering::SeqCst);
-    let roots = registering.join().unwrap();
-    assert!(
-        roots.len() >= 8,
-        "roots were registered throughout: {}",
-        roots.len()
+    kill(front, Signal::SIGSTOP).unwrap();
+    late.ok(&["ls"]);
+    kill(front, Signal::SIGCONT).unwrap();
+    // Closed after the line: the command's `read` ends either way.
+    let _ = run.stdin.take().unwrap().write_all(b"go\n");
+    let mut rest = line;
+    trace.read_to_string(&mut rest).unwrap();
+    (run.wait_with_output().unwrap(), rest)
+}
+
+/// A root registered at any point of a VM's start after the keeper's first look at the registry
+/// (it plans the hidden folders with it) is hidden in the VM before its command runs: by the
+/// keeper's second look, after it recorded its init, or by the registering call, which finds
+/// the VM running (`hiding`). One start per step of that window, each held at its step while a
+/// new root is registered.
+#[test]
+fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
+    let a = Feather::new("host-view-race");
+    a.ok(&["ls"]);
+    // Every root of this test: those registered before this start (hidden by the first look)
+    // and the one registered during it; a root feather registered holds its `run` folder.
+    let script = format!(
+        "for d in /tmp/feather-tests/root-host-view-race-*-{}-*; do ls -A $d; done; echo end",
+        std::process::id()
     );
+    let phases = [
+        "plan the root",
+        "create the cgroup",
+        "before the clone",
+        "clone init into new namespaces",
+        "restrict devices",
+        "wait for init to assemble the root",
+        "listen, record the state",
+        "hide late state folders",
+    ];
+    let mut roots = Vec::new();
+    for (i, phase) in phases.into_iter().enumerate() {
+        let late = Feather::new(&format!("host-view-race-{i}"));
+        let (out, rest) = run_registering_at(&a, phase, &late, &[], &script);
+        assert!(out.status.success(), "{out:?} {rest}");
+        assert!(
+            late.root.join("run").is_dir(),
+            "the late root was registered"
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "end\n",
+            "a root registered after {phase:?} shows: {rest}"
+        );
+        roots.push(late);
+    }
 }
 
 /// A throw-away VM's command is forked and prepared while its keeper is still starting the VM,
@@ -470,40 +519,22 @@ fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
 /// entered only at its exec, after that hiding, so such a root is not reachable through `.`.
 #[test]
 fn a_working_folder_in_a_root_registered_during_the_start_is_hidden_too() {
-    use nix::sys::signal::{kill, Signal};
-    use nix::unistd::Pid;
-    use std::io::{BufRead, BufReader, Read};
     let a = Feather::new("host-view-cwd");
     let late = Feather::new("host-view-cwd-late");
     fs::write(late.root.join("marker-of-the-late-root"), "").unwrap();
-    let mut run = a
-        .command()
-        .env("FEATHER_TRACE", "phases")
-        .args(["run", "--rm", "--net", "none", "-w"])
-        .arg(&late.root)
-        .args(["--", "sh", "-c", "sleep 0.3; ls -A .; echo end"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The front is the throw-away VM's keeper: held once it has set init's device rules and
-    // attached its network, before it looks for roots registered after its first look, while
-    // the late root is registered. Let go, it waits for init's ready report, then hides that
-    // root (~1–3 ms) while init forks and prepares the command: a command that entered its
-    // folder while preparing (a chdir, microseconds) would do so before the hiding; one that
-    // enters it at its exec does so after the keeper's Start, which follows the hiding.
-    let front = Pid::from_raw(run.id() as i32);
-    let mut trace = BufReader::new(run.stderr.take().unwrap());
-    let mut line = String::new();
-    while trace.read_line(&mut line).unwrap() > 0 && !line.contains("restrict devices") {
-        line.clear();
-    }
-    kill(front, Signal::SIGSTOP).unwrap();
-    late.ok(&["ls"]);
-    kill(front, Signal::SIGCONT).unwrap();
-    let mut rest = String::new();
-    trace.read_to_string(&mut rest).unwrap();
-    let out = run.wait_with_output().unwrap();
+    // Held once the keeper has set init's device rules and attached its network, before it
+    // looks for roots registered after its first look, while the late root is registered. Let
+    // go, it waits for init's ready report, then hides that root (~1–3 ms) while init forks and
+    // prepares the command: a command that entered its folder while preparing (a chdir,
+    // microseconds) would do so before the hiding; one that enters it at its exec does so after
+    // the keeper's Start, which follows the hiding.
+    let (out, rest) = run_registering_at(
+        &a,
+        "restrict devices",
+        &late,
+        &["-w".as_ref(), late.root.as_os_str()],
+        "ls -A .; echo end",
+    );
     assert!(out.status.success(), "{out:?} {rest}");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),

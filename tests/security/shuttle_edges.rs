@@ -235,28 +235,9 @@ fn the_dbus_proxy_runs_confined() {
     feather.ok(&["service", "start", "bus", "dbus"]);
     feather.ok(&["create", "client"]);
     feather.ok(&["start", "client"]);
-    // Any call makes the proxy; its answer does not matter here.
-    feather.run(&[
-        "exec",
-        "client",
-        "-e",
-        "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/edges-bus.sock",
-        "--",
-        "setpriv",
-        "--reuid",
-        "1",
-        "--regid",
-        "1",
-        "--clear-groups",
-        "dbus-send",
-        "--system",
-        "--print-reply",
-        "--dest=org.freedesktop.DBus",
-        "/",
-        "org.freedesktop.DBus.Peer.Ping",
-    ]);
-    let talk = format!("--talk={name}");
-    let pid = proxy_pid(&talk).expect("the proxy runs for the channel");
+    // The client is uid 1: so is its proxy.
+    let as_daemon = ["setpriv", "--reuid", "1", "--regid", "1", "--clear-groups"];
+    let pid = first_proxy(&feather, &name, &as_daemon);
     assert_ne!(status_field(pid, "Uid"), "0", "the proxy is not root");
     assert_eq!(status_field(pid, "NoNewPrivs"), "1");
     assert_eq!(status_field(pid, "Seccomp"), "2");
@@ -436,6 +417,49 @@ fn malformed_bus_connections(at: &str, count: usize) -> String {
     )
 }
 
+/// Python in a VM: one connection to the bus at `at` that starts to authenticate (as uid 0; the
+/// answer does not matter) and prints the first answer (`b''`: closed without one).
+fn bus_greeting(at: &str) -> String {
+    format!(
+        "import socket\n\
+         s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)\n\
+         s.connect('{at}')\n\
+         s.sendall(b'\\0AUTH EXTERNAL 30\\r\\n')\n\
+         print(repr(s.recv(100)))\n"
+    )
+}
+
+/// Makes VM `client`'s D-Bus proxy (channel at /run/edges-bus.sock, for `name`) with a first
+/// connection, made by `user` (a command prefix such as setpriv, or none: the VM's root), and
+/// returns the proxy's pid. The broker splices a connection to the proxy only once the proxy
+/// takes connections (`dbus::Proxy::spawn` returns then): any answer to the connection's first
+/// line (REJECTED or OK, through the proxy) proves the proxy ran before the call returned, and
+/// it runs on until the channel closes. No answer: the broker made none, and the audit log and
+/// the keeper's log say why. (A `dbus-send` whose failure was not looked at left no trace.)
+fn first_proxy(feather: &Feather, name: &str, user: &[&str]) -> u32 {
+    let mut args = vec!["exec", "client", "--"];
+    args.extend_from_slice(user);
+    let greeting = bus_greeting("/run/edges-bus.sock");
+    args.extend_from_slice(&["python3", "-c", &greeting]);
+    let greeting = feather.run(&args);
+    let answered =
+        greeting.code == 0 && greeting.stdout.starts_with("b'") && greeting.stdout.trim() != "b''";
+    let why = || {
+        let keeper = fs::read_to_string(feather.vm_dir("client").join("keeper.log"));
+        format!(
+            "{greeting:?}\naudit: {}\nclient's keeper: {keeper:?}",
+            feather.run(&["audit", "-n", "20"]).stdout
+        )
+    };
+    assert!(
+        answered,
+        "the channel's first connection reached no proxy: {}",
+        why()
+    );
+    proxy_pid(&format!("--talk={name}"))
+        .unwrap_or_else(|| panic!("the proxy that answered runs no more: {}", why()))
+}
+
 #[test]
 fn a_vm_cannot_fill_the_hosts_run_folder_through_the_dbus_proxys_log() {
     use feather_shuttle::dbus::LOG_BYTES;
@@ -450,22 +474,7 @@ fn a_vm_cannot_fill_the_hosts_run_folder_through_the_dbus_proxys_log() {
     feather.ok(&["service", "start", "bus", "dbus"]);
     feather.ok(&["create", "client", "--net", "none"]);
     feather.ok(&["start", "client"]);
-    // Any call makes the proxy; its answer does not matter here.
-    feather.run(&[
-        "exec",
-        "client",
-        "-e",
-        "DBUS_SYSTEM_BUS_ADDRESS=unix:path=/run/edges-bus.sock",
-        "--",
-        "dbus-send",
-        "--system",
-        "--print-reply",
-        "--dest=org.freedesktop.DBus",
-        "/",
-        "org.freedesktop.DBus.Peer.Ping",
-    ]);
-    let talk = format!("--talk={name}");
-    let pid = proxy_pid(&talk).expect("the proxy runs for the channel");
+    let pid = first_proxy(&feather, &name, &[]);
     let sent = feather.ok(&[
         "exec",
         "client",
@@ -488,5 +497,9 @@ fn a_vm_cannot_fill_the_hosts_run_folder_through_the_dbus_proxys_log() {
         largest > LOG_BYTES - 1000 && largest <= LOG_BYTES,
         "the proxy's log holds {largest} bytes (bound {LOG_BYTES})"
     );
-    assert_eq!(proxy_pid(&talk), Some(pid), "the proxy runs on");
+    assert_eq!(
+        proxy_pid(&format!("--talk={name}")),
+        Some(pid),
+        "the proxy runs on"
+    );
 }
