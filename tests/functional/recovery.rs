@@ -163,6 +163,71 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
     );
 }
 
+/// A throw-away VM set aside for its teardown whose config cannot be read (lost with the
+/// finisher that was removing the folder, or damaged): its folder's name still carries the VM's
+/// id, which names its cgroup, and the next command removes the group with the folder. Before,
+/// the folder went and the group stayed, with no record left of whose it was.
+#[test]
+fn a_set_aside_throw_away_vm_without_its_config_leaves_no_cgroup() {
+    let feather = Feather::new("teardown-noconfig");
+    let base = crate::support::ScratchBase::new("teardown-noconfig");
+    let mut run = feather
+        .command()
+        .args([
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            "--base",
+            base.as_str(),
+            "tmp",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    feather.eventually("the throw-away VM runs", || {
+        feather
+            .run(&["inspect", "tmp"])
+            .stdout
+            .contains("\"running\"")
+    });
+    let info = feather.inspect("tmp");
+    let id = info["config"]["id"].as_str().unwrap().to_owned();
+    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
+    // Removed on the way out whatever happens, so that a failure leaves nothing on the host.
+    let groups = crate::support::VmGroups::of(&id);
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = run.wait();
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    let aside = format!(".removing-tmp-{id}");
+    for folder in ["vms", "run"] {
+        let dir = feather.root.join(folder);
+        std::fs::rename(dir.join("tmp"), dir.join(&aside)).unwrap();
+    }
+    std::fs::remove_file(feather.root.join("vms").join(&aside).join("config.toml")).unwrap();
+    assert!(
+        !groups.present().is_empty(),
+        "the VM's cgroup is there before the next command"
+    );
+
+    let listing = feather.run(&["ls", "--json"]);
+    assert_eq!(listing.stdout.trim(), "[]");
+    assert!(
+        listing.stderr.contains("cannot read its config"),
+        "the teardown says what it could not read: {}",
+        listing.stderr
+    );
+    assert_eq!(
+        groups.present(),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left"
+    );
+    assert!(!feather.root.join("vms").join(&aside).exists());
+}
+
 /// The state a teardown's child killed while the root's network lingers leaves (see
 /// feather_net::linger): the bridge and tables with no VM on them, and the linger's wait file
 /// with no one holding it. The next feather command removes them.

@@ -837,6 +837,87 @@ pub fn feather_cgroups() -> Vec<PathBuf> {
         .collect()
 }
 
+/// The cgroup folders of the VM whose id is `id`, in every hierarchy; a test that makes a VM
+/// leave its group on purpose holds one, and whatever is left of the group when it is dropped
+/// (the test failed half-way) is removed: its processes killed, its folders deepest first.
+pub struct VmGroups {
+    id: String,
+}
+
+impl VmGroups {
+    pub fn of(id: &str) -> VmGroups {
+        VmGroups { id: id.to_owned() }
+    }
+
+    /// The group's folders that exist now.
+    pub fn present(&self) -> Vec<PathBuf> {
+        feather_cgroups()
+            .into_iter()
+            .filter(|group| {
+                group
+                    .file_name()
+                    .is_some_and(|name| name == self.id.as_str())
+            })
+            .collect()
+    }
+}
+
+impl Drop for VmGroups {
+    fn drop(&mut self) {
+        remove_cgroups(&self.present());
+    }
+}
+
+/// Kills the processes of `groups` (and of the groups below them) and removes them, deepest
+/// first: what a test's clean-up does with a VM's cgroup that feather left behind.
+pub fn remove_cgroups(groups: &[PathBuf]) {
+    for _ in 0..100 {
+        let mut busy = false;
+        for group in groups {
+            let mut below: Vec<PathBuf> = walk_dirs(group);
+            below.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+            for dir in below {
+                let _ = fs::write(dir.join("cgroup.kill"), "1");
+                for pid in fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|line| line.parse().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                if fs::remove_dir(&dir).is_err() && dir.exists() {
+                    busy = true;
+                }
+            }
+        }
+        if !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `dir` and every folder below it.
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < found.len() {
+        let entries: Vec<PathBuf> = fs::read_dir(&found[i])
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        found.extend(entries);
+        i += 1;
+    }
+    found
+}
+
 /// Whether a cgroup holds no process.
 pub fn cgroup_is_empty(path: &Path) -> bool {
     fs::read_to_string(path.join("cgroup.procs")).map_or(true, |procs| procs.trim().is_empty())

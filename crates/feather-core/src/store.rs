@@ -457,6 +457,15 @@ impl VmDir {
         Ok(aside)
     }
 
+    /// The id in the name of a folder set aside by [`VmDir::set_aside`] (`.removing-<name>-<id>`),
+    /// which names the VM's cgroup: its teardown can find the group even when the folder's
+    /// config can no longer be read. None for any other folder.
+    pub fn set_aside_id(&self) -> Option<&str> {
+        let folder = self.path.file_name()?.to_str()?;
+        let (_, id) = folder.strip_prefix(SET_ASIDE)?.rsplit_once('-')?;
+        Some(id).filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
+    }
+
     /// Whether a keeper holds the keeper lock right now.
     pub fn keeper_alive(&self) -> Result<bool> {
         Ok(self.lock_keeper()?.is_none())
@@ -697,6 +706,9 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].name().as_str(), "tmp");
         assert_eq!(found[0].path(), aside.path());
+        // Its id, which names its cgroup, is in the folder's name.
+        assert_eq!(found[0].set_aside_id(), Some("abc"));
+        assert_eq!(vm.set_aside_id(), None);
         // The lock moved with the folder: whoever finishes the teardown still holds it.
         assert!(found[0].keeper_alive().unwrap());
         drop(held);

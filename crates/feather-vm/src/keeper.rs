@@ -1232,11 +1232,7 @@ fn remove_leftovers_with(
     config: &VmConfig,
     network: fn(&std::path::Path, &std::path::Path, &str, &feather_core::NetworkConfig),
 ) {
-    let cgroup = cgroup_path(config);
-    if cgroup.exists() {
-        cgroup.kill_all();
-        let _ = cgroup.remove(Duration::from_secs(5));
-    }
+    remove_group(&cgroup_path(config), vm.name());
     // <root>/vms/<name>: the VM's state root is two folders up.
     if let Some(root) = vm.path().parent().and_then(|vms| vms.parent()) {
         network(root, vm.run_dir(), &config.id, &config.network);
@@ -1244,6 +1240,30 @@ fn remove_leftovers_with(
     let _ = fs::remove_dir_all(vm.run_dir());
     // A record a keeper killed while init assembled the root had staged (never committed).
     feather_core::atomic::remove_abandoned(vm.path());
+}
+
+/// Removes the cgroup of a VM whose processes should all be gone (any still in it are
+/// killed). A group that stays (a process that would not leave within the patience) is said on
+/// stderr — the keeper's log, or the terminal of the command cleaning up — naming the VM and
+/// the group: a cgroup left behind then says why.
+fn remove_group(cgroup: &Cgroup, vm: &VmName) {
+    if !cgroup.exists() {
+        return;
+    }
+    cgroup.kill_all();
+    if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
+        eprintln!("feather: VM {vm}: its cgroup stays: {}", causes(&e));
+    }
+}
+
+/// Removes the cgroup of the VM whose id is `id` (see [`cgroup_path`]), for a teardown that
+/// knows the id but cannot read the VM's config: a throw-away VM's set-aside folder carries
+/// the id in its name (`feather_core::VmDir::set_aside_id`).
+pub fn remove_group_of_id(id: &str, vm: &VmName) {
+    remove_group(
+        &Cgroup::new(Hierarchies::detect(), format!("feather/{id}")),
+        vm,
+    );
 }
 
 /// The record of a VM that runs with this process as its keeper and `init` as its init.

@@ -363,13 +363,29 @@ fn finish_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmC
     private
 }
 
-/// [`finish_throw_away`] but the VM's folder, which holds its keeper lock.
+/// [`finish_throw_away`] but the VM's folder, which holds its keeper lock. A folder whose
+/// config cannot be read still names the VM's id (`.removing-<name>-<id>`), and with it the
+/// VM's cgroup, which goes all the same: removed without it, the folder was the last record
+/// of the group.
 fn release_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmConfig)) -> bool {
     let mut private = false;
-    if let Ok(config) = aside.read_config() {
-        leftovers(aside, &config);
-        let _ = feather_net::release(root.dir(), &config.id, &config.network);
-        private = config.network.mode == feather_core::NetMode::Private;
+    match aside.read_config() {
+        Ok(config) => {
+            leftovers(aside, &config);
+            let _ = feather_net::release(root.dir(), &config.id, &config.network);
+            private = config.network.mode == feather_core::NetMode::Private;
+        }
+        Err(e) => {
+            eprintln!(
+                "feather: the teardown of throw-away VM {} ({}) cannot read its config: {}",
+                aside.name(),
+                aside.path().display(),
+                feather_core::error::causes(&e)
+            );
+            if let Some(id) = aside.set_aside_id() {
+                keeper::remove_group_of_id(id, aside.name());
+            }
+        }
     }
     let _ = fs::remove_dir_all(aside.run_dir());
     private
