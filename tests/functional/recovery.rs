@@ -263,3 +263,56 @@ fn a_lingering_bridge_whose_process_died_is_removed_by_the_next_command() {
     );
     assert!(!lock.exists());
 }
+
+/// A VM's cgroup carries its state root's folder (`trusted.feather.root`), so that a group
+/// whose VM's folder went without it can still be told to be that root's: a test's state root
+/// removed while its VM's keeper had died left the group behind, unnoticed, with nothing saying
+/// whose it was. The test support's drop removes such a group and fails the test that left it.
+#[test]
+fn a_vm_group_left_by_a_removed_folder_is_found_by_its_root_and_fails_the_test() {
+    let (feather, _base) = running_vm("group-tag");
+    let id = feather.inspect("vm")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let groups = crate::support::VmGroups::of(&id);
+    let tagged = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", "trusted.feather.root"])
+        .arg(format!("/sys/fs/cgroup/unified/feather/{id}"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&tagged.stdout),
+        feather.root.to_str().unwrap(),
+        "the group names its root: {}",
+        String::from_utf8_lossy(&tagged.stderr)
+    );
+    // What the leak looked like: the keeper died (init with it), and the VM's folder went by a
+    // way that skips the VM's clean-up.
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    let init = pid_of(&feather, "vm", "init_pid");
+    kill(keeper, Signal::SIGKILL).unwrap();
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    std::fs::remove_dir_all(feather.vm_dir("vm")).unwrap();
+    assert!(
+        !groups.present().is_empty(),
+        "the group outlived its folder"
+    );
+    assert!(!feather.vm_groups().is_empty(), "found by its root's tag");
+
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(feather)));
+    let message = dropped
+        .err()
+        .and_then(|panic| panic.downcast::<String>().ok())
+        .map(|message| *message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("cgroups of this root's VMs were left"),
+        "the test support's drop fails the test that left a group: {message:?}"
+    );
+    assert_eq!(
+        groups.present(),
+        Vec::<std::path::PathBuf>::new(),
+        "and removes the group"
+    );
+}

@@ -205,6 +205,11 @@ impl Drop for Feather {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
+        // Teardowns handed over by the `rm`s above (a throw-away VM's run ends it) finish
+        // before the groups are looked at.
+        if self.root.join("vms").exists() {
+            let _ = self.run(&["ls"]);
+        }
         // The root's network lingers after its last throw-away VM (feather_net::linger), and
         // its lingering process may outlive the network: a kept VM's `rm` takes the bridge and
         // network.toml with it when no other VM is on the bridge. Ended either way before the
@@ -213,8 +218,34 @@ impl Drop for Feather {
         {
             let _ = self.run(&["network", "down"]);
         }
+        // No cgroup of this root's VMs may outlive them. A group is tagged with its VM's state
+        // root (feather_sys::cgroup::Cgroup::tag_root), so only this root's own are counted,
+        // whatever the tests running beside this one do; one that is left is removed (its
+        // processes killed) and fails the test that left it.
+        let left = self.vm_groups();
+        if !left.is_empty() {
+            remove_cgroups(&left);
+        }
         feather_core::roots::Registry::host().forget_below(&self.root);
         let _ = fs::remove_dir_all(&self.root);
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!(
+                "cgroups of this root's VMs were left after the VMs were removed (now removed): {left:?}"
+            );
+        }
+    }
+}
+
+impl Feather {
+    /// The folders, in every hierarchy, of the cgroups tagged with this root's folder: its VMs'
+    /// groups, whether or not the VMs' folders are still there.
+    pub fn vm_groups(&self) -> Vec<PathBuf> {
+        let hierarchies = feather_sys::cgroup::Hierarchies::detect();
+        feather_sys::cgroup::groups_of_root(&hierarchies, "feather", &self.root)
+            .iter()
+            .flat_map(feather_sys::cgroup::Cgroup::dirs)
+            .filter(|dir| dir.exists())
+            .collect()
     }
 }
 

@@ -166,6 +166,35 @@ impl Cgroup {
         self.dirs().iter().any(|dir| dir.exists())
     }
 
+    /// The folder that carries the group's tag ([`Cgroup::tag_root`]): its v2 folder where v2
+    /// is mounted, else its first.
+    fn tag_dir(&self) -> Option<PathBuf> {
+        self.v2_dir().or_else(|| self.dirs().into_iter().next())
+    }
+
+    /// Records on the group (an extended attribute, [`ROOT_TAG`]) the folder of the state root
+    /// whose VM it is: several roots share `feather/`, and a group whose VM's folder is gone
+    /// (removed with its root, say) can still be told apart from another root's (see
+    /// [`groups_of_root`]). `trusted.*`: only a process with `CAP_SYS_ADMIN` writes it, which
+    /// no VM has, and no VM sees its own group (docs/confinement.md).
+    pub fn tag_root(&self, root: &Path) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(dir) = self.tag_dir() else {
+            return Ok(());
+        };
+        xattr::set(&dir, ROOT_TAG, root.as_os_str().as_bytes()).ctx(
+            "tag cgroup",
+            format_args!("{} with its state root {}", dir.display(), root.display()),
+        )
+    }
+
+    /// The state root the group is tagged with ([`Cgroup::tag_root`]), if any.
+    pub fn tagged_root(&self) -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStringExt;
+        let bytes = xattr::get(self.tag_dir()?, ROOT_TAG).ok()??;
+        Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    }
+
     /// Creates the group in every hierarchy and applies `limits`. A limit whose controller the
     /// machine lacks is an error naming the controller, not a silent no-op.
     pub fn create(&self, limits: &Limits) -> Result<()> {
@@ -510,6 +539,33 @@ impl Drop for Frozen {
     fn drop(&mut self) {
         let _ = write(&self.dir.join("cgroup.freeze"), "0");
     }
+}
+
+/// The extended attribute on a VM's group naming its state root's folder ([`Cgroup::tag_root`]).
+pub const ROOT_TAG: &str = "trusted.feather.root";
+
+/// The groups directly below `parent` (`feather`, where every VM's group is) tagged with the
+/// state root `root` ([`Cgroup::tag_root`]): the VM groups of that root, whether or not their
+/// VMs' folders are still there.
+pub fn groups_of_root(hierarchies: &Hierarchies, parent: &str, root: &Path) -> Vec<Cgroup> {
+    let probe = Cgroup::new(hierarchies.clone(), parent);
+    let Some(dir) = probe.tag_dir() else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|entry| {
+            Cgroup::new(
+                hierarchies.clone(),
+                Path::new(parent).join(entry.file_name()),
+            )
+        })
+        .filter(|group| group.tagged_root().as_deref() == Some(root))
+        .collect()
 }
 
 /// The folder below a VM's group that its init hands to the VM's service manager: one group

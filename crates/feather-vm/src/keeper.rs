@@ -252,7 +252,7 @@ impl Keeper {
         };
         trace::phase("plan the root (layers, hidden folders)");
         if let Some(cgroup) = &cgroup {
-            make_cgroup(cgroup, &config, &name)?;
+            make_cgroup(cgroup, &config, &name, root)?;
             trace::phase("create the cgroup");
         }
         // A throw-away VM's record is not synced to disk (a journal commit, 5–15 ms on this
@@ -352,7 +352,7 @@ impl Keeper {
         .in_vm(&name)?;
         let cgroup = cgroup_of(&config);
         if let Some(cgroup) = &cgroup {
-            make_cgroup(cgroup, &config, &name)?;
+            make_cgroup(cgroup, &config, &name, root)?;
             // Before CRIU enters the group and opens what the checkpoint names.
             restrict_devices(cgroup, &name)?;
         }
@@ -1174,8 +1174,10 @@ pub use crate::service_groups::{MAX_CGROUPS, MAX_CGROUP_DEPTH};
 /// Makes the VM's group with its limits, and bounds the groups the VM can make below it
 /// ([`MAX_CGROUPS`]; on cgroup v1, which has no such bound, a memory limit holds: the kernel
 /// charges a group's memory to the memory group of the process that makes it).
-fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName) -> Result<()> {
+fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName, root: &StateRoot) -> Result<()> {
     cgroup.create(&limits_of(config)).in_vm(name)?;
+    // Which root's VM the group is, should its folder go without it (see `Cgroup::tag_root`).
+    cgroup.tag_root(root.dir()).in_vm(name)?;
     cgroup
         .bound_descendants(MAX_CGROUPS, MAX_CGROUP_DEPTH)
         .in_vm(name)?;
