@@ -252,7 +252,13 @@ impl Keeper {
         };
         trace::phase("plan the root (layers, hidden folders)");
         if let Some(cgroup) = &cgroup {
-            make_cgroup(cgroup, &config, &name, root)?;
+            // A group half made (a limit refused) goes with the rest: returned as it was, it
+            // stayed, and a throw-away VM's folder, removed next, was its only record.
+            if let Err(e) = make_cgroup(cgroup, &config, &name, root) {
+                network.detach();
+                remove_leftovers(vm, &config);
+                return Err(e);
+            }
             trace::phase("create the cgroup");
         }
         // A throw-away VM's record is not synced to disk (a journal commit, 5–15 ms on this
@@ -316,7 +322,10 @@ impl Keeper {
             memory_layer,
             recording: std::cell::RefCell::new(None),
         };
-        record.commit()?;
+        if let Err(e) = record.commit() {
+            keeper.abandon();
+            return Err(e.into());
+        }
         trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
         keeper.hide_state_folders(root, &hidden);
@@ -351,10 +360,17 @@ impl Keeper {
         )
         .in_vm(&name)?;
         let cgroup = cgroup_of(&config);
-        if let Some(cgroup) = &cgroup {
-            make_cgroup(cgroup, &config, &name, root)?;
-            // Before CRIU enters the group and opens what the checkpoint names.
-            restrict_devices(cgroup, &name)?;
+        let grouped = match &cgroup {
+            Some(cgroup) => make_cgroup(cgroup, &config, &name, root)
+                // Before CRIU enters the group and opens what the checkpoint names.
+                .and_then(|()| restrict_devices(cgroup, &name)),
+            None => Ok(()),
+        };
+        // Returned without this, the group (and the network's host side) stayed.
+        if let Err(e) = grouped {
+            network.detach();
+            remove_leftovers(vm, &config);
+            return Err(e);
         }
         trace::phase("restore: network prepared, cgroup made");
         // A namespace left out of the dump is made here, as at a start; a dumped one CRIU
@@ -461,7 +477,12 @@ impl Keeper {
         // (`serve`). Until then it reads as checkpointed, which it still is.
         match keeper.hold.is_some() {
             true => *keeper.recording.borrow_mut() = Some(keeper.record_running_aside()),
-            false => keeper.record_running(Durability::Durable)?,
+            false => {
+                if let Err(e) = keeper.record_running(Durability::Durable) {
+                    keeper.abandon();
+                    return Err(e);
+                }
+            }
         }
         trace::phase("restore: recorded running");
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
@@ -474,6 +495,16 @@ impl Keeper {
         }
         trace::phase("restore: state folders hidden, processes continued");
         Ok(keeper)
+    }
+
+    /// Ends a VM whose start (or restore) failed once its init was there, and removes what it
+    /// held, the keeper lock last. A keeper dropped without this left init running until
+    /// this process exited (its parent-death signal), and the VM's cgroup after it.
+    fn abandon(self) {
+        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+        let _ = waitpid(self.init.pid, None);
+        self.network.detach();
+        remove_leftovers(&self.vm, &self.config);
     }
 
     /// Opens the VM's shuttle broker, then lets init start the first workload: a command run

@@ -489,10 +489,7 @@ pub fn run_ephemeral(
     let mut keeper = match Keeper::boot(root, &vm, Some(workload), Some(ends)) {
         Ok(keeper) => keeper,
         Err(e) => {
-            if let Ok(config) = vm.read_config() {
-                let _ = feather_net::release(root.dir(), &config.id, &config.network);
-            }
-            let _ = fs::remove_dir_all(vm.path());
+            remove_failed_throw_away(root, &vm);
             return Err(e);
         }
     };
@@ -514,6 +511,20 @@ pub fn run_ephemeral(
     Ok(ended?.code)
 }
 
+/// Removes a throw-away VM whose start failed: what its keeper left (a keeper that died while
+/// starting it cleaned up nothing: its cgroup stayed, and the folder removed here was its only
+/// record), its lease, its folder. Not while another keeper holds it.
+fn remove_failed_throw_away(root: &StateRoot, vm: &VmDir) {
+    let Ok(Some(_lock)) = vm.lock_keeper() else {
+        return;
+    };
+    if let Ok(config) = vm.read_config() {
+        keeper::remove_leftovers(vm, &config);
+        let _ = feather_net::release(root.dir(), &config.id, &config.network);
+    }
+    let _ = fs::remove_dir_all(vm.path());
+}
+
 /// `feather run --rm -t`: the command needs a terminal of the VM's own devpts, which exists only
 /// once the VM is up, so the throw-away VM is started in the background, entered like `exec -t`,
 /// and stopped (which removes it) when the command ends.
@@ -529,7 +540,7 @@ pub fn run_ephemeral_with_terminal(
     };
     let vm = create(root, name, &options)?;
     if let Err(e) = start(root, name) {
-        let _ = fs::remove_dir_all(vm.path());
+        remove_failed_throw_away(root, &vm);
         return Err(e);
     }
     // exec moves its caller into the VM's namespaces for good; this process must stay on the
