@@ -316,3 +316,42 @@ fn a_vm_group_left_by_a_removed_folder_is_found_by_its_root_and_fails_the_test()
         "and removes the group"
     );
 }
+
+/// A VM whose keeper died, in a state root removed before anything cleaned up after it: its
+/// group outlived both, with no folder left to say whose it was. The next `rm` (of any root)
+/// removes the groups, tagged with their root, whose root is gone and which hold no process.
+#[test]
+fn a_group_whose_state_root_was_removed_goes_at_the_next_rm() {
+    let gone = Feather::new("group-root-gone");
+    let base = crate::support::ScratchBase::new("group-root-gone");
+    gone.start_over("vm", &base, &["--net", "none"]);
+    let id = gone.inspect("vm")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let groups = crate::support::VmGroups::of(&id);
+    let init = pid_of(&gone, "vm", "init_pid");
+    kill(pid_of(&gone, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
+    gone.eventually("its init is gone with its keeper", || !alive(init));
+    // The root's folder is moved away (removed, as far as feather can tell) and put back at
+    // the end, so that its fixture cleans up as usual.
+    let away = gone.root.with_extension("away");
+    std::fs::rename(&gone.root, &away).unwrap();
+    struct PutBack<'a>(&'a Path, &'a Path);
+    impl Drop for PutBack<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::rename(self.0, self.1);
+        }
+    }
+    let _put_back = PutBack(&away, &gone.root);
+    assert!(!groups.present().is_empty(), "the group outlived its root");
+
+    let other = Feather::new("group-root-gone-other");
+    other.ok(&["create", "x", "--base", base.as_str(), "--net", "none"]);
+    other.ok(&["rm", "x"]);
+    assert_eq!(
+        groups.present(),
+        Vec::<std::path::PathBuf>::new(),
+        "the group of the removed root's VM is gone"
+    );
+}

@@ -544,10 +544,12 @@ impl Drop for Frozen {
 /// The extended attribute on a VM's group naming its state root's folder ([`Cgroup::tag_root`]).
 pub const ROOT_TAG: &str = "trusted.feather.root";
 
-/// The groups directly below `parent` (`feather`, where every VM's group is) tagged with the
-/// state root `root` ([`Cgroup::tag_root`]): the VM groups of that root, whether or not their
-/// VMs' folders are still there.
-pub fn groups_of_root(hierarchies: &Hierarchies, parent: &str, root: &Path) -> Vec<Cgroup> {
+/// Every group directly below `parent` (`feather`, where every VM's group is) with the state
+/// root it is tagged with ([`Cgroup::tag_root`]), if it is.
+pub fn groups_with_roots(
+    hierarchies: &Hierarchies,
+    parent: &str,
+) -> Vec<(Cgroup, Option<PathBuf>)> {
     let probe = Cgroup::new(hierarchies.clone(), parent);
     let Some(dir) = probe.tag_dir() else {
         return Vec::new();
@@ -559,12 +561,24 @@ pub fn groups_of_root(hierarchies: &Hierarchies, parent: &str, root: &Path) -> V
         .flatten()
         .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
         .map(|entry| {
-            Cgroup::new(
+            let group = Cgroup::new(
                 hierarchies.clone(),
                 Path::new(parent).join(entry.file_name()),
-            )
+            );
+            let root = group.tagged_root();
+            (group, root)
         })
-        .filter(|group| group.tagged_root().as_deref() == Some(root))
+        .collect()
+}
+
+/// The groups directly below `parent` (`feather`, where every VM's group is) tagged with the
+/// state root `root` ([`Cgroup::tag_root`]): the VM groups of that root, whether or not their
+/// VMs' folders are still there.
+pub fn groups_of_root(hierarchies: &Hierarchies, parent: &str, root: &Path) -> Vec<Cgroup> {
+    groups_with_roots(hierarchies, parent)
+        .into_iter()
+        .filter(|(_, tagged)| tagged.as_deref() == Some(root))
+        .map(|(group, _)| group)
         .collect()
 }
 

@@ -1299,6 +1299,42 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
     );
 }
 
+/// Removes the VM groups whose state root's folder is gone and that hold no process: left by a
+/// VM whose keeper died and whose root was removed before anything cleaned up after it (its
+/// folder, the group's only other record, went with the root). Only a group tagged with its
+/// root ([`Cgroup::tag_root`]) is looked at, and one with a process in it is left alone (its
+/// VM runs on, its root removed under it: ending it is for whoever removed the root). A group
+/// is made only once its VM's folder is in its root, so no start in a root that exists loses
+/// its group here. Run by `rm` and the crash clean-up, off every start's path.
+pub fn remove_groups_of_removed_roots() {
+    let hierarchies = Hierarchies::detect();
+    let mut seen: Vec<(PathBuf, bool)> = Vec::new();
+    for (group, root) in feather_sys::cgroup::groups_with_roots(&hierarchies, "feather") {
+        let Some(root) = root else {
+            continue;
+        };
+        let root_gone = match seen.iter().find(|(known, _)| *known == root) {
+            Some((_, gone)) => *gone,
+            None => {
+                let gone = fs::symlink_metadata(&root)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+                seen.push((root.clone(), gone));
+                gone
+            }
+        };
+        if !root_gone || !group.members().is_empty() {
+            continue;
+        }
+        if let Err(e) = group.remove(Duration::ZERO) {
+            eprintln!(
+                "feather: a cgroup of a VM of the removed state root {} stays: {}",
+                root.display(),
+                causes(&e)
+            );
+        }
+    }
+}
+
 /// The record of a VM that runs with this process as its keeper and `init` as its init.
 fn running_state(
     init: nix::unistd::Pid,
