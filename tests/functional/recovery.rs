@@ -264,6 +264,26 @@ fn a_lingering_bridge_whose_process_died_is_removed_by_the_next_command() {
     assert!(!lock.exists());
 }
 
+/// What a set-aside folder's removal leaves when it is cut short once it has removed the lock
+/// file and the config (its cgroup, network and lease went before): the next command removes it,
+/// without making a new lock file in it. Before, every command's look at a set-aside folder
+/// made the lock file anew, also in one a live teardown was removing, took that folder's
+/// teardown for one whose process died, and did it again beside it: reading a config already
+/// removed, it said it could not.
+#[test]
+fn a_set_aside_folder_whose_removal_took_its_lock_file_is_removed_quietly() {
+    let feather = Feather::new("teardown-nolock");
+    feather.ok(&["ls"]);
+    let aside = feather.root.join("vms").join(".removing-tmp-0123456789ab");
+    std::fs::create_dir_all(aside.join("upper/etc")).unwrap();
+    std::fs::write(aside.join("state.json"), "{}").unwrap();
+
+    let listing = feather.run(&["ls", "--json"]);
+    assert_eq!(listing.stdout.trim(), "[]", "{}", listing.stderr);
+    assert_eq!(listing.stderr, "", "nothing went wrong");
+    assert!(!aside.exists(), "what was left of the folder is gone");
+}
+
 /// A VM's cgroup carries its state root's folder (`trusted.feather.root`), so that a group
 /// whose VM's folder went without it can still be told to be that root's: a test's state root
 /// removed while its VM's keeper had died left the group behind, unnoticed, with nothing saying

@@ -435,6 +435,20 @@ impl VmDir {
         Ok(file)
     }
 
+    /// The keeper lock's file, opened but not locked, only if it is there: a set-aside folder
+    /// (see [`VmDir::set_aside`]) always has one until its removal unlinks it, and opening it
+    /// with [`VmDir::lock_keeper`] or [`VmDir::await_keeper`] then made a new one, unlocked,
+    /// in a folder being removed: the opener took the finisher's work for a finisher that died
+    /// and raced it for the folder. None when the file is gone.
+    pub fn existing_keeper_lock(&self) -> Result<Option<File>> {
+        let path = self.path.join("keeper.lock");
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(&path),
+        }
+    }
+
     /// Moves a throw-away VM that has ended out of the way, folder and run folder, under names
     /// no VM can have (see [`StateRoot::set_aside_vms`]): from here on its name is free and
     /// `ls` no longer shows it, while its teardown finishes. Renames only, so it is quick on
@@ -711,8 +725,13 @@ mod tests {
         assert_eq!(vm.set_aside_id(), None);
         // The lock moved with the folder: whoever finishes the teardown still holds it.
         assert!(found[0].keeper_alive().unwrap());
+        assert!(found[0].existing_keeper_lock().unwrap().is_some());
         drop(held);
         assert!(!found[0].keeper_alive().unwrap());
+        // A folder whose removal took the lock file: it is not made again by a look at it.
+        fs::remove_file(aside.path().join("keeper.lock")).unwrap();
+        assert!(found[0].existing_keeper_lock().unwrap().is_none());
+        assert!(!aside.path().join("keeper.lock").exists());
         // The name may be used again at once.
         root.create(&config("tmp"), Durability::Volatile).unwrap();
         fs::remove_dir_all(root.dir()).unwrap();

@@ -298,13 +298,24 @@ pub fn recover(vm: &VmDir) -> Result<()> {
 /// child.
 pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
     for aside in root.set_aside_vms() {
-        let lock = if wait {
-            aside.await_keeper().ok()
+        let Ok(opened) = aside.existing_keeper_lock() else {
+            continue;
+        };
+        let Some(lock) = opened else {
+            // The folder's removal, a teardown's last step (its cgroup, network and lease went
+            // before), reached the lock file: what is left of the folder goes, beside whoever
+            // removes it still, or for one that died half-way through.
+            let _ = fs::remove_dir_all(aside.path());
+            let _ = fs::remove_dir_all(aside.run_dir());
+            continue;
+        };
+        let locked = if wait {
+            lock.lock().is_ok()
         } else {
-            aside.lock_keeper().ok().flatten()
+            lock.try_lock().is_ok()
         };
         // Done meanwhile, by its child: nothing is left to do.
-        if lock.is_some() && aside.path().exists() {
+        if locked && aside.path().exists() {
             finish_throw_away(root, &aside, keeper::remove_leftovers);
         }
     }
