@@ -1208,7 +1208,17 @@ pub use crate::service_groups::{MAX_CGROUPS, MAX_CGROUP_DEPTH};
 fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName, root: &StateRoot) -> Result<()> {
     cgroup.create(&limits_of(config)).in_vm(name)?;
     // Which root's VM the group is, should its folder go without it (see `Cgroup::tag_root`).
-    cgroup.tag_root(root.dir()).in_vm(name)?;
+    // Bookkeeping only: where `trusted.*` cannot be written (feather without CAP_SYS_ADMIN in
+    // the host's user namespace, inside a container, say) the VM starts all the same, and its
+    // group is simply never swept by root (`remove_groups_of_removed_roots`), as an older
+    // feather's. Said once on stderr (the keeper's log): nothing on the normal path.
+    if let Err(e) = cgroup.tag_root(root.dir()) {
+        eprintln!(
+            "feather: VM {name}: its cgroup is not tagged with its state root (it will not be \
+             removed should the root go without it): {}",
+            causes(&e)
+        );
+    }
     cgroup
         .bound_descendants(MAX_CGROUPS, MAX_CGROUP_DEPTH)
         .in_vm(name)?;
