@@ -417,6 +417,22 @@ impl Cgroup {
         Some(Duration::from_micros(usec))
     }
 
+    /// Whether a process is in the group or in any group below it. Where v2 is mounted, one
+    /// read of the v2 folder's `cgroup.events` (`populated`, kept by the kernel for the whole
+    /// subtree; a VM's processes are always in its v2 group, `CLONE_INTO_CGROUP`), however
+    /// many groups the VM nested below; only without v2 a walk of the v1 hierarchies
+    /// ([`Cgroup::members`]). A group whose `cgroup.events` cannot be read counts as holding
+    /// one: the answer that leaves it alone.
+    pub fn holds_process(&self) -> bool {
+        match self.v2_dir() {
+            Some(dir) => fs::read_to_string(dir.join("cgroup.events"))
+                .ok()
+                .and_then(|events| populated(&events))
+                .unwrap_or(true),
+            None => !self.members().is_empty(),
+        }
+    }
+
     /// The processes in the group and in the groups below it (pids as the reader's pid
     /// namespace numbers them), however deep those are (see [`each_group`]).
     pub fn members(&self) -> Vec<Pid> {
@@ -538,6 +554,19 @@ pub struct Frozen {
 impl Drop for Frozen {
     fn drop(&mut self) {
         let _ = write(&self.dir.join("cgroup.freeze"), "0");
+    }
+}
+
+/// The `populated` field of a v2 `cgroup.events` (`populated 0|1`, a line of its own).
+fn populated(events: &str) -> Option<bool> {
+    match events
+        .lines()
+        .find_map(|line| line.strip_prefix("populated "))?
+        .trim()
+    {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
     }
 }
 
@@ -835,6 +864,36 @@ mod tests {
             current = open_group_in(&current, std::ffi::OsStr::new("g")).unwrap();
         }
         current
+    }
+
+    /// Whether a group holds a process is read from its v2 `cgroup.events` alone, where v2 is
+    /// mounted: the groups a VM nested in the v1 hierarchies are not walked (the sweep of
+    /// removed roots' groups asked this of every such group on every `rm`, walking up to
+    /// 20,000 groups in each hierarchy). Without v2, the v1 groups are looked at.
+    #[test]
+    fn whether_a_group_holds_a_process_is_one_read_of_its_v2_events() {
+        let dir = scratch("holds");
+        let hierarchies = hybrid(&dir);
+        let group = Cgroup::new(hierarchies.clone(), "feather/vm");
+        for sub in ["memory", "pids", "devices", "unified"] {
+            fs::create_dir_all(dir.join(sub).join("feather/vm")).unwrap();
+        }
+        // A pid deep in a v1 hierarchy, which the kernel's v2 count says is not there.
+        nest_with_member(&dir.join("pids/feather/vm"), 30, 4241);
+        let events = dir.join("unified/feather/vm/cgroup.events");
+        fs::write(&events, "populated 0\nfrozen 0\n").unwrap();
+        assert!(!group.holds_process(), "v2 says empty: no walk of v1");
+        fs::write(&events, "populated 1\nfrozen 0\n").unwrap();
+        assert!(group.holds_process());
+        fs::remove_file(&events).unwrap();
+        assert!(group.holds_process(), "unreadable: left alone");
+
+        let v1_only = Hierarchies {
+            v2: None,
+            ..hierarchies
+        };
+        assert!(Cgroup::new(v1_only, "feather/vm").holds_process());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Nests `levels` groups below `dir` and puts `pid` in the deepest's `cgroup.procs`,

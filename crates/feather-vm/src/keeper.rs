@@ -1313,7 +1313,9 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
 /// VM whose keeper died and whose root was removed before anything cleaned up after it (its
 /// folder, the group's only other record, went with the root). Only a group tagged with its
 /// root ([`Cgroup::tag_root`]) is looked at, and one with a process in it is left alone (its
-/// VM runs on, its root removed under it: ending it is for whoever removed the root). A group
+/// VM runs on, its root removed under it: ending it is for whoever removed the root; asked with
+/// one read of its v2 `cgroup.events`, [`Cgroup::holds_process`], not a walk of the groups
+/// the VM nested). A group
 /// is made only once its VM's folder is in its root, so no start in a root that exists loses
 /// its group here. Run by `rm` and the crash clean-up, off every start's path.
 pub fn remove_groups_of_removed_roots() {
@@ -1332,7 +1334,7 @@ pub fn remove_groups_of_removed_roots() {
                 gone
             }
         };
-        if !root_gone || !group.members().is_empty() {
+        if !root_gone || group.holds_process() {
             continue;
         }
         if let Err(e) = group.remove(Duration::ZERO) {
