@@ -188,6 +188,17 @@ impl Cgroup {
         )
     }
 
+    /// How long ago the group's tagged folder ([`Cgroup::tag_root`]) last changed (its mtime:
+    /// made, or a group made or removed below it), if it can be told.
+    pub fn age(&self) -> Option<Duration> {
+        fs::metadata(self.tag_dir()?)
+            .ok()?
+            .modified()
+            .ok()?
+            .elapsed()
+            .ok()
+    }
+
     /// The state root the group is tagged with ([`Cgroup::tag_root`]), if any.
     pub fn tagged_root(&self) -> Option<PathBuf> {
         use std::os::unix::ffi::OsStringExt;

@@ -1309,6 +1309,10 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
     );
 }
 
+/// How young a group [`remove_groups_of_removed_roots`] leaves alone, whatever its root: the
+/// rule `StateRoot::sweep_incomplete` holds to for a VM folder being made.
+pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
+
 /// Removes the VM groups whose state root's folder is gone and that hold no process: left by a
 /// VM whose keeper died and whose root was removed before anything cleaned up after it (its
 /// folder, the group's only other record, went with the root). Only a group tagged with its
@@ -1317,7 +1321,13 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
 /// one read of its v2 `cgroup.events`, [`Cgroup::holds_process`], not a walk of the groups
 /// the VM nested). A group
 /// is made only once its VM's folder is in its root, so no start in a root that exists loses
-/// its group here. Run by `rm` and the crash clean-up, off every start's path.
+/// its group here. A root is known by its path: the tag's path as this command resolves it.
+/// A starter in another mount namespace (a root on a private tmpfs, a service with
+/// PrivateTmp) or with a path through a link changed since may see a root this command does
+/// not, so a group younger than [`SWEEP_SPARES_GROUPS_FOR`] (by its folder's mtime) is left
+/// alone: a start or restore between making its group and putting init (or CRIU) in it holds
+/// an empty group that is never touched. Run by `rm` and the crash clean-up, off every
+/// start's path.
 pub fn remove_groups_of_removed_roots() {
     let hierarchies = Hierarchies::detect();
     let mut seen: Vec<(PathBuf, bool)> = Vec::new();
@@ -1334,7 +1344,8 @@ pub fn remove_groups_of_removed_roots() {
                 gone
             }
         };
-        if !root_gone || group.holds_process() {
+        let young = group.age().is_none_or(|age| age < SWEEP_SPARES_GROUPS_FOR);
+        if !root_gone || young || group.holds_process() {
             continue;
         }
         if let Err(e) = group.remove(Duration::ZERO) {
