@@ -393,3 +393,78 @@ fn a_group_whose_state_root_was_removed_goes_at_the_next_rm() {
         "the group of the removed root's VM is gone"
     );
 }
+
+/// Tries to set the state-root tag on every cgroup folder of `/sys/fs/cgroup` (or of the
+/// folder named by the first argument), printing one line per folder: its name and "ok" or
+/// the errno.
+const FORGE_TAG: &str = r#"
+import os, sys
+top = sys.argv[1] if len(sys.argv) > 1 else "/sys/fs/cgroup"
+for name in sorted(os.listdir(top)) + ["."]:
+    path = os.path.join(top, name)
+    if not os.path.isdir(path):
+        continue
+    try:
+        os.setxattr(path, "trusted.feather.root", b"/x")
+        print(name, "ok")
+    except OSError as e:
+        print(name, e.errno)
+"#;
+
+/// The sweep of removed roots' groups (`keeper::remove_groups_of_removed_roots`) is steered
+/// by the tag `trusted.feather.root` on a VM's group: a VM that could set it on a group of its
+/// own could have that group taken for a removed root's. The VM's root sees only its
+/// `services/` folders, and writing `trusted.*` on cgroupfs needs CAP_SYS_ADMIN in the host's
+/// user namespace, which no VM has: the write fails, the host-side tag is unchanged and no
+/// folder the VM sees is tagged. The same write run by the host's root on the same folder
+/// succeeds (the control: the test tells a VM that could from one that cannot).
+#[test]
+fn a_vms_root_cannot_set_the_state_root_tag_on_any_group_it_sees() {
+    let feather = Feather::new("tag-forge");
+    feather.ok(&["create", "vm", "--net", "none"]);
+    feather.ok(&["start", "vm"]);
+    let id = feather.inspect("vm")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let v2 = if Path::new("/sys/fs/cgroup/unified").is_dir() {
+        Path::new("/sys/fs/cgroup/unified")
+    } else {
+        Path::new("/sys/fs/cgroup")
+    };
+    let group = v2.join("feather").join(&id);
+    let tag_of = |dir: &Path| xattr::get(dir, "trusted.feather.root").unwrap();
+
+    let tried = feather.ok(&["exec", "vm", "--", "python3", "-c", FORGE_TAG]);
+    assert!(tried.lines().count() >= 2, "folders tried: {tried}");
+    assert!(
+        !tried.lines().any(|line| line.ends_with(" ok")),
+        "no write succeeds: {tried}"
+    );
+    assert!(
+        tried.lines().any(|line| line.ends_with(" 1")),
+        "the groups' refuse it with EPERM: {tried}"
+    );
+    assert_eq!(
+        tag_of(&group).as_deref(),
+        Some(feather.root.as_os_str().as_encoded_bytes()),
+        "the host-side tag is unchanged"
+    );
+    let services = group.join("services");
+    assert_eq!(tag_of(&services), None, "the VM's services/ is untagged");
+
+    // The control: the host's root, with CAP_SYS_ADMIN, makes the same write.
+    let control = std::process::Command::new("python3")
+        .args(["-c", FORGE_TAG])
+        .arg(&services)
+        .output()
+        .unwrap();
+    let control = String::from_utf8_lossy(&control.stdout).into_owned();
+    let written = tag_of(&services);
+    let _ = xattr::remove(&services, "trusted.feather.root");
+    assert!(
+        control.contains(". ok"),
+        "the host's write succeeds: {control}"
+    );
+    assert_eq!(written.as_deref(), Some(&b"/x"[..]));
+}
