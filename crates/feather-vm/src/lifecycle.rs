@@ -526,13 +526,14 @@ pub fn run_ephemeral(
 
 /// Removes a throw-away VM whose start failed: what its keeper left (a keeper that died while
 /// starting it cleaned up nothing: its cgroup stayed, and the folder removed here was its only
-/// record), its lease, its folder. Not while another keeper holds it.
+/// record), its lease, its folder. Not while another keeper holds it. The root's bridge stays
+/// for the next VM, as after every throw-away VM's teardown (`feather_net::linger`).
 fn remove_failed_throw_away(root: &StateRoot, vm: &VmDir) {
     let Ok(Some(_lock)) = vm.lock_keeper() else {
         return;
     };
     if let Ok(config) = vm.read_config() {
-        keeper::remove_leftovers(vm, &config);
+        keeper::remove_throw_away_leftovers(vm, &config);
         let _ = feather_net::release(root.dir(), &config.id, &config.network);
     }
     let _ = fs::remove_dir_all(vm.path());
