@@ -9,6 +9,15 @@ fn pid_of(feather: &Feather, vm: &str, key: &str) -> Pid {
     Pid::from_raw(feather.inspect(vm)["state"][key].as_i64().unwrap() as i32)
 }
 
+/// The v2 hierarchy's mount: `unified` on a hybrid host, the top on a v2-only one.
+fn v2_dir() -> &'static Path {
+    if Path::new("/sys/fs/cgroup/unified").is_dir() {
+        Path::new("/sys/fs/cgroup/unified")
+    } else {
+        Path::new("/sys/fs/cgroup")
+    }
+}
+
 fn alive(pid: Pid) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -298,7 +307,7 @@ fn a_vm_group_left_by_a_removed_folder_is_found_by_its_root_and_fails_the_test()
     let groups = crate::support::VmGroups::of(&id);
     let tagged = std::process::Command::new("getfattr")
         .args(["--only-values", "-n", "trusted.feather.root"])
-        .arg(format!("/sys/fs/cgroup/unified/feather/{id}"))
+        .arg(v2_dir().join("feather").join(&id))
         .output()
         .unwrap();
     assert_eq!(
@@ -427,12 +436,7 @@ fn a_vms_root_cannot_set_the_state_root_tag_on_any_group_it_sees() {
         .as_str()
         .unwrap()
         .to_owned();
-    let v2 = if Path::new("/sys/fs/cgroup/unified").is_dir() {
-        Path::new("/sys/fs/cgroup/unified")
-    } else {
-        Path::new("/sys/fs/cgroup")
-    };
-    let group = v2.join("feather").join(&id);
+    let group = v2_dir().join("feather").join(&id);
     let tag_of = |dir: &Path| xattr::get(dir, "trusted.feather.root").unwrap();
 
     let tried = feather.ok(&["exec", "vm", "--", "python3", "-c", FORGE_TAG]);
