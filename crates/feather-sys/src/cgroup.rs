@@ -642,10 +642,22 @@ fn remove_groups(dir: &Path, deadline: Instant) -> std::io::Result<()> {
         Err(e) => return Err(e),
     };
     let mut names: Vec<std::ffi::OsString> = Vec::new();
+    // Groups found listed but gone when opened: removed meanwhile by another remover (two
+    // commands sweeping removed roots' groups at once), so looked for again, a bounded number
+    // of times.
+    let mut vanished = 0;
     loop {
         if let Some(name) = first_group_in(&current)? {
-            current = open_in(&current, &name)?;
-            names.push(name);
+            match open_in(&current, &name) {
+                Ok(group) => {
+                    current = group;
+                    names.push(name);
+                }
+                Err(nix::errno::Errno::ENOENT) if vanished < MOST_GROUPS_WALKED => {
+                    vanished += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
             continue;
         }
         let Some(name) = names.pop() else {
