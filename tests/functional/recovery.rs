@@ -9,6 +9,15 @@ fn pid_of(feather: &Feather, vm: &str, key: &str) -> Pid {
     Pid::from_raw(feather.inspect(vm)["state"][key].as_i64().unwrap() as i32)
 }
 
+/// The v2 hierarchy's mount: `unified` on a hybrid host, the top on a v2-only one.
+fn v2_dir() -> &'static Path {
+    if Path::new("/sys/fs/cgroup/unified").is_dir() {
+        Path::new("/sys/fs/cgroup/unified")
+    } else {
+        Path::new("/sys/fs/cgroup")
+    }
+}
+
 fn alive(pid: Pid) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -163,6 +172,71 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
     );
 }
 
+/// A throw-away VM set aside for its teardown whose config cannot be read (lost with the
+/// finisher that was removing the folder, or damaged): its folder's name still carries the VM's
+/// id, which names its cgroup, and the next command removes the group with the folder. Before,
+/// the folder went and the group stayed, with no record left of whose it was.
+#[test]
+fn a_set_aside_throw_away_vm_without_its_config_leaves_no_cgroup() {
+    let feather = Feather::new("teardown-noconfig");
+    let base = crate::support::ScratchBase::new("teardown-noconfig");
+    let mut run = feather
+        .command()
+        .args([
+            "run",
+            "--rm",
+            "--net",
+            "none",
+            "--base",
+            base.as_str(),
+            "tmp",
+            "--",
+            "sleep",
+            "60",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    feather.eventually("the throw-away VM runs", || {
+        feather
+            .run(&["inspect", "tmp"])
+            .stdout
+            .contains("\"running\"")
+    });
+    let info = feather.inspect("tmp");
+    let id = info["config"]["id"].as_str().unwrap().to_owned();
+    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
+    // Removed on the way out whatever happens, so that a failure leaves nothing on the host.
+    let groups = crate::support::VmGroups::of(&id);
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = run.wait();
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    let aside = format!(".removing-tmp-{id}");
+    for folder in ["vms", "run"] {
+        let dir = feather.root.join(folder);
+        std::fs::rename(dir.join("tmp"), dir.join(&aside)).unwrap();
+    }
+    std::fs::remove_file(feather.root.join("vms").join(&aside).join("config.toml")).unwrap();
+    assert!(
+        !groups.present().is_empty(),
+        "the VM's cgroup is there before the next command"
+    );
+
+    let listing = feather.run(&["ls", "--json"]);
+    assert_eq!(listing.stdout.trim(), "[]");
+    assert!(
+        listing.stderr.contains("cannot read its config"),
+        "the teardown says what it could not read: {}",
+        listing.stderr
+    );
+    assert_eq!(
+        groups.present(),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left"
+    );
+    assert!(!feather.root.join("vms").join(&aside).exists());
+}
+
 /// The state a teardown's child killed while the root's network lingers leaves (see
 /// feather_net::linger): the bridge and tables with no VM on them, and the linger's wait file
 /// with no one holding it. The next feather command removes them.
@@ -197,4 +271,204 @@ fn a_lingering_bridge_whose_process_died_is_removed_by_the_next_command() {
         "left on the host: {traces:?}"
     );
     assert!(!lock.exists());
+}
+
+/// What a set-aside folder's removal leaves when it is cut short once it has removed the lock
+/// file and the config (its cgroup, network and lease went before): the next command removes it,
+/// without making a new lock file in it. Before, every command's look at a set-aside folder
+/// made the lock file anew, also in one a live teardown was removing, took that folder's
+/// teardown for one whose process died, and did it again beside it: reading a config already
+/// removed, it said it could not.
+#[test]
+fn a_set_aside_folder_whose_removal_took_its_lock_file_is_removed_quietly() {
+    let feather = Feather::new("teardown-nolock");
+    feather.ok(&["ls"]);
+    let aside = feather.root.join("vms").join(".removing-tmp-0123456789ab");
+    std::fs::create_dir_all(aside.join("upper/etc")).unwrap();
+    std::fs::write(aside.join("state.json"), "{}").unwrap();
+
+    let listing = feather.run(&["ls", "--json"]);
+    assert_eq!(listing.stdout.trim(), "[]", "{}", listing.stderr);
+    assert_eq!(listing.stderr, "", "nothing went wrong");
+    assert!(!aside.exists(), "what was left of the folder is gone");
+}
+
+/// A VM's cgroup carries its state root's folder (`trusted.feather.root`), so that a group
+/// whose VM's folder went without it can still be told to be that root's: a test's state root
+/// removed while its VM's keeper had died left the group behind, unnoticed, with nothing saying
+/// whose it was. The test support's drop removes such a group and fails the test that left it.
+#[test]
+fn a_vm_group_left_by_a_removed_folder_is_found_by_its_root_and_fails_the_test() {
+    let (feather, _base) = running_vm("group-tag");
+    let id = feather.inspect("vm")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let groups = crate::support::VmGroups::of(&id);
+    let tagged = std::process::Command::new("getfattr")
+        .args(["--only-values", "-n", "trusted.feather.root"])
+        .arg(v2_dir().join("feather").join(&id))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&tagged.stdout),
+        feather.root.to_str().unwrap(),
+        "the group names its root: {}",
+        String::from_utf8_lossy(&tagged.stderr)
+    );
+    // What the leak looked like: the keeper died (init with it), and the VM's folder went by a
+    // way that skips the VM's clean-up.
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    let init = pid_of(&feather, "vm", "init_pid");
+    kill(keeper, Signal::SIGKILL).unwrap();
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    std::fs::remove_dir_all(feather.vm_dir("vm")).unwrap();
+    assert!(
+        !groups.present().is_empty(),
+        "the group outlived its folder"
+    );
+    assert!(!feather.vm_groups().is_empty(), "found by its root's tag");
+
+    let dropped = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(feather)));
+    let message = dropped
+        .err()
+        .and_then(|panic| panic.downcast::<String>().ok())
+        .map(|message| *message)
+        .unwrap_or_default();
+    assert!(
+        message.contains("cgroups of this root's VMs were left"),
+        "the test support's drop fails the test that left a group: {message:?}"
+    );
+    assert_eq!(
+        groups.present(),
+        Vec::<std::path::PathBuf>::new(),
+        "and removes the group"
+    );
+}
+
+/// A VM whose keeper died, in a state root removed before anything cleaned up after it: its
+/// group outlived both, with no folder left to say whose it was. The next `rm` (of any root)
+/// removes the groups, tagged with their root, whose root is gone, which hold no process and
+/// which are older than a minute.
+#[test]
+fn a_group_whose_state_root_was_removed_goes_at_the_next_rm() {
+    let gone = Feather::new("group-root-gone");
+    let base = crate::support::ScratchBase::new("group-root-gone");
+    gone.start_over("vm", &base, &["--net", "none"]);
+    let id = gone.inspect("vm")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let groups = crate::support::VmGroups::of(&id);
+    let init = pid_of(&gone, "vm", "init_pid");
+    kill(pid_of(&gone, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
+    gone.eventually("its init is gone with its keeper", || !alive(init));
+    // The root's folder is moved away (removed, as far as feather can tell) and put back at
+    // the end, so that its fixture cleans up as usual.
+    let away = gone.root.with_extension("away");
+    std::fs::rename(&gone.root, &away).unwrap();
+    struct PutBack<'a>(&'a Path, &'a Path);
+    impl Drop for PutBack<'_> {
+        fn drop(&mut self) {
+            let _ = std::fs::rename(self.0, self.1);
+        }
+    }
+    let _put_back = PutBack(&away, &gone.root);
+    assert!(!groups.present().is_empty(), "the group outlived its root");
+
+    let other = Feather::new("group-root-gone-other");
+    // A group younger than a minute is left alone, whatever its root: it may be a start's in a
+    // mount namespace where that root is (see `remove_groups_of_removed_roots`).
+    other.ok(&["create", "x", "--base", base.as_str(), "--net", "none"]);
+    other.ok(&["rm", "x"]);
+    assert!(
+        !groups.present().is_empty(),
+        "a group younger than a minute stays"
+    );
+    // Made older: its folders' mtime set two minutes back.
+    for group in groups.present() {
+        let touched = std::process::Command::new("touch")
+            .args(["-m", "-d", "2 minutes ago"])
+            .arg(&group)
+            .status()
+            .unwrap();
+        assert!(touched.success(), "touch {}", group.display());
+    }
+    other.ok(&["create", "x", "--base", base.as_str(), "--net", "none"]);
+    other.ok(&["rm", "x"]);
+    assert_eq!(
+        groups.present(),
+        Vec::<std::path::PathBuf>::new(),
+        "the group of the removed root's VM is gone"
+    );
+}
+
+/// Tries to set the state-root tag on every cgroup folder of `/sys/fs/cgroup` (or of the
+/// folder named by the first argument), printing one line per folder: its name and "ok" or
+/// the errno.
+const FORGE_TAG: &str = r#"
+import os, sys
+top = sys.argv[1] if len(sys.argv) > 1 else "/sys/fs/cgroup"
+for name in sorted(os.listdir(top)) + ["."]:
+    path = os.path.join(top, name)
+    if not os.path.isdir(path):
+        continue
+    try:
+        os.setxattr(path, "trusted.feather.root", b"/x")
+        print(name, "ok")
+    except OSError as e:
+        print(name, e.errno)
+"#;
+
+/// The sweep of removed roots' groups (`keeper::remove_groups_of_removed_roots`) is steered
+/// by the tag `trusted.feather.root` on a VM's group: a VM that could set it on a group of its
+/// own could have that group taken for a removed root's. The VM's root sees only its
+/// `services/` folders, and writing `trusted.*` on cgroupfs needs CAP_SYS_ADMIN in the host's
+/// user namespace, which no VM has: the write fails, the host-side tag is unchanged and no
+/// folder the VM sees is tagged. The same write run by the host's root on the same folder
+/// succeeds (the control: the test tells a VM that could from one that cannot).
+#[test]
+fn a_vms_root_cannot_set_the_state_root_tag_on_any_group_it_sees() {
+    let feather = Feather::new("tag-forge");
+    feather.ok(&["create", "vm", "--net", "none"]);
+    feather.ok(&["start", "vm"]);
+    let id = feather.inspect("vm")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let group = v2_dir().join("feather").join(&id);
+    let tag_of = |dir: &Path| xattr::get(dir, "trusted.feather.root").unwrap();
+
+    let tried = feather.ok(&["exec", "vm", "--", "python3", "-c", FORGE_TAG]);
+    assert!(tried.lines().count() >= 2, "folders tried: {tried}");
+    assert!(
+        !tried.lines().any(|line| line.ends_with(" ok")),
+        "no write succeeds: {tried}"
+    );
+    assert!(
+        tried.lines().any(|line| line.ends_with(" 1")),
+        "the groups' refuse it with EPERM: {tried}"
+    );
+    assert_eq!(
+        tag_of(&group).as_deref(),
+        Some(feather.root.as_os_str().as_encoded_bytes()),
+        "the host-side tag is unchanged"
+    );
+    let services = group.join("services");
+    assert_eq!(tag_of(&services), None, "the VM's services/ is untagged");
+
+    // The control: the host's root, with CAP_SYS_ADMIN, makes the same write.
+    let control = std::process::Command::new("python3")
+        .args(["-c", FORGE_TAG])
+        .arg(&services)
+        .output()
+        .unwrap();
+    let control = String::from_utf8_lossy(&control.stdout).into_owned();
+    let written = tag_of(&services);
+    let _ = xattr::remove(&services, "trusted.feather.root");
+    assert!(
+        control.contains(". ok"),
+        "the host's write succeeds: {control}"
+    );
+    assert_eq!(written.as_deref(), Some(&b"/x"[..]));
 }

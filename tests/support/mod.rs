@@ -205,6 +205,11 @@ impl Drop for Feather {
                 std::thread::sleep(std::time::Duration::from_millis(100));
             }
         }
+        // Teardowns handed over by the `rm`s above (a throw-away VM's run ends it) finish
+        // before the groups are looked at.
+        if self.root.join("vms").exists() {
+            let _ = self.run(&["ls"]);
+        }
         // The root's network lingers after its last throw-away VM (feather_net::linger), and
         // its lingering process may outlive the network: a kept VM's `rm` takes the bridge and
         // network.toml with it when no other VM is on the bridge. Ended either way before the
@@ -213,8 +218,34 @@ impl Drop for Feather {
         {
             let _ = self.run(&["network", "down"]);
         }
+        // No cgroup of this root's VMs may outlive them. A group is tagged with its VM's state
+        // root (feather_sys::cgroup::Cgroup::tag_root), so only this root's own are counted,
+        // whatever the tests running beside this one do; one that is left is removed (its
+        // processes killed) and fails the test that left it.
+        let left = self.vm_groups();
+        if !left.is_empty() {
+            remove_cgroups(&left);
+        }
         feather_core::roots::Registry::host().forget_below(&self.root);
         let _ = fs::remove_dir_all(&self.root);
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!(
+                "cgroups of this root's VMs were left after the VMs were removed (now removed): {left:?}"
+            );
+        }
+    }
+}
+
+impl Feather {
+    /// The folders, in every hierarchy, of the cgroups tagged with this root's folder: its VMs'
+    /// groups, whether or not the VMs' folders are still there.
+    pub fn vm_groups(&self) -> Vec<PathBuf> {
+        let hierarchies = feather_sys::cgroup::Hierarchies::detect();
+        feather_sys::cgroup::groups_of_root(&hierarchies, "feather", &self.root)
+            .iter()
+            .flat_map(feather_sys::cgroup::Cgroup::dirs)
+            .filter(|dir| dir.exists())
+            .collect()
     }
 }
 
@@ -835,6 +866,87 @@ pub fn feather_cgroups() -> Vec<PathBuf> {
         .map(|group| group.path())
         .filter(|path| path.is_dir())
         .collect()
+}
+
+/// The cgroup folders of the VM whose id is `id`, in every hierarchy; a test that makes a VM
+/// leave its group on purpose holds one, and whatever is left of the group when it is dropped
+/// (the test failed half-way) is removed: its processes killed, its folders deepest first.
+pub struct VmGroups {
+    id: String,
+}
+
+impl VmGroups {
+    pub fn of(id: &str) -> VmGroups {
+        VmGroups { id: id.to_owned() }
+    }
+
+    /// The group's folders that exist now.
+    pub fn present(&self) -> Vec<PathBuf> {
+        feather_cgroups()
+            .into_iter()
+            .filter(|group| {
+                group
+                    .file_name()
+                    .is_some_and(|name| name == self.id.as_str())
+            })
+            .collect()
+    }
+}
+
+impl Drop for VmGroups {
+    fn drop(&mut self) {
+        remove_cgroups(&self.present());
+    }
+}
+
+/// Kills the processes of `groups` (and of the groups below them) and removes them, deepest
+/// first: what a test's clean-up does with a VM's cgroup that feather left behind.
+pub fn remove_cgroups(groups: &[PathBuf]) {
+    for _ in 0..100 {
+        let mut busy = false;
+        for group in groups {
+            let mut below: Vec<PathBuf> = walk_dirs(group);
+            below.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+            for dir in below {
+                let _ = fs::write(dir.join("cgroup.kill"), "1");
+                for pid in fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                    .filter_map(|line| line.parse().ok())
+                {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
+                }
+                if fs::remove_dir(&dir).is_err() && dir.exists() {
+                    busy = true;
+                }
+            }
+        }
+        if !busy {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `dir` and every folder below it.
+fn walk_dirs(dir: &Path) -> Vec<PathBuf> {
+    let mut found = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < found.len() {
+        let entries: Vec<PathBuf> = fs::read_dir(&found[i])
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .map(|e| e.path())
+            .collect();
+        found.extend(entries);
+        i += 1;
+    }
+    found
 }
 
 /// Whether a cgroup holds no process.

@@ -435,6 +435,20 @@ impl VmDir {
         Ok(file)
     }
 
+    /// The keeper lock's file, opened but not locked, only if it is there: a set-aside folder
+    /// (see [`VmDir::set_aside`]) always has one until its removal unlinks it, and opening it
+    /// with [`VmDir::lock_keeper`] or [`VmDir::await_keeper`] then made a new one, unlocked,
+    /// in a folder being removed: the opener took the finisher's work for a finisher that died
+    /// and raced it for the folder. None when the file is gone.
+    pub fn existing_keeper_lock(&self) -> Result<Option<File>> {
+        let path = self.path.join("keeper.lock");
+        match OpenOptions::new().read(true).write(true).open(&path) {
+            Ok(file) => Ok(Some(file)),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e).at(&path),
+        }
+    }
+
     /// Moves a throw-away VM that has ended out of the way, folder and run folder, under names
     /// no VM can have (see [`StateRoot::set_aside_vms`]): from here on its name is free and
     /// `ls` no longer shows it, while its teardown finishes. Renames only, so it is quick on
@@ -455,6 +469,15 @@ impl VmDir {
             return Err(e).at(&self.path);
         }
         Ok(aside)
+    }
+
+    /// The id in the name of a folder set aside by [`VmDir::set_aside`] (`.removing-<name>-<id>`),
+    /// which names the VM's cgroup: its teardown can find the group even when the folder's
+    /// config can no longer be read. None for any other folder.
+    pub fn set_aside_id(&self) -> Option<&str> {
+        let folder = self.path.file_name()?.to_str()?;
+        let (_, id) = folder.strip_prefix(SET_ASIDE)?.rsplit_once('-')?;
+        Some(id).filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit()))
     }
 
     /// Whether a keeper holds the keeper lock right now.
@@ -697,10 +720,18 @@ mod tests {
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].name().as_str(), "tmp");
         assert_eq!(found[0].path(), aside.path());
+        // Its id, which names its cgroup, is in the folder's name.
+        assert_eq!(found[0].set_aside_id(), Some("abc"));
+        assert_eq!(vm.set_aside_id(), None);
         // The lock moved with the folder: whoever finishes the teardown still holds it.
         assert!(found[0].keeper_alive().unwrap());
+        assert!(found[0].existing_keeper_lock().unwrap().is_some());
         drop(held);
         assert!(!found[0].keeper_alive().unwrap());
+        // A folder whose removal took the lock file: it is not made again by a look at it.
+        fs::remove_file(aside.path().join("keeper.lock")).unwrap();
+        assert!(found[0].existing_keeper_lock().unwrap().is_none());
+        assert!(!aside.path().join("keeper.lock").exists());
         // The name may be used again at once.
         root.create(&config("tmp"), Durability::Volatile).unwrap();
         fs::remove_dir_all(root.dir()).unwrap();

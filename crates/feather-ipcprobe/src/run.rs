@@ -294,8 +294,17 @@ impl Drop for TemporaryVms<'_> {
     fn drop(&mut self) {
         let root = self.setup.state_root();
         for name in &self.names {
-            if let Ok(name) = name.parse() {
-                let _ = lifecycle::remove(&root, &name, true);
+            let Ok(name) = name.parse::<VmName>() else {
+                continue;
+            };
+            match lifecycle::remove(&root, &name, true) {
+                // The throw-away VM C is removed by its own run.
+                Ok(())
+                | Err(feather_vm::error::VmError::Core(feather_core::Error::NotFound(_))) => {}
+                Err(e) => eprintln!(
+                    "ipc probe: cannot remove its VM {name}: {}",
+                    feather_core::error::causes(&e)
+                ),
             }
         }
     }

@@ -166,6 +166,46 @@ impl Cgroup {
         self.dirs().iter().any(|dir| dir.exists())
     }
 
+    /// The folder that carries the group's tag ([`Cgroup::tag_root`]): its v2 folder where v2
+    /// is mounted, else its first.
+    fn tag_dir(&self) -> Option<PathBuf> {
+        self.v2_dir().or_else(|| self.dirs().into_iter().next())
+    }
+
+    /// Records on the group (an extended attribute, [`ROOT_TAG`]) the folder of the state root
+    /// whose VM it is: several roots share `feather/`, and a group whose VM's folder is gone
+    /// (removed with its root, say) can still be told apart from another root's (see
+    /// [`groups_of_root`]). `trusted.*`: only a process with `CAP_SYS_ADMIN` writes it, which
+    /// no VM has, and no VM sees its own group (docs/confinement.md).
+    pub fn tag_root(&self, root: &Path) -> Result<()> {
+        use std::os::unix::ffi::OsStrExt;
+        let Some(dir) = self.tag_dir() else {
+            return Ok(());
+        };
+        xattr::set(&dir, ROOT_TAG, root.as_os_str().as_bytes()).ctx(
+            "tag cgroup",
+            format_args!("{} with its state root {}", dir.display(), root.display()),
+        )
+    }
+
+    /// How long ago the group's tagged folder ([`Cgroup::tag_root`]) last changed (its mtime:
+    /// made, or a group made or removed below it), if it can be told.
+    pub fn age(&self) -> Option<Duration> {
+        fs::metadata(self.tag_dir()?)
+            .ok()?
+            .modified()
+            .ok()?
+            .elapsed()
+            .ok()
+    }
+
+    /// The state root the group is tagged with ([`Cgroup::tag_root`]), if any.
+    pub fn tagged_root(&self) -> Option<PathBuf> {
+        use std::os::unix::ffi::OsStringExt;
+        let bytes = xattr::get(self.tag_dir()?, ROOT_TAG).ok()??;
+        Some(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+    }
+
     /// Creates the group in every hierarchy and applies `limits`. A limit whose controller the
     /// machine lacks is an error naming the controller, not a silent no-op.
     pub fn create(&self, limits: &Limits) -> Result<()> {
@@ -388,6 +428,22 @@ impl Cgroup {
         Some(Duration::from_micros(usec))
     }
 
+    /// Whether a process is in the group or in any group below it. Where v2 is mounted, one
+    /// read of the v2 folder's `cgroup.events` (`populated`, kept by the kernel for the whole
+    /// subtree; a VM's processes are always in its v2 group, `CLONE_INTO_CGROUP`), however
+    /// many groups the VM nested below; only without v2 a walk of the v1 hierarchies
+    /// ([`Cgroup::members`]). A group whose `cgroup.events` cannot be read counts as holding
+    /// one: the answer that leaves it alone.
+    pub fn holds_process(&self) -> bool {
+        match self.v2_dir() {
+            Some(dir) => fs::read_to_string(dir.join("cgroup.events"))
+                .ok()
+                .and_then(|events| populated(&events))
+                .unwrap_or(true),
+            None => !self.members().is_empty(),
+        }
+    }
+
     /// The processes in the group and in the groups below it (pids as the reader's pid
     /// namespace numbers them), however deep those are (see [`each_group`]).
     pub fn members(&self) -> Vec<Pid> {
@@ -512,6 +568,60 @@ impl Drop for Frozen {
     }
 }
 
+/// The `populated` field of a v2 `cgroup.events` (`populated 0|1`, a line of its own).
+fn populated(events: &str) -> Option<bool> {
+    match events
+        .lines()
+        .find_map(|line| line.strip_prefix("populated "))?
+        .trim()
+    {
+        "0" => Some(false),
+        "1" => Some(true),
+        _ => None,
+    }
+}
+
+/// The extended attribute on a VM's group naming its state root's folder ([`Cgroup::tag_root`]).
+pub const ROOT_TAG: &str = "trusted.feather.root";
+
+/// Every group directly below `parent` (`feather`, where every VM's group is) with the state
+/// root it is tagged with ([`Cgroup::tag_root`]), if it is.
+pub fn groups_with_roots(
+    hierarchies: &Hierarchies,
+    parent: &str,
+) -> Vec<(Cgroup, Option<PathBuf>)> {
+    let probe = Cgroup::new(hierarchies.clone(), parent);
+    let Some(dir) = probe.tag_dir() else {
+        return Vec::new();
+    };
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter(|entry| entry.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|entry| {
+            let group = Cgroup::new(
+                hierarchies.clone(),
+                Path::new(parent).join(entry.file_name()),
+            );
+            let root = group.tagged_root();
+            (group, root)
+        })
+        .collect()
+}
+
+/// The groups directly below `parent` (`feather`, where every VM's group is) tagged with the
+/// state root `root` ([`Cgroup::tag_root`]): the VM groups of that root, whether or not their
+/// VMs' folders are still there.
+pub fn groups_of_root(hierarchies: &Hierarchies, parent: &str, root: &Path) -> Vec<Cgroup> {
+    groups_with_roots(hierarchies, parent)
+        .into_iter()
+        .filter(|(_, tagged)| tagged.as_deref() == Some(root))
+        .map(|(group, _)| group)
+        .collect()
+}
+
 /// The folder below a VM's group that its init hands to the VM's service manager: one group
 /// per unit is made in it (`feather/ID/services/nginx.service`).
 pub const SERVICES: &str = "services";
@@ -532,10 +642,22 @@ fn remove_groups(dir: &Path, deadline: Instant) -> std::io::Result<()> {
         Err(e) => return Err(e),
     };
     let mut names: Vec<std::ffi::OsString> = Vec::new();
+    // Groups found listed but gone when opened: removed meanwhile by another remover (two
+    // commands sweeping removed roots' groups at once), so looked for again, a bounded number
+    // of times.
+    let mut vanished = 0;
     loop {
         if let Some(name) = first_group_in(&current)? {
-            current = open_in(&current, &name)?;
-            names.push(name);
+            match open_in(&current, &name) {
+                Ok(group) => {
+                    current = group;
+                    names.push(name);
+                }
+                Err(nix::errno::Errno::ENOENT) if vanished < MOST_GROUPS_WALKED => {
+                    vanished += 1;
+                }
+                Err(e) => return Err(e.into()),
+            }
             continue;
         }
         let Some(name) = names.pop() else {
@@ -765,6 +887,36 @@ mod tests {
             current = open_group_in(&current, std::ffi::OsStr::new("g")).unwrap();
         }
         current
+    }
+
+    /// Whether a group holds a process is read from its v2 `cgroup.events` alone, where v2 is
+    /// mounted: the groups a VM nested in the v1 hierarchies are not walked (the sweep of
+    /// removed roots' groups asked this of every such group on every `rm`, walking up to
+    /// 20,000 groups in each hierarchy). Without v2, the v1 groups are looked at.
+    #[test]
+    fn whether_a_group_holds_a_process_is_one_read_of_its_v2_events() {
+        let dir = scratch("holds");
+        let hierarchies = hybrid(&dir);
+        let group = Cgroup::new(hierarchies.clone(), "feather/vm");
+        for sub in ["memory", "pids", "devices", "unified"] {
+            fs::create_dir_all(dir.join(sub).join("feather/vm")).unwrap();
+        }
+        // A pid deep in a v1 hierarchy, which the kernel's v2 count says is not there.
+        nest_with_member(&dir.join("pids/feather/vm"), 30, 4241);
+        let events = dir.join("unified/feather/vm/cgroup.events");
+        fs::write(&events, "populated 0\nfrozen 0\n").unwrap();
+        assert!(!group.holds_process(), "v2 says empty: no walk of v1");
+        fs::write(&events, "populated 1\nfrozen 0\n").unwrap();
+        assert!(group.holds_process());
+        fs::remove_file(&events).unwrap();
+        assert!(group.holds_process(), "unreadable: left alone");
+
+        let v1_only = Hierarchies {
+            v2: None,
+            ..hierarchies
+        };
+        assert!(Cgroup::new(v1_only, "feather/vm").holds_process());
+        fs::remove_dir_all(&dir).unwrap();
     }
 
     /// Nests `levels` groups below `dir` and puts `pid` in the deepest's `cgroup.procs`,

@@ -253,7 +253,13 @@ impl Keeper {
         };
         trace::phase("plan the root (layers, hidden folders)");
         if let Some(cgroup) = &cgroup {
-            make_cgroup(cgroup, &config, &name)?;
+            // A group half made (a limit refused) goes with the rest: returned as it was, it
+            // stayed, and a throw-away VM's folder, removed next, was its only record.
+            if let Err(e) = make_cgroup(cgroup, &config, &name, root) {
+                network.detach();
+                remove_leftovers(vm, &config);
+                return Err(e);
+            }
             trace::phase("create the cgroup");
         }
         // A throw-away VM's record is not synced to disk (a journal commit, 5–15 ms on this
@@ -317,7 +323,10 @@ impl Keeper {
             memory_layer,
             recording: std::cell::RefCell::new(None),
         };
-        record.commit()?;
+        if let Err(e) = record.commit() {
+            keeper.abandon();
+            return Err(e.into());
+        }
         trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
         keeper.hide_state_folders(root, &hidden);
@@ -352,10 +361,17 @@ impl Keeper {
         )
         .in_vm(&name)?;
         let cgroup = cgroup_of(&config);
-        if let Some(cgroup) = &cgroup {
-            make_cgroup(cgroup, &config, &name)?;
-            // Before CRIU enters the group and opens what the checkpoint names.
-            restrict_devices(cgroup, &name)?;
+        let grouped = match &cgroup {
+            Some(cgroup) => make_cgroup(cgroup, &config, &name, root)
+                // Before CRIU enters the group and opens what the checkpoint names.
+                .and_then(|()| restrict_devices(cgroup, &name)),
+            None => Ok(()),
+        };
+        // Returned without this, the group (and the network's host side) stayed.
+        if let Err(e) = grouped {
+            network.detach();
+            remove_leftovers(vm, &config);
+            return Err(e);
         }
         trace::phase("restore: network prepared, cgroup made");
         // A namespace left out of the dump is made here, as at a start; a dumped one CRIU
@@ -462,7 +478,12 @@ impl Keeper {
         // (`serve`). Until then it reads as checkpointed, which it still is.
         match keeper.hold.is_some() {
             true => *keeper.recording.borrow_mut() = Some(keeper.record_running_aside()),
-            false => keeper.record_running(Durability::Durable)?,
+            false => {
+                if let Err(e) = keeper.record_running(Durability::Durable) {
+                    keeper.abandon();
+                    return Err(e);
+                }
+            }
         }
         trace::phase("restore: recorded running");
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
@@ -475,6 +496,16 @@ impl Keeper {
         }
         trace::phase("restore: state folders hidden, processes continued");
         Ok(keeper)
+    }
+
+    /// Ends a VM whose start (or restore) failed once its init was there, and removes what it
+    /// held, the keeper lock last. A keeper dropped without this left init running until
+    /// this process exited (its parent-death signal), and the VM's cgroup after it.
+    fn abandon(self) {
+        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+        let _ = waitpid(self.init.pid, None);
+        self.network.detach();
+        remove_leftovers(&self.vm, &self.config);
     }
 
     /// Opens the VM's shuttle broker, then lets init start the first workload: a command run
@@ -1175,8 +1206,20 @@ pub use crate::service_groups::{MAX_CGROUPS, MAX_CGROUP_DEPTH};
 /// Makes the VM's group with its limits, and bounds the groups the VM can make below it
 /// ([`MAX_CGROUPS`]; on cgroup v1, which has no such bound, a memory limit holds: the kernel
 /// charges a group's memory to the memory group of the process that makes it).
-fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName) -> Result<()> {
+fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName, root: &StateRoot) -> Result<()> {
     cgroup.create(&limits_of(config)).in_vm(name)?;
+    // Which root's VM the group is, should its folder go without it (see `Cgroup::tag_root`).
+    // Bookkeeping only: where `trusted.*` cannot be written (feather without CAP_SYS_ADMIN in
+    // the host's user namespace, inside a container, say) the VM starts all the same, and its
+    // group is simply never swept by root (`remove_groups_of_removed_roots`), as an older
+    // feather's. Said once on stderr (the keeper's log): nothing on the normal path.
+    if let Err(e) = cgroup.tag_root(root.dir()) {
+        eprintln!(
+            "feather: VM {name}: its cgroup is not tagged with its state root (it will not be \
+             removed should the root go without it): {}",
+            causes(&e)
+        );
+    }
     cgroup
         .bound_descendants(MAX_CGROUPS, MAX_CGROUP_DEPTH)
         .in_vm(name)?;
@@ -1233,11 +1276,7 @@ fn remove_leftovers_with(
     config: &VmConfig,
     network: fn(&std::path::Path, &std::path::Path, &str, &feather_core::NetworkConfig),
 ) {
-    let cgroup = cgroup_path(config);
-    if cgroup.exists() {
-        cgroup.kill_all();
-        let _ = cgroup.remove(Duration::from_secs(5));
-    }
+    remove_group(&cgroup_path(config), vm.name());
     // <root>/vms/<name>: the VM's state root is two folders up.
     if let Some(root) = vm.path().parent().and_then(|vms| vms.parent()) {
         network(root, vm.run_dir(), &config.id, &config.network);
@@ -1245,6 +1284,79 @@ fn remove_leftovers_with(
     let _ = fs::remove_dir_all(vm.run_dir());
     // A record a keeper killed while init assembled the root had staged (never committed).
     feather_core::atomic::remove_abandoned(vm.path());
+}
+
+/// Removes the cgroup of a VM whose processes should all be gone (any still in it are
+/// killed). A group that stays (a process that would not leave within the patience) is said on
+/// stderr — the keeper's log, or the terminal of the command cleaning up — naming the VM and
+/// the group: a cgroup left behind then says why.
+fn remove_group(cgroup: &Cgroup, vm: &VmName) {
+    if !cgroup.exists() {
+        return;
+    }
+    cgroup.kill_all();
+    if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
+        eprintln!("feather: VM {vm}: its cgroup stays: {}", causes(&e));
+    }
+}
+
+/// Removes the cgroup of the VM whose id is `id` (see [`cgroup_path`]), for a teardown that
+/// knows the id but cannot read the VM's config: a throw-away VM's set-aside folder carries
+/// the id in its name (`feather_core::VmDir::set_aside_id`).
+pub fn remove_group_of_id(id: &str, vm: &VmName) {
+    remove_group(
+        &Cgroup::new(Hierarchies::detect(), format!("feather/{id}")),
+        vm,
+    );
+}
+
+/// How young a group [`remove_groups_of_removed_roots`] leaves alone, whatever its root: the
+/// rule `StateRoot::sweep_incomplete` holds to for a VM folder being made.
+pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
+
+/// Removes the VM groups whose state root's folder is gone and that hold no process: left by a
+/// VM whose keeper died and whose root was removed before anything cleaned up after it (its
+/// folder, the group's only other record, went with the root). Only a group tagged with its
+/// root ([`Cgroup::tag_root`]) is looked at, and one with a process in it is left alone (its
+/// VM runs on, its root removed under it: ending it is for whoever removed the root; asked with
+/// one read of its v2 `cgroup.events`, [`Cgroup::holds_process`], not a walk of the groups
+/// the VM nested). A group
+/// is made only once its VM's folder is in its root, so no start in a root that exists loses
+/// its group here. A root is known by its path: the tag's path as this command resolves it.
+/// A starter in another mount namespace (a root on a private tmpfs, a service with
+/// PrivateTmp) or with a path through a link changed since may see a root this command does
+/// not, so a group younger than [`SWEEP_SPARES_GROUPS_FOR`] (by its folder's mtime) is left
+/// alone: a start or restore between making its group and putting init (or CRIU) in it holds
+/// an empty group that is never touched. Run by `rm` and the crash clean-up, off every
+/// start's path.
+pub fn remove_groups_of_removed_roots() {
+    let hierarchies = Hierarchies::detect();
+    let mut seen: Vec<(PathBuf, bool)> = Vec::new();
+    for (group, root) in feather_sys::cgroup::groups_with_roots(&hierarchies, "feather") {
+        let Some(root) = root else {
+            continue;
+        };
+        let root_gone = match seen.iter().find(|(known, _)| *known == root) {
+            Some((_, gone)) => *gone,
+            None => {
+                let gone = fs::symlink_metadata(&root)
+                    .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+                seen.push((root.clone(), gone));
+                gone
+            }
+        };
+        let young = group.age().is_none_or(|age| age < SWEEP_SPARES_GROUPS_FOR);
+        if !root_gone || young || group.holds_process() {
+            continue;
+        }
+        if let Err(e) = group.remove(Duration::ZERO) {
+            eprintln!(
+                "feather: a cgroup of a VM of the removed state root {} stays: {}",
+                root.display(),
+                causes(&e)
+            );
+        }
+    }
 }
 
 /// The record of a VM that runs with this process as its keeper and `init` as its init.

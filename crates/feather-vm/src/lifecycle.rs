@@ -277,6 +277,7 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<String> 
 pub fn recover(vm: &VmDir) -> Result<()> {
     let config = vm.read_config()?;
     keeper::remove_leftovers(vm, &config);
+    keeper::remove_groups_of_removed_roots();
     let mut state = vm.read_state()?;
     if state.status == VmStatus::Crashed {
         state.status = VmStatus::Stopped;
@@ -297,13 +298,24 @@ pub fn recover(vm: &VmDir) -> Result<()> {
 /// child.
 pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
     for aside in root.set_aside_vms() {
-        let lock = if wait {
-            aside.await_keeper().ok()
+        let Ok(opened) = aside.existing_keeper_lock() else {
+            continue;
+        };
+        let Some(lock) = opened else {
+            // The folder's removal, a teardown's last step (its cgroup, network and lease went
+            // before), reached the lock file: what is left of the folder goes, beside whoever
+            // removes it still, or for one that died half-way through.
+            let _ = fs::remove_dir_all(aside.path());
+            let _ = fs::remove_dir_all(aside.run_dir());
+            continue;
+        };
+        let locked = if wait {
+            lock.lock().is_ok()
         } else {
-            aside.lock_keeper().ok().flatten()
+            lock.try_lock().is_ok()
         };
         // Done meanwhile, by its child: nothing is left to do.
-        if lock.is_some() && aside.path().exists() {
+        if locked && aside.path().exists() {
             finish_throw_away(root, &aside, keeper::remove_leftovers);
         }
     }
@@ -363,13 +375,29 @@ fn finish_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmC
     private
 }
 
-/// [`finish_throw_away`] but the VM's folder, which holds its keeper lock.
+/// [`finish_throw_away`] but the VM's folder, which holds its keeper lock. A folder whose
+/// config cannot be read still names the VM's id (`.removing-<name>-<id>`), and with it the
+/// VM's cgroup, which goes all the same: removed without it, the folder was the last record
+/// of the group.
 fn release_throw_away(root: &StateRoot, aside: &VmDir, leftovers: fn(&VmDir, &VmConfig)) -> bool {
     let mut private = false;
-    if let Ok(config) = aside.read_config() {
-        leftovers(aside, &config);
-        let _ = feather_net::release(root.dir(), &config.id, &config.network);
-        private = config.network.mode == feather_core::NetMode::Private;
+    match aside.read_config() {
+        Ok(config) => {
+            leftovers(aside, &config);
+            let _ = feather_net::release(root.dir(), &config.id, &config.network);
+            private = config.network.mode == feather_core::NetMode::Private;
+        }
+        Err(e) => {
+            eprintln!(
+                "feather: the teardown of throw-away VM {} ({}) cannot read its config: {}",
+                aside.name(),
+                aside.path().display(),
+                feather_core::error::causes(&e)
+            );
+            if let Some(id) = aside.set_aside_id() {
+                keeper::remove_group_of_id(id, aside.name());
+            }
+        }
     }
     let _ = fs::remove_dir_all(aside.run_dir());
     private
@@ -412,6 +440,7 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     }
     let config = vm.read_config()?;
     keeper::remove_leftovers(&vm, &config);
+    keeper::remove_groups_of_removed_roots();
     if let Some(disk) = config.limits.disk {
         // Before the folder goes: an image's mounts would keep it busy.
         crate::disk::release(root.dir(), &vm, disk);
@@ -473,10 +502,7 @@ pub fn run_ephemeral(
     let mut keeper = match Keeper::boot(root, &vm, Some(workload), Some(ends)) {
         Ok(keeper) => keeper,
         Err(e) => {
-            if let Ok(config) = vm.read_config() {
-                let _ = feather_net::release(root.dir(), &config.id, &config.network);
-            }
-            let _ = fs::remove_dir_all(vm.path());
+            remove_failed_throw_away(root, &vm);
             return Err(e);
         }
     };
@@ -498,6 +524,21 @@ pub fn run_ephemeral(
     Ok(ended?.code)
 }
 
+/// Removes a throw-away VM whose start failed: what its keeper left (a keeper that died while
+/// starting it cleaned up nothing: its cgroup stayed, and the folder removed here was its only
+/// record), its lease, its folder. Not while another keeper holds it. The root's bridge stays
+/// for the next VM, as after every throw-away VM's teardown (`feather_net::linger`).
+fn remove_failed_throw_away(root: &StateRoot, vm: &VmDir) {
+    let Ok(Some(_lock)) = vm.lock_keeper() else {
+        return;
+    };
+    if let Ok(config) = vm.read_config() {
+        keeper::remove_throw_away_leftovers(vm, &config);
+        let _ = feather_net::release(root.dir(), &config.id, &config.network);
+    }
+    let _ = fs::remove_dir_all(vm.path());
+}
+
 /// `feather run --rm -t`: the command needs a terminal of the VM's own devpts, which exists only
 /// once the VM is up, so the throw-away VM is started in the background, entered like `exec -t`,
 /// and stopped (which removes it) when the command ends.
@@ -513,7 +554,7 @@ pub fn run_ephemeral_with_terminal(
     };
     let vm = create(root, name, &options)?;
     if let Err(e) = start(root, name) {
-        let _ = fs::remove_dir_all(vm.path());
+        remove_failed_throw_away(root, &vm);
         return Err(e);
     }
     // exec moves its caller into the VM's namespaces for good; this process must stay on the
