@@ -39,6 +39,7 @@
 
 use std::collections::BTreeMap;
 
+use feather_sys::seccomp::from_seccompiler as instructions;
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
     SeccompRule,
@@ -502,18 +503,6 @@ fn clone3_enosys(layout: Layout) -> Result<BpfProgram, SeccompError> {
     let mut rules = BTreeMap::new();
     add_rules(&mut rules, libc::SYS_clone3, None);
     build(rules, SeccompAction::Errno(libc::ENOSYS as u32), layout)
-}
-
-fn instructions(program: BpfProgram) -> Vec<feather_sys::seccomp::Instruction> {
-    program
-        .into_iter()
-        .map(|i| feather_sys::seccomp::Instruction {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect()
 }
 
 /// Compiles and installs the filters of `profile` on the calling process. Call it while the

@@ -9,6 +9,20 @@ use crate::{Context, Result};
 
 pub use nix::libc::sock_filter as Instruction;
 
+/// A program seccompiler compiled, as the instructions the kernel takes (seccompiler has a
+/// `sock_filter` of its own, field for field the kernel's).
+pub fn from_seccompiler(program: seccompiler::BpfProgram) -> Vec<Instruction> {
+    program
+        .into_iter()
+        .map(|i| Instruction {
+            code: i.code,
+            jt: i.jt,
+            jf: i.jf,
+            k: i.k,
+        })
+        .collect()
+}
+
 /// Installs `program` on the calling thread; every process it starts inherits it. The caller
 /// must hold CAP_SYS_ADMIN (or have set no_new_privs), and must be single-threaded, since only
 /// the calling thread is filtered.

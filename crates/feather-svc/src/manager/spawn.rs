@@ -574,15 +574,7 @@ fn family_program(
     )
     .map_err(failed)?;
     let program: seccompiler::BpfProgram = filter.try_into().map_err(failed)?;
-    let program = program
-        .into_iter()
-        .map(|i| feather_sys::seccomp::Instruction {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect();
+    let program = feather_sys::seccomp::from_seccompiler(program);
     if !fold_x32 {
         return Ok(program);
     }

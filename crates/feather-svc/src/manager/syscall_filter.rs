@@ -183,16 +183,8 @@ pub fn compile(
     let filter =
         SeccompFilter::new(rules, on_others, on_listed, arch).map_err(FilterError::Compile)?;
     let program: BpfProgram = filter.try_into().map_err(FilterError::Compile)?;
-    let program = program
-        .into_iter()
-        .map(|i| feather_sys::seccomp::Instruction {
-            code: i.code,
-            jt: i.jt,
-            jf: i.jf,
-            k: i.k,
-        })
-        .collect();
-    feather_sys::seccomp::fold_x32(program).map_err(FilterError::Fold)
+    feather_sys::seccomp::fold_x32(feather_sys::seccomp::from_seccompiler(program))
+        .map_err(FilterError::Fold)
 }
 
 #[cfg(test)]
