@@ -1161,9 +1161,9 @@ mod tests {
     fn the_spawners_filter_lets_through_its_recipe_alone() {
         use nix::mount::{mount, umount2, MntFlags, MsFlags};
         use nix::sched::{unshare, CloneFlags};
-        if std::env::var(SPAWNER_CHILD).is_ok() {
+        if let Some(dir) = std::env::var_os(SPAWNER_CHILD) {
+            let dir = std::path::PathBuf::from(dir);
             install_spawner(Profile::default()).expect("installs (tests run as root)");
-            let dir = std::env::temp_dir().join(format!("feather-spawner-{}", std::process::id()));
             std::fs::create_dir_all(dir.join("a")).unwrap();
             std::fs::create_dir_all(dir.join("b")).unwrap();
             let none = None::<&str>;
@@ -1224,9 +1224,11 @@ mod tests {
                 "unshare-mnt-uts",
                 unshare(CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWUTS),
             );
-            let _ = std::fs::remove_dir_all(&dir);
             return;
         }
+        // The child's folders: removed here, outside its mount namespace (there `b` is a mount
+        // point, which its own removal could not take).
+        let dir = std::env::temp_dir().join(format!("feather-spawner-{}", std::process::id()));
         let me = std::env::current_exe().unwrap();
         let output = std::process::Command::new(me)
             .args([
@@ -1234,9 +1236,10 @@ mod tests {
                 "seccomp::tests::the_spawners_filter_lets_through_its_recipe_alone",
                 "--nocapture",
             ])
-            .env(SPAWNER_CHILD, "1")
-            .output()
-            .unwrap();
+            .env(SPAWNER_CHILD, &dir)
+            .output();
+        let _ = std::fs::remove_dir_all(&dir);
+        let output = output.unwrap();
         let text = String::from_utf8_lossy(&output.stdout);
         for line in [
             "unshare-mnt ok",
