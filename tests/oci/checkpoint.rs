@@ -216,7 +216,8 @@ fn ctr_checkpoint_and_restore_go_on_counting() {
     ]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
     let count = |id: &str| -> u64 {
-        let outcome = containerd.ctr(&["task", "exec", "--exec-id", "c", id, "cat", "/tmp/count"]);
+        let outcome =
+            containerd.ctr_logged(&["task", "exec", "--exec-id", "c", id, "cat", "/tmp/count"]);
         outcome.stdout.trim().parse().unwrap_or(0)
     };
     // Long enough that a counter started afresh could not reach it in the checks below.

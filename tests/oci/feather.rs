@@ -186,7 +186,7 @@ fn ctr_run_over_the_host_with_a_duplicated_host_service() {
     assert_eq!(imported.code, 0, "{imported:?}");
     // `ctr run` gives the container a network namespace of its own (so the copy's port 6379 is
     // its own, whatever the host runs) and a tmpfs /run.
-    let outcome = containerd.ctr(&[
+    let outcome = containerd.ctr_logged(&[
         "run",
         "--rm",
         "--runc-binary",
