@@ -243,16 +243,9 @@ fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
     let base = ScratchBase::new("run-rm-live");
     // `--pids max`: no limit at all (every VM has a pids limit unless told otherwise).
     for limits in [vec!["--pids", "max"], vec!["--memory", "64M"]] {
-        let mut args = vec!["run", "--rm", "--base", base.as_str()];
-        args.extend(limits);
-        args.extend(["tmp", "--", "sleep", "60"]);
-        let mut run = feather.command().args(&args).spawn().unwrap();
-        feather.eventually("the throw-away VM runs", || {
-            feather
-                .run(&["inspect", "tmp"])
-                .stdout
-                .contains("\"running\"")
-        });
+        let mut options = vec!["--base", base.as_str()];
+        options.extend(limits);
+        let mut run = feather.spawn_throw_away("tmp", &options);
         // Without any limit too it has a cgroup: its device rules are there.
         assert!(!feather.inspect("tmp")["cgroup"]
             .as_array()
@@ -283,26 +276,7 @@ fn a_throw_away_vm_can_be_listed_entered_and_stopped_while_it_runs() {
 fn rm_force_of_a_running_throw_away_vm_removes_it_and_says_nothing_went_wrong() {
     let feather = Feather::new("run-rm-force");
     let base = ScratchBase::new("run-rm-force");
-    let mut run = feather
-        .command()
-        .args([
-            "run",
-            "--rm",
-            "--base",
-            base.as_str(),
-            "tmp",
-            "--",
-            "sleep",
-            "60",
-        ])
-        .spawn()
-        .unwrap();
-    feather.eventually("the throw-away VM runs", || {
-        feather
-            .run(&["inspect", "tmp"])
-            .stdout
-            .contains("\"running\"")
-    });
+    let mut run = feather.spawn_throw_away("tmp", &["--base", base.as_str()]);
     // The `run --rm` keeping it removes the VM as it ends: `rm -f` waits for that instead of
     // racing it for the folder (it used to fail on the folder's op.lock after the stop).
     let removed = feather.run(&["rm", "-f", "tmp"]);

@@ -597,20 +597,6 @@ fn two_state_roots_never_share_a_subnet() {
     assert_eq!(address(&second, "two"), subnet.replace(".0/24", ".2"));
 }
 
-/// A `feather run --rm` in the background (the default base, a private network), named `vm`.
-fn throw_away_running(feather: &Feather, vm: &str) -> Child {
-    let child = feather
-        .command()
-        .args(["run", "--rm", vm, "--", "sleep", "60"])
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    feather.eventually(&format!("{vm} runs"), || {
-        feather.run(&["inspect", vm]).stdout.contains("\"running\"")
-    });
-    child
-}
-
 fn pool_dir(feather: &Feather, part: &str) -> Vec<String> {
     std::fs::read_dir(feather.root.join("network-pool").join(part))
         .map(|entries| {
@@ -643,7 +629,7 @@ fn stop_throw_away(feather: &Feather, vm: &str, mut child: Child) {
 fn a_throw_away_vm_takes_a_pooled_namespace_and_the_pool_goes_with_the_last_vm() {
     let feather = Feather::new("net-pool");
     // Keeps the bridge in use, so that the pool outlives the linger.
-    let keep = throw_away_running(&feather, "keep");
+    let keep = feather.spawn_throw_away("keep", &[]);
     let bridge = network(&feather, "keep")["bridge"]
         .as_str()
         .unwrap()
@@ -662,7 +648,7 @@ fn a_throw_away_vm_takes_a_pooled_namespace_and_the_pool_goes_with_the_last_vm()
         );
     }
 
-    let taker = throw_away_running(&feather, "taker");
+    let taker = feather.spawn_throw_away("taker", &[]);
     let net = network(&feather, "taker");
     let host_end = net["host_interface"].as_str().unwrap().to_owned();
     assert!(
@@ -746,7 +732,7 @@ fn pooled_vm_running(feather: &Feather, keep: &str, vm: &str) -> (Child, String,
         !pool_dir(feather, "ready").is_empty(),
         "the pool has an entry to take"
     );
-    let child = throw_away_running(feather, vm);
+    let child = feather.spawn_throw_away(vm, &[]);
     let host_end = network(feather, vm)["host_interface"]
         .as_str()
         .unwrap()
@@ -765,7 +751,7 @@ fn pooled_vm_running(feather: &Feather, keep: &str, vm: &str) -> (Child, String,
 #[test]
 fn a_vm_on_a_pooled_pair_keeps_its_bridge_and_tables_after_the_other_vms_end() {
     let feather = Feather::new("net-pool-alone");
-    let keep = throw_away_running(&feather, "keep");
+    let keep = feather.spawn_throw_away("keep", &[]);
     let (taker, bridge, host_end) = pooled_vm_running(&feather, "keep", "taker");
     stop_throw_away(&feather, "keep", keep);
     // Waits for keep's teardown (not for its linger: the network stays for the next VM).
@@ -809,7 +795,7 @@ fn a_vm_on_a_pooled_pair_keeps_its_bridge_and_tables_after_the_other_vms_end() {
 #[test]
 fn a_killed_keeper_of_a_vm_on_a_pooled_pair_leaves_nothing() {
     let feather = Feather::new("net-pool-killed");
-    let keep = throw_away_running(&feather, "keep");
+    let keep = feather.spawn_throw_away("keep", &[]);
     let (mut taker, bridge, _) = pooled_vm_running(&feather, "keep", "taker");
     assert_eq!(
         pool_dir(&feather, "claimed").len(),
@@ -848,7 +834,7 @@ fn a_killed_keeper_of_a_vm_on_a_pooled_pair_leaves_nothing() {
 #[test]
 fn an_interrupted_pool_refill_leaves_nothing_after_the_next_command() {
     let feather = Feather::new("net-pool-crash");
-    let keep = throw_away_running(&feather, "keep");
+    let keep = feather.spawn_throw_away("keep", &[]);
     let net = network(&feather, "keep");
     let bridge = net["bridge"].as_str().unwrap().to_owned();
     let keep_address: std::net::Ipv4Addr = net["address"].as_str().unwrap().parse().unwrap();

@@ -94,27 +94,7 @@ fn rm_of_a_crashed_vm_leaves_no_cgroup_socket_or_state() {
 fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_command() {
     let feather = Feather::new("teardown-crash");
     let base = crate::support::ScratchBase::new("teardown-crash");
-    let mut run = feather
-        .command()
-        .args([
-            "run",
-            "--rm",
-            "--base",
-            base.as_str(),
-            "tmp",
-            "--",
-            "sleep",
-            "60",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    feather.eventually("the throw-away VM runs", || {
-        feather
-            .run(&["inspect", "tmp"])
-            .stdout
-            .contains("\"running\"")
-    });
+    let mut run = feather.spawn_throw_away("tmp", &["--base", base.as_str()]);
     let info = feather.inspect("tmp");
     let id = info["config"]["id"].as_str().unwrap().to_owned();
     let bridge = info["network"]["bridge"].as_str().unwrap().to_owned();
@@ -180,29 +160,7 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
 fn a_set_aside_throw_away_vm_without_its_config_leaves_no_cgroup() {
     let feather = Feather::new("teardown-noconfig");
     let base = crate::support::ScratchBase::new("teardown-noconfig");
-    let mut run = feather
-        .command()
-        .args([
-            "run",
-            "--rm",
-            "--net",
-            "none",
-            "--base",
-            base.as_str(),
-            "tmp",
-            "--",
-            "sleep",
-            "60",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    feather.eventually("the throw-away VM runs", || {
-        feather
-            .run(&["inspect", "tmp"])
-            .stdout
-            .contains("\"running\"")
-    });
+    let mut run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
     let info = feather.inspect("tmp");
     let id = info["config"]["id"].as_str().unwrap().to_owned();
     let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);

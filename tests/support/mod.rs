@@ -9,7 +9,7 @@ pub mod wire;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Child, Command, Output, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,25 @@ impl Feather {
         args.extend_from_slice(options);
         self.ok(&args);
         self.ok(&["start", vm]);
+    }
+
+    /// Starts a throw-away VM `vm` (`run --rm`, with `options` such as `--base` or limits)
+    /// running `sleep 60`, and waits until `inspect` says it runs. The child is the `run`: the
+    /// VM ends when it is stopped, or when the child is killed.
+    pub fn spawn_throw_away(&self, vm: &str, options: &[&str]) -> Child {
+        let child = self
+            .command()
+            .arg("run")
+            .arg("--rm")
+            .args(options)
+            .args([vm, "--", "sleep", "60"])
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.eventually(&format!("the throw-away VM {vm} runs"), || {
+            self.run(&["inspect", vm]).stdout.contains("\"running\"")
+        });
+        child
     }
 
     /// Runs a shell command line inside a running (or startable) VM; returns its stdout.
