@@ -921,21 +921,6 @@ mod tests {
         );
     }
 
-    /// Length and FNV-1a hash of a program's instructions.
-    fn fingerprint(program: &[feather_sys::seccomp::Instruction]) -> (usize, u64) {
-        let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-        for i in program {
-            let mut bytes = i.code.to_le_bytes().to_vec();
-            bytes.extend([i.jt, i.jf]);
-            bytes.extend(i.k.to_le_bytes());
-            for byte in bytes {
-                hash ^= u64::from(byte);
-                hash = hash.wrapping_mul(0x100_0000_01b3);
-            }
-        }
-        (program.len(), hash)
-    }
-
     /// [`Layout::Duplicated`] compiles, instruction for instruction, the programs the build
     /// before it installed (fingerprints taken from that build, commit bab0879): its
     /// checkpoints hold those, and a restore accepts only what it compiles itself.
@@ -974,10 +959,16 @@ mod tests {
             let stack = Compiled::in_layout(profile, Layout::Duplicated)
                 .unwrap()
                 .stack();
-            let held: Vec<_> = stack.iter().map(|p| fingerprint(p)).collect();
+            let held: Vec<_> = stack
+                .iter()
+                .map(|p| feather_sys::seccomp::fingerprint(p))
+                .collect();
             assert_eq!(held, vm, "{profile:?}");
             let stack = spawner_stack(profile, Layout::Duplicated).unwrap();
-            let held: Vec<_> = stack.iter().map(|p| fingerprint(p)).collect();
+            let held: Vec<_> = stack
+                .iter()
+                .map(|p| feather_sys::seccomp::fingerprint(p))
+                .collect();
             assert_eq!(held, spawner, "{profile:?}");
         }
     }

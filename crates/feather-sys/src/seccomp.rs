@@ -201,6 +201,21 @@ pub fn fold_x32(program: Vec<Instruction>) -> std::result::Result<Vec<Instructio
     Ok(folded)
 }
 
+/// A program's length and the FNV-1a hash of its instructions (each as the kernel reads it:
+/// code, jt, jf, k, little-endian), for tests that pin a program to an earlier build's.
+pub fn fingerprint(program: &[Instruction]) -> (usize, u64) {
+    let bytes: Vec<u8> = program
+        .iter()
+        .flat_map(|i| {
+            let mut bytes = i.code.to_le_bytes().to_vec();
+            bytes.extend([i.jt, i.jf]);
+            bytes.extend(i.k.to_le_bytes());
+            bytes
+        })
+        .collect();
+    (program.len(), crate::fnv::fnv1a_64(&bytes))
+}
+
 /// The answer of `program` to one call (its audit architecture, number and arguments, laid
 /// out as the kernel's `struct seccomp_data` on a little-endian machine), computed as the
 /// kernel would for the instructions seccompiler emits and [`fold_x32`]'s AND; None at any

@@ -754,6 +754,11 @@ mod tests {
     fn folding_x32_changes_no_answer_to_socket() {
         let denied = [libc::AF_NETLINK, libc::AF_PACKET, libc::AF_INET6];
         let old = family_program(&denied, false).unwrap();
+        // The build's before folding (bab0879), pinned: see restrictions.rs' test.
+        assert_eq!(
+            feather_sys::seccomp::fingerprint(&old),
+            (39, 0x5470_6981_ed9c_ebb1)
+        );
         let new = family_program(&denied, true).unwrap();
         #[cfg(target_arch = "x86_64")]
         assert!(new.len() < old.len(), "{} -> {}", old.len(), new.len());
