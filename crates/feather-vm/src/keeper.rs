@@ -1310,6 +1310,12 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
     );
 }
 
+/// How often, at most, [`remove_groups_of_removed_roots`] looks at the VM groups of the host:
+/// each look reads every group's tag (at 1000 idle VMs it added 15 ms to every `rm`: removing
+/// them took 54.9 s instead of 39.4 s), and the groups it removes wait a minute anyway
+/// ([`SWEEP_SPARES_GROUPS_FOR`]).
+pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
+
 /// How young a group [`remove_groups_of_removed_roots`] leaves alone, whatever its root: the
 /// rule `StateRoot::sweep_incomplete` holds to for a VM folder being made.
 pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
@@ -1328,8 +1334,16 @@ pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
 /// not, so a group younger than [`SWEEP_SPARES_GROUPS_FOR`] (by its folder's mtime) is left
 /// alone: a start or restore between making its group and putting init (or CRIU) in it holds
 /// an empty group that is never touched. Run by `rm` and the crash clean-up, off every
-/// start's path.
+/// start's path, at most once every [`SWEEP_EVERY`] on the host (see
+/// `Registry::claim_sweep`): a group so left goes at the first of them once it is due.
 pub fn remove_groups_of_removed_roots() {
+    // A stamp that cannot be made (the registry's folder read-only) leaves every call to sweep,
+    // as before there was one: slower, never wrong.
+    let _sweeping = match feather_core::roots::Registry::host().claim_sweep(SWEEP_EVERY) {
+        Ok(None) => return,
+        Ok(Some(stamp)) => Some(stamp),
+        Err(_) => None,
+    };
     let hierarchies = Hierarchies::detect();
     let mut seen: Vec<(PathBuf, bool)> = Vec::new();
     for (group, root) in feather_sys::cgroup::groups_with_roots(&hierarchies, "feather") {
