@@ -350,6 +350,41 @@ fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_s
     assert_eq!(seen, "1\n", "the reader runs on and saw nothing");
 }
 
+/// A new root is hidden in running VMs only: a registration reads each VM's state before it
+/// takes the VM's operation lock, and passes over one that is not running, whatever holds that
+/// lock (a start, an rm, a commit). It waited for every VM of the host before, up to 60 s each
+/// then a warning: an unrelated stopped VM's operation held up every new root. Here this test
+/// holds the lock of a created VM until the registration has ended, so a registration that
+/// waited for it would give up and warn about that VM.
+#[test]
+fn a_registration_does_not_wait_for_the_operation_lock_of_a_vm_that_is_not_running() {
+    let a = Feather::new("host-view-op-lock");
+    a.ok(&["create", "idle", "--net", "none"]);
+    let lock_file = a.vm_dir("idle").join("op.lock");
+    let held = fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_file)
+        .unwrap();
+    held.lock().unwrap();
+    let late = Feather::new("host-view-op-lock-late");
+    let registered = late.run(&["ls"]);
+    drop(held);
+    assert_eq!(registered.code, 0, "{registered:?}");
+    assert!(
+        late.root.join("run").is_dir(),
+        "the late root was registered"
+    );
+    // Other tests' VMs may warn beside it: only this root's VM counts.
+    let about_a = format!("(of {})", fs::canonicalize(&a.root).unwrap().display());
+    assert!(
+        !registered.stderr.contains(&about_a),
+        "the registration waited for the stopped VM's operation: {}",
+        registered.stderr
+    );
+}
+
 /// The host pid of VM `vm`'s init, from its state record.
 fn init_pid(feather: &Feather, vm: &str) -> String {
     let state = fs::read_to_string(feather.vm_dir(vm).join("state.json")).unwrap();

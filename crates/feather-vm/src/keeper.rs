@@ -553,6 +553,21 @@ impl Keeper {
         }
     }
 
+    /// Hides in the VM every registered root's folders it does not hide yet (its own root's
+    /// are hidden from its start or restore on).
+    fn hide_registered_roots(&self) {
+        let folders = feather_core::roots::host_state_folders();
+        if let Err(why) =
+            hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &folders)
+        {
+            eprintln!(
+                "feather keeper {}: cannot hide state folders: {}",
+                self.vm.name(),
+                causes(&why)
+            );
+        }
+    }
+
     /// Opens the VM's link to its bridge, which a restore into a namespace made anew keeps
     /// closed until the VM may run (see `feather_net::Attachment::hold_traffic`).
     fn let_traffic_through(&self) {
@@ -605,7 +620,14 @@ impl Keeper {
                 let open = || self.let_traffic_through();
                 let mut recording = self.recording.borrow_mut().take();
                 let mut recorded = || match recording.take().map(std::thread::JoinHandle::join) {
-                    None | Some(Ok(Ok(()))) => Ok(()),
+                    None => Ok(()),
+                    Some(Ok(Ok(()))) => {
+                        // Restore's look at the registry came before this record landed: a
+                        // root registered in between read the VM as checkpointed and passed it
+                        // over (see `hiding`). Looked at again before anything of it runs.
+                        self.hide_registered_roots();
+                        Ok(())
+                    }
                     Some(Ok(Err(e))) => Err(causes(&e)),
                     Some(Err(_)) => Err("the thread writing it panicked".to_owned()),
                 };
