@@ -1333,9 +1333,9 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
 }
 
 /// How often, at most, [`remove_groups_of_removed_roots`] looks at the VM groups of the host:
-/// each look reads every group's tag (at 1000 idle VMs it added 15 ms to every `rm`: removing
-/// them took 54.9 s instead of 39.4 s), and the groups it removes wait a minute anyway
-/// ([`SWEEP_SPARES_GROUPS_FOR`]).
+/// each look reads every group's tag: among 1047 VM groups, an `rm` of a created VM took
+/// 4.9 ms of CPU (5.4–7.5 ms) with a look each time and 1.3 ms (1.7 ms) without, release
+/// build. The groups it removes wait a minute anyway ([`SWEEP_SPARES_GROUPS_FOR`]).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// How young a group [`remove_groups_of_removed_roots`] leaves alone, whatever its root: the
