@@ -349,11 +349,14 @@ fn a_vm_group_left_by_a_removed_folder_is_found_by_its_root_and_fails_the_test()
 /// Dates the host's stamp of its last sweep of removed roots' groups `ago` back
 /// (`Registry::claim_sweep`): a minute or more and the next `rm` sweeps, less and it does not.
 fn date_the_sweep_stamp(ago: std::time::Duration) {
+    use std::os::unix::fs::OpenOptionsExt;
     let stamp = feather_core::roots::Registry::host().sweep_stamp();
+    // Made here on a host where no `rm` made it yet, as feather makes it.
     let file = std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
+        .mode(0o600)
         .open(&stamp)
         .unwrap_or_else(|e| panic!("{}: {e}", stamp.display()));
     file.set_modified(std::time::SystemTime::now() - ago)
