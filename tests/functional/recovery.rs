@@ -304,10 +304,28 @@ fn a_vm_group_left_by_a_removed_folder_is_found_by_its_root_and_fails_the_test()
     );
 }
 
+/// Dates the host's stamp of its last sweep of removed roots' groups `ago` back
+/// (`Registry::claim_sweep`): a minute or more and the next `rm` sweeps, less and it does not.
+fn date_the_sweep_stamp(ago: std::time::Duration) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let stamp = feather_core::roots::Registry::host().sweep_stamp();
+    // Made here on a host where no `rm` made it yet, as feather makes it.
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&stamp)
+        .unwrap_or_else(|e| panic!("{}: {e}", stamp.display()));
+    file.set_modified(std::time::SystemTime::now() - ago)
+        .unwrap_or_else(|e| panic!("{}: {e}", stamp.display()));
+}
+
 /// A VM whose keeper died, in a state root removed before anything cleaned up after it: its
-/// group outlived both, with no folder left to say whose it was. The next `rm` (of any root)
-/// removes the groups, tagged with their root, whose root is gone, which hold no process and
-/// which are older than a minute.
+/// group outlived both, with no folder left to say whose it was. An `rm` (of any root) removes
+/// the groups, tagged with their root, whose root is gone, which hold no process and which are
+/// older than a minute; it looks for them at most once a minute on the host (its stamp's
+/// mtime), so such a group goes at the first `rm` once both are a minute old.
 #[test]
 fn a_group_whose_state_root_was_removed_goes_at_the_next_rm() {
     let gone = Feather::new("group-root-gone");
@@ -335,15 +353,22 @@ fn a_group_whose_state_root_was_removed_goes_at_the_next_rm() {
     assert!(!groups.present().is_empty(), "the group outlived its root");
 
     let other = Feather::new("group-root-gone-other");
+    let create_and_rm = || {
+        other.ok(&["create", "x", "--base", base.as_str(), "--net", "none"]);
+        other.ok(&["rm", "x"]);
+    };
     // A group younger than a minute is left alone, whatever its root: it may be a start's in a
     // mount namespace where that root is (see `remove_groups_of_removed_roots`).
-    other.ok(&["create", "x", "--base", base.as_str(), "--net", "none"]);
-    other.ok(&["rm", "x"]);
+    date_the_sweep_stamp(std::time::Duration::from_secs(120));
+    create_and_rm();
     assert!(
         !groups.present().is_empty(),
         "a group younger than a minute stays"
     );
-    // Made older: its folders' mtime set two minutes back.
+    // Made older: its folders' mtime set two minutes back. Dated first, the stamp says a
+    // sweep began just now, and no `rm` looks again for a minute: no sweep that saw the group
+    // older runs before this one.
+    date_the_sweep_stamp(std::time::Duration::ZERO);
     for group in groups.present() {
         let touched = std::process::Command::new("touch")
             .args(["-m", "-d", "2 minutes ago"])
@@ -352,8 +377,16 @@ fn a_group_whose_state_root_was_removed_goes_at_the_next_rm() {
             .unwrap();
         assert!(touched.success(), "touch {}", group.display());
     }
-    other.ok(&["create", "x", "--base", base.as_str(), "--net", "none"]);
-    other.ok(&["rm", "x"]);
+    create_and_rm();
+    assert!(
+        !groups.present().is_empty(),
+        "no sweep within a minute of the last: the group stays"
+    );
+    // Dated after the groups were: a sweep of another test that began before (and dated the
+    // stamp now) holds the stamp's lock, which the next `rm` waits for, then finds the stamp
+    // old and sweeps; one that begins after sees the groups aged.
+    date_the_sweep_stamp(std::time::Duration::from_secs(120));
+    create_and_rm();
     assert_eq!(
         groups.present(),
         Vec::<std::path::PathBuf>::new(),

@@ -10,7 +10,7 @@
 
 use std::fs;
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -127,7 +127,56 @@ impl Registry {
     fn read(&self, path: &Path) -> Option<Entry> {
         serde_json::from_slice(&fs::read(path).ok()?).ok()
     }
+
+    /// The stamp of the host's last sweep of removed roots' cgroups: its mtime is when that
+    /// sweep began (see [`Registry::claim_sweep`]).
+    pub fn sweep_stamp(&self) -> PathBuf {
+        self.dir.join(SWEEP_STAMP)
+    }
+
+    /// The host's sweep of removed roots' cgroups, if none began in the last `every`: the
+    /// stamp's lock, held until the returned file is dropped, with the stamp's mtime set to now.
+    /// None when a sweep began less than `every` ago. Waits for a sweep under way (one pass over
+    /// the VM groups of the host, a few ms per hundred), so that one whose stamp was set back
+    /// meanwhile (a test forcing a sweep) is never skipped for it; no VM nor OCI container sees
+    /// the registry's folder, so no one outside the host's root can hold the lock. A stamp
+    /// dated in the future (the clock set back since) counts as old: sweeps never stop for it.
+    /// Host-wide, as the groups are (every root's VMs share `feather/`), and one file for all
+    /// roots, where a stamp per root would be one more file in each.
+    pub fn claim_sweep(&self, every: Duration) -> Result<Option<fs::File>> {
+        let path = self.sweep_stamp();
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .at(&self.dir)?;
+        let stamp = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(&path)
+            .at(&path)?;
+        stamp.lock().at(&path)?;
+        // A stamp just made (empty, as every stamp is) has now for its mtime: a first sweep on
+        // this host waits a minute, as the groups it could remove are a minute old anyway.
+        let recent = stamp
+            .metadata()
+            .and_then(|meta| meta.modified())
+            .ok()
+            .and_then(|at| at.elapsed().ok())
+            .is_some_and(|age| age < every);
+        if recent {
+            return Ok(None);
+        }
+        stamp.set_modified(std::time::SystemTime::now()).at(&path)?;
+        Ok(Some(stamp))
+    }
 }
+
+/// The name, in the registry's folder, of the stamp of the host's last sweep of removed roots'
+/// cgroups (see [`Registry::claim_sweep`]); not an entry (those end in `.json`).
+pub const SWEEP_STAMP: &str = "cgroup-sweep.stamp";
 
 /// The host folders no VM, and no OCI container over the host, may see: the state and run
 /// folders of every registered root (canonical where they exist), and the registry itself.
@@ -233,6 +282,43 @@ mod tests {
         assert_eq!(registry.roots().len(), 1);
         fs::remove_dir_all(root.dir()).unwrap();
         assert!(registry.roots().is_empty(), "a removed root is not listed");
+        fs::remove_dir_all(registry.dir()).unwrap();
+    }
+
+    #[test]
+    fn a_sweep_is_claimed_once_its_stamp_is_a_minute_old_or_dated_ahead() {
+        let registry = Registry::at(scratch("registry-sweep"));
+        let minute = Duration::from_secs(60);
+        let date = |offset: i64| {
+            let now = std::time::SystemTime::now();
+            let at = match offset < 0 {
+                true => now - Duration::from_secs(offset.unsigned_abs()),
+                false => now + Duration::from_secs(offset as u64),
+            };
+            let stamp = fs::File::options()
+                .write(true)
+                .open(registry.sweep_stamp())
+                .unwrap();
+            stamp.set_modified(at).unwrap();
+        };
+        assert!(
+            registry.claim_sweep(minute).unwrap().is_none(),
+            "a stamp just made says now"
+        );
+        date(-120);
+        let claimed = registry.claim_sweep(minute).unwrap();
+        assert!(claimed.is_some(), "two minutes old: due");
+        drop(claimed);
+        assert!(
+            registry.claim_sweep(minute).unwrap().is_none(),
+            "the claim dated the stamp now"
+        );
+        date(3600);
+        assert!(
+            registry.claim_sweep(minute).unwrap().is_some(),
+            "dated an hour ahead (the clock set back): due"
+        );
+        assert!(registry.roots().is_empty(), "the stamp is not an entry");
         fs::remove_dir_all(registry.dir()).unwrap();
     }
 

@@ -6,8 +6,9 @@
 //! already running by a short child that joins each VM's mount namespace (through its init's
 //! pidfd) and mounts the empty tmpfs there. The keeper of a starting VM looks at the registry
 //! once more after it has recorded its init, so a root registered while it started is never
-//! missed: the registering call writes its entry before it looks for running VMs, the keeper
-//! records its init before it reads the registry again, so one of the two sees the other.
+//! missed: the registering call writes its entry before it reads the VMs' states, the keeper
+//! records its init before it reads the registry again, so one of the two sees the other. The
+//! registering call therefore waits for no VM that is not running (see `in_running_vm`).
 
 use std::collections::BTreeSet;
 use std::os::fd::AsFd;
@@ -75,15 +76,31 @@ pub fn in_running_vms(new: &StateRoot) -> Vec<String> {
     warnings
 }
 
-/// How long hiding a new root waits for an operation under way on a VM (a checkpoint of a
-/// large VM takes seconds).
+/// How long hiding a new root waits for an operation under way on a running VM (a checkpoint
+/// of a large VM takes seconds).
 const OPERATION_PATIENCE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Hides `folders` in `vm` if it is running; a VM that is not running has nothing to hide in.
 fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
-    // An operation under way finishes first, and none starts while the tmpfs is mounted: a
-    // hiding mount made while CRIU dumps the VM would go into its images, which leave out
-    // only the hiding mounts the dump saw (snapshot::dump).
+    // Its state first, without its operation lock: a VM that is not running (created,
+    // stopped, checkpointed, crashed, or its folder gone) is passed over, whatever holds that
+    // lock — a start, a restore, an rm or a commit of a stopped VM, which a registration
+    // waited for up to 60 s each. A start or restore that makes it run after this read is not
+    // missed: its keeper records the VM running before its last look at the registry
+    // (`Keeper::boot`, `Keeper::restore`; a VM received by a migration looks again once its
+    // record has landed), and this root's entry was written before this read. This read not
+    // seeing the record, the record came after the entry, and the keeper's look after both
+    // finds the entry and hides the root itself — the same order that covers a throw-away
+    // `run`, which takes no operation lock at all.
+    if !vm
+        .read_state()
+        .is_ok_and(|state| state.status == VmStatus::Running)
+    {
+        return Ok(());
+    }
+    // A running VM: an operation under way finishes first, and none starts while the tmpfs is
+    // mounted: a hiding mount made while CRIU dumps the VM would go into its images, which
+    // leave out only the hiding mounts the dump saw (snapshot::dump).
     let lock = match vm.lock_operations_within(OPERATION_PATIENCE) {
         Ok(lock) => lock,
         // Its folder went away meanwhile: a VM being removed has nothing to hide in.
