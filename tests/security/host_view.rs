@@ -322,11 +322,12 @@ fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_s
     let hidden = a.sh("w", &format!("ls -A {}; echo end", gone.root.display()));
     assert_eq!(hidden, "end\n", "hidden while it runs");
     // A reader in the VM that lives through the checkpoint and the restore, counting its
-    // rounds in /tmp/rounds.
+    // rounds in /tmp/rounds (renamed into place: a count read half-written would pass for 0).
     let reader = format!(
         "n=0; while true; do cat {0}/vms/holder/upper/root/marker >> /tmp/seen 2>/dev/null; \
          ls -A {0} >> /tmp/seen 2>/dev/null; ls -A {1} >> /tmp/seen 2>/dev/null; \
-         n=$((n+1)); echo $n > /tmp/rounds; sleep 0.01; done",
+         n=$((n+1)); echo $n > /tmp/rounds.new; mv /tmp/rounds.new /tmp/rounds; sleep 0.01; \
+         done",
         kept.root.display(),
         a.root.display()
     );

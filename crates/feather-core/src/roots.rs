@@ -134,16 +134,17 @@ impl Registry {
         self.dir.join(SWEEP_STAMP)
     }
 
-    /// The host's sweep of removed roots' cgroups, if none began in the last `every`: the
-    /// stamp's lock, held until the returned file is dropped, with the stamp's mtime set to now.
-    /// None when a sweep began less than `every` ago. Waits for a sweep under way (one pass over
-    /// the VM groups of the host, a few ms per hundred), so that one whose stamp was set back
-    /// meanwhile (a test forcing a sweep) is never skipped for it; no VM nor OCI container sees
-    /// the registry's folder, so no one outside the host's root can hold the lock. A stamp
-    /// dated in the future (the clock set back since) counts as old: sweeps never stop for it.
-    /// Host-wide, as the groups are (every root's VMs share `feather/`), and one file for all
-    /// roots, where a stamp per root would be one more file in each.
-    pub fn claim_sweep(&self, every: Duration) -> Result<Option<fs::File>> {
+    /// The host's sweep of removed roots' cgroups, if none began in the last `every` and none
+    /// is under way: the stamp's lock, held until the claim is dropped, with the stamp's mtime
+    /// set to now. None otherwise: a sweep under way does what this one would (it began after
+    /// the stamp was last dated), so a caller never waits for another's. A stamp dated in the
+    /// future (the clock set back since) counts as old: sweeps never stop for it. Host-wide, as
+    /// the groups are (every root's VMs share `feather/`), and one file for all roots, where a
+    /// stamp per root would be one more file in each. No VM nor OCI container sees the
+    /// registry's folder; a stamp that is not a plain file of the folder's owner, unreadable
+    /// to others, is refused (the caller then sweeps, as before there was a stamp) rather than
+    /// let a lock someone else holds on it stop every sweep.
+    pub fn claim_sweep(&self, every: Duration) -> Result<Option<SweepClaim>> {
         let path = self.sweep_stamp();
         fs::DirBuilder::new()
             .recursive(true)
@@ -155,14 +156,27 @@ impl Registry {
             .truncate(false)
             .write(true)
             .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(&path)
             .at(&path)?;
-        stamp.lock().at(&path)?;
-        // A stamp just made (empty, as every stamp is) has now for its mtime: a first sweep on
-        // this host waits a minute, as the groups it could remove are a minute old anyway.
-        let recent = stamp
-            .metadata()
-            .and_then(|meta| meta.modified())
+        let meta = stamp.metadata().at(&path)?;
+        let owner = fs::metadata(&self.dir).at(&self.dir)?.uid();
+        if !meta.is_file() || meta.uid() != owner || meta.mode() & 0o077 != 0 {
+            return Err(Error::Other(format!(
+                "{}: not a plain file of the registry's owner, unreadable to others (remove it: \
+                 the next `feather rm` makes it anew)",
+                path.display()
+            )));
+        }
+        match stamp.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => return Ok(None),
+            Err(fs::TryLockError::Error(e)) => return Err(e).at(&path),
+        }
+        // A stamp just made (empty, as every stamp is) has now for its mtime: the first sweep
+        // on a host comes a minute after its first `rm`.
+        let recent = meta
+            .modified()
             .ok()
             .and_then(|at| at.elapsed().ok())
             .is_some_and(|age| age < every);
@@ -170,8 +184,14 @@ impl Registry {
             return Ok(None);
         }
         stamp.set_modified(std::time::SystemTime::now()).at(&path)?;
-        Ok(Some(stamp))
+        Ok(Some(SweepClaim { _stamp: stamp }))
     }
+}
+
+/// The host's sweep of removed roots' cgroups, claimed by [`Registry::claim_sweep`]: no other
+/// begins until this is dropped.
+pub struct SweepClaim {
+    _stamp: fs::File,
 }
 
 /// The name, in the registry's folder, of the stamp of the host's last sweep of removed roots'
@@ -287,6 +307,7 @@ mod tests {
 
     #[test]
     fn a_sweep_is_claimed_once_its_stamp_is_a_minute_old_or_dated_ahead() {
+        use std::os::unix::fs::PermissionsExt;
         let registry = Registry::at(scratch("registry-sweep"));
         let minute = Duration::from_secs(60);
         let date = |offset: i64| {
@@ -319,6 +340,23 @@ mod tests {
             "dated an hour ahead (the clock set back): due"
         );
         assert!(registry.roots().is_empty(), "the stamp is not an entry");
+
+        // A sweep under way: the next claim does not wait for it.
+        date(-120);
+        let under_way = registry.claim_sweep(minute).unwrap();
+        assert!(under_way.is_some());
+        date(-120);
+        assert!(
+            registry.claim_sweep(minute).unwrap().is_none(),
+            "a sweep under way: none more"
+        );
+        drop(under_way);
+        assert!(registry.claim_sweep(minute).unwrap().is_some());
+
+        // A stamp others could read, and so lock: refused, not waited on.
+        fs::set_permissions(registry.sweep_stamp(), fs::Permissions::from_mode(0o644)).unwrap();
+        date(-120);
+        assert!(registry.claim_sweep(minute).is_err());
         fs::remove_dir_all(registry.dir()).unwrap();
     }
 
