@@ -8,7 +8,8 @@
 //! - [`gate`]: the one door: decide, [`ask`] where the rule says so (on the terminal, and on
 //!   the [`board`] a web view answers), record, then open.
 //! - [`audit`]: one JSON line per decision.
-//! - [`watch`]: the broker's thread: reopens the channels when the policy changes.
+//! - [`watch`]: the broker's thread: reopens the channels when the policy changes, which
+//!   [`policy_watch`] finds out.
 //! - [`channels`]: IPC channels (unix sockets, TCP ports, D-Bus names through [`dbus`]) and
 //!   the dependencies they start; [`endpoint`] binds and connects inside VMs, [`splice`]
 //!   carries the bytes.
@@ -19,9 +20,9 @@
 //! - [`protocol`]: every message between the broker and the processes it talks to, one module
 //!   per pair, versioned.
 //!
-//! Imports point one way: broker → watch → channels → dbus; broker → invoke → transfer; all
-//! → gate → policy → error; [`side`] (the VM served) above policy; [`protocol`] at the bottom.
-//! Raw system calls are feather-sys's: this crate has no `unsafe`.
+//! Imports point one way: broker → watch → channels → dbus, watch → policy_watch; broker →
+//! invoke → transfer; all → gate → policy → error; [`side`] (the VM served) above policy;
+//! [`protocol`] at the bottom. Raw system calls are feather-sys's: this crate has no `unsafe`.
 
 pub mod ask;
 pub mod audit;
@@ -36,6 +37,7 @@ mod identity;
 pub mod invoke;
 pub mod peers;
 pub mod policy;
+pub mod policy_watch;
 pub mod protocol;
 pub mod side;
 pub mod splice;

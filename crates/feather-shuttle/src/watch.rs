@@ -9,13 +9,12 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+use nix::poll::{poll, PollFd, PollFlags};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
@@ -23,6 +22,7 @@ use crate::channels::{self, Channel, Offer, Shared};
 use crate::gate::Gate;
 use crate::peers::Peers;
 use crate::policy::{self, Kind, Party, Request};
+use crate::policy_watch::PolicyWatch;
 use crate::side::VmSide;
 
 /// Why a broker cannot watch (and so opens no channels).
@@ -93,60 +93,6 @@ impl Drop for Channels {
     }
 }
 
-/// The policy folders, watched with inotify. A folder that does not exist yet is waited for
-/// through the nearest folder above it that does.
-struct PolicyWatch {
-    inotify: Inotify,
-    dirs: Vec<PathBuf>,
-}
-
-impl PolicyWatch {
-    fn new(dirs: Vec<PathBuf>) -> io::Result<PolicyWatch> {
-        let inotify = Inotify::init(InitFlags::IN_CLOEXEC | InitFlags::IN_NONBLOCK)?;
-        let watch = PolicyWatch { inotify, dirs };
-        watch.arm();
-        Ok(watch)
-    }
-
-    /// (Re)adds the watches; a folder made since the last time is watched from now on.
-    fn arm(&self) {
-        // A rule file counts once written (close) or moved in; a new empty file does not.
-        let in_folder = AddWatchFlags::IN_CLOSE_WRITE
-            | AddWatchFlags::IN_MOVED_TO
-            | AddWatchFlags::IN_MOVED_FROM
-            | AddWatchFlags::IN_DELETE
-            | AddWatchFlags::IN_DELETE_SELF
-            | AddWatchFlags::IN_MOVE_SELF
-            | AddWatchFlags::IN_ONLYDIR;
-        let above =
-            AddWatchFlags::IN_CREATE | AddWatchFlags::IN_MOVED_TO | AddWatchFlags::IN_ONLYDIR;
-        for dir in &self.dirs {
-            if self.inotify.add_watch(dir, in_folder).is_ok() {
-                continue;
-            }
-            let mut up = dir.parent();
-            while let Some(parent) = up {
-                if self.inotify.add_watch(parent, above).is_ok() {
-                    break;
-                }
-                up = parent.parent();
-            }
-        }
-    }
-
-    /// Reads what happened; whether anything did.
-    fn drain(&self) -> bool {
-        let mut any = false;
-        while let Ok(events) = self.inotify.read_events() {
-            if events.is_empty() {
-                break;
-            }
-            any = true;
-        }
-        any
-    }
-}
-
 /// What one polled descriptor stands for.
 #[derive(Clone, Copy)]
 enum Role {
@@ -184,7 +130,15 @@ impl Watcher {
             .parent()
             .unwrap_or(Path::new("/"))
             .to_path_buf();
-        let policy = PolicyWatch::new(policy::policy_dirs(&root))?;
+        let policy = PolicyWatch::new(policy::policy_dirs(&root));
+        if policy.looking() {
+            eprintln!(
+                "feather shuttle {}: the policy is looked at every second: no inotify instance \
+                 to spare on this host (fs.inotify.max_user_instances counts every root \
+                 process's; raise it for each VM's broker to be told of a change at once)",
+                shared.side.name
+            );
+        }
         Ok(Watcher {
             shared,
             channels: Vec::new(),
@@ -281,8 +235,7 @@ impl Watcher {
                         self.watch_targets();
                     }
                     Role::Policy => {
-                        if self.policy.drain() {
-                            self.policy.arm();
+                        if self.policy.changed() {
                             if let Err(why) = self.shared.gate.reload() {
                                 eprintln!("feather shuttle {}: {why}", self.shared.side.name);
                             }
@@ -311,9 +264,9 @@ impl Watcher {
     fn wait(&self) -> Vec<Role> {
         let mut watched: Vec<(Role, BorrowedFd<'_>)> = vec![
             (Role::Wake, self.shared.wake.as_fd()),
-            (Role::Policy, self.policy.inotify.as_fd()),
             (Role::Source, self.source.as_fd()),
         ];
+        watched.extend(self.policy.fd().map(|fd| (Role::Policy, fd)));
         for channel in &self.channels {
             watched.push((Role::Channel(channel.info.id), channel.as_fd()));
         }
@@ -324,7 +277,7 @@ impl Watcher {
             .iter()
             .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
             .collect();
-        match poll(&mut fds, PollTimeout::NONE) {
+        let mut ready: Vec<Role> = match poll(&mut fds, self.policy.timeout()) {
             Ok(_) => fds
                 .iter()
                 .zip(&watched)
@@ -332,7 +285,12 @@ impl Watcher {
                 .map(|(_, (role, _))| *role)
                 .collect(),
             Err(_) => Vec::new(),
+        };
+        if self.policy.looking() {
+            // Its look is taken if due (`PolicyWatch::changed`).
+            ready.push(Role::Policy);
         }
+        ready
     }
 
     /// Hands each waiting connection of channel `id` to a thread of its own.
