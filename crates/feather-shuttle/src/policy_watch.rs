@@ -4,10 +4,9 @@
 //! inotify instances are counted per user across the whole host
 //! (`fs.inotify.max_user_instances`, 128 by default), and every keeper runs as root beside the
 //! host's own root daemons: from about the 128th running VM on a host, `inotify_init` fails
-//! with EMFILE. A broker that then gave up would open no channel and hold the policy it read at
-//! its start for good — a rule removed since would still let its VM through. Such a broker
-//! looks instead: it learns of a change within a second rather than at once, for one wake-up a
-//! second.
+//! with EMFILE. A broker that then gave up would open no channel whatever the policy says.
+//! Such a broker looks instead: it learns of a change within a second rather than at once, for
+//! one wake-up a second.
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, BorrowedFd};
