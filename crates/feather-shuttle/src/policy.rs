@@ -420,10 +420,15 @@ fn rule_files(dir: &Path) -> Result<Vec<PathBuf>, PolicyError> {
     };
     let mut files: Vec<PathBuf> = entries
         .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| path.extension().is_some_and(|ext| ext == EXTENSION))
+        .filter(|path| is_rule_file(path))
         .collect();
     files.sort();
     Ok(files)
+}
+
+/// Whether the policy reads `path` (by its name: `*.policy`).
+pub fn is_rule_file(path: &Path) -> bool {
+    path.extension().is_some_and(|ext| ext == EXTENSION)
 }
 
 /// Parses one rule file.

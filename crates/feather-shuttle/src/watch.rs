@@ -4,7 +4,8 @@
 //! when such a VM stops. When the VM it serves stops, or the broker is dropped, it closes
 //! everything.
 //!
-//! A VM the policy offers nothing costs this one thread, asleep in `poll`.
+//! A VM the policy offers nothing costs this one thread, asleep in `poll` (waking once a
+//! second where the policy is looked at, see [`crate::policy_watch`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -131,13 +132,17 @@ impl Watcher {
             .unwrap_or(Path::new("/"))
             .to_path_buf();
         let policy = PolicyWatch::new(policy::policy_dirs(&root));
-        if policy.looking() {
+        if let Some(why) = policy.looking() {
             eprintln!(
                 "feather shuttle {}: the policy is looked at every second: no inotify instance \
-                 to spare on this host (fs.inotify.max_user_instances counts every root \
-                 process's; raise it for each VM's broker to be told of a change at once)",
+                 ({why}; fs.inotify.max_user_instances counts every root process's, those in \
+                 VMs too: raise it for each VM's broker to be told of a change at once)",
                 shared.side.name
             );
+        }
+        // What changed between the gate's first read and this watch, which saw none of it.
+        if let Err(why) = shared.gate.reload() {
+            eprintln!("feather shuttle {}: {why}", shared.side.name);
         }
         Ok(Watcher {
             shared,
@@ -286,7 +291,7 @@ impl Watcher {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        if self.policy.looking() {
+        if self.policy.looking().is_some() {
             // Its look is taken if due (`PolicyWatch::changed`).
             ready.push(Role::Policy);
         }
