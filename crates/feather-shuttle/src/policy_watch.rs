@@ -157,27 +157,29 @@ impl PolicyWatch {
         }
         let now: Vec<Look> = self.dirs.iter().map(|dir| look_at(dir)).collect();
         let counted = match looks.settling.take() {
+            // A difference from what counted last waits for a second look.
+            None => {
+                if now != looks.seen {
+                    looks.settling = Some(now);
+                }
+                false
+            }
             // The difference held for a second look: it counts.
-            Some(before) if before == now => true,
+            Some(before) if before == now => {
+                looks.seen = now;
+                true
+            }
             // Still changing: looked at again shortly.
             Some(_) => {
                 looks.settling = Some(now);
                 false
             }
-            None if now == looks.seen => false,
-            None => {
-                looks.settling = Some(now);
-                false
-            }
         };
-        looks.next = Instant::now()
-            + match looks.settling {
-                Some(_) => SETTLE,
-                None => LOOK_EVERY,
-            };
-        if counted {
-            looks.seen = self.dirs.iter().map(|dir| look_at(dir)).collect();
-        }
+        let wait = match looks.settling {
+            Some(_) => SETTLE,
+            None => LOOK_EVERY,
+        };
+        looks.next = Instant::now() + wait;
         counted
     }
 
