@@ -118,11 +118,9 @@ impl PolicyWatch {
     pub(crate) fn timeout(&self) -> PollTimeout {
         match &self.how {
             How::Told(_) => PollTimeout::NONE,
-            How::Looking(looks) => {
-                let left = looks.next.saturating_duration_since(Instant::now());
-                PollTimeout::try_from(left.as_nanos().div_ceil(1_000_000))
-                    .unwrap_or(PollTimeout::MAX)
-            }
+            How::Looking(looks) => feather_sys::timed::poll_timeout(
+                looks.next.saturating_duration_since(Instant::now()),
+            ),
         }
     }
 

@@ -76,7 +76,7 @@ impl Quiet {
             }
             let wake = sooner(deadline, self.release_at());
             let timeout = wake.map_or(PollTimeout::NONE, |wake| {
-                poll_timeout(wake.saturating_duration_since(now))
+                feather_sys::timed::poll_timeout(wake.saturating_duration_since(now))
             });
             let events = if releasing {
                 release_and_poll(fds, timeout)
@@ -110,16 +110,6 @@ impl Quiet {
             State::Released | State::Ending => None,
         }
     }
-}
-
-/// poll(2)'s timeout for a wake-up `left` from now: whole milliseconds, rounded up. Rounded
-/// down (nix's conversion from a `Duration`), the last fraction of a millisecond before every
-/// wake-up was a timeout of 0, and the wait spun through it: an idle keeper, 200 ms after its
-/// VM's start and after every request it served, made 67–81 polls in a row that returned at
-/// once (under strace; many more without), up to a millisecond of CPU taken from whatever
-/// started next (the next VM of a bring-up of many).
-fn poll_timeout(left: Duration) -> PollTimeout {
-    PollTimeout::try_from(left.as_nanos().div_ceil(1_000_000)).unwrap_or(PollTimeout::MAX)
 }
 
 /// The sooner of two moments, either of which may be "never" (`None`).
@@ -217,29 +207,6 @@ mod tests {
             State::Ending,
             "an event does not make it busy again"
         );
-    }
-
-    #[test]
-    fn a_wake_up_less_than_a_millisecond_away_is_waited_for_not_spun_through() {
-        let at_once = PollTimeout::ZERO;
-        assert_eq!(poll_timeout(Duration::ZERO), at_once);
-        assert_eq!(
-            poll_timeout(Duration::from_micros(1)),
-            PollTimeout::from(1u8)
-        );
-        assert_eq!(
-            poll_timeout(Duration::from_micros(600)),
-            PollTimeout::from(1u8)
-        );
-        assert_eq!(
-            poll_timeout(Duration::from_millis(1)),
-            PollTimeout::from(1u8)
-        );
-        assert_eq!(
-            poll_timeout(Duration::from_micros(199_600)),
-            PollTimeout::from(200u8)
-        );
-        assert_eq!(poll_timeout(Duration::MAX), PollTimeout::MAX);
     }
 
     #[test]

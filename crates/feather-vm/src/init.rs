@@ -587,9 +587,8 @@ fn await_child_signal(signals: &SignalFd, deadline: Instant) {
     let left = deadline
         .saturating_duration_since(Instant::now())
         .min(SHUT_DOWN_RECHECK);
-    let timeout = nix::poll::PollTimeout::try_from(left).unwrap_or(nix::poll::PollTimeout::MAX);
     let mut fds = [PollFd::new(signals.as_fd(), PollFlags::POLLIN)];
-    if let Ok(1..) = nix::poll::poll(&mut fds, timeout) {
+    if let Ok(1..) = nix::poll::poll(&mut fds, feather_sys::timed::poll_timeout(left)) {
         let _ = signals.read_signal();
     }
 }

@@ -249,8 +249,7 @@ impl Launched {
         let deadline = std::time::Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
-            let poll_for = PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX);
-            match self.wait_for(poll_for)? {
+            match self.wait_for(feather_sys::timed::poll_timeout(left))? {
                 Some(code) => return Ok(Some(code)),
                 None if left.is_zero() => return Ok(None),
                 None => {}

@@ -883,7 +883,7 @@ pub(crate) fn await_release(
     recorded: &mut dyn FnMut() -> std::result::Result<(), String>,
     once_running: &dyn Fn(),
 ) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::poll::{poll, PollFd, PollFlags};
     use std::os::fd::AsFd;
     let deadline = std::time::Instant::now() + HOLD_PATIENCE;
     loop {
@@ -896,10 +896,7 @@ pub(crate) fn await_release(
             PollFd::new(listener.as_fd(), PollFlags::POLLIN),
             PollFd::new(init.pidfd.as_fd(), PollFlags::POLLIN),
         ];
-        let _ = poll(
-            &mut fds,
-            PollTimeout::try_from(left).unwrap_or(PollTimeout::MAX),
-        );
+        let _ = poll(&mut fds, feather_sys::timed::poll_timeout(left));
         let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
         if ready(&fds[0]) {
             return false;
