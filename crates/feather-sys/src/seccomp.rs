@@ -201,19 +201,24 @@ pub fn fold_x32(program: Vec<Instruction>) -> std::result::Result<Vec<Instructio
     Ok(folded)
 }
 
-/// A program's length and the FNV-1a hash of its instructions (each as the kernel reads it:
-/// code, jt, jf, k, little-endian), for tests that pin a program to an earlier build's.
-pub fn fingerprint(program: &[Instruction]) -> (usize, u64) {
-    let bytes: Vec<u8> = program
+/// A program's instructions laid out as the kernel reads them (`struct sock_filter`: code, jt,
+/// jf, k, in this machine's byte order): what a process outside Rust hands to `seccomp(2)`.
+pub fn as_bytes(program: &[Instruction]) -> Vec<u8> {
+    program
         .iter()
         .flat_map(|i| {
-            let mut bytes = i.code.to_le_bytes().to_vec();
+            let mut bytes = i.code.to_ne_bytes().to_vec();
             bytes.extend([i.jt, i.jf]);
-            bytes.extend(i.k.to_le_bytes());
+            bytes.extend(i.k.to_ne_bytes());
             bytes
         })
-        .collect();
-    (program.len(), crate::fnv::fnv1a_64(&bytes))
+        .collect()
+}
+
+/// A program's length and the FNV-1a hash of its instructions as the kernel reads them, for
+/// tests that pin a program to an earlier build's (the pins are x86_64's, little-endian).
+pub fn fingerprint(program: &[Instruction]) -> (usize, u64) {
+    (program.len(), crate::fnv::fnv1a_64(&as_bytes(program)))
 }
 
 /// The answer of `program` to one call (its audit architecture, number and arguments, laid

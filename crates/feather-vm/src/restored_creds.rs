@@ -660,14 +660,8 @@ os.execvp("sleep", ["sleep", "60"])
 "#;
 
     fn hex(program: &Program) -> String {
-        program
+        feather_sys::seccomp::as_bytes(program)
             .iter()
-            .flat_map(|i| {
-                let mut bytes = i.code.to_ne_bytes().to_vec();
-                bytes.extend([i.jt, i.jf]);
-                bytes.extend(i.k.to_ne_bytes());
-                bytes
-            })
             .map(|b| format!("{b:02x}"))
             .collect()
     }
