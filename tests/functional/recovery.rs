@@ -87,18 +87,15 @@ fn rm_of_a_crashed_vm_leaves_no_cgroup_socket_or_state() {
     );
 }
 
-/// The state a throw-away VM's teardown child leaves when it is killed before its first step:
-/// the VM's processes gone, its folders set aside (renamed `.removing-<name>-<id>`), its
-/// network, lease and run folder all still there. The next feather command finishes it.
-#[test]
-fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_command() {
-    let feather = Feather::new("teardown-crash");
-    let base = crate::support::ScratchBase::new("teardown-crash");
-    let mut run = feather.spawn_throw_away("tmp", &["--base", base.as_str()]);
-    let info = feather.inspect("tmp");
-    let id = info["config"]["id"].as_str().unwrap().to_owned();
-    let bridge = info["network"]["bridge"].as_str().unwrap().to_owned();
-    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
+/// Kills the `run` keeping throw-away VM `tmp` (id `id`, init `init`) and, once its init has
+/// gone with it, sets the VM's folders aside as a teardown's first step does
+/// (`.removing-tmp-<id>`, in `vms` and `run`); returns that name.
+fn kill_the_run_and_set_tmp_aside(
+    feather: &Feather,
+    mut run: std::process::Child,
+    init: Pid,
+    id: &str,
+) -> String {
     kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL).unwrap();
     let _ = run.wait();
     feather.eventually("its init is gone with its keeper", || !alive(init));
@@ -107,6 +104,22 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
         let dir = feather.root.join(folder);
         std::fs::rename(dir.join("tmp"), dir.join(&aside)).unwrap();
     }
+    aside
+}
+
+/// The state a throw-away VM's teardown child leaves when it is killed before its first step:
+/// the VM's processes gone, its folders set aside (renamed `.removing-<name>-<id>`), its
+/// network, lease and run folder all still there. The next feather command finishes it.
+#[test]
+fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_command() {
+    let feather = Feather::new("teardown-crash");
+    let base = crate::support::ScratchBase::new("teardown-crash");
+    let run = feather.spawn_throw_away("tmp", &["--base", base.as_str()]);
+    let info = feather.inspect("tmp");
+    let id = info["config"]["id"].as_str().unwrap().to_owned();
+    let bridge = info["network"]["bridge"].as_str().unwrap().to_owned();
+    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
+    kill_the_run_and_set_tmp_aside(&feather, run, init, &id);
     let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
     // The veth may have gone with the VM's namespace; the bridge and the rules stay.
     assert!(
@@ -160,20 +173,13 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
 fn a_set_aside_throw_away_vm_without_its_config_leaves_no_cgroup() {
     let feather = Feather::new("teardown-noconfig");
     let base = crate::support::ScratchBase::new("teardown-noconfig");
-    let mut run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
+    let run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
     let info = feather.inspect("tmp");
     let id = info["config"]["id"].as_str().unwrap().to_owned();
     let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
     // Removed on the way out whatever happens, so that a failure leaves nothing on the host.
     let groups = crate::support::VmGroups::of(&id);
-    kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL).unwrap();
-    let _ = run.wait();
-    feather.eventually("its init is gone with its keeper", || !alive(init));
-    let aside = format!(".removing-tmp-{id}");
-    for folder in ["vms", "run"] {
-        let dir = feather.root.join(folder);
-        std::fs::rename(dir.join("tmp"), dir.join(&aside)).unwrap();
-    }
+    let aside = kill_the_run_and_set_tmp_aside(&feather, run, init, &id);
     std::fs::remove_file(feather.root.join("vms").join(&aside).join("config.toml")).unwrap();
     assert!(
         !groups.present().is_empty(),
