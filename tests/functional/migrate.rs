@@ -1009,6 +1009,66 @@ fn a_post_copy_migration_failing_after_its_dump_leaves_every_process_whole_at_th
 /// When the connection breaks after the sender let the VM go, the sender cannot know whether it
 /// runs at the receiver: it keeps its checkpoint with a marker naming the receiver, and a
 /// restore here is refused until the user, having looked, removes the marker.
+/// A root registered while a received VM waits, stopped, for the sender's release, after its
+/// keeper's first look at the registry and before its record as running has landed (held here
+/// by `RecordHold`, as a slow disk could hold it): the registering command reads the VM as
+/// checkpointed and passes it over. The keeper looks at the registry once more when the record
+/// has landed, before the VM runs (`Keeper::serve`, `hide_registered_roots`); without that
+/// look the root's marker is readable in the VM at the target.
+#[test]
+fn a_root_registered_before_a_received_vm_s_record_lands_is_hidden_before_it_runs() {
+    let hosts = TwoHosts::new();
+    let base = ScratchBase::new("mig-late-root");
+    // In the VM's base, with a marker: seen in the VM until the root is hidden there.
+    let late_dir = base.file("data/late-root");
+    std::fs::create_dir_all(&late_dir).unwrap();
+    std::fs::write(late_dir.join("marker"), "marker of the late root\n").unwrap();
+    let late = Feather::at(late_dir);
+    let seen = "ls -A /data/late-root; cat /data/late-root/marker 2>/dev/null; echo end";
+    let (source, target) = (Feather::new("mig-late"), Feather::new("mig-late-dst"));
+    source.start_over("vm", &base, &["--net", "none"]);
+    assert_ne!(source.sh("vm", seen), "end\n", "seen before it is a root");
+
+    let mut hold = crate::support::RecordHold::new("mig-late");
+    let (variable, value) = hold.env();
+    let env = [
+        (variable, value.to_str().unwrap()),
+        ("FEATHER_TRACE", "phases"),
+    ];
+    let mut server = Server::accepting(&hosts, &target, &env, &["--base", base.as_str()]);
+    let migrating = migrating(&hosts, &source, "vm", &[])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Restored, stopped, and the keeper's first look done: `restore` returned to the serve.
+    let mut said = String::new();
+    let mut reader = BufReader::new(server.child.stderr.as_mut().unwrap());
+    while !said.contains("serve: restored") {
+        let before = said.len();
+        reader.read_line(&mut said).unwrap();
+        assert!(said.len() > before, "the receiver ended: {said}");
+    }
+    drop(reader);
+    assert_eq!(target.status("vm"), "checkpointed", "{said}");
+    // The sending root is another host's, not in this host's registry: a registration here
+    // would otherwise wait for the sending VM, whose operation lock the migration holds until
+    // the VM runs at the target, which waits for the hold.
+    feather_core::roots::Registry::host().forget_below(&source.root);
+    late.ok(&["ls"]);
+    hold.release();
+    let moved: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    let (received, said) = server.finish();
+    assert!(received, "{said}");
+    assert_eq!(target.status("vm"), "running");
+    assert_eq!(
+        target.sh("vm", seen),
+        "end\n",
+        "a root registered before the record landed shows in the received VM"
+    );
+}
+
 #[test]
 fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed() {
     let source = Feather::new("mig-marker");

@@ -370,6 +370,61 @@ fn a_restored_vm_hides_the_roots_made_since_and_restores_despite_roots_removed_s
     assert_eq!(seen, "1\n", "the reader runs on and saw nothing");
 }
 
+/// A folder `data/late-root` in `base` holding a marker, for a state root registered later: a
+/// VM over `base` sees the marker until that root is hidden in it. Returns the root.
+fn late_root_in(base: &crate::support::ScratchBase) -> Feather {
+    let dir = base.file("data/late-root");
+    fs::create_dir_all(&dir).unwrap();
+    fs::write(dir.join("marker"), "marker of the late root\n").unwrap();
+    Feather::at(dir)
+}
+
+/// What a VM over a base with [`late_root_in`] sees of the late root: "end" alone once hidden.
+const LATE_ROOT_SEEN: &str =
+    "ls -A /data/late-root; cat /data/late-root/marker 2>/dev/null; echo end";
+
+/// A root registered while a restore is held just before its keeper records the VM running
+/// (CRIU has brought the VM back, stopped) reads the VM as checkpointed: the registering
+/// command passes it over (`hiding::in_running_vm`). The keeper's look at the registry after
+/// its record (`Keeper::restore`) hides that root before anything of the VM runs. A keeper that
+/// looked before its record, or not at all, leaves the root's marker readable in the VM.
+#[test]
+fn a_root_registered_while_a_restore_records_the_vm_running_is_hidden_in_it() {
+    let base = crate::support::ScratchBase::new("host-view-restore-hold");
+    let late = late_root_in(&base);
+    let a = Feather::new("host-view-restore-hold");
+    a.start_over("w", &base, &["--net", "none"]);
+    assert_ne!(
+        a.sh("w", LATE_ROOT_SEEN),
+        "end\n",
+        "the VM sees the folder before it is a registered root"
+    );
+    a.ok(&["checkpoint", "w"]);
+    let mut hold = crate::support::RecordHold::new("host-view-restore-hold");
+    let (variable, value) = hold.env();
+    let restoring = a
+        .command()
+        .env(variable, value)
+        .args(["restore", "w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    a.eventually("the restoring keeper waits before its record", || {
+        hold.awaited()
+    });
+    assert_eq!(a.status("w"), "checkpointed");
+    late.ok(&["ls"]);
+    hold.release();
+    let restored = restoring.wait_with_output().unwrap();
+    assert!(restored.status.success(), "{restored:?}");
+    assert_eq!(
+        a.sh("w", LATE_ROOT_SEEN),
+        "end\n",
+        "a root registered during the restore shows in the restored VM"
+    );
+}
+
 /// A new root is hidden in running VMs only: a registration reads each VM's state before it
 /// takes the VM's operation lock, and passes over one that is not running, whatever holds that
 /// lock (a start, an rm, a commit). It waited for every VM of the host before, up to 60 s each

@@ -694,6 +694,53 @@ impl Drop for ScratchDir {
     }
 }
 
+/// A hold on restoring keepers just before they record the VM running (see
+/// `feather_vm::keeper::HOLD_RUNNING_RECORD`): a file whose lock this holds until
+/// [`RecordHold::release`] (or its drop, also when the test fails). A keeper given
+/// [`RecordHold::env`] waits there, its VM restored, stopped, and still recorded as
+/// checkpointed.
+pub struct RecordHold {
+    dir: ScratchDir,
+    lock: Option<fs::File>,
+}
+
+impl RecordHold {
+    pub fn new(label: &str) -> Self {
+        let dir = ScratchDir::new(label);
+        let lock = fs::File::create(dir.path.join("hold")).unwrap();
+        lock.lock().unwrap();
+        RecordHold {
+            dir,
+            lock: Some(lock),
+        }
+    }
+
+    /// The variable and value that make a keeper (and the keepers a command starts) wait.
+    pub fn env(&self) -> (&'static str, PathBuf) {
+        (
+            feather_vm::keeper::HOLD_RUNNING_RECORD,
+            self.dir.path.join("hold"),
+        )
+    }
+
+    /// Whether a process waits for the hold now, as the kernel's table of file locks says.
+    pub fn awaited(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let meta = fs::metadata(self.dir.path.join("hold")).unwrap();
+        let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
+        let file = format!("{major:02x}:{minor:02x}:{}", meta.ino());
+        fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|line| line.contains("->") && line.split_whitespace().any(|f| f == file))
+    }
+
+    /// Lets the waiting keepers go on.
+    pub fn release(&mut self) {
+        self.lock = None;
+    }
+}
+
 /// The characters of `text` a terminal would act on (other than the line ends of `\n`):
 /// C0 and C1 controls, DEL, and bidirectional controls. Empty for safely escaped output.
 pub fn terminal_controls(text: &str) -> Vec<char> {

@@ -163,6 +163,22 @@ pub struct Keeper {
 /// The thread writing a VM's state durably.
 type Recording = std::thread::JoinHandle<feather_core::Result<()>>;
 
+/// For tests only: the file whose lock a restoring keeper waits for (shared, blocking) just
+/// before it records the VM running, so that a test holding that lock acts while the restored
+/// VM still reads as checkpointed — as a slow disk could make it — and knows where the keeper
+/// stands. Unset (always, outside tests), nothing waits.
+pub const HOLD_RUNNING_RECORD: &str = "FEATHER_TEST_HOLD_RUNNING_RECORD";
+
+/// Waits for the lock of the file [`HOLD_RUNNING_RECORD`] names, if it is set.
+fn held_by_test() {
+    let Some(path) = std::env::var_os(HOLD_RUNNING_RECORD) else {
+        return;
+    };
+    if let Ok(file) = File::open(path) {
+        let _ = file.lock_shared();
+    }
+}
+
 /// Whether a keeper leaves the slow end of its VM's teardown to a finisher process of its own
 /// (see [`Keeper::hand_off`]): a throw-away VM run in the foreground, without a disk image
 /// (whose release must come before the exit status).
@@ -597,10 +613,15 @@ impl Keeper {
     fn record_running_aside(&self) -> Recording {
         let state = self.running_record();
         let vm = self.vm.clone();
-        std::thread::spawn(move || vm.write_state(&state, Durability::Durable))
+        std::thread::spawn(move || {
+            held_by_test();
+            vm.write_state(&state, Durability::Durable)
+        })
     }
 
+    /// A restored VM's record as running.
     fn record_running(&self, durability: Durability) -> Result<()> {
+        held_by_test();
         Ok(self.vm.write_state(&self.running_record(), durability)?)
     }
 
