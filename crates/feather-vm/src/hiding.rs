@@ -50,8 +50,19 @@ pub enum HidingError {
     Busy,
     #[error("cannot read its mounts")]
     Mounts(#[source] std::io::Error),
-    #[error(transparent)]
-    Hide(#[from] feather_sys::SysError),
+    #[error("cannot mount the empty tmpfs on {} in it", listed(folders))]
+    Hide {
+        /// The folders as the VM sees them.
+        folders: Vec<PathBuf>,
+        #[source]
+        source: feather_sys::SysError,
+    },
+}
+
+/// `folders`, for a message.
+fn listed(folders: &[PathBuf]) -> String {
+    let shown: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
+    shown.join(", ")
 }
 
 /// Hides `new`'s folders in every running VM of every registered root. Returns one warning
@@ -169,7 +180,10 @@ pub fn in_vm(
     if rels.is_empty() {
         return Ok(());
     }
-    Ok(process::hide_in_mount_namespace_of(pidfd, &rels)?)
+    process::hide_in_mount_namespace_of(pidfd, &rels).map_err(|source| HidingError::Hide {
+        folders: rels.iter().map(|rel| Path::new("/").join(rel)).collect(),
+        source,
+    })
 }
 
 /// Whether a mount of a VM, as its init's mountinfo says, is one of the hiding tmpfs: a VM
@@ -181,6 +195,28 @@ pub fn is_hiding_mount(mount: &feather_sys::mountinfo::MountEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A hiding that failed after a start or restore is only in the keeper's log: the line
+    /// says which folders the VM may still read.
+    #[test]
+    fn a_failed_hiding_names_the_folders_as_the_vm_sees_them() {
+        let failed = HidingError::Hide {
+            folders: vec!["/var/lib/feather".into(), "/srv/roots/b/run".into()],
+            source: feather_sys::SysError {
+                op: "hide in mount namespace",
+                target: "init".into(),
+                errno: nix::errno::Errno::ENOMEM,
+            },
+        };
+        let said = feather_core::error::causes(&failed);
+        assert!(
+            said.starts_with(
+                "cannot mount the empty tmpfs on /var/lib/feather, /srv/roots/b/run in it: hide \
+                 in mount namespace init: ENOMEM"
+            ),
+            "{said}"
+        );
+    }
 
     #[test]
     fn a_folder_is_hidden_where_the_vm_sees_the_hosts_tree_only() {

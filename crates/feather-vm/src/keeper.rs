@@ -553,31 +553,32 @@ impl Keeper {
     }
 
     /// Hides in the running VM every state folder of the host it does not hide yet, other
-    /// than `known` (hidden at its start). A failure is written to the keeper's log: the VM
-    /// runs on, and `feather` warns again when it registers the next root.
+    /// than `known` (hidden at its start).
     fn hide_state_folders(&self, root: &StateRoot, known: &[PathBuf]) {
         let late: Vec<PathBuf> = hiding::state_folders(root)
             .into_iter()
             .filter(|folder| !known.contains(folder))
             .collect();
-        if let Err(why) = hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &late) {
-            eprintln!(
-                "feather keeper {}: cannot hide state folders: {}",
-                self.vm.name(),
-                causes(&why)
-            );
-        }
+        self.hide_late(&late);
     }
 
     /// Hides in the VM every registered root's folders it does not hide yet (its own root's
     /// are hidden from its start or restore on).
     fn hide_registered_roots(&self) {
-        let folders = feather_core::roots::host_state_folders();
-        if let Err(why) =
-            hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &folders)
+        self.hide_late(&feather_core::roots::host_state_folders());
+    }
+
+    /// Hides `folders` in the VM, after its start or restore. A failure is not retried and
+    /// the VM runs on: it is written to the keeper's log (the VM's keeper.log; the terminal of
+    /// a throw-away VM run in the foreground), naming the folders and what to do. No later
+    /// registration hides them: one hides only the root it registers (docs/security.md, row
+    /// 21).
+    fn hide_late(&self, folders: &[PathBuf]) {
+        if let Err(why) = hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, folders)
         {
             eprintln!(
-                "feather keeper {}: cannot hide state folders: {}",
+                "feather keeper {}: cannot hide the host's state folders in the VM: {}; the VM \
+                 runs on and may read them until it is stopped and started again",
                 self.vm.name(),
                 causes(&why)
             );
