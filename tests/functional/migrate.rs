@@ -1006,9 +1006,6 @@ fn a_post_copy_migration_failing_after_its_dump_leaves_every_process_whole_at_th
     source.ok(&["rm", "-f", "big"]);
 }
 
-/// When the connection breaks after the sender let the VM go, the sender cannot know whether it
-/// runs at the receiver: it keeps its checkpoint with a marker naming the receiver, and a
-/// restore here is refused until the user, having looked, removes the marker.
 /// A root registered while a received VM waits, stopped, for the sender's release, after its
 /// keeper's first look at the registry and before its record as running has landed (held here
 /// by `RecordHold`, as a slow disk could hold it): the registering command reads the VM as
@@ -1074,6 +1071,9 @@ fn a_root_registered_before_a_received_vm_s_record_lands_is_hidden_before_it_run
     );
 }
 
+/// When the connection breaks after the sender let the VM go, the sender cannot know whether it
+/// runs at the receiver: it keeps its checkpoint with a marker naming the receiver, and a
+/// restore here is refused until the user, having looked, removes the marker.
 #[test]
 fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed() {
     let source = Feather::new("mig-marker");
