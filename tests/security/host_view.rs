@@ -425,6 +425,60 @@ fn a_root_registered_while_a_restore_records_the_vm_running_is_hidden_in_it() {
     );
 }
 
+/// A restore's look at the registry of roots is the VM's only hiding (a checkpoint holds no
+/// hiding mounts): when it fails, the VM must not run. Here the restored VM's mount namespace
+/// is full (every mount refused with ENOSPC, as a host out of mounts or memory would refuse
+/// them) by the time its keeper looks; the restore fails saying why, the VM is still
+/// checkpointed, none of its processes is left, and once that namespace is gone the same
+/// checkpoint restores. Before, the keeper only logged the failure and let the VM run with
+/// every state root of the host in view.
+#[test]
+fn a_restore_whose_hiding_fails_does_not_let_the_vm_run() {
+    let base = crate::support::ScratchBase::new("host-view-restore-unhidden");
+    // A root the VM over this base would see, were it not hidden: there is something to hide.
+    let other = late_root_in(&base);
+    other.ok(&["ls"]);
+    let a = Feather::new("host-view-restore-unhidden");
+    a.start_over("w", &base, &["--net", "none"]);
+    assert_eq!(a.sh("w", LATE_ROOT_SEEN), "end\n", "hidden from its start");
+    a.ok(&["checkpoint", "w"]);
+    let mut hold = crate::support::RecordHold::new("host-view-restore-unhidden");
+    let (variable, value) = hold.env();
+    let restoring = a
+        .command()
+        .env(variable, value)
+        .args(["restore", "w"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    a.eventually("the restoring keeper waits before its record", || {
+        hold.awaited()
+    });
+    let init = hold.held_init();
+    crate::support::fill_mount_namespace(init);
+    hold.release();
+    let restored = restoring.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&restored.stderr);
+    assert!(!restored.status.success(), "the VM was let run: {said}");
+    assert!(
+        said.contains("cannot hide the host's state folders in the restored VM")
+            && said.contains("ENOSPC"),
+        "{said}"
+    );
+    assert_eq!(a.status("w"), "checkpointed", "{said}");
+    assert!(
+        !Path::new(&format!("/proc/{init}")).exists(),
+        "the restored init is left"
+    );
+    a.ok(&["restore", "w"]);
+    assert_eq!(
+        a.sh("w", LATE_ROOT_SEEN),
+        "end\n",
+        "hidden in the restored VM"
+    );
+}
+
 /// A new root is hidden in running VMs only: a registration reads each VM's state before it
 /// takes the VM's operation lock, and passes over one that is not running, whatever holds that
 /// lock (a start, an rm, a commit). It waited for every VM of the host before, up to 60 s each

@@ -725,6 +725,12 @@ impl RecordHold {
 
     /// Whether a process waits for the hold now, as the kernel's table of file locks says.
     pub fn awaited(&self) -> bool {
+        self.waiter().is_some()
+    }
+
+    /// The process that waits for the hold now, if one does (a line of `/proc/locks` such as
+    /// `1: -> FLOCK  ADVISORY  READ 4321 08:01:5678 0 EOF` names its pid and the file).
+    pub fn waiter(&self) -> Option<i32> {
         use std::os::unix::fs::MetadataExt;
         let meta = fs::metadata(self.dir.path.join("hold")).unwrap();
         let (major, minor) = (libc::major(meta.dev()), libc::minor(meta.dev()));
@@ -732,13 +738,84 @@ impl RecordHold {
         fs::read_to_string("/proc/locks")
             .unwrap()
             .lines()
-            .any(|line| line.contains("->") && line.split_whitespace().any(|f| f == file))
+            .map(|line| line.split_whitespace().collect::<Vec<_>>())
+            .filter(|fields| fields.get(1) == Some(&"->") && fields.contains(&file.as_str()))
+            .find_map(|fields| fields.get(5)?.parse().ok())
+    }
+
+    /// The init of the VM whose restoring keeper waits for the hold: the keeper's child in a
+    /// mount namespace of its own (CRIU restores the VM's init as the keeper's child).
+    pub fn held_init(&self) -> i32 {
+        let keeper = self.waiter().expect("a keeper waits for the hold");
+        let namespace = |pid: i32| fs::read_link(format!("/proc/{pid}/ns/mnt")).ok();
+        let children = fs::read_dir(format!("/proc/{keeper}/task"))
+            .unwrap()
+            .flat_map(|task| fs::read_to_string(task.unwrap().path().join("children")))
+            .collect::<Vec<String>>()
+            .join(" ");
+        children
+            .split_whitespace()
+            .filter_map(|pid| pid.parse().ok())
+            .find(|&pid| namespace(pid) != namespace(keeper))
+            .expect("the restoring keeper has its VM's init as a child")
     }
 
     /// Lets the waiting keepers go on.
     pub fn release(&mut self) {
         self.lock = None;
     }
+}
+
+/// Python that fills the mount namespace of the process `sys.argv[1]` up to `fs.mount-max`, so that no
+/// further mount can be made in it (ENOSPC): recursive binds of trees that double in size,
+/// then of ever smaller ones, a few hundred system calls for the host's 100,000. Prints the
+/// error of a last single bind.
+const FILL_MOUNT_NAMESPACE_PY: &str = r#"
+import ctypes, errno, os, sys
+libc = ctypes.CDLL(None, use_errno=True)
+MS_BIND, MS_REC, MS_PRIVATE, CLONE_NEWNS = 4096, 16384, 1 << 18, 0x00020000
+def mount(source, target, fstype, flags):
+    return 0 if libc.mount(source, target, fstype, flags, None) == 0 else ctypes.get_errno()
+if libc.setns(os.open(f"/proc/{sys.argv[1]}/ns/mnt", os.O_RDONLY), CLONE_NEWNS) != 0:
+    sys.exit("setns: " + os.strerror(ctypes.get_errno()))
+top = b"/run/fill"
+os.makedirs(top, exist_ok=True)
+assert mount(b"fill", top, b"tmpfs", 0) == 0 and mount(None, top, None, MS_PRIVATE) == 0
+trees, made = [], 0
+while True:
+    tree = top + b"/t%d" % len(trees)
+    os.mkdir(tree)
+    if mount(tree, tree, None, MS_BIND):
+        break
+    copies = [tree + b"/a", tree + b"/b"] if trees else []
+    for copy in copies:
+        os.mkdir(copy)
+    if any(mount(trees[-1], copy, None, MS_BIND | MS_REC) for copy in copies):
+        break
+    trees.append(tree)
+for tree in reversed(trees):
+    while True:
+        made += 1
+        copy = top + b"/r%d" % made
+        os.mkdir(copy)
+        if mount(tree, copy, None, MS_BIND | MS_REC):
+            break
+print(errno.errorcode.get(mount(top, top, None, MS_BIND), "made"))
+"#;
+
+/// Fills the mount namespace of process `pid` (see [`FILL_MOUNT_NAMESPACE_PY`]): every mount
+/// made in it from then on fails with ENOSPC, as on a host out of mounts. The namespace ends
+/// with its last process, and its mounts with it.
+pub fn fill_mount_namespace(pid: i32) {
+    let filled = Command::new("python3")
+        .args(["-c", FILL_MOUNT_NAMESPACE_PY, &pid.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&filled.stdout),
+        "ENOSPC\n",
+        "{filled:?}"
+    );
 }
 
 /// The characters of `text` a terminal would act on (other than the line ends of `\n`):

@@ -156,6 +156,15 @@ pub enum VmError {
     #[error("VM {vm}: {why}")]
     Failed { vm: String, why: String },
 
+    /// A restored VM in which the host's state roots could not be hidden: it is not let run,
+    /// and stays checkpointed.
+    #[error("VM {vm}: cannot hide the host's state folders in the restored VM; it stays checkpointed and was not let run (restore it again once the host has memory, processes and mounts to spare)")]
+    NotHidden {
+        vm: String,
+        #[source]
+        source: crate::hiding::HidingError,
+    },
+
     /// A record of a checkpoint (`layers.json`, its format) that no feather this old or
     /// younger writes: from a newer feather, damaged, or crafted. Refused as it is read,
     /// before anything is derived from it.

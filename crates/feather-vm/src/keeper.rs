@@ -345,7 +345,9 @@ impl Keeper {
         }
         trace::phase("listen, record the state");
         // Roots registered while the VM started are hidden now (see `hiding`).
-        keeper.hide_state_folders(root, &hidden);
+        if let Err(why) = keeper.hide_state_folders(root, &hidden) {
+            keeper.say_not_hidden(&why);
+        }
         trace::phase("hide late state folders");
         Ok(keeper)
     }
@@ -361,6 +363,8 @@ impl Keeper {
             .lock_keeper()?
             .ok_or_else(|| failed(&name, "is already running"))?;
         let config = vm.read_config()?;
+        // Written back if the VM must not run after all (`give_back`).
+        let prior = vm.read_state()?;
         remove_leftovers(vm, &config);
         root.make_run_dir(vm)?;
         let hold = snapshot::hold(vm)?;
@@ -503,9 +507,12 @@ impl Keeper {
         }
         trace::phase("restore: recorded running");
         // The checkpoint holds no hiding mounts; CRIU left the processes stopped, so the roots
-        // of this host are hidden before anything of the VM runs again. A VM received by a
-        // migration stays stopped until the sender lets it go (snapshot::await_release).
-        keeper.hide_state_folders(root, &[]);
+        // of this host are hidden before anything of the VM runs again, or it does not run:
+        // this look is its only one. A VM received by a migration stays stopped until the
+        // sender lets it go (snapshot::await_release).
+        if let Err(why) = keeper.hide_state_folders(root, &[]) {
+            return Err(keeper.give_back(&prior, why));
+        }
         if keeper.hold.is_none() {
             keeper.let_traffic_through();
             keeper.continue_processes();
@@ -554,35 +561,64 @@ impl Keeper {
 
     /// Hides in the running VM every state folder of the host it does not hide yet, other
     /// than `known` (hidden at its start).
-    fn hide_state_folders(&self, root: &StateRoot, known: &[PathBuf]) {
+    fn hide_state_folders(
+        &self,
+        root: &StateRoot,
+        known: &[PathBuf],
+    ) -> std::result::Result<(), hiding::HidingError> {
         let late: Vec<PathBuf> = hiding::state_folders(root)
             .into_iter()
             .filter(|folder| !known.contains(folder))
             .collect();
-        self.hide_late(&late);
+        hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, &late)
     }
 
     /// Hides in the VM every registered root's folders it does not hide yet (its own root's
     /// are hidden from its start or restore on).
-    fn hide_registered_roots(&self) {
-        self.hide_late(&feather_core::roots::host_state_folders());
+    fn hide_registered_roots(&self) -> std::result::Result<(), hiding::HidingError> {
+        hiding::in_vm(
+            &self.init.pidfd,
+            self.init.pid,
+            &self.config.base,
+            &feather_core::roots::host_state_folders(),
+        )
     }
 
-    /// Hides `folders` in the VM, after its start or restore. A failure is not retried and
-    /// the VM runs on: it is written to the keeper's log (the VM's keeper.log; the terminal of
-    /// a throw-away VM run in the foreground), naming the folders and what to do. No later
-    /// registration hides them: one hides only the root it registers (docs/security.md, row
-    /// 21).
-    fn hide_late(&self, folders: &[PathBuf]) {
-        if let Err(why) = hiding::in_vm(&self.init.pidfd, self.init.pid, &self.config.base, folders)
-        {
+    /// After a start's last look at the registry failed: the VM runs on (its start hid every
+    /// root registered before it began; this look catches those registered meanwhile), and
+    /// the keeper's log (the terminal of a throw-away VM run in the foreground) names the
+    /// folders and what to do. No later registration hides them: one hides only the root it
+    /// registers (docs/security.md, row 21).
+    fn say_not_hidden(&self, why: &hiding::HidingError) {
+        eprintln!(
+            "feather keeper {}: cannot hide the host's state folders in the VM: {}; the VM \
+             runs on and may read them until it is stopped and started again",
+            self.vm.name(),
+            causes(why)
+        );
+    }
+
+    /// Ends a restored VM that must not run (its processes are still stopped, none ran since
+    /// the checkpoint) and writes back `prior`, its record as checkpointed, so that its
+    /// checkpoint can be restored again; then removes what the restore made, the keeper lock
+    /// last. The record is written back while the lock is held: no other command reads the
+    /// VM as running without a keeper meanwhile.
+    fn give_back(self, prior: &VmState, why: hiding::HidingError) -> VmError {
+        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
+        let _ = waitpid(self.init.pid, None);
+        if let Some(recording) = self.recording.borrow_mut().take() {
+            let _ = recording.join();
+        }
+        if let Err(e) = self.vm.write_state(prior, Durability::Durable) {
             eprintln!(
-                "feather keeper {}: cannot hide the host's state folders in the VM: {}; the VM \
-                 runs on and may read them until it is stopped and started again",
+                "feather keeper {}: cannot record it checkpointed again: {}",
                 self.vm.name(),
-                causes(&why)
+                causes(&e)
             );
         }
+        let vm = self.vm.name().to_string();
+        self.abandon();
+        VmError::NotHidden { vm, source: why }
     }
 
     /// Opens the VM's link to its bridge, which a restore into a namespace made anew keeps
@@ -643,13 +679,16 @@ impl Keeper {
                 let mut recording = self.recording.borrow_mut().take();
                 let mut recorded = || match recording.take().map(std::thread::JoinHandle::join) {
                     None => Ok(()),
-                    Some(Ok(Ok(()))) => {
-                        // Restore's look at the registry came before this record landed: a
-                        // root registered in between read the VM as checkpointed and passed it
-                        // over (see `hiding`). Looked at again before anything of it runs.
-                        self.hide_registered_roots();
-                        Ok(())
-                    }
+                    // Restore's look at the registry came before this record landed: a root
+                    // registered in between read the VM as checkpointed and passed it over
+                    // (see `hiding`). Looked at again before anything of it runs; failing,
+                    // the VM is not let run and the sender keeps it.
+                    Some(Ok(Ok(()))) => self.hide_registered_roots().map_err(|why| {
+                        format!(
+                            "cannot hide the host's state folders in it: {}",
+                            causes(&why)
+                        )
+                    }),
                     Some(Ok(Err(e))) => Err(causes(&e)),
                     Some(Err(_)) => Err("the thread writing it panicked".to_owned()),
                 };
