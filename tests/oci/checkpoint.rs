@@ -11,10 +11,12 @@ use crate::support::{
     Dockerd, Outcome, Podman, Runtime, Scratch,
 };
 
-/// Counts up in /tmp/count, five times a second.
-const COUNTER: &str = "i=0; while true; do i=$((i+1)); echo $i > /tmp/count; sleep 0.2; done";
+/// Counts up in /tmp/count, five times a second, each value renamed into place (written in
+/// place, a read between the truncation and the write found the file empty).
+const COUNTER: &str =
+    "i=0; while true; do i=$((i+1)); echo $i > /tmp/count.next; mv /tmp/count.next /tmp/count; sleep 0.2; done";
 
-/// The counter's value; 0 while it is being rewritten.
+/// The counter's value; 0 while it cannot be read.
 fn count_in(path: &Path) -> u64 {
     fs::read_to_string(path)
         .ok()

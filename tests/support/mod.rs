@@ -615,13 +615,15 @@ pub fn redis_cli(ns: Option<&str>, host: &str, port: u16, args: &[&str]) -> Stri
 pub fn start_counting(feather: &Feather, vm: &str) {
     feather.sh(
         vm,
-        "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /run/count; sleep 0.05; done' \
-         </dev/null >/dev/null 2>&1 &",
+        "sh -c 'i=0; while true; do i=$((i+1)); echo $i > /run/count.next; \
+         mv /run/count.next /run/count; sleep 0.05; done' </dev/null >/dev/null 2>&1 &",
     );
     feather.eventually("the counter has counted", || count(feather, vm) >= 3);
 }
 
-/// The counter of [`start_counting`] (0 while it cannot be read).
+/// The counter of [`start_counting`] (0 while it cannot be read). The loop renames each
+/// value into place: written in place, a read between the truncation and the write found the
+/// file empty (a restored loop writes at once: CI read 0 after a restore that way).
 pub fn count(feather: &Feather, vm: &str) -> u64 {
     let outcome = feather.run(&["exec", vm, "--", "cat", "/run/count"]);
     outcome.stdout.trim().parse().unwrap_or(0)
