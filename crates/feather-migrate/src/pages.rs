@@ -24,9 +24,9 @@
 //! The sender's relay also holds back the end of the transfer: the receiver's daemon ends it
 //! (`PS_IOV_CLOSE`) as soon as it has every page, which for a small VM comes before the
 //! receiver has answered the release (it may yet refuse it), and CRIU takes that end for a
-//! finished migration and ends the VM's processes at the sender. So the end goes on to CRIU only once the sender has let
-//! the VM go ([`Relaying::let_go`]); if the receiver does not run it
-//! ([`Relaying::refuse`]), CRIU is made to fail instead and lets the processes go on.
+//! finished migration and ends the VM's processes at the sender. So the end goes on to CRIU
+//! only once the sender has let the VM go ([`Relaying::let_go`]); if the receiver does not run
+//! it ([`Relaying::refuse`]), CRIU is made to fail instead and lets the processes go on.
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -136,9 +136,9 @@ enum Decision {
 
 /// A relay at work (see [`Relay::serve`]). Until the sender says what became of the VM, the
 /// receiver's end of the transfer (`PS_IOV_CLOSE`, which its daemon sends once it has every
-/// page: for a small VM before the receiver answers the release) is held here, not passed on: CRIU would take it
-/// for a finished transfer and end the VM's processes at the sender, even if the receiver
-/// then does not run the VM. Dropped undecided, it refuses.
+/// page: for a small VM before the receiver answers the release) is held here, not passed on:
+/// CRIU would take it for a finished transfer and end the VM's processes at the sender, even
+/// if the receiver then does not run the VM. Dropped undecided, it refuses.
 pub struct Relaying {
     decision: tokio::sync::watch::Sender<Decision>,
     thread: Option<std::thread::JoinHandle<()>>,

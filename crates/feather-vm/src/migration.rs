@@ -681,14 +681,18 @@ fn resume_here(
         Ok(()) => Err(failed(
             name,
             format!(
-                "migration failed ({}), and the VM is lost: CRIU ended its processes here as                  if the receiver had taken it, and its checkpoint here lacks its memory (a                  post-copy dump leaves that to the page server), so it cannot be restored;                  `feather rm {name}` removes what is left",
+                "migration failed ({}), and the VM is lost: CRIU ended its processes here as \
+                 if the receiver had taken it, and its checkpoint here lacks its memory (a \
+                 post-copy dump leaves that to the page server), so it cannot be restored; \
+                 `feather rm {name}` removes what is left",
                 causes(&e)
             ),
         )),
         Err(unknown) => Err(failed(
             name,
             format!(
-                "migration failed ({}), and whether the VM runs here again is not known: its                  keeper did not say ({}); `feather ls` shows it running if it does",
+                "migration failed ({}), and whether the VM runs here again is not known: its \
+                 keeper did not say ({}); `feather ls` shows it running if it does",
                 causes(&e),
                 causes(&unknown)
             ),
