@@ -1079,29 +1079,42 @@ fn a_root_registered_before_a_received_vm_s_record_lands_is_hidden_before_it_run
 /// the copy ran with that root in view.
 #[test]
 fn a_received_vm_whose_last_hiding_fails_is_not_let_run() {
+    refused_release_keeps_the_vm_at_the_source("mig-unhidden", "stop-and-copy");
+}
+
+/// [`a_received_vm_whose_last_hiding_fails_is_not_let_run`] in post-copy, where the receiver's
+/// daemon fetched every page of the small VM before its refusal and ended the page transfer:
+/// its end passed on to the sender's CRIU, which took it for a finished migration and ended
+/// the VM's processes there, while `migrate` said "the VM runs here again" (left checkpointed
+/// with no process, its memory gone). The sender's relay now holds that end until the VM is
+/// let go, and on the refusal CRIU fails the transfer and lets every process go on.
+#[test]
+fn a_post_copy_release_refused_by_the_receiver_leaves_every_process_whole_at_the_source() {
+    refused_release_keeps_the_vm_at_the_source("mig-unhidden-pc", "post-copy");
+}
+
+/// A migration in `mode` whose receiver refuses the release (its keeper's last hiding fails):
+/// the sender's VM runs on with the file and the counting process it had before, the count in
+/// its memory going on from where it was.
+fn refused_release_keeps_the_vm_at_the_source(label: &str, mode: &str) {
     let hosts = TwoHosts::new();
-    let base = ScratchBase::new("mig-unhidden");
+    let base = ScratchBase::new(label);
     let late_dir = base.file("data/late-root");
     std::fs::create_dir_all(&late_dir).unwrap();
     let late = Feather::at(late_dir);
-    let (source, target) = (
-        Feather::new("mig-unhidden"),
-        Feather::new("mig-unhidden-dst"),
-    );
-    source.start_over("vm", &base, &["--net", "none"]);
+    let (source, target) = (Feather::new(label), Feather::new(&format!("{label}-dst")));
+    counting_vm(&source, &base);
     source.ok(&["exec", "vm", "--", "sh", "-c", "echo here > /tmp/where"]);
+    let before = count(&source, "vm");
 
-    let mut hold = crate::support::RecordHold::new("mig-unhidden");
+    let mut hold = crate::support::RecordHold::new(label);
     let (variable, value) = hold.env();
     let env = [
         (variable, value.to_str().unwrap()),
         ("FEATHER_TRACE", "phases"),
     ];
     let mut server = Server::accepting(&hosts, &target, &env, &["--base", base.as_str()]);
-    // Stop-and-copy: a post-copy sender whose receiver refuses the release loses the VM
-    // (its processes gone, recorded checkpointed, while it says "the VM runs here again"),
-    // whatever the refusal's cause; left for its own fix (issue note, 2026-12-06).
-    let migrating = migrating(&hosts, &source, "vm", &["--mode", "stop-and-copy"])
+    let migrating = migrating(&hosts, &source, "vm", &["--mode", mode])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -1132,7 +1145,8 @@ fn a_received_vm_whose_last_hiding_fails_is_not_let_run() {
     assert!(
         moved
             .stderr
-            .contains("cannot hide the host's state folders in it"),
+            .contains("cannot hide the host's state folders in it")
+            && moved.stderr.contains("runs here again"),
         "{}",
         moved.stderr
     );
@@ -1140,6 +1154,11 @@ fn a_received_vm_whose_last_hiding_fails_is_not_let_run() {
     assert!(!received, "{said}");
     assert_eq!(source.status("vm"), "running", "the sender keeps its VM");
     assert_eq!(source.sh("vm", "cat /tmp/where"), "here\n");
+    let resumed = count(&source, "vm");
+    assert!(resumed >= before, "resumed at {resumed}, left at {before}");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > resumed
+    });
 }
 
 /// When the connection breaks after the sender let the VM go, the sender cannot know whether it

@@ -20,6 +20,13 @@
 //! and that it proves the token over this session; anyone else is dropped without a byte of
 //! memory. The receiver's tunnel gives its `criu lazy-pages` a local address to connect to.
 //! Pages and requests cross the network only inside TLS.
+//!
+//! The sender's relay also holds back the end of the transfer: the receiver's daemon ends it
+//! (`PS_IOV_CLOSE`) as soon as it has every page, which for a small VM comes before the
+//! receiver has answered the release (it may yet refuse it), and CRIU takes that end for a
+//! finished migration and ends the VM's processes at the sender. So the end goes on to CRIU
+//! only once the sender has let the VM go ([`Relaying::let_go`]); if the receiver does not run
+//! it ([`Relaying::refuse`]), CRIU is made to fail instead and lets the processes go on.
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -66,21 +73,34 @@ impl Relay {
 
     /// In a thread: waits for the receiver's connection over `channel` (the receiver's pinned
     /// certificate, the token), then joins it to `page_server` (a connection to CRIU's page
-    /// server) both ways until either end closes. Connections that do not prove themselves
+    /// server) both ways until either end closes, holding the receiver's end of the transfer
+    /// until the sender decides (see [`Relaying`]). Connections that do not prove themselves
     /// are dropped; the listener closes once one has.
-    pub fn serve(self, channel: ClientSide, page_server: TcpStream) -> std::thread::JoinHandle<()> {
-        std::thread::spawn(move || {
+    pub fn serve(self, channel: ClientSide, page_server: TcpStream) -> Relaying {
+        let (decision, heard) = tokio::sync::watch::channel(Decision::Pending);
+        let thread = std::thread::spawn(move || {
             let Ok(runtime) = runtime() else {
                 abort(&page_server);
                 return;
             };
-            match runtime.block_on(self.first_proven(&channel)) {
-                Some(receiver) => runtime.block_on(join(receiver, page_server)),
-                // Nobody proved themselves: CRIU fails the transfer and lets the VM go on at
-                // the sender.
-                None => abort(&page_server),
-            }
-        })
+            runtime.block_on(async {
+                let mut waiting = heard.clone();
+                let receiver = tokio::select! {
+                    receiver = self.first_proven(&channel) => receiver,
+                    () = refused(&mut waiting) => None,
+                };
+                match receiver {
+                    Some(receiver) => join(receiver, page_server, heard).await,
+                    // Nobody proved themselves, or the migration failed meanwhile: CRIU fails
+                    // the transfer and lets the VM go on at the sender.
+                    None => abort(&page_server),
+                }
+            })
+        });
+        Relaying {
+            decision,
+            thread: Some(thread),
+        }
     }
 
     /// The first connection that completes the channel within [`PATIENCE`].
@@ -100,6 +120,80 @@ impl Relay {
                 return Some(stream);
             }
         }
+    }
+}
+
+/// What the sender decided about the VM, as the relay hears it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Decision {
+    /// Not yet let go: the receiver's end of the transfer waits.
+    Pending,
+    /// It runs at the receiver, or may: the end goes on to CRIU.
+    LetGo,
+    /// It stays at the sender: CRIU is made to fail the transfer.
+    Refused,
+}
+
+/// A relay at work (see [`Relay::serve`]). Until the sender says what became of the VM, the
+/// receiver's end of the transfer (`PS_IOV_CLOSE`, which its daemon sends once it has every
+/// page: for a small VM before the receiver answers the release) is held here, not passed on:
+/// CRIU would take it for a finished transfer and end the VM's processes at the sender, even
+/// if the receiver then does not run the VM. Dropped undecided, it refuses.
+pub struct Relaying {
+    decision: tokio::sync::watch::Sender<Decision>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Relaying {
+    /// The VM runs at the receiver (or may: the answer was lost): the receiver's end of the
+    /// transfer goes on to CRIU when it comes, and CRIU then ends the processes at the sender.
+    pub fn let_go(&self) {
+        self.decision.send_replace(Decision::LetGo);
+    }
+
+    /// The VM stays at the sender: CRIU's page server is made to fail ([`abort`]) at the next
+    /// request boundary, or at once if the receiver's end came or its daemon never connected;
+    /// CRIU then lets the processes go on. Does not wait for the relay's thread.
+    pub fn refuse(self) {
+        self.decision.send_replace(Decision::Refused);
+    }
+
+    /// Waits until the relay's thread has ended.
+    #[cfg(test)]
+    fn join(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Relaying {
+    fn drop(&mut self) {
+        self.decision.send_if_modified(|decision| {
+            let undecided = *decision == Decision::Pending;
+            if undecided {
+                *decision = Decision::Refused;
+            }
+            undecided
+        });
+        // The thread is not waited for: a receiver gone silent could hold its TLS stream.
+        drop(self.thread.take());
+    }
+}
+
+/// The sender's decision, once it is made (a relay whose [`Relaying`] is gone without one
+/// refuses).
+async fn decided(heard: &mut tokio::sync::watch::Receiver<Decision>) -> Decision {
+    match heard.wait_for(|d| *d != Decision::Pending).await {
+        Ok(decision) => *decision,
+        Err(_) => Decision::Refused,
+    }
+}
+
+/// Completes once the sender has refused; never, if it let the VM go.
+async fn refused(heard: &mut tokio::sync::watch::Receiver<Decision>) {
+    if decided(heard).await != Decision::Refused {
+        std::future::pending::<()>().await;
     }
 }
 
@@ -176,10 +270,15 @@ fn request(command: u32) -> [u8; REQUEST_LEN] {
 }
 
 /// Joins the receiver's connection `receiver` and CRIU's `page_server` both ways until either
-/// ends. The requests from the receiver are passed on whole; if its side ends without
-/// `PS_IOV_CLOSE` (the receiver died, the network broke, a record was altered), CRIU is made to
-/// fail the transfer ([`abort`]) rather than see a clean end it would take for success.
-async fn join(receiver: AsyncClientStream, page_server: TcpStream) {
+/// ends. The requests from the receiver are passed on whole, but its `PS_IOV_CLOSE` only once
+/// the sender has let the VM go (`heard`); if its side ends without one (the receiver died, the
+/// network broke, a record was altered), or the sender refuses, CRIU is made to fail the
+/// transfer ([`abort`]) rather than see a clean end it would take for success.
+async fn join(
+    receiver: AsyncClientStream,
+    page_server: TcpStream,
+    mut heard: tokio::sync::watch::Receiver<Decision>,
+) {
     let page_server = match page_server
         .set_nonblocking(true)
         .and_then(|()| tokio::net::TcpStream::from_std(page_server.try_clone()?))
@@ -196,11 +295,26 @@ async fn join(receiver: AsyncClientStream, page_server: TcpStream) {
     let requests = async move {
         let mut asked = [0u8; REQUEST_LEN];
         let mut closed = false;
-        while from_receiver.read_exact(&mut asked).await.is_ok() {
-            let command = u32::from_le_bytes([asked[0], asked[1], asked[2], asked[3]]);
-            closed = matches!(command & PS_CMD_MASK, PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE);
-            if to_criu.write_all(&asked).await.is_err() {
-                break;
+        loop {
+            tokio::select! {
+                biased;
+                () = refused(&mut heard) => break,
+                read = from_receiver.read_exact(&mut asked) => {
+                    if read.is_err() {
+                        break;
+                    }
+                    let command = u32::from_le_bytes([asked[0], asked[1], asked[2], asked[3]]);
+                    if matches!(command & PS_CMD_MASK, PS_IOV_CLOSE | PS_IOV_FORCE_CLOSE) {
+                        // The daemon sends nothing more: it waits for CRIU's answer, which
+                        // comes once the end is passed on.
+                        closed = decided(&mut heard).await == Decision::LetGo
+                            && to_criu.write_all(&asked).await.is_ok();
+                        break;
+                    }
+                    if to_criu.write_all(&asked).await.is_err() {
+                        break;
+                    }
+                }
             }
         }
         if !closed {
@@ -259,9 +373,9 @@ mod tests {
         (relay, client.pinned(certificate).unwrap())
     }
 
-    /// Relays what a receiver of `server` sends through its tunnel, and returns what the page
-    /// server got.
-    fn relayed(server: &ServerSide, send: &[u8]) -> Vec<u8> {
+    /// Relays what a receiver of `server` sends through its tunnel, the sender having let the
+    /// VM go (`let_go`) or refused, and returns what the page server got.
+    fn relayed(server: &ServerSide, send: &[u8], let_go: bool) -> Vec<u8> {
         let (to_criu, received) = page_server();
         let (relay, pinned) = relay_for(server);
         let at = relay.local_addr().unwrap();
@@ -270,29 +384,94 @@ mod tests {
         let mut daemon = TcpStream::connect(("127.0.0.1", local)).unwrap();
         daemon.write_all(send).unwrap();
         daemon.shutdown(Shutdown::Write).unwrap();
-        let bytes = received.join().unwrap();
-        relaying.join().unwrap();
-        bytes
+        if let_go {
+            relaying.let_go();
+            let bytes = received.join().unwrap();
+            relaying.join();
+            bytes
+        } else {
+            // Whether the daemon's end has reached the relay or not, it must not reach CRIU.
+            relaying.refuse();
+            received.join().unwrap()
+        }
     }
 
     #[test]
-    fn a_finished_transfer_ends_cleanly() {
+    fn a_finished_transfer_ends_cleanly_once_the_vm_is_let_go() {
         let server = ServerSide::new(&security("t")).unwrap();
         let mut sent = request(7).to_vec();
         sent.extend(request(PS_IOV_CLOSE));
-        assert_eq!(relayed(&server, &sent), sent);
+        assert_eq!(relayed(&server, &sent, true), sent);
+    }
+
+    /// The receiver's daemon had every page (a small VM) and ended the transfer, but the
+    /// receiver did not run the VM: CRIU must see a failure, not the end, or it would end the
+    /// VM's processes at the sender.
+    #[test]
+    fn a_finished_transfer_of_a_vm_not_let_go_makes_criu_fail() {
+        let server = ServerSide::new(&security("t")).unwrap();
+        let mut sent = request(7).to_vec();
+        sent.extend(request(PS_IOV_CLOSE));
+        let got = relayed(&server, &sent, false);
+        assert!(
+            !got.chunks(REQUEST_LEN).any(|r| r == request(PS_IOV_CLOSE)),
+            "the end reached CRIU: {got:?}"
+        );
+        assert!(got.ends_with(&request(UNKNOWN_COMMAND)), "{got:?}");
     }
 
     #[test]
     fn a_stream_that_breaks_before_its_close_makes_criu_fail() {
         let server = ServerSide::new(&security("t")).unwrap();
         let sent = request(7);
-        let got = relayed(&server, &sent[..]);
+        let got = relayed(&server, &sent[..], true);
         assert_eq!(&got[..REQUEST_LEN], &sent[..]);
         assert_eq!(&got[REQUEST_LEN..], &request(UNKNOWN_COMMAND)[..]);
         // A request cut in the middle is not passed on: CRIU sees only the failing command.
-        let got = relayed(&server, &sent[..10]);
+        let got = relayed(&server, &sent[..10], true);
         assert_eq!(got, request(UNKNOWN_COMMAND).to_vec());
+    }
+
+    /// A refusal while the receiver's daemon still fetches pages (a large VM), its connection
+    /// open: CRIU fails after the requests passed on so far, without waiting for the daemon.
+    #[test]
+    fn a_refusal_while_the_daemon_still_fetches_makes_criu_fail() {
+        let server = ServerSide::new(&security("t")).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let to_criu = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (first, got_first) = std::sync::mpsc::channel();
+        let received = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut bytes = vec![0u8; REQUEST_LEN];
+            stream.read_exact(&mut bytes).unwrap();
+            first.send(()).unwrap();
+            stream.read_to_end(&mut bytes).unwrap();
+            bytes
+        });
+        let (relay, pinned) = relay_for(&server);
+        let at = relay.local_addr().unwrap();
+        let relaying = relay.serve(pinned, to_criu);
+        let local = tunnel(at, &server).unwrap();
+        let mut daemon = TcpStream::connect(("127.0.0.1", local)).unwrap();
+        daemon.write_all(&request(7)).unwrap();
+        got_first.recv().unwrap();
+        relaying.refuse();
+        let mut sent = request(7).to_vec();
+        sent.extend(request(UNKNOWN_COMMAND));
+        assert_eq!(received.join().unwrap(), sent);
+        drop(daemon);
+    }
+
+    /// A migration that fails before the receiver's daemon connected: CRIU fails at once, not
+    /// when the relay has waited for the receiver in vain.
+    #[test]
+    fn a_refusal_before_the_receiver_connected_makes_criu_fail_at_once() {
+        let server = ServerSide::new(&security("t")).unwrap();
+        let (to_criu, received) = page_server();
+        let (relay, pinned) = relay_for(&server);
+        let relaying = relay.serve(pinned, to_criu);
+        relaying.refuse();
+        assert_eq!(received.join().unwrap(), request(UNKNOWN_COMMAND).to_vec());
     }
 
     #[test]
@@ -317,7 +496,8 @@ mod tests {
         let mut daemon = TcpStream::connect(("127.0.0.1", local)).unwrap();
         daemon.write_all(&request(PS_IOV_CLOSE)).unwrap();
         daemon.shutdown(Shutdown::Write).unwrap();
+        relaying.let_go();
         assert_eq!(received.join().unwrap(), request(PS_IOV_CLOSE).to_vec());
-        relaying.join().unwrap();
+        relaying.join();
     }
 }

@@ -411,7 +411,11 @@ fn unsure(
 /// as soon as it is restored, and its pages follow from this side's page server (CRIU's lazy
 /// pages). Before the VM may run there, its processes here are frozen (cgroup freezer), so
 /// that CRIU, which lets them go on if the page transfer fails, cannot run them twice: they
-/// thaw only if the receiver says it could not run the VM, and end once it runs there.
+/// thaw only if the receiver says it could not run the VM, and end once it runs there. The
+/// receiver's end of the page transfer reaches CRIU only once the VM is let go there (see
+/// feather_migrate::pages::Relaying): CRIU would take it for a finished migration and end the
+/// processes here, and the receiver's daemon sends it as soon as it has every page, which for a
+/// small VM is before the receiver answers the release.
 fn post_copy(
     root: &StateRoot,
     name: &VmName,
@@ -474,7 +478,6 @@ fn post_copy(
     let restored_at = Instant::now();
     trace::phase("migrate: the rest sent, imported and restored there");
     let progress = progress.into_inner();
-    let _relaying = relaying;
     let (sent, lazy) = match (sent, lazy) {
         (Ok(sent), Some(lazy)) => (sent, lazy),
         // Dumped, but it could not go: CRIU lets the processes go on here. They stay frozen
@@ -482,7 +485,7 @@ fn post_copy(
         // them in (see `tcp_repair`).
         (Err(e), Some(lazy)) => {
             let frozen_here = cgroup.freeze(Duration::from_secs(10));
-            let outcome = resume_here(name, lazy, page_stream, dump_error.unwrap_or(e));
+            let outcome = resume_here(name, lazy, relaying, dump_error.unwrap_or(e));
             drop(frozen_here);
             return outcome;
         }
@@ -504,7 +507,7 @@ fn post_copy(
                 name,
                 format!("cannot freeze it here before letting it go: {e}"),
             );
-            return resume_here(name, lazy, page_stream, e);
+            return resume_here(name, lazy, relaying, e);
         }
     };
     let marker = vm.checkpoint_dir().join(RELEASED_TO);
@@ -516,9 +519,13 @@ fn post_copy(
             trace::phase("migrate: release");
             progress(Progress::Resumed);
             let phases_ms = Phases::measured(started, dumped, restored_at);
-            // It runs there: its processes here never run again.
+            // It runs there: its processes here never run again, and the end of the page
+            // transfer, which makes CRIU end them too, may reach it.
             cgroup.kill_all();
             drop(frozen_here);
+            if let Some(relaying) = &relaying {
+                relaying.let_go();
+            }
             progress(Progress::Phase(&format!(
                 "{name} runs at {to}; serving its memory until it has every page"
             )));
@@ -553,9 +560,9 @@ fn post_copy(
         feather_migrate::transfer::Released::Failed(why) => {
             let _ = fs::remove_file(&marker);
             let e = failed(name, format!("{to} could not run it: {why}"));
-            // The receiver discarded its copy; CRIU lets the processes go on when it sees the
-            // page transfer end, and they thaw once it has.
-            let outcome = resume_here(name, lazy, page_stream, e);
+            // The receiver discarded its copy; CRIU lets the processes go on once its page
+            // transfer fails, and they thaw once it has.
+            let outcome = resume_here(name, lazy, relaying, e);
             drop(frozen_here);
             outcome
         }
@@ -564,6 +571,9 @@ fn post_copy(
             // case it does.
             cgroup.kill_all();
             drop(frozen_here);
+            if let Some(relaying) = &relaying {
+                relaying.let_go();
+            }
             // Whether the receiver fetched every page tells what became of it there.
             match lazy.finish() {
                 Ok(()) => Err(failed(
@@ -647,24 +657,47 @@ fn connect_in_netns_of(pid: i32, port: u16) -> std::io::Result<std::net::TcpStre
     })
 }
 
-/// After a post-copy migration failed before the receiver ran the VM: ends the page server
-/// (a connection that closes at once is a failed transfer to it), whereupon CRIU lets the
-/// VM's processes here go on.
+/// After a post-copy migration failed before the receiver ran the VM: makes CRIU's page
+/// server fail, whereupon CRIU lets the VM's processes here go on, and says what became of
+/// them.
 fn resume_here(
     name: &VmName,
     lazy: crate::checkpoint::LazyCheckpoint,
-    page_stream: Option<std::net::TcpStream>,
+    relaying: Option<feather_migrate::pages::Relaying>,
     e: VmError,
 ) -> Result<Migrated> {
-    if let Some(stream) = page_stream {
-        feather_migrate::pages::abort(&stream);
+    // Without a relay, nothing ever connected to the page server.
+    if let Some(relaying) = relaying {
+        relaying.refuse();
     }
-    // Its error is the page transfer's end, which is what was asked for.
-    let _ = lazy.finish();
-    Err(VmError::MigrationFailed {
-        vm: name.to_string(),
-        source: Box::new(e),
-    })
+    match lazy.finish() {
+        // The page transfer failed, as asked: CRIU let the processes go on.
+        Err(VmError::Keeper(_)) => Err(VmError::MigrationFailed {
+            vm: name.to_string(),
+            source: Box::new(e),
+        }),
+        // CRIU took the transfer for finished and ended them (what the relay holding back the
+        // receiver's end prevents); their memory was in CRIU's page server only.
+        Ok(()) => Err(failed(
+            name,
+            format!(
+                "migration failed ({}), and the VM is lost: CRIU ended its processes here as \
+                 if the receiver had taken it, and its checkpoint here lacks its memory (a \
+                 post-copy dump leaves that to the page server), so it cannot be restored; \
+                 `feather rm {name}` removes what is left",
+                causes(&e)
+            ),
+        )),
+        Err(unknown) => Err(failed(
+            name,
+            format!(
+                "migration failed ({}), and whether the VM runs here again is not known: its \
+                 keeper did not say ({}); `feather ls` shows it running if it does",
+                causes(&e),
+                causes(&unknown)
+            ),
+        )),
+    }
 }
 
 /// After a failed migration: brings the VM back here.
