@@ -46,6 +46,33 @@ fn a_killed_keeper_shows_as_crashed_and_start_recovers_without_losing_data() {
     assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
 }
 
+/// A kept VM's keeper answers its stop first and lets go of the VM's mounts after (their
+/// unmount flushes the layer's filesystem): killed right after its answer, while it may still
+/// be letting them go, it leaves a VM that reads stopped, nothing of the VM on the host, and a
+/// layer whole for the next start.
+#[test]
+fn a_keeper_killed_right_after_answering_its_stop_leaves_a_stopped_vm_that_starts_again() {
+    let (feather, _base) = running_vm("stop-then-kill");
+    feather.sh("vm", "echo precious > /data/kept");
+    let cgroups = feather.cgroup_dirs("vm");
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    feather.ok(&["stop", "vm"]);
+    // Gone already, if it was quick.
+    let _ = kill(keeper, Signal::SIGKILL);
+    assert_eq!(feather.status("vm"), "stopped");
+    feather.eventually("its keeper is gone", || !alive(keeper));
+    assert!(
+        cgroups.iter().all(|d| !d.exists()),
+        "cgroup removed: {cgroups:?}"
+    );
+    assert!(!feather.root.join("run/vm").exists());
+    crate::support::assert_no_mount_under(&feather.root);
+
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
+}
+
 #[test]
 fn a_killed_init_stops_the_vm_and_its_keeper_cleans_up() {
     let (feather, _base) = running_vm("recover-init");

@@ -139,20 +139,23 @@ pub struct Keeper {
     checkpointed: std::cell::Cell<bool>,
     /// A VM received by a migration: the `feather serve` it waits for (snapshot::hold).
     hold: Option<OwnedFd>,
-    /// Held until the VM is cleaned up (or the keeper dies): its release tells others the VM
-    /// is no longer kept.
-    lock: File,
     /// The VM's shuttle broker, once opened; dropped (closing its channels) with the keeper.
     broker: Option<feather_shuttle::Broker>,
     /// Init waits on this before it starts the first workload (see [`Keeper::begin`]); `None`
     /// once told, and for a restored VM, whose processes run already.
     init_waits: Option<UnixStream>,
-    /// The VM's mount namespace, held by a keeper that will hand its teardown over (see
-    /// [`hands_off`]): the last process of a namespace unmounts its ~30 mounts as it exits
-    /// (an RCU grace period among them), and without this that is init, whose end this
-    /// process waits for before it can report the command's exit status. Held, the namespace
-    /// outlives init and is let go by the finisher, after the status is reported.
+    /// The VM's mount namespace, held past init's end (see [`holds_mounts`]): the last process
+    /// of a namespace unmounts its ~30 mounts as it exits (an RCU grace period among them,
+    /// and for a kept VM the flush of its layer's whole filesystem), and without this that is
+    /// init, whose end this process waits for before it can answer. Held, the namespace
+    /// outlives init and is let go after the answer: by a throw-away VM's finisher
+    /// ([`hands_off`]), or by a kept VM's keeper itself (see [`Keeper::serve`]). Declared
+    /// before the lock, so that it goes first on every way out: a lock let go while the mounts
+    /// were still there would let a start mount the VM's layer beside them.
     held_mounts: std::cell::Cell<Option<OwnedFd>>,
+    /// Held until the VM is cleaned up, its mounts included (or the keeper dies): its release
+    /// tells others the VM is no longer kept.
+    lock: File,
     /// A throw-away VM's layer in memory (see [`layers::MemoryLayer`]), held for the VM's life.
     memory_layer: Option<layers::MemoryLayer>,
     /// A VM received by a migration: its record as running, being synced while the sender is
@@ -168,6 +171,18 @@ type Recording = std::thread::JoinHandle<feather_core::Result<()>>;
 /// (whose release must come before the exit status).
 fn hands_off(config: &VmConfig, foreground: bool) -> bool {
     config.ephemeral && foreground && config.limits.disk.is_none()
+}
+
+/// Whether a keeper holds its VM's mount namespace past init's end ([`Keeper::held_mounts`]):
+/// when it hands its teardown over, and for every kept VM, whose layer is durable: overlayfs
+/// flushes the layer's whole filesystem to disk when it is unmounted (`syncfs`, every other
+/// writer's dirty pages on that filesystem included: 80–1200 ms on this machine while others
+/// build, nearly all of a stop). The keeper answers the stop once the VM's processes, cgroup
+/// and network are gone and its stop is recorded, and lets the mounts go after (see
+/// [`Keeper::serve`]): the flush still happens at every stop, only the answer no longer waits
+/// for it.
+fn holds_mounts(config: &VmConfig, foreground: bool) -> bool {
+    hands_off(config, foreground) || !config.ephemeral
 }
 
 /// Init's mount namespace, opened while init is this process's unreaped child (its pid cannot
@@ -303,7 +318,7 @@ impl Keeper {
                 source: Box::new(e),
             });
         }
-        let held_mounts = hands_off(&config, attached)
+        let held_mounts = holds_mounts(&config, attached)
             .then(|| hold_mount_namespace(&init))
             .flatten();
         let keeper = Keeper {
@@ -453,6 +468,9 @@ impl Keeper {
                 return Err(e);
             }
         };
+        // A restored VM is a kept one (throw-away VMs are never checkpointed): see
+        // `holds_mounts`.
+        let held_mounts = hold_mount_namespace(&init);
         let keeper = Keeper {
             vm: vm.clone(),
             durability: Durability::Durable,
@@ -466,7 +484,7 @@ impl Keeper {
             lock,
             broker: None,
             init_waits: None,
-            held_mounts: std::cell::Cell::new(None),
+            held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer: None,
             recording: std::cell::RefCell::new(None),
         };
@@ -730,9 +748,11 @@ impl Keeper {
         // The broker's last words (the audit lines its pace held back) go into the root's log
         // before anyone waiting for the stop hears of it: they may remove the root next.
         drop(self.broker.take());
-        // Everything is cleaned up: the VM may be started again before this process has exited,
-        // so the lock goes now, before anyone waiting for the stop hears of it.
-        drop(self.lock);
+        // Every process of the VM is gone, and its cgroup, network and run folder, and its end
+        // is recorded: the asker hears of it now. What is left is a kept VM's mounts, which the
+        // namespace held since its start keeps (`holds_mounts`; none when handed over, or
+        // after a checkpoint, which let them go before its record).
+        let mounts = self.held_mounts.take();
         for stream in stop_requests {
             let _ = protocol::write_response(
                 &stream,
@@ -751,6 +771,18 @@ impl Keeper {
         }
         // The checkpoint it replaced goes once the asker has their answer.
         snapshot::remove_stale(&self.vm);
+        // The last hold of the VM's mount namespace: its mounts go with it, and unmounting a
+        // kept VM's layer flushes its filesystem (in this close, as the kernel unmounts).
+        // Killed meanwhile, this process lets go of it as it dies, and the kernel unmounts
+        // all the same.
+        if mounts.is_some() {
+            drop(mounts);
+            trace::phase("teardown: let the VM's mounts go (its layer flushed), after the answer");
+        }
+        // Everything is cleaned up, the mounts too: the VM may be started again. A start that
+        // came meanwhile waited for this lock (`lifecycle::await_last_keeper`) rather than
+        // mounting the VM's layer beside the mounts still there.
+        drop(self.lock);
         Ok(ended)
     }
 
@@ -1050,6 +1082,12 @@ impl Keeper {
             trace::phase("teardown: wait for the network's removal");
             return;
         }
+        if self.checkpointed.get() {
+            // A checkpoint must not read as restorable before the layer it goes with is on
+            // disk: the layer's mounts go (and with them its flush) before the record.
+            drop(self.held_mounts.take());
+            trace::phase("teardown: let the VM's mounts go (its layer flushed)");
+        }
         let mut state = self.vm.read_state().unwrap_or_else(|_| VmState::created());
         state.status = if self.checkpointed.get() {
             VmStatus::Checkpointed
@@ -1079,6 +1117,7 @@ impl Keeper {
         }
         trace::phase("teardown: record the state");
         self.network.wait();
+        trace::phase("teardown: wait for the network's removal");
     }
 }
 

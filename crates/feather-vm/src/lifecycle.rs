@@ -142,6 +142,37 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
     spawn_keeper(root, &vm, false)
 }
 
+/// How long a start or restore waits for the VM's last keeper to let go of its mounts.
+const LAST_KEEPER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until no keeper holds the VM's keeper lock. A kept VM's keeper answers its stop
+/// before it lets the VM's mounts go, which flushes the layer's filesystem (`Keeper::serve`),
+/// and holds the lock until they are gone: a start that mounted the layer meanwhile would
+/// mount it beside them (overlayfs warns that using both is undefined). Called with the VM's
+/// operations lock held and the VM not running, so the holder can only be a keeper ending.
+/// The wait is on a thread so that it can be bounded (a flush of a hung disk never ends).
+fn await_last_keeper(vm: &VmDir) -> Result<()> {
+    if !vm.keeper_alive()? {
+        return Ok(());
+    }
+    let (told, waited) = std::sync::mpsc::channel();
+    let waiting = vm.clone();
+    std::thread::spawn(move || {
+        // Taken and let go at once: the new keeper takes it for itself.
+        let _ = told.send(waiting.await_keeper().map(drop));
+    });
+    match waited.recv_timeout(LAST_KEEPER_PATIENCE) {
+        Ok(taken) => Ok(taken?),
+        Err(_) => Err(failed(
+            vm.name(),
+            format!(
+                "its last keeper has not let go of its mounts (the flush of its layer to disk)                  after {} s; try again once it has",
+                LAST_KEEPER_PATIENCE.as_secs()
+            ),
+        )),
+    }
+}
+
 /// Spawns a VM's background keeper, which boots the VM or, with `restore`, restores it from its
 /// checkpoint, and waits until the VM is up or has failed.
 pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Result<()> {
@@ -156,6 +187,7 @@ pub(crate) fn spawn_keeper_with(
     netns: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<()> {
     let name = vm.name();
+    await_last_keeper(vm)?;
     // Close-on-exec (std's pipe is): the keeper is passed the write end by name, and no
     // program another thread of this process starts meanwhile (`feather serve`'s, the web
     // view's) gets it, which would keep the read below from ever seeing the keeper's end.
