@@ -54,6 +54,10 @@ fn a_killed_keeper_shows_as_crashed_and_start_recovers_without_losing_data() {
 fn a_keeper_killed_right_after_answering_its_stop_leaves_a_stopped_vm_that_starts_again() {
     let (feather, _base) = running_vm("stop-then-kill");
     feather.sh("vm", "echo precious > /data/kept");
+    let bridge = feather.inspect("vm")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let cgroups = feather.cgroup_dirs("vm");
     let keeper = pid_of(&feather, "vm", "keeper_pid");
     feather.ok(&["stop", "vm"]);
@@ -71,6 +75,52 @@ fn a_keeper_killed_right_after_answering_its_stop_leaves_a_stopped_vm_that_start
     feather.ok(&["start", "vm"]);
     assert_eq!(feather.status("vm"), "running");
     assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
+
+    // Killed once more right after its answer, this time perhaps before it took the root's
+    // bridge and tables down (the VM was their last user): the VM's `rm` takes them.
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    feather.ok(&["stop", "vm"]);
+    let _ = kill(keeper, Signal::SIGKILL);
+    feather.eventually("its keeper is gone", || !alive(keeper));
+    feather.ok(&["rm", "vm"]);
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert!(
+        traces.links.is_empty() && traces.nft_tables.is_empty(),
+        "{bridge} left after rm: {traces:?}"
+    );
+}
+
+/// A stop's keeper takes the root's bridge and tables down after its answer when its VM was
+/// their last user; killed before that, it leaves them unused, and the VM's `rm` removes them
+/// (unless a VM uses them). Here they are left unused by the root's other VM, whose keeper was
+/// killed (the kernel took its veth with its namespace).
+#[test]
+fn rm_takes_down_the_root_s_bridge_once_no_vm_uses_it() {
+    let feather = Feather::new("rm-bridge");
+    let base = crate::support::ScratchBase::new("rm-bridge");
+    for vm in ["a", "b"] {
+        feather.ok(&["create", vm, "--base", base.as_str()]);
+        feather.ok(&["start", vm]);
+    }
+    let bridge = feather.inspect("a")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // b is on the bridge: a's stop leaves it.
+    feather.ok(&["stop", "a"]);
+    let init = pid_of(&feather, "b", "init_pid");
+    kill(pid_of(&feather, "b", "keeper_pid"), Signal::SIGKILL).unwrap();
+    feather.eventually("b's init is gone with its keeper", || !alive(init));
+    let ports = Path::new("/sys/class/net").join(&bridge).join("brif");
+    feather.eventually("no port is left on the bridge", || {
+        std::fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_none())
+    });
+    feather.ok(&["rm", "a"]);
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert!(
+        traces.links.is_empty() && traces.nft_tables.is_empty(),
+        "{bridge} left after rm: {traces:?}"
+    );
 }
 
 #[test]

@@ -561,11 +561,40 @@ impl Attachment {
     /// The firewall part goes on, on a thread, while the keeper finishes its own tear-down;
     /// dropping the attachment waits for it.
     pub fn detach(&self) {
+        self.detach_with(false);
+    }
+
+    /// Like [`Attachment::detach`], but the root's bridge, tables and pool stay even after
+    /// its last VM: for a kept VM's keeper, which answers its stop once the VM's own veth and
+    /// firewall entries are gone, and then takes the root's network down if no VM uses it
+    /// ([`Attachment::remove_root_network_if_unused`]): the bridge's deletion waits for RCU
+    /// grace periods (40–90 ms on this machine), which its answer need not.
+    pub fn detach_keeping_bridge(&self) {
+        self.detach_with(true);
+    }
+
+    fn detach_with(&self, keep_bridge: bool) {
         self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
-            *self.removing.borrow_mut() =
-                clean_up(network, &self.host_end, address, self.config.egress, false);
+            *self.removing.borrow_mut() = clean_up(
+                network,
+                &self.host_end,
+                address,
+                self.config.egress,
+                keep_bridge,
+            );
             let _ = fs::remove_file(&self.marker);
+        }
+    }
+
+    /// After [`Attachment::detach_keeping_bridge`] and its [`Attachment::wait`]: the root's
+    /// bridge, tables and pool go unless a VM uses them or a process lingers for the next
+    /// throw-away VM (which removes them at its end: [`linger`]). A keeper killed before this
+    /// leaves them to whatever takes the root's network down next: the VM's `rm`, `network
+    /// down`, or a linger; the next VM uses them meanwhile.
+    pub fn remove_root_network_if_unused(&self) {
+        if let Some(network) = &self.network {
+            linger::remove_unless_used_or_lingering(network.root(), true);
         }
     }
 }

@@ -212,6 +212,26 @@ pub fn end(root_dir: &Path) -> bool {
         .is_some_and(|network| index_of(&network.bridge).is_some())
 }
 
+/// After a kept VM's stop (see `Attachment::remove_root_network_if_unused`): the root's
+/// bridge, tables and pool go unless a VM uses them, or a process lingers for the next
+/// throw-away VM, whose end removes them. With `wait` false (a kept VM's `rm`, after a keeper
+/// that may have died before this), a removal under way is left to whoever holds it.
+pub fn remove_unless_used_or_lingering(root_dir: &Path, wait: bool) {
+    if root_dir.join(WAIT_FILE).exists() {
+        return;
+    }
+    if wait {
+        remove_if_unused(root_dir);
+        return;
+    }
+    let Ok(removing) = open(&root_dir.join(LOCK_FILE)) else {
+        return;
+    };
+    if removing.try_lock().is_ok() {
+        remove_under(root_dir, removing);
+    }
+}
+
 /// Before a command: a lingering process that died leaves the bridge and tables (and the
 /// pool filled while it lingered), which are removed here unless a VM uses them; with `wait`,
 /// a removal under way is waited for, and a pool left without a lingering process (its VM ran

@@ -771,6 +771,13 @@ impl Keeper {
         }
         // The checkpoint it replaced goes once the asker has their answer.
         snapshot::remove_stale(&self.vm);
+        // A kept VM's answer came once its own network was gone (`tear_down`); the root's
+        // bridge and tables go now if no VM uses them. Before the lock goes: a start of this
+        // VM waits for it, and any other VM's start for the root's network lock, held here.
+        if !self.config.ephemeral {
+            self.network.remove_root_network_if_unused();
+            trace::phase("teardown: the root's network, if unused, after the answer");
+        }
         // The last hold of the VM's mount namespace: its mounts go with it, and unmounting a
         // kept VM's layer flushes its filesystem (in this close, as the kernel unmounts).
         // Killed meanwhile, this process lets go of it as it dies, and the kernel unmounts
@@ -1064,7 +1071,13 @@ impl Keeper {
             return;
         }
         self.remove_cgroup();
-        self.network.detach();
+        // A kept VM's answer waits for its own veth and firewall entries, not for the root's
+        // bridge and tables, which go after it if the VM was their last user (`serve`).
+        if self.config.ephemeral {
+            self.network.detach();
+        } else {
+            self.network.detach_keeping_bridge();
+        }
         trace::phase("teardown: start the network's removal");
         let _ = fs::remove_dir_all(self.vm.run_dir());
         trace::phase("teardown: remove the run folder");
