@@ -255,7 +255,7 @@ pub struct Attachment {
     marker: PathBuf,
     /// The thread removing the VM's firewall entries (or, with the root's last VM, the bridge
     /// and tables), from `detach` until the attachment is dropped.
-    removing: RefCell<Option<JoinHandle<()>>>,
+    removing: RefCell<Option<Removal>>,
     /// Whether `release` returned the VM's lease (a throw-away VM).
     released: Cell<bool>,
     /// Set by `detach`: announcements of the VM's address on the uplink stop.
@@ -600,11 +600,20 @@ impl Attachment {
 }
 
 impl Attachment {
+    /// Waits until what `detach` started has removed the VM's network: its veth, its firewall
+    /// entries (or the bridge and tables). Not for the kernel's freeing of the entries, which
+    /// [`Attachment::wait`] (and dropping the attachment) waits for too.
+    pub fn wait_removed(&self) {
+        if let Some(removing) = self.removing.borrow().as_ref() {
+            removing.removed();
+        }
+    }
+
     /// Waits until what `detach` started is done: once the keeper says the VM stopped, nothing
     /// of its network may be left.
     pub fn wait(&self) {
         if let Some(removing) = self.removing.borrow_mut().take() {
-            let _ = removing.join();
+            removing.join();
         }
         if let (true, Some(network)) = (self.released.replace(false), &self.network) {
             if let Ok(_lock) = network.lock() {
@@ -660,7 +669,7 @@ fn remove_attached(
             if let Some(removing) =
                 clean_up(&network, &host_end, address, config.egress, keep_bridge)
             {
-                let _ = removing.join();
+                removing.join();
             }
         }
     }
@@ -672,13 +681,37 @@ const ATTACHED: &str = "network-attached";
 /// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
 /// its firewall entries or, if it was the bridge's last port (and not `keep_bridge`), the bridge
 /// and both tables. The thread blocks every signal (they belong to the keeper's main thread).
+/// The thread [`clean_up`] starts, and its word that what it removes is gone: once the links
+/// are deleted and the firewall change committed, before the close of its nftables socket,
+/// which waits for the kernel to free the deleted entries (see [`nftables::apply_then`]).
+struct Removal {
+    thread: JoinHandle<()>,
+    /// One word from the link deletions, one from the firewall; closed early if the thread
+    /// ends without them.
+    removed: std::sync::mpsc::Receiver<()>,
+}
+
+impl Removal {
+    fn removed(&self) {
+        for _ in 0..2 {
+            if self.removed.recv().is_err() {
+                return;
+            }
+        }
+    }
+
+    fn join(self) {
+        let _ = self.thread.join();
+    }
+}
+
 fn clean_up(
     network: &RootNetwork,
     host_end: &str,
     address: Ipv4Addr,
     egress: bool,
     keep_bridge: bool,
-) -> Option<JoinHandle<()>> {
+) -> Option<Removal> {
     // With `keep_bridge` the root's lock guards nothing here (the veth and chains are this VM's
     // alone, and the bridge stays): a VM starting meanwhile need not wait for the kernel.
     let lock = if keep_bridge {
@@ -689,6 +722,7 @@ fn clean_up(
     let mut netlink = Netlink::open().ok()?;
     let network = network.clone();
     let host_end = host_end.to_owned();
+    let (told, removed) = std::sync::mpsc::channel();
     let work = move || {
         let _lock = lock;
         // First, so that the LAN stops being sent here what the VM no longer answers.
@@ -712,15 +746,21 @@ fn clean_up(
         // The veth is usually still there: the kernel tears the VM's namespace down in the
         // background. Deleting it and committing the nftables change each wait for RCU grace
         // periods, so the two run side by side.
+        let firewall_told = told.clone();
+        let (network, host_end) = (&network, &host_end);
         std::thread::scope(|both| {
-            both.spawn(|| {
+            both.spawn(move || {
+                let said = || {
+                    let _ = firewall_told.send(());
+                };
                 if in_use {
-                    firewall::remove_vm(&network, &host_end, address, egress);
+                    firewall::remove_vm_then(network, host_end, address, egress, said);
                 } else {
-                    firewall::delete_tables(&network);
+                    firewall::delete_tables(network);
+                    said();
                 }
             });
-            if let Some(index) = index_of(&host_end) {
+            if let Some(index) = index_of(host_end) {
                 let _ = netlink.delete_link(index);
             }
             if !in_use {
@@ -728,6 +768,7 @@ fn clean_up(
                     let _ = netlink.delete_link(bridge);
                 }
             }
+            let _ = told.send(());
         });
     };
     let mut old = SigSet::empty();
@@ -740,7 +781,10 @@ fn clean_up(
         .stack_size(256 << 10)
         .spawn(work);
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-    thread.ok()
+    Some(Removal {
+        thread: thread.ok()?,
+        removed,
+    })
 }
 
 /// `--egress` needs the host to route between the bridge and its other interfaces.

@@ -1129,7 +1129,9 @@ impl Keeper {
             eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
         trace::phase("teardown: record the state");
-        self.network.wait();
+        // The VM's veth and firewall entries gone; the kernel's freeing of the entries (the
+        // close of the thread's nftables socket) is waited for as the keeper ends.
+        self.network.wait_removed();
         trace::phase("teardown: wait for the network's removal");
     }
 }
