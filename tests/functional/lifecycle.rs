@@ -303,20 +303,120 @@ fn a_vm_starts_again_right_after_it_stopped() {
     }
 }
 
-/// Whether process `pid` has ended (or is a zombie), or has a thread waiting in `flock`.
-fn ended_or_in_flock(pid: u32) -> bool {
+/// Whether process `pid` has ended (or is a zombie), or has a thread in one of the system calls
+/// `calls`.
+fn ended_or_in(pid: u32, calls: &[libc::c_long]) -> bool {
     let ended =
         fs::read_to_string(format!("/proc/{pid}/stat")).map_or(true, |stat| stat.contains(") Z "));
-    let in_flock = fs::read_dir(format!("/proc/{pid}/task"))
+    let waiting = fs::read_dir(format!("/proc/{pid}/task"))
         .into_iter()
         .flatten()
         .flatten()
         .any(|task| {
             fs::read_to_string(task.path().join("syscall")).is_ok_and(|call| {
-                call.split_whitespace().next() == Some(&libc::SYS_flock.to_string())
+                call.split_whitespace()
+                    .next()
+                    .and_then(|number| number.parse::<libc::c_long>().ok())
+                    .is_some_and(|number| calls.contains(&number))
             })
         });
-    ended || in_flock
+    ended || waiting
+}
+
+/// The start time of process `pid` in clock ticks since boot (field 22 of its stat line).
+fn start_ticks(pid: u32) -> u64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    stat[stat.rfind(')').unwrap() + 1..]
+        .split_whitespace()
+        .nth(19)
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// A keeper killed after it answered a stop lets go of its lock as its descriptors close, and
+/// only after that does the kernel unmount the VM's tree that its hold on the VM's mount
+/// namespace kept (and flush the layer): a start that went by the lock alone mounted the layer
+/// beside the old mounts. So a keeper records itself in its lock's file, and a start waits
+/// for that process to be gone, lock or no lock. Here the recorded process is one the test
+/// starts, with the lock free: the start waits until it ends. A record whose start time is not
+/// the process's (its pid given to another process since) is not waited for.
+#[test]
+fn a_start_waits_for_the_process_its_last_keeper_recorded_not_only_for_the_lock() {
+    let (feather, _base) = support::running_vm("last-keeper-process");
+    feather.sh("vm", "echo kept > /data/file");
+    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    feather.ok(&["stop", "vm"]);
+    feather.eventually("the last keeper ends", || {
+        fs::read_to_string(format!("/proc/{keeper}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    });
+    let record = feather.vm_dir("vm").join("keeper.lock");
+    let recorded = fs::read_to_string(&record).unwrap();
+    assert_eq!(
+        recorded.split_whitespace().next(),
+        Some(keeper.to_string().as_str()),
+        "the keeper recorded itself: {recorded:?}"
+    );
+    let mut ending = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let pid = ending.id();
+    fs::write(&record, format!("{pid} {}\n", start_ticks(pid))).unwrap();
+    let mut start = feather
+        .command()
+        .args(["start", "vm"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let front = start.id();
+    feather.eventually("the start waits for the recorded process, or ends", || {
+        ended_or_in(front, &[libc::SYS_poll, libc::SYS_ppoll])
+    });
+    if start.try_wait().unwrap().is_some() {
+        let out = start.wait_with_output().unwrap();
+        let _ = ending.kill();
+        let _ = ending.wait();
+        panic!(
+            "the start did not wait for the recorded keeper: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    ending.kill().unwrap();
+    ending.wait().unwrap();
+    let out = start.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "cat /data/file"), "kept\n");
+
+    // A live process under the recorded pid that started at another time is not that keeper.
+    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    feather.ok(&["stop", "vm"]);
+    feather.eventually("the last keeper ends", || {
+        fs::read_to_string(format!("/proc/{keeper}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    });
+    let mut other = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    let pid = other.id();
+    fs::write(&record, format!("{pid} {}\n", start_ticks(pid) + 1)).unwrap();
+    let out = feather.run(&["start", "vm"]);
+    let _ = other.kill();
+    let _ = other.wait();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(feather.status("vm"), "running");
 }
 
 /// A kept VM's keeper answers its stop before it lets go of the VM's mounts (unmounting its
@@ -352,8 +452,16 @@ fn a_start_waits_for_the_vm_s_last_keeper_to_let_go_of_its_mounts() {
         .spawn()
         .unwrap();
     let pid = start.id();
+    // The lock is waited for in short sleeps (a wait with an end).
     feather.eventually("the start waits for the keeper lock, or ends", || {
-        ended_or_in_flock(pid)
+        ended_or_in(
+            pid,
+            &[
+                libc::SYS_flock,
+                libc::SYS_nanosleep,
+                libc::SYS_clock_nanosleep,
+            ],
+        )
     });
     if start.try_wait().unwrap().is_some() {
         let out = start.wait_with_output().unwrap();

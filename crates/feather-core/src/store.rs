@@ -7,7 +7,8 @@
 //!                  /work/         overlayfs's work folder for upper/
 //!                  /mounts/<n>/   upper/ and work/ for the n-th other filesystem under the base
 //!                  /rootfs/       where the VM's root is assembled (inside its mount namespace)
-//!                  /keeper.lock   held by the keeper for its whole life
+//!                  /keeper.lock   held by the keeper for its whole life; holds its pid and start
+//!                                 time, whose end a start waits for
 //!                  /keeper.log    the keeper's own messages
 //!                  /op.lock       serialises start, stop, rm, reset and commit
 //!                  /checkpoint/   CRIU images of the last checkpoint, and CRIU's logs
@@ -425,6 +426,29 @@ impl VmDir {
     /// it when the keeper dies, however it dies, which is how a crash is noticed.
     pub fn lock_keeper(&self) -> Result<Option<File>> {
         try_lock(&self.path.join("keeper.lock"))
+    }
+
+    /// Records in the keeper lock `lock`, held, which process holds it: `pid`, which started
+    /// at `started` (clock ticks since boot, field 22 of `/proc/<pid>/stat`). The lock goes as
+    /// that process's descriptors close, before the kernel is done with its exit; whoever must
+    /// wait for the whole exit (the mounts of the VM it held go last) reads the record with
+    /// [`VmDir::last_keeper`].
+    pub fn record_keeper(lock: &File, pid: u32, started: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        lock.set_len(0)?;
+        lock.write_all_at(format!("{pid} {started}\n").as_bytes(), 0)
+    }
+
+    /// The keeper that last held the keeper lock, as it recorded itself
+    /// ([`VmDir::record_keeper`]): its pid and start time. None when none did (a keeper of an
+    /// older build, or one that died before).
+    pub fn last_keeper(&self) -> Option<(i32, u64)> {
+        let text = fs::read_to_string(self.path.join("keeper.lock")).ok()?;
+        let (pid, started) = text.trim().split_once(' ')?;
+        Some((
+            pid.parse().ok().filter(|pid| *pid > 0)?,
+            started.parse().ok()?,
+        ))
     }
 
     /// Waits until no keeper holds the keeper lock, and takes it.

@@ -234,6 +234,36 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Waits until the process `pid` that started at `started` (clock ticks since boot, as
+/// [`start_ticks`] reads them) has ended, or `deadline` has passed: whether it has ended
+/// (also when `pid` names no process, or another one). The end is its pidfd's: the kernel
+/// tells a pidfd of a process's end from `exit_notify`, once the exit's work is done
+/// (`exit_task_work`): its descriptors closed, its namespaces let go, and the mounts that were
+/// then unmounted gone; a lock it held (`flock`) is let go earlier, in that same work.
+pub fn await_end(pid: Pid, started: u64, deadline: std::time::Instant) -> Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    let pidfd = match raw::pidfd_open(pid.as_raw()) {
+        Ok(pidfd) => pidfd,
+        Err(nix::errno::Errno::ESRCH) => return Ok(true),
+        Err(e) => return Err(e).ctx("pidfd_open", pid),
+    };
+    // The pidfd pins the process: checked now, it is the one that started then, not a later
+    // one that was given its pid.
+    if start_ticks(pid) != Some(started) {
+        return Ok(true);
+    }
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, crate::timed::poll_timeout(left)) {
+            Ok(0) if left.is_zero() => return Ok(false),
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e).ctx("poll", "pidfd"),
+        }
+    }
+}
+
 /// `host_pid`'s number in the pid namespace one level below this process's (for a keeper, the
 /// VM's: what the VM's root calls it, and what CRIU restores), or None if it is gone or has
 /// none (a process of this namespace). Not its number in its innermost namespace: a process

@@ -154,7 +154,8 @@ pub struct Keeper {
     /// were still there would let a start mount the VM's layer beside them.
     held_mounts: std::cell::Cell<Option<OwnedFd>>,
     /// Held until the VM is cleaned up, its mounts included (or the keeper dies): its release
-    /// tells others the VM is no longer kept.
+    /// tells others the VM is no longer kept. Its file names this process
+    /// ([`take_keeper_lock`]), whose end a start waits for.
     lock: File,
     /// A throw-away VM's layer in memory (see [`layers::MemoryLayer`]), held for the VM's life.
     memory_layer: Option<layers::MemoryLayer>,
@@ -185,6 +186,22 @@ fn holds_mounts(config: &VmConfig, foreground: bool) -> bool {
     hands_off(config, foreground) || !config.ephemeral
 }
 
+/// The VM's keeper lock, taken, with this process recorded in it (pid and start time): the
+/// lock goes as this process's descriptors close, before the kernel has unmounted what its
+/// hold on the VM's mount namespace kept, so a start waits for the process itself
+/// (`lifecycle::await_last_keeper`).
+fn take_keeper_lock(vm: &VmDir) -> Result<File> {
+    let name = vm.name();
+    let lock = vm
+        .lock_keeper()?
+        .ok_or_else(|| failed(name, "is already running"))?;
+    if let Some(started) = process::start_ticks(nix::unistd::Pid::this()) {
+        VmDir::record_keeper(&lock, std::process::id(), started)
+            .map_err(io(name, "recording its keeper in keeper.lock"))?;
+    }
+    Ok(lock)
+}
+
 /// Init's mount namespace, opened while init is this process's unreaped child (its pid cannot
 /// name another process). `None` if init is gone already: its namespace went with it.
 fn hold_mount_namespace(init: &ChildProcess) -> Option<OwnedFd> {
@@ -207,9 +224,7 @@ impl Keeper {
         let attached = stdio.is_some();
         let name = vm.name().clone();
         init::check_descriptor_limit(name.as_str())?;
-        let lock = vm
-            .lock_keeper()?
-            .ok_or_else(|| failed(&name, "is already running"))?;
+        let lock = take_keeper_lock(vm)?;
         let config = vm.read_config()?;
         let durability = if config.ephemeral {
             Durability::Volatile
@@ -356,9 +371,7 @@ impl Keeper {
     /// way), taken instead of a new one where the checkpoint left the VM's out.
     pub fn restore(root: &StateRoot, vm: &VmDir, made: Option<OwnedFd>) -> Result<Keeper> {
         let name = vm.name().clone();
-        let lock = vm
-            .lock_keeper()?
-            .ok_or_else(|| failed(&name, "is already running"))?;
+        let lock = take_keeper_lock(vm)?;
         let config = vm.read_config()?;
         remove_leftovers(vm, &config);
         root.make_run_dir(vm)?;
@@ -787,8 +800,10 @@ impl Keeper {
             trace::phase("teardown: let the VM's mounts go (its layer flushed), after the answer");
         }
         // Everything is cleaned up, the mounts too: the VM may be started again. A start that
-        // came meanwhile waited for this lock (`lifecycle::await_last_keeper`) rather than
-        // mounting the VM's layer beside the mounts still there.
+        // came meanwhile waits for this process to end (`lifecycle::await_last_keeper`), not
+        // for this lock alone: killed before here, the process lets go of the lock as its
+        // descriptors close, before the kernel unmounts what the namespace kept, and a start
+        // that went by the lock mounted the VM's layer beside the mounts still there.
         drop(self.lock);
         Ok(ended)
     }

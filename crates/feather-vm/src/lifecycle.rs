@@ -142,35 +142,63 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
     spawn_keeper(root, &vm, false)
 }
 
-/// How long a start or restore waits for the VM's last keeper to let go of its mounts.
+/// How long a start, restore or reset waits for the VM's last keeper to end.
 const LAST_KEEPER_PATIENCE: Duration = Duration::from_secs(60);
 
-/// Waits until no keeper holds the VM's keeper lock. A kept VM's keeper answers its stop
-/// before it lets the VM's mounts go, which flushes the layer's filesystem (`Keeper::serve`),
-/// and holds the lock until they are gone: a start that mounted the layer meanwhile would
-/// mount it beside them (overlayfs warns that using both is undefined). Called with the VM's
-/// operations lock held and the VM not running, so the holder can only be a keeper ending.
-/// The wait is on a thread so that it can be bounded (a flush of a hung disk never ends).
-fn await_last_keeper(vm: &VmDir) -> Result<()> {
-    if !vm.keeper_alive()? {
-        return Ok(());
+/// Waits until the VM's last keeper has ended: its process gone, and its lock let go. A kept
+/// VM's keeper answers its stop before it lets go of the VM's mounts, whose unmount flushes
+/// the layer's filesystem (`Keeper::serve`), and lets go of its lock after them. Killed in
+/// between, it lets go of the lock as its descriptors close, before the kernel unmounts what
+/// its hold on the VM's mount namespace kept: a start that went by the lock alone mounted the
+/// layer beside the old mounts (overlayfs: "upperdir is in-use … undefined behavior"). So this
+/// waits for the process recorded in the lock's file (`keeper::take_keeper_lock`), whose
+/// pidfd tells of its end once the kernel is done with its exit, its mounts included; then
+/// for the lock (held by a keeper of an older build, which recorded nothing). Called with
+/// the VM's operations lock held and the VM not running, so the holder can only be a keeper
+/// ending. Bounded: a flush on a hung disk never ends.
+pub(crate) fn await_last_keeper(vm: &VmDir) -> Result<()> {
+    let deadline = std::time::Instant::now() + LAST_KEEPER_PATIENCE;
+    let recorded = vm.last_keeper();
+    if let Some((pid, started)) = recorded {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let ended = feather_sys::process::await_end(pid, started, deadline).in_vm(vm.name())?;
+        if !ended {
+            return Err(last_keeper_stays(vm, Some(pid)));
+        }
     }
-    let (told, waited) = std::sync::mpsc::channel();
-    let waiting = vm.clone();
-    std::thread::spawn(move || {
-        // Taken and let go at once: the new keeper takes it for itself.
-        let _ = told.send(waiting.await_keeper().map(drop));
-    });
-    match waited.recv_timeout(LAST_KEEPER_PATIENCE) {
-        Ok(taken) => Ok(taken?),
-        Err(_) => Err(failed(
-            vm.name(),
+    while vm.keeper_alive()? {
+        if std::time::Instant::now() >= deadline {
+            return Err(last_keeper_stays(vm, None));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// The error of [`await_last_keeper`] when its patience ran out, naming the process when known.
+fn last_keeper_stays(vm: &VmDir, pid: Option<nix::unistd::Pid>) -> VmError {
+    let who = pid.map_or_else(
+        || {
             format!(
-                "its last keeper has not let go of its mounts (the flush of its layer to disk)                  after {} s; try again once it has",
-                LAST_KEEPER_PATIENCE.as_secs()
-            ),
-        )),
-    }
+                "the process holding {}",
+                vm.path().join("keeper.lock").display()
+            )
+        },
+        |pid| format!("its last keeper, pid {pid},"),
+    );
+    let what = pid.map_or_else(
+        || format!("`fuser -v {}`", vm.path().join("keeper.lock").display()),
+        |pid| format!("`cat /proc/{pid}/stack`"),
+    );
+    failed(
+        vm.name(),
+        format!(
+            "{who} has not ended within {} s (it lets go of the VM's mounts as it ends, and \
+             their unmount writes the VM's layer to disk); {what} shows what it waits for; try \
+             again once it has ended",
+            LAST_KEEPER_PATIENCE.as_secs()
+        ),
+    )
 }
 
 /// Spawns a VM's background keeper, which boots the VM or, with `restore`, restores it from its
@@ -619,4 +647,28 @@ pub fn run_ephemeral_with_terminal(
 /// A VM's recorded state, for `ls` and `inspect`.
 pub fn status(vm: &VmDir) -> Result<VmState> {
     Ok(vm.read_state()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error of a wait for the VM's last keeper names the process and what to do, in one
+    /// line (it once had 18 spaces in the middle, a line break without its `\`).
+    #[test]
+    fn a_last_keeper_that_does_not_end_is_named_in_one_plain_line() {
+        let root = StateRoot::new(Some(PathBuf::from("/nonexistent/feather-root")));
+        let vm = root.vm(&"vm".parse().unwrap());
+        let named = last_keeper_stays(&vm, Some(nix::unistd::Pid::from_raw(4242))).to_string();
+        assert!(named.contains("pid 4242"), "{named}");
+        assert!(named.contains("/proc/4242/stack"), "{named}");
+        let unnamed = last_keeper_stays(&vm, None).to_string();
+        assert!(unnamed.contains("keeper.lock"), "{unnamed}");
+        for message in [named, unnamed] {
+            assert!(
+                !message.contains("  ") && !message.contains('\n'),
+                "{message:?}"
+            );
+        }
+    }
 }
