@@ -80,6 +80,67 @@ fn waits_for_a_lock(pid: Pid) -> bool {
         })
 }
 
+/// The root's bridge, tables and pool are gone.
+fn assert_network_gone(feather: &Feather, bridge: &str) {
+    let traces = crate::support::HostTraces::of(&feather.root, Some(bridge));
+    assert!(
+        traces.links.is_empty() && traces.nft_tables.is_empty(),
+        "{bridge} left: {traces:?}"
+    );
+    let pool = feather.root.join("network-pool/ready");
+    assert!(
+        std::fs::read_dir(&pool).map_or(true, |mut entries| entries.next().is_none()),
+        "the pool left"
+    );
+}
+
+/// A kept VM's keeper answers its stop before it takes the root's unused bridge, tables and
+/// pool down, and it may be killed before it does. It claims that removal before it records the
+/// stop (the removal lock, `network-linger.lock`), so that from there on a keeper killed leaves
+/// the lock's file unlocked and the root's next command, whatever it is, finishes the removal:
+/// here the keeper is killed the moment the VM reads stopped, and `ls` leaves nothing of the
+/// network. Before, the removal was taken up after the answer, and a keeper killed in between
+/// left the bridge, both tables and the pool to the VM's `rm` or `network down` alone.
+#[test]
+fn a_keeper_killed_once_its_stop_is_recorded_leaves_its_root_s_network_to_the_next_command() {
+    let (feather, _base) = running_vm("stop-then-kill");
+    feather.sh("vm", "echo precious > /data/kept");
+    let bridge = feather.inspect("vm")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    let state = feather.vm_dir("vm").join("state.json");
+    let mut stop = feather
+        .command()
+        .args(["stop", "vm"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !std::fs::read_to_string(&state).is_ok_and(|text| text.contains("\"stopped\"")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stop was never recorded"
+        );
+    }
+    // Gone already, if it was quick.
+    let _ = kill(keeper, Signal::SIGKILL);
+    let _ = stop.wait();
+    feather.eventually("its keeper is gone", || !alive(keeper));
+
+    let listing = feather.ok(&["ls", "--json"]);
+    assert!(listing.contains("\"stopped\""), "{listing}");
+    assert_network_gone(&feather, &bridge);
+    assert!(!feather.root.join("network-linger.lock").exists());
+    crate::support::assert_no_mount_under(&feather.root);
+
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
+}
+
 /// The lines the kernel logged after the line `marker`, which this writes to its log now.
 struct KernelLog {
     marker: String,
@@ -150,6 +211,71 @@ fn a_keeper_killed_after_answering_its_stop_is_gone_with_the_vm_s_mounts_before_
     assert!(in_use.is_empty(), "{in_use:?}");
     assert_eq!(feather.sh("vm", "cat /data/kept"), "kept\n");
     feather.ok(&["rm", "-f", "vm"]);
+}
+
+/// The removal of the root's unused network after a stop's answer holds the removal lock,
+/// which every command of the root waits for (so that none shows or counts a removal under
+/// way); it waits for other locks meanwhile (the root's network lock, here held as a start
+/// holds it). A keeper stopped there by a signal held up every command of the root: `ls`
+/// waited ten minutes. The wait for the removal lock now ends, and so does the keeper's wait
+/// for the network lock, which leaves the removal to the next command.
+#[test]
+fn a_keeper_stopped_while_it_takes_the_root_s_network_down_holds_up_no_command_for_good() {
+    let (feather, _base) = running_vm("stopped-remover");
+    let bridge = feather.inspect("vm")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    let held = hold_network_lock(&feather);
+    feather.ok(&["stop", "vm"]);
+    // It waits for a while, not for good: gone already on a slow day.
+    feather.eventually("the keeper waits for the root's network lock", || {
+        waits_for_a_lock(keeper) || !alive(keeper)
+    });
+    let _ = kill(keeper, Signal::SIGSTOP);
+    drop(held);
+    let mut listing = feather
+        .command()
+        .args(["ls", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Far longer than the wait for the removal lock; the keeper goes on after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while listing.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let waited = listing.try_wait().unwrap().is_none();
+    let _ = listing.kill();
+    let _ = listing.wait();
+    let _ = kill(keeper, Signal::SIGCONT);
+    assert!(!waited, "ls waited for the stopped keeper");
+    feather.eventually("the keeper ends", || !alive(keeper));
+    feather.ok(&["ls"]);
+    assert_network_gone(&feather, &bridge);
+}
+
+/// A stop's keeper takes the root's network down only when its VM was the network's last user,
+/// and looks first, without any lock: beside another VM it leaves at once, while the root's
+/// network lock is held (as a start holds it). Before, every kept VM's stop took the removal
+/// lock after its answer and waited for the pool's refill lock and the network lock, twice.
+#[test]
+fn a_stop_beside_another_vm_leaves_the_root_s_network_without_waiting_for_its_lock() {
+    let feather = Feather::new("stop-beside");
+    let base = crate::support::ScratchBase::new("stop-beside");
+    for vm in ["a", "b"] {
+        feather.ok(&["create", vm, "--base", base.as_str()]);
+        feather.ok(&["start", vm]);
+    }
+    let keeper = pid_of(&feather, "a", "keeper_pid");
+    let held = hold_network_lock(&feather);
+    feather.ok(&["stop", "a"]);
+    feather.eventually("a's keeper ends", || !alive(keeper));
+    drop(held);
+    assert!(!feather.root.join("network-linger.lock").exists());
+    assert_eq!(feather.status("b"), "running");
+    feather.ok(&["rm", "-f", "a", "b"]);
 }
 
 /// A stop's keeper takes the root's bridge and tables down after its answer when its VM was

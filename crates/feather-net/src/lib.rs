@@ -258,6 +258,9 @@ pub struct Attachment {
     removing: RefCell<Option<Removal>>,
     /// Whether `release` returned the VM's lease (a throw-away VM).
     released: Cell<bool>,
+    /// A kept VM's claim on the removal of the root's network, taken by
+    /// [`Attachment::detach_keeping_bridge`] when the VM was its last user.
+    claim: RefCell<Option<linger::Claim>>,
     /// Set by `detach`: announcements of the VM's address on the uplink stop.
     gone: Arc<AtomicBool>,
     /// The namespace made ahead that the VM claimed at create, if it did (pool.rs): init joins
@@ -337,6 +340,7 @@ pub fn prepare(
         marker: run_dir.join(ATTACHED),
         removing: RefCell::new(None),
         released: Cell::new(false),
+        claim: RefCell::new(None),
         gone: Arc::new(AtomicBool::new(false)),
         pooled,
     };
@@ -568,8 +572,14 @@ impl Attachment {
     /// its last VM: for a kept VM's keeper, which answers its stop once the VM's own veth and
     /// firewall entries are gone, and then takes the root's network down if no VM uses it
     /// ([`Attachment::remove_root_network_if_unused`]): the bridge's deletion waits for RCU
-    /// grace periods (40–90 ms on this machine), which its answer need not.
+    /// grace periods (40–90 ms on this machine), which its answer need not. Called before the
+    /// keeper records the VM's stop: if this VM was the network's last user, the removal is
+    /// claimed here ([`linger::claim_if_unused`]), so that a keeper killed from here on leaves
+    /// it to the root's next command rather than to no one.
     pub fn detach_keeping_bridge(&self) {
+        if let Some(network) = &self.network {
+            *self.claim.borrow_mut() = linger::claim_if_unused(network.root(), &self.host_end);
+        }
         self.detach_with(true);
     }
 
@@ -587,14 +597,12 @@ impl Attachment {
         }
     }
 
-    /// After [`Attachment::detach_keeping_bridge`] and its [`Attachment::wait`]: the root's
-    /// bridge, tables and pool go unless a VM uses them or a process lingers for the next
-    /// throw-away VM (which removes them at its end: [`linger`]). A keeper killed before this
-    /// leaves them to whatever takes the root's network down next: the VM's `rm`, `network
-    /// down`, or a linger; the next VM uses them meanwhile.
+    /// After [`Attachment::detach_keeping_bridge`] and the keeper's answer: the removal it
+    /// claimed, if it did. The bridge, tables and pool go unless a VM took them up meanwhile;
+    /// no other lock is waited for without an end ([`linger::Claim::remove`]).
     pub fn remove_root_network_if_unused(&self) {
-        if let Some(network) = &self.network {
-            linger::remove_unless_used_or_lingering(network.root(), true);
+        if let Some(claim) = self.claim.borrow_mut().take() {
+            claim.remove();
         }
     }
 }
@@ -678,9 +686,6 @@ fn remove_attached(
 
 const ATTACHED: &str = "network-attached";
 
-/// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
-/// its firewall entries or, if it was the bridge's last port (and not `keep_bridge`), the bridge
-/// and both tables. The thread blocks every signal (they belong to the keeper's main thread).
 /// The thread [`clean_up`] starts, and its word that what it removes is gone: once the links
 /// are deleted and the firewall change committed, before the close of its nftables socket,
 /// which waits for the kernel to free the deleted entries (see [`nftables::apply_then`]).
@@ -705,6 +710,9 @@ impl Removal {
     }
 }
 
+/// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
+/// its firewall entries or, if it was the bridge's last port (and not `keep_bridge`), the bridge
+/// and both tables. The thread blocks every signal (they belong to the keeper's main thread).
 fn clean_up(
     network: &RootNetwork,
     host_end: &str,

@@ -785,8 +785,11 @@ impl Keeper {
         // The checkpoint it replaced goes once the asker has their answer.
         snapshot::remove_stale(&self.vm);
         // A kept VM's answer came once its own network was gone (`tear_down`); the root's
-        // bridge and tables go now if no VM uses them. Before the lock goes: a start of this
-        // VM waits for it, and any other VM's start for the root's network lock, held here.
+        // bridge, tables and pool go now if the VM was their last user, a removal claimed
+        // before the stop was recorded (`Attachment::detach_keeping_bridge`): killed from
+        // there on, this process leaves it to the root's next command. It waits for no other
+        // lock without an end (a VM's start may hold the root's network lock); past its
+        // patience the removal is left to the next command too.
         if !self.config.ephemeral {
             self.network.remove_root_network_if_unused();
             trace::phase("teardown: the root's network, if unused, after the answer");

@@ -515,12 +515,12 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         .and_then(|vms| beneath::remove_tree(&vms, doomed_name.as_ref()))
         .at(&doomed)?;
     feather_net::release(root.dir(), &config.id, &config.network).in_vm(name)?;
-    // A stop's keeper takes the root's bridge and tables down after its answer if the VM was
-    // their last user; one killed before that left them, and they go here unless a VM uses
-    // them (otherwise nothing is left to remove: a look at the bridge's index). A removal
-    // under way (that keeper's, right after its answer) is not waited for.
+    // A keeper killed before it recorded the VM's stop (a crashed VM, cleaned up above) left
+    // the root's bridge and tables, and they go here unless a VM uses them (otherwise nothing
+    // is left to remove: a look at the bridge's index). A removal under way (a stop's keeper's,
+    // right after its answer) is not waited for.
     if config.network.mode == feather_core::NetMode::Private {
-        feather_net::linger::remove_unless_used_or_lingering(root.dir(), false);
+        feather_net::linger::remove_unless_used_or_lingering(root.dir());
     }
     Ok(())
 }
