@@ -365,7 +365,7 @@ fn a_start_waits_for_the_process_its_last_keeper_recorded_not_only_for_the_lock(
         .spawn()
         .unwrap();
     let pid = ending.id();
-    fs::write(&record, format!("{pid} {}\n", start_ticks(pid))).unwrap();
+    fs::write(&record, keeper_record(pid, start_ticks(pid), &boot_id())).unwrap();
     let mut start = feather
         .command()
         .args(["start", "vm"])
@@ -411,12 +411,58 @@ fn a_start_waits_for_the_process_its_last_keeper_recorded_not_only_for_the_lock(
         .spawn()
         .unwrap();
     let pid = other.id();
-    fs::write(&record, format!("{pid} {}\n", start_ticks(pid) + 1)).unwrap();
+    fs::write(
+        &record,
+        keeper_record(pid, start_ticks(pid) + 1, &boot_id()),
+    )
+    .unwrap();
     let out = feather.run(&["start", "vm"]);
     let _ = other.kill();
     let _ = other.wait();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert_eq!(feather.status("vm"), "running");
+}
+
+/// What a keeper writes into its lock's file: its pid, start time and boot.
+fn keeper_record(pid: u32, started: u64, boot: &str) -> String {
+    format!("{pid} {started} {boot}\n")
+}
+
+fn boot_id() -> String {
+    fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// A keeper's record outlives it, and its pid may be given to anything since. Named by a
+/// thread of another process, pidfd_open fails with ENOENT (EINVAL before Linux 6.9), which
+/// the wait took for an error: every start of the VM failed ("pidfd_open …: ENOENT") while
+/// that thread lived: it is the record of a keeper that has ended. (A record of another boot
+/// is ignored too: store.rs's tests.)
+#[test]
+fn a_start_goes_by_a_keeper_s_record_that_names_a_thread() {
+    let (feather, _base) = support::running_vm("stale-keeper-record");
+    feather.ok(&["stop", "vm"]);
+    let record = feather.vm_dir("vm").join("keeper.lock");
+    let (told, tid) = std::sync::mpsc::channel();
+    let (done, wait) = std::sync::mpsc::channel::<()>();
+    let thread = std::thread::spawn(move || {
+        told.send(nix::unistd::gettid().as_raw() as u32).unwrap();
+        let _ = wait.recv();
+    });
+    let tid = tid.recv().unwrap();
+    // Whatever the keeper wrote, the lock is let go once its process ends: wait for that.
+    let lock = fs::File::open(&record).unwrap();
+    let held = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockShared).unwrap();
+    drop(held);
+    fs::write(&record, keeper_record(tid, start_ticks(tid), &boot_id())).unwrap();
+    let out = feather.run(&["start", "vm"]);
+    done.send(()).unwrap();
+    thread.join().unwrap();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(feather.status("vm"), "running");
+    feather.ok(&["rm", "-f", "vm"]);
 }
 
 /// A kept VM's keeper answers its stop before it lets go of the VM's mounts (unmounting its

@@ -244,7 +244,11 @@ pub fn await_end(pid: Pid, started: u64, deadline: std::time::Instant) -> Result
     use nix::poll::{poll, PollFd, PollFlags};
     let pidfd = match raw::pidfd_open(pid.as_raw()) {
         Ok(pidfd) => pidfd,
-        Err(nix::errno::Errno::ESRCH) => return Ok(true),
+        // No such process: ESRCH; the pid is now a thread's, not a process's: ENOENT (EINVAL
+        // before Linux 6.9). Either way the recorded process has ended.
+        Err(nix::errno::Errno::ESRCH | nix::errno::Errno::ENOENT | nix::errno::Errno::EINVAL) => {
+            return Ok(true)
+        }
         Err(e) => return Err(e).ctx("pidfd_open", pid),
     };
     // The pidfd pins the process: checked now, it is the one that started then, not a later
@@ -508,6 +512,26 @@ pub fn same_pid_namespace(pid: Pid) -> Vec<Pid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A keeper's record may name, later, a thread of another process: pidfd_open then fails
+    /// with ENOENT (EINVAL before Linux 6.9), which the wait took for an error, failing every
+    /// start of the VM while that thread lived. The recorded process has ended.
+    #[test]
+    fn a_pid_that_is_now_a_thread_s_names_a_process_that_has_ended() {
+        let (told, tid) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            told.send(nix::unistd::gettid()).unwrap();
+            let _ = wait.recv();
+        });
+        let tid = tid.recv().unwrap();
+        let started = start_ticks(tid).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let ended = await_end(tid, started, deadline);
+        done.send(()).unwrap();
+        thread.join().unwrap();
+        assert!(ended.unwrap(), "a thread is not the recorded process");
+    }
 
     /// The host pids of the processes `pid` started (waiting until it has started one; a
     /// minute at most, should it have failed).
