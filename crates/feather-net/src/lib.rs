@@ -601,8 +601,13 @@ impl Attachment {
     /// claimed, if it did. The bridge, tables and pool go unless a VM took them up meanwhile;
     /// no other lock is waited for without an end ([`linger::Claim::remove`]).
     pub fn remove_root_network_if_unused(&self) {
-        if let Some(claim) = self.claim.borrow_mut().take() {
-            claim.remove();
+        let claim = self.claim.borrow_mut().take();
+        match (claim, &self.network) {
+            (Some(claim), _) => claim.remove(),
+            // Not its last user when it looked, before its veth went: another VM stopping
+            // meanwhile may have looked before this one's veth went, too (`linger::remove_if_last`).
+            (None, Some(network)) => linger::remove_if_last(network.root()),
+            (None, None) => {}
         }
     }
 }

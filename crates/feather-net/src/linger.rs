@@ -31,7 +31,9 @@
 //! - A kept VM's keeper whose VM was the root's last user of its network takes the removal
 //!   lock before it records the VM's stop ([`claim_if_unused`]), and removes the network after
 //!   its answer ([`Claim::remove`]): killed in between, it leaves the lock's file unlocked, and
-//!   the next command removes what is unused, as after a lingering process that died.
+//!   the next command removes what is unused, as after a lingering process that died. A
+//!   keeper that did not claim looks again after its answer, its own veth gone
+//!   ([`remove_if_last`]): of two VMs stopping at once, each saw the other's port.
 //! - Nothing that holds the removal lock waits without an end for another lock (the pool's
 //!   refill, the root's network lock): past [`PATIENCE`] it leaves the removal to the next
 //!   command, the lock's file in place. Nor does a command wait for the removal lock past
@@ -251,18 +253,7 @@ pub fn claim_if_unused(root_dir: &Path, own_port: &str) -> Option<Claim> {
         return None;
     }
     let network = RootNetwork::load(root_dir).ok().flatten()?;
-    let ports = fs::read_dir(
-        Path::new("/sys/class/net")
-            .join(&network.bridge)
-            .join("brif"),
-    )
-    .ok()?;
-    let taken = pool::taken_ports(root_dir);
-    let used = ports.flatten().any(|port| {
-        let port = port.file_name().to_string_lossy().into_owned();
-        port != own_port && pool::is_vm_port(&port, &taken)
-    });
-    if used || pool::has_claimed(root_dir) {
+    if used_by_a_vm(&network, Some(own_port))? {
         return None;
     }
     let removing = open(&root_dir.join(LOCK_FILE)).ok()?;
@@ -271,6 +262,42 @@ pub fn claim_if_unused(root_dir: &Path, own_port: &str) -> Option<Claim> {
         root_dir: root_dir.to_owned(),
         removing,
     })
+}
+
+/// Whether a VM other than the one whose bridge port is `own_port` uses the root's network, as
+/// far as a look without any lock can tell: a VM's port on the bridge, or a pooled namespace
+/// claimed. None when the bridge is not there.
+fn used_by_a_vm(network: &RootNetwork, own_port: Option<&str>) -> Option<bool> {
+    let ports = fs::read_dir(
+        Path::new("/sys/class/net")
+            .join(&network.bridge)
+            .join("brif"),
+    )
+    .ok()?;
+    let taken = pool::taken_ports(network.root());
+    let used = ports.flatten().any(|port| {
+        let port = port.file_name().to_string_lossy().into_owned();
+        Some(port.as_str()) != own_port && pool::is_vm_port(&port, &taken)
+    });
+    Some(used || pool::has_claimed(network.root()))
+}
+
+/// For a kept VM's keeper that did not claim the removal of its root's network
+/// ([`claim_if_unused`]), after its answer, its own veth deleted: the network goes if no VM
+/// uses it now. Two VMs stopping together each saw the other's port before either veth was
+/// deleted, and neither claimed: the one whose veth goes last sees no other port here. A
+/// removal under way is waited for (at most [`REMOVAL_PATIENCE`]): its look under the network
+/// lock may have come before this VM's veth went. Beside a VM's port it leaves at once.
+pub fn remove_if_last(root_dir: &Path) {
+    if root_dir.join(WAIT_FILE).exists() {
+        return;
+    }
+    let Some(network) = RootNetwork::load(root_dir).ok().flatten() else {
+        return;
+    };
+    if used_by_a_vm(&network, None) == Some(false) {
+        remove_if_unused(root_dir);
+    }
 }
 
 impl Claim {
