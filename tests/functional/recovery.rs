@@ -142,6 +142,25 @@ fn a_keeper_killed_once_its_stop_is_recorded_leaves_its_root_s_network_to_the_ne
 }
 
 /// The lines the kernel logged after the line `marker`, which this writes to its log now.
+/// A pidfd of `pid`, or None if it is gone.
+fn pidfd(pid: Pid) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    // SAFETY: the descriptor is new and owned by no one else.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the process of `pidfd` has ended, its exit done (readable), looked at once.
+fn ended(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+}
+
 struct KernelLog {
     marker: String,
 }
@@ -157,14 +176,12 @@ impl KernelLog {
         let out = std::process::Command::new("dmesg").output().unwrap();
         let text = String::from_utf8_lossy(&out.stdout).into_owned();
         let lines: Vec<&str> = text.lines().collect();
+        // Scrolled out of the ring: all of it.
         let from = lines
             .iter()
             .rposition(|line| line.contains(&self.marker))
-            .expect("the marker is in the kernel's log");
-        lines[from + 1..]
-            .iter()
-            .map(|line| line.to_string())
-            .collect()
+            .map_or(0, |at| at + 1);
+        lines[from..].iter().map(|line| line.to_string()).collect()
     }
 }
 
@@ -172,8 +189,9 @@ impl KernelLog {
 /// unmount flushes the VM's layer. Killed in between, the kernel lets go of its lock (its
 /// descriptors close) before it unmounts what the namespace kept, and a start that went by the
 /// lock mounted the layer beside the old mounts: overlayfs warned "upperdir is in-use" (in 5 of
-/// 11 rounds by hand). Without the start's wait for the keeper's process this failed 5 times
-/// of 5 (the keeper still ending as the start returned; once the warning too). The keeper is
+/// 11 rounds by hand). The verdict is the keeper's pidfd, read as the start returns: its exit
+/// done (the kernel's log, shared with every test that runs meanwhile, is printed only).
+/// Without the start's wait for the keeper's process this failed 3 times of 3. The keeper is
 /// held after its answer here by the root's network lock (it takes the root's unused bridge
 /// down, its VM the last user), its unmount made long by a layer with many files seen and
 /// writes not yet on disk; it is killed, and the start right after waits until it is gone.
@@ -199,16 +217,29 @@ fn a_keeper_killed_after_answering_its_stop_is_gone_with_the_vm_s_mounts_before_
     feather.eventually("the keeper waits for the root's network lock", || {
         waits_for_a_lock(keeper) || !alive(keeper)
     });
+    // Its pidfd tells of its end once the kernel is done with its exit, the unmounts of the
+    // mount namespace it held among it (what the start waits for). None: gone already.
+    let ending = pidfd(keeper);
     let _ = kill(keeper, Signal::SIGKILL);
     drop(held);
     feather.ok(&["start", "vm"]);
+    // The verdict: the start returned only once the old keeper's exit was done. Read as the
+    // start returns, so it may pass without the wait (the exit done meanwhile), never fail
+    // with it.
+    if let Some(ending) = &ending {
+        assert!(
+            ended(ending),
+            "the start returned before the last keeper's exit was done"
+        );
+    }
     assert!(!alive(keeper), "the last keeper is gone");
-    let in_use: Vec<String> = log
-        .since()
-        .into_iter()
-        .filter(|line| line.contains("in-use"))
-        .collect();
-    assert!(in_use.is_empty(), "{in_use:?}");
+    // Information only: the kernel's log is shared with every other test that runs meanwhile
+    // (their own overlayfs warnings), and its ring may have scrolled the marker out.
+    for line in log.since() {
+        if line.contains("in-use") {
+            eprintln!("kernel log: {line}");
+        }
+    }
     assert_eq!(feather.sh("vm", "cat /data/kept"), "kept\n");
     feather.ok(&["rm", "-f", "vm"]);
 }
