@@ -280,8 +280,22 @@ fn a_keeper_stopped_while_it_takes_the_root_s_network_down_holds_up_no_command_f
     let waited = listing.try_wait().unwrap().is_none();
     let _ = listing.kill();
     let _ = listing.wait();
+    // `network down` goes on without the removal too, and says why the network stays: no VM
+    // uses it (it said one did).
+    let down = if waited {
+        None
+    } else {
+        Some(feather.run(&["network", "down"]))
+    };
     let _ = kill(keeper, Signal::SIGCONT);
     assert!(!waited, "ls waited for the stopped keeper");
+    let down = down.unwrap();
+    assert_eq!(down.code, 0, "{}", down.stderr);
+    assert!(
+        down.stderr.contains("another process is removing it"),
+        "{}",
+        down.stderr
+    );
     feather.eventually("the keeper ends", || !alive(keeper));
     feather.ok(&["ls"]);
     assert_network_gone(&feather, &bridge);

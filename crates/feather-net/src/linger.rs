@@ -215,10 +215,22 @@ fn wait_for_change(inotify: &nix::sys::inotify::Inotify, timeout: Duration) {
     }
 }
 
+/// What `feather network down` ([`end`]) did with the root's network.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Gone, or there was none.
+    Down,
+    /// It stays: a VM uses it (or a VM's start held the root's network lock past
+    /// [`PATIENCE`]).
+    Used,
+    /// It stays: another process held the removal lock all through [`REMOVAL_PATIENCE`]
+    /// (removing it, or stopped by a signal while it did).
+    Busy,
+}
+
 /// `feather network down`: ends the root's lingering, waiting for the process that lingers,
-/// and removes the root's bridge, tables and pool unless a VM uses them. Whether a VM does
-/// (the network then stays).
-pub fn end(root_dir: &Path) -> bool {
+/// and removes the root's bridge, tables and pool unless a VM uses them.
+pub fn end(root_dir: &Path) -> Ended {
     let path = root_dir.join(WAIT_FILE);
     if let Ok(file) = File::open(&path) {
         let _ = fs::remove_file(&path);
@@ -226,11 +238,20 @@ pub fn end(root_dir: &Path) -> bool {
         // command does, below); it holds the lock until it is gone: wait for it.
         let _ = file.lock();
     }
-    remove_if_unused(root_dir);
-    RootNetwork::load(root_dir)
+    let removing = lock_removal(root_dir);
+    let taken = removing.is_some();
+    if let Some(removing) = removing {
+        remove_under(root_dir, removing);
+    }
+    let stays = RootNetwork::load(root_dir)
         .ok()
         .flatten()
-        .is_some_and(|network| index_of(&network.bridge).is_some())
+        .is_some_and(|network| index_of(&network.bridge).is_some());
+    match (stays, taken) {
+        (false, _) => Ended::Down,
+        (true, true) => Ended::Used,
+        (true, false) => Ended::Busy,
+    }
 }
 
 /// A kept VM's keeper's claim on the removal of its root's network ([`claim_if_unused`]):

@@ -382,10 +382,12 @@ pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
     feather_net::linger::settle(root.dir(), wait);
 }
 
+/// What `feather network down` did with the root's network.
+pub use feather_net::linger::Ended as NetworkDown;
+
 /// `feather network down`: the root's bridge and tables go now, unless a VM uses them, rather
-/// than when the linger after its last throw-away VM ends (feather_net::linger). Whether a
-/// VM uses them (they then stay).
-pub fn take_network_down(root: &StateRoot) -> bool {
+/// than when the linger after its last throw-away VM ends (feather_net::linger).
+pub fn take_network_down(root: &StateRoot) -> NetworkDown {
     feather_net::linger::end(root.dir())
 }
 
