@@ -188,17 +188,31 @@ fn last_keeper_stays(vm: &VmDir, pid: Option<nix::unistd::Pid>) -> VmError {
     );
     let what = pid.map_or_else(
         || format!("`fuser -v {}`", vm.path().join("keeper.lock").display()),
-        |pid| format!("`cat /proc/{pid}/stack`"),
+        |pid| {
+            if is_stopped(pid) {
+                format!("it is stopped: `kill -CONT {pid}` lets it go on")
+            } else {
+                format!("`cat /proc/{pid}/stack` shows what it waits for")
+            }
+        },
     );
     failed(
         vm.name(),
         format!(
             "{who} has not ended within {} s (it lets go of the VM's mounts as it ends, and \
-             their unmount writes the VM's layer to disk); {what} shows what it waits for; try \
-             again once it has ended",
+             their unmount writes the VM's layer to disk); {what}; try again once it has ended",
             LAST_KEEPER_PATIENCE.as_secs()
         ),
     )
+}
+
+/// Whether `pid` is stopped by a signal (state T in `/proc/<pid>/stat`).
+fn is_stopped(pid: nix::unistd::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            == Some("T")
+    })
 }
 
 /// Spawns a VM's background keeper, which boots the VM or, with `restore`, restores it from its
@@ -666,7 +680,21 @@ mod tests {
         assert!(named.contains("/proc/4242/stack"), "{named}");
         let unnamed = last_keeper_stays(&vm, None).to_string();
         assert!(unnamed.contains("keeper.lock"), "{unnamed}");
-        for message in [named, unnamed] {
+        // Stopped by a signal, it goes on once told to.
+        let mut stopped = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(stopped.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        while !is_stopped(pid) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let told = last_keeper_stays(&vm, Some(pid)).to_string();
+        let _ = stopped.kill();
+        let _ = stopped.wait();
+        assert!(told.contains(&format!("kill -CONT {pid}")), "{told}");
+        for message in [named, unnamed, told] {
             assert!(
                 !message.contains("  ") && !message.contains('\n'),
                 "{message:?}"
