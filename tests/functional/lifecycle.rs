@@ -469,7 +469,10 @@ fn a_start_goes_by_a_keeper_s_record_that_names_a_thread() {
 /// layer flushes the layer's filesystem to disk), and holds its lock until they are gone. A
 /// start meanwhile waits for that lock, rather than failing as "already running" or mounting
 /// the layer beside the mounts still there. The test holds the lock as such a keeper would,
-/// once the VM's real last keeper has let it go (which it does on its own).
+/// once the VM's real last keeper has let it go (which it does on its own). What this covers
+/// is the wait for the lock after the wait for the recorded process (which has ended here):
+/// the one a keeper of an older build, which recorded nothing, gets; the wait for the recorded
+/// process is `a_start_waits_for_the_process_its_last_keeper_recorded_not_only_for_the_lock`.
 #[test]
 fn a_start_waits_for_the_vm_s_last_keeper_to_let_go_of_its_mounts() {
     let (feather, _base) = support::running_vm("last-keeper");

@@ -111,6 +111,7 @@ fn a_keeper_killed_once_its_stop_is_recorded_leaves_its_root_s_network_to_the_ne
         .to_owned();
     let keeper = pid_of(&feather, "vm", "keeper_pid");
     let state = feather.vm_dir("vm").join("state.json");
+    let held = hold_network_lock(&feather);
     let mut stop = feather
         .command()
         .args(["stop", "vm"])
@@ -118,15 +119,20 @@ fn a_keeper_killed_once_its_stop_is_recorded_leaves_its_root_s_network_to_the_ne
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    while !std::fs::read_to_string(&state).is_ok_and(|text| text.contains("\"stopped\"")) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the stop was never recorded"
-        );
-    }
-    // Gone already, if it was quick.
+    feather.eventually("the stop is recorded", || {
+        std::fs::read_to_string(&state).is_ok_and(|text| text.contains("\"stopped\""))
+    });
+    // Held up by the root's network lock (as a start holds it), the keeper holds its claim
+    // until it is killed; past its patience it leaves the claim's file unlocked all the same.
+    feather.eventually("the keeper waits for the root's network lock", || {
+        waits_for_a_lock(keeper) || !alive(keeper)
+    });
+    assert!(
+        feather.root.join("network-linger.lock").exists(),
+        "the keeper claimed the network's removal"
+    );
     let _ = kill(keeper, Signal::SIGKILL);
+    drop(held);
     let _ = stop.wait();
     feather.eventually("its keeper is gone", || !alive(keeper));
 
@@ -141,7 +147,6 @@ fn a_keeper_killed_once_its_stop_is_recorded_leaves_its_root_s_network_to_the_ne
     assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
 }
 
-/// The lines the kernel logged after the line `marker`, which this writes to its log now.
 /// A pidfd of `pid`, or None if it is gone.
 fn pidfd(pid: Pid) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -161,6 +166,7 @@ fn ended(pidfd: &std::os::fd::OwnedFd) -> bool {
     nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
 }
 
+/// The lines the kernel logged after the line `marker`, which this writes to its log now.
 struct KernelLog {
     marker: String,
 }
