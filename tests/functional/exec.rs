@@ -87,6 +87,38 @@ fn exec_with_a_terminal_gets_one_of_the_vms_own() {
     assert_eq!(out.replace('\r', ""), "/dev/pts/0\nis-a-tty\n");
 }
 
+/// `exec -t` opens the VM's terminal from the VM's mounts, then goes back to the host's. Left
+/// in the VM's mount namespace, its process held it, and the VM's mounts with it, past the
+/// VM's end and its keeper's, which a start of the VM waits for before it mounts the VM's layer
+/// (a second overlay of the same layer, which overlayfs warns is undefined).
+#[test]
+fn exec_with_a_terminal_leaves_the_vm_s_mounts_once_it_has_the_terminal() {
+    let (feather, _base) = running_vm("exec-tty-mounts");
+    let init = feather.inspect("vm")["state"]["init_pid"].as_i64().unwrap();
+    let vm_mounts = std::fs::read_link(format!("/proc/{init}/ns/mnt")).unwrap();
+    let host_mounts = std::fs::read_link("/proc/self/ns/mnt").unwrap();
+    assert_ne!(vm_mounts, host_mounts);
+    let mut front = feather
+        .command()
+        .args(["exec", "-t", "vm", "--", "sh", "-c", "echo up; sleep 100"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = std::io::BufReader::new(front.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+    assert_eq!(line.trim_end(), "up");
+    let front_mounts = std::fs::read_link(format!("/proc/{}/ns/mnt", front.id()));
+    let _ = front.kill();
+    let _ = front.wait();
+    assert_eq!(
+        front_mounts.unwrap(),
+        host_mounts,
+        "the front's mount namespace (the VM's is {vm_mounts:?})"
+    );
+}
+
 #[test]
 fn signals_reach_the_command() {
     let (feather, _base) = running_vm("exec-signal");

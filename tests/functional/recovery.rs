@@ -46,6 +46,379 @@ fn a_killed_keeper_shows_as_crashed_and_start_recovers_without_losing_data() {
     assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
 }
 
+/// Holds the root's network lock, as a VM's start does while it sets up the bridge: a stop's
+/// keeper whose VM was the root's last user of its network waits for it after its answer, to
+/// take the bridge and tables down, with the VM's mounts still held.
+fn hold_network_lock(feather: &Feather) -> nix::fcntl::Flock<std::fs::File> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(feather.root.join("network.lock"))
+        .unwrap();
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive).unwrap()
+}
+
+/// Whether a thread of `pid` waits for a lock: in `flock`, or in the short sleeps of a wait
+/// for one (feather_net's `lock_within`).
+fn waits_for_a_lock(pid: Pid) -> bool {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .any(|task| {
+            std::fs::read_to_string(task.path().join("syscall")).is_ok_and(|call| {
+                let number = call.split_whitespace().next().unwrap_or_default();
+                [
+                    libc::SYS_flock,
+                    libc::SYS_nanosleep,
+                    libc::SYS_clock_nanosleep,
+                ]
+                .iter()
+                .any(|call| number == call.to_string())
+            })
+        })
+}
+
+/// The root's bridge, tables and pool are gone.
+fn assert_network_gone(feather: &Feather, bridge: &str) {
+    let traces = crate::support::HostTraces::of(&feather.root, Some(bridge));
+    assert!(
+        traces.links.is_empty() && traces.nft_tables.is_empty(),
+        "{bridge} left: {traces:?}"
+    );
+    let pool = feather.root.join("network-pool/ready");
+    assert!(
+        std::fs::read_dir(&pool).map_or(true, |mut entries| entries.next().is_none()),
+        "the pool left"
+    );
+}
+
+/// A kept VM's keeper answers its stop before it takes the root's unused bridge, tables and
+/// pool down, and it may be killed before it does. It claims that removal before it records the
+/// stop (the removal lock, `network-linger.lock`), so that from there on a keeper killed leaves
+/// the lock's file unlocked and the root's next command, whatever it is, finishes the removal:
+/// here the keeper is killed the moment the VM reads stopped, and `ls` leaves nothing of the
+/// network. Before, the removal was taken up after the answer, and a keeper killed in between
+/// left the bridge, both tables and the pool to the VM's `rm` or `network down` alone.
+#[test]
+fn a_keeper_killed_once_its_stop_is_recorded_leaves_its_root_s_network_to_the_next_command() {
+    let (feather, _base) = running_vm("stop-then-kill");
+    feather.sh("vm", "echo precious > /data/kept");
+    let bridge = feather.inspect("vm")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    let state = feather.vm_dir("vm").join("state.json");
+    let held = hold_network_lock(&feather);
+    let mut stop = feather
+        .command()
+        .args(["stop", "vm"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    feather.eventually("the stop is recorded", || {
+        std::fs::read_to_string(&state).is_ok_and(|text| text.contains("\"stopped\""))
+    });
+    // Held up by the root's network lock (as a start holds it), the keeper holds its claim
+    // until it is killed; past its patience it leaves the claim's file unlocked all the same.
+    feather.eventually("the keeper waits for the root's network lock", || {
+        waits_for_a_lock(keeper) || !alive(keeper)
+    });
+    assert!(
+        feather.root.join("network-linger.lock").exists(),
+        "the keeper claimed the network's removal"
+    );
+    let _ = kill(keeper, Signal::SIGKILL);
+    drop(held);
+    let _ = stop.wait();
+    feather.eventually("its keeper is gone", || !alive(keeper));
+
+    let listing = feather.ok(&["ls", "--json"]);
+    assert!(listing.contains("\"stopped\""), "{listing}");
+    assert_network_gone(&feather, &bridge);
+    assert!(!feather.root.join("network-linger.lock").exists());
+    crate::support::assert_no_mount_under(&feather.root);
+
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
+}
+
+/// A pidfd of `pid`, or None if it is gone.
+fn pidfd(pid: Pid) -> Option<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: pidfd_open takes two integers and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
+    // SAFETY: the descriptor is new and owned by no one else.
+    (fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether the process of `pidfd` has ended, its exit done (readable), looked at once.
+fn ended(pidfd: &std::os::fd::OwnedFd) -> bool {
+    use std::os::fd::AsFd;
+    let mut fds = [nix::poll::PollFd::new(
+        pidfd.as_fd(),
+        nix::poll::PollFlags::POLLIN,
+    )];
+    nix::poll::poll(&mut fds, nix::poll::PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+}
+
+/// The lines the kernel logged after the line `marker`, which this writes to its log now.
+struct KernelLog {
+    marker: String,
+}
+
+impl KernelLog {
+    fn mark(label: &str) -> KernelLog {
+        let marker = format!("feather-test {label} {}", std::process::id());
+        std::fs::write("/dev/kmsg", format!("{marker}\n")).unwrap();
+        KernelLog { marker }
+    }
+
+    fn since(&self) -> Vec<String> {
+        let out = std::process::Command::new("dmesg").output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let lines: Vec<&str> = text.lines().collect();
+        // Scrolled out of the ring: all of it.
+        let from = lines
+            .iter()
+            .rposition(|line| line.contains(&self.marker))
+            .map_or(0, |at| at + 1);
+        lines[from..].iter().map(|line| line.to_string()).collect()
+    }
+}
+
+/// A kept VM's keeper answers its stop before it lets go of the VM's mount namespace, whose
+/// unmount flushes the VM's layer. Killed in between, the kernel lets go of its lock (its
+/// descriptors close) before it unmounts what the namespace kept, and a start that went by the
+/// lock mounted the layer beside the old mounts: overlayfs warned "upperdir is in-use" (in 5 of
+/// 11 rounds by hand). The verdict is the keeper's pidfd, read as the start returns: its exit
+/// done (the kernel's log, shared with every test that runs meanwhile, is printed only).
+/// Without the start's wait for the keeper's process this failed 3 times of 3. The keeper is
+/// held after its answer here by the root's network lock (it takes the root's unused bridge
+/// down, its VM the last user), its unmount made long by a layer with many files seen and
+/// writes not yet on disk; it is killed, and the start right after waits until it is gone.
+#[test]
+fn a_keeper_killed_after_answering_its_stop_is_gone_with_the_vm_s_mounts_before_the_next_start() {
+    let (feather, _base) = running_vm("kill-unmounting");
+    feather.sh(
+        "vm",
+        "mkdir /data/many && cd /data/many && seq 150000 | busybox xargs touch && echo kept > /data/kept",
+    );
+    // Started again: the files are seen by this start's mounts, and its keeper recorded itself.
+    feather.ok(&["stop", "vm"]);
+    feather.ok(&["start", "vm"]);
+    feather.sh(
+        "vm",
+        "ls -l /data/many > /dev/null && dd if=/dev/zero of=/data/big bs=1M count=100 2>/dev/null",
+    );
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    let log = KernelLog::mark("kill-unmounting");
+    let held = hold_network_lock(&feather);
+    feather.ok(&["stop", "vm"]);
+    // It waits for a while, not for good: gone already on a slow day.
+    feather.eventually("the keeper waits for the root's network lock", || {
+        waits_for_a_lock(keeper) || !alive(keeper)
+    });
+    // Its pidfd tells of its end once the kernel is done with its exit, the unmounts of the
+    // mount namespace it held among it (what the start waits for). None: gone already.
+    let ending = pidfd(keeper);
+    let _ = kill(keeper, Signal::SIGKILL);
+    drop(held);
+    feather.ok(&["start", "vm"]);
+    // The verdict: the start returned only once the old keeper's exit was done. Read as the
+    // start returns, so it may pass without the wait (the exit done meanwhile), never fail
+    // with it.
+    if let Some(ending) = &ending {
+        assert!(
+            ended(ending),
+            "the start returned before the last keeper's exit was done"
+        );
+    }
+    assert!(!alive(keeper), "the last keeper is gone");
+    // Information only: the kernel's log is shared with every other test that runs meanwhile
+    // (their own overlayfs warnings), and its ring may have scrolled the marker out.
+    for line in log.since() {
+        if line.contains("in-use") {
+            eprintln!("kernel log: {line}");
+        }
+    }
+    assert_eq!(feather.sh("vm", "cat /data/kept"), "kept\n");
+    feather.ok(&["rm", "-f", "vm"]);
+}
+
+/// The removal of the root's unused network after a stop's answer holds the removal lock,
+/// which every command of the root waits for (so that none shows or counts a removal under
+/// way); it waits for other locks meanwhile (the root's network lock, here held as a start
+/// holds it). A keeper stopped there by a signal held up every command of the root: `ls`
+/// waited ten minutes. The wait for the removal lock now ends, and so does the keeper's wait
+/// for the network lock, which leaves the removal to the next command.
+#[test]
+fn a_keeper_stopped_while_it_takes_the_root_s_network_down_holds_up_no_command_for_good() {
+    let (feather, _base) = running_vm("stopped-remover");
+    let bridge = feather.inspect("vm")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    let held = hold_network_lock(&feather);
+    feather.ok(&["stop", "vm"]);
+    // It waits for a while, not for good: gone already on a slow day.
+    feather.eventually("the keeper waits for the root's network lock", || {
+        waits_for_a_lock(keeper) || !alive(keeper)
+    });
+    let _ = kill(keeper, Signal::SIGSTOP);
+    drop(held);
+    let mut listing = feather
+        .command()
+        .args(["ls", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Far longer than the wait for the removal lock; the keeper goes on after.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while listing.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let waited = listing.try_wait().unwrap().is_none();
+    let _ = listing.kill();
+    let _ = listing.wait();
+    // `network down` goes on without the removal too, and says why the network stays: no VM
+    // uses it (it said one did).
+    let down = if waited {
+        None
+    } else {
+        Some(feather.run(&["network", "down"]))
+    };
+    let _ = kill(keeper, Signal::SIGCONT);
+    assert!(!waited, "ls waited for the stopped keeper");
+    let down = down.unwrap();
+    assert_eq!(down.code, 0, "{}", down.stderr);
+    assert!(
+        down.stderr.contains("another process is removing it"),
+        "{}",
+        down.stderr
+    );
+    feather.eventually("the keeper ends", || !alive(keeper));
+    feather.ok(&["ls"]);
+    assert_network_gone(&feather, &bridge);
+}
+
+/// A stop's keeper takes the root's network down only when its VM was the network's last user,
+/// and looks first, without any lock: beside another VM it leaves at once, while the root's
+/// network lock is held (as a start holds it). Before, every kept VM's stop took the removal
+/// lock after its answer and waited for the pool's refill lock and the network lock, twice.
+#[test]
+fn a_stop_beside_another_vm_leaves_the_root_s_network_without_waiting_for_its_lock() {
+    let feather = Feather::new("stop-beside");
+    let base = crate::support::ScratchBase::new("stop-beside");
+    for vm in ["a", "b"] {
+        feather.ok(&["create", vm, "--base", base.as_str()]);
+        feather.ok(&["start", vm]);
+    }
+    let keeper = pid_of(&feather, "a", "keeper_pid");
+    let held = hold_network_lock(&feather);
+    feather.ok(&["stop", "a"]);
+    feather.eventually("a's keeper ends", || !alive(keeper));
+    drop(held);
+    assert!(!feather.root.join("network-linger.lock").exists());
+    assert_eq!(feather.status("b"), "running");
+    feather.ok(&["rm", "-f", "a", "b"]);
+}
+
+/// Two kept VMs, the root's only ones, stopping at once: each keeper looked at the bridge for
+/// another VM's port before its own veth was deleted, saw the other's, and left the network,
+/// bridge and both tables, to no one (5 of 6 rounds by hand; the stops of main removed it 6
+/// of 6). A keeper that did not claim the removal looks again after its answer, its veth gone:
+/// the one whose veth went last sees no other port, and removes the network. The stops alone
+/// remove it, no later command. A few rounds: the race is lost most times, not every time.
+#[test]
+fn two_vms_stopping_at_once_take_the_root_s_network_down_with_their_stops() {
+    let feather = Feather::new("stop-together");
+    let base = crate::support::ScratchBase::new("stop-together");
+    for vm in ["a", "b"] {
+        feather.ok(&["create", vm, "--base", base.as_str()]);
+    }
+    for round in 0..3 {
+        for vm in ["a", "b"] {
+            feather.ok(&["start", vm]);
+        }
+        let bridge = feather.inspect("a")["network"]["bridge"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let keepers = [
+            pid_of(&feather, "a", "keeper_pid"),
+            pid_of(&feather, "b", "keeper_pid"),
+        ];
+        let stops: Vec<_> = ["a", "b"]
+            .into_iter()
+            .map(|vm| {
+                feather
+                    .command()
+                    .args(["stop", vm])
+                    .stdout(std::process::Stdio::null())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .unwrap()
+            })
+            .collect();
+        for stop in stops {
+            let out = stop.wait_with_output().unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        for keeper in keepers {
+            feather.eventually("the keepers end", || !alive(keeper));
+        }
+        assert!(
+            !feather.root.join("network-linger.lock").exists(),
+            "round {round}: a removal left undone"
+        );
+        assert_network_gone(&feather, &bridge);
+    }
+    feather.ok(&["rm", "-f", "a", "b"]);
+}
+
+/// A stop's keeper takes the root's bridge and tables down after its answer when its VM was
+/// their last user; killed before that, it leaves them unused, and the VM's `rm` removes them
+/// (unless a VM uses them). Here they are left unused by the root's other VM, whose keeper was
+/// killed (the kernel took its veth with its namespace).
+#[test]
+fn rm_takes_down_the_root_s_bridge_once_no_vm_uses_it() {
+    let feather = Feather::new("rm-bridge");
+    let base = crate::support::ScratchBase::new("rm-bridge");
+    for vm in ["a", "b"] {
+        feather.ok(&["create", vm, "--base", base.as_str()]);
+        feather.ok(&["start", vm]);
+    }
+    let bridge = feather.inspect("a")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // b is on the bridge: a's stop leaves it.
+    feather.ok(&["stop", "a"]);
+    let init = pid_of(&feather, "b", "init_pid");
+    kill(pid_of(&feather, "b", "keeper_pid"), Signal::SIGKILL).unwrap();
+    feather.eventually("b's init is gone with its keeper", || !alive(init));
+    let ports = Path::new("/sys/class/net").join(&bridge).join("brif");
+    feather.eventually("no port is left on the bridge", || {
+        std::fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_none())
+    });
+    feather.ok(&["rm", "a"]);
+    let traces = crate::support::HostTraces::of(&feather.root, Some(&bridge));
+    assert!(
+        traces.links.is_empty() && traces.nft_tables.is_empty(),
+        "{bridge} left after rm: {traces:?}"
+    );
+}
+
 #[test]
 fn a_killed_init_stops_the_vm_and_its_keeper_cleans_up() {
     let (feather, _base) = running_vm("recover-init");

@@ -7,7 +7,8 @@
 //!                  /work/         overlayfs's work folder for upper/
 //!                  /mounts/<n>/   upper/ and work/ for the n-th other filesystem under the base
 //!                  /rootfs/       where the VM's root is assembled (inside its mount namespace)
-//!                  /keeper.lock   held by the keeper for its whole life
+//!                  /keeper.lock   held by the keeper for its whole life; holds its pid and start
+//!                                 time, whose end a start waits for
 //!                  /keeper.log    the keeper's own messages
 //!                  /op.lock       serialises start, stop, rm, reset and commit
 //!                  /checkpoint/   CRIU images of the last checkpoint, and CRIU's logs
@@ -427,6 +428,33 @@ impl VmDir {
         try_lock(&self.path.join("keeper.lock"))
     }
 
+    /// Records in the keeper lock `lock`, held, which process holds it: `pid`, which started
+    /// at `started` (clock ticks since boot, field 22 of `/proc/<pid>/stat`). The lock goes as
+    /// that process's descriptors close, before the kernel is done with its exit; whoever must
+    /// wait for the whole exit (the mounts of the VM it held go last) reads the record with
+    /// [`VmDir::last_keeper`].
+    /// With them, the boot they belong to (`/proc/sys/kernel/random/boot_id`): after a reboot
+    /// the same pid with the same start time can be an unrelated process.
+    pub fn record_keeper(lock: &File, pid: u32, started: u64) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let boot = boot_id().unwrap_or_default();
+        lock.set_len(0)?;
+        lock.write_all_at(format!("{pid} {started} {boot}\n").as_bytes(), 0)
+    }
+
+    /// The keeper that last held the keeper lock, as it recorded itself
+    /// ([`VmDir::record_keeper`]): its pid and start time. None when none did (a keeper of an
+    /// older build, one that died before, or one that ended normally: it empties the record),
+    /// and for a record of another boot.
+    pub fn last_keeper(&self) -> Option<(i32, u64)> {
+        let text = fs::read_to_string(self.path.join("keeper.lock")).ok()?;
+        let mut fields = text.split_whitespace();
+        let pid = fields.next()?.parse().ok().filter(|pid| *pid > 0)?;
+        let started = fields.next()?.parse().ok()?;
+        let boot = fields.next()?;
+        (Some(boot) == boot_id().as_deref()).then_some((pid, started))
+    }
+
     /// Waits until no keeper holds the keeper lock, and takes it.
     pub fn await_keeper(&self) -> Result<File> {
         let path = self.path.join("keeper.lock");
@@ -573,6 +601,12 @@ fn make_private(dir: &Path, follow: Follow) -> Result<bool> {
     Ok(true)
 }
 
+/// This boot's id: a record of a process from another boot names no process of this one.
+fn boot_id() -> Option<String> {
+    let id = fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+    Some(id.trim().to_owned()).filter(|id| !id.is_empty())
+}
+
 fn open_lock_file(path: &Path) -> Result<File> {
     OpenOptions::new()
         .create(true)
@@ -630,6 +664,25 @@ mod tests {
             allow_userns: false,
             read_only: vec![],
         }
+    }
+
+    /// A keeper's record names a process of this boot: after a reboot the same pid with the
+    /// same start time can be an unrelated live process, which a start waited 60 s for.
+    #[test]
+    fn a_keeper_s_record_of_another_boot_names_no_keeper() {
+        let root = scratch();
+        let vm = root.create(&config("kept"), Durability::Volatile).unwrap();
+        let lock = vm.lock_keeper().unwrap().unwrap();
+        VmDir::record_keeper(&lock, 4242, 77).unwrap();
+        assert_eq!(vm.last_keeper(), Some((4242, 77)));
+        let path = vm.path().join("keeper.lock");
+        let text = fs::read_to_string(&path).unwrap();
+        let boot = boot_id().unwrap();
+        assert!(text.contains(&boot), "{text:?}");
+        let other = text.replace(&boot, "00000000-0000-4000-8000-000000000000");
+        fs::write(&path, other).unwrap();
+        assert_eq!(vm.last_keeper(), None);
+        let _ = fs::remove_dir_all(root.dir());
     }
 
     #[test]

@@ -252,6 +252,18 @@ pub fn add_vm(
 /// Removes one VM's chains and map entries. Whatever is already gone is skipped: a batch with
 /// a missing entry fails as a whole, and then the entries are removed one at a time.
 pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egress: bool) {
+    remove_vm_then(network, host_end, address, egress, || {});
+}
+
+/// [`remove_vm`], calling `removed` once the entries are gone, before the kernel has freed
+/// them (see [`nftables::apply_then`]).
+pub fn remove_vm_then(
+    network: &RootNetwork,
+    host_end: &str,
+    address: Ipv4Addr,
+    egress: bool,
+    removed: impl FnOnce(),
+) {
     use nftables::Family::{Bridge, Inet};
     let table = network.table();
     let chain = chain(host_end);
@@ -309,10 +321,19 @@ pub fn remove_vm(network: &RootNetwork, host_end: &str, address: Ipv4Addr, egres
             chain,
         },
     ]);
-    if nftables::apply(&changes).is_err() {
+    let mut removed = Some(removed);
+    let said = || {
+        if let Some(removed) = removed.take() {
+            removed();
+        }
+    };
+    if nftables::apply_then(&changes, said).is_err() {
         for change in changes {
             let _ = nftables::apply(std::slice::from_ref(&change));
         }
+    }
+    if let Some(removed) = removed.take() {
+        removed();
     }
 }
 

@@ -255,9 +255,12 @@ pub struct Attachment {
     marker: PathBuf,
     /// The thread removing the VM's firewall entries (or, with the root's last VM, the bridge
     /// and tables), from `detach` until the attachment is dropped.
-    removing: RefCell<Option<JoinHandle<()>>>,
+    removing: RefCell<Option<Removal>>,
     /// Whether `release` returned the VM's lease (a throw-away VM).
     released: Cell<bool>,
+    /// A kept VM's claim on the removal of the root's network, taken by
+    /// [`Attachment::detach_keeping_bridge`] when the VM was its last user.
+    claim: RefCell<Option<linger::Claim>>,
     /// Set by `detach`: announcements of the VM's address on the uplink stop.
     gone: Arc<AtomicBool>,
     /// The namespace made ahead that the VM claimed at create, if it did (pool.rs): init joins
@@ -337,6 +340,7 @@ pub fn prepare(
         marker: run_dir.join(ATTACHED),
         removing: RefCell::new(None),
         released: Cell::new(false),
+        claim: RefCell::new(None),
         gone: Arc::new(AtomicBool::new(false)),
         pooled,
     };
@@ -561,21 +565,68 @@ impl Attachment {
     /// The firewall part goes on, on a thread, while the keeper finishes its own tear-down;
     /// dropping the attachment waits for it.
     pub fn detach(&self) {
+        self.detach_with(false);
+    }
+
+    /// Like [`Attachment::detach`], but the root's bridge, tables and pool stay even after
+    /// its last VM: for a kept VM's keeper, which answers its stop once the VM's own veth and
+    /// firewall entries are gone, and then takes the root's network down if no VM uses it
+    /// ([`Attachment::remove_root_network_if_unused`]): the bridge's deletion waits for RCU
+    /// grace periods (40–90 ms on this machine), which its answer need not. Called before the
+    /// keeper records the VM's stop: if this VM was the network's last user, the removal is
+    /// claimed here ([`linger::claim_if_unused`]), so that a keeper killed from here on leaves
+    /// it to the root's next command rather than to no one.
+    pub fn detach_keeping_bridge(&self) {
+        if let Some(network) = &self.network {
+            *self.claim.borrow_mut() = linger::claim_if_unused(network.root(), &self.host_end);
+        }
+        self.detach_with(true);
+    }
+
+    fn detach_with(&self, keep_bridge: bool) {
         self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
-            *self.removing.borrow_mut() =
-                clean_up(network, &self.host_end, address, self.config.egress, false);
+            *self.removing.borrow_mut() = clean_up(
+                network,
+                &self.host_end,
+                address,
+                self.config.egress,
+                keep_bridge,
+            );
             let _ = fs::remove_file(&self.marker);
+        }
+    }
+
+    /// After [`Attachment::detach_keeping_bridge`] and the keeper's answer: the removal it
+    /// claimed, if it did. The bridge, tables and pool go unless a VM took them up meanwhile;
+    /// no other lock is waited for without an end ([`linger::Claim::remove`]).
+    pub fn remove_root_network_if_unused(&self) {
+        let claim = self.claim.borrow_mut().take();
+        match (claim, &self.network) {
+            (Some(claim), _) => claim.remove(),
+            // Not its last user when it looked, before its veth went: another VM stopping
+            // meanwhile may have looked before this one's veth went, too (`linger::remove_if_last`).
+            (None, Some(network)) => linger::remove_if_last(network.root()),
+            (None, None) => {}
         }
     }
 }
 
 impl Attachment {
+    /// Waits until what `detach` started has removed the VM's network: its veth, its firewall
+    /// entries (or the bridge and tables). Not for the kernel's freeing of the entries, which
+    /// [`Attachment::wait`] (and dropping the attachment) waits for too.
+    pub fn wait_removed(&self) {
+        if let Some(removing) = self.removing.borrow().as_ref() {
+            removing.removed();
+        }
+    }
+
     /// Waits until what `detach` started is done: once the keeper says the VM stopped, nothing
     /// of its network may be left.
     pub fn wait(&self) {
         if let Some(removing) = self.removing.borrow_mut().take() {
-            let _ = removing.join();
+            removing.join();
         }
         if let (true, Some(network)) = (self.released.replace(false), &self.network) {
             if let Ok(_lock) = network.lock() {
@@ -631,7 +682,7 @@ fn remove_attached(
             if let Some(removing) =
                 clean_up(&network, &host_end, address, config.egress, keep_bridge)
             {
-                let _ = removing.join();
+                removing.join();
             }
         }
     }
@@ -639,6 +690,30 @@ fn remove_attached(
 }
 
 const ATTACHED: &str = "network-attached";
+
+/// The thread [`clean_up`] starts, and its word that what it removes is gone: once the links
+/// are deleted and the firewall change committed, before the close of its nftables socket,
+/// which waits for the kernel to free the deleted entries (see [`nftables::apply_then`]).
+struct Removal {
+    thread: JoinHandle<()>,
+    /// One word from the link deletions, one from the firewall; closed early if the thread
+    /// ends without them.
+    removed: std::sync::mpsc::Receiver<()>,
+}
+
+impl Removal {
+    fn removed(&self) {
+        for _ in 0..2 {
+            if self.removed.recv().is_err() {
+                return;
+            }
+        }
+    }
+
+    fn join(self) {
+        let _ = self.thread.join();
+    }
+}
 
 /// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
 /// its firewall entries or, if it was the bridge's last port (and not `keep_bridge`), the bridge
@@ -649,7 +724,7 @@ fn clean_up(
     address: Ipv4Addr,
     egress: bool,
     keep_bridge: bool,
-) -> Option<JoinHandle<()>> {
+) -> Option<Removal> {
     // With `keep_bridge` the root's lock guards nothing here (the veth and chains are this VM's
     // alone, and the bridge stays): a VM starting meanwhile need not wait for the kernel.
     let lock = if keep_bridge {
@@ -660,6 +735,7 @@ fn clean_up(
     let mut netlink = Netlink::open().ok()?;
     let network = network.clone();
     let host_end = host_end.to_owned();
+    let (told, removed) = std::sync::mpsc::channel();
     let work = move || {
         let _lock = lock;
         // First, so that the LAN stops being sent here what the VM no longer answers.
@@ -683,15 +759,21 @@ fn clean_up(
         // The veth is usually still there: the kernel tears the VM's namespace down in the
         // background. Deleting it and committing the nftables change each wait for RCU grace
         // periods, so the two run side by side.
+        let firewall_told = told.clone();
+        let (network, host_end) = (&network, &host_end);
         std::thread::scope(|both| {
-            both.spawn(|| {
+            both.spawn(move || {
+                let said = || {
+                    let _ = firewall_told.send(());
+                };
                 if in_use {
-                    firewall::remove_vm(&network, &host_end, address, egress);
+                    firewall::remove_vm_then(network, host_end, address, egress, said);
                 } else {
-                    firewall::delete_tables(&network);
+                    firewall::delete_tables(network);
+                    said();
                 }
             });
-            if let Some(index) = index_of(&host_end) {
+            if let Some(index) = index_of(host_end) {
                 let _ = netlink.delete_link(index);
             }
             if !in_use {
@@ -699,6 +781,7 @@ fn clean_up(
                     let _ = netlink.delete_link(bridge);
                 }
             }
+            let _ = told.send(());
         });
     };
     let mut old = SigSet::empty();
@@ -711,7 +794,10 @@ fn clean_up(
         .stack_size(256 << 10)
         .spawn(work);
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
-    thread.ok()
+    Some(Removal {
+        thread: thread.ok()?,
+        removed,
+    })
 }
 
 /// `--egress` needs the host to route between the bridge and its other interfaces.

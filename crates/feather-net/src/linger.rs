@@ -28,12 +28,23 @@
 //!   the folder keeps the folder from going.
 //! - A lingering process that died leaves a file unlocked: the next command removes what is
 //!   unused ([`settle`]). No command waits for a live one: the network it keeps is no VM's.
+//! - A kept VM's keeper whose VM was the root's last user of its network takes the removal
+//!   lock before it records the VM's stop ([`claim_if_unused`]), and removes the network after
+//!   its answer ([`Claim::remove`]): killed in between, it leaves the lock's file unlocked, and
+//!   the next command removes what is unused, as after a lingering process that died. A
+//!   keeper that did not claim looks again after its answer, its own veth gone
+//!   ([`remove_if_last`]): of two VMs stopping at once, each saw the other's port.
+//! - Nothing that holds the removal lock waits without an end for another lock (the pool's
+//!   refill, the root's network lock): past [`PATIENCE`] it leaves the removal to the next
+//!   command, the lock's file in place. Nor does a command wait for the removal lock past
+//!   [`REMOVAL_PATIENCE`]: a holder that does not go on (stopped by a signal) holds up every
+//!   command of the root that long at most.
 //! - A root's folder removed by hand while its network lingers leaves the network (nothing on
 //!   disk says it was that root's any more): take it down first (`feather network down`).
 
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::netlink::{index_of, Netlink};
@@ -53,8 +64,18 @@ const TAKEN_RECENTLY: Duration = Duration::from_millis(150);
 /// `<root>/network-linger.wait`: present, and locked, while a process lingers.
 const WAIT_FILE: &str = "network-linger.wait";
 
-/// `<root>/network-linger.lock`: held while the unused network is removed.
+/// `<root>/network-linger.lock`: held while the unused network is removed; left unlocked by a
+/// removal that did not finish, which the next command finishes.
 const LOCK_FILE: &str = "network-linger.lock";
+
+/// How long a removal of the root's network waits for a lock another process holds (a refill
+/// of the pool, a VM's start taking the root's network lock), holding the removal lock that
+/// every command waits for ([`settle`]). Past it, the removal is left to the next command.
+const PATIENCE: Duration = Duration::from_secs(2);
+
+/// How long a command waits for a removal under way ([`settle`], [`end`]) before it goes on
+/// without it.
+const REMOVAL_PATIENCE: Duration = Duration::from_secs(5);
 
 /// How long the root's network waits for a next VM: [`PERIOD_VARIABLE`] (seconds, fractions
 /// allowed; unset or empty: [`DEFAULT_PERIOD`]).
@@ -194,10 +215,22 @@ fn wait_for_change(inotify: &nix::sys::inotify::Inotify, timeout: Duration) {
     }
 }
 
+/// What `feather network down` ([`end`]) did with the root's network.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// Gone, or there was none.
+    Down,
+    /// It stays: a VM uses it (or a VM's start held the root's network lock past
+    /// [`PATIENCE`]).
+    Used,
+    /// It stays: another process held the removal lock all through [`REMOVAL_PATIENCE`]
+    /// (removing it, or stopped by a signal while it did).
+    Busy,
+}
+
 /// `feather network down`: ends the root's lingering, waiting for the process that lingers,
-/// and removes the root's bridge, tables and pool unless a VM uses them. Whether a VM does
-/// (the network then stays).
-pub fn end(root_dir: &Path) -> bool {
+/// and removes the root's bridge, tables and pool unless a VM uses them.
+pub fn end(root_dir: &Path) -> Ended {
     let path = root_dir.join(WAIT_FILE);
     if let Ok(file) = File::open(&path) {
         let _ = fs::remove_file(&path);
@@ -205,11 +238,111 @@ pub fn end(root_dir: &Path) -> bool {
         // command does, below); it holds the lock until it is gone: wait for it.
         let _ = file.lock();
     }
-    remove_if_unused(root_dir);
-    RootNetwork::load(root_dir)
+    let removing = lock_removal(root_dir);
+    let taken = removing.is_some();
+    if let Some(removing) = removing {
+        remove_under(root_dir, removing);
+    }
+    let stays = RootNetwork::load(root_dir)
         .ok()
         .flatten()
-        .is_some_and(|network| index_of(&network.bridge).is_some())
+        .is_some_and(|network| index_of(&network.bridge).is_some());
+    match (stays, taken) {
+        (false, _) => Ended::Down,
+        (true, true) => Ended::Used,
+        (true, false) => Ended::Busy,
+    }
+}
+
+/// A kept VM's keeper's claim on the removal of its root's network ([`claim_if_unused`]):
+/// the removal lock, held from before the VM's stop is recorded until the network is gone
+/// ([`Claim::remove`]). A keeper killed in between leaves the lock's file unlocked, which the
+/// root's next command takes for a removal left undone ([`settle`]).
+pub struct Claim {
+    root_dir: PathBuf,
+    removing: File,
+}
+
+/// For a kept VM's keeper, before it records the VM's stop: the removal of the root's bridge,
+/// tables and pool claimed if the VM (whose bridge port is `own_port`) was their last user,
+/// as far as a look without any lock can tell: the bridge is there, no other VM's port is on
+/// it, no pooled namespace is claimed, and no process lingers for the next throw-away VM
+/// (whose end removes them). None otherwise, and when another process holds the removal lock
+/// (it removes what is unused).
+pub fn claim_if_unused(root_dir: &Path, own_port: &str) -> Option<Claim> {
+    if root_dir.join(WAIT_FILE).exists() {
+        return None;
+    }
+    let network = RootNetwork::load(root_dir).ok().flatten()?;
+    if used_by_a_vm(&network, Some(own_port))? {
+        return None;
+    }
+    let removing = open(&root_dir.join(LOCK_FILE)).ok()?;
+    removing.try_lock().ok()?;
+    Some(Claim {
+        root_dir: root_dir.to_owned(),
+        removing,
+    })
+}
+
+/// Whether a VM other than the one whose bridge port is `own_port` uses the root's network, as
+/// far as a look without any lock can tell: a VM's port on the bridge, or a pooled namespace
+/// claimed. None when the bridge is not there.
+fn used_by_a_vm(network: &RootNetwork, own_port: Option<&str>) -> Option<bool> {
+    let ports = fs::read_dir(
+        Path::new("/sys/class/net")
+            .join(&network.bridge)
+            .join("brif"),
+    )
+    .ok()?;
+    let taken = pool::taken_ports(network.root());
+    let used = ports.flatten().any(|port| {
+        let port = port.file_name().to_string_lossy().into_owned();
+        Some(port.as_str()) != own_port && pool::is_vm_port(&port, &taken)
+    });
+    Some(used || pool::has_claimed(network.root()))
+}
+
+/// For a kept VM's keeper that did not claim the removal of its root's network
+/// ([`claim_if_unused`]), after its answer, its own veth deleted: the network goes if no VM
+/// uses it now. Two VMs stopping together each saw the other's port before either veth was
+/// deleted, and neither claimed: the one whose veth goes last sees no other port here. A
+/// removal under way is waited for (at most [`REMOVAL_PATIENCE`]): its look under the network
+/// lock may have come before this VM's veth went. Beside a VM's port it leaves at once.
+pub fn remove_if_last(root_dir: &Path) {
+    if root_dir.join(WAIT_FILE).exists() {
+        return;
+    }
+    let Some(network) = RootNetwork::load(root_dir).ok().flatten() else {
+        return;
+    };
+    if used_by_a_vm(&network, None) == Some(false) {
+        remove_if_unused(root_dir);
+    }
+}
+
+impl Claim {
+    /// The claimed removal: the bridge, tables and pool go unless a VM took them up
+    /// meanwhile (looked at again under the root's network lock). Waits for no other lock
+    /// past [`PATIENCE`]: the removal is then left to the root's next command.
+    pub fn remove(self) {
+        remove_under(&self.root_dir, self.removing);
+    }
+}
+
+/// After a kept VM's `rm`: a keeper killed before its stop was recorded leaves its root's
+/// bridge, tables and pool, which go unless a VM uses them, or a process lingers for the next
+/// throw-away VM, whose end removes them. A removal under way is left to whoever holds it.
+pub fn remove_unless_used_or_lingering(root_dir: &Path) {
+    if root_dir.join(WAIT_FILE).exists() {
+        return;
+    }
+    let Ok(removing) = open(&root_dir.join(LOCK_FILE)) else {
+        return;
+    };
+    if removing.try_lock().is_ok() {
+        remove_under(root_dir, removing);
+    }
 }
 
 /// Before a command: a lingering process that died leaves the bridge and tables (and the
@@ -276,11 +409,12 @@ fn end_linger(root_dir: &Path, path: &Path, file: &File) {
     }
 }
 
-/// The root's removal lock, waited for; None when its file cannot be made.
+/// The root's removal lock, waited for at most [`REMOVAL_PATIENCE`]; None when its file
+/// cannot be made, or another process held it all that time (it removes what is unused, or
+/// leaves its file for the next command).
 fn lock_removal(root_dir: &Path) -> Option<File> {
     let removing = open(&root_dir.join(LOCK_FILE)).ok()?;
-    removing.lock().ok()?;
-    Some(removing)
+    crate::settings::lock_within(&removing, REMOVAL_PATIENCE).then_some(removing)
 }
 
 /// Under the root's removal lock: [`remove_under`].
@@ -292,27 +426,39 @@ fn remove_if_unused(root_dir: &Path) {
 
 /// Holding the root's removal lock (`removing`), then the pool's refill lock and the root's
 /// network lock: the bridge, its tables and the pool go if no VM's port is on the bridge and
-/// no VM claimed a pooled namespace. The lock's file goes last.
+/// no VM claimed a pooled namespace. The lock's file goes last; it stays, for the next command
+/// to finish the removal, when the refill or the network lock stayed taken past [`PATIENCE`].
 fn remove_under(root_dir: &Path, removing: File) {
     if let Ok(Some(network)) = RootNetwork::load(root_dir) {
         // A loop of `run --rm` takes pooled namespaces one after another, and between two of
         // them no VM may be on the bridge: the pool and the bridge stay while VMs keep coming.
+        // Still coming after [`PATIENCE`], the network is theirs, and their ends remove it.
+        let deadline = Instant::now() + PATIENCE;
         while let Some(age) = pool::since_last_taken(root_dir).filter(|age| *age < TAKEN_RECENTLY) {
+            if Instant::now() >= deadline {
+                let_go(&root_dir.join(LOCK_FILE), &removing);
+                return;
+            }
             std::thread::sleep(TAKEN_RECENTLY - age);
         }
-        pool::with_refill_lock(root_dir, || {
+        let done = pool::with_refill_lock_within(root_dir, PATIENCE, || {
+            let Some(_lock) = network.lock_within(PATIENCE) else {
+                return false;
+            };
             // What a killed refill or keeper left goes even while VMs use the bridge.
-            pool::clean_stale(&network);
-            remove_unused(&network)
+            pool::clean_stale_locked(&network, false);
+            remove_unused(&network);
+            true
         });
+        if done != Some(true) {
+            return;
+        }
     }
     let_go(&root_dir.join(LOCK_FILE), &removing);
 }
 
+/// Holding the root's network lock: the bridge, tables and pool, if no VM uses them.
 fn remove_unused(network: &RootNetwork) {
-    let Ok(_lock) = network.lock() else {
-        return;
-    };
     if let Some(bridge) = index_of(&network.bridge) {
         let ports = Path::new("/sys/class/net")
             .join(&network.bridge)

@@ -272,17 +272,6 @@ fn try_refill_lock(root_dir: &Path) -> Option<File> {
     Some(file)
 }
 
-/// The refill lock, waiting for a refill under way.
-fn refill_lock(root_dir: &Path) -> Option<File> {
-    let dir = dir_of(root_dir);
-    if !dir.exists() {
-        return None;
-    }
-    let file = open_refill_lock(&dir)?;
-    file.lock().ok()?;
-    Some(file)
-}
-
 fn open_refill_lock(dir: &Path) -> Option<File> {
     fs::OpenOptions::new()
         .create(true)
@@ -466,7 +455,7 @@ pub(crate) fn clean_stale(network: &RootNetwork) {
 
 /// [`clean_stale`] for a caller that holds the root's network lock; with `all`, the ready
 /// entries go too.
-fn clean_stale_locked(network: &RootNetwork, all: bool) {
+pub(crate) fn clean_stale_locked(network: &RootNetwork, all: bool) {
     let dir = dir_of(network.root());
     let held = leases::held(network).unwrap_or_default();
     let listed = |path: PathBuf| -> Vec<fs::DirEntry> {
@@ -532,11 +521,22 @@ fn remove_if_empty(dir: &Path) {
     }
 }
 
-/// Runs `work` holding the refill lock (waiting for a refill under way): for the removal of
-/// the root's bridge, which drains the pool.
-pub(crate) fn with_refill_lock<T>(root_dir: &Path, work: impl FnOnce() -> T) -> T {
-    let _lock = refill_lock(root_dir);
-    work()
+/// Runs `work` holding the refill lock, for the removal of the root's bridge, which drains the
+/// pool: waits at most `patience` for a refill under way; None, and `work` not run, when the
+/// refill went on all that time.
+pub(crate) fn with_refill_lock_within<T>(
+    root_dir: &Path,
+    patience: std::time::Duration,
+    work: impl FnOnce() -> T,
+) -> Option<T> {
+    let dir = dir_of(root_dir);
+    let lock = match dir.exists().then(|| open_refill_lock(&dir)).flatten() {
+        Some(file) => Some(crate::settings::lock_within(&file, patience).then_some(file)?),
+        None => None,
+    };
+    let result = work();
+    drop(lock);
+    Some(result)
 }
 
 /// With the root's last VM's bridge (holding the root's network lock): drains the pool unless

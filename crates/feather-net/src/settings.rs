@@ -269,6 +269,34 @@ impl RootNetwork {
     pub fn lock(&self) -> Result<File> {
         lock(&self.root.join("network.lock"))
     }
+
+    /// [`RootNetwork::lock`], waiting at most `patience`: None when it stayed taken (or its
+    /// file cannot be opened).
+    pub fn lock_within(&self, patience: std::time::Duration) -> Option<File> {
+        let path = self.root.join("network.lock");
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .ok()?;
+        lock_within(&file, patience).then_some(file)
+    }
+}
+
+/// Takes `file`'s lock, waiting at most `patience` for whoever holds it: whether it is taken.
+/// For waits done while holding a lock that other commands wait for, which must end.
+pub(crate) fn lock_within(file: &File, patience: std::time::Duration) -> bool {
+    let deadline = std::time::Instant::now() + patience;
+    loop {
+        match file.try_lock() {
+            Ok(()) => return true,
+            Err(fs::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(_) => return false,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]

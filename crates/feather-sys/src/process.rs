@@ -234,6 +234,40 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Waits until the process `pid` that started at `started` (clock ticks since boot, as
+/// [`start_ticks`] reads them) has ended, or `deadline` has passed: whether it has ended
+/// (also when `pid` names no process, or another one). The end is its pidfd's: the kernel
+/// tells a pidfd of a process's end from `exit_notify`, once the exit's work is done
+/// (`exit_task_work`): its descriptors closed, its namespaces let go, and the mounts that were
+/// then unmounted gone; a lock it held (`flock`) is let go earlier, in that same work.
+pub fn await_end(pid: Pid, started: u64, deadline: std::time::Instant) -> Result<bool> {
+    use nix::poll::{poll, PollFd, PollFlags};
+    let pidfd = match raw::pidfd_open(pid.as_raw()) {
+        Ok(pidfd) => pidfd,
+        // No such process: ESRCH; the pid is now a thread's, not a process's: ENOENT (EINVAL
+        // before Linux 6.9). Either way the recorded process has ended.
+        Err(nix::errno::Errno::ESRCH | nix::errno::Errno::ENOENT | nix::errno::Errno::EINVAL) => {
+            return Ok(true)
+        }
+        Err(e) => return Err(e).ctx("pidfd_open", pid),
+    };
+    // The pidfd pins the process: checked now, it is the one that started then, not a later
+    // one that was given its pid.
+    if start_ticks(pid) != Some(started) {
+        return Ok(true);
+    }
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, crate::timed::poll_timeout(left)) {
+            Ok(0) if left.is_zero() => return Ok(false),
+            Ok(0) | Err(nix::errno::Errno::EINTR) => {}
+            Ok(_) => return Ok(true),
+            Err(e) => return Err(e).ctx("poll", "pidfd"),
+        }
+    }
+}
+
 /// `host_pid`'s number in the pid namespace one level below this process's (for a keeper, the
 /// VM's: what the VM's root calls it, and what CRIU restores), or None if it is gone or has
 /// none (a process of this namespace). Not its number in its innermost namespace: a process
@@ -478,6 +512,26 @@ pub fn same_pid_namespace(pid: Pid) -> Vec<Pid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A keeper's record may name, later, a thread of another process: pidfd_open then fails
+    /// with ENOENT (EINVAL before Linux 6.9), which the wait took for an error, failing every
+    /// start of the VM while that thread lived. The recorded process has ended.
+    #[test]
+    fn a_pid_that_is_now_a_thread_s_names_a_process_that_has_ended() {
+        let (told, tid) = std::sync::mpsc::channel();
+        let (done, wait) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            told.send(nix::unistd::gettid()).unwrap();
+            let _ = wait.recv();
+        });
+        let tid = tid.recv().unwrap();
+        let started = start_ticks(tid).unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        let ended = await_end(tid, started, deadline);
+        done.send(()).unwrap();
+        thread.join().unwrap();
+        assert!(ended.unwrap(), "a thread is not the recorded process");
+    }
 
     /// The host pids of the processes `pid` started (waiting until it has started one; a
     /// minute at most, should it have failed).

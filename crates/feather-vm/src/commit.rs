@@ -572,6 +572,9 @@ pub fn reset(root: &StateRoot, name: &VmName) -> Result<()> {
         }
         _ => {}
     }
+    // A stop's keeper may still be letting go of the VM's mounts (and flushing the layer):
+    // the layer is emptied once they are gone.
+    crate::lifecycle::await_last_keeper(&vm)?;
     let config = vm.read_config()?;
     if let Some(disk) = config.limits.disk {
         crate::disk::attach(name, &vm, disk)?;

@@ -24,8 +24,7 @@ use crate::workload::Workload;
 pub use crate::workload::EXIT_CANNOT_EXEC;
 
 /// Runs `workload` in the running VM `name` and returns its exit code. The caller is left in the
-/// VM's network namespace (and, with `tty`, its mount namespace): call this last, or from a
-/// child process.
+/// VM's network namespace: call this last, or from a child process.
 pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> Result<i32> {
     let (init, pidfd, _) = crate::program::running_init(root, name)?;
     let channel = commands::connect_to_init(init, &pidfd).map_err(|source| VmError::Command {
@@ -34,9 +33,19 @@ pub fn exec(root: &StateRoot, name: &VmName, workload: &Workload, tty: bool) -> 
     })?;
     let signals = process::block_signals(&HANDLED).in_vm(name)?;
     let terminal = if tty {
-        // The terminal must come from the VM's own devpts: open it from the VM's mounts.
+        // The terminal must come from the VM's own devpts: open it from the VM's mounts, then
+        // go back to the host's. Left in the VM's mount namespace, this process held it past
+        // the VM's end, and with it the VM's mounts, its layer's overlay among them, after the
+        // VM's keeper had gone: a start of the VM waits for that keeper's end
+        // (`lifecycle::await_last_keeper`), not for this process, and mounted the layer beside
+        // them. The terminal's descriptor keeps the VM's devpts alone.
+        let host = std::fs::File::open("/proc/self/ns/mnt")
+            .map_err(io(name, "opening this process's mount namespace"))?;
         process::join_namespaces(&pidfd, nix::sched::CloneFlags::CLONE_NEWNS).in_vm(name)?;
-        Some(Terminal::open().in_vm(name)?)
+        let terminal = Terminal::open().in_vm(name)?;
+        nix::sched::setns(&host, nix::sched::CloneFlags::CLONE_NEWNS)
+            .map_err(|e| io(name, "going back to the host's mounts")(e.into()))?;
+        Some(terminal)
     } else {
         None
     };

@@ -139,20 +139,24 @@ pub struct Keeper {
     checkpointed: std::cell::Cell<bool>,
     /// A VM received by a migration: the `feather serve` it waits for (snapshot::hold).
     hold: Option<OwnedFd>,
-    /// Held until the VM is cleaned up (or the keeper dies): its release tells others the VM
-    /// is no longer kept.
-    lock: File,
     /// The VM's shuttle broker, once opened; dropped (closing its channels) with the keeper.
     broker: Option<feather_shuttle::Broker>,
     /// Init waits on this before it starts the first workload (see [`Keeper::begin`]); `None`
     /// once told, and for a restored VM, whose processes run already.
     init_waits: Option<UnixStream>,
-    /// The VM's mount namespace, held by a keeper that will hand its teardown over (see
-    /// [`hands_off`]): the last process of a namespace unmounts its ~30 mounts as it exits
-    /// (an RCU grace period among them), and without this that is init, whose end this
-    /// process waits for before it can report the command's exit status. Held, the namespace
-    /// outlives init and is let go by the finisher, after the status is reported.
+    /// The VM's mount namespace, held past init's end (see [`holds_mounts`]): the last process
+    /// of a namespace unmounts its ~30 mounts as it exits (an RCU grace period among them,
+    /// and for a kept VM the flush of its layer's whole filesystem), and without this that is
+    /// init, whose end this process waits for before it can answer. Held, the namespace
+    /// outlives init and is let go after the answer: by a throw-away VM's finisher
+    /// ([`hands_off`]), or by a kept VM's keeper itself (see [`Keeper::serve`]). Declared
+    /// before the lock, so that it goes first on every way out: a lock let go while the mounts
+    /// were still there would let a start mount the VM's layer beside them.
     held_mounts: std::cell::Cell<Option<OwnedFd>>,
+    /// Held until the VM is cleaned up, its mounts included (or the keeper dies): its release
+    /// tells others the VM is no longer kept. Its file names this process
+    /// ([`take_keeper_lock`]), whose end a start waits for.
+    lock: File,
     /// A throw-away VM's layer in memory (see [`layers::MemoryLayer`]), held for the VM's life.
     memory_layer: Option<layers::MemoryLayer>,
     /// A VM received by a migration: its record as running, being synced while the sender is
@@ -186,6 +190,34 @@ fn hands_off(config: &VmConfig, foreground: bool) -> bool {
     config.ephemeral && foreground && config.limits.disk.is_none()
 }
 
+/// Whether a keeper holds its VM's mount namespace past init's end ([`Keeper::held_mounts`]):
+/// when it hands its teardown over, and for every kept VM, whose layer is durable: overlayfs
+/// flushes the layer's whole filesystem to disk when it is unmounted (`syncfs`, every other
+/// writer's dirty pages on that filesystem included: 80–1200 ms on this machine while others
+/// build, nearly all of a stop). The keeper answers the stop once the VM's processes, cgroup
+/// and network are gone and its stop is recorded, and lets the mounts go after (see
+/// [`Keeper::serve`]): the flush still happens at every stop, only the answer no longer waits
+/// for it.
+fn holds_mounts(config: &VmConfig, foreground: bool) -> bool {
+    hands_off(config, foreground) || !config.ephemeral
+}
+
+/// The VM's keeper lock, taken, with this process recorded in it (pid and start time): the
+/// lock goes as this process's descriptors close, before the kernel has unmounted what its
+/// hold on the VM's mount namespace kept, so a start waits for the process itself
+/// (`lifecycle::await_last_keeper`).
+fn take_keeper_lock(vm: &VmDir) -> Result<File> {
+    let name = vm.name();
+    let lock = vm
+        .lock_keeper()?
+        .ok_or_else(|| failed(name, "is already running"))?;
+    if let Some(started) = process::start_ticks(nix::unistd::Pid::this()) {
+        VmDir::record_keeper(&lock, std::process::id(), started)
+            .map_err(io(name, "recording its keeper in keeper.lock"))?;
+    }
+    Ok(lock)
+}
+
 /// Init's mount namespace, opened while init is this process's unreaped child (its pid cannot
 /// name another process). `None` if init is gone already: its namespace went with it.
 fn hold_mount_namespace(init: &ChildProcess) -> Option<OwnedFd> {
@@ -208,9 +240,7 @@ impl Keeper {
         let attached = stdio.is_some();
         let name = vm.name().clone();
         init::check_descriptor_limit(name.as_str())?;
-        let lock = vm
-            .lock_keeper()?
-            .ok_or_else(|| failed(&name, "is already running"))?;
+        let lock = take_keeper_lock(vm)?;
         let config = vm.read_config()?;
         let durability = if config.ephemeral {
             Durability::Volatile
@@ -319,7 +349,7 @@ impl Keeper {
                 source: Box::new(e),
             });
         }
-        let held_mounts = hands_off(&config, attached)
+        let held_mounts = holds_mounts(&config, attached)
             .then(|| hold_mount_namespace(&init))
             .flatten();
         let keeper = Keeper {
@@ -359,9 +389,7 @@ impl Keeper {
     /// way), taken instead of a new one where the checkpoint left the VM's out.
     pub fn restore(root: &StateRoot, vm: &VmDir, made: Option<OwnedFd>) -> Result<Keeper> {
         let name = vm.name().clone();
-        let lock = vm
-            .lock_keeper()?
-            .ok_or_else(|| failed(&name, "is already running"))?;
+        let lock = take_keeper_lock(vm)?;
         let config = vm.read_config()?;
         // Written back if the VM must not run after all (`give_back`).
         let prior = vm.read_state()?;
@@ -473,6 +501,9 @@ impl Keeper {
                 return Err(e);
             }
         };
+        // A restored VM is a kept one (throw-away VMs are never checkpointed): see
+        // `holds_mounts`.
+        let held_mounts = hold_mount_namespace(&init);
         let keeper = Keeper {
             vm: vm.clone(),
             durability: Durability::Durable,
@@ -486,7 +517,7 @@ impl Keeper {
             lock,
             broker: None,
             init_waits: None,
-            held_mounts: std::cell::Cell::new(None),
+            held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer: None,
             recording: std::cell::RefCell::new(None),
         };
@@ -791,9 +822,11 @@ impl Keeper {
         // The broker's last words (the audit lines its pace held back) go into the root's log
         // before anyone waiting for the stop hears of it: they may remove the root next.
         drop(self.broker.take());
-        // Everything is cleaned up: the VM may be started again before this process has exited,
-        // so the lock goes now, before anyone waiting for the stop hears of it.
-        drop(self.lock);
+        // Every process of the VM is gone, and its cgroup, network and run folder, and its end
+        // is recorded: the asker hears of it now. What is left is a kept VM's mounts, which the
+        // namespace held since its start keeps (`holds_mounts`; none when handed over, or
+        // after a checkpoint, which let them go before its record).
+        let mounts = self.held_mounts.take();
         for stream in stop_requests {
             let _ = protocol::write_response(
                 &stream,
@@ -812,6 +845,30 @@ impl Keeper {
         }
         // The checkpoint it replaced goes once the asker has their answer.
         snapshot::remove_stale(&self.vm);
+        // A kept VM's answer came once its own network was gone (`tear_down`); the root's
+        // bridge, tables and pool go now if the VM was their last user, a removal claimed
+        // before the stop was recorded (`Attachment::detach_keeping_bridge`): killed from
+        // there on, this process leaves it to the root's next command. It waits for no other
+        // lock without an end (a VM's start may hold the root's network lock); past its
+        // patience the removal is left to the next command too.
+        if !self.config.ephemeral {
+            self.network.remove_root_network_if_unused();
+            trace::phase("teardown: the root's network, if unused, after the answer");
+        }
+        // The last hold of the VM's mount namespace: its mounts go with it, and unmounting a
+        // kept VM's layer flushes its filesystem (in this close, as the kernel unmounts).
+        // Killed meanwhile, this process lets go of it as it dies, and the kernel unmounts
+        // all the same.
+        if mounts.is_some() {
+            drop(mounts);
+            trace::phase("teardown: let the VM's mounts go (its layer flushed), after the answer");
+        }
+        // Everything is cleaned up, the mounts too: the VM may be started again. A start that
+        // came meanwhile waits for this process to end (`lifecycle::await_last_keeper`), not
+        // for this lock alone: killed before here, the process lets go of the lock as its
+        // descriptors close, before the kernel unmounts what the namespace kept, and a start
+        // that went by the lock mounted the VM's layer beside the mounts still there.
+        drop(self.lock);
         Ok(ended)
     }
 
@@ -1093,7 +1150,13 @@ impl Keeper {
             return;
         }
         self.remove_cgroup();
-        self.network.detach();
+        // A kept VM's answer waits for its own veth and firewall entries, not for the root's
+        // bridge and tables, which go after it if the VM was their last user (`serve`).
+        if self.config.ephemeral {
+            self.network.detach();
+        } else {
+            self.network.detach_keeping_bridge();
+        }
         trace::phase("teardown: start the network's removal");
         let _ = fs::remove_dir_all(self.vm.run_dir());
         trace::phase("teardown: remove the run folder");
@@ -1110,6 +1173,12 @@ impl Keeper {
             self.network.wait();
             trace::phase("teardown: wait for the network's removal");
             return;
+        }
+        if self.checkpointed.get() {
+            // A checkpoint must not read as restorable before the layer it goes with is on
+            // disk: the layer's mounts go (and with them its flush) before the record.
+            drop(self.held_mounts.take());
+            trace::phase("teardown: let the VM's mounts go (its layer flushed)");
         }
         let mut state = self.vm.read_state().unwrap_or_else(|_| VmState::created());
         state.status = if self.checkpointed.get() {
@@ -1139,7 +1208,10 @@ impl Keeper {
             eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
         }
         trace::phase("teardown: record the state");
-        self.network.wait();
+        // The VM's veth and firewall entries gone; the kernel's freeing of the entries (the
+        // close of the thread's nftables socket) is waited for as the keeper ends.
+        self.network.wait_removed();
+        trace::phase("teardown: wait for the network's removal");
     }
 }
 

@@ -142,6 +142,79 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
     spawn_keeper(root, &vm, false)
 }
 
+/// How long a start, restore or reset waits for the VM's last keeper to end.
+const LAST_KEEPER_PATIENCE: Duration = Duration::from_secs(60);
+
+/// Waits until the VM's last keeper has ended: its process gone, and its lock let go. A kept
+/// VM's keeper answers its stop before it lets go of the VM's mounts, whose unmount flushes
+/// the layer's filesystem (`Keeper::serve`), and lets go of its lock after them. Killed in
+/// between, it lets go of the lock as its descriptors close, before the kernel unmounts what
+/// its hold on the VM's mount namespace kept: a start that went by the lock alone mounted the
+/// layer beside the old mounts (overlayfs: "upperdir is in-use … undefined behavior"). So this
+/// waits for the process recorded in the lock's file (`keeper::take_keeper_lock`), whose
+/// pidfd tells of its end once the kernel is done with its exit, its mounts included; then
+/// for the lock (held by a keeper of an older build, which recorded nothing). Called with
+/// the VM's operations lock held and the VM not running, so the holder can only be a keeper
+/// ending. Bounded: a flush on a hung disk never ends.
+pub(crate) fn await_last_keeper(vm: &VmDir) -> Result<()> {
+    let deadline = std::time::Instant::now() + LAST_KEEPER_PATIENCE;
+    let recorded = vm.last_keeper();
+    if let Some((pid, started)) = recorded {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        let ended = feather_sys::process::await_end(pid, started, deadline).in_vm(vm.name())?;
+        if !ended {
+            return Err(last_keeper_stays(vm, Some(pid)));
+        }
+    }
+    while vm.keeper_alive()? {
+        if std::time::Instant::now() >= deadline {
+            return Err(last_keeper_stays(vm, None));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+/// The error of [`await_last_keeper`] when its patience ran out, naming the process when known.
+fn last_keeper_stays(vm: &VmDir, pid: Option<nix::unistd::Pid>) -> VmError {
+    let who = pid.map_or_else(
+        || {
+            format!(
+                "the process holding {}",
+                vm.path().join("keeper.lock").display()
+            )
+        },
+        |pid| format!("its last keeper, pid {pid},"),
+    );
+    let what = pid.map_or_else(
+        || format!("`fuser -v {}`", vm.path().join("keeper.lock").display()),
+        |pid| {
+            if is_stopped(pid) {
+                format!("it is stopped: `kill -CONT {pid}` lets it go on")
+            } else {
+                format!("`cat /proc/{pid}/stack` shows what it waits for")
+            }
+        },
+    );
+    failed(
+        vm.name(),
+        format!(
+            "{who} has not ended within {} s (it lets go of the VM's mounts as it ends, and \
+             their unmount writes the VM's layer to disk); {what}; try again once it has ended",
+            LAST_KEEPER_PATIENCE.as_secs()
+        ),
+    )
+}
+
+/// Whether `pid` is stopped by a signal (state T in `/proc/<pid>/stat`).
+fn is_stopped(pid: nix::unistd::Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rfind(')')
+            .and_then(|end| stat[end + 1..].split_whitespace().next())
+            == Some("T")
+    })
+}
+
 /// Spawns a VM's background keeper, which boots the VM or, with `restore`, restores it from its
 /// checkpoint, and waits until the VM is up or has failed.
 pub(crate) fn spawn_keeper(root: &StateRoot, vm: &VmDir, restore: bool) -> Result<()> {
@@ -156,6 +229,7 @@ pub(crate) fn spawn_keeper_with(
     netns: Option<std::os::fd::BorrowedFd<'_>>,
 ) -> Result<()> {
     let name = vm.name();
+    await_last_keeper(vm)?;
     // Close-on-exec (std's pipe is): the keeper is passed the write end by name, and no
     // program another thread of this process starts meanwhile (`feather serve`'s, the web
     // view's) gets it, which would keep the read below from ever seeing the keeper's end.
@@ -322,10 +396,12 @@ pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
     feather_net::linger::settle(root.dir(), wait);
 }
 
+/// What `feather network down` did with the root's network.
+pub use feather_net::linger::Ended as NetworkDown;
+
 /// `feather network down`: the root's bridge and tables go now, unless a VM uses them, rather
-/// than when the linger after its last throw-away VM ends (feather_net::linger). Whether a
-/// VM uses them (they then stay).
-pub fn take_network_down(root: &StateRoot) -> bool {
+/// than when the linger after its last throw-away VM ends (feather_net::linger).
+pub fn take_network_down(root: &StateRoot) -> NetworkDown {
     feather_net::linger::end(root.dir())
 }
 
@@ -455,6 +531,13 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         .and_then(|vms| beneath::remove_tree(&vms, doomed_name.as_ref()))
         .at(&doomed)?;
     feather_net::release(root.dir(), &config.id, &config.network).in_vm(name)?;
+    // A keeper killed before it recorded the VM's stop (a crashed VM, cleaned up above) left
+    // the root's bridge and tables, and they go here unless a VM uses them (otherwise nothing
+    // is left to remove: a look at the bridge's index). A removal under way (a stop's keeper's,
+    // right after its answer) is not waited for.
+    if config.network.mode == feather_core::NetMode::Private {
+        feather_net::linger::remove_unless_used_or_lingering(root.dir());
+    }
     Ok(())
 }
 
@@ -580,4 +663,42 @@ pub fn run_ephemeral_with_terminal(
 /// A VM's recorded state, for `ls` and `inspect`.
 pub fn status(vm: &VmDir) -> Result<VmState> {
     Ok(vm.read_state()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error of a wait for the VM's last keeper names the process and what to do, in one
+    /// line (it once had 18 spaces in the middle, a line break without its `\`).
+    #[test]
+    fn a_last_keeper_that_does_not_end_is_named_in_one_plain_line() {
+        let root = StateRoot::new(Some(PathBuf::from("/nonexistent/feather-root")));
+        let vm = root.vm(&"vm".parse().unwrap());
+        let named = last_keeper_stays(&vm, Some(nix::unistd::Pid::from_raw(4242))).to_string();
+        assert!(named.contains("pid 4242"), "{named}");
+        assert!(named.contains("/proc/4242/stack"), "{named}");
+        let unnamed = last_keeper_stays(&vm, None).to_string();
+        assert!(unnamed.contains("keeper.lock"), "{unnamed}");
+        // Stopped by a signal, it goes on once told to.
+        let mut stopped = std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap();
+        let pid = nix::unistd::Pid::from_raw(stopped.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        while !is_stopped(pid) {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let told = last_keeper_stays(&vm, Some(pid)).to_string();
+        let _ = stopped.kill();
+        let _ = stopped.wait();
+        assert!(told.contains(&format!("kill -CONT {pid}")), "{told}");
+        for message in [named, unnamed, told] {
+            assert!(
+                !message.contains("  ") && !message.contains('\n'),
+                "{message:?}"
+            );
+        }
+    }
 }

@@ -36,10 +36,17 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let root = opened_root(&cli)?;
     match cli.command {
         Command::Network(cli::NetworkCommand::Down) => {
-            if feather_vm::lifecycle::take_network_down(&root) {
-                eprintln!(
+            use feather_vm::lifecycle::NetworkDown as Ended;
+            match feather_vm::lifecycle::take_network_down(&root) {
+                Ended::Down => {}
+                Ended::Used => eprintln!(
                     "feather: the root's network stays: a VM uses it (`feather ls` shows which)"
-                );
+                ),
+                Ended::Busy => eprintln!(
+                    "feather: the root's network stays: another process is removing it (`fuser \
+                     -v {}` names it); try again",
+                    root.dir().join("network-linger.lock").display()
+                ),
             }
         }
         Command::Ps {
