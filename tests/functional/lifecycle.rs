@@ -436,7 +436,7 @@ fn boot_id() -> String {
 }
 
 /// A keeper's record outlives it, and its pid may be given to anything since. Named by a
-/// thread of another process, pidfd_open fails with ENOENT (EINVAL before Linux 6.9), which
+/// thread of another process, pidfd_open fails with ENOENT (EINVAL on older kernels), which
 /// the wait took for an error: every start of the VM failed ("pidfd_open …: ENOENT") while
 /// that thread lived: it is the record of a keeper that has ended. (A record of another boot
 /// is ignored too: store.rs's tests.)

@@ -437,22 +437,23 @@ impl VmDir {
     /// the same pid with the same start time can be an unrelated process.
     pub fn record_keeper(lock: &File, pid: u32, started: u64) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
-        let boot = boot_id().unwrap_or_default();
+        let boot = boot_id().unwrap_or_else(|| UNKNOWN_BOOT.to_owned());
         lock.set_len(0)?;
         lock.write_all_at(format!("{pid} {started} {boot}\n").as_bytes(), 0)
     }
 
     /// The keeper that last held the keeper lock, as it recorded itself
-    /// ([`VmDir::record_keeper`]): its pid and start time. None when none did (a keeper of an
-    /// older build, one that died before, or one that ended normally: it empties the record),
-    /// and for a record of another boot.
+    /// ([`VmDir::record_keeper`]): its pid and start time. The record outlives its keeper
+    /// (whoever reads it checks that the process is still that keeper). None when none
+    /// recorded itself (a keeper of an older build) and for a record of another boot.
     pub fn last_keeper(&self) -> Option<(i32, u64)> {
         let text = fs::read_to_string(self.path.join("keeper.lock")).ok()?;
         let mut fields = text.split_whitespace();
         let pid = fields.next()?.parse().ok().filter(|pid| *pid > 0)?;
         let started = fields.next()?.parse().ok()?;
         let boot = fields.next()?;
-        (Some(boot) == boot_id().as_deref()).then_some((pid, started))
+        let this_boot = boot_id().unwrap_or_else(|| UNKNOWN_BOOT.to_owned());
+        (boot == this_boot).then_some((pid, started))
     }
 
     /// Waits until no keeper holds the keeper lock, and takes it.
@@ -600,6 +601,11 @@ fn make_private(dir: &Path, follow: Follow) -> Result<bool> {
     }
     Ok(true)
 }
+
+/// The boot id recorded when `/proc/sys/kernel/random/boot_id` cannot be read: a record made
+/// so is read back as this boot's when the id cannot be read then either, rather than never
+/// (which turned off the wait for the recorded keeper's end).
+const UNKNOWN_BOOT: &str = "-";
 
 /// This boot's id: a record of a process from another boot names no process of this one.
 fn boot_id() -> Option<String> {

@@ -571,7 +571,7 @@ impl Attachment {
     /// Like [`Attachment::detach`], but the root's bridge, tables and pool stay even after
     /// its last VM: for a kept VM's keeper, which answers its stop once the VM's own veth and
     /// firewall entries are gone, and then takes the root's network down if no VM uses it
-    /// ([`Attachment::remove_root_network_if_unused`]): the bridge's deletion waits for RCU
+    /// ([`Attachment::remove_claimed_root_network`]): the bridge's deletion waits for RCU
     /// grace periods (40–90 ms on this machine), which its answer need not. Called before the
     /// keeper records the VM's stop: if this VM was the network's last user, the removal is
     /// claimed here ([`linger::claim_if_unused`]), so that a keeper killed from here on leaves
@@ -598,16 +598,22 @@ impl Attachment {
     }
 
     /// After [`Attachment::detach_keeping_bridge`] and the keeper's answer: the removal it
-    /// claimed, if it did. The bridge, tables and pool go unless a VM took them up meanwhile;
-    /// no other lock is waited for without an end ([`linger::Claim::remove`]).
-    pub fn remove_root_network_if_unused(&self) {
+    /// claimed, if it did (whether it did). The bridge, tables and pool go unless a VM took
+    /// them up meanwhile; no other lock is waited for without an end
+    /// ([`linger::Claim::remove`]).
+    pub fn remove_claimed_root_network(&self) -> bool {
         let claim = self.claim.borrow_mut().take();
-        match (claim, &self.network) {
-            (Some(claim), _) => claim.remove(),
-            // Not its last user when it looked, before its veth went: another VM stopping
-            // meanwhile may have looked before this one's veth went, too (`linger::remove_if_last`).
-            (None, Some(network)) => linger::remove_if_last(network.root()),
-            (None, None) => {}
+        claim.map(linger::Claim::remove).is_some()
+    }
+
+    /// After the keeper's answer, when it claimed no removal: its VM was not the network's last
+    /// user when it looked, before its veth went, but another VM stopping meanwhile may have
+    /// looked before this one's veth went too; whichever veth goes last, its keeper finds no
+    /// other port now and takes the network down (`linger::remove_if_last`). It may wait
+    /// seconds for the removal lock, so the keeper calls it once the VM's layer is flushed.
+    pub fn remove_root_network_if_last(&self) {
+        if let Some(network) = &self.network {
+            linger::remove_if_last(network.root());
         }
     }
 }

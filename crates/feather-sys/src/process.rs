@@ -245,7 +245,7 @@ pub fn await_end(pid: Pid, started: u64, deadline: std::time::Instant) -> Result
     let pidfd = match raw::pidfd_open(pid.as_raw()) {
         Ok(pidfd) => pidfd,
         // No such process: ESRCH; the pid is now a thread's, not a process's: ENOENT (EINVAL
-        // before Linux 6.9). Either way the recorded process has ended.
+        // on older kernels). Either way the recorded process has ended.
         Err(nix::errno::Errno::ESRCH | nix::errno::Errno::ENOENT | nix::errno::Errno::EINVAL) => {
             return Ok(true)
         }
@@ -514,7 +514,7 @@ mod tests {
     use super::*;
 
     /// A keeper's record may name, later, a thread of another process: pidfd_open then fails
-    /// with ENOENT (EINVAL before Linux 6.9), which the wait took for an error, failing every
+    /// with ENOENT (EINVAL on older kernels), which the wait took for an error, failing every
     /// start of the VM while that thread lived. The recorded process has ended.
     #[test]
     fn a_pid_that_is_now_a_thread_s_names_a_process_that_has_ended() {

@@ -850,11 +850,9 @@ impl Keeper {
         // before the stop was recorded (`Attachment::detach_keeping_bridge`): killed from
         // there on, this process leaves it to the root's next command. It waits for no other
         // lock without an end (a VM's start may hold the root's network lock); past its
-        // patience the removal is left to the next command too.
-        if !self.config.ephemeral {
-            self.network.remove_root_network_if_unused();
-            trace::phase("teardown: the root's network, if unused, after the answer");
-        }
+        // patience the removal is left to the next command too. Before the flush below: every
+        // command of the root waits for the claim.
+        let claimed = !self.config.ephemeral && self.network.remove_claimed_root_network();
         // The last hold of the VM's mount namespace: its mounts go with it, and unmounting a
         // kept VM's layer flushes its filesystem (in this close, as the kernel unmounts).
         // Killed meanwhile, this process lets go of it as it dies, and the kernel unmounts
@@ -863,6 +861,12 @@ impl Keeper {
             drop(mounts);
             trace::phase("teardown: let the VM's mounts go (its layer flushed), after the answer");
         }
+        // Without a claim, a second look (another VM may have stopped beside this one), which
+        // may wait for the removal lock: after the flush, which it must not hold up.
+        if !self.config.ephemeral && !claimed {
+            self.network.remove_root_network_if_last();
+        }
+        trace::phase("teardown: the root's network, if unused, after the answer");
         // Everything is cleaned up, the mounts too: the VM may be started again. A start that
         // came meanwhile waits for this process to end (`lifecycle::await_last_keeper`), not
         // for this lock alone: killed before here, the process lets go of the lock as its
