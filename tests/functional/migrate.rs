@@ -1006,6 +1006,76 @@ fn a_post_copy_migration_failing_after_its_dump_leaves_every_process_whole_at_th
     source.ok(&["rm", "-f", "big"]);
 }
 
+/// A migration of `source`'s VM "vm" to `target` (`more`: its options) whose receiving keeper
+/// waits at a [`RecordHold`] before its record as running lands: restored, stopped, its
+/// first look at the registry of roots done (`restore` returned to the serve, which said so).
+///
+/// [`RecordHold`]: crate::support::RecordHold
+struct Held {
+    hold: crate::support::RecordHold,
+    server: Server,
+    migrating: Child,
+    /// What the serve said up to the restore.
+    said: String,
+}
+
+impl Held {
+    fn at_the_record(
+        hosts: &TwoHosts,
+        source: &Feather,
+        target: &Feather,
+        base: &ScratchBase,
+        label: &str,
+        more: &[&str],
+    ) -> Held {
+        let hold = crate::support::RecordHold::new(label);
+        let (variable, value) = hold.env();
+        let env = [
+            (variable, value.to_str().unwrap()),
+            ("FEATHER_TRACE", "phases"),
+        ];
+        let mut server = Server::accepting(hosts, target, &env, &["--base", base.as_str()]);
+        let migrating = migrating(hosts, source, "vm", more)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut said = String::new();
+        let mut reader = BufReader::new(server.child.stderr.as_mut().unwrap());
+        while !said.contains("serve: restored") {
+            let before = said.len();
+            reader.read_line(&mut said).unwrap();
+            assert!(said.len() > before, "the receiver ended: {said}");
+        }
+        drop(reader);
+        Held {
+            hold,
+            server,
+            migrating,
+            said,
+        }
+    }
+
+    /// Lets the receiving keeper go on; the migration and the serve, to be waited for.
+    fn release(mut self) -> (Child, Server) {
+        self.hold.release();
+        (self.migrating, self.server)
+    }
+}
+
+/// Registers the state root of `late` as `feather --root` registers a root, without its hiding
+/// in the running VMs (which passes over a VM still checkpointed: host_view's registration
+/// tests): a `feather` command would also wait for the operation under way on every running VM
+/// of the host — the sending VM's, held by the migration, which waits for the hold — while the
+/// serve gives the keeper 30 s to answer once the sender has let the VM go.
+fn register_behind_the_commands(late: &Feather) {
+    let registered = feather_core::StateRoot::new(Some(late.root.clone()));
+    feather_core::roots::Registry::host()
+        .register(&registered)
+        .unwrap()
+        .expect("the late root is new to the registry");
+}
+
 /// A root registered while a received VM waits, stopped, for the sender's release, after its
 /// keeper's first look at the registry and before its record as running has landed (held here
 /// by `RecordHold`, as a slow disk could hold it): the registering command reads the VM as
@@ -1026,39 +1096,10 @@ fn a_root_registered_before_a_received_vm_s_record_lands_is_hidden_before_it_run
     source.start_over("vm", &base, &["--net", "none"]);
     assert_ne!(source.sh("vm", seen), "end\n", "seen before it is a root");
 
-    let mut hold = crate::support::RecordHold::new("mig-late");
-    let (variable, value) = hold.env();
-    let env = [
-        (variable, value.to_str().unwrap()),
-        ("FEATHER_TRACE", "phases"),
-    ];
-    let mut server = Server::accepting(&hosts, &target, &env, &["--base", base.as_str()]);
-    let migrating = migrating(&hosts, &source, "vm", &[])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Restored, stopped, and the keeper's first look done: `restore` returned to the serve.
-    let mut said = String::new();
-    let mut reader = BufReader::new(server.child.stderr.as_mut().unwrap());
-    while !said.contains("serve: restored") {
-        let before = said.len();
-        reader.read_line(&mut said).unwrap();
-        assert!(said.len() > before, "the receiver ended: {said}");
-    }
-    drop(reader);
-    assert_eq!(target.status("vm"), "checkpointed", "{said}");
-    // Registered as `feather --root` registers a root, without its hiding in the running VMs,
-    // which passes over this VM, checkpointed (host_view's registration tests): a `feather`
-    // command would also wait for the operation under way on every running VM of the host —
-    // the sending VM's, held by this migration, which waits for the hold — while the serve
-    // gives the keeper 30 s to answer once the sender has let the VM go.
-    let registered = feather_core::StateRoot::new(Some(late.root.clone()));
-    feather_core::roots::Registry::host()
-        .register(&registered)
-        .unwrap()
-        .expect("the late root is new to the registry");
-    hold.release();
+    let held = Held::at_the_record(&hosts, &source, &target, &base, "mig-late", &[]);
+    assert_eq!(target.status("vm"), "checkpointed", "{}", held.said);
+    register_behind_the_commands(&late);
+    let (migrating, server) = held.release();
     let moved: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     let (received, said) = server.finish();
@@ -1107,35 +1148,10 @@ fn refused_release_keeps_the_vm_at_the_source(label: &str, mode: &str) {
     source.ok(&["exec", "vm", "--", "sh", "-c", "echo here > /tmp/where"]);
     let before = count(&source, "vm");
 
-    let mut hold = crate::support::RecordHold::new(label);
-    let (variable, value) = hold.env();
-    let env = [
-        (variable, value.to_str().unwrap()),
-        ("FEATHER_TRACE", "phases"),
-    ];
-    let mut server = Server::accepting(&hosts, &target, &env, &["--base", base.as_str()]);
-    let migrating = migrating(&hosts, &source, "vm", &["--mode", mode])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut said = String::new();
-    let mut reader = BufReader::new(server.child.stderr.as_mut().unwrap());
-    while !said.contains("serve: restored") {
-        let before = said.len();
-        reader.read_line(&mut said).unwrap();
-        assert!(said.len() > before, "the receiver ended: {said}");
-    }
-    drop(reader);
-    // As in the test above: registered without a `feather` command, which would wait for the
-    // sending VM's operation, held by this migration.
-    let registered = feather_core::StateRoot::new(Some(late.root.clone()));
-    feather_core::roots::Registry::host()
-        .register(&registered)
-        .unwrap()
-        .expect("the late root is new to the registry");
-    crate::support::fill_mount_namespace(hold.held_init());
-    hold.release();
+    let held = Held::at_the_record(&hosts, &source, &target, &base, label, &["--mode", mode]);
+    register_behind_the_commands(&late);
+    crate::support::fill_mount_namespace(held.hold.held_init());
+    let (migrating, server) = held.release();
     let moved: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
     assert_ne!(
         moved.code, 0,

@@ -383,6 +383,32 @@ fn late_root_in(base: &crate::support::ScratchBase) -> Feather {
 const LATE_ROOT_SEEN: &str =
     "ls -A /data/late-root; cat /data/late-root/marker 2>/dev/null; echo end";
 
+/// `feather restore vm` of `feather`'s checkpointed VM, started with a [`RecordHold`] (named
+/// by `label`) and returned once its keeper waits there: CRIU has brought the VM back,
+/// stopped, and it is still recorded as checkpointed.
+///
+/// [`RecordHold`]: crate::support::RecordHold
+fn restore_held(
+    feather: &Feather,
+    vm: &str,
+    label: &str,
+) -> (crate::support::RecordHold, std::process::Child) {
+    let hold = crate::support::RecordHold::new(label);
+    let (variable, value) = hold.env();
+    let restoring = feather
+        .command()
+        .env(variable, value)
+        .args(["restore", vm])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    feather.eventually("the restoring keeper waits before its record", || {
+        hold.awaited()
+    });
+    (hold, restoring)
+}
+
 /// A root registered while a restore is held just before its keeper records the VM running
 /// (CRIU has brought the VM back, stopped) reads the VM as checkpointed: the registering
 /// command passes it over (`hiding::in_running_vm`). The keeper's look at the registry after
@@ -400,19 +426,7 @@ fn a_root_registered_while_a_restore_records_the_vm_running_is_hidden_in_it() {
         "the VM sees the folder before it is a registered root"
     );
     a.ok(&["checkpoint", "w"]);
-    let mut hold = crate::support::RecordHold::new("host-view-restore-hold");
-    let (variable, value) = hold.env();
-    let restoring = a
-        .command()
-        .env(variable, value)
-        .args(["restore", "w"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    a.eventually("the restoring keeper waits before its record", || {
-        hold.awaited()
-    });
+    let (mut hold, restoring) = restore_held(&a, "w", "host-view-restore-hold");
     assert_eq!(a.status("w"), "checkpointed");
     late.ok(&["ls"]);
     hold.release();
@@ -442,19 +456,7 @@ fn a_restore_whose_hiding_fails_does_not_let_the_vm_run() {
     a.start_over("w", &base, &["--net", "none"]);
     assert_eq!(a.sh("w", LATE_ROOT_SEEN), "end\n", "hidden from its start");
     a.ok(&["checkpoint", "w"]);
-    let mut hold = crate::support::RecordHold::new("host-view-restore-unhidden");
-    let (variable, value) = hold.env();
-    let restoring = a
-        .command()
-        .env(variable, value)
-        .args(["restore", "w"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    a.eventually("the restoring keeper waits before its record", || {
-        hold.awaited()
-    });
+    let (mut hold, restoring) = restore_held(&a, "w", "host-view-restore-unhidden");
     let init = hold.held_init();
     crate::support::fill_mount_namespace(init);
     hold.release();
