@@ -366,13 +366,7 @@ fn a_start_waits_for_the_process_its_last_keeper_recorded_not_only_for_the_lock(
         .unwrap();
     let pid = ending.id();
     fs::write(&record, keeper_record(pid, start_ticks(pid), &boot_id())).unwrap();
-    let mut start = feather
-        .command()
-        .args(["start", "vm"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut start = feather.spawn(&["start", "vm"]);
     let front = start.id();
     feather.eventually("the start waits for the recorded process, or ends", || {
         ended_or_in(front, &[libc::SYS_poll, libc::SYS_ppoll])
@@ -493,13 +487,7 @@ fn a_start_waits_for_the_vm_s_last_keeper_to_let_go_of_its_mounts() {
         fs::read_to_string(format!("/proc/{keeper}/stat"))
             .map_or(true, |stat| stat.contains(") Z "))
     });
-    let mut start = feather
-        .command()
-        .args(["start", "vm"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut start = feather.spawn(&["start", "vm"]);
     let pid = start.id();
     // The lock is waited for in short sleeps (a wait with an end).
     feather.eventually("the start waits for the keeper lock, or ends", || {

@@ -121,13 +121,7 @@ fn a_keeper_killed_once_its_stop_is_recorded_leaves_its_root_s_network_to_the_ne
     let keeper = pid_of(&feather, "vm", "keeper_pid");
     let state = feather.vm_dir("vm").join("state.json");
     let held = hold_network_lock(&feather);
-    let mut stop = feather
-        .command()
-        .args(["stop", "vm"])
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut stop = feather.spawn(&["stop", "vm"]);
     feather.eventually("the stop is recorded", || {
         std::fs::read_to_string(&state).is_ok_and(|text| text.contains("\"stopped\""))
     });
@@ -371,15 +365,7 @@ fn two_vms_stopping_at_once_take_the_root_s_network_down_with_their_stops() {
         ];
         let stops: Vec<_> = ["a", "b"]
             .into_iter()
-            .map(|vm| {
-                feather
-                    .command()
-                    .args(["stop", vm])
-                    .stdout(std::process::Stdio::null())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .unwrap()
-            })
+            .map(|vm| feather.spawn(&["stop", vm]))
             .collect();
         for stop in stops {
             let out = stop.wait_with_output().unwrap();

@@ -131,6 +131,17 @@ impl Feather {
         self.ok(&["start", vm]);
     }
 
+    /// `feather <args>` running in the background, its stdout dropped and its stderr kept for
+    /// the verdict (`wait_with_output`): for a test that acts while the command waits.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command()
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// Starts a throw-away VM `vm` (`run --rm`, with `options` such as `--base` or limits)
     /// running `sleep 60`, and waits until `inspect` says it runs. The child is the `run`: the
     /// VM ends when it is stopped, or when the child is killed.
