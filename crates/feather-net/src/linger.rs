@@ -48,7 +48,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime};
 
 use crate::netlink::{index_of, Netlink};
-use crate::settings::RootNetwork;
+use crate::settings::{open_lock_file, RootNetwork};
 use crate::{firewall, pool};
 
 /// The environment variable that sets how long, in seconds, the root's network waits for a
@@ -112,7 +112,7 @@ pub struct Lingering<'a> {
 pub fn begin(root_dir: &Path) -> Lingering<'_> {
     let path = root_dir.join(WAIT_FILE);
     loop {
-        let Ok(file) = open(&path) else {
+        let Ok(file) = open_lock_file(&path) else {
             // Nothing can linger: the network goes now, unless a VM uses it.
             remove_if_unused(root_dir);
             return Lingering {
@@ -277,7 +277,7 @@ pub fn claim_if_unused(root_dir: &Path, own_port: &str) -> Option<Claim> {
     if used_by_a_vm(&network, Some(own_port))? {
         return None;
     }
-    let removing = open(&root_dir.join(LOCK_FILE)).ok()?;
+    let removing = open_lock_file(&root_dir.join(LOCK_FILE)).ok()?;
     removing.try_lock().ok()?;
     Some(Claim {
         root_dir: root_dir.to_owned(),
@@ -337,7 +337,7 @@ pub fn remove_unless_used_or_lingering(root_dir: &Path) {
     if root_dir.join(WAIT_FILE).exists() {
         return;
     }
-    let Ok(removing) = open(&root_dir.join(LOCK_FILE)) else {
+    let Ok(removing) = open_lock_file(&root_dir.join(LOCK_FILE)) else {
         return;
     };
     if removing.try_lock().is_ok() {
@@ -377,14 +377,6 @@ pub fn refill_pool_if_in_demand(root_dir: &Path, others_finishing: bool) {
     }
 }
 
-fn open(path: &Path) -> std::io::Result<File> {
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(path)
-}
-
 /// Whether `path` still names `file`.
 fn is_linked(path: &Path, file: &File) -> bool {
     let same = |a: &fs::Metadata, b: &fs::Metadata| a.dev() == b.dev() && a.ino() == b.ino();
@@ -413,7 +405,7 @@ fn end_linger(root_dir: &Path, path: &Path, file: &File) {
 /// cannot be made, or another process held it all that time (it removes what is unused, or
 /// leaves its file for the next command).
 fn lock_removal(root_dir: &Path) -> Option<File> {
-    let removing = open(&root_dir.join(LOCK_FILE)).ok()?;
+    let removing = open_lock_file(&root_dir.join(LOCK_FILE)).ok()?;
     crate::settings::lock_within(&removing, REMOVAL_PATIENCE).then_some(removing)
 }
 

@@ -273,12 +273,7 @@ fn try_refill_lock(root_dir: &Path) -> Option<File> {
 }
 
 fn open_refill_lock(dir: &Path) -> Option<File> {
-    fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(dir.join(REFILL_LOCK))
-        .ok()
+    crate::settings::open_lock_file(&dir.join(REFILL_LOCK)).ok()
 }
 
 /// Whether a VM's port (not a pooled pair's) is on the root's bridge.
@@ -534,9 +529,8 @@ pub(crate) fn with_refill_lock_within<T>(
         Some(file) => Some(crate::settings::lock_within(&file, patience).then_some(file)?),
         None => None,
     };
-    let result = work();
-    drop(lock);
-    Some(result)
+    let _lock = lock;
+    Some(work())
 }
 
 /// With the root's last VM's bridge (holding the root's network lock): drains the pool unless

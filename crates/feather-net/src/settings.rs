@@ -273,13 +273,7 @@ impl RootNetwork {
     /// [`RootNetwork::lock`], waiting at most `patience`: None when it stayed taken (or its
     /// file cannot be opened).
     pub fn lock_within(&self, patience: std::time::Duration) -> Option<File> {
-        let path = self.root.join("network.lock");
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .ok()?;
+        let file = open_lock_file(&self.root.join("network.lock")).ok()?;
         lock_within(&file, patience).then_some(file)
     }
 }
@@ -391,14 +385,18 @@ fn claims_lock() -> Result<File> {
 
 /// Opens `path` (creating it) and waits for an exclusive lock on it.
 pub(crate) fn lock(path: &Path) -> Result<File> {
-    let file = fs::OpenOptions::new()
+    let file = open_lock_file(path).at(path)?;
+    file.lock().at(path)?;
+    Ok(file)
+}
+
+/// A lock's file, made if missing, its contents kept (some hold a record).
+pub(crate) fn open_lock_file(path: &Path) -> std::io::Result<File> {
+    fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)
-        .at(path)?;
-    file.lock().at(path)?;
-    Ok(file)
 }
 
 #[cfg(test)]
