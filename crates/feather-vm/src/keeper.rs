@@ -629,14 +629,13 @@ impl Keeper {
         );
     }
 
-    /// Ends a restored VM that must not run (its processes are still stopped, none ran since
-    /// the checkpoint) and writes back `prior`, its record as checkpointed, so that its
-    /// checkpoint can be restored again; then removes what the restore made, the keeper lock
-    /// last. The record is written back while the lock is held: no other command reads the
-    /// VM as running without a keeper meanwhile.
+    /// For a restored VM that must not run (its processes are still stopped, none ran since
+    /// the checkpoint): writes back `prior`, its record as checkpointed, so that its checkpoint
+    /// can be restored again, then ends it and removes what the restore made
+    /// ([`Keeper::abandon`]), the keeper lock last. The record is written back while the lock
+    /// is held: no other command reads the VM as running without a keeper meanwhile, nor
+    /// restores it while its stopped processes are still there.
     fn give_back(self, prior: &VmState, why: hiding::HidingError) -> VmError {
-        let _ = process::signal(&self.init.pidfd, Signal::SIGKILL);
-        let _ = waitpid(self.init.pid, None);
         if let Some(recording) = self.recording.borrow_mut().take() {
             let _ = recording.join();
         }
