@@ -746,20 +746,10 @@ fn clean_up(
         let _lock = lock;
         // First, so that the LAN stops being sent here what the VM no longer answers.
         uplink::leave(&mut netlink, &network, address);
-        let others = Path::new("/sys/class/net")
-            .join(&network.bridge)
-            .join("brif");
         // Spare pooled pairs are no VM's: they go with the bridge, unless a refill is under
         // way (whose process lingers, and removes the bridge and the pool after it).
-        let taken = pool::taken_ports(network.root());
         let in_use = keep_bridge
-            || fs::read_dir(&others).is_ok_and(|entries| {
-                entries.flatten().any(|port| {
-                    let port = port.file_name();
-                    let port = port.to_string_lossy();
-                    port != host_end.as_str() && pool::is_vm_port(&port, &taken)
-                })
-            })
+            || pool::vm_port_on_bridge(&network, Some(&host_end)) == Some(true)
             || pool::has_claimed(network.root())
             || !pool::try_drain(&network);
         // The veth is usually still there: the kernel tears the VM's namespace down in the

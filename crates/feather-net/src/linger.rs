@@ -289,17 +289,7 @@ pub fn claim_if_unused(root_dir: &Path, own_port: &str) -> Option<Claim> {
 /// far as a look without any lock can tell: a VM's port on the bridge, or a pooled namespace
 /// claimed. None when the bridge is not there.
 fn used_by_a_vm(network: &RootNetwork, own_port: Option<&str>) -> Option<bool> {
-    let ports = fs::read_dir(
-        Path::new("/sys/class/net")
-            .join(&network.bridge)
-            .join("brif"),
-    )
-    .ok()?;
-    let taken = pool::taken_ports(network.root());
-    let used = ports.flatten().any(|port| {
-        let port = port.file_name().to_string_lossy().into_owned();
-        Some(port.as_str()) != own_port && pool::is_vm_port(&port, &taken)
-    });
+    let used = pool::vm_port_on_bridge(network, own_port)?;
     Some(used || pool::has_claimed(network.root()))
 }
 
@@ -452,15 +442,7 @@ fn remove_under(root_dir: &Path, removing: File) {
 /// Holding the root's network lock: the bridge, tables and pool, if no VM uses them.
 fn remove_unused(network: &RootNetwork) {
     if let Some(bridge) = index_of(&network.bridge) {
-        let ports = Path::new("/sys/class/net")
-            .join(&network.bridge)
-            .join("brif");
-        let taken = pool::taken_ports(network.root());
-        let used = fs::read_dir(ports).is_ok_and(|mut entries| {
-            entries.any(|port| {
-                port.is_ok_and(|port| pool::is_vm_port(&port.file_name().to_string_lossy(), &taken))
-            })
-        });
+        let used = pool::vm_port_on_bridge(network, None) == Some(true);
         if used || pool::has_claimed(network.root()) {
             return;
         }

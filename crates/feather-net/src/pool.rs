@@ -82,7 +82,7 @@ pub fn is_pooled_port(port: &str) -> bool {
 
 /// The host ends of the pooled pairs VMs have taken ([`Pooled::let_go`]) and not yet given up
 /// with their teardown.
-pub(crate) fn taken_ports(root_dir: &Path) -> Vec<String> {
+fn taken_ports(root_dir: &Path) -> Vec<String> {
     fs::read_dir(dir_of(root_dir).join(CLAIMED))
         .map(|entries| {
             entries
@@ -96,7 +96,7 @@ pub(crate) fn taken_ports(root_dir: &Path) -> Vec<String> {
 
 /// Whether bridge port `port` is a VM's: its own pair's, or a pooled pair it took (`taken`, from
 /// [`taken_ports`]). A pooled pair no VM took is a spare, which goes with the bridge.
-pub(crate) fn is_vm_port(port: &str, taken: &[String]) -> bool {
+fn is_vm_port(port: &str, taken: &[String]) -> bool {
     !is_pooled_port(port) || taken.iter().any(|t| t == port)
 }
 
@@ -281,17 +281,23 @@ pub(crate) fn vm_on_bridge(root_dir: &Path) -> bool {
     let Ok(Some(network)) = RootNetwork::load(root_dir) else {
         return false;
     };
-    fs::read_dir(
+    vm_port_on_bridge(&network, None) == Some(true)
+}
+
+/// Whether a VM's port (not a pooled pair's), other than `except`, is on `network`'s bridge;
+/// None when the bridge is not there.
+pub(crate) fn vm_port_on_bridge(network: &RootNetwork, except: Option<&str>) -> Option<bool> {
+    let ports = fs::read_dir(
         Path::new("/sys/class/net")
             .join(&network.bridge)
             .join("brif"),
     )
-    .is_ok_and(|ports| {
-        let taken = taken_ports(root_dir);
-        ports
-            .flatten()
-            .any(|port| is_vm_port(&port.file_name().to_string_lossy(), &taken))
-    })
+    .ok()?;
+    let taken = taken_ports(network.root());
+    Some(ports.flatten().any(|port| {
+        let port = port.file_name().to_string_lossy().into_owned();
+        Some(port.as_str()) != except && is_vm_port(&port, &taken)
+    }))
 }
 
 /// Fills the root's pool up to [`SIZE`], after removing what a killed refill or keeper left.
