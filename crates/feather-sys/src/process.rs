@@ -366,13 +366,15 @@ fn command_line(pid: Pid) -> Vec<u8> {
 /// Whether `pid` is a live process: it exists and has not exited (a zombie, state `Z`, or a
 /// dying one, `X`, has no namespaces left to enter or read).
 pub fn is_alive(pid: Pid) -> bool {
-    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    let state = stat
-        .rfind(')')
-        .and_then(|end| stat[end + 1..].split_whitespace().next());
-    !matches!(state, None | Some("Z" | "X" | "x"))
+    !matches!(state(pid), None | Some('Z' | 'X' | 'x'))
+}
+
+/// The state letter of process `pid` (`R`, `S`, `T` stopped by a signal, `Z`, …), from its
+/// `stat` line; None if there is no such process.
+pub fn state(pid: Pid) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
 }
 
 /// Asks the kernel to send `signal` to the caller when its parent dies.

@@ -208,11 +208,7 @@ fn last_keeper_stays(vm: &VmDir, pid: Option<nix::unistd::Pid>) -> VmError {
 
 /// Whether `pid` is stopped by a signal (state T in `/proc/<pid>/stat`).
 fn is_stopped(pid: nix::unistd::Pid) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rfind(')')
-            .and_then(|end| stat[end + 1..].split_whitespace().next())
-            == Some("T")
-    })
+    feather_sys::process::state(pid) == Some('T')
 }
 
 /// Spawns a VM's background keeper, which boots the VM or, with `restore`, restores it from its
