@@ -150,6 +150,53 @@ fn a_keeper_killed_once_its_stop_is_recorded_leaves_its_root_s_network_to_the_ne
     assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
 }
 
+/// A keeper killed while its VM's processes have their grace (one traps SIGTERM and goes on)
+/// dies before it records the stop: the VM reads crashed, its cgroup still there. The stop's
+/// caller sees the keeper gone and cleans up, as a stop of a crashed VM does, and says so.
+/// Before, it said "stopped" (exit 0) and left `ls` showing the VM crashed and its group,
+/// network and run folder in place until the next command about it.
+#[test]
+fn a_keeper_killed_during_its_stop_is_cleaned_up_by_the_stop_and_said_so() {
+    let (feather, _base) = running_vm("stop-keeper-killed");
+    feather.sh("vm", "echo precious > /data/kept");
+    feather.sh(
+        "vm",
+        "setsid sh -c 'trap \"echo term > /data/term\" TERM; while :; do sleep 0.1; done' \
+         </dev/null >/dev/null 2>&1 &",
+    );
+    let keeper = pid_of(&feather, "vm", "keeper_pid");
+    let groups = feather.cgroup_dirs("vm");
+    let stop = feather
+        .command()
+        .args(["stop", "--time", "30", "vm"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The trap's marker says the stop is under way: the keeper has sent SIGTERM and waits.
+    let marker = feather.vm_dir("vm").join("upper/data/term");
+    feather.eventually("the VM's process got the stop's SIGTERM", || {
+        marker.exists()
+    });
+    kill(keeper, Signal::SIGKILL).unwrap();
+    let stopped = stop.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&stopped.stdout),
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    assert!(stopped.status.success(), "{said}");
+    assert!(said.contains("lost its keeper"), "{said}");
+
+    assert_eq!(feather.status("vm"), "stopped");
+    for group in &groups {
+        assert!(!group.exists(), "{} stays", group.display());
+    }
+    crate::support::assert_no_mount_under(&feather.root);
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.sh("vm", "cat /data/kept"), "precious\n");
+}
+
 /// A pidfd of `pid`, or None if it is gone.
 fn pidfd(pid: Pid) -> Option<std::os::fd::OwnedFd> {
     use std::os::fd::FromRawFd;

@@ -302,16 +302,35 @@ pub(crate) fn starting_terminal() -> Option<PathBuf> {
     nix::unistd::ttyname(std::io::stdin()).ok()
 }
 
+/// How a [`stop`] ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stopped {
+    /// The VM's keeper stopped it; how its processes ended, as the keeper says.
+    ByItsKeeper(String),
+    /// Its keeper was gone (dead before the stop, or killed during it): the stop cleaned up
+    /// what it left instead, and says why. Worth telling the user: the VM did not end as asked.
+    CleanedUp(&'static str),
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::ByItsKeeper(how) => f.write_str(how),
+            Stopped::CleanedUp(why) => f.write_str(why),
+        }
+    }
+}
+
 /// Stops a running VM: its processes get SIGTERM, then SIGKILL after `grace`. A crashed VM
 /// is cleaned up instead.
-pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<String> {
+pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped> {
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
     match vm.read_state()?.status {
         VmStatus::Running => {}
         VmStatus::Crashed => {
             recover(&vm)?;
-            return Ok("was crashed; cleaned up".into());
+            return Ok(Stopped::CleanedUp("was crashed; cleaned up"));
         }
         VmStatus::Created | VmStatus::Stopped | VmStatus::Checkpointed => {
             return Err(Error::NotRunning(name.to_string()).into())
@@ -325,16 +344,27 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<String> 
         grace + Duration::from_secs(30),
     );
     match answer {
-        Ok(Response::Stopped { how }) => Ok(how),
+        Ok(Response::Stopped { how }) => Ok(Stopped::ByItsKeeper(how)),
         Ok(other) => Err(VmError::KeeperAnswer {
             vm: name.to_string(),
             answer: format!("{other:?}"),
         }),
-        // The keeper closes the socket as it exits; the state tells how the VM ended.
-        Err(_) if !vm.keeper_alive()? => Ok(vm
-            .read_state()?
-            .last_exit
-            .unwrap_or_else(|| "stopped".into())),
+        // The keeper closes the socket as it exits; the state tells how the VM ended. A keeper
+        // that died before it recorded the stop (killed, say, while the VM's processes had their
+        // grace) left the VM reading crashed and its cgroup, network and run folder in place:
+        // cleaned up here, as a stop of a crashed VM does, rather than called stopped.
+        Err(_) if !vm.keeper_alive()? => {
+            let state = vm.read_state()?;
+            if state.status == VmStatus::Crashed {
+                recover(&vm)?;
+                return Ok(Stopped::CleanedUp(
+                    "lost its keeper while stopping; cleaned up",
+                ));
+            }
+            Ok(Stopped::ByItsKeeper(
+                state.last_exit.unwrap_or_else(|| "stopped".into()),
+            ))
+        }
         Err(source) => Err(VmError::KeeperSilent {
             vm: name.to_string(),
             source,

@@ -241,7 +241,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Start(StartArgs { name }) => return service::start(&root, &name.parse()?),
         Command::Stop { name, time } => {
-            lifecycle::stop(&root, &name.parse()?, Duration::from_secs(time))?;
+            let stopped = lifecycle::stop(&root, &name.parse()?, Duration::from_secs(time))?;
+            if let lifecycle::Stopped::CleanedUp(why) = stopped {
+                eprintln!("feather: VM {name} {why}");
+            }
         }
         Command::Rm { names, force } => remove_each(&root, &names, force)?,
         Command::Run(args) => return run(&root, args),

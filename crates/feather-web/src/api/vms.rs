@@ -123,7 +123,7 @@ pub(super) async fn stop(State(shared): AppState, Path(name): Path<String>) -> A
     blocking(move || {
         let outcome = library(feather_vm::lifecycle::stop(&shared.root, &name, STOP_GRACE))?;
         Ok(Json(
-            json!({ "stopped": name.to_string(), "outcome": outcome }),
+            json!({ "stopped": name.to_string(), "outcome": outcome.to_string() }),
         ))
     })
     .await
