@@ -277,8 +277,7 @@ pub fn claim_if_unused(root_dir: &Path, own_port: &str) -> Option<Claim> {
     if used_by_a_vm(&network, Some(own_port))? {
         return None;
     }
-    let removing = open_lock_file(&root_dir.join(LOCK_FILE)).ok()?;
-    removing.try_lock().ok()?;
+    let removing = take_removal_lock(root_dir, |file| file.try_lock().is_ok())?;
     Some(Claim {
         root_dir: root_dir.to_owned(),
         removing,
@@ -327,10 +326,7 @@ pub fn remove_unless_used_or_lingering(root_dir: &Path) {
     if root_dir.join(WAIT_FILE).exists() {
         return;
     }
-    let Ok(removing) = open_lock_file(&root_dir.join(LOCK_FILE)) else {
-        return;
-    };
-    if removing.try_lock().is_ok() {
+    if let Some(removing) = take_removal_lock(root_dir, |file| file.try_lock().is_ok()) {
         remove_under(root_dir, removing);
     }
 }
@@ -395,8 +391,29 @@ fn end_linger(root_dir: &Path, path: &Path, file: &File) {
 /// cannot be made, or another process held it all that time (it removes what is unused, or
 /// leaves its file for the next command).
 fn lock_removal(root_dir: &Path) -> Option<File> {
-    let removing = open_lock_file(&root_dir.join(LOCK_FILE)).ok()?;
-    crate::settings::lock_within(&removing, REMOVAL_PATIENCE).then_some(removing)
+    take_removal_lock(root_dir, |file| {
+        crate::settings::lock_within(file, REMOVAL_PATIENCE)
+    })
+}
+
+/// The root's removal lock's file, opened (made if missing) and locked by `lock`, which says
+/// whether it took the lock. A removal unlinks the file last, holding its lock: a process that
+/// opened it before that and locked it after held a lock on a file no one else would open
+/// again (the next opener makes a new one), a claim no command saw. So the lock counts only on
+/// the file its path still names; on another, it is taken again on the path's file (a few
+/// times at most: each round follows a whole removal by someone else).
+fn take_removal_lock(root_dir: &Path, lock: impl Fn(&File) -> bool) -> Option<File> {
+    let path = root_dir.join(LOCK_FILE);
+    for _ in 0..3 {
+        let removing = open_lock_file(&path).ok()?;
+        if !lock(&removing) {
+            return None;
+        }
+        if is_linked(&path, &removing) {
+            return Some(removing);
+        }
+    }
+    None
 }
 
 /// Under the root's removal lock: [`remove_under`].
@@ -467,6 +484,54 @@ fn remove_network(network: &RootNetwork, bridge: u32) {
 mod tests {
     use super::*;
     use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+
+    /// A removal unlinks the lock's file last, still holding its lock. A process waiting for
+    /// that lock on the same file took it on the unlinked file: a removal claimed that no
+    /// other command could see, since the next one makes a new file and locks that. The lock
+    /// is taken again on the file the path names.
+    #[test]
+    fn the_removal_lock_is_taken_on_the_file_its_path_names() {
+        let root =
+            std::env::temp_dir().join(format!("feather-removal-lock-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let path = root.join(LOCK_FILE);
+        let holder = open_lock_file(&path).unwrap();
+        holder.lock().unwrap();
+        let waiting = std::thread::spawn({
+            let root = root.clone();
+            move || lock_removal(&root)
+        });
+        // The waiter has opened the file (two descriptors of this process name it) and waits
+        // for its lock (lock_within polls every 5 ms).
+        let opened = || {
+            fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter(|fd| fs::read_link(fd.path()).is_ok_and(|target| target == path))
+                .count()
+        };
+        let deadline = Instant::now() + std::time::Duration::from_secs(10);
+        while opened() < 2 {
+            assert!(
+                Instant::now() < deadline,
+                "the waiter never opened the lock's file"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        let_go(&path, &holder);
+        drop(holder);
+        let taken = waiting.join().unwrap().expect("the lock is taken");
+        assert!(
+            is_linked(&path, &taken),
+            "the lock is held on an unlinked file"
+        );
+        assert!(
+            File::open(&path).unwrap().try_lock().is_err(),
+            "a new opener of the path takes the lock beside it"
+        );
+        fs::remove_dir_all(&root).unwrap();
+    }
 
     /// `rm -rf` of a root whose network lingers unlinks the wait file before the root's folder
     /// goes. The lingering process, woken by it, made the removal lock in the folder (then
