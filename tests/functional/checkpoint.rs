@@ -913,10 +913,11 @@ fn a_private_vm_s_network_changed_since_its_start_is_kept_across_a_checkpoint() 
 /// tables made, the VM's firewall entries added, its marker `network-attached` written) and
 /// lets go of the root's network lock before CRIU makes the VM's veth pair. A removal of the
 /// root's network that looked in between found no VM's port on the bridge and took the bridge
-/// and tables down under the restore: here the root's last other VM stopping, then `network
-/// down`, each of which removed them (without the restore's marker counted as a user, this
-/// test finds the bridge gone). Held there, the restore keeps the bridge through both, and its
-/// VM comes back on it with its address and firewall entries.
+/// and tables down under the restore, and CRIU failed ("Can't add interface fth… to bridge …:
+/// No such device"): here the root's last other VM stopping, its `rm`, then `network down`
+/// (without the restore's marker counted as a user, the stop took the bridge down, and so did
+/// `network down` run alone). Held there, the restore keeps the bridge through all three, and
+/// its VM comes back on it with its address and firewall entries.
 #[test]
 fn a_restore_keeps_the_root_s_network_through_removals_before_criu_makes_its_veth() {
     let feather = Feather::new("ckpt-net-removal");
@@ -967,20 +968,30 @@ fn a_restore_keeps_the_root_s_network_through_removals_before_criu_makes_its_vet
     let bridge_there = || Path::new("/sys/class/net").join(&bridge).exists();
     assert!(bridge_there(), "the restore joined the root's network");
     // The root's last other VM: its keeper looks after its stop's answer, finds no other VM's
-    // port on the bridge, and takes the network down if nothing else uses it; its end waited
-    // for (a zombie has ended).
+    // port on the bridge, and takes the network down if nothing else uses it. Its end is
+    // waited for (a zombie has ended; it flushes the VM's layer first, seconds on a busy disk).
     let keeper = feather.inspect("other")["state"]["keeper_pid"]
         .as_i64()
         .unwrap();
     feather.ok(&["stop", "other"]);
-    feather.eventually("the stopped VM's keeper has ended", || {
+    let ended = || {
         fs::read_to_string(format!("/proc/{keeper}/stat"))
             .map_or(true, |stat| stat.contains(") Z "))
-    });
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ended() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keeper {keeper} stays"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert!(
         bridge_there(),
         "{bridge} went with the last other VM's stop"
     );
+    feather.ok(&["rm", "other"]);
+    assert!(bridge_there(), "{bridge} went with the other VM's rm");
     let down = feather.run(&["network", "down"]);
     assert!(
         down.stderr.contains("a VM uses it"),
