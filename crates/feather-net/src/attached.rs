@@ -11,9 +11,11 @@
 //! VM's veth pair: a removal that looked in between found no VM's port and took the bridge and
 //! tables down under the restore, which failed, or brought its VM back without a network. (A
 //! start, and a restore whose namespace is made anew, write the marker and make the veth under
-//! one hold of that lock; a pooled namespace counts as claimed until it is taken.) A marker
-//! whose keeper is gone says nothing: the VM's namespace, and its veth with it, went with the
-//! keeper's init, and a crashed keeper's marker must not keep its root's network for good.
+//! one hold of that lock; a pooled namespace counts as claimed until it is taken, and its
+//! marker, written before, covers a look that read the bridge's ports before the entry was
+//! marked taken and the claimed entries after.) A marker whose keeper is gone says nothing:
+//! the VM's namespace, and its veth with it, went with the keeper's init, and a crashed
+//! keeper's marker must not keep its root's network for good.
 
 use std::fs;
 
