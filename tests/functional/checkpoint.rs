@@ -909,6 +909,119 @@ fn a_private_vm_s_network_changed_since_its_start_is_kept_across_a_checkpoint() 
     assert!(restored.contains(&format!("{address}/")), "{restored}");
 }
 
+/// A restore of a VM whose namespace CRIU dumped joins the root's network (the bridge and
+/// tables made, the VM's firewall entries added, its marker `network-attached` written) and
+/// lets go of the root's network lock before CRIU makes the VM's veth pair. A removal of the
+/// root's network that looked in between found no VM's port on the bridge and took the bridge
+/// and tables down under the restore, and CRIU failed ("Can't add interface fth… to bridge …:
+/// No such device"): here the root's last other VM stopping, its `rm`, then `network down`
+/// (without the restore's marker counted as a user, the stop took the bridge down, and so did
+/// `network down` run alone). Held there, the restore keeps the bridge through all three, and
+/// its VM comes back on it with its address and firewall entries.
+#[test]
+fn a_restore_keeps_the_root_s_network_through_removals_before_criu_makes_its_veth() {
+    let feather = Feather::new("ckpt-net-removal");
+    feather.require_criu();
+    for vm in ["vm", "other"] {
+        feather.ok(&["create", vm]);
+        feather.ok(&["start", vm]);
+    }
+    let view = feather.inspect("vm");
+    let address = view["network"]["address"].as_str().unwrap().to_owned();
+    let bridge = view["network"]["bridge"].as_str().unwrap().to_owned();
+    let host_end = view["network"]["host_interface"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // Changed from outside, the VM's namespace is dumped whole: CRIU makes its veth pair.
+    let init = view["state"]["init_pid"].as_i64().unwrap().to_string();
+    let status = Command::new("nsenter")
+        .args([
+            "-t",
+            &init,
+            "-n",
+            "ip",
+            "addr",
+            "add",
+            "192.0.2.7/32",
+            "dev",
+            "eth0",
+        ])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    feather.ok(&["checkpoint", "vm"]);
+    let images = feather.vm_dir("vm").join("checkpoint");
+    assert!(!images.join("external-netns").exists(), "dumped");
+
+    let mut hold = crate::support::RecordHold::before_criu("ckpt-net-removal");
+    let (variable, value) = hold.env();
+    let restoring = feather
+        .command()
+        .env(variable, value)
+        .args(["restore", "vm"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    feather.eventually("the restoring keeper waits before CRIU", || hold.awaited());
+    let bridge_there = || Path::new("/sys/class/net").join(&bridge).exists();
+    assert!(bridge_there(), "the restore joined the root's network");
+    // The root's last other VM: its keeper looks after its stop's answer, finds no other VM's
+    // port on the bridge, and takes the network down if nothing else uses it. Its end is
+    // waited for (a zombie has ended; it flushes the VM's layer first, seconds on a busy disk).
+    let keeper = feather.inspect("other")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    feather.ok(&["stop", "other"]);
+    let ended = || {
+        fs::read_to_string(format!("/proc/{keeper}/stat"))
+            .map_or(true, |stat| stat.contains(") Z "))
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !ended() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "keeper {keeper} stays"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        bridge_there(),
+        "{bridge} went with the last other VM's stop"
+    );
+    feather.ok(&["rm", "other"]);
+    assert!(bridge_there(), "{bridge} went with the other VM's rm");
+    let down = feather.run(&["network", "down"]);
+    assert!(
+        down.stderr.contains("a VM uses it"),
+        "network down leaves it: {down:?}"
+    );
+    assert!(bridge_there(), "{bridge} went with `network down`");
+    hold.release();
+    let restored = restoring.wait_with_output().unwrap();
+    assert!(restored.status.success(), "{restored:?}");
+    assert_eq!(feather.status("vm"), "running");
+
+    let master = fs::read_link(format!("/sys/class/net/{host_end}/master"));
+    assert!(
+        master.as_ref().is_ok_and(|m| m.ends_with(&bridge)),
+        "the restored VM's {host_end} is a port of {bridge}: {master:?}"
+    );
+    let inside = feather.sh("vm", "ip -br addr show eth0");
+    assert!(inside.contains(&format!("{address}/")), "{inside}");
+    assert!(inside.contains("192.0.2.7/32"), "{inside}");
+    let tables = Command::new("nft")
+        .args(["list", "table", "inet", &bridge])
+        .output()
+        .unwrap();
+    let tables = String::from_utf8_lossy(&tables.stdout);
+    assert!(
+        tables.contains(&format!("{address} : jump vm-{host_end}")),
+        "the VM's firewall entries: {tables}"
+    );
+}
+
 #[test]
 fn layers_over_other_filesystems_come_back_even_if_the_host_removed_them() {
     let feather = Feather::new("ckpt-layers");

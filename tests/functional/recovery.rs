@@ -658,6 +658,42 @@ fn a_lingering_bridge_whose_process_died_is_removed_by_the_next_command() {
     assert!(!lock.exists());
 }
 
+/// A VM's marker of an attached network (`<run>/<name>/network-attached`) counts as a user of
+/// the root's network while its keeper lives, veth or not (a restore before CRIU makes the
+/// VM's veth: checkpoint.rs). A keeper killed leaves its marker for the clean-up at the VM's
+/// next start, stop or rm; its keeper gone, that marker must not keep the root's network:
+/// `network down` takes the bridge and tables down beside it (counted whatever its keeper,
+/// it kept them for good), and the VM's `rm` removes it.
+#[test]
+fn a_killed_keeper_s_marker_does_not_keep_the_root_s_network() {
+    let (feather, _base) = running_vm("stale-marker");
+    let bridge = feather.inspect("vm")["network"]["bridge"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let marker = feather.root.join("run/vm/network-attached");
+    assert!(marker.exists(), "the running VM's marker");
+    let init = pid_of(&feather, "vm", "init_pid");
+    kill(pid_of(&feather, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    let ports = Path::new("/sys/class/net").join(&bridge).join("brif");
+    feather.eventually("its veth is gone with its namespace", || {
+        std::fs::read_dir(&ports).is_ok_and(|mut entries| entries.next().is_none())
+    });
+    assert!(marker.exists(), "left by the killed keeper");
+
+    let down = feather.run(&["network", "down"]);
+    assert_eq!(down.code, 0, "{down:?}");
+    assert!(
+        !down.stderr.contains("stays"),
+        "a dead keeper's marker kept the network: {down:?}"
+    );
+    assert_network_gone(&feather, &bridge);
+    assert!(marker.exists(), "the marker waits for the VM's clean-up");
+    feather.ok(&["rm", "vm"]);
+    assert!(!marker.exists(), "removed with the crashed VM");
+}
+
 /// What a set-aside folder's removal leaves when it is cut short once it has removed the lock
 /// file and the config (its cgroup, network and lease went before): the next command removes it,
 /// without making a new lock file in it. Before, every command's look at a set-aside folder

@@ -711,29 +711,40 @@ impl Drop for ScratchDir {
 /// `feather_vm::keeper::HOLD_RUNNING_RECORD`): a file whose lock this holds until
 /// [`RecordHold::release`] (or its drop, also when the test fails). A keeper given
 /// [`RecordHold::env`] waits there, its VM restored, stopped, and still recorded as
-/// checkpointed.
+/// checkpointed. [`RecordHold::before_criu`] holds them earlier instead.
 pub struct RecordHold {
     dir: ScratchDir,
     lock: Option<fs::File>,
+    /// The keeper's test-only variable that names the hold's file.
+    variable: &'static str,
 }
 
 impl RecordHold {
     pub fn new(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_RUNNING_RECORD)
+    }
+
+    /// A hold on restoring keepers once they have made the host side of the VM's network,
+    /// before CRIU restores the VM (`feather_vm::keeper::HOLD_BEFORE_CRIU`): the restore has
+    /// joined the root's network, and the veth pair of a namespace CRIU dumped is not made yet.
+    pub fn before_criu(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_BEFORE_CRIU)
+    }
+
+    fn at(label: &str, variable: &'static str) -> Self {
         let dir = ScratchDir::new(label);
         let lock = fs::File::create(dir.path.join("hold")).unwrap();
         lock.lock().unwrap();
         RecordHold {
             dir,
             lock: Some(lock),
+            variable,
         }
     }
 
     /// The variable and value that make a keeper (and the keepers a command starts) wait.
     pub fn env(&self) -> (&'static str, PathBuf) {
-        (
-            feather_vm::keeper::HOLD_RUNNING_RECORD,
-            self.dir.path.join("hold"),
-        )
+        (self.variable, self.dir.path.join("hold"))
     }
 
     /// Whether a process waits for the hold now, as the kernel's table of file locks says.

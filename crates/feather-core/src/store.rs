@@ -366,6 +366,13 @@ impl VmDir {
     pub fn run_dir(&self) -> &Path {
         &self.run
     }
+    /// The state root this VM's folders are in (`<root>/vms/<name>`, `<run>/<name>`), for
+    /// code given the VM alone. None for folders without those parents.
+    pub fn root(&self) -> Option<StateRoot> {
+        let dir = self.path.parent()?.parent()?;
+        let run = self.run.parent()?;
+        Some(StateRoot::with_dirs(dir.to_owned(), run.to_owned()))
+    }
     pub fn control_socket(&self) -> PathBuf {
         self.run.join("control.sock")
     }

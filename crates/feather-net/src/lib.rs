@@ -27,6 +27,7 @@
 //! ```
 
 pub mod as_made;
+mod attached;
 pub mod error;
 pub mod etc;
 pub mod firewall;
@@ -51,6 +52,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use feather_core::network::{NetMode, NetworkConfig};
+use feather_core::StateRoot;
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use serde::Serialize;
 
@@ -247,6 +249,8 @@ pub struct VethPair {
 
 /// The host side of one running VM's network, owned by its keeper.
 pub struct Attachment {
+    /// The VM's state root, whose other VMs' markers a removal of the root's network counts.
+    root: StateRoot,
     config: NetworkConfig,
     network: Option<RootNetwork>,
     host_end: String,
@@ -269,10 +273,10 @@ pub struct Attachment {
 }
 
 /// At start, before the VM's init exists: writes the VM's /etc files into `etc_dir` (see
-/// [`etc::write`]) and binds its published ports. `run_dir`: the VM's run folder, for the
-/// marker of an attached network. Returns the host side and the plan for init.
+/// [`etc::write`]) and binds its published ports. `run_dir`: the VM's run folder (in `root`'s),
+/// for the marker of an attached network. Returns the host side and the plan for init.
 pub fn prepare(
-    root_dir: &Path,
+    root: &StateRoot,
     run_dir: &Path,
     etc_dir: &Path,
     name: &str,
@@ -280,7 +284,7 @@ pub fn prepare(
     config: &NetworkConfig,
 ) -> Result<(Attachment, Inside)> {
     let network = match config.mode {
-        NetMode::Private => Some(RootNetwork::load_or_choose(root_dir)?),
+        NetMode::Private => Some(RootNetwork::load_or_choose(root.dir())?),
         NetMode::None | NetMode::Host => None,
     };
     let private = match (&network, config.address) {
@@ -316,7 +320,7 @@ pub fn prepare(
         None => None,
     };
     let pooled = match network {
-        Some(_) => pool::take(root_dir, vm_id)?,
+        Some(_) => pool::take(root.dir(), vm_id)?,
         None => None,
     };
     let interface = match (&network, private) {
@@ -331,13 +335,14 @@ pub fn prepare(
         files,
     };
     let attachment = Attachment {
+        root: root.clone(),
         config: config.clone(),
         network,
         host_end: pooled
             .as_ref()
             .map_or_else(|| host_end(vm_id), |p| p.host_end.clone()),
         published,
-        marker: run_dir.join(ATTACHED),
+        marker: run_dir.join(attached::FILE),
         removing: RefCell::new(None),
         released: Cell::new(false),
         claim: RefCell::new(None),
@@ -367,7 +372,9 @@ impl Attachment {
     }
 
     /// Written before anything of the VM's is made on the host: whatever happens next, a later
-    /// clean-up knows there may be something of this VM to remove, and which host end.
+    /// clean-up knows there may be something of this VM to remove, and which host end; and
+    /// while this keeper lives, a removal of the root's network counts the VM as its user,
+    /// before its veth is there (see attached.rs).
     fn mark(&self) -> Result<()> {
         fs::write(&self.marker, &self.host_end).map_err(|source| NetError::Io {
             path: self.marker.clone(),
@@ -378,6 +385,9 @@ impl Attachment {
     /// Before a restore: everything [`Attachment::attach`] does but the veth pair, which CRIU
     /// makes itself as it recreates the VM's network namespace, with its host end on the bridge
     /// (`--external veth[…]`). Returns that pair for CRIU, or None without a private network.
+    /// The root's network lock is let go before CRIU runs; the bridge and tables stay until the
+    /// VM's port is on the bridge because the marker written here counts as a user in every
+    /// removal's look (attached.rs).
     pub fn attach_for_restore(&self) -> Result<Option<VethPair>> {
         let pair = self.join(None, true)?;
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
@@ -577,8 +587,8 @@ impl Attachment {
     /// claimed here ([`linger::claim_if_unused`]), so that a keeper killed from here on leaves
     /// it to the root's next command rather than to no one.
     pub fn detach_keeping_bridge(&self) {
-        if let Some(network) = &self.network {
-            *self.claim.borrow_mut() = linger::claim_if_unused(network.root(), &self.host_end);
+        if self.network.is_some() {
+            *self.claim.borrow_mut() = linger::claim_if_unused(&self.root, &self.host_end);
         }
         self.detach_with(true);
     }
@@ -587,6 +597,7 @@ impl Attachment {
         self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
             *self.removing.borrow_mut() = clean_up(
+                &self.root,
                 network,
                 &self.host_end,
                 address,
@@ -612,8 +623,8 @@ impl Attachment {
     /// other port now and takes the network down (`linger::remove_if_last`). It may wait
     /// seconds for the removal lock, so the keeper calls it once the VM's layer is flushed.
     pub fn remove_root_network_if_last(&self) {
-        if let Some(network) = &self.network {
-            linger::remove_if_last(network.root());
+        if self.network.is_some() {
+            linger::remove_if_last(&self.root);
         }
     }
 }
@@ -651,51 +662,54 @@ impl Drop for Attachment {
 /// What a keeper that died without cleaning up left of a VM's network: its veth, its chains,
 /// and the bridge if no other VM of the root uses it. Looks only when the VM's run folder says
 /// it was attached, so a clean start pays nothing for it.
-pub fn remove_leftovers(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &NetworkConfig) {
-    remove_attached(root_dir, run_dir, vm_id, config, false);
+pub fn remove_leftovers(root: &StateRoot, run_dir: &Path, vm_id: &str, config: &NetworkConfig) {
+    remove_attached(root, run_dir, vm_id, config, false);
 }
 
 /// Like [`remove_leftovers`], for a throw-away VM whose teardown was handed over: the root's
 /// bridge and tables stay even if the VM was their last user, for the linger ([`linger`]) to
 /// remove unless a VM started meanwhile uses them.
 pub fn remove_leftovers_keeping_bridge(
-    root_dir: &Path,
+    root: &StateRoot,
     run_dir: &Path,
     vm_id: &str,
     config: &NetworkConfig,
 ) {
-    remove_attached(root_dir, run_dir, vm_id, config, true);
+    remove_attached(root, run_dir, vm_id, config, true);
 }
 
 fn remove_attached(
-    root_dir: &Path,
+    root: &StateRoot,
     run_dir: &Path,
     vm_id: &str,
     config: &NetworkConfig,
     keep_bridge: bool,
 ) {
-    let marker = run_dir.join(ATTACHED);
+    let marker = run_dir.join(attached::FILE);
     let Ok(recorded) = fs::read_to_string(&marker) else {
         return;
     };
     if let (NetMode::Private, Some(address)) = (config.mode, config.address) {
-        if let Ok(Some(network)) = RootNetwork::load(root_dir) {
+        if let Ok(Some(network)) = RootNetwork::load(root.dir()) {
             // A marker of an older build is empty: the host end was always the VM's own.
             let host_end = match recorded.trim() {
                 "" => host_end(vm_id),
                 recorded => recorded.to_owned(),
             };
-            if let Some(removing) =
-                clean_up(&network, &host_end, address, config.egress, keep_bridge)
-            {
+            if let Some(removing) = clean_up(
+                root,
+                &network,
+                &host_end,
+                address,
+                config.egress,
+                keep_bridge,
+            ) {
                 removing.join();
             }
         }
     }
     let _ = fs::remove_file(marker);
 }
-
-const ATTACHED: &str = "network-attached";
 
 /// The thread [`clean_up`] starts, and its word that what it removes is gone: once the links
 /// are deleted and the firewall change committed, before the close of its nftables socket,
@@ -722,9 +736,11 @@ impl Removal {
 }
 
 /// On a thread of its own, holding the root's network lock: deletes the VM's veth, then either
-/// its firewall entries or, if it was the bridge's last port (and not `keep_bridge`), the bridge
-/// and both tables. The thread blocks every signal (they belong to the keeper's main thread).
+/// its firewall entries or, if no other VM uses the root's network (and not `keep_bridge`), the
+/// bridge and both tables. The thread blocks every signal (they belong to the keeper's main
+/// thread).
 fn clean_up(
+    root: &StateRoot,
     network: &RootNetwork,
     host_end: &str,
     address: Ipv4Addr,
@@ -740,6 +756,7 @@ fn clean_up(
     };
     let mut netlink = Netlink::open().ok()?;
     let network = network.clone();
+    let root = root.clone();
     let host_end = host_end.to_owned();
     let (told, removed) = std::sync::mpsc::channel();
     let work = move || {
@@ -749,8 +766,7 @@ fn clean_up(
         // Spare pooled pairs are no VM's: they go with the bridge, unless a refill is under
         // way (whose process lingers, and removes the bridge and the pool after it).
         let in_use = keep_bridge
-            || pool::vm_port_on_bridge(&network, Some(&host_end)) == Some(true)
-            || pool::has_claimed(network.root())
+            || linger::in_use(&root, &network, Some(&host_end))
             || !pool::try_drain(&network);
         // The veth is usually still there: the kernel tears the VM's namespace down in the
         // background. Deleting it and committing the nftables change each wait for RCU grace
@@ -848,7 +864,7 @@ pub fn view(root_dir: &Path, run_dir: &Path, vm_id: &str, config: &NetworkConfig
         gateway: network.as_ref().map(RootNetwork::gateway),
         bridge: network.as_ref().map(|n| n.bridge.clone()),
         host_interface: network.as_ref().map(|_| {
-            fs::read_to_string(run_dir.join(ATTACHED))
+            fs::read_to_string(run_dir.join(attached::FILE))
                 .ok()
                 .map(|recorded| recorded.trim().to_owned())
                 .filter(|recorded| !recorded.is_empty())

@@ -13,6 +13,10 @@
 //! <root>/network-linger.lock   held while a process removes the network if unused
 //! ```
 //!
+//! - "Unless a VM uses them", everywhere below, is one look ([`in_use`]): a VM's port on
+//!   the bridge, a pooled namespace claimed, or a live keeper's marker of an attached network
+//!   (attached.rs), which covers a restore between its join of the root's network and CRIU's
+//!   making of the VM's veth.
 //! - The finisher of a VM's teardown takes the wait file ([`begin`]) before it removes the VM's
 //!   folder, which commands that wait for teardowns wait for: at every moment one of the two
 //!   files says that something may be left.
@@ -44,12 +48,14 @@
 
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime};
+
+use feather_core::StateRoot;
 
 use crate::netlink::{index_of, Netlink};
 use crate::settings::{open_lock_file, RootNetwork};
-use crate::{firewall, pool};
+use crate::{attached, firewall, pool};
 
 /// The environment variable that sets how long, in seconds, the root's network waits for a
 /// next VM after its last throw-away VM.
@@ -101,7 +107,7 @@ pub fn period() -> crate::error::Result<Duration> {
 /// The root's linger, begun by a throw-away VM's finisher once the VM's network is gone from
 /// the bridge, before the VM's folder goes ([`begin`]).
 pub struct Lingering<'a> {
-    root_dir: &'a Path,
+    root: &'a StateRoot,
     /// The wait file, locked: this process lingers. None: another one does, and was told of
     /// this VM's end.
     waiting: Option<File>,
@@ -109,14 +115,14 @@ pub struct Lingering<'a> {
 
 /// Moves the root's linger on to now: takes the wait file if no process lingers, else tells
 /// the one that does.
-pub fn begin(root_dir: &Path) -> Lingering<'_> {
-    let path = root_dir.join(WAIT_FILE);
+pub fn begin(root: &StateRoot) -> Lingering<'_> {
+    let path = root.dir().join(WAIT_FILE);
     loop {
         let Ok(file) = open_lock_file(&path) else {
             // Nothing can linger: the network goes now, unless a VM uses it.
-            remove_if_unused(root_dir);
+            remove_if_unused(root);
             return Lingering {
-                root_dir,
+                root,
                 waiting: None,
             };
         };
@@ -128,7 +134,7 @@ pub fn begin(root_dir: &Path) -> Lingering<'_> {
             continue;
         }
         let waiting = locked.then_some(file);
-        return Lingering { root_dir, waiting };
+        return Lingering { root, waiting };
     }
 }
 
@@ -141,14 +147,14 @@ impl Lingering<'_> {
         let Some(file) = self.waiting else {
             return;
         };
-        let path = self.root_dir.join(WAIT_FILE);
+        let path = self.root.dir().join(WAIT_FILE);
         // Unlinked by another process, this one makes and removes nothing: `end` removes what
         // is unused itself once this process is gone, and a root's folder being removed (whose
         // `rm -rf` unlinks the wait file before the folder goes) must not get a file made in
         // it: the removal lock made then kept the folder from going (ENOTEMPTY), and its unlink
         // after left the folder there, empty.
         if wait_out(&path, &file, period) == Waited::PeriodOver {
-            end_linger(self.root_dir, &path, &file);
+            end_linger(self.root, &path, &file);
         }
         std::mem::forget(file);
     }
@@ -230,20 +236,20 @@ pub enum Ended {
 
 /// `feather network down`: ends the root's lingering, waiting for the process that lingers,
 /// and removes the root's bridge, tables and pool unless a VM uses them.
-pub fn end(root_dir: &Path) -> Ended {
-    let path = root_dir.join(WAIT_FILE);
+pub fn end(root: &StateRoot) -> Ended {
+    let path = root.dir().join(WAIT_FILE);
     if let Ok(file) = File::open(&path) {
         let _ = fs::remove_file(&path);
         // The unlink wakes the lingering process, which ends without removing anything (this
         // command does, below); it holds the lock until it is gone: wait for it.
         let _ = file.lock();
     }
-    let removing = lock_removal(root_dir);
+    let removing = lock_removal(root.dir());
     let taken = removing.is_some();
     if let Some(removing) = removing {
-        remove_under(root_dir, removing);
+        remove_under(root, removing);
     }
-    let stays = RootNetwork::load(root_dir)
+    let stays = RootNetwork::load(root.dir())
         .ok()
         .flatten()
         .is_some_and(|network| index_of(&network.bridge).is_some());
@@ -259,37 +265,53 @@ pub fn end(root_dir: &Path) -> Ended {
 /// ([`Claim::remove`]). A keeper killed in between leaves the lock's file unlocked, which the
 /// root's next command takes for a removal left undone ([`settle`]).
 pub struct Claim {
-    root_dir: PathBuf,
+    root: StateRoot,
     removing: File,
 }
 
 /// For a kept VM's keeper, before it records the VM's stop: the removal of the root's bridge,
 /// tables and pool claimed if the VM (whose bridge port is `own_port`) was their last user,
-/// as far as a look without any lock can tell: the bridge is there, no other VM's port is on
-/// it, no pooled namespace is claimed, and no process lingers for the next throw-away VM
-/// (whose end removes them). None otherwise, and when another process holds the removal lock
-/// (it removes what is unused).
-pub fn claim_if_unused(root_dir: &Path, own_port: &str) -> Option<Claim> {
-    if root_dir.join(WAIT_FILE).exists() {
+/// as far as a look without any lock can tell: the bridge is there, no other VM uses it
+/// ([`used_by_a_vm`]), and no process lingers for the next throw-away VM (whose end removes
+/// them). None otherwise, and when another process holds the removal lock (it removes what is
+/// unused).
+pub fn claim_if_unused(root: &StateRoot, own_port: &str) -> Option<Claim> {
+    if root.dir().join(WAIT_FILE).exists() {
         return None;
     }
-    let network = RootNetwork::load(root_dir).ok().flatten()?;
-    if used_by_a_vm(&network, Some(own_port))? {
+    let network = RootNetwork::load(root.dir()).ok().flatten()?;
+    if used_by_a_vm(root, &network, Some(own_port))? {
         return None;
     }
-    let removing = take_removal_lock(root_dir, |file| file.try_lock().is_ok())?;
+    let removing = take_removal_lock(root.dir(), |file| file.try_lock().is_ok())?;
     Some(Claim {
-        root_dir: root_dir.to_owned(),
+        root: root.clone(),
         removing,
     })
 }
 
 /// Whether a VM other than the one whose bridge port is `own_port` uses the root's network, as
-/// far as a look without any lock can tell: a VM's port on the bridge, or a pooled namespace
-/// claimed. None when the bridge is not there.
-fn used_by_a_vm(network: &RootNetwork, own_port: Option<&str>) -> Option<bool> {
-    let used = pool::vm_port_on_bridge(network, own_port)?;
-    Some(used || pool::has_claimed(network.root()))
+/// far as a look without any lock can tell ([`in_use`]). None when the bridge is not there.
+fn used_by_a_vm(root: &StateRoot, network: &RootNetwork, own_port: Option<&str>) -> Option<bool> {
+    let on_bridge = pool::vm_port_on_bridge(network, own_port)?;
+    Some(on_bridge || used_off_the_bridge(root, network, own_port))
+}
+
+/// Whether a VM other than the one whose bridge port is `own_port` uses the root's network: a
+/// VM's port on the bridge, a pooled namespace claimed, or a live VM's marker of an attached
+/// network, written before its veth is made (a restore's, whose veth CRIU makes after the
+/// restore let go of the root's network lock: see attached.rs). The look of every removal of
+/// the root's bridge, tables and pool, under the root's network lock ([`remove_unused`], and
+/// `clean_up` in lib.rs); [`used_by_a_vm`] is the same look before any lock.
+pub(crate) fn in_use(root: &StateRoot, network: &RootNetwork, own_port: Option<&str>) -> bool {
+    pool::vm_port_on_bridge(network, own_port) == Some(true)
+        || used_off_the_bridge(root, network, own_port)
+}
+
+/// A user of the root's network with no port on the bridge (yet): a pooled namespace claimed,
+/// or a live VM's marker.
+fn used_off_the_bridge(root: &StateRoot, network: &RootNetwork, own_port: Option<&str>) -> bool {
+    pool::has_claimed(network.root()) || attached::in_use(root, own_port)
 }
 
 /// For a kept VM's keeper that did not claim the removal of its root's network
@@ -298,15 +320,15 @@ fn used_by_a_vm(network: &RootNetwork, own_port: Option<&str>) -> Option<bool> {
 /// deleted, and neither claimed: the one whose veth goes last sees no other port here. A
 /// removal under way is waited for (at most [`REMOVAL_PATIENCE`]): its look under the network
 /// lock may have come before this VM's veth went. Beside a VM's port it leaves at once.
-pub fn remove_if_last(root_dir: &Path) {
-    if root_dir.join(WAIT_FILE).exists() {
+pub fn remove_if_last(root: &StateRoot) {
+    if root.dir().join(WAIT_FILE).exists() {
         return;
     }
-    let Some(network) = RootNetwork::load(root_dir).ok().flatten() else {
+    let Some(network) = RootNetwork::load(root.dir()).ok().flatten() else {
         return;
     };
-    if used_by_a_vm(&network, None) == Some(false) {
-        remove_if_unused(root_dir);
+    if used_by_a_vm(root, &network, None) == Some(false) {
+        remove_if_unused(root);
     }
 }
 
@@ -315,19 +337,19 @@ impl Claim {
     /// meanwhile (looked at again under the root's network lock). Waits for no other lock
     /// past [`PATIENCE`]: the removal is then left to the root's next command.
     pub fn remove(self) {
-        remove_under(&self.root_dir, self.removing);
+        remove_under(&self.root, self.removing);
     }
 }
 
 /// After a kept VM's `rm`: a keeper killed before its stop was recorded leaves its root's
 /// bridge, tables and pool, which go unless a VM uses them, or a process lingers for the next
 /// throw-away VM, whose end removes them. A removal under way is left to whoever holds it.
-pub fn remove_unless_used_or_lingering(root_dir: &Path) {
-    if root_dir.join(WAIT_FILE).exists() {
+pub fn remove_unless_used_or_lingering(root: &StateRoot) {
+    if root.dir().join(WAIT_FILE).exists() {
         return;
     }
-    if let Some(removing) = take_removal_lock(root_dir, |file| file.try_lock().is_ok()) {
-        remove_under(root_dir, removing);
+    if let Some(removing) = take_removal_lock(root.dir(), |file| file.try_lock().is_ok()) {
+        remove_under(root, removing);
     }
 }
 
@@ -336,21 +358,21 @@ pub fn remove_unless_used_or_lingering(root_dir: &Path) {
 /// a removal under way is waited for, and a pool left without a lingering process (its VM ran
 /// past the linger, or a refill was killed) is looked at too. A live lingering process is not
 /// waited for.
-pub fn settle(root_dir: &Path, wait: bool) {
-    let waiting = root_dir.join(WAIT_FILE);
+pub fn settle(root: &StateRoot, wait: bool) {
+    let waiting = root.dir().join(WAIT_FILE);
     if let Ok(file) = File::open(&waiting) {
         if file.try_lock().is_ok() && is_linked(&waiting, &file) {
-            end_linger(root_dir, &waiting, &file);
+            end_linger(root, &waiting, &file);
         }
         return;
     }
-    let removing = root_dir.join(LOCK_FILE);
-    let orphaned_pool = wait && pool::has_entries(root_dir);
+    let removing = root.dir().join(LOCK_FILE);
+    let orphaned_pool = wait && pool::has_entries(root.dir());
     if !removing.exists() && !orphaned_pool {
         return;
     }
     if wait || File::open(&removing).is_ok_and(|file| file.try_lock().is_ok()) {
-        remove_if_unused(root_dir);
+        remove_if_unused(root);
     }
 }
 
@@ -379,11 +401,11 @@ fn let_go(path: &Path, file: &File) {
 /// Holding the wait file `file` (at `path`): takes the removal lock, lets the wait file go, and
 /// removes the network unless a VM uses it. The removal lock before the wait file goes: a crash
 /// leaves one or the other.
-fn end_linger(root_dir: &Path, path: &Path, file: &File) {
-    let removing = lock_removal(root_dir);
+fn end_linger(root: &StateRoot, path: &Path, file: &File) {
+    let removing = lock_removal(root.dir());
     let_go(path, file);
     if let Some(removing) = removing {
-        remove_under(root_dir, removing);
+        remove_under(root, removing);
     }
 }
 
@@ -417,17 +439,18 @@ fn take_removal_lock(root_dir: &Path, lock: impl Fn(&File) -> bool) -> Option<Fi
 }
 
 /// Under the root's removal lock: [`remove_under`].
-fn remove_if_unused(root_dir: &Path) {
-    if let Some(removing) = lock_removal(root_dir) {
-        remove_under(root_dir, removing);
+fn remove_if_unused(root: &StateRoot) {
+    if let Some(removing) = lock_removal(root.dir()) {
+        remove_under(root, removing);
     }
 }
 
 /// Holding the root's removal lock (`removing`), then the pool's refill lock and the root's
-/// network lock: the bridge, its tables and the pool go if no VM's port is on the bridge and
-/// no VM claimed a pooled namespace. The lock's file goes last; it stays, for the next command
-/// to finish the removal, when the refill or the network lock stayed taken past [`PATIENCE`].
-fn remove_under(root_dir: &Path, removing: File) {
+/// network lock: the bridge, its tables and the pool go if no VM uses them ([`in_use`]).
+/// The lock's file goes last; it stays, for the next command to finish the removal, when the
+/// refill or the network lock stayed taken past [`PATIENCE`].
+fn remove_under(root: &StateRoot, removing: File) {
+    let root_dir = root.dir();
     if let Ok(Some(network)) = RootNetwork::load(root_dir) {
         // A loop of `run --rm` takes pooled namespaces one after another, and between two of
         // them no VM may be on the bridge: the pool and the bridge stay while VMs keep coming.
@@ -446,7 +469,7 @@ fn remove_under(root_dir: &Path, removing: File) {
             };
             // What a killed refill or keeper left goes even while VMs use the bridge.
             pool::clean_stale_locked(&network, false);
-            remove_unused(&network);
+            remove_unused(root, &network);
             true
         });
         if done != Some(true) {
@@ -457,10 +480,9 @@ fn remove_under(root_dir: &Path, removing: File) {
 }
 
 /// Holding the root's network lock: the bridge, tables and pool, if no VM uses them.
-fn remove_unused(network: &RootNetwork) {
+fn remove_unused(root: &StateRoot, network: &RootNetwork) {
     if let Some(bridge) = index_of(&network.bridge) {
-        let used = pool::vm_port_on_bridge(network, None) == Some(true);
-        if used || pool::has_claimed(network.root()) {
+        if in_use(root, network, None) {
             return;
         }
         remove_network(network, bridge);
@@ -543,7 +565,8 @@ mod tests {
             std::env::temp_dir().join(format!("feather-linger-removed-{}", std::process::id()));
         let _ = fs::remove_dir_all(&root);
         fs::create_dir_all(&root).unwrap();
-        let lingering = begin(&root);
+        let state_root = StateRoot::new(Some(root.clone()));
+        let lingering = begin(&state_root);
         assert!(lingering.waiting.is_some(), "this process lingers");
         // Everything made in the root from here on is queued here.
         let made = Inotify::init(InitFlags::IN_NONBLOCK | InitFlags::IN_CLOEXEC).unwrap();

@@ -173,9 +173,16 @@ type Recording = std::thread::JoinHandle<feather_core::Result<()>>;
 /// stands. Unset (always, outside tests), nothing waits.
 pub const HOLD_RUNNING_RECORD: &str = "FEATHER_TEST_HOLD_RUNNING_RECORD";
 
-/// Waits for the lock of the file [`HOLD_RUNNING_RECORD`] names, if it is set.
-fn held_by_test() {
-    let Some(path) = std::env::var_os(HOLD_RUNNING_RECORD) else {
+/// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a restoring keeper waits for
+/// once it has made the host side of the VM's network, before CRIU restores the VM (and makes
+/// the veth pair of a namespace it dumped), so that a test acts while the restore has joined
+/// the root's network and the VM has no port on its bridge yet. Unset, nothing waits.
+pub const HOLD_BEFORE_CRIU: &str = "FEATHER_TEST_HOLD_BEFORE_CRIU";
+
+/// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
+/// [`HOLD_BEFORE_CRIU`]), if it is set.
+fn held_by_test(variable: &str) {
+    let Some(path) = std::env::var_os(variable) else {
         return;
     };
     if let Ok(file) = File::open(path) {
@@ -252,7 +259,7 @@ impl Keeper {
         let cgroup = cgroup_of(&config);
         let memory_layer = layers::MemoryLayer::for_vm(&config)?;
         let (mut network, inside) = feather_net::prepare(
-            root.dir(),
+            root,
             vm.run_dir(),
             &etc_dir(vm, memory_layer.as_ref()),
             name.as_str(),
@@ -400,7 +407,7 @@ impl Keeper {
         // The host side of a private network (bridge, firewall entries, published ports) is
         // made as at a start; CRIU makes the veth pair itself, with its host end on the bridge.
         let (mut network, _) = feather_net::prepare(
-            root.dir(),
+            root,
             vm.run_dir(),
             &feather_net::etc::dir(vm.run_dir()),
             name.as_str(),
@@ -437,6 +444,7 @@ impl Keeper {
         } else {
             "restore: host side attached (CRIU makes the namespace)"
         });
+        held_by_test(HOLD_BEFORE_CRIU);
         // The namespace's veth pair, address and firewall entries are made while CRIU starts.
         let wire = |netns: &std::os::fd::OwnedFd| {
             let wired = network.wire_restored(netns).map_err(|e| VmError::Net {
@@ -681,14 +689,14 @@ impl Keeper {
         let state = self.running_record();
         let vm = self.vm.clone();
         std::thread::spawn(move || {
-            held_by_test();
+            held_by_test(HOLD_RUNNING_RECORD);
             vm.write_state(&state, Durability::Durable)
         })
     }
 
     /// A restored VM's record as running.
     fn record_running(&self, durability: Durability) -> Result<()> {
-        held_by_test();
+        held_by_test(HOLD_RUNNING_RECORD);
         Ok(self.vm.write_state(&self.running_record(), durability)?)
     }
 
@@ -1432,12 +1440,11 @@ pub fn remove_throw_away_leftovers(vm: &VmDir, config: &VmConfig) {
 fn remove_leftovers_with(
     vm: &VmDir,
     config: &VmConfig,
-    network: fn(&std::path::Path, &std::path::Path, &str, &feather_core::NetworkConfig),
+    network: fn(&StateRoot, &std::path::Path, &str, &feather_core::NetworkConfig),
 ) {
     remove_group(&cgroup_path(config), vm.name());
-    // <root>/vms/<name>: the VM's state root is two folders up.
-    if let Some(root) = vm.path().parent().and_then(|vms| vms.parent()) {
-        network(root, vm.run_dir(), &config.id, &config.network);
+    if let Some(root) = vm.root() {
+        network(&root, vm.run_dir(), &config.id, &config.network);
     }
     let _ = fs::remove_dir_all(vm.run_dir());
     // A record a keeper killed while init assembled the root had staged (never committed).

@@ -419,7 +419,7 @@ pub fn settle_throw_aways(root: &StateRoot, wait: bool) {
             finish_throw_away(root, &aside, keeper::remove_leftovers);
         }
     }
-    feather_net::linger::settle(root.dir(), wait);
+    feather_net::linger::settle(root, wait);
 }
 
 /// What `feather network down` did with the root's network.
@@ -428,7 +428,7 @@ pub use feather_net::linger::Ended as NetworkDown;
 /// `feather network down`: the root's bridge and tables go now, unless a VM uses them, rather
 /// than when the linger after its last throw-away VM ends (feather_net::linger).
 pub fn take_network_down(root: &StateRoot) -> NetworkDown {
-    feather_net::linger::end(root.dir())
+    feather_net::linger::end(root)
 }
 
 /// In the process a foreground `run --rm` handed its teardown to (see `Keeper::hand_off`),
@@ -451,7 +451,7 @@ pub fn finish_handed_off<'a>(
             .iter()
             .any(|other| other.path() != aside.path());
         feather_net::linger::refill_pool_if_in_demand(root.dir(), others_finishing);
-        feather_net::linger::begin(root.dir())
+        feather_net::linger::begin(root)
     });
     // The VM's folder goes last: until then every command that waits for teardowns waits for
     // this process by the folder's keeper lock, its refill included. Gone first, it left a
@@ -562,7 +562,7 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     // is left to remove: a look at the bridge's index). A removal under way (a stop's keeper's,
     // right after its answer) is not waited for.
     if config.network.mode == feather_core::NetMode::Private {
-        feather_net::linger::remove_unless_used_or_lingering(root.dir());
+        feather_net::linger::remove_unless_used_or_lingering(root);
     }
     Ok(())
 }
