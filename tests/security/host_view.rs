@@ -403,9 +403,13 @@ fn restore_held(
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    feather.eventually("the restoring keeper waits before its record", || {
-        hold.awaited()
-    });
+    // The restore waits for the checkpointing keeper's end first (up to 60 s: it flushes the
+    // VM's layer after its answer).
+    feather.eventually_within(
+        "the restoring keeper waits before its record",
+        std::time::Duration::from_secs(60),
+        || hold.awaited(),
+    );
     (hold, restoring)
 }
 

@@ -193,7 +193,14 @@ impl Feather {
 
     /// Waits up to 10 s for `check` to hold.
     pub fn eventually(&self, what: &str, check: impl Fn() -> bool) {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.eventually_within(what, Duration::from_secs(10), check)
+    }
+
+    /// Waits up to `patience` for `check` to hold: for what waits on something slow itself (a
+    /// restore waits up to 60 s for the checkpointing keeper to end, whose layer's flush takes
+    /// seconds on a busy disk).
+    pub fn eventually_within(&self, what: &str, patience: Duration, check: impl Fn() -> bool) {
+        let deadline = Instant::now() + patience;
         while !check() {
             assert!(Instant::now() < deadline, "timed out waiting until {what}");
             std::thread::sleep(Duration::from_millis(20));

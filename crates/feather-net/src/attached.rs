@@ -60,3 +60,87 @@ fn keeper_lives(vm: &VmDir) -> bool {
         process::start_ticks(pid) == Some(started) && process::is_alive(pid)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+
+    /// A state root of its own under the temporary folder, removed when dropped.
+    struct Root(StateRoot, PathBuf);
+
+    impl Root {
+        fn new(label: &str) -> Root {
+            let top = std::env::temp_dir()
+                .join(format!("feather-attached-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&top);
+            let root = StateRoot::with_dirs(top.join("state"), top.join("run"));
+            Root(root, top)
+        }
+
+        /// VM `name` with its marker naming `host_end` and `record` as its keeper lock's text.
+        fn vm(&self, name: &str, host_end: &str, record: &str) {
+            let (vms, run) = (
+                self.0.dir().join("vms").join(name),
+                self.0.run_dir().join(name),
+            );
+            fs::create_dir_all(&vms).unwrap();
+            fs::create_dir_all(&run).unwrap();
+            fs::write(vms.join("keeper.lock"), record).unwrap();
+            fs::write(run.join(FILE), host_end).unwrap();
+        }
+    }
+
+    impl Drop for Root {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.1);
+        }
+    }
+
+    fn this_process(started: u64) -> String {
+        let boot = fs::read_to_string(Path::new("/proc/sys/kernel/random/boot_id")).unwrap();
+        format!("{} {started} {}\n", std::process::id(), boot.trim())
+    }
+
+    fn own_ticks() -> u64 {
+        process::start_ticks(Pid::this()).unwrap()
+    }
+
+    #[test]
+    fn a_marker_counts_while_its_recorded_keeper_lives() {
+        let root = Root::new("live");
+        root.vm("a", "fth1", &this_process(own_ticks()));
+        assert!(in_use(&root.0, None));
+        assert!(in_use(&root.0, Some("fth2")), "another VM's marker counts");
+        assert!(
+            !in_use(&root.0, Some("fth1")),
+            "the caller's own marker does not"
+        );
+    }
+
+    #[test]
+    fn a_marker_of_a_keeper_that_is_gone_does_not_count() {
+        let root = Root::new("gone");
+        // Its pid now names a process that started at another time (the pid was reused).
+        root.vm("a", "fth1", &this_process(own_ticks() + 1));
+        // A record of another boot.
+        let other_boot = format!(
+            "{} {} 00000000-0000-0000-0000-000000000000\n",
+            std::process::id(),
+            own_ticks()
+        );
+        root.vm("b", "fth2", &other_boot);
+        // No record at all (an older keeper), and a garbled one.
+        root.vm("c", "fth3", "");
+        root.vm("d", "fth4", "not a record");
+        assert!(!in_use(&root.0, None));
+    }
+
+    #[test]
+    fn a_set_aside_vm_s_marker_does_not_count() {
+        let root = Root::new("aside");
+        // A throw-away VM set aside for its teardown: its name is no VM's name.
+        root.vm(".removing-a", "fth1", &this_process(own_ticks()));
+        assert!(!in_use(&root.0, None));
+    }
+}

@@ -596,15 +596,19 @@ impl Attachment {
     fn detach_with(&self, keep_bridge: bool) {
         self.gone.store(true, Ordering::Relaxed);
         if let (Some(network), Some(address)) = (&self.network, self.config.address) {
-            *self.removing.borrow_mut() = clean_up(
+            let removal = clean_up(
                 &self.root,
                 network,
                 &self.host_end,
+                &self.marker,
                 address,
                 self.config.egress,
                 keep_bridge,
             );
-            let _ = fs::remove_file(&self.marker);
+            if removal.is_none() {
+                let _ = fs::remove_file(&self.marker);
+            }
+            *self.removing.borrow_mut() = removal;
         }
     }
 
@@ -700,6 +704,7 @@ fn remove_attached(
                 root,
                 &network,
                 &host_end,
+                &marker,
                 address,
                 config.egress,
                 keep_bridge,
@@ -743,6 +748,7 @@ fn clean_up(
     root: &StateRoot,
     network: &RootNetwork,
     host_end: &str,
+    marker: &Path,
     address: Ipv4Addr,
     egress: bool,
     keep_bridge: bool,
@@ -758,6 +764,7 @@ fn clean_up(
     let network = network.clone();
     let root = root.clone();
     let host_end = host_end.to_owned();
+    let marker = marker.to_owned();
     let (told, removed) = std::sync::mpsc::channel();
     let work = move || {
         let _lock = lock;
@@ -795,6 +802,10 @@ fn clean_up(
             }
             let _ = told.send(());
         });
+        // Last, under the root's lock if taken: a removal that looks next finds this VM gone
+        // with its veth (before, the caller removed it beside this thread, and a removal that
+        // looked in between kept the bridge for a VM that was ending).
+        let _ = fs::remove_file(&marker);
     };
     let mut old = SigSet::empty();
     let _ = pthread_sigmask(

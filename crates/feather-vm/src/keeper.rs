@@ -212,16 +212,22 @@ fn holds_mounts(config: &VmConfig, foreground: bool) -> bool {
 /// The VM's keeper lock, taken, with this process recorded in it (pid and start time): the
 /// lock goes as this process's descriptors close, before the kernel has unmounted what its
 /// hold on the VM's mount namespace kept, so a start waits for the process itself
-/// (`lifecycle::await_last_keeper`).
+/// (`lifecycle::await_last_keeper`); and a removal of the root's network tells a live VM's
+/// `network-attached` marker from a dead keeper's by it (feather_net's `attached`). Never
+/// left unrecorded: the last keeper's record would stand for this one.
 fn take_keeper_lock(vm: &VmDir) -> Result<File> {
     let name = vm.name();
     let lock = vm
         .lock_keeper()?
         .ok_or_else(|| failed(name, "is already running"))?;
-    if let Some(started) = process::start_ticks(nix::unistd::Pid::this()) {
-        VmDir::record_keeper(&lock, std::process::id(), started)
-            .map_err(io(name, "recording its keeper in keeper.lock"))?;
-    }
+    let started = process::start_ticks(nix::unistd::Pid::this()).ok_or_else(|| {
+        failed(
+            name,
+            "its keeper cannot read its own start time in /proc/self/stat (is /proc mounted?)",
+        )
+    })?;
+    VmDir::record_keeper(&lock, std::process::id(), started)
+        .map_err(io(name, "recording its keeper in keeper.lock"))?;
     Ok(lock)
 }
 
