@@ -1163,3 +1163,84 @@ fn a_namespace_a_vm_makes_in_a_user_namespace_hides_a_late_root_for_good() {
     );
     assert_eq!(a.sh("w", &seen_by(pid, &late.root)), "end\n");
 }
+
+/// The peer groups (`shared:N`, and `master:N` of a slave) of the mounts of the process
+/// `pid`'s mount namespace, as its mountinfo lists them: the kernel numbers them host-wide.
+fn peer_groups(pid: &str) -> std::collections::BTreeSet<String> {
+    let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    mountinfo
+        .lines()
+        .flat_map(|line| line.split(" - ").next().unwrap_or("").split(' '))
+        .filter_map(|field| {
+            field
+                .strip_prefix("shared:")
+                .or_else(|| field.strip_prefix("master:"))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A tmpfs mounted on the host at `path` and made shared, as systemd makes the host's mounts;
+/// unmounted and removed on drop.
+struct SharedTmpfs(std::path::PathBuf);
+
+impl SharedTmpfs {
+    fn new(path: std::path::PathBuf) -> Self {
+        fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=0700", "feather-test"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mounted = SharedTmpfs(path);
+        let status = Command::new("mount")
+            .arg("--make-shared")
+            .arg(&mounted.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        mounted
+    }
+}
+
+impl Drop for SharedTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A VM's tree is shared within the VM, so that what the host hides in its init's mount
+/// namespace reaches its other namespaces; it must share nothing with the host's, where a
+/// mount would then travel both ways (the host's mounts into the VM, the VM's hiding and
+/// hand-overs onto the host). Its namespace is made private before anything is mounted in
+/// it, then shared: its peer groups are its own, after a start and after a restore (CRIU
+/// rebuilds them), even where the VM's folders lie on a shared mount of the host's (here its
+/// state root; systemd makes every mount shared). Without the first step the VM does not
+/// start there (pivot_root refuses a shared parent).
+#[test]
+fn a_vms_shared_mounts_share_no_peer_group_with_the_host() {
+    let folder = crate::support::HostDir::new("host-view-peer-groups");
+    let shared = SharedTmpfs::new(folder.0.join("root"));
+    let a = Feather::at(shared.0.clone());
+    start_host_vm(&a, "w");
+    let host: std::collections::BTreeSet<String> = ["1", "self"]
+        .iter()
+        .flat_map(|pid| peer_groups(pid))
+        .collect();
+    let started = peer_groups(&init_pid(&a, "w"));
+    assert!(!started.is_empty(), "the VM's tree is shared within it");
+    assert!(
+        started.is_disjoint(&host),
+        "started: {started:?}, host: {host:?}"
+    );
+    a.ok(&["checkpoint", "w"]);
+    a.ok(&["restore", "w"]);
+    let restored = peer_groups(&init_pid(&a, "w"));
+    assert!(!restored.is_empty(), "CRIU rebuilt the VM's peer groups");
+    assert!(
+        restored.is_disjoint(&host),
+        "restored: {restored:?}, host: {host:?}"
+    );
+}
