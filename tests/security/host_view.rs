@@ -982,3 +982,269 @@ fn the_first_command_of_a_vm_sees_nothing_of_the_hosts_root() {
     );
     assert_eq!(threads.lines().count(), 1, "init's threads: {threads:?}");
 }
+
+/// Starts a unit `sleeper` with `PrivateTmp=` in VM `vm` (its spawner gives it a mount
+/// namespace of its own) and returns its main process's pid, as the VM sees it.
+fn private_tmp_unit(feather: &Feather, vm: &str) -> i64 {
+    feather.sh(
+        vm,
+        "mkdir -p /etc/systemd/system && printf '[Service]\\nPrivateTmp=yes\\n\
+         ExecStart=/bin/sleep 1000\\n' > /etc/systemd/system/sleeper.service",
+    );
+    feather.ok(&["service", "start", vm, "sleeper"]);
+    let list: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["service", "ls", vm, "--json"])).unwrap();
+    let sleeper = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "sleeper.service")
+        .unwrap_or_else(|| panic!("no sleeper.service in {list}"));
+    assert_eq!(sleeper["sub"], "running", "{sleeper}");
+    let pid = sleeper["main_pid"].as_i64().unwrap();
+    // Its own mount namespace, not init's: what the host mounts in init's is looked at there.
+    let namespaces = feather.sh(
+        vm,
+        &format!("readlink /proc/self/ns/mnt; readlink /proc/{pid}/ns/mnt"),
+    );
+    let lines: Vec<&str> = namespaces.lines().collect();
+    assert!(lines.len() == 2 && lines[0] != lines[1], "{namespaces}");
+    pid
+}
+
+/// A state root outside the host's `/tmp` (and `/var/tmp`), where a unit with `PrivateTmp=`
+/// sees the host's tree through its VM's: the fixture's roots lie under `/tmp`, which such a
+/// unit does not see at all. Made empty; removed on drop as any other.
+fn root_outside_tmp(label: &str) -> Feather {
+    let dir = std::path::PathBuf::from(format!(
+        "/srv/feather-test-root-{label}-{}",
+        std::process::id()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).unwrap();
+    Feather::at(dir)
+}
+
+/// What process `pid` of a VM over the host's root sees (in its mount namespace, through
+/// `/proc/<pid>/root`) of the folder `root`: "end" alone once hidden.
+fn seen_by(pid: i64, root: &Path) -> String {
+    format!(
+        "ls -A /proc/{pid}/root{0}; cat /proc/{pid}/root{0}/marker 2>/dev/null; echo end",
+        root.display()
+    )
+}
+
+/// A root registered while a unit with `PrivateTmp=` runs is hidden in the unit's mount
+/// namespace too, not only in init's. The spawner made that namespace a private copy of the
+/// VM's before, and the empty tmpfs mounted in init's never reached it: the unit (and the VM's
+/// root, through `/proc/<its pid>/root`) read the late root's marker.
+#[test]
+fn a_root_registered_while_a_private_tmp_unit_runs_is_hidden_in_its_namespace() {
+    let a = Feather::new("host-view-privtmp-late");
+    start_host_vm(&a, "w");
+    let unit = private_tmp_unit(&a, "w");
+    // The fixture made the late root's folder; the test's marker in it is there before it is
+    // a registered root, and the unit sees it then.
+    let late = root_outside_tmp("privtmp-later");
+    fs::write(late.root.join("marker"), "marker of the late root\n").unwrap();
+    assert_ne!(
+        a.sh("w", &seen_by(unit, &late.root)),
+        "end\n",
+        "the unit sees the folder before it is a registered root"
+    );
+    late.ok(&["ls"]);
+    assert_eq!(
+        a.sh("w", &seen_by(1, &late.root).replace("/proc/1/root", "")),
+        "end\n",
+        "hidden in init's view"
+    );
+    assert_eq!(
+        a.sh("w", &seen_by(unit, &late.root)),
+        "end\n",
+        "a root registered while the unit runs shows in its namespace"
+    );
+}
+
+/// A checkpoint leaves out the tmpfs that hide the state roots, and the restoring keeper
+/// mounts them again in init's mount namespace: they must reach the namespace of a unit with
+/// `PrivateTmp=` that CRIU restored beside it. Before, that namespace had no hiding tmpfs at
+/// all after a restore: the VM's own root (a sibling VM's layer and its marker) and the host's
+/// registry of roots were in view through the unit's `/proc/<pid>/root`.
+#[test]
+fn a_restored_private_tmp_units_namespace_hides_the_roots_and_the_registry() {
+    let a = root_outside_tmp("privtmp-restore");
+    vm_with_marker(&a);
+    start_host_vm(&a, "w");
+    let unit = private_tmp_unit(&a, "w");
+    let look = format!(
+        "cat /proc/{unit}/root{root}/vms/holder/upper/root/marker 2>/dev/null; \
+         ls -A /proc/{unit}/root{root}; ls -A /proc/{unit}/root{registry}; echo end",
+        root = a.root.display(),
+        registry = "/var/lib/feather-roots",
+    );
+    let hidden = "end\n";
+    assert_eq!(a.sh("w", &look), hidden, "hidden from its start");
+    a.ok(&["checkpoint", "w"]);
+    a.ok(&["restore", "w"]);
+    assert_eq!(a.status("w"), "running");
+    let pids = a.sh("w", &format!("cat /proc/{unit}/comm"));
+    assert_eq!(
+        pids, "sleep\n",
+        "CRIU restored the unit's process as it was"
+    );
+    assert_eq!(
+        a.sh("w", &look),
+        hidden,
+        "the restored unit's namespace shows the VM's root or the registry"
+    );
+}
+
+/// In a VM that may make user namespaces (`--allow-userns`), a mount namespace its root makes
+/// in one (`unshare -Urm`, its mounts left as they came: the kernel makes them slaves) gets the
+/// tmpfs over a root registered later, and cannot unmount it there: the VM's filter refuses
+/// the call in every user namespace (the kernel would let it: it locks only what a namespace
+/// was made with). Before, the tmpfs went into init's namespace alone, and that namespace read
+/// the late root's marker.
+#[test]
+fn a_namespace_a_vm_makes_in_a_user_namespace_hides_a_late_root_for_good() {
+    let a = Feather::new("host-view-userns-late");
+    a.ok(&["create", "w", "--net", "none", "--allow-userns"]);
+    a.ok(&["start", "w"]);
+    a.sh(
+        "w",
+        "unshare -Urm --propagation unchanged sleep 1000 </dev/null >/dev/null 2>&1 &",
+    );
+    let find = || a.sh("w", "pgrep -x -f 'sleep 1000' || true");
+    a.eventually("the process in a user namespace of the VM's runs", || {
+        !find().trim().is_empty()
+    });
+    let pid: i64 = find().trim().parse().unwrap();
+    let namespaces = a.sh(
+        "w",
+        &format!(
+            "readlink /proc/self/ns/user /proc/self/ns/mnt /proc/{pid}/ns/user /proc/{pid}/ns/mnt"
+        ),
+    );
+    let links: Vec<&str> = namespaces.lines().collect();
+    assert!(
+        links.len() == 4 && links[0] != links[2] && links[1] != links[3],
+        "{namespaces}"
+    );
+    let late = Feather::new("host-view-userns-later");
+    fs::write(late.root.join("marker"), "marker of the late root\n").unwrap();
+    assert_ne!(
+        a.sh("w", &seen_by(pid, &late.root)),
+        "end\n",
+        "the namespace sees the folder before it is a registered root"
+    );
+    late.ok(&["ls"]);
+    assert_eq!(
+        a.sh("w", &seen_by(pid, &late.root)),
+        "end\n",
+        "a root registered meanwhile shows in the VM's own namespace"
+    );
+    // Its root there holds every capability of its user namespace, which owns the namespace.
+    let unmount = a.run(&[
+        "exec",
+        "w",
+        "--",
+        "nsenter",
+        "-t",
+        &pid.to_string(),
+        "-U",
+        "-m",
+        "--preserve-credentials",
+        "sh",
+        "-c",
+        &format!(
+            "umount {0} || umount -l {0}; cat {0}/marker; echo end",
+            late.root.display()
+        ),
+    ]);
+    assert!(
+        unmount.stdout.ends_with("end\n") && !unmount.stdout.contains("marker of"),
+        "{unmount:?}"
+    );
+    assert_eq!(a.sh("w", &seen_by(pid, &late.root)), "end\n");
+}
+
+/// The peer groups (`shared:N`, and `master:N` of a slave) of the mounts of the process
+/// `pid`'s mount namespace, as its mountinfo lists them: the kernel numbers them host-wide.
+fn peer_groups(pid: &str) -> std::collections::BTreeSet<String> {
+    let mountinfo = fs::read_to_string(format!("/proc/{pid}/mountinfo")).unwrap();
+    mountinfo
+        .lines()
+        .flat_map(|line| line.split(" - ").next().unwrap_or("").split(' '))
+        .filter_map(|field| {
+            field
+                .strip_prefix("shared:")
+                .or_else(|| field.strip_prefix("master:"))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A tmpfs mounted on the host at `path` and made shared, as systemd makes the host's mounts;
+/// unmounted and removed on drop.
+struct SharedTmpfs(std::path::PathBuf);
+
+impl SharedTmpfs {
+    fn new(path: std::path::PathBuf) -> Self {
+        fs::create_dir_all(&path).unwrap();
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", "mode=0700", "feather-test"])
+            .arg(&path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let mounted = SharedTmpfs(path);
+        let status = Command::new("mount")
+            .arg("--make-shared")
+            .arg(&mounted.0)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        mounted
+    }
+}
+
+impl Drop for SharedTmpfs {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        let _ = fs::remove_dir(&self.0);
+    }
+}
+
+/// A VM's tree is shared within the VM, so that what the host hides in its init's mount
+/// namespace reaches its other namespaces; it must share nothing with the host's, where a
+/// mount would then travel both ways (the host's mounts into the VM, the VM's hiding and
+/// hand-overs onto the host). Its namespace is made private before anything is mounted in
+/// it, then shared: its peer groups are its own, after a start and after a restore (CRIU
+/// rebuilds them), even where the VM's folders lie on a shared mount of the host's (here its
+/// state root; systemd makes every mount shared). Without the first step the VM does not
+/// start there (pivot_root refuses a shared parent).
+#[test]
+fn a_vms_shared_mounts_share_no_peer_group_with_the_host() {
+    let folder = crate::support::HostDir::new("host-view-peer-groups");
+    let shared = SharedTmpfs::new(folder.0.join("root"));
+    let a = Feather::at(shared.0.clone());
+    start_host_vm(&a, "w");
+    let host: std::collections::BTreeSet<String> = ["1", "self"]
+        .iter()
+        .flat_map(|pid| peer_groups(pid))
+        .collect();
+    let started = peer_groups(&init_pid(&a, "w"));
+    assert!(!started.is_empty(), "the VM's tree is shared within it");
+    assert!(
+        started.is_disjoint(&host),
+        "started: {started:?}, host: {host:?}"
+    );
+    a.ok(&["checkpoint", "w"]);
+    a.ok(&["restore", "w"]);
+    let restored = peer_groups(&init_pid(&a, "w"));
+    assert!(!restored.is_empty(), "CRIU rebuilt the VM's peer groups");
+    assert!(
+        restored.is_disjoint(&host),
+        "restored: {restored:?}, host: {host:?}"
+    );
+}

@@ -561,14 +561,39 @@ pub fn filter_count(profile: Profile) -> usize {
     }
 }
 
+/// The propagation the spawner's recipe gives the mounts of the namespace it makes, the one
+/// `mount` of `/` its filter lets through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpawnerPropagation {
+    /// This build's: `MS_REC|MS_SLAVE`, a slave of the VM's namespace, which what the host
+    /// hides in the VM's namespace later reaches.
+    Slave,
+    /// Builds before 2026-12-06: `MS_REC|MS_PRIVATE`. Compiled only to recognise the spawner a
+    /// checkpoint of such a build brings back (crates/feather-vm/src/restored_creds.rs).
+    Private,
+}
+
+impl SpawnerPropagation {
+    fn flags(self) -> u64 {
+        match self {
+            SpawnerPropagation::Slave => libc::MS_REC | libc::MS_SLAVE,
+            SpawnerPropagation::Private => libc::MS_REC | libc::MS_PRIVATE,
+        }
+    }
+}
+
 /// The filter of the VM's spawner (crates/feather-vm/src/spawner.rs), which holds
-/// CAP_SYS_ADMIN for one recipe: a new mount namespace, made private, and two binds. It is
-/// the VM's filter with exactly that let through: `unshare` only with `CLONE_NEWNS` alone;
-/// `mount` only with the flags `MS_REC|MS_PRIVATE` (propagation) or `MS_BIND` (a bind, not
+/// CAP_SYS_ADMIN for one recipe: a new mount namespace, made a slave of the VM's, and two
+/// binds. It is the VM's filter with exactly that let through: `unshare` only with
+/// `CLONE_NEWNS` alone; `mount` only with the flags `MS_REC|MS_SLAVE` (propagation) or `MS_BIND` (a bind, not
 /// recursive, no remount); `clone` with no namespace flag; `clone3` ENOSYS; `setns` never;
 /// every other call of [`denied`] refused, the new mount API included. The processes it makes
 /// install the VM's own filter over it (filters stack: the stricter answer wins).
-pub fn compile_spawner(profile: Profile, layout: Layout) -> Result<BpfProgram, SeccompError> {
+pub fn compile_spawner(
+    profile: Profile,
+    layout: Layout,
+    propagation: SpawnerPropagation,
+) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
     for call in denied() {
         if call.number == libc::SYS_mount {
@@ -596,7 +621,7 @@ pub fn compile_spawner(profile: Profile, layout: Layout) -> Result<BpfProgram, S
             .map_err(compile_error)
     };
     let recipe_mount = SeccompRule::new(vec![
-        not_equal(3, libc::MS_REC | libc::MS_PRIVATE)?,
+        not_equal(3, propagation.flags())?,
         not_equal(3, libc::MS_BIND)?,
     ])
     .map_err(compile_error)?;
@@ -623,7 +648,7 @@ pub fn compile_spawner(profile: Profile, layout: Layout) -> Result<BpfProgram, S
 /// Installs the spawner's filters ([`compile_spawner`], and `clone3` as ENOSYS) on the
 /// calling process, which holds CAP_SYS_ADMIN.
 pub fn install_spawner(profile: Profile) -> Result<(), SeccompError> {
-    for program in spawner_stack(profile, Layout::Folded)? {
+    for program in spawner_stack(profile, Layout::Folded, SpawnerPropagation::Slave)? {
         feather_sys::seccomp::install_filter(&program)?;
     }
     Ok(())
@@ -633,8 +658,9 @@ pub fn install_spawner(profile: Profile) -> Result<(), SeccompError> {
 pub fn spawner_stack(
     profile: Profile,
     layout: Layout,
+    propagation: SpawnerPropagation,
 ) -> Result<Vec<Vec<feather_sys::seccomp::Instruction>>, SeccompError> {
-    let main = instructions(compile_spawner(profile, layout)?);
+    let main = instructions(compile_spawner(profile, layout, propagation)?);
     let clone3 = instructions(clone3_enosys(layout)?);
     Ok(vec![clone3, main])
 }
@@ -714,6 +740,8 @@ mod tests {
             (libc::CLONE_NEWUSER | libc::CLONE_NEWPID | libc::SIGCHLD) as u64,
             libc::MS_BIND,
             libc::MS_REC | libc::MS_PRIVATE,
+            libc::MS_REC | libc::MS_SLAVE,
+            libc::MS_REC | libc::MS_SHARED,
             libc::MS_BIND | libc::MS_REC,
             libc::MS_REMOUNT | libc::MS_BIND,
         ];
@@ -824,8 +852,9 @@ mod tests {
             let new = compile(profile).unwrap();
             let denied = assert_same_answers(&format!("main {profile:?}"), &old, &new);
             assert!(denied > 0);
-            let old = compile_spawner(profile, Layout::Duplicated).unwrap();
-            let new = compile_spawner(profile, Layout::Folded).unwrap();
+            let private = SpawnerPropagation::Private;
+            let old = compile_spawner(profile, Layout::Duplicated, private).unwrap();
+            let new = compile_spawner(profile, Layout::Folded, private).unwrap();
             assert_same_answers(&format!("spawner {profile:?}"), &old, &new);
         }
         let old = clone3_enosys(Layout::Duplicated).unwrap();
@@ -852,7 +881,10 @@ mod tests {
         for profile in all_profiles() {
             let programs = [
                 ("main", compile(profile).unwrap()),
-                ("spawner", compile_spawner(profile, Layout::Folded).unwrap()),
+                (
+                    "spawner",
+                    compile_spawner(profile, Layout::Folded, SpawnerPropagation::Slave).unwrap(),
+                ),
             ];
             for (what, program) in programs {
                 let program = instructions(program);
@@ -964,7 +996,8 @@ mod tests {
                 .map(|p| feather_sys::seccomp::fingerprint(p))
                 .collect();
             assert_eq!(held, vm, "{profile:?}");
-            let stack = spawner_stack(profile, Layout::Duplicated).unwrap();
+            let stack =
+                spawner_stack(profile, Layout::Duplicated, SpawnerPropagation::Private).unwrap();
             let held: Vec<_> = stack
                 .iter()
                 .map(|p| feather_sys::seccomp::fingerprint(p))
@@ -983,7 +1016,9 @@ mod tests {
     fn the_programs_stay_short() {
         for profile in all_profiles() {
             let main = compile(profile).unwrap().len();
-            let spawner = compile_spawner(profile, Layout::Folded).unwrap().len();
+            let spawner = compile_spawner(profile, Layout::Folded, SpawnerPropagation::Slave)
+                .unwrap()
+                .len();
             assert!(
                 main < 250,
                 "{profile:?}: main filter of {main} instructions"
@@ -1166,6 +1201,16 @@ mod tests {
             };
             report("unshare-mnt", unshare(CloneFlags::CLONE_NEWNS));
             report(
+                "slave",
+                mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SLAVE, none),
+            );
+            // Shared, its binds would reach the VM's namespace; private, it would no longer
+            // receive what the host hides in the VM later.
+            report(
+                "shared",
+                mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_SHARED, none),
+            );
+            report(
                 "private",
                 mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none),
             );
@@ -1234,7 +1279,9 @@ mod tests {
         let text = String::from_utf8_lossy(&output.stdout);
         for line in [
             "unshare-mnt ok",
-            "private ok",
+            "slave ok",
+            "shared Operation not permitted",
+            "private Operation not permitted",
             "bind ok",
             "rbind Operation not permitted",
             "tmpfs Operation not permitted",

@@ -18,6 +18,16 @@ pub fn make_all_private() -> Result<()> {
     mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_PRIVATE, NONE).ctx("make private", "/")
 }
 
+/// Makes every mount of the caller's namespace shared, each in a peer group of its own (none
+/// is shared with the host: [`make_all_private`] came first), so that a mount made here later
+/// reaches every namespace copied from this one: as a slave into one the VM's spawner makes
+/// (`MS_SLAVE` there), and into one a VM makes in a user namespace of its own (the kernel makes
+/// its copies slaves). The pivot into the VM's root must come first: pivot_root refuses a
+/// shared parent.
+pub fn make_all_shared() -> Result<()> {
+    mount(NONE, "/", NONE, MsFlags::MS_REC | MsFlags::MS_SHARED, NONE).ctx("make shared", "/")
+}
+
 /// Whether an overlay flushes its upper layer to disk when it is unmounted.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LayerSync {

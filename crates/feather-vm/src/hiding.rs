@@ -9,6 +9,13 @@
 //! missed: the registering call writes its entry before it reads the VMs' states, the keeper
 //! records its init before it reads the registry again, so one of the two sees the other. The
 //! registering call therefore waits for no VM that is not running (see `in_running_vm`).
+//!
+//! Each such tmpfs is mounted in init's mount namespace, and reaches the VM's other mount
+//! namespaces by propagation: init makes the VM's tree shared (within the VM only, once its
+//! root is assembled), the spawner makes the namespace of a unit with `PrivateTmp=` a slave of it, and
+//! the kernel makes the copies in a namespace made in a new user namespace (`--allow-userns`)
+//! slaves. No process of the VM can unmount it there, nor make its namespace private first:
+//! the VM's filter refuses every mount call, in any user namespace.
 
 use std::collections::BTreeSet;
 use std::os::fd::AsFd;

@@ -349,6 +349,12 @@ fn prepare(plan: &InitPlan, keeper: &mut UnixStream) -> Result<(), InitError> {
     }
     .map_err(InitError::Landlock)?;
     old_root.detached().map_err(InitError::Root)?;
+    // The VM's tree shared within the VM (never with the host: the recipe's step 1 made it
+    // private; after the pivot, which refuses a shared parent), so that what the host hides in
+    // this namespace later (a root registered while the VM runs, the roots a restore hides
+    // again) reaches every mount namespace of the VM: those of its units with `PrivateTmp=`
+    // (slaves, crate::spawner), made before or after (crate::hiding).
+    feather_sys::mount::make_all_shared().map_err(InitError::Root)?;
     if !plan.attached {
         if scoping == feather_confine::landlock::Scoping::Unsupported {
             eprintln!(

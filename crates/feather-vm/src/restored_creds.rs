@@ -38,7 +38,7 @@
 use std::fs;
 use std::path::Path;
 
-use feather_confine::seccomp::{Compiled, Layout};
+use feather_confine::seccomp::{Compiled, Layout, SpawnerPropagation};
 use nix::unistd::Pid;
 
 use crate::error::{failed, VmError};
@@ -102,21 +102,28 @@ impl Allowed {
             filters: feather_confine::seccomp::filter_count(profile) as u32,
             userns: profile.allow_userns,
             host_network,
-            stacks: [Layout::Folded, Layout::Duplicated]
-                .into_iter()
-                .flat_map(|layout| {
-                    profile
-                        .with_stricter()
-                        .into_iter()
-                        .map(move |profile| (profile, layout))
+            // This build's spawner makes its namespace a slave; builds before 2026-12-06 made
+            // it private (their filter lets that through instead), those before 2026-12-05
+            // also laid every program out the older way.
+            stacks: [
+                (Layout::Folded, SpawnerPropagation::Slave),
+                (Layout::Folded, SpawnerPropagation::Private),
+                (Layout::Duplicated, SpawnerPropagation::Private),
+            ]
+            .into_iter()
+            .flat_map(|(layout, propagation)| {
+                profile
+                    .with_stricter()
+                    .into_iter()
+                    .map(move |profile| (profile, layout, propagation))
+            })
+            .map(|(profile, layout, propagation)| {
+                Ok(Stacks {
+                    vm: Compiled::in_layout(profile, layout)?.stack(),
+                    spawner: feather_confine::seccomp::spawner_stack(profile, layout, propagation)?,
                 })
-                .map(|(profile, layout)| {
-                    Ok(Stacks {
-                        vm: Compiled::in_layout(profile, layout)?.stack(),
-                        spawner: feather_confine::seccomp::spawner_stack(profile, layout)?,
-                    })
-                })
-                .collect::<Result<_, feather_confine::seccomp::SeccompError>>()?,
+            })
+            .collect::<Result<_, feather_confine::seccomp::SeccompError>>()?,
         })
     }
 
@@ -699,8 +706,12 @@ os.execvp("sleep", ["sleep", "60"])
         let old_vm = Compiled::in_layout(profile, Layout::Duplicated)
             .unwrap()
             .stack();
-        let old_spawner =
-            feather_confine::seccomp::spawner_stack(profile, Layout::Duplicated).unwrap();
+        let old_spawner = feather_confine::seccomp::spawner_stack(
+            profile,
+            Layout::Duplicated,
+            SpawnerPropagation::Private,
+        )
+        .unwrap();
         let new_vm = Compiled::new(profile).unwrap().stack();
         assert_ne!(old_vm[1].len(), new_vm[1].len());
 
@@ -709,6 +720,21 @@ os.execvp("sleep", ["sleep", "60"])
         let spawner = under(&old_spawner.iter().collect::<Vec<_>>());
         assert_eq!(foreign_filters(&filters_of(&spawner), true, &allowed), None);
         let spawned: Vec<&Program> = old_spawner.iter().chain(&old_vm).collect();
+        assert_eq!(
+            foreign_filters(&filters_of(&under(&spawned)), false, &allowed),
+            None
+        );
+        // The spawner of the builds before 2026-12-06, which made its namespace private (the
+        // folded layout already): its own stack, and under the VM's.
+        let private_spawner = feather_confine::seccomp::spawner_stack(
+            profile,
+            Layout::Folded,
+            SpawnerPropagation::Private,
+        )
+        .unwrap();
+        let spawner = under(&private_spawner.iter().collect::<Vec<_>>());
+        assert_eq!(foreign_filters(&filters_of(&spawner), true, &allowed), None);
+        let spawned: Vec<&Program> = private_spawner.iter().chain(&new_vm).collect();
         assert_eq!(
             foreign_filters(&filters_of(&under(&spawned)), false, &allowed),
             None

@@ -12,7 +12,7 @@
 //! 3. not dumpable: no process of the VM can trace it or take its descriptors;
 //! 4. its capabilities: the VM's set and CAP_SYS_ADMIN, no other;
 //! 5. its filter (feather_confine::seccomp::compile_spawner): the VM's, with only `unshare`
-//!    of a mount namespace and `mount` with `MS_BIND` or `MS_REC|MS_PRIVATE` let through;
+//!    of a mount namespace and `mount` with `MS_BIND` or `MS_REC|MS_SLAVE` let through;
 //! 6. a request names one folder (no `/`, not `.`/`..`, `systemd-private-…`); each bind's
 //!    source is opened beneath `/tmp` or `/var/tmp`, and its target as `/tmp` or `/var/tmp`,
 //!    without following a link; nothing else of the request reaches a call;
@@ -219,20 +219,23 @@ fn spawn(request: &SpawnRequest, vm_filters: &Compiled) -> Result<(Pid, OwnedFd,
     }
 }
 
-/// The recipe, in the spawner's child: a mount namespace of its own, private, with `/tmp` and
+/// The recipe, in the spawner's child: a mount namespace of its own, a slave of the VM's, with `/tmp` and
 /// `/var/tmp` bound from the unit's folders; then the VM's filter and capability set, as
 /// every process of the VM (CAP_SYS_ADMIN dropped).
 fn private_view(folder: &str, vm_filters: &Compiled) -> Result<(), String> {
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
-    // Nothing bound here reaches the VM's namespace.
+    // A slave of the VM's namespace, as systemd makes it: nothing bound here reaches the
+    // VM's namespace, and what the host mounts there later (the empty tmpfs over a state root
+    // registered while the VM runs, or hidden again after a restore) reaches this one. A
+    // private copy kept only the hiding made before it, and showed a later root.
     nix::mount::mount(
         None::<&str>,
         "/",
         None::<&str>,
-        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        MsFlags::MS_REC | MsFlags::MS_SLAVE,
         None::<&str>,
     )
-    .map_err(|e| format!("making mounts private: {e}"))?;
+    .map_err(|e| format!("making mounts slaves: {e}"))?;
     for root in TEMPORARY_ROOTS {
         bind_private_folder(root, folder).map_err(|e| format!("{root}: {e}"))?;
     }
