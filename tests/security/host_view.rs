@@ -1229,22 +1229,28 @@ fn a_vms_shared_mounts_share_no_peer_group_with_the_host() {
     let shared = SharedTmpfs::new(folder.0.join("root"));
     let a = Feather::at(shared.0.clone());
     start_host_vm(&a, "w");
-    let host: std::collections::BTreeSet<String> = ["1", "self"]
-        .iter()
-        .flat_map(|pid| peer_groups(pid))
-        .collect();
+    // The host's groups are read after the VM's: a number the VM holds then cannot be given to
+    // a new group of the host's (other tests mount and unmount meanwhile), unless shared.
+    let host = || -> std::collections::BTreeSet<String> {
+        ["1", "self"]
+            .iter()
+            .flat_map(|pid| peer_groups(pid))
+            .collect()
+    };
     let started = peer_groups(&init_pid(&a, "w"));
+    let host_then = host();
     assert!(!started.is_empty(), "the VM's tree is shared within it");
     assert!(
-        started.is_disjoint(&host),
-        "started: {started:?}, host: {host:?}"
+        started.is_disjoint(&host_then),
+        "started: {started:?}, host: {host_then:?}"
     );
     a.ok(&["checkpoint", "w"]);
     a.ok(&["restore", "w"]);
     let restored = peer_groups(&init_pid(&a, "w"));
+    let host_now = host();
     assert!(!restored.is_empty(), "CRIU rebuilt the VM's peer groups");
     assert!(
-        restored.is_disjoint(&host),
-        "restored: {restored:?}, host: {host:?}"
+        restored.is_disjoint(&host_now),
+        "restored: {restored:?}, host: {host_now:?}"
     );
 }

@@ -603,7 +603,9 @@ fn share(plan: &Plan, go: &Go, opened: Vec<(OwnedFd, Found)>) -> Result<Shared, 
     enter(&source, End::Source)?;
     let mut trees = Vec::new();
     for (index, (fd, found)) in opened.iter().enumerate() {
-        let tree = mount::clone_tree(fd).map_err(|e| ShareFault::Take {
+        // Private: a peer of the source VM's mount, it would carry the mounts made later under
+        // either VM's (another hand-over's, writable) to the other.
+        let tree = mount::clone_tree_private(fd).map_err(|e| ShareFault::Take {
             path: found.real.clone(),
             os: Os::from(&e),
         })?;

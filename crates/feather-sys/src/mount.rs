@@ -367,6 +367,17 @@ pub fn clone_tree(fd: &impl AsFd) -> Result<OwnedFd> {
     raw::open_tree_clone(fd.as_fd(), false).ctx("open_tree", "descriptor")
 }
 
+/// [`clone_tree`], in a peer group of its own: a clone keeps its source's propagation, so a
+/// clone of a VM's mount (a VM's tree is shared, so that what the host hides in it reaches
+/// every namespace of the VM) or of a host mount under systemd (whose `/` is shared) would
+/// be a peer of its source wherever it is attached, and mounts made later under either would
+/// appear under the other: between two VMs, or between the host and a VM.
+pub fn clone_tree_private(fd: &impl AsFd) -> Result<OwnedFd> {
+    let tree = clone_tree(fd)?;
+    set_propagation(&tree, MsFlags::MS_PRIVATE, false)?;
+    Ok(tree)
+}
+
 /// [`clone_tree`] with the mounts beneath `fd` too (`AT_RECURSIVE`): an `rbind`'s tree.
 pub fn clone_tree_recursive(fd: &impl AsFd) -> Result<OwnedFd> {
     raw::open_tree_clone(fd.as_fd(), true).ctx("open_tree(AT_RECURSIVE)", "descriptor")

@@ -159,7 +159,8 @@ pub fn mask_in_mount_namespace_of(pidfd: &impl AsFd, rels: &[std::path::PathBuf]
     .ctx("open", "/dev/null")?;
     let mut clones = Vec::with_capacity(rels.len());
     for _ in rels {
-        clones.push(raw::open_tree_clone(dev_null.as_fd(), false).ctx("open_tree", "/dev/null")?);
+        // Private: a peer of the host's /dev (shared under systemd) otherwise.
+        clones.push(crate::mount::clone_tree_private(&dev_null)?);
     }
     // SAFETY: the job makes system calls only: open, openat2, fstat, fchdir, mount and
     // move_mount with paths nix keeps on its stack (a VM path of under 1 KiB); the clones were
