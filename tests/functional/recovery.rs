@@ -575,6 +575,59 @@ fn a_set_aside_throw_away_vm_without_its_config_leaves_no_cgroup() {
     assert!(!feather.root.join("vms").join(&aside).exists());
 }
 
+/// What the process finishing a handed-over teardown (`feather-keeper __finish`, started by
+/// `run --rm` with /dev/null as its stdio) has to say goes to the root's `teardown.log`: here
+/// a set-aside VM whose config cannot be read, the finisher started as a run starts it. Before,
+/// its stderr was /dev/null, and a teardown that failed told no one.
+#[test]
+fn a_handed_over_teardown_that_fails_says_so_in_the_roots_teardown_log() {
+    use std::os::fd::AsRawFd;
+    let feather = Feather::new("teardown-log");
+    let base = crate::support::ScratchBase::new("teardown-log");
+    let run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
+    let info = feather.inspect("tmp");
+    let id = info["config"]["id"].as_str().unwrap().to_owned();
+    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
+    let groups = crate::support::VmGroups::of(&id);
+    let aside = kill_the_run_and_set_tmp_aside(&feather, run, init, &id);
+    let folder = feather.root.join("vms").join(&aside);
+    std::fs::remove_file(folder.join("config.toml")).unwrap();
+    // The keeper lock, held and passed as the run passes it.
+    let lock = std::fs::File::open(folder.join("keeper.lock")).unwrap();
+    lock.lock().unwrap();
+    nix::fcntl::fcntl(
+        &lock,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
+    )
+    .unwrap();
+    let keeper = Path::new(Feather::bin()).with_file_name("feather-keeper");
+    let finished = std::process::Command::new(keeper)
+        .arg("__finish")
+        .arg(&feather.root)
+        .arg(feather.root.join("run"))
+        .arg(lock.as_raw_fd().to_string())
+        .arg(&aside)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .unwrap();
+    drop(lock);
+    assert!(finished.success(), "{finished:?}");
+    assert!(!folder.exists(), "the teardown went on to the end");
+    let log = std::fs::read_to_string(feather.root.join("teardown.log")).unwrap_or_default();
+    assert!(
+        log.contains(&format!("throw-away VM tmp ({})", folder.display()))
+            && log.contains("cannot read its config"),
+        "the root's teardown log says what failed: {log:?}"
+    );
+    assert_eq!(
+        groups.present(),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left"
+    );
+}
+
 /// The state a teardown's child killed while the root's network lingers leaves (see
 /// feather_net::linger): the bridge and tables with no VM on them, and the linger's wait file
 /// with no one holding it. The next feather command removes them.

@@ -1144,7 +1144,7 @@ impl Keeper {
 
     /// `foreground`: this process is the user's `feather run --rm`, which may leave the slow end
     /// of a throw-away VM's teardown to a child of its own (see [`Keeper::hand_off`]).
-    fn tear_down(&self, how: &str, foreground: bool) {
+    fn tear_down(&mut self, how: &str, foreground: bool) {
         // Handed over, the cgroup goes in the finisher too (`remove_throw_away_leftovers`):
         // every process of the VM ended with its init (its pid namespace), and the group is
         // named by the VM's id, which no later VM has.
@@ -1239,9 +1239,10 @@ impl Keeper {
     /// command finishes it ([`crate::lifecycle::settle_throw_aways`]), and every command but
     /// `run --rm` first waits for teardowns under way, so that what feather shows never
     /// includes one.
-    fn hand_off(&self) {
+    fn hand_off(&mut self) {
+        let name = self.vm.name().clone();
         let complain = |e: &dyn std::error::Error| {
-            eprintln!("feather keeper {}: {}", self.vm.name(), causes(e));
+            eprintln!("feather keeper {name}: {}", causes(e));
         };
         let aside = match self.vm.set_aside(&self.config.id) {
             Ok(aside) => aside,
@@ -1265,7 +1266,7 @@ impl Keeper {
     /// with none of the caller's descriptors but the keeper lock and the VM's mount namespace,
     /// which it is passed by name (it closes the rest at its start; see
     /// `feather_sys::process::spawn_handing_over`).
-    fn start_finisher(&self, aside: &VmDir) -> Result<()> {
+    fn start_finisher(&mut self, aside: &VmDir) -> Result<()> {
         use std::os::fd::AsRawFd;
         use std::os::unix::process::CommandExt;
         let name = self.vm.name();
@@ -1274,6 +1275,13 @@ impl Keeper {
         // which it hears as the end of `keeper_done`: the last hold, whose release unmounts
         // the VM's tree, is the finisher's, never this process's on its way to the exit status.
         let mounts = self.held_mounts.take();
+        // The VM's layer in memory, a detached tmpfs, goes with the mounts: its descriptor's
+        // close unmounts it, which waits for an RCU grace period (0.2–1 ms), and closed by this
+        // process (at its exit, which the caller waits for) it held up the exit status.
+        let memory_layer = mounts
+            .as_ref()
+            .and(self.memory_layer.take())
+            .map(|layer| layer.fd);
         let keeper_done = mounts
             .as_ref()
             .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
@@ -1282,6 +1290,7 @@ impl Keeper {
         let passed: Vec<_> = std::iter::once(lock.as_fd())
             .chain(mounts.as_ref().map(AsFd::as_fd))
             .chain(keeper_done.as_ref().map(|(read, _)| read.as_fd()))
+            .chain(memory_layer.as_ref().map(AsFd::as_fd))
             .collect();
         let parent = |path: &std::path::Path| path.parent().map(std::path::Path::to_path_buf);
         // <root>/vms/<folder> and <run>/<folder>.
@@ -1303,6 +1312,7 @@ impl Keeper {
                 .map(|(namespace, (read, _))| crate::launch::HeldMounts {
                     namespace_fd: namespace.as_raw_fd(),
                     keeper_done_fd: read.as_raw_fd(),
+                    memory_layer_fd: memory_layer.as_ref().map(AsRawFd::as_raw_fd),
                 }),
         };
         let exe = crate::launch::program().map_err(io(name, "cannot find the keeper program"))?;
@@ -1316,6 +1326,7 @@ impl Keeper {
         feather_sys::process::spawn_handing_over(&mut finisher, &passed)
             .map_err(io(name, "cannot start its teardown"))?;
         drop(mounts);
+        drop(memory_layer);
         drop(keeper_done);
         Ok(())
     }

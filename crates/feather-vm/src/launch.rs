@@ -99,12 +99,14 @@ pub struct FinishArgs {
     pub mounts: Option<HeldMounts>,
 }
 
-/// The VM's mount namespace as the finisher inherits it: the namespace, and the read end of a
-/// pipe whose end says the keeper has closed its own copy (so that the finisher's is the last).
+/// The VM's mount namespace as the finisher inherits it: the namespace, the read end of a
+/// pipe whose end says the keeper has closed its own copy (so that the finisher's is the last),
+/// and the VM's layer in memory if it has one (the detached tmpfs, `layers::MemoryLayer`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HeldMounts {
     pub namespace_fd: RawFd,
     pub keeper_done_fd: RawFd,
+    pub memory_layer_fd: Option<RawFd>,
 }
 
 /// What [`KEEPER_PROGRAM`] was started to be.
@@ -238,7 +240,10 @@ impl FinishArgs {
         ]
         .into_iter()
         .chain(self.mounts.into_iter().flat_map(|held| {
-            [held.namespace_fd, held.keeper_done_fd].map(|fd| fd.to_string().into())
+            [held.namespace_fd, held.keeper_done_fd]
+                .into_iter()
+                .chain(held.memory_layer_fd)
+                .map(|fd| fd.to_string().into())
         }))
         .collect()
     }
@@ -249,7 +254,7 @@ impl Launch {
     pub fn parse(args: &[OsString]) -> Result<Launch, LaunchError> {
         match args.split_first() {
             Some((command, [state_dir, run_dir, lock_fd, folder, held @ ..]))
-                if command == FINISH_SUBCOMMAND && matches!(held.len(), 0 | 2) =>
+                if command == FINISH_SUBCOMMAND && matches!(held.len(), 0 | 2 | 3) =>
             {
                 Ok(Launch::Finish(FinishArgs {
                     state_dir: state_dir.into(),
@@ -257,9 +262,13 @@ impl Launch {
                     lock_fd: descriptor(lock_fd)?,
                     folder: folder.to_string_lossy().into_owned(),
                     mounts: match held {
-                        [namespace, keeper_done] => Some(HeldMounts {
+                        [namespace, keeper_done, memory_layer @ ..] => Some(HeldMounts {
                             namespace_fd: descriptor(namespace)?,
                             keeper_done_fd: descriptor(keeper_done)?,
+                            memory_layer_fd: memory_layer
+                                .first()
+                                .map(|fd| descriptor(fd))
+                                .transpose()?,
                         }),
                         _ => None,
                     },
@@ -352,17 +361,20 @@ mod tests {
             Launch::parse(&args.to_args()).unwrap(),
             Launch::Finish(args.clone())
         );
-        let holding = FinishArgs {
-            mounts: Some(HeldMounts {
-                namespace_fd: 5,
-                keeper_done_fd: 6,
-            }),
-            ..args
-        };
-        assert_eq!(
-            Launch::parse(&holding.to_args()).unwrap(),
-            Launch::Finish(holding)
-        );
+        for memory_layer_fd in [None, Some(7)] {
+            let holding = FinishArgs {
+                mounts: Some(HeldMounts {
+                    namespace_fd: 5,
+                    keeper_done_fd: 6,
+                    memory_layer_fd,
+                }),
+                ..args.clone()
+            };
+            assert_eq!(
+                Launch::parse(&holding.to_args()).unwrap(),
+                Launch::Finish(holding)
+            );
+        }
     }
 
     #[test]

@@ -129,16 +129,25 @@ fn finish(args: FinishArgs) -> anyhow::Result<i32> {
     let state_dir = std::path::absolute(&args.state_dir).unwrap_or(args.state_dir);
     let run_dir = std::path::absolute(&args.run_dir).unwrap_or(args.run_dir);
     let _ = std::env::set_current_dir("/");
+    let root = StateRoot::with_dirs(state_dir, run_dir);
+    // Started with /dev/null as its stdio (the caller's terminal is not its own, and the caller
+    // is gone by the time it has something to say): what it says goes to the root's teardown
+    // log. Without one, it still tears down.
+    if let Ok(log) = root.open_teardown_log() {
+        let _ = feather_sys::process::redirect_stderr(&log);
+    }
     // The VM's mount namespace, held by its keeper so that init's exit did not unmount it: let
     // go first, once the keeper has let go of its own copy (the end of `keeper_done`), which
     // unmounts the VM's tree (its layers among it) before they are removed.
+    // The VM's layer in memory (a detached tmpfs) goes after it, its last hold.
     if let Some(held) = args.mounts {
         let namespace = inherited(held.namespace_fd)?;
+        let memory_layer = held.memory_layer_fd.map(inherited).transpose()?;
         let mut keeper_done = std::fs::File::from(inherited(held.keeper_done_fd)?);
         let _ = std::io::Read::read_to_end(&mut keeper_done, &mut Vec::new());
         drop(namespace);
+        drop(memory_layer);
     }
-    let root = StateRoot::with_dirs(state_dir, run_dir);
     let lingering = feather_vm::lifecycle::finish_handed_off(&root, &args.folder);
     drop(lock);
     if let Some(lingering) = lingering {
@@ -158,14 +167,14 @@ fn take_only(named: &[RawFd]) -> anyhow::Result<()> {
 }
 
 /// The descriptors a finisher is passed: the keeper lock and, if held, the VM's mount
-/// namespace and the end of the keeper's pipe.
+/// namespace, the end of the keeper's pipe and the VM's layer in memory.
 fn finish_fds(args: &FinishArgs) -> Vec<RawFd> {
     std::iter::once(args.lock_fd)
-        .chain(
-            args.mounts
-                .iter()
-                .flat_map(|held| [held.namespace_fd, held.keeper_done_fd]),
-        )
+        .chain(args.mounts.iter().flat_map(|held| {
+            [held.namespace_fd, held.keeper_done_fd]
+                .into_iter()
+                .chain(held.memory_layer_fd)
+        }))
         .collect()
 }
 
