@@ -517,7 +517,7 @@ impl VmDir {
     /// `ls` no longer shows it, while its teardown finishes. Renames only, so it is quick on
     /// any filesystem. `id` is the VM's id, which makes the names unique.
     pub fn set_aside(&self, id: &str) -> Result<VmDir> {
-        let folder = format!("{SET_ASIDE}{}-{id}", self.name);
+        let folder = self.set_aside_folder(id);
         let aside = VmDir {
             name: self.name.clone(),
             path: self.path.with_file_name(&folder),
@@ -532,6 +532,11 @@ impl VmDir {
             return Err(e).at(&self.path);
         }
         Ok(aside)
+    }
+
+    /// The name [`VmDir::set_aside`] gives the VM's folders (`.removing-<name>-<id>`).
+    pub fn set_aside_folder(&self, id: &str) -> String {
+        format!("{SET_ASIDE}{}-{id}", self.name)
     }
 
     /// The id in the name of a folder set aside by [`VmDir::set_aside`] (`.removing-<name>-<id>`),
