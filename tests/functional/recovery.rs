@@ -650,14 +650,10 @@ fn a_handed_over_teardown_that_fails_says_so_in_the_roots_teardown_log() {
     let aside = kill_the_run_and_set_tmp_aside(&feather, run, init, &id);
     let folder = feather.root.join("vms").join(&aside);
     std::fs::remove_file(folder.join("config.toml")).unwrap();
-    // The keeper lock, held, and the finisher's end of the socket, passed as the run passes them.
+    // The finisher's end of the socket, passed as the run passes it; the keeper lock, held,
+    // comes with the hand-over.
     let lock = std::fs::File::open(folder.join("keeper.lock")).unwrap();
     lock.lock().unwrap();
-    nix::fcntl::fcntl(
-        &lock,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::empty()),
-    )
-    .unwrap();
     let (ours, theirs) = nix::sys::socket::socketpair(
         nix::sys::socket::AddressFamily::Unix,
         nix::sys::socket::SockType::SeqPacket,
@@ -670,7 +666,6 @@ fn a_handed_over_teardown_that_fails_says_so_in_the_roots_teardown_log() {
         .arg("__finish")
         .arg(&feather.root)
         .arg(feather.root.join("run"))
-        .arg(lock.as_raw_fd().to_string())
         .arg(&aside)
         .arg(theirs.as_raw_fd().to_string())
         .stdin(std::process::Stdio::null())
@@ -680,14 +675,18 @@ fn a_handed_over_teardown_that_fails_says_so_in_the_roots_teardown_log() {
         .spawn()
         .unwrap();
     drop(theirs);
-    drop(lock);
-    // The hand-over: no mount namespace or layer to pass (the VM's went with its init).
-    nix::sys::socket::send(
+    // The hand-over: the lock, and no mount namespace or layer (the VM's went with its init).
+    nix::sys::socket::sendmsg::<()>(
         ours.as_raw_fd(),
-        b"F\0\0",
+        &[std::io::IoSlice::new(b"F\0\0")],
+        &[nix::sys::socket::ControlMessage::ScmRights(&[
+            lock.as_raw_fd()
+        ])],
         nix::sys::socket::MsgFlags::empty(),
+        None,
     )
     .unwrap();
+    drop(lock);
     drop(ours);
     let finished = finisher.wait().unwrap();
     assert!(finished.success(), "{finished:?}");

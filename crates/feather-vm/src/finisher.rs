@@ -3,9 +3,9 @@
 //!
 //! ```text
 //! front (run --rm, the VM's keeper)                      finisher
-//!   while init finishes its boot: spawns it ───────────▶ holds the keeper lock, waits
-//!   the VM's end: sets it aside; HandOver ─────────────▶ takes the VM's mount namespace and
-//!                                                        layer in memory
+//!   while init finishes its boot: spawns it ───────────▶ waits, holding nothing of the VM's
+//!   the VM's end: sets it aside; HandOver ─────────────▶ takes the keeper lock, the VM's mount
+//!                                                        namespace and its layer in memory
 //!   closes its own copies, exits (end of the socket) ──▶ lets go of them (the VM's tree is
 //!                                                        unmounted), removes the rest
 //!   ends without a hand-over (killed, a failed start) ─▶ ends at once, having done nothing
@@ -13,10 +13,12 @@
 //!
 //! Started ahead, its spawn and exec (a vfork whose child resets every signal's action, then
 //! the dynamic loader: 0.1–0.15 ms of the front's time, 0.45 ms of CPU) are off the way from
-//! the command's end to the exit status. What a front killed before the hand-over leaves is
-//! what it left before the finisher was started ahead: a VM whose keeper is gone, or a set-aside
-//! one whose lock is free, which the next feather command cleans up
-//! ([`crate::lifecycle::settle_throw_aways`]).
+//! the command's end to the exit status. Until the hand-over it holds nothing of the VM's, the
+//! keeper lock included (which comes with the hand-over): a front whose start fails removes
+//! what it made at once, as before (a finisher holding the lock made that removal pass the VM
+//! over), and what a front killed before the hand-over leaves is what it left before the
+//! finisher was started ahead: a VM whose keeper is gone, or a set-aside one whose lock is
+//! free, which the next feather command cleans up ([`crate::lifecycle::settle_throw_aways`]).
 
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -27,9 +29,9 @@ use nix::sys::socket::{socketpair, AddressFamily, SockFlag, SockType};
 use crate::error::{io, Result};
 use crate::launch::FinishArgs;
 
-/// What the front hands over with the teardown: its holds on what unmounting waits for (RCU
-/// grace periods), so that the last of them is let go by the finisher, never on the front's way
-/// to its exit status.
+/// What the front hands over with the teardown besides the keeper lock: its holds on what
+/// unmounting waits for (RCU grace periods), so that the last of them is let go by the
+/// finisher, never on the front's way to its exit status.
 #[derive(Default)]
 pub struct Held {
     /// The VM's mount namespace (`Keeper::held_mounts`): its ~30 mounts go with it.
@@ -51,8 +53,8 @@ impl Held {
     }
 }
 
-/// The message: its first byte, then whether each of [`Held`]'s descriptors comes with it, in
-/// that order.
+/// The message: its first byte, then whether each of [`Held`]'s descriptors comes with it; the
+/// keeper lock comes first, then those, in that order.
 const HAND_OVER: u8 = b'F';
 
 /// The front's end of a finisher it started.
@@ -66,9 +68,9 @@ impl Finisher {
     /// Starts the finisher of `vm`, which its teardown will set aside as `.removing-<name>-<id>`
     /// ([`VmDir::set_aside`]): the keeper program, in a process group of its own (the
     /// terminal's signals are not for it), with /dev/null as its stdio and none of this
-    /// process's descriptors but the keeper lock and its end of the socket, passed by name (it
-    /// closes the rest at its start; see `feather_sys::process::spawn_handing_over`).
-    pub fn start(root: &StateRoot, vm: &VmDir, id: &str, lock: &File) -> Result<Finisher> {
+    /// process's descriptors but its end of the socket, passed by name (it closes the rest at
+    /// its start; see `feather_sys::process::spawn_handing_over`).
+    pub fn start(root: &StateRoot, vm: &VmDir, id: &str) -> Result<Finisher> {
         let name = vm.name();
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
@@ -80,7 +82,6 @@ impl Finisher {
         let args = FinishArgs {
             state_dir: root.dir().to_path_buf(),
             run_dir: root.run_dir().to_path_buf(),
-            lock_fd: lock.as_raw_fd(),
             folder: vm.set_aside_folder(id),
             socket_fd: theirs.as_raw_fd(),
         };
@@ -94,23 +95,26 @@ impl Finisher {
                 .stderr(std::process::Stdio::null()),
             0,
         );
-        let process =
-            feather_sys::process::spawn_handing_over(&mut command, &[lock.as_fd(), theirs.as_fd()])
-                .map_err(io(name, "cannot start its teardown"))?;
+        let process = feather_sys::process::spawn_handing_over(&mut command, &[theirs.as_fd()])
+            .map_err(io(name, "cannot start its teardown"))?;
         Ok(Finisher {
             socket: ours,
             _process: process,
         })
     }
 
-    /// Hands the teardown over (the VM is set aside already): sends `held`, then lets go of
-    /// this process's copies, then of the socket, whose end tells the finisher that its own
-    /// copies are the last. Given back if the finisher is not there to take it.
-    pub fn hand_over(self, held: Held) -> std::result::Result<(), Held> {
-        let fds: Vec<RawFd> = [&held.mounts, &held.memory_layer]
-            .into_iter()
-            .flatten()
-            .map(AsRawFd::as_raw_fd)
+    /// Hands the teardown over (the VM is set aside already): sends the keeper `lock` (a copy
+    /// of its descriptor: the lock is held as long as either is open) and `held`, then lets go
+    /// of this process's copies of `held`, then of the socket, whose end tells the finisher that
+    /// its own copies are the last. Given back if the finisher is not there to take it.
+    pub fn hand_over(self, lock: &File, held: Held) -> std::result::Result<(), Held> {
+        let fds: Vec<RawFd> = std::iter::once(lock.as_raw_fd())
+            .chain(
+                [&held.mounts, &held.memory_layer]
+                    .into_iter()
+                    .flatten()
+                    .map(AsRawFd::as_raw_fd),
+            )
             .collect();
         let message = [
             HAND_OVER,
@@ -127,9 +131,9 @@ impl Finisher {
 }
 
 /// In the finisher: waits for the front's hand-over on `socket`, then for the front to have
-/// let go of its copies (the socket's end). `None` if the front ended without handing over:
-/// nothing is the finisher's to do.
-pub fn await_hand_over(socket: &OwnedFd) -> Option<Held> {
+/// let go of its copies (the socket's end); the keeper lock, held, and the rest. `None` if the
+/// front ended without handing over: nothing is the finisher's to do.
+pub fn await_hand_over(socket: &OwnedFd) -> Option<(File, Held)> {
     let mut buffer = [0u8; 16];
     let (length, fds) = loop {
         match feather_sys::fdpass::receive(socket, &mut buffer) {
@@ -142,6 +146,7 @@ pub fn await_hand_over(socket: &OwnedFd) -> Option<Held> {
         return None;
     };
     let mut fds = fds.into_iter();
+    let lock = File::from(fds.next()?);
     let held = Held {
         mounts: (mounts == 1).then(|| fds.next()).flatten(),
         memory_layer: (memory_layer == 1).then(|| fds.next()).flatten(),
@@ -154,5 +159,5 @@ pub fn await_hand_over(socket: &OwnedFd) -> Option<Held> {
             Err(_) => break,
         }
     }
-    Some(held)
+    Some((lock, held))
 }

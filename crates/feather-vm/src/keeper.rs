@@ -337,7 +337,7 @@ impl Keeper {
         let mut finisher = None;
         let start_finisher = || {
             if hands_off(&config, attached) {
-                finisher = Finisher::start(root, vm, &config.id, &lock).ok();
+                finisher = Finisher::start(root, vm, &config.id).ok();
             }
         };
         let booted = start_init(
@@ -1257,9 +1257,9 @@ impl Keeper {
     /// its network's removal, its cgroup's and the unmounting of its tree wait for RCU grace
     /// periods, and its folders' removal for the disk. The VM, whose processes are all gone, is
     /// set aside (renamed: its name is free and `ls` shows it no more), and the process of the
-    /// keeper program started while the VM booted (`__finish`, [`crate::finisher`]), which holds
-    /// the keeper lock, is handed the rest, which it removes while this process reports the
-    /// command's exit status.
+    /// keeper program started while the VM booted (`__finish`, [`crate::finisher`]) is handed
+    /// the rest with the keeper lock, and removes it while this process reports the command's
+    /// exit status.
     /// A finisher killed half-way leaves a set-aside VM whose lock is free: the next feather
     /// command finishes it ([`crate::lifecycle::settle_throw_aways`]), and every command but
     /// `run --rm` first waits for teardowns under way, so that what feather shows never
@@ -1284,11 +1284,11 @@ impl Keeper {
         // The finisher started ahead, else (not started then, or gone since: killed) one
         // started now.
         let handed = match self.finisher.take() {
-            Some(finisher) => finisher.hand_over(held),
+            Some(finisher) => finisher.hand_over(&self.lock, held),
             None => Err(held),
         }
         .or_else(|held| match self.start_finisher() {
-            Ok(finisher) => finisher.hand_over(held),
+            Ok(finisher) => finisher.hand_over(&self.lock, held),
             Err(e) => {
                 complain(&e);
                 Err(held)
@@ -1314,7 +1314,7 @@ impl Keeper {
             return Err(failed(self.vm.name(), "its folder has no parent"));
         };
         let root = StateRoot::with_dirs(state_dir, run_dir);
-        Finisher::start(&root, &self.vm, &self.config.id, &self.lock)
+        Finisher::start(&root, &self.vm, &self.config.id)
     }
 
     /// Removes what is left of a throw-away VM after its processes: its network (waiting for

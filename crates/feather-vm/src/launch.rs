@@ -87,15 +87,13 @@ pub struct InitArgs {
     pub resumed: Resumed,
 }
 
-/// A teardown's orders: the state root, the keeper lock the finisher holds until it is done
-/// (inherited), the folder name the VM will be set aside as (`.removing-<name>-<id>`), and its
-/// end of the socket on which the front hands the teardown over (inherited; see
-/// [`crate::finisher`]).
+/// A teardown's orders: the state root, the folder name the VM will be set aside as
+/// (`.removing-<name>-<id>`), and its end of the socket on which the front hands the teardown
+/// over (inherited; see [`crate::finisher`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FinishArgs {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
-    pub lock_fd: RawFd,
     pub folder: String,
     pub socket_fd: RawFd,
 }
@@ -226,7 +224,6 @@ impl FinishArgs {
             FINISH_SUBCOMMAND.into(),
             self.state_dir.clone().into(),
             self.run_dir.clone().into(),
-            self.lock_fd.to_string().into(),
             self.folder.clone().into(),
             self.socket_fd.to_string().into(),
         ]
@@ -237,13 +234,12 @@ impl Launch {
     /// Parses the arguments after the program's name.
     pub fn parse(args: &[OsString]) -> Result<Launch, LaunchError> {
         match args.split_first() {
-            Some((command, [state_dir, run_dir, lock_fd, folder, socket_fd]))
+            Some((command, [state_dir, run_dir, folder, socket_fd]))
                 if command == FINISH_SUBCOMMAND =>
             {
                 Ok(Launch::Finish(FinishArgs {
                     state_dir: state_dir.into(),
                     run_dir: run_dir.into(),
-                    lock_fd: descriptor(lock_fd)?,
                     folder: folder.to_string_lossy().into_owned(),
                     socket_fd: descriptor(socket_fd)?,
                 }))
@@ -327,7 +323,6 @@ mod tests {
         let args = FinishArgs {
             state_dir: "/var/lib/feather".into(),
             run_dir: "/run/feather".into(),
-            lock_fd: 4,
             folder: ".removing-run-12-0123456789ab".into(),
             socket_fd: 5,
         };

@@ -120,9 +120,8 @@ fn init(args: InitArgs) -> anyhow::Result<i32> {
 
 /// Finishes a throw-away VM's teardown that the `feather run --rm` which ran it hands over
 /// (feather_vm::finisher: started while the VM boots, it waits for that first), holding its
-/// keeper lock until done; then lingers for the root's network.
+/// keeper lock, which comes with it, until done; then lingers for the root's network.
 fn finish(args: FinishArgs) -> anyhow::Result<i32> {
-    let lock = inherited(args.lock_fd)?;
     let socket = inherited(args.socket_fd)?;
     // It may linger for minutes after its caller is gone: in no folder of the caller's (which
     // it would keep from being unmounted), its paths made absolute first. (Its process group
@@ -132,7 +131,7 @@ fn finish(args: FinishArgs) -> anyhow::Result<i32> {
     let _ = std::env::set_current_dir("/");
     // The run ended without handing its teardown over (killed, or its VM never started):
     // nothing is this process's to do; what is left, the next feather command cleans up.
-    let Some(held) = feather_vm::finisher::await_hand_over(&socket) else {
+    let Some((lock, held)) = feather_vm::finisher::await_hand_over(&socket) else {
         return Ok(0);
     };
     drop(socket);
@@ -165,9 +164,9 @@ fn take_only(named: &[RawFd]) -> anyhow::Result<()> {
     Ok(feather_sys::process::inherited_close_on_exec()?)
 }
 
-/// The descriptors a finisher is passed: the keeper lock and its end of the front's socket.
+/// The descriptors a finisher is passed: its end of the front's socket.
 fn finish_fds(args: &FinishArgs) -> Vec<RawFd> {
-    vec![args.lock_fd, args.socket_fd]
+    vec![args.socket_fd]
 }
 
 /// The descriptor named on the command line by the process that started this one.
