@@ -622,6 +622,135 @@ fn a_set_aside_throw_away_vm_without_its_config_leaves_no_cgroup() {
     assert!(!feather.root.join("vms").join(&aside).exists());
 }
 
+/// The process a throw-away VM's teardown is handed to (`feather-keeper __finish`: the run's
+/// child, started while the VM boots), among the processes of the host.
+fn finishers_of(run: u32) -> Vec<Pid> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            status.contains(&format!("\nPPid:\t{run}\n"))
+                && cmdline.split(|b| *b == 0).any(|arg| arg == b"__finish")
+        })
+        .map(Pid::from_raw)
+        .collect()
+}
+
+/// The finisher is started while the VM boots, so that its start is not on the way to the exit
+/// status; a run killed before it hands its teardown over leaves it with nothing to do: it ends
+/// at once (the end of its socket), touching nothing, and what the run left is cleaned up as
+/// after any run killed then (the VM shows as crashed; `rm` removes it).
+#[test]
+fn a_run_killed_before_its_hand_over_leaves_no_finisher_and_nothing_behind() {
+    let feather = Feather::new("finisher-early");
+    let base = crate::support::ScratchBase::new("finisher-early");
+    let mut run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
+    let info = feather.inspect("tmp");
+    let id = info["config"]["id"].as_str().unwrap().to_owned();
+    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
+    let groups = crate::support::VmGroups::of(&id);
+    let finishers = finishers_of(run.id());
+    assert_eq!(finishers.len(), 1, "the run started its finisher ahead");
+    kill(Pid::from_raw(run.id() as i32), Signal::SIGKILL).unwrap();
+    let _ = run.wait();
+    feather.eventually("the finisher ends with the run", || !alive(finishers[0]));
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    // As after any run killed before its teardown: the VM shows as crashed, and `rm` removes
+    // what it left.
+    assert_eq!(feather.status("tmp"), "crashed");
+    feather.ok(&["rm", "tmp"]);
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+    assert_eq!(
+        groups.present(),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left"
+    );
+    for folder in ["vms", "run"] {
+        let left: Vec<_> = std::fs::read_dir(feather.root.join(folder))
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name())
+            .collect();
+        assert!(left.is_empty(), "left in {folder}: {left:?}");
+    }
+}
+
+/// What the process finishing a handed-over teardown (`feather-keeper __finish`, started by
+/// `run --rm` with /dev/null as its stdio) has to say goes to the root's `teardown.log`: here
+/// a set-aside VM whose config cannot be read, the finisher started and handed the teardown
+/// over as a run does (feather_vm::finisher: the message, then the socket's end). Before, its
+/// stderr was /dev/null, and a teardown that failed told no one.
+#[test]
+fn a_handed_over_teardown_that_fails_says_so_in_the_roots_teardown_log() {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let feather = Feather::new("teardown-log");
+    let base = crate::support::ScratchBase::new("teardown-log");
+    let run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
+    let info = feather.inspect("tmp");
+    let id = info["config"]["id"].as_str().unwrap().to_owned();
+    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
+    let groups = crate::support::VmGroups::of(&id);
+    let aside = kill_the_run_and_set_tmp_aside(&feather, run, init, &id);
+    let folder = feather.root.join("vms").join(&aside);
+    std::fs::remove_file(folder.join("config.toml")).unwrap();
+    // The finisher's end of the socket, passed as the run passes it; the keeper lock, held,
+    // comes with the hand-over.
+    let lock = std::fs::File::open(folder.join("keeper.lock")).unwrap();
+    lock.lock().unwrap();
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::empty(),
+    )
+    .unwrap();
+    let keeper = Path::new(Feather::bin()).with_file_name("feather-keeper");
+    let mut finisher = std::process::Command::new(keeper)
+        .arg("__finish")
+        .arg(&feather.root)
+        .arg(feather.root.join("run"))
+        .arg(&aside)
+        .arg(theirs.as_raw_fd().to_string())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    drop(theirs);
+    // The hand-over: the lock, and no mount namespace or layer (the VM's went with its init).
+    nix::sys::socket::sendmsg::<()>(
+        ours.as_raw_fd(),
+        &[std::io::IoSlice::new(b"F\0\0")],
+        &[nix::sys::socket::ControlMessage::ScmRights(&[
+            lock.as_raw_fd()
+        ])],
+        nix::sys::socket::MsgFlags::empty(),
+        None,
+    )
+    .unwrap();
+    drop(lock);
+    drop(ours);
+    let finished = finisher.wait().unwrap();
+    assert!(finished.success(), "{finished:?}");
+    assert!(!folder.exists(), "the teardown went on to the end");
+    let log = std::fs::read_to_string(feather.root.join("teardown.log")).unwrap_or_default();
+    assert!(
+        log.contains(&format!("throw-away VM tmp ({})", folder.display()))
+            && log.contains("cannot read its config"),
+        "the root's teardown log says what failed: {log:?}"
+    );
+    assert_eq!(
+        groups.present(),
+        Vec::<std::path::PathBuf>::new(),
+        "cgroups left"
+    );
+}
+
 /// The state a teardown's child killed while the root's network lingers leaves (see
 /// feather_net::linger): the bridge and tables with no VM on them, and the linger's wait file
 /// with no one holding it. The next feather command removes them.

@@ -14,6 +14,8 @@
 //!                  /checkpoint/   CRIU images of the last checkpoint, and CRIU's logs
 //! <run>/<name>/control.sock       the keeper's control socket
 //! <root>/.tightened-v1            every VM folder made private once (see `StateRoot::prepare`)
+//! <root>/teardown.log             what the teardowns handed over by `run --rm` had to say
+//!                                 (their finishers' stderr; see `StateRoot::teardown_log`)
 //! <root>/vms/.removing-<name>-<id>/, <run>/.removing-<name>-<id>/
 //!                                 a throw-away VM that ended, set aside while its teardown
 //!                                 finishes (its keeper lock held until then; see
@@ -36,6 +38,12 @@ use crate::error::{Error, IoContext, Result};
 use crate::{VmConfig, VmName, VmState, VmStatus};
 
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/feather";
+/// See [`StateRoot::teardown_log`].
+pub const TEARDOWN_LOG: &str = "teardown.log";
+/// Where a full [`TEARDOWN_LOG`] is moved (the one before is dropped).
+pub const TEARDOWN_LOG_ROTATED: &str = "teardown.log.1";
+/// The size past which [`TEARDOWN_LOG`] is moved aside: 1 MiB, about ten thousand failures.
+pub const TEARDOWN_LOG_LIMIT: u64 = 1 << 20;
 pub const DEFAULT_RUN_DIR: &str = "/run/feather";
 
 /// How the folders of a throw-away VM whose teardown is under way begin (see
@@ -91,6 +99,32 @@ impl StateRoot {
 
     fn vms_dir(&self) -> PathBuf {
         self.dir.join("vms")
+    }
+
+    /// Where the process finishing a throw-away VM's teardown after `run --rm` returned
+    /// (`feather-keeper __finish`) writes what it has to say: a failure there has no terminal
+    /// left to tell, and the VM's own `keeper.log` goes with its folder. Appended to by every
+    /// such process of the root; moved to [`TEARDOWN_LOG_ROTATED`] when past
+    /// [`TEARDOWN_LOG_LIMIT`], so the two hold at most twice that.
+    pub fn teardown_log(&self) -> PathBuf {
+        self.dir.join(TEARDOWN_LOG)
+    }
+
+    /// [`StateRoot::teardown_log`], opened to append (made 0600 if missing; moved aside first if
+    /// past its limit).
+    pub fn open_teardown_log(&self) -> Result<File> {
+        let path = self.teardown_log();
+        if fs::metadata(&path).is_ok_and(|meta| meta.len() > TEARDOWN_LOG_LIMIT) {
+            // Two finishers may both move it: the second moves a log of its few lines over the
+            // first's, which loses only those.
+            let _ = fs::rename(&path, self.dir.join(TEARDOWN_LOG_ROTATED));
+        }
+        OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .at(&path)
     }
 
     /// Makes the root's state and run folders exist, 0700, and tightens what an older feather
@@ -490,7 +524,7 @@ impl VmDir {
     /// `ls` no longer shows it, while its teardown finishes. Renames only, so it is quick on
     /// any filesystem. `id` is the VM's id, which makes the names unique.
     pub fn set_aside(&self, id: &str) -> Result<VmDir> {
-        let folder = format!("{SET_ASIDE}{}-{id}", self.name);
+        let folder = self.set_aside_folder(id);
         let aside = VmDir {
             name: self.name.clone(),
             path: self.path.with_file_name(&folder),
@@ -505,6 +539,11 @@ impl VmDir {
             return Err(e).at(&self.path);
         }
         Ok(aside)
+    }
+
+    /// The name [`VmDir::set_aside`] gives the VM's folders (`.removing-<name>-<id>`).
+    pub fn set_aside_folder(&self, id: &str) -> String {
+        format!("{SET_ASIDE}{}-{id}", self.name)
     }
 
     /// The id in the name of a folder set aside by [`VmDir::set_aside`] (`.removing-<name>-<id>`),

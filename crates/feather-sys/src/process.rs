@@ -496,6 +496,11 @@ pub fn redirect_stdio(fd: &impl AsFd) -> Result<()> {
     nix::unistd::dup2_stderr(fd).ctx("dup2", "stderr")
 }
 
+/// Makes `fd` this process's stderr.
+pub fn redirect_stderr(fd: &impl AsFd) -> Result<()> {
+    nix::unistd::dup2_stderr(fd).ctx("dup2", "stderr")
+}
+
 /// The pids of processes whose pid namespace is the one of `pid`, as host pids.
 pub fn same_pid_namespace(pid: Pid) -> Vec<Pid> {
     let Ok(target) = fs::read_link(format!("/proc/{pid}/ns/pid")) else {

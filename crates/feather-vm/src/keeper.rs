@@ -41,6 +41,7 @@ use crate::boot::{self, KeeperReport, ToInit};
 use crate::decide::{self, Phase};
 pub use crate::decide::{Ended, DEFAULT_GRACE};
 use crate::error::{failed, io, InVm, Result, VmError};
+use crate::finisher::{Finisher, Held};
 use crate::hiding;
 use crate::idle::Quiet;
 use crate::init::{self, InitPlan, InitReport};
@@ -159,6 +160,10 @@ pub struct Keeper {
     lock: File,
     /// A throw-away VM's layer in memory (see [`layers::MemoryLayer`]), held for the VM's life.
     memory_layer: Option<layers::MemoryLayer>,
+    /// The process the teardown will be handed to ([`hands_off`]), started while init finished
+    /// its boot (see [`crate::finisher`]); `None` if it could not be started then (it is
+    /// started at the hand-over), and for every other keeper.
+    finisher: Option<Finisher>,
     /// A VM received by a migration: its record as running, being synced while the sender is
     /// asked to let it go; awaited before it runs (see [`Keeper::restore`]).
     recording: std::cell::RefCell<Option<Recording>>,
@@ -339,11 +344,28 @@ impl Keeper {
             let state = running_state(init, memory_recorded);
             Ok(vm.stage_state(&state, recorded)?)
         };
-        let booted =
-            start_init(&name, cgroup.as_ref(), &network, plan, stdio, &stage).and_then(|started| {
-                let listener = listen(vm)?;
-                Ok((started, listener))
-            });
+        // The teardown's finisher, started while init finishes its boot (the front only waits
+        // then): its spawn and exec are off the way from the command's end to the exit status.
+        // Not started, it is at the hand-over. Dropped on a failure below, it ends at once.
+        let mut finisher = None;
+        let start_finisher = || {
+            if hands_off(&config, attached) {
+                finisher = Finisher::start(root, vm, &config.id).ok();
+            }
+        };
+        let booted = start_init(
+            &name,
+            cgroup.as_ref(),
+            &network,
+            plan,
+            stdio,
+            &stage,
+            start_finisher,
+        )
+        .and_then(|started| {
+            let listener = listen(vm)?;
+            Ok((started, listener))
+        });
         let ((init, init_waits, record), listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
@@ -380,6 +402,7 @@ impl Keeper {
             init_waits: Some(init_waits),
             held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer,
+            finisher,
             recording: std::cell::RefCell::new(None),
         };
         if let Err(e) = record.commit() {
@@ -533,6 +556,7 @@ impl Keeper {
             init_waits: None,
             held_mounts: std::cell::Cell::new(held_mounts),
             memory_layer: None,
+            finisher: None,
             recording: std::cell::RefCell::new(None),
         };
         trace::phase("restore: CRIU restored the tree, network completed");
@@ -1158,7 +1182,7 @@ impl Keeper {
 
     /// `foreground`: this process is the user's `feather run --rm`, which may leave the slow end
     /// of a throw-away VM's teardown to a child of its own (see [`Keeper::hand_off`]).
-    fn tear_down(&self, how: &str, foreground: bool) {
+    fn tear_down(&mut self, how: &str, foreground: bool) {
         // Handed over, the cgroup goes in the finisher too (`remove_throw_away_leftovers`):
         // every process of the VM ended with its init (its pid namespace), and the group is
         // named by the VM's id, which no later VM has.
@@ -1246,16 +1270,18 @@ impl Keeper {
     /// Ends a throw-away VM run in the foreground without making the user wait for the kernel:
     /// its network's removal, its cgroup's and the unmounting of its tree wait for RCU grace
     /// periods, and its folders' removal for the disk. The VM, whose processes are all gone, is
-    /// set aside (renamed: its name is free and
-    /// `ls` shows it no more), and a process of the keeper program (`__finish`), which inherits
-    /// the keeper lock, removes the rest while this process reports the command's exit status.
+    /// set aside (renamed: its name is free and `ls` shows it no more), and the process of the
+    /// keeper program started while the VM booted (`__finish`, [`crate::finisher`]) is handed
+    /// the rest with the keeper lock, and removes it while this process reports the command's
+    /// exit status.
     /// A finisher killed half-way leaves a set-aside VM whose lock is free: the next feather
     /// command finishes it ([`crate::lifecycle::settle_throw_aways`]), and every command but
     /// `run --rm` first waits for teardowns under way, so that what feather shows never
     /// includes one.
-    fn hand_off(&self) {
+    fn hand_off(&mut self) {
+        let name = self.vm.name().clone();
         let complain = |e: &dyn std::error::Error| {
-            eprintln!("feather keeper {}: {}", self.vm.name(), causes(e));
+            eprintln!("feather keeper {name}: {}", causes(e));
         };
         let aside = match self.vm.set_aside(&self.config.id) {
             Ok(aside) => aside,
@@ -1265,73 +1291,44 @@ impl Keeper {
                 return;
             }
         };
-        match self.start_finisher(&aside) {
-            Ok(()) => trace::phase("teardown: set aside, hand the rest over"),
+        let held = Held {
+            mounts: self.held_mounts.take(),
+            memory_layer: self.memory_layer.take().map(|layer| layer.fd),
+        };
+        // The finisher started ahead, else (not started then, or gone since: killed) one
+        // started now.
+        let handed = match self.finisher.take() {
+            Some(finisher) => finisher.hand_over(&self.lock, held),
+            None => Err(held),
+        }
+        .or_else(|held| match self.start_finisher() {
+            Ok(finisher) => finisher.hand_over(&self.lock, held),
             Err(e) => {
                 complain(&e);
+                Err(held)
+            }
+        });
+        match handed {
+            Ok(()) => trace::phase("teardown: set aside, hand the rest over"),
+            Err(held) => {
+                held.release();
                 self.remove_throw_away(&aside);
             }
         }
     }
 
-    /// Starts the process that finishes the teardown of the VM set aside as `aside`: the
-    /// keeper program, in a process group of its own (the terminal's signals are not for it),
-    /// with none of the caller's descriptors but the keeper lock and the VM's mount namespace,
-    /// which it is passed by name (it closes the rest at its start; see
-    /// `feather_sys::process::spawn_handing_over`).
-    fn start_finisher(&self, aside: &VmDir) -> Result<()> {
-        use std::os::fd::AsRawFd;
-        use std::os::unix::process::CommandExt;
-        let name = self.vm.name();
-        let lock = &self.lock;
-        // The finisher closes its copy of the namespace once this process has closed its own,
-        // which it hears as the end of `keeper_done`: the last hold, whose release unmounts
-        // the VM's tree, is the finisher's, never this process's on its way to the exit status.
-        let mounts = self.held_mounts.take();
-        let keeper_done = mounts
-            .as_ref()
-            .map(|_| nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC))
-            .transpose()
-            .map_err(|e| io(name, "pipe")(e.into()))?;
-        let passed: Vec<_> = std::iter::once(lock.as_fd())
-            .chain(mounts.as_ref().map(AsFd::as_fd))
-            .chain(keeper_done.as_ref().map(|(read, _)| read.as_fd()))
-            .collect();
+    /// Starts the process that finishes the teardown (see [`crate::finisher`]).
+    fn start_finisher(&self) -> Result<Finisher> {
+        // The root's folders, two up from the VM's (<root>/vms/<name>, <run>/<name>).
         let parent = |path: &std::path::Path| path.parent().map(std::path::Path::to_path_buf);
-        // <root>/vms/<folder> and <run>/<folder>.
-        let (Some(state_dir), Some(run_dir), Some(folder)) = (
-            aside.path().parent().and_then(parent),
-            parent(aside.run_dir()),
-            aside.path().file_name().and_then(|n| n.to_str()),
+        let (Some(state_dir), Some(run_dir)) = (
+            self.vm.path().parent().and_then(parent),
+            parent(self.vm.run_dir()),
         ) else {
-            return Err(failed(name, "its set-aside folder has no parent"));
+            return Err(failed(self.vm.name(), "its folder has no parent"));
         };
-        let args = crate::launch::FinishArgs {
-            state_dir,
-            run_dir,
-            lock_fd: lock.as_raw_fd(),
-            folder: folder.to_owned(),
-            mounts: mounts
-                .as_ref()
-                .zip(keeper_done.as_ref())
-                .map(|(namespace, (read, _))| crate::launch::HeldMounts {
-                    namespace_fd: namespace.as_raw_fd(),
-                    keeper_done_fd: read.as_raw_fd(),
-                }),
-        };
-        let exe = crate::launch::program().map_err(io(name, "cannot find the keeper program"))?;
-        let mut finisher = std::process::Command::new(exe);
-        finisher
-            .args(args.to_args())
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .process_group(0);
-        feather_sys::process::spawn_handing_over(&mut finisher, &passed)
-            .map_err(io(name, "cannot start its teardown"))?;
-        drop(mounts);
-        drop(keeper_done);
-        Ok(())
+        let root = StateRoot::with_dirs(state_dir, run_dir);
+        Finisher::start(&root, &self.vm, &self.config.id)
     }
 
     /// Removes what is left of a throw-away VM after its processes: its network (waiting for
@@ -1573,6 +1570,7 @@ fn start_init(
     plan: InitPlan,
     stdio: Option<VmEnds>,
     stage: &(dyn Fn(nix::unistd::Pid) -> Result<Staged> + Sync),
+    meanwhile: impl FnOnce(),
 ) -> Result<(ChildProcess, UnixStream, Staged)> {
     let (mut ours, theirs) = UnixStream::pair().map_err(io(name, "socketpair"))?;
     // The cgroup namespace is entered later, by init itself, once it is inside the VM's group.
@@ -1647,7 +1645,7 @@ fn start_init(
                 source: Box::new(e),
             })
     };
-    match boot_beside(name, &mut ours, place, attach, || stage(pid)) {
+    match boot_beside(name, &mut ours, place, attach, || stage(pid), meanwhile) {
         Ok(staged) => Ok((init, ours, staged)),
         Err(e) => {
             let _ = process::signal(&init.pidfd, Signal::SIGKILL);
@@ -1667,6 +1665,7 @@ fn start_init(
 /// awaited before NETWORK_READY. Nothing of the VM's runs before the record is committed
 /// (after this, before init's Start), so init need not wait for it; a keeper killed meanwhile
 /// takes init with it and leaves the staged file to the next start's `remove_leftovers`.
+/// `meanwhile` runs here once init has heard NETWORK_READY, while it finishes its boot.
 /// Returns the staged record once init is ready; on a failure the record is dropped
 /// (removed) and the caller ends init.
 fn boot_beside<T: Send>(
@@ -1675,6 +1674,7 @@ fn boot_beside<T: Send>(
     place: impl FnOnce() -> Result<()> + Send,
     attach: impl FnOnce() -> Result<()>,
     stage: impl FnOnce() -> Result<T> + Send,
+    meanwhile: impl FnOnce(),
 ) -> Result<T> {
     boot::send(ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
     std::thread::scope(|side| {
@@ -1691,7 +1691,10 @@ fn boot_beside<T: Send>(
                 boot::send(ours, &ToInit::NetworkReady).map_err(io(name, "init did not start"))
             })
             .map_err(|e| reported_failure(ours, name, e))
-            .and_then(|()| await_init_report(name, ours));
+            .and_then(|()| {
+                meanwhile();
+                await_init_report(name, ours)
+            });
         trace::phase("wait for init to assemble the root");
         let staged = staging
             .join()
@@ -1820,7 +1823,7 @@ mod tests {
                 .map(|()| "staged")
                 .map_err(|_| failed(&named, "init was not told the network is ready"))
         };
-        let staged = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage);
+        let staged = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage, || {});
         drop(ours);
         init.join().unwrap();
         assert_eq!(staged.unwrap(), "staged");
@@ -1838,7 +1841,7 @@ mod tests {
             boot::send(&mut theirs, &InitReport::Failed(why)).unwrap();
         });
         let stage = || -> Result<()> { Err(failed(&name, "the disk is full")) };
-        let e = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage).unwrap_err();
+        let e = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage, || {}).unwrap_err();
         init.join().unwrap();
         assert!(e.to_string().contains("no room for the overlay"), "{e}");
     }

@@ -87,24 +87,15 @@ pub struct InitArgs {
     pub resumed: Resumed,
 }
 
-/// A teardown's orders: the state root, the keeper lock the finisher holds until it is done
-/// (inherited), the folder name of the VM set aside (`.removing-<name>-<id>`), and the VM's
-/// mount namespace if the keeper held it (inherited; its release unmounts the VM's tree).
+/// A teardown's orders: the state root, the folder name the VM will be set aside as
+/// (`.removing-<name>-<id>`), and its end of the socket on which the front hands the teardown
+/// over (inherited; see [`crate::finisher`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FinishArgs {
     pub state_dir: PathBuf,
     pub run_dir: PathBuf,
-    pub lock_fd: RawFd,
     pub folder: String,
-    pub mounts: Option<HeldMounts>,
-}
-
-/// The VM's mount namespace as the finisher inherits it: the namespace, and the read end of a
-/// pipe whose end says the keeper has closed its own copy (so that the finisher's is the last).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct HeldMounts {
-    pub namespace_fd: RawFd,
-    pub keeper_done_fd: RawFd,
+    pub socket_fd: RawFd,
 }
 
 /// What [`KEEPER_PROGRAM`] was started to be.
@@ -233,14 +224,9 @@ impl FinishArgs {
             FINISH_SUBCOMMAND.into(),
             self.state_dir.clone().into(),
             self.run_dir.clone().into(),
-            self.lock_fd.to_string().into(),
             self.folder.clone().into(),
+            self.socket_fd.to_string().into(),
         ]
-        .into_iter()
-        .chain(self.mounts.into_iter().flat_map(|held| {
-            [held.namespace_fd, held.keeper_done_fd].map(|fd| fd.to_string().into())
-        }))
-        .collect()
     }
 }
 
@@ -248,21 +234,14 @@ impl Launch {
     /// Parses the arguments after the program's name.
     pub fn parse(args: &[OsString]) -> Result<Launch, LaunchError> {
         match args.split_first() {
-            Some((command, [state_dir, run_dir, lock_fd, folder, held @ ..]))
-                if command == FINISH_SUBCOMMAND && matches!(held.len(), 0 | 2) =>
+            Some((command, [state_dir, run_dir, folder, socket_fd]))
+                if command == FINISH_SUBCOMMAND =>
             {
                 Ok(Launch::Finish(FinishArgs {
                     state_dir: state_dir.into(),
                     run_dir: run_dir.into(),
-                    lock_fd: descriptor(lock_fd)?,
                     folder: folder.to_string_lossy().into_owned(),
-                    mounts: match held {
-                        [namespace, keeper_done] => Some(HeldMounts {
-                            namespace_fd: descriptor(namespace)?,
-                            keeper_done_fd: descriptor(keeper_done)?,
-                        }),
-                        _ => None,
-                    },
+                    socket_fd: descriptor(socket_fd)?,
                 }))
             }
             Some((command, rest)) if command == KEEPER_SUBCOMMAND => {
@@ -344,24 +323,12 @@ mod tests {
         let args = FinishArgs {
             state_dir: "/var/lib/feather".into(),
             run_dir: "/run/feather".into(),
-            lock_fd: 4,
             folder: ".removing-run-12-0123456789ab".into(),
-            mounts: None,
+            socket_fd: 5,
         };
         assert_eq!(
             Launch::parse(&args.to_args()).unwrap(),
-            Launch::Finish(args.clone())
-        );
-        let holding = FinishArgs {
-            mounts: Some(HeldMounts {
-                namespace_fd: 5,
-                keeper_done_fd: 6,
-            }),
-            ..args
-        };
-        assert_eq!(
-            Launch::parse(&holding.to_args()).unwrap(),
-            Launch::Finish(holding)
+            Launch::Finish(args)
         );
     }
 

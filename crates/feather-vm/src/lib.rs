@@ -30,7 +30,8 @@
 //!
 //! The messages between them, one typed module per pair: [`launch`] (the keeper's, init's and
 //! a handed-over teardown's command lines), [`boot`] (feather start ↔ keeper ↔ init during a start), [`protocol`]
-//! (CLI ↔ keeper, `control.sock`), [`commands`] (`feather exec` ↔ init); [`images`]: the
+//! (CLI ↔ keeper, `control.sock`), [`commands`] (`feather exec` ↔ init), [`finisher`] (`run --rm`
+//! ↔ the process its teardown is handed to); [`images`]: the
 //! checkpoint folder's files both sides read. [`error`]: [`VmError`], one variant per kind of
 //! failure, each naming the VM.
 //!
@@ -48,6 +49,7 @@ pub mod diff;
 pub mod disk;
 pub mod error;
 pub mod exec;
+pub mod finisher;
 pub mod hiding;
 pub mod idle;
 pub mod images;

@@ -118,27 +118,34 @@ fn init(args: InitArgs) -> anyhow::Result<i32> {
     feather_vm::init::resume(keeper.into(), args.resumed)
 }
 
-/// Finishes a throw-away VM's teardown that the `feather run --rm` which ran it handed over,
-/// holding its keeper lock until done; then lingers for the root's network.
+/// Finishes a throw-away VM's teardown that the `feather run --rm` which ran it hands over
+/// (feather_vm::finisher: started while the VM boots, it waits for that first), holding its
+/// keeper lock, which comes with it, until done; then lingers for the root's network.
 fn finish(args: FinishArgs) -> anyhow::Result<i32> {
-    let lock = inherited(args.lock_fd)?;
+    let socket = inherited(args.socket_fd)?;
     // It may linger for minutes after its caller is gone: in no folder of the caller's (which
     // it would keep from being unmounted), its paths made absolute first. (Its process group
     // is its own already: the terminal's signals are not for it.)
-    // Neither may keep it from finishing the teardown.
     let state_dir = std::path::absolute(&args.state_dir).unwrap_or(args.state_dir);
     let run_dir = std::path::absolute(&args.run_dir).unwrap_or(args.run_dir);
     let _ = std::env::set_current_dir("/");
-    // The VM's mount namespace, held by its keeper so that init's exit did not unmount it: let
-    // go first, once the keeper has let go of its own copy (the end of `keeper_done`), which
-    // unmounts the VM's tree (its layers among it) before they are removed.
-    if let Some(held) = args.mounts {
-        let namespace = inherited(held.namespace_fd)?;
-        let mut keeper_done = std::fs::File::from(inherited(held.keeper_done_fd)?);
-        let _ = std::io::Read::read_to_end(&mut keeper_done, &mut Vec::new());
-        drop(namespace);
-    }
+    // The run ended without handing its teardown over (killed, or its VM never started):
+    // nothing is this process's to do; what is left, the next feather command cleans up.
+    let Some((lock, held)) = feather_vm::finisher::await_hand_over(&socket) else {
+        return Ok(0);
+    };
+    drop(socket);
     let root = StateRoot::with_dirs(state_dir, run_dir);
+    // Started with /dev/null as its stdio (the caller's terminal is not its own, and the caller
+    // is gone by the time it has something to say): what it says goes to the root's teardown
+    // log. Without one, it still tears down.
+    if let Ok(log) = root.open_teardown_log() {
+        let _ = feather_sys::process::redirect_stderr(&log);
+    }
+    // The VM's mount namespace, held by its keeper so that init's exit did not unmount it, and
+    // its layer in memory, let go first now that the keeper has let go of its own copies (the
+    // socket's end): the VM's tree is unmounted before its folders are removed.
+    held.release();
     let lingering = feather_vm::lifecycle::finish_handed_off(&root, &args.folder);
     drop(lock);
     if let Some(lingering) = lingering {
@@ -157,16 +164,9 @@ fn take_only(named: &[RawFd]) -> anyhow::Result<()> {
     Ok(feather_sys::process::inherited_close_on_exec()?)
 }
 
-/// The descriptors a finisher is passed: the keeper lock and, if held, the VM's mount
-/// namespace and the end of the keeper's pipe.
+/// The descriptors a finisher is passed: its end of the front's socket.
 fn finish_fds(args: &FinishArgs) -> Vec<RawFd> {
-    std::iter::once(args.lock_fd)
-        .chain(
-            args.mounts
-                .iter()
-                .flat_map(|held| [held.namespace_fd, held.keeper_done_fd]),
-        )
-        .collect()
+    vec![args.socket_fd]
 }
 
 /// The descriptor named on the command line by the process that started this one.
