@@ -597,6 +597,9 @@ fn two_state_roots_never_share_a_subnet() {
     assert_eq!(address(&second, "two"), subnet.replace(".0/24", ".2"));
 }
 
+/// How many namespaces a root's pool keeps ready (feather_net::pool::SIZE).
+const POOL_SIZE: usize = 4;
+
 fn pool_dir(feather: &Feather, part: &str) -> Vec<String> {
     std::fs::read_dir(feather.root.join("network-pool").join(part))
         .map(|entries| {
@@ -638,7 +641,7 @@ fn a_throw_away_vm_takes_a_pooled_namespace_and_the_pool_goes_with_the_last_vm()
     // `ls` waits for the teardown handed over, which fills the pool as it lingers.
     feather.ok(&["ls"]);
     let ready = pool_dir(&feather, "ready");
-    assert_eq!(ready.len(), 2, "the pool is full: {ready:?}");
+    assert_eq!(ready.len(), POOL_SIZE, "the pool is full: {ready:?}");
     let pooled: Vec<String> = ready.iter().map(|n| format!("fthp{n}")).collect();
     for host_end in &pooled {
         let master = std::fs::read_link(format!("/sys/class/net/{host_end}/master")).unwrap();
@@ -825,6 +828,77 @@ fn a_killed_keeper_of_a_vm_on_a_pooled_pair_leaves_nothing() {
         std::fs::read_dir(feather.root.join("network-leases"))
             .map_or(true, |mut leases| leases.next().is_none()),
         "every lease is returned"
+    );
+}
+
+/// The finisher of a `run --rm` that took a pooled namespace puts one back even when another
+/// process holds the pool's refill lock as it comes to refill: it waits for that refill, then
+/// tops the pool up. It left the refill to the holder, which may have looked at the pool before
+/// the VM took its entry: in a script's loop the pool then ran down to empty, and the runs that
+/// found it so made their namespaces on the way to their command.
+#[test]
+fn a_finisher_refills_the_pool_after_a_refill_under_way() {
+    use std::os::unix::fs::MetadataExt;
+    let feather = Feather::new("net-pool-busy");
+    // Keeps the bridge in use: the pool is refilled after every `run --rm`.
+    let keep = feather.spawn_throw_away("keep", &[]);
+    feather.ok(&["run", "--rm", "--", "true"]);
+    feather.ok(&["ls"]);
+    assert_eq!(
+        pool_dir(&feather, "ready").len(),
+        POOL_SIZE,
+        "the pool is full"
+    );
+
+    // A refill under way, as far as the next finisher can tell: this test holds the lock.
+    let lock_path = feather.root.join("network-pool/refill.lock");
+    let lock = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&lock_path)
+        .unwrap();
+    lock.lock().unwrap();
+    feather.ok(&["run", "--rm", "--", "true"]);
+    // Until the finisher waits for the lock (a blocked `flock`, listed in /proc/locks) or is
+    // done (its VM's folder gone): the test's lock goes only then.
+    let inode = format!(":{} ", std::fs::metadata(&lock_path).unwrap().ino());
+    let waits = || {
+        std::fs::read_to_string("/proc/locks")
+            .unwrap()
+            .lines()
+            .any(|line| line.contains("-> FLOCK") && line.contains(&inode))
+    };
+    let finishing = || {
+        std::fs::read_dir(feather.root.join("vms"))
+            .unwrap()
+            .any(|e| {
+                e.unwrap()
+                    .file_name()
+                    .to_string_lossy()
+                    .starts_with(".removing-")
+            })
+    };
+    feather.eventually("the finisher waits for the refill lock or is done", || {
+        waits() || !finishing()
+    });
+    assert!(
+        waits(),
+        "the finisher did not wait for the refill under way"
+    );
+    drop(lock);
+    // `ls` waits for the teardown handed over, its refill included.
+    feather.ok(&["ls"]);
+    let ready = pool_dir(&feather, "ready");
+    assert_eq!(
+        ready.len(),
+        POOL_SIZE,
+        "the entry the VM took is replaced: {ready:?}"
+    );
+
+    stop_throw_away(&feather, "keep", keep);
+    feather.ok(&["network", "down"]);
+    assert!(
+        !feather.root.join("network-pool").exists(),
+        "the pool is gone"
     );
 }
 

@@ -23,10 +23,13 @@
 //!   port, which keeps the root's bridge and tables while that VM runs ([`is_vm_port`]).
 //! - Bounded: at most [`SIZE`] entries, refilled by the process a `run --rm` hands its
 //!   teardown to (`feather-keeper __finish`), off the critical path, when VMs come one after
-//!   another or while the root's network lingers ([`crate::linger::refill_pool_if_in_demand`]);
-//!   and removed with the root's bridge when its linger ends ([`crate::linger`]) or at
-//!   `feather network down`: nothing stays once a root's VMs are gone and its network is down,
-//!   so a root is removed as before (its VMs, `network down`, then its folder).
+//!   another or while the root's network lingers ([`crate::linger::refill_pool_if_in_demand`]):
+//!   one refill at a time (the refill lock), which makes the entries missing side by side and
+//!   goes on until none is; a finisher that finds a refill under way waits for it and tops the
+//!   pool up after ([`refill`]). Removed with the root's bridge when its linger ends
+//!   ([`crate::linger`]) or at `feather network down`: nothing stays once a root's VMs are
+//!   gone and its network is down, so a root is removed as before (its VMs, `network down`,
+//!   then its folder).
 //! - Crash-safe: an entry being made is under `making-` until it is complete; whatever a killed
 //!   refill or keeper left (a `making-` entry, a claimed entry whose VM holds no lease, a
 //!   `pool-` lease without its entry, a ready entry whose host end is gone after a reboot) is
@@ -39,6 +42,7 @@ use std::io::Read;
 use std::net::Ipv4Addr;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::mount::MntFlags;
 use nix::sched::CloneFlags;
@@ -50,9 +54,13 @@ use crate::netlink::{index_of, Netlink, PeerNamespace};
 use crate::settings::RootNetwork;
 use crate::{firewall, leases};
 
-/// How many entries a root keeps ready: a script's loop of `run --rm` finds one each time
-/// while the teardown of the one before refills the pool.
-pub const SIZE: usize = 2;
+/// How many entries a root keeps ready: a script's loop of `run --rm` finds one most times
+/// while the teardowns of the ones before refill the pool. Each entry takes the kernel's RTNL
+/// several times, as do the namespaces of ended VMs being torn down: in a loop the refill
+/// falls behind now and then, by tens of milliseconds when others hold the RTNL, and a deeper
+/// pool rides that out more often: a back-to-back loop found the pool empty in 36–50 runs of
+/// 145 with 2 entries made one after another, in 15–23 with 4 made side by side (load 8–9).
+pub const SIZE: usize = 4;
 
 const DIR: &str = "network-pool";
 const READY: &str = "ready";
@@ -272,6 +280,29 @@ fn try_refill_lock(root_dir: &Path) -> Option<File> {
     Some(file)
 }
 
+/// The refill lock, waited for at most `patience`; None in a root whose folder is gone. The
+/// wait blocks in `flock` on a thread of its own (a waiter `/proc/locks` lists), which lets
+/// the lock go as soon as it gets it if this process stopped waiting meanwhile.
+fn refill_lock_within(root_dir: &Path, patience: Duration) -> Option<File> {
+    let dir = dir_of(root_dir);
+    make_dir(&dir).ok()?;
+    let file = open_refill_lock(&dir)?;
+    if file.try_lock().is_ok() {
+        return Some(file);
+    }
+    // The same open file: the lock the thread takes is `file`'s.
+    let waiter = file.try_clone().ok()?;
+    let (taken, told) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .spawn(move || {
+            if waiter.lock().is_ok() && taken.send(()).is_err() {
+                let _ = waiter.unlock();
+            }
+        })
+        .ok()?;
+    told.recv_timeout(patience).is_ok().then_some(file)
+}
+
 fn open_refill_lock(dir: &Path) -> Option<File> {
     crate::settings::open_lock_file(&dir.join(REFILL_LOCK)).ok()
 }
@@ -300,9 +331,22 @@ pub(crate) fn vm_port_on_bridge(network: &RootNetwork, except: Option<&str>) -> 
     }))
 }
 
+/// How long a finisher waits for the refill another process is doing before it leaves the
+/// refill to it: the refill lock is held while entries are made (15 ms each on average in a
+/// loop of `run --rm` at load 5–8, 130 ms at most). Commands that wait for teardowns wait
+/// for the finisher's wait too.
+const REFILL_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Fills the root's pool up to [`SIZE`], after removing what a killed refill or keeper left.
 /// Only while the root's bridge exists (the entries are its ports); never fails its caller:
 /// an entry that cannot be made leaves nothing, and VMs then make their own.
+///
+/// A refill under way is waited for ([`REFILL_PATIENCE`] at most), then the pool is topped up
+/// again: skipped, the entry this finisher's VM took came back only with the next finisher,
+/// when the refill under way had looked at the pool before that VM took it. The entries
+/// missing are made side by side ([`side_by_side`]), again until none is missing: each waits
+/// for RCU grace periods, which entries made together share, and VMs keep taking entries
+/// while a refill goes on.
 pub fn refill(root_dir: &Path) {
     let Ok(Some(network)) = RootNetwork::load(root_dir) else {
         return;
@@ -310,7 +354,7 @@ pub fn refill(root_dir: &Path) {
     if network.uplink.is_some() {
         return;
     }
-    let Some(_refilling) = try_refill_lock(root_dir) else {
+    let Some(_refilling) = refill_lock_within(root_dir, REFILL_PATIENCE) else {
         return;
     };
     clean_stale(&network);
@@ -319,11 +363,24 @@ pub fn refill(root_dir: &Path) {
         return;
     }
     let count = || fs::read_dir(&ready).map_or(SIZE, |entries| entries.count());
-    while count() < SIZE {
-        if make_one(&network).is_err() {
-            break;
+    loop {
+        let missing = SIZE.saturating_sub(count());
+        if missing == 0 || side_by_side(missing, || make_one(&network).is_ok()) == 0 {
+            return;
         }
     }
+}
+
+/// Runs `make` `count` times side by side, each on a thread of its own: how many succeeded.
+fn side_by_side(count: usize, make: impl Fn() -> bool + Sync) -> usize {
+    std::thread::scope(|scope| {
+        let makers: Vec<_> = (0..count).map(|_| scope.spawn(&make)).collect();
+        makers
+            .into_iter()
+            .map(|maker| maker.join())
+            .filter(|made| matches!(made, Ok(true)))
+            .count()
+    })
 }
 
 /// Makes one entry under `making-<n>`, then moves it to `ready/<n>`. Whatever fails on the way
@@ -581,6 +638,29 @@ mod tests {
         make_dir(&dir_of(&root).join(READY)).unwrap();
         drop(lock);
         fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The entries missing are made side by side: each maker here waits until all of them have
+    /// begun (at most a minute: made one after another, the first waits all that time, alone).
+    #[test]
+    fn missing_entries_are_made_side_by_side() {
+        use std::sync::{Condvar, Mutex};
+        for count in [1, 2, SIZE] {
+            let begun = Mutex::new(0);
+            let all_begun = Condvar::new();
+            let made = side_by_side(count, || {
+                let mut n = begun.lock().unwrap();
+                *n += 1;
+                all_begun.notify_all();
+                let (n, _) = all_begun
+                    .wait_timeout_while(n, Duration::from_secs(60), |n| *n < count)
+                    .unwrap();
+                *n == count
+            });
+            assert_eq!(made, count, "{count} made side by side");
+        }
+        // A maker that fails is not counted.
+        assert_eq!(side_by_side(3, || false), 0);
     }
 
     #[test]
