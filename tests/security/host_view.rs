@@ -1103,8 +1103,9 @@ fn a_restored_private_tmp_units_namespace_hides_the_roots_and_the_registry() {
 /// in one (`unshare -Urm`, its mounts left as they came: the kernel makes them slaves) gets the
 /// tmpfs over a root registered later, and cannot unmount it there: the VM's filter refuses
 /// the call in every user namespace (the kernel would let it: it locks only what a namespace
-/// was made with). Before, the tmpfs went into init's namespace alone, and that namespace read
-/// the late root's marker.
+/// was made with), nor clone the root's parent without it (`open_tree_attr`: its deny removed,
+/// the clone read the marker). Before, the tmpfs went into init's namespace alone, and that
+/// namespace read the late root's marker.
 #[test]
 fn a_namespace_a_vm_makes_in_a_user_namespace_hides_a_late_root_for_good() {
     let a = Feather::new("host-view-userns-late");
@@ -1130,7 +1131,12 @@ fn a_namespace_a_vm_makes_in_a_user_namespace_hides_a_late_root_for_good() {
         links.len() == 4 && links[0] != links[2] && links[1] != links[3],
         "{namespaces}"
     );
-    let late = Feather::new("host-view-userns-later");
+    // In a folder of its own: a clone without AT_RECURSIVE is refused (EINVAL) where the
+    // folder cloned holds a mount the namespace was made with (locked), as the other test
+    // roots' tmpfs in /tmp/feather-tests are.
+    let folder = crate::support::HostDir::new("host-view-userns-later");
+    fs::create_dir(folder.0.join("root")).unwrap();
+    let late = Feather::at(folder.0.join("root"));
     fs::write(late.root.join("marker"), "marker of the late root\n").unwrap();
     assert_ne!(
         a.sh("w", &seen_by(pid, &late.root)),
@@ -1144,6 +1150,42 @@ fn a_namespace_a_vm_makes_in_a_user_namespace_hides_a_late_root_for_good() {
         "a root registered meanwhile shows in the VM's own namespace"
     );
     // Its root there holds every capability of its user namespace, which owns the namespace.
+    // A clone of the root's parent (open_tree_attr, Linux 6.15: open_tree with attributes,
+    // none here; OPEN_TREE_CLONE, not recursive) would hold the folder without the tmpfs.
+    let parent = late.root.parent().unwrap();
+    let name = late.root.file_name().unwrap().to_str().unwrap();
+    let clone = format!(
+        "import ctypes, os\n\
+         libc = ctypes.CDLL(None, use_errno=True)\n\
+         fd = libc.syscall(ctypes.c_long(467), ctypes.c_long(-100), {parent:?}.encode(), \
+         ctypes.c_long(1), None, ctypes.c_long(0))\n\
+         if fd < 0:\n\
+         \x20   print('refused', ctypes.get_errno())\n\
+         else:\n\
+         \x20   marker = os.open({name:?} + '/marker', os.O_RDONLY, dir_fd=fd)\n\
+         \x20   print(os.read(marker, 100).decode(), end='')\n\
+         print('end')\n",
+        parent = parent.to_str().unwrap(),
+    );
+    let cloned = a.run(&[
+        "exec",
+        "w",
+        "--",
+        "nsenter",
+        "-t",
+        &pid.to_string(),
+        "-U",
+        "-m",
+        "--preserve-credentials",
+        "python3",
+        "-c",
+        &clone,
+    ]);
+    assert_eq!(
+        cloned.stdout,
+        format!("refused {}\nend\n", libc::EPERM),
+        "{cloned:?}"
+    );
     let unmount = a.run(&[
         "exec",
         "w",

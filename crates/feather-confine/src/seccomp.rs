@@ -134,6 +134,9 @@ macro_rules! paste_sys {
     (mount_setattr) => {
         libc::SYS_mount_setattr
     };
+    (open_tree_attr) => {
+        SYS_OPEN_TREE_ATTR
+    };
     (swapon) => {
         libc::SYS_swapon
     };
@@ -217,6 +220,7 @@ pub fn denied() -> Vec<Denied> {
         deny!(move_mount, MOUNTS),
         deny!(open_tree, MOUNTS),
         deny!(mount_setattr, MOUNTS),
+        deny!(open_tree_attr, MOUNTS),
         deny!(swapon, "swap space is machine-wide"),
         deny!(swapoff, "swap space is machine-wide"),
         deny!(reboot, "reboots or halts the machine; a VM is stopped through feather"),
@@ -299,6 +303,11 @@ impl Profile {
 /// `file_setattr(2)` (Linux 6.17): FS_IOC_FSSETXATTR by path. Not in libc yet; calls added
 /// since Linux 5.1 have one number on every architecture feather builds for.
 const SYS_FILE_SETATTR: libc::c_long = 469;
+
+/// `open_tree_attr(2)` (Linux 6.15): `open_tree` with mount attributes to set on the clone
+/// (with none, `open_tree` itself). Not in libc yet; one number on every architecture feather
+/// builds for, as [`SYS_FILE_SETATTR`].
+const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
 
 /// `FS_IOC_FSSETXATTR`, `_IOW('X', 32, struct fsxattr)`: sets a file's project id and xflags.
 pub const FS_IOC_FSSETXATTR: u64 = 0x401c_5820;
@@ -460,13 +469,17 @@ fn fold_x32(program: BpfProgram) -> Result<BpfProgram, SeccompError> {
 
 /// Compiles the main filter (every denied call gets EPERM) for the running architecture.
 pub fn compile(profile: Profile) -> Result<BpfProgram, SeccompError> {
-    compile_in(profile, Layout::Folded)
+    compile_in(profile, Layout::Folded, Generation::Current)
 }
 
-/// The main filter of [`compile`], laid out as `layout`.
-pub fn compile_in(profile: Profile, layout: Layout) -> Result<BpfProgram, SeccompError> {
+/// The main filter of [`compile`] as a build of `generation`'s rules and `layout` compiled it.
+pub fn compile_in(
+    profile: Profile,
+    layout: Layout,
+    generation: Generation,
+) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for call in denied() {
+    for call in generation.denied() {
         let rule = match call.when {
             [] => None,
             conditions => Some(all_equal(conditions)?),
@@ -524,14 +537,18 @@ pub struct Compiled {
 
 impl Compiled {
     pub fn new(profile: Profile) -> Result<Compiled, SeccompError> {
-        Compiled::in_layout(profile, Layout::Folded)
+        Compiled::in_layout(profile, Layout::Folded, Generation::Current)
     }
 
-    /// The filters of `profile` as a build of `layout` compiled them (a restore compares a
-    /// restored process's with these).
-    pub fn in_layout(profile: Profile, layout: Layout) -> Result<Compiled, SeccompError> {
+    /// The filters of `profile` as a build of `generation`'s rules and `layout` compiled them
+    /// (a restore compares a restored process's with these).
+    pub fn in_layout(
+        profile: Profile,
+        layout: Layout,
+        generation: Generation,
+    ) -> Result<Compiled, SeccompError> {
         Ok(Compiled {
-            main: instructions(compile_in(profile, layout)?),
+            main: instructions(compile_in(profile, layout, generation)?),
             clone3: compile_clone3_in(profile, layout)?.map(instructions),
         })
     }
@@ -561,23 +578,37 @@ pub fn filter_count(profile: Profile) -> usize {
     }
 }
 
-/// The propagation the spawner's recipe gives the mounts of the namespace it makes, the one
-/// `mount` of `/` its filter lets through.
+/// Which build's rules a program holds: this build's, or those of builds before 2026-12-06
+/// (the ones a checkpoint of such a build brings back, crates/feather-vm/src/restored_creds.rs).
+/// Two rules changed together that day: the spawner's recipe made its mount namespace a slave
+/// of the VM's rather than private (so what the host hides in the VM later reaches it), and
+/// `open_tree_attr` (Linux 6.15, `open_tree` by another number) joined the denied mount calls.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SpawnerPropagation {
-    /// This build's: `MS_REC|MS_SLAVE`, a slave of the VM's namespace, which what the host
-    /// hides in the VM's namespace later reaches.
-    Slave,
-    /// Builds before 2026-12-06: `MS_REC|MS_PRIVATE`. Compiled only to recognise the spawner a
-    /// checkpoint of such a build brings back (crates/feather-vm/src/restored_creds.rs).
-    Private,
+pub enum Generation {
+    /// This build's: every call of [`denied`]; the spawner's `mount` of `/` is
+    /// `MS_REC|MS_SLAVE`.
+    Current,
+    /// Builds before 2026-12-06: [`denied`] without `open_tree_attr`; the spawner's `mount`
+    /// of `/` is `MS_REC|MS_PRIVATE`. Compiled only to recognise the filters a checkpoint of
+    /// such a build brings back.
+    Before20261206,
 }
 
-impl SpawnerPropagation {
-    fn flags(self) -> u64 {
+impl Generation {
+    /// The calls of [`denied`] this generation's programs refuse.
+    fn denied(self) -> Vec<Denied> {
+        let mut calls = denied();
+        if self == Generation::Before20261206 {
+            calls.retain(|call| call.number != SYS_OPEN_TREE_ATTR);
+        }
+        calls
+    }
+
+    /// The propagation flags of the one `mount` of `/` the spawner's filter lets through.
+    fn spawner_propagation(self) -> u64 {
         match self {
-            SpawnerPropagation::Slave => libc::MS_REC | libc::MS_SLAVE,
-            SpawnerPropagation::Private => libc::MS_REC | libc::MS_PRIVATE,
+            Generation::Current => libc::MS_REC | libc::MS_SLAVE,
+            Generation::Before20261206 => libc::MS_REC | libc::MS_PRIVATE,
         }
     }
 }
@@ -585,17 +616,19 @@ impl SpawnerPropagation {
 /// The filter of the VM's spawner (crates/feather-vm/src/spawner.rs), which holds
 /// CAP_SYS_ADMIN for one recipe: a new mount namespace, made a slave of the VM's, and two
 /// binds. It is the VM's filter with exactly that let through: `unshare` only with
-/// `CLONE_NEWNS` alone; `mount` only with the flags `MS_REC|MS_SLAVE` (propagation) or `MS_BIND` (a bind, not
+/// `CLONE_NEWNS` alone; `mount` only with the flags `MS_REC|MS_SLAVE` (propagation;
+/// `MS_REC|MS_PRIVATE` in [`Generation::Before20261206`]) or `MS_BIND` (a bind, not
 /// recursive, no remount); `clone` with no namespace flag; `clone3` ENOSYS; `setns` never;
-/// every other call of [`denied`] refused, the new mount API included. The processes it makes
-/// install the VM's own filter over it (filters stack: the stricter answer wins).
+/// every other call of `generation`'s denied list refused, the new mount API included. The
+/// processes it makes install the VM's own filter over it (filters stack: the stricter answer
+/// wins).
 pub fn compile_spawner(
     profile: Profile,
     layout: Layout,
-    propagation: SpawnerPropagation,
+    generation: Generation,
 ) -> Result<BpfProgram, SeccompError> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = BTreeMap::new();
-    for call in denied() {
+    for call in generation.denied() {
         if call.number == libc::SYS_mount {
             continue;
         }
@@ -621,7 +654,7 @@ pub fn compile_spawner(
             .map_err(compile_error)
     };
     let recipe_mount = SeccompRule::new(vec![
-        not_equal(3, propagation.flags())?,
+        not_equal(3, generation.spawner_propagation())?,
         not_equal(3, libc::MS_BIND)?,
     ])
     .map_err(compile_error)?;
@@ -648,19 +681,20 @@ pub fn compile_spawner(
 /// Installs the spawner's filters ([`compile_spawner`], and `clone3` as ENOSYS) on the
 /// calling process, which holds CAP_SYS_ADMIN.
 pub fn install_spawner(profile: Profile) -> Result<(), SeccompError> {
-    for program in spawner_stack(profile, Layout::Folded, SpawnerPropagation::Slave)? {
+    for program in spawner_stack(profile, Layout::Folded, Generation::Current)? {
         feather_sys::seccomp::install_filter(&program)?;
     }
     Ok(())
 }
 
-/// The programs [`install_spawner`] stacks (laid out as `layout`), the first installed first.
+/// The programs [`install_spawner`] stacks, as a build of `generation`'s rules and `layout`
+/// compiled them, the first installed first.
 pub fn spawner_stack(
     profile: Profile,
     layout: Layout,
-    propagation: SpawnerPropagation,
+    generation: Generation,
 ) -> Result<Vec<Vec<feather_sys::seccomp::Instruction>>, SeccompError> {
-    let main = instructions(compile_spawner(profile, layout, propagation)?);
+    let main = instructions(compile_spawner(profile, layout, generation)?);
     let clone3 = instructions(clone3_enosys(layout)?);
     Ok(vec![clone3, main])
 }
@@ -844,17 +878,18 @@ mod tests {
 
     /// The folded programs answer every call as the duplicated ones (the previous builds')
     /// do, but x32's own numbers, which they answer as the duplicated ones answer the native
-    /// twins: the VM's filters and the spawner's, for every profile.
+    /// twins: the VM's filters and the spawner's, for every profile (both in the rules of the
+    /// builds that laid them out the duplicated way).
     #[test]
     fn folding_x32_changes_no_answer_but_x32s_own_calls() {
+        let before = Generation::Before20261206;
         for profile in all_profiles() {
-            let old = compile_in(profile, Layout::Duplicated).unwrap();
-            let new = compile(profile).unwrap();
+            let old = compile_in(profile, Layout::Duplicated, before).unwrap();
+            let new = compile_in(profile, Layout::Folded, before).unwrap();
             let denied = assert_same_answers(&format!("main {profile:?}"), &old, &new);
             assert!(denied > 0);
-            let private = SpawnerPropagation::Private;
-            let old = compile_spawner(profile, Layout::Duplicated, private).unwrap();
-            let new = compile_spawner(profile, Layout::Folded, private).unwrap();
+            let old = compile_spawner(profile, Layout::Duplicated, before).unwrap();
+            let new = compile_spawner(profile, Layout::Folded, before).unwrap();
             assert_same_answers(&format!("spawner {profile:?}"), &old, &new);
         }
         let old = clone3_enosys(Layout::Duplicated).unwrap();
@@ -883,7 +918,7 @@ mod tests {
                 ("main", compile(profile).unwrap()),
                 (
                     "spawner",
-                    compile_spawner(profile, Layout::Folded, SpawnerPropagation::Slave).unwrap(),
+                    compile_spawner(profile, Layout::Folded, Generation::Current).unwrap(),
                 ),
             ];
             for (what, program) in programs {
@@ -988,21 +1023,127 @@ mod tests {
                 allow_userns,
                 disk_quota,
             };
-            let stack = Compiled::in_layout(profile, Layout::Duplicated)
-                .unwrap()
-                .stack();
+            let stack =
+                Compiled::in_layout(profile, Layout::Duplicated, Generation::Before20261206)
+                    .unwrap()
+                    .stack();
             let held: Vec<_> = stack
                 .iter()
                 .map(|p| feather_sys::seccomp::fingerprint(p))
                 .collect();
             assert_eq!(held, vm, "{profile:?}");
             let stack =
-                spawner_stack(profile, Layout::Duplicated, SpawnerPropagation::Private).unwrap();
+                spawner_stack(profile, Layout::Duplicated, Generation::Before20261206).unwrap();
             let held: Vec<_> = stack
                 .iter()
                 .map(|p| feather_sys::seccomp::fingerprint(p))
                 .collect();
             assert_eq!(held, spawner, "{profile:?}");
+        }
+    }
+
+    /// [`Generation::Before20261206`] compiles, instruction for instruction, the folded
+    /// programs the builds of 2026-12-05 installed (fingerprints taken from the build before
+    /// `open_tree_attr` was denied, commit 8497ed3): a restore accepts only what it compiles
+    /// itself.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_rules_before_2026_12_06_are_those_builds() {
+        const CLONE3: (usize, u64) = (0xb, 0x939a_f3b8_ad88_7e5d);
+        let previous = [
+            // (allow_userns, disk_quota): the VM's stack, the spawner's.
+            (
+                (false, false),
+                vec![CLONE3, (0xd7, 0xad86_f5c9_348a_8330)],
+                vec![CLONE3, (0xfe, 0x4a53_3e66_754f_6a4f)],
+            ),
+            (
+                (false, true),
+                vec![CLONE3, (0xf0, 0x0c23_2569_e2dd_bff5)],
+                vec![CLONE3, (0x117, 0xdf2d_f4d9_1599_d30a)],
+            ),
+            (
+                (true, false),
+                vec![(0xc2, 0x43f6_abd3_5fe3_3593)],
+                vec![CLONE3, (0xfe, 0x4a53_3e66_754f_6a4f)],
+            ),
+            (
+                (true, true),
+                vec![(0xdb, 0x26c4_4c21_39c8_bb16)],
+                vec![CLONE3, (0x117, 0xdf2d_f4d9_1599_d30a)],
+            ),
+        ];
+        let before = Generation::Before20261206;
+        for ((allow_userns, disk_quota), vm, spawner) in previous {
+            let profile = Profile {
+                allow_userns,
+                disk_quota,
+            };
+            let fingerprints = |stack: Vec<Vec<feather_sys::seccomp::Instruction>>| {
+                stack
+                    .iter()
+                    .map(|p| feather_sys::seccomp::fingerprint(p))
+                    .collect::<Vec<_>>()
+            };
+            let stack = Compiled::in_layout(profile, Layout::Folded, before)
+                .unwrap()
+                .stack();
+            assert_eq!(fingerprints(stack), vm, "{profile:?}");
+            let stack = spawner_stack(profile, Layout::Folded, before).unwrap();
+            assert_eq!(fingerprints(stack), spawner, "{profile:?}");
+        }
+    }
+
+    /// This build's rules refuse `open_tree_attr` (467, and 467|x32) with EPERM in the VM's
+    /// filter and the spawner's, for every profile and layout; every other call (every number
+    /// below 1024, with and without the x32 bit, a few argument patterns; the spawner's
+    /// `mount` of `/`, whose propagation changed the same day, aside) is answered as the
+    /// rules before 2026-12-06 answer it.
+    #[test]
+    fn this_builds_rules_add_open_tree_attr_alone() {
+        let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => AUDIT_ARCH_X86_64,
+            _ => AUDIT_ARCH_AARCH64,
+        };
+        let x32 = if arch == AUDIT_ARCH_X86_64 {
+            0x4000_0000
+        } else {
+            0
+        };
+        let few = [[0; 6], [u64::MAX; 6], [1, 2, 3, 4, 5, 6]];
+        for profile in all_profiles() {
+            for layout in [Layout::Folded, Layout::Duplicated] {
+                let programs = [
+                    (
+                        "main",
+                        compile_in(profile, layout, Generation::Current).unwrap(),
+                        compile_in(profile, layout, Generation::Before20261206).unwrap(),
+                    ),
+                    (
+                        "spawner",
+                        compile_spawner(profile, layout, Generation::Current).unwrap(),
+                        compile_spawner(profile, layout, Generation::Before20261206).unwrap(),
+                    ),
+                ];
+                for (what, new, old) in programs {
+                    let (new, old) = (instructions(new), instructions(old));
+                    let what = format!("{what} {profile:?} {layout:?}");
+                    for native in 0..1024u32 {
+                        for nr in [native, native | x32] {
+                            for args in few {
+                                let answer = evaluate(&new, arch, nr, args);
+                                if native == SYS_OPEN_TREE_ATTR as u32 {
+                                    assert_eq!(answer, eperm, "{what}: nr {nr:#x}");
+                                } else if native != libc::SYS_mount as u32 {
+                                    let before = evaluate(&old, arch, nr, args);
+                                    assert_eq!(answer, before, "{what}: nr {nr:#x} {args:x?}");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 
@@ -1016,7 +1157,7 @@ mod tests {
     fn the_programs_stay_short() {
         for profile in all_profiles() {
             let main = compile(profile).unwrap().len();
-            let spawner = compile_spawner(profile, Layout::Folded, SpawnerPropagation::Slave)
+            let spawner = compile_spawner(profile, Layout::Folded, Generation::Current)
                 .unwrap()
                 .len();
             assert!(
@@ -1175,6 +1316,75 @@ mod tests {
             assert_eq!(errno(name), eperm, "{name}:\n{text}");
         }
         assert_ne!(errno("x32-tcgets"), eperm, "{text}");
+    }
+
+    /// Set in the child [`open_tree_attr_is_refused_by_the_running_kernel`] starts: the
+    /// profile's `allow_userns` ("userns" or "plain").
+    const OPEN_TREE_ATTR_CHILD: &str = "FEATHER_SECCOMP_OPEN_TREE_ATTR_TEST_CHILD";
+
+    /// `open_tree_attr(AT_FDCWD, "/", OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC, NULL, 0)`, which
+    /// is `open_tree` (a detached copy of the mount): "ok", or the error's description.
+    fn open_tree_attr_root() -> String {
+        const OPEN_TREE_CLONE: libc::c_long = 1;
+        // SAFETY: the path is a NUL-terminated string and the attributes are NULL with size 0;
+        // a descriptor returned is closed below.
+        let fd = unsafe {
+            libc::syscall(
+                SYS_OPEN_TREE_ATTR,
+                libc::AT_FDCWD as libc::c_long,
+                c"/".as_ptr(),
+                OPEN_TREE_CLONE | libc::O_CLOEXEC as libc::c_long,
+                std::ptr::null::<u8>(),
+                0 as libc::c_long,
+            )
+        };
+        if fd < 0 {
+            return std::io::Error::last_os_error().to_string();
+        }
+        // SAFETY: a descriptor the call just made, owned by nothing else.
+        unsafe { libc::close(fd as libc::c_int) };
+        "ok".into()
+    }
+
+    /// On the running kernel (Linux 6.15 or later), as root: `open_tree_attr` clones a mount
+    /// before the VM's filter is installed and fails with EPERM under it, whether the VM may
+    /// make user namespaces or not. In a user namespace of its own a VM's process holds
+    /// CAP_SYS_ADMIN over the mount namespaces it makes there, so the filter is all that keeps
+    /// it from cloning a mount from under the covers the host stacks later.
+    #[test]
+    fn open_tree_attr_is_refused_by_the_running_kernel() {
+        if let Ok(userns) = std::env::var(OPEN_TREE_ATTR_CHILD) {
+            println!("before {}", open_tree_attr_root());
+            install(Profile {
+                allow_userns: userns == "userns",
+                disk_quota: false,
+            })
+            .expect("installs (tests run as root)");
+            println!("after {}", open_tree_attr_root());
+            return;
+        }
+        let me = std::env::current_exe().unwrap();
+        for userns in ["userns", "plain"] {
+            let output = std::process::Command::new(&me)
+                .args([
+                    "--exact",
+                    "seccomp::tests::open_tree_attr_is_refused_by_the_running_kernel",
+                    "--nocapture",
+                ])
+                .env(OPEN_TREE_ATTR_CHILD, userns)
+                .output()
+                .unwrap();
+            let text = String::from_utf8_lossy(&output.stdout);
+            let eperm = std::io::Error::from_raw_os_error(libc::EPERM).to_string();
+            assert!(
+                text.contains("before ok\n"),
+                "{userns}: the call works:\n{text}"
+            );
+            assert!(
+                text.contains(&format!("after {eperm}\n")),
+                "{userns}: refused under the filter:\n{text}"
+            );
+        }
     }
 
     /// Set in the child [`the_spawners_filter_lets_through_its_recipe_alone`] starts.

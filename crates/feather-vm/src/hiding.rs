@@ -14,8 +14,10 @@
 //! namespaces by propagation: init makes the VM's tree shared (within the VM only, once its
 //! root is assembled), the spawner makes the namespace of a unit with `PrivateTmp=` a slave of it, and
 //! the kernel makes the copies in a namespace made in a new user namespace (`--allow-userns`)
-//! slaves. No process of the VM can unmount it there, nor make its namespace private first:
-//! the VM's filter refuses every mount call, in any user namespace.
+//! slaves. No process of the VM can unmount it there, nor make its namespace private first,
+//! nor clone the mount beneath it: the VM's filter refuses every mount call (`mount`,
+//! `umount2`, `pivot_root`, `fsopen`, `fsconfig`, `fsmount`, `fspick`, `move_mount`,
+//! `open_tree`, `open_tree_attr`, `mount_setattr`), in any user namespace.
 
 use std::collections::BTreeSet;
 use std::os::fd::AsFd;

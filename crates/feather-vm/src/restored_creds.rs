@@ -16,11 +16,14 @@
 //!   VM's (what the spawner starts). Filters above them are the VM's own to choose (a unit's
 //!   `SystemCallFilter=`): a stacked filter can only refuse more. The VM's configuration's
 //!   programs, or a stricter one's (a checkpoint made under it, restored under a wider one),
-//!   each as this build lays them out or as builds before 2026-12-05 did (every rule twice,
-//!   for x32: feather_confine::seccomp::Layout), whose checkpoints bring theirs back. Those
-//!   older programs are weaker on a kernel with x32 enabled: x32's own numbers (its `ioctl`
-//!   514, `kexec_load` 528, …) pass them (docs/confinement.md). Accepted all the same, so that
-//!   a checkpoint survives an upgrade; its processes get this build's filters when they restart;
+//!   each as this build compiles them, as builds before 2026-12-06 did (older rules: a
+//!   private spawner's namespace, `open_tree_attr` let through:
+//!   feather_confine::seccomp::Generation) or as builds before 2026-12-05 did (those rules,
+//!   and every rule twice, for x32: feather_confine::seccomp::Layout), whose checkpoints bring
+//!   theirs back. Those older programs are weaker: `open_tree_attr` passes them, and on a
+//!   kernel with x32 enabled the duplicated ones let x32's own numbers (its `ioctl` 514,
+//!   `kexec_load` 528, …) through (docs/confinement.md). Accepted all the same, so that a
+//!   checkpoint survives an upgrade; its processes get this build's filters when they restart;
 //! - the host's user namespace, where the VM lives, or, for a VM created with
 //!   `--allow-userns`, one below it (which a VM's process may make, and where it holds every
 //!   capability over that namespace's own objects only: its sets are not measured there) —
@@ -38,7 +41,7 @@
 use std::fs;
 use std::path::Path;
 
-use feather_confine::seccomp::{Compiled, Layout, SpawnerPropagation};
+use feather_confine::seccomp::{Compiled, Generation, Layout};
 use nix::unistd::Pid;
 
 use crate::error::{failed, VmError};
@@ -78,9 +81,9 @@ pub(crate) struct Allowed {
     /// For the VM's profile, then each stricter one (a checkpoint made under a stricter
     /// configuration, restored under this one): the filters init installs and every process
     /// of the VM enters, and the spawner's own; each the first installed first. Each as this
-    /// build lays them out, then each as builds before 2026-12-05 did (their checkpoints
-    /// bring back those programs: a restored init keeps its own compiled filters, so its VM
-    /// holds one layout throughout).
+    /// build compiles them, then as builds before 2026-12-06 did, then as builds before
+    /// 2026-12-05 did (their checkpoints bring back those programs: a restored init keeps its
+    /// own compiled filters, so its VM holds one build's rules and layout throughout).
     pub stacks: Vec<Stacks>,
 }
 
@@ -102,25 +105,26 @@ impl Allowed {
             filters: feather_confine::seccomp::filter_count(profile) as u32,
             userns: profile.allow_userns,
             host_network,
-            // This build's spawner makes its namespace a slave; builds before 2026-12-06 made
-            // it private (their filter lets that through instead), those before 2026-12-05
-            // also laid every program out the older way.
+            // This build's rules; builds before 2026-12-06 had older ones (their spawner made
+            // its namespace private, and their filters let open_tree_attr through:
+            // feather_confine::seccomp::Generation), those before 2026-12-05 also laid every
+            // program out the older way.
             stacks: [
-                (Layout::Folded, SpawnerPropagation::Slave),
-                (Layout::Folded, SpawnerPropagation::Private),
-                (Layout::Duplicated, SpawnerPropagation::Private),
+                (Layout::Folded, Generation::Current),
+                (Layout::Folded, Generation::Before20261206),
+                (Layout::Duplicated, Generation::Before20261206),
             ]
             .into_iter()
-            .flat_map(|(layout, propagation)| {
+            .flat_map(|(layout, generation)| {
                 profile
                     .with_stricter()
                     .into_iter()
-                    .map(move |profile| (profile, layout, propagation))
+                    .map(move |profile| (profile, layout, generation))
             })
-            .map(|(profile, layout, propagation)| {
+            .map(|(profile, layout, generation)| {
                 Ok(Stacks {
-                    vm: Compiled::in_layout(profile, layout)?.stack(),
-                    spawner: feather_confine::seccomp::spawner_stack(profile, layout, propagation)?,
+                    vm: Compiled::in_layout(profile, layout, generation)?.stack(),
+                    spawner: feather_confine::seccomp::spawner_stack(profile, layout, generation)?,
                 })
             })
             .collect::<Result<_, feather_confine::seccomp::SeccompError>>()?,
@@ -703,15 +707,12 @@ os.execvp("sleep", ["sleep", "60"])
     fn the_previous_builds_filters_pass_and_altered_ones_refuse() {
         let allowed = vm();
         let profile = feather_confine::seccomp::Profile::default();
-        let old_vm = Compiled::in_layout(profile, Layout::Duplicated)
+        let before = Generation::Before20261206;
+        let old_vm = Compiled::in_layout(profile, Layout::Duplicated, before)
             .unwrap()
             .stack();
-        let old_spawner = feather_confine::seccomp::spawner_stack(
-            profile,
-            Layout::Duplicated,
-            SpawnerPropagation::Private,
-        )
-        .unwrap();
+        let old_spawner =
+            feather_confine::seccomp::spawner_stack(profile, Layout::Duplicated, before).unwrap();
         let new_vm = Compiled::new(profile).unwrap().stack();
         assert_ne!(old_vm[1].len(), new_vm[1].len());
 
@@ -724,17 +725,20 @@ os.execvp("sleep", ["sleep", "60"])
             foreign_filters(&filters_of(&under(&spawned)), false, &allowed),
             None
         );
-        // The spawner of the builds before 2026-12-06, which made its namespace private (the
-        // folded layout already): its own stack, and under the VM's.
-        let private_spawner = feather_confine::seccomp::spawner_stack(
-            profile,
-            Layout::Folded,
-            SpawnerPropagation::Private,
-        )
-        .unwrap();
+        // The filters of the builds before 2026-12-06 (the folded layout already), whose
+        // spawner made its namespace private and whose rules let open_tree_attr through: the
+        // VM's stack, the spawner's, and the spawner's under the VM's.
+        let folded_vm = Compiled::in_layout(profile, Layout::Folded, before)
+            .unwrap()
+            .stack();
+        assert_ne!(folded_vm, new_vm);
+        let init = under(&folded_vm.iter().collect::<Vec<_>>());
+        assert_eq!(foreign_filters(&filters_of(&init), false, &allowed), None);
+        let private_spawner =
+            feather_confine::seccomp::spawner_stack(profile, Layout::Folded, before).unwrap();
         let spawner = under(&private_spawner.iter().collect::<Vec<_>>());
         assert_eq!(foreign_filters(&filters_of(&spawner), true, &allowed), None);
-        let spawned: Vec<&Program> = private_spawner.iter().chain(&new_vm).collect();
+        let spawned: Vec<&Program> = private_spawner.iter().chain(&folded_vm).collect();
         assert_eq!(
             foreign_filters(&filters_of(&under(&spawned)), false, &allowed),
             None
