@@ -111,20 +111,38 @@ impl StateRoot {
     }
 
     /// [`StateRoot::teardown_log`], opened to append (made 0600 if missing; moved aside first if
-    /// past its limit).
+    /// past its limit). Only a plain file, never through a symbolic link: the finisher runs as
+    /// root, and a root's folder may be a user's (`sudo feather --root ~/vms …`).
     pub fn open_teardown_log(&self) -> Result<File> {
         let path = self.teardown_log();
-        if fs::metadata(&path).is_ok_and(|meta| meta.len() > TEARDOWN_LOG_LIMIT) {
-            // Two finishers may both move it: the second moves a log of its few lines over the
-            // first's, which loses only those.
+        let open = || {
+            let log = OpenOptions::new()
+                .append(true)
+                .create(true)
+                .mode(0o600)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(&path)
+                .at(&path)?;
+            let meta = log.metadata().at(&path)?;
+            if !meta.file_type().is_file() {
+                let not_a_file = std::io::Error::new(ErrorKind::InvalidInput, "not a plain file");
+                return Err(not_a_file).at(&path);
+            }
+            Ok((log, meta))
+        };
+        let (log, meta) = open()?;
+        if meta.len() <= TEARDOWN_LOG_LIMIT {
+            return Ok(log);
+        }
+        // Moved aside by one finisher at a time, under the log's own lock, and only while the
+        // path still names it: a second finisher that saw the same full log finds a new one
+        // there once it has the lock, and does not move that over the first's history.
+        log.lock().at(&path)?;
+        if fs::symlink_metadata(&path).is_ok_and(|now| now.ino() == meta.ino()) {
             let _ = fs::rename(&path, self.dir.join(TEARDOWN_LOG_ROTATED));
         }
-        OpenOptions::new()
-            .append(true)
-            .create(true)
-            .mode(0o600)
-            .open(&path)
-            .at(&path)
+        drop(log);
+        open().map(|(log, _)| log)
     }
 
     /// Makes the root's state and run folders exist, 0700, and tightens what an older feather

@@ -129,19 +129,20 @@ fn finish(args: FinishArgs) -> anyhow::Result<i32> {
     let state_dir = std::path::absolute(&args.state_dir).unwrap_or(args.state_dir);
     let run_dir = std::path::absolute(&args.run_dir).unwrap_or(args.run_dir);
     let _ = std::env::set_current_dir("/");
+    let root = StateRoot::with_dirs(state_dir, run_dir);
+    // Started with /dev/null as its stdio (the caller's terminal is not its own, and the caller
+    // is gone by the time it has something to say): what it says goes to the root's teardown
+    // log, from before its wait (opened while the VM runs, off the run's way to its exit
+    // status). Without one, it still tears down.
+    if let Ok(log) = root.open_teardown_log() {
+        let _ = feather_sys::process::redirect_stderr(&log);
+    }
     // The run ended without handing its teardown over (killed, or its VM never started):
     // nothing is this process's to do; what is left, the next feather command cleans up.
     let Some((lock, held)) = feather_vm::finisher::await_hand_over(&socket) else {
         return Ok(0);
     };
     drop(socket);
-    let root = StateRoot::with_dirs(state_dir, run_dir);
-    // Started with /dev/null as its stdio (the caller's terminal is not its own, and the caller
-    // is gone by the time it has something to say): what it says goes to the root's teardown
-    // log. Without one, it still tears down.
-    if let Ok(log) = root.open_teardown_log() {
-        let _ = feather_sys::process::redirect_stderr(&log);
-    }
     // The VM's mount namespace, held by its keeper so that init's exit did not unmount it, and
     // its layer in memory, let go first now that the keeper has let go of its own copies (the
     // socket's end): the VM's tree is unmounted before its folders are removed.
