@@ -711,6 +711,37 @@ mod tests {
         StateRoot::new(Some(dir))
     }
 
+    /// The finisher opens the root's teardown log as root: a link planted in its place (a
+    /// root's folder may be a user's, `sudo feather --root ~/vms …`) is refused and the file it
+    /// names is left as it was; a plain log is appended to, and moved aside once full.
+    #[test]
+    fn the_teardown_log_is_a_plain_file_never_a_link() {
+        let root = scratch();
+        root.prepare().unwrap();
+        let elsewhere = root.dir().join("elsewhere");
+        fs::write(&elsewhere, "untouched").unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.teardown_log()).unwrap();
+        assert!(root.open_teardown_log().is_err());
+        assert_eq!(fs::read_to_string(&elsewhere).unwrap(), "untouched");
+
+        fs::remove_file(root.teardown_log()).unwrap();
+        root.open_teardown_log()
+            .unwrap()
+            .write_all(b"said\n")
+            .unwrap();
+        assert_eq!(fs::read_to_string(root.teardown_log()).unwrap(), "said\n");
+        let full = vec![b'x'; TEARDOWN_LOG_LIMIT as usize + 1];
+        root.open_teardown_log().unwrap().write_all(&full).unwrap();
+        root.open_teardown_log()
+            .unwrap()
+            .write_all(b"new\n")
+            .unwrap();
+        assert_eq!(fs::read_to_string(root.teardown_log()).unwrap(), "new\n");
+        let rotated = fs::metadata(root.dir().join(TEARDOWN_LOG_ROTATED)).unwrap();
+        assert_eq!(rotated.len(), full.len() as u64 + 5);
+        fs::remove_dir_all(root.dir()).unwrap();
+    }
+
     fn rand_suffix() -> u128 {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
