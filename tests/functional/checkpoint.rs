@@ -934,22 +934,7 @@ fn a_restore_keeps_the_root_s_network_through_removals_before_criu_makes_its_vet
         .unwrap()
         .to_owned();
     // Changed from outside, the VM's namespace is dumped whole: CRIU makes its veth pair.
-    let init = view["state"]["init_pid"].as_i64().unwrap().to_string();
-    let status = Command::new("nsenter")
-        .args([
-            "-t",
-            &init,
-            "-n",
-            "ip",
-            "addr",
-            "add",
-            "192.0.2.7/32",
-            "dev",
-            "eth0",
-        ])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    crate::support::give_an_address_of_its_own(&feather, "vm");
     feather.ok(&["checkpoint", "vm"]);
     let images = feather.vm_dir("vm").join("checkpoint");
     assert!(!images.join("external-netns").exists(), "dumped");

@@ -849,25 +849,7 @@ fn default_vm_keeps_its_network_through_a_failed_migration(mode: &str, changed: 
     await_line_server(&source, "vm");
     if changed {
         // An address feather did not give it: CRIU dumps the namespace.
-        let init = source.inspect("vm")["state"]["init_pid"]
-            .as_i64()
-            .unwrap()
-            .to_string();
-        let added = Command::new("nsenter")
-            .args([
-                "-t",
-                &init,
-                "-n",
-                "ip",
-                "addr",
-                "add",
-                "192.0.2.7/32",
-                "dev",
-                "eth0",
-            ])
-            .status()
-            .unwrap();
-        assert!(added.success());
+        crate::support::give_an_address_of_its_own(&source, "vm");
     }
     let mut client = Killed(
         Command::new("nsenter")

@@ -1167,47 +1167,41 @@ fn a_namespace_a_vm_makes_in_a_user_namespace_hides_a_late_root_for_good() {
          print('end')\n",
         parent = parent.to_str().unwrap(),
     );
-    let cloned = a.run(&[
-        "exec",
-        "w",
-        "--",
-        "nsenter",
-        "-t",
-        &pid.to_string(),
-        "-U",
-        "-m",
-        "--preserve-credentials",
-        "python3",
-        "-c",
-        &clone,
-    ]);
+    let cloned = in_its_user_namespace(&a, pid, &["python3", "-c", &clone]);
     assert_eq!(
         cloned.stdout,
         format!("refused {}\nend\n", libc::EPERM),
         "{cloned:?}"
     );
-    let unmount = a.run(&[
-        "exec",
-        "w",
-        "--",
-        "nsenter",
-        "-t",
-        &pid.to_string(),
-        "-U",
-        "-m",
-        "--preserve-credentials",
-        "sh",
-        "-c",
-        &format!(
-            "umount {0} || umount -l {0}; cat {0}/marker; echo end",
-            late.root.display()
-        ),
-    ]);
+    let tries = format!(
+        "umount {0} || umount -l {0}; cat {0}/marker; echo end",
+        late.root.display()
+    );
+    let unmount = in_its_user_namespace(&a, pid, &["sh", "-c", &tries]);
     assert!(
         unmount.stdout.ends_with("end\n") && !unmount.stdout.contains("marker of"),
         "{unmount:?}"
     );
     assert_eq!(a.sh("w", &seen_by(pid, &late.root)), "end\n");
+}
+
+/// `argv` run in VM `w` of `a` by its root in the user and mount namespaces of the VM's
+/// process `pid` (one the VM made with `unshare -Urm`), where that root holds every capability.
+fn in_its_user_namespace(a: &Feather, pid: i64, argv: &[&str]) -> crate::support::Outcome {
+    let pid = pid.to_string();
+    let mut args = vec![
+        "exec",
+        "w",
+        "--",
+        "nsenter",
+        "-t",
+        &pid,
+        "-U",
+        "-m",
+        "--preserve-credentials",
+    ];
+    args.extend_from_slice(argv);
+    a.run(&args)
 }
 
 /// The peer groups (`shared:N`, and `master:N` of a slave) of the mounts of the process

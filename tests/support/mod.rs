@@ -309,6 +309,31 @@ fn kill_recorded_processes(vm_dir: &Path) {
 }
 
 /// A fresh state root with a running VM named `vm` over a fresh scratch base.
+/// Adds to VM `vm`'s `eth0`, from outside, an address feather did not give it
+/// (`192.0.2.7/32`): a checkpoint then dumps the VM's network namespace whole, as it is no
+/// longer what feather made, and a restore has CRIU make its veth pair.
+pub fn give_an_address_of_its_own(feather: &Feather, vm: &str) {
+    let init = feather.inspect(vm)["state"]["init_pid"]
+        .as_i64()
+        .unwrap()
+        .to_string();
+    let added = Command::new("nsenter")
+        .args([
+            "-t",
+            &init,
+            "-n",
+            "ip",
+            "addr",
+            "add",
+            "192.0.2.7/32",
+            "dev",
+            "eth0",
+        ])
+        .status()
+        .unwrap();
+    assert!(added.success(), "nsenter ip addr add in VM {vm}: {added}");
+}
+
 pub fn running_vm(label: &str) -> (Feather, ScratchBase) {
     let feather = Feather::new(label);
     let base = ScratchBase::new(label);
