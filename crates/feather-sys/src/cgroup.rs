@@ -36,19 +36,32 @@ pub struct Hierarchies {
 
 impl Hierarchies {
     pub fn detect() -> Self {
+        Hierarchies::in_mounts(mountinfo::mounts().unwrap_or_default())
+    }
+
+    /// The hierarchies among `mounts` (mountinfo's, in mount order): for each, its first mount
+    /// of the whole hierarchy, or, if it has none (a container that was given a group of the
+    /// host's as its `/sys/fs/cgroup`), its first bind of a group. A bind where the whole
+    /// hierarchy is mounted too is no place for every VM's group: a VM's `/sys/fs/cgroup`
+    /// binds its `services` groups, and a mount of a VM's tree that shows on the host (a state
+    /// root on a shared mount, say) must not become where feather makes them.
+    fn in_mounts(mut mounts: Vec<mountinfo::MountEntry>) -> Self {
         let mut found = Hierarchies::default();
-        for entry in mountinfo::mounts().unwrap_or_default() {
+        // Stable: in mount order among the whole mounts, then among the binds.
+        mounts.sort_by_key(|entry| entry.root != Path::new("/"));
+        for entry in mounts {
             match entry.fs_type.as_str() {
                 "cgroup" => {
                     for option in entry.super_options.split(',') {
-                        if V1_CONTROLLERS.contains(&option) {
+                        let known = found.v1.iter().any(|(name, _)| name == option);
+                        if V1_CONTROLLERS.contains(&option) && !known {
                             found
                                 .v1
                                 .push((option.to_owned(), entry.mount_point.clone()));
                         }
                     }
                 }
-                "cgroup2" => {
+                "cgroup2" if found.v2.is_none() => {
                     let controllers =
                         fs::read_to_string(entry.mount_point.join("cgroup.controllers"))
                             .unwrap_or_default();
@@ -911,6 +924,38 @@ mod tests {
     /// mounted: the groups a VM nested in the v1 hierarchies are not walked (the sweep of
     /// removed roots' groups asked this of every such group on every `rm`, walking up to
     /// 20,000 groups in each hierarchy). Without v2, the v1 groups are looked at.
+    /// Where feather makes every VM's group is the host's own mount of each hierarchy: a bind
+    /// of a group within one (a VM's `/sys/fs/cgroup` holds binds of its `services` groups),
+    /// even one that shows on the host before or after it, and a second mount of a hierarchy,
+    /// are passed over; a hierarchy seen only through a bind (feather in a container given a
+    /// group as its `/sys/fs/cgroup`) is found there.
+    #[test]
+    fn a_hierarchy_is_its_first_whole_mount() {
+        let mountinfo = "\
+30 1 0:26 /feather/abc/services /srv/root/vms/w/rootfs/sys/fs/cgroup/cpu rw - cgroup cgroup rw,cpu,cpuacct
+31 1 0:26 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
+32 1 0:27 / /sys/fs/cgroup/memory rw - cgroup cgroup rw,memory
+33 1 0:28 / /sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+34 1 0:27 / /mnt/memory-again rw - cgroup cgroup rw,memory
+35 1 0:28 / /mnt/unified-again rw - cgroup2 cgroup2 rw
+36 1 0:28 /feather/abc /srv/root/vms/w/rootfs/sys/fs/cgroup/unified rw - cgroup2 cgroup2 rw
+37 1 0:29 /lxc/box /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
+";
+        let found = Hierarchies::in_mounts(crate::mountinfo::parse(mountinfo));
+        let at = |controller| found.locate(controller).map(|(_, mount)| mount.to_owned());
+        assert_eq!(at("cpu"), Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct")));
+        assert_eq!(
+            at("cpuacct"),
+            Some(PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"))
+        );
+        assert_eq!(at("memory"), Some(PathBuf::from("/sys/fs/cgroup/memory")));
+        assert_eq!(at("pids"), Some(PathBuf::from("/sys/fs/cgroup/pids")));
+        assert_eq!(
+            found.v2.as_ref().map(|(mount, _)| mount.as_path()),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
+    }
+
     #[test]
     fn whether_a_group_holds_a_process_is_one_read_of_its_v2_events() {
         let dir = scratch("holds");

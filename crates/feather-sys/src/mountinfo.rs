@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountEntry {
+    /// What of its filesystem the mount shows (`/` for a whole filesystem, a folder of it for
+    /// a bind).
+    pub root: PathBuf,
     pub mount_point: PathBuf,
     pub fs_type: String,
     pub source: String,
@@ -22,9 +25,12 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (before, after) = line.split_once(" - ")?;
-            let mount_point = before.split(' ').nth(4)?;
+            let mut fields = before.split(' ').skip(3);
+            let root = fields.next()?;
+            let mount_point = fields.next()?;
             let mut after = after.split(' ');
             Some(MountEntry {
+                root: PathBuf::from(unescape(root)),
                 mount_point: PathBuf::from(unescape(mount_point)),
                 fs_type: after.next()?.to_owned(),
                 source: unescape(after.next().unwrap_or("")),

@@ -664,6 +664,7 @@ mod tests {
 
     fn mounted_at(point: &str) -> feather_sys::mountinfo::MountEntry {
         feather_sys::mountinfo::MountEntry {
+            root: PathBuf::from("/"),
             mount_point: PathBuf::from(point),
             fs_type: "tmpfs".into(),
             source: "tmpfs".into(),

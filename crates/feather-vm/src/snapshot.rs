@@ -979,6 +979,7 @@ mod tests {
     fn overlay(at: &str, upper: &Path) -> MountEntry {
         let given = upper.display().to_string().replace('\\', "\\\\");
         MountEntry {
+            root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             fs_type: "overlay".into(),
             source: "overlay".into(),
@@ -991,6 +992,7 @@ mod tests {
 
     fn mount(at: &str, fs_type: &str) -> MountEntry {
         MountEntry {
+            root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             fs_type: fs_type.into(),
             source: fs_type.into(),
