@@ -920,10 +920,6 @@ mod tests {
         current
     }
 
-    /// Whether a group holds a process is read from its v2 `cgroup.events` alone, where v2 is
-    /// mounted: the groups a VM nested in the v1 hierarchies are not walked (the sweep of
-    /// removed roots' groups asked this of every such group on every `rm`, walking up to
-    /// 20,000 groups in each hierarchy). Without v2, the v1 groups are looked at.
     /// Where feather makes every VM's group is the host's own mount of each hierarchy: a bind
     /// of a group within one (a VM's `/sys/fs/cgroup` holds binds of its `services` groups),
     /// even one that shows on the host before or after it, and a second mount of a hierarchy,
@@ -956,6 +952,10 @@ mod tests {
         );
     }
 
+    /// Whether a group holds a process is read from its v2 `cgroup.events` alone, where v2 is
+    /// mounted: the groups a VM nested in the v1 hierarchies are not walked (the sweep of
+    /// removed roots' groups asked this of every such group on every `rm`, walking up to
+    /// 20,000 groups in each hierarchy). Without v2, the v1 groups are looked at.
     #[test]
     fn whether_a_group_holds_a_process_is_one_read_of_its_v2_events() {
         let dir = scratch("holds");
