@@ -244,11 +244,7 @@ pub fn end(root: &StateRoot) -> Ended {
         // command does, below); it holds the lock until it is gone: wait for it.
         let _ = file.lock();
     }
-    let removing = lock_removal(root.dir());
-    let taken = removing.is_some();
-    if let Some(removing) = removing {
-        remove_under(root, removing);
-    }
+    let taken = remove_if_unused(root);
     let stays = RootNetwork::load(root.dir())
         .ok()
         .flatten()
@@ -438,11 +434,14 @@ fn take_removal_lock(root_dir: &Path, lock: impl Fn(&File) -> bool) -> Option<Fi
     None
 }
 
-/// Under the root's removal lock: [`remove_under`].
-fn remove_if_unused(root: &StateRoot) {
-    if let Some(removing) = lock_removal(root.dir()) {
+/// Under the root's removal lock: [`remove_under`]. Whether the lock was taken.
+fn remove_if_unused(root: &StateRoot) -> bool {
+    let removing = lock_removal(root.dir());
+    let taken = removing.is_some();
+    if let Some(removing) = removing {
         remove_under(root, removing);
     }
+    taken
 }
 
 /// Holding the root's removal lock (`removing`), then the pool's refill lock and the root's

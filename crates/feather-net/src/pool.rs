@@ -273,20 +273,24 @@ pub(crate) fn has_claimed(root_dir: &Path) -> bool {
 
 /// The refill lock, when no other process holds it. None in a root whose folder is gone.
 fn try_refill_lock(root_dir: &Path) -> Option<File> {
-    let dir = dir_of(root_dir);
-    make_dir(&dir).ok()?;
-    let file = open_refill_lock(&dir)?;
+    let file = refill_lock_file(root_dir)?;
     file.try_lock().ok()?;
     Some(file)
+}
+
+/// The refill lock's file, opened (the pool's folder and the file made if missing), not
+/// locked. None in a root whose folder is gone.
+fn refill_lock_file(root_dir: &Path) -> Option<File> {
+    let dir = dir_of(root_dir);
+    make_dir(&dir).ok()?;
+    open_refill_lock(&dir)
 }
 
 /// The refill lock, waited for at most `patience`; None in a root whose folder is gone. The
 /// wait blocks in `flock` on a thread of its own (a waiter `/proc/locks` lists), which lets
 /// the lock go as soon as it gets it if this process stopped waiting meanwhile.
 fn refill_lock_within(root_dir: &Path, patience: Duration) -> Option<File> {
-    let dir = dir_of(root_dir);
-    make_dir(&dir).ok()?;
-    let file = open_refill_lock(&dir)?;
+    let file = refill_lock_file(root_dir)?;
     if file.try_lock().is_ok() {
         return Some(file);
     }
