@@ -1203,10 +1203,8 @@ impl Keeper {
         trace::phase("teardown: remove the run folder");
         if self.config.ephemeral {
             self.network.release(&self.config.id);
-            // <root>/vms/<name>: the VM's state root is two folders up.
-            let root = self.vm.path().parent().and_then(|vms| vms.parent());
-            if let (Some(disk), Some(root)) = (self.config.limits.disk, root) {
-                crate::disk::release(root, &self.vm, disk);
+            if let (Some(disk), Some(root)) = (self.config.limits.disk, self.vm.root()) {
+                crate::disk::release(root.dir(), &self.vm, disk);
             }
             trace::phase("teardown: return the lease");
             let _ = fs::remove_dir_all(self.vm.path());
@@ -1319,15 +1317,10 @@ impl Keeper {
 
     /// Starts the process that finishes the teardown (see [`crate::finisher`]).
     fn start_finisher(&self) -> Result<Finisher> {
-        // The root's folders, two up from the VM's (<root>/vms/<name>, <run>/<name>).
-        let parent = |path: &std::path::Path| path.parent().map(std::path::Path::to_path_buf);
-        let (Some(state_dir), Some(run_dir)) = (
-            self.vm.path().parent().and_then(parent),
-            parent(self.vm.run_dir()),
-        ) else {
-            return Err(failed(self.vm.name(), "its folder has no parent"));
-        };
-        let root = StateRoot::with_dirs(state_dir, run_dir);
+        let root = self
+            .vm
+            .root()
+            .ok_or_else(|| failed(self.vm.name(), "its folder has no parent"))?;
         Finisher::start(&root, &self.vm, &self.config.id)
     }
 
