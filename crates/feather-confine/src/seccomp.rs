@@ -1018,27 +1018,38 @@ mod tests {
                 vec![CLONE3, (0x1f1, 0x062a_1f49_ec5d_88f9)],
             ),
         ];
-        for ((allow_userns, disk_quota), vm, spawner) in previous {
+        assert_fingerprints(Layout::Duplicated, Generation::Before20261206, previous);
+    }
+
+    /// Fingerprints (length, hash) of a stack of programs, the first installed first.
+    #[cfg(target_arch = "x86_64")]
+    type Stack = Vec<(usize, u64)>;
+
+    /// Asserts that `layout` and `generation` compile, for each profile of `expected` (by
+    /// `(allow_userns, disk_quota)`), the VM's stack and the spawner's with those fingerprints.
+    #[cfg(target_arch = "x86_64")]
+    fn assert_fingerprints(
+        layout: Layout,
+        generation: Generation,
+        expected: [((bool, bool), Stack, Stack); 4],
+    ) {
+        let fingerprints = |stack: Vec<Vec<feather_sys::seccomp::Instruction>>| {
+            stack
+                .iter()
+                .map(|p| feather_sys::seccomp::fingerprint(p))
+                .collect::<Vec<_>>()
+        };
+        for ((allow_userns, disk_quota), vm, spawner) in expected {
             let profile = Profile {
                 allow_userns,
                 disk_quota,
             };
-            let stack =
-                Compiled::in_layout(profile, Layout::Duplicated, Generation::Before20261206)
-                    .unwrap()
-                    .stack();
-            let held: Vec<_> = stack
-                .iter()
-                .map(|p| feather_sys::seccomp::fingerprint(p))
-                .collect();
-            assert_eq!(held, vm, "{profile:?}");
-            let stack =
-                spawner_stack(profile, Layout::Duplicated, Generation::Before20261206).unwrap();
-            let held: Vec<_> = stack
-                .iter()
-                .map(|p| feather_sys::seccomp::fingerprint(p))
-                .collect();
-            assert_eq!(held, spawner, "{profile:?}");
+            let stack = Compiled::in_layout(profile, layout, generation)
+                .unwrap()
+                .stack();
+            assert_eq!(fingerprints(stack), vm, "{profile:?}");
+            let stack = spawner_stack(profile, layout, generation).unwrap();
+            assert_eq!(fingerprints(stack), spawner, "{profile:?}");
         }
     }
 
@@ -1073,25 +1084,7 @@ mod tests {
                 vec![CLONE3, (0x117, 0xdf2d_f4d9_1599_d30a)],
             ),
         ];
-        let before = Generation::Before20261206;
-        for ((allow_userns, disk_quota), vm, spawner) in previous {
-            let profile = Profile {
-                allow_userns,
-                disk_quota,
-            };
-            let fingerprints = |stack: Vec<Vec<feather_sys::seccomp::Instruction>>| {
-                stack
-                    .iter()
-                    .map(|p| feather_sys::seccomp::fingerprint(p))
-                    .collect::<Vec<_>>()
-            };
-            let stack = Compiled::in_layout(profile, Layout::Folded, before)
-                .unwrap()
-                .stack();
-            assert_eq!(fingerprints(stack), vm, "{profile:?}");
-            let stack = spawner_stack(profile, Layout::Folded, before).unwrap();
-            assert_eq!(fingerprints(stack), spawner, "{profile:?}");
-        }
+        assert_fingerprints(Layout::Folded, Generation::Before20261206, previous);
     }
 
     /// This build's rules refuse `open_tree_attr` (467, and 467|x32) with EPERM in the VM's
