@@ -586,6 +586,24 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
     );
 }
 
+/// A throw-away VM `tmp` (no network, over `base`) whose run was killed and whose folders were
+/// set aside as its teardown does, then its config removed (lost with the finisher that was
+/// removing the folder, or damaged): the set-aside folder's name, and the VM's cgroups
+/// (removed on the way out whatever happens, so that a failure leaves nothing on the host).
+fn set_aside_without_its_config(
+    feather: &Feather,
+    base: &crate::support::ScratchBase,
+) -> (String, crate::support::VmGroups) {
+    let run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
+    let info = feather.inspect("tmp");
+    let id = info["config"]["id"].as_str().unwrap().to_owned();
+    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
+    let groups = crate::support::VmGroups::of(&id);
+    let aside = kill_the_run_and_set_tmp_aside(feather, run, init, &id);
+    std::fs::remove_file(feather.root.join("vms").join(&aside).join("config.toml")).unwrap();
+    (aside, groups)
+}
+
 /// A throw-away VM set aside for its teardown whose config cannot be read (lost with the
 /// finisher that was removing the folder, or damaged): its folder's name still carries the VM's
 /// id, which names its cgroup, and the next command removes the group with the folder. Before,
@@ -594,14 +612,7 @@ fn a_throw_away_teardown_cut_short_by_a_crash_leaves_nothing_after_the_next_comm
 fn a_set_aside_throw_away_vm_without_its_config_leaves_no_cgroup() {
     let feather = Feather::new("teardown-noconfig");
     let base = crate::support::ScratchBase::new("teardown-noconfig");
-    let run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
-    let info = feather.inspect("tmp");
-    let id = info["config"]["id"].as_str().unwrap().to_owned();
-    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
-    // Removed on the way out whatever happens, so that a failure leaves nothing on the host.
-    let groups = crate::support::VmGroups::of(&id);
-    let aside = kill_the_run_and_set_tmp_aside(&feather, run, init, &id);
-    std::fs::remove_file(feather.root.join("vms").join(&aside).join("config.toml")).unwrap();
+    let (aside, groups) = set_aside_without_its_config(&feather, &base);
     assert!(
         !groups.present().is_empty(),
         "the VM's cgroup is there before the next command"
@@ -689,14 +700,8 @@ fn a_handed_over_teardown_that_fails_says_so_in_the_roots_teardown_log() {
     use std::os::unix::process::CommandExt;
     let feather = Feather::new("teardown-log");
     let base = crate::support::ScratchBase::new("teardown-log");
-    let run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
-    let info = feather.inspect("tmp");
-    let id = info["config"]["id"].as_str().unwrap().to_owned();
-    let init = Pid::from_raw(info["state"]["init_pid"].as_i64().unwrap() as i32);
-    let groups = crate::support::VmGroups::of(&id);
-    let aside = kill_the_run_and_set_tmp_aside(&feather, run, init, &id);
+    let (aside, groups) = set_aside_without_its_config(&feather, &base);
     let folder = feather.root.join("vms").join(&aside);
-    std::fs::remove_file(folder.join("config.toml")).unwrap();
     // The finisher's end of the socket, passed as the run passes it; the keeper lock, held,
     // comes with the hand-over.
     let lock = std::fs::File::open(folder.join("keeper.lock")).unwrap();
