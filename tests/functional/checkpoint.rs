@@ -998,11 +998,7 @@ fn a_restore_keeps_the_root_s_network_through_removals_before_criu_makes_its_vet
     let inside = feather.sh("vm", "ip -br addr show eth0");
     assert!(inside.contains(&format!("{address}/")), "{inside}");
     assert!(inside.contains("192.0.2.7/32"), "{inside}");
-    let tables = Command::new("nft")
-        .args(["list", "table", "inet", &bridge])
-        .output()
-        .unwrap();
-    let tables = String::from_utf8_lossy(&tables.stdout);
+    let tables = crate::support::nft_inet_table(&bridge);
     assert!(
         tables.contains(&format!("{address} : jump vm-{host_end}")),
         "the VM's firewall entries: {tables}"

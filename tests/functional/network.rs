@@ -689,11 +689,7 @@ fn a_throw_away_vm_takes_a_pooled_namespace_and_the_pool_goes_with_the_last_vm()
         "a taken namespace is never in the pool again"
     );
     // The VM → host policy holds for it as for any VM: its chain is reached by its address.
-    let tables = Command::new("nft")
-        .args(["list", "table", "inet", &bridge])
-        .output()
-        .unwrap();
-    let tables = String::from_utf8_lossy(&tables.stdout);
+    let tables = crate::support::nft_inet_table(&bridge);
     assert!(
         tables.contains(&format!("{vm_address} : jump vm-{host_end}")),
         "{tables}"
@@ -766,11 +762,7 @@ fn a_vm_on_a_pooled_pair_keeps_its_bridge_and_tables_after_the_other_vms_end() {
         host_links()
     );
     let vm_address = address(&feather, "taker");
-    let tables = Command::new("nft")
-        .args(["list", "table", "inet", &bridge])
-        .output()
-        .unwrap();
-    let tables = String::from_utf8_lossy(&tables.stdout);
+    let tables = crate::support::nft_inet_table(&bridge);
     assert!(
         tables.contains(&format!("{vm_address} : jump vm-{host_end}")),
         "the VM's firewall entries stay: {tables}"

@@ -309,6 +309,16 @@ fn kill_recorded_processes(vm_dir: &Path) {
 }
 
 /// A fresh state root with a running VM named `vm` over a fresh scratch base.
+/// The root's firewall table `inet <bridge>` as `nft list table` prints it (empty when it is
+/// not there): a VM's entries read `<address> : jump vm-<host end>`.
+pub fn nft_inet_table(bridge: &str) -> String {
+    let listed = Command::new("nft")
+        .args(["list", "table", "inet", bridge])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&listed.stdout).into_owned()
+}
+
 /// Adds to VM `vm`'s `eth0`, from outside, an address feather did not give it
 /// (`192.0.2.7/32`): a checkpoint then dumps the VM's network namespace whole, as it is no
 /// longer what feather made, and a restore has CRIU make its veth pair.
