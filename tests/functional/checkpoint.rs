@@ -940,22 +940,7 @@ fn a_restore_keeps_the_root_s_network_through_removals_before_criu_makes_its_vet
     assert!(!images.join("external-netns").exists(), "dumped");
 
     let mut hold = crate::support::RecordHold::before_criu("ckpt-net-removal");
-    let (variable, value) = hold.env();
-    let restoring = feather
-        .command()
-        .env(variable, value)
-        .args(["restore", "vm"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The restore waits for the checkpointing keeper's end first (up to 60 s: it flushes the
-    // VM's layer after its answer).
-    feather.eventually_within(
-        "the restoring keeper waits before CRIU",
-        std::time::Duration::from_secs(60),
-        || hold.awaited(),
-    );
+    let restoring = hold.restore(&feather, "vm");
     let bridge_there = || Path::new("/sys/class/net").join(&bridge).exists();
     // The root's last other VM: its keeper looks after its stop's answer, finds no other VM's
     // port on the bridge, and takes the network down if nothing else uses it. Its end is

@@ -394,22 +394,7 @@ fn restore_held(
     label: &str,
 ) -> (crate::support::RecordHold, std::process::Child) {
     let hold = crate::support::RecordHold::new(label);
-    let (variable, value) = hold.env();
-    let restoring = feather
-        .command()
-        .env(variable, value)
-        .args(["restore", vm])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The restore waits for the checkpointing keeper's end first (up to 60 s: it flushes the
-    // VM's layer after its answer).
-    feather.eventually_within(
-        "the restoring keeper waits before its record",
-        std::time::Duration::from_secs(60),
-        || hold.awaited(),
-    );
+    let restoring = hold.restore(feather, vm);
     (hold, restoring)
 }
 

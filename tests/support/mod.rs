@@ -789,6 +789,27 @@ impl RecordHold {
         (self.variable, self.dir.path.join("hold"))
     }
 
+    /// `feather restore vm` of `feather`'s root under this hold, its output piped; returned once
+    /// its keeper waits for the hold (it first waits for the checkpointing keeper's end, up to
+    /// 60 s: that keeper flushes the VM's layer after its answer).
+    pub fn restore(&self, feather: &Feather, vm: &str) -> Child {
+        let (variable, value) = self.env();
+        let restoring = feather
+            .command()
+            .env(variable, value)
+            .args(["restore", vm])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        feather.eventually_within(
+            "the restoring keeper waits for the hold",
+            Duration::from_secs(60),
+            || self.awaited(),
+        );
+        restoring
+    }
+
     /// Whether a process waits for the hold now, as the kernel's table of file locks says.
     pub fn awaited(&self) -> bool {
         self.waiter().is_some()
