@@ -959,7 +959,7 @@ fn a_group_whose_state_root_was_removed_goes_at_the_next_rm() {
         other.ok(&["rm", "x"]);
     };
     // A group younger than a minute is left alone, whatever its root: it may be a start's in a
-    // mount namespace where that root is (see `remove_groups_of_removed_roots`).
+    // mount namespace where that root is (see `sweep_removed_roots`).
     date_the_sweep_stamp(std::time::Duration::from_secs(120));
     create_and_rm();
     assert!(
@@ -1009,7 +1009,7 @@ for name in sorted(os.listdir(top)) + ["."]:
         print(name, e.errno)
 "#;
 
-/// The sweep of removed roots' groups (`keeper::remove_groups_of_removed_roots`) is steered
+/// The sweep of removed roots' groups (`keeper::sweep_removed_roots`) is steered
 /// by the tag `trusted.feather.root` on a VM's group: a VM that could set it on a group of its
 /// own could have that group taken for a removed root's. The VM's root sees only its
 /// `services/` folders, and writing `trusted.*` on cgroupfs needs CAP_SYS_ADMIN in the host's

@@ -377,7 +377,7 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped>
 pub fn recover(vm: &VmDir) -> Result<()> {
     let config = vm.read_config()?;
     keeper::remove_leftovers(vm, &config);
-    keeper::remove_groups_of_removed_roots();
+    keeper::sweep_removed_roots();
     let mut state = vm.read_state()?;
     if state.status == VmStatus::Crashed {
         state.status = VmStatus::Stopped;
@@ -542,7 +542,7 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     }
     let config = vm.read_config()?;
     keeper::remove_leftovers(&vm, &config);
-    keeper::remove_groups_of_removed_roots();
+    keeper::sweep_removed_roots();
     if let Some(disk) = config.limits.disk {
         // Before the folder goes: an image's mounts would keep it busy.
         crate::disk::release(root.dir(), &vm, disk);
