@@ -689,6 +689,41 @@ fn a_run_killed_before_its_hand_over_leaves_no_finisher_and_nothing_behind() {
     }
 }
 
+/// A finisher started ahead and killed while its VM runs (an administrator's `kill`, the OOM
+/// killer) is not there for the hand-over: the run starts another one then, and its VM is
+/// still torn down whole once it reports the command's exit status.
+#[test]
+fn a_finisher_killed_while_its_vm_runs_is_replaced_at_the_hand_over() {
+    let feather = Feather::new("finisher-killed");
+    let base = crate::support::ScratchBase::new("finisher-killed");
+    let run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
+    let id = feather.inspect("tmp")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let groups = crate::support::VmGroups::of(&id);
+    let early = finishers_of(run.id());
+    assert_eq!(early.len(), 1, "the run started its finisher ahead");
+    kill(early[0], Signal::SIGKILL).unwrap();
+    feather.eventually("the finisher started ahead is gone", || !alive(early[0]));
+
+    feather.ok(&["stop", "tmp"]);
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "the run reports the command's end by SIGTERM: {out:?}"
+    );
+    // Looked at without any feather command, which would finish a teardown left half-done.
+    let empty = |folder: &str| {
+        std::fs::read_dir(feather.root.join(folder)).is_ok_and(|mut e| e.next().is_none())
+    };
+    feather.eventually("the VM's folders are removed", || {
+        empty("vms") && empty("run") && groups.present().is_empty()
+    });
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}
+
 /// What the process finishing a handed-over teardown (`feather-keeper __finish`, started by
 /// `run --rm` with /dev/null as its stdio) has to say goes to the root's `teardown.log`: here
 /// a set-aside VM whose config cannot be read, the finisher started and handed the teardown
