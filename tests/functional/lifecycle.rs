@@ -720,10 +720,8 @@ fn a_root_removed_by_hand_leaves_its_network_to_the_next_root_that_chooses_one()
                     .is_empty()
         },
     );
-    assert!(
-        support::bridge_claim(&bridge).is_some(),
-        "the removed root's bridge stays, and its claim with it"
-    );
+    // No assertion that the bridge stays until the next root's choice: a test running beside
+    // this one may make that choice first.
 
     let (next, next_subnet, next_bridge) = root_with_known_bridge("after-removed");
     ok_in(
