@@ -23,6 +23,45 @@ fn start_host_vm(feather: &Feather, vm: &str) {
     feather.ok(&["start", vm]);
 }
 
+/// A folder of a VM's layer carrying an overlayfs redirect (`trusted.overlay.redirect`: no VM
+/// can set a `trusted.*` attribute, but an imported archive or a migration's sender writes its
+/// layer's) shows the lower tree's folder it names in its place. The kernel follows redirects
+/// with `redirect_dir=off` too (`redirect_always_follow`, on by default): a redirect naming
+/// another state root showed that root's files, past every hiding of it. Overlays are mounted
+/// `redirect_dir=nofollow`: the lookup is refused.
+#[test]
+fn a_redirect_in_a_vms_layer_leads_nowhere() {
+    let other = Feather::new("host-view-redirect-target");
+    other.ok(&["ls"]);
+    let secret = other.root.join("vms/secret");
+    fs::create_dir_all(&secret).unwrap();
+    fs::write(secret.join("redirect-marker"), "SECRET-OF-ANOTHER-ROOT").unwrap();
+    let feather = Feather::new("host-view-redirect");
+    feather.ok(&["create", "vm", "--net", "none"]);
+    let folder = feather.vm_dir("vm").join("upper/redirected");
+    fs::create_dir(&folder).unwrap();
+    let target = fs::canonicalize(&secret).unwrap();
+    xattr::set(
+        &folder,
+        "trusted.overlay.redirect",
+        target.as_os_str().as_encoded_bytes(),
+    )
+    .unwrap();
+    feather.ok(&["start", "vm"]);
+    let seen = feather.run(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "ls -A /redirected; cat /redirected/redirect-marker",
+    ]);
+    assert!(
+        !seen.stdout.contains("SECRET") && !seen.stdout.contains("redirect-marker"),
+        "the redirect was followed: {seen:?}"
+    );
+}
+
 #[test]
 fn a_set_uid_program_in_a_layer_is_out_of_reach_of_other_host_users() {
     let feather = Feather::new("host-view-modes");

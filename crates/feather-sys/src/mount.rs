@@ -49,12 +49,15 @@ pub fn overlay(
     target: &Path,
     sync: LayerSync,
 ) -> Result<()> {
-    // redirect_dir, metacopy and index off: every change is a plain file, directory or
-    // whiteout in the upper layer, which `diff` and `commit` read directly; xino off keeps
-    // inode numbers those of the layers. No option changes what reading through the overlay
-    // costs (measured: docs/design.md, "The overlay's cost per file").
+    // No redirects, metacopy or index: every change is a plain file, directory or whiteout in
+    // the upper layer, which `diff` and `commit` read directly; xino off keeps inode numbers
+    // those of the layers. No option changes what reading through the overlay costs
+    // (measured: docs/design.md, "The overlay's cost per file"). Redirects are `nofollow`,
+    // not `off`: the kernel follows them with `off` too (`redirect_always_follow`), and a
+    // layer from elsewhere (an imported archive, a migration's sender) could carry one naming
+    // any folder of the lower tree, a hidden state root included.
     let mut options = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off,xino=off",
+        "lowerdir={},upperdir={},workdir={},redirect_dir=nofollow,metacopy=off,index=off,xino=off",
         escape_option(lower),
         escape_option(upper),
         escape_option(work)
@@ -396,6 +399,9 @@ pub fn detached_lower_overlay(lowers: &[&Path]) -> Result<OwnedFd> {
         raw::fsconfig_string(context.as_fd(), c"lowerdir+", &value)
             .ctx("fsconfig lowerdir+", lower.display())?;
     }
+    // As in [`overlay`]: a redirect in a layer (an image's) leads nowhere.
+    raw::fsconfig_string(context.as_fd(), c"redirect_dir", c"nofollow")
+        .ctx("fsconfig redirect_dir", "nofollow")?;
     raw::fsmount_readonly(context.as_fd()).ctx("fsmount", "overlay of lower layers")
 }
 
