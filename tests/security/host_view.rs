@@ -1275,3 +1275,211 @@ fn a_vms_shared_mounts_share_no_peer_group_with_the_host() {
         "restored: {restored:?}, host: {host_now:?}"
     );
 }
+
+/// A process of VM `vm` that keeps the root of process `pid`'s mount namespace open as its
+/// descriptor 3 (`/proc/<pid>/root`, opened by the VM's root in init's namespace), running on
+/// after `pid` ends. Returns its pid, as the VM sees it: the descriptor is
+/// `/proc/<it>/fd/3` there.
+fn keep_root_of(feather: &Feather, vm: &str, pid: i64) -> i64 {
+    keep_open_in(feather, vm, pid, Path::new("/"))
+}
+
+/// [`keep_root_of`], for the folder `path` of that namespace (the mount there, as the
+/// namespace has it, rather than its root).
+fn keep_open_in(feather: &Feather, vm: &str, pid: i64, path: &Path) -> i64 {
+    let path = path.display();
+    feather.sh(
+        vm,
+        &format!(
+            "sh -c 'exec 3</proc/{pid}/root{path}; exec sleep 999' </dev/null >/dev/null 2>&1 & \
+             echo $! > /tmp/keeper-of-root"
+        ),
+    );
+    let holder: i64 = feather
+        .sh(vm, "cat /tmp/keeper-of-root")
+        .trim()
+        .parse()
+        .unwrap();
+    feather.eventually("the descriptor in the namespace is open", || {
+        feather.sh(vm, &format!("readlink /proc/{holder}/fd/3 || true")) == format!("{path}\n")
+    });
+    holder
+}
+
+/// Stops the unit `sleeper` of VM `vm` (see [`private_tmp_unit`]), whose main process is `pid`,
+/// and waits until that process is gone: the last process of its mount namespace.
+fn end_unit(feather: &Feather, vm: &str, pid: i64) {
+    feather.ok(&["service", "stop", vm, "sleeper"]);
+    feather.eventually("the unit's process has ended", || {
+        feather.sh(vm, &format!("test -e /proc/{pid} && echo on || echo gone")) == "gone\n"
+    });
+}
+
+/// When the last process of a mount namespace of a VM ends (a unit with `PrivateTmp=`), the
+/// kernel disconnects that namespace's mounts from one another (`umount_tree`: a namespace made
+/// in the VM's user namespace locks none of them), the hiding tmpfs among them; a descriptor
+/// kept on the namespace's root then walks into the folders beneath. The overlay itself hides
+/// them (an opaque empty folder in a lower layer above the host's tree): through the
+/// descriptor, a sibling VM's layer, the VM's own root and the registry of roots are empty
+/// folders. Before, the root process holding the descriptor read the sibling's marker.
+#[test]
+fn a_descriptor_kept_on_an_ended_namespaces_root_sees_no_state_root() {
+    let other = Feather::new("host-view-ended-ns-other");
+    vm_with_marker(&other);
+    let a = Feather::new("host-view-ended-ns");
+    start_host_vm(&a, "w");
+    let unit = private_tmp_unit(&a, "w");
+    let holder = keep_root_of(&a, "w", unit);
+    end_unit(&a, "w", unit);
+    let through = format!("/proc/{holder}/fd/3");
+    // The descriptor leads to the VM's tree still, now without the unit's mounts: its private
+    // /tmp is gone, and the host's /tmp (the overlay's) shows beneath.
+    let test_root = other.root.parent().unwrap().display().to_string();
+    let tree = a.sh(
+        "w",
+        &format!("ls -d {through}{test_root}; ls -A {through}/etc/hostname"),
+    );
+    assert_eq!(
+        tree,
+        format!("{through}{test_root}\n{through}/etc/hostname\n"),
+        "the descriptor reaches the VM's tree beneath the unit's mounts"
+    );
+    let look = format!(
+        "cat {through}{other}/vms/holder/upper/root/marker 2>&1; \
+         for d in {through}{other} {through}{own} {through}/var/lib/feather-roots; do \
+           if [ -d $d ]; then ls -A $d; else echo no $d; fi; done; echo end",
+        other = other.root.display(),
+        own = a.root.display()
+    );
+    let seen = a.sh("w", &look);
+    assert!(
+        seen.ends_with(": No such file or directory\nend\n") && seen.lines().count() == 2,
+        "the VM read state roots through the ended namespace's root:\n{seen}"
+    );
+}
+
+/// Through a descriptor kept on the root of an ended namespace (as above), the VM's root
+/// cannot remove or rename a hidden folder (the kernel refuses: it is a mount point in the
+/// namespace of the process asking, under the tmpfs), but it can rename the folder above it:
+/// overlayfs renames a folder of a lower layer only by copying what it shows
+/// (`redirect_dir=off`: EXDEV, and `mv` copies), and the copy holds the empty folder the
+/// overlay shows, nothing of the host's. Before, the copy held the sibling VM's layer and its
+/// marker. (The overlay's own answer to a removal and a new folder, where no mount is on the
+/// way, is `feather-sys` `hiding_layer::tests::…`.)
+#[test]
+fn renaming_the_folder_above_a_hidden_one_copies_nothing_of_the_hosts() {
+    let folder = crate::support::HostDir::new("host-view-hidden-moves");
+    fs::create_dir(folder.0.join("root")).unwrap();
+    let other = Feather::at(folder.0.join("root"));
+    vm_with_marker(&other);
+    let a = Feather::new("host-view-hidden-moves");
+    start_host_vm(&a, "w");
+    let unit = private_tmp_unit(&a, "w");
+    let holder = keep_root_of(&a, "w", unit);
+    end_unit(&a, "w", unit);
+    let through = format!("/proc/{holder}/fd/3");
+    let top = format!("{through}{}", folder.0.display());
+    let root = format!("{through}{}", other.root.display());
+    let marker = "vms/holder/upper/root/marker";
+    let script = format!(
+        "rmdir {root} 2>/dev/null || echo kept; mv {root} {top}/moved 2>/dev/null || echo stays; \
+         mv {top} {top}-moved 2>/dev/null; find {top}-moved | sort; \
+         cat {top}-moved/root/{marker} {root}/{marker} 2>/dev/null; echo end"
+    );
+    assert_eq!(
+        a.sh("w", &script),
+        format!("kept\nstays\n{top}-moved\n{top}-moved/root\nend\n"),
+        "what the VM saw of the host's folder while it moved it"
+    );
+    // In init's namespace, where the tmpfs hides it, and once more in a namespace made now.
+    let look = format!(
+        "ls -A {0} 2>/dev/null; cat {0}/{marker} 2>/dev/null; echo end",
+        other.root.display()
+    );
+    assert_eq!(a.sh("w", &look), "end\n");
+    let unit = private_tmp_unit(&a, "w");
+    assert_eq!(a.sh("w", &seen_by(unit, &other.root)), "end\n");
+    assert!(other.vm_dir("holder").join("upper/root/marker").exists());
+}
+
+/// A process of a VM whose working folder lies in a folder that becomes a state root while the
+/// VM is checkpointed: CRIU gives it its working folder again by path, before the restoring
+/// keeper mounts any tmpfs, and the overlay it walks then hides every root registered by the
+/// restore's time itself. Before, the restored process read the new root's VM's marker through
+/// its working folder. (While a VM runs, a working folder in a root registered since makes the
+/// checkpoint fail: CRIU finds no path to it beneath the tmpfs.)
+#[test]
+fn a_restored_working_folder_in_a_root_registered_meanwhile_shows_nothing_of_it() {
+    let folder = crate::support::HostDir::new("host-view-restored-cwd");
+    let guessed = folder.0.join("root");
+    fs::create_dir(&guessed).unwrap();
+    // The mode a state root gets: CRIU refuses a working folder whose mode changed.
+    fs::set_permissions(&guessed, fs::Permissions::from_mode(0o700)).unwrap();
+    let a = Feather::new("host-view-restored-cwd");
+    start_host_vm(&a, "w");
+    a.sh(
+        "w",
+        &format!(
+            "cd {} && sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/in-root",
+            guessed.display()
+        ),
+    );
+    let pid = a.sh("w", "cat /tmp/in-root").trim().to_owned();
+    a.ok(&["checkpoint", "w"]);
+    let late = Feather::at(guessed.clone());
+    vm_with_marker(&late);
+    a.ok(&["restore", "w"]);
+    let look = format!(
+        "readlink /proc/{pid}/cwd; ls -A /proc/{pid}/cwd; \
+         cat /proc/{pid}/cwd/vms/holder/upper/root/marker 2>/dev/null; echo end"
+    );
+    assert_eq!(
+        a.sh("w", &look),
+        format!("{}\nend\n", guessed.display()),
+        "the restored process's working folder shows the root registered meanwhile"
+    );
+}
+
+/// A state root on a filesystem of its own under the base (here a tmpfs under the host's `/`)
+/// lies in the VM's layer of that filesystem, not in its root layer: that overlay gets its part
+/// of the hiding layer, before a checkpoint and after the restore, and a descriptor kept on an
+/// ended namespace's root finds the root empty there too. Without it, the descriptor read the
+/// sibling VM's marker.
+#[test]
+fn a_root_on_a_filesystem_of_its_own_is_hidden_by_that_filesystems_layer() {
+    // Outside /tmp, which a unit with `PrivateTmp=` sees a tmpfs of its own at.
+    let filesystem = SharedTmpfs::new(std::path::PathBuf::from(format!(
+        "/srv/feather-test-fs-{}",
+        std::process::id()
+    )));
+    fs::create_dir(filesystem.0.join("root")).unwrap();
+    let other = Feather::at(filesystem.0.join("root"));
+    vm_with_marker(&other);
+    let a = Feather::new("host-view-root-on-own-fs");
+    start_host_vm(&a, "w");
+    let layered = a.sh(
+        "w",
+        &format!(
+            "awk '$5 == \"{}\" {{ print $9 }}' /proc/self/mountinfo",
+            filesystem.0.display()
+        ),
+    );
+    assert_eq!(layered, "overlay\n", "the tmpfs has a layer of its own");
+    for round in ["started", "restored"] {
+        if round == "restored" {
+            a.ok(&["checkpoint", "w"]);
+            a.ok(&["restore", "w"]);
+        }
+        // A descriptor on the filesystem's overlay in the unit's namespace: once that ended,
+        // the tmpfs on the root in it is disconnected.
+        let unit = private_tmp_unit(&a, "w");
+        let holder = keep_open_in(&a, "w", unit, &filesystem.0);
+        end_unit(&a, "w", unit);
+        let look = format!(
+            "cat {0}/vms/holder/upper/root/marker 2>/dev/null; ls -A {0}; echo end",
+            format_args!("/proc/{holder}/fd/3/root")
+        );
+        assert_eq!(a.sh("w", &look), "end\n", "{round}");
+        a.sh("w", &format!("kill {holder}"));
+    }
+}

@@ -352,7 +352,7 @@ fn host_root(dir: &Path, hidden: &[PathBuf]) -> Result<PathBuf> {
     let layer = dir.join(HOST_LAYER);
     fs::create_dir_all(&rootfs).with_context(|| format!("create {}", rootfs.display()))?;
     feather_sys::mount::overlay(
-        Path::new("/"),
+        &[Path::new("/")],
         &layer.join("upper"),
         &layer.join("work"),
         &rootfs,

@@ -39,11 +39,12 @@ pub enum LayerSync {
     Volatile,
 }
 
-/// Mounts an overlay of `lower` (read-only) and `upper` (where writes go) at `target`.
-/// `nodev`: a device node written into the layer can never be opened, so a VM cannot reach a
-/// raw disk by creating one.
+/// Mounts an overlay of `lowers` (read-only, the uppermost first: a
+/// [`crate::hiding_layer::HidingLayer`] above the tree shown) and `upper` (where writes go) at
+/// `target`. `nodev`: a device node written into the layer can never be opened, so a VM cannot
+/// reach a raw disk by creating one.
 pub fn overlay(
-    lower: &Path,
+    lowers: &[&Path],
     upper: &Path,
     work: &Path,
     target: &Path,
@@ -53,9 +54,10 @@ pub fn overlay(
     // whiteout in the upper layer, which `diff` and `commit` read directly; xino off keeps
     // inode numbers those of the layers. No option changes what reading through the overlay
     // costs (measured: docs/design.md, "The overlay's cost per file").
+    let lowers: Vec<String> = lowers.iter().map(|lower| escape_option(lower)).collect();
     let mut options = format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off,xino=off",
-        escape_option(lower),
+        lowers.join(":"),
         escape_option(upper),
         escape_option(work)
     );
