@@ -808,6 +808,46 @@ fn a_throw_away_vm_cannot_reach_its_layer_through_init_s_descriptors() {
     assert_eq!(outcome.stdout, "looked\n");
 }
 
+/// The hiding layer (a tmpfs no path leads to, the topmost lower layer of the VM's overlays)
+/// is init's descriptor until the overlays are mounted: init closes it before anything of the
+/// VM's runs. Left open, it would be one of init's descriptors for the VM's life: a VM process
+/// allowed to read them (init is out of the VM root's reach today) could change a lower layer
+/// under the overlay, an opaque folder removed. Looked at from the host, in a throw-away VM,
+/// whose init runs on without executing anything (a kept VM's init re-executes itself, which
+/// closes the descriptor anyway).
+#[test]
+fn init_holds_no_descriptor_of_the_hiding_layer() {
+    let feather = Feather::new("hiding-layer-fds");
+    let mut running = feather
+        .command()
+        .args(["run", "--rm", "--net", "none", "--", "sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let vm = || -> Option<String> {
+        let listed: serde_json::Value =
+            serde_json::from_str(&feather.ok(&["ls", "--json"])).ok()?;
+        let vm = listed.as_array()?.first()?;
+        (vm["status"] == "running").then(|| vm["name"].as_str().unwrap_or_default().to_owned())
+    };
+    feather.eventually("the throw-away VM runs", || vm().is_some());
+    let pid = init_pid(&feather, &vm().unwrap());
+    // The layer holds a folder per overlay: `0` for the root one, which hides this very root.
+    let reached: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|fd| fd.path().join("0").is_dir())
+        .map(|fd| fd.path().display().to_string())
+        .collect();
+    let _ = running.kill();
+    let _ = running.wait();
+    assert!(
+        reached.is_empty(),
+        "init holds the hiding layer: {reached:?}"
+    );
+}
+
 #[test]
 fn a_restored_vm_sees_no_cgroup_of_the_host() {
     let feather = Feather::new("restored-cgroups");
