@@ -769,8 +769,10 @@ fn roots_made_and_removed_while_a_vm_is_checkpointed_do_not_fail_its_restore() {
         })
     };
     let mut failure = None;
-    // At least four rounds, and on until roots came and went during a few of them.
-    for round in 0..12 {
+    // At least four rounds, and on until roots came and went during a few of them: under load
+    // a root's making and removal can take longer than twelve rounds (seen at load 10), so
+    // the bound is far off, and only there does the count below fail.
+    for round in 0..60 {
         if round >= 4 && made.load(Ordering::SeqCst) >= 6 {
             break;
         }

@@ -1386,7 +1386,7 @@ fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName, root: &StateRo
     // Which root's VM the group is, should its folder go without it (see `Cgroup::tag_root`).
     // Bookkeeping only: where `trusted.*` cannot be written (feather without CAP_SYS_ADMIN in
     // the host's user namespace, inside a container, say) the VM starts all the same, and its
-    // group is simply never swept by root (`remove_groups_of_removed_roots`), as an older
+    // group is simply never swept by root (`sweep_removed_roots`), as an older
     // feather's. Said once on stderr (the keeper's log): nothing on the normal path.
     if let Err(e) = cgroup.tag_root(root.dir()) {
         eprintln!(
@@ -1484,17 +1484,18 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
     );
 }
 
-/// How often, at most, [`remove_groups_of_removed_roots`] looks at the VM groups of the host:
+/// How often, at most, [`sweep_removed_roots`] looks at the VM groups of the host:
 /// each look reads every group's tag: among 1047 VM groups, an `rm` of a created VM took
 /// 4.9 ms of CPU (5.4–7.5 ms of wall time) with a look each time and 1.3 ms (1.7 ms) without,
 /// release build. The groups it removes wait a minute anyway ([`SWEEP_SPARES_GROUPS_FOR`]).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// How young a group [`remove_groups_of_removed_roots`] leaves alone, whatever its root: the
+/// How young a group [`sweep_removed_roots`] leaves alone, whatever its root: the
 /// rule `StateRoot::sweep_incomplete` holds to for a VM folder being made.
 pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
 
-/// Removes the VM groups whose state root's folder is gone and that hold no process: left by a
+/// Removes what state roots whose folder is gone left on the host: their networks
+/// ([`feather_net::removed_roots`]), and the VM groups that hold no process, left by a
 /// VM whose keeper died and whose root was removed before anything cleaned up after it (its
 /// folder, the group's only other record, went with the root). Only a group tagged with its
 /// root ([`Cgroup::tag_root`]) is looked at, and one with a process in it is left alone (its
@@ -1510,7 +1511,7 @@ pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
 /// an empty group that is never touched. Run by `rm` and the crash clean-up, off every
 /// start's path, at most once every [`SWEEP_EVERY`] on the host (see
 /// `Registry::claim_sweep`): a group so left goes at the first of them once it is due.
-pub fn remove_groups_of_removed_roots() {
+pub fn sweep_removed_roots() {
     // A stamp that cannot be made (the registry's folder read-only) leaves every call to sweep,
     // as before there was one: slower, never wrong.
     let _sweeping = match feather_core::roots::Registry::host().claim_sweep(SWEEP_EVERY) {
@@ -1518,6 +1519,7 @@ pub fn remove_groups_of_removed_roots() {
         Ok(Some(stamp)) => Some(stamp),
         Err(_) => None,
     };
+    feather_net::removed_roots::remove_networks();
     let hierarchies = Hierarchies::detect();
     let mut seen: Vec<(PathBuf, bool)> = Vec::new();
     for (group, root) in feather_sys::cgroup::groups_with_roots(&hierarchies, "feather") {
