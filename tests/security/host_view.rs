@@ -748,6 +748,71 @@ fn roots_removed_while_a_vm_is_restored_do_not_fail_the_restore() {
     }
 }
 
+/// The hiding layer (a tmpfs) makes the overlay of a VM over the host one of two filesystems;
+/// with `xino=off` overlayfs then shows folders with inode numbers of its own, new at every
+/// mount, and the lower's files with another `st_dev` than their folder's (`du -x`, `find
+/// -xdev`, `rsync -x` stop there; whatever caches a folder's inode number is fooled). With the
+/// layer, the overlay maps every layer's inode numbers into one space (`xino=auto`): over a
+/// state root on the filesystem of `/` (this host's), a folder, a file of the host's and the
+/// root show the same `st_dev`, and a folder keeps its inode number (the host's) across a stop
+/// and start, as without the layer.
+#[test]
+fn a_vm_over_the_host_shows_one_device_and_the_hosts_inode_numbers() {
+    use std::os::unix::fs::MetadataExt;
+    let a = Feather::new("host-view-samefs");
+    assert_eq!(
+        fs::metadata(&a.root).unwrap().dev(),
+        fs::metadata("/").unwrap().dev(),
+        "the state root is on the filesystem of /"
+    );
+    start_host_vm(&a, "w");
+    let seen = || {
+        a.ok(&[
+            "exec",
+            "w",
+            "--",
+            "stat",
+            "-c",
+            "%n %d %i",
+            "/",
+            "/etc",
+            "/etc/passwd",
+        ])
+    };
+    let first = seen();
+    a.ok(&["stop", "--time", "1", "w"]);
+    a.ok(&["start", "w"]);
+    let second = seen();
+    let parse = |out: &str| -> Vec<(String, String, String)> {
+        out.lines()
+            .map(|line| {
+                let mut parts = line.split(' ').map(str::to_owned);
+                let (n, d, i) = (parts.next(), parts.next(), parts.next());
+                (n.unwrap(), d.unwrap(), i.unwrap())
+            })
+            .collect()
+    };
+    let (first, second) = (parse(&first), parse(&second));
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert!(
+        first.iter().all(|(_, dev, _)| *dev == first[0].1),
+        "one st_dev: {first:?}"
+    );
+    let host_etc = fs::metadata("/etc").unwrap().ino().to_string();
+    assert_eq!(
+        first[1].2, host_etc,
+        "/etc's inode number is the host's: {first:?}"
+    );
+    assert_eq!(
+        second[1].2, first[1].2,
+        "across a stop and start: {second:?}"
+    );
+    assert!(
+        second.iter().all(|(_, dev, _)| *dev == second[0].1),
+        "{second:?}"
+    );
+}
+
 #[test]
 fn roots_made_and_removed_while_a_vm_is_checkpointed_do_not_fail_its_restore() {
     let a = Feather::new("host-view-dump-race");

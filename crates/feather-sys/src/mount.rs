@@ -64,6 +64,16 @@ pub fn overlay(
     if sync == LayerSync::Volatile {
         options.push_str(",volatile");
     }
+    // A hiding layer above the tree (a tmpfs) makes the overlay one of two filesystems, where
+    // `xino=off` would show folders with inode numbers of the overlay's own (new at every
+    // mount) and the lower's files with another `st_dev` than their folder's: `xino=auto` (the
+    // later option wins) maps every layer's numbers into one space, those of the upper's
+    // filesystem unchanged, all under the overlay's `st_dev`, as when all layers are on one
+    // filesystem. A lower layer cannot be on the upper's filesystem instead: the kernel refuses
+    // a lower layer beneath another (`/`), "overlapping lowerdir path".
+    if lowers.len() > 1 {
+        options.push_str(",xino=auto");
+    }
     mount(
         Some("feather"),
         target,
