@@ -1449,6 +1449,68 @@ fn a_descriptor_kept_on_an_ended_namespaces_root_sees_no_state_root() {
     );
 }
 
+/// A folder made by a test on the host, removed when dropped.
+struct HostFolder(std::path::PathBuf);
+
+impl Drop for HostFolder {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The host's `/run`, where it is no filesystem of its own (this host's), is in the VM's root
+/// overlay beneath the VM's own `/run`: through a descriptor kept on the root of an ended
+/// namespace (as above), the VM's root walked it (the default root's run folder, and every
+/// service's files: here a 0700 folder of root's the test makes). The hiding layer holds an
+/// empty opaque `run` (and `proc`, `sys`, `dev`) above the host's tree: nothing of it shows.
+#[test]
+fn a_descriptor_kept_on_an_ended_namespaces_root_sees_nothing_of_the_hosts_run() {
+    let secret =
+        HostFolder(Path::new("/run").join(format!("host-view-run-{}", std::process::id())));
+    fs::create_dir(&secret.0).unwrap();
+    fs::set_permissions(&secret.0, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(secret.0.join("secret"), "the host's\n").unwrap();
+    let a = Feather::new("host-view-ended-ns-run");
+    start_host_vm(&a, "w");
+    let unit = private_tmp_unit(&a, "w");
+    let holder = keep_root_of(&a, "w", unit);
+    end_unit(&a, "w", unit);
+    let through = format!("/proc/{holder}/fd/3");
+    let seen = a.sh(
+        "w",
+        &format!(
+            "cat {through}{secret} 2>/dev/null; ls -A {through}/run; echo end",
+            secret = secret.0.join("secret").display()
+        ),
+    );
+    assert_eq!(
+        seen, "end\n",
+        "the host's /run through the ended namespace's root"
+    );
+}
+
+/// The folders above a hidden one are the hiding layer's, which the overlay shows with their
+/// own xattrs: they copy the host folder's (a default ACL, `user.*`), but overlayfs's own.
+/// Before, a VM saw none of them on the folders above a state root.
+#[test]
+fn the_folders_above_a_root_keep_their_xattrs_in_a_vm() {
+    let above =
+        HostFolder(Path::new("/var/tmp").join(format!("host-view-xattr-{}", std::process::id())));
+    fs::create_dir(&above.0).unwrap();
+    xattr::set(&above.0, "user.feather-test", b"above").unwrap();
+    let root = above.0.join("root");
+    fs::create_dir(&root).unwrap();
+    let a = Feather::at(root);
+    start_host_vm(&a, "w");
+    let script = format!(
+        "import os; print(os.getxattr({:?}, 'user.feather-test').decode())",
+        above.0.display().to_string()
+    );
+    let seen = a.ok(&["exec", "w", "--", "python3", "-c", &script]);
+    assert_eq!(seen, "above\n");
+    drop(a);
+}
+
 /// Through a descriptor kept on the root of an ended namespace (as above), the VM's root
 /// cannot remove or rename a hidden folder (the kernel refuses: it is a mount point in the
 /// namespace of the process asking, under the tmpfs), but it can rename the folder above it:

@@ -82,9 +82,11 @@ fn build_one(
     // hidden ones share are made once, and a folder of the walk is never come back to.
     folders.sort();
     folders.dedup();
-    let Ok(lower_root) = open_dir(None, lower.as_os_str(), OFlag::O_PATH) else {
+    let lower_root = match open_dir(None, lower.as_os_str(), OFlag::O_PATH) {
+        Ok(fd) => fd,
         // A lower that is gone (a filesystem the host unmounted) holds nothing to hide.
-        return Ok(false);
+        Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(false),
+        Err(errno) => return Err(errno).ctx("open", lower.display()),
     };
     let mut top: Option<OwnedFd> = None;
     // The folders of the walk down to the last one made: each one's name, its folder in the
@@ -114,22 +116,44 @@ fn build_one(
         // The lower's folders along the rest of the path first: nothing is made unless all are
         // folders of the lower's own filesystem (overlayfs shows a lower's mount points as the
         // folders beneath them: what is mounted there is not in the overlay).
-        let mut found: Vec<(&OsStr, OwnedFd, FileStat)> = Vec::new();
-        for name in &names[shared..] {
+        // The hidden folder itself may be a mount point: overlayfs shows the folder beneath the
+        // mount there, which gets its opaque folder all the same (its attributes are those of
+        // what is mounted there, as the host shows the path; nothing is opened beyond it).
+        let mut found: Vec<(&OsStr, Option<OwnedFd>, FileStat)> = Vec::new();
+        let rest = &names[shared..];
+        for (n, name) in rest.iter().enumerate() {
             let at = found
                 .last()
-                .map(|(_, fd, _)| fd)
+                .and_then(|(_, fd, _)| fd.as_ref())
                 .or(path.last().map(|(_, fd, _)| fd))
                 .unwrap_or(&lower_root);
-            let Ok(next) = open_in_lower(at, name) else {
-                continue 'folders;
-            };
-            match nix::sys::stat::fstat(&next) {
-                Ok(st) if st.st_mode & libc::S_IFMT == libc::S_IFDIR => {
-                    found.push((name, next, st))
+            let next = match open_in_lower(at, name) {
+                Ok(next) => next,
+                Err(Errno::EXDEV) if n + 1 == rest.len() => {
+                    let st = nix::sys::stat::fstatat(
+                        at,
+                        *name,
+                        nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW,
+                    )
+                    .ctx("stat", lower.join(folder).display())?;
+                    if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                        continue 'folders;
+                    }
+                    found.push((name, None, st));
+                    break;
                 }
-                _ => continue 'folders,
+                // Nothing there, a link, a mount point on the way, not a folder: overlayfs does
+                // not show the folder at that path either.
+                Err(Errno::ENOENT | Errno::ELOOP | Errno::EXDEV | Errno::ENOTDIR) => {
+                    continue 'folders
+                }
+                Err(errno) => return Err(errno).ctx("open", lower.join(folder).display()),
+            };
+            let st = nix::sys::stat::fstat(&next).ctx("stat", lower.join(folder).display())?;
+            if st.st_mode & libc::S_IFMT != libc::S_IFDIR {
+                continue 'folders;
             }
+            found.push((name, Some(next), st));
         }
         if top.is_none() {
             let name = OsStr::new(&*i.to_string()).to_owned();
@@ -161,16 +185,47 @@ fn build_one(
             }
             nix::sys::stat::fchmod(&dir, Mode::from_bits_truncate(st.st_mode & 0o7777))
                 .ctx("fchmod", folder.display())?;
+            // Its ACLs and other xattrs too (a default ACL, `user.*`): the overlay shows the
+            // topmost layer's. Not those of what is mounted on a hidden folder (not opened).
+            if let Some(lower_dir) = &lower_dir {
+                copy_xattrs(lower_dir, &dir).ctx("copy the xattrs of", folder.display())?;
+            }
             let dir = match n + 1 == last {
                 true => set_opaque(dir).ctx("set trusted.overlay.opaque on", folder.display())?,
                 false => dir,
             };
             made.push((dir, st));
-            path.push((name, lower_dir, made.len() - 1));
+            match lower_dir {
+                Some(lower_dir) => path.push((name, lower_dir, made.len() - 1)),
+                // A mount point, the last folder of this one: nothing is made beneath it.
+                None => break,
+            }
         }
         hidden.push(folder);
     }
     Ok(top.is_some())
+}
+
+/// Copies the xattrs of the lower's folder `from` (an `O_PATH` descriptor) but overlayfs's own
+/// (`trusted.overlay.*`) onto the layer's folder `to`; one the layer's tmpfs does not take
+/// (EOPNOTSUPP) is left out.
+fn copy_xattrs(from: &OwnedFd, to: &OwnedFd) -> nix::Result<()> {
+    let errno = |e: std::io::Error| Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
+    let from = PathBuf::from(format!("/proc/self/fd/{}", from.as_raw_fd()));
+    let to = PathBuf::from(format!("/proc/self/fd/{}", to.as_raw_fd()));
+    for name in xattr::list_deref(&from).map_err(errno)? {
+        if name.as_encoded_bytes().starts_with(b"trusted.overlay.") {
+            continue;
+        }
+        let Some(value) = xattr::get_deref(&from, &name).map_err(errno)? else {
+            continue;
+        };
+        match xattr::set_deref(&to, &name, &value).map_err(errno) {
+            Ok(()) | Err(Errno::EOPNOTSUPP) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// `name` opened as a folder in `at` (or the path `name` if None), not following a link.
@@ -361,11 +416,20 @@ mod tests {
     #[test]
     fn no_removal_making_or_renaming_in_the_overlay_shows_a_hidden_folder() {
         let dir = scratch("overlay");
-        for sub in ["lower/srv/root/vms", "lower/mnt", "upper", "work", "merged"] {
+        for sub in [
+            "lower/srv/root/vms",
+            "lower/mnt",
+            "lower/mnt2",
+            "upper",
+            "work",
+            "merged",
+        ] {
             std::fs::create_dir_all(dir.join(sub)).unwrap();
         }
         std::fs::write(dir.join("lower/srv/root/vms/secret"), "secret\n").unwrap();
         std::fs::write(dir.join("lower/srv/kept"), "kept\n").unwrap();
+        // Beneath what will be mounted on a hidden folder, the lower's own files.
+        std::fs::write(dir.join("lower/mnt2/under"), "under\n").unwrap();
         let (lower, upper, work, merged) = (
             dir.join("lower"),
             dir.join("upper"),
@@ -394,7 +458,17 @@ mod tests {
                 )
                 .unwrap();
                 std::fs::create_dir(lower.join("mnt/inner")).unwrap();
-                let folders = vec!["srv/root".into(), "mnt/inner".into()];
+                // A hidden folder that is itself a mount point: the overlay shows the folder
+                // beneath the mount, which the layer hides all the same.
+                nix::mount::mount(
+                    Some("tmpfs"),
+                    &lower.join("mnt2"),
+                    Some("tmpfs"),
+                    tmpfs,
+                    None::<&str>,
+                )
+                .unwrap();
+                let folders = vec!["srv/root".into(), "mnt/inner".into(), "mnt2".into()];
                 let layer = HidingLayer::build(&[(lower.as_path(), folders)])
                     .unwrap()
                     .unwrap();
@@ -432,7 +506,8 @@ mod tests {
             .unwrap()
         });
         let (unhidden, in_layer, seen, renamed, renamed_above) = outcome;
-        assert_eq!(in_layer, ["srv", "srv/root"]);
+        assert_eq!(in_layer, ["mnt2", "srv", "srv/root"]);
+        assert!(unhidden.contains(&"mnt2/under".to_owned()), "{unhidden:?}");
         assert!(
             unhidden.contains(&"srv/root/vms/secret".to_owned()),
             "{unhidden:?}"
@@ -441,18 +516,18 @@ mod tests {
             assert!(
                 !tree
                     .iter()
-                    .any(|p| p.contains("vms") || p.contains("secret")),
+                    .any(|p| p.contains("vms") || p.contains("secret") || p.contains("under")),
                 "step {step}: {tree:?}"
             );
         }
-        assert_eq!(seen[0], ["mnt", "srv", "srv/kept", "srv/root"]);
-        assert_eq!(seen[1], ["mnt", "srv", "srv/kept"]);
-        assert_eq!(seen[2], ["mnt", "srv", "srv/kept", "srv/root"]);
+        assert_eq!(seen[0], ["mnt", "mnt2", "srv", "srv/kept", "srv/root"]);
+        assert_eq!(seen[1], ["mnt", "mnt2", "srv", "srv/kept"]);
+        assert_eq!(seen[2], ["mnt", "mnt2", "srv", "srv/kept", "srv/root"]);
         // A folder made by the overlay (opaque in the upper layer) is renamed; one of a lower
         // layer only copied, by the caller (EXDEV).
         assert_eq!(renamed, Ok(()));
         assert_eq!(renamed_above, Err(Some(libc::EXDEV)));
-        assert_eq!(seen[3], ["mnt", "srv", "srv/kept", "srv/moved"]);
+        assert_eq!(seen[3], ["mnt", "mnt2", "srv", "srv/kept", "srv/moved"]);
         assert_eq!(seen[4], seen[3]);
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -217,6 +217,15 @@ pub fn hiding_layer(
             }
         }
     }
+    // Over the host's tree, the host's own /run, /proc, /sys and /dev too (where not a
+    // filesystem of their own, the root filesystem's folders, /run with the default root's run
+    // folder and whatever services keep there): the VM's own mounts go over them, but a
+    // descriptor kept on the root of a namespace that ended walks beneath those mounts.
+    if base == Path::new("/") {
+        if let Some(root_layer) = folders.first_mut() {
+            root_layer.extend(crate::hiding::MOUNT_POINTS.iter().map(PathBuf::from));
+        }
+    }
     let lowers: Vec<(&Path, Vec<PathBuf>)> = layers
         .iter()
         .zip(folders)
