@@ -312,6 +312,52 @@ mod tests {
         found
     }
 
+    /// Any failure but a folder not there to hide fails the build, naming the folder: here the
+    /// walk runs out of descriptors (EMFILE) on the way down. Before, it passed over the folder
+    /// as if missing, and the layer hid nothing there.
+    #[test]
+    fn a_walk_that_fails_fails_the_build_naming_the_folder() {
+        let lower = scratch("emfile");
+        let deep = "a/b/c/d/e/f/g/h/root";
+        std::fs::create_dir_all(lower.join(deep)).unwrap();
+        // In a child: the limit on descriptors is the whole process's.
+        // SAFETY: the child runs this test's code only, then `_exit`s; nextest runs each test
+        // in a process of its own, with no other thread holding a lock the child would need.
+        let fork = unsafe { nix::unistd::fork() }.unwrap();
+        let nix::unistd::ForkResult::Parent { child } = fork else {
+            use nix::sys::resource::{getrlimit, setrlimit, Resource};
+            let highest = std::fs::read_dir("/proc/self/fd")
+                .unwrap()
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u64>().ok())
+                .max()
+                .unwrap_or(2);
+            let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+            setrlimit(Resource::RLIMIT_NOFILE, highest + 1, hard).unwrap();
+            // Every number below the limit taken, then five more allowed: the layer's
+            // descriptors and the first folders' of the walk.
+            let mut filled = Vec::new();
+            while let Ok(file) = std::fs::File::open("/dev/null") {
+                filled.push(file);
+            }
+            setrlimit(Resource::RLIMIT_NOFILE, highest + 6, hard).unwrap();
+            let code = match HidingLayer::build(&[(lower.as_path(), vec![deep.into()])]) {
+                Err(e) if e.errno == Errno::EMFILE && e.target.contains(deep) => 0,
+                Err(_) => 2,
+                Ok(_) => 1,
+            };
+            // SAFETY: ends the child without running the test harness's exit handlers.
+            unsafe { libc::_exit(code) };
+        };
+        let status = nix::sys::wait::waitpid(child, None).unwrap();
+        std::fs::remove_dir_all(&lower).unwrap();
+        assert_eq!(
+            status,
+            nix::sys::wait::WaitStatus::Exited(child, 0),
+            "1: built as if missing, 2: another error"
+        );
+    }
+
     /// The folders above a hidden one copy the lower's attributes; the hidden one is opaque and
     /// empty; a folder behind a link, a missing one, and one inside another hidden add nothing.
     #[test]
