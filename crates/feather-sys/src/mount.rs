@@ -39,11 +39,12 @@ pub enum LayerSync {
     Volatile,
 }
 
-/// Mounts an overlay of `lower` (read-only) and `upper` (where writes go) at `target`.
-/// `nodev`: a device node written into the layer can never be opened, so a VM cannot reach a
-/// raw disk by creating one.
+/// Mounts an overlay of `lowers` (read-only, the uppermost first: a
+/// [`crate::hiding_layer::HidingLayer`] above the tree shown) and `upper` (where writes go) at
+/// `target`. `nodev`: a device node written into the layer can never be opened, so a VM cannot
+/// reach a raw disk by creating one.
 pub fn overlay(
-    lower: &Path,
+    lowers: &[&Path],
     upper: &Path,
     work: &Path,
     target: &Path,
@@ -56,14 +57,25 @@ pub fn overlay(
     // not `off`: the kernel follows them with `off` too (`redirect_always_follow`), and a
     // layer from elsewhere (an imported archive, a migration's sender) could carry one naming
     // any folder of the lower tree, a hidden state root included.
+    let lowers: Vec<String> = lowers.iter().map(|lower| escape_option(lower)).collect();
     let mut options = format!(
         "lowerdir={},upperdir={},workdir={},redirect_dir=nofollow,metacopy=off,index=off,xino=off",
-        escape_option(lower),
+        lowers.join(":"),
         escape_option(upper),
         escape_option(work)
     );
     if sync == LayerSync::Volatile {
         options.push_str(",volatile");
+    }
+    // A hiding layer above the tree (a tmpfs) makes the overlay one of two filesystems, where
+    // `xino=off` would show folders with inode numbers of the overlay's own (new at every
+    // mount) and the lower's files with another `st_dev` than their folder's: `xino=auto` (the
+    // later option wins) maps every layer's numbers into one space, those of the upper's
+    // filesystem unchanged, all under the overlay's `st_dev`, as when all layers are on one
+    // filesystem. A lower layer cannot be on the upper's filesystem instead: the kernel refuses
+    // a lower layer beneath another (`/`), "overlapping lowerdir path".
+    if lowers.len() > 1 {
+        options.push_str(",xino=auto");
     }
     mount(
         Some("feather"),

@@ -283,6 +283,16 @@ impl Keeper {
         let hidden = hiding::state_folders(root);
         let mut tree = layers::for_start_in(root, vm, &config, memory_layer, &hidden)?;
         let memory_layer = tree.memory_layer.take();
+        // Held until init, a fork of this process, has its copy (see `layers::hiding_layer`).
+        let hiding_layer =
+            match layers::hiding_layer(&name, &mut tree.layers, &config.base, &hidden) {
+                Ok(layer) => layer,
+                Err(e) => {
+                    network.detach();
+                    remove_leftovers(vm, &config);
+                    return Err(e);
+                }
+            };
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
@@ -290,6 +300,7 @@ impl Keeper {
                 rootfs: vm.rootfs(),
                 layers: tree.layers,
                 memory_layer_fd: memory_layer.as_ref().map(|layer| layer.recorded.fd),
+                hiding_layer_fd: hiding_layer.as_ref().map(|layer| layer.fd.as_raw_fd()),
                 read_only: tree.read_only,
                 hidden: hidden.clone(),
                 network: inside,
@@ -366,6 +377,8 @@ impl Keeper {
             let listener = listen(vm)?;
             Ok((started, listener))
         });
+        // Init has its copy, and closes it once its overlays hold the layer.
+        drop(hiding_layer);
         let ((init, init_waits, record), listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
@@ -1602,9 +1615,11 @@ fn start_init(
                 }
             }
             drop(stdio);
-            // The layer in memory, until the recipe has mounted it (rootfs::assemble).
+            // The layer in memory and the hiding layer, until the recipe has mounted them
+            // (rootfs::assemble).
             let keep: Vec<std::os::fd::RawFd> = std::iter::once(theirs.as_raw_fd())
                 .chain(plan.rootfs.memory_layer_fd)
+                .chain(plan.rootfs.hiding_layer_fd)
                 .collect();
             process::close_other_fds(&keep);
             init::run(plan, theirs)
