@@ -32,29 +32,7 @@ pub struct Hierarchies {
     v1: Vec<(String, PathBuf)>,
     /// The v2 hierarchy's mount point and the controllers it offers.
     v2: Option<(PathBuf, Vec<String>)>,
-    /// Whether the v1 `memory` hierarchy holds no other controller (see
-    /// [`Cgroup::vms_own_memory_group`]).
-    memory_alone: bool,
 }
-
-/// Every controller of cgroup v1, by the name its mount options give it.
-const V1_ALL_CONTROLLERS: [&str; 15] = [
-    "cpuset",
-    "cpu",
-    "cpuacct",
-    "io",
-    "blkio",
-    "memory",
-    "devices",
-    "freezer",
-    "net_cls",
-    "perf_event",
-    "net_prio",
-    "hugetlb",
-    "pids",
-    "rdma",
-    "misc",
-];
 
 impl Hierarchies {
     pub fn detect() -> Self {
@@ -74,14 +52,6 @@ impl Hierarchies {
         for entry in mounts {
             match entry.fs_type.as_str() {
                 "cgroup" => {
-                    let controllers: Vec<&str> = entry
-                        .super_options
-                        .split(',')
-                        .filter(|o| V1_ALL_CONTROLLERS.contains(o))
-                        .collect();
-                    if controllers == ["memory"] && !found.v1.iter().any(|(c, _)| c == "memory") {
-                        found.memory_alone = true;
-                    }
                     for option in entry.super_options.split(',') {
                         let known = found.v1.iter().any(|(name, _)| name == option);
                         if V1_CONTROLLERS.contains(&option) && !known {
@@ -170,9 +140,6 @@ const CPU_PERIOD_US: u64 = 100_000;
 pub struct Cgroup {
     hierarchies: Hierarchies,
     relative: PathBuf,
-    /// Whether the VM's services folder in the v1 `memory` hierarchy is the group itself
-    /// (see [`Cgroup::vms_own_memory_group`]).
-    own_memory_group: bool,
 }
 
 impl Cgroup {
@@ -180,25 +147,7 @@ impl Cgroup {
         Cgroup {
             hierarchies,
             relative: relative.into(),
-            own_memory_group: false,
         }
-    }
-
-    /// Makes the group's folder in the v1 `memory` hierarchy the one its VM's services get
-    /// (bound into the VM at `/sys/fs/cgroup/memory`, the units' groups made in it) instead of
-    /// a [`SERVICES`] folder below it, when `unlimited`: the host gave the VM no memory limit,
-    /// so that group holds nothing of the keeper's for the VM to change, and the hierarchy
-    /// holds memory alone (no other controller's limits come with it). A memory cgroup is the
-    /// dearest group there is: each one holds, per NUMA node, 1 KiB for every 64 filesystems
-    /// the host has ever had mounted at once (the kernel's shrinker bitmap, which never shrinks:
-    /// 563 KiB a group on this machine after a thousand VMs), where a `pids` or `cpu` group
-    /// costs 1–6 KiB. The VM's own group, which it may then change (a limit, its OOM settings:
-    /// on itself only), is still the one the keeper reads the VM's memory from, and everything
-    /// above it stays out of the VM's reach. With a limit, or where memory is co-mounted or on
-    /// v2, the VM gets a [`SERVICES`] folder as in every other hierarchy.
-    pub fn vms_own_memory_group(mut self, unlimited: bool) -> Self {
-        self.own_memory_group = unlimited && self.hierarchies.memory_alone;
-        self
     }
 
     /// Every folder of this group: one per v1 hierarchy used, and the v2 one when v2 is mounted
@@ -443,21 +392,9 @@ impl Cgroup {
                     // Mounted elsewhere (`/cgroup/memory`): by its folder's name.
                     (Err(_), Some(name)) => PathBuf::from(name),
                 };
-                let group = mount.join(&self.relative);
-                if self.own_memory_group && Some(mount) == self.memory_v1_mount() {
-                    return (group, at);
-                }
-                (group.join(SERVICES), at)
+                (mount.join(&self.relative).join(SERVICES), at)
             })
             .collect()
-    }
-
-    /// The mount point of the v1 `memory` hierarchy, if memory is on v1.
-    fn memory_v1_mount(&self) -> Option<&Path> {
-        match self.hierarchies.locate("memory") {
-            Some((Version::V1, mount)) => Some(mount),
-            _ => None,
-        }
     }
 
     /// The `cgroup.procs` file of the group in each hierarchy: writing "0" to each moves the
@@ -961,7 +898,6 @@ mod tests {
                 .map(|c| (c.to_string(), dir.join(c)))
                 .collect(),
             v2: Some((dir.join("unified"), Vec::new())),
-            memory_alone: true,
         }
     }
 
@@ -1014,52 +950,6 @@ mod tests {
             found.v2.as_ref().map(|(mount, _)| mount.as_path()),
             Some(Path::new("/sys/fs/cgroup/unified"))
         );
-        assert!(found.memory_alone);
-    }
-
-    /// A VM the host gave no memory limit has one memory cgroup, its own, which is also where
-    /// its services' groups go: a memory group costs 1 KiB per NUMA node for every 64
-    /// filesystems the host ever had mounted at once (563 KiB here), and its services/ folder
-    /// was a second one. Only where memory is the hierarchy's one controller: co-mounted with
-    /// `cpu`, the VM would reach its own group's CPU limits.
-    #[test]
-    fn an_unlimited_vm_s_services_get_its_own_memory_group_where_memory_is_alone() {
-        let dir = scratch("own-memory");
-        let subtrees = |group: Cgroup| -> Vec<PathBuf> {
-            group
-                .service_subtrees()
-                .into_iter()
-                .map(|(host, _)| host)
-                .collect()
-        };
-        let group =
-            |unlimited| Cgroup::new(hybrid(&dir), "feather/x").vms_own_memory_group(unlimited);
-        assert_eq!(
-            subtrees(group(true)),
-            [
-                dir.join("memory/feather/x"),
-                dir.join("pids/feather/x/services"),
-                dir.join("unified/feather/x/services"),
-            ]
-        );
-        // With a memory limit the group holds the keeper's limit: the VM gets services/.
-        assert_eq!(
-            subtrees(group(false)),
-            ["memory", "pids", "unified"].map(|h| dir.join(h).join("feather/x/services"))
-        );
-        let co_mounted = "\
-31 1 0:26 / /sys/fs/cgroup/cpu,memory rw - cgroup cgroup rw,cpu,memory
-32 1 0:27 / /sys/fs/cgroup/pids rw - cgroup cgroup rw,pids
-";
-        let found = Hierarchies::in_mounts(crate::mountinfo::parse(co_mounted));
-        assert!(!found.memory_alone);
-        assert_eq!(
-            subtrees(Cgroup::new(found, "feather/x").vms_own_memory_group(true)),
-            ["cpu,memory", "pids"].map(|h| Path::new("/sys/fs/cgroup")
-                .join(h)
-                .join("feather/x/services"))
-        );
-        let _ = fs::remove_dir_all(&dir);
     }
 
     /// Whether a group holds a process is read from its v2 `cgroup.events` alone, where v2 is
@@ -1163,7 +1053,6 @@ mod tests {
         let only_v2 = Hierarchies {
             v1: Vec::new(),
             v2: Some((PathBuf::from("/sys/fs/cgroup"), vec!["memory".into()])),
-            memory_alone: false,
         };
         assert_eq!(
             Cgroup::new(only_v2, "feather/x").service_subtrees(),

@@ -84,7 +84,6 @@ pub fn cgroup_path(config: &VmConfig) -> Cgroup {
 /// VMs: the web view's table lists every VM every second).
 pub fn cgroup_path_in(hierarchies: Hierarchies, config: &VmConfig) -> Cgroup {
     Cgroup::new(hierarchies, format!("feather/{}", config.id))
-        .vms_own_memory_group(config.limits.memory.is_none())
 }
 
 /// Makes the VM group's `services` groups, which init binds into the VM (rootfs step 6b),
