@@ -400,6 +400,26 @@ def mem_available() -> int:
     return 0
 
 
+# The kernel's memory that reclaim cannot give back (/proc/meminfo), where an idle VM's cost
+# beyond its processes' pages lies (docs/design.md, "An idle VM's kernel memory"): far
+# steadier on a shared machine than MemAvailable, which others' page cache moves by hundreds
+# of KiB a VM.
+KERNEL_UNRECLAIMABLE = ("SUnreclaim", "KernelStack", "PageTables", "Percpu")
+
+
+def kernel_unreclaimable() -> int:
+    fields = {}
+    for line in Path("/proc/meminfo").read_text().splitlines():
+        name, _, value = line.partition(":")
+        fields[name] = int(value.split()[0]) * 1024
+    return sum(fields.get(name, 0) for name in KERNEL_UNRECLAIMABLE)
+
+
+def kernel_growth(value: float) -> str:
+    """A growth of the kernel's unreclaimable memory: the whole machine's, which other work moves too."""
+    return mib(value) if value > 0 else "— (other work freed kernel memory meanwhile)"
+
+
 def memory_cgroup(paths: list[str]) -> Path | None:
     """The folder of a VM's cgroup that accounts memory (v1 memory controller or v2)."""
     for path in map(Path, paths):
@@ -1142,11 +1162,11 @@ def density_feather(bench: Bench, vms: int) -> Feather:
 def compare_idle_density(bench: Bench) -> None:
     n = bench.plan.idle_vms
     feather = density_feather(bench, n)
-    before = mem_available()
+    before, kernel_before = mem_available(), kernel_unreclaimable()
     elapsed, infos = bring_up_vms(bench, n, "idle", feather=feather)
     bench.feather.ids |= feather.ids
     time.sleep(1)
-    after = mem_available()
+    after, kernel = mem_available(), (kernel_unreclaimable() - kernel_before) / n
     total = VmMemory(Memory(), Memory(), Memory(), Memory(), 0)
     for info in infos:
         m = vm_memory(info)
@@ -1160,7 +1180,7 @@ def compare_idle_density(bench: Bench) -> None:
     )
     rows = [
         [f"feather: {n} idle VMs (create + start each)", secs(elapsed), secs(elapsed / n),
-         mib(per_vm.pss), mib(per_vm.rss), mib(total.cgroup / n), drop(system)],
+         mib(per_vm.pss), mib(per_vm.rss), mib(total.cgroup / n), drop(system), kernel_growth(kernel)],
         *bwrap_rows,
     ]  # fmt: skip
     ok = per_vm.pss <= IDLE_MEMORY_TARGET
@@ -1170,11 +1190,13 @@ def compare_idle_density(bench: Bench) -> None:
         "keeper, init and init's spawner (the VM's own user-space cost; shared pages divided among all VMs), their "
         "Rss, the VM's memory cgroup, and the drop of the host's MemAvailable divided by the number "
         "of VMs (everything, kernel included: namespaces, mounts, page tables; noisy on a shared "
-        "machine). For bwrap, the same figures over its processes (the outer bwrap and the "
+        "machine), and the growth of the kernel's memory that reclaim cannot give back ("
+        f"{' + '.join(KERNEL_UNRECLAIMABLE)} of /proc/meminfo: cgroups, namespaces, mounts, "
+        "kernel stacks, page tables; steadier) divided the same way. For bwrap, the same figures over its processes (the outer bwrap and the "
         "pid-1 bwrap) beside the workload. The VMs, each with its private network, are made in a "
         f"state root of their own whose subnet ({feather.env['FEATHER_SUBNET']}) holds them all: a "
         "root's automatic subnet is a /24, 253 VMs (docs/network.md).",
-        table(["what", "all up", "per VM", "Pss per VM", "Rss per VM", "cgroup per VM", "MemAvailable drop per VM"], rows),
+        table(["what", "all up", "per VM", "Pss per VM", "Rss per VM", "cgroup per VM", "MemAvailable drop per VM", "kernel (unreclaimable) per VM"], rows),
         bwrap_note,
         f"Stopping and removing the {n} VMs took {secs(down)}. **Idle VM Pss (keeper, init, spawner) at "
         f"density: {mib(per_vm.pss)}** (target ≤ 1 MiB: {verdict(ok)}).",
@@ -1200,7 +1222,7 @@ def bwrap_density(
     did not)."""
     if not shutil.which("bwrap"):
         return [], "bwrap is not installed: no bwrap density.", None
-    before = mem_available()
+    before, kernel_before = mem_available(), kernel_unreclaimable()
     sandboxes: list[subprocess.Popen] = []
     bench.on_cleanup("bwrap sandboxes", lambda: [kill_and_reap(p) for p in sandboxes])
     began = time.perf_counter()
@@ -1224,7 +1246,7 @@ def bwrap_density(
             kill_and_reap(p)
         return [], f"bwrap density failed: {error}", None
     time.sleep(1)
-    after = mem_available()
+    after, kernel = mem_available(), (kernel_unreclaimable() - kernel_before) / n
     own, work = Memory(), Memory()
     for p in sandboxes:
         tree = [p.pid] + descendants(p.pid)
@@ -1234,7 +1256,7 @@ def bwrap_density(
         kill_and_reap(p)
     label = f"bwrap: {n} sandboxes running {workload(0)[0]}"
     per = own.per(n)
-    rows = [[label, secs(elapsed), secs(elapsed / n), mib(per.pss), mib(per.rss), "—", drop((before - after) / n)]]
+    rows = [[label, secs(elapsed), secs(elapsed / n), mib(per.pss), mib(per.rss), "—", drop((before - after) / n), kernel_growth(kernel)]]
     note = (
         f"bwrap command: {code(['bwrap', *BWRAP_SANDBOX, *workload(0)])}: every namespace but the "
         "user namespace (as root, `--unshare-all` maps only uid 0 and nginx could not switch to "
@@ -1298,11 +1320,11 @@ def compare_nginx_density(bench: Bench) -> None:
     alone = processes_memory([master] + descendants(master))
     stop_by_pid(master, str(bench.work))
 
-    before = mem_available()
+    before, kernel_before = mem_available(), kernel_unreclaimable()
     elapsed, infos = bring_up_vms(bench, n, "web", nginx_in_vm(conf))
     serving = sum(1 for info in infos if "200" in bench.feather.exec(info["config"]["name"], "bash", "-c", HTTP_PROBE.format(port=80), check=False).stdout)
     time.sleep(1)
-    after = mem_available()
+    after, kernel = mem_available(), (kernel_unreclaimable() - kernel_before) / n
     own, nginx, cgroup = Memory(), Memory(), 0
     for info in infos:
         m = vm_memory(info)
@@ -1316,7 +1338,7 @@ def compare_nginx_density(bench: Bench) -> None:
         lambda pid: has_descendant(pid, "nginx", 2),  # master + worker: listening
     )  # fmt: skip
     rows = [
-        [f"feather: {n} VMs each running nginx", secs(elapsed), secs(elapsed / n), mib(own.per(n).pss), mib(own.per(n).rss), mib(cgroup / n), drop(system)],
+        [f"feather: {n} VMs each running nginx", secs(elapsed), secs(elapsed / n), mib(own.per(n).pss), mib(own.per(n).rss), mib(cgroup / n), drop(system), kernel_growth(kernel)],
         *bwrap_rows,
     ]  # fmt: skip
     bench.report.add(
@@ -1326,7 +1348,7 @@ def compare_nginx_density(bench: Bench) -> None:
         f"config written by the bench: one worker, a static page). {serving} of {n} answered "
         "HTTP 200 on their own port 80. The per-VM columns count feather's own processes "
         "(keeper, init and spawner), i.e. the memory beyond nginx; the cgroup column includes nginx.",
-        table(["what", "all up", "per VM", "Pss beyond nginx", "Rss beyond nginx", "cgroup per VM", "MemAvailable drop per VM"], rows),
+        table(["what", "all up", "per VM", "Pss beyond nginx", "Rss beyond nginx", "cgroup per VM", "MemAvailable drop per VM", "kernel (unreclaimable) per VM"], rows),
         f"nginx itself, per VM: Pss {mib(nginx.per(n).pss)} (Rss {mib(nginx.per(n).rss)}); one nginx alone on "
         f"the host: Pss {mib(alone.pss)}, Rss {mib(alone.rss)}. All-in cost per VM beyond nginx "
         f"(MemAvailable drop per VM − nginx Pss per VM): {drop(system - nginx.per(n).pss)}.",

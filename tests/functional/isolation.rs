@@ -106,3 +106,39 @@ fn shm_run_and_cgroups_are_the_vms_own() {
     assert_eq!(feather.sh("vm", &script), ".feather-init\nlock\n1\n1\n0\n");
     assert!(!std::path::Path::new("/dev/shm/mine").exists());
 }
+
+/// The masks over kernel folders (/proc/acpi, /sys/firmware and the others the host has) are
+/// one empty read-only tmpfs: the first folder masked gets it, every other a bind of it with
+/// the same flags. Each superblock a VM mounts costs every memory cgroup of the host a share
+/// of its shrinker bitmap (docs/design.md, "An idle VM's kernel memory"); before, each mask
+/// was a tmpfs of its own.
+#[test]
+fn the_masks_over_kernel_folders_are_one_read_only_tmpfs() {
+    let feather = Feather::new("iso-masks");
+    let base = ScratchBase::new("iso-masks");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let script = r#"for p in /proc/acpi /proc/asound /proc/scsi /sys/firmware \
+         /sys/devices/virtual/powercap /sys/fs/selinux; do
+  line=$(grep " $p " /proc/self/mountinfo) || continue
+  echo "$(echo "$line" | cut -d' ' -f3,6) $(echo "$line" | sed 's/.* - //; s/,inode64//') \
+$(touch $p/marker 2>/dev/null && echo writable || echo read-only)"
+done"#;
+    let masks = feather.sh("vm", script);
+    let lines: Vec<(&str, &str)> = masks
+        .lines()
+        .map(|line| line.split_once(' ').unwrap())
+        .collect();
+    if lines.len() < 2 {
+        eprintln!("skipped: fewer than two masked folders on this host: {masks}");
+        return;
+    }
+    let (device, flags) = lines[0];
+    assert!(
+        flags.starts_with("ro,nosuid,nodev,noexec") && flags.ends_with(" read-only"),
+        "{masks}"
+    );
+    for (dev, rest) in &lines {
+        assert_eq!(*dev, device, "a mask is a tmpfs of its own:\n{masks}");
+        assert_eq!(*rest, flags, "{masks}");
+    }
+}

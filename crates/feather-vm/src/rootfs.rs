@@ -162,13 +162,14 @@ pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
     //    What they then do below those points is in the filesystems just mounted, which
     //    nothing of the VM's layer reaches.
     mount_proc(root, &tree)?;
-    mask(root, &MASKED_PROC)?;
+    let mut folder_mask = None;
+    mask(root, &MASKED_PROC, &mut folder_mask)?;
     // 6. sysfs read-only: it shows this VM's network devices, and nothing in it can be written.
     let ro = Flags::MS_RDONLY | Flags::MS_NOSUID | Flags::MS_NODEV | Flags::MS_NOEXEC;
     let sys = own_mount_point(&tree, "sys")?;
     mount::api_filesystem("sysfs", &by_descriptor(&sys), ro, None)
         .map_err(at_vm_path(Path::new("/sys")))?;
-    mask(root, &MASKED_SYS)?;
+    mask(root, &MASKED_SYS, &mut folder_mask)?;
     mount_service_cgroups(root, &plan.service_cgroups)?;
     mount_dev(root, &tree)?;
     // 8. A private /run: the host's sockets and pid files there are not the VM's.
@@ -439,12 +440,23 @@ fn mount_proc(root: &Path, tree: &fs::File) -> Result<()> {
 
 /// Masks each of `paths` (relative to the VM's root) that exists: a folder under an empty
 /// read-only tmpfs, anything else under /dev/null. These are kernel filesystems (proc,
-/// sysfs), whose tree a VM cannot change.
-fn mask(root: &Path, paths: &[&str]) -> Result<()> {
+/// sysfs), whose tree a VM cannot change. The folders' masks are one tmpfs: the first folder
+/// masked (`folder_mask`, kept across calls) gets it, and every later one a bind of it, which
+/// keeps its mount's flags (read-only, nosuid, nodev, noexec) and its read-only superblock.
+/// Each superblock costs every memory cgroup of the host a bit of its shrinker bitmap (see
+/// docs/design.md, "An idle VM's kernel memory"), and a restore binds one mask at every
+/// masked folder already ([`is_folder_mask`]).
+fn mask(root: &Path, paths: &[&str], folder_mask: &mut Option<PathBuf>) -> Result<()> {
     for path in paths {
         let target = root.join(path);
         match fs::symlink_metadata(&target) {
-            Ok(meta) if meta.is_dir() => mount_mask(&target)?,
+            Ok(meta) if meta.is_dir() => match folder_mask {
+                Some(first) => mount::bind(first, &target)?,
+                None => {
+                    mount_mask(&target)?;
+                    *folder_mask = Some(target);
+                }
+            },
             Ok(_) => mount::bind(Path::new("/dev/null"), &target)?,
             Err(_) => {}
         }
