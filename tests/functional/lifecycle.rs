@@ -43,6 +43,42 @@ fn create_start_stop_rm_round_trip() {
     assert!(feather.ok(&["ls", "--json"]).trim() == "[]");
 }
 
+/// `feather start` answers once the VM is recorded running, before its keeper opens the
+/// broker and tells init Start (nothing after the record can fail the start): here the keeper
+/// is held there, and the start has returned, the VM running. Requests wait for those steps:
+/// once the keeper goes on, `exec` and `stop` work as ever.
+#[test]
+fn start_answers_before_the_keepers_last_steps() {
+    let feather = Feather::new("start-answer");
+    feather.ok(&["create", "vm"]);
+    let mut hold = support::RecordHold::before_begin("start-answer");
+    let (variable, value) = hold.env();
+    let starting = std::cell::RefCell::new(
+        feather
+            .command()
+            .env(variable, value)
+            .args(["start", "vm"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Bounded: a start that answered only after the hold would wait for it forever.
+    feather.eventually_within(
+        "the start answers while its keeper waits for the hold",
+        std::time::Duration::from_secs(60),
+        || starting.borrow_mut().try_wait().unwrap().is_some(),
+    );
+    let status = starting.borrow_mut().wait().unwrap();
+    assert!(status.success(), "feather start failed: {status}");
+    assert!(hold.awaited(), "the keeper waits before its last steps");
+    assert_eq!(feather.status("vm"), "running");
+    hold.release();
+    assert_eq!(feather.ok(&["exec", "vm", "--", "echo", "in"]).trim(), "in");
+    feather.ok(&["stop", "vm"]);
+    assert_eq!(feather.status("vm"), "stopped");
+}
+
 #[test]
 fn a_missing_keeper_binary_is_named_and_nothing_is_left_running() {
     let feather = Feather::new("lone-keeper");

@@ -773,6 +773,13 @@ impl RecordHold {
         Self::at(label, feather_vm::keeper::HOLD_BEFORE_CRIU)
     }
 
+    /// A hold on starting background keepers once they have told `feather start` the VM is
+    /// up, before they open its broker and tell its init Start
+    /// (`feather_vm::keeper::HOLD_BEFORE_BEGIN`).
+    pub fn before_begin(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_BEFORE_BEGIN)
+    }
+
     fn at(label: &str, variable: &'static str) -> Self {
         let dir = ScratchDir::new(label);
         let lock = fs::File::create(dir.path.join("hold")).unwrap();

@@ -9,6 +9,8 @@
 //!   │     meanwhile: bridge, veth into init's    │     (meanwhile)
 //!   │     netns; send NETWORK_READY  ──────────▶ │     configure eth0
 //!   │  5. record state, open control.sock ◀───── │  4. report Ready (or Failed: why)
+//!   │  6. answer `feather start` (Up)            │
+//!   │  7. open the broker, START ──────────────▶ │  8. close the boot socket, run the VM
 //!   └─ serve until init exits, then clean up     └─ supervise
 //! ```
 //!
@@ -183,6 +185,12 @@ pub const HOLD_RUNNING_RECORD: &str = "FEATHER_TEST_HOLD_RUNNING_RECORD";
 /// the veth pair of a namespace it dumped), so that a test acts while the restore has joined
 /// the root's network and the VM has no port on its bridge yet. Unset, nothing waits.
 pub const HOLD_BEFORE_CRIU: &str = "FEATHER_TEST_HOLD_BEFORE_CRIU";
+
+/// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a starting background
+/// keeper waits for once it has told `feather start` the VM is up, before it opens the broker
+/// and tells init Start, so that a test sees the start's answer come before those steps.
+/// Unset, nothing waits.
+pub const HOLD_BEFORE_BEGIN: &str = "FEATHER_TEST_HOLD_BEFORE_BEGIN";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`]), if it is set.
@@ -1787,15 +1795,31 @@ pub fn main_background(
             return 1;
         }
     };
-    keeper.begin(&root, terminal, peers);
-    trace::phase("open the broker");
-    let _ = boot::send(
-        &mut ready,
-        &KeeperReport::Up {
-            version: boot::VERSION,
-        },
-    );
-    drop(ready);
+    // A started VM is up once it is recorded running: nothing after can fail its start (the
+    // broker opens, init is told Start and lets go of its boot socket), so `feather start`
+    // returns now, beside those steps. What the VM runs waits for Start, and every request
+    // (`stop`, `checkpoint`, whose CRIU needs init's boot socket closed) for `serve`, after
+    // them. A restore answers after them, as before (its `begin` has no Start to send).
+    let answer = |ready: &mut File| {
+        let _ = boot::send(
+            ready,
+            &KeeperReport::Up {
+                version: boot::VERSION,
+            },
+        );
+    };
+    if !restore {
+        answer(&mut ready);
+        drop(ready);
+        held_by_test(HOLD_BEFORE_BEGIN);
+        keeper.begin(&root, terminal, peers);
+        trace::phase("open the broker, tell init Start (after the answer)");
+    } else {
+        keeper.begin(&root, terminal, peers);
+        trace::phase("open the broker");
+        answer(&mut ready);
+        drop(ready);
+    }
     match keeper.serve(false) {
         Ok(_) => 0,
         Err(e) => {
