@@ -193,7 +193,7 @@ pub const HOLD_BEFORE_CRIU: &str = "FEATHER_TEST_HOLD_BEFORE_CRIU";
 pub const HOLD_BEFORE_BEGIN: &str = "FEATHER_TEST_HOLD_BEFORE_BEGIN";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
-/// [`HOLD_BEFORE_CRIU`]), if it is set.
+/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`]), if it is set.
 fn held_by_test(variable: &str) {
     let Some(path) = std::env::var_os(variable) else {
         return;
