@@ -269,6 +269,154 @@ fn mode_rw_writes_land_in_the_sources_layer_and_ro_refuses_them() {
     assert!(shuttle.shared_mounts_in_b().is_empty());
 }
 
+/// The rules of the hand-over-outlives-its-source tests: `hold` leaves a process behind in
+/// `b` that keeps the handed-over file open for writing (its pid in `/tmp/holder.pid`), `view`
+/// just reads it; both with a writable hand-over.
+const HOLDING_POLICY: &str = "invoke hold a b allow command=\"/bin/sh -c 'exec 3>>\\\"$0\\\"; \
+     echo held >&3; busybox setsid sh -c \\\"while :; do sleep 1; done\\\" </dev/null >/dev/null \
+     2>&1 & echo $! > /tmp/holder.pid'\"\n\
+     invoke view a b allow command=/bin/cat\n\
+     files /srv/feather-shuttle-test/** a b allow mode=rw\n";
+
+/// A process of the target that keeps a writable hand-over open after its program ended does
+/// not outlive the source: the source's stop ends it (and says so, in its output and in the
+/// target's keeper log), so nothing writes the stopped source's layer, and the source's
+/// `diff`, start and files are as it left them.
+#[test]
+fn a_file_held_in_the_target_is_let_go_when_its_source_stops() {
+    let shuttle = Shuttle::new("open-held", HOLDING_POLICY);
+    let setup = format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt");
+    assert_eq!(shuttle.in_a(&setup).code, 0);
+    let held = shuttle.in_a(&format!("$OPEN hold {DOCS}/doc.txt"));
+    assert_eq!(held.code, 0, "{}{}", held.stdout, held.stderr);
+    // The program ended and its hand-over was unmounted; the process it left behind holds
+    // the file all the same.
+    assert!(shuttle.shared_mounts_in_b().is_empty());
+    let holder = shuttle.feather.sh("b", "cat /tmp/holder.pid");
+    let holder = holder.trim();
+    let alive = |pid: &str| {
+        shuttle
+            .feather
+            .run(&["exec", "b", "--", "kill", "-0", pid])
+            .code
+            == 0
+    };
+    assert!(alive(holder), "the holder runs before the source stops");
+    let layer_file = shuttle
+        .feather
+        .vm_dir("a")
+        .join("upper/srv/feather-shuttle-test/doc.txt");
+    assert_eq!(fs::read_to_string(&layer_file).unwrap(), "first\nheld\n");
+
+    let stopped = shuttle.feather.run(&["stop", "a"]);
+    assert_eq!(stopped.code, 0, "{}", stopped.stderr);
+    assert!(!alive(holder), "the holder outlived its source's stop");
+    assert!(
+        stopped
+            .stderr
+            .contains("of VM b that still held files VM a had handed over to it: pid"),
+        "the stop says what it ended: {}",
+        stopped.stderr
+    );
+    let log = fs::read_to_string(shuttle.feather.vm_dir("b").join("keeper.log")).unwrap();
+    assert!(
+        log.contains("VM a stopped: ended"),
+        "b's keeper log says why its process ended: {log}"
+    );
+    // b runs on; a's layer holds what was written while a ran, and a goes on as usual.
+    assert_eq!(shuttle.feather.status("b"), "running");
+    assert_eq!(fs::read_to_string(&layer_file).unwrap(), "first\nheld\n");
+    let diff = shuttle.feather.ok(&["diff", "a"]);
+    assert!(diff.contains(&format!("{DOCS}/doc.txt")), "{diff}");
+    shuttle.feather.ok(&["start", "a"]);
+    assert_eq!(
+        shuttle.feather.sh("a", &format!("cat {DOCS}/doc.txt")),
+        "first\nheld\n"
+    );
+}
+
+/// A source whose keeper was killed (here while it ran; during its stop is the same) never
+/// ended what its targets hold: the recovery that the next command about it does (here its
+/// start) ends it, as the stop would have, and the start then goes on.
+#[test]
+fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_recovered() {
+    let shuttle = Shuttle::new("open-crash", HOLDING_POLICY);
+    let setup =
+        format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt && $OPEN hold {DOCS}/doc.txt");
+    let held = shuttle.in_a(&setup);
+    assert_eq!(held.code, 0, "{}{}", held.stdout, held.stderr);
+    let holder = shuttle.feather.sh("b", "cat /tmp/holder.pid");
+    let holder = holder.trim();
+    let alive = |pid: &str| {
+        shuttle
+            .feather
+            .run(&["exec", "b", "--", "kill", "-0", pid])
+            .code
+            == 0
+    };
+    assert!(alive(holder));
+    let keeper = shuttle.feather.inspect("a")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    let keeper = nix::unistd::Pid::from_raw(keeper as i32);
+    nix::sys::signal::kill(keeper, nix::sys::signal::Signal::SIGKILL).unwrap();
+    shuttle.feather.eventually("a's keeper is gone", || {
+        !Path::new(&format!("/proc/{keeper}")).exists()
+    });
+    assert!(alive(holder), "nothing ended the holder yet");
+    shuttle.feather.ok(&["start", "a"]);
+    assert!(!alive(holder), "the recovery did not end the holder");
+    let log = fs::read_to_string(shuttle.feather.vm_dir("b").join("keeper.log")).unwrap();
+    assert!(log.contains("VM a stopped: ended"), "{log}");
+    assert_eq!(
+        shuttle.feather.sh("a", &format!("cat {DOCS}/doc.txt")),
+        "first\nheld\n"
+    );
+}
+
+/// The second guard: while an overlay of a stopped source's layer still lives (here a process
+/// of the host holds a file of it, which no target's search finds), the source's start, `diff`
+/// and `commit` are refused, naming what holds it; once it is let go, all go on. (The commit
+/// names a path that is not among the changes: refused either way, it never writes the host.)
+#[test]
+fn a_source_whose_old_overlay_lives_is_not_started_beside_it() {
+    let shuttle = Shuttle::new("open-alive", HOLDING_POLICY);
+    let setup =
+        format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt && $OPEN view {DOCS}/doc.txt");
+    let viewed = shuttle.in_a(&setup);
+    assert_eq!(
+        (viewed.code, viewed.stdout.as_str()),
+        (0, "first\n"),
+        "{}",
+        viewed.stderr
+    );
+    let held = fs::File::open(format!(
+        "/proc/{}/root{DOCS}/doc.txt",
+        shuttle.init_pid("a")
+    ))
+    .unwrap();
+    shuttle.feather.ok(&["stop", "a"]);
+    let me = format!("held by pid {}", std::process::id());
+    for command in [
+        &["start", "a"][..],
+        &["diff", "a"],
+        &["commit", "a", "/srv/feather-shuttle-test/none"],
+    ] {
+        let refused = shuttle.feather.fails(command);
+        assert!(
+            refused.contains("an overlay of its layer") && refused.contains(&me),
+            "feather {command:?}: {refused}"
+        );
+    }
+    assert_eq!(shuttle.feather.status("a"), "stopped");
+    drop(held);
+    shuttle.feather.ok(&["start", "a"]);
+    assert_eq!(
+        shuttle.feather.sh("a", &format!("cat {DOCS}/doc.txt")),
+        "first\n"
+    );
+}
+
 /// The audit line a refusal leaves: kind, object, outcome, and the deciding rule's line.
 type Expected<'a> = (&'a str, String, &'a str, Option<usize>);
 

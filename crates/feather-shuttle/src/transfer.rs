@@ -381,7 +381,13 @@ fn open_one(root: &OwnedFd, path: &str) -> Result<(OwnedFd, Found), ShareFault> 
     if !real.starts_with('/') || real.ends_with(" (deleted)") {
         return Err(ShareFault::NotInVm { path, real });
     }
-    Ok((fd, Found { real, folder }))
+    let fsid = nix::sys::statvfs::fstatvfs(&fd)
+        .map_err(|e| ShareFault::Open {
+            path: path.clone(),
+            os: e.into(),
+        })?
+        .filesystem_id();
+    Ok((fd, Found { real, folder, fsid }))
 }
 
 fn raw_fd(fd: &impl AsFd) -> i32 {

@@ -1,0 +1,499 @@
+//! What a VM handed over to other VMs (Shuttle's file hand-over, docs/shuttle.md), and how
+//! that ends with the VM's stop.
+//!
+//! A hand-over is a mount of the source VM's overlay in the target VM. A process of the
+//! target that keeps a file of it open (or its working folder, or a mapping in it) keeps that
+//! overlay alive after the source stopped: it could go on writing the source's layer while
+//! `commit` or `diff` read it, and the source's next start would mount the layer a second
+//! time beside it (overlayfs: "upperdir is in-use", undefined behaviour). Linux has no
+//! `revoke()`, so:
+//!
+//! 1. The broker records each hand-over before it mounts it ([`note`]): the target and the
+//!    filesystem ids (`statfs` `f_fsid`) of what it hands over, in the source's folder, so a
+//!    keeper killed at any point leaves the record behind.
+//! 2. The source's stop, once its hand-overs are unmounted (the broker's end), ends every
+//!    process of each target VM that still holds a file of those filesystems ([`end_holders`]),
+//!    found by what the kernel says of the target's processes (members of its cgroup): the
+//!    filesystem of each open file, working folder, root, executable and mapping, reached
+//!    through the host's `/proc/PID/...` links, never a path the target could name. It says so
+//!    in the stop's answer and in both VMs' keeper logs. A crashed keeper's recovery does the
+//!    same ([`crate::lifecycle::recover`]).
+//! 3. A stopped VM's layer is used again (its start, restore, `diff`, `commit`, `reset`, `rm`)
+//!    only when the kernel says no overlay of it lives
+//!    ([`feather_sys::mount::overlay_upper_in_use`], [`refuse_while_alive`]): whatever kept one
+//!    (a holder step 2 could not find, a host process), the command is refused, naming what
+//!    holds it. The record goes once the layer is seen free.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use feather_core::atomic::{write_atomic, Durability};
+use feather_core::display::escape_for_terminal;
+use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmStatus};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::signal::Signal;
+use nix::unistd::Pid;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{failed, Result};
+use crate::{keeper, layers};
+
+/// The record's name in the source VM's folder.
+const RECORD: &str = "handed-over.json";
+
+/// How long the search of one target's processes may take, all rounds together: a target with
+/// more open files than can be looked at in that time is not waited for (what it still holds
+/// keeps the source's layer refused, step 3).
+const SEARCH_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long the target's processes may take to freeze before they are searched unfrozen, and
+/// how long the ended ones may take to exit.
+const FREEZE_PATIENCE: Duration = Duration::from_secs(2);
+const EXIT_PATIENCE: Duration = Duration::from_secs(5);
+
+/// Rounds of search and end: a holder that passed a descriptor on before it was frozen (or in
+/// an unfrozen search) is found by the next.
+const ROUNDS: usize = 3;
+
+/// Per target VM, the filesystem ids handed over to it.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct Record {
+    targets: BTreeMap<String, BTreeSet<u64>>,
+}
+
+/// One writer of records at a time in this process (the broker's connection threads).
+static WRITING: Mutex<()> = Mutex::new(());
+
+fn read_record(vm: &VmDir) -> Option<Record> {
+    let text = std::fs::read(vm.path().join(RECORD)).ok()?;
+    // A record that does not parse (cut short by a power cut before its rename was synced,
+    // which `Whole` allows) still says that something was handed over.
+    Some(serde_json::from_slice(&text).unwrap_or_default())
+}
+
+/// Whether `vm` handed something over since its layer was last seen free.
+pub fn recorded(vm: &VmDir) -> bool {
+    vm.path().join(RECORD).exists()
+}
+
+/// Records that `source` hands files of the filesystems `fsids` over to `target` (see the
+/// module's step 1). Written whole before the rename (a crash leaves the old record or the
+/// new one).
+pub fn note(source: &VmDir, target: &str, fsids: &[u64]) -> Result<()> {
+    let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    let mut record = read_record(source).unwrap_or_default();
+    record
+        .targets
+        .entry(target.to_owned())
+        .or_default()
+        .extend(fsids);
+    let text = serde_json::to_vec_pretty(&record)
+        .map_err(|e| failed(source.name(), format!("recording a hand-over: {e}")))?;
+    write_atomic(&source.path().join(RECORD), &text, Durability::Whole)
+        .map_err(|e| failed(source.name(), format!("recording a hand-over: {e}")))
+}
+
+/// A process of a target VM that held a file of what the source handed over.
+#[derive(Clone, Debug)]
+pub struct Holder {
+    pub host_pid: i32,
+    /// Its pid in the target VM, if known.
+    pub pid_in_vm: Option<i32>,
+    /// Its command line, escaped for a terminal (the target chose it).
+    pub command: String,
+    /// What held the file: `fd 3`, `working folder`, `mapping`, ….
+    pub what: String,
+}
+
+impl std::fmt::Display for Holder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "pid {}", self.host_pid)?;
+        if let Some(pid) = self.pid_in_vm {
+            write!(f, " ({pid} in the VM)")?;
+        }
+        write!(f, " `{}` ({})", self.command, self.what)
+    }
+}
+
+/// What the end of a source's hand-overs did, for the stop's answer and the logs.
+#[derive(Debug, Default)]
+pub struct Ended {
+    /// One sentence per target where processes were ended or something is left.
+    pub said: Vec<String>,
+}
+
+impl Ended {
+    /// Writes each sentence into the keeper's log (its stderr), and passes itself on.
+    pub fn say_in_log(self, vm: &VmName) -> Ended {
+        for said in &self.said {
+            eprintln!("feather keeper {vm}: {said}");
+        }
+        self
+    }
+}
+
+/// Ends what each target VM still holds of the files `source` handed over (the module's
+/// step 2): called once the source's hand-overs are unmounted and its own processes are gone.
+/// Bounded in time whatever the targets do; says what it did in the target's keeper log, and
+/// returns it for the caller to say (the stop's answer, the source's keeper log).
+pub fn end_holders(root: &StateRoot, source: &VmDir) -> Ended {
+    let mut ended = Ended::default();
+    let Some(record) = read_record(source) else {
+        return ended;
+    };
+    for (target, fsids) in &record.targets {
+        if target == source.name().as_str() {
+            continue;
+        }
+        ended
+            .said
+            .extend(end_in_target(root, source.name(), target, fsids));
+    }
+    ended
+}
+
+/// [`end_holders`] for one target; what it says, if anything was held.
+fn end_in_target(
+    root: &StateRoot,
+    source: &VmName,
+    target: &str,
+    fsids: &BTreeSet<u64>,
+) -> Option<String> {
+    let name: VmName = target.parse().ok()?;
+    let vm = root.open(&name).ok()?;
+    let state = vm.read_state().ok()?;
+    // A VM that neither runs nor crashed (its keeper gone, its processes maybe not) has no
+    // processes left: its pid namespace ended with its init.
+    if !matches!(state.status, VmStatus::Running | VmStatus::Crashed) {
+        return None;
+    }
+    let config = vm.read_config().ok()?;
+    let cgroup = keeper::cgroup_path(&config);
+    // A filesystem id the target's own root has too (a layer copied with its overlay UUID, or
+    // one overlayfs gives no id of its own) cannot tell the source's files from the target's.
+    let own = state
+        .init_pid
+        .and_then(|pid| fsid_of(&format!("/proc/{pid}/root")));
+    let wanted: BTreeSet<u64> = fsids
+        .iter()
+        .copied()
+        .filter(|fsid| Some(*fsid) != own)
+        .collect();
+    let mut unsure = (wanted.len() != fsids.len()).then(|| {
+        format!(
+            "a file system VM {source} handed over to VM {target} cannot be told apart from \
+             VM {target}'s own root; its holders were not looked for"
+        )
+    });
+    let deadline = Instant::now() + SEARCH_PATIENCE;
+    let mut killed: Vec<Holder> = Vec::new();
+    let mut left: Vec<Holder> = Vec::new();
+    let mut unfinished = false;
+    for _ in 0..ROUNDS {
+        if wanted.is_empty() {
+            break;
+        }
+        // Frozen, the target's processes can neither open, fork nor pass a descriptor on
+        // while they are searched; SIGKILL still ends a frozen process. A group another
+        // freeze holds (a checkpoint's) is searched as it is and left frozen.
+        let already = cgroup
+            .v2_dir()
+            .and_then(|dir| std::fs::read_to_string(dir.join("cgroup.freeze")).ok())
+            .is_some_and(|text| text.trim() == "1");
+        let frozen = (!already)
+            .then(|| cgroup.freeze(FREEZE_PATIENCE).ok())
+            .flatten();
+        let members = cgroup.members();
+        let (found, complete) = search(&members, &wanted, deadline);
+        unfinished |= !complete;
+        let mut pidfds: Vec<OwnedFd> = Vec::new();
+        left.clear();
+        for holder in found {
+            let pid = Pid::from_raw(holder.host_pid);
+            // Pinned, then checked again: the process the pidfd names is a member of the
+            // target's group and holds the file now (an unfrozen one may have ended, and its
+            // number been taken by another).
+            let pinned = feather_sys::process::pidfd_open(pid).ok().filter(|_| {
+                cgroup.members().contains(&pid) && !search(&[pid], &wanted, deadline).0.is_empty()
+            });
+            match pinned {
+                Some(pidfd) if feather_sys::process::signal(&pidfd, Signal::SIGKILL).is_ok() => {
+                    pidfds.push(pidfd);
+                    killed.push(holder);
+                }
+                _ => left.push(holder),
+            }
+        }
+        drop(frozen);
+        await_exits(&pidfds, Instant::now() + EXIT_PATIENCE);
+        if pidfds.is_empty() || Instant::now() >= deadline {
+            break;
+        }
+    }
+    let still = search(&cgroup.members(), &wanted, deadline);
+    if !still.0.is_empty() {
+        left = still.0;
+    }
+    unfinished |= !still.1;
+    if killed.is_empty() && left.is_empty() && !unfinished && unsure.is_none() {
+        return None;
+    }
+    let mut said = Vec::new();
+    if !killed.is_empty() {
+        said.push(format!(
+            "ended {} process{} of VM {target} that still held files VM {source} had handed \
+             over to it: {}",
+            killed.len(),
+            if killed.len() == 1 { "" } else { "es" },
+            list(&killed)
+        ));
+    }
+    if !left.is_empty() {
+        said.push(format!(
+            "VM {target} still holds files VM {source} handed over: {} (VM {source}'s layer \
+             stays refused until they end)",
+            list(&left)
+        ));
+    }
+    if unfinished {
+        said.push(format!(
+            "VM {target}'s processes could not all be looked at within {} s",
+            SEARCH_PATIENCE.as_secs()
+        ));
+    }
+    said.extend(unsure.take());
+    let said = said.join("; ");
+    tell_target(&vm, source, &said);
+    Some(said)
+}
+
+fn list(holders: &[Holder]) -> String {
+    holders
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A line in the target's keeper log, where its owner looks for why its processes ended.
+fn tell_target(target: &VmDir, source: &VmName, said: &str) {
+    let line = format!(
+        "feather keeper {}: VM {source} stopped: {said} (a hand-over ends with its source: \
+         docs/shuttle.md)\n",
+        target.name()
+    );
+    if let Ok(mut log) = std::fs::OpenOptions::new()
+        .append(true)
+        .open(target.keeper_log())
+    {
+        let _ = log.write_all(line.as_bytes());
+    }
+}
+
+/// Waits until every process in `pidfds` has exited, or `deadline`.
+fn await_exits(pidfds: &[OwnedFd], deadline: Instant) {
+    for pidfd in pidfds {
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let millis = u16::try_from(left.as_millis()).unwrap_or(u16::MAX);
+            if millis == 0 {
+                return;
+            }
+            let mut fds = [PollFd::new(pidfd.as_fd(), PollFlags::POLLIN)];
+            match poll(&mut fds, PollTimeout::from(millis)) {
+                Ok(n) if n > 0 => break,
+                Err(nix::errno::Errno::EINTR) => {}
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The filesystem id of what `link` leads to (a `/proc/PID/...` magic link: the kernel's own
+/// reference, no name looked up), or None if it is gone.
+fn fsid_of(link: &str) -> Option<u64> {
+    nix::sys::statvfs::statvfs(link)
+        .ok()
+        .map(|s| s.filesystem_id())
+}
+
+/// The processes among `pids` that hold a file on a filesystem of `fsids` (a descriptor, a
+/// working folder, a root, an executable or a mapping, of any of their threads), and whether
+/// all of them were looked at before `deadline`.
+fn search(pids: &[Pid], fsids: &BTreeSet<u64>, deadline: Instant) -> (Vec<Holder>, bool) {
+    let mut found = Vec::new();
+    for &pid in pids {
+        if Instant::now() >= deadline {
+            return (found, false);
+        }
+        if let Some(what) = holds(pid, fsids, deadline) {
+            let described = feather_sys::process::describe(pid);
+            found.push(Holder {
+                host_pid: pid.as_raw(),
+                pid_in_vm: feather_sys::process::pid_in_child_namespace(pid),
+                command: described
+                    .map(|d| escape_for_terminal(&d.command).into_owned())
+                    .unwrap_or_else(|| "?".to_owned()),
+                what,
+            });
+        }
+    }
+    (found, true)
+}
+
+/// What of `pid` holds a file on a filesystem of `fsids`, if anything.
+fn holds(pid: Pid, fsids: &BTreeSet<u64>, deadline: Instant) -> Option<String> {
+    let on = |link: &str| fsid_of(link).is_some_and(|fsid| fsids.contains(&fsid));
+    // Each entry of a `/proc` folder of links, until the deadline.
+    let any_in = |folder: &str| -> Option<String> {
+        let entries = std::fs::read_dir(folder).ok()?;
+        for entry in entries.flatten() {
+            if Instant::now() >= deadline {
+                return None;
+            }
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if on(&format!("{folder}/{name}")) {
+                return Some(name.into_owned());
+            }
+        }
+        None
+    };
+    let base = format!("/proc/{pid}");
+    if on(&format!("{base}/exe")) {
+        return Some("its program".to_owned());
+    }
+    if any_in(&format!("{base}/map_files")).is_some() {
+        return Some("a mapping".to_owned());
+    }
+    // Every thread: one may have a working folder, root or descriptor table of its own.
+    let tasks = std::fs::read_dir(format!("{base}/task")).ok()?;
+    for task in tasks.flatten() {
+        let task = task.path();
+        let task = task.to_string_lossy();
+        for (link, what) in [("cwd", "working folder"), ("root", "root folder")] {
+            if on(&format!("{task}/{link}")) {
+                return Some(what.to_owned());
+            }
+        }
+        if let Some(fd) = any_in(&format!("{task}/fd")) {
+            return Some(format!("fd {fd}"));
+        }
+    }
+    None
+}
+
+/// Refuses what would use `vm`'s layer (a start, restore, `diff`, `commit`, `reset`, `rm`)
+/// while an overlay of it made by an earlier run still lives (the module's step 3): one a
+/// hand-over kept, or one anything else kept (a process of the host whose working folder was
+/// in the VM, say). The kernel is asked each time (half a millisecond a layer, silent when the
+/// layer is free). A VM whose keeper is alive (starting, running, or stopping and letting go
+/// of its mounts) is using its own overlay, which is no earlier run's: not asked about; a
+/// start or `reset` waits for a stopping keeper's end first (`lifecycle::await_last_keeper`).
+pub fn refuse_while_alive(vm: &VmDir, config: &VmConfig) -> Result<()> {
+    if kept(vm) {
+        return Ok(());
+    }
+    match refuse_unless_free(vm, config) {
+        // A start that came meanwhile: the VM's own overlay.
+        Err(_) if kept(vm) => Ok(()),
+        answer => answer,
+    }
+}
+
+/// Whether a keeper of `vm` is alive (a VM that reads running has one).
+fn kept(vm: &VmDir) -> bool {
+    vm.keeper_alive().unwrap_or(false)
+        || vm
+            .read_state()
+            .is_ok_and(|state| state.status == VmStatus::Running)
+}
+
+/// [`refuse_while_alive`] without waiting for a keeper: the kernel's answer now. A free layer
+/// lets the record of hand-overs go.
+fn refuse_unless_free(vm: &VmDir, config: &VmConfig) -> Result<()> {
+    for layer in layers::existing(vm, config) {
+        if !layer.upper.is_dir() {
+            continue;
+        }
+        let in_use = feather_sys::mount::overlay_upper_in_use(&layer.upper).map_err(|e| {
+            failed(
+                vm.name(),
+                format!("cannot tell whether its layer is still in use: {e}"),
+            )
+        })?;
+        if in_use {
+            return Err(still_alive(vm, &layer.upper));
+        }
+    }
+    let _ = std::fs::remove_file(vm.path().join(RECORD));
+    Ok(())
+}
+
+/// Removes the record if the kernel says no overlay of `vm`'s layers lives (at the end of a
+/// stop, once the keeper let go of the VM's mounts); otherwise says what still holds one.
+pub fn settle(vm: &VmDir, config: &VmConfig) {
+    if read_record(vm).is_none() {
+        return;
+    }
+    if let Err(why) = refuse_unless_free(vm, config) {
+        eprintln!("feather keeper {}: {why}", vm.name());
+    }
+}
+
+/// The filesystem id overlayfs gives an overlay of `upper` (`statfs`'s `f_fsid`): derived from
+/// the layer's UUID, which overlayfs keeps in the upper folder's `trusted.overlay.uuid` (the
+/// two halves xor-ed, as the kernel's `uuid_to_fsid`, read as glibc's `statvfs` packs it). Used
+/// only to name what holds an old overlay; None for a layer without one.
+fn layer_fsid(upper: &Path) -> Option<u64> {
+    let uuid = xattr::get(upper, "trusted.overlay.uuid").ok()??;
+    let (low, high) = uuid.split_at_checked(8)?;
+    let low = u64::from_le_bytes(low.try_into().ok()?);
+    let high = u64::from_le_bytes(high.get(..8)?.try_into().ok()?);
+    Some(low ^ high)
+}
+
+/// The refusal: which layer, and what holds it (searched among every process of the host,
+/// once, now that something is known to): a file of the layer's own filesystem id, or of one
+/// the VM handed over.
+fn still_alive(vm: &VmDir, upper: &Path) -> crate::error::VmError {
+    let record = read_record(vm).unwrap_or_default();
+    let mut fsids: BTreeSet<u64> = record.targets.values().flatten().copied().collect();
+    fsids.extend(layer_fsid(upper));
+    let pids: Vec<Pid> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .map(Pid::from_raw)
+                .collect()
+        })
+        .unwrap_or_default();
+    let (holders, _) = search(&pids, &fsids, Instant::now() + SEARCH_PATIENCE);
+    let who = if holders.is_empty() {
+        "no process was found holding a file of it (a descriptor sent over a unix socket and \
+         not yet received holds it too)"
+            .to_owned()
+    } else {
+        format!("held by {}", list(&holders))
+    };
+    let kept = if record.targets.is_empty() {
+        String::new()
+    } else {
+        let targets: Vec<&str> = record.targets.keys().map(String::as_str).collect();
+        format!(" (it handed files over to {})", targets.join(", "))
+    };
+    failed(
+        vm.name(),
+        format!(
+            "an overlay of its layer {} from an earlier run is still alive{kept}: {who}; \
+             mounting or changing the layer beside it could lose or corrupt files. End those \
+             processes (or stop the VMs they run in) and try again",
+            upper.display()
+        ),
+    )
+}
