@@ -493,7 +493,7 @@ fn invoke(
             let found = found.map_err(|why| Stop::Refused(fail(why.to_string())))?;
             let real_rw = real_path_allowed(context, &request, item, &found, &detail, &fail)?;
             writable.push(item.writable && real_rw);
-            fsids.push(found.fsid);
+            fsids.extend(found.fsid);
         }
         let target_pid = context
             .peers
@@ -501,10 +501,12 @@ fn invoke(
             .map_err(|why| Stop::Failed(fail(format!("VM {target_vm} would not start: {why}"))))?;
         // Recorded before the mount: a keeper killed right after it still leaves the record
         // its VM's next stop, start or recovery goes by.
-        context
-            .peers
-            .handing_over(&context.side.name, target_vm, &fsids)
-            .map_err(|why| Stop::Failed(fail(why.to_string())))?;
+        if !fsids.is_empty() {
+            context
+                .peers
+                .handing_over(&context.side.name, target_vm, &fsids)
+                .map_err(|why| Stop::Failed(fail(why.to_string())))?;
+        }
         shared_args = started
             .mount(&Go {
                 target_pid,

@@ -9,8 +9,9 @@
 //! `revoke()`, so:
 //!
 //! 1. The broker records each hand-over before it mounts it ([`note`]): the target and the
-//!    filesystem ids (`statfs` `f_fsid`) of what it hands over, in the source's folder, so a
-//!    keeper killed at any point leaves the record behind.
+//!    filesystem ids (`statfs` `f_fsid`) of the source's overlays it hands files of over, in
+//!    the source's folder, so a keeper killed at any point leaves the record behind. (A file
+//!    of another filesystem, such as the source's `/run`, is no layer, and not recorded.)
 //! 2. The source's stop, once its hand-overs are unmounted (the broker's end), ends every
 //!    process of each target VM that still holds a file of those filesystems ([`end_holders`]),
 //!    found by what the kernel says of the target's processes (members of its cgroup): the
@@ -181,7 +182,7 @@ fn end_in_target(
     let wanted: BTreeSet<u64> = fsids
         .iter()
         .copied()
-        .filter(|fsid| Some(*fsid) != own)
+        .filter(|fsid| Some(*fsid) != own && *fsid != 0)
         .collect();
     let mut unsure = (wanted.len() != fsids.len()).then(|| {
         format!(

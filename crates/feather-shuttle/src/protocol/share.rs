@@ -38,11 +38,11 @@ pub struct Found {
     /// The path with every symlink followed (inside the source's root).
     pub real: String,
     pub folder: bool,
-    /// The id of the filesystem it is on (`statfs`'s `f_fsid`, as the kernel reports it): for
-    /// an overlay, one of the source's layers, whose id overlayfs derives from the layer's
-    /// own UUID. The source's stop ends what in the target still holds a file of it
-    /// (docs/shuttle.md, "When the source stops").
-    pub fsid: u64,
+    /// The id of the overlay it is on (`statfs`'s `f_fsid`, which overlayfs derives from the
+    /// layer's own UUID): one of the source's layers; None for a file of another filesystem.
+    /// The source's stop ends what in the target still holds a file of it (docs/shuttle.md,
+    /// "When the source stops").
+    pub fsid: Option<u64>,
 }
 
 /// The broker's word to the helper after the paths were checked (one JSON line on stdin).
