@@ -406,9 +406,17 @@ pub fn refuse_while_alive(vm: &VmDir, config: &VmConfig) -> Result<()> {
     }
 }
 
-/// Whether a keeper of `vm` is alive (a VM that reads running has one).
+/// Whether a keeper of `vm` is alive (a VM that reads running has one): the process its lock
+/// file records, by pid and start time. Not by trying the lock, which a keeper starting at that
+/// moment would find taken (`diff` takes no operation lock, and may come during a start).
 fn kept(vm: &VmDir) -> bool {
-    vm.keeper_alive().unwrap_or(false)
+    // A zombie (ended, its parent not yet told) is no keeper any more.
+    let recorded_alive = vm.last_keeper().is_some_and(|(pid, started)| {
+        let pid = Pid::from_raw(pid);
+        feather_sys::process::start_ticks(pid) == Some(started)
+            && feather_sys::process::is_alive(pid)
+    });
+    recorded_alive
         || vm
             .read_state()
             .is_ok_and(|state| state.status == VmStatus::Running)
