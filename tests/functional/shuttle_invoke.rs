@@ -302,6 +302,15 @@ fn a_file_held_in_the_target_is_let_go_when_its_source_stops() {
             == 0
     };
     assert!(alive(holder), "the holder runs before the source stops");
+    // A process of b that holds nothing of a's is none of the stop's business.
+    shuttle.feather.sh(
+        "b",
+        "busybox setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 & \
+         echo $! > /tmp/bystander.pid",
+    );
+    let bystander = shuttle.feather.sh("b", "cat /tmp/bystander.pid");
+    let bystander = bystander.trim();
+    assert!(alive(bystander));
     let layer_file = shuttle
         .feather
         .vm_dir("a")
@@ -311,6 +320,10 @@ fn a_file_held_in_the_target_is_let_go_when_its_source_stops() {
     let stopped = shuttle.feather.run(&["stop", "a"]);
     assert_eq!(stopped.code, 0, "{}", stopped.stderr);
     assert!(!alive(holder), "the holder outlived its source's stop");
+    assert!(
+        alive(bystander),
+        "a process holding nothing of a's was ended"
+    );
     assert!(
         stopped
             .stderr
