@@ -506,3 +506,105 @@ fn still_alive(vm: &VmDir, upper: &Path) -> crate::error::VmError {
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::process::{Command, Stdio};
+
+    /// What the search finds, on the real kernel (as root, as feather's tests run): a process
+    /// with a file of an overlay open, one working in it, one running its program, one mapping
+    /// a library of it, and not one that holds nothing of it; a file of the host's own
+    /// filesystem is not the overlay's.
+    #[test]
+    fn the_search_finds_each_way_a_process_holds_an_overlays_file_and_no_other() {
+        let dir = std::env::temp_dir().join(format!("feather-holders-{}", std::process::id()));
+        let [lower, upper, work, merged] =
+            ["lower", "upper", "work", "merged"].map(|n| dir.join(n));
+        for folder in [&lower, &upper, &work, &merged] {
+            std::fs::create_dir_all(folder).unwrap();
+        }
+        feather_sys::mount::overlay(
+            &lower,
+            &upper,
+            &work,
+            &merged,
+            feather_sys::mount::LayerSync::Volatile,
+        )
+        .unwrap();
+        // A program of the overlay's, mapped by the process that runs it.
+        std::fs::copy("/bin/sleep", merged.join("sleep")).unwrap();
+        std::fs::write(merged.join("marker"), "harmless").unwrap();
+        let fsid = nix::sys::statvfs::statvfs(&merged).unwrap().filesystem_id();
+        let sleep = |program: &Path| {
+            let mut command = Command::new(program);
+            command
+                .arg("100")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            command
+        };
+        let by_fd = sleep(Path::new("/bin/sleep"))
+            .stdin(std::fs::File::open(merged.join("marker")).unwrap())
+            .spawn()
+            .unwrap();
+        let by_cwd = sleep(Path::new("/bin/sleep"))
+            .stdin(Stdio::null())
+            .current_dir(&merged)
+            .spawn()
+            .unwrap();
+        let by_program = sleep(&merged.join("sleep"))
+            .stdin(Stdio::null())
+            .spawn()
+            .unwrap();
+        // A library of the overlay's, mapped by a program of the host's.
+        std::fs::create_dir_all(merged.join("lib")).unwrap();
+        std::fs::copy(
+            "/lib/x86_64-linux-gnu/libc.so.6",
+            merged.join("lib/libc.so.6"),
+        )
+        .unwrap();
+        let by_mapping = sleep(Path::new("/bin/sleep"))
+            .stdin(Stdio::null())
+            .env("LD_LIBRARY_PATH", merged.join("lib"))
+            .spawn()
+            .unwrap();
+        let bystander = sleep(Path::new("/bin/sleep"))
+            .stdin(std::fs::File::open("/proc/self/status").unwrap())
+            .spawn()
+            .unwrap();
+        let mut children = [by_fd, by_cwd, by_program, by_mapping, bystander];
+        let pids: Vec<Pid> = children
+            .iter()
+            .map(|c| Pid::from_raw(c.id() as i32))
+            .collect();
+        let wanted = BTreeSet::from([fsid]);
+        let (found, complete) = search(&pids, &wanted, Instant::now() + SEARCH_PATIENCE);
+        let host = nix::sys::statvfs::statvfs("/").unwrap().filesystem_id();
+        let (of_host, _) = search(
+            &pids[4..],
+            &BTreeSet::from([host]),
+            Instant::now() + SEARCH_PATIENCE,
+        );
+        for child in &mut children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let _ = nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(complete);
+        let found: Vec<(i32, String)> = found.into_iter().map(|h| (h.host_pid, h.what)).collect();
+        assert_eq!(
+            found,
+            [
+                (pids[0].as_raw(), "fd 0".to_owned()),
+                (pids[1].as_raw(), "working folder".to_owned()),
+                (pids[2].as_raw(), "its program".to_owned()),
+                (pids[3].as_raw(), "a mapping".to_owned()),
+            ]
+        );
+        // The bystander's files are the host's (its program, its root): found by the host's
+        // id, not by the overlay's.
+        assert_eq!(of_host.len(), 1);
+    }
+}
