@@ -104,6 +104,14 @@ impl Shuttle {
             .expect("the VM runs")
     }
 
+    /// Whether the process `pid` (as `b` numbers it) runs in `b`.
+    fn alive_in_b(&self, pid: &str) -> bool {
+        self.feather
+            .run(&["exec", "b", "--", "kill", "-0", pid])
+            .code
+            == 0
+    }
+
     /// The hand-over mounts `b` has now.
     fn shared_mounts_in_b(&self) -> Vec<String> {
         fs::read_to_string(format!("/proc/{}/mountinfo", self.init_pid("b")))
@@ -348,26 +356,18 @@ fn a_file_held_in_the_target_is_let_go_when_its_source_stops() {
     );
 }
 
-/// A source whose keeper was killed (here while it ran; during its stop is the same) never
-/// ended what its targets hold: the recovery that the next command about it does (here its
-/// start) ends it, as the stop would have, and the start then goes on.
-#[test]
-fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_recovered() {
-    let shuttle = Shuttle::new("open-crash", HOLDING_POLICY);
+/// `a` hands a file over to `b`'s `hold`, whose process keeps it open, and `a`'s keeper is
+/// killed: nothing ended the holder. Returns the holder's pid in `b`.
+fn held_and_keeper_killed(shuttle: &Shuttle) -> String {
     let setup =
         format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt && $OPEN hold {DOCS}/doc.txt");
     let held = shuttle.in_a(&setup);
     assert_eq!(held.code, 0, "{}{}", held.stdout, held.stderr);
-    let holder = shuttle.feather.sh("b", "cat /tmp/holder.pid");
-    let holder = holder.trim();
-    let alive = |pid: &str| {
-        shuttle
-            .feather
-            .run(&["exec", "b", "--", "kill", "-0", pid])
-            .code
-            == 0
-    };
-    assert!(alive(holder));
+    let holder = shuttle
+        .feather
+        .sh("b", "cat /tmp/holder.pid")
+        .trim()
+        .to_owned();
     let keeper = shuttle.feather.inspect("a")["state"]["keeper_pid"]
         .as_i64()
         .unwrap();
@@ -376,15 +376,41 @@ fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_recovered() {
     shuttle.feather.eventually("a's keeper is gone", || {
         !Path::new(&format!("/proc/{keeper}")).exists()
     });
-    assert!(alive(holder), "nothing ended the holder yet");
+    assert!(shuttle.alive_in_b(&holder), "nothing ended the holder yet");
+    holder
+}
+
+/// A source whose keeper was killed (here while it ran; during its stop is the same) never
+/// ended what its targets hold: the clean-up that its next start does ends it, as the stop
+/// would have, and the start then goes on.
+#[test]
+fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_recovered() {
+    let shuttle = Shuttle::new("open-crash", HOLDING_POLICY);
+    let holder = held_and_keeper_killed(&shuttle);
     shuttle.feather.ok(&["start", "a"]);
-    assert!(!alive(holder), "the recovery did not end the holder");
+    assert!(
+        !shuttle.alive_in_b(&holder),
+        "the recovery did not end the holder"
+    );
     let log = fs::read_to_string(shuttle.feather.vm_dir("b").join("keeper.log")).unwrap();
     assert!(log.contains("VM a stopped: ended"), "{log}");
     assert_eq!(
         shuttle.feather.sh("a", &format!("cat {DOCS}/doc.txt")),
         "first\nheld\n"
     );
+}
+
+/// The same source removed instead: its removal ends the holder and goes on.
+#[test]
+fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_removed() {
+    let shuttle = Shuttle::new("open-crash-rm", HOLDING_POLICY);
+    let holder = held_and_keeper_killed(&shuttle);
+    shuttle.feather.ok(&["rm", "a"]);
+    assert!(
+        !shuttle.alive_in_b(&holder),
+        "the removal did not end the holder"
+    );
+    assert_eq!(shuttle.feather.status("b"), "running");
 }
 
 /// The second guard: while an overlay of a stopped source's layer still lives (here a process

@@ -563,6 +563,11 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     let config = vm.read_config()?;
     keeper::remove_leftovers(&vm, &config);
     keeper::remove_groups_of_removed_roots();
+    // A VM whose keeper died before its stop ended what others hold of files it handed over
+    // (a crashed VM's clean-up is the lines above): ended now, as its stop would have.
+    for said in crate::handed_over::end_holders(root, &vm).said {
+        eprintln!("feather: VM {name}: {said}");
+    }
     crate::handed_over::refuse_while_alive(&vm, &config)?;
     if let Some(disk) = config.limits.disk {
         // Before the folder goes: an image's mounts would keep it busy.
