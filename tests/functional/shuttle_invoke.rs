@@ -356,6 +356,77 @@ fn a_file_held_in_the_target_is_let_go_when_its_source_stops() {
     );
 }
 
+/// An overlay without a UUID of its own (an upper layer marked impure and lacking
+/// `trusted.overlay.uuid`: one an older kernel made, or copied without the attribute) reports
+/// its upper folder's filesystem's id, which is the host's, where `b`'s init has its program:
+/// that id is never searched for, so the source's stop ends nothing of `b` (it says it could
+/// not look), and the source's layer stays refused while the holder lives.
+#[test]
+fn a_source_whose_overlay_has_no_uuid_of_its_own_ends_nothing_of_the_target() {
+    let shuttle = Shuttle::new("open-nouuid", HOLDING_POLICY);
+    shuttle.feather.ok(&["stop", "a"]);
+    let upper = shuttle.feather.vm_dir("a").join("upper");
+    let _ = xattr::remove(&upper, "trusted.overlay.uuid");
+    xattr::set(&upper, "trusted.overlay.impure", b"y").unwrap();
+    shuttle.feather.ok(&["start", "a"]);
+    let setup =
+        format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt && $OPEN hold {DOCS}/doc.txt");
+    let held = shuttle.in_a(&setup);
+    assert_eq!(held.code, 0, "{}{}", held.stdout, held.stderr);
+    let a_root = format!("/proc/{}/root", shuttle.init_pid("a"));
+    let (of_a, of_upper) = (
+        nix::sys::statvfs::statvfs(a_root.as_str()).unwrap(),
+        nix::sys::statvfs::statvfs(&upper).unwrap(),
+    );
+    assert_eq!(
+        of_a.filesystem_id(),
+        of_upper.filesystem_id(),
+        "a's overlay has no id of its own"
+    );
+    let holder = shuttle
+        .feather
+        .sh("b", "cat /tmp/holder.pid")
+        .trim()
+        .to_owned();
+    let b_init = shuttle.init_pid("b");
+    let b_init_program = nix::sys::statvfs::statvfs(format!("/proc/{b_init}/exe").as_str());
+    assert_eq!(
+        b_init_program.unwrap().filesystem_id(),
+        of_upper.filesystem_id(),
+        "b's init runs a program of the host's filesystem, which has a's id"
+    );
+    let stopped = shuttle.feather.run(&["stop", "a"]);
+    assert_eq!(stopped.code, 0, "{}", stopped.stderr);
+    assert!(
+        running(b_init as i32),
+        "b's init was ended: {}",
+        stopped.stderr
+    );
+    assert_eq!(shuttle.feather.status("b"), "running", "{}", stopped.stderr);
+    assert!(shuttle.alive_in_b(&holder), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("cannot be told apart"),
+        "the stop says it could not look: {}",
+        stopped.stderr
+    );
+    // The kernel's check still guards the layer: refused while the holder lives.
+    let refused = shuttle.feather.fails(&["start", "a"]);
+    assert!(refused.contains("an overlay of its layer"), "{refused}");
+    // The holder and its children (each `sleep` has the file too) end with b.
+    shuttle.feather.ok(&["stop", "b"]);
+    shuttle.feather.ok(&["start", "a"]);
+}
+
+/// Whether the host's process `pid` runs: it exists and is no zombie (one ended but not yet
+/// reaped still answers `kill -0`).
+fn running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X")
+    })
+}
+
 /// `a` hands a file over to `b`'s `hold`, whose process keeps it open, and `a`'s keeper is
 /// killed: nothing ended the holder. Returns the holder's pid in `b`.
 fn held_and_keeper_killed(shuttle: &Shuttle) -> String {

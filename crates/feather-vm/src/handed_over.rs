@@ -84,18 +84,41 @@ pub fn recorded(vm: &VmDir) -> bool {
 /// Records that `source` hands files of the filesystems `fsids` over to `target` (see the
 /// module's step 1). Written whole before the rename (a crash leaves the old record or the
 /// new one).
+///
+/// An id that is the upper folder's own filesystem's (an overlay without a UUID of its own
+/// reports that: `uuid=auto` with an upper layer lacking `trusted.overlay.uuid`) is not
+/// recorded: it would name every file of that filesystem, the host's programs a target runs
+/// among them. The target is recorded all the same (its holders are then not looked for, which
+/// its source's stop says; the kernel's check of the layer still guards its next use).
 pub fn note(source: &VmDir, target: &str, fsids: &[u64]) -> Result<()> {
     let _one = WRITING.lock().unwrap_or_else(|e| e.into_inner());
+    let not_layers = upper_filesystems(source);
     let mut record = read_record(source).unwrap_or_default();
     record
         .targets
         .entry(target.to_owned())
         .or_default()
-        .extend(fsids);
+        .extend(fsids.iter().filter(|fsid| !not_layers.contains(fsid)));
     let text = serde_json::to_vec_pretty(&record)
         .map_err(|e| failed(source.name(), format!("recording a hand-over: {e}")))?;
     write_atomic(&source.path().join(RECORD), &text, Durability::Whole)
         .map_err(|e| failed(source.name(), format!("recording a hand-over: {e}")))
+}
+
+/// The filesystem ids of the filesystems `vm`'s upper folders are on: what an overlay of them
+/// without a UUID of its own reports as its id, which names no layer.
+fn upper_filesystems(vm: &VmDir) -> BTreeSet<u64> {
+    let Ok(config) = vm.read_config() else {
+        return BTreeSet::new();
+    };
+    layers::existing(vm, &config)
+        .iter()
+        .filter_map(|layer| {
+            nix::sys::statvfs::statvfs(&layer.upper)
+                .ok()
+                .map(|s| s.filesystem_id())
+        })
+        .collect()
 }
 
 /// A process of a target VM that held a file of what the source handed over.
@@ -146,13 +169,18 @@ pub fn end_holders(root: &StateRoot, source: &VmDir) -> Ended {
     let Some(record) = read_record(source) else {
         return ended;
     };
+    let not_layers = upper_filesystems(source);
     for (target, fsids) in &record.targets {
         if target == source.name().as_str() {
             continue;
         }
-        ended
-            .said
-            .extend(end_in_target(root, source.name(), target, fsids));
+        ended.said.extend(end_in_target(
+            root,
+            source.name(),
+            target,
+            fsids,
+            &not_layers,
+        ));
     }
     ended
 }
@@ -163,6 +191,7 @@ fn end_in_target(
     source: &VmName,
     target: &str,
     fsids: &BTreeSet<u64>,
+    not_layers: &BTreeSet<u64>,
 ) -> Option<String> {
     let name: VmName = target.parse().ok()?;
     let vm = root.open(&name).ok()?;
@@ -175,16 +204,19 @@ fn end_in_target(
     let config = vm.read_config().ok()?;
     let cgroup = keeper::cgroup_path(&config);
     // A filesystem id the target's own root has too (a layer copied with its overlay UUID, or
-    // one overlayfs gives no id of its own) cannot tell the source's files from the target's.
+    // one overlayfs gives no id of its own) cannot tell the source's files from the target's;
+    // nor can the id of the filesystem the source's upper folders are on (what an overlay
+    // without a UUID reports), which a record written before such ids were left out may hold.
+    // An empty set: every id was left out when it was recorded.
     let own = state
         .init_pid
         .and_then(|pid| fsid_of(&format!("/proc/{pid}/root")));
     let wanted: BTreeSet<u64> = fsids
         .iter()
         .copied()
-        .filter(|fsid| Some(*fsid) != own && *fsid != 0)
+        .filter(|fsid| Some(*fsid) != own && *fsid != 0 && !not_layers.contains(fsid))
         .collect();
-    let mut unsure = (wanted.len() != fsids.len()).then(|| {
+    let mut unsure = (wanted.len() != fsids.len() || fsids.is_empty()).then(|| {
         format!(
             "a file system VM {source} handed over to VM {target} cannot be told apart from \
              VM {target}'s own root; its holders were not looked for"
@@ -322,6 +354,16 @@ fn fsid_of(link: &str) -> Option<u64> {
         .map(|s| s.filesystem_id())
 }
 
+/// [`fsid_of`] for an overlay only: a file of any other filesystem is no layer's, whatever its
+/// id (an overlay without a UUID of its own reports its upper filesystem's, the host's, say).
+fn overlay_fsid_of(link: &str) -> Option<u64> {
+    use nix::sys::statfs::{statfs, OVERLAYFS_SUPER_MAGIC};
+    if statfs(link).ok()?.filesystem_type() != OVERLAYFS_SUPER_MAGIC {
+        return None;
+    }
+    fsid_of(link)
+}
+
 /// The processes among `pids` that hold a file on a filesystem of `fsids` (a descriptor, a
 /// working folder, a root, an executable or a mapping, of any of their threads), and whether
 /// all of them were looked at before `deadline`.
@@ -348,7 +390,7 @@ fn search(pids: &[Pid], fsids: &BTreeSet<u64>, deadline: Instant) -> (Vec<Holder
 
 /// What of `pid` holds a file on a filesystem of `fsids`, if anything.
 fn holds(pid: Pid, fsids: &BTreeSet<u64>, deadline: Instant) -> Option<String> {
-    let on = |link: &str| fsid_of(link).is_some_and(|fsid| fsids.contains(&fsid));
+    let on = |link: &str| overlay_fsid_of(link).is_some_and(|fsid| fsids.contains(&fsid));
     // Each entry of a `/proc` folder of links, until the deadline.
     let any_in = |folder: &str| -> Option<String> {
         let entries = std::fs::read_dir(folder).ok()?;
@@ -603,8 +645,9 @@ mod tests {
                 (pids[3].as_raw(), "a mapping".to_owned()),
             ]
         );
-        // The bystander's files are the host's (its program, its root): found by the host's
-        // id, not by the overlay's.
-        assert_eq!(of_host.len(), 1);
+        // The bystander's files are the host's (its program, its root): not the overlay's, and
+        // not found even by the host's id (what an overlay without a UUID of its own reports),
+        // being no overlay's.
+        assert!(of_host.is_empty());
     }
 }
