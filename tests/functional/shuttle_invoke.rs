@@ -471,6 +471,44 @@ fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_recovered() {
     );
 }
 
+/// A source's keeper killed while its stop held a target's group frozen (simulated: the group
+/// frozen by hand and marked as the stop marks it) leaves the target frozen: the source's
+/// clean-up thaws it, as the mark says the freeze was the source's, and ends the holder.
+#[test]
+fn a_target_a_killed_stop_left_frozen_is_thawed_by_the_sources_clean_up() {
+    let shuttle = Shuttle::new("open-frozen", HOLDING_POLICY);
+    let holder = held_and_keeper_killed(&shuttle);
+    let group = shuttle
+        .feather
+        .cgroup_dirs("b")
+        .into_iter()
+        .find(|dir| dir.join("cgroup.freeze").exists())
+        .expect("b has a v2 group");
+    let freeze = group.join("cgroup.freeze");
+    /// Thaws the group whatever the test's outcome: a frozen VM cannot be stopped.
+    struct Thaw(PathBuf);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = fs::write(&self.0, "0");
+        }
+    }
+    let _thaw = Thaw(freeze.clone());
+    fs::write(shuttle.feather.vm_dir("a").join("handed-over.frozen.b"), "").unwrap();
+    fs::write(&freeze, "1").unwrap();
+    shuttle.feather.ok(&["start", "a"]);
+    assert_eq!(
+        fs::read_to_string(&freeze).unwrap().trim(),
+        "0",
+        "b was left frozen"
+    );
+    assert!(!shuttle.alive_in_b(&holder), "the holder was not ended");
+    assert!(!shuttle
+        .feather
+        .vm_dir("a")
+        .join("handed-over.frozen.b")
+        .exists());
+}
+
 /// The same source removed instead: its removal ends the holder and goes on.
 #[test]
 fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_removed() {

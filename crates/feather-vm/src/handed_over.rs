@@ -166,6 +166,9 @@ impl Ended {
 /// returns it for the caller to say (the stop's answer, the source's keeper log).
 pub fn end_holders(root: &StateRoot, source: &VmDir) -> Ended {
     let mut ended = Ended::default();
+    // A freeze an earlier stop of this source made and could not undo (its keeper killed
+    // meanwhile) is undone first: never taken for another's freeze below.
+    ended.said.extend(thaw_left_frozen(root, source));
     let Some(record) = read_record(source) else {
         return ended;
     };
@@ -174,25 +177,111 @@ pub fn end_holders(root: &StateRoot, source: &VmDir) -> Ended {
         if target == source.name().as_str() {
             continue;
         }
-        ended.said.extend(end_in_target(
-            root,
-            source.name(),
-            target,
-            fsids,
-            &not_layers,
-        ));
+        ended
+            .said
+            .extend(end_in_target(root, source, target, fsids, &not_layers));
     }
     ended
+}
+
+/// The start of the name of the marker a source's stop leaves in the source's folder while it
+/// holds a target's group frozen (the target's name follows): made before the freeze, removed
+/// after the thaw, so a keeper killed in between leaves it for the clean-up to read.
+const FROZEN_MARKER: &str = "handed-over.frozen.";
+
+/// A target's group this source froze: thawed, and its marker removed, when dropped.
+struct OurFreeze {
+    frozen: Option<feather_sys::cgroup::Frozen>,
+    marker: std::path::PathBuf,
+}
+
+impl Drop for OurFreeze {
+    fn drop(&mut self) {
+        drop(self.frozen.take());
+        let _ = std::fs::remove_file(&self.marker);
+    }
+}
+
+/// Freezes `cgroup` (the target's) for the search, marked first in `source`'s folder (see
+/// [`FROZEN_MARKER`]); None if it did not freeze in time (thawed again, unmarked).
+fn freeze_marked(
+    source: &VmDir,
+    target: &str,
+    cgroup: &feather_sys::cgroup::Cgroup,
+    patience: Duration,
+) -> Option<OurFreeze> {
+    let marker = source.path().join(format!("{FROZEN_MARKER}{target}"));
+    write_atomic(&marker, b"", Durability::Whole).ok()?;
+    let frozen = cgroup.freeze(patience).ok();
+    if frozen.is_none() {
+        let _ = std::fs::remove_file(&marker);
+        return None;
+    }
+    Some(OurFreeze { frozen, marker })
+}
+
+/// Thaws each target group `source`'s markers say its stop froze and did not thaw (the stop's
+/// keeper was killed in between); what it did, one sentence each. Under the target's operation
+/// lock, which a checkpoint or `commit` of the target holds while it freezes the group, and a
+/// source's stop while it does: a group frozen then is no one else's freeze, so ours.
+fn thaw_left_frozen(root: &StateRoot, source: &VmDir) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(source.path()) else {
+        return Vec::new();
+    };
+    let mut said = Vec::new();
+    for entry in entries.flatten() {
+        let file = entry.file_name();
+        let Some(target) = file.to_str().and_then(|f| f.strip_prefix(FROZEN_MARKER)) else {
+            continue;
+        };
+        let Some(vm) = target
+            .parse::<VmName>()
+            .ok()
+            .and_then(|name| root.open(&name).ok())
+        else {
+            // The target is gone, and its group with it.
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        };
+        let Ok(Some(_op)) = vm.lock_operations_within(FREEZE_PATIENCE) else {
+            said.push(format!(
+                "VM {target} may still be frozen by an earlier stop of VM {} whose keeper was \
+                 killed: busy now, it is thawed at VM {}'s next clean-up",
+                source.name(),
+                source.name()
+            ));
+            continue;
+        };
+        if let Some(dir) = vm
+            .read_config()
+            .ok()
+            .and_then(|config| keeper::cgroup_path(&config).v2_dir())
+        {
+            let freeze = dir.join("cgroup.freeze");
+            if std::fs::read_to_string(&freeze).is_ok_and(|t| t.trim() == "1")
+                && std::fs::write(&freeze, "0").is_ok()
+            {
+                said.push(format!(
+                    "thawed VM {target}, which an earlier stop of VM {} had frozen and left so \
+                     when its keeper was killed",
+                    source.name()
+                ));
+            }
+        }
+        let _ = std::fs::remove_file(entry.path());
+    }
+    said
 }
 
 /// [`end_holders`] for one target; what it says, if anything was held.
 fn end_in_target(
     root: &StateRoot,
-    source: &VmName,
+    source_dir: &VmDir,
     target: &str,
     fsids: &BTreeSet<u64>,
     not_layers: &BTreeSet<u64>,
 ) -> Option<String> {
+    let source = source_dir.name();
     let name: VmName = target.parse().ok()?;
     let vm = root.open(&name).ok()?;
     let state = vm.read_state().ok()?;
@@ -223,6 +312,11 @@ fn end_in_target(
         )
     });
     let deadline = Instant::now() + SEARCH_PATIENCE;
+    // The target's operation lock, held while its group is frozen: a checkpoint or `commit`
+    // of the target (which freeze it themselves) and another source's stop wait meanwhile, so
+    // that no one thaws a freeze another made. Not had in time (the target is being stopped,
+    // say): searched unfrozen.
+    let op = vm.lock_operations_within(FREEZE_PATIENCE).ok().flatten();
     let mut killed: Vec<Holder> = Vec::new();
     let mut left: Vec<Holder> = Vec::new();
     let mut unfinished = false;
@@ -232,13 +326,15 @@ fn end_in_target(
         }
         // Frozen, the target's processes can neither open, fork nor pass a descriptor on
         // while they are searched; SIGKILL still ends a frozen process. A group another
-        // freeze holds (a checkpoint's) is searched as it is and left frozen.
+        // freeze holds (one whose guard was lost with its process) is searched as it is and
+        // left frozen; this source's own left-over freeze was thawed before
+        // (`thaw_left_frozen`). The freeze is marked in the source's folder first.
         let already = cgroup
             .v2_dir()
             .and_then(|dir| std::fs::read_to_string(dir.join("cgroup.freeze")).ok())
             .is_some_and(|text| text.trim() == "1");
-        let frozen = (!already)
-            .then(|| cgroup.freeze(FREEZE_PATIENCE).ok())
+        let frozen = (!already && op.is_some())
+            .then(|| freeze_marked(source_dir, target, &cgroup, FREEZE_PATIENCE))
             .flatten();
         let members = cgroup.members();
         let (found, complete) = search(&members, &wanted, deadline);
@@ -267,6 +363,7 @@ fn end_in_target(
             break;
         }
     }
+    drop(op);
     let still = search(&cgroup.members(), &wanted, deadline);
     if !still.0.is_empty() {
         left = still.0;
