@@ -565,6 +565,43 @@ fn a_source_whose_old_overlay_lives_is_not_started_beside_it() {
     );
 }
 
+/// The kernel is asked about a stopped VM's layer only if the VM handed something over (each
+/// probe writes a line to the kernel's log, which ordinary commands must not): a VM that handed
+/// nothing over is not, and its `diff` goes on even while a host process keeps an old overlay
+/// of it (not guarded, as before hand-overs).
+#[test]
+fn a_vm_that_handed_nothing_over_is_not_asked_about() {
+    let shuttle = Shuttle::new("open-unasked", HOLDING_POLICY);
+    assert_eq!(
+        shuttle
+            .in_a(&format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt"))
+            .code,
+        0
+    );
+    let held = fs::File::open(format!(
+        "/proc/{}/root{DOCS}/doc.txt",
+        shuttle.init_pid("a")
+    ))
+    .unwrap();
+    let keeper = shuttle.feather.inspect("a")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    shuttle.feather.ok(&["stop", "a"]);
+    // Its keeper's teardown, after the stop's answer, over (a live keeper is never asked
+    // about either).
+    shuttle
+        .feather
+        .eventually("a's keeper is gone", || !running(keeper as i32));
+    assert!(!shuttle
+        .feather
+        .vm_dir("a")
+        .join("handed-over.json")
+        .exists());
+    let diff = shuttle.feather.ok(&["diff", "a"]);
+    assert!(diff.contains(&format!("{DOCS}/doc.txt")), "{diff}");
+    drop(held);
+}
+
 /// The audit line a refusal leaves: kind, object, outcome, and the deciding rule's line.
 type Expected<'a> = (&'a str, String, &'a str, Option<usize>);
 

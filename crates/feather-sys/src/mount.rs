@@ -518,6 +518,11 @@ pub fn overlay_upper_in_use(upper: &Path) -> Result<bool> {
     set(c"index", "on")?;
     match raw::fsmount(context.as_fd(), 0) {
         Err(Errno::EBUSY) => Ok(true),
+        // The expected refusal, of the work folder. Which other EINVAL could come first: the
+        // options' consistency check (fixed options: one that failed would fail for every
+        // upper, also one in use, which the test below sees as EBUSY on this kernel), and an
+        // upper on a read-only filesystem (refused before the in-use check; no overlay can
+        // write such a layer). Paths that cannot be used fail at `fsconfig`, an error here.
         Err(Errno::EINVAL) => Ok(false),
         Err(errno) => Err(errno).ctx("probe overlay of", upper.display()),
         // Not reached (the work folder is on another filesystem); dropped, it is no mount.

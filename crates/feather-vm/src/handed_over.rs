@@ -19,8 +19,8 @@
 //!    through the host's `/proc/PID/...` links, never a path the target could name. It says so
 //!    in the stop's answer and in both VMs' keeper logs. A crashed keeper's recovery does the
 //!    same ([`crate::lifecycle::recover`]).
-//! 3. A stopped VM's layer is used again (its start, restore, `diff`, `commit`, `reset`, `rm`)
-//!    only when the kernel says no overlay of it lives
+//! 3. A stopped VM's layer that was handed over is used again (its start, restore, `diff`,
+//!    `commit`, `reset`, `rm`) only when the kernel says no overlay of it lives
 //!    ([`feather_sys::mount::overlay_upper_in_use`], [`refuse_while_alive`]): whatever kept one
 //!    (a holder step 2 could not find, a host process), the command is refused, naming what
 //!    holds it. The record goes once the layer is seen free.
@@ -528,14 +528,19 @@ fn holds(pid: Pid, fsids: &BTreeSet<u64>, deadline: Instant) -> Option<String> {
 }
 
 /// Refuses what would use `vm`'s layer (a start, restore, `diff`, `commit`, `reset`, `rm`)
-/// while an overlay of it made by an earlier run still lives (the module's step 3): one a
-/// hand-over kept, or one anything else kept (a process of the host whose working folder was
-/// in the VM, say). The kernel is asked each time (half a millisecond a layer, silent when the
-/// layer is free). A VM whose keeper is alive (starting, running, or stopping and letting go
+/// while an overlay of it made by an earlier run still lives (the module's step 3), if the VM
+/// handed something over since its layer was last seen free (its record is there): the kernel
+/// is asked then only (half a millisecond a layer, and a line in the kernel's log each time,
+/// "upperdir is in-use" or, when free, "workdir and upperdir must reside under the same
+/// mount", which ordinary commands must not write). Once asked, an old overlay anything kept
+/// is found (a process of the host whose working folder was in the VM, say, beside what a
+/// target kept); a VM that never handed anything over is not asked about, and an overlay of
+/// it kept by a host process is not guarded against (as before hand-overs). A VM whose keeper
+/// is alive (starting, running, or stopping and letting go
 /// of its mounts) is using its own overlay, which is no earlier run's: not asked about; a
 /// start or `reset` waits for a stopping keeper's end first (`lifecycle::await_last_keeper`).
 pub fn refuse_while_alive(vm: &VmDir, config: &VmConfig) -> Result<()> {
-    if kept(vm) {
+    if !recorded(vm) || kept(vm) {
         return Ok(());
     }
     match refuse_unless_free(vm, config) {
