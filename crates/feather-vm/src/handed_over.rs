@@ -46,10 +46,15 @@ use crate::{keeper, layers};
 /// The record's name in the source VM's folder.
 const RECORD: &str = "handed-over.json";
 
-/// How long the search of one target's processes may take, all rounds together: a target with
-/// more open files than can be looked at in that time is not waited for (what it still holds
-/// keeps the source's layer refused, step 3).
+/// How long the search of processes may take: the refusal's search of the host's.
 const SEARCH_PATIENCE: Duration = Duration::from_secs(10);
+
+/// How long ending what the targets hold may take, every target and round together (locks,
+/// freezes, searches, exits): well inside what a stopping client waits for the stop's answer
+/// (`lifecycle::stop`: the grace and 30 s, of which the broker's end may take 10). A target
+/// not done by then is not waited for: what it still holds keeps the source's layer refused
+/// (step 3), which the stop says.
+const PATIENCE: Duration = Duration::from_secs(12);
 
 /// How long the target's processes may take to freeze before they are searched unfrozen, and
 /// how long the ended ones may take to exit.
@@ -168,7 +173,8 @@ pub fn end_holders(root: &StateRoot, source: &VmDir) -> Ended {
     let mut ended = Ended::default();
     // A freeze an earlier stop of this source made and could not undo (its keeper killed
     // meanwhile) is undone first: never taken for another's freeze below.
-    ended.said.extend(thaw_left_frozen(root, source));
+    let deadline = Instant::now() + PATIENCE;
+    ended.said.extend(thaw_left_frozen(root, source, deadline));
     let Some(record) = read_record(source) else {
         return ended;
     };
@@ -177,9 +183,14 @@ pub fn end_holders(root: &StateRoot, source: &VmDir) -> Ended {
         if target == source.name().as_str() {
             continue;
         }
-        ended
-            .said
-            .extend(end_in_target(root, source, target, fsids, &not_layers));
+        ended.said.extend(end_in_target(
+            root,
+            source,
+            target,
+            fsids,
+            &not_layers,
+            deadline,
+        ));
     }
     ended
 }
@@ -224,7 +235,7 @@ fn freeze_marked(
 /// keeper was killed in between); what it did, one sentence each. Under the target's operation
 /// lock, which a checkpoint or `commit` of the target holds while it freezes the group, and a
 /// source's stop while it does: a group frozen then is no one else's freeze, so ours.
-fn thaw_left_frozen(root: &StateRoot, source: &VmDir) -> Vec<String> {
+fn thaw_left_frozen(root: &StateRoot, source: &VmDir, deadline: Instant) -> Vec<String> {
     let Ok(entries) = std::fs::read_dir(source.path()) else {
         return Vec::new();
     };
@@ -243,7 +254,7 @@ fn thaw_left_frozen(root: &StateRoot, source: &VmDir) -> Vec<String> {
             let _ = std::fs::remove_file(entry.path());
             continue;
         };
-        let Ok(Some(_op)) = vm.lock_operations_within(FREEZE_PATIENCE) else {
+        let Ok(Some(_op)) = vm.lock_operations_within(within(FREEZE_PATIENCE, deadline)) else {
             said.push(format!(
                 "VM {target} may still be frozen by an earlier stop of VM {} whose keeper was \
                  killed: busy now, it is thawed at VM {}'s next clean-up",
@@ -280,6 +291,7 @@ fn end_in_target(
     target: &str,
     fsids: &BTreeSet<u64>,
     not_layers: &BTreeSet<u64>,
+    deadline: Instant,
 ) -> Option<String> {
     let source = source_dir.name();
     let name: VmName = target.parse().ok()?;
@@ -308,15 +320,19 @@ fn end_in_target(
     let mut unsure = (wanted.len() != fsids.len() || fsids.is_empty()).then(|| {
         format!(
             "a file system VM {source} handed over to VM {target} cannot be told apart from \
-             VM {target}'s own root; its holders were not looked for"
+             VM {target}'s own files (an overlay with no id of its own, or one VM {target}'s \
+             root shares); its holders were not looked for (VM {source}'s layer stays refused \
+             while any live)"
         )
     });
-    let deadline = Instant::now() + SEARCH_PATIENCE;
     // The target's operation lock, held while its group is frozen: a checkpoint or `commit`
     // of the target (which freeze it themselves) and another source's stop wait meanwhile, so
     // that no one thaws a freeze another made. Not had in time (the target is being stopped,
     // say): searched unfrozen.
-    let op = vm.lock_operations_within(FREEZE_PATIENCE).ok().flatten();
+    let op = vm
+        .lock_operations_within(within(FREEZE_PATIENCE, deadline))
+        .ok()
+        .flatten();
     let mut killed: Vec<Holder> = Vec::new();
     let mut left: Vec<Holder> = Vec::new();
     let mut unfinished = false;
@@ -334,7 +350,14 @@ fn end_in_target(
             .and_then(|dir| std::fs::read_to_string(dir.join("cgroup.freeze")).ok())
             .is_some_and(|text| text.trim() == "1");
         let frozen = (!already && op.is_some())
-            .then(|| freeze_marked(source_dir, target, &cgroup, FREEZE_PATIENCE))
+            .then(|| {
+                freeze_marked(
+                    source_dir,
+                    target,
+                    &cgroup,
+                    within(FREEZE_PATIENCE, deadline),
+                )
+            })
             .flatten();
         let members = cgroup.members();
         let (found, complete) = search(&members, &wanted, deadline);
@@ -358,7 +381,7 @@ fn end_in_target(
             }
         }
         drop(frozen);
-        await_exits(&pidfds, Instant::now() + EXIT_PATIENCE);
+        await_exits(&pidfds, deadline.min(Instant::now() + EXIT_PATIENCE));
         if pidfds.is_empty() || Instant::now() >= deadline {
             break;
         }
@@ -391,8 +414,9 @@ fn end_in_target(
     }
     if unfinished {
         said.push(format!(
-            "VM {target}'s processes could not all be looked at within {} s",
-            SEARCH_PATIENCE.as_secs()
+            "VM {target}'s processes could not all be looked at within the stop's {} s (VM \
+             {source}'s layer stays refused while any holds a file of it)",
+            PATIENCE.as_secs()
         ));
     }
     said.extend(unsure.take());
@@ -422,6 +446,11 @@ fn tell_target(target: &VmDir, source: &VmName, said: &str) {
     {
         let _ = log.write_all(line.as_bytes());
     }
+}
+
+/// `patience` from now, but not past `deadline`.
+fn within(patience: Duration, deadline: Instant) -> Duration {
+    patience.min(deadline.saturating_duration_since(Instant::now()))
 }
 
 /// Waits until every process in `pidfds` has exited, or `deadline`.
