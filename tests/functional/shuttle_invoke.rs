@@ -104,12 +104,13 @@ impl Shuttle {
             .expect("the VM runs")
     }
 
-    /// Whether the process `pid` (as `b` numbers it) runs in `b`.
+    /// Whether the process `pid` (as `b` numbers it) runs in `b`: it exists and is no zombie
+    /// (one ended but not yet reaped still answers `kill -0`).
     fn alive_in_b(&self, pid: &str) -> bool {
-        self.feather
-            .run(&["exec", "b", "--", "kill", "-0", pid])
-            .code
-            == 0
+        let stat = self
+            .feather
+            .run(&["exec", "b", "--", "cat", &format!("/proc/{pid}/stat")]);
+        stat.code == 0 && running_state(&stat.stdout)
     }
 
     /// The hand-over mounts `b` has now.
@@ -302,14 +303,10 @@ fn a_file_held_in_the_target_is_let_go_when_its_source_stops() {
     assert!(shuttle.shared_mounts_in_b().is_empty());
     let holder = shuttle.feather.sh("b", "cat /tmp/holder.pid");
     let holder = holder.trim();
-    let alive = |pid: &str| {
-        shuttle
-            .feather
-            .run(&["exec", "b", "--", "kill", "-0", pid])
-            .code
-            == 0
-    };
-    assert!(alive(holder), "the holder runs before the source stops");
+    assert!(
+        shuttle.alive_in_b(holder),
+        "the holder runs before the source stops"
+    );
     // A process of b that holds nothing of a's is none of the stop's business.
     shuttle.feather.sh(
         "b",
@@ -318,7 +315,7 @@ fn a_file_held_in_the_target_is_let_go_when_its_source_stops() {
     );
     let bystander = shuttle.feather.sh("b", "cat /tmp/bystander.pid");
     let bystander = bystander.trim();
-    assert!(alive(bystander));
+    assert!(shuttle.alive_in_b(bystander));
     let layer_file = shuttle
         .feather
         .vm_dir("a")
@@ -327,9 +324,12 @@ fn a_file_held_in_the_target_is_let_go_when_its_source_stops() {
 
     let stopped = shuttle.feather.run(&["stop", "a"]);
     assert_eq!(stopped.code, 0, "{}", stopped.stderr);
-    assert!(!alive(holder), "the holder outlived its source's stop");
     assert!(
-        alive(bystander),
+        !shuttle.alive_in_b(holder),
+        "the holder outlived its source's stop"
+    );
+    assert!(
+        shuttle.alive_in_b(bystander),
         "a process holding nothing of a's was ended"
     );
     assert!(
@@ -420,11 +420,14 @@ fn a_source_whose_overlay_has_no_uuid_of_its_own_ends_nothing_of_the_target() {
 /// Whether the host's process `pid` runs: it exists and is no zombie (one ended but not yet
 /// reaped still answers `kill -0`).
 fn running(pid: i32) -> bool {
-    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-        stat.rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X")
-    })
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| running_state(&stat))
+}
+
+/// Whether a `/proc/PID/stat` line is of a process that runs (no zombie, not dead).
+fn running_state(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
 }
 
 /// `a` hands a file over to `b`'s `hold`, whose process keeps it open, and `a`'s keeper is

@@ -557,36 +557,60 @@ mod tree_tests {
         for folder in [&lower, &upper, &work, &merged] {
             std::fs::create_dir_all(folder).unwrap();
         }
-        let entries = |folder: &Path| {
-            let mut names: Vec<_> = std::fs::read_dir(folder)
-                .unwrap()
-                .map(|e| e.unwrap().file_name())
-                .collect();
+        // Every entry of the upper and work folders with every attribute (`trusted.*` too,
+        // as root), as `getfattr` dumps them: what a probe must leave as it was.
+        let state = || {
+            let dump = std::process::Command::new("getfattr")
+                .args(["-R", "-d", "-m", "-", "--absolute-names"])
+                .args([&upper, &work])
+                .output()
+                .unwrap();
+            assert!(dump.status.success(), "getfattr: {dump:?}");
+            let mut names = Vec::new();
+            let mut folders = vec![upper.clone(), work.clone()];
+            while let Some(folder) = folders.pop() {
+                for entry in std::fs::read_dir(&folder).unwrap() {
+                    let entry = entry.unwrap();
+                    if entry.file_type().unwrap().is_dir() {
+                        folders.push(entry.path());
+                    }
+                    names.push(entry.path());
+                }
+            }
             names.sort();
-            names
+            (names, String::from_utf8_lossy(&dump.stdout).into_owned())
         };
-        assert!(!super::overlay_upper_in_use(&upper).unwrap());
+        // A probe, and whether it changed anything.
+        let probe = |upper: &Path| {
+            let before = state();
+            let answer = super::overlay_upper_in_use(upper);
+            (answer, before == state())
+        };
+        let fresh = probe(&upper);
         super::overlay(&lower, &upper, &work, &merged, super::LayerSync::Durable).unwrap();
         std::fs::write(merged.join("marker"), "harmless").unwrap();
         let held = std::fs::File::open(merged.join("marker")).unwrap();
-        let in_use_mounted = super::overlay_upper_in_use(&upper);
+        let mounted = probe(&upper);
         nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH).unwrap();
-        let in_use_held = super::overlay_upper_in_use(&upper);
-        let (upper_before, work_before) = (entries(&upper), entries(&work));
+        let only_held = probe(&upper);
         drop(held);
         // The last hold of a lazily unmounted overlay is let go as its file closes.
-        let free = super::overlay_upper_in_use(&upper);
-        let (upper_after, work_after) = (entries(&upper), entries(&work));
+        let free = probe(&upper);
         let _ = std::fs::remove_dir_all(&dir);
+        assert!(!fresh.0.unwrap(), "a fresh folder is free");
         assert!(
-            in_use_mounted.unwrap(),
+            mounted.0.unwrap(),
             "a mounted overlay's upper folder is in use"
         );
         assert!(
-            in_use_held.unwrap(),
+            only_held.0.unwrap(),
             "a held overlay's upper folder is in use"
         );
-        assert!(!free.unwrap(), "free once nothing holds the overlay");
-        assert_eq!((upper_before, work_before), (upper_after, work_after));
+        assert!(!free.0.unwrap(), "free once nothing holds the overlay");
+        assert_eq!(
+            [fresh.1, mounted.1, only_held.1, free.1],
+            [true; 4],
+            "a probe changed an entry or an attribute of the layer or its work folder"
+        );
     }
 }

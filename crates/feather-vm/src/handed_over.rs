@@ -751,6 +751,23 @@ mod tests {
             .iter()
             .map(|c| Pid::from_raw(c.id() as i32))
             .collect();
+        // Each is searched once it sleeps: ld.so maps the libraries after the spawn returned
+        // (its exec done), and the mapping one is found only then.
+        for (pid, child) in pids.iter().zip(children.iter_mut()) {
+            let asleep = || {
+                std::fs::read_to_string(format!("/proc/{pid}/syscall")).is_ok_and(|text| {
+                    text.split_whitespace().next().is_some_and(|call| {
+                        [libc::SYS_clock_nanosleep, libc::SYS_nanosleep]
+                            .iter()
+                            .any(|number| call == number.to_string())
+                    })
+                })
+            };
+            // One that ended is not waited for (the assertions below fail, after the clean-up).
+            while !asleep() && matches!(child.try_wait(), Ok(None)) {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
         let wanted = BTreeSet::from([fsid]);
         let (found, complete) = search(&pids, &wanted, Instant::now() + SEARCH_PATIENCE);
         let host = nix::sys::statvfs::statvfs("/").unwrap().filesystem_id();
