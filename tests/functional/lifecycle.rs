@@ -683,6 +683,65 @@ fn a_root_removed_while_its_network_lingers_gets_nothing_made_in_it() {
     );
 }
 
+/// A root's folder removed by hand while its network lingers (its pooled namespaces unmounted,
+/// then `rm -rf`, without `network down` first, as the OCI tests' scratch folders did) left
+/// its bridge, both tables and its subnet's claim on the host for good: nothing on disk tied
+/// them to a root but the claim. The next root that chooses its network removes them.
+#[test]
+fn a_root_removed_by_hand_leaves_its_network_to_the_next_root_that_chooses_one() {
+    let (removed, subnet, bridge) = root_with_known_bridge("removed-by-hand");
+    let base = ScratchBase::new("removed-by-hand");
+    ok_in(
+        &removed,
+        &subnet,
+        &["run", "--rm", "--base", base.as_str(), "--", "true"],
+    );
+    let lingering = support::HostTraces::of(&removed.root, Some(&bridge));
+    assert!(
+        !lingering.links.is_empty() && !lingering.nft_tables.is_empty(),
+        "the root's network lingers: {lingering:?}"
+    );
+    for point in lingering
+        .mounts
+        .iter()
+        .filter_map(|line| line.split(' ').nth(4))
+    {
+        nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH).unwrap();
+    }
+    fs::remove_dir_all(&removed.root).unwrap();
+    // The pooled pairs go with their namespaces, which the kernel frees a little later.
+    let ports = format!("/sys/class/net/{bridge}/brif");
+    removed.eventually(
+        "the pooled pairs leave the bridge, the lingering process ends",
+        || {
+            fs::read_dir(&ports).is_ok_and(|mut ports| ports.next().is_none())
+                && support::HostTraces::of(&removed.root, None)
+                    .processes
+                    .is_empty()
+        },
+    );
+    // No assertion that the bridge stays until the next root's choice: a test running beside
+    // this one may make that choice first.
+
+    let (next, next_subnet, next_bridge) = root_with_known_bridge("after-removed");
+    ok_in(
+        &next,
+        &next_subnet,
+        &["create", "--base", base.as_str(), "vm"],
+    );
+    assert_eq!(
+        support::HostTraces::of(&removed.root, Some(&bridge)),
+        support::HostTraces::default(),
+        "the removed root's network is left on the host"
+    );
+    assert!(support::bridge_claim(&bridge).is_none(), "its claim stays");
+    next.ok(&["rm", "vm"]);
+    assert_eq!(
+        support::HostTraces::of(&next.root, Some(&next_bridge)),
+        support::HostTraces::default()
+    );
+}
+
 /// `network down` of a root whose folder is gone has nothing to take down, and makes no folder
 /// (it made the root again, as every command makes a root that is missing, and recorded it
 /// among the host's roots).

@@ -689,6 +689,41 @@ fn a_run_killed_before_its_hand_over_leaves_no_finisher_and_nothing_behind() {
     }
 }
 
+/// A finisher started ahead and killed while its VM runs (an administrator's `kill`, the OOM
+/// killer) is not there for the hand-over: the run starts another one then, and its VM is
+/// still torn down whole once it reports the command's exit status.
+#[test]
+fn a_finisher_killed_while_its_vm_runs_is_replaced_at_the_hand_over() {
+    let feather = Feather::new("finisher-killed");
+    let base = crate::support::ScratchBase::new("finisher-killed");
+    let run = feather.spawn_throw_away("tmp", &["--net", "none", "--base", base.as_str()]);
+    let id = feather.inspect("tmp")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let groups = crate::support::VmGroups::of(&id);
+    let early = finishers_of(run.id());
+    assert_eq!(early.len(), 1, "the run started its finisher ahead");
+    kill(early[0], Signal::SIGKILL).unwrap();
+    feather.eventually("the finisher started ahead is gone", || !alive(early[0]));
+
+    feather.ok(&["stop", "tmp"]);
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(143),
+        "the run reports the command's end by SIGTERM: {out:?}"
+    );
+    // Looked at without any feather command, which would finish a teardown left half-done.
+    let empty = |folder: &str| {
+        std::fs::read_dir(feather.root.join(folder)).is_ok_and(|mut e| e.next().is_none())
+    };
+    feather.eventually("the VM's folders are removed", || {
+        empty("vms") && empty("run") && groups.present().is_empty()
+    });
+    assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
+}
+
 /// What the process finishing a handed-over teardown (`feather-keeper __finish`, started by
 /// `run --rm` with /dev/null as its stdio) has to say goes to the root's `teardown.log`: here
 /// a set-aside VM whose config cannot be read, the finisher started and handed the teardown
@@ -959,7 +994,7 @@ fn a_group_whose_state_root_was_removed_goes_at_the_next_rm() {
         other.ok(&["rm", "x"]);
     };
     // A group younger than a minute is left alone, whatever its root: it may be a start's in a
-    // mount namespace where that root is (see `remove_groups_of_removed_roots`).
+    // mount namespace where that root is (see `sweep_removed_roots`).
     date_the_sweep_stamp(std::time::Duration::from_secs(120));
     create_and_rm();
     assert!(
@@ -1009,7 +1044,7 @@ for name in sorted(os.listdir(top)) + ["."]:
         print(name, e.errno)
 "#;
 
-/// The sweep of removed roots' groups (`keeper::remove_groups_of_removed_roots`) is steered
+/// The sweep of removed roots' groups (`keeper::sweep_removed_roots`) is steered
 /// by the tag `trusted.feather.root` on a VM's group: a VM that could set it on a group of its
 /// own could have that group taken for a removed root's. The VM's root sees only its
 /// `services/` folders, and writing `trusted.*` on cgroupfs needs CAP_SYS_ADMIN in the host's

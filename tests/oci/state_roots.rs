@@ -116,3 +116,51 @@ fn a_state_root_registered_after_a_container_over_the_host_started_is_hidden_in_
     );
     assert_ne!(outcome.code, 0, "{outcome:?}");
 }
+
+/// A privileged container over the host (CAP_SYS_ADMIN, as `docker run --privileged` gives)
+/// can unmount the tmpfs that hides a state root in its mount namespace, and a container's
+/// descriptor kept on the root of a mount namespace that ended walks beneath it as well (the
+/// kernel disconnects that namespace's mounts): the overlay itself must show the root empty.
+/// Before the hiding layer, the container read the VM's layer once the tmpfs was gone.
+#[test]
+fn a_container_over_the_host_that_unmounts_the_hiding_tmpfs_still_sees_no_state_root() {
+    let scratch = Scratch::new("state-roots-unmounted");
+    let state = scratch.path("feather-state");
+    let layer = state.join("vms/db/upper/srv");
+    fs::create_dir_all(&layer).unwrap();
+    fs::write(layer.join("secret"), "LAYER-OF-ANOTHER-VM\n").unwrap();
+    let registered = Registered::new(&state, &scratch.path("feather-run"));
+    let script = format!(
+        "umount {state} && echo unmounted; umount {registry} && echo unmounted; \
+         cat {secret}; ls -A {state} {registry}; true",
+        state = registered.dir.display(),
+        secret = registered.dir.join("vms/db/upper/srv/secret").display(),
+        registry = REGISTRY_DIR,
+    );
+    let mut config = base_config(&["/bin/sh", "-c", &script]);
+    for set in ["bounding", "effective", "permitted"] {
+        config["process"]["capabilities"][set]
+            .as_array_mut()
+            .unwrap()
+            .push("CAP_SYS_ADMIN".into());
+    }
+    config["annotations"] = json!({"org.feather.base": "host"});
+    config["process"]["env"] = json!(["PATH=/usr/bin:/bin:/usr/sbin:/sbin"]);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let runtime = Runtime::new(&scratch);
+    let id = format!("state-roots-unmounted-{}", std::process::id());
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), &id]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert!(
+        outcome.stdout.starts_with("unmounted\nunmounted\n"),
+        "the container unmounted the tmpfs: {outcome:?}"
+    );
+    assert!(
+        !outcome.stdout.contains("LAYER-OF-ANOTHER-VM") && !outcome.stdout.contains("vms"),
+        "a VM's layer was read from a container over the host: {outcome:?}"
+    );
+    assert!(
+        !outcome.stdout.contains(".json"),
+        "the registry of state roots was listed: {outcome:?}"
+    );
+}

@@ -41,11 +41,35 @@ impl Scratch {
 
 impl Drop for Scratch {
     fn drop(&mut self) {
+        // feather's state roots the test made in its folder (`feather --root`): the network
+        // their last throw-away VM left lingering for the next (feather_net::linger) goes
+        // first, as docs/network.md says a root is removed, or its bridge, tables and pooled
+        // namespaces would outlive the folder.
+        let registry = feather_core::roots::Registry::host();
+        let dir = fs::canonicalize(&self.dir).unwrap_or_else(|_| self.dir.clone());
+        for root in registry.roots() {
+            if root.dir().starts_with(&dir) {
+                take_network_down(root.dir());
+            }
+        }
         unmount_below(&self.dir);
-        // feather's state roots the test made in its folder (`feather --root`).
-        feather_core::roots::Registry::host().forget_below(&self.dir);
+        registry.forget_below(&self.dir);
         let _ = fs::remove_dir_all(&self.dir);
     }
+}
+
+/// `feather --root ROOT network down`, if the root has a network or a lingering process.
+fn take_network_down(root: &Path) {
+    if !root.join("network.toml").exists() && !root.join("network-linger.wait").exists() {
+        return;
+    }
+    let feather = PathBuf::from(runtime_bin()).with_file_name("feather");
+    let _ = Command::new(feather)
+        .arg("--root")
+        .arg(root)
+        .args(["network", "down"])
+        .stdin(Stdio::null())
+        .output();
 }
 
 /// Lazily unmounts every mount at or below `dir`, deepest first.

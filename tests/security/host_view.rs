@@ -23,6 +23,45 @@ fn start_host_vm(feather: &Feather, vm: &str) {
     feather.ok(&["start", vm]);
 }
 
+/// A folder of a VM's layer carrying an overlayfs redirect (`trusted.overlay.redirect`: no VM
+/// can set a `trusted.*` attribute, but an imported archive or a migration's sender writes its
+/// layer's) shows the lower tree's folder it names in its place. The kernel follows redirects
+/// with `redirect_dir=off` too (`redirect_always_follow`, on by default): a redirect naming
+/// another state root showed that root's files, past every hiding of it. Overlays are mounted
+/// `redirect_dir=nofollow`: the lookup is refused.
+#[test]
+fn a_redirect_in_a_vms_layer_leads_nowhere() {
+    let other = Feather::new("host-view-redirect-target");
+    other.ok(&["ls"]);
+    let secret = other.root.join("vms/secret");
+    fs::create_dir_all(&secret).unwrap();
+    fs::write(secret.join("redirect-marker"), "SECRET-OF-ANOTHER-ROOT").unwrap();
+    let feather = Feather::new("host-view-redirect");
+    feather.ok(&["create", "vm", "--net", "none"]);
+    let folder = feather.vm_dir("vm").join("upper/redirected");
+    fs::create_dir(&folder).unwrap();
+    let target = fs::canonicalize(&secret).unwrap();
+    xattr::set(
+        &folder,
+        "trusted.overlay.redirect",
+        target.as_os_str().as_encoded_bytes(),
+    )
+    .unwrap();
+    feather.ok(&["start", "vm"]);
+    let seen = feather.run(&[
+        "exec",
+        "vm",
+        "--",
+        "sh",
+        "-c",
+        "ls -A /redirected; cat /redirected/redirect-marker",
+    ]);
+    assert!(
+        !seen.stdout.contains("SECRET") && !seen.stdout.contains("redirect-marker"),
+        "the redirect was followed: {seen:?}"
+    );
+}
+
 #[test]
 fn a_set_uid_program_in_a_layer_is_out_of_reach_of_other_host_users() {
     let feather = Feather::new("host-view-modes");
@@ -748,32 +787,87 @@ fn roots_removed_while_a_vm_is_restored_do_not_fail_the_restore() {
     }
 }
 
+/// The hiding layer (a tmpfs) makes the overlay of a VM over the host one of two filesystems;
+/// with `xino=off` overlayfs then shows folders with inode numbers of its own, new at every
+/// mount, and the lower's files with another `st_dev` than their folder's (`du -x`, `find
+/// -xdev`, `rsync -x` stop there; whatever caches a folder's inode number is fooled). With the
+/// layer, the overlay maps every layer's inode numbers into one space (`xino=auto`): over a
+/// state root on the filesystem of `/` (this host's), a folder, a file of the host's and the
+/// root show the same `st_dev`, and a folder keeps its inode number (the host's) across a stop
+/// and start, as without the layer.
+#[test]
+fn a_vm_over_the_host_shows_one_device_and_the_hosts_inode_numbers() {
+    use std::os::unix::fs::MetadataExt;
+    let a = Feather::new("host-view-samefs");
+    assert_eq!(
+        fs::metadata(&a.root).unwrap().dev(),
+        fs::metadata("/").unwrap().dev(),
+        "the state root is on the filesystem of /"
+    );
+    start_host_vm(&a, "w");
+    let seen = || {
+        a.ok(&[
+            "exec",
+            "w",
+            "--",
+            "stat",
+            "-c",
+            "%n %d %i",
+            "/",
+            "/etc",
+            "/etc/passwd",
+        ])
+    };
+    let first = seen();
+    a.ok(&["stop", "--time", "1", "w"]);
+    a.ok(&["start", "w"]);
+    let second = seen();
+    let parse = |out: &str| -> Vec<(String, String, String)> {
+        out.lines()
+            .map(|line| {
+                let mut parts = line.split(' ').map(str::to_owned);
+                let (n, d, i) = (parts.next(), parts.next(), parts.next());
+                (n.unwrap(), d.unwrap(), i.unwrap())
+            })
+            .collect()
+    };
+    let (first, second) = (parse(&first), parse(&second));
+    assert_eq!(first.len(), 3, "{first:?}");
+    assert!(
+        first.iter().all(|(_, dev, _)| *dev == first[0].1),
+        "one st_dev: {first:?}"
+    );
+    let host_etc = fs::metadata("/etc").unwrap().ino().to_string();
+    assert_eq!(
+        first[1].2, host_etc,
+        "/etc's inode number is the host's: {first:?}"
+    );
+    assert_eq!(
+        second[1].2, first[1].2,
+        "across a stop and start: {second:?}"
+    );
+    assert!(
+        second.iter().all(|(_, dev, _)| *dev == second[0].1),
+        "{second:?}"
+    );
+}
+
 #[test]
 fn roots_made_and_removed_while_a_vm_is_checkpointed_do_not_fail_its_restore() {
-    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-    use std::sync::Arc;
     let a = Feather::new("host-view-dump-race");
     start_host_vm(&a, "w");
-    // Roots registered (so hidden in the running VM) and removed again, all the time.
-    let done = Arc::new(AtomicBool::new(false));
-    let made = Arc::new(AtomicUsize::new(0));
-    let churning = {
-        let (done, made) = (done.clone(), made.clone());
-        std::thread::spawn(move || {
-            while !done.load(Ordering::SeqCst) {
-                let n = made.load(Ordering::SeqCst);
-                let root = Feather::new(&format!("host-view-churn-{n}"));
-                root.ok(&["ls"]);
-                made.fetch_add(1, Ordering::SeqCst);
-            }
-        })
-    };
-    let mut failure = None;
-    // At least four rounds, and on until roots came and went during a few of them.
-    for round in 0..12 {
-        if round >= 4 && made.load(Ordering::SeqCst) >= 6 {
-            break;
+    // Six roots registered (so hidden in the running VM) and removed again, one after the
+    // other, while the VM is checkpointed and restored: at least four rounds, and on until the
+    // last root is gone, however long the load makes that.
+    let churning = std::thread::spawn(|| {
+        for n in 0..6 {
+            let root = Feather::new(&format!("host-view-churn-{n}"));
+            root.ok(&["ls"]);
         }
+    });
+    let mut failure = None;
+    let mut round = 0;
+    while round < 4 || !churning.is_finished() {
         // A pause between operations, in which a registration waiting for the VM's operation
         // lock gets it.
         std::thread::sleep(std::time::Duration::from_millis(150));
@@ -783,14 +877,10 @@ fn roots_made_and_removed_while_a_vm_is_checkpointed_do_not_fail_its_restore() {
             failure = Some(format!("round {round}: {dumped:?} {restored:?}"));
             break;
         }
+        round += 1;
     }
-    done.store(true, Ordering::SeqCst);
     churning.join().unwrap();
     assert_eq!(failure, None);
-    assert!(
-        made.load(Ordering::SeqCst) >= 6,
-        "roots came and went throughout"
-    );
 }
 
 /// A throw-away VM's layer is a tmpfs its keeper holds by a descriptor; init, the keeper's
@@ -806,6 +896,46 @@ fn a_throw_away_vm_cannot_reach_its_layer_through_init_s_descriptors() {
     let outcome = feather.run(&["run", "--rm", "--net", "none", "--", "sh", "-c", script]);
     assert_eq!(outcome.code, 0, "{}", outcome.stderr);
     assert_eq!(outcome.stdout, "looked\n");
+}
+
+/// The hiding layer (a tmpfs no path leads to, the topmost lower layer of the VM's overlays)
+/// is init's descriptor until the overlays are mounted: init closes it before anything of the
+/// VM's runs. Left open, it would be one of init's descriptors for the VM's life: a VM process
+/// allowed to read them (init is out of the VM root's reach today) could change a lower layer
+/// under the overlay, an opaque folder removed. Looked at from the host, in a throw-away VM,
+/// whose init runs on without executing anything (a kept VM's init re-executes itself, which
+/// closes the descriptor anyway).
+#[test]
+fn init_holds_no_descriptor_of_the_hiding_layer() {
+    let feather = Feather::new("hiding-layer-fds");
+    let mut running = feather
+        .command()
+        .args(["run", "--rm", "--net", "none", "--", "sleep", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let vm = || -> Option<String> {
+        let listed: serde_json::Value =
+            serde_json::from_str(&feather.ok(&["ls", "--json"])).ok()?;
+        let vm = listed.as_array()?.first()?;
+        (vm["status"] == "running").then(|| vm["name"].as_str().unwrap_or_default().to_owned())
+    };
+    feather.eventually("the throw-away VM runs", || vm().is_some());
+    let pid = init_pid(&feather, &vm().unwrap());
+    // The layer holds a folder per overlay: `0` for the root one, which hides this very root.
+    let reached: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter(|fd| fd.path().join("0").is_dir())
+        .map(|fd| fd.path().display().to_string())
+        .collect();
+    let _ = running.kill();
+    let _ = running.wait();
+    assert!(
+        reached.is_empty(),
+        "init holds the hiding layer: {reached:?}"
+    );
 }
 
 #[test]
@@ -1274,4 +1404,274 @@ fn a_vms_shared_mounts_share_no_peer_group_with_the_host() {
         restored.is_disjoint(&host_now),
         "restored: {restored:?}, host: {host_now:?}"
     );
+}
+
+/// A process of VM `vm` that keeps the root of process `pid`'s mount namespace open as its
+/// descriptor 3 (`/proc/<pid>/root`, opened by the VM's root in init's namespace), running on
+/// after `pid` ends. Returns its pid, as the VM sees it: the descriptor is
+/// `/proc/<it>/fd/3` there.
+fn keep_root_of(feather: &Feather, vm: &str, pid: i64) -> i64 {
+    keep_open_in(feather, vm, pid, Path::new("/"))
+}
+
+/// [`keep_root_of`], for the folder `path` of that namespace (the mount there, as the
+/// namespace has it, rather than its root).
+fn keep_open_in(feather: &Feather, vm: &str, pid: i64, path: &Path) -> i64 {
+    let path = path.display();
+    feather.sh(
+        vm,
+        &format!(
+            "sh -c 'exec 3</proc/{pid}/root{path}; exec sleep 999' </dev/null >/dev/null 2>&1 & \
+             echo $! > /tmp/keeper-of-root"
+        ),
+    );
+    let holder: i64 = feather
+        .sh(vm, "cat /tmp/keeper-of-root")
+        .trim()
+        .parse()
+        .unwrap();
+    feather.eventually("the descriptor in the namespace is open", || {
+        feather.sh(vm, &format!("readlink /proc/{holder}/fd/3 || true")) == format!("{path}\n")
+    });
+    holder
+}
+
+/// Stops the unit `sleeper` of VM `vm` (see [`private_tmp_unit`]), whose main process is `pid`,
+/// and waits until that process is gone: the last process of its mount namespace.
+fn end_unit(feather: &Feather, vm: &str, pid: i64) {
+    feather.ok(&["service", "stop", vm, "sleeper"]);
+    feather.eventually("the unit's process has ended", || {
+        feather.sh(vm, &format!("test -e /proc/{pid} && echo on || echo gone")) == "gone\n"
+    });
+}
+
+/// When the last process of a mount namespace of a VM ends (a unit with `PrivateTmp=`), the
+/// kernel disconnects that namespace's mounts from one another (`umount_tree`: a namespace made
+/// in the VM's user namespace locks none of them), the hiding tmpfs among them; a descriptor
+/// kept on the namespace's root then walks into the folders beneath. The overlay itself hides
+/// them (an opaque empty folder in a lower layer above the host's tree): through the
+/// descriptor, a sibling VM's layer, the VM's own root and the registry of roots are empty
+/// folders. Before, the root process holding the descriptor read the sibling's marker.
+#[test]
+fn a_descriptor_kept_on_an_ended_namespaces_root_sees_no_state_root() {
+    let other = Feather::new("host-view-ended-ns-other");
+    vm_with_marker(&other);
+    let a = Feather::new("host-view-ended-ns");
+    start_host_vm(&a, "w");
+    let unit = private_tmp_unit(&a, "w");
+    let holder = keep_root_of(&a, "w", unit);
+    end_unit(&a, "w", unit);
+    let through = format!("/proc/{holder}/fd/3");
+    // The descriptor leads to the VM's tree still, now without the unit's mounts: its private
+    // /tmp is gone, and the host's /tmp (the overlay's) shows beneath.
+    let test_root = other.root.parent().unwrap().display().to_string();
+    let tree = a.sh(
+        "w",
+        &format!("ls -d {through}{test_root}; ls -A {through}/etc/hostname"),
+    );
+    assert_eq!(
+        tree,
+        format!("{through}{test_root}\n{through}/etc/hostname\n"),
+        "the descriptor reaches the VM's tree beneath the unit's mounts"
+    );
+    let look = format!(
+        "cat {through}{other}/vms/holder/upper/root/marker 2>&1; \
+         for d in {through}{other} {through}{own} {through}/var/lib/feather-roots; do \
+           if [ -d $d ]; then ls -A $d; else echo no $d; fi; done; echo end",
+        other = other.root.display(),
+        own = a.root.display()
+    );
+    let seen = a.sh("w", &look);
+    assert!(
+        seen.ends_with(": No such file or directory\nend\n") && seen.lines().count() == 2,
+        "the VM read state roots through the ended namespace's root:\n{seen}"
+    );
+}
+
+/// A folder made by a test on the host, removed when dropped.
+struct HostFolder(std::path::PathBuf);
+
+impl Drop for HostFolder {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// The host's `/run`, where it is no filesystem of its own (this host's), is in the VM's root
+/// overlay beneath the VM's own `/run`: through a descriptor kept on the root of an ended
+/// namespace (as above), the VM's root walked it (the default root's run folder, and every
+/// service's files: here a 0700 folder of root's the test makes). The hiding layer holds an
+/// empty opaque `run` (and `proc`, `sys`, `dev`) above the host's tree: nothing of it shows.
+#[test]
+fn a_descriptor_kept_on_an_ended_namespaces_root_sees_nothing_of_the_hosts_run() {
+    let secret =
+        HostFolder(Path::new("/run").join(format!("host-view-run-{}", std::process::id())));
+    fs::create_dir(&secret.0).unwrap();
+    fs::set_permissions(&secret.0, fs::Permissions::from_mode(0o700)).unwrap();
+    fs::write(secret.0.join("secret"), "the host's\n").unwrap();
+    let a = Feather::new("host-view-ended-ns-run");
+    start_host_vm(&a, "w");
+    let unit = private_tmp_unit(&a, "w");
+    let holder = keep_root_of(&a, "w", unit);
+    end_unit(&a, "w", unit);
+    let through = format!("/proc/{holder}/fd/3");
+    let seen = a.sh(
+        "w",
+        &format!(
+            "cat {through}{secret} 2>/dev/null; ls -A {through}/run; echo end",
+            secret = secret.0.join("secret").display()
+        ),
+    );
+    assert_eq!(
+        seen, "end\n",
+        "the host's /run through the ended namespace's root"
+    );
+}
+
+/// The folders above a hidden one are the hiding layer's, which the overlay shows with their
+/// own xattrs: they copy the host folder's (a default ACL, `user.*`), but overlayfs's own.
+/// Before, a VM saw none of them on the folders above a state root.
+#[test]
+fn the_folders_above_a_root_keep_their_xattrs_in_a_vm() {
+    let above =
+        HostFolder(Path::new("/var/tmp").join(format!("host-view-xattr-{}", std::process::id())));
+    fs::create_dir(&above.0).unwrap();
+    xattr::set(&above.0, "user.feather-test", b"above").unwrap();
+    let root = above.0.join("root");
+    fs::create_dir(&root).unwrap();
+    let a = Feather::at(root);
+    start_host_vm(&a, "w");
+    let script = format!(
+        "import os; print(os.getxattr({:?}, 'user.feather-test').decode())",
+        above.0.display().to_string()
+    );
+    let seen = a.ok(&["exec", "w", "--", "python3", "-c", &script]);
+    assert_eq!(seen, "above\n");
+    drop(a);
+}
+
+/// Through a descriptor kept on the root of an ended namespace (as above), the VM's root
+/// cannot remove or rename a hidden folder (the kernel refuses: it is a mount point in the
+/// namespace of the process asking, under the tmpfs), but it can rename the folder above it:
+/// overlayfs renames a folder of a lower layer only by copying what it shows
+/// (`redirect_dir=off`: EXDEV, and `mv` copies), and the copy holds the empty folder the
+/// overlay shows, nothing of the host's. Before, the copy held the sibling VM's layer and its
+/// marker. (The overlay's own answer to a removal and a new folder, where no mount is on the
+/// way, is `feather-sys` `hiding_layer::tests::…`.)
+#[test]
+fn renaming_the_folder_above_a_hidden_one_copies_nothing_of_the_hosts() {
+    let folder = crate::support::HostDir::new("host-view-hidden-moves");
+    fs::create_dir(folder.0.join("root")).unwrap();
+    let other = Feather::at(folder.0.join("root"));
+    vm_with_marker(&other);
+    let a = Feather::new("host-view-hidden-moves");
+    start_host_vm(&a, "w");
+    let unit = private_tmp_unit(&a, "w");
+    let holder = keep_root_of(&a, "w", unit);
+    end_unit(&a, "w", unit);
+    let through = format!("/proc/{holder}/fd/3");
+    let top = format!("{through}{}", folder.0.display());
+    let root = format!("{through}{}", other.root.display());
+    let marker = "vms/holder/upper/root/marker";
+    let script = format!(
+        "rmdir {root} 2>/dev/null || echo kept; mv {root} {top}/moved 2>/dev/null || echo stays; \
+         mv {top} {top}-moved 2>/dev/null; find {top}-moved | sort; \
+         cat {top}-moved/root/{marker} {root}/{marker} 2>/dev/null; echo end"
+    );
+    assert_eq!(
+        a.sh("w", &script),
+        format!("kept\nstays\n{top}-moved\n{top}-moved/root\nend\n"),
+        "what the VM saw of the host's folder while it moved it"
+    );
+    // In init's namespace, where the tmpfs hides it, and once more in a namespace made now.
+    let look = format!(
+        "ls -A {0} 2>/dev/null; cat {0}/{marker} 2>/dev/null; echo end",
+        other.root.display()
+    );
+    assert_eq!(a.sh("w", &look), "end\n");
+    let unit = private_tmp_unit(&a, "w");
+    assert_eq!(a.sh("w", &seen_by(unit, &other.root)), "end\n");
+    assert!(other.vm_dir("holder").join("upper/root/marker").exists());
+}
+
+/// A process of a VM whose working folder lies in a folder that becomes a state root while the
+/// VM is checkpointed: CRIU gives it its working folder again by path, before the restoring
+/// keeper mounts any tmpfs, and the overlay it walks then hides every root registered by the
+/// restore's time itself. Before, the restored process read the new root's VM's marker through
+/// its working folder. (While a VM runs, a working folder in a root registered since makes the
+/// checkpoint fail: CRIU finds no path to it beneath the tmpfs.)
+#[test]
+fn a_restored_working_folder_in_a_root_registered_meanwhile_shows_nothing_of_it() {
+    let folder = crate::support::HostDir::new("host-view-restored-cwd");
+    let guessed = folder.0.join("root");
+    fs::create_dir(&guessed).unwrap();
+    // The mode a state root gets: CRIU refuses a working folder whose mode changed.
+    fs::set_permissions(&guessed, fs::Permissions::from_mode(0o700)).unwrap();
+    let a = Feather::new("host-view-restored-cwd");
+    start_host_vm(&a, "w");
+    a.sh(
+        "w",
+        &format!(
+            "cd {} && sleep 1000 </dev/null >/dev/null 2>&1 & echo $! > /tmp/in-root",
+            guessed.display()
+        ),
+    );
+    let pid = a.sh("w", "cat /tmp/in-root").trim().to_owned();
+    a.ok(&["checkpoint", "w"]);
+    let late = Feather::at(guessed.clone());
+    vm_with_marker(&late);
+    a.ok(&["restore", "w"]);
+    let look = format!(
+        "readlink /proc/{pid}/cwd; ls -A /proc/{pid}/cwd; \
+         cat /proc/{pid}/cwd/vms/holder/upper/root/marker 2>/dev/null; echo end"
+    );
+    assert_eq!(
+        a.sh("w", &look),
+        format!("{}\nend\n", guessed.display()),
+        "the restored process's working folder shows the root registered meanwhile"
+    );
+}
+
+/// A state root on a filesystem of its own under the base (here a tmpfs under the host's `/`)
+/// lies in the VM's layer of that filesystem, not in its root layer: that overlay gets its part
+/// of the hiding layer, before a checkpoint and after the restore, and a descriptor kept on an
+/// ended namespace's root finds the root empty there too. Without it, the descriptor read the
+/// sibling VM's marker.
+#[test]
+fn a_root_on_a_filesystem_of_its_own_is_hidden_by_that_filesystems_layer() {
+    // Outside /tmp, which a unit with `PrivateTmp=` sees a tmpfs of its own at.
+    let filesystem = SharedTmpfs::new(std::path::PathBuf::from(format!(
+        "/srv/feather-test-fs-{}",
+        std::process::id()
+    )));
+    fs::create_dir(filesystem.0.join("root")).unwrap();
+    let other = Feather::at(filesystem.0.join("root"));
+    vm_with_marker(&other);
+    let a = Feather::new("host-view-root-on-own-fs");
+    start_host_vm(&a, "w");
+    let layered = a.sh(
+        "w",
+        &format!(
+            "awk '$5 == \"{}\" {{ print $9 }}' /proc/self/mountinfo",
+            filesystem.0.display()
+        ),
+    );
+    assert_eq!(layered, "overlay\n", "the tmpfs has a layer of its own");
+    for round in ["started", "restored"] {
+        if round == "restored" {
+            a.ok(&["checkpoint", "w"]);
+            a.ok(&["restore", "w"]);
+        }
+        // A descriptor on the filesystem's overlay in the unit's namespace: once that ended,
+        // the tmpfs on the root in it is disconnected.
+        let unit = private_tmp_unit(&a, "w");
+        let holder = keep_open_in(&a, "w", unit, &filesystem.0);
+        end_unit(&a, "w", unit);
+        let look = format!(
+            "cat {0}/vms/holder/upper/root/marker 2>/dev/null; ls -A {0}; echo end",
+            format_args!("/proc/{holder}/fd/3/root")
+        );
+        assert_eq!(a.sh("w", &look), "end\n", "{round}");
+        a.sh("w", &format!("kill {holder}"));
+    }
 }

@@ -18,12 +18,19 @@ use crate::error::{io_at, MigrateError, Result};
 /// mount point) are made empty on import; locks and logs stay behind.
 const MEMBERS: [&str; 5] = ["config.toml", "state.json", "upper", "mounts", "checkpoint"];
 
-const TAR_OPTIONS: [&str; 5] = [
+/// The extended attributes kept are the layers' (`trusted.overlay.*` whiteouts and opaque
+/// folders, ACLs, file capabilities, user attributes), but not overlayfs's redirects and
+/// metacopy marks: feather's layers have none (its overlays make neither), and in an archive
+/// from elsewhere one would name a folder or file of the receiving host's tree to show in
+/// its place (the overlays follow none either: `feather_sys::mount::overlay`).
+const TAR_OPTIONS: [&str; 7] = [
     "--numeric-owner",
     "--xattrs",
     "--xattrs-include=trusted.*",
     "--xattrs-include=user.*",
     "--xattrs-include=security.*",
+    "--xattrs-exclude=trusted.overlay.redirect",
+    "--xattrs-exclude=trusted.overlay.metacopy",
 ];
 
 /// Where a VM with a disk image (`create --disk` without project quotas) keeps its layers: the

@@ -39,6 +39,7 @@ pub mod netlink;
 pub mod nftables;
 pub mod pool;
 pub mod publish;
+pub mod removed_roots;
 pub mod settings;
 pub mod subnet;
 pub mod uplink;
@@ -89,6 +90,10 @@ pub fn allocate(
     config.validate()?;
     publish::check_free(&config.publish)?;
     if config.mode == NetMode::Private {
+        if RootNetwork::load(root_dir)?.is_none() {
+            // Before the root chooses its subnet: a removed root's may be free again.
+            removed_roots::remove_networks();
+        }
         let (network, _lock) = RootNetwork::load_or_choose_locked(root_dir)?;
         // A throw-away VM that needs nothing more of the host side takes a namespace made
         // ahead (pool.rs), with its address and firewall entries.

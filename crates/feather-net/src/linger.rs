@@ -43,8 +43,9 @@
 //!   command, the lock's file in place. Nor does a command wait for the removal lock past
 //!   [`REMOVAL_PATIENCE`]: a holder that does not go on (stopped by a signal) holds up every
 //!   command of the root that long at most.
-//! - A root's folder removed by hand while its network lingers leaves the network (nothing on
-//!   disk says it was that root's any more): take it down first (`feather network down`).
+//! - A root's folder removed by hand while its network lingers leaves the network, which only
+//!   its host-wide claim ties to the root: removed_roots.rs removes it later. Take it down
+//!   first (`feather network down`).
 
 use std::fs::{self, File};
 use std::os::unix::fs::MetadataExt;

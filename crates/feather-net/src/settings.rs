@@ -124,12 +124,7 @@ impl RootNetwork {
         let Ok(_claims) = claims_lock() else { return };
         let _ = fs::remove_dir(&leases);
         let _ = fs::remove_file(Self::settings_path(&self.root));
-        let claim = Path::new(CLAIMS).join(&self.bridge);
-        if let Ok(text) = fs::read_to_string(&claim) {
-            if toml::from_str::<Claim>(&text).is_ok_and(|c| c.root == self.root) {
-                let _ = fs::remove_file(claim);
-            }
-        }
+        self.release_claim();
     }
 
     fn choose(root: &Path) -> Result<RootNetwork> {
@@ -248,6 +243,17 @@ impl RootNetwork {
         Ok(())
     }
 
+    /// Removes this root's host-wide claim, if it is still this root's. Call with the claims
+    /// lock held ([`networks_of_removed_roots`]).
+    pub(crate) fn release_claim(&self) {
+        let claim = Path::new(CLAIMS).join(&self.bridge);
+        if let Ok(text) = fs::read_to_string(&claim) {
+            if toml::from_str::<Claim>(&text).is_ok_and(|c| c.root == self.root) {
+                let _ = fs::remove_file(claim);
+            }
+        }
+    }
+
     /// The nftables tables (one `inet`, one `bridge`) holding this root's policy.
     pub fn table(&self) -> String {
         if self.bridge.starts_with("feather") {
@@ -326,14 +332,54 @@ fn holder(root: &Path, bridge: &str, subnet: Option<&Subnet>) -> Option<String> 
             continue;
         }
         let clashes = claim.bridge == bridge || subnet.is_some_and(|s| claim.subnet.overlaps(s));
-        if !claim.is_live() {
-            // Its root was deleted or re-chosen: the claim is stale.
+        if claim.is_live() {
+            if clashes {
+                return Some(format!("state root {}", claim.root.display()));
+            }
+        } else if crate::netlink::index_of(&claim.bridge).is_some() {
+            // Its root was removed with the bridge still up: the claim says whose leftover the
+            // bridge is until it is removed (removed_roots.rs), and nothing takes the bridge
+            // or its subnet (its tables hold the removed root's entries) until then.
+            if clashes {
+                return Some(format!(
+                    "the removed state root {} (its bridge {} stays while a port is on it)",
+                    claim.root.display(),
+                    claim.bridge
+                ));
+            }
+        } else {
+            // Its root was deleted or re-chosen, its bridge gone: the claim is stale.
             let _ = fs::remove_file(entry.path());
-        } else if clashes {
-            return Some(format!("state root {}", claim.root.display()));
         }
     }
     None
+}
+
+/// The networks of state roots whose folder is gone (removed by hand, its network not taken
+/// down first) and whose bridge is still up, as their claims record them; with the claims lock,
+/// which the caller holds while it removes them ([`RootNetwork::release_claim`]).
+pub(crate) fn networks_of_removed_roots() -> Result<(Vec<RootNetwork>, File)> {
+    let lock = claims_lock()?;
+    let mut networks = Vec::new();
+    for entry in fs::read_dir(CLAIMS).at(CLAIMS)?.flatten() {
+        let Some(claim) = fs::read_to_string(entry.path())
+            .ok()
+            .and_then(|text| toml::from_str::<Claim>(&text).ok())
+        else {
+            continue;
+        };
+        let removed = fs::symlink_metadata(&claim.root)
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
+        if removed && crate::netlink::index_of(&claim.bridge).is_some() {
+            networks.push(RootNetwork {
+                bridge: claim.bridge,
+                subnet: claim.subnet,
+                uplink: None,
+                root: claim.root,
+            });
+        }
+    }
+    Ok((networks, lock))
 }
 
 /// `feather-n<N>` for the N-th /24 of the pool: short enough for an interface name.

@@ -346,19 +346,36 @@ pub fn remove_host_layer(dir: &Path) {
 }
 
 /// `org.feather.base=host`, in the init: the overlay of the host's `/` with the layer `create`
-/// made ([`host_layer`]).
+/// made ([`host_layer`]). Above the host's tree, a hiding layer (`feather_sys::hiding_layer`)
+/// shows each of the host's state folders `hidden` as an empty folder, whatever mount the
+/// container's processes come through (as in a feather VM: docs/security.md, row 21); the
+/// tmpfs of [`hide_state_roots`] go over them as well. The layer lives only as long as this
+/// init's descriptor and then the overlay hold it.
 fn host_root(dir: &Path, hidden: &[PathBuf]) -> Result<PathBuf> {
     let rootfs = dir.join("rootfs");
     let layer = dir.join(HOST_LAYER);
     fs::create_dir_all(&rootfs).with_context(|| format!("create {}", rootfs.display()))?;
+    let base = Path::new("/");
+    let folders: Vec<PathBuf> = hidden
+        .iter()
+        .filter_map(|folder| folder.strip_prefix(base).ok())
+        .map(Path::to_path_buf)
+        .collect();
+    let hiding =
+        feather_sys::hiding_layer::HidingLayer::build(&[(base, folders)]).map_err(|e| {
+            anyhow::anyhow!("org.feather.base=host: the layer hiding the state roots: {e}")
+        })?;
+    let mask = hiding.as_ref().and_then(|layer| layer.lower(0));
+    let lowers: Vec<&Path> = mask.iter().map(PathBuf::as_path).chain([base]).collect();
     feather_sys::mount::overlay(
-        Path::new("/"),
+        &lowers,
         &layer.join("upper"),
         &layer.join("work"),
         &rootfs,
         feather_sys::mount::LayerSync::Volatile,
     )
     .map_err(|e| anyhow::anyhow!("org.feather.base=host: {e}"))?;
+    drop(hiding);
     hide_state_roots(&rootfs, hidden)?;
     Ok(rootfs)
 }

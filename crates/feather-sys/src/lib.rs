@@ -10,6 +10,7 @@ pub mod creds;
 pub mod fdpass;
 pub mod flush;
 pub mod fnv;
+pub mod hiding_layer;
 pub mod io;
 pub mod kernel;
 pub mod memory;

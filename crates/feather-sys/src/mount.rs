@@ -39,28 +39,43 @@ pub enum LayerSync {
     Volatile,
 }
 
-/// Mounts an overlay of `lower` (read-only) and `upper` (where writes go) at `target`.
-/// `nodev`: a device node written into the layer can never be opened, so a VM cannot reach a
-/// raw disk by creating one.
+/// Mounts an overlay of `lowers` (read-only, the uppermost first: a
+/// [`crate::hiding_layer::HidingLayer`] above the tree shown) and `upper` (where writes go) at
+/// `target`. `nodev`: a device node written into the layer can never be opened, so a VM cannot
+/// reach a raw disk by creating one.
 pub fn overlay(
-    lower: &Path,
+    lowers: &[&Path],
     upper: &Path,
     work: &Path,
     target: &Path,
     sync: LayerSync,
 ) -> Result<()> {
-    // redirect_dir, metacopy and index off: every change is a plain file, directory or
-    // whiteout in the upper layer, which `diff` and `commit` read directly; xino off keeps
-    // inode numbers those of the layers. No option changes what reading through the overlay
-    // costs (measured: docs/design.md, "The overlay's cost per file").
+    // No redirects, metacopy or index: every change is a plain file, directory or whiteout in
+    // the upper layer, which `diff` and `commit` read directly; xino off keeps inode numbers
+    // those of the layers. No option changes what reading through the overlay costs
+    // (measured: docs/design.md, "The overlay's cost per file"). Redirects are `nofollow`,
+    // not `off`: the kernel follows them with `off` too (`redirect_always_follow`), and a
+    // layer from elsewhere (an imported archive, a migration's sender) could carry one naming
+    // any folder of the lower tree, a hidden state root included.
+    let lowers: Vec<String> = lowers.iter().map(|lower| escape_option(lower)).collect();
     let mut options = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=off,metacopy=off,index=off,xino=off",
-        escape_option(lower),
+        "lowerdir={},upperdir={},workdir={},redirect_dir=nofollow,metacopy=off,index=off,xino=off",
+        lowers.join(":"),
         escape_option(upper),
         escape_option(work)
     );
     if sync == LayerSync::Volatile {
         options.push_str(",volatile");
+    }
+    // A hiding layer above the tree (a tmpfs) makes the overlay one of two filesystems, where
+    // `xino=off` would show folders with inode numbers of the overlay's own (new at every
+    // mount) and the lower's files with another `st_dev` than their folder's: `xino=auto` (the
+    // later option wins) maps every layer's numbers into one space, those of the upper's
+    // filesystem unchanged, all under the overlay's `st_dev`, as when all layers are on one
+    // filesystem. A lower layer cannot be on the upper's filesystem instead: the kernel refuses
+    // a lower layer beneath another (`/`), "overlapping lowerdir path".
+    if lowers.len() > 1 {
+        options.push_str(",xino=auto");
     }
     mount(
         Some("feather"),
@@ -396,6 +411,9 @@ pub fn detached_lower_overlay(lowers: &[&Path]) -> Result<OwnedFd> {
         raw::fsconfig_string(context.as_fd(), c"lowerdir+", &value)
             .ctx("fsconfig lowerdir+", lower.display())?;
     }
+    // As in [`overlay`]: a redirect in a layer (an image's) leads nowhere.
+    raw::fsconfig_string(context.as_fd(), c"redirect_dir", c"nofollow")
+        .ctx("fsconfig redirect_dir", "nofollow")?;
     raw::fsmount_readonly(context.as_fd()).ctx("fsmount", "overlay of lower layers")
 }
 
@@ -587,7 +605,14 @@ mod tree_tests {
             (answer, before == state())
         };
         let fresh = probe(&upper);
-        super::overlay(&lower, &upper, &work, &merged, super::LayerSync::Durable).unwrap();
+        super::overlay(
+            &[lower.as_path()],
+            &upper,
+            &work,
+            &merged,
+            super::LayerSync::Durable,
+        )
+        .unwrap();
         std::fs::write(merged.join("marker"), "harmless").unwrap();
         let held = std::fs::File::open(merged.join("marker")).unwrap();
         let mounted = probe(&upper);

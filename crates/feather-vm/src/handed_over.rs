@@ -698,7 +698,7 @@ mod tests {
             std::fs::create_dir_all(folder).unwrap();
         }
         feather_sys::mount::overlay(
-            &lower,
+            &[lower.as_path()],
             &upper,
             &work,
             &merged,

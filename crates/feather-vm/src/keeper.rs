@@ -284,6 +284,16 @@ impl Keeper {
         let hidden = hiding::state_folders(root);
         let mut tree = layers::for_start_in(root, vm, &config, memory_layer, &hidden)?;
         let memory_layer = tree.memory_layer.take();
+        // Held until init, a fork of this process, has its copy (see `layers::hiding_layer`).
+        let hiding_layer =
+            match layers::hiding_layer(&name, &mut tree.layers, &config.base, &hidden) {
+                Ok(layer) => layer,
+                Err(e) => {
+                    network.detach();
+                    remove_leftovers(vm, &config);
+                    return Err(e);
+                }
+            };
         let plan = InitPlan {
             rootfs: RootfsPlan {
                 hostname: name.to_string(),
@@ -291,6 +301,7 @@ impl Keeper {
                 rootfs: vm.rootfs(),
                 layers: tree.layers,
                 memory_layer_fd: memory_layer.as_ref().map(|layer| layer.recorded.fd),
+                hiding_layer_fd: hiding_layer.as_ref().map(|layer| layer.fd.as_raw_fd()),
                 read_only: tree.read_only,
                 hidden: hidden.clone(),
                 network: inside,
@@ -367,6 +378,8 @@ impl Keeper {
             let listener = listen(vm)?;
             Ok((started, listener))
         });
+        // Init has its copy, and closes it once its overlays hold the layer.
+        drop(hiding_layer);
         let ((init, init_waits, record), listener) = match booted {
             Ok(parts) => parts,
             Err(e) => {
@@ -1397,7 +1410,7 @@ fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName, root: &StateRo
     // Which root's VM the group is, should its folder go without it (see `Cgroup::tag_root`).
     // Bookkeeping only: where `trusted.*` cannot be written (feather without CAP_SYS_ADMIN in
     // the host's user namespace, inside a container, say) the VM starts all the same, and its
-    // group is simply never swept by root (`remove_groups_of_removed_roots`), as an older
+    // group is simply never swept by root (`sweep_removed_roots`), as an older
     // feather's. Said once on stderr (the keeper's log): nothing on the normal path.
     if let Err(e) = cgroup.tag_root(root.dir()) {
         eprintln!(
@@ -1495,17 +1508,18 @@ pub fn remove_group_of_id(id: &str, vm: &VmName) {
     );
 }
 
-/// How often, at most, [`remove_groups_of_removed_roots`] looks at the VM groups of the host:
+/// How often, at most, [`sweep_removed_roots`] looks at the VM groups of the host:
 /// each look reads every group's tag: among 1047 VM groups, an `rm` of a created VM took
 /// 4.9 ms of CPU (5.4–7.5 ms of wall time) with a look each time and 1.3 ms (1.7 ms) without,
 /// release build. The groups it removes wait a minute anyway ([`SWEEP_SPARES_GROUPS_FOR`]).
 pub const SWEEP_EVERY: Duration = Duration::from_secs(60);
 
-/// How young a group [`remove_groups_of_removed_roots`] leaves alone, whatever its root: the
+/// How young a group [`sweep_removed_roots`] leaves alone, whatever its root: the
 /// rule `StateRoot::sweep_incomplete` holds to for a VM folder being made.
 pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
 
-/// Removes the VM groups whose state root's folder is gone and that hold no process: left by a
+/// Removes what state roots whose folder is gone left on the host: their networks
+/// ([`feather_net::removed_roots`]), and the VM groups that hold no process, left by a
 /// VM whose keeper died and whose root was removed before anything cleaned up after it (its
 /// folder, the group's only other record, went with the root). Only a group tagged with its
 /// root ([`Cgroup::tag_root`]) is looked at, and one with a process in it is left alone (its
@@ -1521,7 +1535,7 @@ pub const SWEEP_SPARES_GROUPS_FOR: Duration = Duration::from_secs(60);
 /// an empty group that is never touched. Run by `rm` and the crash clean-up, off every
 /// start's path, at most once every [`SWEEP_EVERY`] on the host (see
 /// `Registry::claim_sweep`): a group so left goes at the first of them once it is due.
-pub fn remove_groups_of_removed_roots() {
+pub fn sweep_removed_roots() {
     // A stamp that cannot be made (the registry's folder read-only) leaves every call to sweep,
     // as before there was one: slower, never wrong.
     let _sweeping = match feather_core::roots::Registry::host().claim_sweep(SWEEP_EVERY) {
@@ -1529,6 +1543,7 @@ pub fn remove_groups_of_removed_roots() {
         Ok(Some(stamp)) => Some(stamp),
         Err(_) => None,
     };
+    feather_net::removed_roots::remove_networks();
     let hierarchies = Hierarchies::detect();
     let mut seen: Vec<(PathBuf, bool)> = Vec::new();
     for (group, root) in feather_sys::cgroup::groups_with_roots(&hierarchies, "feather") {
@@ -1624,9 +1639,11 @@ fn start_init(
                 }
             }
             drop(stdio);
-            // The layer in memory, until the recipe has mounted it (rootfs::assemble).
+            // The layer in memory and the hiding layer, until the recipe has mounted them
+            // (rootfs::assemble).
             let keep: Vec<std::os::fd::RawFd> = std::iter::once(theirs.as_raw_fd())
                 .chain(plan.rootfs.memory_layer_fd)
+                .chain(plan.rootfs.hiding_layer_fd)
                 .collect();
             process::close_other_fds(&keep);
             init::run(plan, theirs)

@@ -10,6 +10,8 @@ use feather_core::error::IoContext;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName};
 use feather_sys::mountinfo::{self, is_api_filesystem};
 
+use feather_sys::hiding_layer::HidingLayer;
+
 use crate::error::{InVm, Result};
 use crate::read_only;
 
@@ -25,6 +27,9 @@ pub struct Layer {
     pub lower: PathBuf,
     pub upper: PathBuf,
     pub work: PathBuf,
+    /// The part of the VM's [`HidingLayer`] above `lower`, where a host folder hidden from VMs
+    /// lies in it (see [`hiding_layer`]): the overlay shows such folders empty by itself.
+    pub hiding: Option<PathBuf>,
 }
 
 /// Where a VM's layer folders are: its own folder (`upper/`, `work/`, `mounts/`), or for a VM
@@ -135,6 +140,7 @@ impl Layer {
             lower: config.base.clone(),
             upper: home.upper.clone(),
             work: home.work.clone(),
+            hiding: None,
         }
     }
 
@@ -148,8 +154,18 @@ impl Layer {
             lower: config.base.join(relative(&mount_point)),
             upper: dir.join("upper"),
             work: dir.join("work"),
+            hiding: None,
             mount_point,
         }
+    }
+
+    /// The overlay's lower layers, the uppermost first.
+    pub fn lowers(&self) -> Vec<&Path> {
+        self.hiding
+            .iter()
+            .chain([&self.lower])
+            .map(PathBuf::as_path)
+            .collect()
     }
 
     /// The host path beneath `path`, a path relative to this layer's mount point.
@@ -161,6 +177,67 @@ impl Layer {
     pub fn vm_path(&self, path: &Path) -> PathBuf {
         self.mount_point.join(path)
     }
+}
+
+/// The hiding layer of a VM whose overlays are `layers` (the root layer first), over `base`:
+/// each of the host's `hidden` folders the VM sees goes into the layer of the deepest overlay
+/// it lies in, and each overlay with one gets its part as its topmost lower layer
+/// ([`Layer::hiding`]). None when the VM sees none of them (a base that holds no state root).
+///
+/// Made where the VM's overlays are mounted (by the keeper before init's clone, by the
+/// restoring keeper before its child's fork), held by the maker's descriptor until the overlays
+/// are mounted, then by them alone: it is in no mount table and on no disk, reachable by no
+/// path, and goes with the VM's last overlay, whatever dies when. No VM process ever holds its
+/// descriptor (init closes it before anything of the VM's runs). overlayfs never writes a
+/// lower layer, and mounts private read-only clones of them.
+///
+/// A lower layer must not change under a mounted overlay: a root registered while the VM runs
+/// is hidden by a mount only (`hiding::in_running_vms`), until the VM's next start or restore.
+pub fn hiding_layer(
+    name: &VmName,
+    layers: &mut [Layer],
+    base: &Path,
+    hidden: &[PathBuf],
+) -> Result<Option<HidingLayer>> {
+    let mut folders: Vec<Vec<PathBuf>> = vec![Vec::new(); layers.len()];
+    for folder in hidden {
+        let Some(rel) = crate::hiding::inside(base, folder) else {
+            continue;
+        };
+        let vm_path = Path::new("/").join(&rel);
+        let deepest = layers
+            .iter()
+            .enumerate()
+            .filter(|(_, layer)| vm_path.starts_with(&layer.mount_point))
+            .filter(|(_, layer)| vm_path != layer.mount_point)
+            .max_by_key(|(_, layer)| layer.mount_point.components().count());
+        if let Some((i, layer)) = deepest {
+            if let Ok(in_layer) = vm_path.strip_prefix(&layer.mount_point) {
+                folders[i].push(in_layer.to_path_buf());
+            }
+        }
+    }
+    // Over the host's tree, the host's own /run, /proc, /sys and /dev too (where not a
+    // filesystem of their own, the root filesystem's folders, /run with the default root's run
+    // folder and whatever services keep there): the VM's own mounts go over them, but a
+    // descriptor kept on the root of a namespace that ended walks beneath those mounts.
+    if base == Path::new("/") {
+        if let Some(root_layer) = folders.first_mut() {
+            root_layer.extend(crate::hiding::MOUNT_POINTS.iter().map(PathBuf::from));
+        }
+    }
+    let lowers: Vec<(&Path, Vec<PathBuf>)> = layers
+        .iter()
+        .zip(folders)
+        .map(|(layer, folders)| (layer.lower.as_path(), folders))
+        .collect();
+    let built = HidingLayer::build(&lowers).in_vm(name)?;
+    if let Some(built) = &built {
+        for (i, layer) in layers.iter_mut().enumerate() {
+            layer.hiding = built.lower(i);
+        }
+    }
+    Ok(built)
 }
 
 /// What a VM starting now is made of besides its root layer, given what is mounted under its
@@ -176,14 +253,9 @@ pub struct ForStart {
     pub memory_layer: Option<MemoryLayer>,
 }
 
-/// The layers and read-only binds a VM starting now needs. The layers' folders are created.
-pub fn for_start(root: &StateRoot, vm: &VmDir, config: &VmConfig) -> Result<ForStart> {
-    let hidden = crate::hiding::state_folders(root);
-    for_start_in(root, vm, config, MemoryLayer::for_vm(config)?, &hidden)
-}
-
-/// [`for_start`] with the VM's layer in memory made already (by [`MemoryLayer::for_vm`]) and
-/// the host's state folders looked up already (`hiding::state_folders`).
+/// The layers and read-only binds a VM starting (or restored) now needs, given its layer in
+/// memory made already (by [`MemoryLayer::for_vm`]) and the host's state folders
+/// (`hiding::state_folders`). The layers' folders are created.
 pub fn for_start_in(
     root: &StateRoot,
     vm: &VmDir,

@@ -365,7 +365,7 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped>
         // that died before it recorded the stop (killed, say, while the VM's processes had their
         // grace) left the VM reading crashed and its cgroup, network and run folder in place:
         // cleaned up here, as a stop of a crashed VM does, rather than called stopped.
-        Err(_) if !vm.keeper_alive()? => {
+        Err(_) if keeper_ends_within(&vm, KEEPER_EXIT_PATIENCE)? => {
             let state = vm.read_state()?;
             if state.status == VmStatus::Crashed {
                 recover(&vm)?;
@@ -385,12 +385,29 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped>
     }
 }
 
+/// How long a command whose keeper closed the control socket without an answer waits for the
+/// keeper's lock to go: an exiting process's descriptors are closed one after another, and its
+/// lock's may be closed after its socket's (under load, up to tens of milliseconds later).
+const KEEPER_EXIT_PATIENCE: Duration = Duration::from_secs(2);
+
+/// Whether the VM's keeper is gone, or goes within `patience`.
+fn keeper_ends_within(vm: &VmDir, patience: Duration) -> Result<bool> {
+    let deadline = std::time::Instant::now() + patience;
+    while vm.keeper_alive()? {
+        if std::time::Instant::now() >= deadline {
+            return Ok(false);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Ok(true)
+}
+
 /// Cleans up after a keeper that died without doing so itself, and records it. Loses no data:
 /// the VM's layer is untouched.
 pub fn recover(vm: &VmDir) -> Result<()> {
     let config = vm.read_config()?;
     keeper::remove_leftovers(vm, &config);
-    keeper::remove_groups_of_removed_roots();
+    keeper::sweep_removed_roots();
     // What its keeper's stop would have ended, now that none of its processes is left: the
     // other VMs' holds on files it handed over to them.
     if let Some(root) = vm.root() {
@@ -562,7 +579,7 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     }
     let config = vm.read_config()?;
     keeper::remove_leftovers(&vm, &config);
-    keeper::remove_groups_of_removed_roots();
+    keeper::sweep_removed_roots();
     // A VM whose keeper died before its stop ended what others hold of files it handed over
     // (a crashed VM's clean-up is the lines above): ended now, as its stop would have.
     for said in crate::handed_over::end_holders(root, &vm).said {

@@ -32,6 +32,10 @@ pub struct RootfsPlan {
     /// before anything of the VM's runs, so that nothing in the VM can reach its layer from
     /// below through init's descriptors.
     pub memory_layer_fd: Option<std::os::fd::RawFd>,
+    /// The descriptor of the VM's hiding layer (`layers::hiding_layer`), which init has a copy
+    /// of: the layers' [`Layer::hiding`] folders are `/proc/self/fd/<it>/…`. Init closes it once
+    /// the overlays are mounted (they hold the layer then), before anything of the VM's runs.
+    pub hiding_layer_fd: Option<std::os::fd::RawFd>,
     /// Volatile for a throw-away VM, whose layers go with it.
     pub sync: LayerSync,
     /// Host paths that must not be visible inside the VM: feather's state and run folders,
@@ -107,12 +111,16 @@ const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
 pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
     // 1. Mounts made from here on stay in this namespace, and the host's later mounts stay out.
     mount::make_all_private()?;
-    // 2. The copy-on-write view of the base: lower = the base, upper = the VM's layer.
+    // 2. The copy-on-write view of the base: lower = the base, upper = the VM's layer. Above
+    //    the base, the VM's hiding layer: an empty opaque folder at each state folder of the
+    //    host (see step 4), so the overlay itself shows them empty, in every mount namespace
+    //    of the VM and to a descriptor that outlives one (whose mounts the kernel then
+    //    disconnects, the tmpfs of step 4 among them).
     let root = &plan.rootfs;
     let [first, others @ ..] = plan.layers.as_slice() else {
         unreachable!("a VM has a root layer")
     };
-    mount::overlay(&first.lower, &first.upper, &first.work, root, plan.sync)?;
+    mount::overlay(&first.lowers(), &first.upper, &first.work, root, plan.sync)?;
     //    Every later mount point is a name in this tree, which the VM's layer controls (a link
     //    `proc -> /x` left there by an earlier run). Each is opened beneath the tree without
     //    following a link, checked to be a folder, and mounted on what was opened.
@@ -134,9 +142,18 @@ pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
             None => bind_read_only(&plan.base, root, vm_path)?,
         }
     }
+    //    The overlays hold the hiding layer now: nothing of the VM's may reach it through
+    //    init's descriptors.
+    if let Some(fd) = plan.hiding_layer_fd {
+        let _ = nix::unistd::close(fd);
+    }
     // 4. feather's state (every VM's layer, the control sockets) of every state root of the
     //    host, and the registry of them, are replaced by an empty read-only folder: a VM sees
     //    neither its own layer from below nor any other VM's, of its root or of any other.
+    //    The overlays hide them already (step 2); the tmpfs makes them read-only, and hides
+    //    them in every namespace of the VM also where a layer does not (a `--ro` path, whose
+    //    bind is of the base's own files) and once the overlays are mounted (a root registered
+    //    later is hidden the same way: `hiding`).
     //    The folders are found beneath the VM's root without following links (a link in the
     //    VM's layer cannot steer the mount), and the tmpfs is mounted on what was opened.
     hide_state_folders(plan)?;
@@ -308,7 +325,7 @@ pub(crate) fn at_vm_path(vm_path: &Path) -> impl FnOnce(SysError) -> SysError + 
 fn mount_submount_layer(tree: &fs::File, layer: &Layer, sync: LayerSync) -> Result<()> {
     match open_mount_point(tree, &layer.mount_point)? {
         MountPoint::Folder(point) => mount::overlay(
-            &layer.lower,
+            &layer.lowers(),
             &layer.upper,
             &layer.work,
             &by_descriptor(&point),

@@ -506,7 +506,11 @@ pub(crate) fn restore_tree(
     // `feather restore` (or `serve`) checked it before starting this keeper.
     let criu = Criu::located_by_starter().in_vm(name)?;
     let images = vm.checkpoint_dir();
-    let top = layers::for_start(root, vm, config)?.layers.swap_remove(0);
+    let state_folders = crate::hiding::state_folders(root);
+    let memory_layer = layers::MemoryLayer::for_vm(config)?;
+    let mut top = layers::for_start_in(root, vm, config, memory_layer, &state_folders)?
+        .layers
+        .swap_remove(0);
     let rootfs = vm.rootfs();
     // Checked before anything is derived from it: host folders are, from its names.
     let external = images::read_layers(&images, name, images::Reading::Restore)?;
@@ -519,7 +523,7 @@ pub(crate) fn restore_tree(
     let services = services_folders(vm, cgroup, &hierarchies, !cgroup_top.is_empty())?;
     let (generated, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.generated);
-    let others: Vec<(layers::Layer, PathBuf)> = external
+    let mut others: Vec<(layers::Layer, PathBuf)> = external
         .iter()
         .map(|l| {
             let mut layer = layers::Layer::submount(vm, config, l.mount_point.clone());
@@ -537,6 +541,23 @@ pub(crate) fn restore_tree(
             fs::create_dir_all(&layer.lower).at(&layer.lower)?;
         }
     }
+    // The overlays hide every state root registered by now by themselves, before CRIU reopens
+    // anything of the VM's: a descriptor or working folder a restored process had in a folder
+    // that is a state root now is reopened as the empty folder the overlay shows there (the
+    // tmpfs of the hiding come only after CRIU, `Keeper::restore`). Held until the child has
+    // mounted the overlays; CRIU, which it becomes, does not get its descriptor.
+    let hiding = {
+        let mut all: Vec<layers::Layer> = std::iter::once(top.clone())
+            .chain(others.iter().map(|(layer, _)| layer.clone()))
+            .collect();
+        let hiding = layers::hiding_layer(name, &mut all, &config.base, &state_folders)?;
+        let mut masked = all.into_iter();
+        top.hiding = masked.next().and_then(|layer| layer.hiding);
+        for ((layer, _), with) in others.iter_mut().zip(masked) {
+            layer.hiding = with.hiding;
+        }
+        hiding
+    };
     let mut mapping: Vec<(String, PathBuf)> = external
         .iter()
         .zip(&others)
@@ -601,7 +622,7 @@ pub(crate) fn restore_tree(
                 unshare(CloneFlags::CLONE_NEWNS)
                     .map_err(|e| io(name, "unshare mounts")(e.into()))?;
                 mount::make_all_private().in_vm(name)?;
-                mount::overlay(&top.lower, &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
+                mount::overlay(&top.lowers(), &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
                 let tree = rootfs::open_tree(&rootfs).in_vm(name)?;
                 for (layer, _) in &others {
                     mount_restored_layer(&tree, layer, &top.upper, sync).in_vm(name)?;
@@ -667,6 +688,7 @@ pub(crate) fn restore_tree(
     };
     drop(why_write);
     drop(mnt_write);
+    drop(hiding);
     // The network, while the child prepares and CRIU starts.
     let wired = match (wire, &netns) {
         (Some(wire), Some(netns)) => wire(netns),
@@ -785,7 +807,7 @@ fn mount_restored_layer(
 ) -> feather_sys::Result<()> {
     match rootfs::make_mount_point(tree, &layer.mount_point)? {
         rootfs::MountPoint::Folder(point) => mount::overlay(
-            &layer.lower,
+            &layer.lowers(),
             &layer.upper,
             &layer.work,
             &rootfs::by_descriptor(&point),

@@ -143,6 +143,7 @@ fn container_changes(
             lower: layer.lower_path,
             upper: layer.upper_path.clone(),
             work: PathBuf::new(),
+            hiding: None,
         },
         upper: layer.upper,
         lower: Some(layer.lower),
