@@ -104,6 +104,15 @@ impl Shuttle {
             .expect("the VM runs")
     }
 
+    /// Whether the process `pid` (as `b` numbers it) runs in `b`: it exists and is no zombie
+    /// (one ended but not yet reaped still answers `kill -0`).
+    fn alive_in_b(&self, pid: &str) -> bool {
+        let stat = self
+            .feather
+            .run(&["exec", "b", "--", "cat", &format!("/proc/{pid}/stat")]);
+        stat.code == 0 && running_state(&stat.stdout)
+    }
+
     /// The hand-over mounts `b` has now.
     fn shared_mounts_in_b(&self) -> Vec<String> {
         fs::read_to_string(format!("/proc/{}/mountinfo", self.init_pid("b")))
@@ -267,6 +276,333 @@ fn mode_rw_writes_land_in_the_sources_layer_and_ro_refuses_them() {
         "both files, each its own"
     );
     assert!(shuttle.shared_mounts_in_b().is_empty());
+}
+
+/// The rules of the hand-over-outlives-its-source tests: `hold` leaves a process behind in
+/// `b` that keeps the handed-over file open for writing (its pid in `/tmp/holder.pid`), `view`
+/// just reads it; both with a writable hand-over.
+const HOLDING_POLICY: &str = "invoke hold a b allow command=\"/bin/sh -c 'exec 3>>\\\"$0\\\"; \
+     echo held >&3; busybox setsid sh -c \\\"while :; do sleep 1; done\\\" </dev/null >/dev/null \
+     2>&1 & echo $! > /tmp/holder.pid'\"\n\
+     invoke view a b allow command=/bin/cat\n\
+     files /srv/feather-shuttle-test/** a b allow mode=rw\n";
+
+/// A process of the target that keeps a writable hand-over open after its program ended does
+/// not outlive the source: the source's stop ends it (and says so, in its output and in the
+/// target's keeper log), so nothing writes the stopped source's layer, and the source's
+/// `diff`, start and files are as it left them.
+#[test]
+fn a_file_held_in_the_target_is_let_go_when_its_source_stops() {
+    let shuttle = Shuttle::new("open-held", HOLDING_POLICY);
+    let setup = format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt");
+    assert_eq!(shuttle.in_a(&setup).code, 0);
+    let held = shuttle.in_a(&format!("$OPEN hold {DOCS}/doc.txt"));
+    assert_eq!(held.code, 0, "{}{}", held.stdout, held.stderr);
+    // The program ended and its hand-over was unmounted; the process it left behind holds
+    // the file all the same.
+    assert!(shuttle.shared_mounts_in_b().is_empty());
+    let holder = shuttle.feather.sh("b", "cat /tmp/holder.pid");
+    let holder = holder.trim();
+    assert!(
+        shuttle.alive_in_b(holder),
+        "the holder runs before the source stops"
+    );
+    // A process of b that holds nothing of a's is none of the stop's business.
+    shuttle.feather.sh(
+        "b",
+        "busybox setsid sh -c 'while :; do sleep 1; done' </dev/null >/dev/null 2>&1 & \
+         echo $! > /tmp/bystander.pid",
+    );
+    let bystander = shuttle.feather.sh("b", "cat /tmp/bystander.pid");
+    let bystander = bystander.trim();
+    assert!(shuttle.alive_in_b(bystander));
+    let layer_file = shuttle
+        .feather
+        .vm_dir("a")
+        .join("upper/srv/feather-shuttle-test/doc.txt");
+    assert_eq!(fs::read_to_string(&layer_file).unwrap(), "first\nheld\n");
+
+    let stopped = shuttle.feather.run(&["stop", "a"]);
+    assert_eq!(stopped.code, 0, "{}", stopped.stderr);
+    assert!(
+        !shuttle.alive_in_b(holder),
+        "the holder outlived its source's stop"
+    );
+    assert!(
+        shuttle.alive_in_b(bystander),
+        "a process holding nothing of a's was ended"
+    );
+    assert!(
+        stopped
+            .stderr
+            .contains("of VM b that still held files VM a had handed over to it: pid"),
+        "the stop says what it ended: {}",
+        stopped.stderr
+    );
+    let log = fs::read_to_string(shuttle.feather.vm_dir("b").join("keeper.log")).unwrap();
+    assert!(
+        log.contains("VM a stopped: ended"),
+        "b's keeper log says why its process ended: {log}"
+    );
+    // b runs on; a's layer holds what was written while a ran, and a goes on as usual.
+    assert_eq!(shuttle.feather.status("b"), "running");
+    assert_eq!(fs::read_to_string(&layer_file).unwrap(), "first\nheld\n");
+    let diff = shuttle.feather.ok(&["diff", "a"]);
+    assert!(diff.contains(&format!("{DOCS}/doc.txt")), "{diff}");
+    shuttle.feather.ok(&["start", "a"]);
+    assert_eq!(
+        shuttle.feather.sh("a", &format!("cat {DOCS}/doc.txt")),
+        "first\nheld\n"
+    );
+}
+
+/// An overlay without a UUID of its own (an upper layer marked impure and lacking
+/// `trusted.overlay.uuid`: one an older kernel made, or copied without the attribute) reports
+/// its upper folder's filesystem's id, which is the host's, where `b`'s init has its program:
+/// that id is never searched for, so the source's stop ends nothing of `b` (it says it could
+/// not look), and the source's layer stays refused while the holder lives.
+#[test]
+fn a_source_whose_overlay_has_no_uuid_of_its_own_ends_nothing_of_the_target() {
+    let shuttle = Shuttle::new("open-nouuid", HOLDING_POLICY);
+    shuttle.feather.ok(&["stop", "a"]);
+    let upper = shuttle.feather.vm_dir("a").join("upper");
+    let _ = xattr::remove(&upper, "trusted.overlay.uuid");
+    xattr::set(&upper, "trusted.overlay.impure", b"y").unwrap();
+    shuttle.feather.ok(&["start", "a"]);
+    let setup =
+        format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt && $OPEN hold {DOCS}/doc.txt");
+    let held = shuttle.in_a(&setup);
+    assert_eq!(held.code, 0, "{}{}", held.stdout, held.stderr);
+    let a_root = format!("/proc/{}/root", shuttle.init_pid("a"));
+    let (of_a, of_upper) = (
+        nix::sys::statvfs::statvfs(a_root.as_str()).unwrap(),
+        nix::sys::statvfs::statvfs(&upper).unwrap(),
+    );
+    assert_eq!(
+        of_a.filesystem_id(),
+        of_upper.filesystem_id(),
+        "a's overlay has no id of its own"
+    );
+    let holder = shuttle
+        .feather
+        .sh("b", "cat /tmp/holder.pid")
+        .trim()
+        .to_owned();
+    let b_init = shuttle.init_pid("b");
+    let b_init_program = nix::sys::statvfs::statvfs(format!("/proc/{b_init}/exe").as_str());
+    assert_eq!(
+        b_init_program.unwrap().filesystem_id(),
+        of_upper.filesystem_id(),
+        "b's init runs a program of the host's filesystem, which has a's id"
+    );
+    let stopped = shuttle.feather.run(&["stop", "a"]);
+    assert_eq!(stopped.code, 0, "{}", stopped.stderr);
+    assert!(
+        running(b_init as i32),
+        "b's init was ended: {}",
+        stopped.stderr
+    );
+    assert_eq!(shuttle.feather.status("b"), "running", "{}", stopped.stderr);
+    assert!(shuttle.alive_in_b(&holder), "{}", stopped.stderr);
+    assert!(
+        stopped.stderr.contains("cannot be told apart"),
+        "the stop says it could not look: {}",
+        stopped.stderr
+    );
+    // The kernel's check still guards the layer: refused while the holder lives.
+    let refused = shuttle.feather.fails(&["start", "a"]);
+    assert!(refused.contains("an overlay of its layer"), "{refused}");
+    // The holder and its children (each `sleep` has the file too) end with b.
+    shuttle.feather.ok(&["stop", "b"]);
+    shuttle.feather.ok(&["start", "a"]);
+}
+
+/// Whether the host's process `pid` runs: it exists and is no zombie (one ended but not yet
+/// reaped still answers `kill -0`).
+fn running(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| running_state(&stat))
+}
+
+/// Whether a `/proc/PID/stat` line is of a process that runs (no zombie, not dead).
+fn running_state(stat: &str) -> bool {
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+/// `a` hands a file over to `b`'s `hold`, whose process keeps it open, and `a`'s keeper is
+/// killed: nothing ended the holder. Returns the holder's pid in `b`.
+fn held_and_keeper_killed(shuttle: &Shuttle) -> String {
+    let setup =
+        format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt && $OPEN hold {DOCS}/doc.txt");
+    let held = shuttle.in_a(&setup);
+    assert_eq!(held.code, 0, "{}{}", held.stdout, held.stderr);
+    let holder = shuttle
+        .feather
+        .sh("b", "cat /tmp/holder.pid")
+        .trim()
+        .to_owned();
+    let keeper = shuttle.feather.inspect("a")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    let keeper = nix::unistd::Pid::from_raw(keeper as i32);
+    nix::sys::signal::kill(keeper, nix::sys::signal::Signal::SIGKILL).unwrap();
+    shuttle.feather.eventually("a's keeper is gone", || {
+        !Path::new(&format!("/proc/{keeper}")).exists()
+    });
+    assert!(shuttle.alive_in_b(&holder), "nothing ended the holder yet");
+    holder
+}
+
+/// A source whose keeper was killed (here while it ran; during its stop is the same) never
+/// ended what its targets hold: the clean-up that its next start does ends it, as the stop
+/// would have, and the start then goes on.
+#[test]
+fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_recovered() {
+    let shuttle = Shuttle::new("open-crash", HOLDING_POLICY);
+    let holder = held_and_keeper_killed(&shuttle);
+    shuttle.feather.ok(&["start", "a"]);
+    assert!(
+        !shuttle.alive_in_b(&holder),
+        "the recovery did not end the holder"
+    );
+    let log = fs::read_to_string(shuttle.feather.vm_dir("b").join("keeper.log")).unwrap();
+    assert!(log.contains("VM a stopped: ended"), "{log}");
+    assert_eq!(
+        shuttle.feather.sh("a", &format!("cat {DOCS}/doc.txt")),
+        "first\nheld\n"
+    );
+}
+
+/// A source's keeper killed while its stop held a target's group frozen (simulated: the group
+/// frozen by hand and marked as the stop marks it) leaves the target frozen: the source's
+/// clean-up thaws it, as the mark says the freeze was the source's, and ends the holder.
+#[test]
+fn a_target_a_killed_stop_left_frozen_is_thawed_by_the_sources_clean_up() {
+    let shuttle = Shuttle::new("open-frozen", HOLDING_POLICY);
+    let holder = held_and_keeper_killed(&shuttle);
+    let group = shuttle
+        .feather
+        .cgroup_dirs("b")
+        .into_iter()
+        .find(|dir| dir.join("cgroup.freeze").exists())
+        .expect("b has a v2 group");
+    let freeze = group.join("cgroup.freeze");
+    /// Thaws the group whatever the test's outcome: a frozen VM cannot be stopped.
+    struct Thaw(PathBuf);
+    impl Drop for Thaw {
+        fn drop(&mut self) {
+            let _ = fs::write(&self.0, "0");
+        }
+    }
+    let _thaw = Thaw(freeze.clone());
+    fs::write(shuttle.feather.vm_dir("a").join("handed-over.frozen.b"), "").unwrap();
+    fs::write(&freeze, "1").unwrap();
+    shuttle.feather.ok(&["start", "a"]);
+    assert_eq!(
+        fs::read_to_string(&freeze).unwrap().trim(),
+        "0",
+        "b was left frozen"
+    );
+    assert!(!shuttle.alive_in_b(&holder), "the holder was not ended");
+    assert!(!shuttle
+        .feather
+        .vm_dir("a")
+        .join("handed-over.frozen.b")
+        .exists());
+}
+
+/// The same source removed instead: its removal ends the holder and goes on.
+#[test]
+fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_removed() {
+    let shuttle = Shuttle::new("open-crash-rm", HOLDING_POLICY);
+    let holder = held_and_keeper_killed(&shuttle);
+    shuttle.feather.ok(&["rm", "a"]);
+    assert!(
+        !shuttle.alive_in_b(&holder),
+        "the removal did not end the holder"
+    );
+    assert_eq!(shuttle.feather.status("b"), "running");
+}
+
+/// The second guard: while an overlay of a stopped source's layer still lives (here a process
+/// of the host holds a file of it, which no target's search finds), the source's start, `diff`
+/// and `commit` are refused, naming what holds it; once it is let go, all go on. (The commit
+/// names a path that is not among the changes: refused either way, it never writes the host.)
+#[test]
+fn a_source_whose_old_overlay_lives_is_not_started_beside_it() {
+    let shuttle = Shuttle::new("open-alive", HOLDING_POLICY);
+    let setup =
+        format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt && $OPEN view {DOCS}/doc.txt");
+    let viewed = shuttle.in_a(&setup);
+    assert_eq!(
+        (viewed.code, viewed.stdout.as_str()),
+        (0, "first\n"),
+        "{}",
+        viewed.stderr
+    );
+    let held = fs::File::open(format!(
+        "/proc/{}/root{DOCS}/doc.txt",
+        shuttle.init_pid("a")
+    ))
+    .unwrap();
+    shuttle.feather.ok(&["stop", "a"]);
+    let me = format!("held by pid {}", std::process::id());
+    for command in [
+        &["start", "a"][..],
+        &["diff", "a"],
+        &["commit", "a", "/srv/feather-shuttle-test/none"],
+    ] {
+        let refused = shuttle.feather.fails(command);
+        assert!(
+            refused.contains("an overlay of its layer") && refused.contains(&me),
+            "feather {command:?}: {refused}"
+        );
+    }
+    assert_eq!(shuttle.feather.status("a"), "stopped");
+    drop(held);
+    shuttle.feather.ok(&["start", "a"]);
+    assert_eq!(
+        shuttle.feather.sh("a", &format!("cat {DOCS}/doc.txt")),
+        "first\n"
+    );
+}
+
+/// The kernel is asked about a stopped VM's layer only if the VM handed something over (each
+/// probe writes a line to the kernel's log, which ordinary commands must not): a VM that handed
+/// nothing over is not, and its `diff` goes on even while a host process keeps an old overlay
+/// of it (not guarded, as before hand-overs).
+#[test]
+fn a_vm_that_handed_nothing_over_is_not_asked_about() {
+    let shuttle = Shuttle::new("open-unasked", HOLDING_POLICY);
+    assert_eq!(
+        shuttle
+            .in_a(&format!("mkdir -p {DOCS} && echo first > {DOCS}/doc.txt"))
+            .code,
+        0
+    );
+    let held = fs::File::open(format!(
+        "/proc/{}/root{DOCS}/doc.txt",
+        shuttle.init_pid("a")
+    ))
+    .unwrap();
+    let keeper = shuttle.feather.inspect("a")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    shuttle.feather.ok(&["stop", "a"]);
+    // Its keeper's teardown, after the stop's answer, over (a live keeper is never asked
+    // about either).
+    shuttle
+        .feather
+        .eventually("a's keeper is gone", || !running(keeper as i32));
+    assert!(!shuttle
+        .feather
+        .vm_dir("a")
+        .join("handed-over.json")
+        .exists());
+    let diff = shuttle.feather.ok(&["diff", "a"]);
+    assert!(diff.contains(&format!("{DOCS}/doc.txt")), "{diff}");
+    drop(held);
 }
 
 /// The audit line a refusal leaves: kind, object, outcome, and the deciding rule's line.

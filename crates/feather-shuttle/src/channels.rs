@@ -748,6 +748,14 @@ mod tests {
         fn tags(&self, _: &str) -> Vec<String> {
             Vec::new()
         }
+        fn handing_over(
+            &self,
+            source: &str,
+            _: &str,
+            _: &[u64],
+        ) -> Result<(), crate::peers::PeersError> {
+            Err(not_here(source))
+        }
         fn run(
             &self,
             vm: &str,

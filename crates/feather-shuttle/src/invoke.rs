@@ -144,6 +144,8 @@ pub struct Invocations {
     stop: Option<OwnedFd>,
     thread: Option<JoinHandle<()>>,
     running: RunningPrograms,
+    /// What the connection threads share: their count tells when every hand-over is gone.
+    context: Arc<Context>,
 }
 
 /// The programs started for a VM's requests, by a number of their own.
@@ -207,6 +209,7 @@ impl Invocations {
             in_flight: AtomicUsize::new(0),
             source_ticks,
         });
+        let shared = context.clone();
         let thread = std::thread::Builder::new()
             .name("shuttle-invoke".into())
             .spawn(move || {
@@ -221,6 +224,7 @@ impl Invocations {
             stop: Some(stop_write),
             thread: Some(thread),
             running,
+            context: shared,
         }))
     }
 }
@@ -231,14 +235,27 @@ impl Drop for Invocations {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
-        // The VM ends: so do the programs it asked for.
-        for program in self
-            .running
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-        {
-            let _ = program.signal(Signal::SIGTERM);
+        // The VM ends: so do the programs it asked for, and with each its hand-over, which
+        // its connection's thread unmounts as the program ends. Waited for (SIGKILL after
+        // the grace a hang-up gets), so that what the keeper does next, ending what the
+        // targets still hold of the VM's files (feather-vm `handed_over`), finds no
+        // hand-over still mounted there, through which a target's process could open more.
+        for signal in [Signal::SIGTERM, Signal::SIGKILL] {
+            for program in self
+                .running
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+            {
+                let _ = program.signal(signal);
+            }
+            let deadline = Instant::now() + HANG_UP_GRACE;
+            while self.context.in_flight.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if self.context.in_flight.load(Ordering::SeqCst) == 0 {
+                return;
+            }
         }
     }
 }
@@ -471,15 +488,25 @@ fn invoke(
             .resolved()
             .map_err(|why| Stop::Failed(fail(why.to_string())))?;
         let mut writable = Vec::new();
+        let mut fsids = Vec::new();
         for (item, found) in items.iter().zip(resolved) {
             let found = found.map_err(|why| Stop::Refused(fail(why.to_string())))?;
             let real_rw = real_path_allowed(context, &request, item, &found, &detail, &fail)?;
             writable.push(item.writable && real_rw);
+            fsids.extend(found.fsid);
         }
         let target_pid = context
             .peers
             .start(target_vm)
             .map_err(|why| Stop::Failed(fail(format!("VM {target_vm} would not start: {why}"))))?;
+        // Recorded before the mount: a keeper killed right after it still leaves the record
+        // its VM's next stop, start or recovery goes by.
+        if !fsids.is_empty() {
+            context
+                .peers
+                .handing_over(&context.side.name, target_vm, &fsids)
+                .map_err(|why| Stop::Failed(fail(why.to_string())))?;
+        }
         shared_args = started
             .mount(&Go {
                 target_pid,

@@ -69,6 +69,12 @@ pub trait Peers: Send + Sync {
         uid: u32,
         stdio: [std::os::fd::OwnedFd; 3],
     ) -> Result<Arc<dyn Running>, PeersError>;
+    /// Records, before anything is mounted, that VM `source` hands files of the filesystems
+    /// `fsids` (its layers, [`crate::protocol::share::Found::fsid`]) over to VM `target`: the
+    /// source's stop ends what in the target still holds them, and the source's layer is not
+    /// mounted again while an overlay of it lives (docs/shuttle.md, "When the source stops").
+    /// An error refuses the hand-over.
+    fn handing_over(&self, source: &str, target: &str, fsids: &[u64]) -> Result<(), PeersError>;
     /// A command that runs the helper binary's `subcommand`, for work that enters VMs'
     /// namespaces (which needs a fresh single-threaded process).
     fn helper(&self, subcommand: &str) -> Result<Command, PeersError>;

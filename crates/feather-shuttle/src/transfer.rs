@@ -381,7 +381,23 @@ fn open_one(root: &OwnedFd, path: &str) -> Result<(OwnedFd, Found), ShareFault> 
     if !real.starts_with('/') || real.ends_with(" (deleted)") {
         return Err(ShareFault::NotInVm { path, real });
     }
-    Ok((fd, Found { real, folder }))
+    let fsid = layer_id(&fd).map_err(|e| ShareFault::Open {
+        path: path.clone(),
+        os: e.into(),
+    })?;
+    Ok((fd, Found { real, folder, fsid }))
+}
+
+/// The filesystem id of the overlay `fd` is on (one of the source's layers), or None for a
+/// file of another filesystem (the source's own `/run`, say): only an overlay's id is its own
+/// (overlayfs derives it from the layer's UUID), where `proc`, `sysfs` or cgroupfs share one
+/// among every VM, and a target's process holding such a file would be none of the source's.
+fn layer_id(fd: &OwnedFd) -> Result<Option<u64>, Errno> {
+    use nix::sys::statfs::{fstatfs, OVERLAYFS_SUPER_MAGIC};
+    if fstatfs(fd)?.filesystem_type() != OVERLAYFS_SUPER_MAGIC {
+        return Ok(None);
+    }
+    Ok(Some(nix::sys::statvfs::fstatvfs(fd)?.filesystem_id()))
 }
 
 fn raw_fd(fd: &impl AsFd) -> i32 {
@@ -723,6 +739,28 @@ mod tests {
             requested_path("", "/"),
             Err(PathFault::NotAPath(_))
         ));
+    }
+
+    /// Only an overlay's id names a layer: a file of `proc`, `sysfs` or another filesystem
+    /// (whose id every VM shares, or which is no layer) gives none, so the source's stop never
+    /// ends a target's process for holding one.
+    #[test]
+    fn only_files_of_an_overlay_have_a_layers_id() {
+        for path in ["/proc/self/status", "/sys/kernel/mm", "/"] {
+            let fd: OwnedFd = File::open(path).unwrap().into();
+            let id = layer_id(&fd).unwrap();
+            if path == "/"
+                && std::fs::read_to_string("/proc/self/mountinfo")
+                    .unwrap()
+                    .lines()
+                    .any(|line| {
+                        line.split_whitespace().nth(4) == Some("/") && line.contains(" overlay ")
+                    })
+            {
+                continue;
+            }
+            assert_eq!(id, None, "{path}");
+        }
     }
 
     /// A stand-in helper: a shell that says `reports` (one per line), then waits for its

@@ -505,6 +505,49 @@ pub fn new_filesystem(
     raw::fsmount(context.as_fd(), attributes as libc::c_uint).ctx("fsmount", fs_type)
 }
 
+/// Whether a live overlay uses `upper` as its upper folder: an overlay a process still holds
+/// (a descriptor, a working folder, a mapping) after every mount of it went, a lazily unmounted
+/// one, or a mounted one. Mounting `upper` again beside it would be two overlays on one upper
+/// layer, which overlayfs calls undefined behaviour (lost or corrupt files) and only warns of.
+///
+/// The kernel is asked, not a record: a new overlay of `upper` is made with `index=on`, with
+/// which overlayfs refuses an upper folder in use (`EBUSY`) instead of warning, and with its
+/// work folder on another filesystem (a detached tmpfs), which overlayfs refuses (`EINVAL`)
+/// right after the upper folder's check and before it writes anything: the probe never
+/// mounts, and leaves the layer as it was (checked on 6.18: no folder, no attribute made). The
+/// refusal of a free layer is a line in the kernel's log ("workdir and upperdir must reside
+/// under the same mount"), so callers probe only where an old overlay may have been left.
+pub fn overlay_upper_in_use(upper: &Path) -> Result<bool> {
+    let elsewhere = detached_tmpfs(c"0700")?;
+    let elsewhere_path = format!("/proc/self/fd/{}", elsewhere.as_raw_fd());
+    let c = |text: &str| std::ffi::CString::new(text).map_err(|_| Errno::EINVAL);
+    let context = raw::fsopen(c"overlay").ctx("fsopen", "overlay")?;
+    let set = |key: &std::ffi::CStr, value: &str| {
+        c(value)
+            .and_then(|value| raw::fsconfig_string(context.as_fd(), key, &value))
+            .ctx(
+                "fsconfig",
+                format_args!("probe of {}: {key:?}", upper.display()),
+            )
+    };
+    set(c"lowerdir", &elsewhere_path)?;
+    set(c"upperdir", &escape_option(upper))?;
+    set(c"workdir", &elsewhere_path)?;
+    set(c"index", "on")?;
+    match raw::fsmount(context.as_fd(), 0) {
+        Err(Errno::EBUSY) => Ok(true),
+        // The expected refusal, of the work folder. Which other EINVAL could come first: the
+        // options' consistency check (fixed options: one that failed would fail for every
+        // upper, also one in use, which the test below sees as EBUSY on this kernel), and an
+        // upper on a read-only filesystem (refused before the in-use check; no overlay can
+        // write such a layer). Paths that cannot be used fail at `fsconfig`, an error here.
+        Err(Errno::EINVAL) => Ok(false),
+        Err(errno) => Err(errno).ctx("probe overlay of", upper.display()),
+        // Not reached (the work folder is on another filesystem); dropped, it is no mount.
+        Ok(_) => Ok(false),
+    }
+}
+
 #[cfg(test)]
 mod tree_tests {
     use super::TreeFlags;
@@ -518,5 +561,81 @@ mod tree_tests {
             no_dev: true,
         };
         assert_eq!(all.bits(), 0x07);
+    }
+
+    /// The probe against the real kernel (as root, as feather's tests run): an overlay of an
+    /// upper folder is in use while mounted and while a descriptor holds it after a lazy
+    /// unmount, free once the last hold goes; the probe writes nothing into the layer.
+    #[test]
+    fn an_upper_folder_is_in_use_while_any_overlay_of_it_lives() {
+        use std::path::Path;
+        let dir = std::env::temp_dir().join(format!("feather-probe-{}", std::process::id()));
+        let [lower, upper, work, merged] =
+            ["lower", "upper", "work", "merged"].map(|n| dir.join(n));
+        for folder in [&lower, &upper, &work, &merged] {
+            std::fs::create_dir_all(folder).unwrap();
+        }
+        // Every entry of the upper and work folders with every attribute (`trusted.*` too,
+        // as root), as `getfattr` dumps them: what a probe must leave as it was.
+        let state = || {
+            let dump = std::process::Command::new("getfattr")
+                .args(["-R", "-d", "-m", "-", "--absolute-names"])
+                .args([&upper, &work])
+                .output()
+                .unwrap();
+            assert!(dump.status.success(), "getfattr: {dump:?}");
+            let mut names = Vec::new();
+            let mut folders = vec![upper.clone(), work.clone()];
+            while let Some(folder) = folders.pop() {
+                for entry in std::fs::read_dir(&folder).unwrap() {
+                    let entry = entry.unwrap();
+                    if entry.file_type().unwrap().is_dir() {
+                        folders.push(entry.path());
+                    }
+                    names.push(entry.path());
+                }
+            }
+            names.sort();
+            (names, String::from_utf8_lossy(&dump.stdout).into_owned())
+        };
+        // A probe, and whether it changed anything.
+        let probe = |upper: &Path| {
+            let before = state();
+            let answer = super::overlay_upper_in_use(upper);
+            (answer, before == state())
+        };
+        let fresh = probe(&upper);
+        super::overlay(
+            &[lower.as_path()],
+            &upper,
+            &work,
+            &merged,
+            super::LayerSync::Durable,
+        )
+        .unwrap();
+        std::fs::write(merged.join("marker"), "harmless").unwrap();
+        let held = std::fs::File::open(merged.join("marker")).unwrap();
+        let mounted = probe(&upper);
+        nix::mount::umount2(&merged, nix::mount::MntFlags::MNT_DETACH).unwrap();
+        let only_held = probe(&upper);
+        drop(held);
+        // The last hold of a lazily unmounted overlay is let go as its file closes.
+        let free = probe(&upper);
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(!fresh.0.unwrap(), "a fresh folder is free");
+        assert!(
+            mounted.0.unwrap(),
+            "a mounted overlay's upper folder is in use"
+        );
+        assert!(
+            only_held.0.unwrap(),
+            "a held overlay's upper folder is in use"
+        );
+        assert!(!free.0.unwrap(), "free once nothing holds the overlay");
+        assert_eq!(
+            [fresh.1, mounted.1, only_held.1, free.1],
+            [true; 4],
+            "a probe changed an entry or an attribute of the layer or its work folder"
+        );
     }
 }

@@ -47,6 +47,8 @@ pub fn changes(root: &StateRoot, name: &VmName) -> Result<Vec<Change>> {
 
 /// The base and every layer of the VM, pinned as descriptors.
 fn pin(vm: &VmDir, config: &VmConfig) -> Result<(File, Vec<Tree>)> {
+    // A layer an old overlay still writes (kept by a file the VM handed over) is not read.
+    crate::handed_over::refuse_while_alive(vm, config)?;
     if let Some(disk) = config.limits.disk {
         // A disk image holds the layers: mounted again if a reboot took it away.
         crate::disk::attach(vm.name(), vm, disk)?;
@@ -576,6 +578,7 @@ pub fn reset(root: &StateRoot, name: &VmName) -> Result<()> {
     // the layer is emptied once they are gone.
     crate::lifecycle::await_last_keeper(&vm)?;
     let config = vm.read_config()?;
+    crate::handed_over::refuse_while_alive(&vm, &config)?;
     if let Some(disk) = config.limits.disk {
         crate::disk::attach(name, &vm, disk)?;
     }

@@ -44,6 +44,7 @@ use crate::decide::{self, Phase};
 pub use crate::decide::{Ended, DEFAULT_GRACE};
 use crate::error::{failed, io, InVm, Result, VmError};
 use crate::finisher::{Finisher, Held};
+use crate::handed_over;
 use crate::hiding;
 use crate::idle::Quiet;
 use crate::init::{self, InitPlan, InitReport};
@@ -876,6 +877,23 @@ impl Keeper {
         };
         trace::phase("run the command");
         let ended = decide::ended(status, foreground);
+        // Files the VM handed over to other VMs (Shuttle) must not outlive it: its broker
+        // ends the programs it asked for, which unmounts their hand-overs (a hand-over under
+        // way is waited for), and then every process of a target still holding such a file is
+        // ended (`handed_over`), before anything of the VM is let go. A throw-away VM's
+        // broker goes after its teardown, as before, unless it handed something over.
+        if !self.config.ephemeral || handed_over::recorded(&self.vm) {
+            drop(self.broker.take());
+        }
+        let handed = if handed_over::recorded(&self.vm) {
+            self.vm
+                .root()
+                .map(|root| handed_over::end_holders(&root, &self.vm))
+                .unwrap_or_default()
+                .say_in_log(self.vm.name())
+        } else {
+            handed_over::Ended::default()
+        };
         self.tear_down(&ended.how, foreground);
         // The broker's last words (the audit lines its pace held back) go into the root's log
         // before anyone waiting for the stop hears of it: they may remove the root next.
@@ -890,6 +908,7 @@ impl Keeper {
                 &stream,
                 &Response::Stopped {
                     how: ended.how.clone(),
+                    handed_over: handed.said.clone(),
                 },
             );
         }
@@ -918,6 +937,11 @@ impl Keeper {
         if mounts.is_some() {
             drop(mounts);
             trace::phase("teardown: let the VM's mounts go (its layer flushed), after the answer");
+        }
+        // With its mounts gone, the record of its hand-overs goes if the kernel says no
+        // overlay of its layer lives any more; else the next start, diff or commit asks again.
+        if !self.config.ephemeral {
+            handed_over::settle(&self.vm, &self.config);
         }
         // Without a claim, a second look (another VM may have stopped beside this one), which
         // may wait for the removal lock: after the flush, which it must not hold up.

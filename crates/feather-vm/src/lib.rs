@@ -50,6 +50,7 @@ pub mod disk;
 pub mod error;
 pub mod exec;
 pub mod finisher;
+pub mod handed_over;
 pub mod hiding;
 pub mod idle;
 pub mod images;

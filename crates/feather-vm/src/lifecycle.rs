@@ -226,6 +226,9 @@ pub(crate) fn spawn_keeper_with(
 ) -> Result<()> {
     let name = vm.name();
     await_last_keeper(vm)?;
+    // Never beside an overlay of the VM's layer that something still keeps alive (a file
+    // it handed over to another VM, say): two overlays on one upper layer lose files.
+    crate::handed_over::refuse_while_alive(vm, &vm.read_config()?)?;
     // Close-on-exec (std's pipe is): the keeper is passed the write end by name, and no
     // program another thread of this process starts meanwhile (`feather serve`'s, the web
     // view's) gets it, which would keep the read below from ever seeing the keeper's end.
@@ -305,8 +308,12 @@ pub(crate) fn starting_terminal() -> Option<PathBuf> {
 /// How a [`stop`] ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Stopped {
-    /// The VM's keeper stopped it; how its processes ended, as the keeper says.
-    ByItsKeeper(String),
+    /// The VM's keeper stopped it; how its processes ended, as the keeper says, and what
+    /// ending its hand-overs did in other VMs (`crate::handed_over`), one sentence each.
+    ByItsKeeper {
+        how: String,
+        handed_over: Vec<String>,
+    },
     /// Its keeper was gone (dead before the stop, or killed during it): the stop cleaned up
     /// what it left instead, and says why. Worth telling the user: the VM did not end as asked.
     CleanedUp(&'static str),
@@ -315,7 +322,12 @@ pub enum Stopped {
 impl std::fmt::Display for Stopped {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Stopped::ByItsKeeper(how) => f.write_str(how),
+            Stopped::ByItsKeeper { how, handed_over } => {
+                f.write_str(how)?;
+                handed_over
+                    .iter()
+                    .try_for_each(|said| write!(f, "; {said}"))
+            }
             Stopped::CleanedUp(why) => f.write_str(why),
         }
     }
@@ -344,7 +356,7 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped>
         grace + Duration::from_secs(30),
     );
     match answer {
-        Ok(Response::Stopped { how }) => Ok(Stopped::ByItsKeeper(how)),
+        Ok(Response::Stopped { how, handed_over }) => Ok(Stopped::ByItsKeeper { how, handed_over }),
         Ok(other) => Err(VmError::KeeperAnswer {
             vm: name.to_string(),
             answer: format!("{other:?}"),
@@ -361,9 +373,10 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped>
                     "lost its keeper while stopping; cleaned up",
                 ));
             }
-            Ok(Stopped::ByItsKeeper(
-                state.last_exit.unwrap_or_else(|| "stopped".into()),
-            ))
+            Ok(Stopped::ByItsKeeper {
+                how: state.last_exit.unwrap_or_else(|| "stopped".into()),
+                handed_over: Vec::new(),
+            })
         }
         Err(source) => Err(VmError::KeeperSilent {
             vm: name.to_string(),
@@ -395,6 +408,13 @@ pub fn recover(vm: &VmDir) -> Result<()> {
     let config = vm.read_config()?;
     keeper::remove_leftovers(vm, &config);
     keeper::sweep_removed_roots();
+    // What its keeper's stop would have ended, now that none of its processes is left: the
+    // other VMs' holds on files it handed over to them.
+    if let Some(root) = vm.root() {
+        for said in crate::handed_over::end_holders(&root, vm).said {
+            eprintln!("feather: VM {}: {said}", vm.name());
+        }
+    }
     let mut state = vm.read_state()?;
     if state.status == VmStatus::Crashed {
         state.status = VmStatus::Stopped;
@@ -560,6 +580,12 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     let config = vm.read_config()?;
     keeper::remove_leftovers(&vm, &config);
     keeper::sweep_removed_roots();
+    // A VM whose keeper died before its stop ended what others hold of files it handed over
+    // (a crashed VM's clean-up is the lines above): ended now, as its stop would have.
+    for said in crate::handed_over::end_holders(root, &vm).said {
+        eprintln!("feather: VM {name}: {said}");
+    }
+    crate::handed_over::refuse_while_alive(&vm, &config)?;
     if let Some(disk) = config.limits.disk {
         // Before the folder goes: an image's mounts would keep it busy.
         crate::disk::release(root.dir(), &vm, disk);

@@ -119,6 +119,14 @@ impl Peers for RootPeers {
         Ok(command)
     }
 
+    fn handing_over(&self, source: &str, target: &str, fsids: &[u64]) -> Result<(), PeersError> {
+        let dir = self
+            .root
+            .open(&vm_name(source)?)
+            .map_err(PeersError::host)?;
+        crate::handed_over::note(&dir, target, fsids).map_err(PeersError::host)
+    }
+
     fn tags(&self, vm: &str) -> Vec<String> {
         vm_name(vm)
             .ok()

@@ -39,7 +39,7 @@ pub enum Request {
 }
 
 /// Changes whenever a message of this module changes.
-pub const VERSION: u32 = 3;
+pub const VERSION: u32 = 4;
 
 /// A request as it travels: with the asker's protocol version.
 #[derive(Debug, Serialize, Deserialize)]
@@ -58,6 +58,10 @@ pub enum Response {
     },
     Stopped {
         how: String,
+        /// What ending the VM's hand-overs did in other VMs (processes ended there, or what
+        /// still holds one): one sentence each (`crate::handed_over`).
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        handed_over: Vec<String>,
     },
     Checkpointed {
         leave_running: bool,

@@ -242,8 +242,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Start(StartArgs { name }) => return service::start(&root, &name.parse()?),
         Command::Stop { name, time } => {
             let stopped = lifecycle::stop(&root, &name.parse()?, Duration::from_secs(time))?;
-            if let lifecycle::Stopped::CleanedUp(why) = stopped {
-                eprintln!("feather: VM {name} {why}");
+            match stopped {
+                lifecycle::Stopped::CleanedUp(why) => eprintln!("feather: VM {name} {why}"),
+                // Processes of other VMs ended for this stop: worth telling who asked for it.
+                lifecycle::Stopped::ByItsKeeper { handed_over, .. } => {
+                    for said in handed_over {
+                        eprintln!("feather: VM {name}: {said}");
+                    }
+                }
             }
         }
         Command::Rm { names, force } => remove_each(&root, &names, force)?,

@@ -13,7 +13,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Changes whenever a message of this module changes.
-pub const VERSION: u32 = 1;
+pub const VERSION: u32 = 2;
 
 /// What the broker asks the helper to hand over (the helper's argument).
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -38,6 +38,11 @@ pub struct Found {
     /// The path with every symlink followed (inside the source's root).
     pub real: String,
     pub folder: bool,
+    /// The id of the overlay it is on (`statfs`'s `f_fsid`, which overlayfs derives from the
+    /// layer's own UUID): one of the source's layers; None for a file of another filesystem.
+    /// The source's stop ends what in the target still holds a file of it (docs/shuttle.md,
+    /// "When the source stops").
+    pub fsid: Option<u64>,
 }
 
 /// The broker's word to the helper after the paths were checked (one JSON line on stdin).
