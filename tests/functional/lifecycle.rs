@@ -754,8 +754,9 @@ fn a_root_removed_by_hand_leaves_its_network_to_the_next_root_that_chooses_one()
     // The pooled pairs go with their namespaces, which the kernel frees a little later (the
     // bridge itself may be gone by then: a test beside this one chose its network).
     let ports = format!("/sys/class/net/{bridge}/brif");
-    removed.eventually(
+    removed.eventually_within(
         "the pooled pairs leave the bridge, the lingering process ends",
+        std::time::Duration::from_secs(30),
         || {
             fs::read_dir(&ports).map_or(true, |mut ports| ports.next().is_none())
                 && support::HostTraces::of(&removed.root, None)
