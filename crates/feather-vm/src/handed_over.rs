@@ -41,7 +41,7 @@ use nix::unistd::Pid;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{failed, Result};
-use crate::{keeper, layers};
+use crate::layers;
 
 /// The record's name in the source VM's folder.
 const RECORD: &str = "handed-over.json";
@@ -266,7 +266,7 @@ fn thaw_left_frozen(root: &StateRoot, source: &VmDir, deadline: Instant) -> Vec<
         if let Some(dir) = vm
             .read_config()
             .ok()
-            .and_then(|config| keeper::cgroup_path(&config).v2_dir())
+            .and_then(|config| crate::vm_group::cgroup_path(&config).v2_dir())
         {
             let freeze = dir.join("cgroup.freeze");
             if std::fs::read_to_string(&freeze).is_ok_and(|t| t.trim() == "1")
@@ -303,7 +303,7 @@ fn end_in_target(
         return None;
     }
     let config = vm.read_config().ok()?;
-    let cgroup = keeper::cgroup_path(&config);
+    let cgroup = crate::vm_group::cgroup_path(&config);
     // A filesystem id the target's own root has too (a layer copied with its overlay UUID, or
     // one overlayfs gives no id of its own) cannot tell the source's files from the target's;
     // nor can the id of the filesystem the source's upper folders are on (what an overlay

@@ -8,8 +8,9 @@ use nix::unistd::Pid;
 use serde::Serialize;
 
 use crate::error::Result;
-use crate::keeper::{cgroup_of, cgroup_path_in};
+use crate::keeper::cgroup_of;
 use crate::layers;
+use crate::vm_group::cgroup_path_in;
 
 /// One row of `feather ls`.
 #[derive(Debug, Serialize)]

@@ -54,6 +54,7 @@ use crate::protocol::{self, Response};
 use crate::relay::VmEnds;
 use crate::rootfs::RootfsPlan;
 use crate::snapshot;
+use crate::vm_group::cgroup_path;
 use crate::workload::Workload;
 
 /// How long a VM may take from clone to its init's report before the start is abandoned.
@@ -76,17 +77,6 @@ pub(crate) const HANDLED: [Signal; 6] = [
 /// with it no device rules: a node of the host's disk in its `/dev` opened.)
 pub fn cgroup_of(config: &VmConfig) -> Option<Cgroup> {
     Some(cgroup_path(config))
-}
-
-/// Where a VM's cgroup is or would be; for cleaning up whatever a crash left.
-pub fn cgroup_path(config: &VmConfig) -> Cgroup {
-    cgroup_path_in(Hierarchies::detect(), config)
-}
-
-/// [`cgroup_path`] in hierarchies already detected (reading the mount table once for many
-/// VMs: the web view's table lists every VM every second).
-pub fn cgroup_path_in(hierarchies: Hierarchies, config: &VmConfig) -> Cgroup {
-    Cgroup::new(hierarchies, format!("feather/{}", config.id))
 }
 
 /// Makes the VM group's `services` groups, which init binds into the VM (rootfs step 6b),

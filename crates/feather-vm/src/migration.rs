@@ -333,7 +333,7 @@ fn stop_and_copy(
             }
         }
     };
-    let memory = crate::keeper::cgroup_path(&vm.read_config()?)
+    let memory = crate::vm_group::cgroup_path(&vm.read_config()?)
         .memory_usage()
         .unwrap_or(0);
     let sent = send_folder(&vm, to, accepted, &progress, memory, freeze);
@@ -426,7 +426,7 @@ fn post_copy(
 ) -> Result<Migrated> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
-    let cgroup = crate::keeper::cgroup_path(&config);
+    let cgroup = crate::vm_group::cgroup_path(&config);
     let keeper = vm
         .read_state()?
         .keeper_pid
@@ -964,7 +964,7 @@ fn discard(root: &StateRoot, name: &VmName) {
     };
     if let Ok(config) = vm.read_config() {
         // Its processes are stopped and were never let run: they end at once.
-        let cgroup = crate::keeper::cgroup_path(&config);
+        let cgroup = crate::vm_group::cgroup_path(&config);
         if cgroup.exists() {
             cgroup.kill_all();
         }
