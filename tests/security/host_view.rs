@@ -1554,7 +1554,7 @@ fn the_folders_above_a_root_keep_their_xattrs_in_a_vm() {
 /// cannot remove or rename a hidden folder (the kernel refuses: it is a mount point in the
 /// namespace of the process asking, under the tmpfs), but it can rename the folder above it:
 /// overlayfs renames a folder of a lower layer only by copying what it shows
-/// (`redirect_dir=off`: EXDEV, and `mv` copies), and the copy holds the empty folder the
+/// (no redirects are made, `redirect_dir=nofollow`: EXDEV, and `mv` copies), and the copy holds the empty folder the
 /// overlay shows, nothing of the host's. Before, the copy held the sibling VM's layer and its
 /// marker. (The overlay's own answer to a removal and a new folder, where no mount is on the
 /// way, is `feather-sys` `hiding_layer::tests::…`.)
