@@ -8,7 +8,10 @@
 //! Removed when a root first chooses its network ([`crate::allocate`]) and by the host's
 //! sweep of removed roots' cgroups (`rm` and the crash clean-up, once a minute at most). A
 //! bridge with a port on it stays: a VM of the removed root may still run (its keeper alive,
-//! its root gone under it), and ending it is for whoever removed the root.
+//! its root gone under it), and ending it is for whoever removed the root. The removal holds
+//! the host's claims lock, which every private VM's start takes for a moment: once per removed
+//! root, starts on the host wait for its nft commit and bridge deletion (RCU grace periods,
+//! 20–90 ms).
 
 use crate::netlink::{index_of, Netlink};
 use crate::settings;
