@@ -578,6 +578,18 @@ impl VmDir {
         Ok(self.lock_keeper()?.is_none())
     }
 
+    /// Whether the keeper lock is free by `deadline`, looked at every 5 ms: for a keeper that
+    /// is ending (its descriptors, the lock's among them, close one after another as it exits).
+    pub fn keeper_ends_by(&self, deadline: std::time::Instant) -> Result<bool> {
+        while self.keeper_alive()? {
+            if std::time::Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Ok(true)
+    }
+
     /// Serialises the commands that change a VM (start, stop, rm, reset, commit); waits for
     /// one already under way.
     pub fn lock_operations(&self) -> Result<File> {

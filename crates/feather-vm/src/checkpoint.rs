@@ -100,10 +100,7 @@ fn dump(vm: &feather_core::VmDir, request: &Request) -> Result<protocol::Convers
         Response::Checkpointed {
             leave_running: false,
         } => {
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while vm.keeper_alive()? && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(2));
-            }
+            vm.keeper_ends_by(std::time::Instant::now() + Duration::from_secs(10))?;
         }
         // The keeper's error names the VM and carries its causes.
         Response::Error { message } => return Err(VmError::Keeper(message)),
@@ -356,10 +353,8 @@ impl LazyCheckpoint {
         let name = self.vm.name().to_string();
         match self.keeper.answer() {
             Ok(Response::Checkpointed { .. }) => {
-                let deadline = std::time::Instant::now() + Duration::from_secs(10);
-                while self.vm.keeper_alive()? && std::time::Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(2));
-                }
+                self.vm
+                    .keeper_ends_by(std::time::Instant::now() + Duration::from_secs(10))?;
                 Ok(())
             }
             Ok(Response::Error { message }) => Err(VmError::Keeper(message)),

@@ -166,11 +166,8 @@ pub(crate) fn await_last_keeper(vm: &VmDir) -> Result<()> {
             return Err(last_keeper_stays(vm, Some(pid)));
         }
     }
-    while vm.keeper_alive()? {
-        if std::time::Instant::now() >= deadline {
-            return Err(last_keeper_stays(vm, None));
-        }
-        std::thread::sleep(Duration::from_millis(5));
+    if !vm.keeper_ends_by(deadline)? {
+        return Err(last_keeper_stays(vm, None));
     }
     Ok(())
 }
@@ -365,7 +362,7 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped>
         // that died before it recorded the stop (killed, say, while the VM's processes had their
         // grace) left the VM reading crashed and its cgroup, network and run folder in place:
         // cleaned up here, as a stop of a crashed VM does, rather than called stopped.
-        Err(_) if keeper_ends_within(&vm, KEEPER_EXIT_PATIENCE)? => {
+        Err(_) if vm.keeper_ends_by(std::time::Instant::now() + KEEPER_EXIT_PATIENCE)? => {
             let state = vm.read_state()?;
             if state.status == VmStatus::Crashed {
                 recover(&vm)?;
@@ -389,18 +386,6 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped>
 /// keeper's lock to go: an exiting process's descriptors are closed one after another, and its
 /// lock's may be closed after its socket's (under load, up to tens of milliseconds later).
 const KEEPER_EXIT_PATIENCE: Duration = Duration::from_secs(2);
-
-/// Whether the VM's keeper is gone, or goes within `patience`.
-fn keeper_ends_within(vm: &VmDir, patience: Duration) -> Result<bool> {
-    let deadline = std::time::Instant::now() + patience;
-    while vm.keeper_alive()? {
-        if std::time::Instant::now() >= deadline {
-            return Ok(false);
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    Ok(true)
-}
 
 /// Cleans up after a keeper that died without doing so itself, and records it. Loses no data:
 /// the VM's layer is untouched.

@@ -969,10 +969,7 @@ fn discard(root: &StateRoot, name: &VmName) {
             cgroup.kill_all();
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while vm.keeper_alive().unwrap_or(false) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    let _ = vm.keeper_ends_by(Instant::now() + Duration::from_secs(10));
     let _ = lifecycle::remove(root, name, true);
 }
 
