@@ -320,14 +320,7 @@ impl Claim {
 /// The other state root with a live claim on `bridge` or on a subnet overlapping `subnet`, if
 /// any. Stale claims met on the way are removed.
 fn holder(root: &Path, bridge: &str, subnet: Option<&Subnet>) -> Option<String> {
-    let entries = fs::read_dir(CLAIMS).ok()?;
-    for entry in entries.flatten() {
-        let Ok(text) = fs::read_to_string(entry.path()) else {
-            continue;
-        };
-        let Ok(claim) = toml::from_str::<Claim>(&text) else {
-            continue;
-        };
+    for (path, claim) in claims() {
         if claim.root == root {
             continue;
         }
@@ -349,10 +342,24 @@ fn holder(root: &Path, bridge: &str, subnet: Option<&Subnet>) -> Option<String> 
             }
         } else {
             // Its root was deleted or re-chosen, its bridge gone: the claim is stale.
-            let _ = fs::remove_file(entry.path());
+            let _ = fs::remove_file(path);
         }
     }
     None
+}
+
+/// Every claim the claims folder holds that reads as one, with its file.
+fn claims() -> Vec<(PathBuf, Claim)> {
+    let Ok(entries) = fs::read_dir(CLAIMS) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let text = fs::read_to_string(entry.path()).ok()?;
+            Some((entry.path(), toml::from_str::<Claim>(&text).ok()?))
+        })
+        .collect()
 }
 
 /// The networks of state roots whose folder is gone (removed by hand, its network not taken
@@ -361,13 +368,7 @@ fn holder(root: &Path, bridge: &str, subnet: Option<&Subnet>) -> Option<String> 
 pub(crate) fn networks_of_removed_roots() -> Result<(Vec<RootNetwork>, File)> {
     let lock = claims_lock()?;
     let mut networks = Vec::new();
-    for entry in fs::read_dir(CLAIMS).at(CLAIMS)?.flatten() {
-        let Some(claim) = fs::read_to_string(entry.path())
-            .ok()
-            .and_then(|text| toml::from_str::<Claim>(&text).ok())
-        else {
-            continue;
-        };
+    for (_, claim) in claims() {
         let removed = fs::symlink_metadata(&claim.root)
             .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
         if removed && crate::netlink::index_of(&claim.bridge).is_some() {
