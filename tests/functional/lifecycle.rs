@@ -689,6 +689,64 @@ fn the_root_s_network_goes_by_itself_when_its_linger_ends() {
     });
 }
 
+/// `rm --force` of a running VM returns once the VM's keeper has ended. Its stop answers before
+/// the keeper's last steps (the root's network if the VM was its last user, the flush of the
+/// layer as its mounts go): an `rm` that returned at the answer left a keeper that made a file
+/// in a root its user removed next (a flake of the test below), and removed the layer under an
+/// overlay still mounted.
+#[test]
+fn rm_returns_once_the_vm_s_keeper_has_ended() {
+    let feather = Feather::new("rm-keeper");
+    let mut hold = support::RecordHold::after_stop_answer("rm-keeper");
+    let (variable, value) = hold.env();
+    feather.ok(&["create", "vm"]);
+    let started = feather
+        .command()
+        .env(variable, value)
+        .args(["start", "vm"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let removing = std::cell::RefCell::new(
+        feather
+            .command()
+            .args(["rm", "--force", "vm"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let keeper = std::cell::Cell::new(None);
+    feather.eventually_within(
+        "the keeper waits after its stop's answer",
+        std::time::Duration::from_secs(60),
+        || {
+            keeper.set(hold.waiter());
+            keeper.get().is_some()
+        },
+    );
+    let keeper = keeper.get().unwrap();
+    let keeper_alive = || {
+        fs::read_to_string(format!("/proc/{keeper}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+    };
+    // Without the wait, `rm` returned within milliseconds of the answer.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < deadline {
+        if removing.borrow_mut().try_wait().unwrap().is_some() {
+            assert!(
+                !keeper_alive(),
+                "rm returned while the VM's keeper {keeper} runs on"
+            );
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    hold.release();
+    let removed = removing.into_inner().wait_with_output().unwrap();
+    assert!(removed.status.success(), "{removed:?}");
+    assert!(!keeper_alive(), "the VM's keeper {keeper} outlived its rm");
+    assert!(!feather.root.join("vms/vm").exists());
+}
+
 /// A kept VM and a `run --rm` in one root, removed as the tests' roots are: the kept VM's `rm`
 /// takes the root's bridge and settings with it while the run's finisher still lingers, so
 /// `network down` seemed needless, and `rm -rf` of the folder woke the lingering process (the

@@ -780,6 +780,12 @@ impl RecordHold {
         Self::at(label, feather_vm::keeper::HOLD_BEFORE_BEGIN)
     }
 
+    /// A hold on kept VMs' keepers once they have answered their VM's stop, before their last
+    /// steps (`feather_vm::keeper::HOLD_AFTER_STOP_ANSWER`).
+    pub fn after_stop_answer(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_AFTER_STOP_ANSWER)
+    }
+
     fn at(label: &str, variable: &'static str) -> Self {
         let dir = ScratchDir::new(label);
         let lock = fs::File::create(dir.path.join("hold")).unwrap();

@@ -183,8 +183,13 @@ pub const HOLD_BEFORE_CRIU: &str = "FEATHER_TEST_HOLD_BEFORE_CRIU";
 /// Unset, nothing waits.
 pub const HOLD_BEFORE_BEGIN: &str = "FEATHER_TEST_HOLD_BEFORE_BEGIN";
 
+/// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a kept VM's keeper waits for
+/// once it has answered the VM's stop, before its last steps (the root's network, the flush of
+/// the VM's layer), so that a test sees what waits for the keeper's end. Unset, nothing waits.
+pub const HOLD_AFTER_STOP_ANSWER: &str = "FEATHER_TEST_HOLD_AFTER_STOP_ANSWER";
+
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
-/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`]), if it is set.
+/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`]), if it is set.
 fn held_by_test(variable: &str) {
     let Some(path) = std::env::var_os(variable) else {
         return;
@@ -912,6 +917,7 @@ impl Keeper {
         }
         // The checkpoint it replaced goes once the asker has their answer.
         snapshot::remove_stale(&self.vm);
+        held_by_test(HOLD_AFTER_STOP_ANSWER);
         // A kept VM's answer came once its own network was gone (`tear_down`); the root's
         // bridge, tables and pool go now if the VM was their last user, a removal claimed
         // before the stop was recorded (`Attachment::detach_keeping_bridge`): killed from

@@ -562,6 +562,11 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
     if vm.read_state()?.status == VmStatus::Running {
         return Err(Error::Running(name.to_string()).into());
     }
+    // A stop answers before its keeper's last steps (the root's network if this VM was its
+    // last user, the flush of the layer as its mounts go): the VM is gone once they are done.
+    // Returned before, `rm` left a keeper that made the removal lock in a root whose folder
+    // was being removed next, and removed the layer under an overlay still mounted.
+    await_last_keeper(&vm)?;
     let config = vm.read_config()?;
     keeper::remove_leftovers(&vm, &config);
     keeper::sweep_removed_roots();
