@@ -844,6 +844,247 @@ fn a_root_removed_by_hand_leaves_its_network_to_the_next_root_that_chooses_one()
     );
 }
 
+/// A root removed by hand and made again at the same path (the default root, the only path
+/// its network can have, always is) is another root, and inherits nothing of the removed one's
+/// network. Before, the new root took the same bridge and subnet, whose claim it took for its
+/// own (the same path), found the bridge up and kept its tables, with the entries of the
+/// removed root's VM whose keeper was killed: its `egress` element for an address the new root
+/// leases again, and its `from_vm` element, whose clash made the new VM's start rebuild the
+/// tables under the VMs running, which lost their anti-spoofing entries. And the proxy ARP entry
+/// of that VM stayed on its uplink, which the claim did not record.
+#[test]
+fn a_root_made_again_where_one_was_removed_by_hand_inherits_nothing_of_its_network() {
+    made_again_where_one_was_removed("made-again", Claim::Kept);
+}
+
+/// The same, with the removed root's claim gone too (removed by hand, or an older feather's
+/// claim that the new root took for its own: nothing tells which root the bridge was made
+/// for): the root that chooses its network finds its bridge up, which it did not make, and
+/// makes the bridge's tables afresh. Only the proxy ARP entry stays, on an uplink nothing
+/// records any more.
+#[test]
+fn a_bridge_left_up_without_its_claim_gets_fresh_tables() {
+    made_again_where_one_was_removed("made-again-unclaimed", Claim::Removed);
+}
+
+/// What becomes of the removed root's claim in [`made_again_where_one_was_removed`].
+#[derive(PartialEq)]
+enum Claim {
+    Kept,
+    Removed,
+}
+
+fn made_again_where_one_was_removed(label: &str, claim: Claim) {
+    let (feather, subnet, bridge) = root_with_known_bridge(label);
+    let base = ScratchBase::new(label);
+    let uplink = DummyLink::new();
+    let on_the_lan = |args: &[&str]| {
+        let out = feather
+            .command()
+            .env("FEATHER_SUBNET", &subnet.cidr)
+            .env("FEATHER_UPLINK", &uplink.0)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "feather {args:?}: {out:?}");
+    };
+    // `idle` holds the subnet's first address, `old` the second.
+    on_the_lan(&["create", "--base", base.as_str(), "idle"]);
+    on_the_lan(&["create", "--base", base.as_str(), "--egress", "old"]);
+    on_the_lan(&["start", "old"]);
+    let old = feather.inspect("old");
+    let address = old["network"]["address"].as_str().unwrap().to_owned();
+    let table = old["network"]["nftables_table"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_end = old["network"]["host_interface"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    // The keeper and the VM killed: the veth goes with the VM's namespace, its firewall
+    // entries and its proxy ARP entry stay.
+    let keeper = old["state"]["keeper_pid"].as_i64().unwrap();
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    support::remove_cgroups(&feather.cgroup_dirs("old"));
+    assert!(
+        egress_set(&table).contains(&address),
+        "the killed VM's egress entry is there before its root is removed"
+    );
+    assert!(
+        uplink.proxies().contains(&format!("{address} ")),
+        "the killed VM's proxy ARP entry is there before its root is removed"
+    );
+    feather.eventually("the root's folder is removed by hand", || {
+        let mounts = support::HostTraces::of(&feather.root, None).mounts;
+        for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        }
+        fs::remove_dir_all(&feather.root).is_ok() || !feather.root.exists()
+    });
+    // The killed VM's veth, and any pooled pair, go with their namespaces, which the kernel
+    // frees a little later.
+    let ports = format!("/sys/class/net/{bridge}/brif");
+    feather.eventually_within(
+        "the killed VM's veth leaves the bridge",
+        std::time::Duration::from_secs(30),
+        || fs::read_dir(&ports).map_or(true, |mut ports| ports.next().is_none()),
+    );
+    if claim == Claim::Removed {
+        fs::remove_file(std::path::Path::new("/run/feather-net/claims").join(&bridge)).unwrap();
+    }
+
+    // The root made again, without an uplink: its first VM takes the first address.
+    ok_in(
+        &feather,
+        &subnet,
+        &["create", "--base", base.as_str(), "first"],
+    );
+    ok_in(&feather, &subnet, &["start", "first"]);
+    let first = feather.inspect("first");
+    let first_end = first["network"]["host_interface"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let egress = egress_set(&table);
+    assert!(
+        !egress.contains(&address),
+        "the new root's tables hold the removed root's VM's egress entry: {egress}"
+    );
+    let rules = support::nft_inet_table(&table);
+    assert!(
+        !rules.contains(&format!("vm-{old_end}")),
+        "the removed root's VM's chain is in the new root's table: {rules}"
+    );
+    // Its second VM takes the address the removed root's VM had, beside the first running.
+    ok_in(
+        &feather,
+        &subnet,
+        &["create", "--base", base.as_str(), "second"],
+    );
+    ok_in(&feather, &subnet, &["start", "second"]);
+    assert_eq!(
+        feather.inspect("second")["network"]["address"].as_str(),
+        Some(address.as_str()),
+        "the root made again leases the removed one's VM's address again"
+    );
+    let guarded = bridge_set(&table, "ports");
+    assert!(
+        guarded.contains(&first_end),
+        "the first VM's port lost its anti-spoofing entries when the second started: {guarded}"
+    );
+    let proxies = uplink.proxies();
+    assert!(
+        claim == Claim::Removed || !proxies.contains(&format!("{address} ")),
+        "the removed root's VM's proxy ARP entry stays on its uplink: {proxies}"
+    );
+}
+
+/// The elements of the set `egress` of the `inet` table `table`, as `nft` lists them.
+fn egress_set(table: &str) -> String {
+    nft_set("inet", table, "egress")
+}
+
+/// The elements of the set `set` of the `bridge` table `table`, as `nft` lists them.
+fn bridge_set(table: &str, set: &str) -> String {
+    nft_set("bridge", table, set)
+}
+
+fn nft_set(family: &str, table: &str, set: &str) -> String {
+    let out = std::process::Command::new("nft")
+        .args(["list", "set", family, table, set])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "nft list set: {out:?}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// An interface standing for a LAN-facing uplink (one end of a veth pair: this kernel has no
+/// dummy interfaces), deleted with its peer when dropped.
+struct DummyLink(String);
+
+impl DummyLink {
+    fn new() -> DummyLink {
+        let tag = std::process::id() % 100_000;
+        let (name, peer) = (format!("fdum{tag}"), format!("fdup{tag}"));
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &name])
+            .output();
+        let out = std::process::Command::new("ip")
+            .args(["link", "add", &name, "type", "veth", "peer", "name", &peer])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "ip link add: {out:?}");
+        DummyLink(name)
+    }
+
+    /// `ip neigh show proxy dev <this>`.
+    fn proxies(&self) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["neigh", "show", "proxy", "dev", &self.0])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for DummyLink {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["link", "delete", &self.0])
+            .output();
+    }
+}
+
+/// A live root named by a spelling that no longer resolves (`--root ../r` from `q/a`, then
+/// `q/a` removed) is still itself, and keeps its network. Before, its claim recorded that
+/// spelling: once `q/a` was gone the root looked removed, and its next `create` was refused
+/// with SubnetTaken, naming "the removed state root q/a/../r" (its own bridge had a port).
+#[test]
+fn a_root_named_through_a_folder_removed_since_keeps_its_network() {
+    let (feather, subnet, bridge) = root_with_known_bridge("named-through");
+    let base = ScratchBase::new("named-through");
+    let name = feather
+        .root
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let beside = feather.root.with_file_name(format!("{name}-beside"));
+    fs::create_dir_all(&beside).unwrap();
+    let through = |args: &[&str]| {
+        let out = std::process::Command::new(Feather::bin())
+            .current_dir(&beside)
+            .arg("--root")
+            .arg(format!("../{name}"))
+            .env("FEATHER_SUBNET", &subnet.cidr)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "feather {args:?}: {out:?}");
+    };
+    through(&["create", "--base", base.as_str(), "first"]);
+    through(&["start", "first"]);
+    fs::remove_dir(&beside).unwrap();
+    ok_in(
+        &feather,
+        &subnet,
+        &["create", "--base", base.as_str(), "second"],
+    );
+    ok_in(&feather, &subnet, &["start", "second"]);
+    assert_eq!(feather.status("first"), "running");
+    let claim = support::bridge_claim(&bridge).expect("the root claims its bridge");
+    assert!(
+        claim.names(&feather.root),
+        "the claim names the root by its canonical path"
+    );
+}
+
 /// `network down` of a root whose folder is gone has nothing to take down, and makes no folder
 /// (it made the root again, as every command makes a root that is missing, and recorded it
 /// among the host's roots).

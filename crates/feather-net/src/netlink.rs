@@ -274,6 +274,35 @@ impl Netlink {
         )
     }
 
+    /// The addresses of the proxy neighbour entries on interface `index`
+    /// (`ip neigh show proxy dev IFACE`).
+    pub fn proxy_neighbours(&mut self, index: u32) -> io::Result<Vec<Ipv4Addr>> {
+        let mut message = NeighbourMessage::default();
+        message.header.family = AddressFamily::Inet;
+        message.header.flags = NeighbourFlags::Proxy;
+        let answers = self.dump(RouteNetlinkMessage::GetNeighbour(message))?;
+        Ok(answers
+            .into_iter()
+            .filter_map(|answer| match answer {
+                RouteNetlinkMessage::NewNeighbour(entry)
+                    if entry.header.ifindex == index
+                        && entry.header.flags.contains(NeighbourFlags::Proxy) =>
+                {
+                    entry
+                        .attributes
+                        .into_iter()
+                        .find_map(|attribute| match attribute {
+                            NeighbourAttribute::Destination(NeighbourAddress::Inet(address)) => {
+                                Some(address)
+                            }
+                            _ => None,
+                        })
+                }
+                _ => None,
+            })
+            .collect())
+    }
+
     /// Removes the proxy neighbour entry for `address` on interface `index`; a missing one is
     /// fine.
     pub fn delete_proxy_neighbour(&mut self, index: u32, address: Ipv4Addr) -> io::Result<()> {

@@ -12,6 +12,7 @@
 
 use std::fs::{self, File};
 use std::net::Ipv4Addr;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use feather_core::atomic::{write_atomic, Durability};
@@ -91,8 +92,13 @@ impl RootNetwork {
             Some(network) => network,
             None => {
                 let network = Self::choose(root)?;
+                let earlier = claim_on(&network.bridge);
                 // Claimed before it is recorded: a refused choice leaves nothing behind.
                 network.claim()?;
+                if let Err(e) = network.start_afresh(earlier) {
+                    network.release_claim();
+                    return Err(e);
+                }
                 let file = SettingsFile {
                     bridge: network.bridge.clone(),
                     subnet: network.subnet,
@@ -110,6 +116,28 @@ impl RootNetwork {
         network.claim()?;
         drop(claims_lock);
         Ok((network, root_lock))
+    }
+
+    /// When the root first chooses its network, holding its claim: a bridge of that name up
+    /// already was made for no network of this root, which had none. No other root's live
+    /// claim stands on it ([`holder`]): it is a removed root's, left by one whose claim this
+    /// root's took over (an older feather's claim of the same path, or of a folder whose
+    /// identity the filesystem could not tell from this one's), or made by hand. Its tables
+    /// hold that root's VMs' entries — an `egress` element for an address this root leases
+    /// again, a `from_vm` element whose add then fails and rebuilds the tables under this
+    /// root's running VMs — so they are made afresh, and the proxy ARP entries the earlier
+    /// claim's uplink holds in the subnet go. `earlier`: the claim on the bridge before this
+    /// root's.
+    fn start_afresh(&self, earlier: Option<Claim>) -> Result<()> {
+        if crate::netlink::index_of(&self.bridge).is_none() {
+            return Ok(());
+        }
+        crate::firewall::create_tables(self)?;
+        let uplinks = earlier.and_then(|claim| claim.uplink).into_iter();
+        for uplink in uplinks.chain(self.uplink.clone()) {
+            crate::uplink::forget_subnet(&uplink, self.subnet);
+        }
+        Ok(())
     }
 
     /// Once the root's last lease is returned and its bridge is gone: forgets the root's
@@ -182,7 +210,8 @@ impl RootNetwork {
             });
         }
         if let Some(bridge) = &bridge {
-            if let Some(holder) = holder(root, bridge, None) {
+            let folder = Folder::of(root).ok();
+            if let Some(holder) = holder(root, folder.as_ref(), bridge, None) {
                 return Err(NetError::SubnetTaken {
                     subnet: "(any)".into(),
                     bridge: bridge.clone(),
@@ -214,7 +243,13 @@ impl RootNetwork {
 
     /// The live claim of another root on this bridge or an overlapping subnet, if any.
     fn conflict(&self) -> Option<String> {
-        holder(&self.root, &self.bridge, Some(&self.subnet))
+        let folder = Folder::of(&self.root).ok();
+        holder(
+            &self.root,
+            folder.as_ref(),
+            &self.bridge,
+            Some(&self.subnet),
+        )
     }
 
     /// Records that this root holds its bridge and subnet (under the claims lock).
@@ -227,10 +262,16 @@ impl RootNetwork {
                 settings: Self::settings_path(&self.root),
             });
         }
+        let folder = Folder::of(&self.root).at(&self.root)?;
         let claim = Claim {
             bridge: self.bridge.clone(),
             subnet: self.subnet,
-            root: self.root.clone(),
+            root: folder.path,
+            uplink: self.uplink.clone(),
+            mount_namespace: mount_namespace(),
+            dev: Some(folder.dev),
+            ino: Some(folder.ino),
+            born: folder.born,
         };
         let path = Path::new(CLAIMS).join(&self.bridge);
         let text = toml::to_string(&claim).map_err(|source| NetError::Encode {
@@ -244,11 +285,14 @@ impl RootNetwork {
     }
 
     /// Removes this root's host-wide claim, if it is still this root's. Call with the claims
-    /// lock held ([`networks_of_removed_roots`]).
-    pub(crate) fn release_claim(&self) {
+    /// lock held.
+    fn release_claim(&self) {
+        let Ok(folder) = Folder::of(&self.root) else {
+            return;
+        };
         let claim = Path::new(CLAIMS).join(&self.bridge);
         if let Ok(text) = fs::read_to_string(&claim) {
-            if toml::from_str::<Claim>(&text).is_ok_and(|c| c.root == self.root) {
+            if toml::from_str::<Claim>(&text).is_ok_and(|c| c.names(&folder, &self.root)) {
                 let _ = fs::remove_file(claim);
             }
         }
@@ -299,17 +343,155 @@ pub(crate) fn lock_within(file: &File, patience: std::time::Duration) -> bool {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+/// A root's claim on its bridge and subnet, `/run/feather-net/claims/<bridge>`. Which root holds
+/// it is told by its folder's identity, not by a path: a root removed and made again at the
+/// same path (`/var/lib/feather` always is) is another root, and a live root named by a
+/// spelling that no longer resolves (`a/../r` once `a` is gone, a removed link) is the same one.
+/// A claim of an older feather has neither the identity nor the mount namespace, and is judged
+/// by its path, conservatively ([`Claim::names`], [`networks_of_removed_roots`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct Claim {
     bridge: String,
     subnet: Subnet,
+    /// The root's folder, canonical (an older feather's claim: as the command spelled it).
     root: PathBuf,
+    /// The root's uplink when it claimed, whose proxy ARP entries in the subnet go with a
+    /// removed root's network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    uplink: Option<String>,
+    /// The inode of the claimer's mount namespace (`/proc/self/ns/mnt`): `root` names the
+    /// folder there, and only there can the root be found removed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mount_namespace: Option<u64>,
+    /// The root folder's device and inode, and its birth time (ns since the epoch; none where
+    /// the filesystem keeps none): a folder made again may get the same inode at once (ext4
+    /// hands the inode just freed to the next `mkdir`), never the same birth time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dev: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    ino: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    born: Option<i64>,
+}
+
+/// A root's folder as a claim records it: its canonical path and identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Folder {
+    path: PathBuf,
+    dev: u64,
+    ino: u64,
+    born: Option<i64>,
+}
+
+impl Folder {
+    /// The folder `root` names now, in the caller's mount namespace.
+    fn of(root: &Path) -> std::io::Result<Folder> {
+        let path = fs::canonicalize(root)?;
+        let meta = fs::metadata(&path)?;
+        Ok(Folder {
+            born: born(&meta),
+            dev: meta.dev(),
+            ino: meta.ino(),
+            path,
+        })
+    }
+
+    /// Whether the folder a claim records by `dev`, `ino` and `born` is this one: the same
+    /// device and inode, and the same birth time where both have one.
+    fn is(&self, dev: u64, ino: u64, born: Option<i64>) -> bool {
+        self.dev == dev
+            && self.ino == ino
+            && (self.born.is_none() || born.is_none() || self.born == born)
+    }
+}
+
+/// A folder's birth time in nanoseconds since the epoch, where its filesystem keeps one.
+fn born(meta: &fs::Metadata) -> Option<i64> {
+    let since = meta
+        .created()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?;
+    i64::try_from(since.as_nanos()).ok()
+}
+
+/// The inode of the caller's mount namespace.
+fn mount_namespace() -> Option<u64> {
+    fs::metadata("/proc/self/ns/mnt")
+        .ok()
+        .map(|meta| meta.ino())
+}
+
+/// What the claim's path names now, in the caller's mount namespace.
+#[derive(Debug, PartialEq, Eq)]
+enum AtPath {
+    /// The claim's own folder.
+    Same,
+    /// Nothing (NotFound), or another folder: the claimed root was removed.
+    Removed,
+    /// It cannot be told (another error, or a claim without the folder's identity whose path
+    /// names a folder).
+    Unknown,
 }
 
 impl Claim {
+    /// Whether this is the claim of the root whose folder is `folder` (spelled `spelled` by
+    /// the command): the same folder, wherever it is mounted and however it is named. A claim
+    /// of an older feather, which records neither, is this root's when its path is the root's
+    /// either way spelled, as before: the tables of the root's bridge are then made afresh
+    /// when the root chooses its network ([`RootNetwork::load_or_choose_locked`]).
+    fn names(&self, folder: &Folder, spelled: &Path) -> bool {
+        match (self.dev, self.ino) {
+            (Some(dev), Some(ino)) => folder.is(dev, ino, self.born),
+            _ => self.root == folder.path || self.root == spelled,
+        }
+    }
+
+    /// Whether the claim was made in the caller's mount namespace: None for a claim of an
+    /// older feather, which does not say.
+    fn made_here(&self) -> Option<bool> {
+        self.mount_namespace
+            .map(|made| Some(made) == mount_namespace())
+    }
+
+    /// What the claim's path names now, in the caller's mount namespace.
+    fn at_path(&self) -> AtPath {
+        match fs::metadata(&self.root) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => AtPath::Removed,
+            Err(_) => AtPath::Unknown,
+            Ok(meta) => match (self.dev, self.ino) {
+                (Some(dev), Some(ino)) => {
+                    let now = Folder {
+                        path: self.root.clone(),
+                        dev: meta.dev(),
+                        ino: meta.ino(),
+                        born: born(&meta),
+                    };
+                    if now.is(dev, ino, self.born) {
+                        AtPath::Same
+                    } else {
+                        AtPath::Removed
+                    }
+                }
+                _ => AtPath::Unknown,
+            },
+        }
+    }
+
+    /// Whether the claim's root was removed, as far as the caller can tell: the claim was made
+    /// in the caller's mount namespace, and its canonical path names no folder there, or
+    /// another than the one that claimed. Never for a claim of an older feather.
+    fn is_a_removed_root_s(&self) -> bool {
+        self.made_here() == Some(true) && self.dev.is_some() && self.at_path() == AtPath::Removed
+    }
+
     /// A claim holds while its root still records the same bridge and subnet; a root deleted
-    /// wholesale (`rm -rf`) releases its claim with it.
+    /// wholesale (`rm -rf`) releases its claim with it. Looked at in the caller's mount
+    /// namespace: a claim made in another one always holds ([`holder`]).
     fn is_live(&self) -> bool {
+        if self.at_path() == AtPath::Removed {
+            return false;
+        }
         matches!(
             RootNetwork::load(&self.root),
             Ok(Some(network)) if network.bridge == self.bridge && network.subnet == self.subnet
@@ -318,13 +500,36 @@ impl Claim {
 }
 
 /// The other state root with a live claim on `bridge` or on a subnet overlapping `subnet`, if
-/// any. Stale claims met on the way are removed.
-fn holder(root: &Path, bridge: &str, subnet: Option<&Subnet>) -> Option<String> {
+/// any. Stale claims met on the way are removed. `folder`: the caller's root's folder (None
+/// when it cannot be looked at: every claim is then another root's), spelled `root`.
+fn holder(
+    root: &Path,
+    folder: Option<&Folder>,
+    bridge: &str,
+    subnet: Option<&Subnet>,
+) -> Option<String> {
     for (path, claim) in claims() {
-        if claim.root == root {
+        if folder.is_some_and(|folder| claim.names(folder, root)) {
             continue;
         }
         let clashes = claim.bridge == bridge || subnet.is_some_and(|s| claim.subnet.overlaps(s));
+        if claim.made_here() == Some(false) {
+            // Its root is a folder of another mount namespace (a service's private /tmp), which
+            // no look from here can find or find gone: it holds its pair until a feather of
+            // that namespace releases it. A leak, rather than a live root's pair taken.
+            if clashes {
+                return Some(format!(
+                    "state root {} of another mount namespace (mnt:[{}]; if that root is gone, \
+                     remove {} and, if it is still up, the bridge {}: `ip link delete {}`)",
+                    claim.root.display(),
+                    claim.mount_namespace.unwrap_or_default(),
+                    path.display(),
+                    claim.bridge,
+                    claim.bridge
+                ));
+            }
+            continue;
+        }
         if claim.is_live() {
             if clashes {
                 return Some(format!("state root {}", claim.root.display()));
@@ -334,8 +539,19 @@ fn holder(root: &Path, bridge: &str, subnet: Option<&Subnet>) -> Option<String> 
             // bridge is until it is removed (removed_roots.rs), and nothing takes the bridge
             // or its subnet (its tables hold the removed root's entries) until then.
             if clashes {
+                let stays = if claim.dev.is_some() {
+                    "stays while a port is on it".to_owned()
+                } else {
+                    // Never taken for a removed root's (networks_of_removed_roots).
+                    format!(
+                        "stays: an older feather's claim, {}, which no sweep removes; if no VM \
+                         uses the bridge, `ip link delete {}` and remove the claim",
+                        path.display(),
+                        claim.bridge
+                    )
+                };
                 return Some(format!(
-                    "the removed state root {} (its bridge {} stays while a port is on it)",
+                    "the removed state root {} (its bridge {} {stays})",
                     claim.root.display(),
                     claim.bridge
                 ));
@@ -346,6 +562,12 @@ fn holder(root: &Path, bridge: &str, subnet: Option<&Subnet>) -> Option<String> 
         }
     }
     None
+}
+
+/// The claim on `bridge`, if its file reads as one.
+fn claim_on(bridge: &str) -> Option<Claim> {
+    let text = fs::read_to_string(Path::new(CLAIMS).join(bridge)).ok()?;
+    toml::from_str(&text).ok()
 }
 
 /// Every claim the claims folder holds that reads as one, with its file.
@@ -362,21 +584,46 @@ fn claims() -> Vec<(PathBuf, Claim)> {
         .collect()
 }
 
-/// The networks of state roots whose folder is gone (removed by hand, its network not taken
-/// down first) and whose bridge is still up, as their claims record them; with the claims lock,
-/// which the caller holds while it removes them ([`RootNetwork::release_claim`]).
-pub(crate) fn networks_of_removed_roots() -> Result<(Vec<RootNetwork>, File)> {
+/// The network of a removed root as its claim records it ([`networks_of_removed_roots`]).
+pub(crate) struct Leftover {
+    pub(crate) network: RootNetwork,
+    claim: Claim,
+}
+
+impl Leftover {
+    /// Removes the claim, if its file still holds it. Call with the claims lock held.
+    pub(crate) fn release_claim(&self) {
+        let path = Path::new(CLAIMS).join(&self.claim.bridge);
+        let unchanged = fs::read_to_string(&path)
+            .ok()
+            .and_then(|text| toml::from_str::<Claim>(&text).ok())
+            .is_some_and(|claim| claim == self.claim);
+        if unchanged {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+/// The networks of state roots removed by hand (their network not taken down first) whose
+/// bridge is still up, as their claims record them; with the claims lock, which the caller
+/// holds while it removes them ([`Leftover::release_claim`]). A root counts as removed only
+/// when its claim was made in the caller's mount namespace and its canonical path names no
+/// folder there, or another folder than the one that claimed (device, inode, birth time). A
+/// claim of an older feather, which records neither, never counts: its path may be a spelling
+/// that no longer resolves, or a folder of another namespace.
+pub(crate) fn networks_of_removed_roots() -> Result<(Vec<Leftover>, File)> {
     let lock = claims_lock()?;
     let mut networks = Vec::new();
     for (_, claim) in claims() {
-        let removed = fs::symlink_metadata(&claim.root)
-            .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound);
-        if removed && crate::netlink::index_of(&claim.bridge).is_some() {
-            networks.push(RootNetwork {
-                bridge: claim.bridge,
-                subnet: claim.subnet,
-                uplink: None,
-                root: claim.root,
+        if claim.is_a_removed_root_s() && crate::netlink::index_of(&claim.bridge).is_some() {
+            networks.push(Leftover {
+                network: RootNetwork {
+                    bridge: claim.bridge.clone(),
+                    subnet: claim.subnet,
+                    uplink: claim.uplink.clone(),
+                    root: claim.root.clone(),
+                },
+                claim,
             });
         }
     }
@@ -449,6 +696,137 @@ pub(crate) fn open_lock_file(path: &Path) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A folder of its own under the temporary folder, removed when dropped.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(label: &str) -> Scratch {
+            let dir =
+                std::env::temp_dir().join(format!("feather-claims-{label}-{}", std::process::id()));
+            let _ = fs::remove_dir_all(&dir);
+            fs::create_dir_all(&dir).unwrap();
+            Scratch(dir)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir_all(&self.0);
+        }
+    }
+
+    /// The claim a root at `root` makes now, as `RootNetwork::claim` writes it.
+    fn claim_of(root: &Path) -> Claim {
+        let folder = Folder::of(root).unwrap();
+        Claim {
+            bridge: "fbr0a630100".into(),
+            subnet: "10.99.1.0/24".parse().unwrap(),
+            root: folder.path,
+            uplink: None,
+            mount_namespace: mount_namespace(),
+            dev: Some(folder.dev),
+            ino: Some(folder.ino),
+            born: folder.born,
+        }
+    }
+
+    /// `rm -rf` of a root, then the same path made again (what the next command does): ext4
+    /// hands the inode just freed to the next `mkdir`, so the device and inode alone took the
+    /// new folder for the removed one, whose claim it then took for its own.
+    #[test]
+    fn a_root_made_again_at_the_same_path_is_another_root() {
+        let scratch = Scratch::new("again");
+        let root = scratch.0.join("root");
+        fs::create_dir(&root).unwrap();
+        let claim = claim_of(&root);
+        assert_eq!(claim.at_path(), AtPath::Same);
+        assert!(!claim.is_a_removed_root_s());
+        fs::remove_dir(&root).unwrap();
+        assert_eq!(claim.at_path(), AtPath::Removed);
+        fs::create_dir(&root).unwrap();
+        assert_eq!(
+            claim.at_path(),
+            AtPath::Removed,
+            "the folder made again is the old one"
+        );
+        assert!(claim.is_a_removed_root_s());
+        assert!(!claim.names(&Folder::of(&root).unwrap(), &root));
+    }
+
+    /// `--root ../r` from `q/a`: once `q/a` is gone, that spelling names nothing, and the claim
+    /// it wrote took the live root for a removed one.
+    #[test]
+    fn a_root_named_through_a_folder_removed_since_is_still_itself() {
+        let scratch = Scratch::new("through");
+        let (beside, root) = (scratch.0.join("a"), scratch.0.join("r"));
+        fs::create_dir(&beside).unwrap();
+        fs::create_dir(&root).unwrap();
+        let spelled = beside.join("..").join("r");
+        let claim = claim_of(&spelled);
+        assert_eq!(claim.root, fs::canonicalize(&root).unwrap());
+        fs::remove_dir(&beside).unwrap();
+        assert_eq!(claim.at_path(), AtPath::Same);
+        assert!(!claim.is_a_removed_root_s());
+        assert!(claim.names(&Folder::of(&root).unwrap(), &root));
+    }
+
+    /// A claim made in another mount namespace (a service's private /tmp) names a folder this
+    /// process cannot see: never taken for a removed root's from here.
+    #[test]
+    fn a_claim_of_another_mount_namespace_is_never_a_removed_root_s() {
+        let scratch = Scratch::new("namespace");
+        let root = scratch.0.join("root");
+        fs::create_dir(&root).unwrap();
+        let mut claim = claim_of(&root);
+        fs::remove_dir(&root).unwrap();
+        assert!(claim.is_a_removed_root_s());
+        claim.mount_namespace = claim.mount_namespace.map(|ns| ns + 1);
+        assert_eq!(claim.made_here(), Some(false));
+        assert!(!claim.is_a_removed_root_s());
+    }
+
+    /// A claim an older feather wrote (no identity, no namespace, the root as spelled) still
+    /// reads; its root is never taken for removed, however its path looks.
+    #[test]
+    fn an_older_claim_still_reads_and_its_root_is_never_taken_for_removed() {
+        let old: Claim = toml::from_str(
+            "bridge = \"fbr0a630100\"\nsubnet = \"10.99.1.0/24\"\nroot = \"/nonexistent/a/../r\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            (old.dev, old.mount_namespace, old.uplink.as_deref()),
+            (None, None, None)
+        );
+        assert_eq!(old.made_here(), None);
+        assert!(!old.is_a_removed_root_s());
+        let spelled = Path::new("/nonexistent/a/../r");
+        let elsewhere = Folder {
+            path: "/somewhere/else".into(),
+            dev: 1,
+            ino: 2,
+            born: None,
+        };
+        assert!(
+            old.names(&elsewhere, spelled),
+            "the same spelling is the same root"
+        );
+        assert!(!old.names(&elsewhere, Path::new("/other")));
+    }
+
+    /// The claim records the uplink, whose proxy ARP entries go with a removed root's network,
+    /// and a claim written now reads back the same.
+    #[test]
+    fn a_claim_keeps_its_uplink_and_identity() {
+        let scratch = Scratch::new("uplink");
+        let claim = Claim {
+            uplink: Some("eth0".into()),
+            ..claim_of(&scratch.0)
+        };
+        let text = toml::to_string(&claim).unwrap();
+        assert!(text.contains("uplink = \"eth0\""), "{text}");
+        assert_eq!(toml::from_str::<Claim>(&text).unwrap(), claim);
+    }
 
     #[test]
     fn a_settings_file_without_an_uplink_still_loads_and_one_with_it_keeps_it() {
