@@ -1085,6 +1085,144 @@ fn a_root_named_through_a_folder_removed_since_keeps_its_network() {
     );
 }
 
+/// A root of another mount namespace (a service's private /tmp: its folder is on a mount the
+/// host does not see) is never taken for removed from the host: its claim holds its pair while
+/// its bridge is down, and a root of the host that asks for that pair is refused. Before, the
+/// host found the root's path empty, took the claim for a removed root's and removed it, and
+/// its own root took the pair that the private root's network.toml still names.
+#[test]
+fn a_root_of_another_mount_namespace_keeps_its_claim() {
+    let (host, subnet, bridge) = root_with_known_bridge("other-namespace-host");
+    let base = ScratchBase::new("other-namespace");
+    let place = support::ScratchDir::new("other-namespace");
+    let private = PrivateMounts::new(&place.path);
+    private.ok(&subnet, &["create", "--base", base.as_str(), "vm"]);
+    private.ok(&subnet, &["start", "vm"]);
+    assert!(
+        std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists(),
+        "the private root's VM runs on its bridge"
+    );
+    private.ok(&subnet, &["stop", "vm"]);
+    // The keeper takes the root's network down after its answer.
+    host.eventually(
+        "the private root's bridge goes with its last VM's stop",
+        || {
+            !std::path::Path::new("/sys/class/net")
+                .join(&bridge)
+                .exists()
+        },
+    );
+    assert!(
+        support::bridge_claim(&bridge).is_some_and(|claim| claim.names(&private.root)),
+        "the private root keeps its claim while its network.toml names the pair"
+    );
+    let out = host
+        .command()
+        .env("FEATHER_SUBNET", &subnet.cidr)
+        .args(["create", "--base", base.as_str(), "vm"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("another mount namespace"),
+        "the host's root took the private root's pair: {out:?}"
+    );
+    assert!(
+        support::bridge_claim(&bridge).is_some_and(|claim| claim.names(&private.root)),
+        "the private root's claim was removed from the host"
+    );
+    private.ok(&subnet, &["rm", "vm"]);
+    assert!(
+        support::bridge_claim(&bridge).is_none(),
+        "the private root's last rm releases its claim"
+    );
+}
+
+/// A mount namespace of its own, with a tmpfs on `place` that only it sees (as a service's
+/// private /tmp), held by a `sleep` in it; a state root `place/r` in it. Dropping it removes
+/// what is left of the root's VM `vm` and ends the namespace.
+struct PrivateMounts {
+    holder: std::process::Child,
+    root: std::path::PathBuf,
+}
+
+impl PrivateMounts {
+    fn new(place: &std::path::Path) -> PrivateMounts {
+        let holder = std::process::Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sleep", "infinity"])
+            .stdin(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let private = PrivateMounts {
+            holder,
+            root: place.join("r"),
+        };
+        let pid = private.holder.id().to_string();
+        let own = || {
+            fs::read_link(format!("/proc/{pid}/ns/mnt")).ok()
+                != fs::read_link("/proc/self/ns/mnt").ok()
+        };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !own() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "unshare made no namespace"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let status = private
+            .enter()
+            .args(["mount", "-t", "tmpfs", "tmpfs"])
+            .arg(place)
+            .status()
+            .unwrap();
+        assert!(status.success(), "mount a tmpfs in the namespace");
+        private
+    }
+
+    /// `nsenter` into the namespace, ready for a command.
+    fn enter(&self) -> std::process::Command {
+        let mut command = std::process::Command::new("nsenter");
+        command
+            .args(["-t", &self.holder.id().to_string(), "-m", "--"])
+            .stdin(std::process::Stdio::null());
+        command
+    }
+
+    /// Runs `feather --root <place>/r args…` in the namespace; panics if it failed.
+    fn ok(&self, subnet: &support::TestSubnet, args: &[&str]) {
+        let out = self
+            .enter()
+            .arg(Feather::bin())
+            .arg("--root")
+            .arg(&self.root)
+            .env("FEATHER_SUBNET", &subnet.cidr)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "feather {args:?}: {out:?}");
+    }
+}
+
+impl Drop for PrivateMounts {
+    fn drop(&mut self) {
+        for args in [&["rm", "--force", "vm"][..], &["network", "down"][..]] {
+            let _ = self
+                .enter()
+                .arg(Feather::bin())
+                .arg("--root")
+                .arg(&self.root)
+                .args(args)
+                .output();
+        }
+        let _ = self.holder.kill();
+        let _ = self.holder.wait();
+        feather_core::roots::Registry::host().forget_below(&self.root);
+    }
+}
+
 /// `network down` of a root whose folder is gone has nothing to take down, and makes no folder
 /// (it made the root again, as every command makes a root that is missing, and recorded it
 /// among the host's roots).
