@@ -1087,15 +1087,29 @@ fn a_root_named_through_a_folder_removed_since_keeps_its_network() {
 
 /// A root of another mount namespace (a service's private /tmp: its folder is on a mount the
 /// host does not see) is never taken for removed from the host: its claim holds its pair while
-/// its bridge is down, and a root of the host that asks for that pair is refused. Before, the
-/// host found the root's path empty, took the claim for a removed root's and removed it, and
-/// its own root took the pair that the private root's network.toml still names.
+/// its bridge is down, and a root of the host that asks for that pair is refused, naming the
+/// namespace. Before, the host found the root's path empty, took the claim for a removed
+/// root's and removed it, and its own root took the pair that the private root's network.toml
+/// still names.
+///
+/// The host's folder under the private mount holds a `network.toml` naming the same pair: a
+/// feather of an older build running beside this test (another checkout's tests) would
+/// otherwise remove the claim as stale — the defect itself — while the bridge is down. Without
+/// the fix the host's `create` is then refused as a clash with that folder's root, not with
+/// the other namespace's.
 #[test]
 fn a_root_of_another_mount_namespace_keeps_its_claim() {
     let (host, subnet, bridge) = root_with_known_bridge("other-namespace-host");
     let base = ScratchBase::new("other-namespace");
     let place = support::ScratchDir::new("other-namespace");
     let private = PrivateMounts::new(&place.path);
+    let decoy = place.path.join("r");
+    fs::create_dir(&decoy).unwrap();
+    fs::write(
+        decoy.join("network.toml"),
+        format!("bridge = \"{bridge}\"\nsubnet = \"{}\"\n", subnet.cidr),
+    )
+    .unwrap();
     private.ok(&subnet, &["create", "--base", base.as_str(), "vm"]);
     private.ok(&subnet, &["start", "vm"]);
     assert!(
@@ -1105,7 +1119,9 @@ fn a_root_of_another_mount_namespace_keeps_its_claim() {
         "the private root's VM runs on its bridge"
     );
     private.ok(&subnet, &["stop", "vm"]);
-    // The keeper takes the root's network down after its answer.
+    // The stopping keeper takes the root's network down after its answer, unless a refill of
+    // the pool held it up: then `network down` does.
+    private.ok(&subnet, &["network", "down"]);
     host.eventually(
         "the private root's bridge goes with its last VM's stop",
         || {
@@ -1127,7 +1143,7 @@ fn a_root_of_another_mount_namespace_keeps_its_claim() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         !out.status.success() && stderr.contains("another mount namespace"),
-        "the host's root took the private root's pair: {out:?}"
+        "the host's root was not refused for the other namespace's claim: {out:?}"
     );
     assert!(
         support::bridge_claim(&bridge).is_some_and(|claim| claim.names(&private.root)),
