@@ -867,6 +867,96 @@ fn a_bridge_left_up_without_its_claim_gets_fresh_tables() {
     made_again_where_one_was_removed("made-again-unclaimed", Claim::Removed);
 }
 
+/// A bridge left up without its claim with a VM of the removed root still running on it (its
+/// keeper alive; or a claim of an older feather of the same path, or a folder made again
+/// that the filesystem cannot tell from the removed one): the root that chooses its network
+/// is refused, naming the port and the way out. Before, it made the bridge's tables afresh,
+/// and the running VM's frames were no longer checked (anti-spoofing, egress).
+#[test]
+fn a_root_never_takes_a_bridge_a_removed_root_s_vm_still_runs_on() {
+    let (feather, subnet, bridge) = root_with_known_bridge("made-again-running");
+    let base = ScratchBase::new("made-again-running");
+    ok_in(
+        &feather,
+        &subnet,
+        &["create", "--base", base.as_str(), "old"],
+    );
+    ok_in(&feather, &subnet, &["start", "old"]);
+    let old = feather.inspect("old");
+    let table = old["network"]["nftables_table"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let old_end = old["network"]["host_interface"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let keeper = old["state"]["keeper_pid"].as_i64().unwrap();
+    let groups = feather.cgroup_dirs("old");
+    // The claim goes before the root, so that no sweep takes the bridge meanwhile.
+    fs::remove_file(std::path::Path::new("/run/feather-net/claims").join(&bridge)).unwrap();
+    feather.eventually("the root's folder is removed by hand", || {
+        let mounts = support::HostTraces::of(&feather.root, None).mounts;
+        for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
+            let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+        }
+        fs::remove_dir_all(&feather.root).is_ok() || !feather.root.exists()
+    });
+    assert!(
+        bridge_set(&table, "ports").contains(&old_end),
+        "the running VM's port is guarded before the root is made again"
+    );
+
+    let refused = ["create", "start"].iter().find_map(|verb| {
+        let args = match *verb {
+            "create" => vec!["create", "--base", base.as_str(), "first"],
+            _ => vec!["start", "first"],
+        };
+        let out = feather
+            .command()
+            .env("FEATHER_SUBNET", &subnet.cidr)
+            .args(&args)
+            .output()
+            .unwrap();
+        (!out.status.success()).then(|| (*verb, String::from_utf8_lossy(&out.stderr).into_owned()))
+    });
+    let (verb, refused) =
+        refused.expect("the new root took the bridge a removed root's VM runs on");
+    for named in [&bridge, &old_end, &format!("ip link show master {bridge}")] {
+        assert!(
+            refused.contains(named.as_str()),
+            "{named} not named: {refused}"
+        );
+    }
+    let guarded = bridge_set(&table, "ports");
+    assert!(
+        guarded.contains(&old_end),
+        "the running VM's port lost its anti-spoofing entries: {guarded}"
+    );
+
+    // The way out: the VM ended, its port goes, and the root takes the bridge.
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
+    support::remove_cgroups(&groups);
+    let ports = format!("/sys/class/net/{bridge}/brif");
+    feather.eventually_within(
+        "the killed VM's veth leaves the bridge",
+        std::time::Duration::from_secs(30),
+        || fs::read_dir(&ports).map_or(true, |mut ports| ports.next().is_none()),
+    );
+    if verb == "create" {
+        ok_in(
+            &feather,
+            &subnet,
+            &["create", "--base", base.as_str(), "first"],
+        );
+    }
+    ok_in(&feather, &subnet, &["start", "first"]);
+    ok_in(&feather, &subnet, &["rm", "--force", "first"]);
+}
+
 /// What becomes of the removed root's claim in [`made_again_where_one_was_removed`].
 #[derive(PartialEq)]
 enum Claim {
@@ -918,6 +1008,11 @@ fn made_again_where_one_was_removed(label: &str, claim: Claim) {
         uplink.proxies().contains(&format!("{address} ")),
         "the killed VM's proxy ARP entry is there before its root is removed"
     );
+    // The claim goes before the root, so that no sweep (of a test beside this one) takes the
+    // bridge meanwhile.
+    if claim == Claim::Removed {
+        fs::remove_file(std::path::Path::new("/run/feather-net/claims").join(&bridge)).unwrap();
+    }
     feather.eventually("the root's folder is removed by hand", || {
         let mounts = support::HostTraces::of(&feather.root, None).mounts;
         for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
@@ -933,9 +1028,12 @@ fn made_again_where_one_was_removed(label: &str, claim: Claim) {
         std::time::Duration::from_secs(30),
         || fs::read_dir(&ports).map_or(true, |mut ports| ports.next().is_none()),
     );
-    if claim == Claim::Removed {
-        fs::remove_file(std::path::Path::new("/run/feather-net/claims").join(&bridge)).unwrap();
-    }
+    assert!(
+        std::path::Path::new("/sys/class/net")
+            .join(&bridge)
+            .exists(),
+        "the bridge is still up when the root is made again"
+    );
 
     // The root made again, without an uplink: its first VM takes the first address.
     ok_in(

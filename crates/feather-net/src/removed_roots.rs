@@ -54,9 +54,20 @@ pub fn remove_networks() {
 }
 
 /// Whether any interface is a port of the bridge `name` (or its ports cannot be read).
-fn has_port(name: &str) -> bool {
+pub(crate) fn has_port(name: &str) -> bool {
+    ports(name).is_none_or(|ports| !ports.is_empty())
+}
+
+/// The names of the bridge `name`'s ports; None when they cannot be read.
+pub(crate) fn ports(name: &str) -> Option<Vec<String>> {
     let ports = std::path::Path::new("/sys/class/net")
         .join(name)
         .join("brif");
-    std::fs::read_dir(ports).map_or(true, |mut ports| ports.next().is_some())
+    let mut names: Vec<String> = std::fs::read_dir(ports)
+        .ok()?
+        .flatten()
+        .map(|port| port.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Some(names)
 }

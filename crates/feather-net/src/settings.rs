@@ -128,9 +128,25 @@ impl RootNetwork {
     /// root's running VMs — so they are made afresh, and the proxy ARP entries the earlier
     /// claim's uplink holds in the subnet go. `earlier`: the claim on the bridge before this
     /// root's.
+    ///
+    /// Refused while a port is on the bridge: the root has no network yet, so no port is one
+    /// of its VMs; it is a VM of a removed root still running (its keeper alive), whose
+    /// anti-spoofing and egress entries fresh tables would drop.
     fn start_afresh(&self, earlier: Option<Claim>) -> Result<()> {
         if crate::netlink::index_of(&self.bridge).is_none() {
             return Ok(());
+        }
+        let ports = crate::removed_roots::ports(&self.bridge);
+        if ports.as_ref().is_none_or(|ports| !ports.is_empty()) {
+            let named = ports.map_or_else(|| "(unreadable)".to_owned(), |ports| ports.join(", "));
+            let bridge = &self.bridge;
+            return Err(NetError::Invalid(format!(
+                "bridge {bridge} is up with ports on it ({named}) that are no VMs of this state \
+                 root, which has no network yet: a VM of a removed root still runs on it \
+                 (`ip link show master {bridge}` lists them). End that VM (kill its keeper) or \
+                 delete its port (`ip link delete PORT`), or choose another pair with \
+                 FEATHER_SUBNET and FEATHER_BRIDGE"
+            )));
         }
         crate::firewall::create_tables(self)?;
         let uplinks = earlier.and_then(|claim| claim.uplink).into_iter();
