@@ -747,20 +747,23 @@ mod tests {
         }
     }
 
-    /// `rm -rf` of a root, then the same path made again (what the next command does): ext4
-    /// hands the inode just freed to the next `mkdir`, so the device and inode alone took the
-    /// new folder for the removed one, whose claim it then took for its own.
+    /// `rm -rf` of a root, then another folder at the same path: its claim names a removed
+    /// root, and the folder there now is another root. The new folder is made before the old
+    /// one goes (then renamed into place), so that its inode differs whatever the filesystem
+    /// hands out; the birth time, for a new folder with the old one's inode, is
+    /// [`a_folder_with_the_same_inode_but_another_birth_time_is_another`].
     #[test]
     fn a_root_made_again_at_the_same_path_is_another_root() {
         let scratch = Scratch::new("again");
-        let root = scratch.0.join("root");
+        let (root, new) = (scratch.0.join("root"), scratch.0.join("new"));
         fs::create_dir(&root).unwrap();
         let claim = claim_of(&root);
         assert_eq!(claim.at_path(), AtPath::Same);
         assert!(!claim.is_a_removed_root_s());
+        fs::create_dir(&new).unwrap();
         fs::remove_dir(&root).unwrap();
         assert_eq!(claim.at_path(), AtPath::Removed);
-        fs::create_dir(&root).unwrap();
+        fs::rename(&new, &root).unwrap();
         assert_eq!(
             claim.at_path(),
             AtPath::Removed,
@@ -768,6 +771,39 @@ mod tests {
         );
         assert!(claim.is_a_removed_root_s());
         assert!(!claim.names(&Folder::of(&root).unwrap(), &root));
+    }
+
+    /// ext4 hands the inode just freed to the next `mkdir`: the device and inode alone took a
+    /// root made again at the same path for the removed one. The birth time tells them apart
+    /// where both the claim and the folder have one, and is not looked at otherwise.
+    #[test]
+    fn a_folder_with_the_same_inode_but_another_birth_time_is_another() {
+        let scratch = Scratch::new("born");
+        let now = Folder::of(&scratch.0).unwrap();
+        let claim = |born: Option<i64>| Claim {
+            born,
+            ..claim_of(&scratch.0)
+        };
+        let earlier = now.born.map(|born| born - 1).or(Some(1));
+        let (dev, ino) = (now.dev, now.ino);
+        let removed = claim(earlier);
+        if now.born.is_some() {
+            assert!(!now.is(dev, ino, earlier));
+            assert!(!removed.names(&now, &scratch.0));
+            assert_eq!(removed.at_path(), AtPath::Removed);
+        }
+        assert!(now.is(dev, ino, now.born));
+        assert!(now.is(dev, ino, None), "a claim without a birth time");
+        let without = Folder {
+            born: None,
+            ..now.clone()
+        };
+        assert!(
+            without.is(dev, ino, earlier),
+            "a folder without a birth time"
+        );
+        assert!(!now.is(dev, ino + 1, now.born));
+        assert_eq!(claim(None).at_path(), AtPath::Same);
     }
 
     /// `--root ../r` from `q/a`: once `q/a` is gone, that spelling names nothing, and the claim
