@@ -874,8 +874,21 @@ fn a_bridge_left_up_without_its_claim_gets_fresh_tables() {
 /// and the running VM's frames were no longer checked (anti-spoofing, egress).
 #[test]
 fn a_root_never_takes_a_bridge_a_removed_root_s_vm_still_runs_on() {
-    let (feather, subnet, bridge) = root_with_known_bridge("made-again-running");
-    let base = ScratchBase::new("made-again-running");
+    taken_where_a_removed_root_s_vm_runs("made-again-running", None);
+}
+
+/// The same with the claim of an older feather on the bridge, which records the same path and
+/// no identity: the new root takes it for its own, and once refused gives it back, so that it
+/// still says whose the bridge is. Before, the refused root removed it.
+#[test]
+fn a_root_refused_a_bridge_gives_back_the_claim_it_took_over() {
+    taken_where_a_removed_root_s_vm_runs("made-again-older", Some(()));
+}
+
+/// `older`: an older feather's claim of the root's path stands on the bridge (else none).
+fn taken_where_a_removed_root_s_vm_runs(label: &str, older: Option<()>) {
+    let (feather, subnet, bridge) = root_with_known_bridge(label);
+    let base = ScratchBase::new(label);
     ok_in(
         &feather,
         &subnet,
@@ -893,8 +906,18 @@ fn a_root_never_takes_a_bridge_a_removed_root_s_vm_still_runs_on() {
         .to_owned();
     let keeper = old["state"]["keeper_pid"].as_i64().unwrap();
     let groups = feather.cgroup_dirs("old");
-    // The claim goes before the root, so that no sweep takes the bridge meanwhile.
-    fs::remove_file(std::path::Path::new("/run/feather-net/claims").join(&bridge)).unwrap();
+    // The claim goes (or becomes an older feather's, which no sweep takes for a removed
+    // root's) before the root, so that no sweep takes the bridge meanwhile.
+    let claim_path = std::path::Path::new("/run/feather-net/claims").join(&bridge);
+    let older_claim = format!(
+        "bridge = \"{bridge}\"\nsubnet = \"{}\"\nroot = \"{}\"\n",
+        subnet.cidr,
+        fs::canonicalize(&feather.root).unwrap().display()
+    );
+    match older {
+        Some(()) => fs::write(&claim_path, &older_claim).unwrap(),
+        None => fs::remove_file(&claim_path).unwrap(),
+    }
     feather.eventually("the root's folder is removed by hand", || {
         let mounts = support::HostTraces::of(&feather.root, None).mounts;
         for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
@@ -932,6 +955,11 @@ fn a_root_never_takes_a_bridge_a_removed_root_s_vm_still_runs_on() {
     assert!(
         guarded.contains(&old_end),
         "the running VM's port lost its anti-spoofing entries: {guarded}"
+    );
+    assert_eq!(
+        fs::read_to_string(&claim_path).ok(),
+        older.map(|()| older_claim),
+        "the claim on the bridge is not what it was before the refused command"
     );
 
     // The way out: the VM ended, its port goes, and the root takes the bridge.

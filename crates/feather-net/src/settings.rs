@@ -92,11 +92,22 @@ impl RootNetwork {
             Some(network) => network,
             None => {
                 let network = Self::choose(root)?;
-                let earlier = claim_on(&network.bridge);
-                // Claimed before it is recorded: a refused choice leaves nothing behind.
+                let claim_path = Path::new(CLAIMS).join(&network.bridge);
+                let earlier_text = fs::read_to_string(&claim_path).ok();
+                let earlier = earlier_text
+                    .as_deref()
+                    .and_then(|text| toml::from_str::<Claim>(text).ok());
+                // Claimed before it is recorded: a refused choice leaves nothing behind, and
+                // gives back the claim it took over, which says whose the bridge still up is.
                 network.claim()?;
                 if let Err(e) = network.start_afresh(earlier) {
-                    network.release_claim();
+                    match earlier_text {
+                        Some(text) => {
+                            let _ =
+                                write_atomic(&claim_path, text.as_bytes(), Durability::Volatile);
+                        }
+                        None => network.release_claim(),
+                    }
                     return Err(e);
                 }
                 let file = SettingsFile {
@@ -149,9 +160,10 @@ impl RootNetwork {
             )));
         }
         crate::firewall::create_tables(self)?;
-        let uplinks = earlier.and_then(|claim| claim.uplink).into_iter();
-        for uplink in uplinks.chain(self.uplink.clone()) {
-            crate::uplink::forget_subnet(&uplink, self.subnet);
+        let earlier = earlier.and_then(|claim| Some((claim.uplink?, claim.subnet)));
+        let uplinks = earlier.into_iter();
+        for (uplink, subnet) in uplinks.chain(self.uplink.clone().map(|u| (u, self.subnet))) {
+            crate::uplink::forget_subnet(&uplink, subnet);
         }
         Ok(())
     }
@@ -573,17 +585,15 @@ fn holder(
                 ));
             }
         } else {
-            // Its root was deleted or re-chosen, its bridge gone: the claim is stale.
+            // Its root was deleted or re-chosen, its bridge gone: the claim is stale, and so
+            // are the proxy ARP entries of its subnet on its uplink.
+            if let Some(uplink) = &claim.uplink {
+                crate::uplink::forget_subnet(uplink, claim.subnet);
+            }
             let _ = fs::remove_file(path);
         }
     }
     None
-}
-
-/// The claim on `bridge`, if its file reads as one.
-fn claim_on(bridge: &str) -> Option<Claim> {
-    let text = fs::read_to_string(Path::new(CLAIMS).join(bridge)).ok()?;
-    toml::from_str(&text).ok()
 }
 
 /// Every claim the claims folder holds that reads as one, with its file.
