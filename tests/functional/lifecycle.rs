@@ -874,7 +874,7 @@ fn a_bridge_left_up_without_its_claim_gets_fresh_tables() {
 /// and the running VM's frames were no longer checked (anti-spoofing, egress).
 #[test]
 fn a_root_never_takes_a_bridge_a_removed_root_s_vm_still_runs_on() {
-    taken_where_a_removed_root_s_vm_runs("made-again-running", None);
+    taken_where_a_removed_root_s_vm_runs("made-again-running", Earlier::None);
 }
 
 /// The same with the claim of an older feather on the bridge, which records the same path and
@@ -882,11 +882,28 @@ fn a_root_never_takes_a_bridge_a_removed_root_s_vm_still_runs_on() {
 /// still says whose the bridge is. Before, the refused root removed it.
 #[test]
 fn a_root_refused_a_bridge_gives_back_the_claim_it_took_over() {
-    taken_where_a_removed_root_s_vm_runs("made-again-older", Some(()));
+    taken_where_a_removed_root_s_vm_runs("made-again-older", Earlier::Older);
 }
 
-/// `older`: an older feather's claim of the root's path stands on the bridge (else none).
-fn taken_where_a_removed_root_s_vm_runs(label: &str, older: Option<()>) {
+/// The same with the removed root's own claim kept: the refusal names the removed root, its
+/// bridge's port and the way out. Before, it named neither port nor way out.
+#[test]
+fn a_root_refused_for_a_removed_root_s_bridge_is_told_the_port_and_the_way_out() {
+    taken_where_a_removed_root_s_vm_runs("made-again-kept", Earlier::Kept);
+}
+
+/// The claim on the bridge when the root is made again in [`taken_where_a_removed_root_s_vm_runs`].
+#[derive(PartialEq, Clone, Copy)]
+enum Earlier {
+    /// Removed by hand.
+    None,
+    /// An older feather's claim of the root's path.
+    Older,
+    /// The removed root's own.
+    Kept,
+}
+
+fn taken_where_a_removed_root_s_vm_runs(label: &str, earlier: Earlier) {
     let (feather, subnet, bridge) = root_with_known_bridge(label);
     let base = ScratchBase::new(label);
     ok_in(
@@ -907,16 +924,19 @@ fn taken_where_a_removed_root_s_vm_runs(label: &str, older: Option<()>) {
     let keeper = old["state"]["keeper_pid"].as_i64().unwrap();
     let groups = feather.cgroup_dirs("old");
     // The claim goes (or becomes an older feather's, which no sweep takes for a removed
-    // root's) before the root, so that no sweep takes the bridge meanwhile.
+    // root's) before the root, so that no sweep takes the bridge meanwhile; a kept one stays,
+    // and no sweep takes a bridge with a port.
     let claim_path = std::path::Path::new("/run/feather-net/claims").join(&bridge);
     let older_claim = format!(
         "bridge = \"{bridge}\"\nsubnet = \"{}\"\nroot = \"{}\"\n",
         subnet.cidr,
         fs::canonicalize(&feather.root).unwrap().display()
     );
-    match older {
-        Some(()) => fs::write(&claim_path, &older_claim).unwrap(),
-        None => fs::remove_file(&claim_path).unwrap(),
+    let kept_claim = fs::read_to_string(&claim_path).unwrap();
+    match earlier {
+        Earlier::Older => fs::write(&claim_path, &older_claim).unwrap(),
+        Earlier::None => fs::remove_file(&claim_path).unwrap(),
+        Earlier::Kept => {}
     }
     feather.eventually("the root's folder is removed by hand", || {
         let mounts = support::HostTraces::of(&feather.root, None).mounts;
@@ -958,7 +978,11 @@ fn taken_where_a_removed_root_s_vm_runs(label: &str, older: Option<()>) {
     );
     assert_eq!(
         fs::read_to_string(&claim_path).ok(),
-        older.map(|()| older_claim),
+        match earlier {
+            Earlier::None => None,
+            Earlier::Older => Some(older_claim),
+            Earlier::Kept => Some(kept_claim),
+        },
         "the claim on the bridge is not what it was before the refused command"
     );
 
@@ -1270,6 +1294,10 @@ fn a_root_of_another_mount_namespace_keeps_its_claim() {
     assert!(
         !out.status.success() && stderr.contains("another mount namespace"),
         "the host's root was not refused for the other namespace's claim: {out:?}"
+    );
+    assert!(
+        stderr.contains("lsns -t mnt") && stderr.contains("/proc/*/ns/mnt"),
+        "the refusal does not say how to tell whether that namespace lives: {stderr}"
     );
     assert!(
         support::bridge_claim(&bridge).is_some_and(|claim| claim.names(&private.root)),

@@ -547,8 +547,10 @@ fn holder(
             // that namespace releases it. A leak, rather than a live root's pair taken.
             if clashes {
                 return Some(format!(
-                    "state root {} of another mount namespace (mnt:[{}]; if that root is gone, \
-                     remove {} and, if it is still up, the bridge {}: `ip link delete {}`)",
+                    "state root {} of another mount namespace (mnt:[{}]: it lives while \
+                     `lsns -t mnt` lists it, or `find /proc/*/ns/mnt -lname 'mnt:[{1}]'` finds \
+                     a process in it; if that root is gone, remove {} and, if it is still up, \
+                     the bridge {}: `ip link delete {}`)",
                     claim.root.display(),
                     claim.mount_namespace.unwrap_or_default(),
                     path.display(),
@@ -568,7 +570,16 @@ fn holder(
             // or its subnet (its tables hold the removed root's entries) until then.
             if clashes {
                 let stays = if claim.dev.is_some() {
-                    "stays while a port is on it".to_owned()
+                    let b = &claim.bridge;
+                    let ports = crate::removed_roots::ports(b)
+                        .filter(|ports| !ports.is_empty())
+                        .map_or_else(|| "none now".to_owned(), |ports| ports.join(", "));
+                    format!(
+                        "stays while a port is on it: {ports}, a VM of that root still running \
+                         (`ip link show master {b}` lists them); end it (kill its keeper) or \
+                         `ip link delete PORT`, and the next command of a root without a \
+                         network removes the bridge and the claim"
+                    )
                 } else {
                     // Never taken for a removed root's (networks_of_removed_roots).
                     format!(
