@@ -297,6 +297,7 @@ impl RootNetwork {
             root: folder.path,
             uplink: self.uplink.clone(),
             mount_namespace: mount_namespace(),
+            mount_namespace_id: feather_sys::process::mount_namespace_id(),
             dev: Some(folder.dev),
             ino: Some(folder.ino),
             born: folder.born,
@@ -391,6 +392,11 @@ struct Claim {
     /// folder there, and only there can the root be found removed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     mount_namespace: Option<u64>,
+    /// The namespace's 64-bit id (`NS_GET_MNTNS_ID`, Linux 6.8+), never reused: its inode
+    /// number is handed to the next namespace made once it is freed. Compared instead of the
+    /// inode where both the claim and the caller have one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    mount_namespace_id: Option<u64>,
     /// The root folder's device and inode, and its birth time (ns since the epoch; none where
     /// the filesystem keeps none): a folder made again may get the same inode at once (ext4
     /// hands the inode just freed to the next `mkdir`), never the same birth time.
@@ -478,8 +484,18 @@ impl Claim {
     /// Whether the claim was made in the caller's mount namespace: None for a claim of an
     /// older feather, which does not say.
     fn made_here(&self) -> Option<bool> {
-        self.mount_namespace
-            .map(|made| Some(made) == mount_namespace())
+        self.made_in(
+            mount_namespace(),
+            feather_sys::process::mount_namespace_id(),
+        )
+    }
+
+    /// [`Claim::made_here`] for a caller in the namespace of inode `inode` and id `id`.
+    fn made_in(&self, inode: Option<u64>, id: Option<u64>) -> Option<bool> {
+        if let (Some(made), Some(id)) = (self.mount_namespace_id, id) {
+            return Some(made == id);
+        }
+        self.mount_namespace.map(|made| Some(made) == inode)
     }
 
     /// What the claim's path names now, in the caller's mount namespace.
@@ -762,6 +778,7 @@ mod tests {
             root: folder.path,
             uplink: None,
             mount_namespace: mount_namespace(),
+            mount_namespace_id: feather_sys::process::mount_namespace_id(),
             dev: Some(folder.dev),
             ino: Some(folder.ino),
             born: folder.born,
@@ -855,8 +872,36 @@ mod tests {
         fs::remove_dir(&root).unwrap();
         assert!(claim.is_a_removed_root_s());
         claim.mount_namespace = claim.mount_namespace.map(|ns| ns + 1);
+        claim.mount_namespace_id = claim.mount_namespace_id.map(|id| id + 1);
         assert_eq!(claim.made_here(), Some(false));
         assert!(!claim.is_a_removed_root_s());
+    }
+
+    /// A namespace's inode number is handed to the next namespace made once it is freed: a
+    /// claim of a namespace gone, whose inode a namespace of today has, was taken for made in
+    /// it. The 64-bit id tells them apart; the inode counts where either side has no id.
+    #[test]
+    fn a_claim_of_a_namespace_gone_whose_inode_is_reused_is_not_made_here() {
+        let scratch = Scratch::new("nsid");
+        let claim = Claim {
+            mount_namespace: Some(7),
+            mount_namespace_id: Some(100),
+            ..claim_of(&scratch.0)
+        };
+        assert_eq!(claim.made_in(Some(7), Some(101)), Some(false));
+        assert_eq!(claim.made_in(Some(7), Some(100)), Some(true));
+        assert_eq!(claim.made_in(Some(8), Some(100)), Some(true));
+        assert_eq!(claim.made_in(Some(7), None), Some(true));
+        let without = Claim {
+            mount_namespace_id: None,
+            ..claim.clone()
+        };
+        assert_eq!(without.made_in(Some(7), Some(101)), Some(true));
+        assert_eq!(without.made_in(Some(8), Some(101)), Some(false));
+        if let Some(id) = feather_sys::process::mount_namespace_id() {
+            assert_eq!(claim_of(&scratch.0).mount_namespace_id, Some(id));
+            assert_eq!(claim_of(&scratch.0).made_here(), Some(true));
+        }
     }
 
     /// A claim an older feather wrote (no identity, no namespace, the root as spelled) still

@@ -96,6 +96,13 @@ pub fn exit_status(pidfd: &impl AsFd) -> Result<Option<i32>> {
     raw::pidfd_exit_status(pidfd.as_fd()).ctx("ioctl(PIDFD_GET_INFO)", "process")
 }
 
+/// The id of the caller's mount namespace (`NS_GET_MNTNS_ID`, Linux 6.8+), never reused for
+/// another namespace; None where the kernel has no such id.
+pub fn mount_namespace_id() -> Option<u64> {
+    let ns = fs::File::open("/proc/self/ns/mnt").ok()?;
+    raw::mount_namespace_id(ns.as_fd()).ok()
+}
+
 /// A duplicate of descriptor `fd` of the process behind `pidfd` (pidfd_getfd(2)): the kernel's
 /// own object, found by the process's identity, never by a name the process could forge.
 pub fn take_fd(pidfd: &impl AsFd, fd: RawFd) -> Result<OwnedFd> {

@@ -112,6 +112,20 @@ pub fn pidfd_exit_status(pidfd: BorrowedFd<'_>) -> Result<Option<i32>, Errno> {
     Ok(Some(info.exit_code))
 }
 
+/// The 64-bit id of the mount namespace `ns` (a descriptor of an `ns/mnt` file) refers to
+/// (`NS_GET_MNTNS_ID`, Linux 6.8): unique for the system's life, where the namespace's inode
+/// number is handed to the next namespace made once it is freed.
+pub fn mount_namespace_id(ns: BorrowedFd<'_>) -> Result<u64, Errno> {
+    let mut id: u64 = 0;
+    // SAFETY: NS_GET_MNTNS_ID writes one u64 (the size encoded in the request) into `id`, a
+    // live local, and reads nothing.
+    let ret = unsafe { libc::ioctl(ns.as_raw_fd(), libc::NS_GET_MNTNS_ID, &mut id) };
+    if ret < 0 {
+        return Err(Errno::last());
+    }
+    Ok(id)
+}
+
 /// pidfd_getfd(2): a duplicate, in the caller, of descriptor `fd` of the process behind `pidfd`
 /// (close-on-exec, as the kernel always makes it). The duplicate refers to the same open file
 /// as the target's descriptor: what the kernel holds, not anything the target could describe.
