@@ -4,8 +4,9 @@
 //! when such a VM stops. When the VM it serves stops, or the broker is dropped, it closes
 //! everything.
 //!
-//! A VM the policy offers nothing costs this one thread, asleep in `poll` (waking once a
-//! second where the policy is looked at, see [`crate::policy_watch`]).
+//! A VM the policy offers nothing costs this one thread, asleep in `poll` without a timeout
+//! until a policy folder changes (waking once a second where the kernel will not tell of
+//! changes, see [`crate::policy_watch`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -15,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use nix::poll::{poll, PollFd, PollFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
@@ -132,14 +133,6 @@ impl Watcher {
             .unwrap_or(Path::new("/"))
             .to_path_buf();
         let policy = PolicyWatch::new(policy::policy_dirs(&root));
-        if let Some(why) = policy.looking() {
-            eprintln!(
-                "feather shuttle {}: the policy is looked at every second: no inotify instance \
-                 ({why}; fs.inotify.max_user_instances counts every root process's, those in \
-                 VMs too: raise it for each VM's broker to be told of a change at once)",
-                shared.side.name
-            );
-        }
         // What changed between the gate's first read and this watch, which saw none of it.
         if let Err(why) = shared.gate.reload() {
             eprintln!("feather shuttle {}: {why}", shared.side.name);
@@ -227,6 +220,16 @@ impl Watcher {
     }
 
     fn run(mut self) {
+        // Changes are signalled to this thread, which waits for them.
+        self.policy.start();
+        if let Some(why) = self.policy.looking() {
+            eprintln!(
+                "feather shuttle {}: the policy is looked at every second: the kernel will not \
+                 tell of its changes ({why}; dnotify: a kernel built without CONFIG_DNOTIFY, or \
+                 fs.dir-notify-enable=0)",
+                self.shared.side.name
+            );
+        }
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
                 break;
@@ -282,7 +285,8 @@ impl Watcher {
             .iter()
             .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
             .collect();
-        let mut ready: Vec<Role> = match poll(&mut fds, self.policy.timeout()) {
+        let timeout = self.policy.timeout();
+        let mut ready: Vec<Role> = match poll(&mut fds, timeout) {
             Ok(_) => fds
                 .iter()
                 .zip(&watched)
@@ -291,8 +295,8 @@ impl Watcher {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        if self.policy.looking().is_some() {
-            // Its look is taken if due (`PolicyWatch::changed`).
+        if timeout != PollTimeout::NONE && !ready.iter().any(|r| matches!(r, Role::Policy)) {
+            // A look is set for a time (`PolicyWatch::changed` takes it if due).
             ready.push(Role::Policy);
         }
         ready
