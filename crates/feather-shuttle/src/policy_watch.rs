@@ -40,6 +40,8 @@ pub(crate) struct PolicyWatch {
     dirs: Vec<PathBuf>,
     /// How the thread that started the watch is told (None before [`PolicyWatch::start`]).
     signals: Option<Signals>,
+    /// Where `signals` comes from ([`Signals::here`]; tests have the kernel refuse).
+    signals_here: fn() -> feather_sys::Result<Signals>,
     /// What is watched now: each policy folder that exists, and the nearest folder above each
     /// that exists (which alone is told of the folder's making, removal or renaming).
     watched: Vec<Watched>,
@@ -78,6 +80,7 @@ impl PolicyWatch {
             seen: dirs.iter().map(|dir| look_at(dir)).collect(),
             dirs,
             signals: None,
+            signals_here: Signals::here,
             watched: Vec::new(),
             why: None,
             settling: None,
@@ -89,10 +92,6 @@ impl PolicyWatch {
     /// [`PolicyWatch::fd`]), and makes a look due at once: what changed since
     /// [`PolicyWatch::new`] was told to no one.
     pub(crate) fn start(&mut self) {
-        match Signals::here() {
-            Ok(signals) => self.signals = Some(signals),
-            Err(why) => self.why = Some(why),
-        }
         self.arm();
         self.next = Some(Instant::now());
     }
@@ -131,7 +130,7 @@ impl PolicyWatch {
             return false;
         }
         // Watched before the look: a change after it is told, one before it is seen.
-        self.arm();
+        let armed = self.arm();
         let now: Vec<Look> = self.dirs.iter().map(|dir| look_at(dir)).collect();
         let counted = match self.settling.take() {
             // A difference from what counted last waits for a second look.
@@ -152,7 +151,7 @@ impl PolicyWatch {
                 false
             }
         };
-        self.next = if self.settling.is_some() {
+        self.next = if self.settling.is_some() || !armed {
             Some(Instant::now() + SETTLE)
         } else if self.why.is_some() {
             Some(Instant::now() + LOOK_EVERY)
@@ -164,10 +163,21 @@ impl PolicyWatch {
 
     /// Watches each policy folder that exists and the nearest folder above each that exists,
     /// keeping the watches of folders already watched; where the kernel refuses, says why
-    /// (the folders are then looked at every second).
-    fn arm(&mut self) {
+    /// (the folders are then looked at every second). False if a folder went while it was
+    /// being watched: what is watched may then not tell of the next change, and the caller
+    /// looks (and arms) again shortly.
+    fn arm(&mut self) -> bool {
+        if self.signals.is_none() {
+            match (self.signals_here)() {
+                Ok(signals) => self.signals = Some(signals),
+                Err(why) => {
+                    self.why = Some(why);
+                    return true;
+                }
+            }
+        }
         let Some(signals) = &self.signals else {
-            return;
+            return true;
         };
         let mut wanted: Vec<(&Path, Changes)> = Vec::new();
         for dir in &self.dirs {
@@ -185,8 +195,10 @@ impl PolicyWatch {
         }
         let mut kept = Vec::new();
         let mut why = None;
+        let mut whole = true;
         for (folder, changes) in wanted {
             let Ok(meta) = std::fs::metadata(folder) else {
+                whole = false;
                 continue;
             };
             if let Some(at) = self.watched.iter().position(|w| w.is(&meta, changes)) {
@@ -195,14 +207,14 @@ impl PolicyWatch {
             }
             match signals.watch(folder, changes) {
                 Ok(watched) => kept.push(watched),
-                // Gone since: the next look finds it so.
-                Err(e) if e.errno == nix::errno::Errno::ENOENT => {}
+                Err(e) if e.errno == nix::errno::Errno::ENOENT => whole = false,
                 Err(e) => why = Some(e),
             }
         }
         // The old watches end only now: a change while the new ones were made was told.
         self.watched = kept;
         self.why = why;
+        whole
     }
 }
 
@@ -260,13 +272,24 @@ mod tests {
     /// A watch that looks every second, as where the kernel refuses dnotify.
     fn looking(dirs: Vec<PathBuf>) -> PolicyWatch {
         let mut watch = PolicyWatch::new(dirs);
-        watch.why = Some(feather_sys::SysError {
-            op: "fcntl F_NOTIFY",
-            target: "policy.d".into(),
-            errno: nix::errno::Errno::EINVAL,
-        });
-        watch.next = Some(Instant::now() + LOOK_EVERY);
+        watch.signals_here = || {
+            Err(feather_sys::SysError {
+                op: "fcntl F_NOTIFY",
+                target: "policy.d".into(),
+                errno: nix::errno::Errno::EINVAL,
+            })
+        };
+        watch.start();
+        assert!(watch.looking().is_some());
         assert!(watch.fd().is_none());
+        assert!(
+            !watch.changed(),
+            "the first look, due at once, finds nothing new"
+        );
+        assert!(
+            watch.timeout() != PollTimeout::NONE,
+            "the next is set for a time"
+        );
         watch
     }
 
