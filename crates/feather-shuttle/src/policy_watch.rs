@@ -1,6 +1,9 @@
 //! The policy folders, watched for changes: the kernel signals the broker's thread when an
-//! entry of a policy folder (or of the folder above it) is made, removed, renamed or written
-//! (dnotify: [`feather_sys::dnotify`]), and the thread then looks at the folders.
+//! entry of a policy folder (or of the folder above it, and of the folder its real path is in
+//! where a link leads to it) is made, removed, renamed or written (dnotify:
+//! [`feather_sys::dnotify`]), and the thread then looks at the folders. What is not told (a
+//! grandparent replaced, a mount over the folder, a linked rule file written where it lives,
+//! another machine's change on NFS or FUSE, a write through `mmap` alone): docs/shuttle.md.
 //!
 //! Not inotify: its instances are counted per user across the whole host
 //! (`fs.inotify.max_user_instances`, 128 by default), every keeper runs as root, as do the
@@ -12,8 +15,9 @@
 //! A look compares each rule file's content, not only its times: on a filesystem (or a kernel
 //! before 6.13) whose timestamps are coarse, an edit that keeps a file's size within one tick
 //! would otherwise go unseen, and a removed rule stay in force. dnotify tells each write as it
-//! happens, not the close after the last, so a difference is acted on once a second look
-//! [`SETTLE`] later finds the same (a file being written is not read half-way). Files that are
+//! happens, not the close after the last, so a difference is acted on once a second look finds
+//! the same, taken once the folders have been left alone for [`SETTLE`] (a file being written is
+//! not read half-way, however slowly it is written). Files that are
 //! not rule files (an editor's swap file, a `.tmp` about to be renamed) are not looked at.
 //!
 //! A kernel that refuses dnotify (built without it, or `fs.dir-notify-enable=0`) leaves the
@@ -32,8 +36,15 @@ use nix::poll::PollTimeout;
 pub(crate) const LOOK_EVERY: Duration = Duration::from_secs(1);
 
 /// How long after a look that found a difference the next one is taken, which must find the
-/// same for the change to count.
+/// same for the change to count. A change told while a difference waits for that look puts it
+/// off to [`SETTLE`] after the change (dnotify tells each write: a file written slowly, or
+/// removed and put back, is looked at once it has been left alone that long).
 pub(crate) const SETTLE: Duration = Duration::from_millis(100);
+
+/// How long changes told one after another may put off the second look, from the first that
+/// found the difference: a file that never stops changing is still looked at every [`SETTLE`]
+/// after that, and counts once two looks find it the same.
+pub(crate) const SETTLE_AT_MOST: Duration = Duration::from_secs(1);
 
 /// The policy folders, watched. A folder that does not exist yet is waited for too.
 pub(crate) struct PolicyWatch {
@@ -52,6 +63,8 @@ pub(crate) struct PolicyWatch {
     seen: Vec<Look>,
     /// A difference waiting for a second look.
     settling: Option<Vec<Look>>,
+    /// When the look that found the difference now settling was taken.
+    settling_since: Option<Instant>,
     /// When the next look is due; None: when the kernel tells of a change.
     next: Option<Instant>,
 }
@@ -84,6 +97,7 @@ impl PolicyWatch {
             watched: Vec::new(),
             why: None,
             settling: None,
+            settling_since: None,
             next: None,
         }
     }
@@ -124,7 +138,14 @@ impl PolicyWatch {
     pub(crate) fn changed(&mut self) -> bool {
         let told = self.signals.as_ref().is_some_and(Signals::taken);
         if told {
-            self.next = Some(Instant::now());
+            let now = Instant::now();
+            self.next = Some(match (self.settling_since, self.next) {
+                // A difference waits for its second look: a change restarts the quiet period
+                // (each write is told, and a look now would take the file half-written), up
+                // to SETTLE_AT_MOST from the first look; it never brings the look forward.
+                (Some(since), Some(next)) => (now + SETTLE).min(since + SETTLE_AT_MOST).max(next),
+                _ => now,
+            });
         }
         if self.next.is_none_or(|next| Instant::now() < next) {
             return false;
@@ -137,6 +158,7 @@ impl PolicyWatch {
             None => {
                 if now != self.seen {
                     self.settling = Some(now);
+                    self.settling_since = Some(Instant::now());
                 }
                 false
             }
@@ -151,6 +173,9 @@ impl PolicyWatch {
                 false
             }
         };
+        if self.settling.is_none() {
+            self.settling_since = None;
+        }
         self.next = if self.settling.is_some() || !armed {
             Some(Instant::now() + SETTLE)
         } else if self.why.is_some() {
@@ -161,8 +186,9 @@ impl PolicyWatch {
         counted
     }
 
-    /// Watches each policy folder that exists and the nearest folder above each that exists,
-    /// keeping the watches of folders already watched; where the kernel refuses, says why
+    /// Watches each policy folder that exists and the nearest folder above each that exists
+    /// (and, for a policy folder that is a link or under one, the folder its real path is in:
+    /// the link's target renamed away is told there only), keeping the watches of folders already watched; where the kernel refuses, says why
     /// (the folders are then looked at every second). False if a folder went while it was
     /// being watched: what is watched may then not tell of the next change, and the caller
     /// looks (and arms) again shortly.
@@ -180,8 +206,16 @@ impl PolicyWatch {
             return true;
         };
         let mut wanted: Vec<(&Path, Changes)> = Vec::new();
+        let mut real_aboves: Vec<PathBuf> = Vec::new();
         for dir in &self.dirs {
             let above = dir.ancestors().skip(1).find(|up| up.is_dir());
+            let real_above = std::fs::canonicalize(dir)
+                .ok()
+                .and_then(|real| real.parent().map(Path::to_path_buf))
+                .filter(|real_above| Some(real_above.as_path()) != above);
+            if let Some(real_above) = real_above {
+                real_aboves.push(real_above);
+            }
             let folders = dir
                 .is_dir()
                 .then_some((dir.as_path(), Changes::ENTRIES_AND_WRITES))
@@ -191,6 +225,12 @@ impl PolicyWatch {
                 if !wanted.contains(&folder) {
                     wanted.push(folder);
                 }
+            }
+        }
+        for real_above in &real_aboves {
+            let folder = (real_above.as_path(), Changes::ENTRIES);
+            if !wanted.contains(&folder) {
+                wanted.push(folder);
             }
         }
         let mut kept = Vec::new();
@@ -420,6 +460,127 @@ mod tests {
         std::fs::write(dir.join("10.policy"), "y").unwrap();
         assert!(told_now(&watch), "the new folder is watched");
         assert!(counted(&mut watch));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// dnotify tells each write as it happens: a change told while a difference waits for its
+    /// second look restarts the quiet period instead of taking that look at once, which would
+    /// count a file half-written (a rule cut short, the policy then malformed) or one removed
+    /// on its way back (renamed into place from a `.tmp`).
+    #[test]
+    fn a_change_told_while_settling_puts_the_second_look_off() {
+        let root = scratch("told-settle");
+        let dir = root.join("policy.d");
+        std::fs::create_dir(&dir).unwrap();
+        let rules = dir.join("10.policy");
+        std::fs::write(&rules, "ipc tcp:5432 web db allow\n").unwrap();
+        let mut watch = PolicyWatch::new(vec![dir.clone()]);
+        watch.start();
+        assert!(!counted(&mut watch), "nothing yet");
+
+        std::fs::write(&rules, "ipc tcp:5432 web").unwrap();
+        assert!(told_now(&watch));
+        assert!(!watch.changed(), "the first look finds it: settling");
+        std::fs::write(dir.join(".x.tmp"), "").unwrap();
+        assert!(told_now(&watch));
+        assert!(
+            !watch.changed(),
+            "a signal while settling does not cut the settle short"
+        );
+        std::fs::write(&rules, "ipc tcp:5432 web db1 allow\n").unwrap();
+        assert!(counted(&mut watch), "counted once left alone");
+        assert_eq!(
+            watch.seen[0].as_ref().unwrap().1[0]
+                .1
+                .as_ref()
+                .unwrap()
+                .content,
+            Some(feather_sys::fnv::fnv1a_64(b"ipc tcp:5432 web db1 allow\n")),
+            "as written in the end"
+        );
+
+        // Removed, then put back through a rename: never counted as removed.
+        std::fs::remove_file(&rules).unwrap();
+        assert!(told_now(&watch));
+        assert!(!watch.changed(), "found gone: settling");
+        let temporary = dir.join(".10.policy.tmp");
+        std::fs::write(&temporary, "ipc tcp:5432 web db2 allow\n").unwrap();
+        std::fs::rename(&temporary, &rules).unwrap();
+        assert!(told_now(&watch));
+        assert!(
+            !watch.changed(),
+            "put back while settling: not looked at yet"
+        );
+        assert!(counted(&mut watch));
+        assert_eq!(watch.seen[0].as_ref().unwrap().1.len(), 1, "still there");
+
+        // Changes told one after another put the look off no further than SETTLE_AT_MOST
+        // from the first: past it, they leave the look set SETTLE after the last.
+        std::fs::write(&rules, "ipc tcp:5432 web").unwrap();
+        assert!(told_now(&watch));
+        assert!(!watch.changed(), "settling");
+        watch.settling_since = Some(Instant::now() - SETTLE_AT_MOST);
+        let set = watch.next;
+        std::fs::write(dir.join(".x.tmp"), "y").unwrap();
+        assert!(told_now(&watch));
+        assert!(!watch.changed());
+        assert_eq!(watch.next, set, "the look stays where it was set");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A policy folder that is a link: its target renamed away (a new folder renamed into its
+    /// place) is told in the folder the target is in, which is watched too.
+    #[test]
+    fn a_linked_policy_folder_swapped_under_its_link_is_told() {
+        let root = scratch("linked");
+        let (etc, srv) = (root.join("etc"), root.join("srv"));
+        std::fs::create_dir_all(srv.join("pol")).unwrap();
+        std::fs::create_dir_all(srv.join("pol.new")).unwrap();
+        std::fs::write(srv.join("pol.new/10.policy"), "x").unwrap();
+        std::fs::create_dir(&etc).unwrap();
+        let dir = etc.join("policy.d");
+        std::os::unix::fs::symlink(srv.join("pol"), &dir).unwrap();
+        let mut watch = PolicyWatch::new(vec![dir.clone()]);
+        watch.start();
+        assert!(!counted(&mut watch), "nothing yet");
+
+        std::fs::rename(srv.join("pol"), srv.join("pol.old")).unwrap();
+        assert!(told_now(&watch), "the link's target renamed away");
+        std::fs::rename(srv.join("pol.new"), srv.join("pol")).unwrap();
+        assert!(counted(&mut watch), "another folder in its place");
+        std::fs::write(dir.join("20.policy"), "y").unwrap();
+        assert!(told_now(&watch), "the new folder is watched");
+        assert!(counted(&mut watch));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A thread that could not have its signalfd (its descriptor limit, say) asks again at
+    /// each look, and is told from then on.
+    #[test]
+    fn the_signalfd_refused_once_is_asked_for_again_at_the_next_look() {
+        static REFUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let root = scratch("signalfd-again");
+        let dir = root.join("policy.d");
+        std::fs::create_dir(&dir).unwrap();
+        let mut watch = PolicyWatch::new(vec![dir.clone()]);
+        watch.signals_here = || {
+            if REFUSED.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return Signals::here();
+            }
+            Err(feather_sys::SysError {
+                op: "signalfd",
+                target: "SIGURG".into(),
+                errno: nix::errno::Errno::EMFILE,
+            })
+        };
+        watch.start();
+        assert!(watch.looking().is_some(), "refused: looking");
+        assert!(watch.fd().is_none());
+        assert!(!look_now(&mut watch));
+        assert!(watch.fd().is_some(), "asked again at the look");
+        assert!(watch.looking().is_none(), "{:?}", watch.looking());
+        std::fs::write(dir.join("10.policy"), "x").unwrap();
+        assert!(told_now(&watch), "and told");
         std::fs::remove_dir_all(&root).unwrap();
     }
 
