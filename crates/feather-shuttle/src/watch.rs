@@ -46,39 +46,64 @@ impl Channels {
     /// Opens the channels the policy offers the VM now (before the VM is reported started,
     /// so its first connection finds them), then watches from a thread of its own.
     pub fn start(side: &Arc<VmSide>, gate: &Arc<Gate>, peers: &Arc<dyn Peers>) -> Option<Channels> {
-        let started = Shared::new(side.clone(), gate.clone(), peers.clone())
-            .map_err(WatchError::from)
-            .map(Arc::new)
-            .and_then(|shared| Ok((Watcher::new(shared.clone())?, shared)));
-        let (mut watcher, shared) = match started {
-            Ok(started) => started,
+        let cannot_watch = |e: WatchError| {
+            eprintln!(
+                "feather shuttle {}: cannot watch the policy or the VM, no channels open: {e}",
+                side.name
+            );
+        };
+        let shared = match Shared::new(side.clone(), gate.clone(), peers.clone()) {
+            Ok(shared) => Arc::new(shared),
             Err(e) => {
-                eprintln!(
-                    "feather shuttle {}: cannot watch the policy or the VM, no channels open: {e}",
-                    side.name
-                );
+                cannot_watch(e.into());
                 return None;
             }
         };
-        watcher.sync();
+        // The watcher is made in its thread, which alone is told of the policy's changes
+        // (`feather_sys::dnotify::Signals` stays on the thread that made it); this one waits
+        // until it has opened the channels, so the VM's first connection finds them.
+        let (opened, has_opened) = std::sync::mpsc::sync_channel::<Result<(), WatchError>>(1);
+        let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("shuttle".into())
             .spawn(move || {
                 // The keeper takes its signals through a signalfd, which works only while no
                 // thread lets them in; the connection threads inherit this mask.
                 let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None);
+                let mut watcher = match Watcher::new(theirs) {
+                    Ok(watcher) => watcher,
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        return;
+                    }
+                };
+                watcher.sync();
+                let _ = opened.send(Ok(()));
                 watcher.run()
             });
-        match thread {
-            Ok(thread) => Some(Channels {
-                shared,
-                thread: Some(thread),
-            }),
+        let thread = match thread {
+            Ok(thread) => thread,
             Err(e) => {
                 eprintln!(
                     "feather shuttle {}: cannot start its thread: {e}",
                     side.name
                 );
+                return None;
+            }
+        };
+        match has_opened.recv() {
+            Ok(Ok(())) => Some(Channels {
+                shared,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                cannot_watch(e);
+                None
+            }
+            // The thread panicked before it said.
+            Err(_) => {
+                let _ = thread.join();
                 None
             }
         }

@@ -11,14 +11,23 @@
 //! for the writes to stop), nothing names the entry, and a folder's own removal or renaming is
 //! told only to a watch on the folder above it.
 //!
-//! The signal is SIGURG, whose default action is to ignore it: F_NOTIFY makes the whole process
-//! the owner until F_SETOWN_EX narrows it to the watching thread, and a signal sent in between
-//! to a thread that does not block it is dropped, never fatal. The watching thread blocks it
-//! and reads it from a signalfd ([`Signals`]). Nothing else sends feather's processes SIGURG:
-//! the kernel sends it for a socket's out-of-band data only to the socket's owner, and no
-//! feather socket has one.
+//! The signal is SIGURG, whose default action is to ignore it. F_NOTIFY makes the whole process
+//! the owner until F_SETOWN_EX narrows it to the watching thread; a change in between is
+//! signalled to the process, and the kernel weighs such a signal against the mask of the
+//! process's main thread as it sends it: where that thread does not block SIGURG (a keeper's
+//! does not, but for the instants it spawns a thread with every signal blocked: the stdio
+//! relay, the network's helpers), the signal, ignored by default, is dropped there and then: no
+//! thread is woken, no call interrupted, and the look that follows the arming sees the change.
+//! Were the main thread to block it, the signal would wait for the process and wake one of its
+//! threads that does not (an `epoll_wait` there returning EINTR); it is left unblocked there
+//! for that reason, and because a keeper's main thread clones the VM's init, which would carry
+//! the block into the VM. The watching thread blocks it and reads it from a signalfd
+//! ([`Signals`]), which also takes one waiting for the process (one extra look). Nothing else
+//! sends feather's processes SIGURG: the kernel sends it for a socket's out-of-band data only
+//! to the socket's owner, and no feather socket has one.
 
 use std::fs::Metadata;
+use std::marker::PhantomData;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -54,10 +63,18 @@ impl Changes {
 }
 
 /// The calling thread's way of being told: SIGURG blocked in it and read from a signalfd that
-/// becomes readable when a watched folder changes.
+/// becomes readable when a watched folder changes. It stays on that thread (not `Send`): the
+/// signalfd reads only signals sent to the thread that reads it, and the watches signal the
+/// thread that made it.
+///
+/// ```compile_fail
+/// fn sent<T: Send>() {}
+/// sent::<feather_sys::dnotify::Signals>();
+/// ```
 pub struct Signals {
     fd: SignalFd,
     thread: Pid,
+    _this_thread: PhantomData<*const ()>,
 }
 
 impl Signals {
@@ -73,6 +90,7 @@ impl Signals {
         Ok(Signals {
             fd,
             thread: nix::unistd::gettid(),
+            _this_thread: PhantomData,
         })
     }
 
