@@ -53,6 +53,8 @@ pub(crate) struct PolicyWatch {
     signals: Option<Signals>,
     /// Where `signals` comes from ([`Signals::here`]; tests have the kernel refuse).
     signals_here: fn() -> feather_sys::Result<Signals>,
+    /// How a folder is watched ([`Signals::watch`]; tests have the folder go first).
+    watch_folder: fn(&Signals, &Path, Changes) -> feather_sys::Result<Watched>,
     /// What is watched now: each policy folder that exists, and the nearest folder above each
     /// that exists (which alone is told of the folder's making, removal or renaming).
     watched: Vec<Watched>,
@@ -94,6 +96,7 @@ impl PolicyWatch {
             dirs,
             signals: None,
             signals_here: Signals::here,
+            watch_folder: Signals::watch,
             watched: Vec::new(),
             why: None,
             settling: None,
@@ -245,7 +248,7 @@ impl PolicyWatch {
                 kept.push(self.watched.swap_remove(at));
                 continue;
             }
-            match signals.watch(folder, changes) {
+            match (self.watch_folder)(signals, folder, changes) {
                 Ok(watched) => kept.push(watched),
                 Err(e) if e.errno == nix::errno::Errno::ENOENT => whole = false,
                 Err(e) => why = Some(e),
@@ -581,6 +584,44 @@ mod tests {
         assert!(watch.looking().is_none(), "{:?}", watch.looking());
         std::fs::write(dir.join("10.policy"), "x").unwrap();
         assert!(told_now(&watch), "and told");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A folder gone between the look for it and its watch (ENOENT): what is watched may not
+    /// tell of the next change, so a look (and another try at the watch) is due shortly, even
+    /// where the look finds nothing new.
+    #[test]
+    fn a_folder_gone_while_being_watched_is_watched_again_at_a_look_soon() {
+        static GONE_NEXT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        let root = scratch("gone-while-watched");
+        let (above, dir) = (root.join("a/b"), root.join("a/b/policy.d"));
+        std::fs::create_dir(root.join("a")).unwrap();
+        let mut watch = PolicyWatch::new(vec![dir.clone()]);
+        watch.watch_folder = |signals, folder, changes| {
+            if GONE_NEXT.swap(false, std::sync::atomic::Ordering::SeqCst) {
+                return Err(feather_sys::SysError {
+                    op: "open",
+                    target: folder.display().to_string(),
+                    errno: nix::errno::Errno::ENOENT,
+                });
+            }
+            signals.watch(folder, changes)
+        };
+        watch.start();
+        assert!(!counted(&mut watch), "nothing yet");
+        std::fs::create_dir(&above).unwrap();
+        assert!(told_now(&watch), "the folder above made");
+        GONE_NEXT.store(true, std::sync::atomic::Ordering::SeqCst);
+        assert!(!watch.changed(), "no policy folder yet: nothing new");
+        assert!(
+            watch.timeout() != PollTimeout::NONE,
+            "its watch failed: a look is due to watch again"
+        );
+        assert!(!look_now(&mut watch));
+        assert_eq!(watch.timeout(), PollTimeout::NONE, "watched: none is due");
+        std::fs::create_dir(&dir).unwrap();
+        assert!(told_now(&watch), "the policy folder made, told through it");
+        assert!(counted(&mut watch));
         std::fs::remove_dir_all(&root).unwrap();
     }
 
