@@ -212,11 +212,10 @@ impl PolicyWatch {
         let mut real_aboves: Vec<PathBuf> = Vec::new();
         for dir in &self.dirs {
             let above = dir.ancestors().skip(1).find(|up| up.is_dir());
-            let real_above = std::fs::canonicalize(dir)
-                .ok()
-                .and_then(|real| real.parent().map(Path::to_path_buf))
-                .filter(|real_above| Some(real_above.as_path()) != above);
-            if let Some(real_above) = real_above {
+            let above_real = above.and_then(|above| std::fs::canonicalize(above).ok());
+            if let Some(real_above) =
+                real_above(dir).filter(|real| Some(real) != above_real.as_ref())
+            {
                 real_aboves.push(real_above);
             }
             let folders = dir
@@ -259,6 +258,27 @@ impl PolicyWatch {
         self.why = why;
         whole
     }
+}
+
+/// The folder `dir`'s real path is in, through every link on the way (which the folder above
+/// in `dir`'s own path may not be); for a link to nothing (yet), the nearest folder that exists
+/// on the way to where it leads, which is told when something is put there.
+fn real_above(dir: &Path) -> Option<PathBuf> {
+    let mut path = dir.to_path_buf();
+    // A link to a link is followed, up to the kernel's own limit of 40.
+    for _ in 0..40 {
+        if let Ok(real) = std::fs::canonicalize(&path) {
+            return real.parent().map(Path::to_path_buf);
+        }
+        match std::fs::read_link(&path) {
+            Ok(target) => path = path.parent()?.join(target),
+            Err(_) => {
+                let up = path.ancestors().skip(1).find(|up| up.is_dir())?;
+                return std::fs::canonicalize(up).ok();
+            }
+        }
+    }
+    None
 }
 
 fn seen(meta: &std::fs::Metadata, content: Option<u64>) -> Seen {
@@ -531,8 +551,9 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
-    /// A policy folder that is a link: its target renamed away (a new folder renamed into its
-    /// place) is told in the folder the target is in, which is watched too.
+    /// A policy folder that is a link: its target renamed away, and a new folder renamed into
+    /// its place, are told in the folder the target is in, which is watched too (also while
+    /// the link leads to nothing).
     #[test]
     fn a_linked_policy_folder_swapped_under_its_link_is_told() {
         let root = scratch("linked");
@@ -549,7 +570,12 @@ mod tests {
 
         std::fs::rename(srv.join("pol"), srv.join("pol.old")).unwrap();
         assert!(told_now(&watch), "the link's target renamed away");
+        assert!(counted(&mut watch), "the folder gone");
         std::fs::rename(srv.join("pol.new"), srv.join("pol")).unwrap();
+        assert!(
+            told_now(&watch),
+            "another renamed into its place, told while the link led to nothing"
+        );
         assert!(counted(&mut watch), "another folder in its place");
         std::fs::write(dir.join("20.policy"), "y").unwrap();
         assert!(told_now(&watch), "the new folder is watched");
