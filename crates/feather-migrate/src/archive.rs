@@ -2,8 +2,9 @@
 //! so that a checkpointed VM can be restored from another state root or on another host.
 //!
 //! GNU tar writes it (`setup.sh` installs tar and zstd): it keeps what the layers hold and
-//! overlayfs relies on — whiteouts (character devices 0/0), `trusted.overlay.*` extended
-//! attributes, owners, modes and sparse files. zstd checksums every frame, so a damaged archive
+//! overlayfs relies on — whiteouts (character devices 0/0), opaque folders, the extended
+//! attributes a VM's files need (but none naming an overlay's identity: [`TAR_OPTIONS`]),
+//! owners, modes and sparse files. zstd checksums every frame, so a damaged archive
 //! fails to import instead of restoring wrong data.
 
 use std::fs;
@@ -18,19 +19,47 @@ use crate::error::{io_at, MigrateError, Result};
 /// mount point) are made empty on import; locks and logs stay behind.
 const MEMBERS: [&str; 5] = ["config.toml", "state.json", "upper", "mounts", "checkpoint"];
 
-/// The extended attributes kept are the layers' (`trusted.overlay.*` whiteouts and opaque
-/// folders, ACLs, file capabilities, user attributes), but not overlayfs's redirects and
-/// metacopy marks: feather's layers have none (its overlays make neither), and in an archive
-/// from elsewhere one would name a folder or file of the receiving host's tree to show in
-/// its place (the overlays follow none either: `feather_sys::mount::overlay`).
-const TAR_OPTIONS: [&str; 7] = [
+/// The extended attributes an archive carries, on export and again on unpacking (tar keeps only
+/// a name an `--xattrs-include` matches, both ways): an archive comes from another host, or holds
+/// a VM's own layer, and its author chooses every attribute in it. So it carries only what a
+/// layer needs to mean what it meant, each named here; everything else is dropped:
+/// - overlayfs's records of an overlay's own (`trusted.overlay.uuid`, which makes the overlay's
+///   filesystem id, `origin`, `impure`, `nlink`, `upper`), its redirects and metacopy marks
+///   (which name a folder or file of the receiving host's tree to show in a file's place), its
+///   attribute whiteouts (`whiteout`, `whiteouts`: a layer feather's overlays wrote has none) and
+///   their escaped forms for a nested overlay (`trusted.overlay.overlay.*`). feather's overlays
+///   follow none of them (`feather_sys::mount::overlay`), but an overlay's identity is the
+///   kernel's to make: a copied `uuid` gave every import of one archive the same filesystem id
+///   (a crafted one any id), which a Shuttle hand-over's clean-up takes for the VM's layer.
+///   Without `uuid` and `impure` at the upper folder, the kernel gives the layer a new UUID at
+///   its first mount (overlayfs's `uuid=auto`); with `impure` alone, none, and the overlay
+///   would report the filesystem id of every layer beside it;
+/// - every other `trusted.*`: only the host's root can read or write one (no VM sees it), and it
+///   is the host's software's to trust;
+/// - `security.*` but file capabilities: an SELinux or Smack label, an IMA signature or an
+///   EVM hash is the receiving host's to give (a label from elsewhere may be one its policy
+///   trusts).
+///
+/// Whiteouts need no attribute: they are character devices 0/0, which tar keeps.
+const TAR_OPTIONS: [&str; 8] = [
     "--numeric-owner",
     "--xattrs",
-    "--xattrs-include=trusted.*",
+    // A folder the VM removed and made again: without the mark, the lower tree's entries at its
+    // path show through it.
+    "--xattrs-include=trusted.overlay.opaque",
+    // An append-only or immutable file or folder the VM's entry was copied up from (overlayfs
+    // keeps the flag here, not on the upper file): without it the flag is lifted, and a VM
+    // holds no CAP_LINUX_IMMUTABLE to set it again. It can only restrict the VM's own files.
+    "--xattrs-include=trusted.overlay.protattr",
+    // The VM's own attributes, which any of its processes may set (`user.overlay.*` too: feather
+    // never mounts an overlay with `userxattr`).
     "--xattrs-include=user.*",
-    "--xattrs-include=security.*",
-    "--xattrs-exclude=trusted.overlay.redirect",
-    "--xattrs-exclude=trusted.overlay.metacopy",
+    // File capabilities (ping's, say): what the VM's root sets itself (it holds CAP_SETFCAP),
+    // and no more than the VM's bounding set lets any of its programs gain.
+    "--xattrs-include=security.capability",
+    // ACLs, which the VM sets on its files itself or a copy-up kept from the tree below.
+    "--xattrs-include=system.posix_acl_access",
+    "--xattrs-include=system.posix_acl_default",
 ];
 
 /// Where a VM with a disk image (`create --disk` without project quotas) keeps its layers: the
@@ -499,6 +528,189 @@ mod tests {
         assert_eq!(
             unknown_in(&in_list).as_deref(),
             Some("network.publish.address")
+        );
+    }
+
+    /// A POSIX ACL as the kernel stores it (`system.posix_acl_*`): the owner rw, user 1234
+    /// rwx, the group r, mask rwx, others r.
+    fn acl() -> Vec<u8> {
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (0x01u16, 6u16, u32::MAX),
+            (0x02, 7, 1234),
+            (0x04, 4, u32::MAX),
+            (0x10, 7, u32::MAX),
+            (0x20, 4, u32::MAX),
+        ] {
+            acl.extend(tag.to_le_bytes());
+            acl.extend(perm.to_le_bytes());
+            acl.extend(id.to_le_bytes());
+        }
+        acl
+    }
+
+    /// Every attribute a layer may hold, by the path below the VM's folder, its name, its value
+    /// and whether an archive carries it.
+    fn layer_attributes() -> Vec<(&'static str, &'static str, Vec<u8>, bool)> {
+        // A file capability (v2): cap_net_raw permitted and effective.
+        let mut capability = vec![0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00];
+        capability.resize(20, 0);
+        vec![
+            ("upper", "trusted.overlay.uuid", vec![0x88; 16], false),
+            ("upper", "trusted.overlay.impure", b"y".to_vec(), false),
+            (
+                "upper/folder",
+                "trusted.overlay.opaque",
+                b"y".to_vec(),
+                true,
+            ),
+            (
+                "upper/folder",
+                "trusted.overlay.redirect",
+                b"/etc".to_vec(),
+                false,
+            ),
+            (
+                "upper/folder",
+                "trusted.overlay.overlay.redirect",
+                b"/etc".to_vec(),
+                false,
+            ),
+            (
+                "upper/folder",
+                "trusted.overlay.whiteouts",
+                b"".to_vec(),
+                false,
+            ),
+            ("upper/folder", "system.posix_acl_default", acl(), true),
+            (
+                "upper/file",
+                "trusted.overlay.origin",
+                vec![0, 0xfb, 5, 0, 0],
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.metacopy",
+                b"".to_vec(),
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.overlay.metacopy",
+                b"".to_vec(),
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.nlink",
+                b"U+1".to_vec(),
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.upper",
+                vec![0, 0xfb, 5, 0, 0],
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.whiteout",
+                b"".to_vec(),
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.protattr",
+                b"a".to_vec(),
+                true,
+            ),
+            ("upper/file", "trusted.other", b"host's".to_vec(), false),
+            (
+                "upper/file",
+                "security.selinux",
+                b"system_u:object_r:etc_t:s0".to_vec(),
+                false,
+            ),
+            ("upper/file", "security.ima", vec![0x04, 0x04, 0x01], false),
+            ("upper/file", "security.capability", capability, true),
+            ("upper/file", "system.posix_acl_access", acl(), true),
+            ("upper/file", "user.note", b"the VM's".to_vec(), true),
+        ]
+    }
+
+    /// Which of [`layer_attributes`] differ in the VM folder `dir` from what an archive carries.
+    fn wrongly_carried(dir: &Path) -> Vec<String> {
+        layer_attributes()
+            .into_iter()
+            .filter_map(|(path, name, value, carried)| {
+                let found = xattr::get(dir.join(path), name).unwrap();
+                let expected = carried.then_some(value);
+                (found != expected).then(|| format!("{path}: {name} is {found:?}"))
+            })
+            .collect()
+    }
+
+    /// An archive holds a layer its author chose (another host's, or a VM's own): written or
+    /// unpacked, it carries only the attributes a layer needs, overlayfs's opaque mark and
+    /// protected flags of its own, and none that names an overlay's identity (a copied
+    /// `trusted.overlay.uuid` made every import of one archive the same filesystem), leads
+    /// elsewhere (redirects, metacopy, origin) or is another program's to trust.
+    #[test]
+    fn an_archive_carries_only_the_attributes_a_layer_needs_both_ways() {
+        let dir =
+            std::env::temp_dir().join(format!("feather-archive-xattrs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let vm_dir = dir.join("vm");
+        fs::create_dir_all(vm_dir.join("upper/folder")).unwrap();
+        fs::write(vm_dir.join("upper/file"), "kept\n").unwrap();
+        fs::write(vm_dir.join("config.toml"), CONFIG).unwrap();
+        for (path, name, value, _) in layer_attributes() {
+            xattr::set(vm_dir.join(path), name, &value)
+                .unwrap_or_else(|e| panic!("set {name} on {path}: {e}"));
+        }
+        let tar = |args: &[&str]| {
+            let status = Command::new("tar").args(args).status().unwrap();
+            assert!(status.success(), "tar {args:?}");
+        };
+        let everything = ["--xattrs", "--xattrs-include=*"];
+
+        // Written: what an export holds, unpacked by a tar that keeps every attribute.
+        let exported = dir.join("exported.tar.zst");
+        export(&vm_dir, &exported, &mut |_| {}).unwrap();
+        let written = dir.join("written");
+        fs::create_dir(&written).unwrap();
+        let (from, to) = (exported.to_str().unwrap(), written.to_str().unwrap());
+        tar(&[
+            &["--extract", "--zstd", "-f", from, "-C", to][..],
+            &everything,
+        ]
+        .concat());
+        let written_wrongly = wrongly_carried(&written);
+
+        // Unpacked: an archive made by another tar, holding every attribute.
+        let crafted = dir.join("crafted.tar.zst");
+        let (to, from) = (crafted.to_str().unwrap(), vm_dir.to_str().unwrap());
+        let members = ["config.toml", "upper"];
+        tar(&[
+            &["--create", "--zstd", "-f", to, "-C", from][..],
+            &everything,
+            &members,
+        ]
+        .concat());
+        let staging = dir.join("staging");
+        unpack(&crafted, &staging).unwrap();
+        let unpacked_wrongly = wrongly_carried(&staging);
+        assert_eq!(
+            fs::read_to_string(staging.join("upper/file")).unwrap(),
+            "kept\n"
+        );
+
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(written_wrongly.is_empty(), "exported: {written_wrongly:?}");
+        assert!(
+            unpacked_wrongly.is_empty(),
+            "unpacked: {unpacked_wrongly:?}"
         );
     }
 
