@@ -102,9 +102,13 @@ pub(crate) fn archived_name(path: &Path) -> &Path {
 /// `TAR_OPTIONS` before its command line, and one in feather's own environment (a user's shell
 /// profile, `sudo -E`) would widen [`TAR_OPTIONS`]'s allow-list (`--xattrs-include=*` carried
 /// overlayfs's UUID and redirects again), add `--acls`, `--overwrite` or `--absolute-names`.
+/// Its messages in English whatever the locale: a failed attribute write is read from them
+/// (`attribute_not_set`).
 fn tar() -> Command {
     let mut tar = feather_sys::process::command("tar");
-    tar.env_remove("TAR_OPTIONS");
+    tar.env_remove("TAR_OPTIONS")
+        .env_remove("LANGUAGE")
+        .env("LC_ALL", "C");
     tar
 }
 
