@@ -744,6 +744,12 @@ fn rm_returns_once_the_vm_s_keeper_has_ended() {
     let removed = removing.into_inner().wait_with_output().unwrap();
     assert!(removed.status.success(), "{removed:?}");
     assert!(!keeper_alive(), "the VM's keeper {keeper} outlived its rm");
+    // Waiting seconds, it says for what.
+    let said = String::from_utf8_lossy(&removed.stderr);
+    assert!(
+        said.contains(&format!("waiting for its last keeper, pid {keeper}")),
+        "{said}"
+    );
     assert!(!feather.root.join("vms/vm").exists());
 }
 

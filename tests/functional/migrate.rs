@@ -279,6 +279,8 @@ fn a_vm_migrates_to_another_host_and_goes_on_there() {
     counting_vm(&source, &base);
     let pids = source.ok(&["ps", "vm", "--json"]);
     let before = count(&source, "vm");
+    let root_fsid = |feather: &Feather| feather.sh("vm", "stat -f -c %i /");
+    let source_fsid = root_fsid(&source);
 
     let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     let moved = migrate(&hosts, &source, TOKEN);
@@ -316,6 +318,14 @@ fn a_vm_migrates_to_another_host_and_goes_on_there() {
     assert_eq!(pid_of(&pids, "while true"), pid_of(&after, "while true"));
     assert_eq!(pid_of(&pids, "__init"), 1);
     assert_eq!(pid_of(&after, "__init"), 1);
+    // The received layer carries no overlay identity of the sender's (`trusted.overlay.uuid`):
+    // the kernel gives its overlay an id of its own (security row 70).
+    let target_fsid = root_fsid(&target);
+    assert!(!target_fsid.trim().is_empty(), "the VM's stat said nothing");
+    assert_ne!(
+        target_fsid, source_fsid,
+        "the received VM's overlay has the sender's filesystem id"
+    );
 }
 
 /// The layer pre-copy (docs/migration.md): the layer travels while the VM runs, and what it

@@ -862,3 +862,122 @@ fn ask_rules_ask_the_terminal_that_started_the_vm() {
     );
     assert_eq!(decided[0]["outcome"], "denied");
 }
+
+/// Running VMs cost root no inotify instance: root's are counted across the host
+/// (`fs.inotify.max_user_instances`, 128 here), and keepers that each held one for their VM's
+/// life (the broker's policy watch) took the last of them from the host's own root daemons
+/// and `criu check` at about the 100th VM. Here five VMs, their keepers and every process in
+/// them hold none, and each broker sleeps without a timeout (it does not look at the policy
+/// on a timer); a rule written after they started, into a policy folder made only then, still
+/// reaches each of them, and its removal closes the channel in each.
+#[test]
+fn running_vms_hold_no_inotify_instance_and_each_still_follows_the_policy() {
+    let feather = Feather::new("shuttle-no-inotify");
+    let echo = HostEcho::start("shuttle-no-inotify-echo");
+    let socket = echo.dir.join("echo.sock");
+    let vms = ["a", "b", "c", "d", "e"];
+    for vm in vms {
+        feather.ok(&["create", vm]);
+        feather.ok(&["start", vm]);
+    }
+    for vm in vms {
+        let state = &feather.inspect(vm)["state"];
+        let keeper = state["keeper_pid"].as_i64().unwrap() as i32;
+        let init = state["init_pid"].as_i64().unwrap() as i32;
+        let mut holding: Vec<String> = Vec::new();
+        for pid in std::iter::once(keeper).chain(in_pid_namespace_of(init)) {
+            let held = inotify_instances(pid);
+            if held > 0 {
+                holding.push(format!("process {pid} ({held})"));
+            }
+        }
+        assert!(
+            holding.is_empty(),
+            "VM {vm}'s keeper is {keeper}; these hold inotify instances: {holding:?}"
+        );
+        // Found awake, or settling a change told (a timed poll), it is looked at again: one
+        // that never sleeps without a timeout fails after 10 s.
+        feather.eventually(
+            &format!("{vm}'s broker waits for a change without a timeout"),
+            || shuttle_poll_timeout(keeper) == Some(-1),
+        );
+    }
+    assert!(!feather.root.join("policy.d").exists());
+    write_policy(
+        &feather,
+        "10-host.policy",
+        &format!(
+            "ipc unix:{} @anyvm @host allow at=/run/echo.sock\n",
+            socket.display()
+        ),
+    );
+    let channel_in = |vm: &str| {
+        feather
+            .run(&["exec", vm, "--", "test", "-S", "/run/echo.sock"])
+            .code
+            == 0
+    };
+    for vm in vms {
+        feather.eventually(&format!("the channel opens in {vm}"), || channel_in(vm));
+    }
+    let answer = feather.sh(
+        "c",
+        "echo hello | socat -t 10 - UNIX-CONNECT:/run/echo.sock",
+    );
+    assert_eq!(answer, "hello\n");
+    write_policy(&feather, "10-host.policy", "");
+    for vm in vms {
+        feather.eventually(&format!("the channel closes in {vm}"), || !channel_in(vm));
+    }
+}
+
+/// How many inotify instances process `pid` holds (0 if it is gone).
+fn inotify_instances(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|fds| {
+            fds.flatten()
+                .filter(|fd| {
+                    std::fs::read_link(fd.path())
+                        .is_ok_and(|target| target.as_os_str() == "anon_inode:inotify")
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// The host's pids of the processes in `init`'s pid namespace.
+fn in_pid_namespace_of(init: i32) -> Vec<i32> {
+    let namespace = std::fs::read_link(format!("/proc/{init}/ns/pid")).unwrap();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/pid")).is_ok_and(|ns| ns == namespace)
+        })
+        .collect()
+}
+
+/// The timeout (ms, -1 for none) of the poll keeper `keeper`'s broker thread sleeps in; None
+/// while it is not asleep in poll.
+fn shuttle_poll_timeout(keeper: i32) -> Option<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{keeper}/task")).ok()?;
+    let thread = tasks.flatten().find(|task| {
+        std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm == "shuttle\n")
+    })?;
+    let syscall = std::fs::read_to_string(thread.path().join("syscall")).ok()?;
+    let fields: Vec<&str> = syscall.split_whitespace().collect();
+    let argument = |n: usize| u64::from_str_radix(fields.get(n)?.trim_start_matches("0x"), 16).ok();
+    // poll(fds, nfds, int timeout) and ppoll(fds, nfds, const struct timespec *timeout).
+    let (poll, ppoll) = match std::env::consts::ARCH {
+        "x86_64" => (Some("7"), "271"),
+        "aarch64" => (None, "73"),
+        other => panic!("the poll syscall's number on {other}"),
+    };
+    match fields.first().copied() {
+        Some(number) if Some(number) == poll => Some(argument(3)? as u32 as i32),
+        // A null timespec is no timeout; any other, one (its value is in the thread's memory).
+        Some(number) if number == ppoll => Some(if argument(3)? == 0 { -1 } else { 0 }),
+        _ => None,
+    }
+}

@@ -48,17 +48,28 @@ fn a_redirect_in_a_vms_layer_leads_nowhere() {
     )
     .unwrap();
     feather.ok(&["start", "vm"]);
-    let seen = feather.run(&[
+    // Both errors on stdout, and a last line that says the script ran to its end: an exec
+    // that failed to run shows nothing of the other root either.
+    let seen = feather.ok(&[
         "exec",
         "vm",
         "--",
         "sh",
         "-c",
-        "ls -A /redirected; cat /redirected/redirect-marker",
+        "ls -A /redirected 2>&1; cat /redirected/redirect-marker 2>&1; echo looked",
     ]);
     assert!(
-        !seen.stdout.contains("SECRET") && !seen.stdout.contains("redirect-marker"),
-        "the redirect was followed: {seen:?}"
+        !seen.contains("SECRET") && !seen.lines().any(|line| line == "redirect-marker"),
+        "the redirect was followed: {seen}"
+    );
+    assert!(
+        seen.trim_end().ends_with("looked"),
+        "the exec did not run to its end: {seen}"
+    );
+    assert_eq!(
+        seen.matches("Operation not permitted").count(),
+        2,
+        "the lookups that meet the redirect are refused: {seen}"
     );
 }
 

@@ -13,6 +13,7 @@ mod exec_channel;
 mod hardening;
 mod host_view;
 mod imported_config;
+mod imported_layers;
 mod ipc_matrix;
 mod landlock;
 mod limits_default;

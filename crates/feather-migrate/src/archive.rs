@@ -2,8 +2,9 @@
 //! so that a checkpointed VM can be restored from another state root or on another host.
 //!
 //! GNU tar writes it (`setup.sh` installs tar and zstd): it keeps what the layers hold and
-//! overlayfs relies on — whiteouts (character devices 0/0), `trusted.overlay.*` extended
-//! attributes, owners, modes and sparse files. zstd checksums every frame, so a damaged archive
+//! overlayfs relies on — whiteouts (character devices 0/0), opaque folders, the extended
+//! attributes a VM's files need (but none naming an overlay's identity: [`TAR_OPTIONS`]),
+//! owners, modes and sparse files. zstd checksums every frame, so a damaged archive
 //! fails to import instead of restoring wrong data.
 
 use std::fs;
@@ -18,19 +19,47 @@ use crate::error::{io_at, MigrateError, Result};
 /// mount point) are made empty on import; locks and logs stay behind.
 const MEMBERS: [&str; 5] = ["config.toml", "state.json", "upper", "mounts", "checkpoint"];
 
-/// The extended attributes kept are the layers' (`trusted.overlay.*` whiteouts and opaque
-/// folders, ACLs, file capabilities, user attributes), but not overlayfs's redirects and
-/// metacopy marks: feather's layers have none (its overlays make neither), and in an archive
-/// from elsewhere one would name a folder or file of the receiving host's tree to show in
-/// its place (the overlays follow none either: `feather_sys::mount::overlay`).
-const TAR_OPTIONS: [&str; 7] = [
+/// The extended attributes an archive carries, on export and again on unpacking (tar keeps only
+/// a name an `--xattrs-include` matches, both ways): an archive comes from another host, or holds
+/// a VM's own layer, and its author chooses every attribute in it. So it carries only what a
+/// layer needs to mean what it meant, each named here; everything else is dropped:
+/// - overlayfs's records of an overlay's own (`trusted.overlay.uuid`, which makes the overlay's
+///   filesystem id, `origin`, `impure`, `nlink`, `upper`), its redirects and metacopy marks
+///   (which name a folder or file of the receiving host's tree to show in a file's place), its
+///   attribute whiteouts (`whiteout`, `whiteouts`: a layer feather's overlays wrote has none) and
+///   their escaped forms for a nested overlay (`trusted.overlay.overlay.*`). feather's overlays
+///   follow none of them (`feather_sys::mount::overlay`), but an overlay's identity is the
+///   kernel's to make: a copied `uuid` gave every import of one archive the same filesystem id
+///   (a crafted one any id), which a Shuttle hand-over's clean-up takes for the VM's layer.
+///   Without `uuid` and `impure` at the upper folder, the kernel gives the layer a new UUID at
+///   its first mount (overlayfs's `uuid=auto`); with `impure` alone, none, and the overlay
+///   would report the filesystem id of every layer beside it;
+/// - every other `trusted.*`: only the host's root can read or write one (no VM sees it), and it
+///   is the host's software's to trust;
+/// - `security.*` but file capabilities: an SELinux or Smack label, an IMA signature or an
+///   EVM hash is the receiving host's to give (a label from elsewhere may be one its policy
+///   trusts).
+///
+/// Whiteouts need no attribute: they are character devices 0/0, which tar keeps.
+const TAR_OPTIONS: [&str; 8] = [
     "--numeric-owner",
     "--xattrs",
-    "--xattrs-include=trusted.*",
+    // A folder the VM removed and made again: without the mark, the lower tree's entries at its
+    // path show through it.
+    "--xattrs-include=trusted.overlay.opaque",
+    // An append-only or immutable file or folder the VM's entry was copied up from (overlayfs
+    // keeps the flag here, not on the upper file): without it the flag is lifted, and a VM
+    // holds no CAP_LINUX_IMMUTABLE to set it again. It can only restrict the VM's own files.
+    "--xattrs-include=trusted.overlay.protattr",
+    // The VM's own attributes, which any of its processes may set (`user.overlay.*` too: feather
+    // never mounts an overlay with `userxattr`).
     "--xattrs-include=user.*",
-    "--xattrs-include=security.*",
-    "--xattrs-exclude=trusted.overlay.redirect",
-    "--xattrs-exclude=trusted.overlay.metacopy",
+    // File capabilities (ping's, say): what the VM's root sets itself (it holds CAP_SETFCAP),
+    // and no more than the VM's bounding set lets any of its programs gain.
+    "--xattrs-include=security.capability",
+    // ACLs, which the VM sets on its files itself or a copy-up kept from the tree below.
+    "--xattrs-include=system.posix_acl_access",
+    "--xattrs-include=system.posix_acl_default",
 ];
 
 /// Where a VM with a disk image (`create --disk` without project quotas) keeps its layers: the
@@ -69,10 +98,24 @@ pub(crate) fn archived_name(path: &Path) -> &Path {
     path.strip_prefix(IMAGE_HOME).unwrap_or(path)
 }
 
+/// `tar`, told only what feather tells it: GNU tar reads options from the environment variable
+/// `TAR_OPTIONS` before its command line, and one in feather's own environment (a user's shell
+/// profile, `sudo -E`) would widen [`TAR_OPTIONS`]'s allow-list (`--xattrs-include=*` carried
+/// overlayfs's UUID and redirects again), add `--acls`, `--overwrite` or `--absolute-names`.
+/// Its messages in English whatever the locale: a failed attribute write is read from them
+/// (`attribute_not_set`).
+fn tar() -> Command {
+    let mut tar = feather_sys::process::command("tar");
+    tar.env_remove("TAR_OPTIONS")
+        .env_remove("LANGUAGE")
+        .env("LC_ALL", "C");
+    tar
+}
+
 /// `tar --create` of members of `vm_dir` (the caller names them) to `file` (`-`: its stdout),
 /// compressed, with everything overlayfs relies on kept.
 pub(crate) fn tar_create(vm_dir: &Path, file: &Path) -> Command {
-    let mut tar = feather_sys::process::command("tar");
+    let mut tar = tar();
     if in_image(vm_dir) {
         // disk/upper/… is stored as upper/…; hard links' targets are member names too (h), a
         // symlink's target is the VM's own text and stays as it is (S).
@@ -187,6 +230,24 @@ pub fn export(vm_dir: &Path, file: &Path, progress: &mut dyn FnMut(u64)) -> Resu
     fs::rename(&partial, file).map_err(io_at(file))
 }
 
+/// `tar --extract` of the archive `file` (`-`: its stdin) into `staging`, keeping what
+/// [`tar_create`] keeps. The archive may be two, one after the other (`--ignore-zeros`): a
+/// migration's, or a `--leave-running` export's, is the layers pre-copied while the VM ran, then
+/// the rest and what changed meanwhile (crate::precopy).
+fn tar_extract(file: &Path, staging: &Path) -> Command {
+    let mut tar = tar();
+    tar.arg("--extract")
+        .arg("--zstd")
+        .args(TAR_OPTIONS)
+        .arg("--same-permissions")
+        .arg("--ignore-zeros")
+        .arg("--file")
+        .arg(file)
+        .arg("--directory")
+        .arg(staging);
+    tar
+}
+
 /// Unpacks `file` into a new folder `staging` (which must not exist) and returns the VM's
 /// config from it. The caller moves the folder into place.
 pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
@@ -194,17 +255,7 @@ pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
         return Err(tar_failed("import from", file, "no such file".into()));
     }
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = feather_sys::process::command("tar")
-        .arg("--extract")
-        .arg("--zstd")
-        .args(TAR_OPTIONS)
-        .arg("--same-permissions")
-        // A --leave-running export is two archives, one after the other, like a migration's.
-        .arg("--ignore-zeros")
-        .arg("--file")
-        .arg(file)
-        .arg("--directory")
-        .arg(staging)
+    let output = tar_extract(file, staging)
         .stdin(Stdio::null())
         .output()
         .map_err(|e| tar_error("import from", file, e));
@@ -218,18 +269,7 @@ pub fn unpack_from(
     staging: &Path,
 ) -> Result<VmConfig> {
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = feather_sys::process::command("tar")
-        .arg("--extract")
-        .arg("--zstd")
-        .args(TAR_OPTIONS)
-        .arg("--same-permissions")
-        // A migration's archive is two, one after the other: the layers pre-copied while the
-        // VM ran, then the rest and what changed meanwhile (crate::precopy).
-        .arg("--ignore-zeros")
-        .arg("--file")
-        .arg("-")
-        .arg("--directory")
-        .arg(staging)
+    let output = tar_extract(Path::new("-"), staging)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
@@ -320,9 +360,14 @@ fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) ->
                 unpack_failure(&output.stderr),
             ));
         }
+        if let Some(why) = attribute_not_set(&output.stderr) {
+            return Err(tar_failed("import from", file, why));
+        }
+        made_feathers_own(staging).map_err(io_at(staging))?;
         if let Err(why) = members_as_exported(staging) {
             return Err(tar_failed("import from", file, why));
         }
+        records_without_attributes(staging)?;
         let config = read_config(&staging.join("config.toml"), file)?;
         for dir in ["upper", "work", "rootfs", "mounts"] {
             let path = staging.join(dir);
@@ -333,6 +378,107 @@ fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) ->
     checked().inspect_err(|_| {
         let _ = fs::remove_dir_all(staging);
     })
+}
+
+/// Why an import fails that tar finished (exit status 0) but for an extended attribute it could
+/// not set, from what it printed (`stderr`), if it printed that: tar takes it for a warning
+/// ("setxattrat: Cannot set 'NAME' extended attribute for file 'PATH': REASON"), but a layer
+/// without its opaque mark shows the lower tree's entries in a folder the VM made anew, and a
+/// file without its ACL or capability grants other rights than the VM gave it.
+fn attribute_not_set(stderr: &[u8]) -> Option<String> {
+    let said = String::from_utf8_lossy(stderr);
+    let line = said
+        .lines()
+        .find(|line| line.contains("Cannot set '") && line.contains("' extended attribute"))?;
+    let shown: String = line.chars().take(300).collect();
+    let shown = feather_core::display::escape_for_terminal(&shown);
+    Some(format!(
+        "the state root's filesystem did not take an extended attribute of the VM's layer \
+         ({shown}): a layer keeps its opaque folders, file capabilities and ACLs in them, and \
+         without them its files would mean something else. Import it into a state root (--root) \
+         on a filesystem with extended attributes and ACLs (ext4, xfs, btrfs); nothing was \
+         imported"
+    ))
+}
+
+/// Whether the attribute `name` is one an archive may carry (one [`TAR_OPTIONS`] includes).
+fn carried(name: &[u8]) -> bool {
+    TAR_OPTIONS
+        .iter()
+        .any(|option| match option.strip_prefix("--xattrs-include=") {
+            Some(pattern) => match pattern.strip_suffix('*') {
+                Some(prefix) => name.starts_with(prefix.as_bytes()),
+                None => name == pattern.as_bytes(),
+            },
+            None => false,
+        })
+}
+
+/// Removes from the open file or folder `file` every attribute an archive may have given it.
+/// What the host gave it (an SELinux label) stays.
+fn without_carried_attributes(file: &fs::File) -> std::io::Result<()> {
+    use xattr::FileExt;
+    for name in file.list_xattr()? {
+        if carried(name.as_encoded_bytes()) {
+            file.remove_xattr(&name)?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes the folder `staging` feather's own again after tar unpacked into it: owned by feather's
+/// user (root), mode 0700 like every VM folder, and without any attribute an archive carries.
+/// No export holds an entry for the VM's folder itself (it names its members), but an archive
+/// made elsewhere may hold `./`, and tar gives its owner, mode, ACLs and attributes to the
+/// folder it unpacks into: the new VM's folder. A default ACL there (`user:1234:rw-`) was
+/// inherited by every file feather made in it afterwards (its `state.json`, its `work/`).
+/// What tar unpacked after `./` inherited it too: the records lose it
+/// ([`records_without_attributes`]); the layers keep it, as they keep any ACL an archive gives
+/// them directly (a layer's ACLs are the VM's own to choose).
+fn made_feathers_own(staging: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let folder = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_DIRECTORY | nix::libc::O_NOFOLLOW)
+        .open(staging)?;
+    without_carried_attributes(&folder)?;
+    nix::unistd::fchown(
+        &folder,
+        Some(nix::unistd::geteuid()),
+        Some(nix::unistd::getegid()),
+    )?;
+    nix::sys::stat::fchmod(&folder, nix::sys::stat::Mode::from_bits_truncate(0o700))?;
+    Ok(())
+}
+
+/// Removes every attribute an archive may carry from feather's own records in `staging`
+/// (`config.toml`, `state.json`, everything below `checkpoint/`), known by then to be plain files
+/// and folders ([`members_as_exported`]): an export's records carry none, and an ACL or an
+/// attribute on one was put there by the archive's author (an ACL naming a host user, a default
+/// ACL every record written there later would inherit).
+fn records_without_attributes(staging: &Path) -> Result<()> {
+    fn strip(path: &Path) -> Result<()> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io_at(path))?;
+        without_carried_attributes(&file).map_err(io_at(path))?;
+        if file.metadata().map_err(io_at(path))?.is_dir() {
+            for entry in fs::read_dir(path).map_err(io_at(path))? {
+                strip(&entry.map_err(io_at(path))?.path())?;
+            }
+        }
+        Ok(())
+    }
+    for record in ["config.toml", "state.json", "checkpoint"] {
+        let path = staging.join(record);
+        if path.symlink_metadata().is_ok() {
+            strip(&path)?;
+        }
+    }
+    Ok(())
 }
 
 /// The most a VM's `config.toml` holds: a few hundred bytes, a few KiB with many `--ro` paths,
@@ -500,6 +646,332 @@ mod tests {
             unknown_in(&in_list).as_deref(),
             Some("network.publish.address")
         );
+    }
+
+    /// A POSIX ACL as the kernel stores it (`system.posix_acl_*`): the owner rw, user 1234
+    /// rwx, the group r, mask rwx, others r.
+    fn acl() -> Vec<u8> {
+        let mut acl = 2u32.to_le_bytes().to_vec();
+        for (tag, perm, id) in [
+            (0x01u16, 6u16, u32::MAX),
+            (0x02, 7, 1234),
+            (0x04, 4, u32::MAX),
+            (0x10, 7, u32::MAX),
+            (0x20, 4, u32::MAX),
+        ] {
+            acl.extend(tag.to_le_bytes());
+            acl.extend(perm.to_le_bytes());
+            acl.extend(id.to_le_bytes());
+        }
+        acl
+    }
+
+    /// Every attribute a layer may hold, by the path below the VM's folder, its name, its value
+    /// and whether an archive carries it.
+    fn layer_attributes() -> Vec<(&'static str, &'static str, Vec<u8>, bool)> {
+        // A file capability (v2): cap_net_raw permitted and effective.
+        let mut capability = vec![0x01, 0x00, 0x00, 0x02, 0x00, 0x20, 0x00, 0x00];
+        capability.resize(20, 0);
+        vec![
+            ("upper", "trusted.overlay.uuid", vec![0x88; 16], false),
+            ("upper", "trusted.overlay.impure", b"y".to_vec(), false),
+            (
+                "upper/folder",
+                "trusted.overlay.opaque",
+                b"y".to_vec(),
+                true,
+            ),
+            (
+                "upper/folder",
+                "trusted.overlay.redirect",
+                b"/etc".to_vec(),
+                false,
+            ),
+            (
+                "upper/folder",
+                "trusted.overlay.overlay.redirect",
+                b"/etc".to_vec(),
+                false,
+            ),
+            (
+                "upper/folder",
+                "trusted.overlay.whiteouts",
+                b"".to_vec(),
+                false,
+            ),
+            ("upper/folder", "system.posix_acl_default", acl(), true),
+            (
+                "upper/file",
+                "trusted.overlay.origin",
+                vec![0, 0xfb, 5, 0, 0],
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.metacopy",
+                b"".to_vec(),
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.overlay.metacopy",
+                b"".to_vec(),
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.nlink",
+                b"U+1".to_vec(),
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.upper",
+                vec![0, 0xfb, 5, 0, 0],
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.whiteout",
+                b"".to_vec(),
+                false,
+            ),
+            (
+                "upper/file",
+                "trusted.overlay.protattr",
+                b"a".to_vec(),
+                true,
+            ),
+            ("upper/file", "trusted.other", b"host's".to_vec(), false),
+            (
+                "upper/file",
+                "security.selinux",
+                b"system_u:object_r:etc_t:s0".to_vec(),
+                false,
+            ),
+            ("upper/file", "security.ima", vec![0x04, 0x04, 0x01], false),
+            ("upper/file", "security.capability", capability, true),
+            ("upper/file", "system.posix_acl_access", acl(), true),
+            ("upper/file", "user.note", b"the VM's".to_vec(), true),
+        ]
+    }
+
+    /// Which of [`layer_attributes`] differ in the VM folder `dir` from what an archive carries.
+    fn wrongly_carried(dir: &Path) -> Vec<String> {
+        layer_attributes()
+            .into_iter()
+            .filter_map(|(path, name, value, carried)| {
+                let found = xattr::get(dir.join(path), name).unwrap();
+                let expected = carried.then_some(value);
+                (found != expected).then(|| format!("{path}: {name} is {found:?}"))
+            })
+            .collect()
+    }
+
+    /// An archive holds a layer its author chose (another host's, or a VM's own): written or
+    /// unpacked, it carries only the attributes a layer needs, overlayfs's opaque mark and
+    /// protected flags of its own, and none that names an overlay's identity (a copied
+    /// `trusted.overlay.uuid` made every import of one archive the same filesystem), leads
+    /// elsewhere (redirects, metacopy, origin) or is another program's to trust.
+    #[test]
+    fn an_archive_carries_only_the_attributes_a_layer_needs_both_ways() {
+        carried_both_ways("feather-archive-xattrs");
+    }
+
+    /// GNU tar reads options from `TAR_OPTIONS` before its command line: one in feather's
+    /// environment widens nothing (`--xattrs-include=*` carried the UUID, redirects and labels
+    /// both ways again).
+    #[test]
+    fn tar_options_in_feathers_environment_widen_nothing() {
+        // Set for this test's process (nextest runs each test in its own); any other test that
+        // ran tar meanwhile would be as immune.
+        std::env::set_var("TAR_OPTIONS", "--xattrs-include=*");
+        let outcome = std::panic::catch_unwind(|| carried_both_ways("feather-archive-tar-options"));
+        std::env::remove_var("TAR_OPTIONS");
+        if let Err(panic) = outcome {
+            std::panic::resume_unwind(panic);
+        }
+    }
+
+    /// Exports a layer holding every attribute of [`layer_attributes`] and unpacks an archive
+    /// of it a plain tar made; asserts each carried only what an archive carries.
+    fn carried_both_ways(name: &str) {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let vm_dir = dir.join("vm");
+        fs::create_dir_all(vm_dir.join("upper/folder")).unwrap();
+        fs::write(vm_dir.join("upper/file"), "kept\n").unwrap();
+        fs::write(vm_dir.join("config.toml"), CONFIG).unwrap();
+        for (path, name, value, _) in layer_attributes() {
+            xattr::set(vm_dir.join(path), name, &value)
+                .unwrap_or_else(|e| panic!("set {name} on {path}: {e}"));
+        }
+        let tar = |args: &[&str]| {
+            let status = Command::new("tar").args(args).status().unwrap();
+            assert!(status.success(), "tar {args:?}");
+        };
+        let everything = ["--xattrs", "--xattrs-include=*"];
+
+        // Written: what an export holds, unpacked by a tar that keeps every attribute.
+        let exported = dir.join("exported.tar.zst");
+        export(&vm_dir, &exported, &mut |_| {}).unwrap();
+        let written = dir.join("written");
+        fs::create_dir(&written).unwrap();
+        let (from, to) = (exported.to_str().unwrap(), written.to_str().unwrap());
+        tar(&[
+            &["--extract", "--zstd", "-f", from, "-C", to][..],
+            &everything,
+        ]
+        .concat());
+        let written_wrongly = wrongly_carried(&written);
+
+        // Unpacked: an archive made by another tar, holding every attribute.
+        let crafted = dir.join("crafted.tar.zst");
+        let (to, from) = (crafted.to_str().unwrap(), vm_dir.to_str().unwrap());
+        let members = ["config.toml", "upper"];
+        tar(&[
+            &["--create", "--zstd", "-f", to, "-C", from][..],
+            &everything,
+            &members,
+        ]
+        .concat());
+        let staging = dir.join("staging");
+        unpack(&crafted, &staging).unwrap();
+        let unpacked_wrongly = wrongly_carried(&staging);
+        assert_eq!(
+            fs::read_to_string(staging.join("upper/file")).unwrap(),
+            "kept\n"
+        );
+
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(written_wrongly.is_empty(), "exported: {written_wrongly:?}");
+        assert!(
+            unpacked_wrongly.is_empty(),
+            "unpacked: {unpacked_wrongly:?}"
+        );
+    }
+
+    /// The carried attributes `path` holds.
+    fn carried_on(path: &Path) -> Vec<String> {
+        xattr::list(path)
+            .unwrap()
+            .filter(|name| carried(name.as_encoded_bytes()))
+            .map(|name| name.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    /// An archive made elsewhere may hold an entry for the VM's folder itself (`./`), which no
+    /// export holds, and tar gives what it says to the folder it unpacks into: the new VM's.
+    /// That folder comes out feather's own (root's, 0700, without ACLs or attributes), and so
+    /// do feather's records in it, whatever the archive gave them.
+    #[test]
+    fn an_archives_entry_for_the_vm_folder_itself_leaves_it_feathers_own() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("feather-archive-dot-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let crafted_dir = dir.join("crafted");
+        fs::create_dir_all(crafted_dir.join("upper")).unwrap();
+        fs::create_dir_all(crafted_dir.join("checkpoint/nested")).unwrap();
+        fs::write(crafted_dir.join("config.toml"), CONFIG).unwrap();
+        fs::write(crafted_dir.join("state.json"), "{}").unwrap();
+        fs::write(crafted_dir.join("checkpoint/nested/pages-1.img"), "").unwrap();
+        let records = [
+            "config.toml",
+            "state.json",
+            "checkpoint",
+            "checkpoint/nested",
+            "checkpoint/nested/pages-1.img",
+        ];
+        for path in [&[""][..], &records].concat() {
+            let path = crafted_dir.join(path);
+            xattr::set(&path, "system.posix_acl_access", &acl()).unwrap();
+            xattr::set(&path, "user.note", b"the archive's").unwrap();
+            if path.is_dir() {
+                xattr::set(&path, "system.posix_acl_default", &acl()).unwrap();
+            }
+        }
+        let (uid, gid) = (Some(1234.into()), Some(1234.into()));
+        nix::unistd::chown(&crafted_dir, uid, gid).unwrap();
+        let loose = std::os::unix::fs::PermissionsExt::from_mode(0o777);
+        fs::set_permissions(&crafted_dir, loose).unwrap();
+        let crafted = dir.join("crafted.tar.zst");
+        let status = Command::new("tar")
+            .args(["--create", "--zstd", "--xattrs", "--xattrs-include=*", "-f"])
+            .arg(&crafted)
+            .arg("-C")
+            .arg(&crafted_dir)
+            .arg(".")
+            .status()
+            .unwrap();
+        assert!(status.success());
+
+        let staging = dir.join("staging");
+        unpack(&crafted, &staging).unwrap();
+        let folder = fs::metadata(&staging).unwrap();
+        let found = (
+            folder.mode() & 0o7777,
+            folder.uid(),
+            folder.gid(),
+            carried_on(&staging),
+        );
+        // What feather writes there afterwards inherits nothing.
+        fs::write(staging.join("written"), "").unwrap();
+        let written = carried_on(&staging.join("written"));
+        let records: Vec<_> = records
+            .iter()
+            .map(|path| (path, carried_on(&staging.join(path))))
+            .filter(|(_, carried)| !carried.is_empty())
+            .collect();
+        fs::remove_dir_all(&dir).unwrap();
+        let (euid, egid) = (nix::unistd::geteuid(), nix::unistd::getegid());
+        assert_eq!(found, (0o700, euid.as_raw(), egid.as_raw(), vec![]));
+        assert_eq!(written, Vec::<String>::new());
+        assert_eq!(records, vec![]);
+    }
+
+    /// tar takes an extended attribute it cannot set for a warning and exits 0: an import whose
+    /// layer lost one (its opaque mark here) fails instead, naming what to do. A ramfs, mounted
+    /// in a mount namespace of this test's thread alone, takes no extended attributes.
+    #[test]
+    fn an_attribute_the_state_roots_filesystem_cannot_take_fails_the_import() {
+        let dir =
+            std::env::temp_dir().join(format!("feather-archive-ramfs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let vm_dir = dir.join("vm");
+        fs::create_dir_all(vm_dir.join("upper/folder")).unwrap();
+        fs::write(vm_dir.join("config.toml"), CONFIG).unwrap();
+        xattr::set(vm_dir.join("upper/folder"), "trusted.overlay.opaque", b"y").unwrap();
+        let file = dir.join("vm.tar.zst");
+        export(&vm_dir, &file, &mut |_| {}).unwrap();
+        let ramfs = dir.join("ramfs");
+        fs::create_dir(&ramfs).unwrap();
+        let staging = ramfs.join("staging");
+        let unpacked = std::thread::spawn(move || {
+            use nix::mount::{mount, MsFlags};
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).unwrap();
+            let none: Option<&str> = None;
+            mount(none, "/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none).unwrap();
+            mount(Some("ramfs"), &ramfs, Some("ramfs"), MsFlags::empty(), none).unwrap();
+            let unpacked = unpack(&file, &staging)
+                .map(|_| ())
+                .map_err(|e| e.to_string());
+            (unpacked, staging.exists())
+        })
+        .join()
+        .unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        let (unpacked, staging_left) = unpacked;
+        let error = unpacked.expect_err("the import went on without the opaque mark");
+        for said in [
+            "did not take an extended attribute",
+            "trusted.overlay.opaque",
+            "'upper/folder'",
+            "--root",
+            "nothing was imported",
+        ] {
+            assert!(error.contains(said), "{error}");
+        }
+        assert!(!staging_left, "the failed import left its folder");
     }
 
     /// Makes `levels` folders of 200-byte names in `dir`, one in the other, by descriptor (the

@@ -22,9 +22,11 @@ impl Broker {
     /// recorded in the audit log and the keeper's log.
     pub fn start(side: VmSide, gate: Gate, peers: Arc<dyn Peers>) -> Broker {
         let (side, gate) = (Arc::new(side), Arc::new(gate));
-        // Watching the policy costs a throw-away VM its inotify instance, whose release at the
-        // end waits for the kernel's SRCU grace period (up to ~15 ms on every `run --rm`).
-        // Without an IPC rule for it, such a VM does without: its life is one command's.
+        // Watching the policy costs a throw-away VM a thread, a signalfd and the folders'
+        // descriptors, and adds its watches to the list the kernel walks on every write in a
+        // policy folder (each signalling every watching broker; docs/shuttle.md, "Many VMs on
+        // one host"). Without an IPC rule for it, such a VM does without: its life is one
+        // command's.
         let (policy, party) = (gate.policy(), side.party());
         let offered = policy.offered_to(Kind::Ipc, &party).next().is_some();
         let channels = if side.throw_away && !offered {

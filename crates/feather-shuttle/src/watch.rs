@@ -4,8 +4,9 @@
 //! when such a VM stops. When the VM it serves stops, or the broker is dropped, it closes
 //! everything.
 //!
-//! A VM the policy offers nothing costs this one thread, asleep in `poll` (waking once a
-//! second where the policy is looked at, see [`crate::policy_watch`]).
+//! A VM the policy offers nothing costs this one thread, asleep in `poll` without a timeout
+//! until a policy folder changes (waking once a second where the kernel will not tell of
+//! changes, see [`crate::policy_watch`]).
 
 use std::collections::{HashMap, HashSet};
 use std::io;
@@ -15,7 +16,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use nix::poll::{poll, PollFd, PollFlags};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
 use nix::unistd::Pid;
 
@@ -45,39 +46,64 @@ impl Channels {
     /// Opens the channels the policy offers the VM now (before the VM is reported started,
     /// so its first connection finds them), then watches from a thread of its own.
     pub fn start(side: &Arc<VmSide>, gate: &Arc<Gate>, peers: &Arc<dyn Peers>) -> Option<Channels> {
-        let started = Shared::new(side.clone(), gate.clone(), peers.clone())
-            .map_err(WatchError::from)
-            .map(Arc::new)
-            .and_then(|shared| Ok((Watcher::new(shared.clone())?, shared)));
-        let (mut watcher, shared) = match started {
-            Ok(started) => started,
+        let cannot_watch = |e: WatchError| {
+            eprintln!(
+                "feather shuttle {}: cannot watch the policy or the VM, no channels open: {e}",
+                side.name
+            );
+        };
+        let shared = match Shared::new(side.clone(), gate.clone(), peers.clone()) {
+            Ok(shared) => Arc::new(shared),
             Err(e) => {
-                eprintln!(
-                    "feather shuttle {}: cannot watch the policy or the VM, no channels open: {e}",
-                    side.name
-                );
+                cannot_watch(e.into());
                 return None;
             }
         };
-        watcher.sync();
+        // The watcher is made in its thread, which alone is told of the policy's changes
+        // (`feather_sys::dnotify::Signals` stays on the thread that made it); this one waits
+        // until it has opened the channels, so the VM's first connection finds them.
+        let (opened, has_opened) = std::sync::mpsc::sync_channel::<Result<(), WatchError>>(1);
+        let theirs = shared.clone();
         let thread = std::thread::Builder::new()
             .name("shuttle".into())
             .spawn(move || {
                 // The keeper takes its signals through a signalfd, which works only while no
                 // thread lets them in; the connection threads inherit this mask.
                 let _ = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), None);
+                let mut watcher = match Watcher::new(theirs) {
+                    Ok(watcher) => watcher,
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                        return;
+                    }
+                };
+                watcher.sync();
+                let _ = opened.send(Ok(()));
                 watcher.run()
             });
-        match thread {
-            Ok(thread) => Some(Channels {
-                shared,
-                thread: Some(thread),
-            }),
+        let thread = match thread {
+            Ok(thread) => thread,
             Err(e) => {
                 eprintln!(
                     "feather shuttle {}: cannot start its thread: {e}",
                     side.name
                 );
+                return None;
+            }
+        };
+        match has_opened.recv() {
+            Ok(Ok(())) => Some(Channels {
+                shared,
+                thread: Some(thread),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                cannot_watch(e);
+                None
+            }
+            // The thread panicked before it said.
+            Err(_) => {
+                let _ = thread.join();
                 None
             }
         }
@@ -132,14 +158,6 @@ impl Watcher {
             .unwrap_or(Path::new("/"))
             .to_path_buf();
         let policy = PolicyWatch::new(policy::policy_dirs(&root));
-        if let Some(why) = policy.looking() {
-            eprintln!(
-                "feather shuttle {}: the policy is looked at every second: no inotify instance \
-                 ({why}; fs.inotify.max_user_instances counts every root process's, those in \
-                 VMs too: raise it for each VM's broker to be told of a change at once)",
-                shared.side.name
-            );
-        }
         // What changed between the gate's first read and this watch, which saw none of it.
         if let Err(why) = shared.gate.reload() {
             eprintln!("feather shuttle {}: {why}", shared.side.name);
@@ -227,6 +245,16 @@ impl Watcher {
     }
 
     fn run(mut self) {
+        // Changes are signalled to this thread, which waits for them.
+        self.policy.start();
+        if let Some(why) = self.policy.looking() {
+            eprintln!(
+                "feather shuttle {}: the policy is looked at every second: the kernel will not \
+                 tell of its changes ({why}; dnotify: a kernel built without CONFIG_DNOTIFY, or \
+                 fs.dir-notify-enable=0)",
+                self.shared.side.name
+            );
+        }
         loop {
             if self.shared.stopping.load(Ordering::SeqCst) {
                 break;
@@ -282,7 +310,8 @@ impl Watcher {
             .iter()
             .map(|(_, fd)| PollFd::new(*fd, PollFlags::POLLIN))
             .collect();
-        let mut ready: Vec<Role> = match poll(&mut fds, self.policy.timeout()) {
+        let timeout = self.policy.timeout();
+        let mut ready: Vec<Role> = match poll(&mut fds, timeout) {
             Ok(_) => fds
                 .iter()
                 .zip(&watched)
@@ -291,8 +320,8 @@ impl Watcher {
                 .collect(),
             Err(_) => Vec::new(),
         };
-        if self.policy.looking().is_some() {
-            // Its look is taken if due (`PolicyWatch::changed`).
+        if timeout != PollTimeout::NONE && !ready.iter().any(|r| matches!(r, Role::Policy)) {
+            // A look is set for a time (`PolicyWatch::changed` takes it if due).
             ready.push(Role::Policy);
         }
         ready

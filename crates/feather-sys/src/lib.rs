@@ -7,6 +7,7 @@ pub mod blocked;
 pub mod bpf;
 pub mod cgroup;
 pub mod creds;
+pub mod dnotify;
 pub mod fdpass;
 pub mod flush;
 pub mod fnv;

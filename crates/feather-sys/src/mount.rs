@@ -39,6 +39,25 @@ pub enum LayerSync {
     Volatile,
 }
 
+/// What every overlay feather mounts is told, whatever the overlay module's defaults (the
+/// kernel's `CONFIG_OVERLAY_FS_{REDIRECT_DIR,INDEX,METACOPY}`, or `overlay.metacopy=Y` on its
+/// command line, change them on another host): a layer is taken as it is, nothing in it leads
+/// anywhere else.
+/// - `redirect_dir=nofollow`: a lookup that meets a redirect is refused. `off` does not stop the
+///   kernel from following one (`redirect_always_follow`), and a layer from elsewhere (an
+///   imported archive, a migration's sender, an OCI image's) could carry one naming any folder
+///   of the lower tree, a hidden state root included.
+/// - `metacopy=off`: a file's data is its own layer's, never taken from the layer below. With
+///   `nofollow` given, the kernel turns a default `metacopy=on` off by itself ("disabling
+///   metacopy due to redirect_dir"); said outright, it holds however a kernel resolves the two.
+/// - `index=off`: no index of hard links and file handles, whose records (`trusted.overlay.
+///   origin`, `.upper`) would tie the layer to this one mount of it.
+const LOCKED_DOWN: [(&str, &str); 3] = [
+    ("redirect_dir", "nofollow"),
+    ("metacopy", "off"),
+    ("index", "off"),
+];
+
 /// Mounts an overlay of `lowers` (read-only, the uppermost first: a
 /// [`crate::hiding_layer::HidingLayer`] above the tree shown) and `upper` (where writes go) at
 /// `target`. `nodev`: a device node written into the layer can never be opened, so a VM cannot
@@ -50,20 +69,33 @@ pub fn overlay(
     target: &Path,
     sync: LayerSync,
 ) -> Result<()> {
-    // No redirects, metacopy or index: every change is a plain file, directory or whiteout in
-    // the upper layer, which `diff` and `commit` read directly; xino off keeps inode numbers
-    // those of the layers. No option changes what reading through the overlay costs
-    // (measured: docs/design.md, "The overlay's cost per file"). Redirects are `nofollow`,
-    // not `off`: the kernel follows them with `off` too (`redirect_always_follow`), and a
-    // layer from elsewhere (an imported archive, a migration's sender) could carry one naming
-    // any folder of the lower tree, a hidden state root included.
+    mount(
+        Some("feather"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(overlay_options(lowers, upper, work, sync).as_str()),
+    )
+    .ctx("mount overlay", target.display())
+}
+
+/// The options of an [`overlay`].
+fn overlay_options(lowers: &[&Path], upper: &Path, work: &Path, sync: LayerSync) -> String {
+    // No redirects, metacopy or index ([`LOCKED_DOWN`]): every change is a plain file,
+    // directory or whiteout in the upper layer, which `diff` and `commit` read directly; xino
+    // off keeps inode numbers those of the layers. No option changes what reading through the
+    // overlay costs (measured: docs/design.md, "The overlay's cost per file").
     let lowers: Vec<String> = lowers.iter().map(|lower| escape_option(lower)).collect();
     let mut options = format!(
-        "lowerdir={},upperdir={},workdir={},redirect_dir=nofollow,metacopy=off,index=off,xino=off",
+        "lowerdir={},upperdir={},workdir={}",
         lowers.join(":"),
         escape_option(upper),
         escape_option(work)
     );
+    for (key, value) in LOCKED_DOWN {
+        options.push_str(&format!(",{key}={value}"));
+    }
+    options.push_str(",xino=off");
     if sync == LayerSync::Volatile {
         options.push_str(",volatile");
     }
@@ -77,14 +109,7 @@ pub fn overlay(
     if lowers.len() > 1 {
         options.push_str(",xino=auto");
     }
-    mount(
-        Some("feather"),
-        target,
-        Some("overlay"),
-        MsFlags::MS_NODEV,
-        Some(options.as_str()),
-    )
-    .ctx("mount overlay", target.display())
+    options
 }
 
 /// overlayfs separates options with ',' and lower layers with ':'; both may be escaped.
@@ -404,17 +429,24 @@ pub fn clone_tree_recursive(fd: &impl AsFd) -> Result<OwnedFd> {
 pub fn detached_lower_overlay(lowers: &[&Path]) -> Result<OwnedFd> {
     use std::os::unix::ffi::OsStrExt;
     let context = raw::fsopen(c"overlay").ctx("fsopen", "overlay")?;
-    for lower in lowers {
-        let value = std::ffi::CString::new(lower.as_os_str().as_bytes())
-            .map_err(|_| Errno::EINVAL)
-            .ctx("fsconfig lowerdir+", lower.display())?;
-        raw::fsconfig_string(context.as_fd(), c"lowerdir+", &value)
-            .ctx("fsconfig lowerdir+", lower.display())?;
+    for (key, value) in lower_overlay_settings(lowers) {
+        let shown = format!("{key} {}", Path::new(value).display());
+        let key = std::ffi::CString::new(key).map_err(|_| Errno::EINVAL);
+        let value = std::ffi::CString::new(value.as_bytes()).map_err(|_| Errno::EINVAL);
+        key.and_then(|key| raw::fsconfig_string(context.as_fd(), &key, &value?))
+            .ctx("fsconfig", shown)?;
     }
-    // As in [`overlay`]: a redirect in a layer (an image's) leads nowhere.
-    raw::fsconfig_string(context.as_fd(), c"redirect_dir", c"nofollow")
-        .ctx("fsconfig redirect_dir", "nofollow")?;
     raw::fsmount_readonly(context.as_fd()).ctx("fsmount", "overlay of lower layers")
+}
+
+/// What a [`detached_lower_overlay`] of `lowers` is told, in order: one `lowerdir+` each, then,
+/// as an [`overlay`] is, [`LOCKED_DOWN`]: nothing in a layer (an image's) leads elsewhere.
+fn lower_overlay_settings<'a>(lowers: &[&'a Path]) -> Vec<(&'static str, &'a std::ffi::OsStr)> {
+    let lowers = lowers.iter().map(|lower| ("lowerdir+", lower.as_os_str()));
+    let locked = LOCKED_DOWN
+        .iter()
+        .map(|&(key, value)| (key, std::ffi::OsStr::new(value)));
+    lowers.chain(locked).collect()
 }
 
 /// A tmpfs as a detached mount that no path leads to (`fsopen`, `fsconfig`, `fsmount`), `nodev`,
@@ -561,6 +593,64 @@ mod tree_tests {
             no_dev: true,
         };
         assert_eq!(all.bits(), 0x07);
+    }
+
+    /// Every overlay feather mounts is told to follow no redirect, take no file's data from the
+    /// layer below (metacopy) and keep no index, whatever the module's defaults say (the
+    /// read-only overlay of an OCI image's layers relied on them for metacopy). The kernel takes
+    /// the settings: a metacopy-marked file in the upper of two lower layers shows its own
+    /// (empty) data, not the one below's.
+    #[test]
+    fn every_overlay_is_told_to_follow_nothing_whatever_the_modules_defaults() {
+        use std::path::Path;
+        let lower = [Path::new("/lower")];
+        let options = super::overlay_options(
+            &lower,
+            Path::new("/upper"),
+            Path::new("/work"),
+            super::LayerSync::Durable,
+        );
+        let settings: Vec<String> = super::lower_overlay_settings(&lower)
+            .iter()
+            .map(|(key, value)| format!("{key}={}", value.to_string_lossy()))
+            .collect();
+        for wanted in ["redirect_dir=nofollow", "metacopy=off", "index=off"] {
+            assert!(
+                options.split(',').any(|option| option == wanted),
+                "{wanted} missing from {options}"
+            );
+            assert!(
+                settings.iter().any(|setting| setting == wanted),
+                "{wanted} missing from {settings:?}"
+            );
+        }
+
+        let dir =
+            std::env::temp_dir().join(format!("feather-lower-overlay-{}", std::process::id()));
+        let [top, bottom] = ["top", "bottom"].map(|n| dir.join(n));
+        for folder in [&top, &bottom] {
+            std::fs::create_dir_all(folder).unwrap();
+        }
+        std::fs::write(bottom.join("file"), "the layer below's").unwrap();
+        std::fs::write(top.join("file"), "").unwrap();
+        xattr::set(top.join("file"), "trusted.overlay.metacopy", b"").unwrap();
+        let merged = super::detached_lower_overlay(&[&top, &bottom]);
+        let read = merged.as_ref().map_err(|e| e.to_string()).map(|merged| {
+            nix::fcntl::openat(
+                merged,
+                "file",
+                nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map(|fd| std::io::read_to_string(std::fs::File::from(fd)))
+        });
+        drop(merged);
+        std::fs::remove_dir_all(&dir).unwrap();
+        let read = read.expect("the overlay of lower layers mounts");
+        assert!(
+            !matches!(&read, Ok(Ok(data)) if !data.is_empty()),
+            "the metacopy mark was followed: {read:?}"
+        );
     }
 
     /// The probe against the real kernel (as root, as feather's tests run): an overlay of an

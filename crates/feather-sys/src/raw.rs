@@ -548,6 +548,44 @@ pub fn start_writeback(fd: BorrowedFd<'_>) -> Result<(), Errno> {
     Errno::result(ret).map(drop)
 }
 
+/// uapi/asm-generic/fcntl.h (nix and libc's glibc targets do not export these): the signal a
+/// file's owner is sent, and the owner set to one thread.
+const F_SETSIG: libc::c_int = 10;
+const F_SETOWN_EX: libc::c_int = 15;
+const F_OWNER_TID: libc::c_int = 0;
+
+/// `struct f_owner_ex` of uapi/asm-generic/fcntl.h.
+#[repr(C)]
+struct OwnerEx {
+    kind: libc::c_int,
+    pid: libc::pid_t,
+}
+
+/// fcntl(F_SETSIG, `signal`), fcntl(F_NOTIFY, `events` | DN_MULTISHOT), then
+/// fcntl(F_SETOWN_EX, thread `tid`): dnotify on the folder `dir`, each change signalled to
+/// that thread only. F_NOTIFY makes the whole process the owner, so the signal is set first:
+/// one sent before the owner is narrowed to the thread goes to the process.
+pub fn notify_folder_changes(
+    dir: BorrowedFd<'_>,
+    events: libc::c_int,
+    signal: libc::c_int,
+    tid: libc::pid_t,
+) -> Result<(), Errno> {
+    // SAFETY: F_SETSIG takes an integer argument; it reads and writes no memory of ours, and
+    // `dir` is open for the duration of the borrow.
+    Errno::result(unsafe { libc::fcntl(dir.as_raw_fd(), F_SETSIG, signal) })?;
+    // SAFETY: F_NOTIFY takes an integer argument (the event bits); as above.
+    Errno::result(unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_NOTIFY, events) })?;
+    let owner = OwnerEx {
+        kind: F_OWNER_TID,
+        pid: tid,
+    };
+    // SAFETY: F_SETOWN_EX reads one `struct f_owner_ex` through the pointer, which points to
+    // `owner`, alive and laid out as the kernel's (repr(C), two ints) for the whole call.
+    let ret = unsafe { libc::fcntl(dir.as_raw_fd(), F_SETOWN_EX, &owner as *const OwnerEx) };
+    Errno::result(ret).map(drop)
+}
+
 /// A descriptor this process inherited from its parent for one use, owned from now on.
 /// EBADF if `fd` is not open.
 ///

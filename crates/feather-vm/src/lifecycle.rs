@@ -145,6 +145,10 @@ pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
 /// How long a start, restore or reset waits for the VM's last keeper to end.
 const LAST_KEEPER_PATIENCE: Duration = Duration::from_secs(60);
 
+/// How long [`await_last_keeper`] waits before it says what it waits for: a flush on a busy
+/// disk takes seconds, and a command silent that long looks hung.
+const KEEPER_WAIT_UNSAID: Duration = Duration::from_secs(1);
+
 /// Waits until the VM's last keeper has ended: its process gone, and its lock let go. A kept
 /// VM's keeper answers its stop before it lets go of the VM's mounts, whose unmount flushes
 /// the layer's filesystem (`Keeper::serve`), and lets go of its lock after them. Killed in
@@ -161,7 +165,17 @@ pub(crate) fn await_last_keeper(vm: &VmDir) -> Result<()> {
     let recorded = vm.last_keeper();
     if let Some((pid, started)) = recorded {
         let pid = nix::unistd::Pid::from_raw(pid);
-        let ended = feather_sys::process::await_end(pid, started, deadline).in_vm(vm.name())?;
+        let soon = std::time::Instant::now() + KEEPER_WAIT_UNSAID;
+        let mut ended = feather_sys::process::await_end(pid, started, soon).in_vm(vm.name())?;
+        if !ended {
+            eprintln!(
+                "feather: VM {}: waiting for its last keeper, pid {pid}, to write the VM's layer \
+                 to disk as it ends (up to {} s)",
+                vm.name(),
+                LAST_KEEPER_PATIENCE.as_secs()
+            );
+            ended = feather_sys::process::await_end(pid, started, deadline).in_vm(vm.name())?;
+        }
         if !ended {
             return Err(last_keeper_stays(vm, Some(pid)));
         }
