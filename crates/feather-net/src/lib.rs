@@ -28,6 +28,7 @@
 
 pub mod as_made;
 mod attached;
+mod choice;
 pub mod error;
 pub mod etc;
 pub mod firewall;

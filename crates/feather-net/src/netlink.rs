@@ -332,3 +332,41 @@ fn proxy_neighbour(index: u32, address: Ipv4Addr) -> NeighbourMessage {
 pub fn index_of(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
 }
+
+/// Whether any interface is a port of the bridge `name` (or its ports cannot be read).
+pub(crate) fn bridge_has_port(name: &str) -> bool {
+    bridge_ports(name).is_none_or(|ports| !ports.is_empty())
+}
+
+/// The names of the bridge `name`'s ports; None when they cannot be read.
+pub(crate) fn bridge_ports(name: &str) -> Option<Vec<String>> {
+    let ports = std::path::Path::new("/sys/class/net")
+        .join(name)
+        .join("brif");
+    let mut names: Vec<String> = std::fs::read_dir(ports)
+        .ok()?
+        .flatten()
+        .map(|port| port.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+/// Stops answering for every address of `subnet` on the interface `uplink`: the proxy ARP
+/// entries a removed root's VMs left there (their keepers killed), whose addresses another
+/// host's root may use now. Nothing if the interface is gone; errors are let be (what stays
+/// is an answer on the LAN for an address no VM here has).
+pub(crate) fn forget_proxy_subnet(uplink: &str, subnet: crate::subnet::Subnet) {
+    let Some(index) = index_of(uplink) else {
+        return;
+    };
+    let Ok(mut netlink) = Netlink::open() else {
+        return;
+    };
+    let Ok(addresses) = netlink.proxy_neighbours(index) else {
+        return;
+    };
+    for address in addresses.into_iter().filter(|a| subnet.contains(*a)) {
+        let _ = netlink.delete_proxy_neighbour(index, address);
+    }
+}

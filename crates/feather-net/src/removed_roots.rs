@@ -36,7 +36,7 @@ pub fn remove_networks() {
         let Some(bridge) = index_of(&network.bridge) else {
             continue;
         };
-        if has_port(&network.bridge) {
+        if crate::netlink::bridge_has_port(&network.bridge) {
             continue;
         }
         crate::firewall::delete_tables(network);
@@ -47,27 +47,8 @@ pub fn remove_networks() {
             continue;
         }
         if let Some(uplink) = &network.uplink {
-            crate::uplink::forget_subnet(uplink, network.subnet);
+            crate::netlink::forget_proxy_subnet(uplink, network.subnet);
         }
         leftover.release_claim();
     }
-}
-
-/// Whether any interface is a port of the bridge `name` (or its ports cannot be read).
-pub(crate) fn has_port(name: &str) -> bool {
-    ports(name).is_none_or(|ports| !ports.is_empty())
-}
-
-/// The names of the bridge `name`'s ports; None when they cannot be read.
-pub(crate) fn ports(name: &str) -> Option<Vec<String>> {
-    let ports = std::path::Path::new("/sys/class/net")
-        .join(name)
-        .join("brif");
-    let mut names: Vec<String> = std::fs::read_dir(ports)
-        .ok()?
-        .flatten()
-        .map(|port| port.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    Some(names)
 }

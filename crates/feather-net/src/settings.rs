@@ -75,96 +75,22 @@ impl RootNetwork {
         }))
     }
 
-    /// The root's network, chosen on first use: from FEATHER_BRIDGE and FEATHER_SUBNET if
-    /// set, `feather0` and 10.77.0.0/16 for the default root, otherwise the first free /24 of
-    /// 10.78.0.0/16. Also (re)asserts the root's host-wide claim, which a reboot clears.
-    pub fn load_or_choose(root: &Path) -> Result<RootNetwork> {
-        Self::load_or_choose_locked(root).map(|(network, _lock)| network)
-    }
-
-    /// [`RootNetwork::load_or_choose`], returning with the root's network lock held, so that
-    /// the root cannot forget its network before the caller leases an address in it.
-    pub fn load_or_choose_locked(root: &Path) -> Result<(RootNetwork, File)> {
-        fs::create_dir_all(root).at(root)?;
-        let root_lock = lock(&root.join("network.lock"))?;
-        let claims_lock = claims_lock()?;
-        let network = match Self::load(root)? {
-            Some(network) => network,
-            None => {
-                let network = Self::choose(root)?;
-                let claim_path = Path::new(CLAIMS).join(&network.bridge);
-                let earlier_text = fs::read_to_string(&claim_path).ok();
-                let earlier = earlier_text
-                    .as_deref()
-                    .and_then(|text| toml::from_str::<Claim>(text).ok());
-                // Claimed before it is recorded: a refused choice leaves nothing behind, and
-                // gives back the claim it took over, which says whose the bridge still up is.
-                network.claim()?;
-                if let Err(e) = network.start_afresh(earlier) {
-                    match earlier_text {
-                        Some(text) => {
-                            let _ =
-                                write_atomic(&claim_path, text.as_bytes(), Durability::Volatile);
-                        }
-                        None => network.release_claim(),
-                    }
-                    return Err(e);
-                }
-                let file = SettingsFile {
-                    bridge: network.bridge.clone(),
-                    subnet: network.subnet,
-                    uplink: network.uplink.clone(),
-                };
-                let text = toml::to_string(&file).map_err(|source| NetError::Encode {
-                    what: "the root's network settings",
-                    source,
-                })?;
-                let path = Self::settings_path(root);
-                write_atomic(&path, text.as_bytes(), Durability::Durable)?;
-                network
-            }
+    /// Records the network chosen in `<root>/network.toml`, durably.
+    pub(crate) fn record(&self) -> Result<()> {
+        let file = SettingsFile {
+            bridge: self.bridge.clone(),
+            subnet: self.subnet,
+            uplink: self.uplink.clone(),
         };
-        network.claim()?;
-        drop(claims_lock);
-        Ok((network, root_lock))
-    }
-
-    /// When the root first chooses its network, holding its claim: a bridge of that name up
-    /// already was made for no network of this root, which had none. No other root's live
-    /// claim stands on it ([`holder`]): it is a removed root's, left by one whose claim this
-    /// root's took over (an older feather's claim of the same path, or of a folder whose
-    /// identity the filesystem could not tell from this one's), or made by hand. Its tables
-    /// hold that root's VMs' entries — an `egress` element for an address this root leases
-    /// again, a `from_vm` element whose add then fails and rebuilds the tables under this
-    /// root's running VMs — so they are made afresh, and the proxy ARP entries the earlier
-    /// claim's uplink holds in the subnet go. `earlier`: the claim on the bridge before this
-    /// root's.
-    ///
-    /// Refused while a port is on the bridge: the root has no network yet, so no port is one
-    /// of its VMs; it is a VM of a removed root still running (its keeper alive), whose
-    /// anti-spoofing and egress entries fresh tables would drop.
-    fn start_afresh(&self, earlier: Option<Claim>) -> Result<()> {
-        if crate::netlink::index_of(&self.bridge).is_none() {
-            return Ok(());
-        }
-        let ports = crate::removed_roots::ports(&self.bridge);
-        if ports.as_ref().is_none_or(|ports| !ports.is_empty()) {
-            let named = ports.map_or_else(|| "(unreadable)".to_owned(), |ports| ports.join(", "));
-            let bridge = &self.bridge;
-            return Err(NetError::Invalid(format!(
-                "bridge {bridge} is up with ports on it ({named}) that are no VMs of this state \
-                 root, which has no network yet: a VM of a removed root still runs on it \
-                 (`ip link show master {bridge}` lists them). End that VM (kill its keeper) or \
-                 delete its port (`ip link delete PORT`), or choose another pair with \
-                 FEATHER_SUBNET and FEATHER_BRIDGE"
-            )));
-        }
-        crate::firewall::create_tables(self)?;
-        let earlier = earlier.and_then(|claim| Some((claim.uplink?, claim.subnet)));
-        let uplinks = earlier.into_iter();
-        for (uplink, subnet) in uplinks.chain(self.uplink.clone().map(|u| (u, self.subnet))) {
-            crate::uplink::forget_subnet(&uplink, subnet);
-        }
+        let text = toml::to_string(&file).map_err(|source| NetError::Encode {
+            what: "the root's network settings",
+            source,
+        })?;
+        write_atomic(
+            &Self::settings_path(&self.root),
+            text.as_bytes(),
+            Durability::Durable,
+        )?;
         Ok(())
     }
 
@@ -183,7 +109,7 @@ impl RootNetwork {
         self.release_claim();
     }
 
-    fn choose(root: &Path) -> Result<RootNetwork> {
+    pub(crate) fn choose(root: &Path) -> Result<RootNetwork> {
         let env = |key: &str| std::env::var(key).ok().filter(|v| !v.is_empty());
         let is_default = root == Path::new(DEFAULT_STATE_DIR);
         let bridge = env("FEATHER_BRIDGE");
@@ -281,7 +207,7 @@ impl RootNetwork {
     }
 
     /// Records that this root holds its bridge and subnet (under the claims lock).
-    fn claim(&self) -> Result<()> {
+    pub(crate) fn claim(&self) -> Result<()> {
         if let Some(holder) = self.conflict() {
             return Err(NetError::SubnetTaken {
                 subnet: self.subnet.to_string(),
@@ -315,7 +241,7 @@ impl RootNetwork {
 
     /// Removes this root's host-wide claim, if it is still this root's. Call with the claims
     /// lock held.
-    fn release_claim(&self) {
+    pub(crate) fn release_claim(&self) {
         let Ok(folder) = Folder::of(&self.root) else {
             return;
         };
@@ -587,7 +513,7 @@ fn holder(
             if clashes {
                 let stays = if claim.dev.is_some() {
                     let b = &claim.bridge;
-                    let ports = crate::removed_roots::ports(b)
+                    let ports = crate::netlink::bridge_ports(b)
                         .filter(|ports| !ports.is_empty())
                         .map_or_else(|| "none now".to_owned(), |ports| ports.join(", "));
                     format!(
@@ -615,7 +541,7 @@ fn holder(
             // Its root was deleted or re-chosen, its bridge gone: the claim is stale, and so
             // are the proxy ARP entries of its subnet on its uplink.
             if let Some(uplink) = &claim.uplink {
-                crate::uplink::forget_subnet(uplink, claim.subnet);
+                crate::netlink::forget_proxy_subnet(uplink, claim.subnet);
             }
             let _ = fs::remove_file(path);
         }
@@ -725,9 +651,40 @@ fn host_routes() -> Vec<(String, Subnet)> {
         .collect()
 }
 
-fn claims_lock() -> Result<File> {
+/// The host's claims lock, held while a claim is looked at and written.
+pub(crate) fn claims_lock() -> Result<File> {
     fs::create_dir_all(CLAIMS).at(CLAIMS)?;
     lock(&Path::new(CLAIMS).join(".lock"))
+}
+
+/// The claim on a bridge before a root's own took it over (`RootNetwork::load_or_choose`):
+/// put back if the root's choice is refused, since it says whose the bridge still up is.
+pub(crate) struct EarlierClaim {
+    bridge: String,
+    text: String,
+    /// The uplink it records, whose proxy ARP entries in its subnet go with its network.
+    pub(crate) uplink: Option<String>,
+    pub(crate) subnet: Subnet,
+}
+
+/// The claim on `bridge` now, if one reads as a claim. Call with the claims lock held.
+pub(crate) fn claim_on(bridge: &str) -> Option<EarlierClaim> {
+    let text = fs::read_to_string(Path::new(CLAIMS).join(bridge)).ok()?;
+    let claim = toml::from_str::<Claim>(&text).ok()?;
+    Some(EarlierClaim {
+        bridge: bridge.to_owned(),
+        text,
+        uplink: claim.uplink,
+        subnet: claim.subnet,
+    })
+}
+
+impl EarlierClaim {
+    /// Writes the claim back as it was. Call with the claims lock held.
+    pub(crate) fn put_back(self) {
+        let path = Path::new(CLAIMS).join(&self.bridge);
+        let _ = write_atomic(&path, self.text.as_bytes(), Durability::Volatile);
+    }
 }
 
 /// Opens `path` (creating it) and waits for an exclusive lock on it.

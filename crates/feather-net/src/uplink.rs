@@ -62,25 +62,6 @@ pub(crate) fn leave(netlink: &mut Netlink, network: &RootNetwork, address: Ipv4A
     }
 }
 
-/// Stops answering for every address of `subnet` on the interface `uplink`: the proxy ARP
-/// entries a removed root's VMs left there (their keepers killed), whose addresses another
-/// host's root may use now. Nothing if the interface is gone; errors are let be (what stays
-/// is an answer on the LAN for an address no VM here has).
-pub(crate) fn forget_subnet(uplink: &str, subnet: crate::subnet::Subnet) {
-    let Some(index) = index_of(uplink) else {
-        return;
-    };
-    let Ok(mut netlink) = Netlink::open() else {
-        return;
-    };
-    let Ok(addresses) = netlink.proxy_neighbours(index) else {
-        return;
-    };
-    for address in addresses.into_iter().filter(|a| subnet.contains(*a)) {
-        let _ = netlink.delete_proxy_neighbour(index, address);
-    }
-}
-
 /// Announces `address` on `network`'s uplink, five times over about 0.8 s, on a thread of its
 /// own that blocks every signal (they belong to the keeper's main thread). Setting `stop`
 /// ends the announcements early (the VM went away meanwhile).
