@@ -191,8 +191,9 @@ impl PolicyWatch {
 
     /// Watches each policy folder that exists and the nearest folder above each that exists
     /// (and, for a policy folder that is a link or under one, the folder its real path is in:
-    /// the link's target renamed away is told there only), keeping the watches of folders already watched; where the kernel refuses, says why
-    /// (the folders are then looked at every second). False if a folder went while it was
+    /// the link's target renamed away is told there only), keeping the watches of folders
+    /// already watched; where the kernel refuses, says why (the folders are then looked at
+    /// every second). False if a folder went while it was
     /// being watched: what is watched may then not tell of the next change, and the caller
     /// looks (and arms) again shortly.
     fn arm(&mut self) -> bool {
@@ -367,6 +368,12 @@ mod tests {
         !look_now(watch) && look_now(watch)
     }
 
+    /// Sets the next look an hour off (so that no test depends on how long it takes); when.
+    fn hour_off(watch: &mut PolicyWatch) -> Option<Instant> {
+        watch.next = Some(Instant::now() + Duration::from_secs(3600));
+        watch.next
+    }
+
     /// Whether the kernel has told of a change: the descriptor is readable now, without
     /// waiting (a folder's change is signalled within the call that makes it).
     fn told_now(watch: &PolicyWatch) -> bool {
@@ -421,6 +428,7 @@ mod tests {
         std::fs::remove_file(&rules).unwrap();
         assert!(settled(&mut watch), "removed");
         std::fs::write(dir.join("30.policy"), "x").unwrap();
+        hour_off(&mut watch);
         assert!(!watch.changed(), "not looked at before its time");
         assert!(settled(&mut watch));
         std::fs::remove_dir_all(&root).unwrap();
@@ -504,12 +512,15 @@ mod tests {
         std::fs::write(&rules, "ipc tcp:5432 web").unwrap();
         assert!(told_now(&watch));
         assert!(!watch.changed(), "the first look finds it: settling");
+        let set = hour_off(&mut watch);
         std::fs::write(dir.join(".x.tmp"), "").unwrap();
         assert!(told_now(&watch));
         assert!(
             !watch.changed(),
             "a signal while settling does not cut the settle short"
         );
+        assert_eq!(watch.next, set, "nor brings the look forward");
+        watch.next = Some(Instant::now() + SETTLE);
         std::fs::write(&rules, "ipc tcp:5432 web db1 allow\n").unwrap();
         assert!(counted(&mut watch), "counted once left alone");
         assert_eq!(
@@ -526,6 +537,7 @@ mod tests {
         std::fs::remove_file(&rules).unwrap();
         assert!(told_now(&watch));
         assert!(!watch.changed(), "found gone: settling");
+        let set = hour_off(&mut watch);
         let temporary = dir.join(".10.policy.tmp");
         std::fs::write(&temporary, "ipc tcp:5432 web db2 allow\n").unwrap();
         std::fs::rename(&temporary, &rules).unwrap();
@@ -534,20 +546,24 @@ mod tests {
             !watch.changed(),
             "put back while settling: not looked at yet"
         );
+        assert_eq!(watch.next, set, "the look left where it was");
+        watch.next = Some(Instant::now() + SETTLE);
         assert!(counted(&mut watch));
         assert_eq!(watch.seen[0].as_ref().unwrap().1.len(), 1, "still there");
 
-        // Changes told one after another put the look off no further than SETTLE_AT_MOST
-        // from the first: past it, they leave the look set SETTLE after the last.
         std::fs::write(&rules, "ipc tcp:5432 web").unwrap();
         assert!(told_now(&watch));
         assert!(!watch.changed(), "settling");
-        watch.settling_since = Some(Instant::now() - SETTLE_AT_MOST);
-        let set = watch.next;
-        std::fs::write(dir.join(".x.tmp"), "y").unwrap();
+        // Changes told one after another put the look off no further than SETTLE_AT_MOST
+        // from the first: past it, one told leaves the look due at that bound, already passed.
+        let first = Instant::now() - SETTLE_AT_MOST;
+        (watch.settling_since, watch.next) = (Some(first), Some(first));
+        std::fs::write(dir.join(".x.tmp"), "z").unwrap();
         assert!(told_now(&watch));
-        assert!(!watch.changed());
-        assert_eq!(watch.next, set, "the look stays where it was set");
+        assert!(
+            watch.changed(),
+            "looked at past SETTLE_AT_MOST, not put off again: the same, counted"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
