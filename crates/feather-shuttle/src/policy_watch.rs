@@ -262,8 +262,9 @@ impl PolicyWatch {
 }
 
 /// The folder `dir`'s real path is in, through every link on the way (which the folder above
-/// in `dir`'s own path may not be); for a link to nothing (yet), the nearest folder that exists
-/// on the way to where it leads, which is told when something is put there.
+/// in `dir`'s own path may not be); for a link to nothing (yet), `dir` itself or one on the way
+/// to it, the nearest folder that exists on the way to where it leads, which is told when
+/// something is put there.
 fn real_above(dir: &Path) -> Option<PathBuf> {
     let mut path = dir.to_path_buf();
     // A link to a link is followed, up to the kernel's own limit of 40.
@@ -274,8 +275,19 @@ fn real_above(dir: &Path) -> Option<PathBuf> {
         match std::fs::read_link(&path) {
             Ok(target) => path = path.parent()?.join(target),
             Err(_) => {
-                let up = path.ancestors().skip(1).find(|up| up.is_dir())?;
-                return std::fs::canonicalize(up).ok();
+                // The nearest entry on the way that exists: a link there (to nothing, or to
+                // a folder without the rest of the way) is followed, the rest joined to it.
+                let (up, meta) = path
+                    .ancestors()
+                    .skip(1)
+                    .find_map(|up| Some((up, std::fs::symlink_metadata(up).ok()?)))?;
+                if !meta.file_type().is_symlink() {
+                    let up = up.ancestors().find(|up| up.is_dir())?;
+                    return std::fs::canonicalize(up).ok();
+                }
+                let rest = path.strip_prefix(up).ok()?.to_path_buf();
+                let target = std::fs::read_link(up).ok()?;
+                path = up.parent()?.join(target).join(rest);
             }
         }
     }
@@ -595,6 +607,46 @@ mod tests {
         assert!(counted(&mut watch), "another folder in its place");
         std::fs::write(dir.join("20.policy"), "y").unwrap();
         assert!(told_now(&watch), "the new folder is watched");
+        assert!(counted(&mut watch));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A link on the way to a policy folder that leads to nothing (`/etc/feather` to a
+    /// `/srv/feather` not made yet) is followed: the folder where its target would be made is
+    /// watched, and told when it is. Before, the search stopped at the folder the link is in.
+    #[test]
+    fn a_link_to_nothing_on_the_way_to_a_policy_folder_is_followed() {
+        let root = scratch("link-on-the-way");
+        let (etc, srv) = (root.join("etc"), root.join("srv"));
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::create_dir(&srv).unwrap();
+        std::os::unix::fs::symlink(srv.join("feather"), etc.join("feather")).unwrap();
+        let dir = etc.join("feather/policy.d");
+        let real_root = std::fs::canonicalize(&root).unwrap();
+        assert_eq!(real_above(&dir), Some(real_root.join("srv")));
+        // Through a relative link to a link, too.
+        std::os::unix::fs::symlink("feather", etc.join("feather.link")).unwrap();
+        assert_eq!(
+            real_above(&etc.join("feather.link/policy.d")),
+            Some(real_root.join("srv"))
+        );
+
+        let mut watch = PolicyWatch::new(vec![dir.clone()]);
+        watch.start();
+        assert!(!counted(&mut watch), "nothing yet");
+        std::fs::create_dir(srv.join("feather")).unwrap();
+        assert!(
+            told_now(&watch),
+            "the link's target made: told where it was made"
+        );
+        assert!(!counted(&mut watch), "no policy folder yet");
+        assert_eq!(real_above(&dir), Some(real_root.join("srv/feather")));
+        std::fs::create_dir(srv.join("feather/policy.d")).unwrap();
+        assert!(
+            told_now(&watch),
+            "the policy folder made, told in the target"
+        );
+        std::fs::write(dir.join("10.policy"), "x").unwrap();
         assert!(counted(&mut watch));
         std::fs::remove_dir_all(&root).unwrap();
     }
