@@ -191,8 +191,9 @@ impl PolicyWatch {
 
     /// Watches each policy folder that exists and the nearest folder above each that exists
     /// (and, for a policy folder that is a link or under one, the folder its real path is in:
-    /// the link's target renamed away is told there only), keeping the watches of folders already watched; where the kernel refuses, says why
-    /// (the folders are then looked at every second). False if a folder went while it was
+    /// the link's target renamed away is told there only), keeping the watches of folders
+    /// already watched; where the kernel refuses, says why (the folders are then looked at
+    /// every second). False if a folder went while it was
     /// being watched: what is watched may then not tell of the next change, and the caller
     /// looks (and arms) again shortly.
     fn arm(&mut self) -> bool {
@@ -261,8 +262,9 @@ impl PolicyWatch {
 }
 
 /// The folder `dir`'s real path is in, through every link on the way (which the folder above
-/// in `dir`'s own path may not be); for a link to nothing (yet), the nearest folder that exists
-/// on the way to where it leads, which is told when something is put there.
+/// in `dir`'s own path may not be); for a link to nothing (yet), `dir` itself or one on the way
+/// to it, the nearest folder that exists on the way to where it leads, which is told when
+/// something is put there.
 fn real_above(dir: &Path) -> Option<PathBuf> {
     let mut path = dir.to_path_buf();
     // A link to a link is followed, up to the kernel's own limit of 40.
@@ -273,8 +275,19 @@ fn real_above(dir: &Path) -> Option<PathBuf> {
         match std::fs::read_link(&path) {
             Ok(target) => path = path.parent()?.join(target),
             Err(_) => {
-                let up = path.ancestors().skip(1).find(|up| up.is_dir())?;
-                return std::fs::canonicalize(up).ok();
+                // The nearest entry on the way that exists: a link there (to nothing, or to
+                // a folder without the rest of the way) is followed, the rest joined to it.
+                let (up, meta) = path
+                    .ancestors()
+                    .skip(1)
+                    .find_map(|up| Some((up, std::fs::symlink_metadata(up).ok()?)))?;
+                if !meta.file_type().is_symlink() {
+                    let up = up.ancestors().find(|up| up.is_dir())?;
+                    return std::fs::canonicalize(up).ok();
+                }
+                let rest = path.strip_prefix(up).ok()?.to_path_buf();
+                let target = std::fs::read_link(up).ok()?;
+                path = up.parent()?.join(target).join(rest);
             }
         }
     }
@@ -367,6 +380,12 @@ mod tests {
         !look_now(watch) && look_now(watch)
     }
 
+    /// Sets the next look an hour off (so that no test depends on how long it takes); when.
+    fn hour_off(watch: &mut PolicyWatch) -> Option<Instant> {
+        watch.next = Some(Instant::now() + Duration::from_secs(3600));
+        watch.next
+    }
+
     /// Whether the kernel has told of a change: the descriptor is readable now, without
     /// waiting (a folder's change is signalled within the call that makes it).
     fn told_now(watch: &PolicyWatch) -> bool {
@@ -421,6 +440,7 @@ mod tests {
         std::fs::remove_file(&rules).unwrap();
         assert!(settled(&mut watch), "removed");
         std::fs::write(dir.join("30.policy"), "x").unwrap();
+        hour_off(&mut watch);
         assert!(!watch.changed(), "not looked at before its time");
         assert!(settled(&mut watch));
         std::fs::remove_dir_all(&root).unwrap();
@@ -504,12 +524,15 @@ mod tests {
         std::fs::write(&rules, "ipc tcp:5432 web").unwrap();
         assert!(told_now(&watch));
         assert!(!watch.changed(), "the first look finds it: settling");
+        let set = hour_off(&mut watch);
         std::fs::write(dir.join(".x.tmp"), "").unwrap();
         assert!(told_now(&watch));
         assert!(
             !watch.changed(),
             "a signal while settling does not cut the settle short"
         );
+        assert_eq!(watch.next, set, "nor brings the look forward");
+        watch.next = Some(Instant::now() + SETTLE);
         std::fs::write(&rules, "ipc tcp:5432 web db1 allow\n").unwrap();
         assert!(counted(&mut watch), "counted once left alone");
         assert_eq!(
@@ -526,6 +549,7 @@ mod tests {
         std::fs::remove_file(&rules).unwrap();
         assert!(told_now(&watch));
         assert!(!watch.changed(), "found gone: settling");
+        let set = hour_off(&mut watch);
         let temporary = dir.join(".10.policy.tmp");
         std::fs::write(&temporary, "ipc tcp:5432 web db2 allow\n").unwrap();
         std::fs::rename(&temporary, &rules).unwrap();
@@ -534,20 +558,24 @@ mod tests {
             !watch.changed(),
             "put back while settling: not looked at yet"
         );
+        assert_eq!(watch.next, set, "the look left where it was");
+        watch.next = Some(Instant::now() + SETTLE);
         assert!(counted(&mut watch));
         assert_eq!(watch.seen[0].as_ref().unwrap().1.len(), 1, "still there");
 
-        // Changes told one after another put the look off no further than SETTLE_AT_MOST
-        // from the first: past it, they leave the look set SETTLE after the last.
         std::fs::write(&rules, "ipc tcp:5432 web").unwrap();
         assert!(told_now(&watch));
         assert!(!watch.changed(), "settling");
-        watch.settling_since = Some(Instant::now() - SETTLE_AT_MOST);
-        let set = watch.next;
-        std::fs::write(dir.join(".x.tmp"), "y").unwrap();
+        // Changes told one after another put the look off no further than SETTLE_AT_MOST
+        // from the first: past it, one told leaves the look due at that bound, already passed.
+        let first = Instant::now() - SETTLE_AT_MOST;
+        (watch.settling_since, watch.next) = (Some(first), Some(first));
+        std::fs::write(dir.join(".x.tmp"), "z").unwrap();
         assert!(told_now(&watch));
-        assert!(!watch.changed());
-        assert_eq!(watch.next, set, "the look stays where it was set");
+        assert!(
+            watch.changed(),
+            "looked at past SETTLE_AT_MOST, not put off again: the same, counted"
+        );
         std::fs::remove_dir_all(&root).unwrap();
     }
 
@@ -579,6 +607,46 @@ mod tests {
         assert!(counted(&mut watch), "another folder in its place");
         std::fs::write(dir.join("20.policy"), "y").unwrap();
         assert!(told_now(&watch), "the new folder is watched");
+        assert!(counted(&mut watch));
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A link on the way to a policy folder that leads to nothing (`/etc/feather` to a
+    /// `/srv/feather` not made yet) is followed: the folder where its target would be made is
+    /// watched, and told when it is. Before, the search stopped at the folder the link is in.
+    #[test]
+    fn a_link_to_nothing_on_the_way_to_a_policy_folder_is_followed() {
+        let root = scratch("link-on-the-way");
+        let (etc, srv) = (root.join("etc"), root.join("srv"));
+        std::fs::create_dir(&etc).unwrap();
+        std::fs::create_dir(&srv).unwrap();
+        std::os::unix::fs::symlink(srv.join("feather"), etc.join("feather")).unwrap();
+        let dir = etc.join("feather/policy.d");
+        let real_root = std::fs::canonicalize(&root).unwrap();
+        assert_eq!(real_above(&dir), Some(real_root.join("srv")));
+        // Through a relative link to a link, too.
+        std::os::unix::fs::symlink("feather", etc.join("feather.link")).unwrap();
+        assert_eq!(
+            real_above(&etc.join("feather.link/policy.d")),
+            Some(real_root.join("srv"))
+        );
+
+        let mut watch = PolicyWatch::new(vec![dir.clone()]);
+        watch.start();
+        assert!(!counted(&mut watch), "nothing yet");
+        std::fs::create_dir(srv.join("feather")).unwrap();
+        assert!(
+            told_now(&watch),
+            "the link's target made: told where it was made"
+        );
+        assert!(!counted(&mut watch), "no policy folder yet");
+        assert_eq!(real_above(&dir), Some(real_root.join("srv/feather")));
+        std::fs::create_dir(srv.join("feather/policy.d")).unwrap();
+        assert!(
+            told_now(&watch),
+            "the policy folder made, told in the target"
+        );
+        std::fs::write(dir.join("10.policy"), "x").unwrap();
         assert!(counted(&mut watch));
         std::fs::remove_dir_all(&root).unwrap();
     }

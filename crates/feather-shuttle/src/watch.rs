@@ -101,9 +101,11 @@ impl Channels {
                 cannot_watch(e);
                 None
             }
-            // The thread panicked before it said.
+            // The thread panicked before it said: only where a panic unwinds (tests, debug
+            // builds); a release build aborts the keeper on a panic (`panic = "abort"`).
             Err(_) => {
                 let _ = thread.join();
+                cannot_watch(io::Error::other("its thread panicked").into());
                 None
             }
         }

@@ -561,27 +561,32 @@ struct OwnerEx {
     pid: libc::pid_t,
 }
 
-/// fcntl(F_SETSIG, `signal`), fcntl(F_NOTIFY, `events` | DN_MULTISHOT), then
-/// fcntl(F_SETOWN_EX, thread `tid`): dnotify on the folder `dir`, each change signalled to
-/// that thread only. F_NOTIFY makes the whole process the owner, so the signal is set first:
-/// one sent before the owner is narrowed to the thread goes to the process.
+/// fcntl(F_SETSIG, `signal`), then fcntl(F_NOTIFY, `events`): dnotify on the folder `dir`,
+/// each change signalled to the owner the kernel sets, the calling thread's process (its
+/// struct pid taken as the process's), until [`own_folder_changes`] narrows it. The signal is
+/// set first: one sent before the owner is narrowed is already `signal`.
 pub fn notify_folder_changes(
     dir: BorrowedFd<'_>,
     events: libc::c_int,
     signal: libc::c_int,
-    tid: libc::pid_t,
 ) -> Result<(), Errno> {
     // SAFETY: F_SETSIG takes an integer argument; it reads and writes no memory of ours, and
     // `dir` is open for the duration of the borrow.
     Errno::result(unsafe { libc::fcntl(dir.as_raw_fd(), F_SETSIG, signal) })?;
     // SAFETY: F_NOTIFY takes an integer argument (the event bits); as above.
-    Errno::result(unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_NOTIFY, events) })?;
+    Errno::result(unsafe { libc::fcntl(dir.as_raw_fd(), libc::F_NOTIFY, events) }).map(drop)
+}
+
+/// fcntl(F_SETOWN_EX, thread `tid`): the changes of the folder `dir` (watched by
+/// [`notify_folder_changes`]) signalled to that thread only.
+pub fn own_folder_changes(dir: BorrowedFd<'_>, tid: libc::pid_t) -> Result<(), Errno> {
     let owner = OwnerEx {
         kind: F_OWNER_TID,
         pid: tid,
     };
     // SAFETY: F_SETOWN_EX reads one `struct f_owner_ex` through the pointer, which points to
-    // `owner`, alive and laid out as the kernel's (repr(C), two ints) for the whole call.
+    // `owner`, alive and laid out as the kernel's (repr(C), two ints) for the whole call; it
+    // writes no memory of ours, and `dir` is open for the duration of the borrow.
     let ret = unsafe { libc::fcntl(dir.as_raw_fd(), F_SETOWN_EX, &owner as *const OwnerEx) };
     Errno::result(ret).map(drop)
 }

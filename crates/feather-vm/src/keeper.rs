@@ -1445,9 +1445,19 @@ const INIT_LETS_GO: Duration = Duration::from_secs(5);
 /// outside it, which CRIU cannot dump ("Unix socket … not found"): a checkpoint right after
 /// `feather start` returned failed now and then on a loaded machine.
 fn await_init_letting_go(init: &mut UnixStream) {
-    let _ = init.set_read_timeout(Some(INIT_LETS_GO));
-    // Init sends nothing more: the read ends at its close (0), its death, or the timeout.
-    let _ = std::io::Read::read(init, &mut [0u8; 1]);
+    let deadline = Instant::now() + INIT_LETS_GO;
+    // Init sends nothing more: the read ends at its close (0), its death, or the timeout. A
+    // signal that ends it early (EINTR: a read with a timeout is not restarted) is read past.
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || init.set_read_timeout(Some(left)).is_err() {
+            return;
+        }
+        match std::io::Read::read(init, &mut [0u8; 1]) {
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            _ => return,
+        }
+    }
 }
 
 /// Where a starting VM's generated /etc files go: beside its layer in memory, for a
@@ -1852,6 +1862,68 @@ pub fn main_background(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether thread `tid` of this process is asleep in read(2) or recvfrom(2) (waiting for
+    /// data: a read that sleeps otherwise does so uninterruptibly).
+    fn asleep_in_read(tid: i32) -> bool {
+        let task = format!("/proc/self/task/{tid}");
+        let stat = std::fs::read_to_string(format!("{task}/stat")).unwrap_or_default();
+        let state = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next());
+        // The call a thread that is off its CPU is in ("running" while it is on it).
+        let call = std::fs::read_to_string(format!("{task}/syscall")).unwrap_or_default();
+        let call = call.split_whitespace().next().and_then(|n| n.parse().ok());
+        state == Some("S") && [Some(libc::SYS_read), Some(libc::SYS_recvfrom)].contains(&call)
+    }
+
+    /// A signal that ends the keeper's wait for init to let go of the boot socket (EINTR, as
+    /// a process-wide one let through by another thread did) does not end the wait: it goes
+    /// on until init closes its end. Before, the wait ended there, and a checkpoint right
+    /// after could find the socket still held. The EINTR is had without a handler: a socket
+    /// read with a timeout in a process stopped and continued ends so (signal(7)).
+    #[test]
+    fn a_signal_does_not_end_the_wait_for_init_to_let_go() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        static ENDED: AtomicBool = AtomicBool::new(false);
+        let (mut keepers, inits) = UnixStream::pair().unwrap();
+        let (said, tid) = std::sync::mpsc::channel();
+        let waiting = std::thread::spawn(move || {
+            said.send(nix::unistd::gettid().as_raw()).unwrap();
+            await_init_letting_go(&mut keepers);
+            ENDED.store(true, Ordering::SeqCst);
+        });
+        let tid = tid.recv().unwrap();
+        while !asleep_in_read(tid) {
+            std::thread::yield_now();
+        }
+        // Continued only once the waiting thread has stopped (left its read).
+        let pid = std::process::id();
+        let stat = format!("/proc/{pid}/task/{tid}/stat");
+        let script = format!(
+            "kill -STOP {pid}; until [ \"$(sed 's/.*) //' {stat} | cut -d' ' -f1)\" = T ]; do :; \
+             done; kill -CONT {pid}"
+        );
+        let status = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        // The waiting thread either reads again or has ended.
+        let read_again = loop {
+            if ENDED.load(Ordering::SeqCst) {
+                break false;
+            }
+            if asleep_in_read(tid) {
+                break true;
+            }
+            std::thread::yield_now();
+        };
+        drop(inits);
+        waiting.join().unwrap();
+        assert!(read_again, "the wait ended at the signal");
+        assert!(ENDED.load(Ordering::SeqCst), "ended at init's close");
+    }
 
     /// Init's last steps (its interface, its re-execution, its spawner) do not wait for the
     /// VM's running record to be synced: NETWORK_READY goes as soon as the cgroup and the
