@@ -988,6 +988,114 @@ fn a_post_copy_migration_failing_after_its_dump_leaves_every_process_whole_at_th
     source.ok(&["rm", "-f", "big"]);
 }
 
+/// Narrows the ephemeral ports of namespace `ns` to four, 40000–40003. A bind to port 0 (with
+/// `SO_REUSEADDR`, as Rust's listeners have) then gets 40001 on whatever address: the first
+/// of the two lower ports with the parity the kernel keeps for binds (connections take the
+/// other). So the post-copy relay, which listens on host a's address towards the receiver,
+/// has the port that a search for a free port on another address would return as well.
+fn narrow_ephemeral_ports(ns: &str) {
+    let narrowed = Command::new("nsenter")
+        .arg(format!("--net=/run/netns/{ns}"))
+        .args([
+            "sh",
+            "-c",
+            "echo '40000 40003' > /proc/sys/net/ipv4/ip_local_port_range",
+        ])
+        .status()
+        .unwrap();
+    assert!(narrowed.success());
+}
+
+/// A VM "vm" with a private network in `subnet` (so that its checkpoint records the subnet),
+/// created and started on host a, its `start` given `env`.
+fn private_vm_on_a(hosts: &TwoHosts, source: &Feather, subnet: &str, env: &[(&str, &str)]) {
+    for args in [&["create", "vm"][..], &["start", "vm"]] {
+        let done = TwoHosts::feather(&hosts.a, source, args)
+            .env("FEATHER_SUBNET", subnet)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(done.status.success(), "{done:?}");
+    }
+}
+
+/// A post-copy dump whose page server cannot listen (its port taken between the sender's
+/// choice and CRIU's listen) fails with CRIU's own words, and the VM runs on at the source.
+/// The keeper says the dump is done only once the page server listens: said when the images
+/// were written, the sender went on writing into the images folder while the keeper's clean-up
+/// of the failed dump emptied it, and failed with "…/checkpoint/subnet.json: No such file or
+/// directory" (or, ten seconds later, "cannot reach its page server"), CRIU's words lost.
+#[test]
+fn a_post_copy_dump_whose_page_server_cannot_listen_fails_with_criu_s_words_and_runs_on() {
+    let hosts = TwoHosts::new();
+    narrow_ephemeral_ports(&hosts.a);
+    let (source, target) = (Feather::new("mig-pstaken"), Feather::new("mig-pstaken-dst"));
+    let subnet = own_subnet();
+    let subnet = subnet.cidr.as_str();
+    let mut hold = crate::support::RecordHold::before_dump("mig-pstaken");
+    let (variable, value) = hold.env();
+    private_vm_on_a(
+        &hosts,
+        &source,
+        subnet,
+        &[(variable, value.to_str().unwrap())],
+    );
+    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
+    let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    source.eventually("the keeper waits before its dump", || hold.awaited());
+    // The port chosen for the page server is one of host a's four, free now: every free one
+    // is bound (without SO_REUSEADDR, so that CRIU's bind fails), none listens.
+    let mut taker = Killed(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", hosts.a))
+            .args(["/usr/bin/python3", "-c", TAKE_PORTS])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut taken = String::new();
+    BufReader::new(taker.0.stdout.as_mut().unwrap())
+        .read_line(&mut taken)
+        .unwrap();
+    assert!(taken.starts_with("taken 4000"), "{taken}");
+    hold.release();
+    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed
+            .stderr
+            .contains("Can't bind page server: Address already in use"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!server.wait());
+    drop(taker);
+    assert_eq!(source.status("vm"), "running");
+    assert_eq!(source.sh("vm", "echo runs").trim(), "runs");
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+/// Binds every free port of 40000–40003 on all addresses, says which, and holds them until its
+/// input closes.
+const TAKE_PORTS: &str = r#"
+import socket, sys
+taken = []
+for port in range(40000, 40004):
+    s = socket.socket()
+    try:
+        s.bind(("0.0.0.0", port))
+        taken.append(s)
+    except OSError:
+        s.close()
+print("taken " + " ".join(str(s.getsockname()[1]) for s in taken), flush=True)
+sys.stdin.read()
+"#;
+
 /// A migration of `source`'s VM "vm" to `target` (`more`: its options) whose receiving keeper
 /// waits at a [`RecordHold`] before its record as running lands: restored, stopped, its
 /// first look at the registry of roots done (`restore` returned to the serve, which said so).

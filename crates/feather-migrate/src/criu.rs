@@ -199,7 +199,8 @@ fn pipe_max_size() -> Option<u64> {
 }
 
 /// Where a lazy dump serves the memory it kept back: the sender's address the receiver
-/// reached it by, and a port.
+/// reached it by, and a port. CRIU 4.1 takes only the port of a lazy dump's page server, and
+/// listens on every address of the dumping process's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageServer {
     pub address: String,
@@ -323,6 +324,10 @@ pub enum DumpNote {
     NetworkLock,
     /// Everything but lazy memory is dumped (`post-dump`; a lazy dump serves its memory after).
     Images,
+    /// A lazy dump's page server listens, and waits for its one connection (`status-ready`,
+    /// after [`DumpNote::Images`]; every CRIU since 3.15 sends it, and feather needs 4.1). A
+    /// page server that cannot listen (its port taken) fails the dump before this note.
+    PageServer,
     /// The tasks go on (a failed dump, or one that leaves them running): let the network
     /// through again (`network-unlock`).
     NetworkUnlock,
@@ -333,6 +338,7 @@ impl DumpNote {
         match script {
             "network-lock" => Some(DumpNote::NetworkLock),
             "post-dump" => Some(DumpNote::Images),
+            "status-ready" => Some(DumpNote::PageServer),
             "network-unlock" => Some(DumpNote::NetworkUnlock),
             _ => None,
         }

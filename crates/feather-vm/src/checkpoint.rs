@@ -302,7 +302,8 @@ pub(crate) struct LazyCheckpoint {
 }
 
 /// Post-copy: dumps the running VM `name` but its memory, which CRIU serves at `at`; returns
-/// once the rest is in the checkpoint folder. If this fails the VM runs on.
+/// once the rest is in the checkpoint folder and CRIU's page server listens. If this fails
+/// the VM runs on, and the error is CRIU's own.
 pub(crate) fn checkpoint_lazy(
     root: &StateRoot,
     name: &VmName,

@@ -183,8 +183,14 @@ pub const HOLD_BEFORE_CRIU: &str = "FEATHER_TEST_HOLD_BEFORE_CRIU";
 /// Unset, nothing waits.
 pub const HOLD_BEFORE_BEGIN: &str = "FEATHER_TEST_HOLD_BEFORE_BEGIN";
 
+/// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a keeper waits for once
+/// asked for a checkpoint, before it dumps the VM, so that a test acts between the asker's
+/// request (for post-copy, with the port CRIU's page server is to listen on) and CRIU's dump.
+/// Unset, nothing waits.
+pub const HOLD_BEFORE_DUMP: &str = "FEATHER_TEST_HOLD_BEFORE_DUMP";
+
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
-/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`]), if it is set.
+/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_BEFORE_DUMP`]), if it is set.
 fn held_by_test(variable: &str) {
     let Some(path) = std::env::var_os(variable) else {
         return;
@@ -1014,6 +1020,7 @@ impl Keeper {
         lazy: Option<feather_migrate::criu::PageServer>,
         held: Option<moment::Held>,
     ) -> Answered {
+        held_by_test(HOLD_BEFORE_DUMP);
         // CRIU seizes the tasks frozen (none forks out of its reach), and leaves a held VM
         // frozen. Not for post-copy: the migration freezes the VM itself while CRIU still
         // serves its pages, and CRIU's thaw at the end must not undo that.
@@ -1066,9 +1073,17 @@ impl Keeper {
             freezer.as_deref(),
             &netns,
             &mut |note| match note {
-                // Post-copy: the asker sends the images while CRIU serves the memory.
                 DumpNote::Images => {
                     trace::phase("checkpoint: CRIU dumped all but the memory");
+                    true
+                }
+                // Post-copy: the asker sends the images while CRIU serves the memory. Told
+                // once the page server listens, not at `Images`: a page server that cannot
+                // listen fails the dump after `Images`, and the clean-up of a failed dump
+                // (`snapshot::dump`) would empty the folder under an asker already writing
+                // into it, whose error would then hide CRIU's.
+                DumpNote::PageServer => {
+                    trace::phase("checkpoint: CRIU's page server listens");
                     if lazy.is_some() {
                         let _ = protocol::write_response(stream, &Response::Dumped);
                     }

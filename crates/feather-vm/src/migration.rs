@@ -635,25 +635,31 @@ fn free_port() -> std::io::Result<u16> {
 }
 
 /// Connects to 127.0.0.1:`port` in the network namespace of process `pid` (the keeper's: where
-/// its criu's page server listens), from a thread that enters it; the socket stays there.
-/// CRIU listens only once it has been told the images are written, just after it said so.
+/// its criu's page server listens, as it has said by then); the socket stays there.
 fn connect_in_netns_of(pid: i32, port: u16) -> std::io::Result<std::net::TcpStream> {
+    in_netns_of(pid, || {
+        std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+    })
+}
+
+/// Runs `work` on a thread that enters the network namespace of process `pid`.
+fn in_netns_of<T: Send>(
+    pid: i32,
+    work: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
     let netns = fs::File::open(format!("/proc/{pid}/ns/net"))?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
-                        Ok(stream) => return Ok(stream),
-                        Err(e) if Instant::now() >= deadline => return Err(e),
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
+                work()
             })
             .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the thread in its namespace panicked",
+                ))
+            })
     })
 }
 

@@ -66,7 +66,8 @@ pub enum Response {
     Checkpointed {
         leave_running: bool,
     },
-    /// A lazy dump's images are written; its page server serves the memory from now on.
+    /// A lazy dump's images are written and its page server listens: it serves the memory
+    /// from now on.
     Dumped,
     /// A checkpoint's freeze (`hold_frozen`) is over: the VM ran not at all for `frozen_ms`.
     Thawed {
