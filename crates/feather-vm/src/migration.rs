@@ -434,7 +434,8 @@ fn post_copy(
     // CRIU's page server listens in the keeper's network namespace, reached only by the relay.
     let at = feather_migrate::criu::PageServer {
         address: "127.0.0.1".into(),
-        port: free_port().map_err(|e| failed(name, format!("no port for its pages: {e}")))?,
+        port: free_port_in_netns_of(keeper)
+            .map_err(|e| failed(name, format!("no port for its pages: {e}")))?,
     };
     let mut channel = Some(accepted.pages_channel());
     let progress = RefCell::new(progress);
@@ -625,13 +626,18 @@ fn serve_pages(
     })
 }
 
-/// A port free on 127.0.0.1 here, for CRIU's page server.
-fn free_port() -> std::io::Result<u16> {
-    Ok(
-        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port(),
-    )
+/// A port free on every address of the network namespace of process `pid` (the keeper's),
+/// for CRIU's page server, which listens on all of them there (see
+/// feather_migrate::criu::PageServer). A port free on one address only may be another's on
+/// another address (a bind to 127.0.0.1:0 here once returned the port of this migration's own
+/// relay, listening on the address towards the receiver): CRIU then cannot listen, and the
+/// dump fails.
+fn free_port_in_netns_of(pid: i32) -> std::io::Result<u16> {
+    in_netns_of(pid, || {
+        std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?
+            .local_addr()
+            .map(|a| a.port())
+    })
 }
 
 /// Connects to 127.0.0.1:`port` in the network namespace of process `pid` (the keeper's: where
