@@ -665,6 +665,8 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
         assert!(std::time::Instant::now() < deadline, "the VM never arrived");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    // In post-copy, the kill may find the daemon fetching the pages started: it ends too.
+    let daemons = lazy_pages_daemons(server.child.id());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
@@ -693,6 +695,10 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
         target.ok(&["ls", "--json"]).trim() == "[]"
     });
     drop(server);
+    assert!(
+        daemons.iter().all(|daemon| daemon.ended()),
+        "a lazy-pages daemon outlived its serve: {daemons:?}"
+    );
 }
 
 /// A process named by its pid and its start time (field 22 of its stat line), which together
@@ -847,6 +853,8 @@ fn a_process_that_gets_a_dead_receivers_pid_does_not_pass_for_it() {
         assert!(std::time::Instant::now() < deadline, "the VM never arrived");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    // In post-copy, the kill may find the daemon fetching the pages started: it ends too.
+    let daemons = lazy_pages_daemons(server.child.id());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
@@ -902,6 +910,10 @@ fn a_process_that_gets_a_dead_receivers_pid_does_not_pass_for_it() {
         target.ok(&["ls", "--json"]).trim() == "[]"
     });
     drop(server);
+    assert!(
+        daemons.iter().all(|daemon| daemon.ended()),
+        "a lazy-pages daemon outlived its serve: {daemons:?}"
+    );
 }
 
 impl Drop for Killed {
