@@ -665,6 +665,8 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
         assert!(std::time::Instant::now() < deadline, "the VM never arrived");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    // In post-copy, the kill may find the daemon fetching the pages started: it ends too.
+    let daemons = lazy_pages_daemons(server.child.id());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
@@ -693,6 +695,118 @@ fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
         target.ok(&["ls", "--json"]).trim() == "[]"
     });
     drop(server);
+    assert!(
+        daemons.iter().all(|daemon| daemon.ended()),
+        "a lazy-pages daemon outlived its serve: {daemons:?}"
+    );
+}
+
+/// A process named by its pid and its start time (field 22 of its stat line), which together
+/// name one process for the machine's uptime.
+#[derive(Clone, Copy, Debug)]
+struct Named {
+    pid: u32,
+    start_ticks: u64,
+}
+
+impl Named {
+    /// Process `pid`, if it runs.
+    fn at(pid: u32) -> Option<Named> {
+        let (_, start_ticks) = stat_of(pid)?;
+        Some(Named { pid, start_ticks })
+    }
+
+    /// Whether it has ended: no process has its pid, another one does, or it is a zombie (this
+    /// machine's pid 1 reaps the processes it adopts only after a while).
+    fn ended(self) -> bool {
+        stat_of(self.pid)
+            .is_none_or(|(state, start)| start != self.start_ticks || matches!(state, 'Z' | 'X'))
+    }
+}
+
+/// The state letter and the start time of process `pid`, from its stat line.
+fn stat_of(pid: u32) -> Option<(char, u64)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses.
+    let mut fields = stat[stat.rfind(')')? + 1..].split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+/// The `criu lazy-pages` daemons among `pid`'s children.
+fn lazy_pages_daemons(pid: u32) -> Vec<Named> {
+    children(pid)
+        .into_iter()
+        .filter(|child| {
+            std::fs::read(format!("/proc/{child}/cmdline")).is_ok_and(|line| {
+                line.split(|b| *b == 0)
+                    .any(|arg| arg == b"lazy-pages".as_slice())
+            })
+        })
+        .filter_map(Named::at)
+        .collect()
+}
+
+/// A post-copy receiver killed (SIGKILL) while its `criu lazy-pages` waits for the restore to
+/// connect (the restoring keeper held just before CRIU's restore): nothing would ever connect
+/// (a keeper whose serve has gone restores nothing), so the daemon, adopted by pid 1, would wait
+/// for good. It ends with its serve; the sender runs the VM on, and the next serve removes the
+/// copy left here.
+#[test]
+fn a_post_copy_receiver_killed_before_the_restore_leaves_no_lazy_pages_daemon() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-lazy"), Feather::new("mig-lazy-dst"));
+    let base = ScratchBase::new("mig-lazy");
+    counting_vm(&source, &base);
+    let hold = crate::support::RecordHold::before_criu("mig-lazy");
+    let (variable, value) = hold.env();
+    let mut server = Server::accepting(
+        &hosts,
+        &target,
+        &[(variable, value.to_str().unwrap())],
+        &["--base", base.as_str()],
+    );
+    let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The serve starts its daemon before it starts the restoring keeper, which now waits.
+    target.eventually_within(
+        "the restoring keeper waits for the hold",
+        std::time::Duration::from_secs(60),
+        || hold.awaited(),
+    );
+    let daemons = lazy_pages_daemons(server.child.id());
+    assert_eq!(
+        daemons.len(),
+        1,
+        "one daemon fetches the pages: {daemons:?}"
+    );
+    let daemon = daemons[0];
+
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    target.eventually("the lazy-pages daemon has ended with its serve", || {
+        daemon.ended()
+    });
+
+    drop(hold);
+    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("runs here again"),
+        "{}",
+        failed.stderr
+    );
+    assert_eq!(source.status("vm"), "running", "restored on the source");
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    target.eventually("the unconfirmed copy is removed", || {
+        target.ok(&["ls", "--json"]).trim() == "[]"
+    });
+    drop(server);
+    assert!(daemon.ended());
 }
 
 /// A process of the test, killed (by its pid) and reaped on drop.
@@ -739,6 +853,8 @@ fn a_process_that_gets_a_dead_receivers_pid_does_not_pass_for_it() {
         assert!(std::time::Instant::now() < deadline, "the VM never arrived");
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
+    // In post-copy, the kill may find the daemon fetching the pages started: it ends too.
+    let daemons = lazy_pages_daemons(server.child.id());
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
@@ -794,6 +910,10 @@ fn a_process_that_gets_a_dead_receivers_pid_does_not_pass_for_it() {
         target.ok(&["ls", "--json"]).trim() == "[]"
     });
     drop(server);
+    assert!(
+        daemons.iter().all(|daemon| daemon.ended()),
+        "a lazy-pages daemon outlived its serve: {daemons:?}"
+    );
 }
 
 impl Drop for Killed {

@@ -738,9 +738,17 @@ impl Criu {
     /// the sender's page server `from`, on demand and in the background, until it has them
     /// all; it then exits 0. Returns at once: the restore waits for the socket
     /// ([`await_lazy_pages`]) while the rest of it is prepared meanwhile.
+    ///
+    /// The daemon ends (SIGKILL) when the thread calling this ends, however it ends: its pages
+    /// come through that process (`from` is its tunnel's end), and a restore that never
+    /// connects would leave it waiting in `accept` for good, adopted by the machine's reaper.
+    /// The caller calls this from a thread that lives for the whole migration. Started without
+    /// `--daemon`, CRIU does not fork: the child returned is the daemon.
     pub fn lazy_pages(&self, images: &Path, from: &PageServer) -> Result<std::process::Child> {
         let _ = fs::remove_file(images.join(LAZY_SOCKET));
-        feather_sys::process::command(&self.path)
+        let mut command = feather_sys::process::command(&self.path);
+        feather_sys::process::end_with_starting_thread(&mut command);
+        command
             .arg("lazy-pages")
             .arg("--page-server")
             .args(["--address", &from.address])

@@ -917,17 +917,20 @@ fn fetch_pages(
         port: local,
     };
     // Not awaited here: the restoring keeper prepares while it starts, and waits for it only
-    // before CRIU's restore (snapshot::restore_tree).
-    let daemon = criu.lazy_pages(&images, &local).in_vm(name)?;
+    // before CRIU's restore (snapshot::restore_tree). Started from serve's main thread (as all
+    // of `receive`), whose end ends it: were serve killed before the restore connected, it
+    // would wait for good (docs/migration.md, "Post-copy").
+    let pages = Pages {
+        daemon: criu.lazy_pages(&images, &local).in_vm(name)?,
+        vm: vm.clone(),
+    };
+    // A failure here drops `pages`, which ends the daemon.
     feather_core::atomic::write_atomic(
         &images.join(crate::images::LAZY),
         format!("{}:{}", from.address, from.port).as_bytes(),
         Durability::Durable,
     )?;
-    Ok(Pages {
-        daemon,
-        vm: vm.clone(),
-    })
+    Ok(pages)
 }
 
 impl Drop for Pages {
