@@ -1108,6 +1108,84 @@ fn a_post_copy_migration_failing_after_its_dump_leaves_every_process_whole_at_th
     source.ok(&["rm", "-f", "big"]);
 }
 
+/// A lazy restore connects to the receiver's `criu lazy-pages` only once the daemon has said
+/// that it listens (its `--status-fd`). The daemon's socket file appears at its `bind`, before
+/// its `listen`: a restore that took the file for the listen and connected in between was
+/// refused ("uffd: connect to lazy-pages.socket failed: Connection refused", a failed run of
+/// the suite under load). The receiver's CRIU here is a wrapper whose `lazy-pages` first binds
+/// that socket without listening and keeps it so until the restore is refused, or for 3 s, then
+/// runs CRIU: a restore that waits for the file fails, one that waits for the daemon's word
+/// (up to 10 s) goes on once CRIU listens.
+#[test]
+fn a_lazy_restore_waits_until_the_receiver_s_lazy_pages_daemon_listens() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (
+        Feather::new("mig-lazylisten"),
+        Feather::new("mig-lazylisten-dst"),
+    );
+    let base = ScratchBase::new("mig-lazylisten");
+    counting_vm(&source, &base);
+    let before = count(&source, "vm");
+    let dir = ScratchDir::new("mig-lazylisten-criu");
+    let wrapper = dir.path.join("criu");
+    let real = crate::checkpoint::criu_path();
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = lazy-pages ]; then\n  exec /usr/bin/python3 -c '{BOUND_FIRST}' {real} \"$@\"\nfi\nexec {real} \"$@\"\n",
+            real = real.display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let server = Server::accepting(
+        &hosts,
+        &target,
+        &[("FEATHER_CRIU", wrapper.to_str().unwrap())],
+        &["--base", base.as_str()],
+    );
+    let moved: crate::support::Outcome = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+        .output()
+        .unwrap()
+        .into();
+    let (received, said) = server.finish();
+    assert_eq!(moved.code, 0, "{}{said}", moved.stderr);
+    assert!(received, "{said}");
+    assert_eq!(target.status("vm"), "running");
+    let resumed = count(&target, "vm");
+    assert!(resumed >= before, "resumed at {resumed}, left at {before}");
+    target.eventually("the loop counts on at the target", || {
+        count(&target, "vm") > resumed
+    });
+}
+
+/// `criu lazy-pages` as the window between its socket's bind and its listen would look, held
+/// open: binds `lazy-pages.socket` in the images folder without listening, until the restore's
+/// log says it was refused or 3 s have passed, then runs the real CRIU (argv[1]) with the
+/// arguments (its descriptors, `--status-fd`'s among them, go with it).
+const BOUND_FIRST: &str = r#"
+import os, socket, sys, time
+real, args = sys.argv[1], sys.argv[2:]
+os.chdir(args[args.index("--images-dir") + 1])
+bound = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+bound.bind("lazy-pages.socket")
+deadline = time.monotonic() + 3
+while time.monotonic() < deadline:
+    try:
+        with open("restore.log", "rb") as log:
+            if b"connect to lazy-pages.socket failed" in log.read():
+                break
+    except OSError:
+        pass
+    time.sleep(0.02)
+bound.close()
+os.execv(real, [real] + args)
+"#;
+
 /// Narrows the ephemeral ports of namespace `ns` to four, 40000–40003. A bind to port 0 (with
 /// `SO_REUSEADDR`, as Rust's listeners have) then gets 40001 on whatever address: the first
 /// of the two lower ports with the parity the kernel keeps for binds (connections take the

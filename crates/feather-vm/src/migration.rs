@@ -952,6 +952,7 @@ impl Pages {
         let images = self.vm.checkpoint_dir();
         let status = self.daemon.wait();
         let _ = fs::remove_file(images.join(crate::images::LAZY));
+        let _ = fs::remove_file(images.join(feather_migrate::criu::LAZY_STATUS));
         if status.is_ok_and(|s| s.success()) {
             return Ok(());
         }
