@@ -1108,6 +1108,70 @@ fn a_post_copy_migration_failing_after_its_dump_leaves_every_process_whole_at_th
     source.ok(&["rm", "-f", "big"]);
 }
 
+/// A post-copy migration failing at the sender after the dump, before it has reached CRIU's
+/// page server (where the checkpoint's subnet is recorded, made to fail by the test-only
+/// `FEATHER_TEST_FAIL_AFTER_DUMPED` as a full disk would): the VM runs on at the source and
+/// nothing is left waiting. The sender dropped its conversation with the keeper while CRIU's
+/// page server waited in `accept` for good: the VM stayed seized, its keeper's criu alive and
+/// the keeper deaf.
+#[test]
+fn a_post_copy_migration_failing_at_the_sender_after_its_dump_lets_the_vm_run_on() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (
+        Feather::new("mig-afterdump"),
+        Feather::new("mig-afterdump-dst"),
+    );
+    let base = ScratchBase::new("mig-afterdump");
+    counting_vm(&source, &base);
+    let keeper = source.inspect("vm")["state"]["keeper_pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    let failed: crate::support::Outcome =
+        migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .env("FEATHER_TEST_FAIL_AFTER_DUMPED", "1")
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(failed.code, 0);
+    // Before anything asks the keeper (which would wait for good on a keeper still in CRIU).
+    source.eventually("the keeper's criu has ended", || {
+        criu_processes_under(keeper).is_empty()
+    });
+    assert!(
+        failed
+            .stderr
+            .contains("FEATHER_TEST_FAIL_AFTER_DUMPED is set")
+            && failed.stderr.contains("runs here again"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!server.wait());
+    assert_eq!(source.status("vm"), "running");
+    let resumed = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > resumed
+    });
+    assert_eq!(source.sh("vm", "echo runs").trim(), "runs");
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+/// The CRIU processes among `pid`'s descendants: those whose program lies in a CRIU's files
+/// (`/usr/sbin/criu`; the loader of `scripts/install-criu`'s build in `/opt/feather/criu`, whose
+/// command line and name do not say criu).
+fn criu_processes_under(pid: u32) -> Vec<u32> {
+    let mut found = Vec::new();
+    let mut pending = children(pid);
+    while let Some(child) = pending.pop() {
+        pending.extend(children(child));
+        let program = std::fs::read_link(format!("/proc/{child}/exe")).unwrap_or_default();
+        if program.to_string_lossy().contains("criu") {
+            found.push(child);
+        }
+    }
+    found
+}
+
 /// A lazy restore connects to the receiver's `criu lazy-pages` only once the daemon has said
 /// that it listens (its `--status-fd`). The daemon's socket file appears at its `bind`, before
 /// its `listen`: a restore that took the file for the listen and connected in between was

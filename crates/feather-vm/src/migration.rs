@@ -453,13 +453,14 @@ fn post_copy(
         )));
         // A failed dump leaves the VM running here (CRIU resumes it).
         trace::phase("migrate: pre-copy of the layers");
-        let dump = checkpoint_lazy(root, name, &at).and_then(|checkpoint| {
-            dumped.set(Some(Instant::now()));
-            trace::phase("migrate: dump but the memory (frozen)");
-            lazy = Some(checkpoint);
-            connect_in_netns_of(keeper, at.port)
-                .map_err(|e| failed(name, format!("cannot reach its page server: {e}")))
-        });
+        let dump = checkpoint_lazy(root, name, &at, || connect_in_netns_of(keeper, at.port)).map(
+            |(checkpoint, page_server)| {
+                dumped.set(Some(Instant::now()));
+                trace::phase("migrate: dump but the memory (frozen)");
+                lazy = Some(checkpoint);
+                page_server
+            },
+        );
         match dump {
             Ok(page_server) => {
                 page_stream = page_server.try_clone().ok();
@@ -486,7 +487,7 @@ fn post_copy(
         // them in (see `tcp_repair`).
         (Err(e), Some(lazy)) => {
             let frozen_here = cgroup.freeze(Duration::from_secs(10));
-            let outcome = resume_here(name, lazy, relaying, dump_error.unwrap_or(e));
+            let outcome = resume_here(lazy, relaying, dump_error.unwrap_or(e));
             drop(frozen_here);
             return outcome;
         }
@@ -508,7 +509,7 @@ fn post_copy(
                 name,
                 format!("cannot freeze it here before letting it go: {e}"),
             );
-            return resume_here(name, lazy, relaying, e);
+            return resume_here(lazy, relaying, e);
         }
     };
     let marker = vm.checkpoint_dir().join(RELEASED_TO);
@@ -563,7 +564,7 @@ fn post_copy(
             let e = failed(name, format!("{to} could not run it: {why}"));
             // The receiver discarded its copy; CRIU lets the processes go on once its page
             // transfer fails, and they thaw once it has.
-            let outcome = resume_here(name, lazy, relaying, e);
+            let outcome = resume_here(lazy, relaying, e);
             drop(frozen_here);
             outcome
         }
@@ -673,43 +674,15 @@ fn in_netns_of<T: Send>(
 /// server fail, whereupon CRIU lets the VM's processes here go on, and says what became of
 /// them.
 fn resume_here(
-    name: &VmName,
     lazy: crate::checkpoint::LazyCheckpoint,
     relaying: Option<feather_migrate::pages::Relaying>,
     e: VmError,
 ) -> Result<Migrated> {
-    // Without a relay, nothing ever connected to the page server.
+    // The relay holds the page server's only connection, made with the checkpoint.
     if let Some(relaying) = relaying {
         relaying.refuse();
     }
-    match lazy.finish() {
-        // The page transfer failed, as asked: CRIU let the processes go on.
-        Err(VmError::Keeper(_)) => Err(VmError::MigrationFailed {
-            vm: name.to_string(),
-            source: Box::new(e),
-        }),
-        // CRIU took the transfer for finished and ended them (what the relay holding back the
-        // receiver's end prevents); their memory was in CRIU's page server only.
-        Ok(()) => Err(failed(
-            name,
-            format!(
-                "migration failed ({}), and the VM is lost: CRIU ended its processes here as \
-                 if the receiver had taken it, and its checkpoint here lacks its memory (a \
-                 post-copy dump leaves that to the page server), so it cannot be restored; \
-                 `feather rm {name}` removes what is left",
-                causes(&e)
-            ),
-        )),
-        Err(unknown) => Err(failed(
-            name,
-            format!(
-                "migration failed ({}), and whether the VM runs here again is not known: its \
-                 keeper did not say ({}); `feather ls` shows it running if it does",
-                causes(&e),
-                causes(&unknown)
-            ),
-        )),
-    }
+    Err(lazy.resume(e))
 }
 
 /// After a failed migration: brings the VM back here.
