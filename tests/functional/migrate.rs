@@ -1424,6 +1424,13 @@ impl Held {
             assert!(said.len() > before, "the receiver ended: {said}");
         }
         drop(reader);
+        // The keeper of a received VM syncs its record on a thread of its own, which may not
+        // have reached the hold when the serve says it restored the VM.
+        target.eventually_within(
+            "the receiving keeper's record waits for the hold",
+            std::time::Duration::from_secs(60),
+            || hold.awaited(),
+        );
         Held {
             hold,
             server,
