@@ -1082,12 +1082,11 @@ impl Keeper {
                 // listen fails the dump after `Images`, and the clean-up of a failed dump
                 // (`snapshot::dump`) would empty the folder under an asker already writing
                 // into it, whose error would then hide CRIU's.
+                // An asker that cannot hear it (gone) would never connect: CRIU's page server
+                // would wait in `accept` for good, the VM seized. Refused, the dump fails.
                 DumpNote::PageServer => {
                     trace::phase("checkpoint: CRIU's page server listens");
-                    if lazy.is_some() {
-                        let _ = protocol::write_response(stream, &Response::Dumped);
-                    }
-                    true
+                    lazy.is_none() || protocol::write_response(stream, &Response::Dumped).is_ok()
                 }
                 DumpNote::NetworkLock if lockable => {
                     locked.set(true);
