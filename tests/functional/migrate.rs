@@ -1366,6 +1366,45 @@ fn a_post_copy_dump_whose_page_server_cannot_listen_fails_with_criu_s_words_and_
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
 
+/// A post-copy dump whose images the keeper refuses at CRIU's `post-dump` (its `layers.json`
+/// cannot be written, made to fail by the test-only `FEATHER_TEST_FAIL_LAYERS` in the keeper's
+/// environment as a full disk would) fails with the keeper's own words, and the VM runs on at
+/// the source. CRIU only marks such a dump failed and still starts its page server: the keeper
+/// said `Dumped` at its `status-ready`, the sender sent images without `layers.json`, and the
+/// receiver's refusal of them was all one saw.
+#[test]
+fn a_post_copy_dump_whose_images_the_keeper_refuses_fails_with_the_keeper_s_words_and_runs_on() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (
+        Feather::new("mig-layersfail"),
+        Feather::new("mig-layersfail-dst"),
+    );
+    let subnet = own_subnet();
+    let subnet = subnet.cidr.as_str();
+    private_vm_on_a(
+        &hosts,
+        &source,
+        subnet,
+        &[("FEATHER_TEST_FAIL_LAYERS", "1")],
+    );
+    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
+    let failed: crate::support::Outcome =
+        migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("FEATHER_TEST_FAIL_LAYERS is set"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!server.wait());
+    assert_eq!(source.status("vm"), "running");
+    assert_eq!(source.sh("vm", "echo runs").trim(), "runs");
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
 /// Binds every free port of 40000–40003 on all addresses, says which, and holds them until its
 /// input closes.
 const TAKE_PORTS: &str = r#"
