@@ -643,11 +643,29 @@ fn free_port_in_netns_of(pid: i32) -> std::io::Result<u16> {
 
 /// Connects to 127.0.0.1:`port` in the network namespace of process `pid` (the keeper's: where
 /// its criu's page server listens, as it has said by then); the socket stays there.
+///
+/// A refused connection is tried again for up to [`PAGE_SERVER_LISTENS`]: a keeper of an older
+/// build (the protocol's version is the same) says `Dumped` when CRIU's images are written,
+/// before its page server listens. Anything else fails at once.
 fn connect_in_netns_of(pid: i32, port: u16) -> std::io::Result<std::net::TcpStream> {
     in_netns_of(pid, || {
-        std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port))
+        let started = Instant::now();
+        loop {
+            match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && started.elapsed() < PAGE_SERVER_LISTENS =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                connected => return connected,
+            }
+        }
     })
 }
+
+/// How long [`connect_in_netns_of`] waits for an older keeper's CRIU to listen.
+const PAGE_SERVER_LISTENS: Duration = Duration::from_secs(2);
 
 /// Runs `work` on a thread that enters the network namespace of process `pid`.
 fn in_netns_of<T: Send>(
