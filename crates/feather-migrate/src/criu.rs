@@ -746,14 +746,22 @@ impl Criu {
     /// The daemon ends (SIGKILL) when the thread calling this ends, however it ends: its pages
     /// come through that process (`from` is its tunnel's end), and a restore that never
     /// connects would leave it waiting in `accept` for good, adopted by the machine's reaper.
-    /// The caller calls this from a thread that lives for the whole migration. Started without
-    /// `--daemon`, CRIU does not fork: the child returned is the daemon.
+    /// So the caller calls this from its main thread (serve's, which lives for the whole
+    /// migration; a debug build checks it). Started without `--daemon`, CRIU does not fork: the
+    /// child returned is the daemon.
     ///
     /// It says when it listens by writing a byte into [`LAZY_STATUS`] (`--status-fd`, written by
     /// CRIU's `status_ready` after its socket's `listen`): the socket file itself appears at its
     /// `bind`, before the `listen`, and a restore connecting in between is refused ("uffd:
     /// connect to lazy-pages.socket failed: Connection refused", seen under load).
     pub fn lazy_pages(&self, images: &Path, from: &PageServer) -> Result<std::process::Child> {
+        // The death signal follows the forking thread: from any other, the daemon would end
+        // with that thread, which may be long before the restore has every page.
+        debug_assert_eq!(
+            nix::unistd::gettid(),
+            nix::unistd::getpid(),
+            "criu lazy-pages must be started from the main thread"
+        );
         let _ = fs::remove_file(images.join(LAZY_SOCKET));
         // Made anew, never through what stood at that name (create_new follows no symlink).
         let status_path = images.join(LAZY_STATUS);

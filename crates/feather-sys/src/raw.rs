@@ -1073,7 +1073,7 @@ pub fn pass_only_on_exec(command: &mut std::process::Command, given: Vec<RawFd>)
 
 /// Makes the program `command` starts get SIGKILL when the thread that starts it ends: between
 /// fork and exec the child sets its parent death signal, then checks that its parent is still
-/// the thread that forked it. The kernel sends that signal when the forking *thread* exits
+/// the process that forked it (getppid names the process, not the thread). The kernel sends that signal when the forking *thread* exits
 /// (the whole process killed included), and only if it was set before: a parent that ended
 /// between the fork and the setting left the child to a reaper, and the child then ends itself
 /// rather than run the program unowned. An exec keeps the signal unless it changes the
@@ -1084,10 +1084,8 @@ pub fn end_with_starting_thread_on_exec(command: &mut std::process::Command) {
     // is its process, as getppid() says).
     let parent = std::process::id() as libc::pid_t;
     let hook = move || -> std::io::Result<()> {
-        // SAFETY: PR_SET_PDEATHSIG takes a signal number and touches no memory.
-        Errno::result(unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) })?;
-        // SAFETY: getppid has no arguments and cannot fail.
-        if unsafe { libc::getppid() } != parent {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+        if nix::unistd::getppid().as_raw() != parent {
             return Err(std::io::Error::from(Errno::ESRCH));
         }
         Ok(())
