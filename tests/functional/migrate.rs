@@ -1306,7 +1306,10 @@ fn a_post_copy_page_server_gets_a_port_free_on_every_address_of_its_namespace() 
 }
 
 /// A post-copy dump whose page server cannot listen (its port taken between the sender's
-/// choice and CRIU's listen) fails with CRIU's own words, and the VM runs on at the source.
+/// choice and CRIU's listen) fails with CRIU's own words, and the VM runs on at the source,
+/// its TCP connection (a line server and its client over loopback) too: CRIU lets the tasks go
+/// with their connections in repair mode, and the server's restarted `recv` failed (EPERM)
+/// before its keeper took them out of it, until the keeper froze the VM at `post-dump`.
 /// The keeper says the dump is done only once the page server listens: said when the images
 /// were written, the sender went on writing into the images folder while the keeper's clean-up
 /// of the failed dump emptied it, and failed with "…/checkpoint/subnet.json: No such file or
@@ -1326,6 +1329,12 @@ fn a_post_copy_dump_whose_page_server_cannot_listen_fails_with_criu_s_words_and_
         subnet,
         &[(variable, value.to_str().unwrap())],
     );
+    python_daemon(&source, "vm", LINE_SERVER, &[]);
+    await_line_server(&source, "vm");
+    python_daemon(&source, "vm", LINE_CLIENT, &[]);
+    source.eventually("the loopback connection carries data", || {
+        received_numbers(&source, "vm").len() >= 3
+    });
     let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
     let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
         .stdout(Stdio::piped())
@@ -1363,6 +1372,16 @@ fn a_post_copy_dump_whose_page_server_cannot_listen_fails_with_criu_s_words_and_
     drop(taker);
     assert_eq!(source.status("vm"), "running");
     assert_eq!(source.sh("vm", "echo runs").trim(), "runs");
+    let resumed = received_numbers(&source, "vm").len();
+    source.eventually("the loopback connection carries on", || {
+        received_numbers(&source, "vm").len() > resumed + 5
+    });
+    let numbers = received_numbers(&source, "vm");
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "one connection, nothing lost or repeated"
+    );
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
 

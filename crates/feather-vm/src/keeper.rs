@@ -1063,6 +1063,13 @@ impl Keeper {
                 .map(|switch| std::thread::spawn(move || switch.hold(true))),
         );
         let locked = std::cell::Cell::new(early_lock.borrow().is_some());
+        // Post-copy: the VM frozen from CRIU's `post-dump` (its tasks seized by then) until the
+        // dump has ended. A page server that fails (it cannot listen, or its transfer failed
+        // before the release) has CRIU let the tasks go with their TCP connections still in
+        // repair mode, where a restarted `recv` fails (EPERM): they run only once the keeper
+        // has taken them out of it, below. The asker's own freeze takes over once it heard
+        // `Dumped` (see `migration::post_copy`); one that never heard it never froze the VM.
+        let mut seized_frozen = None;
         let dumped = snapshot::dump(
             &self.vm,
             self.init.pid,
@@ -1075,6 +1082,16 @@ impl Keeper {
             &mut |note| match note {
                 DumpNote::Images => {
                     trace::phase("checkpoint: CRIU dumped all but the memory");
+                    if let Some(cgroup) = self.cgroup.as_ref().filter(|_| lazy.is_some()) {
+                        match cgroup.freeze(std::time::Duration::from_secs(10)) {
+                            Ok(frozen) => seized_frozen = Some(frozen),
+                            Err(e) => eprintln!(
+                                "feather keeper {}: cannot freeze the VM behind CRIU: {e}",
+                                self.vm.name()
+                            ),
+                        }
+                        trace::phase("checkpoint: frozen behind CRIU");
+                    }
                     true
                 }
                 // Post-copy: the asker sends the images while CRIU serves the memory. Told
@@ -1132,6 +1149,7 @@ impl Keeper {
         }
         // Thawed: the processes of a VM left running go on; the others were ended by CRIU.
         drop(frozen);
+        drop(seized_frozen);
         trace::phase("checkpoint: CRIU dumped");
         match dumped {
             Ok(()) => match decide::after_dump(leave_running) {
