@@ -1390,7 +1390,11 @@ fn a_post_copy_dump_whose_page_server_cannot_listen_fails_with_criu_s_words_and_
 /// environment as a full disk would) fails with the keeper's own words, and the VM runs on at
 /// the source. CRIU only marks such a dump failed and still starts its page server: the keeper
 /// said `Dumped` at its `status-ready`, the sender sent images without `layers.json`, and the
-/// receiver's refusal of them was all one saw.
+/// receiver's refusal of them was all one saw. Its TCP connection (a line server and its
+/// client over loopback) carries on. Unlike a page server that cannot listen, this needs no
+/// freeze by the keeper (it freezes none here, and the test passes), presumably because CRIU
+/// decides after `post-dump`, before its page server runs, whether to take the connections
+/// out of repair mode, and a refused `post-dump` has failed the dump by then.
 #[test]
 fn a_post_copy_dump_whose_images_the_keeper_refuses_fails_with_the_keeper_s_words_and_runs_on() {
     let hosts = TwoHosts::new();
@@ -1406,6 +1410,12 @@ fn a_post_copy_dump_whose_images_the_keeper_refuses_fails_with_the_keeper_s_word
         subnet,
         &[("FEATHER_TEST_FAIL_LAYERS", "1")],
     );
+    python_daemon(&source, "vm", LINE_SERVER, &[]);
+    await_line_server(&source, "vm");
+    python_daemon(&source, "vm", LINE_CLIENT, &[]);
+    source.eventually("the loopback connection carries data", || {
+        received_numbers(&source, "vm").len() >= 3
+    });
     let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
     let failed: crate::support::Outcome =
         migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
@@ -1421,6 +1431,16 @@ fn a_post_copy_dump_whose_images_the_keeper_refuses_fails_with_the_keeper_s_word
     assert!(!server.wait());
     assert_eq!(source.status("vm"), "running");
     assert_eq!(source.sh("vm", "echo runs").trim(), "runs");
+    let resumed = received_numbers(&source, "vm").len();
+    source.eventually("the loopback connection carries on", || {
+        received_numbers(&source, "vm").len() > resumed + 5
+    });
+    let numbers = received_numbers(&source, "vm");
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "one connection, nothing lost or repeated"
+    );
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
 
