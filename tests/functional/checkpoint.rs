@@ -528,7 +528,7 @@ fn a_vm_left_running_is_exported_as_it_was_at_its_checkpoint() {
 }
 
 /// The CRIU `feather checkpoint` would hand the keeper.
-fn criu_path() -> std::path::PathBuf {
+pub(crate) fn criu_path() -> std::path::PathBuf {
     std::env::var_os("FEATHER_CRIU")
         .map(Into::into)
         .unwrap_or_else(|| {

@@ -786,6 +786,12 @@ impl RecordHold {
         Self::at(label, feather_vm::keeper::HOLD_AFTER_STOP_ANSWER)
     }
 
+    /// A hold on a VM's keeper once asked for a checkpoint, before it dumps the VM
+    /// (`feather_vm::keeper::HOLD_BEFORE_DUMP`; given to the `feather start` of the VM).
+    pub fn before_dump(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_BEFORE_DUMP)
+    }
+
     fn at(label: &str, variable: &'static str) -> Self {
         let dir = ScratchDir::new(label);
         let lock = fs::File::create(dir.path.join("hold")).unwrap();

@@ -49,6 +49,10 @@ pub const NETNS_KEY: &str = "feather-netns";
 /// Where `criu lazy-pages` waits for a lazy restore (CRIU's own name, in the images folder).
 pub const LAZY_SOCKET: &str = "lazy-pages.socket";
 
+/// The file, in the images folder, that `criu lazy-pages` writes a byte into (its
+/// `--status-fd`) once it listens on [`LAZY_SOCKET`]; empty until then.
+pub const LAZY_STATUS: &str = "lazy-pages.status";
+
 /// Kernel features CRIU probes that matter to feather, and what each is for.
 pub const FEATURES: [(&str, &str); 12] = [
     ("mnt_id", "tells which mount an open file is on"),
@@ -199,7 +203,8 @@ fn pipe_max_size() -> Option<u64> {
 }
 
 /// Where a lazy dump serves the memory it kept back: the sender's address the receiver
-/// reached it by, and a port.
+/// reached it by, and a port. CRIU 4.1 takes only the port of a lazy dump's page server, and
+/// listens on every address of the dumping process's network namespace.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageServer {
     pub address: String,
@@ -323,6 +328,10 @@ pub enum DumpNote {
     NetworkLock,
     /// Everything but lazy memory is dumped (`post-dump`; a lazy dump serves its memory after).
     Images,
+    /// A lazy dump's page server listens, and waits for its one connection (`status-ready`,
+    /// after [`DumpNote::Images`]; every CRIU since 3.15 sends it, and feather needs 4.1). A
+    /// page server that cannot listen (its port taken) fails the dump before this note.
+    PageServer,
     /// The tasks go on (a failed dump, or one that leaves them running): let the network
     /// through again (`network-unlock`).
     NetworkUnlock,
@@ -333,6 +342,7 @@ impl DumpNote {
         match script {
             "network-lock" => Some(DumpNote::NetworkLock),
             "post-dump" => Some(DumpNote::Images),
+            "status-ready" => Some(DumpNote::PageServer),
             "network-unlock" => Some(DumpNote::NetworkUnlock),
             _ => None,
         }
@@ -730,12 +740,43 @@ impl Criu {
     /// Post-copy, on the receiver: starts `criu lazy-pages`, which listens on
     /// [`LAZY_SOCKET`] in `images` for the restore's userfaultfds and fetches their pages from
     /// the sender's page server `from`, on demand and in the background, until it has them
-    /// all; it then exits 0. Returns at once: the restore waits for the socket
+    /// all; it then exits 0. Returns at once: the restore waits until it listens
     /// ([`await_lazy_pages`]) while the rest of it is prepared meanwhile.
+    ///
+    /// The daemon ends (SIGKILL) when the thread calling this ends, however it ends: its pages
+    /// come through that process (`from` is its tunnel's end), and a restore that never
+    /// connects would leave it waiting in `accept` for good, adopted by the machine's reaper.
+    /// So the caller calls this from its main thread (serve's, which lives for the whole
+    /// migration; a debug build checks it). Started without `--daemon`, CRIU does not fork: the
+    /// child returned is the daemon.
+    ///
+    /// It says when it listens by writing a byte into [`LAZY_STATUS`] (`--status-fd`, written by
+    /// CRIU's `status_ready` after its socket's `listen`): the socket file itself appears at its
+    /// `bind`, before the `listen`, and a restore connecting in between is refused ("uffd:
+    /// connect to lazy-pages.socket failed: Connection refused", seen under load).
     pub fn lazy_pages(&self, images: &Path, from: &PageServer) -> Result<std::process::Child> {
+        // The death signal follows the forking thread: from any other, the daemon would end
+        // with that thread, which may be long before the restore has every page.
+        debug_assert_eq!(
+            nix::unistd::gettid(),
+            nix::unistd::getpid(),
+            "criu lazy-pages must be started from the main thread"
+        );
         let _ = fs::remove_file(images.join(LAZY_SOCKET));
-        feather_sys::process::command(&self.path)
+        // Made anew, never through what stood at that name (create_new follows no symlink).
+        let status_path = images.join(LAZY_STATUS);
+        let _ = fs::remove_file(&status_path);
+        let status = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&status_path)
+            .map_err(io_at(&status_path))?;
+        let mut command = std::process::Command::new(&self.path);
+        feather_sys::process::pass_only(&mut command, &[std::os::fd::AsFd::as_fd(&status)]);
+        feather_sys::process::end_with_starting_thread(&mut command);
+        command
             .arg("lazy-pages")
+            .args(["--status-fd", &status.as_raw_fd().to_string()])
             .arg("--page-server")
             .args(["--address", &from.address])
             .args(["--port", &from.port.to_string()])
@@ -814,14 +855,26 @@ impl RestoreCall {
 }
 
 /// Waits until the `criu lazy-pages` started for a lazy restore of `images`
-/// ([`Criu::lazy_pages`]) listens; a daemon that ended or never listened within `patience`
-/// fails with its log's words.
+/// ([`Criu::lazy_pages`]) has said that it listens (its byte in [`LAZY_STATUS`]); a daemon that
+/// ended or did not say so within `patience` fails with its log's words.
 pub fn await_lazy_pages(vm: &str, images: &Path, patience: std::time::Duration) -> Result<()> {
-    let socket = images.join(LAZY_SOCKET);
+    let status = images.join(LAZY_STATUS);
     let deadline = std::time::Instant::now() + patience;
-    while !socket.exists() {
+    // Not the socket file: it exists from the daemon's bind, before its listen.
+    while !fs::symlink_metadata(&status).is_ok_and(|m| m.is_file() && m.len() > 0) {
         if std::time::Instant::now() > deadline {
-            return Err(failure(vm, "fetch the memory of", &images.join(LAZY_LOG)));
+            let mut why = failure(vm, "fetch the memory of", &images.join(LAZY_LOG));
+            if let MigrateError::Criu { errors, .. } = &mut why {
+                errors.retain(|e| e != SAID_NOTHING);
+                errors.insert(
+                    0,
+                    format!(
+                        "`criu lazy-pages` did not say it listens within {} s",
+                        patience.as_secs()
+                    ),
+                );
+            }
+            return Err(why);
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
@@ -869,7 +922,7 @@ pub fn failure(vm: &str, action: &'static str, log: &Path) -> MigrateError {
         errors.insert(0, hint.to_owned());
     }
     if errors.is_empty() {
-        errors.push("it exited without saying why".into());
+        errors.push(SAID_NOTHING.into());
     }
     MigrateError::Criu {
         vm: vm.to_owned(),
@@ -878,6 +931,9 @@ pub fn failure(vm: &str, action: &'static str, log: &Path) -> MigrateError {
         log: log.to_path_buf(),
     }
 }
+
+/// [`failure`]'s words for a log without an error line.
+const SAID_NOTHING: &str = "it exited without saying why";
 
 /// What some of CRIU's errors mean for a feather VM, in its user's words.
 fn hint(error: &str) -> Option<&'static str> {

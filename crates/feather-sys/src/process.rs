@@ -430,6 +430,16 @@ pub fn pass_only(command: &mut std::process::Command, given: &[BorrowedFd]) {
     raw::pass_only_on_exec(command, given.iter().map(AsRawFd::as_raw_fd).collect());
 }
 
+/// Makes the program `command` starts end (SIGKILL) when the thread calling `spawn` ends, the
+/// whole process killed (SIGKILL) included, for a helper that is of no use once its starter is
+/// gone and would otherwise live on, adopted by the machine's reaper. The kernel ties the signal
+/// to the *thread* that forks, not to its process: the caller starts such a helper from a
+/// thread that lives as long as the helper is wanted (a process's main thread), never from a
+/// short-lived one, whose end would end the helper at once.
+pub fn end_with_starting_thread(command: &mut std::process::Command) {
+    raw::end_with_starting_thread_on_exec(command);
+}
+
 /// Starts `command`, a feather program that closes at its own start every descriptor it was
 /// not named (feather-keeper's keeper and finisher), handing it `given`: their close-on-exec is
 /// cleared for the start only. No hook runs between fork and exec, so the standard library

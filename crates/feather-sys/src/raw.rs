@@ -1128,6 +1128,33 @@ pub fn pass_only_on_exec(command: &mut std::process::Command, given: Vec<RawFd>)
     }
 }
 
+/// Makes the program `command` starts get SIGKILL when the thread that starts it ends: between
+/// fork and exec the child sets its parent death signal, then checks that its parent is still
+/// the process that forked it (getppid names the process, not the thread). The kernel sends that signal when the forking *thread* exits
+/// (the whole process killed included), and only if it was set before: a parent that ended
+/// between the fork and the setting left the child to a reaper, and the child then ends itself
+/// rather than run the program unowned. An exec keeps the signal unless it changes the
+/// credentials (a set-user-ID program, or file capabilities beyond the caller's).
+pub fn end_with_starting_thread_on_exec(command: &mut std::process::Command) {
+    use std::os::unix::process::CommandExt;
+    // The pid the child's parent has, read in the parent before the fork (a thread's parent
+    // is its process, as getppid() says).
+    let parent = std::process::id() as libc::pid_t;
+    let hook = move || -> std::io::Result<()> {
+        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+        if nix::unistd::getppid().as_raw() != parent {
+            return Err(std::io::Error::from(Errno::ESRCH));
+        }
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child of a possibly multi-threaded process before
+    // exec: it makes only async-signal-safe system calls (prctl, getppid), allocates nothing
+    // (an Errno converts to an io::Error without allocating), and takes no lock.
+    unsafe {
+        command.pre_exec(hook);
+    }
+}
+
 /// `setdomainname(name, len)`: the NIS domain name of the caller's UTS namespace.
 pub fn set_domain_name(name: &[u8]) -> Result<(), Errno> {
     // SAFETY: `name` is a live slice for the call and its exact length is passed; the kernel

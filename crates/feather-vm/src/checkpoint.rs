@@ -26,6 +26,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use feather_core::atomic::Durability;
+use feather_core::error::causes;
 use feather_core::error::IoContext;
 use feather_core::{trace, Error, StateRoot, VmName, VmStatus};
 use feather_migrate::archive;
@@ -301,13 +302,28 @@ pub(crate) struct LazyCheckpoint {
     _op: std::fs::File,
 }
 
+/// For tests only: set (to anything), [`checkpoint_lazy`] fails right after the keeper said
+/// `Dumped`, where the checkpoint's subnet is recorded (as a full disk would make it), so that a
+/// test sees what a failure between the dump and the page transfer leaves. Unset (always,
+/// outside tests), nothing fails.
+pub const FAIL_AFTER_DUMPED: &str = "FEATHER_TEST_FAIL_AFTER_DUMPED";
+
 /// Post-copy: dumps the running VM `name` but its memory, which CRIU serves at `at`; returns
-/// once the rest is in the checkpoint folder. If this fails the VM runs on.
+/// once the rest is in the checkpoint folder, with the connection to CRIU's page server that
+/// `connect` made once it listened. If this fails the VM runs on, and the error is CRIU's own
+/// (or, after the dump, [`VmError::MigrationFailed`]).
+///
+/// From the dump on, CRIU's page server waits in `accept`, the VM's processes seized, until a
+/// page transfer ends: `connect` comes first, so that whatever fails after it ends that
+/// transfer ([`LazyCheckpoint::resume`]) and CRIU lets the processes go on. A failure that
+/// returned before it (the subnet's record on a full disk) left the VM seized and its keeper
+/// in CRIU's `accept` for good.
 pub(crate) fn checkpoint_lazy(
     root: &StateRoot,
     name: &VmName,
     at: &feather_migrate::criu::PageServer,
-) -> Result<LazyCheckpoint> {
+    connect: impl FnOnce() -> std::io::Result<std::net::TcpStream>,
+) -> Result<(LazyCheckpoint, std::net::TcpStream)> {
     let vm = root.open(name)?;
     let op = vm.lock_operations()?;
     let config = checkpointable(&vm, name)?;
@@ -337,15 +353,78 @@ pub(crate) fn checkpoint_lazy(
             })
         }
     }
-    record_subnet(root, &vm, &config)?;
-    Ok(LazyCheckpoint {
-        vm,
+    let lazy = LazyCheckpoint {
+        vm: vm.clone(),
         keeper,
         _op: op,
-    })
+    };
+    let page_server = match connect() {
+        Ok(page_server) => page_server,
+        // Nothing reached the page server, so nothing can make its transfer fail: said so.
+        Err(e) => {
+            return Err(failed(
+                name,
+                format!(
+                    "cannot reach its page server ({e}); CRIU, in its keeper, holds its \
+                     processes seized while that server waits for a connection"
+                ),
+            ))
+        }
+    };
+    let recorded = match std::env::var_os(FAIL_AFTER_DUMPED) {
+        Some(_) => Err(failed(name, format!("{FAIL_AFTER_DUMPED} is set (a test)"))),
+        None => record_subnet(root, &vm, &config),
+    };
+    match recorded {
+        Ok(()) => Ok((lazy, page_server)),
+        // As after any failure before the release (`migration::post_copy`): frozen until the
+        // keeper has taken the processes' TCP connections out of CRIU's repair mode.
+        Err(e) => {
+            let frozen = crate::vm_group::cgroup_path(&config).freeze(Duration::from_secs(10));
+            feather_migrate::pages::abort(&page_server);
+            let e = lazy.resume(e);
+            drop(frozen);
+            Err(e)
+        }
+    }
 }
 
 impl LazyCheckpoint {
+    /// After a failure `e` before the receiver ran the VM, the page transfer made to fail
+    /// (`feather_migrate::pages::abort`, by the caller): waits for CRIU to let the VM's
+    /// processes here go on, and says what became of them.
+    pub(crate) fn resume(self, e: VmError) -> VmError {
+        let name = self.vm.name().to_string();
+        match self.finish() {
+            // The page transfer failed, as asked: CRIU let the processes go on.
+            Err(VmError::Keeper(_)) => VmError::MigrationFailed {
+                vm: name,
+                source: Box::new(e),
+            },
+            // CRIU took the transfer for finished and ended them (what the relay holding back
+            // the receiver's end prevents); their memory was in CRIU's page server only.
+            Ok(()) => failed(
+                &name,
+                format!(
+                    "migration failed ({}), and the VM is lost: CRIU ended its processes here \
+                     as if the receiver had taken it, and its checkpoint here lacks its memory \
+                     (a post-copy dump leaves that to the page server), so it cannot be \
+                     restored; `feather rm {name}` removes what is left",
+                    causes(&e)
+                ),
+            ),
+            Err(unknown) => failed(
+                &name,
+                format!(
+                    "migration failed ({}), and whether the VM runs here again is not known: \
+                     its keeper did not say ({}); `feather ls` shows it running if it does",
+                    causes(&e),
+                    causes(&unknown)
+                ),
+            ),
+        }
+    }
+
     /// Waits until the page server has served every page and the VM's processes here have
     /// ended (`Ok`), or the fetching failed (`Err`; CRIU then lets the processes here go on,
     /// unless they were ended or are frozen).

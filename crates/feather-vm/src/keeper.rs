@@ -188,8 +188,15 @@ pub const HOLD_BEFORE_BEGIN: &str = "FEATHER_TEST_HOLD_BEFORE_BEGIN";
 /// the VM's layer), so that a test sees what waits for the keeper's end. Unset, nothing waits.
 pub const HOLD_AFTER_STOP_ANSWER: &str = "FEATHER_TEST_HOLD_AFTER_STOP_ANSWER";
 
+/// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a keeper waits for once
+/// asked for a checkpoint, before it dumps the VM, so that a test acts between the asker's
+/// request (for post-copy, with the port CRIU's page server is to listen on) and CRIU's dump.
+/// Unset, nothing waits.
+pub const HOLD_BEFORE_DUMP: &str = "FEATHER_TEST_HOLD_BEFORE_DUMP";
+
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
-/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`]), if it is set.
+/// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
+/// [`HOLD_BEFORE_DUMP`]), if it is set.
 fn held_by_test(variable: &str) {
     let Some(path) = std::env::var_os(variable) else {
         return;
@@ -1020,6 +1027,7 @@ impl Keeper {
         lazy: Option<feather_migrate::criu::PageServer>,
         held: Option<moment::Held>,
     ) -> Answered {
+        held_by_test(HOLD_BEFORE_DUMP);
         // CRIU seizes the tasks frozen (none forks out of its reach), and leaves a held VM
         // frozen. Not for post-copy: the migration freezes the VM itself while CRIU still
         // serves its pages, and CRIU's thaw at the end must not undo that.
@@ -1062,6 +1070,13 @@ impl Keeper {
                 .map(|switch| std::thread::spawn(move || switch.hold(true))),
         );
         let locked = std::cell::Cell::new(early_lock.borrow().is_some());
+        // Post-copy: the VM frozen from CRIU's `post-dump` (its tasks seized by then) until the
+        // dump has ended. A page server that fails (it cannot listen, or its transfer failed
+        // before the release) has CRIU let the tasks go with their TCP connections still in
+        // repair mode, where a restarted `recv` fails (EPERM): they run only once the keeper
+        // has taken them out of it, below. The asker's own freeze takes over once it heard
+        // `Dumped` (see `migration::post_copy`); one that never heard it never froze the VM.
+        let mut seized_frozen = None;
         let dumped = snapshot::dump(
             &self.vm,
             self.init.pid,
@@ -1072,13 +1087,30 @@ impl Keeper {
             freezer.as_deref(),
             &netns,
             &mut |note| match note {
-                // Post-copy: the asker sends the images while CRIU serves the memory.
                 DumpNote::Images => {
                     trace::phase("checkpoint: CRIU dumped all but the memory");
-                    if lazy.is_some() {
-                        let _ = protocol::write_response(stream, &Response::Dumped);
+                    if let Some(cgroup) = self.cgroup.as_ref().filter(|_| lazy.is_some()) {
+                        match cgroup.freeze(std::time::Duration::from_secs(10)) {
+                            Ok(frozen) => seized_frozen = Some(frozen),
+                            Err(e) => eprintln!(
+                                "feather keeper {}: cannot freeze the VM behind CRIU: {e}",
+                                self.vm.name()
+                            ),
+                        }
+                        trace::phase("checkpoint: frozen behind CRIU");
                     }
                     true
+                }
+                // Post-copy: the asker sends the images while CRIU serves the memory. Told
+                // once the page server listens, not at `Images`: a page server that cannot
+                // listen fails the dump after `Images`, and the clean-up of a failed dump
+                // (`snapshot::dump`) would empty the folder under an asker already writing
+                // into it, whose error would then hide CRIU's.
+                // An asker that cannot hear it (gone) would never connect: CRIU's page server
+                // would wait in `accept` for good, the VM seized. Refused, the dump fails.
+                DumpNote::PageServer => {
+                    trace::phase("checkpoint: CRIU's page server listens");
+                    lazy.is_none() || protocol::write_response(stream, &Response::Dumped).is_ok()
                 }
                 DumpNote::NetworkLock if lockable => {
                     locked.set(true);
@@ -1124,6 +1156,7 @@ impl Keeper {
         }
         // Thawed: the processes of a VM left running go on; the others were ended by CRIU.
         drop(frozen);
+        drop(seized_frozen);
         trace::phase("checkpoint: CRIU dumped");
         match dumped {
             Ok(()) => match decide::after_dump(leave_running) {

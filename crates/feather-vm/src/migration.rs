@@ -434,7 +434,8 @@ fn post_copy(
     // CRIU's page server listens in the keeper's network namespace, reached only by the relay.
     let at = feather_migrate::criu::PageServer {
         address: "127.0.0.1".into(),
-        port: free_port().map_err(|e| failed(name, format!("no port for its pages: {e}")))?,
+        port: free_port_in_netns_of(keeper)
+            .map_err(|e| failed(name, format!("no port for its pages: {e}")))?,
     };
     let mut channel = Some(accepted.pages_channel());
     let progress = RefCell::new(progress);
@@ -452,13 +453,14 @@ fn post_copy(
         )));
         // A failed dump leaves the VM running here (CRIU resumes it).
         trace::phase("migrate: pre-copy of the layers");
-        let dump = checkpoint_lazy(root, name, &at).and_then(|checkpoint| {
-            dumped.set(Some(Instant::now()));
-            trace::phase("migrate: dump but the memory (frozen)");
-            lazy = Some(checkpoint);
-            connect_in_netns_of(keeper, at.port)
-                .map_err(|e| failed(name, format!("cannot reach its page server: {e}")))
-        });
+        let dump = checkpoint_lazy(root, name, &at, || connect_in_netns_of(keeper, at.port)).map(
+            |(checkpoint, page_server)| {
+                dumped.set(Some(Instant::now()));
+                trace::phase("migrate: dump but the memory (frozen)");
+                lazy = Some(checkpoint);
+                page_server
+            },
+        );
         match dump {
             Ok(page_server) => {
                 page_stream = page_server.try_clone().ok();
@@ -485,7 +487,7 @@ fn post_copy(
         // them in (see `tcp_repair`).
         (Err(e), Some(lazy)) => {
             let frozen_here = cgroup.freeze(Duration::from_secs(10));
-            let outcome = resume_here(name, lazy, relaying, dump_error.unwrap_or(e));
+            let outcome = resume_here(lazy, relaying, dump_error.unwrap_or(e));
             drop(frozen_here);
             return outcome;
         }
@@ -507,7 +509,7 @@ fn post_copy(
                 name,
                 format!("cannot freeze it here before letting it go: {e}"),
             );
-            return resume_here(name, lazy, relaying, e);
+            return resume_here(lazy, relaying, e);
         }
     };
     let marker = vm.checkpoint_dir().join(RELEASED_TO);
@@ -562,7 +564,7 @@ fn post_copy(
             let e = failed(name, format!("{to} could not run it: {why}"));
             // The receiver discarded its copy; CRIU lets the processes go on once its page
             // transfer fails, and they thaw once it has.
-            let outcome = resume_here(name, lazy, relaying, e);
+            let outcome = resume_here(lazy, relaying, e);
             drop(frozen_here);
             outcome
         }
@@ -625,35 +627,64 @@ fn serve_pages(
     })
 }
 
-/// A port free on 127.0.0.1 here, for CRIU's page server.
-fn free_port() -> std::io::Result<u16> {
-    Ok(
-        std::net::TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port(),
-    )
+/// A port free on every address of the network namespace of process `pid` (the keeper's),
+/// for CRIU's page server, which listens on all of them there (see
+/// feather_migrate::criu::PageServer). A port free on one address only may be another's on
+/// another address (a bind to 127.0.0.1:0 here once returned the port of this migration's own
+/// relay, listening on the address towards the receiver): CRIU then cannot listen, and the
+/// dump fails.
+fn free_port_in_netns_of(pid: i32) -> std::io::Result<u16> {
+    in_netns_of(pid, || {
+        std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?
+            .local_addr()
+            .map(|a| a.port())
+    })
 }
 
 /// Connects to 127.0.0.1:`port` in the network namespace of process `pid` (the keeper's: where
-/// its criu's page server listens), from a thread that enters it; the socket stays there.
-/// CRIU listens only once it has been told the images are written, just after it said so.
+/// its criu's page server listens, as it has said by then); the socket stays there.
+///
+/// A refused connection is tried again for up to [`PAGE_SERVER_LISTENS`]: a keeper of an older
+/// build (the protocol's version is the same) says `Dumped` when CRIU's images are written,
+/// before its page server listens. Anything else fails at once.
 fn connect_in_netns_of(pid: i32, port: u16) -> std::io::Result<std::net::TcpStream> {
+    in_netns_of(pid, || {
+        let started = Instant::now();
+        loop {
+            match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && started.elapsed() < PAGE_SERVER_LISTENS =>
+                {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                connected => return connected,
+            }
+        }
+    })
+}
+
+/// How long [`connect_in_netns_of`] waits for an older keeper's CRIU to listen.
+const PAGE_SERVER_LISTENS: Duration = Duration::from_secs(2);
+
+/// Runs `work` on a thread that enters the network namespace of process `pid`.
+fn in_netns_of<T: Send>(
+    pid: i32,
+    work: impl FnOnce() -> std::io::Result<T> + Send,
+) -> std::io::Result<T> {
     let netns = fs::File::open(format!("/proc/{pid}/ns/net"))?;
     std::thread::scope(|scope| {
         scope
             .spawn(|| {
                 nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
-                        Ok(stream) => return Ok(stream),
-                        Err(e) if Instant::now() >= deadline => return Err(e),
-                        Err(_) => std::thread::sleep(Duration::from_millis(2)),
-                    }
-                }
+                work()
             })
             .join()
-            .unwrap_or_else(|_| Err(std::io::Error::other("the connecting thread panicked")))
+            .unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "the thread in its namespace panicked",
+                ))
+            })
     })
 }
 
@@ -661,43 +692,15 @@ fn connect_in_netns_of(pid: i32, port: u16) -> std::io::Result<std::net::TcpStre
 /// server fail, whereupon CRIU lets the VM's processes here go on, and says what became of
 /// them.
 fn resume_here(
-    name: &VmName,
     lazy: crate::checkpoint::LazyCheckpoint,
     relaying: Option<feather_migrate::pages::Relaying>,
     e: VmError,
 ) -> Result<Migrated> {
-    // Without a relay, nothing ever connected to the page server.
+    // The relay holds the page server's only connection, made with the checkpoint.
     if let Some(relaying) = relaying {
         relaying.refuse();
     }
-    match lazy.finish() {
-        // The page transfer failed, as asked: CRIU let the processes go on.
-        Err(VmError::Keeper(_)) => Err(VmError::MigrationFailed {
-            vm: name.to_string(),
-            source: Box::new(e),
-        }),
-        // CRIU took the transfer for finished and ended them (what the relay holding back the
-        // receiver's end prevents); their memory was in CRIU's page server only.
-        Ok(()) => Err(failed(
-            name,
-            format!(
-                "migration failed ({}), and the VM is lost: CRIU ended its processes here as \
-                 if the receiver had taken it, and its checkpoint here lacks its memory (a \
-                 post-copy dump leaves that to the page server), so it cannot be restored; \
-                 `feather rm {name}` removes what is left",
-                causes(&e)
-            ),
-        )),
-        Err(unknown) => Err(failed(
-            name,
-            format!(
-                "migration failed ({}), and whether the VM runs here again is not known: its \
-                 keeper did not say ({}); `feather ls` shows it running if it does",
-                causes(&e),
-                causes(&unknown)
-            ),
-        )),
-    }
+    Err(lazy.resume(e))
 }
 
 /// After a failed migration: brings the VM back here.
@@ -905,17 +908,20 @@ fn fetch_pages(
         port: local,
     };
     // Not awaited here: the restoring keeper prepares while it starts, and waits for it only
-    // before CRIU's restore (snapshot::restore_tree).
-    let daemon = criu.lazy_pages(&images, &local).in_vm(name)?;
+    // before CRIU's restore (snapshot::restore_tree). Started from serve's main thread (as all
+    // of `receive`), whose end ends it: were serve killed before the restore connected, it
+    // would wait for good (docs/migration.md, "Post-copy").
+    let pages = Pages {
+        daemon: criu.lazy_pages(&images, &local).in_vm(name)?,
+        vm: vm.clone(),
+    };
+    // A failure here drops `pages`, which ends the daemon.
     feather_core::atomic::write_atomic(
         &images.join(crate::images::LAZY),
         format!("{}:{}", from.address, from.port).as_bytes(),
         Durability::Durable,
     )?;
-    Ok(Pages {
-        daemon,
-        vm: vm.clone(),
-    })
+    Ok(pages)
 }
 
 impl Drop for Pages {
@@ -937,6 +943,7 @@ impl Pages {
         let images = self.vm.checkpoint_dir();
         let status = self.daemon.wait();
         let _ = fs::remove_file(images.join(crate::images::LAZY));
+        let _ = fs::remove_file(images.join(feather_migrate::criu::LAZY_STATUS));
         if status.is_ok_and(|s| s.success()) {
             return Ok(());
         }

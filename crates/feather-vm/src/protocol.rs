@@ -21,8 +21,9 @@ pub enum Request {
     /// `criu`: the CRIU the asker found and checked (the keeper's own environment, from when the
     /// VM started, may name another).
     /// `lazy`: post-copy, the VM's memory is kept back and served there once the rest is
-    /// dumped; the keeper answers [`Response::Dumped`] then, and the final answer once every
-    /// page was fetched (or the fetching failed).
+    /// dumped; the keeper answers [`Response::Dumped`] once CRIU's page server listens there
+    /// (its `status-ready`: the images are written and the keeper took them), and the final
+    /// answer once every page was fetched (or the fetching failed).
     /// `hold_frozen` (with `leave_running`): the VM is frozen before the dump and stays frozen
     /// after the answer, until the asker closes its end of the connection (it has copied the
     /// VM's layers, or it died) or the keeper's limit passes; then [`Response::Thawed`].
@@ -66,7 +67,8 @@ pub enum Response {
     Checkpointed {
         leave_running: bool,
     },
-    /// A lazy dump's images are written; its page server serves the memory from now on.
+    /// A lazy dump's images are written and its page server listens: it serves the memory
+    /// from now on.
     Dumped,
     /// A checkpoint's freeze (`hold_frozen`) is over: the VM ran not at all for `frozen_ms`.
     Thawed {

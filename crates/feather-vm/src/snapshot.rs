@@ -201,6 +201,8 @@ pub(crate) fn dump(
         name,
         format!("write {}", images.join(images::FORMAT).display()),
     ))?;
+    // Why the keeper refused the images at CRIU's `post-dump`, if it did.
+    let mut refused = None;
     let dumped = criu.dump(
         &Dump {
             vm: name.as_str(),
@@ -224,18 +226,26 @@ pub(crate) fn dump(
                 feather_core::trace::phase("checkpoint: the units' groups saved");
                 let written = serde_json::to_vec_pretty(&layers)
                     .map_err(encode(name, LAYERS))
-                    .and_then(|list| {
-                        feather_core::atomic::write_atomic(
+                    .and_then(|list| match std::env::var_os(FAIL_LAYERS) {
+                        Some(_) => Err(failed(name, format!("{FAIL_LAYERS} is set (a test)"))),
+                        None => feather_core::atomic::write_atomic(
                             &images.join(LAYERS),
                             &list,
                             Durability::Durable,
                         )
-                        .in_vm(name)
+                        .in_vm(name),
                     });
                 if let Err(e) = written {
                     eprintln!("feather keeper {name}: {}", feather_core::error::causes(&e));
+                    refused = Some(e);
                     return false;
                 }
+            }
+            // A refused `post-dump` only marks CRIU's dump failed: a lazy one still starts its
+            // page server, whose `status-ready` would have the asker send images without
+            // `layers.json`. Refused too, it fails the dump before the asker hears of it.
+            if note == DumpNote::PageServer && refused.is_some() {
+                return false;
             }
             on_note(note)
         },
@@ -249,10 +259,17 @@ pub(crate) fn dump(
                 }
             }
         }
-        return Err(e.into());
+        // The keeper's own refusal says why, where CRIU's words would only say that it was.
+        return Err(refused.unwrap_or_else(|| e.into()));
     }
     Ok(())
 }
+
+/// For tests only: set (to anything) in a keeper's environment, the dump's [`LAYERS`] cannot be
+/// written (as on a full disk), so that a test sees what the keeper's refusal of the images at
+/// CRIU's `post-dump` leaves. Read at that one spot; unset (always, outside tests), nothing
+/// fails.
+pub const FAIL_LAYERS: &str = "FEATHER_TEST_FAIL_LAYERS";
 
 /// The mounts `picked` chooses, in order, as external mounts of the dump keyed
 /// `feather-<kind>-<n>`, each made what it is by `what`.
