@@ -578,6 +578,14 @@ pub struct Frozen {
     dir: PathBuf,
 }
 
+impl Frozen {
+    /// Leaves the group frozen: another holder of the freeze thaws it (`cgroup.freeze` is one
+    /// bit, not a count of holders), or its processes are ended frozen.
+    pub fn keep(self) {
+        std::mem::forget(self);
+    }
+}
+
 impl Drop for Frozen {
     fn drop(&mut self) {
         let _ = write(&self.dir.join("cgroup.freeze"), "0");

@@ -206,6 +206,25 @@ fn held_by_test(variable: &str) {
     }
 }
 
+/// Whether the asker of a post-copy checkpoint is gone (its end of `stream` hung up) without
+/// having released the VM to its receiver (no `released-to` marker in the images folder).
+fn asker_gone_unreleased(stream: &UnixStream, vm: &VmDir) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    // A peer that closed its end leaves this one fully shut down: POLLHUP, reported whatever
+    // the events asked for.
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    let hung_up = poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP));
+    hung_up
+        && !vm
+            .checkpoint_dir()
+            .join(crate::images::RELEASED_TO)
+            .exists()
+}
+
 /// Whether a keeper leaves the slow end of its VM's teardown to a finisher process of its own
 /// (see [`Keeper::hand_off`]): a throw-away VM run in the foreground, without a disk image
 /// (whose release must come before the exit status).
@@ -1077,6 +1096,9 @@ impl Keeper {
         // has taken them out of it, below. The asker's own freeze takes over once it heard
         // `Dumped` (see `migration::post_copy`); one that never heard it never froze the VM.
         let mut seized_frozen = None;
+        // Whether the asker heard `Dumped`: from then on the VM may be released to the
+        // receiver, and the asker's own freeze, not this one, decides when it runs here.
+        let told = std::cell::Cell::new(false);
         let dumped = snapshot::dump(
             &self.vm,
             self.init.pid,
@@ -1110,7 +1132,11 @@ impl Keeper {
                 // would wait in `accept` for good, the VM seized. Refused, the dump fails.
                 DumpNote::PageServer => {
                     trace::phase("checkpoint: CRIU's page server listens");
-                    lazy.is_none() || protocol::write_response(stream, &Response::Dumped).is_ok()
+                    if lazy.is_none() {
+                        return true;
+                    }
+                    told.set(protocol::write_response(stream, &Response::Dumped).is_ok());
+                    told.get()
                 }
                 DumpNote::NetworkLock if lockable => {
                     locked.set(true);
@@ -1156,7 +1182,16 @@ impl Keeper {
         }
         // Thawed: the processes of a VM left running go on; the others were ended by CRIU.
         drop(frozen);
-        drop(seized_frozen);
+        // Post-copy: once the asker heard `Dumped` it froze the VM itself and may have released
+        // it to the receiver, where it runs; a dump that failed after that (the receiver's
+        // stream broke, the asker killed mid-transfer) must not let it run here too: the freeze
+        // stays, and the asker thaws the VM or ends it. Only an asker gone before any release
+        // leaves the thaw to this process.
+        if let Some(seized) = seized_frozen {
+            if told.get() && !asker_gone_unreleased(stream, &self.vm) {
+                seized.keep();
+            }
+        }
         trace::phase("checkpoint: CRIU dumped");
         match dumped {
             Ok(()) => match decide::after_dump(leave_running) {
