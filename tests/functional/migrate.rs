@@ -2365,6 +2365,141 @@ fn a_sender_killed_during_post_copy_loses_the_vm_and_the_receiver_ends_its_copy(
     });
 }
 
+/// The children of every thread of `pid` (a keeper dumps from a thread of its own).
+fn children_of_threads(pid: u32) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|tasks| {
+            tasks
+                .flatten()
+                .flat_map(|task| std::fs::read_to_string(task.path().join("children")))
+                .flat_map(|line| {
+                    line.split_whitespace()
+                        .filter_map(|p| p.parse().ok())
+                        .collect::<Vec<u32>>()
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A post-copy dump that fails after the sender let the VM go, while the receiver already runs
+/// it (`feather serve` held between its resume of the VM and its answer, the sender's `criu
+/// swrk` killed): CRIU's end lets the processes go on at the source, where only the freeze
+/// keeps them. The keeper froze the VM at CRIU's `post-dump` too and, as `cgroup.freeze` is one
+/// bit, thawed it after every failed lazy dump, undoing `migrate`'s freeze: the VM ran at both
+/// hosts. The keeper leaves the freeze once `migrate` heard `Dumped` (unless `migrate` is gone
+/// before any release); `migrate` then hears that the VM runs there, ends its processes here,
+/// and says the VM is lost, as its memory cannot follow.
+#[test]
+fn a_post_copy_dump_failing_after_the_release_leaves_the_vm_frozen_at_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-split"), Feather::new("mig-split-dst"));
+    let base = ScratchBase::new("mig-split");
+    source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    // The keeper's phases go to its keeper.log.
+    let started = source
+        .command()
+        .env("FEATHER_TRACE", "phases")
+        .args(["start", "vm"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    start_counting(&source, "vm");
+    let keeper = source.inspect("vm")["state"]["keeper_pid"]
+        .as_u64()
+        .unwrap() as u32;
+    let cgroup = source
+        .cgroup_dirs("vm")
+        .into_iter()
+        .find(|dir| dir.join("cgroup.freeze").exists())
+        .expect("the VM has a cgroup on the v2 hierarchy");
+    let log = source.vm_dir("vm").join("keeper.log");
+    let hold = crate::support::RecordHold::after_resume("mig-split");
+    let (variable, value) = hold.env();
+    let _server = Server::accepting(
+        &hosts,
+        &target,
+        &[(variable, value.to_str().unwrap())],
+        &["--base", base.as_str()],
+    );
+    let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    target.eventually_within(
+        "the receiver waits after resuming the VM",
+        std::time::Duration::from_secs(60),
+        || hold.awaited(),
+    );
+    assert_eq!(target.status("vm"), "running");
+    let freeze = || std::fs::read_to_string(cgroup.join("cgroup.freeze")).unwrap();
+    assert_eq!(
+        freeze().trim(),
+        "1",
+        "migrate froze the VM before its release"
+    );
+    // The sender waits for the receiver's answer, its VM frozen, its CRIU serving the pages:
+    // the keeper's child outside the VM's cgroup (CRIU overwrites its command line).
+    let members = std::fs::read_to_string(cgroup.join("cgroup.procs")).unwrap();
+    let members: Vec<u32> = members.lines().filter_map(|p| p.parse().ok()).collect();
+    let dumping: Vec<Named> = children_of_threads(keeper)
+        .into_iter()
+        .filter(|pid| !members.contains(pid))
+        .filter_map(Named::at)
+        .collect();
+    assert_eq!(dumping.len(), 1, "one CRIU dumps the VM: {dumping:?}");
+    let criu = dumping[0];
+    let killed = Command::new("kill")
+        .args(["-9", &criu.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    // The keeper says so (FEATHER_TRACE) once it has decided about its freeze.
+    source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || {
+            std::fs::read_to_string(&log).is_ok_and(|log| {
+                // "… CRIU dumped 1.234 ms", not "… CRIU dumped all but …".
+                log.lines().any(|line| {
+                    line.strip_prefix("feather-trace: checkpoint: CRIU dumped ")
+                        .is_some_and(|took| took.split_whitespace().count() == 2)
+                })
+            })
+        },
+    );
+    assert!(criu.ended());
+    assert_eq!(
+        freeze().trim(),
+        "1",
+        "the VM, running at the receiver, must stay frozen at the source"
+    );
+    assert!(
+        std::fs::read_to_string(cgroup.join("cgroup.events"))
+            .unwrap()
+            .lines()
+            .any(|line| line == "frozen 1"),
+        "its processes do not run at the source"
+    );
+
+    drop(hold);
+    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    assert_ne!(failed.code, 0, "{}", failed.stderr);
+    assert!(
+        failed.stderr.contains("the VM is lost"),
+        "{}",
+        failed.stderr
+    );
+    // Nothing of it runs at the source: migrate ended its processes.
+    source.eventually("no process of the VM left at the source", || {
+        !cgroup.exists() || crate::support::cgroup_is_empty(&cgroup)
+    });
+    source.eventually("never running twice: not at the source either", || {
+        source.status("vm") != "running"
+    });
+}
+
 /// A man in the middle between the hosts that alters one byte of the stream from sender to
 /// receiver (in the VM's archive, past the handshake and the offer): TLS refuses the record
 /// it is in before any of it is used, the migration fails naming it, the VM runs on at the

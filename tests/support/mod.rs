@@ -792,6 +792,13 @@ impl RecordHold {
         Self::at(label, feather_vm::keeper::HOLD_BEFORE_DUMP)
     }
 
+    /// A hold on `feather serve` once it has resumed a VM the sender let go, before it tells
+    /// the sender that the VM runs there (`feather_vm::keeper::HOLD_AFTER_RESUME`; given to
+    /// the serve).
+    pub fn after_resume(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_AFTER_RESUME)
+    }
+
     fn at(label: &str, variable: &'static str) -> Self {
         let dir = ScratchDir::new(label);
         let lock = fs::File::create(dir.path.join("hold")).unwrap();

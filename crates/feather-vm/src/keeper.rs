@@ -194,10 +194,17 @@ pub const HOLD_AFTER_STOP_ANSWER: &str = "FEATHER_TEST_HOLD_AFTER_STOP_ANSWER";
 /// Unset, nothing waits.
 pub const HOLD_BEFORE_DUMP: &str = "FEATHER_TEST_HOLD_BEFORE_DUMP";
 
+/// For tests only, as [`HOLD_RUNNING_RECORD`], but waited for by `feather serve` (the receiver
+/// of a migration), not a keeper: the file whose lock it waits for once it has resumed a VM
+/// the sender let go, before it tells the sender that the VM runs here, so that a test acts
+/// while the VM runs at the receiver and, post-copy, the sender still holds it frozen and its
+/// CRIU still serves the pages. Unset, nothing waits.
+pub const HOLD_AFTER_RESUME: &str = "FEATHER_TEST_HOLD_AFTER_RESUME";
+
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_BEFORE_DUMP`]), if it is set.
-fn held_by_test(variable: &str) {
+/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`]), if it is set.
+pub(crate) fn held_by_test(variable: &str) {
     let Some(path) = std::env::var_os(variable) else {
         return;
     };

@@ -852,6 +852,8 @@ fn receive(
         trace::phase("serve: released by the sender");
         resume(&vm)?;
         trace::phase("serve: resumed");
+        // Tests only: the VM runs here, the sender has not heard it yet.
+        crate::keeper::held_by_test(crate::keeper::HOLD_AFTER_RESUME);
         Ok(pages)
     })();
     let restored = match restored {
