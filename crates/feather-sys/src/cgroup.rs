@@ -556,6 +556,21 @@ impl Cgroup {
         }
     }
 
+    /// Thaws the group if it is frozen (its v2 `cgroup.freeze` is 1), as a process that died
+    /// during a freeze leaves it; whether it was. A group without the file (no v2 hierarchy, a
+    /// kernel without the v2 freezer, no group) cannot have been frozen by [`Cgroup::freeze`].
+    pub fn thaw_left(&self) -> Result<bool> {
+        let Some(file) = self.v2_dir().map(|dir| dir.join("cgroup.freeze")) else {
+            return Ok(false);
+        };
+        match fs::read_to_string(&file) {
+            Ok(state) if state.trim() == "0" => Ok(false),
+            Ok(_) => write(&file, "0").map(|()| true),
+            Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e).ctx("read", file.display()),
+        }
+    }
+
     /// Bytes of memory the group uses now, from the kernel's accounting.
     pub fn memory_usage(&self) -> Option<u64> {
         let (version, mount) = self.hierarchies.locate("memory")?;

@@ -1103,6 +1103,9 @@ impl Keeper {
         // has taken them out of it, below. The asker's own freeze takes over once it heard
         // `Dumped` (see `migration::post_copy`); one that never heard it never froze the VM.
         let mut seized_frozen = None;
+        // Why the keeper refused the images at CRIU's notice, for the answer: CRIU's own error
+        // would only say that the notice failed.
+        let mut unfrozen = None;
         // Whether the asker heard `Dumped`: from then on the VM may be released to the
         // receiver, and the asker's own freeze, not this one, decides when it runs here.
         let told = std::cell::Cell::new(false);
@@ -1121,10 +1124,21 @@ impl Keeper {
                     if let Some(cgroup) = self.cgroup.as_ref().filter(|_| lazy.is_some()) {
                         match cgroup.freeze(std::time::Duration::from_secs(10)) {
                             Ok(frozen) => seized_frozen = Some(frozen),
-                            Err(e) => eprintln!(
-                                "feather keeper {}: cannot freeze the VM behind CRIU: {e}",
-                                self.vm.name()
-                            ),
+                            // Unfrozen, the VM's processes would run from CRIU's release on
+                            // with their TCP sockets in repair mode (the freeze is what holds
+                            // them until the keeper took them out of it): refused, CRIU fails
+                            // the dump and unlocks the network itself before any of them runs.
+                            Err(e) => {
+                                let why = format!(
+                                    "cannot freeze it behind CRIU, so its post-copy dump is \
+                                     refused (its processes would run with their TCP \
+                                     connections in repair mode): {}",
+                                    causes(&e)
+                                );
+                                eprintln!("feather keeper {}: {why}", self.vm.name());
+                                unfrozen = Some(why);
+                                return false;
+                            }
                         }
                         trace::phase("checkpoint: frozen behind CRIU");
                     }
@@ -1160,6 +1174,10 @@ impl Keeper {
                 _ => true,
             },
         );
+        let dumped = match (dumped, unfrozen) {
+            (Err(_), Some(why)) => Err(failed(self.vm.name(), why)),
+            (dumped, _) => dumped,
+        };
         // A post-copy dump whose page transfer failed: CRIU let the processes go on (frozen by
         // the migration) with their TCP connections still in repair mode (see `tcp_repair`).
         if lazy.is_some() && dumped.is_err() {
@@ -1486,6 +1504,14 @@ pub use crate::service_groups::{MAX_CGROUPS, MAX_CGROUP_DEPTH};
 /// charges a group's memory to the memory group of the process that makes it).
 fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName, root: &StateRoot) -> Result<()> {
     cgroup.create(&limits_of(config)).in_vm(name)?;
+    // A group a keeper left frozen (killed between a freeze and its thaw: a migration, a
+    // checkpoint's hold, the post-copy freeze behind CRIU) whose clean-up could not remove it
+    // is made again as it was, `cgroup.freeze` and all: the VM started or restored into it
+    // would stay frozen. No process of the VM is in it yet (a restore's CRIU enters it after
+    // this, and restores a migrated VM stopped, not frozen), so no freeze of another's is lost.
+    if cgroup.thaw_left().in_vm(name)? {
+        eprintln!("feather: VM {name}: its cgroup was left frozen (by a keeper that ended during a freeze); thawed");
+    }
     // Which root's VM the group is, should its folder go without it (see `Cgroup::tag_root`).
     // Bookkeeping only: where `trusted.*` cannot be written (feather without CAP_SYS_ADMIN in
     // the host's user namespace, inside a container, say) the VM starts all the same, and its
@@ -1580,6 +1606,15 @@ fn remove_leftovers_with(
 fn remove_group(cgroup: &Cgroup, vm: &VmName) {
     if !cgroup.exists() {
         return;
+    }
+    // Thawed first: a group a keeper left frozen (killed during a freeze) that stays after
+    // all is not left frozen for the next start or restore, which makes the group again over
+    // it (that start thaws it too, see `make_cgroup`).
+    if let Err(e) = cgroup.thaw_left() {
+        eprintln!(
+            "feather: VM {vm}: its cgroup cannot be thawed: {}",
+            causes(&e)
+        );
     }
     cgroup.kill_all();
     if let Err(e) = cgroup.remove(Duration::from_secs(5)) {

@@ -203,6 +203,7 @@ pub(crate) fn dump(
     ))?;
     // Why the keeper refused the images at CRIU's `post-dump`, if it did.
     let mut refused = None;
+    let mut images_refused = false;
     let dumped = criu.dump(
         &Dump {
             vm: name.as_str(),
@@ -244,10 +245,14 @@ pub(crate) fn dump(
             // A refused `post-dump` only marks CRIU's dump failed: a lazy one still starts its
             // page server, whose `status-ready` would have the asker send images without
             // `layers.json`. Refused too, it fails the dump before the asker hears of it.
-            if note == DumpNote::PageServer && refused.is_some() {
+            // So too after `on_note` refused the images (the keeper could not freeze the VM
+            // behind CRIU, say).
+            if note == DumpNote::PageServer && (refused.is_some() || images_refused) {
                 return false;
             }
-            on_note(note)
+            let heard = on_note(note);
+            images_refused |= note == DumpNote::Images && !heard;
+            heard
         },
     );
     if let Err(e) = dumped {
