@@ -220,8 +220,11 @@ impl Cgroup {
     }
 
     /// Creates the group in every hierarchy and applies `limits`. A limit whose controller the
-    /// machine lacks is an error naming the controller, not a silent no-op.
-    pub fn create(&self, limits: &Limits) -> Result<()> {
+    /// machine lacks is an error naming the controller, not a silent no-op. Says how a new
+    /// process may enter the group's v2 folder ([`V2Entry`]): at its clone only if this call
+    /// made that folder.
+    pub fn create(&self, limits: &Limits) -> Result<V2Entry> {
+        let found = self.v2_dir().is_some_and(|dir| dir.exists());
         for dir in self.dirs() {
             fs::create_dir_all(&dir).ctx("create cgroup", dir.display())?;
         }
@@ -250,7 +253,11 @@ impl Cgroup {
                 None => return Err(missing_controller("cpu")),
             }
         }
-        Ok(())
+        Ok(if found {
+            V2Entry::AfterClone
+        } else {
+            V2Entry::AtClone
+        })
     }
 
     fn write_limit(
@@ -336,8 +343,10 @@ impl Cgroup {
     /// pid (`cgroup.procs`) takes the kernel's global `cgroup_threadgroup_rwsem` for writing,
     /// which waits for an RCU grace period (7 ms measured here, per idle period). The child
     /// starts in the v2 group (`CLONE_INTO_CGROUP`) and moves its one thread into each v1 group
-    /// itself (`0` into `tasks`), which the kernel does without that lock.
-    pub fn entry(&self) -> Result<Entry> {
+    /// itself (`0` into `tasks`), which the kernel does without that lock. Where `v2` says the
+    /// group was not made for this process ([`V2Entry::AfterClone`]), the child moves itself
+    /// into the v2 group too (`0` into `cgroup.procs`), and pays that wait.
+    pub fn entry(&self, v2: V2Entry) -> Result<Entry> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut tasks = Vec::new();
         let mut seen: Vec<PathBuf> = Vec::new();
@@ -355,17 +364,32 @@ impl Cgroup {
             );
             seen.push(dir);
         }
-        let v2 = match self.v2_dir() {
-            Some(dir) => Some(
-                fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECTORY)
-                    .open(&dir)
-                    .ctx("open", dir.display())?,
+        let (folder, procs) = match (self.v2_dir(), v2) {
+            (Some(dir), V2Entry::AtClone) => (
+                Some(
+                    fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECTORY)
+                        .open(&dir)
+                        .ctx("open", dir.display())?,
+                ),
+                None,
             ),
-            None => None,
+            (Some(dir), V2Entry::AfterClone) => {
+                let path = dir.join("cgroup.procs");
+                let procs = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .ctx("open", path.display())?;
+                (None, Some(procs))
+            }
+            (None, _) => (None, None),
         };
-        Ok(Entry { v2, tasks })
+        Ok(Entry {
+            v2: folder,
+            v2_procs: procs,
+            tasks,
+        })
     }
 
     /// Moves `pid` into the group in every hierarchy.
@@ -883,23 +907,50 @@ fn missing_controller(controller: &str) -> SysError {
     }
 }
 
+/// How a new process enters a group's v2 folder (see [`Cgroup::entry`]).
+///
+/// The kernel (6.18 here) kills a child cloned into a v2 group (`CLONE_INTO_CGROUP`) unless
+/// that group has had `cgroup.kill` written to it (or to a group above it) as many times as the
+/// parent's own v2 group: `cgroup_css_set_fork` reads the kill count of the parent's group
+/// where it means the target's, and `cgroup_post_fork` takes any difference for a kill that
+/// raced the fork. A group made anew has a count of 0, as has the group of a parent that was
+/// never killed; a VM's group that stayed after its clean-up wrote `cgroup.kill` (a process
+/// that would not leave) has 1 or more, and every start into it failed ("init did not start:
+/// Broken pipe"). A move by `cgroup.procs` has no such check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum V2Entry {
+    /// Cloned into it: a group made for this process, its kill count 0.
+    AtClone,
+    /// Moved in by the process itself right after its clone: a group found already made,
+    /// which may have been killed before.
+    AfterClone,
+}
+
 /// Open folders and files of one group for a new process to start in it (see
 /// [`Cgroup::entry`]).
 pub struct Entry {
     v2: Option<fs::File>,
+    v2_procs: Option<fs::File>,
     tasks: Vec<fs::File>,
 }
 
 impl Entry {
-    /// The v2 group's folder, for `CLONE_INTO_CGROUP`.
+    /// The v2 group's folder, for `CLONE_INTO_CGROUP`; none where the process moves itself
+    /// into the v2 group after its clone ([`V2Entry::AfterClone`]).
     pub fn v2(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         self.v2.as_ref().map(|dir| dir.as_fd())
     }
 
-    /// In the new process, while it has one thread: moves it into each v1 group.
-    pub fn enter_v1(&self) -> Result<()> {
+    /// In the new process, while it has one thread: moves it into each group it was not
+    /// cloned into (the v2 one after [`V2Entry::AfterClone`], every v1 one).
+    pub fn enter(&self) -> Result<()> {
         use std::io::Write;
+        if let Some(mut procs) = self.v2_procs.as_ref() {
+            procs
+                .write_all(b"0")
+                .ctx("write", "0 to the v2 cgroup's cgroup.procs")?;
+        }
         for mut tasks in &self.tasks {
             tasks
                 .write_all(b"0")
@@ -1127,6 +1178,90 @@ mod tests {
         assert!(!removed_as_made(&occupied));
         assert!(occupied.join("cgroup.procs").exists());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// What became of a process cloned into `group` as [`Cgroup::entry`] with `v2` says, in a
+    /// child of the test's (the test's process has threads of its own; clone3 wants one): 0
+    /// if it lived and found itself in the group's v2 folder, 9 if the kernel killed it at
+    /// birth, 5 if it lived elsewhere, 3 if it could not enter the group.
+    fn fate_of_a_clone_into(group: &Cgroup, v2: V2Entry) -> i32 {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let inside = format!("0::/{}", group.relative.display());
+        // SAFETY: the child runs this test's code only, then ends with `exit_now`; nextest runs
+        // each test in a process of its own, with no other thread holding a lock it would need.
+        let fork = unsafe { nix::unistd::fork() }.unwrap();
+        let nix::unistd::ForkResult::Parent { child } = fork else {
+            let code = (|| {
+                let entry = group.entry(v2).ok()?;
+                let forked =
+                    crate::process::fork_into_cgroup(nix::sched::CloneFlags::empty(), entry.v2())
+                        .ok()?;
+                let crate::process::Forked::Parent(clone) = forked else {
+                    if entry.enter().is_err() {
+                        crate::raw::exit_now(3);
+                    }
+                    let cgroups = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+                    crate::raw::exit_now(if cgroups.lines().any(|l| l == inside) {
+                        0
+                    } else {
+                        5
+                    });
+                };
+                match waitpid(clone.pid, None).ok()? {
+                    WaitStatus::Exited(_, code) => Some(code),
+                    WaitStatus::Signaled(_, signal, _) => Some(signal as i32),
+                    _ => None,
+                }
+            })();
+            crate::raw::exit_now(code.unwrap_or(100));
+        };
+        match waitpid(child, None).unwrap() {
+            WaitStatus::Exited(_, code) => code,
+            other => panic!("the test's child: {other:?}"),
+        }
+    }
+
+    /// Reproduces, on the host's kernel, what failed a VM's start into its group left by a
+    /// clean-up that wrote `cgroup.kill` and could not remove it (6.18.44 here: a child cloned
+    /// into a once-killed v2 group, empty or not, is killed at birth; one that moves itself in
+    /// with `cgroup.procs` lives). A group made anew is entered at the clone, one found made
+    /// after it.
+    #[test]
+    fn a_group_found_made_is_entered_after_the_clone_where_a_kill_cannot_reach_the_child() {
+        let hierarchies = Hierarchies::detect();
+        let group = Cgroup::new(
+            hierarchies,
+            format!("feather-sys-test-killed-{}", std::process::id()),
+        );
+        let Some(v2) = group.v2_dir() else {
+            eprintln!("skipped: no cgroup v2 hierarchy");
+            return;
+        };
+        let _ = group.remove(Duration::from_secs(1));
+        assert_eq!(group.create(&Limits::default()).unwrap(), V2Entry::AtClone);
+        if !v2.join("cgroup.kill").exists() {
+            let _ = group.remove(Duration::from_secs(1));
+            eprintln!("skipped: the kernel has no cgroup.kill");
+            return;
+        }
+        let fresh = fate_of_a_clone_into(&group, V2Entry::AtClone);
+        group.kill_all();
+        let found = group.create(&Limits::default()).unwrap();
+        let cloned_into_killed = fate_of_a_clone_into(&group, V2Entry::AtClone);
+        let moved_into_killed = fate_of_a_clone_into(&group, found);
+        group.remove(Duration::from_secs(1)).unwrap();
+        assert_eq!(fresh, 0, "cloned into a group made anew, it lives there");
+        assert_eq!(found, V2Entry::AfterClone);
+        // Should a kernel no longer do this, `V2Entry::AfterClone` costs a start into a group
+        // found made an RCU grace period for nothing.
+        assert_eq!(
+            cloned_into_killed, 9,
+            "the kernel kills a child cloned into a once-killed group"
+        );
+        assert_eq!(
+            moved_into_killed, 0,
+            "one moved in after its clone lives there"
+        );
     }
 
     #[test]
