@@ -1240,3 +1240,83 @@ fn a_vm_whose_killed_group_stayed_starts_again_in_it() {
         "init is in the VM's v2 group: {members}"
     );
 }
+
+/// A v2 group of the test's, once killed (`cgroup.kill`), that a `feather` command is started
+/// in; removed on drop once `stop` has ended the keepers started from it.
+struct KilledHome<'f> {
+    dir: std::path::PathBuf,
+    feather: &'f Feather,
+}
+
+impl KilledHome<'_> {
+    /// `feather <args>` from a shell that first moves itself into the group, waited for.
+    fn run(&self, args: &[&str]) -> std::process::Output {
+        std::process::Command::new("sh")
+            .arg("-c")
+            .arg(r#"echo $$ > "$1/cgroup.procs" && shift && exec "$@""#)
+            .arg("sh")
+            .arg(&self.dir)
+            .arg(Feather::bin())
+            .arg("--root")
+            .arg(&self.feather.root)
+            .args(args)
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for KilledHome<'_> {
+    fn drop(&mut self) {
+        let _ = self.feather.run(&["stop", "vm"]);
+        for _ in 0..500 {
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+}
+
+/// The kernel kills a child cloned into a v2 group whose count of kills differs from its
+/// parent's group's: a keeper started from a group that was once killed (a service's group
+/// that outlived a `cgroup.kill` and was used again) lost init at every start, cloned into
+/// the VM's group made anew ("init did not start: Broken pipe"). Init killed at birth is cloned
+/// again and moves itself into the group.
+#[test]
+fn a_vm_starts_from_a_cgroup_that_was_once_killed() {
+    let base = crate::support::ScratchBase::new("killed-home");
+    let feather = Feather::new("killed-home");
+    feather.ok(&["create", "vm", "--base", base.as_str()]);
+    let dir = v2_dir().join(format!("feather-test-killed-home-{}", std::process::id()));
+    std::fs::create_dir(&dir).unwrap();
+    let home = KilledHome {
+        dir,
+        feather: &feather,
+    };
+    if !home.dir.join("cgroup.kill").exists() {
+        eprintln!("skipped: the kernel has no cgroup.kill");
+        return;
+    }
+    std::fs::write(home.dir.join("cgroup.kill"), "1").unwrap();
+
+    let started = home.run(&["start", "vm"]);
+    assert!(
+        started.status.success(),
+        "start: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert_eq!(feather.sh("vm", "echo up"), "up\n");
+    let id = feather.inspect("vm")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let members =
+        std::fs::read_to_string(v2_dir().join("feather").join(&id).join("cgroup.procs")).unwrap();
+    assert!(
+        members
+            .lines()
+            .any(|pid| pid == pid_of(&feather, "vm", "init_pid").to_string()),
+        "init is in the VM's v2 group: {members}"
+    );
+}

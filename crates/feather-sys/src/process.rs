@@ -242,6 +242,24 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether the kernel has queued a SIGKILL for the process `child` (its `ShdPnd` in
+/// `/proc/<pid>/status`, which keeps it while the process is a zombie too): right after its
+/// clone, the sign it was killed at birth, before it ran anything, by `cgroup_post_fork` (a
+/// clone into a v2 group whose count of kills differs from the cloner's own group's, see
+/// `cgroup::V2Entry`), which queues it before clone3 returns. Also true if anything else has
+/// killed the child by then.
+pub fn killed_at_birth(child: &ChildProcess) -> bool {
+    let mut buffer = [0u8; 4096];
+    let Some(status) = read_whole(&format!("/proc/{}/status", child.pid), &mut buffer) else {
+        return false;
+    };
+    let pending = status
+        .lines()
+        .find_map(|line| line.strip_prefix("ShdPnd:"))
+        .and_then(|mask| u64::from_str_radix(mask.trim(), 16).ok());
+    pending.is_some_and(|mask| mask & (1 << (Signal::SIGKILL as u64 - 1)) != 0)
+}
+
 /// Waits until the process `pid` that started at `started` (clock ticks since boot, as
 /// [`start_ticks`] reads them) has ended, or `deadline` has passed: whether it has ended
 /// (also when `pid` names no process, or another one). The end is its pidfd's: the kernel

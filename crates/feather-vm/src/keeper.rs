@@ -1826,7 +1826,10 @@ fn start_init(
 /// Init starts in the VM's v2 group and moves itself into its v1 groups: a move by pid would
 /// wait for an RCU grace period (`Cgroup::entry`). Into a v2 group that was already there
 /// (left by a clean-up that killed it but could not remove it) it moves itself after the
-/// clone: cloned into it, the kernel would kill it ([`V2Entry`]).
+/// clone: cloned into it, the kernel would kill it ([`V2Entry`]). The kernel kills it too when
+/// this keeper's own v2 group was once killed (a service's group that outlived a
+/// `cgroup.kill`), which nothing tells ahead: a clone killed at birth is cloned again, to move
+/// itself in.
 fn clone_init(
     name: &VmName,
     namespaces: nix::sched::CloneFlags,
@@ -1836,6 +1839,17 @@ fn clone_init(
         return Ok((process::fork_into(namespaces).in_vm(name)?, None));
     };
     let entry = cgroup.entry(v2).in_vm(name)?;
+    let forked = process::fork_into_cgroup(namespaces, entry.v2()).in_vm(name)?;
+    let init = match forked {
+        Forked::Parent(init) if entry.v2().is_some() && process::killed_at_birth(&init) => init,
+        forked => return Ok((forked, Some(entry))),
+    };
+    let _ = waitpid(init.pid, None);
+    eprintln!(
+        "feather: VM {name}: the kernel killed init as it was cloned into its cgroup (this \
+         process's own cgroup was killed once, it seems); init moves itself in instead"
+    );
+    let entry = cgroup.entry(V2Entry::AfterClone).in_vm(name)?;
     let forked = process::fork_into_cgroup(namespaces, entry.v2()).in_vm(name)?;
     Ok((forked, Some(entry)))
 }
