@@ -1758,7 +1758,9 @@ fn start_init(
                 }
             }
             if let Some(Err(e)) = entry.as_ref().map(feather_sys::cgroup::Entry::enter) {
-                eprintln!("feather init: cannot enter the VM's cgroup: {e}");
+                // Said to the keeper, whose GO finds this process gone: the user sees why.
+                let why = format!("init cannot enter the VM's cgroup: {}", causes(&e));
+                let _ = boot::send(&mut &theirs, &InitReport::Failed(why));
                 std::process::exit(1);
             }
             if let Some([stdin, stdout, stderr]) = &stdio {
@@ -1824,9 +1826,10 @@ fn start_init(
 /// Clones init into `namespaces` and, with `group`, into the VM's cgroup; returns the clone's
 /// fork and what init (the child) enters the group with ([`feather_sys::cgroup::Entry`]).
 /// Init starts in the VM's v2 group and moves itself into its v1 groups: a move by pid would
-/// wait for an RCU grace period (`Cgroup::entry`). Into a v2 group that was already there
-/// (left by a clean-up that killed it but could not remove it) it moves itself after the
-/// clone: cloned into it, the kernel would kill it ([`V2Entry`]). The kernel kills it too when
+/// wait for an RCU grace period (`Cgroup::entry`). Into a v2 group found still holding a
+/// process (left by a clean-up that killed it but could not remove it; one found empty is made
+/// anew) it moves itself after the clone: cloned into it, the kernel would kill it
+/// ([`V2Entry`]). The kernel kills it too when
 /// this keeper's own v2 group was once killed (a service's group that outlived a
 /// `cgroup.kill`), which nothing tells ahead: a clone killed at birth is cloned again, to move
 /// itself in.
@@ -1846,9 +1849,10 @@ fn clone_init(
     };
     let _ = waitpid(init.pid, None);
     eprintln!(
-        "feather: VM {name}: the kernel killed init as it was cloned into its cgroup (this \
-         process's own cgroup was killed once, it seems); init moves itself in instead"
+        "feather: VM {name}: init was killed as it was cloned into its cgroup; cloned again \
+         to move itself in"
     );
+    drop(entry);
     let entry = cgroup.entry(V2Entry::AfterClone).in_vm(name)?;
     let forked = process::fork_into_cgroup(namespaces, entry.v2()).in_vm(name)?;
     Ok((forked, Some(entry)))
@@ -1875,7 +1879,9 @@ fn boot_beside<T: Send>(
     stage: impl FnOnce() -> Result<T> + Send,
     meanwhile: impl FnOnce(),
 ) -> Result<T> {
-    boot::send(ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
+    boot::send(ours, &ToInit::Go)
+        .map_err(io(name, "init did not start"))
+        .map_err(|e| reported_failure(ours, name, e))?;
     std::thread::scope(|side| {
         let placing = side.spawn(place);
         let staging = side.spawn(stage);
