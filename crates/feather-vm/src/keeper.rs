@@ -2128,4 +2128,21 @@ mod tests {
         init.join().unwrap();
         assert!(e.to_string().contains("no room for the overlay"), "{e}");
     }
+
+    /// An init that failed before GO (it could not enter the VM's cgroup) said why and ended:
+    /// the start reports its reason, not the closed socket GO found ("Broken pipe").
+    #[test]
+    fn inits_failure_before_go_is_what_the_start_reports() {
+        let name: VmName = "boot-fails-before-go".parse().unwrap();
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let why = "init cannot enter the VM's cgroup: enter cgroup by writing 0 to /x".to_owned();
+        boot::send(&mut theirs, &InitReport::Failed(why)).unwrap();
+        drop(theirs);
+        let stage = || -> Result<()> { Ok(()) };
+        let e = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage, || {}).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot enter the VM's cgroup"),
+            "{e}"
+        );
+    }
 }
