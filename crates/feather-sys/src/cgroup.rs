@@ -220,8 +220,13 @@ impl Cgroup {
     }
 
     /// Creates the group in every hierarchy and applies `limits`. A limit whose controller the
-    /// machine lacks is an error naming the controller, not a silent no-op.
-    pub fn create(&self, limits: &Limits) -> Result<()> {
+    /// machine lacks is an error naming the controller, not a silent no-op. Says how a new
+    /// process may enter the group's v2 folder ([`V2Entry`]): at its clone, unless the folder
+    /// was found holding a process. A v2 folder found empty (left by a clean-up that killed
+    /// the group but could not remove all of it) is removed with the groups below it and made
+    /// again: its kill count is then 0, like any group made anew ([`V2Entry`]).
+    pub fn create(&self, limits: &Limits) -> Result<V2Entry> {
+        let v2_entry = self.renew_v2();
         for dir in self.dirs() {
             fs::create_dir_all(&dir).ctx("create cgroup", dir.display())?;
         }
@@ -250,7 +255,24 @@ impl Cgroup {
                 None => return Err(missing_controller("cpu")),
             }
         }
-        Ok(())
+        Ok(v2_entry)
+    }
+
+    /// Removes the group's v2 folder if it is there and holds no process, so that
+    /// [`Cgroup::create`] makes it anew; how a new process may enter it then. A folder still
+    /// holding a process (one stuck in the kernel, that a `cgroup.kill` did not end yet) stays,
+    /// as does one that cannot be removed: a process moves itself into it after its clone.
+    fn renew_v2(&self) -> V2Entry {
+        let Some(dir) = self.v2_dir() else {
+            return V2Entry::AtClone;
+        };
+        if !dir.exists() {
+            return V2Entry::AtClone;
+        }
+        if self.holds_process() || remove_groups(&dir, Instant::now()).is_err() {
+            return V2Entry::AfterClone;
+        }
+        V2Entry::AtClone
     }
 
     fn write_limit(
@@ -336,8 +358,10 @@ impl Cgroup {
     /// pid (`cgroup.procs`) takes the kernel's global `cgroup_threadgroup_rwsem` for writing,
     /// which waits for an RCU grace period (7 ms measured here, per idle period). The child
     /// starts in the v2 group (`CLONE_INTO_CGROUP`) and moves its one thread into each v1 group
-    /// itself (`0` into `tasks`), which the kernel does without that lock.
-    pub fn entry(&self) -> Result<Entry> {
+    /// itself (`0` into `tasks`), which the kernel does without that lock. Where `v2` says the
+    /// group was not made for this process ([`V2Entry::AfterClone`]), the child moves itself
+    /// into the v2 group too (`0` into `cgroup.procs`), and pays that wait.
+    pub fn entry(&self, v2: V2Entry) -> Result<Entry> {
         use std::os::unix::fs::OpenOptionsExt;
         let mut tasks = Vec::new();
         let mut seen: Vec<PathBuf> = Vec::new();
@@ -347,25 +371,39 @@ impl Cgroup {
                 continue;
             }
             let path = dir.join("tasks");
-            tasks.push(
-                fs::OpenOptions::new()
-                    .write(true)
-                    .open(&path)
-                    .ctx("open", path.display())?,
-            );
+            let file = fs::OpenOptions::new()
+                .write(true)
+                .open(&path)
+                .ctx("open", path.display())?;
+            tasks.push((file, path));
             seen.push(dir);
         }
-        let v2 = match self.v2_dir() {
-            Some(dir) => Some(
-                fs::OpenOptions::new()
-                    .read(true)
-                    .custom_flags(libc::O_DIRECTORY)
-                    .open(&dir)
-                    .ctx("open", dir.display())?,
+        let (folder, procs) = match (self.v2_dir(), v2) {
+            (Some(dir), V2Entry::AtClone) => (
+                Some(
+                    fs::OpenOptions::new()
+                        .read(true)
+                        .custom_flags(libc::O_DIRECTORY)
+                        .open(&dir)
+                        .ctx("open", dir.display())?,
+                ),
+                None,
             ),
-            None => None,
+            (Some(dir), V2Entry::AfterClone) => {
+                let path = dir.join("cgroup.procs");
+                let procs = fs::OpenOptions::new()
+                    .write(true)
+                    .open(&path)
+                    .ctx("open", path.display())?;
+                (None, Some((procs, path)))
+            }
+            (None, _) => (None, None),
         };
-        Ok(Entry { v2, tasks })
+        Ok(Entry {
+            v2: folder,
+            v2_procs: procs,
+            tasks,
+        })
     }
 
     /// Moves `pid` into the group in every hierarchy.
@@ -505,16 +543,21 @@ impl Cgroup {
 
     /// Removes the group, and the groups below it (a VM's services), from every hierarchy.
     /// Dying processes leave a group a moment after their last signal, so an occupied group is
-    /// retried for up to `patience`.
+    /// retried for up to `patience`. Every hierarchy is tried, whatever fails in another (the
+    /// first error is returned): a v1 group a process holds does not keep the empty v2 folder,
+    /// whose `cgroup.kill` count the next start would otherwise find ([`V2Entry`]).
     pub fn remove(&self, patience: Duration) -> Result<()> {
         let deadline = Instant::now() + patience;
+        let mut first_error = None;
         for dir in self.dirs() {
             if removed_as_made(&dir) {
                 continue;
             }
-            remove_groups(&dir, deadline).ctx("remove cgroup", dir.display())?;
+            if let Err(e) = remove_groups(&dir, deadline).ctx("remove cgroup", dir.display()) {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 
     /// Stops every process of the group until the returned guard is dropped (which thaws
@@ -883,27 +926,60 @@ fn missing_controller(controller: &str) -> SysError {
     }
 }
 
+/// How a new process enters a group's v2 folder (see [`Cgroup::entry`]).
+///
+/// The kernel (6.18 here) kills a child cloned into a v2 group (`CLONE_INTO_CGROUP`) unless
+/// that group has had `cgroup.kill` written to it (or to a group above it) as many times as the
+/// parent's own v2 group (measured; read from the kernel's source, our inference:
+/// `cgroup_css_set_fork` reads the kill count of the parent's group where it means the
+/// target's, and `cgroup_post_fork` takes any difference for a kill that raced the fork). A
+/// group made anew has a count of 0, as has the group of a parent that was never killed; a
+/// VM's group that stayed after its clean-up wrote `cgroup.kill` has 1 or more, and every start
+/// into it failed ("init did not start: Broken pipe"). A move by `cgroup.procs` has no such
+/// check. [`Cgroup::create`] makes such a group anew when it is empty; one still holding a
+/// process stays, and a process moved into it runs with its count: its clones into a group
+/// made below it anew are killed at birth too (measured: a VM started so cannot run a
+/// container runtime or nested feather that clones into new groups).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum V2Entry {
+    /// Cloned into it: a group made for this process, its kill count 0.
+    AtClone,
+    /// Moved in by the process itself right after its clone: a group found holding a
+    /// process (so not made anew), which may have been killed before.
+    AfterClone,
+}
+
 /// Open folders and files of one group for a new process to start in it (see
 /// [`Cgroup::entry`]).
 pub struct Entry {
     v2: Option<fs::File>,
-    tasks: Vec<fs::File>,
+    v2_procs: Option<(fs::File, PathBuf)>,
+    tasks: Vec<(fs::File, PathBuf)>,
 }
 
 impl Entry {
-    /// The v2 group's folder, for `CLONE_INTO_CGROUP`.
+    /// The v2 group's folder, for `CLONE_INTO_CGROUP`; none where the process moves itself
+    /// into the v2 group after its clone ([`V2Entry::AfterClone`]).
     pub fn v2(&self) -> Option<std::os::fd::BorrowedFd<'_>> {
         use std::os::fd::AsFd;
         self.v2.as_ref().map(|dir| dir.as_fd())
     }
 
-    /// In the new process, while it has one thread: moves it into each v1 group.
-    pub fn enter_v1(&self) -> Result<()> {
+    /// In the new process, while it has one thread: moves it into each group it was not
+    /// cloned into (the v2 one after [`V2Entry::AfterClone`], every v1 one).
+    pub fn enter(&self) -> Result<()> {
         use std::io::Write;
-        for mut tasks in &self.tasks {
-            tasks
-                .write_all(b"0")
-                .ctx("write", "0 to a v1 cgroup's tasks")?;
+        for (file, path) in self.v2_procs.iter().chain(&self.tasks) {
+            let mut file = file;
+            file.write_all(b"0").ctx(
+                "enter cgroup",
+                format_args!(
+                    "by writing 0 to {} (the group vanished, is frozen, or holds groups with \
+                     controllers on: see that no process of an earlier run is left in it, \
+                     then start the VM again)",
+                    path.display()
+                ),
+            )?;
         }
         Ok(())
     }
@@ -1127,6 +1203,242 @@ mod tests {
         assert!(!removed_as_made(&occupied));
         assert!(occupied.join("cgroup.procs").exists());
         let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// What became of a process cloned into `group` as [`Cgroup::entry`] with `v2` says, by a
+    /// child of the test's (the test's process has threads of its own; clone3 wants one) that
+    /// first moved itself into `from`, if given: 0 if it lived and found itself in the group's
+    /// v2 folder, 9 if the kernel killed it at birth, 5 if it lived elsewhere, 3 if it could
+    /// not enter the group; 20 more if [`crate::process::killed_at_birth`] said so right after
+    /// the clone.
+    fn fate_of_a_clone(from: Option<&Cgroup>, group: &Cgroup, v2: V2Entry) -> i32 {
+        use nix::sys::wait::{waitpid, WaitStatus};
+        let inside = format!("0::/{}", group.relative.display());
+        // SAFETY: the child runs this test's code only, then ends with `exit_now`; nextest runs
+        // each test in a process of its own, with no other thread holding a lock it would need.
+        let fork = unsafe { nix::unistd::fork() }.unwrap();
+        let nix::unistd::ForkResult::Parent { child } = fork else {
+            let code = (|| {
+                if let Some(home) = from {
+                    home.entry(V2Entry::AfterClone).ok()?.enter().ok()?;
+                }
+                let entry = group.entry(v2).ok()?;
+                let forked =
+                    crate::process::fork_into_cgroup(nix::sched::CloneFlags::empty(), entry.v2())
+                        .ok()?;
+                let crate::process::Forked::Parent(clone) = forked else {
+                    if entry.enter().is_err() {
+                        crate::raw::exit_now(3);
+                    }
+                    let cgroups = fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+                    crate::raw::exit_now(if cgroups.lines().any(|l| l == inside) {
+                        0
+                    } else {
+                        5
+                    });
+                };
+                let seen = if crate::process::killed_at_birth(&clone) {
+                    20
+                } else {
+                    0
+                };
+                match waitpid(clone.pid, None).ok()? {
+                    WaitStatus::Exited(_, code) => Some(code + seen),
+                    WaitStatus::Signaled(_, signal, _) => Some(signal as i32 + seen),
+                    _ => None,
+                }
+            })();
+            crate::raw::exit_now(code.unwrap_or(100));
+        };
+        match waitpid(child, None).unwrap() {
+            WaitStatus::Exited(_, code) => code,
+            other => panic!("the test's child: {other:?}"),
+        }
+    }
+
+    /// A fate of [`fate_of_a_clone`] that the kernel may give, said on the test's output: 0
+    /// (lived) or 29 (killed at birth, and `killed_at_birth` saw it). Anything else is feather's
+    /// fault: a clone that could not enter, or a kill `killed_at_birth` missed.
+    fn kernel_finding(what: &str, fate: i32) {
+        let said = match fate {
+            0 => "lives",
+            29 => "is killed at birth (seen by killed_at_birth)",
+            _ => panic!("{what}: fate {fate} (see fate_of_a_clone)"),
+        };
+        eprintln!("finding, kernel {}: {what} {said}", kernel_release());
+    }
+
+    fn kernel_release() -> String {
+        nix::sys::utsname::uname()
+            .map(|u| u.release().to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn inode(dir: &Path) -> u64 {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(dir).unwrap().ino()
+    }
+
+    /// A group of the test's on the host's hierarchies, with a process of the test's kept in it,
+    /// if any; both gone on drop, whatever the test did.
+    struct TestGroup {
+        group: Cgroup,
+        keeper: Option<std::process::Child>,
+    }
+
+    impl TestGroup {
+        fn hold(&mut self) {
+            let child = std::process::Command::new("sleep")
+                .arg("100")
+                .spawn()
+                .unwrap();
+            self.group.add(Pid::from_raw(child.id() as i32)).unwrap();
+            self.keeper = Some(child);
+        }
+
+        fn release(&mut self) {
+            if let Some(mut child) = self.keeper.take() {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    impl Drop for TestGroup {
+        fn drop(&mut self) {
+            self.release();
+            if let Err(e) = self.group.remove(Duration::from_secs(2)) {
+                eprintln!("the test's group stays: {e}");
+            }
+        }
+    }
+
+    /// What failed a VM's start into its group left by a clean-up that wrote `cgroup.kill` and
+    /// could not remove all of it, and what feather does about it. A v2 folder found empty is
+    /// made anew (a new inode: its kill count is 0) and entered at the clone; one found holding
+    /// a process stays, and a process moves itself into it after its clone and lives there. What
+    /// the kernel does with clones into once-killed groups is reported, not required: 6.18.44
+    /// here kills them at birth (also one cloned, from a process moved into a killed group,
+    /// into a group made below it anew: why a group made anew matters), kernels before
+    /// `kill_seq` (6.14 or so) do not.
+    #[test]
+    fn a_v2_folder_found_empty_is_made_anew_and_one_holding_a_process_is_entered_after_the_clone() {
+        let relative = format!("feather-sys-test-killed-{}", std::process::id());
+        let group = Cgroup::new(Hierarchies::detect(), &relative);
+        let Some(v2) = group.v2_dir() else {
+            eprintln!("skipped: no cgroup v2 hierarchy");
+            return;
+        };
+        let _ = group.remove(Duration::from_secs(1));
+        let mut held = TestGroup {
+            group: group.clone(),
+            keeper: None,
+        };
+        let sub = Cgroup::new(Hierarchies::detect(), Path::new(&relative).join("sub"));
+        assert_eq!(group.create(&Limits::default()).unwrap(), V2Entry::AtClone);
+        if !v2.join("cgroup.kill").exists() {
+            eprintln!("skipped: the kernel has no cgroup.kill");
+            return;
+        }
+        let fresh = fate_of_a_clone(None, &group, V2Entry::AtClone);
+        kernel_finding("a clone into a group made anew", fresh);
+
+        group.kill_all();
+        kernel_finding(
+            "a clone into an empty group killed once",
+            fate_of_a_clone(None, &group, V2Entry::AtClone),
+        );
+        let killed = inode(&v2);
+        assert_eq!(
+            group.create(&Limits::default()).unwrap(),
+            V2Entry::AtClone,
+            "a v2 folder found empty is made anew"
+        );
+        assert_ne!(
+            inode(&v2),
+            killed,
+            "the v2 folder found empty was made anew"
+        );
+        assert_eq!(
+            fate_of_a_clone(None, &group, V2Entry::AtClone),
+            fresh,
+            "into the folder made anew as into any group made anew"
+        );
+
+        group.kill_all();
+        held.hold();
+        let populated = inode(&v2);
+        let found = group.create(&Limits::default()).unwrap();
+        assert_eq!(
+            found,
+            V2Entry::AfterClone,
+            "a folder holding a process stays"
+        );
+        assert_eq!(inode(&v2), populated);
+        assert_eq!(
+            fate_of_a_clone(None, &group, found),
+            0,
+            "one moved in after its clone lives there"
+        );
+        sub.create(&Limits::default()).unwrap();
+        kernel_finding(
+            "from a process moved into a killed group, a clone into a group made below it anew",
+            fate_of_a_clone(Some(&group), &sub, V2Entry::AtClone),
+        );
+
+        held.release();
+        assert_eq!(group.create(&Limits::default()).unwrap(), V2Entry::AtClone);
+        sub.create(&Limits::default()).unwrap();
+        assert_eq!(
+            fate_of_a_clone(Some(&group), &sub, V2Entry::AtClone),
+            0,
+            "from a group made anew, a clone into a group made below it lives"
+        );
+    }
+
+    /// A v1 group a process holds (the VM's `pids` group, say) does not keep the group's other
+    /// folders: the empty v2 one went unremoved, and the next start found it with the
+    /// clean-up's `cgroup.kill` count. The error names the folder that stays.
+    #[test]
+    fn removal_tries_every_hierarchy_and_names_the_folder_that_stays() {
+        let dir = scratch("every-hierarchy");
+        let group = Cgroup::new(hybrid(&dir), "feather/vm");
+        for folder in group.dirs() {
+            fs::create_dir_all(folder).unwrap();
+        }
+        // A file keeps rmdir from succeeding, as a process does on cgroupfs.
+        let held = dir.join("memory/feather/vm");
+        fs::write(held.join("cgroup.procs"), "7\n").unwrap();
+        let error = group.remove(Duration::ZERO).unwrap_err().to_string();
+        assert!(error.contains(&held.display().to_string()), "{error}");
+        assert!(held.exists());
+        assert!(!dir.join("pids/feather/vm").exists());
+        assert!(
+            !dir.join("unified/feather/vm").exists(),
+            "the v2 folder went"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    /// A process that cannot move itself into the group (here: the group is gone) is told which
+    /// file refused it, and what to do.
+    #[test]
+    fn an_entry_that_fails_names_the_group() {
+        let group = Cgroup::new(
+            Hierarchies::detect(),
+            format!("feather-sys-test-entry-{}", std::process::id()),
+        );
+        let Some(v2) = group.v2_dir() else {
+            eprintln!("skipped: no cgroup v2 hierarchy");
+            return;
+        };
+        group.create(&Limits::default()).unwrap();
+        let entry = group.entry(V2Entry::AfterClone);
+        group.remove(Duration::from_secs(1)).unwrap();
+        let error = entry.unwrap().enter().unwrap_err().to_string();
+        let procs = v2.join("cgroup.procs").display().to_string();
+        assert!(error.contains(&procs), "{error}");
+        assert!(error.contains("start the VM again"), "{error}");
     }
 
     #[test]

@@ -242,6 +242,58 @@ pub fn start_ticks(pid: Pid) -> Option<u64> {
     after_comm.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// Whether the kernel has queued a SIGKILL for the process `child` (its `ShdPnd` in
+/// `/proc/<pid>/status`, which keeps it while the process is a zombie too): right after its
+/// clone, the sign it was killed at birth, before it ran anything, by `cgroup_post_fork` (a
+/// clone into a v2 group whose count of kills differs from the cloner's own group's, see
+/// `cgroup::V2Entry`), which queues it before clone3 returns. Also true if anything else has
+/// killed the child by then. Where the status cannot be read (a `/proc` mounted with hidepid,
+/// or not this pid namespace's), whether the child ended of SIGKILL within
+/// [`KILLED_AT_BIRTH_WAIT`]: a child killed at birth ends as soon as it is scheduled, a live
+/// one waits for its parent's word.
+pub fn killed_at_birth(child: &ChildProcess) -> bool {
+    let status = fs::File::open(format!("/proc/{}/status", child.pid));
+    match status
+        .ok()
+        .and_then(|file| sigkill_pending_in(std::io::BufReader::new(file)))
+    {
+        Some(pending) => pending,
+        None => ended_of_sigkill_within(child, KILLED_AT_BIRTH_WAIT),
+    }
+}
+
+/// How long [`killed_at_birth`] waits for a child to end where it cannot read its status.
+pub const KILLED_AT_BIRTH_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
+
+/// Whether the `ShdPnd` line of a `/proc/<pid>/status` has SIGKILL; `None` if no such line can
+/// be read. Read line by line: the file has no bound on its length (`Cpus_allowed` and
+/// `Mems_allowed` grow with the machine's CPUs and nodes).
+fn sigkill_pending_in(status: impl std::io::BufRead) -> Option<bool> {
+    for line in status.lines() {
+        if let Some(mask) = line.ok()?.strip_prefix("ShdPnd:") {
+            let mask = u64::from_str_radix(mask.trim(), 16).ok()?;
+            return Some(mask & (1 << (Signal::SIGKILL as u64 - 1)) != 0);
+        }
+    }
+    None
+}
+
+/// Whether `child` (not reaped: it stays for the caller to reap) ends of SIGKILL within `wait`.
+fn ended_of_sigkill_within(child: &ChildProcess, wait: std::time::Duration) -> bool {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use nix::sys::wait::{waitid, Id, WaitPidFlag, WaitStatus};
+    let timeout = PollTimeout::try_from(wait).unwrap_or(PollTimeout::MAX);
+    let mut fds = [PollFd::new(child.pidfd.as_fd(), PollFlags::POLLIN)];
+    if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+        return false;
+    }
+    let flags = WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT | WaitPidFlag::WNOHANG;
+    matches!(
+        waitid(Id::PIDFd(child.pidfd.as_fd()), flags),
+        Ok(WaitStatus::Signaled(_, Signal::SIGKILL, _))
+    )
+}
+
 /// Waits until the process `pid` that started at `started` (clock ticks since boot, as
 /// [`start_ticks`] reads them) has ended, or `deadline` has passed: whether it has ended
 /// (also when `pid` names no process, or another one). The end is its pidfd's: the kernel
@@ -537,6 +589,50 @@ pub fn same_pid_namespace(pid: Pid) -> Vec<Pid> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A status longer than any fixed buffer (`Cpus_allowed` and `Mems_allowed` of a large
+    /// host): the SIGKILL queued in `ShdPnd` below them is still seen, where a read into 4096
+    /// bytes gave up and the kill at birth went unseen.
+    #[test]
+    fn a_sigkill_pending_is_seen_past_a_long_status() {
+        let long = format!("Name:\tinit\nCpus_allowed:\t{}\n", "ffffffff,".repeat(1200));
+        let status = |shdpnd: &str| format!("{long}SigPnd:\t0\nShdPnd:\t{shdpnd}\n");
+        assert!(status("0").len() > 8192);
+        let pending = |text: String| sigkill_pending_in(std::io::Cursor::new(text));
+        assert_eq!(pending(status("0000000000000100")), Some(true));
+        assert_eq!(pending(status("0000000000000000")), Some(false));
+        assert_eq!(pending(long.clone()), None, "no ShdPnd line: unknown");
+    }
+
+    /// Where a child's status cannot be read, a child that ends of SIGKILL is told from one that
+    /// lives on, waiting for its parent.
+    #[test]
+    fn a_child_ended_of_sigkill_is_told_from_one_that_lives() {
+        let child = |die: bool| {
+            // SAFETY: the child only raises a signal or sleeps, then ends with `exit_now`.
+            match unsafe { nix::unistd::fork() }.unwrap() {
+                nix::unistd::ForkResult::Child => {
+                    if die {
+                        let _ = nix::sys::signal::raise(Signal::SIGKILL);
+                    }
+                    std::thread::sleep(std::time::Duration::from_secs(5));
+                    raw::exit_now(0);
+                }
+                nix::unistd::ForkResult::Parent { child } => ChildProcess {
+                    pid: child,
+                    pidfd: pidfd_open(child).unwrap(),
+                },
+            }
+        };
+        let killed = child(true);
+        assert!(ended_of_sigkill_within(&killed, KILLED_AT_BIRTH_WAIT));
+        let _ = nix::sys::wait::waitpid(killed.pid, None);
+        let alive = child(false);
+        let seen = ended_of_sigkill_within(&alive, KILLED_AT_BIRTH_WAIT);
+        let _ = nix::sys::signal::kill(alive.pid, Signal::SIGKILL);
+        let _ = nix::sys::wait::waitpid(alive.pid, None);
+        assert!(!seen);
+    }
 
     /// A keeper's record may name, later, a thread of another process: pidfd_open then fails
     /// with ENOENT (EINVAL on older kernels), which the wait took for an error, failing every

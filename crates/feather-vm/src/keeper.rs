@@ -32,7 +32,7 @@ use feather_core::trace;
 use feather_core::{StateRoot, VmConfig, VmDir, VmName, VmState, VmStatus};
 use feather_migrate::criu::DumpNote;
 use feather_shuttle::Peers;
-use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
+use feather_sys::cgroup::{Cgroup, Hierarchies, Limits, V2Entry};
 use feather_sys::mount::LayerSync;
 use feather_sys::process::{self, ChildProcess, Forked};
 use nix::poll::{PollFd, PollFlags};
@@ -364,13 +364,17 @@ impl Keeper {
             seccomp: crate::restored_creds::seccomp_profile(&config),
         };
         trace::phase("plan the root (layers, hidden folders)");
+        let mut v2_entry = V2Entry::AtClone;
         if let Some(cgroup) = &cgroup {
             // A group half made (a limit refused) goes with the rest: returned as it was, it
             // stayed, and a throw-away VM's folder, removed next, was its only record.
-            if let Err(e) = make_cgroup(cgroup, &config, &name, root) {
-                network.detach();
-                remove_leftovers(vm, &config);
-                return Err(e);
+            match make_cgroup(cgroup, &config, &name, root) {
+                Ok(entry) => v2_entry = entry,
+                Err(e) => {
+                    network.detach();
+                    remove_leftovers(vm, &config);
+                    return Err(e);
+                }
             }
             trace::phase("create the cgroup");
         }
@@ -403,7 +407,7 @@ impl Keeper {
         };
         let booted = start_init(
             &name,
-            cgroup.as_ref(),
+            cgroup.as_ref().map(|cgroup| (cgroup, v2_entry)),
             &network,
             plan,
             stdio,
@@ -498,7 +502,7 @@ impl Keeper {
         let grouped = match &cgroup {
             Some(cgroup) => make_cgroup(cgroup, &config, &name, root)
                 // Before CRIU enters the group and opens what the checkpoint names.
-                .and_then(|()| restrict_devices(cgroup, &name)),
+                .and_then(|_| restrict_devices(cgroup, &name)),
             None => Ok(()),
         };
         // Returned without this, the group (and the network's host side) stayed.
@@ -1501,9 +1505,15 @@ pub use crate::service_groups::{MAX_CGROUPS, MAX_CGROUP_DEPTH};
 
 /// Makes the VM's group with its limits, and bounds the groups the VM can make below it
 /// ([`MAX_CGROUPS`]; on cgroup v1, which has no such bound, a memory limit holds: the kernel
-/// charges a group's memory to the memory group of the process that makes it).
-fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName, root: &StateRoot) -> Result<()> {
-    cgroup.create(&limits_of(config)).in_vm(name)?;
+/// charges a group's memory to the memory group of the process that makes it). Says how init
+/// may enter the group's v2 folder: at its clone only into a group made here ([`V2Entry`]).
+fn make_cgroup(
+    cgroup: &Cgroup,
+    config: &VmConfig,
+    name: &VmName,
+    root: &StateRoot,
+) -> Result<V2Entry> {
+    let v2_entry = cgroup.create(&limits_of(config)).in_vm(name)?;
     // A group a keeper left frozen (killed between a freeze and its thaw: a migration, a
     // checkpoint's hold, the post-copy freeze behind CRIU) whose clean-up could not remove it
     // is made again as it was, `cgroup.freeze` and all: the VM started or restored into it
@@ -1527,7 +1537,7 @@ fn make_cgroup(cgroup: &Cgroup, config: &VmConfig, name: &VmName, root: &StateRo
     cgroup
         .bound_descendants(MAX_CGROUPS, MAX_CGROUP_DEPTH)
         .in_vm(name)?;
-    Ok(())
+    Ok(v2_entry)
 }
 
 fn limits_of(config: &VmConfig) -> Limits {
@@ -1721,7 +1731,7 @@ fn running_state(
 /// `remove_leftovers`).
 fn start_init(
     name: &VmName,
-    cgroup: Option<&Cgroup>,
+    group: Option<(&Cgroup, V2Entry)>,
     network: &feather_net::Attachment,
     plan: InitPlan,
     stdio: Option<VmEnds>,
@@ -1736,13 +1746,10 @@ fn start_init(
     if !plan.rootfs.network.own_namespace || pooled.is_some() {
         namespaces -= nix::sched::CloneFlags::CLONE_NEWNET;
     }
-    // Init starts in the VM's v2 group and moves itself into its v1 groups: a move by pid would
-    // wait for an RCU grace period (feather_sys::cgroup::Cgroup::entry).
-    let entry = cgroup.map(Cgroup::entry).transpose().in_vm(name)?;
+    let cgroup = group.map(|(cgroup, _)| cgroup);
     trace::phase("before the clone");
-    let init = match process::fork_into_cgroup(namespaces, entry.as_ref().and_then(|e| e.v2()))
-        .in_vm(name)?
-    {
+    let (forked, entry) = clone_init(name, namespaces, group)?;
+    let init = match forked {
         Forked::Child => {
             drop(ours);
             if let Some(namespace) = pooled {
@@ -1750,8 +1757,10 @@ fn start_init(
                     std::process::exit(1);
                 }
             }
-            if let Some(Err(e)) = entry.as_ref().map(feather_sys::cgroup::Entry::enter_v1) {
-                eprintln!("feather init: cannot enter the VM's cgroup: {e}");
+            if let Some(Err(e)) = entry.as_ref().map(feather_sys::cgroup::Entry::enter) {
+                // Said to the keeper, whose GO finds this process gone: the user sees why.
+                let why = format!("init cannot enter the VM's cgroup: {}", causes(&e));
+                let _ = boot::send(&mut &theirs, &InitReport::Failed(why));
                 std::process::exit(1);
             }
             if let Some([stdin, stdout, stderr]) = &stdio {
@@ -1780,11 +1789,12 @@ fn start_init(
     drop(theirs);
     trace::phase("clone init into new namespaces");
     let pid = init.pid;
-    // Init is in its cgroup already (it started in the v2 group and moved itself into the v1
-    // ones). The devices rules of its v1 group and the network's host side (which waits for
-    // RCU grace periods) are not needed while init assembles its root (trusted code of ours,
-    // no VM program runs yet, nothing forks), so init hears GO at once and they go side by
-    // side; init waits for NETWORK_READY before it runs anything of the VM's.
+    // Init is in its cgroup already (it started in the v2 group, or moved itself into it, and
+    // moved itself into the v1 ones). The devices rules of its v1 group and the network's host
+    // side (which waits for RCU grace periods) are not needed while init assembles its root
+    // (trusted code of ours, no VM program runs yet, nothing forks), so init hears GO at once
+    // and they go side by side; init waits for NETWORK_READY before it runs anything of the
+    // VM's.
     let place = move || match cgroup {
         Some(cgroup) => {
             // After the device rules: v1 refuses a deny-all on a group with children, were
@@ -1813,6 +1823,41 @@ fn start_init(
     }
 }
 
+/// Clones init into `namespaces` and, with `group`, into the VM's cgroup; returns the clone's
+/// fork and what init (the child) enters the group with ([`feather_sys::cgroup::Entry`]).
+/// Init starts in the VM's v2 group and moves itself into its v1 groups: a move by pid would
+/// wait for an RCU grace period (`Cgroup::entry`). Into a v2 group found still holding a
+/// process (left by a clean-up that killed it but could not remove it; one found empty is made
+/// anew) it moves itself after the clone: cloned into it, the kernel would kill it
+/// ([`V2Entry`]). The kernel kills it too when
+/// this keeper's own v2 group was once killed (a service's group that outlived a
+/// `cgroup.kill`), which nothing tells ahead: a clone killed at birth is cloned again, to move
+/// itself in.
+fn clone_init(
+    name: &VmName,
+    namespaces: nix::sched::CloneFlags,
+    group: Option<(&Cgroup, V2Entry)>,
+) -> Result<(Forked, Option<feather_sys::cgroup::Entry>)> {
+    let Some((cgroup, v2)) = group else {
+        return Ok((process::fork_into(namespaces).in_vm(name)?, None));
+    };
+    let entry = cgroup.entry(v2).in_vm(name)?;
+    let forked = process::fork_into_cgroup(namespaces, entry.v2()).in_vm(name)?;
+    let init = match forked {
+        Forked::Parent(init) if entry.v2().is_some() && process::killed_at_birth(&init) => init,
+        forked => return Ok((forked, Some(entry))),
+    };
+    let _ = waitpid(init.pid, None);
+    eprintln!(
+        "feather: VM {name}: init was killed as it was cloned into its cgroup; cloned again \
+         to move itself in"
+    );
+    drop(entry);
+    let entry = cgroup.entry(V2Entry::AfterClone).in_vm(name)?;
+    let forked = process::fork_into_cgroup(namespaces, entry.v2()).in_vm(name)?;
+    Ok((forked, Some(entry)))
+}
+
 /// The keeper's side of init's boot, from GO to init's report. While init assembles the root,
 /// `place` (the device rules and service groups of init's cgroup) runs on a thread and `attach`
 /// (the network's host side) here; then init hears NETWORK_READY and reports. `stage` writes
@@ -1834,7 +1879,9 @@ fn boot_beside<T: Send>(
     stage: impl FnOnce() -> Result<T> + Send,
     meanwhile: impl FnOnce(),
 ) -> Result<T> {
-    boot::send(ours, &ToInit::Go).map_err(io(name, "init did not start"))?;
+    boot::send(ours, &ToInit::Go)
+        .map_err(io(name, "init did not start"))
+        .map_err(|e| reported_failure(ours, name, e))?;
     std::thread::scope(|side| {
         let placing = side.spawn(place);
         let staging = side.spawn(stage);
@@ -2080,5 +2127,22 @@ mod tests {
         let e = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage, || {}).unwrap_err();
         init.join().unwrap();
         assert!(e.to_string().contains("no room for the overlay"), "{e}");
+    }
+
+    /// An init that failed before GO (it could not enter the VM's cgroup) said why and ended:
+    /// the start reports its reason, not the closed socket GO found ("Broken pipe").
+    #[test]
+    fn inits_failure_before_go_is_what_the_start_reports() {
+        let name: VmName = "boot-fails-before-go".parse().unwrap();
+        let (mut ours, mut theirs) = UnixStream::pair().unwrap();
+        let why = "init cannot enter the VM's cgroup: enter cgroup by writing 0 to /x".to_owned();
+        boot::send(&mut theirs, &InitReport::Failed(why)).unwrap();
+        drop(theirs);
+        let stage = || -> Result<()> { Ok(()) };
+        let e = boot_beside(&name, &mut ours, || Ok(()), || Ok(()), stage, || {}).unwrap_err();
+        assert!(
+            e.to_string().contains("cannot enter the VM's cgroup"),
+            "{e}"
+        );
     }
 }
