@@ -203,14 +203,10 @@ pub const HOLD_AFTER_RESUME: &str = "FEATHER_TEST_HOLD_AFTER_RESUME";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`]), if it is set.
+/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`]), if it is set: in a debug build only (see
+/// [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
-    let Some(path) = std::env::var_os(variable) else {
-        return;
-    };
-    if let Ok(file) = File::open(path) {
-        let _ = file.lock_shared();
-    }
+    crate::test_hooks::held(variable);
 }
 
 /// Whether the asker of a post-copy checkpoint is gone (its end of `stream` hung up) without

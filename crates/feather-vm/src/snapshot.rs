@@ -227,7 +227,7 @@ pub(crate) fn dump(
                 feather_core::trace::phase("checkpoint: the units' groups saved");
                 let written = serde_json::to_vec_pretty(&layers)
                     .map_err(encode(name, LAYERS))
-                    .and_then(|list| match std::env::var_os(FAIL_LAYERS) {
+                    .and_then(|list| match crate::test_hooks::set(FAIL_LAYERS) {
                         Some(_) => Err(failed(name, format!("{FAIL_LAYERS} is set (a test)"))),
                         None => feather_core::atomic::write_atomic(
                             &images.join(LAYERS),
@@ -272,8 +272,8 @@ pub(crate) fn dump(
 
 /// For tests only: set (to anything) in a keeper's environment, the dump's [`LAYERS`] cannot be
 /// written (as on a full disk), so that a test sees what the keeper's refusal of the images at
-/// CRIU's `post-dump` leaves. Read at that one spot; unset (always, outside tests), nothing
-/// fails.
+/// CRIU's `post-dump` leaves. Read at that one spot, by a debug build only
+/// ([`crate::test_hooks`]); unset (always, outside tests), nothing fails.
 pub const FAIL_LAYERS: &str = "FEATHER_TEST_FAIL_LAYERS";
 
 /// The mounts `picked` chooses, in order, as external mounts of the dump keyed
