@@ -211,6 +211,28 @@ pub struct PageServer {
     pub port: u16,
 }
 
+impl PageServer {
+    /// Holds this page server's port, in the caller's network namespace, until the descriptor
+    /// returned is closed: a TCP socket bound to it on every address with `SO_REUSEADDR`,
+    /// never listening. No other socket can bind the port meanwhile unless it too asks to
+    /// reuse it; CRIU's does (`setup_tcp_server` in criu/util.c), and as this one never
+    /// listens, CRIU binds and listens beside it. Fails if the port is taken already.
+    pub fn hold_port(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use nix::sys::socket::{
+            bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        let held = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&held, sockopt::ReuseAddr, &true)?;
+        bind(held.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, self.port))?;
+        Ok(held)
+    }
+}
+
 /// The pages of a dump, from its `pagemap-<pid>.img` images.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DumpStats {
