@@ -624,6 +624,16 @@ impl Drop for LeftCriu {
     }
 }
 
+/// Ends, by pid, the CRIU a test's keeper runs when the test ends (it fails waiting for it to
+/// end, say).
+struct KeepersCriu(i32);
+
+impl Drop for KeepersCriu {
+    fn drop(&mut self) {
+        drop(LeftCriu(criu_children_of(self.0)));
+    }
+}
+
 /// A keeper killed while its CRIU dumps takes that CRIU with it (its parent death signal, as
 /// `criu lazy-pages` has for `feather serve`): the VM ended with its keeper (its init's
 /// parent death signal), and the CRIU left behind lived on, adopted by the machine's reaper —
@@ -669,6 +679,52 @@ fn a_keeper_killed_mid_dump_takes_its_criu_with_it() {
         feather.status("vm") == "crashed"
     });
     feather.ok(&["start", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
+}
+
+/// A post-copy dump whose asker is gone before the keeper could tell it `Dumped` (the write
+/// fails: its end of the socket is closed) fails, and the VM runs on: the asker would never
+/// connect to CRIU's page server, which would wait in `accept` for good, the VM's processes
+/// seized and frozen behind it.
+#[test]
+fn a_post_copy_dump_whose_asker_cannot_hear_dumped_fails_and_the_vm_runs_on() {
+    use feather_vm::protocol::{Conversation, Request};
+    let (feather, _base) = writing_vm("ckpt-deafasker");
+    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let log = feather.vm_dir("vm").join("upper/data/log");
+    // What `feather migrate` asks (post-copy), from an asker gone at once: the request is
+    // read from the socket's buffer, the answer cannot be written.
+    let asker = Conversation::start(
+        &feather_core::StateRoot::new(Some(feather.root.clone()))
+            .vm(&"vm".parse().unwrap())
+            .control_socket(),
+        &Request::Checkpoint {
+            leave_running: false,
+            criu: criu_path(),
+            lazy: Some(feather_migrate::criu::PageServer {
+                address: "127.0.0.1".into(),
+                port: free_port(),
+            }),
+            hold_frozen: false,
+        },
+        std::time::Duration::from_secs(120),
+    )
+    .unwrap();
+    drop(asker);
+    let _left = KeepersCriu(keeper);
+    feather.eventually("the dump has failed and its CRIU ended", || {
+        feather.vm_dir("vm").join("checkpoint/dump.log").exists()
+            && criu_children_of(keeper).is_empty()
+            && !feather
+                .vm_dir("vm")
+                .join("checkpoint/inventory.img")
+                .exists()
+    });
+    let after = logged(&log);
+    feather.eventually("the VM runs on", || logged(&log) > after);
     assert_eq!(feather.status("vm"), "running");
     assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
 }
