@@ -668,6 +668,14 @@ fn a_keeper_killed_mid_dump_takes_its_criu_with_it() {
     assert_eq!(asker.answer().unwrap(), Response::Dumped);
     let criu = LeftCriu(criu_children_of(keeper));
     assert_eq!(criu.0.len(), 1, "the keeper's criu swrk serves the pages");
+    // Killed only once CRIU waits for the page server's connection: killed earlier, between
+    // `Dumped` and the keeper's answer to CRIU's ready notice, CRIU reads the end of its
+    // socket and ends by itself, death signal or not (review).
+    feather.eventually("CRIU's page server waits in accept", || {
+        let syscall =
+            fs::read_to_string(format!("/proc/{}/syscall", criu.0[0])).unwrap_or_default();
+        syscall.starts_with("43 ") || syscall.starts_with("288 ")
+    });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(keeper),
         nix::sys::signal::Signal::SIGKILL,
