@@ -580,6 +580,163 @@ fn a_vm_held_frozen_for_an_export_thaws_when_the_asker_dies() {
     assert_eq!(feather.status("vm"), "running");
 }
 
+/// The host pids of the CRIU processes `parent` started (its threads' children).
+fn criu_children_of(parent: i32) -> Vec<i32> {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{parent}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .flat_map(|task| fs::read_to_string(task.path().join("children")))
+        .flat_map(|listed| {
+            listed
+                .split_whitespace()
+                .filter_map(|pid| pid.parse().ok())
+                .collect::<Vec<i32>>()
+        })
+        // By its program: CRIU overwrites its command line (the wrapper's shows only ld.so).
+        .filter(|pid| {
+            fs::read_link(format!("/proc/{pid}/exe"))
+                .is_ok_and(|exe| exe.to_string_lossy().contains("criu"))
+        })
+        .collect()
+}
+
+/// Whether `pid` runs (a zombie does not).
+fn runs(pid: i32) -> bool {
+    fs::read_to_string(format!("/proc/{pid}/stat"))
+        .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").starts_with(" Z"))
+}
+
+/// Ends, by pid, a CRIU the test's keeper left behind, also when the test fails.
+struct LeftCriu(Vec<i32>);
+
+impl Drop for LeftCriu {
+    fn drop(&mut self) {
+        for &pid in &self.0 {
+            if runs(pid) {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+        }
+    }
+}
+
+/// Ends, by pid, the CRIU a test's keeper runs when the test ends (it fails waiting for it to
+/// end, say).
+struct KeepersCriu(i32);
+
+impl Drop for KeepersCriu {
+    fn drop(&mut self) {
+        drop(LeftCriu(criu_children_of(self.0)));
+    }
+}
+
+/// A keeper killed while its CRIU dumps takes that CRIU with it (its parent death signal, as
+/// `criu lazy-pages` has for `feather serve`): the VM ended with its keeper (its init's
+/// parent death signal), and the CRIU left behind lived on, adopted by the machine's reaper —
+/// here, a post-copy dump whose page server waits for a connection that never comes, it waited
+/// in `accept` for good. The VM reads as crashed and starts again: the crash clean-up thaws
+/// the group the keeper froze behind CRIU.
+#[test]
+fn a_keeper_killed_mid_dump_takes_its_criu_with_it() {
+    use feather_vm::protocol::{Conversation, Request, Response};
+    let (feather, _base) = offline_vm("ckpt-keeperdies");
+    feather.require_criu();
+    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    // What `feather migrate` asks (post-copy), from an asker that then never fetches a page.
+    let mut asker = Conversation::start(
+        &feather_core::StateRoot::new(Some(feather.root.clone()))
+            .vm(&"vm".parse().unwrap())
+            .control_socket(),
+        &Request::Checkpoint {
+            leave_running: false,
+            criu: criu_path(),
+            lazy: Some(feather_migrate::criu::PageServer {
+                address: "127.0.0.1".into(),
+                port: free_port(),
+            }),
+            hold_frozen: false,
+        },
+        std::time::Duration::from_secs(120),
+    )
+    .unwrap();
+    assert_eq!(asker.answer().unwrap(), Response::Dumped);
+    let criu = LeftCriu(criu_children_of(keeper));
+    assert_eq!(criu.0.len(), 1, "the keeper's criu swrk serves the pages");
+    // Killed only once CRIU waits for the page server's connection: killed earlier, between
+    // `Dumped` and the keeper's answer to CRIU's ready notice, CRIU reads the end of its
+    // socket and ends by itself, death signal or not (review).
+    feather.eventually("CRIU's page server waits in accept", || {
+        let syscall =
+            fs::read_to_string(format!("/proc/{}/syscall", criu.0[0])).unwrap_or_default();
+        syscall.starts_with("43 ") || syscall.starts_with("288 ")
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    feather.eventually("the keeper's CRIU ends with it", || !runs(criu.0[0]));
+    drop(asker);
+    feather.eventually("the VM reads as crashed", || {
+        feather.status("vm") == "crashed"
+    });
+    feather.ok(&["start", "vm"]);
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
+}
+
+/// A post-copy dump whose asker is gone before the keeper could tell it `Dumped` (the write
+/// fails: its end of the socket is closed) fails, and the VM runs on: the asker would never
+/// connect to CRIU's page server, which would wait in `accept` for good, the VM's processes
+/// seized and frozen behind it.
+#[test]
+fn a_post_copy_dump_whose_asker_cannot_hear_dumped_fails_and_the_vm_runs_on() {
+    use feather_vm::protocol::{Conversation, Request};
+    let (feather, _base) = writing_vm("ckpt-deafasker");
+    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let log = feather.vm_dir("vm").join("upper/data/log");
+    // What `feather migrate` asks (post-copy), from an asker gone at once: the request is
+    // read from the socket's buffer, the answer cannot be written.
+    let asker = Conversation::start(
+        &feather_core::StateRoot::new(Some(feather.root.clone()))
+            .vm(&"vm".parse().unwrap())
+            .control_socket(),
+        &Request::Checkpoint {
+            leave_running: false,
+            criu: criu_path(),
+            lazy: Some(feather_migrate::criu::PageServer {
+                address: "127.0.0.1".into(),
+                port: free_port(),
+            }),
+            hold_frozen: false,
+        },
+        std::time::Duration::from_secs(120),
+    )
+    .unwrap();
+    drop(asker);
+    let _left = KeepersCriu(keeper);
+    feather.eventually("the dump has failed and its CRIU ended", || {
+        feather.vm_dir("vm").join("checkpoint/dump.log").exists()
+            && criu_children_of(keeper).is_empty()
+            && !feather
+                .vm_dir("vm")
+                .join("checkpoint/inventory.img")
+                .exists()
+    });
+    let after = logged(&log);
+    feather.eventually("the VM runs on", || logged(&log) > after);
+    assert_eq!(feather.status("vm"), "running");
+    assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
+}
+
 #[test]
 fn a_resource_criu_cannot_dump_is_named_and_the_vm_keeps_running() {
     let (feather, _base) = counting_vm("ckpt-undumpable");

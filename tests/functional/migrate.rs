@@ -1352,12 +1352,13 @@ fn a_post_copy_dump_whose_page_server_cannot_listen_fails_with_criu_s_words_and_
         .spawn()
         .unwrap();
     source.eventually("the keeper waits before its dump", || hold.awaited());
-    // The port chosen for the page server is one of host a's four, free now: every free one
-    // is bound (without SO_REUSEADDR, so that CRIU's bind fails), none listens.
+    // The port chosen for the page server is one of host a's four: every one is bound and
+    // listened on, with SO_REUSEADDR (the keeper's hold of its port lets such a socket bind
+    // beside it, and CRIU's bind then fails).
     let mut taker = Killed(
         Command::new("nsenter")
             .arg(format!("--net=/run/netns/{}", hosts.a))
-            .args(["/usr/bin/python3", "-c", TAKE_PORTS])
+            .args(["/usr/bin/python3", "-c", TAKE_PORTS, "listen"])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -1393,6 +1394,56 @@ fn a_post_copy_dump_whose_page_server_cannot_listen_fails_with_criu_s_words_and_
         "one connection, nothing lost or repeated"
     );
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
+/// The port chosen for a post-copy dump's page server is held by the keeper from the request
+/// on, until CRIU listens on it: a process that binds ports meanwhile (here every free one of
+/// host a's four, as a plain `bind` does, without SO_REUSEADDR) cannot take it, and the
+/// migration goes through. Before, the port stood free from the sender's choice (before the
+/// layers' pre-copy) to CRIU's bind, and a process that took it in between failed the
+/// migration ("Can't bind page server: Address already in use").
+#[test]
+fn a_post_copy_page_server_s_port_is_held_from_the_request_to_criu_s_listen() {
+    let hosts = TwoHosts::new();
+    narrow_ephemeral_ports(&hosts.a);
+    let (source, target) = (Feather::new("mig-psheld"), Feather::new("mig-psheld-dst"));
+    let subnet = own_subnet();
+    let subnet = subnet.cidr.as_str();
+    let mut hold = crate::support::RecordHold::before_dump("mig-psheld");
+    let (variable, value) = hold.env();
+    private_vm_on_a(
+        &hosts,
+        &source,
+        subnet,
+        &[(variable, value.to_str().unwrap())],
+    );
+    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
+    let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    source.eventually("the keeper waits before its dump", || hold.awaited());
+    let mut taker = Killed(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", hosts.a))
+            .args(["/usr/bin/python3", "-c", TAKE_PORTS])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut taken = String::new();
+    BufReader::new(taker.0.stdout.as_mut().unwrap())
+        .read_line(&mut taken)
+        .unwrap();
+    assert!(taken.starts_with("taken 4000"), "{taken}");
+    hold.release();
+    let moved: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    drop(taker);
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait(), "the receiver ran the VM");
+    assert_eq!(target.status("vm"), "running");
 }
 
 /// A post-copy dump whose images the keeper refuses at CRIU's `post-dump` (its `layers.json`
@@ -1458,11 +1509,16 @@ fn a_post_copy_dump_whose_images_the_keeper_refuses_fails_with_the_keeper_s_word
 /// input closes.
 const TAKE_PORTS: &str = r#"
 import socket, sys
+listen = sys.argv[1:] == ["listen"]
 taken = []
 for port in range(40000, 40004):
     s = socket.socket()
     try:
+        if listen:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("0.0.0.0", port))
+        if listen:
+            s.listen(1)
         taken.append(s)
     except OSError:
         s.close()

@@ -461,7 +461,8 @@ fn an_imported_disk_cap_names_no_project_of_the_receiver() {
 }
 
 /// Records this host writes while a migration runs are never in an export: a crafted `hold`
-/// would make the restore wait for a host process (pid 1), `released-to` refuse it.
+/// would make the restore wait for a host process (pid 1), `released-to` refuse it; nor are
+/// the files of the receiver's `criu lazy-pages`.
 #[test]
 fn records_no_export_writes_are_refused() {
     let base = ScratchBase::new("import-records");
@@ -481,6 +482,11 @@ fn records_no_export_writes_are_refused() {
         ("hold", format!("1 {ticks}")),
         ("released-to", "elsewhere:7000".to_owned()),
         ("lazy-pages", "127.0.0.1:1".to_owned()),
+        // The receiver's `criu lazy-pages`: a plain file at its socket's name (a socket is
+        // refused by the archive's shape already), its status and its log.
+        ("lazy-pages.socket", String::new()),
+        ("lazy-pages.status", "\0".to_owned()),
+        ("lazy-pages.log", "(00.000000) lazy-pages\n".to_owned()),
     ];
     for (record, text) in records {
         let archive = crafted_folder(&feather, &vm_dir, |crafted| {

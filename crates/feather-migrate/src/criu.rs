@@ -211,6 +211,28 @@ pub struct PageServer {
     pub port: u16,
 }
 
+impl PageServer {
+    /// Holds this page server's port, in the caller's network namespace, until the descriptor
+    /// returned is closed: a TCP socket bound to it on every address with `SO_REUSEADDR`,
+    /// never listening. No other socket can bind the port meanwhile unless it too asks to
+    /// reuse it; CRIU's does (`setup_tcp_server` in criu/util.c), and as this one never
+    /// listens, CRIU binds and listens beside it. Fails if the port is taken already.
+    pub fn hold_port(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        use nix::sys::socket::{
+            bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+        };
+        let held = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        setsockopt(&held, sockopt::ReuseAddr, &true)?;
+        bind(held.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, self.port))?;
+        Ok(held)
+    }
+}
+
 /// The pages of a dump, from its `pagemap-<pid>.img` images.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct DumpStats {
@@ -595,7 +617,20 @@ impl Criu {
     /// `on_note` hears what CRIU says while it dumps ([`DumpNote`]): among them, when the
     /// images are written (before a lazy dump serves its memory, which it does until the
     /// receiver has every page). Its `false` fails the dump.
+    ///
+    /// CRIU ends (SIGKILL) with the thread calling this, however that ends: a keeper killed
+    /// mid-dump took its VM with it (its init's parent death signal), and the CRIU it left
+    /// dumped a tree that was gone, or, post-copy, waited in its page server's `accept` for
+    /// good. So the caller calls this from its main thread (the keeper's, which serves its VM
+    /// for its whole life; a debug build checks it).
     pub fn dump(&self, dump: &Dump, on_note: &mut dyn FnMut(DumpNote) -> bool) -> Result<()> {
+        // The death signal follows the forking thread: from any other, CRIU would end with
+        // that thread, maybe mid-dump.
+        debug_assert_eq!(
+            nix::unistd::gettid(),
+            nix::unistd::getpid(),
+            "a VM's dump must be started from the keeper's main thread"
+        );
         fs::create_dir_all(dump.images).map_err(io_at(dump.images))?;
         let images = fs::File::open(dump.images).map_err(io_at(dump.images))?;
         let opts = rpc::Opts {
@@ -629,14 +664,17 @@ impl Criu {
             network_lock: dump.external_netns.map(|_| rpc::NetworkLock::Skip as i32),
             ..common_options()
         };
-        self.dump_notified(dump.vm, opts, &dump.images.join(DUMP_LOG), on_note)
+        let ends = Ends::WithStartingThread;
+        self.dump_notified(dump.vm, opts, &dump.images.join(DUMP_LOG), ends, on_note)
     }
 
     /// A dump with options the caller chose (feather-oci maps runc's flags onto them, starting
     /// from [`common_options`]); `opts.images_dir_fd` (and `work_dir_fd`) must stay open until
     /// it returns. `log` is where CRIU's log lands, for the error's words.
+    /// CRIU outlives its caller here (as runc's does): it left a container it froze (its
+    /// `freeze_cgroup`) as it found it only if it finishes.
     pub fn dump_with(&self, name: &str, opts: rpc::Opts, log: &Path) -> Result<()> {
-        self.dump_notified(name, opts, log, &mut |_| true)
+        self.dump_notified(name, opts, log, Ends::ByItself, &mut |_| true)
     }
 
     fn dump_notified(
@@ -644,6 +682,7 @@ impl Criu {
         name: &str,
         opts: rpc::Opts,
         log: &Path,
+        ends: Ends,
         on_note: &mut dyn FnMut(DumpNote) -> bool,
     ) -> Result<()> {
         let mut channel = rpc::Channel::new().map_err(|e| self.broken(e))?;
@@ -654,6 +693,9 @@ impl Criu {
             .stdout(Stdio::null())
             .stderr(Stdio::null());
         feather_sys::process::pass_only(&mut criu, channel.criu_fd().as_slice());
+        if ends == Ends::WithStartingThread {
+            feather_sys::process::end_with_starting_thread(&mut criu);
+        }
         let mut criu = criu.spawn().map_err(|e| self.broken(e))?;
         channel.criu_started();
         let answer = channel.call_notified(
@@ -796,6 +838,14 @@ impl Criu {
             source,
         }
     }
+}
+
+/// Whether a dump's CRIU ends with the thread that started it ([`Criu::dump`]) or only by
+/// itself ([`Criu::dump_with`]).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ends {
+    WithStartingThread,
+    ByItself,
 }
 
 /// A restore under way: see [`Criu::restore_call`].

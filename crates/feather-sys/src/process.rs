@@ -492,6 +492,15 @@ pub fn end_with_starting_thread(command: &mut std::process::Command) {
     raw::end_with_starting_thread_on_exec(command);
 }
 
+/// [`end_with_starting_thread`] for a child forked without a [`std::process::Command`] (a
+/// keeper's restoring child, which prepares a mount namespace before it execs CRIU): called
+/// first thing in the child, with `parent` the pid of the process that forked it, read before
+/// the fork. The signal survives the exec. An error (the parent already gone) means the child
+/// must end rather than go on unowned.
+pub fn end_with_forking_thread(parent: Pid) -> Result<()> {
+    raw::end_with_forking_thread(parent.as_raw()).ctx("prctl(PR_SET_PDEATHSIG)", "forked child")
+}
+
 /// Starts `command`, a feather program that closes at its own start every descriptor it was
 /// not named (feather-keeper's keeper and finisher), handing it `given`: their close-on-exec is
 /// cleared for the start only. No hook runs between fork and exec, so the standard library

@@ -1140,19 +1140,26 @@ pub fn end_with_starting_thread_on_exec(command: &mut std::process::Command) {
     // The pid the child's parent has, read in the parent before the fork (a thread's parent
     // is its process, as getppid() says).
     let parent = std::process::id() as libc::pid_t;
-    let hook = move || -> std::io::Result<()> {
-        nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
-        if nix::unistd::getppid().as_raw() != parent {
-            return Err(std::io::Error::from(Errno::ESRCH));
-        }
-        Ok(())
-    };
+    let hook = move || -> std::io::Result<()> { end_with_forking_thread(parent) };
     // SAFETY: the hook runs in the forked child of a possibly multi-threaded process before
     // exec: it makes only async-signal-safe system calls (prctl, getppid), allocates nothing
     // (an Errno converts to an io::Error without allocating), and takes no lock.
     unsafe {
         command.pre_exec(hook);
     }
+}
+
+/// In a child just forked by `parent` (its pid, read before the fork): SIGKILL when the thread
+/// that forked it ends (the parent death signal), and ESRCH if the parent ended before the
+/// signal was set (the child was given to a reaper: it must not go on unowned). Only
+/// async-signal-safe system calls (prctl, getppid), no allocation: fit for a child of a
+/// multi-threaded process.
+pub fn end_with_forking_thread(parent: libc::pid_t) -> std::io::Result<()> {
+    nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)?;
+    if nix::unistd::getppid().as_raw() != parent {
+        return Err(std::io::Error::from(Errno::ESRCH));
+    }
+    Ok(())
 }
 
 /// `setdomainname(name, len)`: the NIS domain name of the caller's UTS namespace.

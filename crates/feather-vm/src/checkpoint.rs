@@ -304,8 +304,8 @@ pub(crate) struct LazyCheckpoint {
 
 /// For tests only: set (to anything), [`checkpoint_lazy`] fails right after the keeper said
 /// `Dumped`, where the checkpoint's subnet is recorded (as a full disk would make it), so that a
-/// test sees what a failure between the dump and the page transfer leaves. Unset (always,
-/// outside tests), nothing fails.
+/// test sees what a failure between the dump and the page transfer leaves. Read by a debug
+/// build only ([`crate::test_hooks`]); unset (always, outside tests), nothing fails.
 pub const FAIL_AFTER_DUMPED: &str = "FEATHER_TEST_FAIL_AFTER_DUMPED";
 
 /// Post-copy: dumps the running VM `name` but its memory, which CRIU serves at `at`; returns
@@ -371,7 +371,7 @@ pub(crate) fn checkpoint_lazy(
             ))
         }
     };
-    let recorded = match std::env::var_os(FAIL_AFTER_DUMPED) {
+    let recorded = match crate::test_hooks::set(FAIL_AFTER_DUMPED) {
         Some(_) => Err(failed(name, format!("{FAIL_AFTER_DUMPED} is set (a test)"))),
         None => record_subnet(root, &vm, &config),
     };

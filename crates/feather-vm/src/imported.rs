@@ -248,11 +248,16 @@ pub(crate) fn disk_here(
 
 /// Records of a VM's checkpoint folder that only this host writes (a migration's receiver and
 /// sender, while one runs), never an export: in an archive, made by hand. A `hold` would make
-/// the restore wait for whatever host process it names.
-const HOST_RECORDS: [&str; 3] = [
+/// the restore wait for whatever host process it names. The receiver's `criu lazy-pages`
+/// (started by `feather serve`) has its socket, its status file and its log there too; an
+/// export is a dump into a folder made anew, which never holds them.
+const HOST_RECORDS: [&str; 6] = [
     crate::images::HOLD,
     crate::images::RELEASED_TO,
     crate::images::LAZY,
+    feather_migrate::criu::LAZY_SOCKET,
+    feather_migrate::criu::LAZY_STATUS,
+    feather_migrate::criu::LAZY_LOG,
 ];
 
 /// Whether the unpacked checkpoint folder `checkpoint` holds a record no export writes.

@@ -203,14 +203,10 @@ pub const HOLD_AFTER_RESUME: &str = "FEATHER_TEST_HOLD_AFTER_RESUME";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`]), if it is set.
+/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`]), if it is set: in a debug build only (see
+/// [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
-    let Some(path) = std::env::var_os(variable) else {
-        return;
-    };
-    if let Ok(file) = File::open(path) {
-        let _ = file.lock_shared();
-    }
+    crate::test_hooks::held(variable);
 }
 
 /// Whether the asker of a post-copy checkpoint is gone (its end of `stream` hung up) without
@@ -1057,6 +1053,23 @@ impl Keeper {
         lazy: Option<feather_migrate::criu::PageServer>,
         held: Option<moment::Held>,
     ) -> Answered {
+        // Post-copy: the port the asker chose for CRIU's page server, held from here until the
+        // dump has ended, so that nothing takes it before CRIU listens on it (CRIU binds beside
+        // this hold: see `PageServer::hold_port`). Taken since the asker chose it, the dump is
+        // refused before anything of the VM stops.
+        let _port = match lazy.as_ref().map(|at| (at.port, at.hold_port())) {
+            Some((port, Err(e))) => {
+                let message = format!(
+                    "VM {}: port {port}, chosen for its page server, was taken before CRIU \
+                     could listen on it ({e}); the VM runs on here; try again",
+                    self.vm.name()
+                );
+                let _ = protocol::write_response(stream, &Response::Error { message });
+                return Answered::Done;
+            }
+            Some((_, Ok(held))) => Some(held),
+            None => None,
+        };
         held_by_test(HOLD_BEFORE_DUMP);
         // CRIU seizes the tasks frozen (none forks out of its reach), and leaves a held VM
         // frozen. Not for post-copy: the migration freezes the VM itself while CRIU still

@@ -76,6 +76,7 @@ pub mod services;
 pub mod snapshot;
 pub mod spawner;
 mod tcp_repair;
+mod test_hooks;
 mod vm_group;
 pub mod workload;
 

@@ -431,12 +431,6 @@ fn post_copy(
         .read_state()?
         .keeper_pid
         .ok_or_else(|| Error::NotRunning(name.to_string()))?;
-    // CRIU's page server listens in the keeper's network namespace, reached only by the relay.
-    let at = feather_migrate::criu::PageServer {
-        address: "127.0.0.1".into(),
-        port: free_port_in_netns_of(keeper)
-            .map_err(|e| failed(name, format!("no port for its pages: {e}")))?,
-    };
     let mut channel = Some(accepted.pages_channel());
     let progress = RefCell::new(progress);
     let started = Cell::new(None);
@@ -453,14 +447,25 @@ fn post_copy(
         )));
         // A failed dump leaves the VM running here (CRIU resumes it).
         trace::phase("migrate: pre-copy of the layers");
-        let dump = checkpoint_lazy(root, name, &at, || connect_in_netns_of(keeper, at.port)).map(
-            |(checkpoint, page_server)| {
+        // CRIU's page server listens in the keeper's network namespace, reached only by the
+        // relay. Its port is chosen here, right before the request, and held by the keeper
+        // from the request on (see `Keeper::dumped`): chosen before the layers' pre-copy, it
+        // could be taken by then, and CRIU could not listen.
+        let dump = free_port_in_netns_of(keeper)
+            .map_err(|e| failed(name, format!("no port for its pages: {e}")))
+            .map(|port| feather_migrate::criu::PageServer {
+                address: "127.0.0.1".into(),
+                port,
+            })
+            .and_then(|at| {
+                checkpoint_lazy(root, name, &at, || connect_in_netns_of(keeper, at.port))
+            })
+            .map(|(checkpoint, page_server)| {
                 dumped.set(Some(Instant::now()));
                 trace::phase("migrate: dump but the memory (frozen)");
                 lazy = Some(checkpoint);
                 page_server
-            },
-        );
+            });
         match dump {
             Ok(page_server) => {
                 page_stream = page_server.try_clone().ok();

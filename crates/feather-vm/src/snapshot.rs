@@ -227,7 +227,7 @@ pub(crate) fn dump(
                 feather_core::trace::phase("checkpoint: the units' groups saved");
                 let written = serde_json::to_vec_pretty(&layers)
                     .map_err(encode(name, LAYERS))
-                    .and_then(|list| match std::env::var_os(FAIL_LAYERS) {
+                    .and_then(|list| match crate::test_hooks::set(FAIL_LAYERS) {
                         Some(_) => Err(failed(name, format!("{FAIL_LAYERS} is set (a test)"))),
                         None => feather_core::atomic::write_atomic(
                             &images.join(LAYERS),
@@ -272,8 +272,8 @@ pub(crate) fn dump(
 
 /// For tests only: set (to anything) in a keeper's environment, the dump's [`LAYERS`] cannot be
 /// written (as on a full disk), so that a test sees what the keeper's refusal of the images at
-/// CRIU's `post-dump` leaves. Read at that one spot; unset (always, outside tests), nothing
-/// fails.
+/// CRIU's `post-dump` leaves. Read at that one spot, by a debug build only
+/// ([`crate::test_hooks`]); unset (always, outside tests), nothing fails.
 pub const FAIL_LAYERS: &str = "FEATHER_TEST_FAIL_LAYERS";
 
 /// The mounts `picked` chooses, in order, as external mounts of the dump keyed
@@ -636,8 +636,17 @@ pub(crate) fn restore_tree(
     // The child's mount namespace, where CRIU runs: no restored process may be left in it.
     let (mnt_read, mnt_write) = nix::unistd::pipe2(flags)
         .map_err(|e| io(name, "make the restoring child's pipe")(e.into()))?;
+    // The child, CRIU once it has exec'd, ends with the keeper: a keeper killed mid-restore
+    // leaves no CRIU restoring for no one (what it restored is in the VM's cgroup, which the
+    // crash clean-up kills). Forked from the keeper's main thread (`fork` takes the only
+    // thread), which lives as long as the keeper: the death signal follows the forking thread.
+    let keeper = Pid::this();
     let child = match process::fork().in_vm(name)? {
         None => {
+            if let Err(e) = process::end_with_forking_thread(keeper) {
+                eprintln!("feather keeper {name}: the restoring child cannot end with it: {e}");
+                std::process::exit(125);
+            }
             // In the child: a mount namespace of its own, so that the VM's root overlay, which
             // CRIU needs mounted to rebuild the VM's mounts on, never appears on the host.
             let prepared = (|| -> Result<()> {

@@ -1,0 +1,49 @@
+//! The test-only hooks: `FEATHER_TEST_*` variables a test sets in the environment of a keeper
+//! (or of `feather serve`, `migrate`) to hold it at one step ([`held`]: the `HOLD_*` of
+//! [`crate::keeper`]) or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
+//! [`crate::checkpoint::FAIL_AFTER_DUMPED`]). Only a debug build reads them — the tests run
+//! debug builds — so a release keeper cannot be held in the middle of a dump, with its VM
+//! frozen or seized, nor made to fail one, by whatever sets its environment.
+
+use std::ffi::OsString;
+
+/// The value of the test-only `variable`: what the environment holds in a debug build, None
+/// in a release build whatever it holds.
+#[cfg(debug_assertions)]
+pub(crate) fn set(variable: &str) -> Option<OsString> {
+    std::env::var_os(variable)
+}
+
+/// The value of the test-only `variable`: what the environment holds in a debug build, None
+/// in a release build whatever it holds.
+#[cfg(not(debug_assertions))]
+pub(crate) fn set(_variable: &str) -> Option<OsString> {
+    None
+}
+
+/// Waits for the lock of the file the test-only `variable` names (shared, blocking), if it is
+/// [`set`]: the test holding that lock lets the process go on.
+pub(crate) fn held(variable: &str) {
+    let Some(path) = set(variable) else {
+        return;
+    };
+    if let Ok(file) = std::fs::File::open(path) {
+        let _ = file.lock_shared();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A debug build reads what the environment holds; a release build nothing. The suite runs
+    /// debug builds; the release side is checked by running this test with debug assertions off
+    /// (`--config 'profile.dev.package.feather-vm.debug-assertions=false'`).
+    #[test]
+    fn a_hook_is_read_by_a_debug_build_only() {
+        // PATH: a variable the test's environment holds, read without changing it (another
+        // test's thread may read the environment meanwhile).
+        assert!(std::env::var_os("PATH").is_some());
+        assert_eq!(set("PATH").is_some(), cfg!(debug_assertions));
+    }
+}
