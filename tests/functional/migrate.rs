@@ -3,6 +3,7 @@
 //! by a veth pair with addresses of the test's own.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1657,7 +1658,7 @@ fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed(
     let base = ScratchBase::new("mig-marker");
     counting_vm(&source, &base);
     source.ok(&["checkpoint", "vm"]);
-    let marker = source.vm_dir("vm").join("checkpoint").join("released-to");
+    let marker = source.vm_dir("vm").join("released-to");
     std::fs::write(&marker, "10.77.0.2:7070").unwrap();
     let refused = source.fails(&["restore", "vm"]);
     assert!(
@@ -2498,6 +2499,215 @@ fn a_post_copy_dump_failing_after_the_release_leaves_the_vm_frozen_at_the_source
     source.eventually("never running twice: not at the source either", || {
         source.status("vm") != "running"
     });
+}
+
+/// A post-copy migration of a VM counting in memory (see `start_counting`), its receiver held
+/// at a test hold (see [`HeldMigration::new`]), the VM frozen at the source. Dropped in field
+/// order: the hold first, the hosts last.
+struct HeldMigration {
+    _hold: crate::support::RecordHold,
+    /// `migrate`, its output piped.
+    migrating: Child,
+    _server: Server,
+    source: Feather,
+    target: Feather,
+    _base: ScratchBase,
+    /// The VM's group on the v2 hierarchy at the source.
+    cgroup: PathBuf,
+    /// The source keeper's log (FEATHER_TRACE=phases).
+    log: PathBuf,
+    _hosts: TwoHosts,
+}
+
+impl HeldMigration {
+    /// Returns once the receiver's `feather serve` (or a keeper it started) waits at the hold
+    /// `held_at` makes: [`RecordHold::after_resume`], once it runs the VM the sender let go;
+    /// [`RecordHold::before_criu`], before its restore, the VM not let go yet.
+    fn new(label: &str, held_at: fn(&str) -> crate::support::RecordHold) -> HeldMigration {
+        let hosts = TwoHosts::new();
+        let (source, target) = (Feather::new(label), Feather::new(&format!("{label}-dst")));
+        let base = ScratchBase::new(label);
+        source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+        let started = source
+            .command()
+            .env("FEATHER_TRACE", "phases")
+            .args(["start", "vm"])
+            .output()
+            .unwrap();
+        assert!(started.status.success(), "{started:?}");
+        start_counting(&source, "vm");
+        let cgroup = source
+            .cgroup_dirs("vm")
+            .into_iter()
+            .find(|dir| dir.join("cgroup.freeze").exists())
+            .expect("the VM has a cgroup on the v2 hierarchy");
+        let log = source.vm_dir("vm").join("keeper.log");
+        let hold = held_at(label);
+        let (variable, value) = hold.env();
+        let server = Server::accepting(
+            &hosts,
+            &target,
+            &[(variable, value.to_str().unwrap())],
+            &["--base", base.as_str()],
+        );
+        let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        target.eventually_within(
+            "the receiver waits at the hold",
+            std::time::Duration::from_secs(60),
+            || hold.awaited(),
+        );
+        HeldMigration {
+            _hold: hold,
+            migrating,
+            _server: server,
+            source,
+            target,
+            _base: base,
+            cgroup,
+            log,
+            _hosts: hosts,
+        }
+    }
+
+    /// The source group's `cgroup.freeze` ("" once the group is gone).
+    fn freeze(&self) -> String {
+        std::fs::read_to_string(self.cgroup.join("cgroup.freeze"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// The source's CRIU, dumping the VM and serving its pages: the keeper's child outside the
+    /// VM's cgroup (CRIU overwrites its command line).
+    fn criu(&self) -> Named {
+        let keeper = self.source.inspect("vm")["state"]["keeper_pid"]
+            .as_u64()
+            .unwrap() as u32;
+        let members = std::fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap();
+        let members: Vec<u32> = members.lines().filter_map(|p| p.parse().ok()).collect();
+        let dumping: Vec<Named> = children_of_threads(keeper)
+            .into_iter()
+            .filter(|pid| !members.contains(pid))
+            .filter_map(Named::at)
+            .collect();
+        assert_eq!(dumping.len(), 1, "one CRIU dumps the VM: {dumping:?}");
+        dumping[0]
+    }
+
+    /// Whether no process of the VM is left at the source.
+    fn source_ended(&self) -> bool {
+        !self.cgroup.exists() || crate::support::cgroup_is_empty(&self.cgroup)
+    }
+}
+
+/// Whether the source keeper's log says its dump has ended ("… CRIU dumped 1.234 ms", not
+/// "… CRIU dumped all but …").
+fn dump_ended(log: &Path) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|log| {
+        log.lines().any(|line| {
+            line.strip_prefix("feather-trace: checkpoint: CRIU dumped ")
+                .is_some_and(|took| took.split_whitespace().count() == 2)
+        })
+    })
+}
+
+/// `migrate` killed (SIGKILL, as an OOM kill or a dropped ssh session ends it) after it let
+/// the VM go, while the receiver runs it, and the lazy dump failing after that (its page
+/// server's connection, which `migrate`'s relay held, reset mid-transfer; here CRIU is stopped
+/// until `migrate` is gone, then killed): CRIU lets the processes go on at the source, where
+/// only the freeze holds them. The failed dump's clean-up emptied the checkpoint folder, the
+/// release record with it, and the keeper, finding `migrate` gone and no record, thawed the
+/// VM: it ran at both hosts. The record now lives beside the checkpoint folder, and the keeper
+/// ends the copy here, never thawed.
+#[test]
+fn a_post_copy_migrate_killed_after_the_release_never_lets_the_vm_run_at_the_source() {
+    let mut held = HeldMigration::new("mig-killed", crate::support::RecordHold::after_resume);
+    assert_eq!(held.target.status("vm"), "running");
+    assert_eq!(
+        held.freeze(),
+        "1",
+        "migrate froze the VM before its release"
+    );
+    let criu = held.criu();
+    let signal = |signal: &str, pid: u32| {
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    };
+    signal("-STOP", criu.pid);
+    held.migrating.kill().unwrap();
+    let _ = held.migrating.wait();
+    signal("-KILL", criu.pid);
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    // Never thawed: its processes are ended frozen.
+    held.source
+        .eventually("no process of the VM left at the source", || {
+            assert!(
+                held.freeze() != "0" || held.source_ended(),
+                "the VM, let go to the receiver, was thawed at the source"
+            );
+            held.source_ended()
+        });
+    let log = std::fs::read_to_string(&held.log).unwrap();
+    assert!(log.contains("the copy let go ended here"), "{log}");
+    assert_eq!(held.target.status("vm"), "running");
+    held.source
+        .eventually("never running twice: not at the source either", || {
+            held.source.status("vm") != "running"
+        });
+}
+
+/// A post-copy dump failing before the release (the sender's CRIU killed while the receiver's
+/// restore waits) while `migrate` lives: the keeper keeps the copy here as CRIU left it —
+/// frozen, its TCP connections in repair mode — for `migrate` may still let it go. It used to
+/// take the connections out of repair at once (so this kernel answered for connections that
+/// may live at the receiver) and to look only once whether `migrate` was gone: `migrate`
+/// killed later left the VM's only copy frozen for good. The keeper now waits for `migrate`'s
+/// end, and then, the VM never let go, lets it run on here.
+#[test]
+fn a_post_copy_migrate_killed_before_the_release_lets_the_vm_run_on_at_the_source() {
+    let mut held = HeldMigration::new("mig-unreleased", crate::support::RecordHold::before_criu);
+    let criu = held.criu();
+    let killed = Command::new("kill")
+        .args(["-9", &criu.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    // `migrate` lives, and may still let it go: kept as CRIU left it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(held.freeze(), "1", "frozen while migrate may let it go");
+    let log = std::fs::read_to_string(&held.log).unwrap();
+    assert!(
+        !log.contains("taken out of repair mode"),
+        "its TCP connections stay in repair until migrate is done: {log}"
+    );
+    held.migrating.kill().unwrap();
+    let _ = held.migrating.wait();
+    held.source
+        .eventually("the VM's only copy is thawed", || held.freeze() == "0");
+    let log = std::fs::read_to_string(&held.log).unwrap();
+    assert!(log.contains("taken out of repair mode"), "{log}");
+    assert_eq!(held.source.status("vm"), "running");
+    let resumed = count(&held.source, "vm");
+    held.source
+        .eventually("the loop counts on at the source", || {
+            count(&held.source, "vm") > resumed
+        });
 }
 
 /// A man in the middle between the hosts that alters one byte of the stream from sender to

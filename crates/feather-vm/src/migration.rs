@@ -15,7 +15,7 @@ pub use feather_migrate::channel::{Security, TlsFiles};
 
 use crate::checkpoint::{checkpoint, checkpoint_lazy, import_archive, restore, Progress, Source};
 use crate::error::{failed, InVm, Result, VmError};
-use crate::images::{held_for, Receiver, RELEASED_TO};
+use crate::images::{held_for, Receiver};
 use crate::imported::Accepted;
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
@@ -358,7 +358,7 @@ fn stop_and_copy(
     let network_namespace = netns_moved(&vm.checkpoint_dir());
     // From here the receiver may run the VM: a restore here must not happen unless it says it
     // does not.
-    let marker = vm.checkpoint_dir().join(RELEASED_TO);
+    let marker = crate::images::release_record(&vm);
     feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
     progress(Progress::Phase(&format!("letting {name} run at {to}")));
     match restored.release() {
@@ -512,7 +512,7 @@ fn post_copy(
             return resume_here(lazy, relaying, e);
         }
     };
-    let marker = vm.checkpoint_dir().join(RELEASED_TO);
+    let marker = crate::images::release_record(&vm);
     feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
     progress(Progress::Phase(&format!("letting {name} run at {to}")));
     match restored.release() {
