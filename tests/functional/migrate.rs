@@ -1671,6 +1671,36 @@ fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed(
     assert_eq!(source.status("vm"), "running");
 }
 
+/// A VM a migration let go, as its release record (`<vm>/released-to`) names the receiver, and
+/// whether the error `refused` names that receiver and why.
+fn let_go(source: &Feather) -> (PathBuf, impl Fn(&str)) {
+    let record = source.vm_dir("vm").join("released-to");
+    std::fs::write(&record, "10.77.0.2:7070").unwrap();
+    let said = |refused: &str| {
+        assert!(
+            refused.contains("let go to 10.77.0.2:7070 by") && refused.contains("run it twice"),
+            "{refused}"
+        );
+    };
+    (record, said)
+}
+
+/// A stopped (or crashed) copy of a VM a migration let go: `start` booted it afresh from its
+/// layer, with the same name and address, while it may run at the receiver. It now refuses,
+/// naming the receiver, until the record is removed.
+#[test]
+fn a_vm_let_go_to_another_host_is_not_started_here() {
+    let source = Feather::new("mig-unstarted");
+    let base = ScratchBase::new("mig-unstarted");
+    source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let (record, said) = let_go(&source);
+    said(&source.fails(&["start", "vm"]));
+    assert_eq!(source.status("vm"), "created");
+    std::fs::remove_file(&record).unwrap();
+    source.ok(&["start", "vm"]);
+    assert_eq!(source.status("vm"), "running");
+}
+
 /// A client and a server inside the VM, connected over TCP through the VM's own address, keep
 /// their connection when the VM moves to another host: no line is lost or repeated.
 #[test]
