@@ -1685,6 +1685,23 @@ fn let_go(source: &Feather) -> (PathBuf, impl Fn(&str)) {
     (record, said)
 }
 
+/// A VM a migration let go may run at the receiver: `checkpoint` and `commit` here froze its
+/// copy here and thawed it after (and a checkpoint set the old checkpoint folder aside, where
+/// the record was). Both now refuse, naming the receiver, until the record is removed.
+#[test]
+fn a_vm_let_go_to_another_host_is_neither_frozen_nor_checkpointed_here() {
+    let source = Feather::new("mig-released");
+    let base = ScratchBase::new("mig-released");
+    counting_vm(&source, &base);
+    let (record, said) = let_go(&source);
+    said(&source.fails(&["checkpoint", "vm"]));
+    said(&source.fails(&["checkpoint", "vm", "--leave-running"]));
+    said(&source.fails(&["commit", "vm", "--force"]));
+    assert_eq!(source.status("vm"), "running");
+    std::fs::remove_file(&record).unwrap();
+    source.ok(&["checkpoint", "vm", "--leave-running"]);
+}
+
 /// A stopped (or crashed) copy of a VM a migration let go: `start` booted it afresh from its
 /// layer, with the same name and address, while it may run at the receiver. It now refuses,
 /// naming the receiver, until the record is removed.

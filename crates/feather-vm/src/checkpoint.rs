@@ -251,6 +251,9 @@ fn checkpointable(vm: &feather_core::VmDir, name: &VmName) -> Result<feather_cor
         }
         _ => return Err(Error::NotRunning(name.to_string()).into()),
     }
+    // Its freeze and thaw (or its set-aside of the checkpoint folder) would let a copy run
+    // here that may run at the receiver.
+    images::refuse_if_released(vm, "checkpointing it")?;
     let config = vm.read_config()?;
     if config.ephemeral {
         return Err(failed(
