@@ -94,6 +94,21 @@ pub struct Migrated {
     /// content was known), or `dumped` by CRIU, with why when feather made it and it had
     /// changed (see `crate::snapshot::NetnsAtDump`).
     pub network_namespace: String,
+    /// Set when the VM runs at the receiver but its copy here could not be removed (its
+    /// last keeper still writing its layer, say): what is left, and how to remove it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_here: Option<String>,
+}
+
+/// Removes the VM's copy here once the receiver said it runs there. The migration succeeded
+/// whatever happens here: a failed removal is said (in [`Migrated::left_here`]), not returned.
+fn removed_here(root: &StateRoot, name: &VmName, to: &str) -> Option<String> {
+    let e = lifecycle::remove(root, name, false).err()?;
+    Some(format!(
+        "{name} runs at {to}, but its copy here was not removed ({}); `feather rm {name}` \
+         removes it once its keeper has ended",
+        causes(&e)
+    ))
 }
 
 /// [`Migrated::network_namespace`], from the images of the VM's checkpoint.
@@ -366,7 +381,7 @@ fn stop_and_copy(
             let frozen = started.elapsed();
             trace::phase("migrate: release");
             progress(Progress::Resumed);
-            lifecycle::remove(root, name, false)?;
+            let left_here = removed_here(root, name, to);
             Ok(Migrated {
                 mode: Mode::StopAndCopy,
                 bytes,
@@ -377,6 +392,7 @@ fn stop_and_copy(
                 pages_before_resume: stats.pages_written,
                 pages_after_resume: 0,
                 network_namespace,
+                left_here,
             })
         }
         feather_migrate::transfer::Released::Failed(why) => {
@@ -546,7 +562,7 @@ fn post_copy(
                     source: Box::new(e),
                 });
             }
-            lifecycle::remove(root, name, false)?;
+            let left_here = removed_here(root, name, to);
             Ok(Migrated {
                 mode: Mode::PostCopy,
                 bytes,
@@ -557,6 +573,7 @@ fn post_copy(
                 pages_before_resume: stats.pages_written,
                 pages_after_resume: stats.pages_lazy,
                 network_namespace,
+                left_here,
             })
         }
         feather_migrate::transfer::Released::Failed(why) => {
