@@ -1455,6 +1455,63 @@ fn a_post_copy_dump_whose_images_the_keeper_refuses_fails_with_the_keeper_s_word
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
 
+/// The keeper's post-copy freeze behind CRIU failing (the test-only
+/// `FEATHER_TEST_FAIL_SEIZED_FREEZE`, as without a v2 group or with a task that never counts
+/// as frozen): unfrozen, the VM's processes would run from CRIU's release on with their TCP
+/// connections in repair mode. The keeper refuses CRIU's `post-dump`, so the dump fails before
+/// `migrate` hears `Dumped`: `migrate` fails with the keeper's words and the VM runs on here,
+/// its loopback connection whole. It was only logged, and the migration went on.
+#[test]
+fn a_post_copy_dump_the_keeper_cannot_freeze_behind_criu_is_refused_and_the_vm_runs_on() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (
+        Feather::new("mig-nofreeze"),
+        Feather::new("mig-nofreeze-dst"),
+    );
+    let subnet = own_subnet();
+    let subnet = subnet.cidr.as_str();
+    private_vm_on_a(
+        &hosts,
+        &source,
+        subnet,
+        &[(feather_vm::keeper::FAIL_SEIZED_FREEZE, "1")],
+    );
+    python_daemon(&source, "vm", LINE_SERVER, &[]);
+    await_line_server(&source, "vm");
+    python_daemon(&source, "vm", LINE_CLIENT, &[]);
+    source.eventually("the loopback connection carries data", || {
+        received_numbers(&source, "vm").len() >= 3
+    });
+    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
+    let failed: crate::support::Outcome =
+        migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("cannot freeze it behind CRIU")
+            && failed
+                .stderr
+                .contains("FEATHER_TEST_FAIL_SEIZED_FREEZE is set"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!server.wait());
+    assert_eq!(source.status("vm"), "running");
+    let resumed = received_numbers(&source, "vm").len();
+    source.eventually("the loopback connection carries on", || {
+        received_numbers(&source, "vm").len() > resumed + 5
+    });
+    let numbers = received_numbers(&source, "vm");
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "one connection, nothing lost or repeated"
+    );
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
 /// Binds every free port of 40000–40003 on all addresses, says which, and holds them until its
 /// input closes.
 const TAKE_PORTS: &str = r#"

@@ -213,6 +213,25 @@ pub(crate) fn held_by_test(variable: &str) {
     }
 }
 
+/// For tests only: set (to anything) in a keeper's environment, its post-copy freeze behind
+/// CRIU (at `post-dump`) fails, as without a v2 group or with a task that never counts as
+/// frozen, so that a test sees the dump refused. Read at that one spot; unset (always, outside
+/// tests), nothing fails.
+pub const FAIL_SEIZED_FREEZE: &str = "FEATHER_TEST_FAIL_SEIZED_FREEZE";
+
+/// The post-copy freeze behind CRIU (see `Keeper::dumped`), unless a test fails it
+/// ([`FAIL_SEIZED_FREEZE`]).
+fn seized_freeze(cgroup: &Cgroup) -> feather_sys::Result<feather_sys::cgroup::Frozen> {
+    if std::env::var_os(FAIL_SEIZED_FREEZE).is_some() {
+        return Err(feather_sys::SysError {
+            op: "freeze",
+            target: format!("the VM's processes ({FAIL_SEIZED_FREEZE} is set: a test)"),
+            errno: nix::errno::Errno::ETIMEDOUT,
+        });
+    }
+    cgroup.freeze(std::time::Duration::from_secs(10))
+}
+
 /// Whether a keeper leaves the slow end of its VM's teardown to a finisher process of its own
 /// (see [`Keeper::hand_off`]): a throw-away VM run in the foreground, without a disk image
 /// (whose release must come before the exit status).
@@ -1103,7 +1122,7 @@ impl Keeper {
                 DumpNote::Images => {
                     trace::phase("checkpoint: CRIU dumped all but the memory");
                     if let Some(cgroup) = self.cgroup.as_ref().filter(|_| lazy.is_some()) {
-                        match cgroup.freeze(std::time::Duration::from_secs(10)) {
+                        match seized_freeze(cgroup) {
                             Ok(frozen) => seized_frozen = Some(frozen),
                             // Unfrozen, the VM's processes would run from CRIU's release on
                             // with their TCP sockets in repair mode (the freeze is what holds
