@@ -106,9 +106,9 @@ fi
 scripts/install-criu
 
 cargo build --workspace --all-targets
-cargo build --release -p feather
-# feather-oci, the OCI runtime engines call (docs/oci.md).
-cargo build --release -p feather-oci
+# The release binaries, feather-oci (the OCI runtime engines call, docs/oci.md) among them;
+# the front and the keeper linked statically (the script says why and how).
+scripts/build-release
 # `feather-open` and the `xdg-open` hook are the feather binary by other names (docs/shuttle.md).
 ln -sfn feather target/release/feather-open
 mkdir -p target/release/hook && ln -sfn ../feather target/release/hook/xdg-open
