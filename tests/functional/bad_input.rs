@@ -52,6 +52,21 @@ fn a_duplicate_create_is_refused_and_the_first_vm_is_untouched() {
     );
 }
 
+/// `create --start` over a name taken is refused as `create` is, and the VM of that name is
+/// not started by it.
+#[test]
+fn a_duplicate_create_with_start_starts_nothing() {
+    let feather = Feather::new("bad-dup-start");
+    let base = ScratchBase::new("bad-dup-start");
+    feather.ok(&["create", "one", "--base", base.as_str(), "--net", "none"]);
+    refused(
+        &feather,
+        &["create", "--start", "one", "--net", "none"],
+        "VM one already exists",
+    );
+    assert_eq!(feather.status("one"), "created");
+}
+
 #[test]
 fn a_missing_vm_is_named_by_every_command() {
     let feather = Feather::new("bad-missing");

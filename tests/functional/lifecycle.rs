@@ -1592,3 +1592,32 @@ fn a_throw_away_vms_command_runs_as_its_user_in_its_folder_or_fails_saying_why()
     // `ls` waits for it).
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");
 }
+
+/// `create --start` is `create` then `start` in one command: the VM is up when it returns.
+#[test]
+fn create_with_start_brings_the_vm_up() {
+    let feather = Feather::new("create-start");
+    feather.ok(&["create", "--start", "up"]);
+    assert_eq!(feather.status("up"), "running");
+    assert_eq!(feather.ok(&["exec", "up", "--", "echo", "in"]).trim(), "in");
+    feather.ok(&["stop", "up"]);
+    assert_eq!(feather.status("up"), "stopped");
+    feather.ok(&["rm", "up"]);
+}
+
+/// A `create --start` whose start fails leaves the VM created, and its error says so and
+/// what to do: the start's own error first.
+#[test]
+fn create_with_start_that_cannot_start_leaves_the_vm_created() {
+    let feather = Feather::new("create-start-lone");
+    let lone = LoneFeather::new("create-start");
+    let outcome = lone.run(&feather, &["create", "--start", "vm"]);
+    let e = String::from_utf8_lossy(&outcome.stderr);
+    assert!(!outcome.status.success(), "{e}");
+    assert!(e.contains("cannot start its keeper"), "{e}");
+    assert!(
+        e.contains("the VM was created, not started: `feather start vm` tries again"),
+        "{e}"
+    );
+    assert_eq!(feather.status("vm"), "created");
+}

@@ -79,8 +79,7 @@ impl RootNetwork {
             )));
         }
         crate::firewall::create_tables(self)?;
-        let earlier = earlier.and_then(|claim| Some((claim.uplink.clone()?, claim.subnet)));
-        let uplinks = earlier.into_iter();
+        let uplinks = earlier.and_then(|claim| claim.proxied.clone()).into_iter();
         for (uplink, subnet) in uplinks.chain(self.uplink.clone().map(|u| (u, self.subnet))) {
             netlink::forget_proxy_subnet(&uplink, subnet);
         }

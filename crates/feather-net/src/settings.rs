@@ -662,20 +662,22 @@ pub(crate) fn claims_lock() -> Result<File> {
 pub(crate) struct EarlierClaim {
     bridge: String,
     text: String,
-    /// The uplink it records, whose proxy ARP entries in its subnet go with its network.
-    pub(crate) uplink: Option<String>,
-    pub(crate) subnet: Subnet,
+    /// The uplink and subnet it records, whose proxy ARP entries go with its network; `None`
+    /// for a file that does not read as a claim (a foreign or damaged one), which a refused
+    /// choice still puts back as it was.
+    pub(crate) proxied: Option<(String, Subnet)>,
 }
 
-/// The claim on `bridge` now, if one reads as a claim. Call with the claims lock held.
+/// The claim file on `bridge` now, if there is one. Call with the claims lock held.
 pub(crate) fn claim_on(bridge: &str) -> Option<EarlierClaim> {
     let text = fs::read_to_string(Path::new(CLAIMS).join(bridge)).ok()?;
-    let claim = toml::from_str::<Claim>(&text).ok()?;
+    let proxied = toml::from_str::<Claim>(&text)
+        .ok()
+        .and_then(|claim| Some((claim.uplink?, claim.subnet)));
     Some(EarlierClaim {
         bridge: bridge.to_owned(),
         text,
-        uplink: claim.uplink,
-        subnet: claim.subnet,
+        proxied,
     })
 }
 
@@ -724,6 +726,28 @@ mod tests {
         fn drop(&mut self) {
             let _ = fs::remove_dir_all(&self.0);
         }
+    }
+
+    /// A claim file that does not read as a claim (damaged, or a foreign program's) is still
+    /// one to give back: a refused first choice puts it back as it was, not deleted.
+    #[test]
+    fn an_earlier_claim_that_does_not_parse_is_put_back_as_it_was() {
+        struct Removed(PathBuf);
+        impl Drop for Removed {
+            fn drop(&mut self) {
+                let _ = fs::remove_file(&self.0);
+            }
+        }
+        let bridge = format!("fbrt{:x}", std::process::id());
+        let path = Removed(Path::new(CLAIMS).join(&bridge));
+        let _claims = claims_lock().unwrap();
+        fs::create_dir_all(CLAIMS).unwrap();
+        fs::write(&path.0, "not a claim = [").unwrap();
+        let earlier = claim_on(&bridge).expect("a claim file that does not parse is kept");
+        assert!(earlier.proxied.is_none());
+        fs::remove_file(&path.0).unwrap();
+        earlier.put_back();
+        assert_eq!(fs::read_to_string(&path.0).unwrap(), "not a claim = [");
     }
 
     /// The claim a root at `root` makes now, as `RootNetwork::claim` writes it.

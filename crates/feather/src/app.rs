@@ -232,12 +232,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             options,
             services,
             fresh_state,
+            start,
         }) => {
             let name = name.parse()?;
             let base = options.base.clone().unwrap_or_else(|| "/".into());
             let services = feather_vm::services::check_installed(&base, &services)?;
             lifecycle::create(&root, &name, &create_options(&options)?)?;
             feather_vm::services::configure(&root, &name, services, fresh_state)?;
+            if start {
+                return start_created(&root, &name);
+            }
         }
         Command::Start(StartArgs { name }) => return service::start(&root, &name.parse()?),
         Command::Stop { name, time } => {
@@ -290,6 +294,19 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         _ => unreachable!("run by crate::full (see runs_elsewhere)"),
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `create --start`: the VM just created is started as `feather start` would, in this same
+/// process (a script bringing up many VMs saves the second command's exec, parse and the state
+/// root's opening). A start that fails leaves the VM created, and the error says so.
+fn start_created(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitCode> {
+    service::start(root, name).map_err(|e| {
+        anyhow::anyhow!(
+            "{}; the VM was created, not started: `feather start {name}` tries again, \
+             `feather rm {name}` removes it",
+            feather_core::error::causes(e.as_ref())
+        )
+    })
 }
 
 /// `run`: a throw-away VM with --rm; otherwise the named VM, created and started as needed.

@@ -401,6 +401,10 @@ pub struct CreateCommandArgs {
     /// Those services start with empty state, not the host's data (on the VM's first start)
     #[arg(long, requires = "services")]
     pub fresh_state: bool,
+    /// Start the VM once it is created, as `feather start` does: one command per VM for a
+    /// script bringing up many (as `docker run -d`)
+    #[arg(long)]
+    pub start: bool,
 }
 
 #[derive(Debug, Args)]

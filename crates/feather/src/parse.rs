@@ -138,6 +138,7 @@ mod tests {
                 "feather", "run", "--root", "/r", "-it", "--rm", "--", "x", "-V",
             ],
             &["feather", "create", "vm"],
+            &["feather", "create", "--start", "vm"],
             &["feather", "--root", "/r", "start", "vm"],
             &["feather", "start", "--root=/r", "vm"],
             &[
