@@ -31,7 +31,8 @@ packages=(
     curl             # network and service tests fetch those pages
     openssl          # tests make certificate authorities (the web view beyond loopback, migration over mutual TLS)
     gcc libc6-dev    # scripts/install-criu compiles the small shim it preloads into criu (TCP sockets on Linux >= 6.16, other users' limits without CAP_SYS_RESOURCE)
-                     # gcc's libgcc_eh.a: the `feather` front links the unwinder in (crates/feather/src/main.rs); readelf (binutils, with gcc): a test reads its libraries
+                     # gcc's libgcc_eh.a: the `feather` front links the unwinder in (crates/feather/src/main.rs); readelf (binutils, with gcc): a test reads its libraries, install-feather checks the release pair is static
+                     # libc6-dev's libc.a: scripts/build-release links `feather` and `feather-keeper` statically
     tar zstd         # checkpoint --export / restore --import: VM archives (.tar.zst)
     iptables         # CRIU saves and restores a VM's firewall rules with iptables-save/-restore
     python3          # checkpoint tests: a unix-socket server and client inside a VM over /
@@ -106,9 +107,9 @@ fi
 scripts/install-criu
 
 cargo build --workspace --all-targets
-cargo build --release -p feather
-# feather-oci, the OCI runtime engines call (docs/oci.md).
-cargo build --release -p feather-oci
+# The release binaries, feather-oci (the OCI runtime engines call, docs/oci.md) among them;
+# the front and the keeper linked statically (the script says why and how).
+scripts/build-release
 # `feather-open` and the `xdg-open` hook are the feather binary by other names (docs/shuttle.md).
 ln -sfn feather target/release/feather-open
 mkdir -p target/release/hook && ln -sfn ../feather target/release/hook/xdg-open

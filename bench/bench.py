@@ -650,7 +650,11 @@ def install_peers(bench: Bench) -> None:
 def build(bench: Bench) -> None:
     log("building feather (release)")
     cargo = shutil.which("cargo") or str(Path.home() / ".cargo" / "bin" / "cargo")
-    run([cargo, "build", "--release", "-p", "feather", "--quiet"], cwd=REPO, timeout=1800)
+    # As setup.sh builds it (the front and the keeper linked statically): a plain `cargo build
+    # --release` would relink those two dynamic and measure another feather than the installed.
+    path = f"{Path(cargo).parent}:{os.environ.get('PATH', '')}"
+    run([str(REPO / "scripts" / "build-release")], cwd=REPO, timeout=1800,
+        env={**os.environ, "PATH": path, "CARGO_TERM_QUIET": "true"})
     source = REPO / "bench" / "floor" / "floor.c"
     run(["gcc", "-O2", "-Wall", "-Wextra", "-o", str(bench.floor), str(source)])
     source = REPO / "bench" / "fileops" / "fileops.c"

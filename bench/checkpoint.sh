@@ -26,7 +26,7 @@ megabytes=${2:-64}
 redis_mb=${3:-256}
 feather=${FEATHER:-target/release/feather}
 criu=${FEATHER_CRIU:-/usr/local/lib/feather/criu}
-[[ -x $feather ]] || cargo build --release -p feather
+[[ -x $feather ]] || scripts/build-release
 [[ -x $criu ]] || { echo "no CRIU at $criu: run ./setup.sh" >&2; exit 1; }
 
 work=$(mktemp -d /tmp/feather-bench-checkpoint.XXXXXX)

@@ -13,7 +13,8 @@ fn main() {
     // relocating itself — the loader writing ~40,000 addresses into its RELRO segment, 80-odd
     // pages copied on write — where a fixed-address one maps those pages clean from the page
     // cache, already resolved at link time. The price is that the front's own image is not
-    // randomised (its libraries, heap and stack still are); what it reads that a VM wrote, and
-    // why that is accepted for now, is in docs/security.md, "The front at a fixed address".
+    // randomised (its heap and stack still are; the release build links libc into that image,
+    // scripts/build-release); what it reads that a VM wrote, and why that is accepted for now,
+    // is in docs/security.md, "The front at a fixed address".
     println!("cargo::rustc-link-arg-bin=feather=-no-pie");
 }

@@ -380,19 +380,7 @@ fn the_front_and_the_keeper_load_no_shared_library_but_libc() {
 /// (docs/security.md, "The front at a fixed address").
 #[test]
 fn only_the_front_is_linked_at_a_fixed_address() {
-    let elf_type = |binary: &Path| {
-        let header = Command::new("readelf")
-            .arg("--file-header")
-            .arg(binary)
-            .output()
-            .expect("readelf (binutils) runs");
-        assert!(header.status.success(), "{header:?}");
-        let text = String::from_utf8_lossy(&header.stdout).into_owned();
-        let line = text
-            .lines()
-            .find(|line| line.trim_start().starts_with("Type:"));
-        line.expect("readelf prints the type").to_owned()
-    };
+    let elf_type = |binary: &Path| elf_type_and_interpreter(binary).0;
     let front = Path::new(Feather::bin());
     assert!(
         elf_type(front).contains("EXEC"),
@@ -409,6 +397,122 @@ fn only_the_front_is_linked_at_a_fixed_address() {
         let kind = elf_type(&binary);
         assert!(kind.contains("DYN"), "{name} must stay PIE: {kind}");
     }
+}
+
+/// An installed binary (`sudo ./setup.sh` builds it with scripts/build-release and installs it).
+fn installed(name: &str) -> std::path::PathBuf {
+    let path = Path::new(PREFIX).join("bin").join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run sudo ./setup.sh (it builds the release binaries and installs them)",
+        path.display()
+    );
+    path
+}
+
+/// readelf's report on `binary`: its ELF type line and whether it names a program interpreter.
+fn elf_type_and_interpreter(binary: &Path) -> (String, bool) {
+    let read = |what: &str| {
+        let output = Command::new("readelf")
+            .arg(what)
+            .arg(binary)
+            .output()
+            .expect("readelf (binutils) runs");
+        assert!(output.status.success(), "{output:?}");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    let header = read("--file-header");
+    let kind = header
+        .lines()
+        .find(|line| line.trim_start().starts_with("Type:"))
+        .expect("readelf prints the type")
+        .to_owned();
+    (kind, read("--program-headers").contains("INTERP"))
+}
+
+/// The release pair as installed runs VMs (scripts/build-release links `feather` and
+/// `feather-keeper` statically; the suite's own binaries are debug builds, linked
+/// dynamically): the front a fixed-address executable and the keeper a static-pie, neither
+/// naming a loader; a kept VM, whose init re-executes the static keeper inside the VM with no
+/// loader (feather_vm::rootfs::in_vm_program), starts, runs a command, stops and goes; and a
+/// throw-away VM runs and is finished by the keeper.
+#[test]
+fn the_installed_static_pair_runs_kept_and_throw_away_vms() {
+    let front = installed("feather");
+    let keeper = installed("feather-keeper");
+    let (kind, interpreter) = elf_type_and_interpreter(&front);
+    assert!(
+        kind.contains("EXEC") && !interpreter,
+        "the front: {kind}, INTERP {interpreter}"
+    );
+    let (kind, interpreter) = elf_type_and_interpreter(&keeper);
+    assert!(
+        kind.contains("DYN") && !interpreter,
+        "the keeper: {kind}, INTERP {interpreter}"
+    );
+
+    // The root's VMs are removed when `feather` drops, also when an assertion fails first.
+    let feather = Feather::new("installed-pair");
+    let run = |args: &[&str]| {
+        let output = Command::new(&front)
+            .arg("--root")
+            .arg(&feather.root)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("the installed feather runs");
+        assert!(
+            output.status.success(),
+            "installed feather {args:?}: {output:?}"
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    };
+    run(&["create", "kept"]);
+    run(&["start", "kept"]);
+    let init = run(&["exec", "kept", "--", "cat", "/proc/1/cmdline"]);
+    assert!(init.contains("feather-keeper"), "the VM's init: {init:?}");
+    run(&["stop", "kept"]);
+    run(&["rm", "kept"]);
+    let thrown = run(&["run", "--rm", "--net", "none", "--", "echo", "thrown"]);
+    assert_eq!(thrown.trim(), "thrown");
+    let left = run(&["ls"]);
+    assert!(!left.contains("kept"), "no VM is left: {left}");
+}
+
+/// The installed (static) front never loads the host's NSS modules, which a static glibc
+/// cannot run (libnss_systemd crashed it): its one lookup, std's home directory for a `~`
+/// completed with HOME unset, as a user /etc/passwd does not list (a systemd DynamicUser, an
+/// LDAP account), is answered from /etc/passwd alone (feather_sys::process::nss_files_only).
+#[test]
+fn the_installed_front_completes_a_home_path_as_an_unlisted_user_without_home() {
+    let front = installed("feather");
+    let unlisted = "61234";
+    let passwd = fs::read_to_string("/etc/passwd").unwrap();
+    assert!(
+        !passwd
+            .lines()
+            .any(|line| line.split(':').nth(2) == Some(unlisted)),
+        "uid {unlisted} is not in /etc/passwd"
+    );
+    let output = Command::new("setpriv")
+        .args(["--reuid", unlisted, "--regid", unlisted, "--clear-groups"])
+        .arg(&front)
+        .args(["--", "feather", "create", "--base", "~/"])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .env("FEATHER_COMPLETE", "bash")
+        .env("_CLAP_COMPLETE_INDEX", "3")
+        .env("_CLAP_COMPLETE_COMP_TYPE", "9")
+        .env("_CLAP_COMPLETE_SPACE", "true")
+        .current_dir("/")
+        .stdin(Stdio::null())
+        .output()
+        .expect("setpriv (util-linux) runs");
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "the installed front answers the completion: {output:?}"
+    );
 }
 
 /// The commands that read what a VM wrote — its layer, its processes' command lines, the

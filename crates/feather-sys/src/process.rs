@@ -225,6 +225,13 @@ unsafe fn in_mount_namespace_of(
     }
 }
 
+/// For a statically linked program (the release front): glibc's NSS lookups of users and
+/// groups answered from /etc/passwd and /etc/group only, never by loading the host's NSS
+/// modules, which a static glibc cannot safely load (see [`raw::nss_files_only`]).
+pub fn nss_files_only() {
+    raw::nss_files_only();
+}
+
 /// For a program started without Rust's runtime (`#![no_main]`): stdin, stdout and stderr
 /// made sure to be open (on /dev/null where closed) and SIGPIPE ignored, as that runtime would
 /// (see the front, crates/feather/src/main.rs).

@@ -339,6 +339,34 @@ pub fn start_without_rusts_runtime() {
     };
 }
 
+/// The NSS databases a statically linked program (the release front, scripts/build-release)
+/// may look up: each is served by glibc's built-in "files" module alone (/etc/passwd,
+/// /etc/group). scripts/build-release fails the build if the front links a lookup in another.
+pub const NSS_FILES_ONLY: [&std::ffi::CStr; 2] = [c"passwd", c"group"];
+
+extern "C" {
+    /// glibc's <nss.h>: overrides nsswitch.conf's line for one database in this process.
+    fn __nss_configure_lookup(
+        database: *const libc::c_char,
+        services: *const libc::c_char,
+    ) -> libc::c_int;
+}
+
+/// Makes glibc answer every NSS lookup of [`NSS_FILES_ONLY`] from its built-in "files" module,
+/// whatever nsswitch.conf names: a static glibc would otherwise dlopen the host's modules
+/// (libnss_systemd, libnss_sss, …), built against libc.so.6, into a process that has its own
+/// libc; that second libc crashes (libnss_systemd does, in getpwuid_r). "files" and "dns" are
+/// built into glibc since 2.34 and load nothing. Call it while the process has one thread.
+pub fn nss_files_only() {
+    for database in NSS_FILES_ONLY {
+        // SAFETY: both arguments are NUL-terminated strings that outlive the call, which copies
+        // them; glibc takes its NSS lock. It fails (-1) only for an unknown database or no
+        // memory, and then nsswitch.conf stays in force: the lookup it would serve is reachable
+        // only from `~` completion with HOME unset, and scripts/build-release guards the set.
+        let _ = unsafe { __nss_configure_lookup(database.as_ptr(), c"files".as_ptr()) };
+    }
+}
+
 /// `struct sigaction` as the kernel's rt_sigaction(2) takes it on x86-64 and aarch64.
 #[repr(C)]
 struct KernelSigaction {

@@ -50,8 +50,8 @@ pub enum InitError {
     Commands(#[source] crate::commands::CommandError),
     #[error("fcntl on the keeper socket")]
     KeeperSocket(#[source] nix::errno::Errno),
-    #[error("feather's binary has no dynamic loader mapped, or no program; cannot re-execute it")]
-    NoLoader,
+    #[error("feather's binary was not found among init's files; cannot re-execute it")]
+    NoProgram,
     #[error("the workload's arguments contain a NUL byte")]
     Nul,
     #[error("cannot start the command")]
@@ -158,7 +158,7 @@ fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> InitErr
         return InitError::KeeperSocket(e);
     }
     let Some(args) = rootfs::in_vm_program(&plan.rootfs.init_files) else {
-        return InitError::NoLoader;
+        return InitError::NoProgram;
     };
     let launch = InitArgs {
         keeper_fd: fd,
@@ -181,7 +181,8 @@ fn reexecute(plan: &InitPlan, resumed: &Resumed, keeper: &UnixStream) -> InitErr
 }
 
 /// The running feather binary followed by every shared object mapped into this process (the
-/// dynamic loader, libc, ...): what init needs to run again from inside the VM.
+/// dynamic loader, libc, ...; none for a static binary): what init needs to run again from
+/// inside the VM.
 pub fn program_files() -> std::io::Result<Vec<std::path::PathBuf>> {
     let exe = std::env::current_exe()?;
     let maps = std::fs::read_to_string("/proc/self/maps")?;

@@ -56,21 +56,27 @@ pub struct RootfsPlan {
 /// Where init's own program and libraries appear inside the VM.
 pub const INIT_DIR: &str = "/run/.feather-init";
 
-/// The command that runs feather's binary from [`INIT_DIR`] inside the VM (step 8b): its
-/// dynamic loader with the folder as the library path, then the program; its arguments follow.
-/// `None` when `init_files` has no loader or no program.
+/// The command that runs feather's binary from [`INIT_DIR`] inside the VM (step 8b), its
+/// arguments to follow. A dynamic binary runs through its dynamic loader, with the folder as
+/// the library path: the VM's base may have no loader or libraries of its own (a bare tree),
+/// or others than the host's. A static one (the release build's `feather-keeper`, see
+/// scripts/build-release) maps no loader and runs by itself. `None` when `init_files` has no
+/// program.
 pub fn in_vm_program(init_files: &[PathBuf]) -> Option<Vec<String>> {
     let dir = Path::new(INIT_DIR);
+    let program = dir.join(init_files.first()?.file_name()?);
     let loader = init_files
         .iter()
         .filter_map(|file| file.file_name())
-        .find(|name| name.to_string_lossy().starts_with("ld-linux"))?;
-    let program = init_files.first().and_then(|f| f.file_name())?;
+        .find(|name| name.to_string_lossy().starts_with("ld-linux"));
+    let Some(loader) = loader else {
+        return Some(vec![program.display().to_string()]);
+    };
     Some(vec![
         dir.join(loader).display().to_string(),
         "--library-path".into(),
         dir.display().to_string(),
-        dir.join(program).display().to_string(),
+        program.display().to_string(),
     ])
 }
 
@@ -710,5 +716,37 @@ mod tests {
         assert!(!left.contains(&PathBuf::from("sys/firmware")), "{left:?}");
         assert!(left.contains(&PathBuf::from("proc/kcore")), "{left:?}");
         assert_eq!(left.len(), all.len() - 2);
+    }
+
+    #[test]
+    fn a_dynamic_init_runs_through_its_loader_from_the_init_folder() {
+        let files = [
+            "/usr/local/bin/feather-keeper",
+            "/usr/lib/x86_64-linux-gnu/libc.so.6",
+            "/usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2",
+        ]
+        .map(PathBuf::from);
+        assert_eq!(
+            in_vm_program(&files).unwrap(),
+            [
+                "/run/.feather-init/ld-linux-x86-64.so.2",
+                "--library-path",
+                "/run/.feather-init",
+                "/run/.feather-init/feather-keeper",
+            ]
+        );
+    }
+
+    /// A statically linked keeper maps no loader (and no library): init re-executes the
+    /// program itself rather than giving up (it said "no dynamic loader mapped" and every
+    /// kept VM's start failed).
+    #[test]
+    fn a_static_init_runs_by_itself_from_the_init_folder() {
+        let files = [PathBuf::from("/usr/local/bin/feather-keeper")];
+        assert_eq!(
+            in_vm_program(&files).unwrap(),
+            ["/run/.feather-init/feather-keeper"]
+        );
+        assert_eq!(in_vm_program(&[]), None);
     }
 }

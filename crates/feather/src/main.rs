@@ -18,7 +18,8 @@
 // the libraries the standard library names, so that nothing is left for libgcc_s.so.1: that
 // library, which otherwise the loader maps, relocates and initialises at every start (its
 // constructor asks the CPU for its features, which traps to the hypervisor in a VM), is then
-// not loaded at all. libc stays dynamic (see docs/design.md, Known limits, `feather exec`).
+// not loaded at all. (The release build, scripts/build-release, links libc statically too;
+// a debug build keeps it dynamic.)
 #[link(name = "gcc_eh", kind = "static", modifiers = "+whole-archive,-bundle")]
 extern "C" {}
 
@@ -31,6 +32,11 @@ extern "C" fn main(
     _argv: *const *const std::ffi::c_char,
 ) -> std::ffi::c_int {
     feather_sys::process::start_without_rusts_runtime();
+    // Linked statically (the release build), glibc must never load the host's NSS modules:
+    // users and groups from /etc/passwd and /etc/group only (the one such lookup the front
+    // links is std's home directory, for a `~` completed with HOME unset).
+    #[cfg(target_feature = "crt-static")]
+    feather_sys::process::nss_files_only();
     let code = feather::app::front();
     // The runtime's end: what is buffered for stdout is written before the exit.
     let _ = std::io::Write::flush(&mut std::io::stdout());
