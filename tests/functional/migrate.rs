@@ -3,6 +3,7 @@
 //! by a veth pair with addresses of the test's own.
 
 use std::io::{BufRead, BufReader, Read};
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -1332,6 +1333,63 @@ fn a_post_copy_dump_whose_images_the_keeper_refuses_fails_with_the_keeper_s_word
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
 
+/// The keeper's post-copy freeze behind CRIU failing (the test-only
+/// `FEATHER_TEST_FAIL_SEIZED_FREEZE`, as without a v2 group or with a task that never counts
+/// as frozen): unfrozen, the VM's processes would run from CRIU's release on with their TCP
+/// connections in repair mode. The keeper refuses CRIU's `post-dump`, so the dump fails before
+/// `migrate` hears `Dumped`: `migrate` fails with the keeper's words and the VM runs on here,
+/// its loopback connection whole. It was only logged, and the migration went on.
+#[test]
+fn a_post_copy_dump_the_keeper_cannot_freeze_behind_criu_is_refused_and_the_vm_runs_on() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (
+        Feather::new("mig-nofreeze"),
+        Feather::new("mig-nofreeze-dst"),
+    );
+    let subnet = own_subnet();
+    let subnet = subnet.cidr.as_str();
+    private_vm_on_a(
+        &hosts,
+        &source,
+        subnet,
+        &[(feather_vm::keeper::FAIL_SEIZED_FREEZE, "1")],
+    );
+    python_daemon(&source, "vm", LINE_SERVER, &[]);
+    await_line_server(&source, "vm");
+    python_daemon(&source, "vm", LINE_CLIENT, &[]);
+    source.eventually("the loopback connection carries data", || {
+        received_numbers(&source, "vm").len() >= 3
+    });
+    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
+    let failed: crate::support::Outcome =
+        migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("cannot freeze it behind CRIU")
+            && failed
+                .stderr
+                .contains("FEATHER_TEST_FAIL_SEIZED_FREEZE is set"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!server.wait());
+    assert_eq!(source.status("vm"), "running");
+    let resumed = received_numbers(&source, "vm").len();
+    source.eventually("the loopback connection carries on", || {
+        received_numbers(&source, "vm").len() > resumed + 5
+    });
+    let numbers = received_numbers(&source, "vm");
+    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
+    assert_eq!(
+        numbers, expected,
+        "one connection, nothing lost or repeated"
+    );
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
 /// A migration of `source`'s VM "vm" to `target` (`more`: its options) whose receiving keeper
 /// waits at a [`RecordHold`] before its record as running lands: restored, stopped, its
 /// first look at the registry of roots done (`restore` returned to the serve, which said so).
@@ -1519,7 +1577,7 @@ fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed(
     let base = ScratchBase::new("mig-marker");
     counting_vm(&source, &base);
     source.ok(&["checkpoint", "vm"]);
-    let marker = source.vm_dir("vm").join("checkpoint").join("released-to");
+    let marker = source.vm_dir("vm").join("released-to");
     std::fs::write(&marker, "10.77.0.2:7070").unwrap();
     let refused = source.fails(&["restore", "vm"]);
     assert!(
@@ -1530,6 +1588,94 @@ fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed(
     std::fs::remove_file(&marker).unwrap();
     source.ok(&["restore", "vm"]);
     assert_eq!(source.status("vm"), "running");
+}
+
+/// A VM a migration let go, as its release record (`<vm>/released-to`) names the receiver, and
+/// whether the error `refused` names that receiver and why.
+fn let_go(source: &Feather) -> (PathBuf, impl Fn(&str)) {
+    let record = source.vm_dir("vm").join("released-to");
+    std::fs::write(&record, "10.77.0.2:7070").unwrap();
+    let said = |refused: &str| {
+        assert!(
+            refused.contains("let go to 10.77.0.2:7070 by") && refused.contains("run it twice"),
+            "{refused}"
+        );
+    };
+    (record, said)
+}
+
+/// A VM a migration let go may run at the receiver: `checkpoint` and `commit` here froze its
+/// copy here and thawed it after (and a checkpoint set the old checkpoint folder aside, where
+/// the record was). Both now refuse, naming the receiver, until the record is removed.
+#[test]
+fn a_vm_let_go_to_another_host_is_neither_frozen_nor_checkpointed_here() {
+    let source = Feather::new("mig-released");
+    let base = ScratchBase::new("mig-released");
+    counting_vm(&source, &base);
+    let (record, said) = let_go(&source);
+    said(&source.fails(&["checkpoint", "vm"]));
+    said(&source.fails(&["checkpoint", "vm", "--leave-running"]));
+    said(&source.fails(&["commit", "vm", "--force"]));
+    assert_eq!(source.status("vm"), "running");
+    std::fs::remove_file(&record).unwrap();
+    source.ok(&["checkpoint", "vm", "--leave-running"]);
+}
+
+/// A stopped (or crashed) copy of a VM a migration let go: `start` booted it afresh from its
+/// layer, with the same name and address, while it may run at the receiver. It now refuses,
+/// naming the receiver, until the record is removed.
+#[test]
+fn a_vm_let_go_to_another_host_is_not_started_here() {
+    let source = Feather::new("mig-unstarted");
+    let base = ScratchBase::new("mig-unstarted");
+    source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let (record, said) = let_go(&source);
+    said(&source.fails(&["start", "vm"]));
+    assert_eq!(source.status("vm"), "created");
+    std::fs::remove_file(&record).unwrap();
+    source.ok(&["start", "vm"]);
+    assert_eq!(source.status("vm"), "running");
+}
+
+/// Once the receiver said the VM runs there, the migration has succeeded, whatever becomes of
+/// the copy here: its removal waits up to 60 s for the source's last keeper (held here after
+/// its checkpoint's answer, as a flush on a busy disk holds it), and a removal that fails then
+/// is a warning naming the way out, not a failed `migrate` (which said the VM running at the
+/// receiver had not moved).
+#[test]
+fn a_migration_whose_copy_here_stays_succeeds_with_a_warning() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-left"), Feather::new("mig-left-dst"));
+    let base = ScratchBase::new("mig-left");
+    let hold = crate::support::RecordHold::after_stop_answer("mig-left");
+    let (variable, value) = hold.env();
+    source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let started = source
+        .command()
+        .env(variable, value)
+        .args(["start", "vm"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    let moved: crate::support::Outcome =
+        migrating(&hosts, &source, "vm", &["--mode", "stop-and-copy"])
+            .output()
+            .unwrap()
+            .into();
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(
+        moved
+            .stderr
+            .contains("runs at 10.77.0.2:7070, but its copy here was not removed")
+            && moved.stderr.contains("`feather rm vm`"),
+        "{}",
+        moved.stderr
+    );
+    assert!(server.wait(), "the receiver ran the VM");
+    assert_eq!(target.status("vm"), "running");
+    drop(hold);
+    source.ok(&["rm", "vm"]);
 }
 
 /// A client and a server inside the VM, connected over TCP through the VM's own address, keep
@@ -2360,6 +2506,215 @@ fn a_post_copy_dump_failing_after_the_release_leaves_the_vm_frozen_at_the_source
     source.eventually("never running twice: not at the source either", || {
         source.status("vm") != "running"
     });
+}
+
+/// A post-copy migration of a VM counting in memory (see `start_counting`), its receiver held
+/// at a test hold (see [`HeldMigration::new`]), the VM frozen at the source. Dropped in field
+/// order: the hold first, the hosts last.
+struct HeldMigration {
+    _hold: crate::support::RecordHold,
+    /// `migrate`, its output piped.
+    migrating: Child,
+    _server: Server,
+    source: Feather,
+    target: Feather,
+    _base: ScratchBase,
+    /// The VM's group on the v2 hierarchy at the source.
+    cgroup: PathBuf,
+    /// The source keeper's log (FEATHER_TRACE=phases).
+    log: PathBuf,
+    _hosts: TwoHosts,
+}
+
+impl HeldMigration {
+    /// Returns once the receiver's `feather serve` (or a keeper it started) waits at the hold
+    /// `held_at` makes: [`RecordHold::after_resume`], once it runs the VM the sender let go;
+    /// [`RecordHold::before_criu`], before its restore, the VM not let go yet.
+    fn new(label: &str, held_at: fn(&str) -> crate::support::RecordHold) -> HeldMigration {
+        let hosts = TwoHosts::new();
+        let (source, target) = (Feather::new(label), Feather::new(&format!("{label}-dst")));
+        let base = ScratchBase::new(label);
+        source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+        let started = source
+            .command()
+            .env("FEATHER_TRACE", "phases")
+            .args(["start", "vm"])
+            .output()
+            .unwrap();
+        assert!(started.status.success(), "{started:?}");
+        start_counting(&source, "vm");
+        let cgroup = source
+            .cgroup_dirs("vm")
+            .into_iter()
+            .find(|dir| dir.join("cgroup.freeze").exists())
+            .expect("the VM has a cgroup on the v2 hierarchy");
+        let log = source.vm_dir("vm").join("keeper.log");
+        let hold = held_at(label);
+        let (variable, value) = hold.env();
+        let server = Server::accepting(
+            &hosts,
+            &target,
+            &[(variable, value.to_str().unwrap())],
+            &["--base", base.as_str()],
+        );
+        let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        target.eventually_within(
+            "the receiver waits at the hold",
+            std::time::Duration::from_secs(60),
+            || hold.awaited(),
+        );
+        HeldMigration {
+            _hold: hold,
+            migrating,
+            _server: server,
+            source,
+            target,
+            _base: base,
+            cgroup,
+            log,
+            _hosts: hosts,
+        }
+    }
+
+    /// The source group's `cgroup.freeze` ("" once the group is gone).
+    fn freeze(&self) -> String {
+        std::fs::read_to_string(self.cgroup.join("cgroup.freeze"))
+            .unwrap_or_default()
+            .trim()
+            .to_owned()
+    }
+
+    /// The source's CRIU, dumping the VM and serving its pages: the keeper's child outside the
+    /// VM's cgroup (CRIU overwrites its command line).
+    fn criu(&self) -> Named {
+        let keeper = self.source.inspect("vm")["state"]["keeper_pid"]
+            .as_u64()
+            .unwrap() as u32;
+        let members = std::fs::read_to_string(self.cgroup.join("cgroup.procs")).unwrap();
+        let members: Vec<u32> = members.lines().filter_map(|p| p.parse().ok()).collect();
+        let dumping: Vec<Named> = children_of_threads(keeper)
+            .into_iter()
+            .filter(|pid| !members.contains(pid))
+            .filter_map(Named::at)
+            .collect();
+        assert_eq!(dumping.len(), 1, "one CRIU dumps the VM: {dumping:?}");
+        dumping[0]
+    }
+
+    /// Whether no process of the VM is left at the source.
+    fn source_ended(&self) -> bool {
+        !self.cgroup.exists() || crate::support::cgroup_is_empty(&self.cgroup)
+    }
+}
+
+/// Whether the source keeper's log says its dump has ended ("… CRIU dumped 1.234 ms", not
+/// "… CRIU dumped all but …").
+fn dump_ended(log: &Path) -> bool {
+    std::fs::read_to_string(log).is_ok_and(|log| {
+        log.lines().any(|line| {
+            line.strip_prefix("feather-trace: checkpoint: CRIU dumped ")
+                .is_some_and(|took| took.split_whitespace().count() == 2)
+        })
+    })
+}
+
+/// `migrate` killed (SIGKILL, as an OOM kill or a dropped ssh session ends it) after it let
+/// the VM go, while the receiver runs it, and the lazy dump failing after that (its page
+/// server's connection, which `migrate`'s relay held, reset mid-transfer; here CRIU is stopped
+/// until `migrate` is gone, then killed): CRIU lets the processes go on at the source, where
+/// only the freeze holds them. The failed dump's clean-up emptied the checkpoint folder, the
+/// release record with it, and the keeper, finding `migrate` gone and no record, thawed the
+/// VM: it ran at both hosts. The record now lives beside the checkpoint folder, and the keeper
+/// ends the copy here, never thawed.
+#[test]
+fn a_post_copy_migrate_killed_after_the_release_never_lets_the_vm_run_at_the_source() {
+    let mut held = HeldMigration::new("mig-killed", crate::support::RecordHold::after_resume);
+    assert_eq!(held.target.status("vm"), "running");
+    assert_eq!(
+        held.freeze(),
+        "1",
+        "migrate froze the VM before its release"
+    );
+    let criu = held.criu();
+    let signal = |signal: &str, pid: u32| {
+        let sent = Command::new("kill")
+            .args([signal, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    };
+    signal("-STOP", criu.pid);
+    held.migrating.kill().unwrap();
+    let _ = held.migrating.wait();
+    signal("-KILL", criu.pid);
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    // Never thawed: its processes are ended frozen.
+    held.source
+        .eventually("no process of the VM left at the source", || {
+            assert!(
+                held.freeze() != "0" || held.source_ended(),
+                "the VM, let go to the receiver, was thawed at the source"
+            );
+            held.source_ended()
+        });
+    let log = std::fs::read_to_string(&held.log).unwrap();
+    assert!(log.contains("the copy let go ended here"), "{log}");
+    assert_eq!(held.target.status("vm"), "running");
+    held.source
+        .eventually("never running twice: not at the source either", || {
+            held.source.status("vm") != "running"
+        });
+}
+
+/// A post-copy dump failing before the release (the sender's CRIU killed while the receiver's
+/// restore waits) while `migrate` lives: the keeper keeps the copy here as CRIU left it —
+/// frozen, its TCP connections in repair mode — for `migrate` may still let it go. It used to
+/// take the connections out of repair at once (so this kernel answered for connections that
+/// may live at the receiver) and to look only once whether `migrate` was gone: `migrate`
+/// killed later left the VM's only copy frozen for good. The keeper now waits for `migrate`'s
+/// end, and then, the VM never let go, lets it run on here.
+#[test]
+fn a_post_copy_migrate_killed_before_the_release_lets_the_vm_run_on_at_the_source() {
+    let mut held = HeldMigration::new("mig-unreleased", crate::support::RecordHold::before_criu);
+    let criu = held.criu();
+    let killed = Command::new("kill")
+        .args(["-9", &criu.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    // `migrate` lives, and may still let it go: kept as CRIU left it.
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert_eq!(held.freeze(), "1", "frozen while migrate may let it go");
+    let log = std::fs::read_to_string(&held.log).unwrap();
+    assert!(
+        !log.contains("taken out of repair mode"),
+        "its TCP connections stay in repair until migrate is done: {log}"
+    );
+    held.migrating.kill().unwrap();
+    let _ = held.migrating.wait();
+    held.source
+        .eventually("the VM's only copy is thawed", || held.freeze() == "0");
+    let log = std::fs::read_to_string(&held.log).unwrap();
+    assert!(log.contains("taken out of repair mode"), "{log}");
+    assert_eq!(held.source.status("vm"), "running");
+    let resumed = count(&held.source, "vm");
+    held.source
+        .eventually("the loop counts on at the source", || {
+            count(&held.source, "vm") > resumed
+        });
 }
 
 /// A man in the middle between the hosts that alters one byte of the stream from sender to

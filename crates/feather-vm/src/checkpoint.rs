@@ -34,7 +34,7 @@ use feather_migrate::archive;
 use feather_migrate::criu::Criu;
 
 use crate::error::{encode, failed, io, InVm, Result, VmError};
-use crate::images::{self, held_for, Receiver, HOLD, INVENTORY, RELEASED_TO, SUBNET};
+use crate::images::{self, held_for, Receiver, HOLD, INVENTORY, SUBNET};
 use crate::imported::{self, Accepted};
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
@@ -252,6 +252,9 @@ fn checkpointable(vm: &feather_core::VmDir, name: &VmName) -> Result<feather_cor
         }
         _ => return Err(Error::NotRunning(name.to_string()).into()),
     }
+    // Its freeze and thaw (or its set-aside of the checkpoint folder) would let a copy run
+    // here that may run at the receiver.
+    images::refuse_if_released(vm, "checkpointing it")?;
     let config = vm.read_config()?;
     if config.ephemeral {
         return Err(failed(
@@ -385,13 +388,25 @@ impl LazyCheckpoint {
     /// After a failure `e` before the receiver ran the VM, the page transfer made to fail
     /// (`feather_migrate::pages::abort`, by the caller): waits for CRIU to let the VM's
     /// processes here go on, and says what became of them.
-    pub(crate) fn resume(self, e: VmError) -> VmError {
+    pub(crate) fn resume(mut self, e: VmError) -> VmError {
         let name = self.vm.name().to_string();
-        match self.finish() {
-            // The page transfer failed, as asked: CRIU let the processes go on.
-            Err(VmError::Keeper(_)) => VmError::MigrationFailed {
-                vm: name,
-                source: Box::new(e),
+        match self.dump_ended() {
+            // The page transfer failed, as asked: CRIU let the processes go on, and the keeper
+            // thaws them once told this side is done.
+            Err(VmError::Keeper(_)) => match self.thawed() {
+                Ok(()) => VmError::MigrationFailed {
+                    vm: name,
+                    source: Box::new(e),
+                },
+                Err(why) => failed(
+                    &name,
+                    format!(
+                        "migration failed ({}), and its keeper did not let it run on here ({}); \
+                         `feather ls` shows it running if it does",
+                        causes(&e),
+                        causes(&why)
+                    ),
+                ),
             },
             // CRIU took the transfer for finished and ended them (what the relay holding back
             // the receiver's end prevents); their memory was in CRIU's page server only.
@@ -421,19 +436,50 @@ impl LazyCheckpoint {
     /// ended (`Ok`), or the fetching failed (`Err`; CRIU then lets the processes here go on,
     /// unless they were ended or are frozen).
     pub(crate) fn finish(mut self) -> Result<()> {
+        self.dump_ended()?;
+        self.vm
+            .keeper_ends_by(std::time::Instant::now() + Duration::from_secs(10))?;
+        Ok(())
+    }
+
+    /// The keeper's answer at the end of the dump: `Ok` once the page server has served every
+    /// page (CRIU ends the processes here).
+    fn dump_ended(&mut self) -> Result<()> {
         let name = self.vm.name().to_string();
         match self.keeper.answer() {
-            Ok(Response::Checkpointed { .. }) => {
-                self.vm
-                    .keeper_ends_by(std::time::Instant::now() + Duration::from_secs(10))?;
-                Ok(())
-            }
+            Ok(Response::Checkpointed { .. }) => Ok(()),
             Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
             Ok(other) => Err(VmError::KeeperAnswer {
                 vm: name,
                 answer: format!("{other:?}"),
             }),
             Err(source) => Err(VmError::KeeperSilent { vm: name, source }),
+        }
+    }
+}
+
+impl LazyCheckpoint {
+    /// After a failed dump, the VM never released (or the receiver said it could not run it):
+    /// tells the keeper, which holds the processes frozen with their TCP connections in repair
+    /// mode and their link down until then, that this side is done, and waits until it has let
+    /// them run on. A keeper that held nothing (the VM thawed before its answer) just ends the
+    /// conversation.
+    fn thawed(mut self) -> Result<()> {
+        let name = self.vm.name().to_string();
+        let silent = |source| VmError::KeeperSilent {
+            vm: name.clone(),
+            source,
+        };
+        self.keeper.done_sending().map_err(silent)?;
+        match self.keeper.answer() {
+            Ok(Response::Thawed { .. }) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
+            Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
+            Ok(other) => Err(VmError::KeeperAnswer {
+                vm: name.clone(),
+                answer: format!("{other:?}"),
+            }),
+            Err(source) => Err(silent(source)),
         }
     }
 }
@@ -493,18 +539,7 @@ pub(crate) fn restore_with(
             ),
         ));
     }
-    let released = vm.checkpoint_dir().join(RELEASED_TO);
-    if let Ok(to) = fs::read_to_string(&released) {
-        return Err(failed(
-            name,
-            format!(
-                "was let go to {} by a migration, and may run there: restoring it here could \
-                 run it twice. If it does not run there, remove {} and restore it again",
-                feather_core::display::escape_for_terminal(to.trim()),
-                released.display()
-            ),
-        ));
-    }
+    images::refuse_if_released(&vm, "restoring it")?;
     if let Some(receiver) = held_for(&vm) {
         if !receiver.runs() {
             return Err(failed(

@@ -158,6 +158,8 @@ pub fn commit(
 ) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
+    // Its freeze and thaw would let a copy run here that may run at the receiver.
+    crate::images::refuse_if_released(&vm, "committing it")?;
     let config = vm.read_config()?;
     let _frozen = hold_still(&vm, &config)?;
     let (_base, trees) = pin(&vm, &config)?;

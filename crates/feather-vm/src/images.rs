@@ -81,9 +81,49 @@ pub(crate) struct ExternalLayer {
 /// sender's page server by `criu lazy-pages` (started by `feather serve`): its restore is lazy.
 pub(crate) const LAZY: &str = "lazy-pages";
 
-/// The marker a sending host leaves in the VM's checkpoint folder from the moment it lets the
-/// VM go until the receiver says it runs there: a restore here would run it twice.
+/// The record a sending host writes in the VM's folder (durably) before it lets the VM go to
+/// its receiver, naming the receiver, and removes only once the receiver said it could not run
+/// it: from then on the copy here must never run again (a start, restore, commit or checkpoint
+/// here refuses it, its keeper ends it). Beside the checkpoint folder, not in it: the clean-up
+/// of a failed dump empties that folder, and the next checkpoint sets it aside. Feathers of
+/// before session 22 wrote it in the checkpoint folder, where it is still honoured (and an
+/// archive holding it refused, see `imported`).
 pub(crate) const RELEASED_TO: &str = "released-to";
+
+/// Where [`RELEASED_TO`] is written for `vm`.
+pub(crate) fn release_record(vm: &VmDir) -> PathBuf {
+    vm.path().join(RELEASED_TO)
+}
+
+/// The receiver a release record of `vm` names (as written: a host and port), and the
+/// record's path, if the VM was let go to another host.
+pub(crate) fn released_to(vm: &VmDir) -> Option<(String, PathBuf)> {
+    [release_record(vm), vm.checkpoint_dir().join(RELEASED_TO)]
+        .into_iter()
+        .find_map(|record| {
+            let to = fs::read_to_string(&record).ok()?;
+            Some((to.trim().to_owned(), record))
+        })
+}
+
+/// Refuses `what` (a start, restore, commit, checkpoint: something that would let the copy
+/// here run, or freeze and thaw it) of a VM a migration let go to another host.
+pub(crate) fn refuse_if_released(vm: &VmDir, what: &str) -> Result<()> {
+    let Some((to, record)) = released_to(vm) else {
+        return Ok(());
+    };
+    Err(crate::error::failed(
+        vm.name(),
+        format!(
+            "was let go to {} by a migration, and may run there: {what} here could run it \
+             twice. Check with `feather ls` there; `feather rm {}` removes the copy here; if it \
+             does not run there, remove {} and try again",
+            feather_core::display::escape_for_terminal(&to),
+            vm.name(),
+            record.display()
+        ),
+    ))
+}
 
 /// The `feather serve` a VM received by migration waits for (in [`HOLD`]): a process named by
 /// its pid and its start time (`/proc/PID/stat` field 22), which together name one process for

@@ -209,23 +209,23 @@ pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);
 }
 
-/// Whether the asker of a post-copy checkpoint is gone (its end of `stream` hung up) without
-/// having released the VM to its receiver (no `released-to` marker in the images folder).
-fn asker_gone_unreleased(stream: &UnixStream, vm: &VmDir) -> bool {
-    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-    use std::os::fd::AsFd;
-    // A peer that closed its end leaves this one fully shut down: POLLHUP, reported whatever
-    // the events asked for.
-    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
-    let hung_up = poll(&mut fds, PollTimeout::ZERO).is_ok_and(|ready| ready > 0)
-        && fds[0]
-            .revents()
-            .is_some_and(|r| r.contains(PollFlags::POLLHUP));
-    hung_up
-        && !vm
-            .checkpoint_dir()
-            .join(crate::images::RELEASED_TO)
-            .exists()
+/// For tests only: set (to anything) in a keeper's environment, its post-copy freeze behind
+/// CRIU (at `post-dump`) fails, as without a v2 group or with a task that never counts as
+/// frozen, so that a test sees the dump refused. Read at that one spot; unset (always, outside
+/// tests), nothing fails.
+pub const FAIL_SEIZED_FREEZE: &str = "FEATHER_TEST_FAIL_SEIZED_FREEZE";
+
+/// The post-copy freeze behind CRIU (see `Keeper::dumped`), unless a test fails it
+/// ([`FAIL_SEIZED_FREEZE`]).
+fn seized_freeze(cgroup: &Cgroup) -> feather_sys::Result<feather_sys::cgroup::Frozen> {
+    if crate::test_hooks::set(FAIL_SEIZED_FREEZE).is_some() {
+        return Err(feather_sys::SysError {
+            op: "freeze",
+            target: format!("the VM's processes ({FAIL_SEIZED_FREEZE} is set: a test)"),
+            errno: nix::errno::Errno::ETIMEDOUT,
+        });
+    }
+    cgroup.freeze(std::time::Duration::from_secs(10))
 }
 
 /// Whether a keeper leaves the slow end of its VM's teardown to a finisher process of its own
@@ -1137,7 +1137,7 @@ impl Keeper {
                 DumpNote::Images => {
                     trace::phase("checkpoint: CRIU dumped all but the memory");
                     if let Some(cgroup) = self.cgroup.as_ref().filter(|_| lazy) {
-                        match cgroup.freeze(std::time::Duration::from_secs(10)) {
+                        match seized_freeze(cgroup) {
                             Ok(frozen) => seized_frozen = Some(frozen),
                             // Unfrozen, the VM's processes would run from CRIU's release on
                             // with their TCP sockets in repair mode (the freeze is what holds
@@ -1181,11 +1181,15 @@ impl Keeper {
                     self.hold_network(landed(&early_lock))
                 }
                 DumpNote::NetworkUnlock if locked.get() => {
-                    locked.set(false);
                     // CRIU unlocks on a failure before any lock too: the early hold must
                     // have landed first, or it would take the link down after this.
                     let _ = landed(&early_lock);
-                    self.let_traffic_through();
+                    // Once the asker heard `Dumped` the VM may run at the receiver: the link
+                    // stays down until the asker is done (see `settle_source_copy`).
+                    if !(told.get() && self.cgroup.is_some()) {
+                        locked.set(false);
+                        self.let_traffic_through();
+                    }
                     true
                 }
                 _ => true,
@@ -1195,45 +1199,37 @@ impl Keeper {
             (Err(_), Some(why)) => Err(failed(self.vm.name(), why)),
             (dumped, _) => dumped,
         };
-        // A post-copy dump whose page transfer failed: CRIU let the processes go on (frozen by
-        // the migration) with their TCP connections still in repair mode (see `tcp_repair`).
-        if lazy && dumped.is_err() {
-            if let Some(cgroup) = &self.cgroup {
-                let ended = crate::tcp_repair::end_repair(&cgroup.members());
-                trace::phase(&format!(
-                    "checkpoint: {ended} TCP connections taken out of repair mode"
-                ));
-            }
-            // CRIU's lock of a private namespace it dumped stays too (see `criu_lock`).
-            let dumped_netns = matches!(netns, snapshot::NetnsAtDump::ToCriu(_));
-            if dumped_netns && self.config.network.mode == feather_core::NetMode::Private {
-                if let Err(e) = crate::criu_lock::remove(self.init.pid) {
-                    eprintln!(
-                        "feather keeper {}: CRIU's network lock stays: {e}",
-                        self.vm.name()
-                    );
-                }
-            }
+        // Post-copy: once the asker heard `Dumped` it froze the VM itself and may have released
+        // it to the receiver, where it runs; a dump that failed after that (the receiver's
+        // stream broke, the asker killed mid-transfer) must not let it run here too: the copy
+        // here stays as CRIU left it — frozen, its link down, its TCP connections in repair —
+        // until the asker is done, and then runs again only if it was never released (see
+        // `settle_source_copy`).
+        let keeps = told.get() && seized_frozen.is_some() && dumped.is_err();
+        // A post-copy dump whose page transfer failed before the asker heard `Dumped`: CRIU let
+        // the processes go on with their TCP connections still in repair mode.
+        if lazy && dumped.is_err() && !keeps {
+            self.end_criu_hold(&netns);
         }
         // A dump that failed before CRIU's notice: the link went down all the same.
         let _ = landed(&early_lock);
         // A VM that goes on (a failed dump, or one left running) gets its link back, whether
         // or not CRIU said so.
-        if locked.get() && (dumped.is_err() || leave_running) {
+        if locked.get() && (dumped.is_err() || leave_running) && !keeps {
             self.let_traffic_through();
         }
         // Thawed: the processes of a VM left running go on; the others were ended by CRIU.
         drop(frozen);
-        // Post-copy: once the asker heard `Dumped` it froze the VM itself and may have released
-        // it to the receiver, where it runs; a dump that failed after that (the receiver's
-        // stream broke, the asker killed mid-transfer) must not let it run here too: the freeze
-        // stays, and the asker thaws the VM or ends it. Only an asker gone before any release
-        // leaves the thaw to this process.
-        if let Some(seized) = seized_frozen {
-            if told.get() && !asker_gone_unreleased(stream, &self.vm) {
+        let undecided = match seized_frozen {
+            Some(seized) if keeps => Some(seized),
+            // Dumped: CRIU ends the processes, the asker's freeze holds them meanwhile.
+            Some(seized) if told.get() => {
                 seized.keep();
+                None
             }
-        }
+            // Thawed: the asker never heard `Dumped`, the VM goes on here.
+            _ => None,
+        };
         trace::phase("checkpoint: CRIU dumped");
         match dumped {
             Ok(()) => match decide::after_dump(leave_running) {
@@ -1262,8 +1258,92 @@ impl Keeper {
                         message: causes(&e),
                     },
                 );
+                if let Some(frozen) = undecided {
+                    self.settle_source_copy(stream, frozen, &netns, locked.get());
+                }
                 snapshot::remove_stale(&self.vm);
                 Answered::Done
+            }
+        }
+    }
+
+    /// Post-copy, after a dump that failed once the asker heard `Dumped`: keeps the copy here
+    /// as CRIU left it — `frozen`, its link down (`link_down`), its TCP connections in repair
+    /// mode, so that this kernel neither answers for connections that may live at the receiver
+    /// now nor lets the processes run — until the asker is done with it (it shut its side of
+    /// `stream` down or ended, however: a `migrate` killed mid-transfer too), or the VM's init
+    /// ended. Then, if a release record says the VM was let go to the receiver, the copy here is
+    /// ended, never thawed: it may run there. Otherwise (never released, or the receiver said it
+    /// could not run it) it is the VM's only copy, and runs on here. The asker hears which.
+    fn settle_source_copy(
+        &self,
+        stream: &UnixStream,
+        frozen: feather_sys::cgroup::Frozen,
+        netns: &snapshot::NetnsAtDump,
+        link_down: bool,
+    ) {
+        let since = Instant::now();
+        self.await_asker(stream);
+        if let Some((to, _)) = crate::images::released_to(&self.vm) {
+            // Killed frozen, and left frozen: they die without running again; the group goes
+            // with the VM's teardown (`remove_group`), which thaws nothing it removes.
+            if let Some(cgroup) = &self.cgroup {
+                cgroup.kill_all();
+            }
+            frozen.keep();
+            let message = format!(
+                "VM {}: its post-copy dump failed after it was let go to {to}, where it may run: \
+                 its processes here were ended, never thawed",
+                self.vm.name()
+            );
+            eprintln!("feather keeper {}: {message}", self.vm.name());
+            trace::phase("checkpoint: the copy let go ended here");
+            let _ = protocol::write_response(stream, &Response::Error { message });
+            return;
+        }
+        self.end_criu_hold(netns);
+        if link_down {
+            self.let_traffic_through();
+        }
+        drop(frozen);
+        trace::phase("checkpoint: the copy never let go thawed here");
+        let frozen_ms = since.elapsed().as_millis() as u64;
+        let _ = protocol::write_response(stream, &Response::Thawed { frozen_ms });
+    }
+
+    /// Waits until the asker of a checkpoint shut its side of `stream` down or ended (end of
+    /// file, or a hang-up), or the VM's init ended.
+    fn await_asker(&self, stream: &UnixStream) {
+        use nix::poll::{poll, PollTimeout};
+        loop {
+            let mut fds = [
+                PollFd::new(stream.as_fd(), PollFlags::POLLIN),
+                PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Err(nix::errno::Errno::EINTR) => continue,
+                _ => return,
+            }
+        }
+    }
+
+    /// After a failed post-copy dump, where the VM's processes go on here: takes their TCP
+    /// connections out of the repair mode CRIU left them in (see `tcp_repair`), and CRIU's lock
+    /// of a private namespace it dumped (see `criu_lock`).
+    fn end_criu_hold(&self, netns: &snapshot::NetnsAtDump) {
+        if let Some(cgroup) = &self.cgroup {
+            let ended = crate::tcp_repair::end_repair(&cgroup.members());
+            trace::phase(&format!(
+                "checkpoint: {ended} TCP connections taken out of repair mode"
+            ));
+        }
+        let dumped_netns = matches!(netns, snapshot::NetnsAtDump::ToCriu(_));
+        if dumped_netns && self.config.network.mode == feather_core::NetMode::Private {
+            if let Err(e) = crate::criu_lock::remove(self.init.pid) {
+                eprintln!(
+                    "feather keeper {}: CRIU's network lock stays: {e}",
+                    self.vm.name()
+                );
             }
         }
     }
@@ -1630,18 +1710,20 @@ fn remove_group(cgroup: &Cgroup, vm: &VmName) {
     if !cgroup.exists() {
         return;
     }
-    // Thawed first: a group a keeper left frozen (killed during a freeze) that stays after
-    // all is not left frozen for the next start or restore, which makes the group again over
-    // it (that start thaws it too, see `make_cgroup`).
-    if let Err(e) = cgroup.thaw_left() {
-        eprintln!(
-            "feather: VM {vm}: its cgroup cannot be thawed: {}",
-            causes(&e)
-        );
-    }
+    // Killed before any thaw: a group left frozen (a keeper killed during a freeze, a copy a
+    // migration let go) must not run a moment of user code; frozen processes die of the kill
+    // as they are, and a thawed one with SIGKILL pending never returns to user space.
     cgroup.kill_all();
     if let Err(e) = cgroup.remove(Duration::from_secs(5)) {
         eprintln!("feather: VM {vm}: its cgroup stays: {}", causes(&e));
+        // A group that stays is not left frozen for the next start or restore, which makes
+        // the group again over it (that start thaws it too, see `make_cgroup`).
+        if let Err(e) = cgroup.thaw_left() {
+            eprintln!(
+                "feather: VM {vm}: its cgroup cannot be thawed: {}",
+                causes(&e)
+            );
+        }
     }
 }
 

@@ -126,6 +126,8 @@ pub(crate) fn new_id() -> String {
 pub fn start(root: &StateRoot, name: &VmName) -> Result<()> {
     let vm = root.open(name)?;
     let _op = vm.lock_operations()?;
+    // Booted afresh from its layer, with its name and address, while it may run there.
+    crate::images::refuse_if_released(&vm, "starting it")?;
     match vm.read_state()?.status {
         VmStatus::Running => return Err(failed(name, "is already running")),
         VmStatus::Checkpointed => {

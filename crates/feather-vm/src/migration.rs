@@ -15,7 +15,7 @@ pub use feather_migrate::channel::{Security, TlsFiles};
 
 use crate::checkpoint::{checkpoint, checkpoint_lazy, import_archive, restore, Progress, Source};
 use crate::error::{failed, InVm, Result, VmError};
-use crate::images::{held_for, Receiver, RELEASED_TO};
+use crate::images::{held_for, Receiver};
 use crate::imported::Accepted;
 use crate::lifecycle;
 use crate::protocol::{self, Request, Response};
@@ -94,6 +94,21 @@ pub struct Migrated {
     /// content was known), or `dumped` by CRIU, with why when feather made it and it had
     /// changed (see `crate::snapshot::NetnsAtDump`).
     pub network_namespace: String,
+    /// Set when the VM runs at the receiver but its copy here could not be removed (its
+    /// last keeper still writing its layer, say): what is left, and how to remove it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub left_here: Option<String>,
+}
+
+/// Removes the VM's copy here once the receiver said it runs there. The migration succeeded
+/// whatever happens here: a failed removal is said (in [`Migrated::left_here`]), not returned.
+fn removed_here(root: &StateRoot, name: &VmName, to: &str) -> Option<String> {
+    let e = lifecycle::remove(root, name, false).err()?;
+    Some(format!(
+        "{name} runs at {to}, but its copy here was not removed ({}); `feather rm {name}` \
+         removes it once its keeper has ended",
+        causes(&e)
+    ))
 }
 
 /// [`Migrated::network_namespace`], from the images of the VM's checkpoint.
@@ -358,7 +373,7 @@ fn stop_and_copy(
     let network_namespace = netns_moved(&vm.checkpoint_dir());
     // From here the receiver may run the VM: a restore here must not happen unless it says it
     // does not.
-    let marker = vm.checkpoint_dir().join(RELEASED_TO);
+    let marker = crate::images::release_record(&vm);
     feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
     progress(Progress::Phase(&format!("letting {name} run at {to}")));
     match restored.release() {
@@ -366,7 +381,7 @@ fn stop_and_copy(
             let frozen = started.elapsed();
             trace::phase("migrate: release");
             progress(Progress::Resumed);
-            lifecycle::remove(root, name, false)?;
+            let left_here = removed_here(root, name, to);
             Ok(Migrated {
                 mode: Mode::StopAndCopy,
                 bytes,
@@ -377,6 +392,7 @@ fn stop_and_copy(
                 pages_before_resume: stats.pages_written,
                 pages_after_resume: 0,
                 network_namespace,
+                left_here,
             })
         }
         feather_migrate::transfer::Released::Failed(why) => {
@@ -503,7 +519,7 @@ fn post_copy(
             return resume_here(lazy, relaying, e);
         }
     };
-    let marker = vm.checkpoint_dir().join(RELEASED_TO);
+    let marker = crate::images::release_record(&vm);
     feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
     progress(Progress::Phase(&format!("letting {name} run at {to}")));
     match restored.release() {
@@ -537,7 +553,7 @@ fn post_copy(
                     source: Box::new(e),
                 });
             }
-            lifecycle::remove(root, name, false)?;
+            let left_here = removed_here(root, name, to);
             Ok(Migrated {
                 mode: Mode::PostCopy,
                 bytes,
@@ -548,6 +564,7 @@ fn post_copy(
                 pages_before_resume: stats.pages_written,
                 pages_after_resume: stats.pages_lazy,
                 network_namespace,
+                left_here,
             })
         }
         feather_migrate::transfer::Released::Failed(why) => {

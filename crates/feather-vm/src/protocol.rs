@@ -25,7 +25,10 @@ pub enum Request {
     /// keeper answers [`Response::Dumped`], passing with it the connection to CRIU's page
     /// server (one end of a socket pair, the other CRIU's: nothing listens), once that server
     /// is about to serve it (its `status-ready`: the images are written and the keeper took
-    /// them), and the final answer once every page was fetched (or the fetching failed).
+    /// them), and the final answer once every page was fetched (or the fetching failed: then
+    /// the keeper holds the VM as CRIU left it, frozen, until the asker shuts its side down or
+    /// ends, and answers [`Response::Thawed`] if it let the VM run on here, or an error if a
+    /// release record had it end the VM's processes here).
     /// `hold_frozen` (with `leave_running`): the VM is frozen before the dump and stays frozen
     /// after the answer, until the asker closes its end of the connection (it has copied the
     /// VM's layers, or it died) or the keeper's limit passes; then [`Response::Thawed`].
@@ -72,7 +75,8 @@ pub enum Response {
     /// A lazy dump's images are written and its page server serves the memory from now on,
     /// on the connection passed with this answer ([`Conversation::passed`]).
     Dumped,
-    /// A checkpoint's freeze (`hold_frozen`) is over: the VM ran not at all for `frozen_ms`.
+    /// A checkpoint's freeze (`hold_frozen`, or a failed post-copy dump's) is over: the VM ran
+    /// not at all for `frozen_ms`.
     Thawed {
         frozen_ms: u64,
     },

@@ -182,6 +182,9 @@ pub(crate) fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 output::json(&migrated)?;
             }
             eprintln!("migrated {name} to {to}: {}", output::migrated(&migrated));
+            if let Some(left) = &migrated.left_here {
+                eprintln!("feather: warning: {left}");
+            }
         }
         Command::Serve {
             listen,
