@@ -558,7 +558,7 @@ fn a_vm_held_frozen_for_an_export_thaws_when_the_asker_dies() {
         &Request::Checkpoint {
             leave_running: true,
             criu: criu_path(),
-            lazy: None,
+            lazy: false,
             hold_frozen: true,
         },
         std::time::Duration::from_secs(120),
@@ -637,8 +637,8 @@ impl Drop for KeepersCriu {
 /// A keeper killed while its CRIU dumps takes that CRIU with it (its parent death signal, as
 /// `criu lazy-pages` has for `feather serve`): the VM ended with its keeper (its init's
 /// parent death signal), and the CRIU left behind lived on, adopted by the machine's reaper —
-/// here, a post-copy dump whose page server waits for a connection that never comes, it waited
-/// in `accept` for good. The VM reads as crashed and starts again: the crash clean-up thaws
+/// here, a post-copy dump whose page server waits for requests that never come (its asker
+/// holds the connection), it waited for good. The VM reads as crashed and starts again: the crash clean-up thaws
 /// the group the keeper froze behind CRIU.
 #[test]
 fn a_keeper_killed_mid_dump_takes_its_criu_with_it() {
@@ -656,25 +656,24 @@ fn a_keeper_killed_mid_dump_takes_its_criu_with_it() {
         &Request::Checkpoint {
             leave_running: false,
             criu: criu_path(),
-            lazy: Some(feather_migrate::criu::PageServer {
-                address: "127.0.0.1".into(),
-                port: free_port(),
-            }),
+            lazy: true,
             hold_frozen: false,
         },
         std::time::Duration::from_secs(120),
     )
     .unwrap();
     assert_eq!(asker.answer().unwrap(), Response::Dumped);
+    let _page_server = asker.passed().expect("the page server's connection");
     let criu = LeftCriu(criu_children_of(keeper));
     assert_eq!(criu.0.len(), 1, "the keeper's criu swrk serves the pages");
-    // Killed only once CRIU waits for the page server's connection: killed earlier, between
-    // `Dumped` and the keeper's answer to CRIU's ready notice, CRIU reads the end of its
-    // socket and ends by itself, death signal or not (review).
-    feather.eventually("CRIU's page server waits in accept", || {
+    // Killed only once CRIU waits for the first request: killed earlier, between `Dumped` and
+    // the keeper's answer to CRIU's ready notice, CRIU reads the end of its RPC socket and
+    // ends by itself, death signal or not (review).
+    feather.eventually("CRIU's page server waits for a request", || {
         let syscall =
             fs::read_to_string(format!("/proc/{}/syscall", criu.0[0])).unwrap_or_default();
-        syscall.starts_with("43 ") || syscall.starts_with("288 ")
+        // recvfrom (x86_64), which CRIU's recv is.
+        syscall.starts_with("45 ")
     });
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(keeper),
@@ -691,10 +690,93 @@ fn a_keeper_killed_mid_dump_takes_its_criu_with_it() {
     assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
 }
 
+/// A post-copy dump's page server listens nowhere: the keeper gives its CRIU one end of a
+/// socket pair and the asker the other, with `Dumped`. Before, CRIU 4.1's page server listened
+/// on every address of the keeper's network namespace (the host's) and served the first
+/// connection, whoever made it: any local user or remote host could read the VM's memory or
+/// fail the migration before `migrate`'s relay connected. Checked while CRIU waits for the
+/// first request; then, its asker gone, a request it does not know makes it fail, and the VM
+/// runs on.
+#[test]
+fn a_post_copy_dump_s_page_server_listens_nowhere() {
+    use feather_vm::protocol::{Conversation, Request, Response};
+    let (feather, _base) = writing_vm("ckpt-psnolisten");
+    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let log = feather.vm_dir("vm").join("upper/data/log");
+    let mut asker = Conversation::start(
+        &feather_core::StateRoot::new(Some(feather.root.clone()))
+            .vm(&"vm".parse().unwrap())
+            .control_socket(),
+        &Request::Checkpoint {
+            leave_running: false,
+            criu: criu_path(),
+            lazy: true,
+            hold_frozen: false,
+        },
+        std::time::Duration::from_secs(120),
+    )
+    .unwrap();
+    let _left = KeepersCriu(keeper);
+    assert_eq!(asker.answer().unwrap(), Response::Dumped);
+    let page_server = std::os::unix::net::UnixStream::from(asker.passed().expect("the connection"));
+    let criu = criu_children_of(keeper);
+    assert_eq!(criu.len(), 1, "the keeper's criu swrk serves the pages");
+    feather.eventually("CRIU's page server waits for a request", || {
+        let syscall = fs::read_to_string(format!("/proc/{}/syscall", criu[0])).unwrap_or_default();
+        // recvfrom (x86_64, CRIU's recv), or accept/accept4 had it listened.
+        ["45 ", "43 ", "288 "]
+            .iter()
+            .any(|call| syscall.starts_with(call))
+    });
+    assert_eq!(listening_tcp_sockets_of(criu[0]), Vec::<String>::new());
+    // The asker gone first, the keeper thaws the VM it froze behind CRIU (see
+    // `asker_gone_unreleased`); the unknown request then fails CRIU's transfer.
+    drop(asker);
+    feather_migrate::pages::abort(&page_server);
+    feather.eventually("the dump has failed and its CRIU ended", || {
+        criu_children_of(keeper).is_empty()
+    });
+    let after = logged(&log);
+    feather.eventually("the VM runs on", || logged(&log) > after);
+    assert_eq!(feather.status("vm"), "running");
+}
+
+/// The TCP sockets of process `pid` that listen (state 0A in its namespace's
+/// `/proc/<pid>/net/tcp` and `tcp6`), as those lines.
+fn listening_tcp_sockets_of(pid: i32) -> Vec<String> {
+    let own: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .flat_map(|table| {
+            fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(3) == Some(&"0A")
+                && fields.get(9).is_some_and(|i| own.iter().any(|o| o == i))
+        })
+        .collect()
+}
+
 /// A post-copy dump whose asker is gone before the keeper could tell it `Dumped` (the write
-/// fails: its end of the socket is closed) fails, and the VM runs on: the asker would never
-/// connect to CRIU's page server, which would wait in `accept` for good, the VM's processes
-/// seized and frozen behind it.
+/// fails: its end of the socket is closed) fails, and the VM runs on: nobody would ever send
+/// CRIU's page server a request, the VM's processes seized and frozen behind it.
 #[test]
 fn a_post_copy_dump_whose_asker_cannot_hear_dumped_fails_and_the_vm_runs_on() {
     use feather_vm::protocol::{Conversation, Request};
@@ -712,10 +794,7 @@ fn a_post_copy_dump_whose_asker_cannot_hear_dumped_fails_and_the_vm_runs_on() {
         &Request::Checkpoint {
             leave_running: false,
             criu: criu_path(),
-            lazy: Some(feather_migrate::criu::PageServer {
-                address: "127.0.0.1".into(),
-                port: free_port(),
-            }),
+            lazy: true,
             hold_frozen: false,
         },
         std::time::Duration::from_secs(120),

@@ -1261,24 +1261,6 @@ bound.close()
 os.execv(real, [real] + args)
 "#;
 
-/// Narrows the ephemeral ports of namespace `ns` to four, 40000–40003. A bind to port 0 (with
-/// `SO_REUSEADDR`, as Rust's listeners have) then gets 40001 on whatever address: the first
-/// of the two lower ports with the parity the kernel keeps for binds (connections take the
-/// other). So the post-copy relay, which listens on host a's address towards the receiver,
-/// has the port that a search for a free port on another address would return as well.
-fn narrow_ephemeral_ports(ns: &str) {
-    let narrowed = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{ns}"))
-        .args([
-            "sh",
-            "-c",
-            "echo '40000 40003' > /proc/sys/net/ipv4/ip_local_port_range",
-        ])
-        .status()
-        .unwrap();
-    assert!(narrowed.success());
-}
-
 /// A VM "vm" with a private network in `subnet` (so that its checkpoint records the subnet),
 /// created and started on host a, its `start` given `env`.
 fn private_vm_on_a(hosts: &TwoHosts, source: &Feather, subnet: &str, env: &[(&str, &str)]) {
@@ -1292,171 +1274,16 @@ fn private_vm_on_a(hosts: &TwoHosts, source: &Feather, subnet: &str, env: &[(&st
     }
 }
 
-/// CRIU's page server of a post-copy dump listens on every address of the keeper's network
-/// namespace, so its port must be free on all of them: one free on 127.0.0.1 only was once
-/// the migration's own relay's (listening on the address towards the receiver), CRIU could not
-/// listen, and the migration failed (a flake of the full suite, one run in about 8,000 by
-/// chance). With host a's ephemeral ports narrowed, a search on 127.0.0.1 returns the relay's
-/// port every time.
-#[test]
-fn a_post_copy_page_server_gets_a_port_free_on_every_address_of_its_namespace() {
-    let hosts = TwoHosts::new();
-    narrow_ephemeral_ports(&hosts.a);
-    let (source, target) = (Feather::new("mig-psport"), Feather::new("mig-psport-dst"));
-    let subnet = own_subnet();
-    let subnet = subnet.cidr.as_str();
-    private_vm_on_a(&hosts, &source, subnet, &[]);
-    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
-    let moved: crate::support::Outcome = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
-        .output()
-        .unwrap()
-        .into();
-    assert_eq!(moved.code, 0, "{}", moved.stderr);
-    assert!(server.wait(), "the receiver ran the VM");
-    assert_eq!(target.status("vm"), "running");
-}
-
-/// A post-copy dump whose page server cannot listen (its port taken between the sender's
-/// choice and CRIU's listen) fails with CRIU's own words, and the VM runs on at the source,
-/// its TCP connection (a line server and its client over loopback) too: CRIU lets the tasks go
-/// with their connections in repair mode, and the server's restarted `recv` failed (EPERM)
-/// before its keeper took them out of it, until the keeper froze the VM at `post-dump`.
-/// The keeper says the dump is done only once the page server listens: said when the images
-/// were written, the sender went on writing into the images folder while the keeper's clean-up
-/// of the failed dump emptied it, and failed with "…/checkpoint/subnet.json: No such file or
-/// directory" (or, ten seconds later, "cannot reach its page server"), CRIU's words lost.
-#[test]
-fn a_post_copy_dump_whose_page_server_cannot_listen_fails_with_criu_s_words_and_runs_on() {
-    let hosts = TwoHosts::new();
-    narrow_ephemeral_ports(&hosts.a);
-    let (source, target) = (Feather::new("mig-pstaken"), Feather::new("mig-pstaken-dst"));
-    let subnet = own_subnet();
-    let subnet = subnet.cidr.as_str();
-    let mut hold = crate::support::RecordHold::before_dump("mig-pstaken");
-    let (variable, value) = hold.env();
-    private_vm_on_a(
-        &hosts,
-        &source,
-        subnet,
-        &[(variable, value.to_str().unwrap())],
-    );
-    python_daemon(&source, "vm", LINE_SERVER, &[]);
-    await_line_server(&source, "vm");
-    python_daemon(&source, "vm", LINE_CLIENT, &[]);
-    source.eventually("the loopback connection carries data", || {
-        received_numbers(&source, "vm").len() >= 3
-    });
-    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
-    let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    source.eventually("the keeper waits before its dump", || hold.awaited());
-    // The port chosen for the page server is one of host a's four: every one is bound and
-    // listened on, with SO_REUSEADDR (the keeper's hold of its port lets such a socket bind
-    // beside it, and CRIU's bind then fails).
-    let mut taker = Killed(
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", hosts.a))
-            .args(["/usr/bin/python3", "-c", TAKE_PORTS, "listen"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut taken = String::new();
-    BufReader::new(taker.0.stdout.as_mut().unwrap())
-        .read_line(&mut taken)
-        .unwrap();
-    assert!(taken.starts_with("taken 4000"), "{taken}");
-    hold.release();
-    let failed: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
-    assert_ne!(failed.code, 0);
-    assert!(
-        failed
-            .stderr
-            .contains("Can't bind page server: Address already in use"),
-        "{}",
-        failed.stderr
-    );
-    assert!(!server.wait());
-    drop(taker);
-    assert_eq!(source.status("vm"), "running");
-    assert_eq!(source.sh("vm", "echo runs").trim(), "runs");
-    let resumed = received_numbers(&source, "vm").len();
-    source.eventually("the loopback connection carries on", || {
-        received_numbers(&source, "vm").len() > resumed + 5
-    });
-    let numbers = received_numbers(&source, "vm");
-    let expected: Vec<u64> = (1..=numbers.len() as u64).collect();
-    assert_eq!(
-        numbers, expected,
-        "one connection, nothing lost or repeated"
-    );
-    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
-}
-
-/// The port chosen for a post-copy dump's page server is held by the keeper from the request
-/// on, until CRIU listens on it: a process that binds ports meanwhile (here every free one of
-/// host a's four, as a plain `bind` does, without SO_REUSEADDR) cannot take it, and the
-/// migration goes through. Before, the port stood free from the sender's choice (before the
-/// layers' pre-copy) to CRIU's bind, and a process that took it in between failed the
-/// migration ("Can't bind page server: Address already in use").
-#[test]
-fn a_post_copy_page_server_s_port_is_held_from_the_request_to_criu_s_listen() {
-    let hosts = TwoHosts::new();
-    narrow_ephemeral_ports(&hosts.a);
-    let (source, target) = (Feather::new("mig-psheld"), Feather::new("mig-psheld-dst"));
-    let subnet = own_subnet();
-    let subnet = subnet.cidr.as_str();
-    let mut hold = crate::support::RecordHold::before_dump("mig-psheld");
-    let (variable, value) = hold.env();
-    private_vm_on_a(
-        &hosts,
-        &source,
-        subnet,
-        &[(variable, value.to_str().unwrap())],
-    );
-    let server = Server::start_apart(&hosts, &target, &[("FEATHER_SUBNET", subnet)], &[]);
-    let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    source.eventually("the keeper waits before its dump", || hold.awaited());
-    let mut taker = Killed(
-        Command::new("nsenter")
-            .arg(format!("--net=/run/netns/{}", hosts.a))
-            .args(["/usr/bin/python3", "-c", TAKE_PORTS])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut taken = String::new();
-    BufReader::new(taker.0.stdout.as_mut().unwrap())
-        .read_line(&mut taken)
-        .unwrap();
-    assert!(taken.starts_with("taken 4000"), "{taken}");
-    hold.release();
-    let moved: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
-    drop(taker);
-    assert_eq!(moved.code, 0, "{}", moved.stderr);
-    assert!(server.wait(), "the receiver ran the VM");
-    assert_eq!(target.status("vm"), "running");
-}
-
 /// A post-copy dump whose images the keeper refuses at CRIU's `post-dump` (its `layers.json`
 /// cannot be written, made to fail by the test-only `FEATHER_TEST_FAIL_LAYERS` in the keeper's
 /// environment as a full disk would) fails with the keeper's own words, and the VM runs on at
 /// the source. CRIU only marks such a dump failed and still starts its page server: the keeper
 /// said `Dumped` at its `status-ready`, the sender sent images without `layers.json`, and the
 /// receiver's refusal of them was all one saw. Its TCP connection (a line server and its
-/// client over loopback) carries on. Unlike a page server that cannot listen, this needs no
-/// freeze by the keeper (it freezes none here, and the test passes), presumably because CRIU
-/// decides after `post-dump`, before its page server runs, whether to take the connections
-/// out of repair mode, and a refused `post-dump` has failed the dump by then.
+/// client over loopback) carries on. This needs no freeze by the keeper (it freezes none here,
+/// and the test passes), presumably because CRIU decides after `post-dump`, before its page
+/// server runs, whether to take the connections out of repair mode, and a refused
+/// `post-dump` has failed the dump by then.
 #[test]
 fn a_post_copy_dump_whose_images_the_keeper_refuses_fails_with_the_keeper_s_words_and_runs_on() {
     let hosts = TwoHosts::new();
@@ -1562,27 +1389,6 @@ fn a_post_copy_dump_the_keeper_cannot_freeze_behind_criu_is_refused_and_the_vm_r
     );
     assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
-
-/// Binds every free port of 40000–40003 on all addresses, says which, and holds them until its
-/// input closes.
-const TAKE_PORTS: &str = r#"
-import socket, sys
-listen = sys.argv[1:] == ["listen"]
-taken = []
-for port in range(40000, 40004):
-    s = socket.socket()
-    try:
-        if listen:
-            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(("0.0.0.0", port))
-        if listen:
-            s.listen(1)
-        taken.append(s)
-    except OSError:
-        s.close()
-print("taken " + " ".join(str(s.getsockname()[1]) for s in taken), flush=True)
-sys.stdin.read()
-"#;
 
 /// A migration of `source`'s VM "vm" to `target` (`more`: its options) whose receiving keeper
 /// waits at a [`RecordHold`] before its record as running lands: restored, stopped, its

@@ -23,7 +23,7 @@ use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
 
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 
 use crate::error::{io_at, MigrateError, Result};
 use crate::rpc;
@@ -202,35 +202,12 @@ fn pipe_max_size() -> Option<u64> {
         .and_then(|t| t.trim().parse().ok())
 }
 
-/// Where a lazy dump serves the memory it kept back: the sender's address the receiver
-/// reached it by, and a port. CRIU 4.1 takes only the port of a lazy dump's page server, and
-/// listens on every address of the dumping process's network namespace.
+/// Where `criu lazy-pages` (post-copy, on the receiver) fetches the memory a lazy dump kept
+/// back: an address and a port (its `--page-server`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageServer {
     pub address: String,
     pub port: u16,
-}
-
-impl PageServer {
-    /// Holds this page server's port, in the caller's network namespace, until the descriptor
-    /// returned is closed: a TCP socket bound to it on every address with `SO_REUSEADDR`,
-    /// never listening. No other socket can bind the port meanwhile unless it too asks to
-    /// reuse it; CRIU's does (`setup_tcp_server` in criu/util.c), and as this one never
-    /// listens, CRIU binds and listens beside it. Fails if the port is taken already.
-    pub fn hold_port(&self) -> std::io::Result<std::os::fd::OwnedFd> {
-        use nix::sys::socket::{
-            bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
-        };
-        let held = socket(
-            AddressFamily::Inet,
-            SockType::Stream,
-            SockFlag::SOCK_CLOEXEC,
-            None,
-        )?;
-        setsockopt(&held, sockopt::ReuseAddr, &true)?;
-        bind(held.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, self.port))?;
-        Ok(held)
-    }
 }
 
 /// The pages of a dump, from its `pagemap-<pid>.img` images.
@@ -329,8 +306,12 @@ pub struct Dump<'a> {
     /// hiding state roots, which the restoring side mounts anew for the roots of its host
     /// (a root removed since would leave CRIU no folder to mount on).
     pub skipped_mounts: &'a [String],
-    /// Post-copy: keep private memory back and serve it here once the rest is dumped.
-    pub lazy: Option<&'a PageServer>,
+    /// Post-copy: keep private memory back and serve it, once the rest is dumped, on this
+    /// connected stream socket (CRIU's `--ps-socket`), whose other end the caller hands to
+    /// whoever fetches the pages. Never a listening socket: CRIU 4.1's page server would listen
+    /// on every address of its network namespace (it takes only the port of a lazy dump's
+    /// `ps`) and serve the first connection, whoever made it.
+    pub lazy: Option<BorrowedFd<'a>>,
     /// The VM's freezer group (`--freeze-cgroup`): CRIU freezes it before it seizes the tasks,
     /// so none forks out of reach of the one-by-one ptrace seize, and leaves it as it found
     /// it — a group frozen before the dump stays frozen after a `leave_running` one.
@@ -350,9 +331,9 @@ pub enum DumpNote {
     NetworkLock,
     /// Everything but lazy memory is dumped (`post-dump`; a lazy dump serves its memory after).
     Images,
-    /// A lazy dump's page server listens, and waits for its one connection (`status-ready`,
-    /// after [`DumpNote::Images`]; every CRIU since 3.15 sends it, and feather needs 4.1). A
-    /// page server that cannot listen (its port taken) fails the dump before this note.
+    /// A lazy dump's page server is about to serve its connection ([`Dump::lazy`]): hand the
+    /// other end to the fetcher now (`status-ready`, after [`DumpNote::Images`]; every CRIU
+    /// since 3.15 sends it, and feather needs 4.1).
     PageServer,
     /// The tasks go on (a failed dump, or one that leaves them running): let the network
     /// through again (`network-unlock`).
@@ -633,6 +614,11 @@ impl Criu {
         );
         fs::create_dir_all(dump.images).map_err(io_at(dump.images))?;
         let images = fs::File::open(dump.images).map_err(io_at(dump.images))?;
+        let config = dump
+            .lazy
+            .map(page_server_socket_config)
+            .transpose()
+            .map_err(|e| self.broken(e))?;
         let opts = rpc::Opts {
             images_dir_fd: images.as_raw_fd(),
             pid: Some(dump.pid),
@@ -650,10 +636,9 @@ impl Criu {
                 .collect(),
             skip_mnt: dump.skipped_mounts.to_vec(),
             lazy_pages: dump.lazy.map(|_| true),
-            ps: dump.lazy.map(|at| rpc::PageServer {
-                address: Some(at.address.clone()),
-                port: Some(i32::from(at.port)),
-            }),
+            // CRIU's RPC takes `ps.fd` from a restore only; its configuration file, read after
+            // the request's options (and overriding them), gives it to a dump too.
+            config_file: config.as_ref().map(|file| proc_self_fd(file.as_fd())),
             notify_scripts: Some(true),
             freeze_cgroup: dump.freeze_cgroup.map(|dir| dir.display().to_string()),
             // CRIU's lock puts iptables rules into the namespace and takes them out (two
@@ -665,7 +650,9 @@ impl Criu {
             ..common_options()
         };
         let ends = Ends::WithStartingThread;
-        self.dump_notified(dump.vm, opts, &dump.images.join(DUMP_LOG), ends, on_note)
+        let given: Vec<BorrowedFd> = config.iter().map(AsFd::as_fd).chain(dump.lazy).collect();
+        let log = dump.images.join(DUMP_LOG);
+        self.dump_notified(dump.vm, opts, &given, &log, ends, on_note)
     }
 
     /// A dump with options the caller chose (feather-oci maps runc's flags onto them, starting
@@ -674,13 +661,14 @@ impl Criu {
     /// CRIU outlives its caller here (as runc's does): it left a container it froze (its
     /// `freeze_cgroup`) as it found it only if it finishes.
     pub fn dump_with(&self, name: &str, opts: rpc::Opts, log: &Path) -> Result<()> {
-        self.dump_notified(name, opts, log, Ends::ByItself, &mut |_| true)
+        self.dump_notified(name, opts, &[], log, Ends::ByItself, &mut |_| true)
     }
 
     fn dump_notified(
         &self,
         name: &str,
         opts: rpc::Opts,
+        also: &[BorrowedFd],
         log: &Path,
         ends: Ends,
         on_note: &mut dyn FnMut(DumpNote) -> bool,
@@ -692,7 +680,12 @@ impl Criu {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null());
-        feather_sys::process::pass_only(&mut criu, channel.criu_fd().as_slice());
+        let given: Vec<BorrowedFd> = channel
+            .criu_fd()
+            .into_iter()
+            .chain(also.iter().copied())
+            .collect();
+        feather_sys::process::pass_only(&mut criu, &given);
         if ends == Ends::WithStartingThread {
             feather_sys::process::end_with_starting_thread(&mut criu);
         }
@@ -929,6 +922,24 @@ pub fn await_lazy_pages(vm: &str, images: &Path, patience: std::time::Duration) 
         std::thread::sleep(std::time::Duration::from_millis(2));
     }
     Ok(())
+}
+
+/// A CRIU configuration file, in memory, that names `socket` as the page server's connection
+/// (`ps-socket`, by its descriptor number, which CRIU inherits unchanged: see `pass_only`).
+fn page_server_socket_config(socket: BorrowedFd) -> std::io::Result<OwnedFd> {
+    let config =
+        nix::sys::memfd::memfd_create(c"feather-criu-ps", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
+    let mut file = fs::File::from(config);
+    std::io::Write::write_all(
+        &mut file,
+        format!("ps-socket {}\n", socket.as_raw_fd()).as_bytes(),
+    )?;
+    Ok(file.into())
+}
+
+/// The path by which a process opens its own descriptor `fd` anew (from its start, each time).
+fn proc_self_fd(fd: BorrowedFd) -> String {
+    format!("/proc/self/fd/{}", fd.as_raw_fd())
 }
 
 /// Options of both dump and restore, and why feather needs each.

@@ -3,18 +3,18 @@
 //!
 //! ```text
 //! sender host                                          receiver host
-//! CRIU's page server ◀── keeper's netns ── feather migrate ◀═ TLS ═ feather serve ◀── criu lazy-pages
-//!  (lazy dump, in the   127.0.0.1:<port>   relay: TLS client,      tunnel: TLS       (127.0.0.1:<port>)
-//!   keeper's criu)                         pins the receiver's     server, proves
-//!                                          certificate, proves     the token
-//!                                          the token
+//! CRIU's page server ◀── socket pair ── feather migrate ◀═ TLS ═ feather serve ◀── criu lazy-pages
+//!  (lazy dump, in the   (made by the    relay: TLS client,      tunnel: TLS       (127.0.0.1:<port>)
+//!   keeper's criu)       keeper)        pins the receiver's     server, proves
+//!                                       certificate, proves     the token
+//!                                       the token
 //! ```
 //!
-//! Why relays: CRIU's page server of a lazy dump listens on every address of the keeper's
-//! network namespace, which need not be the one `feather migrate` reached the receiver from,
-//! and it serves whoever connects first, unauthenticated and in plain text: the VM's memory.
-//! The sender's relay is the only thing that connects to it (at once, once the dump is
-//! written), and it passes on only a connection from the receiver of this migration: the TCP
+//! Why relays: CRIU's page server speaks to whoever reaches it, unauthenticated and in plain
+//! text: the VM's memory. It listens nowhere here: the keeper gives its CRIU one end of a
+//! socket pair as the page server's connection (`--ps-socket`) and `feather migrate` the
+//! other (see `crate::criu::Dump::lazy`), so the relay is the only thing that reaches it, and
+//! it passes on only a connection from the receiver of this migration: the TCP
 //! connection comes from the receiver, but TLS runs with the receiver as its server, so the
 //! relay checks that it presents the very certificate the transfer stream's receiver presented
 //! and that it proves the token over this session; anyone else is dropped without a byte of
@@ -30,6 +30,9 @@
 
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,12 +75,14 @@ impl Relay {
     }
 
     /// In a thread: waits for the receiver's connection over `channel` (the receiver's pinned
-    /// certificate, the token), then joins it to `page_server` (a connection to CRIU's page
+    /// certificate, the token), then joins it to `page_server` (the connection to CRIU's page
     /// server) both ways until either end closes, holding the receiver's end of the transfer
     /// until the sender decides (see [`Relaying`]). Connections that do not prove themselves
     /// are dropped; the listener closes once one has.
-    pub fn serve(self, channel: ClientSide, page_server: TcpStream) -> Relaying {
+    pub fn serve(self, channel: ClientSide, page_server: UnixStream) -> Relaying {
         let (decision, heard) = tokio::sync::watch::channel(Decision::Pending);
+        let served = Arc::new(AtomicU64::new(0));
+        let counted = served.clone();
         let thread = std::thread::spawn(move || {
             let Ok(runtime) = runtime() else {
                 abort(&page_server);
@@ -90,7 +95,7 @@ impl Relay {
                     () = refused(&mut waiting) => None,
                 };
                 match receiver {
-                    Some(receiver) => join(receiver, page_server, heard).await,
+                    Some(receiver) => join(receiver, page_server, heard, &counted).await,
                     // Nobody proved themselves, or the migration failed meanwhile: CRIU fails
                     // the transfer and lets the VM go on at the sender.
                     None => abort(&page_server),
@@ -100,6 +105,7 @@ impl Relay {
         Relaying {
             decision,
             thread: Some(thread),
+            served,
         }
     }
 
@@ -142,9 +148,16 @@ enum Decision {
 pub struct Relaying {
     decision: tokio::sync::watch::Sender<Decision>,
     thread: Option<std::thread::JoinHandle<()>>,
+    served: Arc<AtomicU64>,
 }
 
 impl Relaying {
+    /// How many bytes CRIU's page server has sent the receiver so far (pages, and a header
+    /// for each answer).
+    pub fn served(&self) -> u64 {
+        self.served.load(Ordering::Relaxed)
+    }
+
     /// The VM runs at the receiver (or may: the answer was lost): the receiver's end of the
     /// transfer goes on to CRIU when it comes, and CRIU then ends the processes at the sender.
     pub fn let_go(&self) {
@@ -257,7 +270,7 @@ const UNKNOWN_COMMAND: u32 = 0xffff;
 /// Makes CRIU's page server fail its transfer, so that CRIU lets the dumped processes go on
 /// (a connection that just closes between requests counts as a finished transfer to CRIU 4.1,
 /// which then ends them: their memory would be lost).
-pub fn abort(page_server: &TcpStream) {
+pub fn abort(page_server: &UnixStream) {
     let _ = (&*page_server).write_all(&request(UNKNOWN_COMMAND));
     let _ = page_server.shutdown(Shutdown::Both);
 }
@@ -276,12 +289,13 @@ fn request(command: u32) -> [u8; REQUEST_LEN] {
 /// transfer ([`abort`]) rather than see a clean end it would take for success.
 async fn join(
     receiver: AsyncClientStream,
-    page_server: TcpStream,
+    page_server: UnixStream,
     mut heard: tokio::sync::watch::Receiver<Decision>,
+    served: &AtomicU64,
 ) {
     let page_server = match page_server
         .set_nonblocking(true)
-        .and_then(|()| tokio::net::TcpStream::from_std(page_server.try_clone()?))
+        .and_then(|()| tokio::net::UnixStream::from_std(page_server.try_clone()?))
     {
         Ok(stream) => stream,
         Err(_) => {
@@ -289,7 +303,6 @@ async fn join(
             return;
         }
     };
-    let _ = page_server.set_nodelay(true);
     let (mut from_receiver, mut to_receiver) = tokio::io::split(receiver);
     let (mut pages_back, mut to_criu) = page_server.into_split();
     let requests = async move {
@@ -323,8 +336,13 @@ async fn join(
         let _ = to_criu.shutdown().await;
     };
     let pages = async move {
-        let mut pages_back = tokio::io::BufReader::with_capacity(PAGES_BUFFER, &mut pages_back);
-        let _ = tokio::io::copy_buf(&mut pages_back, &mut to_receiver).await;
+        let mut buffer = vec![0u8; PAGES_BUFFER];
+        while let Ok(read @ 1..) = pages_back.read(&mut buffer).await {
+            if to_receiver.write_all(&buffer[..read]).await.is_err() {
+                break;
+            }
+            served.fetch_add(read as u64, Ordering::Relaxed);
+        }
         let _ = to_receiver.shutdown().await;
     };
     tokio::join!(requests, pages);
@@ -344,16 +362,14 @@ mod tests {
     }
 
     /// A page server's side: what the relay passed on, once it ended.
-    fn page_server() -> (TcpStream, std::thread::JoinHandle<Vec<u8>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = listener.local_addr().unwrap();
+    fn page_server() -> (UnixStream, std::thread::JoinHandle<Vec<u8>>) {
+        let (relays_end, mut criu_end) = UnixStream::pair().unwrap();
         let received = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
             let mut bytes = Vec::new();
-            let _ = stream.read_to_end(&mut bytes);
+            let _ = criu_end.read_to_end(&mut bytes);
             bytes
         });
-        (TcpStream::connect(address).unwrap(), received)
+        (relays_end, received)
     }
 
     /// A relay for a receiver of `server`, and the channel the sender's relay pins to it.
@@ -437,11 +453,9 @@ mod tests {
     #[test]
     fn a_refusal_while_the_daemon_still_fetches_makes_criu_fail() {
         let server = ServerSide::new(&security("t")).unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let to_criu = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (to_criu, mut stream) = UnixStream::pair().unwrap();
         let (first, got_first) = std::sync::mpsc::channel();
         let received = std::thread::spawn(move || {
-            let (mut stream, _) = listener.accept().unwrap();
             let mut bytes = vec![0u8; REQUEST_LEN];
             stream.read_exact(&mut bytes).unwrap();
             first.send(()).unwrap();

@@ -89,10 +89,6 @@ pub struct Opts {
     /// Relative to the images folder.
     #[prost(string, optional, tag = "10")]
     pub log_file: Option<String>,
-    /// The page server: where a lazy dump serves the memory it kept back (`--address`,
-    /// `--port`).
-    #[prost(message, optional, tag = "11")]
-    pub ps: Option<PageServer>,
     /// Send a [`ReqType::Notify`] at each hook (`post-dump`: the images are written).
     #[prost(bool, optional, tag = "12")]
     pub notify_scripts: Option<bool>,
@@ -134,20 +130,14 @@ pub struct Opts {
     #[prost(string, optional, tag = "44")]
     pub freeze_cgroup: Option<String>,
     /// `--network-lock` (dump; a restore takes the dump's, from its inventory).
+    /// A configuration file read after the other options, overriding them (`--config`).
+    #[prost(string, optional, tag = "51")]
+    pub config_file: Option<String>,
     #[prost(enumeration = "NetworkLock", optional, tag = "64")]
     pub network_lock: Option<i32>,
     /// `--leave-stopped` (restore).
     #[prost(bool, optional, tag = "69")]
     pub leave_stopped: Option<bool>,
-}
-
-/// criu_page_server_info.
-#[derive(Clone, PartialEq, prost::Message)]
-pub struct PageServer {
-    #[prost(string, optional, tag = "1")]
-    pub address: Option<String>,
-    #[prost(int32, optional, tag = "2")]
-    pub port: Option<i32>,
 }
 
 /// criu_notify: which hook criu has reached.

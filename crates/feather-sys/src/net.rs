@@ -97,12 +97,6 @@ pub fn announce_ipv4(interface: &str, ifindex: u32, address: std::net::Ipv4Addr)
     )
 }
 
-/// How many bytes of data the TCP connection `stream` has received so far (its TCP_INFO).
-pub fn bytes_received(stream: &std::net::TcpStream) -> std::io::Result<u64> {
-    use std::os::fd::AsFd;
-    Ok(raw::tcp_bytes_received(stream.as_fd())?)
-}
-
 /// Sets the NIS domain name of the caller's UTS namespace (`setdomainname`): a system call,
 /// where a write to `/proc/sys/kernel/domainname` inside a container goes wherever the
 /// container's `/proc` leads.

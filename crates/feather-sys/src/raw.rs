@@ -1215,27 +1215,6 @@ pub fn move_mount_onto(tree: BorrowedFd<'_>, point: BorrowedFd<'_>) -> Result<()
     Errno::result(result).map(drop)
 }
 
-/// getsockopt(TCP_INFO)'s `tcpi_bytes_received` of a TCP socket: how many bytes of data it
-/// has received (Linux 4.1 and later).
-pub fn tcp_bytes_received(socket: BorrowedFd<'_>) -> Result<u64, Errno> {
-    // SAFETY: tcp_info is plain old data; all zeroes is a valid value.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut length = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    // SAFETY: `info` is a writable tcp_info of `length` bytes that outlives the call; the
-    // kernel writes at most `length` bytes and says how many in `length`.
-    let ret = unsafe {
-        libc::getsockopt(
-            socket.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut length,
-        )
-    };
-    Errno::result(ret)?;
-    Ok(info.tcpi_bytes_received)
-}
-
 /// bpf(2)'s commands feather uses (uapi/linux/bpf.h, `enum bpf_cmd`).
 const BPF_PROG_LOAD: libc::c_int = 5;
 const BPF_PROG_ATTACH: libc::c_int = 8;

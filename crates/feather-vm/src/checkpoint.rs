@@ -22,6 +22,7 @@
 //! The keeper's side (the dump, the restore of the process tree) is [`crate::snapshot`].
 
 use std::fs;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -62,7 +63,7 @@ pub fn checkpoint(
     let request = |hold_frozen| Request::Checkpoint {
         leave_running,
         criu: criu.path().to_path_buf(),
-        lazy: None,
+        lazy: false,
         hold_frozen,
     };
     if let (true, Some(file)) = (leave_running, export) {
@@ -311,22 +312,19 @@ pub(crate) struct LazyCheckpoint {
 /// build only ([`crate::test_hooks`]); unset (always, outside tests), nothing fails.
 pub const FAIL_AFTER_DUMPED: &str = "FEATHER_TEST_FAIL_AFTER_DUMPED";
 
-/// Post-copy: dumps the running VM `name` but its memory, which CRIU serves at `at`; returns
-/// once the rest is in the checkpoint folder, with the connection to CRIU's page server that
-/// `connect` made once it listened. If this fails the VM runs on, and the error is CRIU's own
-/// (or, after the dump, [`VmError::MigrationFailed`]).
+/// Post-copy: dumps the running VM `name` but its memory, which CRIU serves on the connection
+/// the keeper passes with `Dumped` (one end of a socket pair, CRIU's the other: its page
+/// server listens nowhere); returns once the rest is in the checkpoint folder, with that
+/// connection. If this fails the VM runs on, and the error is CRIU's own (or, after the dump,
+/// [`VmError::MigrationFailed`]).
 ///
-/// From the dump on, CRIU's page server waits in `accept`, the VM's processes seized, until a
-/// page transfer ends: `connect` comes first, so that whatever fails after it ends that
-/// transfer ([`LazyCheckpoint::resume`]) and CRIU lets the processes go on. A failure that
-/// returned before it (the subnet's record on a full disk) left the VM seized and its keeper
-/// in CRIU's `accept` for good.
+/// From the dump on, CRIU's page server waits for requests on that connection, the VM's
+/// processes seized, until a page transfer ends: whatever fails after `Dumped` ends that
+/// transfer ([`LazyCheckpoint::resume`]) and CRIU lets the processes go on.
 pub(crate) fn checkpoint_lazy(
     root: &StateRoot,
     name: &VmName,
-    at: &feather_migrate::criu::PageServer,
-    connect: impl FnOnce() -> std::io::Result<std::net::TcpStream>,
-) -> Result<(LazyCheckpoint, std::net::TcpStream)> {
+) -> Result<(LazyCheckpoint, UnixStream)> {
     let vm = root.open(name)?;
     let op = vm.lock_operations()?;
     let config = checkpointable(&vm, name)?;
@@ -340,7 +338,7 @@ pub(crate) fn checkpoint_lazy(
         &Request::Checkpoint {
             leave_running: false,
             criu: criu.path().to_path_buf(),
-            lazy: Some(at.clone()),
+            lazy: true,
             hold_frozen: false,
         },
         DUMP_TIMEOUT,
@@ -356,23 +354,17 @@ pub(crate) fn checkpoint_lazy(
             })
         }
     }
+    let passed = keeper.passed();
     let lazy = LazyCheckpoint {
         vm: vm.clone(),
         keeper,
         _op: op,
     };
-    let page_server = match connect() {
-        Ok(page_server) => page_server,
-        // Nothing reached the page server, so nothing can make its transfer fail: said so.
-        Err(e) => {
-            return Err(failed(
-                name,
-                format!(
-                    "cannot reach its page server ({e}); CRIU, in its keeper, holds its \
-                     processes seized while that server waits for a connection"
-                ),
-            ))
-        }
+    // A keeper of this protocol version always passes it; without it nothing here can make
+    // CRIU's transfer fail, and the answer says what CRIU made of it.
+    let Some(page_server) = passed.map(UnixStream::from) else {
+        let why = "its keeper said Dumped without passing the connection to CRIU's page server";
+        return Err(lazy.resume(failed(name, why)));
     };
     let recorded = match crate::test_hooks::set(FAIL_AFTER_DUMPED) {
         Some(_) => Err(failed(name, format!("{FAIL_AFTER_DUMPED} is set (a test)"))),

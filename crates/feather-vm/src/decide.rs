@@ -114,7 +114,7 @@ pub enum Answer {
     Checkpoint {
         leave_running: bool,
         criu: std::path::PathBuf,
-        lazy: Option<feather_migrate::criu::PageServer>,
+        lazy: bool,
         hold_frozen: bool,
     },
 }
@@ -132,7 +132,7 @@ pub fn answer(request: Request) -> Answer {
         } => Answer::Checkpoint {
             leave_running,
             criu,
-            hold_frozen: hold_frozen && leave_running && lazy.is_none(),
+            hold_frozen: hold_frozen && leave_running && !lazy,
             lazy,
         },
     }
@@ -356,13 +356,13 @@ mod tests {
             answer(Request::Checkpoint {
                 leave_running: true,
                 criu: "/usr/sbin/criu".into(),
-                lazy: None,
+                lazy: false,
                 hold_frozen: true,
             }),
             Answer::Checkpoint {
                 leave_running: true,
                 criu: "/usr/sbin/criu".into(),
-                lazy: None,
+                lazy: false,
                 hold_frozen: true,
             }
         );
@@ -371,13 +371,13 @@ mod tests {
             answer(Request::Checkpoint {
                 leave_running: false,
                 criu: "/usr/sbin/criu".into(),
-                lazy: None,
+                lazy: false,
                 hold_frozen: true,
             }),
             Answer::Checkpoint {
                 leave_running: false,
                 criu: "/usr/sbin/criu".into(),
-                lazy: None,
+                lazy: false,
                 hold_frozen: false,
             }
         );
@@ -397,7 +397,7 @@ mod tests {
             while_held(&Request::Checkpoint {
                 leave_running: false,
                 criu: "criu".into(),
-                lazy: None,
+                lazy: false,
                 hold_frozen: false,
             }),
             WhileHeld::Refuse

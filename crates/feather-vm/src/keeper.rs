@@ -190,7 +190,7 @@ pub const HOLD_AFTER_STOP_ANSWER: &str = "FEATHER_TEST_HOLD_AFTER_STOP_ANSWER";
 
 /// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a keeper waits for once
 /// asked for a checkpoint, before it dumps the VM, so that a test acts between the asker's
-/// request (for post-copy, with the port CRIU's page server is to listen on) and CRIU's dump.
+/// request and CRIU's dump.
 /// Unset, nothing waits.
 pub const HOLD_BEFORE_DUMP: &str = "FEATHER_TEST_HOLD_BEFORE_DUMP";
 
@@ -1050,31 +1050,29 @@ impl Keeper {
         stream: &UnixStream,
         leave_running: bool,
         criu: &std::path::Path,
-        lazy: Option<feather_migrate::criu::PageServer>,
+        lazy: bool,
         held: Option<moment::Held>,
     ) -> Answered {
-        // Post-copy: the port the asker chose for CRIU's page server, held from here until the
-        // dump has ended, so that nothing takes it before CRIU listens on it (CRIU binds beside
-        // this hold: see `PageServer::hold_port`). Taken since the asker chose it, the dump is
-        // refused before anything of the VM stops.
-        let _port = match lazy.as_ref().map(|at| (at.port, at.hold_port())) {
-            Some((port, Err(e))) => {
+        // Post-copy: the page server's connection, made here so that CRIU listens nowhere
+        // (see `feather_migrate::criu::Dump::lazy`): CRIU's end, and the asker's, passed with
+        // `Dumped`.
+        let (criu_end, mut askers_end) = match lazy.then(UnixStream::pair).transpose() {
+            Ok(pair) => pair.unzip(),
+            Err(e) => {
                 let message = format!(
-                    "VM {}: port {port}, chosen for its page server, was taken before CRIU \
-                     could listen on it ({e}); the VM runs on here; try again",
+                    "VM {}: cannot make the connection for its page server ({e}); the VM runs \
+                     on here; try again",
                     self.vm.name()
                 );
                 let _ = protocol::write_response(stream, &Response::Error { message });
                 return Answered::Done;
             }
-            Some((_, Ok(held))) => Some(held),
-            None => None,
         };
         held_by_test(HOLD_BEFORE_DUMP);
         // CRIU seizes the tasks frozen (none forks out of its reach), and leaves a held VM
         // frozen. Not for post-copy: the migration freezes the VM itself while CRIU still
         // serves its pages, and CRIU's thaw at the end must not undo that.
-        let freezer = moment::freezer_of(self.cgroup.as_ref()).filter(|_| lazy.is_none());
+        let freezer = moment::freezer_of(self.cgroup.as_ref()).filter(|_| !lazy);
         // A VM held frozen for an export is frozen already.
         let frozen = match freezer.as_ref().filter(|_| held.is_none()) {
             Some(_) => match moment::frozen_for_dump(&self.vm, self.cgroup.as_ref()) {
@@ -1132,13 +1130,13 @@ impl Keeper {
             self.cgroup.as_ref(),
             leave_running,
             criu,
-            lazy.as_ref(),
+            criu_end.as_ref().map(AsFd::as_fd),
             freezer.as_deref(),
             &netns,
             &mut |note| match note {
                 DumpNote::Images => {
                     trace::phase("checkpoint: CRIU dumped all but the memory");
-                    if let Some(cgroup) = self.cgroup.as_ref().filter(|_| lazy.is_some()) {
+                    if let Some(cgroup) = self.cgroup.as_ref().filter(|_| lazy) {
                         match seized_freeze(cgroup) {
                             Ok(frozen) => seized_frozen = Some(frozen),
                             // Unfrozen, the VM's processes would run from CRIU's release on
@@ -1162,18 +1160,20 @@ impl Keeper {
                     true
                 }
                 // Post-copy: the asker sends the images while CRIU serves the memory. Told
-                // once the page server listens, not at `Images`: a page server that cannot
-                // listen fails the dump after `Images`, and the clean-up of a failed dump
-                // (`snapshot::dump`) would empty the folder under an asker already writing
-                // into it, whose error would then hide CRIU's.
-                // An asker that cannot hear it (gone) would never connect: CRIU's page server
-                // would wait in `accept` for good, the VM seized. Refused, the dump fails.
+                // once the page server is about to serve, not at `Images`: a page server that
+                // fails to start fails the dump after `Images`, and the clean-up of a failed
+                // dump (`snapshot::dump`) would empty the folder under an asker already
+                // writing into it, whose error would then hide CRIU's.
+                // The asker's end goes with `Dumped` and no copy stays here: CRIU reads the
+                // end of the transfer once the asker has closed it (or never got it).
                 DumpNote::PageServer => {
-                    trace::phase("checkpoint: CRIU's page server listens");
-                    if lazy.is_none() {
+                    trace::phase("checkpoint: CRIU's page server serves");
+                    let Some(askers) = askers_end.take() else {
                         return true;
-                    }
-                    told.set(protocol::write_response(stream, &Response::Dumped).is_ok());
+                    };
+                    let passed =
+                        protocol::write_response_passing(stream, &Response::Dumped, askers.as_fd());
+                    told.set(passed.is_ok());
                     told.get()
                 }
                 DumpNote::NetworkLock if lockable => {
@@ -1208,7 +1208,7 @@ impl Keeper {
         let keeps = told.get() && seized_frozen.is_some() && dumped.is_err();
         // A post-copy dump whose page transfer failed before the asker heard `Dumped`: CRIU let
         // the processes go on with their TCP connections still in repair mode.
-        if lazy.is_some() && dumped.is_err() && !keeps {
+        if lazy && dumped.is_err() && !keeps {
             self.end_criu_hold(&netns);
         }
         // A dump that failed before CRIU's notice: the link went down all the same.

@@ -443,8 +443,7 @@ fn post_copy(
     let vm = root.open(name)?;
     let config = vm.read_config()?;
     let cgroup = crate::vm_group::cgroup_path(&config);
-    let keeper = vm
-        .read_state()?
+    vm.read_state()?
         .keeper_pid
         .ok_or_else(|| Error::NotRunning(name.to_string()))?;
     let mut channel = Some(accepted.pages_channel());
@@ -453,7 +452,6 @@ fn post_copy(
     let dumped = Cell::new(None);
     let mut dump_error = None;
     let mut lazy = None;
-    let mut page_stream = None;
     let mut relaying = None;
     let freeze = || {
         started.set(Some(Instant::now()));
@@ -463,28 +461,16 @@ fn post_copy(
         )));
         // A failed dump leaves the VM running here (CRIU resumes it).
         trace::phase("migrate: pre-copy of the layers");
-        // CRIU's page server listens in the keeper's network namespace, reached only by the
-        // relay. Its port is chosen here, right before the request, and held by the keeper
-        // from the request on (see `Keeper::dumped`): chosen before the layers' pre-copy, it
-        // could be taken by then, and CRIU could not listen.
-        let dump = free_port_in_netns_of(keeper)
-            .map_err(|e| failed(name, format!("no port for its pages: {e}")))
-            .map(|port| feather_migrate::criu::PageServer {
-                address: "127.0.0.1".into(),
-                port,
-            })
-            .and_then(|at| {
-                checkpoint_lazy(root, name, &at, || connect_in_netns_of(keeper, at.port))
-            })
-            .map(|(checkpoint, page_server)| {
-                dumped.set(Some(Instant::now()));
-                trace::phase("migrate: dump but the memory (frozen)");
-                lazy = Some(checkpoint);
-                page_server
-            });
+        // CRIU's page server listens nowhere: the keeper passes the connection to it with
+        // `Dumped` (see `checkpoint_lazy`), and only the relay uses it.
+        let dump = checkpoint_lazy(root, name).map(|(checkpoint, page_server)| {
+            dumped.set(Some(Instant::now()));
+            trace::phase("migrate: dump but the memory (frozen)");
+            lazy = Some(checkpoint);
+            page_server
+        });
         match dump {
             Ok(page_server) => {
-                page_stream = page_server.try_clone().ok();
                 relaying = channel
                     .take()
                     .map(|channel| relay.serve(channel, page_server));
@@ -555,7 +541,7 @@ fn post_copy(
             let total = feather_migrate::criu::dump_stats(&vm.checkpoint_dir())
                 .unwrap_or_default()
                 .pages_lazy;
-            let served = serve_pages(lazy, page_stream.as_ref(), total, progress);
+            let served = serve_pages(lazy, relaying.as_ref(), total, progress);
             let all_pages = started.elapsed();
             // CRIU writes its statistics once the last page was served.
             let stats = feather_migrate::criu::dump_stats(&vm.checkpoint_dir()).unwrap_or_default();
@@ -623,10 +609,10 @@ fn post_copy(
 
 /// Waits until CRIU's page server has served every page of `total` (see
 /// [`crate::checkpoint::LazyCheckpoint::finish`]), telling `progress` about how many are left,
-/// from the bytes the page server sent through `page_stream`.
+/// from the bytes the page server sent through `relaying`.
 fn serve_pages(
     lazy: crate::checkpoint::LazyCheckpoint,
-    page_stream: Option<&std::net::TcpStream>,
+    relaying: Option<&feather_migrate::pages::Relaying>,
     total: u64,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<()> {
@@ -634,7 +620,7 @@ fn serve_pages(
     std::thread::scope(|scope| {
         let serving = scope.spawn(move || lazy.finish());
         while !serving.is_finished() {
-            let sent = page_stream.and_then(|s| feather_sys::net::bytes_received(s).ok());
+            let sent = relaying.map(feather_migrate::pages::Relaying::served);
             if let (Some(sent), true) = (sent, total > 0) {
                 progress(Progress::Pages {
                     left: total.saturating_sub(sent / PAGE),
@@ -646,67 +632,6 @@ fn serve_pages(
         serving
             .join()
             .unwrap_or_else(|_| Err(VmError::Keeper("the thread serving pages panicked".into())))
-    })
-}
-
-/// A port free on every address of the network namespace of process `pid` (the keeper's),
-/// for CRIU's page server, which listens on all of them there (see
-/// feather_migrate::criu::PageServer). A port free on one address only may be another's on
-/// another address (a bind to 127.0.0.1:0 here once returned the port of this migration's own
-/// relay, listening on the address towards the receiver): CRIU then cannot listen, and the
-/// dump fails.
-fn free_port_in_netns_of(pid: i32) -> std::io::Result<u16> {
-    in_netns_of(pid, || {
-        std::net::TcpListener::bind((std::net::Ipv4Addr::UNSPECIFIED, 0))?
-            .local_addr()
-            .map(|a| a.port())
-    })
-}
-
-/// Connects to 127.0.0.1:`port` in the network namespace of process `pid` (the keeper's: where
-/// its criu's page server listens, as it has said by then); the socket stays there.
-///
-/// A refused connection is tried again for up to [`PAGE_SERVER_LISTENS`]: a keeper of an older
-/// build (the protocol's version is the same) says `Dumped` when CRIU's images are written,
-/// before its page server listens. Anything else fails at once.
-fn connect_in_netns_of(pid: i32, port: u16) -> std::io::Result<std::net::TcpStream> {
-    in_netns_of(pid, || {
-        let started = Instant::now();
-        loop {
-            match std::net::TcpStream::connect((std::net::Ipv4Addr::LOCALHOST, port)) {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionRefused
-                        && started.elapsed() < PAGE_SERVER_LISTENS =>
-                {
-                    std::thread::sleep(Duration::from_millis(50));
-                }
-                connected => return connected,
-            }
-        }
-    })
-}
-
-/// How long [`connect_in_netns_of`] waits for an older keeper's CRIU to listen.
-const PAGE_SERVER_LISTENS: Duration = Duration::from_secs(2);
-
-/// Runs `work` on a thread that enters the network namespace of process `pid`.
-fn in_netns_of<T: Send>(
-    pid: i32,
-    work: impl FnOnce() -> std::io::Result<T> + Send,
-) -> std::io::Result<T> {
-    let netns = fs::File::open(format!("/proc/{pid}/ns/net"))?;
-    std::thread::scope(|scope| {
-        scope
-            .spawn(|| {
-                nix::sched::setns(&netns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-                work()
-            })
-            .join()
-            .unwrap_or_else(|_| {
-                Err(std::io::Error::other(
-                    "the thread in its namespace panicked",
-                ))
-            })
     })
 }
 

@@ -3,7 +3,8 @@
 //! request carries the protocol's [`VERSION`]: a keeper started by another build of feather
 //! answers a request it might misread with an error naming both versions.
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::time::Duration;
@@ -20,13 +21,14 @@ pub enum Request {
     /// Save the VM's processes with CRIU; unless `leave_running`, they end once saved.
     /// `criu`: the CRIU the asker found and checked (the keeper's own environment, from when the
     /// VM started, may name another).
-    /// `lazy`: post-copy, the VM's memory is kept back and served there once the rest is
-    /// dumped; the keeper answers [`Response::Dumped`] once CRIU's page server listens there
-    /// (its `status-ready`: the images are written and the keeper took them), and the final
-    /// answer once every page was fetched (or the fetching failed: then the keeper holds the
-    /// VM as CRIU left it, frozen, until the asker shuts its side down or ends, and answers
-    /// [`Response::Thawed`] if it let the VM run on here, or an error if a release record had
-    /// it end the VM's processes here).
+    /// `lazy`: post-copy, the VM's memory is kept back and served once the rest is dumped; the
+    /// keeper answers [`Response::Dumped`], passing with it the connection to CRIU's page
+    /// server (one end of a socket pair, the other CRIU's: nothing listens), once that server
+    /// is about to serve it (its `status-ready`: the images are written and the keeper took
+    /// them), and the final answer once every page was fetched (or the fetching failed: then
+    /// the keeper holds the VM as CRIU left it, frozen, until the asker shuts its side down or
+    /// ends, and answers [`Response::Thawed`] if it let the VM run on here, or an error if a
+    /// release record had it end the VM's processes here).
     /// `hold_frozen` (with `leave_running`): the VM is frozen before the dump and stays frozen
     /// after the answer, until the asker closes its end of the connection (it has copied the
     /// VM's layers, or it died) or the keeper's limit passes; then [`Response::Thawed`].
@@ -34,7 +36,7 @@ pub enum Request {
         leave_running: bool,
         criu: std::path::PathBuf,
         #[serde(default)]
-        lazy: Option<feather_migrate::criu::PageServer>,
+        lazy: bool,
         #[serde(default)]
         hold_frozen: bool,
     },
@@ -43,7 +45,7 @@ pub enum Request {
 }
 
 /// Changes whenever a message of this module changes.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 
 /// A request as it travels: with the asker's protocol version.
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,8 +72,8 @@ pub enum Response {
     Checkpointed {
         leave_running: bool,
     },
-    /// A lazy dump's images are written and its page server listens: it serves the memory
-    /// from now on.
+    /// A lazy dump's images are written and its page server serves the memory from now on,
+    /// on the connection passed with this answer ([`Conversation::passed`]).
     Dumped,
     /// A checkpoint's freeze (`hold_frozen`, or a failed post-copy dump's) is over: the VM ran
     /// not at all for `frozen_ms`.
@@ -91,7 +93,22 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> std::io::Res
 /// A request whose keeper answers more than once (a lazy checkpoint: [`Response::Dumped`],
 /// then how it ended).
 pub struct Conversation {
-    reader: BufReader<UnixStream>,
+    reader: BufReader<Received>,
+}
+
+/// The asker's end of a connection to the keeper, which keeps the descriptors the keeper
+/// passes with an answer (a plain read would close them).
+struct Received {
+    stream: UnixStream,
+    passed: Vec<OwnedFd>,
+}
+
+impl Read for Received {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let (read, passed) = feather_sys::fdpass::receive(&self.stream, buffer)?;
+        self.passed.extend(passed);
+        Ok(read)
+    }
 }
 
 impl Conversation {
@@ -110,14 +127,26 @@ impl Conversation {
         line.push(b'\n');
         stream.write_all(&line)?;
         Ok(Conversation {
-            reader: BufReader::new(stream),
+            reader: BufReader::new(Received {
+                stream,
+                passed: Vec::new(),
+            }),
         })
     }
 
     /// Tells the keeper this side has nothing more to say (a held checkpoint: the layers are
     /// copied); its answers can still be read.
     pub fn done_sending(&self) -> std::io::Result<()> {
-        self.reader.get_ref().shutdown(std::net::Shutdown::Write)
+        self.reader
+            .get_ref()
+            .stream
+            .shutdown(std::net::Shutdown::Write)
+    }
+
+    /// The descriptor the keeper passed with its answers so far (with [`Response::Dumped`]:
+    /// the connection to CRIU's page server), taken.
+    pub fn passed(&mut self) -> Option<OwnedFd> {
+        self.reader.get_mut().passed.pop()
     }
 
     /// The keeper's next answer.
@@ -161,9 +190,24 @@ pub fn read_request(stream: &UnixStream) -> Result<Request, RequestError> {
 }
 
 pub fn write_response(mut stream: &UnixStream, response: &Response) -> std::io::Result<()> {
+    stream.write_all(&line_of(response)?)
+}
+
+/// Writes `response` with `passed`, a descriptor the asker takes ([`Conversation::passed`]).
+pub fn write_response_passing(
+    stream: &UnixStream,
+    response: &Response,
+    passed: BorrowedFd,
+) -> std::io::Result<()> {
+    let line = line_of(response)?;
+    feather_sys::fdpass::send(stream, &line, &[passed.as_raw_fd()])?;
+    Ok(())
+}
+
+fn line_of(response: &Response) -> std::io::Result<Vec<u8>> {
     let mut line = serde_json::to_vec(response)?;
     line.push(b'\n');
-    stream.write_all(&line)
+    Ok(line)
 }
 
 #[cfg(test)]

@@ -116,8 +116,8 @@ pub(crate) enum NetnsAtDump {
 /// In the keeper: dumps the VM's process tree, rooted at its init, into its checkpoint folder
 /// (the last checkpoint is set aside first). Every error names the VM: the keeper's answer
 /// carries it to `feather checkpoint` as it is.
-/// `lazy`: post-copy, the memory is kept back and served there until the receiver has it
-/// all; `on_note` hears CRIU's notes ([`DumpNote::Images`] once everything else is dumped,
+/// `lazy`: post-copy, the memory is kept back and served on this connection (CRIU's end of
+/// the page server's socket pair) until the receiver has it all; `on_note` hears CRIU's notes ([`DumpNote::Images`] once everything else is dumped,
 /// before that). `freezer`: the VM's freezer group, for CRIU to seize its tasks frozen (see
 /// `moment::freezer_of`). `netns`: whether its network namespace is dumped. `cgroup`: the
 /// VM's group, whose `services/` subtrees are saved with the checkpoint (see
@@ -129,7 +129,7 @@ pub(crate) fn dump(
     cgroup: Option<&Cgroup>,
     leave_running: bool,
     criu: &Path,
-    lazy: Option<&feather_migrate::criu::PageServer>,
+    lazy: Option<std::os::fd::BorrowedFd>,
     freezer: Option<&Path>,
     netns: &NetnsAtDump,
     on_note: &mut dyn FnMut(DumpNote) -> bool,
