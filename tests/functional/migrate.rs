@@ -2725,6 +2725,16 @@ impl HeldMigration {
     /// `held_at` makes: [`RecordHold::after_resume`], once it runs the VM the sender let go;
     /// [`RecordHold::before_criu`], before its restore, the VM not let go yet.
     fn new(label: &str, held_at: fn(&str) -> crate::support::RecordHold) -> HeldMigration {
+        Self::held(label, held_at, false)
+    }
+
+    /// As [`HeldMigration::new`], the hold given to `migrate` instead (`at_sender`):
+    /// [`RecordHold::before_release`].
+    fn held(
+        label: &str,
+        held_at: fn(&str) -> crate::support::RecordHold,
+        at_sender: bool,
+    ) -> HeldMigration {
         let hosts = TwoHosts::new();
         let (source, target) = (Feather::new(label), Feather::new(&format!("{label}-dst")));
         let base = ScratchBase::new(label);
@@ -2745,19 +2755,20 @@ impl HeldMigration {
         let log = source.vm_dir("vm").join("keeper.log");
         let hold = held_at(label);
         let (variable, value) = hold.env();
-        let server = Server::accepting(
-            &hosts,
-            &target,
-            &[(variable, value.to_str().unwrap())],
-            &["--base", base.as_str()],
-        );
+        let value = value.to_str().unwrap();
+        let (at_server, at_migrate) = match at_sender {
+            false => (vec![(variable, value)], vec![]),
+            true => (vec![], vec![(variable, value)]),
+        };
+        let server = Server::accepting(&hosts, &target, &at_server, &["--base", base.as_str()]);
         let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .envs(at_migrate)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         target.eventually_within(
-            "the receiver waits at the hold",
+            "the receiver, or migrate, waits at the hold",
             std::time::Duration::from_secs(60),
             || hold.awaited(),
         );
@@ -2908,6 +2919,58 @@ fn a_post_copy_migrate_killed_before_the_release_lets_the_vm_run_on_at_the_sourc
     held.source
         .eventually("the loop counts on at the source", || {
             count(&held.source, "vm") > resumed
+        });
+}
+
+/// A post-copy dump failing before the release (the sender's CRIU killed once the receiver
+/// restored the VM, while `migrate` is held before its release): `migrate` froze the VM, wrote the release record and let it go although its page server was gone, so
+/// the VM could fetch no page at the receiver and was ended at the source: lost at both hosts.
+/// `migrate` now looks for the keeper's answer before the release: the VM is not let go, runs
+/// on at the source, and the receiver keeps nothing.
+#[test]
+fn a_post_copy_dump_failed_before_the_release_is_not_let_go_and_runs_on_at_the_source() {
+    let mut held = HeldMigration::held(
+        "mig-deadpages",
+        crate::support::RecordHold::before_release,
+        true,
+    );
+    assert_eq!(
+        held.freeze(),
+        "1",
+        "migrate froze the VM before its release"
+    );
+    let criu = held.criu();
+    let killed = Command::new("kill")
+        .args(["-9", &criu.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    held._hold.release();
+    let moved: crate::support::Outcome = held.migrating.wait_with_output().unwrap().into();
+    assert_ne!(moved.code, 0, "the migration must fail: {}", moved.stderr);
+    assert!(
+        moved.stderr.contains("failed before it was let go"),
+        "{}",
+        moved.stderr
+    );
+    assert!(
+        !held.source.vm_dir("vm").join("released-to").exists(),
+        "no release record"
+    );
+    assert_eq!(held.source.status("vm"), "running");
+    let resumed = count(&held.source, "vm");
+    held.source
+        .eventually("the loop counts on at the source", || {
+            count(&held.source, "vm") > resumed
+        });
+    held.target
+        .eventually("the receiver keeps nothing of it", || {
+            held.target.ok(&["ls", "--json"]).trim() == "[]"
         });
 }
 

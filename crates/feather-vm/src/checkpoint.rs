@@ -440,6 +440,14 @@ impl LazyCheckpoint {
         }
     }
 
+    /// Whether the dump has ended already, before the receiver ran the VM: the keeper's answer
+    /// waits (CRIU's page server failed, or the keeper ended). Such a VM must not be let go:
+    /// the receiver could fetch none of its memory. Asked without waiting; a poll that fails
+    /// counts as ended (the VM is then kept here, where it can run on).
+    pub(crate) fn ended_early(&self) -> bool {
+        self.keeper.answer_waiting().unwrap_or(true)
+    }
+
     /// Waits until the page server has served every page and the VM's processes here have
     /// ended (`Ok`), or the fetching failed (`Err`; CRIU then lets the processes here go on,
     /// unless they were ended or are frozen).

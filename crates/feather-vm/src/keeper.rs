@@ -201,9 +201,15 @@ pub const HOLD_BEFORE_DUMP: &str = "FEATHER_TEST_HOLD_BEFORE_DUMP";
 /// CRIU still serves the pages. Unset, nothing waits.
 pub const HOLD_AFTER_RESUME: &str = "FEATHER_TEST_HOLD_AFTER_RESUME";
 
+/// For tests only, as [`HOLD_AFTER_RESUME`], but waited for by `feather migrate` (post-copy):
+/// the file whose lock it waits for once the receiver restored the VM and it froze the VM
+/// here, before it looks for the keeper's answer and lets the VM go, so that a test can make
+/// the dump fail then. Unset, nothing waits.
+pub const HOLD_BEFORE_RELEASE: &str = "FEATHER_TEST_HOLD_BEFORE_RELEASE";
+
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`]), if it is set: in a debug build only (see
+/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`]), if it is set: in a debug build only (see
 /// [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);

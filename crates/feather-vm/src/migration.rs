@@ -533,6 +533,22 @@ fn post_copy(
             return resume_here(lazy, relaying, e);
         }
     };
+    crate::keeper::held_by_test(crate::keeper::HOLD_BEFORE_RELEASE);
+    // A dump that failed meanwhile (CRIU's page server gone) could serve the receiver no page:
+    // let go, the VM would die there at its first missing page, and be ended here. Not let go,
+    // it runs on here, and the receiver discards its copy once `restored` is dropped.
+    if lazy.ended_early() {
+        let e = failed(
+            name,
+            format!(
+                "its dump here failed before it was let go to {to}, which could have fetched \
+                 none of its memory; it stays here"
+            ),
+        );
+        let outcome = resume_here(lazy, relaying, e);
+        drop(frozen_here);
+        return outcome;
+    }
     let marker = crate::images::release_record(&vm);
     feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
     progress(Progress::Phase(&format!("letting {name} run at {to}")));

@@ -120,6 +120,20 @@ impl Conversation {
         self.reader.get_ref().shutdown(std::net::Shutdown::Write)
     }
 
+    /// Whether an answer (or the keeper's end) waits to be read now, without waiting for one.
+    pub fn answer_waiting(&self) -> std::io::Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        if !self.reader.buffer().is_empty() {
+            return Ok(true);
+        }
+        let mut fds = [PollFd::new(
+            self.reader.get_ref().as_fd(),
+            PollFlags::POLLIN,
+        )];
+        Ok(poll(&mut fds, PollTimeout::ZERO)? > 0)
+    }
+
     /// The keeper's next answer.
     pub fn answer(&mut self) -> std::io::Result<Response> {
         let mut answer = String::new();
