@@ -2974,6 +2974,53 @@ fn a_post_copy_dump_failed_before_the_release_is_not_let_go_and_runs_on_at_the_s
         });
 }
 
+/// A VM whose keeper is of an older build (it runs across an upgrade; here a keeper that
+/// answers its status as one does, without `ends_released_copy`): such a keeper looks for the
+/// release record in the checkpoint folder, where `migrate` no longer writes it, and would thaw
+/// the copy here after a failed dump although the VM runs at the receiver. `migrate` now
+/// refuses post-copy with it, before anything happens, and says what to do; the VM runs on.
+#[test]
+fn a_post_copy_migration_of_a_vm_whose_keeper_is_older_is_refused_and_the_vm_runs_on() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (
+        Feather::new("mig-oldkeeper"),
+        Feather::new("mig-oldkeeper-dst"),
+    );
+    let base = ScratchBase::new("mig-oldkeeper");
+    source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let started = source
+        .command()
+        .env(feather_vm::keeper::AS_AN_OLDER_KEEPER, "1")
+        .env("FEATHER_TRACE", "phases")
+        .args(["start", "vm"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    start_counting(&source, "vm");
+    let _server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    let refused: crate::support::Outcome =
+        migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(refused.code, 0, "refused: {}", refused.stdout);
+    assert!(
+        refused.stderr.contains("started by an older feather")
+            && refused.stderr.contains("--mode stop-and-copy")
+            && refused.stderr.contains("feather stop vm"),
+        "{}",
+        refused.stderr
+    );
+    let log = std::fs::read_to_string(source.vm_dir("vm").join("keeper.log")).unwrap();
+    assert!(!log.contains("checkpoint:"), "nothing was dumped: {log}");
+    assert_eq!(source.status("vm"), "running");
+    let now = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > now
+    });
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+}
+
 /// A man in the middle between the hosts that alters one byte of the stream from sender to
 /// receiver (in the VM's archive, past the handshake and the offer): TLS refuses the record
 /// it is in before any of it is used, the migration fails naming it, the VM runs on at the

@@ -207,6 +207,11 @@ pub const HOLD_AFTER_RESUME: &str = "FEATHER_TEST_HOLD_AFTER_RESUME";
 /// the dump fail then. Unset, nothing waits.
 pub const HOLD_BEFORE_RELEASE: &str = "FEATHER_TEST_HOLD_BEFORE_RELEASE";
 
+/// For tests only: set (to anything) in a keeper's environment, its status answer leaves out
+/// [`Response::Running`]'s `ends_released_copy`, as a keeper of a build before it answers, so
+/// that a test sees `migrate` refuse post-copy with such a keeper. Unset, the answer has it.
+pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
+
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
 /// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`]), if it is set: in a debug build only (see
@@ -1021,6 +1026,7 @@ impl Keeper {
                     stream,
                     &Response::Running {
                         init_pid: self.init.pid.as_raw(),
+                        ends_released_copy: crate::test_hooks::set(AS_AN_OLDER_KEEPER).is_none(),
                     },
                 );
                 Answered::Done

@@ -182,6 +182,7 @@ pub fn migrate(
     let subnet = feather_net::subnet_of(root.dir(), &config.network).in_vm(name)?;
     let relay = match mode {
         Mode::PostCopy => {
+            ends_released_copy(&vm)?;
             let here = feather_migrate::transfer::local_address_towards(to).in_vm(name)?;
             Some(
                 feather_migrate::pages::Relay::bind(here)
@@ -218,6 +219,43 @@ pub fn migrate(
     match relay {
         Some(relay) => post_copy(root, name, to, accepted, relay, progress),
         None => stop_and_copy(root, name, to, accepted, progress),
+    }
+}
+
+/// Post-copy needs a keeper that ends the VM's copy here once it was let go, never thaws it,
+/// should the dump fail after the release: one of an older build (a VM that runs across an
+/// upgrade of feather) looks for the release record where `migrate` no longer writes it, and
+/// would let the copy here run on while it runs at the receiver. Such a keeper does not say
+/// `ends_released_copy` ([`Response::Running`]): refused before anything happens.
+fn ends_released_copy(vm: &VmDir) -> Result<()> {
+    let name = vm.name();
+    match protocol::call(
+        &vm.control_socket(),
+        &Request::Status,
+        Duration::from_secs(10),
+    ) {
+        Ok(Response::Running {
+            ends_released_copy: true,
+            ..
+        }) => Ok(()),
+        Ok(Response::Running { .. }) => Err(failed(
+            name,
+            format!(
+                "was started by an older feather, whose keeper could let its copy here run \
+                 again after a post-copy migration let it go (it would then run at both hosts); \
+                 migrate it with `--mode stop-and-copy`, or stop and start it (`feather stop \
+                 {name}`, `feather start {name}`) and migrate it again"
+            ),
+        )),
+        Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
+        Ok(other) => Err(VmError::KeeperAnswer {
+            vm: name.to_string(),
+            answer: format!("{other:?}"),
+        }),
+        Err(source) => Err(VmError::KeeperSilent {
+            vm: name.to_string(),
+            source,
+        }),
     }
 }
 
