@@ -1784,6 +1784,27 @@ fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed(
     assert_eq!(source.status("vm"), "running");
 }
 
+/// A release record that cannot be read (here a folder: as EIO or EACCES would) counted as no
+/// record, and the copy here was started; it now counts as written, to a receiver it cannot
+/// name.
+#[test]
+fn a_vm_whose_release_record_cannot_be_read_is_not_started_here() {
+    let source = Feather::new("mig-unreadable");
+    let base = ScratchBase::new("mig-unreadable");
+    source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let record = source.vm_dir("vm").join("released-to");
+    std::fs::create_dir(&record).unwrap();
+    let refused = source.fails(&["start", "vm"]);
+    assert!(
+        refused.contains("its unreadable record hides") && refused.contains("run it twice"),
+        "{refused}"
+    );
+    assert_eq!(source.status("vm"), "created");
+    std::fs::remove_dir(&record).unwrap();
+    source.ok(&["start", "vm"]);
+    assert_eq!(source.status("vm"), "running");
+}
+
 /// A VM a migration let go, as its release record (`<vm>/released-to`) names the receiver, and
 /// whether the error `refused` names that receiver and why.
 fn let_go(source: &Feather) -> (PathBuf, impl Fn(&str)) {
