@@ -1324,7 +1324,9 @@ impl Keeper {
     }
 
     /// Waits until the asker of a checkpoint shut its side of `stream` down or ended (end of
-    /// file, or a hang-up), or the VM's init ended.
+    /// file, or a hang-up), or the VM's init ended. Only one of those ends the wait: a poll
+    /// that fails (ENOMEM) is tried again, for deciding early would thaw a copy `migrate` may
+    /// still let go. SIGTERM does not end it either: the way out is to end `migrate`.
     fn await_asker(&self, stream: &UnixStream) {
         use nix::poll::{poll, PollTimeout};
         loop {
@@ -1333,8 +1335,9 @@ impl Keeper {
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => return,
+                Ok(_) if fds.iter().any(|fd| fd.any().unwrap_or(false)) => return,
+                Err(nix::errno::Errno::EINTR) => {}
+                _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
     }
