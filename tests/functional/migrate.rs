@@ -2995,6 +2995,47 @@ fn a_post_copy_dump_failed_before_the_release_is_not_let_go_and_runs_on_at_the_s
         });
 }
 
+/// A post-copy dump failing before the release, and the source's keeper killed while it holds
+/// the VM frozen (its TCP connections in repair mode) for `migrate`: `migrate` took the
+/// keeper's end of file for "it held nothing", said the VM runs on here and thawed it, a VM
+/// without a keeper. It now says the keeper died, and leaves the VM frozen for `rm`.
+#[test]
+fn a_post_copy_migrate_whose_keeper_died_holding_the_vm_leaves_it_frozen_and_says_so() {
+    let mut held = HeldMigration::held(
+        "mig-deadkeeper",
+        crate::support::RecordHold::before_release,
+        true,
+    );
+    let keeper = held.source.inspect("vm")["state"]["keeper_pid"]
+        .as_u64()
+        .unwrap();
+    let criu = held.criu();
+    let kill = |pid: u32| {
+        let killed = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    };
+    kill(criu.pid);
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    kill(keeper as u32);
+    held.source.eventually("the keeper has ended", || {
+        !Path::new(&format!("/proc/{keeper}")).exists()
+    });
+    held._hold.release();
+    let moved: crate::support::Outcome = held.migrating.wait_with_output().unwrap().into();
+    assert_ne!(moved.code, 0, "{}", moved.stderr);
+    assert!(moved.stderr.contains("its keeper died"), "{}", moved.stderr);
+    let freeze = std::fs::read_to_string(held.cgroup.join("cgroup.freeze")).unwrap();
+    assert_eq!(freeze.trim(), "1", "left frozen: {}", moved.stderr);
+    held.source.ok(&["rm", "-f", "vm"]);
+}
+
 /// A VM whose keeper is of an older build (it runs across an upgrade; here a keeper that
 /// answers its status as one does, without `ends_released_copy`): such a keeper looks for the
 /// release record in the checkpoint folder, where `migrate` no longer writes it, and would thaw

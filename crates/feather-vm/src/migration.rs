@@ -547,7 +547,7 @@ fn post_copy(
         (Err(e), Some(lazy)) => {
             let frozen_here = cgroup.freeze(Duration::from_secs(10));
             let outcome = resume_here(lazy, relaying, dump_error.unwrap_or(e));
-            drop(frozen_here);
+            crate::checkpoint::thaw_unless_keeper_died(frozen_here.ok(), &vm);
             return outcome;
         }
         (Ok(_), None) => return Err(failed(name, "its transfer ended without a dump")),
@@ -584,7 +584,7 @@ fn post_copy(
             ),
         );
         let outcome = resume_here(lazy, relaying, e);
-        drop(frozen_here);
+        crate::checkpoint::thaw_unless_keeper_died(Some(frozen_here), &vm);
         return outcome;
     }
     let marker = crate::images::release_record(&vm);
@@ -641,7 +641,7 @@ fn post_copy(
             // The receiver discarded its copy; CRIU lets the processes go on once its page
             // transfer fails, and they thaw once it has.
             let outcome = resume_here(lazy, relaying, e);
-            drop(frozen_here);
+            crate::checkpoint::thaw_unless_keeper_died(Some(frozen_here), &vm);
             outcome
         }
         feather_migrate::transfer::Released::Unknown(why) => {
