@@ -3036,6 +3036,43 @@ fn a_post_copy_migrate_whose_keeper_died_holding_the_vm_leaves_it_frozen_and_say
     held.source.ok(&["rm", "-f", "vm"]);
 }
 
+/// A release record that cannot be written durably (here: written, then its folder's sync
+/// failing, as a test hook makes it): `migrate` returned the bare error with the record in
+/// place, and the keeper, finding it once `migrate` was gone, ended the VM's only copy. The
+/// record is now removed and the VM, never let go, runs on here.
+#[test]
+fn a_release_record_that_cannot_be_written_lets_the_vm_run_on_at_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (
+        Feather::new("mig-norecord"),
+        Feather::new("mig-norecord-dst"),
+    );
+    let base = ScratchBase::new("mig-norecord");
+    counting_vm(&source, &base);
+    let _server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    let failed: crate::support::Outcome =
+        migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .env(feather_vm::migration::FAIL_RELEASE_RECORD, "1")
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("cannot record the release") && failed.stderr.contains("not let go"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!source.vm_dir("vm").join("released-to").exists());
+    assert_eq!(source.status("vm"), "running");
+    let now = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > now
+    });
+    target.eventually("the receiver keeps nothing of it", || {
+        target.ok(&["ls", "--json"]).trim() == "[]"
+    });
+}
+
 /// A VM whose keeper is of an older build (it runs across an upgrade; here a keeper that
 /// answers its status as one does, without `ends_released_copy`): such a keeper looks for the
 /// release record in the checkpoint folder, where `migrate` no longer writes it, and would thaw

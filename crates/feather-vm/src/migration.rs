@@ -412,7 +412,10 @@ fn stop_and_copy(
     // From here the receiver may run the VM: a restore here must not happen unless it says it
     // does not.
     let marker = crate::images::release_record(&vm);
-    feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
+    if let Err(e) = record_release(&marker, to) {
+        let e = failed(name, format!("{e}: not let go to {to}"));
+        return restore_here(root, name, e, progress);
+    }
     progress(Progress::Phase(&format!("letting {name} run at {to}")));
     match restored.release() {
         feather_migrate::transfer::Released::Running => {
@@ -440,6 +443,32 @@ fn stop_and_copy(
         }
         feather_migrate::transfer::Released::Unknown(why) => Err(unsure(name, to, &why, &marker)),
     }
+}
+
+/// For tests only: set (to anything), `migrate` writes the release record and then fails as a
+/// failed sync of its folder would, the record in place. Read by a debug build only
+/// ([`crate::test_hooks`]).
+pub const FAIL_RELEASE_RECORD: &str = "FEATHER_TEST_FAIL_RELEASE_RECORD";
+
+/// Writes the release record `marker` naming `to`, durably, before the release. A write that
+/// fails removes what it may have left (the rename landed, the folder's sync failed): the VM
+/// is not let go, and a record left would have its copy here ended, its only copy.
+fn record_release(marker: &std::path::Path, to: &str) -> std::io::Result<()> {
+    let written = feather_core::atomic::write_atomic(marker, to.as_bytes(), Durability::Durable)
+        .map_err(|e| std::io::Error::other(causes(&e)))
+        .and_then(|()| match crate::test_hooks::set(FAIL_RELEASE_RECORD) {
+            Some(_) => Err(std::io::Error::other(format!(
+                "{FAIL_RELEASE_RECORD} is set (a test)"
+            ))),
+            None => Ok(()),
+        });
+    written.map_err(|e| {
+        let _ = fs::remove_file(marker);
+        std::io::Error::other(format!(
+            "cannot record the release in {} ({e})",
+            marker.display()
+        ))
+    })
 }
 
 /// The error for a connection lost after the VM was let go at `to`.
@@ -588,7 +617,12 @@ fn post_copy(
         return outcome;
     }
     let marker = crate::images::release_record(&vm);
-    feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
+    if let Err(e) = record_release(&marker, to) {
+        let e = failed(name, format!("{e}: not let go to {to}"));
+        let outcome = resume_here(lazy, relaying, e);
+        crate::checkpoint::thaw_unless_keeper_died(Some(frozen_here), &vm);
+        return outcome;
+    }
     progress(Progress::Phase(&format!("letting {name} run at {to}")));
     match restored.release() {
         feather_migrate::transfer::Released::Running => {
