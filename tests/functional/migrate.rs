@@ -1590,6 +1590,27 @@ fn a_vm_let_go_to_another_host_is_not_restored_here_until_the_marker_is_removed(
     assert_eq!(source.status("vm"), "running");
 }
 
+/// A release record that cannot be read (here a folder: as EIO or EACCES would) counted as no
+/// record, and the copy here was started; it now counts as written, to a receiver it cannot
+/// name.
+#[test]
+fn a_vm_whose_release_record_cannot_be_read_is_not_started_here() {
+    let source = Feather::new("mig-unreadable");
+    let base = ScratchBase::new("mig-unreadable");
+    source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let record = source.vm_dir("vm").join("released-to");
+    std::fs::create_dir(&record).unwrap();
+    let refused = source.fails(&["start", "vm"]);
+    assert!(
+        refused.contains("its unreadable record hides") && refused.contains("run it twice"),
+        "{refused}"
+    );
+    assert_eq!(source.status("vm"), "created");
+    std::fs::remove_dir(&record).unwrap();
+    source.ok(&["start", "vm"]);
+    assert_eq!(source.status("vm"), "running");
+}
+
 /// A VM a migration let go, as its release record (`<vm>/released-to`) names the receiver, and
 /// whether the error `refused` names that receiver and why.
 fn let_go(source: &Feather) -> (PathBuf, impl Fn(&str)) {
@@ -2531,6 +2552,16 @@ impl HeldMigration {
     /// `held_at` makes: [`RecordHold::after_resume`], once it runs the VM the sender let go;
     /// [`RecordHold::before_criu`], before its restore, the VM not let go yet.
     fn new(label: &str, held_at: fn(&str) -> crate::support::RecordHold) -> HeldMigration {
+        Self::held(label, held_at, false)
+    }
+
+    /// As [`HeldMigration::new`], the hold given to `migrate` instead (`at_sender`):
+    /// [`RecordHold::before_release`].
+    fn held(
+        label: &str,
+        held_at: fn(&str) -> crate::support::RecordHold,
+        at_sender: bool,
+    ) -> HeldMigration {
         let hosts = TwoHosts::new();
         let (source, target) = (Feather::new(label), Feather::new(&format!("{label}-dst")));
         let base = ScratchBase::new(label);
@@ -2551,19 +2582,20 @@ impl HeldMigration {
         let log = source.vm_dir("vm").join("keeper.log");
         let hold = held_at(label);
         let (variable, value) = hold.env();
-        let server = Server::accepting(
-            &hosts,
-            &target,
-            &[(variable, value.to_str().unwrap())],
-            &["--base", base.as_str()],
-        );
+        let value = value.to_str().unwrap();
+        let (at_server, at_migrate) = match at_sender {
+            false => (vec![(variable, value)], vec![]),
+            true => (vec![], vec![(variable, value)]),
+        };
+        let server = Server::accepting(&hosts, &target, &at_server, &["--base", base.as_str()]);
         let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .envs(at_migrate)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
         target.eventually_within(
-            "the receiver waits at the hold",
+            "the receiver, or migrate, waits at the hold",
             std::time::Duration::from_secs(60),
             || hold.awaited(),
         );
@@ -2715,6 +2747,183 @@ fn a_post_copy_migrate_killed_before_the_release_lets_the_vm_run_on_at_the_sourc
         .eventually("the loop counts on at the source", || {
             count(&held.source, "vm") > resumed
         });
+}
+
+/// A post-copy dump failing before the release (the sender's CRIU killed once the receiver
+/// restored the VM, while `migrate` is held before its release): `migrate` froze the VM, wrote the release record and let it go although its page server was gone, so
+/// the VM could fetch no page at the receiver and was ended at the source: lost at both hosts.
+/// `migrate` now looks for the keeper's answer before the release: the VM is not let go, runs
+/// on at the source, and the receiver keeps nothing.
+#[test]
+fn a_post_copy_dump_failed_before_the_release_is_not_let_go_and_runs_on_at_the_source() {
+    let mut held = HeldMigration::held(
+        "mig-deadpages",
+        crate::support::RecordHold::before_release,
+        true,
+    );
+    assert_eq!(
+        held.freeze(),
+        "1",
+        "migrate froze the VM before its release"
+    );
+    let criu = held.criu();
+    let killed = Command::new("kill")
+        .args(["-9", &criu.pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    held._hold.release();
+    let moved: crate::support::Outcome = held.migrating.wait_with_output().unwrap().into();
+    assert_ne!(moved.code, 0, "the migration must fail: {}", moved.stderr);
+    assert!(
+        moved.stderr.contains("failed before it was let go"),
+        "{}",
+        moved.stderr
+    );
+    assert!(
+        !held.source.vm_dir("vm").join("released-to").exists(),
+        "no release record"
+    );
+    assert_eq!(held.source.status("vm"), "running");
+    let resumed = count(&held.source, "vm");
+    held.source
+        .eventually("the loop counts on at the source", || {
+            count(&held.source, "vm") > resumed
+        });
+    held.target
+        .eventually("the receiver keeps nothing of it", || {
+            held.target.ok(&["ls", "--json"]).trim() == "[]"
+        });
+}
+
+/// A post-copy dump failing before the release, and the source's keeper killed while it holds
+/// the VM frozen (its TCP connections in repair mode) for `migrate`: `migrate` took the
+/// keeper's end of file for "it held nothing", said the VM runs on here and thawed it, a VM
+/// without a keeper. It now says the keeper died, and leaves the VM frozen for `rm`.
+#[test]
+fn a_post_copy_migrate_whose_keeper_died_holding_the_vm_leaves_it_frozen_and_says_so() {
+    let mut held = HeldMigration::held(
+        "mig-deadkeeper",
+        crate::support::RecordHold::before_release,
+        true,
+    );
+    let keeper = held.source.inspect("vm")["state"]["keeper_pid"]
+        .as_u64()
+        .unwrap();
+    let criu = held.criu();
+    let kill = |pid: u32| {
+        let killed = Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(killed.success());
+    };
+    kill(criu.pid);
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    kill(keeper as u32);
+    held.source.eventually("the keeper has ended", || {
+        !Path::new(&format!("/proc/{keeper}")).exists()
+    });
+    held._hold.release();
+    let moved: crate::support::Outcome = held.migrating.wait_with_output().unwrap().into();
+    assert_ne!(moved.code, 0, "{}", moved.stderr);
+    assert!(moved.stderr.contains("its keeper died"), "{}", moved.stderr);
+    let freeze = std::fs::read_to_string(held.cgroup.join("cgroup.freeze")).unwrap();
+    assert_eq!(freeze.trim(), "1", "left frozen: {}", moved.stderr);
+    held.source.ok(&["rm", "-f", "vm"]);
+}
+
+/// A release record that cannot be written durably (here: written, then its folder's sync
+/// failing, as a test hook makes it): `migrate` returned the bare error with the record in
+/// place, and the keeper, finding it once `migrate` was gone, ended the VM's only copy. The
+/// record is now removed and the VM, never let go, runs on here.
+#[test]
+fn a_release_record_that_cannot_be_written_lets_the_vm_run_on_at_the_source() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (
+        Feather::new("mig-norecord"),
+        Feather::new("mig-norecord-dst"),
+    );
+    let base = ScratchBase::new("mig-norecord");
+    counting_vm(&source, &base);
+    let _server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    let failed: crate::support::Outcome =
+        migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .env(feather_vm::migration::FAIL_RELEASE_RECORD, "1")
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(failed.code, 0);
+    assert!(
+        failed.stderr.contains("cannot record the release") && failed.stderr.contains("not let go"),
+        "{}",
+        failed.stderr
+    );
+    assert!(!source.vm_dir("vm").join("released-to").exists());
+    assert_eq!(source.status("vm"), "running");
+    let now = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > now
+    });
+    target.eventually("the receiver keeps nothing of it", || {
+        target.ok(&["ls", "--json"]).trim() == "[]"
+    });
+}
+
+/// A VM whose keeper is of an older build (it runs across an upgrade; here a keeper that
+/// answers its status as one does, without `ends_released_copy`): such a keeper looks for the
+/// release record in the checkpoint folder, where `migrate` no longer writes it, and would thaw
+/// the copy here after a failed dump although the VM runs at the receiver. `migrate` now
+/// refuses post-copy with it, before anything happens, and says what to do; the VM runs on.
+#[test]
+fn a_post_copy_migration_of_a_vm_whose_keeper_is_older_is_refused_and_the_vm_runs_on() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (
+        Feather::new("mig-oldkeeper"),
+        Feather::new("mig-oldkeeper-dst"),
+    );
+    let base = ScratchBase::new("mig-oldkeeper");
+    source.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let started = source
+        .command()
+        .env(feather_vm::keeper::AS_AN_OLDER_KEEPER, "1")
+        .env("FEATHER_TRACE", "phases")
+        .args(["start", "vm"])
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    start_counting(&source, "vm");
+    let _server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
+    let refused: crate::support::Outcome =
+        migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+            .output()
+            .unwrap()
+            .into();
+    assert_ne!(refused.code, 0, "refused: {}", refused.stdout);
+    assert!(
+        refused.stderr.contains("started by an older feather")
+            && refused.stderr.contains("--mode stop-and-copy")
+            && refused.stderr.contains("feather stop vm"),
+        "{}",
+        refused.stderr
+    );
+    let log = std::fs::read_to_string(source.vm_dir("vm").join("keeper.log")).unwrap();
+    assert!(!log.contains("checkpoint:"), "nothing was dumped: {log}");
+    assert_eq!(source.status("vm"), "running");
+    let now = count(&source, "vm");
+    source.eventually("the loop counts on at the source", || {
+        count(&source, "vm") > now
+    });
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
 }
 
 /// A man in the middle between the hosts that alters one byte of the stream from sender to

@@ -799,6 +799,13 @@ impl RecordHold {
         Self::at(label, feather_vm::keeper::HOLD_AFTER_RESUME)
     }
 
+    /// A hold on a post-copy `feather migrate` once the receiver restored the VM and it froze
+    /// the VM at the source, before it lets it go (`feather_vm::keeper::HOLD_BEFORE_RELEASE`;
+    /// given to the migrate).
+    pub fn before_release(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_BEFORE_RELEASE)
+    }
+
     fn at(label: &str, variable: &'static str) -> Self {
         let dir = ScratchDir::new(label);
         let lock = fs::File::create(dir.path.join("hold")).unwrap();

@@ -378,7 +378,7 @@ pub(crate) fn checkpoint_lazy(
             let frozen = crate::vm_group::cgroup_path(&config).freeze(Duration::from_secs(10));
             feather_migrate::pages::abort(&page_server);
             let e = lazy.resume(e);
-            drop(frozen);
+            thaw_unless_keeper_died(frozen.ok(), &vm);
             Err(e)
         }
     }
@@ -432,6 +432,14 @@ impl LazyCheckpoint {
         }
     }
 
+    /// Whether the dump has ended already, before the receiver ran the VM: the keeper's answer
+    /// waits (CRIU's page server failed, or the keeper ended). Such a VM must not be let go:
+    /// the receiver could fetch none of its memory. Asked without waiting; a poll that fails
+    /// counts as ended (the VM is then kept here, where it can run on).
+    pub(crate) fn ended_early(&self) -> bool {
+        self.keeper.answer_waiting().unwrap_or(true)
+    }
+
     /// Waits until the page server has served every page and the VM's processes here have
     /// ended (`Ok`), or the fetching failed (`Err`; CRIU then lets the processes here go on,
     /// unless they were ended or are frozen).
@@ -473,6 +481,17 @@ impl LazyCheckpoint {
         self.keeper.done_sending().map_err(silent)?;
         match self.keeper.answer() {
             Ok(Response::Thawed { .. }) => Ok(()),
+            // A keeper that held nothing ends the conversation; one that died held the VM
+            // (frozen, its TCP connections in repair): it must not pass for one that let it go.
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && keeper_died(&self.vm) => {
+                Err(failed(
+                    &name,
+                    format!(
+                        "its keeper died while it held the VM frozen here; it stays frozen, and \
+                         `feather stop {name}` or `feather rm {name}` ends what is left"
+                    ),
+                ))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
             Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
             Ok(other) => Err(VmError::KeeperAnswer {
@@ -481,6 +500,34 @@ impl LazyCheckpoint {
             }),
             Err(source) => Err(silent(source)),
         }
+    }
+}
+
+/// After [`LazyCheckpoint::resume`]: thaws the VM here (its keeper has taken its TCP connections out of
+/// repair mode), unless its keeper died while holding it: then it stays frozen, as the keeper
+/// left it, for the clean-up of `stop` or `rm`, which kills it before any thaw.
+pub(crate) fn thaw_unless_keeper_died(
+    frozen: Option<feather_sys::cgroup::Frozen>,
+    vm: &feather_core::VmDir,
+) {
+    match frozen {
+        Some(frozen) if keeper_died(vm) => frozen.keep(),
+        frozen => drop(frozen),
+    }
+}
+
+/// Whether the keeper recorded for `vm` has ended (no such process, or a zombie). A pid taken
+/// since by another process passes for the keeper.
+pub(crate) fn keeper_died(vm: &feather_core::VmDir) -> bool {
+    let Some(pid) = vm.read_state().ok().and_then(|state| state.keeper_pid) else {
+        return true;
+    };
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command's closing parenthesis.
+        Ok(stat) => stat
+            .rsplit_once(") ")
+            .is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
     }
 }
 

@@ -96,13 +96,16 @@ pub(crate) fn release_record(vm: &VmDir) -> PathBuf {
 }
 
 /// The receiver a release record of `vm` names (as written: a host and port), and the
-/// record's path, if the VM was let go to another host.
+/// record's path, if the VM was let go to another host. Only a record that is not there means
+/// it was not: one that cannot be read (EIO, EACCES, a folder, not UTF-8) counts as written,
+/// to a receiver its error stands for, for a copy taken for never let go could run twice.
 pub(crate) fn released_to(vm: &VmDir) -> Option<(String, PathBuf)> {
     [release_record(vm), vm.checkpoint_dir().join(RELEASED_TO)]
         .into_iter()
-        .find_map(|record| {
-            let to = fs::read_to_string(&record).ok()?;
-            Some((to.trim().to_owned(), record))
+        .find_map(|record| match fs::read_to_string(&record) {
+            Ok(to) => Some((to.trim().to_owned(), record)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => Some((format!("a host its unreadable record hides ({e})"), record)),
         })
 }
 

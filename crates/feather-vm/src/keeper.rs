@@ -201,10 +201,21 @@ pub const HOLD_BEFORE_DUMP: &str = "FEATHER_TEST_HOLD_BEFORE_DUMP";
 /// CRIU still serves the pages. Unset, nothing waits.
 pub const HOLD_AFTER_RESUME: &str = "FEATHER_TEST_HOLD_AFTER_RESUME";
 
+/// For tests only, as [`HOLD_AFTER_RESUME`], but waited for by `feather migrate` (post-copy):
+/// the file whose lock it waits for once the receiver restored the VM and it froze the VM
+/// here, before it looks for the keeper's answer and lets the VM go, so that a test can make
+/// the dump fail then. Unset, nothing waits.
+pub const HOLD_BEFORE_RELEASE: &str = "FEATHER_TEST_HOLD_BEFORE_RELEASE";
+
+/// For tests only: set (to anything) in a keeper's environment, its status answer leaves out
+/// [`Response::Running`]'s `ends_released_copy`, as a keeper of a build before it answers, so
+/// that a test sees `migrate` refuse post-copy with such a keeper. Unset, the answer has it.
+pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
+
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`]), if it is set: in a debug build only (see
-/// [`crate::test_hooks`]).
+/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`]), if it is set: in a
+/// debug build only (see [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);
 }
@@ -1015,6 +1026,7 @@ impl Keeper {
                     stream,
                     &Response::Running {
                         init_pid: self.init.pid.as_raw(),
+                        ends_released_copy: crate::test_hooks::set(AS_AN_OLDER_KEEPER).is_none(),
                     },
                 );
                 Answered::Done
@@ -1312,7 +1324,9 @@ impl Keeper {
     }
 
     /// Waits until the asker of a checkpoint shut its side of `stream` down or ended (end of
-    /// file, or a hang-up), or the VM's init ended.
+    /// file, or a hang-up), or the VM's init ended. Only one of those ends the wait: a poll
+    /// that fails (ENOMEM) is tried again, for deciding early would thaw a copy `migrate` may
+    /// still let go. SIGTERM does not end it either: the way out is to end `migrate`.
     fn await_asker(&self, stream: &UnixStream) {
         use nix::poll::{poll, PollTimeout};
         loop {
@@ -1321,8 +1335,9 @@ impl Keeper {
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
             ];
             match poll(&mut fds, PollTimeout::NONE) {
-                Err(nix::errno::Errno::EINTR) => continue,
-                _ => return,
+                Ok(_) if fds.iter().any(|fd| fd.any().unwrap_or(false)) => return,
+                Err(nix::errno::Errno::EINTR) => {}
+                _ => std::thread::sleep(Duration::from_millis(100)),
             }
         }
     }

@@ -182,6 +182,7 @@ pub fn migrate(
     let subnet = feather_net::subnet_of(root.dir(), &config.network).in_vm(name)?;
     let relay = match mode {
         Mode::PostCopy => {
+            ends_released_copy(&vm)?;
             let here = feather_migrate::transfer::local_address_towards(to).in_vm(name)?;
             Some(
                 feather_migrate::pages::Relay::bind(here)
@@ -218,6 +219,43 @@ pub fn migrate(
     match relay {
         Some(relay) => post_copy(root, name, to, accepted, relay, progress),
         None => stop_and_copy(root, name, to, accepted, progress),
+    }
+}
+
+/// Post-copy needs a keeper that ends the VM's copy here once it was let go, never thaws it,
+/// should the dump fail after the release: one of an older build (a VM that runs across an
+/// upgrade of feather) looks for the release record where `migrate` no longer writes it, and
+/// would let the copy here run on while it runs at the receiver. Such a keeper does not say
+/// `ends_released_copy` ([`Response::Running`]): refused before anything happens.
+fn ends_released_copy(vm: &VmDir) -> Result<()> {
+    let name = vm.name();
+    match protocol::call(
+        &vm.control_socket(),
+        &Request::Status,
+        Duration::from_secs(10),
+    ) {
+        Ok(Response::Running {
+            ends_released_copy: true,
+            ..
+        }) => Ok(()),
+        Ok(Response::Running { .. }) => Err(failed(
+            name,
+            format!(
+                "was started by an older feather, whose keeper could let its copy here run \
+                 again after a post-copy migration let it go (it would then run at both hosts); \
+                 migrate it with `--mode stop-and-copy`, or stop and start it (`feather stop \
+                 {name}`, `feather start {name}`) and migrate it again"
+            ),
+        )),
+        Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
+        Ok(other) => Err(VmError::KeeperAnswer {
+            vm: name.to_string(),
+            answer: format!("{other:?}"),
+        }),
+        Err(source) => Err(VmError::KeeperSilent {
+            vm: name.to_string(),
+            source,
+        }),
     }
 }
 
@@ -374,7 +412,10 @@ fn stop_and_copy(
     // From here the receiver may run the VM: a restore here must not happen unless it says it
     // does not.
     let marker = crate::images::release_record(&vm);
-    feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
+    if let Err(e) = record_release(&marker, to) {
+        let e = failed(name, format!("{e}: not let go to {to}"));
+        return restore_here(root, name, e, progress);
+    }
     progress(Progress::Phase(&format!("letting {name} run at {to}")));
     match restored.release() {
         feather_migrate::transfer::Released::Running => {
@@ -402,6 +443,32 @@ fn stop_and_copy(
         }
         feather_migrate::transfer::Released::Unknown(why) => Err(unsure(name, to, &why, &marker)),
     }
+}
+
+/// For tests only: set (to anything), `migrate` writes the release record and then fails as a
+/// failed sync of its folder would, the record in place. Read by a debug build only
+/// ([`crate::test_hooks`]).
+pub const FAIL_RELEASE_RECORD: &str = "FEATHER_TEST_FAIL_RELEASE_RECORD";
+
+/// Writes the release record `marker` naming `to`, durably, before the release. A write that
+/// fails removes what it may have left (the rename landed, the folder's sync failed): the VM
+/// is not let go, and a record left would have its copy here ended, its only copy.
+fn record_release(marker: &std::path::Path, to: &str) -> std::io::Result<()> {
+    let written = feather_core::atomic::write_atomic(marker, to.as_bytes(), Durability::Durable)
+        .map_err(|e| std::io::Error::other(causes(&e)))
+        .and_then(|()| match crate::test_hooks::set(FAIL_RELEASE_RECORD) {
+            Some(_) => Err(std::io::Error::other(format!(
+                "{FAIL_RELEASE_RECORD} is set (a test)"
+            ))),
+            None => Ok(()),
+        });
+    written.map_err(|e| {
+        let _ = fs::remove_file(marker);
+        std::io::Error::other(format!(
+            "cannot record the release in {} ({e})",
+            marker.display()
+        ))
+    })
 }
 
 /// The error for a connection lost after the VM was let go at `to`.
@@ -495,7 +562,7 @@ fn post_copy(
         (Err(e), Some(lazy)) => {
             let frozen_here = cgroup.freeze(Duration::from_secs(10));
             let outcome = resume_here(lazy, relaying, dump_error.unwrap_or(e));
-            drop(frozen_here);
+            crate::checkpoint::thaw_unless_keeper_died(frozen_here.ok(), &vm);
             return outcome;
         }
         (Ok(_), None) => return Err(failed(name, "its transfer ended without a dump")),
@@ -519,8 +586,29 @@ fn post_copy(
             return resume_here(lazy, relaying, e);
         }
     };
+    crate::keeper::held_by_test(crate::keeper::HOLD_BEFORE_RELEASE);
+    // A dump that failed meanwhile (CRIU's page server gone) could serve the receiver no page:
+    // let go, the VM would die there at its first missing page, and be ended here. Not let go,
+    // it runs on here, and the receiver discards its copy once `restored` is dropped.
+    if lazy.ended_early() {
+        let e = failed(
+            name,
+            format!(
+                "its dump here failed before it was let go to {to}, which could have fetched \
+                 none of its memory; it stays here"
+            ),
+        );
+        let outcome = resume_here(lazy, relaying, e);
+        crate::checkpoint::thaw_unless_keeper_died(Some(frozen_here), &vm);
+        return outcome;
+    }
     let marker = crate::images::release_record(&vm);
-    feather_core::atomic::write_atomic(&marker, to.as_bytes(), Durability::Durable)?;
+    if let Err(e) = record_release(&marker, to) {
+        let e = failed(name, format!("{e}: not let go to {to}"));
+        let outcome = resume_here(lazy, relaying, e);
+        crate::checkpoint::thaw_unless_keeper_died(Some(frozen_here), &vm);
+        return outcome;
+    }
     progress(Progress::Phase(&format!("letting {name} run at {to}")));
     match restored.release() {
         feather_migrate::transfer::Released::Running => {
@@ -573,7 +661,7 @@ fn post_copy(
             // The receiver discarded its copy; CRIU lets the processes go on once its page
             // transfer fails, and they thaw once it has.
             let outcome = resume_here(lazy, relaying, e);
-            drop(frozen_here);
+            crate::checkpoint::thaw_unless_keeper_died(Some(frozen_here), &vm);
             outcome
         }
         feather_migrate::transfer::Released::Unknown(why) => {

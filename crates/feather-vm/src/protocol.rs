@@ -61,6 +61,14 @@ struct Envelope {
 pub enum Response {
     Running {
         init_pid: i32,
+        /// The keeper ends a post-copy source copy once a release record (`<vm>/released-to`)
+        /// says it was let go, never thaws it (`keeper::settle_source_copy`). Absent from the
+        /// answer of a keeper of an older build, which looked for the record in the checkpoint
+        /// folder, where `migrate` no longer writes it: `migrate` refuses post-copy with such
+        /// a keeper. A field older parties skip, so the protocol's version stays: a new version
+        /// would have cut every running VM of an older build off, `stop` included.
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        ends_released_copy: bool,
     },
     Stopped {
         how: String,
@@ -149,6 +157,20 @@ impl Conversation {
         self.reader.get_mut().passed.pop()
     }
 
+    /// Whether an answer (or the keeper's end) waits to be read now, without waiting for one.
+    pub fn answer_waiting(&self) -> std::io::Result<bool> {
+        use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+        use std::os::fd::AsFd;
+        if !self.reader.buffer().is_empty() {
+            return Ok(true);
+        }
+        let mut fds = [PollFd::new(
+            self.reader.get_ref().as_fd(),
+            PollFlags::POLLIN,
+        )];
+        Ok(poll(&mut fds, PollTimeout::ZERO)? > 0)
+    }
+
     /// The keeper's next answer.
     pub fn answer(&mut self) -> std::io::Result<Response> {
         let mut answer = String::new();
@@ -230,6 +252,37 @@ mod tests {
             read_request(&keeper).is_err(),
             "a request without a version"
         );
+    }
+
+    /// A keeper of an older build answers its status without `ends_released_copy`: read as
+    /// false (`migrate` refuses post-copy then); this build's says it, and an older reader,
+    /// which knows only `init_pid`, skips it.
+    #[test]
+    fn a_status_answer_says_whether_the_keeper_ends_a_released_copy() {
+        let older: Response = serde_json::from_str(r#"{"result":"running","init_pid":7}"#).unwrap();
+        assert_eq!(
+            older,
+            Response::Running {
+                init_pid: 7,
+                ends_released_copy: false
+            }
+        );
+        let this = serde_json::to_string(&Response::Running {
+            init_pid: 7,
+            ends_released_copy: true,
+        })
+        .unwrap();
+        assert_eq!(
+            this,
+            r#"{"result":"running","init_pid":7,"ends_released_copy":true}"#
+        );
+        #[derive(serde::Deserialize)]
+        #[serde(tag = "result", rename_all = "snake_case")]
+        enum Older {
+            Running { init_pid: i32 },
+        }
+        let Older::Running { init_pid } = serde_json::from_str(&this).unwrap();
+        assert_eq!(init_pid, 7);
     }
 
     #[test]

@@ -986,6 +986,7 @@ pub(crate) fn await_release(
                     &stream,
                     &Response::Running {
                         init_pid: init.pid.as_raw(),
+                        ends_released_copy: true,
                     },
                 );
                 // After the answer: the VM's link, brought up, is not part of its freeze.
@@ -997,6 +998,7 @@ pub(crate) fn await_release(
                     &stream,
                     &Response::Running {
                         init_pid: init.pid.as_raw(),
+                        ends_released_copy: true,
                     },
                 );
             }
