@@ -165,7 +165,7 @@ impl Conversation {
             return Ok(true);
         }
         let mut fds = [PollFd::new(
-            self.reader.get_ref().as_fd(),
+            self.reader.get_ref().stream.as_fd(),
             PollFlags::POLLIN,
         )];
         Ok(poll(&mut fds, PollTimeout::ZERO)? > 0)
