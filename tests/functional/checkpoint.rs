@@ -730,7 +730,10 @@ fn a_post_copy_dump_s_page_server_listens_nowhere() {
             .iter()
             .any(|call| syscall.starts_with(call))
     });
-    assert_eq!(listening_tcp_sockets_of(criu[0]), Vec::<String>::new());
+    assert_eq!(
+        crate::support::listening_tcp_sockets_of(criu[0]),
+        Vec::<String>::new()
+    );
     // The asker gone first, the keeper thaws the VM it froze behind CRIU (see
     // `asker_gone_unreleased`); the unknown request then fails CRIU's transfer.
     drop(asker);
@@ -741,37 +744,6 @@ fn a_post_copy_dump_s_page_server_listens_nowhere() {
     let after = logged(&log);
     feather.eventually("the VM runs on", || logged(&log) > after);
     assert_eq!(feather.status("vm"), "running");
-}
-
-/// The TCP sockets of process `pid` that listen (state 0A in its namespace's
-/// `/proc/<pid>/net/tcp` and `tcp6`), as those lines.
-fn listening_tcp_sockets_of(pid: i32) -> Vec<String> {
-    let own: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
-        .unwrap()
-        .flatten()
-        .filter_map(|fd| fs::read_link(fd.path()).ok())
-        .filter_map(|link| {
-            let link = link.to_string_lossy().into_owned();
-            let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
-            Some(inode.to_owned())
-        })
-        .collect();
-    ["tcp", "tcp6"]
-        .iter()
-        .flat_map(|table| {
-            fs::read_to_string(format!("/proc/{pid}/net/{table}"))
-                .unwrap_or_default()
-                .lines()
-                .skip(1)
-                .map(str::to_owned)
-                .collect::<Vec<_>>()
-        })
-        .filter(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            fields.get(3) == Some(&"0A")
-                && fields.get(9).is_some_and(|i| own.iter().any(|o| o == i))
-        })
-        .collect()
 }
 
 /// A post-copy dump whose asker is gone before the keeper could tell it `Dumped` (the write

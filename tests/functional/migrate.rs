@@ -820,6 +820,66 @@ fn a_post_copy_receiver_killed_before_the_restore_leaves_no_lazy_pages_daemon() 
     assert!(daemon.ended());
 }
 
+/// A post-copy receiver listens for nothing but migrations: its tunnel hands `criu
+/// lazy-pages` one end of a socket pair (`--ps-socket`) rather than a port on 127.0.0.1, which
+/// any process of the host could have reached first, to read the VM's memory through the
+/// tunnel or fail the migration. While the restoring keeper waits before CRIU's restore (the
+/// tunnel open, the daemon started), neither serve nor its daemon holds a listening TCP socket
+/// but serve's own (`--listen`, port 7070); the migration then completes.
+#[test]
+fn a_post_copy_receiver_s_page_tunnel_listens_nowhere() {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new("mig-tunnel"), Feather::new("mig-tunnel-dst"));
+    let base = ScratchBase::new("mig-tunnel");
+    counting_vm(&source, &base);
+    let hold = crate::support::RecordHold::before_criu("mig-tunnel");
+    let (variable, value) = hold.env();
+    let server = Server::accepting(
+        &hosts,
+        &target,
+        &[(variable, value.to_str().unwrap())],
+        &["--base", base.as_str()],
+    );
+    let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    target.eventually_within(
+        "the restoring keeper waits for the hold",
+        std::time::Duration::from_secs(60),
+        || hold.awaited(),
+    );
+    let daemons = lazy_pages_daemons(server.child.id());
+    assert_eq!(
+        daemons.len(),
+        1,
+        "one daemon fetches the pages: {daemons:?}"
+    );
+    for pid in [server.child.id(), daemons[0].pid] {
+        let listening: Vec<String> = crate::support::listening_tcp_sockets_of(pid as i32)
+            .into_iter()
+            .filter(|line| {
+                !line
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|local| local.ends_with(":1B9E"))
+            })
+            .collect();
+        assert_eq!(listening, Vec::<String>::new(), "process {pid} listens");
+    }
+
+    drop(hold);
+    let moved: crate::support::Outcome = migrating.wait_with_output().unwrap().into();
+    assert_eq!(moved.code, 0, "{}", moved.stderr);
+    assert!(server.wait(), "the receiver ran the VM");
+    assert_eq!(target.status("vm"), "running");
+    assert!(
+        daemons[0].ended(),
+        "the daemon fetched every page and ended"
+    );
+}
+
 /// A process of the test, killed (by its pid) and reaped on drop.
 struct Killed(Child);
 
@@ -2988,9 +3048,11 @@ while True:
 
 /// A passive tap on the wire between the hosts records every byte of a migration (the archive
 /// and, in post-copy, the page stream): a marker the VM holds in a file of its layer and in its
-/// memory never appears in it, while a datagram sent in clear over the same wire does, and (in
-/// post-copy) the marker's pages do appear on the receiver's own loopback, where its tunnel
-/// hands them to `criu lazy-pages` decrypted.
+/// memory never appears in it, while a datagram sent in clear over the same wire does. In
+/// post-copy the marker's pages travel only in the page stream (the archive holds no memory):
+/// they do reach the restored process's memory at the receiver, yet appear neither on the
+/// wire nor on the receiver's loopback (its tunnel hands them to `criu lazy-pages` over a
+/// socket pair, not a local TCP connection).
 #[test]
 fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
     let hosts = TwoHosts::new();
@@ -3011,7 +3073,7 @@ fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
     });
 
     let tap = Tap::start(&hosts.a, &hosts.wire);
-    // Where the pages are in clear: host b's loopback, between its tunnel and `criu lazy-pages`.
+    // Where the pages were in clear when the tunnel listened on 127.0.0.1.
     let loopback = Tap::start(&hosts.b, "lo");
     // The tap sees what crosses in clear.
     let clear = format!("feather-in-clear-{}", std::process::id());
@@ -3050,12 +3112,47 @@ fn a_tap_on_the_wire_sees_nothing_of_the_vm_in_clear() {
         "the marker crossed the wire in clear"
     );
     if mode == "post-copy" {
-        // The memory holding the marker did travel, in pages: in clear only on host b itself.
+        // The memory holding the marker did travel, in pages, and in clear on no network.
         assert!(
-            wire::contains(&loopback.recording(), marker.as_bytes()),
-            "the marker's pages reached criu lazy-pages in clear on host b's loopback"
+            holder_s_memory_holds(&target, "tap", &marker),
+            "the marker's pages never reached the restored process"
+        );
+        assert!(
+            !wire::contains(&loopback.recording(), marker.as_bytes()),
+            "the marker's pages crossed host b's loopback in clear"
         );
     }
+}
+
+/// Whether the `python3` process of `vm` holds `needle` in its writable private memory (read
+/// from the host through /proc/<host pid>/mem).
+fn holder_s_memory_holds(feather: &Feather, vm: &str, needle: &str) -> bool {
+    use std::os::unix::fs::FileExt;
+    let rows: serde_json::Value = serde_json::from_str(&feather.ok(&["ps", vm, "--json"])).unwrap();
+    let pid = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["command"].as_str().unwrap_or("").contains("python3"))
+        .expect("the marker's holder runs")["host_pid"]
+        .as_i64()
+        .unwrap();
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    maps.lines()
+        .filter(|line| line.split_whitespace().nth(1) == Some("rw-p"))
+        .filter_map(|line| {
+            let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+            Some((
+                u64::from_str_radix(start, 16).ok()?,
+                u64::from_str_radix(end, 16).ok()?,
+            ))
+        })
+        .any(|(start, end)| {
+            let mut bytes = vec![0u8; (end - start) as usize];
+            mem.read_exact_at(&mut bytes, start).is_ok()
+                && wire::contains(&bytes, needle.as_bytes())
+        })
 }
 
 /// With certificates from files (`--tls-cert/--tls-key/--tls-ca` on both hosts, mutual TLS):

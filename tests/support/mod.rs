@@ -786,12 +786,6 @@ impl RecordHold {
         Self::at(label, feather_vm::keeper::HOLD_AFTER_STOP_ANSWER)
     }
 
-    /// A hold on a VM's keeper once asked for a checkpoint, before it dumps the VM
-    /// (`feather_vm::keeper::HOLD_BEFORE_DUMP`; given to the `feather start` of the VM).
-    pub fn before_dump(label: &str) -> Self {
-        Self::at(label, feather_vm::keeper::HOLD_BEFORE_DUMP)
-    }
-
     /// A hold on `feather serve` once it has resumed a VM the sender let go, before it tells
     /// the sender that the VM runs there (`feather_vm::keeper::HOLD_AFTER_RESUME`; given to
     /// the serve).
@@ -1239,4 +1233,35 @@ pub fn assert_no_mount_under(dir: &Path) {
         !mounts.lines().any(|line| line.contains(&dir)),
         "a mount is left under {dir}:\n{mounts}"
     );
+}
+
+/// The TCP sockets of process `pid` that listen (state 0A in its namespace's
+/// `/proc/<pid>/net/tcp` and `tcp6`), as those lines.
+pub fn listening_tcp_sockets_of(pid: i32) -> Vec<String> {
+    let own: Vec<String> = fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_string_lossy().into_owned();
+            let inode = link.strip_prefix("socket:[")?.strip_suffix(']')?;
+            Some(inode.to_owned())
+        })
+        .collect();
+    ["tcp", "tcp6"]
+        .iter()
+        .flat_map(|table| {
+            fs::read_to_string(format!("/proc/{pid}/net/{table}"))
+                .unwrap_or_default()
+                .lines()
+                .skip(1)
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            fields.get(3) == Some(&"0A")
+                && fields.get(9).is_some_and(|i| own.iter().any(|o| o == i))
+        })
+        .collect()
 }

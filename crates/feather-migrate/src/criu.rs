@@ -202,8 +202,8 @@ fn pipe_max_size() -> Option<u64> {
         .and_then(|t| t.trim().parse().ok())
 }
 
-/// Where `criu lazy-pages` (post-copy, on the receiver) fetches the memory a lazy dump kept
-/// back: an address and a port (its `--page-server`).
+/// Where the receiver of a post-copy migration reaches the sender's relay to its page server
+/// (the memory a lazy dump kept back): an address and a port.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageServer {
     pub address: String,
@@ -773,14 +773,17 @@ impl Criu {
     }
 
     /// Post-copy, on the receiver: starts `criu lazy-pages`, which listens on
-    /// [`LAZY_SOCKET`] in `images` for the restore's userfaultfds and fetches their pages from
-    /// the sender's page server `from`, on demand and in the background, until it has them
-    /// all; it then exits 0. Returns at once: the restore waits until it listens
-    /// ([`await_lazy_pages`]) while the rest of it is prepared meanwhile.
+    /// [`LAZY_SOCKET`] in `images` for the restore's userfaultfds and fetches their pages
+    /// through `page_server` (its end of the socket pair whose other end the tunnel to the
+    /// sender's page server holds: `--ps-socket`, which CRIU 4.1.1's lazy-pages daemon takes
+    /// for its page server connection instead of connecting anywhere), on demand and in the
+    /// background, until it has them all; it then exits 0. Returns at once: the restore waits
+    /// until it listens ([`await_lazy_pages`]) while the rest of it is prepared meanwhile.
     ///
     /// The daemon ends (SIGKILL) when the thread calling this ends, however it ends: its pages
-    /// come through that process (`from` is its tunnel's end), and a restore that never
-    /// connects would leave it waiting in `accept` for good, adopted by the machine's reaper.
+    /// come through that process (its tunnel holds `page_server`'s peer), and a restore that
+    /// never connects would leave it waiting in `accept` for good, adopted by the machine's
+    /// reaper.
     /// So the caller calls this from its main thread (serve's, which lives for the whole
     /// migration; a debug build checks it). Started without `--daemon`, CRIU does not fork: the
     /// child returned is the daemon.
@@ -789,7 +792,11 @@ impl Criu {
     /// CRIU's `status_ready` after its socket's `listen`): the socket file itself appears at its
     /// `bind`, before the `listen`, and a restore connecting in between is refused ("uffd:
     /// connect to lazy-pages.socket failed: Connection refused", seen under load).
-    pub fn lazy_pages(&self, images: &Path, from: &PageServer) -> Result<std::process::Child> {
+    pub fn lazy_pages(
+        &self,
+        images: &Path,
+        page_server: BorrowedFd,
+    ) -> Result<std::process::Child> {
         // The death signal follows the forking thread: from any other, the daemon would end
         // with that thread, which may be long before the restore has every page.
         debug_assert_eq!(
@@ -807,14 +814,17 @@ impl Criu {
             .open(&status_path)
             .map_err(io_at(&status_path))?;
         let mut command = std::process::Command::new(&self.path);
-        feather_sys::process::pass_only(&mut command, &[std::os::fd::AsFd::as_fd(&status)]);
+        feather_sys::process::pass_only(
+            &mut command,
+            &[std::os::fd::AsFd::as_fd(&status), page_server],
+        );
         feather_sys::process::end_with_starting_thread(&mut command);
         command
             .arg("lazy-pages")
             .args(["--status-fd", &status.as_raw_fd().to_string()])
+            // Its number is kept across the exec (see `pass_only`).
             .arg("--page-server")
-            .args(["--address", &from.address])
-            .args(["--port", &from.port.to_string()])
+            .args(["--ps-socket", &page_server.as_raw_fd().to_string()])
             .arg("--images-dir")
             .arg(images)
             .args(["--log-file", LAZY_LOG])

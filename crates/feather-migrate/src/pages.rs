@@ -4,9 +4,9 @@
 //! ```text
 //! sender host                                          receiver host
 //! CRIU's page server ◀── socket pair ── feather migrate ◀═ TLS ═ feather serve ◀── criu lazy-pages
-//!  (lazy dump, in the   (made by the    relay: TLS client,      tunnel: TLS       (127.0.0.1:<port>)
-//!   keeper's criu)       keeper)        pins the receiver's     server, proves
-//!                                       certificate, proves     the token
+//!  (lazy dump, in the   (made by the    relay: TLS client,      tunnel: TLS       (its end of a
+//!   keeper's criu)       keeper)        pins the receiver's     server, proves     socket pair
+//!                                       certificate, proves     the token          made by serve)
 //!                                       the token
 //! ```
 //!
@@ -18,11 +18,12 @@
 //! connection comes from the receiver, but TLS runs with the receiver as its server, so the
 //! relay checks that it presents the very certificate the transfer stream's receiver presented
 //! and that it proves the token over this session; anyone else is dropped without a byte of
-//! memory. The receiver's tunnel gives its `criu lazy-pages` a local address to connect to.
-//! Pages and requests cross the network only inside TLS.
+//! memory. The receiver's side listens nowhere either: its tunnel joins the channel to one end
+//! of a socket pair and `criu lazy-pages` gets the other (`--ps-socket`), so no local process
+//! can connect in the daemon's place. Pages and requests cross the network only inside TLS.
 //!
 //! The sender's relay also holds back the end of the transfer: the receiver's daemon ends it
-//! (`PS_IOV_CLOSE`) as soon as it has every page, which for a small VM comes before the
+//! (`PS_IOV_FORCE_CLOSE`) as soon as it has every page, which for a small VM comes before the
 //! receiver has answered the release (it may yet refuse it), and CRIU takes that end for a
 //! finished migration and ends the VM's processes at the sender. So the end goes on to CRIU
 //! only once the sender has let the VM go ([`Relaying::let_go`]); if the receiver does not run
@@ -141,8 +142,8 @@ enum Decision {
 }
 
 /// A relay at work (see [`Relay::serve`]). Until the sender says what became of the VM, the
-/// receiver's end of the transfer (`PS_IOV_CLOSE`, which its daemon sends once it has every
-/// page: for a small VM before the receiver answers the release) is held here, not passed on:
+/// receiver's end of the transfer (`PS_IOV_FORCE_CLOSE`, which its daemon sends once it has
+/// every page: for a small VM before the receiver answers the release) is held here, not passed on:
 /// CRIU would take it for a finished transfer and end the VM's processes at the sender, even
 /// if the receiver then does not run the VM. Dropped undecided, it refuses.
 pub struct Relaying {
@@ -211,13 +212,16 @@ async fn refused(heard: &mut tokio::sync::watch::Receiver<Decision>) {
 }
 
 /// The receiver's end: connects to the sender's relay at `sender` and completes the channel
-/// over it (`channel`: this receiver's certificate and the token), then listens on 127.0.0.1
-/// for `criu lazy-pages` and joins its connection to the relay's. Returns the local port.
-pub fn tunnel(sender: SocketAddr, channel: &ServerSide) -> Result<u16, TransferError> {
-    let listener = TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, 0))
-        .and_then(|l| l.set_nonblocking(true).map(|()| l))
-        .map_err(TransferError::Listen)?;
-    let port = listener.local_addr().map_err(TransferError::Listen)?.port();
+/// over it (`channel`: this receiver's certificate and the token), then joins it to one end of
+/// a socket pair and returns the other, for `criu lazy-pages` (its `--ps-socket`). It listens
+/// nowhere: no other process on this host can take the daemon's place and read the VM's memory
+/// through the tunnel. The caller closes its copy of the returned end once the daemon has it,
+/// so that the daemon's end of the transfer reaches the sender.
+pub fn tunnel(sender: SocketAddr, channel: &ServerSide) -> Result<UnixStream, TransferError> {
+    let (daemons_end, tunnels_end) = UnixStream::pair().map_err(TransferError::Connect)?;
+    tunnels_end
+        .set_nonblocking(true)
+        .map_err(TransferError::Connect)?;
     let upstream =
         TcpStream::connect_timeout(&sender, HANDSHAKE).map_err(TransferError::Connect)?;
     let _ = upstream.set_nodelay(true);
@@ -233,23 +237,21 @@ pub fn tunnel(sender: SocketAddr, channel: &ServerSide) -> Result<u16, TransferE
     })?;
     std::thread::spawn(move || {
         runtime.block_on(async move {
-            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
-                return;
-            };
-            if let Ok((daemon, _)) = listener.accept().await {
-                drop(listener);
+            if let Ok(daemon) = tokio::net::UnixStream::from_std(tunnels_end) {
                 pass_on(daemon, upstream).await;
             }
         })
     });
-    Ok(port)
+    Ok(daemons_end)
 }
 
 /// Copies bytes both ways between the receiver's daemon and the sender's relay, until both
 /// directions ended; an end is passed on as it came (the sender's relay tells a finished
 /// transfer from a broken one).
-async fn pass_on(mut daemon: tokio::net::TcpStream, mut sender: crate::channel::AsyncServerStream) {
-    let _ = daemon.set_nodelay(true);
+async fn pass_on(
+    mut daemon: tokio::net::UnixStream,
+    mut sender: crate::channel::AsyncServerStream,
+) {
     // Pages come in large answers: a large buffer makes full TLS records and fewer calls.
     let _ =
         tokio::io::copy_bidirectional_with_sizes(&mut daemon, &mut sender, 8 << 10, PAGES_BUFFER)
@@ -259,7 +261,8 @@ async fn pass_on(mut daemon: tokio::net::TcpStream, mut sender: crate::channel::
 /// CRIU's page server protocol (criu/page-xfer.c): every request is a `page_server_iov`,
 /// in CRIU 4.1 `{ u32 cmd; u32 nr_pages; u64 vaddr; u64 dst_id; }`, 24 bytes (as seen on the
 /// wire between CRIU 4.1.1's `lazy-pages` and its page server), and a lazy-pages daemon that
-/// has every page ends with `PS_IOV_CLOSE`.
+/// has every page ends with `PS_IOV_CLOSE`, or `PS_IOV_FORCE_CLOSE` if it was given its
+/// connection (`--ps-socket`, as feather's receiver gives it).
 const REQUEST_LEN: usize = 24;
 const PS_IOV_CLOSE: u32 = 0x1023;
 const PS_IOV_FORCE_CLOSE: u32 = 0x1024;
@@ -283,7 +286,7 @@ fn request(command: u32) -> [u8; REQUEST_LEN] {
 }
 
 /// Joins the receiver's connection `receiver` and CRIU's `page_server` both ways until either
-/// ends. The requests from the receiver are passed on whole, but its `PS_IOV_CLOSE` only once
+/// ends. The requests from the receiver are passed on whole, but its close only once
 /// the sender has let the VM go (`heard`); if its side ends without one (the receiver died, the
 /// network broke, a record was altered), or the sender refuses, CRIU is made to fail the
 /// transfer ([`abort`]) rather than see a clean end it would take for success.
@@ -396,8 +399,7 @@ mod tests {
         let (relay, pinned) = relay_for(server);
         let at = relay.local_addr().unwrap();
         let relaying = relay.serve(pinned, to_criu);
-        let local = tunnel(at, server).unwrap();
-        let mut daemon = TcpStream::connect(("127.0.0.1", local)).unwrap();
+        let mut daemon = tunnel(at, server).unwrap();
         daemon.write_all(send).unwrap();
         daemon.shutdown(Shutdown::Write).unwrap();
         if let_go {
@@ -465,8 +467,7 @@ mod tests {
         let (relay, pinned) = relay_for(&server);
         let at = relay.local_addr().unwrap();
         let relaying = relay.serve(pinned, to_criu);
-        let local = tunnel(at, &server).unwrap();
-        let mut daemon = TcpStream::connect(("127.0.0.1", local)).unwrap();
+        let mut daemon = tunnel(at, &server).unwrap();
         daemon.write_all(&request(7)).unwrap();
         got_first.recv().unwrap();
         relaying.refuse();
@@ -506,8 +507,7 @@ mod tests {
         let wrong = server.with_token("u");
         assert!(tunnel(at, &wrong).is_err());
         // The receiver itself still gets through.
-        let local = tunnel(at, &server).unwrap();
-        let mut daemon = TcpStream::connect(("127.0.0.1", local)).unwrap();
+        let mut daemon = tunnel(at, &server).unwrap();
         daemon.write_all(&request(PS_IOV_CLOSE)).unwrap();
         daemon.shutdown(Shutdown::Write).unwrap();
         relaying.let_go();

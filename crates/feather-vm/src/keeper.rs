@@ -188,12 +188,6 @@ pub const HOLD_BEFORE_BEGIN: &str = "FEATHER_TEST_HOLD_BEFORE_BEGIN";
 /// the VM's layer), so that a test sees what waits for the keeper's end. Unset, nothing waits.
 pub const HOLD_AFTER_STOP_ANSWER: &str = "FEATHER_TEST_HOLD_AFTER_STOP_ANSWER";
 
-/// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a keeper waits for once
-/// asked for a checkpoint, before it dumps the VM, so that a test acts between the asker's
-/// request and CRIU's dump.
-/// Unset, nothing waits.
-pub const HOLD_BEFORE_DUMP: &str = "FEATHER_TEST_HOLD_BEFORE_DUMP";
-
 /// For tests only, as [`HOLD_RUNNING_RECORD`], but waited for by `feather serve` (the receiver
 /// of a migration), not a keeper: the file whose lock it waits for once it has resumed a VM
 /// the sender let go, before it tells the sender that the VM runs here, so that a test acts
@@ -214,8 +208,8 @@ pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_BEFORE_DUMP`], [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`]), if it is set: in a
-/// debug build only (see [`crate::test_hooks`]).
+/// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`]), if it is set: in a debug build only (see
+/// [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);
 }
@@ -1080,7 +1074,6 @@ impl Keeper {
                 return Answered::Done;
             }
         };
-        held_by_test(HOLD_BEFORE_DUMP);
         // CRIU seizes the tasks frozen (none forks out of its reach), and leaves a held VM
         // frozen. Not for post-copy: the migration freezes the VM itself while CRIU still
         // serves its pages, and CRIU's thaw at the end must not undo that.

@@ -931,7 +931,7 @@ fn fetch_pages(
     let sender: std::net::SocketAddr = format!("{}:{}", from.address, from.port)
         .parse()
         .map_err(|_| failed(name, format!("a garbled page server address {from:?}")))?;
-    let local = feather_migrate::pages::tunnel(sender, channel).map_err(|e| {
+    let daemons_end = feather_migrate::pages::tunnel(sender, channel).map_err(|e| {
         failed(
             name,
             format!(
@@ -940,18 +940,18 @@ fn fetch_pages(
             ),
         )
     })?;
-    let local = feather_migrate::criu::PageServer {
-        address: "127.0.0.1".into(),
-        port: local,
-    };
     // Not awaited here: the restoring keeper prepares while it starts, and waits for it only
     // before CRIU's restore (snapshot::restore_tree). Started from serve's main thread (as all
     // of `receive`), whose end ends it: were serve killed before the restore connected, it
     // would wait for good (docs/migration.md, "Post-copy").
     let pages = Pages {
-        daemon: criu.lazy_pages(&images, &local).in_vm(name)?,
+        daemon: criu
+            .lazy_pages(&images, std::os::fd::AsFd::as_fd(&daemons_end))
+            .in_vm(name)?,
         vm: vm.clone(),
     };
+    // Only the daemon holds its end now: its close of the transfer reaches the sender.
+    drop(daemons_end);
     // A failure here drops `pages`, which ends the daemon.
     feather_core::atomic::write_atomic(
         &images.join(crate::images::LAZY),
