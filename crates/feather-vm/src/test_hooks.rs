@@ -1,7 +1,8 @@
 //! The test-only hooks: `FEATHER_TEST_*` variables a test sets in the environment of a keeper (or
 //! of `feather serve`, `migrate`) to hold it at one step ([`held`]: the `HOLD_*` of
 //! [`crate::keeper`]) or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
-//! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`]). Only a debug
+//! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
+//! [`crate::snapshot::CRIU_CONFIG_MISSING`]). Only a debug
 //! build reads them — the tests run debug builds — so a release keeper cannot be held in the middle
 //! of a dump, with its VM frozen or seized, nor made to fail one, by whatever sets its environment.
 
