@@ -732,7 +732,8 @@ fn a_post_copy_dump_s_page_server_listens_nowhere() {
     });
     assert_eq!(listening_tcp_sockets_of(criu[0]), Vec::<String>::new());
     // The asker gone first, the keeper thaws the VM it froze behind CRIU (see
-    // `asker_gone_unreleased`); the unknown request then fails CRIU's transfer.
+    // `settle_source_copy`, where `await_asker` sees the hang-up); the unknown request then
+    // fails CRIU's transfer.
     drop(asker);
     feather_migrate::pages::abort(&page_server);
     feather.eventually("the dump has failed and its CRIU ended", || {
