@@ -735,10 +735,84 @@ fn a_post_copy_dump_s_page_server_listens_nowhere() {
         Vec::<String>::new()
     );
     // The asker gone first, the keeper thaws the VM it froze behind CRIU (see
-    // `asker_gone_unreleased`); the unknown request then fails CRIU's transfer.
+    // `settle_source_copy`, where `await_asker` sees the hang-up); the unknown request then
+    // fails CRIU's transfer.
     drop(asker);
     feather_migrate::pages::abort(&page_server);
     feather.eventually("the dump has failed and its CRIU ended", || {
+        criu_children_of(keeper).is_empty()
+    });
+    let after = logged(&log);
+    feather.eventually("the VM runs on", || logged(&log) > after);
+    assert_eq!(feather.status("vm"), "running");
+}
+
+/// A post-copy dump whose CRIU did not read the configuration file that gives its page server
+/// its connection (made so by the test-only `FEATHER_TEST_CRIU_CONFIG_MISSING` in the keeper's
+/// environment, as an LSM denying CRIU its `/proc/self/fd` would) fails, and nothing listens
+/// meanwhile: CRIU would have listened on every address, on the port the request names, and
+/// served the VM's memory to the first to connect. The VM runs on.
+#[test]
+fn a_post_copy_dump_whose_criu_did_not_read_its_configuration_fails_and_nothing_listens() {
+    use feather_vm::protocol::{Conversation, Request, Response};
+    let feather = Feather::new("ckpt-psnoconf");
+    let base = ScratchBase::new("ckpt-psnoconf");
+    feather.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let started = feather
+        .command()
+        .args(["start", "vm"])
+        .env(feather_vm::snapshot::CRIU_CONFIG_MISSING, "1")
+        .output()
+        .unwrap();
+    assert!(started.status.success(), "{started:?}");
+    feather.require_criu();
+    feather.sh(
+        "vm",
+        &format!("sh -c '{WRITERS}' </dev/null >/dev/null 2>&1 &"),
+    );
+    let log = feather.vm_dir("vm").join("upper/data/log");
+    feather.eventually("the writers write", || logged(&log) > 1000);
+    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let _left = KeepersCriu(keeper);
+    let socket = feather_core::StateRoot::new(Some(feather.root.clone()))
+        .vm(&"vm".parse().unwrap())
+        .control_socket();
+    let (answered, answer) = std::sync::mpsc::channel();
+    let asker = std::thread::spawn(move || {
+        let mut asker = Conversation::start(
+            &socket,
+            &Request::Checkpoint {
+                leave_running: false,
+                criu: criu_path(),
+                lazy: true,
+                hold_frozen: false,
+            },
+            Duration::from_secs(120),
+        )
+        .unwrap();
+        let _ = answered.send(asker.answer().unwrap());
+        asker
+    });
+    let mut listened = Vec::new();
+    let answer = loop {
+        for criu in criu_children_of(keeper) {
+            listened.extend(crate::support::listening_tcp_sockets_of(criu));
+        }
+        match answer.recv_timeout(Duration::from_millis(5)) {
+            Ok(answer) => break answer,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(e) => panic!("the asker failed: {e}"),
+        }
+    };
+    drop(asker.join().unwrap());
+    assert_eq!(listened, Vec::<String>::new(), "CRIU listened");
+    let Response::Error { message } = answer else {
+        panic!("the dump did not fail: {answer:?}");
+    };
+    assert!(message.contains("Can't bind page server"), "{message}");
+    feather.eventually("the dump's CRIU has ended", || {
         criu_children_of(keeper).is_empty()
     });
     let after = logged(&log);

@@ -321,6 +321,9 @@ pub struct Dump<'a> {
     /// CRIU's own network lock (iptables rules inside the namespace) is skipped for it: the
     /// caller locks it, if it must, when told [`DumpNote::NetworkLock`].
     pub external_netns: Option<u64>,
+    /// For tests only: name a configuration file that does not exist in place of the one that
+    /// gives CRIU the page server's connection, as a CRIU that could not read it sees it.
+    pub config_missing: bool,
 }
 
 /// What CRIU tells the caller of a dump while it runs (its action scripts, over RPC). The
@@ -619,6 +622,19 @@ impl Criu {
             .map(page_server_socket_config)
             .transpose()
             .map_err(|e| self.broken(e))?;
+        // Held until CRIU has exited: a CRIU that did not read its configuration file would
+        // listen on this port, and cannot (see `held_port`).
+        let held = dump
+            .lazy
+            .map(|_| held_port())
+            .transpose()
+            .map_err(|e| self.broken(e))?;
+        let config_file = match dump.config_missing {
+            true => config
+                .as_ref()
+                .map(|_| "/nonexistent/feather-criu-ps.conf".to_owned()),
+            false => config.as_ref().map(|file| proc_self_fd(file.as_fd())),
+        };
         let opts = rpc::Opts {
             images_dir_fd: images.as_raw_fd(),
             pid: Some(dump.pid),
@@ -638,7 +654,10 @@ impl Criu {
             lazy_pages: dump.lazy.map(|_| true),
             // CRIU's RPC takes `ps.fd` from a restore only; its configuration file, read after
             // the request's options (and overriding them), gives it to a dump too.
-            config_file: config.as_ref().map(|file| proc_self_fd(file.as_fd())),
+            config_file,
+            ps: held.as_ref().map(|(_, port)| rpc::PageServerInfo {
+                port: Some(i32::from(*port)),
+            }),
             notify_scripts: Some(true),
             freeze_cgroup: dump.freeze_cgroup.map(|dir| dir.display().to_string()),
             // CRIU's lock puts iptables rules into the namespace and takes them out (two
@@ -945,6 +964,45 @@ fn page_server_socket_config(socket: BorrowedFd) -> std::io::Result<OwnedFd> {
         format!("ps-socket {}\n", socket.as_raw_fd()).as_bytes(),
     )?;
     Ok(file.into())
+}
+
+/// A TCP port bound on every address (IPv6 and IPv4: one socket, not IPv6-only, or IPv4 alone
+/// on a host without IPv6) that never listens, and the socket that holds it. Without
+/// `SO_REUSEADDR` on it, no other socket can bind that port on a wildcard address, whatever
+/// its own options: a CRIU told to use it as a lazy dump's page server port (which it takes
+/// from the request) and that did not read its configuration file (which gives it the
+/// connection instead, and then no port is bound) fails to listen, and so the dump fails,
+/// where it would have served the VM's memory to whoever connected first.
+fn held_port() -> std::io::Result<(OwnedFd, u16)> {
+    use nix::sys::socket::{self, AddressFamily, SockFlag, SockType, SockaddrIn, SockaddrIn6};
+    let open = |family| socket::socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None);
+    let held = match open(AddressFamily::Inet6) {
+        Ok(held) => {
+            socket::setsockopt(&held, socket::sockopt::Ipv6V6Only, &false)?;
+            socket::bind(
+                held.as_raw_fd(),
+                &SockaddrIn6::from(std::net::SocketAddrV6::new(
+                    std::net::Ipv6Addr::UNSPECIFIED,
+                    0,
+                    0,
+                    0,
+                )),
+            )?;
+            held
+        }
+        Err(nix::errno::Errno::EAFNOSUPPORT) => {
+            let held = open(AddressFamily::Inet)?;
+            socket::bind(held.as_raw_fd(), &SockaddrIn::new(0, 0, 0, 0, 0))?;
+            held
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let address = socket::getsockname::<socket::SockaddrStorage>(held.as_raw_fd())?;
+    let port = match address.as_sockaddr_in6() {
+        Some(v6) => v6.port(),
+        None => address.as_sockaddr_in().map_or(0, SockaddrIn::port),
+    };
+    Ok((held, port))
 }
 
 /// The path by which a process opens its own descriptor `fd` anew (from its start, each time).

@@ -112,6 +112,9 @@ pub struct Opts {
     /// `--enable-external-masters`.
     #[prost(bool, optional, tag = "30")]
     pub ext_masters: Option<bool>,
+    /// The page server (`--port`, …); of a lazy dump, CRIU 4.1 takes the port only.
+    #[prost(message, optional, tag = "11")]
+    pub ps: Option<PageServerInfo>,
     /// `--skip-mnt`: mounts not dumped at all (dump).
     #[prost(string, repeated, tag = "31")]
     pub skip_mnt: Vec<String>,
@@ -129,15 +132,22 @@ pub struct Opts {
     /// frozen through a `leave_running` dump.
     #[prost(string, optional, tag = "44")]
     pub freeze_cgroup: Option<String>,
-    /// `--network-lock` (dump; a restore takes the dump's, from its inventory).
     /// A configuration file read after the other options, overriding them (`--config`).
     #[prost(string, optional, tag = "51")]
     pub config_file: Option<String>,
+    /// `--network-lock` (dump; a restore takes the dump's, from its inventory).
     #[prost(enumeration = "NetworkLock", optional, tag = "64")]
     pub network_lock: Option<i32>,
     /// `--leave-stopped` (restore).
     #[prost(bool, optional, tag = "69")]
     pub leave_stopped: Option<bool>,
+}
+
+/// criu_page_server_info.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct PageServerInfo {
+    #[prost(int32, optional, tag = "2")]
+    pub port: Option<i32>,
 }
 
 /// criu_notify: which hook criu has reached.

@@ -35,7 +35,10 @@ pub enum Request {
     Checkpoint {
         leave_running: bool,
         criu: std::path::PathBuf,
-        #[serde(default)]
+        // On the wire `post_copy`: version 4's `lazy` was an object or null, and a keeper of
+        // that version, which defaults a missing `lazy`, reads a version 5 request this far
+        // and refuses it for its version, not as garbled.
+        #[serde(default, rename = "post_copy")]
         lazy: bool,
         #[serde(default)]
         hold_frozen: bool,
@@ -201,14 +204,23 @@ pub fn read_request(stream: &UnixStream) -> Result<Request, RequestError> {
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut line = String::new();
     BufReader::new(stream).read_line(&mut line)?;
-    let envelope: Envelope = serde_json::from_str(&line)?;
-    if envelope.version != VERSION {
+    // The version first: a request of another version may not parse as one of this version.
+    let version: Versioned = serde_json::from_str(&line)?;
+    if version.version != VERSION {
         return Err(RequestError::Version {
             expected: VERSION,
-            received: envelope.version,
+            received: version.version,
         });
     }
+    let envelope: Envelope = serde_json::from_str(&line)?;
     Ok(envelope.request)
+}
+
+/// A request's version alone, whatever the rest of it holds.
+#[derive(Deserialize)]
+struct Versioned {
+    #[serde(default)]
+    version: u32,
 }
 
 pub fn write_response(mut stream: &UnixStream, response: &Response) -> std::io::Result<()> {
@@ -283,6 +295,41 @@ mod tests {
         }
         let Older::Running { init_pid } = serde_json::from_str(&this).unwrap();
         assert_eq!(init_pid, 7);
+    }
+
+    /// A version 4 checkpoint (its `lazy` an object or null, which version 5's bool cannot
+    /// parse) is refused for its version, not as garbled.
+    #[test]
+    fn a_version_4_checkpoint_is_refused_for_its_version() {
+        let (asker, keeper) = UnixStream::pair().unwrap();
+        (&asker)
+            .write_all(
+                b"{\"version\":4,\"op\":\"checkpoint\",\"leave_running\":false,\"criu\":\"/usr/sbin/criu\",\"lazy\":null,\"hold_frozen\":false}\n",
+            )
+            .unwrap();
+        let error = read_request(&keeper).unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("version 4, where this keeper speaks {VERSION}")),
+            "{error}"
+        );
+    }
+
+    /// A version 5 checkpoint carries none of version 4's fields with another meaning: a
+    /// version 4 keeper (which defaults a missing `lazy`) reaches its version refusal.
+    #[test]
+    fn a_checkpoint_names_post_copy_not_version_4_s_lazy() {
+        let line = serde_json::to_value(Envelope {
+            version: VERSION,
+            request: Request::Checkpoint {
+                leave_running: false,
+                criu: "/usr/sbin/criu".into(),
+                lazy: true,
+                hold_frozen: false,
+            },
+        })
+        .unwrap();
+        assert_eq!(line["post_copy"], serde_json::Value::Bool(true));
+        assert!(line.get("lazy").is_none(), "{line}");
     }
 
     #[test]

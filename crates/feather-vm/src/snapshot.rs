@@ -117,8 +117,8 @@ pub(crate) enum NetnsAtDump {
 /// (the last checkpoint is set aside first). Every error names the VM: the keeper's answer
 /// carries it to `feather checkpoint` as it is.
 /// `lazy`: post-copy, the memory is kept back and served on this connection (CRIU's end of
-/// the page server's socket pair) until the receiver has it all; `on_note` hears CRIU's notes ([`DumpNote::Images`] once everything else is dumped,
-/// before that). `freezer`: the VM's freezer group, for CRIU to seize its tasks frozen (see
+/// the page server's socket pair) until the receiver has it all; `on_note` hears CRIU's notes
+/// ([`DumpNote::Images`] once everything else is dumped, before that). `freezer`: the VM's freezer group, for CRIU to seize its tasks frozen (see
 /// `moment::freezer_of`). `netns`: whether its network namespace is dumped. `cgroup`: the
 /// VM's group, whose `services/` subtrees are saved with the checkpoint (see
 /// [`crate::service_groups`]).
@@ -215,6 +215,7 @@ pub(crate) fn dump(
             lazy,
             freeze_cgroup: freezer,
             external_netns,
+            config_missing: crate::test_hooks::set(CRIU_CONFIG_MISSING).is_some(),
         },
         &mut |note| {
             if note == DumpNote::Images {
@@ -269,6 +270,12 @@ pub(crate) fn dump(
     }
     Ok(())
 }
+
+/// For tests only: set (to anything) in a keeper's environment, a post-copy dump names a
+/// configuration file that does not exist to CRIU, in place of the one that gives its page
+/// server its connection, as a CRIU that could not read it sees it (see
+/// `feather_migrate::criu::Dump::config_missing`). Read by a debug build only.
+pub const CRIU_CONFIG_MISSING: &str = "FEATHER_TEST_CRIU_CONFIG_MISSING";
 
 /// For tests only: set (to anything) in a keeper's environment, the dump's [`LAYERS`] cannot be
 /// written (as on a full disk), so that a test sees what the keeper's refusal of the images at

@@ -2,10 +2,10 @@
 //! of `feather serve`, `migrate`) to hold it at one step ([`held`]: the `HOLD_*` of
 //! [`crate::keeper`]) or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
-//! [`crate::migration::FAIL_RELEASE_RECORD`], or answer as an older keeper:
-//! [`crate::keeper::AS_AN_OLDER_KEEPER`]). Only a debug build reads them — the tests run debug
-//! builds — so a release keeper cannot be held in the middle of a dump, with its VM frozen or
-//! seized, nor made to fail one, by whatever sets its environment.
+//! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`], or answer
+//! as an older keeper: [`crate::keeper::AS_AN_OLDER_KEEPER`]). Only a debug build reads them — the
+//! tests run debug builds — so a release keeper cannot be held in the middle of a dump, with its VM
+//! frozen or seized, nor made to fail one, by whatever sets its environment.
 
 use std::ffi::OsString;
 
