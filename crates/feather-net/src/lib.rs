@@ -52,6 +52,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use feather_core::network::{NetMode, NetworkConfig};
 use feather_core::StateRoot;
@@ -634,7 +635,19 @@ impl Attachment {
     /// seconds for the removal lock, so the keeper calls it once the VM's layer is flushed.
     pub fn remove_root_network_if_last(&self) {
         if self.network.is_some() {
+            self.await_own_port_gone();
             linger::remove_if_last(&self.root);
+        }
+    }
+
+    /// Waits (2 s at most) until this VM's host end is no longer a link: the look that follows
+    /// must not come while the kernel still unregisters it (the VM's namespace going on the
+    /// kernel's cleanup worker deletes the pair too), or two VMs stopping together may each
+    /// see the other's port and both leave the network (seen once in a full suite's run).
+    fn await_own_port_gone(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while index_of(&self.host_end).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
         }
     }
 }
