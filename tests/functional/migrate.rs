@@ -759,6 +759,62 @@ fn lazy_pages_daemons(pid: u32) -> Vec<Named> {
         .collect()
 }
 
+/// A post-copy migration of a counting VM from `source` to `target`, held at the receiver
+/// just before CRIU's restore: its serve's tunnel is open and its one `criu lazy-pages` daemon
+/// started. Bound in this order, the parts drop as the tests' own locals did.
+struct HeldRestore {
+    source: Feather,
+    target: Feather,
+    base: ScratchBase,
+    hold: crate::support::RecordHold,
+    server: Server,
+    migrating: Child,
+    daemon: Named,
+}
+
+impl HeldRestore {
+    fn start(hosts: &TwoHosts, label: &str) -> HeldRestore {
+        let (source, target) = (Feather::new(label), Feather::new(&format!("{label}-dst")));
+        let base = ScratchBase::new(label);
+        counting_vm(&source, &base);
+        let hold = crate::support::RecordHold::before_criu(label);
+        let (variable, value) = hold.env();
+        let server = Server::accepting(
+            hosts,
+            &target,
+            &[(variable, value.to_str().unwrap())],
+            &["--base", base.as_str()],
+        );
+        let migrating = migrating(hosts, &source, "vm", &["--mode", "post-copy"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // The serve starts its daemon before it starts the restoring keeper, which now waits.
+        target.eventually_within(
+            "the restoring keeper waits for the hold",
+            std::time::Duration::from_secs(60),
+            || hold.awaited(),
+        );
+        let daemons = lazy_pages_daemons(server.child.id());
+        assert_eq!(
+            daemons.len(),
+            1,
+            "one daemon fetches the pages: {daemons:?}"
+        );
+        let daemon = daemons[0];
+        HeldRestore {
+            source,
+            target,
+            base,
+            hold,
+            server,
+            migrating,
+            daemon,
+        }
+    }
+}
+
 /// A post-copy receiver killed (SIGKILL) while its `criu lazy-pages` waits for the restore to
 /// connect (the restoring keeper held just before CRIU's restore): nothing would ever connect
 /// (a keeper whose serve has gone restores nothing), so the daemon, adopted by pid 1, would wait
@@ -767,35 +823,15 @@ fn lazy_pages_daemons(pid: u32) -> Vec<Named> {
 #[test]
 fn a_post_copy_receiver_killed_before_the_restore_leaves_no_lazy_pages_daemon() {
     let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-lazy"), Feather::new("mig-lazy-dst"));
-    let base = ScratchBase::new("mig-lazy");
-    counting_vm(&source, &base);
-    let hold = crate::support::RecordHold::before_criu("mig-lazy");
-    let (variable, value) = hold.env();
-    let mut server = Server::accepting(
-        &hosts,
-        &target,
-        &[(variable, value.to_str().unwrap())],
-        &["--base", base.as_str()],
-    );
-    let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // The serve starts its daemon before it starts the restoring keeper, which now waits.
-    target.eventually_within(
-        "the restoring keeper waits for the hold",
-        std::time::Duration::from_secs(60),
-        || hold.awaited(),
-    );
-    let daemons = lazy_pages_daemons(server.child.id());
-    assert_eq!(
-        daemons.len(),
-        1,
-        "one daemon fetches the pages: {daemons:?}"
-    );
-    let daemon = daemons[0];
+    let HeldRestore {
+        source,
+        target,
+        base,
+        hold,
+        mut server,
+        migrating,
+        daemon,
+    } = HeldRestore::start(&hosts, "mig-lazy");
 
     server.child.kill().unwrap();
     server.child.wait().unwrap();
@@ -829,34 +865,16 @@ fn a_post_copy_receiver_killed_before_the_restore_leaves_no_lazy_pages_daemon() 
 #[test]
 fn a_post_copy_receiver_s_page_tunnel_listens_nowhere() {
     let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-tunnel"), Feather::new("mig-tunnel-dst"));
-    let base = ScratchBase::new("mig-tunnel");
-    counting_vm(&source, &base);
-    let hold = crate::support::RecordHold::before_criu("mig-tunnel");
-    let (variable, value) = hold.env();
-    let server = Server::accepting(
-        &hosts,
-        &target,
-        &[(variable, value.to_str().unwrap())],
-        &["--base", base.as_str()],
-    );
-    let migrating = migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    target.eventually_within(
-        "the restoring keeper waits for the hold",
-        std::time::Duration::from_secs(60),
-        || hold.awaited(),
-    );
-    let daemons = lazy_pages_daemons(server.child.id());
-    assert_eq!(
-        daemons.len(),
-        1,
-        "one daemon fetches the pages: {daemons:?}"
-    );
-    for pid in [server.child.id(), daemons[0].pid] {
+    let HeldRestore {
+        source: _source,
+        target,
+        base: _base,
+        hold,
+        server,
+        migrating,
+        daemon,
+    } = HeldRestore::start(&hosts, "mig-tunnel");
+    for pid in [server.child.id(), daemon.pid] {
         let listening: Vec<String> = crate::support::listening_tcp_sockets_of(pid as i32)
             .into_iter()
             .filter(|line| {
@@ -874,10 +892,7 @@ fn a_post_copy_receiver_s_page_tunnel_listens_nowhere() {
     assert_eq!(moved.code, 0, "{}", moved.stderr);
     assert!(server.wait(), "the receiver ran the VM");
     assert_eq!(target.status("vm"), "running");
-    assert!(
-        daemons[0].ended(),
-        "the daemon fetched every page and ended"
-    );
+    assert!(daemon.ended(), "the daemon fetched every page and ended");
 }
 
 /// A process of the test, killed (by its pid) and reaped on drop.
