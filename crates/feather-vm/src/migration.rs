@@ -1043,20 +1043,13 @@ fn discard_unconfirmed(root: &StateRoot) {
 
 /// In `feather serve`, once the sender has released the VM: tells its keeper to let it run.
 fn resume(vm: &VmDir) -> Result<()> {
-    let name = vm.name();
-    match protocol::call(
+    let answer = protocol::call(
         &vm.control_socket(),
         &Request::Resume,
         Duration::from_secs(30),
-    ) {
-        Ok(Response::Running { .. }) => Ok(()),
-        Ok(other) => Err(VmError::KeeperAnswer {
-            vm: name.to_string(),
-            answer: format!("{other:?}"),
-        }),
-        Err(source) => Err(VmError::KeeperSilent {
-            vm: name.to_string(),
-            source,
-        }),
-    }
+    );
+    protocol::expect(answer, vm.name(), |response| match response {
+        Response::Running { .. } => Ok(()),
+        other => Err(other),
+    })
 }
