@@ -232,9 +232,7 @@ fn stop_ends_every_process_of_the_vm() {
 fn stop_says_the_keeper_s_own_error_as_the_keeper_said_it() {
     use feather_vm::protocol::{self, Response};
     let (feather, _base) = support::running_vm("stop-kerror");
-    let socket = feather_core::StateRoot::new(Some(feather.root.clone()))
-        .vm(&"vm".parse().unwrap())
-        .control_socket();
+    let socket = feather.control_socket("vm");
     let _real = ControlSocketSetAside::new(&socket);
     let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
     let stand_in = std::thread::spawn(move || {
