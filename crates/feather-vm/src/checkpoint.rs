@@ -420,14 +420,11 @@ impl LazyCheckpoint {
     /// The keeper's answer at the end of the dump: `Ok` once the page server has served every
     /// page (CRIU ends the processes here).
     fn dump_ended(&mut self) -> Result<()> {
-        protocol::expect(
-            self.keeper.answer(),
-            self.vm.name(),
-            |response| match response {
-                Response::Checkpointed { .. } => Ok(()),
-                other => Err(other),
-            },
-        )
+        let answer = self.keeper.answer();
+        protocol::expect(answer, self.vm.name(), |response| match response {
+            Response::Checkpointed { .. } => Ok(()),
+            other => Err(other),
+        })
     }
 }
 
