@@ -544,26 +544,55 @@ pub(crate) fn criu_path() -> std::path::PathBuf {
         })
 }
 
+/// Asks the keeper at `socket` what `request` asks, the test in the place of `feather
+/// checkpoint` or `feather migrate`: it reads the answers itself, or leaves them unread.
+fn ask_keeper(
+    socket: &Path,
+    request: feather_vm::protocol::Request,
+) -> feather_vm::protocol::Conversation {
+    feather_vm::protocol::Conversation::start(socket, &request, Duration::from_secs(120)).unwrap()
+}
+
+/// What `feather migrate` asks for a post-copy dump.
+fn post_copy_dump() -> feather_vm::protocol::Request {
+    feather_vm::protocol::Request::Checkpoint {
+        leave_running: false,
+        criu: criu_path(),
+        lazy: true,
+        hold_frozen: false,
+    }
+}
+
+/// The host pid of VM `vm`'s keeper.
+fn keeper_pid(feather: &Feather) -> i32 {
+    state_pid(feather, "vm", "keeper_pid") as i32
+}
+
+/// Waits until the [`WRITERS`] of `feather`'s VM `vm` write on (after a dump that failed, say),
+/// and checks that it reads as running.
+fn the_vm_runs_on(feather: &Feather) {
+    let log = feather.vm_dir("vm").join("upper/data/log");
+    let after = logged(&log);
+    feather.eventually("the VM runs on", || logged(&log) > after);
+    assert_eq!(feather.status("vm"), "running");
+}
+
 #[test]
 fn a_vm_held_frozen_for_an_export_thaws_when_the_asker_dies() {
-    use feather_vm::protocol::{Conversation, Request, Response};
+    use feather_vm::protocol::{Request, Response};
     let (feather, _base) = writing_vm("ckpt-hold");
     let log = feather.vm_dir("vm").join("upper/data/log");
     // What `feather checkpoint --leave-running --export` asks, from an asker that then dies
     // before it has archived the layers (the kernel closes its end, as here).
-    let mut asker = Conversation::start(
-        &feather_core::StateRoot::new(Some(feather.root.clone()))
-            .vm(&"vm".parse().unwrap())
-            .control_socket(),
-        &Request::Checkpoint {
+    let mut asker = ask_keeper(
+        &feather.control_socket("vm"),
+        Request::Checkpoint {
             leave_running: true,
             criu: criu_path(),
             lazy: false,
             hold_frozen: true,
         },
-        std::time::Duration::from_secs(120),
-    )
-    .unwrap();
+    );
     assert_eq!(
         asker.answer().unwrap(),
         Response::Checkpointed {
@@ -642,26 +671,12 @@ impl Drop for KeepersCriu {
 /// the group the keeper froze behind CRIU.
 #[test]
 fn a_keeper_killed_mid_dump_takes_its_criu_with_it() {
-    use feather_vm::protocol::{Conversation, Request, Response};
+    use feather_vm::protocol::Response;
     let (feather, _base) = offline_vm("ckpt-keeperdies");
     feather.require_criu();
-    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
-        .as_i64()
-        .unwrap() as i32;
+    let keeper = keeper_pid(&feather);
     // What `feather migrate` asks (post-copy), from an asker that then never fetches a page.
-    let mut asker = Conversation::start(
-        &feather_core::StateRoot::new(Some(feather.root.clone()))
-            .vm(&"vm".parse().unwrap())
-            .control_socket(),
-        &Request::Checkpoint {
-            leave_running: false,
-            criu: criu_path(),
-            lazy: true,
-            hold_frozen: false,
-        },
-        std::time::Duration::from_secs(120),
-    )
-    .unwrap();
+    let mut asker = ask_keeper(&feather.control_socket("vm"), post_copy_dump());
     assert_eq!(asker.answer().unwrap(), Response::Dumped);
     let _page_server = asker.passed().expect("the page server's connection");
     let criu = LeftCriu(criu_children_of(keeper));
@@ -699,25 +714,10 @@ fn a_keeper_killed_mid_dump_takes_its_criu_with_it() {
 /// runs on.
 #[test]
 fn a_post_copy_dump_s_page_server_listens_nowhere() {
-    use feather_vm::protocol::{Conversation, Request, Response};
+    use feather_vm::protocol::Response;
     let (feather, _base) = writing_vm("ckpt-psnolisten");
-    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
-        .as_i64()
-        .unwrap() as i32;
-    let log = feather.vm_dir("vm").join("upper/data/log");
-    let mut asker = Conversation::start(
-        &feather_core::StateRoot::new(Some(feather.root.clone()))
-            .vm(&"vm".parse().unwrap())
-            .control_socket(),
-        &Request::Checkpoint {
-            leave_running: false,
-            criu: criu_path(),
-            lazy: true,
-            hold_frozen: false,
-        },
-        std::time::Duration::from_secs(120),
-    )
-    .unwrap();
+    let keeper = keeper_pid(&feather);
+    let mut asker = ask_keeper(&feather.control_socket("vm"), post_copy_dump());
     let _left = KeepersCriu(keeper);
     assert_eq!(asker.answer().unwrap(), Response::Dumped);
     let page_server = std::os::unix::net::UnixStream::from(asker.passed().expect("the connection"));
@@ -742,9 +742,7 @@ fn a_post_copy_dump_s_page_server_listens_nowhere() {
     feather.eventually("the dump has failed and its CRIU ended", || {
         criu_children_of(keeper).is_empty()
     });
-    let after = logged(&log);
-    feather.eventually("the VM runs on", || logged(&log) > after);
-    assert_eq!(feather.status("vm"), "running");
+    the_vm_runs_on(&feather);
 }
 
 /// A post-copy dump whose CRIU did not read the configuration file that gives its page server
@@ -754,7 +752,7 @@ fn a_post_copy_dump_s_page_server_listens_nowhere() {
 /// served the VM's memory to the first to connect. The VM runs on.
 #[test]
 fn a_post_copy_dump_whose_criu_did_not_read_its_configuration_fails_and_nothing_listens() {
-    use feather_vm::protocol::{Conversation, Request, Response};
+    use feather_vm::protocol::Response;
     let feather = Feather::new("ckpt-psnoconf");
     let base = ScratchBase::new("ckpt-psnoconf");
     feather.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
@@ -772,26 +770,12 @@ fn a_post_copy_dump_whose_criu_did_not_read_its_configuration_fails_and_nothing_
     );
     let log = feather.vm_dir("vm").join("upper/data/log");
     feather.eventually("the writers write", || logged(&log) > 1000);
-    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
-        .as_i64()
-        .unwrap() as i32;
+    let keeper = keeper_pid(&feather);
     let _left = KeepersCriu(keeper);
-    let socket = feather_core::StateRoot::new(Some(feather.root.clone()))
-        .vm(&"vm".parse().unwrap())
-        .control_socket();
+    let socket = feather.control_socket("vm");
     let (answered, answer) = std::sync::mpsc::channel();
     let asker = std::thread::spawn(move || {
-        let mut asker = Conversation::start(
-            &socket,
-            &Request::Checkpoint {
-                leave_running: false,
-                criu: criu_path(),
-                lazy: true,
-                hold_frozen: false,
-            },
-            Duration::from_secs(120),
-        )
-        .unwrap();
+        let mut asker = ask_keeper(&socket, post_copy_dump());
         let _ = answered.send(asker.answer().unwrap());
         asker
     });
@@ -815,9 +799,7 @@ fn a_post_copy_dump_whose_criu_did_not_read_its_configuration_fails_and_nothing_
     feather.eventually("the dump's CRIU has ended", || {
         criu_children_of(keeper).is_empty()
     });
-    let after = logged(&log);
-    feather.eventually("the VM runs on", || logged(&log) > after);
-    assert_eq!(feather.status("vm"), "running");
+    the_vm_runs_on(&feather);
 }
 
 /// A post-copy dump whose asker is gone before the keeper could tell it `Dumped` (the write
@@ -825,28 +807,11 @@ fn a_post_copy_dump_whose_criu_did_not_read_its_configuration_fails_and_nothing_
 /// CRIU's page server a request, the VM's processes seized and frozen behind it.
 #[test]
 fn a_post_copy_dump_whose_asker_cannot_hear_dumped_fails_and_the_vm_runs_on() {
-    use feather_vm::protocol::{Conversation, Request};
     let (feather, _base) = writing_vm("ckpt-deafasker");
-    let keeper = feather.inspect("vm")["state"]["keeper_pid"]
-        .as_i64()
-        .unwrap() as i32;
-    let log = feather.vm_dir("vm").join("upper/data/log");
+    let keeper = keeper_pid(&feather);
     // What `feather migrate` asks (post-copy), from an asker gone at once: the request is
     // read from the socket's buffer, the answer cannot be written.
-    let asker = Conversation::start(
-        &feather_core::StateRoot::new(Some(feather.root.clone()))
-            .vm(&"vm".parse().unwrap())
-            .control_socket(),
-        &Request::Checkpoint {
-            leave_running: false,
-            criu: criu_path(),
-            lazy: true,
-            hold_frozen: false,
-        },
-        std::time::Duration::from_secs(120),
-    )
-    .unwrap();
-    drop(asker);
+    drop(ask_keeper(&feather.control_socket("vm"), post_copy_dump()));
     let _left = KeepersCriu(keeper);
     feather.eventually("the dump has failed and its CRIU ended", || {
         feather.vm_dir("vm").join("checkpoint/dump.log").exists()
@@ -856,9 +821,7 @@ fn a_post_copy_dump_whose_asker_cannot_hear_dumped_fails_and_the_vm_runs_on() {
                 .join("checkpoint/inventory.img")
                 .exists()
     });
-    let after = logged(&log);
-    feather.eventually("the VM runs on", || logged(&log) > after);
-    assert_eq!(feather.status("vm"), "running");
+    the_vm_runs_on(&feather);
     assert_eq!(feather.sh("vm", "echo runs").trim(), "runs");
 }
 

@@ -225,6 +225,55 @@ fn stop_ends_every_process_of_the_vm() {
     }
 }
 
+/// A keeper's own error answer to `stop` (it names the VM and says what to do) stands as the
+/// keeper said it, as it does for checkpoint and migrate, not as an unexpected answer quoted
+/// whole. A stand-in keeper answers on the VM's control socket; the real one's is put back.
+#[test]
+fn stop_says_the_keeper_s_own_error_as_the_keeper_said_it() {
+    use feather_vm::protocol::{self, Response};
+    let (feather, _base) = support::running_vm("stop-kerror");
+    let socket = feather.control_socket("vm");
+    let _real = ControlSocketSetAside::new(&socket);
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let stand_in = std::thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        let _ = protocol::read_request(&stream);
+        let message = "VM vm: busy; try again in a moment".to_string();
+        protocol::write_response(&stream, &Response::Error { message }).unwrap();
+    });
+    let said = feather.fails(&["stop", "vm"]);
+    stand_in.join().unwrap();
+    assert!(
+        said.contains("VM vm: busy; try again in a moment") && !said.contains("unexpected"),
+        "{said}"
+    );
+}
+
+/// A VM's control socket moved aside while a test answers in its keeper's place; put back
+/// (the stand-in's removed) when dropped, so that the VM can be stopped and removed.
+struct ControlSocketSetAside {
+    socket: std::path::PathBuf,
+    aside: std::path::PathBuf,
+}
+
+impl ControlSocketSetAside {
+    fn new(socket: &std::path::Path) -> Self {
+        let aside = socket.with_extension("aside");
+        fs::rename(socket, &aside).unwrap();
+        ControlSocketSetAside {
+            socket: socket.to_path_buf(),
+            aside,
+        }
+    }
+}
+
+impl Drop for ControlSocketSetAside {
+    fn drop(&mut self) {
+        let _ = fs::remove_file(&self.socket);
+        let _ = fs::rename(&self.aside, &self.socket);
+    }
+}
+
 #[test]
 fn stop_waits_for_a_process_that_ends_late_after_sigterm() {
     let feather = Feather::new("stop-late");

@@ -191,6 +191,17 @@ fn counting_vm(feather: &Feather, base: &ScratchBase) {
     start_counting(feather, "vm");
 }
 
+/// Two hosts, a state root on each (`label`'s on a, `label-dst`'s on b) and on a a counting VM
+/// `vm` over a scratch base (see [`counting_vm`]). Bound in this order, the parts drop as the
+/// tests' own locals did.
+fn counting_vm_on_two_hosts(label: &str) -> (TwoHosts, Feather, Feather, ScratchBase) {
+    let hosts = TwoHosts::new();
+    let (source, target) = (Feather::new(label), Feather::new(&format!("{label}-dst")));
+    let base = ScratchBase::new(label);
+    counting_vm(&source, &base);
+    (hosts, source, target, base)
+}
+
 fn migrate(hosts: &TwoHosts, source: &Feather, token: &str) -> crate::support::Outcome {
     migrate_vm(hosts, source, "vm", token)
 }
@@ -274,10 +285,7 @@ fn await_post_copy_window(target: &Feather, migrating: &mut Child) {
 
 #[test]
 fn a_vm_migrates_to_another_host_and_goes_on_there() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-src"), Feather::new("mig-dst"));
-    let base = ScratchBase::new("mig");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig");
     let pids = source.ok(&["ps", "vm", "--json"]);
     let before = count(&source, "vm");
     let root_fsid = |feather: &Feather| feather.sh("vm", "stat -f -c %i /");
@@ -417,10 +425,7 @@ fn a_vm_s_layer_travels_before_the_freeze_and_what_changed_meanwhile_follows() {
 
 #[test]
 fn a_refused_or_unreachable_migration_leaves_the_vm_untouched() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-refused"), Feather::new("mig-refused-dst"));
-    let base = ScratchBase::new("mig-refused");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-refused");
     let init = source.inspect("vm")["state"]["init_pid"].as_i64().unwrap();
 
     let nobody = migrate(&hosts, &source, TOKEN);
@@ -450,10 +455,7 @@ fn a_refused_or_unreachable_migration_leaves_the_vm_untouched() {
 /// base is refused by a `serve` without `--base`, saying so, and runs on at the source.
 #[test]
 fn a_receiver_refuses_a_vm_over_a_tree_it_did_not_name_and_the_vm_runs_on_at_the_source() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-base"), Feather::new("mig-base-dst"));
-    let base = ScratchBase::new("mig-base");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-base");
     let server = Server::start(&hosts, &target, &[]);
     let refused = migrate(&hosts, &source, TOKEN);
     assert_ne!(refused.code, 0);
@@ -479,10 +481,7 @@ fn a_receiver_refuses_a_vm_over_a_tree_it_did_not_name_and_the_vm_runs_on_at_the
 /// `serve --name` (security row 66); then it comes in and runs.
 #[test]
 fn a_receiver_refuses_a_vm_a_policy_rule_names_unless_serve_names_it() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-name"), Feather::new("mig-name-dst"));
-    let base = ScratchBase::new("mig-name");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-name");
     let policy = target.root.join("policy.d");
     std::fs::create_dir_all(&policy).unwrap();
     std::fs::write(
@@ -513,10 +512,7 @@ fn a_receiver_refuses_a_vm_a_policy_rule_names_unless_serve_names_it() {
 
 #[test]
 fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-fail"), Feather::new("mig-fail-dst"));
-    let base = ScratchBase::new("mig-fail");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-fail");
     let before = count(&source, "vm");
     // The receiver has no CRIU: it takes the archive, then cannot restore it.
     let server = Server::accepting(
@@ -653,10 +649,7 @@ fn a_private_vm_is_refused_where_its_subnet_differs_and_keeps_running() {
 
 #[test]
 fn a_receiver_killed_midway_leaves_the_vm_running_on_the_source_only() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-killed"), Feather::new("mig-killed-dst"));
-    let base = ScratchBase::new("mig-killed");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-killed");
     let before = count(&source, "vm");
     let mut server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     let migrating = TwoHosts::feather(
@@ -919,10 +912,7 @@ fn started_at_pid(pid: u32, command: impl Fn() -> Command) -> Killed {
 
 #[test]
 fn a_process_that_gets_a_dead_receivers_pid_does_not_pass_for_it() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-pid"), Feather::new("mig-pid-dst"));
-    let base = ScratchBase::new("mig-pid");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-pid");
     let mut server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     let migrating = TwoHosts::feather(
         &hosts.a,
@@ -1202,13 +1192,7 @@ fn a_post_copy_migration_failing_after_its_dump_leaves_every_process_whole_at_th
 /// the keeper deaf.
 #[test]
 fn a_post_copy_migration_failing_at_the_sender_after_its_dump_lets_the_vm_run_on() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (
-        Feather::new("mig-afterdump"),
-        Feather::new("mig-afterdump-dst"),
-    );
-    let base = ScratchBase::new("mig-afterdump");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-afterdump");
     let keeper = source.inspect("vm")["state"]["keeper_pid"]
         .as_u64()
         .unwrap() as u32;
@@ -1268,13 +1252,7 @@ fn criu_processes_under(pid: u32) -> Vec<u32> {
 /// (up to 10 s) goes on once CRIU listens.
 #[test]
 fn a_lazy_restore_waits_until_the_receiver_s_lazy_pages_daemon_listens() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (
-        Feather::new("mig-lazylisten"),
-        Feather::new("mig-lazylisten-dst"),
-    );
-    let base = ScratchBase::new("mig-lazylisten");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-lazylisten");
     let before = count(&source, "vm");
     let dir = ScratchDir::new("mig-lazylisten-criu");
     let wrapper = dir.path.join("criu");
@@ -2923,13 +2901,7 @@ fn a_post_copy_migrate_whose_keeper_died_holding_the_vm_leaves_it_frozen_and_say
 /// record is now removed and the VM, never let go, runs on here.
 #[test]
 fn a_release_record_that_cannot_be_written_lets_the_vm_run_on_at_the_source() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (
-        Feather::new("mig-norecord"),
-        Feather::new("mig-norecord-dst"),
-    );
-    let base = ScratchBase::new("mig-norecord");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-norecord");
     let _server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     let failed: crate::support::Outcome =
         migrating(&hosts, &source, "vm", &["--mode", "post-copy"])
@@ -3007,10 +2979,7 @@ fn a_post_copy_migration_of_a_vm_whose_keeper_is_older_is_refused_and_the_vm_run
 /// source, and the receiver keeps nothing of it.
 #[test]
 fn a_man_in_the_middle_altering_a_byte_is_refused_and_the_vm_runs_on_at_the_source() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-mitm"), Feather::new("mig-mitm-dst"));
-    let base = ScratchBase::new("mig-mitm");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-mitm");
 
     let server = Server::accepting(&hosts, &target, &[], &["--base", base.as_str()]);
     // On host a, where migrate connects; its page relay stays reachable at host a's address.
@@ -3175,10 +3144,7 @@ fn holder_s_memory_holds(feather: &Feather, vm: &str, needle: &str) -> bool {
 /// one the receiver's CA issued migrates it.
 #[test]
 fn configured_certificates_let_only_a_sender_of_the_same_ca_migrate() {
-    let hosts = TwoHosts::new();
-    let (source, target) = (Feather::new("mig-tls"), Feather::new("mig-tls-dst"));
-    let base = ScratchBase::new("mig-tls");
-    counting_vm(&source, &base);
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-tls");
     let base_flag = vec!["--base".to_owned(), base.as_str().to_owned()];
     let files = ScratchDir::new("mig-tls");
     let ca = TestCa::new(&files.path, "test-ca");

@@ -18,6 +18,14 @@ fn v2_dir() -> &'static Path {
     }
 }
 
+/// VM `vm`'s id, which names its cgroup folders (`feather/<id>` in each hierarchy).
+fn id_of(feather: &Feather) -> String {
+    feather.inspect("vm")["config"]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
 fn alive(pid: Pid) -> bool {
     Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -1056,10 +1064,7 @@ fn a_vms_root_cannot_set_the_state_root_tag_on_any_group_it_sees() {
     let feather = Feather::new("tag-forge");
     feather.ok(&["create", "vm", "--net", "none"]);
     feather.ok(&["start", "vm"]);
-    let id = feather.inspect("vm")["config"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&feather);
     let group = v2_dir().join("feather").join(&id);
     let tag_of = |dir: &Path| xattr::get(dir, "trusted.feather.root").unwrap();
 
@@ -1150,10 +1155,7 @@ fn a_vm_group_left_frozen_is_thawed_by_the_next_start() {
     let base = crate::support::ScratchBase::new("left-frozen");
     let feather = Feather::new("left-frozen");
     feather.ok(&["create", "vm", "--base", base.as_str()]);
-    let id = feather.inspect("vm")["config"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&feather);
     let group = v2_dir().join("feather").join(&id);
     let held = pids.join("feather").join(&id);
     std::fs::create_dir_all(&group).unwrap();
@@ -1202,6 +1204,25 @@ fn said_by_start(feather: &Feather, started: &std::process::Output) -> String {
     )
 }
 
+/// Kills VM `vm`'s keeper (its init ends with it) and starts the VM again, over its v2 `group`
+/// that something of the test's holds: checks that the start succeeded and that its clean-up
+/// said the group stays. Returns the group folder's inode before the start, and what the start
+/// said ([`said_by_start`]).
+fn started_over_its_held_group(feather: &Feather, group: &Path) -> (u64, String) {
+    let init = pid_of(feather, "vm", "init_pid");
+    kill(pid_of(feather, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
+    feather.eventually("its init is gone with its keeper", || !alive(init));
+    let before = inode(group);
+    let started = returns(feather, &["start", "vm"]);
+    let said = said_by_start(feather, &started);
+    assert!(started.status.success(), "start: {said}");
+    assert!(
+        said.contains("its cgroup stays"),
+        "the clean-up could not remove the group: {said}"
+    );
+    (before, said)
+}
+
 fn init_is_in(feather: &Feather, group: &Path) {
     let members = std::fs::read_to_string(group.join("cgroup.procs")).unwrap();
     assert!(
@@ -1226,10 +1247,7 @@ fn a_vm_whose_killed_group_stayed_starts_again_in_it() {
         return;
     }
     let (feather, _base) = running_vm("killed-group");
-    let id = feather.inspect("vm")["config"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&feather);
     let group = v2_dir().join("feather").join(&id);
     let sleeper = std::process::Command::new("sleep")
         .arg("1000")
@@ -1242,19 +1260,8 @@ fn a_vm_whose_killed_group_stayed_starts_again_in_it() {
         sleeper_pid.to_string(),
     )
     .unwrap();
-    let init = pid_of(&feather, "vm", "init_pid");
-    kill(pid_of(&feather, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
-    feather.eventually("its init is gone with its keeper", || !alive(init));
-    let before = inode(&group);
-
     // The start's clean-up kills the group (`cgroup.kill`) and cannot remove its v1 folders.
-    let started = returns(&feather, &["start", "vm"]);
-    let said = said_by_start(&feather, &started);
-    assert!(started.status.success(), "start: {said}");
-    assert!(
-        said.contains("its cgroup stays"),
-        "the clean-up could not remove the group: {said}"
-    );
+    let (before, said) = started_over_its_held_group(&feather, &group);
     assert!(
         pids.join("feather").join(&id).exists(),
         "the v1 group stays (held)"
@@ -1323,27 +1330,13 @@ impl Drop for StuckInGroup {
 #[test]
 fn a_vm_whose_group_holds_a_stuck_process_starts_in_that_group() {
     let (feather, _base) = running_vm("stuck-group");
-    let id = feather.inspect("vm")["config"]["id"]
-        .as_str()
-        .unwrap()
-        .to_owned();
+    let id = id_of(&feather);
     let group = v2_dir().join("feather").join(&id);
     let Some(_stuck) = StuckInGroup::new(&group, "stuck-group") else {
         eprintln!("skipped: no cgroup v1 freezer hierarchy to hold a process with");
         return;
     };
-    let init = pid_of(&feather, "vm", "init_pid");
-    kill(pid_of(&feather, "vm", "keeper_pid"), Signal::SIGKILL).unwrap();
-    feather.eventually("its init is gone with its keeper", || !alive(init));
-    let before = inode(&group);
-
-    let started = returns(&feather, &["start", "vm"]);
-    let said = said_by_start(&feather, &started);
-    assert!(started.status.success(), "start: {said}");
-    assert!(
-        said.contains("its cgroup stays"),
-        "the clean-up could not remove the group: {said}"
-    );
+    let (before, said) = started_over_its_held_group(&feather, &group);
     assert_eq!(
         inode(&group),
         before,

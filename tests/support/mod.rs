@@ -181,6 +181,13 @@ impl Feather {
         self.root.join("vms").join(vm)
     }
 
+    /// Where the VM's keeper takes requests (`feather_vm::protocol`).
+    pub fn control_socket(&self, vm: &str) -> PathBuf {
+        feather_core::StateRoot::new(Some(self.root.clone()))
+            .vm(&vm.parse().unwrap())
+            .control_socket()
+    }
+
     /// The VM's cgroup folders on the host (in every hierarchy).
     pub fn cgroup_dirs(&self, vm: &str) -> Vec<PathBuf> {
         self.inspect(vm)["cgroup"]

@@ -87,31 +87,16 @@ pub fn checkpoint(
 /// held VM stays frozen as long as it is open, see [`crate::moment`]).
 fn dump(vm: &feather_core::VmDir, request: &Request) -> Result<protocol::Conversation> {
     let name = vm.name();
-    let silent = |source| VmError::KeeperSilent {
-        vm: name.to_string(),
-        source,
-    };
     let mut keeper = protocol::Conversation::start(&vm.control_socket(), request, DUMP_TIMEOUT)
-        .map_err(silent)?;
-    match keeper.answer().map_err(silent)? {
-        Response::Checkpointed {
-            leave_running: true,
-        } => {}
-        // The keeper answers once the VM's processes are gone, just before it exits itself; a
-        // restore right after must not find its lock still held.
-        Response::Checkpointed {
-            leave_running: false,
-        } => {
-            vm.keeper_ends_by(std::time::Instant::now() + Duration::from_secs(10))?;
-        }
-        // The keeper's error names the VM and carries its causes.
-        Response::Error { message } => return Err(VmError::Keeper(message)),
-        other => {
-            return Err(VmError::KeeperAnswer {
-                vm: name.to_string(),
-                answer: format!("{other:?}"),
-            })
-        }
+        .map_err(|source| protocol::silent(name, source))?;
+    let left_running = protocol::expect(keeper.answer(), name, |response| match response {
+        Response::Checkpointed { leave_running } => Ok(leave_running),
+        other => Err(other),
+    })?;
+    // The keeper answers once the VM's processes are gone, just before it exits itself; a
+    // restore right after must not find its lock still held.
+    if !left_running {
+        vm.keeper_ends_by(std::time::Instant::now() + Duration::from_secs(10))?;
     }
     trace::phase("checkpoint: dump");
     Ok(keeper)
@@ -220,23 +205,15 @@ fn let_go(
     config: &feather_core::VmConfig,
 ) -> Result<()> {
     let answer = keeper.done_sending().and_then(|()| keeper.answer());
-    match answer {
-        Ok(Response::Thawed { .. }) => Ok(()),
-        Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
-        Ok(other) => Err(VmError::KeeperAnswer {
-            vm: name.to_string(),
-            answer: format!("{other:?}"),
-        }),
-        Err(source) => {
-            if let Some(cgroup) = crate::keeper::cgroup_of(config) {
-                let _ = cgroup.thaw();
-            }
-            Err(VmError::KeeperSilent {
-                vm: name.to_string(),
-                source,
-            })
+    if answer.is_err() {
+        if let Some(cgroup) = crate::keeper::cgroup_of(config) {
+            let _ = cgroup.thaw();
         }
     }
+    protocol::expect(answer, name, |response| match response {
+        Response::Thawed { .. } => Ok(()),
+        other => Err(other),
+    })
 }
 
 /// Whether the VM may be checkpointed now (it runs, is not throw-away, and CRIU can reach its
@@ -329,10 +306,6 @@ pub(crate) fn checkpoint_lazy(
     let op = vm.lock_operations()?;
     let config = checkpointable(&vm, name)?;
     let criu = Criu::locate().in_vm(name)?;
-    let silent = |source| VmError::KeeperSilent {
-        vm: name.to_string(),
-        source,
-    };
     let mut keeper = protocol::Conversation::start(
         &vm.control_socket(),
         &Request::Checkpoint {
@@ -343,17 +316,11 @@ pub(crate) fn checkpoint_lazy(
         },
         DUMP_TIMEOUT,
     )
-    .map_err(silent)?;
-    match keeper.answer().map_err(silent)? {
-        Response::Dumped => {}
-        Response::Error { message } => return Err(VmError::Keeper(message)),
-        other => {
-            return Err(VmError::KeeperAnswer {
-                vm: name.to_string(),
-                answer: format!("{other:?}"),
-            })
-        }
-    }
+    .map_err(|source| protocol::silent(name, source))?;
+    protocol::expect(keeper.answer(), name, |response| match response {
+        Response::Dumped => Ok(()),
+        other => Err(other),
+    })?;
     let passed = keeper.passed();
     let lazy = LazyCheckpoint {
         vm: vm.clone(),
@@ -453,16 +420,11 @@ impl LazyCheckpoint {
     /// The keeper's answer at the end of the dump: `Ok` once the page server has served every
     /// page (CRIU ends the processes here).
     fn dump_ended(&mut self) -> Result<()> {
-        let name = self.vm.name().to_string();
-        match self.keeper.answer() {
-            Ok(Response::Checkpointed { .. }) => Ok(()),
-            Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
-            Ok(other) => Err(VmError::KeeperAnswer {
-                vm: name,
-                answer: format!("{other:?}"),
-            }),
-            Err(source) => Err(VmError::KeeperSilent { vm: name, source }),
-        }
+        let answer = self.keeper.answer();
+        protocol::expect(answer, self.vm.name(), |response| match response {
+            Response::Checkpointed { .. } => Ok(()),
+            other => Err(other),
+        })
     }
 }
 
@@ -474,32 +436,29 @@ impl LazyCheckpoint {
     /// conversation.
     fn thawed(mut self) -> Result<()> {
         let name = self.vm.name().to_string();
-        let silent = |source| VmError::KeeperSilent {
-            vm: name.clone(),
-            source,
-        };
-        self.keeper.done_sending().map_err(silent)?;
-        match self.keeper.answer() {
-            Ok(Response::Thawed { .. }) => Ok(()),
-            // A keeper that held nothing ends the conversation; one that died held the VM
-            // (frozen, its TCP connections in repair): it must not pass for one that let it go.
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof && keeper_died(&self.vm) => {
-                Err(failed(
-                    &name,
-                    format!(
-                        "its keeper died while it held the VM frozen here; it stays frozen, and \
-                         `feather stop {name}` or `feather rm {name}` ends what is left"
-                    ),
-                ))
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(()),
-            Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
-            Ok(other) => Err(VmError::KeeperAnswer {
-                vm: name.clone(),
-                answer: format!("{other:?}"),
-            }),
-            Err(source) => Err(silent(source)),
+        self.keeper
+            .done_sending()
+            .map_err(|source| protocol::silent(&name, source))?;
+        let answer = self.keeper.answer();
+        // A keeper that held nothing ends the conversation; one that died held the VM (frozen,
+        // its TCP connections in repair): it must not pass for one that let it go.
+        let ended = matches!(&answer, Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof);
+        if ended && keeper_died(&self.vm) {
+            return Err(failed(
+                &name,
+                format!(
+                    "its keeper died while it held the VM frozen here; it stays frozen, and \
+                     `feather stop {name}` or `feather rm {name}` ends what is left"
+                ),
+            ));
         }
+        if ended {
+            return Ok(());
+        }
+        protocol::expect(answer, &name, |response| match response {
+            Response::Thawed { .. } => Ok(()),
+            other => Err(other),
+        })
     }
 }
 

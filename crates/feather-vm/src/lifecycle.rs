@@ -368,34 +368,27 @@ pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped>
         },
         grace + Duration::from_secs(30),
     );
-    match answer {
-        Ok(Response::Stopped { how, handed_over }) => Ok(Stopped::ByItsKeeper { how, handed_over }),
-        Ok(other) => Err(VmError::KeeperAnswer {
-            vm: name.to_string(),
-            answer: format!("{other:?}"),
-        }),
-        // The keeper closes the socket as it exits; the state tells how the VM ended. A keeper
-        // that died before it recorded the stop (killed, say, while the VM's processes had their
-        // grace) left the VM reading crashed and its cgroup, network and run folder in place:
-        // cleaned up here, as a stop of a crashed VM does, rather than called stopped.
-        Err(_) if vm.keeper_ends_by(std::time::Instant::now() + KEEPER_EXIT_PATIENCE)? => {
-            let state = vm.read_state()?;
-            if state.status == VmStatus::Crashed {
-                recover(&vm)?;
-                return Ok(Stopped::CleanedUp(
-                    "lost its keeper while stopping; cleaned up",
-                ));
-            }
-            Ok(Stopped::ByItsKeeper {
-                how: state.last_exit.unwrap_or_else(|| "stopped".into()),
-                handed_over: Vec::new(),
-            })
+    // The keeper closes the socket as it exits; the state tells how the VM ended. A keeper that
+    // died before it recorded the stop (killed, say, while the VM's processes had their grace)
+    // left the VM reading crashed and its cgroup, network and run folder in place: cleaned up
+    // here, as a stop of a crashed VM does, rather than called stopped.
+    if answer.is_err() && vm.keeper_ends_by(std::time::Instant::now() + KEEPER_EXIT_PATIENCE)? {
+        let state = vm.read_state()?;
+        if state.status == VmStatus::Crashed {
+            recover(&vm)?;
+            return Ok(Stopped::CleanedUp(
+                "lost its keeper while stopping; cleaned up",
+            ));
         }
-        Err(source) => Err(VmError::KeeperSilent {
-            vm: name.to_string(),
-            source,
-        }),
+        return Ok(Stopped::ByItsKeeper {
+            how: state.last_exit.unwrap_or_else(|| "stopped".into()),
+            handed_over: Vec::new(),
+        });
     }
+    protocol::expect(answer, name, |response| match response {
+        Response::Stopped { how, handed_over } => Ok(Stopped::ByItsKeeper { how, handed_over }),
+        other => Err(other),
+    })
 }
 
 /// How long a command whose keeper closed the control socket without an answer waits for the

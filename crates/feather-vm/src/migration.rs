@@ -229,34 +229,29 @@ pub fn migrate(
 /// `ends_released_copy` ([`Response::Running`]): refused before anything happens.
 fn ends_released_copy(vm: &VmDir) -> Result<()> {
     let name = vm.name();
-    match protocol::call(
+    let answer = protocol::call(
         &vm.control_socket(),
         &Request::Status,
         Duration::from_secs(10),
-    ) {
-        Ok(Response::Running {
-            ends_released_copy: true,
-            ..
-        }) => Ok(()),
-        Ok(Response::Running { .. }) => Err(failed(
-            name,
-            format!(
-                "was started by an older feather, whose keeper could let its copy here run \
-                 again after a post-copy migration let it go (it would then run at both hosts); \
-                 migrate it with `--mode stop-and-copy`, or stop and start it (`feather stop \
-                 {name}`, `feather start {name}`) and migrate it again"
-            ),
-        )),
-        Ok(Response::Error { message }) => Err(VmError::Keeper(message)),
-        Ok(other) => Err(VmError::KeeperAnswer {
-            vm: name.to_string(),
-            answer: format!("{other:?}"),
-        }),
-        Err(source) => Err(VmError::KeeperSilent {
-            vm: name.to_string(),
-            source,
-        }),
+    );
+    let ends = protocol::expect(answer, name, |response| match response {
+        Response::Running {
+            ends_released_copy, ..
+        } => Ok(ends_released_copy),
+        other => Err(other),
+    })?;
+    if ends {
+        return Ok(());
     }
+    Err(failed(
+        name,
+        format!(
+            "was started by an older feather, whose keeper could let its copy here run again \
+             after a post-copy migration let it go (it would then run at both hosts); migrate it \
+             with `--mode stop-and-copy`, or stop and start it (`feather stop {name}`, `feather \
+             start {name}`) and migrate it again"
+        ),
+    ))
 }
 
 /// What [`send_folder`] sent: the archive's bytes, those of them that went before the
@@ -1048,20 +1043,13 @@ fn discard_unconfirmed(root: &StateRoot) {
 
 /// In `feather serve`, once the sender has released the VM: tells its keeper to let it run.
 fn resume(vm: &VmDir) -> Result<()> {
-    let name = vm.name();
-    match protocol::call(
+    let answer = protocol::call(
         &vm.control_socket(),
         &Request::Resume,
         Duration::from_secs(30),
-    ) {
-        Ok(Response::Running { .. }) => Ok(()),
-        Ok(other) => Err(VmError::KeeperAnswer {
-            vm: name.to_string(),
-            answer: format!("{other:?}"),
-        }),
-        Err(source) => Err(VmError::KeeperSilent {
-            vm: name.to_string(),
-            source,
-        }),
-    }
+    );
+    protocol::expect(answer, vm.name(), |response| match response {
+        Response::Running { .. } => Ok(()),
+        other => Err(other),
+    })
 }

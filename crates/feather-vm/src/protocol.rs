@@ -11,6 +11,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::error::VmError;
+
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -99,6 +101,34 @@ pub enum Response {
 /// Sends one request and waits up to `timeout` for the answer.
 pub fn call(socket: &Path, request: &Request, timeout: Duration) -> std::io::Result<Response> {
     Conversation::start(socket, request, timeout)?.answer()
+}
+
+/// What the asker makes of a keeper's answer about VM `vm`: `take` turns the answers it
+/// expects into its result and hands any other back. The keeper's own error (it names the VM
+/// and carries its causes) is [`VmError::Keeper`], any other answer [`VmError::KeeperAnswer`],
+/// none [`VmError::KeeperSilent`].
+pub(crate) fn expect<T>(
+    answer: std::io::Result<Response>,
+    vm: impl std::fmt::Display,
+    take: impl FnOnce(Response) -> Result<T, Response>,
+) -> crate::error::Result<T> {
+    match answer.map(take) {
+        Ok(Ok(taken)) => Ok(taken),
+        Ok(Err(Response::Error { message })) => Err(VmError::Keeper(message)),
+        Ok(Err(other)) => Err(VmError::KeeperAnswer {
+            vm: vm.to_string(),
+            answer: format!("{other:?}"),
+        }),
+        Err(source) => Err(silent(&vm, source)),
+    }
+}
+
+/// The keeper of VM `vm` did not answer: `source` says why.
+pub(crate) fn silent(vm: impl std::fmt::Display, source: std::io::Error) -> VmError {
+    VmError::KeeperSilent {
+        vm: vm.to_string(),
+        source,
+    }
 }
 
 /// A request whose keeper answers more than once (a lazy checkpoint: [`Response::Dumped`],
@@ -247,6 +277,38 @@ fn line_of(response: &Response) -> std::io::Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the asker takes passes; the keeper's own error stands as it said it (it names the
+    /// VM); any other answer, and none, name the VM.
+    #[test]
+    fn an_answer_the_asker_does_not_take_names_the_vm() {
+        let take = |response| match response {
+            Response::Thawed { frozen_ms } => Ok(frozen_ms),
+            other => Err(other),
+        };
+        assert_eq!(
+            expect(Ok(Response::Thawed { frozen_ms: 7 }), "vm", take).unwrap(),
+            7
+        );
+        let said = Response::Error {
+            message: "VM vm: cannot".into(),
+        };
+        assert_eq!(
+            expect(Ok(said), "vm", take).unwrap_err().to_string(),
+            "VM vm: cannot"
+        );
+        assert_eq!(
+            expect(Ok(Response::Dumped), "vm", take)
+                .unwrap_err()
+                .to_string(),
+            "VM vm: unexpected answer from its keeper: Dumped"
+        );
+        let silent = std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "ended");
+        assert_eq!(
+            expect(Err(silent), "vm", take).unwrap_err().to_string(),
+            "VM vm: its keeper did not answer"
+        );
+    }
 
     #[test]
     fn a_request_of_another_version_is_refused_naming_both() {
