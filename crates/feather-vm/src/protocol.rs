@@ -104,9 +104,10 @@ pub fn call(socket: &Path, request: &Request, timeout: Duration) -> std::io::Res
 }
 
 /// What the asker makes of a keeper's answer about VM `vm`: `take` turns the answers it
-/// expects into its result and hands any other back. The keeper's own error (it names the VM
-/// and carries its causes) is [`VmError::Keeper`], any other answer [`VmError::KeeperAnswer`],
-/// none [`VmError::KeeperSilent`].
+/// expects into its result and hands any other back. The keeper's own error is
+/// [`VmError::Keeper`], named after the VM where the keeper did not (a keeper of another
+/// build refuses the request's version without reading which VM it is about); any other answer
+/// is [`VmError::KeeperAnswer`], none [`VmError::KeeperSilent`].
 pub(crate) fn expect<T>(
     answer: std::io::Result<Response>,
     vm: impl std::fmt::Display,
@@ -114,12 +115,22 @@ pub(crate) fn expect<T>(
 ) -> crate::error::Result<T> {
     match answer.map(take) {
         Ok(Ok(taken)) => Ok(taken),
-        Ok(Err(Response::Error { message })) => Err(VmError::Keeper(message)),
+        Ok(Err(Response::Error { message })) => Err(VmError::Keeper(named(message, vm))),
         Ok(Err(other)) => Err(VmError::KeeperAnswer {
             vm: vm.to_string(),
             answer: format!("{other:?}"),
         }),
         Err(source) => Err(silent(&vm, source)),
+    }
+}
+
+/// A keeper's `message`, beginning with the VM it is about.
+fn named(message: String, vm: impl std::fmt::Display) -> String {
+    let name = format!("VM {vm}");
+    if message.starts_with(&name) {
+        message
+    } else {
+        format!("{name}: {message}")
     }
 }
 
@@ -296,6 +307,13 @@ mod tests {
         assert_eq!(
             expect(Ok(said), "vm", take).unwrap_err().to_string(),
             "VM vm: cannot"
+        );
+        let unnamed = Response::Error {
+            message: "bad request: control protocol version 4, this keeper speaks 5".into(),
+        };
+        assert_eq!(
+            expect(Ok(unnamed), "vm", take).unwrap_err().to_string(),
+            "VM vm: bad request: control protocol version 4, this keeper speaks 5"
         );
         assert_eq!(
             expect(Ok(Response::Dumped), "vm", take)
