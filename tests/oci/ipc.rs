@@ -82,6 +82,7 @@ fn check_ipc_of_a_confined_oci_container_shows_every_channel_confined() {
         ("perf_event_open", "VmToHost", "denied"),
         ("bpf", "VmToHost", "denied"),
         ("userfaultfd", "VmToHost", "denied"),
+        ("io_uring", "VmToHost", "denied"),
         ("tiocsti", "VmToHost", "denied"),
         ("sysctl-write", "VmToHost", "denied"),
     ] {

@@ -101,6 +101,7 @@ fn expected() -> BTreeMap<&'static str, [&'static [Kind]; 4]> {
         "bpf",
         "perf_event_open",
         "userfaultfd",
+        "io_uring",
         "fanotify-filesystem",
     ] {
         table.insert(channel, [NONE, &[Denied], NONE, NONE]);

@@ -161,6 +161,15 @@ macro_rules! paste_sys {
     (acct) => {
         libc::SYS_acct
     };
+    (io_uring_setup) => {
+        libc::SYS_io_uring_setup
+    };
+    (io_uring_enter) => {
+        libc::SYS_io_uring_enter
+    };
+    (io_uring_register) => {
+        libc::SYS_io_uring_register
+    };
 }
 
 const KEYRINGS: &str = "kernel keyrings are not namespaced: a VM could read or plant keys in \
@@ -169,6 +178,10 @@ const MOUNTS: &str = "a VM's mounts are fixed by the isolation recipe; a new or 
     could uncover what the recipe hides (CAP_SYS_ADMIN is gone too: this is the second wall)";
 const MODULES: &str = "kernel modules are loaded into, and removed from, the one shared kernel";
 const KEXEC: &str = "replaces the running kernel of the whole machine";
+const IO_URING: &str = "io_uring runs a process's calls from kernel workers, out of sight of \
+    this filter, and has been the source of many of the kernel's privilege escalations (Docker's \
+    default profile refuses it too); programs fall back to plain calls, and CRIU cannot \
+    checkpoint a ring";
 const CLOCK: &str = "the wall clock is one for the whole machine (time namespaces do not cover \
     CLOCK_REALTIME)";
 
@@ -229,6 +242,9 @@ pub fn denied() -> Vec<Denied> {
         deny!(clock_adjtime, CLOCK),
         deny!(syslog, "reads or clears the host kernel's log, which names host devices, addresses and other VMs' events"),
         deny!(acct, "process accounting is switched on and off for the whole machine"),
+        deny!(io_uring_setup, IO_URING),
+        deny!(io_uring_enter, IO_URING),
+        deny!(io_uring_register, IO_URING),
     ]
 }
 
@@ -308,6 +324,13 @@ const SYS_FILE_SETATTR: libc::c_long = 469;
 /// (with none, `open_tree` itself). Not in libc yet; one number on every architecture feather
 /// builds for, as [`SYS_FILE_SETATTR`].
 const SYS_OPEN_TREE_ATTR: libc::c_long = 467;
+
+/// The calls denied since [`Generation::IoUringAllowed`].
+const IO_URING_CALLS: [libc::c_long; 3] = [
+    libc::SYS_io_uring_setup,
+    libc::SYS_io_uring_enter,
+    libc::SYS_io_uring_register,
+];
 
 /// `FS_IOC_FSSETXATTR`, `_IOW('X', 32, struct fsxattr)`: sets a file's project id and xflags.
 pub const FS_IOC_FSSETXATTR: u64 = 0x401c_5820;
@@ -578,16 +601,20 @@ pub fn filter_count(profile: Profile) -> usize {
     }
 }
 
-/// Which build's rules a program holds: this build's, or those of builds before 2026-12-06
-/// (the ones a checkpoint of such a build brings back, crates/feather-vm/src/restored_creds.rs).
-/// Two rules changed together that day: the spawner's recipe made its mount namespace a slave
+/// Which build's rules a program holds: this build's, or those of earlier builds (the ones a
+/// checkpoint of such a build brings back, crates/feather-vm/src/restored_creds.rs). On
+/// 2026-12-06 two rules changed together: the spawner's recipe made its mount namespace a slave
 /// of the VM's rather than private (so what the host hides in the VM later reaches it), and
-/// `open_tree_attr` (Linux 6.15, `open_tree` by another number) joined the denied mount calls.
+/// `open_tree_attr` (Linux 6.15, `open_tree` by another number) joined the denied mount calls;
+/// later that day the io_uring calls joined the denied list.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Generation {
     /// This build's: every call of [`denied`]; the spawner's `mount` of `/` is
     /// `MS_REC|MS_SLAVE`.
     Current,
+    /// The builds of 2026-12-06 up to commit ff32a5d: [`denied`] without the io_uring calls;
+    /// the spawner's `mount` of `/` is `MS_REC|MS_SLAVE`.
+    IoUringAllowed,
     /// Builds before 2026-12-06: [`denied`] without `open_tree_attr`; the spawner's `mount`
     /// of `/` is `MS_REC|MS_PRIVATE`. Compiled only to recognise the filters a checkpoint of
     /// such a build brings back.
@@ -598,6 +625,9 @@ impl Generation {
     /// The calls of [`denied`] this generation's programs refuse.
     fn denied(self) -> Vec<Denied> {
         let mut calls = denied();
+        if self != Generation::Current {
+            calls.retain(|call| !IO_URING_CALLS.contains(&call.number));
+        }
         if self == Generation::Before20261206 {
             calls.retain(|call| call.number != SYS_OPEN_TREE_ATTR);
         }
@@ -607,7 +637,7 @@ impl Generation {
     /// The propagation flags of the one `mount` of `/` the spawner's filter lets through.
     fn spawner_propagation(self) -> u64 {
         match self {
-            Generation::Current => libc::MS_REC | libc::MS_SLAVE,
+            Generation::Current | Generation::IoUringAllowed => libc::MS_REC | libc::MS_SLAVE,
             Generation::Before20261206 => libc::MS_REC | libc::MS_PRIVATE,
         }
     }
@@ -1053,6 +1083,39 @@ mod tests {
         }
     }
 
+    /// [`Generation::IoUringAllowed`] compiles, instruction for instruction, the folded
+    /// programs the builds up to commit ff32a5d installed (fingerprints taken from that build):
+    /// a restore accepts only what it compiles itself.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_rules_up_to_ff32a5d_are_those_builds() {
+        const CLONE3: (usize, u64) = (0xb, 0x939a_f3b8_ad88_7e5d);
+        let previous = [
+            // (allow_userns, disk_quota): the VM's stack, the spawner's.
+            (
+                (false, false),
+                vec![CLONE3, (0xdc, 0x6fb1_5d3b_9f95_8e0b)],
+                vec![CLONE3, (0x103, 0x59b9_137f_ca61_95e4)],
+            ),
+            (
+                (false, true),
+                vec![CLONE3, (0xf5, 0x18b9_bdd2_8424_5896)],
+                vec![CLONE3, (0x11c, 0x0913_c204_5730_3511)],
+            ),
+            (
+                (true, false),
+                vec![(0xc7, 0xa55e_acce_d175_f7c4)],
+                vec![CLONE3, (0x103, 0x59b9_137f_ca61_95e4)],
+            ),
+            (
+                (true, true),
+                vec![(0xe0, 0xa491_d9ac_0ec7_67b9)],
+                vec![CLONE3, (0x11c, 0x0913_c204_5730_3511)],
+            ),
+        ];
+        assert_fingerprints(Layout::Folded, Generation::IoUringAllowed, previous);
+    }
+
     /// [`Generation::Before20261206`] compiles, instruction for instruction, the folded
     /// programs the builds of 2026-12-05 installed (fingerprints taken from the build before
     /// `open_tree_attr` was denied, commit 8497ed3): a restore accepts only what it compiles
@@ -1087,13 +1150,39 @@ mod tests {
         assert_fingerprints(Layout::Folded, Generation::Before20261206, previous);
     }
 
-    /// This build's rules refuse `open_tree_attr` (467, and 467|x32) with EPERM in the VM's
-    /// filter and the spawner's, for every profile and layout; every other call (every number
-    /// below 1024, with and without the x32 bit, a few argument patterns; the spawner's
-    /// `mount` of `/`, whose propagation changed the same day, aside) is answered as the
-    /// rules before 2026-12-06 answer it.
+    /// The builds of 2026-12-06 up to ff32a5d refuse `open_tree_attr` (467, and 467|x32) with
+    /// EPERM in the VM's filter and the spawner's, for every profile and layout; every other
+    /// call (the spawner's `mount` of `/`, whose propagation changed the same day, aside) is
+    /// answered as the rules before 2026-12-06 answer it.
     #[test]
-    fn this_builds_rules_add_open_tree_attr_alone() {
+    fn the_rules_up_to_ff32a5d_add_open_tree_attr_alone() {
+        assert_rules_add_alone(
+            (Generation::IoUringAllowed, Generation::Before20261206),
+            &[SYS_OPEN_TREE_ATTR],
+            libc::SYS_mount,
+        );
+    }
+
+    /// This build's rules refuse the three io_uring calls, and answer every other call as the
+    /// builds up to ff32a5d do.
+    #[test]
+    fn this_builds_rules_add_io_uring_alone() {
+        assert_rules_add_alone(
+            (Generation::Current, Generation::IoUringAllowed),
+            &IO_URING_CALLS,
+            -1,
+        );
+    }
+
+    /// Asserts that the `(new, old)` rules answer `added` (native and x32 numbers) with EPERM
+    /// in the VM's filter and the spawner's, for every profile and layout, and every other call
+    /// but `changed` (every number below 1024, with and without the x32 bit, a few argument
+    /// patterns) as `old` answers it.
+    fn assert_rules_add_alone(
+        (new_rules, old_rules): (Generation, Generation),
+        added: &[libc::c_long],
+        changed: libc::c_long,
+    ) {
         let eperm = libc::SECCOMP_RET_ERRNO | libc::EPERM as u32;
         let arch = match std::env::consts::ARCH {
             "x86_64" => AUDIT_ARCH_X86_64,
@@ -1110,13 +1199,13 @@ mod tests {
                 let programs = [
                     (
                         "main",
-                        compile_in(profile, layout, Generation::Current).unwrap(),
-                        compile_in(profile, layout, Generation::Before20261206).unwrap(),
+                        compile_in(profile, layout, new_rules).unwrap(),
+                        compile_in(profile, layout, old_rules).unwrap(),
                     ),
                     (
                         "spawner",
-                        compile_spawner(profile, layout, Generation::Current).unwrap(),
-                        compile_spawner(profile, layout, Generation::Before20261206).unwrap(),
+                        compile_spawner(profile, layout, new_rules).unwrap(),
+                        compile_spawner(profile, layout, old_rules).unwrap(),
                     ),
                 ];
                 for (what, new, old) in programs {
@@ -1126,9 +1215,9 @@ mod tests {
                         for nr in [native, native | x32] {
                             for args in few {
                                 let answer = evaluate(&new, arch, nr, args);
-                                if native == SYS_OPEN_TREE_ATTR as u32 {
+                                if added.contains(&libc::c_long::from(native)) {
                                     assert_eq!(answer, eperm, "{what}: nr {nr:#x}");
-                                } else if native != libc::SYS_mount as u32 {
+                                } else if libc::c_long::from(native) != changed {
                                     let before = evaluate(&old, arch, nr, args);
                                     assert_eq!(answer, before, "{what}: nr {nr:#x} {args:x?}");
                                 }
@@ -1144,7 +1233,7 @@ mod tests {
     /// the spawner's: the kernel checks and translates every instruction). Before folding:
     /// main 389, spawner 467 (default profile). Folded: 198 and 237; x32's own `ioctl` and
     /// `kexec_load` then added 17 to each (27 with a disk cap's two ioctl rules): main
-    /// 194–240 and spawner 254–279 over the profiles, within the bounds set before them.
+    /// 194–240 and spawner 254–279 over the profiles; the three io_uring calls added 20 more.
     #[cfg(target_arch = "x86_64")]
     #[test]
     fn the_programs_stay_short() {
@@ -1154,11 +1243,11 @@ mod tests {
                 .unwrap()
                 .len();
             assert!(
-                main < 250,
+                main < 270,
                 "{profile:?}: main filter of {main} instructions"
             );
             assert!(
-                spawner < 290,
+                spawner < 310,
                 "{profile:?}: spawner's of {spawner} instructions"
             );
             assert!(clone3_enosys(Layout::Folded).unwrap().len() < 12);

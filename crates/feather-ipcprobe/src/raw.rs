@@ -281,6 +281,16 @@ pub fn userfaultfd() -> Result<OwnedFd, Errno> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
 }
 
+/// io_uring_setup(2) of a one-entry ring: the kernel's asynchronous call interface.
+pub fn io_uring_setup() -> Result<OwnedFd, Errno> {
+    // struct io_uring_params: 120 bytes, all zero asks for defaults.
+    let mut params = [0u8; 120];
+    // SAFETY: `params` is a zeroed io_uring_params the kernel may write its answer into.
+    let fd = check(unsafe { libc::syscall(libc::SYS_io_uring_setup, 1u32, params.as_mut_ptr()) })?;
+    // SAFETY: a new descriptor, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as RawFd) })
+}
+
 /// openpty(3): a new terminal pair (master, slave) on the caller's devpts.
 pub fn open_pty() -> Result<(OwnedFd, OwnedFd), Errno> {
     let pty = nix::pty::openpty(None, None)?;

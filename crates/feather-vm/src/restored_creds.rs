@@ -105,12 +105,14 @@ impl Allowed {
             filters: feather_confine::seccomp::filter_count(profile) as u32,
             userns: profile.allow_userns,
             host_network,
-            // This build's rules; builds before 2026-12-06 had older ones (their spawner made
-            // its namespace private, and their filters let open_tree_attr through:
+            // This build's rules; the builds up to ff32a5d let the io_uring calls through, those
+            // before 2026-12-06 had older ones still (their spawner made its namespace private,
+            // and their filters let open_tree_attr through:
             // feather_confine::seccomp::Generation), those before 2026-12-05 also laid every
             // program out the older way.
             stacks: [
                 (Layout::Folded, Generation::Current),
+                (Layout::Folded, Generation::IoUringAllowed),
                 (Layout::Folded, Generation::Before20261206),
                 (Layout::Duplicated, Generation::Before20261206),
             ]
@@ -726,23 +728,27 @@ os.execvp("sleep", ["sleep", "60"])
             None
         );
         // The filters of the builds before 2026-12-06 (the folded layout already), whose
-        // spawner made its namespace private and whose rules let open_tree_attr through: the
-        // VM's stack, the spawner's, and the spawner's under the VM's.
-        let folded_vm = Compiled::in_layout(profile, Layout::Folded, before)
-            .unwrap()
-            .stack();
-        assert_ne!(folded_vm, new_vm);
-        let init = under(&folded_vm.iter().collect::<Vec<_>>());
-        assert_eq!(foreign_filters(&filters_of(&init), false, &allowed), None);
-        let private_spawner =
-            feather_confine::seccomp::spawner_stack(profile, Layout::Folded, before).unwrap();
-        let spawner = under(&private_spawner.iter().collect::<Vec<_>>());
-        assert_eq!(foreign_filters(&filters_of(&spawner), true, &allowed), None);
-        let spawned: Vec<&Program> = private_spawner.iter().chain(&folded_vm).collect();
-        assert_eq!(
-            foreign_filters(&filters_of(&under(&spawned)), false, &allowed),
-            None
-        );
+        // spawner made its namespace private and whose rules let open_tree_attr and io_uring
+        // through, and of those up to ff32a5d (io_uring let through): the VM's stack, the
+        // spawner's, and the spawner's under the VM's.
+        for earlier in [before, Generation::IoUringAllowed] {
+            let folded_vm = Compiled::in_layout(profile, Layout::Folded, earlier)
+                .unwrap()
+                .stack();
+            assert_ne!(folded_vm, new_vm);
+            let init = under(&folded_vm.iter().collect::<Vec<_>>());
+            assert_eq!(foreign_filters(&filters_of(&init), false, &allowed), None);
+            let earlier_spawner =
+                feather_confine::seccomp::spawner_stack(profile, Layout::Folded, earlier).unwrap();
+            let spawner = under(&earlier_spawner.iter().collect::<Vec<_>>());
+            assert_eq!(foreign_filters(&filters_of(&spawner), true, &allowed), None);
+            let spawned: Vec<&Program> = earlier_spawner.iter().chain(&folded_vm).collect();
+            assert_eq!(
+                foreign_filters(&filters_of(&under(&spawned)), false, &allowed),
+                None,
+                "{earlier:?}"
+            );
+        }
 
         let mixed = under(&[&new_vm[0], &old_vm[1]]);
         let why = foreign_filters(&filters_of(&mixed), false, &allowed).unwrap();

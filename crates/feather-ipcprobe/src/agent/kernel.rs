@@ -145,6 +145,10 @@ pub(super) fn kernel_operations(p: &Published) -> Vec<(&'static str, Outcome)> {
         "userfaultfd",
         errno("userfaultfd", raw::userfaultfd().map(drop)),
     ));
+    out.push((
+        "io_uring",
+        errno("io_uring_setup", raw::io_uring_setup().map(drop)),
+    ));
     out.push(("fanotify-filesystem", fanotify_filesystem()));
     out.push(("netlink-audit", netlink_audit()));
     out
