@@ -2824,6 +2824,52 @@ fn a_post_copy_migrate_killed_before_the_release_lets_the_vm_run_on_at_the_sourc
         });
 }
 
+/// `migrate` killed (SIGKILL, as an OOM kill or a dropped ssh session ends it; Ctrl-C ends it
+/// so too) after the keeper passed it the page server's connection with `Dumped`, the receiver
+/// having restored the VM, before the release: its end of that connection, the only one, closed,
+/// which CRIU 4.1 takes for a finished transfer. CRIU ended the VM's processes at the source,
+/// whose checkpoint lacks the memory, while the receiver, never released, discarded its copy:
+/// the VM was lost at both hosts. The keeper now keeps a copy of that end and, `migrate` gone
+/// with no release record, makes the transfer fail: the VM runs on at the source.
+#[test]
+fn a_post_copy_migrate_killed_after_dumped_before_the_release_lets_the_vm_run_on_at_the_source() {
+    let mut held = HeldMigration::held(
+        "mig-pskilled",
+        crate::support::RecordHold::before_release,
+        true,
+    );
+    assert_eq!(
+        held.freeze(),
+        "1",
+        "migrate froze the VM before its release"
+    );
+    held.migrating.kill().unwrap();
+    let _ = held.migrating.wait();
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    held.source
+        .eventually("the VM's only copy is thawed", || held.freeze() == "0");
+    let log = std::fs::read_to_string(&held.log).unwrap();
+    assert!(log.contains("was made to fail"), "{log}");
+    assert_eq!(held.source.status("vm"), "running");
+    let resumed = count(&held.source, "vm");
+    held.source
+        .eventually("the loop counts on at the source", || {
+            count(&held.source, "vm") > resumed
+        });
+    assert!(
+        !held.source.vm_dir("vm").join("released-to").exists(),
+        "no release record"
+    );
+    held.target
+        .eventually("the receiver keeps nothing of it", || {
+            held.target.ok(&["ls", "--json"]).trim() == "[]"
+        });
+}
+
 /// A post-copy dump failing before the release (the sender's CRIU killed once the receiver
 /// restored the VM, while `migrate` is held before its release): `migrate` froze the VM, wrote the release record and let it go although its page server was gone, so
 /// the VM could fetch no page at the receiver and was ended at the source: lost at both hosts.
