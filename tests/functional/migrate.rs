@@ -2802,6 +2802,103 @@ fn a_post_copy_migrate_killed_before_the_release_lets_the_vm_run_on_at_the_sourc
         });
 }
 
+/// `migrate` killed (SIGKILL, as an OOM kill or a dropped ssh session ends it; Ctrl-C ends it
+/// so too) after the keeper passed it the page server's connection with `Dumped`, the receiver
+/// having restored the VM, before the release: its end of that connection, the only one, closed,
+/// which CRIU 4.1 takes for a finished transfer. CRIU ended the VM's processes at the source,
+/// whose checkpoint lacks the memory, while the receiver, never released, discarded its copy:
+/// the VM was lost at both hosts. The keeper now keeps a copy of that end and, `migrate` gone
+/// with no release record, makes the transfer fail: the VM runs on at the source.
+#[test]
+fn a_post_copy_migrate_killed_after_dumped_before_the_release_lets_the_vm_run_on_at_the_source() {
+    let mut held = HeldMigration::held(
+        "mig-pskilled",
+        crate::support::RecordHold::before_release,
+        true,
+    );
+    assert_eq!(
+        held.freeze(),
+        "1",
+        "migrate froze the VM before its release"
+    );
+    held.migrating.kill().unwrap();
+    let _ = held.migrating.wait();
+    held.source.eventually_within(
+        "the source keeper's dump has ended",
+        std::time::Duration::from_secs(60),
+        || dump_ended(&held.log),
+    );
+    held.source
+        .eventually("the VM's only copy is thawed", || held.freeze() == "0");
+    let log = std::fs::read_to_string(&held.log).unwrap();
+    assert!(log.contains("was made to fail"), "{log}");
+    assert_eq!(held.source.status("vm"), "running");
+    let resumed = count(&held.source, "vm");
+    held.source
+        .eventually("the loop counts on at the source", || {
+            count(&held.source, "vm") > resumed
+        });
+    assert!(
+        !held.source.vm_dir("vm").join("released-to").exists(),
+        "no release record"
+    );
+    held.target
+        .eventually("the receiver keeps nothing of it", || {
+            held.target.ok(&["ls", "--json"]).trim() == "[]"
+        });
+}
+
+/// A post-copy `migrate` stopped (SIGSTOP, Ctrl-Z) after its dump holds the VM (its
+/// operations lock; its keeper waits on it): `stop` and `rm -f` waited for it for good. They
+/// now fail at once, naming its pid and saying to let it go on or end it.
+#[test]
+fn stop_and_rm_behind_a_stopped_post_copy_migrate_say_so_rather_than_wait() {
+    let mut held = HeldMigration::held(
+        "mig-stopped",
+        crate::support::RecordHold::before_release,
+        true,
+    );
+    let pid = held.migrating.id().to_string();
+    let signal = |signal: &str| {
+        let sent = Command::new("kill").args([signal, &pid]).status().unwrap();
+        assert!(sent.success(), "kill {signal} {pid}");
+    };
+    signal("-STOP");
+    for args in [&["stop", "vm"][..], &["rm", "-f", "vm"]] {
+        let mut command = held.source.command();
+        let mut waiting = command
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while waiting.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                let _ = waiting.kill();
+                let _ = waiting.wait();
+                signal("-CONT");
+                panic!("feather {args:?} waited for the stopped migrate");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let said: crate::support::Outcome = waiting.wait_with_output().unwrap().into();
+        assert_ne!(said.code, 0, "{args:?}: {}", said.stderr);
+        assert!(
+            said.stderr.contains(&format!("(pid {pid})"))
+                && said.stderr.contains(&format!("kill -CONT {pid}")),
+            "{args:?}: {}",
+            said.stderr
+        );
+    }
+    assert_eq!(held.source.status("vm"), "running");
+    signal("-CONT");
+    held.migrating.kill().unwrap();
+    let _ = held.migrating.wait();
+    held.source
+        .eventually("the VM's only copy is thawed", || held.freeze() == "0");
+}
+
 /// A post-copy dump failing before the release (the sender's CRIU killed once the receiver
 /// restored the VM, while `migrate` is held before its release): `migrate` froze the VM, wrote the release record and let it go although its page server was gone, so
 /// the VM could fetch no page at the receiver and was ended at the source: lost at both hosts.

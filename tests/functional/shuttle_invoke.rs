@@ -512,6 +512,52 @@ fn a_target_a_killed_stop_left_frozen_is_thawed_by_the_sources_clean_up() {
         .exists());
 }
 
+/// As above, but the target was since let go to another host by a post-copy migration (its
+/// release record, written by hand here): its copy here may run there, so the source's
+/// clean-up must leave it frozen. It thawed it: the VM ran at two hosts.
+#[test]
+fn a_target_let_go_by_a_migration_is_never_thawed_by_the_sources_clean_up() {
+    let shuttle = Shuttle::new("open-released", HOLDING_POLICY);
+    held_and_keeper_killed(&shuttle);
+    let group = shuttle
+        .feather
+        .cgroup_dirs("b")
+        .into_iter()
+        .find(|dir| dir.join("cgroup.freeze").exists())
+        .expect("b has a v2 group");
+    let freeze = group.join("cgroup.freeze");
+    let released = shuttle.feather.vm_dir("b").join("released-to");
+    /// Lets the group go whatever the test's outcome: a frozen VM cannot be stopped.
+    struct Undo(PathBuf, PathBuf);
+    impl Drop for Undo {
+        fn drop(&mut self) {
+            let _ = fs::remove_file(&self.1);
+            let _ = fs::write(&self.0, "0");
+        }
+    }
+    let _undo = Undo(freeze.clone(), released.clone());
+    fs::write(&released, "10.77.9.9:7777\n").unwrap();
+    fs::write(shuttle.feather.vm_dir("a").join("handed-over.frozen.b"), "").unwrap();
+    fs::write(&freeze, "1").unwrap();
+    let started = shuttle.feather.run(&["start", "a"]);
+    assert_eq!(
+        fs::read_to_string(&freeze).unwrap().trim(),
+        "1",
+        "b, let go to another host, was thawed here: {}",
+        started.stderr
+    );
+    assert!(
+        started.stderr.contains("stays frozen"),
+        "{}",
+        started.stderr
+    );
+    assert!(!shuttle
+        .feather
+        .vm_dir("a")
+        .join("handed-over.frozen.b")
+        .exists());
+}
+
 /// The same source removed instead: its removal ends the holder and goes on.
 #[test]
 fn a_source_whose_keeper_died_lets_go_of_its_hand_overs_when_it_is_removed() {

@@ -599,6 +599,35 @@ impl VmDir {
         Ok(file)
     }
 
+    /// Like [`VmDir::lock_operations`], for `stop` and `rm`: waits for a command under way, but
+    /// not for one that is stopped (SIGSTOP, Ctrl-Z), which would hold the lock for good: that
+    /// fails, naming the process and how to let it go on or end it. A post-copy `migrate`
+    /// stopped after its dump also holds the VM's keeper, which waits for it.
+    pub fn lock_operations_unless_holder_stopped(&self, what: &str) -> Result<File> {
+        let path = self.path.join("op.lock");
+        loop {
+            if let Some(file) = try_lock(&path)? {
+                return Ok(file);
+            }
+            if let Some(holder) = crate::lock_holder::stopped_holder(&path) {
+                return Err(self.held_by_stopped(what, &holder));
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
+
+    fn held_by_stopped(&self, what: &str, holder: &crate::lock_holder::StoppedHolder) -> Error {
+        let pid = holder.pid;
+        let command = crate::display::escape_for_terminal(&holder.command);
+        Error::Other(format!(
+            "VM {}: cannot {what} it while `{command}` (pid {pid}), which is under way on it, \
+             is stopped (SIGSTOP or Ctrl-Z): it would wait for good. Let it go on (`kill -CONT \
+             {pid}`) or end it (`kill {pid}`; a post-copy migrate ended before it let the VM \
+             go leaves it running here), then try again",
+            self.name
+        ))
+    }
+
     /// Like [`VmDir::lock_operations`], but waits at most `patience`: None when the lock
     /// stayed taken all that time.
     pub fn lock_operations_within(&self, patience: std::time::Duration) -> Result<Option<File>> {

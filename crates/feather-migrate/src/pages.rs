@@ -29,7 +29,6 @@
 //! only once the sender has let the VM go ([`Relaying::let_go`]); if the receiver does not run
 //! it ([`Relaying::refuse`]), CRIU is made to fail instead and lets the processes go on.
 
-use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -272,9 +271,15 @@ const UNKNOWN_COMMAND: u32 = 0xffff;
 
 /// Makes CRIU's page server fail its transfer, so that CRIU lets the dumped processes go on
 /// (a connection that just closes between requests counts as a finished transfer to CRIU 4.1,
-/// which then ends them: their memory would be lost).
+/// which then ends them: their memory would be lost). Never waits: a page server blocked
+/// sending pages nobody reads takes no request, and the shutdown fails its send instead
+/// (EPIPE); a request cut short before this (its writer killed) joins this one into a
+/// request CRIU reads, and leaves a short one before the end of file, an error too.
 pub fn abort(page_server: &UnixStream) {
-    let _ = (&*page_server).write_all(&request(UNKNOWN_COMMAND));
+    use nix::sys::socket::{send, MsgFlags};
+    use std::os::fd::AsRawFd;
+    let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+    let _ = send(page_server.as_raw_fd(), &request(UNKNOWN_COMMAND), flags);
     let _ = page_server.shutdown(Shutdown::Both);
 }
 
@@ -355,7 +360,7 @@ async fn join(
 mod tests {
     use super::*;
     use crate::channel::Security;
-    use std::io::Read;
+    use std::io::{Read, Write};
 
     fn security(token: &str) -> Security {
         Security {

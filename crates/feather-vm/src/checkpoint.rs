@@ -327,10 +327,12 @@ pub(crate) fn checkpoint_lazy(
         keeper,
         _op: op,
     };
-    // A keeper of this protocol version always passes it; without it nothing here can make
-    // CRIU's transfer fail, and the answer says what CRIU made of it.
+    // A keeper of this protocol version always passes it; without it, this side says it is
+    // done, whereupon the keeper makes CRIU's transfer fail (it holds a copy of the connection
+    // until then), and the answer says what CRIU made of it.
     let Some(page_server) = passed.map(UnixStream::from) else {
         let why = "its keeper said Dumped without passing the connection to CRIU's page server";
+        let _ = lazy.keeper.done_sending();
         return Err(lazy.resume(failed(name, why)));
     };
     let recorded = match crate::test_hooks::set(FAIL_AFTER_DUMPED) {

@@ -232,7 +232,8 @@ fn freeze_marked(
 }
 
 /// Thaws each target group `source`'s markers say its stop froze and did not thaw (the stop's
-/// keeper was killed in between); what it did, one sentence each. Under the target's operation
+/// keeper was killed in between), unless a migration let that target go (its release record:
+/// its copy here is never thawed); what it did, one sentence each. Under the target's operation
 /// lock, which a checkpoint or `commit` of the target holds while it freezes the group, and a
 /// source's stop while it does: a group frozen then is no one else's freeze, so ours.
 fn thaw_left_frozen(root: &StateRoot, source: &VmDir, deadline: Instant) -> Vec<String> {
@@ -263,6 +264,19 @@ fn thaw_left_frozen(root: &StateRoot, source: &VmDir, deadline: Instant) -> Vec<
             ));
             continue;
         };
+        // A copy a migration let go may run at its receiver: frozen, it stays so (the
+        // release's own rule), whoever froze it.
+        if let Some((to, _)) = crate::images::released_to(&vm) {
+            said.push(format!(
+                "VM {target}, which an earlier stop of VM {} had frozen and left so when its \
+                 keeper was killed, stays frozen: a migration let it go to {}, where it may run, \
+                 so its copy here is never thawed (`feather rm {target}` removes it)",
+                source.name(),
+                escape_for_terminal(&to)
+            ));
+            let _ = std::fs::remove_file(entry.path());
+            continue;
+        }
         if let Some(dir) = vm
             .read_config()
             .ok()

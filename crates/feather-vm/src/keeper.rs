@@ -54,6 +54,7 @@ use crate::protocol::{self, Response};
 use crate::relay::VmEnds;
 use crate::rootfs::RootfsPlan;
 use crate::snapshot;
+use crate::transfer_watch::TransferWatch;
 use crate::vm_group::cgroup_path;
 use crate::workload::Workload;
 
@@ -1123,9 +1124,12 @@ impl Keeper {
         // has taken them out of it, below. The asker's own freeze takes over once it heard
         // `Dumped` (see `migration::post_copy`); one that never heard it never froze the VM.
         let mut seized_frozen = None;
-        // Why the keeper refused the images at CRIU's notice, for the answer: CRIU's own error
-        // would only say that the notice failed.
-        let mut unfrozen = None;
+        // Why the keeper refused a CRIU notice (the images, the page server), for the answer:
+        // CRIU's own error would only say that the notice failed.
+        let mut refusal = None;
+        // Post-copy: the keeper's copy of the asker's end, watched until the dump has ended, so
+        // that the asker's end closing alone never ends the transfer (see `transfer_watch`).
+        let mut watch = None;
         // Whether the asker heard `Dumped`: from then on the VM may be released to the
         // receiver, and the asker's own freeze, not this one, decides when it runs here.
         let told = std::cell::Cell::new(false);
@@ -1156,7 +1160,7 @@ impl Keeper {
                                     causes(&e)
                                 );
                                 eprintln!("feather keeper {}: {why}", self.vm.name());
-                                unfrozen = Some(why);
+                                refusal = Some(why);
                                 return false;
                             }
                         }
@@ -1169,13 +1173,21 @@ impl Keeper {
                 // fails to start fails the dump after `Images`, and the clean-up of a failed
                 // dump (`snapshot::dump`) would empty the folder under an asker already
                 // writing into it, whose error would then hide CRIU's.
-                // The asker's end goes with `Dumped` and no copy stays here: CRIU reads the
-                // end of the transfer once the asker has closed it (or never got it).
+                // The asker's end goes with `Dumped`, a copy of it watched here: an asker gone
+                // before the release must not close the transfer (see `transfer_watch`).
                 DumpNote::PageServer => {
                     trace::phase("checkpoint: CRIU's page server serves");
                     let Some(askers) = askers_end.take() else {
                         return true;
                     };
+                    match self.watch_transfer(stream, &askers) {
+                        Ok(watching) => watch = Some(watching),
+                        Err(why) => {
+                            eprintln!("feather keeper {}: {why}", self.vm.name());
+                            refusal = Some(why);
+                            return false;
+                        }
+                    }
                     let passed =
                         protocol::write_response_passing(stream, &Response::Dumped, askers.as_fd());
                     told.set(passed.is_ok());
@@ -1200,7 +1212,9 @@ impl Keeper {
                 _ => true,
             },
         );
-        let dumped = match (dumped, unfrozen) {
+        // CRIU serves no more: its transfer is settled, and the copy closed.
+        drop(watch);
+        let dumped = match (dumped, refusal) {
             (Err(_), Some(why)) => Err(failed(self.vm.name(), why)),
             (dumped, _) => dumped,
         };
@@ -1270,6 +1284,27 @@ impl Keeper {
                 Answered::Done
             }
         }
+    }
+
+    /// Post-copy: watches the transfer whose end `askers` the asker of `stream` is passed (see
+    /// `transfer_watch`), or says why it cannot.
+    fn watch_transfer(
+        &self,
+        stream: &UnixStream,
+        askers: &UnixStream,
+    ) -> std::result::Result<TransferWatch, String> {
+        let vm = self.vm.clone();
+        let released = move || crate::images::released_to(&vm).is_some();
+        askers
+            .try_clone()
+            .and_then(|copy| TransferWatch::start(self.vm.name().as_str(), stream, copy, released))
+            .map_err(|e| {
+                format!(
+                    "cannot watch its page transfer ({e}), so its post-copy dump is refused (a \
+                     migration that ended before it let the VM go would end it here); the VM \
+                     runs on here; try again"
+                )
+            })
     }
 
     /// Post-copy, after a dump that failed once the asker heard `Dumped`: keeps the copy here

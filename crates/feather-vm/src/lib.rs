@@ -77,6 +77,7 @@ pub mod snapshot;
 pub mod spawner;
 mod tcp_repair;
 mod test_hooks;
+mod transfer_watch;
 mod vm_group;
 pub mod workload;
 

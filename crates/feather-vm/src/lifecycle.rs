@@ -350,7 +350,7 @@ impl std::fmt::Display for Stopped {
 /// is cleaned up instead.
 pub fn stop(root: &StateRoot, name: &VmName, grace: Duration) -> Result<Stopped> {
     let vm = root.open(name)?;
-    let _op = vm.lock_operations()?;
+    let _op = vm.lock_operations_unless_holder_stopped("stop")?;
     match vm.read_state()?.status {
         VmStatus::Running => {}
         VmStatus::Crashed => {
@@ -567,7 +567,7 @@ pub fn remove(root: &StateRoot, name: &VmName, force: bool) -> Result<()> {
         }
         _ => {}
     }
-    let _op = vm.lock_operations()?;
+    let _op = vm.lock_operations_unless_holder_stopped("remove")?;
     if vm.read_state()?.status == VmStatus::Running {
         return Err(Error::Running(name.to_string()).into());
     }

@@ -726,7 +726,8 @@ fn resume_here(
     relaying: Option<feather_migrate::pages::Relaying>,
     e: VmError,
 ) -> Result<Migrated> {
-    // The relay holds the page server's only connection, made with the checkpoint.
+    // The relay holds this side's end of the page server's connection, made with the
+    // checkpoint (the keeper's copy of it only watches).
     if let Some(relaying) = relaying {
         relaying.refuse();
     }
