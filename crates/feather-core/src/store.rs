@@ -622,8 +622,10 @@ impl VmDir {
         Error::Other(format!(
             "VM {}: cannot {what} it while `{command}` (pid {pid}), which is under way on it, \
              is stopped (SIGSTOP or Ctrl-Z): it would wait for good. Let it go on (`kill -CONT \
-             {pid}`) or end it (`kill {pid}`; a post-copy migrate ended before it let the VM \
-             go leaves it running here), then try again",
+             {pid}`), then try again. Ending it (`kill {pid}`) is safe only for a post-copy \
+             migrate that has not let the VM go (no `released-to` in the VM's folder: the VM \
+             runs on here); one that has serves the VM's memory to the receiver, and ending it \
+             loses the VM",
             self.name
         ))
     }

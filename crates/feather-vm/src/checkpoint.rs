@@ -422,7 +422,12 @@ impl LazyCheckpoint {
     /// The keeper's answer at the end of the dump: `Ok` once the page server has served every
     /// page (CRIU ends the processes here).
     fn dump_ended(&mut self) -> Result<()> {
-        let answer = self.keeper.answer();
+        // Past the release, giving up on the answer would end the relay and lose the VM: the
+        // conversation's patience (600 s) is no bound on how long the pages take.
+        let answer = match self.keeper.wait_without_limit() {
+            Ok(()) => self.keeper.answer(),
+            Err(e) => Err(e),
+        };
         protocol::expect(answer, self.vm.name(), |response| match response {
             Response::Checkpointed { .. } => Ok(()),
             other => Err(other),

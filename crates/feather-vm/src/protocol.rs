@@ -195,6 +195,13 @@ impl Conversation {
             .shutdown(std::net::Shutdown::Write)
     }
 
+    /// Waits for the keeper's answers as long as they take (a post-copy dump's last answer
+    /// comes once the receiver has fetched every page, however long a big VM over a slow link
+    /// takes); the keeper's end still ends the wait.
+    pub fn wait_without_limit(&self) -> std::io::Result<()> {
+        self.reader.get_ref().stream.set_read_timeout(None)
+    }
+
     /// The descriptor the keeper passed with its answers so far (with [`Response::Dumped`]:
     /// the connection to CRIU's page server), taken.
     pub fn passed(&mut self) -> Option<OwnedFd> {

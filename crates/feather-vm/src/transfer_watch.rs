@@ -84,8 +84,12 @@ impl Drop for TransferWatch {
 /// again: deciding early would fail a transfer the asker still relays.
 fn asker_hung_up(asker: &UnixStream, stopped: &UnixStream) -> bool {
     // The asker sends nothing during the dump: readable is its end of file. One that sends
-    // all the same is watched for its end alone (POLLHUP, which poll always reports).
-    let mut asked = PollFlags::POLLIN;
+    // all the same is watched for its end alone: POLLRDHUP (its writing side shut, closed or
+    // not) or POLLHUP, which poll reports whatever was asked, also with its bytes left unread.
+    // nix names no POLLRDHUP.
+    let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+    let ended = rdhup | PollFlags::POLLHUP | PollFlags::POLLERR;
+    let mut asked = PollFlags::POLLIN | rdhup;
     loop {
         let mut fds = [
             PollFd::new(asker.as_fd(), asked),
@@ -93,9 +97,10 @@ fn asker_hung_up(asker: &UnixStream, stopped: &UnixStream) -> bool {
         ];
         match poll(&mut fds, PollTimeout::NONE) {
             Ok(_) if fds[1].any().unwrap_or(true) => return false,
+            Ok(_) if fds[0].revents().is_none_or(|seen| seen.intersects(ended)) => return true,
             Ok(_) if fds[0].any().unwrap_or(true) => match at_end_of_file(asker) {
                 Some(true) => return true,
-                Some(false) => asked = PollFlags::empty(),
+                Some(false) => asked = rdhup,
                 None => {}
             },
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
@@ -191,6 +196,26 @@ mod tests {
         drop((askers_end, asker));
         let got = read_to_end(criu);
         assert_eq!(got.len(), 24, "{got:?}");
+        assert_eq!(&got[..4], &0xffffu32.to_le_bytes(), "{got:?}");
+    }
+
+    /// An asker that wrote during the dump (nothing the real `migrate` does) and then hung
+    /// up, its bytes unread: the watch still sees it gone, and settles (it once spun on the
+    /// unread bytes for good, the VM left seized).
+    #[test]
+    fn an_asker_gone_with_bytes_unread_is_seen_gone() {
+        let Pair {
+            criu,
+            askers_end,
+            copy,
+            mut asker,
+            keepers,
+        } = pair();
+        let _watch = TransferWatch::start("t", &keepers, copy, || false).unwrap();
+        std::io::Write::write_all(&mut asker, b"unread").unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        drop((askers_end, asker));
+        let got = read_to_end(criu);
         assert_eq!(&got[..4], &0xffffu32.to_le_bytes(), "{got:?}");
     }
 
