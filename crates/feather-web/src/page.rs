@@ -33,6 +33,21 @@ pub async fn index() -> impl IntoResponse {
     )
 }
 
+/// The page as the login answers it: with the session's key for the script to keep
+/// (`feather-session` meta element; the key is hex, nothing to escape).
+pub fn logged_in(key: &str) -> impl IntoResponse {
+    let page = INDEX.replacen(
+        "<head>",
+        &format!("<head>\n<meta name=\"feather-session\" content=\"{key}\">"),
+        1,
+    );
+    (
+        SECURITY_HEADERS,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
+    )
+}
+
 pub async fn script() -> impl IntoResponse {
     script_file(SCRIPT)
 }
