@@ -453,7 +453,14 @@ fn the_session_cookie_alone_opens_no_api_request() {
     let session = server.log_in();
     let csrf = server.csrf(&session);
     let cookie_only = format!("Cookie: {}", session.cookie);
-    for path in ["/api/session", "/api/vms", "/api/events", "/api/audit"] {
+    // Any path but the page's own files, a route not made yet too.
+    for path in [
+        "/api/session",
+        "/api/vms",
+        "/api/events",
+        "/api/audit",
+        "/no-such-file",
+    ] {
         let answer = server.request("GET", path, &[&cookie_only], "");
         assert_eq!(answer.status, 401, "{path}: {}", answer.head);
         assert!(

@@ -9,8 +9,9 @@
 //!   the login answers in the page's body (never a cookie); the page keeps it in its
 //!   origin's `localStorage` (scheme, host *and port*: no other port's page reads it) and sends
 //!   it with every API request ([`KEY_HEADER`]; a terminal's WebSocket, which cannot carry
-//!   headers, names it as a subprotocol, [`KEY_PROTOCOL`]). The page's own files need the cookie
-//!   only (a browser loads them without headers of ours; they hold nothing secret).
+//!   headers, names it as a subprotocol, [`KEY_PROTOCOL`]). Only the page's own files
+//!   ([`crate::page::FILES`]) need the cookie alone (a browser loads them without headers of
+//!   ours; they hold nothing secret).
 //! - A state-changing request (POST, DELETE) also needs the session's CSRF token in a header,
 //!   which only a page of ours can read (from `/api/session`) and another site cannot set on a
 //!   cross-site request, and an `Origin` that is ours (browsers send one with every such
@@ -173,7 +174,7 @@ impl Sessions {
         if !self.is_our_host(request.host) {
             return Err(Refusal::ForeignHost);
         }
-        if !request.api {
+        if request.page_file {
             if self.has_session(request.cookies) {
                 return Ok(());
             }
@@ -241,8 +242,9 @@ pub struct RequestFacts<'a> {
     pub csrf: Option<&'a str>,
     /// The session's key: its header, or a WebSocket's subprotocol ([`key_in_protocols`]).
     pub key: Option<&'a str>,
-    /// An API request (`/api/…`), which needs the key; the page's own files need the cookie.
-    pub api: bool,
+    /// One of the page's own files ([`crate::page::FILES`]), which the browser loads without
+    /// headers of ours: the cookie is enough. Every other request needs the key too.
+    pub page_file: bool,
     pub changes_state: bool,
 }
 
@@ -290,7 +292,7 @@ mod tests {
             origin: changes_state.then_some("http://127.0.0.1:7070"),
             csrf,
             key,
-            api: true,
+            page_file: false,
             changes_state,
         }
     }
@@ -368,7 +370,7 @@ mod tests {
             );
         }
         let mut page_file = facts(cookie, None, None, false);
-        page_file.api = false;
+        page_file.page_file = true;
         assert_eq!(sessions.check(&page_file), Ok(()));
         page_file.cookies = Some("feather_session=made-up");
         assert_eq!(sessions.check(&page_file), Err(Refusal::NoSession));
@@ -408,7 +410,7 @@ mod tests {
             origin: Some("https://box.example:8443"),
             csrf: Some(&csrf),
             key: Some(&key),
-            api: true,
+            page_file: false,
             changes_state: true,
         };
         assert_eq!(sessions.check(&change), Err(Refusal::CrossSite));

@@ -34,6 +34,7 @@ use shuttle::{answer_ask, audit, policy, policy_check};
 use vms::{changes, check_ipc, commit, create, remove, reset, start, stop, terminal, vm, vms};
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    // The page's files (page::FILES) need the session's cookie, everything else its key too.
     let guarded = Router::new()
         .route("/", get(page::index))
         .route("/app.js", get(page::script))
@@ -79,7 +80,7 @@ async fn guard(State(shared): AppState, request: Request, next: Next) -> Respons
         csrf: text(header::HeaderName::from_static(CSRF_HEADER)),
         key: text(header::HeaderName::from_static(KEY_HEADER))
             .or_else(|| text(header::SEC_WEBSOCKET_PROTOCOL).and_then(key_in_protocols)),
-        api: request.uri().path().starts_with("/api/"),
+        page_file: page::FILES.contains(&request.uri().path()),
         changes_state: !matches!(*request.method(), Method::GET | Method::HEAD),
     };
     match shared.sessions.check(&facts) {
