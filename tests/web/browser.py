@@ -296,7 +296,21 @@ def ask(tour):
     assert asking.returncode == 0, f"the allowed request failed ({asking.returncode}): {err!r}"
 
 
-TOURS = {"vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
+def other_port(tour):
+    """The page lives on across a reload and in a new tab of the same address (the session's
+    key is kept by the page's own origin); then the browser visits a server on another port
+    of the same host, as the admin looks at a VM's published service."""
+    tour.open()
+    tour.driver.refresh()
+    tour.live()
+    tour.driver.switch_to.new_window("tab")
+    tour.driver.get(tour.args["url"].split("/login")[0] + "/#/shuttle")
+    tour.live()
+    tour.driver.get(tour.args["other"])
+    tour.text_appears("h1", "my app")
+
+
+TOURS = {"other_port": other_port, "vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
          "lost_contact": lost_contact, "checkpoint": checkpoint, "services": services,
          "ipc": ipc, "terminal": terminal, "ask": ask}
 

@@ -4,6 +4,8 @@
 //! otherwise nowhere.
 
 use std::fs;
+use std::io::{Read, Write};
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
@@ -283,4 +285,90 @@ fn an_ask_rule_is_answered_from_the_page() {
         audit.contains("asked: allowed from the web view"),
         "the audit says where it was answered: {audit}"
     );
+}
+
+/// Review edges23 H2. Cookies do not know ports: when the admin looks at a VM's service
+/// published on another port of 127.0.0.1, the browser sends it the web view's session
+/// cookie. This server gets it — and with it, as the reviewer did (`/api/session` for the CSRF
+/// token, then a commit into the VM's base), nothing: the session's key stays with the page.
+/// The page itself still works after a reload and in a new tab.
+#[test]
+fn a_server_on_another_port_gets_the_cookie_but_not_the_session() {
+    let feather = Feather::new("web-other-port");
+    let base = ScratchBase::new("web-other-port");
+    feather.start_over("c1", &base, &["--net", "none"]);
+    feather.sh("c1", "echo stolen > /data/stolen.txt");
+    let server = WebServer::start(&feather);
+    let (other, caught) = cookie_catcher();
+    tour("other_port", &server, json!({ "other": other }));
+    let cookie = caught.join().unwrap();
+    assert!(
+        cookie.contains("feather_session="),
+        "the browser sent the other port the session cookie: {cookie:?}"
+    );
+
+    let with_cookie = format!("Cookie: {cookie}");
+    let session = server.request("GET", "/api/session", &[&with_cookie], "");
+    let csrf = serde_json::from_str::<serde_json::Value>(session.json_body())
+        .ok()
+        .and_then(|answer| answer["csrf"].as_str().map(str::to_owned))
+        .unwrap_or_default();
+    let commit = server.request(
+        "POST",
+        "/api/vms/c1/commit",
+        &[
+            &with_cookie,
+            "Content-Type: application/json",
+            &format!("X-Feather-Csrf: {csrf}"),
+        ],
+        r#"{"paths":["/data/stolen.txt"]}"#,
+    );
+    assert_eq!(
+        (session.status, commit.status),
+        (401, 401),
+        "with the cookie alone: {} / {}",
+        session.body,
+        commit.body
+    );
+    assert_eq!(base.read("data/stolen.txt"), None, "nothing was committed");
+}
+
+/// A server on a port of its own of 127.0.0.1, as a VM's published service is: answers
+/// `<h1>my app</h1>` to the first request it gets and hands over its `Cookie` header.
+fn cookie_catcher() -> (String, std::thread::JoinHandle<String>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/", listener.local_addr().unwrap());
+    let caught = std::thread::spawn(move || {
+        // A browser may open a connection it sends nothing on (a preconnect): each one is
+        // read for a while only, and the listener goes with this thread.
+        for stream in listener.incoming().take(10) {
+            let Ok(mut stream) = stream else { continue };
+            let _ = stream.set_read_timeout(Some(std::time::Duration::from_secs(2)));
+            let mut head = Vec::new();
+            let mut byte = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && stream.read(&mut byte).is_ok_and(|n| n == 1) {
+                head.push(byte[0]);
+            }
+            let head = String::from_utf8_lossy(&head).into_owned();
+            if !head.starts_with("GET ") {
+                continue;
+            }
+            let body = "<h1>my app</h1>";
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            return head
+                .lines()
+                .find_map(|line| {
+                    line.strip_prefix("Cookie: ")
+                        .or(line.strip_prefix("cookie: "))
+                })
+                .unwrap_or_default()
+                .to_owned();
+        }
+        String::new()
+    });
+    (url, caught)
 }

@@ -95,6 +95,21 @@ impl WebServer {
         }
     }
 
+    /// One request of the page of `session` (its cookie, key and Origin) with `extra` headers.
+    pub fn request_as(
+        &self,
+        session: &Session,
+        method: &str,
+        path: &str,
+        extra: &[&str],
+        body: &str,
+    ) -> Answer {
+        let mut headers = session.headers();
+        headers.extend(extra.iter().map(|header| header.to_string()));
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        self.request(method, path, &headers, body)
+    }
+
     /// The status line and headers of one request's answer, without waiting for the
     /// connection to end (a WebSocket's stays open).
     pub fn request_head(&self, method: &str, path: &str, headers: &[&str]) -> String {
@@ -117,22 +132,56 @@ impl WebServer {
         String::from_utf8_lossy(&head).into_owned()
     }
 
-    /// Logs in with the printed token; the session cookie (`feather_session=…`).
-    pub fn log_in(&self) -> String {
+    /// Logs in with the printed token: the session's cookie (from `Set-Cookie`) and its key
+    /// (from the page the login answers), as the browser and the page keep them.
+    pub fn log_in(&self) -> Session {
         let answer = self.request("GET", &format!("/login?token={}", self.token()), &[], "");
-        assert_eq!(answer.status, 303, "{}", answer.head);
-        answer
+        assert_eq!(answer.status, 200, "{}", answer.head);
+        let cookie = answer
             .header("set-cookie")
             .and_then(|cookie| cookie.split(';').next())
             .expect("a session cookie")
-            .to_owned()
+            .to_owned();
+        let key = answer
+            .body
+            .split(r#"<meta name="feather-session" content=""#)
+            .nth(1)
+            .and_then(|rest| rest.split('"').next())
+            .unwrap_or_else(|| panic!("the page carries the session's key: {}", answer.body))
+            .to_owned();
+        Session {
+            cookie,
+            key,
+            origin: format!("http://{}", self.address),
+        }
     }
 
-    /// The session's CSRF token.
-    pub fn csrf(&self, cookie: &str) -> String {
-        let answer = self.request("GET", "/api/session", &[&format!("Cookie: {cookie}")], "");
+    /// The session's CSRF token, as the page reads it.
+    pub fn csrf(&self, session: &Session) -> String {
+        let answer = self.request_as(session, "GET", "/api/session", &[], "");
         let session: serde_json::Value = serde_json::from_str(answer.json_body()).unwrap();
         session["csrf"].as_str().unwrap().to_owned()
+    }
+}
+
+/// A logged-in session: the cookie (which the browser sends to every port of the host) and
+/// the key (which only the page holds).
+pub struct Session {
+    /// `feather_session=…`
+    pub cookie: String,
+    pub key: String,
+    /// The page's origin, which browsers send with every change.
+    pub origin: String,
+}
+
+impl Session {
+    /// What a request of the page carries: the cookie, the key and the page's Origin.
+    pub fn headers(&self) -> Vec<String> {
+        vec![
+            format!("Cookie: {}", self.cookie),
+            format!("X-Feather-Session: {}", self.key),
+            format!("Origin: {}", self.origin),
+        ]
     }
 }
 

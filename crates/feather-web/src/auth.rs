@@ -3,10 +3,19 @@
 //! - `feather web` prints a URL with a **one-time token**; opening it exchanges the token for
 //!   a session cookie (`HttpOnly`: no script reads it; `SameSite=Strict`: no other site's page
 //!   sends it) and the token is spent — a URL left in a shell's history or a log opens nothing.
-//! - Every request but the login needs a session cookie.
+//! - The cookie is half of the session. Cookies do not know ports: the browser also sends it to
+//!   any server on the same host — a VM's service published on another port of 127.0.0.1 gets
+//!   it when the admin looks at that service. So the other half is the session's **key**, which
+//!   the login answers in the page's body (never a cookie); the page keeps it in its
+//!   origin's `localStorage` (scheme, host *and port*: no other port's page reads it) and sends
+//!   it with every API request ([`KEY_HEADER`]; a terminal's WebSocket, which cannot carry
+//!   headers, names it as a subprotocol, [`KEY_PROTOCOL`]). Only the page's own files
+//!   ([`crate::page::FILES`]) need the cookie alone (a browser loads them without headers of
+//!   ours; they hold nothing secret).
 //! - A state-changing request (POST, DELETE) also needs the session's CSRF token in a header,
 //!   which only a page of ours can read (from `/api/session`) and another site cannot set on a
-//!   cross-site request; its `Origin`, when sent, must be ours.
+//!   cross-site request, and an `Origin` that is ours (browsers send one with every such
+//!   request; a request without it is no page's).
 //! - The `Host` must be the address served: a name that someone's DNS points at 127.0.0.1
 //!   (DNS rebinding) is refused before anything else.
 
@@ -22,6 +31,13 @@ use crate::WebError;
 pub const COOKIE: &str = "feather_session";
 /// The header that carries a session's CSRF token.
 pub const CSRF_HEADER: &str = "x-feather-csrf";
+/// The header that carries a session's key, the half a server on another port never gets.
+pub const KEY_HEADER: &str = "x-feather-session";
+/// A WebSocket's handshake carries the key as the subprotocol `feather-session.<key>` (a
+/// browser's WebSocket sets no other header), beside [`TERMINAL_PROTOCOL`], the one chosen.
+pub const KEY_PROTOCOL: &str = "feather-session.";
+/// The subprotocol a terminal's WebSocket speaks (the server must answer one of those asked).
+pub const TERMINAL_PROTOCOL: &str = "feather-terminal";
 
 pub struct Sessions {
     address: SocketAddr,
@@ -30,8 +46,21 @@ pub struct Sessions {
     tls: bool,
     /// `None` once spent.
     login: Mutex<Option<String>>,
-    /// session id → its CSRF token.
-    open: Mutex<HashMap<String, String>>,
+    /// session id → its key and CSRF token.
+    open: Mutex<HashMap<String, Session>>,
+}
+
+struct Session {
+    /// Sent by the page in [`KEY_HEADER`]; never in a cookie.
+    key: String,
+    csrf: String,
+}
+
+/// What a login gives: the cookie's session id and the key the page keeps.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LoggedIn {
+    pub id: String,
+    pub key: String,
 }
 
 /// Why a request was refused.
@@ -41,6 +70,9 @@ pub enum Refusal {
     ForeignHost,
     /// No session, or one this server never made.
     NoSession,
+    /// An API request with the session's cookie but without its key: not the page (perhaps a
+    /// server on another port of this host that the browser sent the cookie to).
+    NoKey,
     /// A state-changing request without the session's CSRF token, or from another origin.
     CrossSite,
     /// A login with a wrong or spent token.
@@ -53,6 +85,11 @@ impl Refusal {
             Refusal::ForeignHost => "this server answers only to its own address",
             Refusal::NoSession => {
                 "no session: open the URL `feather web` printed (its token works once)"
+            }
+            Refusal::NoKey => {
+                "no session key: only the page the login link opened holds it (and pages at the same \
+                 address in that browser); open the page there, or restart `feather web` for a new \
+                 login link"
             }
             Refusal::CrossSite => "refused: a state-changing request must come from this page",
             Refusal::BadToken => {
@@ -87,42 +124,68 @@ impl Sessions {
         lock(&self.login).clone().unwrap_or_default()
     }
 
-    /// Spends the login token for a new session; the session's id.
-    pub fn log_in(&self, token: &str) -> Result<String, Refusal> {
+    /// Spends the login token for a new session: its id (the cookie) and its key (the page's).
+    pub fn log_in(&self, token: &str) -> Result<LoggedIn, Refusal> {
         let mut login = lock(&self.login);
         match login.as_deref() {
             Some(expected) if same(expected, token) => {
                 *login = None;
-                let id = random_hex().map_err(|_| Refusal::BadToken)?;
-                let csrf = random_hex().map_err(|_| Refusal::BadToken)?;
-                lock(&self.open).insert(id.clone(), csrf);
-                Ok(id)
+                let fresh = || random_hex().map_err(|_| Refusal::BadToken);
+                let (id, key, csrf) = (fresh()?, fresh()?, fresh()?);
+                lock(&self.open).insert(
+                    id.clone(),
+                    Session {
+                        key: key.clone(),
+                        csrf,
+                    },
+                );
+                Ok(LoggedIn { id, key })
             }
             _ => Err(Refusal::BadToken),
         }
     }
 
-    /// The CSRF token of the session a request's cookies name.
-    pub fn csrf_of(&self, cookies: Option<&str>) -> Result<String, Refusal> {
+    /// The CSRF token of the session a request's cookies name, when it also shows the
+    /// session's key.
+    pub fn csrf_of(&self, cookies: Option<&str>, key: Option<&str>) -> Result<String, Refusal> {
         let id = cookies.and_then(session_cookie).ok_or(Refusal::NoSession)?;
         let open = lock(&self.open);
-        open.iter()
+        let session = open
+            .iter()
             .find(|(known, _)| same(known, id))
-            .map(|(_, csrf)| csrf.clone())
-            .ok_or(Refusal::NoSession)
+            .map(|(_, session)| session)
+            .ok_or(Refusal::NoSession)?;
+        if !key.is_some_and(|key| same(key, &session.key)) {
+            return Err(Refusal::NoKey);
+        }
+        Ok(session.csrf.clone())
     }
 
-    /// Decides a request: its Host, its session, and for a state-changing one its CSRF token
-    /// and Origin.
+    /// Whether a request's cookies name a session of ours (all the page's own files need).
+    fn has_session(&self, cookies: Option<&str>) -> bool {
+        cookies
+            .and_then(session_cookie)
+            .is_some_and(|id| lock(&self.open).keys().any(|known| same(known, id)))
+    }
+
+    /// Decides a request: its Host, its session (for the API: cookie and key), and for a
+    /// state-changing one its CSRF token and Origin.
     pub fn check(&self, request: &RequestFacts<'_>) -> Result<(), Refusal> {
         if !self.is_our_host(request.host) {
             return Err(Refusal::ForeignHost);
         }
-        let csrf = self.csrf_of(request.cookies)?;
+        if request.page_file {
+            if self.has_session(request.cookies) {
+                return Ok(());
+            }
+            return Err(Refusal::NoSession);
+        }
+        let csrf = self.csrf_of(request.cookies, request.key)?;
         if request.changes_state {
+            // Browsers send an Origin with every POST and DELETE: one without is no page's.
             let origin_ok = request
                 .origin
-                .is_none_or(|origin| self.is_page_origin(origin, request.host));
+                .is_some_and(|origin| self.is_page_origin(origin, request.host));
             let token_ok = request.csrf.is_some_and(|sent| same(sent, &csrf));
             if !(origin_ok && token_ok) {
                 return Err(Refusal::CrossSite);
@@ -177,7 +240,19 @@ pub struct RequestFacts<'a> {
     pub cookies: Option<&'a str>,
     pub origin: Option<&'a str>,
     pub csrf: Option<&'a str>,
+    /// The session's key: its header, or a WebSocket's subprotocol ([`key_in_protocols`]).
+    pub key: Option<&'a str>,
+    /// One of the page's own files ([`crate::page::FILES`]), which the browser loads without
+    /// headers of ours: the cookie is enough. Every other request needs the key too.
+    pub page_file: bool,
     pub changes_state: bool,
+}
+
+/// The key a WebSocket handshake names in its `Sec-WebSocket-Protocol` list.
+pub fn key_in_protocols(protocols: &str) -> Option<&str> {
+    protocols
+        .split(',')
+        .find_map(|protocol| protocol.trim().strip_prefix(KEY_PROTOCOL))
 }
 
 fn session_cookie(cookies: &str) -> Option<&str> {
@@ -203,18 +278,29 @@ mod tests {
         Sessions::new("127.0.0.1:7070".parse().unwrap(), false).unwrap()
     }
 
+    /// An API request from our page at 127.0.0.1:7070 (its Origin sent on changes only, as
+    /// browsers do), with the session's `key`.
     fn facts<'a>(
         cookies: Option<&'a str>,
+        key: Option<&'a str>,
         csrf: Option<&'a str>,
         changes_state: bool,
     ) -> RequestFacts<'a> {
         RequestFacts {
             host: Some("127.0.0.1:7070"),
             cookies,
-            origin: None,
+            origin: changes_state.then_some("http://127.0.0.1:7070"),
             csrf,
+            key,
+            page_file: false,
             changes_state,
         }
+    }
+
+    /// A logged-in session: its cookie header and its key.
+    fn logged_in(sessions: &Sessions) -> (String, String) {
+        let LoggedIn { id, key } = sessions.log_in(&sessions.login_token()).unwrap();
+        (format!("other=1; {COOKIE}={id}"), key)
     }
 
     #[test]
@@ -229,29 +315,74 @@ mod tests {
     #[test]
     fn a_change_needs_the_sessions_csrf_token_and_our_origin() {
         let sessions = sessions();
-        let id = sessions.log_in(&sessions.login_token()).unwrap();
-        let cookie = format!("other=1; {COOKIE}={id}");
-        let csrf = sessions.csrf_of(Some(&cookie)).unwrap();
-        assert_eq!(sessions.check(&facts(Some(&cookie), None, false)), Ok(()));
+        let (cookie, key) = logged_in(&sessions);
+        let (cookie, key) = (Some(cookie.as_str()), Some(key.as_str()));
+        let csrf = sessions.csrf_of(cookie, key).unwrap();
+        assert_eq!(sessions.check(&facts(cookie, key, None, false)), Ok(()));
         assert_eq!(
-            sessions.check(&facts(Some(&cookie), None, true)),
+            sessions.check(&facts(cookie, key, None, true)),
             Err(Refusal::CrossSite)
         );
         assert_eq!(
-            sessions.check(&facts(Some(&cookie), Some("guess"), true)),
+            sessions.check(&facts(cookie, key, Some("guess"), true)),
             Err(Refusal::CrossSite)
         );
         assert_eq!(
-            sessions.check(&facts(Some(&cookie), Some(&csrf), true)),
+            sessions.check(&facts(cookie, key, Some(&csrf), true)),
             Ok(())
         );
-        let mut foreign = facts(Some(&cookie), Some(&csrf), true);
+        let mut foreign = facts(cookie, key, Some(&csrf), true);
         foreign.origin = Some("http://evil.example");
         assert_eq!(sessions.check(&foreign), Err(Refusal::CrossSite));
+        // A client that sends no Origin is no browser's page (review edges23 H2).
+        let mut no_origin = facts(cookie, key, Some(&csrf), true);
+        no_origin.origin = None;
+        assert_eq!(sessions.check(&no_origin), Err(Refusal::CrossSite));
         assert_eq!(
-            sessions.check(&facts(Some("feather_session=made-up"), None, false)),
+            sessions.check(&facts(Some("feather_session=made-up"), key, None, false)),
             Err(Refusal::NoSession)
         );
+    }
+
+    /// Review edges23 H2: the browser sends the session cookie to every port of the host, so a
+    /// VM's published service gets it. The cookie alone opens no API request — not the CSRF
+    /// token, not a read, not a change even with the CSRF token and our Origin — only the
+    /// page's own files.
+    #[test]
+    fn the_cookie_without_the_pages_key_opens_no_api_request() {
+        let sessions = sessions();
+        let (cookie, key) = logged_in(&sessions);
+        let csrf = sessions.csrf_of(Some(&cookie), Some(&key)).unwrap();
+        let cookie = Some(cookie.as_str());
+        assert_eq!(sessions.csrf_of(cookie, None), Err(Refusal::NoKey));
+        assert_eq!(
+            sessions.csrf_of(cookie, Some(&key[1..])),
+            Err(Refusal::NoKey)
+        );
+        for key in [None, Some("guess")] {
+            assert_eq!(
+                sessions.check(&facts(cookie, key, None, false)),
+                Err(Refusal::NoKey)
+            );
+            assert_eq!(
+                sessions.check(&facts(cookie, key, Some(&csrf), true)),
+                Err(Refusal::NoKey)
+            );
+        }
+        let mut page_file = facts(cookie, None, None, false);
+        page_file.page_file = true;
+        assert_eq!(sessions.check(&page_file), Ok(()));
+        page_file.cookies = Some("feather_session=made-up");
+        assert_eq!(sessions.check(&page_file), Err(Refusal::NoSession));
+    }
+
+    #[test]
+    fn a_websockets_key_is_one_of_its_subprotocols() {
+        assert_eq!(
+            key_in_protocols("feather-terminal, feather-session.abc1"),
+            Some("abc1")
+        );
+        assert_eq!(key_in_protocols("feather-terminal"), None);
     }
 
     /// Over TLS any host name is served (a rebound name cannot present the certificate), but a
@@ -271,14 +402,15 @@ mod tests {
             assert!(!sessions.is_our_origin(Some(foreign), host), "{foreign}");
         }
         assert!(!sessions.is_our_origin(None, host));
-        let id = sessions.log_in(&sessions.login_token()).unwrap();
-        let cookie = format!("{COOKIE}={id}");
-        let csrf = sessions.csrf_of(Some(&cookie)).unwrap();
+        let (cookie, key) = logged_in(&sessions);
+        let csrf = sessions.csrf_of(Some(&cookie), Some(&key)).unwrap();
         let mut change = RequestFacts {
             host,
             cookies: Some(&cookie),
             origin: Some("https://box.example:8443"),
             csrf: Some(&csrf),
+            key: Some(&key),
+            page_file: false,
             changes_state: true,
         };
         assert_eq!(sessions.check(&change), Err(Refusal::CrossSite));
@@ -298,9 +430,8 @@ mod tests {
     #[test]
     fn a_rebound_host_name_is_refused() {
         let sessions = sessions();
-        let id = sessions.log_in(&sessions.login_token()).unwrap();
-        let cookie = format!("{COOKIE}={id}");
-        let mut rebound = facts(Some(&cookie), None, false);
+        let (cookie, key) = logged_in(&sessions);
+        let mut rebound = facts(Some(&cookie), Some(&key), None, false);
         rebound.host = Some("attacker.example:7070");
         assert_eq!(sessions.check(&rebound), Err(Refusal::ForeignHost));
         rebound.host = Some("localhost:7070");

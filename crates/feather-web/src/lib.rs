@@ -3,8 +3,9 @@
 //! It is a client of the same library calls as the command line (feather-vm, feather-shuttle):
 //! nothing here creates, starts or inspects a VM by itself.
 //!
-//! - [`auth`]: who may ask — a one-time token exchanged for a session cookie, a CSRF token
-//!   for every state-changing request, and the Host and Origin a request must come with
+//! - [`auth`]: who may ask — a one-time token exchanged for a session (a cookie, and a key only
+//!   the page holds, since the browser gives the cookie to every port of the host), a CSRF
+//!   token for every state-changing request, and the Host and Origin a request must come with
 //! - [`api`]: the JSON endpoints, each one library call, by area: a VM's own (`api::vms`),
 //!   its services (`api::services`), checkpoint/restore/migrate (`api::moves`), Shuttle
 //!   (`api::shuttle`); the router, the guard and the live feed in `api` itself

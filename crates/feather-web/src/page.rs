@@ -13,6 +13,18 @@ const XTERM: &str = include_str!("assets/vendor/xterm.js");
 const XTERM_FIT: &str = include_str!("assets/vendor/addon-fit.js");
 const XTERM_STYLE: &str = include_str!("assets/vendor/xterm.css");
 
+/// The paths of the page's own files: a browser loads them (navigation, `<script>`, `<link>`)
+/// without headers of ours, so the session's cookie alone gets them — they hold nothing a VM
+/// could use. Every other path needs the session's key as well (a new route, by default).
+pub const FILES: [&str; 6] = [
+    "/",
+    "/app.js",
+    "/app.css",
+    "/vendor/xterm.js",
+    "/vendor/addon-fit.js",
+    "/vendor/xterm.css",
+];
+
 /// No other site may frame the page or load scripts into it; it loads only its own files.
 const SECURITY_HEADERS: [(header::HeaderName, &str); 4] = [
     (
@@ -30,6 +42,21 @@ pub async fn index() -> impl IntoResponse {
         SECURITY_HEADERS,
         [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
         INDEX,
+    )
+}
+
+/// The page as the login answers it: with the session's key for the script to keep
+/// (`feather-session` meta element; the key is hex, nothing to escape).
+pub fn logged_in(key: &str) -> impl IntoResponse {
+    let page = INDEX.replacen(
+        "<head>",
+        &format!("<head>\n<meta name=\"feather-session\" content=\"{key}\">"),
+        1,
+    );
+    (
+        SECURITY_HEADERS,
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        page,
     )
 }
 

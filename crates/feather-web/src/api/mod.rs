@@ -9,7 +9,7 @@ use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, Method, StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
@@ -17,7 +17,7 @@ use serde_json::json;
 use tokio_stream::wrappers::{BroadcastStream, WatchStream};
 use tokio_stream::{Stream, StreamExt};
 
-use crate::auth::{RequestFacts, CSRF_HEADER};
+use crate::auth::{key_in_protocols, RequestFacts, CSRF_HEADER, KEY_HEADER};
 use crate::page;
 
 mod moves;
@@ -34,6 +34,7 @@ use shuttle::{answer_ask, audit, policy, policy_check};
 use vms::{changes, check_ipc, commit, create, remove, reset, start, stop, terminal, vm, vms};
 
 pub fn router(shared: Arc<Shared>) -> Router {
+    // The page's files (page::FILES) need the session's cookie, everything else its key too.
     let guarded = Router::new()
         .route("/", get(page::index))
         .route("/app.js", get(page::script))
@@ -76,14 +77,19 @@ async fn guard(State(shared): AppState, request: Request, next: Next) -> Respons
         host: host_of(headers, request.uri()),
         cookies: text(header::COOKIE),
         origin: text(header::ORIGIN),
-        csrf: headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok()),
+        csrf: text(header::HeaderName::from_static(CSRF_HEADER)),
+        key: text(header::HeaderName::from_static(KEY_HEADER))
+            .or_else(|| text(header::SEC_WEBSOCKET_PROTOCOL).and_then(key_in_protocols)),
+        page_file: page::FILES.contains(&request.uri().path()),
         changes_state: !matches!(*request.method(), Method::GET | Method::HEAD),
     };
     match shared.sessions.check(&facts) {
         Ok(()) => next.run(request).await,
         Err(refusal) => {
             let status = match refusal {
-                crate::auth::Refusal::NoSession => StatusCode::UNAUTHORIZED,
+                crate::auth::Refusal::NoSession | crate::auth::Refusal::NoKey => {
+                    StatusCode::UNAUTHORIZED
+                }
                 _ => StatusCode::FORBIDDEN,
             };
             ApiError::new(status, refusal.message()).into_response()
@@ -111,9 +117,11 @@ async fn login(
         .into_response();
     }
     match shared.sessions.log_in(&query.token) {
-        Ok(id) => (
-            [(header::SET_COOKIE, shared.sessions.cookie(&id))],
-            Redirect::to("/"),
+        // The key goes in the page's body, never in a cookie: the page keeps it where only
+        // pages of this very origin (port included) read it.
+        Ok(session) => (
+            [(header::SET_COOKIE, shared.sessions.cookie(&session.id))],
+            page::logged_in(&session.key),
         )
             .into_response(),
         Err(refusal) => ApiError::new(StatusCode::FORBIDDEN, refusal.message()).into_response(),
@@ -121,10 +129,10 @@ async fn login(
 }
 
 async fn session(State(shared): AppState, headers: HeaderMap) -> Answer {
-    let cookies = headers.get(header::COOKIE).and_then(|v| v.to_str().ok());
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
     let csrf = shared
         .sessions
-        .csrf_of(cookies)
+        .csrf_of(text(header::COOKIE.as_str()), text(KEY_HEADER))
         .map_err(|refusal| ApiError::new(StatusCode::UNAUTHORIZED, refusal.message()))?;
     Ok(Json(json!({
         "csrf": csrf,

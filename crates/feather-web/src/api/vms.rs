@@ -17,6 +17,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::shared::{blocking, host_of, library, start_job, vm_name, Answer, ApiError, AppState};
+use crate::auth::TERMINAL_PROTOCOL;
 use crate::live::read_table;
 
 /// How long `stop` lets a VM's processes end before killing them (the command line's default).
@@ -193,7 +194,9 @@ pub(super) async fn reset(State(shared): AppState, Path(name): Path<String>) -> 
 }
 
 /// A terminal into the VM over a WebSocket (see [`crate::terminal`]). The handshake must come
-/// from our page: its Origin is checked, since a GET needs no CSRF token.
+/// from our page: its Origin is checked, since a GET needs no CSRF token (the session's key,
+/// one of its subprotocols, the guard checked). The page asks for [`TERMINAL_PROTOCOL`]
+/// beside the key's, and a browser closes a socket whose answer names none it asked for.
 pub(super) async fn terminal(
     State(shared): AppState,
     Path(name): Path<String>,
@@ -213,7 +216,9 @@ pub(super) async fn terminal(
     }
     let name = vm_name(&name)?;
     let root = shared.root.clone();
-    Ok(upgrade.on_upgrade(move |socket| crate::terminal::relay(root, name, socket)))
+    Ok(upgrade
+        .protocols([TERMINAL_PROTOCOL])
+        .on_upgrade(move |socket| crate::terminal::relay(root, name, socket)))
 }
 
 /// `feather check ipc VM`, as a job: every IPC channel probed across the VM's boundary and

@@ -5,6 +5,7 @@
 
 const state = {
   csrf: null,
+  key: null,          // the session's key (see keepSessionKey): sent with every API request
   vms: null,          // the last VM table the server pushed
   audit: [],          // audit entries, oldest first
   lastContact: null,  // when the live feed last spoke
@@ -66,8 +67,26 @@ function notice(text, kind) {
   if (text && kind === "ok") setTimeout(() => { if (box.textContent === text) box.hidden = true; }, 4000);
 }
 
+/// The session is a cookie and a key. The browser sends the cookie to every port of this host
+/// (a VM's service published on another port gets it too); the key the login answered in the
+/// page itself, and it is kept in this origin's localStorage, which no page of another port
+/// reads. Every API request shows it. localStorage, not sessionStorage: other tabs of this
+/// address (one login link serves one browser) and reloads find it.
+const KEY_ITEM = "feather-session";
+
+function keepSessionKey() {
+  const given = document.querySelector('meta[name="feather-session"]');
+  if (given) {
+    localStorage.setItem(KEY_ITEM, given.content);
+    given.remove();
+    // The login link is spent: a reload loads the page itself.
+    history.replaceState(null, "", "/" + location.hash);
+  }
+  state.key = localStorage.getItem(KEY_ITEM) || "";
+}
+
 async function api(method, path, body) {
-  const headers = { "Accept": "application/json" };
+  const headers = { "Accept": "application/json", "X-Feather-Session": state.key };
   if (method !== "GET") headers["X-Feather-Csrf"] = state.csrf;
   if (body !== undefined) headers["Content-Type"] = "application/json";
   const response = await fetch(path, {
@@ -124,8 +143,64 @@ function badge(status) {
 
 // ---- the live feed --------------------------------------------------------------------------
 
+/// A stream of server-sent events, read as EventSource reads one (named events, `data:`
+/// lines, "open" and "error", a new try 3 s after it broke) but through fetch, since
+/// EventSource cannot send the session's key. `close()` ends it for good.
+function eventFeed(path) {
+  const listeners = {};
+  let closed = false;
+  let controller = null;
+  const emit = (type, data) => (listeners[type] || []).forEach((listener) => listener({ type, data }));
+  const dispatch = (block) => {
+    let type = "message";
+    const data = [];
+    for (const line of block.split("\n")) {
+      if (line === "" || line.startsWith(":")) continue;  // a comment: the keep-alive
+      const colon = line.indexOf(":");
+      const field = colon < 0 ? line : line.slice(0, colon);
+      const value = colon < 0 ? "" : line.slice(colon + 1).replace(/^ /, "");
+      if (field === "event") type = value;
+      else if (field === "data") data.push(value);
+    }
+    if (data.length > 0) emit(type, data.join("\n"));
+  };
+  const read = async () => {
+    controller = new AbortController();
+    const response = await fetch(path, {
+      headers: { "Accept": "text/event-stream", "X-Feather-Session": state.key },
+      credentials: "same-origin", cache: "no-store", signal: controller.signal,
+    });
+    if (!response.ok) return;
+    emit("open", "");
+    const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buffer = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) return;
+      buffer = (buffer + value).replace(/\r\n?/g, "\n");
+      let end;
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        dispatch(buffer.slice(0, end));
+        buffer = buffer.slice(end + 2);
+      }
+    }
+  };
+  (async () => {
+    while (!closed) {
+      try { await read(); } catch (_) { /* the server went away, or close() */ }
+      if (closed) return;
+      emit("error", "");
+      await new Promise((resolve) => setTimeout(resolve, 3000));
+    }
+  })();
+  return {
+    addEventListener(type, listener) { (listeners[type] = listeners[type] || []).push(listener); },
+    close() { closed = true; if (controller) controller.abort(); },
+  };
+}
+
 function connect() {
-  const feed = new EventSource("/api/events");
+  const feed = eventFeed("/api/events");
   feed.addEventListener("open", () => { state.connected = true; touch(); });
   feed.addEventListener("vms", (event) => {
     touch();
@@ -561,7 +636,9 @@ function openTerminal(name) {
   term.open(holder);
   fit.fit();
   const scheme = location.protocol === "https:" ? "wss://" : "ws://";
-  const socket = new WebSocket(scheme + location.host + "/api/vms/" + encodeURIComponent(name) + "/terminal");
+  // A WebSocket sends no header of ours: the session's key goes as a subprotocol.
+  const socket = new WebSocket(scheme + location.host + "/api/vms/" + encodeURIComponent(name) + "/terminal",
+    ["feather-terminal", "feather-session." + state.key]);
   socket.binaryType = "arraybuffer";
   const encoder = new TextEncoder();
   socket.addEventListener("open", () => {
@@ -594,7 +671,7 @@ function closeTerminal() {
 
 function followServices(name) {
   closeFeeds();
-  serviceFeed = new EventSource("/api/vms/" + encodeURIComponent(name) + "/services/events");
+  serviceFeed = eventFeed("/api/vms/" + encodeURIComponent(name) + "/services/events");
   serviceFeed.addEventListener("services", (event) => renderServices(name, JSON.parse(event.data)));
 }
 
@@ -642,7 +719,7 @@ function followLog(name, unit) {
   document.getElementById("service-log-title").textContent = "Log of " + unit;
   log.replaceChildren();
   box.hidden = false;
-  logFeed = new EventSource("/api/vms/" + encodeURIComponent(name) + "/services/" + encodeURIComponent(unit) + "/logs");
+  logFeed = eventFeed("/api/vms/" + encodeURIComponent(name) + "/services/" + encodeURIComponent(unit) + "/logs");
   logFeed.addEventListener("line", (event) => {
     const atEnd = log.scrollTop + log.clientHeight >= log.scrollHeight - 4;
     log.append(document.createTextNode(event.data + "\n"));
@@ -771,6 +848,7 @@ function renderAudit() {
 // ---- start ----------------------------------------------------------------------------------
 
 async function boot() {
+  keepSessionKey();
   try {
     const session = await api("GET", "/api/session");
     state.csrf = session.csrf;
