@@ -67,6 +67,82 @@ impl Privilege {
     }
 }
 
+/// Why a change lies where the VM never writes by itself: the mounts that keep it out of such
+/// folders are detached in a mount namespace that ended, and a process of the VM that kept a
+/// descriptor there writes beneath them into its layer (docs/security.md). `diff` marks such
+/// changes and `commit` refuses them: they say the VM got past a defence, and applying one
+/// would write what the VM was never let see into the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forbidden {
+    /// At or beneath a folder hidden from every VM (a registered state root's folders, the
+    /// registry of roots; over the host's `/`, also the host's `/proc`, `/sys`, `/dev` and
+    /// `/run` beneath the VM's own), or a deletion or replacement of a folder that holds one.
+    Hidden,
+    /// At or beneath one of the VM's `--ro` paths (or a deletion or replacement of a folder
+    /// that holds one), which the VM sees read-only.
+    ReadOnly,
+}
+
+impl Forbidden {
+    pub fn word(self) -> &'static str {
+        match self {
+            Forbidden::Hidden => "in a folder hidden from VMs",
+            Forbidden::ReadOnly => "under a --ro path",
+        }
+    }
+}
+
+/// The folders, as a VM sees them, where none of its changes may reach the base (see
+/// [`Forbidden`]).
+#[derive(Clone, Debug, Default)]
+pub struct Guarded {
+    folders: Vec<(PathBuf, Forbidden)>,
+}
+
+impl Guarded {
+    /// The guarded folders of a VM with `config`, given the host folders hidden from every VM
+    /// (`hidden`: `hiding::state_folders`). A hidden folder counts wherever it lies in the
+    /// base, also beneath the VM's own `/run` or `/proc`, where the VM sees nothing of it but a
+    /// descriptor kept in an ended namespace does.
+    pub fn for_vm(config: &VmConfig, hidden: &[PathBuf]) -> Guarded {
+        let bases = [
+            config.base.clone(),
+            std::fs::canonicalize(&config.base).unwrap_or_else(|_| config.base.clone()),
+        ];
+        let mut folders: Vec<(PathBuf, Forbidden)> = hidden
+            .iter()
+            .filter_map(|folder| bases.iter().find_map(|b| folder.strip_prefix(b).ok()))
+            .map(|rel| (Path::new("/").join(rel), Forbidden::Hidden))
+            .collect();
+        if bases.iter().any(|b| b == Path::new("/")) {
+            // The host's own, hidden beneath the VM's by its hiding layer (layers::hiding_layer).
+            folders.extend(
+                crate::hiding::MOUNT_POINTS
+                    .iter()
+                    .map(|m| (Path::new("/").join(m), Forbidden::Hidden)),
+            );
+        }
+        folders.extend(
+            config
+                .read_only
+                .iter()
+                .map(|path| (path.clone(), Forbidden::ReadOnly)),
+        );
+        Guarded { folders }
+    }
+
+    /// Why a change at `path` (the VM's) is forbidden, if it is: it lies at or beneath a
+    /// guarded folder, or it `removes` (deletes or replaces with a non-folder) what the host
+    /// has at `path`, and that holds a guarded folder: applied, it would remove a state root.
+    pub fn forbids(&self, path: &Path, removes: bool) -> Option<Forbidden> {
+        self.folders
+            .iter()
+            .find(|(folder, _)| path.starts_with(folder) || removes && folder.starts_with(path))
+            .map(|(_, why)| *why)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Change {
     pub kind: ChangeKind,
@@ -85,6 +161,10 @@ pub struct Change {
     /// What the VM's version would grant whoever runs it (regular files only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub privileges: Vec<Privilege>,
+    /// Why the change may never be applied to the base, when it lies where the VM cannot write
+    /// by itself; `commit` refuses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forbidden: Option<Forbidden>,
     /// Which layer (index into the list `diff` was given) holds the change.
     #[serde(skip)]
     pub layer: usize,
@@ -133,20 +213,26 @@ pub fn open_trees(layers: Vec<Layer>, base: &File, base_path: &Path) -> std::io:
         .collect()
 }
 
-/// Every change in every layer, sorted by path (a folder before what it holds).
-pub fn diff(trees: &[Tree], config: &VmConfig) -> std::io::Result<Vec<Change>> {
-    diff_trees(trees, &config.scaffold)
+/// Every change in every layer, sorted by path (a folder before what it holds), those in the
+/// VM's guarded folders marked (`hidden`: the host folders hidden from every VM).
+pub fn diff(trees: &[Tree], config: &VmConfig, hidden: &[PathBuf]) -> std::io::Result<Vec<Change>> {
+    diff_trees(trees, &config.scaffold, &Guarded::for_vm(config, hidden))
 }
 
 /// [`diff`] of any overlay's layers (an OCI container's too), passing over the paths in
-/// `scaffold` (mount points the runtime made, not the workload).
-pub fn diff_trees(trees: &[Tree], scaffold: &[PathBuf]) -> std::io::Result<Vec<Change>> {
+/// `scaffold` (mount points the runtime made, not the workload) and marking those `guarded`.
+pub fn diff_trees(
+    trees: &[Tree],
+    scaffold: &[PathBuf],
+    guarded: &Guarded,
+) -> std::io::Result<Vec<Change>> {
     let mut changes = Vec::new();
     for (index, tree) in trees.iter().enumerate() {
         let walk = Walk {
             index,
             tree,
             scaffold,
+            guarded,
         };
         let lower = match &tree.lower {
             Some(lower) => Some(lower.try_clone()?),
@@ -162,6 +248,7 @@ struct Walk<'a> {
     index: usize,
     tree: &'a Tree,
     scaffold: &'a [PathBuf],
+    guarded: &'a Guarded,
 }
 
 /// One folder of the upper layer being walked (`upper`, pinned) beside its host counterpart
@@ -209,6 +296,10 @@ impl Walk<'_> {
         };
         let upper = upper.map(|entry| &entry.meta);
         let path = self.tree.layer.vm_path(rel);
+        // A deletion, or a file over the host's folder (commit removes the folder first).
+        let removes = kind == ChangeKind::Deleted
+            || kind == ChangeKind::Modified && upper.is_some_and(|meta| !meta.is_dir());
+        let forbidden = self.guarded.forbids(&path, removes);
         let path_bytes = std::str::from_utf8(path.as_os_str().as_bytes())
             .is_err()
             .then(|| path.as_os_str().as_bytes().to_vec());
@@ -226,6 +317,7 @@ impl Walk<'_> {
             size,
             allocated,
             privileges,
+            forbidden,
             layer: self.index,
             rel: rel.to_path_buf(),
         })

@@ -413,11 +413,14 @@ async function loadChanges(name) {
         const letter = c.kind.charAt(0);  // Added, Modified, Deleted: as `feather diff` shows them
         // What the file would grant whoever runs it on the host (as `feather diff` shows it).
         const privileges = (c.privileges || []).map(privilegeWord).join(", ");
+        // Where the VM cannot write by itself (as `feather diff` marks it): commit refuses it.
+        const forbidden = c.forbidden ? "never committed: " + forbiddenWord(c.forbidden) : null;
         return el("li", { class: "change " + letter, style: { "--depth": Math.max(0, depth) } },
           el("label", {},
-            el("input", { type: "checkbox", class: "pick", "data-path": c.path, "data-privileges": privileges || null }),
+            el("input", { type: "checkbox", class: "pick", "data-path": c.path, "data-privileges": privileges || null, disabled: !!forbidden }),
             el("span", { class: "kind", title: c.kind.toLowerCase() }, letter),
             el("span", { class: "path" }, c.path),
+            forbidden ? el("span", { class: "privileges", title: "the VM got past a defence to write here: look at all it changed" }, forbidden) : null,
             privileges ? el("span", { class: "privileges", title: "runs with privileges on the host" }, privileges) : null,
             el("span", { class: "size" }, letter === "D" ? "" : bytes(c.size))));
       })),
@@ -425,6 +428,10 @@ async function loadChanges(name) {
   } catch (e) {
     if (holder) holder.replaceChildren(el("p", { class: "error" }, e.message));
   }
+}
+
+function forbiddenWord(why) {
+  return { "hidden": "in a folder hidden from VMs", "read-only": "under a --ro path" }[why] || why;
 }
 
 function privilegeWord(privilege) {
