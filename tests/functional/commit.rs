@@ -290,3 +290,74 @@ fn commit_writes_nothing_of_the_layer_under_a_read_only_path() {
     assert_eq!(base.read("data/legit").unwrap(), "vm\n");
     assert_eq!(base.read("opt/app/conf").unwrap(), "host\n");
 }
+
+#[test]
+fn commit_applies_what_widens_access_to_an_entry_only_when_asked_and_diff_says_how() {
+    let base = ScratchBase::new("commit-access");
+    base.write("usr/local/bin/tool", "host\n");
+    fs::set_permissions(base.file("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let feather = Feather::new("commit-access");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    // Review edges23 M2: root's folder of programs made writable by anyone, and given away.
+    feather.sh(
+        "vm",
+        "echo new > /usr/local/bin/newtool && chmod 0777 /usr/local/bin \
+         && chown 65534:65534 /usr/local/bin && mkdir -m 0777 /usr/local/open \
+         && echo mine > /usr/local/mine && chown 65534 /usr/local/mine && chmod 0700 /etc \
+         && echo t > /tmp/users && chown 65534 /tmp/users",
+    );
+    let diff = feather.ok(&["diff", "vm"]);
+    for line in [
+        "M -  [mode 0755→0777, owner 0→65534, group 0→65534] /usr/local/bin\n",
+        "A -  [new, world-writable 0777] /usr/local/open\n",
+        "[new, owner 65534 in a folder of 0's] /usr/local/mine\n",
+        "M -  [mode 0755→0700] /etc\n",
+        // Anyone may write /tmp: another user's file there widens nothing.
+        " 2  /tmp/users\n",
+    ] {
+        assert!(diff.contains(line), "{line} in {diff}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["diff", "vm", "--json"])).unwrap();
+    let bin = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "/usr/local/bin");
+    assert_eq!(
+        bin.unwrap()["access"][0],
+        serde_json::json!({"change": "mode", "from": 0o755, "to": 0o777})
+    );
+
+    let err = feather.fails(&["commit", "vm"]);
+    for named in [
+        "/usr/local/bin (mode 0755→0777, owner 0→65534, group 0→65534)",
+        "/usr/local/open (new, world-writable 0777)",
+        "/usr/local/mine (new, owner 65534 in a folder of 0's)",
+        "--keep-privileges",
+    ] {
+        assert!(err.contains(named), "{named} in {err}");
+    }
+    assert!(!err.contains("/etc ("), "a mode that only narrows: {err}");
+    let bin = fs::metadata(base.file("usr/local/bin")).unwrap();
+    assert_eq!(
+        (bin.mode() & 0o7777, bin.uid()),
+        (0o755, 0),
+        "nothing applied"
+    );
+    assert!(
+        !base.file("usr/local/bin/newtool").exists(),
+        "nothing applied"
+    );
+    // What only narrows goes without consent.
+    assert_eq!(feather.ok(&["commit", "vm", "/etc"]), "M /etc\n");
+    let etc = fs::metadata(base.file("etc")).unwrap();
+    assert_eq!(etc.mode() & 0o7777, 0o700);
+    feather.ok(&["commit", "vm", "--keep-privileges"]);
+    let bin = fs::metadata(base.file("usr/local/bin")).unwrap();
+    assert_eq!(
+        (bin.mode() & 0o7777, bin.uid()),
+        (0o777, 65534),
+        "applied when asked"
+    );
+}

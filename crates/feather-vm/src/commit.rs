@@ -142,9 +142,10 @@ impl Drop for BlockedSignals {
 pub struct Consent {
     /// Overwrite host paths changed after the VM copied them (`--force`).
     pub force: bool,
-    /// Apply the set-user-ID and set-group-ID programs and file capabilities the VM made
-    /// (`--keep-privileges`): the VM's root could make them, and they would run with those
-    /// privileges on the host.
+    /// Apply the set-user-ID and set-group-ID programs and file capabilities the VM made, and
+    /// its changes that widen who may use an entry (`--keep-privileges`, see
+    /// [`diff::Access`]): the VM's root could make them, and they would run with those
+    /// privileges on the host, or let other users write what root runs.
     pub keep_privileges: bool,
 }
 
@@ -197,6 +198,9 @@ pub fn commit(
             paths: privileged,
         });
     }
+    if !consent.keep_privileges {
+        refuse_widened(&selected, name)?;
+    }
     apply_all(&trees, &selected).map_err(|(path, e)| {
         failed(
             name,
@@ -231,6 +235,25 @@ fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
     Err(VmError::CommitForbidden {
         vm: name.to_string(),
         paths: forbidden,
+    })
+}
+
+/// Refuses the whole commit when any of `selected` widens who may use an entry of the base
+/// (see [`diff::Access::widens`]), naming each and how: consent is `--keep-privileges`.
+fn refuse_widened(selected: &[Change], name: &VmName) -> Result<()> {
+    let widened: Vec<String> = selected
+        .iter()
+        .filter_map(|change| {
+            let how = change.widened_shown();
+            (!how.is_empty()).then(|| format!("{} ({how})", escape_path(&change.path)))
+        })
+        .collect();
+    if widened.is_empty() {
+        return Ok(());
+    }
+    Err(VmError::CommitAccess {
+        vm: name.to_string(),
+        paths: widened,
     })
 }
 

@@ -149,10 +149,11 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
     let width = sizes.iter().map(String::len).max().unwrap_or(0);
     for (change, size) in changes.iter().zip(&sizes) {
         say!(
-            "{} {size:>width$}  {}{}{}",
+            "{} {size:>width$}  {}{}{}{}",
             change.kind.letter(),
             forbidden_of(change),
             privileges_of(change),
+            access_of(change),
             escape_path(&change.path)
         )?;
     }
@@ -170,6 +171,15 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
         );
     }
     Ok(())
+}
+
+/// `[mode 0755→0777, owner 0→65534] ` before the path of a change of who may use the entry
+/// (before it, as [`privileges_of`]).
+fn access_of(change: &Change) -> String {
+    if change.access.is_empty() {
+        return String::new();
+    }
+    format!("[{}] ", change.access_shown())
 }
 
 /// `[never committed: hidden from VMs] ` before the path of a change where the VM cannot
