@@ -174,3 +174,190 @@ fn reset_drops_every_change_of_a_stopped_vm() {
     );
     assert_eq!(base.read("data/edit").unwrap(), "host\n");
 }
+
+/// Writes `contents` at `rel` in the stopped VM's layer, as a process of the VM does that kept
+/// a descriptor in a mount namespace that ended, beneath the detached mounts that guard the
+/// folder (review edges23, M1 and L1).
+fn write_in_layer(feather: &Feather, rel: &str, contents: &str) {
+    let path = feather.vm_dir("vm").join("upper").join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, contents).unwrap();
+}
+
+#[test]
+fn commit_writes_nothing_of_the_layer_into_a_state_root() {
+    let base = ScratchBase::new("commit-root");
+    // A state root of the test's own in the base, registered before the VM starts.
+    fs::create_dir_all(base.file("srv/other")).unwrap();
+    let other = Feather::at(base.file("srv/other"));
+    other.ok(&["ls"]);
+    fs::write(other.root.join("marker"), "of the root\n").unwrap();
+    let feather = Feather::new("commit-root");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.sh("vm", "echo vm > /data/legit");
+    feather.ok(&["stop", "vm"]);
+    write_in_layer(&feather, "srv/other/policy.d/marker.rules", "from the VM\n");
+
+    let diff = feather.run(&["diff", "vm"]);
+    assert!(
+        diff.stdout.contains(
+            "[never committed: in a folder hidden from VMs] /srv/other/policy.d/marker.rules"
+        ),
+        "{}",
+        diff.stdout
+    );
+    assert!(diff.stdout.contains("  /data/legit"), "{}", diff.stdout);
+    assert!(
+        diff.stderr.contains("got past a defence"),
+        "{}",
+        diff.stderr
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["diff", "vm", "--json"])).unwrap();
+    let marked = |path: &str| {
+        json.as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["path"] == path)
+            .unwrap()["forbidden"]
+            .clone()
+    };
+    assert_eq!(marked("/srv/other/policy.d/marker.rules"), "hidden");
+    assert_eq!(marked("/data/legit"), serde_json::Value::Null);
+
+    let err = feather.fails(&["commit", "vm"]);
+    assert!(
+        err.contains("/srv/other/policy.d/marker.rules (in a folder hidden from VMs)")
+            && err.contains("nothing was committed"),
+        "{err}"
+    );
+    assert!(!base.file("srv/other/policy.d/marker.rules").exists());
+    assert!(!base.file("data/legit").exists(), "nothing applied");
+    assert_eq!(feather.ok(&["commit", "vm", "/data"]), "A /data/legit\n");
+    assert_eq!(base.read("data/legit").unwrap(), "vm\n");
+    assert!(!base.file("srv/other/policy.d/marker.rules").exists());
+
+    // A deletion of a folder that holds the root (a whiteout) would remove the root.
+    fs::remove_dir_all(feather.vm_dir("vm").join("upper/srv")).unwrap();
+    let whiteout = feather.vm_dir("vm").join("upper/srv");
+    let made = std::process::Command::new("mknod")
+        .arg(&whiteout)
+        .args(["c", "0", "0"])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let err = feather.fails(&["commit", "vm", "/srv"]);
+    assert!(err.contains("/srv (in a folder hidden from VMs)"), "{err}");
+    assert!(
+        other.root.join("marker").exists(),
+        "the root is still there"
+    );
+    let diff = feather.ok(&["diff", "vm"]);
+    assert!(
+        diff.contains("D -  [never committed: in a folder hidden from VMs] /srv\n"),
+        "{diff}"
+    );
+}
+
+#[test]
+fn commit_writes_nothing_of_the_layer_under_a_read_only_path() {
+    let base = ScratchBase::new("commit-ro");
+    base.write("opt/app/conf", "host\n");
+    let feather = Feather::new("commit-ro");
+    feather.start_over("vm", &base, &["--net", "none", "--ro", "/opt/app"]);
+    feather.sh("vm", "echo vm > /data/legit");
+    feather.ok(&["stop", "vm"]);
+    write_in_layer(&feather, "opt/app/conf", "tampered by the VM\n");
+
+    let diff = feather.run(&["diff", "vm"]);
+    assert!(
+        diff.stdout
+            .contains("[never committed: under a --ro path] /opt/app/conf"),
+        "{}",
+        diff.stdout
+    );
+    assert!(
+        diff.stderr.contains("got past a defence"),
+        "{}",
+        diff.stderr
+    );
+    let err = feather.fails(&["commit", "vm"]);
+    assert!(err.contains("/opt/app/conf (under a --ro path)"), "{err}");
+    let err = feather.fails(&["commit", "vm", "/opt"]);
+    assert!(err.contains("/opt/app/conf (under a --ro path)"), "{err}");
+    assert_eq!(base.read("opt/app/conf").unwrap(), "host\n");
+    assert_eq!(feather.ok(&["commit", "vm", "/data"]), "A /data/legit\n");
+    assert_eq!(base.read("data/legit").unwrap(), "vm\n");
+    assert_eq!(base.read("opt/app/conf").unwrap(), "host\n");
+}
+
+#[test]
+fn commit_applies_what_widens_access_to_an_entry_only_when_asked_and_diff_says_how() {
+    let base = ScratchBase::new("commit-access");
+    base.write("usr/local/bin/tool", "host\n");
+    fs::set_permissions(base.file("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let feather = Feather::new("commit-access");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    // Review edges23 M2: root's folder of programs made writable by anyone, and given away.
+    feather.sh(
+        "vm",
+        "echo new > /usr/local/bin/newtool && chmod 0777 /usr/local/bin \
+         && chown 65534:65534 /usr/local/bin && mkdir -m 0777 /usr/local/open \
+         && echo mine > /usr/local/mine && chown 65534 /usr/local/mine && chmod 0700 /etc \
+         && echo t > /tmp/users && chown 65534 /tmp/users",
+    );
+    let diff = feather.ok(&["diff", "vm"]);
+    for line in [
+        "M -  [mode 0755→0777, owner 0→65534, group 0→65534] /usr/local/bin\n",
+        "A -  [new, world-writable 0777] /usr/local/open\n",
+        "[new, owner 65534 in a folder of 0's] /usr/local/mine\n",
+        "M -  [mode 0755→0700] /etc\n",
+        // Anyone may write /tmp: another user's file there widens nothing.
+        " 2  /tmp/users\n",
+    ] {
+        assert!(diff.contains(line), "{line} in {diff}");
+    }
+    let json: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["diff", "vm", "--json"])).unwrap();
+    let bin = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["path"] == "/usr/local/bin");
+    assert_eq!(
+        bin.unwrap()["access"][0],
+        serde_json::json!({"change": "mode", "from": 0o755, "to": 0o777})
+    );
+
+    let err = feather.fails(&["commit", "vm"]);
+    for named in [
+        "/usr/local/bin (mode 0755→0777, owner 0→65534, group 0→65534)",
+        "/usr/local/open (new, world-writable 0777)",
+        "/usr/local/mine (new, owner 65534 in a folder of 0's)",
+        "--keep-privileges",
+    ] {
+        assert!(err.contains(named), "{named} in {err}");
+    }
+    assert!(!err.contains("/etc ("), "a mode that only narrows: {err}");
+    let bin = fs::metadata(base.file("usr/local/bin")).unwrap();
+    assert_eq!(
+        (bin.mode() & 0o7777, bin.uid()),
+        (0o755, 0),
+        "nothing applied"
+    );
+    assert!(
+        !base.file("usr/local/bin/newtool").exists(),
+        "nothing applied"
+    );
+    // What only narrows goes without consent.
+    assert_eq!(feather.ok(&["commit", "vm", "/etc"]), "M /etc\n");
+    let etc = fs::metadata(base.file("etc")).unwrap();
+    assert_eq!(etc.mode() & 0o7777, 0o700);
+    feather.ok(&["commit", "vm", "--keep-privileges"]);
+    let bin = fs::metadata(base.file("usr/local/bin")).unwrap();
+    assert_eq!(
+        (bin.mode() & 0o7777, bin.uid()),
+        (0o777, 65534),
+        "applied when asked"
+    );
+}

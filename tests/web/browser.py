@@ -170,7 +170,7 @@ def changes(tour):
     assert label.find_element(By.CSS_SELECTOR, ".privileges").text == "set-user-ID", label.text
     tour.click(privileged)
     tour.click("#commit-selected")
-    tour.text_appears("dialog#confirm", "run with privileges on the host: " + tour.args["privileged"])
+    tour.text_appears("dialog#confirm", "run with privileges on the host, or let other users write them: " + tour.args["privileged"])
     tour.confirm()
     # The first commit's notice may still read "Committed 1": the change leaving the list is
     # what says this commit is done (the test then reads the base).

@@ -42,7 +42,8 @@ pub fn changes(root: &StateRoot, name: &VmName) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
     let (_, trees) = pin(&vm, &config)?;
-    diff::diff(&trees, &config).map_err(io(name, "reading its layer"))
+    let hidden = crate::hiding::state_folders(root);
+    diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))
 }
 
 /// The base and every layer of the VM, pinned as descriptors.
@@ -141,9 +142,10 @@ impl Drop for BlockedSignals {
 pub struct Consent {
     /// Overwrite host paths changed after the VM copied them (`--force`).
     pub force: bool,
-    /// Apply the set-user-ID and set-group-ID programs and file capabilities the VM made
-    /// (`--keep-privileges`): the VM's root could make them, and they would run with those
-    /// privileges on the host.
+    /// Apply the set-user-ID and set-group-ID programs and file capabilities the VM made, and
+    /// its changes that widen who may use an entry (`--keep-privileges`, see
+    /// [`diff::Access`]): the VM's root could make them, and they would run with those
+    /// privileges on the host, or let other users write what root runs.
     pub keep_privileges: bool,
 }
 
@@ -163,8 +165,10 @@ pub fn commit(
     let config = vm.read_config()?;
     let _frozen = hold_still(&vm, &config)?;
     let (_base, trees) = pin(&vm, &config)?;
-    let all = diff::diff(&trees, &config).map_err(io(name, "reading its layer"))?;
+    let hidden = crate::hiding::state_folders(root);
+    let all = diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))?;
     let selected = select(all, paths, name)?;
+    refuse_forbidden(&selected, name)?;
     let mut journal = Journal::load(&vm);
     let conflicts: Vec<String> = selected
         .iter()
@@ -194,6 +198,9 @@ pub fn commit(
             paths: privileged,
         });
     }
+    if !consent.keep_privileges {
+        refuse_widened(&selected, name)?;
+    }
     apply_all(&trees, &selected).map_err(|(path, e)| {
         failed(
             name,
@@ -208,6 +215,46 @@ pub fn commit(
     }
     journal.save(&vm)?;
     Ok(selected)
+}
+
+/// Refuses the whole commit when any of `selected` lies where the VM cannot write by itself
+/// (`Change::forbidden`). Not passed over with the rest applied: such a change says the VM got
+/// past a defence, and the admin should look at all it changed before any of it lands; naming
+/// the other paths still commits them.
+fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
+    let forbidden: Vec<String> = selected
+        .iter()
+        .filter_map(|change| {
+            let why = change.forbidden?;
+            Some(format!("{} ({})", escape_path(&change.path), why.word()))
+        })
+        .collect();
+    if forbidden.is_empty() {
+        return Ok(());
+    }
+    Err(VmError::CommitForbidden {
+        vm: name.to_string(),
+        paths: forbidden,
+    })
+}
+
+/// Refuses the whole commit when any of `selected` widens who may use an entry of the base
+/// (see [`diff::Access::widens`]), naming each and how: consent is `--keep-privileges`.
+fn refuse_widened(selected: &[Change], name: &VmName) -> Result<()> {
+    let widened: Vec<String> = selected
+        .iter()
+        .filter_map(|change| {
+            let how = change.widened_shown();
+            (!how.is_empty()).then(|| format!("{} ({how})", escape_path(&change.path)))
+        })
+        .collect();
+    if widened.is_empty() {
+        return Ok(());
+    }
+    Err(VmError::CommitAccess {
+        vm: name.to_string(),
+        paths: widened,
+    })
 }
 
 /// The changes at or below any of `paths`; each path must select at least one.

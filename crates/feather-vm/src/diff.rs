@@ -67,6 +67,136 @@ impl Privilege {
     }
 }
 
+/// How the VM changed who may use an entry. For an entry the base has: each change of its
+/// mode, owner, group or POSIX ACLs (`diff` shows them all). For a new one: what lets a user
+/// other than root write where root's programs may live. Those that widen access ([`Access::widens`])
+/// `commit` applies only when asked (`--keep-privileges`): a folder of root's made
+/// world-writable, or given to another user, lets that user replace what root runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "change")]
+pub enum Access {
+    /// Permission bits (set-ID and sticky bits included): the base's, then the VM's.
+    Mode { from: u32, to: u32 },
+    /// The owning user: the base's, then the VM's.
+    Owner { from: u32, to: u32 },
+    /// The owning group: the base's, then the VM's.
+    Group { from: u32, to: u32 },
+    /// Its POSIX ACLs (`system.posix_acl_access`, `system.posix_acl_default`) differ from
+    /// the base's.
+    Acl,
+    /// A new file or folder anyone may write (a folder without the sticky bit).
+    WorldWritable { mode: u32 },
+    /// A new file or folder owned by another user than root and than the folder the VM made
+    /// it in, where not anyone may write (as in `/tmp`).
+    OtherOwner { owner: u32, folder_owner: u32 },
+}
+
+impl Access {
+    /// Whether it lets more users at the entry than the base did: new permission bits for
+    /// the group or others (or a set-ID bit), a dropped sticky bit, another owner or group,
+    /// other ACLs; every finding about a new entry. A mode that only takes away does not.
+    pub fn widens(&self) -> bool {
+        match *self {
+            Access::Mode { from, to } => {
+                let added = to & !from;
+                added & 0o6077 != 0 || from & 0o1000 != 0 && to & 0o1000 == 0
+            }
+            _ => true,
+        }
+    }
+
+    /// For people: `mode 0755→0777`, `owner 0→65534`, `ACL`.
+    pub fn shown(&self) -> String {
+        match *self {
+            Access::Mode { from, to } => format!("mode {from:04o}→{to:04o}"),
+            Access::Owner { from, to } => format!("owner {from}→{to}"),
+            Access::Group { from, to } => format!("group {from}→{to}"),
+            Access::Acl => "ACL".into(),
+            Access::WorldWritable { mode } => format!("new, world-writable {mode:04o}"),
+            Access::OtherOwner {
+                owner,
+                folder_owner,
+            } => format!("new, owner {owner} in a folder of {folder_owner}'s"),
+        }
+    }
+}
+
+/// Why a change lies where the VM never writes by itself: the mounts that keep it out of such
+/// folders are detached in a mount namespace that ended, and a process of the VM that kept a
+/// descriptor there writes beneath them into its layer (docs/security.md). `diff` marks such
+/// changes and `commit` refuses them: they say the VM got past a defence, and applying one
+/// would write what the VM was never let see into the host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Forbidden {
+    /// At or beneath a folder hidden from every VM (a registered state root's folders, the
+    /// registry of roots; over the host's `/`, also the host's `/proc`, `/sys`, `/dev` and
+    /// `/run` beneath the VM's own), or a deletion or replacement of a folder that holds one.
+    Hidden,
+    /// At or beneath one of the VM's `--ro` paths (or a deletion or replacement of a folder
+    /// that holds one), which the VM sees read-only.
+    ReadOnly,
+}
+
+impl Forbidden {
+    pub fn word(self) -> &'static str {
+        match self {
+            Forbidden::Hidden => "in a folder hidden from VMs",
+            Forbidden::ReadOnly => "under a --ro path",
+        }
+    }
+}
+
+/// The folders, as a VM sees them, where none of its changes may reach the base (see
+/// [`Forbidden`]).
+#[derive(Clone, Debug, Default)]
+pub struct Guarded {
+    folders: Vec<(PathBuf, Forbidden)>,
+}
+
+impl Guarded {
+    /// The guarded folders of a VM with `config`, given the host folders hidden from every VM
+    /// (`hidden`: `hiding::state_folders`). A hidden folder counts wherever it lies in the
+    /// base, also beneath the VM's own `/run` or `/proc`, where the VM sees nothing of it but a
+    /// descriptor kept in an ended namespace does.
+    pub fn for_vm(config: &VmConfig, hidden: &[PathBuf]) -> Guarded {
+        let bases = [
+            config.base.clone(),
+            std::fs::canonicalize(&config.base).unwrap_or_else(|_| config.base.clone()),
+        ];
+        let mut folders: Vec<(PathBuf, Forbidden)> = hidden
+            .iter()
+            .filter_map(|folder| bases.iter().find_map(|b| folder.strip_prefix(b).ok()))
+            .map(|rel| (Path::new("/").join(rel), Forbidden::Hidden))
+            .collect();
+        if bases.iter().any(|b| b == Path::new("/")) {
+            // The host's own, hidden beneath the VM's by its hiding layer (layers::hiding_layer).
+            folders.extend(
+                crate::hiding::MOUNT_POINTS
+                    .iter()
+                    .map(|m| (Path::new("/").join(m), Forbidden::Hidden)),
+            );
+        }
+        folders.extend(
+            config
+                .read_only
+                .iter()
+                .map(|path| (path.clone(), Forbidden::ReadOnly)),
+        );
+        Guarded { folders }
+    }
+
+    /// Why a change at `path` (the VM's) is forbidden, if it is: it lies at or beneath a
+    /// guarded folder, or it `removes` (deletes or replaces with a non-folder) what the host
+    /// has at `path`, and that holds a guarded folder: applied, it would remove a state root.
+    pub fn forbids(&self, path: &Path, removes: bool) -> Option<Forbidden> {
+        self.folders
+            .iter()
+            .find(|(folder, _)| path.starts_with(folder) || removes && folder.starts_with(path))
+            .map(|(_, why)| *why)
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Change {
     pub kind: ChangeKind,
@@ -85,6 +215,13 @@ pub struct Change {
     /// What the VM's version would grant whoever runs it (regular files only).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub privileges: Vec<Privilege>,
+    /// How the VM changed who may use the entry (see [`Access`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub access: Vec<Access>,
+    /// Why the change may never be applied to the base, when it lies where the VM cannot write
+    /// by itself; `commit` refuses it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub forbidden: Option<Forbidden>,
     /// Which layer (index into the list `diff` was given) holds the change.
     #[serde(skip)]
     pub layer: usize,
@@ -98,6 +235,25 @@ impl Change {
     /// when nothing.
     pub fn privileges_shown(&self) -> String {
         let words: Vec<_> = self.privileges.iter().map(|p| p.word()).collect();
+        words.join(", ")
+    }
+
+    /// Every change of who may use the entry, for people: "mode 0755→0777, owner 0→65534";
+    /// empty when none.
+    pub fn access_shown(&self) -> String {
+        let words: Vec<_> = self.access.iter().map(Access::shown).collect();
+        words.join(", ")
+    }
+
+    /// Those changes of who may use the entry that widen it (see [`Access::widens`]), for
+    /// people; empty when none.
+    pub fn widened_shown(&self) -> String {
+        let words: Vec<_> = self
+            .access
+            .iter()
+            .filter(|a| a.widens())
+            .map(Access::shown)
+            .collect();
         words.join(", ")
     }
 }
@@ -133,20 +289,26 @@ pub fn open_trees(layers: Vec<Layer>, base: &File, base_path: &Path) -> std::io:
         .collect()
 }
 
-/// Every change in every layer, sorted by path (a folder before what it holds).
-pub fn diff(trees: &[Tree], config: &VmConfig) -> std::io::Result<Vec<Change>> {
-    diff_trees(trees, &config.scaffold)
+/// Every change in every layer, sorted by path (a folder before what it holds), those in the
+/// VM's guarded folders marked (`hidden`: the host folders hidden from every VM).
+pub fn diff(trees: &[Tree], config: &VmConfig, hidden: &[PathBuf]) -> std::io::Result<Vec<Change>> {
+    diff_trees(trees, &config.scaffold, &Guarded::for_vm(config, hidden))
 }
 
 /// [`diff`] of any overlay's layers (an OCI container's too), passing over the paths in
-/// `scaffold` (mount points the runtime made, not the workload).
-pub fn diff_trees(trees: &[Tree], scaffold: &[PathBuf]) -> std::io::Result<Vec<Change>> {
+/// `scaffold` (mount points the runtime made, not the workload) and marking those `guarded`.
+pub fn diff_trees(
+    trees: &[Tree],
+    scaffold: &[PathBuf],
+    guarded: &Guarded,
+) -> std::io::Result<Vec<Change>> {
     let mut changes = Vec::new();
     for (index, tree) in trees.iter().enumerate() {
         let walk = Walk {
             index,
             tree,
             scaffold,
+            guarded,
         };
         let lower = match &tree.lower {
             Some(lower) => Some(lower.try_clone()?),
@@ -162,6 +324,7 @@ struct Walk<'a> {
     index: usize,
     tree: &'a Tree,
     scaffold: &'a [PathBuf],
+    guarded: &'a Guarded,
 }
 
 /// One folder of the upper layer being walked (`upper`, pinned) beside its host counterpart
@@ -203,12 +366,27 @@ impl Walk<'_> {
         rel: &Path,
         upper: Option<&Entry>,
     ) -> std::io::Result<Change> {
+        self.change_of_access(kind, rel, upper, Vec::new())
+    }
+
+    /// [`Walk::change`] with what the VM changed of who may use the entry.
+    fn change_of_access(
+        &self,
+        kind: ChangeKind,
+        rel: &Path,
+        upper: Option<&Entry>,
+        access: Vec<Access>,
+    ) -> std::io::Result<Change> {
         let privileges = match upper {
             Some(entry) if kind != ChangeKind::Deleted => privileges(entry)?,
             _ => Vec::new(),
         };
         let upper = upper.map(|entry| &entry.meta);
         let path = self.tree.layer.vm_path(rel);
+        // A deletion, or a file over the host's folder (commit removes the folder first).
+        let removes = kind == ChangeKind::Deleted
+            || kind == ChangeKind::Modified && upper.is_some_and(|meta| !meta.is_dir());
+        let forbidden = self.guarded.forbids(&path, removes);
         let path_bytes = std::str::from_utf8(path.as_os_str().as_bytes())
             .is_err()
             .then(|| path.as_os_str().as_bytes().to_vec());
@@ -226,6 +404,8 @@ impl Walk<'_> {
             size,
             allocated,
             privileges,
+            access,
+            forbidden,
             layer: self.index,
             rel: rel.to_path_buf(),
         })
@@ -314,20 +494,30 @@ impl Walk<'_> {
         };
         match &lower {
             None => {
-                changes.push(self.change(ChangeKind::Added, &rel, Some(&upper))?);
+                let access = new_access(&upper, &folder.upper)?;
+                changes.push(self.change_of_access(
+                    ChangeKind::Added,
+                    &rel,
+                    Some(&upper),
+                    access,
+                )?);
                 if meta.is_dir() {
                     return inner(None, true);
                 }
             }
             Some(lower) if meta.is_dir() && lower.meta.is_dir() => {
-                if !same_metadata(meta, &lower.meta) {
-                    changes.push(self.change(ChangeKind::Modified, &rel, Some(&upper))?);
+                let access = access_changes(&upper, lower)?;
+                if !same_metadata(meta, &lower.meta) || !access.is_empty() {
+                    let change = ChangeKind::Modified;
+                    changes.push(self.change_of_access(change, &rel, Some(&upper), access)?);
                 }
                 return inner(folder.lower.as_ref(), folder.replaced);
             }
             Some(lower) => {
                 if !same_entry(&upper, lower)? {
-                    changes.push(self.change(ChangeKind::Modified, &rel, Some(&upper))?);
+                    let access = access_changes(&upper, lower)?;
+                    let change = ChangeKind::Modified;
+                    changes.push(self.change_of_access(change, &rel, Some(&upper), access)?);
                 }
                 if meta.is_dir() {
                     // A folder where the host has something else: it hides nothing below.
@@ -407,6 +597,81 @@ fn privileges(entry: &Entry) -> std::io::Result<Vec<Privilege>> {
         found.push(Privilege::FileCapabilities);
     }
     Ok(found)
+}
+
+/// What the VM changed of who may use an entry the base has (`upper` its version, `lower` the
+/// base's): every change of mode, owner, group and POSIX ACLs.
+fn access_changes(upper: &Entry, lower: &Entry) -> std::io::Result<Vec<Access>> {
+    let (vm, base) = (&upper.meta, &lower.meta);
+    let mut found = Vec::new();
+    let (from, to) = (base.mode() & 0o7777, vm.mode() & 0o7777);
+    // A link's mode is always 0777, and what it points to is judged where it points.
+    if from != to && !vm.file_type().is_symlink() {
+        found.push(Access::Mode { from, to });
+    }
+    if base.uid() != vm.uid() {
+        found.push(Access::Owner {
+            from: base.uid(),
+            to: vm.uid(),
+        });
+    }
+    if base.gid() != vm.gid() {
+        found.push(Access::Group {
+            from: base.gid(),
+            to: vm.gid(),
+        });
+    }
+    if acls(upper)? != acls(lower)? {
+        found.push(Access::Acl);
+    }
+    Ok(found)
+}
+
+/// What lets others than root write a new entry of the VM's (`upper`), made in the VM's
+/// folder `folder`: anyone may write it, or it belongs to another user than that folder's
+/// owner (and the folder is not one anyone may write).
+/// Links are passed over: nobody can change where one points.
+fn new_access(upper: &Entry, folder: &File) -> std::io::Result<Vec<Access>> {
+    let meta = &upper.meta;
+    if !meta.is_file() && !meta.is_dir() {
+        return Ok(Vec::new());
+    }
+    let mut found = Vec::new();
+    let mode = meta.mode() & 0o7777;
+    let sticky_folder = meta.is_dir() && mode & 0o1000 != 0;
+    if mode & 0o002 != 0 && !sticky_folder {
+        found.push(Access::WorldWritable { mode });
+    }
+    let folder = folder.metadata()?;
+    let folder_owner = folder.uid();
+    // Root's own entry lets nobody else in, whoever owns the folder; in a folder anyone may
+    // write (`/tmp`), any user could have made the entry.
+    let open_folder = folder.mode() & 0o002 != 0;
+    if meta.uid() != 0 && meta.uid() != folder_owner && !open_folder {
+        found.push(Access::OtherOwner {
+            owner: meta.uid(),
+            folder_owner,
+        });
+    }
+    Ok(found)
+}
+
+/// The POSIX ACL attributes of a file or folder (none for other entries, which have none).
+fn acls(entry: &Entry) -> std::io::Result<[Option<Vec<u8>>; 2]> {
+    use xattr::FileExt;
+    if !entry.meta.is_file() && !entry.meta.is_dir() {
+        return Ok([None, None]);
+    }
+    let file = entry.reopen()?;
+    let read = |name: &str| match file.get_xattr(name) {
+        // A filesystem without ACLs has none to differ.
+        Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => Ok(None),
+        other => other,
+    };
+    Ok([
+        read("system.posix_acl_access")?,
+        read("system.posix_acl_default")?,
+    ])
 }
 
 pub(crate) fn is_whiteout(meta: &Metadata) -> bool {

@@ -121,7 +121,8 @@ pub enum Command {
         /// Overwrite host files changed after the VM copied them
         #[arg(long)]
         force: bool,
-        /// Apply set-user-ID/set-group-ID programs and file capabilities the VM made
+        /// Apply set-user-ID/set-group-ID programs and file capabilities the VM made, and its
+        /// changes that widen who may use an entry (mode, owner, group, ACL)
         #[arg(long)]
         keep_privileges: bool,
     },

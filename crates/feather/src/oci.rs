@@ -148,10 +148,14 @@ fn container_changes(
         upper: layer.upper,
         lower: Some(layer.lower),
     };
-    feather_vm::diff::diff_trees(&[tree], &layer.mount_points).map_err(|source| LayerError::Io {
-        id: id.to_owned(),
-        what: "reading its layer",
-        path: layer.upper_path,
-        source,
+    // Nothing of a container's is ever committed: no folder is guarded.
+    let guarded = feather_vm::diff::Guarded::default();
+    feather_vm::diff::diff_trees(&[tree], &layer.mount_points, &guarded).map_err(|source| {
+        LayerError::Io {
+            id: id.to_owned(),
+            what: "reading its layer",
+            path: layer.upper_path,
+            source,
+        }
     })
 }

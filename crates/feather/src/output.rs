@@ -149,9 +149,11 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
     let width = sizes.iter().map(String::len).max().unwrap_or(0);
     for (change, size) in changes.iter().zip(&sizes) {
         say!(
-            "{} {size:>width$}  {}{}",
+            "{} {size:>width$}  {}{}{}{}",
             change.kind.letter(),
+            forbidden_of(change),
             privileges_of(change),
+            access_of(change),
             escape_path(&change.path)
         )?;
     }
@@ -159,7 +161,34 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
     if !changes.is_empty() {
         say!("total: {} on disk", human_bytes(total))?;
     }
+    let forbidden = changes.iter().filter(|c| c.forbidden.is_some()).count();
+    if forbidden > 0 {
+        // On stderr, where it is seen even when the listing goes to a program or a file.
+        eprintln!(
+            "feather: warning: {forbidden} of these changes (marked \"never committed\") lie \
+             where the VM cannot write by itself: it got past a defence (see \"Changes where a \
+             VM cannot write\" in docs/security.md); `commit` refuses them"
+        );
+    }
     Ok(())
+}
+
+/// `[mode 0755→0777, owner 0→65534] ` before the path of a change of who may use the entry
+/// (before it, as [`privileges_of`]).
+fn access_of(change: &Change) -> String {
+    if change.access.is_empty() {
+        return String::new();
+    }
+    format!("[{}] ", change.access_shown())
+}
+
+/// `[never committed: hidden from VMs] ` before the path of a change where the VM cannot
+/// write by itself (before it, as [`privileges_of`]).
+fn forbidden_of(change: &Change) -> String {
+    match change.forbidden {
+        Some(why) => format!("[never committed: {}] ", why.word()),
+        None => String::new(),
+    }
 }
 
 /// `[set-user-ID, file capabilities] ` before the path of a change that carries privileges

@@ -487,19 +487,51 @@ async function loadChanges(name) {
         const depth = c.path.split("/").length - 2;
         const letter = c.kind.charAt(0);  // Added, Modified, Deleted: as `feather diff` shows them
         // What the file would grant whoever runs it on the host (as `feather diff` shows it).
-        const privileges = (c.privileges || []).map(privilegeWord).join(", ");
+        // What the file would grant, and how the VM widened who may use the entry: both need
+        // the consent `--keep-privileges` gives (as `feather diff` shows them).
+        const privileges = (c.privileges || []).map(privilegeWord)
+          .concat((c.access || []).filter(accessWidens).map(accessWord)).join(", ");
+        const access = (c.access || []).map(accessWord).join(", ");
+        // Where the VM cannot write by itself (as `feather diff` marks it): commit refuses it.
+        const forbidden = c.forbidden ? "never committed: " + forbiddenWord(c.forbidden) : null;
         return el("li", { class: "change " + letter, style: { "--depth": Math.max(0, depth) } },
           el("label", {},
-            el("input", { type: "checkbox", class: "pick", "data-path": c.path, "data-privileges": privileges || null }),
+            el("input", { type: "checkbox", class: "pick", "data-path": c.path, "data-privileges": privileges || null, disabled: !!forbidden }),
             el("span", { class: "kind", title: c.kind.toLowerCase() }, letter),
             el("span", { class: "path" }, c.path),
-            privileges ? el("span", { class: "privileges", title: "runs with privileges on the host" }, privileges) : null,
+            forbidden ? el("span", { class: "privileges", title: "the VM got past a defence to write here: look at all it changed" }, forbidden) : null,
+            privileges ? el("span", { class: "privileges", title: "runs with privileges on the host, or lets others write it" }, privileges) : null,
+            access ? el("span", { class: "quiet" }, access) : null,
             el("span", { class: "size" }, letter === "D" ? "" : bytes(c.size))));
       })),
       el("p", { class: "quiet" }, changes.length + " changes, " + bytes(total) + " on disk"));
   } catch (e) {
     if (holder) holder.replaceChildren(el("p", { class: "error" }, e.message));
   }
+}
+
+function forbiddenWord(why) {
+  return { "hidden": "in a folder hidden from VMs", "read-only": "under a --ro path" }[why] || why;
+}
+
+// As feather_vm::diff::Access::shown and ::widens.
+function accessWord(a) {
+  const octal = (mode) => mode.toString(8).padStart(4, "0");
+  switch (a.change) {
+    case "mode": return "mode " + octal(a.from) + "→" + octal(a.to);
+    case "owner": return "owner " + a.from + "→" + a.to;
+    case "group": return "group " + a.from + "→" + a.to;
+    case "acl": return "ACL";
+    case "world-writable": return "new, world-writable " + octal(a.mode);
+    case "other-owner": return "new, owner " + a.owner + " in a folder of " + a.folder_owner + "'s";
+    default: return a.change;
+  }
+}
+
+function accessWidens(a) {
+  if (a.change !== "mode") return true;
+  const added = a.to & ~a.from;
+  return (added & 0o6077) !== 0 || ((a.from & 0o1000) !== 0 && (a.to & 0o1000) === 0);
 }
 
 function privilegeWord(privilege) {
@@ -515,7 +547,7 @@ async function commitSelected(button, name) {
     .map((box) => box.dataset.path + " (" + box.dataset.privileges + ")");
   const text = "Commit " + paths.length + " change(s) of " + name + " to its base? The base's files are replaced: "
     + paths.join(", ")
-    + (privileged.length ? ". These will run with privileges on the host: " + privileged.join(", ") : "");
+    + (privileged.length ? ". These will run with privileges on the host, or let other users write them: " + privileged.join(", ") : "");
   if (!(await confirmAction(text, "Commit"))) return;
   const body = { paths, keep_privileges: privileged.length > 0 };
   const done = await act(button, "Committed " + paths.length + " change(s)",
