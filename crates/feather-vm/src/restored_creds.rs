@@ -105,12 +105,14 @@ impl Allowed {
             filters: feather_confine::seccomp::filter_count(profile) as u32,
             userns: profile.allow_userns,
             host_network,
-            // This build's rules; builds before 2026-12-06 had older ones (their spawner made
-            // its namespace private, and their filters let open_tree_attr through:
-            // feather_confine::seccomp::Generation), those before 2026-12-05 also laid every
-            // program out the older way.
+            // This build's rules; earlier builds of 2026-12-06 had another spawner's (it made
+            // its namespace by unshare, unlocked), builds before 2026-12-06 older ones (their
+            // spawner made its namespace private, and their filters let open_tree_attr
+            // through: feather_confine::seccomp::Generation), those before 2026-12-05 also laid
+            // every program out the older way.
             stacks: [
                 (Layout::Folded, Generation::Current),
+                (Layout::Folded, Generation::Unlocked20261206),
                 (Layout::Folded, Generation::Before20261206),
                 (Layout::Duplicated, Generation::Before20261206),
             ]
@@ -739,6 +741,24 @@ os.execvp("sleep", ["sleep", "60"])
         let spawner = under(&private_spawner.iter().collect::<Vec<_>>());
         assert_eq!(foreign_filters(&filters_of(&spawner), true, &allowed), None);
         let spawned: Vec<&Program> = private_spawner.iter().chain(&folded_vm).collect();
+        assert_eq!(
+            foreign_filters(&filters_of(&under(&spawned)), false, &allowed),
+            None
+        );
+
+        // The earlier builds of 2026-12-06, whose spawner made its namespace by unshare: its
+        // stack, alone and under the VM's (which did not change).
+        let unlocked = Generation::Unlocked20261206;
+        let unshare_spawner =
+            feather_confine::seccomp::spawner_stack(profile, Layout::Folded, unlocked).unwrap();
+        assert_ne!(
+            unshare_spawner,
+            feather_confine::seccomp::spawner_stack(profile, Layout::Folded, Generation::Current)
+                .unwrap()
+        );
+        let spawner = under(&unshare_spawner.iter().collect::<Vec<_>>());
+        assert_eq!(foreign_filters(&filters_of(&spawner), true, &allowed), None);
+        let spawned: Vec<&Program> = unshare_spawner.iter().chain(&new_vm).collect();
         assert_eq!(
             foreign_filters(&filters_of(&under(&spawned)), false, &allowed),
             None
