@@ -1686,3 +1686,69 @@ fn a_root_on_a_filesystem_of_its_own_is_hidden_by_that_filesystems_layer() {
         a.sh("w", &format!("kill {holder}"));
     }
 }
+
+/// A process of VM `vm` whose working folder is `path` of process `pid`'s mount namespace
+/// (`cd /proc/<pid>/root<path>`, by the VM's root in init's namespace), running on after
+/// `pid` ends. Returns its pid, as the VM sees it: the folder is `/proc/<it>/cwd` there.
+fn keep_cwd_in(feather: &Feather, vm: &str, pid: i64, path: &Path) -> i64 {
+    let path = path.display();
+    feather.sh(
+        vm,
+        &format!(
+            "sh -c 'cd /proc/{pid}/root{path} && exec sleep 999' </dev/null >/dev/null 2>&1 & \
+             echo $! > /tmp/keeper-of-cwd"
+        ),
+    );
+    let holder: i64 = feather
+        .sh(vm, "cat /tmp/keeper-of-cwd")
+        .trim()
+        .parse()
+        .unwrap();
+    feather.eventually("the working folder in the namespace is taken", || {
+        feather.sh(vm, &format!("readlink /proc/{holder}/cwd || true")) == format!("{path}\n")
+    });
+    holder
+}
+
+/// The read-only binds and masks of a `PrivateTmp=` unit's `/proc` and `/sys` stay attached
+/// once its namespace's last process ended: the spawner covers them with copies taken in a
+/// namespace made together with a new user namespace, where the kernel locks every mount, and
+/// a locked mount is not detached when its namespace dies. A VM process whose working folder
+/// is the unit's `/proc` then still crosses the read-only bind on `/proc/sys` (a write of a
+/// sysctl's own value: EROFS) and the mask over `/proc/timer_list`; one in the unit's `/sys`
+/// still finds `/sys/firmware` masked. Before (the unit's namespace made by
+/// `unshare(CLONE_NEWNS)` alone, nothing locked), the binds were detached: the write reached
+/// the host's sysctl (any host sysctl was writable: `core_pattern`, a host root's escape), the
+/// host's timers and firmware tables showed (review edges23 H1). Only the sysctl's current
+/// value is ever written back.
+#[test]
+fn an_ended_private_tmp_units_namespace_keeps_proc_sys_read_only_and_its_masks() {
+    let sysctl = Path::new("/proc/sys/kernel/printk_ratelimit_burst");
+    let host_value = fs::read_to_string(sysctl).unwrap();
+    let a = Feather::new("host-view-ended-ns-proc");
+    start_host_vm(&a, "w");
+    let unit = private_tmp_unit(&a, "w");
+    let in_proc = keep_cwd_in(&a, "w", unit, Path::new("/proc"));
+    let in_sys = keep_cwd_in(&a, "w", unit, Path::new("/sys"));
+    let look = format!(
+        "cd /proc/{in_proc}/cwd && v=$(cat sys/kernel/printk_ratelimit_burst) && \
+         {{ echo \"$v\" > sys/kernel/printk_ratelimit_burst && echo written; }} 2>&1; \
+         wc -c < timer_list; cd /proc/{in_sys}/cwd && ls -A firmware | wc -l"
+    );
+    let before_end = a.sh("w", &look);
+    end_unit(&a, "w", unit);
+    let after_end = a.sh("w", &look);
+    assert_eq!(fs::read_to_string(sysctl).unwrap(), host_value);
+    let firmware = a.sh("w", "ls -A /sys/firmware | wc -l");
+    for (when, seen) in [("running", &before_end), ("ended", &after_end)] {
+        assert!(
+            seen.contains("Read-only file system") && !seen.contains("written"),
+            "the unit's /proc/sys, {when}:\n{seen}"
+        );
+        assert!(
+            seen.ends_with(&format!("\n0\n{firmware}")),
+            "the unit's /proc/timer_list or /sys/firmware unmasked, {when} \
+             (the VM's /sys/firmware: {firmware:?}):\n{seen}"
+        );
+    }
+}

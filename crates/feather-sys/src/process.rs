@@ -135,6 +135,49 @@ pub fn join_namespaces(pidfd: &impl AsFd, namespaces: CloneFlags) -> Result<()> 
     nix::sched::setns(pidfd.as_fd(), namespaces).ctx("setns", "VM namespaces")
 }
 
+/// A descriptor of the mount namespace a short-lived child makes together with the other new
+/// `namespaces` (a user namespace, for one), which the caller may join without them
+/// ([`join_namespace`]). The child opens its own namespace's file and sends it over a socket:
+/// a process may open its own, where the caller's opening the child's (or joining it by a
+/// pidfd) would need ptrace access to a child not dumpable as the caller is not. The caller
+/// must be single-threaded; the child is reaped before this returns.
+pub fn new_mount_namespace(namespaces: CloneFlags) -> Result<OwnedFd> {
+    let what = "new mount namespace";
+    let (ours, theirs) = nix::sys::socket::socketpair(
+        nix::sys::socket::AddressFamily::Unix,
+        nix::sys::socket::SockType::SeqPacket,
+        None,
+        nix::sys::socket::SockFlag::SOCK_CLOEXEC,
+    )
+    .ctx("socketpair", what)?;
+    let namespaces = namespaces | CloneFlags::CLONE_NEWNS;
+    let Some(pid) = raw::fork_into_namespaces(namespaces.bits()).ctx("clone", what)? else {
+        drop(ours);
+        let sent = fs::File::open("/proc/self/ns/mnt")
+            .map_err(|e| nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))
+            .and_then(|ns| crate::fdpass::send(&theirs, b"mnt", &[ns.as_raw_fd()]));
+        raw::exit_now(i32::from(sent.is_err()))
+    };
+    drop(theirs);
+    let mut buffer = [0u8; 8];
+    let received = crate::fdpass::receive(&ours, &mut buffer);
+    let _ = nix::sys::wait::waitpid(Pid::from_raw(pid), None);
+    let (_, fds) = received.ctx("receive namespace", what)?;
+    fds.into_iter()
+        .next()
+        .ok_or(nix::errno::Errno::ENOENT)
+        .ctx("receive namespace (its maker sent none)", what)
+}
+
+/// Moves the caller into the namespace whose descriptor is `ns` (a file of /proc/PID/ns), of
+/// the type `namespace` names.
+pub fn join_namespace(ns: &impl AsFd, namespace: CloneFlags) -> Result<()> {
+    if namespace.contains(CloneFlags::CLONE_NEWNS) {
+        raw::remember_threads();
+    }
+    nix::sched::setns(ns.as_fd(), namespace).ctx("setns", "namespace")
+}
+
 /// Hides the folders `rels` (paths inside the VM, e.g. another state root) in the mount
 /// namespace of the process `pidfd` names, under an empty read-only tmpfs each
 /// ([`crate::mount::hide_beneath`]), from a short-lived child: the caller's own mounts stay

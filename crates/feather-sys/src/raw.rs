@@ -80,6 +80,25 @@ pub fn clone3(namespaces: libc::c_int, cgroup: Option<RawFd>) -> Result<Cloned, 
     }
 }
 
+/// fork(2) into the new namespaces named by `namespaces` (clone(2) with exit signal SIGCHLD,
+/// for a caller whose filter answers clone3 with ENOSYS: the VM's spawner, whose filter can
+/// read clone's flags, not clone3's): `Some(pid)` in the parent, `None` in the child. Refuses
+/// (`EDEADLK`) unless the caller is the process's only thread, as [`fork`] does.
+pub fn fork_into_namespaces(namespaces: libc::c_int) -> Result<Option<libc::pid_t>, Errno> {
+    require_single_thread()?;
+    let flags = namespaces | libc::SIGCHLD;
+    // SAFETY: with stack 0 the child resumes here on a private copy of our stack (fork
+    // semantics); no tid, tls or pidfd flag is set, so the kernel reads no other argument. The
+    // caller is the only thread (checked above), so the child's copy of the address space
+    // holds no lock of another thread.
+    let ret = unsafe { libc::syscall(libc::SYS_clone, flags as libc::c_ulong, 0, 0, 0, 0) };
+    match ret {
+        -1 => Err(Errno::last()),
+        0 => Ok(None),
+        pid => Ok(Some(pid as libc::pid_t)),
+    }
+}
+
 /// pidfd_open(2): a descriptor that refers to one process for as long as it is held, immune to
 /// pid reuse.
 pub fn pidfd_open(pid: libc::pid_t) -> Result<OwnedFd, Errno> {

@@ -105,14 +105,14 @@ impl Allowed {
             filters: feather_confine::seccomp::filter_count(profile) as u32,
             userns: profile.allow_userns,
             host_network,
-            // This build's rules; the builds up to ff32a5d let the io_uring calls through, those
-            // before 2026-12-06 had older ones still (their spawner made its namespace private,
-            // and their filters let open_tree_attr through:
-            // feather_confine::seccomp::Generation), those before 2026-12-05 also laid every
-            // program out the older way.
+            // This build's rules; earlier builds of 2026-12-06 had another spawner's (it made
+            // its namespace by unshare, unlocked) and let the io_uring calls through, builds before 2026-12-06 older ones (their
+            // spawner made its namespace private, and their filters let open_tree_attr
+            // through: feather_confine::seccomp::Generation), those before 2026-12-05 also laid
+            // every program out the older way.
             stacks: [
                 (Layout::Folded, Generation::Current),
-                (Layout::Folded, Generation::IoUringAllowed),
+                (Layout::Folded, Generation::Unlocked20261206),
                 (Layout::Folded, Generation::Before20261206),
                 (Layout::Duplicated, Generation::Before20261206),
             ]
@@ -729,9 +729,10 @@ os.execvp("sleep", ["sleep", "60"])
         );
         // The filters of the builds before 2026-12-06 (the folded layout already), whose
         // spawner made its namespace private and whose rules let open_tree_attr and io_uring
-        // through, and of those up to ff32a5d (io_uring let through): the VM's stack, the
-        // spawner's, and the spawner's under the VM's.
-        for earlier in [before, Generation::IoUringAllowed] {
+        // through, and of those up to ff32a5d (their spawner made its namespace by unshare, and
+        // their filters let io_uring through): the VM's stack, the spawner's, and the
+        // spawner's under the VM's.
+        for earlier in [before, Generation::Unlocked20261206] {
             let folded_vm = Compiled::in_layout(profile, Layout::Folded, earlier)
                 .unwrap()
                 .stack();

@@ -12,7 +12,9 @@
 //! 3. not dumpable: no process of the VM can trace it or take its descriptors;
 //! 4. its capabilities: the VM's set and CAP_SYS_ADMIN, no other;
 //! 5. its filter (feather_confine::seccomp::compile_spawner): the VM's, with only `unshare`
-//!    of a mount namespace and `mount` with `MS_BIND` or `MS_REC|MS_SLAVE` let through;
+//!    of a mount namespace, `clone` into a new user and mount namespace together (the maker of
+//!    a locked copy), `setns` of a mount namespace, recursive `open_tree` clones,
+//!    `move_mount` by descriptors and `mount` with `MS_BIND` or `MS_REC|MS_SLAVE` let through;
 //! 6. a request names one folder (no `/`, not `.`/`..`, `systemd-private-…`); each bind's
 //!    source is opened beneath `/tmp` or `/var/tmp`, and its target as `/tmp` or `/var/tmp`,
 //!    without following a link; nothing else of the request reaches a call;
@@ -219,10 +221,15 @@ fn spawn(request: &SpawnRequest, vm_filters: &Compiled) -> Result<(Pid, OwnedFd,
     }
 }
 
-/// The recipe, in the spawner's child: a mount namespace of its own, a slave of the VM's, with `/tmp` and
-/// `/var/tmp` bound from the unit's folders; then the VM's filter and capability set, as
-/// every process of the VM (CAP_SYS_ADMIN dropped).
+/// The recipe, in the spawner's child: a mount namespace of its own, a slave of the VM's,
+/// whose `/proc` and `/sys` are covered by copies with their submounts locked
+/// ([`locked_kernel_trees`]), with `/tmp` and `/var/tmp` bound from the unit's folders; then
+/// the VM's filter and capability set, as every process of the VM (CAP_SYS_ADMIN dropped).
 fn private_view(folder: &str, vm_filters: &Compiled) -> Result<(), String> {
+    let causes = |e: feather_sys::SysError| feather_core::error::causes(&e);
+    // Copied from the VM's namespace before this one exists: nothing of the unit's in it.
+    let locked =
+        feather_sys::process::new_mount_namespace(CloneFlags::CLONE_NEWUSER).map_err(causes)?;
     nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(|e| format!("unshare: {e}"))?;
     // A slave of the VM's namespace, as systemd makes it: nothing bound here reaches the
     // VM's namespace, and what the host mounts there later (the empty tmpfs over a state root
@@ -236,6 +243,11 @@ fn private_view(folder: &str, vm_filters: &Compiled) -> Result<(), String> {
         None::<&str>,
     )
     .map_err(|e| format!("making mounts slaves: {e}"))?;
+    let own =
+        std::fs::File::open("/proc/self/ns/mnt").map_err(|e| format!("/proc/self/ns/mnt: {e}"))?;
+    for (point, tree) in locked_kernel_trees(&locked, &own)? {
+        feather_sys::mount::attach_tree(&tree, &open_folder(point)?).map_err(causes)?;
+    }
     for root in TEMPORARY_ROOTS {
         bind_private_folder(root, folder).map_err(|e| format!("{root}: {e}"))?;
     }
@@ -245,6 +257,48 @@ fn private_view(folder: &str, vm_filters: &Compiled) -> Result<(), String> {
         crate::workload::WORKLOAD_OOM_SCORE_ADJ.to_string(),
     );
     feather_confine::confine_compiled(vm_filters).map_err(|e| feather_core::error::causes(&e))
+}
+
+/// The VM's kernel interfaces whose read-only binds and masks must hold for good: `/proc`
+/// (`sys`, `sysrq-trigger`, `keys`, `timer_list`…) and `/sys` (`firmware`, `powercap`).
+const KERNEL_TREES: [&str; 2] = ["proc", "sys"];
+
+/// Recursive copies of [`KERNEL_TREES`] taken in `locked` (a copy of the VM's namespace made
+/// together with a new user namespace, [`feather_sys::process::new_mount_namespace`]), where
+/// the kernel locks every mount (`MNT_LOCKED`), and a recursive copy keeps its submounts
+/// locked; the caller is back in `own` when this returns. A locked mount stays attached to its
+/// parent when its namespace's last process ends; the unit's own namespace, made by `unshare`,
+/// locks nothing, and at its end the kernel detached every mount from the next: a VM process
+/// holding a folder in it (through `/proc/<pid>/root`) walked from `/proc` into the read-write
+/// procfs beneath the read-only `/proc/sys` (host sysctls) and beneath the masks. The unit does
+/// not live in `locked` itself: CRIU cannot dump a tmpfs whose submounts are locked where it
+/// looks first (the VM's `/dev` and `/run`; it tars them with their submounts' files, and the
+/// restore fails), and the unit stays in the VM's user namespace either way.
+fn locked_kernel_trees(
+    locked: &OwnedFd,
+    own: &impl AsFd,
+) -> Result<Vec<(&'static str, OwnedFd)>, String> {
+    let causes = |e: feather_sys::SysError| feather_core::error::causes(&e);
+    feather_sys::process::join_namespace(locked, CloneFlags::CLONE_NEWNS).map_err(causes)?;
+    let trees = KERNEL_TREES
+        .iter()
+        .map(|point| {
+            let at = open_folder(point)?;
+            let tree = feather_sys::mount::clone_tree_recursive(&at).map_err(causes)?;
+            Ok((*point, tree))
+        })
+        .collect::<Result<Vec<_>, String>>();
+    let back = feather_sys::process::join_namespace(own, CloneFlags::CLONE_NEWNS).map_err(causes);
+    let trees = trees?;
+    back?;
+    Ok(trees)
+}
+
+/// The folder `/NAME` of the caller's root, opened `O_PATH` without following a link.
+fn open_folder(name: &str) -> Result<OwnedFd, String> {
+    let slash = feather_sys::beneath::open_root(Path::new("/")).map_err(|e| format!("/: {e}"))?;
+    feather_sys::beneath::open_beneath(&slash, Path::new(name), OFlag::O_PATH | OFlag::O_DIRECTORY)
+        .map_err(|e| format!("/{name}: {e}"))
 }
 
 /// Binds `ROOT/FOLDER/tmp` over `ROOT`, both opened beneath `/` without following a link
