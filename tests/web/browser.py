@@ -26,9 +26,12 @@ WAIT = 20  # seconds: a VM starts in well under one; the live feed pushes every 
 JOB = 180  # seconds for a long action (checkpoint, restore, the IPC probe) on a loaded machine
 
 
-def browser(width=1280, height=900):
+def browser(width=1280, height=900, profile=None):
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
+    if profile:
+        # What one tour leaves in the browser (cache, service workers) the next one finds.
+        options.add_argument(f"--user-data-dir={profile}")
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", f"--window-size={max(width, 500)},{height}"):
         options.add_argument(argument)
@@ -42,7 +45,7 @@ def browser(width=1280, height=900):
 class Tour:
     def __init__(self, args, width=1280, height=900):
         self.args = args
-        self.driver = browser(width, height)
+        self.driver = browser(width, height, args.get("profile"))
         self.wait = WebDriverWait(self.driver, WAIT)
 
     def close(self):
@@ -310,7 +313,64 @@ def other_port(tour):
     tour.text_appears("h1", "my app")
 
 
-TOURS = {"other_port": other_port, "vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
+SQUATTER_PAGE = b"""<!doctype html><title>squatter</title><script src="/app.js"></script>
+<script>navigator.serviceWorker.register("/sw.js").then(() => navigator.serviceWorker.ready)
+  .then(() => { document.body.dataset.worker = "ready"; });</script>"""
+# Kept for a year: the next page at this address that names /app.js would run this instead.
+SQUATTER_SCRIPT = b"""document.title = "squatted";
+window.addEventListener("DOMContentLoaded", () => {
+  document.body.dataset.stolen = localStorage.getItem("feather-session") || "none"; });"""
+# A worker that stays registered for the origin (it answers nothing itself).
+SQUATTER_WORKER = b"""self.addEventListener("install", () => self.skipWaiting());
+self.addEventListener("fetch", () => {});"""
+
+
+def squat(tour):
+    """A server on the web view's address while `feather web` is not running: the browser
+    visits it (a reloaded tab, a bookmark) and it leaves a service worker and a year-cached
+    `/app.js` for that origin."""
+    import http.server
+    import threading
+
+    class Squatter(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            body, kind = {"/app.js": (SQUATTER_SCRIPT, "text/javascript"),
+                          "/sw.js": (SQUATTER_WORKER, "text/javascript")}.get(
+                              self.path, (SQUATTER_PAGE, "text/html"))
+            self.send_response(200)
+            self.send_header("Content-Type", kind)
+            self.send_header("Cache-Control", "max-age=31536000, immutable")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", tour.args["port"]), Squatter)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tour.driver.get(f"http://127.0.0.1:{tour.args['port']}/")
+        tour.wait.until(lambda d: d.execute_script("return document.body.dataset.worker") == "ready")
+        assert tour.driver.title == "squatted", "the squatter's script ran and is cached"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def after_squat(tour):
+    """The next `feather web` at the squatted address: its login link opens the real page —
+    its own script runs (the live feed answers it, with the session's key), the squatter's
+    cached script does not, and no service worker is left."""
+    tour.open()
+    assert tour.driver.title == "feather", f"the page's own script, not {tour.driver.title!r}"
+    assert tour.driver.execute_script("return document.body.dataset.stolen") is None
+    workers = tour.driver.execute_async_script(
+        "navigator.serviceWorker.getRegistrations().then((r) => arguments[0](r.length))")
+    assert workers == 0, f"{workers} service worker(s) left for the page's origin"
+
+
+TOURS = {"squat": squat, "after_squat": after_squat, "other_port": other_port, "vms": vms, "phone": phone, "changes": changes, "shuttle": shuttle,
          "lost_contact": lost_contact, "checkpoint": checkpoint, "services": services,
          "ipc": ipc, "terminal": terminal, "ask": ask}
 

@@ -18,6 +18,10 @@ use crate::support::{Feather, HostDir, ScratchBase};
 /// Runs tour `name` of browser.py with `args` (the login URL added); panics with its report.
 fn tour(name: &str, server: &WebServer, mut args: serde_json::Value) {
     args["url"] = json!(server.login_url);
+    run_tour(name, args);
+}
+
+fn run_tour(name: &str, mut args: serde_json::Value) {
     if let Ok(folder) = std::env::var("FEATHER_WEB_SCREENSHOTS") {
         args["screenshots"] = json!(folder);
     }
@@ -371,4 +375,25 @@ fn cookie_catcher() -> (String, std::thread::JoinHandle<String>) {
         String::new()
     });
     (url, caught)
+}
+
+/// Review fixes23 W1: while `feather web` is not running, a local user listens on its address;
+/// the browser visits that server, which leaves a service worker and an `/app.js` cached for a
+/// year for the page's origin. The next `feather web` on that address (as a fixed `--listen`
+/// gives it): its login link opens the real page — its own script runs (the live feed), the
+/// squatter's does not, and no worker is left. Without the login's `Clear-Site-Data`, the
+/// cached script ran in the page's origin (and the page never went live), and the worker stayed.
+#[test]
+fn what_a_server_that_squatted_the_address_left_in_the_browser_is_gone_at_login() {
+    let feather = Feather::new("web-squat");
+    let profile = HostDir::new("web-squat-profile");
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let profile_path = profile.0.to_str().unwrap().to_owned();
+    run_tour("squat", json!({ "port": port, "profile": profile_path }));
+    let server = WebServer::start_at(&feather, &format!("127.0.0.1:{port}"));
+    tour("after_squat", &server, json!({ "profile": profile_path }));
 }

@@ -494,3 +494,93 @@ fn the_session_cookie_alone_opens_no_api_request() {
         assert_eq!(page.status, 200, "{path}: {}", page.head);
     }
 }
+
+/// Review fixes23 W1–W4, from outside: what keeps a server that held the web view's address
+/// before (or holds another name for it) out of the next session.
+/// - W1: no answer may be cached, the page's included; the login clears what the origin left
+///   in the browser and forbids workers; a login not opened by the browser itself as a window
+///   (a service worker's fetch, a frame) is refused and does not spend the token.
+/// - W3: the page has a process and a window of its own; every answer, errors too, is for
+///   this origin only.
+/// - W4: `localhost` (which may be `[::1]`, another listener) is not our address.
+/// - W2: the page's paths pass on the cookie alone for reading only.
+#[test]
+fn no_answer_outlives_the_server_and_only_the_browsers_own_login_opens_a_session() {
+    let feather = Feather::new("web-squat");
+    let server = WebServer::start(&feather);
+    let port = server.address.rsplit(':').next().unwrap().to_owned();
+    let login = format!("/login?token={}", server.token());
+    let by_a_worker = ["Sec-Fetch-Mode: same-origin", "Sec-Fetch-Dest: empty"];
+    let preloaded = [
+        "Sec-Fetch-Mode: navigate",
+        "Sec-Fetch-Dest: document",
+        "Service-Worker-Navigation-Preload: true",
+    ];
+    let framed = ["Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: iframe"];
+    for headers in [&by_a_worker[..], &preloaded, &framed] {
+        let refused = server.request("GET", &login, headers, "");
+        assert_eq!(refused.status, 403, "{headers:?}: {}", refused.head);
+        assert!(
+            !refused.body.contains("feather-session"),
+            "{}",
+            refused.body
+        );
+    }
+    let elsewhere = server.request("GET", &login, &[&format!("Host: localhost:{port}")], "");
+    assert_eq!(elsewhere.status, 403, "{}", elsewhere.head);
+
+    let page = server.request(
+        "GET",
+        &login,
+        &["Sec-Fetch-Mode: navigate", "Sec-Fetch-Dest: document"],
+        "",
+    );
+    assert_eq!(page.status, 200, "the token is unspent: {}", page.head);
+    assert_eq!(
+        page.header("clear-site-data"),
+        Some(r#""cache", "storage""#)
+    );
+    assert_eq!(
+        page.header("cross-origin-opener-policy"),
+        Some("same-origin")
+    );
+    assert_eq!(page.header("origin-agent-cluster"), Some("?1"));
+    let policy = page.header("content-security-policy").expect("a CSP");
+    assert!(policy.contains("worker-src 'none'"), "{policy}");
+    assert!(
+        page.body.contains(r#"src="/app.js" integrity="sha384-"#),
+        "{}",
+        page.body
+    );
+
+    let cookie = page
+        .header("set-cookie")
+        .and_then(|cookie| cookie.split(';').next())
+        .unwrap()
+        .to_owned();
+    let cookie_only = format!("Cookie: {cookie}");
+    let answers = [
+        server.request("GET", "/", &[&cookie_only], ""),
+        server.request("GET", "/app.js", &[&cookie_only], ""),
+        server.request("GET", "/api/session", &[&cookie_only], ""),
+        server.request("GET", "/no-such-file", &[], ""),
+        server.request("GET", "/login?token=spent", &[], ""),
+    ];
+    for answer in &answers {
+        assert_eq!(
+            answer.header("cache-control"),
+            Some("no-store"),
+            "{}",
+            answer.head
+        );
+        let corp = answer.header("cross-origin-resource-policy");
+        assert_eq!(corp, Some("same-origin"), "{}", answer.head);
+        assert_eq!(answer.header("x-content-type-options"), Some("nosniff"));
+    }
+    for method in ["POST", "PUT", "DELETE", "OPTIONS"] {
+        for path in ["/", "/app.js"] {
+            let answer = server.request(method, path, &[&cookie_only], "");
+            assert_eq!(answer.status, 401, "{method} {path}: {}", answer.head);
+        }
+    }
+}

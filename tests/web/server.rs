@@ -19,9 +19,14 @@ pub struct WebServer {
 
 impl WebServer {
     pub fn start(feather: &Feather) -> WebServer {
+        WebServer::start_at(feather, "127.0.0.1:0")
+    }
+
+    /// Serving on `listen` (`ADDR:PORT`).
+    pub fn start_at(feather: &Feather, listen: &str) -> WebServer {
         let mut child = feather
             .command()
-            .args(["web", "--listen", "127.0.0.1:0"])
+            .args(["web", "--listen", listen])
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()

@@ -82,7 +82,10 @@ pub enum Refusal {
 impl Refusal {
     pub fn message(&self) -> &'static str {
         match self {
-            Refusal::ForeignHost => "this server answers only to its own address",
+            Refusal::ForeignHost => {
+                "this server answers only to the address `feather web` printed (not another name \
+                 for it, such as localhost)"
+            }
             Refusal::NoSession => {
                 "no session: open the URL `feather web` printed (its token works once)"
             }
@@ -212,19 +215,14 @@ impl Sessions {
         })
     }
 
+    /// Over HTTP, only the very address served: not `localhost`, which the browser may reach
+    /// at `[::1]` where anyone may listen while this server holds 127.0.0.1 only, and which would
+    /// be another origin with its own key (review fixes23 W4).
     pub fn is_our_host(&self, host: Option<&str>) -> bool {
-        let port = self.address.port();
         if self.tls {
             return host.is_some();
         }
-        match host {
-            Some(host) => {
-                host == self.address.to_string()
-                    || host == format!("localhost:{port}")
-                    || (self.address.ip().is_ipv4() && host == format!("127.0.0.1:{port}"))
-            }
-            None => false,
-        }
+        host.is_some_and(|host| host == self.address.to_string())
     }
 
     /// The `Set-Cookie` value of a new session.
@@ -422,7 +420,8 @@ mod tests {
     fn over_http_the_page_is_at_an_address_served() {
         let sessions = sessions();
         assert!(sessions.is_our_origin(Some("http://127.0.0.1:7070"), Some("127.0.0.1:7070")));
-        assert!(sessions.is_our_origin(Some("http://localhost:7070"), Some("localhost:7070")));
+        // W4: `localhost` may be `[::1]`, which this server does not hold.
+        assert!(!sessions.is_our_origin(Some("http://localhost:7070"), Some("localhost:7070")));
         assert!(!sessions.is_our_origin(Some("http://127.0.0.1:8080"), Some("127.0.0.1:7070")));
         assert!(!sessions.is_our_origin(Some("http://evil.example"), Some("evil.example")));
     }
@@ -435,6 +434,8 @@ mod tests {
         rebound.host = Some("attacker.example:7070");
         assert_eq!(sessions.check(&rebound), Err(Refusal::ForeignHost));
         rebound.host = Some("localhost:7070");
+        assert_eq!(sessions.check(&rebound), Err(Refusal::ForeignHost));
+        rebound.host = Some("127.0.0.1:7070");
         assert_eq!(sessions.check(&rebound), Ok(()));
     }
 }

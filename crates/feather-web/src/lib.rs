@@ -46,7 +46,10 @@ pub struct Tls {
 }
 
 impl Options {
-    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:7070";
+    /// A port the kernel picks, another at each run (the URL printed names it): no address
+    /// the browser knew from an earlier run is the page's again, so whoever listened there
+    /// since has left nothing in this origin (review fixes23 W1).
+    pub const DEFAULT_LISTEN: &'static str = "127.0.0.1:0";
 
     /// Reachable from other machines: the caller should say so.
     pub fn is_exposed(&self) -> bool {

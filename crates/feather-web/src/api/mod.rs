@@ -67,7 +67,39 @@ pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/login", get(login))
         .merge(guarded)
+        .layer(middleware::map_response(every_answer))
         .with_state(shared)
+}
+
+/// The headers every answer carries, errors and the API's JSON included ([`page::EVERY_ANSWER`]).
+async fn every_answer(mut response: Response) -> Response {
+    for (name, value) in page::EVERY_ANSWER {
+        response
+            .headers_mut()
+            .insert(name, header::HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Whether a request is one of the page's own files, which need the cookie alone: only a GET
+/// or HEAD of one (a browser loads them so); anything else sent to their paths needs the key
+/// too, like any other request (review fixes23 W2).
+fn is_page_file(method: &Method, path: &str) -> bool {
+    matches!(*method, Method::GET | Method::HEAD) && page::FILES.contains(&path)
+}
+
+/// Whether the login was asked by the browser itself, opening the link in a window: not by a
+/// script's `fetch` (Sec-Fetch-Mode `navigate` no script can set) nor a frame, and not through
+/// a service worker's navigation preload — a worker that a server which held this address
+/// before left behind would read the key out of the answer (review fixes23 W1). A client that
+/// sends no fetch metadata (no browser does so) is taken at its word. A worker that hands on
+/// the browser's own request (`fetch(event.request)`) keeps its mode and passes: against that,
+/// only a port of its own at each run ([`crate::Options::DEFAULT_LISTEN`]).
+fn is_window_navigation(headers: &HeaderMap) -> bool {
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    !matches!(text("sec-fetch-mode"), Some(mode) if mode != "navigate")
+        && !matches!(text("sec-fetch-dest"), Some(dest) if dest != "document")
+        && headers.get("service-worker-navigation-preload").is_none()
 }
 
 async fn guard(State(shared): AppState, request: Request, next: Next) -> Response {
@@ -80,7 +112,7 @@ async fn guard(State(shared): AppState, request: Request, next: Next) -> Respons
         csrf: text(header::HeaderName::from_static(CSRF_HEADER)),
         key: text(header::HeaderName::from_static(KEY_HEADER))
             .or_else(|| text(header::SEC_WEBSOCKET_PROTOCOL).and_then(key_in_protocols)),
-        page_file: page::FILES.contains(&request.uri().path()),
+        page_file: is_page_file(request.method(), request.uri().path()),
         changes_state: !matches!(*request.method(), Method::GET | Method::HEAD),
     };
     match shared.sessions.check(&facts) {
@@ -113,6 +145,14 @@ async fn login(
         return ApiError::new(
             StatusCode::FORBIDDEN,
             crate::auth::Refusal::ForeignHost.message(),
+        )
+        .into_response();
+    }
+    if !is_window_navigation(&headers) {
+        return ApiError::new(
+            StatusCode::FORBIDDEN,
+            "the login link opens only as a page of its own: open it in the browser's address \
+             bar (the token is not spent)",
         )
         .into_response();
     }
@@ -164,4 +204,59 @@ async fn events(State(shared): AppState) -> Sse<impl Stream<Item = Result<Event,
     });
     let events = table.merge(audit).merge(jobs).merge(asks);
     Sse::new(events.map(Ok)).keep_alive(KeepAlive::default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// W2: the cookie-only exemption holds for reading the page's files, nothing else.
+    #[test]
+    fn only_reading_a_page_file_is_one() {
+        assert!(is_page_file(&Method::GET, "/"));
+        assert!(is_page_file(&Method::HEAD, "/app.js"));
+        for method in [
+            Method::POST,
+            Method::PUT,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::PATCH,
+        ] {
+            assert!(!is_page_file(&method, "/"), "{method}");
+            assert!(!is_page_file(&method, "/app.js"), "{method}");
+        }
+        assert!(!is_page_file(&Method::GET, "/api/session"));
+    }
+
+    /// W1: a service worker left at this origin cannot spend the login link itself — neither
+    /// by fetching it nor through a navigation preload — and a frame cannot either.
+    #[test]
+    fn only_a_window_opening_the_link_logs_in() {
+        let headers = |pairs: &[(&'static str, &'static str)]| {
+            let mut map = HeaderMap::new();
+            for (name, value) in pairs {
+                map.insert(*name, header::HeaderValue::from_static(value));
+            }
+            map
+        };
+        let window = [
+            ("sec-fetch-mode", "navigate"),
+            ("sec-fetch-dest", "document"),
+        ];
+        assert!(is_window_navigation(&headers(&window)));
+        assert!(is_window_navigation(&headers(&[])));
+        for refused in [
+            [
+                ("sec-fetch-mode", "same-origin"),
+                ("sec-fetch-dest", "empty"),
+            ],
+            [("sec-fetch-mode", "cors"), ("sec-fetch-dest", "document")],
+            [("sec-fetch-mode", "navigate"), ("sec-fetch-dest", "iframe")],
+        ] {
+            assert!(!is_window_navigation(&headers(&refused)), "{refused:?}");
+        }
+        let mut preload = window.to_vec();
+        preload.push(("service-worker-navigation-preload", "true"));
+        assert!(!is_window_navigation(&headers(&preload)));
+    }
 }

@@ -879,7 +879,24 @@ function renderAudit() {
 
 // ---- start ----------------------------------------------------------------------------------
 
+/// The page registers no service worker. One found here was left by a server that held this
+/// address while `feather web` did not, to answer for the page: it is unregistered, and the page
+/// stops (the login's Clear-Site-Data drops it too; this covers a browser that ignored that).
+async function dropServiceWorkers() {
+  if (!("serviceWorker" in navigator)) return false;
+  const found = await navigator.serviceWorker.getRegistrations();
+  for (const registration of found) await registration.unregister();
+  return found.length > 0;
+}
+
 async function boot() {
+  if (await dropServiceWorkers()) {
+    localStorage.removeItem(KEY_ITEM);
+    document.getElementById("main").replaceChildren(el("p", { class: "error" },
+      "A service worker that feather does not register was found for this address and removed: " +
+      "another server held this address before. Restart `feather web` and open its new login link."));
+    return;
+  }
   keepSessionKey();
   try {
     const session = await api("GET", "/api/session");
