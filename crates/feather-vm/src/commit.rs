@@ -43,7 +43,7 @@ pub fn changes(root: &StateRoot, name: &VmName) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
     let (_, trees) = pin(&vm, &config)?;
-    let hidden = crate::hiding::state_folders(root);
+    let hidden = crate::hiding::state_folders_strict(root)?;
     diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))
 }
 
@@ -166,7 +166,7 @@ pub fn commit(
     let config = vm.read_config()?;
     let _frozen = hold_still(&vm, &config)?;
     let (_base, trees) = pin(&vm, &config)?;
-    let hidden = crate::hiding::state_folders(root);
+    let hidden = crate::hiding::state_folders_strict(root)?;
     let all = diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))?;
     let selected = select(all, paths, name)?;
     refuse_forbidden(&selected, name)?;
