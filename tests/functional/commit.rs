@@ -361,3 +361,224 @@ fn commit_applies_what_widens_access_to_an_entry_only_when_asked_and_diff_says_h
         "applied when asked"
     );
 }
+
+/// A scratch base with root's 0755 `/usr/local/bin` and a sticky, world-writable `/tmp`, and a
+/// running VM over it.
+fn with_programs(label: &str) -> (Feather, ScratchBase) {
+    let base = ScratchBase::new(label);
+    base.write("usr/local/bin/tool0", "host\n");
+    fs::set_permissions(base.file("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    let feather = Feather::new(label);
+    feather.start_over("vm", &base, &["--net", "none"]);
+    (feather, base)
+}
+
+#[test]
+fn a_new_entry_is_judged_against_the_base_folder_it_lands_in_not_the_vms_copy() {
+    let (feather, base) = with_programs("commit-parent");
+    // Review fixes23 C1: the folder given to user 1000 in the VM, the file then "in a folder of
+    // 1000's"; and a new folder of 1000's with 1000's file in it.
+    feather.sh(
+        "vm",
+        "chown 1000 /usr/local/bin && echo x > /usr/local/bin/tool && chown 1000 /usr/local/bin/tool \
+         && chmod 755 /usr/local/bin/tool && mkdir /usr/local/bin/d && chown 1000 /usr/local/bin/d \
+         && echo y > /usr/local/bin/d/tool && chown 1000 /usr/local/bin/d/tool",
+    );
+    let err = feather.fails(&["commit", "vm", "/usr/local/bin/tool"]);
+    assert!(
+        err.contains("/usr/local/bin/tool (new, owner 1000 in a folder of 0's)"),
+        "{err}"
+    );
+    let err = feather.fails(&["commit", "vm", "/usr/local/bin/d/tool"]);
+    assert!(
+        err.contains("/usr/local/bin/d/tool (new, owner 1000 in a folder of 0's)"),
+        "{err}"
+    );
+    assert!(!base.file("usr/local/bin/tool").exists());
+    assert!(!base.file("usr/local/bin/d").exists());
+}
+
+#[test]
+fn a_new_entry_a_group_may_write_or_with_an_acl_needs_consent() {
+    let (feather, base) = with_programs("commit-group-acl");
+    // Review fixes23 C2: group write by a user's group, and an ACL naming user 1000 (mask r-x:
+    // the mode looks clean).
+    feather.sh(
+        "vm",
+        "echo x > /usr/local/bin/gw && chown 0:1000 /usr/local/bin/gw && chmod 0775 /usr/local/bin/gw \
+         && echo y > /usr/local/bin/acl && chmod 0755 /usr/local/bin/acl && mkdir /usr/local/inherit",
+    );
+    feather.ok(&["stop", "vm"]);
+    let upper = feather.vm_dir("vm").join("upper");
+    let acl = "0x02000000010007 00ffffffff020007 00e8030000040005 00ffffffff100005 00ffffffff200005 00ffffffff"
+        .replace(' ', "");
+    xattr_set_raw(
+        &upper.join("usr/local/bin/acl"),
+        "system.posix_acl_access",
+        &acl,
+    );
+    let default = "0x020000000100070 0ffffffff0400050 0ffffffff2000050 0ffffffff".replace(' ', "");
+    xattr_set_raw(
+        &upper.join("usr/local/inherit"),
+        "system.posix_acl_default",
+        &default,
+    );
+    let diff = feather.ok(&["diff", "vm"]);
+    for line in [
+        "[new, group 1000 may write 0775] /usr/local/bin/gw\n",
+        "[new, ACL] /usr/local/bin/acl\n",
+        "[new, ACL] /usr/local/inherit\n",
+    ] {
+        assert!(diff.contains(line), "{line} in {diff}");
+    }
+    let err = feather.fails(&["commit", "vm"]);
+    for named in [
+        "/usr/local/bin/gw (new, group 1000 may write 0775)",
+        "/usr/local/bin/acl (new, ACL)",
+        "/usr/local/inherit (new, ACL)",
+    ] {
+        assert!(err.contains(named), "{named} in {err}");
+    }
+    assert!(!base.file("usr/local/bin/acl").exists(), "nothing applied");
+}
+
+/// `setfattr -v 0x…`: a binary value, such as an ACL.
+fn xattr_set_raw(path: &std::path::Path, name: &str, hex: &str) {
+    let status = std::process::Command::new("setfattr")
+        .args(["-n", name, "-v", hex])
+        .arg(path)
+        .status();
+    assert!(
+        status.is_ok_and(|s| s.success()),
+        "setfattr {name} on {}",
+        path.display()
+    );
+}
+
+#[test]
+fn a_link_others_may_redirect_needs_consent_and_one_into_a_hidden_folder_is_never_committed() {
+    let base = ScratchBase::new("commit-links");
+    base.write("usr/local/bin/tool0", "host\n");
+    base.write("data/edit", "host\n");
+    fs::set_permissions(base.file("tmp"), fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::create_dir_all(base.file("srv/other")).unwrap();
+    let other = Feather::at(base.file("srv/other"));
+    other.ok(&["ls"]);
+    let feather = Feather::new("commit-links");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    // Review fixes23 C3: root's `ls` made a link to where any user may put a program, one into
+    // another root's folders, and a plain one to root's own file.
+    feather.sh(
+        "vm",
+        "ln -s /tmp/ls /usr/local/bin/ls && ln -s /srv/other/vms/x/upper/bin/sh /usr/local/bin/x \
+         && ln -s edit /data/plain && mkdir -p /data/sub && ln -s ../edit /data/sub/up",
+    );
+    let diff = feather.ok(&["diff", "vm"]);
+    for line in [
+        "[link through /tmp, which others than root may write] /usr/local/bin/ls -> /tmp/ls\n",
+        "[never committed: in a folder hidden from VMs] /usr/local/bin/x -> /srv/other/vms/x/upper/bin/sh\n",
+        "  /data/sub/up -> ../edit\n",
+    ] {
+        assert!(diff.contains(line), "{line} in {diff}");
+    }
+    let err = feather.fails(&["commit", "vm", "/usr/local/bin/ls"]);
+    assert!(
+        err.contains("/usr/local/bin/ls (link through /tmp, which others than root may write)"),
+        "{err}"
+    );
+    let err = feather.fails(&["commit", "vm", "/usr/local/bin/x", "--keep-privileges"]);
+    assert!(
+        err.contains("/usr/local/bin/x (in a folder hidden from VMs)"),
+        "{err}"
+    );
+    assert!(fs::symlink_metadata(base.file("usr/local/bin/ls")).is_err());
+    assert!(fs::symlink_metadata(base.file("usr/local/bin/x")).is_err());
+    // A link to root's own file, in root's folders, needs nothing.
+    assert_eq!(
+        feather.ok(&["commit", "vm", "/data"]),
+        "A /data/plain\nA /data/sub\nA /data/sub/up\n"
+    );
+}
+
+#[test]
+fn a_new_fifo_is_judged_as_a_file_and_made_with_its_mode() {
+    let (feather, base) = with_programs("commit-fifo");
+    // Review fixes23 C5: a FIFO anyone may write, in root's folder.
+    feather.sh(
+        "vm",
+        "mkfifo -m 0666 /usr/local/bin/pipe && chown 1000 /usr/local/bin/pipe",
+    );
+    let err = feather.fails(&["commit", "vm"]);
+    assert!(
+        err.contains(
+            "/usr/local/bin/pipe (new, world-writable 0666, new, owner 1000 in a folder of 0's)"
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        feather.ok(&["commit", "vm", "--keep-privileges"]),
+        "A /usr/local/bin/pipe\n"
+    );
+    let pipe = fs::symlink_metadata(base.file("usr/local/bin/pipe")).unwrap();
+    assert!(std::os::unix::fs::FileTypeExt::is_fifo(&pipe.file_type()));
+    assert_eq!((pipe.mode() & 0o7777, pipe.uid()), (0o666, 1000));
+}
+
+#[test]
+fn a_socket_is_marked_and_passed_over_before_anything_is_written() {
+    let (feather, base) = with_programs("commit-socket");
+    feather.sh("vm", "mkdir -p /data/a/b && echo x > /data/a/b/file");
+    feather.ok(&["stop", "vm"]);
+    // Review fixes23 C6: a service's socket left in the layer, sorted before other changes.
+    let socket = feather.vm_dir("vm").join("upper/data/a/.s.sock");
+    drop(std::os::unix::net::UnixListener::bind(&socket).unwrap());
+    let listed = feather.run(&["diff", "vm"]);
+    assert!(
+        listed
+            .stdout
+            .contains("[never committed: a socket or device node] /data/a/.s.sock\n"),
+        "{}",
+        listed.stdout
+    );
+    assert!(
+        !listed.stderr.contains("got past a defence"),
+        "{}",
+        listed.stderr
+    );
+    assert_eq!(
+        feather.ok(&["commit", "vm"]),
+        "A /data/a\nA /data/a/b\nA /data/a/b/file\n"
+    );
+    assert_eq!(base.read("data/a/b/file").unwrap(), "x\n");
+    assert!(fs::symlink_metadata(base.file("data/a/.s.sock")).is_err());
+}
+
+#[test]
+fn commit_carries_only_allow_listed_extended_attributes() {
+    let (feather, base) = with_programs("commit-xattrs");
+    feather.sh("vm", "echo x > /data/labelled");
+    feather.ok(&["stop", "vm"]);
+    // Review fixes23 C8: attributes the VM cannot set itself but a layer may hold (an imported
+    // one): the host's to give.
+    let file = feather.vm_dir("vm").join("upper/data/labelled");
+    xattr_set(&file, "user.kept", b"yes");
+    xattr_set(&file, "trusted.feather-test", b"dropped");
+    assert_eq!(feather.ok(&["commit", "vm"]), "A /data/labelled\n");
+    let landed = base.file("data/labelled");
+    assert_eq!(xattr_get(&landed, "user.kept"), "yes");
+    assert_eq!(xattr_get(&landed, "trusted.feather-test"), "");
+}
+
+#[test]
+fn an_owner_or_group_given_to_root_needs_no_consent() {
+    let base = ScratchBase::new("commit-to-root");
+    base.write("data/users", "host\n");
+    std::os::unix::fs::chown(base.file("data/users"), Some(65534), Some(65534)).unwrap();
+    let feather = Feather::new("commit-to-root");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    // Review fixes23 C9: tightening is not widening.
+    feather.sh("vm", "chown 0:0 /data/users");
+    assert_eq!(feather.ok(&["commit", "vm"]), "M /data/users\n");
+    let users = fs::metadata(base.file("data/users")).unwrap();
+    assert_eq!((users.uid(), users.gid()), (0, 0));
+}

@@ -730,6 +730,8 @@ pub fn diff_paths(listing: &str) -> String {
     listing
         .lines()
         .filter(|line| !line.starts_with("total:"))
+        // A symlink's target (` -> TARGET`, after the path) is not part of its path.
+        .map(|line| line.split(" -> ").next().unwrap_or(line))
         .map(|line| match (line.get(..1), line.find(" /")) {
             (Some(kind), Some(at)) => format!("{kind}{}\n", &line[at..]),
             _ => format!("{line}\n"),

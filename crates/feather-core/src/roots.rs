@@ -106,6 +106,33 @@ impl Registry {
         roots
     }
 
+    /// Every registered root, for a guard that must not miss one (`diff`, `commit`): an entry
+    /// whose folder is missing is kept (guarding a path costs nothing), and a registry that
+    /// cannot be read, or an entry that cannot be, is an error naming the file, not a root
+    /// fewer (review fixes23 C4). No registry at all holds no root.
+    pub fn roots_strict(&self) -> Result<Vec<StateRoot>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            other => other.at(&self.dir)?,
+        };
+        let mut roots = Vec::new();
+        for file in entries {
+            let path = file.at(&self.dir)?.path();
+            if path.extension().is_none_or(|ext| ext != "json") {
+                continue;
+            }
+            let bytes = fs::read(&path).at(&path)?;
+            let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Other(format!(
+                    "cannot read the registered state root {}: {e}; feather cannot tell which                      folders to guard: repair or remove that file (`feather ls` with that root                      writes it again)",
+                    path.display()
+                ))
+            })?;
+            roots.push(StateRoot::with_dirs(entry.dir, entry.run));
+        }
+        Ok(roots)
+    }
+
     /// Removes the entries of every root at or below `folder` (a folder about to be removed
     /// with the roots in it), so that nothing waits for the sweep in [`Registry::roots`].
     pub fn forget_below(&self, folder: &Path) {
@@ -209,6 +236,16 @@ pub fn host_state_folders() -> Vec<PathBuf> {
     folders.into_iter().collect()
 }
 
+/// [`host_state_folders`] from [`Registry::roots_strict`]: an unreadable registry is an error.
+pub fn host_state_folders_strict() -> Result<Vec<PathBuf>> {
+    let mut folders = std::collections::BTreeSet::new();
+    for root in Registry::host().roots_strict()? {
+        folders.extend(root_folders(&root));
+    }
+    folders.insert(PathBuf::from(REGISTRY_DIR));
+    Ok(folders.into_iter().collect())
+}
+
 /// The state and run folders of `root`, canonical where they exist.
 pub fn root_folders(root: &StateRoot) -> [PathBuf; 2] {
     [root.dir(), root.run_dir()]
@@ -289,6 +326,29 @@ mod tests {
             .unwrap()
             .as_nanos();
         std::env::temp_dir().join(format!("feather-{kind}-{}-{nanos}", std::process::id()))
+    }
+
+    #[test]
+    fn the_strict_read_keeps_a_missing_root_and_fails_on_an_unreadable_entry() {
+        let registry = Registry::at(scratch("registry-strict"));
+        assert!(registry.roots_strict().unwrap().is_empty(), "no registry");
+        let root = StateRoot::new(Some(scratch("root-strict")));
+        root.prepare().unwrap();
+        registry.register(&root).unwrap();
+        fs::remove_dir_all(root.dir()).unwrap();
+        assert_eq!(
+            registry.roots_strict().unwrap().len(),
+            1,
+            "a missing root kept"
+        );
+        fs::write(registry.dir().join("broken.json"), "{").unwrap();
+        let err = registry.roots_strict().unwrap_err().to_string();
+        assert!(err.contains("broken.json"), "{err}");
+        assert!(
+            registry.roots().is_empty(),
+            "the lenient read passes it over"
+        );
+        fs::remove_dir_all(registry.dir()).unwrap();
     }
 
     #[test]

@@ -14,8 +14,9 @@ use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::fs::{File, Metadata};
 use std::io::ErrorKind;
-use std::os::fd::AsFd;
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::fd::{AsFd, AsRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -42,7 +43,7 @@ pub fn changes(root: &StateRoot, name: &VmName) -> Result<Vec<Change>> {
     let vm = root.open(name)?;
     let config = vm.read_config()?;
     let (_, trees) = pin(&vm, &config)?;
-    let hidden = crate::hiding::state_folders(root);
+    let hidden = crate::hiding::state_folders_strict(root)?;
     diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))
 }
 
@@ -165,10 +166,15 @@ pub fn commit(
     let config = vm.read_config()?;
     let _frozen = hold_still(&vm, &config)?;
     let (_base, trees) = pin(&vm, &config)?;
-    let hidden = crate::hiding::state_folders(root);
+    let hidden = crate::hiding::state_folders_strict(root)?;
     let all = diff::diff(&trees, &config, &hidden).map_err(io(name, "reading its layer"))?;
     let selected = select(all, paths, name)?;
     refuse_forbidden(&selected, name)?;
+    // Sockets and device nodes: passed over before anything is written (review fixes23 C6).
+    let selected: Vec<Change> = selected
+        .into_iter()
+        .filter(|change| change.forbidden.is_none())
+        .collect();
     let mut journal = Journal::load(&vm);
     let conflicts: Vec<String> = selected
         .iter()
@@ -225,7 +231,7 @@ fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
     let forbidden: Vec<String> = selected
         .iter()
         .filter_map(|change| {
-            let why = change.forbidden?;
+            let why = change.forbidden.filter(|why| why.past_a_defence())?;
             Some(format!("{} ({})", escape_path(&change.path), why.word()))
         })
         .collect();
@@ -516,20 +522,18 @@ fn write_entry(upper: &Entry, parent: &File, temp: &Path) -> std::io::Result<()>
         target.set_times(times)
     } else if kind.is_fifo() {
         // A FIFO is made, never opened: opening one blocks, and its extended attributes (if
-        // any) are not carried over.
+        // any) are not carried over. Its owner and mode are set through an O_PATH descriptor
+        // of the FIFO made, never by name: whoever may write `parent` could swap the name for
+        // a link to any host file between the two (review fixes23 C5).
         nix::unistd::mkfifoat(parent, temp, Mode::from_bits_truncate(0o600))?;
-        nix::unistd::fchownat(parent, temp, owner.0, owner.1, AtFlags::AT_SYMLINK_NOFOLLOW)?;
-        let mode = Mode::from_bits_truncate(meta.mode() & 0o7777);
         let fifo = Entry::open(parent, temp)?.ok_or_else(vanished)?;
         if !fifo.meta.file_type().is_fifo() {
             return Err(std::io::Error::other("the staged FIFO was replaced"));
         }
-        nix::sys::stat::fchmodat(
-            parent,
-            temp,
-            mode,
-            nix::sys::stat::FchmodatFlags::FollowSymlink,
-        )?;
+        nix::unistd::fchownat(&fifo.fd, "", owner.0, owner.1, AtFlags::AT_EMPTY_PATH)?;
+        // chmod takes no O_PATH descriptor: its /proc/self/fd link names the inode itself.
+        let by_fd = PathBuf::from(format!("/proc/self/fd/{}", fifo.fd.as_raw_fd()));
+        std::fs::set_permissions(by_fd, std::fs::Permissions::from_mode(meta.mode() & 0o7777))?;
         Ok(())
     } else {
         Err(std::io::Error::new(
@@ -553,8 +557,7 @@ fn copy_metadata(source: &File, meta: &Metadata, target: &File) -> std::io::Resu
         Mode::from_bits_truncate(meta.mode() & 0o7777),
     )?;
     for attribute in source.list_xattr()? {
-        // overlayfs's own bookkeeping (opaque, origin, …) is not part of the file.
-        if attribute.to_string_lossy().starts_with("trusted.overlay.") {
+        if !carried(&attribute) {
             continue;
         }
         if let Some(value) = source.get_xattr(&attribute)? {
@@ -562,6 +565,20 @@ fn copy_metadata(source: &File, meta: &Metadata, target: &File) -> std::io::Resu
         }
     }
     Ok(())
+}
+
+/// Whether commit carries the extended attribute `name` of the VM's entry to the host: the
+/// same allow-list as an archive's (`feather-migrate` `TAR_OPTIONS`, docs/security.md row 70)
+/// but overlayfs's own records: `user.*`, file capabilities and ACLs (both shown by `diff` and
+/// applied only with `--keep-privileges`). Every other `security.*` (an SELinux or Smack label,
+/// IMA and EVM records) is the host's to give, and `trusted.*` is the host's software's, so
+/// they are dropped (review fixes23 C8).
+fn carried(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    name.starts_with(b"user.")
+        || name == b"security.capability"
+        || name == b"system.posix_acl_access"
+        || name == b"system.posix_acl_default"
 }
 
 /// What commit wrote to the base and when (the host path's ctime right after), so that

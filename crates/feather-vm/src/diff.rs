@@ -86,21 +86,33 @@ pub enum Access {
     Acl,
     /// A new file or folder anyone may write (a folder without the sticky bit).
     WorldWritable { mode: u32 },
-    /// A new file or folder owned by another user than root and than the folder the VM made
-    /// it in, where not anyone may write (as in `/tmp`).
+    /// A new file or folder owned by another user than root and than the host folder it lands
+    /// in, where not anyone may write (as in `/tmp`).
     OtherOwner { owner: u32, folder_owner: u32 },
+    /// A new file or folder its group may write, that group being neither root's nor the host
+    /// folder's it lands in.
+    GroupWritable { group: u32, mode: u32 },
+    /// A new file or folder with a POSIX ACL that names a user or group, or a folder with a
+    /// default ACL (what root later makes in it inherits it): the mode does not show either.
+    NewAcl,
+    /// A new or changed symlink whose target, resolved in the base, passes through or lies in
+    /// a folder a user other than root may write (without the sticky bit): that user chooses
+    /// what the link leads to.
+    LinkThroughWritable { folder: PathBuf },
 }
 
 impl Access {
     /// Whether it lets more users at the entry than the base did: new permission bits for
     /// the group or others (or a set-ID bit), a dropped sticky bit, another owner or group,
-    /// other ACLs; every finding about a new entry. A mode that only takes away does not.
+    /// other ACLs; every finding about a new entry. A mode that only takes away does not, nor
+    /// does an owner or group given to root (review fixes23 C9).
     pub fn widens(&self) -> bool {
         match *self {
             Access::Mode { from, to } => {
                 let added = to & !from;
                 added & 0o6077 != 0 || from & 0o1000 != 0 && to & 0o1000 == 0
             }
+            Access::Owner { to, .. } | Access::Group { to, .. } => to != 0,
             _ => true,
         }
     }
@@ -117,6 +129,14 @@ impl Access {
                 owner,
                 folder_owner,
             } => format!("new, owner {owner} in a folder of {folder_owner}'s"),
+            Access::GroupWritable { group, mode } => {
+                format!("new, group {group} may write {mode:04o}")
+            }
+            Access::NewAcl => "new, ACL".into(),
+            Access::LinkThroughWritable { ref folder } => format!(
+                "link through {}, which others than root may write",
+                feather_core::display::escape_path(folder)
+            ),
         }
     }
 }
@@ -136,6 +156,10 @@ pub enum Forbidden {
     /// At or beneath one of the VM's `--ro` paths (or a deletion or replacement of a folder
     /// that holds one), which the VM sees read-only.
     ReadOnly,
+    /// A socket or device node: nothing a commit could apply (a socket is a live endpoint of
+    /// a process of the VM's; a device node a VM cannot make, so it came with an imported
+    /// layer). `commit` passes over them before writing anything, and says so.
+    Special,
 }
 
 impl Forbidden {
@@ -143,7 +167,13 @@ impl Forbidden {
         match self {
             Forbidden::Hidden => "in a folder hidden from VMs",
             Forbidden::ReadOnly => "under a --ro path",
+            Forbidden::Special => "a socket or device node",
         }
+    }
+
+    /// Whether the change says the VM got past a defence (every kind but [`Forbidden::Special`]).
+    pub fn past_a_defence(self) -> bool {
+        self != Forbidden::Special
     }
 }
 
@@ -152,6 +182,11 @@ impl Forbidden {
 #[derive(Clone, Debug, Default)]
 pub struct Guarded {
     folders: Vec<(PathBuf, Forbidden)>,
+    /// The base, by path, where a symlink's target is resolved (none: targets are not judged).
+    base: Option<PathBuf>,
+    /// The folders no symlink may lead into: the state roots' and the registry, not the host's
+    /// `/dev`, `/proc` or `/run` (a unit masked by a link to `/dev/null` is common).
+    link_guarded: Vec<PathBuf>,
 }
 
 impl Guarded {
@@ -169,6 +204,7 @@ impl Guarded {
             .filter_map(|folder| bases.iter().find_map(|b| folder.strip_prefix(b).ok()))
             .map(|rel| (Path::new("/").join(rel), Forbidden::Hidden))
             .collect();
+        let link_guarded = folders.iter().map(|(folder, _)| folder.clone()).collect();
         if bases.iter().any(|b| b == Path::new("/")) {
             // The host's own, hidden beneath the VM's by its hiding layer (layers::hiding_layer).
             folders.extend(
@@ -183,7 +219,11 @@ impl Guarded {
                 .iter()
                 .map(|path| (path.clone(), Forbidden::ReadOnly)),
         );
-        Guarded { folders }
+        Guarded {
+            folders,
+            base: Some(bases[1].clone()),
+            link_guarded,
+        }
     }
 
     /// Why a change at `path` (the VM's) is forbidden, if it is: it lies at or beneath a
@@ -195,6 +235,114 @@ impl Guarded {
             .find(|(folder, _)| path.starts_with(folder) || removes && folder.starts_with(path))
             .map(|(_, why)| *why)
     }
+
+    /// What a symlink the VM made at `link` (its path) pointing to `target` would do on the
+    /// host: its target is resolved in the base as root would resolve it from there (by path:
+    /// the base's own links followed, up to 40), and it is [`Forbidden::Hidden`] when it leads
+    /// into a hidden folder (another VM's layer, a state root), and widens access when a user
+    /// other than root may change where it leads (see [`LinkTarget`]).
+    pub fn judge_link(&self, link: &Path, target: &Path) -> (Option<Forbidden>, Vec<Access>) {
+        let Some(base) = &self.base else {
+            return (None, Vec::new());
+        };
+        let folder = link.parent().unwrap_or(Path::new("/"));
+        let walk = LinkTarget::resolve(base, &folder.join(target));
+        let hidden = walk.visited.iter().any(|path| {
+            self.link_guarded
+                .iter()
+                .any(|folder| path.starts_with(folder))
+        });
+        let access = walk
+            .writable
+            .map(|folder| Access::LinkThroughWritable { folder })
+            .into_iter()
+            .collect();
+        (hidden.then_some(Forbidden::Hidden), access)
+    }
+}
+
+/// Where a symlink's target leads in the base: every path (the VM's) its resolution passes
+/// through, and the first folder on the way a user other than root may change: a folder such a
+/// user owns or may write without the sticky bit, the folder of a missing entry that such a
+/// user may write at all (sticky `/tmp` included: anyone may make `/tmp/ls`), or the target
+/// itself when such a user owns it or may write it.
+struct LinkTarget {
+    visited: Vec<PathBuf>,
+    writable: Option<PathBuf>,
+}
+
+impl LinkTarget {
+    fn resolve(base: &Path, start: &Path) -> LinkTarget {
+        let mut walk = LinkTarget {
+            visited: Vec::new(),
+            writable: None,
+        };
+        let mut pending: Vec<OsString> = components(start);
+        let mut current = PathBuf::from("/");
+        let mut hops = 0;
+        while let Some(name) = pending.pop() {
+            if name == ".." {
+                current.pop();
+                continue;
+            }
+            let next = current.join(&name);
+            walk.visited.push(next.clone());
+            let on_host = base.join(next.strip_prefix("/").unwrap_or(&next));
+            let last = pending.is_empty();
+            match std::fs::symlink_metadata(&on_host) {
+                Ok(meta) if meta.file_type().is_symlink() && hops < 40 => {
+                    hops += 1;
+                    let Ok(points) = std::fs::read_link(&on_host) else {
+                        break;
+                    };
+                    if points.is_absolute() {
+                        current = PathBuf::from("/");
+                    }
+                    pending.extend(components(&points));
+                    continue;
+                }
+                Ok(meta) => {
+                    if walk.writable.is_none() && others_may_change(&meta, !last || meta.is_dir()) {
+                        walk.writable = Some(next.clone());
+                    }
+                }
+                // Missing: whoever may write its folder may make it (beneath it, nothing is).
+                Err(_) => {
+                    let parent = base.join(current.strip_prefix("/").unwrap_or(&current));
+                    let parent_open = std::fs::symlink_metadata(parent)
+                        .is_ok_and(|meta| others_may_change(&meta, false));
+                    if walk.writable.is_none() && parent_open {
+                        walk.writable = Some(current.clone());
+                    }
+                }
+            }
+            current = next;
+        }
+        walk
+    }
+}
+
+/// The components of `path` in reverse (to be popped in order), `.` dropped.
+fn components(path: &Path) -> Vec<OsString> {
+    let mut names: Vec<OsString> = path
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(name) => Some(name.to_os_string()),
+            std::path::Component::ParentDir => Some(OsString::from("..")),
+            _ => None,
+        })
+        .collect();
+    names.reverse();
+    names
+}
+
+/// Whether a user other than root may change the entry `meta` describes: that user owns it, or
+/// anyone or a group other than root's may write it (with the sticky bit, when `sticky_counts`,
+/// no one but an entry's owner may rename or remove what lies in it).
+fn others_may_change(meta: &Metadata, sticky_counts: bool) -> bool {
+    let mode = meta.mode();
+    let sticky = sticky_counts && mode & 0o1000 != 0;
+    meta.uid() != 0 || !sticky && (mode & 0o002 != 0 || mode & 0o020 != 0 && meta.gid() != 0)
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -218,6 +366,12 @@ pub struct Change {
     /// How the VM changed who may use the entry (see [`Access`]).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub access: Vec<Access>,
+    /// Where the VM's version points, when it is a symlink (as `path`: escaped when not UTF-8).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "link_as_text"
+    )]
+    pub link_target: Option<PathBuf>,
     /// Why the change may never be applied to the base, when it lies where the VM cannot write
     /// by itself; `commit` refuses it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -255,6 +409,13 @@ impl Change {
             .map(Access::shown)
             .collect();
         words.join(", ")
+    }
+}
+
+fn link_as_text<S: serde::Serializer>(path: &Option<PathBuf>, s: S) -> Result<S::Ok, S::Error> {
+    match path {
+        Some(path) => path_as_text(path, s),
+        None => s.serialize_none(),
     }
 }
 
@@ -330,12 +491,14 @@ struct Walk<'a> {
 /// One folder of the upper layer being walked (`upper`, pinned) beside its host counterpart
 /// (`lower`, if the host has a folder there), and the names in it still to be seen.
 /// `replaced`: the folder hides its lower counterpart entirely (it or an ancestor is opaque,
-/// or new), so lower entries it lacks are deletions.
+/// or new), so lower entries it lacks are deletions. `host`: the base folder its new entries
+/// land in (see [`HostFolder`]).
 struct Folder {
     rel: PathBuf,
     upper: File,
     lower: Option<File>,
     replaced: bool,
+    host: HostFolder,
     names: Vec<OsString>,
     next: usize,
 }
@@ -346,16 +509,50 @@ impl Folder {
         upper: File,
         lower: Option<File>,
         replaced: bool,
+        above: HostFolder,
     ) -> std::io::Result<Folder> {
         let names = beneath::names(&upper)?;
+        let host = match &lower {
+            Some(dir) => HostFolder::of(&dir.metadata()?),
+            None => above,
+        };
         Ok(Folder {
             rel,
             upper,
             lower,
             replaced,
+            host,
             names,
             next: 0,
         })
+    }
+}
+
+/// Who may write the base's folder a new entry of the VM's is judged against: the base's own
+/// copy of the entry's folder, or, where the base has none, of the nearest folder above it that
+/// it has. Never the VM's copy, which the VM chowns and chmods as it likes: that is a change
+/// of its own, which the admin may leave out (review fixes23 C1).
+#[derive(Clone, Copy, Debug)]
+struct HostFolder {
+    uid: u32,
+    gid: u32,
+    mode: u32,
+}
+
+impl HostFolder {
+    /// Root's 0755: what commit makes of a missing folder (layer roots without a base below).
+    const ROOTS: HostFolder = HostFolder {
+        uid: 0,
+        gid: 0,
+        mode: 0o755,
+    };
+
+    fn of(meta: &Metadata) -> HostFolder {
+        HostFolder {
+            uid: meta.uid(),
+            gid: meta.gid(),
+            mode: meta.mode() & 0o7777,
+        }
     }
 }
 
@@ -381,12 +578,27 @@ impl Walk<'_> {
             Some(entry) if kind != ChangeKind::Deleted => privileges(entry)?,
             _ => Vec::new(),
         };
-        let upper = upper.map(|entry| &entry.meta);
         let path = self.tree.layer.vm_path(rel);
+        let mut access = access;
+        let mut forbidden_link = None;
+        let mut link_target = None;
+        if let Some(entry) = upper.filter(|e| e.meta.file_type().is_symlink()) {
+            let target = PathBuf::from(entry.link_target()?);
+            let (forbidden, widened) = self.guarded.judge_link(&path, &target);
+            forbidden_link = forbidden;
+            access.extend(widened);
+            link_target = Some(target);
+        }
+        let special = upper.is_some_and(|e| is_special(&e.meta)) && kind != ChangeKind::Deleted;
+        let upper = upper.map(|entry| &entry.meta);
         // A deletion, or a file over the host's folder (commit removes the folder first).
         let removes = kind == ChangeKind::Deleted
             || kind == ChangeKind::Modified && upper.is_some_and(|meta| !meta.is_dir());
-        let forbidden = self.guarded.forbids(&path, removes);
+        let forbidden = self
+            .guarded
+            .forbids(&path, removes)
+            .or(forbidden_link)
+            .or(special.then_some(Forbidden::Special));
         let path_bytes = std::str::from_utf8(path.as_os_str().as_bytes())
             .is_err()
             .then(|| path.as_os_str().as_bytes().to_vec());
@@ -405,6 +617,7 @@ impl Walk<'_> {
             allocated,
             privileges,
             access,
+            link_target,
             forbidden,
             layer: self.index,
             rel: rel.to_path_buf(),
@@ -421,7 +634,13 @@ impl Walk<'_> {
         upper: File,
         lower: Option<File>,
     ) -> std::io::Result<()> {
-        let mut open = vec![Folder::open(PathBuf::new(), upper, lower, false)?];
+        let mut open = vec![Folder::open(
+            PathBuf::new(),
+            upper,
+            lower,
+            false,
+            HostFolder::ROOTS,
+        )?];
         while let Some(folder) = open.last_mut() {
             let Some(name) = folder.names.get(folder.next).cloned() else {
                 let done = open.pop().expect("a folder is open");
@@ -490,11 +709,11 @@ impl Walk<'_> {
                 None => None,
             };
             let hides = hides || is_opaque(&child);
-            Folder::open(rel.clone(), child, lower_child, hides).map(Some)
+            Folder::open(rel.clone(), child, lower_child, hides, folder.host).map(Some)
         };
         match &lower {
             None => {
-                let access = new_access(&upper, &folder.upper)?;
+                let access = new_access(&upper, folder.host)?;
                 changes.push(self.change_of_access(
                     ChangeKind::Added,
                     &rel,
@@ -627,13 +846,15 @@ fn access_changes(upper: &Entry, lower: &Entry) -> std::io::Result<Vec<Access>> 
     Ok(found)
 }
 
-/// What lets others than root write a new entry of the VM's (`upper`), made in the VM's
-/// folder `folder`: anyone may write it, or it belongs to another user than that folder's
-/// owner (and the folder is not one anyone may write).
-/// Links are passed over: nobody can change where one points.
-fn new_access(upper: &Entry, folder: &File) -> std::io::Result<Vec<Access>> {
+/// What lets others than root write a new file, folder or FIFO of the VM's (`upper`), landing
+/// in the base's folder `folder`: anyone may write it; it belongs to another user than that
+/// folder's owner, or a group other than root's and the folder's may write it (unless anyone
+/// may write the folder, as `/tmp`: any user could have made the entry); or it has an ACL that
+/// names a user or group, or a default ACL.
+/// Links are judged where they point (`Guarded::judge_link`).
+fn new_access(upper: &Entry, folder: HostFolder) -> std::io::Result<Vec<Access>> {
     let meta = &upper.meta;
-    if !meta.is_file() && !meta.is_dir() {
+    if !meta.is_file() && !meta.is_dir() && !meta.file_type().is_fifo() {
         return Ok(Vec::new());
     }
     let mut found = Vec::new();
@@ -642,18 +863,42 @@ fn new_access(upper: &Entry, folder: &File) -> std::io::Result<Vec<Access>> {
     if mode & 0o002 != 0 && !sticky_folder {
         found.push(Access::WorldWritable { mode });
     }
-    let folder = folder.metadata()?;
-    let folder_owner = folder.uid();
-    // Root's own entry lets nobody else in, whoever owns the folder; in a folder anyone may
-    // write (`/tmp`), any user could have made the entry.
-    let open_folder = folder.mode() & 0o002 != 0;
-    if meta.uid() != 0 && meta.uid() != folder_owner && !open_folder {
+    // Root's own entry lets nobody else in, whoever owns the folder.
+    let open_folder = folder.mode & 0o002 != 0;
+    if meta.uid() != 0 && meta.uid() != folder.uid && !open_folder {
         found.push(Access::OtherOwner {
             owner: meta.uid(),
-            folder_owner,
+            folder_owner: folder.uid,
         });
     }
+    let group = meta.gid();
+    if mode & 0o020 != 0 && group != 0 && group != folder.gid && !open_folder && !sticky_folder {
+        found.push(Access::GroupWritable { group, mode });
+    }
+    let [access_acl, default_acl] = acls(upper)?;
+    if access_acl.is_some_and(|acl| names_anyone(&acl)) || default_acl.is_some() {
+        found.push(Access::NewAcl);
+    }
     Ok(found)
+}
+
+/// Whether a `system.posix_acl_access` value (a 4-byte version, then 8-byte entries: tag,
+/// permissions, id) names a user or group (ACL_USER 0x02, ACL_GROUP 0x08) beyond the owner,
+/// owning group and others that the mode shows. One that cannot be read counts as naming.
+fn names_anyone(acl: &[u8]) -> bool {
+    let Some(entries) = acl.get(4..) else {
+        return true;
+    };
+    entries.len() % 8 != 0
+        || entries
+            .chunks(8)
+            .any(|e| matches!(u16::from_le_bytes([e[0], e[1]]), 0x02 | 0x08))
+}
+
+/// A socket or device node (a whiteout, a 0/0 character device, is not one).
+fn is_special(meta: &Metadata) -> bool {
+    let kind = meta.file_type();
+    kind.is_socket() || kind.is_block_device() || kind.is_char_device() && !is_whiteout(meta)
 }
 
 /// The POSIX ACL attributes of a file or folder (none for other entries, which have none).

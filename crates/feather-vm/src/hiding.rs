@@ -41,6 +41,16 @@ pub fn state_folders(own: &StateRoot) -> Vec<PathBuf> {
     folders.into_iter().collect()
 }
 
+/// [`state_folders`] for a guard that must not miss one (`diff`, `commit`): an unreadable
+/// registry is an error, and a root whose folder is missing still counts.
+pub fn state_folders_strict(own: &StateRoot) -> feather_core::error::Result<Vec<PathBuf>> {
+    let mut folders: BTreeSet<PathBuf> = feather_core::roots::host_state_folders_strict()?
+        .into_iter()
+        .collect();
+    folders.extend(feather_core::roots::root_folders(own));
+    Ok(folders.into_iter().collect())
+}
+
 /// Where the host folder `folder` is in a VM over `base`, if the VM sees it at all: folders
 /// under the recipe's own mounts (the VM's private /run, /dev, /proc, /sys) are never the
 /// host's, and hiding there would cover the VM's own files.

@@ -149,19 +149,23 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
     let width = sizes.iter().map(String::len).max().unwrap_or(0);
     for (change, size) in changes.iter().zip(&sizes) {
         say!(
-            "{} {size:>width$}  {}{}{}{}",
+            "{} {size:>width$}  {}{}{}{}{}",
             change.kind.letter(),
             forbidden_of(change),
             privileges_of(change),
             access_of(change),
-            escape_path(&change.path)
+            escape_path(&change.path),
+            link_target_of(change)
         )?;
     }
     let total: u64 = changes.iter().map(|c| c.allocated).sum();
     if !changes.is_empty() {
         say!("total: {} on disk", human_bytes(total))?;
     }
-    let forbidden = changes.iter().filter(|c| c.forbidden.is_some()).count();
+    let forbidden = changes
+        .iter()
+        .filter(|c| c.forbidden.is_some_and(|why| why.past_a_defence()))
+        .count();
     if forbidden > 0 {
         // On stderr, where it is seen even when the listing goes to a program or a file.
         eprintln!(
@@ -180,6 +184,16 @@ fn access_of(change: &Change) -> String {
         return String::new();
     }
     format!("[{}] ", change.access_shown())
+}
+
+/// ` -> TARGET` after the path of a symlink (escaped as paths are).
+fn link_target_of(change: &Change) -> String {
+    match &change.link_target {
+        Some(target) if change.kind != feather_vm::diff::ChangeKind::Deleted => {
+            format!(" -> {}", escape_path(target))
+        }
+        _ => String::new(),
+    }
 }
 
 /// `[never committed: hidden from VMs] ` before the path of a change where the VM cannot

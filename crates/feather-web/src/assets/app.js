@@ -498,7 +498,7 @@ async function loadChanges(name) {
           el("label", {},
             el("input", { type: "checkbox", class: "pick", "data-path": c.path, "data-privileges": privileges || null, disabled: !!forbidden }),
             el("span", { class: "kind", title: c.kind.toLowerCase() }, letter),
-            el("span", { class: "path" }, c.path),
+            el("span", { class: "path" }, c.link_target && letter !== "D" ? c.path + " -> " + c.link_target : c.path),
             forbidden ? el("span", { class: "privileges", title: "the VM got past a defence to write here: look at all it changed" }, forbidden) : null,
             privileges ? el("span", { class: "privileges", title: "runs with privileges on the host, or lets others write it" }, privileges) : null,
             access ? el("span", { class: "quiet" }, access) : null,
@@ -511,7 +511,7 @@ async function loadChanges(name) {
 }
 
 function forbiddenWord(why) {
-  return { "hidden": "in a folder hidden from VMs", "read-only": "under a --ro path" }[why] || why;
+  return { "hidden": "in a folder hidden from VMs", "read-only": "under a --ro path", "special": "a socket or device node" }[why] || why;
 }
 
 // As feather_vm::diff::Access::shown and ::widens.
@@ -524,11 +524,15 @@ function accessWord(a) {
     case "acl": return "ACL";
     case "world-writable": return "new, world-writable " + octal(a.mode);
     case "other-owner": return "new, owner " + a.owner + " in a folder of " + a.folder_owner + "'s";
+    case "group-writable": return "new, group " + a.group + " may write " + octal(a.mode);
+    case "new-acl": return "new, ACL";
+    case "link-through-writable": return "link through " + a.folder + ", which others than root may write";
     default: return a.change;
   }
 }
 
 function accessWidens(a) {
+  if (a.change === "owner" || a.change === "group") return a.to !== 0;
   if (a.change !== "mode") return true;
   const added = a.to & ~a.from;
   return (added & 0o6077) !== 0 || ((a.from & 0o1000) !== 0 && (a.to & 0o1000) === 0);
