@@ -121,10 +121,16 @@ impl Registry {
             if path.extension().is_none_or(|ext| ext != "json") {
                 continue;
             }
-            let bytes = fs::read(&path).at(&path)?;
+            // An entry removed since the listing (a root forgotten meanwhile) guards nothing.
+            let bytes = match fs::read(&path) {
+                Err(e) if e.kind() == ErrorKind::NotFound => continue,
+                other => other.at(&path)?,
+            };
             let entry: Entry = serde_json::from_slice(&bytes).map_err(|e| {
                 Error::Other(format!(
-                    "cannot read the registered state root {}: {e}; feather cannot tell which                      folders to guard: repair or remove that file (`feather ls` with that root                      writes it again)",
+                    "cannot read the registered state root {}: {e}; feather cannot tell which \
+                     folders to guard: repair or remove that file (`feather ls` with that root \
+                     writes it again)",
                     path.display()
                 ))
             })?;
