@@ -65,6 +65,8 @@ pub mod migration;
 pub mod moment;
 pub mod options;
 pub mod peers;
+pub mod pool;
+pub mod pooled;
 pub mod program;
 pub mod protocol;
 pub mod read_only;

@@ -1,0 +1,108 @@
+//! Where a state root records its pool of VMs made ahead for `run --rm` ([`crate::pool`]), and
+//! the fingerprint that tells whether a pooled VM still matches what a fresh VM would be.
+//! Apart from `pool`, so that the keeper, which removes its VM's entry when the VM is claimed,
+//! depends on nothing of the asker's side.
+//!
+//! ```text
+//! <root>/pool/size        the size setting ("0" or absent: no pool)
+//! <root>/pool/fill.lock   held by the one filler at work
+//! <root>/pool/vms/<name>  one per pooled VM, unclaimed: the fingerprint it was made under
+//! ```
+//!
+//! An entry is written before its VM is created and removed by the VM's keeper as the VM is
+//! claimed: a VM with an entry is hidden from `ls`, and an entry without a live keeper is
+//! what a crash left, which the next fill removes with its VM.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use feather_core::{StateRoot, VmName};
+
+/// The pool's folder in a state root.
+pub fn dir(root: &StateRoot) -> PathBuf {
+    root.dir().join("pool")
+}
+
+/// The folder of the entries, one per pooled VM.
+pub fn entries_dir(root: &StateRoot) -> PathBuf {
+    dir(root).join("vms")
+}
+
+/// The entry of VM `name`, there while the VM is pooled and unclaimed.
+pub fn entry(root: &StateRoot, name: &VmName) -> PathBuf {
+    entries_dir(root).join(name.as_str())
+}
+
+/// Whether VM `name` is pooled (made ahead, not claimed): `ls` does not show it.
+pub fn is_pooled(root: &StateRoot, name: &VmName) -> bool {
+    entry(root, name).exists()
+}
+
+/// What a fresh VM of the default options reads from the host as it is assembled, hashed:
+/// the host's mount table (a VM over `/` re-creates the host's submounts; the root's own
+/// folders, where VMs come and go, left out), the files its network's `/etc` files come from,
+/// the root's network settings, feather's `FEATHER_*` settings in the environment, and the
+/// build of feather and its keeper (an upgrade's keeper speaks another protocol, runs other
+/// code). A pooled VM made under another fingerprint is not used.
+pub fn fingerprint(root: &StateRoot) -> String {
+    let mut hash = std::hash::DefaultHasher::new();
+    host_mounts(root).hash(&mut hash);
+    for file in ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] {
+        std::fs::read(file).ok().hash(&mut hash);
+    }
+    std::fs::read(root.dir().join("network.toml"))
+        .ok()
+        .hash(&mut hash);
+    let mut settings: Vec<(String, String)> = std::env::vars()
+        .filter(|(key, _)| key.starts_with("FEATHER_") && key != "FEATHER_TRACE")
+        .collect();
+    settings.sort();
+    settings.hash(&mut hash);
+    build().hash(&mut hash);
+    format!("{:016x}", hash.finish())
+}
+
+/// The host's mounts as this process sees them, but those inside the state root's folders.
+fn host_mounts(root: &StateRoot) -> Vec<String> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    table
+        .lines()
+        .filter(|line| {
+            let point = line.split(' ').nth(4).map(Path::new);
+            !point.is_some_and(|p| p.starts_with(root.dir()) || p.starts_with(root.run_dir()))
+        })
+        .map(str::to_owned)
+        .collect()
+}
+
+/// This build: its version, its protocols' versions, and the identity of the two programs on
+/// disk (a rebuild or an upgrade replaces the files).
+fn build() -> Vec<String> {
+    let mut said = vec![
+        env!("CARGO_PKG_VERSION").to_owned(),
+        crate::protocol::VERSION.to_string(),
+        crate::commands::VERSION.to_string(),
+    ];
+    let programs = [std::env::current_exe().ok(), crate::launch::program().ok()];
+    for program in programs.into_iter().flatten() {
+        said.push(identity(&program));
+    }
+    said
+}
+
+/// A file's device, inode, size and change time: another file, or the same one rewritten,
+/// reads differently.
+fn identity(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "{} {} {} {} {}",
+            path.display(),
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.ctime_nsec() + m.ctime() * 1_000_000_000
+        ),
+        Err(_) => format!("{} missing", path.display()),
+    }
+}
