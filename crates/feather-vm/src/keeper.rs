@@ -898,7 +898,7 @@ impl Keeper {
                 // throw-away VM's command.
                 claimer = None;
                 trace::phase("run until the claimer lets go");
-                phase = self.act(decide::stop(phase, Duration::ZERO, Instant::now()));
+                phase = self.act(decide::claim_ended(phase));
             }
             if connection {
                 if let Ok((stream, _)) = self.listener.accept() {

@@ -39,8 +39,8 @@ pub fn is_pooled(root: &StateRoot, name: &VmName) -> bool {
 }
 
 /// What a fresh VM of the default options reads from the host as it is assembled, hashed:
-/// the host's mount table (a VM over `/` re-creates the host's submounts; the root's own
-/// folders, where VMs come and go, left out), the files its network's `/etc` files come from,
+/// the host's mount table (a VM over `/` re-creates the host's submounts: see
+/// [`host_mounts`]), the files its network's `/etc` files come from,
 /// the root's network settings, feather's `FEATHER_*` settings in the environment, and the
 /// build of feather and its keeper (an upgrade's keeper speaks another protocol, runs other
 /// code). A pooled VM made under another fingerprint is not used.
@@ -62,15 +62,20 @@ pub fn fingerprint(root: &StateRoot) -> String {
     format!("{:016x}", hash.finish())
 }
 
-/// The host's mounts as this process sees them, but those inside the state root's folders.
+/// The host's mounts as this process sees them that a VM over `/` shows: not those under the
+/// recipe's own `/proc`, `/sys`, `/dev` and `/run` (a VM never sees the host's there), nor
+/// those inside state folders, which every VM has hidden (other roots' VMs come and go there).
 fn host_mounts(root: &StateRoot) -> Vec<String> {
+    let hidden = crate::hiding::state_folders(root);
+    let seen = |point: &Path| {
+        point == Path::new("/")
+            || (crate::hiding::inside(Path::new("/"), point).is_some()
+                && !hidden.iter().any(|folder| point.starts_with(folder)))
+    };
     let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     table
         .lines()
-        .filter(|line| {
-            let point = line.split(' ').nth(4).map(Path::new);
-            !point.is_some_and(|p| p.starts_with(root.dir()) || p.starts_with(root.run_dir()))
-        })
+        .filter(|line| line.split(' ').nth(4).map(Path::new).is_some_and(seen))
         .map(str::to_owned)
         .collect()
 }

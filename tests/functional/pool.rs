@@ -1,0 +1,357 @@
+//! The pool of VMs made ahead for `run --rm` (docs/design.md, "The pool"): a run from it is a
+//! run in a VM of its own, claimed once; whatever ends it, nothing is left; a VM that no
+//! longer matches the host is not used.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::lifecycle::{assert_nothing_left, leak_cycles, root_with_known_bridge};
+use crate::support::{self, Feather, TestSubnet};
+
+/// A state root with a pool, on a subnet of its own (every command of it, and the filler a run
+/// starts, see the same `FEATHER_SUBNET`, which the pool's fingerprint includes); drained on
+/// drop, whatever the test did.
+struct Pooled {
+    feather: Feather,
+    subnet: TestSubnet,
+    bridge: String,
+}
+
+impl Pooled {
+    fn new(label: &str, size: usize) -> Pooled {
+        let (feather, subnet, bridge) = root_with_known_bridge(label);
+        let pooled = Pooled {
+            feather,
+            subnet,
+            bridge,
+        };
+        pooled.ok(&["pool", "--size", &size.to_string()]);
+        assert_eq!(pooled.ready().len(), size, "the pool filled");
+        pooled
+    }
+
+    fn command(&self) -> Command {
+        let mut command = self.feather.command();
+        command.env("FEATHER_SUBNET", &self.subnet.cidr);
+        command
+    }
+
+    fn output(&self, args: &[&str]) -> std::process::Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "feather {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pooled VMs ready to be claimed, as `feather pool` names them.
+    fn ready(&self) -> BTreeSet<String> {
+        let shown = self.ok(&["pool"]);
+        let line = shown
+            .lines()
+            .find_map(|line| line.strip_prefix("ready: "))
+            .unwrap_or_default();
+        line.split_whitespace().skip(1).map(str::to_owned).collect()
+    }
+
+    /// The pool's entries on disk, ready or not.
+    fn entries(&self) -> Vec<String> {
+        fs::read_dir(self.feather.root.join("pool/vms"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn vm_folders(&self) -> Vec<String> {
+        fs::read_dir(self.feather.root.join("vms"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The pool drained, and nothing of it or of any VM left on the host or in the root.
+    fn drained_leaving_nothing(&self, cgroups_before: &[std::path::PathBuf]) {
+        self.ok(&["pool", "--drain"]);
+        assert!(
+            self.entries().is_empty(),
+            "entries left: {:?}",
+            self.entries()
+        );
+        assert_eq!(self.ok(&["pool"]).lines().next(), Some("size: 0"));
+        assert_nothing_left(&self.feather, &self.bridge, cgroups_before);
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let _ = self.output(&["pool", "--drain"]);
+    }
+}
+
+/// Whether `hostname` is a pooled VM's (`run-` and 12 hex digits), not a run's own VM's
+/// (`run-` and the run's pid).
+fn from_the_pool(hostname: &str) -> bool {
+    hostname
+        .strip_prefix("run-")
+        .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The script each comparison runs: its output, error output, folder, environment, limits,
+/// exit code; the hostname is printed apart (a VM's own name).
+const SCRIPT: &str =
+    "echo out; echo err >&2; pwd; env | sort; ulimit -a; umask; id; read line; echo \"in: $line\"; \
+     exit 7";
+
+/// A run from the pool gives what a run in a VM of its own gives: the same output, error
+/// output, exit code, folder (the caller's), environment, limits and stdin; its hostname is
+/// the pooled VM's name, `run-` and hex digits as a run's own VM's.
+#[test]
+fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
+    let pool = Pooled::new("pool-same", 1);
+    let pooled = pool.ready();
+    let caller = support::unique_dir("caller", "pool-same");
+    let run = |args: &[&str]| {
+        let mut child = pool
+            .command()
+            .current_dir(&caller)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"given\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let from_pool = run(&["run", "--rm", "--", "sh", "-c", SCRIPT]);
+    // `--net private` is the default network named: not the defaults' spelling, so a miss.
+    let own = run(&["run", "--rm", "--net", "private", "--", "sh", "-c", SCRIPT]);
+    assert_eq!(from_pool.status.code(), Some(7));
+    assert_eq!(own.status.code(), Some(7));
+    assert_eq!(
+        String::from_utf8_lossy(&from_pool.stdout),
+        String::from_utf8_lossy(&own.stdout)
+    );
+    assert_eq!(String::from_utf8_lossy(&from_pool.stderr), "err\n");
+    assert!(
+        String::from_utf8_lossy(&from_pool.stdout).contains(&format!("\n{}\n", caller.display()))
+    );
+    // The first run took the pooled VM (its name is its hostname); the refill made another.
+    let hostname = |args: &[&str]| pool.ok(&[&["run", "--rm"], args, &["--", "hostname"]].concat());
+    pool.feather
+        .eventually("the pool is refilled", || pool.ready().len() == 1);
+    let refilled = pool.ready();
+    assert!(pooled.is_disjoint(&refilled), "a pooled VM was used twice");
+    let name = hostname(&[]);
+    assert!(refilled.contains(name.trim()), "{name} not of {refilled:?}");
+    let own = hostname(&["--net", "private"]);
+    assert!(
+        own.starts_with("run-") && !from_the_pool(own.trim()),
+        "{own}"
+    );
+    let _ = fs::remove_dir(&caller);
+}
+
+/// Runs that start together each get a VM of their own: a pooled VM's keeper gives it to one
+/// claimer only, the others take another or make their own.
+#[test]
+fn concurrent_runs_never_share_a_pooled_vm() {
+    let pool = Pooled::new("pool-concurrent", 3);
+    let pooled = pool.ready();
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            pool.command()
+                .args(["run", "--rm", "--", "sh", "-c", "hostname; sleep 1"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let names: Vec<String> = runs
+        .into_iter()
+        .map(|run| {
+            let out = run.wait_with_output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+        .collect();
+    let distinct: BTreeSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), names.len(), "a VM shared: {names:?}");
+    let from_pool = names.iter().filter(|n| pooled.contains(*n)).count();
+    assert!(from_pool >= 1, "none from the pool {pooled:?}: {names:?}");
+}
+
+/// A run killed in the middle of its command (SIGKILL: it can do nothing) ends its pooled VM:
+/// the keeper sees the claim's connection close and removes the VM as a throw-away VM's
+/// teardown does; drained, nothing is left.
+#[test]
+fn a_run_killed_mid_command_ends_its_pooled_vm() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-killed-run", 1);
+    let pooled = pool.ready().into_iter().next().unwrap();
+    let mut run = pool
+        .command()
+        .args(["run", "--rm", "--", "sleep", "1000"])
+        .spawn()
+        .unwrap();
+    pool.feather.eventually("the VM is claimed", || {
+        !pool.entries().contains(&pooled) && pool.ok(&["ls"]).contains(&pooled)
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(run.id() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    run.wait().unwrap();
+    pool.feather.eventually("the claimed VM is gone", || {
+        !pool.vm_folders().iter().any(|f| f.contains(&pooled))
+    });
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A pooled VM whose keeper was killed is not claimed: the next run makes its own VM (and
+/// works), and the fill it starts removes what the dead keeper left; drained, nothing is left.
+#[test]
+fn a_pooled_vm_whose_keeper_died_is_passed_over_and_cleaned_up() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-dead-keeper", 1);
+    let pooled = pool.ready().into_iter().next().unwrap();
+    let keeper = pool.feather.inspect(&pooled)["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    pool.feather.eventually("its keeper is gone", || {
+        !std::path::Path::new(&format!("/proc/{keeper}")).exists()
+    });
+    let name = pool.ok(&["run", "--rm", "--", "hostname"]);
+    assert_ne!(name.trim(), pooled, "a VM whose keeper died was used");
+    pool.feather.eventually("the fill removed it", || {
+        !pool.vm_folders().contains(&pooled) && !pool.entries().contains(&pooled)
+    });
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A drain removes every pooled VM and everything each held: nothing is left at all.
+#[test]
+fn a_drained_pool_leaves_nothing() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-drain", 2);
+    assert_eq!(pool.vm_folders().len(), 2);
+    // Pooled VMs are not the user's: `ls` does not show them.
+    assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A host mount made after the pool filled is seen by the next run, as by a run in a VM of
+/// its own: the pooled VMs, assembled before it, no longer match the host and are not used.
+#[test]
+fn a_host_mount_made_after_the_fill_is_seen_by_the_next_run() {
+    let pool = Pooled::new("pool-mount", 1);
+    let pooled = pool.ready();
+    let mounted = support::unique_dir("mount", "pool-mount");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "pool-test"])
+        .arg(&mounted)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let _unmount = Unmount(mounted.clone());
+    fs::write(mounted.join("seen"), "on the mount\n").unwrap();
+    let script = format!("hostname; cat {}/seen", mounted.display());
+    let out = pool.ok(&["run", "--rm", "--", "sh", "-c", &script]);
+    let (name, seen) = out.split_once('\n').unwrap();
+    assert_eq!(seen, "on the mount\n");
+    assert!(
+        !pooled.contains(name),
+        "a VM made before the mount was used"
+    );
+    // The fill that run started made a VM under the new mount table: it is used, and sees it.
+    pool.feather.eventually("the pool is refilled", || {
+        let ready = pool.ready();
+        ready.len() == 1 && ready.is_disjoint(&pooled)
+    });
+    let refilled = pool.ready();
+    let out = pool.ok(&["run", "--rm", "--", "sh", "-c", &script]);
+    let (name, seen) = out.split_once('\n').unwrap();
+    assert!(refilled.contains(name), "{name} not of {refilled:?}");
+    assert_eq!(seen, "on the mount\n");
+}
+
+/// A run that asks for anything but a VM of the default options (a VM name, another network, a
+/// base, limits) makes its own VM: the pool is left as it was.
+#[test]
+fn runs_with_other_options_do_not_take_from_the_pool() {
+    let pool = Pooled::new("pool-options", 1);
+    let pooled = pool.ready();
+    let base = support::ScratchBase::new("pool-options");
+    for options in [
+        vec!["--net", "none"],
+        vec!["own"],
+        vec!["--base", base.as_str()],
+        vec!["--memory", "512M"],
+        vec!["--pids", "100"],
+    ] {
+        let args = [&["run", "--rm"], &options[..], &["--", "hostname"]].concat();
+        let out = pool.ok(&args);
+        assert!(!pooled.contains(out.trim()), "{options:?} took {out}");
+        assert_eq!(pool.ready(), pooled, "{options:?} changed the pool");
+    }
+}
+
+/// Many runs from the pool (each claims a VM, the fill it starts makes another) leave nothing
+/// but the pool itself; drained, nothing at all.
+#[test]
+fn many_runs_from_the_pool_leave_nothing_beyond_the_pool() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-leaks", 2);
+    let mut used = BTreeSet::new();
+    for _ in 0..leak_cycles() {
+        used.insert(
+            pool.ok(&["run", "--rm", "--", "hostname"])
+                .trim()
+                .to_owned(),
+        );
+    }
+    assert!(
+        used.iter().any(|name| from_the_pool(name)),
+        "no run took a VM of the pool: {used:?}"
+    );
+    pool.feather.eventually_within(
+        "the pool is whole again, and nothing else is left",
+        Duration::from_secs(60),
+        || {
+            let ready = pool.ready();
+            let folders: BTreeSet<String> = pool.vm_folders().into_iter().collect();
+            ready.len() == 2 && folders == ready
+        },
+    );
+    pool.drained_leaving_nothing(&cgroups_before);
+}
