@@ -88,11 +88,11 @@ impl Pooled {
     /// The pool drained, and nothing of it or of any VM left on the host or in the root.
     fn drained_leaving_nothing(&self, cgroups_before: &[std::path::PathBuf]) {
         self.ok(&["pool", "--drain"]);
-        assert!(
-            self.entries().is_empty(),
-            "entries left: {:?}",
-            self.entries()
-        );
+        // Gone when the drain returns, before any other command (which would wait for
+        // teardowns under way) looks.
+        let (entries, folders) = (self.entries(), self.vm_folders());
+        assert!(entries.is_empty(), "entries left: {entries:?}");
+        assert!(folders.is_empty(), "left in vms: {folders:?}");
         assert_eq!(self.ok(&["pool"]).lines().next(), Some("size: 0"));
         assert_nothing_left(&self.feather, &self.bridge, cgroups_before);
     }
@@ -141,6 +141,11 @@ fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
         child.wait_with_output().unwrap()
     };
     let from_pool = run(&["run", "--rm", "--", "sh", "-c", SCRIPT]);
+    // The run took the pooled VM; the fill it started once its command ended made another.
+    pool.feather
+        .eventually("the pool is refilled", || pool.ready().len() == 1);
+    let refilled = pool.ready();
+    assert!(pooled.is_disjoint(&refilled), "a pooled VM was used twice");
     // `--net private` is the default network named: not the defaults' spelling, so a miss.
     let own = run(&["run", "--rm", "--net", "private", "--", "sh", "-c", SCRIPT]);
     assert_eq!(from_pool.status.code(), Some(7));
@@ -153,12 +158,8 @@ fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
     assert!(
         String::from_utf8_lossy(&from_pool.stdout).contains(&format!("\n{}\n", caller.display()))
     );
-    // The first run took the pooled VM (its name is its hostname); the refill made another.
+    // A run from the pool runs in the pooled VM: its name is the hostname.
     let hostname = |args: &[&str]| pool.ok(&[&["run", "--rm"], args, &["--", "hostname"]].concat());
-    pool.feather
-        .eventually("the pool is refilled", || pool.ready().len() == 1);
-    let refilled = pool.ready();
-    assert!(pooled.is_disjoint(&refilled), "a pooled VM was used twice");
     let name = hostname(&[]);
     assert!(refilled.contains(name.trim()), "{name} not of {refilled:?}");
     let own = hostname(&["--net", "private"]);
