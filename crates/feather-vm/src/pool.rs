@@ -10,16 +10,14 @@
 //!   A pooled VM is used once, never returned.
 //! - A pooled VM made under another fingerprint ([`crate::pooled::fingerprint`]: the host's
 //!   mounts, `/etc` files, the root's settings, feather's build) is claimed only to be ended.
-//! - A fill ([`fill`], run by a detached process a run starts after its command: see
-//!   [`start_filler`]) removes what crashes left and makes VMs until the pool has its size;
-//!   one at a time (a lock).
+//! - A fill ([`fill`], run by a detached process that the claimed VM's keeper starts as the
+//!   VM ends, or a run that missed after its command: see [`pooled::start_filler`]) removes
+//!   what crashes left and makes VMs until the pool has its size; one at a time (a lock).
 //!
 //! Where each thing lives on disk: [`crate::pooled`].
 
 use std::fs;
 use std::os::fd::AsFd;
-use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use feather_core::atomic::{write_atomic, Durability};
@@ -162,20 +160,32 @@ pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> R
 
 /// Brings the pool to its size: removes what is stale or left by a crash, makes VMs that are
 /// missing, claims and lets go of those over the size. Only one fill works at a time; another
-/// returns at once (the one at work reads the size again before it stops).
+/// returns at once, and the one at work looks again once it has let go of the lock (a claim
+/// whose fill found it held is not missed).
 pub fn fill(root: &StateRoot) -> Result<()> {
     let dir = pooled::entries_dir(root);
     fs::create_dir_all(&dir).at(&dir)?;
     let lock_path = pooled::dir(root).join("fill.lock");
-    let lock = fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&lock_path)
-        .at(&lock_path)?;
-    if lock.try_lock().is_err() {
-        return Ok(());
+    loop {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        if lock.try_lock().is_err() {
+            return Ok(());
+        }
+        fill_locked(root)?;
+        drop(lock);
+        if entries(root).len() == size(root) {
+            return Ok(());
+        }
     }
+}
+
+/// [`fill`], under its lock.
+fn fill_locked(root: &StateRoot) -> Result<()> {
     loop {
         remove_stale(root);
         let ready = entries(root).len();
@@ -242,7 +252,7 @@ fn add_one(root: &StateRoot) -> Result<()> {
     made
 }
 
-/// `feather pool --fill`, as [`start_filler`] starts it: in a session of its own, so that
+/// `feather pool --fill`, as [`pooled::start_filler`] starts it: in a session of its own, so that
 /// the terminal of the run that started it may close without ending it.
 pub fn fill_detached(root: &StateRoot) -> Result<()> {
     let _ = nix::unistd::setsid();
@@ -275,25 +285,4 @@ pub fn drain(root: &StateRoot) -> Result<()> {
             "is still in the pool after the drain; `feather pool --drain` tries again",
         )),
     }
-}
-
-/// Starts a fill in a process of its own, detached (stdio on /dev/null, in `/`; it makes a
-/// session of its own: [`fill_detached`]), which the caller does not wait for: a run starts it
-/// once its command has ended.
-pub fn start_filler(root: &StateRoot) {
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
-    let mut command = Command::new(exe);
-    // The default root is named by no option (its sockets are not under its folder).
-    if root.run_dir() == root.dir().join("run") {
-        command.arg("--root").arg(root.dir());
-    }
-    command
-        .args(["pool", "--fill"])
-        .current_dir(Path::new("/"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-    let _ = command.spawn();
 }

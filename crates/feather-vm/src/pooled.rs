@@ -18,6 +18,10 @@ use std::path::{Path, PathBuf};
 
 use feather_core::{StateRoot, VmName};
 
+/// The program whose `pool --fill` fills the pool: the command-line front, installed beside
+/// `feather-keeper`.
+pub const FRONT_PROGRAM: &str = "feather";
+
 /// The pool's folder in a state root.
 pub fn dir(root: &StateRoot) -> PathBuf {
     root.dir().join("pool")
@@ -110,4 +114,26 @@ fn identity(path: &Path) -> String {
         ),
         Err(_) => format!("{} missing", path.display()),
     }
+}
+
+/// Starts a fill (`feather pool --fill`, [`crate::pool::fill`]) in a process of its own that
+/// no one waits for (stdio on `/dev/null`, in `/`; it makes a session of its own): started
+/// by the keeper of a claimed VM as the VM ends (the claimer has reported its command's exit
+/// status already), and by a run that missed, after its command.
+pub fn start_filler(root: &StateRoot) {
+    let Ok(exe) = std::env::current_exe() else {
+        return;
+    };
+    let mut command = std::process::Command::new(exe.with_file_name(FRONT_PROGRAM));
+    // The default root is named by no option (its sockets are not under its folder).
+    if root.run_dir() == root.dir().join("run") {
+        command.arg("--root").arg(root.dir());
+    }
+    command
+        .args(["pool", "--fill"])
+        .current_dir("/")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    let _ = command.spawn();
 }

@@ -337,7 +337,7 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         if feather_vm::pool::size(root) > 0 {
             // Missed (empty, or nothing in it matched): the pool is made whole again for the
             // next run.
-            feather_vm::pool::start_filler(root);
+            feather_vm::pooled::start_filler(root);
         }
         return Ok(exit_code(code));
     }
@@ -368,7 +368,7 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
 
 /// `run --rm` in a VM of the pool (docs/design.md, "The pool"), if the run asks for nothing
 /// but a VM of the default options and the pool has one that matches the host: its exit code.
-/// The pool is refilled by a process started once the command has ended. `None`: the run
+/// The pool is refilled by a process the VM's keeper starts as the VM ends. `None`: the run
 /// makes its own VM.
 fn run_from_the_pool(
     root: &StateRoot,
@@ -384,7 +384,6 @@ fn run_from_the_pool(
     trace::phase("claim a VM of the pool");
     let code = feather_vm::pool::run_claimed(root, claimed, workload);
     trace::phase("run the command (in a VM of the pool)");
-    feather_vm::pool::start_filler(root);
     Ok(Some(code?))
 }
 
