@@ -1618,6 +1618,10 @@ impl Keeper {
                 self.vm.clone()
             }
         };
+        // The pool is made whole again beside this teardown, which no one waits for either.
+        if let Some(root) = self.vm.root() {
+            crate::pooled::start_filler(&root);
+        }
         self.remove_throw_away(&aside);
         trace::phase("teardown: a claimed VM removed");
     }
