@@ -356,3 +356,28 @@ fn many_runs_from_the_pool_leave_nothing_beyond_the_pool() {
     );
     pool.drained_leaving_nothing(&cgroups_before);
 }
+
+/// What a fill killed half-way leaves — an entry whose VM it never made, a VM it made but
+/// never started — is hidden from `ls`, never claimed, and removed by the next fill.
+#[test]
+fn what_a_fill_killed_half_way_left_is_removed_by_the_next() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-half-way", 1);
+    let ready = pool.ready();
+    let (no_vm, not_started) = ("run-000000000001", "run-000000000002");
+    fs::write(pool.feather.root.join("pool/vms").join(no_vm), "killed").unwrap();
+    fs::write(
+        pool.feather.root.join("pool/vms").join(not_started),
+        "killed",
+    )
+    .unwrap();
+    pool.ok(&["create", not_started]);
+    assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
+    assert_eq!(pool.ready(), ready, "what was left is not ready");
+    pool.ok(&["pool", "--fill"]);
+    let mut entries = pool.entries();
+    entries.sort();
+    assert_eq!(entries, ready.iter().cloned().collect::<Vec<_>>());
+    assert!(!pool.vm_folders().iter().any(|f| f == not_started));
+    pool.drained_leaving_nothing(&cgroups_before);
+}
