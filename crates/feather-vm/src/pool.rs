@@ -18,6 +18,7 @@
 
 use std::fs;
 use std::os::fd::AsFd;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use feather_core::atomic::{write_atomic, Durability};
@@ -178,7 +179,9 @@ pub fn fill(root: &StateRoot) -> Result<()> {
         }
         fill_locked(root)?;
         drop(lock);
-        if entries(root).len() == size(root) {
+        // Only a claim made meanwhile (whose fill found the lock taken) asks for another
+        // round; what this one could not remove waits for the next fill.
+        if entries(root).len() >= size(root) {
             return Ok(());
         }
     }
@@ -223,12 +226,21 @@ fn remove_stale(root: &StateRoot) {
             let _ = fs::remove_file(&entry);
             continue;
         }
-        if made_under != current {
-            let socket = vm.control_socket();
-            let _ = Conversation::start(&socket, &Request::Claim, CLAIM_PATIENCE)
-                .and_then(|mut claimed| claimed.answer());
+        if made_under != current && !claimed_to_end(&vm.control_socket()) {
+            // A keeper of an earlier build, which knows no claim: stopped, it removes its
+            // throw-away VM itself.
+            let _ = lifecycle::stop(root, &name, Duration::ZERO);
+            let _ = fs::remove_file(&entry);
         }
     }
+}
+
+/// Claims the pooled VM whose keeper listens on `socket` and lets go of it at once, which
+/// ends it; whether its keeper gave it.
+fn claimed_to_end(socket: &Path) -> bool {
+    Conversation::start(socket, &Request::Claim, CLAIM_PATIENCE)
+        .and_then(|mut claimed| claimed.answer())
+        .is_ok_and(|answer| answer == Response::Claimed)
 }
 
 /// Makes one pooled VM: its entry first (so that `ls` never shows it, and a crash leaves the
