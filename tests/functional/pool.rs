@@ -126,6 +126,13 @@ fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
     let pool = Pooled::new("pool-same", 1);
     let pooled = pool.ready();
     let caller = support::unique_dir("caller", "pool-same");
+    struct Remove(std::path::PathBuf);
+    impl Drop for Remove {
+        fn drop(&mut self) {
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let _remove = Remove(caller.clone());
     let run = |args: &[&str]| {
         let mut child = pool
             .command()
@@ -167,7 +174,6 @@ fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
         own.starts_with("run-") && !from_the_pool(own.trim()),
         "{own}"
     );
-    let _ = fs::remove_dir(&caller);
 }
 
 /// Runs that start together each get a VM of their own: a pooled VM's keeper gives it to one
