@@ -1121,7 +1121,8 @@ pub fn feather_cgroups() -> Vec<PathBuf> {
                 .flatten()
         })
         .map(|group| group.path())
-        .filter(|path| path.is_dir())
+        // The pool's fills' group stays, as `feather/` itself does (feather_vm::filler).
+        .filter(|path| path.is_dir() && !path.ends_with("pool"))
         .collect()
 }
 

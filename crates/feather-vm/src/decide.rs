@@ -131,8 +131,11 @@ pub enum Answer {
         lazy: bool,
         hold_frozen: bool,
     },
-    /// Take the VM out of the pool, if it is in it still (see [`Request::Claim`]).
-    Claim,
+    /// Take the VM out of the pool, if it is in it still, for an asker at `terminal` (see
+    /// [`Request::Claim`]).
+    Claim {
+        terminal: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn answer(request: Request) -> Answer {
@@ -140,7 +143,7 @@ pub fn answer(request: Request) -> Answer {
         // A Resume reaches a running keeper only after the VM was let go: it runs already.
         Request::Status | Request::Resume => Answer::Running,
         Request::Stop { grace_secs } => Answer::Stop(Duration::from_secs(grace_secs)),
-        Request::Claim => Answer::Claim,
+        Request::Claim { terminal } => Answer::Claim { terminal },
         Request::Checkpoint {
             leave_running,
             criu,
@@ -189,7 +192,9 @@ pub fn while_held(request: &Request) -> WhileHeld {
     match request {
         Request::Resume => WhileHeld::Release,
         Request::Status => WhileHeld::Status,
-        Request::Stop { .. } | Request::Checkpoint { .. } | Request::Claim => WhileHeld::Refuse,
+        Request::Stop { .. } | Request::Checkpoint { .. } | Request::Claim { .. } => {
+            WhileHeld::Refuse
+        }
     }
 }
 

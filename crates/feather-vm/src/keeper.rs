@@ -1048,7 +1048,7 @@ impl Keeper {
                 Answered::Done
             }
             decide::Answer::Stop(grace) => Answered::Stop(grace),
-            decide::Answer::Claim => self.claim(stream),
+            decide::Answer::Claim { terminal } => self.claim(stream, terminal),
             decide::Answer::Checkpoint {
                 leave_running,
                 criu,
@@ -1074,7 +1074,9 @@ impl Keeper {
 
     /// Takes a pooled VM out of the pool for the asker: the removal of its pool entry is the
     /// claim, which only one asker can make (the entry is gone for every later one).
-    fn claim(&self, stream: &UnixStream) -> Answered {
+    /// `terminal`: the claimer's, where the VM's `ask` rules ask from then on, as they would in
+    /// a VM the claimer had started.
+    fn claim(&self, stream: &UnixStream, terminal: Option<PathBuf>) -> Answered {
         let entry = self
             .vm
             .root()
@@ -1090,6 +1092,9 @@ impl Keeper {
             return Answered::Done;
         }
         self.claimed.set(true);
+        if let Some(broker) = &self.broker {
+            broker.set_terminal(terminal);
+        }
         if protocol::write_response(stream, &Response::Claimed).is_err() {
             // The claimer is gone already: its close, seen next, ends the VM.
             eprintln!("feather keeper {}: its claimer went away", self.vm.name());
@@ -1618,8 +1623,9 @@ impl Keeper {
                 self.vm.clone()
             }
         };
-        // The pool is made whole again beside this teardown, which no one waits for either.
-        if let Some(root) = self.vm.root() {
+        // The pool is made whole again beside this teardown, which no one waits for either
+        // (unless it was drained meanwhile: a fill would find nothing to do).
+        if let Some(root) = self.vm.root().filter(|root| crate::pooled::size(root) > 0) {
             crate::pooled::start_filler(&root);
         }
         self.remove_throw_away(&aside);

@@ -49,6 +49,7 @@ pub mod diff;
 pub mod disk;
 pub mod error;
 pub mod exec;
+pub mod filler;
 pub mod finisher;
 pub mod handed_over;
 pub mod hiding;

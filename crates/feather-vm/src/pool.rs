@@ -29,20 +29,22 @@ use crate::error::{failed, io, Result};
 use crate::lifecycle::{self, CreateOptions};
 use crate::pooled;
 use crate::protocol::{Conversation, Request, Response};
-use crate::workload::Workload;
+use crate::workload::{Inherited, Workload};
 
-/// How long a claim waits for a pooled VM's keeper to answer before it tries the next.
-const CLAIM_PATIENCE: Duration = Duration::from_secs(2);
+/// How long a claim waits for a pooled VM's keeper to answer before it tries the next (a
+/// keeper answers in microseconds; one that does not is removed by the next fill).
+const CLAIM_PATIENCE: Duration = Duration::from_millis(300);
+
+/// How long a fill waits for a pooled VM's keeper to answer before it ends it as stuck (or of
+/// a build that speaks another protocol).
+const ANSWER_PATIENCE: Duration = Duration::from_secs(1);
 
 /// How long a drain waits for the pool's VMs to be gone.
 const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The pool's size setting: 0 (no pool) unless set.
 pub fn size(root: &StateRoot) -> usize {
-    fs::read_to_string(pooled::dir(root).join("size"))
-        .ok()
-        .and_then(|text| text.trim().parse().ok())
-        .unwrap_or(0)
+    pooled::size(root)
 }
 
 /// Records the pool's size setting (durably: it is a setting of the root, as its network's).
@@ -107,23 +109,33 @@ pub struct Claimed {
     _held: Conversation,
 }
 
-/// Claims one pooled VM that matches the host as it is now, if there is one. Two claims never
-/// get the same VM (its keeper gives it once). One that no longer matches is claimed and let
-/// go at once (its keeper removes it); one whose keeper does not answer is left to the next
-/// fill.
-pub fn claim(root: &StateRoot) -> Option<Claimed> {
+/// Claims one pooled VM that matches the host as it is now, if there is one, to run
+/// `workload` in. Two claims never get the same VM (its keeper gives it once). One that no
+/// longer matches is claimed and let go at once (its keeper removes it); one whose keeper does
+/// not answer is left to the next fill. The keeper is told this process's terminal, where the
+/// VM's `ask` rules then ask, as a VM started from here would.
+pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
     let mut entries = entries(root);
-    if entries.is_empty() {
+    // A command too big for init's message runs as it would in a VM of its own only there: a
+    // miss, which costs the pool nothing.
+    if entries.is_empty() || !crate::commands::fits(workload) {
         return None;
     }
+    let request = Request::Claim {
+        terminal: lifecycle::starting_terminal(),
+    };
     // Concurrent runs start at different entries, so that they seldom ask the same keeper.
     let start = std::process::id() as usize % entries.len();
     entries.rotate_left(start);
     let current = pooled::fingerprint(root);
     for (name, made_under) in entries {
-        let socket = root.vm(&name).control_socket();
-        let Ok(mut conversation) = Conversation::start(&socket, &Request::Claim, CLAIM_PATIENCE)
-        else {
+        let vm = root.vm(&name);
+        if !limits_fit(workload, &vm) {
+            // Left in the pool for a caller it fits.
+            continue;
+        }
+        let socket = vm.control_socket();
+        let Ok(mut conversation) = Conversation::start(&socket, &request, CLAIM_PATIENCE) else {
             continue;
         };
         if !matches!(conversation.answer(), Ok(Response::Claimed)) {
@@ -139,6 +151,16 @@ pub fn claim(root: &StateRoot) -> Option<Claimed> {
         });
     }
     None
+}
+
+/// Whether the caller's limits `workload` carries can be given to its command in the pooled
+/// `vm`: not above its keeper's (the fill that made it may have had lower ones than the host's).
+fn limits_fit(workload: &Workload, vm: &feather_core::VmDir) -> bool {
+    let Some(inherited) = &workload.inherited else {
+        return true;
+    };
+    vm.last_keeper()
+        .is_some_and(|(keeper, _)| crate::filler::limits_fit(inherited, keeper))
 }
 
 /// Runs `workload` in the claimed VM as `run --rm` runs it in a VM of its own: through init's
@@ -198,7 +220,7 @@ fn fill_locked(root: &StateRoot) -> Result<()> {
         }
         if ready > wanted {
             for _ in wanted..ready {
-                drop(claim(root));
+                drop(claim_any(root));
             }
             return Ok(());
         }
@@ -208,10 +230,24 @@ fn fill_locked(root: &StateRoot) -> Result<()> {
     }
 }
 
+/// Claims one pooled VM, whatever it was made under, and lets go of it (its keeper ends it).
+fn claim_any(root: &StateRoot) -> Option<Claimed> {
+    entries(root).into_iter().find_map(|(name, _)| {
+        let socket = root.vm(&name).control_socket();
+        let request = Request::Claim { terminal: None };
+        let mut conversation = Conversation::start(&socket, &request, CLAIM_PATIENCE).ok()?;
+        matches!(conversation.answer(), Ok(Response::Claimed)).then_some(Claimed {
+            name,
+            _held: conversation,
+        })
+    })
+}
+
 /// Removes the pool's entries that will never be claimed, with their VMs: an entry without a
 /// VM (a fill that died before it made it), a VM whose keeper is gone (killed, or a fill that
-/// died before it started it), a VM made under another fingerprint. Run under the fill lock:
-/// no fill is half-way through an entry.
+/// died before it started it) or does not answer (stopped, stuck, of a build that speaks
+/// another protocol), a VM made under another fingerprint. Run under the fill lock: no fill
+/// is half-way through an entry.
 fn remove_stale(root: &StateRoot) {
     let current = pooled::fingerprint(root);
     for (name, made_under) in entries(root) {
@@ -226,7 +262,19 @@ fn remove_stale(root: &StateRoot) {
             let _ = fs::remove_file(&entry);
             continue;
         }
-        if made_under != current && !claimed_to_end(&vm.control_socket()) {
+        if !answers(&vm.control_socket()) {
+            // Its entry removed first: that is the claim, so no run takes it meanwhile.
+            if fs::remove_file(&entry).is_ok() {
+                end_unanswering(root, &vm);
+            }
+            continue;
+        }
+        // A VM made by a fill whose limits a caller had lowered serves only callers as low:
+        // replaced by one of this fill's, which took the host's as far as it may.
+        let lower = vm.last_keeper().is_some_and(|(keeper, _)| {
+            !crate::filler::limits_fit(&Inherited::of_this_process(), keeper)
+        });
+        if (made_under != current || lower) && !claimed_to_end(&vm.control_socket()) {
             // A keeper of an earlier build, which knows no claim: stopped, it removes its
             // throw-away VM itself.
             let _ = lifecycle::stop(root, &name, Duration::ZERO);
@@ -235,10 +283,40 @@ fn remove_stale(root: &StateRoot) {
     }
 }
 
+/// Whether the keeper listening on `socket` answers a status request in this build's protocol.
+fn answers(socket: &Path) -> bool {
+    Conversation::start(socket, &Request::Status, ANSWER_PATIENCE)
+        .and_then(|mut asked| asked.answer())
+        .is_ok_and(|answer| matches!(answer, Response::Running { .. }))
+}
+
+/// Ends a pooled VM whose keeper does not answer (its entry removed already): the keeper is
+/// killed by the pid its lock records (checked by its start time), then what it held removed.
+fn end_unanswering(root: &StateRoot, vm: &feather_core::VmDir) {
+    if let Some((pid, started)) = vm.last_keeper() {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if feather_sys::process::start_ticks(pid) == Some(started) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let deadline = Instant::now() + ANSWER_PATIENCE;
+            let _ = feather_sys::process::await_end(pid, started, deadline);
+        }
+    }
+    if !vm.keeper_alive().unwrap_or(true) {
+        lifecycle::remove_failed_throw_away(root, vm);
+    } else {
+        eprintln!(
+            "feather pool: VM {} does not answer and its keeper could not be ended; \
+             `feather stop {}` ends it",
+            vm.name(),
+            vm.name()
+        );
+    }
+}
+
 /// Claims the pooled VM whose keeper listens on `socket` and lets go of it at once, which
 /// ends it; whether its keeper gave it.
 fn claimed_to_end(socket: &Path) -> bool {
-    Conversation::start(socket, &Request::Claim, CLAIM_PATIENCE)
+    Conversation::start(socket, &Request::Claim { terminal: None }, CLAIM_PATIENCE)
         .and_then(|mut claimed| claimed.answer())
         .is_ok_and(|answer| answer == Response::Claimed)
 }
@@ -268,6 +346,7 @@ fn add_one(root: &StateRoot) -> Result<()> {
 /// the terminal of the run that started it may close without ending it.
 pub fn fill_detached(root: &StateRoot) -> Result<()> {
     let _ = nix::unistd::setsid();
+    crate::filler::become_no_callers(root)?;
     fill(root)
 }
 

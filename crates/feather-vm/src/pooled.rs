@@ -22,6 +22,24 @@ use feather_core::{StateRoot, VmName};
 /// `feather-keeper`.
 pub const FRONT_PROGRAM: &str = "feather";
 
+/// The environment variables that shape a VM (its network, the programs it runs): the only
+/// ones in the fingerprint, and the only ones a fill keeps of its starter's environment.
+pub const SHAPING_SETTINGS: [&str; 5] = [
+    "FEATHER_SUBNET",
+    "FEATHER_UPLINK",
+    "FEATHER_BRIDGE",
+    "FEATHER_NETWORK_LINGER",
+    "FEATHER_OWN_PROGRAM",
+];
+
+/// The pool's size setting: 0 (no pool) unless set.
+pub fn size(root: &StateRoot) -> usize {
+    std::fs::read_to_string(dir(root).join("size"))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// The pool's folder in a state root.
 pub fn dir(root: &StateRoot) -> PathBuf {
     root.dir().join("pool")
@@ -45,7 +63,8 @@ pub fn is_pooled(root: &StateRoot, name: &VmName) -> bool {
 /// What a fresh VM of the default options reads from the host as it is assembled, hashed:
 /// the host's mount table (a VM over `/` re-creates the host's submounts: see
 /// [`host_mounts`]), the files its network's `/etc` files come from,
-/// the root's network settings, feather's `FEATHER_*` settings in the environment, and the
+/// the root's network settings, its policy's rule files (whether a VM gets a shuttle socket
+/// is decided at its start), the settings of [`SHAPING_SETTINGS`] in the environment, and the
 /// build of feather and its keeper (an upgrade's keeper speaks another protocol, runs other
 /// code). A pooled VM made under another fingerprint is not used.
 pub fn fingerprint(root: &StateRoot) -> String {
@@ -57,10 +76,11 @@ pub fn fingerprint(root: &StateRoot) -> String {
     std::fs::read(root.dir().join("network.toml"))
         .ok()
         .hash(&mut hash);
-    let mut settings: Vec<(String, String)> = std::env::vars()
-        .filter(|(key, _)| key.starts_with("FEATHER_") && key != "FEATHER_TRACE")
+    policy_files(root).hash(&mut hash);
+    let settings: Vec<Option<String>> = SHAPING_SETTINGS
+        .iter()
+        .map(|key| std::env::var(key).ok())
         .collect();
-    settings.sort();
     settings.hash(&mut hash);
     build().hash(&mut hash);
     format!("{:016x}", hash.finish())
@@ -82,6 +102,23 @@ fn host_mounts(root: &StateRoot) -> Vec<String> {
         .filter(|line| line.split(' ').nth(4).map(Path::new).is_some_and(seen))
         .map(str::to_owned)
         .collect()
+}
+
+/// The names and contents of the rule files in the root's policy folders, in order.
+fn policy_files(root: &StateRoot) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut files = Vec::new();
+    for dir in feather_shuttle::policy::policy_dirs(root.dir()) {
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = read.flatten().map(|entry| entry.path()).collect();
+        paths.sort();
+        files.extend(paths.into_iter().map(|path| {
+            let contents = std::fs::read(&path).ok();
+            (path, contents)
+        }));
+    }
+    files
 }
 
 /// This build: its version, its protocols' versions, and the identity of the two programs on
@@ -116,14 +153,12 @@ fn identity(path: &Path) -> String {
     }
 }
 
-/// Starts a fill (`feather pool --fill`, [`crate::pool::fill`]) in a process of its own that
-/// no one waits for (stdio on `/dev/null`, in `/`; it makes a session of its own): started
-/// by the keeper of a claimed VM as the VM ends (the claimer has reported its command's exit
-/// status already), and by a run that missed, after its command.
-pub fn start_filler(root: &StateRoot) {
-    let Ok(exe) = std::env::current_exe() else {
-        return;
-    };
+/// `feather pool --fill` ([`crate::pool::fill_detached`]) as a process of its own: stdio on
+/// `/dev/null` (no terminal: a pooled VM's `ask` rules ask its claimer's), in `/`, with an
+/// environment of the settings that shape a VM only (nothing of its starter's reaches the
+/// keepers it starts, which serve other callers).
+fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
+    let exe = std::env::current_exe().ok()?;
     let mut command = std::process::Command::new(exe.with_file_name(FRONT_PROGRAM));
     // The default root is named by no option (its sockets are not under its folder).
     if root.run_dir() == root.dir().join("run") {
@@ -132,8 +167,43 @@ pub fn start_filler(root: &StateRoot) {
     command
         .args(["pool", "--fill"])
         .current_dir("/")
+        .env_clear()
+        .env("PATH", crate::workload::DEFAULT_PATH)
+        .envs(
+            SHAPING_SETTINGS
+                .iter()
+                .filter_map(|key| Some((key, std::env::var(key).ok()?))),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    let _ = command.spawn();
+    Some(command)
+}
+
+/// Starts a fill ([`filler_command`]) that no one waits for: started by the keeper of a
+/// claimed VM as the VM ends (the claimer has reported its command's exit status already),
+/// and by a run that missed, after its command.
+pub fn start_filler(root: &StateRoot) {
+    if let Some(mut command) = filler_command(root) {
+        let _ = command.spawn();
+    }
+}
+
+/// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
+pub fn run_filler(root: &StateRoot) -> crate::error::Result<()> {
+    let name = root.dir().display();
+    let mut command = filler_command(root).ok_or_else(|| {
+        crate::error::failed(&name, "cannot find the feather program to fill the pool")
+    })?;
+    let status = command
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .map_err(crate::error::io(&name, "starting the pool's fill"))?;
+    if !status.success() {
+        return Err(crate::error::failed(
+            &name,
+            format!("the pool's fill failed ({status}); `feather pool` shows what it made"),
+        ));
+    }
+    Ok(())
 }

@@ -48,8 +48,12 @@ pub enum Request {
     /// Take a pooled VM out of the pool (`crate::pool`) for one `run --rm`: the keeper answers
     /// [`Response::Claimed`] to the first asker only, and ends and removes the VM once that
     /// asker's connection closes (its command ended, or it died). A variant older keepers
-    /// never receive (their pool entries read as stale), so the version stays.
-    Claim,
+    /// never receive (their pool entries read as stale), so the version stays. `terminal`: the
+    /// claimer's, where the VM's `ask` rules ask from then on (a fill starts VMs with none).
+    Claim {
+        #[serde(default)]
+        terminal: Option<std::path::PathBuf>,
+    },
 }
 
 /// Changes whenever a message of this module changes.

@@ -228,6 +228,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             args,
         )));
     }
+    if let Command::Pool(PoolArgs { fill: true, .. }) = &cli.command {
+        // A fill started for a root drained (or removed) meanwhile has nothing to do, and must
+        // not make the root again by opening it.
+        let root = StateRoot::new(cli.global.root.clone());
+        if !root.dir().exists() || feather_vm::pool::size(&root) == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let root = opened_root(&cli)?;
     match cli.command {
         Command::Create(CreateCommandArgs {
@@ -378,11 +386,17 @@ fn run_from_the_pool(
     if !default_vm {
         return Ok(None);
     }
-    let Some(claimed) = feather_vm::pool::claim(root) else {
+    // The VM's init was started by a fill, not by this caller: the command gets this
+    // process's umask, limits, nice value and CPUs as a command of a cold run does.
+    let workload = Workload {
+        inherited: Some(feather_vm::workload::Inherited::of_this_process()),
+        ..workload.clone()
+    };
+    let Some(claimed) = feather_vm::pool::claim(root, &workload) else {
         return Ok(None);
     };
     trace::phase("claim a VM of the pool");
-    let code = feather_vm::pool::run_claimed(root, claimed, workload);
+    let code = feather_vm::pool::run_claimed(root, claimed, &workload);
     trace::phase("run the command (in a VM of the pool)");
     Ok(Some(code?))
 }
@@ -398,7 +412,9 @@ fn pool(root: &StateRoot, args: PoolArgs) -> anyhow::Result<()> {
     }
     if let Some(size) = args.size {
         pool::set_size(root, size)?;
-        pool::fill(root)?;
+        // Made by a filler of its own, not by this process: its VMs must not carry this
+        // caller's environment, terminal, limits or cgroups to other callers' runs.
+        feather_vm::pooled::run_filler(root)?;
     }
     let status = pool::status(root);
     let names = |vms: &[VmName]| vms.iter().map(ToString::to_string).collect::<Vec<_>>();
@@ -465,6 +481,7 @@ fn workload(args: &ProcessArgs, argv: Vec<String>) -> anyhow::Result<Workload> {
         env,
         cwd: args.workdir.clone(),
         user: args.user.clone(),
+        inherited: None,
     })
 }
 
