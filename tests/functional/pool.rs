@@ -135,6 +135,15 @@ impl Drop for Pooled {
     }
 }
 
+/// A folder a test made, removed whatever its outcome.
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
 /// Whether `hostname` is a pooled VM's (`run-` and 12 hex digits), not a run's own VM's
 /// (`run-` and the run's pid).
 fn from_the_pool(hostname: &str) -> bool {
@@ -157,12 +166,6 @@ fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
     let pool = Pooled::new("pool-same", 1);
     let pooled = pool.ready();
     let caller = support::unique_dir("caller", "pool-same");
-    struct Remove(std::path::PathBuf);
-    impl Drop for Remove {
-        fn drop(&mut self) {
-            let _ = fs::remove_dir(&self.0);
-        }
-    }
     let _remove = Remove(caller.clone());
     let run = |args: &[&str]| {
         let mut child = pool
@@ -308,8 +311,10 @@ fn a_drained_pool_leaves_nothing() {
     let cgroups_before = support::feather_cgroups();
     let pool = Pooled::new("pool-drain", 2);
     assert_eq!(pool.vm_folders().len(), 2);
-    // Pooled VMs are not the user's: `ls` does not show them.
+    // Pooled VMs are not the user's: `ls` does not show them, but says they are there.
     assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
+    let listed = pool.ok(&["ls"]);
+    assert!(listed.contains("2 VMs in the pool"), "{listed}");
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
@@ -584,6 +589,7 @@ fn a_fill_for_a_drained_or_removed_root_makes_nothing() {
     pool.ok(&["pool", "--fill"]);
     assert!(pool.entries().is_empty());
     let gone = support::unique_dir("root", "pool-removed-gone");
+    let _remove = Remove(gone.clone());
     fs::remove_dir(&gone).unwrap();
     let status = Command::new(Feather::bin())
         .arg("--root")

@@ -298,6 +298,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     say!("")?;
                     output::oci_containers(&containers)?;
                 }
+                // Pooled VMs are not listed; a root that looks empty is not (drain first).
+                let pooled = feather_vm::pool::status(&root);
+                let count = pooled.ready.len() + pooled.stale.len();
+                if count > 0 {
+                    say!("")?;
+                    say!("{count} VMs in the pool (feather pool; feather pool --drain)")?;
+                }
             }
         }
         Command::Inspect { name } => output::json(&inspect::inspect(&root, &name.parse()?)?)?,
