@@ -641,3 +641,17 @@ fn unrelated_settings_and_big_commands_leave_the_pool_alone() {
     assert!(out.status.success(), "{out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n");
 }
+
+/// A pool larger than feather allows is refused before anything is made (F17).
+#[test]
+fn a_pool_too_large_is_refused() {
+    let pool = Pooled::new("pool-too-large", 0);
+    let out = pool.output(&["pool", "--size", "1000"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at most 64"),
+        "{out:?}"
+    );
+    assert!(pool.entries().is_empty());
+    assert_eq!(pool.ok(&["pool"]).lines().next(), Some("size: 0"));
+}

@@ -47,8 +47,18 @@ pub fn size(root: &StateRoot) -> usize {
     pooled::size(root)
 }
 
+/// The largest pool: each pooled VM holds a keeper, an init, a veth and an address lease (a
+/// /24 has about 250), and a fill makes them one after another.
+pub const MAX_SIZE: usize = 64;
+
 /// Records the pool's size setting (durably: it is a setting of the root, as its network's).
 pub fn set_size(root: &StateRoot, size: usize) -> Result<()> {
+    if size > MAX_SIZE {
+        return Err(failed(
+            &root.dir().display(),
+            format!("a pool of {size} VMs is too large: at most {MAX_SIZE}"),
+        ));
+    }
     let dir = pooled::entries_dir(root);
     fs::create_dir_all(&dir).at(&dir)?;
     let file = pooled::dir(root).join("size");
