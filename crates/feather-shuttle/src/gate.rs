@@ -315,6 +315,27 @@ mod tests {
     }
 
     #[test]
+    fn ask_asks_at_the_terminal_given_after_the_start() {
+        // A VM of the pool starts with no terminal; its claimer's is given to the gate then.
+        let root = Root::new("ask-later", "ipc tcp:5432 web db ask\n");
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let gate = Gate::new(&root.0, None);
+        gate.set_terminal(Some(nix::unistd::ttyname(&pty.slave).unwrap()));
+        let mut master = std::fs::File::from(pty.master);
+        let answering = std::thread::spawn(move || {
+            let mut question = [0u8; 512];
+            let read = master.read(&mut question).unwrap();
+            master.write_all(b"y\n").unwrap();
+            (read, master)
+        });
+        let result = gate.check(&request("5432"));
+        // Before the join: with no terminal nothing is asked, and the answer never read.
+        assert!(result.is_ok(), "{:?}", result.err());
+        let (read, _master) = answering.join().unwrap();
+        assert!(read > 0);
+    }
+
+    #[test]
     fn ask_takes_the_answer_typed_at_the_terminal() {
         let root = Root::new("ask", "ipc tcp:5432 web db ask\n");
         for (typed, allowed) in [("y\n", true), ("n\n", false), ("\n", false)] {
