@@ -284,11 +284,15 @@ fn remove_stale(root: &StateRoot) {
         let lower = vm.last_keeper().is_some_and(|(keeper, _)| {
             !crate::filler::limits_fit(&Inherited::of_this_process(), keeper)
         });
-        if (made_under != current || lower) && !claimed_to_end(&vm.control_socket()) {
-            // A keeper of an earlier build, which knows no claim: stopped, it removes its
-            // throw-away VM itself.
+        // The claim refused: a run claimed it meanwhile (its entry is gone: the VM is that
+        // run's, whose fingerprint, read at another moment, matched), or a keeper of an
+        // earlier build knows no claim (its entry is there: removed here first, which is the
+        // claim, then stopped; it removes its throw-away VM itself).
+        if (made_under != current || lower)
+            && !claimed_to_end(&vm.control_socket())
+            && fs::remove_file(&entry).is_ok()
+        {
             let _ = lifecycle::stop(root, &name, Duration::ZERO);
-            let _ = fs::remove_file(&entry);
         }
     }
 }
