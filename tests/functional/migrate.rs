@@ -18,6 +18,27 @@ static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 const TOKEN: &str = "test-token-7f3a";
 
+/// Deletes the hosts' namespaces (`fmig-<host>-<pid>-<n>`) of test processes no longer alive:
+/// a test killed (nextest's timeout sends SIGKILL) never ran [`TwoHosts`]'s drop. A namespace
+/// of a live process, or of a pid reused meanwhile, is left alone.
+fn sweep_hosts_of_ended_tests() {
+    let Ok(listed) = Command::new("ip").args(["netns", "list"]).output() else {
+        return;
+    };
+    for name in String::from_utf8_lossy(&listed.stdout)
+        .lines()
+        .filter_map(|line| line.split_whitespace().next())
+    {
+        let pid = name
+            .strip_prefix("fmig-")
+            .and_then(|rest| rest.split('-').nth(1))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        if pid.is_some_and(|pid| !std::path::Path::new(&format!("/proc/{pid}")).exists()) {
+            let _ = Command::new("ip").args(["netns", "delete", name]).status();
+        }
+    }
+}
+
 /// Two network namespaces, "a" (10.77.0.1) and "b" (10.77.0.2), joined by a veth pair; both
 /// are deleted on drop, which removes the veth too.
 struct TwoHosts {
@@ -29,8 +50,9 @@ struct TwoHosts {
 
 impl TwoHosts {
     fn new() -> TwoHosts {
+        sweep_hosts_of_ended_tests();
         let n = NEXT.fetch_add(1, Ordering::SeqCst);
-        let tag = format!("{}{n}", std::process::id() % 100_000);
+        let tag = format!("{}-{n}", std::process::id());
         let (va, vb) = (format!("fma{tag}"), format!("fmb{tag}"));
         let hosts = TwoHosts {
             a: format!("fmig-a-{tag}"),
