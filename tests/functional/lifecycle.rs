@@ -612,7 +612,7 @@ fn a_start_waits_for_the_vm_s_last_keeper_to_let_go_of_its_mounts() {
 /// of each, as issue 15 asks (about 30 s and 3 minutes on a loaded 2-core machine;
 /// .config/nextest.toml gives them longer than other tests). `FEATHER_LEAK_CYCLES=N` runs
 /// another count.
-fn leak_cycles() -> usize {
+pub(crate) fn leak_cycles() -> usize {
     std::env::var("FEATHER_LEAK_CYCLES")
         .ok()
         .and_then(|n| n.parse().ok())
@@ -621,7 +621,7 @@ fn leak_cycles() -> usize {
 
 /// A state root whose private network is a /24 of its own, so that its bridge, and the
 /// nftables tables named after it, are known before its first VM.
-fn root_with_known_bridge(label: &str) -> (Feather, support::TestSubnet, String) {
+pub(crate) fn root_with_known_bridge(label: &str) -> (Feather, support::TestSubnet, String) {
     let subnet = support::TestSubnet::of("10.93");
     let network: std::net::Ipv4Addr = subnet.cidr.split('/').next().unwrap().parse().unwrap();
     let bridge = format!("fbr{:08x}", u32::from(network));
@@ -645,7 +645,11 @@ fn ok_in(feather: &Feather, subnet: &support::TestSubnet, args: &[&str]) -> Stri
 }
 
 /// After the VMs of a root are gone: nothing of them is left on the host or in the root.
-fn assert_nothing_left(feather: &Feather, bridge: &str, cgroups_before: &[std::path::PathBuf]) {
+pub(crate) fn assert_nothing_left(
+    feather: &Feather,
+    bridge: &str,
+    cgroups_before: &[std::path::PathBuf],
+) {
     // Any command but `run --rm` waits for the teardowns still under way; the root's network
     // lingers for the next throw-away VM until `network down` (feather_net::linger).
     assert_eq!(feather.ok(&["ls", "--json"]).trim(), "[]");

@@ -15,6 +15,7 @@ mod lifecycle;
 mod limits;
 mod migrate;
 mod network;
+mod pool;
 mod read_only;
 mod recovery;
 mod services;

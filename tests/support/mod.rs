@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 static COUNTER: AtomicUsize = AtomicUsize::new(0);
 
-/// A folder of its own under /tmp/feather-tests, removed on drop.
-fn unique_dir(kind: &str, label: &str) -> PathBuf {
+/// A folder of its own under /tmp/feather-tests (the caller removes it).
+pub fn unique_dir(kind: &str, label: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
     let dir = PathBuf::from("/tmp/feather-tests")
         .join(format!("{kind}-{label}-{}-{n}", std::process::id()));
@@ -1130,7 +1130,8 @@ pub fn feather_cgroups() -> Vec<PathBuf> {
                 .flatten()
         })
         .map(|group| group.path())
-        .filter(|path| path.is_dir())
+        // The pool's fills' group stays, as `feather/` itself does (feather_vm::filler).
+        .filter(|path| path.is_dir() && !path.ends_with("pool"))
         .collect()
 }
 

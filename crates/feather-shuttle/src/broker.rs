@@ -11,6 +11,8 @@ use crate::watch::Channels;
 
 /// What a broker opened; all of it closes when the broker is dropped (the VM ends).
 pub struct Broker {
+    /// Shared with what the broker opened: [`Broker::set_terminal`] reaches all of it.
+    gate: Arc<Gate>,
     /// IPC channels and dependencies (see [`crate::channels`]).
     _channels: Option<Channels>,
     /// `feather-open`'s endpoint in the VM, if the policy lets it invoke anything.
@@ -34,14 +36,21 @@ impl Broker {
         } else {
             Channels::start(&side, &gate, &peers)
         };
-        let invocations =
-            crate::invoke::Invocations::open(side, gate, peers).unwrap_or_else(|why| {
+        let invocations = crate::invoke::Invocations::open(side, gate.clone(), peers)
+            .unwrap_or_else(|why| {
                 eprintln!("feather shuttle: {why}");
                 None
             });
         Broker {
+            gate,
             _channels: channels,
             _invocations: invocations,
         }
+    }
+
+    /// From now on the VM's `ask` rules ask at `terminal`: the terminal of the run that
+    /// claimed a VM of the pool, which was started with none.
+    pub fn set_terminal(&self, terminal: Option<std::path::PathBuf>) {
+        self.gate.set_terminal(terminal);
     }
 }

@@ -19,7 +19,8 @@ pub struct Gate {
     audit: Audit,
     /// This VM's lines in the root's shared log (see [`crate::audit`]).
     pace: Mutex<Pace>,
-    terminal: Option<PathBuf>,
+    /// Where `ask` rules ask: set at the start, or by the claim of a VM made ahead (a pool's).
+    terminal: Mutex<Option<PathBuf>>,
     /// One question at a time on the terminal.
     asking: Mutex<()>,
 }
@@ -57,7 +58,7 @@ impl Gate {
             loaded: RwLock::new(Loaded::Rules(Arc::default())),
             audit: Audit::new(root_dir),
             pace: Mutex::new(Pace::new(Instant::now())),
-            terminal,
+            terminal: Mutex::new(terminal),
             asking: Mutex::new(()),
         };
         let _ = gate.reload();
@@ -192,16 +193,21 @@ impl Gate {
         let _ = self.record(request, &decision, &Outcome::Failed(why.to_owned()), None);
     }
 
+    /// From now on `ask` rules ask at `terminal` (none: only a web view can answer): the
+    /// terminal of whoever claimed a VM made ahead without one.
+    pub fn set_terminal(&self, terminal: Option<PathBuf>) {
+        *self.terminal.lock().unwrap_or_else(|e| e.into_inner()) = terminal;
+    }
+
     fn ask(&self, request: &Request, rule: &Rule) -> (bool, Option<String>) {
         let _one_at_a_time = self.asking.lock().unwrap_or_else(|e| e.into_inner());
         let board = Board::of(&self.root_dir);
-        let answer = ask::ask(
-            self.terminal.as_deref(),
-            &board,
-            request,
-            rule,
-            ANSWER_WITHIN,
-        );
+        let terminal = self
+            .terminal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let answer = ask::ask(terminal.as_deref(), &board, request, rule, ANSWER_WITHIN);
         match answer {
             Answer::Yes(at) => (true, Some(format!("asked: allowed {at}"))),
             Answer::No(at) => (false, Some(format!("asked: refused {at}"))),
@@ -306,6 +312,27 @@ mod tests {
         .unwrap();
         gate.reload().unwrap();
         assert!(gate.check(&request("5432")).is_ok());
+    }
+
+    #[test]
+    fn ask_asks_at_the_terminal_given_after_the_start() {
+        // A VM of the pool starts with no terminal; its claimer's is given to the gate then.
+        let root = Root::new("ask-later", "ipc tcp:5432 web db ask\n");
+        let pty = nix::pty::openpty(None, None).unwrap();
+        let gate = Gate::new(&root.0, None);
+        gate.set_terminal(Some(nix::unistd::ttyname(&pty.slave).unwrap()));
+        let mut master = std::fs::File::from(pty.master);
+        let answering = std::thread::spawn(move || {
+            let mut question = [0u8; 512];
+            let read = master.read(&mut question).unwrap();
+            master.write_all(b"y\n").unwrap();
+            (read, master)
+        });
+        let result = gate.check(&request("5432"));
+        // Before the join: with no terminal nothing is asked, and the answer never read.
+        assert!(result.is_ok(), "{:?}", result.err());
+        let (read, _master) = answering.join().unwrap();
+        assert!(read > 0);
     }
 
     #[test]

@@ -645,6 +645,16 @@ pub fn same_pid_namespace(pid: Pid) -> Vec<Pid> {
         .collect()
 }
 
+/// This process's nice value (-20..19).
+pub fn nice() -> Result<i32> {
+    raw::nice_value().ctx("getpriority", "of this process")
+}
+
+/// Sets this process's nice value (lowering it below the present one needs CAP_SYS_NICE).
+pub fn set_nice(nice: i32) -> Result<()> {
+    raw::set_nice_value(nice).ctx("setpriority", nice)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

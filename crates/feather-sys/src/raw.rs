@@ -1478,3 +1478,22 @@ pub fn trim_heap() {
         libc::malloc_trim(0);
     }
 }
+
+/// getpriority(PRIO_PROCESS, 0): this process's nice value (-20..19).
+pub fn nice_value() -> Result<i32, Errno> {
+    Errno::clear();
+    // SAFETY: getpriority takes integers only and touches no memory of this process.
+    let value = unsafe { libc::getpriority(libc::PRIO_PROCESS as _, 0) };
+    // -1 is also a nice value: only errno tells a failure apart.
+    if value == -1 && Errno::last_raw() != 0 {
+        return Err(Errno::last());
+    }
+    Ok(value)
+}
+
+/// setpriority(PRIO_PROCESS, 0, nice): sets this process's nice value.
+pub fn set_nice_value(nice: i32) -> Result<(), Errno> {
+    // SAFETY: setpriority takes integers only and touches no memory of this process.
+    let result = unsafe { libc::setpriority(libc::PRIO_PROCESS as _, 0, nice) };
+    Errno::result(result).map(drop)
+}

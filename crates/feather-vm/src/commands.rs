@@ -47,6 +47,16 @@ pub const COMMAND_FD: RawFd = 100;
 /// The largest message either side sends (a workload's argv and environment).
 pub const MAX_MESSAGE: usize = 128 * 1024;
 
+/// Room in a message to init for what an `Exec` holds beside its workload's arguments and
+/// environment (its other fields, a caller's attributes: a list of CPUs).
+const EXEC_ROOM: usize = 16 * 1024;
+
+/// Whether an `Exec` of `workload` fits in one message to init (checked before a VM is taken
+/// for it, so that one that does not fit costs nothing).
+pub fn fits(workload: &Workload) -> bool {
+    serde_json::to_vec(workload).is_ok_and(|bytes| bytes.len() + EXEC_ROOM <= MAX_MESSAGE)
+}
+
 /// Changes whenever a message of this module changes. `feather` and the `feather-keeper` a VM's
 /// init runs may come from different builds (a VM outlives an upgrade): an `Exec` of another
 /// version is refused naming both, rather than misread.
@@ -440,6 +450,7 @@ mod tests {
                 env: Vec::new(),
                 cwd: None,
                 user: None,
+                inherited: None,
             },
             terminal: None,
             spawner: false,

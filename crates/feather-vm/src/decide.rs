@@ -75,6 +75,20 @@ pub fn stop(phase: Phase, grace: Duration, now: Instant) -> Step {
     }
 }
 
+/// A pooled VM's claimer let go (its command ended, or it died): the VM ends now, as a
+/// throw-away VM does when its command ends — every process of it killed with init, its pid
+/// namespace's first, with no grace (the claimer is gone, and nothing of the VM outlives
+/// its use).
+pub fn claim_ended(phase: Phase) -> Step {
+    match phase {
+        Phase::Killed => Step::stay(phase),
+        Phase::Running | Phase::Stopping { .. } => Step {
+            phase: Phase::Killed,
+            signal: Some(Signal::SIGKILL),
+        },
+    }
+}
+
 /// The keeper received `signal`. In the foreground (`feather run --rm`) it goes on to init,
 /// and so to the workload: the VM is a session of its own, out of reach of the caller's
 /// terminal, whose Ctrl-C reaches only the keeper. In the background, any handled signal
@@ -117,6 +131,11 @@ pub enum Answer {
         lazy: bool,
         hold_frozen: bool,
     },
+    /// Take the VM out of the pool, if it is in it still, for an asker at `terminal` (see
+    /// [`Request::Claim`]).
+    Claim {
+        terminal: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn answer(request: Request) -> Answer {
@@ -124,6 +143,7 @@ pub fn answer(request: Request) -> Answer {
         // A Resume reaches a running keeper only after the VM was let go: it runs already.
         Request::Status | Request::Resume => Answer::Running,
         Request::Stop { grace_secs } => Answer::Stop(Duration::from_secs(grace_secs)),
+        Request::Claim { terminal } => Answer::Claim { terminal },
         Request::Checkpoint {
             leave_running,
             criu,
@@ -172,7 +192,9 @@ pub fn while_held(request: &Request) -> WhileHeld {
     match request {
         Request::Resume => WhileHeld::Release,
         Request::Status => WhileHeld::Status,
-        Request::Stop { .. } | Request::Checkpoint { .. } => WhileHeld::Refuse,
+        Request::Stop { .. } | Request::Checkpoint { .. } | Request::Claim { .. } => {
+            WhileHeld::Refuse
+        }
     }
 }
 
@@ -285,6 +307,19 @@ mod tests {
         // One base for every test: only differences matter.
         static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
         *BASE.get_or_init(Instant::now) + Duration::from_secs(secs)
+    }
+
+    /// A claimed VM ends at once when its claimer lets go, a stop under way included (no
+    /// grace, no margin: a throw-away VM's end), and is not killed twice.
+    #[test]
+    fn a_claim_s_end_kills_init_at_once() {
+        let killed = Step {
+            phase: Phase::Killed,
+            signal: Some(Signal::SIGKILL),
+        };
+        assert_eq!(claim_ended(Phase::Running), killed);
+        assert_eq!(claim_ended(Phase::Stopping { kill_at: at(60) }), killed);
+        assert_eq!(claim_ended(Phase::Killed), Step::stay(Phase::Killed));
     }
 
     #[test]

@@ -58,6 +58,10 @@ pub fn summaries(root: &StateRoot) -> Result<Vec<Summary>> {
     let mut rows = Vec::new();
     let hierarchies = Hierarchies::detect();
     for vm in root.list()? {
+        // A VM of the pool is not the user's until a run claims it (`feather pool` shows it).
+        if crate::pooled::is_pooled(root, vm.name()) {
+            continue;
+        }
         // A VM removed while we looked is simply not listed.
         let (Ok(config), Ok(state)) = (vm.read_config(), vm.read_state()) else {
             continue;

@@ -132,6 +132,9 @@ pub struct Keeper {
     durability: Durability,
     /// Set once CRIU has saved the VM and ended its processes: their end is a checkpoint.
     checkpointed: std::cell::Cell<bool>,
+    /// Set once a pooled VM was claimed by a `run --rm` (see [`crate::pool`]): its end is that
+    /// run's end, and its teardown a throw-away VM's, out of `ls`'s sight.
+    claimed: std::cell::Cell<bool>,
     /// A VM received by a migration: the `feather serve` it waits for (snapshot::hold).
     hold: Option<OwnedFd>,
     /// The VM's shuttle broker, once opened; dropped (closing its channels) with the keeper.
@@ -452,6 +455,7 @@ impl Keeper {
             network,
             durability,
             checkpointed: std::cell::Cell::new(false),
+            claimed: std::cell::Cell::new(false),
             hold: None,
             lock,
             broker: None,
@@ -606,6 +610,7 @@ impl Keeper {
             listener,
             network,
             checkpointed: std::cell::Cell::new(false),
+            claimed: std::cell::Cell::new(false),
             hold,
             lock,
             broker: None,
@@ -841,6 +846,9 @@ impl Keeper {
         }
         let mut stop_requests: Vec<UnixStream> = Vec::new();
         let mut checkpoint_requests: Vec<UnixStream> = Vec::new();
+        // A pooled VM's claimer, whose connection's end (its command ended, or it died) ends
+        // the VM.
+        let mut claimer: Option<UnixStream> = None;
         let mut phase = Phase::Running;
         // Post-copy: the VM's memory arrives through `feather serve` (its `criu lazy-pages`
         // and tunnel). If that serve ends before every page has, the pages never fetched
@@ -861,12 +869,17 @@ impl Keeper {
             if let Some(serve) = pages_from {
                 fds.push(PollFd::new(serve.as_fd(), PollFlags::POLLIN));
             }
+            let claimer_at = fds.len();
+            if let Some(claimer) = &claimer {
+                fds.push(PollFd::new(claimer.as_fd(), PollFlags::POLLIN));
+            }
             let now = Instant::now();
             let _ = quiet.wait(&mut fds, phase.patience(now).map(|left| now + left));
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
-            if fds.get(3).is_some_and(ready) {
+            let claim_ended = claimer.is_some() && fds.get(claimer_at).is_some_and(ready);
+            if pages_from.is_some() && fds.get(3).is_some_and(ready) {
                 pages_from = None;
                 if lazy.exists() {
                     eprintln!(
@@ -880,6 +893,14 @@ impl Keeper {
             if init_ended {
                 break waitpid(self.init.pid, None);
             }
+            if claim_ended {
+                // The claimer says nothing after its claim: readable means closed. The VM is
+                // used once: whatever of its command's is left goes now, as at the end of a
+                // throw-away VM's command.
+                claimer = None;
+                trace::phase("run until the claimer lets go");
+                phase = self.act(decide::claim_ended(phase));
+            }
             if connection {
                 if let Ok((stream, _)) = self.listener.accept() {
                     match self.answer(&stream) {
@@ -891,6 +912,7 @@ impl Keeper {
                             stop_requests.push(stream);
                         }
                         Answered::Checkpointed => checkpoint_requests.push(stream),
+                        Answered::Claimed => claimer = Some(stream),
                     }
                 }
             }
@@ -1027,6 +1049,7 @@ impl Keeper {
                 Answered::Done
             }
             decide::Answer::Stop(grace) => Answered::Stop(grace),
+            decide::Answer::Claim { terminal } => self.claim(stream, terminal),
             decide::Answer::Checkpoint {
                 leave_running,
                 criu,
@@ -1048,6 +1071,36 @@ impl Keeper {
                 self.dumped(stream, leave_running, &criu, lazy, held)
             }
         }
+    }
+
+    /// Takes a pooled VM out of the pool for the asker: the removal of its pool entry is the
+    /// claim, which only one asker can make (the entry is gone for every later one).
+    /// `terminal`: the claimer's, where the VM's `ask` rules ask from then on, as they would in
+    /// a VM the claimer had started.
+    fn claim(&self, stream: &UnixStream, terminal: Option<PathBuf>) -> Answered {
+        let entry = self
+            .vm
+            .root()
+            .map(|root| crate::pooled::entry(&root, self.vm.name()));
+        let taken =
+            !self.claimed.get() && entry.is_some_and(|entry| fs::remove_file(entry).is_ok());
+        if !taken {
+            let message = format!(
+                "VM {} is not in the pool (claimed already?)",
+                self.vm.name()
+            );
+            let _ = protocol::write_response(stream, &Response::Error { message });
+            return Answered::Done;
+        }
+        self.claimed.set(true);
+        if let Some(broker) = &self.broker {
+            broker.set_terminal(terminal);
+        }
+        if protocol::write_response(stream, &Response::Claimed).is_err() {
+            // The claimer is gone already: its close, seen next, ends the VM.
+            eprintln!("feather keeper {}: its claimer went away", self.vm.name());
+        }
+        Answered::Claimed
     }
 
     /// Dumps the VM for a checkpoint request and answers it, or says what the asker waits for.
@@ -1464,6 +1517,10 @@ impl Keeper {
             self.hand_off();
             return;
         }
+        if self.claimed.get() {
+            self.tear_down_claimed();
+            return;
+        }
         self.remove_cgroup();
         // A kept VM's answer waits for its own veth and firewall entries, not for the root's
         // bridge and tables, which go after it if the VM was their last user (`serve`).
@@ -1589,6 +1646,27 @@ impl Keeper {
         }
     }
 
+    /// Ends a VM claimed from the pool as a throw-away VM's teardown ends: set aside first (its
+    /// name free, out of `ls`, and every command that waits for teardowns waits for this
+    /// process's keeper lock), then everything it held removed, by this process, which nobody
+    /// waits for (its claimer has reported the exit status already).
+    fn tear_down_claimed(&mut self) {
+        let aside = match self.vm.set_aside(&self.config.id) {
+            Ok(aside) => aside,
+            Err(e) => {
+                eprintln!("feather keeper {}: {}", self.vm.name(), causes(&e));
+                self.vm.clone()
+            }
+        };
+        // The pool is made whole again beside this teardown, which no one waits for either
+        // (unless it was drained meanwhile: a fill would find nothing to do).
+        if let Some(root) = self.vm.root().filter(|root| crate::pooled::size(root) > 0) {
+            crate::pooled::start_filler(&root);
+        }
+        self.remove_throw_away(&aside);
+        trace::phase("teardown: a claimed VM removed");
+    }
+
     /// Starts the process that finishes the teardown (see [`crate::finisher`]).
     fn start_finisher(&self) -> Result<Finisher> {
         let root = self
@@ -1620,6 +1698,8 @@ enum Answered {
     Stop(Duration),
     /// The VM was checkpointed and its processes are ending; the asker hears when they have.
     Checkpointed,
+    /// The VM was claimed from the pool; it ends when the asker's connection closes.
+    Claimed,
 }
 
 /// The thread bringing a VM's link down since its dump began (see `Keeper::dumped`).

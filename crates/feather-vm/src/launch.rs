@@ -308,6 +308,7 @@ mod tests {
                     env: vec![("A".into(), "1".into())],
                     cwd: Some("/tmp".into()),
                     user: None,
+                    inherited: None,
                 }),
                 grace_ms: 1500,
                 allow_userns: true,

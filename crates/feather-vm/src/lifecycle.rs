@@ -679,7 +679,7 @@ pub fn run_ephemeral(
 /// starting it cleaned up nothing: its cgroup stayed, and the folder removed here was its only
 /// record), its lease, its folder. Not while another keeper holds it. The root's bridge stays
 /// for the next VM, as after every throw-away VM's teardown (`feather_net::linger`).
-fn remove_failed_throw_away(root: &StateRoot, vm: &VmDir) {
+pub(crate) fn remove_failed_throw_away(root: &StateRoot, vm: &VmDir) {
     let Ok(Some(_lock)) = vm.lock_keeper() else {
         return;
     };

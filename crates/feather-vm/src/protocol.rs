@@ -47,6 +47,15 @@ pub enum Request {
     },
     /// Let a VM received by a migration run: the sender has released it (checkpoint.rs).
     Resume,
+    /// Take a pooled VM out of the pool (`crate::pool`) for one `run --rm`: the keeper answers
+    /// [`Response::Claimed`] to the first asker only, and ends and removes the VM once that
+    /// asker's connection closes (its command ended, or it died). A variant older keepers
+    /// never receive (their pool entries read as stale), so the version stays. `terminal`: the
+    /// claimer's, where the VM's `ask` rules ask from then on (a fill starts VMs with none).
+    Claim {
+        #[serde(default)]
+        terminal: Option<std::path::PathBuf>,
+    },
 }
 
 /// Changes whenever a message of this module changes.
@@ -93,6 +102,8 @@ pub enum Response {
     Thawed {
         frozen_ms: u64,
     },
+    /// The VM is this asker's until its connection closes.
+    Claimed,
     Error {
         message: String,
     },

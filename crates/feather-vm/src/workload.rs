@@ -4,8 +4,11 @@
 use std::ffi::CString;
 use std::path::PathBuf;
 
+use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
+use nix::sys::resource::{getrlimit, setrlimit, Resource, RLIM_INFINITY};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
-use nix::unistd::{execvpe, setgid, setgroups, setuid, Gid, Uid};
+use nix::sys::stat::{umask, Mode};
+use nix::unistd::{execvpe, setgid, setgroups, setuid, Gid, Pid, Uid};
 use serde::{Deserialize, Serialize};
 
 /// The search path given to programs in a VM (Debian's default for root).
@@ -41,6 +44,12 @@ pub enum WorkloadError {
         #[source]
         source: nix::errno::Errno,
     },
+    #[error("cannot give the command the caller's {what}")]
+    Inherited {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("working directory {}", .path.display())]
     WorkingDirectory {
         path: PathBuf,
@@ -70,6 +79,96 @@ pub struct Workload {
     pub cwd: Option<PathBuf>,
     /// A user name or numeric uid from the VM's /etc/passwd; root by default.
     pub user: Option<String>,
+    /// The caller's process attributes, for a VM made before the call (the pool's): a VM made
+    /// for the call gives its command the caller's through its keeper and init already.
+    #[serde(default)]
+    pub inherited: Option<Inherited>,
+}
+
+/// What a program inherits from the process that starts it and a VM's init would otherwise
+/// give from whoever made the VM: umask, nice value, CPU affinity, resource limits.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Inherited {
+    pub umask: u32,
+    pub nice: i32,
+    /// The CPUs the process may run on.
+    pub cpus: Vec<usize>,
+    /// (soft, hard) of each of [`LIMITS`], in that order.
+    pub limits: Vec<(u64, u64)>,
+}
+
+/// The resource limits a program inherits.
+pub const LIMITS: [Resource; 16] = [
+    Resource::RLIMIT_AS,
+    Resource::RLIMIT_CORE,
+    Resource::RLIMIT_CPU,
+    Resource::RLIMIT_DATA,
+    Resource::RLIMIT_FSIZE,
+    Resource::RLIMIT_LOCKS,
+    Resource::RLIMIT_MEMLOCK,
+    Resource::RLIMIT_MSGQUEUE,
+    Resource::RLIMIT_NICE,
+    Resource::RLIMIT_NOFILE,
+    Resource::RLIMIT_NPROC,
+    Resource::RLIMIT_RSS,
+    Resource::RLIMIT_RTPRIO,
+    Resource::RLIMIT_RTTIME,
+    Resource::RLIMIT_SIGPENDING,
+    Resource::RLIMIT_STACK,
+];
+
+impl Inherited {
+    /// This process's: what a command it started would inherit.
+    pub fn of_this_process() -> Inherited {
+        let umask = std::fs::read_to_string("/proc/self/status")
+            .ok()
+            .and_then(|status| {
+                let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+                u32::from_str_radix(line.trim(), 8).ok()
+            })
+            .unwrap_or(0o022);
+        let cpus = sched_getaffinity(Pid::from_raw(0))
+            .map(|set| {
+                (0..CpuSet::count())
+                    .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let limits = LIMITS
+            .iter()
+            .map(|&resource| getrlimit(resource).unwrap_or((RLIM_INFINITY, RLIM_INFINITY)))
+            .collect();
+        Inherited {
+            umask,
+            nice: feather_sys::process::nice().unwrap_or(0),
+            cpus,
+            limits,
+        }
+    }
+
+    /// Makes them this process's, before it becomes the program.
+    fn apply(&self) -> Result<(), WorkloadError> {
+        let failed = |what: &'static str| {
+            move |source: Box<dyn std::error::Error + Send + Sync>| WorkloadError::Inherited {
+                what,
+                source,
+            }
+        };
+        for (&resource, &(soft, hard)) in LIMITS.iter().zip(&self.limits) {
+            setrlimit(resource, soft, hard).map_err(|e| failed("resource limits")(e.into()))?;
+        }
+        umask(Mode::from_bits_truncate(self.umask));
+        feather_sys::process::set_nice(self.nice).map_err(|e| failed("nice value")(e.into()))?;
+        if !self.cpus.is_empty() {
+            let mut set = CpuSet::new();
+            for &cpu in &self.cpus {
+                let _ = set.set(cpu);
+            }
+            sched_setaffinity(Pid::from_raw(0), &set)
+                .map_err(|e| failed("CPU affinity")(e.into()))?;
+        }
+        Ok(())
+    }
 }
 
 /// What a process inside needs to know to run a workload: the user it becomes, and the
@@ -126,6 +225,10 @@ pub fn prepare(workload: &Workload, terminal: Option<&str>) -> Result<Prepared, 
         "/proc/self/oom_score_adj",
         WORKLOAD_OOM_SCORE_ADJ.to_string(),
     );
+    // Before the capabilities go: a limit may be raised back to the caller's.
+    if let Some(inherited) = &workload.inherited {
+        inherited.apply()?;
+    }
     let resolved = resolve(workload, terminal)?;
     feather_confine::capabilities::reduce_to_default()?;
     let identity = |call: String| move |source| WorkloadError::Identity { call, source };

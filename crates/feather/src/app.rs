@@ -10,14 +10,16 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use feather_core::{say, Error, StateRoot, VmName};
+use feather_core::{say, trace, Error, StateRoot, VmName};
 use feather_vm::exec::exec;
 use feather_vm::inspect;
 use feather_vm::lifecycle::{self, CreateOptions};
 use feather_vm::options::CreateRequest;
 use feather_vm::workload::Workload;
 
-use crate::cli::{Cli, Command, CreateArgs, CreateCommandArgs, ProcessArgs, RunArgs, StartArgs};
+use crate::cli::{
+    Cli, Command, CreateArgs, CreateCommandArgs, PoolArgs, ProcessArgs, RunArgs, StartArgs,
+};
 use crate::opening::opened_root;
 use crate::{completion, oci, output, service, shuttle};
 
@@ -105,7 +107,8 @@ fn runs_elsewhere(command: &Command) -> bool {
         | Command::Open { .. }
         | Command::Ls { .. }
         | Command::Inspect { .. }
-        | Command::Policy(_) => false,
+        | Command::Policy(_)
+        | Command::Pool(_) => false,
     }
 }
 
@@ -225,6 +228,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             args,
         )));
     }
+    if let Command::Pool(PoolArgs { fill: true, .. }) = &cli.command {
+        // A fill started for a root drained (or removed) meanwhile has nothing to do, and must
+        // not make the root again by opening it.
+        let root = StateRoot::new(cli.global.root.clone());
+        if !root.dir().exists() || feather_vm::pool::size(&root) == 0 {
+            return Ok(ExitCode::SUCCESS);
+        }
+    }
     let root = opened_root(&cli)?;
     match cli.command {
         Command::Create(CreateCommandArgs {
@@ -258,6 +269,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Rm { names, force } => remove_each(&root, &names, force)?,
         Command::Run(args) => return run(&root, args),
+        Command::Pool(args) => pool(&root, args)?,
         Command::Exec(args) => {
             let code = exec(
                 &root,
@@ -286,6 +298,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                     say!("")?;
                     output::oci_containers(&containers)?;
                 }
+                // Pooled VMs are not listed; a root that looks empty is not (drain first).
+                let pooled = feather_vm::pool::status(&root);
+                let count = pooled.ready.len() + pooled.stale.len();
+                if count > 0 {
+                    say!("")?;
+                    say!("{count} VMs in the pool (feather pool; feather pool --drain)")?;
+                }
             }
         }
         Command::Inspect { name } => output::json(&inspect::inspect(&root, &name.parse()?)?)?,
@@ -311,9 +330,14 @@ fn start_created(root: &StateRoot, name: &VmName) -> anyhow::Result<ExitCode> {
 
 /// `run`: a throw-away VM with --rm; otherwise the named VM, created and started as needed.
 fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
+    // The pool's VMs are of the default options only: any other is a miss.
+    let default_vm = args.name.is_none() && !args.process.tty && args.create.is_empty();
     let mut workload = workload(&args.process, args.command)?;
     if args.rm {
         start_where_the_caller_is(&mut workload, args.create.base.as_deref());
+        if let Some(code) = run_from_the_pool(root, default_vm, &workload)? {
+            return Ok(exit_code(code));
+        }
         let name = match &args.name {
             Some(name) => name.parse()?,
             None => format!("run-{}", std::process::id()).parse()?,
@@ -325,6 +349,11 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
             let peers = std::sync::Arc::new(feather_vm::peers::RootPeers::new(root));
             lifecycle::run_ephemeral(root, &name, &options, workload, peers)?
         };
+        if feather_vm::pool::size(root) > 0 {
+            // Missed (empty, or nothing in it matched): the pool is made whole again for the
+            // next run.
+            feather_vm::pooled::start_filler(root);
+        }
         return Ok(exit_code(code));
     }
     let Some(name) = args.name else {
@@ -350,6 +379,66 @@ fn run(root: &StateRoot, args: RunArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(exit_code(exec(root, &name, &workload, args.process.tty)?))
+}
+
+/// `run --rm` in a VM of the pool (docs/design.md, "The pool"), if the run asks for nothing
+/// but a VM of the default options and the pool has one that matches the host: its exit code.
+/// The pool is refilled by a process the VM's keeper starts as the VM ends. `None`: the run
+/// makes its own VM.
+fn run_from_the_pool(
+    root: &StateRoot,
+    default_vm: bool,
+    workload: &Workload,
+) -> anyhow::Result<Option<i32>> {
+    if !default_vm {
+        return Ok(None);
+    }
+    // The VM's init was started by a fill, not by this caller: the command gets this
+    // process's umask, limits, nice value and CPUs as a command of a cold run does.
+    let workload = Workload {
+        inherited: Some(feather_vm::workload::Inherited::of_this_process()),
+        ..workload.clone()
+    };
+    let Some(claimed) = feather_vm::pool::claim(root, &workload) else {
+        return Ok(None);
+    };
+    trace::phase("claim a VM of the pool");
+    let code = feather_vm::pool::run_claimed(root, claimed, &workload);
+    trace::phase("run the command (in a VM of the pool)");
+    Ok(Some(code?))
+}
+
+/// `pool`: shows the pool, or sets its size (and brings it there), or empties it.
+fn pool(root: &StateRoot, args: PoolArgs) -> anyhow::Result<()> {
+    use feather_vm::pool;
+    if args.fill {
+        return Ok(pool::fill_detached(root)?);
+    }
+    if args.drain || args.size == Some(0) {
+        return Ok(pool::drain(root)?);
+    }
+    if let Some(size) = args.size {
+        pool::set_size(root, size)?;
+        // Made by a filler of its own, not by this process: its VMs must not carry this
+        // caller's environment, terminal, limits or cgroups to other callers' runs.
+        feather_vm::pooled::run_filler(root)?;
+    }
+    let status = pool::status(root);
+    let names = |vms: &[VmName]| vms.iter().map(ToString::to_string).collect::<Vec<_>>();
+    say!("size: {}", status.size)?;
+    say!(
+        "ready: {} {}",
+        status.ready.len(),
+        names(&status.ready).join(" ")
+    )?;
+    if !status.stale.is_empty() {
+        say!(
+            "stale (removed by the next fill): {} {}",
+            status.stale.len(),
+            names(&status.stale).join(" ")
+        )?;
+    }
+    Ok(())
 }
 
 /// `run` in a VM over the host's own root starts the command in the caller's current folder,
@@ -399,6 +488,7 @@ fn workload(args: &ProcessArgs, argv: Vec<String>) -> anyhow::Result<Workload> {
         env,
         cwd: args.workdir.clone(),
         user: args.user.clone(),
+        inherited: None,
     })
 }
 

@@ -218,6 +218,9 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// The pool of throw-away VMs made ahead for `run --rm` (size 0, the default: none); with
+    /// no option, its size and the VMs it holds
+    Pool(PoolArgs),
     /// The state root's private network: its bridge and firewall tables
     #[command(subcommand)]
     Network(NetworkCommand),
@@ -370,6 +373,21 @@ pub struct ProcessArgs {
     /// Working directory inside the VM
     #[arg(short = 'w', long = "workdir", value_name = "DIR")]
     pub workdir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct PoolArgs {
+    /// Keep N VMs made ahead: `run --rm` without VM options (no --name, --base, --net, limits,
+    /// --ro, --publish, -t) takes one of them instead of making its own, and the pool is
+    /// refilled after its command
+    #[arg(long, value_name = "N", conflicts_with = "drain")]
+    pub size: Option<usize>,
+    /// Remove every pooled VM and set the size to 0
+    #[arg(long)]
+    pub drain: bool,
+    /// Bring the pool to its size, in a session of its own (what a run starts after claiming)
+    #[arg(long, hide = true, conflicts_with_all = ["size", "drain"])]
+    pub fill: bool,
 }
 
 #[derive(Debug, Args)]

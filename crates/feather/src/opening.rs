@@ -66,11 +66,13 @@ fn must_be_root() -> anyhow::Result<()> {
 /// Whether a command waits for the teardowns of throw-away VMs under way before it acts (it
 /// finishes those whose finisher died either way). A throw-away run does not wait for the runs
 /// before it, nor does an exec, which makes nothing that could meet what they leave: in a
-/// script's loop, both would otherwise wait for the last run's network and folders to go.
+/// script's loop, both would otherwise wait for the last run's network and folders to go. Nor
+/// does a pool's fill (`pool --fill`), which the teardown of a VM of the pool starts.
 fn waits_for_teardowns(command: &Command) -> bool {
     match command {
         Command::Run(args) => !args.rm,
         Command::Exec(_) => false,
+        Command::Pool(args) => !args.fill,
         _ => true,
     }
 }

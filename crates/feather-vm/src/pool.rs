@@ -1,0 +1,393 @@
+//! A pool of VMs made ahead for `feather run --rm` (issue 15): throw-away VMs of the default
+//! options, each up and waiting with its background keeper, so that a run only claims one and
+//! runs its command through init's exec channel ([`crate::exec`]) — no namespaces, mounts,
+//! cgroup or network to make while the caller waits.
+//!
+//! - Off unless asked: the size is a setting of the state root ([`set_size`]), 0 by default.
+//! - A claim ([`claim`]) asks a pooled VM's keeper for it ([`crate::protocol::Request::Claim`]);
+//!   the keeper gives it to one asker only, and ends and removes the VM as a throw-away VM's
+//!   teardown does once that asker's connection closes: its command ended, or it was killed.
+//!   A pooled VM is used once, never returned.
+//! - A pooled VM made under another fingerprint ([`crate::pooled::fingerprint`]: the host's
+//!   mounts, `/etc` files, the root's settings, feather's build) is claimed only to be ended.
+//! - A fill ([`fill`], run by a detached process that the claimed VM's keeper starts as the
+//!   VM ends, or a run that missed after its command: see [`pooled::start_filler`]) removes
+//!   what crashes left and makes VMs until the pool has its size; one at a time (a lock).
+//!
+//! Where each thing lives on disk: [`crate::pooled`].
+
+use std::fs;
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use feather_core::atomic::{write_atomic, Durability};
+use feather_core::error::IoContext;
+use feather_core::{StateRoot, VmName};
+
+use crate::error::{failed, io, Result};
+use crate::lifecycle::{self, CreateOptions};
+use crate::pooled;
+use crate::protocol::{Conversation, Request, Response};
+use crate::workload::{Inherited, Workload};
+
+/// How long a claim waits for a pooled VM's keeper to answer before it tries the next (a
+/// keeper answers in microseconds; one that does not is removed by the next fill).
+const CLAIM_PATIENCE: Duration = Duration::from_millis(300);
+
+/// How long a fill waits for a pooled VM's keeper to answer before it ends it as stuck (or of
+/// a build that speaks another protocol).
+const ANSWER_PATIENCE: Duration = Duration::from_secs(1);
+
+/// How long a drain waits for the pool's VMs to be gone.
+const DRAIN_PATIENCE: Duration = Duration::from_secs(30);
+
+/// The pool's size setting: 0 (no pool) unless set.
+pub fn size(root: &StateRoot) -> usize {
+    pooled::size(root)
+}
+
+/// The largest pool: each pooled VM holds a keeper, an init, a veth and an address lease (a
+/// /24 has about 250), and a fill makes them one after another.
+pub const MAX_SIZE: usize = 64;
+
+/// Records the pool's size setting (durably: it is a setting of the root, as its network's).
+pub fn set_size(root: &StateRoot, size: usize) -> Result<()> {
+    if size > MAX_SIZE {
+        return Err(failed(
+            &root.dir().display(),
+            format!("a pool of {size} VMs is too large: at most {MAX_SIZE}"),
+        ));
+    }
+    let dir = pooled::entries_dir(root);
+    fs::create_dir_all(&dir).at(&dir)?;
+    let file = pooled::dir(root).join("size");
+    write_atomic(&file, format!("{size}\n").as_bytes(), Durability::Durable)?;
+    Ok(())
+}
+
+/// What `feather pool` shows.
+#[derive(Debug, Default)]
+pub struct Status {
+    pub size: usize,
+    /// Pooled VMs ready to be claimed: up, made under the host's present fingerprint.
+    pub ready: Vec<VmName>,
+    /// Pooled VMs that will not be claimed (made under another fingerprint, or their keeper
+    /// is gone): the next fill removes them.
+    pub stale: Vec<VmName>,
+}
+
+/// The pool as it is now.
+pub fn status(root: &StateRoot) -> Status {
+    let current = pooled::fingerprint(root);
+    let mut status = Status {
+        size: size(root),
+        ..Status::default()
+    };
+    for (name, made_under) in entries(root) {
+        let up = root.vm(&name).keeper_alive().unwrap_or(false);
+        if up && made_under == current {
+            status.ready.push(name);
+        } else {
+            status.stale.push(name);
+        }
+    }
+    status
+}
+
+/// The pool's entries: each pooled VM's name and the fingerprint it was made under.
+fn entries(root: &StateRoot) -> Vec<(VmName, String)> {
+    let Ok(read) = fs::read_dir(pooled::entries_dir(root)) else {
+        return Vec::new();
+    };
+    let mut entries: Vec<(VmName, String)> = read
+        .flatten()
+        .filter_map(|entry| {
+            let name: VmName = entry.file_name().to_str()?.parse().ok()?;
+            let made_under = fs::read_to_string(entry.path()).ok()?;
+            Some((name, made_under.trim().to_owned()))
+        })
+        .collect();
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    entries
+}
+
+/// A pooled VM claimed by this process: its keeper ends it when this is dropped (or this
+/// process dies).
+pub struct Claimed {
+    pub name: VmName,
+    _held: Conversation,
+}
+
+/// Claims one pooled VM that matches the host as it is now, if there is one, to run
+/// `workload` in. Two claims never get the same VM (its keeper gives it once). One that no
+/// longer matches is claimed and let go at once (its keeper removes it); one whose keeper does
+/// not answer is left to the next fill. The keeper is told this process's terminal, where the
+/// VM's `ask` rules then ask, as a VM started from here would.
+pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
+    let mut entries = entries(root);
+    // A command too big for init's message runs as it would in a VM of its own only there: a
+    // miss, which costs the pool nothing.
+    if entries.is_empty() || !crate::commands::fits(workload) {
+        return None;
+    }
+    let request = Request::Claim {
+        terminal: lifecycle::starting_terminal(),
+    };
+    // Concurrent runs start at different entries, so that they seldom ask the same keeper.
+    let start = std::process::id() as usize % entries.len();
+    entries.rotate_left(start);
+    let current = pooled::fingerprint(root);
+    for (name, made_under) in entries {
+        let vm = root.vm(&name);
+        if !limits_fit(workload, &vm) {
+            // Left in the pool for a caller it fits.
+            continue;
+        }
+        let socket = vm.control_socket();
+        let Ok(mut conversation) = Conversation::start(&socket, &request, CLAIM_PATIENCE) else {
+            continue;
+        };
+        if !matches!(conversation.answer(), Ok(Response::Claimed)) {
+            continue;
+        }
+        if made_under != current {
+            // Dropped: its keeper ends it.
+            continue;
+        }
+        return Some(Claimed {
+            name,
+            _held: conversation,
+        });
+    }
+    None
+}
+
+/// Whether the caller's limits `workload` carries can be given to its command in the pooled
+/// `vm`: not above its keeper's (the fill that made it may have had lower ones than the host's).
+fn limits_fit(workload: &Workload, vm: &feather_core::VmDir) -> bool {
+    let Some(inherited) = &workload.inherited else {
+        return true;
+    };
+    vm.last_keeper()
+        .is_some_and(|(keeper, _)| crate::filler::limits_fit(inherited, keeper))
+}
+
+/// Runs `workload` in the claimed VM as `run --rm` runs it in a VM of its own: through init's
+/// exec channel, its stdio pipes this process relays, signals passed on; returns its exit code
+/// (128 + signal if killed). The VM ends (its keeper removes it) once `claimed` is let go here,
+/// without this process waiting for that.
+pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> Result<i32> {
+    // exec leaves its caller in the VM's network namespace: back to the host's after, for the
+    // filler this process starts next.
+    let host = fs::File::open("/proc/self/ns/net").map_err(io(
+        &claimed.name,
+        "opening this process's network namespace",
+    ))?;
+    let code = crate::exec::exec(root, &claimed.name, workload, false);
+    nix::sched::setns(host.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+        .map_err(|e| io(&claimed.name, "going back to the host's network")(e.into()))?;
+    drop(claimed);
+    code
+}
+
+/// Brings the pool to its size: removes what is stale or left by a crash, makes VMs that are
+/// missing, claims and lets go of those over the size. Only one fill works at a time; another
+/// returns at once, and the one at work looks again once it has let go of the lock (a claim
+/// whose fill found it held is not missed).
+pub fn fill(root: &StateRoot) -> Result<()> {
+    let dir = pooled::entries_dir(root);
+    fs::create_dir_all(&dir).at(&dir)?;
+    let lock_path = pooled::dir(root).join("fill.lock");
+    loop {
+        let lock = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .at(&lock_path)?;
+        if lock.try_lock().is_err() {
+            return Ok(());
+        }
+        fill_locked(root)?;
+        drop(lock);
+        // Only a claim made meanwhile (whose fill found the lock taken) asks for another
+        // round; what this one could not remove waits for the next fill.
+        if entries(root).len() >= size(root) {
+            return Ok(());
+        }
+    }
+}
+
+/// [`fill`], under its lock.
+fn fill_locked(root: &StateRoot) -> Result<()> {
+    loop {
+        remove_stale(root);
+        let ready = entries(root).len();
+        let wanted = size(root);
+        if ready == wanted {
+            return Ok(());
+        }
+        if ready > wanted {
+            for _ in wanted..ready {
+                drop(claim_any(root));
+            }
+            return Ok(());
+        }
+        for _ in ready..wanted {
+            add_one(root)?;
+        }
+    }
+}
+
+/// Claims one pooled VM, whatever it was made under, and lets go of it (its keeper ends it).
+fn claim_any(root: &StateRoot) -> Option<Claimed> {
+    entries(root).into_iter().find_map(|(name, _)| {
+        let socket = root.vm(&name).control_socket();
+        let request = Request::Claim { terminal: None };
+        let mut conversation = Conversation::start(&socket, &request, CLAIM_PATIENCE).ok()?;
+        matches!(conversation.answer(), Ok(Response::Claimed)).then_some(Claimed {
+            name,
+            _held: conversation,
+        })
+    })
+}
+
+/// Removes the pool's entries that will never be claimed, with their VMs: an entry without a
+/// VM (a fill that died before it made it), a VM whose keeper is gone (killed, or a fill that
+/// died before it started it) or does not answer (stopped, stuck, of a build that speaks
+/// another protocol), a VM made under another fingerprint. Run under the fill lock: no fill
+/// is half-way through an entry.
+fn remove_stale(root: &StateRoot) {
+    let current = pooled::fingerprint(root);
+    for (name, made_under) in entries(root) {
+        let vm = root.vm(&name);
+        let entry = pooled::entry(root, &name);
+        if !vm.path().exists() {
+            let _ = fs::remove_file(&entry);
+            continue;
+        }
+        if !vm.keeper_alive().unwrap_or(true) {
+            lifecycle::remove_failed_throw_away(root, &vm);
+            let _ = fs::remove_file(&entry);
+            continue;
+        }
+        if !answers(&vm.control_socket()) {
+            // Its entry removed first: that is the claim, so no run takes it meanwhile.
+            if fs::remove_file(&entry).is_ok() {
+                end_unanswering(root, &vm);
+            }
+            continue;
+        }
+        // A VM made by a fill whose limits a caller had lowered serves only callers as low:
+        // replaced by one of this fill's, which took the host's as far as it may.
+        let lower = vm.last_keeper().is_some_and(|(keeper, _)| {
+            !crate::filler::limits_fit(&Inherited::of_this_process(), keeper)
+        });
+        // The claim refused: a run claimed it meanwhile (its entry is gone: the VM is that
+        // run's, whose fingerprint, read at another moment, matched), or a keeper of an
+        // earlier build knows no claim (its entry is there: removed here first, which is the
+        // claim, then stopped; it removes its throw-away VM itself).
+        if (made_under != current || lower)
+            && !claimed_to_end(&vm.control_socket())
+            && fs::remove_file(&entry).is_ok()
+        {
+            let _ = lifecycle::stop(root, &name, Duration::ZERO);
+        }
+    }
+}
+
+/// Whether the keeper listening on `socket` answers a status request in this build's protocol.
+fn answers(socket: &Path) -> bool {
+    Conversation::start(socket, &Request::Status, ANSWER_PATIENCE)
+        .and_then(|mut asked| asked.answer())
+        .is_ok_and(|answer| matches!(answer, Response::Running { .. }))
+}
+
+/// Ends a pooled VM whose keeper does not answer (its entry removed already): the keeper is
+/// killed by the pid its lock records (checked by its start time), then what it held removed.
+fn end_unanswering(root: &StateRoot, vm: &feather_core::VmDir) {
+    if let Some((pid, started)) = vm.last_keeper() {
+        let pid = nix::unistd::Pid::from_raw(pid);
+        if feather_sys::process::start_ticks(pid) == Some(started) {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+            let deadline = Instant::now() + ANSWER_PATIENCE;
+            let _ = feather_sys::process::await_end(pid, started, deadline);
+        }
+    }
+    if !vm.keeper_alive().unwrap_or(true) {
+        lifecycle::remove_failed_throw_away(root, vm);
+    } else {
+        eprintln!(
+            "feather pool: VM {} does not answer and its keeper could not be ended; \
+             `feather stop {}` ends it",
+            vm.name(),
+            vm.name()
+        );
+    }
+}
+
+/// Claims the pooled VM whose keeper listens on `socket` and lets go of it at once, which
+/// ends it; whether its keeper gave it.
+fn claimed_to_end(socket: &Path) -> bool {
+    Conversation::start(socket, &Request::Claim { terminal: None }, CLAIM_PATIENCE)
+        .and_then(|mut claimed| claimed.answer())
+        .is_ok_and(|answer| answer == Response::Claimed)
+}
+
+/// Makes one pooled VM: its entry first (so that `ls` never shows it, and a crash leaves the
+/// entry that leads the next fill to it), then the VM, then its start.
+fn add_one(root: &StateRoot) -> Result<()> {
+    let name: VmName = format!("run-{}", lifecycle::new_id()).parse()?;
+    let entry = pooled::entry(root, &name);
+    fs::write(&entry, pooled::fingerprint(root)).at(&entry)?;
+    // The options of a `run --rm` that names none, read as the command line reads them.
+    let options = CreateOptions {
+        ephemeral: true,
+        ..crate::options::CreateRequest::default().options()?
+    };
+    let made = lifecycle::create(root, &name, &options).and_then(|vm| {
+        lifecycle::start(root, &name)
+            .inspect_err(|_| lifecycle::remove_failed_throw_away(root, &vm))
+    });
+    if made.is_err() {
+        let _ = fs::remove_file(&entry);
+    }
+    made
+}
+
+/// `feather pool --fill`, as [`pooled::start_filler`] starts it: in a session of its own, so that
+/// the terminal of the run that started it may close without ending it.
+pub fn fill_detached(root: &StateRoot) -> Result<()> {
+    let _ = nix::unistd::setsid();
+    crate::filler::become_no_callers(root)?;
+    fill(root)
+}
+
+/// Empties the pool and sets its size to 0: every pooled VM is claimed and let go, and waited
+/// for until its teardown is over, so that nothing of the pool is left.
+pub fn drain(root: &StateRoot) -> Result<()> {
+    set_size(root, 0)?;
+    let names: Vec<VmName> = entries(root).into_iter().map(|(name, _)| name).collect();
+    fill(root)?;
+    // A fill at work meanwhile (it held the lock) reads the size 0 before it stops.
+    let deadline = Instant::now() + DRAIN_PATIENCE;
+    while !entries(root).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+        fill(root)?;
+    }
+    for name in &names {
+        let vm = root.vm(name);
+        while vm.path().exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    lifecycle::settle_throw_aways(root, true);
+    match entries(root).first() {
+        None => Ok(()),
+        Some((name, _)) => Err(failed(
+            name,
+            "is still in the pool after the drain; `feather pool --drain` tries again",
+        )),
+    }
+}

@@ -1,0 +1,209 @@
+//! Where a state root records its pool of VMs made ahead for `run --rm` ([`crate::pool`]), and
+//! the fingerprint that tells whether a pooled VM still matches what a fresh VM would be.
+//! Apart from `pool`, so that the keeper, which removes its VM's entry when the VM is claimed,
+//! depends on nothing of the asker's side.
+//!
+//! ```text
+//! <root>/pool/size        the size setting ("0" or absent: no pool)
+//! <root>/pool/fill.lock   held by the one filler at work
+//! <root>/pool/vms/<name>  one per pooled VM, unclaimed: the fingerprint it was made under
+//! ```
+//!
+//! An entry is written before its VM is created and removed by the VM's keeper as the VM is
+//! claimed: a VM with an entry is hidden from `ls`, and an entry without a live keeper is
+//! what a crash left, which the next fill removes with its VM.
+
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+
+use feather_core::{StateRoot, VmName};
+
+/// The program whose `pool --fill` fills the pool: the command-line front, installed beside
+/// `feather-keeper`.
+pub const FRONT_PROGRAM: &str = "feather";
+
+/// The environment variables that shape a VM (its network, the programs it runs): the only
+/// ones in the fingerprint, and the only ones a fill keeps of its starter's environment.
+pub const SHAPING_SETTINGS: [&str; 5] = [
+    "FEATHER_SUBNET",
+    "FEATHER_UPLINK",
+    "FEATHER_BRIDGE",
+    "FEATHER_NETWORK_LINGER",
+    "FEATHER_OWN_PROGRAM",
+];
+
+/// The pool's size setting: 0 (no pool) unless set.
+pub fn size(root: &StateRoot) -> usize {
+    std::fs::read_to_string(dir(root).join("size"))
+        .ok()
+        .and_then(|text| text.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// The pool's folder in a state root.
+pub fn dir(root: &StateRoot) -> PathBuf {
+    root.dir().join("pool")
+}
+
+/// The folder of the entries, one per pooled VM.
+pub fn entries_dir(root: &StateRoot) -> PathBuf {
+    dir(root).join("vms")
+}
+
+/// The entry of VM `name`, there while the VM is pooled and unclaimed.
+pub fn entry(root: &StateRoot, name: &VmName) -> PathBuf {
+    entries_dir(root).join(name.as_str())
+}
+
+/// Whether VM `name` is pooled (made ahead, not claimed): `ls` does not show it.
+pub fn is_pooled(root: &StateRoot, name: &VmName) -> bool {
+    entry(root, name).exists()
+}
+
+/// What a fresh VM of the default options reads from the host as it is assembled, hashed:
+/// the host's mount table (a VM over `/` re-creates the host's submounts: see
+/// [`host_mounts`]), the files its network's `/etc` files come from,
+/// the root's network settings, its policy's rule files (whether a VM gets a shuttle socket
+/// is decided at its start), the settings of [`SHAPING_SETTINGS`] in the environment, and the
+/// build of feather and its keeper (an upgrade's keeper speaks another protocol, runs other
+/// code). A pooled VM made under another fingerprint is not used.
+pub fn fingerprint(root: &StateRoot) -> String {
+    let mut hash = std::hash::DefaultHasher::new();
+    host_mounts(root).hash(&mut hash);
+    for file in ["/etc/resolv.conf", "/etc/hosts", "/etc/hostname"] {
+        std::fs::read(file).ok().hash(&mut hash);
+    }
+    std::fs::read(root.dir().join("network.toml"))
+        .ok()
+        .hash(&mut hash);
+    policy_files(root).hash(&mut hash);
+    let settings: Vec<Option<String>> = SHAPING_SETTINGS
+        .iter()
+        .map(|key| std::env::var(key).ok())
+        .collect();
+    settings.hash(&mut hash);
+    build().hash(&mut hash);
+    format!("{:016x}", hash.finish())
+}
+
+/// The host's mounts as this process sees them that a VM over `/` shows: not those under the
+/// recipe's own `/proc`, `/sys`, `/dev` and `/run` (a VM never sees the host's there), nor
+/// those inside state folders, which every VM has hidden (other roots' VMs come and go there).
+fn host_mounts(root: &StateRoot) -> Vec<String> {
+    let hidden = crate::hiding::state_folders(root);
+    let seen = |point: &Path| {
+        point == Path::new("/")
+            || (crate::hiding::inside(Path::new("/"), point).is_some()
+                && !hidden.iter().any(|folder| point.starts_with(folder)))
+    };
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    table
+        .lines()
+        .filter(|line| line.split(' ').nth(4).map(Path::new).is_some_and(seen))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// The names and contents of the rule files in the root's policy folders, in order.
+fn policy_files(root: &StateRoot) -> Vec<(PathBuf, Option<Vec<u8>>)> {
+    let mut files = Vec::new();
+    for dir in feather_shuttle::policy::policy_dirs(root.dir()) {
+        let Ok(read) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        let mut paths: Vec<PathBuf> = read.flatten().map(|entry| entry.path()).collect();
+        paths.sort();
+        files.extend(paths.into_iter().map(|path| {
+            let contents = std::fs::read(&path).ok();
+            (path, contents)
+        }));
+    }
+    files
+}
+
+/// This build: its version, its protocols' versions, and the identity of the two programs on
+/// disk (a rebuild or an upgrade replaces the files).
+fn build() -> Vec<String> {
+    let mut said = vec![
+        env!("CARGO_PKG_VERSION").to_owned(),
+        crate::protocol::VERSION.to_string(),
+        crate::commands::VERSION.to_string(),
+    ];
+    let programs = [std::env::current_exe().ok(), crate::launch::program().ok()];
+    for program in programs.into_iter().flatten() {
+        said.push(identity(&program));
+    }
+    said
+}
+
+/// A file's device, inode, size and change time: another file, or the same one rewritten,
+/// reads differently.
+fn identity(path: &Path) -> String {
+    use std::os::unix::fs::MetadataExt;
+    match std::fs::metadata(path) {
+        Ok(m) => format!(
+            "{} {} {} {} {}",
+            path.display(),
+            m.dev(),
+            m.ino(),
+            m.size(),
+            m.ctime_nsec() + m.ctime() * 1_000_000_000
+        ),
+        Err(_) => format!("{} missing", path.display()),
+    }
+}
+
+/// `feather pool --fill` ([`crate::pool::fill_detached`]) as a process of its own: stdio on
+/// `/dev/null` (no terminal: a pooled VM's `ask` rules ask its claimer's), in `/`, with an
+/// environment of the settings that shape a VM only (nothing of its starter's reaches the
+/// keepers it starts, which serve other callers).
+fn filler_command(root: &StateRoot) -> Option<std::process::Command> {
+    let exe = std::env::current_exe().ok()?;
+    let mut command = std::process::Command::new(exe.with_file_name(FRONT_PROGRAM));
+    // The default root is named by no option (its sockets are not under its folder).
+    if root.run_dir() == root.dir().join("run") {
+        command.arg("--root").arg(root.dir());
+    }
+    command
+        .args(["pool", "--fill"])
+        .current_dir("/")
+        .env_clear()
+        .env("PATH", crate::workload::DEFAULT_PATH)
+        .envs(
+            SHAPING_SETTINGS
+                .iter()
+                .filter_map(|key| Some((key, std::env::var(key).ok()?))),
+        )
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Some(command)
+}
+
+/// Starts a fill ([`filler_command`]) that no one waits for: started by the keeper of a
+/// claimed VM as the VM ends (the claimer has reported its command's exit status already),
+/// and by a run that missed, after its command.
+pub fn start_filler(root: &StateRoot) {
+    if let Some(mut command) = filler_command(root) {
+        let _ = command.spawn();
+    }
+}
+
+/// Runs a fill ([`filler_command`]) and waits for it: `feather pool --size`.
+pub fn run_filler(root: &StateRoot) -> crate::error::Result<()> {
+    let name = root.dir().display();
+    let mut command = filler_command(root).ok_or_else(|| {
+        crate::error::failed(&name, "cannot find the feather program to fill the pool")
+    })?;
+    let status = command
+        .stderr(std::process::Stdio::inherit())
+        .status()
+        .map_err(crate::error::io(&name, "starting the pool's fill"))?;
+    if !status.success() {
+        return Err(crate::error::failed(
+            &name,
+            format!("the pool's fill failed ({status}); `feather pool` shows what it made"),
+        ));
+    }
+    Ok(())
+}

@@ -1,0 +1,672 @@
+//! The pool of VMs made ahead for `run --rm` (docs/design.md, "The pool"): a run from it is a
+//! run in a VM of its own, claimed once; whatever ends it, nothing is left; a VM that no
+//! longer matches the host is not used.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::lifecycle::{assert_nothing_left, leak_cycles, root_with_known_bridge};
+use crate::support::{self, Feather, TestSubnet};
+
+/// A state root with a pool, on a subnet of its own (every command of it, and the filler a run
+/// starts, see the same `FEATHER_SUBNET`, which the pool's fingerprint includes); drained on
+/// drop, whatever the test did.
+struct Pooled {
+    feather: Feather,
+    subnet: TestSubnet,
+    bridge: String,
+    size: usize,
+}
+
+impl Pooled {
+    fn new(label: &str, size: usize) -> Pooled {
+        let (feather, subnet, bridge) = root_with_known_bridge(label);
+        let pooled = Pooled {
+            feather,
+            subnet,
+            bridge,
+            size,
+        };
+        pooled.ok(&["pool", "--size", &size.to_string()]);
+        pooled.whole();
+        pooled
+    }
+
+    /// Waits until the pool has its size of ready VMs. Any host mount made meanwhile (other
+    /// tests of the suite mount, in parallel) turns them stale: a fill then makes new ones.
+    fn whole(&self) {
+        self.feather.eventually("the pool is whole", || {
+            let whole = self.ready().len() == self.size;
+            if !whole {
+                self.ok(&["pool", "--fill"]);
+            }
+            whole
+        });
+    }
+
+    /// Runs `run` (which says the name of the VM it ran in) until it ran in a VM the pool
+    /// showed ready just before, at most three times (see [`Pooled::whole`]): that name, and
+    /// the pool as it was.
+    fn taken_from_ready(&self, mut run: impl FnMut() -> String) -> (String, BTreeSet<String>) {
+        let mut tries = Vec::new();
+        for _ in 0..3 {
+            self.whole();
+            let ready = self.ready();
+            let name = run();
+            if ready.contains(&name) {
+                return (name, ready);
+            }
+            tries.push((name, ready));
+        }
+        panic!("no run took a VM the pool showed ready: {tries:?}");
+    }
+
+    fn command(&self) -> Command {
+        let mut command = self.feather.command();
+        command.env("FEATHER_SUBNET", &self.subnet.cidr);
+        command
+    }
+
+    fn output(&self, args: &[&str]) -> std::process::Output {
+        self.command().args(args).output().unwrap()
+    }
+
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.output(args);
+        assert!(
+            out.status.success(),
+            "feather {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// The pooled VMs ready to be claimed, as `feather pool` names them.
+    fn ready(&self) -> BTreeSet<String> {
+        let shown = self.ok(&["pool"]);
+        let line = shown
+            .lines()
+            .find_map(|line| line.strip_prefix("ready: "))
+            .unwrap_or_default();
+        line.split_whitespace().skip(1).map(str::to_owned).collect()
+    }
+
+    /// The pool's entries on disk, ready or not.
+    fn entries(&self) -> Vec<String> {
+        fs::read_dir(self.feather.root.join("pool/vms"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn vm_folders(&self) -> Vec<String> {
+        fs::read_dir(self.feather.root.join("vms"))
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The pool drained, and nothing of it or of any VM left on the host or in the root.
+    fn drained_leaving_nothing(&self, cgroups_before: &[std::path::PathBuf]) {
+        self.ok(&["pool", "--drain"]);
+        // Gone when the drain returns, before any other command (which would wait for
+        // teardowns under way) looks.
+        let (entries, folders) = (self.entries(), self.vm_folders());
+        assert!(entries.is_empty(), "entries left: {entries:?}");
+        assert!(folders.is_empty(), "left in vms: {folders:?}");
+        assert_eq!(self.ok(&["pool"]).lines().next(), Some("size: 0"));
+        assert_nothing_left(&self.feather, &self.bridge, cgroups_before);
+    }
+}
+
+impl Drop for Pooled {
+    fn drop(&mut self) {
+        let _ = self.output(&["pool", "--drain"]);
+    }
+}
+
+/// A folder a test made, removed whatever its outcome.
+struct Remove(std::path::PathBuf);
+
+impl Drop for Remove {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Whether `hostname` is a pooled VM's (`run-` and 12 hex digits), not a run's own VM's
+/// (`run-` and the run's pid).
+fn from_the_pool(hostname: &str) -> bool {
+    hostname
+        .strip_prefix("run-")
+        .is_some_and(|id| id.len() == 12 && id.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+/// The script each comparison runs: its output, error output, folder, environment, limits,
+/// exit code; the hostname is printed apart (a VM's own name).
+const SCRIPT: &str =
+    "echo out; echo err >&2; pwd; env | sort; ulimit -a; umask; id; read line; echo \"in: $line\"; \
+     exit 7";
+
+/// A run from the pool gives what a run in a VM of its own gives: the same output, error
+/// output, exit code, folder (the caller's), environment, limits and stdin; its hostname is
+/// the pooled VM's name, `run-` and hex digits as a run's own VM's.
+#[test]
+fn a_run_from_the_pool_is_a_run_in_a_vm_of_its_own() {
+    let pool = Pooled::new("pool-same", 1);
+    let pooled = pool.ready();
+    let caller = support::unique_dir("caller", "pool-same");
+    let _remove = Remove(caller.clone());
+    let run = |args: &[&str]| {
+        let mut child = pool
+            .command()
+            .current_dir(&caller)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(b"given\n").unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let from_pool = run(&["run", "--rm", "--", "sh", "-c", SCRIPT]);
+    // The run took the pooled VM; the fill it started once its command ended made another.
+    pool.feather
+        .eventually("the pool is refilled", || pool.ready().len() == 1);
+    let refilled = pool.ready();
+    assert!(pooled.is_disjoint(&refilled), "a pooled VM was used twice");
+    // `--net private` is the default network named: not the defaults' spelling, so a miss.
+    let own = run(&["run", "--rm", "--net", "private", "--", "sh", "-c", SCRIPT]);
+    assert_eq!(from_pool.status.code(), Some(7));
+    assert_eq!(own.status.code(), Some(7));
+    assert_eq!(
+        String::from_utf8_lossy(&from_pool.stdout),
+        String::from_utf8_lossy(&own.stdout)
+    );
+    assert_eq!(String::from_utf8_lossy(&from_pool.stderr), "err\n");
+    assert!(
+        String::from_utf8_lossy(&from_pool.stdout).contains(&format!("\n{}\n", caller.display()))
+    );
+    // A run from the pool runs in the pooled VM: its name is the hostname.
+    let hostname = |args: &[&str]| pool.ok(&[&["run", "--rm"], args, &["--", "hostname"]].concat());
+    assert!(!refilled.is_empty());
+    pool.taken_from_ready(|| hostname(&[]).trim().to_owned());
+    let own = hostname(&["--net", "private"]);
+    assert!(
+        own.starts_with("run-") && !from_the_pool(own.trim()),
+        "{own}"
+    );
+}
+
+/// Runs that start together each get a VM of their own: a pooled VM's keeper gives it to one
+/// claimer only, the others take another or make their own.
+#[test]
+fn concurrent_runs_never_share_a_pooled_vm() {
+    let pool = Pooled::new("pool-concurrent", 3);
+    // Another test's mount may turn the whole pool stale (see `Pooled::whole`): a second
+    // round then.
+    for round in 0..2 {
+        pool.whole();
+        if concurrent_runs_took_from(&pool) || round == 1 {
+            return;
+        }
+    }
+}
+
+/// Six runs at once from `pool`: each in a VM of its own; whether any took a pooled one
+/// (asserted in the last round).
+fn concurrent_runs_took_from(pool: &Pooled) -> bool {
+    let pooled = pool.ready();
+    let runs: Vec<_> = (0..6)
+        .map(|_| {
+            pool.command()
+                .args(["run", "--rm", "--", "sh", "-c", "hostname; sleep 1"])
+                .stdout(Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let names: Vec<String> = runs
+        .into_iter()
+        .map(|run| {
+            let out = run.wait_with_output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8_lossy(&out.stdout).trim().to_owned()
+        })
+        .collect();
+    let distinct: BTreeSet<&String> = names.iter().collect();
+    assert_eq!(distinct.len(), names.len(), "a VM shared: {names:?}");
+    names.iter().any(|n| pooled.contains(n))
+}
+
+/// A run killed in the middle of its command (SIGKILL: it can do nothing) ends its pooled VM:
+/// the keeper sees the claim's connection close and removes the VM as a throw-away VM's
+/// teardown does; drained, nothing is left.
+#[test]
+fn a_run_killed_mid_command_ends_its_pooled_vm() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-killed-run", 1);
+    let listed = || {
+        let rows: serde_json::Value = serde_json::from_str(&pool.ok(&["ls", "--json"])).unwrap();
+        rows[0]["name"].as_str().map(str::to_owned)
+    };
+    let kill = |run: &mut std::process::Child| {
+        let pid = nix::unistd::Pid::from_raw(run.id() as i32);
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+        run.wait().unwrap();
+    };
+    // Another test's mount may make the pooled VM stale: the run then makes its own VM (a
+    // cold run's front is its keeper: killed, it leaves the VM crashed, removed here), and
+    // the test tries again with a fresh pool.
+    let mut pooled = None;
+    for _ in 0..3 {
+        pool.whole();
+        let mut run = pool
+            .command()
+            .args(["run", "--rm", "--", "sleep", "1000"])
+            .spawn()
+            .unwrap();
+        pool.feather
+            .eventually("the run's VM is listed", || listed().is_some());
+        let name = listed().unwrap();
+        kill(&mut run);
+        if from_the_pool(&name) {
+            pooled = Some(name);
+            break;
+        }
+        pool.ok(&["rm", "-f", &name]);
+    }
+    let pooled = pooled.expect("no run took a VM of the pool");
+    pool.feather.eventually("the claimed VM is gone", || {
+        !pool.vm_folders().iter().any(|f| f.contains(&pooled))
+    });
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A pooled VM whose keeper was killed is not claimed: the next run makes its own VM (and
+/// works), and the fill it starts removes what the dead keeper left; drained, nothing is left.
+#[test]
+fn a_pooled_vm_whose_keeper_died_is_passed_over_and_cleaned_up() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-dead-keeper", 1);
+    // Its entry, not `ready`: another test's mount may have made it stale meanwhile.
+    let pooled = pool.entries().into_iter().next().unwrap();
+    let keeper = pool.feather.inspect(&pooled)["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(keeper as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    pool.feather.eventually("its keeper is gone", || {
+        !std::path::Path::new(&format!("/proc/{keeper}")).exists()
+    });
+    let name = pool.ok(&["run", "--rm", "--", "hostname"]);
+    assert_ne!(name.trim(), pooled, "a VM whose keeper died was used");
+    pool.feather.eventually("the fill removed it", || {
+        !pool.vm_folders().contains(&pooled) && !pool.entries().contains(&pooled)
+    });
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A drain removes every pooled VM and everything each held: nothing is left at all.
+#[test]
+fn a_drained_pool_leaves_nothing() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-drain", 2);
+    assert_eq!(pool.vm_folders().len(), 2);
+    // Pooled VMs are not the user's: `ls` does not show them, but says they are there.
+    assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
+    let listed = pool.ok(&["ls"]);
+    assert!(listed.contains("2 VMs in the pool"), "{listed}");
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A host mount made after the pool filled is seen by the next run, as by a run in a VM of
+/// its own: the pooled VMs, assembled before it, no longer match the host and are not used.
+#[test]
+fn a_host_mount_made_after_the_fill_is_seen_by_the_next_run() {
+    let pool = Pooled::new("pool-mount", 1);
+    let pooled = pool.ready();
+    let mounted = support::unique_dir("mount", "pool-mount");
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "pool-test"])
+        .arg(&mounted)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    struct Unmount(std::path::PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+    let _unmount = Unmount(mounted.clone());
+    fs::write(mounted.join("seen"), "on the mount\n").unwrap();
+    let script = format!("hostname; cat {}/seen", mounted.display());
+    let out = pool.ok(&["run", "--rm", "--", "sh", "-c", &script]);
+    let (name, seen) = out.split_once('\n').unwrap();
+    assert_eq!(seen, "on the mount\n");
+    assert!(
+        !pooled.contains(name),
+        "a VM made before the mount was used"
+    );
+    // The fill that run started made a VM under the new mount table: it is used, and sees it.
+    pool.whole();
+    assert!(pool.ready().is_disjoint(&pooled));
+    pool.taken_from_ready(|| {
+        let out = pool.ok(&["run", "--rm", "--", "sh", "-c", &script]);
+        let (name, seen) = out.split_once('\n').unwrap();
+        assert_eq!(seen, "on the mount\n");
+        name.to_owned()
+    });
+}
+
+/// A run that asks for anything but a VM of the default options (a VM name, another network, a
+/// base, limits) makes its own VM: the pool is left as it was.
+#[test]
+fn runs_with_other_options_do_not_take_from_the_pool() {
+    let pool = Pooled::new("pool-options", 1);
+    let pooled = pool.ready();
+    let base = support::ScratchBase::new("pool-options");
+    for options in [
+        vec!["--net", "none"],
+        vec!["own"],
+        vec!["--base", base.as_str()],
+        vec!["--memory", "512M"],
+        vec!["--pids", "100"],
+    ] {
+        let args = [&["run", "--rm"], &options[..], &["--", "hostname"]].concat();
+        let out = pool.ok(&args);
+        assert!(!pooled.contains(out.trim()), "{options:?} took {out}");
+        // Not claimed: still in the pool, unless another test's mount made it stale and a
+        // fill replaced it.
+        let entries = pool.entries();
+        assert!(
+            pooled.iter().all(|name| entries.contains(name)) || pool.ready() != pooled,
+            "{options:?} changed the pool"
+        );
+    }
+}
+
+/// Many runs from the pool (each claims a VM, the fill it starts makes another) leave nothing
+/// but the pool itself; drained, nothing at all.
+#[test]
+fn many_runs_from_the_pool_leave_nothing_beyond_the_pool() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-leaks", 2);
+    let mut used = BTreeSet::new();
+    for _ in 0..leak_cycles() {
+        used.insert(
+            pool.ok(&["run", "--rm", "--", "hostname"])
+                .trim()
+                .to_owned(),
+        );
+    }
+    assert!(
+        used.iter().any(|name| from_the_pool(name)),
+        "no run took a VM of the pool: {used:?}"
+    );
+    pool.feather.eventually_within(
+        "the pool is whole again, and nothing else is left",
+        Duration::from_secs(60),
+        || {
+            let ready = pool.ready();
+            let folders: BTreeSet<String> = pool.vm_folders().into_iter().collect();
+            ready.len() == 2 && folders == ready
+        },
+    );
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// What a fill killed half-way leaves — an entry whose VM it never made, a VM it made but
+/// never started — is hidden from `ls`, never claimed, and removed by the next fill.
+#[test]
+fn what_a_fill_killed_half_way_left_is_removed_by_the_next() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-half-way", 1);
+    let ready = pool.ready();
+    let (no_vm, not_started) = ("run-000000000001", "run-000000000002");
+    fs::write(pool.feather.root.join("pool/vms").join(no_vm), "killed").unwrap();
+    fs::write(
+        pool.feather.root.join("pool/vms").join(not_started),
+        "killed",
+    )
+    .unwrap();
+    pool.ok(&["create", not_started]);
+    assert_eq!(pool.ok(&["ls", "--json"]).trim(), "[]");
+    let now = pool.ready();
+    assert!(
+        !now.contains(no_vm) && !now.contains(not_started),
+        "what was left is ready: {now:?} (was {ready:?})"
+    );
+    // A fill at work meanwhile (the refill of the pool's start) makes this one return at once:
+    // it fills again until one did the work.
+    pool.feather.eventually("a fill removed what was left", || {
+        pool.ok(&["pool", "--fill"]);
+        let entries = pool.entries();
+        entries.len() == 1 && !entries.iter().any(|e| e == no_vm || e == not_started)
+    });
+    assert!(!pool.vm_folders().iter().any(|f| f == not_started));
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// The pooled VM's keeper (by the pid its VM's record holds).
+fn keeper_of(pool: &Pooled, name: &str) -> i32 {
+    pool.feather.inspect(name)["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap() as i32
+}
+
+/// A fill started by a caller with its own limits, umask, environment and cgroup makes VMs
+/// that carry none of them (F1b, F1c, F8 of the pool's review): their keepers have fixed
+/// attributes, feather's settings only, and live in feather's pool group; and a run from the
+/// pool gives the command the umask and limits of its own caller, as a cold run does (F1).
+#[test]
+fn the_pool_carries_nothing_of_the_caller_that_filled_it() {
+    let mut pool = Pooled::new("pool-attributes", 0);
+    fs::write(pool.feather.root.join("pool/size"), "1\n").unwrap();
+    pool.size = 1;
+    let fill_from = |script: &str| {
+        let status = Command::new("sh")
+            .args(["-c", script, "sh", Feather::bin()])
+            .arg("--root")
+            .arg(&pool.feather.root)
+            .args(["pool", "--fill"])
+            .env("FEATHER_SUBNET", &pool.subnet.cidr)
+            .env("POOL_TEST_SECRET", "hunter2")
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    // A caller with nofile 200 (soft and hard: raising a hard limit back takes a capability
+    // this host may withhold) starts a fill: it makes no VM, or one without that limit.
+    fill_from("ulimit -n 200; exec \"$@\"");
+    // A caller with umask 077, nice 5 and a secret in its environment starts a fill, which
+    // replaces a VM made with lower limits than its own.
+    fill_from("umask 077; exec nice -n 5 \"$@\"");
+    // Entries, not `ready`: another test's mount may make the VM stale, not remove it.
+    let entries = pool.entries();
+    assert_eq!(entries.len(), 1, "{entries:?}");
+    let name = entries.into_iter().next().unwrap();
+    let keeper = keeper_of(&pool, &name);
+    let read = |what: &str| fs::read(format!("/proc/{keeper}/{what}")).unwrap();
+    let limits = String::from_utf8_lossy(&read("limits")).into_owned();
+    let open_files = limits.lines().find(|l| l.starts_with("Max open files"));
+    assert!(!open_files.unwrap().contains(" 200 "), "{limits}");
+    let environ = String::from_utf8_lossy(&read("environ")).into_owned();
+    assert!(!environ.contains("POOL_TEST_SECRET"), "{environ}");
+    let status = String::from_utf8_lossy(&read("status")).into_owned();
+    assert!(status.contains("Umask:\t0022"), "{status}");
+    let stat = String::from_utf8_lossy(&read("stat")).into_owned();
+    let nice = stat[stat.rfind(')').unwrap() + 2..]
+        .split(' ')
+        .nth(16)
+        .unwrap()
+        .to_owned();
+    assert_eq!(nice, "0", "{stat}");
+    let cgroups = String::from_utf8_lossy(&read("cgroup")).into_owned();
+    // In every hierarchy feather places VMs in (v1 memory, pids; v2).
+    let used = |line: &&str| {
+        let controllers = line.split(':').nth(1).unwrap_or_default();
+        controllers.is_empty() || controllers.split(',').any(|c| c == "memory" || c == "pids")
+    };
+    assert!(
+        cgroups
+            .lines()
+            .filter(used)
+            .all(|line| line.ends_with("/feather/pool")),
+        "{cgroups}"
+    );
+    // A run from the pool gets its own caller's umask and limit, as a cold run.
+    let script = "ulimit -n 300; umask 027; exec \"$@\"";
+    pool.taken_from_ready(|| {
+        let out = Command::new("sh")
+            .args(["-c", script, "sh", Feather::bin()])
+            .arg("--root")
+            .arg(&pool.feather.root)
+            .args([
+                "run",
+                "--rm",
+                "--",
+                "sh",
+                "-c",
+                "hostname; ulimit -n; umask",
+            ])
+            .env("FEATHER_SUBNET", &pool.subnet.cidr)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let out = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (name, rest) = out.split_once('\n').unwrap_or_default();
+        assert_eq!(rest, "300\n0027\n");
+        name.to_owned()
+    });
+}
+
+/// `pool --size` typed at a terminal makes VMs with no terminal: a pooled VM's `ask` rules
+/// ask its claimer's terminal, never the one of whoever filled the pool (F2).
+#[test]
+fn a_fill_from_a_terminal_gives_its_vms_no_terminal() {
+    let pool = Pooled::new("pool-terminal", 0);
+    let pty = nix::pty::openpty(None, None).unwrap();
+    let status = pool
+        .command()
+        .args(["pool", "--size", "1"])
+        .stdin(Stdio::from(pty.slave))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let name = pool
+        .entries()
+        .into_iter()
+        .next()
+        .expect("the fill made a VM");
+    let keeper = keeper_of(&pool, &name);
+    let cmdline = fs::read(format!("/proc/{keeper}/cmdline")).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+    assert!(!cmdline.contains("--terminal"), "{cmdline}");
+}
+
+/// A pooled VM whose keeper does not answer (stopped here; a keeper of an older protocol
+/// likewise) is ended by the next fill: a drain returns at once and leaves nothing (F18).
+#[test]
+fn a_drain_ends_a_pooled_vm_whose_keeper_does_not_answer() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-stuck", 1);
+    let name = pool.ready().into_iter().next().unwrap();
+    let keeper = nix::unistd::Pid::from_raw(keeper_of(&pool, &name));
+    struct Continue(nix::unistd::Pid);
+    impl Drop for Continue {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+        }
+    }
+    let _continue = Continue(keeper);
+    nix::sys::signal::kill(keeper, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let started = std::time::Instant::now();
+    let mut drain = pool.command().args(["pool", "--drain"]).spawn().unwrap();
+    let deadline = started + Duration::from_secs(15);
+    while drain.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let Some(status) = drain.try_wait().unwrap() else {
+        let _ = drain.kill();
+        let _ = drain.wait();
+        panic!("the drain still waits on the stopped keeper after 15 s");
+    };
+    assert!(status.success());
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A fill started for a root whose pool was drained (or which was removed) makes nothing, not
+/// even the root's folder again (F5).
+#[test]
+fn a_fill_for_a_drained_or_removed_root_makes_nothing() {
+    let pool = Pooled::new("pool-removed", 0);
+    pool.ok(&["pool", "--fill"]);
+    assert!(pool.entries().is_empty());
+    let gone = support::unique_dir("root", "pool-removed-gone");
+    let _remove = Remove(gone.clone());
+    fs::remove_dir(&gone).unwrap();
+    let status = Command::new(Feather::bin())
+        .arg("--root")
+        .arg(&gone)
+        .args(["pool", "--fill"])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert!(!gone.exists(), "the fill made the removed root again");
+}
+
+/// A run whose environment holds a `FEATHER_*` variable that shapes no VM takes from the pool
+/// and leaves the rest of it (F4); a command too big for init's message is a miss that costs
+/// the pool nothing, and runs (F9).
+#[test]
+fn unrelated_settings_and_big_commands_leave_the_pool_alone() {
+    let pool = Pooled::new("pool-settings", 2);
+    pool.taken_from_ready(|| {
+        let out = pool
+            .command()
+            .args(["run", "--rm", "--", "hostname"])
+            .env("FEATHER_COMPLETE", "0")
+            .env("FEATHER_POOL_TEST", "1")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    });
+    let big = "a".repeat(60_000);
+    let out = pool.output(&[
+        "run", "--rm", "--", "sh", "-c", "echo $#", "x", &big, &big, &big,
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "3\n");
+}
+
+/// A pool larger than feather allows is refused before anything is made (F17).
+#[test]
+fn a_pool_too_large_is_refused() {
+    let pool = Pooled::new("pool-too-large", 0);
+    let out = pool.output(&["pool", "--size", "1000"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("at most 64"),
+        "{out:?}"
+    );
+    assert!(pool.entries().is_empty());
+    assert_eq!(pool.ok(&["pool"]).lines().next(), Some("size: 0"));
+}
