@@ -1055,31 +1055,37 @@ impl HostTraces {
                 .map(str::to_owned)
                 .collect()
         };
+        // Bridge names are host-wide and handed out lowest first: once this root returned its
+        // bridge, the root of a test running beside this one may claim the same name, and what
+        // is found under it is that root's. Its claim is looked for after the listing too: a
+        // root may claim the name and make its bridge while the links are listed.
+        let anothers = |bridge: &str| bridge_claim(bridge).is_some_and(|claim| !claim.names(root));
         let (links, nft_tables) = match bridge {
-            // Bridge names are host-wide and handed out lowest first: once this root returned
-            // its bridge, the root of a test running beside this one may have claimed the same
-            // name, and what is found under it is that root's.
-            Some(bridge) if bridge_claim(bridge).is_some_and(|claim| !claim.names(root)) => {
-                (Vec::new(), Vec::new())
+            Some(bridge) if !anothers(bridge) => {
+                let found = (
+                    lines("ip", &["-o", "link"])
+                        .into_iter()
+                        .filter(|l| {
+                            l.contains(&format!(" {bridge}:"))
+                                || l.contains(&format!("master {bridge} "))
+                        })
+                        .collect(),
+                    lines("nft", &["list", "tables"])
+                        .into_iter()
+                        .filter(|l| {
+                            // feather_net::settings::RootNetwork::table.
+                            let table = l.split_whitespace().last().unwrap_or_default();
+                            table == bridge || table.strip_prefix("feather-") == Some(bridge)
+                        })
+                        .collect(),
+                );
+                if anothers(bridge) {
+                    (Vec::new(), Vec::new())
+                } else {
+                    found
+                }
             }
-            Some(bridge) => (
-                lines("ip", &["-o", "link"])
-                    .into_iter()
-                    .filter(|l| {
-                        l.contains(&format!(" {bridge}:"))
-                            || l.contains(&format!("master {bridge} "))
-                    })
-                    .collect(),
-                lines("nft", &["list", "tables"])
-                    .into_iter()
-                    .filter(|l| {
-                        // feather_net::settings::RootNetwork::table.
-                        let table = l.split_whitespace().last().unwrap_or_default();
-                        table == bridge || table.strip_prefix("feather-") == Some(bridge)
-                    })
-                    .collect(),
-            ),
-            None => (Vec::new(), Vec::new()),
+            _ => (Vec::new(), Vec::new()),
         };
         HostTraces {
             processes,
