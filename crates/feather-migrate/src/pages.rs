@@ -346,7 +346,13 @@ async fn join(
     let pages = async move {
         let mut buffer = vec![0u8; PAGES_BUFFER];
         while let Ok(read @ 1..) = pages_back.read(&mut buffer).await {
-            if to_receiver.write_all(&buffer[..read]).await.is_err() {
+            // Flushed, each answer: a TLS write returns once the stream took the bytes, and
+            // keeps the records the socket had no room for (tokio-rustls); unflushed, the tail
+            // of an answer the daemon waits for stayed here while CRIU waited for the next
+            // request, and the migration hung for good.
+            if to_receiver.write_all(&buffer[..read]).await.is_err()
+                || to_receiver.flush().await.is_err()
+            {
                 break;
             }
             served.fetch_add(read as u64, Ordering::Relaxed);
@@ -492,6 +498,73 @@ mod tests {
         let relaying = relay.serve(pinned, to_criu);
         relaying.refuse();
         assert_eq!(received.join().unwrap(), request(UNKNOWN_COMMAND).to_vec());
+    }
+
+    /// The receiver's end of the channel as its tunnel makes it, read here, over a socket that
+    /// holds little: its receive buffer fixed small (which also keeps the kernel from growing
+    /// it), as a receiver that reads slower than pages come fills it.
+    fn slow_receiver(at: SocketAddr, server: &ServerSide) -> crate::channel::ServerStream {
+        use nix::sys::socket::{connect, setsockopt, socket, sockopt};
+        use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn};
+        use std::os::fd::AsRawFd;
+        let fd = socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        setsockopt(&fd, sockopt::RcvBuf, &(8 << 10)).unwrap();
+        let SocketAddr::V4(v4) = at else {
+            panic!("the relay listens on IPv4 here")
+        };
+        connect(fd.as_raw_fd(), &SockaddrIn::from(v4)).unwrap();
+        let tcp = TcpStream::from(fd);
+        tcp.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        server.accept(tcp).unwrap()
+    }
+
+    /// An answer the relay sends into a full socket (the receiver reads slower than pages
+    /// come) reaches the receiver whole, though CRIU's page server sends nothing after it (it
+    /// waits for the next request). Unflushed, its last records stayed in the relay's TLS
+    /// stream for good (tokio-rustls returns from a write once it took the bytes): a post-copy
+    /// migration hung in the full suite, the daemon waiting for them and CRIU for a request.
+    #[test]
+    fn an_answer_sent_into_a_full_socket_reaches_the_receiver_whole() {
+        use nix::sys::socket::{setsockopt, sockopt};
+        let server = ServerSide::new(&security("t")).unwrap();
+        let (to_criu, mut criu) = UnixStream::pair().unwrap();
+        let (relay, pinned) = relay_for(&server);
+        // Inherited by the connection the relay accepts: its sending side holds little too.
+        setsockopt(&relay.listener, sockopt::SndBuf, &(8 << 10)).unwrap();
+        let at = relay.local_addr().unwrap();
+        let relaying = relay.serve(pinned, to_criu);
+        let mut receiver = slow_receiver(at, &server);
+        let answer: Vec<u8> = (0..1usize << 20).map(|i| (i % 251) as u8).collect();
+        let expected = answer.clone();
+        // CRIU answers, then waits for the next request (it keeps its end open).
+        let criu = std::thread::spawn(move || {
+            let mut asked = [0u8; REQUEST_LEN];
+            criu.read_exact(&mut asked).unwrap();
+            criu.write_all(&answer).unwrap();
+            criu
+        });
+        receiver.write_all(&request(7)).unwrap();
+        receiver.flush().unwrap();
+        let mut got = vec![0u8; expected.len()];
+        let mut filled = 0;
+        while filled < got.len() {
+            let end = (filled + (4 << 10)).min(got.len());
+            match receiver.read(&mut got[filled..end]) {
+                Ok(0) => panic!("the relay ended after {filled} bytes"),
+                Ok(read) => filled += read,
+                Err(e) => panic!("{e} after {filled} of {} bytes", got.len()),
+            }
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        assert!(got == expected, "the answer arrived altered");
+        drop(criu.join().unwrap());
+        drop(relaying);
     }
 
     #[test]
