@@ -124,9 +124,13 @@ impl Drop for TwoHosts {
     }
 }
 
-/// A `feather serve --once` on host b; killed (by its pid) on drop if still running.
+/// A `feather serve --once` on host b; killed (by its pid) on drop if still running. What it
+/// says after it listened is read as it comes, by a thread of its own: unread, it filled the
+/// pipe (64 KiB) and the receiver, or the keeper, CRIU or lazy-pages daemon that write there
+/// too, blocked for good in their next write.
 struct Server {
     child: Child,
+    said: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Server {
@@ -172,13 +176,21 @@ impl Server {
         let mut child = command.spawn().unwrap();
         // Before it listens, a receiver may say what it cleaned up.
         let mut said = String::new();
-        let mut reader = BufReader::new(child.stderr.as_mut().unwrap());
+        let mut reader = BufReader::new(child.stderr.take().unwrap());
         while !said.contains("listening on 10.77.0.2:7070") {
             let before = said.len();
             reader.read_line(&mut said).unwrap();
             assert!(said.len() > before, "the receiver ended: {said}");
         }
-        Server { child }
+        let said = std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = reader.read_to_string(&mut rest);
+            rest
+        });
+        Server {
+            child,
+            said: Some(said),
+        }
     }
 
     fn wait(mut self) -> bool {
@@ -188,14 +200,9 @@ impl Server {
 
     /// Waits for it to end: whether it succeeded, and what it said after it listened.
     fn finish(mut self) -> (bool, String) {
-        let mut said = String::new();
-        let _ = self
-            .child
-            .stderr
-            .as_mut()
-            .unwrap()
-            .read_to_string(&mut said);
-        (self.child.wait().unwrap().success(), said)
+        let received = self.child.wait().unwrap().success();
+        let said = self.said.take().unwrap().join().unwrap();
+        (received, said)
     }
 }
 
