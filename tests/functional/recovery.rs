@@ -169,9 +169,13 @@ fn a_keeper_killed_during_its_stop_is_cleaned_up_by_the_stop_and_said_so() {
     feather.sh("vm", "echo precious > /data/kept");
     feather.sh(
         "vm",
-        "setsid sh -c 'trap \"echo term > /data/term\" TERM; while :; do sleep 0.1; done' \
-         </dev/null >/dev/null 2>&1 &",
+        "setsid sh -c 'trap \"echo term > /data/term\" TERM; : > /data/trapped; \
+         while :; do sleep 0.1; done' </dev/null >/dev/null 2>&1 &",
     );
+    // Its trap set before the stop: a SIGTERM that came first ended it without the marker
+    // (seen under load in a full run).
+    let trapped = feather.vm_dir("vm").join("upper/data/trapped");
+    feather.eventually("the VM's process set its trap", || trapped.exists());
     let keeper = pid_of(&feather, "vm", "keeper_pid");
     let groups = feather.cgroup_dirs("vm");
     let stop = feather

@@ -631,7 +631,7 @@ fn vm_stop_stops_services_in_reverse_dependency_order() {
     // must stop first: if every process got SIGTERM at once, the order would come out reversed.
     let unit = |me: &str, delay: &str, deps: &str| {
         format!(
-            "[Unit]\n{deps}\n[Service]\nExecStart=/bin/sh -c \"trap 'sleep {delay}; echo {me} >> /var/tmp/feather-stop-order; exit 0' TERM; while :; do sleep 0.05; done\"\n"
+            "[Unit]\n{deps}\n[Service]\nExecStart=/bin/sh -c \"trap 'sleep {delay}; echo {me} >> /var/tmp/feather-stop-order; exit 0' TERM; : > /var/tmp/trapped-{me}; while :; do sleep 0.05; done\"\n"
         )
     };
     write_unit(
@@ -662,6 +662,13 @@ fn vm_stop_stops_services_in_reverse_dependency_order() {
     );
     feather.ok(&["service", "start", "ord", "top-layer"]);
     assert_eq!(services(&feather, "ord").len(), 3);
+    // Every trap set before the stop: a SIGTERM that came first ended a unit unnoted.
+    let upper = feather.vm_dir("ord").join("upper/var/tmp");
+    feather.eventually("the three units set their traps", || {
+        ["base-layer", "middle-layer", "top-layer"]
+            .iter()
+            .all(|me| upper.join(format!("trapped-{me}")).exists())
+    });
     feather.ok(&["stop", "ord"]);
     let order = std::fs::read_to_string(
         feather
