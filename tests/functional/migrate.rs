@@ -130,7 +130,8 @@ impl Drop for TwoHosts {
 /// too, blocked for good in their next write.
 struct Server {
     child: Child,
-    said: Option<std::thread::JoinHandle<String>>,
+    /// Its lines, as the thread that reads them passed them on.
+    lines: std::sync::mpsc::Receiver<String>,
 }
 
 impl Server {
@@ -182,15 +183,27 @@ impl Server {
             reader.read_line(&mut said).unwrap();
             assert!(said.len() > before, "the receiver ended: {said}");
         }
-        let said = std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = reader.read_to_string(&mut rest);
-            rest
+        let (said, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in reader.lines().map_while(Result::ok) {
+                if said.send(line + "\n").is_err() {
+                    break;
+                }
+            }
         });
-        Server {
-            child,
-            said: Some(said),
+        Server { child, lines }
+    }
+
+    /// What it said until (and with) the first line that contains `text`.
+    fn said_until(&self, text: &str) -> String {
+        let mut said = String::new();
+        while !said.contains(text) {
+            match self.lines.recv() {
+                Ok(line) => said.push_str(&line),
+                Err(_) => panic!("the receiver ended: {said}"),
+            }
         }
+        said
     }
 
     fn wait(mut self) -> bool {
@@ -198,11 +211,11 @@ impl Server {
         status.success()
     }
 
-    /// Waits for it to end: whether it succeeded, and what it said after it listened.
+    /// Waits for it to end: whether it succeeded, and what it said after it listened (and
+    /// after what [`Server::said_until`] took).
     fn finish(mut self) -> (bool, String) {
         let received = self.child.wait().unwrap().success();
-        let said = self.said.take().unwrap().join().unwrap();
-        (received, said)
+        (received, self.lines.iter().collect())
     }
 }
 
@@ -1500,20 +1513,13 @@ impl Held {
             (variable, value.to_str().unwrap()),
             ("FEATHER_TRACE", "phases"),
         ];
-        let mut server = Server::accepting(hosts, target, &env, &["--base", base.as_str()]);
+        let server = Server::accepting(hosts, target, &env, &["--base", base.as_str()]);
         let migrating = migrating(hosts, source, "vm", more)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let mut said = String::new();
-        let mut reader = BufReader::new(server.child.stderr.as_mut().unwrap());
-        while !said.contains("serve: restored") {
-            let before = said.len();
-            reader.read_line(&mut said).unwrap();
-            assert!(said.len() > before, "the receiver ended: {said}");
-        }
-        drop(reader);
+        let said = server.said_until("serve: restored");
         // The keeper of a received VM syncs its record on a thread of its own, which may not
         // have reached the hold when the serve says it restored the VM.
         target.eventually_within(
