@@ -831,6 +831,8 @@ def compare_start(bench: Bench) -> None:
     pool_label = f"feather run --rm, from a pool of {POOL_SIZE} (default network), back to back"
     pool_feather = Feather(f.binary, bench.work / "pool-root")
     pool_feather("pool", "--size", str(POOL_SIZE))
+    # Drained, then the network a miss's teardown left lingering (docs/network.md) taken down.
+    bench.on_cleanup("take down the pool root's network", pool_feather.remove_all)
     bench.on_cleanup("drain the pool", lambda: pool_feather("pool", "--drain"))
     candidates.append((pool_label, pool_feather.cmd("run", "--rm", "--", "/bin/true")))
 
