@@ -601,14 +601,7 @@ fn two_state_roots_never_share_a_subnet() {
 const POOL_SIZE: usize = 4;
 
 fn pool_dir(feather: &Feather, part: &str) -> Vec<String> {
-    std::fs::read_dir(feather.root.join("network-pool").join(part))
-        .map(|entries| {
-            entries
-                .flatten()
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default()
+    crate::support::names_in(&feather.root.join("network-pool").join(part))
 }
 
 fn link_index(name: &str) -> u32 {

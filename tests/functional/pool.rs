@@ -95,25 +95,11 @@ impl Pooled {
 
     /// The pool's entries on disk, ready or not.
     fn entries(&self) -> Vec<String> {
-        fs::read_dir(self.feather.root.join("pool/vms"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        support::names_in(&self.feather.root.join("pool/vms"))
     }
 
     fn vm_folders(&self) -> Vec<String> {
-        fs::read_dir(self.feather.root.join("vms"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .collect()
-            })
-            .unwrap_or_default()
+        support::names_in(&self.feather.root.join("vms"))
     }
 
     /// The pool drained, and nothing of it or of any VM left on the host or in the root.

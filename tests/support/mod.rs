@@ -215,16 +215,23 @@ impl Feather {
     }
 
     fn vm_names(&self) -> Vec<String> {
-        fs::read_dir(self.root.join("vms"))
-            .map(|entries| {
-                entries
-                    .flatten()
-                    .map(|e| e.file_name().to_string_lossy().into_owned())
-                    .filter(|n| !n.starts_with('.'))
-                    .collect()
-            })
-            .unwrap_or_default()
+        names_in(&self.root.join("vms"))
+            .into_iter()
+            .filter(|n| !n.starts_with('.'))
+            .collect()
     }
+}
+
+/// The names in folder `dir`, in no order (none where it cannot be read).
+pub fn names_in(dir: &Path) -> Vec<String> {
+    fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 impl Drop for Feather {
