@@ -426,6 +426,7 @@ fn host_base_annotation_gives_a_copy_on_write_view_of_the_host() {
     let mut config = base_config(&["/bin/sh", "-c", &script]);
     config["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
     config["annotations"] = json!({"org.feather.base": "host"});
+    runtime.allow_annotations(&["org.feather.base=host"]);
     let output = run_to_end(&runtime, &scratch, "hostbase", &config);
     assert_eq!(output, "from the host\nchanged\nHOST_ETC=yes\n");
     assert_eq!(
