@@ -6,7 +6,8 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use crate::support::{
-    busybox_image_tar, eventually, runtime_bin, with_terminal, Containerd, Scratch,
+    busybox_image_tar, eventually, runtime_allowing, runtime_bin, with_terminal, Containerd,
+    Scratch,
 };
 
 const IMAGE: &str = "docker.io/library/feather-busybox:test";
@@ -173,11 +174,12 @@ fn ctr_run_with_the_host_as_base() {
         "cat {m}; echo container > {m}; cat {m}",
         m = marker.display()
     );
+    let runtime = runtime_allowing(&scratch, &["org.feather.base=host"]);
     let outcome = containerd.ctr_logged(&[
         "run",
         "--rm",
         "--runc-binary",
-        runtime_bin(),
+        runtime.to_str().unwrap(),
         "--annotation",
         "org.feather.base=host",
         IMAGE,

@@ -1,7 +1,7 @@
 //! The path the kubelet takes: containerd 1.6's CRI plugin, with a runtime handler `feather`
 //! that maps to containerd's runc shim with `BinaryName` = feather-oci (what a Kubernetes
 //! RuntimeClass names; docs/kubernetes.md), driven over containerd's socket by a CRI v1 client,
-//! with feather's own feature asked for by a pod annotation.
+//! with feather's own feature asked for by a pod annotation the node's annotation policy allows.
 
 use std::path::{Path, PathBuf};
 
@@ -18,7 +18,9 @@ use k8s_cri::v1::{
 };
 use tonic::transport::{Channel, Endpoint, Uri};
 
-use crate::support::{busybox_image_tar_running, run, runtime_bin, Containerd, Scratch};
+use crate::support::{
+    busybox_image_tar_running, run, runtime_allowing, runtime_bin, Containerd, Scratch,
+};
 
 /// The sandbox image containerd's config names; the test builds and imports it (no registry).
 const SANDBOX_IMAGE: &str = "feather.test/pause:1";
@@ -27,7 +29,9 @@ const HANDLER: &str = "feather";
 /// The CRI plugin's table: the sandbox image, the `feather` handler beside the default `runc`
 /// (a table of runtimes replaces containerd's built-in one, which holds `runc`), no CNI of the host's (the
 /// pod uses the node's network), and nothing this machine withholds (lowering oom_score_adj
-/// needs CAP_SYS_RESOURCE; AppArmor profiles are not loaded by the test).
+/// needs CAP_SYS_RESOURCE; AppArmor profiles are not loaded by the test). The handler lets the
+/// harmless `org.feather.*` keys through, and `org.feather.base`, which its `BinaryName` (a
+/// wrapper passing the node's annotation policy, as docs/kubernetes.md shows) allows.
 fn cri_config(scratch: &Scratch, runtime_root: &Path) -> String {
     let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
     format!(
@@ -47,14 +51,14 @@ fn cri_config(scratch: &Scratch, runtime_root: &Path) -> String {
          \x20 runtime_type = \"io.containerd.runc.v2\"\n\
          [{cri}.containerd.runtimes.{HANDLER}]\n\
          \x20 runtime_type = \"io.containerd.runc.v2\"\n\
-         \x20 pod_annotations = [\"org.feather.*\"]\n\
+         \x20 pod_annotations = [\"org.feather.tags\", \"org.feather.confine\", \"org.feather.base\"]\n\
          [{cri}.containerd.runtimes.{HANDLER}.options]\n\
          \x20 BinaryName = \"{binary}\"\n\
          \x20 Root = \"{root}\"\n\
          \x20 SystemdCgroup = false\n",
         bin = scratch.path("cni-bin").display(),
         conf = scratch.path("cni-conf").display(),
-        binary = runtime_bin(),
+        binary = runtime_allowing(scratch, &["org.feather.base=host"]).display(),
         root = runtime_root.display(),
     )
 }

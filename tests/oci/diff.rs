@@ -62,6 +62,7 @@ fn diff_of_a_container_over_the_host_is_its_upper_layer() {
     let mut config = base_config(&["/bin/sh", "-c", &script]);
     config["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
     config["annotations"] = json!({"org.feather.base": "host"});
+    runtime.allow_annotations(&["org.feather.base=host"]);
     // A mount point the runtime makes: not the container's change.
     config["mounts"].as_array_mut().unwrap().push(json!({
         "destination": host.join("mount-point"), "type": "tmpfs", "source": "tmpfs"

@@ -9,8 +9,8 @@ use std::path::PathBuf;
 use serde_json::json;
 
 use crate::support::{
-    base_config, busybox_image_tar, busybox_layer_tar, run, runtime_bin, Bundle, Containerd,
-    Podman, Runtime, Scratch,
+    base_config, busybox_image_tar, busybox_layer_tar, run, runtime_allowing, runtime_bin, Bundle,
+    Containerd, Podman, Runtime, Scratch,
 };
 
 /// A Python script for a container over the host: what the container can reach. Prints
@@ -87,6 +87,7 @@ fn run_to_end(
 fn feather_confinement_applies_on_top_of_the_config_profile() {
     let scratch = Scratch::new("confine");
     let runtime = Runtime::new(&scratch);
+    runtime.allow_annotations(&["org.feather.base=host", "org.feather.confine=none"]);
     let name = format!("feather-oci-probe-{}", std::process::id());
     let address = SocketAddr::from_abstract_name(name.as_bytes()).unwrap();
     let listener = UnixListener::bind_addr(&address).unwrap();
@@ -147,6 +148,50 @@ fn feather_confinement_applies_on_top_of_the_config_profile() {
     drop(listener);
 }
 
+/// `org.feather.base=host` makes the host's `/` the root of a container run as root, and
+/// whoever writes a container's annotations (under Kubernetes: a pod's author) is not the
+/// node's admin: without the node's annotation policy allowing it, `create` fails naming the
+/// annotation, the policy and how to allow it, and leaves nothing; once the policy allows it
+/// the container reads the host's file. `confine=none` stays refused where only the base is
+/// allowed; the narrowing `confine=ipc` and `tags` need no policy.
+#[test]
+fn annotation_policy_decides_whether_the_host_is_the_base() {
+    let scratch = Scratch::new("annotation-policy");
+    let runtime = Runtime::new(&scratch);
+    let marker = scratch.path("marker");
+    std::fs::write(&marker, "host file\n").unwrap();
+    let mut config = base_config(&["cat", marker.to_str().unwrap()]);
+    config["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
+    config["annotations"] = json!({"org.feather.base": "host", "org.feather.tags": "a"});
+    let refused_with = |id: &str, config: &serde_json::Value| {
+        let bundle = Bundle::new(&scratch, &format!("bundle-{id}"), config);
+        let outcome = runtime.create(id, &bundle, &scratch.path(&format!("output-{id}")));
+        assert_ne!(outcome.code, 0, "{outcome:?}");
+        let listed = runtime.run(&["list", "-q"]);
+        assert_eq!(listed.stdout.trim(), "", "nothing is left: {listed:?}");
+        outcome.stderr
+    };
+    let refused = refused_with("no-policy", &config);
+    let policy = runtime.policy.display().to_string();
+    for named in ["org.feather.base=host", &policy, "allow"] {
+        assert!(refused.contains(named), "names {named}: {refused}");
+    }
+
+    runtime.allow_annotations(&["org.feather.base=host"]);
+    assert_eq!(
+        run_to_end(&runtime, &scratch, "allowed", &config),
+        "host file\n"
+    );
+    config["annotations"]["org.feather.confine"] = "none".into();
+    let refused = refused_with("confine-none", &config);
+    assert!(refused.contains("org.feather.confine=none"), "{refused}");
+    config["annotations"]["org.feather.confine"] = "ipc".into();
+    assert_eq!(
+        run_to_end(&runtime, &scratch, "confined", &config),
+        "host file\n"
+    );
+}
+
 #[test]
 fn services_need_the_host_as_base_and_are_refused_by_name_otherwise() {
     let scratch = Scratch::new("services-refused");
@@ -186,11 +231,12 @@ fn ctr_run_over_the_host_with_a_duplicated_host_service() {
     assert_eq!(imported.code, 0, "{imported:?}");
     // `ctr run` gives the container a network namespace of its own (so the copy's port 6379 is
     // its own, whatever the host runs) and a tmpfs /run.
+    let runtime = runtime_allowing(&scratch, &["org.feather.base=host", "org.feather.services"]);
     let outcome = containerd.ctr_logged(&[
         "run",
         "--rm",
         "--runc-binary",
-        runtime_bin(),
+        runtime.to_str().unwrap(),
         "--annotation",
         "org.feather.base=host",
         "--annotation",
@@ -275,6 +321,7 @@ fn a_service_that_cannot_start_fails_create_and_leaves_nothing() {
     sibling(feather_svc_program());
     let scratch = Scratch::new("services-missing");
     let runtime = Runtime::new(&scratch);
+    runtime.allow_annotations(&["org.feather.base=host", "org.feather.services"]);
     let mut config = base_config(&["true"]);
     config["annotations"] = json!({
         "org.feather.base": "host",
@@ -302,7 +349,8 @@ fn a_service_that_cannot_start_fails_create_and_leaves_nothing() {
 fn podman_run_over_the_host_with_a_duplicated_host_service() {
     sibling(feather_svc_program());
     let scratch = Scratch::new("podman-services");
-    let podman = Podman::new(&scratch, runtime_bin());
+    let runtime = runtime_allowing(&scratch, &["org.feather.base=host", "org.feather.services"]);
+    let podman = Podman::new(&scratch, runtime.to_str().unwrap());
     let image = "localhost/feather-busybox:services";
     let tar = busybox_layer_tar(&scratch);
     let imported = podman.podman(&["import", tar.to_str().unwrap(), image]);
@@ -341,6 +389,7 @@ fn podman_run_over_the_host_with_a_duplicated_host_service() {
 fn feather_confinement_protects_the_kernels_knobs_a_config_leaves_open() {
     let scratch = Scratch::new("knobs");
     let runtime = Runtime::new(&scratch);
+    runtime.allow_annotations(&["org.feather.confine=none"]);
     let probe = "v=$(cat /proc/sys/vm/swappiness); \
                  if { echo $v > /proc/sys/vm/swappiness; } 2>/dev/null; then echo SYSCTL=written; else echo SYSCTL=refused; fi; \
                  if [ -n \"$(head -c 1 /proc/timer_list)\" ]; then echo TIMERS=visible; else echo TIMERS=masked; fi";

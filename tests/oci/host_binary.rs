@@ -83,6 +83,7 @@ fn a_container_cannot_write_the_runtime_binary_that_enters_it() {
     // away (and absent where the kernel has no Landlock scoping); the binary must be safe on
     // its own.
     config["annotations"] = serde_json::json!({"org.feather.confine": "none"});
+    runtime.allow_annotations(&["org.feather.confine=none"]);
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let rootfs = bundle.dir.join("rootfs");
     copy_libraries(&program, &rootfs);

@@ -252,6 +252,100 @@ fn resources_and_sysctl_reach_the_container() {
     }
 }
 
+/// Puts the host's `kernel.core_pattern` back if a test changed it (only a runtime without the
+/// sysctl check would).
+struct CorePattern(String);
+
+impl Drop for CorePattern {
+    fn drop(&mut self) {
+        let path = "/proc/sys/kernel/core_pattern";
+        if fs::read_to_string(path).unwrap_or_default() != self.0 {
+            let _ = fs::write(path, &self.0);
+        }
+    }
+}
+
+/// `linux.sysctl` sets only knobs of a namespace the container has of its own, as runc, crun
+/// and youki: any other write changes the host's knob, as host root without a user namespace
+/// (`kernel.core_pattern` runs a program as host root at the next crash). Refused by name
+/// before anything is made: `kernel.core_pattern` (the host's value unchanged), `net.*` without
+/// a network namespace or in the host's joined by path, `kernel.shm*` in the host's ipc
+/// namespace; applied: `kernel.shmmax` in an ipc namespace of the container's.
+#[test]
+fn sysctls_outside_the_containers_own_namespaces_are_refused_by_name() {
+    let scratch = Scratch::new("sysctl-scope");
+    let runtime = Runtime::new(&scratch);
+    let host = |knob: &str| fs::read_to_string(format!("/proc/sys/{knob}")).unwrap();
+    let core_pattern = CorePattern(host("kernel/core_pattern"));
+    let refused = |id: &str, sysctl: serde_json::Value, namespaces: serde_json::Value| {
+        let mut config = base_config(&["true"]);
+        config["linux"]["sysctl"] = sysctl;
+        config["linux"]["namespaces"] = namespaces;
+        let bundle = Bundle::new(&scratch, &format!("bundle-{id}"), &config);
+        let outcome = runtime.create(id, &bundle, &scratch.path(&format!("output-{id}")));
+        assert_ne!(outcome.code, 0, "{id}: {outcome:?}");
+        let listed = runtime.run(&["list", "-q"]);
+        assert_eq!(listed.stdout.trim(), "", "nothing is left: {listed:?}");
+        outcome.stderr
+    };
+    let all = json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}]);
+    let error = refused(
+        "core-pattern",
+        json!({"kernel.core_pattern": "feather-test-core-%p"}),
+        all.clone(),
+    );
+    assert!(
+        error.contains("linux.sysctl[kernel.core_pattern]"),
+        "{error}"
+    );
+    assert_eq!(host("kernel/core_pattern"), core_pattern.0);
+
+    // The host's own value: a runtime without the check changes nothing while it fails this.
+    let port_start = host("net/ipv4/ip_unprivileged_port_start")
+        .trim()
+        .to_owned();
+    let net = json!({ "net.ipv4.ip_unprivileged_port_start": port_start });
+    for (id, namespaces) in [
+        (
+            "no-netns",
+            json!([{"type": "pid"}, {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}]),
+        ),
+        (
+            "host-netns",
+            json!([{"type": "pid"}, {"type": "uts"}, {"type": "mount"}, {"type": "network", "path": "/proc/self/ns/net"}]),
+        ),
+    ] {
+        let error = refused(id, net.clone(), namespaces);
+        assert!(
+            error.contains("linux.sysctl[net.ipv4.ip_unprivileged_port_start]")
+                && error.contains("network namespace"),
+            "{id}: {error}"
+        );
+    }
+    let shmmax = host("kernel/shmmax").trim().to_owned();
+    let error = refused(
+        "host-ipc",
+        json!({ "kernel.shmmax": shmmax }),
+        json!([{"type": "pid"}, {"type": "uts"}, {"type": "mount"}, {"type": "ipc", "path": "/proc/self/ns/ipc"}]),
+    );
+    assert!(
+        error.contains("linux.sysctl[kernel.shmmax]") && error.contains("ipc namespace"),
+        "{error}"
+    );
+
+    let mut config = base_config(&["cat", "/proc/sys/kernel/shmmax"]);
+    config["linux"]["sysctl"] = json!({"kernel.shmmax": "123456789"});
+    assert_eq!(
+        run_to_end(&runtime, &scratch, "own-ipc", &config),
+        "123456789\n"
+    );
+    assert_eq!(
+        host("kernel/shmmax").trim(),
+        shmmax,
+        "the host's is its own"
+    );
+}
+
 #[test]
 fn hooks_run_in_order_with_the_state_on_stdin() {
     let scratch = Scratch::new("hooks");
@@ -426,6 +520,7 @@ fn host_base_annotation_gives_a_copy_on_write_view_of_the_host() {
     let mut config = base_config(&["/bin/sh", "-c", &script]);
     config["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
     config["annotations"] = json!({"org.feather.base": "host"});
+    runtime.allow_annotations(&["org.feather.base=host"]);
     let output = run_to_end(&runtime, &scratch, "hostbase", &config);
     assert_eq!(output, "from the host\nchanged\nHOST_ETC=yes\n");
     assert_eq!(

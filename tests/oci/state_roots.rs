@@ -56,6 +56,7 @@ fn a_container_over_the_host_sees_no_feather_state_root() {
     config["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let runtime = Runtime::new(&scratch);
+    runtime.allow_annotations(&["org.feather.base=host"]);
     let id = format!("state-roots-{}", std::process::id());
     let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), &id]);
     assert_eq!(outcome.code, 0, "{outcome:?}");
@@ -84,6 +85,7 @@ fn a_state_root_registered_after_a_container_over_the_host_started_is_hidden_in_
     config["process"]["env"] = json!(["PATH=/usr/bin:/bin"]);
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let runtime = Runtime::new(&scratch);
+    runtime.allow_annotations(&["org.feather.base=host"]);
     let id = format!("late-root-{}", std::process::id());
     let started = runtime
         .command()
@@ -148,6 +150,7 @@ fn a_container_over_the_host_that_unmounts_the_hiding_tmpfs_still_sees_no_state_
     config["process"]["env"] = json!(["PATH=/usr/bin:/bin:/usr/sbin:/sbin"]);
     let bundle = Bundle::new(&scratch, "bundle", &config);
     let runtime = Runtime::new(&scratch);
+    runtime.allow_annotations(&["org.feather.base=host"]);
     let id = format!("state-roots-unmounted-{}", std::process::id());
     let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), &id]);
     assert_eq!(outcome.code, 0, "{outcome:?}");

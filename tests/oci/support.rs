@@ -220,11 +220,51 @@ pub fn run(command: &mut Command) -> Outcome {
         .into()
 }
 
-/// `feather-oci --root <private root>`. Dropping it force-deletes every container left.
+/// The node's annotation policy (`--annotation-policy`) for a test: a file of its own in
+/// `scratch` allowing the widening `org.feather.*` annotations in `allowed`
+/// (`org.feather.base=host`, …); none given, it is not written (absent, it allows none).
+pub fn annotation_policy(scratch: &Scratch, allowed: &[&str]) -> PathBuf {
+    let path = scratch.path("oci-policy.toml");
+    if !allowed.is_empty() {
+        fs::write(&path, policy_text(allowed)).unwrap();
+    }
+    path
+}
+
+fn policy_text(allowed: &[&str]) -> String {
+    // A TOML array of strings is written as JSON's.
+    let list = serde_json::to_string(allowed).unwrap();
+    format!("[annotations]\nallow = {list}\n")
+}
+
+/// For an engine, which calls the runtime by a path alone (`ctr run --runc-binary`, podman's
+/// `--runtime`, containerd's `BinaryName`): a script in `scratch` that runs the build's
+/// feather-oci with the policy of [`annotation_policy`], as a node's admin would pass it.
+pub fn runtime_allowing(scratch: &Scratch, allowed: &[&str]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let policy = annotation_policy(scratch, allowed);
+    let script = scratch.path("feather-oci-with-policy");
+    fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec {} --annotation-policy {} \"$@\"\n",
+            runtime_bin(),
+            policy.display()
+        ),
+    )
+    .unwrap();
+    fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+    script
+}
+
+/// `feather-oci --root <private root> --annotation-policy <the test's>` (none allowed until
+/// [`Runtime::allow_annotations`]). Dropping it force-deletes every container left.
 pub struct Runtime {
     pub root: PathBuf,
     /// The binary run: the build's, or a copy a test may let a container attack.
     pub program: PathBuf,
+    /// The test's own annotation policy: never the node's /etc/feather/oci.toml.
+    pub policy: PathBuf,
 }
 
 impl Runtime {
@@ -237,12 +277,22 @@ impl Runtime {
         Runtime {
             root: scratch.path("runtime-root"),
             program: program.to_owned(),
+            policy: annotation_policy(scratch, &[]),
         }
+    }
+
+    /// Writes the test's policy allowing these widening annotations (see [`annotation_policy`]).
+    pub fn allow_annotations(&self, allowed: &[&str]) {
+        fs::write(&self.policy, policy_text(allowed)).unwrap();
     }
 
     pub fn command(&self) -> Command {
         let mut command = Command::new(&self.program);
-        command.arg("--root").arg(&self.root);
+        command
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--annotation-policy")
+            .arg(&self.policy);
         command
     }
 

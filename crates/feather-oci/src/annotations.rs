@@ -10,6 +10,8 @@
 //! | `org.feather.confine=ipc` or `none` | feather's IPC confinement on top of the config's, or not; unset: on, except for a privileged container ([`crate::confine`]) |
 //!
 //! Any other `org.feather.*` key is refused by name, so a typo never silently does nothing.
+//! `base=host`, `services` and `confine=none` widen what the container gets: `create` honours
+//! them only where the node's annotation policy allows them ([`crate::policy`]).
 
 use anyhow::{bail, Result};
 use oci_spec::runtime::Spec;

@@ -42,6 +42,10 @@ struct Cli {
     /// `spec --rootless` (one flag: a subcommand's own of the same name trips clap).
     #[arg(long, global = true, num_args = 0..=1, default_missing_value = "true")]
     rootless: Option<String>,
+    /// The node's policy: which widening `org.feather.*` annotations (base=host, services,
+    /// confine=none) `create`, `run` and `restore` honour; a root-owned file (docs/oci.md).
+    #[arg(long = "annotation-policy", global = true, default_value = crate::policy::DEFAULT_PATH)]
+    annotation_policy: PathBuf,
     #[command(subcommand)]
     command: Command,
 }
@@ -321,6 +325,7 @@ fn run(cli: Cli) -> Result<i32> {
                 console_socket,
                 no_pivot,
                 preserve_fds,
+                policy: cli.annotation_policy.clone(),
             },
         )?,
         Command::Start { id } => crate::ops::start(root, &id)?,
@@ -346,6 +351,7 @@ fn run(cli: Cli) -> Result<i32> {
                         console_socket,
                         no_pivot,
                         preserve_fds,
+                        policy: cli.annotation_policy.clone(),
                     },
                     detach,
                     keep,
@@ -477,6 +483,7 @@ fn run(cli: Cli) -> Result<i32> {
                     shell_job: criu.shell_job,
                     file_locks: criu.file_locks,
                     manage_cgroups_mode: criu.manage_cgroups_mode,
+                    policy: cli.annotation_policy.clone(),
                 },
             )
         }

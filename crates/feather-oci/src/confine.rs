@@ -188,23 +188,28 @@ fn is_privileged(spec: &Spec) -> bool {
 }
 
 fn shares_host_network(spec: &Spec) -> bool {
-    let network = spec
+    shares_host_namespace(spec, LinuxNamespaceType::Network)
+}
+
+/// The container is in the runtime's (the host's) namespace of this type: none in the config,
+/// or one joined by a path that leads to the runtime's own.
+pub fn shares_host_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
+    let namespace = spec
         .linux()
         .iter()
         .flat_map(|l| l.namespaces().iter().flatten())
-        .find(|ns| ns.typ() == LinuxNamespaceType::Network);
-    let Some(network) = network else {
+        .find(|ns| ns.typ() == typ);
+    let Some(namespace) = namespace else {
         return true;
     };
-    let Some(path) = network.path() else {
+    let Some(path) = namespace.path() else {
         return false;
     };
     let inode = |path: &std::path::Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
-    // A path that cannot be read is taken for the host's: the stricter scope is the safe guess.
-    match (
-        inode(path),
-        inode(std::path::Path::new("/proc/self/ns/net")),
-    ) {
+    // The type's Display is its name under /proc/self/ns ("net", "mnt", "ipc", …).
+    let own = std::path::Path::new("/proc/self/ns").join(typ.to_string());
+    // A path that cannot be read is taken for the host's: the stricter answer is the safe guess.
+    match (inode(path), inode(&own)) {
         (Ok(joined), Ok(own)) => joined == own,
         _ => true,
     }

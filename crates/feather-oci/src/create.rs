@@ -26,6 +26,8 @@ pub struct CreateArgs {
     pub console_socket: Option<PathBuf>,
     pub no_pivot: bool,
     pub preserve_fds: i32,
+    /// The node's annotation policy (`--annotation-policy`, [`crate::policy`]).
+    pub policy: PathBuf,
 }
 
 pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
@@ -34,7 +36,8 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
     feather_sys::own_program::run_from_read_only_mount().context("create")?;
     // The init, forked from here, keeps it until its program's execve.
     feather_sys::process::make_undumpable().context("create")?;
-    let (mut container, spec, feather) = make_container(root, &args.id, &args.bundle)?;
+    let (mut container, spec, feather) =
+        make_container(root, &args.id, &args.bundle, &args.policy)?;
     let made = build(&mut container, &spec, args, &feather);
     if let Err(error) = made {
         crate::ops::destroy(&container);
@@ -44,8 +47,14 @@ pub fn create(root: &Path, args: &CreateArgs) -> Result<()> {
 }
 
 /// The checks and the folder both `create` and `restore` begin with: the bundle's config,
-/// validated, and the container's folder under `root` with its record and a copy of the config.
-pub fn make_container(root: &Path, id: &str, bundle: &Path) -> Result<(Container, Spec, Feather)> {
+/// validated (its widening annotations against the node's `policy`), and the container's
+/// folder under `root` with its record and a copy of the config.
+pub fn make_container(
+    root: &Path,
+    id: &str,
+    bundle: &Path,
+    policy: &Path,
+) -> Result<(Container, Spec, Feather)> {
     crate::store::validate_id(id)?;
     if Container::exists(root, id) {
         bail!("container with id {id} already exists");
@@ -57,6 +66,7 @@ pub fn make_container(root: &Path, id: &str, bundle: &Path) -> Result<(Container
         .map_err(|e| anyhow::anyhow!("{}/config.json: {e}", bundle.display()))?;
     crate::validate::check(&spec)?;
     let feather = Feather::parse(&spec)?;
+    crate::policy::Policy::load(policy)?.check(&feather)?;
     if !feather.services.is_empty() {
         crate::services::check_manager()?;
     }

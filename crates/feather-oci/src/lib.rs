@@ -12,7 +12,8 @@
 //! - [`run`]: create and start in one; [`foreground`]: waiting for a program, passing signals
 //!   on and relaying its terminal (`run`, `exec` without `--detach`)
 //! - [`checkpoint`] and [`restore`]: runc's `checkpoint`/`restore` through feather's CRIU
-//! - [`annotations`]: feather's own features, through `org.feather.*` annotations:
+//! - [`annotations`]: feather's own features, through `org.feather.*` annotations (the
+//!   widening ones only where the node's [`policy`] allows them):
 //!   [`confine`] (feather's IPC confinement on top of the config's) and [`services`] (the
 //!   host's units started in the container); [`hiding`]: state roots registered after a
 //!   container over the host started, hidden in it
@@ -42,6 +43,7 @@ pub mod listing;
 pub mod log;
 pub mod mounts;
 pub mod ops;
+pub mod policy;
 pub mod process;
 pub mod registry;
 pub mod restore;

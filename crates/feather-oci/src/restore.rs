@@ -42,6 +42,8 @@ pub struct RestoreArgs {
     pub file_locks: bool,
     pub manage_cgroups_mode: Option<String>,
     pub refused: Vec<&'static str>,
+    /// The node's annotation policy (`--annotation-policy`, [`crate::policy`]).
+    pub policy: PathBuf,
 }
 
 /// Restores the container; returns its exit code without `--detach`, else 0.
@@ -58,7 +60,8 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             args.image_path.display()
         );
     }
-    let (mut container, spec, _) = crate::create::make_container(root, &args.id, &args.bundle)?;
+    let (mut container, spec, _) =
+        crate::create::make_container(root, &args.id, &args.bundle, &args.policy)?;
     let restored = checkpoint::check_config(&spec, "restore")
         .and_then(|()| {
             let linux = spec.linux().clone().context("linux")?;

@@ -2,6 +2,8 @@
 //! specification, before anything is made: the engine shows the error and nothing is left
 //! behind. What is honoured is listed in docs/oci.md.
 
+use std::collections::HashMap;
+
 use anyhow::{bail, Result};
 use oci_spec::runtime::{LinuxNamespaceType, LinuxResources, Spec};
 
@@ -55,6 +57,9 @@ pub fn check(spec: &Spec) -> Result<()> {
     }
     if spec.domainname().as_ref().is_some_and(|h| !h.is_empty()) && !own_uts {
         bail!("domainname: setting it needs a UTS namespace of the container's (linux.namespaces[uts])");
+    }
+    if let Some(sysctls) = linux.sysctl() {
+        check_sysctls(spec, sysctls)?;
     }
     refuse_set("linux.intelRdt", linux.intel_rdt().is_some())?;
     refuse_set("linux.personality", linux.personality().is_some())?;
@@ -120,6 +125,38 @@ pub fn check(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
+/// `linux.sysctl`: only knobs of a namespace the container has of its own, as runc, crun and
+/// youki allow. Any other write lands in the host's knob, as host root without a user
+/// namespace (`kernel.core_pattern`: a program run as host root at the next crash).
+fn check_sysctls(spec: &Spec, sysctls: &HashMap<String, String>) -> Result<()> {
+    for key in sysctls.keys() {
+        if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
+            bail!("linux.sysctl[{key}]: not a sysctl name (dot-separated, as net.ipv4.ip_forward)");
+        }
+        let Some((typ, name)) = namespace_of_sysctl(key) else {
+            bail!("linux.sysctl[{key}]: not a knob of a namespace the container can have of its own, so it would change the host's; feather-oci sets kernel.msg*, kernel.sem*, kernel.shm* and fs.mqueue.* (ipc namespace), net.* (network namespace), kernel.hostname and kernel.domainname (uts namespace)");
+        };
+        if crate::confine::shares_host_namespace(spec, typ) {
+            bail!("linux.sysctl[{key}]: needs a {name} namespace of the container's own (linux.namespaces[{name}], new or joined by a path that is not the host's); in the host's it would change the host's knob");
+        }
+    }
+    Ok(())
+}
+
+/// The namespace whose copy of the knob a container changes, as the kernel keeps them.
+fn namespace_of_sysctl(key: &str) -> Option<(LinuxNamespaceType, &'static str)> {
+    const IPC: [&str; 4] = ["kernel.msg", "kernel.sem", "kernel.shm", "fs.mqueue."];
+    if IPC.iter().any(|prefix| key.starts_with(prefix)) {
+        Some((LinuxNamespaceType::Ipc, "ipc"))
+    } else if key.starts_with("net.") {
+        Some((LinuxNamespaceType::Network, "network"))
+    } else if key == "kernel.hostname" || key == "kernel.domainname" {
+        Some((LinuxNamespaceType::Uts, "uts"))
+    } else {
+        None
+    }
+}
+
 pub fn check_resources_public(resources: &LinuxResources) -> Result<()> {
     check_resources(resources)
 }
@@ -159,4 +196,27 @@ fn refuse_set(field: &str, set: bool) -> Result<()> {
         bail!("{field}: not supported by feather-oci (leave it out of the config)");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sysctl_keys_map_to_the_namespace_that_holds_them() {
+        for (key, namespace) in [
+            ("kernel.shmmax", Some(LinuxNamespaceType::Ipc)),
+            ("kernel.msgmnb", Some(LinuxNamespaceType::Ipc)),
+            ("kernel.sem", Some(LinuxNamespaceType::Ipc)),
+            ("fs.mqueue.msg_max", Some(LinuxNamespaceType::Ipc)),
+            ("net.ipv4.ip_forward", Some(LinuxNamespaceType::Network)),
+            ("kernel.domainname", Some(LinuxNamespaceType::Uts)),
+            ("kernel.core_pattern", None),
+            ("kernel.hostnamex", None),
+            ("vm.swappiness", None),
+            ("fs.mqueue", None),
+        ] {
+            assert_eq!(namespace_of_sysctl(key).map(|(t, _)| t), namespace, "{key}");
+        }
+    }
 }
