@@ -4,13 +4,15 @@
 //! namespaces. Each is accepted only when it is what the receiving root chose (`/`, or the
 //! `--base`, `--allow-userns`, `--allow-publish`, `--tag` it gives), everything else refused
 //! naming the field and what to do, before anything is imported (security row 66).
+//! The archive's layer folders of filesystems under the base (`mounts/<layer>/{upper,work}`)
+//! must be folders, in the archive and wherever a start or restore mounts them (row 65).
 
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use crate::checkpoint_records::archive_of;
-use crate::support::{Feather, ScratchBase, TestSubnet};
+use crate::support::{assert_no_mount_under, Feather, ScratchBase, ScratchDir, TestSubnet};
 
 /// An archive of the checkpointed VM in `vm_dir` whose config `edit` changed.
 fn crafted(feather: &Feather, vm_dir: &Path, edit: impl FnOnce(&mut toml::Table)) -> PathBuf {
@@ -496,4 +498,101 @@ fn records_no_export_writes_are_refused() {
         let said: Vec<&str> = said.iter().map(String::as_str).collect();
         refused(&elsewhere, &archive, &accepting, &said, record);
     }
+}
+
+/// The layer of a host filesystem under the base comes in an archive as
+/// `mounts/<layer>/{upper,work}`, and a start or restore mounts them as that overlay's upper
+/// and work folders: a link there, in an archive or put in the VM's folder later, would make
+/// a host folder (`/etc`) the VM's writable layer. Refused naming it, the folder untouched.
+#[test]
+fn an_archive_whose_layer_folder_is_a_link_is_refused() {
+    let mut base = ScratchBase::new("import-layer-link");
+    base.mount_tmpfs("data");
+    let feather = checkpointed_vm("import-layer-link", &base);
+    let vm_dir = feather.vm_dir("vm");
+    // A host folder on the state roots' filesystem, as overlayfs needs it beside `work`.
+    let victim = ScratchDir::new("import-layer-victim");
+    let elsewhere = Feather::new("import-layer-link-dst");
+    let accepting = ["--base", base.as_str()];
+    type Craft<'a> = (&'a str, Box<dyn Fn(&Path) + 'a>, &'a str);
+    let cases: [Craft<'_>; 3] = [
+        (
+            "a link at the layer's upper",
+            Box::new(|crafted| swap_for_link(&crafted.join("mounts/data/upper"), &victim.path)),
+            "holds mounts/data/upper as a link",
+        ),
+        (
+            "a link at the layer's work",
+            Box::new(|crafted| swap_for_link(&crafted.join("mounts/data/work"), &victim.path)),
+            "holds mounts/data/work as a link",
+        ),
+        (
+            "a link for the layer's folder",
+            Box::new(|crafted| swap_for_link(&crafted.join("mounts/data"), &victim.path)),
+            "holds mounts/data as a link",
+        ),
+    ];
+    for (what, craft, said) in cases {
+        let archive = crafted_folder(&feather, &vm_dir, craft);
+        let said = [said, "made by hand or altered; nothing was imported"];
+        refused(&elsewhere, &archive, &accepting, &said, what);
+        assert_no_mount_under(&elsewhere.root);
+        assert_eq!(
+            fs::read_dir(&victim.path).unwrap().count(),
+            0,
+            "{what}: the host folder was written"
+        );
+    }
+}
+
+/// Defence where the layers are mounted: a VM's `mounts/<layer>/upper` replaced by a link
+/// after the import (by hand, a backup's restore, an older feather's import) fails its start
+/// and its restore naming the folder, and the host folder the link names is never the VM's.
+#[test]
+fn a_layer_folder_replaced_by_a_link_fails_the_start_and_the_restore() {
+    let mut base = ScratchBase::new("layer-link-later");
+    base.mount_tmpfs("data");
+    let feather = checkpointed_vm("layer-link-later", &base);
+    let archive = feather.root.join("vm.tar.zst");
+    feather.ok(&["restore", "vm"]);
+    feather.ok(&["checkpoint", "vm", "--export", archive.to_str().unwrap()]);
+    let elsewhere = Feather::new("layer-link-later-dst");
+    let mut args = vec!["restore", "vm", "--import", archive.to_str().unwrap()];
+    args.extend(["--base", base.as_str()]);
+    elsewhere.ok(&args);
+    let victim = ScratchDir::new("layer-link-later-victim");
+    let vm_dir = elsewhere.vm_dir("vm");
+    let upper = vm_dir.join("mounts/data/upper");
+    let kept = vm_dir.join("kept-upper");
+    let said = format!("the layer folder {} is a link", upper.display());
+    for (what, step) in [
+        ("start", &["start", "vm"][..]),
+        ("restore", &["restore", "vm"]),
+    ] {
+        if what == "start" {
+            elsewhere.ok(&["stop", "vm"]);
+        } else {
+            elsewhere.ok(&["checkpoint", "vm"]);
+        }
+        fs::rename(&upper, &kept).unwrap();
+        std::os::unix::fs::symlink(&victim.path, &upper).unwrap();
+        let refused = elsewhere.fails(step);
+        assert!(refused.contains(&said), "{what}: {refused}");
+        assert_no_mount_under(&vm_dir);
+        assert_eq!(
+            fs::read_dir(&victim.path).unwrap().count(),
+            0,
+            "{what}: the host folder was written"
+        );
+        fs::remove_file(&upper).unwrap();
+        fs::rename(&kept, &upper).unwrap();
+        elsewhere.ok(step);
+        assert_eq!(elsewhere.sh("vm", "echo back").trim(), "back", "{what}");
+    }
+}
+
+/// Replaces the folder (or file) `path` with a link to `target`.
+fn swap_for_link(path: &Path, target: &Path) {
+    fs::remove_dir_all(path).unwrap();
+    std::os::unix::fs::symlink(target, path).unwrap();
 }

@@ -291,11 +291,14 @@ pub fn unpack_from(
 /// failure the folder is removed.
 /// Whether what an archive unpacked into `staging` has the shape an export gives it, checked
 /// before anything in it is read or used: only [`MEMBERS`] at the top, the records
-/// (`config.toml`, `state.json`, every entry below `checkpoint/`) plain files and folders, the
-/// layers (`upper/`, `mounts/`) folders. What a VM wrote inside its layers may be anything (links,
-/// FIFOs, whiteouts), but an archive is made elsewhere: a link at `upper` would make a host
-/// folder the imported VM's layer, and a link or FIFO for a record be followed, or block, when
-/// the host reads it. Returns what is wrong.
+/// (`config.toml`, `state.json`, every entry below `checkpoint/`) plain files and folders, each
+/// its file's only name, the layers (`upper/`, `mounts/`) folders, and in `mounts/` only a
+/// folder per layer ([`layers_as_exported`]). What a VM wrote inside its layers may be anything
+/// (links, FIFOs, whiteouts), but an archive is made elsewhere: a link at `upper` or at
+/// `mounts/<layer>/upper` would make a host folder the imported VM's layer, a link or FIFO for a
+/// record be followed, or block, when the host reads it, and a record hard-linked to a file of
+/// a layer be written by the host (CRIU's restore log) where the VM reads it. Returns what is
+/// wrong.
 fn members_as_exported(staging: &Path) -> std::result::Result<(), String> {
     for entry in fs::read_dir(staging).map_err(|e| e.to_string())? {
         let entry = entry.map_err(|e| e.to_string())?;
@@ -304,8 +307,11 @@ fn members_as_exported(staging: &Path) -> std::result::Result<(), String> {
         let shown =
             feather_core::display::escape_for_terminal(&name.to_string_lossy()).into_owned();
         match name.to_str() {
-            Some("config.toml" | "state.json") if kind.is_file() => {}
-            Some("upper" | "mounts") if kind.is_dir() => {}
+            Some("config.toml" | "state.json") if kind.is_file() => {
+                only_name(&entry.path(), &shown)?
+            }
+            Some("upper") if kind.is_dir() => {}
+            Some("mounts") if kind.is_dir() => layers_as_exported(&entry.path())?,
             Some("checkpoint") if kind.is_dir() => {
                 only_files_and_folders(&entry.path(), "checkpoint")?
             }
@@ -332,22 +338,100 @@ fn altered(name: &str, kind: &fs::FileType) -> String {
     format!("it holds {name} as {what}, which an export never makes{ALTERED}")
 }
 
-/// Every entry below `dir` (shown as `shown`) a plain file or a folder.
+/// Every entry below `dir` (shown as `shown`) a plain file, its only name, or a folder.
 fn only_files_and_folders(dir: &Path, shown: &str) -> std::result::Result<(), String> {
     for entry in fs::read_dir(dir).map_err(|e| e.to_string())? {
         let entry = entry.map_err(|e| e.to_string())?;
         let kind = entry.file_type().map_err(|e| e.to_string())?;
-        let name = format!(
-            "{shown}/{}",
-            feather_core::display::escape_for_terminal(&entry.file_name().to_string_lossy())
-        );
+        let name = format!("{shown}/{}", shown_name(&entry));
         if kind.is_dir() {
             only_files_and_folders(&entry.path(), &name)?;
-        } else if !kind.is_file() {
+        } else if kind.is_file() {
+            only_name(&entry.path(), &name)?;
+        } else {
             return Err(altered(&name, &kind));
         }
     }
     Ok(())
+}
+
+fn shown_name(entry: &fs::DirEntry) -> String {
+    feather_core::display::escape_for_terminal(&entry.file_name().to_string_lossy()).into_owned()
+}
+
+/// The record `path` (shown as `shown`), a plain file, has no other name: tar makes an
+/// archive's hard link to another member, and a record linked to a file of the VM's layer
+/// would be written by the host (CRIU writes its restore log into the images' folder) where
+/// the VM reads it. An export's records are each one file of their own.
+fn only_name(path: &Path, shown: &str) -> std::result::Result<(), String> {
+    use std::os::unix::fs::MetadataExt;
+    let links = fs::symlink_metadata(path)
+        .map_err(|e| e.to_string())?
+        .nlink();
+    if links == 1 {
+        return Ok(());
+    }
+    Err(format!(
+        "it holds {shown} as a file with {links} names (a hard link to another member), which \
+         an export never makes{ALTERED}"
+    ))
+}
+
+/// `mounts/` as an export makes it: one folder (not a link) per layer of a filesystem under
+/// the VM's base, named as feather names them (an escaped mount point), holding only the
+/// layer's `upper` and `work`, both folders. The VM's start and restore mount each as an
+/// overlay's upper and work folders: a link there would make the folder it names, any of the
+/// host's, the VM's writable layer.
+fn layers_as_exported(mounts: &Path) -> std::result::Result<(), String> {
+    for entry in fs::read_dir(mounts).map_err(|e| e.to_string())? {
+        let entry = entry.map_err(|e| e.to_string())?;
+        let kind = entry.file_type().map_err(|e| e.to_string())?;
+        let layer = format!("mounts/{}", shown_name(&entry));
+        if !kind.is_dir() {
+            return Err(altered(&layer, &kind));
+        }
+        if !escaped_mount_point(&entry.file_name()) {
+            return Err(format!(
+                "it holds {layer}, which names no layer an export holds{ALTERED}"
+            ));
+        }
+        for inside in fs::read_dir(entry.path()).map_err(|e| e.to_string())? {
+            let inside = inside.map_err(|e| e.to_string())?;
+            let kind = inside.file_type().map_err(|e| e.to_string())?;
+            let name = format!("{layer}/{}", shown_name(&inside));
+            match inside.file_name().to_str() {
+                Some("upper" | "work") if kind.is_dir() => {}
+                Some("upper" | "work") => return Err(altered(&name, &kind)),
+                _ => return Err(format!("it holds {name}, which no export holds{ALTERED}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Whether `name` is one feather gives a layer's folder in `mounts/`: a mount point's names
+/// joined by `-`, each byte other than `[A-Za-z0-9_.]` written `\xHH` (`layers::escape` in
+/// feather-vm).
+fn escaped_mount_point(name: &std::ffi::OsStr) -> bool {
+    let mut rest = name.as_encoded_bytes();
+    if rest.is_empty() {
+        return false;
+    }
+    while let Some((&first, tail)) = rest.split_first() {
+        rest = match first {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'_' | b'.' | b'-' => tail,
+            b'\\' => match tail {
+                [b'x', high, low, after @ ..]
+                    if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() =>
+                {
+                    after
+                }
+                _ => return false,
+            },
+            _ => return false,
+        };
+    }
+    true
 }
 
 fn checked(output: Result<std::process::Output>, file: &Path, staging: &Path) -> Result<VmConfig> {
@@ -646,6 +730,170 @@ mod tests {
             unknown_in(&in_list).as_deref(),
             Some("network.publish.address")
         );
+    }
+
+    /// A folder with what an export of a VM with a layer at `/srv/my-data` unpacks to.
+    fn exported_shape(dir: &Path) {
+        let _ = fs::remove_dir_all(dir);
+        for folder in ["upper/tmp", "checkpoint", "mounts/srv-my\\x2ddata/upper/x"] {
+            fs::create_dir_all(dir.join(folder)).unwrap();
+        }
+        fs::create_dir_all(dir.join("mounts/srv-my\\x2ddata/work/work")).unwrap();
+        fs::write(dir.join("config.toml"), CONFIG).unwrap();
+        fs::write(dir.join("state.json"), "{}").unwrap();
+        fs::write(dir.join("checkpoint/restore.log"), "").unwrap();
+        // What the VM made in its layers may be anything.
+        std::os::unix::fs::symlink("/etc", dir.join("mounts/srv-my\\x2ddata/upper/x/etc")).unwrap();
+        fs::write(dir.join("upper/tmp/leak"), "").unwrap();
+        fs::hard_link(dir.join("upper/tmp/leak"), dir.join("upper/tmp/leak2")).unwrap();
+    }
+
+    /// A link, a file or anything else in `mounts/` where an export has a layer's folders is
+    /// refused naming it: the VM's start mounts `mounts/<layer>/upper` as its writable layer,
+    /// and through a link that was any folder of the host's. So is a record with another name
+    /// (a hard link tar made to a member): CRIU writes its log into the images' folder.
+    #[test]
+    fn layer_folders_or_records_no_export_makes_are_refused_naming_them() {
+        let dir = std::env::temp_dir().join(format!("feather-shape-{}", std::process::id()));
+        let victim = dir.with_extension("victim");
+        fs::create_dir_all(&victim).unwrap();
+        let layer = dir.join("mounts/srv-my\\x2ddata");
+        type Craft<'a> = Box<dyn Fn() + 'a>;
+        let cases: Vec<(&str, Craft<'_>, &str)> = vec![
+            (
+                "a link at a layer's upper",
+                Box::new(|| {
+                    fs::remove_dir_all(layer.join("upper")).unwrap();
+                    std::os::unix::fs::symlink(&victim, layer.join("upper")).unwrap();
+                }),
+                "x2ddata/upper as a link",
+            ),
+            (
+                "a link at a layer's work",
+                Box::new(|| {
+                    fs::remove_dir_all(layer.join("work")).unwrap();
+                    std::os::unix::fs::symlink(&victim, layer.join("work")).unwrap();
+                }),
+                "x2ddata/work as a link",
+            ),
+            (
+                "a link for a layer's folder",
+                Box::new(|| {
+                    fs::remove_dir_all(&layer).unwrap();
+                    std::os::unix::fs::symlink(&victim, &layer).unwrap();
+                }),
+                "x2ddata as a link",
+            ),
+            (
+                "a file for a layer's upper",
+                Box::new(|| {
+                    fs::remove_dir_all(layer.join("upper")).unwrap();
+                    fs::write(layer.join("upper"), "").unwrap();
+                }),
+                "x2ddata/upper as a file",
+            ),
+            (
+                "something else in a layer's folder",
+                Box::new(|| {
+                    fs::create_dir(layer.join("lower")).unwrap();
+                }),
+                "x2ddata/lower, which no export holds",
+            ),
+            (
+                "a file in mounts",
+                Box::new(|| {
+                    fs::write(dir.join("mounts/srv"), "").unwrap();
+                }),
+                "mounts/srv as a file",
+            ),
+            (
+                "a name no mount point escapes to",
+                Box::new(|| {
+                    fs::create_dir(dir.join("mounts/a b")).unwrap();
+                }),
+                "mounts/a b, which names no layer",
+            ),
+            (
+                "a record hard-linked to the layer",
+                Box::new(|| {
+                    fs::remove_file(dir.join("checkpoint/restore.log")).unwrap();
+                    fs::hard_link(
+                        dir.join("upper/tmp/leak"),
+                        dir.join("checkpoint/restore.log"),
+                    )
+                    .unwrap();
+                }),
+                "checkpoint/restore.log as a file with 3 names",
+            ),
+            (
+                "the config hard-linked to the layer",
+                Box::new(|| {
+                    fs::remove_file(dir.join("upper/tmp/leak2")).unwrap();
+                    fs::hard_link(dir.join("config.toml"), dir.join("upper/tmp/config")).unwrap();
+                }),
+                "config.toml as a file with 2 names",
+            ),
+        ];
+        let mut found = Vec::new();
+        for (what, craft, said) in &cases {
+            exported_shape(&dir);
+            assert_eq!(
+                members_as_exported(&dir),
+                Ok(()),
+                "{what}: an export's shape"
+            );
+            craft();
+            let refused = members_as_exported(&dir);
+            if !refused
+                .as_ref()
+                .is_err_and(|why| why.contains(said) && why.contains(ALTERED))
+            {
+                found.push(format!("{what}: {refused:?}"));
+            }
+        }
+        let untouched = fs::read_dir(&victim).unwrap().count();
+        fs::remove_dir_all(&dir).unwrap();
+        fs::remove_dir_all(&victim).unwrap();
+        assert_eq!(found, Vec::<String>::new());
+        assert_eq!(untouched, 0);
+    }
+
+    /// tar makes an archive's hard link between two members: a record linked to a file of the
+    /// VM's layer unpacks as one, and the import is refused, leaving nothing.
+    #[test]
+    fn an_archive_whose_record_is_a_hard_link_into_the_layer_is_refused() {
+        let dir = std::env::temp_dir().join(format!("feather-hardlink-{}", std::process::id()));
+        let crafted_dir = dir.join("crafted");
+        exported_shape(&crafted_dir);
+        fs::remove_file(crafted_dir.join("checkpoint/restore.log")).unwrap();
+        fs::hard_link(
+            crafted_dir.join("upper/tmp/leak"),
+            crafted_dir.join("checkpoint/restore.log"),
+        )
+        .unwrap();
+        let crafted = dir.join("crafted.tar.zst");
+        let status = Command::new("tar")
+            .args(["--create", "--zstd", "-f"])
+            .arg(&crafted)
+            .arg("-C")
+            .arg(&crafted_dir)
+            .args(["config.toml", "state.json", "upper", "mounts", "checkpoint"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let staging = dir.join("staging");
+        let refused = unpack(&crafted, &staging)
+            .map(|_| ())
+            .map_err(|e| e.to_string());
+        let left = staging.exists();
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(
+            refused
+                .as_ref()
+                .is_err_and(|why| why.contains("restore.log as a file with 3 names")),
+            "{refused:?}"
+        );
+        assert!(!left, "the refused import left its folder");
     }
 
     /// A POSIX ACL as the kernel stores it (`system.posix_acl_*`): the owner rw, user 1234

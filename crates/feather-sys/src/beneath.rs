@@ -62,6 +62,52 @@ pub fn open_dir(dir: &impl AsFd, rel: &Path) -> io::Result<Option<File>> {
     }
 }
 
+/// The folder `rel` beneath `dir`, made where missing and opened (`O_PATH | O_DIRECTORY`): each
+/// name on the way made with `mkdirat` (`mode`) on the descriptor of the folder before it, which
+/// was opened as [`open_beneath`] opens. A link anywhere on the way, or at the end, is `ELOOP`,
+/// a file `ENOTDIR`, and nothing is made past it: never a folder where a link points.
+pub fn make_dirs(dir: &impl AsFd, rel: &Path, mode: Mode) -> io::Result<OwnedFd> {
+    walk_folders(dir, rel, Some(mode))
+}
+
+/// [`make_dirs`] without making anything: the folder `rel` beneath `dir`, each name on the way
+/// a folder (a link `ELOOP`, a file `ENOTDIR`).
+pub fn open_folder(dir: &impl AsFd, rel: &Path) -> io::Result<OwnedFd> {
+    walk_folders(dir, rel, None)
+}
+
+fn walk_folders(dir: &impl AsFd, rel: &Path, make: Option<Mode>) -> io::Result<OwnedFd> {
+    let flags = OFlag::O_PATH | OFlag::O_DIRECTORY;
+    let mut folder = open_beneath(dir, Path::new("."), flags)?;
+    for component in rel.components() {
+        let name = match component {
+            std::path::Component::Normal(name) => Path::new(name),
+            std::path::Component::CurDir => continue,
+            _ => return Err(io::Error::from_raw_os_error(libc::EXDEV)),
+        };
+        if let Some(mode) = make {
+            match nix::sys::stat::mkdirat(&folder, name, mode) {
+                Ok(()) | Err(Errno::EEXIST) => {}
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+        folder = open_beneath(&folder, name, flags).map_err(|e| link_is_eloop(&folder, name, e))?;
+    }
+    Ok(folder)
+}
+
+/// `O_DIRECTORY | O_NOFOLLOW` on a link answers `ENOTDIR`: the link is said as one, `ELOOP`.
+fn link_is_eloop(dir: &OwnedFd, name: &Path, e: io::Error) -> io::Error {
+    let is_link = e.raw_os_error() == Some(libc::ENOTDIR)
+        && nix::sys::stat::fstatat(dir, name, nix::fcntl::AtFlags::AT_SYMLINK_NOFOLLOW)
+            .is_ok_and(|st| st.st_mode & libc::S_IFMT == libc::S_IFLNK);
+    if is_link {
+        io::Error::from_raw_os_error(libc::ELOOP)
+    } else {
+        e
+    }
+}
+
 /// Whether an error means "nothing (usable) there": missing, not a folder on the way, or a
 /// symlink where none may be.
 pub fn absent(e: &io::Error) -> bool {
@@ -330,6 +376,32 @@ mod tests {
             link.reopen().is_err(),
             "a symlink is never opened for reading"
         );
+    }
+
+    #[test]
+    fn folders_are_made_beneath_never_where_a_link_points() {
+        let scratch = Scratch::new("make");
+        let root = open_root(&scratch.0.join("tree")).unwrap();
+        let mode = Mode::from_bits_truncate(0o755);
+        make_dirs(&root, Path::new("sub/a/b"), mode).unwrap();
+        assert!(scratch.0.join("tree/sub/a/b").is_dir());
+        make_dirs(&root, Path::new("sub/a/b"), mode).unwrap();
+        symlink(scratch.0.join("outside"), scratch.0.join("tree/link")).unwrap();
+        for rel in ["link", "link/made", "link/made/deeper"] {
+            let error = make_dirs(&root, Path::new(rel), mode).unwrap_err();
+            assert_eq!(error.raw_os_error(), Some(libc::ELOOP), "{rel}");
+        }
+        fs::write(scratch.0.join("tree/file"), "").unwrap();
+        let error = make_dirs(&root, Path::new("file/made"), mode).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ENOTDIR));
+        assert!(make_dirs(&root, Path::new("../outside/made"), mode).is_err());
+        let error = open_folder(&root, Path::new("link")).unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::ELOOP));
+        open_folder(&root, Path::new("sub/a")).unwrap();
+        let error = open_folder(&root, Path::new("sub/missing")).unwrap_err();
+        assert_eq!(error.kind(), ErrorKind::NotFound, "nothing is made");
+        let outside: Vec<_> = fs::read_dir(scratch.0.join("outside")).unwrap().collect();
+        assert_eq!(outside.len(), 1, "only the marker is outside");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use feather_sys::mountinfo::{self, is_api_filesystem};
 
 use feather_sys::hiding_layer::HidingLayer;
 
-use crate::error::{InVm, Result};
+use crate::error::{InVm, Result, VmError};
 use crate::read_only;
 
 /// Folders under which the VM gets fresh kernel filesystems of its own instead of a view of
@@ -310,13 +310,12 @@ pub fn for_start_in(
         .into_iter()
         .partition(|m| read_only::covers(&config.read_only, m));
     let mut layers = vec![Layer::root_in(&home, config)];
-    for mount_point in submounts {
-        let layer = Layer::submount_in(&home, config, mount_point);
-        for dir in [&layer.upper, &layer.work] {
-            fs::create_dir_all(dir).at(dir)?;
-        }
-        layers.push(layer);
-    }
+    layers.extend(
+        submounts
+            .into_iter()
+            .map(|mount_point| Layer::submount_in(&home, config, mount_point)),
+    );
+    make_folders(&config.name, &home, &layers)?;
     if let Some(disk) = config.limits.disk {
         let folders: Vec<&Path> = layers
             .iter()
@@ -337,13 +336,66 @@ pub fn for_start_in(
     })
 }
 
+/// Checks that the folders of `layers` (in `home`) are folders, making those of the layers of
+/// filesystems under the base where missing, each reached beneath the folder `home` is in
+/// without following a link ([`feather_sys::beneath::make_dirs`]). Their overlays are mounted
+/// by these names next (by init, or the restoring child), and a link at one (put there by hand
+/// or by an older feather's import, copied by a backup) would make the folder it names, any of
+/// the host's, the VM's writable layer: the start or restore is refused naming it instead.
+/// (The overlays are mounted by name, not through the descriptors opened here: the upper
+/// folder's name in the overlay's options is how a checkpoint tells the VM's own layers from
+/// another overlay, `snapshot::is_own_layer`. Only the host's root can change the names in
+/// the VM's folder between the check and the mount.)
+pub fn make_folders(name: &VmName, home: &Home, layers: &[Layer]) -> Result<()> {
+    let Some(dir) = home.mounts.parent() else {
+        return Ok(());
+    };
+    let pinned = feather_sys::beneath::open_root(dir).at(dir)?;
+    let mode = nix::sys::stat::Mode::from_bits_truncate(0o755);
+    for layer in layers {
+        for folder in [&layer.upper, &layer.work] {
+            let rel = folder.strip_prefix(dir).unwrap_or(folder);
+            let made = if layer.mount_point == Path::new("/") {
+                // The root layer's folders are the VM's from its creation: never made anew.
+                feather_sys::beneath::open_folder(&pinned, rel)
+            } else {
+                feather_sys::beneath::make_dirs(&pinned, rel, mode)
+            };
+            made.map_err(|e| not_a_layer_folder(name, folder, e))?;
+        }
+    }
+    Ok(())
+}
+
+fn not_a_layer_folder(name: &VmName, folder: &Path, source: std::io::Error) -> VmError {
+    let why = match source.raw_os_error() {
+        Some(libc::ELOOP) => "is a link, or lies beneath one",
+        Some(libc::ENOTDIR) => "is not a folder, or lies beneath a file",
+        _ => "cannot be opened as a folder beneath the VM's folder",
+    };
+    VmError::Io {
+        vm: name.to_string(),
+        doing: format!(
+            "the layer folder {} {why}, which feather never makes: its overlay would write \
+             elsewhere than the VM's folder. Nothing was mounted; put the layer's own folder \
+             there (or remove the entry, and the VM starts that layer empty)",
+            feather_core::display::escape_path(folder)
+        ),
+        source,
+    }
+}
+
 /// The layers that hold a VM's changes, whether or not it runs: the root layer and every
-/// submount layer it has ever had.
+/// submount layer it has ever had. An entry of `mounts/` that is not a folder, or whose `upper`
+/// is not (a link), is none: no start mounts it ([`make_folders`]), and `diff` or `commit`
+/// would read the folder the link names as the VM's changes.
 pub fn existing(vm: &VmDir, config: &VmConfig) -> Vec<Layer> {
     let mut layers = vec![Layer::root(vm, config)];
     if let Ok(entries) = fs::read_dir(home(vm, config).mounts) {
+        let is_folder = |path: &Path| fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
         let mut points: Vec<PathBuf> = entries
             .flatten()
+            .filter(|e| is_folder(&e.path()) && is_folder(&e.path().join("upper")))
             .filter_map(|e| unescape(&e.file_name().to_string_lossy()))
             .collect();
         points.sort();
