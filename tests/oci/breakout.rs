@@ -691,6 +691,138 @@ fn a_working_folder_through_proc_self_fd_never_starts_the_program_in_a_runtime_d
     }
 }
 
+/// The descriptors a hostile image tries: the runtime's own (its private procfs, the host's
+/// `/proc/PID/task` an `exec` remembers before it enters the container) sit among these.
+const RUNTIME_FDS: std::ops::Range<i32> = 3..32;
+
+/// Run by the program found: names its binary, then writes a marker into it through
+/// `/proc/self/exe` once it no longer runs it (the container's busybox in its place) — what
+/// overwrote the host's binaries after runc's CVE-2024-21626 attacks 2 and 3.
+const EXE_WRITER: &str = r#"echo "exe=$(readlink /proc/$$/exe)"; exec 3</proc/self/exe; exec /bin/busybox sh -c "echo FEATHER-CVE-2024-21626-MARKER >> /proc/self/fd/3 && echo wrote""#;
+
+/// A "host binary" the test owns (a copy of busybox in `scratch/hostbin`) and a bundle whose
+/// image reaches it only through the runtime's descriptors: `/pN` → `/proc/self/fd/N/../../..`
+/// and that folder's path (N the host's `/proc/PID/task`: `..` twice to the host's `/proc`
+/// mount, once more to the host's `/`), `PATH` through them first, `/probeN/sh` a link to
+/// `/proc/self/fd/N/../../..` and the host binary's path, and a script
+/// `/bin/scriptN` whose interpreter is `/pN/sh`. A sleeper is running in it as `id`.
+struct HostBinaryBait {
+    host_binary: std::path::PathBuf,
+    original: Vec<u8>,
+    bundle: Bundle,
+}
+
+impl HostBinaryBait {
+    fn new(scratch: &Scratch, runtime: &Runtime, id: &str) -> HostBinaryBait {
+        let folder = scratch.path("hostbin");
+        fs::create_dir_all(&folder).unwrap();
+        let host_binary = folder.join("sh");
+        fs::copy("/bin/busybox", &host_binary).unwrap();
+        let original = fs::read(&host_binary).unwrap();
+        let mut config = base_config(&["sleep", "600"]);
+        let path: Vec<String> = RUNTIME_FDS.map(|n| format!("/p{n}")).collect();
+        let path = format!("PATH={}:/bin", path.join(":"));
+        config["process"]["env"] = serde_json::json!([path]);
+        let bundle = Bundle::new(scratch, "bundle", &config);
+        let rootfs = bundle.dir.join("rootfs");
+        for n in RUNTIME_FDS {
+            let target = format!("/proc/self/fd/{n}/../../..{}", folder.display());
+            std::os::unix::fs::symlink(target, rootfs.join(format!("p{n}"))).unwrap();
+            // Named `sh`, as busybox takes the program's name for the applet to run.
+            let probe = rootfs.join(format!("probe{n}"));
+            fs::create_dir(&probe).unwrap();
+            let target = format!("/proc/self/fd/{n}/../../..{}/sh", folder.display());
+            std::os::unix::fs::symlink(target, probe.join("sh")).unwrap();
+            let script = rootfs.join(format!("bin/script{n}"));
+            fs::write(&script, format!("#!/p{n}/sh\n{EXE_WRITER}\n")).unwrap();
+            fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let started = runtime
+            .command()
+            .args(["run", "--detach", "--bundle"])
+            .arg(&bundle.dir)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(started.success(), "run: {started}");
+        HostBinaryBait {
+            host_binary,
+            original,
+            bundle,
+        }
+    }
+
+    /// Asserts that `outcome` never ran the host binary, and that the binary is as it was.
+    fn assert_untouched(&self, what: &str, outcome: &Outcome) {
+        let folder = self.host_binary.parent().unwrap().display().to_string();
+        assert!(
+            !outcome.stdout.contains(&folder),
+            "{what} ran the host's binary {}: {outcome:?}",
+            self.host_binary.display()
+        );
+        assert!(
+            fs::read(&self.host_binary).unwrap() == self.original,
+            "{what}: the container wrote into the host's binary {}: {outcome:?}",
+            self.host_binary.display()
+        );
+    }
+}
+
+/// runc's CVE-2024-21626, attacks 2 and 3: the child `exec` forks into the container held
+/// directories of the host until its execve — close-on-exec, but the kernel resolves the
+/// program's path before it closes those. An image whose `PATH` (or `/bin/sh`) leads through
+/// `/proc/self/fd/N/../../..` had `exec CTR sh` run a binary of the host in the container,
+/// which the container's root then overwrote through `/proc/PID/exe` (host root's next use of
+/// it runs the container's code). feather-oci closes every descriptor but stdio,
+/// `--preserve-fds` and its error socket before it searches PATH and execs; the search also
+/// passes over a folder reached through a magic link. The init (`run`) is held to the same.
+#[test]
+fn an_exec_through_proc_self_fd_never_runs_or_writes_a_host_binary() {
+    let scratch = Scratch::new("execfd");
+    let runtime = Runtime::new(&scratch);
+    let bait = HostBinaryBait::new(&scratch, &runtime, "execfd");
+    let exec = runtime.run(&["exec", "execfd", "sh", "-c", EXE_WRITER]);
+    bait.assert_untouched("exec's PATH search", &exec);
+    assert!(
+        exec.stdout.starts_with("exe=/bin/busybox\n"),
+        "exec runs the image's own sh, found after the links: {exec:?}"
+    );
+    let bundle = &bait.bundle.dir;
+    let mut config: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(bundle.join("config.json")).unwrap()).unwrap();
+    config["process"]["args"] = serde_json::json!(["sh", "-c", EXE_WRITER]);
+    bait.bundle.set_config(&config);
+    let run = runtime.run(&["run", "--bundle", bundle.to_str().unwrap(), "execfdinit"]);
+    bait.assert_untouched("the init's PATH search", &run);
+    assert!(
+        run.stdout.starts_with("exe=/bin/busybox\n"),
+        "the init runs the image's own sh: {run:?}"
+    );
+}
+
+/// As above, with the link in the program's own name (`args[0]` an absolute path through
+/// `/proc/self/fd`) and in a script's `#!` line, which the kernel alone resolves at execve:
+/// each is refused or fails to exec, and never runs or changes the host's binary.
+#[test]
+fn an_exec_of_a_program_or_interpreter_through_proc_self_fd_never_runs_a_host_binary() {
+    let scratch = Scratch::new("execlink");
+    let runtime = Runtime::new(&scratch);
+    let bait = HostBinaryBait::new(&scratch, &runtime, "execlink");
+    for n in RUNTIME_FDS {
+        let probe = format!("/probe{n}/sh");
+        let exec = runtime.run(&["exec", "execlink", &probe, "-c", EXE_WRITER]);
+        bait.assert_untouched(&format!("exec of {probe}"), &exec);
+        assert!(exec.code != 0, "exec of {probe}: {exec:?}");
+        let script = format!("/bin/script{n}");
+        let exec = runtime.run(&["exec", "execlink", &script]);
+        bait.assert_untouched(&format!("exec of {script} (#!/p{n}/sh)"), &exec);
+        assert!(exec.code != 0, "exec of {script}: {exec:?}");
+    }
+}
+
 /// The working folder and `HOME` are found with openat2 before the config's seccomp profile
 /// is loaded: a profile written before openat2 existed (runtime-tools' default) refuses it,
 /// and without `noNewPrivileges` the profile is loaded before the user changes.

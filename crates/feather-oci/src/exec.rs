@@ -112,12 +112,22 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
     let seccomp = config.linux().as_ref().and_then(|l| l.seccomp().clone());
     let Some(child) = feather_sys::process::fork().map_err(|e| anyhow::anyhow!("{e}"))? else {
         drop(report);
-        let mut keep: Vec<i32> = (3..3 + args.preserve_fds).collect();
-        keep.push(child_report.as_raw_fd());
+        // What the program gets besides stdio; the report socket cannot be walked through and
+        // closes at the execve. The procfs and the console socket are closed once used.
+        let mut passed: Vec<i32> = (3..3 + args.preserve_fds).collect();
+        passed.push(child_report.as_raw_fd());
+        let mut keep = passed.clone();
         keep.push(proc.raw_fd());
         keep.extend(console.as_ref().map(|c| c.as_raw_fd()));
         feather_sys::process::close_other_fds(&keep);
-        let error = match become_it(&process, console, seccomp.as_ref(), &confinement, &proc) {
+        let error = match become_it(
+            &process,
+            console,
+            seccomp.as_ref(),
+            &confinement,
+            proc,
+            &passed,
+        ) {
             Ok(never) => match never {},
             Err(error) => error,
         };
@@ -151,7 +161,8 @@ fn become_it(
     console: Option<UnixStream>,
     seccomp: Option<&oci_spec::runtime::LinuxSeccomp>,
     confinement: &crate::confine::Confinement,
-    proc: &feather_sys::procfs::ProcFs,
+    proc: feather_sys::procfs::ProcFs,
+    passed: &[i32],
 ) -> Result<std::convert::Infallible> {
     nix::unistd::setsid().context("setsid")?;
     confinement.scope_exec()?;
@@ -163,7 +174,7 @@ fn become_it(
         feather_sys::pty::make_controlling(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
         feather_sys::process::redirect_stdio(&slave).map_err(|e| anyhow::anyhow!("{e}"))?;
     }
-    crate::process::become_program(process, seccomp, confinement.filters()?, proc)
+    crate::process::become_program(process, seccomp, confinement.filters()?, proc, passed)
 }
 
 /// `--process FILE`, or the container's own process with the command and flags applied.

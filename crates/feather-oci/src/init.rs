@@ -161,16 +161,23 @@ impl Init {
         // Held open until exec closes it (O_CLOEXEC): `start` reads the byte, then waits for
         // the end of the fifo, so its poststart hooks follow the startContainer ones and the
         // program's exec.
-        let _started = wait_for_start(&fifo, &proc)?;
+        let started = wait_for_start(&fifo, &proc)?;
         self.started = true;
         let state = crate::ops::hook_state(&self.record, "running");
         hooks::run(&self.spec, Kind::StartContainer, &state)?;
         let seccomp = self.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+        // Everything else is closed before the execve (see process::become_program): dropped
+        // here first, so that no object is left owning a closed descriptor.
+        drop((fifo, assembled));
+        let mut keep: Vec<i32> = (3..3 + self.preserve_fds).collect();
+        keep.push(self.socket.as_raw_fd());
+        keep.push(started.as_raw_fd());
         crate::process::become_program(
             &process,
             seccomp.as_ref(),
             self.confinement.filters()?,
-            &proc,
+            proc,
+            &keep,
         )
     }
 

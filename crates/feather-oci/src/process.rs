@@ -5,7 +5,7 @@
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::ffi::CString;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
@@ -28,6 +28,9 @@ pub fn find_program(process: &Process) -> Result<PathBuf> {
     };
     if name.contains('/') {
         let path = process.cwd().join(name);
+        if through_magic_link(&path) {
+            bail!("process.args[0]: {name:?} is reached through a link of /proc (PID/fd, cwd, root or exe), which may lead out of the container: refused");
+        }
         if nix::unistd::access(&path, AccessFlags::X_OK).is_err() {
             bail!("process.args[0]: exec: {name:?}: no such executable file");
         }
@@ -37,11 +40,36 @@ pub fn find_program(process: &Process) -> Result<PathBuf> {
     for folder in path_var.split(':').filter(|f| !f.is_empty()) {
         let candidate = Path::new(folder).join(name);
         let is_file = std::fs::metadata(&candidate).is_ok_and(|m| m.is_file());
-        if is_file && nix::unistd::access(&candidate, AccessFlags::X_OK).is_ok() {
+        if is_file
+            && nix::unistd::access(&candidate, AccessFlags::X_OK).is_ok()
+            && !through_magic_link(&process.cwd().join(&candidate))
+        {
             return Ok(candidate);
         }
     }
     bail!("process.args[0]: exec: {name:?}: executable file not found in $PATH")
+}
+
+/// Whether `path` (in the container) is reached through a magic link — `/proc/PID/fd/N`,
+/// `cwd`, `root`, `exe` — which may name a folder outside the container's root (runc's
+/// CVE-2024-21626). Defence in depth only: the execve is by path, and what makes it safe is
+/// that the runtime holds no such folder by then ([`close_before_exec`]).
+fn through_magic_link(path: &Path) -> bool {
+    let Ok(root) = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return false;
+    };
+    let relative = path.strip_prefix("/").unwrap_or(path);
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
+    matches!(
+        openat2(root.as_fd(), relative, how),
+        Err(nix::errno::Errno::ELOOP)
+    )
 }
 
 fn env_value(process: &Process, key: &str) -> Option<String> {
@@ -53,14 +81,17 @@ fn env_value(process: &Process, key: &str) -> Option<String> {
 
 /// Everything up to exec, then exec. Runs in the container (after pivot_root), as root.
 /// `feather` are feather's own filters ([`crate::confine`]), installed after the config's;
-/// `proc` the runtime's private procfs ([`feather_sys::procfs`]).
+/// `proc` the runtime's private procfs ([`feather_sys::procfs`]), closed here once used;
+/// `keep` the descriptors that stay open up to the execve besides stdio: `--preserve-fds`
+/// and what cannot be walked (the error report's socket, the exec.fifo). Every other
+/// descriptor is closed before the program is searched for: see [`close_before_exec`].
 pub fn become_program(
     process: &Process,
     seccomp: Option<&LinuxSeccomp>,
     feather: Filters,
-    proc: &feather_sys::procfs::ProcFs,
+    proc: feather_sys::procfs::ProcFs,
+    keep: &[RawFd],
 ) -> Result<Infallible> {
-    let program = find_program(process)?;
     let mut filters = seccomp
         .map(crate::seccomp::compile)
         .transpose()?
@@ -74,11 +105,14 @@ pub fn become_program(
         )
         .map_err(|e| anyhow::anyhow!("process.oomScoreAdj: {e}"))?;
     }
+    drop(proc);
     // Before the rlimits (a low RLIMIT_NOFILE would refuse the descriptors), before any filter
     // (a profile written before openat2 existed refuses it), and as root, as runc enters it: a
     // working folder its user cannot search is still entered.
     enter_cwd(process.cwd())?;
     let env = environment(process)?;
+    close_before_exec(keep)?;
+    let program = find_program(process)?;
     for limit in process.rlimits().iter().flatten() {
         let resource = resource(limit.typ());
         setrlimit(resource, limit.soft(), limit.hard())
@@ -107,10 +141,26 @@ pub fn become_program(
     bail!("process.args[0]: exec {program:?}: {error}")
 }
 
+/// Closes every descriptor but stdio and `keep`, before the program is searched for and
+/// exec'd: the runtime's private procfs, the host's `/proc/PID/task` an `exec` remembered
+/// ([`feather_sys::process::close_for_exec`]), whatever else it held. Close-on-exec is not
+/// enough: the kernel resolves the execve path (a PATH entry, a script's `#!` interpreter)
+/// before it closes those, and an image's `/p3 -> /proc/self/fd/3/../../..` would run, and let
+/// the container overwrite, a host binary (runc's CVE-2024-21626, attacks 2 and 3). Searched
+/// after the close, PATH sees what the execve will see. Before any seccomp filter, which may
+/// not know close_range.
+fn close_before_exec(keep: &[RawFd]) -> Result<()> {
+    feather_sys::process::close_for_exec(keep).map_err(|e| {
+        anyhow::anyhow!(
+            "close the runtime's descriptors before exec: {e} (Linux 5.9 or later has close_range)"
+        )
+    })
+}
+
 /// `process.cwd` (the image's `WORKDIR`, as engines pass it), entered by the runtime before
 /// it takes the program's user: resolved inside the container's root without following a magic link, and entered by
-/// descriptor. Until its `execve` the runtime holds descriptors of its own (its private
-/// procfs, unmasked and writable, the container's root, `exec.fifo`'s state folder entry):
+/// descriptor. Until it closes them ([`close_before_exec`]) the runtime holds descriptors of
+/// its own (its private procfs, unmasked and writable, the container's root, `exec.fifo`):
 /// a `chdir` to `/proc/self/fd/N` would have started the program in one of them (runc's
 /// CVE-2024-21626).
 fn enter_cwd(cwd: &Path) -> Result<()> {

@@ -495,6 +495,25 @@ pub fn set_parent_death_signal(signal: Signal) -> Result<()> {
 /// Closes every descriptor of the caller except stdin, stdout, stderr and `keep`: a VM must not
 /// inherit a descriptor of the host side (a lock, a socket, a directory outside its root).
 pub fn close_other_fds(keep: &[RawFd]) {
+    let _ = close_all_but(keep);
+}
+
+/// Closes — not marks close-on-exec — every descriptor of the caller but stdin, stdout, stderr
+/// and `keep`, the folder [`raw::remember_threads`] holds included: for a process about to
+/// execve a program it finds in a container. The kernel resolves the path given to execve (a
+/// PATH entry, a script's `#!` interpreter) *before* it closes close-on-exec descriptors, so a
+/// directory of the host still open then is reachable as `/proc/self/fd/N/..` (runc's
+/// CVE-2024-21626, attacks 2 and 3). Keep only what cannot be walked (sockets, pipes, a FIFO)
+/// and what the program is given. Objects of the caller that own a closed descriptor must
+/// never be dropped afterwards: call it after the last fork, right before the execve.
+pub fn close_for_exec(keep: &[RawFd]) -> Result<()> {
+    raw::forget_threads();
+    close_all_but(keep).ctx("close_range", "descriptors before exec")
+}
+
+/// Closes every descriptor of the caller but stdin, stdout, stderr, `keep` and the remembered
+/// threads folder (while there is one), by number; every gap is tried, the first error told.
+fn close_all_but(keep: &[RawFd]) -> std::result::Result<(), nix::errno::Errno> {
     // By number (close_range over the gaps), not from a listing of /proc/self/fd: a caller
     // that joined a container's mount namespace sees the container's /proc, which may list
     // nothing at all, and then nothing would be closed.
@@ -506,14 +525,15 @@ pub fn close_other_fds(keep: &[RawFd]) {
         .collect();
     kept.sort_unstable();
     kept.dedup();
+    let mut result = Ok(());
     let mut first: RawFd = 3;
     for fd in kept {
         if fd > first {
-            let _ = raw::close_range(first as u32, (fd - 1) as u32);
+            result = result.and(raw::close_range(first as u32, (fd - 1) as u32));
         }
         first = fd + 1;
     }
-    let _ = raw::close_range(first as u32, u32::MAX);
+    result.and(raw::close_range(first as u32, u32::MAX))
 }
 
 /// A [`std::process::Command`] for `program` that passes it its stdin, stdout and stderr

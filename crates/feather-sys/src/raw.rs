@@ -230,23 +230,49 @@ pub unsafe fn fork_threaded() -> Result<Option<libc::pid_t>, Errno> {
 
 /// This process's folder of threads in its own /proc, opened by [`remember_threads`] before
 /// the process joins another mount namespace (`feather exec -t`, `feather-oci exec`), whose
-/// /proc may not show it at all.
-static TASKS: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+/// /proc may not show it at all; -1 when none is held. A number, not an `OwnedFd`: a child
+/// about to exec a container's program closes it ([`forget_threads`]), which a `OnceLock`
+/// could not let go of.
+static TASKS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
 
 /// Opens this process's folder of threads while it still sees its own /proc: call it before
 /// joining another mount namespace.
 pub fn remember_threads() {
-    if TASKS.get().is_none() {
-        if let Ok(fd) = open_tasks() {
-            let _ = TASKS.set(fd);
+    use std::os::fd::IntoRawFd;
+    use std::sync::atomic::Ordering;
+    if TASKS.load(Ordering::Acquire) >= 0 {
+        return;
+    }
+    if let Ok(fd) = open_tasks() {
+        let fd = fd.into_raw_fd();
+        if TASKS
+            .compare_exchange(-1, fd, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            // SAFETY: `fd` was just opened here and handed to no one: another thread stored its
+            // own first, so this one is still solely ours to close.
+            drop(unsafe { OwnedFd::from_raw_fd(fd) });
         }
     }
 }
 
 /// The descriptor [`remember_threads`] keeps, which closing "every other descriptor" must keep.
 pub fn remembered_threads_fd() -> Option<RawFd> {
-    use std::os::fd::AsRawFd;
-    TASKS.get().map(|fd| fd.as_raw_fd())
+    let fd = TASKS.load(std::sync::atomic::Ordering::Acquire);
+    (fd >= 0).then_some(fd)
+}
+
+/// Closes the folder [`remember_threads`] opened, for good: it is a directory of the host's
+/// /proc, and a program exec'd while it is open can be found through `/proc/self/fd/N/..`
+/// (the kernel resolves the path given to execve, and a script's interpreter, before it
+/// closes close-on-exec descriptors). Only a fork needs the folder; call this after the last.
+pub fn forget_threads() {
+    let fd = TASKS.swap(-1, std::sync::atomic::Ordering::AcqRel);
+    if fd >= 0 {
+        // SAFETY: the number was TASKS's own descriptor, and the swap took it out: no later
+        // reader of TASKS is handed it, so closing it here closes nothing anyone still uses.
+        drop(unsafe { OwnedFd::from_raw_fd(fd) });
+    }
 }
 
 fn open_tasks() -> nix::Result<std::os::fd::OwnedFd> {
@@ -257,21 +283,37 @@ fn open_tasks() -> nix::Result<std::os::fd::OwnedFd> {
     )
 }
 
+/// A new descriptor of the folder [`remember_threads`] opened, if it is still held: reopened
+/// by number rather than borrowed as an object, since [`forget_threads`] may close it (it is
+/// called only by a process about to exec, after its last fork).
+fn reopen_remembered_threads() -> Option<nix::Result<OwnedFd>> {
+    remembered_threads_fd().map(reopen_folder)
+}
+
+/// `openat(folder, ".")`: a new descriptor of the folder numbered `folder`.
+fn reopen_folder(folder: RawFd) -> nix::Result<OwnedFd> {
+    // SAFETY: openat takes a NUL-terminated path (a literal here) and plain integers; it
+    // touches no other memory of the process (a number closed meanwhile gives EBADF).
+    let opened = Errno::result(unsafe {
+        libc::openat(
+            folder,
+            c".".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    })?;
+    // SAFETY: openat succeeded: `opened` is a fresh descriptor, owned by no one else.
+    Ok(unsafe { OwnedFd::from_raw_fd(opened) })
+}
+
 /// Makes fork and clone3 safe by construction: they go on only in a process of one thread.
 fn require_single_thread() -> Result<(), Errno> {
     // The kernel's count of this process's threads: one entry per thread in /proc/self/task,
     // or, once the process joined another mount namespace, in the folder it remembered.
-    let tasks = match (open_tasks(), TASKS.get()) {
-        (Ok(fd), _) => nix::dir::Dir::from_fd(fd)?,
-        (Err(_), Some(remembered)) => nix::dir::Dir::openat(
-            remembered,
-            ".",
-            nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_DIRECTORY,
-            nix::sys::stat::Mode::empty(),
-        )?,
-        (Err(errno), None) => return Err(errno),
+    let tasks = match open_tasks() {
+        Ok(fd) => fd,
+        Err(errno) => reopen_remembered_threads().unwrap_or(Err(errno))?,
     };
-    let mut tasks = tasks;
+    let mut tasks = nix::dir::Dir::from_fd(tasks)?;
     let threads = tasks
         .iter()
         .flatten()
