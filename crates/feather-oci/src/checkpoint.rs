@@ -73,7 +73,7 @@ pub fn check_config(spec: &Spec, action: &str) -> Result<()> {
     if confinement.scopes_abstract_sockets() {
         // As for a feather VM with --net host: CRIU cannot put a process back into a Landlock
         // domain that scopes abstract unix sockets.
-        bail!("org.feather.confine: {action} of a confined container on the host's network is not supported (its Landlock domain scopes the host's abstract unix sockets, which CRIU cannot restore); give it a network namespace of its own, or annotate org.feather.confine=none");
+        bail!("org.feather.confine: {action} of a confined container on the host's network is not supported (its Landlock domain scopes the host's abstract unix sockets, which CRIU cannot restore); give it a network namespace of its own, or annotate org.feather.confine=none (which the node's annotation policy must allow)");
     }
     if feather.base_is_host() {
         bail!("annotation org.feather.base=host: {action} of a container over the host is not supported (its layer is a tmpfs that is not part of the images; feather checkpoint works on feather VMs)");

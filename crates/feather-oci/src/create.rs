@@ -66,7 +66,7 @@ pub fn make_container(
         .map_err(|e| anyhow::anyhow!("{}/config.json: {e}", bundle.display()))?;
     crate::validate::check(&spec)?;
     let feather = Feather::parse(&spec)?;
-    crate::policy::Policy::load(policy)?.check(&feather)?;
+    crate::policy::check(policy, &feather)?;
     if !feather.services.is_empty() {
         crate::services::check_manager()?;
     }

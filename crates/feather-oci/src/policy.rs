@@ -98,24 +98,7 @@ impl Policy {
 
     /// Refuses, by name, the first widening annotation `feather` asks for that is not allowed.
     pub fn check(&self, feather: &Feather) -> Result<()> {
-        let asked = [
-            (
-                BASE_HOST,
-                feather.host_base,
-                "the node's / becomes the container's root: node-root-equivalent",
-            ),
-            (
-                SERVICES,
-                !feather.services.is_empty(),
-                "the node's units run in the container",
-            ),
-            (
-                CONFINE_NONE,
-                feather.confine == Some(Confine::None),
-                "feather's IPC confinement is dropped",
-            ),
-        ];
-        for (entry, _, why) in asked.into_iter().filter(|(_, asked, _)| *asked) {
+        for (entry, why) in asked(feather) {
             if !self.allowed.contains(&entry) {
                 bail!(
                     "annotation {entry}: not allowed by this node's annotation policy {} ({why}); the node's admin allows it by listing {entry:?} in `allow` under [annotations] there (a root-owned file, not group- or other-writable)",
@@ -127,6 +110,40 @@ impl Policy {
     }
 }
 
+/// Refuses, by name, the first widening annotation `feather` asks for that the policy at
+/// `path` does not allow. The policy is read only when one is asked for: a policy file that is
+/// wrong (a package's, made group-writable) then fails only the containers that need it.
+pub fn check(path: &Path, feather: &Feather) -> Result<()> {
+    if asked(feather).next().is_none() {
+        return Ok(());
+    }
+    Policy::load(path)?.check(feather)
+}
+
+/// The widening annotations `feather` asks for, each with what it gives the container.
+fn asked(feather: &Feather) -> impl Iterator<Item = (&'static str, &'static str)> {
+    [
+        (
+            BASE_HOST,
+            feather.host_base,
+            "the node's / becomes the container's root: node-root-equivalent",
+        ),
+        (
+            SERVICES,
+            !feather.services.is_empty(),
+            "the node's units run in the container",
+        ),
+        (
+            CONFINE_NONE,
+            feather.confine == Some(Confine::None),
+            "feather's IPC confinement is dropped",
+        ),
+    ]
+    .into_iter()
+    .filter(|(_, asked, _)| *asked)
+    .map(|(entry, _, why)| (entry, why))
+}
+
 /// The file's text; None when there is none. It and every folder above it must be root's and
 /// writable by no one else (a sticky folder above counts as safe: others cannot replace what
 /// root put there), so that only root can have said what it allows.
@@ -136,7 +153,10 @@ fn read_root_owned(path: &Path) -> Result<Option<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e.into()),
     };
-    for folder in real.ancestors().skip(1) {
+    // The folders of the path as given too: a link the policy's path goes through, in a
+    // folder someone else may write, could be pointed by them at another root-owned policy.
+    let given = std::path::absolute(path)?;
+    for folder in real.ancestors().skip(1).chain(given.ancestors().skip(1)) {
         let meta = std::fs::metadata(folder).with_context(|| folder.display().to_string())?;
         let sticky = meta.mode() & libc::S_ISVTX != 0;
         if meta.uid() != 0 || (meta.mode() & 0o022 != 0 && !sticky) {
@@ -250,6 +270,46 @@ mod tests {
         std::fs::set_permissions(&dir, PermissionsExt::from_mode(0o777)).unwrap();
         let error = format!("{:#}", Policy::load(&path).unwrap_err());
         assert!(error.contains("not root's alone"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A policy's path through a link that sits in a folder others can write is refused, though
+    /// the link leads to a root-owned policy: its owner could point it at another one (one
+    /// that allows the host as the base).
+    #[test]
+    fn annotation_policy_through_a_link_in_a_folder_others_write_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("link");
+        let allowing = dir.join("allowing.toml");
+        std::fs::write(
+            &allowing,
+            "[annotations]\nallow = [\"org.feather.base=host\"]\n",
+        )
+        .unwrap();
+        let open = dir.join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, PermissionsExt::from_mode(0o777)).unwrap();
+        std::os::unix::fs::symlink(&allowing, open.join("oci.toml")).unwrap();
+        let error = format!("{:#}", Policy::load(&open.join("oci.toml")).unwrap_err());
+        assert!(error.contains("not root's alone"), "{error}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A policy file that is wrong fails only the containers that ask for what it decides.
+    #[test]
+    fn a_wrong_policy_fails_only_containers_that_ask_for_a_widening_annotation() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = scratch("wrong");
+        let path = dir.join("oci.toml");
+        std::fs::write(
+            &path,
+            "[annotations]\nallow = [\"org.feather.base=host\"]\n",
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, PermissionsExt::from_mode(0o664)).unwrap();
+        check(&path, &Feather::default()).unwrap();
+        let error = format!("{:#}", check(&path, &host_base()).unwrap_err());
+        assert!(error.contains("not group- or other-writable"), "{error}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
