@@ -283,18 +283,7 @@ fn the_container_cannot_reach_into_the_runtime_process_that_enters_it() {
     // A busybox of its own (an inode nothing else has open, as a write lease needs).
     let held = rootfs.join("bin/busybox-held");
     fs::copy(rootfs.join("bin/busybox"), &held).unwrap();
-    // The container keeps the stdio it is given: not the pipes `output()` would wait on.
-    let detached = runtime
-        .command()
-        .args(["run", "--detach", "--bundle"])
-        .arg(&bundle.dir)
-        .arg("dumpable")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(detached.success(), "run: {detached}");
+    runtime.run_detached("dumpable", &bundle);
     let result = rootfs.join("tmp/result");
     assert!(
         eventually(Duration::from_secs(20), || fs::read_to_string(&result)
@@ -463,17 +452,7 @@ fn a_lying_proc_self_fd_keeps_no_host_descriptor_open_in_exec() {
     fs::create_dir_all(rootfs.join("shared/proc")).unwrap();
     fs::remove_dir(rootfs.join("proc")).unwrap();
     std::os::unix::fs::symlink("/shared/proc", rootfs.join("proc")).unwrap();
-    let started = runtime
-        .command()
-        .args(["run", "--detach", "--bundle"])
-        .arg(&bundle.dir)
-        .arg("fds")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(started.success(), "run: {started}");
+    runtime.run_detached("fds", &bundle);
 
     // A host file the engine left open without close-on-exec (this test process is its own:
     // nextest runs each test in a process of its own).
@@ -659,17 +638,7 @@ fn a_working_folder_through_proc_self_fd_never_starts_the_program_in_a_runtime_d
     config["process"]["cwd"] = serde_json::json!("/");
     config["process"]["args"] = serde_json::json!(["sleep", "60"]);
     bundle.set_config(&config);
-    let started = runtime
-        .command()
-        .args(["run", "--detach", "--bundle"])
-        .arg(&bundle.dir)
-        .arg("cwdexec")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(started.success(), "run: {started}");
+    runtime.run_detached("cwdexec", &bundle);
     let execs: Vec<(i32, Outcome)> = (3..20)
         .map(|fd| {
             let cwd = format!("/proc/self/fd/{fd}");
@@ -737,17 +706,7 @@ impl HostBinaryBait {
             fs::write(&script, format!("#!/p{n}/sh\n{EXE_WRITER}\n")).unwrap();
             fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
         }
-        let started = runtime
-            .command()
-            .args(["run", "--detach", "--bundle"])
-            .arg(&bundle.dir)
-            .arg(id)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .unwrap();
-        assert!(started.success(), "run: {started}");
+        runtime.run_detached(id, &bundle);
         HostBinaryBait {
             host_binary,
             original,

@@ -87,17 +87,7 @@ fn a_state_root_registered_after_a_container_over_the_host_started_is_hidden_in_
     let runtime = Runtime::new(&scratch);
     runtime.allow_annotations(&["org.feather.base=host"]);
     let id = format!("late-root-{}", std::process::id());
-    let started = runtime
-        .command()
-        .args(["run", "--detach", "--bundle"])
-        .arg(&bundle.dir)
-        .arg(&id)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .status()
-        .unwrap();
-    assert!(started.success(), "run: {started}");
+    runtime.run_detached(&id, &bundle);
 
     let state = scratch.path("late-state");
     let layer = state.join("vms/db/upper/srv");

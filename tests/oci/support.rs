@@ -300,6 +300,22 @@ impl Runtime {
         run(self.command().args(args))
     }
 
+    /// `run --detach` of `bundle` as container `id`, which must start; its stdio on /dev/null
+    /// (the container keeps the stdio it is given: not pipes a test would wait on).
+    pub fn run_detached(&self, id: &str, bundle: &Bundle) {
+        let started = self
+            .command()
+            .args(["run", "--detach", "--bundle"])
+            .arg(&bundle.dir)
+            .arg(id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(started.success(), "run {id}: {started}");
+    }
+
     /// `create`, with the container's stdout and stderr going to `output` (the init inherits
     /// create's stdio, as under an engine: a pipe would stay open as long as the container).
     /// The outcome's stderr is that file's content.
