@@ -842,6 +842,36 @@ fn a_bind_source_inside_the_rootfs_is_the_containers_never_the_hosts() {
     );
 }
 
+/// A bind source inside the rootfs whose name climbs through one of the image's links
+/// (`rootfs/link/../data`, `link` → a host folder's subfolder) was opened as a host path: the
+/// host's folder beside the link's target came into the container. Its `..` is taken by name,
+/// as engines clean paths: it is the container's `/data`.
+#[test]
+fn a_bind_source_climbing_through_an_images_link_is_the_containers_never_the_hosts() {
+    let scratch = Scratch::new("bindclimb");
+    let runtime = Runtime::new(&scratch);
+    let host = scratch.path("host-folder");
+    fs::create_dir_all(host.join("sub")).unwrap();
+    fs::create_dir_all(host.join("data")).unwrap();
+    fs::write(host.join("data/marker"), "host-marker\n").unwrap();
+    let mut config = base_config(&["cat", "/mnt/data/marker"]);
+    config["mounts"].as_array_mut().unwrap().push(serde_json::json!(
+        {"destination": "/mnt/data", "type": "bind", "source": "rootfs/link/../data", "options": ["rbind"]}
+    ));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let rootfs = bundle.dir.join("rootfs");
+    std::os::unix::fs::symlink(host.join("sub"), rootfs.join("link")).unwrap();
+    fs::create_dir_all(rootfs.join("data")).unwrap();
+    fs::write(rootfs.join("data/marker"), "container-marker\n").unwrap();
+    let outcome = runtime.run(&["run", "--bundle", bundle.dir.to_str().unwrap(), "bindclimb"]);
+    assert!(
+        !outcome.stdout.contains("host-marker"),
+        "a link of the image's led the bind to a host folder: {outcome:?}"
+    );
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(outcome.stdout, "container-marker\n", "{outcome:?}");
+}
+
 /// A bind with flags of its own (`ro`) was remounted with exactly those (`MS_BIND|MS_REMOUNT`),
 /// which cleared the `nosuid`, `nodev` and `noexec` of the source's mount: a volume the host
 /// mounted `nosuid,nodev` came into the container as one where set-user-ID programs and device

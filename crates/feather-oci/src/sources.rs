@@ -27,8 +27,8 @@ impl Sources {
             .map(|r| bundle.join(r.path()))
             .unwrap_or_else(|| rootfs.to_owned());
         Sources {
-            bundle: bundle.to_owned(),
-            rootfs: [rootfs.to_owned(), named],
+            bundle: lexically_normal(bundle),
+            rootfs: [lexically_normal(rootfs), lexically_normal(&named)],
         }
     }
 
@@ -36,12 +36,13 @@ impl Sources {
     /// rootfs's descriptor (none: the caller could not open it, and a source inside it is
     /// refused).
     pub fn open(&self, root: Option<&OwnedFd>, source: &Path) -> Result<(PathBuf, OwnedFd)> {
-        let source = self.bundle.join(source);
+        // Taken lexically: `rootfs/link/../x`, where the image made `link` a link to a host
+        // folder, is the container's `/x`, never the host's folder above that link's target.
+        let source = lexically_normal(&self.bundle.join(source));
         let inside = self
             .rootfs
             .iter()
-            .find_map(|rootfs| source.strip_prefix(rootfs).ok())
-            .filter(|rest| !rest.components().any(|c| c == Component::ParentDir));
+            .find_map(|rootfs| source.strip_prefix(rootfs).ok());
         let opened = match (inside, root) {
             (Some(rest), Some(root)) => resolve(root, rest, OFlag::O_PATH),
             (Some(_), None) => Err(nix::errno::Errno::ENOENT),
@@ -50,6 +51,24 @@ impl Sources {
         let opened = opened.with_context(|| format!("source {}", source.display()))?;
         Ok((source, opened))
     }
+}
+
+/// `path` with its `.` and `..` taken by name, as engines clean paths (Go's `filepath.Clean`):
+/// which root a source is in is decided before any link is followed. A `..` at `/` stays there.
+fn lexically_normal(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !normal.pop() {
+                    normal.push(component);
+                }
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
 }
 
 /// Opens `path` (absolute, as the container sees it) inside `root`, never leaving it and
@@ -65,4 +84,19 @@ pub fn resolve(root: &OwnedFd, path: &Path, flags: OFlag) -> nix::Result<OwnedFd
         .flags(flags | OFlag::O_CLOEXEC)
         .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     openat2(root.as_fd(), relative, how)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dots_are_taken_by_name_and_never_climb_above_the_root() {
+        let normal = |p: &str| lexically_normal(Path::new(p));
+        assert_eq!(normal("/b/rootfs/link/../x"), Path::new("/b/rootfs/x"));
+        assert_eq!(normal("/b/rootfs/./a//b/"), Path::new("/b/rootfs/a/b"));
+        assert_eq!(normal("/b/rootfs/../volume"), Path::new("/b/volume"));
+        assert_eq!(normal("/../../etc"), Path::new("/etc"));
+        assert_eq!(normal("rel/../../up"), Path::new("../up"));
+    }
 }
