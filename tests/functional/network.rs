@@ -442,14 +442,7 @@ fn a_killed_keeper_leaves_no_veth_or_rules_after_rm() {
     );
     assert!(host_links().contains(&veth));
     assert!(nft_tables().contains(&format!("table inet {bridge}")));
-    let keeper = feather.inspect("doomed")["state"]["keeper_pid"]
-        .as_i64()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(keeper as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    feather.kill_keeper("doomed");
     feather.eventually("the keeper is gone", || {
         feather.status("doomed") == "crashed"
     });

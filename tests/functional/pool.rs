@@ -292,14 +292,7 @@ fn a_pooled_vm_whose_keeper_died_is_passed_over_and_cleaned_up() {
     let pool = Pooled::new("pool-dead-keeper", 1);
     // Its entry, not `ready`: another test's mount may have made it stale meanwhile.
     let pooled = pool.entries().into_iter().next().unwrap();
-    let keeper = pool.feather.inspect(&pooled)["state"]["keeper_pid"]
-        .as_i64()
-        .unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(keeper as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
+    let keeper = pool.feather.kill_keeper(&pooled);
     pool.feather.eventually("its keeper is gone", || {
         !std::path::Path::new(&format!("/proc/{keeper}")).exists()
     });

@@ -442,11 +442,7 @@ fn held_and_keeper_killed(shuttle: &Shuttle) -> String {
         .sh("b", "cat /tmp/holder.pid")
         .trim()
         .to_owned();
-    let keeper = shuttle.feather.inspect("a")["state"]["keeper_pid"]
-        .as_i64()
-        .unwrap();
-    let keeper = nix::unistd::Pid::from_raw(keeper as i32);
-    nix::sys::signal::kill(keeper, nix::sys::signal::Signal::SIGKILL).unwrap();
+    let keeper = shuttle.feather.kill_keeper("a");
     shuttle.feather.eventually("a's keeper is gone", || {
         !Path::new(&format!("/proc/{keeper}")).exists()
     });

@@ -170,6 +170,18 @@ impl Feather {
         serde_json::from_str(&self.ok(&["inspect", vm])).expect("inspect prints JSON")
     }
 
+    /// Kills VM `vm`'s keeper (SIGKILL, by the pid `inspect` records), as a crash of feather's
+    /// own would end it; its pid.
+    pub fn kill_keeper(&self, vm: &str) -> i32 {
+        let keeper = self.inspect(vm)["state"]["keeper_pid"].as_i64().unwrap() as i32;
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(keeper),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        keeper
+    }
+
     pub fn status(&self, vm: &str) -> String {
         self.inspect(vm)["state"]["status"]
             .as_str()
