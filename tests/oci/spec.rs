@@ -119,6 +119,50 @@ fn delete_of_a_created_container_and_force_delete_of_a_running_one() {
     assert!(!runtime.root.join("running").exists());
 }
 
+/// `kill --all` reaches every process of the container's group while they keep forking and
+/// ending: chains whose every link forks the next and exits, in the host's pid namespace (a
+/// pid namespace's init would take them all with it when killed). SIGTERM goes to the group
+/// frozen, through pidfds: listed unfrozen, a link forked between the listing and the signals
+/// would live on. SIGKILL goes through `cgroup.kill` where the kernel has it. Either way
+/// nothing of the container's is left.
+#[test]
+fn kill_all_leaves_no_process_of_a_group_that_keeps_forking() {
+    let scratch = Scratch::new("kill-all");
+    let runtime = Runtime::new(&scratch);
+    for signal in ["TERM", "KILL"] {
+        let id = format!("forking-{}", signal.to_ascii_lowercase());
+        let mut config = base_config(&[
+            "sh",
+            "-c",
+            "for link in 1 2 3 4 5 6 7 8; do sh /chain & done; exec sleep 100",
+        ]);
+        config["linux"]["namespaces"]
+            .as_array_mut()
+            .unwrap()
+            .retain(|ns| ns["type"] != "pid");
+        let bundle = Bundle::new(&scratch, &format!("bundle-{id}"), &config);
+        fs::write(bundle.dir.join("rootfs/chain"), "sh /chain &\n").unwrap();
+        runtime.run_detached(&id, &bundle);
+        let members = || -> Vec<i64> {
+            let ps = runtime.run(&["ps", "--format", "json", &id]);
+            serde_json::from_str(&ps.stdout).unwrap_or_default()
+        };
+        assert!(
+            eventually(Duration::from_secs(10), || members().len() > 4),
+            "the chains run: {:?}",
+            members()
+        );
+        let killed = runtime.run(&["kill", "--all", &id, signal]);
+        assert_eq!(killed.code, 0, "{killed:?}");
+        assert!(
+            eventually(Duration::from_secs(3), || members().is_empty()),
+            "{signal}: left in the container's group: {:?}",
+            members()
+        );
+        assert_eq!(runtime.run(&["delete", &id]).code, 0);
+    }
+}
+
 fn is_alive(pid: i64) -> bool {
     fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
         !stat

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use feather_sys::cgroup::{Cgroup, Hierarchies, Limits};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxDeviceCgroup, LinuxMemory, LinuxResources};
 
@@ -258,10 +259,43 @@ impl Groups {
         self.cgroup.members()
     }
 
+    /// `kill --all`: sends `signal` to every process of the group, as runc does. SIGKILL goes
+    /// through the kernel's `cgroup.kill` where it has it (forks in flight included). Else the
+    /// group is frozen first, so that none of its processes forks a child past the listing or
+    /// ends and leaves its pid to another process, and each member is signalled through a
+    /// pidfd ([`Cgroup::member_pidfds`]). A frozen process keeps the signal until it is thawed:
+    /// a paused container stays paused (its processes take the signal when resumed), except
+    /// after SIGKILL, when the group is thawed so that they die.
+    pub fn signal_all(&self, signal: Signal) -> Result<()> {
+        let paused = self.is_frozen();
+        if signal == Signal::SIGKILL && self.cgroup.kill_at_once() {
+            return self.freeze(false);
+        }
+        // Without a freezer the pidfds still never reach a process outside the group; only a
+        // child forked during the listing may miss the signal.
+        let froze = match self.freeze(true) {
+            Ok(()) => true,
+            Err(error) => {
+                crate::log::warn(&format!("kill --all without freezing the group: {error:#}"));
+                false
+            }
+        };
+        for pidfd in self.cgroup.member_pidfds() {
+            let _ = feather_sys::process::signal(&pidfd, signal);
+        }
+        if froze && (!paused || signal == Signal::SIGKILL) {
+            self.freeze(false)?;
+        }
+        Ok(())
+    }
+
+    /// Kills every process of the group (see [`Groups::signal_all`]); feather-sys's rounds of
+    /// SIGKILL if that failed, after a thaw (a frozen group's processes die only once thawed).
     pub fn kill_all(&self) {
-        // A frozen group's processes cannot die until thawed.
-        let _ = self.freeze(false);
-        self.cgroup.kill_all();
+        if self.signal_all(Signal::SIGKILL).is_err() {
+            let _ = self.freeze(false);
+            self.cgroup.kill_all();
+        }
     }
 
     pub fn remove(&self) {
@@ -301,13 +335,24 @@ impl Groups {
             }
             return Ok(());
         }
-        match v2_mount() {
-            Some(mount) => write(
-                &mount.join(&self.relative).join("cgroup.freeze"),
-                if frozen { "1" } else { "0" },
-            ),
-            None => bail!("neither a v1 freezer nor a v2 hierarchy is mounted: cannot pause"),
+        let Some(mount) = v2_mount() else {
+            bail!("neither a v1 freezer nor a v2 hierarchy is mounted: cannot pause");
+        };
+        let dir = mount.join(&self.relative);
+        write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+        // Frozen once the kernel says so in `cgroup.events`: until then a process may still run.
+        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !read(&dir.join("cgroup.events")).is_some_and(|e| e.lines().any(|l| l == want)) {
+            if Instant::now() > deadline {
+                bail!(
+                    "{} did not report {want} in time",
+                    dir.join("cgroup.events").display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
+        Ok(())
     }
 
     pub fn is_frozen(&self) -> bool {

@@ -88,11 +88,9 @@ pub fn exec(root: &Path, args: &ExecArgs) -> Result<i32> {
         .as_deref()
         .map(crate::create::PidFile::prepare)
         .transpose()?;
-    let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(container.record.pid))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if !container.init_alive() {
+    let Some(pidfd) = container.init_pidfd() else {
         bail!("cannot exec in container {}: it stopped", args.id);
-    }
+    };
     container.groups().add(Pid::this())?;
     // Taken in the host's namespaces, before the container's: the child writes into /proc
     // through it, never through the container's /proc (feather_sys::procfs).

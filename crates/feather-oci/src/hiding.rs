@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use feather_core::StateRoot;
-use nix::unistd::Pid;
 
 use crate::registry::RootRegistry;
 use crate::store::Container;
@@ -68,13 +67,9 @@ fn is_over_the_host(container: &Container) -> bool {
 /// Hides `folders` (host paths: the container's root is the host's `/`) in the mount namespace
 /// of `container`'s init, if it still runs.
 fn hide_in(container: &Container, folders: &[impl AsRef<Path>]) -> Result<()> {
-    let Ok(pidfd) = feather_sys::process::pidfd_open(Pid::from_raw(container.record.pid)) else {
+    let Some(pidfd) = container.init_pidfd() else {
         return Ok(());
     };
-    // Checked after the pidfd is held: a pid reused since names another process.
-    if !container.init_alive() {
-        return Ok(());
-    }
     let folders: Vec<PathBuf> = folders.iter().map(|f| f.as_ref().to_owned()).collect();
     feather_sys::process::hide_in_mount_namespace_of(&pidfd, &folders)
         .map_err(|e| anyhow::anyhow!("{e}"))

@@ -11,7 +11,7 @@ use anyhow::{bail, Context, Result};
 use feather_core::say;
 use nix::fcntl::OFlag;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::unistd::Pid;
 use oci_spec::runtime::{LinuxResources, Spec};
@@ -114,20 +114,12 @@ pub fn kill_container(root: &Path, id: &str, signal: &str, all: bool) -> Result<
         ),
     }
     if all {
-        for pid in container.groups().members() {
-            let _ = kill(pid, signal);
-        }
-        if signal == Signal::SIGKILL {
-            let _ = container.groups().freeze(false);
-        }
-        return Ok(());
+        return container.groups().signal_all(signal);
     }
-    let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(container.record.pid))
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
-    if !container.init_alive() {
+    let Some(init) = container.init_pidfd() else {
         bail!("cannot kill container {id}: container not running");
-    }
-    feather_sys::process::signal(&pidfd, signal).map_err(|e| anyhow::anyhow!("{e}"))
+    };
+    feather_sys::process::signal(&init, signal).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
@@ -170,8 +162,8 @@ pub fn delete(root: &Path, id: &str, force: bool) -> Result<()> {
 /// Kills every process of the container and removes its cgroup and folder.
 pub fn destroy(container: &Container) {
     let groups = container.groups();
-    if container.init_alive() {
-        let _ = kill(Pid::from_raw(container.record.pid), Signal::SIGKILL);
+    if let Some(init) = container.init_pidfd() {
+        let _ = feather_sys::process::signal(&init, Signal::SIGKILL);
     }
     groups.kill_all();
     let deadline = Instant::now() + Duration::from_secs(5);

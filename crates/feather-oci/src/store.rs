@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -150,6 +151,14 @@ impl Container {
             && !is_zombie(self.record.pid)
     }
 
+    /// A pidfd of the init, if it is still the process create started: taken before the check,
+    /// so that a signal or `setns` through it never reaches a process that was given the
+    /// init's pid after the init ended (checked first, the pid could be reused before the open).
+    pub fn init_pidfd(&self) -> Option<OwnedFd> {
+        let pidfd = feather_sys::process::pidfd_open(Pid::from_raw(self.record.pid)).ok()?;
+        self.init_alive().then_some(pidfd)
+    }
+
     pub fn status(&self) -> Status {
         if self.record.pid == 0 {
             return Status::Creating;
@@ -221,4 +230,48 @@ pub fn ids(root: &Path) -> Vec<String> {
         .collect();
     ids.sort();
     ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn recorded(pid: i32, start_ticks: u64) -> Container {
+        Container {
+            dir: PathBuf::from("/nonexistent"),
+            record: Record {
+                pid,
+                start_ticks,
+                ..Record::default()
+            },
+        }
+    }
+
+    /// The pidfd `kill`, `exec`, `destroy` and hiding act through: given for the init create
+    /// recorded, refused for a process that holds its pid with another start time (a pid
+    /// reused after the init ended) and for a container still being created (pid 0).
+    #[test]
+    fn the_inits_pidfd_is_given_only_for_the_process_create_recorded() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = Pid::from_raw(child.id() as i32);
+        let started = feather_sys::process::start_ticks(pid).unwrap();
+        let same = recorded(pid.as_raw(), started).init_pidfd();
+        let reused = recorded(pid.as_raw(), started + 1).init_pidfd();
+        let creating = recorded(0, 0).init_pidfd();
+        if let Some(init) = &same {
+            feather_sys::process::signal(init, nix::sys::signal::Signal::SIGKILL).unwrap();
+        } else {
+            let _ = child.kill();
+        }
+        let status = child.wait().unwrap();
+        assert!(same.is_some() && reused.is_none() && creating.is_none());
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "the pidfd is the recorded process's"
+        );
+    }
 }

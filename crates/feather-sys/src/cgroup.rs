@@ -7,10 +7,11 @@
 
 use std::fs;
 use std::io::ErrorKind;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::sys::signal::{kill, Signal};
+use nix::sys::signal::Signal;
 use nix::unistd::Pid;
 
 use crate::mountinfo;
@@ -521,21 +522,40 @@ impl Cgroup {
         count
     }
 
+    /// The group's processes and those of the groups below it, each held by a pidfd. The
+    /// group is listed again once the pidfds are taken and a pidfd whose pid is no longer
+    /// listed is dropped: a member that ended between the first listing and its `pidfd_open`
+    /// may have left its pid to a process outside the group, which the second listing does
+    /// not show. A pidfd kept refers to the member (alive when listed again, a pid names one
+    /// process), and a signal through it reaches that process or none, never a later owner of
+    /// the number.
+    pub fn member_pidfds(&self) -> Vec<OwnedFd> {
+        pidfds_of_listed(|| self.members())
+    }
+
+    /// Kills every process of the group at once through the v2 folder's `cgroup.kill` (the
+    /// kernel's walk also catches children forked while it kills); whether the kernel took
+    /// it (there is a v2 hierarchy and a kernel of 5.14 or later).
+    pub fn kill_at_once(&self) -> bool {
+        self.v2_dir()
+            .is_some_and(|dir| write(&dir.join("cgroup.kill"), "1").is_ok())
+    }
+
     /// Kills every process in the group. Uses `cgroup.kill` where the kernel has it, which also
-    /// catches processes forking while we kill.
+    /// catches processes forking while we kill; else rounds of SIGKILL through pidfds
+    /// ([`Cgroup::member_pidfds`], never a raw pid a member may have left to another process)
+    /// until the group is empty, for the children forked during a round.
     pub fn kill_all(&self) {
-        if let Some(dir) = self.v2_dir() {
-            if write(&dir.join("cgroup.kill"), "1").is_ok() {
-                return;
-            }
+        if self.kill_at_once() {
+            return;
         }
         for _ in 0..10 {
-            let members = self.members();
-            if members.is_empty() {
+            let members = self.member_pidfds();
+            if members.is_empty() && self.members().is_empty() {
                 return;
             }
-            for pid in members {
-                let _ = kill(pid, Signal::SIGKILL);
+            for pidfd in &members {
+                let _ = crate::raw::pidfd_send_signal(pidfd.as_raw_fd(), Signal::SIGKILL as i32);
             }
             std::thread::sleep(Duration::from_millis(10));
         }
@@ -912,6 +932,21 @@ fn procs_of(group: &std::os::fd::OwnedFd) -> Vec<i32> {
         return Vec::new();
     }
     text.lines().filter_map(|line| line.parse().ok()).collect()
+}
+
+/// Pidfds of the processes `list` (sorted) names, kept only for the pids it still names when
+/// called again after they were opened (see [`Cgroup::member_pidfds`]).
+fn pidfds_of_listed(mut list: impl FnMut() -> Vec<Pid>) -> Vec<OwnedFd> {
+    let opened: Vec<(Pid, OwnedFd)> = list()
+        .into_iter()
+        .filter_map(|pid| Some((pid, crate::raw::pidfd_open(pid.as_raw()).ok()?)))
+        .collect();
+    let listed = list();
+    opened
+        .into_iter()
+        .filter(|(pid, _)| listed.binary_search(pid).is_ok())
+        .map(|(_, pidfd)| pidfd)
+        .collect()
 }
 
 fn write(path: &Path, value: &str) -> Result<()> {
@@ -1439,6 +1474,89 @@ mod tests {
         let procs = v2.join("cgroup.procs").display().to_string();
         assert!(error.contains(&procs), "{error}");
         assert!(error.contains("start the VM again"), "{error}");
+    }
+
+    /// A member that ends between the listing and its `pidfd_open` may leave its pid to a
+    /// process outside the group: only the pids the group still lists once their pidfds are
+    /// held are kept. Here the second listing no longer names `left` (as after such a reuse):
+    /// its pidfd is dropped, and the one kept refers to `stays`.
+    #[test]
+    fn a_pid_no_longer_listed_once_its_pidfd_is_held_is_never_signalled() {
+        let spawn = || {
+            std::process::Command::new("sleep")
+                .arg("100")
+                .spawn()
+                .unwrap()
+        };
+        let (mut stays, mut left) = (spawn(), spawn());
+        let pid = |child: &std::process::Child| Pid::from_raw(child.id() as i32);
+        let mut first = vec![pid(&stays), pid(&left)];
+        first.sort();
+        let mut listings = vec![vec![pid(&stays)], first].into_iter().rev();
+        let pidfds = pidfds_of_listed(|| listings.next().unwrap());
+        let pids_of: Vec<String> = pidfds
+            .iter()
+            .map(|fd| {
+                let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
+                let info = info.unwrap();
+                let line = info.lines().find(|l| l.starts_with("Pid:")).unwrap();
+                line.split_whitespace().nth(1).unwrap().to_owned()
+            })
+            .collect();
+        for child in [&mut stays, &mut left] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        assert_eq!(pids_of, [stays.id().to_string()]);
+    }
+
+    /// Without `cgroup.kill` (a machine with no v2 hierarchy), rounds of SIGKILL through
+    /// pidfds empty a group whose processes keep forking.
+    #[test]
+    fn without_cgroup_kill_a_forking_group_is_emptied_through_pidfds() {
+        let Some((_, pids)) = Hierarchies::detect()
+            .v1
+            .into_iter()
+            .find(|(controller, _)| controller == "pids")
+        else {
+            eprintln!("skipped: no v1 pids hierarchy");
+            return;
+        };
+        let v1_only = Hierarchies {
+            v1: vec![("pids".to_owned(), pids)],
+            v2: None,
+        };
+        let relative = format!("feather-sys-test-forking-{}", std::process::id());
+        let group = Cgroup::new(v1_only, &relative);
+        let _ = group.remove(Duration::from_secs(1));
+        group.create(&Limits::default()).unwrap();
+        let mut held = TestGroup {
+            group: group.clone(),
+            keeper: None,
+        };
+        let mut forker = std::process::Command::new("sh")
+            .args(["-c", "read go; while :; do sh -c 'sleep 1 & exit' ; done"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        group.add(Pid::from_raw(forker.id() as i32)).unwrap();
+        {
+            use std::io::Write;
+            forker.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while group.members().len() < 3 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        group.kill_all();
+        let left = group.members();
+        let _ = forker.kill();
+        let _ = forker.wait();
+        for pid in &left {
+            let _ = nix::sys::signal::kill(*pid, Signal::SIGKILL);
+        }
+        held.keeper = None;
+        assert!(left.is_empty(), "left in the group: {left:?}");
     }
 
     #[test]
