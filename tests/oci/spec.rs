@@ -390,6 +390,57 @@ fn sysctls_outside_the_containers_own_namespaces_are_refused_by_name() {
     );
 }
 
+/// A network namespace the test made and bound at a path of its own, as docker's
+/// `/var/run/docker/netns/X` and CNI's are: joined by that path, it is the container's own, so
+/// `net.*` sysctls are applied in it (review fixes24 L5: were the runtime's own namespace
+/// looked up under a wrong name, every namespace joined by a path would count as the host's and
+/// these be refused). One names an interface with a dot, `br0.5`, writing the dot as `/`
+/// (`net.ipv4.conf.br0/5.forwarding`, as the kubelet and sysctl(8) write it; runc and crun
+/// swap `.` and `/`): it was refused as "not a sysctl name" (L4). Both read back from inside;
+/// the host's untouched. A bridge, not a dummy: this kernel has no dummy driver.
+#[test]
+fn net_sysctls_apply_in_a_network_namespace_joined_by_a_path_of_the_tests() {
+    let scratch = Scratch::new("sysctl-netns");
+    let runtime = Runtime::new(&scratch);
+    let host = |knob: &str| fs::read_to_string(format!("/proc/sys/{knob}")).unwrap();
+    let port_start = host("net/ipv4/ip_unprivileged_port_start");
+    // `unshare --net=FILE` binds the new namespace at FILE; the scratch's drop unmounts it,
+    // which ends the namespace and its bridge.
+    let netns = scratch.path("netns");
+    fs::write(&netns, "").unwrap();
+    let made = crate::support::run(
+        std::process::Command::new("unshare")
+            .arg(format!("--net={}", netns.display()))
+            .args([
+                "sh",
+                "-c",
+                "ip link add br0.5 type bridge && cat /proc/sys/net/ipv4/conf/br0.5/forwarding",
+            ]),
+    );
+    assert_eq!(made.code, 0, "{made:?}");
+    // The other value than the namespace starts with (new namespaces may copy the host's).
+    let forwarding = if made.stdout.trim() == "1" { "0" } else { "1" };
+    let mut config = base_config(&[
+        "cat",
+        "/proc/sys/net/ipv4/conf/br0.5/forwarding",
+        "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+    ]);
+    for namespace in config["linux"]["namespaces"].as_array_mut().unwrap() {
+        if namespace["type"] == "network" {
+            namespace["path"] = json!(netns);
+        }
+    }
+    config["linux"]["sysctl"] = json!({
+        "net.ipv4.conf.br0/5.forwarding": forwarding,
+        "net.ipv4.ip_unprivileged_port_start": "99",
+    });
+    assert_eq!(
+        run_to_end(&runtime, &scratch, "joined-netns", &config),
+        format!("{forwarding}\n99\n")
+    );
+    assert_eq!(host("net/ipv4/ip_unprivileged_port_start"), port_start);
+}
+
 #[test]
 fn hooks_run_in_order_with_the_state_on_stdin() {
     let scratch = Scratch::new("hooks");

@@ -206,12 +206,26 @@ pub fn shares_host_namespace(spec: &Spec, typ: LinuxNamespaceType) -> bool {
         return false;
     };
     let inode = |path: &std::path::Path| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
-    // The type's Display is its name under /proc/self/ns ("net", "mnt", "ipc", …).
-    let own = std::path::Path::new("/proc/self/ns").join(typ.to_string());
+    let own = std::path::Path::new("/proc/self/ns").join(proc_ns_name(typ));
     // A path that cannot be read is taken for the host's: the stricter answer is the safe guess.
     match (inode(path), inode(&own)) {
         (Ok(joined), Ok(own)) => joined == own,
         _ => true,
+    }
+}
+
+/// The type's name under `/proc/self/ns`, spelt out: a name that does not exist there would
+/// make every namespace joined by a path count as the host's.
+fn proc_ns_name(typ: LinuxNamespaceType) -> &'static str {
+    match typ {
+        LinuxNamespaceType::Mount => "mnt",
+        LinuxNamespaceType::Cgroup => "cgroup",
+        LinuxNamespaceType::Uts => "uts",
+        LinuxNamespaceType::Ipc => "ipc",
+        LinuxNamespaceType::User => "user",
+        LinuxNamespaceType::Pid => "pid",
+        LinuxNamespaceType::Network => "net",
+        LinuxNamespaceType::Time => "time",
     }
 }
 

@@ -731,6 +731,28 @@ pub fn enter_root(assembled: &Assembled, no_pivot: bool) -> Result<()> {
     Ok(())
 }
 
+/// Where a `linux.sysctl` key's knob is below `/proc/sys`. Keys are dotted, and a dot inside a
+/// component is written as `/`, as the kubelet and sysctl(8) write them
+/// (`net.ipv4.conf.eth0/100.forwarding` is `net/ipv4/conf/eth0.100/forwarding`): the two swap,
+/// as runc and crun do. A path with an empty, `.` or `..` component is refused by name.
+pub fn sysctl_path(key: &str) -> Result<PathBuf> {
+    let path: String = key
+        .chars()
+        .map(|c| match c {
+            '.' => '/',
+            '/' => '.',
+            other => other,
+        })
+        .collect();
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        bail!("linux.sysctl[{key}]: not a sysctl name (dot-separated, a dot inside a name written as /, as net.ipv4.conf.eth0/100.forwarding)");
+    }
+    Ok(PathBuf::from(path))
+}
+
 /// What is done inside the new root: sysctls (through `proc`), read-only paths, a read-only root (the masked
 /// paths were covered before: [`mask_all`]).
 pub fn finish_root(
@@ -743,11 +765,8 @@ pub fn finish_root(
         return Ok(());
     };
     for (key, value) in linux.sysctl().iter().flatten() {
-        if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
-            bail!("linux.sysctl[{key}]: not a sysctl name");
-        }
         // Through the init's private procfs, never the container's /proc (feather_sys::procfs).
-        let path = Path::new("sys").join(key.replace('.', "/"));
+        let path = Path::new("sys").join(sysctl_path(key)?);
         proc.write(&path, value.as_bytes())
             .map_err(|e| anyhow::anyhow!("linux.sysctl[{key}]: {e}"))?;
     }

@@ -130,9 +130,8 @@ pub fn check(spec: &Spec) -> Result<()> {
 /// namespace (`kernel.core_pattern`: a program run as host root at the next crash).
 fn check_sysctls(spec: &Spec, sysctls: &HashMap<String, String>) -> Result<()> {
     for key in sysctls.keys() {
-        if key.contains('/') || key.split('.').any(|p| p.is_empty() || p == "..") {
-            bail!("linux.sysctl[{key}]: not a sysctl name (dot-separated, as net.ipv4.ip_forward)");
-        }
+        crate::mounts::sysctl_path(key)?;
+        // On the dotted form: a `/` is a dot inside a component (an interface's name).
         let Some((typ, name)) = namespace_of_sysctl(key) else {
             bail!("linux.sysctl[{key}]: not a knob of a namespace the container can have of its own, so it would change the host's; feather-oci sets kernel.msg*, kernel.sem*, kernel.shm* and fs.mqueue.* (ipc namespace), net.* (network namespace), kernel.hostname and kernel.domainname (uts namespace)");
         };
@@ -217,6 +216,40 @@ mod tests {
             ("fs.mqueue", None),
         ] {
             assert_eq!(namespace_of_sysctl(key).map(|(t, _)| t), namespace, "{key}");
+        }
+    }
+
+    /// A `/` in a key is a dot inside a component (the kubelet's and sysctl(8)'s form): the two
+    /// swap, as runc and crun do; the namespace is decided on the dotted form. A key whose
+    /// path would have an empty, `.` or `..` component is refused by name.
+    #[test]
+    fn a_slash_in_a_sysctl_key_is_a_dot_inside_a_component() {
+        use std::path::Path;
+        let path = crate::mounts::sysctl_path;
+        let vlan = "net.ipv4.conf.eth0/100.forwarding";
+        assert_eq!(
+            path(vlan).unwrap(),
+            Path::new("net/ipv4/conf/eth0.100/forwarding")
+        );
+        assert_eq!(
+            namespace_of_sysctl(vlan).map(|(t, _)| t),
+            Some(LinuxNamespaceType::Network)
+        );
+        assert_eq!(path("kernel.shmmax").unwrap(), Path::new("kernel/shmmax"));
+        for bad in [
+            "net.ipv4.conf.//.forwarding",
+            "net.ipv4.conf./..forwarding",
+            "net..ipv4",
+            ".net.ipv4",
+            "net.ipv4.",
+            "net.ipv4.conf.eth0/100.forwarding.//.//",
+            "",
+        ] {
+            let error = path(bad).unwrap_err().to_string();
+            assert!(
+                error.contains(&format!("linux.sysctl[{bad}]")),
+                "{bad}: {error}"
+            );
         }
     }
 }
