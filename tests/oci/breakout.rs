@@ -738,6 +738,10 @@ impl HostBinaryBait {
 /// it runs the container's code). feather-oci closes every descriptor but stdio,
 /// `--preserve-fds` and its error socket before it searches PATH and execs; the search also
 /// passes over a folder reached through a magic link. The init (`run`) is held to the same.
+/// This test does not prove the close: the magic-link filter alone passes over every `/pN`,
+/// so it passes with the close reverted (review fixes24 L6). The `#!` case of the next test,
+/// which the kernel resolves itself at execve, is the one that fails without the close; this
+/// one guards the filter and the PATH route end to end.
 #[test]
 fn an_exec_through_proc_self_fd_never_runs_or_writes_a_host_binary() {
     let scratch = Scratch::new("execfd");
