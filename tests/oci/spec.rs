@@ -124,7 +124,7 @@ fn delete_of_a_created_container_and_force_delete_of_a_running_one() {
 /// pid namespace's init would take them all with it when killed). SIGTERM goes to the group
 /// frozen, through pidfds: listed unfrozen, a link forked between the listing and the signals
 /// would live on. SIGKILL goes through `cgroup.kill` where the kernel has it. Either way
-/// nothing of the container's is left.
+/// nothing of the container's is left. A paused container stays paused until resumed.
 #[test]
 fn kill_all_leaves_no_process_of_a_group_that_keeps_forking() {
     let scratch = Scratch::new("kill-all");
@@ -161,6 +161,20 @@ fn kill_all_leaves_no_process_of_a_group_that_keeps_forking() {
         );
         assert_eq!(runtime.run(&["delete", &id]).code, 0);
     }
+
+    // A paused container stays paused: its processes take the signal when resumed.
+    let mut config = base_config(&["sleep", "100"]);
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .retain(|ns| ns["type"] != "pid");
+    let bundle = Bundle::new(&scratch, "bundle-paused", &config);
+    runtime.run_detached("paused", &bundle);
+    assert_eq!(runtime.run(&["pause", "paused"]).code, 0);
+    assert_eq!(runtime.run(&["kill", "--all", "paused", "TERM"]).code, 0);
+    assert_eq!(runtime.status("paused"), "paused");
+    assert_eq!(runtime.run(&["resume", "paused"]).code, 0);
+    runtime.wait_stopped("paused");
 }
 
 fn is_alive(pid: i64) -> bool {

@@ -267,6 +267,10 @@ impl Groups {
     /// a paused container stays paused (its processes take the signal when resumed), except
     /// after SIGKILL, when the group is thawed so that they die.
     pub fn signal_all(&self, signal: Signal) -> Result<()> {
+        if !self.cgroup.exists() {
+            // A create killed before it made the group: no process to signal.
+            return Ok(());
+        }
         let paused = self.is_frozen();
         if signal == Signal::SIGKILL && self.cgroup.kill_at_once() {
             return self.freeze(false);
@@ -276,7 +280,9 @@ impl Groups {
         let froze = match self.freeze(true) {
             Ok(()) => true,
             Err(error) => {
-                crate::log::warn(&format!("kill --all without freezing the group: {error:#}"));
+                crate::log::warn(&format!(
+                    "signalling the container's processes without freezing their group: {error:#}"
+                ));
                 false
             }
         };
@@ -289,13 +295,15 @@ impl Groups {
         Ok(())
     }
 
-    /// Kills every process of the group (see [`Groups::signal_all`]); feather-sys's rounds of
-    /// SIGKILL if that failed, after a thaw (a frozen group's processes die only once thawed).
+    /// Kills every process of the group (see [`Groups::signal_all`]), then, thawed (a frozen
+    /// group's processes die only once thawed), feather-sys's kill until the group is empty:
+    /// what a freeze that failed let fork past the listing.
     pub fn kill_all(&self) {
-        if self.signal_all(Signal::SIGKILL).is_err() {
-            let _ = self.freeze(false);
-            self.cgroup.kill_all();
+        if let Err(error) = self.signal_all(Signal::SIGKILL) {
+            crate::log::warn(&format!("{error:#}"));
         }
+        let _ = self.freeze(false);
+        self.cgroup.kill_all();
     }
 
     pub fn remove(&self) {
@@ -340,15 +348,16 @@ impl Groups {
         };
         let dir = mount.join(&self.relative);
         write(&dir.join("cgroup.freeze"), if frozen { "1" } else { "0" })?;
+        if !frozen {
+            // Not waited for: a group whose parent is frozen stays frozen after its own thaw.
+            return Ok(());
+        }
         // Frozen once the kernel says so in `cgroup.events`: until then a process may still run.
-        let want = if frozen { "frozen 1" } else { "frozen 0" };
+        let events = dir.join("cgroup.events");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while !read(&dir.join("cgroup.events")).is_some_and(|e| e.lines().any(|l| l == want)) {
+        while !read(&events).is_some_and(|e| e.lines().any(|l| l == "frozen 1")) {
             if Instant::now() > deadline {
-                bail!(
-                    "{} did not report {want} in time",
-                    dir.join("cgroup.events").display()
-                );
+                bail!("{} did not report frozen 1 in time", events.display());
             }
             std::thread::sleep(Duration::from_millis(2));
         }
