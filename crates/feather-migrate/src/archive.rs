@@ -10,10 +10,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use feather_core::VmConfig;
 
 use crate::error::{io_at, MigrateError, Result};
+use crate::room::Room;
 
 /// What of a VM's folder an archive holds. `work/` (overlayfs's scratch space) and `rootfs/` (a
 /// mount point) are made empty on import; locks and logs stay behind.
@@ -249,16 +251,15 @@ fn tar_extract(file: &Path, staging: &Path) -> Command {
 }
 
 /// Unpacks `file` into a new folder `staging` (which must not exist) and returns the VM's
-/// config from it. The caller moves the folder into place.
+/// config from it. The caller moves the folder into place. What it may take of the state
+/// root's filesystem is bounded ([`crate::room`]).
 pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
     if !file.is_file() {
         return Err(tar_failed("import from", file, "no such file".into()));
     }
+    let room = room_for(staging, file)?;
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = tar_extract(file, staging)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| tar_error("import from", file, e));
+    let output = bounded(tar_extract(file, staging), None, &room, file);
     checked(output, file, staging)
 }
 
@@ -268,23 +269,97 @@ pub fn unpack_from(
     source: &Path,
     staging: &Path,
 ) -> Result<VmConfig> {
+    let room = room_for(staging, source)?;
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = tar_extract(Path::new("-"), staging)
-        .stdin(Stdio::piped())
+    let output = bounded(
+        tar_extract(Path::new("-"), staging),
+        Some(archive),
+        &room,
+        source,
+    );
+    checked(output, source, staging)
+}
+
+/// The room an unpacking into `staging` has: measured on the folder it is made in.
+fn room_for(staging: &Path, file: &Path) -> Result<Room> {
+    let parent = staging.parent().unwrap_or(Path::new("/"));
+    Room::of(parent).map_err(|why| tar_failed("import from", file, why))
+}
+
+/// Runs `tar` to its end, fed `archive` on its stdin if given, while a thread measures the
+/// filesystem every [`crate::room::WATCH_EVERY`] and kills tar (by pidfd: never a stranger that
+/// took its pid) once `room` is exceeded, or checks once more after tar ended. Its stderr is
+/// read as it comes, so that tar never waits on a full pipe while it is fed.
+fn bounded(
+    mut tar: Command,
+    archive: Option<&mut dyn std::io::Read>,
+    room: &Room,
+    file: &Path,
+) -> Result<std::process::Output> {
+    let stdin = if archive.is_some() {
+        Stdio::piped()
+    } else {
+        Stdio::null()
+    };
+    let mut child = tar
+        .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .and_then(|mut tar| {
-            let copied = match tar.stdin.take() {
-                Some(mut stdin) => std::io::copy(archive, &mut stdin).map(|_| ()),
-                None => Ok(()),
-            };
-            let output = tar.wait_with_output()?;
-            // A connection lost midway is the first thing to say.
-            copied.map(|()| output)
-        })
-        .map_err(|e| tar_error("import from", source, e));
-    checked(output, source, staging)
+        .map_err(|e| tar_error("import from", file, e))?;
+    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+    let pidfd = match feather_sys::process::pidfd_open(pid) {
+        Ok(pidfd) => pidfd,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(tar_error("import from", file, std::io::Error::other(e)));
+        }
+    };
+    let done = AtomicBool::new(false);
+    let (copied, status, stderr, over) = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| watch(&pidfd, room, &done));
+        let mut pipe = child.stderr.take();
+        let reader = scope.spawn(move || {
+            let mut said = Vec::new();
+            if let Some(pipe) = pipe.as_mut() {
+                let _ = std::io::Read::read_to_end(pipe, &mut said);
+            }
+            said
+        });
+        let copied = match (archive, child.stdin.take()) {
+            (Some(archive), Some(mut stdin)) => std::io::copy(archive, &mut stdin).map(|_| ()),
+            _ => Ok(()),
+        };
+        let status = child.wait();
+        done.store(true, Ordering::Relaxed);
+        let over = watcher.join().unwrap_or(None);
+        (copied, status, reader.join().unwrap_or_default(), over)
+    });
+    // The bound first: tar killed for it also broke the pipe the archive was fed through.
+    if let Some(why) = over.or_else(|| room.exceeded()) {
+        return Err(tar_failed("import from", file, why));
+    }
+    // A connection lost midway is the next thing to say.
+    copied.map_err(|e| tar_error("import from", file, e))?;
+    let status = status.map_err(|e| tar_error("import from", file, e))?;
+    Ok(std::process::Output {
+        status,
+        stdout: Vec::new(),
+        stderr,
+    })
+}
+
+/// Measures `room` until `done`; kills tar (`pidfd`) and says why once it is exceeded.
+fn watch(pidfd: &std::os::fd::OwnedFd, room: &Room, done: &AtomicBool) -> Option<String> {
+    while !done.load(Ordering::Relaxed) {
+        if let Some(why) = room.exceeded() {
+            let _ = feather_sys::process::signal(pidfd, nix::sys::signal::Signal::SIGKILL);
+            return Some(why);
+        }
+        std::thread::sleep(crate::room::WATCH_EVERY);
+    }
+    None
 }
 
 /// What tar made of an archive, checked: the VM's config from the unpacked folder; on any
@@ -894,6 +969,110 @@ mod tests {
             "{refused:?}"
         );
         assert!(!left, "the refused import left its folder");
+    }
+
+    /// An archive of `dir` as a hand-made one is: plain tar, no `--sparse`, so 64 MiB of zeros
+    /// unpack to 64 MiB written from a few KiB of zstd.
+    fn hand_made(dir: &Path, file: &Path) {
+        let status = Command::new("tar")
+            .args(["--create", "--zstd", "-f"])
+            .arg(file)
+            .arg("-C")
+            .arg(dir)
+            .args(["config.toml", "state.json", "upper", "mounts", "checkpoint"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Unpacks `file` into `staging` from the file and again from a stream, with the bound
+    /// variables `bounds` set: each outcome, and whether the staging folder was left.
+    fn unpacked_with(
+        bounds: &[(&str, &str)],
+        file: &Path,
+        staging: &Path,
+    ) -> Vec<(Result<()>, bool)> {
+        for (name, value) in bounds {
+            std::env::set_var(name, value);
+        }
+        let mut outcomes = Vec::new();
+        for streamed in [false, true] {
+            let unpacked = if streamed {
+                unpack_from(&mut fs::File::open(file).unwrap(), file, staging)
+            } else {
+                unpack(file, staging)
+            };
+            let left = staging.exists();
+            let _ = fs::remove_dir_all(staging);
+            outcomes.push((unpacked.map(|_| ()), left));
+        }
+        for (name, _) in bounds {
+            std::env::remove_var(name);
+        }
+        outcomes
+    }
+
+    /// An archive whose 64 MiB of zeros compress to a few KiB is stopped past a 16 MiB bound,
+    /// read from a file or as a migration's stream, and leaves no staging folder; under a bound
+    /// it fits, and with none, it unpacks.
+    #[test]
+    fn an_archive_that_unpacks_past_the_bound_is_refused_and_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("feather-bound-{}", std::process::id()));
+        let vm = dir.join("vm");
+        exported_shape(&vm);
+        let zeros = fs::File::create(vm.join("upper/zeros")).unwrap();
+        for at in 0..64u64 {
+            std::os::unix::fs::FileExt::write_all_at(&zeros, &[0u8; 1 << 20], at << 20).unwrap();
+        }
+        drop(zeros);
+        let file = dir.join("crafted.tar.zst");
+        hand_made(&vm, &file);
+        let small = fs::metadata(&file).unwrap().len();
+        fs::remove_dir_all(&vm).unwrap();
+        let staging = dir.join("staging");
+        let over = unpacked_with(&[(crate::room::MAX_VAR, "16M")], &file, &staging);
+        let fits = unpacked_with(&[(crate::room::MAX_VAR, "1G")], &file, &staging);
+        let unbound = unpacked_with(&[], &file, &staging);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(small < 1 << 20, "the archive takes {small} bytes");
+        for (refused, left) in over {
+            let why = refused.map_err(|e| e.to_string()).unwrap_err();
+            assert!(
+                why.contains("FEATHER_IMPORT_MAX=16M") && why.contains("nothing was imported"),
+                "{why}"
+            );
+            assert!(!left, "the refused import left its folder");
+        }
+        for (unpacked, _) in fits.into_iter().chain(unbound) {
+            unpacked.unwrap();
+        }
+    }
+
+    /// A filesystem with less free than the reserve takes no import; a mistyped bound is said.
+    #[test]
+    fn an_import_that_would_leave_less_than_the_reserve_free_is_refused() {
+        let dir = std::env::temp_dir().join(format!("feather-reserve-{}", std::process::id()));
+        let vm = dir.join("vm");
+        exported_shape(&vm);
+        let file = dir.join("vm.tar.zst");
+        hand_made(&vm, &file);
+        let staging = dir.join("staging");
+        let over = unpacked_with(&[(crate::room::RESERVE_VAR, "1000000T")], &file, &staging);
+        let mistyped = unpacked_with(&[(crate::room::MAX_VAR, "lots")], &file, &staging);
+        fs::remove_dir_all(&dir).unwrap();
+        for (refused, left) in over {
+            let why = refused.map_err(|e| e.to_string()).unwrap_err();
+            assert!(
+                why.contains("under the") && why.contains("FEATHER_IMPORT_RESERVE"),
+                "{why}"
+            );
+            assert!(!left, "the refused import left its folder");
+        }
+        for (refused, left) in mistyped {
+            let why = refused.map_err(|e| e.to_string()).unwrap_err();
+            assert!(why.contains("FEATHER_IMPORT_MAX=lots"), "{why}");
+            assert!(!left);
+        }
     }
 
     /// A POSIX ACL as the kernel stores it (`system.posix_acl_*`): the owner rw, user 1234
