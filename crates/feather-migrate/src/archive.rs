@@ -232,34 +232,50 @@ pub fn export(vm_dir: &Path, file: &Path, progress: &mut dyn FnMut(u64)) -> Resu
     fs::rename(&partial, file).map_err(io_at(file))
 }
 
-/// `tar --extract` of the archive `file` (`-`: its stdin) into `staging`, keeping what
+/// `tar --extract` of an archive, decompressed, read on its stdin, into `staging`, keeping what
 /// [`tar_create`] keeps. The archive may be two, one after the other (`--ignore-zeros`): a
 /// migration's, or a `--leave-running` export's, is the layers pre-copied while the VM ran, then
 /// the rest and what changed meanwhile (crate::precopy).
-fn tar_extract(file: &Path, staging: &Path) -> Command {
+fn tar_extract(staging: &Path) -> Command {
     let mut tar = tar();
     tar.arg("--extract")
-        .arg("--zstd")
         .args(TAR_OPTIONS)
         .arg("--same-permissions")
         .arg("--ignore-zeros")
         .arg("--file")
-        .arg(file)
+        .arg("-")
         .arg("--directory")
         .arg(staging);
     tar
 }
 
+/// `zstd` decompressing an archive to its stdout: `file`'s, or its stdin's. Feather runs it
+/// (not tar's `--zstd`) to count what the archive unpacks to ([`pass_at_most`]).
+fn zstd_decompress(file: Option<&Path>) -> Command {
+    let mut zstd = feather_sys::process::command("zstd");
+    zstd.args(["--decompress", "--stdout", "--quiet"]);
+    if let Some(file) = file {
+        zstd.arg("--").arg(file);
+    }
+    zstd
+}
+
+/// Where an archive to unpack comes from.
+enum Input<'a> {
+    File(&'a Path),
+    Stream(&'a mut dyn std::io::Read),
+}
+
 /// Unpacks `file` into a new folder `staging` (which must not exist) and returns the VM's
-/// config from it. The caller moves the folder into place. What it may take of the state
-/// root's filesystem is bounded ([`crate::room`]).
+/// config from it. The caller moves the folder into place. What it may unpack to is bounded
+/// ([`crate::room`]).
 pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
     if !file.is_file() {
         return Err(tar_failed("import from", file, "no such file".into()));
     }
     let room = room_for(staging, file)?;
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = bounded(tar_extract(file, staging), None, &room, file);
+    let output = bounded(staging, Input::File(file), &room, file);
     checked(output, file, staging)
 }
 
@@ -271,12 +287,7 @@ pub fn unpack_from(
 ) -> Result<VmConfig> {
     let room = room_for(staging, source)?;
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = bounded(
-        tar_extract(Path::new("-"), staging),
-        Some(archive),
-        &room,
-        source,
-    );
+    let output = bounded(staging, Input::Stream(archive), &room, source);
     checked(output, source, staging)
 }
 
@@ -286,74 +297,156 @@ fn room_for(staging: &Path, file: &Path) -> Result<Room> {
     Room::of(parent).map_err(|why| tar_failed("import from", file, why))
 }
 
-/// Runs `tar` to its end, fed `archive` on its stdin if given, while a thread measures the
-/// filesystem every [`crate::room::WATCH_EVERY`] and kills tar (by pidfd: never a stranger that
-/// took its pid) once `room` is exceeded, or checks once more after tar ended. Its stderr is
-/// read as it comes, so that tar never waits on a full pipe while it is fed.
-fn bounded(
-    mut tar: Command,
-    archive: Option<&mut dyn std::io::Read>,
-    room: &Room,
-    file: &Path,
-) -> Result<std::process::Output> {
-    let stdin = if archive.is_some() {
-        Stdio::piped()
-    } else {
-        Stdio::null()
+/// Unpacks `input` into `staging`: zstd decompresses it (fed from here when it is a stream),
+/// a thread passes what zstd writes on to tar, counting it, up to `room`'s most
+/// ([`pass_at_most`]), and another measures the filesystem every
+/// [`crate::room::WATCH_EVERY`] and kills tar (by pidfd: never a stranger that took its pid)
+/// once the reserve is reached; after tar ended it is measured once more. Both programs'
+/// stderr are read as they come, so that neither waits on a full pipe.
+fn bounded(staging: &Path, input: Input, room: &Room, file: &Path) -> Result<std::process::Output> {
+    let cannot_run = |e| tar_error("import from", file, e);
+    let (path, stdin) = match &input {
+        Input::File(path) => (Some(*path), Stdio::null()),
+        Input::Stream(_) => (None, Stdio::piped()),
     };
-    let mut child = tar
+    let mut zstd = zstd_decompress(path)
         .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot_run)?;
+    let spawned = tar_extract(staging)
+        .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| tar_error("import from", file, e))?;
-    let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-    let pidfd = match feather_sys::process::pidfd_open(pid) {
-        Ok(pidfd) => pidfd,
+        .and_then(|mut tar| {
+            let pid = nix::unistd::Pid::from_raw(tar.id() as i32);
+            match feather_sys::process::pidfd_open(pid) {
+                Ok(pidfd) => Ok((tar, pidfd)),
+                Err(e) => {
+                    let _ = tar.kill();
+                    let _ = tar.wait();
+                    Err(std::io::Error::other(e))
+                }
+            }
+        });
+    let (mut tar, pidfd) = match spawned {
+        Ok(spawned) => spawned,
         Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(tar_error("import from", file, std::io::Error::other(e)));
+            let _ = zstd.kill();
+            let _ = zstd.wait();
+            return Err(cannot_run(e));
         }
     };
     let done = AtomicBool::new(false);
-    let (copied, status, stderr, over) = std::thread::scope(|scope| {
+    let outcome = std::thread::scope(|scope| {
         let watcher = scope.spawn(|| watch(&pidfd, room, &done));
-        let mut pipe = child.stderr.take();
-        let reader = scope.spawn(move || {
-            let mut said = Vec::new();
-            if let Some(pipe) = pipe.as_mut() {
-                let _ = std::io::Read::read_to_end(pipe, &mut said);
+        let tar_said = scope.spawn(read_all(tar.stderr.take()));
+        let zstd_said = scope.spawn(read_all(zstd.stderr.take()));
+        let (from, into) = (zstd.stdout.take(), tar.stdin.take());
+        let passer = scope.spawn(move || pass_at_most(from, into, room.most()));
+        let copied = match (input, zstd.stdin.take()) {
+            (Input::Stream(archive), Some(mut stdin)) => {
+                std::io::copy(archive, &mut stdin).map(|_| ())
             }
-            said
-        });
-        let copied = match (archive, child.stdin.take()) {
-            (Some(archive), Some(mut stdin)) => std::io::copy(archive, &mut stdin).map(|_| ()),
             _ => Ok(()),
         };
-        let status = child.wait();
+        let zstd_status = zstd.wait();
+        let too_large = passer.join().unwrap_or(false);
+        let tar_status = tar.wait();
         done.store(true, Ordering::Relaxed);
-        let over = watcher.join().unwrap_or(None);
-        (copied, status, reader.join().unwrap_or_default(), over)
+        let short = watcher.join().unwrap_or(None);
+        let mut said = zstd_said.join().unwrap_or_default();
+        said.extend(tar_said.join().unwrap_or_default());
+        Unpacked {
+            copied,
+            zstd_status,
+            tar_status,
+            said,
+            over: too_large.then(|| room.too_large()).or(short),
+        }
     });
-    // The bound first: tar killed for it also broke the pipe the archive was fed through.
-    if let Some(why) = over.or_else(|| room.exceeded()) {
-        return Err(tar_failed("import from", file, why));
-    }
-    // A connection lost midway is the next thing to say.
-    copied.map_err(|e| tar_error("import from", file, e))?;
-    let status = status.map_err(|e| tar_error("import from", file, e))?;
-    Ok(std::process::Output {
-        status,
-        stdout: Vec::new(),
-        stderr,
-    })
+    outcome.into_output(room, file)
 }
 
-/// Measures `room` until `done`; kills tar (`pidfd`) and says why once it is exceeded.
+/// What became of an unpacking, said in order of what matters most.
+struct Unpacked {
+    copied: std::io::Result<()>,
+    zstd_status: std::io::Result<std::process::ExitStatus>,
+    tar_status: std::io::Result<std::process::ExitStatus>,
+    said: Vec<u8>,
+    over: Option<String>,
+}
+
+impl Unpacked {
+    fn into_output(self, room: &Room, file: &Path) -> Result<std::process::Output> {
+        let cannot_run = |e| tar_error("import from", file, e);
+        // The bound first: tar stopped for it also broke the pipes the archive went through.
+        if let Some(why) = self.over.or_else(|| room.short()) {
+            return Err(tar_failed("import from", file, why));
+        }
+        // A connection lost midway is the next thing to say.
+        self.copied.map_err(cannot_run)?;
+        let zstd = self.zstd_status.map_err(cannot_run)?;
+        let tar = self.tar_status.map_err(cannot_run)?;
+        // A damaged archive: zstd's word (tar may have taken the cut for the archive's end).
+        let status = if zstd.success() { tar } else { zstd };
+        Ok(std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr: self.said,
+        })
+    }
+}
+
+/// A thread's work: all of `pipe` (a child's stderr).
+fn read_all<R: std::io::Read + Send>(pipe: Option<R>) -> impl FnOnce() -> Vec<u8> + Send {
+    move || {
+        let mut said = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut said);
+        }
+        said
+    }
+}
+
+/// Passes the decompressed archive from zstd (`from`) to tar (`into`), counting it, and stops
+/// (both pipes closed: tar sees the archive end, zstd its reader go) once it passes `most`
+/// bytes: true then. The count is the archive's tar stream, which holds every byte tar writes
+/// (a sparse file's data, not its holes) and 512 bytes or more for each entry.
+fn pass_at_most(
+    from: Option<std::process::ChildStdout>,
+    into: Option<std::process::ChildStdin>,
+    most: Option<u64>,
+) -> bool {
+    use std::io::{Read, Write};
+    let (Some(mut from), Some(mut into)) = (from, into) else {
+        return false;
+    };
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut passed = 0u64;
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        };
+        passed += n as u64;
+        if most.is_some_and(|most| passed > most) {
+            return true;
+        }
+        if into.write_all(&buffer[..n]).is_err() {
+            return false;
+        }
+    }
+}
+
+/// Measures `room` until `done`; kills tar (`pidfd`) and says why once it is short.
 fn watch(pidfd: &std::os::fd::OwnedFd, room: &Room, done: &AtomicBool) -> Option<String> {
     while !done.load(Ordering::Relaxed) {
-        if let Some(why) = room.exceeded() {
+        if let Some(why) = room.short() {
             let _ = feather_sys::process::signal(pidfd, nix::sys::signal::Signal::SIGKILL);
             return Some(why);
         }

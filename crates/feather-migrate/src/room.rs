@@ -2,21 +2,21 @@
 //! gigabyte of zeros into a few kilobytes, a million empty files into little more), and its
 //! author, or a migration's sender, chooses what it holds: unbounded, one import filled the
 //! receiving state root's filesystem, which every VM of the root (and often the host) writes
-//! to, before anything of it was checked. So the filesystem is measured while tar unpacks
-//! (`statvfs`, every [`WATCH_EVERY`]) and tar is stopped, and the import refused, when
-//! - the space it has lost since the import began passes [`MAX_VAR`] (no bound unless set), or
-//! - the space left free falls under [`RESERVE_VAR`] (default 5% of the filesystem, at most
-//!   1 GiB), or the inodes left under 5% of its inodes (a million empty files).
-//!
-//! What the filesystem says is measured, not what tar was told: sparse files, hard links and
-//! folders count as the blocks and inodes they take. Other writers on the same filesystem count
-//! too (a refusal may come early, never late), and tar may pass a bound by what it writes in
-//! one [`WATCH_EVERY`] before it is stopped; the import is refused all the same.
+//! to, before anything of it was checked. So an import is stopped, and refused, when
+//! - the archive, decompressed, passes [`MAX_VAR`] bytes (no bound unless set): counted as it
+//!   goes to tar, this is every byte tar writes (a sparse file's data, not its holes) and
+//!   512 bytes or more for each entry; or
+//! - the filesystem's free space falls under [`RESERVE_VAR`] (default 5% of the filesystem,
+//!   at most 1 GiB), or its free inodes under 5% of its inodes (a million empty files, or
+//!   folders, which take a block each): measured (`statvfs`) every [`WATCH_EVERY`] while tar
+//!   unpacks, so what the filesystem says counts, other writers on it too (a refusal may come
+//!   early, never late); tar may pass the reserve by what it writes in one [`WATCH_EVERY`]
+//!   before it is stopped, and the import is refused all the same.
 
 use std::path::Path;
 use std::time::Duration;
 
-/// The most, in bytes (`64G`, `512M`), one import may take of the state root's filesystem.
+/// The most, in bytes (`64G`, `512M`), an archive may unpack to (its tar stream).
 pub const MAX_VAR: &str = "FEATHER_IMPORT_MAX";
 /// The free space, in bytes (`2G`), an import leaves on the state root's filesystem.
 pub const RESERVE_VAR: &str = "FEATHER_IMPORT_RESERVE";
@@ -31,7 +31,6 @@ const RESERVE_MOST: u64 = 1 << 30;
 #[derive(Debug)]
 pub struct Room {
     dir: std::path::PathBuf,
-    free_at_start: u64,
     most: Option<u64>,
     reserve: u64,
     reserve_inodes: u64,
@@ -82,30 +81,35 @@ impl Room {
             size_from(RESERVE_VAR)?.unwrap_or_else(|| (now.size / RESERVE_SHARE).min(RESERVE_MOST));
         Ok(Room {
             dir: dir.to_path_buf(),
-            free_at_start: now.free,
             most: size_from(MAX_VAR)?,
             reserve,
             reserve_inodes: now.inodes / RESERVE_SHARE,
         })
     }
 
-    /// Why the import must stop now, if it must.
-    pub fn exceeded(&self) -> Option<String> {
+    /// The most bytes the archive may unpack to, if bounded.
+    pub fn most(&self) -> Option<u64> {
+        self.most
+    }
+
+    /// Why an archive past [`Room::most`] is refused.
+    pub fn too_large(&self) -> String {
+        let most = self.most.unwrap_or_default();
+        format!(
+            "it unpacks to more than {} ({MAX_VAR}={}, the most an import may unpack to): if \
+             a VM that large is expected, raise it in the environment of `feather restore \
+             --import` or of `feather serve`; nothing was imported",
+            mib(most),
+            feather_core::size::format_bytes(most)
+        )
+    }
+
+    /// Why the import must stop now, if the filesystem is short of room.
+    pub fn short(&self) -> Option<String> {
         let now = match measure(&self.dir) {
             Ok(now) => now,
             Err(e) => return Some(format!("measuring {}: {e}", self.dir.display())),
         };
-        let taken = self.free_at_start.saturating_sub(now.free);
-        if let Some(most) = self.most.filter(|most| taken > *most) {
-            return Some(format!(
-                "it unpacks to more than {} ({MAX_VAR}={}, the most one import may take of \
-                 the state root's filesystem): if a VM that large is expected, raise it in the \
-                 environment of `feather restore --import` or `feather serve`; nothing was \
-                 imported",
-                mib(most),
-                feather_core::size::format_bytes(most)
-            ));
-        }
         if now.free < self.reserve {
             return Some(format!(
                 "unpacking it left {} free on the filesystem of {}, under the {} an import \
