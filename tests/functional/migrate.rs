@@ -552,6 +552,29 @@ fn a_receiver_refuses_a_vm_a_policy_rule_names_unless_serve_names_it() {
     assert_eq!(target.status("vm"), "running");
 }
 
+/// A receiver bounds what a sender's archive unpacks to (review img24 L2): past
+/// `FEATHER_IMPORT_MAX` its tar is stopped and the import refused, saying why; nothing is left
+/// in its state root, and the VM runs on at the sender (which sees the connection end).
+#[test]
+fn a_receiver_stops_an_archive_past_its_unpack_bound_and_the_vm_runs_on_at_the_sender() {
+    let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-bound");
+    let bulk = "head -c 16777216 /dev/urandom > /bulk";
+    source.ok(&["exec", "vm", "--", "sh", "-c", bulk]);
+    let bound = [("FEATHER_IMPORT_MAX", "4M")];
+    let server = Server::accepting(&hosts, &target, &bound, &["--base", base.as_str()]);
+    let refused = migrate(&hosts, &source, TOKEN);
+    assert_ne!(refused.code, 0, "{}", refused.stderr);
+    let (received, said) = server.finish();
+    assert!(!received, "the receiver refused the VM");
+    assert!(said.contains("FEATHER_IMPORT_MAX=4M"), "{said}");
+    assert_eq!(source.status("vm"), "running");
+    assert_eq!(target.ok(&["ls", "--json"]).trim(), "[]");
+    let left: Vec<_> = std::fs::read_dir(target.root.join("vms"))
+        .map(|entries| entries.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "the receiver kept {left:?}");
+}
+
 #[test]
 fn a_migration_failing_after_the_checkpoint_restores_the_vm_on_the_source() {
     let (hosts, source, target, base) = counting_vm_on_two_hosts("mig-fail");

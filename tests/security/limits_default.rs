@@ -279,6 +279,55 @@ fn disk_limit_caps_what_a_vm_writes_on_a_project_quota_filesystem() {
     feather.ok(&["rm", "--force", "vm"]);
 }
 
+/// An imported VM is held to its cap in the folders its archive brought: tar gives a file no
+/// project and a folder no inherit flag, and a VM's start marks only the layer's top folders,
+/// so `/data` (made before the export) took the VM's writes uncapped, and the usage `ls` shows
+/// left out what the archive held (review img24 M1).
+#[test]
+fn an_imported_vms_existing_folders_are_held_to_its_cap() {
+    let quota_fs = match ProjectQuotaFs::new("limit-disk-imported", 160) {
+        Ok(fs) => fs,
+        Err(why) => {
+            // Without project quotas the cap is an image, which the layers move into
+            // (a_vm_with_a_disk_image_moves_to_another_root_with_its_layer_and_cap).
+            eprintln!("{why}: nothing of project quotas to check here");
+            return;
+        }
+    };
+    let (sent, received) = (quota_fs.mount.join("sent"), quota_fs.mount.join("received"));
+    fs::create_dir(&sent).unwrap();
+    fs::create_dir(&received).unwrap();
+    let sender = Feather::at(sent);
+    sender.ok(&["create", "vm", "--disk", "8M", "--net", "none"]);
+    sender.ok(&["start", "vm"]);
+    let seed = "mkdir /data && dd if=/dev/urandom of=/data/seed bs=1M count=2";
+    sender.ok(&["exec", "vm", "--", "sh", "-c", seed]);
+    let archive = quota_fs.mount.join("vm.tar.zst");
+    let archive = archive.to_str().unwrap();
+    sender.ok(&["checkpoint", "vm", "--export", archive]);
+    sender.ok(&["rm", "--force", "vm"]);
+
+    let feather = Feather::at(received);
+    feather.ok(&["restore", "vm", "--import", archive]);
+    assert_eq!(disk_cap_mechanism(&feather, "vm"), "project-quota");
+    let rows: serde_json::Value = serde_json::from_str(&feather.ok(&["ls", "--json"])).unwrap();
+    let disk_bytes = rows[0]["disk_bytes"]
+        .as_u64()
+        .expect("ls shows the layer's use");
+    assert!(
+        disk_bytes >= 2 << 20,
+        "the archive's 2 MiB are not counted: {disk_bytes}"
+    );
+    let fill = "dd if=/dev/zero of=/data/big bs=1M count=64";
+    let out = feather.run(&["exec", "vm", "--", "sh", "-c", fill]);
+    assert_ne!(
+        out.code, 0,
+        "64 MiB fit in /data under an 8 MiB cap: {out:?}"
+    );
+    assert!(out.stderr.contains("Disk quota exceeded"), "{out:?}");
+    feather.ok(&["rm", "--force", "vm"]);
+}
+
 /// Prints what unshare(CLONE_NEWUSER), clone(CLONE_NEWUSER), setns into a user namespace and
 /// clone3 give, one `call: error` line each ("ok" when they succeed).
 const USERNS_CALLS: &str = r#"

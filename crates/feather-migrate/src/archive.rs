@@ -10,10 +10,12 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use feather_core::VmConfig;
 
 use crate::error::{io_at, MigrateError, Result};
+use crate::room::Room;
 
 /// What of a VM's folder an archive holds. `work/` (overlayfs's scratch space) and `rootfs/` (a
 /// mount point) are made empty on import; locks and logs stay behind.
@@ -230,35 +232,50 @@ pub fn export(vm_dir: &Path, file: &Path, progress: &mut dyn FnMut(u64)) -> Resu
     fs::rename(&partial, file).map_err(io_at(file))
 }
 
-/// `tar --extract` of the archive `file` (`-`: its stdin) into `staging`, keeping what
+/// `tar --extract` of an archive, decompressed, read on its stdin, into `staging`, keeping what
 /// [`tar_create`] keeps. The archive may be two, one after the other (`--ignore-zeros`): a
 /// migration's, or a `--leave-running` export's, is the layers pre-copied while the VM ran, then
 /// the rest and what changed meanwhile (crate::precopy).
-fn tar_extract(file: &Path, staging: &Path) -> Command {
+fn tar_extract(staging: &Path) -> Command {
     let mut tar = tar();
     tar.arg("--extract")
-        .arg("--zstd")
         .args(TAR_OPTIONS)
         .arg("--same-permissions")
         .arg("--ignore-zeros")
         .arg("--file")
-        .arg(file)
+        .arg("-")
         .arg("--directory")
         .arg(staging);
     tar
 }
 
+/// `zstd` decompressing an archive to its stdout: `file`'s, or its stdin's. Feather runs it
+/// (not tar's `--zstd`) to count what the archive unpacks to ([`pass_at_most`]).
+fn zstd_decompress(file: Option<&Path>) -> Command {
+    let mut zstd = feather_sys::process::command("zstd");
+    zstd.args(["--decompress", "--stdout", "--quiet"]);
+    if let Some(file) = file {
+        zstd.arg("--").arg(file);
+    }
+    zstd
+}
+
+/// Where an archive to unpack comes from.
+enum Input<'a> {
+    File(&'a Path),
+    Stream(&'a mut dyn std::io::Read),
+}
+
 /// Unpacks `file` into a new folder `staging` (which must not exist) and returns the VM's
-/// config from it. The caller moves the folder into place.
+/// config from it. The caller moves the folder into place. What it may unpack to is bounded
+/// ([`crate::room`]).
 pub fn unpack(file: &Path, staging: &Path) -> Result<VmConfig> {
     if !file.is_file() {
         return Err(tar_failed("import from", file, "no such file".into()));
     }
+    let room = room_for(staging, file)?;
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = tar_extract(file, staging)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| tar_error("import from", file, e));
+    let output = bounded(staging, Input::File(file), &room, file);
     checked(output, file, staging)
 }
 
@@ -268,23 +285,174 @@ pub fn unpack_from(
     source: &Path,
     staging: &Path,
 ) -> Result<VmConfig> {
+    let room = room_for(staging, source)?;
     fs::create_dir(staging).map_err(io_at(staging))?;
-    let output = tar_extract(Path::new("-"), staging)
+    let output = bounded(staging, Input::Stream(archive), &room, source);
+    checked(output, source, staging)
+}
+
+/// The room an unpacking into `staging` has: measured on the folder it is made in.
+fn room_for(staging: &Path, file: &Path) -> Result<Room> {
+    let parent = staging.parent().unwrap_or(Path::new("/"));
+    Room::of(parent).map_err(|why| tar_failed("import from", file, why))
+}
+
+/// Unpacks `input` into `staging`: zstd decompresses it (fed from here when it is a stream),
+/// a thread passes what zstd writes on to tar, counting it, up to `room`'s most
+/// ([`pass_at_most`]), and another measures the filesystem every
+/// [`crate::room::WATCH_EVERY`] and kills tar (by pidfd: never a stranger that took its pid)
+/// once the reserve is reached; after tar ended it is measured once more. Both programs'
+/// stderr are read as they come, so that neither waits on a full pipe.
+fn bounded(staging: &Path, input: Input, room: &Room, file: &Path) -> Result<std::process::Output> {
+    let cannot_run = |e| tar_error("import from", file, e);
+    let (path, stdin) = match &input {
+        Input::File(path) => (Some(*path), Stdio::null()),
+        Input::Stream(_) => (None, Stdio::piped()),
+    };
+    let mut zstd = zstd_decompress(path)
+        .stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(cannot_run)?;
+    let spawned = tar_extract(staging)
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .and_then(|mut tar| {
-            let copied = match tar.stdin.take() {
-                Some(mut stdin) => std::io::copy(archive, &mut stdin).map(|_| ()),
-                None => Ok(()),
-            };
-            let output = tar.wait_with_output()?;
-            // A connection lost midway is the first thing to say.
-            copied.map(|()| output)
+            let pid = nix::unistd::Pid::from_raw(tar.id() as i32);
+            match feather_sys::process::pidfd_open(pid) {
+                Ok(pidfd) => Ok((tar, pidfd)),
+                Err(e) => {
+                    let _ = tar.kill();
+                    let _ = tar.wait();
+                    Err(std::io::Error::other(e))
+                }
+            }
+        });
+    let (mut tar, pidfd) = match spawned {
+        Ok(spawned) => spawned,
+        Err(e) => {
+            let _ = zstd.kill();
+            let _ = zstd.wait();
+            return Err(cannot_run(e));
+        }
+    };
+    let done = AtomicBool::new(false);
+    let outcome = std::thread::scope(|scope| {
+        let watcher = scope.spawn(|| watch(&pidfd, room, &done));
+        let tar_said = scope.spawn(read_all(tar.stderr.take()));
+        let zstd_said = scope.spawn(read_all(zstd.stderr.take()));
+        let (from, into) = (zstd.stdout.take(), tar.stdin.take());
+        let passer = scope.spawn(move || pass_at_most(from, into, room.most()));
+        let copied = match (input, zstd.stdin.take()) {
+            (Input::Stream(archive), Some(mut stdin)) => {
+                std::io::copy(archive, &mut stdin).map(|_| ())
+            }
+            _ => Ok(()),
+        };
+        let zstd_status = zstd.wait();
+        let too_large = passer.join().unwrap_or(false);
+        let tar_status = tar.wait();
+        done.store(true, Ordering::Relaxed);
+        let short = watcher.join().unwrap_or(None);
+        let mut said = zstd_said.join().unwrap_or_default();
+        said.extend(tar_said.join().unwrap_or_default());
+        Unpacked {
+            copied,
+            zstd_status,
+            tar_status,
+            said,
+            over: too_large.then(|| room.too_large()).or(short),
+        }
+    });
+    outcome.into_output(room, file)
+}
+
+/// What became of an unpacking, said in order of what matters most.
+struct Unpacked {
+    copied: std::io::Result<()>,
+    zstd_status: std::io::Result<std::process::ExitStatus>,
+    tar_status: std::io::Result<std::process::ExitStatus>,
+    said: Vec<u8>,
+    over: Option<String>,
+}
+
+impl Unpacked {
+    fn into_output(self, room: &Room, file: &Path) -> Result<std::process::Output> {
+        let cannot_run = |e| tar_error("import from", file, e);
+        // The bound first: tar stopped for it also broke the pipes the archive went through.
+        if let Some(why) = self.over.or_else(|| room.short()) {
+            return Err(tar_failed("import from", file, why));
+        }
+        // A connection lost midway is the next thing to say.
+        self.copied.map_err(cannot_run)?;
+        let zstd = self.zstd_status.map_err(cannot_run)?;
+        let tar = self.tar_status.map_err(cannot_run)?;
+        // A damaged archive: zstd's word (tar may have taken the cut for the archive's end).
+        let status = if zstd.success() { tar } else { zstd };
+        Ok(std::process::Output {
+            status,
+            stdout: Vec::new(),
+            stderr: self.said,
         })
-        .map_err(|e| tar_error("import from", source, e));
-    checked(output, source, staging)
+    }
+}
+
+/// A thread's work: all of `pipe` (a child's stderr).
+fn read_all<R: std::io::Read + Send>(pipe: Option<R>) -> impl FnOnce() -> Vec<u8> + Send {
+    move || {
+        let mut said = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut said);
+        }
+        said
+    }
+}
+
+/// Passes the decompressed archive from zstd (`from`) to tar (`into`), counting it, and stops
+/// (both pipes closed: tar sees the archive end, zstd its reader go) once it passes `most`
+/// bytes: true then. The count is the archive's tar stream, which holds every byte tar writes
+/// (a sparse file's data, not its holes) and 512 bytes or more for each entry.
+fn pass_at_most(
+    from: Option<std::process::ChildStdout>,
+    into: Option<std::process::ChildStdin>,
+    most: Option<u64>,
+) -> bool {
+    use std::io::{Read, Write};
+    let (Some(mut from), Some(mut into)) = (from, into) else {
+        return false;
+    };
+    let mut buffer = vec![0u8; 1 << 16];
+    let mut passed = 0u64;
+    loop {
+        let n = match from.read(&mut buffer) {
+            Ok(0) => return false,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(_) => return false,
+        };
+        passed += n as u64;
+        if most.is_some_and(|most| passed > most) {
+            return true;
+        }
+        if into.write_all(&buffer[..n]).is_err() {
+            return false;
+        }
+    }
+}
+
+/// Measures `room` until `done`; kills tar (`pidfd`) and says why once it is short.
+fn watch(pidfd: &std::os::fd::OwnedFd, room: &Room, done: &AtomicBool) -> Option<String> {
+    while !done.load(Ordering::Relaxed) {
+        if let Some(why) = room.short() {
+            let _ = feather_sys::process::signal(pidfd, nix::sys::signal::Signal::SIGKILL);
+            return Some(why);
+        }
+        std::thread::sleep(crate::room::WATCH_EVERY);
+    }
+    None
 }
 
 /// What tar made of an archive, checked: the VM's config from the unpacked folder; on any
@@ -894,6 +1062,110 @@ mod tests {
             "{refused:?}"
         );
         assert!(!left, "the refused import left its folder");
+    }
+
+    /// An archive of `dir` as a hand-made one is: plain tar, no `--sparse`, so 64 MiB of zeros
+    /// unpack to 64 MiB written from a few KiB of zstd.
+    fn hand_made(dir: &Path, file: &Path) {
+        let status = Command::new("tar")
+            .args(["--create", "--zstd", "-f"])
+            .arg(file)
+            .arg("-C")
+            .arg(dir)
+            .args(["config.toml", "state.json", "upper", "mounts", "checkpoint"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+
+    /// Unpacks `file` into `staging` from the file and again from a stream, with the bound
+    /// variables `bounds` set: each outcome, and whether the staging folder was left.
+    fn unpacked_with(
+        bounds: &[(&str, &str)],
+        file: &Path,
+        staging: &Path,
+    ) -> Vec<(Result<()>, bool)> {
+        for (name, value) in bounds {
+            std::env::set_var(name, value);
+        }
+        let mut outcomes = Vec::new();
+        for streamed in [false, true] {
+            let unpacked = if streamed {
+                unpack_from(&mut fs::File::open(file).unwrap(), file, staging)
+            } else {
+                unpack(file, staging)
+            };
+            let left = staging.exists();
+            let _ = fs::remove_dir_all(staging);
+            outcomes.push((unpacked.map(|_| ()), left));
+        }
+        for (name, _) in bounds {
+            std::env::remove_var(name);
+        }
+        outcomes
+    }
+
+    /// An archive whose 64 MiB of zeros compress to a few KiB is stopped past a 16 MiB bound,
+    /// read from a file or as a migration's stream, and leaves no staging folder; under a bound
+    /// it fits, and with none, it unpacks.
+    #[test]
+    fn an_archive_that_unpacks_past_the_bound_is_refused_and_leaves_nothing() {
+        let dir = std::env::temp_dir().join(format!("feather-bound-{}", std::process::id()));
+        let vm = dir.join("vm");
+        exported_shape(&vm);
+        let zeros = fs::File::create(vm.join("upper/zeros")).unwrap();
+        for at in 0..64u64 {
+            std::os::unix::fs::FileExt::write_all_at(&zeros, &[0u8; 1 << 20], at << 20).unwrap();
+        }
+        drop(zeros);
+        let file = dir.join("crafted.tar.zst");
+        hand_made(&vm, &file);
+        let small = fs::metadata(&file).unwrap().len();
+        fs::remove_dir_all(&vm).unwrap();
+        let staging = dir.join("staging");
+        let over = unpacked_with(&[(crate::room::MAX_VAR, "16M")], &file, &staging);
+        let fits = unpacked_with(&[(crate::room::MAX_VAR, "1G")], &file, &staging);
+        let unbound = unpacked_with(&[], &file, &staging);
+        fs::remove_dir_all(&dir).unwrap();
+        assert!(small < 1 << 20, "the archive takes {small} bytes");
+        for (refused, left) in over {
+            let why = refused.map_err(|e| e.to_string()).unwrap_err();
+            assert!(
+                why.contains("FEATHER_IMPORT_MAX=16M") && why.contains("nothing was imported"),
+                "{why}"
+            );
+            assert!(!left, "the refused import left its folder");
+        }
+        for (unpacked, _) in fits.into_iter().chain(unbound) {
+            unpacked.unwrap();
+        }
+    }
+
+    /// A filesystem with less free than the reserve takes no import; a mistyped bound is said.
+    #[test]
+    fn an_import_that_would_leave_less_than_the_reserve_free_is_refused() {
+        let dir = std::env::temp_dir().join(format!("feather-reserve-{}", std::process::id()));
+        let vm = dir.join("vm");
+        exported_shape(&vm);
+        let file = dir.join("vm.tar.zst");
+        hand_made(&vm, &file);
+        let staging = dir.join("staging");
+        let over = unpacked_with(&[(crate::room::RESERVE_VAR, "1000000T")], &file, &staging);
+        let mistyped = unpacked_with(&[(crate::room::MAX_VAR, "lots")], &file, &staging);
+        fs::remove_dir_all(&dir).unwrap();
+        for (refused, left) in over {
+            let why = refused.map_err(|e| e.to_string()).unwrap_err();
+            assert!(
+                why.contains("under the") && why.contains("FEATHER_IMPORT_RESERVE"),
+                "{why}"
+            );
+            assert!(!left, "the refused import left its folder");
+        }
+        for (refused, left) in mistyped {
+            let why = refused.map_err(|e| e.to_string()).unwrap_err();
+            assert!(why.contains("FEATHER_IMPORT_MAX=lots"), "{why}");
+            assert!(!left);
+        }
     }
 
     /// A POSIX ACL as the kernel stores it (`system.posix_acl_*`): the owner rw, user 1234

@@ -5,6 +5,7 @@
 //! - [`kdat`]: CRIU's cache of its kernel probes, kept usable where CRIU would not keep it
 //! - [`rpc`]: CRIU's RPC messages and the connection to `criu swrk`
 //! - [`archive`]: a stopped or checkpointed VM as one compressed file, and back
+//! - [`room`]: how much an archive may unpack to on the state root's filesystem
 //! - [`channel`]: what every migration connection runs over: TLS 1.3, and both ends' proof of
 //!   the shared token bound to the session
 //! - [`precopy`]: a migration's layers sent while the VM runs, then only what changed
@@ -23,6 +24,7 @@ pub mod kdat;
 pub mod mount_images;
 pub mod pages;
 pub mod precopy;
+pub mod room;
 pub mod rpc;
 pub mod transfer;
 

@@ -184,6 +184,38 @@ pub fn names(dir: &File) -> io::Result<Vec<OsString>> {
     Ok(names)
 }
 
+/// Calls `visit` on every folder (`dir` itself first) and every plain file of the tree `dir`,
+/// each opened for reading; links, devices, FIFOs and sockets are passed over, never opened
+/// (opening a device can have effects, a FIFO blocks) and no link is followed. Each folder is
+/// reached again from `dir` by its path, beneath it and without links ([`open_beneath`]), so
+/// the walk holds a few descriptors whatever the depth; a path too long to open fails the walk.
+/// For a tree nobody else changes while it runs (an import's staging folder, root's only).
+pub fn each_file_and_folder(
+    dir: &File,
+    visit: &mut dyn FnMut(&File, &Metadata) -> io::Result<()>,
+) -> io::Result<()> {
+    let mut folders = vec![std::path::PathBuf::from(".")];
+    while let Some(rel) = folders.pop() {
+        let folder = File::from(open_beneath(
+            dir,
+            &rel,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY,
+        )?);
+        visit(&folder, &folder.metadata()?)?;
+        for name in names(&folder)? {
+            let Some(entry) = Entry::open(&folder, Path::new(&name))? else {
+                continue;
+            };
+            if entry.meta.is_dir() {
+                folders.push(rel.join(&name));
+            } else if entry.meta.is_file() {
+                visit(&entry.reopen()?, &entry.meta)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Removes the entry `name` of `dir` and, if it is a folder, everything in it, never following
 /// a symlink: each folder is opened with `O_NOFOLLOW` beneath its parent's descriptor, and each
 /// entry is unlinked by name from its parent's descriptor (see [`empty_dir`]).
@@ -402,6 +434,48 @@ mod tests {
         assert_eq!(error.kind(), ErrorKind::NotFound, "nothing is made");
         let outside: Vec<_> = fs::read_dir(scratch.0.join("outside")).unwrap().collect();
         assert_eq!(outside.len(), 1, "only the marker is outside");
+    }
+
+    #[test]
+    fn a_walk_opens_every_folder_and_file_and_nothing_a_link_or_fifo_names() {
+        let scratch = Scratch::new("walk");
+        fs::create_dir_all(scratch.0.join("tree/sub/deeper")).unwrap();
+        fs::write(scratch.0.join("tree/sub/deeper/file"), "x").unwrap();
+        fs::write(scratch.0.join("tree/top"), "y").unwrap();
+        symlink(scratch.0.join("outside"), scratch.0.join("tree/sub/link")).unwrap();
+        symlink(
+            scratch.0.join("outside/keep"),
+            scratch.0.join("tree/sub/file-link"),
+        )
+        .unwrap();
+        nix::unistd::mkfifo(
+            &scratch.0.join("tree/fifo"),
+            Mode::from_bits_truncate(0o600),
+        )
+        .unwrap();
+        let root = open_root(&scratch.0.join("tree")).unwrap();
+        let mut seen = Vec::new();
+        each_file_and_folder(&root, &mut |file, meta| {
+            let again = file.metadata()?;
+            assert_eq!((again.dev(), again.ino()), (meta.dev(), meta.ino()));
+            let link = format!("/proc/self/fd/{}", file.as_raw_fd());
+            let path = fs::read_link(link)?;
+            seen.push(path.strip_prefix(&scratch.0).unwrap().to_path_buf());
+            Ok(())
+        })
+        .unwrap();
+        seen.sort();
+        let expected: Vec<PathBuf> = [
+            "tree",
+            "tree/sub",
+            "tree/sub/deeper",
+            "tree/sub/deeper/file",
+            "tree/top",
+        ]
+        .iter()
+        .map(PathBuf::from)
+        .collect();
+        assert_eq!(seen, expected);
     }
 
     #[test]

@@ -87,6 +87,22 @@ pub fn assign(dir: BorrowedFd, project: u32) -> Result<(), Errno> {
     raw::fs_set_xattr(dir, &attr)
 }
 
+/// Puts the plain file `file` into `project` (the inherit flag is a folder's): its blocks are
+/// charged to the project from now on, and so are those it gains.
+pub fn assign_file(file: BorrowedFd, project: u32) -> Result<(), Errno> {
+    let mut attr = raw::fs_get_xattr(file)?;
+    if attr.projid == project {
+        return Ok(());
+    }
+    attr.projid = project;
+    raw::fs_set_xattr(file, &attr)
+}
+
+/// Whether the folder `dir` passes its project to what is made in it.
+pub fn inherits(dir: BorrowedFd) -> Result<bool, Errno> {
+    raw::fs_get_xattr(dir).map(|attr| attr.xflags & FS_XFLAG_PROJINHERIT != 0)
+}
+
 /// The project of the file `fd` is open on.
 pub fn project_of(fd: BorrowedFd) -> Result<u32, Errno> {
     raw::fs_get_xattr(fd).map(|attr| attr.projid)

@@ -666,6 +666,7 @@ pub(crate) fn import_archive(
             imported::check_received_name(root, name, accepted, &file)?;
         }
         config.limits.disk = imported::disk_here(root, &config)?;
+        crate::disk::hold_imported(name, root.dir(), &staging, config.limits.disk, &file)?;
         // Its records checked before it is placed: a restore derives host folders from them.
         images::read_layers(
             &staging.join("checkpoint"),

@@ -26,6 +26,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use feather_core::{DiskQuota, VmDir, VmName};
+use feather_sys::beneath;
 use feather_sys::mountinfo;
 use feather_sys::quota;
 use nix::errno::Errno;
@@ -201,6 +202,83 @@ pub fn apply(
     }
 }
 
+/// Holds what an imported VM's layers brought (unpacked into `staging`, root's alone until it
+/// is placed) to its cap, `disk` as made on this host. A project quota charges each file to
+/// its own project, and a new file takes its folder's project only where the folder has the
+/// inherit flag; tar gives neither, and [`apply`] marks only the layers' top folders: all the
+/// archive held stayed in project 0, and with it every file the VM made later in a folder that
+/// came in the archive, every byte it added to a file that did — uncapped, and left out of
+/// `inspect`'s usage. So every folder of the layers joins the project with the inherit flag,
+/// every plain file joins it ([`hold_layers`]), and what the archive holds must fit the cap.
+/// An image cap needs nothing here: the layers move into the image at their first use
+/// ([`attach`]), where they count.
+pub fn hold_imported(
+    name: &VmName,
+    state: &Path,
+    staging: &Path,
+    disk: Option<DiskQuota>,
+    file: &str,
+) -> Result<()> {
+    let Some(DiskQuota::ProjectQuota { bytes, project }) = disk else {
+        return Ok(());
+    };
+    hold_layers(staging, project).map_err(|e| {
+        failed(
+            name,
+            format!(
+                "{file}: putting its layers in project {project} (its disk cap): {e}; nothing \
+                 was imported"
+            ),
+        )
+    })?;
+    let dir = open_dir(state).map_err(io(name, state.display().to_string()))?;
+    let used = quota::usage(dir.as_fd(), project).map_err(|e| {
+        failed(
+            name,
+            format!(
+                "reading project quota {project} at {}: {e}",
+                state.display()
+            ),
+        )
+    })?;
+    if used > bytes {
+        return Err(failed(
+            name,
+            format!(
+                "{file}: its layers hold {:.1} MiB, more than its disk cap of {} (`--disk`): \
+                 every write would fail. Make room inside the VM where it runs (or create it \
+                 there anew with a larger --disk) and export or send it again; nothing was \
+                 imported",
+                used as f64 / (1 << 20) as f64,
+                feather_core::size::format_bytes(bytes)
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Puts every folder (with the inherit flag) and every plain file of the layers in `staging`
+/// (`upper`, `work`, and `mounts/` with each filesystem's layer in it) into `project`, never
+/// following a link. `mounts/` and its folder per layer are feather's own: a few blocks, and
+/// their layers' folders made later inherit the project.
+pub(crate) fn hold_layers(staging: &Path, project: u32) -> std::io::Result<()> {
+    let vm = beneath::open_root(staging)?;
+    for layers in ["upper", "work", "mounts"] {
+        let Some(top) = beneath::open_dir(&vm, Path::new(layers))? else {
+            continue;
+        };
+        beneath::each_file_and_folder(&top, &mut |file, meta| {
+            let assigned = if meta.is_dir() {
+                quota::assign(file.as_fd(), project)
+            } else {
+                quota::assign_file(file.as_fd(), project)
+            };
+            assigned.map_err(std::io::Error::from)
+        })?;
+    }
+    Ok(())
+}
+
 fn set_project_limit(name: &VmName, state: &Path, project: u32, bytes: u64) -> Result<()> {
     let dir = open_dir(state).map_err(io(name, state.display().to_string()))?;
     quota::set_limit(dir.as_fd(), project, bytes).map_err(|errno| {
@@ -368,5 +446,61 @@ pub fn usage(state: &Path, vm: &VmDir, disk: DiskQuota) -> Option<u64> {
             let used = stat.blocks().saturating_sub(stat.blocks_free());
             Some(used * stat.fragment_size())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::fs;
+
+    /// Project 0 and the inherit flag are taken on any filesystem with these attributes (the
+    /// host's ext4 without project quotas too): every folder an import brought, however deep,
+    /// gets the flag, and a link's target none.
+    #[test]
+    fn every_folder_an_import_brought_inherits_its_project_and_no_link_is_followed() {
+        let dir = std::env::temp_dir().join(format!("feather-hold-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        let staging = dir.join("staging");
+        for folder in [
+            "upper/etc/deep/deeper",
+            "mounts/data/upper/db",
+            "mounts/data/work",
+            "outside",
+        ] {
+            fs::create_dir_all(if folder == "outside" {
+                dir.join(folder)
+            } else {
+                staging.join(folder)
+            })
+            .unwrap();
+        }
+        fs::write(staging.join("upper/etc/deep/file"), "x").unwrap();
+        std::os::unix::fs::symlink(dir.join("outside"), staging.join("upper/etc/link")).unwrap();
+        let flag = |path: &Path| {
+            let folder = File::open(path).unwrap();
+            quota::inherits(folder.as_fd())
+        };
+        if flag(&staging).is_err() {
+            eprintln!("the temporary folder's filesystem has no project attributes: skipped");
+            fs::remove_dir_all(&dir).unwrap();
+            return;
+        }
+        let held = hold_layers(&staging, 0);
+        let inherit: Vec<(&str, bool)> = [
+            "upper",
+            "upper/etc",
+            "upper/etc/deep/deeper",
+            "mounts/data/upper/db",
+            "mounts/data/work",
+        ]
+        .into_iter()
+        .map(|folder| (folder, flag(&staging.join(folder)).unwrap()))
+        .collect();
+        let outside = flag(&dir.join("outside")).unwrap();
+        fs::remove_dir_all(&dir).unwrap();
+        held.unwrap();
+        assert!(inherit.iter().all(|(_, on)| *on), "{inherit:?}");
+        assert!(!outside, "the folder a link named took the flag");
     }
 }
