@@ -105,6 +105,8 @@ pub struct External {
     pub source: PathBuf,
     /// A cgroup folder (its mount point lies in the tmpfs CRIU restores), not a config mount.
     pub cgroup: bool,
+    /// The config binds it read-only (`ro`).
+    pub read_only: bool,
 }
 
 /// The config's bind mounts and the cgroup folders bound in under its `cgroup` mounts.
@@ -122,17 +124,14 @@ pub fn external_mounts(spec: &Spec, bundle: &Path, groups: &Groups) -> Vec<Exter
                         key: format!("cgroup-{name}"),
                         source: own,
                         cgroup: true,
+                        read_only: false,
                     });
                 }
             }
             continue;
         }
-        let bind = typ == "bind"
-            || mount
-                .options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
+        let options = mount.options().iter().flatten();
+        let bind = typ == "bind" || options.clone().any(|o| o == "bind" || o == "rbind");
         if bind {
             let source = mount.source().clone().unwrap_or_default();
             externals.push(External {
@@ -144,6 +143,7 @@ pub fn external_mounts(spec: &Spec, bundle: &Path, groups: &Groups) -> Vec<Exter
                     source
                 },
                 cgroup: false,
+                read_only: options.clone().any(|o| o == "ro"),
             });
         }
     }
