@@ -554,3 +554,50 @@ fn a_checkpoint_binding_a_host_file_is_not_restored() {
         "HOST-FILE-MARKER\n"
     );
 }
+
+/// A confined container without a pid namespace of its own keeps its root (the host's uid 0)
+/// from signalling the host's processes by its Landlock domain alone, which CRIU does not
+/// restore: its checkpoint is refused (it runs on), and so is a restore under such a config,
+/// before CRIU runs, naming the annotation and the namespace. Without the refusal the
+/// restored container's `kill -0` of a host process succeeded.
+#[test]
+fn a_confined_container_in_the_hosts_pid_namespace_is_not_checkpointed() {
+    let scratch = Scratch::new("checkpoint-hostpid");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sleep", "1000"]);
+    config["linux"]["namespaces"] = serde_json::json!([
+        {"type": "ipc"}, {"type": "uts"}, {"type": "mount"}, {"type": "network"}
+    ]);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let images = scratch.path("images");
+    let images = images.to_str().unwrap();
+    let refused = |outcome: &Outcome| {
+        outcome.code != 0
+            && outcome.stderr.contains("org.feather.confine")
+            && outcome.stderr.contains("the host's pid namespace")
+    };
+    assert_eq!(
+        runtime
+            .create("ckpt-hostpid", &bundle, &scratch.path("out"))
+            .code,
+        0
+    );
+    assert_eq!(runtime.run(&["start", "ckpt-hostpid"]).code, 0);
+    let outcome = runtime.run(&["checkpoint", "--image-path", images, "ckpt-hostpid"]);
+    assert!(refused(&outcome), "{outcome:?}");
+    assert_eq!(runtime.status("ckpt-hostpid"), "running");
+
+    // Any checkpoint: the config is refused before its images are read.
+    fs::create_dir_all(images).unwrap();
+    fs::write(Path::new(images).join("inventory.img"), "").unwrap();
+    let outcome = runtime.run(&[
+        "restore",
+        "--detach",
+        "--image-path",
+        images,
+        "--bundle",
+        bundle.dir.to_str().unwrap(),
+        "ckpt-hostpid2",
+    ]);
+    assert!(refused(&outcome), "{outcome:?}");
+}

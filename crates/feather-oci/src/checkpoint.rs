@@ -75,6 +75,12 @@ pub fn check_config(spec: &Spec, action: &str) -> Result<()> {
         // domain that scopes abstract unix sockets.
         bail!("org.feather.confine: {action} of a confined container on the host's network is not supported (its Landlock domain scopes the host's abstract unix sockets, which CRIU cannot restore); give it a network namespace of its own, or annotate org.feather.confine=none (which the node's annotation policy must allow)");
     }
+    if confinement.is_on() && shares_host_pids(spec) {
+        // CRIU restores no Landlock domain: in the host's pid namespace the scoped signals are
+        // all that keeps the container's root (the host's uid 0) from signalling the host's
+        // processes, and a restore would bring it back without them.
+        bail!("org.feather.confine: {action} of a confined container in the host's pid namespace is not supported (its Landlock domain keeps it from signalling the host's processes, and CRIU cannot restore that domain); give it a pid namespace of its own (linux.namespaces: pid), or annotate org.feather.confine=none (which the node's annotation policy must allow)");
+    }
     if feather.base_is_host() {
         bail!("annotation org.feather.base=host: {action} of a container over the host is not supported (its layer is a tmpfs that is not part of the images; feather checkpoint works on feather VMs)");
     }
@@ -95,6 +101,16 @@ pub fn check_config(spec: &Spec, action: &str) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether the config gives the container no pid namespace: it lives in the runtime's (the
+/// host's). One joined by `path` is refused by [`check_config`] on its own.
+fn shares_host_pids(spec: &Spec) -> bool {
+    !spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|all| all.iter().any(|n| n.typ() == LinuxNamespaceType::Pid))
 }
 
 /// A mount CRIU leaves out of the dump and takes from the restoring side: its mount point
