@@ -75,6 +75,12 @@ pub fn check_config(spec: &Spec, action: &str) -> Result<()> {
         // domain that scopes abstract unix sockets.
         bail!("org.feather.confine: {action} of a confined container on the host's network is not supported (its Landlock domain scopes the host's abstract unix sockets, which CRIU cannot restore); give it a network namespace of its own, or annotate org.feather.confine=none (which the node's annotation policy must allow)");
     }
+    if confinement.is_on() && shares_host_pids(spec) {
+        // CRIU restores no Landlock domain: in the host's pid namespace the scoped signals are
+        // all that keeps the container's root (the host's uid 0) from signalling the host's
+        // processes, and a restore would bring it back without them.
+        bail!("org.feather.confine: {action} of a confined container in the host's pid namespace is not supported (its Landlock domain keeps it from signalling the host's processes, and CRIU cannot restore that domain); give it a pid namespace of its own (linux.namespaces: pid), or annotate org.feather.confine=none (which the node's annotation policy must allow)");
+    }
     if feather.base_is_host() {
         bail!("annotation org.feather.base=host: {action} of a container over the host is not supported (its layer is a tmpfs that is not part of the images; feather checkpoint works on feather VMs)");
     }
@@ -97,6 +103,16 @@ pub fn check_config(spec: &Spec, action: &str) -> Result<()> {
     Ok(())
 }
 
+/// Whether the config gives the container no pid namespace: it lives in the runtime's (the
+/// host's). One joined by `path` is refused by [`check_config`] on its own.
+fn shares_host_pids(spec: &Spec) -> bool {
+    !spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|all| all.iter().any(|n| n.typ() == LinuxNamespaceType::Pid))
+}
+
 /// A mount CRIU leaves out of the dump and takes from the restoring side: its mount point
 /// inside the container, its key, and where it comes from on this side.
 pub struct External {
@@ -105,6 +121,8 @@ pub struct External {
     pub source: PathBuf,
     /// A cgroup folder (its mount point lies in the tmpfs CRIU restores), not a config mount.
     pub cgroup: bool,
+    /// The config binds it read-only (`ro`).
+    pub read_only: bool,
 }
 
 /// The config's bind mounts and the cgroup folders bound in under its `cgroup` mounts.
@@ -122,17 +140,14 @@ pub fn external_mounts(spec: &Spec, bundle: &Path, groups: &Groups) -> Vec<Exter
                         key: format!("cgroup-{name}"),
                         source: own,
                         cgroup: true,
+                        read_only: false,
                     });
                 }
             }
             continue;
         }
-        let bind = typ == "bind"
-            || mount
-                .options()
-                .iter()
-                .flatten()
-                .any(|o| o == "bind" || o == "rbind");
+        let options = mount.options().iter().flatten();
+        let bind = typ == "bind" || options.clone().any(|o| o == "bind" || o == "rbind");
         if bind {
             let source = mount.source().clone().unwrap_or_default();
             externals.push(External {
@@ -144,6 +159,7 @@ pub fn external_mounts(spec: &Spec, bundle: &Path, groups: &Groups) -> Vec<Exter
                     source
                 },
                 cgroup: false,
+                read_only: options.clone().any(|o| o == "ro"),
             });
         }
     }

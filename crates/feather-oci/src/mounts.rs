@@ -589,7 +589,7 @@ fn mount_cgroups(
 
 /// runc's default devices in a tmpfs /dev (name, major, minor): bound from the host's nodes
 /// (the devices cgroup and the engine's device list decide what may be opened).
-const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
+pub(crate) const DEFAULT_DEVICES: [(&str, u64, u64); 6] = [
     ("null", 1, 3),
     ("zero", 1, 5),
     ("full", 1, 7),

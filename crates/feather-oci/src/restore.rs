@@ -16,7 +16,9 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
+use feather_migrate::mount_images::{automatic_binds, first_unknown};
 use feather_migrate::rpc;
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
@@ -107,6 +109,7 @@ fn prepare(
     };
     let externals =
         checkpoint::external_mounts(spec, &container.record.bundle, &container.groups());
+    check_automatic_binds(spec, &images, &args.image_path, &externals)?;
     make_mount_points(&container.record.rootfs, &externals)?;
     let external: Vec<String> = externals
         .iter()
@@ -155,6 +158,57 @@ fn prepare(
     Ok((call, netns))
 }
 
+/// Refuses images that have CRIU bind a host path into the container that feather-oci does
+/// not bind there itself for this config. CRIU detects the binds of host files it was not told
+/// of at the dump (automatic external mounts) and binds each again from the host path its
+/// mount image holds, which whoever supplies a checkpoint (an imported archive, a pulled
+/// checkpoint image) can set to any host file, bound writable into the container as root.
+/// Allowed: the host nodes feather-oci binds — `/dev/null` (masks), runc's default devices,
+/// the config's `linux.devices` under `/dev` (bound in a user namespace) — and the config's
+/// bind sources, the read-only ones as read-only binds only. Read through the folder's
+/// descriptor: the folder CRIU is given.
+fn check_automatic_binds(
+    spec: &oci_spec::runtime::Spec,
+    images: &fs::File,
+    image_path: &Path,
+    externals: &[checkpoint::External],
+) -> Result<()> {
+    let folder = PathBuf::from(format!("/proc/self/fd/{}", images.as_raw_fd()));
+    let binds = automatic_binds(&folder)
+        .with_context(|| format!("--image-path {}: its mount images", image_path.display()))?;
+    let devices = crate::mounts::DEFAULT_DEVICES
+        .iter()
+        .map(|(name, _, _)| Path::new("/dev").join(name));
+    let configured = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|device| device.path().clone())
+        .filter(|path| path.starts_with("/dev"));
+    let binds_of = |read_only: bool| {
+        externals
+            .iter()
+            .filter(move |e| !e.cgroup && e.read_only == read_only)
+            .map(|e| e.source.clone())
+    };
+    let allowed: Vec<PathBuf> = devices.chain(configured).chain(binds_of(false)).collect();
+    let read_only: Vec<PathBuf> = binds_of(true).collect();
+    match first_unknown(&binds, &allowed, &read_only) {
+        None => Ok(()),
+        Some(bind) => bail!(
+            "--image-path {}: the checkpoint binds the host path {} at {} in the container, \
+             which feather-oci does not bind there for this config (a checkpoint altered to \
+             bind a host file into the container); refusing the restore: restore a checkpoint \
+             this host or a trusted one took",
+            image_path.display(),
+            bind.source.display(),
+            bind.mount_point
+        ),
+    }
+}
+
 /// The bind mounts' mount points, made in the rootfs as `create` makes them (an engine's
 /// fresh root may lack them: podman leaves them out of the root's exported changes), walked
 /// safely from the rootfs.
@@ -179,14 +233,27 @@ fn leak(fd: OwnedFd) -> i32 {
     std::os::fd::IntoRawFd::into_raw_fd(fd)
 }
 
+/// The most `descriptors.json` holds: three link targets of at most `PATH_MAX` each, quoted.
+const MAX_DESCRIPTORS: u64 = 64 << 10;
+
 /// The dumped tree's standard descriptors that were the engine's (its pipes, and files
 /// outside the container) become this process's own: what the engine gave the restore.
+/// `descriptors.json` is read as a dump writes it — a plain file, bounded — or refused: a
+/// link (to `/dev/zero`) is not followed, nor a FIFO waited on.
 fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
     let path = images.join(DESCRIPTORS);
-    let targets: Vec<String> = match fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text).with_context(|| format!("{}", path.display()))?,
-        Err(_) => return Ok(Vec::new()),
+    let text = match read_at_most(&path, MAX_DESCRIPTORS) {
+        Ok(Some(text)) => text,
+        Ok(None) => bail!(
+            "{}: larger than {} KiB, which no checkpoint writes",
+            path.display(),
+            MAX_DESCRIPTORS >> 10
+        ),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("{}", path.display())),
     };
+    let targets: Vec<String> =
+        serde_json::from_slice(&text).with_context(|| format!("{}", path.display()))?;
     Ok(targets
         .into_iter()
         .enumerate()
