@@ -828,6 +828,35 @@ impl RecordHold {
         Self::at(label, feather_vm::keeper::HOLD_BEFORE_RELEASE)
     }
 
+    /// A hold on starting keepers once they have listed the host's mounts under the VM's base,
+    /// before they clone its init (`feather_vm::keeper::HOLD_AFTER_MOUNT_LIST`).
+    pub fn after_mount_list(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_AFTER_MOUNT_LIST)
+    }
+
+    /// A hold on starting VMs' inits once they have found the filesystems under the base still
+    /// mounted in their namespace, before they mount their layers
+    /// (`feather_vm::rootfs::HOLD_AFTER_MOUNTS_FOUND`).
+    pub fn after_mounts_found(label: &str) -> Self {
+        Self::at(label, feather_vm::rootfs::HOLD_AFTER_MOUNTS_FOUND)
+    }
+
+    /// `feather start vm` of `feather`'s root under this hold, its stderr piped; returned once a
+    /// process of the start waits for the hold.
+    pub fn start(&self, feather: &Feather, vm: &str) -> Child {
+        let (variable, value) = self.env();
+        let start = feather
+            .command()
+            .env(variable, value)
+            .args(["start", vm])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        feather.eventually("the start waits for the hold", || self.awaited());
+        start
+    }
+
     fn at(label: &str, variable: &'static str) -> Self {
         let dir = ScratchDir::new(label);
         let lock = fs::File::create(dir.path.join("hold")).unwrap();

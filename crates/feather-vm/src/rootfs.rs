@@ -136,18 +136,25 @@ pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
     //    paths are the base's own files, bound read-only (3b). A mount goes after every mount
     //    it lies in. Where the VM's layer holds a link or a non-folder, the VM's own entry
     //    shadows that filesystem, and it is not layered.
-    let mut upper_mounts: Vec<(&Path, Option<&Layer>)> = others
+    //    Only the filesystems still mounted here are, each held open until its layer is
+    //    mounted: the keeper listed the host's mounts before this namespace was copied from the
+    //    host's, and the host may have unmounted one since (see [`pin_listed_filesystems`]).
+    let pinned = pin_listed_filesystems(&plan.base, others)?;
+    let mut upper_mounts: Vec<(&Path, Option<&PinnedLayer>)> = pinned
         .iter()
-        .map(|layer| (layer.mount_point.as_path(), Some(layer)))
+        .map(|pinned| (pinned.layer.mount_point.as_path(), Some(pinned)))
         .chain(plan.read_only.iter().map(|path| (path.as_path(), None)))
         .collect();
     upper_mounts.sort_by_key(|(path, _)| path.components().count());
     for (vm_path, layer) in upper_mounts {
         match layer {
-            Some(layer) => mount_submount_layer(&tree, layer, plan.sync)?,
+            Some(pinned) => mount_submount_layer(&tree, pinned, plan.sync)?,
             None => bind_read_only(&plan.base, root, vm_path)?,
         }
     }
+    //    The overlays hold the filesystems now: init lets go of them before anything of the
+    //    VM's runs.
+    drop(pinned);
     //    The overlays hold the hiding layer now: nothing of the VM's may reach it through
     //    init's descriptors.
     if let Some(fd) = plan.hiding_layer_fd {
@@ -329,16 +336,27 @@ pub(crate) fn at_vm_path(vm_path: &Path) -> impl FnOnce(SysError) -> SysError + 
 ///    the VM's tree. None there (a link or a file the VM's layer holds, or nothing): the VM's
 ///    own entry shadows that filesystem, which is not layered, as init says on its stderr (the
 ///    keeper's log, or a foreground `run`'s stderr).
-fn mount_submount_layer(tree: &fs::File, layer: &Layer, sync: LayerSync) -> Result<()> {
+fn mount_submount_layer(tree: &fs::File, pinned: &PinnedLayer, sync: LayerSync) -> Result<()> {
+    let layer = pinned.layer;
+    let lowers = pinned.lowers();
     match open_mount_point(tree, &layer.mount_point)? {
-        MountPoint::Folder(point) => mount::overlay(
-            &layer.lowers(),
+        MountPoint::Folder(point) => match mount::overlay(
+            &lowers.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
             &layer.upper,
             &layer.work,
             &by_descriptor(&point),
             sync,
-        )
-        .map_err(at_vm_path(&layer.mount_point)),
+        ) {
+            // The host removed the filesystem's folder since it was found, which detached this
+            // namespace's copy of it (the kernel then refuses it as a lower layer, EINVAL): it
+            // vanished meanwhile. A detached mount never comes back, so one still in the table
+            // now was there for the mount, and its failure is the start's.
+            Err(_) if !pinned.still_mounted()? => {
+                passed_over(layer);
+                Ok(())
+            }
+            done => done.map_err(at_vm_path(&layer.mount_point)),
+        },
         MountPoint::Not(Errno::ENOENT) => Ok(()),
         MountPoint::Not(why) => {
             eprintln!(
@@ -350,6 +368,126 @@ fn mount_submount_layer(tree: &fs::File, layer: &Layer, sync: LayerSync) -> Resu
             Ok(())
         }
     }
+}
+
+/// A layer of a filesystem under the base, with that filesystem held open: the overlay's lower
+/// layer is what was found mounted, whatever the host does with the path since.
+struct PinnedLayer<'a> {
+    layer: &'a Layer,
+    lower: OwnedFd,
+    /// Where the filesystem was found mounted, and the mount's id in this namespace.
+    host_path: PathBuf,
+    id: u64,
+}
+
+impl PinnedLayer<'_> {
+    /// Whether the filesystem held is still mounted where it was found, by this namespace's
+    /// mount table now.
+    fn still_mounted(&self) -> Result<bool> {
+        Ok(is_mounted_in(&own_mounts()?, &self.host_path, self.id))
+    }
+
+    /// The overlay's lower layers, the uppermost first: the layer's hiding part, then the
+    /// filesystem held open.
+    fn lowers(&self) -> Vec<PathBuf> {
+        self.layer
+            .hiding
+            .iter()
+            .cloned()
+            .chain([by_descriptor(&self.lower)])
+            .collect()
+    }
+}
+
+/// The layers of `others` (filesystems the keeper found mounted under `base` on the host) whose
+/// filesystem is still mounted at its place in this namespace, init's, each held open. The host
+/// may unmount one between the keeper's listing and the copy of its mount table that this
+/// namespace is (an automount expiring, another program's scratch mount), or before step 1 made
+/// every mount here private, and removing its folder on the host detaches this namespace's
+/// copy even after: such a filesystem is passed over, as if the host had unmounted it before
+/// the start, and the VM sees what is beneath (the base's folder, or nothing where the folder
+/// went too). A filesystem found here is held by its descriptor until its layer is mounted, so
+/// a failure to mount it still fails the start. Found here means: the path opened leads to a
+/// mount that this namespace's mount table (read after the opening) has at exactly that path,
+/// by its id. A filesystem mounted on the host since the listing is not layered, as before;
+/// one mounted where a listed one was is layered in its place.
+fn pin_listed_filesystems<'a>(base: &Path, others: &'a [Layer]) -> Result<Vec<PinnedLayer<'a>>> {
+    let mut opened = Vec::new();
+    for layer in others {
+        let host_path = base.join(in_base(&layer.mount_point));
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        match nix::fcntl::open(&host_path, flags, Mode::empty()) {
+            Ok(fd) => opened.push((layer, host_path, fd)),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => passed_over(layer),
+            Err(errno) => return Err(failed("open", &host_path, errno)),
+        }
+    }
+    if opened.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mounts = own_mounts()?;
+    let mut pinned = Vec::new();
+    for (layer, host_path, lower) in opened {
+        let id = mount_id_in_table(&lower)?;
+        if is_mounted_in(&mounts, &host_path, id) {
+            pinned.push(PinnedLayer {
+                layer,
+                lower,
+                host_path,
+                id,
+            });
+        } else {
+            passed_over(layer);
+        }
+    }
+    crate::test_hooks::held(HOLD_AFTER_MOUNTS_FOUND);
+    Ok(pinned)
+}
+
+/// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a starting VM's init
+/// waits for once it has found the filesystems under the base still mounted in its namespace
+/// (see [`pin_listed_filesystems`]), before it mounts their layers, so that a test can remove
+/// one on the host meanwhile. Unset, nothing waits.
+pub const HOLD_AFTER_MOUNTS_FOUND: &str = "FEATHER_TEST_HOLD_AFTER_MOUNTS_FOUND";
+
+/// This namespace's mount table.
+fn own_mounts() -> Result<Vec<feather_sys::mountinfo::MountEntry>> {
+    let table = Path::new("/proc/self/mountinfo");
+    let text = fs::read_to_string(table).map_err(io_failed("read", table))?;
+    Ok(feather_sys::mountinfo::parse(&text))
+}
+
+fn passed_over(layer: &Layer) {
+    eprintln!(
+        "feather init: the host's filesystem at {} was unmounted while the VM started: it is \
+         not layered (the VM sees what is beneath it)",
+        layer.mount_point.display()
+    );
+}
+
+/// The id the mount table gives the mount `fd` is on (its `/proc/self/fdinfo` says it).
+fn mount_id_in_table(fd: &OwnedFd) -> Result<u64> {
+    let info = PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
+    let text = fs::read_to_string(&info).map_err(io_failed("read", &info))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse().ok())
+        .ok_or_else(|| failed("read mnt_id from", &info, Errno::EINVAL))
+}
+
+/// Whether the mount `id` is, by `mounts` (a mount table), mounted at `host_path` and a
+/// filesystem the keeper layers (not a kernel interface: `layers::for_start_in` passes those
+/// over).
+fn is_mounted_in(mounts: &[feather_sys::mountinfo::MountEntry], host_path: &Path, id: u64) -> bool {
+    mounts.iter().any(|entry| {
+        entry.id == id
+            && entry.mount_point == host_path
+            && !feather_sys::mountinfo::is_api_filesystem(&entry.fs_type)
+    })
+}
+
+/// A VM path as a path relative to the base.
+fn in_base(vm_path: &Path) -> &Path {
+    vm_path.strip_prefix("/").unwrap_or(vm_path)
 }
 
 /// The folder `/name` of the VM's tree, where the VM's own instance of a kernel or memory
@@ -699,12 +837,52 @@ mod tests {
 
     fn mounted_at(point: &str) -> feather_sys::mountinfo::MountEntry {
         feather_sys::mountinfo::MountEntry {
+            id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(point),
             fs_type: "tmpfs".into(),
             source: "tmpfs".into(),
             super_options: "ro,size=0k,mode=555".into(),
         }
+    }
+
+    /// What init's own mount table says of a filesystem the keeper listed, by the id of the
+    /// mount its path led to: mounted at its place, or gone.
+    #[test]
+    fn a_listed_filesystem_is_found_by_the_id_of_the_mount_its_path_led_to() {
+        let table = feather_sys::mountinfo::parse(
+            "1 0 8:1 / / rw - ext4 /dev/vda rw\n\
+             2 1 0:40 / /base/srv rw - tmpfs t rw\n\
+             3 1 0:41 / /base/with\\040space rw - tmpfs t rw\n\
+             4 1 0:42 / /base/sys rw - sysfs sysfs rw\n\
+             5 1 0:43 / /base/stacked rw - proc proc rw\n\
+             6 5 0:44 / /base/stacked rw - tmpfs t rw\n",
+        );
+        for (id, mounted) in [
+            (2, "/base/srv"),
+            (3, "/base/with space"),
+            (6, "/base/stacked"),
+        ] {
+            assert!(is_mounted_in(&table, Path::new(mounted), id), "{mounted}");
+        }
+        // Nothing at the path; the mount found elsewhere (the folder beneath, a link to another
+        // mount); a kernel interface.
+        for (id, gone) in [
+            (2, "/base/opt"),
+            (1, "/base/opt"),
+            (2, "/base/stacked"),
+            (4, "/base/sys"),
+        ] {
+            assert!(!is_mounted_in(&table, Path::new(gone), id), "{gone}");
+        }
+        assert_eq!(
+            Path::new("/base").join(in_base(Path::new("/srv"))),
+            Path::new("/base/srv")
+        );
+        assert_eq!(
+            Path::new("/").join(in_base(Path::new("/srv"))),
+            Path::new("/srv")
+        );
     }
 
     #[test]

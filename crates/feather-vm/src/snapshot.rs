@@ -1044,6 +1044,7 @@ mod tests {
     fn overlay(at: &str, upper: &Path) -> MountEntry {
         let given = upper.display().to_string().replace('\\', "\\\\");
         MountEntry {
+            id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             fs_type: "overlay".into(),
@@ -1057,6 +1058,7 @@ mod tests {
 
     fn mount(at: &str, fs_type: &str) -> MountEntry {
         MountEntry {
+            id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             fs_type: fs_type.into(),
