@@ -351,6 +351,7 @@ impl Keeper {
                 memory_layer_fd: memory_layer.as_ref().map(|layer| layer.recorded.fd),
                 hiding_layer_fd: hiding_layer.as_ref().map(|layer| layer.fd.as_raw_fd()),
                 read_only: tree.read_only,
+                read_only_mounts: tree.read_only_mounts,
                 hidden: hidden.clone(),
                 network: inside,
                 service_cgroups: cgroup

@@ -26,6 +26,9 @@ pub struct RootfsPlan {
     /// VM paths bound read-only from the base instead of layered (`create --ro`), each after
     /// what it lies in.
     pub read_only: Vec<PathBuf>,
+    /// The filesystems the keeper found mounted under those paths, bound read-only with them;
+    /// each passed over if the host unmounted it meanwhile (see [`pin_listed_filesystems`]).
+    pub read_only_mounts: Vec<PathBuf>,
     /// The descriptor of a throw-away VM's layer in memory, which init (a clone of the keeper)
     /// has a copy of: the layers' folders and the generated /etc files are `/proc/self/fd/<it>/…`
     /// until they are mounted, then init closes it (the overlays and binds hold the tmpfs),
@@ -140,16 +143,32 @@ pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
     //    mounted: the keeper listed the host's mounts before this namespace was copied from the
     //    host's, and the host may have unmounted one since (see [`pin_listed_filesystems`]).
     let pinned = pin_listed_filesystems(&plan.base, others)?;
-    let mut upper_mounts: Vec<(&Path, Option<&PinnedLayer>)> = pinned
+    crate::test_hooks::held(HOLD_AFTER_MOUNTS_FOUND);
+    let mut upper_mounts: Vec<(&Path, UpperMount)> = pinned
         .iter()
-        .map(|pinned| (pinned.layer.mount_point.as_path(), Some(pinned)))
-        .chain(plan.read_only.iter().map(|path| (path.as_path(), None)))
+        .map(|pinned| {
+            (
+                pinned.layer.mount_point.as_path(),
+                UpperMount::Layer(pinned),
+            )
+        })
+        .chain(
+            plan.read_only
+                .iter()
+                .map(|path| (path.as_path(), UpperMount::ReadOnly)),
+        )
+        .chain(
+            plan.read_only_mounts
+                .iter()
+                .map(|path| (path.as_path(), UpperMount::ReadOnlyFilesystem)),
+        )
         .collect();
     upper_mounts.sort_by_key(|(path, _)| path.components().count());
-    for (vm_path, layer) in upper_mounts {
-        match layer {
-            Some(pinned) => mount_submount_layer(&tree, pinned, plan.sync)?,
-            None => bind_read_only(&plan.base, root, vm_path)?,
+    for (vm_path, mount) in upper_mounts {
+        match mount {
+            UpperMount::Layer(pinned) => mount_submount_layer(&tree, pinned, plan.sync)?,
+            UpperMount::ReadOnly => bind_read_only(&plan.base, root, vm_path)?,
+            UpperMount::ReadOnlyFilesystem => bind_read_only_filesystem(&plan.base, root, vm_path)?,
         }
     }
     //    The overlays hold the filesystems now: init lets go of them before anything of the
@@ -352,7 +371,7 @@ fn mount_submount_layer(tree: &fs::File, pinned: &PinnedLayer, sync: LayerSync) 
             // vanished meanwhile. A detached mount never comes back, so one still in the table
             // now was there for the mount, and its failure is the start's.
             Err(_) if !pinned.still_mounted()? => {
-                passed_over(layer);
+                passed_over(&layer.mount_point);
                 Ok(())
             }
             done => done.map_err(at_vm_path(&layer.mount_point)),
@@ -368,6 +387,16 @@ fn mount_submount_layer(tree: &fs::File, pinned: &PinnedLayer, sync: LayerSync) 
             Ok(())
         }
     }
+}
+
+/// What step 3 mounts at a VM path.
+enum UpperMount<'a> {
+    /// The layer of a filesystem under the base.
+    Layer(&'a PinnedLayer<'a>),
+    /// A read-only path (`create --ro`).
+    ReadOnly,
+    /// A filesystem under a read-only path, if it is still there.
+    ReadOnlyFilesystem,
 }
 
 /// A layer of a filesystem under the base, with that filesystem held open: the overlay's lower
@@ -418,7 +447,7 @@ fn pin_listed_filesystems<'a>(base: &Path, others: &'a [Layer]) -> Result<Vec<Pi
         let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
         match nix::fcntl::open(&host_path, flags, Mode::empty()) {
             Ok(fd) => opened.push((layer, host_path, fd)),
-            Err(Errno::ENOENT | Errno::ENOTDIR) => passed_over(layer),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => passed_over(&layer.mount_point),
             Err(errno) => return Err(failed("open", &host_path, errno)),
         }
     }
@@ -437,17 +466,17 @@ fn pin_listed_filesystems<'a>(base: &Path, others: &'a [Layer]) -> Result<Vec<Pi
                 id,
             });
         } else {
-            passed_over(layer);
+            passed_over(&layer.mount_point);
         }
     }
-    crate::test_hooks::held(HOLD_AFTER_MOUNTS_FOUND);
     Ok(pinned)
 }
 
 /// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a starting VM's init
 /// waits for once it has found the filesystems under the base still mounted in its namespace
-/// (see [`pin_listed_filesystems`]), before it mounts their layers, so that a test can remove
-/// one on the host meanwhile. Unset, nothing waits.
+/// (see [`pin_listed_filesystems`]), before it mounts their layers and binds the read-only
+/// paths and the filesystems under them, so that a test can remove one on the host meanwhile.
+/// Unset, nothing waits.
 pub const HOLD_AFTER_MOUNTS_FOUND: &str = "FEATHER_TEST_HOLD_AFTER_MOUNTS_FOUND";
 
 /// This namespace's mount table.
@@ -457,11 +486,13 @@ fn own_mounts() -> Result<Vec<feather_sys::mountinfo::MountEntry>> {
     Ok(feather_sys::mountinfo::parse(&text))
 }
 
-fn passed_over(layer: &Layer) {
+/// Says on init's stderr (the keeper's log) that the host's filesystem at `vm_path` went while
+/// the VM started.
+fn passed_over(vm_path: &Path) {
     eprintln!(
         "feather init: the host's filesystem at {} was unmounted while the VM started: it is \
-         not layered (the VM sees what is beneath it)",
-        layer.mount_point.display()
+         not in the VM (the VM sees what is beneath it)",
+        vm_path.display()
     );
 }
 
@@ -515,10 +546,44 @@ fn own_mount_point(tree: &fs::File, name: &str) -> Result<OwnedFd> {
 ///     opened. Only the one filesystem at `vm_path` is bound: what is mounted under it is
 ///     bound by an entry of its own, or hidden.
 fn bind_read_only(base: &Path, root: &Path, vm_path: &Path) -> Result<()> {
-    let rel = vm_path.strip_prefix("/").unwrap_or(vm_path);
+    let rel = in_base(vm_path);
     let source = crate::read_only::open_in_base(base, rel)
         .map_err(io_failed("open read-only path in base", &base.join(rel)))?;
-    let tree = mount::clone_tree(&source)?;
+    bind_opened_read_only(&source, root, rel)
+}
+
+/// 3b, for a filesystem the keeper found mounted under a read-only path: bound as
+/// [`bind_read_only`] binds, if it is still mounted at its place in init's namespace when it is
+/// opened, else passed over, as the layers of [`pin_listed_filesystems`] are (and so if the
+/// bind fails once it is no longer there: the host removed its folder, which detached it).
+fn bind_read_only_filesystem(base: &Path, root: &Path, vm_path: &Path) -> Result<()> {
+    let rel = in_base(vm_path);
+    let host_path = base.join(rel);
+    let source = match crate::read_only::open_in_base(base, rel) {
+        Ok(source) => source,
+        Err(e) if feather_sys::beneath::absent(&e) => {
+            passed_over(vm_path);
+            return Ok(());
+        }
+        Err(e) => return Err(io_failed("open read-only path in base", &host_path)(e)),
+    };
+    let id = mount_id_in_table(&source)?;
+    if !is_mounted_in(&own_mounts()?, &host_path, id) {
+        passed_over(vm_path);
+        return Ok(());
+    }
+    match bind_opened_read_only(&source, root, rel) {
+        Err(_) if !is_mounted_in(&own_mounts()?, &host_path, id) => {
+            passed_over(vm_path);
+            Ok(())
+        }
+        bound => bound,
+    }
+}
+
+/// Binds `source`, opened in the base at `rel`, read-only at `rel` in the VM's tree at `root`.
+fn bind_opened_read_only(source: &OwnedFd, root: &Path, rel: &Path) -> Result<()> {
+    let tree = mount::clone_tree(source)?;
     mount::set_tree_flags(
         &tree,
         mount::TreeFlags {
