@@ -905,6 +905,13 @@ impl RecordHold {
         Self::at(label, feather_vm::rootfs::HOLD_AFTER_MOUNTS_FOUND)
     }
 
+    /// A hold on restoring keepers' children once they have mounted the VM's root overlay,
+    /// before they mount the layers of the host's filesystems
+    /// (`feather_vm::snapshot::HOLD_BEFORE_RESTORED_LAYERS`).
+    pub fn before_restored_layers(label: &str) -> Self {
+        Self::at(label, feather_vm::snapshot::HOLD_BEFORE_RESTORED_LAYERS)
+    }
+
     /// `feather start vm` of `feather`'s root under this hold, its stderr piped; returned once a
     /// process of the start waits for the hold.
     pub fn start(&self, feather: &Feather, vm: &str) -> Child {
