@@ -1375,6 +1375,42 @@ fn layers_over_other_filesystems_come_back_even_if_the_host_removed_them() {
     );
 }
 
+/// The same, when the host removes the filesystem while the restore mounts the VM's layers:
+/// once the keeper found it there, and its child has its own copy of the host's mounts (which
+/// the removal of the folder detaches). Before, the restore failed (the lower folder gone); now
+/// the layer lies over nothing, as when the filesystem went before the restore.
+#[test]
+fn a_filesystem_the_host_removes_while_the_restore_mounts_its_layer_is_restored_over_nothing() {
+    let feather = Feather::new("ckpt-vanishing");
+    feather.require_criu();
+    let mut base = ScratchBase::new("ckpt-vanishing");
+    let data = base.mount_tmpfs("data");
+    fs::write(data.join("host.txt"), "from the host\n").unwrap();
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.sh("vm", "echo mine > /data/vm.txt");
+    feather.ok(&["checkpoint", "vm"]);
+    let mut hold = crate::support::RecordHold::before_restored_layers("ckpt-vanishing");
+    let restoring = hold.restore(&feather, "vm");
+    assert!(Command::new("umount")
+        .arg(&data)
+        .status()
+        .unwrap()
+        .success());
+    fs::remove_dir(&data).unwrap();
+    hold.release();
+    let restored = restoring.wait_with_output().unwrap();
+    assert!(
+        restored.status.success(),
+        "the restore fails over a filesystem removed meanwhile: {}",
+        String::from_utf8_lossy(&restored.stderr)
+    );
+    assert_eq!(
+        feather.sh("vm", "ls /data"),
+        "vm.txt\n",
+        "the VM keeps its own changes there, over nothing"
+    );
+}
+
 #[test]
 fn redis_with_hundreds_of_megabytes_keeps_every_key() {
     // Over the host's own root: the VM runs the host's redis-server, on a unix socket.

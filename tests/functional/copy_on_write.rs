@@ -1,7 +1,9 @@
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
 
-use crate::support::{Feather, ScratchBase};
+use std::process::Command;
+
+use crate::support::{Feather, RecordHold, ScratchBase};
 
 #[test]
 fn writes_deletes_renames_and_chmods_stay_in_the_vm() {
@@ -90,6 +92,93 @@ fn two_vms_do_not_see_each_others_changes() {
         "has-passwd\n"
     );
     assert_eq!(feather.sh("left", "cat /data/mine"), "left\n");
+}
+
+/// The host may unmount a filesystem under the base between the start's listing of its mounts
+/// and the VM's own copy of them (an automount expiring, another program's scratch mount):
+/// the VM starts without that filesystem's layer (it sees the base's folder there, or nothing
+/// where the folder went too), and every other filesystem is layered as ever. The start held
+/// just after the listing, the test unmounts `srv` (its folder stays) and `opt` (its folder
+/// removed too); `data` stays mounted.
+#[test]
+fn a_filesystem_unmounted_while_the_vm_starts_is_passed_over() {
+    let feather = Feather::new("cow-vanished");
+    let mut base = ScratchBase::new("cow-vanished");
+    base.write("srv/under-the-mount", "base\n");
+    let [srv, opt, _data] = mount_tmpfs_with_a_file(&mut base, ["srv", "opt", "data"]);
+    feather.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let mut hold = RecordHold::after_mount_list("cow-vanished");
+    let start = hold.start(&feather, "vm");
+    unmount(&srv);
+    unmount(&opt);
+    fs::remove_dir(&opt).unwrap();
+    hold.release();
+    assert_started(start);
+    assert_eq!(
+        feather.sh(
+            "vm",
+            "ls /srv; ls -d /opt 2>&1 | sed 's/.*: //'; cat /data/on-tmpfs; \
+             grep -c ' /srv \\| /opt ' /proc/self/mountinfo || true"
+        ),
+        "under-the-mount\nNo such file or directory\ndata tmpfs\n0\n"
+    );
+    feather.ok(&["stop", "vm"]);
+}
+
+/// Later, once the VM's init has its own copy of the host's mounts: unmounting a filesystem on
+/// the host does not reach that copy (`srv`: layered as found), but removing its folder there
+/// detaches it (`opt`: unmounted, its folder removed and made again, as an automount's is),
+/// and the kernel then refused it as the layer's lower layer (EINVAL) and the start failed.
+/// It is passed over instead: the VM sees the folder made again, empty.
+#[test]
+fn a_filesystem_whose_folder_the_host_removes_while_init_layers_it_is_passed_over() {
+    let feather = Feather::new("cow-detached");
+    let mut base = ScratchBase::new("cow-detached");
+    let [srv, opt, _data] = mount_tmpfs_with_a_file(&mut base, ["srv", "opt", "data"]);
+    feather.ok(&["create", "vm", "--base", base.as_str(), "--net", "none"]);
+    let mut hold = RecordHold::after_mounts_found("cow-detached");
+    let start = hold.start(&feather, "vm");
+    unmount(&srv);
+    unmount(&opt);
+    fs::remove_dir(&opt).unwrap();
+    fs::create_dir(&opt).unwrap();
+    hold.release();
+    assert_started(start);
+    assert_eq!(
+        feather.sh(
+            "vm",
+            "cat /srv/on-tmpfs /data/on-tmpfs; ls -A /opt; grep -c ' /opt ' /proc/self/mountinfo \
+             || true"
+        ),
+        "srv tmpfs\ndata tmpfs\n0\n"
+    );
+    feather.ok(&["stop", "vm"]);
+}
+
+/// Mounts a tmpfs at each of `rels` under `base`, holding a file `on-tmpfs` that names it.
+fn mount_tmpfs_with_a_file<const N: usize>(
+    base: &mut ScratchBase,
+    rels: [&str; N],
+) -> [std::path::PathBuf; N] {
+    rels.map(|rel| {
+        let at = base.mount_tmpfs(rel);
+        fs::write(at.join("on-tmpfs"), format!("{rel} tmpfs\n")).unwrap();
+        at
+    })
+}
+
+fn unmount(at: &std::path::Path) {
+    let status = Command::new("umount").arg(at).status().unwrap();
+    assert!(status.success(), "umount {}", at.display());
+}
+
+fn assert_started(start: std::process::Child) {
+    let started = start.wait_with_output().unwrap();
+    assert!(
+        started.status.success(),
+        "the start fails over a filesystem unmounted meanwhile: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
 }
 
 #[test]

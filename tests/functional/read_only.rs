@@ -6,7 +6,58 @@
 use std::fs;
 use std::os::unix::fs::symlink;
 
-use crate::support::{diff_paths, Feather, ScratchBase};
+use crate::support::{diff_paths, Feather, RecordHold, ScratchBase};
+
+/// A filesystem under a read-only path that the host unmounts while the VM starts is passed
+/// over as a layer's is (`copy_on_write::a_filesystem_…_is_passed_over`): `data/gone` is
+/// unmounted and its folder removed once init has its own copy of the host's mounts (which the
+/// removal detaches there; before, the start failed: ENOENT opening it in the base), `data/kept`
+/// only unmounted on the host (init's copy stays, and is bound read-only as found).
+#[test]
+fn a_filesystem_under_a_read_only_path_unmounted_while_the_vm_starts_is_passed_over() {
+    let feather = Feather::new("ro-vanished");
+    let mut base = ScratchBase::new("ro-vanished");
+    base.write("data/tool", "v1\n");
+    let gone = base.mount_tmpfs("data/gone");
+    let kept = base.mount_tmpfs("data/kept");
+    fs::write(kept.join("file"), "on tmpfs\n").unwrap();
+    let options = [
+        "create",
+        "vm",
+        "--base",
+        base.as_str(),
+        "--net",
+        "none",
+        "--ro",
+        "/data",
+    ];
+    feather.ok(&options);
+    let mut hold = RecordHold::after_mounts_found("ro-vanished");
+    let start = hold.start(&feather, "vm");
+    for at in [&gone, &kept] {
+        let status = std::process::Command::new("umount")
+            .arg(at)
+            .status()
+            .unwrap();
+        assert!(status.success(), "umount {}", at.display());
+    }
+    fs::remove_dir(&gone).unwrap();
+    hold.release();
+    let started = start.wait_with_output().unwrap();
+    assert!(
+        started.status.success(),
+        "the start fails over a filesystem unmounted meanwhile: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    assert_eq!(
+        feather.sh(
+            "vm",
+            "ls /data; cat /data/kept/file; (echo vm > /data/kept/file) 2>&1 | sed 's/.*: //'"
+        ),
+        "kept\ntool\non tmpfs\nRead-only file system\n"
+    );
+    feather.ok(&["stop", "vm"]);
+}
 
 #[test]
 fn a_read_only_path_refuses_writes_and_diff_shows_nothing_under_it() {

@@ -1,9 +1,11 @@
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
-use crate::support::{running_vm, Feather};
+use crate::support::{running_vm, Feather, ScratchBase};
 
 fn pid_of(feather: &Feather, vm: &str, key: &str) -> Pid {
     Pid::from_raw(feather.inspect(vm)["state"][key].as_i64().unwrap() as i32)
@@ -1431,4 +1433,109 @@ fn a_vm_starts_from_a_cgroup_that_was_once_killed() {
             .any(|pid| pid == pid_of(&feather, "vm", "init_pid").to_string()),
         "init is in the VM's v2 group: {members}"
     );
+}
+
+/// A test nextest kills at its timeout (SIGKILL) never drops its roots: their VMs keep running,
+/// with their keepers, cgroups and registry entries. The next root the test support makes
+/// sweeps the roots of test processes that are gone, as a drop would have removed them, and
+/// leaves those of live ones alone: here one of a process that ended (a running VM in it,
+/// as the killed test left it), and one of a live process, swept once that process ended too.
+#[test]
+fn the_roots_of_a_killed_test_are_swept_when_the_next_root_is_made() {
+    let base = ScratchBase::new("swept");
+    let ended = ended_process();
+    let dead = Leftover::root(&format!("swept-{ended}"));
+    let killed = Feather::at(dead.0.clone());
+    killed.start_over("vm", &base, &["--net", "none"]);
+    let keeper = pid_of(&killed, "vm", "keeper_pid");
+    let groups = killed.vm_groups();
+    assert!(!groups.is_empty(), "the VM has cgroups");
+    assert!(registered(&dead.0), "the root is registered");
+    std::mem::forget(killed);
+    let mut owner = Owner(Command::new("sleep").arg("60").spawn().unwrap());
+    let live = Leftover::root(&format!("kept-{}", owner.0.id()));
+
+    let next = Feather::new("sweeper");
+    next.eventually_within(
+        "the ended test's root is swept",
+        Duration::from_secs(60),
+        || !dead.0.exists(),
+    );
+    assert!(!registered(&dead.0), "its registry entry is removed");
+    next.eventually("its VM's keeper ends", || !is_running(keeper));
+    assert!(
+        groups.iter().all(|group| !group.exists()),
+        "its VM's cgroups are removed: {groups:?}"
+    );
+    assert!(live.0.is_dir(), "the root of a live process stays");
+    owner.end();
+    let _again = Feather::new("sweeper-again");
+    next.eventually_within(
+        "the root of the ended owner is swept",
+        Duration::from_secs(60),
+        || !live.0.exists(),
+    );
+    assert!(next.root.is_dir(), "the sweeping test's own root stays");
+}
+
+/// Whether process `pid` runs (not ended, nor a zombie waiting for its parent).
+fn is_running(pid: Pid) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+/// The pid of a process that has ended (and been reaped).
+fn ended_process() -> u32 {
+    let mut child = Command::new("true").spawn().unwrap();
+    child.wait().unwrap();
+    child.id()
+}
+
+/// Whether the host's registry of state roots has an entry for `root`.
+fn registered(root: &Path) -> bool {
+    let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.to_path_buf());
+    feather_core::roots::Registry::host()
+        .roots_strict()
+        .unwrap()
+        .iter()
+        .any(|known| known.dir() == root)
+}
+
+/// A root folder named as the test support names a test's (`root-<label>-<pid>-0`), for a
+/// test that plays the test process `<pid>`; torn down on drop if still there, also when the
+/// test fails.
+struct Leftover(PathBuf);
+
+impl Leftover {
+    fn root(label_and_pid: &str) -> Leftover {
+        let dir = Path::new("/tmp/feather-tests").join(format!("root-{label_and_pid}-0"));
+        std::fs::create_dir_all(&dir).unwrap();
+        Leftover(dir)
+    }
+}
+
+impl Drop for Leftover {
+    fn drop(&mut self) {
+        if self.0.exists() {
+            drop(Feather::at(self.0.clone()));
+        }
+    }
+}
+
+/// A process standing for a live test; ended (by its pid) on drop, also when the test fails.
+struct Owner(std::process::Child);
+
+impl Owner {
+    fn end(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Owner {
+    fn drop(&mut self) {
+        self.end();
+    }
 }

@@ -18,8 +18,7 @@ static COUNTER: AtomicUsize = AtomicUsize::new(0);
 /// A folder of its own under /tmp/feather-tests (the caller removes it).
 pub fn unique_dir(kind: &str, label: &str) -> PathBuf {
     let n = COUNTER.fetch_add(1, Ordering::SeqCst);
-    let dir = PathBuf::from("/tmp/feather-tests")
-        .join(format!("{kind}-{label}-{}-{n}", std::process::id()));
+    let dir = PathBuf::from(TESTS_DIR).join(format!("{kind}-{label}-{}-{n}", std::process::id()));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(&dir).unwrap();
     dir
@@ -49,8 +48,13 @@ pub struct Feather {
     pub root: PathBuf,
 }
 
+/// The folder every root [`Feather::new`] makes lies in, named `root-<label>-<pid>-<n>` by
+/// [`unique_dir`] after the test process that made it.
+const TESTS_DIR: &str = "/tmp/feather-tests";
+
 impl Feather {
     pub fn new(label: &str) -> Self {
+        sweep_roots_of_ended_tests(Path::new(TESTS_DIR));
         Feather {
             root: unique_dir("root", label),
         }
@@ -248,6 +252,70 @@ pub fn names_in(dir: &Path) -> Vec<String> {
 
 impl Drop for Feather {
     fn drop(&mut self) {
+        let left = self.tear_down();
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!(
+                "cgroups of this root's VMs were left after the VMs were removed (now removed): {left:?}"
+            );
+        }
+    }
+}
+
+/// Tears down the roots in `dir` that [`Feather::new`] made for test processes that are gone
+/// (`root-<label>-<pid>-<n>`, no process `<pid>`): a test killed (nextest's timeout sends
+/// SIGKILL) never ran its roots' drop, and left their VMs, keepers, cgroups and registry
+/// entries. Each is removed as a drop removes a root ([`Feather::tear_down`]), once: a root
+/// whose teardown left something is marked (`.swept`) and left to the hand. A root of a live
+/// process, or of a pid reused meanwhile, is left alone; so is every other folder. One test
+/// sweeps at a time (the lock of `dir/sweep.lock`); another that finds it taken goes on, as the
+/// sweep under way removes what it would.
+pub fn sweep_roots_of_ended_tests(dir: &Path) {
+    let ended: Vec<PathBuf> = names_in(dir)
+        .iter()
+        .filter(|name| owner_of_root(name).is_some_and(|pid| !process_exists(pid)))
+        .map(|name| dir.join(name))
+        .collect();
+    if ended.is_empty() {
+        return;
+    }
+    let Ok(lock) = fs::File::create(dir.join("sweep.lock")) else {
+        return;
+    };
+    if lock.try_lock().is_err() {
+        return;
+    }
+    for root in ended {
+        // Swept by another test since the listing: gone. Tried once only: what a teardown
+        // leaves (a mount it cannot remove) is not tried again by every later test.
+        let tried = root.join(".swept");
+        if !root.is_dir() || tried.exists() || fs::write(&tried, "").is_err() {
+            continue;
+        }
+        // Torn down here, not by a drop, which would fail the sweeping test for the cgroups
+        // an ended test left.
+        let _ = std::mem::ManuallyDrop::new(Feather::at(root)).tear_down();
+    }
+}
+
+/// The pid of the test process that made the root folder `name` ([`unique_dir`]'s
+/// `root-<label>-<pid>-<n>`); None for any other name.
+fn owner_of_root(name: &str) -> Option<u32> {
+    let rest = name.strip_prefix("root-")?;
+    let mut parts = rest.rsplitn(3, '-');
+    let (_n, pid, label) = (parts.next()?, parts.next()?, parts.next()?);
+    (!label.is_empty()).then_some(())?;
+    pid.parse().ok()
+}
+
+fn process_exists(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+impl Feather {
+    /// Removes every VM of this root (stopping the running ones), its network, its VMs' cgroups
+    /// and its registry entry, then the root itself: what a drop does. Returns the cgroups of
+    /// its VMs that were left after the VMs were removed (removed now, their processes killed).
+    fn tear_down(&self) -> Vec<PathBuf> {
         // Any feather command but `run --rm` waits for throw-away VMs' teardowns under way
         // (and finishes one a crash cut short) before the root goes.
         if self.root.join("vms").exists() {
@@ -291,11 +359,7 @@ impl Drop for Feather {
         }
         feather_core::roots::Registry::host().forget_below(&self.root);
         let _ = fs::remove_dir_all(&self.root);
-        if !left.is_empty() && !std::thread::panicking() {
-            panic!(
-                "cgroups of this root's VMs were left after the VMs were removed (now removed): {left:?}"
-            );
-        }
+        left
     }
 }
 
@@ -826,6 +890,42 @@ impl RecordHold {
     /// given to the migrate).
     pub fn before_release(label: &str) -> Self {
         Self::at(label, feather_vm::keeper::HOLD_BEFORE_RELEASE)
+    }
+
+    /// A hold on starting keepers once they have listed the host's mounts under the VM's base,
+    /// before they clone its init (`feather_vm::keeper::HOLD_AFTER_MOUNT_LIST`).
+    pub fn after_mount_list(label: &str) -> Self {
+        Self::at(label, feather_vm::keeper::HOLD_AFTER_MOUNT_LIST)
+    }
+
+    /// A hold on starting VMs' inits once they have found the filesystems under the base still
+    /// mounted in their namespace, before they mount their layers
+    /// (`feather_vm::rootfs::HOLD_AFTER_MOUNTS_FOUND`).
+    pub fn after_mounts_found(label: &str) -> Self {
+        Self::at(label, feather_vm::rootfs::HOLD_AFTER_MOUNTS_FOUND)
+    }
+
+    /// A hold on restoring keepers' children once they have mounted the VM's root overlay,
+    /// before they mount the layers of the host's filesystems
+    /// (`feather_vm::snapshot::HOLD_BEFORE_RESTORED_LAYERS`).
+    pub fn before_restored_layers(label: &str) -> Self {
+        Self::at(label, feather_vm::snapshot::HOLD_BEFORE_RESTORED_LAYERS)
+    }
+
+    /// `feather start vm` of `feather`'s root under this hold, its stderr piped; returned once a
+    /// process of the start waits for the hold.
+    pub fn start(&self, feather: &Feather, vm: &str) -> Child {
+        let (variable, value) = self.env();
+        let start = feather
+            .command()
+            .env(variable, value)
+            .args(["start", vm])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        feather.eventually("the start waits for the hold", || self.awaited());
+        start
     }
 
     fn at(label: &str, variable: &'static str) -> Self {

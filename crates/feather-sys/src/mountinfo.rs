@@ -5,6 +5,9 @@ use std::path::PathBuf;
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct MountEntry {
+    /// The mount's id in its namespace (what `/proc/<pid>/fdinfo/<fd>` says as `mnt_id` of a
+    /// descriptor on it).
+    pub id: u64,
     /// What of its filesystem the mount shows (`/` for a whole filesystem, a folder of it for
     /// a bind).
     pub root: PathBuf,
@@ -25,11 +28,14 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
     text.lines()
         .filter_map(|line| {
             let (before, after) = line.split_once(" - ")?;
-            let mut fields = before.split(' ').skip(3);
+            let mut fields = before.split(' ');
+            let id = fields.next()?.parse().ok()?;
+            let mut fields = fields.skip(2);
             let root = fields.next()?;
             let mount_point = fields.next()?;
             let mut after = after.split(' ');
             Some(MountEntry {
+                id,
                 root: PathBuf::from(unescape(root)),
                 mount_point: PathBuf::from(unescape(mount_point)),
                 fs_type: after.next()?.to_owned(),
@@ -106,6 +112,7 @@ mod tests {
         assert_eq!(mounts.len(), 2);
         assert_eq!(mounts[0].mount_point, PathBuf::from("/"));
         assert_eq!(mounts[1].mount_point, PathBuf::from("/mnt/with space"));
+        assert_eq!((mounts[0].id, mounts[1].id), (27, 28));
         assert_eq!(mounts[1].fs_type, "tmpfs");
     }
 }

@@ -205,6 +205,12 @@ pub const HOLD_AFTER_RESUME: &str = "FEATHER_TEST_HOLD_AFTER_RESUME";
 /// the dump fail then. Unset, nothing waits.
 pub const HOLD_BEFORE_RELEASE: &str = "FEATHER_TEST_HOLD_BEFORE_RELEASE";
 
+/// For tests only, as [`HOLD_RUNNING_RECORD`]: the file whose lock a starting keeper waits for
+/// once it has listed the host's mounts under the VM's base (a layer for each), before it
+/// builds the hiding layer and clones init, so that a test can unmount one of them meanwhile,
+/// as the host may. Unset, nothing waits.
+pub const HOLD_AFTER_MOUNT_LIST: &str = "FEATHER_TEST_HOLD_AFTER_MOUNT_LIST";
+
 /// For tests only: set (to anything) in a keeper's environment, its status answer leaves out
 /// [`Response::Running`]'s `ends_released_copy`, as a keeper of a build before it answers, so
 /// that a test sees `migrate` refuse post-copy with such a keeper. Unset, the answer has it.
@@ -212,7 +218,7 @@ pub const AS_AN_OLDER_KEEPER: &str = "FEATHER_TEST_AS_AN_OLDER_KEEPER";
 
 /// Waits for the lock of the file the test-only `variable` names ([`HOLD_RUNNING_RECORD`],
 /// [`HOLD_BEFORE_CRIU`], [`HOLD_BEFORE_BEGIN`], [`HOLD_AFTER_STOP_ANSWER`],
-/// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`]), if it is set: in a debug build only (see
+/// [`HOLD_AFTER_RESUME`], [`HOLD_BEFORE_RELEASE`], [`HOLD_AFTER_MOUNT_LIST`]), if it is set: in a debug build only (see
 /// [`crate::test_hooks`]).
 pub(crate) fn held_by_test(variable: &str) {
     crate::test_hooks::held(variable);
@@ -324,6 +330,7 @@ impl Keeper {
         trace::phase("prepare the network (/etc files, ports)");
         let hidden = hiding::state_folders(root);
         let mut tree = layers::for_start_in(root, vm, &config, memory_layer, &hidden)?;
+        held_by_test(HOLD_AFTER_MOUNT_LIST);
         let memory_layer = tree.memory_layer.take();
         // Held until init, a fork of this process, has its copy (see `layers::hiding_layer`).
         let hiding_layer =
@@ -344,6 +351,7 @@ impl Keeper {
                 memory_layer_fd: memory_layer.as_ref().map(|layer| layer.recorded.fd),
                 hiding_layer_fd: hiding_layer.as_ref().map(|layer| layer.fd.as_raw_fd()),
                 read_only: tree.read_only,
+                read_only_mounts: tree.read_only_mounts,
                 hidden: hidden.clone(),
                 network: inside,
                 service_cgroups: cgroup

@@ -246,9 +246,11 @@ pub fn hiding_layer(
 pub struct ForStart {
     /// The root layer first, then one per filesystem mounted under the base.
     pub layers: Vec<Layer>,
-    /// The VM paths bound read-only from the base (`create --ro`): the configured paths and
-    /// the filesystems mounted under them, each after what it lies in.
+    /// The VM paths bound read-only from the base (`create --ro`): the configured paths.
     pub read_only: Vec<PathBuf>,
+    /// The filesystems mounted under those paths, bound read-only with them (if still there
+    /// when init binds them: `rootfs::RootfsPlan::read_only_mounts`).
+    pub read_only_mounts: Vec<PathBuf>,
     /// A throw-away VM's layer in memory, which the keeper holds for the VM's life.
     pub memory_layer: Option<MemoryLayer>,
 }
@@ -323,15 +325,10 @@ pub fn for_start_in(
             .collect();
         crate::disk::apply(&config.name, root.dir(), vm, disk, &folders)?;
     }
-    let read_only = config
-        .read_only
-        .iter()
-        .cloned()
-        .chain(under_read_only)
-        .collect();
     Ok(ForStart {
         layers,
-        read_only,
+        read_only: config.read_only.clone(),
+        read_only_mounts: under_read_only,
         memory_layer,
     })
 }

@@ -26,6 +26,9 @@ pub struct RootfsPlan {
     /// VM paths bound read-only from the base instead of layered (`create --ro`), each after
     /// what it lies in.
     pub read_only: Vec<PathBuf>,
+    /// The filesystems the keeper found mounted under those paths, bound read-only with them;
+    /// each passed over if the host unmounted it meanwhile (see [`pin_listed_filesystems`]).
+    pub read_only_mounts: Vec<PathBuf>,
     /// The descriptor of a throw-away VM's layer in memory, which init (a clone of the keeper)
     /// has a copy of: the layers' folders and the generated /etc files are `/proc/self/fd/<it>/…`
     /// until they are mounted, then init closes it (the overlays and binds hold the tmpfs),
@@ -136,18 +139,41 @@ pub fn assemble(plan: &RootfsPlan) -> Result<mount::OldRoot> {
     //    paths are the base's own files, bound read-only (3b). A mount goes after every mount
     //    it lies in. Where the VM's layer holds a link or a non-folder, the VM's own entry
     //    shadows that filesystem, and it is not layered.
-    let mut upper_mounts: Vec<(&Path, Option<&Layer>)> = others
+    //    Only the filesystems still mounted here are, each held open until its layer is
+    //    mounted: the keeper listed the host's mounts before this namespace was copied from the
+    //    host's, and the host may have unmounted one since (see [`pin_listed_filesystems`]).
+    let pinned = pin_listed_filesystems(&plan.base, others)?;
+    crate::test_hooks::held(HOLD_AFTER_MOUNTS_FOUND);
+    let mut upper_mounts: Vec<(&Path, UpperMount)> = pinned
         .iter()
-        .map(|layer| (layer.mount_point.as_path(), Some(layer)))
-        .chain(plan.read_only.iter().map(|path| (path.as_path(), None)))
+        .map(|pinned| {
+            (
+                pinned.layer.mount_point.as_path(),
+                UpperMount::Layer(pinned),
+            )
+        })
+        .chain(
+            plan.read_only
+                .iter()
+                .map(|path| (path.as_path(), UpperMount::ReadOnly)),
+        )
+        .chain(
+            plan.read_only_mounts
+                .iter()
+                .map(|path| (path.as_path(), UpperMount::ReadOnlyFilesystem)),
+        )
         .collect();
     upper_mounts.sort_by_key(|(path, _)| path.components().count());
-    for (vm_path, layer) in upper_mounts {
-        match layer {
-            Some(layer) => mount_submount_layer(&tree, layer, plan.sync)?,
-            None => bind_read_only(&plan.base, root, vm_path)?,
+    for (vm_path, mount) in upper_mounts {
+        match mount {
+            UpperMount::Layer(pinned) => mount_submount_layer(&tree, pinned, plan.sync)?,
+            UpperMount::ReadOnly => bind_read_only(&plan.base, root, vm_path)?,
+            UpperMount::ReadOnlyFilesystem => bind_read_only_filesystem(&plan.base, root, vm_path)?,
         }
     }
+    //    The overlays hold the filesystems now: init lets go of them before anything of the
+    //    VM's runs.
+    drop(pinned);
     //    The overlays hold the hiding layer now: nothing of the VM's may reach it through
     //    init's descriptors.
     if let Some(fd) = plan.hiding_layer_fd {
@@ -329,16 +355,27 @@ pub(crate) fn at_vm_path(vm_path: &Path) -> impl FnOnce(SysError) -> SysError + 
 ///    the VM's tree. None there (a link or a file the VM's layer holds, or nothing): the VM's
 ///    own entry shadows that filesystem, which is not layered, as init says on its stderr (the
 ///    keeper's log, or a foreground `run`'s stderr).
-fn mount_submount_layer(tree: &fs::File, layer: &Layer, sync: LayerSync) -> Result<()> {
+fn mount_submount_layer(tree: &fs::File, pinned: &PinnedLayer, sync: LayerSync) -> Result<()> {
+    let layer = pinned.layer;
+    let lowers = pinned.lowers();
     match open_mount_point(tree, &layer.mount_point)? {
-        MountPoint::Folder(point) => mount::overlay(
-            &layer.lowers(),
+        MountPoint::Folder(point) => match mount::overlay(
+            &lowers.iter().map(PathBuf::as_path).collect::<Vec<_>>(),
             &layer.upper,
             &layer.work,
             &by_descriptor(&point),
             sync,
-        )
-        .map_err(at_vm_path(&layer.mount_point)),
+        ) {
+            // The host removed the filesystem's folder since it was found, which detached this
+            // namespace's copy of it (the kernel then refuses it as a lower layer, EINVAL): it
+            // vanished meanwhile. A detached mount never comes back, so one still in the table
+            // now was there for the mount, and its failure is the start's.
+            Err(_) if !pinned.still_mounted()? => {
+                passed_over(&layer.mount_point);
+                Ok(())
+            }
+            done => done.map_err(at_vm_path(&layer.mount_point)),
+        },
         MountPoint::Not(Errno::ENOENT) => Ok(()),
         MountPoint::Not(why) => {
             eprintln!(
@@ -350,6 +387,138 @@ fn mount_submount_layer(tree: &fs::File, layer: &Layer, sync: LayerSync) -> Resu
             Ok(())
         }
     }
+}
+
+/// What step 3 mounts at a VM path.
+enum UpperMount<'a> {
+    /// The layer of a filesystem under the base.
+    Layer(&'a PinnedLayer<'a>),
+    /// A read-only path (`create --ro`).
+    ReadOnly,
+    /// A filesystem under a read-only path, if it is still there.
+    ReadOnlyFilesystem,
+}
+
+/// A layer of a filesystem under the base, with that filesystem held open: the overlay's lower
+/// layer is what was found mounted, whatever the host does with the path since.
+struct PinnedLayer<'a> {
+    layer: &'a Layer,
+    lower: OwnedFd,
+    /// Where the filesystem was found mounted, and the mount's id in this namespace.
+    host_path: PathBuf,
+    id: u64,
+}
+
+impl PinnedLayer<'_> {
+    /// Whether the filesystem held is still mounted where it was found, by this namespace's
+    /// mount table now.
+    fn still_mounted(&self) -> Result<bool> {
+        Ok(is_mounted_in(&own_mounts()?, &self.host_path, self.id))
+    }
+
+    /// The overlay's lower layers, the uppermost first: the layer's hiding part, then the
+    /// filesystem held open.
+    fn lowers(&self) -> Vec<PathBuf> {
+        self.layer
+            .hiding
+            .iter()
+            .cloned()
+            .chain([by_descriptor(&self.lower)])
+            .collect()
+    }
+}
+
+/// The layers of `others` (filesystems the keeper found mounted under `base` on the host) whose
+/// filesystem is still mounted at its place in this namespace, init's, each held open. The host
+/// may unmount one between the keeper's listing and the copy of its mount table that this
+/// namespace is (an automount expiring, another program's scratch mount), or before step 1 made
+/// every mount here private, and removing its folder on the host detaches this namespace's
+/// copy even after: such a filesystem is passed over, as if the host had unmounted it before
+/// the start, and the VM sees what is beneath (the base's folder, or nothing where the folder
+/// went too). A filesystem found here is held by its descriptor until its layer is mounted, so
+/// a failure to mount it still fails the start. Found here means: the path opened leads to a
+/// mount that this namespace's mount table (read after the opening) has at exactly that path,
+/// by its id. A filesystem mounted on the host since the listing is not layered, as before;
+/// one mounted where a listed one was is layered in its place.
+fn pin_listed_filesystems<'a>(base: &Path, others: &'a [Layer]) -> Result<Vec<PinnedLayer<'a>>> {
+    let mut opened = Vec::new();
+    for layer in others {
+        let host_path = base.join(in_base(&layer.mount_point));
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        match nix::fcntl::open(&host_path, flags, Mode::empty()) {
+            Ok(fd) => opened.push((layer, host_path, fd)),
+            Err(Errno::ENOENT | Errno::ENOTDIR) => passed_over(&layer.mount_point),
+            Err(errno) => return Err(failed("open", &host_path, errno)),
+        }
+    }
+    if opened.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mounts = own_mounts()?;
+    let mut pinned = Vec::new();
+    for (layer, host_path, lower) in opened {
+        let id = mount_id_in_table(&lower)?;
+        if is_mounted_in(&mounts, &host_path, id) {
+            pinned.push(PinnedLayer {
+                layer,
+                lower,
+                host_path,
+                id,
+            });
+        } else {
+            passed_over(&layer.mount_point);
+        }
+    }
+    Ok(pinned)
+}
+
+/// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a starting VM's init
+/// waits for once it has found the filesystems under the base still mounted in its namespace
+/// (see [`pin_listed_filesystems`]), before it mounts their layers and binds the read-only
+/// paths and the filesystems under them, so that a test can remove one on the host meanwhile.
+/// Unset, nothing waits.
+pub const HOLD_AFTER_MOUNTS_FOUND: &str = "FEATHER_TEST_HOLD_AFTER_MOUNTS_FOUND";
+
+/// This namespace's mount table.
+fn own_mounts() -> Result<Vec<feather_sys::mountinfo::MountEntry>> {
+    let table = Path::new("/proc/self/mountinfo");
+    let text = fs::read_to_string(table).map_err(io_failed("read", table))?;
+    Ok(feather_sys::mountinfo::parse(&text))
+}
+
+/// Says on init's stderr (the keeper's log) that the host's filesystem at `vm_path` went while
+/// the VM started.
+fn passed_over(vm_path: &Path) {
+    eprintln!(
+        "feather init: the host's filesystem at {} was unmounted while the VM started: it is \
+         not in the VM (the VM sees what is beneath it)",
+        vm_path.display()
+    );
+}
+
+/// The id the mount table gives the mount `fd` is on (its `/proc/self/fdinfo` says it).
+fn mount_id_in_table(fd: &OwnedFd) -> Result<u64> {
+    let info = PathBuf::from(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()));
+    let text = fs::read_to_string(&info).map_err(io_failed("read", &info))?;
+    text.lines()
+        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse().ok())
+        .ok_or_else(|| failed("read mnt_id from", &info, Errno::EINVAL))
+}
+
+/// Whether the mount `id` is, by `mounts` (a mount table), mounted at `host_path` and a
+/// filesystem the keeper layers (not a kernel interface: `layers::for_start_in` passes those
+/// over).
+fn is_mounted_in(mounts: &[feather_sys::mountinfo::MountEntry], host_path: &Path, id: u64) -> bool {
+    mounts.iter().any(|entry| {
+        entry.id == id
+            && entry.mount_point == host_path
+            && !feather_sys::mountinfo::is_api_filesystem(&entry.fs_type)
+    })
+}
+
+/// A VM path as a path relative to the base.
+fn in_base(vm_path: &Path) -> &Path {
+    vm_path.strip_prefix("/").unwrap_or(vm_path)
 }
 
 /// The folder `/name` of the VM's tree, where the VM's own instance of a kernel or memory
@@ -377,10 +546,44 @@ fn own_mount_point(tree: &fs::File, name: &str) -> Result<OwnedFd> {
 ///     opened. Only the one filesystem at `vm_path` is bound: what is mounted under it is
 ///     bound by an entry of its own, or hidden.
 fn bind_read_only(base: &Path, root: &Path, vm_path: &Path) -> Result<()> {
-    let rel = vm_path.strip_prefix("/").unwrap_or(vm_path);
+    let rel = in_base(vm_path);
     let source = crate::read_only::open_in_base(base, rel)
         .map_err(io_failed("open read-only path in base", &base.join(rel)))?;
-    let tree = mount::clone_tree(&source)?;
+    bind_opened_read_only(&source, root, rel)
+}
+
+/// 3b, for a filesystem the keeper found mounted under a read-only path: bound as
+/// [`bind_read_only`] binds, if it is still mounted at its place in init's namespace when it is
+/// opened, else passed over, as the layers of [`pin_listed_filesystems`] are (and so if the
+/// bind fails once it is no longer there: the host removed its folder, which detached it).
+fn bind_read_only_filesystem(base: &Path, root: &Path, vm_path: &Path) -> Result<()> {
+    let rel = in_base(vm_path);
+    let host_path = base.join(rel);
+    let source = match crate::read_only::open_in_base(base, rel) {
+        Ok(source) => source,
+        Err(e) if feather_sys::beneath::absent(&e) => {
+            passed_over(vm_path);
+            return Ok(());
+        }
+        Err(e) => return Err(io_failed("open read-only path in base", &host_path)(e)),
+    };
+    let id = mount_id_in_table(&source)?;
+    if !is_mounted_in(&own_mounts()?, &host_path, id) {
+        passed_over(vm_path);
+        return Ok(());
+    }
+    match bind_opened_read_only(&source, root, rel) {
+        Err(_) if !is_mounted_in(&own_mounts()?, &host_path, id) => {
+            passed_over(vm_path);
+            Ok(())
+        }
+        bound => bound,
+    }
+}
+
+/// Binds `source`, opened in the base at `rel`, read-only at `rel` in the VM's tree at `root`.
+fn bind_opened_read_only(source: &OwnedFd, root: &Path, rel: &Path) -> Result<()> {
+    let tree = mount::clone_tree(source)?;
     mount::set_tree_flags(
         &tree,
         mount::TreeFlags {
@@ -699,12 +902,52 @@ mod tests {
 
     fn mounted_at(point: &str) -> feather_sys::mountinfo::MountEntry {
         feather_sys::mountinfo::MountEntry {
+            id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(point),
             fs_type: "tmpfs".into(),
             source: "tmpfs".into(),
             super_options: "ro,size=0k,mode=555".into(),
         }
+    }
+
+    /// What init's own mount table says of a filesystem the keeper listed, by the id of the
+    /// mount its path led to: mounted at its place, or gone.
+    #[test]
+    fn a_listed_filesystem_is_found_by_the_id_of_the_mount_its_path_led_to() {
+        let table = feather_sys::mountinfo::parse(
+            "1 0 8:1 / / rw - ext4 /dev/vda rw\n\
+             2 1 0:40 / /base/srv rw - tmpfs t rw\n\
+             3 1 0:41 / /base/with\\040space rw - tmpfs t rw\n\
+             4 1 0:42 / /base/sys rw - sysfs sysfs rw\n\
+             5 1 0:43 / /base/stacked rw - proc proc rw\n\
+             6 5 0:44 / /base/stacked rw - tmpfs t rw\n",
+        );
+        for (id, mounted) in [
+            (2, "/base/srv"),
+            (3, "/base/with space"),
+            (6, "/base/stacked"),
+        ] {
+            assert!(is_mounted_in(&table, Path::new(mounted), id), "{mounted}");
+        }
+        // Nothing at the path; the mount found elsewhere (the folder beneath, a link to another
+        // mount); a kernel interface.
+        for (id, gone) in [
+            (2, "/base/opt"),
+            (1, "/base/opt"),
+            (2, "/base/stacked"),
+            (4, "/base/sys"),
+        ] {
+            assert!(!is_mounted_in(&table, Path::new(gone), id), "{gone}");
+        }
+        assert_eq!(
+            Path::new("/base").join(in_base(Path::new("/srv"))),
+            Path::new("/base/srv")
+        );
+        assert_eq!(
+            Path::new("/").join(in_base(Path::new("/srv"))),
+            Path::new("/srv")
+        );
     }
 
     #[test]

@@ -559,7 +559,7 @@ pub(crate) fn restore_tree(
             // The host may have unmounted and removed what the layer lay over since the
             // checkpoint; the VM then keeps its own changes there, over nothing.
             if !layer.lower.is_dir() {
-                layer.lower = images.join("vanished-lower");
+                layer.lower = images.join(VANISHED_LOWER);
             }
             let at = rootfs.join(l.mount_point.strip_prefix("/").unwrap_or(&l.mount_point));
             (layer, at)
@@ -665,8 +665,13 @@ pub(crate) fn restore_tree(
                 mount::make_all_private().in_vm(name)?;
                 mount::overlay(&top.lowers(), &top.upper, &top.work, &rootfs, sync).in_vm(name)?;
                 let tree = rootfs::open_tree(&rootfs).in_vm(name)?;
+                crate::test_hooks::held(HOLD_BEFORE_RESTORED_LAYERS);
+                let vanished = images.join(VANISHED_LOWER);
                 for (layer, _) in &others {
-                    mount_restored_layer(&tree, layer, &top.upper, sync).in_vm(name)?;
+                    mount_restored_layer_over_what_is_left(
+                        &tree, layer, &top.upper, sync, &vanished,
+                    )
+                    .in_vm(name)?;
                 }
                 drop(tree);
                 if !masks.is_empty() {
@@ -840,6 +845,45 @@ fn unprepared(
 /// namespace as dumped has a mount there. (CRIU is handed the point's path: once each name
 /// on it was found a folder here, nothing changes them before CRIU reads it, since nothing of
 /// the VM runs.)
+/// The empty folder in a VM's checkpoint folder that a restored layer lies over when the host
+/// removed the filesystem it lay over since the checkpoint.
+const VANISHED_LOWER: &str = "vanished-lower";
+
+/// For tests only, as `keeper::HOLD_RUNNING_RECORD`: the file whose lock a restoring keeper's
+/// child waits for once it has mounted the VM's root overlay in its mount namespace, before it
+/// mounts the layers of the host's filesystems, so that a test can remove one on the host
+/// meanwhile. Unset, nothing waits.
+pub const HOLD_BEFORE_RESTORED_LAYERS: &str = "FEATHER_TEST_HOLD_BEFORE_RESTORED_LAYERS";
+
+/// [`mount_restored_layer`], and once more if that fails and the layer's lower folder is no
+/// longer there: the host removed it since the keeper looked, which also detaches the restoring
+/// child's copy of a filesystem mounted there (the kernel then refuses it, EINVAL, or finds no
+/// folder, ENOENT). The layer then lies over `vanished`, an empty folder, as a layer whose
+/// filesystem went before the restore does. A lower still there fails the restore as before.
+fn mount_restored_layer_over_what_is_left(
+    tree: &fs::File,
+    layer: &layers::Layer,
+    vm_layer: &Path,
+    sync: LayerSync,
+    vanished: &Path,
+) -> feather_sys::Result<()> {
+    match mount_restored_layer(tree, layer, vm_layer, sync) {
+        Err(_) if !layer.lower.is_dir() => {
+            fs::create_dir_all(vanished).map_err(|e| feather_sys::SysError {
+                op: "create",
+                target: vanished.display().to_string(),
+                errno: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
+            })?;
+            let over_nothing = layers::Layer {
+                lower: vanished.to_path_buf(),
+                ..layer.clone()
+            };
+            mount_restored_layer(tree, &over_nothing, vm_layer, sync)
+        }
+        done => done,
+    }
+}
+
 fn mount_restored_layer(
     tree: &fs::File,
     layer: &layers::Layer,
@@ -1044,6 +1088,7 @@ mod tests {
     fn overlay(at: &str, upper: &Path) -> MountEntry {
         let given = upper.display().to_string().replace('\\', "\\\\");
         MountEntry {
+            id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             fs_type: "overlay".into(),
@@ -1057,6 +1102,7 @@ mod tests {
 
     fn mount(at: &str, fs_type: &str) -> MountEntry {
         MountEntry {
+            id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             fs_type: fs_type.into(),

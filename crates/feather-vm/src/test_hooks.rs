@@ -1,6 +1,7 @@
 //! The test-only hooks: `FEATHER_TEST_*` variables a test sets in the environment of a keeper (or
 //! of `feather serve`, `migrate`) to hold it at one step ([`held`]: the `HOLD_*` of
-//! [`crate::keeper`]) or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
+//! [`crate::keeper`], and [`crate::rootfs::HOLD_AFTER_MOUNTS_FOUND`], which a VM's init waits for)
+//! or make one step fail ([`set`]: [`crate::snapshot::FAIL_LAYERS`],
 //! [`crate::checkpoint::FAIL_AFTER_DUMPED`], [`crate::keeper::FAIL_SEIZED_FREEZE`],
 //! [`crate::migration::FAIL_RELEASE_RECORD`], [`crate::snapshot::CRIU_CONFIG_MISSING`], or answer
 //! as an older keeper: [`crate::keeper::AS_AN_OLDER_KEEPER`]). Only a debug build reads them — the
