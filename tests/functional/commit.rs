@@ -269,10 +269,11 @@ fn commit_never_reaches_a_filesystem_mounted_under_the_base_after_the_start() {
     let mut base = ScratchBase::new("commit-late-mount");
     fs::create_dir_all(base.file("mnt/late")).unwrap();
     fs::create_dir_all(base.file("mnt/late2")).unwrap();
+    fs::create_dir_all(base.file("mnt/late3")).unwrap();
     let feather = Feather::new("commit-late-mount");
     feather.start_over("vm", &base, &["--net", "none"]);
     let mut mounted = Vec::new();
-    for rel in ["mnt/late", "mnt/late2"] {
+    for rel in ["mnt/late", "mnt/late2", "mnt/late3"] {
         let at = base.mount_tmpfs(rel);
         // The base folder's own mode: only where the filesystem is (not what) differs.
         fs::set_permissions(&at, fs::Permissions::from_mode(0o755)).unwrap();
@@ -283,15 +284,18 @@ fn commit_never_reaches_a_filesystem_mounted_under_the_base_after_the_start() {
     }
     let seen = feather.sh(
         "vm",
-        "ls -A /mnt/late /mnt/late2; rmdir /mnt/late && mkdir -p /mnt/late2/photos \
-         && echo FROM-VM > /mnt/late2/photos/keep && echo vm > /data/legit && echo done",
+        "ls -A /mnt/late /mnt/late2 /mnt/late3; rmdir /mnt/late && mkdir -p /mnt/late2/photos \
+         && echo FROM-VM > /mnt/late2/photos/keep && rmdir /mnt/late3 && mkdir -m 0700 /mnt/late3 \
+         && echo vm > /data/legit && echo done",
     );
     assert!(seen.ends_with("done\n") && !seen.contains("keep"), "{seen}");
     feather.ok(&["stop", "vm"]);
 
     let diff = feather.run(&["diff", "vm"]);
     let mark = "[never committed: at, beneath or over a host mount the VM's layer does not cover]";
-    for path in ["/mnt/late\n", "/mnt/late2/photos/keep\n"] {
+    // At the third an opaque folder made anew with another mode: neither the mode nor the
+    // deletion of what the mount holds (which the VM never saw) is listed unmarked.
+    for path in ["/mnt/late\n", "/mnt/late2/photos/keep\n", "/mnt/late3\n"] {
         assert!(
             diff.stdout.contains(&format!("{mark} {path}")),
             "{path}: {}",
@@ -318,6 +322,7 @@ fn commit_never_reaches_a_filesystem_mounted_under_the_base_after_the_start() {
         assert!(
             err.contains("/mnt/late (at, beneath or over a host mount")
                 && err.contains("/mnt/late2/photos/keep (at, beneath")
+                && err.contains("/mnt/late3 (at, beneath")
                 && err.contains("nothing was committed"),
             "{err}"
         );
@@ -331,6 +336,7 @@ fn commit_never_reaches_a_filesystem_mounted_under_the_base_after_the_start() {
             fs::read_to_string(at.join("keep2")).unwrap(),
             "host marker\n"
         );
+        assert_eq!(fs::metadata(at).unwrap().mode() & 0o7777, 0o755);
     }
     assert!(!base.file("data/legit").exists(), "nothing applied");
     assert_eq!(feather.ok(&["commit", "vm", "/data"]), "A /data/legit\n");
@@ -343,6 +349,8 @@ fn commit_never_reaches_a_filesystem_mounted_under_the_base_after_the_start() {
     assert!(committed.contains("D /mnt/late\n"), "{committed}");
     assert!(!base.file("mnt/late").exists());
     assert_eq!(base.read("mnt/late2/photos/keep").unwrap(), "FROM-VM\n");
+    let mode = fs::metadata(base.file("mnt/late3")).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o700);
 }
 
 #[test]
