@@ -259,6 +259,100 @@ fn commit_writes_nothing_of_the_layer_into_a_state_root() {
     );
 }
 
+/// A filesystem mounted under the base after the VM's start is no part of the VM's layer: the
+/// VM sees (and changes) the base's own folder there. `diff` marks what it changed at, beneath
+/// or over such a mount, and `commit` refuses it, writing nothing (review rev25 H1: `commit`
+/// had emptied the mounted filesystem for the VM's `rmdir` of the empty folder, and overwritten
+/// its file with the VM's).
+#[test]
+fn commit_never_reaches_a_filesystem_mounted_under_the_base_after_the_start() {
+    let mut base = ScratchBase::new("commit-late-mount");
+    fs::create_dir_all(base.file("mnt/late")).unwrap();
+    fs::create_dir_all(base.file("mnt/late2")).unwrap();
+    fs::create_dir_all(base.file("mnt/late3")).unwrap();
+    let feather = Feather::new("commit-late-mount");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    let mut mounted = Vec::new();
+    for rel in ["mnt/late", "mnt/late2", "mnt/late3"] {
+        let at = base.mount_tmpfs(rel);
+        // The base folder's own mode: only where the filesystem is (not what) differs.
+        fs::set_permissions(&at, fs::Permissions::from_mode(0o755)).unwrap();
+        fs::create_dir(at.join("photos")).unwrap();
+        fs::write(at.join("photos/keep"), "host marker\n").unwrap();
+        fs::write(at.join("keep2"), "host marker\n").unwrap();
+        mounted.push(at);
+    }
+    let seen = feather.sh(
+        "vm",
+        "ls -A /mnt/late /mnt/late2 /mnt/late3; rmdir /mnt/late && mkdir -p /mnt/late2/photos \
+         && echo FROM-VM > /mnt/late2/photos/keep && rmdir /mnt/late3 && mkdir -m 0700 /mnt/late3 \
+         && echo vm > /data/legit && echo done",
+    );
+    assert!(seen.ends_with("done\n") && !seen.contains("keep"), "{seen}");
+    feather.ok(&["stop", "vm"]);
+
+    let diff = feather.run(&["diff", "vm"]);
+    let mark = "[never committed: at, beneath or over a host mount the VM's layer does not cover]";
+    // At the third an opaque folder made anew with another mode: neither the mode nor the
+    // deletion of what the mount holds (which the VM never saw) is listed unmarked.
+    for path in ["/mnt/late\n", "/mnt/late2/photos/keep\n", "/mnt/late3\n"] {
+        assert!(
+            diff.stdout.contains(&format!("{mark} {path}")),
+            "{path}: {}",
+            diff.stdout
+        );
+    }
+    assert!(diff.stdout.contains("  /data/legit"), "{}", diff.stdout);
+    assert!(
+        diff.stderr
+            .contains("mounted on the host where the VM's layer does not reach"),
+        "{}",
+        diff.stderr
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&feather.ok(&["diff", "vm", "--json"])).unwrap();
+    for change in json.as_array().unwrap() {
+        let beneath = change["path"].as_str().unwrap().starts_with("/mnt/late");
+        let marked = change["forbidden"] == "host-mount";
+        assert_eq!(beneath, marked, "{change}");
+    }
+
+    for args in [&["commit", "vm"][..], &["commit", "vm", "/mnt"]] {
+        let err = feather.fails(args);
+        assert!(
+            err.contains("/mnt/late (at, beneath or over a host mount")
+                && err.contains("/mnt/late2/photos/keep (at, beneath")
+                && err.contains("/mnt/late3 (at, beneath")
+                && err.contains("nothing was committed"),
+            "{err}"
+        );
+    }
+    for at in &mounted {
+        assert_eq!(
+            fs::read_to_string(at.join("photos/keep")).unwrap(),
+            "host marker\n"
+        );
+        assert_eq!(
+            fs::read_to_string(at.join("keep2")).unwrap(),
+            "host marker\n"
+        );
+        assert_eq!(fs::metadata(at).unwrap().mode() & 0o7777, 0o755);
+    }
+    assert!(!base.file("data/legit").exists(), "nothing applied");
+    assert_eq!(feather.ok(&["commit", "vm", "/data"]), "A /data/legit\n");
+
+    // Unmounted, the base's own folders are what the VM changed, and the commit applies.
+    for at in &mounted {
+        base.unmount(at);
+    }
+    let committed = feather.ok(&["commit", "vm"]);
+    assert!(committed.contains("D /mnt/late\n"), "{committed}");
+    assert!(!base.file("mnt/late").exists());
+    assert_eq!(base.read("mnt/late2/photos/keep").unwrap(), "FROM-VM\n");
+    let mode = fs::metadata(base.file("mnt/late3")).unwrap().mode();
+    assert_eq!(mode & 0o7777, 0o700);
+}
+
 #[test]
 fn commit_writes_nothing_of_the_layer_under_a_read_only_path() {
     let base = ScratchBase::new("commit-ro");

@@ -88,6 +88,52 @@ fn layers_json_naming_places_outside_the_vm_is_refused_at_restore_and_import() {
     assert_eq!(feather.sh("vm", "echo back").trim(), "back");
 }
 
+/// A layer's lower folder is the base's folder at its mount point: one at or beneath a state
+/// root's folder would mount an overlay of that root (other VMs' layers) into the restored VM,
+/// which a start never does (mounts in state folders are no VM's layers) and the VM's hiding
+/// covers only in a layer above it (review rev25 L1). Refused at restore and import alike.
+#[test]
+fn a_layer_over_a_state_root_is_refused_at_restore_and_import() {
+    let (feather, base) = checkpointed_vm("records-state");
+    // A second state root inside the base, registered as any root is when first used.
+    fs::create_dir_all(base.file("srv/other")).unwrap();
+    let other = Feather::at(base.file("srv/other"));
+    other.ok(&["ls"]);
+    let vm_dir = feather.vm_dir("vm");
+    let list = vm_dir.join("checkpoint/layers.json");
+    let original = fs::read(&list).unwrap();
+    for point in ["/srv/other", "/srv/other/vms"] {
+        let records = with_entry(
+            &original,
+            json!({"key": "feather-layer-9", "mount_point": point}),
+        );
+        fs::write(&list, serde_json::to_vec_pretty(&records).unwrap()).unwrap();
+        let outcome = feather.run(&["restore", "vm"]);
+        assert!(
+            outcome.code != 0
+                && outcome
+                    .stderr
+                    .contains("its checkpoint's layers.json: entry")
+                && outcome.stderr.contains("a state folder of this host's")
+                && outcome.stderr.contains("nothing was made or restored"),
+            "{point}: the restore names the entry and why: {outcome:?}"
+        );
+        assert_no_mount_under(&vm_dir);
+        assert_eq!(feather.status("vm"), "checkpointed", "{point}");
+
+        let archive = hand_made_archive(&feather, &vm_dir);
+        let elsewhere = Feather::new("records-state-import");
+        let refused = elsewhere.fails(&import_over(&archive, &base));
+        assert!(
+            refused.contains("a state folder of this host's")
+                && refused.contains("nothing was imported"),
+            "{point}: the import names why: {refused}"
+        );
+        assert_eq!(elsewhere.ok(&["ls", "--json"]).trim(), "[]", "{point}");
+    }
+    fs::write(&list, &original).unwrap();
+}
+
 #[test]
 fn a_checkpoint_of_a_newer_format_is_refused_and_an_unversioned_one_restores() {
     let (feather, base) = checkpointed_vm("format");

@@ -526,6 +526,13 @@ impl ScratchBase {
         self.mounts.push(target.clone());
         target
     }
+
+    /// Unmounts what [`ScratchBase::mount_tmpfs`] mounted at `target`.
+    pub fn unmount(&mut self, target: &Path) {
+        let status = Command::new("umount").arg(target).status().unwrap();
+        assert!(status.success(), "umount {}", target.display());
+        self.mounts.retain(|mount| mount != target);
+    }
 }
 
 impl Drop for ScratchBase {

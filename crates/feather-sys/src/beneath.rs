@@ -4,6 +4,11 @@
 //! symlink swapped into any component makes the call fail instead of leading out of the tree;
 //! the type of what was opened is read with fstat on the descriptor, and every change is made
 //! on a descriptor or on one name in a pinned directory (unlinkat, renameat, mkdirat, …).
+//!
+//! Lookups cross mount points unless made with the `_on_mount` functions, which stay on the
+//! pinned folder's mount (`RESOLVE_NO_XDEV`): a VM's base is read that way, since overlayfs
+//! never crosses into what is mounted under its lower folder, and what is mounted there is no
+//! part of what the VM saw or changed. Removals ([`remove_tree`], [`empty_dir`]) always stay.
 
 use std::ffi::{OsStr, OsString};
 use std::fs::{File, Metadata};
@@ -19,16 +24,40 @@ use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{lseek, Whence};
 
-/// The resolution every lookup here uses: never above the pinned folder, never through a link.
-fn resolve() -> ResolveFlag {
-    ResolveFlag::RESOLVE_BENEATH
+/// Whether a lookup may pass from the pinned folder's mount into one mounted beneath it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mounts {
+    Cross,
+    /// `RESOLVE_NO_XDEV`: a mount point on the way, or at the end, is `EXDEV` (an automount
+    /// point too, and it is not triggered).
+    Stay,
+}
+
+/// The resolution every lookup here uses: never above the pinned folder, never through a link,
+/// and with [`Mounts::Stay`] never onto another mount.
+fn resolve(mounts: Mounts) -> ResolveFlag {
+    let resolve = ResolveFlag::RESOLVE_BENEATH
         | ResolveFlag::RESOLVE_NO_SYMLINKS
-        | ResolveFlag::RESOLVE_NO_MAGICLINKS
+        | ResolveFlag::RESOLVE_NO_MAGICLINKS;
+    match mounts {
+        Mounts::Cross => resolve,
+        Mounts::Stay => resolve | ResolveFlag::RESOLVE_NO_XDEV,
+    }
 }
 
 /// Opens `rel` (relative, any number of components) beneath `dir` with `flags`.
 /// `O_NOFOLLOW` and `O_CLOEXEC` are always added; a symlink anywhere on the way is `ELOOP`.
 pub fn open_beneath(dir: &impl AsFd, rel: &Path, flags: OFlag) -> io::Result<OwnedFd> {
+    open_with(dir, rel, flags, Mounts::Cross)
+}
+
+/// [`open_beneath`] staying on `dir`'s mount: a mount point on the way or at the end is
+/// `EXDEV` ([`at_a_mount`]).
+pub fn open_on_mount(dir: &impl AsFd, rel: &Path, flags: OFlag) -> io::Result<OwnedFd> {
+    open_with(dir, rel, flags, Mounts::Stay)
+}
+
+fn open_with(dir: &impl AsFd, rel: &Path, flags: OFlag, mounts: Mounts) -> io::Result<OwnedFd> {
     let rel = if rel.as_os_str().is_empty() {
         Path::new(".")
     } else {
@@ -36,8 +65,14 @@ pub fn open_beneath(dir: &impl AsFd, rel: &Path, flags: OFlag) -> io::Result<Own
     };
     let how = OpenHow::new()
         .flags(flags | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC)
-        .resolve(resolve());
+        .resolve(resolve(mounts));
     Ok(openat2(dir.as_fd(), rel, how)?)
+}
+
+/// Whether an error of an `_on_mount` lookup (whose path has only plain names) means that the
+/// path reaches another mount than the pinned folder's.
+pub fn at_a_mount(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::EXDEV)
 }
 
 /// The folder at `path`, opened to be pinned. `path` is chosen by the host (a state folder or
@@ -55,9 +90,20 @@ pub fn open_root(path: &Path) -> io::Result<File> {
 /// The folder `rel` beneath `dir`, opened for listing; `None` when it does not exist, is not a
 /// folder, or is reached through a symlink.
 pub fn open_dir(dir: &impl AsFd, rel: &Path) -> io::Result<Option<File>> {
-    match open_beneath(dir, rel, OFlag::O_RDONLY | OFlag::O_DIRECTORY) {
+    open_dir_with(dir, rel, Mounts::Cross)
+}
+
+/// [`open_dir`] staying on `dir`'s mount: a mount point on the way or at the end is the error
+/// `EXDEV` ([`at_a_mount`]), never `None`.
+pub fn open_dir_on_mount(dir: &impl AsFd, rel: &Path) -> io::Result<Option<File>> {
+    open_dir_with(dir, rel, Mounts::Stay)
+}
+
+fn open_dir_with(dir: &impl AsFd, rel: &Path, mounts: Mounts) -> io::Result<Option<File>> {
+    let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY;
+    match open_with(dir, rel, flags, mounts) {
         Ok(fd) => Ok(Some(File::from(fd))),
-        Err(e) if absent(&e) => Ok(None),
+        Err(e) if absent_with(&e, mounts) => Ok(None),
         Err(e) => Err(e),
     }
 }
@@ -118,6 +164,11 @@ pub fn absent(e: &io::Error) -> bool {
         )
 }
 
+/// [`absent`], but where a lookup stays on its mount `EXDEV` says a mount is there: an error.
+fn absent_with(e: &io::Error, mounts: Mounts) -> bool {
+    absent(e) && !(mounts == Mounts::Stay && at_a_mount(e))
+}
+
 /// One entry of a tree, pinned: an `O_PATH` descriptor of the entry itself (a symlink is not
 /// followed) and its metadata read from that descriptor.
 pub struct Entry {
@@ -128,13 +179,23 @@ pub struct Entry {
 impl Entry {
     /// The entry at `rel` beneath `dir`; `None` if there is none.
     pub fn open(dir: &impl AsFd, rel: &Path) -> io::Result<Option<Entry>> {
-        match open_beneath(dir, rel, OFlag::O_PATH) {
+        Entry::open_with(dir, rel, Mounts::Cross)
+    }
+
+    /// [`Entry::open`] staying on `dir`'s mount: a mount point on the way or at `rel` is the
+    /// error `EXDEV` ([`at_a_mount`]), never `None`.
+    pub fn open_on_mount(dir: &impl AsFd, rel: &Path) -> io::Result<Option<Entry>> {
+        Entry::open_with(dir, rel, Mounts::Stay)
+    }
+
+    fn open_with(dir: &impl AsFd, rel: &Path, mounts: Mounts) -> io::Result<Option<Entry>> {
+        match open_with(dir, rel, OFlag::O_PATH, mounts) {
             Ok(fd) => {
                 let fd = File::from(fd);
                 let meta = fd.metadata()?;
                 Ok(Some(Entry { fd, meta }))
             }
-            Err(e) if absent(&e) => Ok(None),
+            Err(e) if absent_with(&e, mounts) => Ok(None),
             Err(e) => Err(e),
         }
     }
@@ -171,7 +232,7 @@ impl Entry {
 
 /// The names in a folder (without `.` and `..`), sorted.
 pub fn names(dir: &File) -> io::Result<Vec<OsString>> {
-    let fd = open_beneath(dir, Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
+    let fd = open_on_mount(dir, Path::new("."), OFlag::O_RDONLY | OFlag::O_DIRECTORY)?;
     let mut listing = Dir::from_fd(fd)?;
     let mut names = Vec::new();
     for entry in listing.iter() {
@@ -218,14 +279,17 @@ pub fn each_file_and_folder(
 
 /// Removes the entry `name` of `dir` and, if it is a folder, everything in it, never following
 /// a symlink: each folder is opened with `O_NOFOLLOW` beneath its parent's descriptor, and each
-/// entry is unlinked by name from its parent's descriptor (see [`empty_dir`]).
+/// entry is unlinked by name from its parent's descriptor (see [`empty_dir`]). It never enters
+/// another mount: a mount point at `name` or anywhere in it is the error `EXDEV`
+/// ([`at_a_mount`]), met before that mount's folder is emptied (it would then have failed
+/// `EBUSY` only after emptying whatever filesystem is mounted there).
 pub fn remove_tree(dir: &File, name: &OsStr) -> io::Result<()> {
-    let entry = match Entry::open(dir, Path::new(name))? {
+    let entry = match Entry::open_on_mount(dir, Path::new(name))? {
         None => return Ok(()),
         Some(entry) => entry,
     };
     if entry.meta.is_dir() {
-        if let Some(folder) = open_dir(dir, Path::new(name))? {
+        if let Some(folder) = open_dir_on_mount(dir, Path::new(name))? {
             empty_dir(&folder)?;
         }
         nix::unistd::unlinkat(dir, name, nix::unistd::UnlinkatFlags::RemoveDir)?;
@@ -241,7 +305,8 @@ pub fn remove_tree(dir: &File, name: &OsStr) -> io::Result<()> {
 /// nothing), and the emptied folder removed; the tree gets shallower instead of the walk
 /// deeper. A VM chooses how deep its folders nest: a walk that held a descriptor a level (or
 /// recursed) ran out of descriptors (or stack) on a layer thousands of levels deep, and
-/// `feather rm` left such a VM's folder behind.
+/// `feather rm` left such a VM's folder behind. A mount point in it is the error `EXDEV`
+/// ([`at_a_mount`]): what is mounted there is never entered.
 pub fn empty_dir(dir: &File) -> io::Result<()> {
     let mut moved = 0u64;
     loop {
@@ -250,7 +315,7 @@ pub fn empty_dir(dir: &File) -> io::Result<()> {
             return Ok(());
         }
         for name in names {
-            let Some(entry) = Entry::open(dir, Path::new(&name))? else {
+            let Some(entry) = Entry::open_on_mount(dir, Path::new(&name))? else {
                 continue; // gone since it was listed
             };
             if !entry.meta.is_dir() {
@@ -261,7 +326,7 @@ pub fn empty_dir(dir: &File) -> io::Result<()> {
                 )?;
                 continue;
             }
-            if let Some(folder) = open_dir(dir, Path::new(&name))? {
+            if let Some(folder) = open_dir_on_mount(dir, Path::new(&name))? {
                 lift_contents(&folder, dir, &mut moved)?;
             }
             nix::unistd::unlinkat(dir, name.as_os_str(), nix::unistd::UnlinkatFlags::RemoveDir)?;
@@ -273,7 +338,7 @@ pub fn empty_dir(dir: &File) -> io::Result<()> {
 fn lift_contents(folder: &File, into: &File, moved: &mut u64) -> io::Result<()> {
     use nix::fcntl::{renameat2, RenameFlags};
     for name in names(folder)? {
-        let Some(entry) = Entry::open(folder, Path::new(&name))? else {
+        let Some(entry) = Entry::open_on_mount(folder, Path::new(&name))? else {
             continue;
         };
         if !entry.meta.is_dir() {
@@ -490,6 +555,64 @@ mod tests {
             fs::read_to_string(scratch.0.join("outside/keep")).unwrap(),
             "keep"
         );
+    }
+
+    /// A tmpfs mounted at a folder for a test, detached on drop (also when the test fails).
+    struct TestMount(PathBuf);
+
+    impl TestMount {
+        fn tmpfs(at: &Path) -> TestMount {
+            fs::create_dir_all(at).unwrap();
+            nix::mount::mount(
+                Some("tmpfs"),
+                at,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                Some("mode=0755"),
+            )
+            .unwrap();
+            TestMount(at.to_path_buf())
+        }
+    }
+
+    impl Drop for TestMount {
+        fn drop(&mut self) {
+            let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+
+    #[test]
+    fn remove_tree_never_enters_a_mount() {
+        let scratch = Scratch::new("mount");
+        let point = scratch.0.join("tree/sub/mnt");
+        let mounted = TestMount::tmpfs(&point);
+        fs::create_dir(point.join("photos")).unwrap();
+        fs::write(point.join("photos/keep"), "keep").unwrap();
+        fs::write(point.join("keep2"), "keep").unwrap();
+        let root = open_root(&scratch.0).unwrap();
+        let error = remove_tree(&root, OsStr::new("tree")).unwrap_err();
+        assert!(at_a_mount(&error), "{error}");
+        let sub = open_root(&scratch.0.join("tree/sub")).unwrap();
+        let error = remove_tree(&sub, OsStr::new("mnt")).unwrap_err();
+        assert!(at_a_mount(&error), "{error}");
+        assert!(at_a_mount(&empty_dir(&sub).unwrap_err()));
+        assert_eq!(
+            fs::read_to_string(point.join("photos/keep")).unwrap(),
+            "keep"
+        );
+        assert_eq!(fs::read_to_string(point.join("keep2")).unwrap(), "keep");
+        // The lookups that stay on their mount say so; those that cross do as before.
+        let error = Entry::open_on_mount(&root, Path::new("tree/sub/mnt/keep2")).err();
+        assert!(error.is_some_and(|e| at_a_mount(&e)));
+        let error = open_dir_on_mount(&sub, Path::new("mnt")).err();
+        assert!(error.is_some_and(|e| at_a_mount(&e)));
+        assert!(Entry::open(&root, Path::new("tree/sub/mnt/keep2"))
+            .unwrap()
+            .is_some());
+        // A mount's own root is listed from its descriptor.
+        let names = names(&open_root(&point).unwrap()).unwrap();
+        assert_eq!(names, [OsString::from("keep2"), OsString::from("photos")]);
+        drop(mounted);
     }
 
     #[test]

@@ -566,7 +566,18 @@ pub(crate) fn restore_with(
             ));
         }
     }
-    images::read_layers(&vm.checkpoint_dir(), name, images::Reading::Restore)?;
+    let config = vm.read_config()?;
+    let state_folders = crate::hiding::state_folders(root);
+    let placement = images::Placement {
+        base: &config.base,
+        state_folders: &state_folders,
+    };
+    images::read_layers(
+        &vm.checkpoint_dir(),
+        name,
+        images::Reading::Restore,
+        &placement,
+    )?;
     Criu::locate().in_vm(name)?;
     lifecycle::spawn_keeper_with(root, &vm, true, netns)
 }
@@ -668,10 +679,16 @@ pub(crate) fn import_archive(
         config.limits.disk = imported::disk_here(root, &config)?;
         crate::disk::hold_imported(name, root.dir(), &staging, config.limits.disk, &file)?;
         // Its records checked before it is placed: a restore derives host folders from them.
+        let state_folders = crate::hiding::state_folders(root);
+        let placement = images::Placement {
+            base: &config.base,
+            state_folders: &state_folders,
+        };
         images::read_layers(
             &staging.join("checkpoint"),
             name,
             images::Reading::Import(&file),
+            &placement,
         )?;
         config.id = lifecycle::new_id();
         // A VM with a private network keeps its address, in the same subnet only.

@@ -223,25 +223,35 @@ pub fn commit(
     Ok(selected)
 }
 
-/// Refuses the whole commit when any of `selected` lies where the VM cannot write by itself
-/// (`Change::forbidden`). Not passed over with the rest applied: such a change says the VM got
+/// Refuses the whole commit when any of `selected` lies where the VM cannot write by itself,
+/// or where a host mount the VM's layer does not cover is (`Change::forbidden`). Not passed over with the rest applied: such a change says the VM got
 /// past a defence, and the admin should look at all it changed before any of it lands; naming
 /// the other paths still commits them.
 fn refuse_forbidden(selected: &[Change], name: &VmName) -> Result<()> {
-    let forbidden: Vec<String> = selected
-        .iter()
-        .filter_map(|change| {
-            let why = change.forbidden.filter(|why| why.past_a_defence())?;
-            Some(format!("{} ({})", escape_path(&change.path), why.word()))
-        })
-        .collect();
-    if forbidden.is_empty() {
-        return Ok(());
+    let named = |past_a_defence: bool| -> Vec<String> {
+        selected
+            .iter()
+            .filter_map(|change| {
+                let why = change.forbidden.filter(|why| why.refused())?;
+                (why.past_a_defence() == past_a_defence)
+                    .then(|| format!("{} ({})", escape_path(&change.path), why.word()))
+            })
+            .collect()
+    };
+    let (forbidden, host_mounts) = (named(true), named(false));
+    if !forbidden.is_empty() {
+        return Err(VmError::CommitForbidden {
+            vm: name.to_string(),
+            paths: forbidden,
+        });
     }
-    Err(VmError::CommitForbidden {
-        vm: name.to_string(),
-        paths: forbidden,
-    })
+    if !host_mounts.is_empty() {
+        return Err(VmError::CommitHostMount {
+            vm: name.to_string(),
+            paths: host_mounts,
+        });
+    }
+    Ok(())
 }
 
 /// Refuses the whole commit when any of `selected` widens who may use an entry of the base
@@ -290,10 +300,11 @@ fn upper_entry(trees: &[Tree], change: &Change) -> std::io::Result<Option<Entry>
     Entry::open(&trees[change.layer].upper, &change.rel)
 }
 
-/// The host's entry a change applies to, pinned.
+/// The host's entry a change applies to, pinned: on the mount of the layer's lower folder,
+/// where the VM saw it (a host mount there is `EXDEV`, see [`diff::Forbidden::HostMount`]).
 fn lower_entry(trees: &[Tree], change: &Change) -> std::io::Result<Option<Entry>> {
     match &trees[change.layer].lower {
-        Some(lower) => Entry::open(lower, &change.rel),
+        Some(lower) => Entry::open_on_mount(lower, &change.rel),
         None => Ok(None),
     }
 }
@@ -351,9 +362,10 @@ fn apply_all(trees: &[Tree], changes: &[Change]) -> Result<(), Failure> {
         });
     let renamed = written.and_then(|()| {
         flush.now().map_err(|e| (PathBuf::from("/"), e))?;
-        staged
-            .drain(..)
-            .try_for_each(|entry| entry.replace_target().map_err(|e| (entry.target(), e)))
+        staged.drain(..).try_for_each(|entry| {
+            let failed = |e| (entry.target(), host_mount_said(e));
+            entry.replace_target().map_err(failed)
+        })
     });
     for entry in &staged {
         entry.discard();
@@ -376,11 +388,24 @@ fn vanished() -> std::io::Error {
 
 /// Names the change an I/O error happened on.
 fn at(change: &Change) -> impl Fn(std::io::Error) -> Failure + '_ {
-    move |e| (change.path.clone(), e)
+    move |e| (change.path.clone(), host_mount_said(e))
+}
+
+/// `EXDEV` of a lookup in the base said as what it means there: a host mount `diff` did not see
+/// (mounted since), which commit never enters.
+fn host_mount_said(e: std::io::Error) -> std::io::Error {
+    if !beneath::at_a_mount(&e) {
+        return e;
+    }
+    std::io::Error::other(
+        "a filesystem is mounted there on the host (or beneath it), where the VM's layer does \
+         not reach, and commit never writes into one: unmount it and commit again",
+    )
 }
 
 /// The host folder a change goes into (made if missing), pinned, and the change's name in it.
-/// Every component is opened beneath the pinned base without following symlinks.
+/// Every component is opened beneath the pinned base without following symlinks or entering
+/// another mount.
 fn base_parent<'c>(trees: &[Tree], change: &'c Change) -> std::io::Result<(File, &'c OsStr)> {
     let lower = trees[change.layer].lower.as_ref().ok_or_else(|| {
         std::io::Error::new(
@@ -395,11 +420,11 @@ fn base_parent<'c>(trees: &[Tree], change: &'c Change) -> std::io::Result<(File,
     let mut dir = lower.try_clone()?;
     for component in change.rel.parent().into_iter().flat_map(Path::components) {
         let component = component.as_os_str();
-        dir = match beneath::open_dir(&dir, Path::new(component))? {
+        dir = match beneath::open_dir_on_mount(&dir, Path::new(component))? {
             Some(next) => next,
             None => {
                 nix::sys::stat::mkdirat(&dir, component, Mode::from_bits_truncate(0o755))?;
-                beneath::open_dir(&dir, Path::new(component))?.ok_or_else(vanished)?
+                beneath::open_dir_on_mount(&dir, Path::new(component))?.ok_or_else(vanished)?
             }
         };
     }
@@ -431,7 +456,7 @@ impl Flush {
 
 /// Makes or updates the host folder `name` in `parent` after the VM's folder `upper`.
 fn apply_dir(upper: &Entry, parent: &File, name: &OsStr) -> std::io::Result<()> {
-    match Entry::open(parent, Path::new(name))? {
+    match Entry::open_on_mount(parent, Path::new(name))? {
         Some(existing) if existing.meta.is_dir() => {}
         Some(_) => {
             beneath::remove_tree(parent, name)?;
@@ -439,7 +464,7 @@ fn apply_dir(upper: &Entry, parent: &File, name: &OsStr) -> std::io::Result<()> 
         }
         None => nix::sys::stat::mkdirat(parent, name, Mode::from_bits_truncate(0o700))?,
     }
-    let target = beneath::open_dir(parent, Path::new(name))?.ok_or_else(vanished)?;
+    let target = beneath::open_dir_on_mount(parent, Path::new(name))?.ok_or_else(vanished)?;
     copy_metadata(&upper.reopen()?, &upper.meta, &target)
 }
 
@@ -452,7 +477,7 @@ struct Staged {
 
 impl Staged {
     fn replace_target(&self) -> std::io::Result<()> {
-        if Entry::open(&self.parent, &self.name)?.is_some_and(|e| e.meta.is_dir()) {
+        if Entry::open_on_mount(&self.parent, &self.name)?.is_some_and(|e| e.meta.is_dir()) {
             beneath::remove_tree(&self.parent, self.name.as_os_str())?;
         }
         nix::fcntl::renameat(&self.parent, &self.temp, &self.parent, &self.name)?;
@@ -526,7 +551,7 @@ fn write_entry(upper: &Entry, parent: &File, temp: &Path) -> std::io::Result<()>
         // of the FIFO made, never by name: whoever may write `parent` could swap the name for
         // a link to any host file between the two (review fixes23 C5).
         nix::unistd::mkfifoat(parent, temp, Mode::from_bits_truncate(0o600))?;
-        let fifo = Entry::open(parent, temp)?.ok_or_else(vanished)?;
+        let fifo = Entry::open_on_mount(parent, temp)?.ok_or_else(vanished)?;
         if !fifo.meta.file_type().is_fifo() {
             return Err(std::io::Error::other("the staged FIFO was replaced"));
         }

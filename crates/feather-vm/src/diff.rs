@@ -19,6 +19,7 @@ use std::path::{Path, PathBuf};
 
 use feather_core::VmConfig;
 use feather_sys::beneath::{self, Entry};
+use feather_sys::mountinfo::{self, MountEntry};
 use serde::Serialize;
 
 use crate::layers::Layer;
@@ -160,6 +161,12 @@ pub enum Forbidden {
     /// a process of the VM's; a device node a VM cannot make, so it came with an imported
     /// layer). `commit` passes over them before writing anything, and says so.
     Special,
+    /// At or beneath a filesystem mounted on the host where the VM's layer does not reach (one
+    /// mounted under the base after the VM's start, an automount point), or a deletion or
+    /// replacement of a folder that holds one. overlayfs never crosses into what is mounted
+    /// under its lower folder: the VM saw (and changed) the base's own folder there, and
+    /// applying the change would write, or empty, the filesystem mounted over it.
+    HostMount,
 }
 
 impl Forbidden {
@@ -168,11 +175,21 @@ impl Forbidden {
             Forbidden::Hidden => "in a folder hidden from VMs",
             Forbidden::ReadOnly => "under a --ro path",
             Forbidden::Special => "a socket or device node",
+            Forbidden::HostMount => {
+                "at, beneath or over a host mount the VM's layer does not cover"
+            }
         }
     }
 
-    /// Whether the change says the VM got past a defence (every kind but [`Forbidden::Special`]).
+    /// Whether the change says the VM got past a defence ([`Forbidden::Hidden`],
+    /// [`Forbidden::ReadOnly`]).
     pub fn past_a_defence(self) -> bool {
+        matches!(self, Forbidden::Hidden | Forbidden::ReadOnly)
+    }
+
+    /// Whether `commit` refuses a selection that holds such a change (every kind but
+    /// [`Forbidden::Special`], which it passes over).
+    pub fn refused(self) -> bool {
         self != Forbidden::Special
     }
 }
@@ -187,6 +204,9 @@ pub struct Guarded {
     /// The folders no symlink may lead into: the state roots' and the registry, not the host's
     /// `/dev`, `/proc` or `/run` (a unit masked by a link to `/dev/null` is common).
     link_guarded: Vec<PathBuf>,
+    /// Whether changes at, beneath or over a host mount the layer does not cover are marked
+    /// ([`Forbidden::HostMount`]; an OCI container's are not: nothing of them is committed).
+    host_mounts: bool,
 }
 
 impl Guarded {
@@ -223,6 +243,7 @@ impl Guarded {
             folders,
             base: Some(bases[1].clone()),
             link_guarded,
+            host_mounts: true,
         }
     }
 
@@ -464,12 +485,21 @@ pub fn diff_trees(
     guarded: &Guarded,
 ) -> std::io::Result<Vec<Change>> {
     let mut changes = Vec::new();
+    let mounted = match guarded.host_mounts {
+        true => mountinfo::mounts()?,
+        false => Vec::new(),
+    };
     for (index, tree) in trees.iter().enumerate() {
+        let host_mounts = match &tree.lower {
+            Some(lower) if guarded.host_mounts => mounts_beneath(lower, &mounted)?,
+            _ => Vec::new(),
+        };
         let walk = Walk {
             index,
             tree,
             scaffold,
             guarded,
+            host_mounts: &host_mounts,
         };
         let lower = match &tree.lower {
             Some(lower) => Some(lower.try_clone()?),
@@ -481,23 +511,40 @@ pub fn diff_trees(
     Ok(changes)
 }
 
+/// The filesystems mounted on the host beneath the folder `lower` (of `mounted`, the host's
+/// mounts), as paths relative to it: none of them is part of what the layer's overlay shows.
+fn mounts_beneath(lower: &File, mounted: &[MountEntry]) -> std::io::Result<Vec<PathBuf>> {
+    use std::os::fd::AsRawFd;
+    let at = std::fs::read_link(format!("/proc/self/fd/{}", lower.as_raw_fd()))?;
+    Ok(mounted
+        .iter()
+        .filter_map(|mount| mount.mount_point.strip_prefix(&at).ok())
+        .filter(|rel| !rel.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .collect())
+}
+
 struct Walk<'a> {
     index: usize,
     tree: &'a Tree,
     scaffold: &'a [PathBuf],
     guarded: &'a Guarded,
+    /// The host's mounts beneath the tree's lower folder, relative to it ([`mounts_beneath`]).
+    host_mounts: &'a [PathBuf],
 }
 
 /// One folder of the upper layer being walked (`upper`, pinned) beside its host counterpart
 /// (`lower`, if the host has a folder there), and the names in it still to be seen.
 /// `replaced`: the folder hides its lower counterpart entirely (it or an ancestor is opaque,
 /// or new), so lower entries it lacks are deletions. `host`: the base folder its new entries
-/// land in (see [`HostFolder`]).
+/// land in (see [`HostFolder`]). `beyond`: the base has a host mount at the folder or above it
+/// (see [`Forbidden::HostMount`]), so its lower counterpart is out of reach.
 struct Folder {
     rel: PathBuf,
     upper: File,
     lower: Option<File>,
     replaced: bool,
+    beyond: bool,
     host: HostFolder,
     names: Vec<OsString>,
     next: usize,
@@ -521,6 +568,7 @@ impl Folder {
             upper,
             lower,
             replaced,
+            beyond: false,
             host,
             names,
             next: 0,
@@ -557,13 +605,16 @@ impl HostFolder {
 }
 
 impl Walk<'_> {
+    /// The change at `rel`; `beyond`: the base has a host mount there or above (a lookup
+    /// found it, see [`Folder`]).
     fn change(
         &self,
         kind: ChangeKind,
         rel: &Path,
         upper: Option<&Entry>,
+        beyond: bool,
     ) -> std::io::Result<Change> {
-        self.change_of_access(kind, rel, upper, Vec::new())
+        self.change_of_access(kind, rel, upper, Vec::new(), beyond)
     }
 
     /// [`Walk::change`] with what the VM changed of who may use the entry.
@@ -573,6 +624,7 @@ impl Walk<'_> {
         rel: &Path,
         upper: Option<&Entry>,
         access: Vec<Access>,
+        beyond: bool,
     ) -> std::io::Result<Change> {
         let privileges = match upper {
             Some(entry) if kind != ChangeKind::Deleted => privileges(entry)?,
@@ -594,10 +646,13 @@ impl Walk<'_> {
         // A deletion, or a file over the host's folder (commit removes the folder first).
         let removes = kind == ChangeKind::Deleted
             || kind == ChangeKind::Modified && upper.is_some_and(|meta| !meta.is_dir());
+        let host_mount =
+            self.guarded.host_mounts && (beyond || self.reaches_a_host_mount(rel, removes));
         let forbidden = self
             .guarded
             .forbids(&path, removes)
             .or(forbidden_link)
+            .or(host_mount.then_some(Forbidden::HostMount))
             .or(special.then_some(Forbidden::Special));
         let path_bytes = std::str::from_utf8(path.as_os_str().as_bytes())
             .is_err()
@@ -622,6 +677,14 @@ impl Walk<'_> {
             layer: self.index,
             rel: rel.to_path_buf(),
         })
+    }
+
+    /// Whether a change at `rel` lies at or beneath one of the host's mounts under the tree's
+    /// lower folder, or `removes` what the base has at `rel` and that holds one.
+    fn reaches_a_host_mount(&self, rel: &Path, removes: bool) -> bool {
+        self.host_mounts
+            .iter()
+            .any(|mount| rel.starts_with(mount) || removes && mount.starts_with(rel))
     }
 
     /// Walks the upper layer from its root (`upper`) beside the host's (`lower`), depth first
@@ -668,7 +731,8 @@ impl Walk<'_> {
                 .iter()
                 .filter(|n| !folder.names.contains(n))
             {
-                changes.push(self.change(ChangeKind::Deleted, &folder.rel.join(name), None)?);
+                let rel = folder.rel.join(name);
+                changes.push(self.change(ChangeKind::Deleted, &rel, None, folder.beyond)?);
             }
         }
         Ok(())
@@ -690,13 +754,19 @@ impl Walk<'_> {
             return Ok(None); // gone since it was listed
         };
         let lower = match &folder.lower {
-            Some(dir) => Entry::open(dir, Path::new(name))?,
+            Some(dir) => match Entry::open_on_mount(dir, Path::new(name)) {
+                Err(e) if beneath::at_a_mount(&e) => {
+                    return self.at_host_mount(changes, folder, name, &upper);
+                }
+                found => found?,
+            },
             None => None,
         };
         let meta = &upper.meta;
+        let beyond = folder.beyond;
         if is_whiteout(meta) {
             if lower.is_some() {
-                changes.push(self.change(ChangeKind::Deleted, &rel, None)?);
+                changes.push(self.change(ChangeKind::Deleted, &rel, None, beyond)?);
             }
             return Ok(None);
         }
@@ -704,22 +774,23 @@ impl Walk<'_> {
             let Some(child) = beneath::open_dir(&folder.upper, Path::new(name))? else {
                 return Ok(None); // replaced since it was opened: nothing to follow
             };
-            let lower_child = match lower_dir {
-                Some(dir) => beneath::open_dir(dir, Path::new(name))?,
-                None => None,
+            let (lower_child, beyond) = match lower_dir {
+                Some(dir) => match beneath::open_dir_on_mount(dir, Path::new(name)) {
+                    Err(e) if beneath::at_a_mount(&e) => (None, true),
+                    found => (found?, beyond),
+                },
+                None => (None, beyond),
             };
             let hides = hides || is_opaque(&child);
-            Folder::open(rel.clone(), child, lower_child, hides, folder.host).map(Some)
+            let mut inner = Folder::open(rel.clone(), child, lower_child, hides, folder.host)?;
+            inner.beyond = beyond;
+            Ok(Some(inner))
         };
         match &lower {
             None => {
                 let access = new_access(&upper, folder.host)?;
-                changes.push(self.change_of_access(
-                    ChangeKind::Added,
-                    &rel,
-                    Some(&upper),
-                    access,
-                )?);
+                let change = ChangeKind::Added;
+                changes.push(self.change_of_access(change, &rel, Some(&upper), access, beyond)?);
                 if meta.is_dir() {
                     return inner(None, true);
                 }
@@ -728,7 +799,8 @@ impl Walk<'_> {
                 let access = access_changes(&upper, lower)?;
                 if !same_metadata(meta, &lower.meta) || !access.is_empty() {
                     let change = ChangeKind::Modified;
-                    changes.push(self.change_of_access(change, &rel, Some(&upper), access)?);
+                    let found = self.change_of_access(change, &rel, Some(&upper), access, beyond);
+                    changes.push(found?);
                 }
                 return inner(folder.lower.as_ref(), folder.replaced);
             }
@@ -736,7 +808,8 @@ impl Walk<'_> {
                 if !same_entry(&upper, lower)? {
                     let access = access_changes(&upper, lower)?;
                     let change = ChangeKind::Modified;
-                    changes.push(self.change_of_access(change, &rel, Some(&upper), access)?);
+                    let found = self.change_of_access(change, &rel, Some(&upper), access, beyond);
+                    changes.push(found?);
                 }
                 if meta.is_dir() {
                     // A folder where the host has something else: it hides nothing below.
@@ -745,6 +818,35 @@ impl Walk<'_> {
             }
         }
         Ok(None)
+    }
+
+    /// The change at entry `name` (`upper`) of `folder` where the base has a host mount (see
+    /// [`Forbidden::HostMount`]): the VM saw the base's own folder there, which no lookup
+    /// reaches past the mount, so it is compared with nothing. A whiteout is a deletion, any
+    /// other entry a modification, each marked, and what a folder holds is walked as new,
+    /// each entry marked too.
+    fn at_host_mount(
+        &self,
+        changes: &mut Vec<Change>,
+        folder: &Folder,
+        name: &OsStr,
+        upper: &Entry,
+    ) -> std::io::Result<Option<Folder>> {
+        let rel = folder.rel.join(name);
+        if is_whiteout(&upper.meta) {
+            changes.push(self.change(ChangeKind::Deleted, &rel, None, true)?);
+            return Ok(None);
+        }
+        changes.push(self.change(ChangeKind::Modified, &rel, Some(upper), true)?);
+        if !upper.meta.is_dir() {
+            return Ok(None);
+        }
+        let Some(child) = beneath::open_dir(&folder.upper, Path::new(name))? else {
+            return Ok(None); // replaced since it was opened: nothing to follow
+        };
+        let mut inner = Folder::open(rel, child, None, true, folder.host)?;
+        inner.beyond = true;
+        Ok(Some(inner))
     }
 }
 

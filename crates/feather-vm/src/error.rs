@@ -185,6 +185,9 @@ pub enum VmError {
     #[error("commit {vm}: the VM's layer holds {} where the VM cannot write by itself (a folder hidden from every VM, such as a state root, or one of its --ro paths): it got past a defence (see \"Changes where a VM cannot write\" in docs/security.md), and such changes are never committed; nothing was committed (review the rest with `feather diff {vm}`, which marks {}, before trusting any of it; then commit the paths you want by name, or drop every change with `feather reset {vm}`): {}", if .paths.len() == 1 { "a change" } else { "changes" }, if .paths.len() == 1 { "it" } else { "them" }, .paths.join(", "))]
     CommitForbidden { vm: String, paths: Vec<String> },
 
+    #[error("commit {vm}: {} at, beneath or over a filesystem mounted on the host where the VM's layer does not reach (mounted under its base after its start, or an automount point): the VM saw the base's own folder there, not that filesystem, and commit never writes into one or empties it; nothing was committed (unmount it and commit again, commit other paths by name, or drop every change with `feather reset {vm}`): {}", if .paths.len() == 1 { "a change lies" } else { "changes lie" }, .paths.join(", "))]
+    CommitHostMount { vm: String, paths: Vec<String> },
+
     #[error("commit {vm}: the VM widened who may use {} of the base, or made {} others than root may write; nothing was committed (review {} with `feather diff {vm}`, then commit with --keep-privileges to apply {} as they are, or commit other paths): {}", if .paths.len() == 1 { "an entry" } else { "entries" }, if .paths.len() == 1 { "a new one" } else { "new ones" }, if .paths.len() == 1 { "it" } else { "them" }, if .paths.len() == 1 { "it" } else { "them" }, .paths.join(", "))]
     CommitAccess { vm: String, paths: Vec<String> },
 }

@@ -221,13 +221,22 @@ pub(crate) enum Reading<'a> {
 /// A longer file was made by hand, and is not read into the host's memory.
 const MAX_LAYERS: u64 = 8 << 20;
 
+/// Where a checkpoint's layers are placed on this host: the VM's base, and the host's state
+/// folders (`hiding::state_folders`), where a restore never makes a layer's overlay.
+pub(crate) struct Placement<'a> {
+    pub base: &'a Path,
+    pub state_folders: &'a [PathBuf],
+}
+
 /// The layers of the checkpoint in `images` ([`LAYERS`]; none without the file), read and
 /// checked before anything is derived from them: refused if its format is not one this feather
-/// knows, or an entry is not one a dump writes (see [`check_layer`]).
+/// knows, or an entry is not one a dump writes (see [`check_layer`]), or a layer lies over a
+/// state folder of the host's (see [`check_placement`]).
 pub(crate) fn read_layers(
     images: &Path,
     vm: &impl std::fmt::Display,
     reading: Reading,
+    placement: &Placement,
 ) -> Result<Vec<ExternalLayer>> {
     check_format(images, vm, reading)?;
     let refused = |entry: String, why: String| refusal(vm, reading, LAYERS, entry, why, false);
@@ -256,6 +265,7 @@ pub(crate) fn read_layers(
             )
         };
         check_layer(layer).map_err(|why| refused(entry(), why))?;
+        check_placement(layer, placement).map_err(|why| refused(entry(), why))?;
         if !keys.insert(&layer.key) {
             return Err(refused(entry(), "its key is an earlier entry's too".into()));
         }
@@ -307,6 +317,43 @@ fn check_format(images: &Path, vm: &impl std::fmt::Display, reading: Reading) ->
             false,
         )),
     }
+}
+
+/// Why the filesystem layer `layer` may not be placed over the base: its lower folder (the
+/// base's folder at its mount point, also where links there lead) lies at or beneath a state
+/// folder, which a start never layers (mounts in state folders are no VM's layers) and which
+/// the VM's hiding covers only in a layer above it. A restore would otherwise mount an overlay
+/// of a state root, or of another VM's layers, into the VM (review rev25 L1).
+fn check_placement(
+    layer: &ExternalLayer,
+    placement: &Placement,
+) -> std::result::Result<(), String> {
+    if layer_kind(&layer.key) != Some("layer") {
+        return Ok(());
+    }
+    let rel = layer
+        .mount_point
+        .strip_prefix("/")
+        .unwrap_or(&layer.mount_point);
+    let base = placement.base;
+    let canonical_base = fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
+    let lowers = [base.join(rel), canonical_base.join(rel)]
+        .into_iter()
+        .chain(fs::canonicalize(base.join(rel)).ok());
+    for lower in lowers {
+        if let Some(folder) = placement
+            .state_folders
+            .iter()
+            .find(|folder| lower.starts_with(folder))
+        {
+            return Err(format!(
+                "it lies over {}, a state folder of this host's, hidden from every VM, where no \
+                 VM's layer is ever made",
+                escape_path(folder)
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Why `layer` is not an entry a dump writes: its key names its kind (`feather-<kind>-<n>`),
@@ -554,9 +601,13 @@ mod tests {
         fs::create_dir_all(&dir).unwrap();
         let longest = vec![b' '; MAX_LAYERS as usize];
         fs::write(dir.join(LAYERS), &longest).unwrap();
-        let longest_read = read_layers(&dir, &"web", Reading::Restore);
+        let nowhere = Placement {
+            base: Path::new("/"),
+            state_folders: &[],
+        };
+        let longest_read = read_layers(&dir, &"web", Reading::Restore, &nowhere);
         fs::write(dir.join(LAYERS), [longest.as_slice(), b" "].concat()).unwrap();
-        let longer_read = read_layers(&dir, &"web", Reading::Restore);
+        let longer_read = read_layers(&dir, &"web", Reading::Restore, &nowhere);
         let _ = fs::remove_dir_all(&dir);
         // The longest a dump writes is read (and refused only as not a list).
         let e = longest_read.unwrap_err().to_string();

@@ -542,7 +542,11 @@ pub(crate) fn restore_tree(
         .swap_remove(0);
     let rootfs = vm.rootfs();
     // Checked before anything is derived from it: host folders are, from its names.
-    let external = images::read_layers(&images, name, images::Reading::Restore)?;
+    let placement = images::Placement {
+        base: &config.base,
+        state_folders: &state_folders,
+    };
+    let external = images::read_layers(&images, name, images::Reading::Restore, &placement)?;
     let (masks, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =
         external.into_iter().partition(|l| l.mask);
     let (cgroup_top, external): (Vec<ExternalLayer>, Vec<ExternalLayer>) =

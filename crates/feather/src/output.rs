@@ -7,7 +7,7 @@ use feather_core::size::format_bytes;
 use feather_oci::listing::ContainerSummary;
 use feather_shuttle::view::RuleRow;
 use feather_svc::manager::protocol::ServiceInfo;
-use feather_vm::diff::Change;
+use feather_vm::diff::{Change, Forbidden};
 use feather_vm::inspect::{LimitsView, Process, Summary};
 use serde::Serialize;
 use std::path::Path;
@@ -172,6 +172,18 @@ pub fn changes_with_sizes(changes: &[Change]) -> Said {
             "feather: warning: {forbidden} of these changes (marked \"never committed\") lie \
              where the VM cannot write by itself: it got past a defence (see \"Changes where a \
              VM cannot write\" in docs/security.md); `commit` refuses them"
+        );
+    }
+    let host_mounts = changes
+        .iter()
+        .filter(|c| c.forbidden == Some(Forbidden::HostMount))
+        .count();
+    if host_mounts > 0 {
+        eprintln!(
+            "feather: warning: {host_mounts} of these changes (marked \"never committed\") lie \
+             at, beneath or over a filesystem mounted on the host where the VM's layer does not \
+             reach (mounted under its base after its start, or an automount point): the VM saw \
+             the base's own folder there; `commit` refuses them while it is mounted"
         );
     }
     Ok(())
