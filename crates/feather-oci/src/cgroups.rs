@@ -357,6 +357,9 @@ impl Groups {
         let deadline = Instant::now() + Duration::from_secs(5);
         while !read(&events).is_some_and(|e| e.lines().any(|l| l == "frozen 1")) {
             if Instant::now() > deadline {
+                // Thawed again: a caller that takes the error for "not frozen" never thaws
+                // (a task stuck in the kernel, on a hung NFS or FUSE server, delays the freeze).
+                let _ = write(&dir.join("cgroup.freeze"), "0");
                 bail!("{} did not report frozen 1 in time", events.display());
             }
             std::thread::sleep(Duration::from_millis(2));

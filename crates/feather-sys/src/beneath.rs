@@ -28,8 +28,9 @@ use nix::unistd::{lseek, Whence};
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mounts {
     Cross,
-    /// `RESOLVE_NO_XDEV`: a mount point on the way, or at the end, is `EXDEV` (an automount
-    /// point too, and it is not triggered).
+    /// `RESOLVE_NO_XDEV`: a mount point on the way, or at the end, is `EXDEV`. An automount
+    /// point is `EXDEV` too, but the kernel mounts it first when the lookup goes through it or
+    /// opens it as a folder (`O_DIRECTORY`); an `O_PATH` lookup ending at it leaves it alone.
     Stay,
 }
 

@@ -567,7 +567,7 @@ pub(crate) fn restore_with(
         }
     }
     let config = vm.read_config()?;
-    let state_folders = crate::hiding::state_folders(root);
+    let state_folders = crate::hiding::state_folders_strict(root)?;
     let placement = images::Placement {
         base: &config.base,
         state_folders: &state_folders,
@@ -679,7 +679,7 @@ pub(crate) fn import_archive(
         config.limits.disk = imported::disk_here(root, &config)?;
         crate::disk::hold_imported(name, root.dir(), &staging, config.limits.disk, &file)?;
         // Its records checked before it is placed: a restore derives host folders from them.
-        let state_folders = crate::hiding::state_folders(root);
+        let state_folders = crate::hiding::state_folders_strict(root)?;
         let placement = images::Placement {
             base: &config.base,
             state_folders: &state_folders,

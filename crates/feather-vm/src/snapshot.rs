@@ -840,15 +840,6 @@ fn unprepared(
     (len > 0).then(|| failed(name, format!("cannot prepare the restore: {text}")))
 }
 
-/// The layer of a host filesystem the checkpointed VM had, mounted in the restoring child
-/// on its mount point in the VM's tree, opened beneath it as a start opens it (the VM's layer
-/// holds whatever a crafted layer put there; an absolute link would resolve against the
-/// host's root here). A point the host removed since is made, folder by folder, in the VM's
-/// layer. A link or a non-folder there refuses the restore: CRIU binds the layer from that
-/// path and recreates the VM's mount there, following the link, and the VM's mount
-/// namespace as dumped has a mount there. (CRIU is handed the point's path: once each name
-/// on it was found a folder here, nothing changes them before CRIU reads it, since nothing of
-/// the VM runs.)
 /// The empty folder in a VM's checkpoint folder that a restored layer lies over when the host
 /// removed the filesystem it lay over since the checkpoint.
 const VANISHED_LOWER: &str = "vanished-lower";
@@ -888,6 +879,15 @@ fn mount_restored_layer_over_what_is_left(
     }
 }
 
+/// The layer of a host filesystem the checkpointed VM had, mounted in the restoring child
+/// on its mount point in the VM's tree, opened beneath it as a start opens it (the VM's layer
+/// holds whatever a crafted layer put there; an absolute link would resolve against the
+/// host's root here). A point the host removed since is made, folder by folder, in the VM's
+/// layer. A link or a non-folder there refuses the restore: CRIU binds the layer from that
+/// path and recreates the VM's mount there, following the link, and the VM's mount
+/// namespace as dumped has a mount there. (CRIU is handed the point's path: once each name
+/// on it was found a folder here, nothing changes them before CRIU reads it, since nothing of
+/// the VM runs.)
 fn mount_restored_layer(
     tree: &fs::File,
     layer: &layers::Layer,
