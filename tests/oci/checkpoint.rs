@@ -512,26 +512,13 @@ fn a_checkpoint_binding_a_host_file_is_not_restored() {
         "the dump has the mask of /proc/timer_list as an automatic bind"
     );
 
-    // The restore's stdio a file as the dump's was (`create`'s): a pipe cannot take its place.
-    let output = scratch.path("out2");
-    let file = fs::File::create(&output).unwrap();
-    let status = runtime
-        .command()
-        .args(["restore", "--detach", "--image-path"])
-        .arg(&images)
-        .arg("--bundle")
-        .arg(&bundle.dir)
-        .arg("ckpt-bind2")
-        .stdin(std::process::Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .status()
-        .unwrap();
-    let outcome = Outcome {
-        code: status.code().unwrap_or(-1),
-        stdout: String::new(),
-        stderr: fs::read_to_string(&output).unwrap_or_default(),
-    };
+    let outcome = restore_detached(
+        &runtime,
+        &images,
+        &bundle,
+        "ckpt-bind2",
+        &scratch.path("out2"),
+    );
     if outcome.code == 0 {
         let script = "cat /proc/timer_list; echo FROM-CONTAINER >> /proc/timer_list";
         let read = runtime.run(&["exec", "ckpt-bind2", "sh", "-c", script]);
@@ -600,4 +587,223 @@ fn a_confined_container_in_the_hosts_pid_namespace_is_not_checkpointed() {
         "ckpt-hostpid2",
     ]);
     assert!(refused(&outcome), "{outcome:?}");
+}
+
+/// `restore --detach` of `images` as `id`; its stdio a file (`output`) as the dump's was
+/// (`create`'s): a pipe cannot take its place.
+fn restore_detached(
+    runtime: &Runtime,
+    images: &Path,
+    bundle: &Bundle,
+    id: &str,
+    output: &Path,
+) -> Outcome {
+    let file = fs::File::create(output).unwrap();
+    let status = runtime
+        .command()
+        .args(["restore", "--detach", "--image-path"])
+        .arg(images)
+        .arg("--bundle")
+        .arg(&bundle.dir)
+        .arg(id)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    Outcome {
+        code: status.code().unwrap_or(-1),
+        stdout: String::new(),
+        stderr: fs::read_to_string(output).unwrap_or_default(),
+    }
+}
+
+/// One field of a protobuf message as the wire has it: (number, value).
+enum Wire {
+    Varint(u64),
+    Fixed64([u8; 8]),
+    Bytes(Vec<u8>),
+    Fixed32([u8; 4]),
+}
+
+fn read_varint(bytes: &[u8], at: &mut usize) -> u64 {
+    let mut value = 0u64;
+    for shift in (0..64).step_by(7) {
+        let byte = bytes[*at];
+        *at += 1;
+        value |= u64::from(byte & 0x7f) << shift;
+        if byte & 0x80 == 0 {
+            break;
+        }
+    }
+    value
+}
+
+fn write_varint(out: &mut Vec<u8>, mut value: u64) {
+    while value >= 0x80 {
+        out.push((value as u8) | 0x80);
+        value >>= 7;
+    }
+    out.push(value as u8);
+}
+
+/// A message's fields in their order, unknown ones kept (prost would drop them).
+fn wire_fields(bytes: &[u8]) -> Vec<(u64, Wire)> {
+    let (mut fields, mut at) = (Vec::new(), 0);
+    while at < bytes.len() {
+        let key = read_varint(bytes, &mut at);
+        let value = match key & 7 {
+            0 => Wire::Varint(read_varint(bytes, &mut at)),
+            1 => {
+                at += 8;
+                Wire::Fixed64(bytes[at - 8..at].try_into().unwrap())
+            }
+            2 => {
+                let len = read_varint(bytes, &mut at) as usize;
+                at += len;
+                Wire::Bytes(bytes[at - len..at].to_vec())
+            }
+            5 => {
+                at += 4;
+                Wire::Fixed32(bytes[at - 4..at].try_into().unwrap())
+            }
+            other => panic!("wire type {other} in a CRIU image"),
+        };
+        fields.push((key >> 3, value));
+    }
+    fields
+}
+
+fn wire_encode(fields: &[(u64, Wire)]) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (number, value) in fields {
+        let kind = match value {
+            Wire::Varint(_) => 0,
+            Wire::Fixed64(_) => 1,
+            Wire::Bytes(_) => 2,
+            Wire::Fixed32(_) => 5,
+        };
+        write_varint(&mut out, number << 3 | kind);
+        match value {
+            Wire::Varint(v) => write_varint(&mut out, *v),
+            Wire::Fixed64(b) => out.extend(b),
+            Wire::Bytes(b) => {
+                write_varint(&mut out, b.len() as u64);
+                out.extend(b);
+            }
+            Wire::Fixed32(b) => out.extend(b),
+        }
+    }
+    out
+}
+
+/// Rewrites the message field `number` of `message` with `change` (each occurrence).
+fn rewrite_field(message: &[u8], number: u64, change: &mut dyn FnMut(&[u8]) -> Vec<u8>) -> Vec<u8> {
+    let mut fields = wire_fields(message);
+    for (n, value) in &mut fields {
+        if let (true, Wire::Bytes(inner)) = (*n == number, &mut *value) {
+            *inner = change(inner);
+        }
+    }
+    wire_encode(&fields)
+}
+
+/// Adds `cap` to the low word of the bounding, permitted and effective sets every core image
+/// in `images` gives its thread (CoreEntry.thread_core (5) → ThreadCoreEntry.creds (10) →
+/// CredsEntry.cap_prm (10), cap_eff (11), cap_bnd (12): CRIU's images/core.proto and
+/// creds.proto), as a crafted checkpoint would. Returns how many sets were raised.
+fn raise_capability(images: &Path, cap: u32) -> usize {
+    let mut raised = 0;
+    for entry in fs::read_dir(images).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !(name.starts_with("core-") && name.ends_with(".img")) {
+            continue;
+        }
+        let image = fs::read(entry.path()).unwrap();
+        // Two magic words, then entries: a little-endian u32 length, then a CoreEntry.
+        let (mut out, mut rest) = (image[..8].to_vec(), &image[8..]);
+        while !rest.is_empty() {
+            let size = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            let core = &rest[4..4 + size];
+            rest = &rest[4 + size..];
+            let body = rewrite_field(core, 5, &mut |thread_core| {
+                rewrite_field(thread_core, 10, &mut |creds| {
+                    let mut fields = wire_fields(creds);
+                    for set in [10, 11, 12] {
+                        // The first value of each set is its low word (capabilities 0-31).
+                        let low = fields
+                            .iter_mut()
+                            .find(|(n, v)| *n == set && matches!(v, Wire::Varint(_)));
+                        if let Some((_, Wire::Varint(word))) = low {
+                            *word |= 1 << cap;
+                            raised += 1;
+                        }
+                    }
+                    wire_encode(&fields)
+                })
+            });
+            out.extend((body.len() as u32).to_le_bytes());
+            out.extend(body);
+        }
+        fs::write(entry.path(), out).unwrap();
+    }
+    raised
+}
+
+/// A checkpoint whose core image gives the container's process CAP_SYS_ADMIN, which the config
+/// withholds, is restored stopped, checked, killed and refused, naming the process and the
+/// set: no container is left. Without the check the restored process held CAP_SYS_ADMIN.
+#[test]
+fn a_checkpoint_whose_task_has_more_capabilities_than_the_config_is_not_restored() {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let scratch = Scratch::new("checkpoint-caps");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let images = scratch.path("images");
+    assert_eq!(
+        runtime
+            .create("ckpt-caps1", &bundle, &scratch.path("out"))
+            .code,
+        0
+    );
+    assert_eq!(runtime.run(&["start", "ckpt-caps1"]).code, 0);
+    let outcome = runtime.run(&[
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        "ckpt-caps1",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(
+        raise_capability(&images, CAP_SYS_ADMIN),
+        3,
+        "the three sets raised"
+    );
+
+    let outcome = restore_detached(
+        &runtime,
+        &images,
+        &bundle,
+        "ckpt-caps2",
+        &scratch.path("out2"),
+    );
+    if outcome.code == 0 {
+        let pid = runtime.state("ckpt-caps2")["pid"].as_i64().unwrap();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let _ = runtime.run(&["delete", "--force", "ckpt-caps2"]);
+        panic!("restored with the raised capability: {status}");
+    }
+    assert!(
+        outcome.stderr.contains("CAP_SYS_ADMIN")
+            && outcome.stderr.contains("process.capabilities")
+            && outcome.stderr.contains("\"sleep\""),
+        "{outcome:?}"
+    );
+    assert!(
+        runtime
+            .run(&["state", "ckpt-caps2"])
+            .stderr
+            .contains("does not exist"),
+        "the refused restore leaves no container"
+    );
 }

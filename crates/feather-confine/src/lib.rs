@@ -16,6 +16,7 @@
 pub mod capabilities;
 pub mod devices;
 pub mod landlock;
+pub mod restored;
 pub mod seccomp;
 
 #[derive(Debug, thiserror::Error)]

@@ -47,6 +47,7 @@ pub mod policy;
 pub mod process;
 pub mod registry;
 pub mod restore;
+pub mod restored;
 pub mod run;
 pub mod seccomp;
 pub mod services;

@@ -229,7 +229,7 @@ fn become_user(process: &Process) -> Result<()> {
     Ok(())
 }
 
-fn cap_set(set: Option<&Capabilities>, field: &str) -> Result<CapsHashSet> {
+pub(crate) fn cap_set(set: Option<&Capabilities>, field: &str) -> Result<CapsHashSet> {
     set.into_iter()
         .flatten()
         .map(|cap| {

@@ -5,7 +5,9 @@
 //! feather-oci restore ─ folder, cgroup (the config's) ─ fork ─▶ child: own mount namespace,
 //!        │                                                      rootfs bound on itself, in the
 //!        │  RESTORE (root, rst_sibling, externals) ──────────▶  cgroup; execs `criu swrk`
-//!        ◀── the restored init's pid: our child (rst_sibling)
+//!        ◀── the restored init's pid: our child (rst_sibling), the tree left stopped
+//!        ├─ every thread checked against the config (restored.rs): SIGCONT, or the
+//!        │  tree killed, the container removed, the restore refused
 //!        └─ --detach: exits (the init goes to the engine's subreaper); else waits for it
 //! ```
 //! The init holds the pid the engine waits on, as after `start`: the container is running.
@@ -23,6 +25,7 @@ use feather_migrate::rpc;
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
 use nix::sched::CloneFlags;
+use nix::sys::signal::Signal;
 use nix::sys::stat::Mode;
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::Pid;
@@ -70,8 +73,10 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             container.groups().create(linux.resources().as_ref())
         })
         .and_then(|()| {
+            let allowed = crate::restored::Allowed::for_config(&spec)?;
             let (call, netns) = prepare(&criu, &container, &spec, args, images, mode)?;
-            run(call, netns.as_ref(), &container, &args.id)
+            let (pid, restoring_mnt) = run(call, netns.as_ref(), &container, &args.id)?;
+            resume_if_allowed(pid, &allowed, restoring_mnt, &container)
         });
     let pid = match restored {
         Ok(pid) => pid,
@@ -143,6 +148,8 @@ fn prepare(
         manage_cgroups_mode: Some(mode),
         external,
         inherit_fd,
+        // Checked before any of it runs: [`resume_if_allowed`].
+        leave_stopped: Some(true),
         ..common_options()
     };
     let log = args
@@ -264,7 +271,14 @@ fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
 
 /// Runs criu in a child placed where the container belongs; returns the restored init's pid.
 /// criu gets the restore's stdio, its channel and `netns`: nothing else the engine left open.
-fn run(call: RestoreCall, netns: Option<&OwnedFd>, container: &Container, id: &str) -> Result<i32> {
+/// Restores the tree, left stopped; gives its init's pid and the mount namespace CRIU ran in
+/// (the child's, `mnt:[…]`), where no restored process of the container may stay.
+fn run(
+    call: RestoreCall,
+    netns: Option<&OwnedFd>,
+    container: &Container,
+    id: &str,
+) -> Result<(i32, Option<PathBuf>)> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
@@ -275,9 +289,36 @@ fn run(call: RestoreCall, netns: Option<&OwnedFd>, container: &Container, id: &s
         }
         feather_sys::process::Forked::Parent(child) => child,
     };
+    // The child was made in its own mount namespace: read before it ends.
+    let proc = PathBuf::from(format!("/proc/{}", child.pid));
+    let restoring_mnt = feather_confine::restored::namespace(&proc, "mnt").ok();
     let restored = call.restore(id);
     let _ = waitpid(child.pid, None);
-    Ok(restored?)
+    Ok((restored?, restoring_mnt))
+}
+
+/// The stopped tree goes on when every thread holds no more than the config gives
+/// ([`crate::restored`]); else it is killed (the container is removed by the caller).
+fn resume_if_allowed(
+    pid: i32,
+    allowed: &crate::restored::Allowed,
+    restoring_mnt: Option<PathBuf>,
+    container: &Container,
+) -> Result<i32> {
+    let init = Pid::from_raw(pid);
+    let checked = crate::restored::Outside::here(restoring_mnt)
+        .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside));
+    if let Err(error) = checked {
+        let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
+        container.groups().kill_all();
+        let _ = waitpid(init, None);
+        return Err(error);
+    }
+    for member in container.groups().members() {
+        let _ = nix::sys::signal::kill(member, Signal::SIGCONT);
+    }
+    let _ = nix::sys::signal::kill(init, Signal::SIGCONT);
+    Ok(pid)
 }
 
 /// In the child: a mount namespace of its own with the rootfs bound on itself (CRIU mounts the

@@ -36,11 +36,13 @@
 //!   criu's own, which is the host's or that copy.
 //!
 //! What the check cannot see: the restored mount tree comes from the images (docs/security.md,
-//! docs/migration.md).
+//! docs/migration.md). Reading a thread and walking the tree are
+//! [`feather_confine::restored`]'s, which feather-oci's restore shares.
 
 use std::fs;
 use std::path::Path;
 
+use feather_confine::restored::namespace;
 use feather_confine::seccomp::{Compiled, Generation, Layout};
 use nix::unistd::Pid;
 
@@ -62,8 +64,7 @@ pub(crate) fn seccomp_profile(
 /// The name the spawner gives itself (spawner.rs).
 const SPAWNER: &str = "feather-spawner";
 
-/// One seccomp filter's program.
-pub(crate) type Program = Vec<feather_sys::seccomp::Instruction>;
+pub(crate) use feather_confine::restored::{Credentials, Program};
 
 /// What a process of the VM may hold.
 #[derive(Clone, Debug)]
@@ -150,18 +151,6 @@ impl Allowed {
     }
 }
 
-/// Where two programs first differ (an instruction, or the end of the shorter), if they do.
-fn first_difference(
-    held: &[feather_sys::seccomp::Instruction],
-    ours: &[feather_sys::seccomp::Instruction],
-) -> Option<usize> {
-    let same = |a: &feather_sys::seccomp::Instruction, b: &feather_sys::seccomp::Instruction| {
-        (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k)
-    };
-    let differ = held.iter().zip(ours).position(|(a, b)| !same(a, b));
-    differ.or((held.len() != ours.len()).then(|| held.len().min(ours.len())))
-}
-
 /// Why a thread's filters (`held`, the first installed first) do not start with feather's,
 /// for the user; None when one of feather's stacks for it is at their bottom, in order.
 pub(crate) fn foreign_filters(
@@ -169,80 +158,7 @@ pub(crate) fn foreign_filters(
     spawner: bool,
     allowed: &Allowed,
 ) -> Option<String> {
-    let mut closest = None;
-    for stack in allowed.feathers_stacks(spawner) {
-        let matching = stack
-            .iter()
-            .zip(held)
-            .take_while(|(ours, held)| first_difference(held, ours).is_none())
-            .count();
-        if matching == stack.len() {
-            return None;
-        }
-        if closest.as_ref().is_none_or(|(best, _)| matching > *best) {
-            closest = Some((matching, stack));
-        }
-    }
-    let (matching, stack) = closest?;
-    let position = matching + 1;
-    let Some(program) = held.get(matching) else {
-        return Some(format!(
-            "it runs under {} seccomp filters, where feather installs {} at the bottom of it",
-            held.len(),
-            stack.len()
-        ));
-    };
-    let ours = stack[matching];
-    let at = first_difference(program, ours).unwrap_or_default();
-    Some(format!(
-        "its seccomp filter {position} (counted from the first installed) is not the one \
-         feather installs there: {} instructions where feather's has {}, differing from \
-         instruction {at} on",
-        program.len(),
-        ours.len()
-    ))
-}
-
-/// The fields of one thread's status the check reads.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub(crate) struct Credentials {
-    pub name: String,
-    /// (field, mask): CapBnd, CapPrm, CapEff, CapInh, CapAmb.
-    pub caps: Vec<(&'static str, u64)>,
-    pub seccomp: u32,
-    /// None on a kernel that does not count them (Linux < 5.9): the mode is all there is.
-    pub filters: Option<u32>,
-    /// A zombie (or dead) task: it runs nothing again, and has no namespaces left to read.
-    pub ended: bool,
-}
-
-const CAP_FIELDS: [&str; 5] = ["CapBnd", "CapPrm", "CapEff", "CapInh", "CapAmb"];
-
-impl Credentials {
-    /// From the text of /proc/PID/task/TID/status; None if a field is missing (but
-    /// `Seccomp_filters`, which Linux < 5.9 does not show).
-    pub(crate) fn parse(status: &str) -> Option<Credentials> {
-        let field = |name: &str| {
-            status.lines().find_map(|line| {
-                let (key, value) = line.split_once(':')?;
-                (key == name).then(|| value.trim().to_string())
-            })
-        };
-        let mut caps = Vec::new();
-        for name in CAP_FIELDS {
-            caps.push((name, u64::from_str_radix(&field(name)?, 16).ok()?));
-        }
-        Some(Credentials {
-            name: field("Name").unwrap_or_default(),
-            caps,
-            seccomp: field("Seccomp")?.parse().ok()?,
-            filters: match field("Seccomp_filters") {
-                Some(count) => Some(count.parse().ok()?),
-                None => None,
-            },
-            ended: field("State").is_some_and(|state| state.starts_with(['Z', 'X'])),
-        })
-    }
+    feather_confine::restored::foreign_filters(held, allowed.feathers_stacks(spawner))
 }
 
 /// Why one thread's credentials are more than the VM may hold, for the user.
@@ -295,10 +211,6 @@ struct Host {
     restoring_mnt: Option<std::path::PathBuf>,
 }
 
-fn namespace(of: &Path, kind: &str) -> std::io::Result<std::path::PathBuf> {
-    fs::read_link(of.join("ns").join(kind))
-}
-
 /// Checks every thread of the stopped tree under `init` (a host pid); the first thread found
 /// holding more than `allowed` refuses, naming it. `restoring_mnt`: the mount namespace CRIU
 /// ran in (`mnt:[…]`, as /proc shows it).
@@ -329,29 +241,24 @@ pub(crate) fn check_tree(
         own,
         restoring_mnt: restoring_mnt.map(Path::to_path_buf),
     };
-    let mut pending = vec![(init, false)];
-    let mut seen = std::collections::BTreeSet::new();
-    while let Some((pid, spawner_place)) = pending.pop() {
-        if !seen.insert(pid) {
-            continue;
-        }
-        let tasks = format!("/proc/{pid}/task");
-        let threads = fs::read_dir(&tasks).map_err(|e| unreadable(&tasks, e))?;
-        for thread in threads {
-            let thread = thread.map_err(|e| unreadable(&tasks, e))?.path();
+    feather_confine::restored::walk_tree(
+        init.as_raw(),
+        |thread| {
             let place = Place {
-                init: pid == init,
-                child_of_init: spawner_place,
+                init: thread.init,
+                child_of_init: thread.child_of_init,
             };
-            check_thread(vm, pid, &thread, place, allowed, &host)?;
-            let children = fs::read_to_string(thread.join("children"))
-                .map_err(|e| unreadable(&thread.display().to_string(), e))?;
-            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
-                pending.push((Pid::from_raw(child), pid == init));
-            }
-        }
-    }
-    Ok(())
+            check_thread(
+                vm,
+                Pid::from_raw(thread.pid),
+                thread.path,
+                place,
+                allowed,
+                &host,
+            )
+        },
+        unreadable,
+    )
 }
 
 /// Where a process stands in the restored tree.
@@ -389,10 +296,7 @@ fn check_thread(
     if creds.ended {
         return Ok(());
     }
-    let tid = thread
-        .file_name()
-        .map(|t| t.to_string_lossy().into_owned())
-        .unwrap_or_default();
+    let tid = feather_confine::restored::thread_id(thread);
     let refuse = |why: String| {
         failed(
             vm,

@@ -1,0 +1,165 @@
+//! Reading what a tree CRIU restored (and left stopped) came back with: each thread's
+//! capability sets and seccomp mode from `/proc/PID/task/TID/status`, its namespaces, its
+//! filters compared with the stacks the runtime installs. CRIU, as the host's root, gives each
+//! task what its images say; images the host did not write (an import, a migration's sender,
+//! a pulled checkpoint) may say anything. What a thread may hold is the caller's: feather-vm's
+//! `restored_creds` for a VM, feather-oci's `restore` for a container.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+/// One seccomp filter's program.
+pub type Program = Vec<feather_sys::seccomp::Instruction>;
+
+/// The fields of one thread's status the checks read.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Credentials {
+    pub name: String,
+    /// (field, mask): CapBnd, CapPrm, CapEff, CapInh, CapAmb.
+    pub caps: Vec<(&'static str, u64)>,
+    pub seccomp: u32,
+    /// None on a kernel that does not count them (Linux < 5.9): the mode is all there is.
+    pub filters: Option<u32>,
+    /// A zombie (or dead) task: it runs nothing again, and has no namespaces left to read.
+    pub ended: bool,
+}
+
+/// The capability sets of a status, in the order they are checked.
+pub const CAP_FIELDS: [&str; 5] = ["CapBnd", "CapPrm", "CapEff", "CapInh", "CapAmb"];
+
+impl Credentials {
+    /// From the text of /proc/PID/task/TID/status; None if a field is missing (but
+    /// `Seccomp_filters`, which Linux < 5.9 does not show).
+    pub fn parse(status: &str) -> Option<Credentials> {
+        let field = |name: &str| {
+            status.lines().find_map(|line| {
+                let (key, value) = line.split_once(':')?;
+                (key == name).then(|| value.trim().to_string())
+            })
+        };
+        let mut caps = Vec::new();
+        for name in CAP_FIELDS {
+            caps.push((name, u64::from_str_radix(&field(name)?, 16).ok()?));
+        }
+        Some(Credentials {
+            name: field("Name").unwrap_or_default(),
+            caps,
+            seccomp: field("Seccomp")?.parse().ok()?,
+            filters: match field("Seccomp_filters") {
+                Some(count) => Some(count.parse().ok()?),
+                None => None,
+            },
+            ended: field("State").is_some_and(|state| state.starts_with(['Z', 'X'])),
+        })
+    }
+}
+
+/// Where two programs first differ (an instruction, or the end of the shorter), if they do.
+pub fn first_difference(
+    held: &[feather_sys::seccomp::Instruction],
+    ours: &[feather_sys::seccomp::Instruction],
+) -> Option<usize> {
+    let same = |a: &feather_sys::seccomp::Instruction, b: &feather_sys::seccomp::Instruction| {
+        (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k)
+    };
+    let differ = held.iter().zip(ours).position(|(a, b)| !same(a, b));
+    differ.or((held.len() != ours.len()).then(|| held.len().min(ours.len())))
+}
+
+/// Why a thread's filters (`held`, the first installed first) start with none of `stacks`
+/// (the runtime's, each the first installed first), for the user; None when one of them is at
+/// their bottom, in order. Filters above it are the process's own: a stacked filter can only
+/// refuse more.
+pub fn foreign_filters(held: &[Program], stacks: Vec<Vec<&Program>>) -> Option<String> {
+    let mut closest = None;
+    for stack in stacks {
+        let matching = stack
+            .iter()
+            .zip(held)
+            .take_while(|(ours, held)| first_difference(held, ours).is_none())
+            .count();
+        if matching == stack.len() {
+            return None;
+        }
+        if closest.as_ref().is_none_or(|(best, _)| matching > *best) {
+            closest = Some((matching, stack));
+        }
+    }
+    let (matching, stack) = closest?;
+    let position = matching + 1;
+    let Some(program) = held.get(matching) else {
+        return Some(format!(
+            "it runs under {} seccomp filters, where feather installs {} at the bottom of it",
+            held.len(),
+            stack.len()
+        ));
+    };
+    let ours = stack[matching];
+    let at = first_difference(program, ours).unwrap_or_default();
+    Some(format!(
+        "its seccomp filter {position} (counted from the first installed) is not the one \
+         feather installs there: {} instructions where feather's has {}, differing from \
+         instruction {at} on",
+        program.len(),
+        ours.len()
+    ))
+}
+
+/// The namespace of `kind` (`pid`, `mnt`, …) a process or thread (its /proc folder) is in, as
+/// /proc shows it (`mnt:[…]`).
+pub fn namespace(of: &Path, kind: &str) -> std::io::Result<PathBuf> {
+    fs::read_link(of.join("ns").join(kind))
+}
+
+/// One thread of a restored tree, as [`walk_tree`] visits it.
+pub struct Thread<'a> {
+    /// Its process (a host pid).
+    pub pid: i32,
+    /// Its folder, /proc/PID/task/TID.
+    pub path: &'a Path,
+    /// Whether its process is the tree's init.
+    pub init: bool,
+    /// Whether its process is a child of the init.
+    pub child_of_init: bool,
+}
+
+/// Visits every thread of the tree under `init` (a host pid, the tree stopped), its own first;
+/// the first error the visit returns ends the walk. `unreadable` words what cannot be read.
+pub fn walk_tree<E>(
+    init: i32,
+    mut visit: impl FnMut(Thread) -> Result<(), E>,
+    unreadable: impl Fn(&str, std::io::Error) -> E,
+) -> Result<(), E> {
+    let mut pending = vec![(init, false)];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((pid, child_of_init)) = pending.pop() {
+        if !seen.insert(pid) {
+            continue;
+        }
+        let tasks = format!("/proc/{pid}/task");
+        let threads = fs::read_dir(&tasks).map_err(|e| unreadable(&tasks, e))?;
+        for thread in threads {
+            let thread = thread.map_err(|e| unreadable(&tasks, e))?.path();
+            visit(Thread {
+                pid,
+                path: &thread,
+                init: pid == init,
+                child_of_init,
+            })?;
+            let children = fs::read_to_string(thread.join("children"))
+                .map_err(|e| unreadable(&thread.display().to_string(), e))?;
+            for child in children.split_whitespace().filter_map(|c| c.parse().ok()) {
+                pending.push((child, pid == init));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A thread's id, from its folder's name.
+pub fn thread_id(thread: &Path) -> String {
+    thread
+        .file_name()
+        .map(|t| t.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
