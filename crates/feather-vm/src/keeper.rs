@@ -1073,17 +1073,17 @@ impl Keeper {
         }
     }
 
-    /// Takes a pooled VM out of the pool for the asker: the removal of its pool entry is the
-    /// claim, which only one asker can make (the entry is gone for every later one).
+    /// Takes a pooled VM out of the pool for the asker: the move of its pool entry to
+    /// `claimed/` is the claim, which only one asker can make (the entry is gone for every
+    /// later one).
     /// `terminal`: the claimer's, where the VM's `ask` rules ask from then on, as they would in
     /// a VM the claimer had started.
     fn claim(&self, stream: &UnixStream, terminal: Option<PathBuf>) -> Answered {
-        let entry = self
-            .vm
-            .root()
-            .map(|root| crate::pooled::entry(&root, self.vm.name()));
-        let taken =
-            !self.claimed.get() && entry.is_some_and(|entry| fs::remove_file(entry).is_ok());
+        let taken = !self.claimed.get()
+            && self
+                .vm
+                .root()
+                .is_some_and(|root| crate::pooled::take(&root, self.vm.name()));
         if !taken {
             let message = format!(
                 "VM {} is not in the pool (claimed already?)",
@@ -1664,6 +1664,10 @@ impl Keeper {
             crate::pooled::start_filler(&root);
         }
         self.remove_throw_away(&aside);
+        // Last: until here a crash leaves the claimed entry that leads a fill to what is left.
+        if let Some(root) = self.vm.root() {
+            let _ = fs::remove_file(crate::pooled::claimed_entry(&root, self.vm.name()));
+        }
         trace::phase("teardown: a claimed VM removed");
     }
 

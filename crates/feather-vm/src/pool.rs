@@ -187,8 +187,62 @@ pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> R
     let code = crate::exec::exec(root, &claimed.name, workload, false);
     nix::sched::setns(host.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| io(&claimed.name, "going back to the host's network")(e.into()))?;
+    // A command that did not report its end may have lost its VM's keeper: its ending
+    // descriptors close one after another, so give it a moment to let go of its lock.
+    let patience = if code.is_err() {
+        CRASH_PATIENCE
+    } else {
+        Duration::ZERO
+    };
+    remove_if_crashed(root, &claimed.name, Instant::now() + patience);
     drop(claimed);
     code
+}
+
+/// How long a run whose command did not report its end waits for its pooled VM's keeper to
+/// be seen gone (killed) before it leaves the VM to that keeper.
+const CRASH_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Removes claimed VM `name` if its keeper is gone by `deadline` having left it (killed: the
+/// VM not set aside, as the keeper's teardown does first), and starts the refill that keeper
+/// would have started.
+fn remove_if_crashed(root: &StateRoot, name: &VmName, deadline: Instant) {
+    let vm = root.vm(name);
+    if !vm.keeper_ends_by(deadline).unwrap_or(false) || !vm.path().exists() {
+        return;
+    }
+    remove_crashed_claim(root, &vm);
+    if size(root) > 0 {
+        pooled::start_filler(root);
+    }
+}
+
+/// Removes what a claimed VM whose keeper is gone left, and its claimed entry once nothing is.
+fn remove_crashed_claim(root: &StateRoot, vm: &feather_core::VmDir) {
+    if vm.path().exists() {
+        lifecycle::remove_failed_throw_away(root, vm);
+    }
+    if !vm.path().exists() {
+        let _ = fs::remove_file(pooled::claimed_entry(root, vm.name()));
+    }
+}
+
+/// Removes the claimed VMs whose keeper died before it removed them (the run that claimed one
+/// was killed with it, or before it could look): what a keeper's teardown would have removed.
+/// A VM whose keeper set it aside is finished by the commands that settle teardowns.
+fn remove_crashed_claims(root: &StateRoot) {
+    let Ok(read) = fs::read_dir(pooled::claimed_dir(root)) else {
+        return;
+    };
+    for name in read
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    {
+        let vm = root.vm(&name);
+        if !vm.path().exists() || !vm.keeper_alive().unwrap_or(true) {
+            remove_crashed_claim(root, &vm);
+        }
+    }
 }
 
 /// Brings the pool to its size: removes what is stale or left by a crash, makes VMs that are
@@ -196,8 +250,9 @@ pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> R
 /// returns at once, and the one at work looks again once it has let go of the lock (a claim
 /// whose fill found it held is not missed).
 pub fn fill(root: &StateRoot) -> Result<()> {
-    let dir = pooled::entries_dir(root);
-    fs::create_dir_all(&dir).at(&dir)?;
+    for dir in [pooled::entries_dir(root), pooled::claimed_dir(root)] {
+        fs::create_dir_all(&dir).at(&dir)?;
+    }
     let lock_path = pooled::dir(root).join("fill.lock");
     loop {
         let lock = fs::OpenOptions::new()
@@ -253,12 +308,13 @@ fn claim_any(root: &StateRoot) -> Option<Claimed> {
     })
 }
 
-/// Removes the pool's entries that will never be claimed, with their VMs: an entry without a
-/// VM (a fill that died before it made it), a VM whose keeper is gone (killed, or a fill that
+/// Removes the pool's entries that will never be claimed, with their VMs, and what claimed
+/// VMs whose keeper was killed left ([`remove_crashed_claims`]): an entry without a VM (a fill that died before it made it), a VM whose keeper is gone (killed, or a fill that
 /// died before it started it) or does not answer (stopped, stuck, of a build that speaks
 /// another protocol), a VM made under another fingerprint. Run under the fill lock: no fill
 /// is half-way through an entry.
 fn remove_stale(root: &StateRoot) {
+    remove_crashed_claims(root);
     let current = pooled::fingerprint(root);
     for (name, made_under) in entries(root) {
         let vm = root.vm(&name);

@@ -7,11 +7,13 @@
 //! <root>/pool/size        the size setting ("0" or absent: no pool)
 //! <root>/pool/fill.lock   held by the one filler at work
 //! <root>/pool/vms/<name>  one per pooled VM, unclaimed: the fingerprint it was made under
+//! <root>/pool/claimed/<name>  one per claimed VM until its keeper has removed it
 //! ```
 //!
-//! An entry is written before its VM is created and removed by the VM's keeper as the VM is
-//! claimed: a VM with an entry is hidden from `ls`, and an entry without a live keeper is
-//! what a crash left, which the next fill removes with its VM.
+//! An entry is written before its VM is created and moved to `claimed/` by the VM's keeper as
+//! the VM is claimed (a rename: only one claim can make it): a VM with an entry is hidden from
+//! `ls`, and an entry (pooled or claimed) without a live keeper is what a crash left, which
+//! the next fill removes with its VM.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -53,6 +55,32 @@ pub fn entries_dir(root: &StateRoot) -> PathBuf {
 /// The entry of VM `name`, there while the VM is pooled and unclaimed.
 pub fn entry(root: &StateRoot, name: &VmName) -> PathBuf {
     entries_dir(root).join(name.as_str())
+}
+
+/// The folder of the claimed VMs' entries, each there until its VM is removed.
+pub fn claimed_dir(root: &StateRoot) -> PathBuf {
+    dir(root).join("claimed")
+}
+
+/// The entry of VM `name` once claimed, there until its keeper has removed the VM.
+pub fn claimed_entry(root: &StateRoot, name: &VmName) -> PathBuf {
+    claimed_dir(root).join(name.as_str())
+}
+
+/// Claims pooled VM `name`: its entry moves to `claimed/`, which only one caller can do (the
+/// entry is gone for every later one). Whether this call did.
+pub fn take(root: &StateRoot, name: &VmName) -> bool {
+    let (from, to) = (entry(root, name), claimed_entry(root, name));
+    match std::fs::rename(&from, &to) {
+        Ok(()) => true,
+        // A pool folder of a build that had no `claimed/` (a fill makes it): made, tried once
+        // more.
+        Err(_) if from.exists() && !claimed_dir(root).exists() => {
+            std::fs::create_dir_all(claimed_dir(root)).is_ok()
+                && std::fs::rename(&from, &to).is_ok()
+        }
+        Err(_) => false,
+    }
 }
 
 /// Whether VM `name` is pooled (made ahead, not claimed): `ls` does not show it.
