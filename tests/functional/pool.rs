@@ -714,3 +714,38 @@ fn a_pool_too_large_is_refused() {
     assert!(pool.entries().is_empty());
     assert_eq!(pool.ok(&["pool"]).lines().next(), Some("size: 0"));
 }
+
+/// A pooled VM left unclaimed for the pool's idle time (`pool --idle`) is removed by its own
+/// keeper, leaving nothing on the host or in the root, and the pool is not refilled until a
+/// run comes: that run makes its own VM, and the fill it starts makes the pool whole again.
+#[test]
+fn pooled_vms_idle_too_long_go_and_the_next_run_refills_the_pool() {
+    let cgroups_before = support::feather_cgroups();
+    let mut pool = Pooled::new("pool-idle", 0);
+    pool.size = 2;
+    pool.ok(&["pool", "--size", "2", "--idle", "3s"]);
+    assert!(pool.ok(&["pool"]).contains("\nidle: 3s\n"));
+    // Made (one may be gone already on a slow host).
+    assert!(!pool.entries().is_empty());
+    pool.feather
+        .eventually_within("the idle VMs are gone", Duration::from_secs(30), || {
+            pool.entries().is_empty() && pool.vm_folders().is_empty()
+        });
+    // Nothing starts a fill now: the pool stays empty.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(pool.entries().is_empty(), "refilled: {:?}", pool.entries());
+    assert!(support::names_in(&pool.feather.root.join("pool/claimed")).is_empty());
+    assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
+    // The VMs the run's fill makes wait for ever from now on (read as each is up).
+    pool.ok(&["pool", "--idle", "0"]);
+    assert!(pool.ok(&["pool"]).contains("\nidle: for ever\n"));
+    let name = pool.ok(&["run", "--rm", "--", "hostname"]);
+    assert!(!from_the_pool(name.trim()), "{name}");
+    pool.feather.eventually_within(
+        "the run's fill made the pool whole",
+        Duration::from_secs(30),
+        || pool.entries().len() == 2,
+    );
+    pool.whole();
+    pool.drained_leaving_nothing(&cgroups_before);
+}

@@ -13,6 +13,8 @@
 //! - A fill ([`fill`], run by a detached process that the claimed VM's keeper starts as the
 //!   VM ends, or a run that missed after its command: see [`pooled::start_filler`]) removes
 //!   what crashes left and makes VMs until the pool has its size; one at a time (a lock).
+//! - A pooled VM unclaimed for the root's idle time ([`set_idle`]) is ended by its keeper,
+//!   which takes it out of the pool as a claim would and starts no fill: the next run does.
 //!
 //! Where each thing lives on disk: [`crate::pooled`].
 
@@ -66,10 +68,31 @@ pub fn set_size(root: &StateRoot, size: usize) -> Result<()> {
     Ok(())
 }
 
+/// Records how long a pooled VM waits unclaimed before its keeper removes it (`None`: for
+/// ever), durably, as the size. Read by each pooled VM's keeper as the VM is up, and again
+/// when that time has come.
+pub fn set_idle(root: &StateRoot, idle: Option<Duration>) -> Result<()> {
+    let seconds = match idle {
+        None => 0,
+        // Whole seconds, at least one: 0 is "for ever".
+        Some(idle) => idle.as_secs().max(1),
+    };
+    let dir = pooled::dir(root);
+    fs::create_dir_all(&dir).at(&dir)?;
+    write_atomic(
+        &dir.join("idle"),
+        format!("{seconds}\n").as_bytes(),
+        Durability::Durable,
+    )?;
+    Ok(())
+}
+
 /// What `feather pool` shows.
 #[derive(Debug, Default)]
 pub struct Status {
     pub size: usize,
+    /// How long a pooled VM waits unclaimed; `None`: for ever.
+    pub idle: Option<Duration>,
     /// Pooled VMs ready to be claimed: up, made under the host's present fingerprint.
     pub ready: Vec<VmName>,
     /// Pooled VMs that will not be claimed (made under another fingerprint, or their keeper
@@ -82,6 +105,7 @@ pub fn status(root: &StateRoot) -> Status {
     let current = pooled::fingerprint(root);
     let mut status = Status {
         size: size(root),
+        idle: pooled::idle(root),
         ..Status::default()
     };
     for (name, made_under) in entries(root) {

@@ -5,6 +5,8 @@
 //!
 //! ```text
 //! <root>/pool/size        the size setting ("0" or absent: no pool)
+//! <root>/pool/idle        how long a pooled VM waits unclaimed before its keeper removes it,
+//!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
 //! <root>/pool/fill.lock   held by the one filler at work
 //! <root>/pool/vms/<name>  one per pooled VM, unclaimed: the fingerprint it was made under
 //! <root>/pool/claimed/<name>  one per claimed VM until its keeper has removed it
@@ -17,6 +19,7 @@
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use feather_core::{StateRoot, VmName};
 
@@ -40,6 +43,23 @@ pub fn size(root: &StateRoot) -> usize {
         .ok()
         .and_then(|text| text.trim().parse().ok())
         .unwrap_or(0)
+}
+
+/// How long a pooled VM waits unclaimed, unless the root says otherwise: long enough for the
+/// scripts a pool is for (runs minutes apart still find it), short enough that an idle host
+/// does not keep VMs no one uses.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(10 * 60);
+
+/// How long a pooled VM waits unclaimed before its keeper removes it; `None`: for ever.
+pub fn idle(root: &StateRoot) -> Option<Duration> {
+    let seconds = std::fs::read_to_string(dir(root).join("idle"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    match seconds {
+        None => Some(DEFAULT_IDLE),
+        Some(0) => None,
+        Some(seconds) => Some(Duration::from_secs(seconds)),
+    }
 }
 
 /// The pool's folder in a state root.
