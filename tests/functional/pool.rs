@@ -247,19 +247,23 @@ fn concurrent_runs_took_from(pool: &Pooled) -> bool {
 fn a_run_killed_mid_command_ends_its_pooled_vm() {
     let cgroups_before = support::feather_cgroups();
     let pool = Pooled::new("pool-killed-run", 1);
+    let (mut run, pooled) = a_run_holding_a_pooled_vm(&pool);
+    kill(&mut run);
+    pool.feather.eventually("the claimed VM is gone", || {
+        !pool.vm_folders().iter().any(|f| f.contains(&pooled))
+    });
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A `run --rm -- sleep 1000` that took a VM of `pool`, and that VM's name. Another test's
+/// mount may make the pooled VM stale: the run then makes its own VM (a cold run's front is its
+/// keeper: killed, it leaves the VM crashed, removed here), and it is tried again with a fresh
+/// pool.
+fn a_run_holding_a_pooled_vm(pool: &Pooled) -> (std::process::Child, String) {
     let listed = || {
         let rows: serde_json::Value = serde_json::from_str(&pool.ok(&["ls", "--json"])).unwrap();
         rows[0]["name"].as_str().map(str::to_owned)
     };
-    let kill = |run: &mut std::process::Child| {
-        let pid = nix::unistd::Pid::from_raw(run.id() as i32);
-        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
-        run.wait().unwrap();
-    };
-    // Another test's mount may make the pooled VM stale: the run then makes its own VM (a
-    // cold run's front is its keeper: killed, it leaves the VM crashed, removed here), and
-    // the test tries again with a fresh pool.
-    let mut pooled = None;
     for _ in 0..3 {
         pool.whole();
         let mut run = pool
@@ -270,17 +274,69 @@ fn a_run_killed_mid_command_ends_its_pooled_vm() {
         pool.feather
             .eventually("the run's VM is listed", || listed().is_some());
         let name = listed().unwrap();
-        kill(&mut run);
         if from_the_pool(&name) {
-            pooled = Some(name);
-            break;
+            return (run, name);
         }
+        kill(&mut run);
         pool.ok(&["rm", "-f", &name]);
     }
-    let pooled = pooled.expect("no run took a VM of the pool");
-    pool.feather.eventually("the claimed VM is gone", || {
-        !pool.vm_folders().iter().any(|f| f.contains(&pooled))
+    panic!("no run took a VM of the pool");
+}
+
+/// Kills `run` with SIGKILL (it can do nothing) and reaps it.
+fn kill(run: &mut std::process::Child) {
+    let pid = nix::unistd::Pid::from_raw(run.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL).unwrap();
+    run.wait().unwrap();
+}
+
+/// A claimed VM whose keeper is killed mid-command (F7 of the pool's review): the run fails
+/// (125, as the VM's end before the command's), having removed what the keeper left rather
+/// than leave the VM crashed, and starts the refill the keeper would have started: the pool
+/// is made whole again without anyone else filling it; drained, nothing is left.
+#[test]
+fn a_claimed_vms_keeper_killed_leaves_nothing_and_the_pool_is_refilled() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-claimed-keeper", 1);
+    let (mut run, claimed) = a_run_holding_a_pooled_vm(&pool);
+    pool.feather.kill_keeper(&claimed);
+    assert_eq!(run.wait().unwrap().code(), Some(125));
+    assert!(
+        !pool.vm_folders().contains(&claimed),
+        "the crashed VM was left: {:?}",
+        pool.vm_folders()
+    );
+    // An entry, made by the fill the run started (ready, or made stale by another test's mount
+    // meanwhile).
+    pool.feather
+        .eventually_within("the pool is refilled", Duration::from_secs(30), || {
+            pool.entries().len() == 1
+        });
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A claimed VM whose keeper was killed together with its run (which could not look) is
+/// removed by the next fill, which finds it by its claimed entry (F7).
+#[test]
+fn a_claimed_vm_left_crashed_with_its_run_is_removed_by_the_next_fill() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-claimed-crash", 1);
+    let (mut run, claimed) = a_run_holding_a_pooled_vm(&pool);
+    let pid = nix::unistd::Pid::from_raw(run.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let keeper = pool.feather.kill_keeper(&claimed);
+    pool.feather.eventually("its keeper is gone", || {
+        !std::path::Path::new(&format!("/proc/{keeper}")).exists()
     });
+    kill(&mut run);
+    assert!(pool.vm_folders().contains(&claimed), "nothing crashed");
+    pool.ok(&["pool", "--fill"]);
+    assert!(
+        !pool.vm_folders().contains(&claimed),
+        "the fill left the crashed VM: {:?}",
+        pool.vm_folders()
+    );
+    assert!(support::names_in(&pool.feather.root.join("pool/claimed")).is_empty());
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
@@ -657,4 +713,39 @@ fn a_pool_too_large_is_refused() {
     );
     assert!(pool.entries().is_empty());
     assert_eq!(pool.ok(&["pool"]).lines().next(), Some("size: 0"));
+}
+
+/// A pooled VM left unclaimed for the pool's idle time (`pool --idle`) is removed by its own
+/// keeper, leaving nothing on the host or in the root, and the pool is not refilled until a
+/// run comes: that run makes its own VM, and the fill it starts makes the pool whole again.
+#[test]
+fn pooled_vms_idle_too_long_go_and_the_next_run_refills_the_pool() {
+    let cgroups_before = support::feather_cgroups();
+    let mut pool = Pooled::new("pool-idle", 0);
+    pool.size = 2;
+    pool.ok(&["pool", "--size", "2", "--idle", "3s"]);
+    assert!(pool.ok(&["pool"]).contains("\nidle: 3s\n"));
+    // Made (one may be gone already on a slow host).
+    assert!(!pool.entries().is_empty());
+    pool.feather
+        .eventually_within("the idle VMs are gone", Duration::from_secs(30), || {
+            pool.entries().is_empty() && pool.vm_folders().is_empty()
+        });
+    // Nothing starts a fill now: the pool stays empty.
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(pool.entries().is_empty(), "refilled: {:?}", pool.entries());
+    assert!(support::names_in(&pool.feather.root.join("pool/claimed")).is_empty());
+    assert_nothing_left(&pool.feather, &pool.bridge, &cgroups_before);
+    // The VMs the run's fill makes wait for ever from now on (read as each is up).
+    pool.ok(&["pool", "--idle", "0"]);
+    assert!(pool.ok(&["pool"]).contains("\nidle: for ever\n"));
+    let name = pool.ok(&["run", "--rm", "--", "hostname"]);
+    assert!(!from_the_pool(name.trim()), "{name}");
+    pool.feather.eventually_within(
+        "the run's fill made the pool whole",
+        Duration::from_secs(30),
+        || pool.entries().len() == 2,
+    );
+    pool.whole();
+    pool.drained_leaving_nothing(&cgroups_before);
 }

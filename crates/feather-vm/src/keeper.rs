@@ -135,6 +135,9 @@ pub struct Keeper {
     /// Set once a pooled VM was claimed by a `run --rm` (see [`crate::pool`]): its end is that
     /// run's end, and its teardown a throw-away VM's, out of `ls`'s sight.
     claimed: std::cell::Cell<bool>,
+    /// Set once a pooled VM waited unclaimed for the pool's idle time and took itself out of
+    /// the pool ([`Keeper::expire`]): its teardown is a claimed VM's, but starts no refill.
+    expired: std::cell::Cell<bool>,
     /// A VM received by a migration: the `feather serve` it waits for (snapshot::hold).
     hold: Option<OwnedFd>,
     /// The VM's shuttle broker, once opened; dropped (closing its channels) with the keeper.
@@ -464,6 +467,7 @@ impl Keeper {
             durability,
             checkpointed: std::cell::Cell::new(false),
             claimed: std::cell::Cell::new(false),
+            expired: std::cell::Cell::new(false),
             hold: None,
             lock,
             broker: None,
@@ -619,6 +623,7 @@ impl Keeper {
             network,
             checkpointed: std::cell::Cell::new(false),
             claimed: std::cell::Cell::new(false),
+            expired: std::cell::Cell::new(false),
             hold,
             lock,
             broker: None,
@@ -868,6 +873,13 @@ impl Keeper {
         // pages again), and a background keeper's shuttle thread (feather_shuttle::watch),
         // started a moment ago, would map the pages of its first steps again after the release.
         let mut quiet = Quiet::busy_since(Instant::now());
+        // A pooled VM left unclaimed for the pool's idle time is removed by this keeper.
+        let ready_at = Instant::now();
+        let mut expires_at = if foreground {
+            None
+        } else {
+            self.idle_expiry(ready_at)
+        };
         let status = loop {
             let mut fds = vec![
                 PollFd::new(self.init.pidfd.as_fd(), PollFlags::POLLIN),
@@ -882,7 +894,8 @@ impl Keeper {
                 fds.push(PollFd::new(claimer.as_fd(), PollFlags::POLLIN));
             }
             let now = Instant::now();
-            let _ = quiet.wait(&mut fds, phase.patience(now).map(|left| now + left));
+            let acts_at = phase.patience(now).map(|left| now + left);
+            let _ = quiet.wait(&mut fds, acts_at.into_iter().chain(expires_at).min());
             let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
             let (init_ended, connection, signalled) =
                 (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]));
@@ -932,6 +945,19 @@ impl Keeper {
                     .and_then(|info| Signal::try_from(info.ssi_signo as i32).ok());
                 if let Some(signal) = signal {
                     phase = self.act(decide::on_signal(phase, signal, foreground, Instant::now()));
+                }
+            }
+            if self.claimed.get() || phase != Phase::Running {
+                expires_at = None;
+            } else if expires_at.is_some_and(|at| Instant::now() >= at) {
+                // Read again: the setting may have changed since the VM was up.
+                expires_at = self.idle_expiry(ready_at);
+                if expires_at.is_some_and(|at| Instant::now() >= at) {
+                    expires_at = None;
+                    if self.expire() {
+                        trace::phase("wait in the pool until idle too long");
+                        phase = self.act(decide::claim_ended(phase));
+                    }
                 }
             }
             phase = self.act(decide::on_time(phase, Instant::now()));
@@ -1081,17 +1107,17 @@ impl Keeper {
         }
     }
 
-    /// Takes a pooled VM out of the pool for the asker: the removal of its pool entry is the
-    /// claim, which only one asker can make (the entry is gone for every later one).
+    /// Takes a pooled VM out of the pool for the asker: the move of its pool entry to
+    /// `claimed/` is the claim, which only one asker can make (the entry is gone for every
+    /// later one).
     /// `terminal`: the claimer's, where the VM's `ask` rules ask from then on, as they would in
     /// a VM the claimer had started.
     fn claim(&self, stream: &UnixStream, terminal: Option<PathBuf>) -> Answered {
-        let entry = self
-            .vm
-            .root()
-            .map(|root| crate::pooled::entry(&root, self.vm.name()));
-        let taken =
-            !self.claimed.get() && entry.is_some_and(|entry| fs::remove_file(entry).is_ok());
+        let taken = !self.claimed.get()
+            && self
+                .vm
+                .root()
+                .is_some_and(|root| crate::pooled::take(&root, self.vm.name()));
         if !taken {
             let message = format!(
                 "VM {} is not in the pool (claimed already?)",
@@ -1109,6 +1135,33 @@ impl Keeper {
             eprintln!("feather keeper {}: its claimer went away", self.vm.name());
         }
         Answered::Claimed
+    }
+
+    /// When this VM, up since `ready_at`, has waited in the pool for the root's idle time
+    /// (`pooled::idle`, read now); `None`: not pooled (or claimed), or the pool's VMs wait for
+    /// ever.
+    fn idle_expiry(&self, ready_at: Instant) -> Option<Instant> {
+        let root = self.vm.root()?;
+        if self.claimed.get() || !crate::pooled::is_pooled(&root, self.vm.name()) {
+            return None;
+        }
+        crate::pooled::idle(&root).map(|idle| ready_at + idle)
+    }
+
+    /// Takes this pooled VM out of the pool for its own end, as a claim takes it (a run that
+    /// asks meanwhile is refused, and makes its own VM): it ends as a claimed VM whose claimer
+    /// let go, except that no refill follows — an idle pool shrinks until runs come again.
+    /// Whether it was still in the pool (a fill that removes it meanwhile ends it itself).
+    fn expire(&self) -> bool {
+        let taken = self
+            .vm
+            .root()
+            .is_some_and(|root| crate::pooled::take(&root, self.vm.name()));
+        if taken {
+            self.claimed.set(true);
+            self.expired.set(true);
+        }
+        taken
     }
 
     /// Dumps the VM for a checkpoint request and answers it, or says what the asker waits for.
@@ -1667,11 +1720,20 @@ impl Keeper {
             }
         };
         // The pool is made whole again beside this teardown, which no one waits for either
-        // (unless it was drained meanwhile: a fill would find nothing to do).
-        if let Some(root) = self.vm.root().filter(|root| crate::pooled::size(root) > 0) {
+        // (unless it was drained meanwhile: a fill would find nothing to do), but not after an
+        // idle VM's end: the next run refills it (a miss, or a claim).
+        let refill = self
+            .vm
+            .root()
+            .filter(|root| !self.expired.get() && crate::pooled::size(root) > 0);
+        if let Some(root) = refill {
             crate::pooled::start_filler(&root);
         }
         self.remove_throw_away(&aside);
+        // Last: until here a crash leaves the claimed entry that leads a fill to what is left.
+        if let Some(root) = self.vm.root() {
+            let _ = fs::remove_file(crate::pooled::claimed_entry(&root, self.vm.name()));
+        }
         trace::phase("teardown: a claimed VM removed");
     }
 

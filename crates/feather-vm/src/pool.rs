@@ -13,6 +13,8 @@
 //! - A fill ([`fill`], run by a detached process that the claimed VM's keeper starts as the
 //!   VM ends, or a run that missed after its command: see [`pooled::start_filler`]) removes
 //!   what crashes left and makes VMs until the pool has its size; one at a time (a lock).
+//! - A pooled VM unclaimed for the root's idle time ([`set_idle`]) is ended by its keeper,
+//!   which takes it out of the pool as a claim would and starts no fill: the next run does.
 //!
 //! Where each thing lives on disk: [`crate::pooled`].
 
@@ -66,10 +68,31 @@ pub fn set_size(root: &StateRoot, size: usize) -> Result<()> {
     Ok(())
 }
 
+/// Records how long a pooled VM waits unclaimed before its keeper removes it (`None`: for
+/// ever), durably, as the size. Read by each pooled VM's keeper as the VM is up, and again
+/// when that time has come.
+pub fn set_idle(root: &StateRoot, idle: Option<Duration>) -> Result<()> {
+    let seconds = match idle {
+        None => 0,
+        // Whole seconds, at least one: 0 is "for ever".
+        Some(idle) => idle.as_secs().max(1),
+    };
+    let dir = pooled::dir(root);
+    fs::create_dir_all(&dir).at(&dir)?;
+    write_atomic(
+        &dir.join("idle"),
+        format!("{seconds}\n").as_bytes(),
+        Durability::Durable,
+    )?;
+    Ok(())
+}
+
 /// What `feather pool` shows.
 #[derive(Debug, Default)]
 pub struct Status {
     pub size: usize,
+    /// How long a pooled VM waits unclaimed; `None`: for ever.
+    pub idle: Option<Duration>,
     /// Pooled VMs ready to be claimed: up, made under the host's present fingerprint.
     pub ready: Vec<VmName>,
     /// Pooled VMs that will not be claimed (made under another fingerprint, or their keeper
@@ -82,6 +105,7 @@ pub fn status(root: &StateRoot) -> Status {
     let current = pooled::fingerprint(root);
     let mut status = Status {
         size: size(root),
+        idle: pooled::idle(root),
         ..Status::default()
     };
     for (name, made_under) in entries(root) {
@@ -187,8 +211,62 @@ pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> R
     let code = crate::exec::exec(root, &claimed.name, workload, false);
     nix::sched::setns(host.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| io(&claimed.name, "going back to the host's network")(e.into()))?;
+    // A command that did not report its end may have lost its VM's keeper: its ending
+    // descriptors close one after another, so give it a moment to let go of its lock.
+    let patience = if code.is_err() {
+        CRASH_PATIENCE
+    } else {
+        Duration::ZERO
+    };
+    remove_if_crashed(root, &claimed.name, Instant::now() + patience);
     drop(claimed);
     code
+}
+
+/// How long a run whose command did not report its end waits for its pooled VM's keeper to
+/// be seen gone (killed) before it leaves the VM to that keeper.
+const CRASH_PATIENCE: Duration = Duration::from_secs(1);
+
+/// Removes claimed VM `name` if its keeper is gone by `deadline` having left it (killed: the
+/// VM not set aside, as the keeper's teardown does first), and starts the refill that keeper
+/// would have started.
+fn remove_if_crashed(root: &StateRoot, name: &VmName, deadline: Instant) {
+    let vm = root.vm(name);
+    if !vm.keeper_ends_by(deadline).unwrap_or(false) || !vm.path().exists() {
+        return;
+    }
+    remove_crashed_claim(root, &vm);
+    if size(root) > 0 {
+        pooled::start_filler(root);
+    }
+}
+
+/// Removes what a claimed VM whose keeper is gone left, and its claimed entry once nothing is.
+fn remove_crashed_claim(root: &StateRoot, vm: &feather_core::VmDir) {
+    if vm.path().exists() {
+        lifecycle::remove_failed_throw_away(root, vm);
+    }
+    if !vm.path().exists() {
+        let _ = fs::remove_file(pooled::claimed_entry(root, vm.name()));
+    }
+}
+
+/// Removes the claimed VMs whose keeper died before it removed them (the run that claimed one
+/// was killed with it, or before it could look): what a keeper's teardown would have removed.
+/// A VM whose keeper set it aside is finished by the commands that settle teardowns.
+fn remove_crashed_claims(root: &StateRoot) {
+    let Ok(read) = fs::read_dir(pooled::claimed_dir(root)) else {
+        return;
+    };
+    for name in read
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+    {
+        let vm = root.vm(&name);
+        if !vm.path().exists() || !vm.keeper_alive().unwrap_or(true) {
+            remove_crashed_claim(root, &vm);
+        }
+    }
 }
 
 /// Brings the pool to its size: removes what is stale or left by a crash, makes VMs that are
@@ -196,8 +274,9 @@ pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> R
 /// returns at once, and the one at work looks again once it has let go of the lock (a claim
 /// whose fill found it held is not missed).
 pub fn fill(root: &StateRoot) -> Result<()> {
-    let dir = pooled::entries_dir(root);
-    fs::create_dir_all(&dir).at(&dir)?;
+    for dir in [pooled::entries_dir(root), pooled::claimed_dir(root)] {
+        fs::create_dir_all(&dir).at(&dir)?;
+    }
     let lock_path = pooled::dir(root).join("fill.lock");
     loop {
         let lock = fs::OpenOptions::new()
@@ -253,12 +332,13 @@ fn claim_any(root: &StateRoot) -> Option<Claimed> {
     })
 }
 
-/// Removes the pool's entries that will never be claimed, with their VMs: an entry without a
-/// VM (a fill that died before it made it), a VM whose keeper is gone (killed, or a fill that
+/// Removes the pool's entries that will never be claimed, with their VMs, and what claimed
+/// VMs whose keeper was killed left ([`remove_crashed_claims`]): an entry without a VM (a fill that died before it made it), a VM whose keeper is gone (killed, or a fill that
 /// died before it started it) or does not answer (stopped, stuck, of a build that speaks
 /// another protocol), a VM made under another fingerprint. Run under the fill lock: no fill
 /// is half-way through an entry.
 fn remove_stale(root: &StateRoot) {
+    remove_crashed_claims(root);
     let current = pooled::fingerprint(root);
     for (name, made_under) in entries(root) {
         let vm = root.vm(&name);

@@ -5,16 +5,21 @@
 //!
 //! ```text
 //! <root>/pool/size        the size setting ("0" or absent: no pool)
+//! <root>/pool/idle        how long a pooled VM waits unclaimed before its keeper removes it,
+//!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
 //! <root>/pool/fill.lock   held by the one filler at work
 //! <root>/pool/vms/<name>  one per pooled VM, unclaimed: the fingerprint it was made under
+//! <root>/pool/claimed/<name>  one per claimed VM until its keeper has removed it
 //! ```
 //!
-//! An entry is written before its VM is created and removed by the VM's keeper as the VM is
-//! claimed: a VM with an entry is hidden from `ls`, and an entry without a live keeper is
-//! what a crash left, which the next fill removes with its VM.
+//! An entry is written before its VM is created and moved to `claimed/` by the VM's keeper as
+//! the VM is claimed (a rename: only one claim can make it): a VM with an entry is hidden from
+//! `ls`, and an entry (pooled or claimed) without a live keeper is what a crash left, which
+//! the next fill removes with its VM.
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use feather_core::{StateRoot, VmName};
 
@@ -40,6 +45,23 @@ pub fn size(root: &StateRoot) -> usize {
         .unwrap_or(0)
 }
 
+/// How long a pooled VM waits unclaimed, unless the root says otherwise: long enough for the
+/// scripts a pool is for (runs minutes apart still find it), short enough that an idle host
+/// does not keep VMs no one uses.
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(10 * 60);
+
+/// How long a pooled VM waits unclaimed before its keeper removes it; `None`: for ever.
+pub fn idle(root: &StateRoot) -> Option<Duration> {
+    let seconds = std::fs::read_to_string(dir(root).join("idle"))
+        .ok()
+        .and_then(|text| text.trim().parse::<u64>().ok());
+    match seconds {
+        None => Some(DEFAULT_IDLE),
+        Some(0) => None,
+        Some(seconds) => Some(Duration::from_secs(seconds)),
+    }
+}
+
 /// The pool's folder in a state root.
 pub fn dir(root: &StateRoot) -> PathBuf {
     root.dir().join("pool")
@@ -53,6 +75,32 @@ pub fn entries_dir(root: &StateRoot) -> PathBuf {
 /// The entry of VM `name`, there while the VM is pooled and unclaimed.
 pub fn entry(root: &StateRoot, name: &VmName) -> PathBuf {
     entries_dir(root).join(name.as_str())
+}
+
+/// The folder of the claimed VMs' entries, each there until its VM is removed.
+pub fn claimed_dir(root: &StateRoot) -> PathBuf {
+    dir(root).join("claimed")
+}
+
+/// The entry of VM `name` once claimed, there until its keeper has removed the VM.
+pub fn claimed_entry(root: &StateRoot, name: &VmName) -> PathBuf {
+    claimed_dir(root).join(name.as_str())
+}
+
+/// Claims pooled VM `name`: its entry moves to `claimed/`, which only one caller can do (the
+/// entry is gone for every later one). Whether this call did.
+pub fn take(root: &StateRoot, name: &VmName) -> bool {
+    let (from, to) = (entry(root, name), claimed_entry(root, name));
+    match std::fs::rename(&from, &to) {
+        Ok(()) => true,
+        // A pool folder of a build that had no `claimed/` (a fill makes it): made, tried once
+        // more.
+        Err(_) if from.exists() && !claimed_dir(root).exists() => {
+            std::fs::create_dir_all(claimed_dir(root)).is_ok()
+                && std::fs::rename(&from, &to).is_ok()
+        }
+        Err(_) => false,
+    }
 }
 
 /// Whether VM `name` is pooled (made ahead, not claimed): `ls` does not show it.

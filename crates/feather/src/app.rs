@@ -414,6 +414,9 @@ fn pool(root: &StateRoot, args: PoolArgs) -> anyhow::Result<()> {
     if args.fill {
         return Ok(pool::fill_detached(root)?);
     }
+    if let Some(idle) = args.idle {
+        pool::set_idle(root, Some(idle).filter(|idle| !idle.is_zero()))?;
+    }
     if args.drain || args.size == Some(0) {
         return Ok(pool::drain(root)?);
     }
@@ -426,6 +429,10 @@ fn pool(root: &StateRoot, args: PoolArgs) -> anyhow::Result<()> {
     let status = pool::status(root);
     let names = |vms: &[VmName]| vms.iter().map(ToString::to_string).collect::<Vec<_>>();
     say!("size: {}", status.size)?;
+    match status.idle {
+        Some(idle) => say!("idle: {}", humantime::format_duration(idle))?,
+        None => say!("idle: for ever")?,
+    }
     say!(
         "ready: {} {}",
         status.ready.len(),

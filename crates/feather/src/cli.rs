@@ -382,12 +382,25 @@ pub struct PoolArgs {
     /// refilled after its command
     #[arg(long, value_name = "N", conflicts_with = "drain")]
     pub size: Option<usize>,
+    /// How long a pooled VM waits unclaimed before it is removed (e.g. 30s, 10m, 2h; 0: for
+    /// ever; 10m unless set); the pool is refilled by the next run
+    #[arg(long, value_name = "TIME", value_parser = idle_time, conflicts_with = "drain")]
+    pub idle: Option<std::time::Duration>,
     /// Remove every pooled VM and set the size to 0
     #[arg(long)]
     pub drain: bool,
     /// Bring the pool to its size, in a session of its own (what a run starts after claiming)
-    #[arg(long, hide = true, conflicts_with_all = ["size", "drain"])]
+    #[arg(long, hide = true, conflicts_with_all = ["size", "drain", "idle"])]
     pub fill: bool,
+}
+
+/// `pool --idle`: a time such as `90s`, `10m`, `1h 30m`; `0` (for ever) as a zero time.
+fn idle_time(text: &str) -> Result<std::time::Duration, String> {
+    if text.trim() == "0" {
+        return Ok(std::time::Duration::ZERO);
+    }
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("{e}: a time such as 30s, 10m or 2h is expected (0: for ever)"))
 }
 
 #[derive(Debug, Args)]
