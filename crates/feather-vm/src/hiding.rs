@@ -78,6 +78,16 @@ pub enum HidingError {
     },
 }
 
+impl HidingError {
+    /// Whether it says that the VM's init is ending: the kernel gives `EINVAL` for the mount
+    /// table of a process whose namespaces it let go, which `exit` does before the process
+    /// becomes a zombie (and letting go of a VM's mount tree, its overlays synced, takes a
+    /// while). Such a process never has a mount namespace again: there is nothing to hide in.
+    fn says_the_init_is_ending(&self) -> bool {
+        matches!(self, HidingError::Mounts(e) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32))
+    }
+}
+
 /// `folders`, for a message.
 fn listed(folders: &[PathBuf]) -> String {
     let shown: Vec<String> = folders.iter().map(|f| f.display().to_string()).collect();
@@ -160,10 +170,12 @@ fn in_running_vm(vm: &VmDir, folders: &[PathBuf]) -> Result<(), HidingError> {
         return Ok(());
     }
     let base = vm.read_config()?.base;
-    // A VM that stopped meanwhile (its init gone, or a zombie not yet reaped) has nothing
-    // left to hide anything in.
+    // A VM that stopped meanwhile (its init gone, a zombie not yet reaped, or exiting) has
+    // nothing left to hide anything in.
     in_vm(&pidfd, pid, &base, folders).or_else(|why| {
-        if process::start_ticks(pid) == state.init_start_ticks && process::is_alive(pid) {
+        let still_there =
+            process::start_ticks(pid) == state.init_start_ticks && process::is_alive(pid);
+        if still_there && !why.says_the_init_is_ending() {
             Err(why)
         } else {
             Ok(())
@@ -214,6 +226,28 @@ pub fn is_hiding_mount(mount: &feather_sys::mountinfo::MountEntry) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What the kernel says of the mount table of a process that let go of its namespaces
+    /// (here a zombie; a VM's init being torn down is one for a while before it is a zombie)
+    /// is taken for an ending VM, not for a failure to warn about.
+    #[test]
+    fn the_mounts_of_a_process_past_its_namespaces_say_it_is_ending() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let pidfd = process::pidfd_open(pid).unwrap();
+        while process::state(pid) != Some('Z') {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        let folders = [PathBuf::from("/var/lib/feather-test-hiding")];
+        let failed = in_vm(&pidfd, pid, Path::new("/"), &folders);
+        let _ = child.wait();
+        let why = failed.expect_err("a zombie has no mount table to read");
+        assert!(why.says_the_init_is_ending(), "{why:?}");
+        let other = HidingError::Mounts(std::io::Error::from_raw_os_error(
+            nix::errno::Errno::EACCES as i32,
+        ));
+        assert!(!other.says_the_init_is_ending());
+    }
 
     /// A hiding that failed after a start or restore is only in the keeper's log: the line
     /// says which folders the VM may still read.
