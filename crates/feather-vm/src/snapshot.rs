@@ -526,7 +526,10 @@ fn check_mount_images(
         Some(refusal) => Err(failed(
             name,
             format!(
-                "its checkpoint's mount images are refused: {refusal}; feather does not mount                  that in a VM (a checkpoint altered, or sent, to bind or mount a host path in                  the VM). Refusing the restore: start the VM anew or restore a checkpoint this                  host or a trusted one took"
+                "its checkpoint's mount images are refused: {refusal}; feather does not mount \
+                 that in a VM (a checkpoint altered, or sent, to bind or mount a host path in \
+                 the VM); refusing the restore: start the VM anew or restore a checkpoint this \
+                 host or a trusted one took"
             ),
         )),
     }
