@@ -677,14 +677,81 @@ fn a_checkpoint_binding_a_host_file_by_the_legacy_ext_mount_is_not_restored() {
     );
 }
 
-/// A checkpoint whose mount image drops the read-only flag of a config's `ro` bind (a keyed
-/// external: CRIU gives it the image's flags, not the config's) is refused before CRIU runs,
-/// naming the mount point and that it is bound read-only; the host folder stays unwritten.
-/// Without the check the restored container wrote into the host folder.
+/// Checkpoints a container of `config` as `{id}1`, clears the read-only flag of the entries
+/// `picked` picks (keyed externals: CRIU gives them the image's flags, not the config's), and
+/// restores it as `{id}2`: the restore must be refused before CRIU runs, naming a mount point
+/// that starts with `at` and that it is bound read-only. If it is restored, `probe` (a write through the
+/// mount) is run in it and the test fails with what it did.
+fn assert_read_only_dropped_refused(
+    scratch: &Scratch,
+    config: &serde_json::Value,
+    id: &str,
+    picked: impl Fn(&MntEntry) -> bool,
+    at: &str,
+    probe: &str,
+) {
+    let runtime = Runtime::new(scratch);
+    let bundle = Bundle::new(scratch, "bundle", config);
+    let images = scratch.path("images");
+    let (dumped, restored) = (format!("{id}1"), format!("{id}2"));
+    assert_eq!(
+        runtime.create(&dumped, &bundle, &scratch.path("out")).code,
+        0
+    );
+    assert_eq!(runtime.run(&["start", &dumped]).code, 0);
+    let outcome = runtime.run(&[
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        &dumped,
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let writable = |body: Vec<u8>| {
+        let mount = <MntEntry as prost::Message>::decode(&body[..]).unwrap();
+        let mut body = without_fields(&body, &[5]);
+        body.extend(prost::Message::encode_to_vec(&MntEntry {
+            flags: Some(mount.flags.unwrap_or(0) & !1),
+            ..Default::default()
+        }));
+        body
+    };
+    assert!(
+        rewrite_entries(&images, picked, writable) > 0,
+        "the dump has the keyed external at {at}"
+    );
+
+    let output = scratch.path("out2");
+    let file = fs::File::create(&output).unwrap();
+    let status = runtime
+        .command()
+        .args(["restore", "--detach", "--image-path"])
+        .arg(&images)
+        .arg("--bundle")
+        .arg(&bundle.dir)
+        .arg(&restored)
+        .stdin(std::process::Stdio::null())
+        .stdout(file.try_clone().unwrap())
+        .stderr(file)
+        .status()
+        .unwrap();
+    let stderr = fs::read_to_string(&output).unwrap_or_default();
+    if status.success() {
+        let wrote = runtime.run(&["exec", &restored, "sh", "-c", probe]);
+        let _ = runtime.run(&["delete", "--force", &restored]);
+        panic!("restored with {at} writable: {probe:?} gave {wrote:?}");
+    }
+    assert!(
+        stderr.contains(&format!("the mount at {at}")) && stderr.contains("bound read-only here"),
+        "{stderr}"
+    );
+}
+
+/// A checkpoint whose mount image drops the read-only flag of a config's `ro` bind is refused
+/// before CRIU runs, naming the mount point; the host folder stays unwritten. Without the
+/// check the restored container wrote into the host folder.
 #[test]
 fn a_checkpoint_making_a_read_only_bind_writable_is_not_restored() {
     let scratch = Scratch::new("checkpoint-ro-bind");
-    let runtime = Runtime::new(&scratch);
     let shared = scratch.path("shared");
     fs::create_dir_all(&shared).unwrap();
     let mut config = base_config(&["sleep", "1000"]);
@@ -697,66 +764,29 @@ fn a_checkpoint_making_a_read_only_bind_writable_is_not_restored() {
             "source": shared,
             "options": ["rbind", "ro"]
         }));
-    let bundle = Bundle::new(&scratch, "bundle", &config);
-    let images = scratch.path("images");
-    assert_eq!(
-        runtime
-            .create("ckpt-ro1", &bundle, &scratch.path("out"))
-            .code,
-        0
-    );
-    assert_eq!(runtime.run(&["start", "ckpt-ro1"]).code, 0);
-    let outcome = runtime.run(&[
-        "checkpoint",
-        "--image-path",
-        images.to_str().unwrap(),
-        "ckpt-ro1",
-    ]);
-    assert_eq!(outcome.code, 0, "{outcome:?}");
-    let writable = |body: Vec<u8>| {
-        let mount = <MntEntry as prost::Message>::decode(&body[..]).unwrap();
-        let mut body = without_fields(&body, &[5]);
-        body.extend(prost::Message::encode_to_vec(&MntEntry {
-            flags: Some(mount.flags.unwrap_or(0) & !1),
-            ..Default::default()
-        }));
-        body
-    };
     let keyed = |mount: &MntEntry| mount.ext_key.as_deref() == Some("/data");
-    assert!(
-        rewrite_entries(&images, keyed, writable) > 0,
-        "the dump has the config's bind keyed by its destination"
-    );
-
-    let output = scratch.path("out2");
-    let file = fs::File::create(&output).unwrap();
-    let status = runtime
-        .command()
-        .args(["restore", "--detach", "--image-path"])
-        .arg(&images)
-        .arg("--bundle")
-        .arg(&bundle.dir)
-        .arg("ckpt-ro2")
-        .stdin(std::process::Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .status()
-        .unwrap();
-    let stderr = fs::read_to_string(&output).unwrap_or_default();
-    if status.success() {
-        let wrote = runtime.run(&["exec", "ckpt-ro2", "sh", "-c", "echo x > /data/written"]);
-        let _ = runtime.run(&["delete", "--force", "ckpt-ro2"]);
-        panic!(
-            "restored with the read-only bind writable: the write {wrote:?}, the host folder \
-             holds {:?}",
-            fs::read_dir(&shared).unwrap().count()
-        );
-    }
-    assert!(
-        stderr.contains("the mount at /data:") && stderr.contains("bound read-only here"),
-        "{stderr}"
-    );
+    let probe = "echo x > /data/written";
+    assert_read_only_dropped_refused(&scratch, &config, "ckpt-ro", keyed, "/data:", probe);
     assert_eq!(fs::read_dir(&shared).unwrap().count(), 0);
+}
+
+/// The same for the container's own cgroup folder under a read-only `cgroup` mount (keyed
+/// `cgroup-NAME`): made writable, the container's root could raise its own limits. Refused;
+/// without the check the restored container wrote its `pids.max`.
+#[test]
+fn a_checkpoint_making_its_cgroup_folder_writable_is_not_restored() {
+    let scratch = Scratch::new("checkpoint-ro-cgroup");
+    let config = base_config(&["sleep", "1000"]);
+    let keyed = |mount: &MntEntry| {
+        mount
+            .ext_key
+            .as_deref()
+            .is_some_and(|key| key.starts_with("cgroup-"))
+    };
+    // Each hierarchy's folder is keyed (`/sys/fs/cgroup/NAME`); whichever is named first.
+    let probe = "for f in /sys/fs/cgroup/*/pids.max; do echo 50 > $f || exit 1; done";
+    let at = "/sys/fs/cgroup/";
+    assert_read_only_dropped_refused(&scratch, &config, "ckpt-rocg", keyed, at, probe);
 }
 
 /// A confined container without a pid namespace of its own keeps its root (the host's uid 0)
