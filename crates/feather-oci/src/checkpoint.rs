@@ -131,6 +131,7 @@ pub fn external_mounts(spec: &Spec, bundle: &Path, groups: &Groups) -> Vec<Exter
     for mount in spec.mounts().iter().flatten() {
         let typ = mount.typ().as_deref().unwrap_or_default();
         let destination = mount.destination();
+        let options = mount.options().iter().flatten();
         if typ == "cgroup" || typ == "cgroup2" {
             for (name, hierarchy) in crate::cgroups::hierarchies() {
                 let own = groups.dir_in(&hierarchy);
@@ -140,13 +141,13 @@ pub fn external_mounts(spec: &Spec, bundle: &Path, groups: &Groups) -> Vec<Exter
                         key: format!("cgroup-{name}"),
                         source: own,
                         cgroup: true,
-                        read_only: false,
+                        // `create` binds the folders read-only under a read-only mount.
+                        read_only: options.clone().any(|o| o == "ro"),
                     });
                 }
             }
             continue;
         }
-        let options = mount.options().iter().flatten();
         let bind = typ == "bind" || options.clone().any(|o| o == "bind" || o == "rbind");
         if bind {
             let source = mount.source().clone().unwrap_or_default();

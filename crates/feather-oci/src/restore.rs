@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
-use feather_migrate::mount_images::{automatic_binds, first_unknown};
+use feather_migrate::mount_images::{judge, Policy};
 use feather_migrate::rpc;
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
@@ -170,10 +170,13 @@ fn prepare(
 /// of at the dump (automatic external mounts) and binds each again from the host path its
 /// mount image holds, which whoever supplies a checkpoint (an imported archive, a pulled
 /// checkpoint image) can set to any host file, bound writable into the container as root.
+/// Every other entry is judged too ([`judge`]): CRIU mounts each with the type, source, flags
+/// it holds, and gives the config's binds (keyed, `mnt[…]`) the image's read-only flag.
 /// Allowed: the host nodes feather-oci binds — `/dev/null` (masks), runc's default devices,
 /// the config's `linux.devices` under `/dev` (bound in a user namespace) — and the config's
-/// bind sources, the read-only ones as read-only binds only. Read through the folder's
-/// descriptor: the folder CRIU is given.
+/// bind sources, the read-only ones as read-only binds only; the keys restore passes, those
+/// it binds read-only (`ro` binds, a read-only `cgroup` mount's folders) kept read-only. Read
+/// through the folder's descriptor: the folder CRIU is given.
 fn check_automatic_binds(
     spec: &oci_spec::runtime::Spec,
     images: &fs::File,
@@ -181,8 +184,6 @@ fn check_automatic_binds(
     externals: &[checkpoint::External],
 ) -> Result<()> {
     let folder = PathBuf::from(format!("/proc/self/fd/{}", images.as_raw_fd()));
-    let binds = automatic_binds(&folder)
-        .with_context(|| format!("--image-path {}: its mount images", image_path.display()))?;
     let devices = crate::mounts::DEFAULT_DEVICES
         .iter()
         .map(|(name, _, _)| Path::new("/dev").join(name));
@@ -202,16 +203,25 @@ fn check_automatic_binds(
     };
     let allowed: Vec<PathBuf> = devices.chain(configured).chain(binds_of(false)).collect();
     let read_only: Vec<PathBuf> = binds_of(true).collect();
-    match first_unknown(&binds, &allowed, &read_only) {
+    let keyed: Vec<(String, bool)> = externals
+        .iter()
+        .map(|e| (e.key.clone(), e.read_only))
+        .collect();
+    let policy = Policy {
+        keyed: &keyed,
+        allowed: &allowed,
+        read_only: &read_only,
+    };
+    let judged = judge(&folder, &policy)
+        .with_context(|| format!("--image-path {}: its mount images", image_path.display()))?;
+    match judged {
         None => Ok(()),
-        Some(bind) => bail!(
-            "--image-path {}: the checkpoint binds the host path {} at {} in the container, \
-             which feather-oci does not bind there for this config (a checkpoint altered to \
-             bind a host file into the container); refusing the restore: restore a checkpoint \
-             this host or a trusted one took",
+        Some(refusal) => bail!(
+            "--image-path {}: the checkpoint's mount images are refused: {refusal}; feather-oci \
+             does not mount that for this config (a checkpoint altered to bind or mount a host \
+             path in the container); refusing the restore: restore a checkpoint this host or a \
+             trusted one took",
             image_path.display(),
-            bind.source.display(),
-            bind.mount_point
         ),
     }
 }

@@ -464,22 +464,38 @@ fn is_own_layer(vm: &VmDir, config: &VmConfig, mount: &MountEntry) -> bool {
 }
 
 /// Refuses a checkpoint whose mount images have CRIU bind a host path into the VM that feather
-/// does not bind there itself: CRIU binds its automatic external mounts (those in a service's
-/// own mount namespace) from the path the image holds, which a crafted checkpoint or a
-/// migration's sender could set to any host folder (`/`, `/etc`), bound writable into the VM.
-/// Allowed: `host_files` (devices, /dev/null, init's program) and the VM's generated /etc
-/// files, at this host's paths, and read-only the base's paths the VM has read-only (`--ro`).
-fn check_automatic_binds(
+/// does not bind there itself, or mount one anew: CRIU takes from the images the host path of
+/// its automatic external mounts (those in a service's own mount namespace), the type, source
+/// and flags of every other mount, and the read-only flag of the keyed ones, which a crafted
+/// checkpoint or a migration's sender could set to bind any host folder (`/`, `/etc`, the
+/// host's feather binary) writable into the VM. Every entry is judged
+/// ([`feather_migrate::mount_images::judge`]) against: the keys this restore passes
+/// (`mapping`, and `host_files`: devices, /dev/null, init's program, the last read-only as
+/// bound at a start, as are the generated /etc files), and as automatic binds `host_files` and
+/// the VM's generated /etc files at this host's paths, and read-only the base's paths the VM
+/// has read-only (`--ro`).
+fn check_mount_images(
     vm: &VmDir,
     config: &VmConfig,
     images: &Path,
+    mapping: &[(String, PathBuf)],
+    generated: &[ExternalLayer],
     host_files: &[(String, PathBuf)],
+    init_files: &[PathBuf],
 ) -> Result<()> {
     let name = vm.name();
-    let binds = feather_migrate::mount_images::automatic_binds(images).map_err(io(
-        name,
-        format!("read the mount images in {}", images.display()),
-    ))?;
+    let keyed: Vec<(String, bool)> = mapping
+        .iter()
+        .map(|(key, _)| {
+            let generated = generated.iter().any(|file| &file.key == key);
+            (key.clone(), generated)
+        })
+        .chain(
+            host_files
+                .iter()
+                .map(|(key, path)| (key.clone(), init_files.contains(path))),
+        )
+        .collect();
     let allowed: Vec<PathBuf> = host_files
         .iter()
         .map(|(_, path)| path.clone())
@@ -496,17 +512,24 @@ fn check_automatic_binds(
         .iter()
         .map(|path| config.base.join(path.strip_prefix("/").unwrap_or(path)))
         .collect();
-    match feather_migrate::mount_images::first_unknown(&binds, &allowed, &read_only) {
+    let policy = feather_migrate::mount_images::Policy {
+        keyed: &keyed,
+        allowed: &allowed,
+        read_only: &read_only,
+    };
+    let judged = feather_migrate::mount_images::judge(images, &policy).map_err(io(
+        name,
+        format!("read the mount images in {}", images.display()),
+    ))?;
+    match judged {
         None => Ok(()),
-        Some(bind) => Err(failed(
+        Some(refusal) => Err(failed(
             name,
             format!(
-                "its checkpoint binds the host path {} at {} in the VM, which feather does not \
-                 bind into a VM (a checkpoint altered, or sent, to bind a host folder into the \
-                 VM); refusing the restore: start the VM anew or restore a checkpoint this host \
-                 or a trusted one took",
-                bind.source.display(),
-                bind.mount_point
+                "its checkpoint's mount images are refused: {refusal}; feather does not mount \
+                 that in a VM (a checkpoint altered, or sent, to bind or mount a host path in \
+                 the VM); refusing the restore: start the VM anew or restore a checkpoint this \
+                 host or a trusted one took"
             ),
         )),
     }
@@ -616,7 +639,15 @@ pub(crate) fn restore_tree(
     // The host files a start binds, from this host's own paths, whatever the images say.
     let program = crate::init::program_files().map_err(io(name, "find the feather binary"))?;
     let host_files = rootfs::host_file_binds(&program);
-    check_automatic_binds(vm, config, &images, &host_files)?;
+    check_mount_images(
+        vm,
+        config,
+        &images,
+        &mapping,
+        &generated,
+        &host_files,
+        &program,
+    )?;
     mapping.extend(host_files);
     let veths: Vec<(String, String, String)> = veth
         .map(|v| (v.inside.clone(), v.host_end.clone(), v.bridge.clone()))
