@@ -315,6 +315,50 @@ fn a_claimed_vms_keeper_killed_leaves_nothing_and_the_pool_is_refilled() {
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
+/// A drain right after a run waits for the run's VM to be set aside by its keeper: the run
+/// exits with its command's status before the keeper has seen the claim end (here the keeper
+/// is stopped until the drain is seen waiting). Without the wait the drain returned with the
+/// VM's folder still there and its teardown not begun.
+#[test]
+fn a_drain_right_after_a_run_waits_for_the_runs_vm_to_go() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-drain-after-run", 1);
+    let (mut run, claimed) = a_run_holding_a_pooled_vm(&pool);
+    let keeper = pool.feather.inspect(&claimed)["state"]["keeper_pid"]
+        .as_i64()
+        .unwrap() as i32;
+    let keeper = Stopped::new(nix::unistd::Pid::from_raw(keeper));
+    kill(&mut run);
+    let mut drain = pool.command().args(["pool", "--drain"]).spawn().unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let early = drain.try_wait().unwrap();
+    drop(keeper);
+    assert!(
+        early.is_none(),
+        "the drain returned ({early:?}) before the run's VM was set aside"
+    );
+    assert!(drain.wait().unwrap().success());
+    let folders = pool.vm_folders();
+    assert!(folders.is_empty(), "left in vms: {folders:?}");
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A process stopped (SIGSTOP) until this is dropped, failing test or not.
+struct Stopped(nix::unistd::Pid);
+
+impl Stopped {
+    fn new(pid: nix::unistd::Pid) -> Stopped {
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(self.0, nix::sys::signal::Signal::SIGCONT);
+    }
+}
+
 /// A claimed VM whose keeper was killed together with its run (which could not look) is
 /// removed by the next fill, which finds it by its claimed entry (F7).
 #[test]

@@ -255,18 +255,22 @@ fn remove_crashed_claim(root: &StateRoot, vm: &feather_core::VmDir) {
 /// was killed with it, or before it could look): what a keeper's teardown would have removed.
 /// A VM whose keeper set it aside is finished by the commands that settle teardowns.
 fn remove_crashed_claims(root: &StateRoot) {
-    let Ok(read) = fs::read_dir(pooled::claimed_dir(root)) else {
-        return;
-    };
-    for name in read
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.parse().ok())
-    {
+    for name in claimed(root) {
         let vm = root.vm(&name);
         if !vm.path().exists() || !vm.keeper_alive().unwrap_or(true) {
             remove_crashed_claim(root, &vm);
         }
     }
+}
+
+/// The VMs claimed whose keeper has not removed them yet (in use, or ending).
+fn claimed(root: &StateRoot) -> Vec<VmName> {
+    let Ok(read) = fs::read_dir(pooled::claimed_dir(root)) else {
+        return Vec::new();
+    };
+    read.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect()
 }
 
 /// Brings the pool to its size: removes what is stale or left by a crash, makes VMs that are
@@ -444,6 +448,9 @@ pub fn fill_detached(root: &StateRoot) -> Result<()> {
     fill(root)
 }
 
+/// How long a drain waits for claimed VMs to be set aside by their keepers.
+const CLAIM_END_PATIENCE: Duration = Duration::from_secs(2);
+
 /// Empties the pool and sets its size to 0: every pooled VM is claimed and let go, and waited
 /// for until its teardown is over, so that nothing of the pool is left.
 pub fn drain(root: &StateRoot) -> Result<()> {
@@ -459,6 +466,15 @@ pub fn drain(root: &StateRoot) -> Result<()> {
     for name in &names {
         let vm = root.vm(name);
         while vm.path().exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    // A run's exit comes before its VM's keeper has set the VM aside: a drain right after a
+    // run waits for that too (a VM still in use by its run is left to it, after a while).
+    let claims_end_by = Instant::now() + CLAIM_END_PATIENCE;
+    for name in claimed(root) {
+        let vm = root.vm(&name);
+        while vm.path().exists() && Instant::now() < claims_end_by {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
