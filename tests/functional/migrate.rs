@@ -2810,7 +2810,10 @@ fn a_post_copy_migrate_killed_after_the_release_never_lets_the_vm_run_at_the_sou
         });
     let log = std::fs::read_to_string(&held.log).unwrap();
     assert!(log.contains("the copy let go ended here"), "{log}");
-    assert_eq!(held.target.status("vm"), "running");
+    // The receiver's copy is not looked at: it runs on only if every page had arrived before
+    // the sender's CRIU was killed, else its `feather serve` ends it ("the VM is lost",
+    // docs/migration.md), which a loaded host shows (seen in a full run). The property here
+    // is the source's.
     held.source
         .eventually("never running twice: not at the source either", || {
             held.source.status("vm") != "running"
