@@ -475,29 +475,37 @@ fn rewrite_entries(
     rewrite: impl Fn(Vec<u8>) -> Vec<u8>,
 ) -> usize {
     let mut rewritten = 0;
+    rewrite_images(images, "mountpoints-", |body| {
+        let mount = <MntEntry as prost::Message>::decode(body).unwrap();
+        if !picked(&mount) {
+            return body.to_vec();
+        }
+        rewritten += 1;
+        rewrite(body.to_vec())
+    });
+    rewritten
+}
+
+/// Rewrites every entry of the images in `images` whose names begin with `prefix` into what
+/// `rewrite` makes of it. A CRIU image is two magic words, then entries: each a little-endian
+/// u32 length, then the encoded message.
+fn rewrite_images(images: &Path, prefix: &str, mut rewrite: impl FnMut(&[u8]) -> Vec<u8>) {
     for entry in fs::read_dir(images).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("mountpoints-") && name.ends_with(".img")) {
+        if !(name.starts_with(prefix) && name.ends_with(".img")) {
             continue;
         }
         let image = fs::read(entry.path()).unwrap();
-        // Two magic words, then entries: a little-endian u32 length, then a MntEntry.
         let (mut out, mut rest) = (image[..8].to_vec(), &image[8..]);
         while !rest.is_empty() {
             let size = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-            let mut body = rest[4..4 + size].to_vec();
+            let body = rewrite(&rest[4..4 + size]);
             rest = &rest[4 + size..];
-            let mount = <MntEntry as prost::Message>::decode(&body[..]).unwrap();
-            if picked(&mount) {
-                body = rewrite(body);
-                rewritten += 1;
-            }
             out.extend((body.len() as u32).to_le_bytes());
             out.extend(body);
         }
         fs::write(entry.path(), out).unwrap();
     }
-    rewritten
 }
 
 /// `body` with a second `source` field appended, which the decoder takes (the last value of
@@ -511,37 +519,13 @@ fn with_source(mut body: Vec<u8>, source: &Path) -> Vec<u8> {
     body
 }
 
-/// `body` without its fields `dropped` (protobuf's wire format: a varint key, then a varint,
-/// 8 bytes, a varint length and as many bytes, or 4 bytes).
+/// `body` without its fields `dropped`.
 fn without_fields(body: &[u8], dropped: &[u64]) -> Vec<u8> {
-    fn varint(bytes: &[u8], at: &mut usize) -> u64 {
-        let mut value = 0;
-        for shift in (0..64).step_by(7) {
-            let byte = bytes[*at];
-            *at += 1;
-            value |= u64::from(byte & 0x7f) << shift;
-            if byte & 0x80 == 0 {
-                break;
-            }
-        }
-        value
-    }
-    let (mut out, mut at) = (Vec::new(), 0);
-    while at < body.len() {
-        let start = at;
-        let key = varint(body, &mut at);
-        match key & 7 {
-            0 => drop(varint(body, &mut at)),
-            1 => at += 8,
-            2 => at += varint(body, &mut at) as usize,
-            5 => at += 4,
-            wire => panic!("wire type {wire} in a mount entry"),
-        }
-        if !dropped.contains(&(key >> 3)) {
-            out.extend(&body[start..at]);
-        }
-    }
-    out
+    let kept: Vec<(u64, Wire)> = wire_fields(body)
+        .into_iter()
+        .filter(|(number, _)| !dropped.contains(number))
+        .collect();
+    wire_encode(&kept)
 }
 
 /// Restores `images`, rewritten by a test to bind a host file of root's at the mask of
@@ -942,39 +926,24 @@ fn rewrite_field(message: &[u8], number: u64, change: &mut dyn FnMut(&[u8]) -> V
 /// creds.proto), as a crafted checkpoint would. Returns how many sets were raised.
 fn raise_capability(images: &Path, cap: u32) -> usize {
     let mut raised = 0;
-    for entry in fs::read_dir(images).unwrap().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !(name.starts_with("core-") && name.ends_with(".img")) {
-            continue;
-        }
-        let image = fs::read(entry.path()).unwrap();
-        // Two magic words, then entries: a little-endian u32 length, then a CoreEntry.
-        let (mut out, mut rest) = (image[..8].to_vec(), &image[8..]);
-        while !rest.is_empty() {
-            let size = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
-            let core = &rest[4..4 + size];
-            rest = &rest[4 + size..];
-            let body = rewrite_field(core, 5, &mut |thread_core| {
-                rewrite_field(thread_core, 10, &mut |creds| {
-                    let mut fields = wire_fields(creds);
-                    for set in [10, 11, 12] {
-                        // The first value of each set is its low word (capabilities 0-31).
-                        let low = fields
-                            .iter_mut()
-                            .find(|(n, v)| *n == set && matches!(v, Wire::Varint(_)));
-                        if let Some((_, Wire::Varint(word))) = low {
-                            *word |= 1 << cap;
-                            raised += 1;
-                        }
+    rewrite_images(images, "core-", |core| {
+        rewrite_field(core, 5, &mut |thread_core| {
+            rewrite_field(thread_core, 10, &mut |creds| {
+                let mut fields = wire_fields(creds);
+                for set in [10, 11, 12] {
+                    // The first value of each set is its low word (capabilities 0-31).
+                    let low = fields
+                        .iter_mut()
+                        .find(|(n, v)| *n == set && matches!(v, Wire::Varint(_)));
+                    if let Some((_, Wire::Varint(word))) = low {
+                        *word |= 1 << cap;
+                        raised += 1;
                     }
-                    wire_encode(&fields)
-                })
-            });
-            out.extend((body.len() as u32).to_le_bytes());
-            out.extend(body);
-        }
-        fs::write(entry.path(), out).unwrap();
-    }
+                }
+                wire_encode(&fields)
+            })
+        })
+    });
     raised
 }
 
