@@ -79,12 +79,15 @@ pub enum HidingError {
 }
 
 impl HidingError {
-    /// Whether it says that the VM's init is ending: the kernel gives `EINVAL` for the mount
-    /// table of a process whose namespaces it let go, which `exit` does before the process
-    /// becomes a zombie (and letting go of a VM's mount tree, its overlays synced, takes a
-    /// while). Such a process never has a mount namespace again: there is nothing to hide in.
+    /// Whether it says that the VM's init is ending: the kernel gives `ENOENT` for the mount
+    /// table of a process that let go of its filesystem root and `EINVAL` for one that let go
+    /// of its namespaces, both of which `exit` does before the process becomes a zombie (and
+    /// letting go of a VM's mount tree, its overlays synced, takes a while). Such a process
+    /// never has a mount namespace again: there is nothing to hide in.
     fn says_the_init_is_ending(&self) -> bool {
-        matches!(self, HidingError::Mounts(e) if e.raw_os_error() == Some(nix::errno::Errno::EINVAL as i32))
+        use nix::errno::Errno;
+        let ending = [Errno::ENOENT as i32, Errno::EINVAL as i32];
+        matches!(self, HidingError::Mounts(e) if e.raw_os_error().is_some_and(|n| ending.contains(&n)))
     }
 }
 
