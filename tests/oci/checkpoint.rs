@@ -1004,3 +1004,78 @@ fn a_checkpoint_whose_task_has_more_capabilities_than_the_config_is_not_restored
         "the refused restore leaves no container"
     );
 }
+
+/// Sets the real, effective, saved and filesystem uid every core image in `images` gives its
+/// thread to `uid` (CoreEntry.thread_core (5) → ThreadCoreEntry.creds (10) → CredsEntry.uid
+/// (1), euid (3), suid (5), fsuid (7)), as a crafted checkpoint would. Returns how many ids.
+fn set_uids(images: &Path, uid: u64) -> usize {
+    let mut set = 0;
+    rewrite_images(images, "core-", |core| {
+        rewrite_field(core, 5, &mut |thread_core| {
+            rewrite_field(thread_core, 10, &mut |creds| {
+                let mut fields = wire_fields(creds);
+                for (number, value) in &mut fields {
+                    if let (1 | 3 | 5 | 7, Wire::Varint(id)) = (*number, &mut *value) {
+                        *id = uid;
+                        set += 1;
+                    }
+                }
+                wire_encode(&fields)
+            })
+        })
+    });
+    set
+}
+
+/// A `user 1000` config with noNewPrivileges and no capability: a checkpoint whose core image
+/// makes its process uid 0 is restored stopped, checked, killed and refused, naming the uids;
+/// no container is left. Without the check the restored process ran as the host's root.
+#[test]
+fn a_checkpoint_whose_task_became_root_under_a_non_root_config_is_not_restored() {
+    let scratch = Scratch::new("checkpoint-uid");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sleep", "1000"]);
+    config["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    config["process"]["capabilities"] =
+        serde_json::json!({"bounding": [], "effective": [], "permitted": []});
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let images = scratch.path("images");
+    let out = scratch.path("out");
+    assert_eq!(runtime.create("ckpt-uid1", &bundle, &out).code, 0);
+    assert_eq!(runtime.run(&["start", "ckpt-uid1"]).code, 0);
+    let outcome = runtime.run(&[
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        "ckpt-uid1",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(set_uids(&images, 0), 4, "the four uids set");
+
+    let outcome = restore_detached(
+        &runtime,
+        &images,
+        &bundle,
+        "ckpt-uid2",
+        &scratch.path("out2"),
+    );
+    if outcome.code == 0 {
+        let pid = runtime.state("ckpt-uid2")["pid"].as_i64().unwrap();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let _ = runtime.run(&["delete", "--force", "ckpt-uid2"]);
+        panic!("restored as another user: {status}");
+    }
+    assert!(
+        outcome.stderr.contains("uids are [0, 0, 0, 0]")
+            && outcome.stderr.contains("stays at 1000")
+            && outcome.stderr.contains("\"sleep\""),
+        "{outcome:?}"
+    );
+    assert!(
+        runtime
+            .run(&["state", "ckpt-uid2"])
+            .stderr
+            .contains("does not exist"),
+        "the refused restore leaves no container"
+    );
+}
