@@ -1004,3 +1004,159 @@ fn a_checkpoint_whose_task_has_more_capabilities_than_the_config_is_not_restored
         "the refused restore leaves no container"
     );
 }
+
+/// Sets the real, effective, saved and filesystem uid every core image in `images` gives its
+/// thread to `uid` (CoreEntry.thread_core (5) → ThreadCoreEntry.creds (10) → CredsEntry.uid
+/// (1), euid (3), suid (5), fsuid (7)), as a crafted checkpoint would. Returns how many ids.
+fn set_uids(images: &Path, uid: u64) -> usize {
+    let mut set = 0;
+    rewrite_images(images, "core-", |core| {
+        rewrite_field(core, 5, &mut |thread_core| {
+            rewrite_field(thread_core, 10, &mut |creds| {
+                let mut fields = wire_fields(creds);
+                for (number, value) in &mut fields {
+                    if let (1 | 3 | 5 | 7, Wire::Varint(id)) = (*number, &mut *value) {
+                        *id = uid;
+                        set += 1;
+                    }
+                }
+                wire_encode(&fields)
+            })
+        })
+    });
+    set
+}
+
+/// A `user 1000` config with noNewPrivileges and no capability: a checkpoint whose core image
+/// makes its process uid 0 is restored stopped, checked, killed and refused, naming the uids;
+/// no container is left. Without the check the restored process ran as the host's root.
+#[test]
+fn a_checkpoint_whose_task_became_root_under_a_non_root_config_is_not_restored() {
+    let scratch = Scratch::new("checkpoint-uid");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sleep", "1000"]);
+    config["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    config["process"]["capabilities"] =
+        serde_json::json!({"bounding": [], "effective": [], "permitted": []});
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let images = scratch.path("images");
+    let out = scratch.path("out");
+    assert_eq!(runtime.create("ckpt-uid1", &bundle, &out).code, 0);
+    assert_eq!(runtime.run(&["start", "ckpt-uid1"]).code, 0);
+    let outcome = runtime.run(&[
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        "ckpt-uid1",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(set_uids(&images, 0), 4, "the four uids set");
+
+    let outcome = restore_detached(
+        &runtime,
+        &images,
+        &bundle,
+        "ckpt-uid2",
+        &scratch.path("out2"),
+    );
+    if outcome.code == 0 {
+        let pid = runtime.state("ckpt-uid2")["pid"].as_i64().unwrap();
+        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+        let _ = runtime.run(&["delete", "--force", "ckpt-uid2"]);
+        panic!("restored as another user: {status}");
+    }
+    assert!(
+        outcome.stderr.contains("uids are [0, 0, 0, 0]")
+            && outcome.stderr.contains("stays at 1000")
+            && outcome.stderr.contains("\"sleep\""),
+        "{outcome:?}"
+    );
+    assert!(
+        runtime
+            .run(&["state", "ckpt-uid2"])
+            .stderr
+            .contains("does not exist"),
+        "the refused restore leaves no container"
+    );
+}
+
+/// Maps every id onto the host's own in each user namespace image in `images` (UsernsEntry
+/// uid_map (1), gid_map (2), each UidGidExtent first (1), lower_first (2), count (3): CRIU's
+/// images/userns.proto), as a crafted checkpoint would. Returns how many ranges.
+fn map_all_ids(images: &Path) -> usize {
+    let mut mapped = 0;
+    rewrite_images(images, "userns-", |userns| {
+        let mut change = |extent: &[u8]| {
+            let mut fields = wire_fields(extent);
+            for (number, value) in &mut fields {
+                if let Wire::Varint(id) = value {
+                    *id = if *number == 3 { u64::from(u32::MAX) } else { 0 };
+                }
+            }
+            mapped += 1;
+            wire_encode(&fields)
+        };
+        let uids = rewrite_field(userns, 1, &mut change);
+        rewrite_field(&uids, 2, &mut change)
+    });
+    mapped
+}
+
+/// A config whose user namespace maps the container's 0 onto the host's 100000: a checkpoint
+/// whose user namespace image maps every id onto the host's own (`0 0 4294967295`: the
+/// container's root the host's) is restored stopped, checked, killed and refused, naming the
+/// map and both; no container is left. Without the check it ran with the image's maps.
+#[test]
+fn a_checkpoint_whose_user_namespace_maps_the_hosts_ids_is_not_restored() {
+    const HOST_ROOT: u32 = 100_000;
+    let scratch = Scratch::new("checkpoint-userns");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sleep", "1000"]);
+    let map = serde_json::json!([{"containerID": 0, "hostID": HOST_ROOT, "size": 65536}]);
+    config["linux"]["uidMappings"] = map.clone();
+    config["linux"]["gidMappings"] = map;
+    config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "user"}));
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    crate::userns::chown_tree(&bundle.dir.join("rootfs"), HOST_ROOT);
+    let images = scratch.path("images");
+    let out = scratch.path("out");
+    assert_eq!(runtime.create("ckpt-userns1", &bundle, &out).code, 0);
+    assert_eq!(runtime.run(&["start", "ckpt-userns1"]).code, 0);
+    let outcome = runtime.run(&[
+        "checkpoint",
+        "--image-path",
+        images.to_str().unwrap(),
+        "ckpt-userns1",
+    ]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_eq!(map_all_ids(&images), 2, "the uid and the gid range");
+
+    let outcome = restore_detached(
+        &runtime,
+        &images,
+        &bundle,
+        "ckpt-userns2",
+        &scratch.path("out2"),
+    );
+    if outcome.code == 0 {
+        let pid = runtime.state("ckpt-userns2")["pid"].as_i64().unwrap();
+        let maps = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
+        let _ = runtime.run(&["delete", "--force", "ckpt-userns2"]);
+        panic!("restored with the image's maps: {maps}");
+    }
+    assert!(
+        outcome.stderr.contains("uid_map is '0 0 4294967295'")
+            && outcome.stderr.contains("'0 100000 65536'"),
+        "{outcome:?}"
+    );
+    assert!(
+        runtime
+            .run(&["state", "ckpt-userns2"])
+            .stderr
+            .contains("does not exist"),
+        "the refused restore leaves no container"
+    );
+}

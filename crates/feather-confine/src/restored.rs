@@ -22,6 +22,23 @@ pub struct Credentials {
     pub filters: Option<u32>,
     /// A zombie (or dead) task: it runs nothing again, and has no namespaces left to read.
     pub ended: bool,
+    /// Real, effective, saved and filesystem uid, as the reader's user namespace sees them.
+    pub uids: [u32; 4],
+    /// The same four gids.
+    pub gids: [u32; 4],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    /// `NoNewPrivs`; None on a kernel that does not show it (Linux < 4.10).
+    pub no_new_privs: Option<bool>,
+}
+
+/// The four ids of a `Uid:` or `Gid:` line.
+fn four_ids(value: &str) -> Option<[u32; 4]> {
+    let ids: Vec<u32> = value
+        .split_whitespace()
+        .map(|id| id.parse().ok())
+        .collect::<Option<_>>()?;
+    ids.try_into().ok()
 }
 
 /// The capability sets of a status, in the order they are checked.
@@ -50,6 +67,13 @@ impl Credentials {
                 None => None,
             },
             ended: field("State").is_some_and(|state| state.starts_with(['Z', 'X'])),
+            uids: four_ids(&field("Uid")?)?,
+            gids: four_ids(&field("Gid")?)?,
+            groups: field("Groups")?
+                .split_whitespace()
+                .map(|g| g.parse().ok())
+                .collect::<Option<_>>()?,
+            no_new_privs: field("NoNewPrivs").map(|flag| flag == "1"),
         })
     }
 }

@@ -8,16 +8,22 @@
 //! restore` reads a VM's), must hold no more than a process of this config can:
 //! - each capability set within the config's bounding set and that same set of
 //!   `process.capabilities` (a set-uid or file-capability program fills its permitted and
-//!   effective sets from the bounding set). Measured in the container's user namespace (the
-//!   host's, or the init's when the config gives it one); a thread in a user namespace the
-//!   container made holds capabilities over that namespace's objects only;
+//!   effective sets from the bounding set; not under `process.noNewPrivileges`). Measured in
+//!   the container's user namespace (the host's, or the init's when the config gives it one);
+//!   a thread in a user namespace the container made holds capabilities over that
+//!   namespace's objects only;
 //! - the seccomp filters feather-oci installs for the config at the bottom of its stack: the
 //!   config's `linux.seccomp` as feather-oci compiles it, then feather's deny list
 //!   (`org.feather.confine`); above them, filters the container stacked itself. None when the
 //!   config installs none;
 //! - for each kind of namespace the config gives the container its own, not the host's (the
 //!   runtime's) and, for the mount namespace, not the one CRIU ran in (a copy of the host's
-//!   tree); without a user namespace of its own, the init in the host's.
+//!   tree); without a user namespace of its own, the init in the host's; with one, the init's
+//!   `uid_map` and `gid_map` the config's mappings (CRIU writes the images');
+//! - its ids, as the host sees them: under `noNewPrivileges`, `NoNewPrivs` set and each uid
+//!   (gid) `process.user`'s unless the config permits CAP_SETUID (CAP_SETGID); without it any
+//!   id is reachable (set-uid programs). Its groups within `additionalGids` and the gid unless
+//!   CAP_SETGID is reachable.
 //!
 //! What it cannot see: the restored mount tree comes from the images (its automatic binds
 //! are checked before CRIU runs, [`crate::restore`]).
@@ -27,7 +33,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use feather_confine::restored::{foreign_filters, namespace, walk_tree, Credentials, Program};
-use oci_spec::runtime::{LinuxCapabilities, LinuxNamespaceType, Spec};
+use oci_spec::runtime::{LinuxCapabilities, LinuxIdMapping, LinuxNamespaceType, Spec};
 
 /// What a process of the container may hold.
 pub struct Allowed {
@@ -37,6 +43,25 @@ pub struct Allowed {
     filters: Vec<Program>,
     /// The kinds the container has of its own: (/proc's name, the user's).
     own: Vec<(&'static str, &'static str)>,
+    /// The ids its threads may have, as the host sees them.
+    ids: Ids,
+    /// The config's `linux.uidMappings` and `gidMappings` as `create` writes them (sorted
+    /// ranges), where it gives the container a new user namespace.
+    maps: Option<[IdMap; 2]>,
+}
+
+/// An id map: (the config's field, /proc's file, its ranges: inside, outside, count).
+type IdMap = (&'static str, &'static str, Vec<[u64; 3]>);
+
+/// The ids a process of the config can have, as the host sees them (through the config's
+/// mappings where it has a user namespace); None: any.
+#[derive(Debug, PartialEq)]
+struct Ids {
+    no_new_privs: bool,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    /// The groups it may be in (`additionalGids` and the gid).
+    groups: Option<Vec<u32>>,
 }
 
 /// The kinds of namespace: /proc's name, the config's type, the user's name.
@@ -59,15 +84,17 @@ impl Allowed {
             crate::process::cap_set(given.and_then(|g| pick(g).as_ref()), field).map(|s| mask(&s))
         };
         let bounding = set(|g| g.bounding(), "process.capabilities.bounding")?;
+        let permitted = set(|g| g.permitted(), "process.capabilities.permitted")?;
+        let no_new_privs = process.no_new_privileges().unwrap_or(false);
+        // What a set-uid or file-capability program may add: the bounding set, none under
+        // no_new_privs (execve then keeps the permitted set within the one it had).
+        let gained = if no_new_privs { 0 } else { bounding };
         let caps = vec![
             ("CapBnd", bounding),
-            (
-                "CapPrm",
-                bounding | set(|g| g.permitted(), "process.capabilities.permitted")?,
-            ),
+            ("CapPrm", gained | permitted),
             (
                 "CapEff",
-                bounding | set(|g| g.effective(), "process.capabilities.effective")?,
+                gained | permitted | set(|g| g.effective(), "process.capabilities.effective")?,
             ),
             (
                 "CapInh",
@@ -75,9 +102,10 @@ impl Allowed {
             ),
             (
                 "CapAmb",
-                bounding | set(|g| g.ambient(), "process.capabilities.ambient")?,
+                gained | permitted | set(|g| g.ambient(), "process.capabilities.ambient")?,
             ),
         ];
+        let ids = Ids::for_config(spec, no_new_privs, gained | permitted)?;
         let feather = crate::annotations::Feather::parse(spec)?;
         let confinement = crate::confine::Confinement::of(feather.confine, spec);
         let seccomp = spec.linux().as_ref().and_then(|l| l.seccomp().clone());
@@ -93,12 +121,161 @@ impl Allowed {
             .filter(|(_, typ, _)| !crate::confine::shares_host_namespace(spec, *typ))
             .map(|(kind, _, said)| (*kind, *said))
             .collect();
-        Ok(Allowed { caps, filters, own })
+        let maps = crate::userns::is_new(spec).then(|| config_maps(spec));
+        Ok(Allowed {
+            caps,
+            filters,
+            own,
+            ids,
+            maps,
+        })
     }
 
     fn has_own(&self, kind: &str) -> bool {
         self.own.iter().any(|(k, _)| *k == kind)
     }
+}
+
+impl Ids {
+    /// `reachable`: the capabilities a process of the config may come to hold.
+    fn for_config(spec: &Spec, no_new_privs: bool, reachable: u64) -> Result<Ids> {
+        let user = spec.process().as_ref().context("process")?.user();
+        let linux = spec.linux().as_ref();
+        let mapped = crate::userns::is_new(spec);
+        let host = |maps: Option<&Vec<LinuxIdMapping>>, id: u32| match mapped {
+            true => to_host(maps.map(Vec::as_slice).unwrap_or_default(), id),
+            false => id,
+        };
+        let uid_maps = linux.and_then(|l| l.uid_mappings().as_ref());
+        let gid_maps = linux.and_then(|l| l.gid_mappings().as_ref());
+        let can = |cap: caps::Capability| reachable & (1u64 << cap.index()) != 0;
+        // Without no_new_privs a set-uid or set-gid program makes its owner's ids the
+        // process's (and those, with setreuid, its real ones): any id is reachable.
+        let fixed = |cap| no_new_privs && !can(cap);
+        let gid = host(gid_maps, user.gid());
+        let groups = user.additional_gids().iter().flatten();
+        Ok(Ids {
+            no_new_privs,
+            uid: fixed(caps::Capability::CAP_SETUID).then(|| host(uid_maps, user.uid())),
+            gid: fixed(caps::Capability::CAP_SETGID).then_some(gid),
+            // setgroups needs CAP_SETGID, set-gid programs or not.
+            groups: (!can(caps::Capability::CAP_SETGID))
+                .then(|| groups.map(|g| host(gid_maps, *g)).chain([gid]).collect()),
+        })
+    }
+
+    /// Why a thread's ids are beyond these, for the user.
+    fn beyond(&self, creds: &Credentials) -> Option<String> {
+        if self.no_new_privs && creds.no_new_privs == Some(false) {
+            return Some(
+                "NoNewPrivs is 0, where the config sets process.noNewPrivileges".to_string(),
+            );
+        }
+        for (what, held, may) in [("uid", creds.uids, self.uid), ("gid", creds.gids, self.gid)] {
+            if let Some(may) = may {
+                if held.iter().any(|id| *id != may) {
+                    return Some(format!(
+                        "its real, effective, saved and filesystem {what}s are {held:?}, where \
+                         a process of this config (process.user, noNewPrivileges, without \
+                         CAP_SET{}) stays at {may} (as the host sees it)",
+                        what.to_uppercase()
+                    ));
+                }
+            }
+        }
+        let may = self.groups.as_ref()?;
+        let beyond: Vec<_> = creds.groups.iter().filter(|g| !may.contains(g)).collect();
+        (!beyond.is_empty()).then(|| {
+            format!(
+                "it is in the groups {beyond:?}, beyond process.user's gid and additionalGids \
+                 ({may:?}, as the host sees them), and no capability of this config allows \
+                 CAP_SETGID"
+            )
+        })
+    }
+}
+
+/// `id` of the container's user namespace as the host sees it: 65534 (the kernel's overflow
+/// id) where `maps` do not map it (`create` would have refused such a config).
+fn to_host(maps: &[LinuxIdMapping], id: u32) -> u32 {
+    maps.iter()
+        .find(|m| id >= m.container_id() && u64::from(id - m.container_id()) < u64::from(m.size()))
+        .and_then(|m| m.host_id().checked_add(id - m.container_id()))
+        .unwrap_or(65534)
+}
+
+/// The config's mappings, each as (the config's field, /proc's file, sorted ranges).
+fn config_maps(spec: &Spec) -> [IdMap; 2] {
+    let linux = spec.linux().as_ref();
+    let ranges = |maps: Option<&Vec<LinuxIdMapping>>| {
+        let mut ranges: Vec<[u64; 3]> = maps
+            .into_iter()
+            .flatten()
+            .map(|m| [m.container_id(), m.host_id(), m.size()].map(u64::from))
+            .collect();
+        ranges.sort();
+        ranges
+    };
+    [
+        (
+            "linux.uidMappings",
+            "uid_map",
+            ranges(linux.and_then(|l| l.uid_mappings().as_ref())),
+        ),
+        (
+            "linux.gidMappings",
+            "gid_map",
+            ranges(linux.and_then(|l| l.gid_mappings().as_ref())),
+        ),
+    ]
+}
+
+/// The ranges of a /proc uid_map or gid_map, sorted (the kernel lists more than five in its
+/// own order); None if it is not one.
+fn parse_map(text: &str) -> Option<Vec<[u64; 3]>> {
+    let mut ranges = text
+        .lines()
+        .map(|line| {
+            let numbers: Vec<u64> = line
+                .split_whitespace()
+                .map(|n| n.parse().ok())
+                .collect::<Option<_>>()?;
+            numbers.try_into().ok()
+        })
+        .collect::<Option<Vec<[u64; 3]>>>()?;
+    ranges.sort();
+    Some(ranges)
+}
+
+fn map_text(ranges: &[[u64; 3]]) -> String {
+    let lines: Vec<String> = ranges
+        .iter()
+        .map(|[inside, outside, count]| format!("{inside} {outside} {count}"))
+        .collect();
+    format!("'{}'", lines.join(", "))
+}
+
+/// The restored init's user namespace must map ids as the config's does: CRIU writes its
+/// maps from the images (`userns-N.img`), as the host's root.
+fn check_maps(init: i32, allowed: &Allowed) -> Result<()> {
+    for (field, file, ours) in allowed.maps.iter().flatten() {
+        let path = format!("/proc/{init}/{file}");
+        let text = fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {path} to check the restored processes"))?;
+        let held = parse_map(&text).with_context(|| format!("{path} is not an id map"))?;
+        if held != *ours {
+            bail!(
+                "refusing the restore: the restored user namespace's {file} is {} where the \
+                 config's {field} make it {}: its ids would map onto the host's others. The \
+                 checkpoint was taken under another config or altered; restore it with the \
+                 config it was taken with, or restore a checkpoint this host or a trusted one \
+                 took",
+                map_text(&held),
+                map_text(ours)
+            );
+        }
+    }
+    Ok(())
 }
 
 /// One of `process.capabilities`' sets.
@@ -157,6 +334,7 @@ impl Outside {
 /// Checks every thread of the stopped tree under `init` (a host pid); the first one holding
 /// more than `allowed` refuses, naming it and what differs.
 pub fn check_tree(init: i32, allowed: &Allowed, outside: &Outside) -> Result<()> {
+    check_maps(init, allowed)?;
     let container_user = match allowed.has_own("user") {
         true => namespace(Path::new(&format!("/proc/{init}")), "user")
             .context("read the restored init's user namespace")?,
@@ -249,6 +427,10 @@ fn excess(
             return Ok(Some(why));
         }
     }
+    // Ids as the host sees them: the same in a user namespace the container made.
+    if let Some(why) = allowed.ids.beyond(creds) {
+        return Ok(Some(why));
+    }
     if allowed.filters.is_empty() {
         return Ok(None);
     }
@@ -293,11 +475,15 @@ mod tests {
 
     /// A config with these capabilities (every set) and namespaces.
     fn config(caps: &[&str], namespaces: &[&str]) -> Spec {
+        serde_json::from_value(config_json(caps, namespaces)).unwrap()
+    }
+
+    fn config_json(caps: &[&str], namespaces: &[&str]) -> serde_json::Value {
         let namespaces: Vec<_> = namespaces
             .iter()
             .map(|n| serde_json::json!({ "type": n }))
             .collect();
-        serde_json::from_value(serde_json::json!({
+        serde_json::json!({
             "ociVersion": "1.0.2",
             "process": {
                 "args": ["sleep"], "cwd": "/", "user": {"uid": 0, "gid": 0},
@@ -305,8 +491,7 @@ mod tests {
             },
             "root": {"path": "rootfs"},
             "linux": {"namespaces": namespaces}
-        }))
-        .unwrap()
+        })
     }
 
     /// Every capability this kernel knows, as a config names them.
@@ -395,5 +580,108 @@ mod tests {
         filtered.set_linux(Some(linux));
         let why = refusal(&filtered, &sleep);
         assert!(why.contains("Seccomp is 0"), "{why}");
+    }
+
+    /// A process in a user namespace mapping only its root onto the host's (`0 0 1`), checked
+    /// against a config whose namespace maps 0 onto 100000: refused naming the map, both
+    /// ranges and the field; against a config mapping as it does, the maps pass.
+    #[test]
+    fn a_user_namespace_mapped_otherwise_than_the_config_is_refused() {
+        let sleep = Started(
+            std::process::Command::new("unshare")
+                .args(["--user", "--map-root-user", "sleep", "60"])
+                .spawn()
+                .unwrap(),
+        );
+        let comm = format!("/proc/{}/comm", sleep.0.id());
+        // unshare writes the maps before it executes sleep.
+        while fs::read_to_string(&comm).unwrap().trim() != "sleep" {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        let every: Vec<String> = all_caps();
+        let every: Vec<&str> = every.iter().map(String::as_str).collect();
+        let mapped = |host: u32, size: u32| {
+            let mut json = config_json(&every, &["user"]);
+            let maps = serde_json::json!([{"containerID": 0, "hostID": host, "size": size}]);
+            json["linux"]["uidMappings"] = maps.clone();
+            json["linux"]["gidMappings"] = maps;
+            serde_json::from_value::<Spec>(json).unwrap()
+        };
+        let why = refusal(&mapped(100000, 65536), &sleep);
+        assert!(
+            why.contains("user namespace's uid_map is '0 0 1'")
+                && why.contains("linux.uidMappings make it '0 100000 65536'"),
+            "{why}"
+        );
+        let allowed = Allowed::for_config(&mapped(0, 1)).unwrap();
+        check_maps(sleep.0.id() as i32, &allowed).unwrap();
+    }
+
+    /// Under noNewPrivileges and no CAP_SETUID/CAP_SETGID a `user 1000` config's threads
+    /// must be 1000 in each id and NoNewPrivs; without noNewPrivileges (set-uid programs) or
+    /// with CAP_SETUID any uid passes; groups beyond additionalGids need CAP_SETGID.
+    #[test]
+    fn ids_a_process_of_the_config_cannot_reach_are_refused() {
+        let user = |caps: &[&str], nnp: bool| {
+            let mut json = config_json(caps, &[]);
+            json["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000,
+                "additionalGids": [5]});
+            json["process"]["noNewPrivileges"] = nnp.into();
+            Allowed::for_config(&serde_json::from_value(json).unwrap())
+                .unwrap()
+                .ids
+        };
+        let creds = |uid: u32, groups: &[u32], nnp: bool| Credentials {
+            uids: [1000, uid, uid, uid],
+            gids: [1000; 4],
+            groups: groups.to_vec(),
+            no_new_privs: Some(nnp),
+            ..Default::default()
+        };
+        let confined = user(&["CAP_KILL"], true);
+        assert_eq!(confined.beyond(&creds(1000, &[5, 1000], true)), None);
+        let why = confined.beyond(&creds(0, &[], true)).unwrap();
+        assert!(
+            why.contains("uids are [1000, 0, 0, 0]") && why.contains("1000"),
+            "{why}"
+        );
+        let why = confined.beyond(&creds(1000, &[], false)).unwrap();
+        assert!(why.contains("NoNewPrivs is 0"), "{why}");
+        let why = confined.beyond(&creds(1000, &[0], true)).unwrap();
+        assert!(why.contains("groups [0]"), "{why}");
+        assert_eq!(
+            user(&["CAP_KILL"], false).beyond(&creds(0, &[], false)),
+            None
+        );
+        assert_eq!(
+            user(&["CAP_SETUID"], true).beyond(&creds(0, &[], true)),
+            None
+        );
+        assert_eq!(
+            user(&["CAP_SETGID"], true).beyond(&creds(1000, &[0], true)),
+            None
+        );
+    }
+
+    /// Under noNewPrivileges the permitted and effective sets stay within the config's:
+    /// the bounding set a set-uid program would fill them from is not allowed.
+    #[test]
+    fn no_new_privileges_allows_no_capability_beyond_the_configs_sets() {
+        let allowed = |nnp: bool| {
+            let mut json = config_json(&[], &[]);
+            json["process"]["capabilities"]["bounding"] = serde_json::json!(["CAP_KILL"]);
+            json["process"]["noNewPrivileges"] = nnp.into();
+            Allowed::for_config(&serde_json::from_value(json).unwrap()).unwrap()
+        };
+        let kill = 1u64 << caps::Capability::CAP_KILL.index();
+        let mut creds = Credentials {
+            caps: vec![("CapPrm", kill), ("CapEff", kill)],
+            ..Default::default()
+        };
+        assert_eq!(beyond_caps(&creds, &allowed(false)), None);
+        let why = beyond_caps(&creds, &allowed(true)).unwrap();
+        assert!(why.contains("CapPrm") && why.contains("CAP_KILL"), "{why}");
+        creds.caps = vec![("CapBnd", kill)];
+        assert_eq!(beyond_caps(&creds, &allowed(true)), None);
     }
 }

@@ -387,7 +387,8 @@ mod tests {
 
     fn status(caps: u64, seccomp: u32, filters: u32) -> String {
         format!(
-            "Name:\tsh\nCapInh:\t0000000000000000\nCapPrm:\t{caps:016x}\nCapEff:\t{caps:016x}\n\
+            "Name:\tsh\nUid:\t0\t0\t0\t0\nGid:\t0\t0\t0\t0\nGroups:\t\n\
+             CapInh:\t0000000000000000\nCapPrm:\t{caps:016x}\nCapEff:\t{caps:016x}\n\
              CapBnd:\t{caps:016x}\nCapAmb:\t0000000000000000\nNoNewPrivs:\t0\n\
              Seccomp:\t{seccomp}\nSeccomp_filters:\t{filters}\n"
         )
