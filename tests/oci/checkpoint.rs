@@ -2,8 +2,9 @@
 //! it was, called directly as an engine calls the runtime, and through containerd, podman and
 //! Docker (experimental).
 
+use std::ffi::OsStr;
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::support::{
@@ -540,23 +541,14 @@ fn assert_crafted_bind_refused(
     id: &str,
     words: &[&str],
 ) {
-    let outcome = restore_detached(runtime, images, bundle, id, &scratch.path("out2"));
-    if outcome.code == 0 {
+    let outcome = restore_refused(runtime, scratch, bundle, images, id, |id| {
         let script = "cat /proc/timer_list; echo FROM-CONTAINER >> /proc/timer_list";
         let read = runtime.run(&["exec", id, "sh", "-c", script]);
-        let _ = runtime.run(&["delete", "--force", id]);
-        panic!("restored with the host file bound: it read {read:?}");
-    }
+        format!("the host file bound, it read {read:?}")
+    });
     assert!(
         words.iter().all(|word| outcome.stderr.contains(word)),
         "{words:?} not in {outcome:?}"
-    );
-    assert!(
-        runtime
-            .run(&["state", id])
-            .stderr
-            .contains("does not exist"),
-        "the refused restore leaves no container"
     );
     assert_eq!(fs::read_to_string(host_file).unwrap(), "HOST-FILE-MARKER\n");
 }
@@ -578,13 +570,9 @@ fn crafted_checkpoint(
     let scratch = Scratch::new(label);
     let runtime = Runtime::new(&scratch);
     let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
-    let images = scratch.path("images");
     let host_file = scratch.path("host-file");
     fs::write(&host_file, "HOST-FILE-MARKER\n").unwrap();
-    assert_eq!(runtime.create(id, &bundle, &scratch.path("out")).code, 0);
-    assert_eq!(runtime.run(&["start", id]).code, 0);
-    let outcome = runtime.run(&["checkpoint", "--image-path", images.to_str().unwrap(), id]);
-    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let images = checkpointed(&runtime, &scratch, &bundle, id);
     assert!(
         rewrite_automatic(&images, "/proc/timer_list", |body| rewrite(
             body, &host_file
@@ -657,20 +645,7 @@ fn assert_read_only_dropped_refused(
 ) {
     let runtime = Runtime::new(scratch);
     let bundle = Bundle::new(scratch, "bundle", config);
-    let images = scratch.path("images");
-    let (dumped, restored) = (format!("{id}1"), format!("{id}2"));
-    assert_eq!(
-        runtime.create(&dumped, &bundle, &scratch.path("out")).code,
-        0
-    );
-    assert_eq!(runtime.run(&["start", &dumped]).code, 0);
-    let outcome = runtime.run(&[
-        "checkpoint",
-        "--image-path",
-        images.to_str().unwrap(),
-        &dumped,
-    ]);
-    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let images = checkpointed(&runtime, scratch, &bundle, &format!("{id}1"));
     let writable = |body: Vec<u8>| {
         let mount = <MntEntry as prost::Message>::decode(&body[..]).unwrap();
         let mut body = without_fields(&body, &[5]);
@@ -685,26 +660,12 @@ fn assert_read_only_dropped_refused(
         "the dump has the keyed external at {at}"
     );
 
-    let output = scratch.path("out2");
-    let file = fs::File::create(&output).unwrap();
-    let status = runtime
-        .command()
-        .args(["restore", "--detach", "--image-path"])
-        .arg(&images)
-        .arg("--bundle")
-        .arg(&bundle.dir)
-        .arg(&restored)
-        .stdin(std::process::Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .status()
-        .unwrap();
-    let stderr = fs::read_to_string(&output).unwrap_or_default();
-    if status.success() {
-        let wrote = runtime.run(&["exec", &restored, "sh", "-c", probe]);
-        let _ = runtime.run(&["delete", "--force", &restored]);
-        panic!("restored with {at} writable: {probe:?} gave {wrote:?}");
-    }
+    let restored = format!("{id}2");
+    let outcome = restore_refused(&runtime, scratch, &bundle, &images, &restored, |id| {
+        let wrote = runtime.run(&["exec", id, "sh", "-c", probe]);
+        format!("{at} writable: {probe:?} gave {wrote:?}")
+    });
+    let stderr = outcome.stderr;
     assert!(
         stderr.contains(&format!("the mount at {at}")) && stderr.contains("bound read-only here"),
         "{stderr}"
@@ -801,6 +762,50 @@ fn a_confined_container_in_the_hosts_pid_namespace_is_not_checkpointed() {
     assert!(refused(&outcome), "{outcome:?}");
 }
 
+/// Creates and starts a container `id` of `bundle` and checkpoints it into the scratch folder
+/// `images`, whose path it returns.
+fn checkpointed(runtime: &Runtime, scratch: &Scratch, bundle: &Bundle, id: &str) -> PathBuf {
+    let images = scratch.path("images");
+    assert_eq!(runtime.create(id, bundle, &scratch.path("out")).code, 0);
+    assert_eq!(runtime.run(&["start", id]).code, 0);
+    let outcome = runtime.run(&["checkpoint", "--image-path", images.to_str().unwrap(), id]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    images
+}
+
+/// Restores `images` as `id`, which must be refused, leaving no container: its outcome. If it
+/// is restored, the test fails with what `seen` (given the restored container's id) finds in
+/// it, the container deleted first.
+fn restore_refused(
+    runtime: &Runtime,
+    scratch: &Scratch,
+    bundle: &Bundle,
+    images: &Path,
+    id: &str,
+    seen: impl FnOnce(&str) -> String,
+) -> Outcome {
+    let outcome = restore_detached(runtime, images, bundle, id, &scratch.path("out2"));
+    if outcome.code == 0 {
+        let seen = seen(id);
+        let _ = runtime.run(&["delete", "--force", id]);
+        panic!("restored: {seen}");
+    }
+    assert!(
+        runtime
+            .run(&["state", id])
+            .stderr
+            .contains("does not exist"),
+        "the refused restore leaves no container"
+    );
+    outcome
+}
+
+/// What `/proc/PID/FILE` of container `id`'s init holds, for a failure's message.
+fn init_file(runtime: &Runtime, id: &str, file: &str) -> String {
+    let pid = runtime.state(id)["pid"].as_i64().unwrap();
+    fs::read_to_string(format!("/proc/{pid}/{file}")).unwrap_or_default()
+}
+
 /// `restore --detach` of `images` as `id`; its stdio a file (`output`) as the dump's was
 /// (`create`'s): a pipe cannot take its place.
 fn restore_detached(
@@ -810,24 +815,16 @@ fn restore_detached(
     id: &str,
     output: &Path,
 ) -> Outcome {
-    let file = fs::File::create(output).unwrap();
-    let status = runtime
-        .command()
-        .args(["restore", "--detach", "--image-path"])
-        .arg(images)
-        .arg("--bundle")
-        .arg(&bundle.dir)
-        .arg(id)
-        .stdin(std::process::Stdio::null())
-        .stdout(file.try_clone().unwrap())
-        .stderr(file)
-        .status()
-        .unwrap();
-    Outcome {
-        code: status.code().unwrap_or(-1),
-        stdout: String::new(),
-        stderr: fs::read_to_string(output).unwrap_or_default(),
-    }
+    let args: [&OsStr; 7] = [
+        "restore".as_ref(),
+        "--detach".as_ref(),
+        "--image-path".as_ref(),
+        images.as_os_str(),
+        "--bundle".as_ref(),
+        bundle.dir.as_os_str(),
+        id.as_ref(),
+    ];
+    runtime.run_into(args, output)
 }
 
 /// One field of a protobuf message as the wire has it: (number, value).
@@ -956,52 +953,24 @@ fn a_checkpoint_whose_task_has_more_capabilities_than_the_config_is_not_restored
     let scratch = Scratch::new("checkpoint-caps");
     let runtime = Runtime::new(&scratch);
     let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
-    let images = scratch.path("images");
-    assert_eq!(
-        runtime
-            .create("ckpt-caps1", &bundle, &scratch.path("out"))
-            .code,
-        0
-    );
-    assert_eq!(runtime.run(&["start", "ckpt-caps1"]).code, 0);
-    let outcome = runtime.run(&[
-        "checkpoint",
-        "--image-path",
-        images.to_str().unwrap(),
-        "ckpt-caps1",
-    ]);
-    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-caps1");
     assert_eq!(
         raise_capability(&images, CAP_SYS_ADMIN),
         3,
         "the three sets raised"
     );
 
-    let outcome = restore_detached(
-        &runtime,
-        &images,
-        &bundle,
-        "ckpt-caps2",
-        &scratch.path("out2"),
-    );
-    if outcome.code == 0 {
-        let pid = runtime.state("ckpt-caps2")["pid"].as_i64().unwrap();
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let _ = runtime.run(&["delete", "--force", "ckpt-caps2"]);
-        panic!("restored with the raised capability: {status}");
-    }
+    let outcome = restore_refused(&runtime, &scratch, &bundle, &images, "ckpt-caps2", |id| {
+        format!(
+            "with the raised capability: {}",
+            init_file(&runtime, id, "status")
+        )
+    });
     assert!(
         outcome.stderr.contains("CAP_SYS_ADMIN")
             && outcome.stderr.contains("process.capabilities")
             && outcome.stderr.contains("\"sleep\""),
         "{outcome:?}"
-    );
-    assert!(
-        runtime
-            .run(&["state", "ckpt-caps2"])
-            .stderr
-            .contains("does not exist"),
-        "the refused restore leaves no container"
     );
 }
 
@@ -1039,44 +1008,17 @@ fn a_checkpoint_whose_task_became_root_under_a_non_root_config_is_not_restored()
     config["process"]["capabilities"] =
         serde_json::json!({"bounding": [], "effective": [], "permitted": []});
     let bundle = Bundle::new(&scratch, "bundle", &config);
-    let images = scratch.path("images");
-    let out = scratch.path("out");
-    assert_eq!(runtime.create("ckpt-uid1", &bundle, &out).code, 0);
-    assert_eq!(runtime.run(&["start", "ckpt-uid1"]).code, 0);
-    let outcome = runtime.run(&[
-        "checkpoint",
-        "--image-path",
-        images.to_str().unwrap(),
-        "ckpt-uid1",
-    ]);
-    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-uid1");
     assert_eq!(set_uids(&images, 0), 4, "the four uids set");
 
-    let outcome = restore_detached(
-        &runtime,
-        &images,
-        &bundle,
-        "ckpt-uid2",
-        &scratch.path("out2"),
-    );
-    if outcome.code == 0 {
-        let pid = runtime.state("ckpt-uid2")["pid"].as_i64().unwrap();
-        let status = fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-        let _ = runtime.run(&["delete", "--force", "ckpt-uid2"]);
-        panic!("restored as another user: {status}");
-    }
+    let outcome = restore_refused(&runtime, &scratch, &bundle, &images, "ckpt-uid2", |id| {
+        format!("as another user: {}", init_file(&runtime, id, "status"))
+    });
     assert!(
         outcome.stderr.contains("uids are [0, 0, 0, 0]")
             && outcome.stderr.contains("stays at 1000")
             && outcome.stderr.contains("\"sleep\""),
         "{outcome:?}"
-    );
-    assert!(
-        runtime
-            .run(&["state", "ckpt-uid2"])
-            .stderr
-            .contains("does not exist"),
-        "the refused restore leaves no container"
     );
 }
 
@@ -1121,42 +1063,18 @@ fn a_checkpoint_whose_user_namespace_maps_the_hosts_ids_is_not_restored() {
         .push(serde_json::json!({"type": "user"}));
     let bundle = Bundle::new(&scratch, "bundle", &config);
     crate::userns::chown_tree(&bundle.dir.join("rootfs"), HOST_ROOT);
-    let images = scratch.path("images");
-    let out = scratch.path("out");
-    assert_eq!(runtime.create("ckpt-userns1", &bundle, &out).code, 0);
-    assert_eq!(runtime.run(&["start", "ckpt-userns1"]).code, 0);
-    let outcome = runtime.run(&[
-        "checkpoint",
-        "--image-path",
-        images.to_str().unwrap(),
-        "ckpt-userns1",
-    ]);
-    assert_eq!(outcome.code, 0, "{outcome:?}");
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-userns1");
     assert_eq!(map_all_ids(&images), 2, "the uid and the gid range");
 
-    let outcome = restore_detached(
-        &runtime,
-        &images,
-        &bundle,
-        "ckpt-userns2",
-        &scratch.path("out2"),
-    );
-    if outcome.code == 0 {
-        let pid = runtime.state("ckpt-userns2")["pid"].as_i64().unwrap();
-        let maps = fs::read_to_string(format!("/proc/{pid}/uid_map")).unwrap_or_default();
-        let _ = runtime.run(&["delete", "--force", "ckpt-userns2"]);
-        panic!("restored with the image's maps: {maps}");
-    }
+    let outcome = restore_refused(&runtime, &scratch, &bundle, &images, "ckpt-userns2", |id| {
+        format!(
+            "with the image's maps: {}",
+            init_file(&runtime, id, "uid_map")
+        )
+    });
     assert!(
         outcome.stderr.contains("uid_map is '0 0 4294967295'")
             && outcome.stderr.contains("'0 100000 65536'"),
         "{outcome:?}"
-    );
-    assert!(
-        runtime
-            .run(&["state", "ckpt-userns2"])
-            .stderr
-            .contains("does not exist"),
-        "the refused restore leaves no container"
     );
 }

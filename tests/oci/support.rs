@@ -3,6 +3,7 @@
 
 #![allow(dead_code)]
 
+use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
@@ -320,12 +321,26 @@ impl Runtime {
     /// create's stdio, as under an engine: a pipe would stay open as long as the container).
     /// The outcome's stderr is that file's content.
     pub fn create(&self, id: &str, bundle: &Bundle, output: &Path) -> Outcome {
+        let args: [&OsStr; 4] = [
+            "create".as_ref(),
+            "--bundle".as_ref(),
+            bundle.dir.as_os_str(),
+            id.as_ref(),
+        ];
+        self.run_into(args, output)
+    }
+
+    /// The runtime with `args`, its stdout and stderr going to the file `output`, as `create`'s
+    /// do (a command whose container inherits them); the outcome's stderr is that file's content.
+    pub fn run_into<'a>(
+        &self,
+        args: impl IntoIterator<Item = &'a OsStr>,
+        output: &Path,
+    ) -> Outcome {
         let file = fs::File::create(output).unwrap();
         let status = self
             .command()
-            .args(["create", "--bundle"])
-            .arg(&bundle.dir)
-            .arg(id)
+            .args(args)
             .stdin(Stdio::null())
             .stdout(file.try_clone().unwrap())
             .stderr(file)
