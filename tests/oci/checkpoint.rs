@@ -630,6 +630,58 @@ fn a_checkpoint_binding_a_host_file_by_the_legacy_ext_mount_is_not_restored() {
     );
 }
 
+/// A checkpoint whose read-only bind of the container's proc at `/proc/sys` (root `/sys`) is
+/// rewritten to the root `/self/root/<a host folder>`: CRIU opens `<proc>/self/root/…` as the
+/// host's root, following the magic link, and would bind the host's folder there. Refused
+/// before CRIU runs, naming the mount point and the root; without the check the restored
+/// container read the host folder's marker file at `/proc/sys/marker`.
+#[test]
+fn a_checkpoint_binding_a_host_folder_through_proc_is_not_restored() {
+    let scratch = Scratch::new("checkpoint-proc-root");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let host_folder = scratch.path("host-folder");
+    fs::create_dir_all(&host_folder).unwrap();
+    fs::write(host_folder.join("marker"), "HOST-FOLDER-MARKER\n").unwrap();
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-procroot1");
+    let root = format!("/self/root{}", host_folder.display());
+    let picked = |mount: &MntEntry| {
+        mount.ext_key.is_none()
+            && mount
+                .mountpoint
+                .as_deref()
+                .unwrap_or_default()
+                .ends_with("/proc/sys")
+    };
+    let with_root = |mut body: Vec<u8>| {
+        let replaced = MntEntry {
+            root: Some(root.clone()),
+            ..Default::default()
+        };
+        body.extend(prost::Message::encode_to_vec(&replaced));
+        body
+    };
+    assert_eq!(
+        rewrite_entries(&images, picked, with_root),
+        1,
+        "the dump has /proc/sys as a bind of the container's proc"
+    );
+    let outcome = restore_refused(
+        &runtime,
+        &scratch,
+        &bundle,
+        &images,
+        "ckpt-procroot2",
+        |id| {
+            let read = runtime.run(&["exec", id, "cat", "/proc/sys/marker"]);
+            format!("the host folder bound at /proc/sys, it read {read:?}")
+        },
+    );
+    for word in ["/proc/sys", root.as_str()] {
+        assert!(outcome.stderr.contains(word), "{word} not in {outcome:?}");
+    }
+}
+
 /// Checkpoints a container of `config` as `{id}1`, clears the read-only flag of the entries
 /// `picked` picks (keyed externals: CRIU gives them the image's flags, not the config's), and
 /// restores it as `{id}2`: the restore must be refused before CRIU runs, naming a mount point

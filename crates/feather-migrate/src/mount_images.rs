@@ -90,6 +90,15 @@ const MOUNTED_ANEW: [(u32, &str); 6] = [
 /// CRIU's `FSTYPE__AUTO`: a filesystem mounted by the name in `fsname`, from `source`.
 const FSTYPE_AUTO: u32 = 16;
 
+/// CRIU's `FSTYPE__PROC`.
+const FSTYPE_PROC: u32 = 1;
+
+/// The folders and files of a proc mount a bind of it may show: the read-only paths runc,
+/// Docker, podman and feather bind over themselves (`/proc/sys`, …). A bind of a filesystem
+/// mounted anew is of its root only, else: CRIU opens `<mount>/<root>` following every link
+/// but the last, and proc's `self/root`, `1/root`, `thread-self/…` lead to the host's tree.
+const PROC_BINDS: [&str; 6] = ["/asound", "/bus", "/fs", "/irq", "/sys", "/sysrq-trigger"];
+
 /// The highest field number of CRIU's `mnt_entry` (images/mnt.proto, `ext_key`): a field
 /// past it is one this reader does not know, and is refused rather than skipped.
 const LAST_KNOWN_TAG: u32 = 18;
@@ -165,14 +174,17 @@ impl std::fmt::Display for Refusal {
 }
 
 /// Judges every entry of the `mountpoints-*.img` files of `images` (each mount namespace of
-/// the tree has one) against `policy`; the first entry refused, if any. An entry passes when
-/// CRIU, restoring it, either binds a path the restorer gives it (a key it passes, with the
-/// read-only flag it binds it with; an automatic external naming an allowed host path), or
-/// mounts anew a filesystem that reaches no host file ([`MOUNTED_ANEW`]), or binds from such
-/// an external or from the tree's root (same device, options and an enclosing root, read-only
-/// when the external it lies in is) — with only a mount's own flags, never `MS_BIND`,
-/// `MS_MOVE`, `MS_REC` or `MS_REMOUNT`, and no field this reader does not know.
-pub fn judge(images: &Path, policy: &Policy) -> std::io::Result<Option<Refusal>> {
+/// the tree has one) against `policy`: the first entry refused, or the binds CRIU will make
+/// beneath the restore's root and its externals' host paths, for [`Binds::check`] to walk
+/// where those are mounted, before CRIU runs. An entry passes when CRIU, restoring it, either
+/// binds a path the restorer gives it (a key it passes, with the read-only flag it binds it
+/// with; an automatic external naming an allowed host path), or mounts anew a filesystem that
+/// reaches no host file ([`MOUNTED_ANEW`]; a bind of one only of its root, or of a
+/// [`PROC_BINDS`] path of proc), or binds from such an external or from the tree's root (same
+/// device, options and an enclosing root, read-only when the external it lies in is) — with
+/// only a mount's own flags, never `MS_BIND`, `MS_MOVE`, `MS_REC` or `MS_REMOUNT`, and no
+/// field this reader does not know.
+pub fn judge(images: &Path, policy: &Policy) -> std::io::Result<Result<Binds, Refusal>> {
     let mut entries = Vec::new();
     for entry in fs::read_dir(images)? {
         let path = entry?.path();
@@ -195,7 +207,7 @@ pub fn judge(images: &Path, policy: &Policy) -> std::io::Result<Option<Refusal>>
             entries.extend(entries_in(&image).map_err(invalid)?);
         }
     }
-    Ok(judge_entries(&entries, policy).err())
+    Ok(judge_entries(&entries, policy))
 }
 
 /// An image is two magic words, then entries: a little-endian u32 length, then a `MntEntry`.
@@ -255,7 +267,7 @@ fn field_tags(mut body: &[u8]) -> Result<Vec<u32>, String> {
     Ok(tags)
 }
 
-fn judge_entries(entries: &[MntEntry], policy: &Policy) -> Result<(), Refusal> {
+fn judge_entries(entries: &[MntEntry], policy: &Policy) -> Result<Binds, Refusal> {
     for entry in entries {
         judge_fields(entry, policy)?;
     }
@@ -264,11 +276,100 @@ fn judge_entries(entries: &[MntEntry], policy: &Policy) -> Result<(), Refusal> {
         .iter()
         .filter(|e| e.ext_key.is_none() && e.mountpoint.as_deref() == Some("/"))
         .collect();
-    judge_roots(&roots)?;
+    let tree_root = judge_roots(&roots, &externals)?;
+    let mut walks = Vec::new();
     for entry in entries.iter().filter(|e| e.ext_key.is_none()) {
-        judge_bind(entry, &externals, &roots)?;
+        walks.extend(judge_bind(entry, &externals, tree_root)?);
     }
-    Ok(())
+    Ok(Binds(walks))
+}
+
+/// Where CRIU takes a bind from: the restore's root (`--root`), the host path of the key it is
+/// passed (`mnt[KEY]:PATH`), or an automatic external's host path.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Source {
+    Root,
+    Keyed(String),
+    Host(PathBuf),
+}
+
+/// One bind CRIU makes: the path `rel` beneath `from`, at `mount_point`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Walk {
+    mount_point: String,
+    from: Source,
+    rel: PathBuf,
+}
+
+/// The binds CRIU makes of folders beneath the restore's root and its externals' host paths,
+/// judged by [`judge`] as text. CRIU opens each as `<source>/<rel>` following every link but
+/// the last (`open_tree`, `AT_SYMLINK_NOFOLLOW`), as the host's root, before the tree is
+/// pivoted into: a link there (`x -> /` in a volume or the root) binds the host's own files.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Binds(Vec<Walk>);
+
+impl Binds {
+    /// Walks each bind beneath its source, as mounted now: `root`, the restore's root, and
+    /// `keyed`, the host path of each key the restore passes. A link on the way (or at the
+    /// end), a `..`, a mount crossed (CRIU's binds show no submount), a path missing: the first
+    /// refused. Run where those are mounted as CRIU will find them, just before it runs.
+    pub fn check(&self, root: &Path, keyed: &[(String, PathBuf)]) -> Result<(), Refusal> {
+        for walk in &self.0 {
+            let refuse = |why: String| Refusal {
+                mount_point: walk.mount_point.clone(),
+                why,
+            };
+            let host = match &walk.from {
+                Source::Root => root,
+                Source::Host(path) => path.as_path(),
+                Source::Keyed(key) => match keyed.iter().find(|(known, _)| known == key) {
+                    Some((_, path)) => path.as_path(),
+                    None => {
+                        return Err(refuse(format!(
+                            "a bind of the external {key:?}, which the restore does not pass"
+                        )))
+                    }
+                },
+            };
+            walk_beneath(host, &walk.rel).map_err(|e| {
+                refuse(format!(
+                    "its root has CRIU bind {} beneath {}, which {e}: refused, as CRIU would \
+                     follow it out of {}",
+                    walk.rel.display(),
+                    host.display(),
+                    match walk.from {
+                        Source::Root => "the restored root",
+                        _ => "the external's host path",
+                    },
+                ))
+            })?;
+        }
+        Ok(())
+    }
+}
+
+/// Opens `rel` beneath the folder `host` without following a link or leaving its mount.
+fn walk_beneath(host: &Path, rel: &Path) -> Result<(), String> {
+    use feather_sys::beneath;
+    use nix::sys::stat::SFlag;
+    let dir = beneath::open_root(host).map_err(|e| format!("is no folder to walk in ({e})"))?;
+    match beneath::open_on_mount(&dir, rel, nix::fcntl::OFlag::O_PATH) {
+        // `O_PATH | O_NOFOLLOW` opens a link at the end itself, which no dump binds.
+        Ok(fd) => match nix::sys::stat::fstat(&fd) {
+            Ok(st) if SFlag::from_bits_truncate(st.st_mode) & SFlag::S_IFMT == SFlag::S_IFLNK => {
+                Err("is a link".into())
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(format!("cannot be read ({e})")),
+        },
+        Err(e) if e.raw_os_error() == Some(nix::errno::Errno::ELOOP as i32) => {
+            Err("is reached through a link".into())
+        }
+        Err(e) if beneath::at_a_mount(&e) => {
+            Err("crosses a mount point or leaves the folder".into())
+        }
+        Err(e) => Err(format!("cannot be opened ({e})")),
+    }
 }
 
 fn refuse(entry: &MntEntry, why: String) -> Refusal {
@@ -366,14 +467,19 @@ fn judge_automatic(entry: &MntEntry, policy: &Policy) -> Result<(), Refusal> {
 
 /// The roots of the tree's mount namespaces: CRIU mounts the first from the restore's root
 /// (whatever its entry says) and binds the others from it, which it does only for entries
-/// of the same filesystem, mounted the same way, at or beneath its root.
-fn judge_roots(roots: &[&MntEntry]) -> Result<(), Refusal> {
+/// of the same filesystem, mounted the same way, at or beneath its root. That root, the
+/// tree's, is what other entries may be binds of.
+fn judge_roots<'a>(
+    roots: &[&'a MntEntry],
+    _externals: &[&MntEntry],
+) -> Result<Option<&'a MntEntry>, Refusal> {
     let Some(first) = roots
         .iter()
+        .copied()
         .filter(|r| !mounted_anew(r))
         .min_by_key(|r| r.root.as_deref().unwrap_or_default().len())
     else {
-        return Ok(());
+        return Ok(None);
     };
     for root in roots.iter().filter(|r| !mounted_anew(r)) {
         if !same_filesystem(root, first) || !beneath(root, first) {
@@ -385,16 +491,39 @@ fn judge_roots(roots: &[&MntEntry]) -> Result<(), Refusal> {
             ));
         }
     }
-    Ok(())
+    Ok(Some(first))
 }
 
-/// A mount that is no external: mounted anew (of a type that reaches no host file), or a
-/// bind from an external or the tree's root — read-only if the external it lies in is.
+/// Whether CRIU may take `entry` for a bind of `external` (`mounts_sb_equal` with an external
+/// compares its device and options only), at or beneath its root.
+fn bound_from(entry: &MntEntry, external: &MntEntry) -> bool {
+    entry.root_dev == external.root_dev
+        && entry.options == external.options
+        && beneath(entry, external)
+}
+
+/// The bind of `entry` beneath `outer` (its root less `outer`'s), from `from`; none where it
+/// is `outer`'s root itself, which CRIU binds as given.
+fn walk_from(entry: &MntEntry, outer: &MntEntry, from: Source) -> Option<Walk> {
+    let inner = components(entry)?;
+    let skip = components(outer)?.len();
+    let rel: PathBuf = inner.get(skip..)?.iter().collect();
+    (!rel.as_os_str().is_empty()).then(|| Walk {
+        mount_point: entry.mountpoint.clone().unwrap_or_default(),
+        from,
+        rel,
+    })
+}
+
+/// A mount that is no external: mounted anew (of a type that reaches no host file, showing its
+/// root or a [`PROC_BINDS`] path of proc), or a bind from an external or the tree's root —
+/// read-only if the external it lies in is. The binds CRIU may make of it beneath an external
+/// or the tree's root, every one CRIU could pick, to walk before it runs.
 fn judge_bind(
     entry: &MntEntry,
     externals: &[&MntEntry],
-    roots: &[&MntEntry],
-) -> Result<(), Refusal> {
+    tree_root: Option<&MntEntry>,
+) -> Result<Vec<Walk>, Refusal> {
     let within: Vec<&&MntEntry> = externals
         .iter()
         .filter(|e| e.root_dev == entry.root_dev && beneath(entry, e))
@@ -422,15 +551,32 @@ fn judge_bind(
                 .into(),
         ));
     }
-    if mounted_anew(entry) || entry.mountpoint.as_deref() == Some("/") {
-        return Ok(());
-    }
-    let bound_from_external = within.iter().any(|e| e.options == entry.options);
-    let bound_from_root = roots
+    let mut walks: Vec<Walk> = within
         .iter()
-        .any(|r| !mounted_anew(r) && same_filesystem(entry, r) && beneath(entry, r));
-    if bound_from_external || bound_from_root {
-        return Ok(());
+        .filter(|e| bound_from(entry, e))
+        .filter_map(|e| {
+            let from = match e.ext_key.as_deref() {
+                Some(AUTOMATIC) => Source::Host(e.source.clone().unwrap_or_default().into()),
+                key => Source::Keyed(key.unwrap_or_default().into()),
+            };
+            walk_from(entry, e, from)
+        })
+        .collect();
+    let bound_from_external = within.iter().any(|e| bound_from(entry, e));
+    let bound_from_root =
+        tree_root.filter(|root| same_filesystem(entry, root) && beneath(entry, root));
+    if let Some(root) = bound_from_root {
+        walks.extend(walk_from(entry, root, Source::Root));
+    }
+    if entry.mountpoint.as_deref() == Some("/") {
+        return Ok(walks);
+    }
+    if mounted_anew(entry) {
+        judge_anew_root(entry)?;
+        return Ok(walks);
+    }
+    if bound_from_external || bound_from_root.is_some() {
+        return Ok(walks);
     }
     Err(refuse(
         entry,
@@ -444,6 +590,27 @@ fn judge_bind(
             entry.root.as_deref().unwrap_or_default(),
             entry.options.as_deref().unwrap_or_default(),
             entry.source.as_deref().unwrap_or_default(),
+        ),
+    ))
+}
+
+/// A filesystem mounted anew shows its root, or is a bind CRIU makes of the first mount of it
+/// at `<that mount>/<root>`, following links on the way: only proc's [`PROC_BINDS`] paths,
+/// which hold none, are taken.
+fn judge_anew_root(entry: &MntEntry) -> Result<(), Refusal> {
+    let root = entry.root.as_deref().unwrap_or_default();
+    let proc_bind = entry.fstype == Some(FSTYPE_PROC) && PROC_BINDS.contains(&root);
+    if root == "/" || proc_bind {
+        return Ok(());
+    }
+    Err(refuse(
+        entry,
+        format!(
+            "root {root:?} of a filesystem CRIU mounts anew (fstype {}): CRIU would bind it \
+             from that filesystem following every link on the way (proc's self/root leads to \
+             the host's tree); only its root \"/\" is taken, and of proc {}",
+            entry.fstype.unwrap_or(0),
+            PROC_BINDS.join(", "),
         ),
     ))
 }
@@ -462,20 +629,22 @@ fn same_filesystem(a: &MntEntry, b: &MntEntry) -> bool {
         && a.options == b.options
 }
 
-/// Whether `entry`'s root (the folder of its filesystem it shows) lies at or beneath
-/// `outer`'s, by component.
+/// The names of `entry`'s root (the folder of its filesystem it shows), by component; none
+/// where it names a `..`, which is never a dump's.
+fn components(entry: &MntEntry) -> Option<Vec<String>> {
+    Path::new(entry.root.as_deref().unwrap_or_default())
+        .components()
+        .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
+        .map(|c| match c {
+            Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Whether `entry`'s root lies at or beneath `outer`'s, by component: a root naming a `..`
+/// lies beneath nothing.
 fn beneath(entry: &MntEntry, outer: &MntEntry) -> bool {
-    // `..` is never a dump's: a root naming one lies beneath nothing.
-    let components = |e: &MntEntry| -> Option<Vec<String>> {
-        Path::new(e.root.as_deref().unwrap_or_default())
-            .components()
-            .filter(|c| !matches!(c, Component::RootDir | Component::CurDir))
-            .map(|c| match c {
-                Component::Normal(name) => Some(name.to_string_lossy().into_owned()),
-                _ => None,
-            })
-            .collect()
-    };
     match (components(entry), components(outer)) {
         (Some(inner), Some(outer)) => inner.starts_with(&outer),
         _ => false,
@@ -498,6 +667,10 @@ mod tests {
     }
 
     fn judged(entries: &[MntEntry], policy: &Policy) -> Result<(), Refusal> {
+        judged_binds(entries, policy).map(|_| ())
+    }
+
+    fn judged_binds(entries: &[MntEntry], policy: &Policy) -> Result<Binds, Refusal> {
         judge_entries(&entries_in(&image(entries)).unwrap(), policy)
     }
 
@@ -752,7 +925,104 @@ mod tests {
         assert!(judge(&dir, &policy).is_err(), "a linked image was followed");
         fs::remove_file(&image_path).unwrap();
         fs::write(&image_path, image(&[])).unwrap();
-        assert_eq!(judge(&dir, &policy).unwrap(), None);
+        assert_eq!(judge(&dir, &policy).unwrap(), Ok(Binds::default()));
         fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A bind of a filesystem mounted anew shows its root, or one of proc's read-only paths:
+    /// CRIU opens `<proc>/self/root/etc` as the host's root, which is the host's `/etc`.
+    #[test]
+    fn a_bind_of_a_filesystem_mounted_anew_shows_its_root_or_a_read_only_proc_path() {
+        let allowed = [PathBuf::from("/dev/null")];
+        let policy = policy(&allowed, &[]);
+        let proc = |root: &str| MntEntry {
+            root: Some(root.into()),
+            ..mount(1, "/x", 0x30)
+        };
+        for root in ["/sys", "/sysrq-trigger", "/bus", "/fs", "/irq", "/asound"] {
+            let mut entries = legitimate();
+            entries.push(proc(root));
+            assert_eq!(judged(&entries, &policy), Ok(()), "{root}");
+        }
+        let crafted = [
+            proc("/self/root/etc"),
+            proc("/1/root/etc"),
+            proc("/thread-self/root"),
+            proc("/sys/../self/root"),
+            proc("/sys/kernel"),
+            MntEntry {
+                root: Some("/x/etc".into()),
+                ..mount(5, "/x", 0x31)
+            },
+            MntEntry {
+                root: Some("/sys".into()),
+                ..mount(2, "/x", 0x32)
+            },
+        ];
+        for entry in crafted {
+            let root = entry.root.clone().unwrap();
+            let mut entries = legitimate();
+            entries.push(entry);
+            let refusal = judged(&entries, &policy).unwrap_err();
+            assert_eq!(refusal.mount_point, "/x", "{refusal}");
+            assert!(refusal.why.contains(&format!("root {root:?}")), "{refusal}");
+        }
+    }
+
+    /// The binds of folders beneath the restore's root and an external's host path are walked
+    /// there: a link on the way, or one at the end, is refused naming the mount point.
+    #[test]
+    fn binds_beneath_the_root_or_an_external_are_walked_without_links() {
+        let allowed = [PathBuf::from("/dev/null")];
+        let policy = policy(&allowed, &[]);
+        /// The scratch folder, removed even when an assertion fails.
+        struct Scratch(PathBuf);
+        impl Drop for Scratch {
+            fn drop(&mut self) {
+                let _ = fs::remove_dir_all(&self.0);
+            }
+        }
+        let scratch = Scratch(
+            std::env::temp_dir().join(format!("feather-mount-binds-{}", std::process::id())),
+        );
+        let (root, data) = (scratch.0.join("root"), scratch.0.join("data"));
+        for folder in [root.join("opt"), data.join("sub"), root.join("real/etc")] {
+            fs::create_dir_all(folder).unwrap();
+        }
+        std::os::unix::fs::symlink("/", root.join("x")).unwrap();
+        std::os::unix::fs::symlink("/etc", data.join("etc")).unwrap();
+        let keyed = [("/data".to_string(), data.clone())];
+        let binds = judged_binds(&legitimate(), &policy).unwrap();
+        assert_eq!(binds.check(&root, &keyed), Ok(()));
+        let tree_root = legitimate().remove(0);
+        let bind = |root: &str| MntEntry {
+            mountpoint: Some("/y".into()),
+            root: Some(root.into()),
+            ..tree_root.clone()
+        };
+        let volume = legitimate().remove(4);
+        let in_volume = |root: &str| MntEntry {
+            mountpoint: Some("/y".into()),
+            root: Some(root.into()),
+            ext_key: None,
+            ..volume.clone()
+        };
+        assert_eq!(
+            judged_binds(&[tree_root.clone(), bind("/real/etc")], &policy)
+                .unwrap()
+                .check(&root, &keyed),
+            Ok(())
+        );
+        for entries in [
+            vec![tree_root.clone(), bind("/x/etc")],
+            vec![tree_root.clone(), bind("/x")],
+            vec![tree_root.clone(), bind("/missing")],
+            vec![volume.clone(), in_volume("/srv/data/etc")],
+            vec![volume.clone(), in_volume("/srv/data/etc/shadow")],
+        ] {
+            let binds = judged_binds(&entries, &policy).unwrap();
+            let refusal = binds.check(&root, &keyed).expect_err(&format!("{binds:?}"));
+            assert_eq!(refusal.mount_point, "/y", "{refusal}");
+        }
     }
 }

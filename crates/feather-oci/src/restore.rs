@@ -114,7 +114,13 @@ fn prepare(
     };
     let externals =
         checkpoint::external_mounts(spec, &container.record.bundle, &container.groups());
-    check_automatic_binds(spec, &images, &args.image_path, &externals)?;
+    check_automatic_binds(
+        spec,
+        &images,
+        &args.image_path,
+        &container.record.rootfs,
+        &externals,
+    )?;
     make_mount_points(&container.record.rootfs, &externals)?;
     let external: Vec<String> = externals
         .iter()
@@ -176,11 +182,15 @@ fn prepare(
 /// the config's `linux.devices` under `/dev` (bound in a user namespace) — and the config's
 /// bind sources, the read-only ones as read-only binds only; the keys restore passes, those
 /// it binds read-only (`ro` binds, a read-only `cgroup` mount's folders) kept read-only. Read
-/// through the folder's descriptor: the folder CRIU is given.
+/// through the folder's descriptor: the folder CRIU is given. The binds CRIU then makes of
+/// folders beneath the rootfs and the config's bind sources are walked there without following
+/// a link ([`feather_migrate::mount_images::Binds::check`]): CRIU follows them as the host's
+/// root, out of the container.
 fn check_automatic_binds(
     spec: &oci_spec::runtime::Spec,
     images: &fs::File,
     image_path: &Path,
+    rootfs: &Path,
     externals: &[checkpoint::External],
 ) -> Result<()> {
     let folder = PathBuf::from(format!("/proc/self/fd/{}", images.as_raw_fd()));
@@ -214,9 +224,13 @@ fn check_automatic_binds(
     };
     let judged = judge(&folder, &policy)
         .with_context(|| format!("--image-path {}: its mount images", image_path.display()))?;
-    match judged {
-        None => Ok(()),
-        Some(refusal) => bail!(
+    let sources: Vec<(String, PathBuf)> = externals
+        .iter()
+        .map(|e| (e.key.clone(), e.source.clone()))
+        .collect();
+    match judged.and_then(|binds| binds.check(rootfs, &sources)) {
+        Ok(()) => Ok(()),
+        Err(refusal) => bail!(
             "--image-path {}: the checkpoint's mount images are refused: {refusal}; feather-oci \
              does not mount that for this config (a checkpoint altered to bind or mount a host \
              path in the container); refusing the restore: restore a checkpoint this host or a \

@@ -473,7 +473,8 @@ fn is_own_layer(vm: &VmDir, config: &VmConfig, mount: &MountEntry) -> bool {
 /// (`mapping`, and `host_files`: devices, /dev/null, init's program, the last read-only as
 /// bound at a start, as are the generated /etc files), and as automatic binds `host_files` and
 /// the VM's generated /etc files at this host's paths, and read-only the base's paths the VM
-/// has read-only (`--ro`).
+/// has read-only (`--ro`). Gives the binds CRIU will make beneath the VM's root and the keys'
+/// host paths, which the restoring child walks once it has mounted them ([`check_binds`]).
 fn check_mount_images(
     vm: &VmDir,
     config: &VmConfig,
@@ -482,7 +483,7 @@ fn check_mount_images(
     generated: &[ExternalLayer],
     host_files: &[(String, PathBuf)],
     init_files: &[PathBuf],
-) -> Result<()> {
+) -> Result<feather_migrate::mount_images::Binds> {
     let name = vm.name();
     let keyed: Vec<(String, bool)> = mapping
         .iter()
@@ -521,18 +522,38 @@ fn check_mount_images(
         name,
         format!("read the mount images in {}", images.display()),
     ))?;
-    match judged {
-        None => Ok(()),
-        Some(refusal) => Err(failed(
-            name,
-            format!(
-                "its checkpoint's mount images are refused: {refusal}; feather does not mount \
-                 that in a VM (a checkpoint altered, or sent, to bind or mount a host path in \
-                 the VM); refusing the restore: start the VM anew or restore a checkpoint this \
-                 host or a trusted one took"
-            ),
-        )),
-    }
+    judged.map_err(|refusal| refused(name, &refusal))
+}
+
+/// The restore refused for what its mount images have CRIU do.
+fn refused(
+    name: &feather_core::VmName,
+    refusal: &feather_migrate::mount_images::Refusal,
+) -> crate::error::VmError {
+    failed(
+        name,
+        format!(
+            "its checkpoint's mount images are refused: {refusal}; feather does not mount that \
+             in a VM (a checkpoint altered, or sent, to bind or mount a host path in the VM); \
+             refusing the restore: start the VM anew or restore a checkpoint this host or a \
+             trusted one took"
+        ),
+    )
+}
+
+/// In the restoring child, once the VM's root and the keys' host paths are mounted as CRIU
+/// will find them: every bind CRIU makes beneath them is walked there without following a
+/// link ([`feather_migrate::mount_images::Binds::check`]), as CRIU follows them as the host's
+/// root, before any pivot (a link `x -> /` in the VM's layer would bind the host's own tree).
+fn check_binds(
+    name: &feather_core::VmName,
+    binds: &feather_migrate::mount_images::Binds,
+    rootfs: &Path,
+    mapping: &[(String, PathBuf)],
+) -> Result<()> {
+    binds
+        .check(rootfs, mapping)
+        .map_err(|refusal| refused(name, &refusal))
 }
 
 /// In a keeper started in restore mode: restores the VM's process tree from its checkpoint
@@ -639,7 +660,7 @@ pub(crate) fn restore_tree(
     // The host files a start binds, from this host's own paths, whatever the images say.
     let program = crate::init::program_files().map_err(io(name, "find the feather binary"))?;
     let host_files = rootfs::host_file_binds(&program);
-    check_mount_images(
+    let binds = check_mount_images(
         vm,
         config,
         &images,
@@ -720,6 +741,7 @@ pub(crate) fn restore_tree(
                     rootfs::mount_cgroup_top(&cgroups, folders).in_vm(name)?;
                     mount::remount_bind_readonly(&cgroups).in_vm(name)?;
                 }
+                check_binds(name, &binds, &rootfs, &mapping)?;
                 if let Some(cgroup) = cgroup {
                     cgroup.add(Pid::this()).in_vm(name)?;
                     // CRIU runs with cgroups ignored and restores no cgroup namespace: the
