@@ -90,6 +90,13 @@ const MOUNTED_ANEW: [(u32, &str); 6] = [
 /// CRIU's `FSTYPE__AUTO`: a filesystem mounted by the name in `fsname`, from `source`.
 const FSTYPE_AUTO: u32 = 16;
 
+/// The `fstype` codes a mount namespace's root may have: what a container's or VM's root is
+/// on — a disk's filesystem (CRIU's `UNSUPPORTED`, 0), aufs, fuse, overlay. CRIU binds the
+/// restore's root for the root task's namespace whatever its entry says, and every entry of
+/// the same filesystem from it: a root of a kernel filesystem (devtmpfs, debugfs,
+/// binfmt_misc, …) or of one mounted anew is no dump of feather's trees.
+const ROOT_TYPES: [(u32, &str); 4] = [(0, "a disk's"), (13, "aufs"), (15, "fuse"), (17, "overlay")];
+
 /// CRIU's `FSTYPE__PROC`.
 const FSTYPE_PROC: u32 = 1;
 
@@ -183,7 +190,8 @@ impl std::fmt::Display for Refusal {
 /// [`PROC_BINDS`] path of proc), or binds from such an external or from the tree's root (same
 /// device, options and an enclosing root, read-only when the external it lies in is) — with
 /// only a mount's own flags, never `MS_BIND`, `MS_MOVE`, `MS_REC` or `MS_REMOUNT`, and no
-/// field this reader does not know.
+/// field this reader does not know. The namespaces' roots are one filesystem, of a type a
+/// root is on ([`ROOT_TYPES`]), with one root, or binds of an external.
 pub fn judge(images: &Path, policy: &Policy) -> std::io::Result<Result<Binds, Refusal>> {
     let mut entries = Vec::new();
     for entry in fs::read_dir(images)? {
@@ -465,29 +473,49 @@ fn judge_automatic(entry: &MntEntry, policy: &Policy) -> Result<(), Refusal> {
     ))
 }
 
-/// The roots of the tree's mount namespaces: CRIU mounts the first from the restore's root
-/// (whatever its entry says) and binds the others from it, which it does only for entries
-/// of the same filesystem, mounted the same way, at or beneath its root. That root, the
+/// The roots of the tree's mount namespaces: CRIU binds the restore's root for the root
+/// task's (whatever its entry says) and binds every other from it, which it does only for an
+/// entry of the same filesystem, mounted the same way, at or beneath its root — else it mounts
+/// it anew from its type, source and options (an overlay of the host's `/`, devtmpfs, …). The
+/// images do not say which namespace is the root task's: every root that is no bind of an
+/// external must be of one filesystem, of a type a root is on, with one root. That root, the
 /// tree's, is what other entries may be binds of.
 fn judge_roots<'a>(
     roots: &[&'a MntEntry],
-    _externals: &[&MntEntry],
+    externals: &[&MntEntry],
 ) -> Result<Option<&'a MntEntry>, Refusal> {
-    let Some(first) = roots
+    let anchored: Vec<&MntEntry> = roots
         .iter()
         .copied()
-        .filter(|r| !mounted_anew(r))
-        .min_by_key(|r| r.root.as_deref().unwrap_or_default().len())
-    else {
+        .filter(|r| !externals.iter().any(|e| bound_from(r, e)))
+        .collect();
+    let Some(first) = anchored.first().copied() else {
         return Ok(None);
     };
-    for root in roots.iter().filter(|r| !mounted_anew(r)) {
-        if !same_filesystem(root, first) || !beneath(root, first) {
+    for root in &anchored {
+        let fstype = root.fstype.unwrap_or(0);
+        if !ROOT_TYPES.iter().any(|(code, _)| *code == fstype) {
             return Err(refuse(
                 root,
-                "a namespace's root of another filesystem (root_dev, fstype, source or options) \
-                 than the tree's: CRIU would mount it anew from its source and options"
-                    .into(),
+                format!(
+                    "fstype {fstype} for a namespace's root, which is the restore's root, on {} \
+                     (CRIU's codes {:?}): CRIU would mount this one anew in a second namespace",
+                    ROOT_TYPES.map(|(_, name)| name).join(", "),
+                    ROOT_TYPES.map(|(code, _)| code),
+                ),
+            ));
+        }
+        let one_root = components(root).is_some() && components(root) == components(first);
+        if !same_filesystem(root, first) || !one_root {
+            return Err(refuse(
+                root,
+                format!(
+                    "a namespace's root of another filesystem (root_dev, fstype, source, \
+                     options) or root ({:?}) than the tree's ({:?}): CRIU would mount it anew \
+                     from its source and options",
+                    root.root.as_deref().unwrap_or_default(),
+                    first.root.as_deref().unwrap_or_default(),
+                ),
             ));
         }
     }
@@ -567,9 +595,6 @@ fn judge_bind(
         tree_root.filter(|root| same_filesystem(entry, root) && beneath(entry, root));
     if let Some(root) = bound_from_root {
         walks.extend(walk_from(entry, root, Source::Root));
-    }
-    if entry.mountpoint.as_deref() == Some("/") {
-        return Ok(walks);
     }
     if mounted_anew(entry) {
         judge_anew_root(entry)?;
@@ -966,6 +991,48 @@ mod tests {
             let refusal = judged(&entries, &policy).unwrap_err();
             assert_eq!(refusal.mount_point, "/x", "{refusal}");
             assert!(refusal.why.contains(&format!("root {root:?}")), "{refusal}");
+        }
+    }
+
+    /// Every namespace's root that is no bind of an external is the tree's root filesystem, of
+    /// a type a root is on, with one root: CRIU mounts any other anew in a second namespace.
+    #[test]
+    fn a_namespace_root_is_the_trees_root_filesystem() {
+        let allowed = [PathBuf::from("/dev/null")];
+        let policy = policy(&allowed, &[]);
+        let with_root = |root: MntEntry| {
+            let mut entries = legitimate();
+            entries.push(root);
+            judged(&entries, &policy)
+        };
+        let tree_root = legitimate().remove(0);
+        // A second namespace's root, a copy of the first: passes.
+        assert_eq!(with_root(tree_root.clone()), Ok(()));
+        // The host's `/` as an overlay's lower, of another root, or a kernel filesystem.
+        let crafted = [
+            MntEntry {
+                options: Some("lowerdir=/,upperdir=/u,workdir=/w".into()),
+                ..tree_root.clone()
+            },
+            MntEntry {
+                root: Some("/etc".into()),
+                ..tree_root.clone()
+            },
+        ];
+        for root in crafted {
+            let refusal = with_root(root).unwrap_err();
+            assert_eq!(refusal.mount_point, "/", "{refusal}");
+            assert!(refusal.why.contains("root"), "{refusal}");
+        }
+        // Alone, as the only root, a devtmpfs, binfmt_misc, debugfs, tmpfs, proc: refused.
+        for fstype in [3, 4, 11, 5, 1] {
+            let entries = [mount(fstype, "/", 0x5), mount(5, "/dev", 0x31)];
+            let refusal = judged(&entries, &policy).unwrap_err();
+            assert_eq!(refusal.mount_point, "/", "{refusal}");
+            assert!(
+                refusal.why.contains(&format!("fstype {fstype}")),
+                "{refusal}"
+            );
         }
     }
 
