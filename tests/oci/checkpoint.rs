@@ -439,6 +439,10 @@ fn docker_checkpoint_and_start_from_it_go_on_counting() {
 /// (`ext_mount`, the key in `root`).
 #[derive(Clone, PartialEq, prost::Message)]
 struct MntEntry {
+    #[prost(uint32, optional, tag = "1")]
+    fstype: Option<u32>,
+    #[prost(uint32, optional, tag = "3")]
+    root_dev: Option<u32>,
     #[prost(uint32, optional, tag = "5")]
     flags: Option<u32>,
     #[prost(string, optional, tag = "6")]
@@ -447,6 +451,8 @@ struct MntEntry {
     mountpoint: Option<String>,
     #[prost(string, optional, tag = "8")]
     source: Option<String>,
+    #[prost(string, optional, tag = "9")]
+    options: Option<String>,
     #[prost(bool, optional, tag = "13")]
     ext_mount: Option<bool>,
     #[prost(string, optional, tag = "18")]
@@ -678,6 +684,76 @@ fn a_checkpoint_binding_a_host_folder_through_proc_is_not_restored() {
         },
     );
     for word in ["/proc/sys", root.as_str()] {
+        assert!(outcome.stderr.contains(word), "{word} not in {outcome:?}");
+    }
+}
+
+/// A checkpoint whose `/proc/sys` entry is rewritten into a bind of the config's volume
+/// (`/data`, the volume's device, type, source and options) at `x/<a host folder>` beneath it,
+/// where the volume holds a link `x -> /` (one its container could make before the dump):
+/// CRIU opens `<volume>/x/<host folder>` following the link, as the host's root. Refused
+/// before CRIU runs, naming the mount point and the link; without the walk the text passed
+/// (a bind beneath the volume) and the restored container read the host folder's marker.
+#[test]
+fn a_checkpoint_binding_through_a_link_in_a_volume_is_not_restored() {
+    let scratch = Scratch::new("checkpoint-volume-link");
+    let (volume, host_folder) = (scratch.path("volume"), scratch.path("host-folder"));
+    fs::create_dir_all(&volume).unwrap();
+    fs::create_dir_all(&host_folder).unwrap();
+    fs::write(host_folder.join("marker"), "HOST-FOLDER-MARKER\n").unwrap();
+    std::os::unix::fs::symlink("/", volume.join("x")).unwrap();
+    let mut config = base_config(&["sleep", "1000"]);
+    config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/data",
+            "type": "bind",
+            "source": volume,
+            "options": ["rbind", "rw"]
+        }));
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-link1");
+    let mut keyed = None;
+    rewrite_images(&images, "mountpoints-", |body| {
+        let mount = <MntEntry as prost::Message>::decode(body).unwrap();
+        if mount.ext_key.as_deref() == Some("/data") {
+            keyed = Some(mount);
+        }
+        body.to_vec()
+    });
+    let keyed = keyed.expect("the dump has the volume as a keyed external");
+    let through_link = format!(
+        "{}/x{}",
+        keyed.root.as_deref().unwrap().trim_end_matches('/'),
+        host_folder.display()
+    );
+    let as_bind = |mut body: Vec<u8>| {
+        body.extend(prost::Message::encode_to_vec(&MntEntry {
+            fstype: keyed.fstype,
+            root_dev: keyed.root_dev,
+            source: keyed.source.clone(),
+            options: keyed.options.clone(),
+            root: Some(through_link.clone()),
+            ..Default::default()
+        }));
+        body
+    };
+    let picked = |mount: &MntEntry| {
+        mount.ext_key.is_none()
+            && mount
+                .mountpoint
+                .as_deref()
+                .unwrap_or_default()
+                .ends_with("/proc/sys")
+    };
+    assert_eq!(rewrite_entries(&images, picked, as_bind), 1);
+    let outcome = restore_refused(&runtime, &scratch, &bundle, &images, "ckpt-link2", |id| {
+        let read = runtime.run(&["exec", id, "cat", "/proc/sys/marker"]);
+        format!("the host folder bound at /proc/sys, it read {read:?}")
+    });
+    for word in ["/proc/sys", "a link"] {
         assert!(outcome.stderr.contains(word), "{word} not in {outcome:?}");
     }
 }
