@@ -66,6 +66,42 @@ fn a_checkpoint_binding_a_host_path_by_the_legacy_ext_mount_is_refused() {
     feather.ok(&["rm", "--force", "vm"]);
 }
 
+/// A link `x -> /` the VM left in its layer, and its checkpoint's `/proc/sys` entry (a bind of
+/// its proc at `sys`) rewritten into a bind of the VM's root at `x/<a host folder>` (the root
+/// entry's device, type, source and options): CRIU would open `<VM root>/x/<host folder>` as
+/// the host's root, following the link (review lastrev25 L25-1). The restoring child walks it
+/// beneath the mounted root first: refused naming the mount point and the link, the VM left
+/// checkpointed; without the walk the text passed (a bind beneath the tree's root).
+#[test]
+fn a_checkpoint_binding_through_a_link_in_the_vms_layer_is_refused() {
+    let feather = Feather::new("host-binds-link");
+    let base = ScratchBase::new("host-binds-link");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.require_criu();
+    feather.sh("vm", "ln -s / /x");
+    feather.ok(&["checkpoint", "vm"]);
+    let host_folder = feather.root.join("host-folder");
+    fs::create_dir_all(&host_folder).unwrap();
+    fs::write(host_folder.join("marker"), MARKER).unwrap();
+    let image = mount_image(&feather.vm_dir("vm").join("checkpoint"));
+    let original = fs::read(&image).unwrap();
+    let root = format!("/x{}", host_folder.display());
+    let crafted = mount_images::root_bind(&original, "/proc/sys", &root);
+    fs::write(&image, crafted).unwrap();
+    let outcome = feather.run(&["restore", "vm"]);
+    if outcome.code == 0 {
+        let seen = feather.sh("vm", "cat /proc/sys/marker");
+        panic!("restored with the host folder bound at /proc/sys; the VM read {seen:?}");
+    }
+    assert!(
+        outcome.stderr.contains("the mount at /proc/sys") && outcome.stderr.contains("a link"),
+        "the refusal names the mount point and the link: {}",
+        outcome.stderr
+    );
+    assert_eq!(feather.status("vm"), "checkpointed", "{}", outcome.stderr);
+    feather.ok(&["rm", "--force", "vm"]);
+}
+
 /// A VM checkpointed, its mount image rewritten by `craft` to bind a host file of the test's
 /// (holding [`MARKER`]) at /dev/full, and the restore tried: its outcome. A restore that
 /// succeeded fails the test at once, saying what the VM read and wrote.
@@ -126,13 +162,17 @@ fn mount_image(images: &Path) -> std::path::PathBuf {
 }
 
 /// Just enough of CRIU's mount image: two magic words, then entries (a little-endian u32
-/// length, then a `MntEntry`, whose `mountpoint` is field 7, `source` 8 and `ext_key` 18).
+/// length, then a `MntEntry`, whose `fstype` is field 1, `root_dev` 3, `root` 6, `mountpoint`
+/// 7, `source` 8, `options` 9 and `ext_key` 18).
 mod mount_images {
     use super::{body_with_key, fields, read_varint, varint};
 
+    const FSTYPE: u64 = 1;
+    const ROOT_DEV: u64 = 3;
     const ROOT: u64 = 6;
     const MOUNTPOINT: u64 = 7;
     const SOURCE: u64 = 8;
+    const OPTIONS: u64 = 9;
     const EXT_MOUNT: u64 = 13;
     const EXT_KEY: u64 = 18;
 
@@ -156,6 +196,43 @@ mod mount_images {
             varint(&mut out, 1);
             out
         })
+    }
+
+    /// `image` with the entry mounted at `point` made a bind of the VM's root (the entry at
+    /// `/`: its `fstype`, `root_dev`, `source` and `options`) showing `root`.
+    pub fn root_bind(image: &[u8], point: &str, root: &str) -> Vec<u8> {
+        let copied = [FSTYPE, ROOT_DEV, SOURCE, OPTIONS];
+        let tree_root = entries(image)
+            .into_iter()
+            .find(|entry| string(entry, MOUNTPOINT).as_deref() == Some("/"))
+            .expect("the image has the VM's root");
+        let taken: Vec<u8> = fields(tree_root)
+            .into_iter()
+            .filter(|(n, _, _)| copied.contains(n))
+            .flat_map(|(n, wire, body)| body_with_key(n, wire, body))
+            .collect();
+        rewritten(image, point, |entry| {
+            let kept: Vec<u8> = fields(entry)
+                .into_iter()
+                .filter(|(n, _, _)| !copied.contains(n))
+                .flat_map(|(n, wire, body)| body_with_key(n, wire, body))
+                .collect();
+            let mut out = with_strings(&kept, &[(ROOT, root)]);
+            out.extend(&taken);
+            out
+        })
+    }
+
+    /// The entries of `image`, each encoded.
+    fn entries(image: &[u8]) -> Vec<&[u8]> {
+        let mut all = Vec::new();
+        let mut rest = &image[8..];
+        while !rest.is_empty() {
+            let size = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
+            all.push(&rest[4..4 + size]);
+            rest = &rest[4 + size..];
+        }
+        all
     }
 
     /// `image` with the entry mounted at `point` replaced by what `rewrite` makes of it.
