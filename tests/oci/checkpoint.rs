@@ -1078,3 +1078,38 @@ fn a_checkpoint_whose_user_namespace_maps_the_hosts_ids_is_not_restored() {
         "{outcome:?}"
     );
 }
+
+/// A checkpoint folder holding a link as `restore.log` (to a file of the host's, here one in
+/// the scratch folder) is refused naming the link, and the file keeps its bytes: CRIU, as the
+/// host's root, opened the log by name and truncated the link's target, any host file.
+#[test]
+fn a_link_planted_as_the_restore_log_is_not_followed() {
+    let scratch = Scratch::new("checkpoint-log-link");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-loglink1");
+    let host_file = scratch.path("host-file");
+    fs::write(&host_file, "the host's own bytes\n").unwrap();
+    let log = images.join("restore.log");
+    let _ = fs::remove_file(&log);
+    std::os::unix::fs::symlink(&host_file, &log).unwrap();
+
+    let outcome = restore_refused(
+        &runtime,
+        &scratch,
+        &bundle,
+        &images,
+        "ckpt-loglink2",
+        |_| fs::read_to_string(&host_file).unwrap_or_default(),
+    );
+    assert!(
+        outcome.stderr.contains("restore.log") && outcome.stderr.contains("symbolic link"),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(&host_file).unwrap(),
+        "the host's own bytes\n",
+        "the link's target is left alone"
+    );
+    assert!(fs::symlink_metadata(&log).unwrap().is_symlink());
+}

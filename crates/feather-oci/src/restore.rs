@@ -152,17 +152,60 @@ fn prepare(
         leave_stopped: Some(true),
         ..common_options()
     };
-    let log = args
-        .work_path
-        .as_ref()
-        .unwrap_or(&args.image_path)
-        .join(RESTORE_LOG);
-    let call = criu.restore_call_with(images, opts, log)?;
+    let log_folder = args.work_path.as_ref().unwrap_or(&args.image_path);
+    prepare_log(work.as_ref().unwrap_or(&images), log_folder)?;
+    let call = criu.restore_call_with(images, opts, log_folder.join(RESTORE_LOG))?;
     // The work folder's descriptor must outlive the call: criu reads it through /proc.
     if let Some(work) = work {
         leak(OwnedFd::from(work));
     }
     Ok((call, netns))
+}
+
+/// Makes CRIU's log, `restore.log` beneath `folder` (`--work-path`, else the image folder;
+/// `shown` its path), a plain file, never through a link. CRIU, as the host's root, opens its
+/// log by name there and truncates whatever that name reaches: a link planted as restore.log
+/// (an imported or pulled checkpoint's folder) would have it truncate and write the link's
+/// target, any host file. A link, or anything but a plain file, is refused; CRIU then opens
+/// the file made or found here.
+fn prepare_log(folder: &fs::File, shown: &Path) -> Result<()> {
+    let path = shown.join(RESTORE_LOG);
+    let opened = nix::fcntl::openat(
+        folder,
+        RESTORE_LOG,
+        OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    );
+    let log = match opened {
+        Ok(log) => fs::File::from(log),
+        Err(nix::errno::Errno::ELOOP) => bail!(
+            "{}: a symbolic link, where CRIU writes its log (as the host's root, truncating \
+             what it names); refusing the restore: remove the link",
+            path.display()
+        ),
+        Err(e) => bail!(
+            "{}: cannot make CRIU's log there: {e}; refusing the restore: make it a plain file \
+             or remove it",
+            path.display()
+        ),
+    };
+    let kind = log
+        .metadata()
+        .with_context(|| format!("{}", path.display()))?
+        .file_type();
+    if !kind.is_file() {
+        bail!(
+            "{}: not a plain file ({kind:?}), where CRIU writes its log; refusing the restore: \
+             remove it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses images that have CRIU bind a host path into the container that feather-oci does
