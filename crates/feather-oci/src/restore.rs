@@ -75,8 +75,9 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         .and_then(|()| {
             let allowed = crate::restored::Allowed::for_config(&spec)?;
             let (call, netns) = prepare(&criu, &container, &spec, args, images, mode)?;
-            let (pid, restoring_mnt) = run(call, netns.as_ref(), &container, &args.id)?;
-            resume_if_allowed(pid, &allowed, restoring_mnt, &container)
+            let hold = container.groups().hold()?;
+            let (pid, restoring_mnt) = run(call, netns.as_ref(), &container, &args.id, &hold)?;
+            resume_if_allowed(pid, &allowed, restoring_mnt, &container, &hold)
         });
     let pid = match restored {
         Ok(pid) => pid,
@@ -324,13 +325,15 @@ fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
 
 /// Runs criu in a child placed where the container belongs; returns the restored init's pid.
 /// criu gets the restore's stdio, its channel and `netns`: nothing else the engine left open.
-/// Restores the tree, left stopped; gives its init's pid and the mount namespace CRIU ran in
+/// Restores the tree, held still in `hold` (frozen at CRIU's `pre-resume`, before any of it
+/// ran, [`feather_confine::held`]); gives its init's pid and the mount namespace CRIU ran in
 /// (the child's, `mnt:[…]`), where no restored process of the container may stay.
 fn run(
     call: RestoreCall,
     netns: Option<&OwnedFd>,
     container: &Container,
     id: &str,
+    hold: &feather_confine::held::Hold,
 ) -> Result<(i32, Option<PathBuf>)> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -345,22 +348,43 @@ fn run(
     // The child was made in its own mount namespace: read before it ends.
     let proc = PathBuf::from(format!("/proc/{}", child.pid));
     let restoring_mnt = feather_confine::restored::namespace(&proc, "mnt").ok();
-    let restored = call.restore(id);
+    // criu is the child: it leaves the group before the group freezes.
+    let mut held = None;
+    let restored = call.restore(id, &mut || {
+        let frozen = hold.freeze_or_kill(child.pid.as_raw());
+        let answer = frozen.is_ok();
+        held = Some(frozen);
+        answer
+    });
     let _ = waitpid(child.pid, None);
+    if let Some(Err(e)) = held {
+        bail!(
+            "cannot hold the restored processes still for their check (freezing {}): {e}; \
+             they were killed and the restore refused",
+            hold.group().display()
+        );
+    }
     Ok((restored?, restoring_mnt))
 }
 
-/// The stopped tree goes on when every thread holds no more than the config gives
-/// ([`crate::restored`]); else it is killed (the container is removed by the caller).
+/// The frozen tree goes on (thawed, and continued from CRIU's SIGSTOP) when every thread holds
+/// no more than the config gives ([`crate::restored`]); else it is killed while frozen (the
+/// container is removed by the caller).
 fn resume_if_allowed(
     pid: i32,
     allowed: &crate::restored::Allowed,
     restoring_mnt: Option<PathBuf>,
     container: &Container,
+    hold: &feather_confine::held::Hold,
 ) -> Result<i32> {
     let init = Pid::from_raw(pid);
     let checked = crate::restored::Outside::here(restoring_mnt)
-        .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside));
+        .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
+        .and_then(|()| {
+            hold.thaw().with_context(|| {
+                format!("thaw the restored container ({})", hold.group().display())
+            })
+        });
     if let Err(error) = checked {
         let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
         container.groups().kill_all();
