@@ -1206,3 +1206,123 @@ fn a_checkpoint_whose_user_namespace_maps_the_hosts_ids_is_not_restored() {
         "{outcome:?}"
     );
 }
+
+/// A checkpoint folder holding a link as `restore.log` (to a file of the host's, here one in
+/// the scratch folder) is refused naming the link, and the file keeps its bytes: CRIU, as the
+/// host's root, opened the log by name and truncated the link's target, any host file.
+#[test]
+fn a_link_planted_as_the_restore_log_is_not_followed() {
+    let scratch = Scratch::new("checkpoint-log-link");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-loglink1");
+    let host_file = scratch.path("host-file");
+    fs::write(&host_file, "the host's own bytes\n").unwrap();
+    let log = images.join("restore.log");
+    let _ = fs::remove_file(&log);
+    std::os::unix::fs::symlink(&host_file, &log).unwrap();
+
+    let outcome = restore_refused(
+        &runtime,
+        &scratch,
+        &bundle,
+        &images,
+        "ckpt-loglink2",
+        |_| fs::read_to_string(&host_file).unwrap_or_default(),
+    );
+    assert!(
+        outcome.stderr.contains("restore.log") && outcome.stderr.contains("symbolic link"),
+        "{outcome:?}"
+    );
+    assert_eq!(
+        fs::read_to_string(&host_file).unwrap(),
+        "the host's own bytes\n",
+        "the link's target is left alone"
+    );
+    assert!(fs::symlink_metadata(&log).unwrap().is_symlink());
+}
+
+/// Adds to every core image in `images` a POSIX timer signalling SIGCONT every millisecond
+/// (CoreEntry.tc (3) → TaskCoreEntry.timers (7) → TaskTimersEntry.posix (4): CRIU's
+/// images/core.proto and timer.proto), as a crafted checkpoint would: CRIU creates it in the
+/// restored task, whose queued SIGSTOP the first expiry cancels. Returns how many.
+fn add_sigcont_timer(images: &Path) -> usize {
+    const SIGCONT: u64 = 18;
+    const CLOCK_MONOTONIC: u64 = 1;
+    const MILLISECOND: u64 = 1_000_000;
+    let mut added = 0;
+    rewrite_images(images, "core-", |core| {
+        rewrite_field(core, 3, &mut |task_core| {
+            rewrite_field(task_core, 7, &mut |timers| {
+                // it_id, clock_id, si_signo, it_sigev_notify (SIGEV_SIGNAL), sival_ptr,
+                // overrun, interval (isec, insec), value left (vsec, vnsec).
+                let timer = [
+                    (1, 0),
+                    (2, CLOCK_MONOTONIC),
+                    (3, SIGCONT),
+                    (4, 0),
+                    (5, 0),
+                    (6, 0),
+                    (7, 0),
+                    (8, MILLISECOND),
+                    (9, 0),
+                    (10, MILLISECOND),
+                ]
+                .map(|(number, value)| (number, Wire::Varint(value)));
+                let mut fields = wire_fields(timers);
+                fields.push((4, Wire::Bytes(wire_encode(&timer))));
+                added += 1;
+                wire_encode(&fields)
+            })
+        })
+    });
+    added
+}
+
+/// Spins until /tmp/go exists, then writes /tmp/marker over and over: any moment it runs
+/// after the checkpoint, the marker is there. It holds neither file open at the dump.
+const MARKER_WRITER: &str =
+    "while true; do if [ -e /tmp/go ]; then echo ran > /tmp/marker; fi; done";
+
+/// A checkpoint whose task the images give a SIGCONT timer (and, to be refused, a capability
+/// the config withholds) is refused, and the task never ran during its check: the restored
+/// tree is frozen from CRIU's pre-resume on, killed frozen. Without the freeze, CRIU's queued
+/// SIGSTOP was all that held it: the timer's SIGCONT resumed it, with CAP_SYS_ADMIN, while it
+/// was being checked, and it wrote the marker before the refusal's SIGKILL.
+#[test]
+fn a_restored_task_resumed_by_its_own_timer_does_not_run_during_its_check() {
+    const CAP_SYS_ADMIN: u32 = 21;
+    let scratch = Scratch::new("checkpoint-sigcont");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(
+        &scratch,
+        "bundle",
+        &base_config(&["sh", "-c", MARKER_WRITER]),
+    );
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-sigcont1");
+    assert_eq!(add_sigcont_timer(&images), 1, "the shell's core image");
+    assert_eq!(raise_capability(&images, CAP_SYS_ADMIN), 3);
+    let tmp = bundle.dir.join("rootfs/tmp");
+    fs::write(tmp.join("go"), "").unwrap();
+    let marker = tmp.join("marker");
+    assert!(!marker.exists(), "nothing ran since the dump");
+
+    let outcome = restore_refused(
+        &runtime,
+        &scratch,
+        &bundle,
+        &images,
+        "ckpt-sigcont2",
+        |id| {
+            format!(
+                "with the raised capability: {}",
+                init_file(&runtime, id, "status")
+            )
+        },
+    );
+    assert!(outcome.stderr.contains("CAP_SYS_ADMIN"), "{outcome:?}");
+    assert!(
+        !marker.exists(),
+        "the restored task ran during its check: {outcome:?}"
+    );
+}

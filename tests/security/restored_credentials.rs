@@ -119,6 +119,50 @@ fn a_process_whose_image_allows_every_call_is_refused() {
     feather.ok(&["rm", "--force", "vm"]);
 }
 
+/// Spins until /tmp/go exists, then writes /tmp/marker over and over (both on the VM's layer):
+/// any moment it runs after the checkpoint, the marker is there. It holds neither file open at
+/// the dump. Prints its pid in the VM, the number of its core image.
+const MARKER_WRITER: &str =
+    "sh -c 'while true; do if [ -e /tmp/go ]; then echo ran > /tmp/marker; \
+     fi; done' </dev/null >/dev/null 2>&1 & echo $!";
+
+/// A checkpoint in which a process of the VM (a shell spinning until /tmp/go exists, then
+/// writing /tmp/marker) was given a POSIX timer signalling SIGCONT every millisecond, and every
+/// capability, is refused, and the shell never ran: the keeper freezes the VM's group at
+/// CRIU's pre-resume and kills it frozen. Without the freeze, CRIU's queued SIGSTOP was all
+/// that held the tree: the timer's SIGCONT resumed the shell during the check.
+#[test]
+fn a_restored_process_resumed_by_its_own_timer_does_not_run_during_the_check() {
+    let feather = Feather::new("creds-sigcont");
+    let base = ScratchBase::new("creds-sigcont");
+    feather.start_over("vm", &base, &["--net", "none"]);
+    feather.require_criu();
+    let pid = feather.sh("vm", MARKER_WRITER).trim().to_string();
+    feather.ok(&["checkpoint", "vm"]);
+
+    let images = feather.vm_dir("vm").join("checkpoint");
+    let shell = images.join(format!("core-{pid}.img"));
+    let image = fs::read(&shell).unwrap();
+    let crafted = core_image::with_sigcont_timer(&image);
+    fs::write(&shell, core_image::with_full_capabilities(&crafted)).unwrap();
+    let tmp = feather.vm_dir("vm").join("upper/tmp");
+    fs::create_dir_all(&tmp).unwrap();
+    fs::write(tmp.join("go"), "").unwrap();
+    let marker = tmp.join("marker");
+    assert!(!marker.exists(), "nothing ran since the dump");
+
+    let refused = feather.fails(&["restore", "vm"]);
+    assert!(
+        refused.contains("refusing the restore") && refused.contains("\"sh\""),
+        "{refused}"
+    );
+    assert!(
+        !marker.exists(),
+        "the restored shell ran during its check: {refused}"
+    );
+    feather.ok(&["rm", "--force", "vm"]);
+}
+
 /// Just enough of CRIU's image format and of protobuf's wire format to rewrite one task's
 /// capability sets: a core image is two magic words, then one entry (its length, a
 /// little-endian u32, then a `CoreEntry`); `CoreEntry.thread_core` (5) holds `creds` (10),
@@ -168,6 +212,49 @@ pub(crate) mod core_image {
         let mut out = image[..8].to_vec();
         out.extend((entry.len() as u32).to_le_bytes());
         out.extend(entry);
+        out
+    }
+
+    /// A core image whose task gets a POSIX timer signalling SIGCONT every millisecond:
+    /// `CoreEntry.tc` (3) → `TaskCoreEntry.timers` (7) → `TaskTimersEntry.posix` (4), a
+    /// `PosixTimerEntry` (CRIU's images/timer.proto).
+    pub fn with_sigcont_timer(image: &[u8]) -> Vec<u8> {
+        const SIGCONT: u64 = 18;
+        const CLOCK_MONOTONIC: u64 = 1;
+        const MILLISECOND: u64 = 1_000_000;
+        let size = u32::from_le_bytes(image[8..12].try_into().unwrap()) as usize;
+        assert_eq!(12 + size, image.len(), "one entry after two magic words");
+        let core = edit(&image[12..], 3, &|task_core| {
+            edit(task_core, 7, &|timers| {
+                // it_id, clock_id, si_signo, it_sigev_notify (SIGEV_SIGNAL), sival_ptr,
+                // overrun, interval (isec, insec), value left (vsec, vnsec).
+                let fields = [
+                    (1, 0),
+                    (2, CLOCK_MONOTONIC),
+                    (3, SIGCONT),
+                    (4, 0),
+                    (5, 0),
+                    (6, 0),
+                    (7, 0),
+                    (8, MILLISECOND),
+                    (9, 0),
+                    (10, MILLISECOND),
+                ];
+                let mut timer = Vec::new();
+                for (number, value) in fields {
+                    varint(&mut timer, number << 3);
+                    varint(&mut timer, value);
+                }
+                let mut out = timers.to_vec();
+                varint(&mut out, 4 << 3 | 2);
+                varint(&mut out, timer.len() as u64);
+                out.extend(timer);
+                out
+            })
+        });
+        let mut out = image[..8].to_vec();
+        out.extend((core.len() as u32).to_le_bytes());
+        out.extend(core);
         out
     }
 

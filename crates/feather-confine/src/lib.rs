@@ -15,6 +15,7 @@
 
 pub mod capabilities;
 pub mod devices;
+pub mod held;
 pub mod landlock;
 pub mod restored;
 pub mod seccomp;

@@ -147,23 +147,82 @@ pub struct Thread<'a> {
     pub child_of_init: bool,
 }
 
-/// Visits every thread of the tree under `init` (a host pid, the tree stopped), its own first;
-/// the first error the visit returns ends the walk. `unreadable` words what cannot be read.
+/// Why a restored tree could not be checked: the caller words it as its refusal.
+#[derive(Debug)]
+pub enum Unchecked {
+    /// What could not be read, and why.
+    Unreadable(String, std::io::Error),
+    /// The tree is not held still, or part of it is outside the frozen group: why.
+    NotHeld(String),
+}
+
+impl std::fmt::Display for Unchecked {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unchecked::Unreadable(what, e) => {
+                write!(f, "cannot read {what} to check the restored processes: {e}")
+            }
+            Unchecked::NotHeld(why) => write!(
+                f,
+                "refusing the restore: the restored processes are not held still for their \
+                 check: {why}"
+            ),
+        }
+    }
+}
+
+/// Visits every thread of the restored tree whose init is `init` (a host pid), held still in
+/// `hold`'s frozen group ([`crate::held`]), init's own first; the first error the visit
+/// returns ends the walk. The tree is: init and its descendants (`children`), and every
+/// process of the group and the groups below it (`cgroup.procs`) — a process whose parent
+/// ended before the dump (a restored zombie's children, reparented outside the tree without a
+/// pid namespace) is in the group but no descendant of init, and would be thawed unchecked.
+/// Refused: a group not frozen, a live thread of the tree outside the group.
 pub fn walk_tree<E>(
     init: i32,
+    hold: &crate::held::Hold,
     mut visit: impl FnMut(Thread) -> Result<(), E>,
-    unreadable: impl Fn(&str, std::io::Error) -> E,
+    fail: impl Fn(Unchecked) -> E,
 ) -> Result<(), E> {
+    let unreadable = |what: &str, e: std::io::Error| fail(Unchecked::Unreadable(what.into(), e));
+    let group = hold.group().display().to_string();
+    match hold.is_frozen() {
+        Ok(true) => {}
+        Ok(false) => {
+            return Err(fail(Unchecked::NotHeld(format!(
+                "their group {group} is not frozen (it was frozen at CRIU's pre-resume; \
+                 something thawed it, or CRIU never gave the notification)"
+            ))))
+        }
+        Err(e) => return Err(unreadable(&group, e)),
+    }
+    let threads = hold.threads().map_err(|e| unreadable(&group, e))?;
+    let members = hold.processes().map_err(|e| unreadable(&group, e))?;
+    // Init's tree first, then the group's other processes (none of them init's children:
+    // `children` lists every child of init's threads).
     let mut pending = vec![(init, false)];
     let mut seen = std::collections::BTreeSet::new();
-    while let Some((pid, child_of_init)) = pending.pop() {
+    let mut others = members.into_iter().rev();
+    loop {
+        let Some((pid, child_of_init)) =
+            pending.pop().or_else(|| others.next().map(|p| (p, false)))
+        else {
+            return Ok(());
+        };
         if !seen.insert(pid) {
             continue;
         }
         let tasks = format!("/proc/{pid}/task");
-        let threads = fs::read_dir(&tasks).map_err(|e| unreadable(&tasks, e))?;
-        for thread in threads {
+        let entries = fs::read_dir(&tasks).map_err(|e| unreadable(&tasks, e))?;
+        for thread in entries {
             let thread = thread.map_err(|e| unreadable(&tasks, e))?.path();
+            let tid: i32 = thread_id(&thread).parse().unwrap_or_default();
+            if !threads.contains(&tid) && !ended(&thread) {
+                return Err(fail(Unchecked::NotHeld(format!(
+                    "process {pid} (thread {tid}) of the restored tree is not in the frozen \
+                     group {group}"
+                ))));
+            }
             visit(Thread {
                 pid,
                 path: &thread,
@@ -177,7 +236,18 @@ pub fn walk_tree<E>(
             }
         }
     }
-    Ok(())
+}
+
+/// Whether a thread (its /proc folder) has ended: a zombie, dead, or gone. Such a task is in
+/// no group's list, and runs nothing again.
+fn ended(thread: &Path) -> bool {
+    match fs::read_to_string(thread.join("status")) {
+        Ok(status) => status.lines().any(|line| {
+            line.strip_prefix("State:")
+                .is_some_and(|state| state.trim_start().starts_with(['Z', 'X']))
+        }),
+        Err(_) => true,
+    }
 }
 
 /// A thread's id, from its folder's name.

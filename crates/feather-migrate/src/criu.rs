@@ -41,6 +41,9 @@ const SYSTEM: [&str; 2] = ["/usr/sbin/criu", "/usr/local/sbin/criu"];
 /// The log each action writes inside the images folder.
 pub const DUMP_LOG: &str = "dump.log";
 pub const RESTORE_LOG: &str = "restore.log";
+/// CRIU's last notification before it detaches from the restored tasks (`--action-script`'s
+/// `pre-resume`).
+const PRE_RESUME: &str = "pre-resume";
 pub const LAZY_LOG: &str = "lazy-pages.log";
 /// The key a network namespace that CRIU neither dumps nor recreates goes by: dumped as
 /// `--external net[<inode>]:<key>`, handed back at restore as `--inherit-fd fd[<n>]:<key>`.
@@ -910,10 +913,21 @@ impl RestoreCall {
     }
 
     /// In the parent, once the child runs criu: asks for the restore and returns the host pid
-    /// of the restored tree's root.
-    pub fn restore(mut self, vm: &str) -> Result<i32> {
+    /// of the restored tree's root. `at_pre_resume` runs at CRIU's `pre-resume` notification:
+    /// every task restored and stopped under CRIU's ptrace, none resumed yet (CRIU detaches
+    /// once it is answered, cr-restore.c); the caller holds the tree still there
+    /// (`feather_confine::held`). Its answer is CRIU's, which detaches either way: a caller
+    /// that could not hold the tree still kills it there. Every other hook is answered yes.
+    pub fn restore(mut self, vm: &str, at_pre_resume: &mut dyn FnMut() -> bool) -> Result<i32> {
         self.channel.criu_started();
-        let answer = self.channel.call(&self.request);
+        if let Some(opts) = self.request.opts.as_mut() {
+            opts.notify_scripts = Some(true);
+        }
+        let mut on_notify = |hook: &str| match hook {
+            PRE_RESUME => at_pre_resume(),
+            _ => true,
+        };
+        let answer = self.channel.call_notified(&self.request, &mut on_notify);
         drop(self.images);
         match answer {
             Ok(rpc::Response {

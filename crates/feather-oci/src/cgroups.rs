@@ -328,6 +328,17 @@ impl Groups {
         }
     }
 
+    /// The group's v2 freezer, where a restore holds the restored tree still
+    /// ([`feather_confine::held`], which says why not the v1 one).
+    pub fn hold(&self) -> Result<feather_confine::held::Hold> {
+        let mount = v2_mount().context(
+            "no cgroup v2 hierarchy is mounted: a restore holds the restored processes still \
+             with the v2 freezer (cgroup.freeze), also on a machine whose other controllers \
+             are v1; mount one (cgroup2, at /sys/fs/cgroup/unified on a hybrid machine)",
+        )?;
+        Ok(feather_confine::held::Hold::v2(&mount, &self.relative)?)
+    }
+
     /// Freezes or thaws every process of the group: the v1 freezer where the machine has it,
     /// otherwise v2's `cgroup.freeze`.
     pub fn freeze(&self, frozen: bool) -> Result<()> {

@@ -75,8 +75,9 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         .and_then(|()| {
             let allowed = crate::restored::Allowed::for_config(&spec)?;
             let (call, netns) = prepare(&criu, &container, &spec, args, images, mode)?;
-            let (pid, restoring_mnt) = run(call, netns.as_ref(), &container, &args.id)?;
-            resume_if_allowed(pid, &allowed, restoring_mnt, &container)
+            let hold = container.groups().hold()?;
+            let (pid, restoring_mnt) = run(call, netns.as_ref(), &container, &args.id, &hold)?;
+            resume_if_allowed(pid, &allowed, restoring_mnt, &container, &hold)
         });
     let pid = match restored {
         Ok(pid) => pid,
@@ -158,17 +159,60 @@ fn prepare(
         leave_stopped: Some(true),
         ..common_options()
     };
-    let log = args
-        .work_path
-        .as_ref()
-        .unwrap_or(&args.image_path)
-        .join(RESTORE_LOG);
-    let call = criu.restore_call_with(images, opts, log)?;
+    let log_folder = args.work_path.as_ref().unwrap_or(&args.image_path);
+    prepare_log(work.as_ref().unwrap_or(&images), log_folder)?;
+    let call = criu.restore_call_with(images, opts, log_folder.join(RESTORE_LOG))?;
     // The work folder's descriptor must outlive the call: criu reads it through /proc.
     if let Some(work) = work {
         leak(OwnedFd::from(work));
     }
     Ok((call, netns))
+}
+
+/// Makes CRIU's log, `restore.log` beneath `folder` (`--work-path`, else the image folder;
+/// `shown` its path), a plain file, never through a link. CRIU, as the host's root, opens its
+/// log by name there and truncates whatever that name reaches: a link planted as restore.log
+/// (an imported or pulled checkpoint's folder) would have it truncate and write the link's
+/// target, any host file. A link, or anything but a plain file, is refused; CRIU then opens
+/// the file made or found here.
+fn prepare_log(folder: &fs::File, shown: &Path) -> Result<()> {
+    let path = shown.join(RESTORE_LOG);
+    let opened = nix::fcntl::openat(
+        folder,
+        RESTORE_LOG,
+        OFlag::O_WRONLY
+            | OFlag::O_CREAT
+            | OFlag::O_NOFOLLOW
+            | OFlag::O_NONBLOCK
+            | OFlag::O_NOCTTY
+            | OFlag::O_CLOEXEC,
+        Mode::from_bits_truncate(0o600),
+    );
+    let log = match opened {
+        Ok(log) => fs::File::from(log),
+        Err(nix::errno::Errno::ELOOP) => bail!(
+            "{}: a symbolic link, where CRIU writes its log (as the host's root, truncating \
+             what it names); refusing the restore: remove the link",
+            path.display()
+        ),
+        Err(e) => bail!(
+            "{}: cannot make CRIU's log there: {e}; refusing the restore: make it a plain file \
+             or remove it",
+            path.display()
+        ),
+    };
+    let kind = log
+        .metadata()
+        .with_context(|| format!("{}", path.display()))?
+        .file_type();
+    if !kind.is_file() {
+        bail!(
+            "{}: not a plain file ({kind:?}), where CRIU writes its log; refusing the restore: \
+             remove it",
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// Refuses images that have CRIU bind a host path into the container that feather-oci does
@@ -295,13 +339,15 @@ fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
 
 /// Runs criu in a child placed where the container belongs; returns the restored init's pid.
 /// criu gets the restore's stdio, its channel and `netns`: nothing else the engine left open.
-/// Restores the tree, left stopped; gives its init's pid and the mount namespace CRIU ran in
+/// Restores the tree, held still in `hold` (frozen at CRIU's `pre-resume`, before any of it
+/// ran, [`feather_confine::held`]); gives its init's pid and the mount namespace CRIU ran in
 /// (the child's, `mnt:[…]`), where no restored process of the container may stay.
 fn run(
     call: RestoreCall,
     netns: Option<&OwnedFd>,
     container: &Container,
     id: &str,
+    hold: &feather_confine::held::Hold,
 ) -> Result<(i32, Option<PathBuf>)> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -316,22 +362,43 @@ fn run(
     // The child was made in its own mount namespace: read before it ends.
     let proc = PathBuf::from(format!("/proc/{}", child.pid));
     let restoring_mnt = feather_confine::restored::namespace(&proc, "mnt").ok();
-    let restored = call.restore(id);
+    // criu is the child: it leaves the group before the group freezes.
+    let mut held = None;
+    let restored = call.restore(id, &mut || {
+        let frozen = hold.freeze_or_kill(child.pid.as_raw());
+        let answer = frozen.is_ok();
+        held = Some(frozen);
+        answer
+    });
     let _ = waitpid(child.pid, None);
+    if let Some(Err(e)) = held {
+        bail!(
+            "cannot hold the restored processes still for their check (freezing {}): {e}; \
+             they were killed and the restore refused",
+            hold.group().display()
+        );
+    }
     Ok((restored?, restoring_mnt))
 }
 
-/// The stopped tree goes on when every thread holds no more than the config gives
-/// ([`crate::restored`]); else it is killed (the container is removed by the caller).
+/// The frozen tree goes on (thawed, and continued from CRIU's SIGSTOP) when every thread holds
+/// no more than the config gives ([`crate::restored`]); else it is killed while frozen (the
+/// container is removed by the caller).
 fn resume_if_allowed(
     pid: i32,
     allowed: &crate::restored::Allowed,
     restoring_mnt: Option<PathBuf>,
     container: &Container,
+    hold: &feather_confine::held::Hold,
 ) -> Result<i32> {
     let init = Pid::from_raw(pid);
     let checked = crate::restored::Outside::here(restoring_mnt)
-        .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside));
+        .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
+        .and_then(|()| {
+            hold.thaw().with_context(|| {
+                format!("thaw the restored container ({})", hold.group().display())
+            })
+        });
     if let Err(error) = checked {
         let _ = nix::sys::signal::kill(init, Signal::SIGKILL);
         container.groups().kill_all();

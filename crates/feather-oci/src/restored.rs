@@ -32,6 +32,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use feather_confine::held::Hold;
 use feather_confine::restored::{foreign_filters, namespace, walk_tree, Credentials, Program};
 use oci_spec::runtime::{LinuxCapabilities, LinuxIdMapping, LinuxNamespaceType, Spec};
 
@@ -331,9 +332,10 @@ impl Outside {
     }
 }
 
-/// Checks every thread of the stopped tree under `init` (a host pid); the first one holding
-/// more than `allowed` refuses, naming it and what differs.
-pub fn check_tree(init: i32, allowed: &Allowed, outside: &Outside) -> Result<()> {
+/// Checks every thread of the tree under `init` (a host pid), held still in `hold`'s frozen
+/// group, every process of the group too ([`walk_tree`]); the first one holding more than
+/// `allowed` refuses, naming it and what differs.
+pub fn check_tree(init: i32, allowed: &Allowed, outside: &Outside, hold: &Hold) -> Result<()> {
     check_maps(init, allowed)?;
     let container_user = match allowed.has_own("user") {
         true => namespace(Path::new(&format!("/proc/{init}")), "user")
@@ -345,8 +347,9 @@ pub fn check_tree(init: i32, allowed: &Allowed, outside: &Outside) -> Result<()>
     };
     walk_tree(
         init,
+        hold,
         |thread| check_thread(&thread, allowed, outside, &container_user),
-        |what, e| anyhow::anyhow!("cannot read {what} to check the restored processes: {e}"),
+        |unchecked| anyhow::anyhow!("{unchecked}"),
     )
 }
 
@@ -472,6 +475,7 @@ fn beyond_caps(creds: &Credentials, allowed: &Allowed) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feather_confine::held::TestGroup;
 
     /// A config with these capabilities (every set) and namespaces.
     fn config(caps: &[&str], namespaces: &[&str]) -> Spec {
@@ -512,11 +516,19 @@ mod tests {
         }
     }
 
-    fn refusal(spec: &Spec, process: &Started) -> String {
+    /// `process` held still as a restore holds the restored tree (declared after it).
+    fn held(label: &str, process: &Started) -> TestGroup {
+        TestGroup::frozen(&format!("oci-{label}"), &[process.0.id() as i32]).unwrap()
+    }
+
+    fn refusal(spec: &Spec, process: &Started, held: &TestGroup) -> String {
         let allowed = Allowed::for_config(spec).unwrap();
         let outside = Outside::here(None).unwrap();
         let pid = process.0.id() as i32;
-        format!("{:#}", check_tree(pid, &allowed, &outside).unwrap_err())
+        format!(
+            "{:#}",
+            check_tree(pid, &allowed, &outside, held.hold()).unwrap_err()
+        )
     }
 
     /// A process of the test's (the host's namespaces, every capability, no filter) measured
@@ -531,7 +543,8 @@ mod tests {
                 .spawn()
                 .unwrap(),
         );
-        let why = refusal(&config(&["CAP_KILL"], &["pid", "mount"]), &sleep);
+        let held = held("namespaces", &sleep);
+        let why = refusal(&config(&["CAP_KILL"], &["pid", "mount"]), &sleep, &held);
         assert!(
             why.contains("the host's pid namespace") && why.contains(&sleep.0.id().to_string()),
             "{why}"
@@ -541,12 +554,12 @@ mod tests {
         // Its mount namespace the one CRIU ran in, and not the host's (as a copy of it is not).
         let mut outside = Outside::here(Some(mnt)).unwrap();
         outside.host.retain(|(kind, _)| *kind != "mnt");
-        let why = check_tree(sleep.0.id() as i32, &allowed, &outside).unwrap_err();
+        let why = check_tree(sleep.0.id() as i32, &allowed, &outside, held.hold()).unwrap_err();
         assert!(
             format!("{why:#}").contains("the mount namespace CRIU ran in"),
             "{why:#}"
         );
-        let why = refusal(&config(&["CAP_KILL"], &[]), &sleep);
+        let why = refusal(&config(&["CAP_KILL"], &[]), &sleep, &held);
         assert!(
             why.contains("CapBnd") && why.contains("CAP_SYS_ADMIN") && why.contains("\"sleep\""),
             "{why}"
@@ -563,13 +576,14 @@ mod tests {
                 .spawn()
                 .unwrap(),
         );
+        let held = held("filters", &sleep);
         let every: Vec<String> = all_caps();
         let every: Vec<&str> = every.iter().map(String::as_str).collect();
         let unfiltered = config(&every, &[]);
         let allowed = Allowed::for_config(&unfiltered).unwrap();
         assert!(allowed.filters.is_empty());
         let outside = Outside::here(None).unwrap();
-        check_tree(sleep.0.id() as i32, &allowed, &outside).unwrap();
+        check_tree(sleep.0.id() as i32, &allowed, &outside, held.hold()).unwrap();
         let mut filtered = unfiltered;
         let seccomp = serde_json::json!({
             "defaultAction": "SCMP_ACT_ALLOW",
@@ -578,7 +592,7 @@ mod tests {
         let mut linux = filtered.linux().clone().unwrap();
         linux.set_seccomp(Some(serde_json::from_value(seccomp).unwrap()));
         filtered.set_linux(Some(linux));
-        let why = refusal(&filtered, &sleep);
+        let why = refusal(&filtered, &sleep, &held);
         assert!(why.contains("Seccomp is 0"), "{why}");
     }
 
@@ -598,6 +612,7 @@ mod tests {
         while fs::read_to_string(&comm).unwrap().trim() != "sleep" {
             std::thread::sleep(std::time::Duration::from_millis(10));
         }
+        let held = held("maps", &sleep);
         let every: Vec<String> = all_caps();
         let every: Vec<&str> = every.iter().map(String::as_str).collect();
         let mapped = |host: u32, size: u32| {
@@ -607,7 +622,7 @@ mod tests {
             json["linux"]["gidMappings"] = maps;
             serde_json::from_value::<Spec>(json).unwrap()
         };
-        let why = refusal(&mapped(100000, 65536), &sleep);
+        let why = refusal(&mapped(100000, 65536), &sleep, &held);
         assert!(
             why.contains("user namespace's uid_map is '0 0 1'")
                 && why.contains("linux.uidMappings make it '0 100000 65536'"),

@@ -176,6 +176,19 @@ impl Cgroup {
             .map(|(mount, _)| mount.join(&self.relative))
     }
 
+    /// The v2 hierarchy's mount point, where one is mounted.
+    pub fn v2_mount(&self) -> Option<&Path> {
+        self.hierarchies
+            .v2
+            .as_ref()
+            .map(|(mount, _)| mount.as_path())
+    }
+
+    /// The group's path relative to each hierarchy's root.
+    pub fn relative(&self) -> &Path {
+        &self.relative
+    }
+
     pub fn exists(&self) -> bool {
         self.dirs().iter().any(|dir| dir.exists())
     }

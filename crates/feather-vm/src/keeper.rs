@@ -775,8 +775,16 @@ impl Keeper {
         }
     }
 
-    /// Continues the VM's processes, which CRIU restored stopped.
+    /// Continues the VM's processes, which CRIU restored stopped and the restore froze
+    /// (`snapshot::restore_tree`): thawed, then continued.
     fn continue_processes(&self) {
+        if let Some(Err(e)) = self.cgroup.as_ref().map(Cgroup::thaw) {
+            eprintln!(
+                "feather keeper {}: cannot thaw the VM: {}",
+                self.vm.name(),
+                causes(&e)
+            );
+        }
         for pid in self
             .cgroup
             .as_ref()

@@ -211,14 +211,16 @@ struct Host {
     restoring_mnt: Option<std::path::PathBuf>,
 }
 
-/// Checks every thread of the stopped tree under `init` (a host pid); the first thread found
-/// holding more than `allowed` refuses, naming it. `restoring_mnt`: the mount namespace CRIU
-/// ran in (`mnt:[…]`, as /proc shows it).
+/// Checks every thread of the tree under `init` (a host pid), held still in `hold`'s frozen
+/// group, and of every process of that group (`feather_confine::restored::walk_tree`); the
+/// first thread found holding more than `allowed` refuses, naming it. `restoring_mnt`: the
+/// mount namespace CRIU ran in (`mnt:[…]`, as /proc shows it).
 pub(crate) fn check_tree(
     vm: &impl std::fmt::Display,
     init: Pid,
     allowed: &Allowed,
     restoring_mnt: Option<&Path>,
+    hold: &feather_confine::held::Hold,
 ) -> Result<(), VmError> {
     let me = Path::new("/proc/self");
     let unreadable = |what: &str, e: std::io::Error| {
@@ -243,6 +245,7 @@ pub(crate) fn check_tree(
     };
     feather_confine::restored::walk_tree(
         init.as_raw(),
+        hold,
         |thread| {
             let place = Place {
                 init: thread.init,
@@ -257,7 +260,7 @@ pub(crate) fn check_tree(
                 &host,
             )
         },
-        unreadable,
+        |unchecked| failed(vm, unchecked.to_string()),
     )
 }
 
@@ -380,6 +383,12 @@ fn check_thread(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use feather_confine::held::TestGroup;
+
+    /// `pid` held still as a restore holds the restored tree (declared after its process).
+    fn held(label: &str, pid: Pid) -> TestGroup {
+        TestGroup::frozen(&format!("vm-{label}"), &[pid.as_raw()]).unwrap()
+    }
 
     fn vm() -> Allowed {
         Allowed::for_vm(feather_confine::seccomp::Profile::default(), false).unwrap()
@@ -472,8 +481,10 @@ mod tests {
     fn a_process_in_the_hosts_namespaces_or_an_init_in_a_user_namespace_is_refused() {
         let shares = |flags: &[&str], kind: &str| {
             let unshare = unshared(flags);
+            let init = forked_by(&unshare);
+            let group = held("shares", init);
             let why = feather_core::error::causes(
-                &check_tree(&"test", forked_by(&unshare), &vm(), None).unwrap_err(),
+                &check_tree(&"test", init, &vm(), None, group.hold()).unwrap_err(),
             );
             assert!(
                 why.contains(&format!("the host's {kind} namespace")),
@@ -486,16 +497,21 @@ mod tests {
         let all = ["--pid", "--mount", "--net", "--ipc", "--uts"];
         let unshare = unshared(&all);
         let init = forked_by(&unshare);
+        let group = held("all", init);
         // Its own mount namespace named as CRIU's: refused too.
         let mnt = fs::read_link(format!("/proc/{init}/ns/mnt")).unwrap();
-        let why =
-            feather_core::error::causes(&check_tree(&"test", init, &vm(), Some(&mnt)).unwrap_err());
+        let why = feather_core::error::causes(
+            &check_tree(&"test", init, &vm(), Some(&mnt), group.hold()).unwrap_err(),
+        );
+        drop(group);
         assert!(why.contains("the mount namespace CRIU ran in"), "{why}");
         let mut userns = vm();
         userns.userns = true;
         let unshare = unshared(&[&all[..], &["--user", "--map-root-user"]].concat());
+        let init = forked_by(&unshare);
+        let group = held("userns", init);
         let why = feather_core::error::causes(
-            &check_tree(&"test", forked_by(&unshare), &userns, None).unwrap_err(),
+            &check_tree(&"test", init, &userns, None, group.hold()).unwrap_err(),
         );
         assert!(why.contains("its init is in a user namespace"), "{why}");
     }
@@ -532,7 +548,11 @@ mod tests {
             "{why}"
         );
         let pid = Pid::from_raw(root.0.id() as i32);
-        let why = feather_core::error::causes(&check_tree(&"test", pid, &vm(), None).unwrap_err());
+        let group = held("real", pid);
+        let why = feather_core::error::causes(
+            &check_tree(&"test", pid, &vm(), None, group.hold()).unwrap_err(),
+        );
+        drop(group);
         assert!(why.contains("the host's pid namespace"), "{why}");
         let keep = feather_confine::capabilities::names_of(vm().caps)
             .iter()

@@ -32,6 +32,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use feather_confine::held::Hold;
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
 use feather_core::{StateRoot, VmConfig, VmDir};
@@ -578,6 +579,7 @@ pub(crate) fn restore_tree(
     let name = vm.name();
     // `feather restore` (or `serve`) checked it before starting this keeper.
     let criu = Criu::located_by_starter().in_vm(name)?;
+    let hold = holding(name, cgroup)?;
     let images = vm.checkpoint_dir();
     let state_folders = crate::hiding::state_folders(root);
     let memory_layer = layers::MemoryLayer::for_vm(config)?;
@@ -804,12 +806,32 @@ pub(crate) fn restore_tree(
         false => Ok(()),
     };
     // A daemon that never listened, or a network not made: dropping the call ends criu swrk,
-    // which waits for its request.
-    let restored = wired
-        .and(listening)
-        .and_then(|()| call.restore(name.as_str()).map_err(Into::into));
+    // which waits for its request. The tree is frozen at CRIU's pre-resume, before any of it
+    // runs again (criu, the child, leaves the group first), and stays so until the keeper
+    // continues it.
+    let mut held = None;
+    let restored = wired.and(listening).and_then(|()| {
+        let mut at_pre_resume = || {
+            let frozen = hold.freeze_or_kill(child.as_raw());
+            let answer = frozen.is_ok();
+            held = Some(frozen);
+            answer
+        };
+        call.restore(name.as_str(), &mut at_pre_resume)
+            .map_err(Into::into)
+    });
     // criu swrk ends once it has answered; the restored tree is this process's child.
     let _ = waitpid(child, None);
+    if let Some(Err(e)) = held {
+        return Err(failed(
+            name,
+            format!(
+                "cannot hold the restored processes still for their check (freezing {}): {e}; \
+                 they were killed and the restore refused",
+                hold.group().display()
+            ),
+        ));
+    }
     let pid = Pid::from_raw(restored.map_err(|e| unprepared(name, why_read).unwrap_or(e))?);
     let pidfd = process::pidfd_open(pid).in_vm(name)?;
     let init = ChildProcess { pid, pidfd };
@@ -829,7 +851,7 @@ pub(crate) fn restore_tree(
         )
     })
     .and_then(|allowed| {
-        crate::restored_creds::check_tree(name, init.pid, &allowed, restoring_mnt.as_deref())
+        crate::restored_creds::check_tree(name, init.pid, &allowed, restoring_mnt.as_deref(), &hold)
     })
     .and_then(|()| mask_what_the_dump_lacked(vm, &init))
     .and_then(|()| {
@@ -844,6 +866,24 @@ pub(crate) fn restore_tree(
         return Err(e);
     }
     Ok(init)
+}
+
+/// The freezer the restored tree is held still in, from CRIU's `pre-resume` until the keeper
+/// continues it ([`feather_confine::held`]): the VM group's v2 `cgroup.freeze`, also on a
+/// hybrid machine (the dump's freeze uses it too). Without it a restored process whose images
+/// give it a SIGCONT timer would run during its check: the restore is refused.
+fn holding(name: &feather_core::VmName, cgroup: Option<&Cgroup>) -> Result<Hold> {
+    let cannot = |why: String| {
+        failed(
+            name,
+            format!("cannot hold the restored processes still for their check: {why}"),
+        )
+    };
+    let mount = cgroup
+        .and_then(Cgroup::v2_mount)
+        .ok_or_else(|| cannot("this machine mounts no cgroup v2 hierarchy".into()))?;
+    let relative = cgroup.map(Cgroup::relative).unwrap_or(Path::new(""));
+    Hold::v2(mount, relative).map_err(|e| cannot(e.to_string()))
 }
 
 /// Moves each restored process back into the group below `services/` it was in at the dump
@@ -1089,6 +1129,10 @@ pub(crate) fn await_release(
                     return false;
                 }
                 let _ = fs::remove_file(vm.checkpoint_dir().join(HOLD));
+                // Frozen since CRIU's pre-resume, and stopped by its SIGSTOP.
+                if let Some(Err(e)) = cgroup.map(Cgroup::thaw) {
+                    eprintln!("feather keeper {}: cannot thaw the VM: {e}", vm.name());
+                }
                 for pid in cgroup.map(Cgroup::members).unwrap_or_default() {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
                 }
