@@ -17,6 +17,7 @@ pub mod capabilities;
 pub mod devices;
 pub mod landlock;
 pub mod restored;
+pub mod restored_mounts;
 pub mod seccomp;
 
 #[derive(Debug, thiserror::Error)]

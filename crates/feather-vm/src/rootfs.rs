@@ -905,6 +905,7 @@ mod tests {
             id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(point),
+            options: "ro".into(),
             fs_type: "tmpfs".into(),
             source: "tmpfs".into(),
             super_options: "ro,size=0k,mode=555".into(),

@@ -1126,6 +1126,7 @@ mod tests {
             id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
+            options: "rw".into(),
             fs_type: "overlay".into(),
             source: "overlay".into(),
             super_options: format!(
@@ -1140,6 +1141,7 @@ mod tests {
             id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
+            options: "rw".into(),
             fs_type: fs_type.into(),
             source: fs_type.into(),
             super_options: "rw".into(),
