@@ -464,6 +464,86 @@ mod tests {
         assert_eq!(judge(&mounts, &docker(), &mut missing), Ok(()));
     }
 
+    /// A process (busybox's `sleep`) in a mount namespace of its own, chrooted into a tmpfs
+    /// with a proc of its own, `/proc/sys` bound read-only if `read_only`; killed on drop.
+    struct Chrooted {
+        child: std::process::Child,
+        folder: PathBuf,
+    }
+
+    impl Chrooted {
+        fn start(read_only: bool) -> Chrooted {
+            let folder = std::env::temp_dir().join(format!(
+                "restored-mounts-{}-{read_only}",
+                std::process::id()
+            ));
+            fs::create_dir_all(&folder).unwrap();
+            let script = "set -e; R=$1; mount -t tmpfs t $R; mkdir $R/bin $R/proc; \
+                 cp /usr/bin/busybox $R/bin/; mount -t proc proc $R/proc; \
+                 if [ $2 = ro ]; then mount --bind $R/proc/sys $R/proc/sys; \
+                 mount -o remount,bind,ro $R/proc/sys; fi; \
+                 exec chroot $R /bin/busybox sleep 1000";
+            let mode = if read_only { "ro" } else { "rw" };
+            let child = std::process::Command::new("unshare")
+                .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+                .arg(&folder)
+                .arg(mode)
+                .spawn()
+                .unwrap();
+            let chrooted = Chrooted { child, folder };
+            let name = format!("/proc/{}/comm", chrooted.child.id());
+            for _ in 0..200 {
+                if fs::read_to_string(&name).is_ok_and(|n| n == "busybox\n") {
+                    return chrooted;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            panic!("the chrooted sleep did not start");
+        }
+    }
+
+    impl Drop for Chrooted {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = fs::remove_dir_all(&self.folder);
+        }
+    }
+
+    /// The real reading: a process whose own proc has `/proc/sys` writable is refused naming
+    /// it and its mount namespace; with the read-only bind it passes (paths looked up from
+    /// its root, not the reader's, whose `/proc/sys` is writable).
+    #[test]
+    fn a_real_trees_mounts_are_read_from_its_threads_root() {
+        let expected = Expected {
+            read_only: vec![ReadOnly {
+                path: "/proc/sys".into(),
+                recursive: true,
+            }],
+            masked: vec!["/proc/interrupts".into()],
+            ..Expected::default()
+        };
+        let writable = Chrooted::start(false);
+        let pid = writable.child.id() as i32;
+        let refusal = check_tree(pid, &expected).unwrap_err();
+        assert!(
+            refusal.contains(&format!("of process {pid}: /proc/sys is writable")),
+            "{refusal}"
+        );
+        let without_masks = Expected {
+            masked: Vec::new(),
+            ..expected.clone()
+        };
+        let read_only = Chrooted::start(true);
+        let pid = read_only.child.id() as i32;
+        assert_eq!(check_tree(pid, &without_masks), Ok(()));
+        let refusal = check_tree(pid, &expected).unwrap_err();
+        assert!(
+            refusal.contains("/proc/interrupts is not masked"),
+            "{refusal}"
+        );
+    }
+
     #[test]
     fn a_cgroup_folder_is_shown_relative_to_its_hierarchys_root() {
         let host = feather_sys::mountinfo::parse(
