@@ -811,6 +811,10 @@ pub(crate) fn restore_tree(
     })
     .and_then(|()| mask_what_the_dump_lacked(vm, &init))
     .and_then(|()| {
+        let expected = crate::restored_mounts::expected(config, cgroup);
+        crate::restored_mounts::check_tree(name, init.pid, &expected)
+    })
+    .and_then(|()| {
         feather_core::trace::phase("restore: CRIU restored the tree, kernel interfaces masked");
         let regrouped = regroup(name, cgroup, &services);
         feather_core::trace::phase("restore: the units' processes back in their groups");
