@@ -218,7 +218,11 @@ pub fn check_tree(init: i32, expected: &Expected) -> Result<(), String> {
             let Ok(meta) = fs::metadata(&root) else {
                 return Ok(());
             };
-            let key = (namespace, std::os::unix::fs::MetadataExt::ino(&meta));
+            let root_id = (
+                std::os::unix::fs::MetadataExt::dev(&meta),
+                std::os::unix::fs::MetadataExt::ino(&meta),
+            );
+            let key = (namespace, root_id);
             if seen.contains(&key) {
                 return Ok(());
             }
