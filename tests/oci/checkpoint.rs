@@ -434,9 +434,9 @@ fn docker_checkpoint_and_start_from_it_go_on_counting() {
     assert!(seen.last() > seen.first(), "d1 is running: {seen:?}");
 }
 
-/// The part of CRIU's `MntEntry` (images/mnt.proto) a test reads or writes: where the mount
-/// is, the host path CRIU binds it from, its external key, and the legacy spelling of one
-/// (`ext_mount`, the key in `root`).
+/// The part of CRIU's `MntEntry` (images/mnt.proto) a test reads or writes: its type, where
+/// the mount is, the host path CRIU binds it from, its external key, and the legacy spelling
+/// of one (`ext_mount`, the key in `root`).
 #[derive(Clone, PartialEq, prost::Message)]
 struct MntEntry {
     #[prost(uint32, optional, tag = "1")]
@@ -494,8 +494,8 @@ fn rewrite_entries(
 }
 
 /// Rewrites every entry of the images in `images` whose names begin with `prefix` into what
-/// `rewrite` makes of it. A CRIU image is two magic words, then entries: each a little-endian
-/// u32 length, then the encoded message.
+/// `rewrite` makes of it; an entry rewritten into nothing is left out. A CRIU image is two
+/// magic words, then entries: each a little-endian u32 length, then the encoded message.
 fn rewrite_images(images: &Path, prefix: &str, mut rewrite: impl FnMut(&[u8]) -> Vec<u8>) {
     for entry in fs::read_dir(images).unwrap().flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
@@ -508,6 +508,9 @@ fn rewrite_images(images: &Path, prefix: &str, mut rewrite: impl FnMut(&[u8]) ->
             let size = u32::from_le_bytes(rest[..4].try_into().unwrap()) as usize;
             let body = rewrite(&rest[4..4 + size]);
             rest = &rest[4 + size..];
+            if body.is_empty() {
+                continue;
+            }
             out.extend((body.len() as u32).to_le_bytes());
             out.extend(body);
         }
@@ -841,6 +844,46 @@ fn a_checkpoint_making_its_cgroup_folder_writable_is_not_restored() {
     let probe = "for f in /sys/fs/cgroup/*/pids.max; do echo 50 > $f || exit 1; done";
     let at = "/sys/fs/cgroup/";
     assert_read_only_dropped_refused(&scratch, &config, "ckpt-rocg", keyed, at, probe);
+}
+
+/// A checkpoint whose mount images leave out the read-only bind of `/proc/sys` (CRIU then
+/// restores the container's proc writable: without a user namespace its root is the host's,
+/// and `kernel.core_pattern` would run a program as the host's root) is restored stopped,
+/// checked, killed and refused naming `/proc/sys`; no container is left. Without the check
+/// the restored container wrote a sysctl (`kernel.hostname`, of its own UTS namespace).
+#[test]
+fn a_checkpoint_leaving_proc_sys_writable_is_not_restored() {
+    let scratch = Scratch::new("checkpoint-procsys");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-procsys1");
+    let proc_sys = |mount: &MntEntry| {
+        let point = mount.mountpoint.as_deref().unwrap_or_default();
+        point.ends_with("/proc/sys") && mount.fstype == Some(1)
+    };
+    assert_eq!(
+        rewrite_entries(&images, proc_sys, |_| Vec::new()),
+        1,
+        "the dump has /proc/sys's read-only bind"
+    );
+
+    let outcome = restore_refused(
+        &runtime,
+        &scratch,
+        &bundle,
+        &images,
+        "ckpt-procsys2",
+        |id| {
+            let probe = "echo crafted > /proc/sys/kernel/hostname && cat /proc/sys/kernel/hostname";
+            let wrote = runtime.run(&["exec", id, "sh", "-c", probe]);
+            format!("/proc/sys writable: {wrote:?}")
+        },
+    );
+    assert!(
+        outcome.stderr.contains("/proc/sys is writable")
+            && outcome.stderr.contains("not what its config makes"),
+        "{outcome:?}"
+    );
 }
 
 /// A confined container without a pid namespace of its own keeps its root (the host's uid 0)

@@ -48,6 +48,7 @@ pub mod process;
 pub mod registry;
 pub mod restore;
 pub mod restored;
+pub mod restored_mounts;
 pub mod run;
 pub mod seccomp;
 pub mod services;

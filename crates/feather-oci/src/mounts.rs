@@ -780,12 +780,8 @@ pub fn finish_root(
         root: &root,
         kernel: &assembled.kernel,
     };
-    for path in linux.readonly_paths().iter().flatten() {
-        make_readonly(&within, Path::new(path))
-            .with_context(|| format!("linux.readonlyPaths[{path}]"))?;
-    }
-    if confinement.is_on() {
-        protect_kernel_knobs(&within, linux)?;
+    for (path, asked) in read_only_paths(linux, confinement) {
+        make_readonly(&within, Path::new(&path)).with_context(|| asked)?;
     }
     if let Some(flag) = linux
         .rootfs_propagation()
@@ -801,21 +797,61 @@ pub fn finish_root(
     Ok(())
 }
 
-/// Under feather's confinement: the kernel's global knobs the config did not make read-only
-/// itself (crate::confine::READONLY; the masked ones: [`mask_all`]), so that its
-/// `readonlyPaths` decide nothing that would let the container reach past a feather VM's limits.
-fn protect_kernel_knobs(within: &Within, linux: &oci_spec::runtime::Linux) -> Result<()> {
-    for path in crate::confine::READONLY {
-        if !listed(linux.readonly_paths(), path) && !listed(linux.masked_paths(), path) {
-            make_readonly(within, Path::new(path))
-                .with_context(|| format!("feather's confinement: {path} read-only"))?;
-        }
+/// The paths [`finish_root`] makes read-only with everything below them, each with what asks
+/// for it: `linux.readonlyPaths`, then, under feather's confinement, the kernel's global knobs
+/// the config did not make read-only or mask itself (crate::confine::READONLY), so that its
+/// `readonlyPaths` decide nothing that would let the container reach past a feather VM's
+/// limits. A restore requires the same of the restored tree ([`crate::restored_mounts`]).
+pub fn read_only_paths(
+    linux: &oci_spec::runtime::Linux,
+    confinement: &crate::confine::Confinement,
+) -> Vec<(String, String)> {
+    let given = linux.readonly_paths().iter().flatten();
+    let mut paths: Vec<(String, String)> = given
+        .map(|path| (path.clone(), format!("linux.readonlyPaths[{path}]")))
+        .collect();
+    if confinement.is_on() {
+        let knobs = crate::confine::READONLY.iter().filter(|path| {
+            !listed(linux.readonly_paths(), path) && !listed(linux.masked_paths(), path)
+        });
+        paths.extend(knobs.map(|path| {
+            let asked = format!("feather's confinement: {path} read-only");
+            (path.to_string(), asked)
+        }));
     }
-    Ok(())
+    paths
 }
 
-/// `linux.maskedPaths`, and under feather's confinement the kernel's global knobs the config
-/// did not mask itself (crate::confine::MASKED): in the rootfs, before pivot_root. Each path is
+/// The paths [`mask_all`] covers, each with what asks for it: `linux.maskedPaths`, then, under
+/// feather's confinement, the kernel's global knobs the config did not mask itself
+/// (crate::confine::MASKED).
+pub fn masked_paths(
+    linux: &oci_spec::runtime::Linux,
+    confinement: &crate::confine::Confinement,
+) -> Vec<(String, String)> {
+    let given = linux.masked_paths().iter().flatten();
+    let mut paths: Vec<(String, String)> = given
+        .map(|path| (path.clone(), format!("linux.maskedPaths[{path}]")))
+        .collect();
+    if confinement.is_on() {
+        let knobs = crate::confine::MASKED
+            .iter()
+            .filter(|path| !listed(linux.masked_paths(), path));
+        paths.extend(knobs.map(|path| {
+            let asked = format!("feather's confinement: masking {path}");
+            (path.to_string(), asked)
+        }));
+    }
+    paths
+}
+
+/// Whether `entry`'s options leave its mount read-only (`ro`, not undone by a later `rw`).
+pub fn is_read_only(entry: &Mount) -> bool {
+    let options = parse_options(entry.options().as_deref().unwrap_or_default());
+    options.set.contains(MsFlags::MS_RDONLY)
+}
+
+/// Covers [`masked_paths`]: in the rootfs, before pivot_root. Each path is
 /// found as [`Within::open`] says and covered on its descriptor by the host's `/dev/null`
 /// (checked to be that device) or an empty read-only tmpfs — never by the container's own
 /// `/dev/null`, which the image or a shared volume can make a link to a kernel knob: the
@@ -837,17 +873,8 @@ pub fn mask_all(
         libc::S_IFCHR,
         nix::sys::stat::makedev(1, 3),
     )?;
-    for path in linux.masked_paths().iter().flatten() {
-        mask(&within, &null, Path::new(path))
-            .with_context(|| format!("linux.maskedPaths[{path}]"))?;
-    }
-    if confinement.is_on() {
-        for path in crate::confine::MASKED {
-            if !listed(linux.masked_paths(), path) {
-                mask(&within, &null, Path::new(path))
-                    .with_context(|| format!("feather's confinement: masking {path}"))?;
-            }
-        }
+    for (path, asked) in masked_paths(linux, confinement) {
+        mask(&within, &null, Path::new(&path)).with_context(|| asked)?;
     }
     Ok(())
 }

@@ -6,8 +6,9 @@
 //!        │                                                      rootfs bound on itself, in the
 //!        │  RESTORE (root, rst_sibling, externals) ──────────▶  cgroup; execs `criu swrk`
 //!        ◀── the restored init's pid: our child (rst_sibling), the tree left stopped
-//!        ├─ every thread checked against the config (restored.rs): SIGCONT, or the
-//!        │  tree killed, the container removed, the restore refused
+//!        ├─ every thread checked against the config (restored.rs), every mount tree against
+//!        │  what create makes (restored_mounts.rs): SIGCONT, or the tree killed, the
+//!        │  container removed, the restore refused
 //!        └─ --detach: exits (the init goes to the engine's subreaper); else waits for it
 //! ```
 //! The init holds the pid the engine waits on, as after `start`: the container is running.
@@ -18,6 +19,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
+use feather_confine::restored_mounts::Expected;
 use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
 use feather_migrate::mount_images::{judge, Policy};
@@ -74,10 +76,11 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         })
         .and_then(|()| {
             let allowed = crate::restored::Allowed::for_config(&spec)?;
+            let mounts = crate::restored_mounts::expected(&spec, &container.groups())?;
             let (call, netns) = prepare(&criu, &container, &spec, args, images, mode)?;
             let hold = container.groups().hold()?;
             let (pid, restoring_mnt) = run(call, netns.as_ref(), &container, &args.id, &hold)?;
-            resume_if_allowed(pid, &allowed, restoring_mnt, &container, &hold)
+            resume_if_allowed(pid, (&allowed, &mounts), restoring_mnt, &container, &hold)
         });
     let pid = match restored {
         Ok(pid) => pid,
@@ -382,11 +385,12 @@ fn run(
 }
 
 /// The frozen tree goes on (thawed, and continued from CRIU's SIGSTOP) when every thread holds
-/// no more than the config gives ([`crate::restored`]); else it is killed while frozen (the
-/// container is removed by the caller).
+/// no more than the config gives ([`crate::restored`]) and every mount tree is what `create`
+/// makes ([`crate::restored_mounts`]); else it is killed while frozen (the container is removed
+/// by the caller).
 fn resume_if_allowed(
     pid: i32,
-    allowed: &crate::restored::Allowed,
+    (allowed, mounts): (&crate::restored::Allowed, &Expected),
     restoring_mnt: Option<PathBuf>,
     container: &Container,
     hold: &feather_confine::held::Hold,
@@ -394,6 +398,7 @@ fn resume_if_allowed(
     let init = Pid::from_raw(pid);
     let checked = crate::restored::Outside::here(restoring_mnt)
         .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
+        .and_then(|()| crate::restored_mounts::check_tree(pid, mounts))
         .and_then(|()| {
             hold.thaw().with_context(|| {
                 format!("thaw the restored container ({})", hold.group().display())

@@ -25,8 +25,8 @@
 //!   id is reachable (set-uid programs). Its groups within `additionalGids` and the gid unless
 //!   CAP_SETGID is reachable.
 //!
-//! What it cannot see: the restored mount tree comes from the images (its automatic binds
-//! are checked before CRIU runs, [`crate::restore`]).
+//! The restored mount tree is checked beside it ([`crate::restored_mounts`]); its automatic
+//! binds are checked before CRIU runs ([`crate::restore`]).
 
 use std::fs;
 use std::path::{Path, PathBuf};

@@ -12,6 +12,9 @@ pub struct MountEntry {
     /// a bind).
     pub root: PathBuf,
     pub mount_point: PathBuf,
+    /// The mount's own options (`ro` or `rw` first, then `nosuid`, `nodev`, …), apart from
+    /// its superblock's.
+    pub options: String,
     pub fs_type: String,
     pub source: String,
     pub super_options: String,
@@ -33,17 +36,27 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             let mut fields = fields.skip(2);
             let root = fields.next()?;
             let mount_point = fields.next()?;
+            let options = fields.next()?;
             let mut after = after.split(' ');
             Some(MountEntry {
                 id,
                 root: PathBuf::from(unescape(root)),
                 mount_point: PathBuf::from(unescape(mount_point)),
+                options: options.to_owned(),
                 fs_type: after.next()?.to_owned(),
                 source: unescape(after.next().unwrap_or("")),
                 super_options: after.next().unwrap_or("").to_owned(),
             })
         })
         .collect()
+}
+
+impl MountEntry {
+    /// Whether nothing can be written through the mount: it, or its superblock, is read-only.
+    pub fn is_read_only(&self) -> bool {
+        let has_ro = |options: &str| options.split(',').any(|o| o == "ro");
+        has_ro(&self.options) || has_ro(&self.super_options)
+    }
 }
 
 /// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
@@ -114,5 +127,9 @@ mod tests {
         assert_eq!(mounts[1].mount_point, PathBuf::from("/mnt/with space"));
         assert_eq!((mounts[0].id, mounts[1].id), (27, 28));
         assert_eq!(mounts[1].fs_type, "tmpfs");
+        assert_eq!(
+            (mounts[0].options.as_str(), mounts[1].options.as_str()),
+            ("rw,relatime", "ro")
+        );
     }
 }

@@ -73,6 +73,7 @@ pub mod protocol;
 pub mod read_only;
 pub mod relay;
 mod restored_creds;
+mod restored_mounts;
 pub mod rootfs;
 mod service_groups;
 pub mod services;

@@ -35,9 +35,9 @@
 //!   where CRIU runs): an inventory that leaves a kind out makes CRIU restore the tree in
 //!   criu's own, which is the host's or that copy.
 //!
-//! What the check cannot see: the restored mount tree comes from the images (docs/security.md,
-//! docs/migration.md). Reading a thread and walking the tree are
-//! [`feather_confine::restored`]'s, which feather-oci's restore shares.
+//! The restored mount tree is checked after it ([`crate::restored_mounts`]); what neither
+//! sees is in docs/security.md (Known gaps) and docs/migration.md. Reading a thread and
+//! walking the tree are [`feather_confine::restored`]'s, which feather-oci's restore shares.
 
 use std::fs;
 use std::path::Path;

@@ -89,7 +89,7 @@ const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
 
 /// The kernel interfaces that reveal or control the host, masked as Docker (29) masks them:
 /// a file under /dev/null, a folder under an empty read-only tmpfs.
-const MASKED_PROC: [&str; 10] = [
+pub(crate) const MASKED_PROC: [&str; 10] = [
     "proc/acpi",
     "proc/asound",
     "proc/interrupts",
@@ -104,7 +104,7 @@ const MASKED_PROC: [&str; 10] = [
 
 /// The same under /sys (read-only as a whole already): firmware tables, the power-capping
 /// energy counters (a side channel into other tenants' work), SELinux's interface.
-const MASKED_SYS: [&str; 3] = [
+pub(crate) const MASKED_SYS: [&str; 3] = [
     "sys/firmware",
     "sys/devices/virtual/powercap",
     "sys/fs/selinux",
@@ -112,7 +112,7 @@ const MASKED_SYS: [&str; 3] = [
 
 /// The kernel interfaces under /proc a VM may read but must not write (Docker's read-only
 /// paths): host-wide settings, interrupt routing, PCI configuration space, SysRq.
-const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+pub(crate) const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
 
 /// Assembles the root and pivots into it. The old root's detach goes on beside the caller's
 /// next steps (see [`mount::pivot_beside`]): nothing of the VM's may run, and no path be
@@ -905,6 +905,7 @@ mod tests {
             id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(point),
+            options: "ro".into(),
             fs_type: "tmpfs".into(),
             source: "tmpfs".into(),
             super_options: "ro,size=0k,mode=555".into(),

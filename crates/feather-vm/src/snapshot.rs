@@ -855,6 +855,10 @@ pub(crate) fn restore_tree(
     })
     .and_then(|()| mask_what_the_dump_lacked(vm, &init))
     .and_then(|()| {
+        let expected = crate::restored_mounts::expected(config, cgroup);
+        crate::restored_mounts::check_tree(name, init.pid, &expected)
+    })
+    .and_then(|()| {
         feather_core::trace::phase("restore: CRIU restored the tree, kernel interfaces masked");
         let regrouped = regroup(name, cgroup, &services);
         feather_core::trace::phase("restore: the units' processes back in their groups");
@@ -1192,6 +1196,7 @@ mod tests {
             id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
+            options: "rw".into(),
             fs_type: "overlay".into(),
             source: "overlay".into(),
             super_options: format!(
@@ -1206,6 +1211,7 @@ mod tests {
             id: 0,
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
+            options: "rw".into(),
             fs_type: fs_type.into(),
             source: fs_type.into(),
             super_options: "rw".into(),

@@ -1,0 +1,563 @@
+//! The mount tree a restored tree came back with, checked while CRIU leaves it stopped: CRIU
+//! mounts what the images say (proc, sysfs, cgroup2 anew, with the flags an entry holds, and
+//! only the binds the images list), so a checkpoint the host did not take can leave out the
+//! read-only binds over the kernel's knobs, a mask, or `/sys`'s read-only flag. Without a user
+//! namespace of its own (Docker's default config, every VM) the tree's root is the host's: a
+//! writable `/proc/sys/kernel/core_pattern` or `/sys/kernel/uevent_helper` has the host run a
+//! program of its choosing as root. What the tree must have is the caller's, derived from what
+//! its create or start makes ([`Expected`]); each mount namespace of the tree is read from one
+//! of its threads: `/proc/PID/task/TID/mountinfo`, and each path looked up from that thread's
+//! root ([`check_tree`]).
+
+use std::fs;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Component, Path, PathBuf};
+
+use feather_sys::mountinfo::MountEntry;
+use nix::errno::Errno;
+use nix::fcntl::{openat2, OFlag, OpenHow, ResolveFlag};
+
+/// A path that must be read-only.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReadOnly {
+    pub path: PathBuf,
+    /// With every mount beneath it (a read-only bind made recursively).
+    pub recursive: bool,
+}
+
+/// What the caller's create or start gives every mount tree of its kind.
+#[derive(Clone, Debug, Default)]
+pub struct Expected {
+    /// Read-only, or masked. A path below `/proc` (`/sys`) is a knob of that filesystem:
+    /// required below every proc (sysfs) mount of the tree.
+    pub read_only: Vec<ReadOnly>,
+    /// Covered by `/dev/null` (character device 1:3) or, a folder, by an empty read-only
+    /// tmpfs; below every proc or sysfs mount as above.
+    pub masked: Vec<PathBuf>,
+    /// Whether a sysfs mount may be writable (else each is read-only).
+    pub sysfs_writable: bool,
+    /// The cgroup folders the tree's own (as mountinfo's `root` field shows them to the
+    /// host's cgroup namespace): a `cgroup` or `cgroup2` mount rooted elsewhere must be
+    /// read-only.
+    pub cgroup_roots: Vec<PathBuf>,
+}
+
+/// What is at a path of the tree, looked up from its root without following a link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Found {
+    Missing,
+    /// A link on the way: the path cannot be judged by what mountinfo says.
+    Link,
+    /// A file or folder on the mount `mount` (its id).
+    At {
+        mount: u64,
+        /// The character device 1:3 (`/dev/null`).
+        null: bool,
+        /// A folder with nothing in it.
+        empty_folder: bool,
+    },
+}
+
+/// Judges one mount tree: `mounts`, its mountinfo; `look`, what is at a path. The refusal
+/// names the path and what is wrong with it.
+pub fn judge(
+    mounts: &[MountEntry],
+    expected: &Expected,
+    look: &mut dyn FnMut(&Path) -> Result<Found, String>,
+) -> Result<(), String> {
+    for mount in mounts {
+        judge_filesystem(mount, expected)?;
+    }
+    for read_only in &expected.read_only {
+        for path in kernel_places(mounts, &read_only.path) {
+            judge_read_only(mounts, &path, read_only.recursive, look)?;
+        }
+    }
+    for masked in &expected.masked {
+        for path in kernel_places(mounts, masked) {
+            if let found @ (Found::Link | Found::At { .. }) = look(&path)? {
+                if !is_mask(mounts, &found) {
+                    return Err(format!(
+                        "{} is not masked (neither /dev/null nor an empty read-only tmpfs \
+                         covers it)",
+                        path.display()
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A sysfs mount's and a cgroup mount's own flags.
+fn judge_filesystem(mount: &MountEntry, expected: &Expected) -> Result<(), String> {
+    let point = mount.mount_point.display();
+    if mount.fs_type == "sysfs" && !expected.sysfs_writable && !mount.is_read_only() {
+        return Err(format!(
+            "the sysfs at {point} is writable (mount options {}), where it is read-only",
+            mount.options
+        ));
+    }
+    let cgroup = mount.fs_type == "cgroup" || mount.fs_type == "cgroup2";
+    let own = expected
+        .cgroup_roots
+        .iter()
+        .any(|root| mount.root.starts_with(root));
+    if cgroup && !own && !mount.is_read_only() {
+        return Err(format!(
+            "the {} at {point} is writable and shows the cgroup folder {}, which is not the \
+             tree's own",
+            mount.fs_type,
+            mount.root.display()
+        ));
+    }
+    Ok(())
+}
+
+/// `path` itself, and, below `/proc` (`/sys`), the same file of every proc (sysfs) mount of
+/// the tree: a whole one's, a bind's that shows it, or where a bind shows a part of it.
+fn kernel_places(mounts: &[MountEntry], path: &Path) -> Vec<PathBuf> {
+    let mut places = vec![path.to_path_buf()];
+    let kinds = [("/proc", "proc"), ("/sys", "sysfs")];
+    for (top, fs_type) in kinds {
+        let Ok(rest) = path.strip_prefix(top) else {
+            continue;
+        };
+        for mount in mounts.iter().filter(|m| m.fs_type == fs_type) {
+            let shown = mount.root.strip_prefix("/").unwrap_or(&mount.root);
+            let place = match rest.strip_prefix(shown) {
+                Ok(below) if below.as_os_str().is_empty() => mount.mount_point.clone(),
+                Ok(below) => mount.mount_point.join(below),
+                Err(_) if shown.starts_with(rest) => mount.mount_point.clone(),
+                Err(_) => continue,
+            };
+            if !places.contains(&place) {
+                places.push(place);
+            }
+        }
+    }
+    places
+}
+
+/// `path` (and with `recursive` each mount below it) read-only or a mask.
+fn judge_read_only(
+    mounts: &[MountEntry],
+    path: &Path,
+    recursive: bool,
+    look: &mut dyn FnMut(&Path) -> Result<Found, String>,
+) -> Result<(), String> {
+    let mut places = vec![path.to_path_buf()];
+    if recursive {
+        let below = mounts
+            .iter()
+            .map(|m| &m.mount_point)
+            .filter(|point| point.starts_with(path) && point.as_path() != path);
+        places.extend(below.cloned());
+    }
+    for place in places {
+        let found = look(&place)?;
+        let writable = match &found {
+            Found::Missing => false,
+            Found::Link => true,
+            Found::At { mount, .. } => {
+                !is_mask(mounts, &found)
+                    && !mount_of(mounts, *mount).is_some_and(|m| m.is_read_only())
+            }
+        };
+        if writable {
+            let under = match place == path {
+                true => String::new(),
+                false => format!(" (below {})", path.display()),
+            };
+            return Err(format!(
+                "{}{under} is writable{}, where it is read-only",
+                place.display(),
+                match found {
+                    Found::Link => " or reached through a link",
+                    _ => "",
+                },
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether `found` is what a mask leaves at a path: `/dev/null`, or an empty folder on a
+/// read-only tmpfs.
+fn is_mask(mounts: &[MountEntry], found: &Found) -> bool {
+    let Found::At {
+        mount,
+        null,
+        empty_folder,
+    } = found
+    else {
+        return false;
+    };
+    let empty_tmpfs =
+        || mount_of(mounts, *mount).is_some_and(|m| m.fs_type == "tmpfs" && m.is_read_only());
+    *null || (*empty_folder && empty_tmpfs())
+}
+
+fn mount_of(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
+    mounts.iter().find(|m| m.id == id)
+}
+
+/// Checks the mount tree of every mount namespace (and root) the threads of the tree under
+/// `init` (a host pid, stopped) are in; the refusal names the path, the namespace and a pid.
+pub fn check_tree(init: i32, expected: &Expected) -> Result<(), String> {
+    let mut seen = Vec::new();
+    crate::restored::walk_tree(
+        init,
+        |thread| {
+            // A zombie has no namespace left, and runs nothing again.
+            let Ok(namespace) = crate::restored::namespace(thread.path, "mnt") else {
+                return Ok(());
+            };
+            let root = thread.path.join("root");
+            let Ok(meta) = fs::metadata(&root) else {
+                return Ok(());
+            };
+            let root_id = (
+                std::os::unix::fs::MetadataExt::dev(&meta),
+                std::os::unix::fs::MetadataExt::ino(&meta),
+            );
+            let key = (namespace, root_id);
+            if seen.contains(&key) {
+                return Ok(());
+            }
+            check_thread_view(thread.path, expected).map_err(|why| {
+                format!(
+                    "in the mount namespace {} of process {}: {why}",
+                    key.0.display(),
+                    thread.pid
+                )
+            })?;
+            seen.push(key);
+            Ok(())
+        },
+        |what, e| format!("cannot read {what}: {e}"),
+    )
+}
+
+/// One thread's mountinfo, judged with paths looked up from its root.
+fn check_thread_view(thread: &Path, expected: &Expected) -> Result<(), String> {
+    let mountinfo = thread.join("mountinfo");
+    let text = fs::read_to_string(&mountinfo)
+        .map_err(|e| format!("cannot read {}: {e}", mountinfo.display()))?;
+    let mounts = feather_sys::mountinfo::parse(&text);
+    let root_path = thread.join("root");
+    let root = nix::fcntl::open(
+        &root_path,
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open {}: {e}", root_path.display()))?;
+    judge(&mounts, expected, &mut |path| look_up(&root, path))
+}
+
+/// What is at `path` beneath `root`, no link followed.
+pub fn look_up(root: &OwnedFd, path: &Path) -> Result<Found, String> {
+    let relative: PathBuf = path
+        .components()
+        .filter(|c| matches!(c, Component::Normal(_)))
+        .collect();
+    let relative = match relative.as_os_str().is_empty() {
+        true => PathBuf::from("."),
+        false => relative,
+    };
+    let how = OpenHow::new()
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
+        .resolve(
+            ResolveFlag::RESOLVE_IN_ROOT
+                | ResolveFlag::RESOLVE_NO_SYMLINKS
+                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
+        );
+    let fd = match openat2(root.as_fd(), &relative, how) {
+        Ok(fd) => fd,
+        Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(Found::Missing),
+        Err(Errno::ELOOP) => return Ok(Found::Link),
+        Err(e) => return Err(format!("cannot look at {}: {e}", path.display())),
+    };
+    let unreadable = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
+    let opened = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
+    let meta = fs::metadata(&opened).map_err(|e| unreadable(&e))?;
+    let null = meta.file_type().is_char_device()
+        && std::os::unix::fs::MetadataExt::rdev(&meta) == libc::makedev(1, 3);
+    let empty_folder = meta.is_dir()
+        && fs::read_dir(&opened)
+            .map_err(|e| unreadable(&e))?
+            .next()
+            .is_none();
+    Ok(Found::At {
+        mount: mount_id(&fd).map_err(|e| unreadable(&e))?,
+        null,
+        empty_folder,
+    })
+}
+
+/// The id of the mount a descriptor is on (`mnt_id` of its fdinfo).
+fn mount_id(fd: &OwnedFd) -> std::io::Result<u64> {
+    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse().ok())
+        .ok_or_else(|| std::io::Error::other("no mnt_id in its fdinfo"))
+}
+
+/// The cgroup folder `host_path` (a folder of a cgroup hierarchy the host mounted) as a
+/// mountinfo `root` field shows it: [`Expected::cgroup_roots`].
+pub fn cgroup_root(host_path: &Path) -> Option<PathBuf> {
+    let mounts = feather_sys::mountinfo::mounts().ok()?;
+    cgroup_root_in(&mounts, host_path)
+}
+
+fn cgroup_root_in(mounts: &[MountEntry], host_path: &Path) -> Option<PathBuf> {
+    mounts
+        .iter()
+        .filter(|m| m.fs_type == "cgroup" || m.fs_type == "cgroup2")
+        .filter_map(|m| Some((m, host_path.strip_prefix(&m.mount_point).ok()?)))
+        .max_by_key(|(m, _)| m.mount_point.components().count())
+        .map(|(m, rest)| m.root.join(rest))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The mountinfo of a container as feather-oci creates it with Docker's config: /proc
+    /// with its knobs read-only and kcore masked, /sys read-only, its cgroup bound read-only.
+    const CREATED: &str = "\
+        100 99 0:50 / / rw,relatime - overlay overlay rw\n\
+        101 100 0:51 / /proc rw,nosuid,nodev,noexec - proc proc rw\n\
+        102 101 0:51 /sys /proc/sys ro,nosuid,nodev,noexec - proc proc rw\n\
+        103 101 0:51 /sysrq-trigger /proc/sysrq-trigger ro,nosuid,nodev,noexec - proc proc rw\n\
+        104 101 0:5 /null /proc/kcore rw,nosuid - devtmpfs udev rw\n\
+        105 100 0:52 / /sys ro,nosuid,nodev,noexec - sysfs sysfs rw\n\
+        106 105 0:53 / /sys/firmware ro,nosuid,nodev,noexec - tmpfs tmpfs ro\n\
+        107 105 0:30 /feather/c1 /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw\n";
+
+    fn docker() -> Expected {
+        let knob = |path: &str| ReadOnly {
+            path: path.into(),
+            recursive: true,
+        };
+        Expected {
+            read_only: vec![knob("/proc/sys"), knob("/proc/sysrq-trigger")],
+            masked: vec!["/proc/kcore".into(), "/sys/firmware".into()],
+            sysfs_writable: false,
+            cgroup_roots: vec!["/feather/c1".into()],
+        }
+    }
+
+    /// What a look-up finds at each path: the mount at the longest mount point above it;
+    /// `/dev/null` where a devtmpfs's `/null` is mounted, an empty folder on a tmpfs.
+    fn looker(mounts: &[MountEntry]) -> impl FnMut(&Path) -> Result<Found, String> + '_ {
+        |path: &Path| {
+            let mount = mounts
+                .iter()
+                .filter(|m| path.starts_with(&m.mount_point))
+                .max_by_key(|m| m.mount_point.components().count())
+                .expect("the root covers every path");
+            Ok(Found::At {
+                mount: mount.id,
+                null: mount.root == Path::new("/null"),
+                empty_folder: mount.fs_type == "tmpfs",
+            })
+        }
+    }
+
+    fn judged(text: &str, expected: &Expected) -> Result<(), String> {
+        let mounts = feather_sys::mountinfo::parse(text);
+        let mut look = looker(&mounts);
+        judge(&mounts, expected, &mut look)
+    }
+
+    fn without(line: &str) -> String {
+        CREATED
+            .lines()
+            .filter(|l| !l.starts_with(line))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    }
+
+    #[test]
+    fn the_tree_create_makes_passes() {
+        assert_eq!(judged(CREATED, &docker()), Ok(()));
+    }
+
+    #[test]
+    fn a_knob_left_writable_is_refused_naming_it() {
+        let refusal = judged(&without("102 "), &docker()).unwrap_err();
+        assert!(refusal.contains("/proc/sys is writable"), "{refusal}");
+        let rw = CREATED.replace("/proc/sysrq-trigger ro,", "/proc/sysrq-trigger rw,");
+        let refusal = judged(&rw, &docker()).unwrap_err();
+        assert!(
+            refusal.contains("/proc/sysrq-trigger is writable"),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn a_writable_mount_below_a_recursive_read_only_path_is_refused() {
+        let below =
+            format!("{CREATED}108 102 0:54 / /proc/sys/fs/binfmt_misc rw - binfmt_misc x rw\n");
+        let refusal = judged(&below, &docker()).unwrap_err();
+        assert!(
+            refusal.contains("/proc/sys/fs/binfmt_misc (below /proc/sys) is writable"),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn a_second_proc_needs_its_knobs_read_only_too() {
+        let second = format!("{CREATED}108 100 0:55 / /mnt/proc rw - proc proc rw\n");
+        let refusal = judged(&second, &docker()).unwrap_err();
+        assert!(refusal.contains("/mnt/proc/sys is writable"), "{refusal}");
+        let part = format!("{CREATED}108 100 0:51 /sys/kernel /mnt/k rw - proc proc rw\n");
+        let refusal = judged(&part, &docker()).unwrap_err();
+        assert!(refusal.contains("/mnt/k is writable"), "{refusal}");
+    }
+
+    #[test]
+    fn a_mask_left_out_or_writable_is_refused() {
+        let refusal = judged(&without("104 "), &docker()).unwrap_err();
+        assert!(refusal.contains("/proc/kcore is not masked"), "{refusal}");
+        let rw = CREATED
+            .replace("tmpfs tmpfs ro", "tmpfs tmpfs rw")
+            .replace("/sys/firmware ro,", "/sys/firmware rw,");
+        let refusal = judged(&rw, &docker()).unwrap_err();
+        assert!(refusal.contains("/sys/firmware is not masked"), "{refusal}");
+    }
+
+    #[test]
+    fn a_writable_sysfs_is_refused_unless_allowed() {
+        let rw = CREATED.replace(" /sys ro,", " /sys rw,");
+        let refusal = judged(&rw, &docker()).unwrap_err();
+        assert!(
+            refusal.contains("the sysfs at /sys is writable"),
+            "{refusal}"
+        );
+        let allowed = Expected {
+            sysfs_writable: true,
+            ..docker()
+        };
+        assert_eq!(judged(&rw, &allowed), Ok(()));
+    }
+
+    #[test]
+    fn a_writable_cgroup_mount_must_show_the_trees_own_group() {
+        let own = CREATED.replace("/sys/fs/cgroup ro,", "/sys/fs/cgroup rw,");
+        assert_eq!(judged(&own, &docker()), Ok(()));
+        let host = own.replace("/feather/c1 /sys/fs/cgroup", "/ /sys/fs/cgroup");
+        let refusal = judged(&host, &docker()).unwrap_err();
+        assert!(
+            refusal.contains(
+                "the cgroup2 at /sys/fs/cgroup is writable and shows the cgroup folder /,"
+            ),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn a_path_reached_through_a_link_is_refused_and_a_missing_one_passes() {
+        let mounts = feather_sys::mountinfo::parse(CREATED);
+        let mut link = |_: &Path| Ok(Found::Link);
+        let refusal = judge(&mounts, &docker(), &mut link).unwrap_err();
+        assert!(refusal.contains("or reached through a link"), "{refusal}");
+        let mut missing = |_: &Path| Ok(Found::Missing);
+        assert_eq!(judge(&mounts, &docker(), &mut missing), Ok(()));
+    }
+
+    /// A process (busybox's `sleep`) in a mount namespace of its own, chrooted into a tmpfs
+    /// with a proc of its own, `/proc/sys` bound read-only if `read_only`; killed on drop.
+    struct Chrooted {
+        child: std::process::Child,
+        folder: PathBuf,
+    }
+
+    impl Chrooted {
+        fn start(read_only: bool) -> Chrooted {
+            let folder = std::env::temp_dir().join(format!(
+                "restored-mounts-{}-{read_only}",
+                std::process::id()
+            ));
+            fs::create_dir_all(&folder).unwrap();
+            let script = "set -e; R=$1; mount -t tmpfs t $R; mkdir $R/bin $R/proc; \
+                 cp /usr/bin/busybox $R/bin/; mount -t proc proc $R/proc; \
+                 if [ $2 = ro ]; then mount --bind $R/proc/sys $R/proc/sys; \
+                 mount -o remount,bind,ro $R/proc/sys; fi; \
+                 exec chroot $R /bin/busybox sleep 1000";
+            let mode = if read_only { "ro" } else { "rw" };
+            let child = std::process::Command::new("unshare")
+                .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
+                .arg(&folder)
+                .arg(mode)
+                .spawn()
+                .unwrap();
+            let chrooted = Chrooted { child, folder };
+            let name = format!("/proc/{}/comm", chrooted.child.id());
+            for _ in 0..200 {
+                if fs::read_to_string(&name).is_ok_and(|n| n == "busybox\n") {
+                    return chrooted;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(25));
+            }
+            panic!("the chrooted sleep did not start");
+        }
+    }
+
+    impl Drop for Chrooted {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+            let _ = fs::remove_dir_all(&self.folder);
+        }
+    }
+
+    /// The real reading: a process whose own proc has `/proc/sys` writable is refused naming
+    /// it and its mount namespace; with the read-only bind it passes (paths looked up from
+    /// its root, not the reader's, whose `/proc/sys` is writable).
+    #[test]
+    fn a_real_trees_mounts_are_read_from_its_threads_root() {
+        let expected = Expected {
+            read_only: vec![ReadOnly {
+                path: "/proc/sys".into(),
+                recursive: true,
+            }],
+            masked: vec!["/proc/interrupts".into()],
+            ..Expected::default()
+        };
+        let writable = Chrooted::start(false);
+        let pid = writable.child.id() as i32;
+        let refusal = check_tree(pid, &expected).unwrap_err();
+        assert!(
+            refusal.contains(&format!("of process {pid}: /proc/sys is writable")),
+            "{refusal}"
+        );
+        let without_masks = Expected {
+            masked: Vec::new(),
+            ..expected.clone()
+        };
+        let read_only = Chrooted::start(true);
+        let pid = read_only.child.id() as i32;
+        assert_eq!(check_tree(pid, &without_masks), Ok(()));
+        let refusal = check_tree(pid, &expected).unwrap_err();
+        assert!(
+            refusal.contains("/proc/interrupts is not masked"),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn a_cgroup_folder_is_shown_relative_to_its_hierarchys_root() {
+        let host = feather_sys::mountinfo::parse(
+            "30 1 0:30 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw\n\
+             31 1 0:31 /machines /srv/cg rw - cgroup2 cgroup2 rw\n",
+        );
+        let root = cgroup_root_in(&host, Path::new("/sys/fs/cgroup/feather/c1"));
+        assert_eq!(root, Some(PathBuf::from("/feather/c1")));
+        let root = cgroup_root_in(&host, Path::new("/srv/cg/vm"));
+        assert_eq!(root, Some(PathBuf::from("/machines/vm")));
+        assert_eq!(cgroup_root_in(&host, Path::new("/tmp")), None);
+    }
+}

@@ -1,0 +1,129 @@
+//! The mount tree a restored container came back with, checked while CRIU leaves it stopped
+//! ([`crate::restore`]), beside its processes' credentials ([`crate::restored`]). CRIU mounts
+//! proc, sysfs and cgroup2 anew with the flags the images hold, and only the binds they list:
+//! a checkpoint this host did not take can leave out `/proc/sys`'s read-only bind, a mask or
+//! `/sys`'s read-only flag — without a user namespace (Docker's default) the container's root
+//! is the host's, and a writable `kernel.core_pattern` runs its program as the host's root.
+//! Every mount namespace of the tree must have what `create` makes for this config, taken from
+//! the same code ([`crate::mounts::read_only_paths`], [`crate::mounts::masked_paths`]):
+//! - each of those read-only paths read-only with everything below it, below every proc or
+//!   sysfs mount of the tree; each masked path masked (`/dev/null` or an empty read-only
+//!   tmpfs);
+//! - each of the config's `ro` mounts read-only (a `cgroup` one with its folders), and the
+//!   root under `root.readonly`; a mount a later one covers is not looked at;
+//! - every sysfs read-only unless the config mounts a writable one;
+//! - every `cgroup` or `cgroup2` mount read-only or showing the container's own group.
+//!
+//! The judgement is [`feather_confine::restored_mounts`]'s, which `feather restore` shares.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use feather_confine::restored_mounts::{cgroup_root, Expected, ReadOnly};
+use oci_spec::runtime::Spec;
+
+use crate::cgroups::Groups;
+
+/// What the restored tree of a container of `spec` (its group `groups`) must have.
+pub fn expected(spec: &Spec, groups: &Groups) -> Result<Expected> {
+    let linux = spec.linux().as_ref().context("linux")?;
+    let feather = crate::annotations::Feather::parse(spec)?;
+    let confinement = crate::confine::Confinement::of(feather.confine, spec);
+    let knob = |(path, _): (String, String)| ReadOnly {
+        path: PathBuf::from(path),
+        recursive: true,
+    };
+    let mut read_only: Vec<ReadOnly> = crate::mounts::read_only_paths(linux, &confinement)
+        .into_iter()
+        .map(knob)
+        .collect();
+    read_only.extend(read_only_mounts(spec));
+    let masked = crate::mounts::masked_paths(linux, &confinement)
+        .into_iter()
+        .map(|(path, _)| PathBuf::from(path))
+        .collect();
+    let sysfs_writable = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .any(|m| m.typ().as_deref() == Some("sysfs") && !crate::mounts::is_read_only(m));
+    let cgroup_roots = crate::cgroups::hierarchies()
+        .into_iter()
+        .filter_map(|(_, hierarchy)| cgroup_root(&groups.dir_in(&hierarchy)))
+        .collect();
+    Ok(Expected {
+        read_only,
+        masked,
+        sysfs_writable,
+        cgroup_roots,
+    })
+}
+
+/// The config's `ro` mounts that no later one covers, as `create` leaves them: a `cgroup`
+/// mount with each group bound in it, any other alone; the root under `root.readonly`.
+fn read_only_mounts(spec: &Spec) -> Vec<ReadOnly> {
+    let mounts: Vec<_> = spec.mounts().iter().flatten().collect();
+    let covered = |index: usize, at: &Path| {
+        let later = &mounts[index + 1..];
+        later.iter().any(|m| at.starts_with(m.destination()))
+    };
+    let mut read_only: Vec<ReadOnly> = mounts
+        .iter()
+        .enumerate()
+        .filter(|(index, m)| crate::mounts::is_read_only(m) && !covered(*index, m.destination()))
+        .map(|(_, m)| ReadOnly {
+            path: m.destination().clone(),
+            recursive: matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")),
+        })
+        .collect();
+    if spec.root().as_ref().and_then(|r| r.readonly()) == Some(true) {
+        read_only.push(ReadOnly {
+            path: PathBuf::from("/"),
+            recursive: false,
+        });
+    }
+    read_only
+}
+
+/// Checks the tree under `init` (stopped); the refusal names what is wrong.
+pub fn check_tree(init: i32, expected: &Expected) -> Result<()> {
+    feather_confine::restored_mounts::check_tree(init, expected).map_err(|why| {
+        anyhow::anyhow!(
+            "the restored container's mounts are not what its config makes: {why} (a \
+             checkpoint altered to leave the kernel's knobs writable); refusing the restore: \
+             restore a checkpoint this host or a trusted one took"
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(mounts: serde_json::Value, root_readonly: bool) -> Spec {
+        serde_json::from_value(serde_json::json!({
+            "ociVersion": "1.0.2",
+            "root": {"path": "rootfs", "readonly": root_readonly},
+            "mounts": mounts,
+            "linux": {}
+        }))
+        .expect("a spec")
+    }
+
+    #[test]
+    fn the_configs_ro_mounts_are_read_only_unless_a_later_one_covers_them() {
+        let mounts = serde_json::json!([
+            {"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "ro"]},
+            {"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["ro"]},
+            {"destination": "/data", "type": "bind", "source": "/srv", "options": ["rbind", "ro"]},
+            {"destination": "/data", "type": "tmpfs", "source": "tmpfs"},
+            {"destination": "/etc/x", "type": "bind", "source": "/srv/x", "options": ["ro", "rw"]}
+        ]);
+        let paths: Vec<(String, bool)> = read_only_mounts(&spec(mounts, true))
+            .into_iter()
+            .map(|r| (r.path.display().to_string(), r.recursive))
+            .collect();
+        let want = [("/sys", false), ("/sys/fs/cgroup", true), ("/", false)];
+        assert_eq!(paths, want.map(|(p, r)| (p.to_string(), r)));
+    }
+}

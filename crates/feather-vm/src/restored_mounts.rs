@@ -1,0 +1,68 @@
+//! The mount tree a restored VM came back with, checked while CRIU leaves it stopped, after
+//! its credentials ([`crate::restored_creds`]) and once the masks its dump lacked are added.
+//! CRIU mounts proc, sysfs and cgroup2 anew with the flags the images hold: an imported
+//! archive or a migration's sender can leave out `/proc/sys`'s read-only bind, a mask or
+//! `/sys`'s read-only flag, and a VM's init lives in the host's user namespace — its root is
+//! the host's, and a writable `kernel.core_pattern` runs its program as the host's root. Every
+//! mount namespace of the VM must have what [`rootfs::assemble`] makes, from its own lists:
+//! [`rootfs::READ_ONLY_PROC`] read-only with everything below them, [`rootfs::MASKED_PROC`]
+//! and [`rootfs::MASKED_SYS`] masked, below every proc and sysfs mount; every sysfs
+//! read-only; every cgroup mount read-only or showing one of the VM's `services` folders;
+//! the base's `--ro` paths read-only. The judgement is
+//! [`feather_confine::restored_mounts`]'s, which feather-oci's restore shares.
+
+use std::path::{Path, PathBuf};
+
+use feather_confine::restored_mounts::{cgroup_root, Expected, ReadOnly};
+use feather_sys::cgroup::Cgroup;
+
+use crate::error::{failed, VmError};
+use crate::rootfs;
+
+/// What the restored tree of a VM of `config` (its group `cgroup`) must have.
+pub(crate) fn expected(config: &feather_core::VmConfig, cgroup: Option<&Cgroup>) -> Expected {
+    let knobs = rootfs::READ_ONLY_PROC.iter().map(|knob| ReadOnly {
+        path: Path::new("/proc").join(knob),
+        recursive: true,
+    });
+    let read_only_base = config.read_only.iter().map(|path| ReadOnly {
+        path: path.clone(),
+        recursive: false,
+    });
+    let masked = rootfs::MASKED_PROC
+        .iter()
+        .chain(&rootfs::MASKED_SYS)
+        .map(|path| Path::new("/").join(path))
+        .collect();
+    let cgroup_roots: Vec<PathBuf> = cgroup
+        .map(Cgroup::service_subtrees)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|(subtree, _)| cgroup_root(subtree))
+        .collect();
+    Expected {
+        read_only: knobs.chain(read_only_base).collect(),
+        masked,
+        sysfs_writable: false,
+        cgroup_roots,
+    }
+}
+
+/// Checks the VM's tree under `init` (stopped); the refusal names what is wrong.
+pub(crate) fn check_tree(
+    name: &feather_core::VmName,
+    init: nix::unistd::Pid,
+    expected: &Expected,
+) -> Result<(), VmError> {
+    feather_confine::restored_mounts::check_tree(init.as_raw(), expected).map_err(|why| {
+        failed(
+            name,
+            format!(
+                "the restored VM's mounts are not what feather makes in a VM: {why} (a \
+                 checkpoint altered, or sent, to leave the kernel's knobs writable); refusing \
+                 the restore: start the VM anew or restore a checkpoint this host or a trusted \
+                 one took"
+            ),
+        )
+    })
+}
