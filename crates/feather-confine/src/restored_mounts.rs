@@ -204,11 +204,13 @@ fn mount_of(mounts: &[MountEntry], id: u64) -> Option<&MountEntry> {
 }
 
 /// Checks the mount tree of every mount namespace (and root) the threads of the tree under
-/// `init` (a host pid, stopped) are in; the refusal names the path, the namespace and a pid.
-pub fn check_tree(init: i32, expected: &Expected) -> Result<(), String> {
+/// `init` (a host pid, held still in `hold`'s frozen group) are in; the refusal names the
+/// path, the namespace and a pid.
+pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> Result<(), String> {
     let mut seen = Vec::new();
     crate::restored::walk_tree(
         init,
+        hold,
         |thread| {
             // A zombie has no namespace left, and runs nothing again.
             let Ok(namespace) = crate::restored::namespace(thread.path, "mnt") else {
@@ -236,7 +238,7 @@ pub fn check_tree(init: i32, expected: &Expected) -> Result<(), String> {
             seen.push(key);
             Ok(())
         },
-        |what, e| format!("cannot read {what}: {e}"),
+        |unchecked| unchecked.to_string(),
     )
 }
 
@@ -529,7 +531,8 @@ mod tests {
         };
         let writable = Chrooted::start(false);
         let pid = writable.child.id() as i32;
-        let refusal = check_tree(pid, &expected).unwrap_err();
+        let held = crate::held::TestGroup::frozen("mounts-rw", &[pid]).unwrap();
+        let refusal = check_tree(pid, held.hold(), &expected).unwrap_err();
         assert!(
             refusal.contains(&format!("of process {pid}: /proc/sys is writable")),
             "{refusal}"
@@ -540,8 +543,9 @@ mod tests {
         };
         let read_only = Chrooted::start(true);
         let pid = read_only.child.id() as i32;
-        assert_eq!(check_tree(pid, &without_masks), Ok(()));
-        let refusal = check_tree(pid, &expected).unwrap_err();
+        let held = crate::held::TestGroup::frozen("mounts-ro", &[pid]).unwrap();
+        assert_eq!(check_tree(pid, held.hold(), &without_masks), Ok(()));
+        let refusal = check_tree(pid, held.hold(), &expected).unwrap_err();
         assert!(
             refusal.contains("/proc/interrupts is not masked"),
             "{refusal}"

@@ -398,7 +398,7 @@ fn resume_if_allowed(
     let init = Pid::from_raw(pid);
     let checked = crate::restored::Outside::here(restoring_mnt)
         .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
-        .and_then(|()| crate::restored_mounts::check_tree(pid, mounts))
+        .and_then(|()| crate::restored_mounts::check_tree(pid, hold, mounts))
         .and_then(|()| {
             hold.thaw().with_context(|| {
                 format!("thaw the restored container ({})", hold.group().display())

@@ -85,9 +85,13 @@ fn read_only_mounts(spec: &Spec) -> Vec<ReadOnly> {
     read_only
 }
 
-/// Checks the tree under `init` (stopped); the refusal names what is wrong.
-pub fn check_tree(init: i32, expected: &Expected) -> Result<()> {
-    feather_confine::restored_mounts::check_tree(init, expected).map_err(|why| {
+/// Checks the tree under `init` (held still in `hold`); the refusal names what is wrong.
+pub fn check_tree(
+    init: i32,
+    hold: &feather_confine::held::Hold,
+    expected: &Expected,
+) -> Result<()> {
+    feather_confine::restored_mounts::check_tree(init, hold, expected).map_err(|why| {
         anyhow::anyhow!(
             "the restored container's mounts are not what its config makes: {why} (a \
              checkpoint altered to leave the kernel's knobs writable); refusing the restore: \

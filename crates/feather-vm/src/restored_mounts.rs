@@ -48,13 +48,14 @@ pub(crate) fn expected(config: &feather_core::VmConfig, cgroup: Option<&Cgroup>)
     }
 }
 
-/// Checks the VM's tree under `init` (stopped); the refusal names what is wrong.
+/// Checks the VM's tree under `init` (held still in `hold`); the refusal names what is wrong.
 pub(crate) fn check_tree(
     name: &feather_core::VmName,
     init: nix::unistd::Pid,
+    hold: &feather_confine::held::Hold,
     expected: &Expected,
 ) -> Result<(), VmError> {
-    feather_confine::restored_mounts::check_tree(init.as_raw(), expected).map_err(|why| {
+    feather_confine::restored_mounts::check_tree(init.as_raw(), hold, expected).map_err(|why| {
         failed(
             name,
             format!(

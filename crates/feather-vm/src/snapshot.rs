@@ -856,7 +856,7 @@ pub(crate) fn restore_tree(
     .and_then(|()| mask_what_the_dump_lacked(vm, &init))
     .and_then(|()| {
         let expected = crate::restored_mounts::expected(config, cgroup);
-        crate::restored_mounts::check_tree(name, init.pid, &expected)
+        crate::restored_mounts::check_tree(name, init.pid, &hold, &expected)
     })
     .and_then(|()| {
         feather_core::trace::phase("restore: CRIU restored the tree, kernel interfaces masked");
