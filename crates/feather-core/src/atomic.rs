@@ -154,10 +154,23 @@ pub fn remove_abandoned(folder: &Path) {
         let Some(pid) = staged_by(&name.to_string_lossy()) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if ended(pid) {
             let _ = fs::remove_file(entry.path());
         }
     }
+}
+
+/// Whether process `pid` can no longer write: gone, or a zombie. A keeper killed by SIGKILL is
+/// a zombie until its parent (the reaper it was left to) reaps it, and the start that cleans up
+/// after it comes as soon as it has ended, often before that.
+fn ended(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // Fields resume after the command name's last ')'; the first is the state.
+    stat.rfind(')')
+        .and_then(|end| stat[end + 1..].trim_start().chars().next())
+        == Some('Z')
 }
 
 /// The pid in a staged file's name `.<name>.<kind>-<pid>`, if it is one.
@@ -192,8 +205,18 @@ mod tests {
         let mut ended = std::process::Command::new("true").spawn().unwrap();
         let dead = ended.id();
         ended.wait().unwrap();
+        // Ended, not reaped yet: a zombie of this process's.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let unreaped = zombie.id();
+        while !fs::read_to_string(format!("/proc/{unreaped}/stat"))
+            .unwrap()
+            .contains(") Z")
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let own = std::process::id();
         for name in [
+            format!(".state.json.replaced-{unreaped}"),
             format!(".state.json.staged-{dead}"),
             format!(".config.toml.tmp-{dead}"),
             format!(".state.json.replaced-{dead}"),
@@ -204,6 +227,7 @@ mod tests {
             fs::write(dir.join(name), b"x").unwrap();
         }
         remove_abandoned(&dir);
+        zombie.wait().unwrap();
         let mut left: Vec<String> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
