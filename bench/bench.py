@@ -719,6 +719,67 @@ def load_average() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
+# A timed section starts once the host is quiet: the share of CPU time busy over a window of
+# SETTLE_WINDOW seconds (from /proc/stat, all cores) at most SETTLE_BUSY, waited for at most
+# SETTLE_PATIENCE seconds. What the last section left (the 1000 VMs' teardown: keepers letting
+# go of their mounts, the kernel deleting veths and namespaces) loaded the next one's figures.
+SETTLE_BUSY = 0.10
+SETTLE_WINDOW = 1.0
+SETTLE_PATIENCE = 60.0
+
+
+def cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies of all cores from /proc/stat's first line; iowait counts as idle."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
+    total = sum(fields[:8])
+    return total - idle, total
+
+
+def cpu_busy(window: float = SETTLE_WINDOW) -> float:
+    """The share of all cores' time spent busy over the next `window` seconds."""
+    busy, total = cpu_times()
+    time.sleep(window)
+    busy2, total2 = cpu_times()
+    return (busy2 - busy) / max(total2 - total, 1)
+
+
+@dataclass
+class Settled:
+    waited: float  # seconds
+    busy_first: float  # share of CPU time busy in the first window
+    busy: float  # in the last window, the one the section started after
+    load: str  # load average as the section started
+    bound: float  # the share of CPU time busy it waited to come under
+    patience: float  # seconds it would wait at most
+
+    def note(self) -> str:
+        if self.waited < SETTLE_WINDOW * 1.5:
+            how = f"quiet at once (CPU {self.busy:.0%} busy over {SETTLE_WINDOW:g} s)"
+        else:
+            how = (
+                f"waited {self.waited:.0f} s for it to settle (CPU {self.busy_first:.0%} busy at first, "
+                f"{self.busy:.0%} at the start"
+                + ("" if self.busy <= self.bound else f"; still above {self.bound:.0%} after {self.patience:g} s, measured anyway")
+                + ")"
+            )
+        return f"Host as this section started: {how}; load average {self.load}."
+
+
+def settle(what: str, busy_at_most: float = SETTLE_BUSY, patience: float = SETTLE_PATIENCE) -> Settled:
+    """Waits until the host's CPUs are quiet (see SETTLE_BUSY), at most `patience` seconds;
+    says what it waited for when it waited."""
+    began = time.monotonic()
+    first = busy = cpu_busy()
+    while busy > busy_at_most and time.monotonic() - began < patience:
+        busy = cpu_busy()
+    waited = time.monotonic() - began
+    settled = Settled(waited, first, busy, load_average(), busy_at_most, patience)
+    if waited >= SETTLE_WINDOW * 1.5:
+        log(f"{what}: waited {waited:.0f} s for the host to settle (CPU {first:.0%} → {busy:.0%} busy, load {settled.load})")
+    return settled
+
+
 # ---------------------------------------------------------------------------------------------
 # 1. Start
 
@@ -1247,6 +1308,7 @@ def compare_idle_density(bench: Bench) -> None:
     two_elapsed, two_infos = bring_up_vms(bench, two, "pair", feather=feather)
     bench.feather.ids |= feather.ids
     tear_down_vms(feather, two_infos)
+    one_settled = settle("density: create --start")
     before, kernel_before = mem_available(), kernel_unreclaimable()
     # One command per VM, as a script bringing up many would (`docker run -d`).
     elapsed, infos = bring_up_vms(bench, n, "idle", feather=feather, one_command=True)
@@ -1261,6 +1323,9 @@ def compare_idle_density(bench: Bench) -> None:
     per_vm = total.own.per(n)
     system = (before - after) / n
 
+    # The VMs' teardown goes on after their `rm` (keepers letting go of mounts, the kernel
+    # deleting veths and namespaces): bwrap's sandboxes are timed once it is over.
+    bwrap_settled = settle("bwrap density")
     bwrap_rows, bwrap_note, bwrap_elapsed = bwrap_density(
         bench, n, lambda i: ["sleep", "infinity"], lambda pid: has_descendant(pid, "sleep")
     )
@@ -1288,6 +1353,8 @@ def compare_idle_density(bench: Bench) -> None:
         "root's automatic subnet is a /24, 253 VMs (docs/network.md).",
         table(["what", "all up", "per VM", "Pss per VM", "Rss per VM", "cgroup per VM", "MemAvailable drop per VM", "kernel (unreclaimable) per VM"], rows),
         bwrap_note,
+        f"Before the {n} VMs (after the {two}'s removal): {one_settled.note().removeprefix('Host as this section started: ')} "
+        f"Before bwrap's sandboxes: {bwrap_settled.note().removeprefix('Host as this section started: ')}",
         f"Stopping and removing the {n} VMs took {secs(down)}. **Idle VM Pss (keeper, init, spawner) at "
         f"density: {mib(per_vm.pss)}** (target ≤ 1 MiB: {verdict(ok)}).",
     )
@@ -2799,12 +2866,19 @@ def main() -> int:
         for name, comparison in COMPARISONS:
             if args.only and name not in args.only:
                 continue
+            settled = settle(name)
+            # The wait is not the section's: its budget of rounds (Plan.budget) starts after it.
+            bench.started += settled.waited
             log(f"{name} …")
+            first_new = len(bench.report.sections)
             try:
                 comparison(bench)
             except Exception as e:  # noqa: BLE001 - one broken comparison must not cost the others
                 traceback.print_exc()
                 failed.append(f"{name}: {e}")
+            # The host's state as the section's timing began, in each section it added.
+            for i in range(first_new, len(bench.report.sections)):
+                bench.report.sections[i] += "\n\n" + settled.note()
             # Whatever a comparison left running is stopped before the next one is timed.
             bench.feather.remove_all()
     except KeyboardInterrupt:

@@ -698,7 +698,8 @@ fn roots_registered_while_a_vm_starts_are_hidden_in_it() {
         "clone init into new namespaces",
         "restrict devices",
         "wait for init to assemble the root",
-        "listen, record the state",
+        "listen on the control socket",
+        "record the VM running",
         "hide late state folders",
     ];
     let mut roots = Vec::new();

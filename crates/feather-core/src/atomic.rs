@@ -79,6 +79,60 @@ impl Staged {
     }
 }
 
+/// The version of a file that [`Staged::commit_keeping_replaced`] replaced, still linked
+/// beside it as `.<name>.replaced-<pid>` until this is dropped. Freeing a file's blocks on
+/// ext4 mounted with `discard` is a synchronous discard (3–4 ms measured on this host's disk,
+/// against 0.04 ms for a rename whose target stays linked): a caller that must answer soon
+/// (a keeper telling `feather start` the VM is up) drops this after its answer. Left by a
+/// process that died first, it is removed by [`remove_abandoned`].
+#[must_use = "dropped at once, it frees the old version's blocks here"]
+pub struct Replaced(Option<PathBuf>);
+
+impl Replaced {
+    /// Nothing kept: the old version went with the rename (or there was none).
+    pub fn none() -> Self {
+        Replaced(None)
+    }
+}
+
+impl Drop for Replaced {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = fs::remove_file(path);
+        }
+    }
+}
+
+impl Staged {
+    /// [`Self::commit`], keeping the version it replaces linked (see [`Replaced`]) so that the
+    /// rename frees no blocks. A `Volatile` file's old version is not kept: written unsynced,
+    /// it holds no blocks on ext4 yet (delayed allocation), and its link would cost more than
+    /// it saves.
+    pub fn commit_keeping_replaced(self) -> Result<Replaced> {
+        let kept = match (&self.temp, self.durability) {
+            (None, _) | (Some(_), Durability::Volatile) => None,
+            (Some(_), _) => {
+                let path = folder_of(&self.target).join(format!(
+                    ".{}.replaced-{}",
+                    self.target
+                        .file_name()
+                        .map(|n| n.to_string_lossy())
+                        .unwrap_or_default(),
+                    std::process::id()
+                ));
+                // One this process kept from an earlier commit and never dropped: its own.
+                let _ = fs::remove_file(&path);
+                // No old version (a first record): nothing to keep.
+                fs::hard_link(&self.target, &path).ok().map(|()| path)
+            }
+        };
+        // Dropped on a failed commit: the link goes, and the old version stays the file.
+        let replaced = Replaced(kept);
+        self.commit()?;
+        Ok(replaced)
+    }
+}
+
 impl Drop for Staged {
     fn drop(&mut self) {
         if let Some(temp) = &self.temp {
@@ -100,10 +154,23 @@ pub fn remove_abandoned(folder: &Path) {
         let Some(pid) = staged_by(&name.to_string_lossy()) else {
             continue;
         };
-        if !Path::new(&format!("/proc/{pid}")).exists() {
+        if ended(pid) {
             let _ = fs::remove_file(entry.path());
         }
     }
+}
+
+/// Whether process `pid` can no longer write: gone, or a zombie. A keeper killed by SIGKILL is
+/// a zombie until its parent (the reaper it was left to) reaps it, and the start that cleans up
+/// after it comes as soon as it has ended, often before that.
+fn ended(pid: u32) -> bool {
+    let Ok(stat) = fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // Fields resume after the command name's last ')'; the first is the state.
+    stat.rfind(')')
+        .and_then(|end| stat[end + 1..].trim_start().chars().next())
+        == Some('Z')
 }
 
 /// The pid in a staged file's name `.<name>.<kind>-<pid>`, if it is one.
@@ -111,7 +178,7 @@ fn staged_by(file_name: &str) -> Option<u32> {
     let rest = file_name.strip_prefix('.')?;
     let (head, pid) = rest.rsplit_once('-')?;
     let kind = head.rsplit_once('.')?.1;
-    matches!(kind, "tmp" | "staged")
+    matches!(kind, "tmp" | "staged" | "replaced")
         .then(|| pid.parse().ok())
         .flatten()
 }
@@ -138,10 +205,21 @@ mod tests {
         let mut ended = std::process::Command::new("true").spawn().unwrap();
         let dead = ended.id();
         ended.wait().unwrap();
+        // Ended, not reaped yet: a zombie of this process's.
+        let mut zombie = std::process::Command::new("true").spawn().unwrap();
+        let unreaped = zombie.id();
+        while !fs::read_to_string(format!("/proc/{unreaped}/stat"))
+            .unwrap()
+            .contains(") Z")
+        {
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let own = std::process::id();
         for name in [
+            format!(".state.json.replaced-{unreaped}"),
             format!(".state.json.staged-{dead}"),
             format!(".config.toml.tmp-{dead}"),
+            format!(".state.json.replaced-{dead}"),
             format!(".state.json.staged-{own}"),
             format!(".hidden-{dead}"),
             "state.json".to_owned(),
@@ -149,6 +227,7 @@ mod tests {
             fs::write(dir.join(name), b"x").unwrap();
         }
         remove_abandoned(&dir);
+        zombie.wait().unwrap();
         let mut left: Vec<String> = fs::read_dir(&dir)
             .unwrap()
             .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -162,6 +241,51 @@ mod tests {
                 format!(".state.json.staged-{own}"),
                 "state.json".to_owned()
             ]
+        );
+    }
+
+    /// The rename of a commit that keeps the replaced version frees none of its blocks: the
+    /// old version is still linked, the very same inode, until the guard is dropped.
+    #[test]
+    fn a_commit_keeping_the_replaced_version_frees_it_only_when_dropped() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = std::env::temp_dir().join(format!("feather-replaced-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let target = dir.join("state.json");
+        let kept = format!(".state.json.replaced-{}", std::process::id());
+        // A first record has no old version to keep.
+        let first = stage(&target, b"created", Durability::Whole, "staged").unwrap();
+        drop(first.commit_keeping_replaced().unwrap());
+        let old = fs::metadata(&target).unwrap();
+        let staged = stage(&target, b"running", Durability::Whole, "staged").unwrap();
+        let replaced = staged.commit_keeping_replaced().unwrap();
+        assert_eq!(fs::read(&target).unwrap(), b"running");
+        let still = fs::metadata(dir.join(&kept)).expect("the old version was freed at the rename");
+        assert_eq!((still.ino(), still.nlink()), (old.ino(), 1));
+        assert_eq!(fs::read(dir.join(&kept)).unwrap(), b"created");
+        drop(replaced);
+        let names: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        // A volatile record keeps nothing.
+        let volatile = stage(&target, b"ended", Durability::Volatile, "staged").unwrap();
+        let nothing = volatile.commit_keeping_replaced().unwrap();
+        let after: Vec<_> = fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        drop(nothing);
+        fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(
+            names,
+            ["state.json"],
+            "the old version stayed after the drop"
+        );
+        assert_eq!(
+            after,
+            ["state.json"],
+            "a volatile commit kept its old version"
         );
     }
 

@@ -167,6 +167,10 @@ pub struct Keeper {
     /// A VM received by a migration: its record as running, being synced while the sender is
     /// asked to let it go; awaited before it runs (see [`Keeper::restore`]).
     recording: std::cell::RefCell<Option<Recording>>,
+    /// The VM's record before it was recorded running, still linked until the start has been
+    /// answered: its blocks' release (a synchronous discard on ext4 with `discard`) is kept
+    /// off the start's path ([`feather_core::atomic::Replaced`]).
+    replaced_record: std::cell::Cell<Option<feather_core::atomic::Replaced>>,
 }
 
 /// The thread writing a VM's state durably.
@@ -432,6 +436,7 @@ impl Keeper {
         )
         .and_then(|started| {
             let listener = listen(vm)?;
+            trace::phase("listen on the control socket");
             Ok((started, listener))
         });
         // Init has its copy, and closes it once its overlays hold the layer.
@@ -476,12 +481,16 @@ impl Keeper {
             memory_layer,
             finisher,
             recording: std::cell::RefCell::new(None),
+            replaced_record: std::cell::Cell::new(None),
         };
-        if let Err(e) = record.commit() {
-            keeper.abandon();
-            return Err(e.into());
+        match record.commit_keeping_replaced() {
+            Ok(replaced) => keeper.replaced_record.set(Some(replaced)),
+            Err(e) => {
+                keeper.abandon();
+                return Err(e.into());
+            }
         }
-        trace::phase("listen, record the state");
+        trace::phase("record the VM running");
         // Roots registered while the VM started are hidden now (see `hiding`).
         if let Err(why) = keeper.hide_state_folders(root, &hidden) {
             keeper.say_not_hidden(&why);
@@ -632,6 +641,7 @@ impl Keeper {
             memory_layer: None,
             finisher: None,
             recording: std::cell::RefCell::new(None),
+            replaced_record: std::cell::Cell::new(None),
         };
         trace::phase("restore: CRIU restored the tree, network completed");
         // Synced before anything of the VM runs: the checkpoint it was restored from must not
@@ -2297,6 +2307,8 @@ pub fn main_background(
         held_by_test(HOLD_BEFORE_BEGIN);
         keeper.begin(&root, terminal, peers);
         trace::phase("open the broker, tell init Start (after the answer)");
+        keeper.replaced_record.take();
+        trace::phase("free the VM's record before it ran (after the answer)");
     } else {
         keeper.begin(&root, terminal, peers);
         trace::phase("open the broker");

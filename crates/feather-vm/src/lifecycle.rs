@@ -282,10 +282,14 @@ pub(crate) fn spawn_keeper_with(
         std::iter::once(std::os::fd::AsFd::as_fd(&ready_write))
             .chain(netns)
             .collect();
+    trace::phase("check the VM, open its keeper's log");
     let mut child = feather_sys::process::spawn_handing_over(&mut command, &handed)
         .map_err(io(name, "cannot start its keeper"))?;
     drop(ready_write);
-    match crate::boot::read_report(&mut ready_read) {
+    trace::phase("spawn the keeper");
+    let report = crate::boot::read_report(&mut ready_read);
+    trace::phase("wait for the keeper's report (its phases: keeper.log)");
+    match report {
         Ok(()) => Ok(()),
         Err(crate::boot::BootError::KeeperFailed { message }) => {
             let _ = child.wait();

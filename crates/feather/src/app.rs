@@ -249,7 +249,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             let base = options.base.clone().unwrap_or_else(|| "/".into());
             let services = feather_vm::services::check_installed(&base, &services)?;
             lifecycle::create(&root, &name, &create_options(&options)?)?;
+            trace::phase("create the VM's folder and lease");
             feather_vm::services::configure(&root, &name, services, fresh_state)?;
+            trace::phase("configure its services");
             if start {
                 return start_created(&root, &name);
             }
