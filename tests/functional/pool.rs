@@ -343,6 +343,36 @@ fn a_drain_right_after_a_run_waits_for_the_runs_vm_to_go() {
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
+/// A run from the pool ends with its VM, as a cold run does: once it has exited, its VM's
+/// keeper has set the VM aside (its folder renamed, its name free), so `ls` right after does
+/// not list it; the rest of the teardown goes on without anyone waiting. Without that the run
+/// exited before its keeper had even seen the claim end: its VM was still there and listed.
+#[test]
+fn a_run_from_the_pool_ends_with_its_vm() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-ends-with-vm", 1);
+    let mut seen_after = (Vec::new(), String::new());
+    let (name, _) = pool.taken_from_ready(|| {
+        let name = pool
+            .ok(&["run", "--rm", "--", "hostname"])
+            .trim()
+            .to_owned();
+        // At once: the folders first (no process to start), then `ls`.
+        seen_after = (pool.vm_folders(), pool.ok(&["ls", "--json"]));
+        name
+    });
+    let (folders, listed) = seen_after;
+    assert!(
+        !folders.contains(&name),
+        "the run's VM {name} was still in vms after the run: {folders:?}"
+    );
+    assert!(
+        !listed.contains(&name),
+        "`ls` right after the run listed its VM {name}: {listed}"
+    );
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
 /// A process stopped (SIGSTOP) until this is dropped, failing test or not.
 struct Stopped(nix::unistd::Pid);
 
