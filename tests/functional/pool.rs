@@ -373,6 +373,41 @@ fn a_run_from_the_pool_ends_with_its_vm() {
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
+/// A drain beside a run that still runs its command from a pooled VM empties the pool without
+/// waiting for that run (its VM is the run's, removed when its command ends), and says so on
+/// stderr, naming the VM and the run. Without that it waited 2 s, silently, and returned with
+/// the VM up.
+#[test]
+fn a_drain_beside_a_running_pooled_run_names_it_and_does_not_wait() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-drain-beside-run", 1);
+    let (mut run, claimed) = a_run_holding_a_pooled_vm(&pool);
+    let started = std::time::Instant::now();
+    let drain = pool.output(&["pool", "--drain"]);
+    let took = started.elapsed();
+    let said = String::from_utf8_lossy(&drain.stderr);
+    assert!(drain.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "VM {claimed} is in use by a run (pid {}) still running its command",
+            run.id()
+        )),
+        "the drain did not say what it left: {said:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the drain waited {took:?} for a run still running its command"
+    );
+    assert!(run.try_wait().unwrap().is_none(), "the run ended");
+    assert!(pool.vm_folders().contains(&claimed));
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
+    kill(&mut run);
+    pool.feather.eventually("the run's VM is gone", || {
+        !pool.vm_folders().contains(&claimed)
+    });
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
 /// A process stopped (SIGSTOP) until this is dropped, failing test or not.
 struct Stopped(nix::unistd::Pid);
 

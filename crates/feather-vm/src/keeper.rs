@@ -1138,6 +1138,9 @@ impl Keeper {
             return Answered::Done;
         }
         self.claimed.set(true);
+        if let Some(root) = self.vm.root() {
+            crate::pooled::record_claimer(&root, self.vm.name(), stream);
+        }
         if let Some(broker) = &self.broker {
             broker.set_terminal(terminal);
         }

@@ -464,12 +464,25 @@ pub fn fill_detached(root: &StateRoot) -> Result<()> {
     fill(root)
 }
 
-/// How long a drain waits for claimed VMs to be set aside by their keepers.
+/// How long a drain waits for a claimed VM whose run has ended (killed: a run that ends lets
+/// go only once its VM is set aside) to be set aside by its keeper.
 const CLAIM_END_PATIENCE: Duration = Duration::from_secs(2);
 
+/// What a drain left: VMs claimed by runs, which are theirs.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Claimed VMs whose run still runs its command, and that run's pid: each VM goes when its
+    /// command ends.
+    pub in_use: Vec<(VmName, i32)>,
+    /// Claimed VMs whose run has ended but whose keeper had not set them aside by the drain's
+    /// patience (stopped, or stuck).
+    pub not_yet_removed: Vec<VmName>,
+}
+
 /// Empties the pool and sets its size to 0: every pooled VM is claimed and let go, and waited
-/// for until its teardown is over, so that nothing of the pool is left.
-pub fn drain(root: &StateRoot) -> Result<()> {
+/// for until its teardown is over, so that nothing of the pool is left. VMs claimed by runs
+/// still running their command are theirs: not waited for, named in what it returns.
+pub fn drain(root: &StateRoot) -> Result<Drained> {
     set_size(root, 0)?;
     let names: Vec<VmName> = entries(root).into_iter().map(|(name, _)| name).collect();
     fill(root)?;
@@ -485,21 +498,35 @@ pub fn drain(root: &StateRoot) -> Result<()> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    // A run killed exits before its VM's keeper has set the VM aside: a drain right after
-    // one waits for that too (a VM still in use by its run is left to it, after a while).
-    let claims_end_by = Instant::now() + CLAIM_END_PATIENCE;
-    for name in claimed(root) {
-        let vm = root.vm(&name);
-        while vm.path().exists() && Instant::now() < claims_end_by {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+    let drained = claims_settled(root);
     lifecycle::settle_throw_aways(root, true);
     match entries(root).first() {
-        None => Ok(()),
+        None => Ok(drained),
         Some((name, _)) => Err(failed(
             name,
             "is still in the pool after the drain; `feather pool --drain` tries again",
         )),
     }
+}
+
+/// Waits a moment for each claimed VM whose run has ended to be set aside by its keeper (a
+/// run killed leaves that to its keeper, which sees the claim's connection close), not for
+/// those whose run still runs its command: what is left.
+fn claims_settled(root: &StateRoot) -> Drained {
+    let mut drained = Drained::default();
+    let patience_ends = Instant::now() + CLAIM_END_PATIENCE;
+    for name in claimed(root) {
+        let vm = root.vm(&name);
+        if let Some(pid) = pooled::claimer_running(root, &name) {
+            drained.in_use.push((name, pid));
+            continue;
+        }
+        while vm.path().exists() && Instant::now() < patience_ends {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if vm.path().exists() {
+            drained.not_yet_removed.push(name);
+        }
+    }
+    drained
 }
