@@ -117,7 +117,10 @@ impl Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let _ = self.output(&["pool", "--drain"]);
+        // Not in a root a test removed: the drain would make its folder again.
+        if self.feather.root.exists() {
+            let _ = self.output(&["pool", "--drain"]);
+        }
     }
 }
 
@@ -857,4 +860,62 @@ fn pooled_vms_idle_too_long_go_and_the_next_run_refills_the_pool() {
     );
     pool.whole();
     pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A root removed by hand (`rm -rf`, as scripts and CI remove roots: feather has no command
+/// for it) with a pooled VM in it: the VM's keeper ends it at its idle time, leaving no
+/// process, cgroup or port on the root's bridge; the bridge and tables then go as any removed
+/// root's do, when the next root chooses its network (feather_net::removed_roots). Without
+/// that the keeper found its VM no longer pooled (the entry went with the root), set no
+/// expiry, and kept it, its veth, and so the bridge, for ever.
+#[test]
+fn a_pooled_vm_whose_root_was_removed_goes_at_its_idle_time() {
+    let cgroups_before = support::feather_cgroups();
+    let mut pool = Pooled::new("pool-root-removed", 0);
+    pool.size = 1;
+    pool.ok(&["pool", "--size", "1", "--idle", "4s"]);
+    let name = pool.entries().into_iter().next().expect("a pooled VM");
+    let keeper = keeper_of(&pool, &name);
+    let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
+    let root = pool.feather.root.clone();
+    pool.feather
+        .eventually("the root's folder is removed by hand", || {
+            let mounts = support::HostTraces::of(&root, None).mounts;
+            for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+            fs::remove_dir_all(&root).is_ok() || !root.exists()
+        });
+    assert!(
+        alive(),
+        "the pooled VM was gone before its root was removed"
+    );
+    pool.feather.eventually_within(
+        "the removed root's pooled VM and its processes are gone",
+        Duration::from_secs(30),
+        || !alive() && support::HostTraces::of(&root, None).processes.is_empty(),
+    );
+    let ports = format!("/sys/class/net/{}/brif", pool.bridge);
+    let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
+    assert!(left.is_empty(), "ports left on {}: {left:?}", pool.bridge);
+    pool.feather.eventually("no new empty VM cgroup stays", || {
+        support::feather_cgroups()
+            .iter()
+            .filter(|group| !cgroups_before.contains(group))
+            .all(|group| !support::cgroup_is_empty(group))
+    });
+    // The next root that chooses its network removes the removed root's.
+    let (next, next_subnet, _) = root_with_known_bridge("pool-after-root-removed");
+    let out = next
+        .command()
+        .env("FEATHER_SUBNET", &next_subnet.cidr)
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        support::HostTraces::of(&root, Some(&pool.bridge)),
+        support::HostTraces::default(),
+        "the removed root's network is left on the host"
+    );
 }

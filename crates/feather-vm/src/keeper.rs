@@ -956,9 +956,10 @@ impl Keeper {
             if self.claimed.get() || phase != Phase::Running {
                 expires_at = None;
             } else if expires_at.is_some_and(|at| Instant::now() >= at) {
-                // Read again: the setting may have changed since the VM was up.
+                // Read again: the setting may have changed since the VM was up. A VM whose
+                // root was removed meanwhile reads as not pooled, and goes now.
                 expires_at = self.idle_expiry(ready_at);
-                if expires_at.is_some_and(|at| Instant::now() >= at) {
+                if expires_at.is_some_and(|at| Instant::now() >= at) || self.root_removed() {
                     expires_at = None;
                     if self.expire() {
                         trace::phase("wait in the pool until idle too long");
@@ -1162,15 +1163,23 @@ impl Keeper {
         crate::pooled::idle(&root).map(|idle| ready_at + idle)
     }
 
+    /// Whether this unclaimed VM's folder is gone: its root was removed by hand (`rm -rf`: its
+    /// pool entry went with it, and no one can claim, drain or list the VM any more). Its
+    /// keeper ends it at its idle time rather than keep it for ever.
+    fn root_removed(&self) -> bool {
+        !self.claimed.get() && !self.vm.path().exists()
+    }
+
     /// Takes this pooled VM out of the pool for its own end, as a claim takes it (a run that
     /// asks meanwhile is refused, and makes its own VM): it ends as a claimed VM whose claimer
     /// let go, except that no refill follows — an idle pool shrinks until runs come again.
     /// Whether it was still in the pool (a fill that removes it meanwhile ends it itself).
     fn expire(&self) -> bool {
-        let taken = self
-            .vm
-            .root()
-            .is_some_and(|root| crate::pooled::take(&root, self.vm.name()));
+        let taken = self.root_removed()
+            || self
+                .vm
+                .root()
+                .is_some_and(|root| crate::pooled::take(&root, self.vm.name()));
         if taken {
             self.claimed.set(true);
             self.expired.set(true);
