@@ -117,7 +117,10 @@ impl Pooled {
 
 impl Drop for Pooled {
     fn drop(&mut self) {
-        let _ = self.output(&["pool", "--drain"]);
+        // Not in a root a test removed: the drain would make its folder again.
+        if self.feather.root.exists() {
+            let _ = self.output(&["pool", "--drain"]);
+        }
     }
 }
 
@@ -340,6 +343,71 @@ fn a_drain_right_after_a_run_waits_for_the_runs_vm_to_go() {
     assert!(drain.wait().unwrap().success());
     let folders = pool.vm_folders();
     assert!(folders.is_empty(), "left in vms: {folders:?}");
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A run from the pool ends with its VM, as a cold run does: once it has exited, its VM's
+/// keeper has set the VM aside (its folder renamed, its name free), so `ls` right after does
+/// not list it; the rest of the teardown goes on without anyone waiting. Without that the run
+/// exited before its keeper had even seen the claim end: its VM was still there and listed.
+#[test]
+fn a_run_from_the_pool_ends_with_its_vm() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-ends-with-vm", 1);
+    let mut seen_after = (Vec::new(), String::new());
+    let (name, _) = pool.taken_from_ready(|| {
+        let name = pool
+            .ok(&["run", "--rm", "--", "hostname"])
+            .trim()
+            .to_owned();
+        // At once: the folders first (no process to start), then `ls`.
+        seen_after = (pool.vm_folders(), pool.ok(&["ls", "--json"]));
+        name
+    });
+    let (folders, listed) = seen_after;
+    assert!(
+        !folders.contains(&name),
+        "the run's VM {name} was still in vms after the run: {folders:?}"
+    );
+    assert!(
+        !listed.contains(&name),
+        "`ls` right after the run listed its VM {name}: {listed}"
+    );
+    pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A drain beside a run that still runs its command from a pooled VM empties the pool without
+/// waiting for that run (its VM is the run's, removed when its command ends), and says so on
+/// stderr, naming the VM and the run. Without that it waited 2 s, silently, and returned with
+/// the VM up.
+#[test]
+fn a_drain_beside_a_running_pooled_run_names_it_and_does_not_wait() {
+    let cgroups_before = support::feather_cgroups();
+    let pool = Pooled::new("pool-drain-beside-run", 1);
+    let (mut run, claimed) = a_run_holding_a_pooled_vm(&pool);
+    let started = std::time::Instant::now();
+    let drain = pool.output(&["pool", "--drain"]);
+    let took = started.elapsed();
+    let said = String::from_utf8_lossy(&drain.stderr);
+    assert!(drain.status.success(), "{said}");
+    assert!(
+        said.contains(&format!(
+            "VM {claimed} is in use by a run (pid {}) still running its command",
+            run.id()
+        )),
+        "the drain did not say what it left: {said:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "the drain waited {took:?} for a run still running its command"
+    );
+    assert!(run.try_wait().unwrap().is_none(), "the run ended");
+    assert!(pool.vm_folders().contains(&claimed));
+    assert!(pool.entries().is_empty(), "{:?}", pool.entries());
+    kill(&mut run);
+    pool.feather.eventually("the run's VM is gone", || {
+        !pool.vm_folders().contains(&claimed)
+    });
     pool.drained_leaving_nothing(&cgroups_before);
 }
 
@@ -792,4 +860,62 @@ fn pooled_vms_idle_too_long_go_and_the_next_run_refills_the_pool() {
     );
     pool.whole();
     pool.drained_leaving_nothing(&cgroups_before);
+}
+
+/// A root removed by hand (`rm -rf`, as scripts and CI remove roots: feather has no command
+/// for it) with a pooled VM in it: the VM's keeper ends it at its idle time, leaving no
+/// process, cgroup or port on the root's bridge; the bridge and tables then go as any removed
+/// root's do, when the next root chooses its network (feather_net::removed_roots). Without
+/// that the keeper found its VM no longer pooled (the entry went with the root), set no
+/// expiry, and kept it, its veth, and so the bridge, for ever.
+#[test]
+fn a_pooled_vm_whose_root_was_removed_goes_at_its_idle_time() {
+    let cgroups_before = support::feather_cgroups();
+    let mut pool = Pooled::new("pool-root-removed", 0);
+    pool.size = 1;
+    pool.ok(&["pool", "--size", "1", "--idle", "4s"]);
+    let name = pool.entries().into_iter().next().expect("a pooled VM");
+    let keeper = keeper_of(&pool, &name);
+    let alive = || std::path::Path::new(&format!("/proc/{keeper}")).exists();
+    let root = pool.feather.root.clone();
+    pool.feather
+        .eventually("the root's folder is removed by hand", || {
+            let mounts = support::HostTraces::of(&root, None).mounts;
+            for point in mounts.iter().filter_map(|line| line.split(' ').nth(4)) {
+                let _ = nix::mount::umount2(point, nix::mount::MntFlags::MNT_DETACH);
+            }
+            fs::remove_dir_all(&root).is_ok() || !root.exists()
+        });
+    assert!(
+        alive(),
+        "the pooled VM was gone before its root was removed"
+    );
+    pool.feather.eventually_within(
+        "the removed root's pooled VM and its processes are gone",
+        Duration::from_secs(30),
+        || !alive() && support::HostTraces::of(&root, None).processes.is_empty(),
+    );
+    let ports = format!("/sys/class/net/{}/brif", pool.bridge);
+    let left: Vec<String> = support::names_in(std::path::Path::new(&ports));
+    assert!(left.is_empty(), "ports left on {}: {left:?}", pool.bridge);
+    pool.feather.eventually("no new empty VM cgroup stays", || {
+        support::feather_cgroups()
+            .iter()
+            .filter(|group| !cgroups_before.contains(group))
+            .all(|group| !support::cgroup_is_empty(group))
+    });
+    // The next root that chooses its network removes the removed root's.
+    let (next, next_subnet, _) = root_with_known_bridge("pool-after-root-removed");
+    let out = next
+        .command()
+        .env("FEATHER_SUBNET", &next_subnet.cidr)
+        .args(["run", "--rm", "--", "true"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        support::HostTraces::of(&root, Some(&pool.bridge)),
+        support::HostTraces::default(),
+        "the removed root's network is left on the host"
+    );
 }

@@ -138,6 +138,9 @@ pub struct Keeper {
     /// Set once a pooled VM waited unclaimed for the pool's idle time and took itself out of
     /// the pool ([`Keeper::expire`]): its teardown is a claimed VM's, but starts no refill.
     expired: std::cell::Cell<bool>,
+    /// A claimed VM's claimer that let go (its command ended): answered once the VM is set
+    /// aside, so that its run ends with its VM, as a cold run's does.
+    claimer_waiting: Option<UnixStream>,
     /// A VM received by a migration: the `feather serve` it waits for (snapshot::hold).
     hold: Option<OwnedFd>,
     /// The VM's shuttle broker, once opened; dropped (closing its channels) with the keeper.
@@ -473,6 +476,7 @@ impl Keeper {
             checkpointed: std::cell::Cell::new(false),
             claimed: std::cell::Cell::new(false),
             expired: std::cell::Cell::new(false),
+            claimer_waiting: None,
             hold: None,
             lock,
             broker: None,
@@ -633,6 +637,7 @@ impl Keeper {
             checkpointed: std::cell::Cell::new(false),
             claimed: std::cell::Cell::new(false),
             expired: std::cell::Cell::new(false),
+            claimer_waiting: None,
             hold,
             lock,
             broker: None,
@@ -933,10 +938,11 @@ impl Keeper {
                 break waitpid(self.init.pid, None);
             }
             if claim_ended {
-                // The claimer says nothing after its claim: readable means closed. The VM is
-                // used once: whatever of its command's is left goes now, as at the end of a
-                // throw-away VM's command.
-                claimer = None;
+                // The claimer says nothing after its claim: readable means it let go (its side
+                // shut, and it waits for the VM to be set aside: `pool::run_claimed`) or died.
+                // The VM is used once: whatever of its command's is left goes now, as at the
+                // end of a throw-away VM's command.
+                self.claimer_waiting = claimer.take();
                 trace::phase("run until the claimer lets go");
                 phase = self.act(decide::claim_ended(phase));
             }
@@ -968,9 +974,10 @@ impl Keeper {
             if self.claimed.get() || phase != Phase::Running {
                 expires_at = None;
             } else if expires_at.is_some_and(|at| Instant::now() >= at) {
-                // Read again: the setting may have changed since the VM was up.
+                // Read again: the setting may have changed since the VM was up. A VM whose
+                // root was removed meanwhile reads as not pooled, and goes now.
                 expires_at = self.idle_expiry(ready_at);
-                if expires_at.is_some_and(|at| Instant::now() >= at) {
+                if expires_at.is_some_and(|at| Instant::now() >= at) || self.root_removed() {
                     expires_at = None;
                     if self.expire() {
                         trace::phase("wait in the pool until idle too long");
@@ -984,6 +991,11 @@ impl Keeper {
             }
         };
         trace::phase("run the command");
+        // A claimed VM that ended under its claimer (stopped, or its init died) is answered
+        // as one let go.
+        if self.claimer_waiting.is_none() {
+            self.claimer_waiting = claimer.take();
+        }
         let ended = decide::ended(status, foreground);
         // Files the VM handed over to other VMs (Shuttle) must not outlive it: its broker
         // ends the programs it asked for, which unmounts their hand-overs (a hand-over under
@@ -1145,6 +1157,9 @@ impl Keeper {
             return Answered::Done;
         }
         self.claimed.set(true);
+        if let Some(root) = self.vm.root() {
+            crate::pooled::record_claimer(&root, self.vm.name(), stream);
+        }
         if let Some(broker) = &self.broker {
             broker.set_terminal(terminal);
         }
@@ -1166,15 +1181,23 @@ impl Keeper {
         crate::pooled::idle(&root).map(|idle| ready_at + idle)
     }
 
+    /// Whether this unclaimed VM's folder is gone: its root was removed by hand (`rm -rf`: its
+    /// pool entry went with it, and no one can claim, drain or list the VM any more). Its
+    /// keeper ends it at its idle time rather than keep it for ever.
+    fn root_removed(&self) -> bool {
+        !self.claimed.get() && !self.vm.path().exists()
+    }
+
     /// Takes this pooled VM out of the pool for its own end, as a claim takes it (a run that
     /// asks meanwhile is refused, and makes its own VM): it ends as a claimed VM whose claimer
     /// let go, except that no refill follows — an idle pool shrinks until runs come again.
     /// Whether it was still in the pool (a fill that removes it meanwhile ends it itself).
     fn expire(&self) -> bool {
-        let taken = self
-            .vm
-            .root()
-            .is_some_and(|root| crate::pooled::take(&root, self.vm.name()));
+        let taken = self.root_removed()
+            || self
+                .vm
+                .root()
+                .is_some_and(|root| crate::pooled::take(&root, self.vm.name()));
         if taken {
             self.claimed.set(true);
             self.expired.set(true);
@@ -1597,7 +1620,7 @@ impl Keeper {
             return;
         }
         if self.claimed.get() {
-            self.tear_down_claimed();
+            self.tear_down_claimed(how);
             return;
         }
         self.remove_cgroup();
@@ -1727,9 +1750,9 @@ impl Keeper {
 
     /// Ends a VM claimed from the pool as a throw-away VM's teardown ends: set aside first (its
     /// name free, out of `ls`, and every command that waits for teardowns waits for this
-    /// process's keeper lock), then everything it held removed, by this process, which nobody
-    /// waits for (its claimer has reported the exit status already).
-    fn tear_down_claimed(&mut self) {
+    /// process's keeper lock), and the claimer told, then everything it held removed, by this
+    /// process, which nobody waits for (its claimer has reported the exit status already).
+    fn tear_down_claimed(&mut self, how: &str) {
         let aside = match self.vm.set_aside(&self.config.id) {
             Ok(aside) => aside,
             Err(e) => {
@@ -1737,6 +1760,16 @@ impl Keeper {
                 self.vm.clone()
             }
         };
+        // The run ends now, with its VM out of `ls` and its name free, as a cold run's; a
+        // claimer that died hears nothing.
+        if let Some(claimer) = self.claimer_waiting.take() {
+            let stopped = Response::Stopped {
+                how: how.to_owned(),
+                handed_over: Vec::new(),
+            };
+            let _ = protocol::write_response(&claimer, &stopped);
+        }
+        trace::phase("teardown: a claimed VM set aside, its claimer told");
         // The pool is made whole again beside this teardown, which no one waits for either
         // (unless it was drained meanwhile: a fill would find nothing to do), but not after an
         // idle VM's end: the next run refills it (a miss, or a claim).

@@ -136,11 +136,30 @@ fn entries(root: &StateRoot) -> Vec<(VmName, String)> {
     entries
 }
 
-/// A pooled VM claimed by this process: its keeper ends it when this is dropped (or this
-/// process dies).
+/// A pooled VM claimed by this process: its keeper ends it when this is let go
+/// ([`Claimed::let_go`]), dropped, or this process dies.
 pub struct Claimed {
     pub name: VmName,
-    _held: Conversation,
+    held: Conversation,
+}
+
+/// How long a run waits for its pooled VM's keeper to set the VM aside once it let go: the
+/// keeper kills init and renames a folder (milliseconds); one stopped or stuck is left to it.
+const RELEASE_PATIENCE: Duration = Duration::from_secs(10);
+
+impl Claimed {
+    /// Lets go of the VM and waits until its keeper has set it aside (out of `ls`, its name
+    /// free; the rest of its teardown goes on without anyone waiting), as a cold run ends with
+    /// its VM. Whether the keeper said so; if not, it died (or is stuck).
+    fn let_go(self) -> bool {
+        let answered = || -> std::io::Result<Response> {
+            self.held.done_sending()?;
+            self.held.wait_at_most(RELEASE_PATIENCE)?;
+            let mut held = self.held;
+            held.answer()
+        };
+        matches!(answered(), Ok(Response::Stopped { .. }))
+    }
 }
 
 /// Claims one pooled VM that matches the host as it is now, if there is one, to run
@@ -181,7 +200,7 @@ pub fn claim(root: &StateRoot, workload: &Workload) -> Option<Claimed> {
         }
         return Some(Claimed {
             name,
-            _held: conversation,
+            held: conversation,
         });
     }
     None
@@ -199,8 +218,8 @@ fn limits_fit(workload: &Workload, vm: &feather_core::VmDir) -> bool {
 
 /// Runs `workload` in the claimed VM as `run --rm` runs it in a VM of its own: through init's
 /// exec channel, its stdio pipes this process relays, signals passed on; returns its exit code
-/// (128 + signal if killed). The VM ends (its keeper removes it) once `claimed` is let go here,
-/// without this process waiting for that.
+/// (128 + signal if killed). The VM ends once `claimed` is let go here: this returns once its
+/// keeper has set it aside (out of `ls`), not waiting for the rest of its teardown.
 pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> Result<i32> {
     // exec leaves its caller in the VM's network namespace: back to the host's after, for the
     // filler this process starts next.
@@ -211,15 +230,12 @@ pub fn run_claimed(root: &StateRoot, claimed: Claimed, workload: &Workload) -> R
     let code = crate::exec::exec(root, &claimed.name, workload, false);
     nix::sched::setns(host.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
         .map_err(|e| io(&claimed.name, "going back to the host's network")(e.into()))?;
-    // A command that did not report its end may have lost its VM's keeper: its ending
-    // descriptors close one after another, so give it a moment to let go of its lock.
-    let patience = if code.is_err() {
-        CRASH_PATIENCE
-    } else {
-        Duration::ZERO
-    };
-    remove_if_crashed(root, &claimed.name, Instant::now() + patience);
-    drop(claimed);
+    let name = claimed.name.clone();
+    if !claimed.let_go() {
+        // Its keeper is gone (killed), or going: its ending descriptors close one after
+        // another, so give it a moment to let go of its lock.
+        remove_if_crashed(root, &name, Instant::now() + CRASH_PATIENCE);
+    }
     code
 }
 
@@ -331,7 +347,7 @@ fn claim_any(root: &StateRoot) -> Option<Claimed> {
         let mut conversation = Conversation::start(&socket, &request, CLAIM_PATIENCE).ok()?;
         matches!(conversation.answer(), Ok(Response::Claimed)).then_some(Claimed {
             name,
-            _held: conversation,
+            held: conversation,
         })
     })
 }
@@ -448,12 +464,25 @@ pub fn fill_detached(root: &StateRoot) -> Result<()> {
     fill(root)
 }
 
-/// How long a drain waits for claimed VMs to be set aside by their keepers.
+/// How long a drain waits for a claimed VM whose run has ended (killed: a run that ends lets
+/// go only once its VM is set aside) to be set aside by its keeper.
 const CLAIM_END_PATIENCE: Duration = Duration::from_secs(2);
 
+/// What a drain left: VMs claimed by runs, which are theirs.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// Claimed VMs whose run still runs its command, and that run's pid: each VM goes when its
+    /// command ends.
+    pub in_use: Vec<(VmName, i32)>,
+    /// Claimed VMs whose run has ended but whose keeper had not set them aside by the drain's
+    /// patience (stopped, or stuck).
+    pub not_yet_removed: Vec<VmName>,
+}
+
 /// Empties the pool and sets its size to 0: every pooled VM is claimed and let go, and waited
-/// for until its teardown is over, so that nothing of the pool is left.
-pub fn drain(root: &StateRoot) -> Result<()> {
+/// for until its teardown is over, so that nothing of the pool is left. VMs claimed by runs
+/// still running their command are theirs: not waited for, named in what it returns.
+pub fn drain(root: &StateRoot) -> Result<Drained> {
     set_size(root, 0)?;
     let names: Vec<VmName> = entries(root).into_iter().map(|(name, _)| name).collect();
     fill(root)?;
@@ -469,21 +498,35 @@ pub fn drain(root: &StateRoot) -> Result<()> {
             std::thread::sleep(Duration::from_millis(5));
         }
     }
-    // A run's exit comes before its VM's keeper has set the VM aside: a drain right after a
-    // run waits for that too (a VM still in use by its run is left to it, after a while).
-    let claims_end_by = Instant::now() + CLAIM_END_PATIENCE;
-    for name in claimed(root) {
-        let vm = root.vm(&name);
-        while vm.path().exists() && Instant::now() < claims_end_by {
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
+    let drained = claims_settled(root);
     lifecycle::settle_throw_aways(root, true);
     match entries(root).first() {
-        None => Ok(()),
+        None => Ok(drained),
         Some((name, _)) => Err(failed(
             name,
             "is still in the pool after the drain; `feather pool --drain` tries again",
         )),
     }
+}
+
+/// Waits a moment for each claimed VM whose run has ended to be set aside by its keeper (a
+/// run killed leaves that to its keeper, which sees the claim's connection close), not for
+/// those whose run still runs its command: what is left.
+fn claims_settled(root: &StateRoot) -> Drained {
+    let mut drained = Drained::default();
+    let patience_ends = Instant::now() + CLAIM_END_PATIENCE;
+    for name in claimed(root) {
+        let vm = root.vm(&name);
+        if let Some(pid) = pooled::claimer_running(root, &name) {
+            drained.in_use.push((name, pid));
+            continue;
+        }
+        while vm.path().exists() && Instant::now() < patience_ends {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        if vm.path().exists() {
+            drained.not_yet_removed.push(name);
+        }
+    }
+    drained
 }

@@ -9,7 +9,9 @@
 //!                         in seconds ("0": for ever; absent: [`DEFAULT_IDLE`])
 //! <root>/pool/fill.lock   held by the one filler at work
 //! <root>/pool/vms/<name>  one per pooled VM, unclaimed: the fingerprint it was made under
-//! <root>/pool/claimed/<name>  one per claimed VM until its keeper has removed it
+//! <root>/pool/claimed/<name>  one per claimed VM until its keeper has removed it: its
+//!                         claimer's pid and start time ("<pid> <ticks>"), once its keeper
+//!                         wrote them (an expired VM has none)
 //! ```
 //!
 //! An entry is written before its VM is created and moved to `claimed/` by the VM's keeper as
@@ -101,6 +103,35 @@ pub fn take(root: &StateRoot, name: &VmName) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// Records who claimed VM `name` (the process at the other end of `claimer`) in its claimed
+/// entry, so that a drain tells a VM still in use by its run from one whose run has ended.
+pub fn record_claimer(root: &StateRoot, name: &VmName, claimer: &std::os::unix::net::UnixStream) {
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    let Ok(credentials) = getsockopt(claimer, PeerCredentials) else {
+        return;
+    };
+    let pid = nix::unistd::Pid::from_raw(credentials.pid());
+    let Some(started) = feather_sys::process::start_ticks(pid) else {
+        return;
+    };
+    let record = format!("{pid} {started}\n");
+    let _ = feather_core::atomic::write_atomic(
+        &claimed_entry(root, name),
+        record.as_bytes(),
+        feather_core::atomic::Durability::Volatile,
+    );
+}
+
+/// The process that claimed VM `name`, if its keeper recorded it and it still runs (its
+/// command has not ended: it lets go of the VM as it ends).
+pub fn claimer_running(root: &StateRoot, name: &VmName) -> Option<i32> {
+    let record = std::fs::read_to_string(claimed_entry(root, name)).ok()?;
+    let (pid, started) = record.trim().split_once(' ')?;
+    let (pid, started): (i32, u64) = (pid.parse().ok()?, started.parse().ok()?);
+    let running = feather_sys::process::start_ticks(nix::unistd::Pid::from_raw(pid));
+    (running == Some(started)).then_some(pid)
 }
 
 /// Whether VM `name` is pooled (made ahead, not claimed): `ls` does not show it.

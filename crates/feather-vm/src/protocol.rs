@@ -49,7 +49,8 @@ pub enum Request {
     Resume,
     /// Take a pooled VM out of the pool (`crate::pool`) for one `run --rm`: the keeper answers
     /// [`Response::Claimed`] to the first asker only, and ends and removes the VM once that
-    /// asker's connection closes (its command ended, or it died). A variant older keepers
+    /// asker lets go: it shuts its side of the connection (its command ended; the keeper
+    /// answers [`Response::Stopped`] once the VM is set aside) or dies. A variant older keepers
     /// never receive (their pool entries read as stale), so the version stays. `terminal`: the
     /// claimer's, where the VM's `ask` rules ask from then on (a fill starts VMs with none).
     Claim {
@@ -204,6 +205,14 @@ impl Conversation {
             .get_ref()
             .stream
             .shutdown(std::net::Shutdown::Write)
+    }
+
+    /// Waits up to `patience` for each of the keeper's answers from now on.
+    pub fn wait_at_most(&self, patience: Duration) -> std::io::Result<()> {
+        self.reader
+            .get_ref()
+            .stream
+            .set_read_timeout(Some(patience))
     }
 
     /// Waits for the keeper's answers as long as they take (a post-copy dump's last answer

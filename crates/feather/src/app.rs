@@ -420,7 +420,9 @@ fn pool(root: &StateRoot, args: PoolArgs) -> anyhow::Result<()> {
         pool::set_idle(root, Some(idle).filter(|idle| !idle.is_zero()))?;
     }
     if args.drain || args.size == Some(0) {
-        return Ok(pool::drain(root)?);
+        let drained = pool::drain(root)?;
+        say_what_the_drain_left(&drained);
+        return Ok(());
     }
     if let Some(size) = args.size {
         pool::set_size(root, size)?;
@@ -448,6 +450,22 @@ fn pool(root: &StateRoot, args: PoolArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
+}
+
+/// The VMs a drain left to the runs that claimed them, on stderr: the pool itself is empty.
+fn say_what_the_drain_left(drained: &feather_vm::pool::Drained) {
+    for (name, pid) in &drained.in_use {
+        eprintln!(
+            "feather pool: VM {name} is in use by a run (pid {pid}) still running its command; \
+             it is removed when that command ends (`feather ls` shows it until then)"
+        );
+    }
+    for name in &drained.not_yet_removed {
+        eprintln!(
+            "feather pool: VM {name}'s run has ended but its keeper has not removed it yet; \
+             `feather rm -f {name}` removes it"
+        );
+    }
 }
 
 /// `run` in a VM over the host's own root starts the command in the caller's current folder,
