@@ -112,7 +112,7 @@ const MASKED_SYS: [&str; 3] = [
 
 /// The kernel interfaces under /proc a VM may read but must not write (Docker's read-only
 /// paths): host-wide settings, interrupt routing, PCI configuration space, SysRq.
-const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
+pub(crate) const READ_ONLY_PROC: [&str; 5] = ["bus", "fs", "irq", "sys", "sysrq-trigger"];
 
 /// Assembles the root and pivots into it. The old root's detach goes on beside the caller's
 /// next steps (see [`mount::pivot_beside`]): nothing of the VM's may run, and no path be
