@@ -803,6 +803,46 @@ fn assert_read_only_dropped_refused(
     );
 }
 
+/// A container whose config makes proc and sysfs paths read-only beyond Docker's list
+/// (`/proc/acpi`, `/sys/kernel`: binds of proc at `/acpi`, of sysfs at `/kernel` in the dump)
+/// is checkpointed and restored, those paths still read-only. Without the config's own
+/// `readonlyPaths` passed to the judge, its fixed proc list refused the restore.
+#[test]
+fn a_checkpoint_with_the_configs_own_read_only_kernel_paths_is_restored() {
+    let scratch = Scratch::new("checkpoint-readonly-paths");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sleep", "1000"]);
+    let linux = &mut config["linux"];
+    linux["maskedPaths"] = serde_json::json!(["/proc/kcore", "/proc/keys"]);
+    linux["readonlyPaths"].as_array_mut().unwrap().extend([
+        serde_json::json!("/proc/acpi"),
+        serde_json::json!("/sys/kernel"),
+    ]);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-rop1");
+    let outcome = restore_detached(
+        &runtime,
+        &images,
+        &bundle,
+        "ckpt-rop2",
+        &scratch.path("out2"),
+    );
+    let mounts = runtime.run(&["exec", "ckpt-rop2", "cat", "/proc/self/mountinfo"]);
+    let _ = runtime.run(&["delete", "--force", "ckpt-rop2"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    for (root, point) in [("/acpi", "/proc/acpi"), ("/kernel", "/sys/kernel")] {
+        let read_only = mounts.stdout.lines().any(|line| {
+            let fields: Vec<&str> = line.split(' ').collect();
+            fields.get(3) == Some(&root)
+                && fields.get(4) == Some(&point)
+                && fields
+                    .get(5)
+                    .is_some_and(|o| o.split(',').any(|o| o == "ro"))
+        });
+        assert!(read_only, "{point} not read-only: {mounts:?}");
+    }
+}
+
 /// A checkpoint whose mount image drops the read-only flag of a config's `ro` bind is refused
 /// before CRIU runs, naming the mount point; the host folder stays unwritten. Without the
 /// check the restored container wrote into the host folder.
@@ -823,7 +863,7 @@ fn a_checkpoint_making_a_read_only_bind_writable_is_not_restored() {
         }));
     let keyed = |mount: &MntEntry| mount.ext_key.as_deref() == Some("/data");
     let probe = "echo x > /data/written";
-    assert_read_only_dropped_refused(&scratch, &config, "ckpt-ro", keyed, "/data:", probe);
+    assert_read_only_dropped_refused(&scratch, &config, "ckpt-ro", keyed, "/data (", probe);
     assert_eq!(fs::read_dir(&shared).unwrap().count(), 0);
 }
 

@@ -22,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use feather_confine::restored_mounts::Expected;
 use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
-use feather_migrate::mount_images::{judge, Policy};
+use feather_migrate::mount_images::{judge, KernelFs, Policy};
 use feather_migrate::rpc;
 use nix::fcntl::OFlag;
 use nix::mount::MsFlags;
@@ -264,10 +264,12 @@ fn check_automatic_binds(
         .iter()
         .map(|e| (e.key.clone(), e.read_only))
         .collect();
+    let kernel_binds = kernel_binds(spec);
     let policy = Policy {
         keyed: &keyed,
         allowed: &allowed,
         read_only: &read_only,
+        kernel_binds: &kernel_binds,
     };
     let judged = judge(&folder, &policy)
         .with_context(|| format!("--image-path {}: its mount images", image_path.display()))?;
@@ -285,6 +287,43 @@ fn check_automatic_binds(
             image_path.display(),
         ),
     }
+}
+
+/// The config's `readonlyPaths` beneath its `proc` and `sysfs` mounts (the longest such
+/// destination, as `create` finds them), each by its path in that filesystem: `create` binds
+/// each over itself read-only, so a dump holds a bind of proc at `/scsi` for `/proc/scsi`, of
+/// sysfs at `/firmware` for `/sys/firmware`. (A masked path is covered by a tmpfs or by
+/// `/dev/null`, never a bind of itself.)
+fn kernel_binds(spec: &oci_spec::runtime::Spec) -> Vec<(KernelFs, PathBuf)> {
+    let kernel: Vec<(KernelFs, PathBuf)> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .filter_map(|mount| {
+            let fs = match mount.typ().as_deref() {
+                Some("proc") => KernelFs::Proc,
+                Some("sysfs") => KernelFs::Sysfs,
+                _ => return None,
+            };
+            Some((fs, mount.destination().clone()))
+        })
+        .collect();
+    let readonly = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.readonly_paths().clone());
+    readonly
+        .into_iter()
+        .flatten()
+        .filter_map(|path| {
+            let path = PathBuf::from(path);
+            kernel
+                .iter()
+                .filter_map(|(fs, destination)| Some((*fs, path.strip_prefix(destination).ok()?)))
+                .min_by_key(|(_, rest)| rest.components().count())
+                .map(|(fs, rest)| (fs, Path::new("/").join(rest)))
+        })
+        .collect()
 }
 
 /// The bind mounts' mount points, made in the rootfs as `create` makes them (an engine's

@@ -514,10 +514,21 @@ fn check_mount_images(
         .iter()
         .map(|path| config.base.join(path.strip_prefix("/").unwrap_or(path)))
         .collect();
+    // The proc paths the VM's root binds read-only over themselves; its masks are tmpfs and
+    // /dev/null, no bind of a kernel path.
+    let kernel_binds: Vec<(feather_migrate::mount_images::KernelFs, PathBuf)> =
+        crate::rootfs::READ_ONLY_PROC
+            .iter()
+            .map(|name| {
+                let path = Path::new("/").join(name);
+                (feather_migrate::mount_images::KernelFs::Proc, path)
+            })
+            .collect();
     let policy = feather_migrate::mount_images::Policy {
         keyed: &keyed,
         allowed: &allowed,
         read_only: &read_only,
+        kernel_binds: &kernel_binds,
     };
     let judged = feather_migrate::mount_images::judge(images, &policy).map_err(io(
         name,
