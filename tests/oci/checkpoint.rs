@@ -843,6 +843,38 @@ fn a_checkpoint_with_the_configs_own_read_only_kernel_paths_is_restored() {
     }
 }
 
+/// A container with `root.readonly` comes back from its own checkpoint with its root read-only,
+/// as `create` made it. CRIU binds the restored root from the rootfs restore gives it and keeps
+/// that bind's flags, not the image's: before, the restored root was writable (review judge26
+/// J5), and the mount check after CRIU now refuses such a tree.
+#[test]
+fn a_read_only_root_comes_back_read_only() {
+    let scratch = Scratch::new("checkpoint-ro-root");
+    let runtime = Runtime::new(&scratch);
+    let mut config = base_config(&["sleep", "1000"]);
+    config["root"]["readonly"] = serde_json::json!(true);
+    let bundle = Bundle::new(&scratch, "bundle", &config);
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-roroot1");
+    let outcome = restore_detached(
+        &runtime,
+        &images,
+        &bundle,
+        "ckpt-roroot2",
+        &scratch.path("out2"),
+    );
+    let written = runtime.run(&["exec", "ckpt-roroot2", "sh", "-c", "echo x > /written"]);
+    let _ = runtime.run(&["delete", "--force", "ckpt-roroot2"]);
+    assert_eq!(outcome.code, 0, "{outcome:?}");
+    assert_ne!(
+        written.code, 0,
+        "the restored root took a write: {written:?}"
+    );
+    assert!(
+        written.stderr.contains("Read-only file system"),
+        "{written:?}"
+    );
+}
+
 /// A checkpoint whose mount image drops the read-only flag of a config's `ro` bind is refused
 /// before CRIU runs, naming the mount point; the host folder stays unwritten. Without the
 /// check the restored container wrote into the host folder.

@@ -79,7 +79,13 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             let mounts = crate::restored_mounts::expected(&spec, &container.groups())?;
             let (call, netns) = prepare(&criu, &container, &spec, args, images, mode)?;
             let hold = container.groups().hold()?;
-            let (pid, restoring_mnt) = run(call, netns.as_ref(), &container, &args.id, &hold)?;
+            let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
+            let rootfs = RestoredRoot {
+                path: &container.record.rootfs,
+                read_only: read_only_root,
+            };
+            let (pid, restoring_mnt) =
+                run(call, netns.as_ref(), &container, rootfs, &args.id, &hold)?;
             resume_if_allowed(pid, (&allowed, &mounts), restoring_mnt, &container, &hold)
         });
     let pid = match restored {
@@ -388,6 +394,7 @@ fn run(
     call: RestoreCall,
     netns: Option<&OwnedFd>,
     container: &Container,
+    rootfs: RestoredRoot,
     id: &str,
     hold: &feather_confine::held::Hold,
 ) -> Result<(i32, Option<PathBuf>)> {
@@ -395,7 +402,7 @@ fn run(
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
         feather_sys::process::Forked::Child => {
-            let error = become_criu(&call, netns, container);
+            let error = become_criu(&call, netns, container, rootfs);
             eprintln!("feather-oci: restore {id}: {error:#}");
             std::process::exit(1)
         }
@@ -456,14 +463,24 @@ fn resume_if_allowed(
     Ok(pid)
 }
 
+/// The container's rootfs as CRIU is to restore it: CRIU binds the restored root from this
+/// folder and keeps that bind's flags (it never applies the root entry's), so `root.readonly`
+/// is the bind's own.
+struct RestoredRoot<'a> {
+    path: &'a Path,
+    read_only: bool,
+}
+
 /// In the child: a mount namespace of its own with the rootfs bound on itself (CRIU mounts the
-/// restored root from it), its mounts slaves of the host's rather than private (CRIU gives the
-/// restored root the sharing the dumped one had: Docker's overlay root is a slave of the
-/// host's), the container's cgroup (the restored tree inherits it), then criu.
+/// restored root from it; read-only under `root.readonly`, as `create` makes it: before, the
+/// restored root came back writable), its mounts slaves of the host's rather than private
+/// (CRIU gives the restored root the sharing the dumped one had: Docker's overlay root is a
+/// slave of the host's), the container's cgroup (the restored tree inherits it), then criu.
 fn become_criu(
     call: &RestoreCall,
     netns: Option<&OwnedFd>,
     container: &Container,
+    rootfs: RestoredRoot,
 ) -> anyhow::Error {
     let placed = (|| -> Result<()> {
         nix::mount::mount(
@@ -474,15 +491,20 @@ fn become_criu(
             None::<&str>,
         )
         .context("make mounts slaves")?;
-        let rootfs = &container.record.rootfs;
+        let path = rootfs.path;
         nix::mount::mount(
-            Some(rootfs),
-            rootfs,
+            Some(path),
+            path,
             None::<&str>,
             MsFlags::MS_BIND | MsFlags::MS_REC,
             None::<&str>,
         )
-        .with_context(|| format!("bind {}", rootfs.display()))?;
+        .with_context(|| format!("bind {}", path.display()))?;
+        if rootfs.read_only {
+            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+            nix::mount::mount(None::<&str>, path, None::<&str>, flags, None::<&str>)
+                .with_context(|| format!("make {} read-only (root.readonly)", path.display()))?;
+        }
         container.groups().add(nix::unistd::getpid())?;
         Ok(())
     })();
