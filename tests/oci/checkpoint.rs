@@ -1198,3 +1198,58 @@ fn a_restored_task_resumed_by_its_own_timer_does_not_run_during_its_check() {
         "the restored task ran during its check: {outcome:?}"
     );
 }
+
+/// A link planted as `stats-restore` (to a file of the host's, here one in the scratch folder)
+/// in the image folder, and one in the engine's `--work-path`, is not followed: each file
+/// keeps its bytes, whatever the restore's outcome. CRIU, as the host's root, writes its
+/// statistics by name in its work folder (the image folder without `--work-path`),
+/// truncating what the name reaches; restore now gives it a folder of its own, and copies its
+/// log to where the engine reads it.
+#[test]
+fn a_link_planted_as_criu_stats_is_not_followed() {
+    const BYTES: &str = "the host's own bytes\n";
+    let scratch = Scratch::new("checkpoint-stats-link");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-statslink1");
+    let work = scratch.path("work");
+    fs::create_dir_all(&work).unwrap();
+    let mut targets = Vec::new();
+    for (folder, name) in [(&images, "via-images"), (&work, "via-work")] {
+        let target = scratch.path(name);
+        fs::write(&target, BYTES).unwrap();
+        std::os::unix::fs::symlink(&target, folder.join("stats-restore")).unwrap();
+        targets.push(target);
+    }
+
+    for (id, work_path) in [("ckpt-statslink2", None), ("ckpt-statslink3", Some(&work))] {
+        let mut args: Vec<&OsStr> = vec![
+            "restore".as_ref(),
+            "--detach".as_ref(),
+            "--image-path".as_ref(),
+            images.as_os_str(),
+            "--bundle".as_ref(),
+            bundle.dir.as_os_str(),
+        ];
+        if let Some(work) = work_path {
+            args.extend(["--work-path".as_ref(), work.as_os_str()]);
+        }
+        args.push(id.as_ref());
+        let outcome = runtime.run_into(args, &scratch.path("out2"));
+        let _ = runtime.run(&["delete", "--force", id]);
+        let log = work_path.unwrap_or(&images).join("restore.log");
+        let logged = fs::read_to_string(&log).unwrap_or_default();
+        assert!(
+            logged.contains("criu"),
+            "CRIU's log copied to {log:?}: {outcome:?}"
+        );
+        for target in &targets {
+            assert_eq!(
+                fs::read(target).unwrap(),
+                BYTES.as_bytes(),
+                "{} written through the link ({id}): {outcome:?}",
+                target.display()
+            );
+        }
+    }
+}
