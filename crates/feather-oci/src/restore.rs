@@ -65,6 +65,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             args.image_path.display()
         );
     }
+    crate::image_folder::check(&images, &args.image_path)?;
     let (mut container, spec, _) =
         crate::create::make_container(root, &args.id, &args.bundle, &args.policy)?;
     let restored = checkpoint::check_config(&spec, "restore")
