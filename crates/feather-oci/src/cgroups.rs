@@ -298,12 +298,18 @@ impl Groups {
     /// Kills every process of the group (see [`Groups::signal_all`]), then, thawed (a frozen
     /// group's processes die only once thawed), feather-sys's kill until the group is empty:
     /// what a freeze that failed let fork past the listing.
+    /// On a hybrid machine the v2 group is thawed too, once everything in it is killed: a
+    /// refused restore froze it there ([`Groups::hold`]), and a group that outlives `remove`
+    /// would otherwise start the next container of its path frozen.
     pub fn kill_all(&self) {
         if let Err(error) = self.signal_all(Signal::SIGKILL) {
             crate::log::warn(&format!("{error:#}"));
         }
         let _ = self.freeze(false);
         self.cgroup.kill_all();
+        if let Ok(hold) = self.hold() {
+            let _ = hold.thaw();
+        }
     }
 
     pub fn remove(&self) {
