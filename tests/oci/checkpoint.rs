@@ -1254,9 +1254,10 @@ fn a_link_planted_as_criu_stats_is_not_followed() {
 }
 
 /// A checkpoint whose `pages-1.img` is a link to a file of the host's (here a scratch file of
-/// a page's worth) is refused naming it, before CRIU reads anything: CRIU, as the host's root,
-/// opened the images by name, following links, and read that file into the restored
-/// container's memory.
+/// a copy of the dumped pages) is refused naming it, before CRIU reads anything: CRIU, as the
+/// host's root, opens the images by name, following links, and reads pages into the restored
+/// container's memory (without the sweep this restore failed inside CRIU, "Can't read pages
+/// data", after it had opened the link).
 #[test]
 fn a_checkpoint_whose_pages_are_a_link_to_a_host_file_is_not_restored() {
     let scratch = Scratch::new("checkpoint-pages-link");
