@@ -520,3 +520,31 @@ mod tests {
         assert_eq!(relative_path(None, "c1").unwrap(), "feather-oci/c1");
     }
 }
+
+#[cfg(test)]
+mod kill_tests {
+    use super::*;
+
+    /// A group a restore froze (v2, [`Groups::hold`]) is thawed by its kill, on a hybrid
+    /// machine too, where `freeze(false)` thaws only the v1 freezer: a group that outlived its
+    /// removal would otherwise start the next container of its path frozen.
+    #[test]
+    fn a_killed_group_is_left_thawed_in_v2_too() {
+        let groups = Groups::new(&format!("feather-oci-test-killall-{}", std::process::id()));
+        groups.create(None).unwrap();
+        let mut sleep = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        groups.add(Pid::from_raw(sleep.id() as i32)).unwrap();
+        let hold = groups.hold().unwrap();
+        hold.freeze().unwrap();
+        groups.kill_all();
+        let _ = sleep.kill();
+        let _ = sleep.wait();
+        let asked = fs::read_to_string(hold.group().join("cgroup.freeze")).unwrap();
+        let _ = hold.thaw();
+        groups.remove();
+        assert_eq!(asked.trim(), "0", "the v2 group was left frozen");
+    }
+}
