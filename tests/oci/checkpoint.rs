@@ -1441,3 +1441,93 @@ fn a_restored_task_resumed_by_its_own_timer_does_not_run_during_its_check() {
         "the restored task ran during its check: {outcome:?}"
     );
 }
+
+/// A link planted as `stats-restore` (to a file of the host's, here one in the scratch folder)
+/// in the image folder, then in the engine's `--work-path`, is not followed: the file keeps
+/// its bytes, whatever the restore's outcome (the image folder's link is refused since its
+/// sweep; the work folder is the engine's, not swept: that restore goes on). CRIU, as the
+/// host's root, writes its statistics by name in its work folder (`--work-path`, else the
+/// image folder), truncating what the name reaches; restore now gives it a folder of its own,
+/// and copies its log to where the engine reads it.
+#[test]
+fn a_link_planted_as_criu_stats_is_not_followed() {
+    const BYTES: &str = "the host's own bytes\n";
+    let scratch = Scratch::new("checkpoint-stats-link");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-statslink1");
+    let work = scratch.path("work");
+    fs::create_dir_all(&work).unwrap();
+    let target = scratch.path("host-file");
+
+    for (id, work_path) in [("ckpt-statslink2", None), ("ckpt-statslink3", Some(&work))] {
+        let folder = work_path.unwrap_or(&images);
+        fs::write(&target, BYTES).unwrap();
+        std::os::unix::fs::symlink(&target, folder.join("stats-restore")).unwrap();
+        let mut args: Vec<&OsStr> = vec![
+            "restore".as_ref(),
+            "--detach".as_ref(),
+            "--image-path".as_ref(),
+            images.as_os_str(),
+            "--bundle".as_ref(),
+            bundle.dir.as_os_str(),
+        ];
+        if let Some(work) = work_path {
+            args.extend(["--work-path".as_ref(), work.as_os_str()]);
+        }
+        args.push(id.as_ref());
+        let outcome = runtime.run_into(args, &scratch.path("out2"));
+        let _ = runtime.run(&["delete", "--force", id]);
+        assert_eq!(
+            fs::read(&target).unwrap(),
+            BYTES.as_bytes(),
+            "written through {}/stats-restore ({id}): {outcome:?}",
+            folder.display()
+        );
+        fs::remove_file(folder.join("stats-restore")).unwrap();
+        if work_path.is_some() {
+            assert_eq!(outcome.code, 0, "{outcome:?}");
+            let log = fs::read_to_string(work.join("restore.log")).unwrap_or_default();
+            assert!(
+                log.contains("criu"),
+                "CRIU's log copied to --work-path: {outcome:?}"
+            );
+        }
+    }
+}
+
+/// A checkpoint whose `pages-1.img` is a link to a file of the host's (here a scratch file of
+/// a copy of the dumped pages) is refused naming it, before CRIU reads anything: CRIU, as the
+/// host's root, opens the images by name, following links, and reads pages into the restored
+/// container's memory (without the sweep this restore failed inside CRIU, "Can't read pages
+/// data", after it had opened the link).
+#[test]
+fn a_checkpoint_whose_pages_are_a_link_to_a_host_file_is_not_restored() {
+    let scratch = Scratch::new("checkpoint-pages-link");
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-pageslink1");
+    let pages = images.join("pages-1.img");
+    let host_file = scratch.path("host-pages");
+    fs::copy(&pages, &host_file).unwrap();
+    fs::remove_file(&pages).unwrap();
+    std::os::unix::fs::symlink(&host_file, &pages).unwrap();
+
+    let outcome = restore_refused(
+        &runtime,
+        &scratch,
+        &bundle,
+        &images,
+        "ckpt-pageslink2",
+        |id| {
+            format!(
+                "with the host file's pages: {}",
+                init_file(&runtime, id, "status")
+            )
+        },
+    );
+    assert!(
+        outcome.stderr.contains("pages-1.img") && outcome.stderr.contains("symbolic link"),
+        "{outcome:?}"
+    );
+}

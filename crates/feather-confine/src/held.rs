@@ -82,12 +82,13 @@ impl Hold {
 
     /// At CRIU's `pre-resume` (`criu`: its pid, in the group): moves CRIU to the caller's own
     /// group in the v2 hierarchy, freezes the group and waits until the kernel says every task
-    /// of it is frozen. On any failure every process left in the group is killed: nothing of
-    /// the tree runs unchecked, and CRIU's detach then fails.
+    /// of it is frozen. On any failure every process left in the group is killed (CRIU too,
+    /// if it could not be moved out) and the group left frozen: nothing of the tree runs
+    /// unchecked (CRIU ignores the hook's answer and detaches), and CRIU's detach then fails.
     pub fn freeze_or_kill(&self, criu: i32) -> io::Result<()> {
         let frozen = self.move_out(criu).and_then(|()| self.freeze());
         if frozen.is_err() {
-            self.kill_members_but(criu);
+            self.kill_members();
         }
         frozen
     }
@@ -99,6 +100,25 @@ impl Hold {
         let asked = read(&self.group.join("cgroup.freeze"))?.trim() == "1";
         let events = read(&self.group.join("cgroup.events"))?;
         Ok(asked && events.lines().any(|line| line == "frozen 1"))
+    }
+
+    /// [`Hold::is_frozen`], waited for while the group is still asked to be frozen: a task
+    /// CRIU's detach woke leaves the frozen count until it traps again in the freezer (no
+    /// instruction of its own in between), which a CPU-limited group may delay; the kernel's
+    /// word is awaited up to [`FREEZE_PATIENCE`]. A group no longer asked (`cgroup.freeze` 0:
+    /// something thawed it) is not held, at once.
+    pub fn is_held(&self) -> io::Result<bool> {
+        let deadline = Instant::now() + FREEZE_PATIENCE;
+        loop {
+            if self.is_frozen()? {
+                return Ok(true);
+            }
+            let asked = read(&self.group.join("cgroup.freeze"))?.trim() == "1";
+            if !asked || Instant::now() >= deadline {
+                return Ok(false);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
     }
 
     /// Lets the group's tasks run again (those still stopped by CRIU's SIGSTOP wait for a
@@ -190,18 +210,20 @@ impl Hold {
         Ok(())
     }
 
-    /// SIGKILL to every process of the group but `spared` (frozen ones die too), then a
-    /// thaw: nothing is left frozen for a later user of the group.
-    fn kill_members_but(&self, spared: i32) {
-        for pid in self.processes().unwrap_or_default() {
-            if pid != spared {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
+    /// SIGKILL to every process of the group and the groups below it (frozen ones die too):
+    /// `cgroup.kill` (Linux 5.14), which needs no listing, else to each listed. Never thawed
+    /// here: a process a failed listing missed stays frozen, not running unchecked; the
+    /// caller's removal of the group kills, thaws and removes it.
+    fn kill_members(&self) {
+        if write(&self.group.join("cgroup.kill"), "1").is_ok() {
+            return;
         }
-        let _ = self.thaw();
+        for pid in self.processes().unwrap_or_default() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
     }
 }
 
@@ -342,6 +364,24 @@ mod tests {
             why.contains(&format!("process {child}")) && why.contains("not in the frozen group"),
             "{why}"
         );
+    }
+
+    /// The kill of a hold that failed leaves the group frozen: a process it missed stays
+    /// frozen, not running unchecked. Before, it thawed the group once its SIGKILLs were sent,
+    /// and a failed listing had sent none.
+    #[test]
+    fn a_failed_hold_kills_its_group_and_never_thaws_it() {
+        let mut member = start("sleep", &["60"]);
+        let group = TestGroup::frozen("kill", &[pid(&member)]).unwrap();
+        group.hold().kill_members();
+        let status = member.0.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(9),
+            "{status:?}"
+        );
+        let asked = read(&group.hold().group.join("cgroup.freeze")).unwrap();
+        assert_eq!(asked.trim(), "1", "the group was thawed");
     }
 
     struct KilledOnDrop(i32);

@@ -186,7 +186,7 @@ pub fn walk_tree<E>(
 ) -> Result<(), E> {
     let unreadable = |what: &str, e: std::io::Error| fail(Unchecked::Unreadable(what.into(), e));
     let group = hold.group().display().to_string();
-    match hold.is_frozen() {
+    match hold.is_held() {
         Ok(true) => {}
         Ok(false) => {
             return Err(fail(Unchecked::NotHeld(format!(

@@ -298,12 +298,18 @@ impl Groups {
     /// Kills every process of the group (see [`Groups::signal_all`]), then, thawed (a frozen
     /// group's processes die only once thawed), feather-sys's kill until the group is empty:
     /// what a freeze that failed let fork past the listing.
+    /// On a hybrid machine the v2 group is thawed too, once everything in it is killed: a
+    /// refused restore froze it there ([`Groups::hold`]), and a group that outlives `remove`
+    /// would otherwise start the next container of its path frozen.
     pub fn kill_all(&self) {
         if let Err(error) = self.signal_all(Signal::SIGKILL) {
             crate::log::warn(&format!("{error:#}"));
         }
         let _ = self.freeze(false);
         self.cgroup.kill_all();
+        if let Ok(hold) = self.hold() {
+            let _ = hold.thaw();
+        }
     }
 
     pub fn remove(&self) {
@@ -512,5 +518,33 @@ mod tests {
             assert!(relative_path(Some(Path::new(path)), "c1").is_ok(), "{path}");
         }
         assert_eq!(relative_path(None, "c1").unwrap(), "feather-oci/c1");
+    }
+}
+
+#[cfg(test)]
+mod kill_tests {
+    use super::*;
+
+    /// A group a restore froze (v2, [`Groups::hold`]) is thawed by its kill, on a hybrid
+    /// machine too, where `freeze(false)` thaws only the v1 freezer: a group that outlived its
+    /// removal would otherwise start the next container of its path frozen.
+    #[test]
+    fn a_killed_group_is_left_thawed_in_v2_too() {
+        let groups = Groups::new(&format!("feather-oci-test-killall-{}", std::process::id()));
+        groups.create(None).unwrap();
+        let mut sleep = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .unwrap();
+        groups.add(Pid::from_raw(sleep.id() as i32)).unwrap();
+        let hold = groups.hold().unwrap();
+        hold.freeze().unwrap();
+        groups.kill_all();
+        let _ = sleep.kill();
+        let _ = sleep.wait();
+        let asked = fs::read_to_string(hold.group().join("cgroup.freeze")).unwrap();
+        let _ = hold.thaw();
+        groups.remove();
+        assert_eq!(asked.trim(), "0", "the v2 group was left frozen");
     }
 }

@@ -37,6 +37,7 @@ pub mod hiding;
 pub mod hierarchies;
 pub mod hooks;
 pub mod idmap;
+pub mod image_folder;
 pub mod init;
 pub mod layer;
 pub mod listing;

@@ -67,6 +67,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             args.image_path.display()
         );
     }
+    crate::image_folder::check(&images, &args.image_path)?;
     let (mut container, spec, _) =
         crate::create::make_container(root, &args.id, &args.bundle, &args.policy)?;
     let restored = checkpoint::check_config(&spec, "restore")
@@ -77,15 +78,24 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         .and_then(|()| {
             let allowed = crate::restored::Allowed::for_config(&spec)?;
             let mounts = crate::restored_mounts::expected(&spec, &container.groups())?;
-            let (call, netns) = prepare(&criu, &container, &spec, args, images, mode)?;
+            let (call, netns, work) = prepare(&criu, &container, &spec, args, images, mode)?;
             let hold = container.groups().hold()?;
             let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
             let rootfs = RestoredRoot {
                 path: &container.record.rootfs,
                 read_only: read_only_root,
             };
-            let (pid, restoring_mnt) =
-                run(call, netns.as_ref(), &container, rootfs, &args.id, &hold)?;
+            let ran = run(
+                call,
+                netns.as_ref(),
+                &container,
+                rootfs,
+                &args.id,
+                &hold,
+                &work.shown,
+            );
+            work.finish();
+            let (pid, restoring_mnt) = ran?;
             resume_if_allowed(pid, (&allowed, &mounts), restoring_mnt, &container, &hold)
         });
     let pid = match restored {
@@ -108,8 +118,9 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
     wait_for(Pid::from_raw(pid))
 }
 
-/// The restore request: the config's externals, the inherited descriptors, the flags; and
-/// the network namespace it hands the restored tree (joined by `path`), which criu inherits.
+/// The restore request: the config's externals, the inherited descriptors, the flags; the
+/// network namespace it hands the restored tree (joined by `path`), which criu inherits; and
+/// CRIU's work folder, restore's own ([`Work`]).
 fn prepare(
     criu: &Criu,
     container: &Container,
@@ -117,8 +128,8 @@ fn prepare(
     args: &RestoreArgs,
     images: fs::File,
     mode: i32,
-) -> Result<(RestoreCall, Option<OwnedFd>)> {
-    let work = match &args.work_path {
+) -> Result<(RestoreCall, Option<OwnedFd>, Work)> {
+    let engines = match &args.work_path {
         Some(path) => Some(checkpoint::open_folder(path, "--work-path")?),
         None => None,
     };
@@ -151,9 +162,12 @@ fn prepare(
             fd: netns.as_raw_fd(),
         });
     }
+    let log_folder = args.work_path.as_ref().unwrap_or(&args.image_path);
+    let log = prepare_log(engines.as_ref().unwrap_or(&images), log_folder)?;
+    let work = Work::make(container, log, log_folder.join(RESTORE_LOG))?;
     let opts = rpc::Opts {
         images_dir_fd: images.as_raw_fd(),
-        work_dir_fd: work.as_ref().map(AsRawFd::as_raw_fd),
+        work_dir_fd: Some(work.fd.as_raw_fd()),
         log_file: Some(RESTORE_LOG.into()),
         root: Some(container.record.rootfs.display().to_string()),
         rst_sibling: Some(true),
@@ -168,23 +182,77 @@ fn prepare(
         leave_stopped: Some(true),
         ..common_options()
     };
-    let log_folder = args.work_path.as_ref().unwrap_or(&args.image_path);
-    prepare_log(work.as_ref().unwrap_or(&images), log_folder)?;
-    let call = criu.restore_call_with(images, opts, log_folder.join(RESTORE_LOG))?;
-    // The work folder's descriptor must outlive the call: criu reads it through /proc.
-    if let Some(work) = work {
-        leak(OwnedFd::from(work));
-    }
-    Ok((call, netns))
+    let call = criu.restore_call_with(images, opts, work.folder.join(RESTORE_LOG))?;
+    Ok((call, netns, work))
 }
 
-/// Makes CRIU's log, `restore.log` beneath `folder` (`--work-path`, else the image folder;
-/// `shown` its path), a plain file, never through a link. CRIU, as the host's root, opens its
-/// log by name there and truncates whatever that name reaches: a link planted as restore.log
-/// (an imported or pulled checkpoint's folder) would have it truncate and write the link's
-/// target, any host file. A link, or anything but a plain file, is refused; CRIU then opens
-/// the file made or found here.
-fn prepare_log(folder: &fs::File, shown: &Path) -> Result<()> {
+/// The folder CRIU works in (its cwd, where it writes its log and `stats-restore` by name,
+/// following links, as the host's root): made fresh by restore, 0700, in the container's own
+/// state folder, never the engine's `--work-path` nor the image folder, whose contents an
+/// imported checkpoint's author chooses (a link planted as `stats-restore` there had CRIU
+/// truncate and write its target, any host file). Its descriptor is kept open for CRIU, which
+/// reaches it through this process's /proc. [`Work::finish`] copies CRIU's log to where the
+/// engine reads it, `restore.log` in `--work-path` (else the image folder), through the file
+/// [`prepare_log`] opened there, and removes the folder.
+struct Work {
+    folder: PathBuf,
+    fd: OwnedFd,
+    log: fs::File,
+    shown: PathBuf,
+}
+
+/// The work folder's name in the container's state folder.
+const WORK_FOLDER: &str = "criu-work";
+
+impl Work {
+    fn make(container: &Container, log: fs::File, shown: PathBuf) -> Result<Work> {
+        let folder = container.dir.join(WORK_FOLDER);
+        let _ = fs::remove_dir_all(&folder);
+        std::os::unix::fs::DirBuilderExt::mode(&mut fs::DirBuilder::new(), 0o700)
+            .create(&folder)
+            .with_context(|| format!("make CRIU's work folder {}", folder.display()))?;
+        let fd = nix::fcntl::open(
+            &folder,
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("open CRIU's work folder {}", folder.display()))?;
+        Ok(Work {
+            folder,
+            fd,
+            log,
+            shown,
+        })
+    }
+
+    /// Once CRIU has ended: its log copied out (a failure only said: the restore's own
+    /// outcome stands), the folder removed.
+    fn finish(mut self) {
+        use std::io::Write;
+        let copied = read_at_most(&self.folder.join(RESTORE_LOG), MAX_LOG)
+            .map(Option::unwrap_or_default)
+            .and_then(|text| {
+                self.log.set_len(0)?;
+                self.log.write_all(&text)
+            });
+        if let Err(e) = copied {
+            eprintln!(
+                "feather-oci: restore: cannot copy CRIU's log to {}: {e}",
+                self.shown.display()
+            );
+        }
+        let _ = fs::remove_dir_all(&self.folder);
+    }
+}
+
+/// The most of CRIU's log copied out (a restore's is a few hundred KiB at most).
+const MAX_LOG: u64 = 64 << 20;
+
+/// Opens, for CRIU's log, `restore.log` beneath `folder` (`--work-path`, else the image
+/// folder; `shown` its path), a plain file, never through a link: the log is copied into it
+/// after CRIU ([`Work::finish`]). A link planted as restore.log (an imported or pulled
+/// checkpoint's folder) is not followed: refused, as is anything but a plain file.
+fn prepare_log(folder: &fs::File, shown: &Path) -> Result<fs::File> {
     let path = shown.join(RESTORE_LOG);
     let opened = nix::fcntl::openat(
         folder,
@@ -221,7 +289,7 @@ fn prepare_log(folder: &fs::File, shown: &Path) -> Result<()> {
             path.display()
         );
     }
-    Ok(())
+    Ok(log)
 }
 
 /// Refuses images that have CRIU bind a host path into the container that feather-oci does
@@ -350,12 +418,6 @@ fn make_mount_points(rootfs: &Path, externals: &[checkpoint::External]) -> Resul
     Ok(())
 }
 
-/// A descriptor kept open for the rest of this short-lived process (criu, started later,
-/// reaches it through this process's `/proc/PID/fd`, by number).
-fn leak(fd: OwnedFd) -> i32 {
-    std::os::fd::IntoRawFd::into_raw_fd(fd)
-}
-
 /// The most `descriptors.json` holds: three link targets of at most `PATH_MAX` each, quoted.
 const MAX_DESCRIPTORS: u64 = 64 << 10;
 
@@ -397,6 +459,7 @@ fn run(
     rootfs: RestoredRoot,
     id: &str,
     hold: &feather_confine::held::Hold,
+    log: &Path,
 ) -> Result<(i32, Option<PathBuf>)> {
     let child = match feather_sys::process::fork_into(CloneFlags::CLONE_NEWNS)
         .map_err(|e| anyhow::anyhow!("{e}"))?
@@ -427,6 +490,18 @@ fn run(
             hold.group().display()
         );
     }
+    // CRIU's log is read from its work folder, and named where it is copied.
+    let restored = restored.map_err(|error| match error {
+        feather_migrate::MigrateError::Criu {
+            vm, action, errors, ..
+        } => feather_migrate::MigrateError::Criu {
+            vm,
+            action,
+            errors,
+            log: log.to_path_buf(),
+        },
+        other => other,
+    });
     Ok((restored?, restoring_mnt))
 }
 
