@@ -18,6 +18,7 @@ pub mod devices;
 pub mod landlock;
 pub mod restored;
 pub mod restored_mounts;
+pub mod restored_sources;
 pub mod seccomp;
 
 #[derive(Debug, thiserror::Error)]

@@ -41,6 +41,9 @@ pub struct Expected {
     /// host's cgroup namespace): a `cgroup` or `cgroup2` mount rooted elsewhere must be
     /// read-only.
     pub cgroup_roots: Vec<PathBuf>,
+    /// What existed before CRIU ran and what of it the restore exposes: every mount must be
+    /// accounted for by it ([`crate::restored_sources`]).
+    pub before: Option<crate::restored_sources::Before>,
 }
 
 /// What is at a path of the tree, looked up from its root without following a link.
@@ -67,6 +70,9 @@ pub fn judge(
     look: &mut dyn FnMut(&Path) -> Result<Found, String>,
 ) -> Result<(), String> {
     for mount in mounts {
+        if let Some(before) = &expected.before {
+            crate::restored_sources::account(mount, before)?;
+        }
         judge_filesystem(mount, expected)?;
     }
     for read_only in &expected.read_only {
@@ -346,6 +352,7 @@ mod tests {
             masked: vec!["/proc/kcore".into(), "/sys/firmware".into()],
             sysfs_writable: false,
             cgroup_roots: vec!["/feather/c1".into()],
+            before: None,
         }
     }
 

@@ -76,7 +76,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         })
         .and_then(|()| {
             let allowed = crate::restored::Allowed::for_config(&spec)?;
-            let mounts = crate::restored_mounts::expected(&spec, &container.groups())?;
+            let mounts = crate::restored_mounts::expected(&spec, &container)?;
             let (call, netns) = prepare(&criu, &container, &spec, args, images, mode)?;
             let (pid, restoring_mnt) = run(call, netns.as_ref(), &container, &args.id)?;
             resume_if_allowed(pid, (&allowed, &mounts), restoring_mnt, &container)
@@ -187,24 +187,13 @@ fn check_automatic_binds(
     externals: &[checkpoint::External],
 ) -> Result<()> {
     let folder = PathBuf::from(format!("/proc/self/fd/{}", images.as_raw_fd()));
-    let devices = crate::mounts::DEFAULT_DEVICES
-        .iter()
-        .map(|(name, _, _)| Path::new("/dev").join(name));
-    let configured = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.devices().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|device| device.path().clone())
-        .filter(|path| path.starts_with("/dev"));
     let binds_of = |read_only: bool| {
         externals
             .iter()
             .filter(move |e| !e.cgroup && e.read_only == read_only)
             .map(|e| e.source.clone())
     };
-    let allowed: Vec<PathBuf> = devices.chain(configured).chain(binds_of(false)).collect();
+    let allowed: Vec<PathBuf> = host_nodes(spec).chain(binds_of(false)).collect();
     let read_only: Vec<PathBuf> = binds_of(true).collect();
     let keyed: Vec<(String, bool)> = externals
         .iter()
@@ -227,6 +216,23 @@ fn check_automatic_binds(
             image_path.display(),
         ),
     }
+}
+
+/// The host's device nodes feather-oci binds in a container: `/dev/null` (masks), runc's
+/// default devices, the config's `linux.devices` under `/dev` (bound in a user namespace).
+pub(crate) fn host_nodes(spec: &oci_spec::runtime::Spec) -> impl Iterator<Item = PathBuf> {
+    let devices = crate::mounts::DEFAULT_DEVICES
+        .iter()
+        .map(|(name, _, _)| Path::new("/dev").join(name));
+    let configured = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|device| device.path().clone())
+        .filter(|path| path.starts_with("/dev"));
+    devices.chain(configured)
 }
 
 /// The bind mounts' mount points, made in the rootfs as `create` makes them (an engine's

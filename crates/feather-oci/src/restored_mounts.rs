@@ -20,12 +20,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use feather_confine::restored_mounts::{cgroup_root, Expected, ReadOnly};
+use feather_confine::restored_sources::Before;
 use oci_spec::runtime::Spec;
 
-use crate::cgroups::Groups;
+use crate::store::Container;
 
-/// What the restored tree of a container of `spec` (its group `groups`) must have.
-pub fn expected(spec: &Spec, groups: &Groups) -> Result<Expected> {
+/// What the restored tree of `container` (of `spec`) must have; read before CRIU runs (what
+/// is mounted then is what the tree may expose).
+pub fn expected(spec: &Spec, container: &Container) -> Result<Expected> {
+    let groups = &container.groups();
     let linux = spec.linux().as_ref().context("linux")?;
     let feather = crate::annotations::Feather::parse(spec)?;
     let confinement = crate::confine::Confinement::of(feather.confine, spec);
@@ -56,7 +59,41 @@ pub fn expected(spec: &Spec, groups: &Groups) -> Result<Expected> {
         masked,
         sysfs_writable,
         cgroup_roots,
+        before: Some(before(spec, container)?),
     })
+}
+
+/// What is mounted in this namespace (CRIU's runs in a copy of it) and what the restore
+/// exposes of it, from what `restore` hands CRIU: the rootfs (`--root`), the config's bind
+/// sources (its externals), the host nodes it binds ([`crate::restore::host_nodes`]).
+fn before(spec: &Spec, container: &Container) -> Result<Before> {
+    let mounts = feather_sys::mountinfo::mounts().context("read /proc/self/mountinfo")?;
+    let externals =
+        crate::checkpoint::external_mounts(spec, &container.record.bundle, &container.groups());
+    let binds = externals
+        .into_iter()
+        .filter(|e| !e.cgroup)
+        .map(|e| e.source);
+    let exposed: Vec<PathBuf> = std::iter::once(container.record.rootfs.clone())
+        .chain(binds)
+        .chain(crate::restore::host_nodes(spec))
+        .collect();
+    Ok(Before::of(&mounts, &exposed, asks_for_sharing(spec)))
+}
+
+/// Whether the config makes a mount a peer of the host's: shared propagation on its root or
+/// on one of its mounts.
+fn asks_for_sharing(spec: &Spec) -> bool {
+    let shared = |option: &str| option == "shared" || option == "rshared";
+    let root = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().clone())
+        .is_some_and(|p| shared(&p));
+    let mounts = spec.mounts().iter().flatten();
+    root || mounts
+        .flat_map(|m| m.options().iter().flatten())
+        .any(|o| shared(o))
 }
 
 /// The config's `ro` mounts that no later one covers, as `create` leaves them: a `cgroup`

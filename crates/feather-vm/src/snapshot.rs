@@ -681,6 +681,10 @@ pub(crate) fn restore_tree(
     // The child's mount namespace, where CRIU runs: no restored process may be left in it.
     let (mnt_read, mnt_write) = nix::unistd::pipe2(flags)
         .map_err(|e| io(name, "make the restoring child's pipe")(e.into()))?;
+    // What is mounted where CRIU runs, just before: every mount of the restored tree must be
+    // accounted for by it (`restored_mounts`). Written by the child, read at offset 0 here.
+    let mounts_before = crate::restored_mounts::before_file()
+        .map_err(|e| io(name, "make the restoring child's mount table file")(e.into()))?;
     // The child, CRIU once it has exec'd, ends with the keeper: a keeper killed mid-restore
     // leaves no CRIU restoring for no one (what it restored is in the VM's cgroup, which the
     // crash clean-up kills). Forked from the keeper's main thread (`fork` takes the only
@@ -733,6 +737,7 @@ pub(crate) fn restore_tree(
                 Ok(())
             })();
             if prepared.is_ok() {
+                crate::restored_mounts::write_before(&mounts_before);
                 let mnt = fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
                 let _ = nix::unistd::write(&mnt_write, mnt.as_os_str().as_encoded_bytes());
             }
@@ -811,7 +816,11 @@ pub(crate) fn restore_tree(
     })
     .and_then(|()| mask_what_the_dump_lacked(vm, &init))
     .and_then(|()| {
-        let expected = crate::restored_mounts::expected(config, cgroup);
+        let exposed: Vec<PathBuf> = std::iter::once(rootfs.clone())
+            .chain(mapping.iter().map(|(_, path)| path.clone()))
+            .collect();
+        let before = crate::restored_mounts::read_before(&mounts_before, &exposed);
+        let expected = crate::restored_mounts::expected(config, cgroup, before);
         crate::restored_mounts::check_tree(name, init.pid, &expected)
     })
     .and_then(|()| {
@@ -1128,9 +1137,11 @@ mod tests {
         let given = upper.display().to_string().replace('\\', "\\\\");
         MountEntry {
             id: 0,
+            device: "0:1".into(),
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             options: "rw".into(),
+            optional: Vec::new(),
             fs_type: "overlay".into(),
             source: "overlay".into(),
             super_options: format!(
@@ -1143,9 +1154,11 @@ mod tests {
     fn mount(at: &str, fs_type: &str) -> MountEntry {
         MountEntry {
             id: 0,
+            device: "0:1".into(),
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             options: "rw".into(),
+            optional: Vec::new(),
             fs_type: fs_type.into(),
             source: fs_type.into(),
             super_options: "rw".into(),
