@@ -193,7 +193,9 @@ fn check_automatic_binds(
             .filter(move |e| !e.cgroup && e.read_only == read_only)
             .map(|e| e.source.clone())
     };
-    let allowed: Vec<PathBuf> = host_nodes(spec).chain(binds_of(false)).collect();
+    let allowed: Vec<PathBuf> = crate::mounts::host_nodes(spec)
+        .chain(binds_of(false))
+        .collect();
     let read_only: Vec<PathBuf> = binds_of(true).collect();
     let keyed: Vec<(String, bool)> = externals
         .iter()
@@ -216,23 +218,6 @@ fn check_automatic_binds(
             image_path.display(),
         ),
     }
-}
-
-/// The host's device nodes feather-oci binds in a container: `/dev/null` (masks), runc's
-/// default devices, the config's `linux.devices` under `/dev` (bound in a user namespace).
-pub(crate) fn host_nodes(spec: &oci_spec::runtime::Spec) -> impl Iterator<Item = PathBuf> {
-    let devices = crate::mounts::DEFAULT_DEVICES
-        .iter()
-        .map(|(name, _, _)| Path::new("/dev").join(name));
-    let configured = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.devices().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|device| device.path().clone())
-        .filter(|path| path.starts_with("/dev"));
-    devices.chain(configured)
 }
 
 /// The bind mounts' mount points, made in the rootfs as `create` makes them (an engine's

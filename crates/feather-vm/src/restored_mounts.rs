@@ -113,3 +113,24 @@ pub(crate) fn check_tree(
         )
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the restoring child writes is what the keeper reads back, from offset 0 whatever
+    /// the shared offset: this namespace's devices, and `/` exposed as its own filesystem.
+    #[test]
+    fn the_childs_mount_table_reaches_the_keeper() {
+        let file = before_file().unwrap();
+        write_before(&file);
+        let before = read_before(&file, &[PathBuf::from("/")]);
+        let own = feather_sys::mountinfo::mounts().unwrap();
+        let root = own
+            .iter()
+            .rfind(|m| m.mount_point == Path::new("/"))
+            .unwrap();
+        assert!(before.devices.contains(&root.device));
+        assert!(before.sources.iter().any(|s| s.device == root.device));
+    }
+}
