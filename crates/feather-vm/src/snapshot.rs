@@ -507,11 +507,7 @@ fn check_mount_images(
         .collect();
     // The base's paths the VM has read-only (`--ro`; an imported config's checked as `create`
     // records them), bound read-only.
-    let read_only: Vec<PathBuf> = config
-        .read_only
-        .iter()
-        .map(|path| config.base.join(path.strip_prefix("/").unwrap_or(path)))
-        .collect();
+    let read_only = read_only_in_base(config);
     let policy = feather_migrate::mount_images::Policy {
         keyed: &keyed,
         allowed: &allowed,
@@ -818,6 +814,7 @@ pub(crate) fn restore_tree(
     .and_then(|()| {
         let exposed: Vec<PathBuf> = std::iter::once(rootfs.clone())
             .chain(mapping.iter().map(|(_, path)| path.clone()))
+            .chain(read_only_in_base(config))
             .collect();
         let before = crate::restored_mounts::read_before(&mounts_before, &exposed);
         let expected = crate::restored_mounts::expected(config, cgroup, before);
@@ -882,6 +879,16 @@ fn unprepared(
     let len = nix::unistd::read(&why, &mut text).ok()?;
     let text = String::from_utf8_lossy(&text[..len]);
     (len > 0).then(|| failed(name, format!("cannot prepare the restore: {text}")))
+}
+
+/// The base's paths the VM has read-only (`--ro`), as the host sees them: a start binds
+/// each from there, and CRIU binds each again from there (an automatic bind).
+fn read_only_in_base(config: &VmConfig) -> Vec<PathBuf> {
+    config
+        .read_only
+        .iter()
+        .map(|path| config.base.join(path.strip_prefix("/").unwrap_or(path)))
+        .collect()
 }
 
 /// The empty folder in a VM's checkpoint folder that a restored layer lies over when the host
