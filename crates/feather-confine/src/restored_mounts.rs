@@ -11,7 +11,6 @@
 
 use std::fs;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::fs::FileTypeExt;
 use std::path::{Component, Path, PathBuf};
 
 use feather_sys::mountinfo::MountEntry;
@@ -41,6 +40,9 @@ pub struct Expected {
     /// host's cgroup namespace): a `cgroup` or `cgroup2` mount rooted elsewhere must be
     /// read-only.
     pub cgroup_roots: Vec<PathBuf>,
+    /// What existed before CRIU ran and what of it the restore exposes: every mount must be
+    /// accounted for by it ([`crate::restored_sources`]).
+    pub before: Option<crate::restored_sources::Before>,
 }
 
 /// What is at a path of the tree, looked up from its root without following a link.
@@ -67,6 +69,9 @@ pub fn judge(
     look: &mut dyn FnMut(&Path) -> Result<Found, String>,
 ) -> Result<(), String> {
     for mount in mounts {
+        if let Some(before) = &expected.before {
+            crate::restored_sources::account(mount, before)?;
+        }
         judge_filesystem(mount, expected)?;
     }
     for read_only in &expected.read_only {
@@ -242,24 +247,70 @@ pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> R
     )
 }
 
-/// One thread's mountinfo, judged with paths looked up from its root.
+/// One mount namespace of the tree judged whole: a thread of this process with its own root
+/// and cwd (`unshare(CLONE_FS)`) joins it (`setns` makes the namespace's root its root), reads
+/// its own mountinfo through the host's proc and looks each path up from that root. Not a
+/// tree thread's own view: `task/TID/mountinfo` lists only what lies beneath that thread's
+/// root, and a task CRIU chrooted into a folder (its root and cwd are the images',
+/// `fs-N.img`) would hide a writable proc outside it that its cwd or a descriptor still
+/// reaches (review mntcheck26 MC-1).
 fn check_thread_view(thread: &Path, expected: &Expected) -> Result<(), String> {
-    let mountinfo = thread.join("mountinfo");
-    let text = fs::read_to_string(&mountinfo)
-        .map_err(|e| format!("cannot read {}: {e}", mountinfo.display()))?;
-    let mounts = feather_sys::mountinfo::parse(&text);
-    let root_path = thread.join("root");
-    let root = nix::fcntl::open(
-        &root_path,
+    let ns_path = thread.join("ns/mnt");
+    let namespace =
+        fs::File::open(&ns_path).map_err(|e| format!("cannot open {}: {e}", ns_path.display()))?;
+    let proc = nix::fcntl::open(
+        "/proc",
         OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
         nix::sys::stat::Mode::empty(),
     )
-    .map_err(|e| format!("cannot open {}: {e}", root_path.display()))?;
-    judge(&mounts, expected, &mut |path| look_up(&root, path))
+    .map_err(|e| format!("cannot open /proc: {e}"))?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(|| judge_namespace(&namespace, &proc, expected))
+            .join()
+            .unwrap_or_else(|_| Err("the thread judging the mount namespace panicked".into()))
+    })
 }
 
-/// What is at `path` beneath `root`, no link followed.
-pub fn look_up(root: &OwnedFd, path: &Path) -> Result<Found, String> {
+/// In a thread of its own, ended after: joins `namespace`, reads its mountinfo through
+/// `proc` (the host's), judges it with paths looked up from the namespace's root.
+fn judge_namespace(
+    namespace: &fs::File,
+    proc: &OwnedFd,
+    expected: &Expected,
+) -> Result<(), String> {
+    nix::sched::unshare(nix::sched::CloneFlags::CLONE_FS)
+        .map_err(|e| format!("cannot take a root of the thread's own: {e}"))?;
+    nix::sched::setns(namespace, nix::sched::CloneFlags::CLONE_NEWNS)
+        .map_err(|e| format!("cannot join the mount namespace: {e}"))?;
+    let text = read_in_proc(proc, "thread-self/mountinfo")?;
+    let mounts = feather_sys::mountinfo::parse(&text);
+    let root = nix::fcntl::open(
+        "/",
+        OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open the namespace's root: {e}"))?;
+    judge(&mounts, expected, &mut |path| look_up(proc, &root, path))
+}
+
+/// A file of the host's proc, `name` beneath it.
+fn read_in_proc(proc: &OwnedFd, name: &str) -> Result<String, String> {
+    let fd = nix::fcntl::openat(
+        proc.as_fd(),
+        name,
+        OFlag::O_RDONLY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map_err(|e| format!("cannot open /proc/{name}: {e}"))?;
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut fs::File::from(fd), &mut text)
+        .map_err(|e| format!("cannot read /proc/{name}: {e}"))?;
+    Ok(text)
+}
+
+/// What is at `path` beneath `root`, no link followed; `proc` the host's, for its fdinfo.
+pub fn look_up(proc: &OwnedFd, root: &OwnedFd, path: &Path) -> Result<Found, String> {
     let relative: PathBuf = path
         .components()
         .filter(|c| matches!(c, Component::Normal(_)))
@@ -282,28 +333,33 @@ pub fn look_up(root: &OwnedFd, path: &Path) -> Result<Found, String> {
         Err(e) => return Err(format!("cannot look at {}: {e}", path.display())),
     };
     let unreadable = |e: &dyn std::fmt::Display| format!("cannot read {}: {e}", path.display());
-    let opened = PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()));
-    let meta = fs::metadata(&opened).map_err(|e| unreadable(&e))?;
-    let null = meta.file_type().is_char_device()
-        && std::os::unix::fs::MetadataExt::rdev(&meta) == libc::makedev(1, 3);
-    let empty_folder = meta.is_dir()
-        && fs::read_dir(&opened)
-            .map_err(|e| unreadable(&e))?
-            .next()
-            .is_none();
+    let stat = nix::sys::stat::fstat(&fd).map_err(|e| unreadable(&e))?;
+    let kind = stat.st_mode & libc::S_IFMT;
+    let null = kind == libc::S_IFCHR && stat.st_rdev == libc::makedev(1, 3);
+    let empty_folder = kind == libc::S_IFDIR && is_empty_folder(&fd).map_err(|e| unreadable(&e))?;
+    let info = read_in_proc(proc, &format!("thread-self/fdinfo/{}", fd.as_raw_fd()))?;
+    let mount = info
+        .lines()
+        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse().ok())
+        .ok_or_else(|| unreadable(&"no mnt_id in its fdinfo"))?;
     Ok(Found::At {
-        mount: mount_id(&fd).map_err(|e| unreadable(&e))?,
+        mount,
         null,
         empty_folder,
     })
 }
 
-/// The id of the mount a descriptor is on (`mnt_id` of its fdinfo).
-fn mount_id(fd: &OwnedFd) -> std::io::Result<u64> {
-    let info = fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))?;
-    info.lines()
-        .find_map(|line| line.strip_prefix("mnt_id:")?.trim().parse().ok())
-        .ok_or_else(|| std::io::Error::other("no mnt_id in its fdinfo"))
+/// Whether the folder `fd` (an `O_PATH` descriptor) holds nothing.
+fn is_empty_folder(fd: &OwnedFd) -> nix::Result<bool> {
+    let opened = nix::fcntl::openat(
+        fd.as_fd(),
+        ".",
+        OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )?;
+    let mut dir = nix::dir::Dir::from_fd(opened)?;
+    let mut names = dir.iter().filter_map(Result::ok);
+    Ok(names.all(|e| matches!(e.file_name().to_bytes(), b"." | b"..")))
 }
 
 /// The cgroup folder `host_path` (a folder of a cgroup hierarchy the host mounted) as a
@@ -348,6 +404,7 @@ mod tests {
             masked: vec!["/proc/kcore".into(), "/sys/firmware".into()],
             sysfs_writable: false,
             cgroup_roots: vec!["/feather/c1".into()],
+            before: None,
         }
     }
 
@@ -470,15 +527,17 @@ mod tests {
         assert_eq!(judge(&mounts, &docker(), &mut missing), Ok(()));
     }
 
-    /// A process (busybox's `sleep`) in a mount namespace of its own, chrooted into a tmpfs
-    /// with a proc of its own, `/proc/sys` bound read-only if `read_only`; killed on drop.
+    /// A process (busybox's `sleep`) in a mount namespace of its own (a copy of the host's),
+    /// chrooted into a tmpfs with a proc of its own; `read_only` says which `/proc/sys` are
+    /// bound read-only: `none`, `inner` (the chroot's only), `all` (the namespace's `/proc`'s
+    /// too). Killed on drop.
     struct Chrooted {
         child: std::process::Child,
         folder: PathBuf,
     }
 
     impl Chrooted {
-        fn start(read_only: bool) -> Chrooted {
+        fn start(read_only: &str) -> Chrooted {
             let folder = std::env::temp_dir().join(format!(
                 "restored-mounts-{}-{read_only}",
                 std::process::id()
@@ -486,14 +545,14 @@ mod tests {
             fs::create_dir_all(&folder).unwrap();
             let script = "set -e; R=$1; mount -t tmpfs t $R; mkdir $R/bin $R/proc; \
                  cp /usr/bin/busybox $R/bin/; mount -t proc proc $R/proc; \
-                 if [ $2 = ro ]; then mount --bind $R/proc/sys $R/proc/sys; \
-                 mount -o remount,bind,ro $R/proc/sys; fi; \
+                 ro() { mount --bind $1 $1; mount -o remount,bind,ro $1; }; \
+                 if [ $2 != none ]; then ro $R/proc/sys; fi; \
+                 if [ $2 = all ]; then ro /proc/sys; fi; \
                  exec chroot $R /bin/busybox sleep 1000";
-            let mode = if read_only { "ro" } else { "rw" };
             let child = std::process::Command::new("unshare")
                 .args(["-m", "--propagation", "private", "sh", "-c", script, "sh"])
                 .arg(&folder)
-                .arg(mode)
+                .arg(read_only)
                 .spawn()
                 .unwrap();
             let chrooted = Chrooted { child, folder };
@@ -516,32 +575,41 @@ mod tests {
         }
     }
 
-    /// The real reading: a process whose own proc has `/proc/sys` writable is refused naming
-    /// it and its mount namespace; with the read-only bind it passes (paths looked up from
-    /// its root, not the reader's, whose `/proc/sys` is writable).
+    /// The real reading, of the whole namespace: a process whose own proc has `/proc/sys`
+    /// writable is refused naming it and its mount namespace; so is one chrooted into a
+    /// folder whose proc is read-only while the namespace's `/proc/sys` outside the chroot is
+    /// writable (its cwd or a descriptor could reach it: review mntcheck26 MC-1 — read from
+    /// the thread's own view it passed); with both read-only it passes (paths looked up from
+    /// the namespace's root, not the reader's).
     #[test]
-    fn a_real_trees_mounts_are_read_from_its_threads_root() {
+    fn a_real_trees_mounts_are_read_whole_from_its_namespace() {
         let expected = Expected {
             read_only: vec![ReadOnly {
                 path: "/proc/sys".into(),
                 recursive: true,
             }],
             masked: vec!["/proc/interrupts".into()],
+            // A copy of the host's namespace: its sysfs and cgroup mounts are writable.
+            sysfs_writable: true,
+            cgroup_roots: vec!["/".into()],
             ..Expected::default()
         };
-        let writable = Chrooted::start(false);
-        let pid = writable.child.id() as i32;
-        let held = crate::held::TestGroup::frozen("mounts-rw", &[pid]).unwrap();
-        let refusal = check_tree(pid, held.hold(), &expected).unwrap_err();
-        assert!(
-            refusal.contains(&format!("of process {pid}: /proc/sys is writable")),
-            "{refusal}"
-        );
         let without_masks = Expected {
             masked: Vec::new(),
             ..expected.clone()
         };
-        let read_only = Chrooted::start(true);
+        for writable in ["none", "inner"] {
+            let chrooted = Chrooted::start(writable);
+            let pid = chrooted.child.id() as i32;
+            let label = format!("mounts-{writable}");
+            let held = crate::held::TestGroup::frozen(&label, &[pid]).unwrap();
+            let refusal = check_tree(pid, held.hold(), &without_masks).unwrap_err();
+            assert!(
+                refusal.contains(&format!("of process {pid}: /proc/sys is writable")),
+                "{writable}: {refusal}"
+            );
+        }
+        let read_only = Chrooted::start("all");
         let pid = read_only.child.id() as i32;
         let held = crate::held::TestGroup::frozen("mounts-ro", &[pid]).unwrap();
         assert_eq!(check_tree(pid, held.hold(), &without_masks), Ok(()));

@@ -1006,6 +1006,25 @@ pub fn bind_console(slave: &OwnedFd) -> Result<()> {
         .map_err(|e| anyhow::anyhow!("process.terminal: bind /dev/console: {e}"))
 }
 
+/// The host's device nodes feather-oci binds in a container: `/dev/null` (masks), runc's
+/// default devices, the config's `linux.devices` under `/dev` (bound in a user namespace).
+pub(crate) fn host_nodes(
+    spec: &oci_spec::runtime::Spec,
+) -> impl Iterator<Item = std::path::PathBuf> {
+    let devices = crate::mounts::DEFAULT_DEVICES
+        .iter()
+        .map(|(name, _, _)| std::path::Path::new("/dev").join(name));
+    let configured = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|device| device.path().clone())
+        .filter(|path| path.starts_with("/dev"));
+    devices.chain(configured)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

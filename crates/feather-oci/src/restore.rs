@@ -77,7 +77,7 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
         })
         .and_then(|()| {
             let allowed = crate::restored::Allowed::for_config(&spec)?;
-            let mounts = crate::restored_mounts::expected(&spec, &container.groups())?;
+            let mounts = crate::restored_mounts::expected(&spec, &container)?;
             let (call, netns, work) = prepare(&criu, &container, &spec, args, images, mode)?;
             let hold = container.groups().hold()?;
             let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
@@ -315,24 +315,15 @@ fn check_automatic_binds(
     externals: &[checkpoint::External],
 ) -> Result<()> {
     let folder = PathBuf::from(format!("/proc/self/fd/{}", images.as_raw_fd()));
-    let devices = crate::mounts::DEFAULT_DEVICES
-        .iter()
-        .map(|(name, _, _)| Path::new("/dev").join(name));
-    let configured = spec
-        .linux()
-        .as_ref()
-        .and_then(|l| l.devices().clone())
-        .unwrap_or_default()
-        .into_iter()
-        .map(|device| device.path().clone())
-        .filter(|path| path.starts_with("/dev"));
     let binds_of = |read_only: bool| {
         externals
             .iter()
             .filter(move |e| !e.cgroup && e.read_only == read_only)
             .map(|e| e.source.clone())
     };
-    let allowed: Vec<PathBuf> = devices.chain(configured).chain(binds_of(false)).collect();
+    let allowed: Vec<PathBuf> = crate::mounts::host_nodes(spec)
+        .chain(binds_of(false))
+        .collect();
     let read_only: Vec<PathBuf> = binds_of(true).collect();
     let keyed: Vec<(String, bool)> = externals
         .iter()

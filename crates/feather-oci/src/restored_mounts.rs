@@ -12,7 +12,8 @@
 //! - each of the config's `ro` mounts read-only (a `cgroup` one with its folders), and the
 //!   root under `root.readonly`; a mount a later one covers is not looked at;
 //! - every sysfs read-only unless the config mounts a writable one;
-//! - every `cgroup` or `cgroup2` mount read-only or showing the container's own group.
+//! - every `cgroup` or `cgroup2` mount read-only, or showing the container's own group where
+//!   the config mounts cgroup writable.
 //!
 //! The judgement is [`feather_confine::restored_mounts`]'s, which `feather restore` shares.
 
@@ -20,12 +21,15 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use feather_confine::restored_mounts::{cgroup_root, Expected, ReadOnly};
+use feather_confine::restored_sources::Before;
 use oci_spec::runtime::Spec;
 
-use crate::cgroups::Groups;
+use crate::store::Container;
 
-/// What the restored tree of a container of `spec` (its group `groups`) must have.
-pub fn expected(spec: &Spec, groups: &Groups) -> Result<Expected> {
+/// What the restored tree of `container` (of `spec`) must have; read before CRIU runs (what
+/// is mounted then is what the tree may expose).
+pub fn expected(spec: &Spec, container: &Container) -> Result<Expected> {
+    let groups = &container.groups();
     let linux = spec.linux().as_ref().context("linux")?;
     let feather = crate::annotations::Feather::parse(spec)?;
     let confinement = crate::confine::Confinement::of(feather.confine, spec);
@@ -47,15 +51,61 @@ pub fn expected(spec: &Spec, groups: &Groups) -> Result<Expected> {
         .iter()
         .flatten()
         .any(|m| m.typ().as_deref() == Some("sysfs") && !crate::mounts::is_read_only(m));
-    let cgroup_roots = crate::cgroups::hierarchies()
-        .into_iter()
-        .filter_map(|(_, hierarchy)| cgroup_root(&groups.dir_in(&hierarchy)))
-        .collect();
+    // A writable group of its own only where the config mounts cgroup writable: else its
+    // root could raise its own limits (review mntcheck26 MC-2).
+    let cgroup_roots = match mounts_cgroup_writable(spec) {
+        true => crate::cgroups::hierarchies()
+            .into_iter()
+            .filter_map(|(_, hierarchy)| cgroup_root(&groups.dir_in(&hierarchy)))
+            .collect(),
+        false => Vec::new(),
+    };
     Ok(Expected {
         read_only,
         masked,
         sysfs_writable,
         cgroup_roots,
+        before: Some(before(spec, container)?),
+    })
+}
+
+/// What is mounted in this namespace (CRIU's runs in a copy of it) and what the restore
+/// exposes of it, from what `restore` hands CRIU: the rootfs (`--root`), the config's bind
+/// sources (its externals), the host nodes it binds ([`crate::mounts::host_nodes`]).
+fn before(spec: &Spec, container: &Container) -> Result<Before> {
+    let mounts = feather_sys::mountinfo::mounts().context("read /proc/self/mountinfo")?;
+    let externals =
+        crate::checkpoint::external_mounts(spec, &container.record.bundle, &container.groups());
+    let binds = externals
+        .into_iter()
+        .filter(|e| !e.cgroup)
+        .map(|e| e.source);
+    let exposed: Vec<PathBuf> = std::iter::once(container.record.rootfs.clone())
+        .chain(binds)
+        .chain(crate::mounts::host_nodes(spec))
+        .collect();
+    Ok(Before::of(&mounts, &exposed, asks_for_sharing(spec)))
+}
+
+/// Whether the config makes a mount a peer of the host's: shared propagation on its root or
+/// on one of its mounts.
+fn asks_for_sharing(spec: &Spec) -> bool {
+    let shared = |option: &str| option == "shared" || option == "rshared";
+    let root = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.rootfs_propagation().clone())
+        .is_some_and(|p| shared(&p));
+    let mounts = spec.mounts().iter().flatten();
+    root || mounts
+        .flat_map(|m| m.options().iter().flatten())
+        .any(|o| shared(o))
+}
+
+/// Whether the config mounts a `cgroup` or `cgroup2` filesystem writable.
+fn mounts_cgroup_writable(spec: &Spec) -> bool {
+    spec.mounts().iter().flatten().any(|m| {
+        matches!(m.typ().as_deref(), Some("cgroup" | "cgroup2")) && !crate::mounts::is_read_only(m)
     })
 }
 
@@ -129,5 +179,25 @@ mod tests {
             .collect();
         let want = [("/sys", false), ("/sys/fs/cgroup", true), ("/", false)];
         assert_eq!(paths, want.map(|(p, r)| (p.to_string(), r)));
+    }
+
+    /// A writable cgroup mount of the container's own group passes only where the config
+    /// mounts cgroup writable (review mntcheck26 MC-2: Docker's `ro` cgroup, a crafted rw one
+    /// of its own group, and its root raises its own limits).
+    #[test]
+    fn a_writable_own_group_is_allowed_only_by_a_writable_cgroup_mount() {
+        let cgroup = |options: serde_json::Value| {
+            serde_json::json!([{"destination": "/sys/fs/cgroup", "type": "cgroup",
+                "source": "cgroup", "options": options}])
+        };
+        assert!(!mounts_cgroup_writable(&spec(
+            cgroup(serde_json::json!(["ro"])),
+            false
+        )));
+        assert!(mounts_cgroup_writable(&spec(
+            cgroup(serde_json::json!(["rw"])),
+            false
+        )));
+        assert!(!mounts_cgroup_writable(&spec(serde_json::json!([]), false)));
     }
 }

@@ -8,6 +8,8 @@ pub struct MountEntry {
     /// The mount's id in its namespace (what `/proc/<pid>/fdinfo/<fd>` says as `mnt_id` of a
     /// descriptor on it).
     pub id: u64,
+    /// Its filesystem's device, `major:minor` (the superblock's: a bind shows its source's).
+    pub device: String,
     /// What of its filesystem the mount shows (`/` for a whole filesystem, a folder of it for
     /// a bind).
     pub root: PathBuf,
@@ -15,6 +17,9 @@ pub struct MountEntry {
     /// The mount's own options (`ro` or `rw` first, then `nosuid`, `nodev`, …), apart from
     /// its superblock's.
     pub options: String,
+    /// The optional fields: `shared:N` (a peer group), `master:N` (the group it receives
+    /// from), `propagate_from:N`, `unbindable`.
+    pub optional: Vec<String>,
     pub fs_type: String,
     pub source: String,
     pub super_options: String,
@@ -33,16 +38,23 @@ pub fn parse(text: &str) -> Vec<MountEntry> {
             let (before, after) = line.split_once(" - ")?;
             let mut fields = before.split(' ');
             let id = fields.next()?.parse().ok()?;
-            let mut fields = fields.skip(2);
+            let _parent = fields.next()?;
+            let device = fields.next()?;
             let root = fields.next()?;
             let mount_point = fields.next()?;
             let options = fields.next()?;
+            let optional = fields
+                .filter(|f| !f.is_empty())
+                .map(str::to_owned)
+                .collect();
             let mut after = after.split(' ');
             Some(MountEntry {
                 id,
+                device: device.to_owned(),
                 root: PathBuf::from(unescape(root)),
                 mount_point: PathBuf::from(unescape(mount_point)),
                 options: options.to_owned(),
+                optional,
                 fs_type: after.next()?.to_owned(),
                 source: unescape(after.next().unwrap_or("")),
                 super_options: after.next().unwrap_or("").to_owned(),
@@ -131,5 +143,11 @@ mod tests {
             (mounts[0].options.as_str(), mounts[1].options.as_str()),
             ("rw,relatime", "ro")
         );
+        assert_eq!(
+            (mounts[0].device.as_str(), mounts[1].device.as_str()),
+            ("254:0", "0:25")
+        );
+        assert!(mounts[0].optional.is_empty());
+        assert_eq!(mounts[1].optional, ["shared:1"]);
     }
 }

@@ -13,14 +13,22 @@
 
 use std::path::{Path, PathBuf};
 
+use std::fs;
+use std::os::unix::fs::FileExt;
+
 use feather_confine::restored_mounts::{cgroup_root, Expected, ReadOnly};
+use feather_confine::restored_sources::Before;
 use feather_sys::cgroup::Cgroup;
 
 use crate::error::{failed, VmError};
 use crate::rootfs;
 
 /// What the restored tree of a VM of `config` (its group `cgroup`) must have.
-pub(crate) fn expected(config: &feather_core::VmConfig, cgroup: Option<&Cgroup>) -> Expected {
+pub(crate) fn expected(
+    config: &feather_core::VmConfig,
+    cgroup: Option<&Cgroup>,
+    before: Before,
+) -> Expected {
     let knobs = rootfs::READ_ONLY_PROC.iter().map(|knob| ReadOnly {
         path: Path::new("/proc").join(knob),
         recursive: true,
@@ -45,7 +53,46 @@ pub(crate) fn expected(config: &feather_core::VmConfig, cgroup: Option<&Cgroup>)
         masked,
         sysfs_writable: false,
         cgroup_roots,
+        before: Some(before),
     }
+}
+
+/// The file the restoring child writes its mount table in before it becomes CRIU: a memfd,
+/// shared with the keeper across the fork, closed by the child's exec.
+pub(crate) fn before_file() -> nix::Result<fs::File> {
+    let fd = nix::sys::memfd::memfd_create(
+        c"feather-restoring-mounts",
+        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+    )?;
+    Ok(fs::File::from(fd))
+}
+
+/// In the restoring child, its overlays, layers, masks and cgroup folders mounted: its mount
+/// table. Not written, the keeper finds none and the VM's mounts are refused.
+pub(crate) fn write_before(file: &fs::File) {
+    if let Ok(text) = fs::read("/proc/self/mountinfo") {
+        let _ = file.write_all_at(&text, 0);
+    }
+}
+
+/// What existed where CRIU ran and what of it the restore exposes: the VM's root (CRIU's
+/// `--root`, with the layers mounted beneath it) and each host path CRIU binds an external
+/// mount from (`exposed`, the restore's own list); the keeper's namespace's peer groups too
+/// (the child's mounts are private).
+pub(crate) fn read_before(file: &fs::File, exposed: &[PathBuf]) -> Before {
+    let mut text = Vec::new();
+    let mut at = 0;
+    let mut chunk = [0u8; 16 << 10];
+    while let Ok(len @ 1..) = file.read_at(&mut chunk, at) {
+        text.extend_from_slice(&chunk[..len]);
+        at += len as u64;
+    }
+    let keepers = feather_sys::mountinfo::mounts().unwrap_or_default();
+    let mut mounts = keepers;
+    mounts.extend(feather_sys::mountinfo::parse(&String::from_utf8_lossy(
+        &text,
+    )));
+    Before::of(&mounts, exposed, false)
 }
 
 /// Checks the VM's tree under `init` (held still in `hold`); the refusal names what is wrong.
@@ -66,4 +113,25 @@ pub(crate) fn check_tree(
             ),
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the restoring child writes is what the keeper reads back, from offset 0 whatever
+    /// the shared offset: this namespace's devices, and `/` exposed as its own filesystem.
+    #[test]
+    fn the_childs_mount_table_reaches_the_keeper() {
+        let file = before_file().unwrap();
+        write_before(&file);
+        let before = read_before(&file, &[PathBuf::from("/")]);
+        let own = feather_sys::mountinfo::mounts().unwrap();
+        let root = own
+            .iter()
+            .rfind(|m| m.mount_point == Path::new("/"))
+            .unwrap();
+        assert!(before.devices.contains(&root.device));
+        assert!(before.sources.iter().any(|s| s.device == root.device));
+    }
 }

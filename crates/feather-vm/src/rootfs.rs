@@ -903,9 +903,11 @@ mod tests {
     fn mounted_at(point: &str) -> feather_sys::mountinfo::MountEntry {
         feather_sys::mountinfo::MountEntry {
             id: 0,
+            device: "0:1".into(),
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(point),
             options: "ro".into(),
+            optional: Vec::new(),
             fs_type: "tmpfs".into(),
             source: "tmpfs".into(),
             super_options: "ro,size=0k,mode=555".into(),

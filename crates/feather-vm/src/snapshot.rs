@@ -509,11 +509,7 @@ fn check_mount_images(
         .collect();
     // The base's paths the VM has read-only (`--ro`; an imported config's checked as `create`
     // records them), bound read-only.
-    let read_only: Vec<PathBuf> = config
-        .read_only
-        .iter()
-        .map(|path| config.base.join(path.strip_prefix("/").unwrap_or(path)))
-        .collect();
+    let read_only = read_only_in_base(config);
     // The proc paths the VM's root binds read-only over themselves; its masks are tmpfs and
     // /dev/null, no bind of a kernel path.
     let kernel_binds: Vec<(feather_migrate::mount_images::KernelFs, PathBuf)> =
@@ -715,6 +711,10 @@ pub(crate) fn restore_tree(
     // The child's mount namespace, where CRIU runs: no restored process may be left in it.
     let (mnt_read, mnt_write) = nix::unistd::pipe2(flags)
         .map_err(|e| io(name, "make the restoring child's pipe")(e.into()))?;
+    // What is mounted where CRIU runs, just before: every mount of the restored tree must be
+    // accounted for by it (`restored_mounts`). Written by the child, read at offset 0 here.
+    let mounts_before = crate::restored_mounts::before_file()
+        .map_err(|e| io(name, "make the restoring child's mount table file")(e.into()))?;
     // The child, CRIU once it has exec'd, ends with the keeper: a keeper killed mid-restore
     // leaves no CRIU restoring for no one (what it restored is in the VM's cgroup, which the
     // crash clean-up kills). Forked from the keeper's main thread (`fork` takes the only
@@ -768,6 +768,7 @@ pub(crate) fn restore_tree(
                 Ok(())
             })();
             if prepared.is_ok() {
+                crate::restored_mounts::write_before(&mounts_before);
                 let mnt = fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
                 let _ = nix::unistd::write(&mnt_write, mnt.as_os_str().as_encoded_bytes());
             }
@@ -866,7 +867,12 @@ pub(crate) fn restore_tree(
     })
     .and_then(|()| mask_what_the_dump_lacked(vm, &init))
     .and_then(|()| {
-        let expected = crate::restored_mounts::expected(config, cgroup);
+        let exposed: Vec<PathBuf> = std::iter::once(rootfs.clone())
+            .chain(mapping.iter().map(|(_, path)| path.clone()))
+            .chain(read_only_in_base(config))
+            .collect();
+        let before = crate::restored_mounts::read_before(&mounts_before, &exposed);
+        let expected = crate::restored_mounts::expected(config, cgroup, before);
         crate::restored_mounts::check_tree(name, init.pid, &hold, &expected)
     })
     .and_then(|()| {
@@ -946,6 +952,16 @@ fn unprepared(
     let len = nix::unistd::read(&why, &mut text).ok()?;
     let text = String::from_utf8_lossy(&text[..len]);
     (len > 0).then(|| failed(name, format!("cannot prepare the restore: {text}")))
+}
+
+/// The base's paths the VM has read-only (`--ro`), as the host sees them: a start binds
+/// each from there, and CRIU binds each again from there (an automatic bind).
+fn read_only_in_base(config: &VmConfig) -> Vec<PathBuf> {
+    config
+        .read_only
+        .iter()
+        .map(|path| config.base.join(path.strip_prefix("/").unwrap_or(path)))
+        .collect()
 }
 
 /// The empty folder in a VM's checkpoint folder that a restored layer lies over when the host
@@ -1205,9 +1221,11 @@ mod tests {
         let given = upper.display().to_string().replace('\\', "\\\\");
         MountEntry {
             id: 0,
+            device: "0:1".into(),
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             options: "rw".into(),
+            optional: Vec::new(),
             fs_type: "overlay".into(),
             source: "overlay".into(),
             super_options: format!(
@@ -1220,9 +1238,11 @@ mod tests {
     fn mount(at: &str, fs_type: &str) -> MountEntry {
         MountEntry {
             id: 0,
+            device: "0:1".into(),
             root: PathBuf::from("/"),
             mount_point: PathBuf::from(at),
             options: "rw".into(),
+            optional: Vec::new(),
             fs_type: fs_type.into(),
             source: fs_type.into(),
             super_options: "rw".into(),

@@ -1,0 +1,455 @@
+//! Where each mount of a restored tree comes from, accounted after CRIU restored it (review
+//! judge26 J1, J2, J6). Judging the mount images before CRIU runs cannot model every way CRIU
+//! picks a bind's source or a namespace's root: a crafted image can still have it bind a host
+//! path (the host's `/etc` reached through a link in the rootfs) or mount a filesystem of its
+//! choosing (an overlay whose `lowerdir` is the host's `/`) in the tree. What the tree shows is
+//! what counts: each of its mounts must be
+//! - of a filesystem mounted before CRIU ran that the restore exposes — the rootfs (CRIU's
+//!   `--root`), the config's or the VM's bind sources, feather's own host files — showing the
+//!   exposed folder or something beneath it ([`Source`]); or
+//! - a filesystem the restore made (its device mounted nowhere before CRIU ran) of a type
+//!   whose content is the kernel's or empty: [`MADE_ANEW`];
+//! - a `cgroup`, `cgroup2`, `sysfs` or `mqueue` mount whatever its device (one superblock per
+//!   cgroup hierarchy, network or IPC namespace: a tree sharing the host's shares its
+//!   superblock); their flags and roots are [`crate::restored_mounts`]'s rules.
+//!
+//! Nor may a mount be a peer of a host mount (`shared:N` of a group mounted before CRIU ran:
+//! what the tree mounts there appears on the host, and the reverse) unless the config asks
+//! for shared propagation.
+
+use std::path::{Path, PathBuf};
+
+use feather_sys::mountinfo::MountEntry;
+
+/// Filesystem types a restore may make anew: their content is the kernel's view of the
+/// tree's own namespaces, or starts empty.
+pub const MADE_ANEW: [&str; 7] = [
+    "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
+];
+
+/// Types whose superblock is one per namespace (or hierarchy): a tree in the host's namespace
+/// mounts the host's, judged by type-specific rules rather than by device.
+const PER_NAMESPACE: [&str; 4] = ["cgroup", "cgroup2", "sysfs", "mqueue"];
+
+/// A filesystem mounted before CRIU ran that the restore exposes: mounts of `device` showing
+/// `root` or a path beneath it (mountinfo's `root` field).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Source {
+    pub device: String,
+    pub root: PathBuf,
+    /// What it is, for a refusal: the host path exposed.
+    pub what: PathBuf,
+}
+
+/// What existed before CRIU ran, read from the namespace it ran in.
+#[derive(Clone, Debug, Default)]
+pub struct Before {
+    /// The device of every filesystem mounted then.
+    pub devices: Vec<String>,
+    /// The peer groups (`shared:N`) of those mounts.
+    pub peer_groups: Vec<String>,
+    /// What the restore exposes of them.
+    pub sources: Vec<Source>,
+    /// The config asks for shared propagation: a peer of a host mount is what it makes.
+    pub shared_allowed: bool,
+}
+
+impl Before {
+    /// From `mounts` (mountinfo of the namespace CRIU runs in, read before it runs), exposing
+    /// each of `exposed` (host paths, each with every mount beneath it).
+    pub fn of(mounts: &[MountEntry], exposed: &[PathBuf], shared_allowed: bool) -> Before {
+        let mut devices: Vec<String> = mounts.iter().map(|m| m.device.clone()).collect();
+        devices.sort();
+        devices.dedup();
+        let peer_groups = mounts
+            .iter()
+            .flat_map(|m| m.optional.iter())
+            .filter(|field| field.starts_with("shared:"))
+            .cloned()
+            .collect();
+        let sources = exposed
+            .iter()
+            .flat_map(|path| sources_at(mounts, path))
+            .collect();
+        Before {
+            devices,
+            peer_groups,
+            sources,
+            shared_allowed,
+        }
+    }
+}
+
+/// What exposing the host path `path` shows: the part of the filesystem it is on, and each
+/// mount beneath it whole. The path is resolved as CRIU resolves it (links followed); one
+/// that does not exist exposes nothing.
+fn sources_at(mounts: &[MountEntry], path: &Path) -> Vec<Source> {
+    match path.canonicalize() {
+        Ok(path) => sources_beneath(mounts, path),
+        Err(_) => Vec::new(),
+    }
+}
+
+/// [`sources_at`] of a resolved path.
+fn sources_beneath(mounts: &[MountEntry], path: PathBuf) -> Vec<Source> {
+    let on = mounts
+        .iter()
+        .filter(|m| path.starts_with(&m.mount_point))
+        .max_by_key(|m| m.mount_point.components().count());
+    let mut sources: Vec<Source> = on
+        .and_then(|m| {
+            let rest = path.strip_prefix(&m.mount_point).ok()?;
+            Some(Source {
+                device: m.device.clone(),
+                root: m.root.join(rest),
+                what: path.clone(),
+            })
+        })
+        .into_iter()
+        .collect();
+    let beneath = mounts
+        .iter()
+        .filter(|m| m.mount_point.starts_with(&path) && m.mount_point != path);
+    sources.extend(beneath.map(|m| Source {
+        device: m.device.clone(),
+        root: m.root.clone(),
+        what: m.mount_point.clone(),
+    }));
+    sources
+}
+
+/// Accounts for one mount of the restored tree; the refusal names its mount point, what it is
+/// and what was expected there.
+pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
+    let point = mount.mount_point.display();
+    let shown = format!(
+        "{} {} (device {}, showing {})",
+        mount.fs_type,
+        mount.source,
+        mount.device,
+        mount.root.display()
+    );
+    let host_peer = mount
+        .optional
+        .iter()
+        .find(|field| before.peer_groups.contains(field));
+    if let (Some(group), false) = (host_peer, before.shared_allowed) {
+        return Err(format!(
+            "the mount at {point}, {shown}, is a peer ({group}) of a host mount, where the \
+             config asks for no shared propagation"
+        ));
+    }
+    if PER_NAMESPACE.contains(&mount.fs_type.as_str()) {
+        return Ok(());
+    }
+    let same: Vec<&Source> = before
+        .sources
+        .iter()
+        .filter(|s| s.device == mount.device)
+        .collect();
+    if same.iter().any(|s| mount.root.starts_with(&s.root)) {
+        return Ok(());
+    }
+    if !same.is_empty() {
+        let expected: Vec<String> = same
+            .iter()
+            .map(|s| format!("{} (of {})", s.root.display(), s.what.display()))
+            .collect();
+        return Err(format!(
+            "the mount at {point} is {shown}, where the restore exposes only {} of that \
+             filesystem",
+            expected.join(", ")
+        ));
+    }
+    if before.devices.contains(&mount.device) {
+        return Err(format!(
+            "the mount at {point} is {shown}, a filesystem mounted on the host before the \
+             restore that the restore does not expose"
+        ));
+    }
+    if MADE_ANEW.contains(&mount.fs_type.as_str()) {
+        return Ok(());
+    }
+    Err(format!(
+        "the mount at {point} is {shown}, a filesystem the restore made, where it makes anew \
+         only {}",
+        MADE_ANEW.join(", ")
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The namespace `feather-oci restore` runs CRIU in: the host's, slaves; the rootfs an
+    /// overlay, a volume on the host's ext4, `/dev` a devtmpfs, a tmpfs on `/run`.
+    const HOST: &str = "\
+        20 1 8:1 / / rw,relatime master:1 - ext4 /dev/sda1 rw\n\
+        21 20 0:5 / /dev rw,nosuid master:2 - devtmpfs udev rw\n\
+        22 20 0:22 / /sys rw,nosuid master:3 - sysfs sysfs rw\n\
+        23 22 0:30 / /sys/fs/cgroup rw master:4 - cgroup2 cgroup2 rw\n\
+        24 20 0:24 / /run rw,nosuid master:5 - tmpfs tmpfs rw\n\
+        25 20 0:60 / /var/lib/c/rootfs rw,relatime master:6 - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n\
+        26 20 0:23 / /proc rw master:7 - proc proc rw\n";
+
+    /// The restored container's tree, as the restore of an ordinary checkpoint leaves it
+    /// (shape of a real one: feather-oci's checkpoint tests, Docker's config).
+    const RESTORED: &str = "\
+        500 400 0:60 / / rw,relatime master:6 - overlay overlay rw,lowerdir=/l,upperdir=/u,workdir=/w\n\
+        501 500 0:70 / /proc rw,nosuid,nodev,noexec - proc proc rw\n\
+        502 500 0:71 / /dev rw,nosuid - tmpfs tmpfs rw,mode=755\n\
+        503 502 0:72 / /dev/pts rw,nosuid,noexec - devpts devpts rw,gid=5,mode=620\n\
+        504 502 0:73 / /dev/mqueue rw,nosuid,nodev,noexec - mqueue mqueue rw\n\
+        505 500 0:74 / /sys ro,nosuid,nodev,noexec - sysfs sysfs ro\n\
+        506 505 0:30 /c1 /sys/fs/cgroup ro,nosuid - cgroup2 cgroup2 rw\n\
+        507 500 8:1 /srv/data /data rw,relatime - ext4 /dev/sda1 rw\n\
+        508 500 8:1 /srv/data/sub /data2 rw,relatime - ext4 /dev/sda1 rw\n\
+        509 501 0:70 /sys /proc/sys ro,nosuid - proc proc rw\n\
+        510 501 0:5 /null /proc/kcore rw,nosuid - devtmpfs udev rw\n\
+        511 505 0:75 / /sys/firmware ro - tmpfs tmpfs ro\n";
+
+    fn before() -> Before {
+        let host = feather_sys::mountinfo::parse(HOST);
+        let mut before = Before::of(&host, &[], false);
+        // `sources_at` resolves host paths on this machine; these are the ones it finds.
+        before.sources = vec![
+            source("0:60", "/", "/var/lib/c/rootfs"),
+            source("8:1", "/srv/data", "/srv/data"),
+            source("0:5", "/null", "/dev/null"),
+        ];
+        before
+    }
+
+    fn source(device: &str, root: &str, what: &str) -> Source {
+        Source {
+            device: device.into(),
+            root: root.into(),
+            what: what.into(),
+        }
+    }
+
+    fn accounted(text: &str) -> Result<(), String> {
+        let before = before();
+        feather_sys::mountinfo::parse(text)
+            .iter()
+            .try_for_each(|m| account(m, &before))
+    }
+
+    #[test]
+    fn an_ordinary_restored_tree_is_accounted_for() {
+        assert_eq!(accounted(RESTORED), Ok(()));
+    }
+
+    #[test]
+    fn a_host_folder_bound_through_a_link_is_refused_naming_what_was_expected() {
+        // CRIU bound `<rootfs>/x/etc` with `x -> /`: the host's /etc, on the host's ext4.
+        let etc = format!("{RESTORED}520 500 8:1 /etc /mnt rw - ext4 /dev/sda1 rw\n");
+        let refusal = accounted(&etc).unwrap_err();
+        assert!(
+            refusal.contains("the mount at /mnt is ext4 /dev/sda1 (device 8:1, showing /etc)"),
+            "{refusal}"
+        );
+        assert!(
+            refusal.contains("exposes only /srv/data (of /srv/data)"),
+            "{refusal}"
+        );
+    }
+
+    #[test]
+    fn a_host_filesystem_not_exposed_is_refused() {
+        let run = format!("{RESTORED}520 500 0:24 / /mnt rw - tmpfs tmpfs rw\n");
+        let refusal = accounted(&run).unwrap_err();
+        assert!(
+            refusal.contains("a filesystem mounted on the host before the restore"),
+            "{refusal}"
+        );
+        let host_proc = format!("{RESTORED}520 500 0:23 / /mnt rw - proc proc rw\n");
+        assert!(accounted(&host_proc).is_err());
+    }
+
+    #[test]
+    fn a_filesystem_made_by_the_restore_must_be_of_a_harmless_type() {
+        for (fs_type, options) in [
+            ("overlay", "rw,lowerdir=/etc:/"),
+            ("devtmpfs", "rw"),
+            ("debugfs", "rw"),
+            ("binfmt_misc", "rw"),
+        ] {
+            let line = format!("520 400 0:99 / / rw - {fs_type} none {options}\n");
+            let refusal = accounted(&format!("{RESTORED}{line}")).unwrap_err();
+            assert!(
+                refusal.contains(&format!(
+                    "the mount at / is {fs_type} none (device 0:99, showing /), a filesystem \
+                     the restore made"
+                )),
+                "{refusal}"
+            );
+        }
+        let tmpfs = format!("{RESTORED}520 500 0:99 / /mnt rw - tmpfs tmpfs rw\n");
+        assert_eq!(accounted(&tmpfs), Ok(()));
+    }
+
+    #[test]
+    fn a_peer_of_a_host_mount_is_refused_unless_the_config_asks_for_it() {
+        let peer = RESTORED.replacen("rw,relatime master:6", "rw,relatime shared:6", 1);
+        let with_host_group = format!("{HOST}30 1 0:60 / /x rw shared:6 - overlay o rw\n");
+        let host = feather_sys::mountinfo::parse(&with_host_group);
+        let mut shared = Before::of(&host, &[], false);
+        shared.sources = before().sources;
+        let mounts = feather_sys::mountinfo::parse(&peer);
+        let refusal = mounts.iter().try_for_each(|m| account(m, &shared));
+        let refusal = refusal.unwrap_err();
+        assert!(
+            refusal.contains("is a peer (shared:6) of a host mount"),
+            "{refusal}"
+        );
+        shared.shared_allowed = true;
+        assert_eq!(mounts.iter().try_for_each(|m| account(m, &shared)), Ok(()));
+        // A slave of a host mount (Docker's root) passes.
+        assert_eq!(accounted(RESTORED), Ok(()));
+    }
+
+    #[test]
+    fn a_host_path_exposes_its_folder_and_the_mounts_beneath_it() {
+        let host = feather_sys::mountinfo::parse(
+            "20 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             21 20 0:5 / /dev rw - devtmpfs udev rw\n\
+             22 20 0:40 / /tmp rw - tmpfs tmpfs rw\n\
+             23 22 0:41 /sub /tmp/a/b rw - tmpfs tmpfs rw\n",
+        );
+        let sources = sources_at(&host, Path::new("/dev/null"));
+        assert_eq!(sources, [source("0:5", "/null", "/dev/null")]);
+        let folder = std::env::temp_dir().join(format!("restored-sources-{}", std::process::id()));
+        std::fs::create_dir_all(folder.join("b")).unwrap();
+        let canonical = folder.canonicalize().unwrap();
+        let text = format!(
+            "20 1 8:1 / / rw - ext4 /dev/sda1 rw\n\
+             23 20 0:41 /sub {}/b rw - tmpfs tmpfs rw\n",
+            canonical.display()
+        );
+        let sources = sources_at(&feather_sys::mountinfo::parse(&text), &folder);
+        std::fs::remove_dir_all(&folder).unwrap();
+        let b = canonical.join("b");
+        assert_eq!(
+            sources,
+            [
+                source(
+                    "8:1",
+                    &canonical.display().to_string(),
+                    &canonical.display().to_string()
+                ),
+                source("0:41", "/sub", &b.display().to_string()),
+            ]
+        );
+    }
+
+    /// The mountinfo a real restore left (`checkpoint_and_restore_go_on_counting`: a rootfs
+    /// folder on the host's root filesystem, runc's devices, masks, v1 cgroups) and the host's
+    /// where its CRIU ran, captured from feather-oci's restore of that test.
+    const REAL_RESTORED: &str = "\
+        129 107 254:0 /tmp/feather-tests/oci-checkpoint-20278-0/bundle/rootfs / rw,relatime - ext4 /dev/vda rw,discard,resv_strict,resuid=65534,resgid=65534\n\
+        131 129 0:46 / /proc rw,nosuid,nodev,noexec,relatime - proc proc rw\n\
+        133 131 0:47 / /proc/acpi ro,nosuid,nodev,noexec,relatime - tmpfs tmpfs ro\n\
+        135 131 0:6 /null /proc/keys rw,relatime - devtmpfs devtmpfs rw,size=12334760k,nr_inodes=3083690,mode=755\n\
+        137 131 0:6 /null /proc/timer_list rw,relatime - devtmpfs devtmpfs rw,size=12334760k,nr_inodes=3083690,mode=755\n\
+        139 131 0:46 /bus /proc/bus ro,nosuid,nodev,noexec,relatime - proc proc rw\n\
+        141 131 0:46 /fs /proc/fs ro,nosuid,nodev,noexec,relatime - proc proc rw\n\
+        143 131 0:46 /irq /proc/irq ro,nosuid,nodev,noexec,relatime - proc proc rw\n\
+        145 131 0:46 /sys /proc/sys ro,nosuid,nodev,noexec,relatime - proc proc rw\n\
+        147 129 0:48 / /dev rw,nosuid - tmpfs tmpfs rw,size=65536k,mode=755\n\
+        149 147 0:49 / /dev/pts rw,nosuid,noexec,relatime - devpts devpts rw,gid=5,mode=620,ptmxmode=666\n\
+        78 147 0:52 / /dev/shm rw,nosuid,nodev,noexec,relatime - tmpfs shm rw,size=65536k\n\
+        152 147 0:40 / /dev/mqueue rw,nosuid,nodev,noexec,relatime - mqueue mqueue rw\n\
+        154 147 0:6 /null /dev/null rw,relatime - devtmpfs devtmpfs rw,size=12334760k,nr_inodes=3083690,mode=755\n\
+        156 147 0:6 /zero /dev/zero rw,relatime - devtmpfs devtmpfs rw,size=12334760k,nr_inodes=3083690,mode=755\n\
+        158 147 0:6 /full /dev/full rw,relatime - devtmpfs devtmpfs rw,size=12334760k,nr_inodes=3083690,mode=755\n\
+        160 147 0:6 /random /dev/random rw,relatime - devtmpfs devtmpfs rw,size=12334760k,nr_inodes=3083690,mode=755\n\
+        162 147 0:6 /urandom /dev/urandom rw,relatime - devtmpfs devtmpfs rw,size=12334760k,nr_inodes=3083690,mode=755\n\
+        164 147 0:6 /tty /dev/tty rw,relatime - devtmpfs devtmpfs rw,size=12334760k,nr_inodes=3083690,mode=755\n\
+        166 129 0:61 / /sys ro,nosuid,nodev,noexec,relatime - sysfs sysfs ro\n\
+        168 166 0:62 / /sys/fs/cgroup ro,nosuid,nodev,noexec,relatime - tmpfs tmpfs rw,mode=755\n\
+        170 168 0:29 /feather-oci/ckpt-c2 /sys/fs/cgroup/cpu ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,cpu\n\
+        172 168 0:30 /feather-oci/ckpt-c2 /sys/fs/cgroup/cpuacct ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,cpuacct\n\
+        174 168 0:31 /feather-oci/ckpt-c2 /sys/fs/cgroup/cpuset ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,cpuset\n\
+        176 168 0:32 /feather-oci/ckpt-c2 /sys/fs/cgroup/memory ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,memory\n\
+        178 168 0:33 /feather-oci/ckpt-c2 /sys/fs/cgroup/devices ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,devices\n\
+        180 168 0:34 /feather-oci/ckpt-c2 /sys/fs/cgroup/freezer ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,freezer\n\
+        182 168 0:35 /feather-oci/ckpt-c2 /sys/fs/cgroup/blkio ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,blkio\n\
+        184 168 0:36 /feather-oci/ckpt-c2 /sys/fs/cgroup/pids ro,nosuid,nodev,noexec,relatime - cgroup cgroup rw,pids\n\
+        186 168 0:38 /feather-oci/ckpt-c2 /sys/fs/cgroup/unified ro,nosuid,nodev,noexec,relatime - cgroup2 cgroup2 rw\n\
+        188 166 0:63 / /sys/firmware ro,nosuid,nodev,noexec,relatime - tmpfs tmpfs ro\n";
+    const REAL_HOST: &str = "\
+        22 27 0:21 / /proc rw,relatime - proc proc rw\n\
+        23 27 0:22 / /sys rw,relatime - sysfs sysfs rw\n\
+        24 27 0:6 / /dev rw,relatime - devtmpfs devtmpfs rw,size=12334760k,nr_inodes=3083690,mode=755\n\
+        25 24 0:23 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24683772k\n\
+        26 24 0:24 / /dev/pts rw,relatime - devpts devpts rw,mode=600,ptmxmode=000\n\
+        27 1 254:0 / / rw,relatime - ext4 /dev/vda rw,discard,resv_strict,resuid=65534,resgid=65534\n\
+        29 26 0:26 / /dev/pts rw,relatime - devpts devpts rw,mode=600,ptmxmode=000\n\
+        30 25 0:27 / /dev/shm rw,relatime - tmpfs tmpfs rw,size=24683772k\n\
+        31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755\n\
+        32 31 0:29 / /sys/fs/cgroup/cpu rw,relatime - cgroup cgroup rw,cpu\n\
+        33 31 0:30 / /sys/fs/cgroup/cpuacct rw,relatime - cgroup cgroup rw,cpuacct\n\
+        34 31 0:31 / /sys/fs/cgroup/cpuset rw,relatime - cgroup cgroup rw,cpuset\n\
+        35 31 0:32 / /sys/fs/cgroup/memory rw,relatime - cgroup cgroup rw,memory\n\
+        36 31 0:33 / /sys/fs/cgroup/devices rw,relatime - cgroup cgroup rw,devices\n\
+        37 31 0:34 / /sys/fs/cgroup/freezer rw,relatime - cgroup cgroup rw,freezer\n\
+        38 31 0:35 / /sys/fs/cgroup/blkio rw,relatime - cgroup cgroup rw,blkio\n\
+        39 31 0:36 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids\n\
+        40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd\n\
+        41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n\
+        47 27 254:0 /run/netns /run/netns rw,relatime shared:42 - ext4 /dev/vda rw,discard,resv_strict,resuid=65534,resgid=65534\n";
+    const REAL_ROOTFS: &str = "/tmp/feather-tests/oci-checkpoint-20278-0/bundle/rootfs";
+
+    fn real_before() -> Before {
+        let host = feather_sys::mountinfo::parse(REAL_HOST);
+        let mut before = Before::of(&host, &[], false);
+        let devices = ["null", "zero", "full", "random", "urandom", "tty"];
+        let exposed = std::iter::once(PathBuf::from(REAL_ROOTFS))
+            .chain(devices.iter().map(|d| Path::new("/dev").join(d)));
+        before.sources = exposed.flat_map(|p| sources_beneath(&host, p)).collect();
+        before
+    }
+
+    fn real_accounted(text: &str) -> Result<(), String> {
+        let before = real_before();
+        feather_sys::mountinfo::parse(text)
+            .iter()
+            .try_for_each(|m| account(m, &before))
+    }
+
+    /// On what a real restore left: it passes; a crafted line CRIU would mount for a crafted
+    /// image — the host's `/etc` bound through a link in the rootfs (review judge26 J2), an
+    /// overlay of the host's `/` as a namespace's root (J1), the host's `/dev/shm` — is
+    /// refused, naming the mount point, what it is and what was expected.
+    #[test]
+    fn a_real_restored_tree_passes_and_a_crafted_mount_in_it_is_refused() {
+        assert_eq!(real_accounted(REAL_RESTORED), Ok(()));
+        let etc = "190 129 254:0 /etc /mnt rw,relatime - ext4 /dev/vda rw\n";
+        let refusal = real_accounted(&format!("{REAL_RESTORED}{etc}")).unwrap_err();
+        let expected = format!("exposes only {REAL_ROOTFS} (of {REAL_ROOTFS}) of that filesystem");
+        assert!(
+            refusal.contains("the mount at /mnt is ext4 /dev/vda (device 254:0, showing /etc)"),
+            "{refusal}"
+        );
+        assert!(refusal.contains(&expected), "{refusal}");
+        let overlay = "190 1 0:99 / / rw - overlay overlay rw,lowerdir=/etc:/\n";
+        let refusal = real_accounted(&format!("{REAL_RESTORED}{overlay}")).unwrap_err();
+        assert!(
+            refusal.contains("a filesystem the restore made"),
+            "{refusal}"
+        );
+        let shm = "190 147 0:23 / /dev/shm rw - tmpfs tmpfs rw\n";
+        let refusal = real_accounted(&format!("{REAL_RESTORED}{shm}")).unwrap_err();
+        assert!(
+            refusal.contains("mounted on the host before the restore"),
+            "{refusal}"
+        );
+        let host_dev = "190 147 0:6 / /dev/host rw - devtmpfs devtmpfs rw\n";
+        let refusal = real_accounted(&format!("{REAL_RESTORED}{host_dev}")).unwrap_err();
+        assert!(
+            refusal.contains("exposes only /null (of /dev/null)"),
+            "{refusal}"
+        );
+    }
+}
