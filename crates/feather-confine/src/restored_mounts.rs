@@ -45,11 +45,12 @@ pub struct Expected {
     pub before: Option<crate::restored_sources::Before>,
 }
 
-/// What is at a path of the tree, looked up from its root without following a link.
+/// What is at a path of the tree, looked up from its root as `create` places its mounts:
+/// links followed, never out of the root, no magic link.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Found {
     Missing,
-    /// A link on the way: the path cannot be judged by what mountinfo says.
+    /// Links that lead nowhere but round (a loop, or too many): the path cannot be judged.
     Link,
     /// A file or folder on the mount `mount` (its id).
     At {
@@ -309,7 +310,11 @@ fn read_in_proc(proc: &OwnedFd, name: &str) -> Result<String, String> {
     Ok(text)
 }
 
-/// What is at `path` beneath `root`, no link followed; `proc` the host's, for its fdinfo.
+/// What is at `path` beneath `root`; `proc` the host's, for its fdinfo. Links are followed
+/// inside the root, as `create` follows them to place a config's mounts and read-only paths
+/// (`Within::open`): an image's `/var/run -> /run` leads a read-only `/var/run/secrets/…`
+/// mount where it is (review mntcheck26 MC-3: refused before as reached through a link);
+/// a magic link (`/proc/self/root`, a descriptor) is never followed.
 pub fn look_up(proc: &OwnedFd, root: &OwnedFd, path: &Path) -> Result<Found, String> {
     let relative: PathBuf = path
         .components()
@@ -320,12 +325,8 @@ pub fn look_up(proc: &OwnedFd, root: &OwnedFd, path: &Path) -> Result<Found, Str
         false => relative,
     };
     let how = OpenHow::new()
-        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC | OFlag::O_NOFOLLOW)
-        .resolve(
-            ResolveFlag::RESOLVE_IN_ROOT
-                | ResolveFlag::RESOLVE_NO_SYMLINKS
-                | ResolveFlag::RESOLVE_NO_MAGICLINKS,
-        );
+        .flags(OFlag::O_PATH | OFlag::O_CLOEXEC)
+        .resolve(ResolveFlag::RESOLVE_IN_ROOT | ResolveFlag::RESOLVE_NO_MAGICLINKS);
     let fd = match openat2(root.as_fd(), &relative, how) {
         Ok(fd) => fd,
         Err(Errno::ENOENT | Errno::ENOTDIR) => return Ok(Found::Missing),
@@ -525,6 +526,38 @@ mod tests {
         assert!(refusal.contains("or reached through a link"), "{refusal}");
         let mut missing = |_: &Path| Ok(Found::Missing);
         assert_eq!(judge(&mounts, &docker(), &mut missing), Ok(()));
+    }
+
+    /// A path through a link inside the root (`var/run -> /run`, as Debian's images have) is
+    /// looked up where the link leads, as `create` placed the mount there; a link loop is
+    /// `Link`. Before, any link was `Link` and refused an ordinary restore (MC-3).
+    #[test]
+    fn a_path_through_a_link_inside_the_root_is_looked_up_where_it_leads() {
+        let folder = std::env::temp_dir().join(format!("restored-links-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&folder);
+        std::fs::create_dir_all(folder.join("run/secrets")).unwrap();
+        std::fs::create_dir_all(folder.join("var")).unwrap();
+        std::os::unix::fs::symlink("/run", folder.join("var/run")).unwrap();
+        std::os::unix::fs::symlink("loop", folder.join("loop")).unwrap();
+        let open = |path: &Path| -> OwnedFd {
+            let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty()).unwrap()
+        };
+        let (proc, root) = (open(Path::new("/proc")), open(&folder));
+        let through_link = look_up(&proc, &root, Path::new("/var/run/secrets"));
+        let looped = look_up(&proc, &root, Path::new("/loop"));
+        std::fs::remove_dir_all(&folder).unwrap();
+        assert!(
+            matches!(
+                through_link,
+                Ok(Found::At {
+                    empty_folder: true,
+                    ..
+                })
+            ),
+            "{through_link:?}"
+        );
+        assert_eq!(looped, Ok(Found::Link));
     }
 
     /// A process (busybox's `sleep`) in a mount namespace of its own (a copy of the host's),

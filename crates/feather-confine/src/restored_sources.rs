@@ -27,9 +27,16 @@ pub const MADE_ANEW: [&str; 7] = [
     "proc", "sysfs", "tmpfs", "devpts", "mqueue", "cgroup", "cgroup2",
 ];
 
-/// Types whose superblock is one per namespace (or hierarchy): a tree in the host's namespace
-/// mounts the host's, judged by type-specific rules rather than by device.
-const PER_NAMESPACE: [&str; 4] = ["cgroup", "cgroup2", "sysfs", "mqueue"];
+/// The host's namespaces the restored tree keeps. A sysfs is its network namespace's one
+/// superblock, an mqueue its IPC namespace's: in the host's namespaces the restore mounts the
+/// host's own, mounted on the host before CRIU ran; elsewhere it makes them anew, and one of
+/// the host's would be a bind CRIU was led to (review m26 M1: the host's `/dev/mqueue`
+/// through a link in the rootfs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HostNamespaces {
+    pub network: bool,
+    pub ipc: bool,
+}
 
 /// A filesystem mounted before CRIU ran that the restore exposes: mounts of `device` showing
 /// `root` or a path beneath it (mountinfo's `root` field).
@@ -52,6 +59,8 @@ pub struct Before {
     pub sources: Vec<Source>,
     /// The config asks for shared propagation: a peer of a host mount is what it makes.
     pub shared_allowed: bool,
+    /// The host's namespaces the tree keeps.
+    pub host_namespaces: HostNamespaces,
 }
 
 impl Before {
@@ -76,6 +85,27 @@ impl Before {
             peer_groups,
             sources,
             shared_allowed,
+            host_namespaces: HostNamespaces::default(),
+        }
+    }
+
+    /// The same, for a tree that keeps `host_namespaces` of the host's.
+    pub fn keeping(self, host_namespaces: HostNamespaces) -> Before {
+        Before {
+            host_namespaces,
+            ..self
+        }
+    }
+
+    /// Whether a mount of `fs_type` is judged by the rules of [`crate::restored_mounts`]
+    /// rather than by its device: a cgroup mount always (one hierarchy, shown rooted at a
+    /// group), a sysfs or an mqueue only of a namespace the tree keeps of the host's.
+    fn judged_by_type(&self, fs_type: &str) -> bool {
+        match fs_type {
+            "cgroup" | "cgroup2" => true,
+            "sysfs" => self.host_namespaces.network,
+            "mqueue" => self.host_namespaces.ipc,
+            _ => false,
         }
     }
 }
@@ -139,7 +169,7 @@ pub fn account(mount: &MountEntry, before: &Before) -> Result<(), String> {
              config asks for no shared propagation"
         ));
     }
-    if PER_NAMESPACE.contains(&mount.fs_type.as_str()) {
+    if before.judged_by_type(&mount.fs_type) {
         return Ok(());
     }
     let same: Vec<&Source> = before
@@ -265,6 +295,24 @@ mod tests {
         );
         let host_proc = format!("{RESTORED}520 500 0:23 / /mnt rw - proc proc rw\n");
         assert!(accounted(&host_proc).is_err());
+    }
+
+    /// The host's sysfs (device 0:22) in a tree with a network namespace of its own is a
+    /// bind CRIU was led to, refused; in a tree that keeps the host's, it is its sysfs.
+    #[test]
+    fn a_host_sysfs_passes_only_in_a_tree_that_keeps_the_hosts_network() {
+        let sysfs = format!("{RESTORED}520 500 0:22 / /mnt ro - sysfs sysfs ro\n");
+        let refusal = accounted(&sysfs).unwrap_err();
+        assert!(
+            refusal.contains("a filesystem mounted on the host before the restore"),
+            "{refusal}"
+        );
+        let keeping = before().keeping(HostNamespaces {
+            network: true,
+            ipc: false,
+        });
+        let mounts = feather_sys::mountinfo::parse(&sysfs);
+        assert_eq!(mounts.iter().try_for_each(|m| account(m, &keeping)), Ok(()));
     }
 
     #[test]

@@ -21,8 +21,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use feather_confine::restored_mounts::{cgroup_root, Expected, ReadOnly};
-use feather_confine::restored_sources::Before;
-use oci_spec::runtime::Spec;
+use feather_confine::restored_sources::{Before, HostNamespaces};
+use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::store::Container;
 
@@ -84,7 +84,18 @@ fn before(spec: &Spec, container: &Container) -> Result<Before> {
         .chain(binds)
         .chain(crate::mounts::host_nodes(spec))
         .collect();
-    Ok(Before::of(&mounts, &exposed, asks_for_sharing(spec)))
+    Ok(Before::of(&mounts, &exposed, asks_for_sharing(spec)).keeping(host_namespaces(spec)))
+}
+
+/// The host's namespaces the container keeps: those of the network and IPC kinds the config
+/// gives it none of (a namespace joined by path is another's, not the host's).
+fn host_namespaces(spec: &Spec) -> HostNamespaces {
+    let namespaces = spec.linux().as_ref().and_then(|l| l.namespaces().clone());
+    let own = |kind: LinuxNamespaceType| namespaces.iter().flatten().any(|n| n.typ() == kind);
+    HostNamespaces {
+        network: !own(LinuxNamespaceType::Network),
+        ipc: !own(LinuxNamespaceType::Ipc),
+    }
 }
 
 /// Whether the config makes a mount a peer of the host's: shared propagation on its root or

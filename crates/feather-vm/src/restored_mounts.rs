@@ -17,7 +17,7 @@ use std::fs;
 use std::os::unix::fs::FileExt;
 
 use feather_confine::restored_mounts::{cgroup_root, Expected, ReadOnly};
-use feather_confine::restored_sources::Before;
+use feather_confine::restored_sources::{Before, HostNamespaces};
 use feather_sys::cgroup::Cgroup;
 
 use crate::error::{failed, VmError};
@@ -79,7 +79,7 @@ pub(crate) fn write_before(file: &fs::File) {
 /// `--root`, with the layers mounted beneath it) and each host path CRIU binds an external
 /// mount from (`exposed`, the restore's own list); the keeper's namespace's peer groups too
 /// (the child's mounts are private).
-pub(crate) fn read_before(file: &fs::File, exposed: &[PathBuf]) -> Before {
+pub(crate) fn read_before(file: &fs::File, exposed: &[PathBuf], host_network: bool) -> Before {
     let mut text = Vec::new();
     let mut at = 0;
     let mut chunk = [0u8; 16 << 10];
@@ -92,7 +92,12 @@ pub(crate) fn read_before(file: &fs::File, exposed: &[PathBuf]) -> Before {
     mounts.extend(feather_sys::mountinfo::parse(&String::from_utf8_lossy(
         &text,
     )));
-    Before::of(&mounts, exposed, false)
+    // A VM has an IPC namespace of its own always, a network namespace but with `--net host`.
+    let host = HostNamespaces {
+        network: host_network,
+        ipc: false,
+    };
+    Before::of(&mounts, exposed, false).keeping(host)
 }
 
 /// Checks the VM's tree under `init` (held still in `hold`); the refusal names what is wrong.
@@ -125,7 +130,7 @@ mod tests {
     fn the_childs_mount_table_reaches_the_keeper() {
         let file = before_file().unwrap();
         write_before(&file);
-        let before = read_before(&file, &[PathBuf::from("/")]);
+        let before = read_before(&file, &[PathBuf::from("/")], false);
         let own = feather_sys::mountinfo::mounts().unwrap();
         let root = own
             .iter()

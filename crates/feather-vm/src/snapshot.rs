@@ -871,7 +871,11 @@ pub(crate) fn restore_tree(
             .chain(mapping.iter().map(|(_, path)| path.clone()))
             .chain(read_only_in_base(config))
             .collect();
-        let before = crate::restored_mounts::read_before(&mounts_before, &exposed);
+        let before = crate::restored_mounts::read_before(
+            &mounts_before,
+            &exposed,
+            config.network.mode == feather_core::NetMode::Host,
+        );
         let expected = crate::restored_mounts::expected(config, cgroup, before);
         crate::restored_mounts::check_tree(name, init.pid, &hold, &expected)
     })
