@@ -925,10 +925,12 @@ fn a_checkpoint_making_its_cgroup_folder_writable_is_not_restored() {
 /// the restored container wrote a sysctl (`kernel.hostname`, of its own UTS namespace).
 #[test]
 fn a_checkpoint_leaving_proc_sys_writable_is_not_restored() {
-    let scratch = Scratch::new("checkpoint-procsys");
-    let runtime = Runtime::new(&scratch);
-    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
-    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-procsys1");
+    let SleepCheckpointed {
+        scratch,
+        runtime,
+        bundle,
+        images,
+    } = sleep_checkpointed("checkpoint-procsys", "ckpt-procsys1");
     let proc_sys = |mount: &MntEntry| {
         let point = mount.mountpoint.as_deref().unwrap_or_default();
         point.ends_with("/proc/sys") && mount.fstype == Some(1)
@@ -1003,6 +1005,28 @@ fn a_confined_container_in_the_hosts_pid_namespace_is_not_checkpointed() {
         "ckpt-hostpid2",
     ]);
     assert!(refused(&outcome), "{outcome:?}");
+}
+
+/// A `sleep 1000` container of the base config, created, started and checkpointed as `id`:
+/// the scratch folder, its runtime and bundle, and the images.
+struct SleepCheckpointed {
+    scratch: Scratch,
+    runtime: Runtime,
+    bundle: Bundle,
+    images: PathBuf,
+}
+
+fn sleep_checkpointed(label: &str, id: &str) -> SleepCheckpointed {
+    let scratch = Scratch::new(label);
+    let runtime = Runtime::new(&scratch);
+    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
+    let images = checkpointed(&runtime, &scratch, &bundle, id);
+    SleepCheckpointed {
+        scratch,
+        runtime,
+        bundle,
+        images,
+    }
 }
 
 /// Creates and starts a container `id` of `bundle` and checkpoints it into the scratch folder
@@ -1193,10 +1217,12 @@ fn raise_capability(images: &Path, cap: u32) -> usize {
 #[test]
 fn a_checkpoint_whose_task_has_more_capabilities_than_the_config_is_not_restored() {
     const CAP_SYS_ADMIN: u32 = 21;
-    let scratch = Scratch::new("checkpoint-caps");
-    let runtime = Runtime::new(&scratch);
-    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
-    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-caps1");
+    let SleepCheckpointed {
+        scratch,
+        runtime,
+        bundle,
+        images,
+    } = sleep_checkpointed("checkpoint-caps", "ckpt-caps1");
     assert_eq!(
         raise_capability(&images, CAP_SYS_ADMIN),
         3,
@@ -1327,10 +1353,12 @@ fn a_checkpoint_whose_user_namespace_maps_the_hosts_ids_is_not_restored() {
 /// host's root, opened the log by name and truncated the link's target, any host file.
 #[test]
 fn a_link_planted_as_the_restore_log_is_not_followed() {
-    let scratch = Scratch::new("checkpoint-log-link");
-    let runtime = Runtime::new(&scratch);
-    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
-    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-loglink1");
+    let SleepCheckpointed {
+        scratch,
+        runtime,
+        bundle,
+        images,
+    } = sleep_checkpointed("checkpoint-log-link", "ckpt-loglink1");
     let host_file = scratch.path("host-file");
     fs::write(&host_file, "the host's own bytes\n").unwrap();
     let log = images.join("restore.log");
@@ -1452,10 +1480,12 @@ fn a_restored_task_resumed_by_its_own_timer_does_not_run_during_its_check() {
 #[test]
 fn a_link_planted_as_criu_stats_is_not_followed() {
     const BYTES: &str = "the host's own bytes\n";
-    let scratch = Scratch::new("checkpoint-stats-link");
-    let runtime = Runtime::new(&scratch);
-    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
-    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-statslink1");
+    let SleepCheckpointed {
+        scratch,
+        runtime,
+        bundle,
+        images,
+    } = sleep_checkpointed("checkpoint-stats-link", "ckpt-statslink1");
     let work = scratch.path("work");
     fs::create_dir_all(&work).unwrap();
     let target = scratch.path("host-file");
@@ -1503,10 +1533,12 @@ fn a_link_planted_as_criu_stats_is_not_followed() {
 /// data", after it had opened the link).
 #[test]
 fn a_checkpoint_whose_pages_are_a_link_to_a_host_file_is_not_restored() {
-    let scratch = Scratch::new("checkpoint-pages-link");
-    let runtime = Runtime::new(&scratch);
-    let bundle = Bundle::new(&scratch, "bundle", &base_config(&["sleep", "1000"]));
-    let images = checkpointed(&runtime, &scratch, &bundle, "ckpt-pageslink1");
+    let SleepCheckpointed {
+        scratch,
+        runtime,
+        bundle,
+        images,
+    } = sleep_checkpointed("checkpoint-pages-link", "ckpt-pageslink1");
     let pages = images.join("pages-1.img");
     let host_file = scratch.path("host-pages");
     fs::copy(&pages, &host_file).unwrap();
