@@ -17,6 +17,8 @@
 //! what the tree mounts there appears on the host, and the reverse) unless the config asks
 //! for shared propagation.
 
+use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use feather_sys::mountinfo::MountEntry;
@@ -48,12 +50,69 @@ pub struct Source {
     pub what: PathBuf,
 }
 
+/// The two mount tables a restore's mounts are accounted by.
+#[derive(Clone, Debug, Default)]
+pub struct Tables {
+    /// The namespace CRIU ran in, as CRIU's parent process wrote it just before its exec
+    /// ([`CriuMountTable`]).
+    pub where_criu_ran: Vec<MountEntry>,
+    /// The restorer's own namespace, read when it checks the restored tree.
+    pub restorers: Vec<MountEntry>,
+}
+
+impl Tables {
+    /// `where_criu_ran` beside the restorer's own table, read now.
+    pub fn read_now(where_criu_ran: Vec<MountEntry>) -> std::io::Result<Tables> {
+        Ok(Tables {
+            where_criu_ran,
+            restorers: feather_sys::mountinfo::mounts()?,
+        })
+    }
+}
+
+/// The mount table of the namespace CRIU runs in, written by the process that becomes CRIU
+/// just before its exec and read back by the restorer: a memfd shared across the fork, closed
+/// by the exec. Read there rather than before the fork, its filesystems are the ones that
+/// namespace holds mounted while CRIU runs ([`Before::of`]).
+pub struct CriuMountTable(fs::File);
+
+impl CriuMountTable {
+    pub fn new() -> std::io::Result<CriuMountTable> {
+        let fd = nix::sys::memfd::memfd_create(
+            c"feather-restoring-mounts",
+            nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
+        )?;
+        Ok(CriuMountTable(fs::File::from(fd)))
+    }
+
+    /// In the process about to become CRIU, once its mounts are made: its own table. Not
+    /// written, the restorer reads none, and every mount of the restored tree is refused.
+    pub fn write_own(&self) {
+        if let Ok(text) = fs::read("/proc/self/mountinfo") {
+            let _ = self.0.write_all_at(&text, 0);
+        }
+    }
+
+    /// What [`Self::write_own`] wrote, from offset 0 whatever the shared offset.
+    pub fn read(&self) -> Vec<MountEntry> {
+        let mut text = Vec::new();
+        let mut at = 0;
+        let mut chunk = [0u8; 16 << 10];
+        while let Ok(len @ 1..) = self.0.read_at(&mut chunk, at) {
+            text.extend_from_slice(&chunk[..len]);
+            at += len as u64;
+        }
+        feather_sys::mountinfo::parse(&String::from_utf8_lossy(&text))
+    }
+}
+
 /// What existed before CRIU ran, read from the namespace it ran in.
 #[derive(Clone, Debug, Default)]
 pub struct Before {
-    /// The device of every filesystem mounted then.
+    /// The device of every filesystem mounted where CRIU ran and still mounted where the
+    /// restorer checks.
     pub devices: Vec<String>,
-    /// The peer groups (`shared:N`) of those mounts.
+    /// The peer groups (`shared:N`) of the restorer's own mounts, read when it checks.
     pub peer_groups: Vec<String>,
     /// What the restore exposes of them.
     pub sources: Vec<Source>,
@@ -64,13 +123,26 @@ pub struct Before {
 }
 
 impl Before {
-    /// From `mounts` (mountinfo of the namespace CRIU runs in, read before it runs), exposing
-    /// each of `exposed` (host paths, each with every mount beneath it).
-    pub fn of(mounts: &[MountEntry], exposed: &[PathBuf], shared_allowed: bool) -> Before {
-        let mut devices: Vec<String> = mounts.iter().map(|m| m.device.clone()).collect();
+    /// From `tables`, exposing each of `exposed` (host paths, each with every mount beneath
+    /// it).
+    ///
+    /// A device number tells a filesystem only while it is mounted: the kernel hands a freed
+    /// one out again, lowest first. A filesystem counts as mounted before CRIU ran only if it
+    /// is in both tables — held mounted by CRIU's namespace the whole time CRIU ran, so no
+    /// mount CRIU made can share its number, and still mounted where the restorer checks, so
+    /// no mount made since CRIU's namespace went can either. (Read before the restore, a host
+    /// tmpfs unmounted meanwhile had CRIU's fresh mask over `/sys/firmware` taken for it.)
+    pub fn of(tables: &Tables, exposed: &[PathBuf], shared_allowed: bool) -> Before {
+        let mut devices: Vec<String> = tables
+            .where_criu_ran
+            .iter()
+            .filter(|m| tables.restorers.iter().any(|r| r.device == m.device))
+            .map(|m| m.device.clone())
+            .collect();
         devices.sort();
         devices.dedup();
-        let peer_groups = mounts
+        let peer_groups = tables
+            .restorers
             .iter()
             .flat_map(|m| m.optional.iter())
             .filter(|field| field.starts_with("shared:"))
@@ -78,7 +150,7 @@ impl Before {
             .collect();
         let sources = exposed
             .iter()
-            .flat_map(|path| sources_at(mounts, path))
+            .flat_map(|path| sources_at(&tables.where_criu_ran, path))
             .collect();
         Before {
             devices,
@@ -240,7 +312,7 @@ mod tests {
 
     fn before() -> Before {
         let host = feather_sys::mountinfo::parse(HOST);
-        let mut before = Before::of(&host, &[], false);
+        let mut before = Before::of(&unchanged(host), &[], false);
         // `sources_at` resolves host paths on this machine; these are the ones it finds.
         before.sources = vec![
             source("0:60", "/", "/var/lib/c/rootfs"),
@@ -248,6 +320,83 @@ mod tests {
             source("0:5", "/null", "/dev/null"),
         ];
         before
+    }
+
+    /// The tables of a restore during which the host mounted and unmounted nothing.
+    fn unchanged(host: Vec<MountEntry>) -> Tables {
+        Tables {
+            where_criu_ran: host.clone(),
+            restorers: host,
+        }
+    }
+
+    /// A host tmpfs (0:24) unmounted while CRIU ran frees its number, which a mount made
+    /// since may take: only one still mounted on the host when the check reads it is the
+    /// host's. (The first version read one table, before the restore: CRIU's fresh mask
+    /// over `/sys/firmware` took a number a test's tmpfs had freed meanwhile, and the
+    /// restore of an unaltered checkpoint was refused.)
+    #[test]
+    fn a_device_number_freed_on_the_host_is_not_taken_for_the_hosts() {
+        let tmpfs = format!("{RESTORED}520 500 0:24 / /mnt rw - tmpfs tmpfs rw\n");
+        let account_all = |tables: &Tables| {
+            let mut accounting = Before::of(tables, &[], false);
+            accounting.sources = before().sources;
+            feather_sys::mountinfo::parse(&tmpfs)
+                .iter()
+                .try_for_each(|m| account(m, &accounting))
+        };
+        let host = feather_sys::mountinfo::parse(HOST);
+        let without_run: Vec<MountEntry> = host
+            .iter()
+            .filter(|m| m.device != "0:24")
+            .cloned()
+            .collect();
+        assert!(account_all(&unchanged(host.clone())).is_err());
+        let unmounted_since = Tables {
+            where_criu_ran: host.clone(),
+            restorers: without_run.clone(),
+        };
+        assert_eq!(account_all(&unmounted_since), Ok(()));
+        let mounted_since = Tables {
+            where_criu_ran: without_run,
+            restorers: host,
+        };
+        assert_eq!(account_all(&mounted_since), Ok(()));
+    }
+
+    /// Peer groups are the restorer's, read at the check: a group numbered like one of the
+    /// table CRIU ran in but gone from the host's is a new one.
+    #[test]
+    fn peer_groups_are_read_from_the_restorers_table_at_the_check() {
+        let with_group = format!(
+            "{HOST}30 1 0:60 / /x rw shared:6 - overlay o rw
+"
+        );
+        let tables = Tables {
+            where_criu_ran: feather_sys::mountinfo::parse(&with_group),
+            restorers: feather_sys::mountinfo::parse(HOST),
+        };
+        assert!(Before::of(&tables, &[], false).peer_groups.is_empty());
+        let now = Tables {
+            where_criu_ran: feather_sys::mountinfo::parse(HOST),
+            restorers: feather_sys::mountinfo::parse(&with_group),
+        };
+        assert_eq!(Before::of(&now, &[], false).peer_groups, ["shared:6"]);
+    }
+
+    /// What the process about to become CRIU writes is what the restorer reads back, from
+    /// offset 0 whatever the shared offset.
+    #[test]
+    fn the_table_written_before_criu_reaches_the_restorer() {
+        let table = CriuMountTable::new().unwrap();
+        table.write_own();
+        let own = feather_sys::mountinfo::mounts().unwrap();
+        let root = |mounts: &[MountEntry]| {
+            let root = mounts.iter().rfind(|m| m.mount_point == Path::new("/"));
+            root.map(|m| (m.id, m.device.clone()))
+        };
+        assert!(root(&own).is_some());
+        assert_eq!(root(&table.read()), root(&own));
     }
 
     fn source(device: &str, root: &str, what: &str) -> Source {
@@ -342,7 +491,7 @@ mod tests {
         let peer = RESTORED.replacen("rw,relatime master:6", "rw,relatime shared:6", 1);
         let with_host_group = format!("{HOST}30 1 0:60 / /x rw shared:6 - overlay o rw\n");
         let host = feather_sys::mountinfo::parse(&with_host_group);
-        let mut shared = Before::of(&host, &[], false);
+        let mut shared = Before::of(&unchanged(host), &[], false);
         shared.sources = before().sources;
         let mounts = feather_sys::mountinfo::parse(&peer);
         let refusal = mounts.iter().try_for_each(|m| account(m, &shared));
@@ -451,7 +600,7 @@ mod tests {
 
     fn real_before() -> Before {
         let host = feather_sys::mountinfo::parse(REAL_HOST);
-        let mut before = Before::of(&host, &[], false);
+        let mut before = Before::of(&unchanged(host.clone()), &[], false);
         let devices = ["null", "zero", "full", "random", "urandom", "tty"];
         let exposed = std::iter::once(PathBuf::from(REAL_ROOTFS))
             .chain(devices.iter().map(|d| Path::new("/dev").join(d)));

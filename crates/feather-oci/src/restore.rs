@@ -20,6 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use feather_confine::restored_mounts::Expected;
+use feather_confine::restored_sources::CriuMountTable;
 use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
 use feather_migrate::mount_images::{judge, KernelFs, Policy};
@@ -81,21 +82,25 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             let (call, netns, work) = prepare(&criu, &container, &spec, args, images, mode)?;
             let hold = container.groups().hold()?;
             let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
-            let rootfs = RestoredRoot {
-                path: &container.record.rootfs,
-                read_only: read_only_root,
+            let where_criu_ran =
+                CriuMountTable::new().context("make the file CRIU's mount table goes in")?;
+            let place = CriuPlace {
+                netns: netns.as_ref(),
+                container: &container,
+                rootfs: RestoredRoot {
+                    path: &container.record.rootfs,
+                    read_only: read_only_root,
+                },
+                mounts: &where_criu_ran,
             };
-            let ran = run(
-                call,
-                netns.as_ref(),
-                &container,
-                rootfs,
-                &args.id,
-                &hold,
-                &work.shown,
-            );
+            let ran = run(call, place, &args.id, &hold, &work.shown);
             work.finish();
             let (pid, restoring_mnt) = ran?;
+            let before = crate::restored_mounts::before(&spec, &container, &where_criu_ran)?;
+            let mounts = Expected {
+                before: Some(before),
+                ..mounts
+            };
             resume_if_allowed(pid, (&allowed, &mounts), restoring_mnt, &container, &hold)
         });
     let pid = match restored {
@@ -445,9 +450,7 @@ fn inherited_stdio(images: &Path) -> Result<Vec<rpc::InheritFd>> {
 /// (the child's, `mnt:[…]`), where no restored process of the container may stay.
 fn run(
     call: RestoreCall,
-    netns: Option<&OwnedFd>,
-    container: &Container,
-    rootfs: RestoredRoot,
+    place: CriuPlace,
     id: &str,
     hold: &feather_confine::held::Hold,
     log: &Path,
@@ -456,7 +459,7 @@ fn run(
         .map_err(|e| anyhow::anyhow!("{e}"))?
     {
         feather_sys::process::Forked::Child => {
-            let error = become_criu(&call, netns, container, rootfs);
+            let error = become_criu(&call, place);
             eprintln!("feather-oci: restore {id}: {error:#}");
             std::process::exit(1)
         }
@@ -529,6 +532,16 @@ fn resume_if_allowed(
     Ok(pid)
 }
 
+/// Where CRIU runs: the network namespace it hands the restored tree, the container whose
+/// cgroup it joins, the rootfs it restores the root from, and the file its mount table goes
+/// in just before its exec ([`crate::restored_mounts::before`]).
+struct CriuPlace<'a> {
+    netns: Option<&'a OwnedFd>,
+    container: &'a Container,
+    rootfs: RestoredRoot<'a>,
+    mounts: &'a CriuMountTable,
+}
+
 /// The container's rootfs as CRIU is to restore it: CRIU binds the restored root from this
 /// folder and keeps that bind's flags (it never applies the root entry's), so `root.readonly`
 /// is the bind's own.
@@ -541,13 +554,15 @@ struct RestoredRoot<'a> {
 /// restored root from it; read-only under `root.readonly`, as `create` makes it: before, the
 /// restored root came back writable), its mounts slaves of the host's rather than private
 /// (CRIU gives the restored root the sharing the dumped one had: Docker's overlay root is a
-/// slave of the host's), the container's cgroup (the restored tree inherits it), then criu.
-fn become_criu(
-    call: &RestoreCall,
-    netns: Option<&OwnedFd>,
-    container: &Container,
-    rootfs: RestoredRoot,
-) -> anyhow::Error {
+/// slave of the host's), the container's cgroup (the restored tree inherits it), its mount
+/// table written, then criu.
+fn become_criu(call: &RestoreCall, place: CriuPlace) -> anyhow::Error {
+    let CriuPlace {
+        netns,
+        container,
+        rootfs,
+        mounts,
+    } = place;
     let placed = (|| -> Result<()> {
         nix::mount::mount(
             None::<&str>,
@@ -577,6 +592,7 @@ fn become_criu(
     if let Err(error) = placed {
         return error;
     }
+    mounts.write_own();
     let mut criu = std::process::Command::new(&call.program);
     criu.args(&call.args);
     let passed: Vec<BorrowedFd> = netns.iter().map(|fd| fd.as_fd()).collect();

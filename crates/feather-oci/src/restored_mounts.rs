@@ -21,13 +21,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use feather_confine::restored_mounts::{cgroup_root, Expected, ReadOnly};
-use feather_confine::restored_sources::{Before, HostNamespaces};
+use feather_confine::restored_sources::{Before, CriuMountTable, HostNamespaces, Tables};
 use oci_spec::runtime::{LinuxNamespaceType, Spec};
 
 use crate::store::Container;
 
-/// What the restored tree of `container` (of `spec`) must have; read before CRIU runs (what
-/// is mounted then is what the tree may expose).
+/// What the restored tree of `container` (of `spec`) must have, but for what was mounted
+/// before CRIU ran ([`before`], read once it has).
 pub fn expected(spec: &Spec, container: &Container) -> Result<Expected> {
     let groups = &container.groups();
     let linux = spec.linux().as_ref().context("linux")?;
@@ -65,15 +65,20 @@ pub fn expected(spec: &Spec, container: &Container) -> Result<Expected> {
         masked,
         sysfs_writable,
         cgroup_roots,
-        before: Some(before(spec, container)?),
+        before: None,
     })
 }
 
-/// What is mounted in this namespace (CRIU's runs in a copy of it) and what the restore
-/// exposes of it, from what `restore` hands CRIU: the rootfs (`--root`), the config's bind
-/// sources (its externals), the host nodes it binds ([`crate::mounts::host_nodes`]).
-fn before(spec: &Spec, container: &Container) -> Result<Before> {
-    let mounts = feather_sys::mountinfo::mounts().context("read /proc/self/mountinfo")?;
+/// What was mounted where CRIU ran (`where_criu_ran`, the table its child wrote just before
+/// its exec), beside this namespace's own, read now; and what the restore exposes of it, from
+/// what `restore` hands CRIU: the rootfs (`--root`), the config's bind sources (its
+/// externals), the host nodes it binds ([`crate::mounts::host_nodes`]).
+pub fn before(
+    spec: &Spec,
+    container: &Container,
+    where_criu_ran: &CriuMountTable,
+) -> Result<Before> {
+    let tables = Tables::read_now(where_criu_ran.read()).context("read /proc/self/mountinfo")?;
     let externals =
         crate::checkpoint::external_mounts(spec, &container.record.bundle, &container.groups());
     let binds = externals
@@ -84,7 +89,7 @@ fn before(spec: &Spec, container: &Container) -> Result<Before> {
         .chain(binds)
         .chain(crate::mounts::host_nodes(spec))
         .collect();
-    Ok(Before::of(&mounts, &exposed, asks_for_sharing(spec)).keeping(host_namespaces(spec)))
+    Ok(Before::of(&tables, &exposed, asks_for_sharing(spec)).keeping(host_namespaces(spec)))
 }
 
 /// The host's namespaces the container keeps: those of the network and IPC kinds the config

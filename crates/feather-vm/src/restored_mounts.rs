@@ -13,11 +13,8 @@
 
 use std::path::{Path, PathBuf};
 
-use std::fs;
-use std::os::unix::fs::FileExt;
-
 use feather_confine::restored_mounts::{cgroup_root, Expected, ReadOnly};
-use feather_confine::restored_sources::{Before, HostNamespaces};
+use feather_confine::restored_sources::{Before, CriuMountTable, HostNamespaces, Tables};
 use feather_sys::cgroup::Cgroup;
 
 use crate::error::{failed, VmError};
@@ -57,47 +54,23 @@ pub(crate) fn expected(
     }
 }
 
-/// The file the restoring child writes its mount table in before it becomes CRIU: a memfd,
-/// shared with the keeper across the fork, closed by the child's exec.
-pub(crate) fn before_file() -> nix::Result<fs::File> {
-    let fd = nix::sys::memfd::memfd_create(
-        c"feather-restoring-mounts",
-        nix::sys::memfd::MFdFlags::MFD_CLOEXEC,
-    )?;
-    Ok(fs::File::from(fd))
-}
-
-/// In the restoring child, its overlays, layers, masks and cgroup folders mounted: its mount
-/// table. Not written, the keeper finds none and the VM's mounts are refused.
-pub(crate) fn write_before(file: &fs::File) {
-    if let Ok(text) = fs::read("/proc/self/mountinfo") {
-        let _ = file.write_all_at(&text, 0);
-    }
-}
-
 /// What existed where CRIU ran and what of it the restore exposes: the VM's root (CRIU's
 /// `--root`, with the layers mounted beneath it) and each host path CRIU binds an external
-/// mount from (`exposed`, the restore's own list); the keeper's namespace's peer groups too
-/// (the child's mounts are private).
-pub(crate) fn read_before(file: &fs::File, exposed: &[PathBuf], host_network: bool) -> Before {
-    let mut text = Vec::new();
-    let mut at = 0;
-    let mut chunk = [0u8; 16 << 10];
-    while let Ok(len @ 1..) = file.read_at(&mut chunk, at) {
-        text.extend_from_slice(&chunk[..len]);
-        at += len as u64;
-    }
-    let keepers = feather_sys::mountinfo::mounts().unwrap_or_default();
-    let mut mounts = keepers;
-    mounts.extend(feather_sys::mountinfo::parse(&String::from_utf8_lossy(
-        &text,
-    )));
+/// mount from (`exposed`, the restore's own list), from the table the restoring child wrote
+/// (`where_criu_ran`) beside the keeper's own, read now (its peer groups: the child's mounts
+/// are private).
+pub(crate) fn before(
+    where_criu_ran: &CriuMountTable,
+    exposed: &[PathBuf],
+    host_network: bool,
+) -> std::io::Result<Before> {
+    let tables = Tables::read_now(where_criu_ran.read())?;
     // A VM has an IPC namespace of its own always, a network namespace but with `--net host`.
     let host = HostNamespaces {
         network: host_network,
         ipc: false,
     };
-    Before::of(&mounts, exposed, false).keeping(host)
+    Ok(Before::of(&tables, exposed, false).keeping(host))
 }
 
 /// Checks the VM's tree under `init` (held still in `hold`); the refusal names what is wrong.
@@ -118,25 +91,4 @@ pub(crate) fn check_tree(
             ),
         )
     })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// What the restoring child writes is what the keeper reads back, from offset 0 whatever
-    /// the shared offset: this namespace's devices, and `/` exposed as its own filesystem.
-    #[test]
-    fn the_childs_mount_table_reaches_the_keeper() {
-        let file = before_file().unwrap();
-        write_before(&file);
-        let before = read_before(&file, &[PathBuf::from("/")], false);
-        let own = feather_sys::mountinfo::mounts().unwrap();
-        let root = own
-            .iter()
-            .rfind(|m| m.mount_point == Path::new("/"))
-            .unwrap();
-        assert!(before.devices.contains(&root.device));
-        assert!(before.sources.iter().any(|s| s.device == root.device));
-    }
 }

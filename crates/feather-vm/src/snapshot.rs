@@ -33,6 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use feather_confine::held::Hold;
+use feather_confine::restored_sources::CriuMountTable;
 use feather_core::atomic::Durability;
 use feather_core::error::IoContext;
 use feather_core::{StateRoot, VmConfig, VmDir};
@@ -713,8 +714,8 @@ pub(crate) fn restore_tree(
         .map_err(|e| io(name, "make the restoring child's pipe")(e.into()))?;
     // What is mounted where CRIU runs, just before: every mount of the restored tree must be
     // accounted for by it (`restored_mounts`). Written by the child, read at offset 0 here.
-    let mounts_before = crate::restored_mounts::before_file()
-        .map_err(|e| io(name, "make the restoring child's mount table file")(e.into()))?;
+    let mounts_before =
+        CriuMountTable::new().map_err(io(name, "make the restoring child's mount table file"))?;
     // The child, CRIU once it has exec'd, ends with the keeper: a keeper killed mid-restore
     // leaves no CRIU restoring for no one (what it restored is in the VM's cgroup, which the
     // crash clean-up kills). Forked from the keeper's main thread (`fork` takes the only
@@ -768,7 +769,7 @@ pub(crate) fn restore_tree(
                 Ok(())
             })();
             if prepared.is_ok() {
-                crate::restored_mounts::write_before(&mounts_before);
+                mounts_before.write_own();
                 let mnt = fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
                 let _ = nix::unistd::write(&mnt_write, mnt.as_os_str().as_encoded_bytes());
             }
@@ -871,11 +872,12 @@ pub(crate) fn restore_tree(
             .chain(mapping.iter().map(|(_, path)| path.clone()))
             .chain(read_only_in_base(config))
             .collect();
-        let before = crate::restored_mounts::read_before(
+        let before = crate::restored_mounts::before(
             &mounts_before,
             &exposed,
             config.network.mode == feather_core::NetMode::Host,
-        );
+        )
+        .map_err(io(name, "read the keeper's mount table"))?;
         let expected = crate::restored_mounts::expected(config, cgroup, before);
         crate::restored_mounts::check_tree(name, init.pid, &hold, &expected)
     })
