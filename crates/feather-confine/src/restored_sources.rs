@@ -71,9 +71,8 @@ impl Tables {
 }
 
 /// The mount table of the namespace CRIU runs in, written by the process that becomes CRIU
-/// just before its exec and read back by the restorer: a memfd shared across the fork, closed
-/// by the exec. Read there rather than before the fork, its filesystems are the ones that
-/// namespace holds mounted while CRIU runs ([`Before::of`]).
+/// just before its exec, its own mounts made, and read back by the restorer: a memfd shared
+/// across the fork, closed by the exec.
 pub struct CriuMountTable(fs::File);
 
 impl CriuMountTable {
@@ -85,24 +84,66 @@ impl CriuMountTable {
         Ok(CriuMountTable(fs::File::from(fd)))
     }
 
-    /// In the process about to become CRIU, once its mounts are made: its own table. Not
-    /// written, the restorer reads none, and every mount of the restored tree is refused.
-    pub fn write_own(&self) {
-        if let Ok(text) = fs::read("/proc/self/mountinfo") {
-            let _ = self.0.write_all_at(&text, 0);
-        }
+    /// In the process about to become CRIU, once its mounts are made: its own table. An
+    /// error here must stop it from becoming CRIU.
+    pub fn write_own(&self) -> std::io::Result<()> {
+        let text = fs::read("/proc/self/mountinfo")?;
+        self.0.write_all_at(&text, 0)
     }
 
-    /// What [`Self::write_own`] wrote, from offset 0 whatever the shared offset.
-    pub fn read(&self) -> Vec<MountEntry> {
+    /// What [`Self::write_own`] wrote, from offset 0 whatever the shared offset; an error if
+    /// it cannot be read whole or has no root mount (not written, or cut short).
+    pub fn read(&self) -> Result<Vec<MountEntry>, String> {
         let mut text = Vec::new();
         let mut at = 0;
         let mut chunk = [0u8; 16 << 10];
-        while let Ok(len @ 1..) = self.0.read_at(&mut chunk, at) {
-            text.extend_from_slice(&chunk[..len]);
-            at += len as u64;
+        loop {
+            match self.0.read_at(&mut chunk, at) {
+                Ok(0) => break,
+                Ok(len) => {
+                    text.extend_from_slice(&chunk[..len]);
+                    at += len as u64;
+                }
+                Err(e) => return Err(format!("cannot read the mount table CRIU ran on: {e}")),
+            }
         }
-        feather_sys::mountinfo::parse(&String::from_utf8_lossy(&text))
+        let mounts = feather_sys::mountinfo::parse(&String::from_utf8_lossy(&text));
+        match text.ends_with(b"\n") && mounts.iter().any(|m| m.mount_point == Path::new("/")) {
+            true => Ok(mounts),
+            false => Err(
+                "the mount table CRIU ran on was not written whole (no root mount \
+                 in it, or a line cut short): every mount of the restored tree would pass \
+                 as made anew"
+                    .to_owned(),
+            ),
+        }
+    }
+}
+
+/// Every filesystem mounted in the caller's namespace when made, kept mounted until dropped:
+/// a detached copy of the whole tree at `/` (`open_tree(OPEN_TREE_CLONE | AT_RECURSIVE)`),
+/// made private so that no unmount on the host reaches it. While it is held none of their
+/// device numbers is handed out again ([`Before::of`]). For a restore whose CRIU runs in a
+/// slave of the caller's namespace, whose host mounts an unmount on the host removes.
+pub struct HeldFilesystems {
+    _tree: std::os::fd::OwnedFd,
+}
+
+impl HeldFilesystems {
+    pub fn now() -> feather_sys::Result<HeldFilesystems> {
+        use nix::fcntl::OFlag;
+        let flags = OFlag::O_PATH | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+        let root =
+            nix::fcntl::open("/", flags, nix::sys::stat::Mode::empty()).map_err(|errno| {
+                feather_sys::SysError {
+                    op: "open",
+                    target: "/".to_owned(),
+                    errno,
+                }
+            })?;
+        let tree = feather_sys::mount::clone_tree_recursive(&root)?;
+        feather_sys::mount::set_propagation(&tree, nix::mount::MsFlags::MS_PRIVATE, true)?;
+        Ok(HeldFilesystems { _tree: tree })
     }
 }
 
@@ -124,19 +165,20 @@ pub struct Before {
 
 impl Before {
     /// From `tables`, exposing each of `exposed` (host paths, each with every mount beneath
-    /// it).
+    /// it). A filesystem in either table was mounted before CRIU ran (or is the host's now).
     ///
     /// A device number tells a filesystem only while it is mounted: the kernel hands a freed
-    /// one out again, lowest first. A filesystem counts as mounted before CRIU ran only if it
-    /// is in both tables — held mounted by CRIU's namespace the whole time CRIU ran, so no
-    /// mount CRIU made can share its number, and still mounted where the restorer checks, so
-    /// no mount made since CRIU's namespace went can either. (Read before the restore, a host
-    /// tmpfs unmounted meanwhile had CRIU's fresh mask over `/sys/firmware` taken for it.)
+    /// one out again, lowest first. The restorer keeps every filesystem of the table CRIU ran
+    /// on mounted until its check ([`HeldFilesystems`], or the held namespace CRIU ran in), so
+    /// no mount CRIU made can share a number with one of them; the restorer's own table is
+    /// read at the check, when both are mounted. (Read once before the restore and held by
+    /// nothing, a host tmpfs unmounted meanwhile had CRIU's fresh mask over `/sys/firmware`
+    /// taken for it, and the restore of an unaltered checkpoint refused.)
     pub fn of(tables: &Tables, exposed: &[PathBuf], shared_allowed: bool) -> Before {
         let mut devices: Vec<String> = tables
             .where_criu_ran
             .iter()
-            .filter(|m| tables.restorers.iter().any(|r| r.device == m.device))
+            .chain(&tables.restorers)
             .map(|m| m.device.clone())
             .collect();
         devices.sort();
@@ -330,13 +372,11 @@ mod tests {
         }
     }
 
-    /// A host tmpfs (0:24) unmounted while CRIU ran frees its number, which a mount made
-    /// since may take: only one still mounted on the host when the check reads it is the
-    /// host's. (The first version read one table, before the restore: CRIU's fresh mask
-    /// over `/sys/firmware` took a number a test's tmpfs had freed meanwhile, and the
-    /// restore of an unaltered checkpoint was refused.)
+    /// A filesystem in the table CRIU ran on, or in the restorer's at the check, is the
+    /// host's: one the host unmounted meanwhile stays mounted in the tree that binds it
+    /// (review m27 F1), one it mounted since is still mounted when the check reads it (F2).
     #[test]
-    fn a_device_number_freed_on_the_host_is_not_taken_for_the_hosts() {
+    fn a_filesystem_in_either_table_is_the_hosts() {
         let tmpfs = format!("{RESTORED}520 500 0:24 / /mnt rw - tmpfs tmpfs rw\n");
         let account_all = |tables: &Tables| {
             let mut accounting = Before::of(tables, &[], false);
@@ -351,17 +391,71 @@ mod tests {
             .filter(|m| m.device != "0:24")
             .cloned()
             .collect();
-        assert!(account_all(&unchanged(host.clone())).is_err());
         let unmounted_since = Tables {
             where_criu_ran: host.clone(),
             restorers: without_run.clone(),
         };
-        assert_eq!(account_all(&unmounted_since), Ok(()));
         let mounted_since = Tables {
-            where_criu_ran: without_run,
-            restorers: host,
+            where_criu_ran: without_run.clone(),
+            restorers: host.clone(),
         };
-        assert_eq!(account_all(&mounted_since), Ok(()));
+        for tables in [unchanged(host), unmounted_since, mounted_since] {
+            let refusal = account_all(&tables).unwrap_err();
+            assert!(refusal.contains("mounted on the host before"), "{refusal}");
+        }
+        let neither = unchanged(without_run);
+        assert_eq!(account_all(&neither), Ok(()));
+    }
+
+    /// While held, a filesystem unmounted on the host keeps its device number: a tmpfs
+    /// mounted then gets another. (Unheld, the kernel hands the freed number out again, lowest
+    /// first: the last CI's false refusal.)
+    #[test]
+    fn a_held_filesystems_number_is_not_handed_out_again() {
+        let place = Scratch::new("held");
+        let mount_tmpfs = || {
+            nix::mount::mount(
+                Some("tmpfs"),
+                &place.0,
+                Some("tmpfs"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .unwrap();
+            device_at(&place.0)
+        };
+        let first = mount_tmpfs();
+        let held = HeldFilesystems::now().unwrap();
+        nix::mount::umount(&place.0).unwrap();
+        let second = mount_tmpfs();
+        assert_ne!(first, second);
+        drop(held);
+    }
+
+    /// A folder of this test's own, unmounted and removed when the test ends, passed or not.
+    struct Scratch(PathBuf);
+
+    impl Scratch {
+        fn new(name: &str) -> Scratch {
+            let path =
+                std::env::temp_dir().join(format!("feather-confine-{name}-{}", std::process::id()));
+            fs::create_dir_all(&path).unwrap();
+            Scratch(path)
+        }
+    }
+
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            while nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH).is_ok() {}
+            let _ = fs::remove_dir(&self.0);
+        }
+    }
+
+    /// The device of the mount at `path`, as mountinfo writes it.
+    fn device_at(path: &Path) -> String {
+        let mounts = feather_sys::mountinfo::mounts().unwrap();
+        let mount = mounts.iter().rfind(|m| m.mount_point == path).unwrap();
+        mount.device.clone()
     }
 
     /// Peer groups are the restorer's, read at the check: a group numbered like one of the
@@ -389,14 +483,16 @@ mod tests {
     #[test]
     fn the_table_written_before_criu_reaches_the_restorer() {
         let table = CriuMountTable::new().unwrap();
-        table.write_own();
+        table.write_own().unwrap();
         let own = feather_sys::mountinfo::mounts().unwrap();
         let root = |mounts: &[MountEntry]| {
             let root = mounts.iter().rfind(|m| m.mount_point == Path::new("/"));
             root.map(|m| (m.id, m.device.clone()))
         };
         assert!(root(&own).is_some());
-        assert_eq!(root(&table.read()), root(&own));
+        assert_eq!(root(&table.read().unwrap()), root(&own));
+        let never_written = CriuMountTable::new().unwrap();
+        assert!(never_written.read().is_err());
     }
 
     fn source(device: &str, root: &str, what: &str) -> Source {

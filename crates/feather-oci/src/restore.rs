@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use feather_confine::restored_mounts::Expected;
-use feather_confine::restored_sources::CriuMountTable;
+use feather_confine::restored_sources::{CriuMountTable, HeldFilesystems};
 use feather_migrate::archive::read_at_most;
 use feather_migrate::criu::{common_options, Criu, RestoreCall, RESTORE_LOG};
 use feather_migrate::mount_images::{judge, KernelFs, Policy};
@@ -84,6 +84,11 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             let read_only_root = spec.root().as_ref().and_then(|r| r.readonly()) == Some(true);
             let where_criu_ran =
                 CriuMountTable::new().context("make the file CRIU's mount table goes in")?;
+            // Held from before CRIU's namespace is made until the check: that namespace is a
+            // slave of this one, where an unmount on the host would free a number CRIU's
+            // fresh mounts could then take (`Before::of`).
+            let held = HeldFilesystems::now()
+                .context("hold the host's filesystems mounted for the restore's check")?;
             let place = CriuPlace {
                 netns: netns.as_ref(),
                 container: &container,
@@ -96,12 +101,15 @@ pub fn restore(root: &Path, args: &RestoreArgs) -> Result<i32> {
             let ran = run(call, place, &args.id, &hold, &work.shown);
             work.finish();
             let (pid, restoring_mnt) = ran?;
-            let before = crate::restored_mounts::before(&spec, &container, &where_criu_ran)?;
-            let mounts = Expected {
-                before: Some(before),
-                ..mounts
+            let accounted = Accounted {
+                spec: &spec,
+                mounts,
+                where_criu_ran: &where_criu_ran,
             };
-            resume_if_allowed(pid, (&allowed, &mounts), restoring_mnt, &container, &hold)
+            let checks = (&allowed, accounted);
+            let resumed = resume_if_allowed(pid, checks, restoring_mnt, &container, &hold);
+            drop(held);
+            resumed
         });
     let pid = match restored {
         Ok(pid) => pid,
@@ -505,7 +513,7 @@ fn run(
 /// by the caller).
 fn resume_if_allowed(
     pid: i32,
-    (allowed, mounts): (&crate::restored::Allowed, &Expected),
+    (allowed, mounts): (&crate::restored::Allowed, Accounted),
     restoring_mnt: Option<PathBuf>,
     container: &Container,
     hold: &feather_confine::held::Hold,
@@ -513,7 +521,8 @@ fn resume_if_allowed(
     let init = Pid::from_raw(pid);
     let checked = crate::restored::Outside::here(restoring_mnt)
         .and_then(|outside| crate::restored::check_tree(pid, allowed, &outside, hold))
-        .and_then(|()| crate::restored_mounts::check_tree(pid, hold, mounts))
+        .and_then(|()| mounts.expected(container))
+        .and_then(|mounts| crate::restored_mounts::check_tree(pid, hold, &mounts))
         .and_then(|()| {
             hold.thaw().with_context(|| {
                 format!("thaw the restored container ({})", hold.group().display())
@@ -530,6 +539,24 @@ fn resume_if_allowed(
     }
     let _ = nix::sys::signal::kill(init, Signal::SIGCONT);
     Ok(pid)
+}
+
+/// What the restored mounts are judged by: `mounts`, what create makes for `spec`, with what
+/// was mounted where CRIU ran, read at the check ([`crate::restored_mounts::before`]).
+struct Accounted<'a> {
+    spec: &'a oci_spec::runtime::Spec,
+    mounts: Expected,
+    where_criu_ran: &'a CriuMountTable,
+}
+
+impl Accounted<'_> {
+    fn expected(self, container: &Container) -> Result<Expected> {
+        let before = crate::restored_mounts::before(self.spec, container, self.where_criu_ran)?;
+        Ok(Expected {
+            before: Some(before),
+            ..self.mounts
+        })
+    }
 }
 
 /// Where CRIU runs: the network namespace it hands the restored tree, the container whose
@@ -592,7 +619,9 @@ fn become_criu(call: &RestoreCall, place: CriuPlace) -> anyhow::Error {
     if let Err(error) = placed {
         return error;
     }
-    mounts.write_own();
+    if let Err(error) = mounts.write_own() {
+        return anyhow::Error::from(error).context("write the mount table CRIU runs on");
+    }
     let mut criu = std::process::Command::new(&call.program);
     criu.args(&call.args);
     let passed: Vec<BorrowedFd> = netns.iter().map(|fd| fd.as_fd()).collect();

@@ -64,7 +64,8 @@ pub(crate) fn before(
     exposed: &[PathBuf],
     host_network: bool,
 ) -> std::io::Result<Before> {
-    let tables = Tables::read_now(where_criu_ran.read())?;
+    let where_criu_ran = where_criu_ran.read().map_err(std::io::Error::other)?;
+    let tables = Tables::read_now(where_criu_ran)?;
     // A VM has an IPC namespace of its own always, a network namespace but with `--net host`.
     let host = HostNamespaces {
         network: host_network,

@@ -768,8 +768,12 @@ pub(crate) fn restore_tree(
                 }
                 Ok(())
             })();
+            let prepared = prepared.and_then(|()| {
+                mounts_before
+                    .write_own()
+                    .map_err(io(name, "write the mount table CRIU runs on"))
+            });
             if prepared.is_ok() {
-                mounts_before.write_own();
                 let mnt = fs::read_link("/proc/self/ns/mnt").unwrap_or_default();
                 let _ = nix::unistd::write(&mnt_write, mnt.as_os_str().as_encoded_bytes());
             }
@@ -823,6 +827,8 @@ pub(crate) fn restore_tree(
     // runs again (criu, the child, leaves the group first), and stays so until the keeper
     // continues it.
     let mut held = None;
+    // CRIU's namespace, held from before CRIU is asked to restore until the check.
+    let (restoring_mnt, _criu_namespace) = hold_restoring_namespace(child, &mnt_read);
     let restored = wired.and(listening).and_then(|()| {
         let mut at_pre_resume = || {
             let frozen = hold.freeze_or_kill(child.as_raw());
@@ -852,7 +858,6 @@ pub(crate) fn restore_tree(
     // outside its group.
     // Before anything else of the restored tree is touched: what CRIU gave each task came
     // from images this host may not have written (an import, a migration's sender).
-    let restoring_mnt = restoring_namespace(&mnt_read);
     let ready = crate::restored_creds::Allowed::for_vm(
         crate::restored_creds::seccomp_profile(config),
         config.network.mode == feather_core::NetMode::Host,
@@ -942,6 +947,32 @@ fn regroup(
 
 /// The mount namespace the restoring child prepared and ran CRIU in (`mnt:[…]`), as it wrote
 /// it before its exec (one short write, so whole); None if it did not.
+/// The mount namespace the restoring child made, CRIU's, once the child has said so on
+/// `said` (just before its exec; a child that failed ends without a word), and a descriptor
+/// holding it: whatever CRIU does with namespaces of its own, what the child mounted there
+/// stays mounted, its device numbers taken, until the keeper has checked the restored tree
+/// and masked what the dump lacked (`Before::of`).
+fn hold_restoring_namespace(
+    child: Pid,
+    said: &std::os::fd::OwnedFd,
+) -> (Option<PathBuf>, Option<fs::File>) {
+    use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+    use std::os::fd::AsFd;
+    if let Ok(ended) = process::pidfd_open(child) {
+        let mut fds = [
+            PollFd::new(said.as_fd(), PollFlags::POLLIN),
+            PollFd::new(ended.as_fd(), PollFlags::POLLIN),
+        ];
+        let _ = poll(&mut fds, PollTimeout::NONE);
+    }
+    let Some(path) = restoring_namespace(said) else {
+        return (None, None);
+    };
+    let namespace = fs::File::open(format!("/proc/{child}/ns/mnt")).ok();
+    let same = fs::read_link(format!("/proc/{child}/ns/mnt")).ok() == Some(path.clone());
+    (Some(path), namespace.filter(|_| same))
+}
+
 fn restoring_namespace(said: &std::os::fd::OwnedFd) -> Option<PathBuf> {
     let mut text = [0u8; 256];
     let len = nix::unistd::read(said, &mut text).ok()?;
