@@ -886,6 +886,9 @@ pub(crate) fn restore_tree(
         regrouped
     });
     if let Err(e) = ready {
+        // Killed frozen, the held group first (review m26 M5); thawed only by the group's
+        // removal, which kills again first.
+        let _ = hold.kill();
         let _ = process::signal(&init.pidfd, nix::sys::signal::Signal::SIGKILL);
         let _ = waitpid(init.pid, None);
         return Err(e);
@@ -1064,6 +1067,33 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess) -> Result<()> {
     Ok(())
 }
 
+/// For tests only: set (to anything) in a keeper's environment, the thaw of its restored VM
+/// fails ([`thaw_restored`]), as a `cgroup.freeze` that cannot be written would. Unset
+/// (always, outside tests), nothing fails.
+pub const FAIL_RESTORED_THAW: &str = "FEATHER_TEST_FAIL_RESTORED_THAW";
+
+/// Thaws the restored VM's group, frozen since CRIU's `pre-resume` (review freeze26 F26-8:
+/// its failure was only logged, and the VM, recorded running, stayed frozen for good; the
+/// callers now end it instead), unless a test fails it ([`FAIL_RESTORED_THAW`]).
+pub(crate) fn thaw_restored(name: &feather_core::VmName, cgroup: &Cgroup) -> Result<()> {
+    let cannot = |why: String| {
+        failed(
+            name,
+            format!(
+                "cannot thaw its restored processes (held frozen for their check in {}): \
+                 {why}; they were killed and the restore failed",
+                cgroup.v2_dir().unwrap_or_default().display()
+            ),
+        )
+    };
+    if crate::test_hooks::set(FAIL_RESTORED_THAW).is_some() {
+        return Err(cannot(format!("{FAIL_RESTORED_THAW} is set (a test)")));
+    }
+    cgroup
+        .thaw()
+        .map_err(|e| cannot(feather_core::error::causes(&e)))
+}
+
 /// How long a lazy restore waits for `criu lazy-pages` to listen.
 const LAZY_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -1164,9 +1194,13 @@ pub(crate) fn await_release(
                     return false;
                 }
                 let _ = fs::remove_file(vm.checkpoint_dir().join(HOLD));
-                // Frozen since CRIU's pre-resume, and stopped by its SIGSTOP.
-                if let Some(Err(e)) = cgroup.map(Cgroup::thaw) {
-                    eprintln!("feather keeper {}: cannot thaw the VM: {e}", vm.name());
+                // Frozen since CRIU's pre-resume, and stopped by its SIGSTOP. Still frozen, it
+                // is ended here, and the sender keeps the VM.
+                if let Some(Err(e)) = cgroup.map(|cgroup| thaw_restored(vm.name(), cgroup)) {
+                    let message = feather_core::error::causes(&e);
+                    eprintln!("feather keeper {}: {message}", vm.name());
+                    let _ = protocol::write_response(&stream, &Response::Error { message });
+                    return false;
                 }
                 for pid in cgroup.map(Cgroup::members).unwrap_or_default() {
                     let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
