@@ -570,6 +570,29 @@ mod tests {
         }
     }
 
+    /// Only a thread whose status says zombie or dead (or that is gone) has ended: one whose
+    /// status cannot be read otherwise has not. Before, any failed read counted as ended, and
+    /// the thread was passed over.
+    #[test]
+    fn only_a_zombie_or_a_gone_thread_has_ended() {
+        let thread = std::env::temp_dir().join(format!("feather-ended-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&thread);
+        fs::create_dir(&thread).unwrap();
+        let gone = has_ended(&thread);
+        fs::write(thread.join("status"), "Name:\tx\nState:\tZ (zombie)\n").unwrap();
+        let zombie = has_ended(&thread);
+        fs::write(thread.join("status"), "Name:\tx\nState:\tS (sleeping)\n").unwrap();
+        let sleeping = has_ended(&thread);
+        fs::remove_file(thread.join("status")).unwrap();
+        fs::create_dir(thread.join("status")).unwrap();
+        let unreadable = has_ended(&thread);
+        let _ = fs::remove_dir_all(&thread);
+        assert_eq!(
+            (gone, zombie, sleeping, unreadable),
+            (true, true, false, false)
+        );
+    }
+
     struct KilledOnDrop(i32);
 
     impl Drop for KilledOnDrop {

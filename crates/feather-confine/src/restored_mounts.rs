@@ -217,28 +217,45 @@ pub fn check_tree(init: i32, hold: &crate::held::Hold, expected: &Expected) -> R
     crate::restored::walk_tree(
         init,
         hold,
-        |thread| {
-            // A zombie has no namespace left, and runs nothing again.
-            let Ok(namespace) = crate::restored::namespace(thread.path, "mnt") else {
-                return Ok(());
-            };
-            // Read whole from the namespace's root: the same for every thread in it, whatever
-            // its own root.
-            if seen.contains(&namespace) {
-                return Ok(());
-            }
-            check_thread_view(thread.path, expected).map_err(|why| {
-                format!(
-                    "in the mount namespace {} of process {}: {why}",
-                    namespace.display(),
-                    thread.pid
-                )
-            })?;
-            seen.push(namespace);
-            Ok(())
-        },
+        |thread| check_namespace_of(&thread, &mut seen, expected),
         |unchecked| unchecked.to_string(),
     )
+}
+
+/// Checks the mount namespace of `thread` unless one of `seen` (read whole from the
+/// namespace's root: the same for every thread in it, whatever its own root).
+fn check_namespace_of(
+    thread: &crate::restored::Thread,
+    seen: &mut Vec<PathBuf>,
+    expected: &Expected,
+) -> Result<(), String> {
+    let namespace = match crate::restored::namespace(thread.path, "mnt") {
+        Ok(namespace) => namespace,
+        // A zombie has no namespace left, and runs nothing again; only a thread the kernel
+        // says is one (`State:` Z or X) or gone is passed over (review m26 M6, mntcheck26
+        // MC-7: any unreadable namespace was, its mounts never read).
+        Err(_) if crate::held::has_ended(thread.path) => return Ok(()),
+        Err(e) => {
+            return Err(format!(
+                "cannot read the mount namespace of process {} (thread {}) to check its \
+                 mounts: {e}; it is no zombie, whose namespace alone may be passed over",
+                thread.pid,
+                crate::restored::thread_id(thread.path)
+            ))
+        }
+    };
+    if seen.contains(&namespace) {
+        return Ok(());
+    }
+    check_thread_view(thread.path, expected).map_err(|why| {
+        format!(
+            "in the mount namespace {} of process {}: {why}",
+            namespace.display(),
+            thread.pid
+        )
+    })?;
+    seen.push(namespace);
+    Ok(())
 }
 
 /// One mount namespace of the tree judged whole: a thread of this process with its own root
@@ -431,6 +448,38 @@ mod tests {
             .filter(|l| !l.starts_with(line))
             .map(|l| format!("{l}\n"))
             .collect()
+    }
+
+    /// A thread whose mount namespace cannot be read is refused unless its status says it is
+    /// a zombie: before, any such thread was passed over, its mounts never read.
+    #[test]
+    fn only_a_zombie_s_unreadable_namespace_is_passed_over() {
+        let thread = std::env::temp_dir().join(format!("feather-ns-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&thread);
+        fs::create_dir(&thread).unwrap();
+        let checked = |state: &str| {
+            fs::write(
+                thread.join("status"),
+                format!("Name:\tx\nState:\t{state}\n"),
+            )
+            .unwrap();
+            let visited = crate::restored::Thread {
+                pid: 7,
+                path: &thread,
+                init: true,
+                child_of_init: false,
+            };
+            check_namespace_of(&visited, &mut Vec::new(), &docker())
+        };
+        let sleeping = checked("S (sleeping)");
+        let zombie = checked("Z (zombie)");
+        let _ = fs::remove_dir_all(&thread);
+        let why = sleeping.unwrap_err();
+        assert!(
+            why.contains("cannot read the mount namespace of process 7"),
+            "{why}"
+        );
+        zombie.unwrap();
     }
 
     #[test]
