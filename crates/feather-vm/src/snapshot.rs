@@ -865,7 +865,7 @@ pub(crate) fn restore_tree(
     .and_then(|allowed| {
         crate::restored_creds::check_tree(name, init.pid, &allowed, restoring_mnt.as_deref(), &hold)
     })
-    .and_then(|()| mask_what_the_dump_lacked(vm, &init))
+    .and_then(|()| mask_what_the_dump_lacked(vm, &init, &hold))
     .and_then(|()| {
         let exposed: Vec<PathBuf> = std::iter::once(rootfs.clone())
             .chain(mapping.iter().map(|(_, path)| path.clone()))
@@ -1047,15 +1047,55 @@ fn mount_restored_layer(
     }
 }
 
-/// Masks the kernel interfaces that the restored VM of `init` sees unmasked: CRIU recreates
-/// only the masks it dumped, and a folder or file that was not there at the dump (another
-/// host's kernel, a driver loaded since) may be here. Done while the VM is stopped.
-fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess) -> Result<()> {
+/// Masks the kernel interfaces that the restored VM of `init` sees unmasked, in every mount
+/// namespace of it (init's first, then each other one a process of the frozen group `hold`
+/// is in: a unit's `PrivateTmp=` namespace): CRIU recreates only the masks it dumped, and a
+/// folder or file that was not there at the dump (another host's kernel, a driver loaded
+/// since) may be here. Every namespace, not init's alone (review m26 M3: the mount check
+/// requires the masks in each, and a migrated VM with such a unit was refused): a second
+/// namespace is the VM's as much as init's, and a mask left out there would show its
+/// processes the kernel interface (requiring there only what the dump had would). Done while
+/// the VM is frozen.
+fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess, hold: &Hold) -> Result<()> {
     let name = vm.name();
-    let mountinfo = format!("/proc/{}/mountinfo", init.pid);
+    let cannot = |e: std::io::Error| {
+        failed(
+            name,
+            format!("cannot list the restored processes to mask their kernel interfaces: {e}"),
+        )
+    };
+    let mut seen = Vec::new();
+    let others = hold.processes().map_err(cannot)?;
+    for pid in std::iter::once(init.pid.as_raw()).chain(others) {
+        let proc = PathBuf::from(format!("/proc/{pid}"));
+        let namespace = match feather_confine::restored::namespace(&proc, "mnt") {
+            Ok(namespace) => namespace,
+            // A zombie has none; any other process is refused by the mount check after.
+            Err(_) => continue,
+        };
+        if seen.contains(&namespace) {
+            continue;
+        }
+        seen.push(namespace);
+        match pid == init.pid.as_raw() {
+            true => mask_in_namespace_of(vm, pid, &init.pidfd)?,
+            false => {
+                let pidfd = process::pidfd_open(Pid::from_raw(pid)).in_vm(name)?;
+                mask_in_namespace_of(vm, pid, &pidfd)?
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Masks the kernel interfaces that the mount namespace of process `pid` (`pidfd`) of the
+/// restored VM shows unmasked.
+fn mask_in_namespace_of(vm: &VmDir, pid: i32, pidfd: &std::os::fd::OwnedFd) -> Result<()> {
+    let name = vm.name();
+    let mountinfo = format!("/proc/{pid}/mountinfo");
     let text = fs::read_to_string(&mountinfo).at(&mountinfo).in_vm(name)?;
     // A path the VM's kernel lacks needs no helper (which looks again, safely, at the rest).
-    let root = PathBuf::from(format!("/proc/{}/root", init.pid));
+    let root = PathBuf::from(format!("/proc/{pid}/root"));
     let missing: Vec<PathBuf> = rootfs::unmasked(&feather_sys::mountinfo::parse(&text))
         .into_iter()
         .filter(|path| fs::symlink_metadata(root.join(path)).is_ok())
@@ -1063,7 +1103,7 @@ fn mask_what_the_dump_lacked(vm: &VmDir, init: &ChildProcess) -> Result<()> {
     if missing.is_empty() {
         return Ok(());
     }
-    process::mask_in_mount_namespace_of(&init.pidfd, &missing).in_vm(name)?;
+    process::mask_in_mount_namespace_of(pidfd, &missing).in_vm(name)?;
     Ok(())
 }
 
