@@ -62,33 +62,54 @@ pub enum Found {
     },
 }
 
+/// What a refusal of a kernel knob (a read-only path, a mask, a sysfs or cgroup mount's
+/// flags) adds: its two likely causes, and what to do for each (review m26 M8: every refusal
+/// said "a checkpoint altered", also where the host differs).
+pub const KNOB_CAUSES: &str = "either the checkpoint was taken under another kernel or \
+    config (a kernel path absent at the dump and present here, other read-only or masked \
+    paths): restore it with the config it was taken with, on a like kernel, or start anew; or \
+    it was altered to leave the kernel's knobs writable: restore only checkpoints this host or \
+    a trusted one took";
+
+/// What a refusal of a mount the restore cannot account for ([`crate::restored_sources`])
+/// adds: its two likely causes, and what to do for each.
+pub const SOURCE_CAUSES: &str = "a mount the restore cannot account for: either a host mount \
+    changed while the restore ran (restore again), or the checkpoint was altered to bind or \
+    mount a host filesystem in the tree: restore only checkpoints this host or a trusted one \
+    took";
+
 /// Judges one mount tree: `mounts`, its mountinfo; `look`, what is at a path. The refusal
-/// names the path and what is wrong with it.
+/// names the path, what is wrong with it and its likely causes ([`KNOB_CAUSES`],
+/// [`SOURCE_CAUSES`]).
 pub fn judge(
     mounts: &[MountEntry],
     expected: &Expected,
     look: &mut dyn FnMut(&Path) -> Result<Found, String>,
 ) -> Result<(), String> {
+    let knob = |why: String| format!("{why}; {KNOB_CAUSES}");
     for mount in mounts {
         if let Some(before) = &expected.before {
-            crate::restored_sources::account(mount, before)?;
+            crate::restored_sources::account(mount, before)
+                .map_err(|why| format!("{why}; {SOURCE_CAUSES}"))?;
         }
-        judge_filesystem(mount, expected)?;
+        judge_filesystem(mount, expected).map_err(knob)?;
     }
     for read_only in &expected.read_only {
         for path in kernel_places(mounts, &read_only.path) {
-            judge_read_only(mounts, &path, read_only.recursive, look)?;
+            if let Some(why) = judge_read_only(mounts, &path, read_only.recursive, look)? {
+                return Err(knob(why));
+            }
         }
     }
     for masked in &expected.masked {
         for path in kernel_places(mounts, masked) {
             if let found @ (Found::Link | Found::At { .. }) = look(&path)? {
                 if !is_mask(mounts, &found) {
-                    return Err(format!(
+                    return Err(knob(format!(
                         "{} is not masked (neither /dev/null nor an empty read-only tmpfs \
                          covers it)",
                         path.display()
-                    ));
+                    )));
                 }
             }
         }
@@ -146,13 +167,14 @@ fn kernel_places(mounts: &[MountEntry], path: &Path) -> Vec<PathBuf> {
     places
 }
 
-/// `path` (and with `recursive` each mount below it) read-only or a mask.
+/// `path` (and with `recursive` each mount below it) read-only or a mask: why not, if not (an
+/// error: what could not be looked at).
 fn judge_read_only(
     mounts: &[MountEntry],
     path: &Path,
     recursive: bool,
     look: &mut dyn FnMut(&Path) -> Result<Found, String>,
-) -> Result<(), String> {
+) -> Result<Option<String>, String> {
     let mut places = vec![path.to_path_buf()];
     if recursive {
         let below = mounts
@@ -176,17 +198,17 @@ fn judge_read_only(
                 true => String::new(),
                 false => format!(" (below {})", path.display()),
             };
-            return Err(format!(
+            return Ok(Some(format!(
                 "{}{under} is writable{}, where it is read-only",
                 place.display(),
                 match found {
                     Found::Link => " or reached through a link",
                     _ => "",
                 },
-            ));
+            )));
         }
     }
-    Ok(())
+    Ok(None)
 }
 
 /// Whether `found` is what a mask leaves at a path: `/dev/null`, or an empty folder on a
@@ -248,10 +270,12 @@ fn check_namespace_of(
         return Ok(());
     }
     check_thread_view(thread.path, expected).map_err(|why| {
+        let command = fs::read_to_string(format!("/proc/{}/comm", thread.pid)).unwrap_or_default();
         format!(
-            "in the mount namespace {} of process {}: {why}",
+            "in the mount namespace {} of process {} ({:?}): {why}",
             namespace.display(),
-            thread.pid
+            thread.pid,
+            command.trim_end_matches('\n')
         )
     })?;
     seen.push(namespace);
@@ -487,6 +511,34 @@ mod tests {
         assert_eq!(judged(CREATED, &docker()), Ok(()));
     }
 
+    /// A refusal says its two likely causes, by kind: a knob's, a checkpoint of another kernel
+    /// or config or one altered; a mount not accounted for, a host mount that changed during
+    /// the restore or a checkpoint altered to bind a host filesystem. Before, the callers
+    /// called every refusal "a checkpoint altered to leave the kernel's knobs writable".
+    #[test]
+    fn a_refusal_names_its_likely_causes_by_kind() {
+        let knob = judged(&without("102 "), &docker()).unwrap_err();
+        assert!(
+            knob.contains("taken under another kernel or config")
+                && knob.contains("altered to leave the kernel's knobs writable")
+                && !knob.contains("account for"),
+            "{knob}"
+        );
+        let host = feather_sys::mountinfo::parse("1 0 8:1 / / rw - ext4 /dev/sda1 rw\n");
+        let expected = Expected {
+            before: Some(crate::restored_sources::Before::of(&host, &[], false)),
+            ..docker()
+        };
+        let bound = format!("{CREATED}108 100 8:1 /etc /mnt rw - ext4 /dev/sda1 rw\n");
+        let source = judged(&bound, &expected).unwrap_err();
+        assert!(
+            source.contains("a mount the restore cannot account for")
+                && source.contains("a host mount changed while the restore ran")
+                && !source.contains("knobs"),
+            "{source}"
+        );
+    }
+
     #[test]
     fn a_knob_left_writable_is_refused_naming_it() {
         let refusal = judged(&without("102 "), &docker()).unwrap_err();
@@ -680,7 +732,8 @@ mod tests {
             let held = crate::held::TestGroup::frozen(&label, &[pid]).unwrap();
             let refusal = check_tree(pid, held.hold(), &without_masks).unwrap_err();
             assert!(
-                refusal.contains(&format!("of process {pid}: /proc/sys is writable")),
+                refusal.contains(&format!("of process {pid} (\""))
+                    && refusal.contains("\"): /proc/sys is writable"),
                 "{writable}: {refusal}"
             );
         }
